@@ -1,0 +1,68 @@
+# tillpoint — everything a developer or CI needs starts here.
+# `make demo` and `make test` create .venv and install the pinned dependencies themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
+PROTO_OUT := proto
+
+.PHONY: help venv test test-all lint typecheck proto proto-check demo bench bench-quick clean deps-system
+
+help:
+	@echo "make demo       run a whole store on one machine (embedded defaults)"
+	@echo "make test       the default test suite (fast)"
+	@echo "make test-all   every suite, slow ones included"
+	@echo "make lint       ruff + mypy --strict + stale generated code check"
+	@echo "make proto      regenerate the protobuf/gRPC code from proto/"
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the device tests need (pseudo-terminals through socat).
+deps-system:
+	@command -v socat >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq socat >/dev/null; \
+	  else echo "socat missing: tests that need it will be skipped"; fi; }
+
+test: $(STAMP) deps-system
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP) deps-system
+	$(BIN)/python -m pytest -q -m ''
+
+lint: $(STAMP) proto-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I proto \
+	  --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+	  --mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+
+# Fails when the committed generated code is not what `make proto` writes.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I proto --python_out=$$tmp --grpc_python_out=$$tmp \
+	  --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTO_SRC) && \
+	diff -r -x '__pycache__' -x '*.proto' -x 'py.typed' -x '__init__.py' $$tmp/tillpoint/v1 proto/tillpoint/v1 \
+	  && echo "generated code is up to date" || { echo "generated code is stale: run 'make proto'"; exit 1; }
+
+demo: $(STAMP)
+	$(BIN)/tillpoint demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
