@@ -1,0 +1,263 @@
+"""The snapshot cache (SPEC §3): apply full and delta snapshots atomically, read for pricing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from .errors import SnapshotRefused, StorageError
+from .identify import normalise, phone_key
+from .models import CardRecord, Category, Customer, Offer, Product, Program, Snapshot
+
+_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    version: int
+    issued_at: str | None
+    expires_at: str | None
+    loaded_at: str | None
+
+
+def apply_snapshot(conn: sqlite3.Connection, snap: Snapshot, now: datetime) -> CacheInfo:
+    """Apply `snap` in one write transaction: all of it or none of it.
+
+    A full snapshot (baseVersion 0) replaces everything; a delta applies only on top of
+    exactly its baseVersion. An older or equal version is refused and the cache stays.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = _version(conn)
+            if snap.version <= current:
+                raise SnapshotRefused(
+                    f"snapshot version {snap.version} is not newer than the cache's {current}"
+                )
+            if not snap.is_full and snap.base_version != current:
+                raise SnapshotRefused(
+                    f"delta snapshot {snap.version} applies on version {snap.base_version},"
+                    f" but the cache is at version {current}: a full snapshot is needed"
+                )
+            if snap.is_full:
+                for table in ("products", "categories", "customers", "cards", "offers"):
+                    conn.execute(f"DELETE FROM {table}")
+                conn.execute("DELETE FROM applied_through")
+            _write(conn, snap)
+            program = snap.program if snap.program is not None else None
+            if program is not None or snap.is_full:
+                _set(conn, "program", (program or Program()).model_dump_json(by_alias=True))
+            for device, seq in snap.applied_through.items():
+                conn.execute(
+                    "INSERT INTO applied_through VALUES (?, ?) ON CONFLICT (device_id)"
+                    " DO UPDATE SET seq = max(seq, excluded.seq)",
+                    (device, seq),
+                )
+            _set(conn, "version", str(snap.version))
+            _set(conn, "issued_at", snap.issued_at.isoformat() if snap.issued_at else "")
+            _set(conn, "expires_at", snap.expires_at.isoformat() if snap.expires_at else "")
+            _set(conn, "loaded_at", now.isoformat())
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise StorageError(f"the snapshot could not be stored: {exc}") from None
+    return info(conn)
+
+
+def _write(conn: sqlite3.Connection, snap: Snapshot) -> None:
+    removed = snap.removed
+    for table, key, keys in (
+        ("cards", "number", removed.cards),
+        ("customers", "id", removed.customers),
+        ("offers", "id", removed.offers),
+        ("products", "sku", removed.products),
+        ("categories", "code", removed.categories),
+    ):
+        conn.executemany(f"DELETE FROM {table} WHERE {key} = ?", ((k,) for k in keys))
+    _insert(
+        conn,
+        "INSERT OR REPLACE INTO products VALUES (?, ?, ?, ?)",
+        ((p.sku, p.name, p.category, int(p.excluded_from_loyalty)) for p in snap.products),
+    )
+    _insert(
+        conn,
+        "INSERT OR REPLACE INTO categories VALUES (?, ?, ?)",
+        ((c.code, c.parent, c.name) for c in snap.categories),
+    )
+    _insert(
+        conn,
+        "INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
+        (
+            (
+                c.id,
+                phone_key(normalise(c.phone)) if c.phone else None,
+                c.model_dump_json(by_alias=True, exclude={"phone"}),
+            )
+            for c in snap.customers
+        ),
+    )
+    _insert(
+        conn,
+        "INSERT OR REPLACE INTO cards VALUES (?, ?, ?)",
+        ((c.number, c.customer_id, c.status) for c in snap.cards),
+    )
+    _insert(
+        conn,
+        "INSERT OR REPLACE INTO offers VALUES (?, ?, ?)",
+        ((o.id, o.customer_id, o.model_dump_json(by_alias=True)) for o in snap.offers),
+    )
+
+
+def _insert(conn: sqlite3.Connection, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
+    batch: list[tuple[object, ...]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= _BATCH:
+            conn.executemany(sql, batch)
+            batch.clear()
+    if batch:
+        conn.executemany(sql, batch)
+
+
+def _set(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+def _get(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(_get(conn, "version") or 0)
+
+
+def info(conn: sqlite3.Connection) -> CacheInfo:
+    return CacheInfo(
+        version=_version(conn),
+        issued_at=_get(conn, "issued_at") or None,
+        expires_at=_get(conn, "expires_at") or None,
+        loaded_at=_get(conn, "loaded_at") or None,
+    )
+
+
+class CacheView:
+    """Reads of one consistent cache state; use inside `CacheView.reading(conn)`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._parents: dict[str, str | None] | None = None
+
+    @classmethod
+    @contextmanager
+    def reading(cls, conn: sqlite3.Connection) -> Iterator[CacheView]:
+        """A read transaction: every read inside sees the same snapshot version."""
+        conn.execute("BEGIN")
+        try:
+            yield cls(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    @property
+    def version(self) -> int:
+        return _version(self.conn)
+
+    def program(self) -> Program:
+        raw = _get(self.conn, "program")
+        return Program() if raw is None else Program.model_validate_json(raw)
+
+    def applied_through(self) -> dict[str, int]:
+        return {str(d): int(s) for d, s in self.conn.execute("SELECT * FROM applied_through")}
+
+    # CardLookup
+    def card(self, number: str) -> CardRecord | None:
+        row = self.conn.execute(
+            "SELECT number, customer_id, status FROM cards WHERE number = ?", (number,)
+        ).fetchone()
+        if row is None:
+            return None
+        return CardRecord(number=row[0], customer_id=row[1], status=row[2])
+
+    def customer(self, customer_id: str) -> Customer | None:
+        row = self.conn.execute(
+            "SELECT doc FROM customers WHERE id = ?", (customer_id,)
+        ).fetchone()
+        return None if row is None else Customer.model_validate_json(row[0])
+
+    def customer_by_phone(self, phone: str) -> Customer | None:
+        row = self.conn.execute(
+            "SELECT doc FROM customers WHERE phone = ? ORDER BY id LIMIT 1", (phone,)
+        ).fetchone()
+        return None if row is None else Customer.model_validate_json(row[0])
+
+    def cards_of(self, customer_id: str) -> list[CardRecord]:
+        return [
+            CardRecord(number=n, customer_id=c, status=s)
+            for n, c, s in self.conn.execute(
+                "SELECT number, customer_id, status FROM cards WHERE customer_id = ?",
+                (customer_id,),
+            )
+        ]
+
+    # pricing reads
+    def products(self, skus: Iterable[str]) -> dict[str, Product]:
+        wanted = sorted(set(skus))
+        out: dict[str, Product] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for sku, name, category, excluded in self.conn.execute(
+                f"SELECT sku, name, category, excluded FROM products WHERE sku IN ({marks})",
+                chunk,
+            ):
+                out[sku] = Product(
+                    sku=sku, name=name, category=category, excluded_from_loyalty=bool(excluded)
+                )
+        return out
+
+    def category_parents(self) -> Mapping[str, str | None]:
+        if self._parents is None:
+            self._parents = {
+                code: parent
+                for code, parent in self.conn.execute("SELECT code, parent FROM categories")
+            }
+        return self._parents
+
+    def categories(self) -> list[Category]:
+        return [
+            Category(code=c, parent=p, name=n)
+            for c, p, n in self.conn.execute("SELECT code, parent, name FROM categories")
+        ]
+
+    def offers_for(self, customer_id: str) -> list[Offer]:
+        """The customer's personal offers and every mass offer."""
+        return [
+            Offer.model_validate_json(doc)
+            for (doc,) in self.conn.execute(
+                "SELECT doc FROM offers WHERE customer_id = ? OR customer_id IS NULL"
+                " ORDER BY id",
+                (customer_id,),
+            )
+        ]
+
+
+def ancestors(category: str, parents: Mapping[str, str | None]) -> frozenset[str]:
+    """The category and all its ancestors (a cycle in bad data stops the walk)."""
+    seen: list[str] = []
+    code: str | None = category
+    while code and code not in seen:
+        seen.append(code)
+        code = parents.get(code)
+    return frozenset(seen)
+
+
+def dump(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the cache, for tests that check a refused input changed nothing."""
+    tables = ("meta", "applied_through", "products", "categories", "customers", "cards", "offers")
+    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=json.dumps) for t in tables}

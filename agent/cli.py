@@ -1,0 +1,258 @@
+"""The `tillpoint` command line (SPEC §10).
+
+With --json a command prints one JSON document on stdout and nothing else. Errors print
+one line on stderr, `tillpoint: <what is wrong>`, and exit non-zero: 2 for input the
+rules refuse (the cache and the ledger are left as they were), 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .errors import InputError, TillpointError
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"tillpoint: {message} (see `{self.prog} --help`)\n")
+
+
+def _common(json_flag: bool = True) -> argparse.ArgumentParser:
+    """Options accepted after the command too: `tillpoint checkout r.json --data-dir D`."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parent.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    if json_flag:
+        parent.add_argument("--json", action="store_true", help="print one JSON document")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tillpoint",
+        description="Loyalty edge agent for retail checkouts.",
+        epilog="Docs: README.md and docs/ in the source tree.",
+    )
+    parser.add_argument("--data-dir", type=Path, help="the till's data directory")
+    parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    common = _common()
+
+    snapshot = sub.add_parser("snapshot", help="snapshot commands")
+    snap_sub = snapshot.add_subparsers(dest="snapshot_command", metavar="ACTION",
+                                       parser_class=_Parser)
+    load = snap_sub.add_parser("load", parents=[common], help="apply a snapshot JSON file")
+    load.add_argument("file", help="snapshot JSON file, or - for standard input")
+
+    p = sub.add_parser("identify", parents=[common], help="identify a card, phone or barcode")
+    p.add_argument("text")
+    for name, what in (
+        ("quote", "price a receipt JSON without storing it"),
+        ("checkout", "commit a receipt JSON"),
+        ("refund", "commit a refund JSON"),
+    ):
+        p = sub.add_parser(name, parents=[common], help=what)
+        p.add_argument("file", help="JSON file, or - for standard input")
+    p = sub.add_parser("balance", parents=[common], help="available and pending points")
+    p.add_argument("card")
+    p.add_argument("--at", help="RFC 3339 time with offset (default: now)")
+    sub.add_parser("status", parents=[common], help="cache version, queues, last sync")
+    sub.add_parser("run", parents=[_common(json_flag=False)], help="run the agent service")
+    for module in PLUGIN_MODULES:
+        _plugin(module).register(sub, common)
+    return parser
+
+
+# Other parts add their commands (`hub ...`, `sync ...`, `print ...`, `demo`) through a
+# module with `register(subparsers, common_parent)`; each command sets
+# `handler(settings, args) -> int` with `set_defaults`.
+PLUGIN_MODULES = ("tillpoint.sync.cli", "tillpoint.printer.cli", "tillpoint.agent.demo")
+
+
+def _plugin(name: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return _NoPlugin()
+
+
+class _NoPlugin:
+    def register(self, sub: Any, common: argparse.ArgumentParser) -> None:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(encoding="utf-8")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INPUT
+    try:
+        return _dispatch(parser, args)
+    except TillpointError as exc:
+        print(f"tillpoint: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        print(f"tillpoint: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from . import config as config_mod
+
+    settings = config_mod.load(args.config, data_dir=args.data_dir)
+    command: str = args.command
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(settings, args))
+    if command == "run":
+        from .server import serve_forever
+
+        return serve_forever(settings)
+
+    from .service import Agent
+
+    agent = Agent(settings.data_dir, settings.device_id)
+    try:
+        if command == "snapshot":
+            if args.snapshot_command != "load":
+                parser.error("snapshot needs an action: load")
+            loaded = agent.load_snapshot(read_json(args.file))
+            info = {"version": loaded.version, "issuedAt": loaded.issued_at or ""}
+            return emit(args, info, lambda d: f"snapshot version {d['version']} loaded")
+        if command == "identify":
+            return emit(args, agent.identify(args.text), _human_card)
+        if command in ("quote", "checkout"):
+            call: Callable[[Any], dict[str, Any]] = getattr(agent, command)
+            return emit(args, call(read_json(args.file)), _human_result)
+        if command == "refund":
+            return emit(args, agent.refund(read_json(args.file)), _human_refund)
+        if command == "balance":
+            at = parse_time(args.at) if args.at else None
+            return emit(args, agent.balance(args.card, at), _human_balance)
+        if command == "status":
+            return emit(args, agent.status(), _human_status)
+    finally:
+        agent.close()
+    parser.error(f"unknown command {command}")
+
+
+def read_json(name: str) -> Any:
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{name}: cannot read it ({exc})") from None
+    try:
+        return json.loads(text, parse_float=_no_float, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+
+
+class _FloatInJson(InputError):
+    pass
+
+
+def _no_float(text: str) -> Any:
+    raise _FloatInJson(f"the number {text} has a fraction: write money in minor units and "
+                       "quantities as decimal strings")
+
+
+def _no_constant(text: str) -> Any:
+    raise InputError(f"{text} is not a valid JSON number")
+
+
+def parse_time(text: str) -> Any:
+    from .models import _timestamp
+
+    try:
+        return _timestamp(text)
+    except ValueError as exc:
+        raise InputError(f"--at: {exc}") from None
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(human(data) + "\n")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- human-readable output
+
+
+def _human_card(card: dict[str, Any]) -> str:
+    if card["status"] == "FOUND":
+        return f"FOUND {card['firstName']} (customer {card['customerId']}, tier {card['tier']})"
+    return str(card["status"])
+
+
+def _human_result(r: dict[str, Any]) -> str:
+    from .money import format_minor
+
+    out = [f"receipt {r['receiptId']}  card {_human_card(r['card'])}  mode {r['mode']}"]
+    for line in r["lines"]:
+        offer = f"  offer {line['offerId']}" if line["offerId"] else ""
+        out.append(
+            f"  {line['sku']:<16} {format_minor(line['amountMinor']):>12}"
+            f"  −{format_minor(line['discountMinor'])}{offer}"
+            f"  paid by points {format_minor(line['redeemedMinor'])}"
+            f"  +{line['earnedPoints']} pts"
+        )
+    out.append(
+        f"total {format_minor(r['totalMinor'])}  discount {format_minor(r['discountMinor'])}"
+        f"  redeemed {r['redeemedPoints']} pts  to pay {format_minor(r['payableMinor'])}"
+        f"  earned {r['earnedPoints']} pts"
+    )
+    if r["balance"]:
+        out.append(_human_balance(r["balance"]))
+    if r["printedOffers"]:
+        out.append("offers printed: " + ", ".join(r["printedOffers"]))
+    if r["heldOut"]:
+        out.append("held out (control group): " + ", ".join(r["heldOut"]))
+    return "\n".join(out)
+
+
+def _human_refund(r: dict[str, Any]) -> str:
+    out = (
+        f"refund {r['refundId']} of receipt {r['receiptId']}: {r['returnedPoints']} pts given"
+        f" back, {r['takenBackPoints']} pts taken back"
+    )
+    if r["balance"]:
+        out += "\n" + _human_balance(r["balance"])
+    if r["negativeBalance"]:
+        out += "\nthe balance is now below zero"
+    return out
+
+
+def _human_balance(b: dict[str, Any]) -> str:
+    return f"balance: {b['availablePoints']} pts available, {b['pendingPoints']} pending"
+
+
+def _human_status(s: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in s.items())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

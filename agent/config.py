@@ -1,0 +1,89 @@
+"""The agent's configuration: one TOML file, overridden by TILLPOINT_* environment variables.
+
+Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_ID`,
+`TILLPOINT_DATA_DIR`, `TILLPOINT_HUB__ADDRESS`, ...), the TOML file, the defaults below.
+`packaging/tillpoint.example.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import InputError
+from .models import describe
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/tillpoint")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tillpoint"
+
+
+class HubSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = ""  # host:port of the hub; empty: a standalone till (always OFFLINE)
+    redeem_timeout_ms: int = Field(300, gt=0, le=60_000)
+    call_timeout_ms: int = Field(5000, gt=0, le=600_000)
+    poll_interval_s: float = Field(60, gt=0)
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = "127.0.0.1:50061"  # the local PosAgent gRPC server
+    max_workers: int = Field(8, ge=1, le=64)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TILLPOINT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    hub: HubSettings = HubSettings()
+    server: ServerSettings = ServerSettings()
+    printer: dict[str, Any] = Field(default_factory=dict)
+    display: dict[str, Any] = Field(default_factory=dict)
+    scanner: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file (passed as init values); flags beat both (`load`).
+        return (env_settings, init_settings)
+
+
+def load(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate the configuration; a problem names the key and what is wrong."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"cannot read config {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"config {config_file}: {exc}") from None
+    try:
+        settings = Settings(**values)
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        if flags:
+            settings = Settings.model_validate({**settings.model_dump(), **flags})
+    except ValidationError as exc:
+        raise InputError(f"config: {describe(exc)}") from None
+    return settings

@@ -1,0 +1,103 @@
+"""Card identification (SPEC §4): normalise the scanned text, then card number, then phone.
+
+Pure: the look-ups are passed in, so the rules are tested without a database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from .models import CardRecord, Customer
+
+Outcome = Literal["FOUND", "BLOCKED", "UNKNOWN", "INVALID"]
+
+_DROP = re.compile(r"[\s\-\u2010-\u2015\u2212]")  # blanks, dashes of every kind
+
+
+class CardLookup(Protocol):
+    def card(self, number: str) -> CardRecord | None: ...
+    def customer(self, customer_id: str) -> Customer | None: ...
+    def customer_by_phone(self, phone: str) -> Customer | None: ...
+    def cards_of(self, customer_id: str) -> list[CardRecord]: ...
+
+
+@dataclass(frozen=True)
+class Identification:
+    status: Outcome
+    customer: Customer | None = None
+    card_number: str | None = None
+    reason: str = ""
+
+    @property
+    def found(self) -> bool:
+        return self.status == "FOUND"
+
+
+def normalise(text: str) -> str:
+    return _DROP.sub("", text)
+
+
+def ean13_ok(digits: str) -> bool:
+    if len(digits) != 13 or not digits.isdigit():
+        return False
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(digits[:12]))
+    return (10 - total % 10) % 10 == int(digits[12])
+
+
+def phone_key(text: str) -> str | None:
+    """The canonical +7XXXXXXXXXX form of a Russian phone, or None if `text` is not one."""
+    digits = text[1:] if text.startswith("+") else text
+    if not digits.isdigit():
+        return None
+    if text.startswith("+"):
+        return f"+{digits}" if len(digits) == 11 and digits.startswith("7") else None
+    if len(digits) == 11 and digits[0] in "78":
+        return f"+7{digits[1:]}"
+    if len(digits) == 10:
+        return f"+7{digits}"
+    return None
+
+
+def identify(text: str, lookup: CardLookup) -> Identification:
+    scanned = normalise(text)
+    if not scanned:
+        return Identification("INVALID", reason="nothing was scanned")
+    if scanned.startswith("+"):
+        phone = phone_key(scanned)
+        if phone is None:
+            return Identification("INVALID", reason="not a Russian phone number (+7 and 10 digits)")
+        return _by_phone(phone, lookup)
+    if not scanned.isdigit():
+        return Identification("INVALID", reason="a card number or phone has digits only")
+    if len(scanned) == 13 and not ean13_ok(scanned):
+        return Identification("INVALID", reason="the card number's check digit is wrong")
+    card = lookup.card(scanned)
+    if card is not None:
+        return _by_card(card, lookup)
+    phone = phone_key(scanned)
+    if phone is not None:
+        return _by_phone(phone, lookup)
+    return Identification("UNKNOWN", card_number=scanned)
+
+
+def _by_card(card: CardRecord, lookup: CardLookup) -> Identification:
+    if card.status != "ACTIVE":
+        return Identification(
+            "BLOCKED", card_number=card.number, reason=f"the card is {card.status.lower()}"
+        )
+    customer = lookup.customer(card.customer_id)
+    if customer is None:
+        return Identification("UNKNOWN", card_number=card.number)
+    return Identification("FOUND", customer=customer, card_number=card.number)
+
+
+def _by_phone(phone: str, lookup: CardLookup) -> Identification:
+    customer = lookup.customer_by_phone(phone)
+    if customer is None:
+        return Identification("UNKNOWN")
+    active = sorted(c.number for c in lookup.cards_of(customer.id) if c.status == "ACTIVE")
+    if not active:
+        return Identification("BLOCKED", reason="the customer has no active card")
+    return Identification("FOUND", customer=customer, card_number=active[0])

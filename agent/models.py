@@ -1,0 +1,463 @@
+"""The contract's shapes (SPEC §3, §5, §6) as frozen, validated models.
+
+The CLI and the gRPC server both turn their input into a plain dict in the proto3 JSON
+mapping and validate it here, so there is one set of rules for bad input. The models are
+frozen so the pricing core can take them as plain values.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from .errors import InputError
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_QTY_RE = re.compile(r"^[0-9]+(\.[0-9]{1,3})?$")
+_DECIMAL_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+
+
+def _int64(value: Any) -> int:
+    """An int64 as proto3 JSON allows it: a JSON integer or a string of one."""
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true/false")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+        number = int(value.strip())
+    elif isinstance(value, float):
+        raise ValueError("must be a whole number (no fractions, no floats)")
+    else:
+        raise ValueError("must be a whole number")
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise ValueError("does not fit in a signed 64-bit integer")
+    return number
+
+
+def _non_negative(value: Any) -> int:
+    number = _int64(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _positive(value: Any) -> int:
+    number = _int64(value)
+    if number <= 0:
+        raise ValueError("must be greater than zero")
+    return number
+
+
+def _qty(value: Any) -> Decimal:
+    if isinstance(value, Decimal):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError('must be a decimal string such as "2" or "0.512"')
+    if not _QTY_RE.fullmatch(value):
+        raise ValueError(
+            f'"{value}" is not a quantity: a positive decimal with at most 3 decimals'
+        )
+    qty = Decimal(value)
+    if qty <= 0:
+        raise ValueError(f'"{value}" is not a quantity: it must be greater than zero')
+    return qty
+
+
+def _decimal(value: Any) -> Decimal:
+    """A decimal written as a JSON string (proto) or a JSON integer (never a float)."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError('must be a decimal string such as "7.5"')
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str) and _DECIMAL_RE.fullmatch(value.strip()):
+        try:
+            return Decimal(value.strip())
+        except InvalidOperation:  # pragma: no cover - the pattern already rules this out
+            pass
+    raise ValueError('must be a decimal string such as "7.5"')
+
+
+def _non_negative_decimal(value: Any) -> Decimal:
+    number = _decimal(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _timestamp(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if "T" not in text and " " not in text:
+            raise ValueError(f'"{value}" is not an RFC 3339 time with an offset')
+        try:
+            moment = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise ValueError(f'"{value}" is not an RFC 3339 time with an offset') from None
+    else:
+        raise ValueError("must be an RFC 3339 time string with an offset")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f'"{value}" has no offset: write it as 2026-11-23T10:15:00+03:00')
+    return moment
+
+
+def _date(value: Any) -> date:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a date string YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f'"{value}" is not a date YYYY-MM-DD') from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+Int64 = Annotated[int, BeforeValidator(_int64)]
+NonNegative = Annotated[int, BeforeValidator(_non_negative)]
+Positive = Annotated[int, BeforeValidator(_positive)]
+Qty = Annotated[Decimal, BeforeValidator(_qty)]
+Dec = Annotated[Decimal, BeforeValidator(_decimal)]
+NonNegativeDec = Annotated[Decimal, BeforeValidator(_non_negative_decimal)]
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
+Day = Annotated[date, BeforeValidator(_date)]
+Text = Annotated[str, BeforeValidator(_text)]
+Key = Annotated[str, BeforeValidator(_text), Field(min_length=1, max_length=200)]
+
+
+class Model(BaseModel):
+    """Frozen, camelCase in JSON, unknown fields refused."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        str_strip_whitespace=False,
+    )
+
+
+# ---------------------------------------------------------------- snapshot (§3)
+
+
+class Tier(Model):
+    code: Key
+    accrual_percent: NonNegativeDec
+
+
+DEFAULT_TIERS = (
+    Tier(code="base", accrual_percent=Decimal("3")),
+    Tier(code="gold", accrual_percent=Decimal("7")),
+)
+
+
+class Program(Model):
+    currency: Text = "RUB"
+    timezone: Text = "Europe/Moscow"
+    point_value_minor: Positive = 100
+    max_redeem_percent: NonNegativeDec = Decimal(30)
+    activation_delay_days: NonNegative = 0
+    offline_redeem_limit_points: NonNegative = 500
+    birthday_multiplier: NonNegativeDec = Decimal(5)
+    birthday_window_days: NonNegative = 7
+    max_offers_printed: NonNegative = 5
+    offer_print_cooldown_days: NonNegative = 7
+    tiers: tuple[Tier, ...] = DEFAULT_TIERS
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f'"{value}" is not a known time zone (e.g. Europe/Moscow)') from None
+        return value
+
+    @field_validator("max_redeem_percent")
+    @classmethod
+    def _percent(cls, value: Decimal) -> Decimal:
+        if value > 100:
+            raise ValueError("must be between 0 and 100")
+        return value
+
+    @field_validator("tiers")
+    @classmethod
+    def _some_tiers(cls, value: tuple[Tier, ...]) -> tuple[Tier, ...]:
+        if not value:
+            raise ValueError("at least one tier is needed (the first is the base rate)")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def tier(self, code: str | None) -> Tier:
+        """The customer's tier; an unknown code earns at the first (base) tier's rate."""
+        for tier in self.tiers:
+            if tier.code == code:
+                return tier
+        return self.tiers[0]
+
+
+class Product(Model):
+    sku: Key
+    name: Text = ""
+    category: Text = ""
+    excluded_from_loyalty: bool = False
+
+
+class Category(Model):
+    code: Key
+    parent: Text | None = None
+    name: Text = ""
+
+
+class PendingPoints(Model):
+    points: Int64
+    activates_at: Timestamp
+
+
+Segment = Literal["NEW", "ACTIVE", "AT_RISK", "CHURNED", "SEGMENT_UNSPECIFIED"]
+
+
+class Customer(Model):
+    id: Key
+    first_name: Text = ""
+    tier: Text = ""
+    birthday: Day | None = None
+    phone: Text | None = None
+    balance_points: Int64 = 0
+    segment: Segment | None = None
+    control_groups: tuple[Key, ...] = ()
+    favorite_weekday: Annotated[int, Field(ge=0, le=7)] | None = None
+    pending: tuple[PendingPoints, ...] = ()
+
+
+CardStatus = Literal["ACTIVE", "BLOCKED", "LOST"]
+
+
+class CardRecord(Model):
+    number: Key
+    customer_id: Key
+    status: CardStatus = "ACTIVE"
+
+
+OfferKind = Literal[
+    "PERCENT_OFF",
+    "AMOUNT_OFF",
+    "FIXED_PRICE",
+    "BONUS_MULTIPLIER",
+    "RECEIPT_PERCENT_OFF",
+    "EXTRA_POINTS",
+]
+LINE_MONEY_KINDS = frozenset({"PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE"})
+
+
+class Offer(Model):
+    id: Key
+    campaign_id: Text = ""
+    customer_id: Text | None = None
+    kind: OfferKind
+    skus: tuple[Key, ...] = ()
+    categories: tuple[Key, ...] = ()
+    value: NonNegativeDec
+    min_qty: NonNegativeDec = Decimal(0)
+    min_total_minor: NonNegative = 0
+    valid_from: Timestamp | None = None
+    valid_to: Timestamp | None = None
+    priority: Int64 = 0
+    rank: Int64 = 0
+    printable: bool = False
+    print_text: Text = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Offer:
+        if self.valid_from and self.valid_to and self.valid_from > self.valid_to:
+            raise ValueError(f"offer {self.id}: validFrom is after validTo")
+        if self.kind in ("PERCENT_OFF", "RECEIPT_PERCENT_OFF") and self.value > 100:
+            raise ValueError(f"offer {self.id}: a percentage above 100")
+        if self.kind == "EXTRA_POINTS" and self.value != self.value.to_integral_value():
+            raise ValueError(f"offer {self.id}: EXTRA_POINTS value must be whole points")
+        return self
+
+    def valid_at(self, moment: datetime) -> bool:
+        if self.valid_from is not None and moment < self.valid_from:
+            return False
+        return not (self.valid_to is not None and moment > self.valid_to)
+
+
+class Removed(Model):
+    cards: tuple[Key, ...] = ()
+    customers: tuple[Key, ...] = ()
+    offers: tuple[Key, ...] = ()
+    products: tuple[Key, ...] = ()
+    categories: tuple[Key, ...] = ()
+
+
+class Snapshot(Model):
+    version: Positive
+    base_version: NonNegative = 0
+    issued_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
+    program: Program | None = None
+    products: tuple[Product, ...] = ()
+    categories: tuple[Category, ...] = ()
+    customers: tuple[Customer, ...] = ()
+    cards: tuple[CardRecord, ...] = ()
+    offers: tuple[Offer, ...] = ()
+    removed: Removed = Removed()
+    applied_through: dict[str, NonNegative] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _versions(self) -> Snapshot:
+        if self.base_version >= self.version:
+            raise ValueError(
+                f"baseVersion {self.base_version} must be below version {self.version}"
+            )
+        for name in ("products", "categories", "customers", "cards", "offers"):
+            keys = [_key(row) for row in getattr(self, name)]
+            if len(keys) != len(set(keys)):
+                dup = next(k for k in keys if keys.count(k) > 1)
+                raise ValueError(f"{name}: {dup!r} appears twice")
+        return self
+
+    @property
+    def is_full(self) -> bool:
+        return self.base_version == 0
+
+
+def _key(row: BaseModel) -> str:
+    for attr in ("sku", "code", "id", "number"):
+        if hasattr(row, attr):
+            return str(getattr(row, attr))
+    raise AssertionError(row)  # pragma: no cover
+
+
+# ---------------------------------------------------------------- receipts (§5)
+
+
+class ReceiptLine(Model):
+    sku: Key
+    qty: Qty
+    price_minor: NonNegative | None = None
+    amount_minor: NonNegative | None = None
+
+    @model_validator(mode="after")
+    def _priced(self) -> ReceiptLine:
+        if self.price_minor is None and self.amount_minor is None:
+            raise ValueError(f"line {self.sku}: priceMinor or amountMinor is needed")
+        if self.amount_minor is None:
+            from .money import line_amount
+
+            if line_amount(self.price_minor or 0, self.qty) > INT64_MAX:
+                raise ValueError(
+                    f"line {self.sku}: priceMinor × qty does not fit in a signed 64-bit integer"
+                )
+        return self
+
+    @property
+    def amount(self) -> int:
+        from .money import line_amount
+
+        if self.amount_minor is not None:
+            return self.amount_minor
+        return line_amount(self.price_minor or 0, self.qty)
+
+
+class Receipt(Model):
+    receipt_id: Key
+    store_id: Text = ""
+    till_id: Text = ""
+    at: Timestamp
+    card: Text
+    lines: Annotated[tuple[ReceiptLine, ...], Field(min_length=1, max_length=10_000)]
+    redeem_points: Int64 = 0
+
+    @field_validator("redeem_points")
+    @classmethod
+    def _redeem(cls, value: int) -> int:
+        if value < -1:
+            raise ValueError("must be 0 or more, or -1 for as much as allowed")
+        return value
+
+    @model_validator(mode="after")
+    def _totals_fit(self) -> Receipt:
+        if sum(line.amount for line in self.lines) > INT64_MAX:
+            raise ValueError("the receipt total does not fit in a signed 64-bit integer")
+        return self
+
+
+class RefundLine(Model):
+    sku: Key
+    qty: Qty
+
+
+class Refund(Model):
+    refund_id: Key
+    receipt_id: Key
+    at: Timestamp
+    lines: Annotated[tuple[RefundLine, ...], Field(min_length=1, max_length=10_000)]
+
+
+# ---------------------------------------------------------------- parsing
+
+
+M = TypeVar("M", bound=Model)
+
+
+def parse(model: type[M], data: Any, what: str) -> M:
+    """Validate `data` as `model`, turning the first problem into one readable line."""
+    if not isinstance(data, dict):
+        raise InputError(f"{what}: expected a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{what}: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = _location(first.get("loc", ()))
+    message = str(first.get("msg", "is not valid"))
+    message = message.removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        message = "is not a known field"
+    elif first.get("type") == "missing":
+        message = "is required"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{where} {message}{more}".strip() if where else f"{message}{more}"
+
+
+def _location(loc: tuple[int | str, ...] | Any) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and not part.startswith("function-"):
+            out += f".{part}" if out else part
+    return out

@@ -1,0 +1,47 @@
+"""Integer money arithmetic. Minor units and whole points outside; exact fractions inside."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from decimal import Decimal
+from fractions import Fraction
+
+
+def frac(value: Decimal | int) -> Fraction:
+    return Fraction(value)
+
+
+def round_half_up(value: Fraction) -> int:
+    """Round to the nearest integer, halves away from zero (SPEC §2)."""
+    if value >= 0:
+        return math.floor(value + Fraction(1, 2))
+    return -math.floor(-value + Fraction(1, 2))
+
+
+def line_amount(price_minor: int, qty: Decimal) -> int:
+    return round_half_up(Fraction(price_minor) * Fraction(qty))
+
+
+def largest_remainder(exact: Sequence[Fraction], total: int) -> list[int]:
+    """Split `total` into integer shares of `exact` values whose floors sum to at most `total`.
+
+    Each share is floor(exact); the units still missing go one each to the largest
+    fractional parts, ties to the earlier position (SPEC §5 steps 4 and 5).
+    """
+    shares = [math.floor(x) for x in exact]
+    missing = total - sum(shares)
+    if missing <= 0:
+        return shares
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in order[:missing]:
+        shares[i] += 1
+    return shares
+
+
+def format_minor(amount_minor: int) -> str:
+    """12345678 -> '123 456,78' (the way a Russian receipt writes roubles)."""
+    sign = "-" if amount_minor < 0 else ""
+    whole, cents = divmod(abs(amount_minor), 100)
+    grouped = f"{whole:,}".replace(",", " ")
+    return f"{sign}{grouped},{cents:02d}"

@@ -1,0 +1,352 @@
+"""The pricing engine (SPEC §5): plain functions over frozen models, no I/O.
+
+Everything the rules need is passed in a `PricingContext`; storage, clock and the hub
+stay at the edges. Amounts are integers; quantities, rates and shares are exact
+`Fraction`s inside a calculation and never leave it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from fractions import Fraction
+
+from .models import LINE_MONEY_KINDS, Customer, Offer, Product, Program, Receipt
+from .money import frac, largest_remainder, round_half_up
+
+# ---------------------------------------------------------------- inputs and outputs
+
+
+@dataclass(frozen=True)
+class PricingContext:
+    program: Program
+    products: Mapping[str, Product]
+    # sku -> the product's category and all its ancestors
+    categories_of: Callable[[str], frozenset[str]]
+    customer: Customer | None  # None: the card is UNKNOWN
+    offers: Sequence[Offer]  # personal offers of the customer and mass offers
+    available_points: int = 0  # spendable balance at `at`, before this receipt
+    # Extra cap on redemption: what is left of the offline limit, or what the hub authorised.
+    redeem_cap: int | None = None
+
+
+@dataclass(frozen=True)
+class PricedLine:
+    sku: str
+    qty: Fraction
+    amount: int
+    eligible: bool
+    discount: int = 0
+    offer_id: str | None = None
+    redeemed_points: int = 0
+    earned_points: int = 0
+    multiplier: Fraction = Fraction(1)
+
+
+@dataclass(frozen=True)
+class Priced:
+    lines: tuple[PricedLine, ...]
+    point_value: int
+    extra_points: int
+    held_out: tuple[str, ...]
+    redeem_allowed_without_cap: int  # what steps 4's caps allow before the offline/hub cap
+
+    @property
+    def total(self) -> int:
+        return sum(line.amount for line in self.lines)
+
+    @property
+    def discount(self) -> int:
+        return sum(line.discount for line in self.lines)
+
+    @property
+    def redeemed_points(self) -> int:
+        return sum(line.redeemed_points for line in self.lines)
+
+    @property
+    def payable(self) -> int:
+        return self.total - self.discount - self.redeemed_points * self.point_value
+
+    @property
+    def earned_points(self) -> int:
+        return sum(line.earned_points for line in self.lines) + self.extra_points
+
+
+@dataclass
+class _Work:
+    """Mutable per-line state while the steps run; frozen into PricedLine at the end."""
+
+    sku: str
+    qty: Fraction
+    amount: int
+    eligible: bool
+    categories: frozenset[str] = field(default_factory=frozenset)
+    discount: int = 0
+    offer_id: str | None = None
+    multiplier: Fraction = Fraction(1)
+    redeemed: int = 0
+    earned: int = 0
+
+
+# ---------------------------------------------------------------- the steps
+
+
+def price(receipt: Receipt, ctx: PricingContext) -> Priced:
+    program = ctx.program
+    pv = program.point_value_minor
+    customer = ctx.customer
+    held: set[str] = set()
+
+    # 1. Eligible lines.
+    work: list[_Work] = []
+    for line in receipt.lines:
+        product = ctx.products.get(line.sku)
+        eligible = product is not None and not product.excluded_from_loyalty
+        work.append(
+            _Work(
+                sku=line.sku,
+                qty=frac(line.qty),
+                amount=line.amount,
+                eligible=eligible,
+                categories=ctx.categories_of(line.sku) if eligible else frozenset(),
+            )
+        )
+
+    offers = [o for o in ctx.offers if _offered_to(o, customer) and o.valid_at(receipt.at)]
+
+    # 2. Line offers.
+    if customer is not None:
+        for w in work:
+            if w.eligible:
+                _line_offers(w, offers, customer, held)
+
+    # 3. Receipt offers.
+    extra_points = 0
+    if customer is not None:
+        extra_points = _receipt_offers(work, offers, customer, held)
+
+    # 4. Redemption.
+    allowed_uncapped = 0
+    if customer is not None:
+        allowed_uncapped = _redeem_allowed(work, receipt.redeem_points, ctx)
+        allowed = allowed_uncapped
+        if ctx.redeem_cap is not None:
+            allowed = min(allowed, max(0, ctx.redeem_cap))
+        _spread_redemption(work, allowed, pv)
+
+    # 5. Accrual.
+    tier = program.tier(customer.tier if customer else None)
+    birthday = customer is not None and in_birthday_window(
+        customer.birthday, receipt.at.astimezone(program.zone).date(), program.birthday_window_days
+    )
+    base_multiplier = frac(program.birthday_multiplier) if birthday else Fraction(1)
+    rate = frac(tier.accrual_percent)
+    exact: list[Fraction] = []
+    for w in work:
+        if not w.eligible:
+            exact.append(Fraction(0))
+            continue
+        multiplier = max(Fraction(1), w.multiplier, base_multiplier)
+        w.multiplier = multiplier
+        paid = w.amount - w.discount - w.redeemed * pv
+        exact.append(Fraction(paid) * rate * multiplier / (100 * pv))
+    for w, share in zip(work, largest_remainder(exact, math.floor(sum(exact, Fraction(0)))), strict=True):
+        w.earned = share
+
+    return Priced(
+        lines=tuple(
+            PricedLine(
+                sku=w.sku,
+                qty=w.qty,
+                amount=w.amount,
+                eligible=w.eligible,
+                discount=w.discount,
+                offer_id=w.offer_id,
+                redeemed_points=w.redeemed,
+                earned_points=w.earned,
+                multiplier=w.multiplier,
+            )
+            for w in work
+        ),
+        point_value=pv,
+        extra_points=extra_points,
+        held_out=tuple(sorted(held)),
+        redeem_allowed_without_cap=allowed_uncapped,
+    )
+
+
+def _offered_to(offer: Offer, customer: Customer | None) -> bool:
+    """Personal to this customer, or a mass offer; an UNKNOWN card gets no offers."""
+    if customer is None:
+        return False
+    return offer.customer_id is None or offer.customer_id == customer.id
+
+
+def _in_control_group(offer: Offer, customer: Customer) -> bool:
+    return bool(offer.campaign_id) and offer.campaign_id in customer.control_groups
+
+
+def _targets(offer: Offer, w: _Work) -> bool:
+    return w.sku in offer.skus or any(c in w.categories for c in offer.categories)
+
+
+def line_discount(offer: Offer, amount: int, qty: Fraction) -> int:
+    value = frac(offer.value)
+    if offer.kind == "PERCENT_OFF":
+        discount = math.floor(amount * value / 100)
+    elif offer.kind == "AMOUNT_OFF":
+        discount = round_half_up(value * qty)
+    elif offer.kind == "FIXED_PRICE":
+        discount = amount - round_half_up(value * qty)
+    else:
+        return 0
+    return max(0, min(amount, discount))
+
+
+def _line_offers(w: _Work, offers: Sequence[Offer], customer: Customer, held: set[str]) -> None:
+    best: tuple[int, int, str] | None = None  # (-discount, priority, id)
+    for offer in offers:
+        if offer.kind not in LINE_MONEY_KINDS and offer.kind != "BONUS_MULTIPLIER":
+            continue
+        if not _targets(offer, w) or w.qty < frac(offer.min_qty):
+            continue
+        if offer.kind == "BONUS_MULTIPLIER":
+            multiplier = frac(offer.value)
+            if _in_control_group(offer, customer):
+                if multiplier > 1:
+                    held.add(offer.id)
+            elif multiplier > w.multiplier:
+                w.multiplier = multiplier
+            continue
+        discount = line_discount(offer, w.amount, w.qty)
+        if discount <= 0:
+            continue
+        if _in_control_group(offer, customer):
+            held.add(offer.id)
+            continue
+        key = (-discount, offer.priority, offer.id)
+        if best is None or key < best:
+            best = key
+    if best is not None:
+        w.discount = -best[0]
+        w.offer_id = best[2]
+
+
+def _receipt_offers(
+    work: list[_Work], offers: Sequence[Offer], customer: Customer, held: set[str]
+) -> int:
+    eligible_total = sum(w.amount - w.discount for w in work if w.eligible)
+    open_lines = [w for w in work if w.eligible and w.offer_id is None]
+
+    best: tuple[int, int, str] | None = None
+    best_offer: Offer | None = None
+    extra = 0
+    for offer in offers:
+        if offer.kind not in ("RECEIPT_PERCENT_OFF", "EXTRA_POINTS"):
+            continue
+        if eligible_total < offer.min_total_minor:
+            continue
+        if offer.kind == "EXTRA_POINTS":
+            points = int(offer.value)
+            if points <= 0:
+                continue
+            if _in_control_group(offer, customer):
+                held.add(offer.id)
+            else:
+                extra += points
+            continue
+        total = sum(math.floor(w.amount * frac(offer.value) / 100) for w in open_lines)
+        if total <= 0:
+            continue
+        if _in_control_group(offer, customer):
+            held.add(offer.id)
+            continue
+        key = (-total, offer.priority, offer.id)
+        if best is None or key < best:
+            best, best_offer = key, offer
+    if best_offer is not None:
+        value = frac(best_offer.value)
+        for w in open_lines:
+            discount = min(w.amount, math.floor(w.amount * value / 100))
+            if discount > 0:
+                w.discount = discount
+                w.offer_id = best_offer.id
+    return extra
+
+
+def _redeem_allowed(work: list[_Work], requested: int, ctx: PricingContext) -> int:
+    pv = ctx.program.point_value_minor
+    after_discounts = sum(w.amount - w.discount for w in work if w.eligible)
+    capacity = sum((w.amount - w.discount) // pv for w in work if w.eligible)
+    percent_cap = math.floor(
+        Fraction(after_discounts) * frac(ctx.program.max_redeem_percent) / 100 / pv
+    )
+    limits = [max(0, ctx.available_points), percent_cap, capacity]
+    if requested != -1:
+        limits.append(requested)
+    return max(0, min(limits))
+
+
+def _spread_redemption(work: list[_Work], allowed: int, pv: int) -> None:
+    if allowed <= 0:
+        return
+    caps = [(w.amount - w.discount) // pv if w.eligible else 0 for w in work]
+    total_cap = sum(caps)
+    exact = [Fraction(allowed * c, total_cap) for c in caps]
+    for w, share in zip(work, largest_remainder(exact, allowed), strict=True):
+        w.redeemed = share
+
+
+# ---------------------------------------------------------------- birthdays and time
+
+
+def birthday_in(year: int, birthday: date) -> date:
+    """The birthday's date in `year`; 29 February falls on 28 February in other years."""
+    try:
+        return birthday.replace(year=year)
+    except ValueError:
+        return date(year, 2, 28)
+
+
+def in_birthday_window(birthday: date | None, today: date, window_days: int) -> bool:
+    """True on the next birthday or at most `window_days` days before it (across new year)."""
+    if birthday is None:
+        return False
+    upcoming = birthday_in(today.year, birthday)
+    if upcoming < today:
+        upcoming = birthday_in(today.year + 1, birthday)
+    return (upcoming - today).days <= window_days
+
+
+def activation_time(at: datetime, program: Program) -> datetime:
+    """`activationDelayDays` later, at the same local clock time (SPEC §5 step 6)."""
+    local = at.astimezone(program.zone)
+    naive = local.replace(tzinfo=None) + timedelta(days=program.activation_delay_days)
+    return naive.replace(tzinfo=program.zone)
+
+
+# ---------------------------------------------------------------- offers to print (§7)
+
+
+def offers_to_print(
+    customer: Customer,
+    offers: Sequence[Offer],
+    at: datetime,
+    program: Program,
+    printed_recently: Callable[[str], bool],
+) -> list[Offer]:
+    horizon = at + timedelta(days=7)
+    chosen = [
+        o
+        for o in offers
+        if o.printable
+        and o.customer_id == customer.id
+        and (o.valid_to is None or o.valid_to >= at)
+        and (o.valid_from is None or o.valid_from <= horizon)
+        and not _in_control_group(o, customer)
+        and not printed_recently(o.id)
+    ]
+    chosen.sort(key=lambda o: (o.rank, o.id))
+    return chosen[: program.max_offers_printed]

@@ -1,0 +1,85 @@
+"""Refund arithmetic (SPEC §6), pure: which original lines a return takes, and the points.
+
+For an original line with qty q, redeemed points p and earned points e, once r of its qty
+has been returned over all refunds the customer has got back floor(p·r/q) and lost
+floor(e·r/q). Each refund applies the difference from the refunds before it, so any
+split of a full return gives back exactly p and takes back exactly e.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+
+from .errors import Refused
+
+
+@dataclass(frozen=True)
+class SoldLine:
+    sku: str
+    qty: Fraction
+    redeemed_points: int
+    earned_points: int
+    returned_qty: Fraction  # over all refunds so far
+
+
+@dataclass(frozen=True)
+class RefundOutcome:
+    returned_qty: tuple[Fraction, ...]  # per original line, after this refund
+    returned_points: int  # redeemed points given back to the customer
+    taken_back_points: int  # earned points taken back (extra points included)
+
+
+def apply_refund(
+    sold: Sequence[SoldLine],
+    returns: Sequence[tuple[str, Fraction]],
+    extra_points: int,
+    receipt_id: str,
+) -> RefundOutcome:
+    after = [line.returned_qty for line in sold]
+    for sku, qty in returns:
+        left = qty
+        for i, line in enumerate(sold):
+            if left <= 0:
+                break
+            if line.sku != sku:
+                continue
+            take = min(left, line.qty - after[i])
+            if take > 0:
+                after[i] += take
+                left -= take
+        if left > 0:
+            bought = sum((line.qty for line in sold if line.sku == sku), Fraction(0))
+            if bought == 0:
+                raise Refused(f"receipt {receipt_id} has no line with sku {sku}")
+            raise Refused(
+                f"receipt {receipt_id}: returning more of sku {sku} than was bought"
+                f" ({_qty(bought)} bought, including earlier refunds)"
+            )
+
+    returned = taken = 0
+    for line, new in zip(sold, after, strict=True):
+        old = line.returned_qty
+        returned += _share(line.redeemed_points, new, line.qty) - _share(
+            line.redeemed_points, old, line.qty
+        )
+        taken += _share(line.earned_points, new, line.qty) - _share(
+            line.earned_points, old, line.qty
+        )
+    was_complete = all(line.returned_qty == line.qty for line in sold)
+    now_complete = all(new == line.qty for line, new in zip(sold, after, strict=True))
+    if now_complete and not was_complete:
+        taken += extra_points
+    return RefundOutcome(tuple(after), returned, taken)
+
+
+def _share(points: int, returned: Fraction, qty: Fraction) -> int:
+    return math.floor(points * returned / qty)
+
+
+def _qty(value: Fraction) -> str:
+    text = str(Decimal(value.numerator) / Decimal(value.denominator))
+    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -1,0 +1,549 @@
+"""The till agent: identify, quote, checkout, refund, balance, status over the two SQLite files.
+
+`Agent` is what the CLI and the local `PosAgent` gRPC server call. It owns no transport:
+the clock, the data directory and the hub's redemption authoriser are injected.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import cache as cache_mod
+from . import ledger
+from .cache import CacheView, ancestors
+from .db import open_cache, open_ledger
+from .errors import CardRefused, HubUnavailable, InputError, NotFound, Refused, StorageError
+from .identify import Identification, identify
+from .messages import checkout_display, quote_display
+from .models import Customer, Offer, Receipt, Refund, Snapshot, parse
+from .pricing import Priced, PricingContext, activation_time, offers_to_print, price
+from .refunds import SoldLine, apply_refund
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class RedemptionAuthoriser(Protocol):
+    """The hub's online redemption check (SPEC §9); raises HubUnavailable when it is not there."""
+
+    def authorise(self, customer_id: str, receipt_id: str, points: int, at: datetime) -> int: ...
+
+
+@dataclass(frozen=True)
+class _Priced:
+    receipt: Receipt
+    ident: Identification
+    priced: Priced
+    mode: str
+    balance_before: ledger.Points | None
+    program_point_value: int
+    result: dict[str, Any]
+    customer: Customer | None
+    offers: list[Offer]
+    applied: dict[str, int]
+
+
+class Agent:
+    def __init__(
+        self,
+        data_dir: Path,
+        device_id: str,
+        *,
+        clock: Clock = system_clock,
+        hub: RedemptionAuthoriser | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.device_id = device_id
+        self.clock = clock
+        self.hub = hub
+        self._cache = open_cache(self.data_dir)
+        self._ledger = open_ledger(self.data_dir)
+        self._lock = threading.RLock()
+        self.last_mode = "OFFLINE"
+
+    def close(self) -> None:
+        self._cache.close()
+        self._ledger.close()
+
+    # ------------------------------------------------------------ snapshot
+
+    def load_snapshot(self, data: Any) -> cache_mod.CacheInfo:
+        snap = parse(Snapshot, data, "snapshot")
+        conn = open_cache(self.data_dir)  # its own connection: readers keep theirs
+        try:
+            return cache_mod.apply_snapshot(conn, snap, self.clock())
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------ identify, balance
+
+    def identify(self, text: str) -> dict[str, Any]:
+        with self._lock, CacheView.reading(self._cache) as view:
+            ident = identify(text, view)
+            return card_json(ident, view.program().tier(ident.customer.tier).code
+                             if ident.customer else None)
+
+    def balance(self, card: str, at: datetime | None = None) -> dict[str, int]:
+        moment = at or self.clock()
+        with self._lock, CacheView.reading(self._cache) as view:
+            ident = _require_card(identify(card, view))
+            if ident.customer is None:
+                raise NotFound(f"card {card.strip()} is not known to this till")
+            return ledger.balance(
+                self._ledger, ident.customer, view.applied_through(), moment
+            ).as_json()
+
+    # ------------------------------------------------------------ quote, checkout
+
+    def quote(self, data: Any) -> dict[str, Any]:
+        receipt = parse(Receipt, data, "receipt")
+        with self._lock, CacheView.reading(self._cache) as view:
+            return self._price(receipt, view, commit=False).result
+
+    def checkout(self, data: Any) -> dict[str, Any]:
+        receipt = parse(Receipt, data, "receipt")
+        with self._lock, self._write(), CacheView.reading(self._cache) as view:
+            stored = self._ledger.execute(
+                "SELECT result FROM receipts WHERE receipt_id = ?", (receipt.receipt_id,)
+            ).fetchone()
+            if stored is not None:
+                return dict(json.loads(stored[0]))
+            done = self._price(receipt, view, commit=True)
+            self._store_checkout(done, view)
+            return done.result
+
+    def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
+        program = view.program()
+        ident = _require_card(identify(receipt.card, view))
+        customer = ident.customer
+        products = view.products(line.sku for line in receipt.lines)
+        parents = view.category_parents()
+
+        def categories_of(sku: str) -> frozenset[str]:
+            product = products.get(sku)
+            return ancestors(product.category, parents) if product else frozenset()
+
+        applied = view.applied_through()
+        offers = view.offers_for(customer.id) if customer else []
+        before = (
+            ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
+        )
+        ctx = PricingContext(
+            program=program,
+            products=products,
+            categories_of=categories_of,
+            customer=customer,
+            offers=offers,
+            available_points=before.available if before else 0,
+        )
+        mode = "OFFLINE"
+        priced = price(receipt, ctx)
+        if customer is not None and priced.redeem_allowed_without_cap > 0:
+            cap, mode = self._redeem_cap(receipt, ident, priced, program, commit)
+            if cap < priced.redeem_allowed_without_cap:
+                priced = price(receipt, _with_cap(ctx, cap))
+        elif self.hub is not None:
+            mode = "ONLINE"
+        self.last_mode = mode
+
+        printed: list[Offer] = []
+        if commit and customer is not None:
+            since = receipt.at - timedelta(days=program.offer_print_cooldown_days)
+            recent = ledger.printed_since(self._ledger, customer.id, since)
+            printed = offers_to_print(customer, offers, receipt.at, program, recent.__contains__)
+
+        after = None
+        if before is not None:
+            earned = priced.earned_points
+            pending_now = activation_time(receipt.at, program) > receipt.at
+            after = ledger.Points(
+                before.available - priced.redeemed_points + (0 if pending_now else earned),
+                before.pending + (earned if pending_now else 0),
+            )
+        tier = program.tier(customer.tier).code if customer else None
+        result = result_json(receipt, ident, tier, priced, mode, after, printed)
+        if customer is not None and after is not None:
+            display = (
+                checkout_display(customer.first_name, priced.earned_points, after.available)
+                if commit
+                else quote_display(customer.first_name, priced.payable, priced.discount)
+            )
+        else:
+            display = quote_display("", priced.payable, priced.discount)
+        result["display"] = display
+        return _Priced(
+            receipt, ident, priced, mode, before, program.point_value_minor, result,
+            customer, printed, applied,
+        )
+
+    def _redeem_cap(
+        self,
+        receipt: Receipt,
+        ident: Identification,
+        priced: Priced,
+        program: Any,
+        commit: bool,
+    ) -> tuple[int, str]:
+        wanted = priced.redeem_allowed_without_cap
+        if self.hub is not None and ident.customer is not None:
+            try:
+                if commit:
+                    return (
+                        self.hub.authorise(ident.customer.id, receipt.receipt_id, wanted, receipt.at),
+                        "ONLINE",
+                    )
+                return wanted, "ONLINE"
+            except HubUnavailable:
+                pass
+        day = receipt.at.astimezone(program.zone).date().isoformat()
+        used = ledger.offline_redeemed(self._ledger, ident.card_number or "", day)
+        return max(0, program.offline_redeem_limit_points - used), "OFFLINE"
+
+    def _store_checkout(self, done: _Priced, view: CacheView) -> None:
+        receipt, priced, customer = done.receipt, done.priced, done.customer
+        conn = self._ledger
+        now = self.clock()
+        seq = ledger.take_seq(conn, self.device_id, done.applied.get(self.device_id, 0))
+        program = view.program()
+        card = done.ident.card_number or _normalised(receipt.card)
+        day = receipt.at.astimezone(program.zone).date().isoformat()
+        request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+        conn.execute(
+            "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                receipt.receipt_id, self.device_id, seq, receipt.at.isoformat(), day, card,
+                customer.id if customer else None, done.mode, priced.redeemed_points,
+                priced.extra_points, json.dumps(request, ensure_ascii=False),
+                json.dumps(done.result, ensure_ascii=False), ledger.utc_text(now),
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO receipt_lines VALUES (?,?,?,?,?,?,?)",
+            [
+                (receipt.receipt_id, i, line.sku, str(receipt.lines[i].qty),
+                 line.redeemed_points, line.earned_points, "0")
+                for i, line in enumerate(priced.lines)
+            ],
+        )
+        delta_available = delta_pending = 0
+        if customer is not None:
+            activates = activation_time(receipt.at, program)
+            rows = []
+            if priced.redeemed_points:
+                rows.append(("spend", -priced.redeemed_points, None))
+                delta_available -= priced.redeemed_points
+            if priced.earned_points:
+                rows.append(("earn", priced.earned_points, ledger.utc_text(activates)))
+                if activates > receipt.at:
+                    delta_pending += priced.earned_points
+                else:
+                    delta_available += priced.earned_points
+            conn.executemany(
+                "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
+                " activates_at) VALUES (?,?,?,?,?,?,?)",
+                [(self.device_id, seq, customer.id, receipt.receipt_id, *r) for r in rows],
+            )
+            for offer in done.offers:
+                conn.execute(
+                    "INSERT INTO print_history VALUES (?,?,?,?)",
+                    (customer.id, offer.id, ledger.utc_text(receipt.at), receipt.receipt_id),
+                )
+            if done.offers:
+                conn.execute(
+                    "INSERT INTO print_jobs (receipt_id, created_at, payload) VALUES (?,?,?)",
+                    (receipt.receipt_id, ledger.utc_text(now),
+                     json.dumps(print_payload(receipt, customer, done.offers), ensure_ascii=False)),
+                )
+        self._journal(
+            seq, "CHECKOUT", receipt.receipt_id, receipt.at, customer, card, request,
+            done.result, delta_available, delta_pending, now,
+        )
+
+    def _journal(
+        self,
+        seq: int,
+        kind: str,
+        ref_id: str,
+        at: datetime,
+        customer: Customer | None,
+        card: str,
+        request: dict[str, Any],
+        result: dict[str, Any],
+        delta_available: int,
+        delta_pending: int,
+        now: datetime,
+    ) -> None:
+        customer_id = customer.id if customer else None
+        self._ledger.execute(
+            "INSERT INTO journal VALUES (?,?,?,?,?,?,?,?)",
+            (self.device_id, seq, kind, ref_id, at.isoformat(), customer_id, card,
+             ledger.utc_text(now)),
+        )
+        payload = {
+            "deviceId": self.device_id,
+            "seq": seq,
+            "kind": kind,
+            "at": at.isoformat(),
+            "customerId": customer_id or "",
+            "card": card,
+            "requestJson": json.dumps(request, ensure_ascii=False, sort_keys=True),
+            "resultJson": json.dumps(result, ensure_ascii=False, sort_keys=True),
+            "pointsDeltaAvailable": delta_available,
+            "pointsDeltaPending": delta_pending,
+        }
+        self._ledger.execute(
+            "INSERT INTO outbox (device_id, seq, payload, created_at) VALUES (?,?,?,?)",
+            (self.device_id, seq, json.dumps(payload, ensure_ascii=False), ledger.utc_text(now)),
+        )
+
+    # ------------------------------------------------------------ refund
+
+    def refund(self, data: Any) -> dict[str, Any]:
+        refund = parse(Refund, data, "refund")
+        with self._lock, self._write(), CacheView.reading(self._cache) as view:
+            conn = self._ledger
+            stored = conn.execute(
+                "SELECT result FROM refunds WHERE refund_id = ?", (refund.refund_id,)
+            ).fetchone()
+            if stored is not None:
+                return dict(json.loads(stored[0]))
+            row = conn.execute(
+                "SELECT at, card, customer_id, extra_points, result FROM receipts"
+                " WHERE receipt_id = ?",
+                (refund.receipt_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"receipt {refund.receipt_id} was never committed at this till")
+            sold_at = datetime.fromisoformat(row[0])
+            card, customer_id, extra = str(row[1]), row[2], int(row[3])
+            if refund.at < sold_at:
+                raise InputError(
+                    f"refund at {refund.at.isoformat()} is before the sale at {row[0]}"
+                )
+            lines = conn.execute(
+                "SELECT idx, sku, qty, redeemed_points, earned_points, returned_qty"
+                " FROM receipt_lines WHERE receipt_id = ? ORDER BY idx",
+                (refund.receipt_id,),
+            ).fetchall()
+            sold = [
+                SoldLine(sku, Fraction(Decimal(q)), int(p), int(e), Fraction(Decimal(r)))
+                for _, sku, q, p, e, r in lines
+            ]
+            outcome = apply_refund(
+                sold,
+                [(line.sku, Fraction(line.qty)) for line in refund.lines],
+                extra,
+                refund.receipt_id,
+            )
+            for (idx, *_), new in zip(lines, outcome.returned_qty, strict=True):
+                conn.execute(
+                    "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
+                    (_qty_text(new), refund.receipt_id, idx),
+                )
+            program = view.program()
+            applied = view.applied_through()
+            seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
+            customer = view.customer(customer_id) if customer_id else None
+            delta_available = delta_pending = 0
+            if customer_id:
+                rows: list[tuple[str, int, str | None]] = []
+                if outcome.returned_points:
+                    rows.append(("spend", outcome.returned_points, None))
+                    delta_available += outcome.returned_points
+                taken = outcome.taken_back_points
+                activates = activation_time(sold_at, program)
+                if taken and refund.at < activates:
+                    # Taken-back points come off the receipt's own pending points first.
+                    pending_left = int(
+                        conn.execute(
+                            "SELECT coalesce(sum(points), 0) FROM points"
+                            " WHERE receipt_id = ? AND kind = 'earn'",
+                            (refund.receipt_id,),
+                        ).fetchone()[0]
+                    )
+                    from_pending = max(0, min(taken, pending_left))
+                    if from_pending:
+                        rows.append(("earn", -from_pending, ledger.utc_text(activates)))
+                        delta_pending -= from_pending
+                        taken -= from_pending
+                if taken:
+                    rows.append(("spend", -taken, None))
+                    delta_available -= taken
+                conn.executemany(
+                    "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
+                    " activates_at) VALUES (?,?,?,?,?,?,?)",
+                    [(self.device_id, seq, customer_id, refund.receipt_id, *r) for r in rows],
+                )
+            balance = (
+                ledger.balance(conn, customer, applied, refund.at) if customer else None
+            )
+            result: dict[str, Any] = {
+                "refundId": refund.refund_id,
+                "receiptId": refund.receipt_id,
+                "returnedPoints": outcome.returned_points,
+                "takenBackPoints": outcome.taken_back_points,
+                "balance": balance.as_json() if balance else None,
+                "negativeBalance": bool(balance and balance.available < 0),
+            }
+            request = refund.model_dump(mode="json", by_alias=True)
+            now = self.clock()
+            conn.execute(
+                "INSERT INTO refunds VALUES (?,?,?,?,?,?,?,?)",
+                (refund.refund_id, refund.receipt_id, self.device_id, seq, refund.at.isoformat(),
+                 json.dumps(request, ensure_ascii=False), json.dumps(result, ensure_ascii=False),
+                 ledger.utc_text(now)),
+            )
+            self._journal(
+                seq, "REFUND", refund.refund_id, refund.at, customer, card, request, result,
+                delta_available, delta_pending, now,
+            )
+            return result
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            info = cache_mod.info(self._cache)
+            conn = self._ledger
+            jobs = conn.execute(
+                "SELECT count(*) FROM print_jobs WHERE state NOT IN ('DONE')"
+            ).fetchone()[0]
+            return {
+                "deviceId": self.device_id,
+                "cacheVersion": info.version,
+                "cacheIssuedAt": info.issued_at or "",
+                "lastSeq": ledger.last_seq(conn, self.device_id),
+                "outboxDepth": ledger.outbox_depth(conn),
+                "mode": "ONLINE" if self.hub is not None else "OFFLINE",
+                "printQueueDepth": int(jobs),
+            }
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One ledger write transaction; anything raised inside rolls all of it back."""
+        conn = self._ledger
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"the ledger is busy or unavailable: {exc}") from None
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StorageError(f"the ledger could not be written: {exc}") from None
+
+
+# ---------------------------------------------------------------- JSON shapes
+
+
+def card_json(ident: Identification, tier: str | None) -> dict[str, Any]:
+    if ident.customer is None or ident.status != "FOUND":
+        return {"status": ident.status}
+    return {
+        "status": "FOUND",
+        "customerId": ident.customer.id,
+        "tier": tier,
+        "firstName": ident.customer.first_name,
+    }
+
+
+def result_json(
+    receipt: Receipt,
+    ident: Identification,
+    tier: str | None,
+    priced: Priced,
+    mode: str,
+    balance: ledger.Points | None,
+    printed: list[Offer],
+) -> dict[str, Any]:
+    pv = priced.point_value
+    return {
+        "receiptId": receipt.receipt_id,
+        "card": card_json(ident, tier),
+        "mode": mode,
+        "lines": [
+            {
+                "sku": line.sku,
+                "amountMinor": line.amount,
+                "discountMinor": line.discount,
+                "offerId": line.offer_id,
+                "redeemedMinor": line.redeemed_points * pv,
+                "earnedPoints": line.earned_points,
+            }
+            for line in priced.lines
+        ],
+        "totalMinor": priced.total,
+        "discountMinor": priced.discount,
+        "redeemedPoints": priced.redeemed_points,
+        "payableMinor": priced.payable,
+        "earnedPoints": priced.earned_points,
+        "balance": balance.as_json() if balance else None,
+        "heldOut": list(priced.held_out),
+        "printedOffers": [o.id for o in printed],
+    }
+
+
+def print_payload(receipt: Receipt, customer: Customer, offers: list[Offer]) -> dict[str, Any]:
+    return {
+        "receiptId": receipt.receipt_id,
+        "at": receipt.at.isoformat(),
+        "firstName": customer.first_name,
+        "offers": [
+            {
+                "id": o.id,
+                "text": o.print_text,
+                "validFrom": o.valid_from.isoformat() if o.valid_from else "",
+                "validTo": o.valid_to.isoformat() if o.valid_to else "",
+                "code": f"TP1-{o.id}",
+            }
+            for o in offers
+        ],
+    }
+
+
+def _require_card(ident: Identification) -> Identification:
+    if ident.status == "INVALID":
+        raise CardRefused(f"card not accepted: {ident.reason}")
+    if ident.status == "BLOCKED":
+        raise CardRefused(f"card refused: {ident.reason}; sell without loyalty")
+    return ident
+
+
+def _with_cap(ctx: PricingContext, cap: int) -> PricingContext:
+    from dataclasses import replace
+
+    return replace(ctx, redeem_cap=cap)
+
+
+def _normalised(text: str) -> str:
+    from .identify import normalise
+
+    return normalise(text)
+
+
+def _qty_text(value: Fraction) -> str:
+    return str(Decimal(value.numerator) / Decimal(value.denominator))
+
+
+__all__ = ["Agent", "Refused", "system_clock"]
