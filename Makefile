@@ -40,7 +40,15 @@ test-all: $(STAMP) deps-system
 lint: $(STAMP) proto-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(MAKE) --no-print-directory typecheck
+
+# mypy cannot see through the editable install's path mapping, so it reads the same
+# folders through a symlinked `tillpoint` tree.
+typecheck: $(STAMP)
+	@mkdir -p build/typecheck/tillpoint
+	@for p in agent sync printer; do ln -sfn ../../../$$p build/typecheck/tillpoint/$$p; done
+	@ln -sfn ../../../proto/tillpoint/v1 build/typecheck/tillpoint/v1
+	$(BIN)/mypy -p tillpoint.agent -p tillpoint.sync -p tillpoint.printer
 
 proto: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I proto \

@@ -185,9 +185,7 @@ class CacheView:
         return CardRecord(number=row[0], customer_id=row[1], status=row[2])
 
     def customer(self, customer_id: str) -> Customer | None:
-        row = self.conn.execute(
-            "SELECT doc FROM customers WHERE id = ?", (customer_id,)
-        ).fetchone()
+        row = self.conn.execute("SELECT doc FROM customers WHERE id = ?", (customer_id,)).fetchone()
         return None if row is None else Customer.model_validate_json(row[0])
 
     def customer_by_phone(self, phone: str) -> Customer | None:
@@ -240,8 +238,7 @@ class CacheView:
         return [
             Offer.model_validate_json(doc)
             for (doc,) in self.conn.execute(
-                "SELECT doc FROM offers WHERE customer_id = ? OR customer_id IS NULL"
-                " ORDER BY id",
+                "SELECT doc FROM offers WHERE customer_id = ? OR customer_id IS NULL ORDER BY id",
                 (customer_id,),
             )
         ]
@@ -260,4 +257,6 @@ def ancestors(category: str, parents: Mapping[str, str | None]) -> frozenset[str
 def dump(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
     """Every row of the cache, for tests that check a refused input changed nothing."""
     tables = ("meta", "applied_through", "products", "categories", "customers", "cards", "offers")
-    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=json.dumps) for t in tables}
+    return {
+        t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=json.dumps) for t in tables
+    }

@@ -24,9 +24,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"tillpoint: {message} (see `{self.prog} --help`)\n")
 
 
-def _common(json_flag: bool = True) -> argparse.ArgumentParser:
+def _common(json_flag: bool = True) -> _Parser:
     """Options accepted after the command too: `tillpoint checkout r.json --data-dir D`."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     parent.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parent.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     if json_flag:
@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common()
 
     snapshot = sub.add_parser("snapshot", help="snapshot commands")
-    snap_sub = snapshot.add_subparsers(dest="snapshot_command", metavar="ACTION",
-                                       parser_class=_Parser)
+    snap_sub = snapshot.add_subparsers(
+        dest="snapshot_command", metavar="ACTION", parser_class=_Parser
+    )
     load = snap_sub.add_parser("load", parents=[common], help="apply a snapshot JSON file")
     load.add_argument("file", help="snapshot JSON file, or - for standard input")
 
@@ -174,8 +175,10 @@ class _FloatInJson(InputError):
 
 
 def _no_float(text: str) -> Any:
-    raise _FloatInJson(f"the number {text} has a fraction: write money in minor units and "
-                       "quantities as decimal strings")
+    raise _FloatInJson(
+        f"the number {text} has a fraction: write money in minor units and "
+        "quantities as decimal strings"
+    )
 
 
 def _no_constant(text: str) -> Any:

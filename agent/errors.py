@@ -1,13 +1,13 @@
 """One rooted error hierarchy for tillpoint, mapped to exit codes and gRPC codes at the edges.
 
-    TillpointError                      exit 1, INTERNAL
-    ├── InputError                      exit 2, INVALID_ARGUMENT   (malformed or out-of-range input)
-    │   └── SnapshotRefused             exit 2, FAILED_PRECONDITION (wrong base, older version, bad signature)
-    ├── Refused                         exit 2, FAILED_PRECONDITION (valid input the rules refuse)
-    │   ├── CardRefused                 exit 2, FAILED_PRECONDITION (BLOCKED or INVALID card at checkout)
-    │   └── NotFound                    exit 2, NOT_FOUND           (a receipt this agent never committed)
-    ├── StorageError                    exit 1, UNAVAILABLE        (disk full, database locked too long)
-    └── HubUnavailable                  exit 1, UNAVAILABLE        (the hub did not answer in time)
+    TillpointError                exit 1  INTERNAL
+    ├── InputError                exit 2  INVALID_ARGUMENT     malformed or out-of-range input
+    │   └── SnapshotRefused       exit 2  FAILED_PRECONDITION  wrong base, older, bad signature
+    ├── Refused                   exit 2  FAILED_PRECONDITION  valid input the rules refuse
+    │   ├── CardRefused           exit 2  FAILED_PRECONDITION  BLOCKED or INVALID card
+    │   └── NotFound              exit 2  NOT_FOUND            a receipt never committed here
+    ├── StorageError              exit 1  UNAVAILABLE          disk full, database locked
+    └── HubUnavailable            exit 1  UNAVAILABLE          the hub did not answer in time
 
 Every message is one line a cashier or a support engineer can act on; nothing below the
 edge prints tracebacks. Refusals leave the cache and the ledger exactly as they were.

@@ -74,9 +74,7 @@ def take_seq(conn: sqlite3.Connection, device_id: str, applied_through: int) -> 
     and a committed one never repeats (a re-imaged till continues above appliedThrough).
     """
     seq = max(last_seq(conn, device_id), applied_through) + 1
-    conn.execute(
-        "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
-    )
+    conn.execute("INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq)))
     return seq
 
 

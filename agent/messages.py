@@ -29,5 +29,7 @@ def quote_display(first_name: str, payable_minor: int, savings_minor: int) -> li
 
 
 def checkout_display(first_name: str, earned: int, available: int) -> list[str]:
-    return [greeting(first_name), fit(f"Бонусы: {available}" if not earned
-                                        else f"+{earned}, бонусы: {available}")]
+    return [
+        greeting(first_name),
+        fit(f"Бонусы: {available}" if not earned else f"+{earned}, бонусы: {available}"),
+    ]

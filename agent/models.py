@@ -70,9 +70,7 @@ def _qty(value: Any) -> Decimal:
     if not isinstance(value, str):
         raise ValueError('must be a decimal string such as "2" or "0.512"')
     if not _QTY_RE.fullmatch(value):
-        raise ValueError(
-            f'"{value}" is not a quantity: a positive decimal with at most 3 decimals'
-        )
+        raise ValueError(f'"{value}" is not a quantity: a positive decimal with at most 3 decimals')
     qty = Decimal(value)
     if qty <= 0:
         raise ValueError(f'"{value}" is not a quantity: it must be greater than zero')
@@ -83,7 +81,7 @@ def _decimal(value: Any) -> Decimal:
     """A decimal written as a JSON string (proto) or a JSON integer (never a float)."""
     if isinstance(value, Decimal):
         return value
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise ValueError('must be a decimal string such as "7.5"')
     if isinstance(value, int):
         return Decimal(value)

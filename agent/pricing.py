@@ -152,7 +152,9 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         w.multiplier = multiplier
         paid = w.amount - w.discount - w.redeemed * pv
         exact.append(Fraction(paid) * rate * multiplier / (100 * pv))
-    for w, share in zip(work, largest_remainder(exact, math.floor(sum(exact, Fraction(0)))), strict=True):
+    for w, share in zip(
+        work, largest_remainder(exact, math.floor(sum(exact, Fraction(0)))), strict=True
+    ):
         w.earned = share
 
     return Priced(

@@ -19,7 +19,6 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -56,7 +55,9 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
-    def Identify(self, request: pb.IdentifyRequest, context: grpc.ServicerContext) -> pb.CardOutcome:
+    def Identify(
+        self, request: pb.IdentifyRequest, context: grpc.ServicerContext
+    ) -> pb.CardOutcome:
         return self._call(
             context, lambda: to_message(self.agent.identify(request.text), pb.CardOutcome())
         )
@@ -120,7 +121,7 @@ background_starters: list[BackgroundStarter] = []
 def serve_forever(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     agent = Agent(settings.data_dir, settings.device_id)
-    server, port, health_servicer = build_server(
+    server, _port, health_servicer = build_server(
         agent, settings.server.listen, settings.server.max_workers
     )
     stops = [start(agent, settings) for start in background_starters]

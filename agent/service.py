@@ -93,8 +93,9 @@ class Agent:
     def identify(self, text: str) -> dict[str, Any]:
         with self._lock, CacheView.reading(self._cache) as view:
             ident = identify(text, view)
-            return card_json(ident, view.program().tier(ident.customer.tier).code
-                             if ident.customer else None)
+            return card_json(
+                ident, view.program().tier(ident.customer.tier).code if ident.customer else None
+            )
 
     def balance(self, card: str, at: datetime | None = None) -> dict[str, int]:
         moment = at or self.clock()
@@ -138,9 +139,7 @@ class Agent:
 
         applied = view.applied_through()
         offers = view.offers_for(customer.id) if customer else []
-        before = (
-            ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
-        )
+        before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
         ctx = PricingContext(
             program=program,
             products=products,
@@ -185,8 +184,16 @@ class Agent:
             display = quote_display("", priced.payable, priced.discount)
         result["display"] = display
         return _Priced(
-            receipt, ident, priced, mode, before, program.point_value_minor, result,
-            customer, printed, applied,
+            receipt,
+            ident,
+            priced,
+            mode,
+            before,
+            program.point_value_minor,
+            result,
+            customer,
+            printed,
+            applied,
         )
 
     def _redeem_cap(
@@ -200,12 +207,11 @@ class Agent:
         wanted = priced.redeem_allowed_without_cap
         if self.hub is not None and ident.customer is not None:
             try:
-                if commit:
-                    return (
-                        self.hub.authorise(ident.customer.id, receipt.receipt_id, wanted, receipt.at),
-                        "ONLINE",
-                    )
-                return wanted, "ONLINE"
+                if not commit:
+                    return wanted, "ONLINE"
+                customer_id = ident.customer.id
+                granted = self.hub.authorise(customer_id, receipt.receipt_id, wanted, receipt.at)
+                return granted, "ONLINE"
             except HubUnavailable:
                 pass
         day = receipt.at.astimezone(program.zone).date().isoformat()
@@ -224,24 +230,40 @@ class Agent:
         conn.execute(
             "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                receipt.receipt_id, self.device_id, seq, receipt.at.isoformat(), day, card,
-                customer.id if customer else None, done.mode, priced.redeemed_points,
-                priced.extra_points, json.dumps(request, ensure_ascii=False),
-                json.dumps(done.result, ensure_ascii=False), ledger.utc_text(now),
+                receipt.receipt_id,
+                self.device_id,
+                seq,
+                receipt.at.isoformat(),
+                day,
+                card,
+                customer.id if customer else None,
+                done.mode,
+                priced.redeemed_points,
+                priced.extra_points,
+                json.dumps(request, ensure_ascii=False),
+                json.dumps(done.result, ensure_ascii=False),
+                ledger.utc_text(now),
             ),
         )
         conn.executemany(
             "INSERT INTO receipt_lines VALUES (?,?,?,?,?,?,?)",
             [
-                (receipt.receipt_id, i, line.sku, str(receipt.lines[i].qty),
-                 line.redeemed_points, line.earned_points, "0")
+                (
+                    receipt.receipt_id,
+                    i,
+                    line.sku,
+                    str(receipt.lines[i].qty),
+                    line.redeemed_points,
+                    line.earned_points,
+                    "0",
+                )
                 for i, line in enumerate(priced.lines)
             ],
         )
         delta_available = delta_pending = 0
         if customer is not None:
             activates = activation_time(receipt.at, program)
-            rows = []
+            rows: list[tuple[str, int, str | None]] = []
             if priced.redeemed_points:
                 rows.append(("spend", -priced.redeemed_points, None))
                 delta_available -= priced.redeemed_points
@@ -264,12 +286,26 @@ class Agent:
             if done.offers:
                 conn.execute(
                     "INSERT INTO print_jobs (receipt_id, created_at, payload) VALUES (?,?,?)",
-                    (receipt.receipt_id, ledger.utc_text(now),
-                     json.dumps(print_payload(receipt, customer, done.offers), ensure_ascii=False)),
+                    (
+                        receipt.receipt_id,
+                        ledger.utc_text(now),
+                        json.dumps(
+                            print_payload(receipt, customer, done.offers), ensure_ascii=False
+                        ),
+                    ),
                 )
         self._journal(
-            seq, "CHECKOUT", receipt.receipt_id, receipt.at, customer, card, request,
-            done.result, delta_available, delta_pending, now,
+            seq,
+            "CHECKOUT",
+            receipt.receipt_id,
+            receipt.at,
+            customer,
+            card,
+            request,
+            done.result,
+            delta_available,
+            delta_pending,
+            now,
         )
 
     def _journal(
@@ -289,8 +325,16 @@ class Agent:
         customer_id = customer.id if customer else None
         self._ledger.execute(
             "INSERT INTO journal VALUES (?,?,?,?,?,?,?,?)",
-            (self.device_id, seq, kind, ref_id, at.isoformat(), customer_id, card,
-             ledger.utc_text(now)),
+            (
+                self.device_id,
+                seq,
+                kind,
+                ref_id,
+                at.isoformat(),
+                customer_id,
+                card,
+                ledger.utc_text(now),
+            ),
         )
         payload = {
             "deviceId": self.device_id,
@@ -387,9 +431,7 @@ class Agent:
                     " activates_at) VALUES (?,?,?,?,?,?,?)",
                     [(self.device_id, seq, customer_id, refund.receipt_id, *r) for r in rows],
                 )
-            balance = (
-                ledger.balance(conn, customer, applied, refund.at) if customer else None
-            )
+            balance = ledger.balance(conn, customer, applied, refund.at) if customer else None
             result: dict[str, Any] = {
                 "refundId": refund.refund_id,
                 "receiptId": refund.receipt_id,
@@ -402,13 +444,29 @@ class Agent:
             now = self.clock()
             conn.execute(
                 "INSERT INTO refunds VALUES (?,?,?,?,?,?,?,?)",
-                (refund.refund_id, refund.receipt_id, self.device_id, seq, refund.at.isoformat(),
-                 json.dumps(request, ensure_ascii=False), json.dumps(result, ensure_ascii=False),
-                 ledger.utc_text(now)),
+                (
+                    refund.refund_id,
+                    refund.receipt_id,
+                    self.device_id,
+                    seq,
+                    refund.at.isoformat(),
+                    json.dumps(request, ensure_ascii=False),
+                    json.dumps(result, ensure_ascii=False),
+                    ledger.utc_text(now),
+                ),
             )
             self._journal(
-                seq, "REFUND", refund.refund_id, refund.at, customer, card, request, result,
-                delta_available, delta_pending, now,
+                seq,
+                "REFUND",
+                refund.refund_id,
+                refund.at,
+                customer,
+                card,
+                request,
+                result,
+                delta_available,
+                delta_pending,
+                now,
             )
             return result
 
