@@ -501,6 +501,11 @@ class Agent:
             raise StorageError(f"the ledger is busy or unavailable: {exc}") from None
         try:
             yield
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StorageError(
+                f"the ledger could not be written, nothing was stored: {exc}"
+            ) from None
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -1,0 +1,156 @@
+"""Shared fixtures: a base snapshot, a real Agent on a temp data dir, an in-process CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.cli import main
+from tillpoint.agent.service import Agent
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+PROGRAM: dict[str, Any] = {
+    "currency": "RUB",
+    "timezone": "Europe/Moscow",
+    "pointValueMinor": 100,
+    "maxRedeemPercent": 30,
+    "activationDelayDays": 0,
+    "offlineRedeemLimitPoints": 500,
+    "birthdayMultiplier": 5,
+    "birthdayWindowDays": 7,
+    "maxOffersPrinted": 5,
+    "offerPrintCooldownDays": 7,
+    "tiers": [
+        {"code": "base", "accrualPercent": "3"},
+        {"code": "silver", "accrualPercent": "5"},
+        {"code": "gold", "accrualPercent": "7.5"},
+    ],
+}
+
+BASE_SNAPSHOT: dict[str, Any] = {
+    "version": 1,
+    "baseVersion": 0,
+    "issuedAt": "2026-11-23T03:00:00Z",
+    "program": PROGRAM,
+    "categories": [
+        {"code": "food", "name": "Продукты"},
+        {"code": "dairy", "parent": "food", "name": "Молочные"},
+        {"code": "bakery", "parent": "food", "name": "Хлеб"},
+        {"code": "tobacco", "name": "Табак"},
+    ],
+    "products": [
+        {"sku": "4601234000017", "name": "Молоко 3,2% 1 л", "category": "dairy"},
+        {"sku": "4601234000024", "name": "Хлеб Бородинский", "category": "bakery"},
+        {
+            "sku": "4601234000031",
+            "name": "Сигареты",
+            "category": "tobacco",
+            "excludedFromLoyalty": True,
+        },
+        {"sku": "4601234000055", "name": "Сыр Российский", "category": "dairy"},
+    ],
+    "customers": [
+        {
+            "id": "c-a",
+            "firstName": "Анна",
+            "tier": "gold",
+            "birthday": "1990-11-25",
+            "phone": "+79161234567",
+            "balancePoints": 1200,
+            "segment": "ACTIVE",
+        },
+        {
+            "id": "c-b",
+            "firstName": "Борис",
+            "tier": "base",
+            "birthday": "1985-03-10",
+            "phone": "+79035550001",
+            "balancePoints": 80,
+            "segment": "NEW",
+        },
+        {"id": "c-c", "firstName": "Вера", "tier": "silver", "balancePoints": 500},
+    ],
+    "cards": [
+        {"number": "2770000000017", "customerId": "c-a", "status": "ACTIVE"},
+        {"number": "2770000000024", "customerId": "c-b", "status": "ACTIVE"},
+        {"number": "2770000000031", "customerId": "c-c", "status": "BLOCKED"},
+    ],
+    "offers": [],
+}
+
+
+def snapshot(**changes: Any) -> dict[str, Any]:
+    snap = copy.deepcopy(BASE_SNAPSHOT)
+    snap.update(copy.deepcopy(changes))
+    return snap
+
+
+def receipt(receipt_id: str = "r1", card: str = "2770000000017", **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "receiptId": receipt_id,
+        "storeId": "s1",
+        "tillId": "t1",
+        "at": "2026-11-23T10:15:00+03:00",
+        "card": card,
+        "lines": [{"sku": "4601234000017", "qty": "2", "priceMinor": 8990}],
+        "redeemPoints": 0,
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path / "data", "till-1")
+    a.load_snapshot(snapshot())
+    yield a
+    a.close()
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+CLI = Callable[..., Run]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CLI:
+    """Run `tillpoint --data-dir <tmp> ARGS` in-process; dict arguments become JSON files."""
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    data_dir = tmp_path / "data"
+    counter = iter(range(10**6))
+
+    def run(*args: Any) -> Run:
+        argv = ["--data-dir", str(data_dir)]
+        for arg in args:
+            if isinstance(arg, dict | list):
+                path = tmp_path / f"input-{next(counter)}.json"
+                path.write_text(json.dumps(arg, ensure_ascii=False), encoding="utf-8")
+                argv.append(str(path))
+            else:
+                argv.append(str(arg))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse usage errors
+                code = int(exc.code or 0)
+        return Run(code, out.getvalue(), err.getvalue())
+
+    return run

@@ -1,0 +1,157 @@
+"""The local PosAgent gRPC server on a random loopback port, with a real client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tillpoint.agent.server import build_server
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .conftest import receipt, snapshot
+
+TIMEOUT = 5
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[pb_grpc.PosAgentStub]:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield pb_grpc.PosAgentStub(channel)
+    finally:
+        channel.close()
+        server.stop(0).wait()
+        agent.close()
+
+
+def test_checkout_over_grpc_matches_the_contract(stub: pb_grpc.PosAgentStub) -> None:
+    request = json_format.ParseDict(receipt(redeemPoints=100), pb.Receipt())
+    result = stub.Checkout(request, timeout=TIMEOUT)
+    assert result.card.status == pb.FOUND
+    assert result.card.first_name == "Анна"
+    assert result.mode == pb.OFFLINE
+    # 17980 × 30 % = 53 points cap; 100 asked → 53; birthday window ×5 at 7.5 %
+    assert result.redeemed_points == 53
+    assert result.total_minor == 17980
+    assert result.payable_minor == 17980 - 5300
+    assert result.earned_points == (17980 - 5300) * 75 * 5 // 100_000
+    again = stub.Checkout(request, timeout=TIMEOUT)
+    assert again == result  # idempotent on receiptId
+    status = stub.Status(pb.StatusRequest(), timeout=TIMEOUT)
+    assert status.outbox_depth == 1 and status.last_seq == 1
+
+
+def test_quote_identify_balance_refund(stub: pb_grpc.PosAgentStub) -> None:
+    card = stub.Identify(
+        pb.IdentifyRequest(text="8 (916) 123-45-67".replace("(", "").replace(")", "")),
+        timeout=TIMEOUT,
+    )
+    assert card.status == pb.FOUND and card.customer_id == "c-a"
+    assert (
+        stub.Identify(pb.IdentifyRequest(text="2770000000018"), timeout=TIMEOUT).status
+        == pb.INVALID
+    )
+    request = json_format.ParseDict(receipt(), pb.Receipt())
+    quoted = stub.Quote(request, timeout=TIMEOUT)
+    assert list(quoted.printed_offers) == []
+    balance = stub.Balance(pb.BalanceRequest(card="2770000000017"), timeout=TIMEOUT)
+    assert balance.available_points == 1200
+    stub.Checkout(request, timeout=TIMEOUT)
+    refund = stub.Refund(
+        pb.Refund(
+            refund_id="f1",
+            receipt_id="r1",
+            at="2026-11-24T10:00:00+03:00",
+            lines=[pb.RefundLine(sku="4601234000017", qty="2")],
+        ),
+        timeout=TIMEOUT,
+    )
+    assert refund.taken_back_points == quoted.earned_points
+    after = stub.Balance(
+        pb.BalanceRequest(card="2770000000017", at="2026-11-24T11:00:00+03:00"), timeout=TIMEOUT
+    )
+    assert after.available_points == 1200
+
+
+@pytest.mark.parametrize(
+    "request_,code",
+    [
+        (pb.Receipt(receipt_id="x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            pb.Receipt(
+                receipt_id="x",
+                at="2026-11-23T10:15:00+03:00",
+                card="2770000000017",
+                lines=[pb.ReceiptLine(sku="4601234000017", qty="1.2345", price_minor=10)],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            pb.Receipt(
+                receipt_id="x",
+                at="2026-11-23T10:15:00",
+                card="2770000000017",
+                lines=[pb.ReceiptLine(sku="4601234000017", qty="1", price_minor=10)],
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            pb.Receipt(
+                receipt_id="x",
+                at="2026-11-23T10:15:00+03:00",
+                card="2770000000031",
+                lines=[pb.ReceiptLine(sku="4601234000017", qty="1", price_minor=10)],
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+    ],
+)
+def test_bad_input_is_refused_with_a_readable_status(
+    stub: pb_grpc.PosAgentStub, request_: pb.Receipt, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Checkout(request_, timeout=TIMEOUT)
+    assert info.value.code() == code
+    details = info.value.details() or ""
+    assert details and "\n" not in details and "Traceback" not in details
+    assert stub.Status(pb.StatusRequest(), timeout=TIMEOUT).outbox_depth == 0
+
+
+def test_refund_of_unknown_receipt_is_not_found(stub: pb_grpc.PosAgentStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Refund(
+            pb.Refund(
+                refund_id="f",
+                receipt_id="nope",
+                at="2026-11-24T10:00:00+03:00",
+                lines=[pb.RefundLine(sku="4601234000017", qty="1")],
+            ),
+            timeout=TIMEOUT,
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_service_reports_serving(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = health.Check(
+                health_pb2.HealthCheckRequest(service="tillpoint.v1.PosAgent"), timeout=TIMEOUT
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0).wait()
+        agent.close()

@@ -1,0 +1,113 @@
+"""The SQLite files: pragmas, migrations, one-transaction commits, atomic snapshots, seq."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tillpoint.agent import cache as cache_mod
+from tillpoint.agent.db import open_cache, open_ledger
+from tillpoint.agent.errors import SnapshotRefused, StorageError, TillpointError
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt, snapshot
+
+
+def test_pragmas_and_idempotent_migrations(tmp_path: Path) -> None:
+    for opener in (open_ledger, open_cache):
+        conn = opener(tmp_path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        applied = conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0]
+        conn.close()
+        again = opener(tmp_path)
+        assert again.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()[0] == applied
+        again.close()
+
+
+def test_receipt_journal_and_outbox_are_one_transaction(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    # Make the last write of a checkout (the outbox row) fail: nothing else may stay.
+    agent._ledger.execute(
+        "CREATE TRIGGER boom BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    with pytest.raises(StorageError, match="disk on fire"):
+        agent.checkout(receipt())
+    for table in ("receipts", "receipt_lines", "journal", "points", "outbox", "print_history"):
+        assert agent._ledger.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
+    agent._ledger.execute("DROP TRIGGER boom")
+    assert agent.checkout(receipt())["receiptId"] == "r1"
+    assert agent.status()["lastSeq"] == 1  # the failed attempt gave its number back
+    agent.close()
+
+
+def test_sequence_continues_above_applied_through(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot(appliedThrough={"till-1": 41, "till-2": 7}))
+    agent.checkout(receipt("r1"))
+    seqs = [r[0] for r in agent._ledger.execute("SELECT seq FROM journal")]
+    assert seqs == [42]
+    agent.checkout(receipt("r2"))
+    assert agent.status()["lastSeq"] == 43
+    agent.close()
+
+
+def test_checkout_keeps_working_while_a_snapshot_is_being_applied(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    writer = open_cache(tmp_path)
+    writer.execute("BEGIN IMMEDIATE")  # a snapshot apply half-way through
+    writer.execute("DELETE FROM customers")
+    writer.execute("UPDATE meta SET value = '99' WHERE key = 'version'")
+    result = agent.checkout(receipt())  # sees the old, whole snapshot
+    assert result["card"]["status"] == "FOUND"
+    assert agent.status()["cacheVersion"] == 1
+    writer.execute("ROLLBACK")
+    writer.close()
+    agent.close()
+
+
+def test_snapshot_rules(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    before = cache_mod.dump(agent._cache)
+    with pytest.raises(SnapshotRefused):
+        agent.load_snapshot(snapshot(version=1))  # not newer
+    with pytest.raises(SnapshotRefused):
+        agent.load_snapshot({"version": 5, "baseVersion": 3})  # wrong base
+    with pytest.raises(TillpointError):
+        agent.load_snapshot({"version": 5, "baseVersion": 1, "offers": [{"id": "x"}]})
+    assert cache_mod.dump(agent._cache) == before
+
+    agent.load_snapshot(
+        {
+            "version": 2,
+            "baseVersion": 1,
+            "products": [
+                {
+                    "sku": "4601234000017",
+                    "name": "Молоко",
+                    "category": "tobacco",
+                    "excludedFromLoyalty": True,
+                }
+            ],
+            "removed": {"cards": ["2770000000024"]},
+            "program": {"pointValueMinor": 50},
+        }
+    )
+    assert agent.identify("2770000000024") == {"status": "UNKNOWN"}
+    result = agent.quote(receipt())
+    assert result["earnedPoints"] == 0  # the product is now excluded
+    program = cache_mod.CacheView(agent._cache).program()
+    assert program.point_value_minor == 50 and program.max_redeem_percent == 30  # defaults
+    agent.load_snapshot(snapshot(version=3, customers=[], cards=[]))  # full: replaces all
+    assert agent.identify("2770000000017") == {"status": "UNKNOWN"}
+    agent.close()
+
+
+def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot open"):
+        Agent(blocker / "data", "till-1")
