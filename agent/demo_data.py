@@ -1,0 +1,256 @@
+"""The demo's embedded chain: deterministic, realistic, small (SPEC §3 snapshot shape).
+
+A few hundred products with Russian names in a category tree, customers in every
+lifecycle segment and tier, personal top-5 offers, a birthday this week, a control
+group, and tobacco and alcohol excluded from loyalty. Everything is derived from a seed
+and a business date, so the demo tells the same story every day.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import date, timedelta
+from typing import Any
+
+CATEGORY_TREE: dict[str, tuple[str, str | None, list[str]]] = {
+    # code: (name, parent, product names)
+    "food": ("Продукты", None, []),
+    "dairy": (
+        "Молочные продукты",
+        "food",
+        [
+            "Молоко 3,2%",
+            "Кефир 1%",
+            "Сметана 20%",
+            "Творог 5%",
+            "Йогурт клубничный",
+            "Ряженка",
+            "Масло сливочное 82%",
+            "Сыр Российский",
+        ],
+    ),
+    "bakery": (
+        "Хлеб и выпечка",
+        "food",
+        [
+            "Хлеб Бородинский",
+            "Батон нарезной",
+            "Лаваш",
+            "Круассан",
+            "Сушки ванильные",
+            "Пряники тульские",
+        ],
+    ),
+    "fruit": (
+        "Фрукты и овощи",
+        "food",
+        [
+            "Яблоки Гала",
+            "Бананы",
+            "Мандарины",
+            "Картофель",
+            "Морковь",
+            "Огурцы",
+            "Помидоры черри",
+            "Лук репчатый",
+        ],
+    ),
+    "grocery": (
+        "Бакалея",
+        "food",
+        [
+            "Гречка",
+            "Рис круглозёрный",
+            "Макароны",
+            "Мука пшеничная",
+            "Сахар",
+            "Чай чёрный",
+            "Кофе молотый",
+            "Подсолнечное масло",
+        ],
+    ),
+    "meat": (
+        "Мясо и птица",
+        "food",
+        ["Филе куриное", "Фарш говяжий", "Сосиски молочные", "Колбаса докторская", "Пельмени"],
+    ),
+    "household": (
+        "Товары для дома",
+        None,
+        ["Средство для посуды", "Бумажные полотенца", "Стиральный порошок", "Губки для посуды"],
+    ),
+    "tobacco": ("Табак", None, ["Сигареты", "Стики для нагревания"]),
+    "alcohol": ("Алкоголь", None, ["Пиво светлое 0,5 л", "Вино красное сухое", "Водка 0,5 л"]),
+}
+EXCLUDED = {"tobacco", "alcohol"}
+SIZES = ["", " 0,5 кг", " 1 кг", " 450 г", " 900 г", " большая упаковка"]
+BRANDS = ["", " «Домик»", " «Простоквашино»", " «Вкусвилл»", " «Глобус»", " «Красная цена»"]
+FIRST_NAMES = [
+    "Анна",
+    "Борис",
+    "Вера",
+    "Глеб",
+    "Дарья",
+    "Егор",
+    "Жанна",
+    "Захар",
+    "Ирина",
+    "Кирилл",
+    "Людмила",
+    "Максим",
+    "Наталья",
+    "Олег",
+    "Полина",
+    "Роман",
+    "Светлана",
+    "Тимур",
+    "Ульяна",
+    "Фёдор",
+]
+SEGMENTS = ["NEW", "ACTIVE", "AT_RISK", "CHURNED"]
+TIERS = ["base", "silver", "gold"]
+
+
+def ean13(body12: str) -> str:
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(body12))
+    return body12 + str((10 - total % 10) % 10)
+
+
+def chain(today: date, seed: int = 7, customers: int = 40) -> dict[str, Any]:
+    """A full snapshot (version 1) of a small chain, as of `today` (the store's date)."""
+    rng = random.Random(seed)
+    categories = [
+        {"code": code, "name": name, **({"parent": parent} if parent else {})}
+        for code, (name, parent, _) in CATEGORY_TREE.items()
+    ]
+    products: list[dict[str, Any]] = []
+    n = 0
+    for code, (_, _, names) in CATEGORY_TREE.items():
+        for base in names:
+            variants = (
+                [("", "")]
+                if code in EXCLUDED
+                else [
+                    (brand, size)
+                    for brand in rng.sample(BRANDS, 3)
+                    for size in rng.sample(SIZES, 3)
+                ]
+            )
+            for brand, size in variants:
+                if True:
+                    n += 1
+                    products.append(
+                        {
+                            "sku": ean13(f"460{n:09d}"),
+                            "name": f"{base}{brand}{size}".strip(),
+                            "category": code,
+                            **({"excludedFromLoyalty": True} if code in EXCLUDED else {}),
+                        }
+                    )
+    people: list[dict[str, Any]] = []
+    cards: list[dict[str, Any]] = []
+    offers: list[dict[str, Any]] = []
+    start = f"{today - timedelta(days=3)}T00:00:00+03:00"
+    end = f"{today + timedelta(days=20)}T23:59:59+03:00"
+    food = [p for p in products if p["category"] not in EXCLUDED]
+    for i in range(customers):
+        cid = f"c-{i + 1:04d}"
+        birthday = date(1970 + rng.randrange(35), rng.randrange(1, 13), rng.randrange(1, 28))
+        if i == 0:  # the demo's heroine has her birthday in two days
+            birthday = (today + timedelta(days=2)).replace(year=1990)
+        customer: dict[str, Any] = {
+            "id": cid,
+            "firstName": FIRST_NAMES[i % len(FIRST_NAMES)],
+            "tier": "gold" if i == 0 else TIERS[i % 3],
+            "birthday": birthday.isoformat(),
+            "phone": f"+7916{1234567 + i:07d}",
+            "balancePoints": 1200 if i == 0 else rng.randrange(0, 3000),
+            "segment": SEGMENTS[i % 4],
+            "favoriteWeekday": rng.randrange(1, 8),
+        }
+        if i % 5 == 1:
+            customer["controlGroups"] = ["camp-autumn"]
+        people.append(customer)
+        cards.append(
+            {
+                "number": ean13(f"277{i + 1:09d}"),
+                "customerId": cid,
+                "status": "BLOCKED" if i == 3 else "ACTIVE",
+            }
+        )
+        for rank, product in enumerate(rng.sample(food, 5), start=1):
+            kind = ["PERCENT_OFF", "AMOUNT_OFF", "BONUS_MULTIPLIER"][rank % 3]
+            value = {"PERCENT_OFF": "15", "AMOUNT_OFF": "2000", "BONUS_MULTIPLIER": "3"}[kind]
+            text = {
+                "PERCENT_OFF": f"−15% на {product['name']}",
+                "AMOUNT_OFF": f"−20 ₽ на {product['name']}",
+                "BONUS_MULTIPLIER": f"×3 бонуса за {product['name']}",
+            }[kind]
+            offers.append(
+                {
+                    "id": f"p-{cid}-{rank}",
+                    "campaignId": "camp-autumn" if rank == 1 else f"camp-top5-{rank}",
+                    "customerId": cid,
+                    "kind": kind,
+                    "skus": [product["sku"]],
+                    "value": value,
+                    "minQty": "1",
+                    "validFrom": start,
+                    "validTo": end,
+                    "priority": 10,
+                    "rank": rank,
+                    "printable": True,
+                    "printText": text,
+                }
+            )
+    offers.append(
+        {
+            "id": "m-dairy-10",
+            "campaignId": "camp-dairy",
+            "kind": "PERCENT_OFF",
+            "categories": ["dairy"],
+            "value": "10",
+            "validFrom": start,
+            "validTo": end,
+            "priority": 20,
+            "rank": 50,
+        }
+    )
+    offers.append(
+        {
+            "id": "m-basket-1000",
+            "campaignId": "camp-basket",
+            "kind": "EXTRA_POINTS",
+            "value": "50",
+            "minTotalMinor": 100000,
+            "validFrom": start,
+            "validTo": end,
+        }
+    )
+    return {
+        "version": 1,
+        "baseVersion": 0,
+        "issuedAt": f"{today}T03:00:00+03:00",
+        "program": {
+            "currency": "RUB",
+            "timezone": "Europe/Moscow",
+            "pointValueMinor": 100,
+            "maxRedeemPercent": 30,
+            "activationDelayDays": 0,
+            "offlineRedeemLimitPoints": 500,
+            "birthdayMultiplier": 5,
+            "birthdayWindowDays": 7,
+            "maxOffersPrinted": 5,
+            "offerPrintCooldownDays": 7,
+            "tiers": [
+                {"code": "base", "accrualPercent": "3"},
+                {"code": "silver", "accrualPercent": "5"},
+                {"code": "gold", "accrualPercent": "7"},
+            ],
+        },
+        "categories": categories,
+        "products": products,
+        "customers": people,
+        "cards": cards,
+        "offers": offers,
+    }
