@@ -126,6 +126,35 @@ CHECKOUT: TransactionKind.ValueType  # 1
 REFUND: TransactionKind.ValueType  # 2
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
+class _TransactionOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransactionOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransactionOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSACTION_OUTCOME_UNSPECIFIED: _TransactionOutcome.ValueType  # 0
+    TX_STORED: _TransactionOutcome.ValueType  # 1
+    """stored by this batch"""
+    TX_DUPLICATE: _TransactionOutcome.ValueType  # 2
+    """already stored with the same content"""
+    TX_CONFLICT: _TransactionOutcome.ValueType  # 3
+    """(device_id, seq) is stored with other content; kept aside for review"""
+    TX_REJECTED: _TransactionOutcome.ValueType  # 4
+    """malformed; kept aside for review"""
+
+class TransactionOutcome(_TransactionOutcome, metaclass=_TransactionOutcomeEnumTypeWrapper): ...
+
+TRANSACTION_OUTCOME_UNSPECIFIED: TransactionOutcome.ValueType  # 0
+TX_STORED: TransactionOutcome.ValueType  # 1
+"""stored by this batch"""
+TX_DUPLICATE: TransactionOutcome.ValueType  # 2
+"""already stored with the same content"""
+TX_CONFLICT: TransactionOutcome.ValueType  # 3
+"""(device_id, seq) is stored with other content; kept aside for review"""
+TX_REJECTED: TransactionOutcome.ValueType  # 4
+"""malformed; kept aside for review"""
+Global___TransactionOutcome: _TypeAlias = TransactionOutcome  # noqa: Y015
+
 @_typing.final
 class Tier(_message.Message):
     """---------------------------------------------------------------- snapshot (§3)"""
@@ -1019,7 +1048,12 @@ Global___Status: _TypeAlias = Status  # noqa: Y015
 
 @_typing.final
 class PullSnapshotRequest(_message.Message):
-    """---------------------------------------------------------------- Hub (§9)"""
+    """---------------------------------------------------------------- Hub (§9)
+
+    docs/PROTOCOL.md describes every RPC, its guarantees and what happens on each failure.
+    Every call runs over mTLS: the hub serves only enrolled devices and refuses a request
+    whose device_id is not the one in the client certificate.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1029,9 +1063,9 @@ class PullSnapshotRequest(_message.Message):
     WANT_VERSION_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     have_version: _builtins.int
-    """0: the agent has nothing and wants a full snapshot"""
+    """the agent's cache version; 0: it has nothing (full snapshot)"""
     offset: _builtins.int
-    """resume a broken pull at this byte of the same bundle"""
+    """resume a broken pull of want_version at this byte of the same bundle"""
     want_version: _builtins.int
     """0: the newest"""
     def __init__(
@@ -1052,8 +1086,10 @@ Global___PullSnapshotRequest: _TypeAlias = PullSnapshotRequest  # noqa: Y015
 
 @_typing.final
 class SnapshotChunk(_message.Message):
-    """A signed bundle is streamed in chunks of at most 1 MiB. The first chunk carries the
-    header; `data` concatenated over the chunks is the exact bytes the signature covers.
+    """A signed bundle is streamed in chunks of at most 1 MiB. Every chunk repeats the header;
+    `data` concatenated over the chunks, from `offset` on, is the exact payload (the
+    snapshot's JSON) that the signature covers. A stream of one chunk with total_size 0
+    means there is nothing newer than have_version (`version` is then the hub's newest).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1071,12 +1107,14 @@ class SnapshotChunk(_message.Message):
     base_version: _builtins.int
     total_size: _builtins.int
     signature: _builtins.bytes
-    """Ed25519 over the whole payload, in the first chunk"""
+    """Ed25519 over "tillpoint.snapshot.v1\\0" + device_id + "\\0" + payload (docs/PROTOCOL.md)."""
     offset: _builtins.int
+    """where this chunk's data starts in the payload"""
     data: _builtins.bytes
     issued_at: _builtins.str
     expires_at: _builtins.str
     sha256: _builtins.bytes
+    """of the whole payload: identifies the bundle when a pull resumes"""
     def __init__(
         self,
         *,
@@ -1112,6 +1150,7 @@ class Transaction(_message.Message):
     RESULT_JSON_FIELD_NUMBER: _builtins.int
     POINTS_DELTA_AVAILABLE_FIELD_NUMBER: _builtins.int
     POINTS_DELTA_PENDING_FIELD_NUMBER: _builtins.int
+    PENDING_ACTIVATES_AT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     seq: _builtins.int
     kind: Global___TransactionKind.ValueType
@@ -1126,6 +1165,8 @@ class Transaction(_message.Message):
     result_json: _builtins.str
     points_delta_available: _builtins.int
     points_delta_pending: _builtins.int
+    pending_activates_at: _builtins.str
+    """When points_delta_pending becomes spendable (RFC 3339); empty when it is 0."""
     def __init__(
         self,
         *,
@@ -1139,10 +1180,11 @@ class Transaction(_message.Message):
         result_json: _builtins.str = ...,
         points_delta_available: _builtins.int = ...,
         points_delta_pending: _builtins.int = ...,
+        pending_activates_at: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "kind", b"kind", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "request_json", b"request_json", "result_json", b"result_json", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "kind", b"kind", "pending_activates_at", b"pending_activates_at", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "request_json", b"request_json", "result_json", b"result_json", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1154,22 +1196,53 @@ class TransactionBatch(_message.Message):
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
+    batch_id: _builtins.str
+    """Names the batch's content: the same batch sent again gets the stored answer."""
     @_builtins.property
-    def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transaction]: ...
+    def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transaction]:
+        """strictly increasing seq"""
+
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         transactions: _abc.Iterable[Global___Transaction] | None = ...,
+        batch_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "transactions", b"transactions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "device_id", b"device_id", "transactions", b"transactions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransactionBatch: _TypeAlias = TransactionBatch  # noqa: Y015
+
+@_typing.final
+class TransactionResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    outcome: Global___TransactionOutcome.ValueType
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        outcome: Global___TransactionOutcome.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "reason", b"reason", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransactionResult: _TypeAlias = TransactionResult  # noqa: Y015
 
 @_typing.final
 class PushAck(_message.Message):
@@ -1178,20 +1251,32 @@ class PushAck(_message.Message):
     ACKED_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
     ACCEPTED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CONFLICTS_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     acked_through_seq: _builtins.int
-    """every seq of this device up to here is stored at the hub"""
+    """The highest seq of this device up to which every transaction is stored at the hub."""
     accepted: _builtins.int
     duplicates: _builtins.int
+    conflicts: _builtins.int
+    rejected: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransactionResult]:
+        """one per transaction of the batch, same order"""
+
     def __init__(
         self,
         *,
         acked_through_seq: _builtins.int = ...,
         accepted: _builtins.int = ...,
         duplicates: _builtins.int = ...,
+        results: _abc.Iterable[Global___TransactionResult] | None = ...,
+        conflicts: _builtins.int = ...,
+        rejected: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "acked_through_seq", b"acked_through_seq", "duplicates", b"duplicates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "acked_through_seq", b"acked_through_seq", "conflicts", b"conflicts", "duplicates", b"duplicates", "rejected", b"rejected", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1221,25 +1306,60 @@ Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
 @_typing.final
 class Notification(_message.Message):
+    """Sent at once when a stream opens, whenever a new version is published, and as a
+    heartbeat every heartbeat_s seconds.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_S_FIELD_NUMBER: _builtins.int
     latest_version: _builtins.int
     issued_at: _builtins.str
+    heartbeat_s: _builtins.int
     def __init__(
         self,
         *,
         latest_version: _builtins.int = ...,
         issued_at: _builtins.str = ...,
+        heartbeat_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "latest_version", b"latest_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_s", b"heartbeat_s", "issued_at", b"issued_at", "latest_version", b"latest_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Notification: _TypeAlias = Notification  # noqa: Y015
+
+@_typing.final
+class UnsyncedPoints(_message.Message):
+    """A point movement of the asking device that the hub may not have yet (still in its outbox)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    receipt_id: _builtins.str
+    points: _builtins.int
+    """effect on the available balance at `at` of the request"""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        receipt_id: _builtins.str = ...,
+        points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "receipt_id", b"receipt_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnsyncedPoints: _TypeAlias = UnsyncedPoints  # noqa: Y015
 
 @_typing.final
 class AuthorizeRedemptionRequest(_message.Message):
@@ -1250,11 +1370,14 @@ class AuthorizeRedemptionRequest(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    UNSYNCED_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     receipt_id: _builtins.str
     customer_id: _builtins.str
     points: _builtins.int
     at: _builtins.str
+    @_builtins.property
+    def unsynced(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsyncedPoints]: ...
     def __init__(
         self,
         *,
@@ -1263,10 +1386,11 @@ class AuthorizeRedemptionRequest(_message.Message):
         customer_id: _builtins.str = ...,
         points: _builtins.int = ...,
         at: _builtins.str = ...,
+        unsynced: _abc.Iterable[Global___UnsyncedPoints] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "customer_id", b"customer_id", "device_id", b"device_id", "points", b"points", "receipt_id", b"receipt_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "customer_id", b"customer_id", "device_id", b"device_id", "points", b"points", "receipt_id", b"receipt_id", "unsynced", b"unsynced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1284,6 +1408,7 @@ class AuthorizeRedemptionReply(_message.Message):
     hold_id: _builtins.str
     expires_at: _builtins.str
     live_balance: _builtins.int
+    """spendable points before this hold"""
     def __init__(
         self,
         *,
@@ -1299,53 +1424,3 @@ class AuthorizeRedemptionReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizeRedemptionReply: _TypeAlias = AuthorizeRedemptionReply  # noqa: Y015
-
-@_typing.final
-class EnrollRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DEVICE_ID_FIELD_NUMBER: _builtins.int
-    ENROLLMENT_TOKEN_FIELD_NUMBER: _builtins.int
-    CSR_PEM_FIELD_NUMBER: _builtins.int
-    device_id: _builtins.str
-    enrollment_token: _builtins.str
-    csr_pem: _builtins.bytes
-    def __init__(
-        self,
-        *,
-        device_id: _builtins.str = ...,
-        enrollment_token: _builtins.str = ...,
-        csr_pem: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "device_id", b"device_id", "enrollment_token", b"enrollment_token"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EnrollRequest: _TypeAlias = EnrollRequest  # noqa: Y015
-
-@_typing.final
-class EnrollReply(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
-    CA_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
-    SNAPSHOT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
-    certificate_pem: _builtins.bytes
-    ca_certificate_pem: _builtins.bytes
-    snapshot_public_key: _builtins.bytes
-    def __init__(
-        self,
-        *,
-        certificate_pem: _builtins.bytes = ...,
-        ca_certificate_pem: _builtins.bytes = ...,
-        snapshot_public_key: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem", "snapshot_public_key", b"snapshot_public_key"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EnrollReply: _TypeAlias = EnrollReply  # noqa: Y015

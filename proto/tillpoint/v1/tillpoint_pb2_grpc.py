@@ -341,11 +341,6 @@ class HubStub:
                 request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionRequest.SerializeToString,
                 response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionReply.FromString,
                 _registered_method=True)
-        self.Enroll = channel.unary_unary(
-                '/tillpoint.v1.Hub/Enroll',
-                request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.EnrollRequest.SerializeToString,
-                response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.EnrollReply.FromString,
-                _registered_method=True)
 
 
 class HubServicer:
@@ -375,12 +370,6 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Enroll(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -403,11 +392,6 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.AuthorizeRedemption,
                     request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionRequest.FromString,
                     response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionReply.SerializeToString,
-            ),
-            'Enroll': grpc.unary_unary_rpc_method_handler(
-                    servicer.Enroll,
-                    request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.EnrollRequest.FromString,
-                    response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.EnrollReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,33 +502,6 @@ class Hub:
             '/tillpoint.v1.Hub/AuthorizeRedemption',
             tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionRequest.SerializeToString,
             tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Enroll(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/tillpoint.v1.Hub/Enroll',
-            tillpoint_dot_v1_dot_tillpoint__pb2.EnrollRequest.SerializeToString,
-            tillpoint_dot_v1_dot_tillpoint__pb2.EnrollReply.FromString,
             options,
             channel_credentials,
             insecure,
