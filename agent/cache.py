@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,7 +26,14 @@ class CacheInfo:
     loaded_at: str | None
 
 
-def apply_snapshot(conn: sqlite3.Connection, snap: Snapshot, now: datetime) -> CacheInfo:
+def phone_index(phone: str, secret: bytes) -> str:
+    """A keyed hash of the canonical phone: the cache never holds a phone number itself."""
+    return hmac.new(secret, phone.encode(), hashlib.sha256).hexdigest()
+
+
+def apply_snapshot(
+    conn: sqlite3.Connection, snap: Snapshot, now: datetime, secret: bytes
+) -> CacheInfo:
     """Apply `snap` in one write transaction: all of it or none of it.
 
     A full snapshot (baseVersion 0) replaces everything; a delta applies only on top of
@@ -47,7 +56,7 @@ def apply_snapshot(conn: sqlite3.Connection, snap: Snapshot, now: datetime) -> C
                 for table in ("products", "categories", "customers", "cards", "offers"):
                     conn.execute(f"DELETE FROM {table}")
                 conn.execute("DELETE FROM applied_through")
-            _write(conn, snap)
+            _write(conn, snap, secret)
             program = snap.program if snap.program is not None else None
             if program is not None or snap.is_full:
                 _set(conn, "program", (program or Program()).model_dump_json(by_alias=True))
@@ -70,7 +79,7 @@ def apply_snapshot(conn: sqlite3.Connection, snap: Snapshot, now: datetime) -> C
     return info(conn)
 
 
-def _write(conn: sqlite3.Connection, snap: Snapshot) -> None:
+def _write(conn: sqlite3.Connection, snap: Snapshot, secret: bytes) -> None:
     removed = snap.removed
     for table, key, keys in (
         ("cards", "number", removed.cards),
@@ -96,7 +105,7 @@ def _write(conn: sqlite3.Connection, snap: Snapshot) -> None:
         (
             (
                 c.id,
-                phone_key(normalise(c.phone)) if c.phone else None,
+                _phone_column(c.phone, secret),
                 c.model_dump_json(by_alias=True, exclude={"phone"}),
             )
             for c in snap.customers
@@ -112,6 +121,11 @@ def _write(conn: sqlite3.Connection, snap: Snapshot) -> None:
         "INSERT OR REPLACE INTO offers VALUES (?, ?, ?)",
         ((o.id, o.customer_id, o.model_dump_json(by_alias=True)) for o in snap.offers),
     )
+
+
+def _phone_column(phone: str | None, secret: bytes) -> str | None:
+    key = phone_key(normalise(phone)) if phone else None
+    return phone_index(key, secret) if key else None
 
 
 def _insert(conn: sqlite3.Connection, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
@@ -150,17 +164,18 @@ def info(conn: sqlite3.Connection) -> CacheInfo:
 class CacheView:
     """Reads of one consistent cache state; use inside `CacheView.reading(conn)`."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, secret: bytes = b"") -> None:
         self.conn = conn
+        self.secret = secret
         self._parents: dict[str, str | None] | None = None
 
     @classmethod
     @contextmanager
-    def reading(cls, conn: sqlite3.Connection) -> Iterator[CacheView]:
+    def reading(cls, conn: sqlite3.Connection, secret: bytes = b"") -> Iterator[CacheView]:
         """A read transaction: every read inside sees the same snapshot version."""
         conn.execute("BEGIN")
         try:
-            yield cls(conn)
+            yield cls(conn, secret)
         finally:
             conn.execute("COMMIT")
 
@@ -190,7 +205,8 @@ class CacheView:
 
     def customer_by_phone(self, phone: str) -> Customer | None:
         row = self.conn.execute(
-            "SELECT doc FROM customers WHERE phone = ? ORDER BY id LIMIT 1", (phone,)
+            "SELECT doc FROM customers WHERE phone = ? ORDER BY id LIMIT 1",
+            (phone_index(phone, self.secret),),
         ).fetchone()
         return None if row is None else Customer.model_validate_json(row[0])
 

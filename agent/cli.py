@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", help="RFC 3339 time with offset (default: now)")
     sub.add_parser("status", parents=[common], help="cache version, queues, last sync")
     sub.add_parser("run", parents=[_common(json_flag=False)], help="run the agent service")
+    cfg = sub.add_parser("config", help="configuration commands")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
+    cfg_sub.add_parser("check", parents=[common], help="validate the configuration and show it")
+    sub.add_parser(
+        "reset",
+        parents=[common],
+        help="forget the cache and the ledger (refused while the outbox holds transactions)",
+    )
     for module in PLUGIN_MODULES:
         _plugin(module).register(sub, common)
     return parser
@@ -127,6 +135,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from .server import serve_forever
 
         return serve_forever(settings)
+    if command == "config":
+        if args.config_command != "check":
+            parser.error("config needs an action: check")
+        shown = settings.model_dump(mode="json")
+        return emit(args, shown, lambda d: "configuration is valid\n" + json.dumps(d, indent=2))
 
     from .service import Agent
 
@@ -150,6 +163,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, agent.balance(args.card, at), _human_balance)
         if command == "status":
             return emit(args, agent.status(), _human_status)
+        if command == "reset":
+            agent.reset()
+            return emit(args, {"reset": True}, lambda d: "the till's cache and ledger are empty")
     finally:
         agent.close()
     parser.error(f"unknown command {command}")

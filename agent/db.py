@@ -16,6 +16,7 @@ holding the ledger's: checkouts keep committing while a snapshot loads.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -181,6 +182,31 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
     conn = connect(data_dir / "cache.db")
     migrate(conn, cache_migrations)
     return conn
+
+
+def phone_secret(data_dir: Path) -> bytes:
+    """The till's key for phone hashes, made once (0600, written temp-then-rename)."""
+    import os
+    import secrets
+
+    path = data_dir / "phone.key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+        f.flush()
+        os.fsync(f.fileno())
+    with contextlib.suppress(FileExistsError):
+        os.link(tmp, path)  # never replaces a key another process made meanwhile
+    tmp.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())
 
 
 def open_ledger(data_dir: Path) -> sqlite3.Connection:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, TypeVar
@@ -69,10 +70,15 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         )
 
     def Checkout(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
-        return self._call(
-            context,
-            lambda: to_message(self.agent.checkout(to_dict(request)), pb.CheckoutResult()),
-        )
+        started = time.perf_counter()
+        try:
+            return self._call(
+                context,
+                lambda: to_message(self.agent.checkout(to_dict(request)), pb.CheckoutResult()),
+            )
+        finally:
+            if self.agent.metrics is not None:
+                self.agent.metrics.checkout_seconds.observe(time.perf_counter() - started)
 
     def Refund(self, request: pb.Refund, context: grpc.ServicerContext) -> pb.RefundResult:
         return self._call(
@@ -119,14 +125,36 @@ background_starters: list[BackgroundStarter] = []
 
 
 def serve_forever(settings: Settings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """`tillpoint run`: lock the data dir, serve, start the background services, wait.
+
+    systemd (Type=notify) hears READY=1 once the server listens, WATCHDOG=1 while the
+    process is healthy, STOPPING=1 on SIGTERM; in-flight RPCs get 5 s to finish.
+    """
+    from . import logs, systemd
+    from .lock import DataDirLock
+    from .metrics import Registry, serve
+
+    logs.setup(settings.log.level, settings.log.format)
+    lock = DataDirLock(settings.data_dir).acquire()
     agent = Agent(settings.data_dir, settings.device_id)
+    registry = Registry()
+    agent.metrics = registry
+    register_gauges(registry, agent)
     server, _port, health_servicer = build_server(
         agent, settings.server.listen, settings.server.max_workers
     )
     stops = [start(agent, settings) for start in background_starters]
+    metrics_server = None
+    if settings.metrics.enabled:
+        host, _, metrics_port = settings.metrics.listen.rpartition(":")
+        metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
     server.start()
-    log.info("PosAgent serving on %s (device %s)", settings.server.listen, settings.device_id)
+    log.info(
+        "PosAgent serving on %s (device %s, cache version %s)",
+        settings.server.listen,
+        settings.device_id,
+        agent.status()["cacheVersion"],
+    )
     done = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
@@ -134,11 +162,45 @@ def serve_forever(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    systemd.notify("READY=1")
+    systemd.start_watchdog(done)
     done.wait()
+    systemd.notify("STOPPING=1")
+    log.info("stopping: draining in-flight requests")
     health_servicer.enter_graceful_shutdown()
     server.stop(grace=5).wait()
     for stop_background in reversed(stops):
         stop_background()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     agent.close()
+    lock.release()
     log.info("stopped")
     return 0
+
+
+def register_gauges(registry: Any, agent: Agent) -> None:
+    from datetime import UTC, datetime
+
+    def snapshot() -> dict[str, float]:
+        status = agent.status()
+        return {"": float(status["cacheVersion"])}
+
+    def age() -> dict[str, float]:
+        issued = agent.status()["cacheIssuedAt"]
+        if not issued:
+            return {}
+        return {"": (datetime.now(UTC) - datetime.fromisoformat(issued)).total_seconds()}
+
+    registry.gauge("tillpoint_snapshot_version", "Snapshot version in the cache.", snapshot)
+    registry.gauge("tillpoint_snapshot_age_seconds", "Seconds since the snapshot was issued.", age)
+    registry.gauge(
+        "tillpoint_outbox_depth",
+        "Transactions not yet acknowledged by the hub.",
+        lambda: {"": float(agent.status()["outboxDepth"])},
+    )
+    registry.gauge(
+        "tillpoint_print_queue_depth",
+        "Coupon print jobs not yet printed.",
+        lambda: {"": float(agent.status()["printQueueDepth"])},
+    )

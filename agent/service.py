@@ -6,6 +6,7 @@ the clock, the data directory and the hub's redemption authoriser are injected.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 from . import cache as cache_mod
 from . import ledger
 from .cache import CacheView, ancestors
-from .db import open_cache, open_ledger
+from .db import open_cache, open_ledger, phone_secret
 from .errors import CardRefused, HubUnavailable, InputError, NotFound, Refused, StorageError
 from .identify import Identification, identify
 from .messages import checkout_display, quote_display
@@ -70,9 +71,11 @@ class Agent:
         self.clock = clock
         self.hub = hub
         self._cache = open_cache(self.data_dir)
+        self._secret = phone_secret(self.data_dir)
         self._ledger = open_ledger(self.data_dir)
         self._lock = threading.RLock()
         self.last_mode = "OFFLINE"
+        self.metrics: Any = None  # a metrics.Registry when run as a service
 
     def close(self) -> None:
         self._cache.close()
@@ -84,14 +87,14 @@ class Agent:
         snap = parse(Snapshot, data, "snapshot")
         conn = open_cache(self.data_dir)  # its own connection: readers keep theirs
         try:
-            return cache_mod.apply_snapshot(conn, snap, self.clock())
+            return cache_mod.apply_snapshot(conn, snap, self.clock(), self._secret)
         finally:
             conn.close()
 
     # ------------------------------------------------------------ identify, balance
 
     def identify(self, text: str) -> dict[str, Any]:
-        with self._lock, CacheView.reading(self._cache) as view:
+        with self._lock, self._view() as view:
             ident = identify(text, view)
             return card_json(
                 ident, view.program().tier(ident.customer.tier).code if ident.customer else None
@@ -99,7 +102,7 @@ class Agent:
 
     def balance(self, card: str, at: datetime | None = None) -> dict[str, int]:
         moment = at or self.clock()
-        with self._lock, CacheView.reading(self._cache) as view:
+        with self._lock, self._view() as view:
             ident = _require_card(identify(card, view))
             if ident.customer is None:
                 raise NotFound(f"card {card.strip()} is not known to this till")
@@ -111,12 +114,12 @@ class Agent:
 
     def quote(self, data: Any) -> dict[str, Any]:
         receipt = parse(Receipt, data, "receipt")
-        with self._lock, CacheView.reading(self._cache) as view:
+        with self._lock, self._view() as view:
             return self._price(receipt, view, commit=False).result
 
     def checkout(self, data: Any) -> dict[str, Any]:
         receipt = parse(Receipt, data, "receipt")
-        with self._lock, self._write(), CacheView.reading(self._cache) as view:
+        with self._lock, self._write(), self._view() as view:
             stored = self._ledger.execute(
                 "SELECT result FROM receipts WHERE receipt_id = ?", (receipt.receipt_id,)
             ).fetchone()
@@ -357,7 +360,7 @@ class Agent:
 
     def refund(self, data: Any) -> dict[str, Any]:
         refund = parse(Refund, data, "refund")
-        with self._lock, self._write(), CacheView.reading(self._cache) as view:
+        with self._lock, self._write(), self._view() as view:
             conn = self._ledger
             stored = conn.execute(
                 "SELECT result FROM refunds WHERE refund_id = ?", (refund.refund_id,)
@@ -470,6 +473,24 @@ class Agent:
             )
             return result
 
+    # ------------------------------------------------------------ reset
+
+    def reset(self) -> None:
+        """Forget the cache and the ledger, but never while the hub still waits for data."""
+        with self._lock:
+            depth = ledger.outbox_depth(self._ledger)
+            if depth:
+                raise Refused(
+                    f"{depth} transaction(s) have not reached the hub yet: reset refused"
+                    " (bring the hub back, or copy ledger.db away first)"
+                )
+            self.close()
+            for name in ("cache.db", "ledger.db"):
+                for suffix in ("", "-wal", "-shm"):
+                    (self.data_dir / f"{name}{suffix}").unlink(missing_ok=True)
+            self._cache = open_cache(self.data_dir)
+            self._ledger = open_ledger(self.data_dir)
+
     # ------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
@@ -490,6 +511,9 @@ class Agent:
             }
 
     # ------------------------------------------------------------ plumbing
+
+    def _view(self) -> contextlib.AbstractContextManager[CacheView]:
+        return CacheView.reading(self._cache, self._secret)
 
     @contextmanager
     def _write(self) -> Iterator[None]:

@@ -1,0 +1,118 @@
+"""A small Prometheus text endpoint on localhost, without a dependency.
+
+Checkout latency histogram, outbox depth, snapshot version and age, printer and display
+state, sync errors. Gauges that live in SQLite are read when scraped (collectors), so the
+numbers are never stale and the checkout path does no extra work.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = LATENCY_BUCKETS):
+        self.name, self.help, self.buckets = name, help_text, buckets
+        self._counts = [0] * (len(buckets) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._counts[bisect.bisect_left(self.buckets, seconds)] += 1
+            self._sum += seconds
+
+    def render(self) -> list[str]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        running = 0
+        for bound, count in zip(self.buckets, counts, strict=False):
+            running += count
+            out.append(f'{self.name}_bucket{{le="{bound}"}} {running}')
+        running += counts[-1]
+        out.append(f'{self.name}_bucket{{le="+Inf"}} {running}')
+        out.append(f"{self.name}_sum {total:.6f}")
+        out.append(f"{self.name}_count {running}")
+        return out
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name, self.help = name, help_text
+        self._values: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, label: str = "", amount: int = 1) -> None:
+        with self._lock:
+            self._values[label] = self._values.get(label, 0) + amount
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        with self._lock:
+            items = sorted(self._values.items())
+        for label, value in items or [("", 0)]:
+            out.append(
+                f'{self.name}{{kind="{label}"}} {value}' if label else f"{self.name} {value}"
+            )
+        return out
+
+
+# name -> (help, () -> {labels -> value})
+Collector = Callable[[], dict[str, float]]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.checkout_seconds = Histogram(
+            "tillpoint_checkout_seconds", "Checkout latency, commit and fsync included."
+        )
+        self.sync_errors = Counter("tillpoint_sync_errors_total", "Failed calls to the hub.")
+        self._gauges: dict[str, tuple[str, Collector]] = {}
+
+    def gauge(self, name: str, help_text: str, collect: Collector) -> None:
+        self._gauges[name] = (help_text, collect)
+
+    def render(self) -> str:
+        lines = self.checkout_seconds.render() + self.sync_errors.render()
+        for name, (help_text, collect) in sorted(self._gauges.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            try:
+                values = collect()
+            except Exception:  # a scrape must never take the agent down
+                values = {}
+            for label, value in sorted(values.items()):
+                lines.append(f"{name}{{{label}}} {value:g}" if label else f"{name} {value:g}")
+        return "\n".join(lines) + "\n"
+
+
+def serve(registry: Registry, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
+    """Serve /metrics on host:port in a daemon thread; returns the server and bound port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 5
+
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = registry.render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return server, int(server.server_address[1])

@@ -1,0 +1,40 @@
+"""sd_notify without a dependency: READY, STOPPING, STATUS and the watchdog (Type=notify)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+
+def notify(message: str) -> bool:
+    """Send `message` to systemd; False when not run by systemd (no NOTIFY_SOCKET)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError:
+            return False
+    return True
+
+
+def start_watchdog(stop: threading.Event) -> threading.Thread | None:
+    """Ping WATCHDOG=1 at half the interval systemd asked for, until `stop` is set."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    interval = int(usec) / 2_000_000
+
+    def run() -> None:
+        while not stop.wait(interval):
+            notify("WATCHDOG=1")
+
+    thread = threading.Thread(target=run, name="sd-watchdog", daemon=True)
+    thread.start()
+    return thread
