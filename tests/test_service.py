@@ -45,7 +45,7 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load(typo)
     broken = tmp_path / "broken.toml"
     broken.write_text("device_id = \n")
-    with pytest.raises(InputError, match="broken.toml"):
+    with pytest.raises(InputError, match=r"broken\.toml"):
         load(broken)
 
 
