@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
 PROTO_OUT := proto
 
-.PHONY: help venv test test-all lint typecheck proto proto-check demo bench bench-quick clean deps-system
+.PHONY: deb wheel help venv test test-all lint typecheck proto proto-check demo bench bench-quick clean deps-system
 
 help:
 	@echo "make demo       run a whole store on one machine (embedded defaults)"
@@ -74,3 +74,10 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# A Debian package with the agent's own venv under /opt/tillpoint (see packaging/).
+deb: $(STAMP)
+	PY=$(BIN)/python packaging/build-deb.sh
+
+wheel: $(STAMP)
+	$(BIN)/python -m build --wheel --no-isolation --outdir dist .
