@@ -1,0 +1,248 @@
+"""The reference hub's storage interface.
+
+Everything the hub's gRPC service and its admin commands need from storage goes through
+`HubStore`. `hub_sqlite.SqliteHubStore` implements it on one SQLite file; a PostgreSQL
+store would implement the same methods (each one is one database transaction, and none
+depends on SQLite beyond its own module).
+
+Data model (what an implementation must keep):
+
+- *master data* (program, products, categories, customers, cards, offers) as revisions
+  per published version, so that any published version, and the delta between two of
+  them, can be rebuilt exactly; imports go to a *draft* that `publish` turns into the
+  next version;
+- *publications*: version, issuedAt, expiresAt and the ledger *cut* (the last ingested
+  transaction counted in that version) with every device's `appliedThrough` at that cut;
+- the *ledger* of ingested transactions, unique on (deviceId, seq), with each device's
+  highest contiguous seq;
+- redemption *holds*, enrolled *devices*, and the answers already given to push batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from tillpoint.agent.errors import InputError, TillpointError
+
+KINDS = ("program", "product", "category", "customer", "card", "offer")
+SECTIONS = {  # snapshot section -> kind
+    "products": "product",
+    "categories": "category",
+    "customers": "customer",
+    "cards": "card",
+    "offers": "offer",
+}
+
+
+class ImportRefused(InputError):
+    """An import with bad rows; nothing of it was stored."""
+
+    def __init__(self, problems: list[str], total: int) -> None:
+        more = f" (and {total - len(problems)} more)" if total > len(problems) else ""
+        lines = "; ".join(problems)
+        super().__init__(f"import refused, nothing was imported: {lines}{more}")
+        self.problems = problems
+
+
+class UnknownVersion(TillpointError):
+    pass
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One validated row: `doc` None removes the key."""
+
+    kind: str
+    key: str
+    doc: dict[str, Any] | None
+    where: str
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    where: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    rows: int
+    by_kind: Mapping[str, int]
+    removed: int
+
+
+@dataclass(frozen=True)
+class Publication:
+    version: int
+    issued_at: datetime
+    expires_at: datetime
+    cut: int
+    reason: str
+    changed_rows: int = 0
+
+
+@dataclass(frozen=True)
+class TxIn:
+    """A transaction as the hub ingests it (from `tillpoint.v1.Transaction`)."""
+
+    device_id: str
+    seq: int
+    kind: str
+    at: str
+    customer_id: str
+    card: str
+    request_json: str
+    result_json: str
+    delta_available: int
+    delta_pending: int
+    pending_activates_at: str
+
+    def content(self) -> str:
+        """What identifies the transaction's content (for duplicates versus conflicts)."""
+        import hashlib
+        import json
+
+        fields = [
+            self.device_id,
+            self.seq,
+            self.kind,
+            self.at,
+            self.customer_id,
+            self.card,
+            self.request_json,
+            self.result_json,
+            self.delta_available,
+            self.delta_pending,
+        ]
+        raw = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+        return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class TxResult:
+    seq: int
+    outcome: str  # STORED, DUPLICATE, CONFLICT, REJECTED
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    acked_through: int
+    results: tuple[TxResult, ...]
+    replayed: bool = False  # the stored answer to a batch seen before
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+
+@dataclass(frozen=True)
+class Authorisation:
+    authorised: int
+    hold_id: str
+    expires_at: datetime
+    live_balance: int
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: str
+    fingerprint: str
+    enrolled_at: str
+    revoked_at: str | None
+
+
+@dataclass(frozen=True)
+class Unsynced:
+    seq: int
+    receipt_id: str
+    points: int
+
+
+@dataclass(frozen=True)
+class HubBalance:
+    available: int
+    pending: int
+    held: int = 0
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    device_id: str
+    seq: int
+    kind: str
+    ref_id: str
+    customer_id: str
+    card: str
+    delta_available: int
+    delta_pending: int
+
+
+@dataclass
+class HubStats:
+    """Counters an operator (and a test) can read."""
+
+    pulls: int = 0
+    resumed_pulls: list[int] = field(default_factory=list)
+    pushes: int = 0
+
+
+class HubStore(Protocol):
+    # master data
+    def import_rows(self, rows: Iterable[ImportRow | RowProblem]) -> ImportReport: ...
+
+    def publish(
+        self,
+        now: datetime,
+        ttl_s: float,
+        *,
+        include_draft: bool = True,
+        reason: str = "publish",
+        min_version: int = 0,
+    ) -> Publication: ...
+
+    def latest(self) -> Publication | None: ...
+
+    def publication(self, version: int) -> Publication | None: ...
+
+    def delta_floor(self) -> int: ...
+
+    def snapshot_doc(self, device_id: str, version: int, base_version: int) -> dict[str, Any]: ...
+
+    def draft_size(self) -> int: ...
+
+    # ledger
+    def ingest(
+        self, device_id: str, batch_id: str, txs: list[TxIn], now: datetime
+    ) -> IngestResult: ...
+
+    def authorise(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        at: datetime,
+        unsynced: list[Unsynced],
+        now: datetime,
+        hold_ttl_s: float,
+    ) -> Authorisation: ...
+
+    def balance(self, customer_id: str, at: datetime) -> HubBalance: ...
+
+    def ledger(self, device_id: str | None = None) -> list[LedgerEntry]: ...
+
+    def applied_through(self, device_id: str) -> int: ...
+
+    def ingested_since(self, cut: int) -> int: ...
+
+    # devices
+    def enroll(self, device_id: str, fingerprint: str, now: datetime) -> None: ...
+
+    def device(self, device_id: str) -> DeviceRecord | None: ...
+
+    def revoke(self, device_id: str, now: datetime) -> bool: ...
+
+    def close(self) -> None: ...

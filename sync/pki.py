@@ -1,0 +1,503 @@
+"""The hub's keys and certificates, and the enrolment bundle a till installs (SPEC §9).
+
+The hub keeps, in ``<hub dir>/keys/``:
+
+- ``ca.key`` / ``ca.pem``: its own certificate authority (ECDSA P-256). It signs the hub's
+  server certificate and every device certificate; nothing else is trusted on either side.
+- ``server.key`` / ``server.pem``: the hub's TLS identity. Its subject alternative names
+  always include ``tillpoint-hub`` (the name agents check, whatever address they dial)
+  and the host names given to ``hub init``.
+- ``snapshot.key`` / ``snapshot.pub``: the Ed25519 key that signs snapshots.
+
+``hub enroll DEVICE`` makes a key pair and a certificate (CN = the device id, and a SAN
+URI ``urn:tillpoint:device:<id>``) and writes them with the CA certificate and the
+snapshot public key into one JSON bundle, which ``tillpoint sync install`` puts into the
+till's ``<data dir>/enrollment/``. A till with that directory is *enrolled*: from then on
+it trusts only snapshots signed by its hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tillpoint.agent.errors import InputError, TillpointError
+
+HUB_TLS_NAME = "tillpoint-hub"  # agents verify the hub's certificate against this name
+DEVICE_URI_PREFIX = "urn:tillpoint:device:"
+BUNDLE_FORMAT = "tillpoint-enrollment/1"
+ENROLLMENT_DIR = "enrollment"
+ENROLLMENT_FILE = "enrollment.json"
+CA_YEARS = 20
+CERT_DAYS = 5 * 365
+
+
+class EnrollmentError(TillpointError):
+    pass
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a secret: mode 0600 from the start, fsynced, replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of the certificate's DER, hex: what the hub stores per enrolled device."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tillpoint"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _load_key(path: Path) -> Any:
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise EnrollmentError(f"{path} is missing: run `tillpoint hub init` first") from None
+    except (OSError, ValueError) as exc:
+        raise EnrollmentError(f"cannot read the key {path}: {exc}") from None
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise EnrollmentError(f"{path} is missing: run `tillpoint hub init` first") from None
+    except (OSError, ValueError) as exc:
+        raise EnrollmentError(f"cannot read the certificate {path}: {exc}") from None
+
+
+# ---------------------------------------------------------------- the hub's keys
+
+
+@dataclass(frozen=True)
+class HubKeys:
+    """Paths of the hub's key material (``<hub dir>/keys``)."""
+
+    root: Path
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "ca.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "server.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.root / "server.pem"
+
+    @property
+    def snapshot_key(self) -> Path:
+        return self.root / "snapshot.key"
+
+    @property
+    def snapshot_pub(self) -> Path:
+        return self.root / "snapshot.pub"
+
+    def exists(self) -> bool:
+        return all(
+            p.exists()
+            for p in (
+                self.ca_key,
+                self.ca_cert,
+                self.server_key,
+                self.server_cert,
+                self.snapshot_key,
+                self.snapshot_pub,
+            )
+        )
+
+    def signing_key(self) -> ed25519.Ed25519PrivateKey:
+        key = _load_key(self.snapshot_key)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise EnrollmentError(f"{self.snapshot_key} is not an Ed25519 key")
+        return key
+
+    def server_credentials_material(self) -> tuple[bytes, bytes, bytes]:
+        """(server key PEM, server certificate PEM, CA certificate PEM)."""
+        try:
+            return (
+                self.server_key.read_bytes(),
+                self.server_cert.read_bytes(),
+                self.ca_cert.read_bytes(),
+            )
+        except FileNotFoundError as exc:
+            raise EnrollmentError(
+                f"{exc.filename} is missing: run `tillpoint hub init` first"
+            ) from None
+
+
+def init_hub_keys(
+    keys: HubKeys, hosts: list[str] | None = None, *, now: datetime | None = None
+) -> bool:
+    """Create the CA, the server certificate and the snapshot key if they are missing.
+
+    Returns True when keys were made, False when they already existed (nothing changes:
+    re-running never replaces a CA that devices trust).
+    """
+    if keys.exists():
+        return False
+    if any(p.exists() for p in (keys.ca_key, keys.snapshot_key)):
+        raise EnrollmentError(
+            f"{keys.root} holds some of the hub's keys but not all: restore the missing"
+            " files from a backup rather than making new ones"
+        )
+    moment = now or datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("tillpoint hub CA")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(moment - timedelta(hours=1))
+        .not_valid_after(moment + timedelta(days=365 * CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    names = [HUB_TLS_NAME, "localhost", socket.gethostname(), *(hosts or [])]
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _issue(
+        ca_key,
+        ca_cert,
+        server_key.public_key(),
+        HUB_TLS_NAME,
+        _san(names),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        moment,
+    )
+    signing = ed25519.Ed25519PrivateKey.generate()
+    _write_private(keys.ca_key, _pem_key(ca_key))
+    _write_public(keys.ca_cert, _pem_cert(ca_cert))
+    _write_private(keys.server_key, _pem_key(server_key))
+    _write_public(keys.server_cert, _pem_cert(server_cert))
+    _write_private(keys.snapshot_key, _pem_key(signing))
+    _write_public(
+        keys.snapshot_pub,
+        signing.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
+    return True
+
+
+def _san(names: list[str]) -> x509.SubjectAlternativeName:
+    import ipaddress
+
+    entries: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for name in names:
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    entries.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    return x509.SubjectAlternativeName(entries)
+
+
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    public_key: ec.EllipticCurvePublicKey,
+    common_name: str,
+    san: x509.SubjectAlternativeName,
+    usage: x509.ObjectIdentifier,
+    moment: datetime,
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(moment - timedelta(hours=1))
+        .not_valid_after(moment + timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(san, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+# ---------------------------------------------------------------- device identity
+
+
+def check_device_id(device_id: str) -> str:
+    if not device_id or len(device_id) > 100 or any(c.isspace() or c in "/\\\0" for c in device_id):
+        raise InputError(
+            f"device id {device_id!r} is not usable: 1 to 100 characters, no blanks or slashes"
+        )
+    return device_id
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    device_id: str
+    key_pem: bytes
+    cert_pem: bytes
+    fingerprint: str
+    serial: int
+    not_after: datetime
+
+
+def issue_device(keys: HubKeys, device_id: str, *, now: datetime | None = None) -> DeviceIdentity:
+    """A new key pair and a certificate for `device_id`, signed by the hub's CA."""
+    check_device_id(device_id)
+    moment = now or datetime.now(UTC)
+    ca_key = _load_key(keys.ca_key)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise EnrollmentError(f"{keys.ca_key} is not the hub's CA key")
+    ca_cert = _load_cert(keys.ca_cert)
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName(
+        [x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)]
+    )
+    cert = _issue(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        device_id,
+        san,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        moment,
+    )
+    pem = _pem_cert(cert)
+    return DeviceIdentity(
+        device_id=device_id,
+        key_pem=_pem_key(key),
+        cert_pem=pem,
+        fingerprint=fingerprint(pem),
+        serial=cert.serial_number,
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+def device_id_of(cert_pem: bytes) -> str | None:
+    """The device id a client certificate names (its common name), or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        return None
+    value = names[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+# ---------------------------------------------------------------- the enrolment bundle
+
+
+def make_bundle(keys: HubKeys, identity: DeviceIdentity, hub_address: str) -> dict[str, Any]:
+    """The JSON document a till installs: its identity, whom to trust, where the hub is."""
+    try:
+        ca_pem = keys.ca_cert.read_bytes()
+        snapshot_pub = keys.snapshot_pub.read_bytes()
+    except FileNotFoundError as exc:
+        raise EnrollmentError(f"{exc.filename} is missing: run `tillpoint hub init`") from None
+    return {
+        "format": BUNDLE_FORMAT,
+        "deviceId": identity.device_id,
+        "hubAddress": hub_address,
+        "caCertificate": ca_pem.decode(),
+        "certificate": identity.cert_pem.decode(),
+        "privateKey": identity.key_pem.decode(),
+        "snapshotPublicKey": snapshot_pub.decode(),
+        "certificateFingerprint": identity.fingerprint,
+        "certificateExpiresAt": identity.not_after.isoformat(),
+    }
+
+
+def write_bundle(path: Path, bundle: dict[str, Any]) -> None:
+    _write_private(path, (json.dumps(bundle, indent=2) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What an enrolled till has in ``<data dir>/enrollment/``."""
+
+    root: Path
+    device_id: str
+    hub_address: str
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "device.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "device.key"
+
+    @property
+    def snapshot_pub(self) -> Path:
+        return self.root / "snapshot.pub"
+
+    def snapshot_public_key(self) -> ed25519.Ed25519PublicKey:
+        try:
+            key = serialization.load_pem_public_key(self.snapshot_pub.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise EnrollmentError(f"cannot read the hub's snapshot key: {exc}") from None
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise EnrollmentError(f"{self.snapshot_pub} is not an Ed25519 public key")
+        return key
+
+    def channel_material(self) -> tuple[bytes, bytes, bytes]:
+        """(CA certificate PEM, device key PEM, device certificate PEM)."""
+        try:
+            return self.ca_cert.read_bytes(), self.key.read_bytes(), self.cert.read_bytes()
+        except OSError as exc:
+            raise EnrollmentError(f"the enrolment files are unreadable: {exc}") from None
+
+
+def enrollment_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / ENROLLMENT_DIR
+
+
+def is_enrolled(data_dir: Path) -> bool:
+    """The enrolment marker: a till with ``enrollment/enrollment.json`` belongs to a hub."""
+    return (enrollment_dir(data_dir) / ENROLLMENT_FILE).is_file()
+
+
+def load_enrollment(data_dir: Path) -> Enrollment | None:
+    root = enrollment_dir(data_dir)
+    marker = root / ENROLLMENT_FILE
+    if not marker.is_file():
+        return None
+    try:
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+        return Enrollment(root, str(meta["deviceId"]), str(meta.get("hubAddress", "")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EnrollmentError(f"{marker} is damaged ({exc}): install the bundle again") from None
+
+
+def install_bundle(data_dir: Path, bundle: Any, device_id: str) -> Enrollment:
+    """Check an enrolment bundle and install it into the till's data directory."""
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise InputError(f"not an enrolment bundle (expected format {BUNDLE_FORMAT})")
+    try:
+        bundle_device = str(bundle["deviceId"])
+        ca_pem = str(bundle["caCertificate"]).encode()
+        cert_pem = str(bundle["certificate"]).encode()
+        key_pem = str(bundle["privateKey"]).encode()
+        pub_pem = str(bundle["snapshotPublicKey"]).encode()
+        address = str(bundle.get("hubAddress", ""))
+    except KeyError as exc:
+        raise InputError(f"the enrolment bundle lacks {exc.args[0]}") from None
+    if bundle_device != device_id:
+        raise InputError(
+            f"the bundle is for device {bundle_device!r} but this till is {device_id!r}:"
+            f' set device_id = "{bundle_device}" in the configuration first'
+        )
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        pub = serialization.load_pem_public_key(pub_pem)
+    except ValueError as exc:
+        raise InputError(f"the enrolment bundle is damaged: {exc}") from None
+    if not isinstance(pub, ed25519.Ed25519PublicKey):
+        raise InputError("the bundle's snapshot key is not an Ed25519 public key")
+    if device_id_of(cert_pem) != device_id:
+        raise InputError("the bundle's certificate is not for this device")
+    if cert.issuer != ca.subject:
+        raise InputError("the bundle's certificate is not signed by the bundle's CA")
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or (
+        key.public_key().public_numbers() != cert.public_key().public_numbers()  # type: ignore[union-attr]
+    ):
+        raise InputError("the bundle's private key does not match its certificate")
+    root = enrollment_dir(data_dir)
+    _write_public(root / "ca.pem", ca_pem)
+    _write_public(root / "device.pem", cert_pem)
+    _write_private(root / "device.key", key_pem)
+    _write_public(root / "snapshot.pub", pub_pem)
+    meta = {
+        "deviceId": device_id,
+        "hubAddress": address,
+        "certificateFingerprint": fingerprint(cert_pem),
+        "installedAt": datetime.now(UTC).isoformat(),
+    }
+    # The marker goes last: a till is enrolled only once every file is in place.
+    _write_public(root / ENROLLMENT_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    return Enrollment(root, device_id, address)
