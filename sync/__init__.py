@@ -1,0 +1,41 @@
+"""tillpoint.sync: the till's sync with the central hub, and the reference hub itself.
+
+What other parts use:
+
+- `sync_status(ledger_conn)`: the sync fields of `tillpoint status`;
+- `is_enrolled(data_dir)`: the enrolment marker (an enrolled till takes only signed snapshots);
+- `load_snapshot_file(agent, doc)`: `tillpoint snapshot load` with the signed/plain rules;
+- `start_sync(agent, settings)`: the `tillpoint run` background service (registered by
+  `tillpoint.sync.cli` at import).
+
+docs/PROTOCOL.md describes the protocol and its guarantees.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .pki import is_enrolled
+from .state import sync_status
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tillpoint.agent import cache
+    from tillpoint.agent.config import Settings
+    from tillpoint.agent.service import Agent
+
+
+def load_snapshot_file(agent: Agent, doc: Any) -> cache.CacheInfo:
+    from .snapshot_file import load_snapshot_file as load
+
+    return load(agent, doc)
+
+
+def start_sync(agent: Agent, settings: Settings) -> Callable[[], None]:
+    from .service import start_sync as start
+
+    return start(agent, settings)
+
+
+__all__ = ["is_enrolled", "load_snapshot_file", "start_sync", "sync_status"]

@@ -1,0 +1,90 @@
+"""Online redemption authorisation (SPEC §9): the agent's `RedemptionAuthoriser`.
+
+`Agent.checkout` calls `authorise` while it prices a receipt that redeems points. The
+hub places a hold against the customer's live balance (every till's ingested
+transactions, minus the other tills' active holds), so two tills cannot spend the same
+points. The call has a hard deadline (``hub.redeem_timeout_ms``, 300 ms by default); when
+the hub does not answer within it, `HubUnavailable` makes the agent price OFFLINE with
+the offline limit (§5 step 4), so a checkout never waits longer than that on the network.
+
+The request also carries this till's own point movements that are still in its outbox
+(the hub has not seen them), so the hub does not authorise points this till already
+spent, and does not count twice a hold whose receipt is among them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+from tillpoint.agent.db import connect
+from tillpoint.agent.errors import HubUnavailable
+from tillpoint.agent.ledger import utc_text
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from .client import HubLink
+
+log = logging.getLogger("tillpoint.sync")
+
+
+class HubAuthoriser:
+    def __init__(self, link: HubLink, data_dir: Path, device_id: str, timeout_s: float) -> None:
+        self.link = link
+        self.data_dir = Path(data_dir)
+        self.device_id = device_id
+        self.timeout_s = timeout_s
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _unsynced(self, customer_id: str, at: datetime) -> list[pb.UnsyncedPoints]:
+        """This till's movements of the customer's points that still wait in the outbox.
+
+        A read on its own connection: the checkout that calls us holds the ledger's
+        write transaction, and WAL readers never wait for a writer.
+        """
+        with self._lock:
+            if self._conn is None:
+                self._conn = connect(self.data_dir / "ledger.db")
+            rows = self._conn.execute(
+                "SELECT p.seq, p.receipt_id, p.kind, p.points, p.activates_at FROM points p"
+                " JOIN outbox o ON o.device_id = p.device_id AND o.seq = p.seq"
+                " WHERE p.device_id = ? AND p.customer_id = ? ORDER BY p.seq",
+                (self.device_id, customer_id),
+            ).fetchall()
+        cutoff = utc_text(at)
+        by_seq: dict[int, pb.UnsyncedPoints] = {}
+        for seq, receipt_id, kind, points, activates_at in rows:
+            item = by_seq.setdefault(
+                int(seq), pb.UnsyncedPoints(seq=int(seq), receipt_id=str(receipt_id))
+            )
+            if kind == "spend" or (activates_at is not None and activates_at <= cutoff):
+                item.points += int(points)
+        return list(by_seq.values())
+
+    def authorise(self, customer_id: str, receipt_id: str, points: int, at: datetime) -> int:
+        request = pb.AuthorizeRedemptionRequest(
+            device_id=self.device_id,
+            receipt_id=receipt_id,
+            customer_id=customer_id,
+            points=points,
+            at=at.isoformat(),
+            unsynced=self._unsynced(customer_id, at),
+        )
+        try:
+            reply = self.link.stub.AuthorizeRedemption(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            message = self.link.failed(exc)
+            log.info("redemption for %s priced offline: %s", receipt_id, message)
+            raise HubUnavailable(message) from None
+        self.link.ok()
+        return max(0, min(points, int(reply.authorized_points)))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

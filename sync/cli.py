@@ -1,0 +1,542 @@
+"""`tillpoint hub ...` (the reference hub) and `tillpoint sync ...` (the till's side).
+
+Registered by `tillpoint.agent.cli` through `register(subparsers, common_parent)`.
+Importing this module also adds the sync loop to `tillpoint run`'s background services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tillpoint.agent.config import Settings
+from tillpoint.agent.errors import HubUnavailable, InputError
+
+EXIT_OK, EXIT_ERROR = 0, 1
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    hub_parent = argparse.ArgumentParser(add_help=False)
+    hub_parent.add_argument(
+        "--hub-dir",
+        type=Path,
+        default=None,
+        help="the hub's directory (default: $TILLPOINT_HUB_DIR, else <data dir>/hub)",
+    )
+    parents = [common, hub_parent]
+
+    hub = sub.add_parser("hub", help="the reference hub: serve, import, publish, enroll")
+    hub_sub = hub.add_subparsers(dest="hub_command", metavar="ACTION")
+    hub.set_defaults(handler=_needs_action(hub, "serve, import, publish, enroll, ..."))
+
+    p = hub_sub.add_parser("init", parents=parents, help="make the hub's CA and keys")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a host name or IP the hub is reached at (repeatable)",
+    )
+    p.set_defaults(handler=_hub_init)
+
+    p = hub_sub.add_parser("serve", parents=parents, help="run the hub's gRPC server (mTLS)")
+    p.add_argument("--listen", default="0.0.0.0:50070", help="HOST:PORT (default %(default)s)")
+    p.add_argument("--port-file", type=Path, help="write the bound port here (for --listen :0)")
+    p.add_argument(
+        "--publish-every",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="publish a balance refresh at most every S seconds when transactions"
+        " came in (0: never; default %(default)s)",
+    )
+    p.add_argument(
+        "--ttl-hours",
+        type=float,
+        default=168.0,
+        help="validity of published snapshots (default %(default)s)",
+    )
+    p.add_argument(
+        "--hold-ttl",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="how long an authorised redemption is held (default %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="Subscribe heartbeat (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=64,
+        help="server threads; each connected till holds one (default %(default)s)",
+    )
+    p.add_argument("--chunk-kib", type=int, default=1024, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--rate-kib",
+        type=float,
+        default=0.0,
+        help="limit each snapshot download to this many KiB/s (default: no limit)",
+    )
+    p.set_defaults(handler=_hub_serve)
+
+    p = hub_sub.add_parser(
+        "import",
+        parents=parents,
+        help="load master data from a snapshot-shaped JSON or JSON Lines file",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--format", choices=("json", "jsonl"), help="default: from the file name")
+    p.add_argument("--publish", action="store_true", help="publish a new version afterwards")
+    p.add_argument("--ttl-hours", type=float, default=168.0, help=argparse.SUPPRESS)
+    p.set_defaults(handler=_hub_import)
+
+    p = hub_sub.add_parser("publish", parents=parents, help="make a new snapshot version")
+    p.add_argument(
+        "--ttl-hours",
+        type=float,
+        default=168.0,
+        help="how long the version is valid (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-version",
+        type=int,
+        default=0,
+        help="number the version at least this (to move past tills' caches)",
+    )
+    p.set_defaults(handler=_hub_publish)
+
+    p = hub_sub.add_parser(
+        "enroll", parents=parents, help="make a device's identity and its enrolment bundle"
+    )
+    p.add_argument("device")
+    p.add_argument("--address", default="", help="HOST:PORT the till dials (put in the bundle)")
+    p.add_argument("--out", type=Path, help="bundle file (default <hub dir>/bundles/DEVICE.json)")
+    p.set_defaults(handler=_hub_enroll)
+
+    p = hub_sub.add_parser("revoke", parents=parents, help="refuse a device from now on")
+    p.add_argument("device")
+    p.set_defaults(handler=_hub_revoke)
+
+    p = hub_sub.add_parser(
+        "export",
+        parents=parents,
+        help="write a device's signed full snapshot (for `snapshot load`)",
+    )
+    p.add_argument("device")
+    p.add_argument("--out", type=Path, help="file (default: standard output)")
+    p.set_defaults(handler=_hub_export)
+
+    p = hub_sub.add_parser("balance", parents=parents, help="a customer's live balance")
+    p.add_argument("customer")
+    p.add_argument("--at", help="RFC 3339 time with offset (default: now)")
+    p.set_defaults(handler=_hub_balance)
+
+    sync = sub.add_parser("sync", help="the till's sync with its hub")
+    sync_sub = sync.add_subparsers(dest="sync_command", metavar="ACTION")
+    sync.set_defaults(handler=_needs_action(sync, "now, install"))
+
+    p = sync_sub.add_parser(
+        "now", parents=[common], help="push the outbox and pull the newest snapshot, now"
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="wait this long for a sync the service is running (default %(default)s)",
+    )
+    p.set_defaults(handler=_sync_now)
+
+    p = sync_sub.add_parser(
+        "install", parents=[common], help="install the enrolment bundle from `tillpoint hub enroll`"
+    )
+    p.add_argument("bundle", help="bundle file")
+    p.set_defaults(handler=_sync_install)
+
+
+def _needs_action(parser: argparse.ArgumentParser, actions: str) -> Handler:
+    def handler(settings: Settings, args: argparse.Namespace) -> int:
+        raise InputError(f"{parser.prog} needs an action: {actions}")
+
+    return handler
+
+
+def _hub_dir(settings: Settings, args: argparse.Namespace) -> Path:
+    if args.hub_dir is not None:
+        return Path(args.hub_dir)
+    env = os.environ.get("TILLPOINT_HUB_DIR")
+    return Path(env) if env else settings.data_dir / "hub"
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
+    from tillpoint.agent.cli import emit
+
+    return emit(args, data, human)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- hub commands
+
+
+def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
+    from .hub_server import HubDir
+
+    hub = HubDir(_hub_dir(settings, args))
+    made = hub.init(args.host)
+    hub.open_store().close()
+    data = {"hubDir": str(hub.root), "created": made, "caCertificate": str(hub.keys.ca_cert)}
+    return _emit(
+        args,
+        data,
+        lambda d: (
+            f"hub keys made in {d['hubDir']}"
+            if d["created"]
+            else f"hub keys already exist in {d['hubDir']} (unchanged)"
+        ),
+    )
+
+
+def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from .hub_server import HubConfig, HubServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = HubConfig(
+            chunk_size=args.chunk_kib * 1024,
+            heartbeat_s=args.heartbeat,
+            hold_ttl_s=args.hold_ttl,
+            snapshot_ttl_s=args.ttl_hours * 3600,
+            publish_every_s=args.publish_every,
+            max_workers=args.workers,
+            rate_limit_bytes_s=args.rate_kib * 1024,
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    server = HubServer(_hub_dir(settings, args), config)
+    port = server.start(args.listen)
+    if args.port_file is not None:
+        tmp = Path(str(args.port_file) + ".tmp")
+        tmp.write_text(f"{port}\n", encoding="utf-8")
+        os.replace(tmp, args.port_file)
+    logging.getLogger("tillpoint.hub").info(
+        "hub %s listening on %s (port %d)", server.dir.root, args.listen, port
+    )
+    done = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    done.wait()
+    server.stop(grace=5)
+    return EXIT_OK
+
+
+def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
+    from .hub_import import read_file
+    from .hub_server import HubDir
+    from .progress import ProgressBar
+
+    store = HubDir(_hub_dir(settings, args)).open_store()
+    bar = ProgressBar(f"importing {args.file.name}")
+    try:
+        try:
+            report = store.import_rows(read_file(args.file, args.format, bar))
+        finally:
+            bar.close()
+        data: dict[str, Any] = {
+            "rows": report.rows,
+            "byKind": dict(report.by_kind),
+            "removed": report.removed,
+            "draftRows": store.draft_size(),
+        }
+        if args.publish:
+            pub = store.publish(_now(), args.ttl_hours * 3600)
+            data["publishedVersion"] = pub.version
+    finally:
+        store.close()
+
+    def human(d: dict[str, Any]) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(d["byKind"].items())) or "no rows"
+        out = f"imported {kinds}; {d['removed']} removal(s); {d['draftRows']} row(s) to publish"
+        if "publishedVersion" in d:
+            out += f"; published version {d['publishedVersion']}"
+        return out
+
+    return _emit(args, data, human)
+
+
+def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
+    from .hub_server import HubDir
+
+    if args.ttl_hours <= 0:
+        raise InputError("--ttl-hours must be above 0")
+    store = HubDir(_hub_dir(settings, args)).open_store()
+    try:
+        pub = store.publish(_now(), args.ttl_hours * 3600, min_version=args.min_version)
+    finally:
+        store.close()
+    data = {
+        "version": pub.version,
+        "issuedAt": pub.issued_at.isoformat(),
+        "expiresAt": pub.expires_at.isoformat(),
+        "changedRows": pub.changed_rows,
+    }
+    return _emit(
+        args,
+        data,
+        lambda d: (
+            f"published version {d['version']} ({d['changedRows']} changed rows),"
+            f" valid until {d['expiresAt']}"
+        ),
+    )
+
+
+def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
+    from . import pki
+    from .hub_server import HubDir
+
+    hub = HubDir(_hub_dir(settings, args))
+    hub.init()
+    identity = pki.issue_device(hub.keys, args.device)
+    out = args.out or hub.root / "bundles" / f"{args.device}.json"
+    pki.write_bundle(out, pki.make_bundle(hub.keys, identity, args.address))
+    store = hub.open_store()
+    try:
+        store.enroll(identity.device_id, identity.fingerprint, _now())
+    finally:
+        store.close()
+    data = {
+        "deviceId": identity.device_id,
+        "bundle": str(out),
+        "fingerprint": identity.fingerprint,
+        "certificateExpiresAt": identity.not_after.isoformat(),
+        "hubAddress": args.address,
+    }
+    return _emit(
+        args,
+        data,
+        lambda d: (
+            f"device {d['deviceId']} enrolled; bundle {d['bundle']} (secret: copy it to the till"
+            f" and run `tillpoint sync install {Path(d['bundle']).name}`)"
+        ),
+    )
+
+
+def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from .hub_server import HubDir
+
+    store = HubDir(_hub_dir(settings, args)).open_store()
+    try:
+        if store.device(args.device) is None:
+            raise InputError(f"device {args.device} is not enrolled")
+        changed = store.revoke(args.device, _now())
+    finally:
+        store.close()
+    return _emit(
+        args,
+        {"deviceId": args.device, "revoked": True, "changed": changed},
+        lambda d: f"device {d['deviceId']} is revoked",
+    )
+
+
+def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from .hub_server import HubDir, SnapshotBuilder
+
+    hub = HubDir(_hub_dir(settings, args))
+    store = hub.open_store()
+    try:
+        if store.device(args.device) is None:
+            raise InputError(f"device {args.device} is not enrolled: `tillpoint hub enroll` first")
+        latest = store.latest()
+        if latest is None:
+            raise InputError("nothing is published yet: `tillpoint hub publish` first")
+        bundle = SnapshotBuilder(store, hub.keys.signing_key()).bundle(
+            args.device, latest.version, 0
+        )
+    finally:
+        store.close()
+    text = json.dumps(bundle.to_file()) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    args.out.write_text(text, encoding="utf-8")
+    return _emit(
+        args,
+        {
+            "deviceId": args.device,
+            "version": bundle.version,
+            "file": str(args.out),
+            "bytes": bundle.size,
+        },
+        lambda d: f"signed snapshot {d['version']} for {d['deviceId']} in {d['file']}",
+    )
+
+
+def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
+    from tillpoint.agent.cli import parse_time
+
+    from .hub_server import HubDir
+
+    at = parse_time(args.at) if args.at else _now()
+    store = HubDir(_hub_dir(settings, args)).open_store()
+    try:
+        balance = store.balance(args.customer, at)
+    finally:
+        store.close()
+    data = {
+        "customerId": args.customer,
+        "availablePoints": balance.available,
+        "pendingPoints": balance.pending,
+        "heldPoints": balance.held,
+    }
+    return _emit(
+        args,
+        data,
+        lambda d: (
+            f"{d['customerId']}: {d['availablePoints']} pts available,"
+            f" {d['pendingPoints']} pending, {d['heldPoints']} held for redemptions in progress"
+        ),
+    )
+
+
+# ---------------------------------------------------------------- sync commands
+
+
+def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
+    from tillpoint.agent.cli import read_json
+
+    from .pki import install_bundle
+
+    enrollment = install_bundle(settings.data_dir, read_json(args.bundle), settings.device_id)
+    data = {
+        "deviceId": enrollment.device_id,
+        "hubAddress": enrollment.hub_address,
+        "enrolled": True,
+    }
+    return _emit(
+        args,
+        data,
+        lambda d: (
+            f"enrolled as {d['deviceId']} with hub {d['hubAddress'] or '(set hub.address)'};"
+            " this till now accepts only snapshots signed by its hub"
+        ),
+    )
+
+
+def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
+    import grpc
+    from tillpoint.agent.service import Agent
+
+    from . import state
+    from .client import HubLink
+    from .pki import load_enrollment
+    from .progress import ProgressBar
+    from .pull import Puller, PullInterrupted
+    from .push import Pusher
+    from .service import SyncTimings, hub_address
+
+    enrollment = load_enrollment(settings.data_dir)
+    if enrollment is None:
+        raise InputError("this till is not enrolled: `tillpoint sync install BUNDLE` first")
+    address = hub_address(settings, enrollment)
+    if not address:
+        raise InputError("no hub address: set hub.address in the configuration")
+    timings = SyncTimings.from_settings(settings)
+    link = HubLink(address, enrollment)
+    agent = Agent(settings.data_dir, settings.device_id)
+    pusher = Pusher(
+        settings.data_dir, settings.device_id, link, call_timeout_s=timings.call_timeout_s
+    )
+    try:
+        bar = ProgressBar("pushing", unit="rows")
+        try:
+            pushed = pusher.drain(progress=bar, lock_wait_s=args.wait)
+        finally:
+            bar.close()
+        puller = Puller(agent, link, enrollment, call_timeout_s=timings.call_timeout_s)
+        for attempt in range(3):
+            bar = ProgressBar("snapshot")
+            try:
+                result = puller.pull(progress=bar, lock_wait_s=args.wait)
+                break
+            except PullInterrupted:
+                if attempt == 2:
+                    raise
+            finally:
+                bar.close()
+        data = {
+            "pushed": pushed,
+            "outboxDepth": pusher.pending(),
+            "pull": {
+                "status": result.status,
+                "version": result.version,
+                "baseVersion": result.base_version,
+                "bytes": result.size,
+                "resumedFrom": result.resumed_from,
+                "message": result.message,
+            },
+        }
+        state.put(
+            pusher.conn,
+            {"mode": "ONLINE" if link.online else "OFFLINE", "last_contact_at": state.now_text()},
+        )
+    except grpc.RpcError as exc:
+        from .client import describe
+
+        state.put(pusher.conn, {"mode": "OFFLINE"})
+        raise HubUnavailable(describe(exc)) from None
+    finally:
+        pusher.close()
+        agent.close()
+        link.close()
+
+    def human(d: dict[str, Any]) -> str:
+        pull = d["pull"]
+        what = {
+            "APPLIED": f"snapshot {pull['version']} applied ({pull['bytes']} bytes)",
+            "UP_TO_DATE": f"snapshot {pull['version']} is the newest",
+            "REFUSED": f"snapshot {pull['version']} REFUSED: {pull['message']}",
+        }[pull["status"]]
+        return f"pushed {d['pushed']} transaction(s), {d['outboxDepth']} waiting; {what}"
+
+    code = _emit(args, data, human)
+    if result.status == "REFUSED":
+        print(f"tillpoint: {result.message}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+# ---------------------------------------------------------------- `tillpoint run`
+
+
+def _register_background() -> None:
+    from tillpoint.agent import server
+
+    from .service import start_sync
+
+    if start_sync not in server.background_starters:
+        server.background_starters.append(start_sync)
+
+
+_register_background()

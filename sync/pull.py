@@ -1,0 +1,431 @@
+"""Snapshot pull (SPEC §3, §9): chunked, resumable, verified, then one atomic swap.
+
+The bytes received so far live in ``<data dir>/sync/pull.part`` beside ``pull.json``
+(the bundle's header and how many bytes are safely on disk, written after an fsync).
+After a broken stream, a restart, or a SIGKILL, the next pull asks the hub for the same
+bundle (``want_version``) from that offset; the hub rebuilds bundles deterministically,
+and the SHA-256 in the header tells the agent whether it is still the same bundle (if
+not, it starts again from 0).
+
+Nothing reaches the cache before every check in `signing.verify` has passed; then
+`Agent.load_snapshot` swaps it in one SQLite transaction. A refused snapshot is logged,
+recorded for `status`, and the cache keeps serving the version it had.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+from tillpoint.agent import cache as cache_mod
+from tillpoint.agent.db import open_cache
+from tillpoint.agent.errors import SnapshotRefused, TillpointError
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from . import signing
+from .client import HubLink
+from .pki import Enrollment
+
+log = logging.getLogger("tillpoint.sync")
+
+Progress = Callable[[int, int], None]
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+
+
+class SyncBusy(TillpointError):
+    pass
+
+
+class PullInterrupted(TillpointError):
+    """The stream broke or ended early; what arrived is kept and the next pull resumes."""
+
+
+@dataclass(frozen=True)
+class PullResult:
+    status: str  # APPLIED, UP_TO_DATE, REFUSED
+    version: int
+    base_version: int = 0
+    size: int = 0
+    resumed_from: int = 0
+    message: str = ""
+    sha256: str = ""
+
+
+@dataclass
+class _Partial:
+    version: int
+    base_version: int
+    total_size: int
+    sha256: str
+    signature: str
+    issued_at: str
+    expires_at: str
+    offset: int
+
+    def same_bundle(self, chunk: pb.SnapshotChunk) -> bool:
+        return (
+            chunk.version == self.version
+            and chunk.base_version == self.base_version
+            and chunk.total_size == self.total_size
+            and chunk.sha256.hex() == self.sha256
+            and base64.b64encode(chunk.signature).decode() == self.signature
+        )
+
+
+def sync_dir(data_dir: Path) -> Path:
+    path = Path(data_dir) / "sync"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, wait_s: float) -> Iterator[None]:
+    """An exclusive lock between the service and `tillpoint sync now` on the same till."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SyncBusy(
+                        f"another sync of this till is running ({path.name} is locked)"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def cache_version(data_dir: Path) -> int:
+    conn = open_cache(Path(data_dir))
+    try:
+        return cache_mod.info(conn).version
+    finally:
+        conn.close()
+
+
+class Puller:
+    def __init__(
+        self,
+        agent: Agent,
+        link: HubLink,
+        enrollment: Enrollment,
+        *,
+        call_timeout_s: float,
+        stream_timeout_s: float = 600.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.link = link
+        self.enrollment = enrollment
+        self.device_id = enrollment.device_id
+        self.call_timeout_s = call_timeout_s
+        self.stream_timeout_s = stream_timeout_s
+        self.max_bytes = max_bytes
+        self.clock = clock or agent.clock
+        self.dir = sync_dir(agent.data_dir)
+        self.part = self.dir / "pull.part"
+        self.meta = self.dir / "pull.json"
+
+    # ------------------------------------------------------------ partial download
+
+    def _load_partial(self, current: int) -> _Partial | None:
+        try:
+            meta = json.loads(self.meta.read_text(encoding="utf-8"))
+            partial = _Partial(**meta)
+        except (OSError, ValueError, TypeError):
+            return None
+        usable = (
+            partial.version > current
+            and partial.base_version in (0, current)
+            and self.part.exists()
+            and self.part.stat().st_size >= partial.offset
+        )
+        if not usable:
+            self._discard()
+            return None
+        return partial
+
+    def _save_meta(self, partial: _Partial) -> None:
+        tmp = self.meta.with_suffix(".tmp")
+        tmp.write_text(json.dumps(partial.__dict__), encoding="utf-8")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.meta)
+
+    def _discard(self) -> None:
+        for path in (self.meta, self.part):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # ------------------------------------------------------------ pull
+
+    def pull(self, progress: Progress | None = None, lock_wait_s: float = 0.0) -> PullResult:
+        """One pull: up to date, applied, or refused; raises grpc.RpcError / PullInterrupted
+        when the hub or the stream failed (the caller retries with backoff)."""
+        from . import state
+
+        with file_lock(self.dir / "pull.lock", lock_wait_s):
+            try:
+                result = self._pull(progress)
+            except (grpc.RpcError, PullInterrupted) as exc:
+                message = self.link.failed(exc) if isinstance(exc, grpc.RpcError) else str(exc)
+                self._record({"error:pull": state.error_value(f"pull: {message}")})
+                raise
+            now = state.now_text()
+            if result.status == "REFUSED":
+                record = {
+                    "version": result.version,
+                    "sha256": result.sha256,
+                    "reason": result.message,
+                    "at": now,
+                }
+                self._record(
+                    {
+                        "error:pull": state.error_value(result.message),
+                        "refused": json.dumps(record, ensure_ascii=False),
+                    }
+                )
+            else:
+                values: dict[str, str | None] = {
+                    "last_pull_at": now,
+                    "error:pull": state.error_value(result.message) if result.message else None,
+                }
+                if result.status == "APPLIED":
+                    values["refused"] = None
+                self._record(values)
+            return result
+
+    def _record(self, values: dict[str, str | None]) -> None:
+        from . import state
+
+        conn = state.open_ledger(self.agent.data_dir)
+        try:
+            state.put(conn, values)
+        finally:
+            conn.close()
+
+    def _pull(self, progress: Progress | None) -> PullResult:
+        current = cache_version(self.agent.data_dir)
+        partial = self._load_partial(current)
+        request = pb.PullSnapshotRequest(
+            device_id=self.device_id,
+            have_version=current,
+            offset=partial.offset if partial else 0,
+            want_version=partial.version if partial else 0,
+        )
+        call: Any = self.link.stub.PullSnapshot(request, timeout=self.stream_timeout_s)
+        # No chunk for call_timeout_s: the link is dead even if TCP has not noticed.
+        watchdog = _Watchdog(call, self.call_timeout_s)
+        resumed_from = 0
+        received = partial.offset if partial else 0
+        fh: IO[bytes] | None = None
+        try:
+            for chunk in call:
+                watchdog.feed()
+                self.link.ok()
+                if fh is None:
+                    if chunk.total_size == 0:
+                        return self._nothing_newer(chunk.version, current)
+                    self._check_header(chunk)
+                    if (
+                        partial is not None
+                        and partial.same_bundle(chunk)
+                        and (chunk.offset == partial.offset)
+                    ):
+                        resumed_from = partial.offset
+                        fh = open(self.part, "r+b")  # noqa: SIM115 - closed in finally
+                        fh.truncate(partial.offset)
+                        fh.seek(partial.offset)
+                        log.info("resuming snapshot %d at byte %d", chunk.version, received)
+                    else:
+                        if chunk.offset != 0:
+                            # Not the bundle we had: forget it and start over next time.
+                            self._discard()
+                            raise PullInterrupted("the hub's bundle changed; starting over")
+                        partial = _Partial(
+                            version=chunk.version,
+                            base_version=chunk.base_version,
+                            total_size=chunk.total_size,
+                            sha256=chunk.sha256.hex(),
+                            signature=base64.b64encode(chunk.signature).decode(),
+                            issued_at=chunk.issued_at,
+                            expires_at=chunk.expires_at,
+                            offset=0,
+                        )
+                        received = 0
+                        fh = open(self.part, "wb")  # noqa: SIM115 - closed in finally
+                        self._save_meta(partial)
+                assert partial is not None and fh is not None
+                if not partial.same_bundle(chunk) or chunk.offset != received:
+                    self._discard()
+                    raise SnapshotRefused(
+                        "snapshot refused: chunks of different bundles or out of order"
+                    )
+                if len(chunk.data) > signing.MAX_CHUNK:
+                    self._discard()
+                    raise SnapshotRefused(
+                        f"snapshot refused: a chunk of {len(chunk.data)} bytes (limit 1 MiB)"
+                    )
+                if received + len(chunk.data) > partial.total_size:
+                    self._discard()
+                    raise SnapshotRefused(
+                        f"snapshot refused: more data than the declared {partial.total_size} bytes"
+                    )
+                fh.write(chunk.data)
+                fh.flush()
+                os.fsync(fh.fileno())
+                received += len(chunk.data)
+                partial.offset = received
+                self._save_meta(partial)
+                if progress is not None:
+                    progress(received, partial.total_size)
+        except SnapshotRefused as exc:
+            call.cancel()
+            return self._refused(partial, str(exc))
+        except grpc.RpcError:
+            if watchdog.fired:
+                raise PullInterrupted(
+                    f"the snapshot stream stalled for {self.call_timeout_s:g} s; will resume"
+                    f" at byte {received}"
+                ) from None
+            raise
+        finally:
+            watchdog.stop()
+            if fh is not None:
+                fh.close()
+        if partial is None:
+            raise PullInterrupted("the hub ended the stream without sending anything")
+        if received < partial.total_size:
+            raise PullInterrupted(
+                f"the snapshot stream ended at byte {received} of {partial.total_size}; will resume"
+            )
+        return self._apply(partial, current, resumed_from)
+
+    def _check_header(self, chunk: pb.SnapshotChunk) -> None:
+        if chunk.total_size > self.max_bytes:
+            raise SnapshotRefused(
+                f"snapshot refused: {chunk.total_size} bytes is above this till's limit of"
+                f" {self.max_bytes}"
+            )
+        refused = self._known_refusal(chunk)
+        if refused:
+            raise SnapshotRefused(refused)
+
+    def _known_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
+        """The same bundle was refused before: do not download it again."""
+        from .state import get, open_ledger
+
+        conn = open_ledger(self.agent.data_dir)
+        try:
+            raw = get(conn, "refused")
+        finally:
+            conn.close()
+        if not raw:
+            return None
+        try:
+            seen = json.loads(raw)
+        except ValueError:
+            return None
+        if seen.get("version") == chunk.version and seen.get("sha256") == chunk.sha256.hex():
+            return str(seen.get("reason", "refused before"))
+        return None
+
+    def _nothing_newer(self, hub_version: int, current: int) -> PullResult:
+        message = ""
+        if hub_version < current:
+            message = (
+                f"the hub's newest version {hub_version} is older than this till's cache"
+                f" {current}: publish on the hub with --min-version {current + 1}"
+            )
+            log.warning(message)
+        return PullResult("UP_TO_DATE", current, message=message)
+
+    def _apply(self, partial: _Partial, current: int, resumed_from: int) -> PullResult:
+        payload = self.part.read_bytes()
+        try:
+            doc = signing.verify(
+                public_key=self.enrollment.snapshot_public_key(),
+                device_id=self.device_id,
+                payload=payload,
+                signature=base64.b64decode(partial.signature),
+                current_version=current,
+                now=self.clock(),
+                declared_version=partial.version,
+                declared_size=partial.total_size,
+                declared_sha256=bytes.fromhex(partial.sha256),
+            )
+            self.agent.load_snapshot(doc)
+        except SnapshotRefused as exc:
+            return self._refused(partial, str(exc))
+        self._discard()
+        log.info(
+            "snapshot %d applied (%s, %d bytes)",
+            partial.version,
+            "full" if partial.base_version == 0 else f"delta from {partial.base_version}",
+            partial.total_size,
+        )
+        return PullResult(
+            "APPLIED",
+            partial.version,
+            partial.base_version,
+            partial.total_size,
+            resumed_from,
+            sha256=partial.sha256,
+        )
+
+    def _refused(self, partial: _Partial | None, reason: str) -> PullResult:
+        self._discard()
+        version = partial.version if partial else 0
+        log.error("%s (version %d); the cache keeps its current version", reason, version)
+        return PullResult(
+            "REFUSED",
+            version,
+            partial.base_version if partial else 0,
+            partial.total_size if partial else 0,
+            message=reason,
+            sha256=partial.sha256 if partial else "",
+        )
+
+
+class _Watchdog:
+    """Cancels a streaming call that has not delivered anything for `idle_s` seconds."""
+
+    def __init__(self, call: Any, idle_s: float) -> None:
+        self.call = call
+        self.idle_s = idle_s
+        self.fired = False
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pull-watchdog", daemon=True)
+        self._thread.start()
+
+    def feed(self) -> None:
+        self._last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.idle_s / 4)):
+            if time.monotonic() - self._last > self.idle_s:
+                self.fired = True
+                self.call.cancel()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,206 @@
+"""Transaction upload (SPEC §9): the outbox drains to the hub, exactly once in effect.
+
+- Batches go in seq order (at most `batch_size` rows and about 1 MiB each).
+- A row leaves the outbox only in the same SQLite transaction that records the hub's
+  acknowledgement of it; nothing is deleted before. A crash or SIGKILL at any point
+  leaves the row to be sent again, and the hub, which dedupes on (deviceId, seq),
+  answers DUPLICATE: no transaction is lost or counted twice.
+- A batch is named by its content (`batch_id`), so a retried batch gets the hub's stored
+  answer.
+- A transaction the hub sets aside (CONFLICT: the hub holds other content under that
+  seq; REJECTED: malformed) moves to ``sync_set_aside`` so it cannot block the outbox;
+  it stays in the journal and `status` reports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from . import state
+from .client import HubLink
+from .pull import file_lock, sync_dir
+
+log = logging.getLogger("tillpoint.sync")
+
+Progress = Callable[[int, int], None]
+MAX_BATCH_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    sent: int
+    stored: int
+    duplicates: int
+    set_aside: int
+    acked_through: int
+
+
+class Pusher:
+    def __init__(
+        self,
+        data_dir: Path,
+        device_id: str,
+        link: HubLink,
+        *,
+        call_timeout_s: float,
+        batch_size: int = 200,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.device_id = device_id
+        self.link = link
+        self.call_timeout_s = call_timeout_s
+        self.batch_size = batch_size
+        self.lock_path = sync_dir(self.data_dir) / "push.lock"
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = state.open_ledger(self.data_dir)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def pending(self) -> int:
+        return int(
+            self.conn.execute(
+                "SELECT count(*) FROM outbox WHERE device_id = ?", (self.device_id,)
+            ).fetchone()[0]
+        )
+
+    def _batch(self) -> list[tuple[int, str]]:
+        rows: list[tuple[int, str]] = []
+        size = 0
+        for seq, payload in self.conn.execute(
+            "SELECT seq, payload FROM outbox WHERE device_id = ? ORDER BY seq LIMIT ?",
+            (self.device_id, self.batch_size),
+        ):
+            if rows and size + len(payload) > MAX_BATCH_BYTES:
+                break
+            rows.append((int(seq), str(payload)))
+            size += len(payload)
+        return rows
+
+    def _transaction(self, seq: int, payload: str) -> pb.Transaction:
+        tx = json_format.ParseDict(
+            json.loads(payload), pb.Transaction(), ignore_unknown_fields=True
+        )
+        if tx.points_delta_pending and not tx.pending_activates_at:
+            row = self.conn.execute(
+                "SELECT activates_at FROM points WHERE device_id = ? AND seq = ?"
+                " AND kind = 'earn' AND activates_at IS NOT NULL LIMIT 1",
+                (self.device_id, seq),
+            ).fetchone()
+            if row is not None:
+                tx.pending_activates_at = str(row[0])
+        return tx
+
+    def push_batch(self) -> BatchResult | None:
+        """Send the oldest batch; None when the outbox is empty. Raises grpc.RpcError."""
+        rows = self._batch()
+        if not rows:
+            return None
+        batch_id = hashlib.sha256(
+            "\n".join(f"{seq}:{hashlib.sha256(p.encode()).hexdigest()}" for seq, p in rows).encode()
+        ).hexdigest()[:32]
+        request = pb.TransactionBatch(
+            device_id=self.device_id,
+            transactions=[self._transaction(seq, p) for seq, p in rows],
+            batch_id=batch_id,
+        )
+        seqs = [seq for seq, _ in rows]
+        try:
+            ack = self.link.stub.PushTransactions(request, timeout=self.call_timeout_s)
+        except grpc.RpcError:
+            self._count_attempt(seqs)
+            raise
+        self.link.ok()
+        return self._acknowledged(rows, ack)
+
+    def _count_attempt(self, seqs: list[int]) -> None:
+        marks = ",".join("?" * len(seqs))
+        try:
+            self.conn.execute(
+                f"UPDATE outbox SET attempts = attempts + 1 WHERE device_id = ?"
+                f" AND seq IN ({marks})",
+                (self.device_id, *seqs),
+            )
+        except sqlite3.Error as exc:  # counting is best effort
+            log.warning("cannot count the push attempt: %s", exc)
+
+    def _acknowledged(self, rows: list[tuple[int, str]], ack: pb.PushAck) -> BatchResult:
+        payloads = dict(rows)
+        done: list[int] = []
+        aside: list[tuple[int, str, str]] = []
+        if ack.results:
+            for result in ack.results:
+                if result.seq not in payloads:
+                    continue
+                if result.outcome in (pb.TX_STORED, pb.TX_DUPLICATE):
+                    done.append(result.seq)
+                elif result.outcome in (pb.TX_CONFLICT, pb.TX_REJECTED):
+                    name = pb.TransactionOutcome.Name(result.outcome).removeprefix("TX_")
+                    aside.append((result.seq, name, result.reason))
+        else:  # a hub without per-transaction results: trust the contiguous mark
+            done = [seq for seq in payloads if seq <= ack.acked_through_seq]
+        now = state.now_text()
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for seq, outcome, reason in aside:
+                conn.execute(
+                    "INSERT OR REPLACE INTO sync_set_aside VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.device_id, seq, payloads[seq], outcome, reason, now),
+                )
+                log.error("hub set aside transaction %d: %s %s", seq, outcome, reason)
+            gone = done + [seq for seq, _, _ in aside]
+            conn.executemany(
+                "DELETE FROM outbox WHERE device_id = ? AND seq = ?",
+                [(self.device_id, seq) for seq in gone],
+            )
+            for key, value in (
+                ("last_push_at", now),
+                ("acked_through", str(ack.acked_through_seq)),
+            ):
+                conn.execute("INSERT OR REPLACE INTO sync_state VALUES (?, ?)", (key, value))
+            conn.execute("DELETE FROM sync_state WHERE key = 'error:push'")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return BatchResult(
+            len(rows), ack.accepted, ack.duplicates, len(aside), ack.acked_through_seq
+        )
+
+    def drain(self, progress: Progress | None = None, lock_wait_s: float = 0.0) -> int:
+        """Push until the outbox is empty; returns how many rows left it."""
+        with file_lock(self.lock_path, lock_wait_s):
+            total = self.pending()
+            sent = 0
+            try:
+                while True:
+                    result = self.push_batch()
+                    if result is None:
+                        return sent
+                    sent += result.sent
+                    if progress is not None:
+                        progress(min(sent, total), max(total, sent))
+                    if result.stored + result.duplicates + result.set_aside == 0:
+                        return sent  # the hub took nothing: do not spin
+            except grpc.RpcError as exc:
+                message = self.link.failed(exc)
+                state.put(self.conn, {"error:push": state.error_value(f"push: {message}")})
+                raise

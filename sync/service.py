@@ -1,0 +1,320 @@
+"""The agent's sync loop (started by `tillpoint run`): pull, push, subscribe, online state.
+
+Two threads:
+
+- the *sync* thread pulls a snapshot at start, when the hub announces a newer version,
+  and every ``hub.poll_interval_s``; and drains the outbox whenever it has rows (checked
+  every `push_check_s`). Each of the two keeps its own exponential backoff with jitter
+  after a failure.
+- the *subscribe* thread keeps a `Subscribe` stream open; a notification of a version
+  newer than the cache wakes the sync thread at once. A stream silent for three
+  heartbeats is cancelled and reopened (with backoff).
+
+Checkouts never wait for either: they only use the hub through `HubAuthoriser`, with its
+own short deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from tillpoint.agent.config import Settings
+from tillpoint.agent.errors import TillpointError
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from . import state
+from .authoriser import HubAuthoriser
+from .backoff import Backoff
+from .client import HubLink
+from .pki import Enrollment, EnrollmentError, load_enrollment
+from .pull import Puller, PullInterrupted, SyncBusy, cache_version
+from .push import Pusher
+
+log = logging.getLogger("tillpoint.sync")
+
+
+@dataclass(frozen=True)
+class SyncTimings:
+    call_timeout_s: float = 5.0  # unary calls (push) and pull stream silence
+    redeem_timeout_s: float = 0.3
+    poll_interval_s: float = 60.0
+    push_check_s: float = 1.0
+    stream_timeout_s: float = 600.0  # a whole snapshot download
+    subscribe_max_s: float = 330.0  # a Subscribe stream's deadline (the hub ends it first)
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SyncTimings:
+        hub = settings.hub
+        return cls(
+            call_timeout_s=hub.call_timeout_ms / 1000,
+            redeem_timeout_s=hub.redeem_timeout_ms / 1000,
+            poll_interval_s=hub.poll_interval_s,
+        )
+
+
+def hub_address(settings: Settings, enrollment: Enrollment | None) -> str:
+    """The configured address, else the one in the enrolment bundle."""
+    return settings.hub.address or (enrollment.hub_address if enrollment else "")
+
+
+class SyncService:
+    def __init__(
+        self,
+        agent: Agent,
+        link: HubLink,
+        enrollment: Enrollment,
+        timings: SyncTimings,
+    ) -> None:
+        self.agent = agent
+        self.link = link
+        self.enrollment = enrollment
+        self.timings = timings
+        self.puller = Puller(
+            agent,
+            link,
+            enrollment,
+            call_timeout_s=timings.call_timeout_s,
+            stream_timeout_s=timings.stream_timeout_s,
+        )
+        self.pusher = Pusher(
+            agent.data_dir, enrollment.device_id, link, call_timeout_s=timings.call_timeout_s
+        )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pull_now = threading.Event()
+        self._pull_now.set()  # pull once at start
+        self._threads: list[threading.Thread] = []
+        self._subscription: Any = None
+        self._mode_written: str | None = None
+        self.pull_results: list[Any] = []  # what the loop did, for logs and tests
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        state.put(self.pusher.conn, {"hub_address": self.link.address, "error:enrollment": None})
+        for name, target in (("sync", self._loop), ("subscribe", self._subscribe)):
+            thread = threading.Thread(target=target, name=f"tillpoint-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        sub = self._subscription
+        if sub is not None:
+            sub.cancel()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._persist_mode()
+        self.pusher.close()
+        self.link.close()
+
+    def trigger_pull(self) -> None:
+        self._pull_now.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------ the sync thread
+
+    def _loop(self) -> None:
+        t = self.timings
+        pull_backoff = Backoff(t.backoff_base_s, t.backoff_cap_s)
+        push_backoff = Backoff(t.backoff_base_s, t.backoff_cap_s)
+        next_pull = next_push = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self._pull_now.is_set() or now >= next_pull:
+                self._pull_now.clear()
+                delay = self._pull_once()
+                if delay is None:
+                    pull_backoff.reset()
+                    next_pull = time.monotonic() + t.poll_interval_s
+                else:
+                    next_pull = time.monotonic() + pull_backoff.next()
+            if time.monotonic() >= next_push:
+                if self._push_once():
+                    push_backoff.reset()
+                    next_push = time.monotonic() + t.push_check_s
+                else:
+                    next_push = time.monotonic() + push_backoff.next()
+            self._persist_mode()
+            wait = max(0.0, min(next_pull, next_push) - time.monotonic())
+            self._wake.wait(timeout=wait)
+            self._wake.clear()
+
+    def _pull_once(self) -> float | None:
+        """None on success; otherwise "back off"."""
+        try:
+            result = self.puller.pull()
+        except grpc.RpcError as exc:
+            log.info("pull failed: %s", self.link.last_failure or exc)
+            return 1.0
+        except (PullInterrupted, SyncBusy) as exc:
+            log.info("pull: %s", exc)
+            return 1.0
+        except TillpointError as exc:
+            log.error("pull: %s", exc.message)
+            state.set_error(self.pusher.conn, "pull", f"pull: {exc.message}")
+            return 1.0
+        self.pull_results.append(result)
+        return None if result.status != "REFUSED" else 1.0
+
+    def _push_once(self) -> bool:
+        try:
+            if self.pusher.pending() == 0:
+                return True
+            self.pusher.drain()
+            return True
+        except grpc.RpcError as exc:
+            log.info("push failed, will retry: %s", self.link.last_failure or exc)
+            return False
+        except SyncBusy:
+            return False
+        except TillpointError as exc:
+            log.error("push: %s", exc.message)
+            return False
+
+    def _persist_mode(self) -> None:
+        mode = "ONLINE" if self.link.online else "OFFLINE"
+        values: dict[str, str | None] = {}
+        if mode != self._mode_written:
+            values["mode"] = mode
+            values["error:link"] = (
+                None
+                if self.link.online or not self.link.last_failure
+                else state.error_value(self.link.last_failure)
+            )
+        if self.link.last_contact is not None:
+            values["last_contact_at"] = state.now_text(self.link.last_contact)
+        if values:
+            try:
+                state.put(self.pusher.conn, values)
+                self._mode_written = mode
+            except Exception as exc:  # status bookkeeping must never stop the loop
+                log.warning("cannot record the sync state: %s", exc)
+
+    # ------------------------------------------------------------ the subscribe thread
+
+    def _subscribe(self) -> None:
+        backoff = Backoff(self.timings.backoff_base_s, self.timings.backoff_cap_s)
+        while not self._stop.is_set():
+            try:
+                have = cache_version(self.agent.data_dir)
+                call = self.link.stub.Subscribe(
+                    pb.SubscribeRequest(device_id=self.enrollment.device_id, have_version=have),
+                    timeout=self.timings.subscribe_max_s,
+                )
+                self._subscription = call
+                silence = _Silence(call, 45.0)
+                try:
+                    for note in call:
+                        self.link.ok()
+                        backoff.reset()
+                        silence.reset(3 * max(1, note.heartbeat_s))
+                        if note.latest_version > cache_version(self.agent.data_dir):
+                            self.trigger_pull()
+                        self._wake.set()  # also refreshes the recorded mode
+                finally:
+                    silence.stop()
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                if exc.code() not in (
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.CANCELLED,
+                ):
+                    self.link.failed(exc)
+                    self._wake.set()
+            except TillpointError as exc:
+                log.warning("subscribe: %s", exc.message)
+            finally:
+                self._subscription = None
+            self._stop.wait(backoff.next())
+
+
+class _Silence:
+    """Cancels a stream when no message came for `limit` seconds."""
+
+    def __init__(self, call: Any, limit: float) -> None:
+        self.call = call
+        self.limit = limit
+        self.last = time.monotonic()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True, name="subscribe-silence").start()
+
+    def reset(self, limit: float) -> None:
+        self.limit = limit
+        self.last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            if time.monotonic() - self.last > self.limit:
+                self.call.cancel()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# ---------------------------------------------------------------- wiring into `tillpoint run`
+
+
+def start_sync(agent: Agent, settings: Settings) -> Callable[[], None]:
+    """A `tillpoint.agent.server.background_starters` entry: sync with the hub if one is set.
+
+    Sets `agent.hub` to the online redemption authoriser. With no hub address (neither
+    configured nor in the enrolment), the till is standalone and nothing starts.
+    """
+
+    def nothing() -> None:
+        return None
+
+    try:
+        enrollment = load_enrollment(agent.data_dir)
+    except EnrollmentError as exc:
+        log.error("%s", exc.message)
+        enrollment = None
+    address = hub_address(settings, enrollment)
+    if not address:
+        return nothing
+    conn = state.open_ledger(agent.data_dir)
+    try:
+        if enrollment is None:
+            message = (
+                f"hub {address} is configured but this till is not enrolled: run"
+                " `tillpoint sync install BUNDLE` with the bundle from `tillpoint hub enroll`"
+            )
+            log.error(message)
+            state.put(conn, {"error:enrollment": state.error_value(message), "mode": "OFFLINE"})
+            return nothing
+        if enrollment.device_id != agent.device_id:
+            message = (
+                f"the enrolment is for device {enrollment.device_id!r} but this till runs as"
+                f" {agent.device_id!r}: fix device_id in the configuration"
+            )
+            log.error(message)
+            state.put(conn, {"error:enrollment": state.error_value(message), "mode": "OFFLINE"})
+            return nothing
+    finally:
+        conn.close()
+    timings = SyncTimings.from_settings(settings)
+    link = HubLink(address, enrollment)
+    authoriser = HubAuthoriser(link, agent.data_dir, agent.device_id, timings.redeem_timeout_s)
+    agent.hub = authoriser
+    service = SyncService(agent, link, enrollment, timings)
+    service.start()
+    log.info("syncing with hub %s as %s", address, agent.device_id)
+
+    def stop() -> None:
+        service.stop()
+        authoriser.close()
+
+    return stop

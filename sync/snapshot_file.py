@@ -1,0 +1,54 @@
+"""`tillpoint snapshot load FILE` for the sync era (SPEC §3).
+
+A till enrolled with a hub accepts only signed bundles (``tillpoint hub export``), checked
+exactly like a pulled snapshot. A till that is not enrolled (a standalone till, a test)
+also accepts a plain snapshot JSON; a signed bundle is then loaded without a signature
+check, since such a till has no hub key to check it with.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tillpoint.agent import cache as cache_mod
+from tillpoint.agent.errors import SnapshotRefused
+from tillpoint.agent.service import Agent
+
+from . import signing
+from .pki import load_enrollment
+from .pull import cache_version
+
+
+def load_snapshot_file(agent: Agent, doc: Any) -> cache_mod.CacheInfo:
+    """Apply a snapshot file's JSON (already parsed) to the agent's cache."""
+    enrollment = load_enrollment(agent.data_dir)
+    if signing.is_signed_file(doc):
+        device, payload, signature = signing.from_file(doc)
+        if enrollment is None:
+            try:
+                plain = json.loads(payload.decode("utf-8"), parse_float=signing._no_float)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise SnapshotRefused(
+                    f"signed snapshot file: payload is not JSON ({exc})"
+                ) from None
+            return agent.load_snapshot(plain)
+        if device != agent.device_id:
+            raise SnapshotRefused(
+                f"this signed snapshot is for device {device!r}, not {agent.device_id!r}"
+            )
+        checked = signing.verify(
+            public_key=enrollment.snapshot_public_key(),
+            device_id=agent.device_id,
+            payload=payload,
+            signature=signature,
+            current_version=cache_version(agent.data_dir),
+            now=agent.clock(),
+        )
+        return agent.load_snapshot(checked)
+    if enrollment is not None:
+        raise SnapshotRefused(
+            "this till is enrolled with a hub and accepts only signed snapshots: use"
+            " `tillpoint hub export DEVICE` on the hub, or let the till pull"
+        )
+    return agent.load_snapshot(doc)

@@ -1,0 +1,158 @@
+"""The sync client's own tables in the till's ``ledger.db`` and the `status` fields.
+
+Its migrations are a separate sqlite-utils migration set (``tillpoint.sync``), so the
+agent's schema is never edited:
+
+- ``sync_state(key, value)``: last pull, last push, last contact, mode, outstanding
+  errors (one per area, cleared when that area works again), last refused snapshot;
+- ``sync_set_aside(device_id, seq, payload, outcome, reason, at)``: transactions the hub
+  answered CONFLICT or REJECTED. They leave the outbox (so it does not block), stay in
+  the journal, and are reported in `status` until someone reviews them.
+
+Only the sync thread writes here, never while a checkout holds the ledger's write lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+from tillpoint.agent.db import connect, ledger_migrations, migrate
+from tillpoint.agent.ledger import utc_text
+
+from .pki import is_enrolled
+
+sync_migrations = Migrations("tillpoint.sync")
+
+ERROR_AREAS = ("enrollment", "link", "pull", "push")
+
+
+@sync_migrations()
+def m001_sync_state(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE sync_set_aside (
+            device_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (device_id, seq)
+        );
+        """
+    )
+
+
+def open_ledger(data_dir: Path) -> sqlite3.Connection:
+    """A connection to the till's ledger.db with the agent's and the sync's schema."""
+    conn = connect(Path(data_dir) / "ledger.db")
+    migrate(conn, ledger_migrations)
+    migrate(conn, sync_migrations)
+    return conn
+
+
+def now_text(now: datetime | None = None) -> str:
+    return utc_text(now or datetime.now(UTC))
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sync_state'"
+        ).fetchone()
+        is not None
+    )
+
+
+def get(conn: sqlite3.Connection, key: str) -> str | None:
+    if not _has_tables(conn):
+        return None
+    row = conn.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def put(conn: sqlite3.Connection, values: dict[str, str | None]) -> None:
+    """Set (or, with None, delete) keys in one short write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for key, value in values.items():
+            if value is None:
+                conn.execute("DELETE FROM sync_state WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO sync_state VALUES (?, ?)", (key, value))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def error_value(message: str, now: datetime | None = None) -> str:
+    return json.dumps({"message": message, "at": now_text(now)}, ensure_ascii=False)
+
+
+def set_error(conn: sqlite3.Connection, area: str, message: str | None) -> None:
+    put(conn, {f"error:{area}": None if message is None else error_value(message)})
+
+
+def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
+    """The sync fields of `tillpoint status` (read only; safe on any ledger connection).
+
+    mode: ONLINE when the sync loop's last exchange with the hub worked (as last
+    recorded; lastContactAt says when), OFFLINE otherwise or with no hub.
+    lastError: the newest outstanding problem (a failed area clears when it works again).
+    """
+    values: dict[str, str] = {}
+    set_aside = 0
+    if _has_tables(ledger_conn):
+        values = {str(k): str(v) for k, v in ledger_conn.execute("SELECT * FROM sync_state")}
+        set_aside = int(ledger_conn.execute("SELECT count(*) FROM sync_set_aside").fetchone()[0])
+    errors = []
+    for area in ERROR_AREAS:
+        raw = values.get(f"error:{area}")
+        if raw:
+            try:
+                item = json.loads(raw)
+                errors.append((str(item["at"]), str(item["message"])))
+            except (ValueError, KeyError):
+                errors.append(("", raw))
+    errors.sort()
+    if set_aside:
+        errors.append(
+            (
+                "",
+                f"{set_aside} transaction(s) set aside by the hub (conflict or malformed);"
+                " see sync_set_aside in ledger.db",
+            )
+        )
+    last_error_at, last_error = errors[-1] if errors else ("", "")
+    out: dict[str, Any] = {
+        "mode": values.get("mode", "OFFLINE"),
+        "lastPullAt": values.get("last_pull_at", ""),
+        "lastPushAt": values.get("last_push_at", ""),
+        "lastError": last_error,
+        "lastErrorAt": last_error_at,
+        "lastContactAt": values.get("last_contact_at", ""),
+        "hubAddress": values.get("hub_address", ""),
+        "hubAckedThroughSeq": int(values.get("acked_through", "0") or 0),
+        "setAsideTransactions": set_aside,
+        "enrolled": _enrolled(ledger_conn),
+    }
+    if values.get("refused"):
+        with contextlib.suppress(ValueError):
+            out["lastRefusedSnapshot"] = json.loads(values["refused"])
+    return out
+
+
+def _enrolled(conn: sqlite3.Connection) -> bool:
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main" and file:
+            return is_enrolled(Path(file).parent)
+    return False
