@@ -11,9 +11,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from .errors import SnapshotRefused, StorageError
+from .errors import InputError, SnapshotRefused, StorageError
 from .identify import normalise, phone_key
-from .models import CardRecord, Category, Customer, Offer, Product, Program, Snapshot
+from .models import (
+    ROW_MODELS,
+    CardRecord,
+    Category,
+    Customer,
+    Model,
+    Offer,
+    Product,
+    Program,
+    Removed,
+    Snapshot,
+    SnapshotHeader,
+)
 
 _BATCH = 5000
 
@@ -31,44 +43,62 @@ def phone_index(phone: str, secret: bytes) -> str:
     return hmac.new(secret, phone.encode(), hashlib.sha256).hexdigest()
 
 
+# A snapshot row on its way to the cache: its section, the validated row, and the row's
+# JSON text when the caller already has it (a streamed snapshot), so it is not re-encoded.
+Row = tuple[str, Model, str | None]
+
+
+def rows_of(snap: Snapshot) -> Iterator[Row]:
+    for section in ROW_MODELS:
+        for row in getattr(snap, section):
+            yield section, row, None
+
+
 def apply_snapshot(
-    conn: sqlite3.Connection, snap: Snapshot, now: datetime, secret: bytes
+    conn: sqlite3.Connection,
+    header: SnapshotHeader,
+    rows: Iterable[Row],
+    now: datetime,
+    secret: bytes,
 ) -> CacheInfo:
-    """Apply `snap` in one write transaction: all of it or none of it.
+    """Apply a snapshot in one write transaction: all of it or none of it.
 
     A full snapshot (baseVersion 0) replaces everything; a delta applies only on top of
     exactly its baseVersion. An older or equal version is refused and the cache stays.
+    Rows are consumed as they come (a streamed snapshot never sits in memory whole); a
+    bad row anywhere rolls the whole snapshot back.
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = _version(conn)
-            if snap.version <= current:
+            if header.version <= current:
                 raise SnapshotRefused(
-                    f"snapshot version {snap.version} is not newer than the cache's {current}"
+                    f"snapshot version {header.version} is not newer than the cache's {current}"
                 )
-            if not snap.is_full and snap.base_version != current:
+            if not header.is_full and header.base_version != current:
                 raise SnapshotRefused(
-                    f"delta snapshot {snap.version} applies on version {snap.base_version},"
+                    f"delta snapshot {header.version} applies on version {header.base_version},"
                     f" but the cache is at version {current}: a full snapshot is needed"
                 )
-            if snap.is_full:
-                for table in ("products", "categories", "customers", "cards", "offers"):
+            if header.is_full:
+                for table in ROW_MODELS:
                     conn.execute(f"DELETE FROM {table}")
                 conn.execute("DELETE FROM applied_through")
-            _write(conn, snap, secret)
-            program = snap.program if snap.program is not None else None
-            if program is not None or snap.is_full:
-                _set(conn, "program", (program or Program()).model_dump_json(by_alias=True))
-            for device, seq in snap.applied_through.items():
+            _remove(conn, header.removed)
+            _write_rows(conn, rows, secret, replace=not header.is_full)
+            if header.program is not None or header.is_full:
+                program = header.program or Program()
+                _set(conn, "program", program.model_dump_json(by_alias=True))
+            for device, seq in header.applied_through.items():
                 conn.execute(
                     "INSERT INTO applied_through VALUES (?, ?) ON CONFLICT (device_id)"
                     " DO UPDATE SET seq = max(seq, excluded.seq)",
                     (device, seq),
                 )
-            _set(conn, "version", str(snap.version))
-            _set(conn, "issued_at", snap.issued_at.isoformat() if snap.issued_at else "")
-            _set(conn, "expires_at", snap.expires_at.isoformat() if snap.expires_at else "")
+            _set(conn, "version", str(header.version))
+            _set(conn, "issued_at", header.issued_at.isoformat() if header.issued_at else "")
+            _set(conn, "expires_at", header.expires_at.isoformat() if header.expires_at else "")
             _set(conn, "loaded_at", now.isoformat())
             conn.execute("COMMIT")
         except BaseException:
@@ -79,8 +109,7 @@ def apply_snapshot(
     return info(conn)
 
 
-def _write(conn: sqlite3.Connection, snap: Snapshot, secret: bytes) -> None:
-    removed = snap.removed
+def _remove(conn: sqlite3.Connection, removed: Removed) -> None:
     for table, key, keys in (
         ("cards", "number", removed.cards),
         ("customers", "id", removed.customers),
@@ -89,54 +118,63 @@ def _write(conn: sqlite3.Connection, snap: Snapshot, secret: bytes) -> None:
         ("categories", "code", removed.categories),
     ):
         conn.executemany(f"DELETE FROM {table} WHERE {key} = ?", ((k,) for k in keys))
-    _insert(
-        conn,
-        "INSERT OR REPLACE INTO products VALUES (?, ?, ?, ?)",
-        ((p.sku, p.name, p.category, int(p.excluded_from_loyalty)) for p in snap.products),
-    )
-    _insert(
-        conn,
-        "INSERT OR REPLACE INTO categories VALUES (?, ?, ?)",
-        ((c.code, c.parent, c.name) for c in snap.categories),
-    )
-    _insert(
-        conn,
-        "INSERT OR REPLACE INTO customers VALUES (?, ?, ?)",
-        (
-            (
-                c.id,
-                _phone_column(c.phone, secret),
-                c.model_dump_json(by_alias=True, exclude={"phone"}),
-            )
-            for c in snap.customers
-        ),
-    )
-    _insert(
-        conn,
-        "INSERT OR REPLACE INTO cards VALUES (?, ?, ?)",
-        ((c.number, c.customer_id, c.status) for c in snap.cards),
-    )
-    _insert(
-        conn,
-        "INSERT OR REPLACE INTO offers VALUES (?, ?, ?)",
-        ((o.id, o.customer_id, o.model_dump_json(by_alias=True)) for o in snap.offers),
-    )
+
+
+_COLUMNS = {"categories": 3, "products": 4, "customers": 3, "cards": 3, "offers": 3}
+
+
+def _params(section: str, row: Model, raw: str | None, secret: bytes) -> tuple[object, ...]:
+    if isinstance(row, Product):
+        return (row.sku, row.name, row.category, int(row.excluded_from_loyalty))
+    if isinstance(row, Category):
+        return (row.code, row.parent, row.name)
+    if isinstance(row, Customer):
+        doc = row.model_dump_json(by_alias=True, exclude={"phone"})
+        return (row.id, _phone_column(row.phone, secret), doc)
+    if isinstance(row, CardRecord):
+        return (row.number, row.customer_id, row.status)
+    if isinstance(row, Offer):
+        return (row.id, row.customer_id, raw or row.model_dump_json(by_alias=True))
+    raise AssertionError(section)  # pragma: no cover
+
+
+def _write_rows(
+    conn: sqlite3.Connection, rows: Iterable[Row], secret: bytes, *, replace: bool
+) -> None:
+    """Insert in batches. A full snapshot inserts into empty tables, so a key given twice
+    is caught by the primary key; a delta replaces rows, and its keys are tracked here."""
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    batches: dict[str, list[tuple[object, ...]]] = {section: [] for section in ROW_MODELS}
+    seen: set[tuple[str, object]] = set()
+
+    def flush(section: str) -> None:
+        batch = batches[section]
+        marks = ", ".join("?" * _COLUMNS[section])
+        try:
+            conn.executemany(f"{verb} INTO {section} VALUES ({marks})", batch)
+        except sqlite3.IntegrityError:
+            raise InputError(f"snapshot: two {section} rows have the same key") from None
+        batch.clear()
+
+    for section, row, raw in rows:
+        params = _params(section, row, raw, secret)
+        if replace:
+            key = (section, params[0])
+            if key in seen:
+                raise InputError(f"snapshot: {section} {params[0]!r} appears twice")
+            seen.add(key)
+        batch = batches[section]
+        batch.append(params)
+        if len(batch) >= _BATCH:
+            flush(section)
+    for section in ROW_MODELS:
+        if batches[section]:
+            flush(section)
 
 
 def _phone_column(phone: str | None, secret: bytes) -> str | None:
     key = phone_key(normalise(phone)) if phone else None
     return phone_index(key, secret) if key else None
-
-
-def _insert(conn: sqlite3.Connection, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
-    batch: list[tuple[object, ...]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= _BATCH:
-            conn.executemany(sql, batch)
-            batch.clear()
-    if batch:
-        conn.executemany(sql, batch)
 
 
 def _set(conn: sqlite3.Connection, key: str, value: str) -> None:

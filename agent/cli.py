@@ -148,7 +148,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if command == "snapshot":
             if args.snapshot_command != "load":
                 parser.error("snapshot needs an action: load")
-            loaded = agent.load_snapshot(read_json(args.file))
+            loaded = load_snapshot(agent, args.file)
             info = {"version": loaded.version, "issuedAt": loaded.issued_at or ""}
             return emit(args, info, lambda d: f"snapshot version {d['version']} loaded")
         if command == "identify":
@@ -169,6 +169,35 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     finally:
         agent.close()
     parser.error(f"unknown command {command}")
+
+
+def load_snapshot(agent: Any, name: str) -> Any:
+    """`snapshot load FILE`: a JSON document, a signed bundle, or JSON Lines (streamed)."""
+    from .snapshot_stream import is_jsonl
+
+    if name != "-":
+        try:
+            with open(name, "rb") as f:
+                first = f.readline(4096)
+                if is_jsonl(first):
+                    _refuse_plain_when_enrolled(agent)
+                    f.seek(0)
+                    return agent.load_snapshot_lines(f)
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
+    doc = read_json(name)
+    sync = _plugin("tillpoint.sync")
+    if hasattr(sync, "load_snapshot_file"):
+        return sync.load_snapshot_file(agent, doc)
+    return agent.load_snapshot(doc)
+
+
+def _refuse_plain_when_enrolled(agent: Any) -> None:
+    sync = _plugin("tillpoint.sync")
+    if hasattr(sync, "is_enrolled") and sync.is_enrolled(agent.data_dir):
+        raise InputError("this till is enrolled with a hub and accepts only signed snapshots")
 
 
 def read_json(name: str) -> Any:

@@ -316,27 +316,40 @@ class Removed(Model):
     categories: tuple[Key, ...] = ()
 
 
-class Snapshot(Model):
+class SnapshotHeader(Model):
+    """Everything of a snapshot but its rows: what a streamed (JSON Lines) snapshot starts with."""
+
     version: Positive
     base_version: NonNegative = 0
     issued_at: Timestamp | None = None
     expires_at: Timestamp | None = None
     program: Program | None = None
+    removed: Removed = Removed()
+    applied_through: dict[str, NonNegative] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _versions(self) -> SnapshotHeader:
+        if self.base_version >= self.version:
+            raise ValueError(
+                f"baseVersion {self.base_version} must be below version {self.version}"
+            )
+        return self
+
+    @property
+    def is_full(self) -> bool:
+        return self.base_version == 0
+
+
+class Snapshot(SnapshotHeader):
     products: tuple[Product, ...] = ()
     categories: tuple[Category, ...] = ()
     customers: tuple[Customer, ...] = ()
     cards: tuple[CardRecord, ...] = ()
     offers: tuple[Offer, ...] = ()
-    removed: Removed = Removed()
-    applied_through: dict[str, NonNegative] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _versions(self) -> Snapshot:
-        if self.base_version >= self.version:
-            raise ValueError(
-                f"baseVersion {self.base_version} must be below version {self.version}"
-            )
-        for name in ("products", "categories", "customers", "cards", "offers"):
+    def _unique(self) -> Snapshot:
+        for name in ROW_MODELS:
             keys = [_key(row) for row in getattr(self, name)]
             if len(keys) != len(set(keys)):
                 dup = next(k for k in keys if keys.count(k) > 1)
@@ -344,8 +357,20 @@ class Snapshot(Model):
         return self
 
     @property
-    def is_full(self) -> bool:
-        return self.base_version == 0
+    def header(self) -> SnapshotHeader:
+        return SnapshotHeader.model_validate(
+            {name: getattr(self, name) for name in SnapshotHeader.model_fields}
+        )
+
+
+# The row sections of a snapshot, in the order they are applied.
+ROW_MODELS: dict[str, type[Model]] = {
+    "categories": Category,
+    "products": Product,
+    "customers": Customer,
+    "cards": CardRecord,
+    "offers": Offer,
+}
 
 
 def _key(row: BaseModel) -> str:

@@ -10,7 +10,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +26,7 @@ from .db import open_cache, open_ledger, phone_secret
 from .errors import CardRefused, HubUnavailable, InputError, NotFound, Refused, StorageError
 from .identify import Identification, identify
 from .messages import checkout_display, quote_display
-from .models import Customer, Offer, Receipt, Refund, Snapshot, parse
+from .models import Customer, Offer, Receipt, Refund, Snapshot, SnapshotHeader, parse
 from .pricing import Priced, PricingContext, activation_time, offers_to_print, price
 from .refunds import SoldLine, apply_refund
 
@@ -84,10 +84,21 @@ class Agent:
     # ------------------------------------------------------------ snapshot
 
     def load_snapshot(self, data: Any) -> cache_mod.CacheInfo:
+        """Apply a snapshot given as one JSON document (a dict)."""
         snap = parse(Snapshot, data, "snapshot")
+        return self._apply(snap.header, cache_mod.rows_of(snap))
+
+    def load_snapshot_lines(self, lines: Iterable[bytes | str]) -> cache_mod.CacheInfo:
+        """Apply a snapshot streamed as JSON Lines (see `snapshot_stream`), row by row."""
+        from .snapshot_stream import read_lines
+
+        header, rows = read_lines(lines)
+        return self._apply(header, rows)
+
+    def _apply(self, header: SnapshotHeader, rows: Iterable[cache_mod.Row]) -> cache_mod.CacheInfo:
         conn = open_cache(self.data_dir)  # its own connection: readers keep theirs
         try:
-            return cache_mod.apply_snapshot(conn, snap, self.clock(), self._secret)
+            return cache_mod.apply_snapshot(conn, header, rows, self.clock(), self._secret)
         finally:
             conn.close()
 

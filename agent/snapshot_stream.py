@@ -1,0 +1,93 @@
+"""Snapshots as JSON Lines: a chain-sized snapshot is applied row by row, never whole.
+
+Format (UTF-8, one JSON object a line; blank lines are ignored):
+
+    {"format": "tillpoint.snapshot/jsonl", "version": 7, "baseVersion": 0, ...header}
+    {"section": "products"}
+    {"sku": "4601234000017", "name": "Молоко 3,2% 1 л", "category": "dairy"}
+    ...
+    {"section": "offers"}
+    {"id": "o-1", "kind": "PERCENT_OFF", ...}
+
+The first line is the snapshot's header (every field of a snapshot but its row lists);
+then each `{"section": NAME}` line starts a section (categories, products, customers,
+cards, offers, in any order) whose rows follow one a line, in exactly the shapes of §3.
+A bad line is refused with its line number and the whole snapshot is rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+from pydantic import ValidationError
+
+from .cache import Row
+from .errors import InputError
+from .models import ROW_MODELS, SnapshotHeader, describe
+
+FORMAT = "tillpoint.snapshot/jsonl"
+
+
+def is_jsonl(first_line: bytes | str) -> bool:
+    text = first_line.decode("utf-8", "replace") if isinstance(first_line, bytes) else first_line
+    return f'"{FORMAT}"' in text.replace(" ", "")
+
+
+def read_lines(lines: Iterable[bytes | str]) -> tuple[SnapshotHeader, Iterator[Row]]:
+    numbered = ((n, line) for n, line in enumerate(lines, start=1) if line.strip())
+    try:
+        n, first = next(numbered)
+    except StopIteration:
+        raise InputError("snapshot: the file is empty") from None
+    try:
+        head = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+    if not isinstance(head, dict) or head.pop("format", None) != FORMAT:
+        raise InputError(f'snapshot line {n}: the first line must have "format": "{FORMAT}"')
+    try:
+        header = SnapshotHeader.model_validate(head)
+    except ValidationError as exc:
+        raise InputError(f"snapshot line {n}: {describe(exc)}") from None
+    return header, _rows(numbered)
+
+
+def _rows(numbered: Iterator[tuple[int, bytes | str]]) -> Iterator[Row]:
+    section: str | None = None
+    for n, line in numbered:
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+        text = text.strip()
+        if text.startswith('{"section"'):
+            try:
+                marker = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+            section = marker.get("section")
+            if section not in ROW_MODELS or len(marker) != 1:
+                raise InputError(
+                    f"snapshot line {n}: unknown section {section!r}"
+                    f" (one of {', '.join(ROW_MODELS)})"
+                )
+            continue
+        if section is None:
+            raise InputError(f'snapshot line {n}: a row before any {{"section": ...}} line')
+        if "." in text and _has_float(text):
+            raise InputError(f"snapshot line {n}: numbers with a fraction are not allowed")
+        try:
+            row = ROW_MODELS[section].model_validate_json(text)
+        except ValidationError as exc:
+            raise InputError(f"snapshot line {n}: {section}: {describe(exc)}") from None
+        yield section, row, text
+
+
+def _has_float(text: str) -> bool:
+    """True when the line has a JSON number with a fraction or exponent (never money)."""
+    floats: list[str] = []
+
+    def seen(value: str) -> float:
+        floats.append(value)
+        return 0.0
+
+    json.loads(text, parse_float=seen)
+    return bool(floats)
