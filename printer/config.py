@@ -1,0 +1,194 @@
+"""Configuration of the receipt printer, the customer display and the card scanner.
+
+The agent's configuration file embeds these models as its ``[printer]``, ``[display]`` and
+``[scanner]`` tables, for example::
+
+    [printer]
+    kind = "network"          # network | serial | usb | file | none
+    host = "192.168.1.50"
+    profile = "generic-80mm"  # or "generic-58mm", or a python-escpos profile such as "TM-T20II"
+    codepage = "cp866"        # the Python codec of the printer's code table
+    codepage_table = 17       # its ESC t n slot (vendor-specific; default: from the profile)
+
+    [display]
+    kind = "serial"
+    device = "/dev/ttyUSB0"
+    command_set = "epson"     # epson | cd5220
+
+    [scanner]
+    kind = "serial"
+    device = "/dev/ttyACM0"
+
+Every model rejects unknown keys, so a typo is an error and not a silently ignored setting.
+All timeouts are in seconds and every one of them is finite: nothing here can block forever.
+"""
+
+from __future__ import annotations
+
+import codecs
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+__all__ = [
+    "DisplayConfig",
+    "PrinterConfig",
+    "ScannerConfig",
+    "check_single_byte_codec",
+]
+
+
+def _parse_int(value: Any) -> Any:
+    """Accept USB ids written as hex strings ("0x04b8") as well as integers."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            return int(text, 16) if text.startswith("0x") else int(text)
+        except ValueError:
+            return value
+    return value
+
+
+UsbId = Annotated[int, BeforeValidator(_parse_int), Field(ge=0, le=0xFFFF)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+@lru_cache(maxsize=32)
+def check_single_byte_codec(name: str) -> str:
+    """Return the canonical Python name of a single-byte codec, or raise ValueError."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise ValueError(
+            f"unknown code page {name!r} (use a Python codec name such as cp866)"
+        ) from None
+    ascii_ok = _encodes(info.name, "AZaz09 ~") and "AZaz09 ~".encode(info.name) == b"AZaz09 ~"
+    multibyte = info.name.startswith(("utf", "mbcs")) or any(
+        _encodes(info.name, ch)
+        for ch in "\u3042\u4e2d\ud55c"  # CJK: only multi-byte codecs
+    )
+    if not ascii_ok or multibyte:
+        raise ValueError(f"code page {name!r} is not a single-byte ASCII-compatible code page")
+    return info.name
+
+
+def _encodes(codec: str, ch: str) -> bool:
+    try:
+        ch.encode(codec)
+    except (UnicodeError, LookupError):
+        return False
+    return True
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class PrinterConfig(_Model):
+    """The ESC/POS receipt printer that prints the offers block (SPEC §7)."""
+
+    kind: Literal["network", "serial", "usb", "file", "none"] = "none"
+    # network: raw TCP ("JetDirect", port 9100)
+    host: str | None = None
+    port: int = Field(9100, ge=1, le=65535)
+    # serial: a device path or any pyserial URL (loop://, socket://host:port, rfc2217://...);
+    # file: a file or a device node such as /dev/usb/lp0
+    device: str | None = None
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    flow_control: Literal["none", "rtscts", "dsrdtr", "xonxoff"] = "none"
+    # usb (python-escpos Usb, needs pyusb)
+    usb_vendor_id: UsbId | None = None
+    usb_product_id: UsbId | None = None
+    usb_in_ep: int = Field(0x82, ge=0, le=0xFF)
+    usb_out_ep: int = Field(0x01, ge=0, le=0xFF)
+    # layout
+    profile: str = "generic-80mm"
+    columns: int | None = Field(None, ge=16, le=96)
+    width_px: int | None = Field(None, ge=128, le=2048)
+    codepage: str = "cp866"
+    codepage_table: int | None = Field(None, ge=0, le=255)
+    code: Literal["auto", "qr", "barcode", "raster-qr", "text"] = "auto"
+    qr_module_px: int = Field(6, ge=1, le=16)
+    cut: Literal["full", "partial", "none"] = "partial"
+    heading: str = Field("ВАШИ ПРЕДЛОЖЕНИЯ", max_length=96)
+    # timeouts and the queue
+    connect_timeout_s: Seconds = 3.0
+    write_timeout_s: Seconds = 10.0
+    status_timeout_s: Seconds = 0.5
+    confirm_timeout_s: Seconds = 10.0
+    query_status: bool = True
+    confirm: bool = True
+    retry_base_s: Seconds = 1.0
+    retry_max_s: Seconds = 60.0
+    poll_interval_s: Seconds = 2.0
+    max_job_age_s: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> PrinterConfig:
+        if self.kind == "network" and not self.host:
+            raise ValueError('printer kind "network" needs host')
+        if self.kind in ("serial", "file") and not self.device:
+            raise ValueError(f'printer kind "{self.kind}" needs device')
+        if self.kind == "usb" and (self.usb_vendor_id is None or self.usb_product_id is None):
+            raise ValueError('printer kind "usb" needs usb_vendor_id and usb_product_id')
+        check_single_byte_codec(self.codepage)
+        if self.retry_max_s < self.retry_base_s:
+            raise ValueError("retry_max_s must not be below retry_base_s")
+        return self
+
+
+class DisplayConfig(_Model):
+    """A 2 × 20 VFD/LCD pole display on a serial port (SPEC §8)."""
+
+    kind: Literal["serial", "none"] = "none"
+    device: str | None = None
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    command_set: Literal["epson", "cd5220"] = "epson"
+    columns: int = Field(20, ge=8, le=40)
+    rows: int = Field(2, ge=1, le=4)
+    codepage: str = "cp866"
+    # epson: the ESC t n slot of the code table; cd5220: the ESC f n international set (a letter)
+    codepage_table: int = Field(17, ge=0, le=255)
+    cd5220_charset: str = Field("R", min_length=1, max_length=1)
+    brightness: int = Field(4, ge=1, le=4)
+    write_timeout_s: Seconds = 0.5
+    reconnect_s: Seconds = 2.0
+    refresh_s: Seconds = 30.0
+
+    @model_validator(mode="after")
+    def _check(self) -> DisplayConfig:
+        if self.kind == "serial" and not self.device:
+            raise ValueError('display kind "serial" needs device')
+        check_single_byte_codec(self.codepage)
+        if not self.cd5220_charset.isascii():
+            raise ValueError("cd5220_charset must be one ASCII letter")
+        return self
+
+
+class ScannerConfig(_Model):
+    """A serial barcode/card scanner on a self-service kiosk (SPEC §4 input)."""
+
+    kind: Literal["serial", "none"] = "none"
+    device: str | None = None
+    baudrate: int = Field(9600, ge=300, le=921600)
+    encoding: str = "utf-8"
+    read_timeout_s: Seconds = 0.2
+    reconnect_s: Seconds = 2.0
+    max_length: int = Field(128, ge=8, le=4096)
+    # scanners set up without a CR/LF suffix: a pause this long ends a scan
+    idle_flush_s: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ScannerConfig:
+        if self.kind == "serial" and not self.device:
+            raise ValueError('scanner kind "serial" needs device')
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"unknown scanner encoding {self.encoding!r}") from None
+        return self

@@ -1,0 +1,120 @@
+"""The print job payload: what the agent stores in ``print_jobs.payload`` after a commit.
+
+::
+
+    {"receiptId": "s1-t1-000123", "at": "2026-11-23T10:15:00+03:00", "firstName": "Анна",
+     "offers": [{"id": "o-1", "text": "−15% на молоко",
+                 "validFrom": "2026-11-01T00:00:00+03:00",
+                 "validTo": "2026-11-30T23:59:59+03:00", "code": "TP1-o-1"}]}
+
+``firstName``, ``validFrom``, ``validTo`` and ``code`` may be absent or "" (``code`` then
+defaults to :func:`tillpoint.printer.codes.offer_code` of the id). Unknown keys are ignored so
+that a newer agent can add fields without breaking an older printer module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from tillpoint.agent.errors import InputError
+from tillpoint.printer.codes import offer_code
+
+__all__ = ["PrintOffer", "PrintPayload", "parse_payload", "payload_for_checkout"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class PrintOffer(_Model):
+    id: str = Field(min_length=1, max_length=200)
+    text: str = Field(max_length=1000)
+    valid_from: AwareDatetime | None = Field(None, alias="validFrom")
+    valid_to: AwareDatetime | None = Field(None, alias="validTo")
+    code: str | None = Field(None, min_length=1, max_length=300)
+
+    @field_validator("valid_from", "valid_to", "code", mode="before")
+    @classmethod
+    def _empty_is_absent(cls, value: Any) -> Any:
+        return None if value == "" else value  # the agent writes "" for an open-ended offer
+
+    @field_validator("code")
+    @classmethod
+    def _ascii_code(cls, value: str | None) -> str | None:
+        if value is not None and not all(0x20 <= ord(c) <= 0x7E for c in value):
+            raise ValueError("code must be printable ASCII")
+        return value
+
+    @property
+    def scan_code(self) -> str:
+        """What the QR code or barcode encodes."""
+        return self.code or offer_code(self.id)
+
+
+class PrintPayload(_Model):
+    receipt_id: str = Field(alias="receiptId", min_length=1, max_length=200)
+    at: AwareDatetime | None = None
+    first_name: str | None = Field(None, alias="firstName", max_length=100)
+    offers: list[PrintOffer] = Field(default_factory=list, max_length=50)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "payload"
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
+def parse_payload(raw: str | bytes | Mapping[str, Any]) -> PrintPayload:
+    """Parse and check a payload (JSON text or a dict); raise InputError with one line."""
+    try:
+        data = json.loads(raw) if isinstance(raw, str | bytes) else dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"print job payload is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError("print job payload must be a JSON object")
+    try:
+        return PrintPayload.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"bad print job payload: {_one_line(exc)}") from None
+
+
+def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept a snapshot offer (``printText``) or a payload offer (``text``)."""
+    out: dict[str, Any] = {"id": offer.get("id")}
+    text = offer.get("text", offer.get("printText"))
+    out["text"] = text if text is not None else ""
+    for key in ("validFrom", "validTo", "code"):
+        if offer.get(key) is not None:
+            out[key] = offer[key]
+    if "code" not in out and isinstance(out["id"], str):
+        with contextlib.suppress(ValueError):  # validation below reports a bad id
+            out["code"] = offer_code(out["id"])
+    return out
+
+
+def payload_for_checkout(
+    receipt_id: str,
+    at: str | None,
+    first_name: str | None,
+    offers: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Build the ``print_jobs.payload`` dict for a committed receipt.
+
+    ``offers`` are snapshot offers (``id``, ``printText``, ``validFrom``, ``validTo``) in print
+    order, as the agent picked them (SPEC §7); each gets its ``code``. Only the first name is
+    kept. Raises InputError when something would not print.
+    """
+    data: dict[str, Any] = {"receiptId": receipt_id, "offers": [_offer_dict(o) for o in offers]}
+    if at is not None:
+        data["at"] = at
+    if first_name:
+        data["firstName"] = first_name
+    parsed = parse_payload(data)
+    return json.loads(parsed.to_json())  # type: ignore[no-any-return]

@@ -1,0 +1,186 @@
+"""Text for single-byte code pages: cleaning, readable degradation, wrapping and fitting.
+
+Printers and pole displays speak one 8-bit code page at a time (CP866 for Russian). Text from
+the hub is Unicode and may hold characters that page lacks: the Unicode minus in "−15%",
+typographic quotes, the rouble sign, Ukrainian Ґ and І (CP866 has Є Ї Ў but not these), or
+plain Latin with accents. :func:`degrade` replaces each such character by the closest thing the
+code page has, so the result stays readable and :func:`encode` never fails:
+
+1. a table of look-alikes ("−" → "-", "«" → '"', "₽" → "Р", "І" → "I", "Ґ" → "Г", ...);
+2. Cyrillic transliterated to Latin when the page has no Cyrillic at all;
+3. accents dropped (NFKD without combining marks: "é" → "e");
+4. "?" as the last resort.
+
+Control characters are removed first: an offer text can never smuggle printer commands
+(a cash-drawer kick, a cut, a code-page switch) onto the paper.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import unicodedata
+from functools import lru_cache
+
+__all__ = [
+    "clean",
+    "degrade",
+    "encode",
+    "fit",
+    "format_money",
+    "wrap",
+]
+
+# Look-alikes, in order of preference; the first one the code page can encode wins.
+_LOOKALIKES: dict[str, tuple[str, ...]] = {
+    "\u2212": ("-",),  # minus sign
+    "\u2010": ("-",),
+    "\u2011": ("-",),
+    "\u2012": ("-",),
+    "\u2013": ("-",),  # en dash
+    "\u2014": ("-",),  # em dash
+    "\u2015": ("-",),
+    "\u00ab": ('"',),  # «
+    "\u00bb": ('"',),  # »
+    "\u201c": ('"',),
+    "\u201d": ('"',),
+    "\u201e": ('"',),
+    "\u2018": ("'",),
+    "\u2019": ("'",),
+    "\u201a": ("'",),
+    "\u2026": ("...",),
+    "\u00a0": (" ",),
+    "\u2007": (" ",),
+    "\u2009": (" ",),
+    "\u200a": (" ",),
+    "\u202f": (" ",),
+    "\u20bd": ("Р", "R"),  # rouble sign: a Cyrillic Er, as on price tags
+    "\u2116": ("N",),  # № where the page lacks it
+    "\u00d7": ("x",),  # ×
+    "\u00b7": (".",),
+    "\u2022": ("*",),
+    "\u0490": ("Г", "G"),  # Ґ
+    "\u0491": ("г", "g"),  # ґ
+    "\u0406": ("I",),  # І (Ukrainian/Belarusian)
+    "\u0456": ("i",),  # і
+    "\u0407": ("Ї", "I"),  # Ї
+    "\u0457": ("ї", "i"),  # ї
+    "\u0404": ("Є", "Э", "E"),  # Є
+    "\u0454": ("є", "э", "e"),  # є
+    "\u040e": ("Ў", "У", "U"),  # Ў
+    "\u045e": ("ў", "у", "u"),  # ў
+    "\u0401": ("Ё", "Е", "E"),  # Ё
+    "\u0451": ("ё", "е", "e"),  # ё
+}
+
+# Russian → Latin for code pages without Cyrillic (simplified ICAO / passport style).
+_TRANSLIT = dict(
+    zip(
+        "абвгдежзийклмнопрстуфхцчшщъыьэюя",
+        [
+            "a", "b", "v", "g", "d", "e", "zh", "z", "i", "i", "k", "l", "m", "n", "o", "p",
+            "r", "s", "t", "u", "f", "kh", "ts", "ch", "sh", "shch", "", "y", "", "e", "iu",
+            "ia",
+        ],
+        strict=True,
+    )
+)  # fmt: skip
+
+
+def clean(text: str) -> str:
+    """NFC-normalise; tabs and line breaks become spaces; other control characters go."""
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFC", text):
+        if ch in "\t\n\r\v\f\u2028\u2029\x85":
+            out.append(" ")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            continue  # ESC, NUL, C1 controls, soft hyphen, zero-width joiners, unassigned
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@lru_cache(maxsize=64)
+def _can(codec: str, text: str) -> bool:
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _translit(ch: str) -> str | None:
+    low = ch.lower()
+    if low not in _TRANSLIT:
+        return None
+    latin = _TRANSLIT[low]
+    if ch != low and latin:
+        return latin[0].upper() + latin[1:]
+    return latin
+
+
+def _degrade_char(ch: str, codec: str) -> str:
+    if _can(codec, ch):
+        return ch
+    for candidate in _LOOKALIKES.get(ch, ()):
+        if _can(codec, candidate):
+            return candidate
+    latin = _translit(ch)
+    if latin is not None and _can(codec, latin):
+        return latin
+    stripped = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+    if stripped and stripped != ch and all(_can(codec, c) for c in stripped):
+        return stripped
+    if stripped and stripped != ch:
+        return "".join(_degrade_char(c, codec) for c in stripped)
+    return "?"
+
+
+def degrade(text: str, codec: str) -> str:
+    """Clean ``text`` and replace what ``codec`` cannot encode by readable look-alikes."""
+    return "".join(_degrade_char(ch, codec) for ch in clean(text))
+
+
+def encode(text: str, codec: str) -> bytes:
+    """Encode ``text`` for a single-byte code page; never raises for unencodable characters."""
+    return degrade(text, codec).encode(codec)
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """Word-wrap a paragraph to ``width`` columns; an empty paragraph is one empty line."""
+    lines = textwrap.wrap(
+        text,
+        width=width,
+        break_long_words=True,
+        break_on_hyphens=True,
+        drop_whitespace=True,
+    )
+    return lines or [""]
+
+
+def fit(text: str, width: int) -> str:
+    """Shorten one line to ``width`` columns, sensibly: cut at a word and mark it with ".".
+
+    "Молоко ультрапастеризованное" at 20 → "Молоко." ... rather than a word cut mid-letter;
+    a single long word is cut and ends in ".". Never returns more than ``width`` characters.
+    """
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    head = text[: width - 1]
+    if " " in head and text[width - 1] != " ":
+        cut = head.rsplit(" ", 1)[0]
+        if len(cut) >= width // 2:
+            head = cut
+    head = head.rstrip(" ,.;:-–—")
+    return head + "."
+
+
+def format_money(minor: int) -> str:
+    """Roubles with a comma and spaces between thousands: 1234567 → "12 345,67"."""
+    if isinstance(minor, bool) or not isinstance(minor, int):
+        raise TypeError("money is an integer number of minor units")
+    sign = "-" if minor < 0 else ""
+    rub, kop = divmod(abs(minor), 100)
+    return f"{sign}{rub:,}".replace(",", " ") + f",{kop:02d}"
