@@ -1,0 +1,644 @@
+"""The durable print queue: ``print_jobs`` rows in the agent's ledger and the worker that prints.
+
+The agent inserts one ``PENDING`` row in the same SQLite transaction as a committed checkout
+(:func:`enqueue` does that insert for a connection the caller owns). The checkout never waits
+for the printer: :class:`PrintWorker` runs in its own thread with its own connection and
+prints the rows in order.
+
+One job, one attempt::
+
+    PENDING ──connect, ask status──► (printer offline / out of paper: stay PENDING, back off)
+       │
+       ▼ claim: state = SENDING, attempts + 1, COMMIT        ← nothing was sent before this
+    send the bytes (they end with the cut) ──fails──► PENDING, back off (no cut went out)
+       │
+       ▼ send GS r 1, wait for the printer's reply (it answers after it has printed)
+       ├─ reply ──────────────► DONE, printed_at
+       ├─ no reply in time ───► DONE, last_error notes "not confirmed"
+       └─ connection lost ────► PENDING, back off (the printer did not acknowledge the job)
+
+Exactly once, as far as ESC/POS allows:
+
+- a job is reprinted only when the printer demonstrably did not take all of it (the send
+  failed before the cut went out, or the connection broke before the printer acknowledged);
+- a job found in ``SENDING`` when the worker starts was interrupted (crash, power cut) between
+  its first byte and being marked done: it may or may not be on paper, so it is *not*
+  reprinted; it becomes ``FAILED`` with a message saying so, and :meth:`PrintWorker.requeue`
+  prints it again on request;
+- a duplicate is still possible if a printer prints a whole job and then drops the connection
+  without answering ``GS r``; a lost coupon is possible if a printer that never answers
+  ``GS r`` loses its buffer after the worker gave up waiting. Both need a printer fault at
+  exactly that moment. ``docs/PRINTING.md`` has the whole table.
+
+Backoff: consecutive failures wait ``retry_base_s × 2^(n-1)`` capped at ``retry_max_s``, with
+equal jitter (half fixed, half random). Jobs print strictly in order: while the oldest pending
+job waits, the ones behind it wait too, so the printer is not hammered and coupons are not
+reordered. Only one worker may run per ledger (an ``flock`` on ``<ledger>.print.lock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+from tillpoint.agent.errors import InputError
+from tillpoint.printer import _escpos
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.errors import ConnectionLost, PrinterError, TransportError
+from tillpoint.printer.layout import offers_blocks, render_escpos
+from tillpoint.printer.payload import PrintPayload, parse_payload
+from tillpoint.printer.profiles import Profile, resolve_profile
+from tillpoint.printer.transport import Transport, make_transport
+
+__all__ = [
+    "DDL",
+    "Health",
+    "PrintWorker",
+    "PrinterStatus",
+    "enqueue",
+    "ensure_schema",
+    "list_jobs",
+    "query_health",
+    "requeue",
+    "rfc3339",
+]
+
+log = logging.getLogger("tillpoint.printer")
+
+DDL = """\
+CREATE TABLE IF NOT EXISTS print_jobs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  receipt_id TEXT NOT NULL UNIQUE,
+  created_at TEXT NOT NULL,          -- RFC 3339 UTC
+  payload TEXT NOT NULL,             -- JSON, see below
+  state TEXT NOT NULL DEFAULT 'PENDING',  -- PENDING | SENDING | DONE | FAILED
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at TEXT,              -- RFC 3339 UTC, NULL = now
+  last_error TEXT,
+  printed_at TEXT
+);
+"""
+# Keeps the worker's "oldest open job" look-up cheap once years of DONE rows pile up.
+INDEX_DDL = (
+    "CREATE INDEX IF NOT EXISTS print_jobs_open ON print_jobs(state, id) WHERE state <> 'DONE'"
+)
+
+DLE_EOT_OFFLINE_CAUSE = b"\x10\x04\x02"
+DLE_EOT_PAPER = b"\x10\x04\x04"
+GS_R_PAPER = b"\x1dr\x01"
+
+PrinterState = Literal["OK", "OFFLINE", "ERROR", "DISABLED"]
+PaperState = Literal["OK", "LOW", "OUT", "UNKNOWN"]
+
+
+class PrinterStatus(TypedDict):
+    state: PrinterState
+    printer: str
+    queue_depth: int  # PENDING + SENDING jobs
+    failed_jobs: int
+    last_error: str | None
+    last_printed_at: str | None
+    retry_at: str | None
+    paper: PaperState
+
+
+def rfc3339(dt: datetime) -> str:
+    """UTC, millisecond precision, "Z": sorts as text in time order."""
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create ``print_jobs`` (the agent's DDL, verbatim) and its open-jobs index if missing."""
+    conn.execute(DDL)
+    conn.execute(INDEX_DDL)
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    payload: Mapping[str, Any],
+    *,
+    created_at: datetime | None = None,
+) -> bool:
+    """Insert a job in the caller's transaction; False if this receipt already has one.
+
+    The payload is checked first (InputError when it would not print). Idempotent on
+    ``receiptId``, like checkout itself.
+    """
+    parsed = parse_payload(payload)
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO print_jobs (receipt_id, created_at, payload) VALUES (?, ?, ?)",
+        (parsed.receipt_id, rfc3339(created_at or datetime.now(UTC)), parsed.to_json()),
+    )
+    return cur.rowcount == 1
+
+
+def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
+    path = Path(db_path)
+    if not path.exists():
+        raise InputError(f"{path}: no ledger here (has this till committed a receipt?)")
+    try:
+        conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("SELECT 1 FROM print_jobs LIMIT 1")
+    except sqlite3.Error as exc:
+        raise InputError(f"{path}: no print queue in it ({exc})") from None
+    return conn
+
+
+def list_jobs(
+    db_path: str | os.PathLike[str], receipt_id: str | None = None, *, include_done: bool = False
+) -> list[dict[str, Any]]:
+    """Jobs of the queue (open ones, or every one), oldest first, payload parsed."""
+    conn = _connect(db_path)
+    try:
+        sql = "SELECT * FROM print_jobs"
+        args: tuple[Any, ...] = ()
+        if receipt_id is not None:
+            sql, args = sql + " WHERE receipt_id = ?", (receipt_id,)
+        elif not include_done:
+            sql += " WHERE state <> 'DONE'"
+        cur = conn.execute(sql + " ORDER BY id", args)
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        conn.close()
+    for row in rows:
+        with contextlib.suppress(ValueError):
+            row["payload"] = json.loads(row["payload"])
+    return rows
+
+
+def requeue(db_path: str | os.PathLike[str], receipt_id: str) -> bool:
+    """Put a FAILED (or DONE) job back in the queue; False when there is no such job."""
+    conn = _connect(db_path)
+    try:
+        cur = conn.execute(
+            "UPDATE print_jobs SET state = 'PENDING', next_attempt_at = NULL, last_error = NULL "
+            "WHERE receipt_id = ? AND state IN ('FAILED', 'DONE')",
+            (receipt_id,),
+        )
+        return cur.rowcount == 1
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the printer says about itself; ``known`` is False when it did not answer."""
+
+    known: bool
+    paper: PaperState = "UNKNOWN"
+    problem: str | None = None  # blocks printing: cover open, out of paper, error
+
+    @property
+    def blocking(self) -> bool:
+        return self.problem is not None
+
+
+def _valid_realtime(b: int) -> bool:
+    # DLE EOT replies: bit 0 = 0, bit 1 = 1, bit 4 = 1, bit 7 = 0
+    return (b & 0x93) == 0x12
+
+
+def query_health(transport: Transport, timeout_s: float) -> Health:
+    """Ask ``DLE EOT 2`` (offline cause) and ``DLE EOT 4`` (paper); no answer → unknown.
+
+    Never trusts silence: python-escpos 3.1 reads an empty reply as "paper OK", we read it
+    as "unknown". Raises ConnectionLost if the printer drops the connection meanwhile.
+    """
+    transport.discard_input()
+    transport.write(DLE_EOT_OFFLINE_CAUSE)
+    reply = transport.read(1, timeout_s)
+    if not reply or not _valid_realtime(reply[0]):
+        return Health(known=False)
+    cause = reply[0]
+    transport.write(DLE_EOT_PAPER)
+    reply = transport.read(1, timeout_s)
+    paper: PaperState = "UNKNOWN"
+    if reply and _valid_realtime(reply[0]):
+        if reply[0] & 0x60:
+            paper = "OUT"
+        elif reply[0] & 0x0C:
+            paper = "LOW"
+        else:
+            paper = "OK"
+    problem = None
+    if cause & 0x04:
+        problem = "printer cover is open"
+    elif cause & 0x20 or paper == "OUT":
+        problem = "printer is out of paper"
+        paper = "OUT"
+    elif cause & 0x40:
+        problem = "printer reports an error (cutter jam or overheating?)"
+    return Health(known=True, paper=paper, problem=problem)
+
+
+class _Blocked(Exception):
+    def __init__(self, health: Health) -> None:
+        super().__init__(health.problem)
+        self.health = health
+
+
+@dataclass(frozen=True)
+class _Job:
+    id: int
+    receipt_id: str
+    created_at: datetime | None
+    payload: str
+    attempts: int
+    next_attempt_at: datetime | None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PrintWorker:
+    """Prints queued jobs from ``<data_dir>/ledger.db``; never called on the checkout path.
+
+    ``printer_factory`` returns a new, unopened :class:`~tillpoint.printer.transport.Transport`
+    (default: from ``config``); ``clock`` returns an aware UTC datetime. Construct it on the
+    main thread at start-up: that resolves the profile (PrinterConfigError if it cannot work)
+    and imports python-escpos quietly. Then :meth:`start` it, :meth:`wake` it after a commit
+    that queued a job, read :meth:`status`, and :meth:`stop` it at shutdown.
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        config: PrinterConfig,
+        printer_factory: Callable[[], Transport] | None = None,
+        clock: Callable[[], datetime] | None = None,
+        *,
+        rng: random.Random | None = None,
+        create_schema: bool = True,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.config = config
+        self.disabled = config.kind == "none"
+        self._factory = printer_factory or (lambda: make_transport(config))
+        self._clock = clock or _utc_now
+        self._rng = rng or random.Random()
+        self.profile: Profile | None = None
+        if not self.disabled:
+            _escpos.load()
+            self.profile = resolve_profile(config)
+        self._db_lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            str(self.db_path), timeout=5.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        if create_schema:
+            with self._tx() as conn:
+                ensure_schema(conn)
+        self._state: PrinterState = "DISABLED" if self.disabled else "OK"
+        self._paper: PaperState = "UNKNOWN"
+        self._last_error: str | None = None
+        self._last_printed_at: str | None = None
+        self._retry_at: datetime | None = None
+        self._failures = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+        self.description = "none" if self.disabled else self._factory_description()
+
+    def _factory_description(self) -> str:
+        c = self.config
+        if c.kind == "network":
+            return f"network {c.host}:{c.port}"
+        if c.kind == "usb":
+            return f"usb {c.usb_vendor_id or 0:04x}:{c.usb_product_id or 0:04x}"
+        return f"{c.kind} {c.device}"
+
+    # ------------------------------------------------------------------ database
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._db_lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _head(self) -> _Job | None:
+        with self._db_lock:
+            row = self._conn.execute(
+                "SELECT id, receipt_id, created_at, payload, attempts, next_attempt_at "
+                "FROM print_jobs WHERE state <> 'DONE' AND state = 'PENDING' "
+                "ORDER BY id LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        return _Job(
+            id=row[0],
+            receipt_id=row[1],
+            created_at=_parse_time(row[2]),
+            payload=row[3],
+            attempts=row[4],
+            next_attempt_at=_parse_time(row[5]),
+        )
+
+    def recover(self) -> int:
+        """Jobs left ``SENDING`` by a crash become FAILED (not reprinted); return how many."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE print_jobs SET state = 'FAILED', last_error = ? "
+                "WHERE state <> 'DONE' AND state = 'SENDING'",
+                (
+                    "interrupted while printing (agent stopped): it may or may not be on paper, "
+                    "so it is not reprinted automatically; requeue it to print it again",
+                ),
+            )
+            n = cur.rowcount
+        if n:
+            log.warning("%d print job(s) were interrupted mid-print and are not reprinted", n)
+        return n
+
+    def requeue(self, receipt_id: str) -> bool:
+        """Print a FAILED (or DONE) job again, on an operator's request."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE print_jobs SET state = 'PENDING', next_attempt_at = NULL, "
+                "last_error = NULL WHERE receipt_id = ? AND state IN ('FAILED', 'DONE')",
+                (receipt_id,),
+            )
+            changed = cur.rowcount == 1
+        if changed:
+            self.wake()
+        return changed
+
+    def _set(self, job_id: int, sql: str, *args: Any) -> None:
+        with self._tx() as conn:
+            conn.execute(f"UPDATE print_jobs SET {sql} WHERE id = ?", (*args, job_id))
+
+    def _claim(self, job_id: int) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE print_jobs SET state = 'SENDING', attempts = attempts + 1 "
+                "WHERE id = ? AND state = 'PENDING'",
+                (job_id,),
+            )
+            return cur.rowcount == 1
+
+    def _fail(self, job: _Job, message: str) -> None:
+        log.error("print job %s failed: %s", job.receipt_id, message)
+        self._set(job.id, "state = 'FAILED', last_error = ?", message)
+        self._last_error = f"job {job.receipt_id}: {message}"
+
+    def _done(self, job: _Job, note: str | None) -> None:
+        now = rfc3339(self._clock())
+        self._set(
+            job.id,
+            "state = 'DONE', printed_at = ?, last_error = ?, next_attempt_at = NULL",
+            now,
+            note,
+        )
+        self._last_printed_at = now
+
+    def _retry(self, job: _Job, message: str, state: PrinterState, claimed: bool) -> None:
+        self._failures += 1
+        cap = min(
+            self.config.retry_max_s, self.config.retry_base_s * 2 ** min(self._failures - 1, 30)
+        )
+        delay = cap / 2 + self._rng.uniform(0, cap / 2)
+        retry_at = self._clock() + timedelta(seconds=delay)
+        self._set(
+            job.id,
+            "state = 'PENDING', attempts = attempts + ?, next_attempt_at = ?, last_error = ?",
+            0 if claimed else 1,
+            rfc3339(retry_at),
+            message,
+        )
+        self._state, self._last_error, self._retry_at = state, message, retry_at
+        log.warning(
+            "print job %s not printed (%s); retry in %.1f s", job.receipt_id, message, delay
+        )
+
+    # ------------------------------------------------------------------ printing
+    def _render(self, payload: PrintPayload) -> bytes:
+        assert self.profile is not None
+        return render_escpos(offers_blocks(payload, heading=self.config.heading), self.profile)
+
+    def run_once(self) -> float | None:
+        """Handle the oldest pending job if it is due.
+
+        Returns 0 when there may be more to do now, the seconds until the next job is due, or
+        None when the queue is empty (or printing is disabled).
+        """
+        if self.disabled:
+            return None
+        job = self._head()
+        if job is None:
+            self._retry_at = None
+            return None
+        now = self._clock()
+        if job.next_attempt_at is not None and job.next_attempt_at > now:
+            return (job.next_attempt_at - now).total_seconds()
+        try:
+            payload = parse_payload(job.payload)
+        except InputError as exc:
+            self._fail(job, str(exc))
+            return 0.0
+        stale = self._stale(job, payload, now)
+        if stale:
+            self._fail(job, stale)
+            return 0.0
+        if not payload.offers:
+            self._set(job.id, "state = 'DONE', last_error = ?", "no offers: nothing to print")
+            return 0.0
+        try:
+            data = self._render(payload)
+        except Exception as exc:  # a layout bug must not wedge the queue
+            self._fail(job, f"could not lay out the coupon: {exc}")
+            return 0.0
+        self._attempt(job, data)
+        return 0.0
+
+    def _stale(self, job: _Job, payload: PrintPayload, now: datetime) -> str | None:
+        ends = [o.valid_to for o in payload.offers]
+        if ends and all(end is not None and end < now for end in ends):
+            return "every offer expired before the printer was back: not printed"
+        max_age = self.config.max_job_age_s
+        if (
+            max_age is not None
+            and job.created_at is not None
+            and (now - job.created_at).total_seconds() > max_age
+        ):
+            return f"older than max_job_age_s ({max_age:g} s) when the printer was back"
+        return None
+
+    def _attempt(self, job: _Job, data: bytes) -> None:
+        cfg = self.config
+        claimed = False
+        phase = "connect"
+        transport = self._factory()
+        try:
+            transport.open()
+            health = Health(known=False)
+            if transport.readable and cfg.query_status:
+                health = query_health(transport, cfg.status_timeout_s)
+                if health.blocking:
+                    raise _Blocked(health)
+            if not self._claim(job.id):
+                return  # someone requeued or finished it meanwhile
+            claimed = True
+            phase = "send"
+            transport.write(data)
+            phase = "confirm"
+            note: str | None = None
+            paper = health.paper
+            if transport.readable and cfg.confirm:
+                transport.write(GS_R_PAPER)
+                reply = transport.read(1, cfg.confirm_timeout_s)
+                if not reply:
+                    note = (
+                        f"sent; the printer did not confirm within {cfg.confirm_timeout_s:g} s "
+                        "(no GS r support, or paper/cover trouble: it prints when fixed)"
+                    )
+                elif not reply[0] & 0x90:  # GS r 1 reply: bits 4 and 7 are 0
+                    paper = "OUT" if reply[0] & 0x0C else "LOW" if reply[0] & 0x03 else "OK"
+            self._done(job, note)
+            self._failures = 0
+            self._state = "OK" if paper != "OUT" else "ERROR"
+            self._paper = paper
+            self._last_error = None if paper != "OUT" else "printer is out of paper"
+            self._retry_at = None
+            log.info("printed offers for receipt %s", job.receipt_id)
+        except _Blocked as blocked:
+            self._paper = blocked.health.paper
+            self._retry(job, str(blocked), "ERROR", claimed)
+        except PrinterError as exc:
+            if phase == "connect":
+                message = str(exc)
+            elif phase == "send":
+                message = f"{exc} (while sending; the job is printed again in full)"
+            else:
+                message = f"{exc} (before the printer confirmed; the job is printed again)"
+            lost = isinstance(exc, ConnectionLost) or phase == "connect"
+            if isinstance(exc, TransportError) and not lost:
+                state: PrinterState = "ERROR"
+            else:
+                state = "OFFLINE"
+            self._retry(job, message, state, claimed)
+        except Exception as exc:  # a bug in a transport: keep the job, report, back off
+            log.exception("unexpected error printing %s", job.receipt_id)
+            self._retry(job, f"unexpected error: {exc}", "ERROR", claimed)
+        finally:
+            transport.close()
+
+    # ------------------------------------------------------------------ thread
+    def _acquire_lock(self) -> None:
+        path = f"{self.db_path}.print.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise PrinterError(
+                f"another print worker is already running on {self.db_path}"
+            ) from None
+        self._lock_fd = fd
+
+    def start(self) -> None:
+        """Take the ledger's print lock, recover interrupted jobs, start the thread."""
+        if self._thread is not None:
+            return
+        self._acquire_lock()
+        self.recover()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tillpoint-print", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look at the queue now (call it after a commit that queued a job)."""
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        self.stop()
+        with self._db_lock:
+            self._conn.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self.run_once()
+            except Exception:
+                log.exception("print worker loop error")
+                delay = self.config.poll_interval_s
+            if delay == 0:
+                continue
+            wait = (
+                self.config.poll_interval_s
+                if delay is None
+                else min(delay, self.config.poll_interval_s)
+            )
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> PrinterStatus:
+        """A snapshot for ``tillpoint status``; reads the queue, never talks to the printer."""
+        with self._db_lock:
+            rows = self._conn.execute(
+                "SELECT state, COUNT(*) FROM print_jobs WHERE state <> 'DONE' GROUP BY state"
+            ).fetchall()
+        counts = {state: n for state, n in rows}
+        return PrinterStatus(
+            state=self._state,
+            printer=self.description,
+            queue_depth=counts.get("PENDING", 0) + counts.get("SENDING", 0),
+            failed_jobs=counts.get("FAILED", 0),
+            last_error=self._last_error,
+            last_printed_at=self._last_printed_at,
+            retry_at=rfc3339(self._retry_at) if self._retry_at else None,
+            paper=self._paper,
+        )
+
+    def job(self, receipt_id: str) -> dict[str, Any] | None:
+        """One job's row as a dict (for support and tests)."""
+        with self._db_lock:
+            cur = self._conn.execute("SELECT * FROM print_jobs WHERE receipt_id = ?", (receipt_id,))
+            row = cur.fetchone()
+            names = [d[0] for d in cur.description]
+        if row is None:
+            return None
+        out = dict(zip(names, row, strict=True))
+        with contextlib.suppress(ValueError):
+            out["payload"] = json.loads(out["payload"])
+        return out

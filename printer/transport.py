@@ -1,0 +1,401 @@
+"""Connections to a receipt printer, each with explicit timeouts on every operation.
+
+=========== =================================================================================
+kind        how
+=========== =================================================================================
+network     raw TCP (port 9100): ``socket.create_connection`` with a connect timeout; every
+            ``sendall`` and ``recv`` has its own timeout.
+serial      ``serial.serial_for_url`` (so ``loop://``, ``socket://`` and ``rfc2217://`` URLs
+            work as well as ``/dev/ttyS0``) with a read and a write timeout, ``dsrdtr`` off
+            unless configured: python-escpos' ``Serial`` cannot open URLs and defaults to
+            DSR/DTR flow control, which hangs on three-wire cables.
+file        a file or a device node (``/dev/usb/lp0``) opened non-blocking; writes wait with
+            ``select`` up to the write timeout. Paths under ``/dev`` are never created, so an
+            unplugged printer is an error and not a regular file in ``/dev``.
+usb         python-escpos' ``Usb`` (needs the ``pyusb`` package, not installed by default):
+            it finds the device and detaches the kernel driver; reads and writes go straight
+            to the endpoints with a timeout in milliseconds. On Linux, ``file`` with the
+            kernel's ``/dev/usb/lp0`` is the simpler choice.
+=========== =================================================================================
+
+A transport is opened per job and closed after it, so a printer shared with the POS software
+is held only while a coupon prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from tillpoint.printer import _escpos
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.errors import ConnectionLost, PrinterConfigError, TransportError
+
+__all__ = [
+    "FileTransport",
+    "NetworkTransport",
+    "SerialTransport",
+    "Transport",
+    "UsbTransport",
+    "make_transport",
+    "open_serial",
+]
+
+
+class Transport(Protocol):
+    """What the print worker needs from a connection."""
+
+    description: str
+    readable: bool  # can the printer answer status requests over it?
+
+    def open(self) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        """Up to ``max_bytes``; ``b""`` when nothing arrives in time; ConnectionLost on EOF."""
+        ...
+
+    def discard_input(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and isinstance(exc.errno, int) and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return str(exc.strerror).lower()
+    return str(exc) or type(exc).__name__
+
+
+class NetworkTransport:
+    """Raw TCP to a network printer (JetDirect/AppSocket, port 9100)."""
+
+    readable = True
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 9100,
+        connect_timeout_s: float = 3.0,
+        write_timeout_s: float = 10.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self.connect_timeout_s = connect_timeout_s
+        self.write_timeout_s = write_timeout_s
+        self.description = f"{host}:{port}"
+        self._sock: socket.socket | None = None
+
+    def open(self) -> None:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
+        except OSError as exc:
+            raise TransportError(
+                f"printer {self.description} not reachable: {_reason(exc)}"
+            ) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._sock = sock
+
+    def _s(self) -> socket.socket:
+        if self._sock is None:
+            raise TransportError(f"printer {self.description}: connection not open")
+        return self._sock
+
+    def write(self, data: bytes) -> None:
+        sock = self._s()
+        sock.settimeout(self.write_timeout_s)  # since 3.5: a total limit for sendall
+        try:
+            sock.sendall(data)
+        except TimeoutError:
+            raise TransportError(
+                f"printer {self.description} stopped taking data ({self.write_timeout_s:g} s)"
+            ) from None
+        except OSError as exc:
+            raise ConnectionLost(
+                f"printer {self.description} dropped the connection: {_reason(exc)}"
+            ) from None
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        sock = self._s()
+        sock.settimeout(timeout_s)
+        try:
+            data = sock.recv(max_bytes)
+        except TimeoutError:
+            return b""
+        except OSError as exc:
+            raise ConnectionLost(
+                f"printer {self.description} dropped the connection: {_reason(exc)}"
+            ) from None
+        if not data:
+            raise ConnectionLost(f"printer {self.description} closed the connection")
+        return data
+
+    def discard_input(self) -> None:
+        sock = self._s()
+        sock.setblocking(False)
+        try:
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            sock.settimeout(self.write_timeout_s)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        sock.close()
+
+
+def open_serial(
+    url: str,
+    *,
+    baudrate: int = 9600,
+    parity: str = "N",
+    stopbits: int = 1,
+    flow_control: str = "none",
+    read_timeout_s: float = 0.2,
+    write_timeout_s: float = 1.0,
+) -> Any:
+    """Open a serial port or pyserial URL with timeouts; DSR/DTR flow control only on request."""
+    import serial
+
+    kwargs: dict[str, Any] = {
+        "baudrate": baudrate,
+        "bytesize": serial.EIGHTBITS,
+        "parity": parity,
+        "stopbits": stopbits,
+        "timeout": read_timeout_s,
+        "write_timeout": write_timeout_s,
+        "rtscts": flow_control == "rtscts",
+        "dsrdtr": flow_control == "dsrdtr",
+        "xonxoff": flow_control == "xonxoff",
+    }
+    if "://" not in url:
+        kwargs["exclusive"] = True  # a second process cannot interleave bytes on the port
+    try:
+        return serial.serial_for_url(url, **kwargs)
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise TransportError(f"serial port {url} not available: {_reason(exc)}") from None
+
+
+class SerialTransport:
+    """A serial printer (RS-232 or USB-serial), or any pyserial URL."""
+
+    readable = True
+
+    def __init__(self, config: PrinterConfig) -> None:
+        assert config.device is not None
+        self.config = config
+        self.description = config.device
+        self._port: Any = None
+
+    def open(self) -> None:
+        c = self.config
+        assert c.device is not None
+        self._port = open_serial(
+            c.device,
+            baudrate=c.baudrate,
+            parity=c.parity,
+            stopbits=c.stopbits,
+            flow_control=c.flow_control,
+            write_timeout_s=c.write_timeout_s,
+        )
+
+    def write(self, data: bytes) -> None:
+        import serial
+
+        port = self._port
+        if port is None:
+            raise TransportError(f"printer {self.description}: port not open")
+        # at 9600 baud a byte takes ~1 ms: allow twice the line time on top of the timeout
+        port.write_timeout = self.config.write_timeout_s + 2 * len(data) * 10 / self.config.baudrate
+        try:
+            port.write(data)
+        except serial.SerialTimeoutException:
+            raise TransportError(
+                f"printer {self.description} stopped taking data (flow control held)"
+            ) from None
+        except (serial.SerialException, OSError) as exc:
+            raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        import serial
+
+        port = self._port
+        if port is None:
+            raise TransportError(f"printer {self.description}: port not open")
+        try:
+            port.timeout = timeout_s
+            data: bytes = port.read(max_bytes)
+        except (serial.SerialException, OSError) as exc:
+            raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
+        return data
+
+    def discard_input(self) -> None:
+        if self._port is not None:
+            with contextlib.suppress(Exception):
+                self._port.reset_input_buffer()
+
+    def close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.close()
+
+
+class FileTransport:
+    """A file or a device node; write-only, so no status and no confirmation."""
+
+    readable = False
+
+    def __init__(self, path: str, write_timeout_s: float = 10.0) -> None:
+        self.path = path
+        self.description = path
+        self.write_timeout_s = write_timeout_s
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY
+        if not os.path.abspath(self.path).startswith("/dev/"):
+            flags |= os.O_CREAT
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise TransportError(f"printer {self.path} not available: {_reason(exc)}") from None
+
+    def write(self, data: bytes) -> None:
+        fd = self._fd
+        if fd is None:
+            raise TransportError(f"printer {self.path}: not open")
+        view = memoryview(data)
+        deadline = time.monotonic() + self.write_timeout_s
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"printer {self.path} stopped taking data")
+            try:
+                _, ready, _ = select.select([], [fd], [], left)
+                if not ready:
+                    continue
+                n = os.write(fd, view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise ConnectionLost(f"printer {self.path} went away: {_reason(exc)}") from None
+            view = view[n:]
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        return b""
+
+    def discard_input(self) -> None:
+        pass
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class UsbTransport:
+    """A USB printer through python-escpos' ``Usb`` (pyusb); timeouts in milliseconds."""
+
+    readable = True
+
+    def __init__(
+        self, config: PrinterConfig, device_factory: Callable[[], Any] | None = None
+    ) -> None:
+        self.config = config
+        vid, pid = config.usb_vendor_id or 0, config.usb_product_id or 0
+        self.description = f"usb {vid:04x}:{pid:04x}"
+        self._factory = device_factory
+        self._printer: Any = None
+        self._dev: Any = None
+
+    def _default_factory(self) -> Any:
+        escpos = _escpos.load()
+        usb_printer = escpos.printer.Usb
+        if not usb_printer.is_usable():
+            raise TransportError(
+                "USB printing needs the pyusb package (pip install pyusb), "
+                'or use kind = "file" with the kernel device /dev/usb/lp0'
+            )
+        c = self.config
+        return usb_printer(
+            idVendor=c.usb_vendor_id,
+            idProduct=c.usb_product_id,
+            timeout=int(c.write_timeout_s * 1000),
+            in_ep=c.usb_in_ep,
+            out_ep=c.usb_out_ep,
+        )
+
+    def open(self) -> None:
+        printer = (self._factory or self._default_factory)()
+        try:
+            printer.open()
+        except Exception as exc:
+            raise TransportError(
+                f"printer {self.description} not available: {_reason(exc)}"
+            ) from None
+        self._printer, self._dev = printer, printer.device
+
+    def write(self, data: bytes) -> None:
+        if self._dev is None:
+            raise TransportError(f"printer {self.description}: not open")
+        try:
+            self._dev.write(self.config.usb_out_ep, data, int(self.config.write_timeout_s * 1000))
+        except Exception as exc:
+            raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        if self._dev is None:
+            raise TransportError(f"printer {self.description}: not open")
+        try:
+            data = self._dev.read(self.config.usb_in_ep, max_bytes, max(1, int(timeout_s * 1000)))
+        except Exception as exc:
+            if "timeout" in str(exc).lower() or getattr(exc, "errno", None) == errno.ETIMEDOUT:
+                return b""
+            raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
+        return bytes(data)
+
+    def discard_input(self) -> None:
+        pass
+
+    def close(self) -> None:
+        printer, self._printer, self._dev = self._printer, None, None
+        if printer is not None:
+            with contextlib.suppress(Exception):
+                printer.close()
+
+
+def make_transport(config: PrinterConfig) -> Transport:
+    """A new, unopened transport for the configured printer."""
+    if config.kind == "network":
+        assert config.host is not None
+        return NetworkTransport(
+            config.host, config.port, config.connect_timeout_s, config.write_timeout_s
+        )
+    if config.kind == "serial":
+        return SerialTransport(config)
+    if config.kind == "file":
+        assert config.device is not None
+        return FileTransport(config.device, config.write_timeout_s)
+    if config.kind == "usb":
+        return UsbTransport(config)
+    raise PrinterConfigError('no printer configured (printer kind = "none")')

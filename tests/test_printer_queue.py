@@ -1,0 +1,385 @@
+"""The durable print queue against a real SQLite ledger and a real TCP virtual printer.
+
+Every fault the issue names is played on a loopback listener: the printer refusing
+connections, stopping mid-job, closing the connection early, out of paper, cover open, not
+answering status requests, and an agent killed between printing and marking the job done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import pytest
+from tillpoint.agent.errors import InputError
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.errors import PrinterError
+from tillpoint.printer.queue import DDL, PrintWorker, enqueue, list_jobs, requeue
+from tillpoint.printer.virtual import VirtualPrinter
+
+NOW = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
+
+
+def payload(receipt: str = "s1-t1-000123", **extra: Any) -> dict[str, Any]:
+    return {
+        "receiptId": receipt,
+        "at": "2026-11-23T10:15:00+03:00",
+        "firstName": "Анна",
+        "offers": [
+            {
+                "id": "o-1",
+                "text": "−15% на молоко",
+                "validFrom": "2026-11-01T00:00:00+03:00",
+                "validTo": "2026-11-30T23:59:59+03:00",
+                "code": "TP1-o-1",
+            }
+        ],
+        **extra,
+    }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def printer() -> Iterator[VirtualPrinter]:
+    with VirtualPrinter() as vp:
+        yield vp
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(DDL)
+    conn.close()
+    return path
+
+
+def config(port: int, **overrides: Any) -> PrinterConfig:
+    values: dict[str, Any] = {
+        "kind": "network",
+        "host": "127.0.0.1",
+        "port": port,
+        "connect_timeout_s": 1.0,
+        "status_timeout_s": 0.3,
+        "confirm_timeout_s": 2.0,
+        "retry_base_s": 1.0,
+        "retry_max_s": 8.0,
+    }
+    return PrinterConfig(**{**values, **overrides})
+
+
+def add_job(ledger: Path, data: dict[str, Any] | None = None) -> None:
+    """What the agent does in its checkout transaction."""
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    enqueue(conn, data or payload(), created_at=NOW)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def worker(ledger: Path, port: int, clock: Clock | None = None, **overrides: Any) -> PrintWorker:
+    return PrintWorker(ledger, config(port, **overrides), clock=clock or Clock(), rng=Random(7))
+
+
+def coupons(vp: VirtualPrinter, receipt: str = "s1-t1-000123") -> list[Any]:
+    return [d for d in vp.complete if f"Чек {receipt}" in d.text]
+
+
+def test_a_job_prints_once_and_is_marked_done(ledger: Path, printer: VirtualPrinter) -> None:
+    add_job(ledger)
+    w = worker(ledger, printer.port)
+    assert w.status()["queue_depth"] == 1
+    assert w.run_once() == 0
+    [doc] = printer.wait_for(1)
+    assert doc.codes == ["TP1-o-1"] and "-15% на молоко" in doc.text
+    job = w.job("s1-t1-000123")
+    assert job is not None
+    assert (job["state"], job["attempts"], job["last_error"]) == ("DONE", 1, None)
+    assert job["printed_at"] == "2026-11-23T07:15:00.000Z"
+    assert w.run_once() is None
+    status = w.status()
+    assert (status["state"], status["queue_depth"], status["paper"]) == ("OK", 0, "OK")
+    # the printer was asked for its state first, and for a confirmation after the cut
+    assert printer.received.startswith(b"\x10\x04\x02\x10\x04\x04\x1b@")
+    assert printer.received.endswith(b"\x1dV\x01\x1dr\x01")
+
+
+def test_enqueue_is_idempotent_on_the_receipt_and_checks_the_payload(ledger: Path) -> None:
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    assert enqueue(conn, payload()) is True
+    assert enqueue(conn, payload()) is False
+    with pytest.raises(InputError, match="offers"):
+        enqueue(conn, {"receiptId": "x", "offers": [{"id": "", "text": "t"}]})
+    assert conn.execute("SELECT count(*) FROM print_jobs").fetchone()[0] == 1
+
+
+def test_refused_connections_back_off_with_jitter_then_print(ledger: Path) -> None:
+    vp = VirtualPrinter()
+    port = vp.start()
+    vp.stop()  # switched off: connections are refused
+    add_job(ledger)
+    clock = Clock()
+    w = worker(ledger, port, clock)
+    delays = []
+    for _ in range(5):
+        assert w.run_once() == 0
+        status = w.status()
+        assert status["state"] == "OFFLINE" and "not reachable" in (status["last_error"] or "")
+        job = w.job("s1-t1-000123")
+        assert job is not None and job["state"] == "PENDING"
+        due = datetime.fromisoformat(job["next_attempt_at"])
+        delays.append((due - clock.now).total_seconds())
+        wait = w.run_once()  # not due yet: no attempt, just the time to wait
+        assert wait is not None and 0 < wait <= delays[-1] + 0.001
+        clock.now = due
+    caps = [1, 2, 4, 8, 8]
+    assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+    assert len(set(delays)) == 5  # jitter
+    assert w.job("s1-t1-000123")["attempts"] == 5  # type: ignore[index]
+    with VirtualPrinter(port=port) as back:
+        assert w.run_once() == 0
+        assert len(coupons(back)) == 1
+    assert w.status()["state"] == "OK"
+
+
+def test_printer_closing_the_connection_early_gets_the_job_again_in_full(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    printer.close_after_bytes = 40  # 6 bytes of status requests, 34 of the job
+    add_job(ledger)
+    clock = Clock()
+    w = worker(ledger, printer.port, clock)
+    w.run_once()
+    assert len(printer.documents) == 1 and not printer.documents[0].complete
+    job = w.job("s1-t1-000123")
+    assert job is not None and job["state"] == "PENDING" and job["attempts"] == 1
+    assert "printed again" in job["last_error"]
+    assert w.status()["state"] == "OFFLINE"
+    printer.close_after_bytes = None
+    clock.advance(2)
+    w.run_once()
+    assert len(coupons(printer)) == 1
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+
+
+def test_printer_switched_off_mid_job_prints_it_once_when_back(ledger: Path) -> None:
+    vp = VirtualPrinter()
+    port = vp.start()
+    vp.stop_after_bytes = 100
+    add_job(ledger)
+    clock = Clock()
+    w = worker(ledger, port, clock)
+    w.run_once()  # dropped mid-job
+    w.run_once()  # not due
+    clock.advance(2)
+    w.run_once()  # refused: still off
+    assert w.status()["state"] == "OFFLINE"
+    assert w.job("s1-t1-000123")["state"] == "PENDING"  # type: ignore[index]
+    vp.start()
+    clock.advance(8)
+    w.run_once()
+    vp.stop()
+    assert [d.complete for d in vp.documents] == [False, True]
+    assert len(coupons(vp)) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [("paper", "out of paper"), ("cover_open", "cover is open")],
+)
+def test_paper_out_or_cover_open_holds_the_job_and_reports_it(
+    ledger: Path, printer: VirtualPrinter, fault: str, message: str
+) -> None:
+    if fault == "paper":
+        printer.paper = "out"
+    else:
+        printer.cover_open = True
+    add_job(ledger)
+    clock = Clock()
+    w = worker(ledger, printer.port, clock)
+    w.run_once()
+    status = w.status()
+    assert status["state"] == "ERROR" and message in (status["last_error"] or "")
+    assert status["queue_depth"] == 1
+    assert printer.received == b"\x10\x04\x02\x10\x04\x04"  # asked; the job was not sent
+    printer.paper, printer.cover_open = "ok", False
+    clock.advance(2)
+    w.run_once()
+    assert len(coupons(printer)) == 1
+    assert w.status()["state"] == "OK"
+
+
+def test_a_printer_that_never_answers_status_still_prints(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    printer.answer_status = False
+    add_job(ledger)
+    w = worker(ledger, printer.port, confirm_timeout_s=0.3)
+    started = time.monotonic()
+    w.run_once()
+    assert time.monotonic() - started < 2.0  # 0.3 s status + 0.3 s confirmation, no hang
+    assert len(coupons(printer)) == 1
+    job = w.job("s1-t1-000123")
+    assert job is not None and job["state"] == "DONE" and "did not confirm" in job["last_error"]
+    assert w.status()["paper"] == "UNKNOWN"  # silence is not "paper OK"
+
+
+def test_low_paper_is_reported_and_still_prints(ledger: Path, printer: VirtualPrinter) -> None:
+    printer.paper = "low"
+    add_job(ledger)
+    w = worker(ledger, printer.port)
+    w.run_once()
+    assert len(coupons(printer)) == 1
+    assert (w.status()["state"], w.status()["paper"]) == ("OK", "LOW")
+
+
+def test_jobs_left_sending_by_a_crash_are_not_reprinted(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    add_job(ledger)
+    add_job(ledger, payload("s1-t1-000124"))
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    conn.execute("UPDATE print_jobs SET state = 'SENDING' WHERE receipt_id = 's1-t1-000123'")
+    w = worker(ledger, printer.port)
+    assert w.recover() == 1
+    job = w.job("s1-t1-000123")
+    assert job is not None and job["state"] == "FAILED" and "not reprinted" in job["last_error"]
+    w.run_once()
+    w.run_once()
+    assert [len(coupons(printer, r)) for r in ("s1-t1-000123", "s1-t1-000124")] == [0, 1]
+    assert w.status()["failed_jobs"] == 1
+    assert requeue(ledger, "s1-t1-000123") is True
+    w.run_once()
+    assert len(coupons(printer, "s1-t1-000123")) == 1
+
+
+def test_agent_killed_between_printing_and_done_does_not_print_twice(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    printer.confirm_delay_s = 30  # the job is on paper; the confirmation never comes in time
+    add_job(ledger)
+    script = textwrap.dedent(
+        f"""
+        from tillpoint.printer.config import PrinterConfig
+        from tillpoint.printer.queue import PrintWorker
+        cfg = PrinterConfig(kind="network", host="127.0.0.1", port={printer.port},
+                            confirm_timeout_s=60)
+        PrintWorker({str(ledger)!r}, cfg).run_once()
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        assert printer.wait_for(1, timeout_s=20)
+        deadline = time.monotonic() + 10
+        while list_jobs(ledger)[0]["state"] != "SENDING" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)  # a power cut after the cut, before DONE
+    finally:
+        proc.wait(10)
+    assert list_jobs(ledger)[0]["state"] == "SENDING"
+    printer.confirm_delay_s = 0
+    w = worker(ledger, printer.port)  # the agent starts again
+    w.start()
+    try:
+        time.sleep(0.3)
+        assert w.job("s1-t1-000123")["state"] == "FAILED"  # type: ignore[index]
+    finally:
+        w.close()
+    assert len(coupons(printer)) == 1
+
+
+def test_expired_offers_and_bad_payloads_fail_without_blocking_the_queue(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    expired = payload("s1-t1-000001")
+    expired["offers"][0]["validTo"] = "2026-11-20T23:59:59+03:00"
+    add_job(ledger, expired)
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    conn.execute(
+        "INSERT INTO print_jobs (receipt_id, created_at, payload) VALUES ('bad', ?, '{oops')",
+        ("2026-11-23T07:15:00.000Z",),
+    )
+    add_job(ledger)
+    w = worker(ledger, printer.port)
+    for _ in range(3):
+        w.run_once()
+    assert w.job("s1-t1-000001")["last_error"].startswith("every offer expired")  # type: ignore[index]
+    assert "not JSON" in w.job("bad")["last_error"]  # type: ignore[index]
+    assert [d.text.splitlines()[-1] for d in printer.complete] == [
+        "Чек s1-t1-000123, 23.11.2026 10:15"
+    ]
+    assert w.status()["failed_jobs"] == 2
+
+
+def test_max_job_age_drops_stale_coupons(ledger: Path, printer: VirtualPrinter) -> None:
+    add_job(ledger)
+    clock = Clock()
+    clock.advance(7200)
+    w = worker(ledger, printer.port, clock, max_job_age_s=3600)
+    w.run_once()
+    assert "older than max_job_age_s" in w.job("s1-t1-000123")["last_error"]  # type: ignore[index]
+    assert printer.complete == []
+
+
+def test_the_worker_thread_prints_in_order_and_holds_the_ledger_lock(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    w = PrintWorker(ledger, config(printer.port, poll_interval_s=5))
+    w.start()
+    try:
+        with pytest.raises(PrinterError, match="already running"):
+            PrintWorker(ledger, config(printer.port)).start()
+        for n in range(3):
+            add_job(ledger, payload(f"s1-t1-00020{n}"))
+        w.wake()
+        docs = printer.wait_for(3, timeout_s=10)
+        assert [d.text.splitlines()[-1][:16] for d in docs] == [
+            "Чек s1-t1-000200",
+            "Чек s1-t1-000201",
+            "Чек s1-t1-000202",
+        ]
+        deadline = time.monotonic() + 5
+        while w.status()["queue_depth"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert w.status()["queue_depth"] == 0
+    finally:
+        w.close()
+
+
+def test_disabled_printer_reports_disabled_and_leaves_jobs(ledger: Path) -> None:
+    add_job(ledger)
+    w = PrintWorker(ledger, PrinterConfig())
+    assert w.run_once() is None
+    assert (w.status()["state"], w.status()["queue_depth"]) == ("DISABLED", 1)
+
+
+def test_list_jobs_and_requeue_read_the_ledger(ledger: Path, tmp_path: Path) -> None:
+    add_job(ledger)
+    [job] = list_jobs(ledger)
+    assert job["receipt_id"] == "s1-t1-000123" and job["payload"]["firstName"] == "Анна"
+    assert requeue(ledger, "s1-t1-000123") is False  # pending jobs are not "requeued"
+    with pytest.raises(InputError, match="no ledger"):
+        list_jobs(tmp_path / "missing.db")
+    assert json.dumps(job, ensure_ascii=False)
