@@ -1,0 +1,143 @@
+"""The customer display's messages (SPEC §8), as pure functions.
+
+Each function returns the display's rows (default 2 × 20), each at most ``width`` characters,
+never more than the customer's first name, and shortened sensibly when something does not fit:
+a longer wording is swapped for a shorter one, a name that does not fit is left out rather
+than cut, and only as the last resort is a line cut at a word and marked with ".".
+The agent puts these lines in ``CheckoutResult.display``::
+
+    greeting("Анна", 1192)        == ["Анна, добрый день!", "Бонусы: 1192"]
+    quote_lines(1234567, 2697)    == ["Итого: 12 345,67", "Скидка: 26,97"]
+    after_commit_lines(37, 1192)  == ["Начислено: +37", "Бонусы: 1192"]
+    birthday_line("Анна")         == "С днём рождения!"       (the name does not fit in 20)
+    birthday_lines("Анна", 5)     == ["С днём рождения!", "Анна, бонусы x5"]
+
+Money is integer minor units shown as roubles with a comma ("12 345,67"); points are whole
+numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tillpoint.printer.text import clean, fit, format_money
+
+__all__ = [
+    "WIDTH",
+    "after_commit_lines",
+    "birthday_line",
+    "birthday_lines",
+    "first_name_only",
+    "fit_lines",
+    "format_money",
+    "greeting",
+    "greeting_line",
+    "quote_lines",
+]
+
+WIDTH = 20
+
+
+def first_name_only(name: str | None) -> str:
+    """The first word of a first name; "" when there is none. "Анна Петровна" → "Анна"."""
+    if not name:
+        return ""
+    words = clean(name).split()
+    return words[0] if words else ""
+
+
+def _first_fitting(candidates: Sequence[str], width: int) -> str:
+    for text in candidates:
+        if len(text) <= width:
+            return text
+    return fit(candidates[-1], width) if candidates else ""
+
+
+def _points(n: int) -> str:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError("points are whole numbers")
+    return str(n)
+
+
+def _labelled(labels: Sequence[str], value: str, width: int) -> str:
+    """ "Итого: 12 345,67"; a shorter label, then the bare value, then the value without spaces."""
+    candidates = [f"{label}: {value}" for label in labels] + [value, value.replace(" ", "")]
+    return _first_fitting(candidates, width)
+
+
+def greeting_line(first_name: str | None, width: int = WIDTH) -> str:
+    """ "Анна, добрый день!", or "Добрый день!" when there is no name or it does not fit."""
+    name = first_name_only(first_name)
+    candidates = [f"{name}, добрый день!", f"{name}, здравствуйте!"] if name else []
+    return _first_fitting([*candidates, "Добрый день!", "Здравствуйте!"], width)
+
+
+def greeting(
+    first_name: str | None, balance_points: int | None = None, width: int = WIDTH
+) -> list[str]:
+    """Two lines: the greeting and, when given, the points balance.
+
+    ``greeting("Анна", 1192) == ["Анна, добрый день!", "Бонусы: 1192"]`` (the SPEC §5 example).
+    Without a balance a long name moves to the second line: ``["Добрый день,", "Александра!"]``.
+    """
+    line1 = greeting_line(first_name, width)
+    if balance_points is not None:
+        return [line1, _labelled(["Бонусы", "Б"], _points(balance_points), width)]
+    name = first_name_only(first_name)
+    if name and name not in line1 and len(name) + 1 <= width:
+        return [_first_fitting(["Добрый день,"], width), f"{name}!"]
+    return [line1, ""]
+
+
+def quote_lines(total_minor: int, savings_minor: int, width: int = WIDTH) -> list[str]:
+    """The running total and the savings while the basket is priced.
+
+    ``quote_lines(1234567, 2697) == ["Итого: 12 345,67", "Скидка: 26,97"]``; without savings
+    the second line is empty.
+    """
+    total = _labelled(["Итого", "Сумма"], format_money(total_minor), width)
+    if savings_minor <= 0:
+        return [total, ""]
+    return [total, _labelled(["Скидка", "Выгода"], format_money(savings_minor), width)]
+
+
+def after_commit_lines(earned: int, balance: int, width: int = WIDTH) -> list[str]:
+    """Points earned by this receipt and the balance after it.
+
+    ``after_commit_lines(37, 1192) == ["Начислено: +37", "Бонусы: 1192"]``.
+    """
+    sign = "+" if earned >= 0 else ""
+    return [
+        _labelled(["Начислено", "Начисл."], f"{sign}{_points(earned)}", width),
+        _labelled(["Бонусы", "Б"], _points(balance), width),
+    ]
+
+
+def birthday_line(first_name: str | None, width: int = WIDTH) -> str:
+    """ "С днём рождения, Оля!" when it fits, else "С днём рождения!" (the name is never cut)."""
+    name = first_name_only(first_name)
+    candidates = [f"С днём рождения, {name}!"] if name else []
+    return _first_fitting([*candidates, "С днём рождения!", "С днём рожд.!"], width)
+
+
+def birthday_lines(
+    first_name: str | None, multiplier: int | None = None, width: int = WIDTH
+) -> list[str]:
+    """Two lines for the birthday window: the wish, then the name and the points multiplier."""
+    name = first_name_only(first_name)
+    line1 = birthday_line(first_name, width)
+    shown = bool(name) and name in line1
+    second: list[str] = []
+    if multiplier is not None and multiplier > 1:
+        if name and not shown:
+            second.append(f"{name}, бонусы x{multiplier}")
+        second += [f"Бонусы x{multiplier}!", f"x{multiplier}"]
+    elif name and not shown:
+        second.append(f"{name}!")
+    return [line1, _first_fitting(second, width) if second else ""]
+
+
+def fit_lines(lines: Sequence[str], width: int = WIDTH, rows: int = 2) -> list[str]:
+    """Exactly ``rows`` lines of at most ``width`` characters (the driver's last resort)."""
+    out = [fit(clean(line), width) for line in list(lines)[:rows]]
+    return out + [""] * (rows - len(out))
