@@ -1,0 +1,158 @@
+"""``tillpoint print ...``: the printer's commands, added to the agent's CLI as a plugin.
+
+=================================================== ==========================================
+``tillpoint print test``                            print a test page on the configured printer
+``tillpoint print preview RESULT [--offers FILE]``  the offers block as text (``--png FILE``:
+``[--png FILE] [--profile NAME]``                   also as an image); no printer needed
+``tillpoint print queue [--all]``                   the print jobs not yet done (or all)
+``tillpoint print retry RECEIPT_ID``                print a FAILED job again
+=================================================== ==========================================
+
+``RESULT`` is a ``CheckoutResult`` JSON file (or ``-``), or a print-job payload. The offers
+come from ``--offers`` (a snapshot JSON or a list of offers); without it, from the job this
+till queued for that receipt. With ``--json`` every command prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tillpoint.agent.errors import InputError
+
+__all__ = ["register"]
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "print",
+        help="receipt printer: test page, coupon preview, print queue",
+        description="The receipt printer's commands (see docs/PRINTING.md).",
+    )
+    actions = p.add_subparsers(dest="print_command", metavar="ACTION", parser_class=type(p))
+    test = actions.add_parser("test", parents=[common], help="print a test page now")
+    test.set_defaults(handler=_test)
+    prev = actions.add_parser(
+        "preview",
+        parents=[common],
+        help="lay out a receipt's offers block as the printer would (text, and --png)",
+    )
+    prev.add_argument("result", help="CheckoutResult JSON file (or -), or a print-job payload")
+    prev.add_argument("--offers", help="snapshot JSON or a JSON list of offers")
+    prev.add_argument("--png", type=Path, help="also draw the paper into this PNG file")
+    prev.add_argument("--profile", help="printer profile (default: the configured one)")
+    prev.set_defaults(handler=_preview)
+    queue = actions.add_parser("queue", parents=[common], help="print jobs not yet done")
+    queue.add_argument("--all", action="store_true", help="done jobs too")
+    queue.set_defaults(handler=_queue)
+    retry = actions.add_parser("retry", parents=[common], help="print a FAILED job again")
+    retry.add_argument("receipt_id")
+    retry.set_defaults(handler=_retry)
+    p.set_defaults(handler=_no_action(p))
+
+
+def _no_action(p: argparse.ArgumentParser) -> Any:
+    def handler(settings: Any, args: argparse.Namespace) -> int:
+        p.error("print needs an action: test, preview, queue or retry")
+        return 2  # pragma: no cover - error() exits
+
+    return handler
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> int:
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(human if human.endswith("\n") else human + "\n")
+    return 0
+
+
+def _printer_config(settings: Any) -> Any:
+    from tillpoint.printer.service import load_configs
+
+    return load_configs(getattr(settings, "printer", {}) or {}, {}, {})[0]
+
+
+def _ledger(settings: Any) -> Path:
+    return Path(settings.data_dir) / "ledger.db"
+
+
+def _test(settings: Any, args: argparse.Namespace) -> int:
+    from tillpoint.printer.cli_support import print_test_page
+
+    config = _printer_config(settings)
+    print_test_page(config)
+    where = f"{config.host}:{config.port}" if config.kind == "network" else config.device
+    return _emit(
+        args, {"printed": True, "printer": f"{config.kind} {where}"}, f"test page sent to {where}"
+    )
+
+
+def _offers_from(name: str) -> list[dict[str, Any]]:
+    from tillpoint.agent.cli import read_json
+
+    data = read_json(name)
+    if isinstance(data, dict) and isinstance(data.get("offers"), list):
+        data = data["offers"]
+    if not isinstance(data, list) or not all(isinstance(o, dict) for o in data):
+        raise InputError(f"{name}: expected a snapshot or a JSON list of offers")
+    return data
+
+
+def _preview(settings: Any, args: argparse.Namespace) -> int:
+    from tillpoint.agent.cli import read_json
+    from tillpoint.printer.cli_support import preview
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.queue import list_jobs
+
+    result = read_json(args.result)
+    if not isinstance(result, dict):
+        raise InputError(f"{args.result}: expected a JSON object")
+    config = _printer_config(settings)
+    if args.profile:
+        config = PrinterConfig(**{**config.model_dump(), "profile": args.profile})
+    offers: list[dict[str, Any]] | None = None
+    if args.offers:
+        offers = _offers_from(args.offers)
+    elif "offers" not in result and result.get("printedOffers"):
+        jobs = list_jobs(_ledger(settings), str(result.get("receiptId", "")))
+        if not jobs or not isinstance(jobs[0]["payload"], dict):
+            raise InputError(
+                "this till queued no coupon for that receipt: give the offers with --offers"
+            )
+        result = jobs[0]["payload"]
+    text = preview(result, offers, args.png, config)
+    data = {"text": text, "png": str(args.png) if args.png else None}
+    return _emit(args, data, text + (f"(image: {args.png})\n" if args.png else ""))
+
+
+def _queue(settings: Any, args: argparse.Namespace) -> int:
+    from tillpoint.printer.queue import list_jobs
+
+    jobs = list_jobs(_ledger(settings), include_done=args.all)
+    for job in jobs:
+        payload = job.pop("payload")
+        job["offers"] = (
+            [o.get("id") for o in payload.get("offers", [])] if isinstance(payload, dict) else []
+        )
+    lines = [
+        f"{j['receipt_id']:<24} {j['state']:<8} attempts {j['attempts']:<3} "
+        f"{j['last_error'] or ''}".rstrip()
+        for j in jobs
+    ]
+    return _emit(args, {"jobs": jobs}, "\n".join(lines) if lines else "the print queue is empty")
+
+
+def _retry(settings: Any, args: argparse.Namespace) -> int:
+    from tillpoint.printer.queue import requeue
+
+    if not requeue(_ledger(settings), args.receipt_id):
+        raise InputError(f"no failed or printed job for receipt {args.receipt_id}")
+    return _emit(
+        args,
+        {"requeued": args.receipt_id},
+        f"receipt {args.receipt_id} is queued again; the running agent prints it",
+    )

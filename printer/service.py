@@ -1,0 +1,160 @@
+"""The till's devices as one object for ``tillpoint run``: print worker, pole display, scanner.
+
+::
+
+    from tillpoint.printer.service import start_devices
+    background_starters.append(start_devices)      # agent/server.py
+
+``start_devices(agent, settings)`` validates ``settings.printer``, ``settings.display`` and
+``settings.scanner`` (PrinterConfigError on a bad table), starts what is configured, sets
+``agent.devices`` to the :class:`Devices` object and returns its stop function. The agent then
+calls, after pricing (never waiting on a device):
+
+- ``devices.after_quote(result)``: shows ``result["display"]`` on the pole display;
+- ``devices.after_checkout(result)``: shows it too and wakes the print worker when the
+  result printed offers (the job row is already in the ledger, committed with the receipt);
+- ``devices.status()``: printer, display and scanner state for ``tillpoint status``.
+
+A scan from the kiosk's serial scanner goes to ``on_scan`` (default: identify it with the
+agent and greet the customer on the display; a scanned coupon code is only logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+from pydantic import ValidationError
+from tillpoint.printer.codes import parse_offer_code
+from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+from tillpoint.printer.display import CustomerDisplay, DisplayStatus
+from tillpoint.printer.errors import PrinterConfigError
+from tillpoint.printer.messages import greeting
+from tillpoint.printer.queue import PrinterStatus, PrintWorker
+from tillpoint.printer.scanner import ScannerReader, ScannerStatus
+
+__all__ = ["Devices", "DevicesStatus", "load_configs", "start_devices"]
+
+log = logging.getLogger("tillpoint.devices")
+
+
+class DevicesStatus(TypedDict):
+    printer: PrinterStatus
+    display: DisplayStatus
+    scanner: ScannerStatus
+
+
+def _validate(model: Any, table: str, values: Mapping[str, Any]) -> Any:
+    try:
+        return model.model_validate(dict(values))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        key = f"{table}.{where}" if where else table
+        raise PrinterConfigError(f"config [{key}]: {err.get('msg', 'invalid')}") from None
+
+
+def load_configs(
+    printer: Mapping[str, Any], display: Mapping[str, Any], scanner: Mapping[str, Any]
+) -> tuple[PrinterConfig, DisplayConfig, ScannerConfig]:
+    """Validate the three tables; PrinterConfigError names the key and what is wrong."""
+    return (
+        _validate(PrinterConfig, "printer", printer),
+        _validate(DisplayConfig, "display", display),
+        _validate(ScannerConfig, "scanner", scanner),
+    )
+
+
+class Devices:
+    """The print worker, the display and the scanner of one till."""
+
+    def __init__(
+        self,
+        ledger_path: Path,
+        printer: PrinterConfig,
+        display: DisplayConfig,
+        scanner: ScannerConfig,
+        on_scan: Callable[[str], None] | None = None,
+    ) -> None:
+        self.worker = PrintWorker(ledger_path, printer)
+        self.display = CustomerDisplay(display)
+        self.scanner: ScannerReader | None = None
+        if scanner.kind != "none":
+            self.scanner = ScannerReader.from_config(scanner, on_scan or (lambda text: None))
+
+    def start(self) -> None:
+        if not self.worker.disabled:
+            self.worker.start()
+        self.display.start()
+        if self.scanner is not None:
+            self.scanner.start()
+
+    def stop(self) -> None:
+        if self.scanner is not None:
+            self.scanner.stop()
+        self.display.stop()
+        self.worker.close()
+
+    def show(self, lines: Sequence[str]) -> None:
+        self.display.show(lines)
+
+    def after_quote(self, result: Mapping[str, Any]) -> None:
+        lines = result.get("display")
+        if isinstance(lines, list) and lines:
+            self.display.show([str(x) for x in lines])
+
+    def after_checkout(self, result: Mapping[str, Any]) -> None:
+        self.after_quote(result)
+        if result.get("printedOffers"):
+            self.worker.wake()
+
+    def status(self) -> DevicesStatus:
+        scanner = (
+            self.scanner.status()
+            if self.scanner is not None
+            else ScannerStatus(state="DISABLED", device="none", scans=0, last_error=None)
+        )
+        return DevicesStatus(
+            printer=self.worker.status(), display=self.display.status(), scanner=scanner
+        )
+
+
+def _greet_on_scan(agent: Any, devices: Devices) -> Callable[[str], None]:
+    def on_scan(text: str) -> None:
+        offer = parse_offer_code(text)
+        if offer is not None:
+            log.info("scanned the coupon of offer %s", offer)
+            return
+        try:
+            card = agent.identify(text)
+        except Exception as exc:
+            log.warning("scanned text not identified: %s", exc)
+            return
+        if card.get("status") == "FOUND":
+            devices.show(greeting(card.get("firstName")))
+        else:
+            devices.show(["Карта не принята", ""])
+
+    return on_scan
+
+
+def start_devices(agent: Any, settings: Any) -> Callable[[], None]:
+    """A ``BackgroundStarter`` for ``agent/server.py``: start the devices, return ``stop``."""
+    printer, display, scanner = load_configs(
+        getattr(settings, "printer", {}) or {},
+        getattr(settings, "display", {}) or {},
+        getattr(settings, "scanner", {}) or {},
+    )
+    holder: list[Devices] = []
+
+    def on_scan(text: str) -> None:
+        if holder:
+            _greet_on_scan(agent, holder[0])(text)
+
+    devices = Devices(Path(settings.data_dir) / "ledger.db", printer, display, scanner, on_scan)
+    holder.append(devices)
+    devices.start()
+    agent.devices = devices
+    return devices.stop

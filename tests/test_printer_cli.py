@@ -1,0 +1,214 @@
+"""`tillpoint print ...`, the preview, the test page, and the agent's own print jobs end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from tillpoint.agent.errors import InputError
+from tillpoint.agent.service import Agent
+from tillpoint.printer.cli_support import preview, print_test_page
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.errors import PrinterError
+from tillpoint.printer.queue import PrintWorker
+from tillpoint.printer.service import Devices, load_configs
+from tillpoint.printer.virtual import VirtualPrinter
+
+from .conftest import CLI, receipt, snapshot
+
+OFFERS = [
+    {
+        "id": "o-1",
+        "printText": "−15% на молоко",
+        "validFrom": "2026-11-01T00:00:00+03:00",
+        "validTo": "2026-11-30T23:59:59+03:00",
+    },
+    {"id": "o-2", "printText": "Кофе в подарок", "validTo": "2026-12-07T23:59:59+03:00"},
+]
+RESULT = {
+    "receiptId": "s1-t1-000123",
+    "card": {"status": "FOUND", "customerId": "c-1", "tier": "gold", "firstName": "Анна"},
+    "printedOffers": ["o-2", "o-1"],
+}
+
+
+@pytest.fixture
+def printer() -> Iterator[VirtualPrinter]:
+    with VirtualPrinter() as vp:
+        yield vp
+
+
+def test_preview_lays_out_the_printed_offers_in_order_with_a_png(tmp_path: Path) -> None:
+    png = tmp_path / "coupon.png"
+    text = preview(RESULT, OFFERS, png)
+    lines = text.splitlines()
+    assert lines[0].strip() == "ВАШИ ПРЕДЛОЖЕНИЯ" and lines[1].strip() == "Анна, ждём вас снова!"
+    assert text.index("Кофе в подарок") < text.index("-15% на молоко")
+    assert "[QR: TP1-o-2]" in text and "Действует по 07.12.2026" in text
+    assert all(len(line) <= 48 for line in lines)
+    with Image.open(png) as img:
+        assert img.width == 576 + 32 and img.height > 600
+
+
+def test_preview_on_58mm_with_barcodes(tmp_path: Path) -> None:
+    text = preview(RESULT, OFFERS, None, PrinterConfig(profile="generic-58mm", code="barcode"))
+    assert "[CODE128: TP1-o-1]" in text
+    assert all(len(line) <= 32 for line in text.splitlines())
+
+
+def test_preview_refuses_what_it_cannot_show() -> None:
+    with pytest.raises(InputError, match="o-2 is in printedOffers"):
+        preview(RESULT, OFFERS[:1])
+    with pytest.raises(InputError, match="nothing to preview"):
+        preview({"receiptId": "r"}, [])
+    with pytest.raises(InputError, match="receiptId"):
+        preview({"printedOffers": ["o-1"]}, OFFERS)
+
+
+def test_test_page_prints_on_a_network_printer(printer: VirtualPrinter) -> None:
+    print_test_page(PrinterConfig(kind="network", host="127.0.0.1", port=printer.port))
+    [doc] = printer.wait_for(1)
+    assert doc.complete and doc.codes == ["TP1-TEST"]
+    assert "ТЕСТОВАЯ СТРАНИЦА" in doc.text and "Кодовая страница: CP866 (ESC t 17)" in doc.text
+    assert "Съешь же ещё этих мягких французских булок" in doc.text
+    assert "Українська: Ганок, Iван, їжак, Євген." in doc.text
+
+
+def test_test_page_says_why_it_could_not_print(printer: VirtualPrinter) -> None:
+    printer.paper = "out"
+    with pytest.raises(PrinterError, match="out of paper"):
+        print_test_page(PrinterConfig(kind="network", host="127.0.0.1", port=printer.port))
+    printer.stop()
+    with pytest.raises(PrinterError, match="not reachable"):
+        print_test_page(PrinterConfig(kind="network", host="127.0.0.1", port=printer.port))
+
+
+def write(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_cli_print_commands(cli: CLI, tmp_path: Path, printer: VirtualPrinter) -> None:
+    config = tmp_path / "tillpoint.toml"
+    config.write_text(f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer.port}\n')
+    run = cli("--config", config, "print", "test", "--json")
+    assert (run.code, run.json()) == (
+        0,
+        {"printed": True, "printer": f"network 127.0.0.1:{printer.port}"},
+    )
+    run = cli("print", "preview", RESULT, "--offers", {"offers": OFFERS}, "--json")
+    assert run.code == 0 and run.err == ""
+    assert "[QR: TP1-o-1]" in run.json()["text"]
+    run = cli("print", "preview", RESULT, "--offers", OFFERS, "--profile", "nope")
+    assert run.code == 2 and run.err.startswith("tillpoint: unknown printer profile 'nope'")
+    run = cli("--config", write(tmp_path / "bad.toml", {}).with_suffix(".toml"), "print", "test")
+    assert run.code == 2
+
+
+def test_cli_rejects_a_bad_printer_table(cli: CLI, tmp_path: Path) -> None:
+    config = tmp_path / "tillpoint.toml"
+    config.write_text('[printer]\nkind = "network"\nprot = 9100\n')
+    run = cli("--config", config, "print", "test")
+    assert run.code == 2 and run.err.count("\n") == 1
+    assert run.err.startswith("tillpoint: config [printer")
+
+
+def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(
+    agent: Agent, cli: CLI, printer: VirtualPrinter, tmp_path: Path
+) -> None:
+    offer = {
+        "id": "o-1",
+        "campaignId": "camp-3",
+        "customerId": "c-a",
+        "kind": "PERCENT_OFF",
+        "skus": ["4601234000017"],
+        "categories": [],
+        "value": "15",
+        "minQty": "1",
+        "validFrom": "2026-11-01T00:00:00+03:00",
+        "validTo": "2026-11-30T23:59:59+03:00",
+        "priority": 10,
+        "rank": 1,
+        "printable": True,
+        "printText": "−15% на молоко",
+    }
+    agent.load_snapshot(snapshot(version=2, offers=[offer]))
+    result = agent.checkout(receipt("s1-t1-000777"))
+    assert result["printedOffers"] == ["o-1"]
+    ledger = agent.data_dir / "ledger.db"
+    cfg = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
+    worker = PrintWorker(ledger, cfg)
+    worker.run_once()
+    [doc] = printer.wait_for(1)
+    assert doc.codes == ["TP1-o-1"] and "Анна, ждём вас снова!" in doc.text
+    assert "Чек s1-t1-000777, 23.11.2026 10:15" in doc.text
+    worker.close()
+
+    data_dir = ["--data-dir", str(agent.data_dir)]
+    run = cli(*data_dir, "print", "preview", result, "--json")  # offers from the queued job
+    assert run.code == 0 and "Анна, ждём вас снова!" in run.json()["text"]
+    run = cli(*data_dir, "print", "queue", "--all", "--json")
+    [job] = run.json()["jobs"]
+    assert (job["receipt_id"], job["state"], job["offers"]) == ("s1-t1-000777", "DONE", ["o-1"])
+    assert cli(*data_dir, "print", "retry", "s1-t1-000777").code == 0
+    assert cli(*data_dir, "print", "retry", "nope").code == 2
+
+
+def test_devices_wire_display_and_printer(tmp_path: Path, printer: VirtualPrinter) -> None:
+    import sqlite3
+
+    from tillpoint.printer.queue import DDL, enqueue
+
+    ledger = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    conn.execute(DDL)
+    p, d, s = load_configs(
+        {"kind": "network", "host": "127.0.0.1", "port": printer.port, "poll_interval_s": 30},
+        {"kind": "serial", "device": str(tmp_path / "no-display")},
+        {},
+    )
+    devices = Devices(ledger, p, d, s)
+    devices.start()
+    try:
+        enqueue(conn, {"receiptId": "r-9", "offers": [{"id": "o-1", "text": "Подарок"}]})
+        devices.after_checkout(
+            {"display": ["Начислено: +5", "Бонусы: 10"], "printedOffers": ["o-1"]}
+        )
+        assert printer.wait_for(1, timeout_s=5)
+        status = devices.status()
+        assert status["display"]["state"] == "OFFLINE" and status["scanner"]["state"] == "DISABLED"
+        assert status["display"]["lines"] == ["Начислено: +5", "Бонусы: 10"]
+    finally:
+        devices.stop()
+        conn.close()
+
+
+def test_importing_escpos_leaves_stdout_and_tmp_clean(tmp_path: Path) -> None:
+    tmp, cache = tmp_path / "tmp", tmp_path / "cache"
+    tmp.mkdir()
+    result = write(tmp_path / "result.json", RESULT)
+    offers = write(tmp_path / "offers.json", OFFERS)
+    env = {**os.environ, "TMPDIR": str(tmp), "XDG_CACHE_HOME": str(cache)}
+    env.pop("TILLPOINT_CACHE_DIR", None)
+    code = (
+        "import sys; from tillpoint.agent.cli import main; "
+        f"sys.exit(main(['--data-dir', {str(tmp_path / 'd')!r}, 'print', 'preview', "
+        f"{str(result)!r}, '--offers', {str(offers)!r}, '--json']))"
+    )
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and "[QR: TP1-o-1]" in json.loads(proc.stdout)["text"]
+    assert list(tmp.iterdir()) == []  # escpos made no temporary directory
+    assert list((cache / "tillpoint" / "escpos").iterdir())  # its pickle went to the cache
+    assert time.monotonic() - started < 30
