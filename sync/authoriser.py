@@ -21,8 +21,8 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
-from tillpoint.agent.db import connect
-from tillpoint.agent.errors import HubUnavailable
+from tillpoint.agent.db import open_ledger
+from tillpoint.agent.errors import HubUnavailable, StorageError
 from tillpoint.agent.ledger import utc_text
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -37,7 +37,8 @@ class HubAuthoriser:
         self.data_dir = Path(data_dir)
         self.device_id = device_id
         self.timeout_s = timeout_s
-        self._conn: sqlite3.Connection | None = None
+        # Opened now, never inside a checkout: that holds the ledger's write lock.
+        self._conn: sqlite3.Connection | None = open_ledger(self.data_dir)
         self._lock = threading.Lock()
 
     def _unsynced(self, customer_id: str, at: datetime) -> list[pb.UnsyncedPoints]:
@@ -48,7 +49,7 @@ class HubAuthoriser:
         """
         with self._lock:
             if self._conn is None:
-                self._conn = connect(self.data_dir / "ledger.db")
+                raise StorageError("the authoriser is closed")
             rows = self._conn.execute(
                 "SELECT p.seq, p.receipt_id, p.kind, p.points, p.activates_at FROM points p"
                 " JOIN outbox o ON o.device_id = p.device_id AND o.seq = p.seq"
@@ -66,13 +67,18 @@ class HubAuthoriser:
         return list(by_seq.values())
 
     def authorise(self, customer_id: str, receipt_id: str, points: int, at: datetime) -> int:
+        try:
+            unsynced = self._unsynced(customer_id, at)
+        except (sqlite3.Error, StorageError) as exc:
+            # Without them the hub could authorise points this till already spent.
+            raise HubUnavailable(f"cannot read this till's unsent transactions: {exc}") from None
         request = pb.AuthorizeRedemptionRequest(
             device_id=self.device_id,
             receipt_id=receipt_id,
             customer_id=customer_id,
             points=points,
             at=at.isoformat(),
-            unsynced=self._unsynced(customer_id, at),
+            unsynced=unsynced,
         )
         try:
             reply = self.link.stub.AuthorizeRedemption(request, timeout=self.timeout_s)

@@ -196,7 +196,7 @@ class HubServicer(pb_grpc.HubServicer):
         self.stats = HubStats()
         self.rate_limit_bytes_s = config.rate_limit_bytes_s
         # Test failpoints: called with "push.committed" (after a batch is stored, before
-        # the answer is sent) and "pull.chunk"; a failpoint may raise or abort the call.
+        # the answer is sent), "pull.chunk" and "authorize"; one may raise, abort or sleep.
         self.failpoint: Failpoint | None = None
 
     # ------------------------------------------------------------ auth
@@ -366,6 +366,7 @@ class HubServicer(pb_grpc.HubServicer):
             at = _timestamp(request.at)
         except ValueError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"at: {exc}")
+        self._fail("authorize")
         try:
             granted = self.store.authorise(
                 device,

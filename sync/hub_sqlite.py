@@ -681,12 +681,13 @@ class SqliteHubStore:
                 utc_text(now),
             ),
         )
-        if tx.kind == "CHECKOUT":
-            conn.execute(
-                "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND receipt_id = ?"
-                " AND state = 'ACTIVE'",
-                (tx.device_id, fields["receipt_id"]),
-            )
+        # The holds this transaction makes real: its receipt's, and the one for its seq.
+        settled = [f"seq:{tx.seq}"] + ([fields["receipt_id"]] if tx.kind == "CHECKOUT" else [])
+        conn.executemany(
+            "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND receipt_id = ?"
+            " AND state = 'ACTIVE'",
+            [(tx.device_id, key) for key in settled],
+        )
         return TxResult(tx.seq, "STORED")
 
     def _settle(self, conn: sqlite3.Connection, tx: TxIn, program: Program) -> dict[str, Any]:
@@ -902,15 +903,42 @@ class SqliteHubStore:
             )
             live = self._live(conn, customer_id, at)
             spendable = 0 if live is None else live[0]
+            expires = now + timedelta(seconds=hold_ttl_s)
             mine = {receipt_id}
             for item in unsynced:
                 stored = conn.execute(
                     "SELECT 1 FROM transactions WHERE device_id = ? AND seq = ?",
                     (device_id, item.seq),
                 ).fetchone()
-                if stored is None:
-                    spendable += item.points
-                    mine.add(item.receipt_id)
+                if stored is not None:
+                    continue
+                # The till's own movement the hub has not received: it counts now, and a
+                # spend is held for the other tills until the transaction arrives (its
+                # receipt's own hold, if any, is replaced so nothing is held twice).
+                spendable += item.points
+                key = f"seq:{item.seq}"
+                mine.add(key)
+                conn.execute(
+                    "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND receipt_id = ?"
+                    " AND state = 'ACTIVE'",
+                    (device_id, item.receipt_id),
+                )
+                if item.points < 0:
+                    conn.execute(
+                        "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, 'ACTIVE')"
+                        " ON CONFLICT (device_id, receipt_id) DO UPDATE SET"
+                        " points = excluded.points, expires_at = excluded.expires_at,"
+                        " state = 'ACTIVE'",
+                        (
+                            uuid.uuid4().hex,
+                            device_id,
+                            key,
+                            customer_id,
+                            -item.points,
+                            utc_text(now),
+                            utc_text(expires),
+                        ),
+                    )
             held = 0
             for dev, rid, pts in conn.execute(
                 "SELECT device_id, receipt_id, points FROM holds WHERE customer_id = ?"
@@ -918,11 +946,10 @@ class SqliteHubStore:
                 (customer_id,),
             ):
                 if dev == device_id and rid in mine:
-                    continue  # this receipt, or one already counted through `unsynced`
+                    continue  # this receipt, or a movement counted through `unsynced`
                 held += int(pts)
             live_balance = spendable - held
             granted = max(0, min(points, live_balance))
-            expires = now + timedelta(seconds=hold_ttl_s)
             hold_id = ""
             conn.execute(
                 "DELETE FROM holds WHERE device_id = ? AND receipt_id = ?", (device_id, receipt_id)

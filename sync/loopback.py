@@ -124,6 +124,7 @@ class LoopbackHub:
         clock: Callable[[], datetime] = system_clock,
         data: dict[str, Any] | None = None,
         publish: bool = True,
+        start: bool = True,
     ) -> None:
         self.root = Path(root)
         self.config = config or HubConfig(heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
@@ -135,7 +136,12 @@ class LoopbackHub:
             import_doc(self.server.store, data)
         if publish and data is not None:
             self.publish()
-        self.port = self.server.start("127.0.0.1:0")
+        self.port = 0
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        self.port = self.server.start(f"127.0.0.1:{self.port}")
 
     @property
     def address(self) -> str:

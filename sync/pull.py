@@ -49,6 +49,12 @@ class SyncBusy(TillpointError):
     pass
 
 
+class _HeaderRefused(SnapshotRefused):
+    def __init__(self, message: str, bundle: _Partial) -> None:
+        super().__init__(message)
+        self.bundle = bundle
+
+
 class PullInterrupted(TillpointError):
     """The stream broke or ended early; what arrived is kept and the next pull resumes."""
 
@@ -74,6 +80,19 @@ class _Partial:
     issued_at: str
     expires_at: str
     offset: int
+
+    @classmethod
+    def of(cls, chunk: pb.SnapshotChunk) -> _Partial:
+        return cls(
+            version=chunk.version,
+            base_version=chunk.base_version,
+            total_size=chunk.total_size,
+            sha256=chunk.sha256.hex(),
+            signature=base64.b64encode(chunk.signature).decode(),
+            issued_at=chunk.issued_at,
+            expires_at=chunk.expires_at,
+            offset=0,
+        )
 
     def same_bundle(self, chunk: pb.SnapshotChunk) -> bool:
         return (
@@ -244,7 +263,8 @@ class Puller:
                 if fh is None:
                     if chunk.total_size == 0:
                         return self._nothing_newer(chunk.version, current)
-                    self._check_header(chunk)
+                    incoming = _Partial.of(chunk)
+                    self._check_header(chunk, incoming)
                     if (
                         partial is not None
                         and partial.same_bundle(chunk)
@@ -260,16 +280,7 @@ class Puller:
                             # Not the bundle we had: forget it and start over next time.
                             self._discard()
                             raise PullInterrupted("the hub's bundle changed; starting over")
-                        partial = _Partial(
-                            version=chunk.version,
-                            base_version=chunk.base_version,
-                            total_size=chunk.total_size,
-                            sha256=chunk.sha256.hex(),
-                            signature=base64.b64encode(chunk.signature).decode(),
-                            issued_at=chunk.issued_at,
-                            expires_at=chunk.expires_at,
-                            offset=0,
-                        )
+                        partial = incoming
                         received = 0
                         fh = open(self.part, "wb")  # noqa: SIM115 - closed in finally
                         self._save_meta(partial)
@@ -297,6 +308,9 @@ class Puller:
                 self._save_meta(partial)
                 if progress is not None:
                     progress(received, partial.total_size)
+        except _HeaderRefused as exc:
+            call.cancel()
+            return self._refused(exc.bundle, str(exc), discard=False)
         except SnapshotRefused as exc:
             call.cancel()
             return self._refused(partial, str(exc))
@@ -319,15 +333,18 @@ class Puller:
             )
         return self._apply(partial, current, resumed_from)
 
-    def _check_header(self, chunk: pb.SnapshotChunk) -> None:
-        if chunk.total_size > self.max_bytes:
-            raise SnapshotRefused(
-                f"snapshot refused: {chunk.total_size} bytes is above this till's limit of"
-                f" {self.max_bytes}"
-            )
-        refused = self._known_refusal(chunk)
-        if refused:
-            raise SnapshotRefused(refused)
+    def _check_header(self, chunk: pb.SnapshotChunk, incoming: _Partial) -> None:
+        try:
+            if chunk.total_size > self.max_bytes:
+                raise SnapshotRefused(
+                    f"snapshot refused: {chunk.total_size} bytes is above this till's limit of"
+                    f" {self.max_bytes}"
+                )
+            refused = self._known_refusal(chunk)
+            if refused:
+                raise SnapshotRefused(refused)
+        except SnapshotRefused as exc:
+            raise _HeaderRefused(str(exc), incoming) from None
 
     def _known_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
         """The same bundle was refused before: do not download it again."""
@@ -391,8 +408,9 @@ class Puller:
             sha256=partial.sha256,
         )
 
-    def _refused(self, partial: _Partial | None, reason: str) -> PullResult:
-        self._discard()
+    def _refused(self, partial: _Partial | None, reason: str, discard: bool = True) -> PullResult:
+        if discard:
+            self._discard()
         version = partial.version if partial else 0
         log.error("%s (version %d); the cache keeps its current version", reason, version)
         return PullResult(

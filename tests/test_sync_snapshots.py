@@ -1,0 +1,339 @@
+"""Snapshot pulls: every bad snapshot is refused and the old one keeps serving; resumes work.
+
+A real hub over loopback mTLS serves the snapshots; "rogue" hubs are the same server
+with its bundle builder or its chunk stream altered, as a broken or hostile hub would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from tillpoint.agent.errors import SnapshotRefused
+from tillpoint.sync import load_snapshot_file, sync_status
+from tillpoint.sync.hub_server import HubConfig, HubServicer
+from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data
+from tillpoint.sync.pull import Puller, PullInterrupted, cache_version
+from tillpoint.sync.signing import SignedSnapshot, sign
+from tillpoint.sync.state import open_ledger
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+DEVICE = "till-1"
+
+
+def big_master_data(products: int = 300) -> dict[str, object]:
+    data = sample_master_data()
+    data["products"] = [  # type: ignore[index]
+        *data["products"],  # type: ignore[misc]
+        *(
+            {"sku": f"2{i:012d}", "name": f"Товар {i}", "category": "dairy"}
+            for i in range(products)
+        ),
+    ]
+    return data
+
+
+class RogueServicer(HubServicer):
+    """The hub's own servicer, with a hook that may alter or drop each chunk it sends."""
+
+    chunk_hook: Callable[[int, pb.SnapshotChunk], pb.SnapshotChunk | None] | None = None
+    sent = 0
+
+    def PullSnapshot(
+        self, request: pb.PullSnapshotRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SnapshotChunk]:
+        for i, chunk in enumerate(super().PullSnapshot(request, context)):
+            hook = self.chunk_hook
+            out = hook(i, chunk) if hook is not None else chunk
+            if out is None:
+                return
+            self.sent += 1
+            yield out
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    config = HubConfig(chunk_size=1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+    hub = LoopbackHub(tmp_path / "hub", config, data=big_master_data(), start=False)
+    server = hub.server
+    server.servicer = RogueServicer(server.store, server.builder, server.notifier, config)
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture()
+def till(hub: LoopbackHub, tmp_path: Path) -> Iterator[Till]:
+    till = hub.till(DEVICE, tmp_path / "till", start=False)
+    yield till
+    till.stop()
+
+
+def puller(till: Till, **kw: object) -> Puller:
+    return Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2.0, **kw)  # type: ignore[arg-type]
+
+
+def rogue(hub: LoopbackHub) -> RogueServicer:
+    servicer = hub.server.servicer
+    assert isinstance(servicer, RogueServicer)
+    return servicer
+
+
+def tamper_bundles(hub: LoopbackHub, change: Callable[[SignedSnapshot], SignedSnapshot]) -> None:
+    real = hub.server.builder.bundle
+
+    def bundle(device_id: str, version: int, base: int) -> SignedSnapshot:
+        return change(real(device_id, version, base))
+
+    hub.server.builder.bundle = bundle  # type: ignore[method-assign]
+
+
+def flip_bit(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def still_serving_version_1(till: Till) -> None:
+    assert cache_version(till.data_dir) == 1
+    result = till.agent.checkout(receipt("r-after", "2770000000017"))
+    assert result["card"]["status"] == "FOUND"
+
+
+def test_first_pull_is_full_and_later_ones_are_deltas(hub: LoopbackHub, till: Till) -> None:
+    first = puller(till).pull()
+    assert (first.status, first.version, first.base_version) == ("APPLIED", 1, 0)
+    assert first.size > 10 * 1024  # many 1 KiB chunks
+    hub.publish()
+    second = puller(till).pull()
+    assert (second.status, second.version, second.base_version) == ("APPLIED", 2, 1)
+    assert second.size < 2048
+    assert puller(till).pull().status == "UP_TO_DATE"
+
+
+WRONG_KEY = ed25519.Ed25519PrivateKey.generate()
+
+
+TAMPERING: dict[str, tuple[Callable[[SignedSnapshot], SignedSnapshot], str]] = {
+    "bit flipped, checksum redone": (
+        lambda b: replace(b, payload=flip_bit(b.payload, 40)),
+        "signature",
+    ),
+    "truncated and re-declared": (
+        lambda b: replace(b, payload=b.payload[: len(b.payload) // 2]),
+        "signature",
+    ),
+    "wrongly signed": (
+        lambda b: replace(b, signature=sign(WRONG_KEY, b.device_id, b.payload)),
+        "signature",
+    ),
+    "signed for another till": (lambda b: replace(b, signature=sign_for_other(b)), "signature"),
+}
+_HUB_KEY: list[ed25519.Ed25519PrivateKey] = []
+
+
+def sign_for_other(b: SignedSnapshot) -> bytes:
+    return sign(_HUB_KEY[0], "till-2", b.payload)
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_tampered_snapshots_are_refused_and_the_old_one_serves(
+    hub: LoopbackHub, till: Till, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _HUB_KEY[:] = [hub.server.builder.key]
+    assert puller(till).pull().status == "APPLIED"
+    change, reason = TAMPERING[case]
+    tamper_bundles(hub, change)
+    hub.publish()
+    with caplog.at_level(logging.ERROR, logger="tillpoint.sync"):
+        result = puller(till).pull()
+    assert result.status == "REFUSED"
+    assert reason in result.message
+    still_serving_version_1(till)
+    status = sync_status(open_ledger(till.data_dir))
+    assert reason in status["lastError"]
+    assert status["lastRefusedSnapshot"]["version"] == 2
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    assert not (till.data_dir / "sync" / "pull.part").exists()
+
+
+def test_an_older_snapshot_is_refused_as_a_rollback(hub: LoopbackHub, till: Till) -> None:
+    hub.publish()
+    assert puller(till).pull().version == 2
+    real = hub.server.builder.bundle
+    old = real(DEVICE, 1, 0)  # genuinely signed by the hub, for this till
+    tamper_bundles(hub, lambda b: old)
+    hub.publish()
+    result = puller(till).pull()
+    assert result.status == "REFUSED" and "not newer" in result.message
+    assert cache_version(till.data_dir) == 2
+
+
+def test_an_expired_snapshot_is_refused(hub: LoopbackHub, till: Till) -> None:
+    assert puller(till).pull().status == "APPLIED"
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    pub = hub.store.publish(long_ago, 7 * 86400)
+    hub.server.notifier.update(pub)
+    result = puller(till).pull()
+    assert result.status == "REFUSED" and "expired" in result.message
+    still_serving_version_1(till)
+
+
+def test_a_bit_flipped_on_the_way_is_refused(hub: LoopbackHub, till: Till) -> None:
+    assert puller(till).pull().status == "APPLIED"
+
+    def flip(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk:
+        if i == 0:  # the delta is one chunk
+            chunk.data = flip_bit(chunk.data, len(chunk.data) // 2)
+        return chunk
+
+    rogue(hub).chunk_hook = flip
+    hub.publish()
+    result = puller(till).pull()
+    assert result.status == "REFUSED" and "checksum" in result.message
+    still_serving_version_1(till)
+
+
+def test_more_data_than_declared_is_refused(hub: LoopbackHub, till: Till) -> None:
+    assert puller(till).pull().status == "APPLIED"
+
+    def shrink(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk:
+        chunk.total_size = 100  # declares less than it sends
+        return chunk
+
+    rogue(hub).chunk_hook = shrink
+    hub.publish()
+    result = puller(till).pull()
+    assert result.status == "REFUSED" and "more data than the declared" in result.message
+    still_serving_version_1(till)
+
+
+def test_a_snapshot_above_the_tills_limit_is_not_downloaded(hub: LoopbackHub, till: Till) -> None:
+    rogue(hub).rate_limit_bytes_s = 30 * 1024  # the whole snapshot would take a second
+    started = time.monotonic()
+    result = puller(till, max_bytes=1000).pull()
+    assert result.status == "REFUSED" and "limit" in result.message
+    assert time.monotonic() - started < 0.5  # refused on the header, not downloaded
+    assert cache_version(till.data_dir) == 0
+    assert not (till.data_dir / "sync" / "pull.part").exists()
+
+
+def test_a_refused_bundle_is_not_downloaded_again(hub: LoopbackHub, till: Till) -> None:
+    tamper_bundles(hub, lambda b: replace(b, signature=sign(WRONG_KEY, b.device_id, b.payload)))
+    rogue(hub).rate_limit_bytes_s = 30 * 1024
+    started = time.monotonic()
+    assert puller(till).pull().status == "REFUSED"
+    assert time.monotonic() - started > 0.7  # downloaded, then refused
+    started = time.monotonic()
+    again = puller(till).pull()
+    assert again.status == "REFUSED" and again.version == 1 and "signature" in again.message
+    assert time.monotonic() - started < 0.5  # recognised from the header
+    del hub.server.builder.bundle  # back to the real builder
+    rogue(hub).rate_limit_bytes_s = 0
+    hub.publish()  # a good bundle is taken at once
+    assert puller(till).pull().status == "APPLIED"
+
+
+def test_a_broken_stream_resumes_where_it_stopped(hub: LoopbackHub, till: Till) -> None:
+    def break_after_five(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk | None:
+        return None if i == 5 else chunk  # the stream ends early, as if cut
+
+    rogue(hub).chunk_hook = break_after_five
+    with pytest.raises(PullInterrupted):
+        puller(till).pull()
+    assert cache_version(till.data_dir) == 0  # nothing half-applied
+    rogue(hub).chunk_hook = None
+    result = puller(till).pull()
+    assert result.status == "APPLIED"
+    assert result.resumed_from == 5 * 1024
+    assert hub.server.servicer.stats.resumed_pulls == [5 * 1024]
+
+
+def test_a_stream_cut_by_an_error_resumes(hub: LoopbackHub, till: Till) -> None:
+    calls: list[int] = []
+
+    def fail(where: str) -> None:
+        if where == "pull.chunk":
+            calls.append(1)
+            if len(calls) == 4:
+                raise RuntimeError("connection lost")
+
+    hub.server.servicer.failpoint = fail
+    with pytest.raises(grpc.RpcError):
+        puller(till).pull()
+    hub.server.servicer.failpoint = None
+    result = puller(till).pull()
+    assert result.status == "APPLIED" and result.resumed_from == 3 * 1024
+    status = sync_status(open_ledger(till.data_dir))
+    assert status["lastError"] == ""
+
+
+def test_a_resume_of_a_bundle_the_hub_no_longer_has_starts_over(
+    hub: LoopbackHub, till: Till
+) -> None:
+    rogue(hub).chunk_hook = lambda i, c: None if i == 3 else c
+    with pytest.raises(PullInterrupted):
+        puller(till).pull()
+    rogue(hub).chunk_hook = None
+    hub.publish()  # version 2 is newer; the hub still can serve 1, so it resumes 1
+    assert puller(till).pull().version == 1
+    assert puller(till).pull().version == 2
+
+
+# ---------------------------------------------------------------- snapshot files
+
+
+def plain_snapshot() -> dict[str, object]:
+    return {"version": 50, "issuedAt": datetime.now(UTC).isoformat(), **sample_master_data()}
+
+
+def test_an_enrolled_till_refuses_a_plain_file_and_takes_a_signed_one(
+    hub: LoopbackHub, till: Till
+) -> None:
+    with pytest.raises(SnapshotRefused, match="only signed"):
+        load_snapshot_file(till.agent, plain_snapshot())
+    assert cache_version(till.data_dir) == 0
+    signed = hub.server.builder.bundle(DEVICE, 1, 0).to_file()
+    assert load_snapshot_file(till.agent, signed).version == 1
+    other = hub.server.builder.bundle("till-2", 1, 0).to_file()
+    with pytest.raises(SnapshotRefused):
+        load_snapshot_file(till.agent, other)
+    tampered = dict(signed)
+    payload = hub.server.builder.bundle(DEVICE, 1, 0).payload
+    import base64
+
+    tampered["payload"] = base64.b64encode(flip_bit(payload, 10)).decode()
+    with pytest.raises(SnapshotRefused, match="signature"):
+        load_snapshot_file(till.agent, tampered)
+
+
+def test_a_standalone_till_takes_a_plain_file(tmp_path: Path) -> None:
+    from tillpoint.agent.service import Agent
+
+    agent = Agent(tmp_path / "alone", "till-x")
+    try:
+        assert load_snapshot_file(agent, plain_snapshot()).version == 50
+    finally:
+        agent.close()
+
+
+def test_the_part_file_survives_only_until_applied(hub: LoopbackHub, till: Till) -> None:
+    rogue(hub).chunk_hook = lambda i, c: None if i == 2 else c
+    with pytest.raises(PullInterrupted):
+        puller(till).pull()
+    part = till.data_dir / "sync" / "pull.part"
+    assert part.stat().st_size == 2 * 1024
+    rogue(hub).chunk_hook = None
+    puller(till).pull()
+    assert not part.exists()
+    conn = sqlite3.connect(till.data_dir / "cache.db")
+    assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 303
+    payload = hub.server.builder.bundle(DEVICE, 1, 0).payload
+    assert hashlib.sha256(payload).hexdigest()
