@@ -6,10 +6,11 @@ import hashlib
 import hmac
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .errors import InputError, SnapshotRefused, StorageError
 from .identify import normalise, phone_key
@@ -202,18 +203,24 @@ def info(conn: sqlite3.Connection) -> CacheInfo:
 class CacheView:
     """Reads of one consistent cache state; use inside `CacheView.reading(conn)`."""
 
-    def __init__(self, conn: sqlite3.Connection, secret: bytes = b"") -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, secret: bytes = b"", memo: dict[str, Any] | None = None
+    ) -> None:
         self.conn = conn
         self.secret = secret
-        self._parents: dict[str, str | None] | None = None
+        # Data every receipt needs and that changes only with the snapshot (mass offers,
+        # the category tree), kept across views and keyed by the snapshot version.
+        self._memo = memo if memo is not None else {}
 
     @classmethod
     @contextmanager
-    def reading(cls, conn: sqlite3.Connection, secret: bytes = b"") -> Iterator[CacheView]:
+    def reading(
+        cls, conn: sqlite3.Connection, secret: bytes = b"", memo: dict[str, Any] | None = None
+    ) -> Iterator[CacheView]:
         """A read transaction: every read inside sees the same snapshot version."""
         conn.execute("BEGIN")
         try:
-            yield cls(conn, secret)
+            yield cls(conn, secret, memo)
         finally:
             conn.execute("COMMIT")
 
@@ -273,13 +280,20 @@ class CacheView:
                 )
         return out
 
+    def _remembered(self, name: str, load: Callable[[], Any]) -> Any:
+        key = f"{name}@{self.version}"
+        if key not in self._memo:
+            for old in [k for k in self._memo if k.startswith(f"{name}@")]:
+                del self._memo[old]
+            self._memo[key] = load()
+        return self._memo[key]
+
     def category_parents(self) -> Mapping[str, str | None]:
-        if self._parents is None:
-            self._parents = {
-                code: parent
-                for code, parent in self.conn.execute("SELECT code, parent FROM categories")
-            }
-        return self._parents
+        parents: Mapping[str, str | None] = self._remembered(
+            "parents",
+            lambda: dict(self.conn.execute("SELECT code, parent FROM categories").fetchall()),
+        )
+        return parents
 
     def categories(self) -> list[Category]:
         return [
@@ -289,13 +303,20 @@ class CacheView:
 
     def offers_for(self, customer_id: str) -> list[Offer]:
         """The customer's personal offers and every mass offer."""
-        return [
+        personal = [
             Offer.model_validate_json(doc)
             for (doc,) in self.conn.execute(
-                "SELECT doc FROM offers WHERE customer_id = ? OR customer_id IS NULL ORDER BY id",
-                (customer_id,),
+                "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
             )
         ]
+        mass: list[Offer] = self._remembered(
+            "mass",
+            lambda: [
+                Offer.model_validate_json(doc)
+                for (doc,) in self.conn.execute("SELECT doc FROM offers WHERE customer_id IS NULL")
+            ],
+        )
+        return sorted([*personal, *mass], key=lambda o: o.id)
 
 
 def ancestors(category: str, parents: Mapping[str, str | None]) -> frozenset[str]:

@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -388,27 +389,29 @@ class ReceiptLine(Model):
     qty: Qty
     price_minor: NonNegative | None = None
     amount_minor: NonNegative | None = None
+    _amount: int = PrivateAttr(default=0)
 
     @model_validator(mode="after")
     def _priced(self) -> ReceiptLine:
-        if self.price_minor is None and self.amount_minor is None:
-            raise ValueError(f"line {self.sku}: priceMinor or amountMinor is needed")
-        if self.amount_minor is None:
-            from .money import line_amount
+        from .money import line_amount
 
-            if line_amount(self.price_minor or 0, self.qty) > INT64_MAX:
+        if self.amount_minor is not None:
+            amount = self.amount_minor
+        elif self.price_minor is not None:
+            amount = line_amount(self.price_minor, self.qty)
+            if amount > INT64_MAX:
                 raise ValueError(
                     f"line {self.sku}: priceMinor × qty does not fit in a signed 64-bit integer"
                 )
+        else:
+            raise ValueError(f"line {self.sku}: priceMinor or amountMinor is needed")
+        self._amount = amount
         return self
 
     @property
     def amount(self) -> int:
-        from .money import line_amount
-
-        if self.amount_minor is not None:
-            return self.amount_minor
-        return line_amount(self.price_minor or 0, self.qty)
+        """The line's amount: `amountMinor` when the POS sent it, else price × qty (§2)."""
+        return self._amount
 
 
 class Receipt(Model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, Overflow
 from fractions import Fraction
 
 
@@ -19,21 +19,29 @@ def round_half_up(value: Fraction) -> int:
     return -math.floor(-value + Fraction(1, 2))
 
 
+_EXACT = Context(prec=60, traps=[Inexact, Overflow])
+_ROUND = Context(prec=60, rounding=ROUND_HALF_UP, traps=[Overflow])
+
+
 def line_amount(price_minor: int, qty: Decimal) -> int:
-    return round_half_up(Fraction(price_minor) * Fraction(qty))
+    """round_half_up(price × qty); exact (qty has at most 3 decimals), in C-speed Decimal."""
+    return int(_EXACT.multiply(Decimal(price_minor), qty).quantize(Decimal(1), context=_ROUND))
 
 
 def largest_remainder(exact: Sequence[Fraction], total: int) -> list[int]:
     """Split `total` into integer shares of `exact` values whose floors sum to at most `total`.
 
     Each share is floor(exact); the units still missing go one each to the largest
-    fractional parts, ties to the earlier position (SPEC §5 steps 4 and 5).
+    fractional parts, ties to the earlier position (SPEC §5 steps 4 and 5). The
+    remainders are compared as integers over a common denominator: exact and fast.
     """
-    shares = [math.floor(x) for x in exact]
+    denominator = math.lcm(*(x.denominator for x in exact)) if exact else 1
+    scaled = [x.numerator * (denominator // x.denominator) for x in exact]
+    shares = [n // denominator for n in scaled]
     missing = total - sum(shares)
     if missing <= 0:
         return shares
-    order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - shares[i]), i))
+    order = sorted(range(len(exact)), key=lambda i: (-(scaled[i] % denominator), i))
     for i in order[:missing]:
         shares[i] += 1
     return shares

@@ -116,11 +116,18 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
 
     offers = [o for o in ctx.offers if _offered_to(o, customer) and o.valid_at(receipt.at)]
 
-    # 2. Line offers.
+    # 2. Line offers (indexed by what they target, so a line sees only its candidates).
     if customer is not None:
+        by_target: dict[str, list[Offer]] = {}
+        for o in offers:
+            if o.kind in LINE_MONEY_KINDS or o.kind == "BONUS_MULTIPLIER":
+                for target in {*(f"s:{x}" for x in o.skus), *(f"c:{x}" for x in o.categories)}:
+                    by_target.setdefault(target, []).append(o)
         for w in work:
             if w.eligible:
-                _line_offers(w, offers, customer, held)
+                keys = [f"s:{w.sku}", *(f"c:{c}" for c in w.categories)]
+                found = {o.id: o for key in keys for o in by_target.get(key, ())}
+                _line_offers(w, list(found.values()), customer, held)
 
     # 3. Receipt offers.
     extra_points = 0
@@ -190,10 +197,6 @@ def _in_control_group(offer: Offer, customer: Customer) -> bool:
     return bool(offer.campaign_id) and offer.campaign_id in customer.control_groups
 
 
-def _targets(offer: Offer, w: _Work) -> bool:
-    return w.sku in offer.skus or any(c in w.categories for c in offer.categories)
-
-
 def line_discount(offer: Offer, amount: int, qty: Fraction) -> int:
     value = frac(offer.value)
     if offer.kind == "PERCENT_OFF":
@@ -209,10 +212,8 @@ def line_discount(offer: Offer, amount: int, qty: Fraction) -> int:
 
 def _line_offers(w: _Work, offers: Sequence[Offer], customer: Customer, held: set[str]) -> None:
     best: tuple[int, int, str] | None = None  # (-discount, priority, id)
-    for offer in offers:
-        if offer.kind not in LINE_MONEY_KINDS and offer.kind != "BONUS_MULTIPLIER":
-            continue
-        if not _targets(offer, w) or w.qty < frac(offer.min_qty):
+    for offer in offers:  # every one targets this line's sku or one of its categories
+        if w.qty < frac(offer.min_qty):
             continue
         if offer.kind == "BONUS_MULTIPLIER":
             multiplier = frac(offer.value)

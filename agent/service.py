@@ -72,6 +72,7 @@ class Agent:
         self.hub = hub
         self._cache = open_cache(self.data_dir)
         self._secret = phone_secret(self.data_dir)
+        self._memo: dict[str, Any] = {}
         self._ledger = open_ledger(self.data_dir)
         self._lock = threading.RLock()
         self.last_mode = "OFFLINE"
@@ -524,7 +525,7 @@ class Agent:
     # ------------------------------------------------------------ plumbing
 
     def _view(self) -> contextlib.AbstractContextManager[CacheView]:
-        return CacheView.reading(self._cache, self._secret)
+        return CacheView.reading(self._cache, self._secret, self._memo)
 
     @contextmanager
     def _write(self) -> Iterator[None]:

@@ -1,0 +1,236 @@
+"""A chain-sized dataset, deterministic from a seed, written as a JSON Lines snapshot.
+
+Default scale: 1,000,000 customers and cards, 100,000 products in a category tree,
+five personal offers per customer plus mass offers. Rows are written as they are made,
+so memory stays flat whatever the scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+FORMAT = "tillpoint.snapshot/jsonl"
+VALID_FROM = "2026-11-01T00:00:00+03:00"
+VALID_TO = "2026-12-31T23:59:59+03:00"
+
+
+@dataclass(frozen=True)
+class Scale:
+    customers: int
+    products: int
+    offers_per_customer: int = 5
+    mass_offers: int = 200
+
+    @classmethod
+    def named(cls, name: str) -> Scale:
+        return {
+            "chain": cls(1_000_000, 100_000),
+            "store": cls(100_000, 20_000),
+            "quick": cls(5_000, 2_000, mass_offers=50),
+            "tiny": cls(300, 200, mass_offers=10),
+        }[name]
+
+
+def ean13(body12: str) -> str:
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(body12))
+    return body12 + str((10 - total % 10) % 10)
+
+
+def sku(n: int) -> str:
+    return ean13(f"46{n:010d}")
+
+
+def card(n: int) -> str:
+    return ean13(f"27{n:010d}")
+
+
+def category_tree() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for top in range(10):
+        rows.append({"code": f"c{top}", "name": f"Отдел {top}"})
+        for mid in range(10):
+            rows.append({"code": f"c{top}{mid}", "parent": f"c{top}", "name": f"Группа {top}{mid}"})
+            for leaf in range(5):
+                rows.append(
+                    {
+                        "code": f"c{top}{mid}{leaf}",
+                        "parent": f"c{top}{mid}",
+                        "name": f"Подгруппа {top}{mid}{leaf}",
+                    }
+                )
+    return rows
+
+
+LEAVES = [f"c{t}{m}{leaf}" for t in range(10) for m in range(10) for leaf in range(5)]
+
+
+def _customers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
+    tiers = ["base", "silver", "gold"]
+    segments = ["NEW", "ACTIVE", "AT_RISK", "CHURNED"]
+    for n in range(scale.customers):
+        row: dict[str, Any] = {
+            "id": f"c{n}",
+            "firstName": "Анна",
+            "tier": tiers[n % 3],
+            "birthday": f"19{70 + n % 30}-{1 + n % 12:02d}-{1 + n % 28:02d}",
+            "phone": f"+79{n:09d}",
+            "balancePoints": rng.randrange(0, 5000),
+            "segment": segments[n % 4],
+        }
+        if n % 10 == 0:
+            row["controlGroups"] = ["camp-ctl"]
+        yield row
+
+
+def _offers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
+    kinds = ["PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "BONUS_MULTIPLIER", "PERCENT_OFF"]
+    values = {
+        "PERCENT_OFF": "15",
+        "AMOUNT_OFF": "1000",
+        "FIXED_PRICE": "5000",
+        "BONUS_MULTIPLIER": "3",
+    }
+    for n in range(scale.customers):
+        for k in range(scale.offers_per_customer):
+            kind = kinds[k]
+            yield {
+                "id": f"p{n}-{k}",
+                "campaignId": "camp-ctl" if k == 0 else f"camp-{k}",
+                "customerId": f"c{n}",
+                "kind": kind,
+                "skus": [sku(rng.randrange(scale.products))],
+                "value": values[kind],
+                "validFrom": VALID_FROM,
+                "validTo": VALID_TO,
+                "priority": k,
+                "rank": k + 1,
+                "printable": True,
+                "printText": f"Ваше предложение {k + 1}",
+            }
+    for m in range(scale.mass_offers):
+        yield {
+            "id": f"m{m}",
+            "campaignId": f"camp-mass-{m % 7}",
+            "kind": "PERCENT_OFF" if m % 3 else "BONUS_MULTIPLIER",
+            "categories": [LEAVES[m % len(LEAVES)]],
+            "value": "5" if m % 3 else "2",
+            "validFrom": VALID_FROM,
+            "validTo": VALID_TO,
+            "priority": 50,
+        }
+
+
+def _line(out: TextIO, row: dict[str, Any]) -> None:
+    out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+    out.write("\n")
+
+
+def write_full(path: Path, scale: Scale, seed: int = 42, version: int = 1) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as out:
+        _line(
+            out,
+            {
+                "format": FORMAT,
+                "version": version,
+                "baseVersion": 0,
+                "issuedAt": "2026-11-23T03:00:00Z",
+                "program": {
+                    "tiers": [
+                        {"code": "base", "accrualPercent": "3"},
+                        {"code": "silver", "accrualPercent": "5"},
+                        {"code": "gold", "accrualPercent": "7.5"},
+                    ]
+                },
+            },
+        )
+        _line(out, {"section": "categories"})
+        for row in category_tree():
+            _line(out, row)
+        _line(out, {"section": "products"})
+        for n in range(scale.products):
+            _line(
+                out,
+                {
+                    "sku": sku(n),
+                    "name": f"Товар {n}",
+                    "category": LEAVES[n % len(LEAVES)],
+                    **({"excludedFromLoyalty": True} if n % 97 == 0 else {}),
+                },
+            )
+        _line(out, {"section": "customers"})
+        for row in _customers(rng, scale):
+            _line(out, row)
+        _line(out, {"section": "cards"})
+        for n in range(scale.customers):
+            _line(out, {"number": card(n), "customerId": f"c{n}", "status": "ACTIVE"})
+        _line(out, {"section": "offers"})
+        for row in _offers(rng, scale):
+            _line(out, row)
+    return path
+
+
+def write_delta(path: Path, scale: Scale, rows: int, base: int, seed: int = 43) -> Path:
+    """A delta of `rows` rows: offers replaced, customers' balances changed, a few removed."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as out:
+        removed = [f"p{rng.randrange(scale.customers)}-4" for _ in range(rows // 100)]
+        _line(
+            out,
+            {
+                "format": FORMAT,
+                "version": base + 1,
+                "baseVersion": base,
+                "issuedAt": "2026-11-23T04:00:00Z",
+                "removed": {"offers": sorted(set(removed))},
+            },
+        )
+        half = rows // 2
+        _line(out, {"section": "customers"})
+        picked = rng.sample(range(scale.customers), half)
+        for n in picked:
+            _line(
+                out,
+                {
+                    "id": f"c{n}",
+                    "firstName": "Анна",
+                    "tier": "gold",
+                    "balancePoints": rng.randrange(0, 5000),
+                    "phone": f"+79{n:09d}",
+                },
+            )
+        _line(out, {"section": "offers"})
+        for n in picked[: rows - half]:
+            _line(
+                out,
+                {
+                    "id": f"p{n}-1",
+                    "campaignId": "camp-1",
+                    "customerId": f"c{n}",
+                    "kind": "AMOUNT_OFF",
+                    "skus": [sku(rng.randrange(scale.products))],
+                    "value": "2000",
+                    "validFrom": VALID_FROM,
+                    "validTo": VALID_TO,
+                },
+            )
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--scale", default="chain", choices=["chain", "store", "quick", "tiny"])
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    write_full(args.out, Scale.named(args.scale), args.seed)
+
+
+if __name__ == "__main__":
+    main()
