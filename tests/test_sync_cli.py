@@ -1,0 +1,149 @@
+"""`tillpoint hub ...` and `tillpoint sync ...`: one JSON document with --json, one error line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.cli import main
+from tillpoint.sync import is_enrolled, load_snapshot_file
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.pull import cache_version
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    doc = json.loads(out) if out.strip() and "--json" in argv else out
+    return code, doc, err
+
+
+def test_hub_import_publish_enroll_and_sync_now(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_dir = tmp_path / "hub"
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    code, doc, err = run(
+        capsys, "hub", "import", str(catalogue), "--hub-dir", str(hub_dir), "--json"
+    )
+    assert code == 0 and doc["byKind"]["customer"] == 2 and doc["draftRows"] == 10
+    code, doc, _ = run(capsys, "hub", "publish", "--hub-dir", str(hub_dir), "--json")
+    assert code == 0 and doc["version"] == 1 and doc["changedRows"] == 10
+
+    hub = LoopbackHub(hub_dir)  # `hub serve`, in this process
+    try:
+        bundle = tmp_path / "till-1.json"
+        code, doc, _ = run(
+            capsys,
+            "hub",
+            "enroll",
+            "till-1",
+            "--hub-dir",
+            str(hub_dir),
+            "--address",
+            hub.address,
+            "--out",
+            str(bundle),
+            "--json",
+        )
+        assert code == 0 and doc["deviceId"] == "till-1"
+        assert bundle.stat().st_mode & 0o077 == 0  # it holds the till's private key
+
+        till = tmp_path / "till"
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+        code, doc, _ = run(
+            capsys, "sync", "install", str(bundle), "--data-dir", str(till), "--json"
+        )
+        assert code == 0 and doc == {
+            "deviceId": "till-1",
+            "hubAddress": hub.address,
+            "enrolled": True,
+        }
+        assert is_enrolled(till)
+
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+        assert code == 0, err
+        assert doc["pull"]["status"] == "APPLIED" and doc["pull"]["version"] == 1
+        assert doc["pushed"] == 0 and doc["outboxDepth"] == 0
+        assert cache_version(till) == 1
+
+        exported = tmp_path / "signed.json"
+        code, doc, _ = run(
+            capsys,
+            "hub",
+            "export",
+            "till-1",
+            "--hub-dir",
+            str(hub_dir),
+            "--out",
+            str(exported),
+            "--json",
+        )
+        assert code == 0 and doc["version"] == 1
+        assert json.loads(exported.read_text())["format"] == "tillpoint-signed-snapshot/1"
+
+        code, doc, _ = run(capsys, "hub", "balance", "c-1", "--hub-dir", str(hub_dir), "--json")
+        assert doc == {
+            "customerId": "c-1",
+            "availablePoints": 1200,
+            "pendingPoints": 0,
+            "heldPoints": 0,
+        }
+    finally:
+        hub.stop()
+
+    # the hub is gone: one line, exit 1, no traceback
+    code, out, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+    assert code == 1 and out == ""
+    assert err.startswith("tillpoint: the hub is unreachable") and err.count("\n") == 1
+
+
+def test_a_bad_import_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"customer": {"id": "c-1", "balancePoints": "x"}}\n{oops\n', encoding="utf-8")
+    code, out, err = run(capsys, "hub", "import", str(bad), "--hub-dir", str(tmp_path / "h"))
+    assert code == 2 and out == ""
+    assert "line 1: balancePoints must be a whole number" in err
+    assert "line 2: not valid JSON" in err
+    assert err.count("\n") == 1
+
+
+def test_install_refuses_a_bundle_for_another_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_dir = tmp_path / "hub"
+    bundle = tmp_path / "b.json"
+    assert (
+        run(capsys, "hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle))[0]
+        == 0
+    )
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-2")
+    code, _, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(tmp_path / "t"))
+    assert code == 2 and 'set device_id = "till-1"' in err
+    code, _, err = run(capsys, "sync", "now", "--data-dir", str(tmp_path / "t"))
+    assert code == 2 and "not enrolled" in err
+
+
+def test_hub_without_an_action_explains_itself(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "hub")
+    assert code == 2 and "needs an action" in err
+    code, _, err = run(capsys, "hub", "publish", "--hub-dir", str(tmp_path), "--ttl-hours", "0")
+    assert code == 2 and "ttl" in err
+
+
+def test_plain_files_only_on_a_standalone_till(tmp_path: Path) -> None:
+    from tillpoint.agent.service import Agent
+
+    agent = Agent(tmp_path / "t", "till-1")
+    try:
+        doc = {"version": 3, **sample_master_data()}
+        assert load_snapshot_file(agent, doc).version == 3
+    finally:
+        agent.close()
