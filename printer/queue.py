@@ -55,7 +55,7 @@ from typing import Any, Literal, TypedDict
 from tillpoint.agent.errors import InputError
 from tillpoint.printer import _escpos
 from tillpoint.printer.config import PrinterConfig
-from tillpoint.printer.errors import ConnectionLost, PrinterError, TransportError
+from tillpoint.printer.errors import ConnectionLost, PrinterError
 from tillpoint.printer.layout import offers_blocks, render_escpos
 from tillpoint.printer.payload import PrintPayload, parse_payload
 from tillpoint.printer.profiles import Profile, resolve_profile
@@ -497,6 +497,7 @@ class PrintWorker:
         cfg = self.config
         claimed = False
         phase = "connect"
+        note: str | None = None
         transport = self._factory()
         try:
             transport.open()
@@ -511,7 +512,6 @@ class PrintWorker:
             phase = "send"
             transport.write(data)
             phase = "confirm"
-            note: str | None = None
             paper = health.paper
             if transport.readable and cfg.confirm:
                 transport.write(GS_R_PAPER)
@@ -523,17 +523,13 @@ class PrintWorker:
                     )
                 elif not reply[0] & 0x90:  # GS r 1 reply: bits 4 and 7 are 0
                     paper = "OUT" if reply[0] & 0x0C else "LOW" if reply[0] & 0x03 else "OK"
-            self._done(job, note)
-            self._failures = 0
-            self._state = "OK" if paper != "OUT" else "ERROR"
-            self._paper = paper
-            self._last_error = None if paper != "OUT" else "printer is out of paper"
-            self._retry_at = None
-            log.info("printed offers for receipt %s", job.receipt_id)
         except _Blocked as blocked:
             self._paper = blocked.health.paper
             self._retry(job, str(blocked), "ERROR", claimed)
-        except PrinterError as exc:
+            return
+        except Exception as exc:
+            if not isinstance(exc, PrinterError):  # a bug in a transport: keep the job
+                log.exception("unexpected error printing %s", job.receipt_id)
             if phase == "connect":
                 message = str(exc)
             elif phase == "send":
@@ -541,16 +537,31 @@ class PrintWorker:
             else:
                 message = f"{exc} (before the printer confirmed; the job is printed again)"
             lost = isinstance(exc, ConnectionLost) or phase == "connect"
-            if isinstance(exc, TransportError) and not lost:
-                state: PrinterState = "ERROR"
-            else:
-                state = "OFFLINE"
+            state: PrinterState = "OFFLINE" if lost else "ERROR"
             self._retry(job, message, state, claimed)
-        except Exception as exc:  # a bug in a transport: keep the job, report, back off
-            log.exception("unexpected error printing %s", job.receipt_id)
-            self._retry(job, f"unexpected error: {exc}", "ERROR", claimed)
+            return
         finally:
             transport.close()
+        # The job is on its way to paper: from here on it is never sent again.
+        self._mark_done(job, note)
+        self._failures = 0
+        self._state = "OK" if paper != "OUT" else "ERROR"
+        self._paper = paper
+        self._last_error = None if paper != "OUT" else "printer is out of paper"
+        self._retry_at = None
+        log.info("printed offers for receipt %s", job.receipt_id)
+
+    def _mark_done(self, job: _Job, note: str | None) -> None:
+        """Mark DONE, retrying a busy ledger; failing that it stays SENDING (never reprinted)."""
+        for attempt in range(5):
+            try:
+                self._done(job, note)
+                return
+            except sqlite3.Error as exc:
+                log.warning("cannot mark print job %s done yet: %s", job.receipt_id, exc)
+                if self._stop.wait(min(1.0, 0.1 * 2**attempt)):
+                    break
+        log.error("print job %s printed but left SENDING: it will not be reprinted", job.receipt_id)
 
     # ------------------------------------------------------------------ thread
     def _acquire_lock(self) -> None:
