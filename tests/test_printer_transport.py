@@ -135,6 +135,7 @@ def test_network_refused_and_write_timeouts_are_bounded() -> None:
         NetworkTransport("127.0.0.1", port, connect_timeout_s=1).open()
 
     listener = socket.socket()
+    listener.settimeout(5)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)  # accepts (the kernel does) but never reads: a jammed printer
     t = NetworkTransport("127.0.0.1", listener.getsockname()[1], 1.0, write_timeout_s=0.5)
@@ -149,6 +150,7 @@ def test_network_refused_and_write_timeouts_are_bounded() -> None:
 
 def test_network_transport_reports_a_closed_connection() -> None:
     listener = socket.socket()
+    listener.settimeout(5)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     t = NetworkTransport("127.0.0.1", listener.getsockname()[1])
