@@ -8,6 +8,7 @@ each pushed transaction's) to be that device. docs/PROTOCOL.md has the whole con
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -29,7 +30,7 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 from . import pki
 from .hub_sqlite import SqliteHubStore
 from .hub_store import HubStats, HubStore, Publication, TxIn, Unsynced
-from .signing import MAX_CHUNK, SignedSnapshot, canonical_json, sign
+from .signing import MAX_CHUNK, SNAPSHOT_JSONL, SignedSnapshot, canonical_json, sign
 
 log = logging.getLogger("tillpoint.hub")
 
@@ -119,14 +120,13 @@ class SnapshotBuilder:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        doc = self.store.snapshot_doc(device_id, version, base)
-        payload = canonical_json(doc)
+        header, payload = snapshot_payload(self.store, device_id, version, base)
         bundle = SignedSnapshot(
             device_id=device_id,
             version=version,
             base_version=base,
-            issued_at=str(doc["issuedAt"]),
-            expires_at=str(doc["expiresAt"]),
+            issued_at=str(header["issuedAt"]),
+            expires_at=str(header["expiresAt"]),
             payload=payload,
             signature=sign(self.key, device_id, payload),
         )
@@ -138,6 +138,27 @@ class SnapshotBuilder:
                 _, old = self._cache.popitem(last=False)
                 self._size -= old.size
         return bundle
+
+
+def snapshot_payload(
+    store: HubStore, device_id: str, version: int, base: int
+) -> tuple[dict[str, Any], bytes]:
+    """The snapshot as JSON Lines (`tillpoint.snapshot/jsonl`, the format a till applies
+    row by row): the header line, then a `{"section": ...}` line before each section's
+    rows. Canonical JSON throughout, so the same state always gives the same bytes."""
+    out = io.BytesIO()
+    header: dict[str, Any] = {}
+    current = ""
+    for section, row in store.snapshot_stream(device_id, version, base):
+        if section == "header":
+            header = row
+            out.write(canonical_json({"format": SNAPSHOT_JSONL, **row}) + b"\n")
+            continue
+        if section != current:
+            out.write(canonical_json({"section": section}) + b"\n")
+            current = section
+        out.write(canonical_json(row) + b"\n")
+    return header, out.getvalue()
 
 
 # ---------------------------------------------------------------- notifications

@@ -43,6 +43,7 @@ from .hub_store import (
     Unsynced,
 )
 
+Pairs = Iterator[tuple[str, dict[str, Any]]]  # (key, row) of a kind, in key order
 BUSY_TIMEOUT_MS = 30_000
 MAX_PROBLEMS = 10
 migrations = Migrations("tillpoint.hub")
@@ -401,7 +402,20 @@ class SqliteHubStore:
     # ------------------------------------------------------------ snapshots
 
     def snapshot_doc(self, device_id: str, version: int, base_version: int) -> dict[str, Any]:
-        """The snapshot `version` for `device_id`, full (base 0) or a delta from base."""
+        """The snapshot as one JSON document (the shape of SPEC §3)."""
+        stream = self.snapshot_stream(device_id, version, base_version)
+        _, header = next(stream)
+        doc: dict[str, Any] = {**header, **{section: [] for section in SECTIONS}}
+        for section, row in stream:
+            doc.setdefault(section, []).append(row)
+        return doc
+
+    def snapshot_stream(
+        self, device_id: str, version: int, base_version: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The snapshot `version` for `device_id`, full (base 0) or a delta from base:
+        ("header", header) first, then (section, row) in section order, streamed from one
+        read transaction (the caller reads it to the end)."""
         with self._read() as conn:
             pub = self._publication(conn, version)
             if pub is None:
@@ -412,64 +426,60 @@ class SqliteHubStore:
                 if base is None or base_version >= version:
                     raise UnknownVersion(f"no delta from version {base_version}")
             at_v = self._progress(conn, version, device_id)
-            doc: dict[str, Any] = {
+            header: dict[str, Any] = {
                 "version": version,
                 "baseVersion": base_version,
                 "issuedAt": pub.issued_at.isoformat(),
                 "expiresAt": pub.expires_at.isoformat(),
+                "appliedThrough": {device_id: at_v},
             }
             if base is None:
                 program = self._doc_as_of(conn, "program", "", version)
-                doc["program"] = program if program is not None else _default_program()
+                header["program"] = program if program is not None else _default_program()
+                yield "header", header
                 for section, kind in SECTIONS.items():
+                    rows: Iterator[tuple[str, dict[str, Any]]] = self._all_as_of(
+                        conn, kind, version
+                    )
                     if kind == "customer":
-                        continue
-                    doc[section] = [d for _, d in self._all_as_of(conn, kind, version)]
-                customers = dict(self._all_as_of(conn, "customer", version))
-                doc["customers"] = self._with_balances(
-                    conn, customers, pub, device_id, at_v, only=None
+                        rows = self._with_balances(conn, rows, pub, device_id, at_v, only=None)
+                    for _, row in rows:
+                        yield section, row
+                return
+            at_h = self._progress(conn, base_version, device_id)
+            removed: dict[str, list[str]] = {}
+            changed: dict[str, list[str]] = {}
+            for section, kind in [("program", "program"), *SECTIONS.items()]:
+                for (key,) in conn.execute(
+                    "SELECT DISTINCT key FROM revisions WHERE kind = ? AND version > ?"
+                    " AND version <= ? ORDER BY key",
+                    (kind, base_version, version),
+                ).fetchall():
+                    found = self._doc_as_of(conn, kind, str(key), version)
+                    if found is None:
+                        if kind != "program":
+                            removed.setdefault(section, []).append(str(key))
+                    elif kind == "program":
+                        header["program"] = found
+                    else:
+                        changed.setdefault(section, []).append(str(key))
+            customers = set(changed.get("customers", [])) | {
+                key
+                for key in self._affected_customers(conn, device_id, base, pub, at_h, at_v)
+                if self._doc_as_of(conn, "customer", key, version) is not None
+            }
+            changed["customers"] = sorted(customers)
+            header["removed"] = removed
+            yield "header", header
+            for section, kind in SECTIONS.items():
+                pairs: Pairs = (
+                    (key, self._doc_as_of(conn, kind, key, version) or {})
+                    for key in changed.get(section, [])
                 )
-            else:
-                at_h = self._progress(conn, base_version, device_id)
-                removed: dict[str, list[str]] = {}
-                changed_customers: dict[str, dict[str, Any]] = {}
-                for section, kind in [("program", "program"), *SECTIONS.items()]:
-                    keys = [
-                        str(k)
-                        for (k,) in conn.execute(
-                            "SELECT DISTINCT key FROM revisions WHERE kind = ? AND version > ?"
-                            " AND version <= ? ORDER BY key",
-                            (kind, base_version, version),
-                        )
-                    ]
-                    rows = []
-                    for key in keys:
-                        row = self._doc_as_of(conn, kind, key, version)
-                        if row is None:
-                            if kind != "program":
-                                removed.setdefault(section, []).append(key)
-                        elif kind == "customer":
-                            changed_customers[key] = row
-                        else:
-                            rows.append(row)
-                    if kind == "program":
-                        if rows:
-                            doc["program"] = rows[0]
-                    elif kind != "customer":
-                        doc[section] = rows
-                affected = self._affected_customers(conn, device_id, base, pub, at_h, at_v) - set(
-                    changed_customers
-                )
-                for key in sorted(affected):
-                    row = self._doc_as_of(conn, "customer", key, version)
-                    if row is not None:
-                        changed_customers[key] = row
-                doc["customers"] = self._with_balances(
-                    conn, changed_customers, pub, device_id, at_v, only=set(changed_customers)
-                )
-                doc["removed"] = removed
-            doc["appliedThrough"] = {device_id: at_v}
-            return doc
+                if kind == "customer":
+                    pairs = self._with_balances(conn, pairs, pub, device_id, at_v, only=customers)
+                for _, row in pairs:
+                    yield section, row
 
     def _progress(self, conn: sqlite3.Connection, version: int, device_id: str) -> int:
         row = conn.execute(
@@ -520,12 +530,12 @@ class SqliteHubStore:
     def _with_balances(
         self,
         conn: sqlite3.Connection,
-        customers: dict[str, dict[str, Any]],
+        customers: Iterable[tuple[str, dict[str, Any]]],
         pub: Publication,
         device_id: str,
         at_v: int,
         only: set[str] | None,
-    ) -> list[dict[str, Any]]:
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Customer rows with balancePoints and pending as of `pub`, for `device_id`.
 
         Counted: every transaction ingested up to the publication's cut, except this
@@ -567,9 +577,8 @@ class SqliteHubStore:
             available[owner] += int(points)
             if when and due:
                 pending[owner][_when(when)] += int(due)
-        out = []
-        for key in sorted(customers):
-            row = dict(customers[key])
+        for key, doc in customers:
+            row = dict(doc)
             balance = int(row.get("balancePoints", 0)) + available.get(key, 0)
             entries: dict[datetime, int] = defaultdict(int)
             for entry in row.get("pending", []):
@@ -589,8 +598,7 @@ class SqliteHubStore:
                 row["pending"] = left
             else:
                 row.pop("pending", None)
-            out.append(row)
-        return out
+            yield key, row
 
     # ------------------------------------------------------------ ledger
 

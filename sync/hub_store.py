@@ -20,7 +20,7 @@ Data model (what an implementation must keep):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -210,6 +210,10 @@ class HubStore(Protocol):
     def delta_floor(self) -> int: ...
 
     def snapshot_doc(self, device_id: str, version: int, base_version: int) -> dict[str, Any]: ...
+
+    def snapshot_stream(
+        self, device_id: str, version: int, base_version: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]: ...
 
     def draft_size(self) -> int: ...
 

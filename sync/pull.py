@@ -378,7 +378,7 @@ class Puller:
     def _apply(self, partial: _Partial, current: int, resumed_from: int) -> PullResult:
         payload = self.part.read_bytes()
         try:
-            doc = signing.verify(
+            verified = signing.verify(
                 public_key=self.enrollment.snapshot_public_key(),
                 device_id=self.device_id,
                 payload=payload,
@@ -389,7 +389,7 @@ class Puller:
                 declared_size=partial.total_size,
                 declared_sha256=bytes.fromhex(partial.sha256),
             )
-            self.agent.load_snapshot(doc)
+            verified.apply(self.agent)
         except SnapshotRefused as exc:
             return self._refused(partial, str(exc))
         self._discard()

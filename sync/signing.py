@@ -1,6 +1,8 @@
 """Signed snapshots: what the hub signs, what an agent checks before it swaps its cache.
 
-The payload is the snapshot's JSON exactly as the hub serialised it. The Ed25519
+The payload is the snapshot exactly as the hub serialised it: JSON Lines in the format
+`tillpoint.snapshot/jsonl` (a header line, then each section's rows), which the agent
+applies row by row, so a chain-sized snapshot never has to be one object in memory. The Ed25519
 signature covers ``b"tillpoint.snapshot.v1\\0" + device_id + b"\\0" + payload``: the
 exact payload bytes, bound to the device they were made for (a per-device snapshot
 carries that device's ``appliedThrough`` and balances, so it must not be replayed on
@@ -24,18 +26,24 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.errors import SnapshotRefused
 
+if TYPE_CHECKING:
+    from tillpoint.agent.cache import CacheInfo
+    from tillpoint.agent.service import Agent
+
 CONTEXT = b"tillpoint.snapshot.v1\x00"
 FILE_FORMAT = "tillpoint-signed-snapshot/1"
 MAX_CHUNK = 1024 * 1024  # the protocol's chunk limit (SnapshotChunk.data)
+SNAPSHOT_JSONL = "tillpoint.snapshot/jsonl"  # the payload format (agent/snapshot_stream.py)
 
 
 def signed_message(device_id: str, payload: bytes) -> bytes:
@@ -114,7 +122,7 @@ def verify(
     declared_version: int | None = None,
     declared_size: int | None = None,
     declared_sha256: bytes | None = None,
-) -> dict[str, Any]:
+) -> VerifiedSnapshot:
     """Every check before the swap; returns the parsed snapshot or raises SnapshotRefused."""
     if declared_size is not None and len(payload) != declared_size:
         what = "truncated" if len(payload) < declared_size else "longer than declared"
@@ -128,13 +136,38 @@ def verify(
             "snapshot refused: the signature is not the hub's (tampered, corrupted, or made"
             " for another device)"
         ) from None
+    header = read_header(payload)
+    check_header(header, current_version, now, declared_version)
+    return VerifiedSnapshot(header, payload)
+
+
+@dataclass(frozen=True)
+class VerifiedSnapshot:
+    """A payload whose signature and header passed; `apply` swaps it into the cache."""
+
+    header: dict[str, Any]
+    payload: bytes
+
+    @property
+    def jsonl(self) -> bool:
+        return self.header.get("format") == SNAPSHOT_JSONL
+
+    def apply(self, agent: Agent) -> CacheInfo:
+        if self.jsonl:
+            return agent.load_snapshot_lines(io.BytesIO(self.payload))
+        return agent.load_snapshot(self.header)
+
+
+def read_header(payload: bytes) -> dict[str, Any]:
+    """The header of a JSON Lines payload (its first line), or the whole JSON document."""
+    first, _, _ = payload.partition(b"\n")
+    text = first if first.lstrip().startswith(b"{") and SNAPSHOT_JSONL.encode() in first else None
     try:
-        doc = json.loads(payload.decode("utf-8"), parse_float=_no_float)
+        doc = json.loads((text or payload).decode("utf-8"), parse_float=_no_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SnapshotRefused(f"snapshot refused: signed but not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise SnapshotRefused("snapshot refused: not a JSON object")
-    check_header(doc, current_version, now, declared_version)
     return doc
 
 

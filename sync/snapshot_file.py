@@ -8,7 +8,6 @@ check, since such a till has no hub key to check it with.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tillpoint.agent import cache as cache_mod
@@ -26,26 +25,20 @@ def load_snapshot_file(agent: Agent, doc: Any) -> cache_mod.CacheInfo:
     if signing.is_signed_file(doc):
         device, payload, signature = signing.from_file(doc)
         if enrollment is None:
-            try:
-                plain = json.loads(payload.decode("utf-8"), parse_float=signing._no_float)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise SnapshotRefused(
-                    f"signed snapshot file: payload is not JSON ({exc})"
-                ) from None
-            return agent.load_snapshot(plain)
+            unchecked = signing.VerifiedSnapshot(signing.read_header(payload), payload)
+            return unchecked.apply(agent)
         if device != agent.device_id:
             raise SnapshotRefused(
                 f"this signed snapshot is for device {device!r}, not {agent.device_id!r}"
             )
-        checked = signing.verify(
+        return signing.verify(
             public_key=enrollment.snapshot_public_key(),
             device_id=agent.device_id,
             payload=payload,
             signature=signature,
             current_version=cache_version(agent.data_dir),
             now=agent.clock(),
-        )
-        return agent.load_snapshot(checked)
+        ).apply(agent)
     if enrollment is not None:
         raise SnapshotRefused(
             "this till is enrolled with a hub and accepts only signed snapshots: use"
