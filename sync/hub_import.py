@@ -14,7 +14,10 @@ with one key naming what the line holds::
     {"card": {"number": "2770000000017", "customerId": "c-1"}}
     {"removed": {"cards": ["2770000000024"]}}
 
-It is read line by line, so it suits files too large to hold in memory. Every row is
+A JSON Lines snapshot (``tillpoint.snapshot/jsonl``: a header line, then
+``{"section": "customers"}`` lines each followed by that section's rows, as
+``bench/generate.py`` writes and as hubs send) is read the same way. JSON Lines are read
+line by line, so they suit files too large to hold in memory. Every row is
 validated with the same models the till uses; a bad row is reported with its line (or
 section and index) and the whole import is refused.
 """
@@ -60,6 +63,7 @@ PLURAL = {
     "offers": "offer",
 }
 IGNORED_HEADER = ("version", "baseVersion", "issuedAt", "expiresAt", "appliedThrough")
+SNAPSHOT_JSONL = "tillpoint.snapshot/jsonl"
 
 
 class _Fraction(ValueError):
@@ -159,8 +163,10 @@ def read_json(
 def read_jsonl(
     stream: IO[bytes], total: int, progress: Progress | None
 ) -> Iterator[ImportRow | RowProblem]:
-    """One `{"<kind>": {...}}` object per line, streamed."""
+    """One `{"<kind>": {...}}` object per line, or a JSON Lines snapshot; streamed."""
     done = 0
+    section: str | None = None  # in a `tillpoint.snapshot/jsonl` stream: the current kind
+    snapshot_stream = False
     for number, line in enumerate(stream, start=1):
         done += len(line)
         if progress is not None and number % 1000 == 0:
@@ -177,7 +183,28 @@ def read_jsonl(
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             yield RowProblem(where, f"not valid JSON ({exc.args[0] if exc.args else exc})")
             continue
-        if not isinstance(item, dict) or len(item) != 1:
+        if not isinstance(item, dict):
+            yield RowProblem(where, "expected a JSON object")
+            continue
+        if not snapshot_stream and not done - len(line) and item.get("format") == SNAPSHOT_JSONL:
+            snapshot_stream = True  # the header line of a JSON Lines snapshot
+            if "program" in item:
+                yield validate_row("program", item["program"], f"{where} program")
+            if "removed" in item:
+                yield from _removed(item["removed"], f"{where} removed")
+            continue
+        if snapshot_stream:
+            if set(item) == {"section"}:
+                section = PLURAL.get(str(item["section"]))
+                if section is None:
+                    yield RowProblem(where, f"unknown section {item['section']!r}")
+                continue
+            if section is None:
+                yield RowProblem(where, 'a row before any {"section": ...} line')
+                continue
+            yield validate_row(section, item, where)
+            continue
+        if len(item) != 1:
             yield RowProblem(where, 'expected one object like {"customer": {...}}')
             continue
         ((name, data),) = item.items()

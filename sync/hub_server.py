@@ -95,6 +95,8 @@ class SnapshotBuilder:
         self._cache: OrderedDict[tuple[str, int, int], SignedSnapshot] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        # Full snapshots of a big chain take seconds and memory to build: two at a time.
+        self._building = threading.BoundedSemaphore(2)
 
     def choose(self, have: int, want: int) -> tuple[Publication, int] | None:
         """(publication to send, its base) for an agent at `have`; None: nothing newer."""
@@ -120,7 +122,12 @@ class SnapshotBuilder:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        header, payload = snapshot_payload(self.store, device_id, version, base)
+        with self._building:
+            with self._lock:
+                hit = self._cache.get(key)  # built while this call waited its turn
+            if hit is not None:
+                return hit
+            header, payload = snapshot_payload(self.store, device_id, version, base)
         bundle = SignedSnapshot(
             device_id=device_id,
             version=version,

@@ -343,16 +343,15 @@ class SqliteHubStore:
             version = max(latest + 1, min_version)
             changed = 0
             if include_draft:
-                for kind, key, doc in conn.execute(
-                    "SELECT kind, key, doc FROM draft ORDER BY kind, key"
-                ).fetchall():
-                    before = _canon(self._doc_as_of(conn, kind, key, latest))
-                    if before == doc:
-                        continue
-                    conn.execute(
-                        "INSERT INTO revisions VALUES (?, ?, ?, ?)", (kind, key, version, doc)
-                    )
-                    changed += 1
+                # One statement, whatever the draft's size: a row becomes a revision only
+                # when it differs from the latest published one (docs are canonical text).
+                changed = conn.execute(
+                    "INSERT INTO revisions (kind, key, version, doc)"
+                    " SELECT d.kind, d.key, ?, d.doc FROM draft d WHERE NOT ("
+                    " (SELECT r.doc FROM revisions r WHERE r.kind = d.kind AND r.key = d.key"
+                    " AND r.version <= ? ORDER BY r.version DESC LIMIT 1) IS d.doc)",
+                    (version, latest),
+                ).rowcount
                 conn.execute("DELETE FROM draft")
             cut = int(
                 conn.execute("SELECT coalesce(max(ingest_id), 0) FROM transactions").fetchone()[0]

@@ -148,6 +148,7 @@ class Puller:
         *,
         call_timeout_s: float,
         stream_timeout_s: float = 600.0,
+        first_chunk_timeout_s: float = 120.0,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -157,6 +158,7 @@ class Puller:
         self.device_id = enrollment.device_id
         self.call_timeout_s = call_timeout_s
         self.stream_timeout_s = stream_timeout_s
+        self.first_chunk_timeout_s = max(first_chunk_timeout_s, call_timeout_s)
         self.max_bytes = max_bytes
         self.clock = clock or agent.clock
         self.dir = sync_dir(agent.data_dir)
@@ -251,8 +253,9 @@ class Puller:
             want_version=partial.version if partial else 0,
         )
         call: Any = self.link.stub.PullSnapshot(request, timeout=self.stream_timeout_s)
-        # No chunk for call_timeout_s: the link is dead even if TCP has not noticed.
-        watchdog = _Watchdog(call, self.call_timeout_s)
+        # No chunk for call_timeout_s: the link is dead even if TCP has not noticed. The
+        # first chunk may take longer: the hub builds and signs a full snapshot first.
+        watchdog = _Watchdog(call, self.call_timeout_s, first_s=self.first_chunk_timeout_s)
         resumed_from = 0
         received = partial.offset if partial else 0
         fh: IO[bytes] | None = None
@@ -317,7 +320,7 @@ class Puller:
         except grpc.RpcError:
             if watchdog.fired:
                 raise PullInterrupted(
-                    f"the snapshot stream stalled for {self.call_timeout_s:g} s; will resume"
+                    f"the snapshot stream stalled for {watchdog.limit:g} s; will resume"
                     f" at byte {received}"
                 ) from None
             raise
@@ -426,21 +429,27 @@ class Puller:
 class _Watchdog:
     """Cancels a streaming call that has not delivered anything for `idle_s` seconds."""
 
-    def __init__(self, call: Any, idle_s: float) -> None:
+    def __init__(self, call: Any, idle_s: float, first_s: float) -> None:
         self.call = call
         self.idle_s = idle_s
+        self._limit = first_s
         self.fired = False
         self._last = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pull-watchdog", daemon=True)
         self._thread.start()
 
+    @property
+    def limit(self) -> float:
+        return self._limit
+
     def feed(self) -> None:
         self._last = time.monotonic()
+        self._limit = self.idle_s
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.idle_s / 4)):
-            if time.monotonic() - self._last > self.idle_s:
+            if time.monotonic() - self._last > self._limit:
                 self.fired = True
                 self.call.cancel()
                 return
