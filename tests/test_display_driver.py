@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,6 @@ import serial
 from tillpoint.printer.config import DisplayConfig
 from tillpoint.printer.display import CustomerDisplay, init_bytes, message_bytes
 from tillpoint.printer.errors import TransportError
-from tillpoint.printer.transport import open_serial
 from tillpoint.printer.virtual_display import DisplayScreen, PtyPair
 
 needs_socat = pytest.mark.skipif(not PtyPair.available(), reason="socat is not installed")
@@ -106,22 +107,26 @@ def test_disabled_display_is_a_no_op() -> None:
 
 
 class Peer:
-    """The display end of the pty pair: what the customer would see."""
+    """The display end of the pty pair: what the customer would see.
+
+    Opened with os.open rather than pyserial, whose open() flushes the input: bytes the
+    driver wrote a moment before must not be lost to the test.
+    """
 
     def __init__(self, pair: PtyPair, command_set: Any = "epson") -> None:
-        self.port = open_serial(str(pair.peer), read_timeout_s=0.05)
+        self.fd = os.open(pair.peer, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         self.screen = DisplayScreen(command_set)
 
     def read_until(self, lines: list[str], timeout_s: float = 3.0) -> list[str]:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.screen.feed(self.port.read(4096))
-            if self.screen.text == lines:
-                break
+        while self.screen.text != lines and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                self.screen.feed(os.read(self.fd, 4096))
         return self.screen.text
 
     def close(self) -> None:
-        self.port.close()
+        os.close(self.fd)
 
 
 @needs_socat
