@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -38,6 +39,7 @@ from .pull import Puller, PullInterrupted, SyncBusy, cache_version
 from .push import Pusher
 
 log = logging.getLogger("tillpoint.sync")
+CONTACT_EVERY_S = 30.0  # lastContactAt is written at most this often (the ledger is on flash)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class SyncService:
         self._threads: list[threading.Thread] = []
         self._subscription: Any = None
         self._mode_written: str | None = None
+        self._contact_written: datetime | None = None
         self.pull_results: list[Any] = []  # what the loop did, for logs and tests
 
     # ------------------------------------------------------------ lifecycle
@@ -192,12 +195,19 @@ class SyncService:
                 if self.link.online or not self.link.last_failure
                 else state.error_value(self.link.last_failure)
             )
-        if self.link.last_contact is not None:
-            values["last_contact_at"] = state.now_text(self.link.last_contact)
+        contact = self.link.last_contact
+        if contact is not None and (
+            values
+            or self._contact_written is None
+            or (contact - self._contact_written).total_seconds() >= CONTACT_EVERY_S
+        ):
+            values["last_contact_at"] = state.now_text(contact)
         if values:
             try:
                 state.put(self.pusher.conn, values)
                 self._mode_written = mode
+                if "last_contact_at" in values:
+                    self._contact_written = contact
             except Exception as exc:  # status bookkeeping must never stop the loop
                 log.warning("cannot record the sync state: %s", exc)
 
