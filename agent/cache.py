@@ -275,7 +275,8 @@ class CacheView:
                 f"SELECT sku, name, category, excluded FROM products WHERE sku IN ({marks})",
                 chunk,
             ):
-                out[sku] = Product(
+                # validated when the snapshot was loaded: build without validating again
+                out[sku] = Product.model_construct(
                     sku=sku, name=name, category=category, excluded_from_loyalty=bool(excluded)
                 )
         return out

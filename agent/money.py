@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, Overflow
 from fractions import Fraction
 
 
+@functools.lru_cache(maxsize=65536)
 def frac(value: Decimal | int) -> Fraction:
+    """Exact Fraction of a decimal (cached: offers and rates repeat the same few values)."""
     return Fraction(value)
+
+
+def round_half_up_ratio(numerator: int, denominator: int) -> int:
+    """round_half_up(numerator / denominator) for a positive denominator, in integers."""
+    if numerator >= 0:
+        return (2 * numerator + denominator) // (2 * denominator)
+    return -((-2 * numerator + denominator) // (2 * denominator))
 
 
 def round_half_up(value: Fraction) -> int:
@@ -26,6 +36,13 @@ _ROUND = Context(prec=60, rounding=ROUND_HALF_UP, traps=[Overflow])
 def line_amount(price_minor: int, qty: Decimal) -> int:
     """round_half_up(price × qty); exact (qty has at most 3 decimals), in C-speed Decimal."""
     return int(_EXACT.multiply(Decimal(price_minor), qty).quantize(Decimal(1), context=_ROUND))
+
+
+def floor_shares(exact: Sequence[Fraction]) -> list[int]:
+    """largest_remainder of floor(sum(exact)): the accrual split of SPEC §5 step 5."""
+    denominator = math.lcm(*(x.denominator for x in exact)) if exact else 1
+    total = sum(x.numerator * (denominator // x.denominator) for x in exact) // denominator
+    return largest_remainder(exact, total)
 
 
 def largest_remainder(exact: Sequence[Fraction], total: int) -> list[int]:

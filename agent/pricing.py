@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from fractions import Fraction
 
 from .models import LINE_MONEY_KINDS, Customer, Offer, Product, Program, Receipt
-from .money import frac, largest_remainder, round_half_up
+from .money import floor_shares, frac, largest_remainder, round_half_up_ratio
 
 # ---------------------------------------------------------------- inputs and outputs
 
@@ -155,13 +155,17 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         if not w.eligible:
             exact.append(Fraction(0))
             continue
-        multiplier = max(Fraction(1), w.multiplier, base_multiplier)
-        w.multiplier = multiplier
+        m = max(Fraction(1), w.multiplier, base_multiplier)
+        w.multiplier = m
         paid = w.amount - w.discount - w.redeemed * pv
-        exact.append(Fraction(paid) * rate * multiplier / (100 * pv))
-    for w, share in zip(
-        work, largest_remainder(exact, math.floor(sum(exact, Fraction(0)))), strict=True
-    ):
+        # paid × rate × multiplier / (100 × pointValue), built as one exact fraction
+        exact.append(
+            Fraction(
+                paid * rate.numerator * m.numerator,
+                100 * pv * rate.denominator * m.denominator,
+            )
+        )
+    for w, share in zip(work, floor_shares(exact), strict=True):
         w.earned = share
 
     return Priced(
@@ -200,11 +204,12 @@ def _in_control_group(offer: Offer, customer: Customer) -> bool:
 def line_discount(offer: Offer, amount: int, qty: Fraction) -> int:
     value = frac(offer.value)
     if offer.kind == "PERCENT_OFF":
-        discount = math.floor(amount * value / 100)
-    elif offer.kind == "AMOUNT_OFF":
-        discount = round_half_up(value * qty)
-    elif offer.kind == "FIXED_PRICE":
-        discount = amount - round_half_up(value * qty)
+        discount = amount * value.numerator // (100 * value.denominator)
+    elif offer.kind in ("AMOUNT_OFF", "FIXED_PRICE"):
+        per_qty = round_half_up_ratio(
+            value.numerator * qty.numerator, value.denominator * qty.denominator
+        )
+        discount = per_qty if offer.kind == "AMOUNT_OFF" else amount - per_qty
     else:
         return 0
     return max(0, min(amount, discount))
