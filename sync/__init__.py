@@ -5,6 +5,7 @@ What other parts use:
 - `sync_status(ledger_conn)`: the sync fields of `tillpoint status`;
 - `is_enrolled(data_dir)`: the enrolment marker (an enrolled till takes only signed snapshots);
 - `load_snapshot_file(agent, doc)`: `tillpoint snapshot load` with the signed/plain rules;
+- `refuse_plain_if_enrolled(data_dir)`: the same rule for a plain JSON Lines snapshot;
 - `start_sync(agent, settings)`: the `tillpoint run` background service (registered by
   `tillpoint.sync.cli` at import).
 
@@ -20,6 +21,7 @@ from .state import sync_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from tillpoint.agent import cache
     from tillpoint.agent.config import Settings
@@ -32,10 +34,22 @@ def load_snapshot_file(agent: Agent, doc: Any) -> cache.CacheInfo:
     return load(agent, doc)
 
 
+def refuse_plain_if_enrolled(data_dir: Path) -> None:
+    from .snapshot_file import refuse_plain_if_enrolled as refuse
+
+    refuse(data_dir)
+
+
 def start_sync(agent: Agent, settings: Settings) -> Callable[[], None]:
     from .service import start_sync as start
 
     return start(agent, settings)
 
 
-__all__ = ["is_enrolled", "load_snapshot_file", "start_sync", "sync_status"]
+__all__ = [
+    "is_enrolled",
+    "load_snapshot_file",
+    "refuse_plain_if_enrolled",
+    "start_sync",
+    "sync_status",
+]

@@ -214,9 +214,11 @@ def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from tillpoint.agent import logs
+
     from .hub_server import HubConfig, HubServer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(settings.log.level, settings.log.format)
     try:
         config = HubConfig(
             chunk_size=args.chunk_kib * 1024,

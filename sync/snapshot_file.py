@@ -8,6 +8,7 @@ check, since such a till has no hub key to check it with.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tillpoint.agent import cache as cache_mod
@@ -15,7 +16,7 @@ from tillpoint.agent.errors import SnapshotRefused
 from tillpoint.agent.service import Agent
 
 from . import signing
-from .pki import load_enrollment
+from .pki import is_enrolled, load_enrollment
 from .pull import cache_version
 
 
@@ -39,9 +40,15 @@ def load_snapshot_file(agent: Agent, doc: Any) -> cache_mod.CacheInfo:
             current_version=cache_version(agent.data_dir),
             now=agent.clock(),
         ).apply(agent)
-    if enrollment is not None:
+    refuse_plain_if_enrolled(agent.data_dir)
+    return agent.load_snapshot(doc)
+
+
+def refuse_plain_if_enrolled(data_dir: Path) -> None:
+    """Raise SnapshotRefused on a till enrolled with a hub: call it before loading any
+    unsigned snapshot (a JSON document or a JSON Lines stream)."""
+    if is_enrolled(data_dir):
         raise SnapshotRefused(
             "this till is enrolled with a hub and accepts only signed snapshots: use"
             " `tillpoint hub export DEVICE` on the hub, or let the till pull"
         )
-    return agent.load_snapshot(doc)

@@ -147,3 +147,73 @@ def test_plain_files_only_on_a_standalone_till(tmp_path: Path) -> None:
         assert load_snapshot_file(agent, doc).version == 3
     finally:
         agent.close()
+
+
+def test_hub_serve_runs_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import wait_for
+    from tillpoint.sync.pki import install_bundle
+
+    hub_dir = tmp_path / "hub"
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    assert (
+        run(capsys, "hub", "import", str(catalogue), "--publish", "--hub-dir", str(hub_dir))[0] == 0
+    )
+    port_file = tmp_path / "port"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("tillpoint")),
+            "hub",
+            "serve",
+            "--hub-dir",
+            str(hub_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        port = int(
+            wait_for(lambda: port_file.exists() and port_file.read_text().strip(), timeout=20)
+        )
+        bundle = tmp_path / "b.json"
+        run(
+            capsys,
+            "hub",
+            "enroll",
+            "till-1",
+            "--hub-dir",
+            str(hub_dir),
+            "--address",
+            f"127.0.0.1:{port}",
+            "--out",
+            str(bundle),
+        )
+        enrollment = install_bundle(tmp_path / "till", json.loads(bundle.read_text()), "till-1")
+        from tillpoint.agent.service import Agent
+        from tillpoint.sync.pull import Puller
+
+        agent = Agent(tmp_path / "till", "till-1")
+        link = HubLink(enrollment.hub_address, enrollment)
+        assert Puller(agent, link, enrollment, call_timeout_s=5).pull().version == 1
+        link.close()
+        agent.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
