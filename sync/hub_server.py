@@ -464,6 +464,8 @@ class HubServer:
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
                 ("grpc.http2.max_pings_without_data", 0),
+                # a push batch is ~1 MiB, but one receipt of 10,000 lines can be more
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ],
         )
         pb_grpc.add_HubServicer_to_server(self.servicer, server)
