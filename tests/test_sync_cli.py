@@ -217,3 +217,34 @@ def test_hub_serve_runs_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixt
             proc.wait(timeout=10)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_snapshot_load_on_an_enrolled_till_takes_only_signed_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub_dir = tmp_path / "hub"
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps({"version": 9, **sample_master_data()}), encoding="utf-8")
+    assert (
+        run(capsys, "hub", "import", str(catalogue), "--publish", "--hub-dir", str(hub_dir))[0] == 0
+    )
+    bundle, signed = tmp_path / "b.json", tmp_path / "signed.json"
+    run(capsys, "hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle))
+    run(capsys, "hub", "export", "till-1", "--hub-dir", str(hub_dir), "--out", str(signed))
+    till = str(tmp_path / "till")
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    assert run(capsys, "snapshot", "load", str(catalogue), "--data-dir", till)[0] == 0
+    assert run(capsys, "sync", "install", str(bundle), "--data-dir", till)[0] == 0
+    code, _, err = run(capsys, "snapshot", "load", str(catalogue), "--data-dir", till)
+    assert code == 2 and "only signed" in err
+    # the hub's version 1 is older than the file's 9: refused as a rollback, one line
+    code, _, err = run(capsys, "snapshot", "load", str(signed), "--data-dir", till)
+    assert code == 2 and "not newer" in err and err.count("\n") == 1
+    # the hub numbers past the till's cache, and the signed file is taken
+    code, doc, _ = run(
+        capsys, "hub", "publish", "--min-version", "10", "--hub-dir", str(hub_dir), "--json"
+    )
+    assert code == 0 and doc["version"] == 10
+    run(capsys, "hub", "export", "till-1", "--hub-dir", str(hub_dir), "--out", str(signed))
+    code, doc, err = run(capsys, "snapshot", "load", str(signed), "--data-dir", till, "--json")
+    assert code == 0 and doc["version"] == 10, err
