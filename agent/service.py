@@ -42,6 +42,15 @@ class RedemptionAuthoriser(Protocol):
 
     def authorise(self, customer_id: str, receipt_id: str, points: int, at: datetime) -> int: ...
 
+    def reachable(self) -> bool:
+        """Whether the hub is answering, as the last exchanges with it say."""
+        ...
+
+
+# Parts that add fields to `status` (the hub sync, the printer) register a function of
+# the ledger connection here when they are imported.
+status_providers: list[Callable[[sqlite3.Connection], dict[str, Any]]] = []
+
 
 @dataclass(frozen=True)
 class _Priced:
@@ -169,7 +178,7 @@ class Agent:
             cap, mode = self._redeem_cap(receipt, ident, priced, program, commit)
             if cap < priced.redeem_allowed_without_cap:
                 priced = price(receipt, _with_cap(ctx, cap))
-        elif self.hub is not None:
+        elif self.hub is not None and self.hub.reachable():
             mode = "ONLINE"
         self.last_mode = mode
 
@@ -512,15 +521,18 @@ class Agent:
             jobs = conn.execute(
                 "SELECT count(*) FROM print_jobs WHERE state NOT IN ('DONE')"
             ).fetchone()[0]
-            return {
+            status: dict[str, Any] = {
                 "deviceId": self.device_id,
                 "cacheVersion": info.version,
                 "cacheIssuedAt": info.issued_at or "",
                 "lastSeq": ledger.last_seq(conn, self.device_id),
                 "outboxDepth": ledger.outbox_depth(conn),
-                "mode": "ONLINE" if self.hub is not None else "OFFLINE",
+                "mode": "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE",
                 "printQueueDepth": int(jobs),
             }
+            for provider in status_providers:
+                status.update(provider(conn))
+            return status
 
     # ------------------------------------------------------------ plumbing
 

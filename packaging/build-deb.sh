@@ -15,6 +15,7 @@ WHEEL=$(ls -t build/wheel/tillpoint-"$VERSION"-*.whl | head -1)
 "$PY" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$STAGE/opt/tillpoint/wheels" "$WHEEL"
 install -m 0644 packaging/tillpoint.example.toml "$STAGE/etc/tillpoint/tillpoint.toml"
 install -m 0644 packaging/tillpoint.service "$STAGE/lib/systemd/system/tillpoint.service"
+install -m 0644 packaging/tillpoint-hub.service "$STAGE/lib/systemd/system/tillpoint-hub.service"
 install -m 0644 packaging/60-tillpoint.rules "$STAGE/lib/udev/rules.d/60-tillpoint.rules"
 install -m 0644 README.md "$STAGE/opt/tillpoint/README.md"
 ln -s /opt/tillpoint/venv/bin/tillpoint "$STAGE/usr/bin/tillpoint"

@@ -46,6 +46,15 @@ def start_sync(agent: Agent, settings: Settings) -> Callable[[], None]:
     return start(agent, settings)
 
 
+def _register() -> None:
+    from tillpoint.agent import service
+
+    if sync_status not in service.status_providers:
+        service.status_providers.append(sync_status)
+
+
+_register()
+
 __all__ = [
     "is_enrolled",
     "load_snapshot_file",

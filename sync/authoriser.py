@@ -89,6 +89,11 @@ class HubAuthoriser:
         self.link.ok()
         return max(0, min(points, int(reply.authorized_points)))
 
+    def reachable(self) -> bool:
+        """What the last exchanges with the hub say: a receipt that needs no authorisation
+        is priced ONLINE only while the hub is answering."""
+        return bool(self.link.online)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

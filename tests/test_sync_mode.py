@@ -1,0 +1,30 @@
+"""ONLINE/OFFLINE as the till reports it, with a real loopback hub (SPEC §5, §9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
+
+
+def test_mode_follows_the_hub_and_status_carries_the_sync_fields(tmp_path: Path) -> None:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till")
+    try:
+        wait_for(lambda: till.agent.status()["cacheVersion"] >= 1)
+        wait_for(lambda: till.agent.status()["mode"] == "ONLINE")
+        card = sample_master_data()["cards"][0]["number"]
+        assert till.agent.checkout(receipt("r1", card))["mode"] == "ONLINE"
+        status = till.agent.status()
+        for key in ("lastPullAt", "lastPushAt", "lastError", "enrolled"):
+            assert key in status
+        hub.stop()
+        # Redemption needs the hub: it does not answer, so OFFLINE within the deadline.
+        result = till.agent.checkout(receipt("r2", card, redeem=10))
+        assert result["mode"] == "OFFLINE" and result["redeemedPoints"] == 10
+        # From then on the till knows the hub is away, even for receipts without redemption.
+        assert till.agent.checkout(receipt("r3", card))["mode"] == "OFFLINE"
+        wait_for(lambda: till.agent.status()["mode"] == "OFFLINE")
+    finally:
+        till.stop()
+        hub.stop()
