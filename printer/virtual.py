@@ -207,6 +207,7 @@ class VirtualPrinter:
                     if stop_at is not None and seen + len(chunk) >= stop_at:
                         self._take(decoder, conn, chunk[: max(0, stop_at - seen)], held)
                         self.stop_after_bytes = None
+                        self._collect(decoder, final=True)  # recorded before anyone sees the drop
                         self._halt()
                         break
                     limit = self.close_after_bytes
@@ -221,11 +222,11 @@ class VirtualPrinter:
                     held.clear()
                     self._take(decoder, conn, data, held, replay=True)
         finally:
+            self._collect(decoder, final=True)  # before the client can see the connection close
             with contextlib.suppress(OSError):
                 conn.close()
             with self._cond:
                 self._conns.discard(conn)
-            self._collect(decoder, final=True)
 
     def _take(
         self,
