@@ -151,6 +151,14 @@ def m001_ledger(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m002_print_jobs_open(db: Database) -> None:
+    # Keeps the print worker's "oldest open job" look-up cheap as DONE rows pile up.
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS print_jobs_open ON print_jobs(state, id) WHERE state <> 'DONE'"
+    )
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """An autocommit connection (explicit BEGIN/COMMIT), WAL, synchronous=FULL, busy timeout."""
     try:

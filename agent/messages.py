@@ -1,35 +1,32 @@
-"""What the customer display shows (SPEC §8): 2 lines × 20 characters, first name only."""
+"""Which customer-display message a result carries (SPEC §8); the wording and the fitting
+to 2 × 20 characters live in `tillpoint.printer.messages`.
+
+- identify (FOUND): the greeting with the first name;
+- quote: the running total and the savings;
+- checkout: points earned and the balance, or the birthday wish in the birthday window.
+"""
 
 from __future__ import annotations
 
-from .money import format_minor
+from fractions import Fraction
 
-WIDTH = 20
-
-
-def fit(text: str, width: int = WIDTH) -> str:
-    """Shorten to `width` characters, ending with '…' when something had to go."""
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+from tillpoint.printer import messages
 
 
-def greeting(first_name: str) -> str:
-    if not first_name:
-        return "Добрый день!"
-    line = f"{first_name}, добрый день!"
-    return line if len(line) <= WIDTH else fit(f"{first_name}, привет!")
+def identify_display(first_name: str) -> list[str]:
+    return messages.greeting(first_name)
 
 
-def quote_display(first_name: str, payable_minor: int, savings_minor: int) -> list[str]:
-    second = f"Итого {format_minor(payable_minor)}"
-    if savings_minor:
-        with_savings = f"{second} −{format_minor(savings_minor)}"
-        second = with_savings if len(with_savings) <= WIDTH else second
-    return [greeting(first_name), fit(second)]
+def quote_display(total_minor: int, savings_minor: int) -> list[str]:
+    return messages.quote_lines(total_minor, savings_minor)
 
 
-def checkout_display(first_name: str, earned: int, available: int) -> list[str]:
-    return [
-        greeting(first_name),
-        fit(f"Бонусы: {available}" if not earned else f"+{earned}, бонусы: {available}"),
-    ]
+def checkout_display(
+    first_name: str, earned: int, available: int, birthday_multiplier: Fraction | None
+) -> list[str]:
+    if birthday_multiplier is not None:
+        return [
+            messages.birthday_line(first_name),
+            *messages.after_commit_lines(earned, available)[1:],
+        ]
+    return messages.after_commit_lines(earned, available)

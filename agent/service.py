@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -23,14 +24,31 @@ from . import cache as cache_mod
 from . import ledger
 from .cache import CacheView, ancestors
 from .db import open_cache, open_ledger, phone_secret
-from .errors import CardRefused, HubUnavailable, InputError, NotFound, Refused, StorageError
+from .errors import (
+    CardRefused,
+    HubUnavailable,
+    InputError,
+    NotFound,
+    Refused,
+    StorageError,
+    TillpointError,
+)
 from .identify import Identification, identify
-from .messages import checkout_display, quote_display
+from .messages import checkout_display, identify_display, quote_display
 from .models import Customer, Offer, Receipt, Refund, Snapshot, SnapshotHeader, parse
-from .pricing import Priced, PricingContext, activation_time, offers_to_print, price
+from .money import frac
+from .pricing import (
+    Priced,
+    PricingContext,
+    activation_time,
+    in_birthday_window,
+    offers_to_print,
+    price,
+)
 from .refunds import SoldLine, apply_refund
 
 Clock = Callable[[], datetime]
+log = logging.getLogger("tillpoint.agent")
 
 
 def system_clock() -> datetime:
@@ -86,6 +104,7 @@ class Agent:
         self._lock = threading.RLock()
         self.last_mode = "OFFLINE"
         self.metrics: Any = None  # a metrics.Registry when run as a service
+        self.devices: Any = None  # printer, display and scanner when run as a service
 
     def close(self) -> None:
         self._cache.close()
@@ -114,12 +133,25 @@ class Agent:
 
     # ------------------------------------------------------------ identify, balance
 
+    def _tell_devices(self, hook: str, result: Any) -> None:
+        """Printer and display get the result after the commit; their faults stay theirs."""
+        devices = self.devices
+        if devices is None:
+            return
+        try:
+            getattr(devices, hook)(result)
+        except Exception:
+            log.warning("the customer display or printer did not take %s", hook, exc_info=True)
+
     def identify(self, text: str) -> dict[str, Any]:
         with self._lock, self._view() as view:
             ident = identify(text, view)
-            return card_json(
+            card = card_json(
                 ident, view.program().tier(ident.customer.tier).code if ident.customer else None
             )
+        if self.devices is not None and ident.customer is not None and ident.found:
+            self._tell_devices("show", identify_display(ident.customer.first_name))
+        return card
 
     def balance(self, card: str, at: datetime | None = None) -> dict[str, int]:
         moment = at or self.clock()
@@ -136,7 +168,9 @@ class Agent:
     def quote(self, data: Any) -> dict[str, Any]:
         receipt = parse(Receipt, data, "receipt")
         with self._lock, self._view() as view:
-            return self._price(receipt, view, commit=False).result
+            result = self._price(receipt, view, commit=False).result
+        self._tell_devices("after_quote", result)
+        return result
 
     def checkout(self, data: Any) -> dict[str, Any]:
         receipt = parse(Receipt, data, "receipt")
@@ -145,10 +179,13 @@ class Agent:
                 "SELECT result FROM receipts WHERE receipt_id = ?", (receipt.receipt_id,)
             ).fetchone()
             if stored is not None:
-                return dict(json.loads(stored[0]))
-            done = self._price(receipt, view, commit=True)
-            self._store_checkout(done, view)
-            return done.result
+                result: dict[str, Any] = json.loads(stored[0])
+            else:
+                done = self._price(receipt, view, commit=True)
+                self._store_checkout(done, view)
+                result = done.result
+        self._tell_devices("after_checkout", result)  # committed first; devices never block
+        return result
 
     def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
         program = view.program()
@@ -198,15 +235,20 @@ class Agent:
             )
         tier = program.tier(customer.tier).code if customer else None
         result = result_json(receipt, ident, tier, priced, mode, after, printed)
-        if customer is not None and after is not None:
-            display = (
-                checkout_display(customer.first_name, priced.earned_points, after.available)
-                if commit
-                else quote_display(customer.first_name, priced.payable, priced.discount)
+        if commit and customer is not None and after is not None:
+            birthday = in_birthday_window(
+                customer.birthday,
+                receipt.at.astimezone(program.zone).date(),
+                program.birthday_window_days,
+            )
+            result["display"] = checkout_display(
+                customer.first_name,
+                priced.earned_points,
+                after.available,
+                frac(program.birthday_multiplier) if birthday else None,
             )
         else:
-            display = quote_display("", priced.payable, priced.discount)
-        result["display"] = display
+            result["display"] = quote_display(priced.total, priced.discount)
         return _Priced(
             receipt,
             ident,
@@ -308,16 +350,7 @@ class Agent:
                     (customer.id, offer.id, ledger.utc_text(receipt.at), receipt.receipt_id),
                 )
             if done.offers:
-                conn.execute(
-                    "INSERT INTO print_jobs (receipt_id, created_at, payload) VALUES (?,?,?)",
-                    (
-                        receipt.receipt_id,
-                        ledger.utc_text(now),
-                        json.dumps(
-                            print_payload(receipt, customer, done.offers), ensure_ascii=False
-                        ),
-                    ),
-                )
+                self._enqueue_print(receipt, customer, done.offers, now)
         self._journal(
             seq,
             "CHECKOUT",
@@ -331,6 +364,26 @@ class Agent:
             delta_pending,
             now,
         )
+
+    def _enqueue_print(
+        self, receipt: Receipt, customer: Customer, offers: list[Offer], now: datetime
+    ) -> None:
+        """The coupon job, in the receipt's transaction. An offer that could not be printed
+        (say, an id a barcode cannot carry) costs the coupon, never the sale."""
+        from tillpoint.printer.payload import payload_for_checkout
+        from tillpoint.printer.queue import enqueue
+
+        try:
+            payload = payload_for_checkout(
+                receipt.receipt_id,
+                receipt.at.isoformat(),
+                customer.first_name,
+                [o.model_dump(mode="json", by_alias=True, exclude_none=True) for o in offers],
+            )
+        except TillpointError as exc:
+            log.warning("no coupon for receipt %s: %s", receipt.receipt_id, exc)
+            return
+        enqueue(self._ledger, payload, created_at=now)
 
     def _journal(
         self,
@@ -530,9 +583,19 @@ class Agent:
                 "mode": "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE",
                 "printQueueDepth": int(jobs),
             }
+            status.update(printer_state_from_queue(conn))
             for provider in status_providers:
                 status.update(provider(conn))
-            return status
+        devices = self.devices
+        if devices is not None:  # live states when run as a service
+            try:
+                live = devices.status()
+                status["printerState"] = live["printer"]["state"]
+                status["displayState"] = live["display"]["state"]
+                status["scannerState"] = live["scanner"]["state"]
+            except Exception:
+                log.warning("device status unavailable", exc_info=True)
+        return status
 
     # ------------------------------------------------------------ plumbing
 
@@ -563,6 +626,19 @@ class Agent:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise StorageError(f"the ledger could not be written: {exc}") from None
+
+
+def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:
+    """What the print queue says when no live printer state is at hand (another process)."""
+    failed, retrying, last_error = conn.execute(
+        "SELECT count(*) FILTER (WHERE state = 'FAILED'),"
+        " count(*) FILTER (WHERE state IN ('PENDING', 'SENDING') AND attempts > 0),"
+        " (SELECT last_error FROM print_jobs WHERE state <> 'DONE' AND last_error IS NOT NULL"
+        "  ORDER BY id DESC LIMIT 1)"
+        " FROM print_jobs"
+    ).fetchone()
+    state = "FAILED_JOBS" if failed else "RETRYING" if retrying else "OK"
+    return {"printerState": state, "printerLastError": last_error or ""}
 
 
 # ---------------------------------------------------------------- JSON shapes
@@ -612,24 +688,6 @@ def result_json(
         "balance": balance.as_json() if balance else None,
         "heldOut": list(priced.held_out),
         "printedOffers": [o.id for o in printed],
-    }
-
-
-def print_payload(receipt: Receipt, customer: Customer, offers: list[Offer]) -> dict[str, Any]:
-    return {
-        "receiptId": receipt.receipt_id,
-        "at": receipt.at.isoformat(),
-        "firstName": customer.first_name,
-        "offers": [
-            {
-                "id": o.id,
-                "text": o.print_text,
-                "validFrom": o.valid_from.isoformat() if o.valid_from else "",
-                "validTo": o.valid_to.isoformat() if o.valid_to else "",
-                "code": f"TP1-{o.id}",
-            }
-            for o in offers
-        ],
     }
 
 

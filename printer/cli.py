@@ -156,3 +156,16 @@ def _retry(settings: Any, args: argparse.Namespace) -> int:
         {"requeued": args.receipt_id},
         f"receipt {args.receipt_id} is queued again; the running agent prints it",
     )
+
+
+def _register_devices() -> None:
+    """`tillpoint run` starts the printer, display and scanner configured for this till."""
+    from tillpoint.agent import server
+
+    from .service import start_devices
+
+    if start_devices not in server.background_starters:
+        server.background_starters.append(start_devices)
+
+
+_register_devices()
