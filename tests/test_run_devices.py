@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
-
 from tillpoint.agent.service import Agent
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.v1 import tillpoint_pb2 as pb
