@@ -63,7 +63,7 @@ proto-check: $(STAMP)
 	diff -r -x '__pycache__' -x '*.proto' -x 'py.typed' -x '__init__.py' $$tmp/tillpoint/v1 proto/tillpoint/v1 \
 	  && echo "generated code is up to date" || { echo "generated code is stale: run 'make proto'"; exit 1; }
 
-demo: $(STAMP)
+demo: $(STAMP) deps-system
 	$(BIN)/tillpoint demo
 
 bench: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,6 +103,8 @@ class _NoPlugin:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's C core logs connection events to stderr; ours go through `logging`.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:

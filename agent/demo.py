@@ -1,18 +1,26 @@
-"""`tillpoint demo`: a store's day on one machine, on embedded defaults, told step by step.
+"""`tillpoint demo`: a whole store on one machine, on embedded defaults, told step by step.
 
-The demo drives the same `Agent` the POS drives: it seeds a fresh data directory with the
-embedded chain (`demo_data`), then identifies cards and phones, quotes baskets as items
-are scanned, commits receipts with offers and redemption, refunds one, and ends with a
-summary. It exits 0 when every step behaved as the contract says.
+Everything is the real thing, on loopback: a reference hub (its own SQLite store, CA and
+signing key) seeded with the embedded chain (`demo_data`), one or more tills enrolled
+over mTLS that pull signed snapshots and push their journal, a virtual receipt printer
+(a port-9100 listener that decodes each coupon it receives) and a virtual 2 × 20 pole
+display on a pseudo-terminal (when socat is installed). The day: card and phone
+identification, quotes as items are scanned, checkouts with personal offers and online
+redemption, a refund, the hub going away (the tills keep selling offline, redemption
+capped), the hub coming back (outboxes drain, balances agree), and a new offer snapshot
+pushed to the tills. It exits 0 when every step behaved as the contract says.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,202 +29,482 @@ from .config import Settings
 from .demo_data import chain
 from .errors import TillpointError
 from .money import format_minor
-from .service import Agent
 
 ZONE = ZoneInfo("Europe/Moscow")
+Out = Callable[[str], None]
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "demo",
-        help="a whole store on one machine: a scripted day of checkouts",
+        help="a whole store on one machine: hub, tills, printer, display, a scripted day",
         description=(
-            "Runs a store's day on embedded demo data in a throw-away data directory: "
-            "card and phone identification, quotes, checkouts with personal offers and "
-            "redemption, a refund, and a summary. Nothing outside that directory is touched."
+            "Runs a store's day on embedded demo data, all on this machine and on loopback: "
+            "a reference hub, tills enrolled over mTLS, a virtual receipt printer and a "
+            "virtual customer display. Identification by card and phone, quotes, checkouts "
+            "with offers and redemption, a refund, a hub outage and its recovery, and a new "
+            "offer snapshot. Nothing outside a temporary directory is touched."
         ),
     )
     p.add_argument(
         "--speed",
         type=float,
         default=0.0,
-        help="seconds to pause between steps (default 0: as fast as it goes)",
+        help="seconds to pause between steps, to follow along (default 0: full speed)",
     )
-    p.add_argument("--tills", type=int, default=1, choices=(1, 2), help="number of tills")
-    p.add_argument("--keep", action="store_true", help="keep the demo's data directory")
+    p.add_argument("--tills", type=int, default=2, choices=(1, 2, 3), help="number of tills")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the day, keep the hub, tills and devices up until Ctrl-C",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
     p.add_argument("--seed", type=int, default=7, help="seed of the embedded chain")
     p.set_defaults(handler=run_demo)
 
 
-class Story:
-    def __init__(self, speed: float, out: Callable[[str], None] = print) -> None:
-        self.speed = speed
-        self.out = out
-        self.step = 0
-
-    def say(self, text: str) -> None:
-        self.out(text)
-
-    def heading(self, text: str) -> None:
-        self.step += 1
-        if self.speed:
-            time.sleep(self.speed)
-        self.out(f"\n── {self.step}. {text}")
-
-
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    keep = bool(getattr(args, "keep", False))
     root = Path(tempfile.mkdtemp(prefix="tillpoint-demo-"))
     try:
         return play(
             root,
-            speed=float(getattr(args, "speed", 0.0)),
+            speed=float(args.speed),
             tills=int(args.tills),
             seed=int(args.seed),
+            keep_running=bool(args.keep_running),
         )
     finally:
-        if keep:
-            print(f"\n(demo data kept in {root})")
+        if args.keep:
+            print(f"\n(demo files kept in {root})")
         else:
-            import shutil
-
             shutil.rmtree(root, ignore_errors=True)
+
+
+class DemoFailed(Exception):
+    """A step did not behave as the contract says."""
+
+
+class Story:
+    def __init__(self, speed: float, out: Out) -> None:
+        self.speed, self.out, self.step = speed, out, 0
+        self._lock = threading.Lock()
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            self.out(text)
+
+    def heading(self, text: str) -> None:
+        if self.speed:
+            time.sleep(self.speed)
+        self.step += 1
+        self.say(f"\n── {self.step}. {text}")
+
+    def check(self, ok: bool, what: str) -> None:
+        if not ok:
+            raise DemoFailed(what)
+
+
+# ---------------------------------------------------------------- virtual devices
+
+
+class DisplayWatcher:
+    """Reads the pole display's pseudo-terminal and tells the story what the customer sees."""
+
+    def __init__(self, directory: Path, story: Story) -> None:
+        from tillpoint.printer.virtual_display import DisplayScreen, PtyPair
+
+        self.pair = PtyPair(directory)
+        self.screen = DisplayScreen("epson")
+        self.story = story
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.shown: list[list[str]] = []
+
+    def start(self) -> Path:
+        from tillpoint.printer.transport import open_serial
+
+        self.pair.start()
+        port = open_serial(str(self.pair.peer), read_timeout_s=0.1)
+
+        def run() -> None:
+            last: list[str] = []
+            try:
+                while not self._stop.is_set():
+                    data = port.read(256)
+                    if data:
+                        self.screen.feed(data)
+                    elif self.screen.lines != last and any(self.screen.lines):
+                        last = list(self.screen.lines)
+                        self.shown.append(last)
+                        self.story.say("     ┌" + "─" * 20 + "┐  display")
+                        for line in last:
+                            self.story.say(f"     │{line:<20}│")
+                        self.story.say("     └" + "─" * 20 + "┘")
+            finally:
+                port.close()
+
+        self._thread = threading.Thread(target=run, name="demo-display", daemon=True)
+        self._thread.start()
+        return self.pair.device
+
+    def settle(self, timeout: float = 2.0) -> None:
+        """Wait until the display has shown what it was sent."""
+        deadline = time.monotonic() + timeout
+        count = len(self.shown)
+        while time.monotonic() < deadline:
+            time.sleep(0.15)
+            if len(self.shown) > count:
+                count = len(self.shown)
+                deadline = min(deadline, time.monotonic() + 0.3)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self.pair.stop()
+
+
+@contextlib.contextmanager
+def devices_for(agent: Any, root: Path, story: Story) -> Iterator[tuple[Any, Any, Any]]:
+    """A virtual printer and (with socat) a virtual display, wired to `agent` like `run` does."""
+    from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+    from tillpoint.printer.render import render_text
+    from tillpoint.printer.service import Devices
+    from tillpoint.printer.virtual import VirtualPrinter
+    from tillpoint.printer.virtual_display import PtyPair
+
+    def coupon(doc: Any) -> None:
+        story.say("     ╔═ the receipt printer prints ══════════════════╗")
+        for line in render_text(doc, 48).rstrip("\n").splitlines():
+            story.say(f"     ║ {line}")
+        story.say(f"     ╚═ scan codes: {', '.join(doc.codes) or '-'}")
+
+    printer = VirtualPrinter(columns=48, on_document=coupon)
+    port = printer.start()
+    watcher = DisplayWatcher(root / "display", story) if PtyPair.available() else None
+    display = DisplayConfig()
+    if watcher is not None:
+        display = DisplayConfig(kind="serial", device=str(watcher.start()), refresh_s=3600)
+    devices = Devices(
+        Path(agent.data_dir) / "ledger.db",
+        PrinterConfig(kind="network", host="127.0.0.1", port=port, retry_base_s=0.2),
+        display,
+        ScannerConfig(),
+    )
+    devices.start()
+    agent.devices = devices
+    try:
+        yield printer, watcher, devices
+    finally:
+        agent.devices = None
+        devices.stop()
+        if watcher is not None:
+            watcher.stop()
+        printer.stop()
+
+
+# ---------------------------------------------------------------- the day
 
 
 def play(
     root: Path,
     *,
     speed: float = 0.0,
-    tills: int = 1,
+    tills: int = 2,
     seed: int = 7,
-    out: Callable[[str], None] = print,
+    keep_running: bool = False,
+    out: Out = print,
 ) -> int:
     story = Story(speed, out)
-    today = datetime.now(ZONE).date()
-    snap = chain(today, seed=seed)
-    products = {p["sku"]: p for p in snap["products"]}
-    food = [p for p in snap["products"] if not p.get("excludedFromLoyalty")]
-    tobacco = next(p for p in snap["products"] if p["category"] == "tobacco")
-    anna, anna_card = snap["customers"][0], snap["cards"][0]["number"]
-    boris_phone = snap["customers"][1]["phone"]
-    blocked_card = snap["cards"][3]["number"]
-    agents = [Agent(root / f"till-{n + 1}", f"demo-till-{n + 1}") for n in range(tills)]
-    totals = {"receipts": 0, "earned": 0, "redeemed": 0, "refunds": 0}
-
-    def at(hour: int, minute: int) -> str:
-        return (
-            datetime.combine(today, datetime.min.time(), ZONE)
-            .replace(hour=hour, minute=minute)
-            .isoformat()
-        )
-
     try:
-        story.heading("The hub's snapshot is loaded on every till")
-        for agent in agents:
-            info = agent.load_snapshot(snap)
+        _day(root, story, tills, seed, keep_running)
+    except (DemoFailed, TillpointError, TimeoutError) as exc:
+        story.say(f"\nDEMO FAILED: {exc}")
+        return 1
+    story.say("\nDemo finished: every step behaved as the contract says.")
+    return 0
+
+
+def _day(root: Path, story: Story, n_tills: int, seed: int, keep_running: bool) -> None:
+    from tillpoint.sync.loopback import LoopbackHub, import_doc
+
+    today = datetime.now(ZONE).date()
+    master = chain(today, seed=seed)
+    for key in ("version", "baseVersion", "issuedAt"):
+        master.pop(key, None)
+    products = {p["sku"]: p for p in master["products"]}
+    food = [p for p in master["products"] if not p.get("excludedFromLoyalty")]
+    tobacco = next(p for p in master["products"] if p["category"] == "tobacco")
+    anna, boris = master["customers"][0], master["customers"][1]
+    anna_card, boris_card = master["cards"][0]["number"], master["cards"][1]["number"]
+    blocked_card = master["cards"][3]["number"]
+
+    def at(hour: int, minute: int, days: int = 0) -> str:
+        moment = datetime.combine(today + timedelta(days=days), datetime.min.time(), ZONE)
+        return moment.replace(hour=hour, minute=minute).isoformat()
+
+    story.heading("The chain's hub starts, with its master data")
+    hub = LoopbackHub(root / "hub", data=master)
+    story.say(
+        f"  hub on {hub.address} (gRPC over mTLS, its own CA and Ed25519 signing key): "
+        f"{len(master['products'])} products in {len(master['categories'])} categories, "
+        f"{len(master['customers'])} customers, {len(master['offers'])} offers"
+    )
+    tills = []
+    try:
+        story.heading(f"{n_tills} till(s) are enrolled and pull their signed snapshot")
+        for n in range(n_tills):
+            till = hub.till(f"store1-till{n + 1}", root / f"till{n + 1}")
+            tills.append(till)
+        for till in tills:
+            _until(till, lambda s: s["cacheVersion"] >= 1 and s["mode"] == "ONLINE")
+            status = till.agent.status()
             story.say(
-                f"  {agent.device_id}: snapshot version {info.version}: "
-                f"{len(snap['products'])} products, {len(snap['customers'])} customers, "
-                f"{len(snap['offers'])} offers"
+                f"  {till.device_id}: snapshot v{status['cacheVersion']} verified and applied,"
+                f" mode {status['mode']}"
             )
-        till = agents[0]
-
-        story.heading(f"Anna shows her card {anna_card}")
-        card = till.identify(anna_card)
-        story.say(f"  → {card['status']}: {card['firstName']}, tier {card['tier']}")
-        anna_offers = [o for o in snap["offers"] if o.get("customerId") == anna["id"]]
-        basket: list[dict[str, Any]] = []
-        money = [o for o in anna_offers if o["kind"] in ("PERCENT_OFF", "AMOUNT_OFF")]
-        favourite = products[money[0]["skus"][0]]
-        for product, qty in ((favourite, "2"), (food[0], "1"), (food[5], "1.250"), (tobacco, "1")):
-            basket.append(
-                {"sku": product["sku"], "qty": qty, "priceMinor": 4990 + 1000 * len(basket)}
+        till, other = tills[0], tills[-1]
+        with devices_for(till.agent, root, story) as (printer, watcher, _devices):
+            _sales(
+                story,
+                till,
+                other,
+                products,
+                food,
+                tobacco,
+                anna,
+                anna_card,
+                boris,
+                boris_card,
+                blocked_card,
+                at,
+                watcher,
             )
-            quote = till.quote(_receipt("demo-1", anna_card, at(10, 15), basket, 0))
+            story.heading("The hub goes away (the store's link is down)")
+            hub.stop()
+            offline = till.agent.checkout(
+                _receipt("d-off-1", anna_card, at(14, 5), [_line(food[7], "2", 45000)] * 4, -1)
+            )
             story.say(
-                f"  scan {product['name']} × {qty}: total "
-                f"{format_minor(quote['totalMinor'])}, to pay "
-                f"{format_minor(quote['payableMinor'])}  [display: "
-                f"{' | '.join(quote['display'])}]"
+                f"  Anna pays with points again: mode {offline['mode']}, "
+                f"{offline['redeemedPoints']} points spent (offline limit "
+                f"{master['program']['offlineRedeemLimitPoints']} a card a day)"
             )
+            story.check(offline["mode"] == "OFFLINE", "the till should be OFFLINE")
+            for i in range(3):
+                other.agent.checkout(
+                    _receipt(
+                        f"d-off-{i + 2}",
+                        boris_card,
+                        at(14, 10 + i),
+                        [_line(food[10 + i], "1", 9900)],
+                        0,
+                    )
+                )
+            waiting = sum(t.agent.status()["outboxDepth"] for t in tills)
+            story.say(f"  the tills keep selling; {waiting} transactions wait in their outboxes")
+            if watcher is not None:
+                watcher.settle()
 
-        story.heading("Anna pays, spending as many points as the rules allow")
-        result = till.checkout(_receipt("demo-1", anna_card, at(10, 16), basket, -1))
-        _tell_result(story, result, products)
-        totals["receipts"] += 1
-        totals["earned"] += result["earnedPoints"]
-        totals["redeemed"] += result["redeemedPoints"]
-        again = till.checkout(_receipt("demo-1", anna_card, at(10, 16), basket, -1))
-        story.say(
-            f"  the POS retries the same receipt: same answer "
-            f"({'yes' if again == result else 'NO'}), nothing counted twice"
-        )
+            story.heading("The hub comes back: the outboxes drain, balances agree")
+            hub.restart()
+            for t in tills:
+                _until(t, lambda s: s["outboxDepth"] == 0)
+            for t in tills:
+                story.say(f"  {t.device_id}: outbox empty, mode {t.agent.status()['mode']}")
+            version = hub.publish()  # balances folded in; appliedThrough per till
+            for t in tills:
+                _until(t, lambda s: s["cacheVersion"] >= version)
+            story.say(
+                f"  snapshot v{version} carries the new balances and each till's appliedThrough"
+            )
+            evening = datetime.fromisoformat(at(23, 59))  # after the day's last receipt
+            for person, number in ((anna, anna_card), (boris, boris_card)):
+                central = hub.store.balance(person["id"], evening).available
+                local = [t.agent.balance(number, evening)["availablePoints"] for t in tills]
+                story.say(
+                    f"  {person['firstName']}: hub {central} points; tills "
+                    + ", ".join(str(x) for x in local)
+                )
+                story.check(all(x == central for x in local), "balances differ")
+            entries = len(hub.store.ledger())
+            journal = sum(t.agent.status()["lastSeq"] for t in tills)
+            story.say(f"  hub ledger {entries} transactions = the tills' journals {journal}")
+            story.check(entries == journal, "the hub's ledger and the journals differ")
 
-        story.heading(f"Boris gives his phone number {boris_phone[:5]}…{boris_phone[-2:]}")
-        phone_text = "8" + boris_phone[2:]
-        card = till.identify(phone_text)
-        story.say(f"  → {card['status']}: {card.get('firstName', '')}")
-        held = next(o for o in snap["offers"] if o.get("customerId") == "c-0002")
-        boris_skus = [held["skus"][0]] + [p["sku"] for p in food[3::41]]
-        boris_basket = [
-            {"sku": sku, "qty": "1", "priceMinor": 15000 + 1700 * i}
-            for i, sku in enumerate(boris_skus)
-        ]
-        result = agents[-1].checkout(_receipt("demo-2", phone_text, at(11, 40), boris_basket, 0))
-        _tell_result(story, result, products)
-        totals["receipts"] += 1
-        totals["earned"] += result["earnedPoints"]
-
-        story.heading("A blocked card and a mistyped card are refused; the sale goes on")
-        for text in (blocked_card, anna_card[:-1] + str((int(anna_card[-1]) + 1) % 10)):
-            try:
-                till.checkout(_receipt("demo-x", text, at(12, 0), basket[:1], 0))
-                story.say("  UNEXPECTED: accepted")
-                return 1
-            except TillpointError as exc:
-                story.say(f"  {text}: {exc}")
-
-        story.heading("Anna brings one item back the next morning")
-        tomorrow = (
-            datetime.combine(today + timedelta(days=1), datetime.min.time(), ZONE).replace(hour=9)
-        ).isoformat()
-        refund = till.refund(
-            {
-                "refundId": "demo-r1",
-                "receiptId": "demo-1",
-                "at": tomorrow,
-                "lines": [{"sku": favourite["sku"], "qty": "1"}],
+            story.heading("Marketing publishes a new offer; the hub tells the tills at once")
+            offer = {
+                "id": "m-bread-25",
+                "campaignId": "camp-bread",
+                "kind": "PERCENT_OFF",
+                "categories": ["bakery"],
+                "value": "25",
+                "validFrom": at(0, 0),
+                "validTo": at(23, 59, days=7),
+                "priority": 1,
             }
-        )
-        story.say(
-            f"  {refund['returnedPoints']} points given back, "
-            f"{refund['takenBackPoints']} taken back; balance "
-            f"{refund['balance']['availablePoints']}"
-        )
-        totals["refunds"] += 1
-
-        story.heading("The day's summary")
-        for agent in agents:
-            status = agent.status()
-            story.say(
-                f"  {agent.device_id}: last seq {status['lastSeq']}, "
-                f"{status['outboxDepth']} transactions waiting for the hub, "
-                f"{status['printQueueDepth']} coupon job(s) queued"
+            import_doc(hub.store, {"offers": [offer]})
+            version = hub.publish()
+            for t in tills:
+                _until(t, lambda s: s["cacheVersion"] >= version)
+            story.say(f"  snapshot v{version} (a delta) pulled by every till")
+            bread = next(p for p in food if p["category"] == "bakery")
+            quote = till.agent.quote(
+                _receipt("d-new", anna_card, at(16, 0), [_line(bread, "1", 6000)], 0)
             )
-        story.say(
-            f"  receipts {totals['receipts']}, refunds {totals['refunds']}, "
-            f"points earned {totals['earned']}, points redeemed {totals['redeemed']}"
-        )
-        balance = till.balance(anna_card)
-        story.say(
-            f"  Anna's balance now: {balance['availablePoints']} "
-            f"(+{balance['pendingPoints']} pending)"
-        )
-        story.say("\nDemo finished: every step behaved as the contract says.")
-        return 0
+            story.say(
+                f"  {bread['name']}: 60,00 → {format_minor(quote['payableMinor'])} "
+                f"(offer {quote['lines'][0]['offerId']})"
+            )
+            story.check(quote["lines"][0]["offerId"] == "m-bread-25", "new offer not applied")
+            _summary(story, tills, hub, printer)
+            if keep_running:
+                story.say("\nEverything keeps running; press Ctrl-C to stop.")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
     finally:
-        for agent in agents:
-            agent.close()
+        for t in tills:
+            t.stop()
+        hub.stop()
+
+
+def _sales(
+    story: Story,
+    till: Any,
+    other: Any,
+    products: dict[str, Any],
+    food: list[dict[str, Any]],
+    tobacco: dict[str, Any],
+    anna: dict[str, Any],
+    anna_card: str,
+    boris: dict[str, Any],
+    boris_card: str,
+    blocked_card: str,
+    at: Callable[..., str],
+    watcher: DisplayWatcher | None,
+) -> None:
+    agent = till.agent
+    story.heading(f"Anna shows her loyalty card {anna_card} at {till.device_id}")
+    card = agent.identify(anna_card)
+    story.say(f"  → {card['status']}: {card['firstName']}, tier {card['tier']}")
+    story.check(card["status"] == "FOUND", "Anna's card should be found")
+    if watcher is not None:
+        watcher.settle()
+    offers = [o for o in _offers_of(agent, anna["id"])]
+    favourite = products[next(o for o in offers if o["kind"] == "PERCENT_OFF")["skus"][0]]
+    basket: list[dict[str, Any]] = []
+    for product, qty, price in (
+        (favourite, "2", 12990),
+        (food[0], "1", 8990),
+        (food[5], "1.250", 19900),
+        (tobacco, "1", 21900),
+    ):
+        basket.append(_line(product, qty, price))
+        quote = agent.quote(_receipt("d-1", anna_card, at(10, 15), basket, 0))
+        story.say(
+            f"  scan {product['name']} × {qty}: total {format_minor(quote['totalMinor'])},"
+            f" savings {format_minor(quote['discountMinor'])}"
+        )
+        if watcher is not None:
+            watcher.settle(0.6)
+
+    story.heading("Anna pays, spending as many points as allowed (the hub authorises them)")
+    result = agent.checkout(_receipt("d-1", anna_card, at(10, 16), basket, -1))
+    _tell(story, result, products)
+    story.check(result["mode"] == "ONLINE", "the hub should authorise online")
+    story.check(result["printedOffers"] != [], "Anna's next offers should print")
+    if watcher is not None:
+        watcher.settle()
+    again = agent.checkout(_receipt("d-1", anna_card, at(10, 16), basket, -1))
+    story.say(
+        "  the POS sends the same receipt again (a timeout on its side): same answer, "
+        f"nothing counted twice: {'yes' if again == result else 'NO'}"
+    )
+    story.check(again == result, "a replayed receipt must return the stored result")
+    time.sleep(0.5)  # let the coupon print before the next story step
+
+    phone = "8" + boris["phone"][2:]
+    story.heading(f"Boris gives his phone number at {other.device_id}: {phone[:4]}…")
+    card = other.agent.identify(phone)
+    story.say(f"  → {card['status']}: {card.get('firstName', '')}")
+    held = next(o for o in _offers_of(other.agent, boris["id"]) if o["campaignId"] == "camp-autumn")
+    lines = [_line(products[held["skus"][0]], "1", 15000)]
+    lines += [_line(p, "1", 15000 + 1700 * i) for i, p in enumerate(food[3::41])]
+    result = other.agent.checkout(_receipt("d-2", phone, at(11, 40), lines, 0))
+    _tell(story, result, products)
+    story.check(held["id"] in result["heldOut"], "Boris is in the control group")
+
+    story.heading(
+        "A blocked card and a mistyped card are refused; the sale goes on without loyalty"
+    )
+    mistyped = anna_card[:-1] + str((int(anna_card[-1]) + 1) % 10)
+    for text in (blocked_card, mistyped):
+        try:
+            agent.checkout(_receipt("d-x", text, at(12, 0), basket[:1], 0))
+        except TillpointError as exc:
+            story.say(f"  {text}: {exc}")
+        else:
+            raise DemoFailed(f"card {text} should have been refused")
+
+    story.heading("Anna brings one item back")
+    refund = agent.refund(
+        {
+            "refundId": "d-r1",
+            "receiptId": "d-1",
+            "at": at(13, 30),
+            "lines": [{"sku": favourite["sku"], "qty": "1"}],
+        }
+    )
+    story.say(
+        f"  {refund['returnedPoints']} points given back, {refund['takenBackPoints']} taken back;"
+        f" balance {refund['balance']['availablePoints']}"
+    )
+
+
+def _until(till: Any, condition: Callable[[dict[str, Any]], bool], timeout: float = 30) -> None:
+    """Wait until the till's status meets `condition` (TimeoutError after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while not condition(till.agent.status()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{till.device_id} did not get there within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def _offers_of(agent: Any, customer_id: str) -> list[dict[str, Any]]:
+    from .cache import CacheView
+
+    with CacheView.reading(agent._cache, agent._secret) as view:
+        return [
+            o.model_dump(mode="json", by_alias=True)
+            for o in view.offers_for(customer_id)
+            if o.customer_id == customer_id
+        ]
+
+
+def _summary(story: Story, tills: list[Any], hub: Any, printer: Any) -> None:
+    story.heading("The day's summary")
+    receipts = refunds = 0
+    for t in tills:
+        kinds = t.agent._ledger.execute("SELECT kind, count(*) FROM journal GROUP BY kind")
+        counts = dict(kinds.fetchall())
+        receipts += counts.get("CHECKOUT", 0)
+        refunds += counts.get("REFUND", 0)
+        s = t.agent.status()
+        story.say(
+            f"  {t.device_id}: {s['lastSeq']} transactions, outbox {s['outboxDepth']},"
+            f" snapshot v{s['cacheVersion']}, mode {s['mode']}, printer {s['printerState']}"
+        )
+    coupons = len(printer.complete)
+    story.say(
+        f"  {receipts} receipts and {refunds} refund(s), every one in the hub exactly once; "
+        f"{coupons} coupon(s) printed"
+    )
+    story.check(coupons >= 1, "a coupon should have printed")
+
+
+def _line(product: dict[str, Any], qty: str, price: int) -> dict[str, Any]:
+    return {"sku": product["sku"], "qty": qty, "priceMinor": price}
 
 
 def _receipt(
@@ -224,7 +512,7 @@ def _receipt(
 ) -> dict[str, Any]:
     return {
         "receiptId": receipt_id,
-        "storeId": "demo-store",
+        "storeId": "store1",
         "tillId": "t1",
         "at": at,
         "card": card,
@@ -233,28 +521,24 @@ def _receipt(
     }
 
 
-def _tell_result(story: Story, r: dict[str, Any], products: dict[str, Any]) -> None:
+def _tell(story: Story, r: dict[str, Any], products: dict[str, Any]) -> None:
     for line in r["lines"]:
         name = products[line["sku"]]["name"]
-        extra = f", offer {line['offerId']}" if line["offerId"] else ""
+        extra = f"  offer {line['offerId']}" if line["offerId"] else ""
         story.say(
-            f"  {name:<42.42} {format_minor(line['amountMinor']):>10}"
-            f"  −{format_minor(line['discountMinor'])}{extra}"
-            f"  +{line['earnedPoints']} pts"
+            f"  {name:<40.40} {format_minor(line['amountMinor']):>9}"
+            f"  −{format_minor(line['discountMinor'])}{extra}  +{line['earnedPoints']} pts"
         )
     story.say(
-        f"  total {format_minor(r['totalMinor'])}, discounts "
-        f"{format_minor(r['discountMinor'])}, points spent {r['redeemedPoints']}, "
-        f"to pay {format_minor(r['payableMinor'])}; earned {r['earnedPoints']} points"
+        f"  total {format_minor(r['totalMinor'])}, discounts {format_minor(r['discountMinor'])},"
+        f" points spent {r['redeemedPoints']}, to pay {format_minor(r['payableMinor'])};"
+        f" earned {r['earnedPoints']} points ({r['mode']})"
     )
     if r["balance"]:
-        story.say(
-            f"  balance {r['balance']['availablePoints']}; display: {' | '.join(r['display'])}"
-        )
+        story.say(f"  balance now {r['balance']['availablePoints']} points")
     if r["printedOffers"]:
         story.say(f"  coupons for the next visit: {', '.join(r['printedOffers'])}")
     if r["heldOut"]:
-        story.say(f"  held out for the control group: {', '.join(r['heldOut'])}")
-
-
-__all__ = ["date", "play", "register"]
+        story.say(
+            f"  held out (control group, for measuring the campaign): {', '.join(r['heldOut'])}"
+        )
