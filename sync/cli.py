@@ -427,10 +427,25 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
 
 def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import read_json
+    from tillpoint.agent.db import open_ledger
+    from tillpoint.agent.errors import Refused
+    from tillpoint.agent.ledger import outbox_depth
 
-    from .pki import install_bundle
+    from .pki import install_bundle, is_enrolled
 
-    enrollment = install_bundle(settings.data_dir, read_json(args.bundle), settings.device_id)
+    bundle = read_json(args.bundle)
+    if is_enrolled(settings.data_dir):
+        conn = open_ledger(settings.data_dir)
+        try:
+            depth = outbox_depth(conn)
+        finally:
+            conn.close()
+        if depth:
+            raise Refused(
+                f"{depth} transaction(s) have not reached the current hub yet: re-enrolment"
+                " refused (let `tillpoint sync now` drain the outbox first)"
+            )
+    enrollment = install_bundle(settings.data_dir, bundle, settings.device_id)
     data = {
         "deviceId": enrollment.device_id,
         "hubAddress": enrollment.hub_address,

@@ -248,3 +248,29 @@ def test_snapshot_load_on_an_enrolled_till_takes_only_signed_files(
     run(capsys, "hub", "export", "till-1", "--hub-dir", str(hub_dir), "--out", str(signed))
     code, doc, err = run(capsys, "snapshot", "load", str(signed), "--data-dir", till, "--json")
     assert code == 0 and doc["version"] == 10, err
+
+
+def test_reenrolment_is_refused_while_the_outbox_holds_transactions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tillpoint.agent.service import Agent
+    from tillpoint.sync.loopback import receipt
+
+    hub_dir = tmp_path / "hub"
+    bundle = tmp_path / "b.json"
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    till = tmp_path / "till"
+    assert (
+        run(capsys, "hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle))[0]
+        == 0
+    )
+    assert run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))[0] == 0
+    # The till sells while its hub is away: a transaction waits in the outbox.
+    agent = Agent(till, "till-1")  # seeded directly: the signed-only rule is the CLI's
+    doc = sample_master_data()
+    doc.update({"version": 1, "baseVersion": 0})
+    agent.load_snapshot(doc)
+    agent.checkout(receipt("r1", doc["cards"][0]["number"]))
+    agent.close()
+    code, _, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
+    assert code == 2 and "re-enrolment refused" in err
