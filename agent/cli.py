@@ -141,7 +141,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if command == "config":
         if args.config_command != "check":
             parser.error("config needs an action: check")
+        from tillpoint.printer.service import load_configs
+
+        devices = load_configs(settings.printer, settings.display, settings.scanner)
         shown = settings.model_dump(mode="json")
+        for name, model in zip(("printer", "display", "scanner"), devices, strict=True):
+            shown[name] = model.model_dump(mode="json")
         return emit(args, shown, lambda d: "configuration is valid\n" + json.dumps(d, indent=2))
 
     from .service import Agent

@@ -1,8 +1,9 @@
 """A small Prometheus text endpoint on localhost, without a dependency.
 
 Checkout latency histogram, outbox depth, snapshot version and age, printer and display
-state, sync errors. Gauges that live in SQLite are read when scraped (collectors), so the
-numbers are never stale and the checkout path does no extra work.
+state, the hub's reachability and the sync's outstanding error. Gauges that live in
+SQLite are read when scraped (collectors), so the numbers are never stale and the
+checkout path does no extra work.
 """
 
 from __future__ import annotations
@@ -42,27 +43,6 @@ class Histogram:
         return out
 
 
-class Counter:
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name, self.help = name, help_text
-        self._values: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def inc(self, label: str = "", amount: int = 1) -> None:
-        with self._lock:
-            self._values[label] = self._values.get(label, 0) + amount
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        with self._lock:
-            items = sorted(self._values.items())
-        for label, value in items or [("", 0)]:
-            out.append(
-                f'{self.name}{{kind="{label}"}} {value}' if label else f"{self.name} {value}"
-            )
-        return out
-
-
 # name -> (help, () -> {labels -> value})
 Collector = Callable[[], dict[str, float]]
 
@@ -72,14 +52,13 @@ class Registry:
         self.checkout_seconds = Histogram(
             "tillpoint_checkout_seconds", "Checkout latency, commit and fsync included."
         )
-        self.sync_errors = Counter("tillpoint_sync_errors_total", "Failed calls to the hub.")
         self._gauges: dict[str, tuple[str, Collector]] = {}
 
     def gauge(self, name: str, help_text: str, collect: Collector) -> None:
         self._gauges[name] = (help_text, collect)
 
     def render(self) -> str:
-        lines = self.checkout_seconds.render() + self.sync_errors.render()
+        lines = self.checkout_seconds.render()
         for name, (help_text, collect) in sorted(self._gauges.items()):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
             try:

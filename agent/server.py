@@ -199,6 +199,30 @@ def register_gauges(registry: Any, agent: Agent) -> None:
         "Transactions not yet acknowledged by the hub.",
         lambda: {"": float(agent.status()["outboxDepth"])},
     )
+
+    def state(key: str) -> Callable[[], dict[str, float]]:
+        def collect() -> dict[str, float]:
+            value = agent.status().get(key)
+            return {f'state="{value}"': 1.0 if value == "OK" else 0.0} if value else {}
+
+        return collect
+
+    registry.gauge(
+        "tillpoint_printer_ok", "1 when the receipt printer is OK.", state("printerState")
+    )
+    registry.gauge(
+        "tillpoint_display_ok", "1 when the customer display is OK.", state("displayState")
+    )
+    registry.gauge(
+        "tillpoint_hub_online",
+        "1 while the hub answers (the till prices ONLINE).",
+        lambda: {"": 1.0 if agent.status()["mode"] == "ONLINE" else 0.0},
+    )
+    registry.gauge(
+        "tillpoint_sync_error",
+        "1 while the sync with the hub has an outstanding error (see status lastError).",
+        lambda: {"": 1.0 if agent.status().get("lastError") else 0.0},
+    )
     registry.gauge(
         "tillpoint_print_queue_depth",
         "Coupon print jobs not yet printed.",

@@ -68,6 +68,14 @@ def test_example_config_is_valid_and_config_check(cli: CLI) -> None:
     run = cli("--config", str(example), "config", "check", "--json")
     assert run.code == 0, run.err
     assert run.json()["server"]["listen"].startswith("127.0.0.1:")
+    assert run.json()["printer"]["profile"] == "generic-80mm"
+
+
+def test_config_check_validates_the_device_tables(cli: CLI, tmp_path: Path) -> None:
+    conf = tmp_path / "p.toml"
+    conf.write_text('[printer]\nkind = "network"\n')
+    run = cli("--config", str(conf), "config", "check")
+    assert run.code == 2 and "host" in run.err and "printer" in run.err
 
 
 def test_one_agent_per_data_dir(tmp_path: Path) -> None:
@@ -108,6 +116,8 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
         assert 'tillpoint_checkout_seconds_bucket{le="0.005"} 1' in body
         assert "tillpoint_snapshot_version 1" in body
         assert "tillpoint_outbox_depth 0" in body
+        assert 'tillpoint_printer_ok{state="OK"} 1' in body
+        assert "tillpoint_hub_online 0" in body and "tillpoint_sync_error 0" in body
     finally:
         server.shutdown()
         agent.close()
