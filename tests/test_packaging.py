@@ -150,3 +150,29 @@ def test_installed_agent_starts_and_answers(installed: Path, tmp_path: Path) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0
+
+
+def test_wheel_holds_one_tillpoint_namespace(tmp_path: Path) -> None:
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path, REPO],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("tillpoint-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.startswith("tillpoint-")}
+    assert tops == {"tillpoint"}
+    for expected in (
+        "tillpoint/agent/cli.py",
+        "tillpoint/sync/hub_server.py",
+        "tillpoint/printer/queue.py",
+        "tillpoint/v1/tillpoint_pb2.py",
+        "tillpoint/v1/tillpoint.proto",
+    ):
+        assert expected in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "tillpoint = tillpoint.agent.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
