@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import InputError, SnapshotRefused, StorageError
+from .db import write_transaction
+from .errors import InputError, SnapshotRefused
 from .identify import normalise, phone_key
 from .models import (
     ROW_MODELS,
@@ -69,44 +70,36 @@ def apply_snapshot(
     Rows are consumed as they come (a streamed snapshot never sits in memory whole); a
     bad row anywhere rolls the whole snapshot back.
     """
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            current = _version(conn)
-            if header.version <= current:
-                raise SnapshotRefused(
-                    f"snapshot version {header.version} is not newer than the cache's {current}"
-                )
-            if not header.is_full and header.base_version != current:
-                raise SnapshotRefused(
-                    f"delta snapshot {header.version} applies on version {header.base_version},"
-                    f" but the cache is at version {current}: a full snapshot is needed"
-                )
-            if header.is_full:
-                for table in ROW_MODELS:
-                    conn.execute(f"DELETE FROM {table}")
-                conn.execute("DELETE FROM applied_through")
-            _remove(conn, header.removed)
-            _write_rows(conn, rows, secret, replace=not header.is_full)
-            if header.program is not None or header.is_full:
-                program = header.program or Program()
-                _set(conn, "program", program.model_dump_json(by_alias=True))
-            for device, seq in header.applied_through.items():
-                conn.execute(
-                    "INSERT INTO applied_through VALUES (?, ?) ON CONFLICT (device_id)"
-                    " DO UPDATE SET seq = max(seq, excluded.seq)",
-                    (device, seq),
-                )
-            _set(conn, "version", str(header.version))
-            _set(conn, "issued_at", header.issued_at.isoformat() if header.issued_at else "")
-            _set(conn, "expires_at", header.expires_at.isoformat() if header.expires_at else "")
-            _set(conn, "loaded_at", now.isoformat())
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    except sqlite3.Error as exc:
-        raise StorageError(f"the snapshot could not be stored: {exc}") from None
+    with write_transaction(conn, "cache"):
+        current = _version(conn)
+        if header.version <= current:
+            raise SnapshotRefused(
+                f"snapshot version {header.version} is not newer than the cache's {current}"
+            )
+        if not header.is_full and header.base_version != current:
+            raise SnapshotRefused(
+                f"delta snapshot {header.version} applies on version {header.base_version},"
+                f" but the cache is at version {current}: a full snapshot is needed"
+            )
+        if header.is_full:
+            for table in ROW_MODELS:
+                conn.execute(f"DELETE FROM {table}")
+            conn.execute("DELETE FROM applied_through")
+        _remove(conn, header.removed)
+        _write_rows(conn, rows, secret, replace=not header.is_full)
+        if header.program is not None or header.is_full:
+            program = header.program or Program()
+            _set(conn, "program", program.model_dump_json(by_alias=True))
+        for device, seq in header.applied_through.items():
+            conn.execute(
+                "INSERT INTO applied_through VALUES (?, ?) ON CONFLICT (device_id)"
+                " DO UPDATE SET seq = max(seq, excluded.seq)",
+                (device, seq),
+            )
+        _set(conn, "version", str(header.version))
+        _set(conn, "issued_at", header.issued_at.isoformat() if header.issued_at else "")
+        _set(conn, "expires_at", header.expires_at.isoformat() if header.expires_at else "")
+        _set(conn, "loaded_at", now.isoformat())
     return info(conn)
 
 

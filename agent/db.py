@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -157,6 +158,36 @@ def m002_print_jobs_open(db: Database) -> None:
     db.execute(
         "CREATE INDEX IF NOT EXISTS print_jobs_open ON print_jobs(state, id) WHERE state <> 'DONE'"
     )
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
+    """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.
+
+    Anything raised inside rolls all of it back; SQLite's own errors (busy, disk full,
+    a constraint) come out as one StorageError naming `what`, so callers see a readable
+    refusal and know that nothing was stored.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StorageError(f"the {what} is busy or unavailable: {exc}") from None
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StorageError(f"the {what} could not be written, nothing was stored: {exc}") from None
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StorageError(f"the {what} could not be written, nothing was stored: {exc}") from None
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:

@@ -11,8 +11,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,14 +22,13 @@ from typing import Any, Protocol
 from . import cache as cache_mod
 from . import ledger
 from .cache import CacheView, ancestors
-from .db import open_cache, open_ledger, phone_secret
+from .db import open_cache, open_ledger, phone_secret, write_transaction
 from .errors import (
     CardRefused,
     HubUnavailable,
     InputError,
     NotFound,
     Refused,
-    StorageError,
     TillpointError,
 )
 from .identify import Identification, identify
@@ -602,30 +600,9 @@ class Agent:
     def _view(self) -> contextlib.AbstractContextManager[CacheView]:
         return CacheView.reading(self._cache, self._secret, self._memo)
 
-    @contextmanager
-    def _write(self) -> Iterator[None]:
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One ledger write transaction; anything raised inside rolls all of it back."""
-        conn = self._ledger
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"the ledger is busy or unavailable: {exc}") from None
-        try:
-            yield
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise StorageError(
-                f"the ledger could not be written, nothing was stored: {exc}"
-            ) from None
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StorageError(f"the ledger could not be written: {exc}") from None
+        return write_transaction(self._ledger, "ledger")
 
 
 def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:

@@ -13,13 +13,14 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+from tillpoint.agent.db import write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 from tillpoint.agent.models import Program, _timestamp
@@ -187,24 +188,8 @@ class SqliteHubStore:
                 self._all.append(conn)
         return conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"the hub database is busy: {exc}") from None
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StorageError(f"the hub database could not be written: {exc}") from None
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._conn(), "hub database")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
