@@ -272,7 +272,11 @@ class Agent:
         if self.hub is not None and ident.customer is not None:
             try:
                 if not commit:
-                    return wanted, "ONLINE"
+                    # A quote places no hold: ONLINE while the hub answers, else the
+                    # offline cap the checkout would get too.
+                    if self.hub.reachable():
+                        return wanted, "ONLINE"
+                    raise HubUnavailable("the hub is not answering")
                 customer_id = ident.customer.id
                 granted = self.hub.authorise(customer_id, receipt.receipt_id, wanted, receipt.at)
                 return granted, "ONLINE"

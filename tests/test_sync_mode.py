@@ -18,12 +18,16 @@ def test_mode_follows_the_hub_and_status_carries_the_sync_fields(tmp_path: Path)
         status = till.agent.status()
         for key in ("lastPullAt", "lastPushAt", "lastError", "enrolled"):
             assert key in status
+        assert till.agent.quote(receipt("q1", card, redeem=10))["mode"] == "ONLINE"
         hub.stop()
         # Redemption needs the hub: it does not answer, so OFFLINE within the deadline.
         result = till.agent.checkout(receipt("r2", card, redeem=10))
         assert result["mode"] == "OFFLINE" and result["redeemedPoints"] == 10
-        # From then on the till knows the hub is away, even for receipts without redemption.
+        # From then on the till knows the hub is away, even for receipts without redemption,
+        # and a quote shows the offline cap the checkout would get.
         assert till.agent.checkout(receipt("r3", card))["mode"] == "OFFLINE"
+        quoted = till.agent.quote(receipt("q2", card, redeem=-1))
+        assert quoted["mode"] == "OFFLINE" and quoted["redeemedPoints"] <= 490
         wait_for(lambda: till.agent.status()["mode"] == "OFFLINE")
     finally:
         till.stop()
