@@ -379,20 +379,21 @@ class Puller:
         return PullResult("UP_TO_DATE", current, message=message)
 
     def _apply(self, partial: _Partial, current: int, resumed_from: int) -> PullResult:
-        payload = self.part.read_bytes()
         try:
-            verified = signing.verify(
+            # Verified and applied from a read-only mapping of the downloaded file: a
+            # chain-sized payload is never read into memory (signing.verify_file).
+            with signing.verify_file(
                 public_key=self.enrollment.snapshot_public_key(),
                 device_id=self.device_id,
-                payload=payload,
+                path=self.part,
                 signature=base64.b64decode(partial.signature),
                 current_version=current,
                 now=self.clock(),
                 declared_version=partial.version,
                 declared_size=partial.total_size,
                 declared_sha256=bytes.fromhex(partial.sha256),
-            )
-            verified.apply(self.agent)
+            ) as verified:
+                verified.apply(self.agent)
         except SnapshotRefused as exc:
             return self._refused(partial, str(exc))
         self._discard()
