@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -63,7 +64,13 @@ def test_coupon_prints_through_run_and_status_shows_the_printer(tmp_path: Path) 
                 docs = printer.wait_for(1, timeout_s=15)
                 assert "20% на хлеб" in docs[0].text
                 assert docs[0].codes == ["TP1-o-print"]
-                status = stub.Status(pb.StatusRequest(), timeout=10)
+                # The worker marks the job DONE once the printer confirms it (GS r).
+                deadline = time.monotonic() + 15
+                while True:
+                    status = stub.Status(pb.StatusRequest(), timeout=10)
+                    if status.print_queue_depth == 0 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
                 assert status.printer_state == "OK"
                 assert status.print_queue_depth == 0
         finally:
