@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
 PROTO_OUT := proto
 
-.PHONY: deb wheel help venv test test-all lint typecheck proto proto-check demo bench bench-quick clean deps-system
+.PHONY: deb wheel help venv test test-all lint typecheck proto proto-check demo bench bench-quick faults faults-quick clean deps-system
 
 help:
 	@echo "make demo       run a whole store on one machine (embedded defaults)"
@@ -71,6 +71,14 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
+
+# Fault injection against the real agent and hub on loopback (docs/FAULTS.md); exits 1
+# when a promise is broken. faults-quick is the CI size (< 2 minutes).
+faults: $(STAMP)
+	$(BIN)/python -m bench.faults
+
+faults-quick: $(STAMP)
+	$(BIN)/python -m bench.faults --quick
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
