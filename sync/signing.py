@@ -226,7 +226,8 @@ def verify_file(
         finally:
             body.release()
         try:
-            public_key.verify(signature, mm)
+            with memoryview(mm) as whole:  # released before the mapping can be closed
+                public_key.verify(signature, whole)
         except InvalidSignature:
             raise SnapshotRefused(
                 "snapshot refused: the signature is not the hub's (tampered, corrupted, or made"
