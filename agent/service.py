@@ -33,7 +33,7 @@ from .errors import (
 )
 from .identify import Identification, identify
 from .messages import checkout_display, identify_display, quote_display
-from .models import Customer, Offer, Receipt, Refund, Snapshot, SnapshotHeader, parse
+from .models import Customer, Offer, Program, Receipt, Refund, Snapshot, SnapshotHeader, parse
 from .money import frac
 from .pricing import (
     Priced,
@@ -207,14 +207,18 @@ class Agent:
             offers=offers,
             available_points=before.available if before else 0,
         )
-        mode = "OFFLINE"
+        # A standalone till caps redemption with the day's offline limit from the start, so
+        # the receipt is priced once. With a hub, every redemption asks it (within its
+        # deadline) for what the rules allow; a smaller grant, or the offline limit when the
+        # hub does not answer, prices the receipt again.
+        mode = "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE"
+        if customer is not None and self.hub is None and receipt.redeem_points != 0:
+            ctx = _with_cap(ctx, self._offline_remaining(receipt, ident, program))
         priced = price(receipt, ctx)
-        if customer is not None and priced.redeem_allowed_without_cap > 0:
+        if self.hub is not None and customer is not None and priced.redeem_allowed_without_cap > 0:
             cap, mode = self._redeem_cap(receipt, ident, priced, program, commit)
             if cap < priced.redeem_allowed_without_cap:
                 priced = price(receipt, _with_cap(ctx, cap))
-        elif self.hub is not None and self.hub.reachable():
-            mode = "ONLINE"
         self.last_mode = mode
 
         printed: list[Offer] = []
@@ -265,7 +269,7 @@ class Agent:
         receipt: Receipt,
         ident: Identification,
         priced: Priced,
-        program: Any,
+        program: Program,
         commit: bool,
     ) -> tuple[int, str]:
         wanted = priced.redeem_allowed_without_cap
@@ -282,9 +286,13 @@ class Agent:
                 return granted, "ONLINE"
             except HubUnavailable:
                 pass
+        return self._offline_remaining(receipt, ident, program), "OFFLINE"
+
+    def _offline_remaining(self, receipt: Receipt, ident: Identification, program: Program) -> int:
+        """What is left of the offline limit for this card on the receipt's store-day."""
         day = receipt.at.astimezone(program.zone).date().isoformat()
         used = ledger.offline_redeemed(self._ledger, ident.card_number or "", day)
-        return max(0, program.offline_redeem_limit_points - used), "OFFLINE"
+        return max(0, program.offline_redeem_limit_points - used)
 
     def _store_checkout(self, done: _Priced, view: CacheView) -> None:
         receipt, priced, customer = done.receipt, done.priced, done.customer
