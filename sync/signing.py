@@ -128,21 +128,35 @@ def verify(
     declared_sha256: bytes | None = None,
 ) -> VerifiedSnapshot:
     """Every check before the swap; returns the parsed snapshot or raises SnapshotRefused."""
-    if declared_size is not None and len(payload) != declared_size:
-        what = "truncated" if len(payload) < declared_size else "longer than declared"
-        raise SnapshotRefused(f"snapshot refused: {what} ({len(payload)} of {declared_size} bytes)")
-    if declared_sha256 is not None and hashlib.sha256(payload).digest() != declared_sha256:
+    _check_size(len(payload), declared_size)
+    _check_sha256(payload, declared_sha256)
+    _check_signature(public_key, signature, signed_message(device_id, payload))
+    header = read_header(payload)
+    check_header(header, current_version, now, declared_version)
+    return VerifiedSnapshot(header, payload)
+
+
+def _check_size(size: int, declared: int | None) -> None:
+    if declared is not None and size != declared:
+        what = "truncated" if size < declared else "longer than declared"
+        raise SnapshotRefused(f"snapshot refused: {what} ({size} of {declared} bytes)")
+
+
+def _check_sha256(payload: bytes | memoryview, declared: bytes | None) -> None:
+    if declared is not None and hashlib.sha256(payload).digest() != declared:
         raise SnapshotRefused("snapshot refused: its checksum does not match (corrupted)")
+
+
+def _check_signature(
+    public_key: ed25519.Ed25519PublicKey, signature: bytes, message: bytes | memoryview
+) -> None:
     try:
-        public_key.verify(signature, signed_message(device_id, payload))
+        public_key.verify(signature, message)
     except InvalidSignature:
         raise SnapshotRefused(
             "snapshot refused: the signature is not the hub's (tampered, corrupted, or made"
             " for another device)"
         ) from None
-    header = read_header(payload)
-    check_header(header, current_version, now, declared_version)
-    return VerifiedSnapshot(header, payload)
 
 
 class VerifiedFile:
@@ -204,9 +218,7 @@ def verify_file(
     mapping and a temporary `<path>.msg` file of the signed message).
     """
     size = path.stat().st_size
-    if declared_size is not None and size != declared_size:
-        what = "truncated" if size < declared_size else "longer than declared"
-        raise SnapshotRefused(f"snapshot refused: {what} ({size} of {declared_size} bytes)")
+    _check_size(size, declared_size)
     if size == 0:
         raise SnapshotRefused("snapshot refused: the payload is empty")
     prefix = signed_message(device_id, b"")
@@ -221,18 +233,11 @@ def verify_file(
         mm.madvise(mmap.MADV_SEQUENTIAL)
         body = memoryview(mm)[len(prefix) :]
         try:
-            if declared_sha256 is not None and hashlib.sha256(body).digest() != declared_sha256:
-                raise SnapshotRefused("snapshot refused: its checksum does not match (corrupted)")
+            _check_sha256(body, declared_sha256)
         finally:
             body.release()
-        try:
-            with memoryview(mm) as whole:  # released before the mapping can be closed
-                public_key.verify(signature, whole)
-        except InvalidSignature:
-            raise SnapshotRefused(
-                "snapshot refused: the signature is not the hub's (tampered, corrupted, or made"
-                " for another device)"
-            ) from None
+        with memoryview(mm) as whole:  # released before the mapping can be closed
+            _check_signature(public_key, signature, whole)
         mm.seek(len(prefix))
         first = mm.readline()
         header = read_header(first if SNAPSHOT_JSONL.encode() in first else mm[len(prefix) :])
