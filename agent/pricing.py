@@ -12,17 +12,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from fractions import Fraction
+from typing import Protocol
 
-from .models import LINE_MONEY_KINDS, Customer, Offer, Product, Program, Receipt
+from .models import LINE_MONEY_KINDS, Customer, Offer, Program, Receipt
 from .money import floor_shares, frac, largest_remainder, round_half_up_ratio
 
 # ---------------------------------------------------------------- inputs and outputs
 
 
+class ProductInfo(Protocol):
+    """What pricing reads of a product (a snapshot `Product` or a cache row)."""
+
+    @property
+    def excluded_from_loyalty(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class PricingContext:
     program: Program
-    products: Mapping[str, Product]
+    products: Mapping[str, ProductInfo]
     # sku -> the product's category and all its ancestors
     categories_of: Callable[[str], frozenset[str]]
     customer: Customer | None  # None: the card is UNKNOWN
