@@ -42,6 +42,53 @@ def to_message(data: dict[str, Any], message: M, *, ignore_unknown: bool = False
     return message
 
 
+def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
+    """A CheckoutResult built field by field: the Quote/Checkout hot path.
+
+    It equals `to_message(data, pb.CheckoutResult())` (a test holds them together) at a
+    fraction of json_format's cost for a 50-line receipt.
+    """
+    card = data["card"]
+    outcome = pb.CardOutcome(status=pb.IdentifyStatus.Value(card["status"]))
+    for key, field in (
+        ("customerId", "customer_id"),
+        ("tier", "tier"),
+        ("firstName", "first_name"),
+    ):
+        if card.get(key) is not None:
+            setattr(outcome, field, card[key])
+    lines = []
+    for line in data["lines"]:
+        out = pb.ResultLine(
+            sku=line["sku"],
+            amount_minor=line["amountMinor"],
+            discount_minor=line["discountMinor"],
+            redeemed_minor=line["redeemedMinor"],
+            earned_points=line["earnedPoints"],
+        )
+        if line["offerId"] is not None:
+            out.offer_id = line["offerId"]
+        lines.append(out)
+    result = pb.CheckoutResult(
+        receipt_id=data["receiptId"],
+        card=outcome,
+        mode=pb.Mode.Value(data["mode"]),
+        lines=lines,
+        total_minor=data["totalMinor"],
+        discount_minor=data["discountMinor"],
+        redeemed_points=data["redeemedPoints"],
+        payable_minor=data["payableMinor"],
+        earned_points=data["earnedPoints"],
+        held_out=data["heldOut"],
+        printed_offers=data["printedOffers"],
+        display=data.get("display", []),
+    )
+    if data.get("balance") is not None:
+        result.balance.available_points = data["balance"]["availablePoints"]
+        result.balance.pending_points = data["balance"]["pendingPoints"]
+    return result
+
+
 class PosAgentServicer(pb_grpc.PosAgentServicer):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -66,7 +113,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
     def Quote(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
         return self._call(
             context,
-            lambda: to_message(self.agent.quote(to_dict(request)), pb.CheckoutResult()),
+            lambda: checkout_result(self.agent.quote(to_dict(request))),
         )
 
     def Checkout(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
@@ -74,7 +121,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         try:
             return self._call(
                 context,
-                lambda: to_message(self.agent.checkout(to_dict(request)), pb.CheckoutResult()),
+                lambda: checkout_result(self.agent.checkout(to_dict(request))),
             )
         finally:
             if self.agent.metrics is not None:

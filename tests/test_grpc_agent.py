@@ -155,3 +155,32 @@ def test_health_service_reports_serving(tmp_path: Path) -> None:
     finally:
         server.stop(0).wait()
         agent.close()
+
+
+def test_the_fast_result_builder_equals_json_format(tmp_path: Path) -> None:
+    from tillpoint.agent.server import checkout_result, to_message
+
+    agent = Agent(tmp_path, "till-1")
+    offer = {
+        "id": "o-1",
+        "campaignId": "k",
+        "customerId": "c-a",
+        "kind": "PERCENT_OFF",
+        "skus": ["4601234000017"],
+        "value": "10",
+        "printable": True,
+        "printText": "x",
+    }
+    agent.load_snapshot(snapshot(offers=[offer]))
+    lines = [
+        {"sku": "4601234000017", "qty": "2", "priceMinor": 8990},
+        {"sku": "4601234000031", "qty": "1", "priceMinor": 20000},
+    ]
+    results = [
+        agent.quote(receipt(lines=lines, redeemPoints=-1)),
+        agent.checkout(receipt(lines=lines, redeemPoints=-1)),
+        agent.checkout(receipt("r2", card="2770000000994")),  # UNKNOWN: no balance
+    ]
+    for result in results:
+        assert checkout_result(result) == to_message(result, pb.CheckoutResult())
+    agent.close()
