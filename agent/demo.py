@@ -121,6 +121,7 @@ class DisplayWatcher:
         self.shown: list[list[str]] = []
 
     def start(self) -> Path:
+        import serial
         from tillpoint.printer.transport import open_serial
 
         self.pair.start()
@@ -130,7 +131,10 @@ class DisplayWatcher:
             last: list[str] = []
             try:
                 while not self._stop.is_set():
-                    data = port.read(256)
+                    try:
+                        data = port.read(256)
+                    except (OSError, serial.SerialException):
+                        return  # the pty went away (Ctrl-C reaches socat too)
                     if data:
                         self.screen.feed(data)
                     elif self.screen.lines != last and any(self.screen.lines):
