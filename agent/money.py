@@ -64,6 +64,12 @@ def largest_remainder(exact: Sequence[Fraction], total: int) -> list[int]:
     return shares
 
 
+def decimal_text(value: Fraction) -> str:
+    """A quantity (at most 3 decimals, so an exact decimal) as text: 3/2 -> "1.5"."""
+    text = str(Decimal(value.numerator) / Decimal(value.denominator))
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def format_minor(amount_minor: int) -> str:
     """12345678 -> '123 456,78' (the way a Russian receipt writes roubles)."""
     sign = "-" if amount_minor < 0 else ""

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from fractions import Fraction
 
 from .errors import Refused
+from .money import decimal_text
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def apply_refund(
                 raise Refused(f"receipt {receipt_id} has no line with sku {sku}")
             raise Refused(
                 f"receipt {receipt_id}: returning more of sku {sku} than was bought"
-                f" ({_qty(bought)} bought, including earlier refunds)"
+                f" ({decimal_text(bought)} bought, including earlier refunds)"
             )
 
     returned = taken = 0
@@ -78,8 +78,3 @@ def apply_refund(
 
 def _share(points: int, returned: Fraction, qty: Fraction) -> int:
     return math.floor(points * returned / qty)
-
-
-def _qty(value: Fraction) -> str:
-    text = str(Decimal(value.numerator) / Decimal(value.denominator))
-    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -31,10 +31,10 @@ from .errors import (
     Refused,
     TillpointError,
 )
-from .identify import Identification, identify
+from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
 from .models import Customer, Offer, Program, Receipt, Refund, Snapshot, SnapshotHeader, parse
-from .money import frac
+from .money import decimal_text, frac
 from .pricing import (
     Priced,
     PricingContext,
@@ -74,8 +74,6 @@ class _Priced:
     ident: Identification
     priced: Priced
     mode: str
-    balance_before: ledger.Points | None
-    program_point_value: int
     result: dict[str, Any]
     customer: Customer | None
     offers: list[Offer]
@@ -100,7 +98,6 @@ class Agent:
         self._memo: dict[str, Any] = {}
         self._ledger = open_ledger(self.data_dir)
         self._lock = threading.RLock()
-        self.last_mode = "OFFLINE"
         self.metrics: Any = None  # a metrics.Registry when run as a service
         self.devices: Any = None  # printer, display and scanner when run as a service
 
@@ -219,7 +216,6 @@ class Agent:
             cap, mode = self._redeem_cap(receipt, ident, priced, program, commit)
             if cap < priced.redeem_allowed_without_cap:
                 priced = price(receipt, _with_cap(ctx, cap))
-        self.last_mode = mode
 
         printed: list[Offer] = []
         if commit and customer is not None:
@@ -256,8 +252,6 @@ class Agent:
             ident,
             priced,
             mode,
-            before,
-            program.point_value_minor,
             result,
             customer,
             printed,
@@ -300,7 +294,7 @@ class Agent:
         now = self.clock()
         seq = ledger.take_seq(conn, self.device_id, done.applied.get(self.device_id, 0))
         program = view.program()
-        card = done.ident.card_number or _normalised(receipt.card)
+        card = done.ident.card_number or normalise(receipt.card)
         day = receipt.at.astimezone(program.zone).date().isoformat()
         request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
         conn.execute(
@@ -482,7 +476,7 @@ class Agent:
             for (idx, *_), new in zip(lines, outcome.returned_qty, strict=True):
                 conn.execute(
                     "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
-                    (_qty_text(new), refund.receipt_id, idx),
+                    (decimal_text(new), refund.receipt_id, idx),
                 )
             program = view.program()
             applied = view.applied_through()
@@ -692,16 +686,6 @@ def _with_cap(ctx: PricingContext, cap: int) -> PricingContext:
     from dataclasses import replace
 
     return replace(ctx, redeem_cap=cap)
-
-
-def _normalised(text: str) -> str:
-    from .identify import normalise
-
-    return normalise(text)
-
-
-def _qty_text(value: Fraction) -> str:
-    return str(Decimal(value.numerator) / Decimal(value.denominator))
 
 
 __all__ = ["Agent", "Refused", "system_clock"]
