@@ -38,27 +38,28 @@ def line_amount(price_minor: int, qty: Decimal) -> int:
     return int(_EXACT.multiply(Decimal(price_minor), qty).quantize(Decimal(1), context=_ROUND))
 
 
-def floor_shares(exact: Sequence[Fraction]) -> list[int]:
-    """largest_remainder of floor(sum(exact)): the accrual split of SPEC §5 step 5."""
-    denominator = math.lcm(*(x.denominator for x in exact)) if exact else 1
-    total = sum(x.numerator * (denominator // x.denominator) for x in exact) // denominator
-    return largest_remainder(exact, total)
-
-
 def largest_remainder(exact: Sequence[Fraction], total: int) -> list[int]:
     """Split `total` into integer shares of `exact` values whose floors sum to at most `total`.
 
     Each share is floor(exact); the units still missing go one each to the largest
-    fractional parts, ties to the earlier position (SPEC §5 steps 4 and 5). The
-    remainders are compared as integers over a common denominator: exact and fast.
+    fractional parts, ties to the earlier position (SPEC §5 steps 4 and 5).
     """
     denominator = math.lcm(*(x.denominator for x in exact)) if exact else 1
     scaled = [x.numerator * (denominator // x.denominator) for x in exact]
-    shares = [n // denominator for n in scaled]
+    return split_integer(scaled, denominator, total)
+
+
+def split_integer(numerators: Sequence[int], denominator: int, total: int) -> list[int]:
+    """`largest_remainder` of the values numerator/denominator, all over one denominator.
+
+    The pricing hot path builds its shares this way directly: remainders compared as
+    integers, no Fraction objects.
+    """
+    shares = [n // denominator for n in numerators]
     missing = total - sum(shares)
     if missing <= 0:
         return shares
-    order = sorted(range(len(exact)), key=lambda i: (-(scaled[i] % denominator), i))
+    order = sorted(range(len(numerators)), key=lambda i: (-(numerators[i] % denominator), i))
     for i in order[:missing]:
         shares[i] += 1
     return shares

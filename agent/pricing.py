@@ -8,14 +8,15 @@ stay at the edges. Amounts are integers; quantities, rates and shares are exact
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from fractions import Fraction
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .models import LINE_MONEY_KINDS, Customer, Offer, Program, Receipt
-from .money import floor_shares, frac, largest_remainder, round_half_up_ratio
+from .money import frac, round_half_up_ratio, split_integer
 
 # ---------------------------------------------------------------- inputs and outputs
 
@@ -27,6 +28,56 @@ class ProductInfo(Protocol):
     def excluded_from_loyalty(self) -> bool: ...
 
 
+class OfferIndex:
+    """Offers by what they target, so a line sees only its candidates.
+
+    The mass offers of a snapshot are indexed once per snapshot version and shared by every
+    receipt; a receipt's few personal offers are indexed on the spot and looked up beside
+    them (`OfferIndex(personal, also=mass_index)`).
+    """
+
+    __slots__ = ("also", "by_category", "by_sku", "receipt_level")
+
+    def __init__(self, offers: Iterable[Offer], also: OfferIndex | None = None) -> None:
+        self.by_sku: dict[str, list[Offer]] = {}
+        self.by_category: dict[str, list[Offer]] = {}
+        self.receipt_level: list[Offer] = []
+        self.also = also
+        for o in offers:
+            if o.kind in _LINE_KINDS:
+                for sku in set(o.skus):
+                    self.by_sku.setdefault(sku, []).append(o)
+                for category in set(o.categories):
+                    self.by_category.setdefault(category, []).append(o)
+            else:
+                self.receipt_level.append(o)
+
+    def candidates(self, sku: str, categories: Iterable[str]) -> list[Offer]:
+        """Every offer targeting the sku or one of the categories, each once."""
+        found: list[Offer] = []
+        part: OfferIndex | None = self
+        while part is not None:
+            found.extend(part.by_sku.get(sku, ()))
+            for category in categories:
+                found.extend(part.by_category.get(category, ()))
+            part = part.also
+        if len(found) > 1:
+            found = list({o.id: o for o in found}.values())
+        return found
+
+    def receipt_offers(self) -> list[Offer]:
+        found: list[Offer] = []
+        part: OfferIndex | None = self
+        while part is not None:
+            found.extend(part.receipt_level)
+            part = part.also
+        return found
+
+
+_LINE_KINDS = LINE_MONEY_KINDS | {"BONUS_MULTIPLIER"}
+_ONE = Fraction(1)
+
+
 @dataclass(frozen=True)
 class PricingContext:
     program: Program
@@ -34,14 +85,14 @@ class PricingContext:
     # sku -> the product's category and all its ancestors
     categories_of: Callable[[str], frozenset[str]]
     customer: Customer | None  # None: the card is UNKNOWN
-    offers: Sequence[Offer]  # personal offers of the customer and mass offers
+    # personal offers of the customer and mass offers (a list, or already indexed)
+    offers: Sequence[Offer] | OfferIndex
     available_points: int = 0  # spendable balance at `at`, before this receipt
     # Extra cap on redemption: what is left of the offline limit, or what the hub authorised.
     redeem_cap: int | None = None
 
 
-@dataclass(frozen=True)
-class PricedLine:
+class PricedLine(NamedTuple):
     sku: str
     qty: Fraction
     amount: int
@@ -50,7 +101,7 @@ class PricedLine:
     offer_id: str | None = None
     redeemed_points: int = 0
     earned_points: int = 0
-    multiplier: Fraction = Fraction(1)
+    multiplier: Fraction = _ONE
 
 
 @dataclass(frozen=True)
@@ -82,18 +133,18 @@ class Priced:
         return sum(line.earned_points for line in self.lines) + self.extra_points
 
 
-@dataclass
+@dataclass(slots=True)
 class _Work:
     """Mutable per-line state while the steps run; frozen into PricedLine at the end."""
 
     sku: str
-    qty: Fraction
+    qty: Decimal
     amount: int
     eligible: bool
-    categories: frozenset[str] = field(default_factory=frozenset)
+    categories: frozenset[str]
     discount: int = 0
     offer_id: str | None = None
-    multiplier: Fraction = Fraction(1)
+    multiplier: Fraction = _ONE
     redeemed: int = 0
     earned: int = 0
 
@@ -106,41 +157,48 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     pv = program.point_value_minor
     customer = ctx.customer
     held: set[str] = set()
+    at = receipt.at
 
     # 1. Eligible lines.
     work: list[_Work] = []
+    products = ctx.products
+    categories_of = ctx.categories_of
+    no_categories: frozenset[str] = frozenset()
     for line in receipt.lines:
-        product = ctx.products.get(line.sku)
+        product = products.get(line.sku)
         eligible = product is not None and not product.excluded_from_loyalty
         work.append(
             _Work(
-                sku=line.sku,
-                qty=frac(line.qty),
-                amount=line.amount,
-                eligible=eligible,
-                categories=ctx.categories_of(line.sku) if eligible else frozenset(),
+                line.sku,
+                line.qty,
+                line.amount,
+                eligible,
+                categories_of(line.sku) if eligible else no_categories,
             )
         )
 
-    offers = [o for o in ctx.offers if _offered_to(o, customer) and o.valid_at(receipt.at)]
+    index = ctx.offers if isinstance(ctx.offers, OfferIndex) else OfferIndex(ctx.offers)
 
-    # 2. Line offers (indexed by what they target, so a line sees only its candidates).
+    # 2. Line offers.
     if customer is not None:
-        by_target: dict[str, list[Offer]] = {}
-        for o in offers:
-            if o.kind in LINE_MONEY_KINDS or o.kind == "BONUS_MULTIPLIER":
-                for target in {*(f"s:{x}" for x in o.skus), *(f"c:{x}" for x in o.categories)}:
-                    by_target.setdefault(target, []).append(o)
         for w in work:
             if w.eligible:
-                keys = [f"s:{w.sku}", *(f"c:{c}" for c in w.categories)]
-                found = {o.id: o for key in keys for o in by_target.get(key, ())}
-                _line_offers(w, list(found.values()), customer, held)
+                found = [
+                    o
+                    for o in index.candidates(w.sku, w.categories)
+                    if _offered_to(o, customer) and o.valid_at(at)
+                ]
+                if found:
+                    _line_offers(w, found, customer, held)
 
     # 3. Receipt offers.
     extra_points = 0
     if customer is not None:
-        extra_points = _receipt_offers(work, offers, customer, held)
+        receipt_level = [
+            o for o in index.receipt_offers() if _offered_to(o, customer) and o.valid_at(at)
+        ]
+        if receipt_level:
+            extra_points = _receipt_offers(work, receipt_level, customer, held)
 
     # 4. Redemption.
     allowed_uncapped = 0
@@ -151,43 +209,47 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
             allowed = min(allowed, max(0, ctx.redeem_cap))
         _spread_redemption(work, allowed, pv)
 
-    # 5. Accrual.
+    # 5. Accrual: paid × rate × multiplier / (100 × pointValue) per line, as integer
+    # numerators over one common denominator, split by the largest remainder.
     tier = program.tier(customer.tier if customer else None)
     birthday = customer is not None and in_birthday_window(
-        customer.birthday, receipt.at.astimezone(program.zone).date(), program.birthday_window_days
+        customer.birthday, at.astimezone(program.zone).date(), program.birthday_window_days
     )
-    base_multiplier = frac(program.birthday_multiplier) if birthday else Fraction(1)
+    base_multiplier = frac(program.birthday_multiplier) if birthday else _ONE
+    if base_multiplier < _ONE:
+        base_multiplier = _ONE
     rate = frac(tier.accrual_percent)
-    exact: list[Fraction] = []
     for w in work:
-        if not w.eligible:
-            exact.append(Fraction(0))
-            continue
-        m = max(Fraction(1), w.multiplier, base_multiplier)
-        w.multiplier = m
-        paid = w.amount - w.discount - w.redeemed * pv
-        # paid × rate × multiplier / (100 × pointValue), built as one exact fraction
-        exact.append(
-            Fraction(
-                paid * rate.numerator * m.numerator,
-                100 * pv * rate.denominator * m.denominator,
-            )
-        )
-    for w, share in zip(work, floor_shares(exact), strict=True):
+        if w.eligible:
+            m = w.multiplier
+            w.multiplier = m if m > base_multiplier else base_multiplier
+    lcm = math.lcm(*(w.multiplier.denominator for w in work)) if work else 1
+    denominator = 100 * pv * rate.denominator * lcm
+    numerators = [
+        (w.amount - w.discount - w.redeemed * pv)
+        * rate.numerator
+        * w.multiplier.numerator
+        * (lcm // w.multiplier.denominator)
+        if w.eligible
+        else 0
+        for w in work
+    ]
+    total = sum(numerators) // denominator
+    for w, share in zip(work, split_integer(numerators, denominator, total), strict=True):
         w.earned = share
 
     return Priced(
         lines=tuple(
             PricedLine(
-                sku=w.sku,
-                qty=w.qty,
-                amount=w.amount,
-                eligible=w.eligible,
-                discount=w.discount,
-                offer_id=w.offer_id,
-                redeemed_points=w.redeemed,
-                earned_points=w.earned,
-                multiplier=w.multiplier,
+                w.sku,
+                frac(w.qty),
+                w.amount,
+                w.eligible,
+                w.discount,
+                w.offer_id,
+                w.redeemed,
+                w.earned,
+                w.multiplier,
             )
             for w in work
         ),
@@ -226,7 +288,7 @@ def line_discount(offer: Offer, amount: int, qty: Fraction) -> int:
 def _line_offers(w: _Work, offers: Sequence[Offer], customer: Customer, held: set[str]) -> None:
     best: tuple[int, int, str] | None = None  # (-discount, priority, id)
     for offer in offers:  # every one targets this line's sku or one of its categories
-        if w.qty < frac(offer.min_qty):
+        if offer.min_qty and w.qty < offer.min_qty:
             continue
         if offer.kind == "BONUS_MULTIPLIER":
             multiplier = frac(offer.value)
@@ -236,7 +298,7 @@ def _line_offers(w: _Work, offers: Sequence[Offer], customer: Customer, held: se
             elif multiplier > w.multiplier:
                 w.multiplier = multiplier
             continue
-        discount = line_discount(offer, w.amount, w.qty)
+        discount = line_discount(offer, w.amount, frac(w.qty))
         if discount <= 0:
             continue
         if _in_control_group(offer, customer):
@@ -273,7 +335,8 @@ def _receipt_offers(
             else:
                 extra += points
             continue
-        total = sum(math.floor(w.amount * frac(offer.value) / 100) for w in open_lines)
+        value = frac(offer.value)
+        total = sum(w.amount * value.numerator // (100 * value.denominator) for w in open_lines)
         if total <= 0:
             continue
         if _in_control_group(offer, customer):
@@ -285,7 +348,7 @@ def _receipt_offers(
     if best_offer is not None:
         value = frac(best_offer.value)
         for w in open_lines:
-            discount = min(w.amount, math.floor(w.amount * value / 100))
+            discount = min(w.amount, w.amount * value.numerator // (100 * value.denominator))
             if discount > 0:
                 w.discount = discount
                 w.offer_id = best_offer.id
@@ -310,8 +373,8 @@ def _spread_redemption(work: list[_Work], allowed: int, pv: int) -> None:
         return
     caps = [(w.amount - w.discount) // pv if w.eligible else 0 for w in work]
     total_cap = sum(caps)
-    exact = [Fraction(allowed * c, total_cap) for c in caps]
-    for w, share in zip(work, largest_remainder(exact, allowed), strict=True):
+    shares = split_integer([allowed * c for c in caps], total_cap, allowed)
+    for w, share in zip(work, shares, strict=True):
         w.redeemed = share
 
 

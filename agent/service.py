@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from . import cache as cache_mod
 from . import ledger
 from .cache import CacheView, ancestors
-from .db import open_cache, open_ledger, phone_secret, write_transaction
+from .db import LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
 from .errors import (
     CardRefused,
     HubUnavailable,
@@ -36,6 +36,7 @@ from .messages import checkout_display, identify_display, quote_display
 from .models import Customer, Offer, Program, Receipt, Refund, Snapshot, SnapshotHeader, parse
 from .money import decimal_text, frac
 from .pricing import (
+    OfferIndex,
     Priced,
     PricingContext,
     activation_time,
@@ -46,6 +47,7 @@ from .pricing import (
 from .refunds import SoldLine, apply_refund
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 log = logging.getLogger("tillpoint.agent")
 
 
@@ -93,7 +95,9 @@ class Agent:
         self.device_id = device_id
         self.clock = clock
         self.hub = hub
-        self._cache = open_cache(self.data_dir)
+        # The cache connection follows full snapshots switched in by any process.
+        self._live = LiveCache(self.data_dir)
+        self._cache = self._live.connection()
         self._secret = phone_secret(self.data_dir)
         self._memo: dict[str, Any] = {}
         self._ledger = open_ledger(self.data_dir)
@@ -102,7 +106,7 @@ class Agent:
         self.devices: Any = None  # printer, display and scanner when run as a service
 
     def close(self) -> None:
-        self._cache.close()
+        self._live.close()
         self._ledger.close()
 
     # ------------------------------------------------------------ snapshot
@@ -120,11 +124,13 @@ class Agent:
         return self._apply(header, rows)
 
     def _apply(self, header: SnapshotHeader, rows: Iterable[cache_mod.Row]) -> cache_mod.CacheInfo:
-        conn = open_cache(self.data_dir)  # its own connection: readers keep theirs
-        try:
-            return cache_mod.apply_snapshot(conn, header, rows, self.clock(), self._secret)
-        finally:
-            conn.close()
+        # Its own connections: readers keep theirs, and a full snapshot is built into a new
+        # file that readers move to at their next read.
+        loaded = cache_mod.apply(self.data_dir, header, rows, self.clock(), self._secret)
+        if header.is_full:
+            with self._lock:
+                self._cache = self._live.connection()
+        return loaded
 
     # ------------------------------------------------------------ identify, balance
 
@@ -187,21 +193,31 @@ class Agent:
         ident = _require_card(identify(receipt.card, view))
         customer = ident.customer
         products = view.products(line.sku for line in receipt.lines)
+        version = view.version
+        lineage: dict[str, frozenset[str]] = self._per_version("ancestors", version, dict)
         parents = view.category_parents()
 
         def categories_of(sku: str) -> frozenset[str]:
             product = products.get(sku)
-            return ancestors(product.category, parents) if product else frozenset()
+            if product is None:
+                return frozenset()
+            found: frozenset[str] | None = lineage.get(product.category)
+            if found is None:
+                found = lineage[product.category] = ancestors(product.category, parents)
+            return found
 
         applied = view.applied_through()
         offers = view.offers_for(customer.id) if customer else []
         before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
+        mass = self._per_version(
+            "mass-index", version, lambda: OfferIndex(o for o in offers if o.customer_id is None)
+        )
         ctx = PricingContext(
             program=program,
             products=products,
             categories_of=categories_of,
             customer=customer,
-            offers=offers,
+            offers=OfferIndex((o for o in offers if o.customer_id is not None), also=mass),
             available_points=before.available if before else 0,
         )
         # A standalone till caps redemption with the day's offline limit from the start, so
@@ -257,6 +273,16 @@ class Agent:
             printed,
             applied,
         )
+
+    def _per_version(self, name: str, version: int, make: Callable[[], T]) -> T:
+        """Something derived from the snapshot, made once per snapshot version."""
+        key = f"{name}@{version}"
+        found = self._memo.get(key)
+        if found is None:
+            for old in [k for k in self._memo if k.startswith(f"{name}@")]:
+                del self._memo[old]
+            found = self._memo[key] = make()
+        return cast(T, found)
 
     def _redeem_cap(
         self,
@@ -563,16 +589,19 @@ class Agent:
                     " (bring the hub back, or copy ledger.db away first)"
                 )
             self.close()
-            for name in ("cache.db", "ledger.db"):
-                for suffix in ("", "-wal", "-shm"):
-                    (self.data_dir / f"{name}{suffix}").unlink(missing_ok=True)
-            self._cache = open_cache(self.data_dir)
+            self._memo.clear()
+            remove_cache(self.data_dir)  # cache.db and every generation
+            for suffix in ("", "-wal", "-shm"):
+                (self.data_dir / f"ledger.db{suffix}").unlink(missing_ok=True)
+            self._live = LiveCache(self.data_dir)
+            self._cache = self._live.connection()
             self._ledger = open_ledger(self.data_dir)
 
     # ------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
         with self._lock:
+            self._cache = self._live.connection()
             info = cache_mod.info(self._cache)
             conn = self._ledger
             jobs = conn.execute(
@@ -604,6 +633,9 @@ class Agent:
     # ------------------------------------------------------------ plumbing
 
     def _view(self) -> contextlib.AbstractContextManager[CacheView]:
+        """A read of the current cache; called with `_lock` held. A full snapshot switched
+        in since the last read (by this or another process) is picked up here."""
+        self._cache = self._live.connection()
         return CacheView.reading(self._cache, self._secret, self._memo)
 
     def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
