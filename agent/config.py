@@ -34,6 +34,7 @@ class HubSettings(BaseModel):
     redeem_timeout_ms: int = Field(300, gt=0, le=60_000)
     call_timeout_ms: int = Field(5000, gt=0, le=600_000)
     poll_interval_s: float = Field(60, gt=0)
+    max_snapshot_mib: int = Field(8192, gt=0)  # a bigger snapshot from the hub is refused
 
 
 class ServerSettings(BaseModel):

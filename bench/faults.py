@@ -514,18 +514,17 @@ def scenario_snapshots(work: Path, count: int, rng: random.Random) -> Outcome:
     hub.enroll(DEVICE, data_dir)
     enrollment = load_enrollment(data_dir)
     key = enrollment.snapshot_public_key()
-    v1 = hub.server.builder.bundle(DEVICE, 1, 0)
+    v1 = hub.server.builder.bundle(1, 0)
     doc = master_data(200)
     doc["products"][0]["name"] = "Молоко, версия 2"
     from tillpoint.sync.loopback import import_doc
 
     import_doc(hub.store, doc)
     v2 = hub.publish()
-    v2b = hub.server.builder.bundle(DEVICE, v2, 0)
+    v2b = hub.server.builder.bundle(v2, 0)
     agent = Agent(data_dir, DEVICE)
     with signing.verify_file(
         public_key=key,
-        device_id=DEVICE,
         path=_write(work / "p", v2b.payload),
         signature=v2b.signature,
         current_version=0,
@@ -538,10 +537,10 @@ def scenario_snapshots(work: Path, count: int, rng: random.Random) -> Outcome:
     header = signing.read_header(v2b.payload)
     expires = datetime.fromisoformat(str(header["expiresAt"]).replace("Z", "+00:00"))
 
-    kinds = ["truncate", "bitflip", "wrong-key", "replay-older", "expired", "other-device"]
+    kinds = ["truncate", "bitflip", "wrong-key", "replay-older", "expired", "v1-signature"]
     for i in range(count):
         kind = kinds[i % len(kinds)]
-        payload, sig, now, device = v2b.payload, v2b.signature, datetime.now(UTC), DEVICE
+        payload, sig, now = v2b.payload, v2b.signature, datetime.now(UTC)
         size = len(payload)
         if kind == "truncate":
             payload = payload[: rng.randrange(0, len(payload))]
@@ -552,19 +551,20 @@ def scenario_snapshots(work: Path, count: int, rng: random.Random) -> Outcome:
                 payload[:pos] + bytes([payload[pos] ^ (1 << rng.randrange(8))]) + payload[pos + 1 :]
             )
         elif kind == "wrong-key":
-            sig = wrong.sign(signing.signed_message(DEVICE, payload))
+            sig = wrong.sign(signing.signed_message(payload))
         elif kind == "replay-older":
             payload, sig, size = v1.payload, v1.signature, len(v1.payload)
         elif kind == "expired":
             now = expires + timedelta(seconds=rng.randrange(1, 10**6))
-        elif kind == "other-device":
-            device = "till-other"
+        elif kind == "v1-signature":  # the hub's key, the old per-device message
+            sig = hub.server.builder.key.sign(
+                b"tillpoint.snapshot.v1\0" + DEVICE.encode() + b"\0" + payload
+            )
         out.injected += 1
         path = _write(work / "p", payload)
         try:
             with signing.verify_file(
                 public_key=key,
-                device_id=device,
                 path=path,
                 signature=sig,
                 current_version=v2,

@@ -361,9 +361,8 @@ def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
-    import json
-
     from .hub_server import HubDir, SnapshotBuilder
+    from .signing import write_signed_file
 
     hub = HubDir(_hub_dir(settings, args))
     store = hub.open_store()
@@ -373,16 +372,17 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
         latest = store.latest()
         if latest is None:
             raise InputError("nothing is published yet: `tillpoint hub publish` first")
-        bundle = SnapshotBuilder(store, hub.keys.signing_key()).bundle(
-            args.device, latest.version, 0
+        # The same file the hub serves to every till (built once per version).
+        bundle = SnapshotBuilder(store, hub.keys.signing_key(), hub.snapshots).bundle(
+            latest.version, 0
         )
     finally:
         store.close()
-    text = json.dumps(bundle.to_file()) + "\n"
     if args.out is None:
-        sys.stdout.write(text)
+        write_signed_file(sys.stdout, bundle)
         return EXIT_OK
-    args.out.write_text(text, encoding="utf-8")
+    with args.out.open("w", encoding="utf-8") as out:
+        write_signed_file(out, bundle)
     return _emit(
         args,
         {
@@ -491,7 +491,13 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             pushed = pusher.drain(progress=bar, lock_wait_s=args.wait)
         finally:
             bar.close()
-        puller = Puller(agent, link, enrollment, call_timeout_s=timings.call_timeout_s)
+        puller = Puller(
+            agent,
+            link,
+            enrollment,
+            call_timeout_s=timings.call_timeout_s,
+            max_bytes=timings.max_snapshot_bytes,
+        )
         for attempt in range(3):
             bar = ProgressBar("snapshot")
             try:

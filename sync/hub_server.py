@@ -8,17 +8,21 @@ each pushed transaction's) to be that device. docs/PROTOCOL.md has the whole con
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import json
 import logging
+import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn, Protocol
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -30,13 +34,15 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 from . import pki
 from .hub_sqlite import SqliteHubStore
 from .hub_store import HubStats, HubStore, Publication, TxIn, Unsynced
-from .signing import MAX_CHUNK, SNAPSHOT_JSONL, SignedSnapshot, canonical_json, sign
+from .signing import MAX_CHUNK, PREFIX, SNAPSHOT_JSONL, canonical_json, sign_message_file
 
 log = logging.getLogger("tillpoint.hub")
 
 Clock = Callable[[], datetime]
 MAX_BATCH = 1000
 DB_FILE = "hub.db"
+SNAPSHOTS = "snapshots"
+RETRY_BUILD_S = 30.0
 
 
 def system_clock() -> datetime:
@@ -53,7 +59,11 @@ class HubConfig:
     publish_every_s: float = 300.0  # balance refresh versions (0: only `hub publish`)
     watch_interval_s: float = 0.5  # how often the server looks for new versions
     max_workers: int = 64  # each connected till holds one for its Subscribe stream
-    bundle_cache_bytes: int = 256 * 1024 * 1024
+    keep_versions: int = 3  # full snapshot files kept (and the deltas above the oldest)
+    # A pull that needs a full snapshot while none newer than the till's is built waits
+    # this long, then gets ABORTED and retries with its backoff (the till's first-chunk
+    # deadline is 120 s: stay well under it).
+    full_wait_s: float = 60.0
     rate_limit_bytes_s: float = 0.0  # per snapshot stream (0: unlimited), spares store uplinks
 
     def __post_init__(self) -> None:
@@ -75,6 +85,10 @@ class HubDir:
     def init(self, hosts: list[str] | None = None) -> bool:
         return pki.init_hub_keys(self.keys, hosts)
 
+    @property
+    def snapshots(self) -> Path:
+        return self.root / SNAPSHOTS
+
     def open_store(self) -> SqliteHubStore:
         return SqliteHubStore(self.db)
 
@@ -82,24 +96,354 @@ class HubDir:
 # ---------------------------------------------------------------- snapshots
 
 
+class StillBuilding(TillpointError):
+    """No full snapshot newer than the till's is ready yet; it is being built."""
+
+
+class Bundle(Protocol):
+    """A signed snapshot ready to be served in chunks."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def base_version(self) -> int: ...
+
+    @property
+    def issued_at(self) -> str: ...
+
+    @property
+    def expires_at(self) -> str: ...
+
+    @property
+    def signature(self) -> bytes: ...
+
+    @property
+    def sha256(self) -> bytes: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+    def reader(self) -> AbstractContextManager[Callable[[int, int], bytes]]: ...
+
+
+@dataclass(frozen=True)
+class FileSnapshot:
+    """A signed snapshot on disk: the file holds exactly the signed message (PREFIX +
+    payload), so it was signed from a memory map and chunks are read at an offset."""
+
+    path: Path
+    version: int
+    base_version: int
+    issued_at: str
+    expires_at: str
+    sha256: bytes
+    signature: bytes
+    size: int  # of the payload
+    build_s: float = 0.0
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "baseVersion": self.base_version,
+            "issuedAt": self.issued_at,
+            "expiresAt": self.expires_at,
+            "sha256": self.sha256.hex(),
+            "signature": base64.b64encode(self.signature).decode(),
+            "size": self.size,
+            "buildSeconds": round(self.build_s, 3),
+        }
+
+    @classmethod
+    def load(cls, path: Path, meta: dict[str, Any]) -> FileSnapshot:
+        return cls(
+            path=path,
+            version=int(meta["version"]),
+            base_version=int(meta["baseVersion"]),
+            issued_at=str(meta["issuedAt"]),
+            expires_at=str(meta["expiresAt"]),
+            sha256=bytes.fromhex(str(meta["sha256"])),
+            signature=base64.b64decode(str(meta["signature"])),
+            size=int(meta["size"]),
+            build_s=float(meta.get("buildSeconds", 0.0)),
+        )
+
+    @contextmanager
+    def reader(self) -> Iterator[Callable[[int, int], bytes]]:
+        """`read(offset, n)` of the payload from one open file: a file pruned while it
+        is served stays readable until the stream ends."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            yield lambda offset, n: os.pread(fd, n, len(PREFIX) + offset)
+        finally:
+            os.close(fd)
+
+    @property
+    def payload(self) -> bytes:
+        """The whole payload in memory: for small snapshots and tests only."""
+        with self.reader() as read:
+            return read(0, self.size)
+
+
+def write_payload(
+    store: HubStore, version: int, base: int, out: BinaryIO
+) -> tuple[dict[str, Any], int, bytes]:
+    """Write the snapshot as JSON Lines (`tillpoint.snapshot/jsonl`, the format a till
+    applies row by row) to `out`: the header line, then a `{"section": ...}` line before
+    each section's rows, all canonical JSON (the rows as the store keeps them), so the
+    same state always gives the same bytes. Returns (header, size, SHA-256)."""
+    digest = hashlib.sha256()
+    size = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal size
+        out.write(data)
+        digest.update(data)
+        size += len(data)
+
+    stream = store.snapshot_stream(version, base)
+    try:
+        _, header = next(stream)
+        emit(canonical_json({"format": SNAPSHOT_JSONL, **header}) + b"\n")
+        current = ""
+        batch: list[str] = []
+        for section, text in stream:
+            if section != current:
+                batch.append(canonical_json({"section": section}).decode())
+                current = section
+            batch.append(text)
+            if len(batch) >= 8192:
+                batch.append("")
+                emit("\n".join(batch).encode())
+                batch.clear()
+        if batch:
+            batch.append("")
+            emit("\n".join(batch).encode())
+    finally:
+        stream.close()  # ends the store's read transaction whatever happened
+    return header, size, digest.digest()
+
+
+def snapshot_payload(store: HubStore, version: int, base: int) -> tuple[dict[str, Any], bytes]:
+    """The payload in memory (small snapshots, tests)."""
+    out = io.BytesIO()
+    header, _, _ = write_payload(store, version, base, out)
+    return header, out.getvalue()
+
+
+def _name(version: int, base: int) -> str:
+    return f"v{version:010d}-full" if base == 0 else f"v{version:010d}-from-{base:010d}"
+
+
 class SnapshotBuilder:
-    """Builds, signs and caches per-device bundles (deterministic: the same store state
-    gives the same bytes, so a pull can resume even after the hub restarted)."""
+    """Builds signed snapshots into `<hub dir>/snapshots/` and serves them from there.
+
+    Snapshots are the same for every till, so each (version, base) is built once: the
+    payload is streamed from the store to a temporary file (after the signing PREFIX,
+    SHA-256 computed on the way), fsynced, signed from a memory map and renamed; a
+    `.json` beside it (written last) holds the header, checksum and signature. Nothing
+    chain-sized is ever in memory. A background thread builds the newest version's full
+    snapshot as soon as the hub sees it (one build at a time, always the newest asked
+    for); deltas are built on demand by the pull that needs them. Files of the newest
+    `keep_versions` full snapshots (and newer deltas) are kept; older ones are deleted.
+    Builds are deterministic, so a file rebuilt after a restart has the same bytes.
+    """
 
     def __init__(
-        self, store: HubStore, key: ed25519.Ed25519PrivateKey, cache_bytes: int = 256 << 20
+        self,
+        store: HubStore,
+        key: ed25519.Ed25519PrivateKey,
+        directory: Path,
+        *,
+        keep_versions: int = 3,
+        full_wait_s: float = 60.0,
+        newest_wait_s: float = 5.0,
     ) -> None:
         self.store = store
         self.key = key
-        self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[tuple[str, int, int], SignedSnapshot] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-        # Full snapshots of a big chain take seconds and memory to build: two at a time.
-        self._building = threading.BoundedSemaphore(2)
+        self.dir = Path(directory)
+        self.keep_versions = max(1, keep_versions)
+        self.full_wait_s = full_wait_s
+        self.newest_wait_s = newest_wait_s
+        self._cond = threading.Condition()
+        self._ready: dict[tuple[int, int], FileSnapshot] = {}
+        self._building: set[tuple[int, int]] = set()
+        self._wanted = 0  # the newest version whose full snapshot was asked for
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._deltas = threading.BoundedSemaphore(2)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # ------------------------------------------------------------ files
+
+    def _load(self) -> None:
+        for tmp in self.dir.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)  # a build interrupted by a crash
+        for meta in self.dir.glob("*.json"):
+            snap = meta.with_suffix(".snap")
+            try:
+                found = FileSnapshot.load(snap, json.loads(meta.read_text(encoding="utf-8")))
+                if snap.stat().st_size != len(PREFIX) + found.size:
+                    raise ValueError("size")
+            except (OSError, ValueError, KeyError, TypeError):
+                meta.unlink(missing_ok=True)
+                snap.unlink(missing_ok=True)
+                continue
+            self._ready[(found.version, found.base_version)] = found
+        for snap in self.dir.glob("*.snap"):
+            if not snap.with_suffix(".json").exists():
+                snap.unlink(missing_ok=True)
+
+    def _build(self, version: int, base: int) -> FileSnapshot:
+        started = time.monotonic()
+        name = _name(version, base)
+        final = self.dir / f"{name}.snap"
+        tmp = self.dir / f"{name}.snap.tmp"
+        try:
+            with open(tmp, "wb", buffering=1 << 20) as fh:
+                fh.write(PREFIX)
+                header, size, sha = write_payload(self.store, version, base, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            signature = sign_message_file(self.key, tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        snap = FileSnapshot(
+            path=final,
+            version=version,
+            base_version=base,
+            issued_at=str(header["issuedAt"]),
+            expires_at=str(header["expiresAt"]),
+            sha256=sha,
+            signature=signature,
+            size=size,
+            build_s=time.monotonic() - started,
+        )
+        meta_tmp = self.dir / f"{name}.json.tmp"
+        meta_tmp.write_text(json.dumps(snap.meta()), encoding="utf-8")
+        with open(meta_tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(meta_tmp, self.dir / f"{name}.json")
+        _fsync_dir(self.dir)
+        return snap
+
+    def _prune(self) -> None:
+        """Keep the newest `keep_versions` full snapshots and anything newer than the
+        oldest of them; a file being served stays readable (open descriptor)."""
+        with self._cond:
+            fulls = sorted(v for v, b in self._ready if b == 0)
+            if len(fulls) <= self.keep_versions:
+                return
+            floor = fulls[-self.keep_versions]
+            old = [k for k in self._ready if k[0] < floor]
+            snaps = [self._ready.pop(k) for k in old]
+        for snap in snaps:
+            snap.path.with_suffix(".json").unlink(missing_ok=True)
+            snap.path.unlink(missing_ok=True)
+            log.info("snapshot file %s deleted (older than those kept)", snap.path.name)
+
+    # ------------------------------------------------------------ building
+
+    def _get(self, version: int, base: int) -> FileSnapshot:
+        """The file of (version, base), built here unless it is ready or being built."""
+        key = (version, base)
+        with self._cond:
+            while key in self._building:
+                self._cond.wait()
+            hit = self._ready.get(key)
+            if hit is not None:
+                return hit
+            self._building.add(key)
+        try:
+            snap = self._build(version, base)
+        except BaseException:
+            with self._cond:
+                self._building.discard(key)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._building.discard(key)
+            self._ready[key] = snap
+            self._cond.notify_all()
+        log.info(
+            "snapshot %d %s built: %d bytes in %.1f s",
+            version,
+            "full" if base == 0 else f"delta from {base}",
+            snap.size,
+            snap.build_s,
+        )
+        return snap
+
+    def request_full(self, version: int) -> None:
+        """Ask the background thread for this version's full snapshot (newest wins)."""
+        with self._cond:
+            if version > self._wanted:
+                self._wanted = version
+                self._cond.notify_all()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hub-snapshots", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        done = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping or self._wanted > done)  # noqa: B023
+                if self._stopping:
+                    return
+                version = self._wanted
+            try:
+                self._get(version, 0)
+                self._prune()
+                done = version
+            except Exception as exc:  # logged, tried again a little later
+                log.error("building the full snapshot of version %d failed: %s", version, exc)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, timeout=RETRY_BUILD_S)
+
+    def full_ready(self, version: int) -> FileSnapshot | None:
+        with self._cond:
+            return self._ready.get((version, 0))
+
+    def wait_full(self, version: int, timeout: float) -> FileSnapshot | None:
+        """The full snapshot of `version` once built (asking for it), or None after timeout."""
+        self.request_full(version)
+        with self._cond:
+            self._cond.wait_for(lambda: (version, 0) in self._ready, timeout=timeout)
+            return self._ready.get((version, 0))
+
+    def _newest_full(self, above: int) -> FileSnapshot | None:
+        with self._cond:
+            fulls = [s for (v, b), s in self._ready.items() if b == 0 and v > above]
+        return max(fulls, key=lambda s: s.version) if fulls else None
+
+    # ------------------------------------------------------------ serving
 
     def choose(self, have: int, want: int) -> tuple[Publication, int] | None:
-        """(publication to send, its base) for an agent at `have`; None: nothing newer."""
+        """(publication to send, its base) for an agent at `have`; None: nothing newer.
+
+        A delta when `have` is a published version; otherwise a full snapshot that is
+        already built: the newest version's or the one being resumed (`want`); else, after
+        waiting up to `newest_wait_s` for the newest one, the newest built one above
+        `have` (the till takes a delta to the newest next). When none is built, waits up
+        to `full_wait_s` in all, then raises StillBuilding (the till retries with its
+        backoff)."""
         latest = self.store.latest()
         if latest is None:
             return None
@@ -110,62 +454,42 @@ class SnapshotBuilder:
                 pub = wanted
         if pub.version <= have:
             return None
-        base = 0
         if have and have >= self.store.delta_floor() and self.store.publication(have):
-            base = have
-        return pub, base
+            return pub, have
+        if self.full_ready(pub.version) is None:
+            # Usually a build of the newest version takes seconds: wait a little for it;
+            # at chain scale it takes minutes, so take the newest one already built.
+            found = self.wait_full(latest.version, min(self.newest_wait_s, self.full_wait_s))
+            if found is None:
+                found = self._newest_full(have)
+            if found is None:
+                found = self.wait_full(latest.version, self.full_wait_s - self.newest_wait_s)
+            if found is None:
+                raise StillBuilding(
+                    f"the full snapshot of version {latest.version} is being built; try again"
+                    " shortly"
+                )
+            chosen = self.store.publication(found.version)
+            if chosen is None:  # pragma: no cover - publications are never deleted
+                raise StillBuilding(f"version {found.version} is gone")
+            pub = chosen
+        return pub, 0
 
-    def bundle(self, device_id: str, version: int, base: int) -> SignedSnapshot:
-        key = (device_id, version, base)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return hit
-        with self._building:
-            with self._lock:
-                hit = self._cache.get(key)  # built while this call waited its turn
-            if hit is not None:
-                return hit
-            header, payload = snapshot_payload(self.store, device_id, version, base)
-        bundle = SignedSnapshot(
-            device_id=device_id,
-            version=version,
-            base_version=base,
-            issued_at=str(header["issuedAt"]),
-            expires_at=str(header["expiresAt"]),
-            payload=payload,
-            signature=sign(self.key, device_id, payload),
-        )
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = bundle
-                self._size += bundle.size
-            while self._size > self.cache_bytes and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._size -= old.size
-        return bundle
+    def bundle(self, version: int, base: int) -> Bundle:
+        """The signed snapshot (version, base): from its file, built first if needed (a
+        full one being built in the background is waited for)."""
+        if base == 0:
+            return self._get(version, 0)
+        with self._deltas:  # deltas of a big change take a while: two at a time
+            return self._get(version, base)
 
 
-def snapshot_payload(
-    store: HubStore, device_id: str, version: int, base: int
-) -> tuple[dict[str, Any], bytes]:
-    """The snapshot as JSON Lines (`tillpoint.snapshot/jsonl`, the format a till applies
-    row by row): the header line, then a `{"section": ...}` line before each section's
-    rows. Canonical JSON throughout, so the same state always gives the same bytes."""
-    out = io.BytesIO()
-    header: dict[str, Any] = {}
-    current = ""
-    for section, row in store.snapshot_stream(device_id, version, base):
-        if section == "header":
-            header = row
-            out.write(canonical_json({"format": SNAPSHOT_JSONL, **row}) + b"\n")
-            continue
-        if section != current:
-            out.write(canonical_json({"section": section}) + b"\n")
-            current = section
-        out.write(canonical_json(row) + b"\n")
-    return header, out.getvalue()
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- notifications
@@ -266,7 +590,7 @@ class HubServicer(pb_grpc.HubServicer):
     def PullSnapshot(
         self, request: pb.PullSnapshotRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SnapshotChunk]:
-        device = self._device(context, request.device_id)
+        self._device(context, request.device_id)  # the snapshot is the same for every till
         try:
             chosen = self.builder.choose(request.have_version, request.want_version)
             if chosen is None:
@@ -274,31 +598,37 @@ class HubServicer(pb_grpc.HubServicer):
                 yield pb.SnapshotChunk(version=latest.version if latest else 0, total_size=0)
                 return
             pub, base = chosen
-            bundle = self.builder.bundle(device, pub.version, base)
-        except TillpointError as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
+            bundle = self.builder.bundle(pub.version, base)
+        except StillBuilding as exc:
+            # The hub is there and answering: not UNAVAILABLE (which a till takes as "the
+            # hub is down" and prices OFFLINE); the till retries with its pull backoff.
+            _abort(context, grpc.StatusCode.ABORTED, exc.message)
+        except (TillpointError, OSError) as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         offset = 0
         if request.want_version == bundle.version and 0 < request.offset < bundle.size:
             offset = request.offset
             self.stats.resumed_pulls.append(offset)
         self.stats.pulls += 1
         size = self.config.chunk_size
-        for start in range(offset, bundle.size, size):
-            self._fail("pull.chunk")
-            data = bundle.payload[start : start + size]
-            yield pb.SnapshotChunk(
-                version=bundle.version,
-                base_version=bundle.base_version,
-                total_size=bundle.size,
-                signature=bundle.signature,
-                issued_at=bundle.issued_at,
-                expires_at=bundle.expires_at,
-                sha256=bundle.sha256,
-                offset=start,
-                data=data,
-            )
-            if self.rate_limit_bytes_s > 0 and context.is_active():
-                time.sleep(len(data) / self.rate_limit_bytes_s)
+        sha256 = bundle.sha256
+        with bundle.reader() as read:
+            for start in range(offset, bundle.size, size):
+                self._fail("pull.chunk")
+                data = read(start, size)
+                yield pb.SnapshotChunk(
+                    version=bundle.version,
+                    base_version=bundle.base_version,
+                    total_size=bundle.size,
+                    signature=bundle.signature,
+                    issued_at=bundle.issued_at,
+                    expires_at=bundle.expires_at,
+                    sha256=sha256,
+                    offset=start,
+                    data=data,
+                )
+                if self.rate_limit_bytes_s > 0 and context.is_active():
+                    time.sleep(len(data) / self.rate_limit_bytes_s)
 
     def PushTransactions(
         self, request: pb.TransactionBatch, context: grpc.ServicerContext
@@ -443,7 +773,11 @@ class HubServer:
         self._owns_store = store is None
         self.notifier = Notifier()
         self.builder = SnapshotBuilder(
-            self.store, self.dir.keys.signing_key(), self.config.bundle_cache_bytes
+            self.store,
+            self.dir.keys.signing_key(),
+            self.dir.snapshots,
+            keep_versions=self.config.keep_versions,
+            full_wait_s=self.config.full_wait_s,
         )
         self.servicer = HubServicer(self.store, self.builder, self.notifier, self.config, clock)
         self._server: grpc.Server | None = None
@@ -472,7 +806,11 @@ class HubServer:
         port = server.add_secure_port(listen, creds)
         if port == 0:
             raise TillpointError(f"the hub cannot listen on {listen}")
-        self.notifier.update(self.store.latest())
+        latest = self.store.latest()
+        self.notifier.update(latest)
+        self.builder.start()
+        if latest is not None:
+            self.builder.request_full(latest.version)
         server.start()
         self._server = server
         self.port = port
@@ -485,7 +823,10 @@ class HubServer:
         next_publish = time.monotonic() + self.config.publish_every_s
         while not self._stop.wait(self.config.watch_interval_s):
             try:
-                self.notifier.update(self.store.latest())
+                latest = self.store.latest()
+                self.notifier.update(latest)
+                if latest is not None:
+                    self.builder.request_full(latest.version)  # built once, for every till
                 if self.config.publish_every_s and time.monotonic() >= next_publish:
                     next_publish = time.monotonic() + self.config.publish_every_s
                     self.refresh_balances()
@@ -507,6 +848,7 @@ class HubServer:
         )
         log.info("published balance refresh version %d", pub.version)
         self.notifier.update(pub)
+        self.builder.request_full(pub.version)
         return pub
 
     def stop(self, grace: float | None = 1.0) -> None:
@@ -517,6 +859,7 @@ class HubServer:
             self._server = None
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+        self.builder.stop()
         if self._owns_store:
             self.store.close()
 

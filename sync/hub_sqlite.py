@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,7 +44,8 @@ from .hub_store import (
     Unsynced,
 )
 
-Pairs = Iterator[tuple[str, dict[str, Any]]]  # (key, row) of a kind, in key order
+Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
+Move = tuple[int, str | None, int]  # (points available, pending_activates_at, pending points)
 BUSY_TIMEOUT_MS = 30_000
 MAX_PROBLEMS = 10
 migrations = Migrations("tillpoint.hub")
@@ -299,17 +300,6 @@ class SqliteHubStore:
         ).fetchone()
         return None if row is None else _doc(row[0])
 
-    def _all_as_of(
-        self, conn: sqlite3.Connection, kind: str, version: int
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        for key, doc in conn.execute(
-            "SELECT key, doc FROM (SELECT key, doc, row_number() OVER"
-            " (PARTITION BY key ORDER BY version DESC) AS rn FROM revisions"
-            " WHERE kind = ? AND version <= ?) WHERE rn = 1 AND doc IS NOT NULL ORDER BY key",
-            (kind, version),
-        ):
-            yield str(key), dict(json.loads(doc))
-
     def draft_size(self) -> int:
         with self._read() as conn:
             return int(conn.execute("SELECT count(*) FROM draft").fetchone()[0])
@@ -385,21 +375,28 @@ class SqliteHubStore:
 
     # ------------------------------------------------------------ snapshots
 
-    def snapshot_doc(self, device_id: str, version: int, base_version: int) -> dict[str, Any]:
+    def snapshot_doc(self, version: int, base_version: int) -> dict[str, Any]:
         """The snapshot as one JSON document (the shape of SPEC §3)."""
-        stream = self.snapshot_stream(device_id, version, base_version)
+        stream = self.snapshot_stream(version, base_version)
         _, header = next(stream)
         doc: dict[str, Any] = {**header, **{section: [] for section in SECTIONS}}
-        for section, row in stream:
-            doc.setdefault(section, []).append(row)
+        for section, text in stream:
+            doc.setdefault(section, []).append(json.loads(text))
         return doc
 
     def snapshot_stream(
-        self, device_id: str, version: int, base_version: int
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The snapshot `version` for `device_id`, full (base 0) or a delta from base:
-        ("header", header) first, then (section, row) in section order, streamed from one
-        read transaction (the caller reads it to the end)."""
+        self, version: int, base_version: int
+    ) -> Generator[tuple[str, Any], None, None]:
+        """The snapshot `version`, full (base 0) or a delta from base: ("header", header
+        dict) first, then (section, row) with each row as its canonical JSON text, in
+        section order and key order, streamed from one read transaction (the caller reads
+        it to the end).
+
+        It is the same for every device (docs/PROTOCOL.md §3): a transaction of device d is
+        counted in the balances iff it was ingested up to the version's cut and its seq is
+        at most d's contiguous progress at that version; `appliedThrough` lists every
+        device's progress.
+        """
         with self._read() as conn:
             pub = self._publication(conn, version)
             if pub is None:
@@ -409,28 +406,24 @@ class SqliteHubStore:
                 base = self._publication(conn, base_version)
                 if base is None or base_version >= version:
                     raise UnknownVersion(f"no delta from version {base_version}")
-            at_v = self._progress(conn, version, device_id)
             header: dict[str, Any] = {
                 "version": version,
                 "baseVersion": base_version,
                 "issuedAt": pub.issued_at.isoformat(),
                 "expiresAt": pub.expires_at.isoformat(),
-                "appliedThrough": {device_id: at_v},
+                "appliedThrough": self._progress_all(conn, version),
             }
             if base is None:
                 program = self._doc_as_of(conn, "program", "", version)
                 header["program"] = program if program is not None else _default_program()
                 yield "header", header
                 for section, kind in SECTIONS.items():
-                    rows: Iterator[tuple[str, dict[str, Any]]] = self._all_as_of(
-                        conn, kind, version
-                    )
+                    rows = self._texts_as_of(conn, kind, version)
                     if kind == "customer":
-                        rows = self._with_balances(conn, rows, pub, device_id, at_v, only=None)
-                    for _, row in rows:
-                        yield section, row
+                        rows = self._with_balances(conn, rows, pub, only=None)
+                    for _, text in rows:
+                        yield section, text
                 return
-            at_h = self._progress(conn, base_version, device_id)
             removed: dict[str, list[str]] = {}
             changed: dict[str, list[str]] = {}
             for section, kind in [("program", "program"), *SECTIONS.items()]:
@@ -449,46 +442,76 @@ class SqliteHubStore:
                         changed.setdefault(section, []).append(str(key))
             customers = set(changed.get("customers", [])) | {
                 key
-                for key in self._affected_customers(conn, device_id, base, pub, at_h, at_v)
+                for key in self._affected_customers(conn, base, pub)
                 if self._doc_as_of(conn, "customer", key, version) is not None
             }
             changed["customers"] = sorted(customers)
             header["removed"] = removed
             yield "header", header
             for section, kind in SECTIONS.items():
-                pairs: Pairs = (
-                    (key, self._doc_as_of(conn, kind, key, version) or {})
+                pairs: Texts = (
+                    (key, self._text_as_of(conn, kind, key, version))
                     for key in changed.get(section, [])
                 )
                 if kind == "customer":
-                    pairs = self._with_balances(conn, pairs, pub, device_id, at_v, only=customers)
-                for _, row in pairs:
-                    yield section, row
+                    pairs = self._with_balances(conn, pairs, pub, only=customers)
+                for _, text in pairs:
+                    yield section, text
 
-    def _progress(self, conn: sqlite3.Connection, version: int, device_id: str) -> int:
+    def _text_as_of(self, conn: sqlite3.Connection, kind: str, key: str, version: int) -> str:
         row = conn.execute(
-            "SELECT through FROM publication_progress WHERE version = ? AND device_id = ?",
-            (version, device_id),
+            "SELECT doc FROM revisions WHERE kind = ? AND key = ? AND version <= ?"
+            " ORDER BY version DESC LIMIT 1",
+            (kind, key, version),
         ).fetchone()
-        return 0 if row is None else int(row[0])
+        return "{}" if row is None or row[0] is None else str(row[0])
+
+    def _texts_as_of(self, conn: sqlite3.Connection, kind: str, version: int) -> Texts:
+        """Every row of `kind` at `version` as its stored text, in key order.
+
+        One pass over the primary key (kind, key, version) with no sort (EXPLAIN QUERY
+        PLAN: ``SEARCH revisions USING PRIMARY KEY (kind=?)``); SQLite's bare columns of a
+        max() aggregate come from the row holding the maximum, i.e. the newest revision.
+        The stored text is already canonical JSON (`_canon` is the only writer of `draft`
+        and `publish` copies it), so it is written as it is, never parsed.
+        """
+        cur = conn.execute(
+            "SELECT key, doc, max(version) FROM revisions WHERE kind = ? AND version <= ?"
+            " GROUP BY key ORDER BY key",
+            (kind, version),
+        )
+        while batch := cur.fetchmany(4096):
+            for key, doc, _ in batch:
+                if doc is not None:
+                    yield key, doc
+
+    def _progress_all(self, conn: sqlite3.Connection, version: int) -> dict[str, int]:
+        return {
+            str(device): int(through)
+            for device, through in conn.execute(
+                "SELECT device_id, through FROM publication_progress WHERE version = ?"
+                " ORDER BY device_id",
+                (version,),
+            )
+        }
 
     def _affected_customers(
-        self,
-        conn: sqlite3.Connection,
-        device_id: str,
-        base: Publication,
-        pub: Publication,
-        at_h: int,
-        at_v: int,
+        self, conn: sqlite3.Connection, base: Publication, pub: Publication
     ) -> set[str]:
-        """Customers whose balance, as this device sees it, may differ between the versions."""
+        """Customers whose balance may differ between the versions: those of transactions
+        counted at `pub` but not at `base` (any device's: seq above its progress at base,
+        up to its progress at pub; being counted only ever starts, since progress never
+        goes back), and the owners before and after of cards of UNKNOWN-card points that
+        changed owner."""
         out: set[str] = set()
         cards: set[str] = set()
         for customer, card in conn.execute(
-            "SELECT DISTINCT customer_id, card FROM transactions"
-            " WHERE (ingest_id > ? AND ingest_id <= ?)"
-            " OR (device_id = ? AND seq > ? AND seq <= ? AND ingest_id <= ?)",
-            (base.cut, pub.cut, device_id, at_h, at_v, pub.cut),
+            "SELECT DISTINCT t.customer_id, t.card FROM publication_progress p"
+            " JOIN transactions t ON t.device_id = p.device_id AND t.seq <= p.through"
+            " AND t.seq > coalesce((SELECT b.through FROM publication_progress b"
+            " WHERE b.version = ? AND b.device_id = p.device_id), 0)"
+            " WHERE p.version = ? AND t.ingest_id <= ?",
+            (base.version, pub.version, pub.cut),
         ):
             if customer:
                 out.add(str(customer))
@@ -514,75 +537,63 @@ class SqliteHubStore:
     def _with_balances(
         self,
         conn: sqlite3.Connection,
-        customers: Iterable[tuple[str, dict[str, Any]]],
+        customers: Iterable[tuple[str, str]],
         pub: Publication,
-        device_id: str,
-        at_v: int,
         only: set[str] | None,
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Customer rows with balancePoints and pending as of `pub`, for `device_id`.
+    ) -> Texts:
+        """Customer rows (key order) with balancePoints and pending as of `pub`.
 
-        Counted: every transaction ingested up to the publication's cut, except this
-        device's own above its appliedThrough (the till counts those itself).
+        Counted: each transaction ingested up to the cut whose seq is at most its device's
+        progress at `pub` (its appliedThrough there). The sums come from one grouped
+        query in customer order, merged with the rows as they stream by, so memory does
+        not grow with the chain; a row with nothing to add is written as stored.
         """
-        available: dict[str, int] = defaultdict(int)
-        pending: dict[str, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
-        where = "ingest_id <= ? AND NOT (device_id = ? AND seq > ?)"
-        params: list[Any] = [pub.cut, device_id, at_v]
+        counted = (
+            " FROM transactions t JOIN publication_progress p ON p.version = ?"
+            " AND p.device_id = t.device_id WHERE t.ingest_id <= ? AND t.seq <= p.through"
+        )
+        params: list[Any] = [pub.version, pub.cut]
+        known = ""
         if only is not None:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (id TEXT PRIMARY KEY)")
             conn.execute("DELETE FROM temp.want")
             conn.executemany("INSERT INTO temp.want VALUES (?)", ((k,) for k in only))
-            known = " AND customer_id IN (SELECT id FROM temp.want)"
-        else:
-            known = ""
-        for customer, points, when, due in conn.execute(
-            f"SELECT customer_id, sum(delta_available), pending_activates_at,"
-            f" sum(delta_pending) FROM transactions WHERE {where} AND customer_id != ''{known}"
-            " GROUP BY customer_id, pending_activates_at",
-            params,
-        ):
-            available[customer] += int(points)
-            if when and due:
-                pending[customer][_when(when)] += int(due)
+            known = " AND t.customer_id IN (SELECT id FROM temp.want)"
+        # Points of UNKNOWN cards go to the card's owner at this version (few rows).
+        extra: dict[str, list[Move]] = defaultdict(list)
         owners: dict[str, str | None] = {}
         for card, points, when, due in conn.execute(
-            f"SELECT card, sum(delta_available), pending_activates_at, sum(delta_pending)"
-            f" FROM transactions WHERE {where} AND customer_id = '' AND card != ''"
-            " GROUP BY card, pending_activates_at",
+            "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
+            f" sum(t.delta_pending){counted} AND t.customer_id = '' AND t.card != ''"
+            " GROUP BY t.card, t.pending_activates_at",
             params,
         ):
             if card not in owners:
-                row = self._doc_as_of(conn, "card", str(card), pub.version)
-                owners[card] = None if row is None else str(row["customerId"])
+                doc = self._doc_as_of(conn, "card", str(card), pub.version)
+                owners[card] = None if doc is None else str(doc["customerId"])
             owner = owners[card]
-            if owner is None:
+            if owner is not None:
+                extra[owner].append((int(points), when, int(due or 0)))
+        sums = _grouped(
+            conn.execute(
+                "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
+                f" sum(t.delta_pending){counted} AND t.customer_id != ''{known}"
+                " GROUP BY t.customer_id, t.pending_activates_at ORDER BY t.customer_id",
+                params,
+            )
+        )
+        upcoming = next(sums, None)
+        for key, text in customers:
+            while upcoming is not None and upcoming[0] < key:
+                upcoming = next(sums, None)
+            moves = extra.get(key, [])
+            if upcoming is not None and upcoming[0] == key:
+                moves = moves + upcoming[1]
+            # In canonical JSON `"name":` with both quotes bare can only be a key.
+            if not moves and '"balancePoints":' in text and '"pending":' not in text:
+                yield key, text  # nothing to add, nothing to fold: as stored
                 continue
-            available[owner] += int(points)
-            if when and due:
-                pending[owner][_when(when)] += int(due)
-        for key, doc in customers:
-            row = dict(doc)
-            balance = int(row.get("balancePoints", 0)) + available.get(key, 0)
-            entries: dict[datetime, int] = defaultdict(int)
-            for entry in row.get("pending", []):
-                entries[_timestamp(entry["activatesAt"]).astimezone(UTC)] += int(entry["points"])
-            for when_, due_ in pending.get(key, {}).items():
-                entries[when_.astimezone(UTC)] += due_
-            left = []
-            for when_ in sorted(entries):
-                if not entries[when_]:
-                    continue
-                if when_ <= pub.issued_at:
-                    balance += entries[when_]
-                else:
-                    left.append({"points": entries[when_], "activatesAt": when_.isoformat()})
-            row["balancePoints"] = balance
-            if left:
-                row["pending"] = left
-            else:
-                row.pop("pending", None)
-            yield key, row
+            yield key, _balance_row(text, moves, pub.issued_at)
 
     # ------------------------------------------------------------ ledger
 
@@ -987,6 +998,49 @@ class SqliteHubStore:
                 (utc_text(now), device_id),
             )
             return cur.rowcount > 0
+
+
+def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]]:
+    """(customer, its moves) from rows (customer, available, activates_at, pending) that
+    come grouped by customer."""
+    current: str | None = None
+    moves: list[Move] = []
+    for customer, points, when, due in rows:
+        if customer != current:
+            if current is not None:
+                yield current, moves
+            current, moves = str(customer), []
+        moves.append((int(points), when, int(due or 0)))
+    if current is not None:
+        yield current, moves
+
+
+def _balance_row(text: str, moves: list[Move], issued_at: datetime) -> str:
+    """A customer row with the counted moves added, and pending points due by `issued_at`
+    folded into balancePoints."""
+    row = dict(json.loads(text))
+    balance = int(row.get("balancePoints", 0))
+    entries: dict[datetime, int] = defaultdict(int)
+    for entry in row.get("pending", []):
+        entries[_timestamp(entry["activatesAt"]).astimezone(UTC)] += int(entry["points"])
+    for points, when, due in moves:
+        balance += points
+        if when and due:
+            entries[_when(when).astimezone(UTC)] += due
+    left = []
+    for when_ in sorted(entries):
+        if not entries[when_]:
+            continue
+        if when_ <= issued_at:
+            balance += entries[when_]
+        else:
+            left.append({"points": entries[when_], "activatesAt": when_.isoformat()})
+    row["balancePoints"] = balance
+    if left:
+        row["pending"] = left
+    else:
+        row.pop("pending", None)
+    return str(_canon(row))
 
 
 def _default_program() -> dict[str, Any]:

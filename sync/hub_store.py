@@ -20,7 +20,7 @@ Data model (what an implementation must keep):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -209,11 +209,13 @@ class HubStore(Protocol):
 
     def delta_floor(self) -> int: ...
 
-    def snapshot_doc(self, device_id: str, version: int, base_version: int) -> dict[str, Any]: ...
+    def snapshot_doc(self, version: int, base_version: int) -> dict[str, Any]: ...
 
     def snapshot_stream(
-        self, device_id: str, version: int, base_version: int
-    ) -> Iterator[tuple[str, dict[str, Any]]]: ...
+        self, version: int, base_version: int
+    ) -> Generator[tuple[str, Any], None, None]:
+        """("header", dict), then (section, canonical JSON text of a row), in key order."""
+        ...
 
     def draft_size(self) -> int: ...
 

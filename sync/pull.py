@@ -1,13 +1,16 @@
 """Snapshot pull (SPEC §3, §9): chunked, resumable, verified, then one atomic swap.
 
-The bytes received so far live in ``<data dir>/sync/pull.part`` beside ``pull.json``
-(the bundle's header and how many bytes are safely on disk, written after an fsync).
+The bytes received so far live in ``<data dir>/sync/pull.part`` (the signed message:
+``signing.PREFIX``, then the payload, so it is verified in place) beside ``pull.json``
+(the bundle's header and how many payload bytes are safely on disk). The part file is
+fsynced every `SYNC_EVERY_BYTES` and when the stream ends, and ``pull.json`` is written
+only after such an fsync, so it never claims bytes a crash could lose.
 After a broken stream, a restart, or a SIGKILL, the next pull asks the hub for the same
 bundle (``want_version``) from that offset; the hub rebuilds bundles deterministically,
 and the SHA-256 in the header tells the agent whether it is still the same bundle (if
 not, it starts again from 0).
 
-Nothing reaches the cache before every check in `signing.verify` has passed; then
+Nothing reaches the cache before every check in `signing.verify_message_file` has passed; then
 `Agent.load_snapshot` swaps it in one SQLite transaction. A refused snapshot is logged,
 recorded for `status`, and the cache keeps serving the version it had.
 """
@@ -20,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +46,16 @@ from .pki import Enrollment
 log = logging.getLogger("tillpoint.sync")
 
 Progress = Callable[[int, int], None]
-DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+MIB = 1024 * 1024
+# A chain's full snapshot (1M customers, 5M offers) is about 2 GiB: room to grow.
+DEFAULT_MAX_BYTES = 8 * 1024 * MIB
+# fsync the part file (and then record the offset in pull.json) after this many bytes or
+# this many seconds, whichever comes first: few fsyncs on a fast link, little to fetch
+# again after a crash on a slow one.
+SYNC_EVERY_BYTES = 32 * MIB
+SYNC_EVERY_S = 1.0
+SPACE_MARGIN = 64 * MIB
+LAYOUT = 2  # pull.part holds the signed message: signing.PREFIX, then the payload
 
 
 class SyncBusy(TillpointError):
@@ -57,6 +70,14 @@ class _HeaderRefused(SnapshotRefused):
 
 class PullInterrupted(TillpointError):
     """The stream broke or ended early; what arrived is kept and the next pull resumes."""
+
+
+class NoSpace(PullInterrupted):
+    """Not enough free disk space for the snapshot; the pull is tried again later."""
+
+
+def disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
 
 
 @dataclass(frozen=True)
@@ -79,7 +100,8 @@ class _Partial:
     signature: str
     issued_at: str
     expires_at: str
-    offset: int
+    offset: int  # payload bytes on disk (pull.part holds len(PREFIX) more)
+    layout: int = 0
 
     @classmethod
     def of(cls, chunk: pb.SnapshotChunk) -> _Partial:
@@ -92,6 +114,7 @@ class _Partial:
             issued_at=chunk.issued_at,
             expires_at=chunk.expires_at,
             offset=0,
+            layout=LAYOUT,
         )
 
     def same_bundle(self, chunk: pb.SnapshotChunk) -> bool:
@@ -151,6 +174,9 @@ class Puller:
         first_chunk_timeout_s: float = 120.0,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], datetime] | None = None,
+        sync_every_bytes: int = SYNC_EVERY_BYTES,
+        sync_every_s: float = SYNC_EVERY_S,
+        free_space: Callable[[Path], int] = disk_free,
     ) -> None:
         self.agent = agent
         self.link = link
@@ -160,6 +186,9 @@ class Puller:
         self.stream_timeout_s = stream_timeout_s
         self.first_chunk_timeout_s = max(first_chunk_timeout_s, call_timeout_s)
         self.max_bytes = max_bytes
+        self.sync_every_bytes = max(1, sync_every_bytes)
+        self.sync_every_s = sync_every_s
+        self.disk_free = free_space
         self.clock = clock or agent.clock
         self.dir = sync_dir(agent.data_dir)
         self.part = self.dir / "pull.part"
@@ -174,10 +203,11 @@ class Puller:
         except (OSError, ValueError, TypeError):
             return None
         usable = (
-            partial.version > current
+            partial.layout == LAYOUT
+            and partial.version > current
             and partial.base_version in (0, current)
             and self.part.exists()
-            and self.part.stat().st_size >= partial.offset
+            and self.part.stat().st_size >= len(signing.PREFIX) + partial.offset
         )
         if not usable:
             self._discard()
@@ -254,11 +284,27 @@ class Puller:
         )
         call: Any = self.link.stub.PullSnapshot(request, timeout=self.stream_timeout_s)
         # No chunk for call_timeout_s: the link is dead even if TCP has not noticed. The
-        # first chunk may take longer: the hub builds and signs a full snapshot first.
+        # first chunk may take longer: the hub may wait for a full snapshot being built.
         watchdog = _Watchdog(call, self.call_timeout_s, first_s=self.first_chunk_timeout_s)
         resumed_from = 0
         received = partial.offset if partial else 0
         fh: IO[bytes] | None = None
+        durable = received  # bytes fsynced and recorded in pull.json
+        synced_at = time.monotonic()
+        keep = False  # on the way out: make what arrived durable and record it
+
+        def checkpoint() -> None:
+            nonlocal durable, synced_at
+            assert fh is not None and partial is not None
+            synced_at = time.monotonic()
+            if received == durable:
+                return
+            fh.flush()
+            os.fsync(fh.fileno())
+            partial.offset = received
+            self._save_meta(partial)  # never claims more than is on disk
+            durable = received
+
         try:
             for chunk in call:
                 watchdog.feed()
@@ -273,42 +319,51 @@ class Puller:
                         and partial.same_bundle(chunk)
                         and (chunk.offset == partial.offset)
                     ):
+                        self._check_space(partial.total_size, partial.offset)
                         resumed_from = partial.offset
-                        fh = open(self.part, "r+b")  # noqa: SIM115 - closed in finally
-                        fh.truncate(partial.offset)
-                        fh.seek(partial.offset)
+                        fh = open(self.part, "r+b", buffering=1 << 20)  # noqa: SIM115
+                        fh.truncate(len(signing.PREFIX) + partial.offset)
+                        fh.seek(len(signing.PREFIX) + partial.offset)
                         log.info("resuming snapshot %d at byte %d", chunk.version, received)
                     else:
                         if chunk.offset != 0:
                             # Not the bundle we had: forget it and start over next time.
                             self._discard()
                             raise PullInterrupted("the hub's bundle changed; starting over")
+                        self._check_space(incoming.total_size, 0)
                         partial = incoming
-                        received = 0
-                        fh = open(self.part, "wb")  # noqa: SIM115 - closed in finally
+                        received = durable = 0
+                        fh = open(self.part, "wb", buffering=1 << 20)  # noqa: SIM115
+                        # The file is the signed message: verified in place, no copy.
+                        fh.write(signing.PREFIX)
                         self._save_meta(partial)
+                    keep = True
                 assert partial is not None and fh is not None
                 if not partial.same_bundle(chunk) or chunk.offset != received:
+                    keep = False
                     self._discard()
                     raise SnapshotRefused(
                         "snapshot refused: chunks of different bundles or out of order"
                     )
                 if len(chunk.data) > signing.MAX_CHUNK:
+                    keep = False
                     self._discard()
                     raise SnapshotRefused(
                         f"snapshot refused: a chunk of {len(chunk.data)} bytes (limit 1 MiB)"
                     )
                 if received + len(chunk.data) > partial.total_size:
+                    keep = False
                     self._discard()
                     raise SnapshotRefused(
                         f"snapshot refused: more data than the declared {partial.total_size} bytes"
                     )
                 fh.write(chunk.data)
-                fh.flush()
-                os.fsync(fh.fileno())
                 received += len(chunk.data)
-                partial.offset = received
-                self._save_meta(partial)
+                if (
+                    received - durable >= self.sync_every_bytes
+                    or time.monotonic() - synced_at >= self.sync_every_s
+                ):
+                    checkpoint()
                 if progress is not None:
                     progress(received, partial.total_size)
         except _HeaderRefused as exc:
@@ -326,8 +381,13 @@ class Puller:
             raise
         finally:
             watchdog.stop()
+            call.cancel()  # a no-op when the stream has ended
             if fh is not None:
-                fh.close()
+                try:
+                    if keep:
+                        checkpoint()
+                finally:
+                    fh.close()
         if partial is None:
             raise PullInterrupted("the hub ended the stream without sending anything")
         if received < partial.total_size:
@@ -335,6 +395,18 @@ class Puller:
                 f"the snapshot stream ended at byte {received} of {partial.total_size}; will resume"
             )
         return self._apply(partial, current, resumed_from)
+
+    def _check_space(self, total: int, offset: int) -> None:
+        """Room for the rest of the download and for applying it (the cache grows by
+        about the payload's size while the old data is still there): else a retryable
+        error, not a refusal, since the same snapshot is fine once space is freed."""
+        need = (total - offset) + total + SPACE_MARGIN
+        free = self.disk_free(self.dir)
+        if free < need:
+            raise NoSpace(
+                f"not enough disk space for snapshot of {total} bytes: {free // MIB} MiB free,"
+                f" {need // MIB} MiB needed; will retry"
+            )
 
     def _check_header(self, chunk: pb.SnapshotChunk, incoming: _Partial) -> None:
         try:
@@ -380,11 +452,10 @@ class Puller:
 
     def _apply(self, partial: _Partial, current: int, resumed_from: int) -> PullResult:
         try:
-            # Verified and applied from a read-only mapping of the downloaded file: a
-            # chain-sized payload is never read into memory (signing.verify_file).
-            with signing.verify_file(
+            # Verified and applied from a read-only mapping of the downloaded file (which
+            # is the signed message): a chain-sized payload is never read into memory.
+            with signing.verify_message_file(
                 public_key=self.enrollment.snapshot_public_key(),
-                device_id=self.device_id,
                 path=self.part,
                 signature=base64.b64decode(partial.signature),
                 current_version=current,

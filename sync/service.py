@@ -35,7 +35,7 @@ from .authoriser import HubAuthoriser
 from .backoff import Backoff
 from .client import HubLink
 from .pki import Enrollment, EnrollmentError, load_enrollment
-from .pull import Puller, PullInterrupted, SyncBusy, cache_version
+from .pull import DEFAULT_MAX_BYTES, Puller, PullInterrupted, SyncBusy, cache_version
 from .push import Pusher
 
 log = logging.getLogger("tillpoint.sync")
@@ -52,6 +52,7 @@ class SyncTimings:
     subscribe_max_s: float = 330.0  # a Subscribe stream's deadline (the hub ends it first)
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 60.0
+    max_snapshot_bytes: int = DEFAULT_MAX_BYTES  # a bigger snapshot is refused unread
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SyncTimings:
@@ -60,6 +61,7 @@ class SyncTimings:
             call_timeout_s=hub.call_timeout_ms / 1000,
             redeem_timeout_s=hub.redeem_timeout_ms / 1000,
             poll_interval_s=hub.poll_interval_s,
+            max_snapshot_bytes=hub.max_snapshot_mib * 1024 * 1024,
         )
 
 
@@ -86,6 +88,7 @@ class SyncService:
             enrollment,
             call_timeout_s=timings.call_timeout_s,
             stream_timeout_s=timings.stream_timeout_s,
+            max_bytes=timings.max_snapshot_bytes,
         )
         self.pusher = Pusher(
             agent.data_dir, enrollment.device_id, link, call_timeout_s=timings.call_timeout_s

@@ -24,17 +24,12 @@ def load_snapshot_file(agent: Agent, doc: Any) -> cache_mod.CacheInfo:
     """Apply a snapshot file's JSON (already parsed) to the agent's cache."""
     enrollment = load_enrollment(agent.data_dir)
     if signing.is_signed_file(doc):
-        device, payload, signature = signing.from_file(doc)
+        payload, signature = signing.from_file(doc)
         if enrollment is None:
             unchecked = signing.VerifiedSnapshot(signing.read_header(payload), payload)
             return unchecked.apply(agent)
-        if device != agent.device_id:
-            raise SnapshotRefused(
-                f"this signed snapshot is for device {device!r}, not {agent.device_id!r}"
-            )
         return signing.verify(
             public_key=enrollment.snapshot_public_key(),
-            device_id=agent.device_id,
             payload=payload,
             signature=signature,
             current_version=cache_version(agent.data_dir),

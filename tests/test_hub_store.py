@@ -52,11 +52,11 @@ def test_a_snapshot_shaped_file_imports_and_publishes(store: Any, tmp_path: Path
     assert report.by_kind == {"program": 1, "category": 2, "product": 3, "customer": 2, "card": 2}
     pub = store.publish(NOW, WEEK)
     assert (pub.version, pub.changed_rows) == (1, 10)
-    snap = store.snapshot_doc("till-1", 1, 0)
+    snap = store.snapshot_doc(1, 0)
     assert snap["version"] == 1 and snap["baseVersion"] == 0
     assert snap["expiresAt"] == (NOW + timedelta(days=7)).isoformat()
     assert [c["id"] for c in snap["customers"]] == ["c-1", "c-2"]
-    assert snap["appliedThrough"] == {"till-1": 0}  # the file's header is the hub's to set
+    assert snap["appliedThrough"] == {}  # the file's header is the hub's to set (no pushes yet)
 
 
 def test_bad_rows_refuse_the_whole_import(store: Any, tmp_path: Path) -> None:
@@ -122,7 +122,7 @@ def test_json_lines_import_with_line_numbers(store: Any, tmp_path: Path) -> None
     ):
         assert where in message
     store.publish(NOW, WEEK)
-    assert len(store.snapshot_doc("t", 1, 0)["customers"]) == 2000  # the first import only
+    assert len(store.snapshot_doc(1, 0)["customers"]) == 2000  # the first import only
 
 
 def test_removals_and_deltas(store: Any) -> None:
@@ -141,15 +141,15 @@ def test_removals_and_deltas(store: Any) -> None:
     )  # same program: no change
     pub = store.publish(NOW + timedelta(hours=1), WEEK)
     assert pub.version == 2 and pub.changed_rows == 2  # removing what never was is nothing
-    delta = store.snapshot_doc("t", 2, 1)
+    delta = store.snapshot_doc(2, 1)
     assert delta["baseVersion"] == 1
     assert [p["name"] for p in delta["products"]] == ["Молоко 2,5%"]
     assert delta["removed"] == {"cards": ["2770000000024"]}
     assert "program" not in delta and delta["customers"] == []
-    full = store.snapshot_doc("t", 2, 0)
+    full = store.snapshot_doc(2, 0)
     assert [c["number"] for c in full["cards"]] == ["2770000000017"]
     # version 1 can still be rebuilt exactly as it was
-    assert len(store.snapshot_doc("t", 1, 0)["cards"]) == 2
+    assert len(store.snapshot_doc(1, 0)["cards"]) == 2
 
 
 # ---------------------------------------------------------------- balances in snapshots
@@ -173,7 +173,7 @@ def tx(
     )
 
 
-def test_per_device_snapshots_count_nothing_twice(store: Any) -> None:
+def test_snapshots_are_the_same_for_every_till_and_count_nothing_twice(store: Any) -> None:
     import_doc(store, sample_master_data())
     store.publish(NOW, WEEK)
     later = (NOW + timedelta(days=3)).isoformat()
@@ -186,24 +186,51 @@ def test_per_device_snapshots_count_nothing_twice(store: Any) -> None:
     store.ingest("b", "", [tx("b", 1, "c-1", 30)], NOW)
     store.publish(NOW + timedelta(minutes=1), WEEK)
 
-    def anna(device: str, base: int = 0) -> dict[str, Any]:
-        doc = store.snapshot_doc(device, 2, base)
+    def anna(version: int, base: int = 0) -> dict[str, Any]:
+        doc = store.snapshot_doc(version, base)
         return {
             "through": doc["appliedThrough"],
             **next(c for c in doc["customers"] if c["id"] == "c-1"),
         }
 
-    a = anna("a")
-    # a's seq 4 is not contiguous: a still counts it itself, so the hub leaves it out
-    assert a["through"] == {"a": 2} and a["balancePoints"] == 1200 - 100 + 30
-    assert a["pending"] == [{"points": 50, "activatesAt": later.replace("+00:00", "+00:00")}]
-    b = anna("b")
-    assert b["through"] == {"b": 1} and b["balancePoints"] == 1200 - 100 + 30 - 7
-    assert anna("a", base=1)["balancePoints"] == a["balancePoints"]  # delta agrees
+    v2 = anna(2)
+    # a's seq 4 is not contiguous: a counts it itself (above its appliedThrough 2), and
+    # nobody else's snapshot counts it yet either
+    assert v2["through"] == {"a": 2, "b": 1} and v2["balancePoints"] == 1200 - 100 + 30
+    assert v2["pending"] == [{"points": 50, "activatesAt": later.replace("+00:00", "+00:00")}]
+    assert anna(2, base=1)["balancePoints"] == v2["balancePoints"]  # delta agrees
+    # the gap is filled: seq 3 and 4 are counted now, for every till
+    store.ingest("a", "", [tx("a", 3, "c-1", 5)], NOW)
+    store.publish(NOW + timedelta(minutes=2), WEEK)
+    v3 = anna(3)
+    assert v3["through"] == {"a": 4, "b": 1} and v3["balancePoints"] == 1200 - 100 + 30 + 5 - 7
+    assert anna(3, base=2)["balancePoints"] == v3["balancePoints"]
     # once the pending points are due at issue time they are folded in
     store.publish(NOW + timedelta(days=4), WEEK)
-    folded = next(c for c in store.snapshot_doc("a", 3, 0)["customers"] if c["id"] == "c-1")
-    assert folded["balancePoints"] == 1200 - 100 + 30 + 50 and "pending" not in folded
+    folded = next(c for c in store.snapshot_doc(4, 0)["customers"] if c["id"] == "c-1")
+    assert folded["balancePoints"] == 1200 - 100 + 30 + 5 - 7 + 50 and "pending" not in folded
+
+
+def test_full_payload_rows_are_canonical(store: Any) -> None:
+    """Rows are written as stored (not re-encoded): the stored text must be canonical."""
+    from tillpoint.sync.hub_server import snapshot_payload
+    from tillpoint.sync.signing import canonical_json
+
+    data = sample_master_data()
+    data["customers"].append({"id": "c-3", "firstName": 'Вера "Ю"', "tier": "base"})
+    import_doc(store, data)
+    store.publish(NOW, WEEK)
+    store.ingest("a", "", [tx("a", 1, "c-2", 40)], NOW)
+    store.publish(NOW + timedelta(minutes=1), WEEK)
+    for version in (1, 2):
+        _, payload = snapshot_payload(store, version, 0)
+        lines = payload.splitlines()
+        assert len(lines) > 5
+        for line in lines:
+            assert canonical_json(json.loads(line)) == line
+    doc = store.snapshot_doc(2, 0)
+    by_id = {c["id"]: c for c in doc["customers"]}
+    assert by_id["c-2"]["balancePoints"] == 340 and by_id["c-3"]["balancePoints"] == 0
 
 
 # ---------------------------------------------------------------- full == full + deltas
@@ -213,6 +240,7 @@ ops = st.lists(
         st.tuples(st.just("customer"), st.integers(0, 5), st.integers(-50, 500)),
         st.tuples(st.just("remove"), st.integers(0, 5), st.just(0)),
         st.tuples(st.just("tx"), st.integers(0, 5), st.integers(-30, 30)),
+        st.tuples(st.just("fill"), st.just(0), st.just(0)),
         st.tuples(st.just("publish"), st.just(0), st.just(0)),
     ),
     min_size=1,
@@ -223,16 +251,21 @@ ops = st.lists(
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops)
 def test_applying_the_deltas_gives_the_full_snapshot(steps: list[tuple[str, int, int]]) -> None:
-    """For any history, a till that follows every delta holds exactly the full snapshot."""
+    """For any history, a till that follows every delta holds exactly the full snapshot.
+
+    Transactions come from two tills, some out of order (a seq held back, sent later by
+    "fill"), so counting starts for the held-back ones and those behind them only once
+    they are contiguous."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store = SqliteHubStore(root / "hub.db")
         follower = Agent(root / "follower", "a", clock=lambda: NOW)
         seqs = {"a": 0, "b": 0}
+        held: list[TxIn] = []
         try:
             import_doc(store, sample_master_data())
             store.publish(NOW, WEEK)
-            follower.load_snapshot(store.snapshot_doc("a", 1, 0))
+            follower.load_snapshot(store.snapshot_doc(1, 0))
             for kind, n, value in [*steps, ("publish", 0, 0)]:
                 cid = f"c-{n}"
                 if kind == "customer":
@@ -241,15 +274,22 @@ def test_applying_the_deltas_gives_the_full_snapshot(steps: list[tuple[str, int,
                     import_doc(store, {"removed": {"customers": [cid]}})
                 elif kind == "tx":
                     device = "a" if value % 2 else "b"
+                    if value % 3 == 0:  # this seq arrives late: a gap until "fill"
+                        seqs[device] += 1
+                        held.append(tx(device, seqs[device], cid, value + 1))
                     seqs[device] += 1
                     store.ingest(device, "", [tx(device, seqs[device], cid, value)], NOW)
+                elif kind == "fill":
+                    for late in held:
+                        store.ingest(late.device_id, "", [late], NOW)
+                    held.clear()
                 else:
                     latest = store.latest()
                     pub = store.publish(NOW + timedelta(seconds=latest.version), WEEK)
-                    follower.load_snapshot(store.snapshot_doc("a", pub.version, latest.version))
+                    follower.load_snapshot(store.snapshot_doc(pub.version, latest.version))
             version = store.latest().version
             fresh = Agent(root / "fresh", "a", clock=lambda: NOW)
-            fresh.load_snapshot(store.snapshot_doc("a", version, 0))
+            fresh.load_snapshot(store.snapshot_doc(version, 0))
             fresh.close()
             assert dump(root / "follower") == dump(root / "fresh")
         finally:

@@ -249,12 +249,10 @@ def test_applied_through_is_the_highest_contiguous_seq(tmp_path: Path, gap_first
         assert first.acked_through == (1 if gap_first else 2)
         assert hub.store.ingest("t", "", order[1], now).acked_through == 3
         version = hub.publish()
-        doc = hub.store.snapshot_doc("t", version, 0)
+        doc = hub.store.snapshot_doc(version, 0)
         assert doc["appliedThrough"] == {"t": 3}
         anna = next(c for c in doc["customers"] if c["id"] == "c-1")
+        # every device (t itself too) sees t's transactions once they are contiguous
         assert anna["balancePoints"] == 1203
-        # another device sees every one of t's transactions in the balance
-        other = hub.store.snapshot_doc("u", version, 0)
-        assert next(c for c in other["customers"] if c["id"] == "c-1")["balancePoints"] == 1203
     finally:
         hub.stop()

@@ -6,7 +6,10 @@ with its bundle builder or its chunk stream altered, as a broken or hostile hub 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
+import json
 import logging
 import sqlite3
 import time
@@ -20,10 +23,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.errors import SnapshotRefused
 from tillpoint.sync import load_snapshot_file, sync_status
-from tillpoint.sync.hub_server import HubConfig, HubServicer
+from tillpoint.sync.hub_server import Bundle, HubConfig, HubServicer
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data
 from tillpoint.sync.pull import Puller, PullInterrupted, cache_version
-from tillpoint.sync.signing import SignedSnapshot, sign
+from tillpoint.sync.signing import PREFIX, SignedSnapshot, sign, write_signed_file
 from tillpoint.sync.state import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -88,11 +91,22 @@ def rogue(hub: LoopbackHub) -> RogueServicer:
     return servicer
 
 
+def in_memory(b: Bundle) -> SignedSnapshot:
+    return SignedSnapshot(
+        version=b.version,
+        base_version=b.base_version,
+        issued_at=b.issued_at,
+        expires_at=b.expires_at,
+        payload=b.payload,
+        signature=b.signature,
+    )
+
+
 def tamper_bundles(hub: LoopbackHub, change: Callable[[SignedSnapshot], SignedSnapshot]) -> None:
     real = hub.server.builder.bundle
 
-    def bundle(device_id: str, version: int, base: int) -> SignedSnapshot:
-        return change(real(device_id, version, base))
+    def bundle(version: int, base: int) -> SignedSnapshot:
+        return change(in_memory(real(version, base)))
 
     hub.server.builder.bundle = bundle  # type: ignore[method-assign]
 
@@ -131,16 +145,24 @@ TAMPERING: dict[str, tuple[Callable[[SignedSnapshot], SignedSnapshot], str]] = {
         "signature",
     ),
     "wrongly signed": (
-        lambda b: replace(b, signature=sign(WRONG_KEY, b.device_id, b.payload)),
+        lambda b: replace(b, signature=sign(WRONG_KEY, b.payload)),
         "signature",
     ),
-    "signed for another till": (lambda b: replace(b, signature=sign_for_other(b)), "signature"),
+    "signed the old per-device way (v1)": (
+        lambda b: replace(b, signature=sign_v1(b, DEVICE)),
+        "signature",
+    ),
+    "signed without the prefix": (
+        lambda b: replace(b, signature=_HUB_KEY[0].sign(b.payload)),
+        "signature",
+    ),
 }
 _HUB_KEY: list[ed25519.Ed25519PrivateKey] = []
 
 
-def sign_for_other(b: SignedSnapshot) -> bytes:
-    return sign(_HUB_KEY[0], "till-2", b.payload)
+def sign_v1(b: SignedSnapshot, device: str) -> bytes:
+    """The hub's own key over the v1 message (bound to a device): not a v2 signature."""
+    return _HUB_KEY[0].sign(b"tillpoint.snapshot.v1\0" + device.encode() + b"\0" + b.payload)
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERING))
@@ -168,7 +190,7 @@ def test_an_older_snapshot_is_refused_as_a_rollback(hub: LoopbackHub, till: Till
     hub.publish()
     assert puller(till).pull().version == 2
     real = hub.server.builder.bundle
-    old = real(DEVICE, 1, 0)  # genuinely signed by the hub, for this till
+    old = in_memory(real(1, 0))  # genuinely signed by the hub
     tamper_bundles(hub, lambda b: old)
     hub.publish()
     result = puller(till).pull()
@@ -226,7 +248,7 @@ def test_a_snapshot_above_the_tills_limit_is_not_downloaded(hub: LoopbackHub, ti
 
 
 def test_a_refused_bundle_is_not_downloaded_again(hub: LoopbackHub, till: Till) -> None:
-    tamper_bundles(hub, lambda b: replace(b, signature=sign(WRONG_KEY, b.device_id, b.payload)))
+    tamper_bundles(hub, lambda b: replace(b, signature=sign(WRONG_KEY, b.payload)))
     rogue(hub).rate_limit_bytes_s = 30 * 1024
     started = time.monotonic()
     assert puller(till).pull().status == "REFUSED"
@@ -294,24 +316,38 @@ def plain_snapshot() -> dict[str, object]:
     return {"version": 50, "issuedAt": datetime.now(UTC).isoformat(), **sample_master_data()}
 
 
+def signed_file(b: Bundle) -> dict[str, object]:
+    out = io.StringIO()
+    write_signed_file(out, b)
+    doc = json.loads(out.getvalue())
+    assert isinstance(doc, dict)
+    return doc
+
+
 def test_an_enrolled_till_refuses_a_plain_file_and_takes_a_signed_one(
     hub: LoopbackHub, till: Till
 ) -> None:
     with pytest.raises(SnapshotRefused, match="only signed"):
         load_snapshot_file(till.agent, plain_snapshot())
     assert cache_version(till.data_dir) == 0
-    signed = hub.server.builder.bundle(DEVICE, 1, 0).to_file()
-    assert load_snapshot_file(till.agent, signed).version == 1
-    other = hub.server.builder.bundle("till-2", 1, 0).to_file()
-    with pytest.raises(SnapshotRefused):
-        load_snapshot_file(till.agent, other)
+    bundle = hub.server.builder.bundle(1, 0)
+    signed = signed_file(bundle)
+    assert signed == in_memory(bundle).to_file()  # streamed or whole: the same document
     tampered = dict(signed)
-    payload = hub.server.builder.bundle(DEVICE, 1, 0).payload
-    import base64
-
-    tampered["payload"] = base64.b64encode(flip_bit(payload, 10)).decode()
+    tampered["payload"] = base64.b64encode(flip_bit(bundle.payload, 10)).decode()
     with pytest.raises(SnapshotRefused, match="signature"):
         load_snapshot_file(till.agent, tampered)
+    old = {**signed, "format": "tillpoint-signed-snapshot/1", "deviceId": DEVICE}
+    with pytest.raises(SnapshotRefused, match="format /1"):
+        load_snapshot_file(till.agent, old)
+    assert cache_version(till.data_dir) == 0
+    assert load_snapshot_file(till.agent, signed).version == 1
+    # the same file, replayed on another till of the chain, is just as good there
+    other = hub.till("till-2", till.data_dir.parent / "till-2", start=False)
+    try:
+        assert load_snapshot_file(other.agent, signed).version == 1
+    finally:
+        other.stop()
 
 
 def test_a_standalone_till_takes_a_plain_file(tmp_path: Path) -> None:
@@ -329,11 +365,11 @@ def test_the_part_file_survives_only_until_applied(hub: LoopbackHub, till: Till)
     with pytest.raises(PullInterrupted):
         puller(till).pull()
     part = till.data_dir / "sync" / "pull.part"
-    assert part.stat().st_size == 2 * 1024
+    assert part.stat().st_size == len(PREFIX) + 2 * 1024  # the signed message so far
     rogue(hub).chunk_hook = None
     puller(till).pull()
     assert not part.exists()
     conn = sqlite3.connect(till.data_dir / "cache.db")
     assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 303
-    payload = hub.server.builder.bundle(DEVICE, 1, 0).payload
+    payload = hub.server.builder.bundle(1, 0).payload
     assert hashlib.sha256(payload).hexdigest()
