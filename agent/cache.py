@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import hmac
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
-from .db import write_transaction
-from .errors import InputError, SnapshotRefused
+from .db import (
+    cache_file,
+    cache_migrations,
+    fsync_path,
+    migrate,
+    new_generation,
+    open_cache,
+    remove_old_generations,
+    remove_stale_builds,
+    switch_cache,
+    write_transaction,
+)
+from .errors import InputError, SnapshotRefused, StorageError
 from .identify import normalise, phone_key
 from .models import (
     ROW_MODELS,
@@ -30,6 +44,10 @@ from .models import (
 )
 
 _BATCH = 5000
+# The page cache of a full snapshot's build (KiB): the primary-key indexes of millions of
+# rows take random inserts; the agent's memory ceiling during an apply is 150 MB.
+_BUILD_CACHE_KIB = 32_000
+log = logging.getLogger("tillpoint.agent")
 
 
 class ProductRow(NamedTuple):
@@ -51,7 +69,7 @@ class CacheInfo:
 
 def phone_index(phone: str, secret: bytes) -> str:
     """A keyed hash of the canonical phone: the cache never holds a phone number itself."""
-    return hmac.new(secret, phone.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(secret, phone.encode(), "sha256").hex()
 
 
 # A snapshot row on its way to the cache: its section, the validated row, and the row's
@@ -65,6 +83,118 @@ def rows_of(snap: Snapshot) -> Iterator[Row]:
             yield section, row, None
 
 
+def apply(
+    data_dir: Path, header: SnapshotHeader, rows: Iterable[Row], now: datetime, secret: bytes
+) -> CacheInfo:
+    """Apply a snapshot to the till's cache: all of it or none of it.
+
+    The cache's write lock (a `BEGIN IMMEDIATE` on the current generation) is held
+    throughout, so applies from different processes (`tillpoint run` pulling,
+    `tillpoint snapshot load`) take turns. A delta is applied in place in that one
+    transaction. A full snapshot is built into a new generation file and switched in
+    (`_build`, `db.switch_cache`); readers keep the old generation until the switch, and
+    a bad row anywhere discards the build. An older or equal version is refused.
+    """
+    for _ in range(5):
+        conn = open_cache(data_dir)
+        try:
+            with write_transaction(conn, "cache"):
+                current = _file_of(conn)
+                if current != cache_file(data_dir):
+                    continue  # switched while this waited for the lock: take the new one
+                _check(header, _version(conn))
+                if not header.is_full:
+                    _fill(conn, header, rows, now, secret)
+                    return info(conn)
+                built, loaded = _build(data_dir, header, rows, now, secret)
+                try:
+                    switch_cache(data_dir, built)
+                except OSError as exc:
+                    built.unlink(missing_ok=True)
+                    raise StorageError(
+                        f"cannot switch the cache to the new snapshot: {exc}"
+                    ) from None
+                try:
+                    remove_old_generations(data_dir, keep={built, current})
+                except OSError as exc:  # the switch is done; old files wait for the next one
+                    log.warning("old cache generations were not removed: %s", exc)
+                return loaded
+        finally:
+            conn.close()
+    raise StorageError("the cache is busy: it kept being replaced while this waited")
+
+
+def _file_of(conn: sqlite3.Connection) -> Path:
+    """The file a connection has open (SQLite reports it with symlinks resolved)."""
+    return Path(os.path.realpath(conn.execute("PRAGMA database_list").fetchone()[2]))
+
+
+def _check(header: SnapshotHeader, current: int) -> None:
+    if header.version <= current:
+        raise SnapshotRefused(
+            f"snapshot version {header.version} is not newer than the cache's {current}"
+        )
+    if not header.is_full and header.base_version != current:
+        raise SnapshotRefused(
+            f"delta snapshot {header.version} applies on version {header.base_version},"
+            f" but the cache is at version {current}: a full snapshot is needed"
+        )
+
+
+def _build(
+    data_dir: Path, header: SnapshotHeader, rows: Iterable[Row], now: datetime, secret: bytes
+) -> tuple[Path, CacheInfo]:
+    """A full snapshot as a new generation file, complete and durable, not yet switched in.
+
+    Built under a temporary name with no journal and no fsyncs (a crash leaves only that
+    file, which the next apply deletes), from the schema of the migrations, with the
+    secondary indexes dropped during the inserts and created after them; then put in WAL
+    mode, fsynced and renamed to its generation name. Anything raised deletes it.
+    """
+    remove_stale_builds(data_dir)
+    tmp, final = new_generation(data_dir, header.version)
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.execute(f"PRAGMA cache_size = -{_BUILD_CACHE_KIB}")
+            migrate(conn, cache_migrations)
+            indexes = conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            ).fetchall()
+            for name, _ in indexes:
+                conn.execute(f'DROP INDEX "{name}"')
+            conn.execute("BEGIN")
+            _fill(conn, header, rows, now, secret)
+            for _, sql in indexes:
+                conn.execute(sql)
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode = WAL")
+            loaded = info(conn)
+        finally:
+            conn.close()
+        fsync_path(tmp)
+        os.rename(tmp, final)  # nobody has it open; the switch fsyncs the directory
+    except sqlite3.Error as exc:
+        _discard(tmp, final)
+        raise StorageError(f"the cache could not be written, nothing was stored: {exc}") from None
+    except OSError as exc:
+        _discard(tmp, final)
+        raise StorageError(f"the cache could not be written, nothing was stored: {exc}") from None
+    except BaseException:
+        _discard(tmp, final)
+        raise
+    return final, loaded
+
+
+def _discard(*paths: Path) -> None:
+    for path in paths:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
 def apply_snapshot(
     conn: sqlite3.Connection,
     header: SnapshotHeader,
@@ -72,44 +202,47 @@ def apply_snapshot(
     now: datetime,
     secret: bytes,
 ) -> CacheInfo:
-    """Apply a snapshot in one write transaction: all of it or none of it.
+    """Apply a snapshot in place, in one write transaction on `conn`: all of it or none.
 
     A full snapshot (baseVersion 0) replaces everything; a delta applies only on top of
     exactly its baseVersion. An older or equal version is refused and the cache stays.
     Rows are consumed as they come (a streamed snapshot never sits in memory whole); a
-    bad row anywhere rolls the whole snapshot back.
+    bad row anywhere rolls the whole snapshot back. The agent uses `apply`, which builds
+    full snapshots into a new file instead.
     """
     with write_transaction(conn, "cache"):
-        current = _version(conn)
-        if header.version <= current:
-            raise SnapshotRefused(
-                f"snapshot version {header.version} is not newer than the cache's {current}"
-            )
-        if not header.is_full and header.base_version != current:
-            raise SnapshotRefused(
-                f"delta snapshot {header.version} applies on version {header.base_version},"
-                f" but the cache is at version {current}: a full snapshot is needed"
-            )
-        if header.is_full:
-            for table in ROW_MODELS:
-                conn.execute(f"DELETE FROM {table}")
-            conn.execute("DELETE FROM applied_through")
-        _remove(conn, header.removed)
-        _write_rows(conn, rows, secret, replace=not header.is_full)
-        if header.program is not None or header.is_full:
-            program = header.program or Program()
-            _set(conn, "program", program.model_dump_json(by_alias=True))
-        for device, seq in header.applied_through.items():
-            conn.execute(
-                "INSERT INTO applied_through VALUES (?, ?) ON CONFLICT (device_id)"
-                " DO UPDATE SET seq = max(seq, excluded.seq)",
-                (device, seq),
-            )
-        _set(conn, "version", str(header.version))
-        _set(conn, "issued_at", header.issued_at.isoformat() if header.issued_at else "")
-        _set(conn, "expires_at", header.expires_at.isoformat() if header.expires_at else "")
-        _set(conn, "loaded_at", now.isoformat())
+        _check(header, _version(conn))
+        _fill(conn, header, rows, now, secret)
     return info(conn)
+
+
+def _fill(
+    conn: sqlite3.Connection,
+    header: SnapshotHeader,
+    rows: Iterable[Row],
+    now: datetime,
+    secret: bytes,
+) -> None:
+    """The snapshot's rows and meta, inside the caller's transaction."""
+    if header.is_full:
+        for table in ROW_MODELS:
+            conn.execute(f"DELETE FROM {table}")
+        conn.execute("DELETE FROM applied_through")
+    _remove(conn, header.removed)
+    _write_rows(conn, rows, secret, replace=not header.is_full)
+    if header.program is not None or header.is_full:
+        program = header.program or Program()
+        _set(conn, "program", program.model_dump_json(by_alias=True))
+    for device, seq in header.applied_through.items():
+        conn.execute(
+            "INSERT INTO applied_through VALUES (?, ?) ON CONFLICT (device_id)"
+            " DO UPDATE SET seq = max(seq, excluded.seq)",
+            (device, seq),
+        )
+    _set(conn, "version", str(header.version))
+    _set(conn, "issued_at", header.issued_at.isoformat() if header.issued_at else "")
+    _set(conn, "expires_at", header.expires_at.isoformat() if header.expires_at else "")
+    _set(conn, "loaded_at", now.isoformat())
 
 
 def _remove(conn: sqlite3.Connection, removed: Removed) -> None:
@@ -127,18 +260,30 @@ _COLUMNS = {"categories": 3, "products": 4, "customers": 3, "cards": 3, "offers"
 
 
 def _params(section: str, row: Model, raw: str | None, secret: bytes) -> tuple[object, ...]:
+    # Most rows are offers, then cards and customers: test in that order.
+    if isinstance(row, Offer):
+        return (row.id, row.customer_id, raw or row.model_dump_json(by_alias=True))
+    if isinstance(row, CardRecord):
+        return (row.number, row.customer_id, row.status)
+    if isinstance(row, Customer):
+        return (row.id, _phone_column(row.phone, secret), _customer_doc(row, raw))
     if isinstance(row, Product):
         return (row.sku, row.name, row.category, int(row.excluded_from_loyalty))
     if isinstance(row, Category):
         return (row.code, row.parent, row.name)
-    if isinstance(row, Customer):
-        doc = row.model_dump_json(by_alias=True, exclude={"phone"})
-        return (row.id, _phone_column(row.phone, secret), doc)
-    if isinstance(row, CardRecord):
-        return (row.number, row.customer_id, row.status)
-    if isinstance(row, Offer):
-        return (row.id, row.customer_id, raw or row.model_dump_json(by_alias=True))
     raise AssertionError(section)  # pragma: no cover
+
+
+def _customer_doc(row: Customer, raw: str | None) -> str:
+    """The customer's row as stored: never with a phone (only its keyed hash is kept).
+
+    The row's own JSON text is stored as it came when it cannot carry a phone: the model
+    found none, and the text has no `"phone"` anywhere and no backslash (so no key with an
+    escape spelling "phone", and no duplicate phone key whose first value the model did
+    not keep)."""
+    if raw is not None and row.phone is None and "\\" not in raw and '"phone"' not in raw:
+        return raw
+    return row.model_dump_json(by_alias=True, exclude={"phone"})
 
 
 def _write_rows(
@@ -159,6 +304,7 @@ def _write_rows(
             raise InputError(f"snapshot: two {section} rows have the same key") from None
         batch.clear()
 
+    current, batch = "", batches[next(iter(ROW_MODELS))]
     for section, row, raw in rows:
         params = _params(section, row, raw, secret)
         if replace:
@@ -166,7 +312,8 @@ def _write_rows(
             if key in seen:
                 raise InputError(f"snapshot: {section} {params[0]!r} appears twice")
             seen.add(key)
-        batch = batches[section]
+        if section != current:
+            current, batch = section, batches[section]
         batch.append(params)
         if len(batch) >= _BATCH:
             flush(section)

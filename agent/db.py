@@ -2,9 +2,13 @@
 
 A till keeps two files in its data directory:
 
-- ``cache.db``: the hub's snapshot (program, catalogue, customers, cards, offers). It is
-  replaced or patched by one snapshot transaction at a time; readers see the old data or
-  the new, never a mix (WAL).
+- ``cache.db``: the hub's snapshot (program, catalogue, customers, cards, offers). A full
+  snapshot is built into a new generation file, ``cache-<version>-<token>.db``, and
+  ``cache.db`` becomes a symlink switched atomically to it (`switch_cache`); a delta patches
+  the current generation in one transaction. Readers see the old data or the new, never a
+  mix. SQLite resolves the symlink when it names the ``-wal`` and ``-shm`` files, so each
+  generation has its own; a file is never renamed over a database someone has open.
+  An older install's plain ``cache.db`` file works as it is until the first full apply.
 - ``ledger.db``: what happened at this till (receipts, refunds, journal, outbox, points,
   print history and print jobs). Every commit writes its rows in one transaction with
   ``synchronous=FULL``, so a receipt, its journal entry and its outbox row stand or fall
@@ -17,6 +21,10 @@ holding the ledger's: checkouts keep committing while a snapshot loads.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import re
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +35,12 @@ from sqlite_utils.migrations import Migrations
 from .errors import StorageError
 
 BUSY_TIMEOUT_MS = 5000
+CACHE = "cache.db"
+# A generation of the cache: the snapshot version and a token, never reused, so a stale
+# connection can never pair its -wal or -shm with another file of the same name.
+GENERATION = re.compile(r"^cache-[0-9]+-[0-9a-f]+\.db$")
+BUILDING = ".building"
+log = logging.getLogger("tillpoint.agent")
 
 cache_migrations = Migrations("tillpoint.cache")
 ledger_migrations = Migrations("tillpoint.ledger")
@@ -190,13 +204,19 @@ def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.C
         raise StorageError(f"the {what} could not be written, nothing was stored: {exc}") from None
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """An autocommit connection (explicit BEGIN/COMMIT), WAL, synchronous=FULL, busy timeout."""
+def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlite3.Connection:
+    """An autocommit connection (explicit BEGIN/COMMIT), WAL, synchronous=FULL, busy timeout.
+
+    `create=False` refuses a missing file instead of making an empty database there."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if readonly:
+        if readonly or not create:
+            mode = "ro" if readonly else "rw"
             conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                f"{Path(path).absolute().as_uri()}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
             )
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -217,10 +237,142 @@ def migrate(conn: sqlite3.Connection, migrations: Migrations) -> None:
         raise StorageError(f"cannot migrate the database schema: {exc}") from None
 
 
+def cache_file(data_dir: Path) -> Path:
+    """The current cache file: the generation ``cache.db`` points to, or ``cache.db`` itself."""
+    return Path(os.path.realpath(Path(data_dir) / CACHE))
+
+
 def open_cache(data_dir: Path) -> sqlite3.Connection:
-    conn = connect(data_dir / "cache.db")
-    migrate(conn, cache_migrations)
-    return conn
+    """A connection to the current generation of the cache (migrated).
+
+    The symlink is resolved here and the generation opened by its own name, without
+    creating it: if a switch and a clean-up removed it in between, resolve again."""
+    for _ in range(5):
+        path = cache_file(data_dir)
+        generation = path.name != CACHE
+        try:
+            conn = connect(path, create=not generation)
+        except StorageError:
+            if generation and not path.exists():
+                continue
+            raise
+        migrate(conn, cache_migrations)
+        return conn
+    raise StorageError(f"cannot open the cache in {data_dir}: it keeps being replaced")
+
+
+def cache_identity(data_dir: Path) -> tuple[str | None, int, int]:
+    """What ``cache.db`` is now: the symlink's target (None for a plain file) and the
+    file's device and inode. Two system calls, cheap enough to check before every read."""
+    path = Path(data_dir) / CACHE
+    try:
+        target: str | None = os.readlink(path)
+    except OSError:
+        target = None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (target, 0, 0)
+    return (target, st.st_dev, st.st_ino)
+
+
+class LiveCache:
+    """The agent's long-lived cache connection, moved to a new generation when one is
+    switched in (by this process or another, say `tillpoint snapshot load`).
+
+    `connection()` costs a readlink and a stat; after a switch it opens the new generation
+    and closes the old connection. Call it with the agent's lock held."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._identity = cache_identity(self.data_dir)  # before opening: never misses a switch
+        self._conn = open_cache(self.data_dir)
+
+    def connection(self) -> sqlite3.Connection:
+        now = cache_identity(self.data_dir)
+        if now != self._identity:
+            try:
+                fresh = open_cache(self.data_dir)
+            except StorageError:
+                log.warning("the new cache generation could not be opened; reading the old one")
+                return self._conn
+            old, self._conn, self._identity = self._conn, fresh, now
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+        return self._conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def new_generation(data_dir: Path, version: int) -> tuple[Path, Path]:
+    """Names for a full snapshot's build: the temporary file and the generation it becomes."""
+    final = Path(data_dir) / f"cache-{version}-{secrets.token_hex(4)}.db"
+    return final.with_name(final.name + BUILDING), final
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def switch_cache(data_dir: Path, generation: Path) -> None:
+    """Point ``cache.db`` at `generation` in one atomic step (a new symlink renamed over the
+    old name), then make the directory entry durable. Connections already open keep
+    reading the file they have; new ones, and the agent's next read, get `generation`."""
+    data_dir = Path(data_dir)
+    link = data_dir / f".{CACHE}.{secrets.token_hex(4)}.link"
+    os.symlink(generation.name, link)
+    try:
+        os.replace(link, data_dir / CACHE)
+    except OSError:
+        link.unlink(missing_ok=True)
+        raise
+    fsync_path(data_dir)
+
+
+def _cache_files(data_dir: Path) -> Iterator[Path]:
+    """Every file of the cache but ``cache.db``: generations, their -wal/-shm, builds,
+    and the -wal/-shm of an older install's plain ``cache.db``."""
+    for path in Path(data_dir).iterdir():
+        name = path.name
+        base = name.removesuffix("-wal").removesuffix("-shm").removesuffix("-journal")
+        if GENERATION.match(base.removesuffix(BUILDING)) or (base == CACHE and name != CACHE):
+            yield path
+
+
+def remove_stale_builds(data_dir: Path) -> None:
+    """Builds left by an apply that crashed or failed (call it holding the cache's write
+    lock: nobody else is building then)."""
+    for path in _cache_files(data_dir):
+        if BUILDING in path.name:
+            path.unlink(missing_ok=True)
+    for path in Path(data_dir).glob(f".{CACHE}.*.link"):  # a switch cut short
+        path.unlink(missing_ok=True)
+
+
+def remove_old_generations(data_dir: Path, keep: set[Path]) -> None:
+    """Delete every generation but those in `keep` (the current one and the one before).
+
+    The one before is kept because a reader may have resolved ``cache.db`` to it just
+    before the switch and be about to open it. Older ones are unlinked even if a
+    connection still has them: on Linux an open file lives on, its -wal and -shm too,
+    and no new connection can reach them (generation names are never reused)."""
+    kept = {k.name for k in keep}
+    for path in _cache_files(data_dir):
+        base = path.name.removesuffix("-wal").removesuffix("-shm").removesuffix("-journal")
+        if base not in kept:
+            path.unlink(missing_ok=True)
+
+
+def remove_cache(data_dir: Path) -> None:
+    """Every cache file: ``cache.db`` (a link or a file) and all generations."""
+    for path in _cache_files(data_dir):
+        path.unlink(missing_ok=True)
+    (Path(data_dir) / CACHE).unlink(missing_ok=True)
 
 
 def phone_secret(data_dir: Path) -> bytes:

@@ -1,0 +1,268 @@
+"""Full snapshots build a new cache file and switch `cache.db` (a symlink) to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent import cache as cache_mod
+from tillpoint.agent.cache import Row
+from tillpoint.agent.db import GENERATION, cache_file, open_cache
+from tillpoint.agent.errors import InputError, SnapshotRefused
+from tillpoint.agent.models import Snapshot, SnapshotHeader
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt, snapshot
+
+
+def generations(data_dir: Path) -> list[str]:
+    return sorted(p.name for p in data_dir.iterdir() if GENERATION.match(p.name))
+
+
+def target(data_dir: Path) -> str:
+    return os.readlink(data_dir / "cache.db")
+
+
+def test_sqlite_names_wal_and_shm_after_the_symlinks_target(tmp_path: Path) -> None:
+    """The switch is safe only because SQLite resolves the symlink before it names the
+    -wal and -shm files: two generations never share them."""
+    real = tmp_path / "gen-1.db"
+    first = sqlite3.connect(real, isolation_level=None)
+    first.execute("PRAGMA journal_mode = WAL")
+    first.execute("CREATE TABLE t (x)")
+    os.symlink(real.name, tmp_path / "cache.db")
+    via_link = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
+    via_link.execute("INSERT INTO t VALUES (1)")
+    assert via_link.execute("PRAGMA database_list").fetchone()[2] == str(real)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["cache.db", "gen-1.db", "gen-1.db-shm", "gen-1.db-wal"]
+    assert first.execute("SELECT count(*) FROM t").fetchone()[0] == 1  # one WAL, shared
+    first.close()
+    via_link.close()
+
+
+def test_a_full_snapshot_becomes_a_generation_and_old_ones_go(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    assert not (tmp_path / "cache.db").is_symlink()  # a fresh till: a plain file, as before
+    agent.load_snapshot(snapshot())
+    first = target(tmp_path)
+    assert (tmp_path / "cache.db").is_symlink() and first.startswith("cache-1-")
+    assert generations(tmp_path) == [first]
+    assert agent.identify("2770000000017")["status"] == "FOUND"
+
+    agent.load_snapshot(snapshot(version=2))
+    second = target(tmp_path)
+    assert generations(tmp_path) == sorted([first, second])  # the one before is kept
+    assert not (tmp_path / "cache.db-wal").exists()  # the plain file's leftovers are gone
+
+    agent.load_snapshot(snapshot(version=3))
+    assert generations(tmp_path) == sorted([second, target(tmp_path)])
+    assert agent.status()["cacheVersion"] == 3
+    assert not [p for p in tmp_path.iterdir() if ".building" in p.name or p.name.endswith(".link")]
+    agent.close()
+
+
+def test_an_older_plain_cache_is_read_until_the_first_full_apply(tmp_path: Path) -> None:
+    conn = open_cache(tmp_path)  # an install from before generations: cache.db is a file
+    cache_mod.apply_snapshot(
+        conn,
+        Snapshot.model_validate(snapshot()).header,
+        cache_mod.rows_of(Snapshot.model_validate(snapshot())),
+        _now(),
+        b"k",
+    )
+    conn.close()
+    agent = Agent(tmp_path, "till-1")
+    assert agent.status()["cacheVersion"] == 1
+    assert agent.identify("2770000000024")["status"] == "FOUND"
+    agent.load_snapshot({"version": 2, "baseVersion": 1, "removed": {"cards": ["2770000000024"]}})
+    assert not (tmp_path / "cache.db").is_symlink()  # a delta patches the plain file
+    agent.load_snapshot(snapshot(version=3))
+    assert (tmp_path / "cache.db").is_symlink()
+    assert agent.identify("2770000000024")["status"] == "FOUND"
+    agent.close()
+
+
+def test_a_delta_applies_in_the_current_generation(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    before = target(tmp_path)
+    agent.load_snapshot({"version": 2, "baseVersion": 1, "removed": {"cards": ["2770000000024"]}})
+    assert target(tmp_path) == before and generations(tmp_path) == [before]
+    assert agent.identify("2770000000024") == {"status": "UNKNOWN"}
+    agent.close()
+
+
+def test_a_bad_row_discards_the_build_and_keeps_the_cache(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    before, link = cache_mod.dump(agent._cache), target(tmp_path)
+    bad = snapshot(version=2)
+    bad["cards"].append(dict(bad["cards"][0]))  # the same card twice: the key catches it
+    header = Snapshot.model_validate(snapshot(version=2)).header
+    rows = cache_mod.rows_of(Snapshot.model_validate(snapshot(version=2)))
+    dup = (
+        r for pair in ((row, row) if row[0] == "cards" else (row,) for row in rows) for r in pair
+    )
+    with pytest.raises(InputError, match="same key"):
+        agent._apply(header, dup)
+
+    def failing() -> Iterator[Row]:
+        yield from cache_mod.rows_of(Snapshot.model_validate(snapshot(version=2)))
+        raise InputError("snapshot line 99: broken")
+
+    with pytest.raises(InputError, match="line 99"):
+        agent._apply(header, failing())
+    with pytest.raises(SnapshotRefused):
+        agent.load_snapshot(snapshot(version=1))
+    assert target(tmp_path) == link and generations(tmp_path) == [link]
+    assert cache_mod.dump(agent._cache) == before
+    assert [p.name for p in tmp_path.iterdir() if "building" in p.name] == []
+    agent.close()
+
+
+def test_a_crashed_build_is_deleted_by_the_next_apply(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    left = tmp_path / "cache-2-0badc0de.db.building"
+    left.write_bytes(b"half a database")
+    (tmp_path / ".cache.db.0badc0de.link").symlink_to("cache-2-0badc0de.db")
+    assert agent.status()["cacheVersion"] == 1  # the old cache stays in use
+    agent.load_snapshot(snapshot(version=2))
+    assert not left.exists() and not (tmp_path / ".cache.db.0badc0de.link").is_symlink()
+    assert agent.status()["cacheVersion"] == 2
+    agent.close()
+
+
+def test_a_reader_moves_to_a_generation_switched_in_by_another_process(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    assert agent.checkout(receipt("r1"))["card"]["status"] == "FOUND"
+    old = agent._cache
+    pinned = sqlite3.connect(tmp_path / "cache.db")  # a reader that never looks again
+    pinned.execute("BEGIN")
+    assert pinned.execute("SELECT count(*) FROM cards").fetchone()[0] == 3
+    doc = tmp_path / "snap.json"
+    doc.write_text(json.dumps(snapshot(version=2, cards=[]), ensure_ascii=False))
+    env = dict(os.environ, TILLPOINT_DEVICE_ID="till-1")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tillpoint.agent.cli",
+            "--data-dir",
+            tmp_path,
+            "snapshot",
+            "load",
+            doc,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert pinned.execute("SELECT count(*) FROM cards").fetchone()[0] == 3  # its old file
+    pinned.execute("COMMIT")
+    assert agent.identify("2770000000017") == {"status": "UNKNOWN"}  # the next read moved
+    assert agent._cache is not old
+    assert agent.status()["cacheVersion"] == 2
+    pinned.close()
+    agent.close()
+
+
+def test_an_apply_waiting_for_the_lock_follows_the_switch(tmp_path: Path) -> None:
+    """A delta that waited while a full snapshot was built lands in the new generation."""
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    building, release = threading.Event(), threading.Event()
+
+    def slow_rows() -> Iterator[Row]:
+        building.set()
+        release.wait(10)
+        yield from cache_mod.rows_of(Snapshot.model_validate(snapshot(version=2)))
+
+    full = threading.Thread(
+        target=agent._apply,
+        args=(Snapshot.model_validate(snapshot(version=2)).header, slow_rows()),
+    )
+    full.start()
+    building.wait(10)
+    delta_header = SnapshotHeader.model_validate(
+        {"version": 3, "baseVersion": 2, "removed": {"cards": ["2770000000024"]}}
+    )
+    outcome: list[Any] = []
+    delta = threading.Thread(
+        target=lambda: outcome.append(agent._apply(delta_header, iter(()))),
+    )
+    delta.start()
+    threading.Timer(0.3, release.set).start()
+    full.join(20)
+    delta.join(20)
+    assert outcome and outcome[0].version == 3
+    assert agent.status()["cacheVersion"] == 3
+    assert agent.identify("2770000000024") == {"status": "UNKNOWN"}
+    agent.close()
+
+
+def test_reset_removes_every_generation(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.load_snapshot(snapshot(version=2))
+    agent.reset()
+    assert generations(tmp_path) == []
+    assert not (tmp_path / "cache.db").is_symlink()
+    assert agent.status()["cacheVersion"] == 0
+    agent.load_snapshot(snapshot())
+    assert agent.identify("2770000000017")["status"] == "FOUND"
+    agent.close()
+
+
+def test_no_cache_file_ever_holds_a_phone(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    delta = {
+        "version": 2,
+        "baseVersion": 1,
+        "customers": [{"id": "c-d", "firstName": "Глеб", "phone": "+79267770011"}],
+    }
+    agent.load_snapshot(delta)
+    agent.load_snapshot(snapshot(version=3))
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("cache*") if p.is_file())
+    for digits in (b"9161234567", b"9035550001", b"9267770011", b"916123"):
+        assert digits not in raw
+    assert agent.identify("89161234567")["status"] == "FOUND"
+    agent.close()
+
+
+def test_a_customer_without_a_phone_is_stored_as_it_came(tmp_path: Path) -> None:
+    text = (
+        '{"format": "tillpoint.snapshot/jsonl", "version": 1}\n{"section": "customers"}\n'
+        '{"id":"c-1","firstName":"Анна","balancePoints":"12"}\n'
+        '{"id":"c-2","firstName":"Борис","phone":"+79161234567"}\n'
+        '{"id":"c-3","firstName":"Вера","phone":null}\n'
+        '{"id":"c-4","firstName":"Глеб","ph\\u006fne":"+79035550001"}\n'
+    )
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot_lines(text.splitlines())
+    docs = dict(sqlite3.connect(cache_file(tmp_path)).execute("SELECT id, doc FROM customers"))
+    assert docs["c-1"] == '{"id":"c-1","firstName":"Анна","balancePoints":"12"}'
+    assert all("phone" not in docs[c] and "u006f" not in docs[c] for c in ("c-2", "c-3", "c-4"))
+    assert "+7903555" not in docs["c-4"]
+    found = cache_mod.CacheView(agent._cache, agent._secret).customer_by_phone("+79035550001")
+    assert found is not None and found.id == "c-4" and found.phone is None
+    agent.close()
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime(2026, 11, 23, tzinfo=UTC)
