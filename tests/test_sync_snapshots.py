@@ -12,11 +12,13 @@ import io
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +27,7 @@ from tillpoint.agent.errors import SnapshotRefused
 from tillpoint.sync import load_snapshot_file, sync_status
 from tillpoint.sync.hub_server import Bundle, HubConfig, HubServicer
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data
-from tillpoint.sync.pull import Puller, PullInterrupted, cache_version
+from tillpoint.sync.pull import NoSpace, Puller, PullInterrupted, cache_version
 from tillpoint.sync.signing import PREFIX, SignedSnapshot, sign, write_signed_file
 from tillpoint.sync.state import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -373,3 +375,81 @@ def test_the_part_file_survives_only_until_applied(hub: LoopbackHub, till: Till)
     assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 303
     payload = hub.server.builder.bundle(1, 0).payload
     assert hashlib.sha256(payload).hexdigest()
+
+
+# ---------------------------------------------------------------- built once, for every till
+
+
+def test_one_full_snapshot_file_serves_every_till(
+    hub: LoopbackHub, till: Till, tmp_path: Path
+) -> None:
+    first = puller(till).pull()
+    other = hub.till("till-2", tmp_path / "till-2", start=False)
+    try:
+        second = puller(other).pull()
+    finally:
+        other.stop()
+    assert first.status == second.status == "APPLIED"
+    assert first.sha256 == second.sha256  # the same bytes, the same signature
+    files = sorted(p.name for p in hub.server.builder.dir.glob("*.snap"))
+    assert files == ["v0000000001-full.snap"]
+
+
+def test_a_pull_while_the_full_snapshot_is_built_is_told_to_retry(
+    hub: LoopbackHub, till: Till
+) -> None:
+    builder = hub.server.builder
+    gate = threading.Event()
+    real = builder._build
+
+    def slow(version: int, base: int) -> Any:
+        gate.wait(10)
+        return real(version, base)
+
+    builder._build = slow  # type: ignore[method-assign]
+    builder.full_wait_s, builder.newest_wait_s = 0.4, 0.1
+    with builder._cond:
+        builder._ready.clear()  # as if nothing were built yet
+    builder.request_full(hub.publish())
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        puller(till).pull()
+    assert time.monotonic() - started < 5
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    assert "being built" in (err.value.details() or "")
+    assert till.link.last_contact is not None  # the hub answered: not "unreachable"
+    gate.set()
+    result = puller(till).pull()
+    assert (result.status, result.version) == ("APPLIED", 2)
+
+
+def test_a_short_disk_is_retried_not_refused(hub: LoopbackHub, till: Till) -> None:
+    with pytest.raises(NoSpace, match="disk space"):
+        puller(till, free_space=lambda path: 1000).pull()
+    assert cache_version(till.data_dir) == 0
+    status = sync_status(open_ledger(till.data_dir))
+    assert "disk space" in status["lastError"] and not status.get("lastRefusedSnapshot")
+    assert puller(till).pull().status == "APPLIED"  # the same bundle, once there is room
+
+
+def test_pull_json_never_claims_more_than_was_synced(hub: LoopbackHub, till: Till) -> None:
+    seen: list[tuple[int, int]] = []
+    meta = till.data_dir / "sync" / "pull.json"
+    part = till.data_dir / "sync" / "pull.part"
+
+    def look(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk | None:
+        if i == 12:
+            return None  # cut here
+        if meta.exists():
+            seen.append((json.loads(meta.read_text())["offset"], part.stat().st_size))
+        return chunk
+
+    rogue(hub).chunk_hook = look
+    with pytest.raises(PullInterrupted):
+        puller(till, sync_every_bytes=4 * 1024, sync_every_s=60).pull()
+    offsets = [offset for offset, _ in seen]
+    assert offsets == sorted(offsets) and set(offsets) <= {0, 4096, 8192}
+    assert all(len(PREFIX) + offset <= size for offset, size in seen)
+    assert json.loads(meta.read_text())["offset"] == 12 * 1024  # made durable on the way out
+    rogue(hub).chunk_hook = None
+    assert puller(till).pull().resumed_from == 12 * 1024
