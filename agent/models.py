@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -133,16 +134,36 @@ def _date(value: Any) -> date:
         raise ValueError(f'"{value}" is not a date YYYY-MM-DD') from None
 
 
-Int64 = Annotated[int, BeforeValidator(_int64)]
-NonNegative = Annotated[int, BeforeValidator(_non_negative)]
-Positive = Annotated[int, BeforeValidator(_positive)]
+# Whole numbers and times come in two ways. A JSON integer, or an RFC 3339 string in
+# JSON text (snapshot rows, the cache's documents: millions of them), is checked by
+# pydantic-core itself, strictly, with no Python call; anything else (a proto3 int64
+# string, a dict from the CLI or gRPC) goes on to the project's own validator, whose
+# words `describe` reports when both refuse.
+_FIRST = Field(union_mode="left_to_right")  # the first member that accepts wins
+Int64 = Annotated[
+    Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
+    | Annotated[int, BeforeValidator(_int64)],
+    _FIRST,
+]
+NonNegative = Annotated[
+    Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+    | Annotated[int, BeforeValidator(_non_negative)],
+    _FIRST,
+]
+Positive = Annotated[
+    Annotated[int, Strict(), Field(ge=1, le=INT64_MAX)]
+    | Annotated[int, BeforeValidator(_positive)],
+    _FIRST,
+]
 Qty = Annotated[Decimal, BeforeValidator(_qty)]
 Dec = Annotated[Decimal, BeforeValidator(_decimal)]
 NonNegativeDec = Annotated[Decimal, BeforeValidator(_non_negative_decimal)]
-# Strings are checked by pydantic-core itself (no Python call per field: a snapshot has
-# millions of them). Strict: a string must be a string, never a number or bytes.
-Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
+Timestamp = Annotated[
+    Annotated[AwareDatetime, Strict()] | Annotated[datetime, BeforeValidator(_timestamp)],
+    _FIRST,
+]
 Day = Annotated[date, BeforeValidator(_date)]
+# Strings are checked by pydantic-core itself. Strict: a string, never a number or bytes.
 Text = Annotated[str, Strict()]
 Key = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200)]
 
@@ -473,7 +494,7 @@ _PLAIN = {
 
 
 def describe(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
+    errors = _one_per_field(exc.errors(include_url=False))
     first = errors[0]
     where = _location(first.get("loc", ()))
     message = str(first.get("msg", "is not valid"))
@@ -481,6 +502,25 @@ def describe(exc: ValidationError) -> str:
     message = _PLAIN.get(str(first.get("type")), message)
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{where} {message}{more}".strip() if where else f"{message}{more}"
+
+
+def _one_per_field(errors: list[Any]) -> list[Any]:
+    """A union's members each report their own error for one field: keep one per field,
+    preferring the project's own validator's words (a `function-...` member)."""
+    out: dict[tuple[int | str, ...], Any] = {}
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        field = tuple(part for part in loc if not _is_member(part))
+        ours = any(isinstance(part, str) and part.startswith("function-") for part in loc)
+        if field not in out or ours:
+            out[field] = {**error, "loc": field}
+    return list(out.values())
+
+
+def _is_member(part: int | str) -> bool:
+    return isinstance(part, str) and (
+        part.startswith("function-") or part in ("datetime", "int", "constrained-int")
+    )
 
 
 def _location(loc: tuple[int | str, ...] | Any) -> str:
