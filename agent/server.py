@@ -42,6 +42,42 @@ def to_message(data: dict[str, Any], message: M, *, ignore_unknown: bool = False
     return message
 
 
+def receipt_dict(message: pb.Receipt) -> dict[str, Any]:
+    """The receipt as `to_dict` gives it, field by field: the Quote/Checkout hot path.
+
+    Like proto3 JSON it leaves out empty strings and unset values (so a missing field is
+    reported as missing), but int64 values stay ints rather than JSON strings: the same
+    receipt after validation, at a fraction of json_format's cost for 50 lines.
+    """
+    data: dict[str, Any] = {}
+    for name, value in (
+        ("receiptId", message.receipt_id),
+        ("storeId", message.store_id),
+        ("tillId", message.till_id),
+        ("at", message.at),
+        ("card", message.card),
+    ):
+        if value:
+            data[name] = value
+    lines = []
+    for line in message.lines:
+        row: dict[str, Any] = {}
+        if line.sku:
+            row["sku"] = line.sku
+        if line.qty:
+            row["qty"] = line.qty
+        if line.HasField("price_minor"):
+            row["priceMinor"] = line.price_minor
+        if line.HasField("amount_minor"):
+            row["amountMinor"] = line.amount_minor
+        lines.append(row)
+    if lines:
+        data["lines"] = lines
+    if message.redeem_points:
+        data["redeemPoints"] = message.redeem_points
+    return data
+
+
 def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
     """A CheckoutResult built field by field: the Quote/Checkout hot path.
 
@@ -113,7 +149,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
     def Quote(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
         return self._call(
             context,
-            lambda: checkout_result(self.agent.quote(to_dict(request))),
+            lambda: checkout_result(self.agent.quote(receipt_dict(request))),
         )
 
     def Checkout(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
@@ -121,7 +157,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         try:
             return self._call(
                 context,
-                lambda: checkout_result(self.agent.checkout(to_dict(request))),
+                lambda: checkout_result(self.agent.checkout(receipt_dict(request))),
             )
         finally:
             if self.agent.metrics is not None:

@@ -9,6 +9,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -184,3 +186,43 @@ def test_the_fast_result_builder_equals_json_format(tmp_path: Path) -> None:
     for result in results:
         assert checkout_result(result) == to_message(result, pb.CheckoutResult())
     agent.close()
+
+
+_text = st.text(alphabet="0123456789abc.+-:T ", max_size=12)
+_int64 = st.integers(-(2**63), 2**63 - 1)
+
+
+@st.composite
+def _pb_receipts(draw: st.DrawFn) -> pb.Receipt:
+    message = pb.Receipt(
+        receipt_id=draw(_text),
+        store_id=draw(_text),
+        till_id=draw(_text),
+        at=draw(st.sampled_from(["", "2026-11-23T10:15:00+03:00", "2026-11-23"])),
+        card=draw(_text),
+        redeem_points=draw(_int64),
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        line = message.lines.add(sku=draw(_text), qty=draw(st.sampled_from(["", "1", "0.5"])))
+        if draw(st.booleans()):
+            line.price_minor = draw(_int64)
+        if draw(st.booleans()):
+            line.amount_minor = draw(_int64)
+    return message
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=_pb_receipts())
+def test_the_fast_receipt_reader_validates_like_json_format(message: pb.Receipt) -> None:
+    """receipt_dict (the hot path) and MessageToDict give the same receipt or the same refusal."""
+    from tillpoint.agent.errors import InputError
+    from tillpoint.agent.models import Receipt, parse
+    from tillpoint.agent.server import receipt_dict, to_dict
+
+    outcomes = []
+    for data in (receipt_dict(message), to_dict(message)):
+        try:
+            outcomes.append(parse(Receipt, data, "receipt"))
+        except InputError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
