@@ -323,6 +323,9 @@ class Agent:
         card = done.ident.card_number or normalise(receipt.card)
         day = receipt.at.astimezone(program.zone).date().isoformat()
         request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+        # Encoded once: the same texts go to the receipt's row and to its outbox payload.
+        request_text = json.dumps(request, ensure_ascii=False)
+        result_text = json.dumps(done.result, ensure_ascii=False)
         conn.execute(
             "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
@@ -336,8 +339,8 @@ class Agent:
                 done.mode,
                 priced.redeemed_points,
                 priced.extra_points,
-                json.dumps(request, ensure_ascii=False),
-                json.dumps(done.result, ensure_ascii=False),
+                request_text,
+                result_text,
                 ledger.utc_text(now),
             ),
         )
@@ -388,8 +391,8 @@ class Agent:
             receipt.at,
             customer,
             card,
-            request,
-            done.result,
+            request_text,
+            result_text,
             delta_available,
             delta_pending,
             now,
@@ -423,8 +426,8 @@ class Agent:
         at: datetime,
         customer: Customer | None,
         card: str,
-        request: dict[str, Any],
-        result: dict[str, Any],
+        request: str,
+        result: str,
         delta_available: int,
         delta_pending: int,
         now: datetime,
@@ -450,8 +453,8 @@ class Agent:
             "at": at.isoformat(),
             "customerId": customer_id or "",
             "card": card,
-            "requestJson": json.dumps(request, ensure_ascii=False, sort_keys=True),
-            "resultJson": json.dumps(result, ensure_ascii=False, sort_keys=True),
+            "requestJson": request,
+            "resultJson": result,
             "pointsDeltaAvailable": delta_available,
             "pointsDeltaPending": delta_pending,
         }
@@ -548,6 +551,8 @@ class Agent:
                 "negativeBalance": bool(balance and balance.available < 0),
             }
             request = refund.model_dump(mode="json", by_alias=True)
+            request_text = json.dumps(request, ensure_ascii=False)
+            result_text = json.dumps(result, ensure_ascii=False)
             now = self.clock()
             conn.execute(
                 "INSERT INTO refunds VALUES (?,?,?,?,?,?,?,?)",
@@ -557,8 +562,8 @@ class Agent:
                     self.device_id,
                     seq,
                     refund.at.isoformat(),
-                    json.dumps(request, ensure_ascii=False),
-                    json.dumps(result, ensure_ascii=False),
+                    request_text,
+                    result_text,
                     ledger.utc_text(now),
                 ),
             )
@@ -569,8 +574,8 @@ class Agent:
                 refund.at,
                 customer,
                 card,
-                request,
-                result,
+                request_text,
+                result_text,
                 delta_available,
                 delta_pending,
                 now,
