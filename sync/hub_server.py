@@ -289,6 +289,11 @@ class SnapshotBuilder:
                 found = FileSnapshot.load(snap, json.loads(meta.read_text(encoding="utf-8")))
                 if snap.stat().st_size != len(PREFIX) + found.size:
                     raise ValueError("size")
+                # A hub restored from an older backup may publish the same version number
+                # again with other content: a file is kept only for the very publication.
+                pub = self.store.publication(found.version)
+                if pub is None or pub.issued_at.isoformat() != found.issued_at:
+                    raise ValueError("not this hub's publication")
             except (OSError, ValueError, KeyError, TypeError):
                 meta.unlink(missing_ok=True)
                 snap.unlink(missing_ok=True)
