@@ -265,12 +265,22 @@ def serve_forever(settings: Settings) -> int:
 def register_gauges(registry: Any, agent: Agent) -> None:
     from datetime import UTC, datetime
 
+    # One scrape reads every gauge within milliseconds: read the agent's status once
+    # for all of them (a second later it is read afresh).
+    last: dict[str, Any] = {"at": float("-inf"), "status": {}}
+
+    def status() -> dict[str, Any]:
+        now = time.monotonic()
+        if now - last["at"] > 1.0:
+            last["status"], last["at"] = status(), now
+        found: dict[str, Any] = last["status"]
+        return found
+
     def snapshot() -> dict[str, float]:
-        status = agent.status()
-        return {"": float(status["cacheVersion"])}
+        return {"": float(status()["cacheVersion"])}
 
     def age() -> dict[str, float]:
-        issued = agent.status()["cacheIssuedAt"]
+        issued = status()["cacheIssuedAt"]
         if not issued:
             return {}
         return {"": (datetime.now(UTC) - datetime.fromisoformat(issued)).total_seconds()}
@@ -280,12 +290,12 @@ def register_gauges(registry: Any, agent: Agent) -> None:
     registry.gauge(
         "tillpoint_outbox_depth",
         "Transactions not yet acknowledged by the hub.",
-        lambda: {"": float(agent.status()["outboxDepth"])},
+        lambda: {"": float(status()["outboxDepth"])},
     )
 
     def state(key: str) -> Callable[[], dict[str, float]]:
         def collect() -> dict[str, float]:
-            value = agent.status().get(key)
+            value = status().get(key)
             return {f'state="{value}"': 1.0 if value == "OK" else 0.0} if value else {}
 
         return collect
@@ -299,15 +309,15 @@ def register_gauges(registry: Any, agent: Agent) -> None:
     registry.gauge(
         "tillpoint_hub_online",
         "1 while the hub answers (the till prices ONLINE).",
-        lambda: {"": 1.0 if agent.status()["mode"] == "ONLINE" else 0.0},
+        lambda: {"": 1.0 if status()["mode"] == "ONLINE" else 0.0},
     )
     registry.gauge(
         "tillpoint_sync_error",
         "1 while the sync with the hub has an outstanding error (see status lastError).",
-        lambda: {"": 1.0 if agent.status().get("lastError") else 0.0},
+        lambda: {"": 1.0 if status().get("lastError") else 0.0},
     )
     registry.gauge(
         "tillpoint_print_queue_depth",
         "Coupon print jobs not yet printed.",
-        lambda: {"": float(agent.status()["printQueueDepth"])},
+        lambda: {"": float(status()["printQueueDepth"])},
     )
