@@ -47,6 +47,11 @@ _BATCH = 5000
 # The page cache of a full snapshot's build (KiB): the primary-key indexes of millions of
 # rows take random inserts; the agent's memory ceiling during an apply is 150 MB.
 _BUILD_CACHE_KIB = 32_000
+# A build writes without fsyncs; left alone, the kernel would hold gigabytes of its dirty
+# pages and write them in bursts (or at its final fsync), and a checkout's fsync of the
+# ledger on the same file system would wait behind them. Every this many batches the
+# build's written pages are flushed (fdatasync), so only a few MB are ever pending.
+_BUILD_SYNC_BATCHES = 10
 log = logging.getLogger("tillpoint.agent")
 
 
@@ -155,6 +160,15 @@ def _build(
     tmp, final = new_generation(data_dir, header.version)
     try:
         conn = sqlite3.connect(tmp, isolation_level=None, check_same_thread=False)
+        fd = os.open(tmp, os.O_RDONLY)
+        batches = 0
+
+        def settle() -> None:
+            nonlocal batches
+            batches += 1
+            if _BUILD_SYNC_BATCHES and batches % _BUILD_SYNC_BATCHES == 0:
+                os.fdatasync(fd)
+
         try:
             conn.execute("PRAGMA journal_mode = OFF")
             conn.execute("PRAGMA synchronous = OFF")
@@ -166,7 +180,7 @@ def _build(
             for name, _ in indexes:
                 conn.execute(f'DROP INDEX "{name}"')
             conn.execute("BEGIN")
-            _fill(conn, header, rows, now, secret)
+            _fill(conn, header, rows, now, secret, settle)
             for _, sql in indexes:
                 conn.execute(sql)
             conn.execute("COMMIT")
@@ -174,6 +188,7 @@ def _build(
             loaded = info(conn)
         finally:
             conn.close()
+            os.close(fd)
         fsync_path(tmp)
         os.rename(tmp, final)  # nobody has it open; the switch fsyncs the directory
     except sqlite3.Error as exc:
@@ -222,6 +237,7 @@ def _fill(
     rows: Iterable[Row],
     now: datetime,
     secret: bytes,
+    after_batch: Callable[[], None] | None = None,
 ) -> None:
     """The snapshot's rows and meta, inside the caller's transaction."""
     if header.is_full:
@@ -229,7 +245,7 @@ def _fill(
             conn.execute(f"DELETE FROM {table}")
         conn.execute("DELETE FROM applied_through")
     _remove(conn, header.removed)
-    _write_rows(conn, rows, secret, replace=not header.is_full)
+    _write_rows(conn, rows, secret, replace=not header.is_full, after_batch=after_batch)
     if header.program is not None or header.is_full:
         program = header.program or Program()
         _set(conn, "program", program.model_dump_json(by_alias=True))
@@ -287,7 +303,12 @@ def _customer_doc(row: Customer, raw: str | None) -> str:
 
 
 def _write_rows(
-    conn: sqlite3.Connection, rows: Iterable[Row], secret: bytes, *, replace: bool
+    conn: sqlite3.Connection,
+    rows: Iterable[Row],
+    secret: bytes,
+    *,
+    replace: bool,
+    after_batch: Callable[[], None] | None = None,
 ) -> None:
     """Insert in batches. A full snapshot inserts into empty tables, so a key given twice
     is caught by the primary key; a delta replaces rows, and its keys are tracked here."""
@@ -303,6 +324,8 @@ def _write_rows(
         except sqlite3.IntegrityError:
             raise InputError(f"snapshot: two {section} rows have the same key") from None
         batch.clear()
+        if after_batch is not None:
+            after_batch()
 
     current, batch = "", batches[next(iter(ROW_MODELS))]
     for section, row, raw in rows:
