@@ -72,3 +72,24 @@ def test_delta_as_jsonl(cli: CLI, tmp_path: Path) -> None:
     assert cli("snapshot", "load", str(path)).code == 0
     assert cli("identify", "2770000000024", "--json").json() == {"status": "UNKNOWN"}
     assert cli("quote", receipt(), "--json").json()["lines"][0]["offerId"] == "o-new"
+
+
+def test_empty_files_and_bad_bytes_are_refused_with_their_line(tmp_path: Path) -> None:
+    import pytest
+    from tillpoint.agent.errors import InputError
+    from tillpoint.agent.snapshot_stream import read_lines
+
+    with pytest.raises(InputError, match="empty"):
+        read_lines([b"\n", b"  \n"])
+    header, rows = read_lines(
+        [
+            b"\n",
+            b'{"format": "tillpoint.snapshot/jsonl", "version": 3}\n',
+            b"\n",
+            b'{"section": "cards"}\n',
+            b'{"number": "1", "customerId": "c\xff"}\n',
+        ]
+    )
+    assert header.version == 3
+    with pytest.raises(InputError, match="line 5: not valid UTF-8"):
+        list(rows)
