@@ -266,3 +266,13 @@ def _now() -> Any:
     from datetime import UTC, datetime
 
     return datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def test_phone_index_is_hmac_sha256() -> None:
+    import hashlib
+    import hmac
+
+    for key in (b"", b"k" * 32, bytes(range(64)), b"x" * 100):
+        for phone in ("+79161234567", "+70000000000"):
+            expected = hmac.new(key, phone.encode(), hashlib.sha256).hexdigest()
+            assert cache_mod.phone_index(phone, key) == expected
