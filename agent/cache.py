@@ -83,7 +83,8 @@ def phone_index(phone: str, secret: bytes) -> str:
     h.update(phone.encode())
     o = outer.copy()
     o.update(h.digest())
-    return o.hexdigest()
+    digest: str = o.hexdigest()
+    return digest
 
 
 @functools.lru_cache(maxsize=8)
