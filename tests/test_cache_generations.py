@@ -276,3 +276,28 @@ def test_phone_index_is_hmac_sha256() -> None:
         for phone in ("+79161234567", "+70000000000"):
             expected = hmac.new(key, phone.encode(), hashlib.sha256).hexdigest()
             assert cache_mod.phone_index(phone, key) == expected
+
+
+def test_a_reader_on_a_deleted_generation_keeps_its_file_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    first = target(tmp_path)
+    pinned = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
+    assert pinned.execute("SELECT count(*) FROM cards").fetchone()[0] == 3
+    agent.load_snapshot(snapshot(version=2, cards=[]))
+    agent.load_snapshot(snapshot(version=3, cards=[]))
+    assert first not in generations(tmp_path)  # unlinked while `pinned` holds it
+    pinned.execute("BEGIN")
+    assert pinned.execute("SELECT count(*) FROM cards").fetchone()[0] == 3
+    assert pinned.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0] == "1"
+    pinned.execute("COMMIT")
+    pinned.close()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(first)]
+    current = sqlite3.connect(tmp_path / "cache.db")
+    assert current.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert current.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    current.close()
+    assert agent.status()["cacheVersion"] == 3
+    agent.close()
