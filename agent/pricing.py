@@ -58,8 +58,10 @@ class OfferIndex:
         part: OfferIndex | None = self
         while part is not None:
             found.extend(part.by_sku.get(sku, ()))
-            for category in categories:
-                found.extend(part.by_category.get(category, ()))
+            by_category = part.by_category
+            if by_category:
+                for category in categories:
+                    found.extend(by_category.get(category, ()))
             part = part.also
         if len(found) > 1:
             found = list({o.id: o for o in found}.values())
