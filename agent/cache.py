@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .db import (
+    BUILDING,
     cache_file,
     cache_migrations,
     fsync_path,
@@ -109,7 +110,12 @@ def rows_of(snap: Snapshot) -> Iterator[Row]:
 
 
 def apply(
-    data_dir: Path, header: SnapshotHeader, rows: Iterable[Row], now: datetime, secret: bytes
+    data_dir: Path,
+    header: SnapshotHeader,
+    rows: Iterable[Row],
+    now: datetime,
+    secret: bytes,
+    make: Callable[[Path], CacheInfo] | None = None,
 ) -> CacheInfo:
     """Apply a snapshot to the till's cache: all of it or none of it.
 
@@ -119,6 +125,9 @@ def apply(
     transaction. A full snapshot is built into a new generation file and switched in
     (`_build`, `db.switch_cache`); readers keep the old generation until the switch, and
     a bad row anywhere discards the build. An older or equal version is refused.
+
+    `make(tmp)`, when given, builds a full snapshot's generation at `tmp` instead of
+    writing `rows` (`cache_build`: the rows validated and written by child processes).
     """
     for _ in range(5):
         conn = open_cache(data_dir)
@@ -131,7 +140,8 @@ def apply(
                 if not header.is_full:
                     _fill(conn, header, rows, now, secret)
                     return info(conn)
-                built, loaded = _build(data_dir, header, rows, now, secret)
+                serial = functools.partial(_make, header=header, rows=rows, now=now, secret=secret)
+                built, loaded = _build(data_dir, header, make or serial)
                 try:
                     switch_cache(data_dir, built)
                 except OSError as exc:
@@ -167,48 +177,18 @@ def _check(header: SnapshotHeader, current: int) -> None:
 
 
 def _build(
-    data_dir: Path, header: SnapshotHeader, rows: Iterable[Row], now: datetime, secret: bytes
+    data_dir: Path, header: SnapshotHeader, make: Callable[[Path], CacheInfo]
 ) -> tuple[Path, CacheInfo]:
     """A full snapshot as a new generation file, complete and durable, not yet switched in.
 
-    Built under a temporary name with no journal and no fsyncs (a crash leaves only that
-    file, which the next apply deletes), from the schema of the migrations, with the
-    secondary indexes dropped during the inserts and created after them; then put in WAL
-    mode, fsynced and renamed to its generation name. Anything raised deletes it.
+    `make(tmp)` writes it under a temporary name with no journal and no fsyncs (a crash
+    leaves only that file, and part files beside it, which the next apply deletes); then
+    it is fsynced and renamed to its generation name. Anything raised deletes it.
     """
     remove_stale_builds(data_dir)
     tmp, final = new_generation(data_dir, header.version)
     try:
-        conn = sqlite3.connect(tmp, isolation_level=None, check_same_thread=False)
-        fd = os.open(tmp, os.O_RDONLY)
-        batches = 0
-
-        def settle() -> None:
-            nonlocal batches
-            batches += 1
-            if _BUILD_SYNC_BATCHES and batches % _BUILD_SYNC_BATCHES == 0:
-                os.fdatasync(fd)
-
-        try:
-            conn.execute("PRAGMA journal_mode = OFF")
-            conn.execute("PRAGMA synchronous = OFF")
-            conn.execute(f"PRAGMA cache_size = -{_BUILD_CACHE_KIB}")
-            migrate(conn, cache_migrations)
-            indexes = conn.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
-            ).fetchall()
-            for name, _ in indexes:
-                conn.execute(f'DROP INDEX "{name}"')
-            conn.execute("BEGIN")
-            _fill(conn, header, rows, now, secret, settle)
-            for _, sql in indexes:
-                conn.execute(sql)
-            conn.execute("COMMIT")
-            conn.execute("PRAGMA journal_mode = WAL")
-            loaded = info(conn)
-        finally:
-            conn.close()
-            os.close(fd)
+        loaded = make(tmp)
         fsync_path(tmp)
         os.rename(tmp, final)  # nobody has it open; the switch fsyncs the directory
     except sqlite3.Error as exc:
@@ -223,8 +203,88 @@ def _build(
     return final, loaded
 
 
+class Settle:
+    """Called after each batch of a build: every `_BUILD_SYNC_BATCHES` calls the file's
+    written pages are flushed (fdatasync), so only a few MB are ever pending."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._batches = 0
+
+    def __call__(self) -> None:
+        self._batches += 1
+        if _BUILD_SYNC_BATCHES and self._batches % _BUILD_SYNC_BATCHES == 0:
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def start_build(path: Path) -> tuple[sqlite3.Connection, Settle]:
+    """A new file with the cache's schema (from the migrations) and no secondary indexes
+    (`index_sql` has them), no journal, no fsyncs; and its `Settle`."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute(f"PRAGMA cache_size = -{_BUILD_CACHE_KIB}")
+        migrate(conn, cache_migrations)
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        ).fetchall():
+            conn.execute(f'DROP INDEX "{name}"')
+        return conn, Settle(path)
+    except BaseException:
+        conn.close()
+        raise
+
+
+@functools.lru_cache(maxsize=1)
+def index_sql() -> tuple[str, ...]:
+    """The cache's secondary indexes, as the migrations create them."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        migrate(conn, cache_migrations)
+        return tuple(
+            sql
+            for (sql,) in conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        )
+    finally:
+        conn.close()
+
+
+def finish_build(conn: sqlite3.Connection, header: SnapshotHeader, now: datetime) -> CacheInfo:
+    """The snapshot's meta and the secondary indexes into a build holding its rows; WAL."""
+    conn.execute("BEGIN")
+    _write_meta(conn, header, now)
+    for sql in index_sql():
+        conn.execute(sql)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA journal_mode = WAL")
+    return info(conn)
+
+
+def _make(
+    tmp: Path, *, header: SnapshotHeader, rows: Iterable[Row], now: datetime, secret: bytes
+) -> CacheInfo:
+    """The in-process build: every row validated and written here, in one transaction."""
+    conn, settle = start_build(tmp)
+    try:
+        conn.execute("BEGIN")
+        _write_rows(conn, rows, secret, replace=False, after_batch=settle)
+        conn.execute("COMMIT")
+        return finish_build(conn, header, now)
+    finally:
+        conn.close()
+        settle.close()
+
+
 def _discard(*paths: Path) -> None:
     for path in paths:
+        for part in path.parent.glob(f"{path.name.removesuffix(BUILDING)}.part*"):
+            part.unlink(missing_ok=True)  # the part files of a parallel build
         for suffix in ("", "-journal", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
@@ -266,6 +326,11 @@ def _fill(
         conn.execute("DELETE FROM applied_through")
     _remove(conn, header.removed)
     _write_rows(conn, rows, secret, replace=not header.is_full, after_batch=after_batch)
+    _write_meta(conn, header, now)
+
+
+def _write_meta(conn: sqlite3.Connection, header: SnapshotHeader, now: datetime) -> None:
+    """The program, appliedThrough, version and times of a snapshot."""
     if header.program is not None or header.is_full:
         program = header.program or Program()
         _set(conn, "program", program.model_dump_json(by_alias=True))

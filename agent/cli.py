@@ -189,8 +189,7 @@ def load_snapshot(agent: Any, name: str) -> Any:
                 first = f.readline(4096)
                 if is_jsonl(first):
                     _refuse_plain_when_enrolled(agent)
-                    f.seek(0)
-                    return agent.load_snapshot_lines(f)
+                    return agent.load_snapshot_file(Path(name))  # a full one: child processes
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:

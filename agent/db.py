@@ -39,6 +39,8 @@ CACHE = "cache.db"
 # A generation of the cache: the snapshot version and a token, never reused, so a stale
 # connection can never pair its -wal or -shm with another file of the same name.
 GENERATION = re.compile(r"^cache-[0-9]+-[0-9a-f]+\.db$")
+# A part of a parallel build (`cache_build`): rows written by one worker, merged, deleted.
+PART = re.compile(r"^cache-[0-9]+-[0-9a-f]+\.db\.part[0-9]+$")
 BUILDING = ".building"
 log = logging.getLogger("tillpoint.agent")
 
@@ -335,12 +337,13 @@ def switch_cache(data_dir: Path, generation: Path) -> None:
 
 
 def _cache_files(data_dir: Path) -> Iterator[Path]:
-    """Every file of the cache but ``cache.db``: generations, their -wal/-shm, builds,
-    and the -wal/-shm of an older install's plain ``cache.db``."""
+    """Every file of the cache but ``cache.db``: generations, their -wal/-shm, builds and
+    their part files, and the -wal/-shm of an older install's plain ``cache.db``."""
     for path in Path(data_dir).iterdir():
         name = path.name
         base = name.removesuffix("-wal").removesuffix("-shm").removesuffix("-journal")
-        if GENERATION.match(base.removesuffix(BUILDING)) or (base == CACHE and name != CACHE):
+        built = base.removesuffix(BUILDING)
+        if GENERATION.match(built) or PART.match(built) or (base == CACHE and name != CACHE):
             yield path
 
 

@@ -7,6 +7,7 @@ the clock, the data directory and the hub's redemption authoriser are injected.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import sqlite3
@@ -83,6 +84,11 @@ class _Priced:
 
 
 class Agent:
+    # Full snapshots from a file (`load_snapshot_file`): worker processes (None: the
+    # CPUs, at most 4) and the smallest piece worth a worker of its own.
+    build_workers: int | None = None
+    build_min_chunk: int = 8 << 20
+
     def __init__(
         self,
         data_dir: Path,
@@ -122,6 +128,44 @@ class Agent:
 
         header, rows = read_lines(lines)
         return self._apply(header, rows)
+
+    def load_snapshot_file(
+        self, path: Path, offset: int = 0, length: int | None = None
+    ) -> cache_mod.CacheInfo:
+        """Apply the JSON Lines snapshot at `path[offset:offset+length]` (to its end by
+        default). A full snapshot is built by child processes at low priority
+        (`cache_build`): this process only waits, without the GIL, so its checkouts keep
+        a core and the interpreter; a delta (small) is applied here, in one transaction."""
+        from . import cache_build
+        from .snapshot_stream import read_lines
+
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            with path.open("rb") as f:
+                f.seek(offset)
+                header, _ = read_lines(f)
+                if not header.is_full:
+                    f.seek(offset)
+                    if length is None or offset + length >= size:
+                        return self.load_snapshot_lines(f)
+                    return self.load_snapshot_lines(io.BytesIO(f.read(length)))
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+        loaded = cache_build.run(
+            self.data_dir,
+            path,
+            offset,
+            size - offset if length is None else length,
+            self.clock(),
+            workers=self.build_workers,
+            min_chunk=self.build_min_chunk,
+        )
+        with self._lock:
+            self._cache = self._live.connection()
+        return loaded
 
     def _apply(self, header: SnapshotHeader, rows: Iterable[cache_mod.Row]) -> cache_mod.CacheInfo:
         # Its own connections: readers keep theirs, and a full snapshot is built into a new

@@ -52,11 +52,14 @@ def read_lines(lines: Iterable[bytes | str]) -> tuple[SnapshotHeader, Iterator[R
     return header, _rows(numbered)
 
 
-def _rows(numbered: Iterator[tuple[int, bytes | str]]) -> Iterator[Row]:
+def _rows(numbered: Iterator[tuple[int, bytes | str]], section: str | None = None) -> Iterator[Row]:
     """The rows, validated one a line. The loop is the per-row cost besides validation and
-    the insert (millions of rows): one decode, one strip, the model's bound method."""
-    section: str | None = None
+    the insert (millions of rows): one decode, one strip, the model's bound method.
+
+    `section`: the section the lines start in (a part of a section, `cache_build`)."""
     validate: Callable[[str], Model] | None = None
+    if section is not None:
+        validate = ROW_MODELS[section].model_validate_json
     for n, line in numbered:
         try:
             text = (line.decode("utf-8") if isinstance(line, bytes) else line).strip()

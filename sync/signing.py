@@ -234,8 +234,10 @@ class VerifiedFile:
         return iter(self._mm.readline, b"")
 
     def apply(self, agent: Agent) -> CacheInfo:
+        """A JSON Lines snapshot is applied from the verified file itself: a full one is
+        built by child processes reading the payload after the prefix (`cache_build`)."""
         if self.jsonl:
-            return agent.load_snapshot_lines(self.lines())
+            return agent.load_snapshot_file(self._message, self._start)
         return agent.load_snapshot(self.header)
 
     def close(self) -> None:

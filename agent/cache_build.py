@@ -1,0 +1,539 @@
+"""Build a full snapshot's cache generation from a file, in child processes, in parallel.
+
+The agent (`Agent.load_snapshot_file`) starts one *coordinator* process::
+
+    python -m tillpoint.agent.cache_build build --data-dir D --source F --offset O ...
+
+and waits for it with a timeout; a blocking wait releases the GIL, so the agent's gRPC
+threads keep answering checkouts. Nothing is forked from the agent (its gRPC threads make
+`fork` unsafe): children are new interpreters (`subprocess`).
+
+The coordinator takes the cache's write lock and checks the version (`cache.apply`), maps
+the file, finds the section lines (`{"section": ...}`) with a scan for that text, and cuts
+each section's byte range into N chunks at line boundaries. N *worker* processes
+(`... cache_build work ...`) each validate their chunks exactly as `snapshot_stream` does
+and write the rows into a part file (no journal, no secondary indexes); worker 0's part
+is the new generation itself. With one worker the coordinator does that work itself.
+Then the coordinator merges the other parts (`ATTACH`, `INSERT INTO t SELECT * FROM
+part.t`: a key given twice anywhere is refused by the primary key), writes the meta,
+creates the indexes, and `cache.apply` fsyncs and switches `cache.db` to it.
+
+Every process of the build runs at nice ≥ 10, so a checkout in the agent's process gets
+a core first. Errors keep the file's real line numbers (a worker counts lines from its
+chunk; only when it reports an error is the chunk's first line number counted). A child
+reports a failure as one JSON line on stderr, `{"error": CLASS, "message": TEXT}`, and
+exits 2 for bad data, 1 for anything else; a killed or crashed child is a refusal with
+the cache unchanged; part files and the build are deleted on success and on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import mmap
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+from . import cache as cache_mod
+from . import errors
+from .db import BUILDING, open_cache, phone_secret, remove_stale_builds, write_transaction
+from .errors import InputError, StorageError, TillpointError
+from .models import ROW_MODELS, SnapshotHeader
+
+MODULE = "tillpoint.agent.cache_build"
+NICE = 10
+# Workers: the CPUs, at most this many (the merge and the indexes are one core's work).
+MAX_WORKERS = 4
+# A section smaller than this is not cut; a payload smaller than this is built by one
+# process (starting a worker costs ≈ 0.3 s of imports).
+MIN_CHUNK = 8 << 20
+TIMEOUT_S = 1800.0
+# Rows copied from a part per statement; the file is flushed between them.
+_MERGE_STEP = 50_000
+# Tests set this to make one worker kill itself before it starts ("kill:1").
+FAULT_ENV = "TILLPOINT_BUILD_FAULT"
+_LINE = re.compile(r"^snapshot line ([0-9]+): ")
+
+# A chunk of the payload: its section at the start (None before the first section line
+# or at a section line), and its byte range in the file.
+Chunk = tuple[str | None, int, int]
+
+
+def default_workers() -> int:
+    env = os.environ.get("TILLPOINT_BUILD_WORKERS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def lower_priority() -> None:
+    """This process's niceness to at least NICE (never lower than it is)."""
+    with contextlib.suppress(OSError):
+        now = os.nice(0)
+        if now < NICE:
+            os.nice(NICE - now)
+
+
+# ------------------------------------------------------------------ the agent's side
+
+
+def run(
+    data_dir: Path,
+    source: Path,
+    offset: int,
+    length: int,
+    now: datetime,
+    *,
+    workers: int | None = None,
+    min_chunk: int = MIN_CHUNK,
+    timeout: float = TIMEOUT_S,
+) -> cache_mod.CacheInfo:
+    """Build and switch in the full snapshot at `source[offset:offset+length]` in a
+    coordinator process; wait for it (without the GIL) at most `timeout` seconds.
+
+    Raises the coordinator's own error (InputError, SnapshotRefused: exit 2; StorageError:
+    exit 1); a coordinator killed or timed out is a StorageError, its processes killed
+    and its files deleted."""
+    cmd = [
+        sys.executable,
+        "-m",
+        MODULE,
+        "build",
+        "--data-dir",
+        str(data_dir),
+        "--source",
+        str(source),
+        "--offset",
+        str(offset),
+        "--length",
+        str(length),
+        "--now",
+        now.isoformat(),
+        "--workers",
+        str(workers or default_workers()),
+        "--min-chunk",
+        str(min_chunk),
+        "--timeout",
+        str(timeout),
+    ]
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: its workers go with it
+        )
+    except OSError as exc:
+        raise StorageError(f"cannot start the cache build: {exc}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout + 30)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        _cleanup(data_dir)
+        raise StorageError(
+            f"the cache build took more than {timeout + 30:.0f} s and was stopped;"
+            " the cache is unchanged"
+        ) from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+    if proc.returncode == 0:
+        doc = json.loads(out)
+        return cache_mod.CacheInfo(**doc)
+    if proc.returncode < 0:
+        _kill_group(proc)
+        _cleanup(data_dir)
+    raise _error_of(proc.returncode, err, "the cache build")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=10)
+
+
+def _cleanup(data_dir: Path) -> None:
+    """The files of a build whose coordinator was killed, if nobody else is building."""
+    try:
+        conn = open_cache(data_dir)
+    except StorageError:
+        return
+    try:
+        conn.execute("PRAGMA busy_timeout = 100")
+        with write_transaction(conn, "cache"):
+            remove_stale_builds(data_dir)
+    except (StorageError, OSError):
+        pass  # another apply holds the lock: the next full apply deletes them
+    finally:
+        conn.close()
+
+
+def _error_of(code: int, stderr: bytes, who: str) -> TillpointError:
+    """The error a child reported (its last JSON line on stderr), or one for its death."""
+    for line in reversed(stderr.decode("utf-8", "replace").splitlines()):
+        if line.startswith('{"error"'):
+            with contextlib.suppress(ValueError, TypeError):
+                doc = json.loads(line)
+                cls = getattr(errors, str(doc["error"]), None)
+                if isinstance(cls, type) and issubclass(cls, TillpointError):
+                    return cls(str(doc["message"]))
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return StorageError(f"{who} was killed ({name}); nothing was stored")
+    tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+    return StorageError(f"{who} failed (exit {code}: {tail[0][:300]}); nothing was stored")
+
+
+# ------------------------------------------------------------------ the coordinator
+
+
+def build(
+    data_dir: Path,
+    source: Path,
+    offset: int,
+    length: int,
+    now: datetime,
+    workers: int,
+    min_chunk: int,
+    timeout: float,
+) -> cache_mod.CacheInfo:
+    """In the coordinator: lock, check, build in parallel, switch (`cache.apply`)."""
+    from .snapshot_stream import read_lines
+
+    with open(source, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        end = offset + length
+        if end > len(mm) or offset < 0:
+            raise InputError("snapshot: the payload lies outside its file")
+        mm.seek(offset)
+        header, _ = read_lines(_lines(mm, offset, end))
+        body = mm.tell()
+        plan = _plan(mm, body, end, workers, min_chunk)
+
+        def make(tmp: Path) -> cache_mod.CacheInfo:
+            return _make(data_dir, source, offset, plan, tmp, header, now, timeout)
+
+        return cache_mod.apply(data_dir, header, (), now, phone_secret(data_dir), make)
+    finally:
+        mm.close()
+
+
+def _lines(mm: mmap.mmap, start: int, end: int) -> Iterator[bytes]:
+    """The lines of mm[start:end] (each with its newline); `end` is at a line's end."""
+    mm.seek(start)
+    readline = mm.readline
+    pos = start
+    while pos < end:
+        line = readline()
+        if not line:
+            return
+        pos += len(line)
+        yield line if pos <= end else line[: len(line) - (pos - end)]
+
+
+def _sections(mm: mmap.mmap, start: int, end: int) -> list[int]:
+    """Where each section line starts: a line whose text, stripped as `snapshot_stream`
+    strips it, starts with `{"section"` (found by a scan for that text; inside a JSON
+    string its quotes would be escaped)."""
+    marks: list[int] = []
+    pos = mm.find(b'{"section"', start, end)
+    while pos >= 0:
+        line = max(mm.rfind(b"\n", start, pos) + 1, start)
+        before = mm[line:pos]
+        if not before or not before.decode("utf-8", "replace").strip():
+            marks.append(line)
+        pos = mm.find(b'{"section"', pos + 1, end)
+    return marks
+
+
+def _section_of(mm: mmap.mmap, at: int, end: int) -> str | None:
+    """The section a valid section line at `at` starts (None if it is not valid: the
+    worker given that line refuses it with its line number)."""
+    stop = mm.find(b"\n", at, end)
+    try:
+        doc = json.loads(mm[at : end if stop < 0 else stop])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    name = doc.get("section") if isinstance(doc, dict) else None
+    return name if name in ROW_MODELS and len(doc) == 1 else None
+
+
+def _plan(mm: mmap.mmap, body: int, end: int, workers: int, min_chunk: int) -> list[list[Chunk]]:
+    """The chunks of each worker, in file order: every section cut into `workers` pieces
+    at line ends (small ones whole, dealt round-robin). Worker 0's part is the build."""
+    workers = max(1, min(workers, (end - body) // max(min_chunk, 1) or 1))
+    marks = set(_sections(mm, body, end))
+    bounds = sorted({body, *marks, end})
+    plan: list[list[Chunk]] = [[] for _ in range(workers)]
+    small = 0
+    for s, e in itertools.pairwise(bounds):
+        # A chunk that starts at the section line reads it itself; the ones after it
+        # start in its section (None for lines before the first section line).
+        name = _section_of(mm, s, e) if s in marks else None
+        stop = mm.find(b"\n", s, e)
+        first_end = e if stop < 0 else stop + 1
+        if workers == 1 or e - s < min_chunk:
+            plan[small % workers].append((None, s, e))
+            small += 1
+            continue
+        cuts = [s]
+        for k in range(1, workers):
+            at = max(s + (e - s) * k // workers, first_end)
+            nl = mm.find(b"\n", at - 1, e)  # the first line end at or after `at`
+            cuts.append(e if nl < 0 else nl + 1)
+        cuts.append(e)
+        for k in range(workers):
+            a, b = cuts[k], cuts[k + 1]
+            if a < b:
+                plan[k].append((None if a == s else name, a, b))
+    return [chunks for chunks in plan if chunks] or [[]]
+
+
+def _make(
+    data_dir: Path,
+    source: Path,
+    offset: int,
+    plan: list[list[Chunk]],
+    tmp: Path,
+    header: SnapshotHeader,
+    now: datetime,
+    timeout: float,
+) -> cache_mod.CacheInfo:
+    """The generation at `tmp`: the workers' parts (worker 0's is `tmp`), merged."""
+    base = tmp.name.removesuffix(BUILDING)
+    parts = [tmp, *(tmp.with_name(f"{base}.part{i}{BUILDING}") for i in range(1, len(plan)))]
+    try:
+        if len(plan) == 1:
+            work(data_dir, source, offset, plan[0], tmp)
+        else:
+            _run_workers(data_dir, source, offset, plan, parts, timeout)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        settle = cache_mod.Settle(tmp)
+        try:
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.execute(f"PRAGMA cache_size = -{cache_mod._BUILD_CACHE_KIB}")
+            for part in parts[1:]:
+                _merge(conn, part, settle)
+            return cache_mod.finish_build(conn, header, now)
+        finally:
+            conn.close()
+            settle.close()
+    finally:
+        for part in parts[1:]:
+            part.unlink(missing_ok=True)
+
+
+def _merge(conn: sqlite3.Connection, part: Path, settle: cache_mod.Settle) -> None:
+    conn.execute("ATTACH DATABASE ? AS part", (str(part),))
+    try:
+        for table in ROW_MODELS:
+            (top,) = conn.execute(f"SELECT coalesce(max(rowid), 0) FROM part.{table}").fetchone()
+            for low in range(0, top, _MERGE_STEP):
+                try:
+                    conn.execute(
+                        f"INSERT INTO main.{table} SELECT * FROM part.{table}"
+                        " WHERE rowid > ? AND rowid <= ?",
+                        (low, low + _MERGE_STEP),
+                    )
+                except sqlite3.IntegrityError:
+                    raise InputError(f"snapshot: two {table} rows have the same key") from None
+                settle()
+    finally:
+        conn.execute("DETACH DATABASE part")
+
+
+def _run_workers(
+    data_dir: Path,
+    source: Path,
+    offset: int,
+    plan: list[list[Chunk]],
+    parts: list[Path],
+    timeout: float,
+) -> None:
+    """Start a worker a part and wait for them all (at most `timeout` s). A worker that
+    dies or fails otherwise than on the data stops the others; on bad data the others
+    finish, so the refusal names the first bad line of the file, as one process would."""
+    procs = []
+    fault = os.environ.get(FAULT_ENV, "")
+    try:
+        for i, (chunks, part) in enumerate(zip(plan, parts, strict=True)):
+            env = dict(os.environ)
+            env.pop(FAULT_ENV, None)
+            if fault == f"kill:{i}":
+                env[FAULT_ENV] = "kill"
+            spec = json.dumps([[c[0], c[1], c[2]] for c in chunks])
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        MODULE,
+                        "work",
+                        "--data-dir",
+                        str(data_dir),
+                        "--source",
+                        str(source),
+                        "--offset",
+                        str(offset),
+                        "--part",
+                        str(part),
+                        "--chunks",
+                        spec,
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                )
+            )
+        deadline = time.monotonic() + timeout
+        failures: list[tuple[int, TillpointError]] = []
+        for i, proc in enumerate(procs):
+            left = deadline - time.monotonic()
+            try:
+                _, err = proc.communicate(timeout=max(left, 0.01))
+            except subprocess.TimeoutExpired:
+                raise StorageError(
+                    f"the cache build's worker {i} took more than {timeout:.0f} s;"
+                    " nothing was stored"
+                ) from None
+            if proc.returncode != 0:
+                failure = _error_of(proc.returncode, err, f"the cache build's worker {i}")
+                if not isinstance(failure, InputError):
+                    raise failure
+                failures.append((_line_of(failure), failure))
+        if failures:
+            raise min(failures, key=lambda f: f[0])[1]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=10)
+
+
+def _line_of(error: TillpointError) -> int:
+    found = _LINE.match(error.message)
+    return int(found.group(1)) if found else sys.maxsize
+
+
+# ------------------------------------------------------------------ a worker
+
+
+def work(data_dir: Path, source: Path, offset: int, chunks: Sequence[Chunk], part: Path) -> None:
+    """Validate the chunks' rows and write them into `part`, a new file (no indexes)."""
+    from .snapshot_stream import _rows
+
+    secret = phone_secret(data_dir)
+    with open(source, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        with contextlib.suppress(OSError):
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+
+        def rows() -> Iterator[cache_mod.Row]:
+            for section, start, end in chunks:
+                try:
+                    yield from _rows(enumerate(_lines(mm, start, end), start=1), section)
+                except InputError as exc:
+                    found = _LINE.match(exc.message)
+                    if not found:
+                        raise
+                    line = _newlines(mm, offset, start) + int(found.group(1))
+                    raise type(exc)(f"snapshot line {line}: {exc.message[found.end() :]}") from None
+
+        conn, settle = cache_mod.start_build(part)
+        try:
+            conn.execute("BEGIN")
+            cache_mod._write_rows(conn, rows(), secret, replace=False, after_batch=settle)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+            settle.close()
+    finally:
+        mm.close()
+
+
+def _newlines(mm: mmap.mmap, start: int, end: int) -> int:
+    """Lines that end in mm[start:end], counted in 16 MB slices (only for an error)."""
+    count = 0
+    for at in range(start, end, 16 << 20):
+        count += mm[at : min(at + (16 << 20), end)].count(b"\n")
+    return count
+
+
+# ------------------------------------------------------------------ the command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}")
+    sub = parser.add_subparsers(dest="role", required=True)
+    for role in ("build", "work"):
+        p = sub.add_parser(role)
+        p.add_argument("--data-dir", type=Path, required=True)
+        p.add_argument("--source", type=Path, required=True)
+        p.add_argument("--offset", type=int, default=0)
+        if role == "build":
+            p.add_argument("--length", type=int)
+            p.add_argument("--now", required=True)
+            p.add_argument("--workers", type=int, default=0)
+            p.add_argument("--min-chunk", type=int, default=MIN_CHUNK)
+            p.add_argument("--timeout", type=float, default=TIMEOUT_S)
+        else:
+            p.add_argument("--part", type=Path, required=True)
+            p.add_argument("--chunks", required=True)
+    args = parser.parse_args(argv)
+    lower_priority()
+    try:
+        if args.role == "work":
+            if os.environ.get(FAULT_ENV) == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            chunks = [(c[0], int(c[1]), int(c[2])) for c in json.loads(args.chunks)]
+            work(args.data_dir, args.source, args.offset, chunks, args.part)
+            return 0
+        length = args.length
+        if length is None:
+            length = args.source.stat().st_size - args.offset
+        loaded = build(
+            args.data_dir,
+            args.source,
+            args.offset,
+            length,
+            datetime.fromisoformat(args.now),
+            args.workers or default_workers(),
+            args.min_chunk,
+            args.timeout,
+        )
+    except TillpointError as exc:
+        _report(exc)
+        return exc.exit_code
+    except FileNotFoundError as exc:
+        _report(InputError(f"{exc.filename}: no such file"))
+        return 2
+    except (OSError, sqlite3.Error) as exc:
+        _report(StorageError(f"the cache could not be written, nothing was stored: {exc}"))
+        return 1
+    print(json.dumps(loaded.__dict__))
+    return 0
+
+
+def _report(exc: TillpointError) -> None:
+    print(json.dumps({"error": type(exc).__name__, "message": exc.message}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
