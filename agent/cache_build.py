@@ -210,6 +210,18 @@ def build(
     timeout: float,
 ) -> cache_mod.CacheInfo:
     """In the coordinator: lock, check, build in parallel, switch (`cache.apply`)."""
+    header, plan = _header_and_plan(source, offset, length, workers, min_chunk)
+
+    def make(tmp: Path) -> cache_mod.CacheInfo:
+        return _make(data_dir, source, offset, plan, tmp, header, now, timeout)
+
+    return cache_mod.apply(data_dir, header, (), now, phone_secret(data_dir), make)
+
+
+def _header_and_plan(
+    source: Path, offset: int, length: int, workers: int, min_chunk: int
+) -> tuple[SnapshotHeader, list[list[Chunk]]]:
+    """The snapshot's header (validated as `snapshot_stream` does) and the workers' chunks."""
     from .snapshot_stream import read_lines
 
     with open(source, "rb") as fh:
@@ -220,15 +232,15 @@ def build(
             raise InputError("snapshot: the payload lies outside its file")
         mm.seek(offset)
         header, _ = read_lines(_lines(mm, offset, end))
-        body = mm.tell()
-        plan = _plan(mm, body, end, workers, min_chunk)
-
-        def make(tmp: Path) -> cache_mod.CacheInfo:
-            return _make(data_dir, source, offset, plan, tmp, header, now, timeout)
-
-        return cache_mod.apply(data_dir, header, (), now, phone_secret(data_dir), make)
+        return header, _plan(mm, mm.tell(), end, workers, min_chunk)
     finally:
         mm.close()
+
+
+def _plan_of(
+    source: Path, offset: int, length: int, workers: int, min_chunk: int
+) -> list[list[Chunk]]:
+    return _header_and_plan(source, offset, length, workers, min_chunk)[1]
 
 
 def _lines(mm: mmap.mmap, start: int, end: int) -> Iterator[bytes]:
