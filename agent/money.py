@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, Overflow
+from decimal import Decimal
 from fractions import Fraction
 
 
@@ -29,13 +29,12 @@ def round_half_up(value: Fraction) -> int:
     return -math.floor(-value + Fraction(1, 2))
 
 
-_EXACT = Context(prec=60, traps=[Inexact, Overflow])
-_ROUND = Context(prec=60, rounding=ROUND_HALF_UP, traps=[Overflow])
-
-
 def line_amount(price_minor: int, qty: Decimal) -> int:
-    """round_half_up(price × qty); exact (qty has at most 3 decimals), in C-speed Decimal."""
-    return int(_EXACT.multiply(Decimal(price_minor), qty).quantize(Decimal(1), context=_ROUND))
+    """round_half_up(price × qty), exact: a quantity is a decimal, so a ratio of integers."""
+    numerator, denominator = qty.as_integer_ratio()
+    if denominator == 1:
+        return price_minor * numerator
+    return round_half_up_ratio(price_minor * numerator, denominator)
 
 
 def largest_remainder(exact: Sequence[Fraction], total: int) -> list[int]:

@@ -36,13 +36,15 @@ class OfferIndex:
     them (`OfferIndex(personal, also=mass_index)`).
     """
 
-    __slots__ = ("also", "by_category", "by_sku", "receipt_level")
+    __slots__ = ("_lineages", "also", "by_category", "by_sku", "receipt_level")
 
     def __init__(self, offers: Iterable[Offer], also: OfferIndex | None = None) -> None:
         self.by_sku: dict[str, list[Offer]] = {}
         self.by_category: dict[str, list[Offer]] = {}
         self.receipt_level: list[Offer] = []
         self.also = also
+        # a category and its ancestors -> their offers (lines of one category share it)
+        self._lineages: dict[frozenset[str], list[Offer]] = {}
         for o in offers:
             if o.kind in _LINE_KINDS:
                 for sku in set(o.skus):
@@ -52,19 +54,25 @@ class OfferIndex:
             else:
                 self.receipt_level.append(o)
 
-    def candidates(self, sku: str, categories: Iterable[str]) -> list[Offer]:
+    def candidates(self, sku: str, categories: frozenset[str]) -> list[Offer]:
         """Every offer targeting the sku or one of the categories, each once."""
         found: list[Offer] = []
         part: OfferIndex | None = self
         while part is not None:
             found.extend(part.by_sku.get(sku, ()))
-            by_category = part.by_category
-            if by_category:
-                for category in categories:
-                    found.extend(by_category.get(category, ()))
+            if part.by_category:
+                found.extend(part._of_categories(categories))
             part = part.also
         if len(found) > 1:
             found = list({o.id: o for o in found}.values())
+        return found
+
+    def _of_categories(self, categories: frozenset[str]) -> list[Offer]:
+        found = self._lineages.get(categories)
+        if found is None:
+            by_category = self.by_category
+            found = [o for c in categories for o in by_category.get(c, ())]
+            self._lineages[categories] = found
         return found
 
     def receipt_offers(self) -> list[Offer]:

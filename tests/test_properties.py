@@ -338,3 +338,24 @@ def test_a_refused_input_changes_nothing(field: str, top: str, value: Any, where
         assert _state(agent) == before
     finally:
         agent.close()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    price_minor=st.integers(0, 10**15),
+    whole=st.integers(0, 10**6),
+    thousandths=st.integers(0, 999),
+)
+def test_line_amount_is_price_times_qty_rounded_half_up(
+    price_minor: int, whole: int, thousandths: int
+) -> None:
+    """The integer line amount equals Decimal's ROUND_HALF_UP of price × qty (SPEC §2)."""
+    from decimal import ROUND_HALF_UP, localcontext
+
+    from tillpoint.agent.money import line_amount
+
+    qty = Decimal(f"{whole}.{thousandths:03d}")
+    with localcontext() as ctx:
+        ctx.prec = 60
+        expected = int((Decimal(price_minor) * qty).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    assert line_amount(price_minor, qty) == expected
