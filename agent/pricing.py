@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from functools import cached_property
 from typing import NamedTuple, Protocol
 
 from .models import LINE_MONEY_KINDS, Customer, Offer, Program, Receipt
@@ -122,23 +123,23 @@ class Priced:
     held_out: tuple[str, ...]
     redeem_allowed_without_cap: int  # what steps 4's caps allow before the offline/hub cap
 
-    @property
+    @cached_property
     def total(self) -> int:
         return sum(line.amount for line in self.lines)
 
-    @property
+    @cached_property
     def discount(self) -> int:
         return sum(line.discount for line in self.lines)
 
-    @property
+    @cached_property
     def redeemed_points(self) -> int:
         return sum(line.redeemed_points for line in self.lines)
 
-    @property
+    @cached_property
     def payable(self) -> int:
         return self.total - self.discount - self.redeemed_points * self.point_value
 
-    @property
+    @cached_property
     def earned_points(self) -> int:
         return sum(line.earned_points for line in self.lines) + self.extra_points
 
@@ -229,19 +230,22 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     if base_multiplier < _ONE:
         base_multiplier = _ONE
     rate = frac(tier.accrual_percent)
-    for w in work:
-        if w.eligible:
-            m = w.multiplier
-            w.multiplier = m if m > base_multiplier else base_multiplier
-    lcm = math.lcm(*(w.multiplier.denominator for w in work)) if work else 1
+    if base_multiplier is not _ONE:
+        for w in work:
+            if w.eligible and w.multiplier < base_multiplier:
+                w.multiplier = base_multiplier
+    # Most lines keep the shared 1 (compared by identity: Fraction comparisons are slow).
+    lcm = math.lcm(*{w.multiplier.denominator for w in work if w.multiplier is not _ONE})
     denominator = 100 * pv * rate.denominator * lcm
     numerators = [
-        (w.amount - w.discount - w.redeemed * pv)
+        0
+        if not w.eligible
+        else (w.amount - w.discount - w.redeemed * pv) * rate.numerator * lcm
+        if w.multiplier is _ONE
+        else (w.amount - w.discount - w.redeemed * pv)
         * rate.numerator
         * w.multiplier.numerator
         * (lcm // w.multiplier.denominator)
-        if w.eligible
-        else 0
         for w in work
     ]
     total = sum(numerators) // denominator
