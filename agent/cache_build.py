@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from . import cache as cache_mod
 from . import errors
@@ -232,7 +233,10 @@ def _header_and_plan(
             raise InputError("snapshot: the payload lies outside its file")
         mm.seek(offset)
         header, _ = read_lines(_lines(mm, offset, end))
-        return header, _plan(mm, mm.tell(), end, workers, min_chunk)
+        body = mm.tell()
+        with open(source, "rb", buffering=0) as raw:
+            marks = _sections(raw, body, end)
+        return header, _plan(mm, body, end, marks, workers, min_chunk)
     finally:
         mm.close()
 
@@ -256,18 +260,30 @@ def _lines(mm: mmap.mmap, start: int, end: int) -> Iterator[bytes]:
         yield line if pos <= end else line[: len(line) - (pos - end)]
 
 
-def _sections(mm: mmap.mmap, start: int, end: int) -> list[int]:
+def _sections(fh: BinaryIO, start: int, end: int, block: int = 16 << 20) -> list[int]:
     """Where each section line starts: a line whose text, stripped as `snapshot_stream`
-    strips it, starts with `{"section"` (found by a scan for that text; inside a JSON
-    string its quotes would be escaped)."""
+    strips it, starts with `{"section"` (found by a scan for that text, read in 16 MB
+    blocks, not mapped: mapped pages would count in this process's RSS; inside a JSON
+    string the quotes would be escaped)."""
+    pattern = b'{"section"'
     marks: list[int] = []
-    pos = mm.find(b'{"section"', start, end)
-    while pos >= 0:
-        line = max(mm.rfind(b"\n", start, pos) + 1, start)
-        before = mm[line:pos]
-        if not before or not before.decode("utf-8", "replace").strip():
-            marks.append(line)
-        pos = mm.find(b'{"section"', pos + 1, end)
+    fh.seek(start)
+    pos, carry = start, b""  # carry: the current line's bytes before this block
+    while pos < end:
+        chunk = fh.read(min(block, end - pos))
+        if not chunk:
+            break
+        data, base = carry + chunk, pos - len(carry)
+        at = data.find(pattern)
+        while at >= 0:
+            if at + len(pattern) > len(carry):  # not already seen in the previous block
+                line = data.rfind(b"\n", 0, at) + 1
+                before = data[line:at]
+                if not before or not before.decode("utf-8", "replace").strip():
+                    marks.append(base + line)
+            at = data.find(pattern, at + 1)
+        pos += len(chunk)
+        carry = data[data.rfind(b"\n") + 1 :]
     return marks
 
 
@@ -283,11 +299,13 @@ def _section_of(mm: mmap.mmap, at: int, end: int) -> str | None:
     return name if name in ROW_MODELS and len(doc) == 1 else None
 
 
-def _plan(mm: mmap.mmap, body: int, end: int, workers: int, min_chunk: int) -> list[list[Chunk]]:
+def _plan(
+    mm: mmap.mmap, body: int, end: int, sections: list[int], workers: int, min_chunk: int
+) -> list[list[Chunk]]:
     """The chunks of each worker, in file order: every section cut into `workers` pieces
     at line ends (small ones whole, dealt round-robin). Worker 0's part is the build."""
     workers = max(1, min(workers, (end - body) // max(min_chunk, 1) or 1))
-    marks = set(_sections(mm, body, end))
+    marks = set(sections)
     bounds = sorted({body, *marks, end})
     plan: list[list[Chunk]] = [[] for _ in range(workers)]
     small = 0
@@ -447,25 +465,26 @@ def _line_of(error: TillpointError) -> int:
 
 
 def work(data_dir: Path, source: Path, offset: int, chunks: Sequence[Chunk], part: Path) -> None:
-    """Validate the chunks' rows and write them into `part`, a new file (no indexes)."""
+    """Validate the chunks' rows and write them into `part`, a new file (no indexes).
+
+    The file is read, not mapped: mapped pages would count in this process's RSS for as
+    long as it runs (a chain snapshot is ~2 GB); read pages stay in the page cache only."""
     from .snapshot_stream import _rows
 
     secret = phone_secret(data_dir)
-    with open(source, "rb") as fh:
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        with contextlib.suppress(OSError):
-            mm.madvise(mmap.MADV_SEQUENTIAL)
+    with open(source, "rb", buffering=1 << 20) as fh:
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
         def rows() -> Iterator[cache_mod.Row]:
             for section, start, end in chunks:
                 try:
-                    yield from _rows(enumerate(_lines(mm, start, end), start=1), section)
+                    yield from _rows(enumerate(_read_lines(fh, start, end), start=1), section)
                 except InputError as exc:
                     found = _LINE.match(exc.message)
                     if not found:
                         raise
-                    line = _newlines(mm, offset, start) + int(found.group(1))
+                    line = _newlines(fh, offset, start) + int(found.group(1))
                     raise type(exc)(f"snapshot line {line}: {exc.message[found.end() :]}") from None
 
         conn, settle = cache_mod.start_build(part)
@@ -476,15 +495,32 @@ def work(data_dir: Path, source: Path, offset: int, chunks: Sequence[Chunk], par
         finally:
             conn.close()
             settle.close()
-    finally:
-        mm.close()
 
 
-def _newlines(mm: mmap.mmap, start: int, end: int) -> int:
-    """Lines that end in mm[start:end], counted in 16 MB slices (only for an error)."""
+def _read_lines(fh: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """The lines of the file's bytes [start, end) (each with its newline)."""
+    fh.seek(start)
+    readline = fh.readline
+    pos = start
+    while pos < end:
+        line = readline()
+        if not line:
+            return
+        pos += len(line)
+        yield line if pos <= end else line[: len(line) - (pos - end)]
+
+
+def _newlines(fh: BinaryIO, start: int, end: int) -> int:
+    """Lines that end in the file's bytes [start, end), read in 16 MB slices (only for an
+    error's line number)."""
     count = 0
-    for at in range(start, end, 16 << 20):
-        count += mm[at : min(at + (16 << 20), end)].count(b"\n")
+    fh.seek(start)
+    while start < end:
+        block = fh.read(min(16 << 20, end - start))
+        if not block:
+            break
+        count += block.count(b"\n")
+        start += len(block)
     return count
 
 

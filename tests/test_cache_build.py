@@ -231,3 +231,20 @@ def test_a_pull_from_a_real_hub_is_applied_by_child_processes(
     finally:
         till.stop()
         hub.stop()
+
+
+def test_the_section_scan_finds_every_section_line_across_its_read_blocks(
+    source: Path,
+) -> None:
+    text = source.read_bytes().replace(b'\n{"section":"cards"}', b'\n \t{"section":"cards"}')
+    text += b'{"id": "x", "nested": {"section": 1}}\n'  # not a section line
+    expected, at = [], 0
+    for line in text.splitlines(keepends=True):
+        if line.strip().startswith(b'{"section"'):
+            expected.append(at)
+        at += len(line)
+    path = source.with_name("scan.jsonl")
+    path.write_bytes(text)
+    with path.open("rb") as fh:
+        for block in (7, 10, 11, 4096, 1 << 24):
+            assert cache_build._sections(fh, 0, len(text), block) == expected
