@@ -61,7 +61,8 @@ MIN_CHUNK = 8 << 20
 TIMEOUT_S = 1800.0
 # Rows copied from a part per statement; the file is flushed between them.
 _MERGE_STEP = 50_000
-# Tests set this to make one worker kill itself before it starts ("kill:1").
+# Tests set this to make one worker kill itself before it starts ("kill:1"), or the
+# coordinator wait a minute once the parts are written ("stall").
 FAULT_ENV = "TILLPOINT_BUILD_FAULT"
 _LINE = re.compile(r"^snapshot line ([0-9]+): ")
 
@@ -350,6 +351,8 @@ def _make(
             work(data_dir, source, offset, plan[0], tmp)
         else:
             _run_workers(data_dir, source, offset, plan, parts, timeout)
+        if os.environ.get(FAULT_ENV) == "stall":  # tests: kill the coordinator here
+            time.sleep(60)
         conn = sqlite3.connect(tmp, isolation_level=None)
         settle = cache_mod.Settle(tmp)
         try:

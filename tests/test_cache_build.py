@@ -248,3 +248,46 @@ def test_the_section_scan_finds_every_section_line_across_its_read_blocks(
     with path.open("rb") as fh:
         for block in (7, 10, 11, 4096, 1 << 24):
             assert cache_build._sections(fh, 0, len(text), block) == expected
+
+
+def test_a_killed_coordinator_is_a_clean_refusal_and_its_files_go(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import threading
+    import time
+
+    agent = make_agent(tmp_path / "till")
+    agent.load_snapshot_file(source)
+    before = dump(tmp_path / "till")
+    newer = tmp_path / "v2.jsonl"
+    newer.write_text(source.read_text().replace('"version":1,', '"version":2,', 1))
+    monkeypatch.setenv(cache_build.FAULT_ENV, "stall")
+    failed: list[BaseException] = []
+
+    def apply() -> None:
+        try:
+            agent.load_snapshot_file(newer)
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=apply)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not any(".part1" in name for name in leftovers(tmp_path / "till")):
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.02)
+    coordinators = [
+        int(pid)
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+        if b"\0build\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(coordinators) == 1
+    os.kill(coordinators[0], signal.SIGKILL)
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], StorageError)
+    assert "killed (SIGKILL)" in str(failed[0])
+    assert dump(tmp_path / "till") == before
+    assert leftovers(tmp_path / "till") == []
