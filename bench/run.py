@@ -198,7 +198,7 @@ def run(
         {"seconds": round(apply_s, 2), "rows_per_s": round(rows / apply_s)},
         apply_s <= limit if scale_name == "chain" else None,
         rows=rows,
-        workers=_build_workers(),
+        build_workers_max=_build_workers(),  # fewer for a payload under 16 MB
     )
     # The agent's own memory (`snapshot load`'s process) against the ceiling; the build's
     # child processes (coordinator and workers, at nice 10) beside it, and the sum.
