@@ -407,3 +407,64 @@ def open_ledger(data_dir: Path) -> sqlite3.Connection:
     conn = connect(data_dir / "ledger.db")
     migrate(conn, ledger_migrations)
     return conn
+
+
+class Checkpointer:
+    """Copies the ledger's WAL into its database file off the sale path.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses 1000 WAL pages:
+    about one checkout in a hundred then also writes and fsyncs the database file, which
+    is the checkout's p99. The agent's ledger connection turns it off and tells this
+    thread about each commit; the thread checkpoints (PASSIVE: it never blocks a writer)
+    after `every_commits` commits or `every_s` seconds, on its own connection. If the
+    thread is gone, the WAL only grows until the last connection closes (SQLite then
+    checkpoints), so nothing is ever at risk: the WAL is as durable as the database.
+    """
+
+    def __init__(self, path: Path, every_commits: int = 1000, every_s: float = 1.0) -> None:
+        import threading
+
+        self.path = path
+        self.every_commits = every_commits
+        self.every_s = every_s
+        self._commits = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._threading = threading
+
+    def committed(self) -> None:
+        self._commits += 1
+        if self._thread is None:
+            self._thread = self._threading.Thread(
+                target=self._run, name="ledger-checkpoint", daemon=True
+            )
+            self._thread.start()
+        if self._commits >= self.every_commits:
+            self._wake.set()
+
+    def _run(self) -> None:
+        try:
+            conn = connect(self.path)
+        except StorageError:
+            log.warning("ledger checkpoints: cannot open %s", self.path, exc_info=True)
+            return
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(self.every_s)
+                self._wake.clear()
+                if self._commits:
+                    self._commits = 0
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:
+                        log.warning("ledger checkpoint failed; retried later", exc_info=True)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None

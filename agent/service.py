@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar, cast
 from . import cache as cache_mod
 from . import ledger
 from .cache import CacheView, ancestors
-from .db import LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
+from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
 from .errors import (
     CardRefused,
     HubUnavailable,
@@ -107,11 +107,14 @@ class Agent:
         self._secret = phone_secret(self.data_dir)
         self._memo: dict[str, Any] = {}
         self._ledger = open_ledger(self.data_dir)
+        self._checkpoints = Checkpointer(self.data_dir / "ledger.db")
+        self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
         self.metrics: Any = None  # a metrics.Registry when run as a service
         self.devices: Any = None  # printer, display and scanner when run as a service
 
     def close(self) -> None:
+        self._checkpoints.close()
         self._live.close()
         self._ledger.close()
 
@@ -645,6 +648,8 @@ class Agent:
             self._live = LiveCache(self.data_dir)
             self._cache = self._live.connection()
             self._ledger = open_ledger(self.data_dir)
+            self._checkpoints = Checkpointer(self.data_dir / "ledger.db")
+            self._ledger.execute("PRAGMA wal_autocheckpoint = 0")
 
     # ------------------------------------------------------------ status
 
@@ -687,9 +692,12 @@ class Agent:
         self._cache = self._live.connection()
         return CacheView.reading(self._cache, self._secret, self._memo)
 
-    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
         """One ledger write transaction; anything raised inside rolls all of it back."""
-        return write_transaction(self._ledger, "ledger")
+        with write_transaction(self._ledger, "ledger") as conn:
+            yield conn
+        self._checkpoints.committed()
 
 
 def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:

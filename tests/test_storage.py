@@ -111,3 +111,41 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="cannot open"):
         Agent(blocker / "data", "till-1")
+
+
+def test_the_checkpointer_moves_the_ledger_wal_off_the_sale_path(tmp_path: Path) -> None:
+    """With SQLite's inline checkpoint off, the database file only grows when the
+    Checkpointer's thread copies the WAL into it; a commit never does that itself."""
+    import time
+
+    from tillpoint.agent.db import Checkpointer, connect
+
+    path = tmp_path / "ledger.db"
+    conn = connect(path)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute("CREATE TABLE t (x TEXT)")
+
+    def write(n: int) -> None:
+        for _ in range(n):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (?)", ("x" * 4000,))
+            conn.execute("COMMIT")
+
+    write(300)  # well past the 1000-page default, nothing moved inline
+    before = path.stat().st_size
+    assert before < 100_000 and (tmp_path / "ledger.db-wal").stat().st_size > 1_000_000
+    checkpoints = Checkpointer(path, every_commits=10, every_s=0.05)
+    try:
+        for _ in range(10):
+            write(1)
+            checkpoints.committed()
+        deadline = time.monotonic() + 10
+        while path.stat().st_size <= before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path.stat().st_size > 1_000_000
+    finally:
+        checkpoints.close()
+        conn.close()
+    import threading
+
+    assert not any(t.name == "ledger-checkpoint" for t in threading.enumerate())
