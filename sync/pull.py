@@ -336,6 +336,8 @@ class Puller:
                         fh = open(self.part, "wb", buffering=1 << 20)  # noqa: SIM115
                         # The file is the signed message: verified in place, no copy.
                         fh.write(signing.PREFIX)
+                        fh.flush()  # the prefix is on disk before pull.json names the file
+                        os.fsync(fh.fileno())
                         self._save_meta(partial)
                     keep = True
                 assert partial is not None and fh is not None
