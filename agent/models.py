@@ -11,10 +11,11 @@ import re
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -155,7 +156,19 @@ Positive = Annotated[
     | Annotated[int, BeforeValidator(_positive)],
     _FIRST,
 ]
-Qty = Annotated[Decimal, BeforeValidator(_qty)]
+# A positive decimal with at most 3 decimals, matched natively; anything else goes on to
+# `_qty`, which says what is wrong with it.
+_POSITIVE_QTY = (
+    r"^(?:[0-9]*[1-9][0-9]*(?:\.[0-9]{1,3})?|0+\.(?:[1-9][0-9]{0,2}|0[1-9][0-9]?|00[1-9]))$"
+)
+if TYPE_CHECKING:  # what the union gives: a Decimal either way
+    Qty = Decimal
+else:
+    Qty = Annotated[
+        Annotated[str, Strict(), StringConstraints(pattern=_POSITIVE_QTY), AfterValidator(Decimal)]
+        | Annotated[Decimal, BeforeValidator(_qty)],
+        _FIRST,
+    ]
 Dec = Annotated[Decimal, BeforeValidator(_decimal)]
 NonNegativeDec = Annotated[Decimal, BeforeValidator(_non_negative_decimal)]
 Timestamp = Annotated[
@@ -410,12 +423,6 @@ class ReceiptLine(Model):
     price_minor: NonNegative | None = None
     amount_minor: NonNegative | None = None
 
-    @model_validator(mode="after")
-    def _priced(self) -> ReceiptLine:
-        if self.amount_minor is None and self.price_minor is None:
-            raise ValueError(f"line {self.sku}: priceMinor or amountMinor is needed")
-        return self
-
     @cached_property
     def amount(self) -> int:
         """The line's amount: `amountMinor` when the POS sent it, else price × qty (§2)."""
@@ -444,6 +451,8 @@ class Receipt(Model):
     def _totals_fit(self) -> Receipt:
         total = 0
         for line in self.lines:
+            if line.amount_minor is None and line.price_minor is None:
+                raise ValueError(f"line {line.sku}: priceMinor or amountMinor is needed")
             amount = line.amount
             if amount > INT64_MAX:
                 raise ValueError(
@@ -511,15 +520,19 @@ def _one_per_field(errors: list[Any]) -> list[Any]:
     for error in errors:
         loc = tuple(error.get("loc", ()))
         field = tuple(part for part in loc if not _is_member(part))
-        ours = any(isinstance(part, str) and part.startswith("function-") for part in loc)
+        ours = any(isinstance(part, str) and part.startswith("function-before[_") for part in loc)
         if field not in out or ours:
             out[field] = {**error, "loc": field}
-    return list(out.values())
+    found = list(out.values())
+    # A list whose bad item was dropped is then also "too short": one problem, not two.
+    shorter = [e for e in found if e.get("type") == "too_short" and len(found) > 1]
+    return [e for e in found if e not in shorter] or found
 
 
 def _is_member(part: int | str) -> bool:
     return isinstance(part, str) and (
-        part.startswith("function-") or part in ("datetime", "int", "constrained-int")
+        part.startswith("function-")
+        or part in ("datetime", "int", "constrained-int", "str", "constrained-str")
     )
 
 

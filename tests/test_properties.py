@@ -359,3 +359,21 @@ def test_line_amount_is_price_times_qty_rounded_half_up(
         ctx.prec = 60
         expected = int((Decimal(price_minor) * qty).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     assert line_amount(price_minor, qty) == expected
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.text(alphabet="0123456789.-+ e", max_size=9))
+def test_a_quantity_is_accepted_natively_exactly_when_the_rule_accepts_it(text: str) -> None:
+    """The native pattern for `qty` takes what `_qty` (the rule, §5) takes, as the same value."""
+    from pydantic import ValidationError
+    from tillpoint.agent.models import _qty
+
+    try:
+        expected: Decimal | None = _qty(text)
+    except ValueError:
+        expected = None
+    try:
+        got: Decimal | None = ReceiptLine(sku="s", qty=text, amount_minor=1).qty
+    except ValidationError:
+        got = None
+    assert got == expected and type(got) is type(expected)
