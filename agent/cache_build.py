@@ -248,10 +248,11 @@ def _plan_of(
     return _header_and_plan(source, offset, length, workers, min_chunk)[1]
 
 
-def _lines(mm: mmap.mmap, start: int, end: int) -> Iterator[bytes]:
-    """The lines of mm[start:end] (each with its newline); `end` is at a line's end."""
-    mm.seek(start)
-    readline = mm.readline
+def _lines(src: mmap.mmap | BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """The lines of src's bytes [start, end) (each with its newline), from a mapping or a
+    file; `end` is at a line's end."""
+    src.seek(start)
+    readline = src.readline
     pos = start
     while pos < end:
         line = readline()
@@ -482,7 +483,7 @@ def work(data_dir: Path, source: Path, offset: int, chunks: Sequence[Chunk], par
         def rows() -> Iterator[cache_mod.Row]:
             for section, start, end in chunks:
                 try:
-                    yield from _rows(enumerate(_read_lines(fh, start, end), start=1), section)
+                    yield from _rows(enumerate(_lines(fh, start, end), start=1), section)
                 except InputError as exc:
                     found = _LINE.match(exc.message)
                     if not found:
@@ -498,19 +499,6 @@ def work(data_dir: Path, source: Path, offset: int, chunks: Sequence[Chunk], par
         finally:
             conn.close()
             settle.close()
-
-
-def _read_lines(fh: BinaryIO, start: int, end: int) -> Iterator[bytes]:
-    """The lines of the file's bytes [start, end) (each with its newline)."""
-    fh.seek(start)
-    readline = fh.readline
-    pos = start
-    while pos < end:
-        line = readline()
-        if not line:
-            return
-        pos += len(line)
-        yield line if pos <= end else line[: len(line) - (pos - end)]
 
 
 def _newlines(fh: BinaryIO, start: int, end: int) -> int:
