@@ -93,6 +93,16 @@ def receipt(rid: str, rng: random.Random, scale: Scale) -> dict[str, Any]:
     }
 
 
+def small_receipt(rid: str, rng: random.Random, scale: Scale) -> dict[str, Any]:
+    """A 5-line checkout on a random card: the loop beside a full apply."""
+    return {
+        "receiptId": rid,
+        "at": "2026-11-23T10:15:00+03:00",
+        "card": card(rng.randrange(scale.customers)),
+        "lines": basket(rng, scale, 5),
+    }
+
+
 # ---------------------------------------------------------------- floors
 
 
@@ -339,12 +349,7 @@ def _next_version(snap: Path, out: Path, version: int) -> Path:
 def _quiet_checkouts(agent: Agent, rng: random.Random, scale: Scale, n: int) -> list[float]:
     samples = []
     for i in range(n):
-        work = {
-            "receiptId": f"quiet-{i}-{rng.random()}",
-            "at": "2026-11-23T10:15:00+03:00",
-            "card": card(rng.randrange(scale.customers)),
-            "lines": basket(rng, scale, 5),
-        }
+        work = small_receipt(f"quiet-{i}-{rng.random()}", rng, scale)
         t0 = time.perf_counter()
         agent.checkout(work)
         samples.append(time.perf_counter() - t0)
@@ -447,12 +452,7 @@ def _full_apply(
         if not checkouts:
             time.sleep(0.02)
             continue
-        work = {
-            "receiptId": f"during-{len(during)}-{rng.random()}",
-            "at": "2026-11-23T10:15:00+03:00",
-            "card": card(rng.randrange(scale.customers)),
-            "lines": basket(rng, scale, 5),
-        }
+        work = small_receipt(f"during-{len(during)}-{rng.random()}", rng, scale)
         t0 = time.perf_counter()
         try:
             agent.checkout(work)
