@@ -537,7 +537,15 @@ def scenario_snapshots(work: Path, count: int, rng: random.Random) -> Outcome:
     header = signing.read_header(v2b.payload)
     expires = datetime.fromisoformat(str(header["expiresAt"]).replace("Z", "+00:00"))
 
-    kinds = ["truncate", "bitflip", "wrong-key", "replay-older", "expired", "v1-signature"]
+    kinds = [
+        "truncate",
+        "bitflip",
+        "wrong-key",
+        "replay-older",
+        "expired",
+        "v1-signature",
+        "v2-signature",
+    ]
     for i in range(count):
         kind = kinds[i % len(kinds)]
         payload, sig, now = v2b.payload, v2b.signature, datetime.now(UTC)
@@ -551,7 +559,7 @@ def scenario_snapshots(work: Path, count: int, rng: random.Random) -> Outcome:
                 payload[:pos] + bytes([payload[pos] ^ (1 << rng.randrange(8))]) + payload[pos + 1 :]
             )
         elif kind == "wrong-key":
-            sig = wrong.sign(signing.signed_message(payload))
+            sig = signing.sign(wrong, payload)
         elif kind == "replay-older":
             payload, sig, size = v1.payload, v1.signature, len(v1.payload)
         elif kind == "expired":
@@ -560,6 +568,8 @@ def scenario_snapshots(work: Path, count: int, rng: random.Random) -> Outcome:
             sig = hub.server.builder.key.sign(
                 b"tillpoint.snapshot.v1\0" + DEVICE.encode() + b"\0" + payload
             )
+        elif kind == "v2-signature":  # the hub's key over the whole payload (before v3)
+            sig = hub.server.builder.key.sign(b"tillpoint.snapshot.v2\0" + payload)
         out.injected += 1
         path = _write(work / "p", payload)
         try:

@@ -34,7 +34,7 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 from . import pki
 from .hub_sqlite import SqliteHubStore
 from .hub_store import HubStats, HubStore, Publication, TxIn, Unsynced
-from .signing import MAX_CHUNK, PREFIX, SNAPSHOT_JSONL, canonical_json, sign_message_file
+from .signing import MANIFEST_PREFIX, MAX_CHUNK, SNAPSHOT_JSONL, canonical_json, sign_manifest
 
 log = logging.getLogger("tillpoint.hub")
 
@@ -43,6 +43,9 @@ MAX_BATCH = 1000
 DB_FILE = "hub.db"
 SNAPSHOTS = "snapshots"
 RETRY_BUILD_S = 30.0
+# What a snapshot file's signature covers (its .json says so): a file built before the
+# manifest signature (v2: PREFIX + payload in the file) is deleted and built again.
+SIGNED = MANIFEST_PREFIX.rstrip(b"\x00").decode()
 
 
 def system_clock() -> datetime:
@@ -132,8 +135,9 @@ class Bundle(Protocol):
 
 @dataclass(frozen=True)
 class FileSnapshot:
-    """A signed snapshot on disk: the file holds exactly the signed message (PREFIX +
-    payload), so it was signed from a memory map and chunks are read at an offset."""
+    """A signed snapshot on disk: the file holds exactly the payload; its signature
+    covers the manifest (`signing.manifest`: size and SHA-256, computed while it was
+    written), and chunks are read at their offset."""
 
     path: Path
     version: int
@@ -155,6 +159,7 @@ class FileSnapshot:
             "signature": base64.b64encode(self.signature).decode(),
             "size": self.size,
             "buildSeconds": round(self.build_s, 3),
+            "signed": SIGNED,
         }
 
     @classmethod
@@ -177,7 +182,7 @@ class FileSnapshot:
         is served stays readable until the stream ends."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            yield lambda offset, n: os.pread(fd, n, len(PREFIX) + offset)
+            yield lambda offset, n: os.pread(fd, n, offset)
         finally:
             os.close(fd)
 
@@ -242,8 +247,8 @@ class SnapshotBuilder:
     """Builds signed snapshots into `<hub dir>/snapshots/` and serves them from there.
 
     Snapshots are the same for every till, so each (version, base) is built once: the
-    payload is streamed from the store to a temporary file (after the signing PREFIX,
-    SHA-256 computed on the way), fsynced, signed from a memory map and renamed; a
+    payload is streamed from the store to a temporary file (SHA-256 computed on the way),
+    fsynced, its manifest (size and SHA-256) signed, and the file renamed; a
     `.json` beside it (written last) holds the header, checksum and signature. Nothing
     chain-sized is ever in memory. A background thread builds the newest version's full
     snapshot as soon as the hub sees it (one build at a time, always the newest asked
@@ -286,9 +291,10 @@ class SnapshotBuilder:
         for meta in self.dir.glob("*.json"):
             snap = meta.with_suffix(".snap")
             try:
-                found = FileSnapshot.load(snap, json.loads(meta.read_text(encoding="utf-8")))
-                if snap.stat().st_size != len(PREFIX) + found.size:
-                    raise ValueError("size")
+                meta_doc = json.loads(meta.read_text(encoding="utf-8"))
+                found = FileSnapshot.load(snap, meta_doc)
+                if meta_doc.get("signed") != SIGNED or snap.stat().st_size != found.size:
+                    raise ValueError("an older layout or signature (v2), or the wrong size")
                 # A hub restored from an older backup may publish the same version number
                 # again with other content: a file is kept only for the very publication.
                 pub = self.store.publication(found.version)
@@ -310,11 +316,10 @@ class SnapshotBuilder:
         tmp = self.dir / f"{name}.snap.tmp"
         try:
             with open(tmp, "wb", buffering=1 << 20) as fh:
-                fh.write(PREFIX)
                 header, size, sha = write_payload(self.store, version, base, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            signature = sign_message_file(self.key, tmp)
+            signature = sign_manifest(self.key, size, sha)  # 62 bytes, not the payload
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """Snapshot pull (SPEC §3, §9): chunked, resumable, verified, then one atomic swap.
 
-The bytes received so far live in ``<data dir>/sync/pull.part`` (the signed message:
-``signing.PREFIX``, then the payload, so it is verified in place) beside ``pull.json``
+The bytes received so far live in ``<data dir>/sync/pull.part`` (exactly the payload,
+verified in place and applied from there) beside ``pull.json``
 (the bundle's header and how many payload bytes are safely on disk). The part file is
 fsynced every `SYNC_EVERY_BYTES` and when the stream ends, and ``pull.json`` is written
 only after such an fsync, so it never claims bytes a crash could lose.
@@ -10,7 +10,7 @@ bundle (``want_version``) from that offset; the hub rebuilds bundles determinist
 and the SHA-256 in the header tells the agent whether it is still the same bundle (if
 not, it starts again from 0).
 
-Nothing reaches the cache before every check in `signing.verify_message_file` has passed; then
+Nothing reaches the cache before every check in `signing.verify_file` has passed; then
 `Agent.load_snapshot` swaps it in one SQLite transaction. A refused snapshot is logged,
 recorded for `status`, and the cache keeps serving the version it had.
 """
@@ -55,7 +55,7 @@ DEFAULT_MAX_BYTES = 8 * 1024 * MIB
 SYNC_EVERY_BYTES = 32 * MIB
 SYNC_EVERY_S = 1.0
 SPACE_MARGIN = 64 * MIB
-LAYOUT = 2  # pull.part holds the signed message: signing.PREFIX, then the payload
+LAYOUT = 3  # pull.part holds the payload alone; the signature covers its manifest (v3)
 
 
 class SyncBusy(TillpointError):
@@ -100,7 +100,7 @@ class _Partial:
     signature: str
     issued_at: str
     expires_at: str
-    offset: int  # payload bytes on disk (pull.part holds len(PREFIX) more)
+    offset: int  # payload bytes safely on disk in pull.part
     layout: int = 0
 
     @classmethod
@@ -207,7 +207,7 @@ class Puller:
             and partial.version > current
             and partial.base_version in (0, current)
             and self.part.exists()
-            and self.part.stat().st_size >= len(signing.PREFIX) + partial.offset
+            and self.part.stat().st_size >= partial.offset
         )
         if not usable:
             self._discard()
@@ -322,8 +322,8 @@ class Puller:
                         self._check_space(partial.total_size, partial.offset)
                         resumed_from = partial.offset
                         fh = open(self.part, "r+b", buffering=1 << 20)  # noqa: SIM115
-                        fh.truncate(len(signing.PREFIX) + partial.offset)
-                        fh.seek(len(signing.PREFIX) + partial.offset)
+                        fh.truncate(partial.offset)
+                        fh.seek(partial.offset)
                         log.info("resuming snapshot %d at byte %d", chunk.version, received)
                     else:
                         if chunk.offset != 0:
@@ -334,10 +334,6 @@ class Puller:
                         partial = incoming
                         received = durable = 0
                         fh = open(self.part, "wb", buffering=1 << 20)  # noqa: SIM115
-                        # The file is the signed message: verified in place, no copy.
-                        fh.write(signing.PREFIX)
-                        fh.flush()  # the prefix is on disk before pull.json names the file
-                        os.fsync(fh.fileno())
                         self._save_meta(partial)
                     keep = True
                 assert partial is not None and fh is not None
@@ -454,9 +450,9 @@ class Puller:
 
     def _apply(self, partial: _Partial, current: int, resumed_from: int) -> PullResult:
         try:
-            # Verified and applied from a read-only mapping of the downloaded file (which
-            # is the signed message): a chain-sized payload is never read into memory.
-            with signing.verify_message_file(
+            # The download is hashed in blocks and the signature checked over its
+            # manifest; then applied from the file by path. Nothing maps or holds it.
+            with signing.verify_file(
                 public_key=self.enrollment.snapshot_public_key(),
                 path=self.part,
                 signature=base64.b64decode(partial.signature),

@@ -4,24 +4,35 @@ The payload is the snapshot exactly as the hub serialised it: JSON Lines in the 
 `tillpoint.snapshot/jsonl` (a header line, then each section's rows), which the agent
 applies row by row, so a chain-sized snapshot never has to be one object in memory. A
 snapshot is the same for every device (docs/PROTOCOL.md §3), so the Ed25519 signature
-covers ``PREFIX + payload`` with ``PREFIX = b"tillpoint.snapshot.v2\\0"`` (domain
-separation: these bytes are never a valid message of any other use of the key, nor of
-the per-device v1 signatures, which bound ``device_id`` too). The hub writes a full
-snapshot to disk as exactly the signed message, signs it from a memory map and serves the
-payload from ``len(PREFIX)`` on; a till writes its download the same way, so neither
-side ever holds or copies a chain-sized payload to sign or verify it.
+covers a small **manifest** of the payload, not the payload itself::
+
+    MANIFEST_PREFIX + size.to_bytes(8, "big") + sha256(payload)
+
+with ``MANIFEST_PREFIX = b"tillpoint.snapshot.v3\\0"`` (62 bytes in all). The prefix is
+domain separation: these bytes are never a valid message of any other use of the key,
+nor of the older v2 (``b"tillpoint.snapshot.v2\\0" + payload``) or per-device v1
+signatures. Ed25519 has no streaming form, so signing the payload meant holding (or
+mapping) all of it; the manifest lets both sides hash the payload in fixed-size blocks
+and sign or verify 62 bytes. It is as strong as before as long as SHA-256 is collision
+and second-preimage resistant: a different payload with the same size and digest would
+be needed to reuse a signature (docs/PROTOCOL.md §2).
 
 An agent accepts a snapshot only when, in this order: the payload is not larger than
-declared (nor than the agent's limit), its SHA-256 matches, the signature verifies with
-the hub's key from the enrolment bundle, it parses as a snapshot whose version is the
+declared (nor than the agent's limit), its SHA-256 matches the declared one, the
+signature verifies over the manifest of the size and digest it computed itself, with the
+hub's key from the enrolment bundle, it parses as a snapshot whose version is the
 declared one and strictly newer than the cache's, and its ``expiresAt`` is present and
 in the future. Only then does the atomic swap run (``Agent.load_snapshot``).
 
 On disk (``tillpoint hub export`` writes it, ``tillpoint snapshot load`` reads it) a signed
 bundle is one JSON document::
 
-    {"format": "tillpoint-signed-snapshot/1", "deviceId": "till-1",
-     "signature": "<base64>", "payload": "<base64 of the exact snapshot JSON>"}
+    {"format": "tillpoint-signed-snapshot/3", "version": 7, "baseVersion": 0,
+     "size": 1234, "sha256": "<hex>", "signature": "<base64>",
+     "payload": "<base64 of the exact payload>"}
+
+``size`` and ``sha256`` are informative (the till recomputes both); files of formats
+/1 and /2 carry signatures of the older messages and are refused with a hint.
 """
 
 from __future__ import annotations
@@ -32,8 +43,7 @@ import contextlib
 import hashlib
 import io
 import json
-import mmap
-import shutil
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,29 +58,47 @@ if TYPE_CHECKING:
     from tillpoint.agent.cache import CacheInfo
     from tillpoint.agent.service import Agent
 
-PREFIX = b"tillpoint.snapshot.v2\x00"  # the one definition of what a signature covers
-FILE_FORMAT = "tillpoint-signed-snapshot/2"
-OLD_FILE_FORMAT = "tillpoint-signed-snapshot/1"
+# The one definition of what a signature covers: this prefix, the payload's size (8 bytes,
+# big-endian), its SHA-256 (32 bytes).
+MANIFEST_PREFIX = b"tillpoint.snapshot.v3\x00"
+FILE_FORMAT = "tillpoint-signed-snapshot/3"
+OLD_FILE_FORMATS = ("tillpoint-signed-snapshot/1", "tillpoint-signed-snapshot/2")
 MAX_CHUNK = 1024 * 1024  # the protocol's chunk limit (SnapshotChunk.data)
+HASH_BLOCK = 1024 * 1024  # a file is hashed in blocks of this size into one buffer
 SNAPSHOT_JSONL = "tillpoint.snapshot/jsonl"  # the payload format (agent/snapshot_stream.py)
 
 
-def signed_message(payload: bytes) -> bytes:
-    return PREFIX + payload
+def manifest(size: int, sha256: bytes) -> bytes:
+    """The signed message of a payload of `size` bytes whose SHA-256 is `sha256`."""
+    if len(sha256) != 32 or not 0 <= size < 1 << 64:
+        raise ValueError("a manifest needs a 32-byte SHA-256 and a size below 2**64")
+    return MANIFEST_PREFIX + size.to_bytes(8, "big") + sha256
+
+
+def sign_manifest(key: ed25519.Ed25519PrivateKey, size: int, sha256: bytes) -> bytes:
+    return key.sign(manifest(size, sha256))
 
 
 def sign(key: ed25519.Ed25519PrivateKey, payload: bytes) -> bytes:
-    return key.sign(signed_message(payload))
+    return sign_manifest(key, len(payload), hashlib.sha256(payload).digest())
 
 
-def sign_message_file(key: ed25519.Ed25519PrivateKey, path: Path) -> bytes:
-    """Sign a file that holds exactly the signed message (PREFIX + payload), from a
-    read-only memory map (cryptography's Ed25519 `sign` takes any buffer)."""
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if mm[: len(PREFIX)] != PREFIX:
-            raise ValueError(f"{path} does not start with the signing prefix")
-        with memoryview(mm) as whole:
-            return key.sign(whole)
+def hash_file(path: Path, start: int = 0) -> tuple[int, bytes]:
+    """(size, SHA-256) of `path` from `start` on, read in `HASH_BLOCK` blocks into one
+    reused buffer (no memory map: mapped pages would count in the process's RSS)."""
+    digest = hashlib.sha256()
+    size = 0
+    buf = bytearray(HASH_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fh.fileno(), start, 0, os.POSIX_FADV_SEQUENTIAL)
+        fh.seek(start)
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+            size += n
+    view.release()
+    return size, digest.digest()
 
 
 def canonical_json(doc: Any) -> bytes:
@@ -109,6 +137,8 @@ class SignedSnapshot:
             "format": FILE_FORMAT,
             "version": self.version,
             "baseVersion": self.base_version,
+            "size": self.size,
+            "sha256": self.sha256.hex(),
             "signature": base64.b64encode(self.signature).decode(),
             "payload": base64.b64encode(self.payload).decode(),
         }
@@ -122,6 +152,8 @@ def write_signed_file(out: TextIO, bundle: Any) -> None:
             "format": FILE_FORMAT,
             "version": bundle.version,
             "baseVersion": bundle.base_version,
+            "size": bundle.size,
+            "sha256": bundle.sha256.hex(),
             "signature": base64.b64encode(bundle.signature).decode(),
         }
     )
@@ -134,15 +166,16 @@ def write_signed_file(out: TextIO, bundle: Any) -> None:
 
 
 def is_signed_file(doc: Any) -> bool:
-    return isinstance(doc, dict) and doc.get("format") in (FILE_FORMAT, OLD_FILE_FORMAT)
+    return isinstance(doc, dict) and doc.get("format") in (FILE_FORMAT, *OLD_FILE_FORMATS)
 
 
 def from_file(doc: dict[str, Any]) -> tuple[bytes, bytes]:
     """(payload, signature) of a signed bundle file."""
-    if doc.get("format") == OLD_FILE_FORMAT:
+    if doc.get("format") in OLD_FILE_FORMATS:
         raise SnapshotRefused(
-            "signed snapshot file: format /1 (a per-device signature this till no longer"
-            " accepts): export it again with `tillpoint hub export`"
+            f"signed snapshot file: format /{str(doc['format']).rsplit('/', 1)[-1]} (a"
+            " signature this till no longer accepts): export it again with"
+            " `tillpoint hub export`"
         )
     try:
         payload = base64.b64decode(str(doc["payload"]), validate=True)
@@ -171,8 +204,9 @@ def verify(
 ) -> VerifiedSnapshot:
     """Every check before the swap; returns the parsed snapshot or raises SnapshotRefused."""
     _check_size(len(payload), declared_size)
-    _check_sha256(payload, declared_sha256)
-    _check_signature(public_key, signature, signed_message(payload))
+    digest = hashlib.sha256(payload).digest()
+    _check_sha256(digest, declared_sha256)
+    _check_signature(public_key, signature, len(payload), digest)
     header = read_header(payload)
     check_header(header, current_version, now, declared_version)
     return VerifiedSnapshot(header, payload)
@@ -184,16 +218,18 @@ def _check_size(size: int, declared: int | None) -> None:
         raise SnapshotRefused(f"snapshot refused: {what} ({size} of {declared} bytes)")
 
 
-def _check_sha256(payload: bytes | memoryview, declared: bytes | None) -> None:
-    if declared is not None and hashlib.sha256(payload).digest() != declared:
+def _check_sha256(digest: bytes, declared: bytes | None) -> None:
+    if declared is not None and digest != declared:
         raise SnapshotRefused("snapshot refused: its checksum does not match (corrupted)")
 
 
 def _check_signature(
-    public_key: ed25519.Ed25519PublicKey, signature: bytes, message: bytes | memoryview
+    public_key: ed25519.Ed25519PublicKey, signature: bytes, size: int, digest: bytes
 ) -> None:
+    """The signature over the manifest of what was computed here (never of what the hub
+    declared beside the data)."""
     try:
-        public_key.verify(signature, message)
+        public_key.verify(signature, manifest(size, digest))
     except InvalidSignature:
         raise SnapshotRefused(
             "snapshot refused: the signature is not the hub's (tampered, corrupted, or signed"
@@ -202,102 +238,35 @@ def _check_signature(
 
 
 class VerifiedFile:
-    """A downloaded snapshot whose checks passed, verified and applied from one mmap.
+    """A payload file on disk whose checks passed. Nothing is held open or mapped: a
+    JSON Lines snapshot is applied from the file by path (a full one by the agent's
+    build processes, which read it themselves)."""
 
-    Ed25519 needs the whole signed message as one buffer. The file holds exactly that
-    message (PREFIX, then the payload), so it is mapped read-only instead of read into
-    memory: the signature, the checksum and the rows that are applied all come from the
-    same mapped bytes, and the process's anonymous memory stays flat. Mapped pages are
-    page cache (counted as RssFile while mapped, dropped on close).
-    """
-
-    def __init__(
-        self,
-        header: dict[str, Any],
-        message: Path,
-        mm: mmap.mmap,
-        start: int,
-        temporary: bool = False,
-    ) -> None:
+    def __init__(self, header: dict[str, Any], path: Path) -> None:
         self.header = header
-        self._message = message
-        self._mm = mm
-        self._start = start
-        self._temporary = temporary
+        self.path = path
 
     @property
     def jsonl(self) -> bool:
         return self.header.get("format") == SNAPSHOT_JSONL
 
     def lines(self) -> Iterator[bytes]:
-        self._mm.seek(self._start)
-        return iter(self._mm.readline, b"")
+        with open(self.path, "rb") as fh:
+            yield from fh
 
     def apply(self, agent: Agent) -> CacheInfo:
-        """A JSON Lines snapshot is applied from the verified file itself: a full one is
-        built by child processes reading the payload after the prefix (`cache_build`)."""
         if self.jsonl:
-            return agent.load_snapshot_file(self._message, self._start)
+            return agent.load_snapshot_file(self.path, 0)
         return agent.load_snapshot(self.header)
 
     def close(self) -> None:
-        self._mm.close()
-        if self._temporary:
-            self._message.unlink(missing_ok=True)
+        return None
 
     def __enter__(self) -> VerifiedFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def verify_message_file(
-    *,
-    public_key: ed25519.Ed25519PublicKey,
-    path: Path,
-    signature: bytes,
-    current_version: int,
-    now: datetime,
-    declared_version: int | None = None,
-    declared_size: int | None = None,
-    declared_sha256: bytes | None = None,
-    temporary: bool = False,
-) -> VerifiedFile:
-    """`verify` for a file that holds the signed message (PREFIX + payload), with memory
-    that does not grow with its size: the same checks in the same order. Use the result
-    as a context manager (it holds the mapping; `temporary`: the file goes with it)."""
-    ok = False
-    mm: mmap.mmap | None = None
-    try:
-        size = path.stat().st_size - len(PREFIX)
-        _check_size(max(size, 0), declared_size)
-        if size <= 0:
-            raise SnapshotRefused("snapshot refused: the payload is empty")
-        with path.open("rb") as fh:
-            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        if mm[: len(PREFIX)] != PREFIX:
-            raise SnapshotRefused("snapshot refused: the download does not hold a signed message")
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-        body = memoryview(mm)[len(PREFIX) :]
-        try:
-            _check_sha256(body, declared_sha256)
-        finally:
-            body.release()
-        with memoryview(mm) as whole:  # released before the mapping can be closed
-            _check_signature(public_key, signature, whole)
-        mm.seek(len(PREFIX))
-        first = mm.readline()
-        header = read_header(first if SNAPSHOT_JSONL.encode() in first else mm[len(PREFIX) :])
-        check_header(header, current_version, now, declared_version)
-        ok = True
-        return VerifiedFile(header, path, mm, len(PREFIX), temporary)
-    finally:
-        if not ok:
-            if mm is not None:
-                mm.close()
-            if temporary:
-                path.unlink(missing_ok=True)
 
 
 def verify_file(
@@ -311,28 +280,23 @@ def verify_file(
     declared_size: int | None = None,
     declared_sha256: bytes | None = None,
 ) -> VerifiedFile:
-    """`verify` for a bare payload on disk: the signed message is written next to it
-    (PREFIX, then the payload copied in 1 MiB blocks) as `<path>.msg`, which goes when the
-    result is closed; then `verify_message_file`."""
-    size = path.stat().st_size
-    _check_size(size, declared_size)
+    """`verify` for a payload on disk, with memory that does not grow with its size: the
+    file is hashed in blocks (`hash_file`), then the same checks in the same order."""
+    path = Path(path)
+    _check_size(path.stat().st_size, declared_size)
+    size, digest = hash_file(path)
+    _check_size(size, declared_size)  # the file changed under us
     if size == 0:
         raise SnapshotRefused("snapshot refused: the payload is empty")
-    message = path.with_name(path.name + ".msg")
-    with path.open("rb") as src, message.open("wb") as dst:
-        dst.write(PREFIX)
-        shutil.copyfileobj(src, dst, 1024 * 1024)
-    return verify_message_file(
-        public_key=public_key,
-        path=message,
-        signature=signature,
-        current_version=current_version,
-        now=now,
-        declared_version=declared_version,
-        declared_size=declared_size,
-        declared_sha256=declared_sha256,
-        temporary=True,
-    )
+    _check_sha256(digest, declared_sha256)
+    _check_signature(public_key, signature, size, digest)
+    with open(path, "rb") as fh:
+        first = fh.readline()
+        if not (first.lstrip().startswith(b"{") and SNAPSHOT_JSONL.encode() in first):
+            first = first + fh.read()  # a plain JSON document (small): read whole
+    header = read_header(first)
+    check_header(header, current_version, now, declared_version)
+    return VerifiedFile(header, path)
 
 
 @dataclass(frozen=True)

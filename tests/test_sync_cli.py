@@ -83,7 +83,7 @@ def test_hub_import_publish_enroll_and_sync_now(
             "--json",
         )
         assert code == 0 and doc["version"] == 1
-        assert json.loads(exported.read_text())["format"] == "tillpoint-signed-snapshot/2"
+        assert json.loads(exported.read_text())["format"] == "tillpoint-signed-snapshot/3"
 
         code, doc, _ = run(capsys, "hub", "balance", "c-1", "--hub-dir", str(hub_dir), "--json")
         assert doc == {

@@ -28,7 +28,13 @@ from tillpoint.sync import load_snapshot_file, sync_status
 from tillpoint.sync.hub_server import Bundle, HubConfig, HubServicer
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data
 from tillpoint.sync.pull import NoSpace, Puller, PullInterrupted, cache_version
-from tillpoint.sync.signing import PREFIX, SignedSnapshot, sign, write_signed_file
+from tillpoint.sync.signing import (
+    MANIFEST_PREFIX,
+    SignedSnapshot,
+    manifest,
+    sign,
+    write_signed_file,
+)
 from tillpoint.sync.state import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -154,8 +160,18 @@ TAMPERING: dict[str, tuple[Callable[[SignedSnapshot], SignedSnapshot], str]] = {
         lambda b: replace(b, signature=sign_v1(b, DEVICE)),
         "signature",
     ),
+    "signed the whole payload (v2)": (
+        lambda b: replace(b, signature=_HUB_KEY[0].sign(b"tillpoint.snapshot.v2\0" + b.payload)),
+        "signature",
+    ),
     "signed without the prefix": (
         lambda b: replace(b, signature=_HUB_KEY[0].sign(b.payload)),
+        "signature",
+    ),
+    "signed a manifest without the prefix": (
+        lambda b: replace(
+            b, signature=_HUB_KEY[0].sign(manifest(b.size, b.sha256)[len(MANIFEST_PREFIX) :])
+        ),
         "signature",
     ),
 }
@@ -342,6 +358,17 @@ def test_an_enrolled_till_refuses_a_plain_file_and_takes_a_signed_one(
     old = {**signed, "format": "tillpoint-signed-snapshot/1", "deviceId": DEVICE}
     with pytest.raises(SnapshotRefused, match="format /1"):
         load_snapshot_file(till.agent, old)
+    v2 = {**signed, "format": "tillpoint-signed-snapshot/2"}
+    with pytest.raises(SnapshotRefused, match="format /2"):
+        load_snapshot_file(till.agent, v2)
+    v2_signed = {  # a /3 file carrying a v2 signature (the whole payload)
+        **signed,
+        "signature": base64.b64encode(
+            hub.server.builder.key.sign(b"tillpoint.snapshot.v2\0" + bundle.payload)
+        ).decode(),
+    }
+    with pytest.raises(SnapshotRefused, match="signature"):
+        load_snapshot_file(till.agent, v2_signed)
     assert cache_version(till.data_dir) == 0
     assert load_snapshot_file(till.agent, signed).version == 1
     # the same file, replayed on another till of the chain, is just as good there
@@ -367,7 +394,7 @@ def test_the_part_file_survives_only_until_applied(hub: LoopbackHub, till: Till)
     with pytest.raises(PullInterrupted):
         puller(till).pull()
     part = till.data_dir / "sync" / "pull.part"
-    assert part.stat().st_size == len(PREFIX) + 2 * 1024  # the signed message so far
+    assert part.stat().st_size == 2 * 1024  # the payload so far, nothing else
     rogue(hub).chunk_hook = None
     puller(till).pull()
     assert not part.exists()
@@ -449,7 +476,7 @@ def test_pull_json_never_claims_more_than_was_synced(hub: LoopbackHub, till: Til
         puller(till, sync_every_bytes=4 * 1024, sync_every_s=60).pull()
     offsets = [offset for offset, _ in seen]
     assert offsets == sorted(offsets) and set(offsets) <= {0, 4096, 8192}
-    assert all(len(PREFIX) + offset <= size for offset, size in seen)
+    assert all(offset <= size for offset, size in seen)
     assert json.loads(meta.read_text())["offset"] == 12 * 1024  # made durable on the way out
     rogue(hub).chunk_hook = None
     assert puller(till).pull().resumed_from == 12 * 1024
@@ -472,3 +499,107 @@ def test_snapshot_files_of_another_publication_are_not_served(tmp_path: Path) ->
         assert fresh.bundle(1, 0).issued_at != built.issued_at
     finally:
         again.server.store.close()
+
+
+# ---------------------------------------------------------------- memory while verifying
+
+_VERIFY_RSS = """
+import sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from tillpoint.sync import signing
+
+def status():
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+
+path, key_hex, sig_hex = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex))
+before = status()
+verified = signing.verify_file(
+    public_key=key, path=path, signature=bytes.fromhex(sig_hex), current_version=1,
+    now=datetime.now(UTC), declared_version=2, declared_size=path.stat().st_size,
+)
+after = status()
+print(before["VmHWM"], after["VmHWM"], after["RssAnon"], after["RssFile"])
+print(verified.header["version"])
+"""
+
+
+def test_verifying_a_big_download_does_not_grow_the_tills_memory(tmp_path: Path) -> None:
+    """A ~200 MB payload is hashed in blocks: the verifying process's peak RSS (VmHWM:
+    anonymous and file-backed pages, so a memory map would show) grows by a few MB."""
+    import subprocess
+    import sys
+
+    expires = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    head = json.dumps(
+        {"format": "tillpoint.snapshot/jsonl", "version": 2, "expiresAt": expires}
+    ).encode()
+    path = tmp_path / "pull.part"
+    line = b'{"sku":"0000000000000","name":"' + b"x" * 990 + b'"}\n'
+    digest = hashlib.sha256()
+    with path.open("wb") as fh:
+        for block in (head + b"\n", *(line * 1024 for _ in range(200))):
+            fh.write(block)
+            digest.update(block)
+    size = path.stat().st_size
+    assert size > 200 * 1024 * 1024
+    key = ed25519.Ed25519PrivateKey.generate()
+    signature = key.sign(manifest(size, digest.digest()))
+    public = key.public_key().public_bytes_raw().hex()
+    out = subprocess.run(
+        [sys.executable, "-c", _VERIFY_RSS, str(path), public, signature.hex()],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    hwm_before, hwm_after, anon, file_kb, version = map(int, out)
+    assert version == 2
+    assert hwm_after - hwm_before < 16 * 1024, out  # kB: not the 200 MB payload
+    assert anon + file_kb < hwm_before + 16 * 1024, out
+    # the same file with one byte changed is refused, with the same flat memory
+    with path.open("r+b") as fh:
+        fh.seek(size // 2)
+        fh.write(b"y")
+    failed = subprocess.run(
+        [sys.executable, "-c", _VERIFY_RSS, str(path), public, signature.hex()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode != 0 and "signature is not the hub's" in failed.stderr
+
+
+def test_verifying_and_applying_a_pull_maps_nothing(
+    hub: LoopbackHub, till: Till, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmap
+
+    def refuse(*args: object, **kw: object) -> None:
+        raise AssertionError("the till mapped a file")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    # verified here; a full snapshot is then built by the agent's own child processes
+    assert puller(till).pull().status == "APPLIED"
+
+
+def test_snapshot_files_signed_the_v2_way_are_built_again(hub: LoopbackHub) -> None:
+    from tillpoint.sync.hub_server import SnapshotBuilder
+
+    builder = hub.server.builder
+    built = builder.bundle(1, 0)
+    meta = built.path.with_suffix(".json")
+    doc = json.loads(meta.read_text())
+    del doc["signed"]  # as a hub before the manifest signature wrote it
+    meta.write_text(json.dumps(doc))
+    fresh = SnapshotBuilder(hub.server.store, builder.key, builder.dir)
+    assert fresh.full_ready(1) is None and not built.path.exists()
+    again = fresh.bundle(1, 0)
+    assert (again.sha256, again.signature) == (built.sha256, built.signature)
