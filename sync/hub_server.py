@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, NoReturn, Protocol
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import StorageError, TillpointError
 from tillpoint.agent.models import _timestamp
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -340,7 +341,7 @@ class SnapshotBuilder:
         with open(meta_tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(meta_tmp, self.dir / f"{name}.json")
-        _fsync_dir(self.dir)
+        fsync_path(self.dir)
         return snap
 
     def _prune(self) -> None:
@@ -492,14 +493,6 @@ class SnapshotBuilder:
             return self._get(version, 0)
         with self._deltas:  # deltas of a big change take a while: two at a time
             return self._get(version, base)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- notifications
