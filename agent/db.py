@@ -457,8 +457,8 @@ class Checkpointer:
                     self._commits = 0
                     try:
                         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    except sqlite3.Error:
-                        log.warning("ledger checkpoint failed; retried later", exc_info=True)
+                    except sqlite3.Error as exc:  # e.g. a full disk: the WAL just waits
+                        log.warning("ledger checkpoint failed (%s); retried later", exc)
         finally:
             conn.close()
 

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import socket
 import sqlite3
@@ -548,11 +549,12 @@ def _hub_apply(
         )
         run_env = {k: v for k, v in env.items() if k != "TILLPOINT_DEVICE_ID"}
         start = time.perf_counter()
+        till_log = work / "hub-till.log"
         proc = subprocess.Popen(
             [EXE, "--config", conf, "--data-dir", till, "run"],
             env=run_env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=till_log.open("wb"),
         )
         peak, peak_anon, applied = 0.0, 0.0, False
         limit = 3600.0 if scale_name == "chain" else 300.0
@@ -566,6 +568,7 @@ def _hub_apply(
             time.sleep(0.05)
         took = time.perf_counter() - start
         chain = scale_name == "chain"
+        phases = _pull_phases(till_log) if applied else {}
         figure(
             "full snapshot apply from the hub",
             "<= 60 s",
@@ -577,6 +580,7 @@ def _hub_apply(
                 "hub_build_wait_s": round(hub_wait_s, 2),
                 "snapshot_mb": round(built.size / 1e6, 1) if built else None,
                 "end_to_end_mb_s": round(built.size / 1e6 / took, 1) if built and applied else None,
+                **phases,
             },
             (applied and took <= 60) if chain else None,
         )
@@ -606,6 +610,21 @@ def _rss_and_anon_mb(pid: int) -> tuple[float, float]:
         if key in found:
             found[key] = int(value.split()[0]) / 1024
     return found["VmRSS"], found["RssAnon"]
+
+
+def _pull_phases(log_path: Path, wait_s: float = 5.0) -> dict[str, float]:
+    """The till's own account of its pull (sync/pull.py logs the phases once applied)."""
+    pattern = re.compile(
+        r"received in ([0-9.]+) s, verified in ([0-9.]+) s, applied in ([0-9.]+) s"
+    )
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        found = pattern.search(log_path.read_text(errors="replace"))
+        if found:
+            received, verified, applied = (float(x) for x in found.groups())
+            return {"till_receive_s": received, "till_verify_s": verified, "till_apply_s": applied}
+        time.sleep(0.1)
+    return {}
 
 
 def _cache_version(path: Path) -> int:

@@ -192,6 +192,7 @@ class Puller:
         self.clock = clock or agent.clock
         self.dir = sync_dir(agent.data_dir)
         self.part = self.dir / "pull.part"
+        self._started = self._downloaded = time.monotonic()  # the last pull's phases
         self.meta = self.dir / "pull.json"
 
     # ------------------------------------------------------------ partial download
@@ -286,6 +287,7 @@ class Puller:
         # No chunk for call_timeout_s: the link is dead even if TCP has not noticed. The
         # first chunk may take longer: the hub may wait for a full snapshot being built.
         watchdog = _Watchdog(call, self.call_timeout_s, first_s=self.first_chunk_timeout_s)
+        self._started = time.monotonic()
         resumed_from = 0
         received = partial.offset if partial else 0
         fh: IO[bytes] | None = None
@@ -392,6 +394,7 @@ class Puller:
             raise PullInterrupted(
                 f"the snapshot stream ended at byte {received} of {partial.total_size}; will resume"
             )
+        self._downloaded = time.monotonic()
         return self._apply(partial, current, resumed_from)
 
     def _check_space(self, total: int, offset: int) -> None:
@@ -462,15 +465,21 @@ class Puller:
                 declared_size=partial.total_size,
                 declared_sha256=bytes.fromhex(partial.sha256),
             ) as verified:
+                verified_at = time.monotonic()
                 verified.apply(self.agent)
         except SnapshotRefused as exc:
             return self._refused(partial, str(exc))
         self._discard()
+        done = time.monotonic()
         log.info(
-            "snapshot %d applied (%s, %d bytes)",
+            "snapshot %d applied (%s, %d bytes): received in %.1f s, verified in %.1f s,"
+            " applied in %.1f s",
             partial.version,
             "full" if partial.base_version == 0 else f"delta from {partial.base_version}",
             partial.total_size,
+            self._downloaded - self._started,
+            verified_at - self._downloaded,
+            done - verified_at,
         )
         return PullResult(
             "APPLIED",
