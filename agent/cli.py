@@ -152,6 +152,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .service import Agent
 
     agent = Agent(settings.data_dir, settings.device_id)
+    agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":

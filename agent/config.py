@@ -65,6 +65,7 @@ class Settings(BaseSettings):
 
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
     data_dir: Path = Field(default_factory=default_data_dir)
+    build_workers: int = Field(0, ge=0, le=16)  # full-snapshot build processes; 0: auto
     hub: HubSettings = HubSettings()
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()

@@ -220,6 +220,7 @@ def serve_forever(settings: Settings) -> int:
     logs.setup(settings.log.level, settings.log.format)
     lock = DataDirLock(settings.data_dir).acquire()
     agent = Agent(settings.data_dir, settings.device_id)
+    agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
     registry = Registry()
     agent.metrics = registry
     register_gauges(registry, agent)
