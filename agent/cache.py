@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 from .db import (
     BUILDING,
@@ -45,6 +45,7 @@ from .models import (
     SnapshotHeader,
 )
 
+T = TypeVar("T")
 _BATCH = 5000
 # The page cache of a full snapshot's build (KiB): the primary-key indexes of millions of
 # rows take random inserts; the agent's memory ceiling during an apply is 150 MB. At store
@@ -481,8 +482,9 @@ class CacheView:
         finally:
             conn.execute("COMMIT")
 
-    @property
+    @functools.cached_property
     def version(self) -> int:
+        """The snapshot version this view reads: fixed for its read transaction."""
         return _version(self.conn)
 
     def program(self) -> Program:
@@ -490,7 +492,7 @@ class CacheView:
             raw = _get(self.conn, "program")
             return Program() if raw is None else Program.model_validate_json(raw)
 
-        program: Program = self._remembered("program", load)
+        program: Program = self.remembered("program", load)
         return program
 
     def applied_through(self) -> dict[str, int]:
@@ -540,16 +542,18 @@ class CacheView:
                 out[sku] = ProductRow(sku, name, category, bool(excluded))
         return out
 
-    def _remembered(self, name: str, load: Callable[[], Any]) -> Any:
+    def remembered(self, name: str, load: Callable[[], T]) -> T:
+        """Something derived from the snapshot (the program, the category tree, the mass
+        offers and their index), made once per snapshot version and kept across views."""
         key = f"{name}@{self.version}"
         if key not in self._memo:
             for old in [k for k in self._memo if k.startswith(f"{name}@")]:
                 del self._memo[old]
             self._memo[key] = load()
-        return self._memo[key]
+        return cast(T, self._memo[key])
 
     def category_parents(self) -> Mapping[str, str | None]:
-        parents: Mapping[str, str | None] = self._remembered(
+        parents: Mapping[str, str | None] = self.remembered(
             "parents",
             lambda: dict(self.conn.execute("SELECT code, parent FROM categories").fetchall()),
         )
@@ -569,7 +573,7 @@ class CacheView:
                 "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
             )
         ]
-        mass: list[Offer] = self._remembered(
+        mass: list[Offer] = self.remembered(
             "mass",
             lambda: [
                 Offer.model_validate_json(doc)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol
 
 from . import cache as cache_mod
 from . import ledger
@@ -48,7 +48,6 @@ from .pricing import (
 from .refunds import SoldLine, apply_refund
 
 Clock = Callable[[], datetime]
-T = TypeVar("T")
 log = logging.getLogger("tillpoint.agent")
 
 
@@ -240,8 +239,7 @@ class Agent:
         ident = _require_card(identify(receipt.card, view))
         customer = ident.customer
         products = view.products(line.sku for line in receipt.lines)
-        version = view.version
-        lineage: dict[str, frozenset[str]] = self._per_version("ancestors", version, dict)
+        lineage: dict[str, frozenset[str]] = view.remembered("ancestors", dict)
         parents = view.category_parents()
 
         def categories_of(sku: str) -> frozenset[str]:
@@ -256,8 +254,8 @@ class Agent:
         applied = view.applied_through()
         offers = view.offers_for(customer.id) if customer else []
         before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
-        mass = self._per_version(
-            "mass-index", version, lambda: OfferIndex(o for o in offers if o.customer_id is None)
+        mass = view.remembered(
+            "mass-index", lambda: OfferIndex(o for o in offers if o.customer_id is None)
         )
         ctx = PricingContext(
             program=program,
@@ -320,16 +318,6 @@ class Agent:
             printed,
             applied,
         )
-
-    def _per_version(self, name: str, version: int, make: Callable[[], T]) -> T:
-        """Something derived from the snapshot, made once per snapshot version."""
-        key = f"{name}@{version}"
-        found = self._memo.get(key)
-        if found is None:
-            for old in [k for k in self._memo if k.startswith(f"{name}@")]:
-                del self._memo[old]
-            found = self._memo[key] = make()
-        return cast(T, found)
 
     def _redeem_cap(
         self,
