@@ -192,10 +192,7 @@ def _build(
         loaded = make(tmp)
         fsync_path(tmp)
         os.rename(tmp, final)  # nobody has it open; the switch fsyncs the directory
-    except sqlite3.Error as exc:
-        _discard(tmp, final)
-        raise StorageError(f"the cache could not be written, nothing was stored: {exc}") from None
-    except OSError as exc:
+    except (sqlite3.Error, OSError) as exc:
         _discard(tmp, final)
         raise StorageError(f"the cache could not be written, nothing was stored: {exc}") from None
     except BaseException:
@@ -291,42 +288,17 @@ def _discard(*paths: Path) -> None:
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
-def apply_snapshot(
-    conn: sqlite3.Connection,
-    header: SnapshotHeader,
-    rows: Iterable[Row],
-    now: datetime,
-    secret: bytes,
-) -> CacheInfo:
-    """Apply a snapshot in place, in one write transaction on `conn`: all of it or none.
-
-    A full snapshot (baseVersion 0) replaces everything; a delta applies only on top of
-    exactly its baseVersion. An older or equal version is refused and the cache stays.
-    Rows are consumed as they come (a streamed snapshot never sits in memory whole); a
-    bad row anywhere rolls the whole snapshot back. The agent uses `apply`, which builds
-    full snapshots into a new file instead.
-    """
-    with write_transaction(conn, "cache"):
-        _check(header, _version(conn))
-        _fill(conn, header, rows, now, secret)
-    return info(conn)
-
-
 def _fill(
     conn: sqlite3.Connection,
     header: SnapshotHeader,
     rows: Iterable[Row],
     now: datetime,
     secret: bytes,
-    after_batch: Callable[[], None] | None = None,
 ) -> None:
-    """The snapshot's rows and meta, inside the caller's transaction."""
-    if header.is_full:
-        for table in ROW_MODELS:
-            conn.execute(f"DELETE FROM {table}")
-        conn.execute("DELETE FROM applied_through")
+    """A delta's removals, rows and meta, inside the caller's transaction (a full
+    snapshot is built into a new generation instead: `_build`)."""
     _remove(conn, header.removed)
-    _write_rows(conn, rows, secret, replace=not header.is_full, after_batch=after_batch)
+    _write_rows(conn, rows, secret, replace=True)
     _write_meta(conn, header, now)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.cache import Row
-from tillpoint.agent.db import GENERATION, cache_file, open_cache
+from tillpoint.agent.db import GENERATION, cache_file
 from tillpoint.agent.errors import InputError, SnapshotRefused
 from tillpoint.agent.models import Snapshot, SnapshotHeader
 from tillpoint.agent.service import Agent
@@ -71,15 +72,12 @@ def test_a_full_snapshot_becomes_a_generation_and_old_ones_go(tmp_path: Path) ->
 
 
 def test_an_older_plain_cache_is_read_until_the_first_full_apply(tmp_path: Path) -> None:
-    conn = open_cache(tmp_path)  # an install from before generations: cache.db is a file
-    cache_mod.apply_snapshot(
-        conn,
-        Snapshot.model_validate(snapshot()).header,
-        cache_mod.rows_of(Snapshot.model_validate(snapshot())),
-        _now(),
-        b"k",
-    )
-    conn.close()
+    # An install from before generations: cache.db is a plain file with the snapshot.
+    built = Agent(tmp_path / "built", "till-1")
+    built.load_snapshot(snapshot())
+    built.close()
+    shutil.copyfile(cache_file(tmp_path / "built"), tmp_path / "cache.db")
+    shutil.copyfile(tmp_path / "built" / "phone.key", tmp_path / "phone.key")
     agent = Agent(tmp_path, "till-1")
     assert agent.status()["cacheVersion"] == 1
     assert agent.identify("2770000000024")["status"] == "FOUND"
