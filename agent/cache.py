@@ -218,23 +218,37 @@ class Settle:
         os.close(self._fd)
 
 
-def start_build(path: Path) -> tuple[sqlite3.Connection, Settle]:
-    """A new file with the cache's schema (from the migrations) and no secondary indexes
-    (`index_sql` has them), no journal, no fsyncs; and its `Settle`."""
+def open_build(path: Path) -> sqlite3.Connection:
+    """A connection to a build file: no journal, no fsyncs (`Settle` flushes), the build's
+    page cache."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA journal_mode = OFF")
         conn.execute("PRAGMA synchronous = OFF")
         conn.execute(f"PRAGMA cache_size = -{_BUILD_CACHE_KIB}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def write_part(path: Path, rows: Iterable[Row], secret: bytes) -> None:
+    """A new build file at `path` holding `rows`: the cache's schema (from the migrations)
+    without its secondary indexes (`index_sql` has them), the rows in one transaction."""
+    conn = open_build(path)
+    settle = Settle(path)
+    try:
         migrate(conn, cache_migrations)
         for (name,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
         ).fetchall():
             conn.execute(f'DROP INDEX "{name}"')
-        return conn, Settle(path)
-    except BaseException:
+        conn.execute("BEGIN")
+        _write_rows(conn, rows, secret, replace=False, after_batch=settle)
+        conn.execute("COMMIT")
+    finally:
         conn.close()
-        raise
+        settle.close()
 
 
 @functools.lru_cache(maxsize=1)
@@ -267,16 +281,13 @@ def finish_build(conn: sqlite3.Connection, header: SnapshotHeader, now: datetime
 def _make(
     tmp: Path, *, header: SnapshotHeader, rows: Iterable[Row], now: datetime, secret: bytes
 ) -> CacheInfo:
-    """The in-process build: every row validated and written here, in one transaction."""
-    conn, settle = start_build(tmp)
+    """The in-process build: every row validated and written here."""
+    write_part(tmp, rows, secret)
+    conn = open_build(tmp)
     try:
-        conn.execute("BEGIN")
-        _write_rows(conn, rows, secret, replace=False, after_batch=settle)
-        conn.execute("COMMIT")
         return finish_build(conn, header, now)
     finally:
         conn.close()
-        settle.close()
 
 
 def _discard(*paths: Path) -> None:

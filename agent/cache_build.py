@@ -354,12 +354,9 @@ def _make(
             _run_workers(data_dir, source, offset, plan, parts, timeout)
         if os.environ.get(FAULT_ENV) == "stall":  # tests: kill the coordinator here
             time.sleep(60)
-        conn = sqlite3.connect(tmp, isolation_level=None)
+        conn = cache_mod.open_build(tmp)
         settle = cache_mod.Settle(tmp)
         try:
-            conn.execute("PRAGMA journal_mode = OFF")
-            conn.execute("PRAGMA synchronous = OFF")
-            conn.execute(f"PRAGMA cache_size = -{cache_mod._BUILD_CACHE_KIB}")
             for part in parts[1:]:
                 _merge(conn, part, settle)
             return cache_mod.finish_build(conn, header, now)
@@ -491,14 +488,7 @@ def work(data_dir: Path, source: Path, offset: int, chunks: Sequence[Chunk], par
                     line = _newlines(fh, offset, start) + int(found.group(1))
                     raise type(exc)(f"snapshot line {line}: {exc.message[found.end() :]}") from None
 
-        conn, settle = cache_mod.start_build(part)
-        try:
-            conn.execute("BEGIN")
-            cache_mod._write_rows(conn, rows(), secret, replace=False, after_batch=settle)
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-            settle.close()
+        cache_mod.write_part(part, rows(), secret)
 
 
 def _newlines(fh: BinaryIO, start: int, end: int) -> int:
