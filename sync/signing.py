@@ -133,30 +133,25 @@ class SignedSnapshot:
         yield self.read
 
     def to_file(self) -> dict[str, Any]:
-        return {
-            "format": FILE_FORMAT,
-            "version": self.version,
-            "baseVersion": self.base_version,
-            "size": self.size,
-            "sha256": self.sha256.hex(),
-            "signature": base64.b64encode(self.signature).decode(),
-            "payload": base64.b64encode(self.payload).decode(),
-        }
+        return {**_file_head(self), "payload": base64.b64encode(self.payload).decode()}
+
+
+def _file_head(bundle: Any) -> dict[str, Any]:
+    """A signed file's fields but its payload."""
+    return {
+        "format": FILE_FORMAT,
+        "version": bundle.version,
+        "baseVersion": bundle.base_version,
+        "size": bundle.size,
+        "sha256": bundle.sha256.hex(),
+        "signature": base64.b64encode(bundle.signature).decode(),
+    }
 
 
 def write_signed_file(out: TextIO, bundle: Any) -> None:
     """The signed file of a bundle (SignedSnapshot or the hub's FileSnapshot), its payload
     base64-encoded block by block, so a chain-sized one is never whole in memory."""
-    head = json.dumps(
-        {
-            "format": FILE_FORMAT,
-            "version": bundle.version,
-            "baseVersion": bundle.base_version,
-            "size": bundle.size,
-            "sha256": bundle.sha256.hex(),
-            "signature": base64.b64encode(bundle.signature).decode(),
-        }
-    )
+    head = json.dumps(_file_head(bundle))
     out.write(head[:-1] + ', "payload": "')
     block = 3 * 256 * 1024  # a multiple of 3: the pieces join into one base64 text
     with bundle.reader() as read:
@@ -249,10 +244,6 @@ class VerifiedFile:
     @property
     def jsonl(self) -> bool:
         return self.header.get("format") == SNAPSHOT_JSONL
-
-    def lines(self) -> Iterator[bytes]:
-        with open(self.path, "rb") as fh:
-            yield from fh
 
     def apply(self, agent: Agent) -> CacheInfo:
         if self.jsonl:
