@@ -263,3 +263,75 @@ def test_grpc_hold_confirm_cancel(stub: pb_grpc.PosAgentStub, clock: Clock) -> N
     assert "hold expired" in (err.value.details() or "")
     quote = stub.Quote(request, timeout=TIMEOUT)
     assert quote.state == pb.RECEIPT_STATE_UNSPECIFIED  # a quote has no state
+
+
+# ---------------------------------------------------------------- with a real hub
+
+
+def hub_holds(hub: Any) -> dict[str, tuple[str, int, str]]:
+    """receipt_id → (state, points, expires_at) of the hub's holds."""
+    with hub.store._read() as conn:
+        rows = conn.execute("SELECT receipt_id, state, points, expires_at FROM holds").fetchall()
+    return {str(r): (str(s), int(p), str(e)) for r, s, p, e in rows}
+
+
+def test_hub_holds_follow_the_receipt(tmp_path: Path) -> None:
+    """Placed at Hold (for the program's TTL), released at Cancel and at expiry, settled
+    by the transaction after Confirm; the fiscal document reaches the hub."""
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, timings, wait_for
+    from tillpoint.sync.loopback import receipt as hub_receipt
+    from tillpoint.sync.pull import Puller, cache_version
+    from tillpoint.sync.push import Pusher
+
+    data = sample_master_data()
+    data["program"]["holdTtlSeconds"] = 120
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    clock = Clock(datetime.now(UTC))
+    slow_ok = timings(redeem_timeout_s=3.0)
+    till = hub.till("till-1", tmp_path / "till", start=False, clock=clock, timings=slow_ok)
+    other = hub.till("till-2", tmp_path / "till2", start=False, timings=slow_ok)
+    try:
+        for t in (till, other):
+            Puller(t.agent, t.link, t.link.enrollment, call_timeout_s=2).pull()
+            wait_for(lambda t=t: cache_version(t.data_dir) == 1)
+        card = "2770000000017"  # c-1: 1200 points at the hub
+        lines = [{"sku": "4601234000017", "qty": "1", "amountMinor": 500_000}]
+
+        def sale(rid: str, redeem: int) -> dict[str, Any]:
+            return hub_receipt(rid, card, at=clock.now, redeem=redeem, lines=lines)
+
+        held = till.agent.hold(sale("h-1", 1000))
+        assert (held["mode"], held["redeemedPoints"]) == ("ONLINE", 1000)
+        state, points, expires = hub_holds(hub)["h-1"]
+        assert (state, points) == ("ACTIVE", 1000)
+        # held for the program's TTL (and the till's margin), not the hub's own 900 s
+        left = datetime.fromisoformat(expires.replace("Z", "+00:00")) - datetime.now(UTC)
+        assert timedelta(seconds=120) < left <= timedelta(seconds=180)
+        assert other.agent.checkout(sale("o-1", 1200))["redeemedPoints"] == 200
+
+        till.agent.cancel("h-1")  # released at the hub at once
+        assert "h-1" not in hub_holds(hub)
+        assert till.agent.hold(sale("h-2", 600))["redeemedPoints"] == 600
+        assert hub_holds(hub)["h-2"][:2] == ("ACTIVE", 600)
+
+        clock.advance(121)  # nobody asks: the sweep expires it and releases it
+        assert till.agent.sweep_holds() == 1
+        assert "h-2" not in hub_holds(hub)
+
+        held = till.agent.hold(sale("h-3", 300))
+        assert held["redeemedPoints"] == 300
+        done = till.agent.confirm("h-3", "FD-0042")
+        assert done["redeemedPoints"] == 300
+        assert hub_holds(hub)["h-3"][:2] == ("ACTIVE", 300)  # until its transaction arrives
+        Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2).drain()
+        assert hub_holds(hub)["h-3"][:2] == ("SETTLED", 300)
+        with hub.store._read() as conn:
+            fiscal = conn.execute(
+                "SELECT fiscal_document FROM transactions WHERE receipt_id = 'h-3'"
+            ).fetchone()
+        assert fiscal == ("FD-0042",)
+        assert hub.store.balance("c-1", datetime.now(UTC)).held == 200  # o-1, not yet sent
+    finally:
+        till.stop()
+        other.stop()
+        hub.stop()
