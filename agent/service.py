@@ -290,9 +290,10 @@ class Agent:
                 if self._stored_receipt(receipt_id) is not None:
                     raise Refused(f"receipt {receipt_id} is confirmed: use a refund")
                 raise NotFound(f"receipt {receipt_id} is not held at this till")
-            state, held, hub_hold = row[0], json.loads(row[2]), bool(row[6])
+            state, hub_hold = row[0], bool(row[6])
             if state == "CONFIRMED":
                 raise Refused(f"receipt {receipt_id} is confirmed: use a refund")
+            held = json.loads(row[2])
             release = state == "HELD" and hub_hold
             if state != "CANCELLED":
                 self._ledger.execute(
@@ -438,9 +439,10 @@ class Agent:
         result = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
         )
+        # The receipt's own rows keep the request and the result from now on.
         self._ledger.execute(
-            "UPDATE receipt_life SET state = 'CONFIRMED', closed_at = ?, fiscal_document = ?"
-            " WHERE receipt_id = ?",
+            "UPDATE receipt_life SET state = 'CONFIRMED', closed_at = ?, fiscal_document = ?,"
+            " request = '', held_result = '', figures = '{}' WHERE receipt_id = ?",
             (ledger.utc_text(now), fiscal_document, receipt_id),
         )
         return result

@@ -108,6 +108,10 @@ def test_hold_reserves_and_confirm_commits_exactly_the_held_figures(
     assert count(till, "outbox") == 1 and count(till, "print_jobs") == 1
     with pytest.raises(Refused, match="use a refund"):
         till.cancel("r1")
+    # a confirmed receipt refunds like any other
+    refund = {"refundId": "rf1", "receiptId": "r1", "at": "2026-11-24T12:00:00+03:00"}
+    back = till.refund({**refund, "lines": [{"sku": "4601234000017", "qty": "2"}]})
+    assert back["returnedPoints"] == 40 and back["takenBackPoints"] == held["earnedPoints"]
 
 
 def test_the_same_receipt_id_with_another_body_is_a_conflict(till: Agent) -> None:
