@@ -240,7 +240,7 @@ class Agent:
         receipt = parse(Receipt, data, "receipt")
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
-            state, result = self._hold(receipt, view)
+            state, result = self._hold(receipt, view, confirm_now=True)
             if state == "CANCELLED":
                 raise Refused(
                     f"receipt {receipt.receipt_id} was cancelled: price it under a new receiptId"
@@ -355,9 +355,12 @@ class Agent:
         ).fetchone()
         return None if row is None else (str(row[0]), dict(json.loads(row[1])))
 
-    def _hold(self, receipt: Receipt, view: CacheView) -> tuple[str, dict[str, Any]]:
+    def _hold(
+        self, receipt: Receipt, view: CacheView, *, confirm_now: bool = False
+    ) -> tuple[str, dict[str, Any]]:
         """Inside the write transaction: (state, result) stored under the receiptId, or a
-        new hold priced now ("HELD"). Conflict when the id is stored with another body."""
+        new hold priced now ("HELD"; with `confirm_now`, committed at once: "CONFIRMED").
+        Conflict when the id is stored with another body."""
         rid = receipt.receipt_id
         request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
         digest = request_digest(request)
@@ -394,6 +397,28 @@ class Agent:
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
         hub_hold = done.mode == "ONLINE" and done.priced.redeemed_points > 0
+        request_text = json.dumps(request, ensure_ascii=False)
+        if confirm_now:  # Checkout: the receipt's own rows keep request and result
+            result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
+            self._ledger.execute(
+                "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result,"
+                " figures, card, local_day, mode, redeemed_points, hub_hold, held_at,"
+                " expires_at, closed_at) VALUES (?, 'CONFIRMED', ?, '', '', '{}', ?, ?, ?, ?,"
+                " ?, ?, ?, ?)",
+                (
+                    rid,
+                    digest,
+                    figures["card"],
+                    figures["localDay"],
+                    done.mode,
+                    done.priced.redeemed_points,
+                    int(hub_hold),
+                    ledger.utc_text(now_at),
+                    ledger.utc_text(expires),
+                    ledger.utc_text(now_at),
+                ),
+            )
+            return "CONFIRMED", result
         self._ledger.execute(
             "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result, figures,"
             " card, local_day, mode, redeemed_points, hub_hold, held_at, expires_at)"
@@ -401,7 +426,7 @@ class Agent:
             (
                 rid,
                 digest,
-                json.dumps(request, ensure_ascii=False),
+                request_text,
                 json.dumps(held, ensure_ascii=False),
                 json.dumps(figures, ensure_ascii=False),
                 figures["card"],
