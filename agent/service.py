@@ -1017,7 +1017,17 @@ def _require_card(ident: Identification) -> Identification:
 
 def request_digest(request: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
-    stored with, to tell a retry (the same body) from a conflict (another body)."""
+    stored with, to tell a retry (the same body) from a conflict (another body).
+    Quantities count by value: "2" and "2.000" are the same."""
+    lines = request.get("lines")
+    if isinstance(lines, list):
+        request = dict(request)
+        request["lines"] = [
+            {**line, "qty": decimal_text(Fraction(Decimal(str(line["qty"]))))}
+            if isinstance(line, dict) and "qty" in line
+            else line
+            for line in lines
+        ]
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
