@@ -12,7 +12,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.errors import Conflict, InputError, NotFound, Refused
-from tillpoint.agent.server import build_server
+from tillpoint.agent.server import build_server, checkout_result, start_hold_sweeper, to_message
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -203,6 +203,26 @@ def test_expired_hold_is_refused_even_before_a_sweep(till: Agent, clock: Clock) 
     with pytest.raises(Refused, match="hold expired"):
         till.confirm("r1")
     assert count(till, "receipts") == 0
+
+
+def test_tillpoint_run_sweeps_expired_holds_without_anyone_asking(
+    till: Agent, clock: Clock
+) -> None:
+    from tillpoint.sync.loopback import wait_for
+
+    till.hold(receipt(card=BORIS, redeemPoints=30, lines=BIG))
+    stop = start_hold_sweeper(till, every_s=0.02)
+    try:
+        clock.advance(600)
+        state = "SELECT state FROM receipt_life WHERE receipt_id = 'r1'"
+        wait_for(lambda: till._ledger.execute(state).fetchone() == ("EXPIRED",), timeout=5)
+    finally:
+        stop()
+
+
+def test_held_and_cancelled_results_map_to_the_proto(till: Agent) -> None:
+    for result in (till.hold(receipt()), till.cancel("r1"), till.checkout(receipt("r2"))):
+        assert checkout_result(result) == to_message(result, pb.CheckoutResult())
 
 
 def test_cli_hold_confirm_cancel(cli: CLI) -> None:
