@@ -1,0 +1,107 @@
+"""`tillpoint reset` keeps the till's numbering; a transaction the hub sets aside is an error."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.cli import main
+from tillpoint.agent.service import Agent
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
+from tillpoint.sync.pull import Puller
+from tillpoint.sync.push import Pusher
+
+from .conftest import CLI, snapshot
+from .conftest import receipt as plain_receipt
+
+CARD = "2770000000017"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    doc = json.loads(out) if out.strip() and "--json" in argv else out
+    return code, doc, err
+
+
+def count(data_dir: Path, sql: str) -> int:
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_after_a_reset_the_next_sale_continues_the_numbering_at_the_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till"
+    till = hub.till("till-1", data, start=False)
+    enrollment = till.link.enrollment
+    try:
+        Puller(till.agent, till.link, enrollment, call_timeout_s=2).pull()
+        till.agent.checkout(receipt("r-1", CARD))
+        assert Pusher(data, "till-1", till.link, call_timeout_s=2).drain() == 1
+        till.stop()
+
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+        code, _, err = run(capsys, "reset", "--data-dir", str(data))
+        assert code == 2 and err.strip() == (
+            "tillpoint: reset forgets the cache and the ledger: add --yes to confirm"
+        )
+        code, doc, err = run(capsys, "reset", "--yes", "--data-dir", str(data), "--json")
+        assert code == 0, err
+        assert doc == {"reset": True, "discardedTransactions": 0}
+        assert count(data, "SELECT count(*) FROM journal") == 0
+
+        # the hub's snapshot still says appliedThrough 0 for till-1 (not republished)
+        agent = Agent(data, "till-1")
+        link = HubLink(hub.address, enrollment)
+        try:
+            Puller(agent, link, enrollment, call_timeout_s=2).pull()
+            agent.checkout(receipt("r-2", CARD))
+            assert count(data, "SELECT seq FROM journal") == 2
+            pusher = Pusher(data, "till-1", link, call_timeout_s=2)
+            assert pusher.drain() == 1
+            pusher.close()
+            assert [(e.seq, e.ref_id) for e in hub.store.ledger("till-1")] == [
+                (1, "r-1"),
+                (2, "r-2"),
+            ]
+            assert count(data, "SELECT count(*) FROM sync_set_aside") == 0
+        finally:
+            link.close()
+            agent.close()
+    finally:
+        hub.stop()
+
+
+def test_reset_force_discards_the_unsent_transactions_and_says_how_many(cli: CLI) -> None:
+    cli("snapshot", "load", snapshot())
+    assert cli("checkout", plain_receipt()).code == 0
+    refused = cli("reset", "--yes")
+    assert refused.code == 2 and "add --force to discard them" in refused.err
+    done = cli("reset", "--yes", "--force")
+    assert done.code == 0 and "1 unsent transaction(s) discarded" in done.out
+    assert cli("status", "--json").json()["outboxDepth"] == 0
+    cli("snapshot", "load", snapshot())
+    assert cli("checkout", plain_receipt("r2")).code == 0
+    assert cli("status", "--json").json()["lastSeq"] == 2
+
+
+def test_reset_keeps_the_numbering_above_the_journal(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.checkout(plain_receipt())
+    assert agent.reset(force=True) == 1
+    agent.load_snapshot(snapshot())
+    assert agent.checkout(plain_receipt("r2"))["receiptId"] == "r2"
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    assert conn.execute("SELECT seq FROM journal").fetchall() == [(2,)]
+    conn.close()
+    agent.close()
