@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,59 @@ def test_reset_keeps_the_numbering_above_the_journal(tmp_path: Path) -> None:
     assert conn.execute("SELECT seq FROM journal").fetchall() == [(2,)]
     conn.close()
     agent.close()
+
+
+def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import grpc
+    from tillpoint.agent.metrics import Registry
+    from tillpoint.agent.server import build_server, register_gauges
+    from tillpoint.sync.hub_store import TxIn
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till"
+    till = hub.till("till-1", data, start=False)
+    till.stop()
+    # the hub already holds other content under till-1's seq 1 (what a reused seq meets)
+    now = datetime.now(UTC)
+    old = TxIn(
+        "till-1", 1, "CHECKOUT", now.isoformat(), "c-2", "", '{"receiptId": "old"}', "{}", 1, 0, ""
+    )
+    hub.store.ingest("till-1", "", [old], now)
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    try:
+        assert run(capsys, "sync", "now", "--data-dir", str(data))[0] == 0
+        agent = Agent(data, "till-1")
+        agent.checkout(receipt("r-1", CARD))
+        agent.close()
+
+        code, out, err = run(capsys, "sync", "now", "--data-dir", str(data))
+        assert code == 1
+        assert "pushed 0 transaction(s), 1 SET ASIDE by the hub" in out
+        assert err.startswith("tillpoint: the hub set aside 1 transaction(s) and did not store")
+        assert "seq 1 CONFLICT" in err and len(err.strip().splitlines()) == 1
+        code, doc, _ = run(capsys, "sync", "now", "--data-dir", str(data), "--json")
+        assert doc["setAside"] == 0 and doc["setAsideTransactions"] == 1
+        assert code == 0  # nothing new was set aside: a warning only
+
+        code, doc, _ = run(capsys, "status", "--data-dir", str(data), "--json")
+        assert doc["setAside"] == 1 and doc["syncError"].startswith("1 transaction(s) set aside")
+
+        agent = Agent(data, "till-1")
+        server, port, _ = build_server(agent, "127.0.0.1:0")
+        server.start()
+        registry = Registry()
+        register_gauges(registry, agent)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                status = pb_grpc.PosAgentStub(channel).Status(pb.StatusRequest(), timeout=5)
+            assert status.set_aside == 1 and "seq 1 CONFLICT" in status.sync_error
+            assert "tillpoint_sync_set_aside 1" in registry.render()
+        finally:
+            server.stop(grace=0)
+            agent.close()
+    finally:
+        hub.stop()
