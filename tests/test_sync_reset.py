@@ -162,3 +162,45 @@ def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
             agent.close()
     finally:
         hub.stop()
+
+
+def test_reset_asks_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("tillpoint"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env["TILLPOINT_DEVICE_ID"] = "till-1"
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.close()
+
+    def answer(text: str) -> tuple[int, str]:
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                [exe, "--data-dir", str(tmp_path), "reset"],
+                stdin=slave,
+                stderr=slave,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            os.write(master, text.encode())
+            out, _ = proc.communicate(timeout=60)
+            return proc.returncode, out.decode()
+        finally:
+            os.close(slave)
+            os.close(master)
+
+    def version() -> int:
+        agent = Agent(tmp_path, "till-1")
+        try:
+            return int(agent.status()["cacheVersion"])
+        finally:
+            agent.close()
+
+    assert answer("n\n") == (2, "") and version() == 1
+    code, out = answer("y\n")
+    assert code == 0 and "numbering continues" in out and version() == 0
