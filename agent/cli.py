@@ -76,10 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration commands")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
     cfg_sub.add_parser("check", parents=[common], help="validate the configuration and show it")
-    sub.add_parser(
+    p = sub.add_parser(
         "reset",
         parents=[common],
-        help="forget the cache and the ledger (refused while the outbox holds transactions)",
+        help="forget the cache and the ledger, keeping the till's numbering",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--force", action="store_true", help="discard transactions the hub has not acknowledged"
     )
     for module in PLUGIN_MODULES:
         _plugin(module).register(sub, common)
@@ -183,11 +187,41 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if command == "status":
             return emit(args, agent.status(), _human_status)
         if command == "reset":
-            agent.reset()
-            return emit(args, {"reset": True}, lambda d: "the till's cache and ledger are empty")
+            _confirm_reset(args, agent)
+            discarded = agent.reset(force=args.force)
+            return emit(
+                args,
+                {"reset": True, "discardedTransactions": discarded},
+                lambda d: (
+                    "the till's cache and ledger are empty; numbering continues"
+                    + (
+                        f"; {d['discardedTransactions']} unsent transaction(s) discarded"
+                        if d["discardedTransactions"]
+                        else ""
+                    )
+                ),
+            )
     finally:
         agent.close()
     parser.error(f"unknown command {command}")
+
+
+def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
+    """`reset` asks on a terminal; without one it needs --yes (a script must mean it)."""
+    depth = int(agent.status()["outboxDepth"])
+    if args.yes or (depth and not args.force):
+        return  # (the second: `Agent.reset` refuses, saying why)
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise InputError("reset forgets the cache and the ledger: add --yes to confirm")
+    unsent = f" and discard {depth} unsent transaction(s)" if depth and args.force else ""
+    print(
+        f"Forget the cache and the ledger of {agent.device_id} in {agent.data_dir}{unsent}? [y/N] ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise InputError("reset cancelled")
 
 
 def load_snapshot(agent: Any, name: str) -> Any:

@@ -127,3 +127,29 @@ def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -
 
 def outbox_depth(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations"})
+
+
+def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
+    """`tillpoint reset` inside the caller's write transaction: empty every table of the
+    ledger except the device's numbering (and the schema's own bookkeeping).
+
+    Before that, each device's last seq is raised to the highest one in its journal, so
+    a number is never reused even if the `device` row was behind.
+    """
+    for device_id, seq in conn.execute(
+        "SELECT device_id, max(seq) FROM journal GROUP BY 1"
+    ).fetchall():
+        if int(seq) > last_seq(conn, str(device_id)):
+            conn.execute(
+                "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
+            )
+    tables = [
+        str(name)
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if str(name) not in KEPT_BY_RESET
+    ]
+    for name in tables:
+        conn.execute(f'DELETE FROM "{name}"')

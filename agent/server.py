@@ -367,6 +367,11 @@ def register_gauges(registry: Any, agent: Agent) -> None:
         lambda: {"": 1.0 if status().get("lastError") else 0.0},
     )
     registry.gauge(
+        "tillpoint_sync_set_aside",
+        "Transactions the hub set aside (conflict or malformed): not in its ledger.",
+        lambda: {"": float(status().get("setAside", 0))},
+    )
+    registry.gauge(
         "tillpoint_print_queue_depth",
         "Coupon print jobs not yet printed.",
         lambda: {"": float(status()["printQueueDepth"])},

@@ -875,25 +875,29 @@ class Agent:
 
     # ------------------------------------------------------------ reset
 
-    def reset(self) -> None:
-        """Forget the cache and the ledger, but never while the hub still waits for data."""
+    def reset(self, *, force: bool = False) -> int:
+        """Forget the cache and the ledger, but never the device's numbering (SPEC §9).
+
+        Refused while the outbox holds transactions the hub has not acknowledged, unless
+        `force`; returns how many of them were discarded. The ledger is emptied in place,
+        in one transaction, except its `device` table: the next sale continues above the
+        last seq this till ever used, so the hub never sees a (deviceId, seq) twice.
+        """
         with self._lock:
             depth = ledger.outbox_depth(self._ledger)
-            if depth:
+            if depth and not force:
                 raise Refused(
                     f"{depth} transaction(s) have not reached the hub yet: reset refused"
-                    " (bring the hub back, or copy ledger.db away first)"
+                    " (bring the hub back, or add --force to discard them)"
                 )
-            self.close()
+            with self._write() as conn:
+                ledger.forget_all_but_numbering(conn)
+            self._live.close()
             self._memo.clear()
             remove_cache(self.data_dir)  # cache.db and every generation
-            for suffix in ("", "-wal", "-shm"):
-                (self.data_dir / f"ledger.db{suffix}").unlink(missing_ok=True)
             self._live = LiveCache(self.data_dir)
             self._cache = self._live.connection()
-            self._ledger = open_ledger(self.data_dir)
-            self._checkpoints = Checkpointer(self.data_dir / "ledger.db")
-            self._ledger.execute("PRAGMA wal_autocheckpoint = 0")
+            return depth
 
     # ------------------------------------------------------------ status
 

@@ -1092,6 +1092,8 @@ class Status(_message.Message):
     PRINTER_STATE_FIELD_NUMBER: _builtins.int
     PRINT_QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     DISPLAY_STATE_FIELD_NUMBER: _builtins.int
+    SET_ASIDE_FIELD_NUMBER: _builtins.int
+    SYNC_ERROR_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     cache_version: _builtins.int
     cache_issued_at: _builtins.str
@@ -1104,6 +1106,15 @@ class Status(_message.Message):
     printer_state: _builtins.str
     print_queue_depth: _builtins.int
     display_state: _builtins.str
+    set_aside: _builtins.int
+    """Transactions the hub set aside (TX_CONFLICT / TX_REJECTED) and kept out of its
+    ledger; they stay in the till's journal until someone reviews them. Above 0 is an
+    error, never a success.
+    """
+    sync_error: _builtins.str
+    """The outstanding sync problem in one line ("" when the sync is healthy); set-aside
+    transactions come first, they do not clear by themselves.
+    """
     def __init__(
         self,
         *,
@@ -1119,10 +1130,12 @@ class Status(_message.Message):
         printer_state: _builtins.str = ...,
         print_queue_depth: _builtins.int = ...,
         display_state: _builtins.str = ...,
+        set_aside: _builtins.int = ...,
+        sync_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "device_id", b"device_id", "display_state", b"display_state", "last_error", b"last_error", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_state", b"printer_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "device_id", b"device_id", "display_state", b"display_state", "last_error", b"last_error", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_state", b"printer_state", "set_aside", b"set_aside", "sync_error", b"sync_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
