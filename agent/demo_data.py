@@ -1,4 +1,4 @@
-"""The demo's embedded chain: deterministic, realistic, small (SPEC §3 snapshot shape).
+"""The demo's embedded chain: deterministic, realistic, small (the contract §3 snapshot shape).
 
 A few hundred products with Russian names in a category tree, customers in every
 lifecycle segment and tier, personal top-5 offers, a birthday this week, a control
