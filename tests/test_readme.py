@@ -116,6 +116,32 @@ def check_shown(step: Step, stdout: str) -> list[str]:
     return problems
 
 
+def test_the_repository_cites_its_own_contract() -> None:
+    """The docs and the code point at docs/CONTRACT.md, never at a file outside the clone."""
+    outside = re.compile("SP" + r"EC(\.md|\s*§)|\.\./shared", re.IGNORECASE)
+    files = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for folder, pattern in (
+        ("agent", "*.py"),
+        ("sync", "*.py"),
+        ("printer", "*.py"),
+        ("proto/tillpoint/v1", "*.proto"),
+        ("tests", "*.py"),
+        ("tests/scenarios", "*.json"),
+        ("examples", "*.json"),
+    ):
+        files += sorted((REPO / folder).glob(pattern))
+    found = [
+        f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+        for path in files
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if outside.search(line)
+    ]
+    assert not found, "\n".join(found)
+    contract = (REPO / "docs" / "CONTRACT.md").read_text(encoding="utf-8")
+    sections = re.findall(r"(?m)^## (\d+)\. .*\n\n\*\*Status:\*\* ", contract)
+    assert [int(n) for n in sections] == list(range(1, 18))
+
+
 def test_the_walkthrough_parses() -> None:
     steps = walkthrough((REPO / "README.md").read_text(encoding="utf-8"))
     commands = [s.command for s in steps]
