@@ -53,6 +53,16 @@ _INT64 = frozenset(
 
 JsonDict = dict[str, Any]
 
+# gRPC's own retries are off (ours resend the same request), and a channel that failed to
+# connect tries again within 0.1-1 s rather than gRPC's default 1-120 s, so a retry a
+# moment after the agent came back reaches it instead of failing fast on the old failure.
+CHANNEL_OPTIONS = (
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
+
 
 class ClientError(Exception):
     """A call the agent refused or that could not be made; `code` is the gRPC status."""
@@ -96,7 +106,9 @@ class PosAgentClient:
         self.backoff = backoff
         self.backoff_cap = backoff_cap
         self._own_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(address)
+        self._channel = (
+            channel if channel is not None else grpc.insecure_channel(address, CHANNEL_OPTIONS)
+        )
         self._stub = pb_grpc.PosAgentStub(self._channel)
         self._rng = rng or random.Random()
         self._sleep = sleep
