@@ -142,6 +142,19 @@ def test_the_repository_cites_its_own_contract() -> None:
     assert [int(n) for n in sections] == list(range(1, 18))
 
 
+def test_the_examples_are_strict_proto3_json() -> None:
+    """Each example file parses as its tillpoint.v1 message with no unknown field."""
+    from google.protobuf import json_format
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    kinds: dict[str, Any] = {"snapshot": pb.Snapshot, "catalogue": pb.Snapshot}
+    kinds.update(receipt=pb.Receipt, refund=pb.Refund)
+    for path in sorted((REPO / "examples").glob("*.json")):
+        kind = kinds[path.stem.split("-")[0]]
+        data = json.loads(path.read_text(encoding="utf-8"))
+        json_format.ParseDict(data, kind(), ignore_unknown_fields=False)
+
+
 def test_the_walkthrough_parses() -> None:
     steps = walkthrough((REPO / "README.md").read_text(encoding="utf-8"))
     commands = [s.command for s in steps]
