@@ -1,4 +1,4 @@
-"""The `tillpoint` command line (SPEC §10).
+"""The `tillpoint` command line (the contract §10).
 
 With --json a command prints one JSON document on stdout and nothing else. Errors print
 one line on stderr, `tillpoint: <what is wrong>`, and exit non-zero: 2 for input the

@@ -33,7 +33,7 @@ def balance(
     applied_through: Mapping[str, int],
     at: datetime,
 ) -> Points:
-    """The customer's points at `at` (SPEC §3, §5.6).
+    """The customer's points at `at` (the contract §3, §5.6).
 
     The snapshot's `balancePoints`, plus its `pending` entries due by `at`, plus this
     till's own point movements that the snapshot has not counted yet (seq above
@@ -115,7 +115,7 @@ def held_points(
 
 
 def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -> set[str]:
-    """Offers printed to the customer after `since` (the print cooldown, SPEC §7)."""
+    """Offers printed to the customer after `since` (the print cooldown, the contract §7)."""
     return {
         str(offer_id)
         for (offer_id,) in conn.execute(

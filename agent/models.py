@@ -1,4 +1,4 @@
-"""The contract's shapes (SPEC §3, §5, §6) as frozen, validated models.
+"""The contract's shapes (§3, §5, §6) as frozen, validated models.
 
 The CLI and the gRPC server both turn their input into a plain dict in the proto3 JSON
 mapping and validate it here, so there is one set of rules for bad input. The models are

@@ -61,7 +61,7 @@ def system_clock() -> datetime:
 
 
 class RedemptionAuthoriser(Protocol):
-    """The hub's online redemption check (SPEC §9); raises HubUnavailable when it is not there."""
+    """The hub's online redemption check (the contract §9); HubUnavailable when it is not there."""
 
     def authorise(
         self,

@@ -1,4 +1,4 @@
-"""Online redemption authorisation (SPEC §9): the agent's `RedemptionAuthoriser`.
+"""Online redemption authorisation (the contract §9): the agent's `RedemptionAuthoriser`.
 
 `Agent.checkout` calls `authorise` while it prices a receipt that redeems points. The
 hub places a hold against the customer's live balance (every till's ingested

@@ -382,7 +382,7 @@ class SqliteHubStore:
     # ------------------------------------------------------------ snapshots
 
     def snapshot_doc(self, version: int, base_version: int) -> dict[str, Any]:
-        """The snapshot as one JSON document (the shape of SPEC §3)."""
+        """The snapshot as one JSON document (the shape of the contract §3)."""
         stream = self.snapshot_stream(version, base_version)
         _, header = next(stream)
         doc: dict[str, Any] = {**header, **{section: [] for section in SECTIONS}}

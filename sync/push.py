@@ -1,4 +1,4 @@
-"""Transaction upload (SPEC §9): the outbox drains to the hub, exactly once in effect.
+"""Transaction upload (the contract §9): the outbox drains to the hub, exactly once in effect.
 
 - Batches go in seq order (at most `batch_size` rows and about 1 MiB each).
 - A row leaves the outbox only in the same SQLite transaction that records the hub's
