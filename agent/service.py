@@ -254,9 +254,9 @@ class Agent:
         applied = view.applied_through()
         offers = view.offers_for(customer.id) if customer else []
         before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
-        mass = view.remembered(
-            "mass-index", lambda: OfferIndex(o for o in offers if o.customer_id is None)
-        )
+        # Shared by every receipt of this snapshot version: built from the cache's mass
+        # offers, never from this receipt's list (empty for an UNKNOWN card).
+        mass = view.remembered("mass-index", lambda: OfferIndex(view.mass_offers()))
         ctx = PricingContext(
             program=program,
             products=products,
