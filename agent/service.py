@@ -361,8 +361,13 @@ class Agent:
         # Encoded once: the same texts go to the receipt's row and to its outbox payload.
         request_text = json.dumps(request, ensure_ascii=False)
         result_text = json.dumps(done.result, ensure_ascii=False)
+        # When the earned points become spendable, with the program in force now: a later
+        # refund judges "still pending" by this, whatever the program says by then.
+        activates = activation_time(receipt.at, program)
         conn.execute(
-            "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO receipts (receipt_id, device_id, seq, at, local_day, card,"
+            " customer_id, mode, redeemed_points, extra_points, request, result, created_at,"
+            " activates_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 receipt.receipt_id,
                 self.device_id,
@@ -377,6 +382,7 @@ class Agent:
                 request_text,
                 result_text,
                 ledger.utc_text(now),
+                ledger.utc_text(activates),
             ),
         )
         conn.executemany(
@@ -396,7 +402,6 @@ class Agent:
         )
         delta_available = delta_pending = 0
         if customer is not None:
-            activates = activation_time(receipt.at, program)
             rows: list[tuple[str, int, str | None]] = []
             if priced.redeemed_points:
                 rows.append(("spend", -priced.redeemed_points, None))
@@ -510,7 +515,7 @@ class Agent:
             if stored is not None:
                 return dict(json.loads(stored[0]))
             row = conn.execute(
-                "SELECT at, card, customer_id, extra_points, result FROM receipts"
+                "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
                 " WHERE receipt_id = ?",
                 (refund.receipt_id,),
             ).fetchone()
@@ -518,6 +523,8 @@ class Agent:
                 raise NotFound(f"receipt {refund.receipt_id} was never committed at this till")
             sold_at = datetime.fromisoformat(row[0])
             card, customer_id, extra = str(row[1]), row[2], int(row[3])
+            # Fixed at commit (the delay in force then), never today's program.
+            activates = datetime.fromisoformat(row[4])
             if refund.at < sold_at:
                 raise InputError(
                     f"refund at {refund.at.isoformat()} is before the sale at {row[0]}"
@@ -542,7 +549,6 @@ class Agent:
                     "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
                     (decimal_text(new), refund.receipt_id, idx),
                 )
-            program = view.program()
             applied = view.applied_through()
             seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
             customer = view.customer(customer_id) if customer_id else None
@@ -553,7 +559,6 @@ class Agent:
                     rows.append(("spend", outcome.returned_points, None))
                     delta_available += outcome.returned_points
                 taken = outcome.taken_back_points
-                activates = activation_time(sold_at, program)
                 if taken and refund.at < activates:
                     # Taken-back points come off the receipt's own pending points first.
                     pending_left = int(
