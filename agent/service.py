@@ -28,6 +28,7 @@ from .errors import (
     CardRefused,
     HubUnavailable,
     InputError,
+    NoSnapshot,
     NotFound,
     Refused,
     TillpointError,
@@ -235,6 +236,7 @@ class Agent:
         return result
 
     def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
+        _require_snapshot(view)
         program = view.program()
         ident = _require_card(identify(receipt.card, view))
         customer = ident.customer
@@ -754,6 +756,15 @@ def result_json(
         "heldOut": list(priced.held_out),
         "printedOffers": [o.id for o in printed],
     }
+
+
+def _require_snapshot(view: CacheView) -> None:
+    """Quote, hold and checkout price nothing against an empty cache: it would be a guess."""
+    if view.version == 0:
+        raise NoSnapshot(
+            "no snapshot loaded: load one (tillpoint snapshot load FILE) or let the till"
+            " reach its hub"
+        )
 
 
 def _require_card(ident: Identification) -> Identification:
