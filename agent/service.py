@@ -35,7 +35,17 @@ from .errors import (
 )
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
-from .models import Customer, Offer, Program, Receipt, Refund, Snapshot, SnapshotHeader, parse
+from .models import (
+    Customer,
+    Offer,
+    Program,
+    Receipt,
+    Refund,
+    Snapshot,
+    SnapshotHeader,
+    check_text,
+    parse,
+)
 from .money import decimal_text, frac
 from .pricing import (
     OfferIndex,
@@ -192,6 +202,7 @@ class Agent:
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
 
     def identify(self, text: str) -> dict[str, Any]:
+        check_text("text", text)
         with self._lock, self._view() as view:
             ident = identify(text, view)
             card = card_json(
@@ -202,6 +213,7 @@ class Agent:
         return card
 
     def balance(self, card: str, at: datetime | None = None) -> dict[str, int]:
+        check_text("card", card)
         moment = at or self.clock()
         with self._lock, self._view() as view:
             ident = _require_card(identify(card, view))
