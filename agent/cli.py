@@ -214,7 +214,9 @@ def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
     than 4 MiB is refused before it is read whole or parsed; a snapshot passes None."""
     try:
         if name == "-":
-            raw = sys.stdin.buffer.read() if limit is None else sys.stdin.buffer.read(limit + 1)
+            stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, or text if replaced
+            got = stdin.read() if limit is None else stdin.read(limit + 1)
+            raw = got.encode("utf-8") if isinstance(got, str) else got
         else:
             path = Path(name)
             if limit is not None and path.stat().st_size > limit:

@@ -274,6 +274,7 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
     from tillpoint.sync.hub_server import HubServer
     from tillpoint.sync.hub_sqlite import SqliteHubStore  # noqa: F401 - the store it uses
     from tillpoint.sync.loopback import LoopbackHub, timings
+    from tillpoint.sync.pull import Puller
     from tillpoint.sync.service import SyncService
 
     out = Outcome("hub-kill")
@@ -282,7 +283,13 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
     data_dir = work / "till"
     port = free_port()
     setup.port = port
-    setup.enroll(DEVICE, data_dir)
+    first = setup.enroll(DEVICE, data_dir)
+    # The till's first snapshot, while the setup hub runs: a till with no snapshot sells nothing.
+    setup.start()
+    seeding = Agent(data_dir, DEVICE)
+    Puller(seeding, HubLink(setup.address, first), first, call_timeout_s=5).pull()
+    seeding.close()
+    setup.stop()
     setup.server.store.close() if hasattr(setup.server.store, "close") else None
     marker = work / "committed"
 
@@ -454,6 +461,7 @@ def scenario_proxy(work: Path, rounds: int, rng: random.Random) -> Outcome:
     agent.hub = HubAuthoriser(link, data_dir, DEVICE, 0.3)
     sync = SyncService(agent, link, enrollment, timings(push_check_s=0.05))
     sync.start()
+    wait_for(lambda: agent.status()["cacheVersion"] > 0, 30)  # sales need a snapshot
     counter = 0
     try:
         for r in range(rounds):
