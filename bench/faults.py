@@ -204,6 +204,8 @@ def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outc
                 kill(proc)
                 channel.close()
                 continue
+            # A till sells once it has a snapshot: the first start pulls one.
+            wait_for(lambda: stub.Status(pb.StatusRequest(), timeout=2).cache_version > 0, 30)  # noqa: B023
             stop_at = time.monotonic() + rng.uniform(0.05, 0.8)
             killer = threading.Timer(max(0.0, stop_at - time.monotonic()), kill, (proc,))
             killer.start()
