@@ -191,6 +191,13 @@ def m003_receipt_activates_at(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m004_points_expires_at(db: Database) -> None:
+    # When a batch of earned points expires (pointsLifetimeDays in force at commit after
+    # its activation); NULL: never. Rows written before never expire.
+    db.execute("ALTER TABLE points ADD COLUMN expires_at TEXT")
+
+
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.

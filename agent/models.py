@@ -244,6 +244,9 @@ class Program(Model):
     max_offers_printed: NonNegative = 5
     offer_print_cooldown_days: NonNegative = 7
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
+    # Points earned on a till expire this many days after they become spendable (§16);
+    # 0: they never expire.
+    points_lifetime_days: NonNegative = 0
 
     @field_validator("timezone")
     @classmethod
@@ -298,6 +301,13 @@ class PendingPoints(Model):
     activates_at: Timestamp
 
 
+class ExpiringPoints(Model):
+    """A part of `balancePoints` that expires at `expiresAt` (§16)."""
+
+    points: NonNegative
+    expires_at: Timestamp
+
+
 Segment = Literal["NEW", "ACTIVE", "AT_RISK", "CHURNED", "SEGMENT_UNSPECIFIED"]
 
 
@@ -312,6 +322,7 @@ class Customer(Model):
     control_groups: tuple[Key, ...] = ()
     favorite_weekday: Annotated[int, Field(ge=0, le=7)] | None = None
     pending: tuple[PendingPoints, ...] = ()
+    expiring: tuple[ExpiringPoints, ...] = ()
 
 
 CardStatus = Literal["ACTIVE", "BLOCKED", "LOST"]

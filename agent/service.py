@@ -33,6 +33,7 @@ from .errors import (
     Refused,
     TillpointError,
 )
+from .expiry import Movement, expiry_time
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
 from .models import (
@@ -212,7 +213,7 @@ class Agent:
             self._tell_devices("show", identify_display(ident.customer.first_name))
         return card
 
-    def balance(self, card: str, at: datetime | None = None) -> dict[str, int]:
+    def balance(self, card: str, at: datetime | None = None) -> dict[str, Any]:
         check_text("card", card)
         moment = at or self.clock()
         with self._lock, self._view() as view:
@@ -220,7 +221,7 @@ class Agent:
             if ident.customer is None:
                 raise NotFound(f"card {card.strip()} is not known to this till")
             return ledger.balance(
-                self._ledger, ident.customer, view.applied_through(), moment
+                self._ledger, ident.customer, view.applied_through(), moment, view.program()
             ).as_json()
 
     # ------------------------------------------------------------ quote, checkout
@@ -267,7 +268,11 @@ class Agent:
 
         applied = view.applied_through()
         offers = view.offers_for(customer.id) if customer else []
-        before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
+        before = (
+            ledger.balance(self._ledger, customer, applied, receipt.at, program)
+            if customer
+            else None
+        )
         # Shared by every receipt of this snapshot version: built from the cache's mass
         # offers, never from this receipt's list (empty for an UNKNOWN card).
         mass = view.remembered("mass-index", lambda: OfferIndex(view.mass_offers()))
@@ -301,8 +306,23 @@ class Agent:
         after = None
         if before is not None:
             earned = priced.earned_points
-            pending_now = activation_time(receipt.at, program) > receipt.at
-            after = ledger.Points(
+            activates = activation_time(receipt.at, program)
+            pending_now = activates > receipt.at
+            moves = []
+            if priced.redeemed_points:
+                moves.append(
+                    Movement(
+                        "spend", -priced.redeemed_points, receipt.receipt_id, receipt.at, False
+                    )
+                )
+            if earned:
+                expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+                moves.append(
+                    Movement(
+                        "earn", earned, receipt.receipt_id, receipt.at, False, activates, expires
+                    )
+                )
+            after = before.after(program, receipt.at, *moves) or ledger.Points(
                 before.available - priced.redeemed_points + (0 if pending_now else earned),
                 before.pending + (earned if pending_now else 0),
             )
@@ -416,19 +436,27 @@ class Agent:
         )
         delta_available = delta_pending = 0
         if customer is not None:
-            rows: list[tuple[str, int, str | None]] = []
+            rows: list[tuple[str, int, str | None, str | None]] = []
             if priced.redeemed_points:
-                rows.append(("spend", -priced.redeemed_points, None))
+                rows.append(("spend", -priced.redeemed_points, None, None))
                 delta_available -= priced.redeemed_points
             if priced.earned_points:
-                rows.append(("earn", priced.earned_points, ledger.utc_text(activates)))
+                expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+                rows.append(
+                    (
+                        "earn",
+                        priced.earned_points,
+                        ledger.utc_text(activates),
+                        ledger.utc_text(expires) if expires else None,
+                    )
+                )
                 if activates > receipt.at:
                     delta_pending += priced.earned_points
                 else:
                     delta_available += priced.earned_points
             conn.executemany(
                 "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
-                " activates_at) VALUES (?,?,?,?,?,?,?)",
+                " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
                 [(self.device_id, seq, customer.id, receipt.receipt_id, *r) for r in rows],
             )
             for offer in done.offers:
@@ -568,34 +596,35 @@ class Agent:
             customer = view.customer(customer_id) if customer_id else None
             delta_available = delta_pending = 0
             if customer_id:
-                rows: list[tuple[str, int, str | None]] = []
+                rows: list[tuple[str, int, str | None, str | None]] = []
                 if outcome.returned_points:
-                    rows.append(("spend", outcome.returned_points, None))
+                    rows.append(("spend", outcome.returned_points, None, None))
                     delta_available += outcome.returned_points
                 taken = outcome.taken_back_points
                 if taken and refund.at < activates:
                     # Taken-back points come off the receipt's own pending points first.
-                    pending_left = int(
-                        conn.execute(
-                            "SELECT coalesce(sum(points), 0) FROM points"
-                            " WHERE receipt_id = ? AND kind = 'earn'",
-                            (refund.receipt_id,),
-                        ).fetchone()[0]
-                    )
-                    from_pending = max(0, min(taken, pending_left))
+                    pending_left, expires = conn.execute(
+                        "SELECT coalesce(sum(points), 0), max(expires_at) FROM points"
+                        " WHERE receipt_id = ? AND kind = 'earn'",
+                        (refund.receipt_id,),
+                    ).fetchone()
+                    from_pending = max(0, min(taken, int(pending_left)))
                     if from_pending:
-                        rows.append(("earn", -from_pending, ledger.utc_text(activates)))
+                        rows.append(("earn", -from_pending, ledger.utc_text(activates), expires))
                         delta_pending -= from_pending
                         taken -= from_pending
                 if taken:
-                    rows.append(("spend", -taken, None))
+                    rows.append(("spend", -taken, None, None))
                     delta_available -= taken
                 conn.executemany(
                     "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
-                    " activates_at) VALUES (?,?,?,?,?,?,?)",
+                    " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
                     [(self.device_id, seq, customer_id, refund.receipt_id, *r) for r in rows],
                 )
-            balance = ledger.balance(conn, customer, applied, refund.at) if customer else None
+            program = view.program()
+            balance = (
+                ledger.balance(conn, customer, applied, refund.at, program) if customer else None
+            )
             result: dict[str, Any] = {
                 "refundId": refund.refund_id,
                 "receiptId": refund.receipt_id,
