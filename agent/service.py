@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -33,7 +33,7 @@ from .errors import (
     Refused,
     TillpointError,
 )
-from .expiry import Movement, expiry_time
+from .expiry import WARN_DAYS, Movement, expiry_time
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
 from .models import (
@@ -339,6 +339,7 @@ class Agent:
                 priced.earned_points,
                 after.available,
                 frac(program.birthday_multiplier) if birthday else None,
+                _expiring_soon(after, receipt.at, program),
             )
         else:
             result["display"] = quote_display(priced.total, priced.discount)
@@ -797,6 +798,19 @@ def result_json(
         "heldOut": list(priced.held_out),
         "printedOffers": [o.id for o in printed],
     }
+
+
+def _expiring_soon(
+    points: ledger.Points, at: datetime, program: Program
+) -> tuple[int, date] | None:
+    """The first batch that expires within `WARN_DAYS` of `at`: its points and local day."""
+    if not points.expiring:
+        return None
+    count, expires_at = points.expiring[0]
+    moment = datetime.fromisoformat(expires_at)
+    if moment - at > timedelta(days=WARN_DAYS):
+        return None
+    return count, moment.astimezone(program.zone).date()
 
 
 def _require_snapshot(view: CacheView) -> None:
