@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import InputError, TillpointError
+from .limits import REQUEST_MAX_BYTES
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 
@@ -239,7 +240,7 @@ def load_snapshot(agent: Any, name: str) -> Any:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
-    doc = read_json(name)
+    doc = read_json(name, limit=None)  # a snapshot, not a request: no request limit
     sync = _plugin("tillpoint.sync")
     if hasattr(sync, "load_snapshot_file"):
         return sync.load_snapshot_file(agent, doc)
@@ -252,9 +253,23 @@ def _refuse_plain_when_enrolled(agent: Any) -> None:
         raise InputError("this till is enrolled with a hub and accepts only signed snapshots")
 
 
-def read_json(name: str) -> Any:
+def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
+    """A JSON document from a file or stdin (`-`). A request (the default `limit`) larger
+    than 4 MiB is refused before it is read whole or parsed; a snapshot passes None."""
     try:
-        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        if name == "-":
+            stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, or text if replaced
+            got = stdin.read() if limit is None else stdin.read(limit + 1)
+            raw = got.encode("utf-8") if isinstance(got, str) else got
+        else:
+            path = Path(name)
+            if limit is not None and path.stat().st_size > limit:
+                raise InputError(_too_large(name, limit))
+            with path.open("rb") as f:
+                raw = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(raw) > limit:
+            raise InputError(_too_large(name, limit))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -265,6 +280,10 @@ def read_json(name: str) -> Any:
         raise InputError(
             f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+
+
+def _too_large(name: str, limit: int) -> str:
+    return f"{name}: the request is larger than {limit >> 20} MiB ({limit} bytes): refused"
 
 
 class _FloatInJson(InputError):

@@ -25,6 +25,7 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .config import Settings
 from .errors import TillpointError
+from .limits import REQUEST_MAX_BYTES
 from .service import Agent
 
 log = logging.getLogger("tillpoint.server")
@@ -126,6 +127,8 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
         result.state = pb.ReceiptState.Value(data["state"])
     if data.get("holdExpiresAt"):
         result.hold_expires_at = data["holdExpiresAt"]
+        for batch in data["balance"].get("expiring", ()):
+            result.balance.expiring.add(points=batch["points"], expires_at=batch["expiresAt"])
     return result
 
 
@@ -214,7 +217,12 @@ def build_server(
     agent: Agent, address: str, max_workers: int = 8
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-ready server (not yet started) bound to `address`; returns the bound port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    # A request larger than 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before
+    # it is read whole; the text fields inside are limited by the models.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[("grpc.max_receive_message_length", REQUEST_MAX_BYTES)],
+    )
     pb_grpc.add_PosAgentServicer_to_server(PosAgentServicer(agent), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

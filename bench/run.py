@@ -476,12 +476,15 @@ def _full_apply(
 def _upload(work: Path, n: int, figure: Callable[..., None]) -> list[Any]:
     from tillpoint.sync.loopback import LoopbackHub, sample_master_data, timings
     from tillpoint.sync.loopback import receipt as sample_receipt
+    from tillpoint.sync.pull import Puller
     from tillpoint.sync.service import SyncService
 
     hub = LoopbackHub(work / "hub", data=sample_master_data())
     till = hub.till("bench-upload", work / "upload-till", start=False)
     try:
         agent = till.agent
+        # a till sells only once it has a snapshot
+        Puller(agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
         agent.hub = None  # offline sales: the outbox fills
         for i in range(n):
             agent.checkout(sample_receipt(f"u-{i}", "2770000000017"))
