@@ -180,7 +180,7 @@ def run(
     scale = Scale.named(scale_name)
     rng = random.Random(7)
     figures: list[dict[str, Any]] = []
-    env = dict(os.environ, TILLPOINT_DEVICE_ID="bench-till")
+    env = dict(os.environ, TILLPOINT_DEVICE_ID="bench-till", TILLPOINT_HTTP__LISTEN="127.0.0.1:0")
 
     def figure(
         name: str, target: str, measured: dict[str, Any], ok: bool | None, **extra: Any
