@@ -441,16 +441,11 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class HttpServer:
-    """The HTTP interface in its own thread and event loop; `start`, then `stop`."""
+class AsgiThread:
+    """An ASGI app on uvicorn (h11) in its own thread and event loop, on a socket bound here
+    (so a port in use is an error now, and port 0 picks a free one)."""
 
-    def __init__(self, agent: Agent, listen: str, *, token: str = "", max_workers: int = 8):
-        host, port = split_listen(listen)
-        if not token and not is_loopback(host):
-            raise InputError(
-                f"http listen {listen}: a non-loopback address needs a token"
-                " ([http] token or TILLPOINT_HTTP__TOKEN)"
-            )
+    def __init__(self, app: Any, host: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -458,12 +453,13 @@ class HttpServer:
             self.sock.bind((host, port))
         except OSError as exc:
             self.sock.close()
-            raise TillpointError(f"cannot listen on {listen} for HTTP: {exc.strerror}") from None
+            raise TillpointError(
+                f"cannot listen on {host}:{port} for HTTP: {exc.strerror}"
+            ) from None
         self.host = host
         self.port = int(self.sock.getsockname()[1])
-        self.api = Api(agent, token=token, max_workers=max_workers)
         config = uvicorn.Config(
-            self.api,
+            app,
             http="h11",
             loop="asyncio",
             lifespan="off",
@@ -494,9 +490,31 @@ class HttpServer:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        """Answer 503 on /healthz, finish in-flight requests (GRACE_S at most), close."""
-        self.api.serving = False
+        """Finish in-flight requests (GRACE_S at most), then close."""
         self.server.should_exit = True
         self.thread.join(GRACE_S + 5)
-        self.api.pool.shutdown(wait=True, cancel_futures=True)
         self.sock.close()
+
+
+class HttpServer:
+    """The HTTP interface over one Agent; `start`, then `stop`."""
+
+    def __init__(self, agent: Agent, listen: str, *, token: str = "", max_workers: int = 8):
+        host, port = split_listen(listen)
+        if not token and not is_loopback(host):
+            raise InputError(
+                f"http listen {listen}: a non-loopback address needs a token"
+                " ([http] token or TILLPOINT_HTTP__TOKEN)"
+            )
+        self.api = Api(agent, token=token, max_workers=max_workers)
+        self.serve = AsgiThread(self.api, host, port)
+        self.host, self.port = host, self.serve.port
+
+    def start(self) -> None:
+        self.serve.start()
+
+    def stop(self) -> None:
+        """Answer 503 on /healthz, finish in-flight requests (GRACE_S at most), close."""
+        self.api.serving = False
+        self.serve.stop()
+        self.api.pool.shutdown(wait=True, cancel_futures=True)
