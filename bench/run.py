@@ -377,6 +377,12 @@ def _http_quote(
     bodies = [json.dumps(receipt("h", rng, scale)).encode() for _ in range(50)]
     quote_conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     echo_conn = http.client.HTTPConnection("127.0.0.1", echo.port, timeout=5)
+    for conn in (quote_conn, echo_conn):
+        # http.client writes the head and the body apart: without TCP_NODELAY the body
+        # waits for the server's delayed ACK (40 ms), as with any client that does so.
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     it = iter(range(10**9))
 
     def post(conn: http.client.HTTPConnection, path: str) -> None:
