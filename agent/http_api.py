@@ -28,6 +28,7 @@ from typing import Any
 import uvicorn
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -51,6 +52,7 @@ HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
     "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
     "REQUEST_TIMEOUT": 408,
     "ALREADY_EXISTS": 409,
     "FAILED_PRECONDITION": 412,
@@ -190,7 +192,7 @@ class Api:
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/openapi.json", self._openapi, methods=["GET"]),
         ]
-        self.app = Starlette(routes=routes)
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._no_such_call})
         self._openapi_body = json_document(openapi())
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -246,6 +248,21 @@ class Api:
             metrics = self.agent.metrics
             if call.rpc == "Checkout" and metrics is not None:
                 metrics.checkout_seconds.observe(time.perf_counter() - started)
+
+    async def _no_such_call(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if status == 405:
+            return error_response(
+                "METHOD_NOT_ALLOWED",
+                f"{request.method} {request.url.path}: use "
+                + ", ".join(sorted(c.method for c in CALLS if c.path == request.url.path)),
+            )
+        if status == 404:
+            return error_response(
+                "NOT_FOUND",
+                f"no such call: {request.method} {request.url.path} (see /openapi.json)",
+            )
+        return error_response("INVALID_ARGUMENT", f"HTTP {status}")
 
     async def _healthz(self, request: Request) -> Response:
         if not self.serving:

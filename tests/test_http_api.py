@@ -182,8 +182,8 @@ def test_refusals_map_to_their_http_status(client: Client) -> None:
     blocked = client.post("/v1/checkout", receipt("b1", card="2770000000031"))
     status, code, message = error_of(blocked)
     assert (status, code) == (412, "FAILED_PRECONDITION") and "refused" in message
-    assert client.get("/v1/nowhere").status == 404
-    assert client.get("/v1/quote").status == 405  # a call is a POST
+    assert error_of(client.get("/v1/nowhere"))[:2] == (404, "NOT_FOUND")
+    assert error_of(client.get("/v1/quote"))[:2] == (405, "METHOD_NOT_ALLOWED")  # a POST
 
 
 def test_healthz_is_503_until_a_snapshot_is_loaded(tmp_path: Path) -> None:
@@ -220,6 +220,19 @@ def test_an_unexpected_failure_is_500_saying_it_is_a_bug(
     finally:
         c.close()
         srv.stop()
+
+
+def test_stop_closes_idle_keep_alive_connections_at_once(agent: Agent) -> None:
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    c = Client(srv.port)
+    assert c.get("/v1/status").status == 200  # the connection stays open, idle
+    started = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - started < 3  # not the 75 s keep-alive, nor the 5 s grace
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+    c.close()
 
 
 def test_healthz_is_200_while_serving_with_a_snapshot(client: Client, server: HttpServer) -> None:

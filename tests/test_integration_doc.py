@@ -48,7 +48,9 @@ def agent_url(agent: Agent) -> Iterator[str]:
 def run(argv: list[str], url: str, cwd: Path, timeout: float = 60) -> str:
     env = dict(os.environ, TILLPOINT_URL=url)
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{argv[0]} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, (
+        f"{argv[0]} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    )
     return done.stdout
 
 
