@@ -336,6 +336,30 @@ def test_a_body_over_4_mib_is_413(server: HttpServer) -> None:
         c.close()
 
 
+def test_a_body_that_does_not_arrive_is_408(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", 0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
+        s.sendall(b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        answer = _read_answer(s)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b'"REQUEST_TIMEOUT"' in answer
+
+
+def test_a_call_that_does_not_finish_in_time_is_503_retry(
+    agent: Agent, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "CALL_TIMEOUT_S", 0.5)
+    with agent._lock:  # the agent busy elsewhere (a long snapshot switch, say)
+        status, code, message = error_of(client.post("/v1/quote", receipt()))
+    assert (status, code) == (503, "UNAVAILABLE") and "same receiptId" in message
+    assert client.post("/v1/quote", receipt()).status == 200  # and the retry is answered
+
+
 def _read_answer(s: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:
