@@ -222,12 +222,13 @@ class Api:
     async def _call(self, call: Call, request: Request) -> Response:
         started = time.perf_counter()
         try:
-            body: Any = None
-            if call.method == "POST":
-                raw = await _read_body(request)
-                body = parse_json(raw, "request body")
-            result = await self._in_pool(lambda: call.run(self.agent, body))
-            return Response(json_document(result), media_type=JSON)
+            raw = await _read_body(request) if call.method == "POST" else None
+
+            def run() -> str:  # in the pool: parsing and encoding 4 MiB stay off the loop too
+                body = None if raw is None else parse_json(raw, "request body")
+                return json_document(call.run(self.agent, body))
+
+            return Response(await self._in_pool(run), media_type=JSON)
         except HttpError as exc:
             return error_response(exc.code, exc.message)
         except TillpointError as exc:
@@ -255,7 +256,9 @@ class Api:
             return error_response(
                 "METHOD_NOT_ALLOWED",
                 f"{request.method} {request.url.path}: use "
-                + ", ".join(sorted(c.method for c in CALLS if c.path == request.url.path)),
+                + ", ".join(
+                    sorted(c.method for c in CALLS if c.path == request.url.path) or ["GET"]
+                ),
             )
         if status == 404:
             return error_response(
