@@ -59,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("quote", "price a receipt JSON without storing it"),
         ("checkout", "commit a receipt JSON"),
         ("refund", "commit a refund JSON"),
+        ("hold", "price a receipt JSON and reserve its redemption until confirm or cancel"),
     ):
         p = sub.add_parser(name, parents=[common], help=what)
         p.add_argument("file", help="JSON file, or - for standard input")
+    p = sub.add_parser("confirm", parents=[common], help="commit a held receipt")
+    p.add_argument("receipt_id", metavar="RECEIPT_ID")
+    p.add_argument("--fiscal", help="the fiscal document number (at most 64 characters)")
+    p = sub.add_parser("cancel", parents=[common], help="release a held receipt")
+    p.add_argument("receipt_id", metavar="RECEIPT_ID")
     p = sub.add_parser("balance", parents=[common], help="available and pending points")
     p.add_argument("card")
     p.add_argument("--at", help="RFC 3339 time with offset (default: now)")
@@ -162,9 +168,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, info, lambda d: f"snapshot version {d['version']} loaded")
         if command == "identify":
             return emit(args, agent.identify(args.text), _human_card)
-        if command in ("quote", "checkout"):
+        if command in ("quote", "checkout", "hold"):
             call: Callable[[Any], dict[str, Any]] = getattr(agent, command)
             return emit(args, call(read_json(args.file)), _human_result)
+        if command == "confirm":
+            return emit(args, agent.confirm(args.receipt_id, args.fiscal), _human_result)
+        if command == "cancel":
+            return emit(args, agent.cancel(args.receipt_id), _human_result)
         if command == "refund":
             return emit(args, agent.refund(read_json(args.file)), _human_refund)
         if command == "balance":
@@ -281,6 +291,10 @@ def _human_result(r: dict[str, Any]) -> str:
     from .money import format_minor
 
     out = [f"receipt {r['receiptId']}  card {_human_card(r['card'])}  mode {r['mode']}"]
+    if r.get("state"):
+        out[0] += f"  {r['state']}"
+        if r.get("holdExpiresAt"):
+            out[0] += f" until {r['holdExpiresAt']}"
     for line in r["lines"]:
         offer = f"  offer {line['offerId']}" if line["offerId"] else ""
         out.append(

@@ -78,12 +78,38 @@ def take_seq(conn: sqlite3.Connection, device_id: str, applied_through: int) -> 
     return seq
 
 
-def offline_redeemed(conn: sqlite3.Connection, card: str, local_day: str) -> int:
-    """Points this till let the card spend offline on this store-day."""
+def offline_redeemed(
+    conn: sqlite3.Connection, card: str, local_day: str, now: datetime | None = None
+) -> int:
+    """Points this till let the card spend offline on this store-day: committed receipts,
+    and, given `now`, the offline holds still open then (SPEC §11: a hold reserves)."""
     row = conn.execute(
         "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
         " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",
         (card, local_day),
+    ).fetchone()
+    used = int(row[0])
+    if now is not None:
+        used += int(
+            conn.execute(
+                "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+                " WHERE card = ? AND local_day = ? AND state = 'HELD' AND mode = 'OFFLINE'"
+                " AND expires_at > ?",
+                (card, local_day, utc_text(now)),
+            ).fetchone()[0]
+        )
+    return used
+
+
+def held_points(
+    conn: sqlite3.Connection, customer_id: str, now: datetime, but: str | None = None
+) -> int:
+    """Points reserved by this till's open holds of the customer (but receipt `but`)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+        " WHERE state = 'HELD' AND expires_at > ? AND receipt_id IS NOT ?"
+        " AND json_extract(figures, '$.customerId') = ?",
+        (utc_text(now), but, customer_id),
     ).fetchone()
     return int(row[0])
 

@@ -218,6 +218,7 @@ class Program(Model):
     birthday_window_days: NonNegative = 7
     max_offers_printed: NonNegative = 5
     offer_print_cooldown_days: NonNegative = 7
+    hold_ttl_seconds: Positive = 1800
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
 
     @field_validator("timezone")

@@ -211,6 +211,7 @@ def test_quote_equals_checkout(
         }
         quoted = agent.quote(data)
         committed = agent.checkout(data)
+        assert committed.pop("state") == "CONFIRMED"  # a quote has no state (§11)
         for key in ("printedOffers", "display"):
             quoted.pop(key)
             committed.pop(key)
