@@ -274,8 +274,16 @@ def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
         raise InputError(f"{name}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{name}: cannot read it ({exc})") from None
+    return parse_json(text, name)
+
+
+def parse_json(text: str | bytes, name: str) -> Any:
+    """A JSON document as every input of tillpoint is read (files, stdin, HTTP bodies):
+    no floats (money is minor units, quantities decimal strings), no NaN/Infinity."""
     try:
         return json.loads(text, parse_float=_no_float, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
@@ -310,9 +318,14 @@ def parse_time(text: str) -> Any:
         raise InputError(f"--at: {exc}") from None
 
 
+def json_document(data: Any) -> str:
+    """The one JSON document `--json` prints and the HTTP interface answers, byte for byte."""
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_document(data))
     else:
         sys.stdout.write(human(data) + "\n")
     return EXIT_OK

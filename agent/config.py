@@ -7,13 +7,14 @@ Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_I
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import InputError
@@ -44,6 +45,34 @@ class ServerSettings(BaseModel):
     max_workers: int = Field(8, ge=1, le=64)
 
 
+class HttpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8061"  # the local HTTP/JSON interface (docs/INTEGRATION.md)
+    token: str = Field("", max_length=512)  # required when listen is not a loopback address
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> HttpSettings:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if self.enabled and not self.token and not is_loopback(host):
+            raise ValueError(
+                f"listen {self.listen} is not a loopback address: set a token"
+                " ([http] token or TILLPOINT_HTTP__TOKEN)"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only programs on this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +97,7 @@ class Settings(BaseSettings):
     build_workers: int = Field(0, ge=0, le=16)  # full-snapshot build processes; 0: auto
     hub: HubSettings = HubSettings()
     server: ServerSettings = ServerSettings()
+    http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     printer: dict[str, Any] = Field(default_factory=dict)

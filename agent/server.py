@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -231,6 +232,10 @@ def build_server(
         raise TillpointError(f"cannot listen on {address}")
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    # Server reflection: grpcurl and Postman call PosAgent without the .proto.
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     return server, port, health_servicer
 
 
@@ -260,6 +265,16 @@ def serve_forever(settings: Settings) -> int:
     server, _port, health_servicer = build_server(
         agent, settings.server.listen, settings.server.max_workers
     )
+    http_server = None
+    if settings.http.enabled:
+        from .http_api import HttpServer
+
+        http_server = HttpServer(
+            agent,
+            settings.http.listen,
+            token=settings.http.token,
+            max_workers=settings.server.max_workers,
+        )
     stops = [start(agent, settings) for start in background_starters]
     stops.append(start_hold_sweeper(agent))
     metrics_server = None
@@ -267,6 +282,9 @@ def serve_forever(settings: Settings) -> int:
         host, _, metrics_port = settings.metrics.listen.rpartition(":")
         metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
     server.start()
+    if http_server is not None:
+        http_server.start()
+        log.info("HTTP interface on %s:%s", http_server.host, http_server.port)
     log.info(
         "PosAgent serving on %s (device %s, cache version %s)",
         settings.server.listen,
@@ -286,7 +304,10 @@ def serve_forever(settings: Settings) -> int:
     systemd.notify("STOPPING=1")
     log.info("stopping: draining in-flight requests")
     health_servicer.enter_graceful_shutdown()
-    server.stop(grace=5).wait()
+    grpc_stopped = server.stop(grace=5)
+    if http_server is not None:
+        http_server.stop()  # the same 5 s grace, meanwhile
+    grpc_stopped.wait()
     for stop_background in reversed(stops):
         stop_background()
     if metrics_server is not None:

@@ -146,7 +146,9 @@ def till_config(path: Path, data_dir: Path, hub_address: str, listen: str) -> Pa
         "[server]\n"
         f'listen = "{listen}"\n'
         "[metrics]\n"
-        "enabled = false\n",
+        "enabled = false\n"
+        "[http]\n"
+        'listen = "127.0.0.1:0"\n',
         encoding="utf-8",
     )
     return path
@@ -844,7 +846,7 @@ def scenario_malformed(work: Path, count: int, cli_count: int, rng: random.Rando
     cfg = work / "till.toml"
     cfg.write_text(
         f'device_id = "{DEVICE}"\ndata_dir = "{data_dir}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
-        "[metrics]\nenabled = false\n"
+        '[metrics]\nenabled = false\n[http]\nlisten = "127.0.0.1:0"\n'
     )
 
     def state() -> tuple[Any, ...]:
