@@ -153,6 +153,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     agent = Agent(settings.data_dir, settings.device_id)
     agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
+    agent.device_kinds = device_kinds(settings)
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -171,13 +172,24 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             at = parse_time(args.at) if args.at else None
             return emit(args, agent.balance(args.card, at), _human_balance)
         if command == "status":
-            return emit(args, agent.status(), _human_status)
+            from .proto_json import status_json
+
+            return emit(args, status_json(agent.status()), _human_status)
         if command == "reset":
             agent.reset()
             return emit(args, {"reset": True}, lambda d: "the till's cache and ledger are empty")
     finally:
         agent.close()
     parser.error(f"unknown command {command}")
+
+
+def device_kinds(settings: Any) -> dict[str, str]:
+    """The configured kind of each device (`status` says DISABLED for "none")."""
+    kinds = {}
+    for name in ("printer", "display", "scanner"):
+        table = getattr(settings, name, None) or {}
+        kinds[name] = str(table.get("kind", "none"))
+    return kinds
 
 
 def load_snapshot(agent: Any, name: str) -> Any:
@@ -261,6 +273,8 @@ def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], 
 def _human_card(card: dict[str, Any]) -> str:
     if card["status"] == "FOUND":
         return f"FOUND {card['firstName']} (customer {card['customerId']}, tier {card['tier']})"
+    if card.get("reason"):
+        return f"{card['status']} ({card['reason']})"
     return str(card["status"])
 
 
@@ -284,7 +298,8 @@ def _human_result(r: dict[str, Any]) -> str:
     if r["balance"]:
         out.append(_human_balance(r["balance"]))
     if r["printedOffers"]:
-        out.append("offers printed: " + ", ".join(r["printedOffers"]))
+        # Committed with the receipt as a print job; the running agent prints it.
+        out.append("offers queued for printing: " + ", ".join(r["printedOffers"]))
     if r["heldOut"]:
         out.append("held out (control group): " + ", ".join(r["heldOut"]))
     return "\n".join(out)

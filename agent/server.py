@@ -25,6 +25,7 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .config import Settings
 from .errors import TillpointError
+from .proto_json import status_message
 from .service import Agent
 
 log = logging.getLogger("tillpoint.server")
@@ -90,6 +91,7 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
         ("customerId", "customer_id"),
         ("tier", "tier"),
         ("firstName", "first_name"),
+        ("reason", "reason"),
     ):
         if card.get(key) is not None:
             setattr(outcome, field, card[key])
@@ -181,7 +183,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.Status:
         return self._call(
             context,
-            lambda: to_message(self.agent.status(), pb.Status(), ignore_unknown=True),
+            lambda: status_message(self.agent.status()),
         )
 
 
@@ -214,6 +216,7 @@ def serve_forever(settings: Settings) -> int:
     process is healthy, STOPPING=1 on SIGTERM; in-flight RPCs get 5 s to finish.
     """
     from . import logs, systemd
+    from .cli import device_kinds
     from .lock import DataDirLock
     from .metrics import Registry, serve
 
@@ -221,6 +224,7 @@ def serve_forever(settings: Settings) -> int:
     lock = DataDirLock(settings.data_dir).acquire()
     agent = Agent(settings.data_dir, settings.device_id)
     agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
+    agent.device_kinds = device_kinds(settings)
     registry = Registry()
     agent.metrics = registry
     register_gauges(registry, agent)
