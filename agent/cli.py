@@ -19,6 +19,31 @@ from .errors import InputError, TillpointError
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 
+# The contract this build implements: the proto package and the edition of the behaviour
+# contract (docs/CONTRACT.md). `tillpoint --version` prints both.
+CONTRACT = "tillpoint.v1, SPEC 2026-11"
+
+
+def version_text() -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("tillpoint")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        version = "unknown"
+    return f"tillpoint {version} (contract {CONTRACT})"
+
+
+class _Version(argparse.Action):
+    """`--version`, computed only when asked (argparse's own action formats it eagerly)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit(EXIT_OK)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -43,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", type=Path, help="the till's data directory")
     parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    parser.add_argument(
+        "--version", action=_Version, help="the version and the contract it implements"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     common = _common()
 

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
+from . import hooks
 from .config import Settings
 from .errors import TillpointError
 from .proto_json import status_message
@@ -205,8 +206,9 @@ def build_server(
 
 # Background services (hub sync, print worker, display) register here; each is started
 # with the agent and the settings and returns a stop function.
+# (`hooks.background_starters`, the same list: registering there imports nothing heavy).
 BackgroundStarter = Callable[[Agent, Settings], Callable[[], None]]
-background_starters: list[BackgroundStarter] = []
+background_starters: list[BackgroundStarter] = hooks.background_starters
 
 
 def serve_forever(settings: Settings) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import cache as cache_mod
-from . import ledger
+from . import hooks, ledger
 from .cache import CacheView, ancestors
 from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
 from .errors import (
@@ -65,9 +65,9 @@ class RedemptionAuthoriser(Protocol):
         ...
 
 
-# Parts that add fields to `status` (the hub sync, the printer) register a function of
-# the ledger connection here when they are imported.
-status_providers: list[Callable[[sqlite3.Connection], dict[str, Any]]] = []
+# Parts that add fields to `status` (the hub sync) register a function of the ledger
+# connection in `hooks.status_providers` (the same list) when they are imported.
+status_providers = hooks.status_providers
 
 
 @dataclass(frozen=True)

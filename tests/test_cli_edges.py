@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,3 +121,30 @@ def test_cli_grpc_and_metrics_agree_on_status_and_printer_state(cli: CLI, tmp_pa
     assert served["printerState"] == "DISABLED"
     assert 'tillpoint_printer_ok{state="DISABLED"} 0' in metrics
     assert json.dumps(served)  # plain JSON types only
+
+
+def test_version_names_the_contract() -> None:
+    exe = Path(sys.executable).parent / "tillpoint"
+    run = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stderr == ""
+    assert re.fullmatch(r"tillpoint \S+ \(contract tillpoint\.v1, SPEC \d{4}-\d{2}\)\n", run.stdout)
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`--help` builds every command's parser without gRPC, pydantic, cryptography, sqlite-utils."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from tillpoint.agent.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    for argv in (['--help'], ['hub', '--help'], ['print', 'queue', '--help']):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "heavy = ('grpc', 'pydantic', 'pydantic_settings', 'cryptography', 'sqlite_utils',\n"
+        "         'google.protobuf', 'escpos', 'PIL')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "print('usage: tillpoint' in out.getvalue())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.split("\n")[:2] == ["[]", "True"], run.stdout + run.stderr
