@@ -158,6 +158,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from . import config as config_mod
 
     settings = config_mod.load(args.config, data_dir=args.data_dir)
+    from .privileges import run_as_owner
+
+    run_as_owner(settings.data_dir)  # as root on an installed till: become its owner
     command: str = args.command
     handler = getattr(args, "handler", None)
     if handler is not None:
