@@ -41,7 +41,7 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def tillpoint(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def tillpoint(*args: str | Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     site = sysconfig.get_paths()["purelib"]
     code = (
         f"import site, sys; site.addsitedir({site!r})\n"
@@ -51,7 +51,7 @@ def tillpoint(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
     env["TILLPOINT_DEVICE_ID"] = "till-1"
     return subprocess.run(
-        [SYSTEM_PYTHON, "-c", code, *map(str, args)],
+        [*prefix, SYSTEM_PYTHON, "-c", code, *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
@@ -86,3 +86,15 @@ def test_root_keeps_its_own_and_new_directories(shared_dir: Path) -> None:
     run = tillpoint("--data-dir", data, "status")
     assert run.returncode == 0, run.stderr
     assert owners(data) == {0}
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+def test_root_that_cannot_switch_refuses_with_a_hint(shared_dir: Path) -> None:
+    data = shared_dir / "data"
+    data.mkdir(mode=0o750)
+    os.chown(data, NOBODY, NOBODY)
+    no_setuid = ("setpriv", "--bounding-set=-setuid,-setgid", "--")
+    run = tillpoint("--data-dir", data, "status", prefix=no_setuid)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "sudo -u nobody tillpoint" in run.stderr
+    assert list(data.iterdir()) == []  # nothing was created
