@@ -20,6 +20,31 @@ from .limits import REQUEST_MAX_BYTES
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 
+# The contract this build implements: the proto package and the edition of the behaviour
+# contract (docs/CONTRACT.md). `tillpoint --version` prints both.
+CONTRACT = "tillpoint.v1, SPEC 2026-11"
+
+
+def version_text() -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("tillpoint")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        version = "unknown"
+    return f"tillpoint {version} (contract {CONTRACT})"
+
+
+class _Version(argparse.Action):
+    """`--version`, computed only when asked (argparse's own action formats it eagerly)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit(EXIT_OK)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -44,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", type=Path, help="the till's data directory")
     parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    parser.add_argument(
+        "--version", action=_Version, help="the version and the contract it implements"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     common = _common()
 
@@ -141,6 +169,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from . import config as config_mod
 
     settings = config_mod.load(args.config, data_dir=args.data_dir)
+    from .privileges import run_as_owner
+
+    run_as_owner(settings.data_dir)  # as root on an installed till: become its owner
     command: str = args.command
     handler = getattr(args, "handler", None)
     if handler is not None:
@@ -164,6 +195,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     agent = Agent(settings.data_dir, settings.device_id)
     agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
+    agent.device_kinds = device_kinds(settings)
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -186,7 +218,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             at = parse_time(args.at) if args.at else None
             return emit(args, agent.balance(args.card, at), _human_balance)
         if command == "status":
-            return emit(args, agent.status(), _human_status)
+            from .proto_json import status_json
+
+            return emit(args, status_json(agent.status()), _human_status)
         if command == "reset":
             _confirm_reset(args, agent)
             discarded = agent.reset(force=args.force)
@@ -223,6 +257,15 @@ def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
     )
     if sys.stdin.readline().strip().lower() not in ("y", "yes"):
         raise InputError("reset cancelled")
+
+
+def device_kinds(settings: Any) -> dict[str, str]:
+    """The configured kind of each device (`status` says DISABLED for "none")."""
+    kinds = {}
+    for name in ("printer", "display", "scanner"):
+        table = getattr(settings, name, None) or {}
+        kinds[name] = str(table.get("kind", "none"))
+    return kinds
 
 
 def load_snapshot(agent: Any, name: str) -> Any:
@@ -337,6 +380,8 @@ def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], 
 def _human_card(card: dict[str, Any]) -> str:
     if card["status"] == "FOUND":
         return f"FOUND {card['firstName']} (customer {card['customerId']}, tier {card['tier']})"
+    if card.get("reason"):
+        return f"{card['status']} ({card['reason']})"
     return str(card["status"])
 
 
@@ -364,7 +409,8 @@ def _human_result(r: dict[str, Any]) -> str:
     if r["balance"]:
         out.append(_human_balance(r["balance"]))
     if r["printedOffers"]:
-        out.append("offers printed: " + ", ".join(r["printedOffers"]))
+        # Committed with the receipt as a print job; the running agent prints it.
+        out.append("offers queued for printing: " + ", ".join(r["printedOffers"]))
     if r["heldOut"]:
         out.append("held out (control group): " + ", ".join(r["heldOut"]))
     return "\n".join(out)

@@ -1,4 +1,4 @@
-"""The agent's configuration: one TOML file, overridden by TILLPOINT_* environment variables.
+"""The agent's configuration: flags, TILLPOINT_* environment variables, one TOML file.
 
 Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_ID`,
 `TILLPOINT_DATA_DIR`, `TILLPOINT_HUB__ADDRESS`, ...), the TOML file, the defaults below.
@@ -11,11 +11,17 @@ import ipaddress
 import os
 import socket
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from .errors import InputError
 from .models import describe
@@ -113,29 +119,44 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment beats the file (passed as init values); flags beat both (`load`).
-        return (env_settings, init_settings)
+        # Highest first: command-line flags (init values), the environment, the TOML file;
+        # pydantic-settings merges them key by key (nested tables too) over the defaults.
+        return (init_settings, env_settings, _TomlFile(settings_cls, _CONFIG_FILE.get()))
 
 
-def load(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Read and validate the configuration; a problem names the key and what is wrong."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(f"cannot read config {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"config {config_file}: {exc}") from None
+# The file `load` reads for the Settings built in this context (None: no file).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("tillpoint_config_file", default=None)
+
+
+class _TomlFile(InitSettingsSource):
+    """The config file as a settings source; an unreadable or malformed file is one line."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise InputError(f"cannot read config {path}: {exc.strerror}") from None
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"config {path}: {exc}") from None
+        super().__init__(settings_cls, values)
+
+    def __repr__(self) -> str:
+        return "_TomlFile()"
+
+
+def load(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Read and validate the configuration; a problem names the key and what is wrong.
+
+    `flags` are the command-line values (None: not given). Each setting comes from the
+    first of flags, environment, `config_file`, defaults that has it.
+    """
+    given = {k: v for k, v in flags.items() if v is not None}
+    token = _CONFIG_FILE.set(config_file)
     try:
-        settings = Settings(**values)
-        flags = {k: v for k, v in overrides.items() if v is not None}
-        if flags:  # field by field: a new Settings would read the environment again and win
-            checked: dict[str, Any] = {}
-            for key, value in flags.items():
-                kind: Any = Settings.model_fields[key].annotation
-                checked[key] = TypeAdapter(kind).validate_python(value)
-            settings = settings.model_copy(update=checked)
+        return Settings(**given)
     except ValidationError as exc:
         raise InputError(f"config: {describe(exc)}") from None
-    return settings
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -24,9 +24,11 @@ from grpc_reflection.v1alpha import reflection
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
+from . import hooks
 from .config import Settings
 from .errors import TillpointError
 from .limits import REQUEST_MAX_BYTES
+from .proto_json import status_message
 from .service import Agent
 
 log = logging.getLogger("tillpoint.server")
@@ -92,6 +94,7 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
         ("customerId", "customer_id"),
         ("tier", "tier"),
         ("firstName", "first_name"),
+        ("reason", "reason"),
     ):
         if card.get(key) is not None:
             setattr(outcome, field, card[key])
@@ -210,7 +213,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.Status:
         return self._call(
             context,
-            lambda: to_message(self.agent.status(), pb.Status(), ignore_unknown=True),
+            lambda: status_message(self.agent.status()),
         )
 
 
@@ -241,8 +244,9 @@ def build_server(
 
 # Background services (hub sync, print worker, display) register here; each is started
 # with the agent and the settings and returns a stop function.
+# (`hooks.background_starters`, the same list: registering there imports nothing heavy).
 BackgroundStarter = Callable[[Agent, Settings], Callable[[], None]]
-background_starters: list[BackgroundStarter] = []
+background_starters: list[BackgroundStarter] = hooks.background_starters
 
 
 def serve_forever(settings: Settings) -> int:
@@ -252,6 +256,7 @@ def serve_forever(settings: Settings) -> int:
     process is healthy, STOPPING=1 on SIGTERM; in-flight RPCs get 5 s to finish.
     """
     from . import logs, systemd
+    from .cli import device_kinds
     from .lock import DataDirLock
     from .metrics import Registry, serve
 
@@ -259,6 +264,7 @@ def serve_forever(settings: Settings) -> int:
     lock = DataDirLock(settings.data_dir).acquire()
     agent = Agent(settings.data_dir, settings.device_id)
     agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
+    agent.device_kinds = device_kinds(settings)
     registry = Registry()
     agent.metrics = registry
     register_gauges(registry, agent)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import cache as cache_mod
-from . import ledger
+from . import hooks, ledger
 from .cache import CacheView, ancestors
 from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
 from .errors import (
@@ -93,9 +93,9 @@ class RedemptionAuthoriser(Protocol):
         ...
 
 
-# Parts that add fields to `status` (the hub sync, the printer) register a function of
-# the ledger connection here when they are imported.
-status_providers: list[Callable[[sqlite3.Connection], dict[str, Any]]] = []
+# Parts that add fields to `status` (the hub sync) register a function of the ledger
+# connection in `hooks.status_providers` (the same list) when they are imported.
+status_providers = hooks.status_providers
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,9 @@ class Agent:
         self._lock = threading.RLock()
         self.metrics: Any = None  # a metrics.Registry when run as a service
         self.devices: Any = None  # printer, display and scanner when run as a service
+        # The configured `kind` of "printer", "display", "scanner" (absent: "none"), for
+        # `status` in a process that does not drive the devices itself (the CLI).
+        self.device_kinds: dict[str, str] = {}
 
     def close(self) -> None:
         self._checkpoints.close()
@@ -957,18 +960,18 @@ class Agent:
                 "mode": "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE",
                 "printQueueDepth": int(jobs),
             }
-            status.update(printer_state_from_queue(conn))
+            failed, retrying, last_error = print_queue_health(conn)
+            status["printerLastError"] = last_error
             for provider in status_providers:
                 status.update(provider(conn))
+        live: dict[str, Any] | None = None
         devices = self.devices
         if devices is not None:  # live states when run as a service
             try:
-                live = devices.status()
-                status["printerState"] = live["printer"]["state"]
-                status["displayState"] = live["display"]["state"]
-                status["scannerState"] = live["scanner"]["state"]
+                live = {name: dict(state) for name, state in devices.status().items()}
             except Exception:
                 log.warning("device status unavailable", exc_info=True)
+        status.update(device_states(self.device_kinds, live, failed, retrying))
         return status
 
     # ------------------------------------------------------------ plumbing
@@ -987,8 +990,8 @@ class Agent:
         self._checkpoints.committed()
 
 
-def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:
-    """What the print queue says when no live printer state is at hand (another process)."""
+def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:
+    """Failed jobs, jobs waiting for a retry, and the newest open job's last error."""
     failed, retrying, last_error = conn.execute(
         "SELECT count(*) FILTER (WHERE state = 'FAILED'),"
         " count(*) FILTER (WHERE state IN ('PENDING', 'SENDING') AND attempts > 0),"
@@ -996,8 +999,38 @@ def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:
         "  ORDER BY id DESC LIMIT 1)"
         " FROM print_jobs"
     ).fetchone()
-    state = "FAILED_JOBS" if failed else "RETRYING" if retrying else "OK"
-    return {"printerState": state, "printerLastError": last_error or ""}
+    return int(failed), int(retrying), str(last_error or "")
+
+
+def device_states(
+    kinds: dict[str, str], live: dict[str, Any] | None, failed: int, retrying: int
+) -> dict[str, str]:
+    """`printerState`, `displayState`, `scannerState`: one meaning in the CLI's `status`, the
+    gRPC `Status`, the metrics and the demo (docs/DECISIONS.md, "Device states").
+
+    DISABLED: the device is not configured (`kind = "none"`). The printer: OFFLINE or
+    ERROR as the running print worker last found it; else FAILED_JOBS while jobs gave up
+    (`tillpoint print retry`), RETRYING while jobs wait for another attempt, OK otherwise.
+    The display and scanner: OK or OFFLINE from the running service; UNKNOWN in a
+    process that does not drive them (the CLI: ask the service, `grpc Status`).
+    """
+    out: dict[str, str] = {}
+    for name in ("printer", "display", "scanner"):
+        live_state = str(live[name]["state"]) if live is not None else None
+        if live_state is not None:
+            configured = live_state != "DISABLED"
+        else:
+            configured = kinds.get(name, "none") != "none"
+        if not configured:
+            state = "DISABLED"
+        elif name != "printer":
+            state = live_state or "UNKNOWN"
+        elif live_state in ("OFFLINE", "ERROR"):
+            state = live_state
+        else:
+            state = "FAILED_JOBS" if failed else "RETRYING" if retrying else "OK"
+        out[f"{name}State"] = state
+    return out
 
 
 # ---------------------------------------------------------------- JSON shapes
@@ -1005,6 +1038,8 @@ def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:
 
 def card_json(ident: Identification, tier: str | None) -> dict[str, Any]:
     if ident.customer is None or ident.status != "FOUND":
+        if ident.reason:  # INVALID / BLOCKED say why (CardOutcome.reason)
+            return {"status": ident.status, "reason": ident.reason}
         return {"status": ident.status}
     return {
         "status": "FOUND",

@@ -762,10 +762,13 @@ class CardOutcome(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     FIRST_NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     status: Global___IdentifyStatus.ValueType
     customer_id: _builtins.str
     tier: _builtins.str
     first_name: _builtins.str
+    reason: _builtins.str
+    """INVALID / BLOCKED: why, in a sentence a cashier understands"""
     def __init__(
         self,
         *,
@@ -773,10 +776,11 @@ class CardOutcome(_message.Message):
         customer_id: _builtins.str | None = ...,
         tier: _builtins.str | None = ...,
         first_name: _builtins.str | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "status", b"status", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "reason", b"reason", "status", b"status", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
     _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
@@ -1141,6 +1145,15 @@ class Status(_message.Message):
     DISPLAY_STATE_FIELD_NUMBER: _builtins.int
     SET_ASIDE_FIELD_NUMBER: _builtins.int
     SYNC_ERROR_FIELD_NUMBER: _builtins.int
+    PRINTER_LAST_ERROR_FIELD_NUMBER: _builtins.int
+    SCANNER_STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
+    LAST_CONTACT_AT_FIELD_NUMBER: _builtins.int
+    HUB_ADDRESS_FIELD_NUMBER: _builtins.int
+    HUB_ACKED_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    SET_ASIDE_TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    ENROLLED_FIELD_NUMBER: _builtins.int
+    LAST_REFUSED_SNAPSHOT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     cache_version: _builtins.int
     cache_issued_at: _builtins.str
@@ -1162,6 +1175,16 @@ class Status(_message.Message):
     """The outstanding sync problem in one line ("" when the sync is healthy); set-aside
     transactions come first, they do not clear by themselves.
     """
+    printer_last_error: _builtins.str
+    scanner_state: _builtins.str
+    last_error_at: _builtins.str
+    last_contact_at: _builtins.str
+    hub_address: _builtins.str
+    hub_acked_through_seq: _builtins.int
+    set_aside_transactions: _builtins.int
+    enrolled: _builtins.bool
+    @_builtins.property
+    def last_refused_snapshot(self) -> Global___StatusRefusedSnapshot: ...
     def __init__(
         self,
         *,
@@ -1179,14 +1202,124 @@ class Status(_message.Message):
         display_state: _builtins.str = ...,
         set_aside: _builtins.int = ...,
         sync_error: _builtins.str = ...,
+        printer_last_error: _builtins.str = ...,
+        scanner_state: _builtins.str = ...,
+        last_error_at: _builtins.str = ...,
+        last_contact_at: _builtins.str = ...,
+        hub_address: _builtins.str = ...,
+        hub_acked_through_seq: _builtins.int = ...,
+        set_aside_transactions: _builtins.int = ...,
+        enrolled: _builtins.bool = ...,
+        last_refused_snapshot: Global___StatusRefusedSnapshot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_refused_snapshot", b"last_refused_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "device_id", b"device_id", "display_state", b"display_state", "last_error", b"last_error", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_state", b"printer_state", "set_aside", b"set_aside", "sync_error", b"sync_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "device_id", b"device_id", "display_state", b"display_state", "enrolled", b"enrolled", "hub_acked_through_seq", b"hub_acked_through_seq", "hub_address", b"hub_address", "last_contact_at", b"last_contact_at", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_refused_snapshot", b"last_refused_snapshot", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_last_error", b"printer_last_error", "printer_state", b"printer_state", "scanner_state", b"scanner_state", "set_aside", b"set_aside", "set_aside_transactions", b"set_aside_transactions", "sync_error", b"sync_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Status: _TypeAlias = Status  # noqa: Y015
+
+@_typing.final
+class PrintQueueList(_message.Message):
+    """`tillpoint print queue --json`: the till's coupon print jobs, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrintQueueJob]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___PrintQueueJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrintQueueList: _TypeAlias = PrintQueueList  # noqa: Y015
+
+@_typing.final
+class PrintQueueJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    PRINTED_AT_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    receipt_id: _builtins.str
+    created_at: _builtins.str
+    """RFC 3339 UTC"""
+    state: _builtins.str
+    """PENDING | SENDING | DONE | FAILED"""
+    attempts: _builtins.int
+    next_attempt_at: _builtins.str
+    """empty: now"""
+    last_error: _builtins.str
+    printed_at: _builtins.str
+    @_builtins.property
+    def offers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the offer ids on the coupon"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        receipt_id: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_at: _builtins.str = ...,
+        last_error: _builtins.str = ...,
+        printed_at: _builtins.str = ...,
+        offers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "id", b"id", "last_error", b"last_error", "next_attempt_at", b"next_attempt_at", "offers", b"offers", "printed_at", b"printed_at", "receipt_id", b"receipt_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrintQueueJob: _TypeAlias = PrintQueueJob  # noqa: Y015
+
+@_typing.final
+class StatusRefusedSnapshot(_message.Message):
+    """The last snapshot the till refused (Status.last_refused_snapshot), until one applies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    sha256: _builtins.str
+    reason: _builtins.str
+    at: _builtins.str
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "reason", b"reason", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusRefusedSnapshot: _TypeAlias = StatusRefusedSnapshot  # noqa: Y015
 
 @_typing.final
 class PullSnapshotRequest(_message.Message):
