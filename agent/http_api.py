@@ -37,6 +37,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from .cli import json_document, parse_json
 from .config import is_loopback
 from .errors import InputError, TillpointError
+from .proto_json import status_json
 from .service import Agent
 
 log = logging.getLogger("tillpoint.http")
@@ -168,7 +169,7 @@ CALLS = (
         "/v1/status",
         "Status",
         "Cache version, queues, last sync, devices",
-        lambda agent, body: agent.status(),
+        lambda agent, body: status_json(agent.status()),
         "GET",
     ),
 )
