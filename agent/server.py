@@ -75,6 +75,8 @@ def receipt_dict(message: pb.Receipt) -> dict[str, Any]:
         data["lines"] = lines
     if message.redeem_points:
         data["redeemPoints"] = message.redeem_points
+    if message.explain:
+        data["explain"] = True
     return data
 
 
@@ -122,6 +124,8 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
     if data.get("balance") is not None:
         result.balance.available_points = data["balance"]["availablePoints"]
         result.balance.pending_points = data["balance"]["pendingPoints"]
+    if data.get("trace") is not None:
+        json_format.ParseDict(data["trace"], result.trace)
     return result
 
 

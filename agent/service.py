@@ -276,7 +276,8 @@ class Agent:
         if self.hub is not None and customer is not None and priced.redeem_allowed_without_cap > 0:
             cap, mode = self._redeem_cap(receipt, ident, priced, program, commit)
             if cap < priced.redeem_allowed_without_cap:
-                priced = price(receipt, _with_cap(ctx, cap))
+                source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
+                priced = price(receipt, _with_cap(ctx, cap, source))
 
         printed: list[Offer] = []
         if commit and customer is not None:
@@ -748,6 +749,7 @@ def result_json(
         "balance": balance.as_json() if balance else None,
         "heldOut": list(priced.held_out),
         "printedOffers": [o.id for o in printed],
+        **({"trace": priced.trace} if priced.trace is not None else {}),
     }
 
 
@@ -759,10 +761,10 @@ def _require_card(ident: Identification) -> Identification:
     return ident
 
 
-def _with_cap(ctx: PricingContext, cap: int) -> PricingContext:
+def _with_cap(ctx: PricingContext, cap: int, source: str = "OFFLINE_LIMIT") -> PricingContext:
     from dataclasses import replace
 
-    return replace(ctx, redeem_cap=cap)
+    return replace(ctx, redeem_cap=cap, redeem_cap_source=source)
 
 
 __all__ = ["Agent", "Refused", "system_clock"]
