@@ -414,9 +414,14 @@ class Offer(Model):
             return False
         return not (self.valid_to is not None and moment > self.valid_to)
 
-    @property
+    @cached_property
     def has_window(self) -> bool:
         return bool(self.weekdays or self.hours or self.on_favorite_weekday)
+
+    @cached_property
+    def gated(self) -> bool:
+        """It has a time window or needs a coupon: the pricing looks closer only then."""
+        return self.coupon_required or self.has_window
 
     def in_window(self, local: datetime, favorite_weekday: int | None) -> bool:
         """Inside its weekdays, hours and favourite weekday (SPEC §14) at the store's local

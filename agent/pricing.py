@@ -86,6 +86,7 @@ class OfferIndex:
 
 
 _LINE_KINDS = LINE_MONEY_KINDS | {"BONUS_MULTIPLIER", "MULTIBUY"}
+_DEAL_KINDS = frozenset({"QUANTITY_PRICE", "MULTIBUY"})
 _ONE = Fraction(1)
 
 
@@ -200,23 +201,33 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     # The offers each eligible line may get: offered to this customer, valid at `at`,
     # inside its window (§14), unlocked by a coupon when it needs one (§13).
     found: list[list[Offer]] = [[] for _ in work]
+    deal_kinds = False  # any QUANTITY_PRICE or MULTIBUY among them
     if customer is not None:
         for i, w in enumerate(work):
             if w.eligible:
                 targeting = index.candidates(w.sku, w.categories)
                 if tr is None:
-                    found[i] = [o for o in targeting if usable(o)]
+                    found[i] = [
+                        o
+                        for o in targeting
+                        if _offered_to(o, customer)
+                        and o.valid_at(at)
+                        and (not o.gated or usable.opened(o))
+                    ]
+                    deal_kinds = deal_kinds or any(o.kind in _DEAL_KINDS for o in found[i])
                 else:
                     found[i] = tr.usable(i, targeting, usable)
+                    deal_kinds = True
             elif tr is not None:
                 tr.excluded(i, index.candidates(w.sku, categories_of(w.sku)), usable)
     sku_qty: dict[str, Fraction] = {}
-    for w in work:
-        if w.eligible:
-            sku_qty[w.sku] = sku_qty.get(w.sku, Fraction(0)) + frac(w.qty)
+    if deal_kinds:
+        for w in work:
+            if w.eligible:
+                sku_qty[w.sku] = sku_qty.get(w.sku, Fraction(0)) + frac(w.qty)
 
     # Basket deals (§15): after step 1, before step 2, in (priority, id) order.
-    if customer is not None:
+    if deal_kinds and customer is not None:
         deals = {o.id: o for offers in found for o in offers if o.kind == "MULTIBUY"}
         for deal in sorted(deals.values(), key=lambda o: (o.priority, o.id)):
             _multibuy(deal, work, found, customer, held, sku_qty, tr)
@@ -334,8 +345,13 @@ class _Usable:
         return (
             (o.customer_id is None or o.customer_id == self.customer_id)
             and o.valid_at(self.at)
-            and (not o.has_window or o.in_window(self.local, self.favorite))
-            and (not o.coupon_required or o.id in self.coupons)
+            and (not o.gated or self.opened(o))
+        )
+
+    def opened(self, o: Offer) -> bool:
+        """Inside its window and unlocked by a coupon when it needs one."""
+        return (not o.has_window or o.in_window(self.local, self.favorite)) and (
+            not o.coupon_required or o.id in self.coupons
         )
 
     def why_not(self, o: Offer) -> str | None:
