@@ -71,6 +71,16 @@ def m001_cache(db: Database) -> None:
     )
 
 
+@cache_migrations()
+def m002_coupons(db: Database) -> None:
+    # One-time codes that unlock an offer (§13); doc is the Coupon's JSON.
+    db.executescript(
+        """
+        CREATE TABLE coupons (code TEXT PRIMARY KEY, customer_id TEXT, doc TEXT NOT NULL);
+        """
+    )
+
+
 @ledger_migrations()
 def m001_ledger(db: Database) -> None:
     db.executescript(

@@ -437,12 +437,39 @@ class Offer(Model):
         return True
 
 
+def coupon_code(text: str) -> str:
+    """A scanned coupon code as it is looked up: blanks and dashes dropped, upper case."""
+    return "".join(ch for ch in text if not ch.isspace() and ch not in _DASHES).upper()
+
+
+_DASHES = frozenset("-\u2010\u2011\u2012\u2013\u2014\u2015\u2212")
+
+
+class Coupon(Model):
+    """A one-time code that unlocks an offer (SPEC §13)."""
+
+    code: Key
+    offer_id: Key
+    customer_id: Text | None = None  # absent: any identified customer
+    valid_from: Timestamp | None = None
+    valid_to: Timestamp | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _normal(cls, value: str) -> str:
+        code = coupon_code(value)
+        if not code:
+            raise ValueError("a coupon code needs letters or digits")
+        return code
+
+
 class Removed(Model):
     cards: tuple[Key, ...] = ()
     customers: tuple[Key, ...] = ()
     offers: tuple[Key, ...] = ()
     products: tuple[Key, ...] = ()
     categories: tuple[Key, ...] = ()
+    coupons: tuple[Key, ...] = ()
 
 
 class SnapshotHeader(Model):
@@ -475,6 +502,7 @@ class Snapshot(SnapshotHeader):
     customers: tuple[Customer, ...] = ()
     cards: tuple[CardRecord, ...] = ()
     offers: tuple[Offer, ...] = ()
+    coupons: tuple[Coupon, ...] = ()
 
     @model_validator(mode="after")
     def _unique(self) -> Snapshot:
@@ -499,6 +527,7 @@ ROW_MODELS: dict[str, type[Model]] = {
     "customers": Customer,
     "cards": CardRecord,
     "offers": Offer,
+    "coupons": Coupon,
 }
 
 

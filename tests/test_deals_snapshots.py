@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tillpoint.agent.models import ROW_MODELS
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.loopback import import_doc, sample_master_data
@@ -38,7 +39,7 @@ TIERS = {
 
 def jsonl(doc: dict[str, Any], path: Path) -> Path:
     """The snapshot as JSON Lines: header, then each section's rows."""
-    sections = ("categories", "products", "customers", "cards", "offers")
+    sections = tuple(ROW_MODELS)
     header = {k: v for k, v in doc.items() if k not in sections}
     out = [json.dumps({"format": "tillpoint.snapshot/jsonl", **header}, ensure_ascii=False)]
     for name in sections:

@@ -579,6 +579,7 @@ class Removed(_message.Message):
     OFFERS_FIELD_NUMBER: _builtins.int
     PRODUCTS_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -589,6 +590,8 @@ class Removed(_message.Message):
     def products(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -597,14 +600,51 @@ class Removed(_message.Message):
         offers: _abc.Iterable[_builtins.str] | None = ...,
         products: _abc.Iterable[_builtins.str] | None = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
+        coupons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cards", b"cards", "categories", b"categories", "customers", b"customers", "offers", b"offers", "products", b"products"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cards", b"cards", "categories", b"categories", "coupons", b"coupons", "customers", b"customers", "offers", b"offers", "products", b"products"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Removed: _TypeAlias = Removed  # noqa: Y015
+
+@_typing.final
+class Coupon(_message.Message):
+    """A one-time code that unlocks an offer (§13)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    offer_id: _builtins.str
+    customer_id: _builtins.str
+    """absent: any identified customer"""
+    valid_from: _builtins.str
+    valid_to: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        customer_id: _builtins.str | None = ...,
+        valid_from: _builtins.str = ...,
+        valid_to: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "customer_id", b"customer_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "code", b"code", "customer_id", b"customer_id", "offer_id", b"offer_id", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
+    _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__customer_id) -> _WhichOneofReturnType__customer_id | None: ...
+
+Global___Coupon: _TypeAlias = Coupon  # noqa: Y015
 
 @_typing.final
 class Snapshot(_message.Message):
@@ -642,6 +682,7 @@ class Snapshot(_message.Message):
     OFFERS_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
     APPLIED_THROUGH_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     base_version: _builtins.int
     """0: a full snapshot"""
@@ -663,6 +704,8 @@ class Snapshot(_message.Message):
     def removed(self) -> Global___Removed: ...
     @_builtins.property
     def applied_through(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Coupon]: ...
     def __init__(
         self,
         *,
@@ -678,10 +721,11 @@ class Snapshot(_message.Message):
         offers: _abc.Iterable[Global___Offer] | None = ...,
         removed: Global___Removed | None = ...,
         applied_through: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        coupons: _abc.Iterable[Global___Coupon] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "expires_at", b"expires_at", "program", b"program", "removed", b"removed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "applied_through", b"applied_through", "base_version", b"base_version", "cards", b"cards", "categories", b"categories", "customers", b"customers", "expires_at", b"expires_at", "issued_at", b"issued_at", "offers", b"offers", "products", b"products", "program", b"program", "removed", b"removed", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "applied_through", b"applied_through", "base_version", b"base_version", "cards", b"cards", "categories", b"categories", "coupons", b"coupons", "customers", b"customers", "expires_at", b"expires_at", "issued_at", b"issued_at", "offers", b"offers", "products", b"products", "program", b"program", "removed", b"removed", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expires_at: _TypeAlias = _typing.Literal["expires_at"]  # noqa: Y015
     _WhichOneofArgType__expires_at: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at"]  # noqa: Y015

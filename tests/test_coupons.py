@@ -1,0 +1,83 @@
+"""Coupons (§13): snapshot coupons through the hub, a full child-process build and deltas;
+verdicts on the receipt, `couponRequired` offers, consumption at commit (real files)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tillpoint.agent.db import cache_file
+from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_sqlite import SqliteHubStore
+from tillpoint.sync.loopback import import_doc, sample_master_data
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from .test_deals_snapshots import jsonl
+from .test_proto_json import strict
+
+NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+MILK = "4601234000017"
+SORRY = {
+    "id": "o-sorry",
+    "kind": "AMOUNT_OFF",
+    "skus": [MILK],
+    "value": "2000",
+    "couponRequired": True,
+}
+COUPONS = [
+    {
+        "code": "SORRY-7K2Q9",
+        "offerId": "o-sorry",
+        "customerId": "c-1",
+        "validFrom": "2026-11-20T00:00:00+03:00",
+        "validTo": "2026-12-20T23:59:59+03:00",
+    },
+    {"code": "app 555", "offerId": "o-sorry"},
+]
+
+
+def coupons_in_cache(data_dir: Path) -> list[str]:
+    conn = sqlite3.connect(cache_file(data_dir))
+    try:
+        return [code for (code,) in conn.execute("SELECT code FROM coupons ORDER BY code")]
+    finally:
+        conn.close()
+
+
+def test_snapshot_coupons_from_hub_import_to_a_full_build_and_a_delta(tmp_path: Path) -> None:
+    hub = SqliteHubStore(tmp_path / "hub.db")
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
+        assert hub.publish(NOW, 7 * 86400.0).version == 1
+        full = hub.snapshot_doc(1, 0)
+        strict(full, pb.Snapshot())
+        # codes are kept as the till looks them up: blanks and dashes dropped, upper case
+        assert sorted(c["code"] for c in full["coupons"]) == ["APP555", "SORRY7K2Q9"]
+        agent.load_snapshot_file(jsonl(full, tmp_path / "full.jsonl"))  # child processes
+        assert coupons_in_cache(tmp_path / "till") == ["APP555", "SORRY7K2Q9"]
+
+        import_doc(hub, {"removed": {"coupons": ["SORRY7K2Q9"]}})
+        assert hub.publish(NOW.replace(hour=7), 7 * 86400.0).version == 2
+        delta = hub.snapshot_doc(2, 1)
+        assert delta["removed"] == {"coupons": ["SORRY7K2Q9"]}
+        agent.load_snapshot(delta)
+        assert coupons_in_cache(tmp_path / "till") == ["APP555"]
+    finally:
+        agent.close()
+        hub.close()
+
+
+def snap(**more: Any) -> dict[str, Any]:
+    return {"version": 1, "baseVersion": 0, **sample_master_data(), "offers": [SORRY]} | more
+
+
+def test_a_plain_snapshot_with_coupons_loads_in_process(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+        assert coupons_in_cache(tmp_path / "till") == ["APP555", "SORRY7K2Q9"]
+    finally:
+        agent.close()
