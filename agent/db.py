@@ -186,6 +186,23 @@ def m002_print_jobs_open(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m003_coupon_uses(db: Database) -> None:
+    # The coupons this till's commits used (§13): a code is accepted at most once here.
+    db.executescript(
+        """
+        CREATE TABLE coupon_uses (
+            code TEXT PRIMARY KEY,
+            receipt_id TEXT NOT NULL,
+            customer_id TEXT,
+            offer_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )
+
+
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.

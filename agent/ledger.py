@@ -99,5 +99,10 @@ def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -
     }
 
 
+def coupon_used(conn: sqlite3.Connection, code: str) -> bool:
+    """Whether a commit on this till used the coupon code (SPEC §13)."""
+    return conn.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone() is not None
+
+
 def outbox_depth(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])

@@ -127,6 +127,9 @@ class Priced:
     held_out: tuple[str, ...]
     redeem_allowed_without_cap: int  # what steps 4's caps allow before the offline/hub cap
     trace: dict[str, Any] | None = None  # SPEC §17, only when the receipt asks to explain
+    # the offers that gave this receipt something: a line's money offer or basket deal, a
+    # line's largest multiplier, an EXTRA_POINTS offer (for the coupon verdicts, §13)
+    applied_offers: frozenset[str] = frozenset()
 
     @cached_property
     def total(self) -> int:
@@ -162,6 +165,7 @@ class _Work:
     offer_id: str | None = None
     deal: str | None = None  # the basket deal (MULTIBUY) that took this line
     multiplier: Fraction = _ONE
+    multiplier_offer: str | None = None  # the BONUS_MULTIPLIER that set `multiplier`
     redeemed: int = 0
     earned: int = 0
 
@@ -240,6 +244,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
 
     # 3. Receipt offers.
     extra_points = 0
+    extra_offers: list[str] = []  # the EXTRA_POINTS offers that added their points
     if customer is not None:
         targeting = index.receipt_offers()
         if tr is None:
@@ -247,7 +252,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         else:
             receipt_level = tr.usable_receipt_offers(targeting, usable)
         if receipt_level:
-            extra_points = _receipt_offers(work, receipt_level, customer, held, tr)
+            extra_points = _receipt_offers(work, receipt_level, customer, held, tr, extra_offers)
 
     # 4. Redemption.
     allowed_uncapped = 0
@@ -312,6 +317,11 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         held_out=tuple(sorted(held)),
         redeem_allowed_without_cap=allowed_uncapped,
         trace=tr.as_json(work) if tr is not None else None,
+        applied_offers=frozenset(
+            [w.offer_id for w in work if w.offer_id]
+            + [w.multiplier_offer for w in work if w.multiplier_offer]
+            + extra_offers
+        ),
     )
 
 
@@ -526,6 +536,7 @@ def _line_offers(
             else:
                 if multiplier > w.multiplier:
                     w.multiplier = multiplier
+                    w.multiplier_offer = offer.id
                 if tr is not None:
                     if multiplier <= 1:
                         tr.append(_entry(offer, "ZERO_DISCOUNT"))
@@ -580,6 +591,7 @@ def _receipt_offers(
     customer: Customer,
     held: set[str],
     tr: _Trace | None = None,
+    extra_offers: list[str] | None = None,
 ) -> int:
     eligible_total = sum(w.amount - w.discount for w in work if w.eligible)
     open_lines = [w for w in work if w.eligible and w.offer_id is None]
@@ -604,6 +616,8 @@ def _receipt_offers(
                 outcomes[offer.id] = ("CONTROL_GROUP", points)
             else:
                 extra += points
+                if extra_offers is not None:
+                    extra_offers.append(offer.id)
                 outcomes[offer.id] = ("APPLIED", points)
             continue
         value = frac(offer.value)

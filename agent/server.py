@@ -77,6 +77,8 @@ def receipt_dict(message: pb.Receipt) -> dict[str, Any]:
         data["redeemPoints"] = message.redeem_points
     if message.explain:
         data["explain"] = True
+    if message.coupons:
+        data["coupons"] = list(message.coupons)
     return data
 
 
@@ -124,6 +126,8 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
     if data.get("balance") is not None:
         result.balance.available_points = data["balance"]["availablePoints"]
         result.balance.pending_points = data["balance"]["pendingPoints"]
+    for verdict in data.get("coupons", ()):
+        result.coupons.add(code=verdict["code"], status=verdict["status"], reason=verdict["reason"])
     if data.get("trace") is not None:
         json_format.ParseDict(data["trace"], result.trace)
     return result

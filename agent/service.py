@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import cache as cache_mod
-from . import ledger
+from . import coupons, ledger
 from .cache import CacheView, ancestors
 from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
 from .errors import (
@@ -80,6 +80,7 @@ class _Priced:
     customer: Customer | None
     offers: list[Offer]
     applied: dict[str, int]
+    coupon_checks: list[coupons.CouponCheck]
 
 
 class Agent:
@@ -252,6 +253,13 @@ class Agent:
             return found
 
         applied = view.applied_through()
+        checks = coupons.check(
+            receipt.coupons,
+            receipt.at,
+            customer,
+            view.coupon,
+            lambda code: ledger.coupon_used(self._ledger, code),
+        )
         offers = view.offers_for(customer.id) if customer else []
         before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
         mass = view.remembered(
@@ -264,6 +272,7 @@ class Agent:
             customer=customer,
             offers=OfferIndex((o for o in offers if o.customer_id is not None), also=mass),
             available_points=before.available if before else 0,
+            coupon_offers=coupons.unlocked(checks),
         )
         # A standalone till caps redemption with the day's offline limit from the start, so
         # the receipt is priced once. With a hub, every redemption asks it (within its
@@ -295,6 +304,7 @@ class Agent:
             )
         tier = program.tier(customer.tier).code if customer else None
         result = result_json(receipt, ident, tier, priced, mode, after, printed)
+        result["coupons"] = coupons.verdicts(checks, priced.applied_offers)
         if commit and customer is not None and after is not None:
             birthday = in_birthday_window(
                 customer.birthday,
@@ -318,6 +328,7 @@ class Agent:
             customer,
             printed,
             applied,
+            checks,
         )
 
     def _redeem_cap(
@@ -413,6 +424,23 @@ class Agent:
                 " activates_at) VALUES (?,?,?,?,?,?,?)",
                 [(self.device_id, seq, customer.id, receipt.receipt_id, *r) for r in rows],
             )
+            used = coupons.applied_codes(done.result)
+            if used:
+                offer_of = {c.code: c.offer_id for c in done.coupon_checks if c.offer_id}
+                conn.executemany(
+                    "INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)",
+                    [
+                        (
+                            code,
+                            receipt.receipt_id,
+                            customer.id,
+                            offer_of.get(code) or "",
+                            receipt.at.isoformat(),
+                            ledger.utc_text(now),
+                        )
+                        for code in used
+                    ],
+                )
             for offer in done.offers:
                 conn.execute(
                     "INSERT INTO print_history VALUES (?,?,?,?)",

@@ -81,3 +81,76 @@ def test_a_plain_snapshot_with_coupons_loads_in_process(tmp_path: Path) -> None:
         assert coupons_in_cache(tmp_path / "till") == ["APP555", "SORRY7K2Q9"]
     finally:
         agent.close()
+
+
+def receipt(
+    receipt_id: str, *codes: str, card: str = "2770000000017", **more: Any
+) -> dict[str, Any]:
+    return {
+        "receiptId": receipt_id,
+        "at": "2026-11-23T10:15:00+03:00",
+        "card": card,
+        "lines": [{"sku": MILK, "qty": "2", "priceMinor": 8990}],
+        "coupons": list(codes),
+    } | more
+
+
+def verdicts(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(v["code"], v["status"], v["reason"]) for v in result["coupons"]]
+
+
+def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        more = [
+            {"code": "LATER", "offerId": "o-sorry", "validFrom": "2026-11-24T00:00:00+03:00"},
+            {"code": "GONE", "offerId": "o-sorry", "validTo": "2026-11-22T23:59:59+03:00"},
+            {"code": "BORIS", "offerId": "o-sorry", "customerId": "c-2"},
+            {"code": "NOOFFER", "offerId": "o-none"},
+        ]
+        agent.load_snapshot(snap(coupons=COUPONS + more))
+        # no coupon: the couponRequired offer does not apply (explain: COUPON_MISSING)
+        plain = agent.quote(receipt("q0", explain=True))
+        assert plain["lines"][0]["discountMinor"] == 0 and plain["coupons"] == []
+        (entry,) = plain["trace"]["lines"][0]["offers"]
+        assert (entry["offerId"], entry["outcome"]) == ("o-sorry", "COUPON_MISSING")
+
+        codes = ("later", "GONE", "Boris", "x-1", "NOOFFER", "sorry 7k2q9", "SORRY-7K2Q9", "APP555")
+        quoted = agent.quote(receipt("r1", *codes))
+        assert verdicts(quoted) == [
+            ("LATER", "REJECTED", "NOT_YET_VALID"),
+            ("GONE", "REJECTED", "EXPIRED"),
+            ("BORIS", "REJECTED", "OTHER_CUSTOMER"),
+            ("X1", "REJECTED", "UNKNOWN"),
+            ("NOOFFER", "REJECTED", "NOT_APPLICABLE"),  # its offer gave nothing
+            ("SORRY7K2Q9", "APPLIED", ""),
+            ("SORRY7K2Q9", "REJECTED", "DUPLICATE"),
+            ("APP555", "REJECTED", "NOT_APPLICABLE"),  # o-sorry is already unlocked
+        ]
+        # AMOUNT_OFF 20.00 a unit × 2 = 40.00
+        assert (quoted["lines"][0]["discountMinor"], quoted["lines"][0]["offerId"]) == (
+            4000,
+            "o-sorry",
+        )
+        committed = agent.checkout(receipt("r1", *codes))
+        assert committed == quoted | {"printedOffers": [], "display": committed["display"]}
+        strict(committed, pb.CheckoutResult())
+
+        # the same code on a later receipt of this till: ALREADY_USED, no discount
+        again = agent.checkout(receipt("r2", "SORRY7K2Q9"))
+        assert verdicts(again) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
+        assert again["lines"][0]["discountMinor"] == 0
+        # the other code is still good; a repeated checkout returns what it returned
+        assert verdicts(agent.checkout(receipt("r3", "APP555"))) == [("APP555", "APPLIED", "")]
+        assert verdicts(agent.checkout(receipt("r3", "APP555"))) == [("APP555", "APPLIED", "")]
+        # a quote never uses a code up, and an unknown card uses none
+        unknown = agent.quote(receipt("r4", "LATER", card="2770000000994"))
+        assert verdicts(unknown) == [("LATER", "REJECTED", "NOT_APPLICABLE")]
+    finally:
+        agent.close()
+    conn = sqlite3.connect(tmp_path / "till" / "ledger.db")
+    try:
+        rows = conn.execute("SELECT code, receipt_id, offer_id FROM coupon_uses ORDER BY code")
+        assert rows.fetchall() == [("APP555", "r3", "o-sorry"), ("SORRY7K2Q9", "r1", "o-sorry")]
+    finally:
+        conn.close()

@@ -939,6 +939,7 @@ class CheckoutResult(_message.Message):
     HELD_OUT_FIELD_NUMBER: _builtins.int
     PRINTED_OFFERS_FIELD_NUMBER: _builtins.int
     DISPLAY_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
     receipt_id: _builtins.str
     mode: Global___Mode.ValueType
@@ -962,6 +963,10 @@ class CheckoutResult(_message.Message):
     @_builtins.property
     def display(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
+    def coupons(self) -> _containers.RepeatedCompositeFieldContainer[Global___CouponVerdict]:
+        """one per scanned code, in the receipt's order"""
+
+    @_builtins.property
     def trace(self) -> Global___Trace:
         """only when the receipt asks to explain (§17)"""
 
@@ -981,15 +986,48 @@ class CheckoutResult(_message.Message):
         held_out: _abc.Iterable[_builtins.str] | None = ...,
         printed_offers: _abc.Iterable[_builtins.str] | None = ...,
         display: _abc.Iterable[_builtins.str] | None = ...,
+        coupons: _abc.Iterable[Global___CouponVerdict] | None = ...,
         trace: Global___Trace | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "card", b"card", "trace", b"trace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "card", b"card", "discount_minor", b"discount_minor", "display", b"display", "earned_points", b"earned_points", "held_out", b"held_out", "lines", b"lines", "mode", b"mode", "payable_minor", b"payable_minor", "printed_offers", b"printed_offers", "receipt_id", b"receipt_id", "redeemed_points", b"redeemed_points", "total_minor", b"total_minor", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "card", b"card", "coupons", b"coupons", "discount_minor", b"discount_minor", "display", b"display", "earned_points", b"earned_points", "held_out", b"held_out", "lines", b"lines", "mode", b"mode", "payable_minor", b"payable_minor", "printed_offers", b"printed_offers", "receipt_id", b"receipt_id", "redeemed_points", b"redeemed_points", "total_minor", b"total_minor", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckoutResult: _TypeAlias = CheckoutResult  # noqa: Y015
+
+@_typing.final
+class CouponVerdict(_message.Message):
+    """A scanned coupon code's verdict (§13)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """normalised: blanks and dashes dropped, upper case"""
+    status: _builtins.str
+    """APPLIED or REJECTED"""
+    reason: _builtins.str
+    """REJECTED: UNKNOWN, NOT_YET_VALID, EXPIRED, OTHER_CUSTOMER, ALREADY_USED, DUPLICATE,
+    NOT_APPLICABLE
+    """
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        status: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CouponVerdict: _TypeAlias = CouponVerdict  # noqa: Y015
 
 @_typing.final
 class TraceOffer(_message.Message):
