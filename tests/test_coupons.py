@@ -4,10 +4,13 @@ verdicts on the receipt, `couponRequired` offers, consumption at commit (real fi
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tillpoint.agent.db import cache_file
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_sqlite import SqliteHubStore
@@ -152,5 +155,61 @@ def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None
     try:
         rows = conn.execute("SELECT code, receipt_id, offer_id FROM coupon_uses ORDER BY code")
         assert rows.fetchall() == [("APP555", "r3", "o-sorry"), ("SORRY7K2Q9", "r1", "o-sorry")]
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- properties
+
+
+def drop_devices(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("printedOffers", "display")}
+
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["quote", "checkout"]),
+        st.sampled_from(["r1", "r2", "r3", "r4"]),
+        st.lists(st.sampled_from(["SORRY7K2Q9", "sorry-7k2q9", "APP555", "X"]), max_size=3),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=ACTIONS)
+def test_a_code_is_used_at_most_once_per_till_and_quote_equals_checkout(
+    actions: list[tuple[str, str, list[str]]],
+) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="tp-coupon-"))
+    agent = Agent(data_dir, "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+        bodies: dict[str, dict[str, Any]] = {}  # the first body under each receipt id
+        committed: set[str] = set()
+        applied: dict[str, set[str]] = {}  # code -> the receipts whose result applied it
+        for kind, receipt_id, codes in actions:
+            body = bodies.setdefault(receipt_id, receipt(receipt_id, *codes))
+            if kind == "quote" and receipt_id in committed:
+                continue  # a quote of a committed receipt would see its own use
+            if kind == "quote":
+                quoted = agent.quote(body)
+                result = agent.checkout(body)
+                assert drop_devices(quoted) == drop_devices(result)  # quote equals checkout
+            else:
+                result = agent.checkout(body)
+            committed.add(receipt_id)
+            for code, status, _ in verdicts(result):
+                if status == "APPLIED":
+                    applied.setdefault(code, set()).add(receipt_id)
+        assert all(len(receipts) == 1 for receipts in applied.values()), applied
+    finally:
+        agent.close()
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        used = conn.execute("SELECT code, count(*) FROM coupon_uses GROUP BY code").fetchall()
+        assert all(n == 1 for _, n in used)
+        assert {code for code, _ in used} == set(applied)
     finally:
         conn.close()

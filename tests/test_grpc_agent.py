@@ -194,7 +194,7 @@ def test_the_fast_result_builder_equals_json_format(tmp_path: Path) -> None:
     ]
     results = [
         agent.quote(receipt(lines=lines, redeemPoints=-1)),
-        agent.quote(receipt(lines=lines, redeemPoints=-1, explain=True)),
+        agent.quote(receipt(lines=lines, redeemPoints=-1, explain=True, coupons=["x", "X"])),
         agent.checkout(receipt(lines=lines, redeemPoints=-1)),
         agent.checkout(receipt("r2", card="2770000000994")),  # UNKNOWN: no balance
     ]
@@ -217,6 +217,7 @@ def _pb_receipts(draw: st.DrawFn) -> pb.Receipt:
         card=draw(_text),
         redeem_points=draw(_int64),
         explain=draw(st.booleans()),
+        coupons=draw(st.lists(_text, max_size=2)),
     )
     for _ in range(draw(st.integers(0, 3))):
         line = message.lines.add(sku=draw(_text), qty=draw(st.sampled_from(["", "1", "0.5"])))
