@@ -145,6 +145,27 @@ def m001_hub(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_coupon_uses(db: Database) -> None:
+    db.executescript(
+        """
+        -- The first use of each coupon code the tills reported (SPEC §13).
+        CREATE TABLE coupon_uses (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL
+        );
+        -- A later use of a code already used (two tills offline): the sale stands.
+        CREATE TABLE coupon_conflicts (
+            code TEXT NOT NULL,
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL,
+            PRIMARY KEY (code, device_id, seq)
+        );
+        """
+    )
+
+
 def _doc(text: str | None) -> dict[str, Any] | None:
     return None if text is None else dict(json.loads(text))
 
@@ -684,6 +705,8 @@ class SqliteHubStore:
                 utc_text(now),
             ),
         )
+        if tx.kind == "CHECKOUT":
+            self._use_coupons(conn, tx, fields["receipt_id"])
         # The holds this transaction makes real: its receipt's, and the one for its seq.
         settled = [f"seq:{tx.seq}"] + ([fields["receipt_id"]] if tx.kind == "CHECKOUT" else [])
         conn.executemany(
@@ -692,6 +715,50 @@ class SqliteHubStore:
             [(tx.device_id, key) for key in settled],
         )
         return TxResult(tx.seq, "STORED")
+
+    def _use_coupons(self, conn: sqlite3.Connection, tx: TxIn, receipt_id: str) -> None:
+        """The codes a checkout used: the first use of a code is recorded (and the code
+        leaves the next snapshot); a later use elsewhere is a conflict, and the sale stands."""
+        result = json.loads(tx.result_json)
+        verdicts = result.get("coupons") if isinstance(result, dict) else None
+        for verdict in verdicts if isinstance(verdicts, list) else ():
+            if not isinstance(verdict, dict) or verdict.get("status") != "APPLIED":
+                continue
+            code = str(verdict.get("code") or "")
+            if not code:
+                continue
+            row = (code, tx.device_id, tx.seq, receipt_id, tx.customer_id, tx.at)
+            first = conn.execute(
+                "SELECT device_id, receipt_id FROM coupon_uses WHERE code = ?", (code,)
+            ).fetchone()
+            if first is None:
+                conn.execute("INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)", row)
+                conn.execute(
+                    "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES ('coupon', ?, NULL)",
+                    (code,),
+                )
+            elif tuple(first) != (tx.device_id, receipt_id):
+                conn.execute("INSERT OR IGNORE INTO coupon_conflicts VALUES (?,?,?,?,?,?)", row)
+
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
+                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
+                " ORDER BY c.code, c.device_id, c.seq"
+            ).fetchall()
+        return [
+            {
+                "code": code,
+                "deviceId": device,
+                "receiptId": receipt,
+                "at": at,
+                "firstDeviceId": first_device,
+                "firstReceiptId": first_receipt,
+            }
+            for code, device, receipt, at, first_device, first_receipt in rows
+        ]
 
     def _settle(self, conn: sqlite3.Connection, tx: TxIn, program: Program) -> dict[str, Any]:
         """Check a transaction and work out the points it moves, as the hub counts them."""

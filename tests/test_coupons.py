@@ -3,6 +3,7 @@ verdicts on the receipt, `couponRequired` offers, consumption at commit (real fi
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from tillpoint.agent.db import cache_file
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_sqlite import SqliteHubStore
+from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import import_doc, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -213,3 +215,64 @@ def test_a_code_is_used_at_most_once_per_till_and_quote_equals_checkout(
         assert {code for code, _ in used} == set(applied)
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------- at the hub
+
+
+def outbox(data_dir: Path) -> list[TxIn]:
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        payloads = [json.loads(p) for (p,) in conn.execute("SELECT payload FROM outbox")]
+    finally:
+        conn.close()
+    return [
+        TxIn(
+            p["deviceId"],
+            p["seq"],
+            p["kind"],
+            p["at"],
+            p["customerId"],
+            p["card"],
+            p["requestJson"],
+            p["resultJson"],
+            p["pointsDeltaAvailable"],
+            p["pointsDeltaPending"],
+            p.get("pendingActivatesAt", ""),
+        )
+        for p in payloads
+    ]
+
+
+def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(tmp_path: Path) -> None:
+    hub = SqliteHubStore(tmp_path / "hub.db")
+    tills = [Agent(tmp_path / name, name) for name in ("till-1", "till-2")]
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
+        hub.publish(NOW, 7 * 86400.0)
+        for n, till in enumerate(tills):
+            till.load_snapshot(hub.snapshot_doc(1, 0))
+            result = till.checkout(receipt(f"s{n}", "SORRY7K2Q9"))
+            assert verdicts(result) == [("SORRY7K2Q9", "APPLIED", "")]  # both sales stand
+        for _ in range(2):  # a retried push changes nothing
+            for name in ("till-1", "till-2"):
+                hub.ingest(name, "", outbox(tmp_path / name), NOW)
+        assert hub.coupon_conflicts() == [
+            {
+                "code": "SORRY7K2Q9",
+                "deviceId": "till-2",
+                "receiptId": "s1",
+                "at": "2026-11-23T10:15:00+03:00",
+                "firstDeviceId": "till-1",
+                "firstReceiptId": "s0",
+            }
+        ]
+        assert len(hub.ledger()) == 2  # nothing lost
+        # the used code leaves the next snapshot
+        hub.publish(NOW.replace(hour=7), 7 * 86400.0)
+        assert hub.snapshot_doc(2, 1)["removed"] == {"coupons": ["SORRY7K2Q9"]}
+        assert [c["code"] for c in hub.snapshot_doc(2, 0)["coupons"]] == ["APP555"]
+    finally:
+        for till in tills:
+            till.close()
+        hub.close()
