@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tillpoint.agent.cli import main
 from tillpoint.agent.db import cache_file
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_sqlite import SqliteHubStore
@@ -244,7 +246,9 @@ def outbox(data_dir: Path) -> list[TxIn]:
     ]
 
 
-def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(tmp_path: Path) -> None:
+def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     hub = SqliteHubStore(tmp_path / "hub.db")
     tills = [Agent(tmp_path / name, name) for name in ("till-1", "till-2")]
     try:
@@ -272,6 +276,12 @@ def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(tmp_path:
         hub.publish(NOW.replace(hour=7), 7 * 86400.0)
         assert hub.snapshot_doc(2, 1)["removed"] == {"coupons": ["SORRY7K2Q9"]}
         assert [c["code"] for c in hub.snapshot_doc(2, 0)["coupons"]] == ["APP555"]
+        # the hub's operator sees the conflict
+        assert main(["hub", "coupon-conflicts", "--hub-dir", str(tmp_path), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out == {"conflicts": hub.coupon_conflicts()}
+        assert main(["hub", "coupon-conflicts", "--hub-dir", str(tmp_path)]) == 0
+        assert "SORRY7K2Q9: used by till-1 (s0) and again by till-2 (s1)" in capsys.readouterr().out
     finally:
         for till in tills:
             till.close()
