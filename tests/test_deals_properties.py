@@ -276,3 +276,26 @@ def test_decimal_quantities_do_not_take_part_in_a_multibuy() -> None:
     )
     # only the 2 whole units: one group of 1 + 1, the second unit free (10.00)
     assert [(x.discount, x.offer_id) for x in priced.lines] == [(0, None), (1000, "m")]
+
+
+def test_a_multibuy_of_a_control_group_campaign_is_held_out_only_when_it_would_win() -> None:
+    deal = {
+        "id": "m",
+        "campaignId": "camp-held",
+        "kind": "MULTIBUY",
+        "skus": [SKUS[0]],
+        "buyQty": "1",
+        "freeQty": "1",
+    }
+    line_offer = {"id": "p", "kind": "PERCENT_OFF", "skus": [SKUS[0]], "value": "10"}
+    rows = [{"sku": SKUS[0], "qty": "2", "priceMinor": 1000}]
+    # 2 units, 1 free: 1000 > 10 % of 2000 = 200 -> it would win: held out, p applies
+    priced = price(_receipt(rows, TIMES[0], 0, explain=True), _context([deal, line_offer], None))
+    assert priced.held_out == ("m",)
+    assert [(x.discount, x.offer_id) for x in priced.lines] == [(200, "p")]
+    assert priced.trace is not None and priced.trace["deals"][0]["outcome"] == "CONTROL_GROUP"
+    # with a 60 % line offer (1200 >= 1000) it would not have won: not held out
+    better = line_offer | {"value": "60"}
+    priced = price(_receipt(rows, TIMES[0], 0, explain=False), _context([deal, better], None))
+    assert priced.held_out == ()
+    assert [(x.discount, x.offer_id) for x in priced.lines] == [(1200, "p")]
