@@ -655,6 +655,8 @@ def _receipt_offers(
                 "missingMinor": max(0, offer.min_total_minor - eligible_total),
             }
             row["points" if offer.kind == "EXTRA_POINTS" else "discountMinor"] = figure
+            if offer.kind == "RECEIPT_PERCENT_OFF":
+                row["percent"] = str(offer.value)
             if outcome == "BEATEN" and best is not None:
                 row["beatenBy"] = best[2]
             tr.receipt.append(row)

@@ -318,7 +318,7 @@ class Agent:
                 frac(program.birthday_multiplier) if birthday else None,
             )
         else:
-            result["display"] = quote_display(priced.total, priced.discount)
+            result["display"] = quote_display(priced.total, priced.discount, priced.trace)
         return _Priced(
             receipt,
             ident,

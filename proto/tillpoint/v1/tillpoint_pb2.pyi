@@ -1150,6 +1150,7 @@ class TraceReceiptOffer(_message.Message):
     DISCOUNT_MINOR_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
     BEATEN_BY_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
     offer_id: _builtins.str
     kind: Global___OfferKind.ValueType
     outcome: _builtins.str
@@ -1162,6 +1163,8 @@ class TraceReceiptOffer(_message.Message):
     points: _builtins.int
     """EXTRA_POINTS"""
     beaten_by: _builtins.str
+    percent: _builtins.str
+    """RECEIPT_PERCENT_OFF: its value (decimal string)"""
     def __init__(
         self,
         *,
@@ -1174,10 +1177,11 @@ class TraceReceiptOffer(_message.Message):
         discount_minor: _builtins.int = ...,
         points: _builtins.int = ...,
         beaten_by: _builtins.str = ...,
+        percent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basket_minor", b"basket_minor", "beaten_by", b"beaten_by", "discount_minor", b"discount_minor", "kind", b"kind", "min_total_minor", b"min_total_minor", "missing_minor", b"missing_minor", "offer_id", b"offer_id", "outcome", b"outcome", "points", b"points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basket_minor", b"basket_minor", "beaten_by", b"beaten_by", "discount_minor", b"discount_minor", "kind", b"kind", "min_total_minor", b"min_total_minor", "missing_minor", b"missing_minor", "offer_id", b"offer_id", "outcome", b"outcome", "percent", b"percent", "points", b"points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
