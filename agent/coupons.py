@@ -61,6 +61,14 @@ def check(
     return out
 
 
+def issued_code(device_id: str, number: int) -> str:
+    """A till-issued code, unique in the chain without asking the hub: "TP", the length of
+    the device id's normal form, that form, and the device's coupon number (never reused).
+    ("till-1", 17) → "TP5TILL117"."""
+    device = coupon_code(device_id)
+    return f"TP{len(device)}{device}{number}"
+
+
 def unlocked(checks: Iterable[CouponCheck]) -> frozenset[str]:
     """The offers the accepted codes unlock."""
     return frozenset(c.offer_id for c in checks if c.offer_id is not None)

@@ -203,6 +203,21 @@ def m003_coupon_uses(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m004_issued_coupons(db: Database) -> None:
+    # One-time codes this till printed on offers with issueCoupon (§13); doc is the Coupon.
+    db.executescript(
+        """
+        CREATE TABLE issued_coupons (
+            code TEXT PRIMARY KEY,
+            receipt_id TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )
+
+
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.

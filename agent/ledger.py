@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .models import Customer
+from .models import Coupon, Customer
 
 
 def utc_text(moment: datetime) -> str:
@@ -97,6 +97,21 @@ def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -
             (customer_id, utc_text(since)),
         )
     }
+
+
+def take_coupon_number(conn: sqlite3.Connection, device_id: str) -> int:
+    """The next number of a coupon this till issues: never reused, like `seq`."""
+    key = f"last_coupon:{device_id}"
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (key,)).fetchone()
+    number = (int(row[0]) if row else 0) + 1
+    conn.execute("INSERT OR REPLACE INTO device VALUES (?, ?)", (key, str(number)))
+    return number
+
+
+def issued_coupon(conn: sqlite3.Connection, code: str) -> Coupon | None:
+    """A coupon this till issued (usable here at once, before any snapshot carries it)."""
+    row = conn.execute("SELECT doc FROM issued_coupons WHERE code = ?", (code,)).fetchone()
+    return None if row is None else Coupon.model_validate_json(row[0])
 
 
 def coupon_used(conn: sqlite3.Connection, code: str) -> bool:

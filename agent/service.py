@@ -34,7 +34,17 @@ from .errors import (
 )
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
-from .models import Customer, Offer, Program, Receipt, Refund, Snapshot, SnapshotHeader, parse
+from .models import (
+    Coupon,
+    Customer,
+    Offer,
+    Program,
+    Receipt,
+    Refund,
+    Snapshot,
+    SnapshotHeader,
+    parse,
+)
 from .money import decimal_text, frac
 from .pricing import (
     OfferIndex,
@@ -257,7 +267,7 @@ class Agent:
             receipt.coupons,
             receipt.at,
             customer,
-            view.coupon,
+            lambda code: view.coupon(code) or ledger.issued_coupon(self._ledger, code),
             lambda code: ledger.coupon_used(self._ledger, code),
         )
         offers = view.offers_for(customer.id) if customer else []
@@ -447,7 +457,8 @@ class Agent:
                     (customer.id, offer.id, ledger.utc_text(receipt.at), receipt.receipt_id),
                 )
             if done.offers:
-                self._enqueue_print(receipt, customer, done.offers, now)
+                codes = self._issue_coupons(receipt, customer, done.offers, card, done, now)
+                self._enqueue_print(receipt, customer, done.offers, now, codes)
         self._journal(
             seq,
             "CHECKOUT",
@@ -462,8 +473,60 @@ class Agent:
             now,
         )
 
+    def _issue_coupons(
+        self,
+        receipt: Receipt,
+        customer: Customer,
+        offers: list[Offer],
+        card: str,
+        done: _Priced,
+        now: datetime,
+    ) -> dict[str, str]:
+        """A one-time code for each printed offer with `issueCoupon` (§13), valid from `at`
+        to the offer's end, usable here at once and sent to the hub as a transaction of its
+        own (in the receipt's SQLite transaction). Returns offer id -> code."""
+        codes: dict[str, str] = {}
+        for offer in offers:
+            if not offer.issue_coupon:
+                continue
+            number = ledger.take_coupon_number(self._ledger, self.device_id)
+            coupon = Coupon(
+                code=coupons.issued_code(self.device_id, number),
+                offer_id=offer.id,
+                customer_id=customer.id,
+                valid_from=receipt.at,
+                valid_to=offer.valid_to,
+            )
+            doc = coupon.model_dump(mode="json", by_alias=True, exclude_none=True)
+            self._ledger.execute(
+                "INSERT INTO issued_coupons VALUES (?,?,?,?)",
+                (coupon.code, receipt.receipt_id, json.dumps(doc), ledger.utc_text(now)),
+            )
+            seq = ledger.take_seq(self._ledger, self.device_id, done.applied.get(self.device_id, 0))
+            request = {"receiptId": receipt.receipt_id, "coupon": doc}
+            self._journal(
+                seq,
+                "COUPON_ISSUED",
+                coupon.code,
+                receipt.at,
+                customer,
+                card,
+                json.dumps(request, ensure_ascii=False),
+                "{}",
+                0,
+                0,
+                now,
+            )
+            codes[offer.id] = coupon.code
+        return codes
+
     def _enqueue_print(
-        self, receipt: Receipt, customer: Customer, offers: list[Offer], now: datetime
+        self,
+        receipt: Receipt,
+        customer: Customer,
+        offers: list[Offer],
+        now: datetime,
+        codes: dict[str, str] | None = None,
     ) -> None:
         """The coupon job, in the receipt's transaction. An offer that could not be printed
         (say, an id a barcode cannot carry) costs the coupon, never the sale."""
@@ -475,7 +538,15 @@ class Agent:
                 receipt.receipt_id,
                 receipt.at.isoformat(),
                 customer.first_name,
-                [o.model_dump(mode="json", by_alias=True, exclude_none=True) for o in offers],
+                [
+                    o.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    | (
+                        {"code": codes[o.id], "validFrom": receipt.at.isoformat()}
+                        if codes and o.id in codes
+                        else {}
+                    )
+                    for o in offers
+                ],
             )
         except TillpointError as exc:
             log.warning("no coupon for receipt %s: %s", receipt.receipt_id, exc)

@@ -18,12 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 from tillpoint.agent.db import write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.models import Program, _timestamp
+from tillpoint.agent.models import Coupon, Program, _timestamp, describe
 from tillpoint.agent.pricing import activation_time
 
 from .hub_store import (
@@ -707,6 +708,8 @@ class SqliteHubStore:
         )
         if tx.kind == "CHECKOUT":
             self._use_coupons(conn, tx, fields["receipt_id"])
+        elif tx.kind == "COUPON_ISSUED":
+            self._issue_coupon(conn, fields["coupon"])
         # The holds this transaction makes real: its receipt's, and the one for its seq.
         settled = [f"seq:{tx.seq}"] + ([fields["receipt_id"]] if tx.kind == "CHECKOUT" else [])
         conn.executemany(
@@ -715,6 +718,33 @@ class SqliteHubStore:
             [(tx.device_id, key) for key in settled],
         )
         return TxResult(tx.seq, "STORED")
+
+    def _settle_issued(self, tx: TxIn, request: dict[str, Any], receipt_id: str) -> dict[str, Any]:
+        """A coupon a till issued: checked whole; it moves no points."""
+        if tx.delta_available or tx.delta_pending:
+            raise ValueError("an issued coupon moves no points")
+        try:
+            coupon = Coupon.model_validate(request.get("coupon"))
+        except ValidationError as exc:
+            raise ValueError(f"coupon: {describe(exc)}") from None
+        return {
+            "receipt_id": receipt_id,
+            "ref_id": coupon.code,
+            "available": 0,
+            "pending": 0,
+            "activates": None,
+            "coupon": coupon.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+
+    def _issue_coupon(self, conn: sqlite3.Connection, doc: dict[str, Any]) -> None:
+        """A till-issued code goes into the next snapshot for every till, unless it was
+        already used (then it has nothing to do there)."""
+        code = str(doc["code"])
+        if conn.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone() is None:
+            conn.execute(
+                "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES ('coupon', ?, ?)",
+                (code, _canon(doc)),
+            )
 
     def _use_coupons(self, conn: sqlite3.Connection, tx: TxIn, receipt_id: str) -> None:
         """The codes a checkout used: the first use of a code is recorded (and the code
@@ -764,7 +794,7 @@ class SqliteHubStore:
         """Check a transaction and work out the points it moves, as the hub counts them."""
         if tx.seq < 1:
             raise ValueError("seq must be 1 or more")
-        if tx.kind not in ("CHECKOUT", "REFUND"):
+        if tx.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
             raise ValueError(f"unknown kind {tx.kind!r}")
         try:
             at = _timestamp(tx.at)
@@ -777,6 +807,8 @@ class SqliteHubStore:
         receipt_id = str(request.get("receiptId") or "")
         if not receipt_id:
             raise ValueError("the request has no receiptId")
+        if tx.kind == "COUPON_ISSUED":
+            return self._settle_issued(tx, request, receipt_id)
         ref_id = receipt_id if tx.kind == "CHECKOUT" else str(request.get("refundId") or "")
         if not ref_id:
             raise ValueError("the refund has no refundId")

@@ -225,7 +225,9 @@ def test_a_code_is_used_at_most_once_per_till_and_quote_equals_checkout(
 def outbox(data_dir: Path) -> list[TxIn]:
     conn = sqlite3.connect(data_dir / "ledger.db")
     try:
-        payloads = [json.loads(p) for (p,) in conn.execute("SELECT payload FROM outbox")]
+        payloads = [
+            json.loads(p) for (p,) in conn.execute("SELECT payload FROM outbox ORDER BY seq")
+        ]
     finally:
         conn.close()
     return [
@@ -282,6 +284,83 @@ def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(
         assert out == {"conflicts": hub.coupon_conflicts()}
         assert main(["hub", "coupon-conflicts", "--hub-dir", str(tmp_path)]) == 0
         assert "SORRY7K2Q9: used by till-1 (s0) and again by till-2 (s1)" in capsys.readouterr().out
+    finally:
+        for till in tills:
+            till.close()
+        hub.close()
+
+
+NEXT_VISIT = {
+    "id": "o-next",
+    "customerId": "c-1",
+    "kind": "PERCENT_OFF",
+    "skus": [MILK],
+    "value": "20",
+    "couponRequired": True,
+    "issueCoupon": True,
+    "printable": True,
+    "printText": "−20% на молоко в следующий раз",
+    "validTo": "2026-12-31T23:59:59+03:00",
+}
+
+
+def test_a_till_issued_coupon_is_printed_usable_at_once_and_reaches_other_tills(
+    tmp_path: Path,
+) -> None:
+    from google.protobuf import json_format
+
+    hub = SqliteHubStore(tmp_path / "hub.db")
+    tills = [Agent(tmp_path / name, name) for name in ("till-1", "till-2")]
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [NEXT_VISIT]})
+        hub.publish(NOW, 7 * 86400.0)
+        for till in tills:
+            till.load_snapshot(hub.snapshot_doc(1, 0))
+        first = tills[0].checkout(receipt("s1"))
+        assert first["printedOffers"] == ["o-next"]
+        assert first["lines"][0]["discountMinor"] == 0  # no code yet: couponRequired
+        # "TP" + length 5 + "TILL1" (till-1 normalised) + its first coupon number
+        conn = sqlite3.connect(tmp_path / "till-1" / "ledger.db")
+        try:
+            (doc,) = conn.execute("SELECT doc FROM issued_coupons").fetchone()
+            (job,) = conn.execute("SELECT payload FROM print_jobs").fetchone()
+        finally:
+            conn.close()
+        coupon = json.loads(doc)
+        assert coupon == {
+            "code": "TP5TILL11",
+            "offerId": "o-next",
+            "customerId": "c-1",
+            "validFrom": "2026-11-23T10:15:00+03:00",
+            "validTo": "2026-12-31T23:59:59+03:00",
+        }
+        assert json.loads(job)["offers"][0]["code"] == "TP5TILL11"  # printed to be scanned
+        # the checkout and the issued coupon: two transactions, seq 1 and 2
+        txs = outbox(tmp_path / "till-1")
+        assert [(t.seq, t.kind) for t in txs] == [(1, "CHECKOUT"), (2, "COUPON_ISSUED")]
+        for p in txs:  # what the push sends parses as the contract's Transaction
+            tx = pb.Transaction(kind=pb.TransactionKind.Value(p.kind), request_json=p.request_json)
+            assert json_format.MessageToDict(tx)["kind"] == p.kind
+
+        # the hub takes it into the next snapshot: another till finds the code
+        hub.ingest("till-1", "", txs, NOW)
+        hub.publish(NOW.replace(hour=7), 7 * 86400.0)
+        delta = hub.snapshot_doc(2, 1)
+        assert delta["coupons"] == [coupon]
+        tills[1].load_snapshot(delta)
+        elsewhere = tills[1].quote(receipt("q1", "tp5till11"))
+        assert verdicts(elsewhere) == [("TP5TILL11", "APPLIED", "")]
+
+        # the issuing till takes it back at once (before any snapshot): 20 % of 179.80
+        second = tills[0].checkout(receipt("s2", "TP5TILL11"))
+        assert verdicts(second) == [("TP5TILL11", "APPLIED", "")]
+        assert (second["lines"][0]["discountMinor"], second["lines"][0]["offerId"]) == (
+            3596,
+            "o-next",
+        )
+        hub.ingest("till-1", "", outbox(tmp_path / "till-1"), NOW)
+        hub.publish(NOW.replace(hour=8), 7 * 86400.0)
+        assert hub.snapshot_doc(3, 2)["removed"] == {"coupons": ["TP5TILL11"]}
     finally:
         for till in tills:
             till.close()

@@ -126,12 +126,20 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     TRANSACTION_KIND_UNSPECIFIED: _TransactionKind.ValueType  # 0
     CHECKOUT: _TransactionKind.ValueType  # 1
     REFUND: _TransactionKind.ValueType  # 2
+    COUPON_ISSUED: _TransactionKind.ValueType  # 13
+    """A one-time code the till issued on a printed offer (§13): request_json is
+    {"receiptId", "coupon": Coupon}, result_json "{}", no points.
+    """
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper): ...
 
 TRANSACTION_KIND_UNSPECIFIED: TransactionKind.ValueType  # 0
 CHECKOUT: TransactionKind.ValueType  # 1
 REFUND: TransactionKind.ValueType  # 2
+COUPON_ISSUED: TransactionKind.ValueType  # 13
+"""A one-time code the till issued on a printed offer (§13): request_json is
+{"receiptId", "coupon": Coupon}, result_json "{}", no points.
+"""
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
 class _TransactionOutcome:
