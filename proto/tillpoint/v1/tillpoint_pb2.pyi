@@ -924,22 +924,26 @@ class CardOutcome(_message.Message):
         customer_id: _builtins.str | None = ...,
         tier: _builtins.str | None = ...,
         first_name: _builtins.str | None = ...,
-        reason: _builtins.str = ...,
+        reason: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "tier", b"tier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_reason", b"_reason", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "reason", b"reason", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "reason", b"reason", "status", b"status", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_reason", b"_reason", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "reason", b"reason", "status", b"status", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
     _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
     _WhichOneofReturnType__first_name: _TypeAlias = _typing.Literal["first_name"]  # noqa: Y015
     _WhichOneofArgType__first_name: _TypeAlias = _typing.Literal["_first_name", b"_first_name"]  # noqa: Y015
+    _WhichOneofReturnType__reason: _TypeAlias = _typing.Literal["reason"]  # noqa: Y015
+    _WhichOneofArgType__reason: _TypeAlias = _typing.Literal["_reason", b"_reason"]  # noqa: Y015
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__customer_id) -> _WhichOneofReturnType__customer_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__first_name) -> _WhichOneofReturnType__first_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reason) -> _WhichOneofReturnType__reason | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 
