@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from . import cache as cache_mod
 from . import coupons, hooks, ledger
 from .cache import CacheView, ancestors
-from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
+from .db import Checkpointer, LiveCache, phone_secret, remove_cache, write_transaction
 from .errors import (
     CardRefused,
     Conflict,
@@ -135,8 +135,8 @@ class Agent:
         self._cache = self._live.connection()
         self._secret = phone_secret(self.data_dir)
         self._memo: dict[str, Any] = {}
-        self._ledger = open_ledger(self.data_dir)
-        self._checkpoints = Checkpointer(self.data_dir / "ledger.db")
+        self._ledger = ledger.open_ledger(self.data_dir)
+        self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
         self.metrics: Any = None  # a metrics.Registry when run as a service
@@ -684,25 +684,23 @@ class Agent:
         seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
         # Encoded once: the same texts go to the receipt's row and to its outbox payload.
         result_text = json.dumps(result, ensure_ascii=False)
-        conn.execute(
-            "INSERT INTO receipts (receipt_id, device_id, seq, at, local_day, card,"
-            " customer_id, mode, redeemed_points, extra_points, request, result, created_at,"
-            " activates_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                receipt_id,
-                self.device_id,
-                seq,
-                figures["at"],
-                figures["localDay"],
-                figures["card"],
-                customer_id,
-                figures["mode"],
-                figures["redeemed"],
-                figures["extra"],
-                request_text,
-                result_text,
-                ledger.utc_text(now),
-                figures["activatesAt"],
+        ledger.insert_receipt(
+            conn,
+            ledger.ReceiptRow(
+                receipt_id=receipt_id,
+                device_id=self.device_id,
+                seq=seq,
+                at=figures["at"],
+                local_day=figures["localDay"],
+                card=figures["card"],
+                customer_id=customer_id,
+                mode=figures["mode"],
+                redeemed_points=figures["redeemed"],
+                extra_points=figures["extra"],
+                request=request_text,
+                result=result_text,
+                created_at=ledger.utc_text(now),
+                activates_at=figures["activatesAt"],
             ),
         )
         conn.executemany(
@@ -869,19 +867,6 @@ class Agent:
         now: datetime,
         fiscal_document: str | None = None,
     ) -> None:
-        self._ledger.execute(
-            "INSERT INTO journal VALUES (?,?,?,?,?,?,?,?)",
-            (
-                self.device_id,
-                seq,
-                kind,
-                ref_id,
-                at.isoformat(),
-                customer_id,
-                card,
-                ledger.utc_text(now),
-            ),
-        )
         payload = {
             "deviceId": self.device_id,
             "seq": seq,
@@ -896,10 +881,17 @@ class Agent:
         }
         if fiscal_document:
             payload["fiscalDocument"] = fiscal_document
-        self._ledger.execute(
-            "INSERT INTO outbox (device_id, seq, payload, created_at) VALUES (?,?,?,?)",
-            (self.device_id, seq, json.dumps(payload, ensure_ascii=False), ledger.utc_text(now)),
+        row = ledger.JournalRow(
+            self.device_id,
+            seq,
+            kind,
+            ref_id,
+            at.isoformat(),
+            customer_id,
+            card,
+            ledger.utc_text(now),
         )
+        ledger.insert_journal(self._ledger, row, payload)
 
     # ------------------------------------------------------------ refund
 

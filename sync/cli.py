@@ -457,9 +457,8 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
 
 def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import read_json
-    from tillpoint.agent.db import open_ledger
     from tillpoint.agent.errors import Refused
-    from tillpoint.agent.ledger import outbox_depth
+    from tillpoint.agent.ledger import open_ledger, outbox_depth
 
     from .pki import install_bundle, is_enrolled
 

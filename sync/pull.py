@@ -36,6 +36,7 @@ import grpc
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import SnapshotRefused, TillpointError
+from tillpoint.agent.ledger import open_ledger
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -268,7 +269,7 @@ class Puller:
     def _record(self, values: dict[str, str | None]) -> None:
         from . import state
 
-        conn = state.open_ledger(self.agent.data_dir)
+        conn = open_ledger(self.agent.data_dir)
         try:
             state.put(conn, values)
         finally:
@@ -424,7 +425,7 @@ class Puller:
 
     def _known_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
         """The same bundle was refused before: do not download it again."""
-        from .state import get, open_ledger
+        from .state import get
 
         conn = open_ledger(self.agent.data_dir)
         try:

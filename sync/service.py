@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 from tillpoint.agent.config import Settings
 from tillpoint.agent.errors import TillpointError
+from tillpoint.agent.ledger import open_ledger
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -346,7 +347,7 @@ def start_sync(agent: Agent, settings: Settings) -> Callable[[], None]:
     address = hub_address(settings, enrollment)
     if not address:
         return nothing
-    conn = state.open_ledger(agent.data_dir)
+    conn = open_ledger(agent.data_dir)
     try:
         if enrollment is None:
             message = (
