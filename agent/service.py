@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import cache as cache_mod
-from . import coupons, hooks, ledger
+from . import coupons, ledger
 from .cache import CacheView, ancestors
 from .db import Checkpointer, LiveCache, phone_secret, remove_cache, write_transaction
 from .errors import (
@@ -94,9 +94,33 @@ class RedemptionAuthoriser(Protocol):
         ...
 
 
-# Parts that add fields to `status` (the hub sync) register a function of the ledger
-# connection in `hooks.status_providers` (the same list) when they are imported.
-status_providers = hooks.status_providers
+class DeviceNotifier(Protocol):
+    """The till's printer, display and scanner as the agent sees them (printer.service.Devices):
+    told after each identification, quote and commit; their faults stay theirs."""
+
+    def show(self, lines: Sequence[str]) -> None: ...
+
+    def after_quote(self, result: Mapping[str, Any]) -> None: ...
+
+    def after_checkout(self, result: Mapping[str, Any]) -> None: ...
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
+class Histogram(Protocol):
+    def observe(self, value: float) -> None: ...
+
+
+class Metrics(Protocol):
+    """What the edges record about the agent's calls (metrics.Registry)."""
+
+    @property
+    def checkout_seconds(self) -> Histogram: ...
+
+
+# A part that adds fields to `status` (the hub sync: `sync.state.sync_status`), read on
+# the agent's ledger connection under its lock.
+StatusSource = Callable[[sqlite3.Connection], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -125,11 +149,28 @@ class Agent:
         *,
         clock: Clock = system_clock,
         hub: RedemptionAuthoriser | None = None,
+        devices: DeviceNotifier | None = None,
+        metrics: Metrics | None = None,
+        status_sources: Sequence[StatusSource] = (),
+        device_kinds: Mapping[str, str] | None = None,
+        build_workers: int | None = None,
     ) -> None:
+        """Collaborators are given here (`agent/app.py` wires a till's): the hub's
+        redemption authoriser (None: standalone, the offline limit applies), the devices
+        told after each sale, the metrics the edges record into, the parts that add
+        fields to `status`, and the configured kind of each device (for `status` in a
+        process that does not drive them: the CLI)."""
         self.data_dir = Path(data_dir)
         self.device_id = device_id
         self.clock = clock
         self.hub = hub
+        self.devices = devices
+        self.metrics = metrics
+        self.status_sources = tuple(status_sources)
+        # The configured `kind` of "printer", "display", "scanner" (absent: "none").
+        self.device_kinds: dict[str, str] = dict(device_kinds or {})
+        if build_workers is not None:
+            self.build_workers = build_workers
         # The cache connection follows full snapshots switched in by any process.
         self._live = LiveCache(self.data_dir)
         self._cache = self._live.connection()
@@ -139,11 +180,6 @@ class Agent:
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
-        self.metrics: Any = None  # a metrics.Registry when run as a service
-        self.devices: Any = None  # printer, display and scanner when run as a service
-        # The configured `kind` of "printer", "display", "scanner" (absent: "none"), for
-        # `status` in a process that does not drive the devices itself (the CLI).
-        self.device_kinds: dict[str, str] = {}
 
     def close(self) -> None:
         self._checkpoints.close()
@@ -1060,8 +1096,8 @@ class Agent:
             }
             failed, retrying, last_error = print_queue_health(conn)
             status["printerLastError"] = last_error
-            for provider in status_providers:
-                status.update(provider(conn))
+            for source in self.status_sources:
+                status.update(source(conn))
         live: dict[str, Any] | None = None
         devices = self.devices
         if devices is not None:  # live states when run as a service

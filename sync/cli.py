@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tillpoint.agent.errors import HubUnavailable, InputError
 
-if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/hooks.py)
+if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from tillpoint.agent.config import Settings
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -492,25 +492,15 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
 
 def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     import grpc
-    from tillpoint.agent.service import Agent
+    from tillpoint.agent.app import cli_agent, sync_link
 
     from . import state
-    from .client import HubLink
-    from .pki import load_enrollment
     from .progress import ProgressBar
     from .pull import Puller, PullInterrupted
     from .push import Pusher
-    from .service import SyncTimings, hub_address
 
-    enrollment = load_enrollment(settings.data_dir)
-    if enrollment is None:
-        raise InputError("this till is not enrolled: `tillpoint sync install BUNDLE` first")
-    address = hub_address(settings, enrollment)
-    if not address:
-        raise InputError("no hub address: set hub.address in the configuration")
-    timings = SyncTimings.from_settings(settings)
-    link = HubLink(address, enrollment)
-    agent = Agent(settings.data_dir, settings.device_id)
+    enrollment, link, timings = sync_link(settings)  # `run`'s rules for the hub
+    agent = cli_agent(settings)
     pusher = Pusher(
         settings.data_dir, settings.device_id, link, call_timeout_s=timings.call_timeout_s
     )
@@ -603,18 +593,3 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         print(f"tillpoint: {result.message}", file=sys.stderr)
         failed = True
     return EXIT_ERROR if failed else code
-
-
-# ---------------------------------------------------------------- `tillpoint run`
-
-
-def _register_background() -> None:
-    from tillpoint.agent import hooks
-
-    from . import start_sync  # imports the sync service when `run` starts it
-
-    if start_sync not in hooks.background_starters:
-        hooks.background_starters.append(start_sync)
-
-
-_register_background()
