@@ -21,10 +21,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tillpoint.agent import cache
-    from tillpoint.agent.service import Agent
+
+    from .till import TillAgent
 
 
-def load_snapshot_file(agent: Agent, doc: Any) -> cache.CacheInfo:
+def load_snapshot_file(agent: TillAgent, doc: Any) -> cache.CacheInfo:
     from .snapshot_file import load_snapshot_file as load
 
     return load(agent, doc)

@@ -37,12 +37,12 @@ from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import SnapshotRefused, TillpointError
 from tillpoint.agent.ledger import open_ledger
-from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import signing
 from .client import HubLink
 from .pki import Enrollment
+from .till import TillAgent
 
 log = logging.getLogger("tillpoint.sync")
 
@@ -166,7 +166,7 @@ def cache_version(data_dir: Path) -> int:
 class Puller:
     def __init__(
         self,
-        agent: Agent,
+        agent: TillAgent,
         link: HubLink,
         enrollment: Enrollment,
         *,

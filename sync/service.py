@@ -35,7 +35,6 @@ import grpc
 from tillpoint.agent.config import Settings
 from tillpoint.agent.errors import InputError, TillpointError
 from tillpoint.agent.ledger import open_ledger
-from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import state
@@ -45,6 +44,7 @@ from .client import HubLink
 from .pki import Enrollment, EnrollmentError, load_enrollment
 from .pull import DEFAULT_MAX_BYTES, Puller, PullInterrupted, SyncBusy, cache_version
 from .push import Pusher
+from .till import TillAgent
 
 log = logging.getLogger("tillpoint.sync")
 CONTACT_EVERY_S = 30.0  # lastContactAt is written at most this often (the ledger is on flash)
@@ -81,7 +81,7 @@ def hub_address(settings: Settings, enrollment: Enrollment | None) -> str:
 class SyncService:
     def __init__(
         self,
-        agent: Agent,
+        agent: TillAgent,
         link: HubLink,
         enrollment: Enrollment,
         timings: SyncTimings,
@@ -396,7 +396,7 @@ class TillSync:
         )
         return cls(address, enrollment, timings, link, authoriser)
 
-    def start(self, agent: Agent) -> Callable[[], None]:
+    def start(self, agent: TillAgent) -> Callable[[], None]:
         """Start syncing `agent` (built with `self.authoriser`); returns the stop."""
         service = SyncService(agent, self.link, self.enrollment, self.timings)
         service.start()
