@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import InputError, TillpointError
+from .errors import InputError, TillpointError, edge_of
 from .limits import REQUEST_MAX_BYTES
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
@@ -143,8 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(parser, args)
     except TillpointError as exc:
-        print(f"tillpoint: {exc.message}", file=sys.stderr)
-        return exc.exit_code
+        edge = edge_of(exc)
+        print(f"tillpoint: {edge.message}", file=sys.stderr)
+        return edge.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last line of defence: one line, never a traceback

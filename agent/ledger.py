@@ -21,7 +21,7 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from .db import connect, migrate
-from .expiry import Movement, Wallet
+from .expiry import Movement, Tally, Wallet
+from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
 
 LEDGER = "ledger.db"
@@ -267,11 +268,6 @@ def open_ledger(data_dir: Path) -> sqlite3.Connection:
     return conn
 
 
-def utc_text(moment: datetime) -> str:
-    """A fixed-width UTC time stamp, so that stored times compare as text."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 @dataclass(frozen=True)
 class Points:
     available: int
@@ -332,19 +328,12 @@ def balance(
     lifetime = program.points_lifetime_days if program is not None else 0
     if program is not None and (lifetime or customer.expiring or any(r[5] for r in rows)):
         return _points(_wallet(customer, rows, program, at), at, program)
-    available, pending = customer.balance_points, 0
+    tally = Tally(at, customer.balance_points)
     for entry in customer.pending:
-        if entry.activates_at <= at:
-            available += entry.points
-        else:
-            pending += entry.points
-    cutoff = utc_text(at)
+        tally.add("earn", entry.points, entry.activates_at)
     for _, _, kind, points, activates_at, *_ in rows:
-        if kind == "spend" or activates_at <= cutoff:
-            available += points
-        else:
-            pending += points
-    return Points(available, pending)
+        tally.add(kind, int(points), activates_at)
+    return Points(tally.available, tally.pending)
 
 
 def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datetime) -> Wallet:

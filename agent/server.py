@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .errors import TillpointError
+from .errors import TillpointError, edge_of
 from .limits import REQUEST_MAX_BYTES
 from .proto_json import status_message
 from .service import Agent
@@ -149,7 +149,8 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         try:
             return fn()
         except TillpointError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            edge = edge_of(exc)
+            context.abort(getattr(grpc.StatusCode, edge.code), edge.message)
         except Exception as exc:  # one readable line to the POS, details to the log
             log.exception("PosAgent call failed")
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")

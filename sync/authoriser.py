@@ -26,7 +26,8 @@ from pathlib import Path
 
 import grpc
 from tillpoint.agent.errors import HubUnavailable, StorageError
-from tillpoint.agent.ledger import open_ledger, unsynced_moves, utc_text
+from tillpoint.agent.expiry import Tally
+from tillpoint.agent.ledger import open_ledger, unsynced_moves
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .client import HubLink
@@ -54,15 +55,13 @@ class HubAuthoriser:
             if self._conn is None:
                 raise StorageError("the authoriser is closed")
             rows = unsynced_moves(self._conn, self.device_id, customer_id)
-        cutoff = utc_text(at)
+        tally = Tally(at)  # only what counts at `at`: the hub adds it to its balance
         by_seq: dict[int, pb.UnsyncedPoints] = {}
         for move in rows:
             item = by_seq.setdefault(
                 move.seq, pb.UnsyncedPoints(seq=move.seq, receipt_id=move.receipt_id)
             )
-            if move.kind == "spend" or (
-                move.activates_at is not None and move.activates_at <= cutoff
-            ):
+            if tally.active(move.kind, move.activates_at):
                 item.points += move.points
         return list(by_seq.values())
 
