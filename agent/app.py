@@ -3,8 +3,11 @@
 - `add_commands`: the commands the other parts bring to the CLI (hub, sync, print, demo);
 - `cli_agent`: the `Agent` of a one-shot command (`checkout`, `status`, `snapshot load`...);
 - `run`: `tillpoint run`, what runs in a till (below, one screen);
-- `sync_now`: `tillpoint sync now`, one push and one pull with the same hub rules as `run`;
-- `demo`: `tillpoint demo`, a whole store on loopback (`agent/demo.py`).
+- `sync_link`: `tillpoint sync now`'s hub, by the same rules as `run` (sync/cli.py then
+  pushes and pulls once with a `cli_agent`);
+- the demo (`tillpoint demo`, agent/demo.py) builds its tills with
+  `sync.loopback.LoopbackHub.till`, wired as `run` wires a till (authoriser and sync status
+  in the constructor), and its virtual devices with `printer.service.Devices`.
 
 Nothing is registered at import time: a part is running because a line here starts it.
 Imports are inside the functions so that `tillpoint --help` stays light (docs/DECISIONS.md,
@@ -179,10 +182,3 @@ def sync_link(settings: Settings) -> tuple[Enrollment, HubLink, SyncTimings]:
     if not address:
         raise InputError("no hub address: set hub.address in the configuration")
     return enrollment, HubLink(address, enrollment), SyncTimings.from_settings(settings)
-
-
-def demo(settings: Settings, args: argparse.Namespace) -> int:
-    """`tillpoint demo`: the reference hub, enrolled tills and virtual devices, on loopback."""
-    from .demo import run_demo
-
-    return run_demo(settings, args)
