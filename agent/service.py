@@ -358,6 +358,10 @@ class Agent:
         card = done.ident.card_number or normalise(receipt.card)
         day = receipt.at.astimezone(program.zone).date().isoformat()
         request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+        # Where the sale is in the ledger's numbering: stored with the result, so an
+        # idempotent replay answers with it too (a quote has neither).
+        done.result["deviceId"] = self.device_id
+        done.result["seq"] = seq
         # Encoded once: the same texts go to the receipt's row and to its outbox payload.
         request_text = json.dumps(request, ensure_ascii=False)
         result_text = json.dumps(done.result, ensure_ascii=False)
@@ -584,6 +588,8 @@ class Agent:
                 "takenBackPoints": outcome.taken_back_points,
                 "balance": balance.as_json() if balance else None,
                 "negativeBalance": bool(balance and balance.available < 0),
+                "deviceId": self.device_id,
+                "seq": seq,
             }
             request = refund.model_dump(mode="json", by_alias=True)
             request_text = json.dumps(request, ensure_ascii=False)
