@@ -7,6 +7,7 @@ Importing this module also adds the sync loop to `tillpoint run`'s background se
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -15,10 +16,13 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tillpoint.agent.config import Settings
 from tillpoint.agent.errors import HubUnavailable, InputError
+
+if TYPE_CHECKING:
+    from .hub_server import HubDir
 
 EXIT_OK, EXIT_ERROR = 0, 1
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -145,6 +149,19 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--at", help="RFC 3339 time with offset (default: now)")
     p.set_defaults(handler=_hub_balance)
 
+    p = hub_sub.add_parser(
+        "receipts",
+        parents=parents,
+        help="the transactions of a device the hub has stored (to reconcile with a till)",
+    )
+    p.add_argument("--device", required=True, help="the till's device id")
+    p.add_argument(
+        "--since", type=int, default=0, metavar="SEQ", help="only seq above SEQ (default 0)"
+    )
+    p.add_argument("--receipt", default="", help="only this receipt's sale and refunds")
+    p.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    p.set_defaults(handler=_hub_receipts)
+
     sync = sub.add_parser("sync", help="the till's sync with its hub")
     sync_sub = sync.add_subparsers(dest="sync_command", metavar="ACTION")
     sync.set_defaults(handler=_needs_action(sync, "now, install"))
@@ -180,6 +197,14 @@ def _hub_dir(settings: Settings, args: argparse.Namespace) -> Path:
         return Path(args.hub_dir)
     env = os.environ.get("TILLPOINT_HUB_DIR")
     return Path(env) if env else settings.data_dir / "hub"
+
+
+def _existing_hub(settings: Settings, args: argparse.Namespace) -> HubDir:
+    """The hub of --hub-dir, refused (exit 2) unless one was made there: only `hub init`
+    and `hub import` make a hub."""
+    from .hub_server import HubDir
+
+    return HubDir(_hub_dir(settings, args)).require()
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
@@ -231,7 +256,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    server = HubServer(_hub_dir(settings, args), config)
+    server = HubServer(_existing_hub(settings, args).root, config)
     port = server.start(args.listen)
     if args.port_file is not None:
         tmp = Path(str(args.port_file) + ".tmp")
@@ -287,11 +312,10 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_server import HubDir
 
     if args.ttl_hours <= 0:
         raise InputError("--ttl-hours must be above 0")
-    store = HubDir(_hub_dir(settings, args)).open_store()
+    store = _existing_hub(settings, args).open_store()
     try:
         pub = store.publish(_now(), args.ttl_hours * 3600, min_version=args.min_version)
     finally:
@@ -314,9 +338,8 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
 
 def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     from . import pki
-    from .hub_server import HubDir
 
-    hub = HubDir(_hub_dir(settings, args))
+    hub = _existing_hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
     out = args.out or hub.root / "bundles" / f"{args.device}.json"
@@ -344,9 +367,8 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_server import HubDir
 
-    store = HubDir(_hub_dir(settings, args)).open_store()
+    store = _existing_hub(settings, args).open_store()
     try:
         if store.device(args.device) is None:
             raise InputError(f"device {args.device} is not enrolled")
@@ -361,10 +383,10 @@ def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_server import HubDir, SnapshotBuilder
+    from .hub_server import SnapshotBuilder
     from .signing import write_signed_file
 
-    hub = HubDir(_hub_dir(settings, args))
+    hub = _existing_hub(settings, args)
     store = hub.open_store()
     try:
         if store.device(args.device) is None:
@@ -398,10 +420,8 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
 def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import parse_time
 
-    from .hub_server import HubDir
-
     at = parse_time(args.at) if args.at else _now()
-    store = HubDir(_hub_dir(settings, args)).open_store()
+    store = _existing_hub(settings, args).open_store()
     try:
         balance = store.balance(args.customer, at)
     finally:
@@ -420,6 +440,42 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
             f" {d['pendingPoints']} pending, {d['heldPoints']} held for redemptions in progress"
         ),
     )
+
+
+def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    from .hub_server import list_transactions
+
+    if args.since < 0 or args.limit < 0:
+        raise InputError("--since and --limit must be 0 or more")
+    store = _existing_hub(settings, args).open_store()
+    try:
+        reply = list_transactions(store, args.device, args.since, args.limit, args.receipt)
+        enrolled = store.device(args.device) is not None
+    finally:
+        store.close()
+    if not enrolled and not reply.transactions:
+        raise InputError(f"device {args.device} is not enrolled at this hub")
+    if args.json:  # the proto3 JSON of ListTransactionsReply, as the RPC answers
+        doc = json_format.MessageToDict(reply, preserving_proto_field_name=False)
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    lines = [
+        f"seq {t.seq}: {pb.TransactionKind.Name(t.kind)} {t.refund_id or t.receipt_id}"
+        + (f" of {t.receipt_id}" if t.refund_id else "")
+        + f" at {t.at}, {t.customer_id or 'card ' + t.card}:"
+        f" {t.points_delta_available:+d} available, {t.points_delta_pending:+d} pending"
+        for t in reply.transactions
+    ]
+    more = " (more: --since the last seq)" if reply.more else ""
+    lines.append(
+        f"{len(reply.transactions)} transaction(s) of {args.device} stored{more};"
+        f" all stored through seq {reply.acked_through_seq}"
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- sync commands

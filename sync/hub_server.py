@@ -27,20 +27,21 @@ from typing import Any, BinaryIO, NoReturn, Protocol
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.db import fsync_path
-from tillpoint.agent.errors import StorageError, TillpointError
+from tillpoint.agent.errors import InputError, StorageError, TillpointError
 from tillpoint.agent.models import _timestamp
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from . import pki
 from .hub_sqlite import SqliteHubStore
-from .hub_store import HubStats, HubStore, Publication, TxIn, Unsynced
+from .hub_store import HubStats, HubStore, Publication, StoredTx, TxIn, Unsynced
 from .signing import MANIFEST_PREFIX, MAX_CHUNK, SNAPSHOT_JSONL, canonical_json, sign_manifest
 
 log = logging.getLogger("tillpoint.hub")
 
 Clock = Callable[[], datetime]
 MAX_BATCH = 1000
+MAX_LIST = 1000  # transactions per ListTransactions answer (and its default)
 DB_FILE = "hub.db"
 SNAPSHOTS = "snapshots"
 RETRY_BUILD_S = 30.0
@@ -88,6 +89,18 @@ class HubDir:
 
     def init(self, hosts: list[str] | None = None) -> bool:
         return pki.init_hub_keys(self.keys, hosts)
+
+    def exists(self) -> bool:
+        """Whether a hub was made here (`hub init`, or `hub import` into a new directory):
+        its database is there. Other commands never make one (a wrong --hub-dir would
+        otherwise give an empty hub that publishes nothing)."""
+        return self.db.is_file()
+
+    def require(self) -> HubDir:
+        """This hub, or InputError when there is none here."""
+        if not self.exists():
+            raise InputError(f"no hub at {self.root}: run 'tillpoint hub init'")
+        return self
 
     @property
     def snapshots(self) -> Path:
@@ -747,6 +760,48 @@ class HubServicer(pb_grpc.HubServicer):
             expires_at=granted.expires_at.isoformat(),
             live_balance=granted.live_balance,
         )
+
+    def ListTransactions(
+        self, request: pb.ListTransactionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListTransactionsReply:
+        device = self._device(context, request.device_id)  # a till lists its own only
+        if request.since_seq < 0 or request.limit < 0:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "since_seq and limit must be >= 0")
+        limit = min(request.limit or MAX_LIST, MAX_LIST)
+        try:
+            return list_transactions(self.store, device, request.since_seq, limit)
+        except StorageError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
+
+
+def stored_transaction(tx: StoredTx) -> pb.StoredTransaction:
+    return pb.StoredTransaction(
+        device_id=tx.device_id,
+        seq=tx.seq,
+        kind=pb.TransactionKind.Value(tx.kind),
+        receipt_id=tx.receipt_id,
+        refund_id=tx.refund_id,
+        at=tx.at,
+        customer_id=tx.customer_id,
+        card=tx.card,
+        points_delta_available=tx.delta_available,
+        points_delta_pending=tx.delta_pending,
+        pending_activates_at=tx.pending_activates_at,
+        ingested_at=tx.ingested_at,
+    )
+
+
+def list_transactions(
+    store: HubStore, device_id: str, since_seq: int, limit: int, receipt_id: str = ""
+) -> pb.ListTransactionsReply:
+    """The answer of ListTransactions (and `hub receipts`): at most `limit` (0: all)."""
+    txs = store.transactions(device_id, since_seq, limit + 1 if limit else 0, receipt_id)
+    more = bool(limit) and len(txs) > limit
+    return pb.ListTransactionsReply(
+        transactions=[stored_transaction(tx) for tx in (txs[:limit] if more else txs)],
+        acked_through_seq=store.applied_through(device_id),
+        more=more,
+    )
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
