@@ -459,7 +459,9 @@ def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
     if not enrolled and not reply.transactions:
         raise InputError(f"device {args.device} is not enrolled at this hub")
     if args.json:  # the proto3 JSON of ListTransactionsReply, as the RPC answers
-        doc = json_format.MessageToDict(reply, preserving_proto_field_name=False)
+        doc = json_format.MessageToDict(
+            reply, preserving_proto_field_name=False, always_print_fields_with_no_presence=True
+        )
         sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
         return EXIT_OK
     lines = [

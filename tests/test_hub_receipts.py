@@ -130,6 +130,23 @@ def test_list_transactions_and_hub_receipts(
         "seq 3",
     ]
 
+    code = main(
+        [
+            "hub",
+            "receipts",
+            "--device",
+            "till-1",
+            "--since",
+            "3",
+            "--hub-dir",
+            str(hub_dir),
+            "--json",
+        ]
+    )
+    out, _ = capsys.readouterr()  # nothing above seq 3: every field still there
+    assert code == 0
+    assert json.loads(out) == {"transactions": [], "ackedThroughSeq": "3", "more": False}
+
     code = main(["hub", "receipts", "--device", "till-9", "--hub-dir", str(hub_dir)])
     out, err = capsys.readouterr()
     assert (
