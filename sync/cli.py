@@ -164,7 +164,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     sync = sub.add_parser("sync", help="the till's sync with its hub")
     sync_sub = sync.add_subparsers(dest="sync_command", metavar="ACTION")
-    sync.set_defaults(handler=_needs_action(sync, "now, install"))
+    sync.set_defaults(handler=_needs_action(sync, "now, install, receipts"))
 
     p = sync_sub.add_parser(
         "now", parents=[common], help="push the outbox and pull the newest snapshot, now"
@@ -183,6 +183,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("bundle", help="bundle file")
     p.set_defaults(handler=_sync_install)
+
+    p = sync_sub.add_parser(
+        "receipts",
+        parents=[common],
+        help="ask the hub which of this till's transactions it has stored (ListTransactions)",
+    )
+    p.add_argument(
+        "--since", type=int, default=0, metavar="SEQ", help="only seq above SEQ (default 0)"
+    )
+    p.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    p.set_defaults(handler=_sync_receipts)
 
 
 def _needs_action(parser: argparse.ArgumentParser, actions: str) -> Handler:
@@ -443,9 +454,6 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-    from tillpoint.v1 import tillpoint_pb2 as pb
-
     from .hub_server import list_transactions
 
     if args.since < 0 or args.limit < 0:
@@ -458,6 +466,15 @@ def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
         store.close()
     if not enrolled and not reply.transactions:
         raise InputError(f"device {args.device} is not enrolled at this hub")
+    return _print_transactions(args, reply, args.device)
+
+
+def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> int:
+    """A ListTransactionsReply: its proto3 JSON (every field) with --json, else a line per
+    transaction and a summary."""
+    from google.protobuf import json_format
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
     if args.json:  # the proto3 JSON of ListTransactionsReply, as the RPC answers
         doc = json_format.MessageToDict(
             reply, preserving_proto_field_name=False, always_print_fields_with_no_presence=True
@@ -473,7 +490,7 @@ def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
     ]
     more = " (more: --since the last seq)" if reply.more else ""
     lines.append(
-        f"{len(reply.transactions)} transaction(s) of {args.device} stored{more};"
+        f"{len(reply.transactions)} transaction(s) of {device} stored{more};"
         f" all stored through seq {reply.acked_through_seq}"
     )
     sys.stdout.write("\n".join(lines) + "\n")
@@ -606,6 +623,55 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         print(f"tillpoint: {result.message}", file=sys.stderr)
         return EXIT_ERROR
     return code
+
+
+def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
+    """What the hub stored of this till, asked over mTLS page by page (1000 a call), each
+    call with the sync's call timeout."""
+    import grpc
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    from .client import HubLink, describe
+    from .hub_server import MAX_LIST
+    from .pki import load_enrollment
+    from .service import SyncTimings, hub_address
+
+    if args.since < 0 or args.limit < 0:
+        raise InputError("--since and --limit must be 0 or more")
+    enrollment = load_enrollment(settings.data_dir)
+    if enrollment is None:
+        raise InputError("this till is not enrolled: `tillpoint sync install BUNDLE` first")
+    address = hub_address(settings, enrollment)
+    if not address:
+        raise InputError("no hub address: set hub.address in the configuration")
+    timeout = SyncTimings.from_settings(settings).call_timeout_s
+    link = HubLink(address, enrollment)
+    reply = pb.ListTransactionsReply()
+    since = args.since
+    try:
+        while True:
+            want = MAX_LIST
+            if args.limit:
+                want = min(MAX_LIST, args.limit - len(reply.transactions))
+            page = link.stub.ListTransactions(
+                pb.ListTransactionsRequest(
+                    device_id=enrollment.device_id, since_seq=since, limit=want
+                ),
+                timeout=timeout,
+            )
+            reply.transactions.extend(page.transactions)
+            reply.acked_through_seq = page.acked_through_seq
+            reply.more = page.more
+            if not page.more or not page.transactions:
+                break
+            if args.limit and len(reply.transactions) >= args.limit:
+                break
+            since = page.transactions[-1].seq
+    except grpc.RpcError as exc:
+        raise HubUnavailable(describe(exc)) from None
+    finally:
+        link.close()
+    return _print_transactions(args, reply, enrollment.device_id)
 
 
 # ---------------------------------------------------------------- `tillpoint run`

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.cli import main
+from tillpoint.sync import hub_server
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
 from tillpoint.sync.state import open_ledger
@@ -29,7 +30,9 @@ def _outbox(data_dir: Path) -> int:
 
 
 @pytest.fixture
-def synced(tmp_path: Path) -> tuple[Path, list[dict[str, object]]]:
+def synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, list[dict[str, object]]]:
     """A hub directory whose ledger holds till-1's seq 1..3 (checkout, checkout, refund)."""
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     till = hub.till("till-1", tmp_path / "till-1")
@@ -90,9 +93,29 @@ def synced(tmp_path: Path) -> tuple[Path, list[dict[str, object]]]:
             with pytest.raises(grpc.RpcError) as caught:
                 stub.ListTransactions(request, timeout=TIMEOUT)
             assert caught.value.code() == code
+
+        # the till's operator asks the same from the till (page by page, 2 a page here)
+        monkeypatch.setattr(hub_server, "MAX_LIST", 2)
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+        capsys.readouterr()
+        code = main(["sync", "receipts", "--data-dir", str(till.data_dir), "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        asked = json_format.ParseDict(json.loads(out), pb.ListTransactionsReply())
+        assert asked == pb.ListTransactionsReply(
+            transactions=[*reply.transactions, *rest.transactions], acked_through_seq=3
+        )
+        code = main(["sync", "receipts", "--data-dir", str(till.data_dir), "--since", "2"])
+        out, _ = capsys.readouterr()
+        assert code == 0 and out.startswith("seq 3: REFUND rf-1 of r-1 at ")
+        assert out.splitlines()[-1] == "1 transaction(s) of till-1 stored; all stored through seq 3"
     finally:
         till.stop()
         hub.stop()
+    code = main(["sync", "receipts", "--data-dir", str(till.data_dir)])
+    out, err = capsys.readouterr()  # the hub is gone: one line, no traceback
+    assert code == 1 and out == "" and err.startswith("tillpoint: the hub is unreachable")
+    assert err.count("\n") == 1
     return tmp_path / "hub", results
 
 
