@@ -1,4 +1,4 @@
-"""The snapshot cache (SPEC §3): apply full and delta snapshots atomically, read for pricing."""
+"""The snapshot cache (the contract §3): apply full and delta snapshots atomically, read them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `tillpoint` command line (SPEC §10).
+"""The `tillpoint` command line (the contract §10).
 
 With --json a command prints one JSON document on stdout and nothing else. Errors print
 one line on stderr, `tillpoint: <what is wrong>`, and exit non-zero: 2 for input the
@@ -59,9 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("quote", "price a receipt JSON without storing it"),
         ("checkout", "commit a receipt JSON"),
         ("refund", "commit a refund JSON"),
+        ("hold", "price a receipt JSON and reserve its redemption until confirm or cancel"),
     ):
         p = sub.add_parser(name, parents=[common], help=what)
         p.add_argument("file", help="JSON file, or - for standard input")
+    p = sub.add_parser("confirm", parents=[common], help="commit a held receipt")
+    p.add_argument("receipt_id", metavar="RECEIPT_ID")
+    p.add_argument("--fiscal", help="the fiscal document number (at most 64 characters)")
+    p = sub.add_parser("cancel", parents=[common], help="release a held receipt")
+    p.add_argument("receipt_id", metavar="RECEIPT_ID")
     p = sub.add_parser("balance", parents=[common], help="available and pending points")
     p.add_argument("card")
     p.add_argument("--at", help="RFC 3339 time with offset (default: now)")
@@ -70,10 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration commands")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
     cfg_sub.add_parser("check", parents=[common], help="validate the configuration and show it")
-    sub.add_parser(
+    p = sub.add_parser(
         "reset",
         parents=[common],
-        help="forget the cache and the ledger (refused while the outbox holds transactions)",
+        help="forget the cache and the ledger, keeping the till's numbering",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--force", action="store_true", help="discard transactions the hub has not acknowledged"
     )
     for module in PLUGIN_MODULES:
         _plugin(module).register(sub, common)
@@ -162,9 +172,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, info, lambda d: f"snapshot version {d['version']} loaded")
         if command == "identify":
             return emit(args, agent.identify(args.text), _human_card)
-        if command in ("quote", "checkout"):
+        if command in ("quote", "checkout", "hold"):
             call: Callable[[Any], dict[str, Any]] = getattr(agent, command)
             return emit(args, call(read_json(args.file)), _human_result)
+        if command == "confirm":
+            return emit(args, agent.confirm(args.receipt_id, args.fiscal), _human_result)
+        if command == "cancel":
+            return emit(args, agent.cancel(args.receipt_id), _human_result)
         if command == "refund":
             return emit(args, agent.refund(read_json(args.file)), _human_refund)
         if command == "balance":
@@ -173,11 +187,41 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if command == "status":
             return emit(args, agent.status(), _human_status)
         if command == "reset":
-            agent.reset()
-            return emit(args, {"reset": True}, lambda d: "the till's cache and ledger are empty")
+            _confirm_reset(args, agent)
+            discarded = agent.reset(force=args.force)
+            return emit(
+                args,
+                {"reset": True, "discardedTransactions": discarded},
+                lambda d: (
+                    "the till's cache and ledger are empty; numbering continues"
+                    + (
+                        f"; {d['discardedTransactions']} unsent transaction(s) discarded"
+                        if d["discardedTransactions"]
+                        else ""
+                    )
+                ),
+            )
     finally:
         agent.close()
     parser.error(f"unknown command {command}")
+
+
+def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
+    """`reset` asks on a terminal; without one it needs --yes (a script must mean it)."""
+    depth = int(agent.status()["outboxDepth"])
+    if args.yes or (depth and not args.force):
+        return  # (the second: `Agent.reset` refuses, saying why)
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise InputError("reset forgets the cache and the ledger: add --yes to confirm")
+    unsent = f" and discard {depth} unsent transaction(s)" if depth and args.force else ""
+    print(
+        f"Forget the cache and the ledger of {agent.device_id} in {agent.data_dir}{unsent}? [y/N] ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise InputError("reset cancelled")
 
 
 def load_snapshot(agent: Any, name: str) -> Any:
@@ -268,6 +312,10 @@ def _human_result(r: dict[str, Any]) -> str:
     from .money import format_minor
 
     out = [f"receipt {r['receiptId']}  card {_human_card(r['card'])}  mode {r['mode']}"]
+    if r.get("state"):
+        out[0] += f"  {r['state']}"
+        if r.get("holdExpiresAt"):
+            out[0] += f" until {r['holdExpiresAt']}"
     for line in r["lines"]:
         offer = f"  offer {line['offerId']}" if line["offerId"] else ""
         out.append(

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import InputError
@@ -100,8 +100,12 @@ def load(config_file: Path | None = None, **overrides: Any) -> Settings:
     try:
         settings = Settings(**values)
         flags = {k: v for k, v in overrides.items() if v is not None}
-        if flags:
-            settings = Settings.model_validate({**settings.model_dump(), **flags})
+        if flags:  # field by field: a new Settings would read the environment again and win
+            checked: dict[str, Any] = {}
+            for key, value in flags.items():
+                kind: Any = Settings.model_fields[key].annotation
+                checked[key] = TypeAdapter(kind).validate_python(value)
+            settings = settings.model_copy(update=checked)
     except ValidationError as exc:
         raise InputError(f"config: {describe(exc)}") from None
     return settings

@@ -176,6 +176,36 @@ def m002_print_jobs_open(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m003_receipt_life(db: Database) -> None:
+    # The receipt's life at the till (hold, confirm, cancel): one row per receiptId ever
+    # held or committed through it, with the digest of the request first stored under it.
+    db.executescript(
+        """
+        CREATE TABLE receipt_life (
+            receipt_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL CHECK (state IN ('HELD', 'CONFIRMED', 'CANCELLED', 'EXPIRED')),
+            digest TEXT NOT NULL,
+            request TEXT NOT NULL,
+            held_result TEXT NOT NULL,
+            figures TEXT NOT NULL,
+            card TEXT NOT NULL,
+            local_day TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            redeemed_points INTEGER NOT NULL,
+            hub_hold INTEGER NOT NULL,
+            held_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            closed_at TEXT,
+            fiscal_document TEXT
+        );
+        CREATE INDEX receipt_life_open ON receipt_life (state, expires_at) WHERE state = 'HELD';
+        CREATE INDEX receipt_life_card_day ON receipt_life (card, local_day)
+            WHERE state = 'HELD';
+        """
+    )
+
+
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.

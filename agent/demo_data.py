@@ -1,4 +1,4 @@
-"""The demo's embedded chain: deterministic, realistic, small (SPEC §3 snapshot shape).
+"""The demo's embedded chain: deterministic, realistic, small (the contract §3 snapshot shape).
 
 A few hundred products with Russian names in a category tree, customers in every
 lifecycle segment and tier, personal top-5 offers, a birthday this week, a control
@@ -253,4 +253,89 @@ def chain(today: date, seed: int = 7, customers: int = 40) -> dict[str, Any]:
         "customers": people,
         "cards": cards,
         "offers": offers,
+    }
+
+
+# ---------------------------------------------------------------- the chain as files
+
+EXAMPLE_FILES = (
+    "snapshot.json",
+    "catalogue.json",
+    "receipt-card.json",
+    "receipt-phone.json",
+    "receipt-unknown-card.json",
+    "receipt-weighed.json",
+    "receipt-redemption.json",
+    "refund.json",
+)
+SNAPSHOT_HEADER = ("version", "baseVersion", "issuedAt")
+
+
+def example_files(today: date, seed: int = 7) -> dict[str, dict[str, Any]]:
+    """The demo's data as the files of `examples/` (`tillpoint demo --export DIR`).
+
+    The snapshot a standalone till loads, the same master data as the hub's catalogue,
+    receipts paid with a card, a phone number, an unknown card, a weighed item and
+    points, and a refund of the card receipt; all dated `today` in the store's zone.
+    """
+    snapshot = chain(today, seed=seed)
+    catalogue = {k: v for k, v in snapshot.items() if k not in SNAPSHOT_HEADER}
+    products = snapshot["products"]
+    food = [p for p in products if not p.get("excludedFromLoyalty")]
+    tobacco = next(p for p in products if p["category"] == "tobacco")
+    fruit = next(p for p in products if p["category"] == "fruit")
+    anna, boris = snapshot["customers"][0], snapshot["customers"][1]
+    anna_card = snapshot["cards"][0]["number"]
+    favourite = next(
+        o["skus"][0]
+        for o in snapshot["offers"]
+        if o.get("customerId") == anna["id"] and o["kind"] == "PERCENT_OFF"
+    )
+    known = {c["number"] for c in snapshot["cards"]}
+    unknown = next(
+        n for n in (ean13(f"277{i:09d}") for i in range(999_999_999, 0, -1)) if n not in known
+    )
+    phone = boris["phone"]  # "+7916…" written as a cashier types it: 8 916 123-45-68
+    typed = f"8 {phone[2:5]} {phone[5:8]}-{phone[8:10]}-{phone[10:12]}"
+
+    def at(hour: int, minute: int, days: int = 0) -> str:
+        return f"{today + timedelta(days=days)}T{hour:02d}:{minute:02d}:00+03:00"
+
+    def receipt(n: int, card: str, when: str, lines: list[Any], redeem: int = 0) -> Any:
+        return {
+            "receiptId": f"store1-t1-{n:06d}",
+            "storeId": "store1",
+            "tillId": "t1",
+            "at": when,
+            "card": card,
+            "lines": lines,
+            "redeemPoints": redeem,
+        }
+
+    def line(product: dict[str, Any], qty: str, price: int) -> dict[str, Any]:
+        return {"sku": product["sku"], "qty": qty, "priceMinor": price}
+
+    by_sku = {p["sku"]: p for p in products}
+    card_receipt = receipt(
+        1,
+        anna_card,
+        at(10, 15),
+        [line(by_sku[favourite], "2", 12990), line(food[0], "1", 8990), line(tobacco, "1", 21900)],
+    )
+    return {
+        "snapshot.json": snapshot,
+        "catalogue.json": catalogue,
+        "receipt-card.json": card_receipt,
+        "receipt-phone.json": receipt(2, typed, at(11, 40), [line(food[3], "1", 15000)]),
+        "receipt-unknown-card.json": receipt(3, unknown, at(12, 5), [line(food[5], "2", 4990)]),
+        "receipt-weighed.json": receipt(4, anna_card, at(12, 30), [line(fruit, "1.250", 19900)]),
+        "receipt-redemption.json": receipt(
+            5, anna_card, at(13, 0), [line(food[7], "2", 45000)], redeem=-1
+        ),
+        "refund.json": {
+            "refundId": "store1-t1-r-000001",
+            "receiptId": card_receipt["receiptId"],
+            "at": at(13, 30),
+            "lines": [{"sku": favourite, "qty": "1"}],
+        },
     }

@@ -6,6 +6,7 @@
     ├── Refused                   exit 2  FAILED_PRECONDITION  valid input the rules refuse
     │   ├── CardRefused           exit 2  FAILED_PRECONDITION  BLOCKED or INVALID card
     │   └── NotFound              exit 2  NOT_FOUND            a receipt never committed here
+    ├── Conflict                  exit 2  ALREADY_EXISTS       a known receiptId with another body
     ├── StorageError              exit 1  UNAVAILABLE          disk full, database locked
     └── HubUnavailable            exit 1  UNAVAILABLE          the hub did not answer in time
 
@@ -50,6 +51,13 @@ class CardRefused(Refused):
 
 class NotFound(Refused):
     grpc_code = "NOT_FOUND"
+
+
+class Conflict(TillpointError):
+    """An id already stored with a different request (an idempotency key reused)."""
+
+    exit_code = 2
+    grpc_code = "ALREADY_EXISTS"
 
 
 class StorageError(TillpointError):

@@ -1,4 +1,4 @@
-"""Card identification (SPEC §4): normalise the scanned text, then card number, then phone.
+"""Card identification (the contract §4): normalise the scanned text, then card number, then phone.
 
 Pure: the look-ups are passed in, so the rules are tested without a database.
 """

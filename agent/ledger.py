@@ -33,7 +33,7 @@ def balance(
     applied_through: Mapping[str, int],
     at: datetime,
 ) -> Points:
-    """The customer's points at `at` (SPEC §3, §5.6).
+    """The customer's points at `at` (the contract §3, §5.6).
 
     The snapshot's `balancePoints`, plus its `pending` entries due by `at`, plus this
     till's own point movements that the snapshot has not counted yet (seq above
@@ -78,18 +78,44 @@ def take_seq(conn: sqlite3.Connection, device_id: str, applied_through: int) -> 
     return seq
 
 
-def offline_redeemed(conn: sqlite3.Connection, card: str, local_day: str) -> int:
-    """Points this till let the card spend offline on this store-day."""
+def offline_redeemed(
+    conn: sqlite3.Connection, card: str, local_day: str, now: datetime | None = None
+) -> int:
+    """Points this till let the card spend offline on this store-day: committed receipts,
+    and, given `now`, the offline holds still open then (SPEC §11: a hold reserves)."""
     row = conn.execute(
         "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
         " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",
         (card, local_day),
     ).fetchone()
+    used = int(row[0])
+    if now is not None:
+        used += int(
+            conn.execute(
+                "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+                " WHERE card = ? AND local_day = ? AND state = 'HELD' AND mode = 'OFFLINE'"
+                " AND expires_at > ?",
+                (card, local_day, utc_text(now)),
+            ).fetchone()[0]
+        )
+    return used
+
+
+def held_points(
+    conn: sqlite3.Connection, customer_id: str, now: datetime, but: str | None = None
+) -> int:
+    """Points reserved by this till's open holds of the customer (but receipt `but`)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+        " WHERE state = 'HELD' AND expires_at > ? AND receipt_id IS NOT ?"
+        " AND json_extract(figures, '$.customerId') = ?",
+        (utc_text(now), but, customer_id),
+    ).fetchone()
     return int(row[0])
 
 
 def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -> set[str]:
-    """Offers printed to the customer after `since` (the print cooldown, SPEC §7)."""
+    """Offers printed to the customer after `since` (the print cooldown, the contract §7)."""
     return {
         str(offer_id)
         for (offer_id,) in conn.execute(
@@ -101,3 +127,29 @@ def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -
 
 def outbox_depth(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations"})
+
+
+def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
+    """`tillpoint reset` inside the caller's write transaction: empty every table of the
+    ledger except the device's numbering (and the schema's own bookkeeping).
+
+    Before that, each device's last seq is raised to the highest one in its journal, so
+    a number is never reused even if the `device` row was behind.
+    """
+    for device_id, seq in conn.execute(
+        "SELECT device_id, max(seq) FROM journal GROUP BY 1"
+    ).fetchall():
+        if int(seq) > last_seq(conn, str(device_id)):
+            conn.execute(
+                "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
+            )
+    tables = [
+        str(name)
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if str(name) not in KEPT_BY_RESET
+    ]
+    for name in tables:
+        conn.execute(f'DELETE FROM "{name}"')

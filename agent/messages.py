@@ -1,4 +1,4 @@
-"""Which customer-display message a result carries (SPEC §8); the wording and the fitting
+"""Which customer-display message a result carries (the contract §8); the wording and the fitting
 to 2 × 20 characters live in `tillpoint.printer.messages`.
 
 - identify (FOUND): the greeting with the first name;

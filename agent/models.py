@@ -1,4 +1,4 @@
-"""The contract's shapes (SPEC §3, §5, §6) as frozen, validated models.
+"""The contract's shapes (§3, §5, §6) as frozen, validated models.
 
 The CLI and the gRPC server both turn their input into a plain dict in the proto3 JSON
 mapping and validate it here, so there is one set of rules for bad input. The models are
@@ -218,6 +218,7 @@ class Program(Model):
     birthday_window_days: NonNegative = 7
     max_offers_printed: NonNegative = 5
     offer_print_cooldown_days: NonNegative = 7
+    hold_ttl_seconds: Positive = 1800
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
 
     @field_validator("timezone")

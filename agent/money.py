@@ -23,7 +23,7 @@ def round_half_up_ratio(numerator: int, denominator: int) -> int:
 
 
 def round_half_up(value: Fraction) -> int:
-    """Round to the nearest integer, halves away from zero (SPEC §2)."""
+    """Round to the nearest integer, halves away from zero (the contract §2)."""
     if value >= 0:
         return math.floor(value + Fraction(1, 2))
     return -math.floor(-value + Fraction(1, 2))
@@ -41,7 +41,7 @@ def largest_remainder(exact: Sequence[Fraction], total: int) -> list[int]:
     """Split `total` into integer shares of `exact` values whose floors sum to at most `total`.
 
     Each share is floor(exact); the units still missing go one each to the largest
-    fractional parts, ties to the earlier position (SPEC §5 steps 4 and 5).
+    fractional parts, ties to the earlier position (the contract §5 steps 4 and 5).
     """
     denominator = math.lcm(*(x.denominator for x in exact)) if exact else 1
     scaled = [x.numerator * (denominator // x.denominator) for x in exact]

@@ -1,4 +1,4 @@
-"""The pricing engine (SPEC §5): plain functions over frozen models, no I/O.
+"""The pricing engine (the contract §5): plain functions over frozen models, no I/O.
 
 Everything the rules need is passed in a `PricingContext`; storage, clock and the hub
 stay at the edges. Amounts are integers; quantities, rates and shares are exact
@@ -414,7 +414,7 @@ def in_birthday_window(birthday: date | None, today: date, window_days: int) -> 
 
 
 def activation_time(at: datetime, program: Program) -> datetime:
-    """`activationDelayDays` later, at the same local clock time (SPEC §5 step 6)."""
+    """`activationDelayDays` later, at the same local clock time (the contract §5 step 6)."""
     local = at.astimezone(program.zone)
     naive = local.replace(tzinfo=None) + timedelta(days=program.activation_delay_days)
     return naive.replace(tzinfo=program.zone)

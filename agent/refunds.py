@@ -1,4 +1,4 @@
-"""Refund arithmetic (SPEC §6), pure: which original lines a return takes, and the points.
+"""Refund arithmetic (the contract §6), pure: which original lines a return takes, and the points.
 
 For an original line with qty q, redeemed points p and earned points e, once r of its qty
 has been returned over all refunds the customer has got back floor(p·r/q) and lost

@@ -125,6 +125,10 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
     if data.get("balance") is not None:
         result.balance.available_points = data["balance"]["availablePoints"]
         result.balance.pending_points = data["balance"]["pendingPoints"]
+    if data.get("state"):
+        result.state = pb.ReceiptState.Value(data["state"])
+    if data.get("holdExpiresAt"):
+        result.hold_expires_at = data["holdExpiresAt"]
     return result
 
 
@@ -165,6 +169,27 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         finally:
             if self.agent.metrics is not None:
                 self.agent.metrics.checkout_seconds.observe(time.perf_counter() - started)
+
+    def Hold(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
+        return self._call(
+            context,
+            lambda: checkout_result(self.agent.hold(receipt_dict(request))),
+        )
+
+    def Confirm(
+        self, request: pb.ConfirmRequest, context: grpc.ServicerContext
+    ) -> pb.CheckoutResult:
+        fiscal = request.fiscal_document if request.HasField("fiscal_document") else None
+        return self._call(
+            context,
+            lambda: checkout_result(self.agent.confirm(request.receipt_id, fiscal)),
+        )
+
+    def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CheckoutResult:
+        return self._call(
+            context,
+            lambda: checkout_result(self.agent.cancel(request.receipt_id)),
+        )
 
     def Refund(self, request: pb.Refund, context: grpc.ServicerContext) -> pb.RefundResult:
         return self._call(
@@ -231,6 +256,7 @@ def serve_forever(settings: Settings) -> int:
         agent, settings.server.listen, settings.server.max_workers
     )
     stops = [start(agent, settings) for start in background_starters]
+    stops.append(start_hold_sweeper(agent))
     metrics_server = None
     if settings.metrics.enabled:
         host, _, metrics_port = settings.metrics.listen.rpartition(":")
@@ -264,6 +290,29 @@ def serve_forever(settings: Settings) -> int:
     lock.release()
     log.info("stopped")
     return 0
+
+
+def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None]:
+    """Expire held receipts on time even when no POS calls (SPEC §11); returns the stop."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while True:  # at once too: holds that expired while the agent was down
+            try:
+                agent.sweep_holds()
+            except Exception:  # a busy or full disk: the next round tries again
+                log.warning("sweeping expired holds failed", exc_info=True)
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=run, name="hold-sweeper", daemon=True)
+    thread.start()
+
+    def stop_sweeper() -> None:
+        stop.set()
+        thread.join(timeout=5)
+
+    return stop_sweeper
 
 
 def register_gauges(registry: Any, agent: Agent) -> None:
@@ -319,6 +368,11 @@ def register_gauges(registry: Any, agent: Agent) -> None:
         "tillpoint_sync_error",
         "1 while the sync with the hub has an outstanding error (see status lastError).",
         lambda: {"": 1.0 if status().get("lastError") else 0.0},
+    )
+    registry.gauge(
+        "tillpoint_sync_set_aside",
+        "Transactions the hub set aside (conflict or malformed): not in its ledger.",
+        lambda: {"": float(status().get("setAside", 0))},
     )
     registry.gauge(
         "tillpoint_print_queue_depth",

@@ -7,6 +7,7 @@ the clock, the data directory and the hub's redemption authoriser are injected.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -26,6 +27,7 @@ from .cache import CacheView, ancestors
 from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
 from .errors import (
     CardRefused,
+    Conflict,
     HubUnavailable,
     InputError,
     NotFound,
@@ -49,6 +51,9 @@ from .refunds import SoldLine, apply_refund
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("tillpoint.agent")
+MAX_FISCAL_DOCUMENT = 64
+MAX_RECEIPT_ID = 128
+HUB_HOLD_MARGIN_S = 60
 
 
 def system_clock() -> datetime:
@@ -56,9 +61,20 @@ def system_clock() -> datetime:
 
 
 class RedemptionAuthoriser(Protocol):
-    """The hub's online redemption check (SPEC §9); raises HubUnavailable when it is not there."""
+    """The hub's online redemption check (the contract §9); HubUnavailable when it is not there."""
 
-    def authorise(self, customer_id: str, receipt_id: str, points: int, at: datetime) -> int: ...
+    def authorise(
+        self,
+        customer_id: str,
+        receipt_id: str,
+        points: int,
+        at: datetime,
+        hold_ttl_s: int | None = None,
+    ) -> int: ...
+
+    def release(self, receipt_id: str) -> bool:
+        """Drop the hub's hold for a receipt cancelled or expired here (SPEC §11)."""
+        ...
 
     def reachable(self) -> bool:
         """Whether the hub is answering, as the last exchanges with it say."""
@@ -220,18 +236,240 @@ class Agent:
         return result
 
     def checkout(self, data: Any) -> dict[str, Any]:
+        """Hold and Confirm in one transaction (SPEC §11): the CONFIRMED result."""
         receipt = parse(Receipt, data, "receipt")
+        self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
-            stored = self._ledger.execute(
-                "SELECT result FROM receipts WHERE receipt_id = ?", (receipt.receipt_id,)
-            ).fetchone()
-            if stored is not None:
-                result: dict[str, Any] = json.loads(stored[0])
-            else:
-                done = self._price(receipt, view, commit=True)
-                self._store_checkout(done, view)
-                result = done.result
+            state, result = self._hold(receipt, view, confirm_now=True)
+            if state == "CANCELLED":
+                raise Refused(
+                    f"receipt {receipt.receipt_id} was cancelled: price it under a new receiptId"
+                )
+            if state == "HELD":
+                result = self._confirm(receipt.receipt_id, None, view)
         self._tell_devices("after_checkout", result)  # committed first; devices never block
+        return result
+
+    # ------------------------------------------------------------ hold, confirm, cancel
+
+    def hold(self, data: Any) -> dict[str, Any]:
+        """Price the receipt and reserve its redemption (SPEC §11): the HELD result.
+
+        The same body under the same receiptId returns what is stored (whatever the state),
+        another body is a Conflict; a hold that expired is priced and held afresh."""
+        receipt = parse(Receipt, data, "receipt")
+        self.sweep_holds()
+        with self._lock, self._write(), self._view() as view:
+            _, result = self._hold(receipt, view)
+        if result.get("state") == "HELD":
+            self._tell_devices("after_quote", result)
+        return result
+
+    def confirm(self, receipt_id: str, fiscal_document: str | None = None) -> dict[str, Any]:
+        """Commit exactly the held figures (no pricing again): the CONFIRMED result."""
+        receipt_id = _receipt_id(receipt_id)
+        if fiscal_document is not None and len(fiscal_document) > MAX_FISCAL_DOCUMENT:
+            raise InputError(
+                f"fiscalDocument: at most {MAX_FISCAL_DOCUMENT} characters"
+                f" (got {len(fiscal_document)})"
+            )
+        self.sweep_holds()
+        with self._lock, self._write(), self._view() as view:
+            result = self._confirm(receipt_id, fiscal_document or None, view)
+        self._tell_devices("after_checkout", result)
+        return result
+
+    def cancel(self, receipt_id: str) -> dict[str, Any]:
+        """Release a hold: the held figures with `"state": "CANCELLED"` (none of them
+        happened). Cancelling again returns the same; a confirmed receipt needs a refund."""
+        receipt_id = _receipt_id(receipt_id)
+        self.sweep_holds()
+        with self._lock, self._write():
+            row = self._life(receipt_id)
+            if row is None:
+                if self._stored_receipt(receipt_id) is not None:
+                    raise Refused(f"receipt {receipt_id} is confirmed: use a refund")
+                raise NotFound(f"receipt {receipt_id} is not held at this till")
+            state, hub_hold = row[0], bool(row[6])
+            if state == "CONFIRMED":
+                raise Refused(f"receipt {receipt_id} is confirmed: use a refund")
+            held = json.loads(row[2])
+            release = state == "HELD" and hub_hold
+            if state != "CANCELLED":
+                self._ledger.execute(
+                    "UPDATE receipt_life SET state = 'CANCELLED', closed_at = ?"
+                    " WHERE receipt_id = ?",
+                    (ledger.utc_text(self.clock()), receipt_id),
+                )
+        if release:
+            self._release_at_hub(receipt_id)
+        return _cancelled(held)
+
+    def sweep_holds(self) -> int:
+        """Expire the holds past their time and release what they reserved at the hub.
+
+        Called by every hold, confirm, cancel and checkout, and by `tillpoint run`'s timer;
+        one indexed read when nothing is due."""
+        now = ledger.utc_text(self.clock())
+        with self._lock:
+            due = self._ledger.execute(
+                "SELECT receipt_id, hub_hold FROM receipt_life"
+                " WHERE state = 'HELD' AND expires_at <= ?",
+                (now,),
+            ).fetchall()
+            if not due:
+                return 0
+            with self._write() as conn:
+                conn.executemany(
+                    "UPDATE receipt_life SET state = 'EXPIRED', closed_at = ?"
+                    " WHERE receipt_id = ? AND state = 'HELD'",
+                    [(now, rid) for rid, _ in due],
+                )
+        for rid, hub_hold in due:
+            log.info("hold of receipt %s expired", rid)
+            if hub_hold:
+                self._release_at_hub(str(rid))
+        return len(due)
+
+    def _release_at_hub(self, receipt_id: str) -> None:
+        hub = self.hub
+        if hub is None:
+            return
+        try:
+            hub.release(receipt_id)
+        except TillpointError as exc:  # the hub's hold then runs out on its own
+            log.info("hold of %s stays at the hub until it expires: %s", receipt_id, exc)
+
+    def _life(self, receipt_id: str) -> tuple[Any, ...] | None:
+        row = self._ledger.execute(
+            "SELECT state, digest, held_result, figures, request, expires_at, hub_hold"
+            " FROM receipt_life WHERE receipt_id = ?",
+            (receipt_id,),
+        ).fetchone()
+        return None if row is None else tuple(row)
+
+    def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(request text, result) of a committed receipt."""
+        row = self._ledger.execute(
+            "SELECT request, result FROM receipts WHERE receipt_id = ?", (receipt_id,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), dict(json.loads(row[1])))
+
+    def _hold(
+        self, receipt: Receipt, view: CacheView, *, confirm_now: bool = False
+    ) -> tuple[str, dict[str, Any]]:
+        """Inside the write transaction: (state, result) stored under the receiptId, or a
+        new hold priced now ("HELD"; with `confirm_now`, committed at once: "CONFIRMED").
+        Conflict when the id is stored with another body."""
+        rid = receipt.receipt_id
+        request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+        digest = request_digest(request)
+        row = self._life(rid)
+        if row is None:
+            stored = self._stored_receipt(rid)  # committed before receipts had a life
+            if stored is not None:
+                if request_digest(json.loads(stored[0])) != digest:
+                    raise _conflict(rid)
+                return "CONFIRMED", stored[1]
+        else:
+            state, first = str(row[0]), str(row[1])
+            if first != digest:
+                raise _conflict(rid)
+            now = ledger.utc_text(self.clock())
+            if state == "HELD" and str(row[5]) > now:
+                return "HELD", dict(json.loads(row[2]))
+            if state == "CONFIRMED":
+                found = self._stored_receipt(rid)
+                assert found is not None  # written in the same transaction
+                return "CONFIRMED", found[1]
+            if state == "CANCELLED":
+                return "CANCELLED", _cancelled(json.loads(row[2]))
+            # expired (swept or not yet): priced and held again below
+            self._ledger.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (rid,))
+        done = self._price(receipt, view, commit=True)
+        program = view.program()
+        now_at = self.clock()
+        expires = now_at + timedelta(seconds=program.hold_ttl_seconds)
+        figures = _figures(done, program)
+        held = dict(done.result)
+        held["printedOffers"] = []  # chosen again at Confirm: nothing prints before
+        held["display"] = quote_display(done.priced.total, done.priced.discount)
+        held["state"] = "HELD"
+        held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
+        hub_hold = done.mode == "ONLINE" and done.priced.redeemed_points > 0
+        request_text = json.dumps(request, ensure_ascii=False)
+        if confirm_now:  # Checkout: the receipt's own rows keep request and result
+            result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
+            self._ledger.execute(
+                "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result,"
+                " figures, card, local_day, mode, redeemed_points, hub_hold, held_at,"
+                " expires_at, closed_at) VALUES (?, 'CONFIRMED', ?, '', '', '{}', ?, ?, ?, ?,"
+                " ?, ?, ?, ?)",
+                (
+                    rid,
+                    digest,
+                    figures["card"],
+                    figures["localDay"],
+                    done.mode,
+                    done.priced.redeemed_points,
+                    int(hub_hold),
+                    ledger.utc_text(now_at),
+                    ledger.utc_text(expires),
+                    ledger.utc_text(now_at),
+                ),
+            )
+            return "CONFIRMED", result
+        self._ledger.execute(
+            "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result, figures,"
+            " card, local_day, mode, redeemed_points, hub_hold, held_at, expires_at)"
+            " VALUES (?, 'HELD', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rid,
+                digest,
+                request_text,
+                json.dumps(held, ensure_ascii=False),
+                json.dumps(figures, ensure_ascii=False),
+                figures["card"],
+                figures["localDay"],
+                done.mode,
+                done.priced.redeemed_points,
+                int(hub_hold),
+                ledger.utc_text(now_at),
+                ledger.utc_text(expires),
+            ),
+        )
+        return "HELD", held
+
+    def _confirm(
+        self, receipt_id: str, fiscal_document: str | None, view: CacheView
+    ) -> dict[str, Any]:
+        """Inside the write transaction: commit the held figures, or return the commit."""
+        row = self._life(receipt_id)
+        if row is None:
+            stored = self._stored_receipt(receipt_id)
+            if stored is not None:
+                return stored[1]
+            raise NotFound(f"receipt {receipt_id} is not held at this till")
+        state = str(row[0])
+        if state == "CONFIRMED":
+            found = self._stored_receipt(receipt_id)
+            assert found is not None
+            return found[1]
+        now = self.clock()
+        if state == "CANCELLED":
+            raise Refused(f"hold cancelled: price the receipt again ({receipt_id})")
+        if state == "EXPIRED" or str(row[5]) <= ledger.utc_text(now):
+            raise Refused(f"hold expired: price the receipt again ({receipt_id})")
+        held, figures, request_text = json.loads(row[2]), json.loads(row[3]), str(row[4])
+        result = self._commit(
+            receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
+        )
+        # The receipt's own rows keep the request and the result from now on.
+        self._ledger.execute(
+            "UPDATE receipt_life SET state = 'CONFIRMED', closed_at = ?, fiscal_document = ?,"
+            " request = '', held_result = '', figures = '{}' WHERE receipt_id = ?",
+            (ledger.utc_text(now), fiscal_document, receipt_id),
+        )
         return result
 
     def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
@@ -254,6 +492,12 @@ class Agent:
         applied = view.applied_through()
         offers = view.offers_for(customer.id) if customer else []
         before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
+        # This till's other open holds reserve their points (SPEC §11).
+        held_elsewhere = (
+            ledger.held_points(self._ledger, customer.id, self.clock(), receipt.receipt_id)
+            if customer
+            else 0
+        )
         mass = view.remembered(
             "mass-index", lambda: OfferIndex(o for o in offers if o.customer_id is None)
         )
@@ -263,7 +507,7 @@ class Agent:
             categories_of=categories_of,
             customer=customer,
             offers=OfferIndex((o for o in offers if o.customer_id is not None), also=mass),
-            available_points=before.available if before else 0,
+            available_points=before.available - held_elsewhere if before else 0,
         )
         # A standalone till caps redemption with the day's offline limit from the start, so
         # the receipt is priced once. With a hub, every redemption asks it (within its
@@ -337,7 +581,11 @@ class Agent:
                         return wanted, "ONLINE"
                     raise HubUnavailable("the hub is not answering")
                 customer_id = ident.customer.id
-                granted = self.hub.authorise(customer_id, receipt.receipt_id, wanted, receipt.at)
+                # The hub keeps the hold a minute beyond the till's, which releases it.
+                ttl = program.hold_ttl_seconds + HUB_HOLD_MARGIN_S
+                granted = self.hub.authorise(
+                    customer_id, receipt.receipt_id, wanted, receipt.at, hold_ttl_s=ttl
+                )
                 return granted, "ONLINE"
             except HubUnavailable:
                 pass
@@ -346,38 +594,54 @@ class Agent:
     def _offline_remaining(self, receipt: Receipt, ident: Identification, program: Program) -> int:
         """What is left of the offline limit for this card on the receipt's store-day."""
         day = receipt.at.astimezone(program.zone).date().isoformat()
-        used = ledger.offline_redeemed(self._ledger, ident.card_number or "", day)
+        used = ledger.offline_redeemed(self._ledger, ident.card_number or "", day, self.clock())
         return max(0, program.offline_redeem_limit_points - used)
 
-    def _store_checkout(self, done: _Priced, view: CacheView) -> None:
-        receipt, priced, customer = done.receipt, done.priced, done.customer
+    def _commit(
+        self,
+        receipt_id: str,
+        request_text: str,
+        held: dict[str, Any],
+        figures: dict[str, Any],
+        fiscal_document: str | None,
+        applied: dict[str, int],
+        now: datetime,
+    ) -> dict[str, Any]:
+        """The held figures become the sale: receipt, points, coupons, journal and outbox
+        rows in the caller's transaction. Returns the CONFIRMED result."""
         conn = self._ledger
-        now = self.clock()
-        seq = ledger.take_seq(conn, self.device_id, done.applied.get(self.device_id, 0))
-        program = view.program()
-        card = done.ident.card_number or normalise(receipt.card)
-        day = receipt.at.astimezone(program.zone).date().isoformat()
-        request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+        customer_id: str | None = figures["customerId"]
+        at = datetime.fromisoformat(figures["at"])
+        offers: list[dict[str, Any]] = figures["offers"]
+        if offers and customer_id is not None:
+            # Chosen at Hold; one printed to the customer since (another receipt) waits.
+            since = at - timedelta(days=int(figures["cooldownDays"]))
+            recent = ledger.printed_since(conn, customer_id, since)
+            offers = [o for o in offers if o["id"] not in recent]
+        result = {k: v for k, v in held.items() if k != "holdExpiresAt"}
+        result["printedOffers"] = [o["id"] for o in offers]
+        result["display"] = figures["display"]
+        result["state"] = "CONFIRMED"
+        seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
         # Where the sale is in the ledger's numbering: stored with the result, so an
-        # idempotent replay answers with it too (a quote has neither).
-        done.result["deviceId"] = self.device_id
-        done.result["seq"] = seq
+        # idempotent replay answers with it too (a quote or a held receipt has neither).
+        result["deviceId"] = self.device_id
+        result["seq"] = seq
         # Encoded once: the same texts go to the receipt's row and to its outbox payload.
-        request_text = json.dumps(request, ensure_ascii=False)
-        result_text = json.dumps(done.result, ensure_ascii=False)
+        result_text = json.dumps(result, ensure_ascii=False)
         conn.execute(
             "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                receipt.receipt_id,
+                receipt_id,
                 self.device_id,
                 seq,
-                receipt.at.isoformat(),
-                day,
-                card,
-                customer.id if customer else None,
-                done.mode,
-                priced.redeemed_points,
-                priced.extra_points,
+                figures["at"],
+                figures["localDay"],
+                figures["card"],
+                customer_id,
+                figures["mode"],
+                figures["redeemed"],
+                figures["extra"],
                 request_text,
                 result_text,
                 ledger.utc_text(now),
@@ -385,60 +649,55 @@ class Agent:
         )
         conn.executemany(
             "INSERT INTO receipt_lines VALUES (?,?,?,?,?,?,?)",
-            [
-                (
-                    receipt.receipt_id,
-                    i,
-                    line.sku,
-                    str(receipt.lines[i].qty),
-                    line.redeemed_points,
-                    line.earned_points,
-                    "0",
-                )
-                for i, line in enumerate(priced.lines)
-            ],
+            [(receipt_id, i, *line, "0") for i, line in enumerate(figures["lines"])],
         )
         delta_available = delta_pending = 0
-        if customer is not None:
-            activates = activation_time(receipt.at, program)
+        if customer_id is not None:
             rows: list[tuple[str, int, str | None]] = []
-            if priced.redeemed_points:
-                rows.append(("spend", -priced.redeemed_points, None))
-                delta_available -= priced.redeemed_points
-            if priced.earned_points:
-                rows.append(("earn", priced.earned_points, ledger.utc_text(activates)))
-                if activates > receipt.at:
-                    delta_pending += priced.earned_points
+            redeemed, earned = int(figures["redeemed"]), int(figures["earned"])
+            if redeemed:
+                rows.append(("spend", -redeemed, None))
+                delta_available -= redeemed
+            if earned:
+                rows.append(("earn", earned, figures["activatesAt"]))
+                if figures["pending"]:
+                    delta_pending += earned
                 else:
-                    delta_available += priced.earned_points
+                    delta_available += earned
             conn.executemany(
                 "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
                 " activates_at) VALUES (?,?,?,?,?,?,?)",
-                [(self.device_id, seq, customer.id, receipt.receipt_id, *r) for r in rows],
+                [(self.device_id, seq, customer_id, receipt_id, *r) for r in rows],
             )
-            for offer in done.offers:
+            for offer in offers:
                 conn.execute(
                     "INSERT INTO print_history VALUES (?,?,?,?)",
-                    (customer.id, offer.id, ledger.utc_text(receipt.at), receipt.receipt_id),
+                    (customer_id, offer["id"], ledger.utc_text(at), receipt_id),
                 )
-            if done.offers:
-                self._enqueue_print(receipt, customer, done.offers, now)
+            if offers:
+                self._enqueue_print(receipt_id, figures, offers, now)
         self._journal(
             seq,
             "CHECKOUT",
-            receipt.receipt_id,
-            receipt.at,
-            customer,
-            card,
+            receipt_id,
+            at,
+            customer_id,
+            figures["card"],
             request_text,
             result_text,
             delta_available,
             delta_pending,
             now,
+            fiscal_document,
         )
+        return result
 
     def _enqueue_print(
-        self, receipt: Receipt, customer: Customer, offers: list[Offer], now: datetime
+        self,
+        receipt_id: str,
+        figures: dict[str, Any],
+        offers: list[dict[str, Any]],
+        now: datetime,
     ) -> None:
         """The coupon job, in the receipt's transaction. An offer that could not be printed
         (say, an id a barcode cannot carry) costs the coupon, never the sale."""
@@ -446,14 +705,9 @@ class Agent:
         from tillpoint.printer.queue import enqueue
 
         try:
-            payload = payload_for_checkout(
-                receipt.receipt_id,
-                receipt.at.isoformat(),
-                customer.first_name,
-                [o.model_dump(mode="json", by_alias=True, exclude_none=True) for o in offers],
-            )
+            payload = payload_for_checkout(receipt_id, figures["at"], figures["firstName"], offers)
         except TillpointError as exc:
-            log.warning("no coupon for receipt %s: %s", receipt.receipt_id, exc)
+            log.warning("no coupon for receipt %s: %s", receipt_id, exc)
             return
         enqueue(self._ledger, payload, created_at=now)
 
@@ -463,15 +717,15 @@ class Agent:
         kind: str,
         ref_id: str,
         at: datetime,
-        customer: Customer | None,
+        customer_id: str | None,
         card: str,
         request: str,
         result: str,
         delta_available: int,
         delta_pending: int,
         now: datetime,
+        fiscal_document: str | None = None,
     ) -> None:
-        customer_id = customer.id if customer else None
         self._ledger.execute(
             "INSERT INTO journal VALUES (?,?,?,?,?,?,?,?)",
             (
@@ -497,6 +751,8 @@ class Agent:
             "pointsDeltaAvailable": delta_available,
             "pointsDeltaPending": delta_pending,
         }
+        if fiscal_document:
+            payload["fiscalDocument"] = fiscal_document
         self._ledger.execute(
             "INSERT INTO outbox (device_id, seq, payload, created_at) VALUES (?,?,?,?)",
             (self.device_id, seq, json.dumps(payload, ensure_ascii=False), ledger.utc_text(now)),
@@ -613,7 +869,7 @@ class Agent:
                 "REFUND",
                 refund.refund_id,
                 refund.at,
-                customer,
+                customer.id if customer else None,
                 card,
                 request_text,
                 result_text,
@@ -625,25 +881,29 @@ class Agent:
 
     # ------------------------------------------------------------ reset
 
-    def reset(self) -> None:
-        """Forget the cache and the ledger, but never while the hub still waits for data."""
+    def reset(self, *, force: bool = False) -> int:
+        """Forget the cache and the ledger, but never the device's numbering (SPEC §9).
+
+        Refused while the outbox holds transactions the hub has not acknowledged, unless
+        `force`; returns how many of them were discarded. The ledger is emptied in place,
+        in one transaction, except its `device` table: the next sale continues above the
+        last seq this till ever used, so the hub never sees a (deviceId, seq) twice.
+        """
         with self._lock:
             depth = ledger.outbox_depth(self._ledger)
-            if depth:
+            if depth and not force:
                 raise Refused(
                     f"{depth} transaction(s) have not reached the hub yet: reset refused"
-                    " (bring the hub back, or copy ledger.db away first)"
+                    " (bring the hub back, or add --force to discard them)"
                 )
-            self.close()
+            with self._write() as conn:
+                ledger.forget_all_but_numbering(conn)
+            self._live.close()
             self._memo.clear()
             remove_cache(self.data_dir)  # cache.db and every generation
-            for suffix in ("", "-wal", "-shm"):
-                (self.data_dir / f"ledger.db{suffix}").unlink(missing_ok=True)
             self._live = LiveCache(self.data_dir)
             self._cache = self._live.connection()
-            self._ledger = open_ledger(self.data_dir)
-            self._checkpoints = Checkpointer(self.data_dir / "ledger.db")
-            self._ledger.execute("PRAGMA wal_autocheckpoint = 0")
+            return depth
 
     # ------------------------------------------------------------ status
 
@@ -765,10 +1025,76 @@ def _require_card(ident: Identification) -> Identification:
     return ident
 
 
+def request_digest(request: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
+    stored with, to tell a retry (the same body) from a conflict (another body).
+    Quantities count by value: "2" and "2.000" are the same."""
+    lines = request.get("lines")
+    if isinstance(lines, list):
+        request = dict(request)
+        request["lines"] = [
+            {**line, "qty": decimal_text(Fraction(Decimal(str(line["qty"]))))}
+            if isinstance(line, dict) and "qty" in line
+            else line
+            for line in lines
+        ]
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _conflict(receipt_id: str) -> Conflict:
+    return Conflict(
+        f"receipt {receipt_id} is already stored with another body: use a new receiptId"
+    )
+
+
+def _cancelled(held: dict[str, Any]) -> dict[str, Any]:
+    """What Cancel returns: the held figures, none of which happened."""
+    result = {k: v for k, v in held.items() if k != "holdExpiresAt"}
+    result["state"] = "CANCELLED"
+    return result
+
+
+def _receipt_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError("receiptId: a non-empty text is required")
+    if len(value) > MAX_RECEIPT_ID:
+        raise InputError(f"receiptId: at most {MAX_RECEIPT_ID} characters (got {len(value)})")
+    return value
+
+
+def _figures(done: _Priced, program: Program) -> dict[str, Any]:
+    """What Confirm commits, fixed at Hold: the sale's figures as JSON (no pricing again)."""
+    receipt, priced, customer = done.receipt, done.priced, done.customer
+    activates = activation_time(receipt.at, program)
+    return {
+        "at": receipt.at.isoformat(),
+        "localDay": receipt.at.astimezone(program.zone).date().isoformat(),
+        "card": done.ident.card_number or normalise(receipt.card),
+        "customerId": customer.id if customer else None,
+        "firstName": customer.first_name if customer else None,
+        "mode": done.mode,
+        "redeemed": priced.redeemed_points,
+        "earned": priced.earned_points,
+        "extra": priced.extra_points,
+        "activatesAt": ledger.utc_text(activates),
+        "pending": activates > receipt.at,
+        "lines": [
+            [line.sku, str(receipt.lines[i].qty), line.redeemed_points, line.earned_points]
+            for i, line in enumerate(priced.lines)
+        ],
+        "offers": [
+            o.model_dump(mode="json", by_alias=True, exclude_none=True) for o in done.offers
+        ],
+        "cooldownDays": program.offer_print_cooldown_days,
+        "display": done.result.get("display", []),
+    }
+
+
 def _with_cap(ctx: PricingContext, cap: int) -> PricingContext:
     from dataclasses import replace
 
     return replace(ctx, redeem_cap=cap)
 
 
-__all__ = ["Agent", "Refused", "system_clock"]
+__all__ = ["Agent", "Conflict", "Refused", "request_digest", "system_clock"]

@@ -10,6 +10,9 @@ after the fault (docs/FAULTS.md):
                duplicates, nothing lost after it restarts
   proxy        a TCP proxy between till and hub drops, delays, resets and truncates on a
                random schedule; after it heals the outbox drains and ledgers agree <= 30 s
+  outage       the hub process SIGKILLed for 60 s (quick: 8 s) while two tills sell, with
+               the sync settings `tillpoint run` ships; after it is back the outboxes
+               drain <= 10 s and both tills' balances equal the hub's <= 30 s
   snapshots    mutated signed snapshots (truncated, bit flips, wrong key, replayed older
                version, expired): none accepted, the cache unchanged
   malformed    random malformed receipts and refunds through gRPC and the CLI: each
@@ -343,6 +346,159 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
         _ = HubServer
     finally:
         agent.close()
+    return out
+
+
+# ---------------------------------------------------------------- hub outage
+
+OUTAGE_DRAIN_S = 10.0  # the promises after the hub is back (docs/FAULTS.md)
+OUTAGE_AGREE_S = 30.0
+OUTAGE_PUBLISH_EVERY_S = 5.0  # the hub's balance refreshes (`hub serve --publish-every 5`)
+OUTAGE_CARDS = {"2770000000017": "c-1", "2770000000024": "c-2"}
+
+
+def outage_hub_child(root: str, port: int) -> None:
+    """A hub process with the shipped settings, except balance refreshes every 5 s."""
+    from tillpoint.sync.hub_server import HubConfig, HubServer
+
+    server = HubServer(Path(root), HubConfig(publish_every_s=OUTAGE_PUBLISH_EVERY_S))
+    server.start(f"127.0.0.1:{port}")
+    threading.Event().wait()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
+    """Two tills selling through a hub outage, synced exactly as `tillpoint run` does it
+    (`start_sync` with default settings: backoff 0.5 s·2ⁿ up to 60 s, poll 60 s)."""
+    from tillpoint.agent.config import Settings
+    from tillpoint.agent.service import Agent
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.loopback import LoopbackHub
+    from tillpoint.sync.service import start_sync
+
+    out = Outcome("outage")
+    root = work / "hub"
+    setup = LoopbackHub(root, data=master_data(10), start=False)
+    port = free_port()
+    setup.port = port
+    devices = ("till-a", "till-b")
+    for device in devices:
+        setup.enroll(device, work / device)
+    setup.server.store.close() if hasattr(setup.server.store, "close") else None
+
+    def spawn() -> subprocess.Popen[bytes]:
+        code = "import sys; from bench.faults import outage_hub_child as c; c(*sys.argv[1:])"
+        with open(work / "hub.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(root), str(port)],
+                env=clean_env(),
+                cwd=str(Path(__file__).resolve().parents[1]),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        if not wait_for(lambda: listening(port), 30, every=0.02):
+            raise RuntimeError("the hub process did not start")
+        return proc
+
+    agents = {d: Agent(work / d, d) for d in devices}
+    stops = []
+    hub = spawn()
+    selling = threading.Event()
+    selling.set()
+    sold: Counter[str] = Counter()
+    errors: list[str] = []
+
+    def sell(device: str, seed: int) -> None:
+        local = random.Random(seed)
+        while selling.is_set():
+            card = local.choice(list(OUTAGE_CARDS))
+            try:
+                agents[device].checkout(a_receipt(f"{device}-{sold[device]}", local, card))
+                sold[device] += 1
+            except Exception as exc:  # a checkout must work online and offline
+                errors.append(f"{device}: {type(exc).__name__}: {exc}")
+                return
+            time.sleep(local.uniform(0.1, 0.4))
+
+    def outbox(device: str) -> int:
+        return int(rows(work / device / "ledger.db", "SELECT count(*) FROM outbox")[0][0])
+
+    store = SqliteHubStore(root / "hub.db")
+
+    def agree() -> bool:
+        now = datetime.now(UTC)
+        for card, customer in OUTAGE_CARDS.items():
+            at_hub = store.balance(customer, now)
+            want = {"availablePoints": at_hub.available, "pendingPoints": at_hub.pending}
+            for agent in agents.values():
+                got = agent.balance(card, now)
+                if {k: got[k] for k in want} != want:
+                    return False
+        return True
+
+    try:
+        for device in devices:
+            settings = Settings(device_id=device, data_dir=work / device)  # the defaults
+            stops.append(start_sync(agents[device], settings))
+        if not wait_for(lambda: all(a.status()["cacheVersion"] >= 1 for a in agents.values()), 30):
+            out.fail("the tills did not get their first snapshot")
+            return out
+        threads = [
+            threading.Thread(target=sell, args=(d, rng.randrange(1 << 30)), daemon=True)
+            for d in devices
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)  # a few sales online
+        kill(hub)
+        out.injected += 1
+        time.sleep(outage_s)
+        hub = spawn()
+        back = time.monotonic()
+        selling.clear()  # no POS traffic from here: nothing but the tills' sync wakes them
+        for thread in threads:
+            thread.join(timeout=10)
+        drained = wait_for(lambda: all(outbox(d) == 0 for d in devices), 60, every=0.05)
+        drained_s = time.monotonic() - back
+        agreed = drained and wait_for(agree, 90, every=0.2)
+        agreed_s = time.monotonic() - back
+        out.counts["outage seconds"] = round(outage_s)
+        out.counts["receipts"] = sum(sold.values())
+        out.counts["seconds to drain after the hub is back"] = round(drained_s, 1)
+        out.counts["seconds to agree after the hub is back"] = round(agreed_s, 1)
+        for error in errors:
+            out.fail(f"checkout failed: {error}")
+        if not drained or drained_s > OUTAGE_DRAIN_S:
+            out.fail(
+                f"outboxes drained {drained_s:.1f} s after the hub was back"
+                f" (> {OUTAGE_DRAIN_S:.0f} s)"
+            )
+        if not agreed or agreed_s > OUTAGE_AGREE_S:
+            out.fail(
+                f"balances agreed {agreed_s:.1f} s after the hub was back"
+                f" (> {OUTAGE_AGREE_S:.0f} s)"
+            )
+        journals = sorted(
+            r
+            for d in devices
+            for r in rows(work / d / "ledger.db", "SELECT device_id, seq, ref_id FROM journal")
+        )
+        hub_rows = sorted(rows(root / "hub.db", "SELECT device_id, seq, ref_id FROM transactions"))
+        if journals != hub_rows:
+            out.fail(f"hub has {len(hub_rows)} rows, the journals {len(journals)}; they differ")
+    finally:
+        selling.clear()
+        for stop in stops:
+            stop()
+        for agent in agents.values():
+            agent.close()
+        store.close()
+        kill(hub)
     return out
 
 
@@ -886,7 +1042,7 @@ def scenario_full_disk(work: Path, rng: random.Random) -> Outcome:
 # ---------------------------------------------------------------- the run
 
 
-SCENARIOS = ("agent-kill", "hub-kill", "proxy", "snapshots", "malformed", "full-disk")
+SCENARIOS = ("agent-kill", "hub-kill", "proxy", "outage", "snapshots", "malformed", "full-disk")
 
 
 def run(quick: bool, only: list[str] | None, seed: int, work: Path) -> list[Outcome]:
@@ -895,6 +1051,7 @@ def run(quick: bool, only: list[str] | None, seed: int, work: Path) -> list[Outc
         "agent-kill": 8 if quick else 200,
         "hub-kill": 3 if quick else 20,
         "proxy": 15 if quick else 120,
+        "outage": 8 if quick else 60,  # seconds without the hub
         "snapshots": 600 if quick else 10_000,
         "malformed": 600 if quick else 10_000,
         "cli": 30 if quick else 300,
@@ -911,6 +1068,8 @@ def run(quick: bool, only: list[str] | None, seed: int, work: Path) -> list[Outc
             o = scenario_hub_kill(where, sizes[name], rng)
         elif name == "proxy":
             o = scenario_proxy(where, sizes[name], rng)
+        elif name == "outage":
+            o = scenario_outage(where, sizes[name], rng)
         elif name == "snapshots":
             o = scenario_snapshots(where, sizes[name], rng)
         elif name == "malformed":

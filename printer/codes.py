@@ -4,7 +4,7 @@ Scheme ``TP1-<offerId>``: ``TP1`` names the scheme (tillpoint coupon, version 1)
 the offer id exactly as in the snapshot (offer ids are printable ASCII). QR codes carry it in
 byte mode; the CODE128 fallback carries it in code set B.
 
-Spec §4 normalises scanned *card* text by dropping dashes and spaces, which would turn
+The contract §4 normalises scanned *card* text by dropping dashes and spaces, which would turn
 ``TP1-o-1`` into ``TP1o1``: the agent must test :func:`parse_offer_code` on the raw scan
 before it normalises it as a card number.
 """

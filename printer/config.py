@@ -86,7 +86,7 @@ class _Model(BaseModel):
 
 
 class PrinterConfig(_Model):
-    """The ESC/POS receipt printer that prints the offers block (SPEC §7)."""
+    """The ESC/POS receipt printer that prints the offers block (the contract §7)."""
 
     kind: Literal["network", "serial", "usb", "file", "none"] = "none"
     # network: raw TCP ("JetDirect", port 9100)
@@ -141,7 +141,7 @@ class PrinterConfig(_Model):
 
 
 class DisplayConfig(_Model):
-    """A 2 × 20 VFD/LCD pole display on a serial port (SPEC §8)."""
+    """A 2 × 20 VFD/LCD pole display on a serial port (the contract §8)."""
 
     kind: Literal["serial", "none"] = "none"
     device: str | None = None
@@ -171,7 +171,7 @@ class DisplayConfig(_Model):
 
 
 class ScannerConfig(_Model):
-    """A serial barcode/card scanner on a self-service kiosk (SPEC §4 input)."""
+    """A serial barcode/card scanner on a self-service kiosk (the contract §4 input)."""
 
     kind: Literal["serial", "none"] = "none"
     device: str | None = None

@@ -108,7 +108,7 @@ def validity(valid_from: datetime | None, valid_to: datetime | None) -> str:
 
 
 def _first_name(name: str | None) -> str:
-    """Only the first word of the first name: never more than SPEC §8 allows."""
+    """Only the first word of the first name: never more than the contract §8 allows."""
     if not name:
         return ""
     parts = name.split()

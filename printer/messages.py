@@ -1,4 +1,4 @@
-"""The customer display's messages (SPEC §8), as pure functions.
+"""The customer display's messages (the contract §8), as pure functions.
 
 Each function returns the display's rows (default 2 × 20), each at most ``width`` characters,
 never more than the customer's first name, and shortened sensibly when something does not fit:
@@ -77,7 +77,7 @@ def greeting(
 ) -> list[str]:
     """Two lines: the greeting and, when given, the points balance.
 
-    ``greeting("Анна", 1192) == ["Анна, добрый день!", "Бонусы: 1192"]`` (the SPEC §5 example).
+    ``greeting("Анна", 1192) == ["Анна, добрый день!", "Бонусы: 1192"]`` (contract §5).
     Without a balance a long name moves to the second line: ``["Добрый день,", "Александра!"]``.
     """
     line1 = greeting_line(first_name, width)

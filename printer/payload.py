@@ -108,8 +108,8 @@ def payload_for_checkout(
     """Build the ``print_jobs.payload`` dict for a committed receipt.
 
     ``offers`` are snapshot offers (``id``, ``printText``, ``validFrom``, ``validTo``) in print
-    order, as the agent picked them (SPEC §7); each gets its ``code``. Only the first name is
-    kept. Raises InputError when something would not print.
+    order, as the agent picked them (the contract §7); each gets its ``code``. Only the first
+    name is kept. Raises InputError when something would not print.
     """
     data: dict[str, Any] = {"receiptId": receipt_id, "offers": [_offer_dict(o) for o in offers]}
     if at is not None:

@@ -9,8 +9,8 @@ vanishes (USB unplugged) is reopened every ``reconnect_s``. A scan longer than `
 Scanners set up without a suffix can use ``idle_flush_s``: a pause that long ends a scan.
 
 ``on_scan`` runs on the reader's thread; an exception in it is logged and the reader goes on.
-The agent passes the text to identification (SPEC §4); offer codes scanned back from a coupon
-start with ``TP1-`` (see ``codes.parse_offer_code``).
+The agent passes the text to identification (the contract §4); offer codes scanned back from a
+coupon start with ``TP1-`` (see ``codes.parse_offer_code``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Online redemption authorisation (SPEC §9): the agent's `RedemptionAuthoriser`.
+"""Online redemption authorisation (the contract §9): the agent's `RedemptionAuthoriser`.
 
 `Agent.checkout` calls `authorise` while it prices a receipt that redeems points. The
 hub places a hold against the customer's live balance (every till's ingested
@@ -10,6 +10,10 @@ the offline limit (§5 step 4), so a checkout never waits longer than that on th
 The request also carries this till's own point movements that are still in its outbox
 (the hub has not seen them), so the hub does not authorise points this till already
 spent, and does not count twice a hold whose receipt is among them.
+
+A held receipt (SPEC §11) keeps its hold at the hub for the program's `holdTtlSeconds`
+(sent as `hold_ttl_seconds`); `release` drops it when the till cancels the receipt or
+lets its hold expire, and the receipt's transaction settles it after Confirm.
 """
 
 from __future__ import annotations
@@ -66,7 +70,14 @@ class HubAuthoriser:
                 item.points += int(points)
         return list(by_seq.values())
 
-    def authorise(self, customer_id: str, receipt_id: str, points: int, at: datetime) -> int:
+    def authorise(
+        self,
+        customer_id: str,
+        receipt_id: str,
+        points: int,
+        at: datetime,
+        hold_ttl_s: int | None = None,
+    ) -> int:
         try:
             unsynced = self._unsynced(customer_id, at)
         except (sqlite3.Error, StorageError) as exc:
@@ -79,6 +90,7 @@ class HubAuthoriser:
             points=points,
             at=at.isoformat(),
             unsynced=unsynced,
+            hold_ttl_seconds=hold_ttl_s or 0,
         )
         try:
             reply = self.link.stub.AuthorizeRedemption(request, timeout=self.timeout_s)
@@ -88,6 +100,19 @@ class HubAuthoriser:
             raise HubUnavailable(message) from None
         self.link.ok()
         return max(0, min(points, int(reply.authorized_points)))
+
+    def release(self, receipt_id: str) -> bool:
+        """Drop this till's hold for the receipt at the hub (HubUnavailable if the hub does
+        not answer in time: the hold then simply expires there)."""
+        request = pb.ReleaseRedemptionRequest(device_id=self.device_id, receipt_id=receipt_id)
+        try:
+            reply = self.link.stub.ReleaseRedemption(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            message = self.link.failed(exc)
+            log.info("hold of %s not released at the hub: %s", receipt_id, message)
+            raise HubUnavailable(message) from None
+        self.link.ok()
+        return bool(reply.released)
 
     def reachable(self) -> bool:
         """What the last exchanges with the hub say: a receipt that needs no authorisation

@@ -583,8 +583,11 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
                     raise
             finally:
                 bar.close()
+        aside = list(pusher.set_aside)
         data = {
-            "pushed": pushed,
+            "pushed": pushed - len(aside),
+            "setAside": len(aside),
+            "setAsideTransactions": state.sync_status(pusher.conn)["setAside"],
             "outboxDepth": pusher.pending(),
             "pull": {
                 "status": result.status,
@@ -616,13 +619,36 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             "UP_TO_DATE": f"snapshot {pull['version']} is the newest",
             "REFUSED": f"snapshot {pull['version']} REFUSED: {pull['message']}",
         }[pull["status"]]
-        return f"pushed {d['pushed']} transaction(s), {d['outboxDepth']} waiting; {what}"
+        pushed = f"pushed {d['pushed']} transaction(s)"
+        if d["setAside"]:
+            pushed += f", {d['setAside']} SET ASIDE by the hub"
+        return f"{pushed}, {d['outboxDepth']} waiting; {what}"
 
     code = _emit(args, data, human)
+    failed = False
+    if aside:
+        # Not stored by the hub: an error, whatever else worked (docs/PROTOCOL.md).
+        shown = "; ".join(
+            f"seq {seq} {outcome}" + (f" ({reason})" if reason else "")
+            for seq, outcome, reason in aside[:3]
+        )
+        more = f"; and {len(aside) - 3} more" if len(aside) > 3 else ""
+        print(
+            f"tillpoint: the hub set aside {len(aside)} transaction(s) and did not store"
+            f" them: {shown}{more}; they are kept in sync_set_aside in ledger.db",
+            file=sys.stderr,
+        )
+        failed = True
+    elif data["setAsideTransactions"]:
+        print(
+            f"tillpoint: warning: {data['setAsideTransactions']} transaction(s) set aside"
+            " earlier are still unreviewed (see `tillpoint status`)",
+            file=sys.stderr,
+        )
     if result.status == "REFUSED":
         print(f"tillpoint: {result.message}", file=sys.stderr)
-        return EXIT_ERROR
-    return code
+        failed = True
+    return EXIT_ERROR if failed else code
 
 
 def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:

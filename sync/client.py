@@ -8,13 +8,17 @@ certificates). Every call is made with an explicit deadline by its caller.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .pki import HUB_TLS_NAME, Enrollment
+
+log = logging.getLogger("tillpoint.sync")
 
 UNREACHABLE = frozenset(
     {
@@ -42,7 +46,13 @@ def describe(exc: grpc.RpcError) -> str:
 
 
 class HubLink:
-    """The channel and what the last exchanges with the hub say about it."""
+    """The channel and what the last exchanges with the hub say about it.
+
+    When the hub answers again after the link was down (a call succeeds while `online`
+    is False, or the channel becomes READY again, which the channel notices by itself
+    within its reconnect backoff of at most 3 s), every listener added by
+    `on_recovery` is called: the sync loops then stop waiting out their backoffs.
+    """
 
     def __init__(self, address: str, enrollment: Enrollment) -> None:
         self.address = address
@@ -73,6 +83,30 @@ class HubLink:
         self.last_contact: datetime | None = None
         self.last_failure: str | None = None
         self.changed = threading.Event()  # set whenever `online` flips
+        self._listeners: list[Callable[[], None]] = []
+        self._connectivity: grpc.ChannelConnectivity | None = None
+        self.channel.subscribe(self._watch, try_to_connect=False)
+
+    def on_recovery(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (quickly, from any thread) whenever the hub answers again."""
+        self._listeners.append(listener)
+
+    def _recovered(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:  # a listener must never break a call or the channel
+                log.warning("recovery listener failed", exc_info=True)
+
+    def _watch(self, state: grpc.ChannelConnectivity) -> None:
+        """The channel's own connectivity (gRPC's polling thread)."""
+        before, self._connectivity = self._connectivity, state
+        if (
+            state == grpc.ChannelConnectivity.READY
+            and before != grpc.ChannelConnectivity.READY
+            and not self.online
+        ):
+            self._recovered()
 
     def ok(self) -> None:
         with self._lock:
@@ -82,6 +116,7 @@ class HubLink:
             self.last_failure = None
         if flipped:
             self.changed.set()
+            self._recovered()
 
     def failed(self, exc: grpc.RpcError) -> str:
         message = describe(exc)
@@ -100,4 +135,6 @@ class HubLink:
         return message
 
     def close(self) -> None:
+        self._listeners.clear()
+        self.channel.unsubscribe(self._watch)
         self.channel.close()

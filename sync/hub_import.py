@@ -1,6 +1,6 @@
 """Reading master data for `tillpoint hub import`: snapshot-shaped JSON, or JSON Lines.
 
-A JSON file has the snapshot's shape (SPEC §3): ``program``, ``products``,
+A JSON file has the snapshot's shape (the contract §3): ``program``, ``products``,
 ``categories``, ``customers``, ``cards``, ``offers`` and ``removed``. The snapshot header
 fields (``version``, ``baseVersion``, ``issuedAt``, ``expiresAt``, ``appliedThrough``) are
 the hub's to set and are ignored.

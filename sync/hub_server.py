@@ -46,6 +46,7 @@ MAX_LIST = 1000  # transactions per ListTransactions answer (and its default)
 DB_FILE = "hub.db"
 SNAPSHOTS = "snapshots"
 RETRY_BUILD_S = 30.0
+MAX_HOLD_TTL_S = 86_400  # a till may ask for holds of its program's TTL, up to a day
 # What a snapshot file's signature covers (its .json says so): a file built before the
 # manifest signature (v2: PREFIX + payload in the file) is deleted and built again.
 SIGNED = MANIFEST_PREFIX.rstrip(b"\x00").decode()
@@ -754,6 +755,7 @@ class HubServicer(pb_grpc.HubServicer):
                     delta_available=tx.points_delta_available,
                     delta_pending=tx.points_delta_pending,
                     pending_activates_at=tx.pending_activates_at,
+                    fiscal_document=tx.fiscal_document,
                 )
             )
         try:
@@ -822,6 +824,9 @@ class HubServicer(pb_grpc.HubServicer):
         except ValueError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"at: {exc}")
         self._fail("authorize")
+        ttl_s = self.config.hold_ttl_s
+        if request.hold_ttl_seconds > 0:  # the till's program says how long its holds live
+            ttl_s = float(min(request.hold_ttl_seconds, MAX_HOLD_TTL_S))
         try:
             granted = self.store.authorise(
                 device,
@@ -831,7 +836,7 @@ class HubServicer(pb_grpc.HubServicer):
                 at,
                 [Unsynced(u.seq, u.receipt_id, u.points) for u in request.unsynced],
                 self.clock(),
-                self.config.hold_ttl_s,
+                ttl_s,
             )
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
@@ -853,6 +858,18 @@ class HubServicer(pb_grpc.HubServicer):
             return list_transactions(self.store, device, request.since_seq, limit)
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
+
+    def ReleaseRedemption(
+        self, request: pb.ReleaseRedemptionRequest, context: grpc.ServicerContext
+    ) -> pb.ReleaseRedemptionReply:
+        device = self._device(context, request.device_id)
+        if not request.receipt_id:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "receiptId is required")
+        try:
+            released = self.store.release(device, request.receipt_id)
+        except StorageError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
+        return pb.ReleaseRedemptionReply(released=released)
 
 
 def stored_transaction(tx: StoredTx) -> pb.StoredTransaction:

@@ -160,6 +160,12 @@ def _when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+@migrations()
+def m002_fiscal_document(db: Database) -> None:
+    # The fiscal document number a till confirmed a receipt with (SPEC §11), for audits.
+    db.execute("ALTER TABLE transactions ADD COLUMN fiscal_document TEXT NOT NULL DEFAULT ''")
+
+
 class SqliteHubStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -377,7 +383,7 @@ class SqliteHubStore:
     # ------------------------------------------------------------ snapshots
 
     def snapshot_doc(self, version: int, base_version: int) -> dict[str, Any]:
-        """The snapshot as one JSON document (the shape of SPEC §3)."""
+        """The snapshot as one JSON document (the shape of the contract §3)."""
         stream = self.snapshot_stream(version, base_version)
         _, header = next(stream)
         doc: dict[str, Any] = {**header, **{section: [] for section in SECTIONS}}
@@ -685,6 +691,11 @@ class SqliteHubStore:
                 utc_text(now),
             ),
         )
+        if tx.fiscal_document:
+            conn.execute(
+                "UPDATE transactions SET fiscal_document = ? WHERE device_id = ? AND seq = ?",
+                (tx.fiscal_document, tx.device_id, tx.seq),
+            )
         # The holds this transaction makes real: its receipt's, and the one for its seq.
         settled = [f"seq:{tx.seq}"] + ([fields["receipt_id"]] if tx.kind == "CHECKOUT" else [])
         conn.executemany(
@@ -1009,6 +1020,16 @@ class SqliteHubStore:
                     ),
                 )
         return Authorisation(granted, hold_id, expires, live_balance)
+
+    def release(self, device_id: str, receipt_id: str) -> bool:
+        """A hold the till gave up (its receipt cancelled or expired there): dropped, so the
+        points are spendable at once. A settled hold stays: its transaction is the truth."""
+        with self._write() as conn:
+            gone = conn.execute(
+                "DELETE FROM holds WHERE device_id = ? AND receipt_id = ? AND state = 'ACTIVE'",
+                (device_id, receipt_id),
+            ).rowcount
+        return bool(gone)
 
     # ------------------------------------------------------------ devices
 

@@ -99,6 +99,7 @@ class TxIn:
     delta_available: int
     delta_pending: int
     pending_activates_at: str
+    fiscal_document: str = ""  # the POS's fiscal document of a confirmed receipt
 
     def content(self) -> str:
         """What identifies the transaction's content (for duplicates versus conflicts)."""
@@ -117,6 +118,8 @@ class TxIn:
             self.delta_available,
             self.delta_pending,
         ]
+        if self.fiscal_document:  # absent from older transactions' content
+            fields.append(self.fiscal_document)
         raw = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
         return hashlib.sha256(raw).hexdigest()
 
@@ -253,6 +256,10 @@ class HubStore(Protocol):
         now: datetime,
         hold_ttl_s: float,
     ) -> Authorisation: ...
+
+    def release(self, device_id: str, receipt_id: str) -> bool:
+        """Drop the device's active hold for the receipt; False when there is none."""
+        ...
 
     def balance(self, customer_id: str, at: datetime) -> HubBalance: ...
 

@@ -219,7 +219,7 @@ def receipt(
     redeem: int = 0,
     lines: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A receipt JSON (SPEC §5) for the sample catalogue."""
+    """A receipt JSON (the contract §5) for the sample catalogue."""
     moment = at or datetime.now(UTC)
     return {
         "receiptId": receipt_id,

@@ -1,4 +1,4 @@
-"""The hub's keys and certificates, and the enrolment bundle a till installs (SPEC §9).
+"""The hub's keys and certificates, and the enrolment bundle a till installs (the contract §9).
 
 The hub keeps, in ``<hub dir>/keys/``:
 

@@ -1,4 +1,4 @@
-"""Snapshot pull (SPEC §3, §9): chunked, resumable, verified, then one atomic swap.
+"""Snapshot pull (the contract §3, §9): chunked, resumable, verified, then one atomic swap.
 
 The bytes received so far live in ``<data dir>/sync/pull.part`` (exactly the payload,
 verified in place and applied from there) beside ``pull.json``

@@ -1,4 +1,4 @@
-"""Transaction upload (SPEC §9): the outbox drains to the hub, exactly once in effect.
+"""Transaction upload (the contract §9): the outbox drains to the hub, exactly once in effect.
 
 - Batches go in seq order (at most `batch_size` rows and about 1 MiB each).
 - A row leaves the outbox only in the same SQLite transaction that records the hub's
@@ -62,6 +62,8 @@ class Pusher:
         self.batch_size = batch_size
         self.lock_path = sync_dir(self.data_dir) / "push.lock"
         self._conn: sqlite3.Connection | None = None
+        # What the hub set aside during the last `drain`: (seq, CONFLICT|REJECTED, reason).
+        self.set_aside: list[tuple[int, str, str]] = []
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -181,12 +183,15 @@ class Pusher:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self.set_aside.extend(aside)
         return BatchResult(
             len(rows), ack.accepted, ack.duplicates, len(aside), ack.acked_through_seq
         )
 
     def drain(self, progress: Progress | None = None, lock_wait_s: float = 0.0) -> int:
-        """Push until the outbox is empty; returns how many rows left it."""
+        """Push until the outbox is empty; returns how many rows left it (`set_aside`
+        lists those of them the hub set aside instead of storing)."""
+        self.set_aside = []
         with file_lock(self.lock_path, lock_wait_s):
             total = self.pending()
             sent = 0

@@ -10,6 +10,12 @@ Two threads:
   newer than the cache wakes the sync thread at once. A stream silent for three
   heartbeats is cancelled and reopened (with backoff).
 
+After an outage the backoffs may have grown to a minute. When the hub answers again
+(`HubLink.on_recovery`: any call succeeds after the link was down, or the channel is
+READY again), the push, pull and Subscribe backoffs are reset and all three retry at
+once, each after a jitter of up to `backoff_base_s` so that a store's tills do not
+arrive together.
+
 Checkouts never wait for either: they only use the hub through `HubAuthoriser`, with its
 own short deadline.
 """
@@ -17,6 +23,7 @@ own short deadline.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -97,6 +104,14 @@ class SyncService:
         self._wake = threading.Event()
         self._pull_now = threading.Event()
         self._pull_now.set()  # pull once at start
+        # Bumped (under the condition) each time the hub answers again after an outage.
+        self._recovery = threading.Condition()
+        self._recoveries = 0
+        self._rng = random.Random()
+        self.pull_backoff = Backoff(timings.backoff_base_s, timings.backoff_cap_s)
+        self.push_backoff = Backoff(timings.backoff_base_s, timings.backoff_cap_s)
+        self.subscribe_backoff = Backoff(timings.backoff_base_s, timings.backoff_cap_s)
+        link.on_recovery(self._hub_answers_again)
         self._threads: list[threading.Thread] = []
         self._subscription: Any = None
         self._mode_written: str | None = None
@@ -115,6 +130,8 @@ class SyncService:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        with self._recovery:
+            self._recovery.notify_all()
         sub = self._subscription
         if sub is not None:
             sub.cancel()
@@ -128,15 +145,32 @@ class SyncService:
         self._pull_now.set()
         self._wake.set()
 
+    def _hub_answers_again(self) -> None:
+        """`HubLink` listener: wake every loop that waits out a backoff (quick, any thread)."""
+        with self._recovery:
+            self._recoveries += 1
+            self._recovery.notify_all()
+        self._wake.set()
+
+    def _jitter(self) -> float:
+        return self._rng.uniform(0, self.timings.backoff_base_s)
+
     # ------------------------------------------------------------ the sync thread
 
     def _loop(self) -> None:
         t = self.timings
-        pull_backoff = Backoff(t.backoff_base_s, t.backoff_cap_s)
-        push_backoff = Backoff(t.backoff_base_s, t.backoff_cap_s)
+        pull_backoff, push_backoff = self.pull_backoff, self.push_backoff
         next_pull = next_push = time.monotonic()
+        # The recovery count at each one's last failure: a newer one ends its backoff.
+        pull_failed_at = push_failed_at = self._recoveries
         while not self._stop.is_set():
             now = time.monotonic()
+            if pull_backoff.failures and self._recoveries != pull_failed_at:
+                pull_backoff.reset()  # the hub answers again: no more waiting
+                next_pull = min(next_pull, now + self._jitter())
+            if push_backoff.failures and self._recoveries != push_failed_at:
+                push_backoff.reset()
+                next_push = min(next_push, now + self._jitter())
             if self._pull_now.is_set() or now >= next_pull:
                 self._pull_now.clear()
                 delay = self._pull_once()
@@ -144,12 +178,14 @@ class SyncService:
                     pull_backoff.reset()
                     next_pull = time.monotonic() + t.poll_interval_s
                 else:
+                    pull_failed_at = self._recoveries
                     next_pull = time.monotonic() + pull_backoff.next()
             if time.monotonic() >= next_push:
                 if self._push_once():
                     push_backoff.reset()
                     next_push = time.monotonic() + t.push_check_s
                 else:
+                    push_failed_at = self._recoveries
                     next_push = time.monotonic() + push_backoff.next()
             self._persist_mode()
             wait = max(0.0, min(next_pull, next_push) - time.monotonic())
@@ -217,7 +253,7 @@ class SyncService:
     # ------------------------------------------------------------ the subscribe thread
 
     def _subscribe(self) -> None:
-        backoff = Backoff(self.timings.backoff_base_s, self.timings.backoff_cap_s)
+        backoff = self.subscribe_backoff
         while not self._stop.is_set():
             try:
                 have = cache_version(self.agent.data_dir)
@@ -250,7 +286,19 @@ class SyncService:
                 log.warning("subscribe: %s", exc.message)
             finally:
                 self._subscription = None
-            self._stop.wait(backoff.next())
+            self._back_off(backoff)
+
+    def _back_off(self, backoff: Backoff) -> None:
+        """Subscribe's wait before it reopens: its backoff, cut short (after a jitter) when
+        the hub answers again to any call made after this stream ended."""
+        with self._recovery:
+            seen = self._recoveries
+            woken = self._recovery.wait_for(
+                lambda: self._stop.is_set() or self._recoveries != seen, timeout=backoff.next()
+            )
+        if woken and not self._stop.is_set():
+            backoff.reset()
+            self._stop.wait(self._jitter())
 
 
 class _Silence:

@@ -1,4 +1,4 @@
-"""`tillpoint snapshot load FILE` for the sync era (SPEC §3).
+"""`tillpoint snapshot load FILE` for the sync era (the contract §3).
 
 A till enrolled with a hub accepts only signed bundles (``tillpoint hub export``), checked
 exactly like a pulled snapshot. A till that is not enrolled (a standalone till, a test)

@@ -111,9 +111,15 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
     """
     values: dict[str, str] = {}
     set_aside = 0
+    newest_aside = ""
     if _has_tables(ledger_conn):
         values = {str(k): str(v) for k, v in ledger_conn.execute("SELECT * FROM sync_state")}
         set_aside = int(ledger_conn.execute("SELECT count(*) FROM sync_set_aside").fetchone()[0])
+        row = ledger_conn.execute(
+            "SELECT seq, outcome, reason FROM sync_set_aside ORDER BY at DESC, seq DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            newest_aside = f"seq {row[0]} {row[1]}" + (f": {row[2]}" if row[2] else "")
     errors = []
     for area in ERROR_AREAS:
         raw = values.get(f"error:{area}")
@@ -124,14 +130,14 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
             except (ValueError, KeyError):
                 errors.append(("", raw))
     errors.sort()
+    aside_error = (
+        f"{set_aside} transaction(s) set aside by the hub (newest: {newest_aside});"
+        " see sync_set_aside in ledger.db"
+        if set_aside
+        else ""
+    )
     if set_aside:
-        errors.append(
-            (
-                "",
-                f"{set_aside} transaction(s) set aside by the hub (conflict or malformed);"
-                " see sync_set_aside in ledger.db",
-            )
-        )
+        errors.append(("", aside_error))
     last_error_at, last_error = errors[-1] if errors else ("", "")
     out: dict[str, Any] = {
         "mode": values.get("mode", "OFFLINE"),
@@ -143,6 +149,9 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
         "hubAddress": values.get("hub_address", ""),
         "hubAckedThroughSeq": int(values.get("acked_through", "0") or 0),
         "setAsideTransactions": set_aside,
+        # Status fields 40, 41: transactions the hub refused to store are never a success
+        "setAside": set_aside,
+        "syncError": aside_error or last_error,
         "enrolled": _enrolled(ledger_conn),
     }
     if values.get("refused"):

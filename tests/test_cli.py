@@ -1,4 +1,4 @@
-"""The command line as a person and a POS script use it (SPEC §10)."""
+"""The command line as a person and a POS script use it (the contract §10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The customer display's messages (SPEC §8): fit 2 × 20, first name only, money with a comma."""
+"""The customer display's messages (the contract §8): 2 × 20, first name only, comma decimals."""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from bench import faults
 
 
@@ -46,3 +48,10 @@ def test_table_lists_faults_and_outcomes() -> None:
     o = faults.Outcome("x", injected=3)
     o.counts["refused"] = 3
     assert "refused: 3" in faults.table([o]) and " ok " in faults.table([o])
+
+
+@pytest.mark.slow
+def test_after_a_hub_outage_the_tills_recover_with_the_shipped_settings(tmp_path: Path) -> None:
+    outcome = faults.scenario_outage(tmp_path, 3, random.Random(1))
+    assert outcome.ok, outcome.broken
+    assert outcome.counts["seconds to drain after the hub is back"] <= faults.OUTAGE_DRAIN_S

@@ -1,4 +1,4 @@
-"""The hub serves only enrolled devices over mTLS, each only as itself (SPEC §9)."""
+"""The hub serves only enrolled devices over mTLS, each only as itself (the contract §9)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Property-based tests of the arithmetic's invariants (hypothesis).
 
 - no discount above a line's amount, nothing negative, payable never below zero;
-- redemption within every cap of SPEC §5 step 4;
+- redemption within every cap of the contract §5 step 4;
 - quote equals checkout for the same state;
 - returning everything, in any split, restores the balance exactly;
 - a refused input leaves the cache and the ledger unchanged, row for row.
@@ -211,6 +211,7 @@ def test_quote_equals_checkout(
         }
         quoted = agent.quote(data)
         committed = agent.checkout(data)
+        assert committed.pop("state") == "CONFIRMED"  # a quote has no state (§11)
         for key in ("printedOffers", "display"):
             quoted.pop(key)
             committed.pop(key)
@@ -351,7 +352,7 @@ def test_a_refused_input_changes_nothing(field: str, top: str, value: Any, where
 def test_line_amount_is_price_times_qty_rounded_half_up(
     price_minor: int, whole: int, thousandths: int
 ) -> None:
-    """The integer line amount equals Decimal's ROUND_HALF_UP of price × qty (SPEC §2)."""
+    """The integer line amount equals Decimal's ROUND_HALF_UP of price × qty (the contract §2)."""
     from decimal import ROUND_HALF_UP, localcontext
 
     from tillpoint.agent.money import line_amount

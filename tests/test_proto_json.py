@@ -1,4 +1,4 @@
-"""The CLI's JSON is the proto3 JSON mapping of tillpoint.v1 (SPEC §1): both ways, strictly."""
+"""The CLI's JSON is the proto3 JSON mapping of tillpoint.v1 (the contract §1), both ways."""
 
 from __future__ import annotations
 

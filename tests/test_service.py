@@ -63,6 +63,14 @@ def test_environment_beats_file_and_flags_beat_both(
     assert settings.data_dir == tmp_path / "flag"
 
 
+def test_data_dir_flag_beats_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TILLPOINT_DATA_DIR", str(tmp_path / "env"))
+    assert load().data_dir == tmp_path / "env"
+    assert load(data_dir=tmp_path / "flag").data_dir == tmp_path / "flag"
+
+
 def test_example_config_is_valid_and_config_check(cli: CLI) -> None:
     example = REPO / "packaging" / "tillpoint.example.toml"
     run = cli("--config", str(example), "config", "check", "--json")

@@ -1,4 +1,4 @@
-"""ONLINE/OFFLINE as the till reports it, with a real loopback hub (SPEC §5, §9)."""
+"""ONLINE/OFFLINE as the till reports it, with a real loopback hub (the contract §5, §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Online redemption (SPEC §9): holds against the live balance, deadlines, offline fallback."""
+"""Online redemption (the contract §9): holds on the live balance, deadlines, offline fallback."""
 
 from __future__ import annotations
 

@@ -109,6 +109,26 @@ ONLINE: Mode.ValueType  # 1
 OFFLINE: Mode.ValueType  # 2
 Global___Mode: _TypeAlias = Mode  # noqa: Y015
 
+class _ReceiptState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReceiptStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReceiptState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECEIPT_STATE_UNSPECIFIED: _ReceiptState.ValueType  # 0
+    HELD: _ReceiptState.ValueType  # 1
+    CONFIRMED: _ReceiptState.ValueType  # 2
+    CANCELLED: _ReceiptState.ValueType  # 3
+
+class ReceiptState(_ReceiptState, metaclass=_ReceiptStateEnumTypeWrapper):
+    """Where a receipt is in its life at the till (§11)."""
+
+RECEIPT_STATE_UNSPECIFIED: ReceiptState.ValueType  # 0
+HELD: ReceiptState.ValueType  # 1
+CONFIRMED: ReceiptState.ValueType  # 2
+CANCELLED: ReceiptState.ValueType  # 3
+Global___ReceiptState: _TypeAlias = ReceiptState  # noqa: Y015
+
 class _TransactionKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -195,6 +215,7 @@ class Program(_message.Message):
     MAX_OFFERS_PRINTED_FIELD_NUMBER: _builtins.int
     OFFER_PRINT_COOLDOWN_DAYS_FIELD_NUMBER: _builtins.int
     TIERS_FIELD_NUMBER: _builtins.int
+    HOLD_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
     timezone: _builtins.str
     point_value_minor: _builtins.int
@@ -205,6 +226,8 @@ class Program(_message.Message):
     birthday_window_days: _builtins.int
     max_offers_printed: _builtins.int
     offer_print_cooldown_days: _builtins.int
+    hold_ttl_seconds: _builtins.int
+    """a hold expires this long after Hold (§11); 1800"""
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tier]: ...
     def __init__(
@@ -221,10 +244,11 @@ class Program(_message.Message):
         max_offers_printed: _builtins.int | None = ...,
         offer_print_cooldown_days: _builtins.int | None = ...,
         tiers: _abc.Iterable[Global___Tier] | None = ...,
+        hold_ttl_seconds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days", "_birthday_multiplier", b"_birthday_multiplier", "_birthday_window_days", b"_birthday_window_days", "_max_offers_printed", b"_max_offers_printed", "_max_redeem_percent", b"_max_redeem_percent", "_offer_print_cooldown_days", b"_offer_print_cooldown_days", "_offline_redeem_limit_points", b"_offline_redeem_limit_points", "_point_value_minor", b"_point_value_minor", "activation_delay_days", b"activation_delay_days", "birthday_multiplier", b"birthday_multiplier", "birthday_window_days", b"birthday_window_days", "max_offers_printed", b"max_offers_printed", "max_redeem_percent", b"max_redeem_percent", "offer_print_cooldown_days", b"offer_print_cooldown_days", "offline_redeem_limit_points", b"offline_redeem_limit_points", "point_value_minor", b"point_value_minor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days", "_birthday_multiplier", b"_birthday_multiplier", "_birthday_window_days", b"_birthday_window_days", "_hold_ttl_seconds", b"_hold_ttl_seconds", "_max_offers_printed", b"_max_offers_printed", "_max_redeem_percent", b"_max_redeem_percent", "_offer_print_cooldown_days", b"_offer_print_cooldown_days", "_offline_redeem_limit_points", b"_offline_redeem_limit_points", "_point_value_minor", b"_point_value_minor", "activation_delay_days", b"activation_delay_days", "birthday_multiplier", b"birthday_multiplier", "birthday_window_days", b"birthday_window_days", "hold_ttl_seconds", b"hold_ttl_seconds", "max_offers_printed", b"max_offers_printed", "max_redeem_percent", b"max_redeem_percent", "offer_print_cooldown_days", b"offer_print_cooldown_days", "offline_redeem_limit_points", b"offline_redeem_limit_points", "point_value_minor", b"point_value_minor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days", "_birthday_multiplier", b"_birthday_multiplier", "_birthday_window_days", b"_birthday_window_days", "_max_offers_printed", b"_max_offers_printed", "_max_redeem_percent", b"_max_redeem_percent", "_offer_print_cooldown_days", b"_offer_print_cooldown_days", "_offline_redeem_limit_points", b"_offline_redeem_limit_points", "_point_value_minor", b"_point_value_minor", "activation_delay_days", b"activation_delay_days", "birthday_multiplier", b"birthday_multiplier", "birthday_window_days", b"birthday_window_days", "currency", b"currency", "max_offers_printed", b"max_offers_printed", "max_redeem_percent", b"max_redeem_percent", "offer_print_cooldown_days", b"offer_print_cooldown_days", "offline_redeem_limit_points", b"offline_redeem_limit_points", "point_value_minor", b"point_value_minor", "tiers", b"tiers", "timezone", b"timezone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days", "_birthday_multiplier", b"_birthday_multiplier", "_birthday_window_days", b"_birthday_window_days", "_hold_ttl_seconds", b"_hold_ttl_seconds", "_max_offers_printed", b"_max_offers_printed", "_max_redeem_percent", b"_max_redeem_percent", "_offer_print_cooldown_days", b"_offer_print_cooldown_days", "_offline_redeem_limit_points", b"_offline_redeem_limit_points", "_point_value_minor", b"_point_value_minor", "activation_delay_days", b"activation_delay_days", "birthday_multiplier", b"birthday_multiplier", "birthday_window_days", b"birthday_window_days", "currency", b"currency", "hold_ttl_seconds", b"hold_ttl_seconds", "max_offers_printed", b"max_offers_printed", "max_redeem_percent", b"max_redeem_percent", "offer_print_cooldown_days", b"offer_print_cooldown_days", "offline_redeem_limit_points", b"offline_redeem_limit_points", "point_value_minor", b"point_value_minor", "tiers", b"tiers", "timezone", b"timezone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__activation_delay_days: _TypeAlias = _typing.Literal["activation_delay_days"]  # noqa: Y015
     _WhichOneofArgType__activation_delay_days: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days"]  # noqa: Y015
@@ -232,6 +256,8 @@ class Program(_message.Message):
     _WhichOneofArgType__birthday_multiplier: _TypeAlias = _typing.Literal["_birthday_multiplier", b"_birthday_multiplier"]  # noqa: Y015
     _WhichOneofReturnType__birthday_window_days: _TypeAlias = _typing.Literal["birthday_window_days"]  # noqa: Y015
     _WhichOneofArgType__birthday_window_days: _TypeAlias = _typing.Literal["_birthday_window_days", b"_birthday_window_days"]  # noqa: Y015
+    _WhichOneofReturnType__hold_ttl_seconds: _TypeAlias = _typing.Literal["hold_ttl_seconds"]  # noqa: Y015
+    _WhichOneofArgType__hold_ttl_seconds: _TypeAlias = _typing.Literal["_hold_ttl_seconds", b"_hold_ttl_seconds"]  # noqa: Y015
     _WhichOneofReturnType__max_offers_printed: _TypeAlias = _typing.Literal["max_offers_printed"]  # noqa: Y015
     _WhichOneofArgType__max_offers_printed: _TypeAlias = _typing.Literal["_max_offers_printed", b"_max_offers_printed"]  # noqa: Y015
     _WhichOneofReturnType__max_redeem_percent: _TypeAlias = _typing.Literal["max_redeem_percent"]  # noqa: Y015
@@ -248,6 +274,8 @@ class Program(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__birthday_multiplier) -> _WhichOneofReturnType__birthday_multiplier | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__birthday_window_days) -> _WhichOneofReturnType__birthday_window_days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hold_ttl_seconds) -> _WhichOneofReturnType__hold_ttl_seconds | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_offers_printed) -> _WhichOneofReturnType__max_offers_printed | None: ...
     @_typing.overload
@@ -801,6 +829,8 @@ class CheckoutResult(_message.Message):
     DISPLAY_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    HOLD_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     receipt_id: _builtins.str
     mode: Global___Mode.ValueType
     total_minor: _builtins.int
@@ -813,6 +843,10 @@ class CheckoutResult(_message.Message):
     quote has none (empty / 0). An idempotent replay returns the stored values.
     """
     seq: _builtins.int
+    state: Global___ReceiptState.ValueType
+    """absent in a quote"""
+    hold_expires_at: _builtins.str
+    """RFC 3339, while the receipt is HELD"""
     @_builtins.property
     def card(self) -> Global___CardOutcome: ...
     @_builtins.property
@@ -845,14 +879,62 @@ class CheckoutResult(_message.Message):
         display: _abc.Iterable[_builtins.str] | None = ...,
         device_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        state: Global___ReceiptState.ValueType = ...,
+        hold_expires_at: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "card", b"card"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "hold_expires_at", b"hold_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "card", b"card", "device_id", b"device_id", "discount_minor", b"discount_minor", "display", b"display", "earned_points", b"earned_points", "held_out", b"held_out", "lines", b"lines", "mode", b"mode", "payable_minor", b"payable_minor", "printed_offers", b"printed_offers", "receipt_id", b"receipt_id", "redeemed_points", b"redeemed_points", "seq", b"seq", "total_minor", b"total_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "device_id", b"device_id", "discount_minor", b"discount_minor", "display", b"display", "earned_points", b"earned_points", "held_out", b"held_out", "hold_expires_at", b"hold_expires_at", "lines", b"lines", "mode", b"mode", "payable_minor", b"payable_minor", "printed_offers", b"printed_offers", "receipt_id", b"receipt_id", "redeemed_points", b"redeemed_points", "seq", b"seq", "state", b"state", "total_minor", b"total_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__hold_expires_at: _TypeAlias = _typing.Literal["hold_expires_at"]  # noqa: Y015
+    _WhichOneofArgType__hold_expires_at: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hold_expires_at) -> _WhichOneofReturnType__hold_expires_at | None: ...
+
+Global___CheckoutResult: _TypeAlias = CheckoutResult  # noqa: Y015
+
+@_typing.final
+class ConfirmRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    FISCAL_DOCUMENT_FIELD_NUMBER: _builtins.int
+    receipt_id: _builtins.str
+    fiscal_document: _builtins.str
+    """at most 64 characters"""
+    def __init__(
+        self,
+        *,
+        receipt_id: _builtins.str = ...,
+        fiscal_document: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fiscal_document", b"_fiscal_document", "fiscal_document", b"fiscal_document"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fiscal_document", b"_fiscal_document", "fiscal_document", b"fiscal_document", "receipt_id", b"receipt_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__fiscal_document: _TypeAlias = _typing.Literal["fiscal_document"]  # noqa: Y015
+    _WhichOneofArgType__fiscal_document: _TypeAlias = _typing.Literal["_fiscal_document", b"_fiscal_document"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fiscal_document) -> _WhichOneofReturnType__fiscal_document | None: ...
+
+Global___ConfirmRequest: _TypeAlias = ConfirmRequest  # noqa: Y015
+
+@_typing.final
+class CancelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    receipt_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        receipt_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt_id", b"receipt_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CheckoutResult: _TypeAlias = CheckoutResult  # noqa: Y015
+Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015
 
 @_typing.final
 class RefundLine(_message.Message):
@@ -1026,6 +1108,8 @@ class Status(_message.Message):
     PRINTER_STATE_FIELD_NUMBER: _builtins.int
     PRINT_QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     DISPLAY_STATE_FIELD_NUMBER: _builtins.int
+    SET_ASIDE_FIELD_NUMBER: _builtins.int
+    SYNC_ERROR_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     cache_version: _builtins.int
     cache_issued_at: _builtins.str
@@ -1038,6 +1122,15 @@ class Status(_message.Message):
     printer_state: _builtins.str
     print_queue_depth: _builtins.int
     display_state: _builtins.str
+    set_aside: _builtins.int
+    """Transactions the hub set aside (TX_CONFLICT / TX_REJECTED) and kept out of its
+    ledger; they stay in the till's journal until someone reviews them. Above 0 is an
+    error, never a success.
+    """
+    sync_error: _builtins.str
+    """The outstanding sync problem in one line ("" when the sync is healthy); set-aside
+    transactions come first, they do not clear by themselves.
+    """
     def __init__(
         self,
         *,
@@ -1053,10 +1146,12 @@ class Status(_message.Message):
         printer_state: _builtins.str = ...,
         print_queue_depth: _builtins.int = ...,
         display_state: _builtins.str = ...,
+        set_aside: _builtins.int = ...,
+        sync_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "device_id", b"device_id", "display_state", b"display_state", "last_error", b"last_error", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_state", b"printer_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "device_id", b"device_id", "display_state", b"display_state", "last_error", b"last_error", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_state", b"printer_state", "set_aside", b"set_aside", "sync_error", b"sync_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1167,6 +1262,7 @@ class Transaction(_message.Message):
     POINTS_DELTA_AVAILABLE_FIELD_NUMBER: _builtins.int
     POINTS_DELTA_PENDING_FIELD_NUMBER: _builtins.int
     PENDING_ACTIVATES_AT_FIELD_NUMBER: _builtins.int
+    FISCAL_DOCUMENT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     seq: _builtins.int
     kind: Global___TransactionKind.ValueType
@@ -1183,6 +1279,8 @@ class Transaction(_message.Message):
     points_delta_pending: _builtins.int
     pending_activates_at: _builtins.str
     """When points_delta_pending becomes spendable (RFC 3339); empty when it is 0."""
+    fiscal_document: _builtins.str
+    """The POS's fiscal document number of a confirmed receipt (§11); empty when none."""
     def __init__(
         self,
         *,
@@ -1197,10 +1295,11 @@ class Transaction(_message.Message):
         points_delta_available: _builtins.int = ...,
         points_delta_pending: _builtins.int = ...,
         pending_activates_at: _builtins.str = ...,
+        fiscal_document: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "kind", b"kind", "pending_activates_at", b"pending_activates_at", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "request_json", b"request_json", "result_json", b"result_json", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "fiscal_document", b"fiscal_document", "kind", b"kind", "pending_activates_at", b"pending_activates_at", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "request_json", b"request_json", "result_json", b"result_json", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1387,11 +1486,14 @@ class AuthorizeRedemptionRequest(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     UNSYNCED_FIELD_NUMBER: _builtins.int
+    HOLD_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     receipt_id: _builtins.str
     customer_id: _builtins.str
     points: _builtins.int
     at: _builtins.str
+    hold_ttl_seconds: _builtins.int
+    """How long the hold lives (the program's holdTtlSeconds); 0: the hub's default."""
     @_builtins.property
     def unsynced(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsyncedPoints]: ...
     def __init__(
@@ -1403,10 +1505,11 @@ class AuthorizeRedemptionRequest(_message.Message):
         points: _builtins.int = ...,
         at: _builtins.str = ...,
         unsynced: _abc.Iterable[Global___UnsyncedPoints] | None = ...,
+        hold_ttl_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "customer_id", b"customer_id", "device_id", b"device_id", "points", b"points", "receipt_id", b"receipt_id", "unsynced", b"unsynced"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "customer_id", b"customer_id", "device_id", b"device_id", "hold_ttl_seconds", b"hold_ttl_seconds", "points", b"points", "receipt_id", b"receipt_id", "unsynced", b"unsynced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1444,7 +1547,7 @@ Global___AuthorizeRedemptionReply: _TypeAlias = AuthorizeRedemptionReply  # noqa
 @_typing.final
 class ListTransactionsRequest(_message.Message):
     """"Do you have transaction (device, seq) / receipt X?": the hub's ledger of one device,
-    ordered by seq (docs/PROTOCOL.md, "Reconciling with the hub").
+    ordered by seq (docs/PROTOCOL.md, "ListTransactions").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1560,3 +1663,47 @@ class ListTransactionsReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTransactionsReply: _TypeAlias = ListTransactionsReply  # noqa: Y015
+
+@_typing.final
+class ReleaseRedemptionRequest(_message.Message):
+    """Releases the device's active hold for a receipt (cancelled or expired at the till)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    receipt_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        receipt_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "receipt_id", b"receipt_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRedemptionRequest: _TypeAlias = ReleaseRedemptionRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseRedemptionReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.bool
+    """false: no active hold (never placed, settled or expired)"""
+    def __init__(
+        self,
+        *,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRedemptionReply: _TypeAlias = ReleaseRedemptionReply  # noqa: Y015

@@ -49,6 +49,21 @@ class PosAgentStub:
                 request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.Receipt.SerializeToString,
                 response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.FromString,
                 _registered_method=True)
+        self.Hold = channel.unary_unary(
+                '/tillpoint.v1.PosAgent/Hold',
+                request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.Receipt.SerializeToString,
+                response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.FromString,
+                _registered_method=True)
+        self.Confirm = channel.unary_unary(
+                '/tillpoint.v1.PosAgent/Confirm',
+                request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ConfirmRequest.SerializeToString,
+                response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/tillpoint.v1.PosAgent/Cancel',
+                request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.CancelRequest.SerializeToString,
+                response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.FromString,
+                _registered_method=True)
         self.Refund = channel.unary_unary(
                 '/tillpoint.v1.PosAgent/Refund',
                 request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.Refund.SerializeToString,
@@ -82,6 +97,24 @@ class PosAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Checkout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Hold(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Confirm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +154,21 @@ def add_PosAgentServicer_to_server(servicer, server):
             'Checkout': grpc.unary_unary_rpc_method_handler(
                     servicer.Checkout,
                     request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.Receipt.FromString,
+                    response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.SerializeToString,
+            ),
+            'Hold': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hold,
+                    request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.Receipt.FromString,
+                    response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.SerializeToString,
+            ),
+            'Confirm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Confirm,
+                    request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ConfirmRequest.FromString,
+                    response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.CancelRequest.FromString,
                     response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.SerializeToString,
             ),
             'Refund': grpc.unary_unary_rpc_method_handler(
@@ -219,6 +267,87 @@ class PosAgent:
             target,
             '/tillpoint.v1.PosAgent/Checkout',
             tillpoint_dot_v1_dot_tillpoint__pb2.Receipt.SerializeToString,
+            tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tillpoint.v1.PosAgent/Hold',
+            tillpoint_dot_v1_dot_tillpoint__pb2.Receipt.SerializeToString,
+            tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Confirm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tillpoint.v1.PosAgent/Confirm',
+            tillpoint_dot_v1_dot_tillpoint__pb2.ConfirmRequest.SerializeToString,
+            tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tillpoint.v1.PosAgent/Cancel',
+            tillpoint_dot_v1_dot_tillpoint__pb2.CancelRequest.SerializeToString,
             tillpoint_dot_v1_dot_tillpoint__pb2.CheckoutResult.FromString,
             options,
             channel_credentials,
@@ -341,6 +470,11 @@ class HubStub:
                 request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionRequest.SerializeToString,
                 response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionReply.FromString,
                 _registered_method=True)
+        self.ReleaseRedemption = channel.unary_unary(
+                '/tillpoint.v1.Hub/ReleaseRedemption',
+                request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionRequest.SerializeToString,
+                response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionReply.FromString,
+                _registered_method=True)
         self.ListTransactions = channel.unary_unary(
                 '/tillpoint.v1.Hub/ListTransactions',
                 request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsRequest.SerializeToString,
@@ -375,6 +509,12 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseRedemption(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTransactions(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -403,6 +543,11 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.AuthorizeRedemption,
                     request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionRequest.FromString,
                     response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionReply.SerializeToString,
+            ),
+            'ReleaseRedemption': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseRedemption,
+                    request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionRequest.FromString,
+                    response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionReply.SerializeToString,
             ),
             'ListTransactions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTransactions,
@@ -518,6 +663,33 @@ class Hub:
             '/tillpoint.v1.Hub/AuthorizeRedemption',
             tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionRequest.SerializeToString,
             tillpoint_dot_v1_dot_tillpoint__pb2.AuthorizeRedemptionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseRedemption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tillpoint.v1.Hub/ReleaseRedemption',
+            tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionRequest.SerializeToString,
+            tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,9 @@ class PosAgentStub:
     Identify: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.IdentifyRequest, _tillpoint_pb2.CardOutcome]
     Quote: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.Receipt, _tillpoint_pb2.CheckoutResult]
     Checkout: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.Receipt, _tillpoint_pb2.CheckoutResult]
+    Hold: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.Receipt, _tillpoint_pb2.CheckoutResult]
+    Confirm: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.ConfirmRequest, _tillpoint_pb2.CheckoutResult]
+    Cancel: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.CancelRequest, _tillpoint_pb2.CheckoutResult]
     Refund: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.Refund, _tillpoint_pb2.RefundResult]
     Balance: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.BalanceRequest, _tillpoint_pb2.Balance]
     Status: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.StatusRequest, _tillpoint_pb2.Status]
@@ -50,6 +53,9 @@ class PosAgentAsyncStub(PosAgentStub):
     Identify: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.IdentifyRequest, _tillpoint_pb2.CardOutcome]  # type: ignore[assignment]
     Quote: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.Receipt, _tillpoint_pb2.CheckoutResult]  # type: ignore[assignment]
     Checkout: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.Receipt, _tillpoint_pb2.CheckoutResult]  # type: ignore[assignment]
+    Hold: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.Receipt, _tillpoint_pb2.CheckoutResult]  # type: ignore[assignment]
+    Confirm: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.ConfirmRequest, _tillpoint_pb2.CheckoutResult]  # type: ignore[assignment]
+    Cancel: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.CancelRequest, _tillpoint_pb2.CheckoutResult]  # type: ignore[assignment]
     Refund: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.Refund, _tillpoint_pb2.RefundResult]  # type: ignore[assignment]
     Balance: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.BalanceRequest, _tillpoint_pb2.Balance]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.StatusRequest, _tillpoint_pb2.Status]  # type: ignore[assignment]
@@ -73,6 +79,27 @@ class PosAgentServicer(metaclass=_abc_1.ABCMeta):
     def Checkout(
         self,
         request: _tillpoint_pb2.Receipt,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tillpoint_pb2.CheckoutResult, _abc.Awaitable[_tillpoint_pb2.CheckoutResult]]: ...
+
+    @_abc_1.abstractmethod
+    def Hold(
+        self,
+        request: _tillpoint_pb2.Receipt,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tillpoint_pb2.CheckoutResult, _abc.Awaitable[_tillpoint_pb2.CheckoutResult]]: ...
+
+    @_abc_1.abstractmethod
+    def Confirm(
+        self,
+        request: _tillpoint_pb2.ConfirmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tillpoint_pb2.CheckoutResult, _abc.Awaitable[_tillpoint_pb2.CheckoutResult]]: ...
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _tillpoint_pb2.CancelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tillpoint_pb2.CheckoutResult, _abc.Awaitable[_tillpoint_pb2.CheckoutResult]]: ...
 
@@ -108,6 +135,7 @@ class HubStub:
     PushTransactions: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.TransactionBatch, _tillpoint_pb2.PushAck]
     Subscribe: _grpc.UnaryStreamMultiCallable[_tillpoint_pb2.SubscribeRequest, _tillpoint_pb2.Notification]
     AuthorizeRedemption: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.AuthorizeRedemptionRequest, _tillpoint_pb2.AuthorizeRedemptionReply]
+    ReleaseRedemption: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.ReleaseRedemptionRequest, _tillpoint_pb2.ReleaseRedemptionReply]
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.ListTransactionsRequest, _tillpoint_pb2.ListTransactionsReply]
 
 @_typing.type_check_only
@@ -117,6 +145,7 @@ class HubAsyncStub(HubStub):
     PushTransactions: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.TransactionBatch, _tillpoint_pb2.PushAck]  # type: ignore[assignment]
     Subscribe: _aio.UnaryStreamMultiCallable[_tillpoint_pb2.SubscribeRequest, _tillpoint_pb2.Notification]  # type: ignore[assignment]
     AuthorizeRedemption: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.AuthorizeRedemptionRequest, _tillpoint_pb2.AuthorizeRedemptionReply]  # type: ignore[assignment]
+    ReleaseRedemption: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.ReleaseRedemptionRequest, _tillpoint_pb2.ReleaseRedemptionReply]  # type: ignore[assignment]
     ListTransactions: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.ListTransactionsRequest, _tillpoint_pb2.ListTransactionsReply]  # type: ignore[assignment]
 
 class HubServicer(metaclass=_abc_1.ABCMeta):
@@ -147,6 +176,13 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
         request: _tillpoint_pb2.AuthorizeRedemptionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tillpoint_pb2.AuthorizeRedemptionReply, _abc.Awaitable[_tillpoint_pb2.AuthorizeRedemptionReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseRedemption(
+        self,
+        request: _tillpoint_pb2.ReleaseRedemptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tillpoint_pb2.ReleaseRedemptionReply, _abc.Awaitable[_tillpoint_pb2.ReleaseRedemptionReply]]: ...
 
     @_abc_1.abstractmethod
     def ListTransactions(

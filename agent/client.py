@@ -1,0 +1,256 @@
+"""A small typed Python client for the till's `PosAgent` gRPC service (the `tillpoint.client`).
+
+Requests and answers are the proto3 JSON documents of docs/CONTRACT.md (lowerCamelCase
+keys, enums as strings), the same shapes the CLI reads and prints with `--json`; int64
+fields come back as Python ints and every field is present (zeros, empty lists), so a
+result reads like the CLI's. Every call has an explicit deadline. A call that fails
+with `UNAVAILABLE` (the agent is restarting, nothing listens yet) or `DEADLINE_EXCEEDED`
+(no answer in time) is sent again, the same request with the same `receiptId` or
+`refundId`, after a growing delay with jitter: the agent is idempotent on those ids, so
+a checkout that did commit before the answer was lost returns the stored result and
+nothing is counted twice. Other errors are not retried and raise `ClientError` with the
+gRPC status and the agent's one-line message.
+
+    from tillpoint.agent.client import PosAgentClient
+
+    with PosAgentClient("127.0.0.1:50061") as till:
+        card = till.identify("2770000000017")
+        result = till.checkout(receipt)        # a dict: result["payableMinor"], ...
+
+`hold`, `confirm` and `cancel` call the receipt-life RPCs of docs/CONTRACT.md §11 when the
+agent's `tillpoint.v1` has them (`ClientError` with `UNIMPLEMENTED` otherwise).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+__all__ = ["DEFAULT_ADDRESS", "RETRYABLE", "ClientError", "PosAgentClient"]
+
+DEFAULT_ADDRESS = "127.0.0.1:50061"
+SERVICE = "PosAgent"
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_INT64 = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_SFIXED64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_FIXED64,
+    }
+)
+
+JsonDict = dict[str, Any]
+
+# gRPC's own retries are off (ours resend the same request), and a channel that failed to
+# connect tries again within 0.1-1 s rather than gRPC's default 1-120 s, so a retry a
+# moment after the agent came back reaches it instead of failing fast on the old failure.
+CHANNEL_OPTIONS = (
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
+
+
+class ClientError(Exception):
+    """A call the agent refused or that could not be made; `code` is the gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, attempts: int = 1) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.attempts = attempts
+
+
+class PosAgentClient:
+    """The `PosAgent` calls as methods taking and returning proto3 JSON dicts.
+
+    `timeout` is the deadline of one attempt in seconds; `attempts` is how many times a
+    retryable failure is tried in all; the n-th retry waits a random time between half
+    and all of min(`backoff_cap`, `backoff` × 2ⁿ) seconds.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float = 2.0,
+        attempts: int = 4,
+        backoff: float = 0.1,
+        backoff_cap: float = 2.0,
+        channel: grpc.Channel | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if backoff <= 0 or backoff_cap < backoff:
+            raise ValueError("need 0 < backoff <= backoff_cap")
+        self.address = address
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self._own_channel = channel is None
+        self._channel = (
+            channel if channel is not None else grpc.insecure_channel(address, CHANNEL_OPTIONS)
+        )
+        self._stub = pb_grpc.PosAgentStub(self._channel)
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self.retries = 0  # retries made over the client's life (for logs and tests)
+
+    # ------------------------------------------------------------ the calls
+
+    def identify(self, text: str, *, timeout: float | None = None) -> JsonDict:
+        """The card outcome (`status`, and for FOUND `customerId`, `tier`, `firstName`)."""
+        return self.call("Identify", {"text": text}, timeout=timeout)
+
+    def quote(self, receipt: Mapping[str, Any], *, timeout: float | None = None) -> JsonDict:
+        """Prices a receipt without storing anything (`CheckoutResult`)."""
+        return self.call("Quote", receipt, timeout=timeout)
+
+    def checkout(self, receipt: Mapping[str, Any], *, timeout: float | None = None) -> JsonDict:
+        """Commits a receipt, idempotent on `receiptId` (`CheckoutResult`)."""
+        return self.call("Checkout", receipt, timeout=timeout)
+
+    def refund(self, refund: Mapping[str, Any], *, timeout: float | None = None) -> JsonDict:
+        """Commits a refund, idempotent on `refundId` (`RefundResult`)."""
+        return self.call("Refund", refund, timeout=timeout)
+
+    def balance(
+        self, card: str, at: str | None = None, *, timeout: float | None = None
+    ) -> JsonDict:
+        """Available and pending points at `at` (RFC 3339; default now)."""
+        request: JsonDict = {"card": card}
+        if at is not None:
+            request["at"] = at
+        return self.call("Balance", request, timeout=timeout)
+
+    def status(self, *, timeout: float | None = None) -> JsonDict:
+        """Cache version, outbox depth, last sync, printer and display state."""
+        return self.call("Status", {}, timeout=timeout)
+
+    def hold(self, receipt: Mapping[str, Any], *, timeout: float | None = None) -> JsonDict:
+        """Prices and reserves a receipt (docs/CONTRACT.md §11); the held `CheckoutResult`."""
+        return self.call("Hold", receipt, timeout=timeout)
+
+    def confirm(
+        self,
+        receipt_id: str,
+        fiscal_document: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> JsonDict:
+        """Commits a held receipt exactly as held (docs/CONTRACT.md §11)."""
+        request: JsonDict = {"receiptId": receipt_id}
+        if fiscal_document is not None:
+            request["fiscalDocument"] = fiscal_document
+        return self.call("Confirm", request, timeout=timeout)
+
+    def cancel(self, receipt_id: str, *, timeout: float | None = None) -> JsonDict:
+        """Releases a hold (docs/CONTRACT.md §11)."""
+        return self.call("Cancel", {"receiptId": receipt_id}, timeout=timeout)
+
+    # ------------------------------------------------------------ the machinery
+
+    def call(
+        self, method: str, request: Mapping[str, Any], *, timeout: float | None = None
+    ) -> JsonDict:
+        """Any `PosAgent` RPC by name, with a proto3 JSON request; retried as described."""
+        rpc = getattr(self._stub, method, None)
+        descriptor = pb.DESCRIPTOR.services_by_name[SERVICE].methods_by_name.get(method)
+        if rpc is None or descriptor is None:
+            raise ClientError(
+                grpc.StatusCode.UNIMPLEMENTED, f"this tillpoint.v1 has no PosAgent.{method}"
+            )
+        message = _message(descriptor.input_type, request)
+        deadline = self.timeout if timeout is None else timeout
+        if deadline <= 0:
+            raise ValueError("timeout must be positive")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer: Message = rpc(message, timeout=deadline)
+            except grpc.RpcError as exc:
+                code = exc.code() if callable(getattr(exc, "code", None)) else None
+                details = exc.details() if callable(getattr(exc, "details", None)) else None
+                status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+                text = str(details or status.name.lower())
+                if status not in RETRYABLE or attempt >= self.attempts:
+                    raise ClientError(status, text, attempt) from None
+                self.retries += 1
+                self._sleep(self._delay(attempt))
+                continue
+            return to_json(answer)
+
+    def _delay(self, attempt: int) -> float:
+        ceiling = min(self.backoff_cap, self.backoff * 2 ** (attempt - 1))
+        return float(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+
+    def close(self) -> None:
+        if self._own_channel:
+            self._channel.close()
+
+    def __enter__(self) -> PosAgentClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _message(descriptor: Any, data: Mapping[str, Any]) -> Message:
+    """The request message from its proto3 JSON; bad JSON is refused before any call."""
+    message = message_factory.GetMessageClass(descriptor)()
+    try:
+        json_format.ParseDict(dict(data), message)
+    except json_format.ParseError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "not valid"
+        raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, f"{descriptor.name}: {first}") from None
+    return message
+
+
+def to_json(message: Message) -> JsonDict:
+    """The proto3 JSON of `message` with every field present and int64 values as ints."""
+    data = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=False,
+        always_print_fields_with_no_presence=True,
+    )
+    return _ints(message.DESCRIPTOR, data)
+
+
+def _ints(descriptor: Any, data: JsonDict) -> JsonDict:
+    for field in descriptor.fields:
+        name = field.json_name
+        if name not in data:
+            continue
+        value = data[name]
+        if field.type in _INT64:
+            data[name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+            rows = value if isinstance(value, list) else [value]
+            for row in rows:
+                if isinstance(row, dict):
+                    _ints(field.message_type, row)
+    return data

@@ -1,0 +1,363 @@
+"""The receipt's life at the till (SPEC §11): hold, confirm, cancel, expiry, conflicts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from tillpoint.agent.errors import Conflict, InputError, NotFound, Refused
+from tillpoint.agent.server import build_server, checkout_result, start_hold_sweeper, to_message
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .conftest import CLI, PROGRAM, receipt, snapshot
+
+TIMEOUT = 5
+BORIS = "2770000000024"  # 80 points, base tier
+BIG = [{"sku": "4601234000017", "qty": "1", "priceMinor": 100_000}]  # room for 300 points
+OFFER = {
+    "id": "o-print",
+    "campaignId": "camp-p",
+    "customerId": "c-a",
+    "kind": "PERCENT_OFF",
+    "skus": ["4601234000024"],
+    "value": "20",
+    "validFrom": "2026-11-01T00:00:00+03:00",
+    "validTo": "2026-11-30T23:59:59+03:00",
+    "rank": 1,
+    "printable": True,
+    "printText": "−20% на хлеб",
+}
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
+
+
+@pytest.fixture
+def till(tmp_path: Path, clock: Clock) -> Iterator[Agent]:
+    a = Agent(tmp_path / "data", "till-1", clock=clock)
+    program = {**PROGRAM, "holdTtlSeconds": 600, "offlineRedeemLimitPoints": 50}
+    a.load_snapshot(snapshot(program=program, offers=[OFFER]))
+    yield a
+    a.close()
+
+
+def count(agent: Agent, table: str) -> int:
+    return int(agent._ledger.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def outbox(agent: Agent) -> list[dict[str, Any]]:
+    return [json.loads(p) for (p,) in agent._ledger.execute("SELECT payload FROM outbox")]
+
+
+def test_hold_reserves_and_confirm_commits_exactly_the_held_figures(
+    till: Agent, clock: Clock
+) -> None:
+    before = till.balance("2770000000017")
+    held = till.hold(receipt(redeemPoints=40))
+    assert held["state"] == "HELD"
+    assert held["holdExpiresAt"] == (clock.now + timedelta(seconds=600)).isoformat()
+    assert held["redeemedPoints"] == 40 and held["earnedPoints"] > 0
+    assert held["printedOffers"] == []  # nothing prints before Confirm
+    # earns and spends nothing yet, journals nothing
+    assert till.balance("2770000000017") == before
+    assert count(till, "receipts") == count(till, "outbox") == count(till, "print_jobs") == 0
+
+    # the program changes between Hold and Confirm: the held figures stand
+    program = {**PROGRAM, "holdTtlSeconds": 600, "tiers": [{"code": "gold", "accrualPercent": "1"}]}
+    till.load_snapshot(snapshot(version=2, program=program, offers=[OFFER]))
+    clock.advance(60)
+    done = till.confirm("r1", "FD-0001")
+    assert done["state"] == "CONFIRMED" and "holdExpiresAt" not in done
+    for key in ("lines", "totalMinor", "discountMinor", "redeemedPoints", "earnedPoints"):
+        assert done[key] == held[key]
+    assert done["balance"] == held["balance"]
+    assert done["printedOffers"] == ["o-print"]
+    assert count(till, "print_jobs") == 1
+    (tx,) = outbox(till)
+    assert (tx["deviceId"], tx["seq"], tx["kind"]) == ("till-1", 1, "CHECKOUT")
+    assert tx["fiscalDocument"] == "FD-0001"
+    assert tx["pointsDeltaAvailable"] == -40 + held["earnedPoints"]
+    assert till.balance("2770000000017") == held["balance"]
+
+    # idempotent: Confirm, Hold and Checkout of the same receipt return the commit
+    assert till.confirm("r1", "FD-0001") == done
+    assert till.confirm("r1") == done
+    assert till.hold(receipt(redeemPoints=40)) == done
+    assert till.checkout(receipt(redeemPoints=40)) == done
+    assert count(till, "outbox") == 1 and count(till, "print_jobs") == 1
+    with pytest.raises(Refused, match="use a refund"):
+        till.cancel("r1")
+    # a confirmed receipt refunds like any other
+    refund = {"refundId": "rf1", "receiptId": "r1", "at": "2026-11-24T12:00:00+03:00"}
+    back = till.refund({**refund, "lines": [{"sku": "4601234000017", "qty": "2"}]})
+    assert back["returnedPoints"] == 40 and back["takenBackPoints"] == held["earnedPoints"]
+
+
+def test_the_same_receipt_id_with_another_body_is_a_conflict(till: Agent) -> None:
+    held = till.hold(receipt())
+    assert till.hold(receipt()) == held  # a retry
+    same = [{"priceMinor": "8990", "qty": "2.000", "sku": "4601234000017"}]
+    assert till.hold(receipt(lines=same)) == held  # the same receipt, written otherwise
+    with pytest.raises(Conflict, match="another body"):
+        till.hold(receipt(redeemPoints=10))
+    with pytest.raises(Conflict):
+        till.checkout(receipt(card=BORIS))
+    assert count(till, "receipt_life") == 1 and count(till, "outbox") == 0
+
+    done = till.checkout(receipt("r2"))
+    assert done["state"] == "CONFIRMED"
+    assert till.checkout(receipt("r2")) == done
+    with pytest.raises(Conflict):
+        till.checkout(receipt("r2", lines=BIG))
+    with pytest.raises(Conflict):
+        till.hold(receipt("r2", lines=BIG))
+    assert count(till, "outbox") == 1
+
+
+def test_a_receipt_committed_before_receipts_had_a_life_is_still_checked(till: Agent) -> None:
+    done = till.checkout(receipt("old"))
+    till._ledger.execute("DELETE FROM receipt_life")  # as an older agent stored it
+    assert till.checkout(receipt("old")) == done
+    with pytest.raises(Conflict):
+        till.checkout(receipt("old", redeemPoints=5))
+    assert till.confirm("old") == done
+    with pytest.raises(Refused, match="use a refund"):
+        till.cancel("old")
+
+
+def test_cancel_releases_the_hold_and_is_idempotent(till: Agent) -> None:
+    held = till.hold(receipt(card=BORIS, redeemPoints=-1, lines=BIG))
+    assert held["redeemedPoints"] == 50  # the offline limit of the day
+    cancelled = till.cancel("r1")
+    assert cancelled["state"] == "CANCELLED" and "holdExpiresAt" not in cancelled
+    assert cancelled["redeemedPoints"] == 50  # what was held; none of it happened
+    assert till.cancel("r1") == cancelled
+    assert till.hold(receipt(card=BORIS, redeemPoints=-1, lines=BIG)) == cancelled
+    with pytest.raises(Refused, match="price the receipt again"):
+        till.confirm("r1")
+    with pytest.raises(Refused, match="cancelled"):
+        till.checkout(receipt(card=BORIS, redeemPoints=-1, lines=BIG))
+    # released: the next receipt gets the whole limit again
+    assert till.hold(receipt("r2", card=BORIS, redeemPoints=-1, lines=BIG))["redeemedPoints"] == 50
+    assert count(till, "outbox") == 0
+
+
+def test_unknown_receipt_and_bad_input(till: Agent) -> None:
+    with pytest.raises(NotFound):
+        till.confirm("nope")
+    with pytest.raises(NotFound):
+        till.cancel("nope")
+    till.hold(receipt())
+    with pytest.raises(InputError, match="64"):
+        till.confirm("r1", "F" * 65)
+    with pytest.raises(InputError):
+        till.confirm("")
+    assert count(till, "outbox") == 0
+
+
+def test_holds_expire_release_their_points_and_can_be_held_again(till: Agent, clock: Clock) -> None:
+    first = till.hold(receipt(card=BORIS, redeemPoints=30, lines=BIG))
+    assert first["redeemedPoints"] == 30
+    # the offline limit (50) counts the open hold; so does the balance (80)
+    assert till.hold(receipt("r2", card=BORIS, redeemPoints=-1, lines=BIG))["redeemedPoints"] == 20
+    assert till.quote(receipt("q", card=BORIS, redeemPoints=-1, lines=BIG))["redeemedPoints"] == 0
+    clock.advance(599)
+    assert till.sweep_holds() == 0
+    clock.advance(1)
+    assert till.sweep_holds() == 2  # nobody asked: swept
+    with pytest.raises(Refused, match="hold expired: price the receipt again"):
+        till.confirm("r1")
+    # released: a new receipt gets the limit, and the expired one can be held again
+    assert till.quote(receipt("q", card=BORIS, redeemPoints=-1, lines=BIG))["redeemedPoints"] == 50
+    again = till.hold(receipt(card=BORIS, redeemPoints=30, lines=BIG))
+    assert again["state"] == "HELD"
+    assert again["holdExpiresAt"] == (clock.now + timedelta(seconds=600)).isoformat()
+    assert till.confirm("r1")["redeemedPoints"] == 30
+    assert count(till, "outbox") == 1
+
+
+def test_expired_hold_is_refused_even_before_a_sweep(till: Agent, clock: Clock) -> None:
+    till.hold(receipt())
+    clock.advance(601)
+    with pytest.raises(Refused, match="hold expired"):
+        till.confirm("r1")
+    assert count(till, "receipts") == 0
+
+
+def test_tillpoint_run_sweeps_expired_holds_without_anyone_asking(
+    till: Agent, clock: Clock
+) -> None:
+    from tillpoint.sync.loopback import wait_for
+
+    till.hold(receipt(card=BORIS, redeemPoints=30, lines=BIG))
+    stop = start_hold_sweeper(till, every_s=0.02)
+    try:
+        clock.advance(600)
+        state = "SELECT state FROM receipt_life WHERE receipt_id = 'r1'"
+        wait_for(lambda: till._ledger.execute(state).fetchone() == ("EXPIRED",), timeout=5)
+    finally:
+        stop()
+
+
+def test_held_and_cancelled_results_map_to_the_proto(till: Agent) -> None:
+    for result in (till.hold(receipt()), till.cancel("r1"), till.checkout(receipt("r2"))):
+        assert checkout_result(result) == to_message(result, pb.CheckoutResult())
+
+
+def test_cli_hold_confirm_cancel(cli: CLI) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    held = cli("hold", receipt(), "--json")
+    assert held.code == 0, held.err
+    assert held.json()["state"] == "HELD"
+    conflict = cli("hold", receipt(redeemPoints=3), "--json")
+    assert conflict.code == 2 and "another body" in conflict.err and conflict.out == ""
+    done = cli("confirm", "r1", "--fiscal", "FD-7", "--json")
+    assert done.code == 0 and done.json()["state"] == "CONFIRMED"
+    assert cli("confirm", "r1", "--json").json() == done.json()
+    refused = cli("cancel", "r1", "--json")
+    assert refused.code == 2 and "use a refund" in refused.err
+    assert cli("hold", receipt("r2"), "--json").code == 0
+    cancelled = cli("cancel", "r2", "--json")
+    assert cancelled.code == 0 and cancelled.json()["state"] == "CANCELLED"
+    assert cli("cancel", "zz", "--json").code == 2
+    text = cli("hold", receipt("r3"))
+    assert text.code == 0 and "HELD until" in text.out
+
+
+@pytest.fixture
+def stub(till: Agent) -> Iterator[pb_grpc.PosAgentStub]:
+    server, port, _ = build_server(till, "127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield pb_grpc.PosAgentStub(channel)
+    finally:
+        channel.close()
+        server.stop(0).wait()
+
+
+def test_grpc_hold_confirm_cancel(stub: pb_grpc.PosAgentStub, clock: Clock) -> None:
+    request = json_format.ParseDict(receipt(redeemPoints=10), pb.Receipt())
+    held = stub.Hold(request, timeout=TIMEOUT)
+    assert held.state == pb.HELD and held.hold_expires_at
+    assert stub.Hold(request, timeout=TIMEOUT) == held
+    other = json_format.ParseDict(receipt(redeemPoints=11), pb.Receipt())
+    for call in (stub.Hold, stub.Checkout):
+        with pytest.raises(grpc.RpcError) as err:
+            call(other, timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    done = stub.Confirm(pb.ConfirmRequest(receipt_id="r1", fiscal_document="FD"), timeout=TIMEOUT)
+    assert done.state == pb.CONFIRMED and not done.HasField("hold_expires_at")
+    assert done.redeemed_points == held.redeemed_points == 10
+    assert stub.Confirm(pb.ConfirmRequest(receipt_id="r1"), timeout=TIMEOUT) == done
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Cancel(pb.CancelRequest(receipt_id="r1"), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Confirm(pb.ConfirmRequest(receipt_id="none"), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    stub.Hold(json_format.ParseDict(receipt("r2"), pb.Receipt()), timeout=TIMEOUT)
+    cancelled = stub.Cancel(pb.CancelRequest(receipt_id="r2"), timeout=TIMEOUT)
+    assert cancelled.state == pb.CANCELLED
+    stub.Hold(json_format.ParseDict(receipt("r3"), pb.Receipt()), timeout=TIMEOUT)
+    clock.advance(3600)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Confirm(pb.ConfirmRequest(receipt_id="r3"), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "hold expired" in (err.value.details() or "")
+    quote = stub.Quote(request, timeout=TIMEOUT)
+    assert quote.state == pb.RECEIPT_STATE_UNSPECIFIED  # a quote has no state
+
+
+# ---------------------------------------------------------------- with a real hub
+
+
+def hub_holds(hub: Any) -> dict[str, tuple[str, int, str]]:
+    """receipt_id → (state, points, expires_at) of the hub's holds."""
+    with hub.store._read() as conn:
+        rows = conn.execute("SELECT receipt_id, state, points, expires_at FROM holds").fetchall()
+    return {str(r): (str(s), int(p), str(e)) for r, s, p, e in rows}
+
+
+def test_hub_holds_follow_the_receipt(tmp_path: Path) -> None:
+    """Placed at Hold (for the program's TTL), released at Cancel and at expiry, settled
+    by the transaction after Confirm; the fiscal document reaches the hub."""
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, timings, wait_for
+    from tillpoint.sync.loopback import receipt as hub_receipt
+    from tillpoint.sync.pull import Puller, cache_version
+    from tillpoint.sync.push import Pusher
+
+    data = sample_master_data()
+    data["program"]["holdTtlSeconds"] = 120
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    clock = Clock(datetime.now(UTC))
+    slow_ok = timings(redeem_timeout_s=3.0)
+    till = hub.till("till-1", tmp_path / "till", start=False, clock=clock, timings=slow_ok)
+    other = hub.till("till-2", tmp_path / "till2", start=False, timings=slow_ok)
+    try:
+        for t in (till, other):
+            Puller(t.agent, t.link, t.link.enrollment, call_timeout_s=2).pull()
+            wait_for(lambda t=t: cache_version(t.data_dir) == 1)
+        card = "2770000000017"  # c-1: 1200 points at the hub
+        lines = [{"sku": "4601234000017", "qty": "1", "amountMinor": 500_000}]
+
+        def sale(rid: str, redeem: int) -> dict[str, Any]:
+            return hub_receipt(rid, card, at=clock.now, redeem=redeem, lines=lines)
+
+        held = till.agent.hold(sale("h-1", 1000))
+        assert (held["mode"], held["redeemedPoints"]) == ("ONLINE", 1000)
+        state, points, expires = hub_holds(hub)["h-1"]
+        assert (state, points) == ("ACTIVE", 1000)
+        # held for the program's TTL (and the till's margin), not the hub's own 900 s
+        left = datetime.fromisoformat(expires.replace("Z", "+00:00")) - datetime.now(UTC)
+        assert timedelta(seconds=120) < left <= timedelta(seconds=180)
+        assert other.agent.checkout(sale("o-1", 1200))["redeemedPoints"] == 200
+
+        till.agent.cancel("h-1")  # released at the hub at once
+        assert "h-1" not in hub_holds(hub)
+        assert till.agent.hold(sale("h-2", 600))["redeemedPoints"] == 600
+        assert hub_holds(hub)["h-2"][:2] == ("ACTIVE", 600)
+
+        clock.advance(121)  # nobody asks: the sweep expires it and releases it
+        assert till.agent.sweep_holds() == 1
+        assert "h-2" not in hub_holds(hub)
+
+        held = till.agent.hold(sale("h-3", 300))
+        assert held["redeemedPoints"] == 300
+        done = till.agent.confirm("h-3", "FD-0042")
+        assert done["redeemedPoints"] == 300
+        assert hub_holds(hub)["h-3"][:2] == ("ACTIVE", 300)  # until its transaction arrives
+        Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2).drain()
+        assert hub_holds(hub)["h-3"][:2] == ("SETTLED", 300)
+        with hub.store._read() as conn:
+            fiscal = conn.execute(
+                "SELECT fiscal_document FROM transactions WHERE receipt_id = 'h-3'"
+            ).fetchone()
+        assert fiscal == ("FD-0042",)
+        assert hub.store.balance("c-1", datetime.now(UTC)).held == 200  # o-1, not yet sent
+    finally:
+        till.stop()
+        other.stop()
+        hub.stop()

@@ -1,0 +1,95 @@
+"""Recovery after an outage: when the hub answers again, nobody waits out a backoff."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tillpoint.agent.config import Settings
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
+from tillpoint.sync.pull import cache_version
+from tillpoint.sync.service import SyncService, SyncTimings
+
+CARD = "2770000000017"
+LONG_OUTAGE = 7  # failures after which Backoff draws from [30 s, 60 s] with the defaults
+
+
+def shipped(data_dir: Path) -> SyncTimings:
+    """What `tillpoint run` ships (no test timings)."""
+    timings = SyncTimings.from_settings(Settings(device_id="till-1", data_dir=data_dir))
+    assert (timings.backoff_base_s, timings.backoff_cap_s) == (0.5, 60.0)
+    return timings
+
+
+def backed_off(service: SyncService) -> bool:
+    return all(
+        b.failures > LONG_OUTAGE
+        for b in (service.pull_backoff, service.push_backoff, service.subscribe_backoff)
+    )
+
+
+def outage(hub: LoopbackHub, service: SyncService) -> None:
+    """Stop the hub and let push, pull and Subscribe each fail into a long backoff, as
+    they would after a minute without the hub (their failure counts start high)."""
+    backoffs = (service.pull_backoff, service.push_backoff, service.subscribe_backoff)
+    hub.stop()
+    wait_for(lambda: not service.link.online, timeout=10)
+    service.agent.checkout(receipt("r-0", CARD))  # OFFLINE, into the outbox
+    service.trigger_pull()
+    wait_for(lambda: all(b.failures for b in backoffs), timeout=10)
+    for b in backoffs:
+        b.failures = LONG_OUTAGE
+    try:
+        wait_for(lambda: backed_off(service), timeout=20)
+    except TimeoutError:
+        raise AssertionError([b.failures for b in backoffs]) from None
+
+
+def start(tmp_path: Path) -> tuple[LoopbackHub, SyncService, object]:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", timings=shipped(tmp_path / "till"))
+    assert till.service is not None
+    wait_for(lambda: cache_version(till.data_dir) == 1 and till.link.online, timeout=20)
+    return hub, till.service, till
+
+
+def test_one_successful_call_ends_every_backoff(tmp_path: Path) -> None:
+    hub, service, till = start(tmp_path)
+    try:
+        outage(hub, service)
+        for i in range(1, 3):
+            service.agent.checkout(receipt(f"r-{i}", CARD))
+        assert service.pusher.pending() == 3 and not service.link.online
+        hub.restart()
+        hub.publish()  # version 2, for the pull and Subscribe to find
+        back = time.monotonic()
+        # one call that succeeds: a checkout that redeems asks the hub
+        wait_for(
+            lambda: (
+                service.agent.checkout(receipt(f"x-{time.monotonic()}", CARD, redeem=1))["mode"]
+                == "ONLINE"
+            ),
+            timeout=5,
+            every=0.2,
+        )
+        wait_for(lambda: service.pusher.pending() == 0, timeout=3)
+        wait_for(lambda: cache_version(service.agent.data_dir) == 2, timeout=3)
+        assert time.monotonic() - back < 8
+        assert not backed_off(service)
+    finally:
+        till.stop()  # type: ignore[attr-defined]
+        hub.stop()
+
+
+def test_the_channel_coming_back_is_enough(tmp_path: Path) -> None:
+    """No call from the POS: the channel reconnects by itself and wakes the loops."""
+    hub, service, till = start(tmp_path)
+    try:
+        outage(hub, service)
+        hub.restart()
+        back = time.monotonic()
+        wait_for(lambda: service.pusher.pending() == 0, timeout=10)
+        assert time.monotonic() - back < 10
+    finally:
+        till.stop()  # type: ignore[attr-defined]
+        hub.stop()

@@ -1,0 +1,206 @@
+"""`tillpoint reset` keeps the till's numbering; a transaction the hub sets aside is an error."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.cli import main
+from tillpoint.agent.service import Agent
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
+from tillpoint.sync.pull import Puller
+from tillpoint.sync.push import Pusher
+
+from .conftest import CLI, snapshot
+from .conftest import receipt as plain_receipt
+
+CARD = "2770000000017"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    doc = json.loads(out) if out.strip() and "--json" in argv else out
+    return code, doc, err
+
+
+def count(data_dir: Path, sql: str) -> int:
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_after_a_reset_the_next_sale_continues_the_numbering_at_the_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till"
+    till = hub.till("till-1", data, start=False)
+    enrollment = till.link.enrollment
+    try:
+        Puller(till.agent, till.link, enrollment, call_timeout_s=2).pull()
+        till.agent.checkout(receipt("r-1", CARD))
+        assert Pusher(data, "till-1", till.link, call_timeout_s=2).drain() == 1
+        till.stop()
+
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+        code, _, err = run(capsys, "reset", "--data-dir", str(data))
+        assert code == 2 and err.strip() == (
+            "tillpoint: reset forgets the cache and the ledger: add --yes to confirm"
+        )
+        code, doc, err = run(capsys, "reset", "--yes", "--data-dir", str(data), "--json")
+        assert code == 0, err
+        assert doc == {"reset": True, "discardedTransactions": 0}
+        assert count(data, "SELECT count(*) FROM journal") == 0
+
+        # the hub's snapshot still says appliedThrough 0 for till-1 (not republished)
+        agent = Agent(data, "till-1")
+        link = HubLink(hub.address, enrollment)
+        try:
+            Puller(agent, link, enrollment, call_timeout_s=2).pull()
+            agent.checkout(receipt("r-2", CARD))
+            assert count(data, "SELECT seq FROM journal") == 2
+            pusher = Pusher(data, "till-1", link, call_timeout_s=2)
+            assert pusher.drain() == 1
+            pusher.close()
+            assert [(e.seq, e.ref_id) for e in hub.store.ledger("till-1")] == [
+                (1, "r-1"),
+                (2, "r-2"),
+            ]
+            assert count(data, "SELECT count(*) FROM sync_set_aside") == 0
+        finally:
+            link.close()
+            agent.close()
+    finally:
+        hub.stop()
+
+
+def test_reset_force_discards_the_unsent_transactions_and_says_how_many(cli: CLI) -> None:
+    cli("snapshot", "load", snapshot())
+    assert cli("checkout", plain_receipt()).code == 0
+    refused = cli("reset", "--yes")
+    assert refused.code == 2 and "add --force to discard them" in refused.err
+    done = cli("reset", "--yes", "--force")
+    assert done.code == 0 and "1 unsent transaction(s) discarded" in done.out
+    assert cli("status", "--json").json()["outboxDepth"] == 0
+    cli("snapshot", "load", snapshot())
+    assert cli("checkout", plain_receipt("r2")).code == 0
+    assert cli("status", "--json").json()["lastSeq"] == 2
+
+
+def test_reset_keeps_the_numbering_above_the_journal(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.checkout(plain_receipt())
+    assert agent.reset(force=True) == 1
+    agent.load_snapshot(snapshot())
+    assert agent.checkout(plain_receipt("r2"))["receiptId"] == "r2"
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    assert conn.execute("SELECT seq FROM journal").fetchall() == [(2,)]
+    conn.close()
+    agent.close()
+
+
+def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import grpc
+    from tillpoint.agent.metrics import Registry
+    from tillpoint.agent.server import build_server, register_gauges
+    from tillpoint.sync.hub_store import TxIn
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till"
+    till = hub.till("till-1", data, start=False)
+    till.stop()
+    # the hub already holds other content under till-1's seq 1 (what a reused seq meets)
+    now = datetime.now(UTC)
+    old = TxIn(
+        "till-1", 1, "CHECKOUT", now.isoformat(), "c-2", "", '{"receiptId": "old"}', "{}", 1, 0, ""
+    )
+    hub.store.ingest("till-1", "", [old], now)
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    try:
+        assert run(capsys, "sync", "now", "--data-dir", str(data))[0] == 0
+        agent = Agent(data, "till-1")
+        agent.checkout(receipt("r-1", CARD))
+        agent.close()
+
+        code, out, err = run(capsys, "sync", "now", "--data-dir", str(data))
+        assert code == 1
+        assert "pushed 0 transaction(s), 1 SET ASIDE by the hub" in out
+        assert err.startswith("tillpoint: the hub set aside 1 transaction(s) and did not store")
+        assert "seq 1 CONFLICT" in err and len(err.strip().splitlines()) == 1
+        code, doc, _ = run(capsys, "sync", "now", "--data-dir", str(data), "--json")
+        assert doc["setAside"] == 0 and doc["setAsideTransactions"] == 1
+        assert code == 0  # nothing new was set aside: a warning only
+
+        code, doc, _ = run(capsys, "status", "--data-dir", str(data), "--json")
+        assert doc["setAside"] == 1 and doc["syncError"].startswith("1 transaction(s) set aside")
+
+        agent = Agent(data, "till-1")
+        server, port, _ = build_server(agent, "127.0.0.1:0")
+        server.start()
+        registry = Registry()
+        register_gauges(registry, agent)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                status = pb_grpc.PosAgentStub(channel).Status(pb.StatusRequest(), timeout=5)
+            assert status.set_aside == 1 and "seq 1 CONFLICT" in status.sync_error
+            assert "tillpoint_sync_set_aside 1" in registry.render()
+        finally:
+            server.stop(grace=0)
+            agent.close()
+    finally:
+        hub.stop()
+
+
+def test_reset_asks_on_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("tillpoint"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env["TILLPOINT_DEVICE_ID"] = "till-1"
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.close()
+
+    def answer(text: str) -> tuple[int, str]:
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                [exe, "--data-dir", str(tmp_path), "reset"],
+                stdin=slave,
+                stderr=slave,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            os.write(master, text.encode())
+            out, _ = proc.communicate(timeout=60)
+            return proc.returncode, out.decode()
+        finally:
+            os.close(slave)
+            os.close(master)
+
+    def version() -> int:
+        agent = Agent(tmp_path, "till-1")
+        try:
+            return int(agent.status()["cacheVersion"])
+        finally:
+            agent.close()
+
+    assert answer("n\n") == (2, "") and version() == 1
+    code, out = answer("y\n")
+    assert code == 0 and "numbering continues" in out and version() == 0
