@@ -18,14 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tillpoint.agent.config import Settings
 from tillpoint.agent.errors import HubUnavailable, InputError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/hooks.py)
+    from tillpoint.agent.config import Settings
+
     from .hub_server import HubDir
 
 EXIT_OK, EXIT_ERROR = 0, 1
-Handler = Callable[[Settings, argparse.Namespace], int]
+Handler = Callable[["Settings", argparse.Namespace], int]
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -470,16 +471,13 @@ def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> int:
-    """A ListTransactionsReply: its proto3 JSON (every field) with --json, else a line per
-    transaction and a summary."""
-    from google.protobuf import json_format
+    """A ListTransactionsReply: its proto3 JSON (`agent/proto_json`: every field, int64 as
+    numbers) with --json, else a line per transaction and a summary."""
+    from tillpoint.agent.proto_json import message_json
     from tillpoint.v1 import tillpoint_pb2 as pb
 
-    if args.json:  # the proto3 JSON of ListTransactionsReply, as the RPC answers
-        doc = json_format.MessageToDict(
-            reply, preserving_proto_field_name=False, always_print_fields_with_no_presence=True
-        )
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    if args.json:  # ListTransactionsReply in the CLI's one proto3 JSON mapping
+        sys.stdout.write(json.dumps(message_json(reply), ensure_ascii=False) + "\n")
         return EXIT_OK
     lines = [
         f"seq {t.seq}: {pb.TransactionKind.Name(t.kind)} {t.refund_id or t.receipt_id}"
@@ -704,12 +702,12 @@ def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _register_background() -> None:
-    from tillpoint.agent import server
+    from tillpoint.agent import hooks
 
-    from .service import start_sync
+    from . import start_sync  # imports the sync service when `run` starts it
 
-    if start_sync not in server.background_starters:
-        server.background_starters.append(start_sync)
+    if start_sync not in hooks.background_starters:
+        hooks.background_starters.append(start_sync)
 
 
 _register_background()

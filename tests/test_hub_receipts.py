@@ -128,9 +128,9 @@ def test_list_transactions_and_hub_receipts(
     out, err = capsys.readouterr()
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["transactions"][0]["seq"] == "1"  # proto3 JSON: int64 as a string
+    assert doc["transactions"][0]["seq"] == 1  # the CLI's proto3 JSON: int64 as a number
     assert doc["transactions"][0]["kind"] == "CHECKOUT"
-    assert doc["ackedThroughSeq"] == "3"
+    assert doc["ackedThroughSeq"] == 3
     reply = json_format.ParseDict(doc, pb.ListTransactionsReply())
     assert [t.seq for t in reply.transactions] == [1, 2, 3]
     assert reply.transactions[1].customer_id == "" and reply.transactions[1].card == CARD_NEW
@@ -168,7 +168,7 @@ def test_list_transactions_and_hub_receipts(
     )
     out, _ = capsys.readouterr()  # nothing above seq 3: every field still there
     assert code == 0
-    assert json.loads(out) == {"transactions": [], "ackedThroughSeq": "3", "more": False}
+    assert json.loads(out) == {"transactions": [], "ackedThroughSeq": 3, "more": False}
 
     code = main(["hub", "receipts", "--device", "till-9", "--hub-dir", str(hub_dir)])
     out, err = capsys.readouterr()
