@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tillpoint.agent.ledger import open_ledger as open_ledger  # the one opener, by its old name
 from tillpoint.agent.ledger import utc_text
 
 from .pki import is_enrolled

@@ -105,6 +105,7 @@ def test_sync_now_refuses_an_enrolment_for_another_device(
     """`sync now` applies `run`'s rule: the enrolment must be this till's device."""
     hub_dir, bundle, till = tmp_path / "hub", tmp_path / "b.json", tmp_path / "till"
     enroll = ["hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle)]
+    assert main(["hub", "init", "--hub-dir", str(hub_dir)]) == 0
     assert main([*enroll, "--address", "127.0.0.1:9"]) == 0
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
     assert main(["sync", "install", str(bundle), "--data-dir", str(till)]) == 0

@@ -43,6 +43,7 @@ def test_an_enrolled_till_refuses_any_plain_snapshot_with_one_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub_dir, bundle, till = tmp_path / "hub", tmp_path / "b.json", tmp_path / "till"
+    assert main(["hub", "init", "--hub-dir", str(hub_dir)]) == 0
     assert main(["hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle)]) == 0
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
     assert main(["sync", "install", str(bundle), "--data-dir", str(till)]) == 0
