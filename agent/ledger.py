@@ -712,3 +712,134 @@ def print_jobs(
     cur = conn.execute(sql + " ORDER BY id", args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+# ---------------------------------------------------------------- the receipt's life
+
+
+@dataclass(frozen=True)
+class ReceiptLife:
+    """A receiptId held or committed through hold/confirm (table ``receipt_life``).
+
+    `request`, `held_result` and `figures` are the stored JSON texts while HELD (empty once
+    CONFIRMED: the receipt's own rows keep them); times are stored UTC texts."""
+
+    receipt_id: str
+    state: str  # HELD, CONFIRMED, CANCELLED, EXPIRED
+    digest: str
+    request: str
+    held_result: str
+    figures: str
+    card: str
+    local_day: str
+    mode: str
+    redeemed_points: int
+    hub_hold: bool
+    held_at: str
+    expires_at: str
+    closed_at: str | None = None
+
+
+def receipt_life(conn: sqlite3.Connection, receipt_id: str) -> ReceiptLife | None:
+    row = conn.execute(
+        "SELECT receipt_id, state, digest, request, held_result, figures, card, local_day,"
+        " mode, redeemed_points, hub_hold, held_at, expires_at, closed_at"
+        " FROM receipt_life WHERE receipt_id = ?",
+        (receipt_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return ReceiptLife(
+        str(row[0]),
+        str(row[1]),
+        str(row[2]),
+        str(row[3]),
+        str(row[4]),
+        str(row[5]),
+        str(row[6]),
+        str(row[7]),
+        str(row[8]),
+        int(row[9]),
+        bool(row[10]),
+        str(row[11]),
+        str(row[12]),
+        None if row[13] is None else str(row[13]),
+    )
+
+
+def insert_life(conn: sqlite3.Connection, life: ReceiptLife) -> None:
+    conn.execute(
+        "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result, figures,"
+        " card, local_day, mode, redeemed_points, hub_hold, held_at, expires_at, closed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            life.receipt_id,
+            life.state,
+            life.digest,
+            life.request,
+            life.held_result,
+            life.figures,
+            life.card,
+            life.local_day,
+            life.mode,
+            life.redeemed_points,
+            int(life.hub_hold),
+            life.held_at,
+            life.expires_at,
+            life.closed_at,
+        ),
+    )
+
+
+def confirm_life(
+    conn: sqlite3.Connection, receipt_id: str, closed_at: str, fiscal_document: str | None
+) -> None:
+    """The hold became the sale: the receipt's own rows keep the request and the result."""
+    conn.execute(
+        "UPDATE receipt_life SET state = 'CONFIRMED', closed_at = ?, fiscal_document = ?,"
+        " request = '', held_result = '', figures = '{}' WHERE receipt_id = ?",
+        (closed_at, fiscal_document, receipt_id),
+    )
+
+
+def due_holds(conn: sqlite3.Connection, now: str) -> list[tuple[str, bool]]:
+    """(receiptId, whether the hub holds points for it) of the holds expired by `now`."""
+    return [
+        (str(rid), bool(hub_hold))
+        for rid, hub_hold in conn.execute(
+            "SELECT receipt_id, hub_hold FROM receipt_life"
+            " WHERE state = 'HELD' AND expires_at <= ?",
+            (now,),
+        )
+    ]
+
+
+def close_holds(
+    conn: sqlite3.Connection,
+    receipt_ids: Sequence[str],
+    state: str,
+    closed_at: str,
+    *,
+    only_held: bool = False,
+) -> None:
+    """Holds CANCELLED or EXPIRED: their coupons are given back (the contract §11, §13)."""
+    where = " AND state = 'HELD'" if only_held else ""
+    conn.executemany(
+        f"UPDATE receipt_life SET state = ?, closed_at = ? WHERE receipt_id = ?{where}",
+        [(state, closed_at, rid) for rid in receipt_ids],
+    )
+    conn.executemany("DELETE FROM coupon_uses WHERE receipt_id = ?", [(r,) for r in receipt_ids])
+
+
+def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
+    """An expired hold priced again: its row and its coupons go."""
+    conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))
+    conn.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
+
+
+def stored_receipt(conn: sqlite3.Connection, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
+    """(request text, result) of a committed receipt."""
+    row = conn.execute(
+        "SELECT request, result FROM receipts WHERE receipt_id = ?", (receipt_id,)
+    ).fetchone()
+    return None if row is None else (str(row[0]), dict(json.loads(row[1])))

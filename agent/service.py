@@ -345,18 +345,15 @@ class Agent:
                 if self._stored_receipt(receipt_id) is not None:
                     raise Refused(f"receipt {receipt_id} is confirmed: use a refund")
                 raise NotFound(f"receipt {receipt_id} is not held at this till")
-            state, hub_hold = row[0], bool(row[6])
+            state = row.state
             if state == "CONFIRMED":
                 raise Refused(f"receipt {receipt_id} is confirmed: use a refund")
-            held = json.loads(row[2])
-            release = state == "HELD" and hub_hold
+            held = json.loads(row.held_result)
+            release = state == "HELD" and row.hub_hold
             if state != "CANCELLED":
-                self._ledger.execute(
-                    "UPDATE receipt_life SET state = 'CANCELLED', closed_at = ?"
-                    " WHERE receipt_id = ?",
-                    (ledger.utc_text(self.clock()), receipt_id),
+                ledger.close_holds(
+                    self._ledger, [receipt_id], "CANCELLED", ledger.utc_text(self.clock())
                 )
-                self._ledger.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
         if release:
             self._release_at_hub(receipt_id)
         return _cancelled(held)
@@ -368,26 +365,15 @@ class Agent:
         one indexed read when nothing is due."""
         now = ledger.utc_text(self.clock())
         with self._lock:
-            due = self._ledger.execute(
-                "SELECT receipt_id, hub_hold FROM receipt_life"
-                " WHERE state = 'HELD' AND expires_at <= ?",
-                (now,),
-            ).fetchall()
+            due = ledger.due_holds(self._ledger, now)
             if not due:
                 return 0
             with self._write() as conn:
-                conn.executemany(
-                    "UPDATE receipt_life SET state = 'EXPIRED', closed_at = ?"
-                    " WHERE receipt_id = ? AND state = 'HELD'",
-                    [(now, rid) for rid, _ in due],
-                )
-                conn.executemany(
-                    "DELETE FROM coupon_uses WHERE receipt_id = ?", [(rid,) for rid, _ in due]
-                )
+                ledger.close_holds(conn, [rid for rid, _ in due], "EXPIRED", now, only_held=True)
         for rid, hub_hold in due:
             log.info("hold of receipt %s expired", rid)
             if hub_hold:
-                self._release_at_hub(str(rid))
+                self._release_at_hub(rid)
         return len(due)
 
     def _release_at_hub(self, receipt_id: str) -> None:
@@ -399,20 +385,12 @@ class Agent:
         except TillpointError as exc:  # the hub's hold then runs out on its own
             log.info("hold of %s stays at the hub until it expires: %s", receipt_id, exc)
 
-    def _life(self, receipt_id: str) -> tuple[Any, ...] | None:
-        row = self._ledger.execute(
-            "SELECT state, digest, held_result, figures, request, expires_at, hub_hold"
-            " FROM receipt_life WHERE receipt_id = ?",
-            (receipt_id,),
-        ).fetchone()
-        return None if row is None else tuple(row)
+    def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
+        return ledger.receipt_life(self._ledger, receipt_id)
 
     def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
         """(request text, result) of a committed receipt."""
-        row = self._ledger.execute(
-            "SELECT request, result FROM receipts WHERE receipt_id = ?", (receipt_id,)
-        ).fetchone()
-        return None if row is None else (str(row[0]), dict(json.loads(row[1])))
+        return ledger.stored_receipt(self._ledger, receipt_id)
 
     def _hold(
         self, receipt: Receipt, view: CacheView, *, confirm_now: bool = False
@@ -431,21 +409,20 @@ class Agent:
                     raise _conflict(rid)
                 return "CONFIRMED", stored[1]
         else:
-            state, first = str(row[0]), str(row[1])
-            if first != digest:
+            state = row.state
+            if row.digest != digest:
                 raise _conflict(rid)
             now = ledger.utc_text(self.clock())
-            if state == "HELD" and str(row[5]) > now:
-                return "HELD", dict(json.loads(row[2]))
+            if state == "HELD" and row.expires_at > now:
+                return "HELD", dict(json.loads(row.held_result))
             if state == "CONFIRMED":
                 found = self._stored_receipt(rid)
                 assert found is not None  # written in the same transaction
                 return "CONFIRMED", found[1]
             if state == "CANCELLED":
-                return "CANCELLED", _cancelled(json.loads(row[2]))
+                return "CANCELLED", _cancelled(json.loads(row.held_result))
             # expired (swept or not yet): priced and held again below
-            self._ledger.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (rid,))
-            self._ledger.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (rid,))
+            ledger.forget_life(self._ledger, rid)
         done = self._price(receipt, view, commit=True)
         # A hold reserves its applied coupons (the contract §11, §13): used here from now
         # on; a cancel or an expiry gives them back, a confirm keeps them.
@@ -463,31 +440,31 @@ class Agent:
         request_text = json.dumps(request, ensure_ascii=False)
         if confirm_now:  # Checkout: the receipt's own rows keep request and result
             result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
-            self._ledger.execute(
-                "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result,"
-                " figures, card, local_day, mode, redeemed_points, hub_hold, held_at,"
-                " expires_at, closed_at) VALUES (?, 'CONFIRMED', ?, '', '', '{}', ?, ?, ?, ?,"
-                " ?, ?, ?, ?)",
-                (
+            ledger.insert_life(
+                self._ledger,
+                ledger.ReceiptLife(
                     rid,
+                    "CONFIRMED",
                     digest,
+                    "",
+                    "",
+                    "{}",
                     figures["card"],
                     figures["localDay"],
                     done.mode,
                     done.priced.redeemed_points,
-                    int(hub_hold),
+                    hub_hold,
                     ledger.utc_text(now_at),
                     ledger.utc_text(expires),
                     ledger.utc_text(now_at),
                 ),
             )
             return "CONFIRMED", result
-        self._ledger.execute(
-            "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result, figures,"
-            " card, local_day, mode, redeemed_points, hub_hold, held_at, expires_at)"
-            " VALUES (?, 'HELD', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+        ledger.insert_life(
+            self._ledger,
+            ledger.ReceiptLife(
                 rid,
+                "HELD",
                 digest,
                 request_text,
                 json.dumps(held, ensure_ascii=False),
@@ -496,7 +473,7 @@ class Agent:
                 figures["localDay"],
                 done.mode,
                 done.priced.redeemed_points,
-                int(hub_hold),
+                hub_hold,
                 ledger.utc_text(now_at),
                 ledger.utc_text(expires),
             ),
@@ -513,7 +490,7 @@ class Agent:
             if stored is not None:
                 return stored[1]
             raise NotFound(f"receipt {receipt_id} is not held at this till")
-        state = str(row[0])
+        state = row.state
         if state == "CONFIRMED":
             found = self._stored_receipt(receipt_id)
             assert found is not None
@@ -521,18 +498,18 @@ class Agent:
         now = self.clock()
         if state == "CANCELLED":
             raise Refused(f"hold cancelled: price the receipt again ({receipt_id})")
-        if state == "EXPIRED" or str(row[5]) <= ledger.utc_text(now):
+        if state == "EXPIRED" or row.expires_at <= ledger.utc_text(now):
             raise Refused(f"hold expired: price the receipt again ({receipt_id})")
-        held, figures, request_text = json.loads(row[2]), json.loads(row[3]), str(row[4])
+        held, figures, request_text = (
+            json.loads(row.held_result),
+            json.loads(row.figures),
+            row.request,
+        )
         result = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
         )
         # The receipt's own rows keep the request and the result from now on.
-        self._ledger.execute(
-            "UPDATE receipt_life SET state = 'CONFIRMED', closed_at = ?, fiscal_document = ?,"
-            " request = '', held_result = '', figures = '{}' WHERE receipt_id = ?",
-            (ledger.utc_text(now), fiscal_document, receipt_id),
-        )
+        ledger.confirm_life(self._ledger, receipt_id, ledger.utc_text(now), fiscal_document)
         return result
 
     def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
