@@ -48,6 +48,7 @@ from .models import (
     Snapshot,
     SnapshotHeader,
     check_text,
+    coupon_code,
     parse,
 )
 from .money import decimal_text, frac
@@ -67,6 +68,7 @@ log = logging.getLogger("tillpoint.agent")
 MAX_FISCAL_DOCUMENT = 64
 MAX_RECEIPT_ID = 128
 HUB_HOLD_MARGIN_S = 60
+MAX_SCANNED_COUPONS = 100  # a receipt carries at most 100 codes
 
 
 def system_clock() -> datetime:
@@ -156,6 +158,8 @@ class Agent:
         # The configured `kind` of "printer", "display", "scanner" (absent: "none"), for
         # `status` in a process that does not drive the devices itself (the CLI).
         self.device_kinds: dict[str, str] = {}
+        # Coupon codes the till's scanner read for the receipt being rung up (`scan`).
+        self.scanned_coupons: list[str] = []
 
     def close(self) -> None:
         self._checkpoints.close()
@@ -245,6 +249,29 @@ class Agent:
         if self.devices is not None and ident.customer is not None and ident.found:
             self._tell_devices("show", identify_display(ident.customer.first_name))
         return card
+
+    def scan(self, text: str) -> dict[str, Any]:
+        """Route a scanned text (the contract §13): a coupon code this till knows (the
+        cache's coupons or one it issued) is `{"kind": "COUPON", "code", "offerId"}` and
+        waits in `scanned_coupons` for the receipt being rung up; anything else is a card:
+        `{"kind": "CARD", "card": <identify's answer>}`."""
+        check_text("text", text)
+        code = coupon_code(text)
+        if code:
+            with self._lock, self._view() as view:
+                coupon = view.coupon(code) or ledger.issued_coupon(self._ledger, code)
+            if coupon is not None:
+                if code not in self.scanned_coupons:
+                    self.scanned_coupons = [*self.scanned_coupons, code][-MAX_SCANNED_COUPONS:]
+                return {"kind": "COUPON", "code": code, "offerId": coupon.offer_id}
+        return {"kind": "CARD", "card": self.identify(text)}
+
+    def take_scanned_coupons(self) -> list[str]:
+        """The coupon codes scanned since the last call, oldest first (the POS puts them in
+        `Receipt.coupons`); the list is empty afterwards."""
+        with self._lock:
+            codes, self.scanned_coupons = self.scanned_coupons, []
+        return codes
 
     def balance(self, card: str, at: datetime | None = None) -> dict[str, Any]:
         check_text("card", card)
