@@ -260,9 +260,9 @@ class Agent:
         if code:
             with self._lock, self._view() as view:
                 coupon = view.coupon(code) or ledger.issued_coupon(self._ledger, code)
-            if coupon is not None:
-                if code not in self.scanned_coupons:
+                if coupon is not None and code not in self.scanned_coupons:
                     self.scanned_coupons = [*self.scanned_coupons, code][-MAX_SCANNED_COUPONS:]
+            if coupon is not None:
                 return {"kind": "COUPON", "code": code, "offerId": coupon.offer_id}
         return {"kind": "CARD", "card": self.identify(text)}
 
