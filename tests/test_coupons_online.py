@@ -14,6 +14,7 @@ from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, sample_master_data, wait_for
 from tillpoint.sync.pull import Puller, cache_version
+from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .test_coupons import COUPONS, SORRY, receipt, verdicts
 
@@ -129,3 +130,34 @@ def test_hub_store_coupon_holds_expire_and_are_replaced(tmp_path: Path) -> None:
         assert hold("a", "r-4", "c-1", ["APP555"], NOW + timedelta(seconds=62), 60) == []
     finally:
         store.close()
+
+
+def test_the_hub_refuses_too_many_or_empty_codes(hub: LoopbackHub, tmp_path: Path) -> None:
+    a = enrolled(hub, tmp_path, "a")
+    try:
+        for codes in (["X1"] * 101, ["APP555", " - "], ["Y" * 129]):
+            request = pb.AuthorizeRedemptionRequest(
+                device_id="a",
+                receipt_id="r-1",
+                customer_id="c-1",
+                at=datetime.now(UTC).isoformat(),
+                coupon_codes=codes,
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                a.link.stub.AuthorizeRedemption(request, timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "couponCodes" in (err.value.details() or "")
+        # a sound request with codes and no points: nothing granted, the codes held
+        request = pb.AuthorizeRedemptionRequest(
+            device_id="a",
+            receipt_id="r-1",
+            customer_id="c-1",
+            at=datetime.now(UTC).isoformat(),
+            coupon_codes=["app-555"],
+        )
+        reply = a.link.stub.AuthorizeRedemption(request, timeout=5)
+        assert (reply.authorized_points, list(reply.used_coupons)) == (0, [])
+        request.receipt_id = "r-2"
+        assert list(a.link.stub.AuthorizeRedemption(request, timeout=5).used_coupons) == ["APP555"]
+    finally:
+        a.stop()
