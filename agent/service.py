@@ -478,6 +478,7 @@ class Agent:
         if state == "EXPIRED" or str(row[5]) <= ledger.utc_text(now):
             raise Refused(f"hold expired: price the receipt again ({receipt_id})")
         held, figures, request_text = json.loads(row[2]), json.loads(row[3]), str(row[4])
+        self._balance_now(receipt_id, held, figures, view)
         result = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
         )
@@ -488,6 +489,45 @@ class Agent:
             (ledger.utc_text(now), fiscal_document, receipt_id),
         )
         return result
+
+    def _balance_now(
+        self, receipt_id: str, held: dict[str, Any], figures: dict[str, Any], view: CacheView
+    ) -> None:
+        """Confirm: the held result's balance (and the display's) as the ledger stands now.
+
+        The sale's figures stay those of the Hold, but receipts of the same customer
+        committed since (another basket held beside it) changed what is left after it."""
+        customer_id = figures.get("customerId")
+        customer = view.customer(customer_id) if customer_id else None
+        if customer is None or held.get("balance") is None:
+            return
+        program = view.program()
+        at = datetime.fromisoformat(figures["at"])
+        before = ledger.balance(self._ledger, customer, view.applied_through(), at, program)
+        expires = figures.get("expiresAt")
+        after = _balance_after(
+            before,
+            program,
+            receipt_id,
+            at,
+            int(figures["redeemed"]),
+            int(figures["earned"]),
+            datetime.fromisoformat(figures["activatesAt"]),
+            datetime.fromisoformat(expires) if expires else None,
+        )
+        if after.as_json() == held["balance"]:
+            return
+        held["balance"] = after.as_json()
+        birthday = in_birthday_window(
+            customer.birthday, at.astimezone(program.zone).date(), program.birthday_window_days
+        )
+        figures["display"] = checkout_display(
+            customer.first_name,
+            int(figures["earned"]),
+            after.available,
+            frac(program.birthday_multiplier) if birthday else None,
+            _expiring_soon(after, at, program),
+        )
 
     def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
         _require_snapshot(view)
@@ -552,26 +592,17 @@ class Agent:
 
         after = None
         if before is not None:
-            earned = priced.earned_points
             activates = activation_time(receipt.at, program)
-            pending_now = activates > receipt.at
-            moves = []
-            if priced.redeemed_points:
-                moves.append(
-                    Movement(
-                        "spend", -priced.redeemed_points, receipt.receipt_id, receipt.at, False
-                    )
-                )
-            if earned:
-                expires = expiry_time(activates, program.points_lifetime_days, program.zone)
-                moves.append(
-                    Movement(
-                        "earn", earned, receipt.receipt_id, receipt.at, False, activates, expires
-                    )
-                )
-            after = before.after(program, receipt.at, *moves) or ledger.Points(
-                before.available - priced.redeemed_points + (0 if pending_now else earned),
-                before.pending + (earned if pending_now else 0),
+            expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+            after = _balance_after(
+                before,
+                program,
+                receipt.receipt_id,
+                receipt.at,
+                priced.redeemed_points,
+                priced.earned_points,
+                activates,
+                expires,
             )
         tier = program.tier(customer.tier).code if customer else None
         result = result_json(receipt, ident, tier, priced, mode, after, printed)
@@ -1096,6 +1127,29 @@ def _expiring_soon(
     if moment - at > timedelta(days=WARN_DAYS):
         return None
     return count, moment.astimezone(program.zone).date()
+
+
+def _balance_after(
+    before: ledger.Points,
+    program: Program,
+    receipt_id: str,
+    at: datetime,
+    redeemed: int,
+    earned: int,
+    activates: datetime,
+    expires: datetime | None,
+) -> ledger.Points:
+    """The balance `before` after a receipt's spending and earning, at its `at`."""
+    moves = []
+    if redeemed:
+        moves.append(Movement("spend", -redeemed, receipt_id, at, False))
+    if earned:
+        moves.append(Movement("earn", earned, receipt_id, at, False, activates, expires))
+    pending_now = activates > at
+    return before.after(program, at, *moves) or ledger.Points(
+        before.available - redeemed + (0 if pending_now else earned),
+        before.pending + (earned if pending_now else 0),
+    )
 
 
 def _require_snapshot(view: CacheView) -> None:

@@ -1,0 +1,59 @@
+"""Bugs found in the review of the merged main (hold/confirm meeting balances, upgrades)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tillpoint.agent.service import Agent
+
+from .conftest import PROGRAM, receipt, snapshot
+
+ANNA = "2770000000017"  # 1200 points, gold
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
+
+
+@pytest.fixture
+def till(tmp_path: Path, clock: Clock) -> Iterator[Agent]:
+    a = Agent(tmp_path / "data", "till-1", clock=clock)
+    a.load_snapshot(snapshot(program={**PROGRAM, "holdTtlSeconds": 600}))
+    yield a
+    a.close()
+
+
+def test_confirm_reports_the_balance_after_receipts_committed_since_the_hold(
+    till: Agent,
+) -> None:
+    """Two receipts of one customer held side by side (two baskets, one family card):
+    the second Confirm's balance is the customer's balance after it, not the figure
+    seen at its Hold, before the first one was committed."""
+    first = till.hold(receipt("r1", redeemPoints=40))
+    second = till.hold(receipt("r2", redeemPoints=30))
+    assert first["state"] == second["state"] == "HELD"
+    till.confirm("r1")
+    done = till.confirm("r2")
+    now = till.balance(ANNA, datetime.fromisoformat("2026-11-23T10:15:00+03:00"))
+    assert done["balance"] == now
+    assert now["availablePoints"] == 1200 - 40 - 30 + first["earnedPoints"] + second["earnedPoints"]
+    assert done["display"][-1].endswith(str(now["availablePoints"]))
+    # the figures of the sale stay those of the Hold
+    for key in ("lines", "totalMinor", "discountMinor", "redeemedPoints", "earnedPoints"):
+        assert done[key] == second[key]
+    assert till.confirm("r2") == done  # idempotent: the stored result
