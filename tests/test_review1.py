@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tillpoint.agent.service import Agent
 
-from .conftest import PROGRAM, receipt, snapshot
+from .conftest import CLI, PROGRAM, receipt, snapshot
 
 ANNA = "2770000000017"  # 1200 points, gold
 
@@ -57,3 +57,24 @@ def test_confirm_reports_the_balance_after_receipts_committed_since_the_hold(
     for key in ("lines", "totalMinor", "discountMinor", "redeemedPoints", "earnedPoints"):
         assert done[key] == second[key]
     assert till.confirm("r2") == done  # idempotent: the stored result
+
+
+def test_config_file_from_the_environment_and_the_flag_wins_over_it(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §10: `--config` on the command line wins over the environment
+    (TILLPOINT_CONFIG), which names the file when no flag does."""
+    monkeypatch.delenv("TILLPOINT_DEVICE_ID", raising=False)
+    env_file, flag_file = tmp_path / "env.toml", tmp_path / "flag.toml"
+    env_file.write_text('device_id = "from-env-file"\n', encoding="utf-8")
+    flag_file.write_text('device_id = "from-flag-file"\n', encoding="utf-8")
+    monkeypatch.setenv("TILLPOINT_CONFIG", str(env_file))
+    run = cli("config", "check", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["device_id"] == "from-env-file"
+    run = cli("--config", str(flag_file), "config", "check", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["device_id"] == "from-flag-file"
+    monkeypatch.setenv("TILLPOINT_CONFIG", str(tmp_path / "missing.toml"))
+    run = cli("config", "check", "--json")
+    assert run.code == 2 and "cannot read config" in run.err and "\n" not in run.err.strip()
