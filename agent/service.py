@@ -833,10 +833,17 @@ class Agent:
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
             stored = conn.execute(
-                "SELECT result FROM refunds WHERE refund_id = ?", (refund.refund_id,)
+                "SELECT request, result FROM refunds WHERE refund_id = ?", (refund.refund_id,)
             ).fetchone()
             if stored is not None:
-                return dict(json.loads(stored[0]))
+                # A retry returns the stored result; another body under the id is a conflict.
+                sent = refund.model_dump(mode="json", by_alias=True)
+                if request_digest(json.loads(stored[0])) != request_digest(sent):
+                    raise Conflict(
+                        f"refund {refund.refund_id} is already stored with another body:"
+                        " use a new refundId"
+                    )
+                return dict(json.loads(stored[1]))
             row = conn.execute(
                 "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
                 " WHERE receipt_id = ?",

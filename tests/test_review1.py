@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.errors import Conflict
 from tillpoint.agent.service import Agent
 
 from .conftest import CLI, PROGRAM, receipt, snapshot
@@ -78,3 +79,24 @@ def test_config_file_from_the_environment_and_the_flag_wins_over_it(
     monkeypatch.setenv("TILLPOINT_CONFIG", str(tmp_path / "missing.toml"))
     run = cli("config", "check", "--json")
     assert run.code == 2 and "cannot read config" in run.err and "\n" not in run.err.strip()
+
+
+def test_a_refund_id_reused_for_another_refund_is_a_conflict(till: Agent) -> None:
+    """Refunds are idempotent on refundId (docs/CONTRACT.md §6); like a receiptId (§11), an
+    id reused with another body is refused, never answered with the first refund's result."""
+    till.checkout(receipt("r1", redeemPoints=40))
+    refund = {
+        "refundId": "rf1",
+        "receiptId": "r1",
+        "at": "2026-11-24T12:00:00+03:00",
+        "lines": [{"sku": "4601234000017", "qty": "1"}],
+    }
+    first = till.refund(refund)
+    assert till.refund(refund) == first  # a retry
+    assert till.refund({**refund, "lines": [{"sku": "4601234000017", "qty": "1.000"}]}) == first
+    with pytest.raises(Conflict, match="rf1"):
+        till.refund({**refund, "lines": [{"sku": "4601234000017", "qty": "2"}]})
+    with pytest.raises(Conflict):
+        till.refund({**refund, "receiptId": "r2"})
+    seqs = till._ledger.execute("SELECT count(*) FROM refunds").fetchone()[0]
+    assert seqs == 1
