@@ -370,7 +370,11 @@ class Agent:
         row = self._ledger.execute(
             "SELECT request, result FROM receipts WHERE receipt_id = ?", (receipt_id,)
         ).fetchone()
-        return None if row is None else (str(row[0]), dict(json.loads(row[1])))
+        if row is None:
+            return None
+        result = dict(json.loads(row[1]))
+        result.setdefault("state", "CONFIRMED")  # stored by an agent older than Hold/Confirm
+        return str(row[0]), result
 
     def _hold(
         self, receipt: Receipt, view: CacheView, *, confirm_now: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -100,3 +101,18 @@ def test_a_refund_id_reused_for_another_refund_is_a_conflict(till: Agent) -> Non
         till.refund({**refund, "receiptId": "r2"})
     seqs = till._ledger.execute("SELECT count(*) FROM refunds").fetchone()[0]
     assert seqs == 1
+
+
+def test_a_receipt_committed_by_an_older_agent_answers_as_confirmed(till: Agent) -> None:
+    """A ledger upgraded from before hold/confirm (commit 7603b97) stored results without
+    `state`; replaying such a receipt answers `"state": "CONFIRMED"` like any commit."""
+    done = till.checkout(receipt("old"))
+    legacy = {k: v for k, v in done.items() if k != "state"}
+    till._ledger.execute("DELETE FROM receipt_life")
+    till._ledger.execute(
+        "UPDATE receipts SET result = ? WHERE receipt_id = 'old'",
+        (json.dumps(legacy, ensure_ascii=False),),
+    )
+    assert till.checkout(receipt("old")) == done
+    assert till.hold(receipt("old")) == done
+    assert till.confirm("old") == done
