@@ -73,7 +73,13 @@ class _SlowFirst(grpc.ServerInterceptor):
 def test_calls_return_the_proto3_json_documents(served: str) -> None:
     with PosAgentClient(served, timeout=5) as till:
         card = till.identify("+7 916 123-45-67")
-        assert card == {"status": "FOUND", "customerId": "c-a", "tier": "gold", "firstName": "Анна"}
+        assert card == {  # every field without presence: the outcome's reason too
+            "status": "FOUND",
+            "customerId": "c-a",
+            "tier": "gold",
+            "firstName": "Анна",
+            "reason": "",
+        }
         quoted = till.quote(receipt(redeemPoints=100))
         assert quoted["printedOffers"] == [] and quoted["mode"] == "OFFLINE"
         result = till.checkout(receipt(redeemPoints=100))
