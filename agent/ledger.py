@@ -149,7 +149,7 @@ def offline_redeemed(
     conn: sqlite3.Connection, card: str, local_day: str, now: datetime | None = None
 ) -> int:
     """Points this till let the card spend offline on this store-day: committed receipts,
-    and, given `now`, the offline holds still open then (SPEC §11: a hold reserves)."""
+    and, given `now`, the offline holds still open then (the contract §11: a hold reserves)."""
     row = conn.execute(
         "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
         " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",

@@ -325,7 +325,7 @@ def serve_forever(settings: Settings) -> int:
 
 
 def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None]:
-    """Expire held receipts on time even when no POS calls (SPEC §11); returns the stop."""
+    """Expire held receipts on time even when no POS calls (the contract §11); returns the stop."""
     stop = threading.Event()
 
     def run() -> None:

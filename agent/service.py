@@ -85,7 +85,7 @@ class RedemptionAuthoriser(Protocol):
     ) -> int: ...
 
     def release(self, receipt_id: str) -> bool:
-        """Drop the hub's hold for a receipt cancelled or expired here (SPEC §11)."""
+        """Drop the hub's hold for a receipt cancelled or expired here (the contract §11)."""
         ...
 
     def reachable(self) -> bool:
@@ -253,7 +253,7 @@ class Agent:
         return result
 
     def checkout(self, data: Any) -> dict[str, Any]:
-        """Hold and Confirm in one transaction (SPEC §11): the CONFIRMED result."""
+        """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
         receipt = parse(Receipt, data, "receipt")
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
@@ -270,7 +270,7 @@ class Agent:
     # ------------------------------------------------------------ hold, confirm, cancel
 
     def hold(self, data: Any) -> dict[str, Any]:
-        """Price the receipt and reserve its redemption (SPEC §11): the HELD result.
+        """Price the receipt and reserve its redemption (the contract §11): the HELD result.
 
         The same body under the same receiptId returns what is stored (whatever the state),
         another body is a Conflict; a hold that expired is priced and held afresh."""
@@ -960,7 +960,7 @@ class Agent:
     # ------------------------------------------------------------ reset
 
     def reset(self, *, force: bool = False) -> int:
-        """Forget the cache and the ledger, but never the device's numbering (SPEC §9).
+        """Forget the cache and the ledger, but never the device's numbering (the contract §9).
 
         Refused while the outbox holds transactions the hub has not acknowledged, unless
         `force`; returns how many of them were discarded. The ledger is emptied in place,

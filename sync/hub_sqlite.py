@@ -161,7 +161,7 @@ def _when(text: str) -> datetime:
 
 @migrations()
 def m002_fiscal_document(db: Database) -> None:
-    # The fiscal document number a till confirmed a receipt with (SPEC §11), for audits.
+    # The fiscal document number a till confirmed a receipt with (the contract §11), for audits.
     db.execute("ALTER TABLE transactions ADD COLUMN fiscal_document TEXT NOT NULL DEFAULT ''")
 
 
