@@ -127,12 +127,12 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
     if data.get("balance") is not None:
         result.balance.available_points = data["balance"]["availablePoints"]
         result.balance.pending_points = data["balance"]["pendingPoints"]
+        for batch in data["balance"].get("expiring", ()):
+            result.balance.expiring.add(points=batch["points"], expires_at=batch["expiresAt"])
     if data.get("state"):
         result.state = pb.ReceiptState.Value(data["state"])
     if data.get("holdExpiresAt"):
         result.hold_expires_at = data["holdExpiresAt"]
-        for batch in data["balance"].get("expiring", ()):
-            result.balance.expiring.add(points=batch["points"], expires_at=batch["expiresAt"])
     return result
 
 

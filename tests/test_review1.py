@@ -7,13 +7,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import json_format
 from tillpoint.agent.errors import Conflict
+from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import CLI, PROGRAM, receipt, snapshot
 
 ANNA = "2770000000017"  # 1200 points, gold
+TIMEOUT = 5
 
 
 class Clock:
@@ -116,3 +122,40 @@ def test_a_receipt_committed_by_an_older_agent_answers_as_confirmed(till: Agent)
     assert till.checkout(receipt("old")) == done
     assert till.hold(receipt("old")) == done
     assert till.confirm("old") == done
+
+
+EXPIRING = [{"points": 300, "expiresAt": "2026-12-31T23:59:59+03:00"}]
+
+
+@pytest.fixture
+def stub(tmp_path: Path, clock: Clock) -> Iterator[pb_grpc.PosAgentStub]:
+    """A real PosAgent server over a till where Anna has points that expire."""
+    agent = Agent(tmp_path / "grpc", "till-1", clock=clock)
+    snap = snapshot(program={**PROGRAM, "holdTtlSeconds": 600, "pointsLifetimeDays": 365})
+    snap["customers"][0]["expiring"] = EXPIRING
+    agent.load_snapshot(snap)
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield pb_grpc.PosAgentStub(channel)
+    finally:
+        channel.close()
+        server.stop(0).wait()
+        agent.close()
+
+
+def test_grpc_results_carry_expiring_points_and_hold_an_unknown_card(
+    stub: pb_grpc.PosAgentStub,
+) -> None:
+    """A merge put the result's `balance.expiring` inside `if holdExpiresAt`: Quote and
+    Checkout lost it over gRPC, and Hold of an UNKNOWN card (no balance) was INTERNAL."""
+    request = json_format.ParseDict(receipt(redeemPoints=10), pb.Receipt())
+    quoted = stub.Quote(request, timeout=TIMEOUT)
+    assert [b.points for b in quoted.balance.expiring][:1] == [290]
+    done = stub.Checkout(request, timeout=TIMEOUT)
+    assert [b.points for b in done.balance.expiring][:1] == [290]
+    unknown = json_format.ParseDict(receipt("u1", card="2770000000079"), pb.Receipt())
+    held = stub.Hold(unknown, timeout=TIMEOUT)
+    assert held.state == pb.HELD and held.card.status == pb.UNKNOWN
+    assert not held.HasField("balance")
