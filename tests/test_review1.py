@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -159,3 +160,81 @@ def test_grpc_results_carry_expiring_points_and_hold_an_unknown_card(
     held = stub.Hold(unknown, timeout=TIMEOUT)
     assert held.state == pb.HELD and held.card.status == pb.UNKNOWN
     assert not held.HasField("balance")
+
+
+def _old_ledger(data_dir: Path) -> None:
+    """ledger.db as the agent of commit 7603b97 left it (migrations m001-m002 only): one
+    receipt of Anna's, 40 points spent and 10 earned, pending for two days, not pushed."""
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+    from tillpoint.agent import db
+    from tillpoint.agent.models import Receipt, parse
+
+    old = Migrations("tillpoint.ledger")
+    old._migrations = [m for m in db.ledger_migrations._migrations if m.name < "m003"]
+    assert [m.name for m in old._migrations] == ["m001_ledger", "m002_print_jobs_open"]
+    data_dir.mkdir(parents=True)
+    conn = sqlite3.connect(data_dir / "ledger.db", isolation_level=None)
+    old.apply(Database(conn))
+    request = parse(Receipt, receipt("old-1", redeemPoints=40), "receipt").model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    result = {"receiptId": "old-1", "redeemedPoints": 40, "earnedPoints": 10}
+    at, created = "2026-11-23T10:15:00+03:00", "2026-11-23T07:15:01.000000Z"
+    conn.executescript("BEGIN")
+    conn.execute(
+        "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        ("old-1", "till-1", 1, at, "2026-11-23", ANNA, "c-a", "OFFLINE", 40, 0,
+         json.dumps(request, ensure_ascii=False), json.dumps(result), created),
+    )  # fmt: skip
+    conn.execute("INSERT INTO receipt_lines VALUES ('old-1', 0, '4601234000017', '2', 40, 10, '0')")
+    conn.executemany(
+        "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
+        " activates_at) VALUES ('till-1', 1, 'c-a', 'old-1', ?, ?, ?)",
+        [("spend", -40, None), ("earn", 10, "2026-11-25T07:15:00.000000Z")],
+    )
+    conn.execute(
+        "INSERT INTO journal VALUES ('till-1', 1, 'CHECKOUT', 'old-1', ?, 'c-a', ?, ?)",
+        (at, ANNA, created),
+    )
+    conn.execute(
+        "INSERT INTO outbox (device_id, seq, payload, created_at) VALUES ('till-1', 1, '{}', ?)",
+        (created,),
+    )
+    conn.execute("INSERT INTO device VALUES ('last_seq:till-1', '1')")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_ledger_of_the_previous_release_upgrades_and_keeps_its_meaning(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """m003-m005 on a ledger written before hold/confirm, refund activation and expiry."""
+    data_dir = tmp_path / "old"
+    _old_ledger(data_dir)
+    till = Agent(data_dir, "till-1", clock=clock)
+    try:
+        # the program changed since: no delay now, points expire; the old sale keeps its own
+        till.load_snapshot(snapshot(program={**PROGRAM, "pointsLifetimeDays": 365}))
+        day = datetime.fromisoformat("2026-11-24T12:00:00+03:00")
+        assert till.balance(ANNA, day) == {"availablePoints": 1160, "pendingPoints": 10}
+        replay = till.checkout(receipt("old-1", redeemPoints=40))
+        assert replay["state"] == "CONFIRMED" and replay["earnedPoints"] == 10
+        assert till.hold(receipt("old-1", redeemPoints=40)) == replay
+        with pytest.raises(Conflict):
+            till.checkout(receipt("old-1", redeemPoints=41))
+        back = till.refund(
+            {
+                "refundId": "f1",
+                "receiptId": "old-1",
+                "at": day.isoformat(),
+                "lines": [{"sku": "4601234000017", "qty": "1"}],
+            }
+        )
+        # still pending at the refund (its activation fixed at the old commit): taken from it
+        assert (back["returnedPoints"], back["takenBackPoints"]) == (20, 5)
+        assert back["balance"] == {"availablePoints": 1180, "pendingPoints": 5}
+        new = till.checkout(receipt("new-1"))
+        assert till.status()["lastSeq"] == 3 and new["state"] == "CONFIRMED"
+    finally:
+        till.close()
