@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Docs: README.md and docs/ in the source tree.",
     )
     parser.add_argument("--data-dir", type=Path, help="the till's data directory")
-    parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    parser.add_argument(
+        "--config", type=Path, help="configuration file (TOML; default: $TILLPOINT_CONFIG)"
+    )
     parser.add_argument(
         "--version", action=_Version, help="the version and the contract it implements"
     )
