@@ -79,6 +79,10 @@ def receipt_dict(message: pb.Receipt) -> dict[str, Any]:
         data["lines"] = lines
     if message.redeem_points:
         data["redeemPoints"] = message.redeem_points
+    if message.explain:
+        data["explain"] = True
+    if message.coupons:
+        data["coupons"] = list(message.coupons)
     return data
 
 
@@ -133,6 +137,10 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
         result.state = pb.ReceiptState.Value(data["state"])
     if data.get("holdExpiresAt"):
         result.hold_expires_at = data["holdExpiresAt"]
+    for verdict in data.get("coupons", ()):
+        result.coupons.add(code=verdict["code"], status=verdict["status"], reason=verdict["reason"])
+    if data.get("trace") is not None:
+        json_format.ParseDict(data["trace"], result.trace)
     return result
 
 
