@@ -825,7 +825,9 @@ class Agent:
         for offer in offers:
             if not offer.get("issueCoupon"):
                 continue
-            number = ledger.take_coupon_number(self._ledger, self.device_id)
+            number = ledger.take_coupon_number(
+                self._ledger, self.device_id, applied.get(self.device_id, 0)
+            )
             coupon = Coupon(
                 code=coupons.issued_code(self.device_id, number),
                 offer_id=str(offer["id"]),

@@ -238,3 +238,49 @@ def test_a_ledger_of_the_previous_release_upgrades_and_keeps_its_meaning(
         assert till.status()["lastSeq"] == 3 and new["state"] == "CONFIRMED"
     finally:
         till.close()
+
+
+NEXT_VISIT = {
+    "id": "o-next",
+    "campaignId": "camp-n",
+    "customerId": "c-a",
+    "kind": "PERCENT_OFF",
+    "skus": ["4601234000017"],
+    "value": "20",
+    "couponRequired": True,
+    "issueCoupon": True,
+    "printable": True,
+    "printText": "−20% на молоко в следующий раз",
+    "validFrom": "2026-11-01T00:00:00+03:00",
+    "validTo": "2026-12-31T23:59:59+03:00",
+}
+
+
+def _issued(agent: Agent) -> list[str]:
+    return [str(c) for (c,) in agent._ledger.execute("SELECT code FROM issued_coupons")]
+
+
+def test_a_reimaged_till_never_issues_a_coupon_code_again(tmp_path: Path, clock: Clock) -> None:
+    """Till-issued codes use a per-device number "never reused, like seq" (docs/CONTRACT.md
+    §13): a till whose disk was replaced continues above what the hub counted of it
+    (appliedThrough), as its seq does, instead of printing its first codes again."""
+    first = Agent(tmp_path / "before", "till-1", clock=clock)
+    try:
+        first.load_snapshot(snapshot(offers=[NEXT_VISIT]))
+        assert first.checkout(receipt("r1"))["printedOffers"] == ["o-next"]
+        before = _issued(first)
+        assert before == ["TP5TILL11"]  # a new till counts from 1
+        last_seq = first.status()["lastSeq"]
+    finally:
+        first.close()
+    again = Agent(tmp_path / "after", "till-1", clock=clock)  # the same till, a new disk
+    try:
+        again.load_snapshot(
+            snapshot(version=2, offers=[NEXT_VISIT], appliedThrough={"till-1": last_seq})
+        )
+        assert again.checkout(receipt("r2"))["printedOffers"] == ["o-next"]
+        after = _issued(again)
+        assert len(after) == 1 and after[0] not in before
+        assert again.status()["lastSeq"] > last_seq
+    finally:
+        again.close()
