@@ -212,9 +212,18 @@ def issued_coupon(conn: sqlite3.Connection, code: str) -> Coupon | None:
     return None if row is None else Coupon.model_validate_json(row[0])
 
 
-def coupon_used(conn: sqlite3.Connection, code: str) -> bool:
-    """Whether a commit on this till used the coupon code (the contract §13)."""
-    return conn.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone() is not None
+def coupon_used(conn: sqlite3.Connection, code: str, now: datetime | None = None) -> bool:
+    """Whether a commit on this till used the coupon code (the contract §13), or an open
+    hold reserves it; given `now`, a hold expired by then (not yet swept) reserves nothing."""
+    if now is None:
+        sql, args = "SELECT 1 FROM coupon_uses WHERE code = ?", (code,)
+    else:
+        sql = (
+            "SELECT 1 FROM coupon_uses u LEFT JOIN receipt_life l ON l.receipt_id = u.receipt_id"
+            " WHERE u.code = ? AND NOT (coalesce(l.state, '') = 'HELD' AND l.expires_at <= ?)"
+        )
+        args = (code, utc_text(now))
+    return conn.execute(sql, args).fetchone() is not None
 
 
 def outbox_depth(conn: sqlite3.Connection) -> int:

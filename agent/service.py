@@ -567,7 +567,7 @@ class Agent:
             receipt.at,
             customer,
             lambda code: view.coupon(code) or ledger.issued_coupon(self._ledger, code),
-            lambda code: ledger.coupon_used(self._ledger, code),
+            lambda code: ledger.coupon_used(self._ledger, code, self.clock()),
         )
         offers = view.offers_for(customer.id) if customer else []
         before = (
@@ -793,8 +793,9 @@ class Agent:
         if not used or done.customer is None:
             return
         offer_of = {c.code: c.offer_id for c in done.coupon_checks if c.offer_id}
+        # OR REPLACE: the one row it can replace is that of a hold expired since the sweep.
         self._ledger.executemany(
-            "INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO coupon_uses VALUES (?,?,?,?,?,?)",
             [
                 (
                     code,

@@ -7,11 +7,12 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import json_format
-from tillpoint.agent.errors import Conflict
+from tillpoint.agent.errors import Conflict, Refused
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -284,3 +285,48 @@ def test_a_reimaged_till_never_issues_a_coupon_code_again(tmp_path: Path, clock:
         assert again.status()["lastSeq"] > last_seq
     finally:
         again.close()
+
+
+SORRY = {
+    "id": "o-sorry",
+    "campaignId": "camp-s",
+    "kind": "AMOUNT_OFF",
+    "skus": ["4601234000017"],
+    "value": "1000",
+    "couponRequired": True,
+    "validFrom": "2026-11-01T00:00:00+03:00",
+    "validTo": "2026-12-31T23:59:59+03:00",
+}
+COUPON = {"code": "SORRY7K2Q9", "offerId": "o-sorry", "customerId": "c-a"}
+
+
+def test_a_quote_sees_the_coupon_of_an_expired_hold_as_free_again(
+    till: Agent, clock: Clock
+) -> None:
+    """A hold reserves its coupon until it expires (docs/CONTRACT.md §11, §13); a quote after
+    the expiry, before any sweep (a CLI till has no sweeper), finds the code free, as it
+    finds the hold's points free."""
+    till.load_snapshot(
+        snapshot(
+            version=2,
+            program={**PROGRAM, "holdTtlSeconds": 600},
+            offers=[SORRY],
+            coupons=[COUPON],
+        )
+    )
+
+    def verdict(result: dict[str, Any]) -> tuple[str, str]:
+        (v,) = result["coupons"]
+        return v["status"], v.get("reason", "")
+
+    held = till.hold(receipt("r1", coupons=["sorry-7k2q9"]))
+    assert verdict(held) == ("APPLIED", "")
+    assert verdict(till.quote(receipt("q1", coupons=["SORRY7K2Q9"]))) == (
+        "REJECTED",
+        "ALREADY_USED",
+    )
+    clock.advance(601)
+    assert verdict(till.quote(receipt("q2", coupons=["SORRY7K2Q9"]))) == ("APPLIED", "")
+    with pytest.raises(Refused, match="hold expired"):
+        till.confirm("r1")
+    assert verdict(till.checkout(receipt("r2", coupons=["SORRY7K2Q9"]))) == ("APPLIED", "")
