@@ -395,7 +395,9 @@ class Agent:
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
             if stored is not None:
-                if request_digest(json.loads(stored[0])) != digest:
+                # Stored by an older agent, whose Receipt had fewer fields: compared
+                # without the fields left at their defaults on either side.
+                if _legacy_digest(json.loads(stored[0])) != _legacy_digest(request):
                     raise _conflict(rid)
                 return "CONFIRMED", stored[1]
         else:
@@ -1305,6 +1307,27 @@ def request_digest(request: dict[str, Any]) -> str:
         ]
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _legacy_digest(request: dict[str, Any]) -> str:
+    """`request_digest` of a receipt without the optional fields left at their defaults
+    (`explain` false, no `coupons`, ...): a request stored before a field existed and
+    the same request parsed today then compare equal."""
+    defaults = {
+        field.alias or name: field.get_default(call_default_factory=True)
+        for name, field in Receipt.model_fields.items()
+        if not field.is_required()
+    }
+    kept = {
+        key: value
+        for key, value in request.items()
+        if key not in defaults or value != _json_value(defaults[key])
+    }
+    return request_digest(kept)
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _conflict(receipt_id: str) -> Conflict:

@@ -169,7 +169,6 @@ def _old_ledger(data_dir: Path) -> None:
     from sqlite_utils import Database
     from sqlite_utils.migrations import Migrations
     from tillpoint.agent import db
-    from tillpoint.agent.models import Receipt, parse
 
     old = Migrations("tillpoint.ledger")
     old._migrations = [m for m in db.ledger_migrations._migrations if m.name < "m003"]
@@ -177,9 +176,8 @@ def _old_ledger(data_dir: Path) -> None:
     data_dir.mkdir(parents=True)
     conn = sqlite3.connect(data_dir / "ledger.db", isolation_level=None)
     old.apply(Database(conn))
-    request = parse(Receipt, receipt("old-1", redeemPoints=40), "receipt").model_dump(
-        mode="json", by_alias=True, exclude_none=True
-    )
+    # the request exactly as 7603b97 stored it: its Receipt had no explain, no coupons
+    request = receipt("old-1", redeemPoints=40)
     result = {"receiptId": "old-1", "redeemedPoints": 40, "earnedPoints": 10}
     at, created = "2026-11-23T10:15:00+03:00", "2026-11-23T07:15:01.000000Z"
     conn.executescript("BEGIN")
