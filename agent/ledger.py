@@ -215,8 +215,9 @@ def issued_coupon(conn: sqlite3.Connection, code: str) -> Coupon | None:
 def coupon_used(conn: sqlite3.Connection, code: str, now: datetime | None = None) -> bool:
     """Whether a commit on this till used the coupon code (the contract §13), or an open
     hold reserves it; given `now`, a hold expired by then (not yet swept) reserves nothing."""
+    args: tuple[str, ...] = (code,)
     if now is None:
-        sql, args = "SELECT 1 FROM coupon_uses WHERE code = ?", (code,)
+        sql = "SELECT 1 FROM coupon_uses WHERE code = ?"
     else:
         sql = (
             "SELECT 1 FROM coupon_uses u LEFT JOIN receipt_life l ON l.receipt_id = u.receipt_id"

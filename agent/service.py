@@ -953,7 +953,7 @@ class Agent:
             if stored is not None:
                 # A retry returns the stored result; another body under the id is a conflict.
                 sent = refund.model_dump(mode="json", by_alias=True)
-                if request_digest(json.loads(stored[0])) != request_digest(sent):
+                if _legacy_digest(json.loads(stored[0]), Refund) != _legacy_digest(sent, Refund):
                     raise Conflict(
                         f"refund {refund.refund_id} is already stored with another body:"
                         " use a new refundId"
@@ -1309,13 +1309,13 @@ def request_digest(request: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _legacy_digest(request: dict[str, Any]) -> str:
-    """`request_digest` of a receipt without the optional fields left at their defaults
-    (`explain` false, no `coupons`, ...): a request stored before a field existed and
-    the same request parsed today then compare equal."""
+def _legacy_digest(request: dict[str, Any], model: type[Receipt | Refund] = Receipt) -> str:
+    """`request_digest` of a request without the optional fields left at their defaults
+    (a receipt's `explain` false, no `coupons`, ...): a request stored before a field
+    existed and the same request parsed today then compare equal."""
     defaults = {
         field.alias or name: field.get_default(call_default_factory=True)
-        for name, field in Receipt.model_fields.items()
+        for name, field in model.model_fields.items()
         if not field.is_required()
     }
     kept = {
