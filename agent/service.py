@@ -374,12 +374,16 @@ class Agent:
     def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
         """(request text, result) of a committed receipt."""
         row = self._ledger.execute(
-            "SELECT request, result FROM receipts WHERE receipt_id = ?", (receipt_id,)
+            "SELECT request, result, device_id, seq FROM receipts WHERE receipt_id = ?",
+            (receipt_id,),
         ).fetchone()
         if row is None:
             return None
         result = dict(json.loads(row[1]))
-        result.setdefault("state", "CONFIRMED")  # stored by an agent older than Hold/Confirm
+        # Stored by an agent older than Hold/Confirm and deviceId/seq in results.
+        result.setdefault("state", "CONFIRMED")
+        result.setdefault("deviceId", str(row[2]))
+        result.setdefault("seq", int(row[3]))
         return str(row[0]), result
 
     def _hold(
@@ -952,7 +956,8 @@ class Agent:
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
             stored = conn.execute(
-                "SELECT request, result FROM refunds WHERE refund_id = ?", (refund.refund_id,)
+                "SELECT request, result, device_id, seq FROM refunds WHERE refund_id = ?",
+                (refund.refund_id,),
             ).fetchone()
             if stored is not None:
                 # A retry returns the stored result; another body under the id is a conflict.
@@ -962,7 +967,10 @@ class Agent:
                         f"refund {refund.refund_id} is already stored with another body:"
                         " use a new refundId"
                     )
-                return dict(json.loads(stored[1]))
+                answer = dict(json.loads(stored[1]))
+                answer.setdefault("deviceId", str(stored[2]))  # stored by an older agent
+                answer.setdefault("seq", int(stored[3]))
+                return answer
             row = conn.execute(
                 "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
                 " WHERE receipt_id = ?",

@@ -219,6 +219,7 @@ def test_a_ledger_of_the_previous_release_upgrades_and_keeps_its_meaning(
         assert till.balance(ANNA, day) == {"availablePoints": 1160, "pendingPoints": 10}
         replay = till.checkout(receipt("old-1", redeemPoints=40))
         assert replay["state"] == "CONFIRMED" and replay["earnedPoints"] == 10
+        assert (replay["deviceId"], replay["seq"]) == ("till-1", 1)  # from its receipt row
         assert till.hold(receipt("old-1", redeemPoints=40)) == replay
         with pytest.raises(Conflict):
             till.checkout(receipt("old-1", redeemPoints=41))
@@ -233,6 +234,21 @@ def test_a_ledger_of_the_previous_release_upgrades_and_keeps_its_meaning(
         # still pending at the refund (its activation fixed at the old commit): taken from it
         assert (back["returnedPoints"], back["takenBackPoints"]) == (20, 5)
         assert back["balance"] == {"availablePoints": 1180, "pendingPoints": 5}
+        till._ledger.execute(  # as the previous release stored a refund's result
+            "UPDATE refunds SET result = ? WHERE refund_id = 'f1'",
+            (json.dumps({k: v for k, v in back.items() if k not in ("deviceId", "seq")}),),
+        )
+        assert (
+            till.refund(
+                {
+                    "refundId": "f1",
+                    "receiptId": "old-1",
+                    "at": day.isoformat(),
+                    "lines": [{"sku": "4601234000017", "qty": "1"}],
+                }
+            )
+            == back
+        )
         new = till.checkout(receipt("new-1"))
         assert till.status()["lastSeq"] == 3 and new["state"] == "CONFIRMED"
     finally:
