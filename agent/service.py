@@ -1309,7 +1309,9 @@ def _require_card(ident: Identification) -> Identification:
 def request_digest(request: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
     stored with, to tell a retry (the same body) from a conflict (another body).
-    Quantities count by value: "2" and "2.000" are the same."""
+    Quantities count by value: "2" and "2.000" are the same, and `explain` asks for a
+    trace that changes no figure (the contract §17), so it is not part of the body."""
+    request = {k: v for k, v in request.items() if k != "explain"}
     lines = request.get("lines")
     if isinstance(lines, list):
         request = dict(request)
