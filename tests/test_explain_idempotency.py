@@ -37,9 +37,9 @@ def test_a_receipt_with_no_lines_is_refused_in_plain_words(tmp_path: Path) -> No
     receipt = {**_load("receipt-card.json"), "lines": []}
     path = tmp_path / "r.json"
     path.write_text(json.dumps(receipt), encoding="utf-8")
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(tmp_path / "t")]
     done = subprocess.run(
-        [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(tmp_path / "t")]
-        + ["quote", str(path)],
+        [*command, "quote", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
