@@ -103,7 +103,7 @@ def run(settings: Settings) -> int:
     agent = cli_agent(
         settings, hub=sync.authoriser if sync else None, devices=devices, metrics=registry
     )
-    greet_on_scan(agent.identify, devices)
+    greet_on_scan(agent.scan, devices)  # a scan: a coupon for the receipt, or a card
     register_gauges(registry, agent)
     server, _port, health_servicer = build_server(
         agent, settings.server.listen, settings.server.max_workers

@@ -8,6 +8,7 @@ frozen so the pricing core can take them as plain values.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -672,6 +673,8 @@ def describe(exc: ValidationError) -> str:
     message = str(first.get("msg", "is not valid"))
     message = message.removeprefix("Value error, ")
     message = _PLAIN.get(str(first.get("type")), message)
+    if first.get("type") == "too_short" and not (first.get("ctx") or {}).get("actual_length"):
+        message = "must not be empty"  # "lines": a receipt needs at least one line
     if first.get("type") == "string_too_long":
         limit = (first.get("ctx") or {}).get("max_length")
         message = f"is too long (at most {limit} characters)" if limit else message
@@ -710,3 +713,13 @@ def _location(loc: tuple[int | str, ...] | Any) -> str:
         elif isinstance(part, str) and not part.startswith("function-"):
             out += f".{part}" if out else part
     return out
+
+
+@dataclass(frozen=True)
+class HubGrant:
+    """The hub's answer to an online authorisation: the points it holds for the receipt,
+    and the coupon codes another receipt already used or holds (the contract §9, §13).
+    Shared by the till (`service.RedemptionAuthoriser`) and sync's `HubAuthoriser`."""
+
+    points: int
+    used_coupons: frozenset[str] = frozenset()

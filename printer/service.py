@@ -10,8 +10,11 @@ calls, after pricing (never waiting on a device):
   result printed offers (the job row is already in the ledger, committed with the receipt);
 - ``devices.status()``: printer, display and scanner state for ``tillpoint status``.
 
-A scan from the kiosk's serial scanner goes to ``on_scan`` (`greet_on_scan`: identify it with the
-agent and greet the customer on the display; a scanned coupon code is only logged).
+A scan from the kiosk's serial scanner goes to ``on_scan``. By default (`greet_on_scan`, with
+``agent.scan``) a coupon code the till knows waits in ``agent.scanned_coupons`` for the receipt
+being rung up (the display says it was taken), anything else is identified as a card and the
+customer is greeted. A ``TP1-`` offer code (a printed offer without a one-time code) is only
+logged.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from tillpoint.printer.codes import parse_offer_code
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
 from tillpoint.printer.errors import PrinterConfigError
-from tillpoint.printer.messages import greeting
+from tillpoint.printer.messages import fit_lines, greeting
 from tillpoint.printer.queue import PrinterStatus, PrintWorker
 from tillpoint.printer.scanner import ScannerReader, ScannerStatus
 
@@ -118,9 +121,9 @@ class Devices:
         )
 
 
-def greet_on_scan(identify: Callable[[str], Mapping[str, Any]], devices: Devices) -> None:
-    """What a scan from the kiosk's scanner does by default: identify it (`identify`,
-    the agent's) and greet the customer on the display; a coupon code is only logged."""
+def greet_on_scan(scan: Callable[[str], Mapping[str, Any]], devices: Devices) -> None:
+    """What a scan from the kiosk's scanner does by default: route it (`scan`, the
+    agent's): a known coupon is taken for the receipt, a card greets the customer."""
 
     def on_scan(text: str) -> None:
         offer = parse_offer_code(text)
@@ -128,10 +131,14 @@ def greet_on_scan(identify: Callable[[str], Mapping[str, Any]], devices: Devices
             log.info("scanned the coupon of offer %s", offer)
             return
         try:
-            card = identify(text)
+            routed = scan(text)
         except Exception as exc:
             log.warning("scanned text not identified: %s", exc)
             return
+        if routed.get("kind") == "COUPON":
+            devices.show(fit_lines(["Купон принят", str(routed.get("code", ""))]))
+            return
+        card = routed.get("card", {})
         if card.get("status") == "FOUND":
             devices.show(greeting(card.get("firstName")))
         else:
