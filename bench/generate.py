@@ -50,6 +50,12 @@ def card(n: int) -> str:
     return ean13(f"27{n:010d}")
 
 
+def personal_sku(scale: Scale, customer: int, k: int) -> str:
+    """The sku of customer `customer`'s personal offer `k`: spread over the products and
+    known to the bench without the dataset, so its baskets can hit personal offers."""
+    return sku((customer * 7919 + k * 104_729) % scale.products)
+
+
 def category_tree() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for top in range(10):
@@ -104,7 +110,7 @@ def _offers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
                 "campaignId": "camp-ctl" if k == 0 else f"camp-{k}",
                 "customerId": f"c{n}",
                 "kind": kind,
-                "skus": [sku(rng.randrange(scale.products))],
+                "skus": [personal_sku(scale, n, k)],
                 "value": values[kind],
                 "validFrom": VALID_FROM,
                 "validTo": VALID_TO,
