@@ -29,3 +29,46 @@ def test_bench_runs_every_figure_at_tiny_scale(tmp_path: Path) -> None:
         assert row["target"] and "pass" in row
     upload = next(f for f in result["figures"] if f["figure"] == "outbox upload to the hub")
     assert upload["transactions"] == 300
+
+
+def _tables(statements: list[str]) -> list[str]:
+    """The tables a list of traced statements reads, in order (FROM clauses)."""
+    import re
+
+    return [m for s in statements for m in re.findall(r"\bFROM (\w+)", s)]
+
+
+def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
+    """The quote's floor stays honest: the same tables, as often, as the agent's own reads
+    for the same receipt (known card with redemption, and an unknown card)."""
+    import random
+
+    from tillpoint.agent.service import Agent
+
+    from bench.generate import Scale, write_full
+
+    scale = Scale.named("tiny")
+    data = tmp_path / "data"
+    agent = Agent(data, "bench-till")
+    agent.load_snapshot_lines(write_full(tmp_path / "full.jsonl", scale).open("rb"))
+    rng = random.Random(3)
+    floor = bench_run.ReadFloor(data)
+    try:
+        for known in (True, False):
+            receipt = bench_run.mixed_receipt("t-1", rng, scale, 20, known=known)
+            receipt["redeemPoints"] = -1 if known else 0
+            agent.quote(receipt)  # what is kept per snapshot version is read once
+            seen: list[str] = []
+            for conn in (agent._cache, agent._ledger):
+                conn.set_trace_callback(seen.append)
+            agent.quote(receipt)
+            for conn in (agent._cache, agent._ledger):
+                conn.set_trace_callback(None)
+            bare: list[str] = []
+            for conn in (floor.cache, floor.ledger):
+                conn.set_trace_callback(bare.append)
+            floor(receipt)
+            assert sorted(_tables(bare)) == sorted(_tables(seen)), (seen, bare)
+    finally:
+        floor.close()
+        agent.close()
