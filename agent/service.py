@@ -490,7 +490,7 @@ class Agent:
             return found
 
         applied = view.applied_through()
-        offers = view.offers_for(customer.id) if customer else []
+        personal = view.personal_offers(customer.id) if customer else []
         before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
         # This till's other open holds reserve their points (SPEC §11).
         held_elsewhere = (
@@ -498,15 +498,13 @@ class Agent:
             if customer
             else 0
         )
-        mass = view.remembered(
-            "mass-index", lambda: OfferIndex(o for o in offers if o.customer_id is None)
-        )
+        mass = view.remembered("mass-index", lambda: OfferIndex(view.mass_offers()))
         ctx = PricingContext(
             program=program,
             products=products,
             categories_of=categories_of,
             customer=customer,
-            offers=OfferIndex((o for o in offers if o.customer_id is not None), also=mass),
+            offers=OfferIndex(personal, also=mass),
             available_points=before.available - held_elsewhere if before else 0,
         )
         # A standalone till caps redemption with the day's offline limit from the start, so
@@ -526,6 +524,7 @@ class Agent:
         if commit and customer is not None:
             since = receipt.at - timedelta(days=program.offer_print_cooldown_days)
             recent = ledger.printed_since(self._ledger, customer.id, since)
+            offers = view.offers_for(customer.id)
             printed = offers_to_print(customer, offers, receipt.at, program, recent.__contains__)
 
         after = None
