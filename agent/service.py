@@ -24,7 +24,15 @@ from typing import Any, Protocol
 from . import cache as cache_mod
 from . import ledger
 from .cache import CacheView, ancestors
-from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
+from .db import (
+    Checkpointer,
+    LiveCache,
+    connect,
+    open_ledger,
+    phone_secret,
+    remove_cache,
+    write_transaction,
+)
 from .errors import (
     CardRefused,
     Conflict,
@@ -125,6 +133,11 @@ class Agent:
         self._checkpoints = Checkpointer(self.data_dir / "ledger.db")
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
+        # Quotes, identification and balances read on their thread's own connections,
+        # outside `_lock` (`_read`): WAL readers never wait behind a commit's fsync.
+        self._readers = threading.local()
+        self._reader_conns: list[LiveCache | sqlite3.Connection] = []  # closed by `close`
+        self._readers_lock = threading.Lock()
         self.metrics: Any = None  # a metrics.Registry when run as a service
         self.devices: Any = None  # printer, display and scanner when run as a service
 
@@ -132,6 +145,11 @@ class Agent:
         self._checkpoints.close()
         self._live.close()
         self._ledger.close()
+        with self._readers_lock:
+            for reader in self._reader_conns:
+                with contextlib.suppress(sqlite3.Error):
+                    reader.close()
+            self._reader_conns.clear()
 
     # ------------------------------------------------------------ snapshot
 
@@ -207,7 +225,7 @@ class Agent:
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
 
     def identify(self, text: str) -> dict[str, Any]:
-        with self._lock, self._view() as view:
+        with self._read() as (view, _):
             ident = identify(text, view)
             card = card_json(
                 ident, view.program().tier(ident.customer.tier).code if ident.customer else None
@@ -218,20 +236,18 @@ class Agent:
 
     def balance(self, card: str, at: datetime | None = None) -> dict[str, int]:
         moment = at or self.clock()
-        with self._lock, self._view() as view:
+        with self._read() as (view, conn):
             ident = _require_card(identify(card, view))
             if ident.customer is None:
                 raise NotFound(f"card {card.strip()} is not known to this till")
-            return ledger.balance(
-                self._ledger, ident.customer, view.applied_through(), moment
-            ).as_json()
+            return ledger.balance(conn, ident.customer, view.applied_through(), moment).as_json()
 
     # ------------------------------------------------------------ quote, checkout
 
     def quote(self, data: Any) -> dict[str, Any]:
         receipt = parse(Receipt, data, "receipt")
-        with self._lock, self._view() as view:
-            result = self._price(receipt, view, commit=False).result
+        with self._read() as (view, conn):
+            result = self._price(receipt, view, commit=False, reads=conn).result
         self._tell_devices("after_quote", result)
         return result
 
@@ -472,7 +488,17 @@ class Agent:
         )
         return result
 
-    def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
+    def _price(
+        self,
+        receipt: Receipt,
+        view: CacheView,
+        *,
+        commit: bool,
+        reads: sqlite3.Connection | None = None,
+    ) -> _Priced:
+        """Price `receipt`; ledger reads on `reads` (a reader's own connection, `_read`) or,
+        by default, on the writer's (with `_lock` held)."""
+        conn = self._ledger if reads is None else reads
         program = view.program()
         ident = _require_card(identify(receipt.card, view))
         customer = ident.customer
@@ -491,10 +517,10 @@ class Agent:
 
         applied = view.applied_through()
         personal = view.personal_offers(customer.id) if customer else []
-        before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
+        before = ledger.balance(conn, customer, applied, receipt.at) if customer else None
         # This till's other open holds reserve their points (SPEC §11).
         held_elsewhere = (
-            ledger.held_points(self._ledger, customer.id, self.clock(), receipt.receipt_id)
+            ledger.held_points(conn, customer.id, self.clock(), receipt.receipt_id)
             if customer
             else 0
         )
@@ -513,10 +539,10 @@ class Agent:
         # hub does not answer, prices the receipt again.
         mode = "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE"
         if customer is not None and self.hub is None and receipt.redeem_points != 0:
-            ctx = _with_cap(ctx, self._offline_remaining(receipt, ident, program))
+            ctx = _with_cap(ctx, self._offline_remaining(receipt, ident, program, conn))
         priced = price(receipt, ctx)
         if self.hub is not None and customer is not None and priced.redeem_allowed_without_cap > 0:
-            cap, mode = self._redeem_cap(receipt, ident, priced, program, commit)
+            cap, mode = self._redeem_cap(receipt, ident, priced, program, commit, conn)
             if cap < priced.redeem_allowed_without_cap:
                 priced = price(receipt, _with_cap(ctx, cap))
 
@@ -569,6 +595,7 @@ class Agent:
         priced: Priced,
         program: Program,
         commit: bool,
+        conn: sqlite3.Connection | None = None,
     ) -> tuple[int, str]:
         wanted = priced.redeem_allowed_without_cap
         if self.hub is not None and ident.customer is not None:
@@ -588,12 +615,20 @@ class Agent:
                 return granted, "ONLINE"
             except HubUnavailable:
                 pass
-        return self._offline_remaining(receipt, ident, program), "OFFLINE"
+        return self._offline_remaining(receipt, ident, program, conn), "OFFLINE"
 
-    def _offline_remaining(self, receipt: Receipt, ident: Identification, program: Program) -> int:
+    def _offline_remaining(
+        self,
+        receipt: Receipt,
+        ident: Identification,
+        program: Program,
+        conn: sqlite3.Connection | None = None,
+    ) -> int:
         """What is left of the offline limit for this card on the receipt's store-day."""
         day = receipt.at.astimezone(program.zone).date().isoformat()
-        used = ledger.offline_redeemed(self._ledger, ident.card_number or "", day, self.clock())
+        used = ledger.offline_redeemed(
+            self._ledger if conn is None else conn, ident.card_number or "", day, self.clock()
+        )
         return max(0, program.offline_redeem_limit_points - used)
 
     def _commit(
@@ -938,6 +973,27 @@ class Agent:
         in since the last read (by this or another process) is picked up here."""
         self._cache = self._live.connection()
         return CacheView.reading(self._cache, self._secret, self._memo)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[tuple[CacheView, sqlite3.Connection]]:
+        """Reads without `_lock`: this thread's own cache and ledger connections, each in
+        one read transaction, so every read of the call sees one committed state. SQLite's
+        WAL lets them run beside a commit; a full snapshot switched in is picked up here."""
+        mine = self._readers
+        live: LiveCache | None = getattr(mine, "live", None)
+        if live is None:
+            live = LiveCache(self.data_dir)
+            reads = connect(self.data_dir / "ledger.db", create=False)
+            with self._readers_lock:
+                self._reader_conns += [live, reads]
+            mine.live, mine.ledger = live, reads
+        reads = mine.ledger
+        with CacheView.reading(live.connection(), self._secret, self._memo) as view:
+            reads.execute("BEGIN")
+            try:
+                yield view, reads
+            finally:
+                reads.execute("COMMIT")
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -81,3 +81,45 @@ def test_the_personal_offers_kept_are_bounded(
         assert discount(agent) == 1798  # parsed again
     finally:
         agent.close()
+
+
+def test_quotes_identify_and_balance_never_wait_behind_a_commit(agent: Agent) -> None:
+    """A checkout holds the agent's lock and an open ledger transaction across its fsync;
+    reads on other threads go on beside it and see only what is committed."""
+    import threading
+
+    before = agent.quote(receipt("q0"))
+    points = agent.balance("2770000000017")
+    done: dict[str, Any] = {}
+
+    def reads() -> None:
+        done["quote"] = agent.quote(receipt("q1"))
+        done["card"] = agent.identify("2770000000017")
+        done["balance"] = agent.balance("2770000000017")
+
+    with agent._lock, agent._write() as conn:  # a commit in progress, not yet durable
+        conn.execute(
+            "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
+            " activates_at) VALUES ('till-1', 999, 'c-a', 'x', 'earn', 5000, NULL)"
+        )
+        reader = threading.Thread(target=reads)
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "a read waited behind the commit"
+        conn.execute("DELETE FROM points WHERE receipt_id = 'x'")
+    assert done["quote"]["balance"] == before["balance"]  # the uncommitted row unseen
+    assert done["card"]["customerId"] == "c-a"
+    assert done["balance"] == points
+
+
+def test_reads_on_many_threads_match_the_serial_answers(agent: Agent) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent.load_snapshot(delta(2, offers=[offer("10")]))
+    cards = ["2770000000017", "2770000000024", "2770000000093"]
+    serial = {c: agent.quote(receipt("q", card=c)) for c in cards}
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            answers = list(pool.map(lambda c: (c, agent.quote(receipt("q", card=c))), cards * 20))
+            for card, answer in answers:
+                assert answer == serial[card]
