@@ -25,11 +25,16 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
-# Debian packages the device tests need (pseudo-terminals through socat).
+# Debian packages the device tests need (pseudo-terminals through socat), and a JDK for
+# the Java example of docs/INTEGRATION.md.
 deps-system:
 	@command -v socat >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq socat >/dev/null; \
 	  else echo "socat missing: tests that need it will be skipped"; fi; }
+	@command -v javac >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    apt-get install -y -qq default-jdk-headless >/dev/null; \
+	  else echo "javac missing: the Java example's tests will be skipped"; fi; }
 
 test: $(STAMP) deps-system
 	$(BIN)/python -m pytest -q

@@ -559,7 +559,8 @@ class CacheView:
         return sorted([*self.personal_offers(customer_id), *self.mass_offers()], key=_offer_id)
 
     def mass_offers(self) -> list[Offer]:
-        """Every mass offer, by id: parsed once per snapshot version."""
+        """Every mass offer of the snapshot (no `customerId`), by id, read from the cache once
+        per version: per-version memos are built from the cache, never from one request."""
         mass: list[Offer] = self.remembered(
             "mass",
             lambda: sorted(

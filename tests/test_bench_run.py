@@ -20,6 +20,7 @@ def test_bench_runs_every_figure_at_tiny_scale(tmp_path: Path) -> None:
         "quotes/s, 4 clients ÷ 1 client",
         "agent memory after 1000 mixed calls",
         "tillpoint quote: CLI wall time",
+        "POST /v1/quote over HTTP, 50 lines",
         "outbox upload to the hub",
         "tillpoint run: start to ready",
         "agent memory idle",
@@ -57,12 +58,16 @@ def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
         for known in (True, False):
             receipt = bench_run.mixed_receipt("t-1", rng, scale, 20, known=known)
             receipt["redeemPoints"] = -1 if known else 0
-            agent.quote(receipt)  # what is kept per snapshot version is read once
+            # what is kept per snapshot version is read once (another customer's receipt:
+            # the floor is a customer whose personal offers are not kept yet)
+            agent.quote(bench_run.mixed_receipt("t-0", rng, scale, 5, known=known))
             seen: list[str] = []
-            for conn in (agent._cache, agent._ledger):
+            # this thread's reader connections (Agent._read), and the writer's
+            conns = (agent._readers.live.connection(), agent._readers.ledger, agent._ledger)
+            for conn in conns:
                 conn.set_trace_callback(seen.append)
             agent.quote(receipt)
-            for conn in (agent._cache, agent._ledger):
+            for conn in conns:
                 conn.set_trace_callback(None)
             bare: list[str] = []
             for conn in (floor.cache, floor.ledger):
