@@ -145,10 +145,10 @@ class Agent:
         self._checkpoints = Checkpointer(self.data_dir / "ledger.db")
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
-        # Quotes, identification and balances read on their thread's own connections,
-        # outside `_lock` (`_read`): WAL readers never wait behind a commit's fsync.
-        self._readers = threading.local()
-        self._reader_conns: list[LiveCache | sqlite3.Connection] = []  # closed by `close`
+        # Quotes, identification and balances read on connections of their own, outside
+        # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
+        # reader connections are reused, the most recent first; at most READERS_KEPT stay.
+        self._idle_readers: list[tuple[LiveCache, sqlite3.Connection]] = []
         self._readers_lock = threading.Lock()
         self.metrics: Any = None  # a metrics.Registry when run as a service
         self.devices: Any = None  # printer, display and scanner when run as a service
@@ -161,10 +161,9 @@ class Agent:
         self._live.close()
         self._ledger.close()
         with self._readers_lock:
-            for reader in self._reader_conns:
-                with contextlib.suppress(sqlite3.Error):
-                    reader.close()
-            self._reader_conns.clear()
+            idle, self._idle_readers = self._idle_readers, []
+        for live, reads in idle:
+            _close_reader(live, reads)
 
     # ------------------------------------------------------------ snapshot
 
@@ -1018,24 +1017,32 @@ class Agent:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[tuple[CacheView, sqlite3.Connection]]:
-        """Reads without `_lock`: this thread's own cache and ledger connections, each in
-        one read transaction, so every read of the call sees one committed state. SQLite's
-        WAL lets them run beside a commit; a full snapshot switched in is picked up here."""
-        mine = self._readers
-        live: LiveCache | None = getattr(mine, "live", None)
-        if live is None:
-            live = LiveCache(self.data_dir)
-            reads = connect(self.data_dir / "ledger.db", create=False)
+        """Reads without `_lock`: a cache and a ledger connection of the call's own (from
+        the idle ones, or new), each in one read transaction, so every read of the call
+        sees one committed state. SQLite's WAL lets them run beside a commit; a full
+        snapshot switched in is picked up here."""
+        with self._readers_lock:
+            reader = self._idle_readers.pop() if self._idle_readers else None
+        if reader is None:
+            reader = (
+                LiveCache(self.data_dir),
+                connect(self.data_dir / "ledger.db", create=False),
+            )
+        live, reads = reader
+        try:
+            with CacheView.reading(live.connection(), self._secret, self._memo) as view:
+                reads.execute("BEGIN")
+                try:
+                    yield view, reads
+                finally:
+                    reads.execute("COMMIT")
+        finally:
             with self._readers_lock:
-                self._reader_conns += [live, reads]
-            mine.live, mine.ledger = live, reads
-        reads = mine.ledger
-        with CacheView.reading(live.connection(), self._secret, self._memo) as view:
-            reads.execute("BEGIN")
-            try:
-                yield view, reads
-            finally:
-                reads.execute("COMMIT")
+                keep = len(self._idle_readers) < READERS_KEPT and not reads.in_transaction
+                if keep:
+                    self._idle_readers.append(reader)
+            if not keep:
+                _close_reader(live, reads)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -1043,6 +1050,17 @@ class Agent:
         with write_transaction(self._ledger, "ledger") as conn:
             yield conn
         self._checkpoints.committed()
+
+
+# Idle reader connection pairs kept for the next read (`Agent._read`): about as many as
+# reads that overlap on a till; each pair costs its two page caches.
+READERS_KEPT = 2
+
+
+def _close_reader(live: LiveCache, reads: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        live.close()
+        reads.close()
 
 
 def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:

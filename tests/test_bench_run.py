@@ -62,8 +62,9 @@ def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
             # the floor is a customer whose personal offers are not kept yet)
             agent.quote(bench_run.mixed_receipt("t-0", rng, scale, 5, known=known))
             seen: list[str] = []
-            # this thread's reader connections (Agent._read), and the writer's
-            conns = (agent._readers.live.connection(), agent._readers.ledger, agent._ledger)
+            # the idle reader connections (Agent._read) the next quote takes, and the writer's
+            live, reads = agent._idle_readers[-1]
+            conns = (live.connection(), reads, agent._ledger)
             for conn in conns:
                 conn.set_trace_callback(seen.append)
             agent.quote(receipt)
