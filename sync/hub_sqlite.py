@@ -18,12 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 from tillpoint.agent.db import write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.models import Program, _timestamp
+from tillpoint.agent.models import Coupon, Program, _timestamp, describe
 from tillpoint.agent.pricing import activation_time
 
 from .hub_store import (
@@ -145,6 +146,27 @@ def m001_hub(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_coupon_uses(db: Database) -> None:
+    db.executescript(
+        """
+        -- The first use of each coupon code the tills reported (the contract §13).
+        CREATE TABLE coupon_uses (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL
+        );
+        -- A later use of a code already used (two tills offline): the sale stands.
+        CREATE TABLE coupon_conflicts (
+            code TEXT NOT NULL,
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL,
+            PRIMARY KEY (code, device_id, seq)
+        );
+        """
+    )
+
+
 def _doc(text: str | None) -> dict[str, Any] | None:
     return None if text is None else dict(json.loads(text))
 
@@ -161,7 +183,7 @@ def _when(text: str) -> datetime:
 
 @migrations()
 def m002_fiscal_document(db: Database) -> None:
-    # The fiscal document number a till confirmed a receipt with (SPEC §11), for audits.
+    # The fiscal document number a till confirmed a receipt with (the contract §11), for audits.
     db.execute("ALTER TABLE transactions ADD COLUMN fiscal_document TEXT NOT NULL DEFAULT ''")
 
 
@@ -695,6 +717,10 @@ class SqliteHubStore:
                 "UPDATE transactions SET fiscal_document = ? WHERE device_id = ? AND seq = ?",
                 (tx.fiscal_document, tx.device_id, tx.seq),
             )
+        if tx.kind == "CHECKOUT":
+            self._use_coupons(conn, tx, fields["receipt_id"])
+        elif tx.kind == "COUPON_ISSUED":
+            self._issue_coupon(conn, fields["coupon"])
         # The holds this transaction makes real: its receipt's, and the one for its seq.
         settled = [f"seq:{tx.seq}"] + ([fields["receipt_id"]] if tx.kind == "CHECKOUT" else [])
         conn.executemany(
@@ -704,11 +730,82 @@ class SqliteHubStore:
         )
         return TxResult(tx.seq, "STORED")
 
+    def _settle_issued(self, tx: TxIn, request: dict[str, Any], receipt_id: str) -> dict[str, Any]:
+        """A coupon a till issued: checked whole; it moves no points."""
+        if tx.delta_available or tx.delta_pending:
+            raise ValueError("an issued coupon moves no points")
+        try:
+            coupon = Coupon.model_validate(request.get("coupon"))
+        except ValidationError as exc:
+            raise ValueError(f"coupon: {describe(exc)}") from None
+        return {
+            "receipt_id": receipt_id,
+            "ref_id": coupon.code,
+            "available": 0,
+            "pending": 0,
+            "activates": None,
+            "coupon": coupon.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+
+    def _issue_coupon(self, conn: sqlite3.Connection, doc: dict[str, Any]) -> None:
+        """A till-issued code goes into the next snapshot for every till, unless it was
+        already used (then it has nothing to do there)."""
+        code = str(doc["code"])
+        if conn.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone() is None:
+            conn.execute(
+                "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES ('coupon', ?, ?)",
+                (code, _canon(doc)),
+            )
+
+    def _use_coupons(self, conn: sqlite3.Connection, tx: TxIn, receipt_id: str) -> None:
+        """The codes a checkout used: the first use of a code is recorded (and the code
+        leaves the next snapshot); a later use elsewhere is a conflict, and the sale stands."""
+        result = json.loads(tx.result_json)
+        verdicts = result.get("coupons") if isinstance(result, dict) else None
+        for verdict in verdicts if isinstance(verdicts, list) else ():
+            if not isinstance(verdict, dict) or verdict.get("status") != "APPLIED":
+                continue
+            code = str(verdict.get("code") or "")
+            if not code:
+                continue
+            row = (code, tx.device_id, tx.seq, receipt_id, tx.customer_id, tx.at)
+            first = conn.execute(
+                "SELECT device_id, receipt_id FROM coupon_uses WHERE code = ?", (code,)
+            ).fetchone()
+            if first is None:
+                conn.execute("INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)", row)
+                conn.execute(
+                    "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES ('coupon', ?, NULL)",
+                    (code,),
+                )
+            elif tuple(first) != (tx.device_id, receipt_id):
+                conn.execute("INSERT OR IGNORE INTO coupon_conflicts VALUES (?,?,?,?,?,?)", row)
+
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
+                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
+                " ORDER BY c.code, c.device_id, c.seq"
+            ).fetchall()
+        return [
+            {
+                "code": code,
+                "deviceId": device,
+                "receiptId": receipt,
+                "at": at,
+                "firstDeviceId": first_device,
+                "firstReceiptId": first_receipt,
+            }
+            for code, device, receipt, at, first_device, first_receipt in rows
+        ]
+
     def _settle(self, conn: sqlite3.Connection, tx: TxIn, program: Program) -> dict[str, Any]:
         """Check a transaction and work out the points it moves, as the hub counts them."""
         if tx.seq < 1:
             raise ValueError("seq must be 1 or more")
-        if tx.kind not in ("CHECKOUT", "REFUND"):
+        if tx.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
             raise ValueError(f"unknown kind {tx.kind!r}")
         try:
             at = _timestamp(tx.at)
@@ -721,6 +818,8 @@ class SqliteHubStore:
         receipt_id = str(request.get("receiptId") or "")
         if not receipt_id:
             raise ValueError("the request has no receiptId")
+        if tx.kind == "COUPON_ISSUED":
+            return self._settle_issued(tx, request, receipt_id)
         ref_id = receipt_id if tx.kind == "CHECKOUT" else str(request.get("refundId") or "")
         if not ref_id:
             raise ValueError("the refund has no refundId")

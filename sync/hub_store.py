@@ -27,13 +27,14 @@ from typing import Any, Protocol
 
 from tillpoint.agent.errors import InputError, TillpointError
 
-KINDS = ("program", "product", "category", "customer", "card", "offer")
+KINDS = ("program", "product", "category", "customer", "card", "offer", "coupon")
 SECTIONS = {  # snapshot section -> kind
     "products": "product",
     "categories": "category",
     "customers": "customer",
     "cards": "card",
     "offers": "offer",
+    "coupons": "coupon",
 }
 
 
