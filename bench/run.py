@@ -37,7 +37,7 @@ from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from bench.generate import Scale, card, personal_sku, sku, write_delta, write_full
+from bench.generate import Scale, card, coupon, personal_sku, sku, write_delta, write_full
 from bench.stub import write_replies as write_stub_replies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,13 +106,17 @@ def mixed_receipt(
     """A receipt of the bench's mix: half on known cards, two of whose lines hit the
     customer's personal offers (and which redeem points now and then), half on cards this
     till does not know; one line in ten weighed (a kilogram price, a 3-decimal quantity).
-    The mass offers (by category) apply wherever a line's category has one."""
+    The mass offers and deals (by category) apply wherever a line's category has one; a
+    known customer who holds a coupon (one in ten) scans it."""
     known = rng.random() < 0.5 if known is None else known
     hits: list[str] = []
+    codes: list[str] = []
     if known:
         n = rng.randrange(scale.customers)
         number = card(n)
         hits = [personal_sku(scale, n, 1), personal_sku(scale, n, 2)]
+        code = coupon(n)
+        codes = [code] if code else []
     else:
         number = card(scale.customers + rng.randrange(10**6))
     body: list[dict[str, Any]] = []
@@ -125,13 +129,16 @@ def mixed_receipt(
             qty, price = str(rng.randrange(1, 4)), rng.randrange(1000, 50000)
         body.append({"sku": code, "qty": qty, "priceMinor": price})
     rng.shuffle(body)
-    return {
+    out = {
         "receiptId": rid,
         "at": AT,
         "card": number,
         "lines": body,
         "redeemPoints": rng.choice([0, 0, 100, -1]) if known else 0,
     }
+    if codes:
+        out["coupons"] = codes
+    return out
 
 
 # ---------------------------------------------------------------- floors
@@ -154,6 +161,7 @@ class ReadFloor:
     def __call__(self, receipt: dict[str, Any]) -> None:
         cache, ledger = self.cache, self.ledger
         cache.execute("BEGIN")
+        ledger.execute("BEGIN")
         cache.execute("SELECT value FROM meta WHERE key = ?", ("version",)).fetchone()
         found = cache.execute(
             "SELECT number, customer_id, status FROM cards WHERE number = ?", (receipt["card"],)
@@ -169,38 +177,46 @@ class ReadFloor:
             skus,
         ).fetchall()
         cache.execute("SELECT * FROM applied_through").fetchall()
+        for code in receipt.get("coupons", ()):  # (the bench's codes are in their normal form)
+            doc = cache.execute("SELECT doc FROM coupons WHERE code = ?", (code,)).fetchone()
+            if doc is None:
+                doc = ledger.execute(
+                    "SELECT doc FROM issued_coupons WHERE code = ?", (code,)
+                ).fetchone()
+            # whether it was used is read for the holder's own valid code only
+            if doc is not None and json.loads(doc[0]).get("customerId") in (None, customer):
+                ledger.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone()
         if customer is not None:
             cache.execute("SELECT doc FROM offers WHERE customer_id = ?", (customer,)).fetchall()
-        cache.execute("COMMIT")
-        if customer is None:
-            return
-        ledger.execute(
-            "SELECT p.device_id, p.seq, p.kind, p.points, p.activates_at, p.expires_at,"
-            " p.receipt_id, r.seq IS NOT NULL AND r.seq <> p.seq, j.at FROM points p"
-            " LEFT JOIN receipts r ON r.receipt_id = p.receipt_id"
-            " LEFT JOIN journal j ON j.device_id = p.device_id AND j.seq = p.seq"
-            " WHERE p.customer_id = ? ORDER BY p.id",
-            (customer,),
-        ).fetchall()
-        ledger.execute(
-            "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-            " WHERE state = 'HELD' AND expires_at > ? AND receipt_id IS NOT ?"
-            " AND json_extract(figures, '$.customerId') = ?",
-            ("2026-11-23T07:15:00.000000Z", receipt["receiptId"], customer),
-        ).fetchone()
-        if receipt.get("redeemPoints"):
-            day = (receipt["card"], "2026-11-23")
             ledger.execute(
-                "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
-                " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",
-                day,
-            ).fetchone()
+                "SELECT p.device_id, p.seq, p.kind, p.points, p.activates_at, p.expires_at,"
+                " p.receipt_id, r.seq IS NOT NULL AND r.seq <> p.seq, j.at FROM points p"
+                " LEFT JOIN receipts r ON r.receipt_id = p.receipt_id"
+                " LEFT JOIN journal j ON j.device_id = p.device_id AND j.seq = p.seq"
+                " WHERE p.customer_id = ? ORDER BY p.id",
+                (customer,),
+            ).fetchall()
             ledger.execute(
                 "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-                " WHERE card = ? AND local_day = ? AND state = 'HELD' AND mode = 'OFFLINE'"
-                " AND expires_at > ?",
-                (*day, "2026-11-23T07:15:00.000000Z"),
+                " WHERE state = 'HELD' AND expires_at > ? AND receipt_id IS NOT ?"
+                " AND json_extract(figures, '$.customerId') = ?",
+                ("2026-11-23T07:15:00.000000Z", receipt["receiptId"], customer),
             ).fetchone()
+            if receipt.get("redeemPoints"):
+                day = (receipt["card"], "2026-11-23")
+                ledger.execute(
+                    "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
+                    " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",
+                    day,
+                ).fetchone()
+                ledger.execute(
+                    "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+                    " WHERE card = ? AND local_day = ? AND state = 'HELD' AND mode = 'OFFLINE'"
+                    " AND expires_at > ?",
+                    (*day, "2026-11-23T07:15:00.000000Z"),
+                ).fetchone()
+        ledger.execute("COMMIT")
+        cache.execute("COMMIT")
 
 
 class InsertFloor:

@@ -41,7 +41,8 @@ def _tables(statements: list[str]) -> list[str]:
 
 def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
     """The quote's floor stays honest: the same tables, as often, as the agent's own reads
-    for the same receipt (known card with redemption, and an unknown card)."""
+    for the same receipt (a known card with redemption and a coupon, an unknown card with
+    an unknown coupon)."""
     import random
 
     from tillpoint.agent.service import Agent
@@ -58,6 +59,10 @@ def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
         for known in (True, False):
             receipt = bench_run.mixed_receipt("t-1", rng, scale, 20, known=known)
             receipt["redeemPoints"] = -1 if known else 0
+            if known:  # customer c0 and the coupon c0 holds
+                receipt.update(card=bench_run.card(0), coupons=["CPN000000000"])
+            else:
+                receipt["coupons"] = ["NOSUCHCODE"]
             # what is kept per snapshot version is read once (another customer's receipt:
             # the floor is a customer whose personal offers are not kept yet)
             agent.quote(bench_run.mixed_receipt("t-0", rng, scale, 5, known=known))
