@@ -274,9 +274,10 @@ class Agent:
     def checkout(self, data: Any) -> dict[str, Any]:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
         receipt = parse(Receipt, data, "receipt")
+        request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
-            state, result = self._hold(receipt, view, confirm_now=True)
+            state, result = self._hold(receipt, view, confirm_now=True, request=request)
             if state == "CANCELLED":
                 raise Refused(
                     f"receipt {receipt.receipt_id} was cancelled: price it under a new receiptId"
@@ -294,9 +295,10 @@ class Agent:
         The same body under the same receiptId returns what is stored (whatever the state),
         another body is a Conflict; a hold that expired is priced and held afresh."""
         receipt = parse(Receipt, data, "receipt")
+        request = _Request.of(receipt)
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
-            _, result = self._hold(receipt, view)
+            _, result = self._hold(receipt, view, request=request)
         if result.get("state") == "HELD":
             self._tell_devices("after_quote", result)
         return result
@@ -396,14 +398,20 @@ class Agent:
         return None if row is None else (str(row[0]), dict(json.loads(row[1])))
 
     def _hold(
-        self, receipt: Receipt, view: CacheView, *, confirm_now: bool = False
+        self,
+        receipt: Receipt,
+        view: CacheView,
+        *,
+        confirm_now: bool = False,
+        request: _Request | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Inside the write transaction: (state, result) stored under the receiptId, or a
         new hold priced now ("HELD"; with `confirm_now`, committed at once: "CONFIRMED").
-        Conflict when the id is stored with another body."""
+        Conflict when the id is stored with another body. `request`: the receipt's JSON,
+        digest and text, made before the transaction (made here if not)."""
         rid = receipt.receipt_id
-        request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
-        digest = request_digest(request)
+        request = request or _Request.of(receipt)
+        digest = request.digest
         row = self._life(rid)
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
@@ -441,7 +449,7 @@ class Agent:
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
         hub_hold = done.mode == "ONLINE" and done.priced.redeemed_points > 0
-        request_text = json.dumps(request, ensure_ascii=False)
+        request_text = request.text
         if confirm_now:  # Checkout: the receipt's own rows keep request and result
             result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
             self._ledger.execute(
@@ -1293,6 +1301,19 @@ def _require_card(ident: Identification) -> Identification:
     if ident.status == "BLOCKED":
         raise CardRefused(f"card refused: {ident.reason}; sell without loyalty")
     return ident
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A receipt as stored: its JSON text and the digest that tells a retry from a conflict."""
+
+    digest: str
+    text: str
+
+    @classmethod
+    def of(cls, receipt: Receipt) -> _Request:
+        request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return cls(request_digest(request), json.dumps(request, ensure_ascii=False))
 
 
 def request_digest(request: dict[str, Any]) -> str:
