@@ -842,32 +842,22 @@ def _cache_version(path: Path) -> int:
     return int(row[0]) if row else 0
 
 
-def _client(port: int, payloads: list[bytes], start_at: float, seconds: float, done: Any) -> None:
-    """One POS in its own process: Quote as fast as answered for `seconds` from `start_at`
-    (wall clock), raw bytes (no client-side protobuf work); puts the count in `done`."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary("/tillpoint.v1.PosAgent/Quote")
-        for payload in payloads[:5]:
-            call(payload, timeout=10)
-        time.sleep(max(0.0, start_at - time.time()))
-        end, n = start_at + seconds, 0
-        while time.time() < end:
-            call(payloads[n % len(payloads)], timeout=10)
-            n += 1
-    done.put(n)
-
-
 def _throughput(port: int, payloads: list[bytes], clients: int, seconds: float) -> float:
-    """Quotes a second answered to `clients` client processes together."""
+    """Quotes a second answered to `clients` client processes together, all started once
+    every one of them is connected and warm."""
+    from bench.stub import client
+
     ctx = multiprocessing.get_context("spawn")
-    done = ctx.Queue()
-    start_at = time.time() + 3.0  # the children import gRPC meanwhile
+    ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [
-        ctx.Process(target=_client, args=(port, payloads[k::clients], start_at, seconds, done))
+        ctx.Process(target=client, args=(port, payloads[k::clients], seconds, ready, go, done))
         for k in range(clients)
     ]
     for proc in procs:
         proc.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    go.set()
     total = sum(done.get(timeout=seconds + 60) for _ in procs)
     for proc in procs:
         proc.join(timeout=10)

@@ -12,8 +12,10 @@ It serves until its stdin closes.
 from __future__ import annotations
 
 import sys
+import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -44,6 +46,25 @@ class Stub(pb_grpc.PosAgentServicer):
 
     def Quote(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
         return self.replies[int(request.receipt_id.rpartition("-")[2]) % len(self.replies)]
+
+
+def client(
+    port: int, payloads: list[bytes], seconds: float, ready: Any, go: Any, done: Any
+) -> None:
+    """One POS in its own process (`bench.run`'s throughput figure; here, where the imports
+    are light): warm up, say ready, wait for `go`, then Quote (raw bytes, no client-side
+    protobuf work) as fast as answered for `seconds`; puts the count in `done`."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/tillpoint.v1.PosAgent/Quote")
+        for payload in payloads[:5]:
+            call(payload, timeout=10)
+        ready.put(1)
+        go.wait(120)
+        end, n = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            call(payloads[n % len(payloads)], timeout=10)
+            n += 1
+    done.put(n)
 
 
 def main() -> int:
