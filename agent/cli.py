@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Docs: README.md and docs/ in the source tree.",
     )
     parser.add_argument("--data-dir", type=Path, help="the till's data directory")
-    parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    parser.add_argument(
+        "--config", type=Path, help="configuration file (TOML; default: $TILLPOINT_CONFIG)"
+    )
     parser.add_argument(
         "--version", action=_Version, help="the version and the contract it implements"
     )
@@ -83,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("file", help="snapshot JSON file, or - for standard input")
 
     p = sub.add_parser("identify", parents=[common], help="identify a card, phone or barcode")
+    p.add_argument("text")
+    p = sub.add_parser(
+        "scan", parents=[common], help="route a scanned text: a coupon code or a card"
+    )
     p.add_argument("text")
     for name, what in (
         ("quote", "price a receipt JSON without storing it"),
@@ -174,7 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from . import config as config_mod
 
-    settings = config_mod.load(args.config, data_dir=args.data_dir)
+    # `--config` wins over TILLPOINT_CONFIG, which names the file when no flag does.
+    config_file = args.config
+    if config_file is None and os.environ.get("TILLPOINT_CONFIG"):
+        config_file = Path(os.environ["TILLPOINT_CONFIG"])
+    settings = config_mod.load(config_file, data_dir=args.data_dir)
     from .privileges import run_as_owner
 
     run_as_owner(settings.data_dir)  # as root on an installed till: become its owner
@@ -211,6 +221,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, info, lambda d: f"snapshot version {d['version']} loaded")
         if command == "identify":
             return emit(args, agent.identify(args.text), _human_card)
+        if command == "scan":
+            return emit(args, agent.scan(args.text), _human_scan)
         if command in ("quote", "checkout", "hold"):
             call: Callable[[Any], dict[str, Any]] = getattr(agent, command)
             receipt = read_json(args.file)
@@ -384,6 +396,12 @@ def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], 
 
 
 # ---------------------------------------------------------------- human-readable output
+
+
+def _human_scan(routed: dict[str, Any]) -> str:
+    if routed["kind"] == "COUPON":
+        return f"COUPON {routed['code']} (offer {routed['offerId']})"
+    return "CARD " + _human_card(routed["card"])
 
 
 def _human_card(card: dict[str, Any]) -> str:

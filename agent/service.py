@@ -13,8 +13,8 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -56,6 +56,7 @@ from .models import (
     Snapshot,
     SnapshotHeader,
     check_text,
+    coupon_code,
     parse,
 )
 from .money import decimal_text, frac
@@ -75,10 +76,20 @@ log = logging.getLogger("tillpoint.agent")
 MAX_FISCAL_DOCUMENT = 64
 MAX_RECEIPT_ID = 128
 HUB_HOLD_MARGIN_S = 60
+MAX_SCANNED_COUPONS = 100  # a receipt carries at most 100 codes
 
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class HubGrant:
+    """The hub's answer to an online authorisation: the points it holds for the receipt,
+    and the coupon codes another receipt already used or holds (the contract §9, §13)."""
+
+    points: int
+    used_coupons: frozenset[str] = frozenset()
 
 
 class RedemptionAuthoriser(Protocol):
@@ -91,7 +102,10 @@ class RedemptionAuthoriser(Protocol):
         points: int,
         at: datetime,
         hold_ttl_s: int | None = None,
-    ) -> int: ...
+        coupon_codes: Sequence[str] = (),
+    ) -> HubGrant:
+        """Hold `points` (at most) and the receipt's applied coupon codes at the hub."""
+        ...
 
     def release(self, receipt_id: str) -> bool:
         """Drop the hub's hold for a receipt cancelled or expired here (the contract §11)."""
@@ -161,6 +175,8 @@ class Agent:
         # The configured `kind` of "printer", "display", "scanner" (absent: "none"), for
         # `status` in a process that does not drive the devices itself (the CLI).
         self.device_kinds: dict[str, str] = {}
+        # Coupon codes the till's scanner read for the receipt being rung up (`scan`).
+        self.scanned_coupons: list[str] = []
 
     def close(self) -> None:
         self._checkpoints.close()
@@ -254,6 +270,29 @@ class Agent:
         if self.devices is not None and ident.customer is not None and ident.found:
             self._tell_devices("show", identify_display(ident.customer.first_name))
         return card
+
+    def scan(self, text: str) -> dict[str, Any]:
+        """Route a scanned text (the contract §13): a coupon code this till knows (the
+        cache's coupons or one it issued) is `{"kind": "COUPON", "code", "offerId"}` and
+        waits in `scanned_coupons` for the receipt being rung up; anything else is a card:
+        `{"kind": "CARD", "card": <identify's answer>}`."""
+        check_text("text", text)
+        code = coupon_code(text)
+        if code:
+            with self._lock, self._view() as view:
+                coupon = view.coupon(code) or ledger.issued_coupon(self._ledger, code)
+                if coupon is not None and code not in self.scanned_coupons:
+                    self.scanned_coupons = [*self.scanned_coupons, code][-MAX_SCANNED_COUPONS:]
+            if coupon is not None:
+                return {"kind": "COUPON", "code": code, "offerId": coupon.offer_id}
+        return {"kind": "CARD", "card": self.identify(text)}
+
+    def take_scanned_coupons(self) -> list[str]:
+        """The coupon codes scanned since the last call, oldest first (the POS puts them in
+        `Receipt.coupons`); the list is empty afterwards."""
+        with self._lock:
+            codes, self.scanned_coupons = self.scanned_coupons, []
+        return codes
 
     def balance(self, card: str, at: datetime | None = None) -> dict[str, Any]:
         check_text("card", card)
@@ -397,9 +436,17 @@ class Agent:
     def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
         """(request text, result) of a committed receipt."""
         row = self._ledger.execute(
-            "SELECT request, result FROM receipts WHERE receipt_id = ?", (receipt_id,)
+            "SELECT request, result, device_id, seq FROM receipts WHERE receipt_id = ?",
+            (receipt_id,),
         ).fetchone()
-        return None if row is None else (str(row[0]), dict(json.loads(row[1])))
+        if row is None:
+            return None
+        result = dict(json.loads(row[1]))
+        # Stored by an agent older than Hold/Confirm and deviceId/seq in results.
+        result.setdefault("state", "CONFIRMED")
+        result.setdefault("deviceId", str(row[2]))
+        result.setdefault("seq", int(row[3]))
+        return str(row[0]), result
 
     def _hold(
         self,
@@ -420,7 +467,9 @@ class Agent:
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
             if stored is not None:
-                if request_digest(json.loads(stored[0])) != digest:
+                # Stored by an older agent, whose Receipt had fewer fields: compared
+                # without the fields left at their defaults on either side.
+                if _legacy_digest(json.loads(stored[0])) != _legacy_digest(request.data):
                     raise _conflict(rid)
                 return "CONFIRMED", stored[1]
         else:
@@ -452,7 +501,12 @@ class Agent:
         held["display"] = quote_display(done.priced.total, done.priced.discount)
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
-        hub_hold = done.mode == "ONLINE" and done.priced.redeemed_points > 0
+        # Points or coupon codes the hub holds for this receipt (released at cancel/expiry).
+        hub_hold = (
+            done.mode == "ONLINE"
+            and self.hub is not None
+            and (done.priced.redeemed_points > 0 or bool(coupons.applied_codes(done.result)))
+        )
         request_text = request.text
         if confirm_now:  # Checkout: the receipt's own rows keep request and result
             result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
@@ -517,6 +571,7 @@ class Agent:
         if state == "EXPIRED" or str(row[5]) <= ledger.utc_text(now):
             raise Refused(f"hold expired: price the receipt again ({receipt_id})")
         held, figures, request_text = json.loads(row[2]), json.loads(row[3]), str(row[4])
+        self._balance_now(receipt_id, held, figures, view)
         result = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
         )
@@ -527,6 +582,45 @@ class Agent:
             (ledger.utc_text(now), fiscal_document, receipt_id),
         )
         return result
+
+    def _balance_now(
+        self, receipt_id: str, held: dict[str, Any], figures: dict[str, Any], view: CacheView
+    ) -> None:
+        """Confirm: the held result's balance (and the display's) as the ledger stands now.
+
+        The sale's figures stay those of the Hold, but receipts of the same customer
+        committed since (another basket held beside it) changed what is left after it."""
+        customer_id = figures.get("customerId")
+        customer = view.customer(customer_id) if customer_id else None
+        if customer is None or held.get("balance") is None:
+            return
+        program = view.program()
+        at = datetime.fromisoformat(figures["at"])
+        before = ledger.balance(self._ledger, customer, view.applied_through(), at, program)
+        expires = figures.get("expiresAt")
+        after = _balance_after(
+            before,
+            program,
+            receipt_id,
+            at,
+            int(figures["redeemed"]),
+            int(figures["earned"]),
+            datetime.fromisoformat(figures["activatesAt"]),
+            datetime.fromisoformat(expires) if expires else None,
+        )
+        if after.as_json() == held["balance"]:
+            return
+        held["balance"] = after.as_json()
+        birthday = in_birthday_window(
+            customer.birthday, at.astimezone(program.zone).date(), program.birthday_window_days
+        )
+        figures["display"] = checkout_display(
+            customer.first_name,
+            int(figures["earned"]),
+            after.available,
+            frac(program.birthday_multiplier) if birthday else None,
+            _expiring_soon(after, at, program),
+        )
 
     def _price(
         self,
@@ -562,7 +656,7 @@ class Agent:
             receipt.at,
             customer,
             lambda code: view.coupon(code) or ledger.issued_coupon(conn, code),
-            lambda code: ledger.coupon_used(conn, code),
+            lambda code: ledger.coupon_used(conn, code, self.clock()),
         )
         personal = view.personal_offers(customer.id) if customer else []
         before = ledger.balance(conn, customer, applied, receipt.at, program) if customer else None
@@ -592,8 +686,22 @@ class Agent:
         if customer is not None and self.hub is None and receipt.redeem_points != 0:
             ctx = _with_cap(ctx, self._offline_remaining(receipt, ident, program, conn))
         priced = price(receipt, ctx)
-        if self.hub is not None and customer is not None and priced.redeem_allowed_without_cap > 0:
-            cap, mode = self._redeem_cap(receipt, ident, priced, program, commit, conn)
+        # Online, a commit's applied coupon codes are authorised with its redemption (§13).
+        codes = (
+            coupons.applied_codes({"coupons": coupons.verdicts(checks, priced.applied_offers)})
+            if commit and customer is not None and self.hub is not None
+            else []
+        )
+        if (
+            self.hub is not None
+            and customer is not None
+            and (priced.redeem_allowed_without_cap > 0 or codes)
+        ):
+            cap, mode, used = self._redeem_cap(receipt, ident, priced, program, commit, codes, conn)
+            if used:  # the hub says another receipt used or holds them: priced without
+                checks = coupons.mark_used(checks, used)
+                ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
+                priced = price(receipt, ctx)
             if cap < priced.redeem_allowed_without_cap:
                 source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
                 priced = price(receipt, _with_cap(ctx, cap, source))
@@ -607,26 +715,17 @@ class Agent:
 
         after = None
         if before is not None:
-            earned = priced.earned_points
             activates = activation_time(receipt.at, program)
-            pending_now = activates > receipt.at
-            moves = []
-            if priced.redeemed_points:
-                moves.append(
-                    Movement(
-                        "spend", -priced.redeemed_points, receipt.receipt_id, receipt.at, False
-                    )
-                )
-            if earned:
-                expires = expiry_time(activates, program.points_lifetime_days, program.zone)
-                moves.append(
-                    Movement(
-                        "earn", earned, receipt.receipt_id, receipt.at, False, activates, expires
-                    )
-                )
-            after = before.after(program, receipt.at, *moves) or ledger.Points(
-                before.available - priced.redeemed_points + (0 if pending_now else earned),
-                before.pending + (earned if pending_now else 0),
+            expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+            after = _balance_after(
+                before,
+                program,
+                receipt.receipt_id,
+                receipt.at,
+                priced.redeemed_points,
+                priced.earned_points,
+                activates,
+                expires,
             )
         tier = program.tier(customer.tier).code if customer else None
         result = result_json(receipt, ident, tier, priced, mode, after, printed)
@@ -665,8 +764,10 @@ class Agent:
         priced: Priced,
         program: Program,
         commit: bool,
+        codes: Sequence[str] = (),
         conn: sqlite3.Connection | None = None,
-    ) -> tuple[int, str]:
+    ) -> tuple[int, str, frozenset[str]]:
+        """(points the receipt may redeem, mode, coupon codes the hub says are used)."""
         wanted = priced.redeem_allowed_without_cap
         if self.hub is not None and ident.customer is not None:
             try:
@@ -674,18 +775,24 @@ class Agent:
                     # A quote places no hold: ONLINE while the hub answers, else the
                     # offline cap the checkout would get too.
                     if self.hub.reachable():
-                        return wanted, "ONLINE"
+                        return wanted, "ONLINE", frozenset()
                     raise HubUnavailable("the hub is not answering")
                 customer_id = ident.customer.id
                 # The hub keeps the hold a minute beyond the till's, which releases it.
                 ttl = program.hold_ttl_seconds + HUB_HOLD_MARGIN_S
-                granted = self.hub.authorise(
-                    customer_id, receipt.receipt_id, wanted, receipt.at, hold_ttl_s=ttl
+                grant = self.hub.authorise(
+                    customer_id,
+                    receipt.receipt_id,
+                    wanted,
+                    receipt.at,
+                    hold_ttl_s=ttl,
+                    coupon_codes=codes,
                 )
-                return granted, "ONLINE"
+                return grant.points, "ONLINE", grant.used_coupons
             except HubUnavailable:
                 pass
-        return self._offline_remaining(receipt, ident, program, conn), "OFFLINE"
+        # Offline the till's own rules stand: a code at most once here (§13).
+        return self._offline_remaining(receipt, ident, program, conn), "OFFLINE", frozenset()
 
     def _offline_remaining(
         self,
@@ -807,8 +914,9 @@ class Agent:
         if not used or done.customer is None:
             return
         offer_of = {c.code: c.offer_id for c in done.coupon_checks if c.offer_id}
+        # OR REPLACE: the one row it can replace is that of a hold expired since the sweep.
         self._ledger.executemany(
-            "INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO coupon_uses VALUES (?,?,?,?,?,?)",
             [
                 (
                     code,
@@ -839,7 +947,9 @@ class Agent:
         for offer in offers:
             if not offer.get("issueCoupon"):
                 continue
-            number = ledger.take_coupon_number(self._ledger, self.device_id)
+            number = ledger.take_coupon_number(
+                self._ledger, self.device_id, applied.get(self.device_id, 0)
+            )
             coupon = Coupon(
                 code=coupons.issued_code(self.device_id, number),
                 offer_id=str(offer["id"]),
@@ -957,10 +1067,21 @@ class Agent:
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
             stored = conn.execute(
-                "SELECT result FROM refunds WHERE refund_id = ?", (refund.refund_id,)
+                "SELECT request, result, device_id, seq FROM refunds WHERE refund_id = ?",
+                (refund.refund_id,),
             ).fetchone()
             if stored is not None:
-                return dict(json.loads(stored[0]))
+                # A retry returns the stored result; another body under the id is a conflict.
+                sent = refund.model_dump(mode="json", by_alias=True)
+                if _legacy_digest(json.loads(stored[0]), Refund) != _legacy_digest(sent, Refund):
+                    raise Conflict(
+                        f"refund {refund.refund_id} is already stored with another body:"
+                        " use a new refundId"
+                    )
+                answer = dict(json.loads(stored[1]))
+                answer.setdefault("deviceId", str(stored[2]))  # stored by an older agent
+                answer.setdefault("seq", int(stored[3]))
+                return answer
             row = conn.execute(
                 "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
                 " WHERE receipt_id = ?",
@@ -1297,6 +1418,29 @@ def _expiring_soon(
     return count, moment.astimezone(program.zone).date()
 
 
+def _balance_after(
+    before: ledger.Points,
+    program: Program,
+    receipt_id: str,
+    at: datetime,
+    redeemed: int,
+    earned: int,
+    activates: datetime,
+    expires: datetime | None,
+) -> ledger.Points:
+    """The balance `before` after a receipt's spending and earning, at its `at`."""
+    moves = []
+    if redeemed:
+        moves.append(Movement("spend", -redeemed, receipt_id, at, False))
+    if earned:
+        moves.append(Movement("earn", earned, receipt_id, at, False, activates, expires))
+    pending_now = activates > at
+    return before.after(program, at, *moves) or ledger.Points(
+        before.available - redeemed + (0 if pending_now else earned),
+        before.pending + (earned if pending_now else 0),
+    )
+
+
 def _require_snapshot(view: CacheView) -> None:
     """Quote, hold and checkout price nothing against an empty cache: it would be a guess."""
     if view.version == 0:
@@ -1316,21 +1460,25 @@ def _require_card(ident: Identification) -> Identification:
 
 @dataclass(frozen=True)
 class _Request:
-    """A receipt as stored: its JSON text and the digest that tells a retry from a conflict."""
+    """A receipt as stored: its JSON, its text, and the digest that tells a retry from a
+    conflict."""
 
+    data: dict[str, Any]
     digest: str
     text: str
 
     @classmethod
     def of(cls, receipt: Receipt) -> _Request:
         request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return cls(request_digest(request), json.dumps(request, ensure_ascii=False))
+        return cls(request, request_digest(request), json.dumps(request, ensure_ascii=False))
 
 
 def request_digest(request: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
     stored with, to tell a retry (the same body) from a conflict (another body).
-    Quantities count by value: "2" and "2.000" are the same."""
+    Quantities count by value: "2" and "2.000" are the same, and `explain` asks for a
+    trace that changes no figure (the contract §17), so it is not part of the body."""
+    request = {k: v for k, v in request.items() if k != "explain"}
     lines = request.get("lines")
     if isinstance(lines, list):
         request = dict(request)
@@ -1342,6 +1490,27 @@ def request_digest(request: dict[str, Any]) -> str:
         ]
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _legacy_digest(request: dict[str, Any], model: type[Receipt | Refund] = Receipt) -> str:
+    """`request_digest` of a request without the optional fields left at their defaults
+    (a receipt's `explain` false, no `coupons`, ...): a request stored before a field
+    existed and the same request parsed today then compare equal."""
+    defaults = {
+        field.alias or name: field.get_default(call_default_factory=True)
+        for name, field in model.model_fields.items()
+        if not field.is_required()
+    }
+    kept = {
+        key: value
+        for key, value in request.items()
+        if key not in defaults or value != _json_value(defaults[key])
+    }
+    return request_digest(kept)
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _conflict(receipt_id: str) -> Conflict:
@@ -1398,9 +1567,7 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
 
 
 def _with_cap(ctx: PricingContext, cap: int, source: str = "OFFLINE_LIMIT") -> PricingContext:
-    from dataclasses import replace
-
     return replace(ctx, redeem_cap=cap, redeem_cap_source=source)
 
 
-__all__ = ["Agent", "Conflict", "Refused", "request_digest", "system_clock"]
+__all__ = ["Agent", "Conflict", "HubGrant", "Refused", "request_digest", "system_clock"]

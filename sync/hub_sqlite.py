@@ -188,6 +188,22 @@ def m002_fiscal_document(db: Database) -> None:
     db.execute("ALTER TABLE transactions ADD COLUMN fiscal_document TEXT NOT NULL DEFAULT ''")
 
 
+@migrations()
+def m003_coupon_holds(db: Database) -> None:
+    db.executescript(
+        """
+        -- Codes authorised online for a receipt not yet settled (the contract §13): no other
+        -- receipt may use them until the hold is settled, released or expired.
+        CREATE TABLE coupon_holds (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, receipt_id TEXT NOT NULL, customer_id TEXT NOT NULL,
+            created_at TEXT NOT NULL, expires_at TEXT NOT NULL
+        );
+        CREATE INDEX coupon_holds_receipt ON coupon_holds (device_id, receipt_id);
+        """
+    )
+
+
 class SqliteHubStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -724,6 +740,11 @@ class SqliteHubStore:
             self._issue_coupon(conn, fields["coupon"])
         # The holds this transaction makes real: its receipt's, and the one for its seq.
         settled = [f"seq:{tx.seq}"] + ([fields["receipt_id"]] if tx.kind == "CHECKOUT" else [])
+        if tx.kind == "CHECKOUT":  # its codes are used now (coupon_uses), not held
+            conn.execute(
+                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+                (tx.device_id, fields["receipt_id"]),
+            )
         conn.executemany(
             "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND receipt_id = ?"
             " AND state = 'ACTIVE'",
@@ -1128,7 +1149,46 @@ class SqliteHubStore:
                 "DELETE FROM holds WHERE device_id = ? AND receipt_id = ? AND state = 'ACTIVE'",
                 (device_id, receipt_id),
             ).rowcount
+            gone += conn.execute(
+                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+                (device_id, receipt_id),
+            ).rowcount
         return bool(gone)
+
+    def hold_coupons(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        codes: list[str],
+        now: datetime,
+        hold_ttl_s: float,
+    ) -> list[str]:
+        used: list[str] = []
+        with self._write() as conn:
+            conn.execute("DELETE FROM coupon_holds WHERE expires_at <= ?", (utc_text(now),))
+            conn.execute(
+                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+                (device_id, receipt_id),
+            )
+            expires = utc_text(now + timedelta(seconds=hold_ttl_s))
+            for code in dict.fromkeys(codes):
+                first = conn.execute(
+                    "SELECT device_id, receipt_id FROM coupon_uses WHERE code = ?", (code,)
+                ).fetchone()
+                if first is not None and tuple(first) != (device_id, receipt_id):
+                    used.append(code)
+                    continue
+                held = conn.execute("SELECT 1 FROM coupon_holds WHERE code = ?", (code,)).fetchone()
+                if held is not None:  # another receipt's hold (this one's were dropped)
+                    used.append(code)
+                    continue
+                if first is None:
+                    conn.execute(
+                        "INSERT INTO coupon_holds VALUES (?,?,?,?,?,?)",
+                        (code, device_id, receipt_id, customer_id, utc_text(now), expires),
+                    )
+        return used
 
     # ------------------------------------------------------------ devices
 
