@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ from .models import (
 
 T = TypeVar("T")
 _BATCH = 5000
+# Customers whose parsed personal offers are kept (per snapshot version): a till sees the
+# same few customers again within minutes (a quote, then the checkout, a hold, a refund).
+PERSONAL_OFFERS_KEPT = 256
 # The page cache of a full snapshot's build (KiB): the primary-key indexes of millions of
 # rows take random inserts; the agent's memory ceiling during an apply is 150 MB. At store
 # scale 16 and 32 MB took the same time; 32 MB cost 16 MB more RSS.
@@ -538,13 +542,15 @@ class CacheView:
 
     def remembered(self, name: str, load: Callable[[], T]) -> T:
         """Something derived from the snapshot (the program, the category tree, the mass
-        offers and their index), made once per snapshot version and kept across views."""
+        offers and their index), made once per snapshot version and kept across views.
+        Views on several threads share the memo: each step is one atomic dict operation."""
         key = f"{name}@{self.version}"
-        if key not in self._memo:
-            for old in [k for k in self._memo if k.startswith(f"{name}@")]:
-                del self._memo[old]
-            self._memo[key] = load()
-        return cast(T, self._memo[key])
+        found = self._memo.get(key)
+        if found is None:
+            for old in [k for k in list(self._memo) if k.startswith(f"{name}@")]:
+                self._memo.pop(old, None)
+            found = self._memo.setdefault(key, load())
+        return cast(T, found)
 
     def category_parents(self) -> Mapping[str, str | None]:
         parents: Mapping[str, str | None] = self.remembered(
@@ -568,26 +574,56 @@ class CacheView:
         return None if row is None else Offer.model_validate_json(row[0])
 
     def offers_for(self, customer_id: str) -> list[Offer]:
-        """The customer's personal offers and every mass offer."""
-        personal = [
-            Offer.model_validate_json(doc)
-            for (doc,) in self.conn.execute(
-                "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
-            )
-        ]
-        return sorted([*personal, *self.mass_offers()], key=lambda o: o.id)
+        """The customer's personal offers and every mass offer, by id."""
+        return sorted([*self.personal_offers(customer_id), *self.mass_offers()], key=_offer_id)
 
     def mass_offers(self) -> list[Offer]:
-        """Every mass offer of the snapshot (no `customerId`), read from the cache once per
-        version: per-version memos are built from the cache, never from one request."""
+        """Every mass offer of the snapshot (no `customerId`), by id, read from the cache once
+        per version: per-version memos are built from the cache, never from one request."""
         mass: list[Offer] = self.remembered(
             "mass",
-            lambda: [
-                Offer.model_validate_json(doc)
-                for (doc,) in self.conn.execute("SELECT doc FROM offers WHERE customer_id IS NULL")
-            ],
+            lambda: sorted(
+                (
+                    Offer.model_validate_json(doc)
+                    for (doc,) in self.conn.execute(
+                        "SELECT doc FROM offers WHERE customer_id IS NULL"
+                    )
+                ),
+                key=_offer_id,
+            ),
         )
         return mass
+
+    def personal_offers(self, customer_id: str) -> list[Offer]:
+        """The customer's personal offers, by id. Parsed once per (snapshot version,
+        customer) and kept for the last `PERSONAL_OFFERS_KEPT` customers: the memo is keyed
+        by the version this view reads, so a new version never serves the old offers."""
+        kept: OrderedDict[str, tuple[Offer, ...]] = self.remembered("personal", OrderedDict)
+        found = kept.get(customer_id)
+        if found is None:
+            found = tuple(
+                sorted(
+                    (
+                        Offer.model_validate_json(doc)
+                        for (doc,) in self.conn.execute(
+                            "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
+                        )
+                    ),
+                    key=_offer_id,
+                )
+            )
+            kept[customer_id] = found
+            while len(kept) > PERSONAL_OFFERS_KEPT:
+                with contextlib.suppress(KeyError):  # another thread took it first
+                    kept.popitem(last=False)
+        else:
+            with contextlib.suppress(KeyError):
+                kept.move_to_end(customer_id)
+        return list(found)
+
+
+def _offer_id(offer: Offer) -> str:
+    return offer.id
 
 
 def ancestors(category: str, parents: Mapping[str, str | None]) -> frozenset[str]:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from . import cache as cache_mod
 from . import coupons, ledger
 from .cache import CacheView, ancestors
-from .db import Checkpointer, LiveCache, phone_secret, remove_cache, write_transaction
+from .db import Checkpointer, LiveCache, connect, phone_secret, remove_cache, write_transaction
 from .errors import (
     CardRefused,
     Conflict,
@@ -186,6 +186,15 @@ class Agent:
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
+        # Quotes, identification and balances read on connections of their own, outside
+        # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
+        # reader connections are reused, the most recent first; at most READERS_KEPT stay.
+        self._idle_readers: list[tuple[LiveCache, sqlite3.Connection]] = []
+        self._readers_lock = threading.Lock()
+        # One read at a time, though: reads are CPU work under the GIL, and several at once
+        # only made the server's I/O thread wait for the GIL (a convoy: 4 clients got half
+        # the quotes 1 client got). A read never waits for a write, only for another read.
+        self._one_read = threading.Lock()
         # Coupon codes the till's scanner read for the receipt being rung up (`scan`).
         self.scanned_coupons: list[str] = []
 
@@ -193,6 +202,10 @@ class Agent:
         self._checkpoints.close()
         self._live.close()
         self._ledger.close()
+        with self._readers_lock:
+            idle, self._idle_readers = self._idle_readers, []
+        for live, reads in idle:
+            _close_reader(live, reads)
 
     # ------------------------------------------------------------ snapshot
 
@@ -269,7 +282,7 @@ class Agent:
 
     def identify(self, text: str) -> dict[str, Any]:
         check_text("text", text)
-        with self._lock, self._view() as view:
+        with self._read() as (view, _):
             ident = identify(text, view)
             card = card_json(
                 ident, view.program().tier(ident.customer.tier).code if ident.customer else None
@@ -304,29 +317,30 @@ class Agent:
     def balance(self, card: str, at: datetime | None = None) -> dict[str, Any]:
         check_text("card", card)
         moment = at or self.clock()
-        with self._lock, self._view() as view:
+        with self._read() as (view, conn):
             ident = _require_card(identify(card, view))
             if ident.customer is None:
                 raise NotFound(f"card {card.strip()} is not known to this till")
             return ledger.balance(
-                self._ledger, ident.customer, view.applied_through(), moment, view.program()
+                conn, ident.customer, view.applied_through(), moment, view.program()
             ).as_json()
 
     # ------------------------------------------------------------ quote, checkout
 
     def quote(self, data: Any) -> dict[str, Any]:
         receipt = parse(Receipt, data, "receipt")
-        with self._lock, self._view() as view:
-            result = self._price(receipt, view, commit=False).result
+        with self._read() as (view, conn):
+            result = self._price(receipt, view, commit=False, reads=conn).result
         self._tell_devices("after_quote", result)
         return result
 
     def checkout(self, data: Any) -> dict[str, Any]:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
         receipt = parse(Receipt, data, "receipt")
+        request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
-            state, result = self._hold(receipt, view, confirm_now=True)
+            state, result = self._hold(receipt, view, confirm_now=True, request=request)
             if state == "CANCELLED":
                 raise Refused(
                     f"receipt {receipt.receipt_id} was cancelled: price it under a new receiptId"
@@ -344,9 +358,10 @@ class Agent:
         The same body under the same receiptId returns what is stored (whatever the state),
         another body is a Conflict; a hold that expired is priced and held afresh."""
         receipt = parse(Receipt, data, "receipt")
+        request = _Request.of(receipt)
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
-            _, result = self._hold(receipt, view)
+            _, result = self._hold(receipt, view, request=request)
         if result.get("state") == "HELD":
             self._tell_devices("after_quote", result)
         return result
@@ -424,21 +439,27 @@ class Agent:
         return ledger.stored_receipt(self._ledger, receipt_id)
 
     def _hold(
-        self, receipt: Receipt, view: CacheView, *, confirm_now: bool = False
+        self,
+        receipt: Receipt,
+        view: CacheView,
+        *,
+        confirm_now: bool = False,
+        request: _Request | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Inside the write transaction: (state, result) stored under the receiptId, or a
         new hold priced now ("HELD"; with `confirm_now`, committed at once: "CONFIRMED").
-        Conflict when the id is stored with another body."""
+        Conflict when the id is stored with another body. `request`: the receipt's JSON,
+        digest and text, made before the transaction (made here if not)."""
         rid = receipt.receipt_id
-        request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
-        digest = request_digest(request)
+        request = request or _Request.of(receipt)
+        digest = request.digest
         row = self._life(rid)
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
             if stored is not None:
                 # Stored by an older agent, whose Receipt had fewer fields: compared
                 # without the fields left at their defaults on either side.
-                if _legacy_digest(json.loads(stored[0])) != _legacy_digest(request):
+                if _legacy_digest(json.loads(stored[0])) != _legacy_digest(request.data):
                     raise _conflict(rid)
                 return "CONFIRMED", stored[1]
         else:
@@ -475,7 +496,7 @@ class Agent:
             and self.hub is not None
             and (done.priced.redeemed_points > 0 or bool(coupons.applied_codes(done.result)))
         )
-        request_text = json.dumps(request, ensure_ascii=False)
+        request_text = request.text
         if confirm_now:  # Checkout: the receipt's own rows keep request and result
             result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
             ledger.insert_life(
@@ -590,7 +611,17 @@ class Agent:
             _expiring_soon(after, at, program),
         )
 
-    def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
+    def _price(
+        self,
+        receipt: Receipt,
+        view: CacheView,
+        *,
+        commit: bool,
+        reads: sqlite3.Connection | None = None,
+    ) -> _Priced:
+        """Price `receipt`; ledger reads on `reads` (a reader's own connection, `_read`) or,
+        by default, on the writer's (with `_lock` held)."""
+        conn = self._ledger if reads is None else reads
         _require_snapshot(view)
         program = view.program()
         ident = _require_card(identify(receipt.card, view))
@@ -613,18 +644,14 @@ class Agent:
             receipt.coupons,
             receipt.at,
             customer,
-            lambda code: view.coupon(code) or ledger.issued_coupon(self._ledger, code),
-            lambda code: ledger.coupon_used(self._ledger, code, self.clock()),
+            lambda code: view.coupon(code) or ledger.issued_coupon(conn, code),
+            lambda code: ledger.coupon_used(conn, code, self.clock()),
         )
-        offers = view.offers_for(customer.id) if customer else []
-        before = (
-            ledger.balance(self._ledger, customer, applied, receipt.at, program)
-            if customer
-            else None
-        )
+        personal = view.personal_offers(customer.id) if customer else []
+        before = ledger.balance(conn, customer, applied, receipt.at, program) if customer else None
         # This till's other open holds reserve their points (the contract §11).
         held_elsewhere = (
-            ledger.held_points(self._ledger, customer.id, self.clock(), receipt.receipt_id)
+            ledger.held_points(conn, customer.id, self.clock(), receipt.receipt_id)
             if customer
             else 0
         )
@@ -636,7 +663,7 @@ class Agent:
             products=products,
             categories_of=categories_of,
             customer=customer,
-            offers=OfferIndex((o for o in offers if o.customer_id is not None), also=mass),
+            offers=OfferIndex(personal, also=mass),
             available_points=before.available - held_elsewhere if before else 0,
             coupon_offers=coupons.unlocked(checks),
         )
@@ -646,7 +673,7 @@ class Agent:
         # hub does not answer, prices the receipt again.
         mode = "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE"
         if customer is not None and self.hub is None and receipt.redeem_points != 0:
-            ctx = _with_cap(ctx, self._offline_remaining(receipt, ident, program))
+            ctx = _with_cap(ctx, self._offline_remaining(receipt, ident, program, conn))
         priced = price(receipt, ctx)
         # Online, a commit's applied coupon codes are authorised with its redemption (§13).
         codes = (
@@ -659,7 +686,7 @@ class Agent:
             and customer is not None
             and (priced.redeem_allowed_without_cap > 0 or codes)
         ):
-            cap, mode, used = self._redeem_cap(receipt, ident, priced, program, commit, codes)
+            cap, mode, used = self._redeem_cap(receipt, ident, priced, program, commit, codes, conn)
             if used:  # the hub says another receipt used or holds them: priced without
                 checks = coupons.mark_used(checks, used)
                 ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
@@ -672,6 +699,7 @@ class Agent:
         if commit and customer is not None:
             since = receipt.at - timedelta(days=program.offer_print_cooldown_days)
             recent = ledger.printed_since(self._ledger, customer.id, since)
+            offers = view.offers_for(customer.id)
             printed = offers_to_print(customer, offers, receipt.at, program, recent.__contains__)
 
         after = None
@@ -726,6 +754,7 @@ class Agent:
         program: Program,
         commit: bool,
         codes: Sequence[str] = (),
+        conn: sqlite3.Connection | None = None,
     ) -> tuple[int, str, frozenset[str]]:
         """(points the receipt may redeem, mode, coupon codes the hub says are used)."""
         wanted = priced.redeem_allowed_without_cap
@@ -752,12 +781,20 @@ class Agent:
             except HubUnavailable:
                 pass
         # Offline the till's own rules stand: a code at most once here (§13).
-        return self._offline_remaining(receipt, ident, program), "OFFLINE", frozenset()
+        return self._offline_remaining(receipt, ident, program, conn), "OFFLINE", frozenset()
 
-    def _offline_remaining(self, receipt: Receipt, ident: Identification, program: Program) -> int:
+    def _offline_remaining(
+        self,
+        receipt: Receipt,
+        ident: Identification,
+        program: Program,
+        conn: sqlite3.Connection | None = None,
+    ) -> int:
         """What is left of the offline limit for this card on the receipt's store-day."""
         day = receipt.at.astimezone(program.zone).date().isoformat()
-        used = ledger.offline_redeemed(self._ledger, ident.card_number or "", day, self.clock())
+        used = ledger.offline_redeemed(
+            self._ledger if conn is None else conn, ident.card_number or "", day, self.clock()
+        )
         return max(0, program.offline_redeem_limit_points - used)
 
     def _commit(
@@ -1205,11 +1242,52 @@ class Agent:
         return CacheView.reading(self._cache, self._secret, self._memo)
 
     @contextlib.contextmanager
+    def _read(self) -> Iterator[tuple[CacheView, sqlite3.Connection]]:
+        """Reads without `_lock`: a cache and a ledger connection of the call's own (from
+        the idle ones, or new), each in one read transaction, so every read of the call
+        sees one committed state. SQLite's WAL lets them run beside a commit; a full
+        snapshot switched in is picked up here. One read at a time (`_one_read`)."""
+        with self._one_read:
+            with self._readers_lock:
+                reader = self._idle_readers.pop() if self._idle_readers else None
+            if reader is None:
+                reader = (
+                    LiveCache(self.data_dir),
+                    connect(ledger.ledger_path(self.data_dir), create=False),
+                )
+            live, reads = reader
+            try:
+                with CacheView.reading(live.connection(), self._secret, self._memo) as view:
+                    reads.execute("BEGIN")
+                    try:
+                        yield view, reads
+                    finally:
+                        reads.execute("COMMIT")
+            finally:
+                with self._readers_lock:
+                    keep = len(self._idle_readers) < READERS_KEPT and not reads.in_transaction
+                    if keep:
+                        self._idle_readers.append(reader)
+                if not keep:
+                    _close_reader(live, reads)
+
+    @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One ledger write transaction; anything raised inside rolls all of it back."""
         with write_transaction(self._ledger, "ledger") as conn:
             yield conn
         self._checkpoints.committed()
+
+
+# Idle reader connection pairs kept for the next read (`Agent._read`): about as many as
+# reads that overlap on a till; each pair costs its two page caches.
+READERS_KEPT = 2
+
+
+def _close_reader(live: LiveCache, reads: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        live.close()
+        reads.close()
 
 
 def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:
@@ -1359,6 +1437,21 @@ def _require_card(ident: Identification) -> Identification:
     if ident.status == "BLOCKED":
         raise CardRefused(f"card refused: {ident.reason}; sell without loyalty")
     return ident
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A receipt as stored: its JSON, its text, and the digest that tells a retry from a
+    conflict."""
+
+    data: dict[str, Any]
+    digest: str
+    text: str
+
+    @classmethod
+    def of(cls, receipt: Receipt) -> _Request:
+        request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return cls(request, request_digest(request), json.dumps(request, ensure_ascii=False))
 
 
 def request_digest(request: dict[str, Any]) -> str:

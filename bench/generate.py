@@ -50,6 +50,12 @@ def card(n: int) -> str:
     return ean13(f"27{n:010d}")
 
 
+def personal_sku(scale: Scale, customer: int, k: int) -> str:
+    """The sku of customer `customer`'s personal offer `k`: spread over the products and
+    known to the bench without the dataset, so its baskets can hit personal offers."""
+    return sku((customer * 7919 + k * 104_729) % scale.products)
+
+
 def category_tree() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for top in range(10):
@@ -104,7 +110,7 @@ def _offers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
                 "campaignId": "camp-ctl" if k == 0 else f"camp-{k}",
                 "customerId": f"c{n}",
                 "kind": kind,
-                "skus": [sku(rng.randrange(scale.products))],
+                "skus": [personal_sku(scale, n, k)],
                 "value": values[kind],
                 "validFrom": VALID_FROM,
                 "validTo": VALID_TO,
@@ -114,7 +120,7 @@ def _offers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
                 "printText": f"Ваше предложение {k + 1}",
             }
     for m in range(scale.mass_offers):
-        yield {
+        row: dict[str, Any] = {
             "id": f"m{m}",
             "campaignId": f"camp-mass-{m % 7}",
             "kind": "PERCENT_OFF" if m % 3 else "BONUS_MULTIPLIER",
@@ -123,6 +129,46 @@ def _offers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
             "validFrom": VALID_FROM,
             "validTo": VALID_TO,
             "priority": 50,
+        }
+        if m % 10 == 0:  # basket deals: buy 2 get 1, and a price for 3 or more
+            row.pop("value")
+            row.update(kind="MULTIBUY", buyQty="2", freeQty="1")
+        elif m % 10 == 5:
+            row.pop("value")
+            row.update(kind="QUANTITY_PRICE", tiers=[{"minQty": "3", "unitPriceMinor": 900}])
+        if m % 20 == 7:  # a happy hour on weekdays
+            row.update(weekdays=[1, 2, 3, 4, 5], hours=[{"from": "08:00", "to": "22:00"}])
+        yield row
+    for k in range(COUPON_OFFERS):  # unlocked by a customer's coupon (section "coupons")
+        yield {
+            "id": f"mcoupon-{k}",
+            "campaignId": "camp-coupon",
+            "kind": "AMOUNT_OFF",
+            "categories": [LEAVES[(k * 37) % len(LEAVES)]],
+            "value": "500",
+            "validFrom": VALID_FROM,
+            "validTo": VALID_TO,
+            "couponRequired": True,
+        }
+
+
+COUPON_OFFERS = 5
+COUPON_EVERY = 10  # one customer in ten holds a coupon
+
+
+def coupon(customer: int) -> str | None:
+    """The code of the coupon customer `customer` holds, if any."""
+    return f"CPN{customer:09d}" if customer % COUPON_EVERY == 0 else None
+
+
+def _coupons(scale: Scale) -> Iterator[dict[str, Any]]:
+    for n in range(0, scale.customers, COUPON_EVERY):
+        yield {
+            "code": coupon(n),
+            "offerId": f"mcoupon-{n // COUPON_EVERY % COUPON_OFFERS}",
+            "customerId": f"c{n}",
+            "validFrom": VALID_FROM,
+            "validTo": VALID_TO,
         }
 
 
@@ -172,6 +218,9 @@ def write_full(path: Path, scale: Scale, seed: int = 42, version: int = 1) -> Pa
             _line(out, {"number": card(n), "customerId": f"c{n}", "status": "ACTIVE"})
         _line(out, {"section": "offers"})
         for row in _offers(rng, scale):
+            _line(out, row)
+        _line(out, {"section": "coupons"})
+        for row in _coupons(scale):
             _line(out, row)
     return path
 

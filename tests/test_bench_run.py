@@ -13,14 +13,73 @@ def test_bench_runs_every_figure_at_tiny_scale(tmp_path: Path) -> None:
     for wanted in (
         "full snapshot apply",
         "agent memory during apply",
-        "in-process quote, 50 lines",
-        "checkout (commit, fsync)",
-        "PosAgent.Quote over gRPC",
-        "POST /v1/quote over HTTP",
+        "in-process quote ÷ SQLite floor, 50 lines",
+        "checkout − quote, same 50-line basket",
+        "gRPC Quote ÷ stub, 50 lines",
+        "gRPC Quote p99 − stub p99, 50 lines",
+        "quotes/s, 4 clients ÷ 1 client",
+        "agent memory after 1000 mixed calls",
+        "tillpoint quote: CLI wall time",
+        "POST /v1/quote over HTTP, 50 lines",
         "outbox upload to the hub",
         "tillpoint run: start to ready",
         "agent memory idle",
     ):
         assert wanted in names, wanted
+    for row in result["figures"]:  # every figure says its target, and a verdict or why not
+        assert row["target"] and "pass" in row
     upload = next(f for f in result["figures"] if f["figure"] == "outbox upload to the hub")
     assert upload["transactions"] == 300
+
+
+def _tables(statements: list[str]) -> list[str]:
+    """The tables a list of traced statements reads, in order (FROM clauses)."""
+    import re
+
+    return [m for s in statements for m in re.findall(r"\bFROM (\w+)", s)]
+
+
+def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
+    """The quote's floor stays honest: the same tables, as often, as the agent's own reads
+    for the same receipt (a known card with redemption and a coupon, an unknown card with
+    an unknown coupon)."""
+    import random
+
+    from tillpoint.agent.service import Agent
+
+    from bench.generate import Scale, write_full
+
+    scale = Scale.named("tiny")
+    data = tmp_path / "data"
+    agent = Agent(data, "bench-till")
+    agent.load_snapshot_lines(write_full(tmp_path / "full.jsonl", scale).open("rb"))
+    rng = random.Random(3)
+    floor = bench_run.ReadFloor(data)
+    try:
+        for known in (True, False):
+            receipt = bench_run.mixed_receipt("t-1", rng, scale, 20, known=known)
+            receipt["redeemPoints"] = -1 if known else 0
+            if known:  # customer c0 and the coupon c0 holds
+                receipt.update(card=bench_run.card(0), coupons=["CPN000000000"])
+            else:
+                receipt["coupons"] = ["NOSUCHCODE"]
+            # what is kept per snapshot version is read once (another customer's receipt:
+            # the floor is a customer whose personal offers are not kept yet)
+            agent.quote(bench_run.mixed_receipt("t-0", rng, scale, 5, known=known))
+            seen: list[str] = []
+            # the idle reader connections (Agent._read) the next quote takes, and the writer's
+            live, reads = agent._idle_readers[-1]
+            conns = (live.connection(), reads, agent._ledger)
+            for conn in conns:
+                conn.set_trace_callback(seen.append)
+            agent.quote(receipt)
+            for conn in conns:
+                conn.set_trace_callback(None)
+            bare: list[str] = []
+            for conn in (floor.cache, floor.ledger):
+                conn.set_trace_callback(bare.append)
+            floor(receipt)
+            assert sorted(_tables(bare)) == sorted(_tables(seen)), (seen, bare)
+    finally:
+        floor.close()
+        agent.close()

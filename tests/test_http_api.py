@@ -354,10 +354,11 @@ def test_a_call_that_does_not_finish_in_time_is_503_retry(
     from tillpoint.agent import http_api
 
     monkeypatch.setattr(http_api, "CALL_TIMEOUT_S", 0.5)
-    with agent._lock:  # the agent busy elsewhere (a long snapshot switch, say)
-        status, code, message = error_of(client.post("/v1/quote", receipt()))
+    # the agent busy elsewhere (a long snapshot switch, say; quotes read beside it)
+    with agent._lock:
+        status, code, message = error_of(client.post("/v1/checkout", receipt()))
     assert (status, code) == (503, "UNAVAILABLE") and "same receiptId" in message
-    assert client.post("/v1/quote", receipt()).status == 200  # and the retry is answered
+    assert client.post("/v1/checkout", receipt()).status == 200  # and the retry is answered
 
 
 def _read_answer(s: socket.socket) -> bytes:

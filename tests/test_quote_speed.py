@@ -1,0 +1,125 @@
+"""The per-call speed-ups keep the behaviour: cached personal offers never outlive their
+snapshot version, and quotes on other threads read beside a checkout's commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent import cache as cache_mod
+from tillpoint.agent.service import Agent
+
+from tests.conftest import receipt, snapshot
+
+MILK = "4601234000017"
+
+
+def offer(value: str, offer_id: str = "o-milk", customer: str = "c-a") -> dict[str, Any]:
+    return {
+        "id": offer_id,
+        "campaignId": "camp-1",
+        "customerId": customer,
+        "kind": "PERCENT_OFF",
+        "skus": [MILK],
+        "value": value,
+        "validFrom": "2026-11-01T00:00:00+03:00",
+        "validTo": "2026-12-31T23:59:59+03:00",
+    }
+
+
+def discount(agent: Agent, rid: str = "q") -> int:
+    return int(agent.quote(receipt(rid))["discountMinor"])
+
+
+def delta(version: int, **rows: Any) -> dict[str, Any]:
+    return {
+        "version": version,
+        "baseVersion": version - 1,
+        "issuedAt": "2026-11-23T04:00:00Z",
+        **rows,
+    }
+
+
+def test_a_new_snapshot_version_never_serves_the_old_personal_offers(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    other = Agent(data, "till-1")  # another process: `tillpoint snapshot load`
+    try:
+        agent.load_snapshot(snapshot(offers=[offer("10")]))
+        assert discount(agent) == 1798  # 10 % of 2 × 89.90
+        assert discount(agent) == 1798  # now from the cache
+
+        agent.load_snapshot(delta(2, offers=[offer("50")]))  # this agent's own delta
+        assert discount(agent) == 8990
+
+        other.load_snapshot(delta(3, offers=[offer("20")]))  # another agent's delta
+        assert discount(agent) == 3596
+
+        other.load_snapshot(delta(4, removed={"offers": ["o-milk"]}))
+        assert discount(agent) == 0
+
+        other.load_snapshot(snapshot(version=5, offers=[offer("30", "o-new")]))  # a full one
+        assert discount(agent) == 5394
+        assert agent.quote(receipt("q"))["lines"][0]["offerId"] == "o-new"
+    finally:
+        other.close()
+        agent.close()
+
+
+def test_the_personal_offers_kept_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_mod, "PERSONAL_OFFERS_KEPT", 1)
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot(offers=[offer("10"), offer("50", "o-b", customer="c-b")]))
+        assert discount(agent) == 1798
+        assert int(agent.quote(receipt("q", card="2770000000024"))["discountMinor"]) == 8990
+        kept = [v for k, v in agent._memo.items() if k.startswith("personal@")]
+        assert len(kept) == 1 and list(kept[0]) == ["c-b"]
+        assert discount(agent) == 1798  # parsed again
+    finally:
+        agent.close()
+
+
+def test_quotes_identify_and_balance_never_wait_behind_a_commit(agent: Agent) -> None:
+    """A checkout holds the agent's lock and an open ledger transaction across its fsync;
+    reads on other threads go on beside it and see only what is committed."""
+    import threading
+
+    before = agent.quote(receipt("q0"))
+    points = agent.balance("2770000000017")
+    done: dict[str, Any] = {}
+
+    def reads() -> None:
+        done["quote"] = agent.quote(receipt("q1"))
+        done["card"] = agent.identify("2770000000017")
+        done["balance"] = agent.balance("2770000000017")
+
+    with agent._lock, agent._write() as conn:  # a commit in progress, not yet durable
+        conn.execute(
+            "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
+            " activates_at) VALUES ('till-1', 999, 'c-a', 'x', 'earn', 5000, NULL)"
+        )
+        reader = threading.Thread(target=reads)
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "a read waited behind the commit"
+        conn.execute("DELETE FROM points WHERE receipt_id = 'x'")
+    assert done["quote"]["balance"] == before["balance"]  # the uncommitted row unseen
+    assert done["card"]["customerId"] == "c-a"
+    assert done["balance"] == points
+
+
+def test_reads_on_many_threads_match_the_serial_answers(agent: Agent) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent.load_snapshot(delta(2, offers=[offer("10")]))
+    cards = ["2770000000017", "2770000000024", "2770000000093"]
+    serial = {c: agent.quote(receipt("q", card=c)) for c in cards}
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            answers = list(pool.map(lambda c: (c, agent.quote(receipt("q", card=c))), cards * 20))
+            for card, answer in answers:
+                assert answer == serial[card]
