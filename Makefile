@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
 PROTO_OUT := proto
 
-.PHONY: deb wheel help venv test test-all lint typecheck proto proto-check demo bench bench-quick faults faults-quick clean deps-system
+.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check demo bench bench-quick faults faults-quick clean deps-system
 
 help:
 	@echo "make demo       run a whole store on one machine (embedded defaults)"
 	@echo "make test       the default test suite (fast)"
 	@echo "make test-all   every suite, slow ones included"
+	@echo "make test-pg    the hub's suites with the hub on PostgreSQL"
 	@echo "make lint       ruff + mypy --strict + stale generated code check"
 	@echo "make proto      regenerate the protobuf/gRPC code from proto/"
 
@@ -41,6 +42,12 @@ test: $(STAMP) deps-system
 
 test-all: $(STAMP) deps-system
 	$(BIN)/python -m pytest -q -m ''
+
+# The hub's suites again with every hub on PostgreSQL (a throwaway cluster, a fresh
+# database per test); the hub store suite runs over both stores in `make test` already.
+test-pg: $(STAMP) deps-system
+	$(BIN)/python -m pytest -q -m '' --hub-store=postgresql tests/test_sync_*.py \
+	  tests/test_hub_*.py tests/test_faults_quick.py
 
 lint: $(STAMP) proto-check
 	$(BIN)/ruff check .

@@ -15,10 +15,13 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tillpoint.agent.config import Settings
 from tillpoint.agent.errors import HubUnavailable, InputError
+
+if TYPE_CHECKING:
+    from .hub_server import HubDir
 
 EXIT_OK, EXIT_ERROR = 0, 1
 Handler = Callable[[Settings, argparse.Namespace], int]
@@ -31,6 +34,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="the hub's directory (default: $TILLPOINT_HUB_DIR, else <data dir>/hub)",
+    )
+    hub_parent.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="the hub's store: postgresql://... (shared by several hub servers) or a SQLite"
+        " file (default: $TILLPOINT_HUB_STORE, else hub.db in the hub's directory)",
     )
     parents = [common, hub_parent]
 
@@ -46,6 +56,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="a host name or IP the hub is reached at (repeatable)",
     )
     p.set_defaults(handler=_hub_init)
+
+    p = hub_sub.add_parser(
+        "migrate", parents=parents, help="bring the store's schema up to date (PostgreSQL)"
+    )
+    p.set_defaults(handler=_hub_migrate)
 
     p = hub_sub.add_parser("serve", parents=parents, help="run the hub's gRPC server (mTLS)")
     p.add_argument("--listen", default="0.0.0.0:50070", help="HOST:PORT (default %(default)s)")
@@ -182,6 +197,13 @@ def _hub_dir(settings: Settings, args: argparse.Namespace) -> Path:
     return Path(env) if env else settings.data_dir / "hub"
 
 
+def _hub(settings: Settings, args: argparse.Namespace) -> HubDir:
+    """The hub's directory with the store that --store or $TILLPOINT_HUB_STORE names."""
+    from .hub_server import HubDir
+
+    return HubDir(_hub_dir(settings, args), args.store)  # None: $TILLPOINT_HUB_STORE
+
+
 def _emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
     from tillpoint.agent.cli import emit
 
@@ -196,11 +218,9 @@ def _now() -> datetime:
 
 
 def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_server import HubDir
-
-    hub = HubDir(_hub_dir(settings, args))
+    hub = _hub(settings, args)
     made = hub.init(args.host)
-    hub.open_store().close()
+    hub.open_store(migrate=True).close()
     data = {"hubDir": str(hub.root), "created": made, "caCertificate": str(hub.keys.ca_cert)}
     return _emit(
         args,
@@ -211,6 +231,29 @@ def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
             else f"hub keys already exist in {d['hubDir']} (unchanged)"
         ),
     )
+
+
+def _hub_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    hub = _hub(settings, args)
+    if not hub.on_postgres:
+        store = hub.open_store()  # a SQLite file migrates itself when opened
+        store.close()
+        data: dict[str, Any] = {"store": "sqlite", "applied": [], "schemaVersion": None}
+    else:
+        from .hub_postgres import SCHEMA_VERSION, migrate
+
+        data = {"store": "postgresql", "applied": migrate(hub.store_url)}
+        data["schemaVersion"] = SCHEMA_VERSION
+
+    def human(d: dict[str, Any]) -> str:
+        if d["store"] == "sqlite":
+            return "the SQLite store is up to date (it migrates itself when opened)"
+        if not d["applied"]:
+            return f"the schema is up to date (version {d['schemaVersion']})"
+        steps = ", ".join(str(n) for n in d["applied"])
+        return f"applied migration(s) {steps}; schema version {d['schemaVersion']}"
+
+    return _emit(args, data, human)
 
 
 def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -231,7 +274,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    server = HubServer(_hub_dir(settings, args), config)
+    server = HubServer(_hub(settings, args), config)
     port = server.start(args.listen)
     if args.port_file is not None:
         tmp = Path(str(args.port_file) + ".tmp")
@@ -254,10 +297,9 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_import import read_file
-    from .hub_server import HubDir
     from .progress import ProgressBar
 
-    store = HubDir(_hub_dir(settings, args)).open_store()
+    store = _hub(settings, args).open_store(migrate=True)
     bar = ProgressBar(f"importing {args.file.name}")
     try:
         try:
@@ -287,11 +329,9 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_server import HubDir
-
     if args.ttl_hours <= 0:
         raise InputError("--ttl-hours must be above 0")
-    store = HubDir(_hub_dir(settings, args)).open_store()
+    store = _hub(settings, args).open_store()
     try:
         pub = store.publish(_now(), args.ttl_hours * 3600, min_version=args.min_version)
     finally:
@@ -314,9 +354,8 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
 
 def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     from . import pki
-    from .hub_server import HubDir
 
-    hub = HubDir(_hub_dir(settings, args))
+    hub = _hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
     out = args.out or hub.root / "bundles" / f"{args.device}.json"
@@ -344,9 +383,7 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_server import HubDir
-
-    store = HubDir(_hub_dir(settings, args)).open_store()
+    store = _hub(settings, args).open_store()
     try:
         if store.device(args.device) is None:
             raise InputError(f"device {args.device} is not enrolled")
@@ -361,10 +398,10 @@ def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_server import HubDir, SnapshotBuilder
+    from .hub_server import SnapshotBuilder
     from .signing import write_signed_file
 
-    hub = HubDir(_hub_dir(settings, args))
+    hub = _hub(settings, args)
     store = hub.open_store()
     try:
         if store.device(args.device) is None:
@@ -398,10 +435,8 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
 def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import parse_time
 
-    from .hub_server import HubDir
-
     at = parse_time(args.at) if args.at else _now()
-    store = HubDir(_hub_dir(settings, args)).open_store()
+    store = _hub(settings, args).open_store()
     try:
         balance = store.balance(args.customer, at)
     finally:

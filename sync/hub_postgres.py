@@ -169,6 +169,11 @@ def _need_driver() -> None:
         raise StorageError("the PostgreSQL store needs psycopg: install tillpoint[postgresql]")
 
 
+def _line(exc: BaseException) -> str:
+    """libpq's message on one line (it spans several)."""
+    return " ".join(str(exc).split())
+
+
 def _redacted(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
@@ -199,7 +204,9 @@ def migrate(url: str) -> list[int]:
                     )
                     applied.append(number)
     except psycopg.Error as exc:
-        raise StorageError(f"cannot migrate the hub database {_redacted(url)}: {exc}") from None
+        raise StorageError(
+            f"cannot migrate the hub database {_redacted(url)}: {_line(exc)}"
+        ) from None
     return applied
 
 
@@ -214,7 +221,7 @@ def schema_version(url: str) -> int:
             found = row.fetchone()
             return 0 if found is None else int(found[0])
     except psycopg.Error as exc:
-        raise StorageError(f"cannot open the hub database {_redacted(url)}: {exc}") from None
+        raise StorageError(f"cannot open the hub database {_redacted(url)}: {_line(exc)}") from None
 
 
 class PostgresHubStore(HubRules):
@@ -249,7 +256,7 @@ class PostgresHubStore(HubRules):
         try:
             self.pool.open(wait=True, timeout=POOL_TIMEOUT_S)
         except PoolTimeout as exc:
-            raise StorageError(f"cannot connect to {_redacted(url)}: {exc}") from None
+            raise StorageError(f"cannot connect to {_redacted(url)}: {_line(exc)}") from None
 
     # ------------------------------------------------------------ plumbing
 
@@ -259,10 +266,10 @@ class PostgresHubStore(HubRules):
             with self.pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise StorageError(f"the hub database is unavailable: {exc}") from None
+            raise StorageError(f"the hub database is unavailable: {_line(exc)}") from None
         except psycopg.Error as exc:
             raise StorageError(
-                f"the hub database could not be written, nothing was stored: {exc}"
+                f"the hub database could not be written, nothing was stored: {_line(exc)}"
             ) from None
 
     @contextmanager

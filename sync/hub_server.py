@@ -33,6 +33,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from . import pki
+from .hub_postgres import is_postgres_url
 from .hub_sqlite import SqliteHubStore
 from .hub_store import HubStats, HubStore, Publication, TxIn, Unsynced
 from .signing import MANIFEST_PREFIX, MAX_CHUNK, SNAPSHOT_JSONL, canonical_json, sign_manifest
@@ -77,11 +78,20 @@ class HubConfig:
 
 
 class HubDir:
-    """A hub's directory: ``hub.db`` and ``keys/``."""
+    """A hub's directory: ``keys/``, ``snapshots/`` and, with the default store, ``hub.db``.
 
-    def __init__(self, root: Path) -> None:
+    `store` selects the store (default: $TILLPOINT_HUB_STORE): "" (``hub.db`` here), a
+    SQLite file's path, or a PostgreSQL URL (postgresql://...), which several hub servers
+    share; their hub directories then hold the same keys, and ``snapshots/`` should be
+    one directory they all share (docs/HUB.md).
+    """
+
+    def __init__(self, root: Path, store: str | None = None) -> None:
         self.root = Path(root)
         self.keys = pki.HubKeys(self.root / "keys")
+        if store is None:
+            store = os.environ.get("TILLPOINT_HUB_STORE", "")
+        self.store_url = store.strip()
 
     @property
     def db(self) -> Path:
@@ -94,8 +104,18 @@ class HubDir:
     def snapshots(self) -> Path:
         return self.root / SNAPSHOTS
 
-    def open_store(self) -> SqliteHubStore:
-        return SqliteHubStore(self.db)
+    @property
+    def on_postgres(self) -> bool:
+        return is_postgres_url(self.store_url)
+
+    def open_store(self, *, migrate: bool = False) -> HubStore:
+        """The hub's store; `migrate`: bring a PostgreSQL schema up to date first (SQLite
+        files always are)."""
+        if self.on_postgres:
+            from .hub_postgres import PostgresHubStore
+
+            return PostgresHubStore(self.store_url, migrate_schema=migrate)
+        return SqliteHubStore(Path(self.store_url) if self.store_url else self.db)
 
 
 # ---------------------------------------------------------------- snapshots
@@ -779,13 +799,13 @@ class HubServer:
 
     def __init__(
         self,
-        hub_dir: Path,
+        hub_dir: Path | HubDir,
         config: HubConfig | None = None,
         *,
         clock: Clock = system_clock,
         store: HubStore | None = None,
     ) -> None:
-        self.dir = HubDir(hub_dir)
+        self.dir = hub_dir if isinstance(hub_dir, HubDir) else HubDir(hub_dir)
         self.config = config or HubConfig()
         self.clock = clock
         self.dir.init()

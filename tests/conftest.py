@@ -202,3 +202,24 @@ def hub_store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
     yield make
     for store in made:
         store.close()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--hub-store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the store of every hub the tests start (`make test-pg`: postgresql, a fresh"
+        " database of a throwaway cluster per test)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _hub_store_choice(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.config.getoption("--hub-store") == "postgresql":
+        from tillpoint.sync.hub_postgres import migrate
+
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.new_database()
+        migrate(url)  # provisioned, as `tillpoint hub migrate` does before a hub starts
+        monkeypatch.setenv("TILLPOINT_HUB_STORE", url)

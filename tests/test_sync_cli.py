@@ -166,7 +166,11 @@ def test_hub_serve_runs_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixt
         run(capsys, "hub", "import", str(catalogue), "--publish", "--hub-dir", str(hub_dir))[0] == 0
     )
     port_file = tmp_path / "port"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TILLPOINT_") or k == "TILLPOINT_HUB_STORE"  # --hub-store
+    }
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("tillpoint")),
