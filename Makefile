@@ -26,12 +26,17 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
-# Debian packages the tests need: pseudo-terminals through socat; PostgreSQL's server
-# for the hub's store (the tests start their own throwaway cluster, never the system's).
+# Debian packages the device tests need (pseudo-terminals through socat), a JDK for
+# the Java example of docs/INTEGRATION.md, and PostgreSQL's server for the hub's store
+# (the tests start their own throwaway cluster, never the system's).
 deps-system:
 	@command -v socat >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq socat >/dev/null; \
 	  else echo "socat missing: tests that need it will be skipped"; fi; }
+	@command -v javac >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    apt-get install -y -qq default-jdk-headless >/dev/null; \
+	  else echo "javac missing: the Java example's tests will be skipped"; fi; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \

@@ -556,6 +556,11 @@ class CacheView:
                 "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
             )
         ]
+        return sorted([*personal, *self.mass_offers()], key=lambda o: o.id)
+
+    def mass_offers(self) -> list[Offer]:
+        """Every mass offer of the snapshot (no `customerId`), read from the cache once per
+        version: per-version memos are built from the cache, never from one request."""
         mass: list[Offer] = self.remembered(
             "mass",
             lambda: [
@@ -563,7 +568,7 @@ class CacheView:
                 for (doc,) in self.conn.execute("SELECT doc FROM offers WHERE customer_id IS NULL")
             ],
         )
-        return sorted([*personal, *mass], key=lambda o: o.id)
+        return mass
 
 
 def ancestors(category: str, parents: Mapping[str, str | None]) -> frozenset[str]:

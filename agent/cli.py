@@ -16,8 +16,34 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import InputError, TillpointError
+from .limits import REQUEST_MAX_BYTES
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
+
+# The contract this build implements: the proto package and the edition of the behaviour
+# contract (docs/CONTRACT.md). `tillpoint --version` prints both.
+CONTRACT = "tillpoint.v1, SPEC 2026-11"
+
+
+def version_text() -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("tillpoint")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        version = "unknown"
+    return f"tillpoint {version} (contract {CONTRACT})"
+
+
+class _Version(argparse.Action):
+    """`--version`, computed only when asked (argparse's own action formats it eagerly)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit(EXIT_OK)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", type=Path, help="the till's data directory")
     parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    parser.add_argument(
+        "--version", action=_Version, help="the version and the contract it implements"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     common = _common()
 
@@ -140,6 +169,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from . import config as config_mod
 
     settings = config_mod.load(args.config, data_dir=args.data_dir)
+    from .privileges import run_as_owner
+
+    run_as_owner(settings.data_dir)  # as root on an installed till: become its owner
     command: str = args.command
     handler = getattr(args, "handler", None)
     if handler is not None:
@@ -163,6 +195,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     agent = Agent(settings.data_dir, settings.device_id)
     agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
+    agent.device_kinds = device_kinds(settings)
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -185,7 +218,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             at = parse_time(args.at) if args.at else None
             return emit(args, agent.balance(args.card, at), _human_balance)
         if command == "status":
-            return emit(args, agent.status(), _human_status)
+            from .proto_json import status_json
+
+            return emit(args, status_json(agent.status()), _human_status)
         if command == "reset":
             _confirm_reset(args, agent)
             discarded = agent.reset(force=args.force)
@@ -224,6 +259,15 @@ def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
         raise InputError("reset cancelled")
 
 
+def device_kinds(settings: Any) -> dict[str, str]:
+    """The configured kind of each device (`status` says DISABLED for "none")."""
+    kinds = {}
+    for name in ("printer", "display", "scanner"):
+        table = getattr(settings, name, None) or {}
+        kinds[name] = str(table.get("kind", "none"))
+    return kinds
+
+
 def load_snapshot(agent: Any, name: str) -> Any:
     """`snapshot load FILE`: a JSON document, a signed bundle, or JSON Lines (streamed)."""
     from .snapshot_stream import is_jsonl
@@ -239,7 +283,7 @@ def load_snapshot(agent: Any, name: str) -> Any:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
-    doc = read_json(name)
+    doc = read_json(name, limit=None)  # a snapshot, not a request: no request limit
     sync = _plugin("tillpoint.sync")
     if hasattr(sync, "load_snapshot_file"):
         return sync.load_snapshot_file(agent, doc)
@@ -252,19 +296,45 @@ def _refuse_plain_when_enrolled(agent: Any) -> None:
         raise InputError("this till is enrolled with a hub and accepts only signed snapshots")
 
 
-def read_json(name: str) -> Any:
+def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
+    """A JSON document from a file or stdin (`-`). A request (the default `limit`) larger
+    than 4 MiB is refused before it is read whole or parsed; a snapshot passes None."""
     try:
-        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        if name == "-":
+            stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, or text if replaced
+            got = stdin.read() if limit is None else stdin.read(limit + 1)
+            raw = got.encode("utf-8") if isinstance(got, str) else got
+        else:
+            path = Path(name)
+            if limit is not None and path.stat().st_size > limit:
+                raise InputError(_too_large(name, limit))
+            with path.open("rb") as f:
+                raw = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(raw) > limit:
+            raise InputError(_too_large(name, limit))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{name}: cannot read it ({exc})") from None
+    return parse_json(text, name)
+
+
+def parse_json(text: str | bytes, name: str) -> Any:
+    """A JSON document as every input of tillpoint is read (files, stdin, HTTP bodies):
+    no floats (money is minor units, quantities decimal strings), no NaN/Infinity."""
     try:
         return json.loads(text, parse_float=_no_float, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise InputError(f"{name}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+
+
+def _too_large(name: str, limit: int) -> str:
+    return f"{name}: the request is larger than {limit >> 20} MiB ({limit} bytes): refused"
 
 
 class _FloatInJson(InputError):
@@ -291,9 +361,14 @@ def parse_time(text: str) -> Any:
         raise InputError(f"--at: {exc}") from None
 
 
+def json_document(data: Any) -> str:
+    """The one JSON document `--json` prints and the HTTP interface answers, byte for byte."""
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_document(data))
     else:
         sys.stdout.write(human(data) + "\n")
     return EXIT_OK
@@ -305,6 +380,8 @@ def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], 
 def _human_card(card: dict[str, Any]) -> str:
     if card["status"] == "FOUND":
         return f"FOUND {card['firstName']} (customer {card['customerId']}, tier {card['tier']})"
+    if card.get("reason"):
+        return f"{card['status']} ({card['reason']})"
     return str(card["status"])
 
 
@@ -332,7 +409,8 @@ def _human_result(r: dict[str, Any]) -> str:
     if r["balance"]:
         out.append(_human_balance(r["balance"]))
     if r["printedOffers"]:
-        out.append("offers printed: " + ", ".join(r["printedOffers"]))
+        # Committed with the receipt as a print job; the running agent prints it.
+        out.append("offers queued for printing: " + ", ".join(r["printedOffers"]))
     if r["heldOut"]:
         out.append("held out (control group): " + ", ".join(r["heldOut"]))
     return "\n".join(out)

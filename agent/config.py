@@ -1,4 +1,4 @@
-"""The agent's configuration: one TOML file, overridden by TILLPOINT_* environment variables.
+"""The agent's configuration: flags, TILLPOINT_* environment variables, one TOML file.
 
 Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_ID`,
 `TILLPOINT_DATA_DIR`, `TILLPOINT_HUB__ADDRESS`, ...), the TOML file, the defaults below.
@@ -7,14 +7,21 @@ Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_I
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from .errors import InputError
 from .models import describe
@@ -44,6 +51,34 @@ class ServerSettings(BaseModel):
     max_workers: int = Field(8, ge=1, le=64)
 
 
+class HttpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8061"  # the local HTTP/JSON interface (docs/INTEGRATION.md)
+    token: str = Field("", max_length=512)  # required when listen is not a loopback address
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> HttpSettings:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if self.enabled and not self.token and not is_loopback(host):
+            raise ValueError(
+                f"listen {self.listen} is not a loopback address: set a token"
+                " ([http] token or TILLPOINT_HTTP__TOKEN)"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only programs on this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +103,7 @@ class Settings(BaseSettings):
     build_workers: int = Field(0, ge=0, le=16)  # full-snapshot build processes; 0: auto
     hub: HubSettings = HubSettings()
     server: ServerSettings = ServerSettings()
+    http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     printer: dict[str, Any] = Field(default_factory=dict)
@@ -83,29 +119,44 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment beats the file (passed as init values); flags beat both (`load`).
-        return (env_settings, init_settings)
+        # Highest first: command-line flags (init values), the environment, the TOML file;
+        # pydantic-settings merges them key by key (nested tables too) over the defaults.
+        return (init_settings, env_settings, _TomlFile(settings_cls, _CONFIG_FILE.get()))
 
 
-def load(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Read and validate the configuration; a problem names the key and what is wrong."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            values = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(f"cannot read config {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"config {config_file}: {exc}") from None
+# The file `load` reads for the Settings built in this context (None: no file).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("tillpoint_config_file", default=None)
+
+
+class _TomlFile(InitSettingsSource):
+    """The config file as a settings source; an unreadable or malformed file is one line."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise InputError(f"cannot read config {path}: {exc.strerror}") from None
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"config {path}: {exc}") from None
+        super().__init__(settings_cls, values)
+
+    def __repr__(self) -> str:
+        return "_TomlFile()"
+
+
+def load(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Read and validate the configuration; a problem names the key and what is wrong.
+
+    `flags` are the command-line values (None: not given). Each setting comes from the
+    first of flags, environment, `config_file`, defaults that has it.
+    """
+    given = {k: v for k, v in flags.items() if v is not None}
+    token = _CONFIG_FILE.set(config_file)
     try:
-        settings = Settings(**values)
-        flags = {k: v for k, v in overrides.items() if v is not None}
-        if flags:  # field by field: a new Settings would read the environment again and win
-            checked: dict[str, Any] = {}
-            for key, value in flags.items():
-                kind: Any = Settings.model_fields[key].annotation
-                checked[key] = TypeAdapter(kind).validate_python(value)
-            settings = settings.model_copy(update=checked)
+        return Settings(**given)
     except ValidationError as exc:
         raise InputError(f"config: {describe(exc)}") from None
-    return settings
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -206,6 +206,28 @@ def m003_receipt_life(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m004_receipt_activates_at(db: Database) -> None:
+    # When the receipt's earned points become spendable, fixed at commit with the
+    # activationDelayDays then in force: a refund judges "still pending" by it, never by
+    # today's program. Receipts committed before: their earn row's activation time, or the
+    # sale time (nothing was earned, so nothing can be pending).
+    db.execute("ALTER TABLE receipts ADD COLUMN activates_at TEXT")
+    db.execute(
+        "UPDATE receipts SET activates_at = coalesce("
+        " (SELECT min(p.activates_at) FROM points p"
+        "  WHERE p.receipt_id = receipts.receipt_id AND p.kind = 'earn' AND p.points > 0"
+        "  AND p.device_id = receipts.device_id AND p.seq = receipts.seq), at)"
+    )
+
+
+@ledger_migrations()
+def m005_points_expires_at(db: Database) -> None:
+    # When a batch of earned points expires (pointsLifetimeDays in force at commit after
+    # its activation); NULL: never. Rows written before never expire.
+    db.execute("ALTER TABLE points ADD COLUMN expires_at TEXT")
+
+
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.

@@ -23,12 +23,14 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from .config import Settings
 from .demo_data import chain
 from .errors import InputError, TillpointError
+
+if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/hooks.py)
+    from .config import Settings
 from .money import format_minor
 
 ZONE = ZoneInfo("Europe/Moscow")

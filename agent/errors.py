@@ -5,6 +5,7 @@
     │   └── SnapshotRefused       exit 2  FAILED_PRECONDITION  wrong base, older, bad signature
     ├── Refused                   exit 2  FAILED_PRECONDITION  valid input the rules refuse
     │   ├── CardRefused           exit 2  FAILED_PRECONDITION  BLOCKED or INVALID card
+    │   ├── NoSnapshot            exit 2  FAILED_PRECONDITION  no snapshot loaded: no pricing
     │   └── NotFound              exit 2  NOT_FOUND            a receipt never committed here
     ├── Conflict                  exit 2  ALREADY_EXISTS       a known receiptId with another body
     ├── StorageError              exit 1  UNAVAILABLE          disk full, database locked
@@ -47,6 +48,10 @@ class Refused(TillpointError):
 
 class CardRefused(Refused):
     pass
+
+
+class NoSnapshot(Refused):
+    """Quote, hold and checkout on a till whose cache holds no snapshot yet."""
 
 
 class NotFound(Refused):

@@ -6,11 +6,13 @@ Writes happen in `service.Agent`, inside the one transaction of a commit or refu
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from .models import Customer
+from .expiry import Movement, Wallet
+from .models import Customer, Program
 
 
 def utc_text(moment: datetime) -> str:
@@ -22,9 +24,26 @@ def utc_text(moment: datetime) -> str:
 class Points:
     available: int
     pending: int
+    # The next batches that expire (§16): (points, expiresAt as RFC 3339), soonest first.
+    expiring: tuple[tuple[int, str], ...] = ()
+    # The batches behind these figures when points expire (None: nothing expires), for a
+    # receipt's balance after it (`after`).
+    wallet: Wallet | None = field(default=None, compare=False, repr=False)
 
-    def as_json(self) -> dict[str, int]:
-        return {"availablePoints": self.available, "pendingPoints": self.pending}
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"availablePoints": self.available, "pendingPoints": self.pending}
+        if self.expiring:  # proto3 JSON leaves an empty list out
+            out["expiring"] = [{"points": p, "expiresAt": e} for p, e in self.expiring]
+        return out
+
+    def after(self, program: Program, at: datetime, *moves: Movement) -> Points | None:
+        """These points after `moves` (a receipt's spending and earning), at `at`; None
+        when nothing expires (the caller adds the figures up)."""
+        if self.wallet is None:
+            return None
+        for move in moves:
+            self.wallet.apply(move)
+        return _points(self.wallet, at, program)
 
 
 def balance(
@@ -32,14 +51,35 @@ def balance(
     customer: Customer,
     applied_through: Mapping[str, int],
     at: datetime,
+    program: Program | None = None,
 ) -> Points:
-    """The customer's points at `at` (the contract §3, §5.6).
+    """The customer's points at `at` (the contract §3, §5.6, §16).
 
     The snapshot's `balancePoints`, plus its `pending` entries due by `at`, plus this
     till's own point movements that the snapshot has not counted yet (seq above
     `appliedThrough` of the device that wrote them). Spending counts at once; earned
-    points count from their activation time and are pending before.
+    points count from their activation time and are pending before. When points expire
+    (`program.pointsLifetimeDays`, a customer's `expiring`, an earned batch with an
+    expiry), they are counted batch by batch instead (`expiry.Wallet`).
     """
+    rows = [
+        row
+        for row in conn.execute(
+            # A row of a refund has the sale's receipt_id and the refund's own seq; the
+            # journal gives the transaction's time (a refund being written has none yet:
+            # it is at `at`).
+            "SELECT p.device_id, p.seq, p.kind, p.points, p.activates_at, p.expires_at,"
+            " p.receipt_id, r.seq IS NOT NULL AND r.seq <> p.seq, j.at FROM points p"
+            " LEFT JOIN receipts r ON r.receipt_id = p.receipt_id"
+            " LEFT JOIN journal j ON j.device_id = p.device_id AND j.seq = p.seq"
+            " WHERE p.customer_id = ? ORDER BY p.id",
+            (customer.id,),
+        )
+        if row[1] > applied_through.get(row[0], 0)
+    ]
+    lifetime = program.points_lifetime_days if program is not None else 0
+    if program is not None and (lifetime or customer.expiring or any(r[5] for r in rows)):
+        return _points(_wallet(customer, rows, program, at), at, program)
     available, pending = customer.balance_points, 0
     for entry in customer.pending:
         if entry.activates_at <= at:
@@ -47,17 +87,44 @@ def balance(
         else:
             pending += entry.points
     cutoff = utc_text(at)
-    for device, seq, kind, points, activates_at in conn.execute(
-        "SELECT device_id, seq, kind, points, activates_at FROM points WHERE customer_id = ?",
-        (customer.id,),
-    ):
-        if seq <= applied_through.get(device, 0):
-            continue
+    for _, _, kind, points, activates_at, *_ in rows:
         if kind == "spend" or activates_at <= cutoff:
             available += points
         else:
             pending += points
     return Points(available, pending)
+
+
+def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datetime) -> Wallet:
+    wallet = Wallet.of(
+        customer.balance_points,
+        [(e.points, e.expires_at) for e in customer.expiring],
+        [(e.points, e.activates_at) for e in customer.pending],
+        program.points_lifetime_days,
+        program.zone,
+    )
+    for _, _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at in rows:
+        wallet.apply(
+            Movement(
+                kind,
+                int(points),
+                str(receipt_id),
+                datetime.fromisoformat(tx_at) if tx_at else at,
+                bool(by_refund),
+                datetime.fromisoformat(activates_at) if activates_at else None,
+                datetime.fromisoformat(expires_at) if expires_at else None,
+            )
+        )
+    return wallet
+
+
+def _points(wallet: Wallet, at: datetime, program: Program) -> Points:
+    available, pending = wallet.points_at(at)
+    expiring = tuple(
+        (points, moment.astimezone(program.zone).isoformat())
+        for points, moment in wallet.expiring_at(at)
+    )
+    return Points(available, pending, expiring, wallet)
 
 
 def last_seq(conn: sqlite3.Connection, device_id: str) -> int:

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from .errors import InputError
+from .limits import TEXT_MAX
 from .money import line_amount
 
 INT64_MIN = -(2**63)
@@ -39,8 +40,22 @@ _QTY_RE = re.compile(r"^[0-9]+(\.[0-9]{1,3})?$")
 _DECIMAL_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 
 
+def check_text(name: str, value: str) -> str:
+    """A request's text field (identify's text, balance's card): at most `TEXT_MAX` characters."""
+    if len(value) > TEXT_MAX:
+        raise InputError(f"{name} is too long (at most {TEXT_MAX} characters)")
+    return value
+
+
+def _not_too_long(value: Any) -> None:
+    """Strings parsed by our own validators: refused before parsing, never echoed."""
+    if isinstance(value, str) and len(value) > TEXT_MAX:
+        raise ValueError(f"is too long (at most {TEXT_MAX} characters)")
+
+
 def _int64(value: Any) -> int:
     """An int64 as proto3 JSON allows it: a JSON integer or a string of one."""
+    _not_too_long(value)
     if isinstance(value, bool):
         raise ValueError("must be a whole number, not true/false")
     if isinstance(value, int):
@@ -73,6 +88,7 @@ def _positive(value: Any) -> int:
 def _qty(value: Any) -> Decimal:
     if isinstance(value, Decimal):
         value = str(value)
+    _not_too_long(value)
     if not isinstance(value, str):
         raise ValueError('must be a decimal string such as "2" or "0.512"')
     if not _QTY_RE.fullmatch(value):
@@ -107,6 +123,7 @@ def _non_negative_decimal(value: Any) -> Decimal:
 
 
 def _timestamp(value: Any) -> datetime:
+    _not_too_long(value)
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
@@ -165,7 +182,12 @@ if TYPE_CHECKING:  # what the union gives: a Decimal either way
     Qty = Decimal
 else:
     Qty = Annotated[
-        Annotated[str, Strict(), StringConstraints(pattern=_POSITIVE_QTY), AfterValidator(Decimal)]
+        Annotated[
+            str,
+            Strict(),
+            StringConstraints(max_length=TEXT_MAX, pattern=_POSITIVE_QTY),
+            AfterValidator(Decimal),
+        ]
         | Annotated[Decimal, BeforeValidator(_qty)],
         _FIRST,
     ]
@@ -179,6 +201,9 @@ Day = Annotated[date, BeforeValidator(_date)]
 # Strings are checked by pydantic-core itself. Strict: a string, never a number or bytes.
 Text = Annotated[str, Strict()]
 Key = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200)]
+# The text fields of a request (receipt, refund): at most TEXT_MAX characters.
+RequestText = Annotated[str, Strict(), StringConstraints(max_length=TEXT_MAX)]
+RequestKey = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=TEXT_MAX)]
 
 
 class Model(BaseModel):
@@ -220,6 +245,9 @@ class Program(Model):
     offer_print_cooldown_days: NonNegative = 7
     hold_ttl_seconds: Positive = 1800
     tiers: tuple[Tier, ...] = DEFAULT_TIERS
+    # Points earned on a till expire this many days after they become spendable (§16);
+    # 0: they never expire.
+    points_lifetime_days: NonNegative = 0
 
     @field_validator("timezone")
     @classmethod
@@ -274,6 +302,13 @@ class PendingPoints(Model):
     activates_at: Timestamp
 
 
+class ExpiringPoints(Model):
+    """A part of `balancePoints` that expires at `expiresAt` (§16)."""
+
+    points: NonNegative
+    expires_at: Timestamp
+
+
 Segment = Literal["NEW", "ACTIVE", "AT_RISK", "CHURNED", "SEGMENT_UNSPECIFIED"]
 
 
@@ -288,6 +323,7 @@ class Customer(Model):
     control_groups: tuple[Key, ...] = ()
     favorite_weekday: Annotated[int, Field(ge=0, le=7)] | None = None
     pending: tuple[PendingPoints, ...] = ()
+    expiring: tuple[ExpiringPoints, ...] = ()
 
 
 CardStatus = Literal["ACTIVE", "BLOCKED", "LOST"]
@@ -419,7 +455,7 @@ def _key(row: BaseModel) -> str:
 
 
 class ReceiptLine(Model):
-    sku: Key
+    sku: RequestKey
     qty: Qty
     price_minor: NonNegative | None = None
     amount_minor: NonNegative | None = None
@@ -433,11 +469,11 @@ class ReceiptLine(Model):
 
 
 class Receipt(Model):
-    receipt_id: Key
-    store_id: Text = ""
-    till_id: Text = ""
+    receipt_id: RequestKey
+    store_id: RequestText = ""
+    till_id: RequestText = ""
     at: Timestamp
-    card: Text
+    card: RequestText
     lines: Annotated[tuple[ReceiptLine, ...], Field(min_length=1, max_length=10_000)]
     redeem_points: Int64 = 0
 
@@ -466,13 +502,13 @@ class Receipt(Model):
 
 
 class RefundLine(Model):
-    sku: Key
+    sku: RequestKey
     qty: Qty
 
 
 class Refund(Model):
-    refund_id: Key
-    receipt_id: Key
+    refund_id: RequestKey
+    receipt_id: RequestKey
     at: Timestamp
     lines: Annotated[tuple[RefundLine, ...], Field(min_length=1, max_length=10_000)]
 
@@ -510,6 +546,9 @@ def describe(exc: ValidationError) -> str:
     message = str(first.get("msg", "is not valid"))
     message = message.removeprefix("Value error, ")
     message = _PLAIN.get(str(first.get("type")), message)
+    if first.get("type") == "string_too_long":
+        limit = (first.get("ctx") or {}).get("max_length")
+        message = f"is too long (at most {limit} characters)" if limit else message
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{where} {message}{more}".strip() if where else f"{message}{more}"
 

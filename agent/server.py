@@ -20,11 +20,15 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
+from . import hooks
 from .config import Settings
 from .errors import TillpointError
+from .limits import REQUEST_MAX_BYTES
+from .proto_json import status_message
 from .service import Agent
 
 log = logging.getLogger("tillpoint.server")
@@ -90,6 +94,7 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
         ("customerId", "customer_id"),
         ("tier", "tier"),
         ("firstName", "first_name"),
+        ("reason", "reason"),
     ):
         if card.get(key) is not None:
             setattr(outcome, field, card[key])
@@ -126,6 +131,8 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
         result.state = pb.ReceiptState.Value(data["state"])
     if data.get("holdExpiresAt"):
         result.hold_expires_at = data["holdExpiresAt"]
+        for batch in data["balance"].get("expiring", ()):
+            result.balance.expiring.add(points=batch["points"], expires_at=batch["expiresAt"])
     return result
 
 
@@ -206,7 +213,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.Status:
         return self._call(
             context,
-            lambda: to_message(self.agent.status(), pb.Status(), ignore_unknown=True),
+            lambda: status_message(self.agent.status()),
         )
 
 
@@ -214,7 +221,12 @@ def build_server(
     agent: Agent, address: str, max_workers: int = 8
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-ready server (not yet started) bound to `address`; returns the bound port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    # A request larger than 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before
+    # it is read whole; the text fields inside are limited by the models.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=[("grpc.max_receive_message_length", REQUEST_MAX_BYTES)],
+    )
     pb_grpc.add_PosAgentServicer_to_server(PosAgentServicer(agent), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -223,13 +235,18 @@ def build_server(
         raise TillpointError(f"cannot listen on {address}")
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    # Server reflection: grpcurl and Postman call PosAgent without the .proto.
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     return server, port, health_servicer
 
 
 # Background services (hub sync, print worker, display) register here; each is started
 # with the agent and the settings and returns a stop function.
+# (`hooks.background_starters`, the same list: registering there imports nothing heavy).
 BackgroundStarter = Callable[[Agent, Settings], Callable[[], None]]
-background_starters: list[BackgroundStarter] = []
+background_starters: list[BackgroundStarter] = hooks.background_starters
 
 
 def serve_forever(settings: Settings) -> int:
@@ -239,6 +256,7 @@ def serve_forever(settings: Settings) -> int:
     process is healthy, STOPPING=1 on SIGTERM; in-flight RPCs get 5 s to finish.
     """
     from . import logs, systemd
+    from .cli import device_kinds
     from .lock import DataDirLock
     from .metrics import Registry, serve
 
@@ -246,12 +264,23 @@ def serve_forever(settings: Settings) -> int:
     lock = DataDirLock(settings.data_dir).acquire()
     agent = Agent(settings.data_dir, settings.device_id)
     agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
+    agent.device_kinds = device_kinds(settings)
     registry = Registry()
     agent.metrics = registry
     register_gauges(registry, agent)
     server, _port, health_servicer = build_server(
         agent, settings.server.listen, settings.server.max_workers
     )
+    http_server = None
+    if settings.http.enabled:
+        from .http_api import HttpServer
+
+        http_server = HttpServer(
+            agent,
+            settings.http.listen,
+            token=settings.http.token,
+            max_workers=settings.server.max_workers,
+        )
     stops = [start(agent, settings) for start in background_starters]
     stops.append(start_hold_sweeper(agent))
     metrics_server = None
@@ -259,6 +288,9 @@ def serve_forever(settings: Settings) -> int:
         host, _, metrics_port = settings.metrics.listen.rpartition(":")
         metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
     server.start()
+    if http_server is not None:
+        http_server.start()
+        log.info("HTTP interface on %s:%s", http_server.host, http_server.port)
     log.info(
         "PosAgent serving on %s (device %s, cache version %s)",
         settings.server.listen,
@@ -278,7 +310,10 @@ def serve_forever(settings: Settings) -> int:
     systemd.notify("STOPPING=1")
     log.info("stopping: draining in-flight requests")
     health_servicer.enter_graceful_shutdown()
-    server.stop(grace=5).wait()
+    grpc_stopped = server.stop(grace=5)
+    if http_server is not None:
+        http_server.stop()  # the same 5 s grace, meanwhile
+    grpc_stopped.wait()
     for stop_background in reversed(stops):
         stop_background()
     if metrics_server is not None:

@@ -15,14 +15,14 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import cache as cache_mod
-from . import ledger
+from . import hooks, ledger
 from .cache import CacheView, ancestors
 from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
 from .errors import (
@@ -30,13 +30,25 @@ from .errors import (
     Conflict,
     HubUnavailable,
     InputError,
+    NoSnapshot,
     NotFound,
     Refused,
     TillpointError,
 )
+from .expiry import WARN_DAYS, Movement, expiry_time
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
-from .models import Customer, Offer, Program, Receipt, Refund, Snapshot, SnapshotHeader, parse
+from .models import (
+    Customer,
+    Offer,
+    Program,
+    Receipt,
+    Refund,
+    Snapshot,
+    SnapshotHeader,
+    check_text,
+    parse,
+)
 from .money import decimal_text, frac
 from .pricing import (
     OfferIndex,
@@ -81,9 +93,9 @@ class RedemptionAuthoriser(Protocol):
         ...
 
 
-# Parts that add fields to `status` (the hub sync, the printer) register a function of
-# the ledger connection here when they are imported.
-status_providers: list[Callable[[sqlite3.Connection], dict[str, Any]]] = []
+# Parts that add fields to `status` (the hub sync) register a function of the ledger
+# connection in `hooks.status_providers` (the same list) when they are imported.
+status_providers = hooks.status_providers
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,9 @@ class Agent:
         self._lock = threading.RLock()
         self.metrics: Any = None  # a metrics.Registry when run as a service
         self.devices: Any = None  # printer, display and scanner when run as a service
+        # The configured `kind` of "printer", "display", "scanner" (absent: "none"), for
+        # `status` in a process that does not drive the devices itself (the CLI).
+        self.device_kinds: dict[str, str] = {}
 
     def close(self) -> None:
         self._checkpoints.close()
@@ -207,6 +222,7 @@ class Agent:
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
 
     def identify(self, text: str) -> dict[str, Any]:
+        check_text("text", text)
         with self._lock, self._view() as view:
             ident = identify(text, view)
             card = card_json(
@@ -216,14 +232,15 @@ class Agent:
             self._tell_devices("show", identify_display(ident.customer.first_name))
         return card
 
-    def balance(self, card: str, at: datetime | None = None) -> dict[str, int]:
+    def balance(self, card: str, at: datetime | None = None) -> dict[str, Any]:
+        check_text("card", card)
         moment = at or self.clock()
         with self._lock, self._view() as view:
             ident = _require_card(identify(card, view))
             if ident.customer is None:
                 raise NotFound(f"card {card.strip()} is not known to this till")
             return ledger.balance(
-                self._ledger, ident.customer, view.applied_through(), moment
+                self._ledger, ident.customer, view.applied_through(), moment, view.program()
             ).as_json()
 
     # ------------------------------------------------------------ quote, checkout
@@ -473,6 +490,7 @@ class Agent:
         return result
 
     def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
+        _require_snapshot(view)
         program = view.program()
         ident = _require_card(identify(receipt.card, view))
         customer = ident.customer
@@ -491,16 +509,20 @@ class Agent:
 
         applied = view.applied_through()
         offers = view.offers_for(customer.id) if customer else []
-        before = ledger.balance(self._ledger, customer, applied, receipt.at) if customer else None
-        # This till's other open holds reserve their points (SPEC §11).
+        before = (
+            ledger.balance(self._ledger, customer, applied, receipt.at, program)
+            if customer
+            else None
+        )
+        # This till's other open holds reserve their points (the contract §11).
         held_elsewhere = (
             ledger.held_points(self._ledger, customer.id, self.clock(), receipt.receipt_id)
             if customer
             else 0
         )
-        mass = view.remembered(
-            "mass-index", lambda: OfferIndex(o for o in offers if o.customer_id is None)
-        )
+        # Shared by every receipt of this snapshot version: built from the cache's mass
+        # offers, never from this receipt's list (empty for an UNKNOWN card).
+        mass = view.remembered("mass-index", lambda: OfferIndex(view.mass_offers()))
         ctx = PricingContext(
             program=program,
             products=products,
@@ -531,8 +553,23 @@ class Agent:
         after = None
         if before is not None:
             earned = priced.earned_points
-            pending_now = activation_time(receipt.at, program) > receipt.at
-            after = ledger.Points(
+            activates = activation_time(receipt.at, program)
+            pending_now = activates > receipt.at
+            moves = []
+            if priced.redeemed_points:
+                moves.append(
+                    Movement(
+                        "spend", -priced.redeemed_points, receipt.receipt_id, receipt.at, False
+                    )
+                )
+            if earned:
+                expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+                moves.append(
+                    Movement(
+                        "earn", earned, receipt.receipt_id, receipt.at, False, activates, expires
+                    )
+                )
+            after = before.after(program, receipt.at, *moves) or ledger.Points(
                 before.available - priced.redeemed_points + (0 if pending_now else earned),
                 before.pending + (earned if pending_now else 0),
             )
@@ -549,6 +586,7 @@ class Agent:
                 priced.earned_points,
                 after.available,
                 frac(program.birthday_multiplier) if birthday else None,
+                _expiring_soon(after, receipt.at, program),
             )
         else:
             result["display"] = quote_display(priced.total, priced.discount)
@@ -626,7 +664,9 @@ class Agent:
         # Encoded once: the same texts go to the receipt's row and to its outbox payload.
         result_text = json.dumps(result, ensure_ascii=False)
         conn.execute(
-            "INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO receipts (receipt_id, device_id, seq, at, local_day, card,"
+            " customer_id, mode, redeemed_points, extra_points, request, result, created_at,"
+            " activates_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 receipt_id,
                 self.device_id,
@@ -641,6 +681,7 @@ class Agent:
                 request_text,
                 result_text,
                 ledger.utc_text(now),
+                figures["activatesAt"],
             ),
         )
         conn.executemany(
@@ -649,20 +690,20 @@ class Agent:
         )
         delta_available = delta_pending = 0
         if customer_id is not None:
-            rows: list[tuple[str, int, str | None]] = []
+            rows: list[tuple[str, int, str | None, str | None]] = []
             redeemed, earned = int(figures["redeemed"]), int(figures["earned"])
             if redeemed:
-                rows.append(("spend", -redeemed, None))
+                rows.append(("spend", -redeemed, None, None))
                 delta_available -= redeemed
             if earned:
-                rows.append(("earn", earned, figures["activatesAt"]))
+                rows.append(("earn", earned, figures["activatesAt"], figures.get("expiresAt")))
                 if figures["pending"]:
                     delta_pending += earned
                 else:
                     delta_available += earned
             conn.executemany(
                 "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
-                " activates_at) VALUES (?,?,?,?,?,?,?)",
+                " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
                 [(self.device_id, seq, customer_id, receipt_id, *r) for r in rows],
             )
             for offer in offers:
@@ -766,7 +807,7 @@ class Agent:
             if stored is not None:
                 return dict(json.loads(stored[0]))
             row = conn.execute(
-                "SELECT at, card, customer_id, extra_points, result FROM receipts"
+                "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
                 " WHERE receipt_id = ?",
                 (refund.receipt_id,),
             ).fetchone()
@@ -774,6 +815,8 @@ class Agent:
                 raise NotFound(f"receipt {refund.receipt_id} was never committed at this till")
             sold_at = datetime.fromisoformat(row[0])
             card, customer_id, extra = str(row[1]), row[2], int(row[3])
+            # Fixed at commit (the delay in force then), never today's program.
+            activates = datetime.fromisoformat(row[4])
             if refund.at < sold_at:
                 raise InputError(
                     f"refund at {refund.at.isoformat()} is before the sale at {row[0]}"
@@ -798,41 +841,40 @@ class Agent:
                     "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
                     (decimal_text(new), refund.receipt_id, idx),
                 )
-            program = view.program()
             applied = view.applied_through()
             seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
             customer = view.customer(customer_id) if customer_id else None
             delta_available = delta_pending = 0
             if customer_id:
-                rows: list[tuple[str, int, str | None]] = []
+                rows: list[tuple[str, int, str | None, str | None]] = []
                 if outcome.returned_points:
-                    rows.append(("spend", outcome.returned_points, None))
+                    rows.append(("spend", outcome.returned_points, None, None))
                     delta_available += outcome.returned_points
                 taken = outcome.taken_back_points
-                activates = activation_time(sold_at, program)
                 if taken and refund.at < activates:
                     # Taken-back points come off the receipt's own pending points first.
-                    pending_left = int(
-                        conn.execute(
-                            "SELECT coalesce(sum(points), 0) FROM points"
-                            " WHERE receipt_id = ? AND kind = 'earn'",
-                            (refund.receipt_id,),
-                        ).fetchone()[0]
-                    )
-                    from_pending = max(0, min(taken, pending_left))
+                    pending_left, expires = conn.execute(
+                        "SELECT coalesce(sum(points), 0), max(expires_at) FROM points"
+                        " WHERE receipt_id = ? AND kind = 'earn'",
+                        (refund.receipt_id,),
+                    ).fetchone()
+                    from_pending = max(0, min(taken, int(pending_left)))
                     if from_pending:
-                        rows.append(("earn", -from_pending, ledger.utc_text(activates)))
+                        rows.append(("earn", -from_pending, ledger.utc_text(activates), expires))
                         delta_pending -= from_pending
                         taken -= from_pending
                 if taken:
-                    rows.append(("spend", -taken, None))
+                    rows.append(("spend", -taken, None, None))
                     delta_available -= taken
                 conn.executemany(
                     "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
-                    " activates_at) VALUES (?,?,?,?,?,?,?)",
+                    " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
                     [(self.device_id, seq, customer_id, refund.receipt_id, *r) for r in rows],
                 )
-            balance = ledger.balance(conn, customer, applied, refund.at) if customer else None
+            program = view.program()
+            balance = (
+                ledger.balance(conn, customer, applied, refund.at, program) if customer else None
+            )
             result: dict[str, Any] = {
                 "refundId": refund.refund_id,
                 "receiptId": refund.receipt_id,
@@ -918,18 +960,18 @@ class Agent:
                 "mode": "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE",
                 "printQueueDepth": int(jobs),
             }
-            status.update(printer_state_from_queue(conn))
+            failed, retrying, last_error = print_queue_health(conn)
+            status["printerLastError"] = last_error
             for provider in status_providers:
                 status.update(provider(conn))
+        live: dict[str, Any] | None = None
         devices = self.devices
         if devices is not None:  # live states when run as a service
             try:
-                live = devices.status()
-                status["printerState"] = live["printer"]["state"]
-                status["displayState"] = live["display"]["state"]
-                status["scannerState"] = live["scanner"]["state"]
+                live = {name: dict(state) for name, state in devices.status().items()}
             except Exception:
                 log.warning("device status unavailable", exc_info=True)
+        status.update(device_states(self.device_kinds, live, failed, retrying))
         return status
 
     # ------------------------------------------------------------ plumbing
@@ -948,8 +990,8 @@ class Agent:
         self._checkpoints.committed()
 
 
-def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:
-    """What the print queue says when no live printer state is at hand (another process)."""
+def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:
+    """Failed jobs, jobs waiting for a retry, and the newest open job's last error."""
     failed, retrying, last_error = conn.execute(
         "SELECT count(*) FILTER (WHERE state = 'FAILED'),"
         " count(*) FILTER (WHERE state IN ('PENDING', 'SENDING') AND attempts > 0),"
@@ -957,8 +999,38 @@ def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:
         "  ORDER BY id DESC LIMIT 1)"
         " FROM print_jobs"
     ).fetchone()
-    state = "FAILED_JOBS" if failed else "RETRYING" if retrying else "OK"
-    return {"printerState": state, "printerLastError": last_error or ""}
+    return int(failed), int(retrying), str(last_error or "")
+
+
+def device_states(
+    kinds: dict[str, str], live: dict[str, Any] | None, failed: int, retrying: int
+) -> dict[str, str]:
+    """`printerState`, `displayState`, `scannerState`: one meaning in the CLI's `status`, the
+    gRPC `Status`, the metrics and the demo (docs/DECISIONS.md, "Device states").
+
+    DISABLED: the device is not configured (`kind = "none"`). The printer: OFFLINE or
+    ERROR as the running print worker last found it; else FAILED_JOBS while jobs gave up
+    (`tillpoint print retry`), RETRYING while jobs wait for another attempt, OK otherwise.
+    The display and scanner: OK or OFFLINE from the running service; UNKNOWN in a
+    process that does not drive them (the CLI: ask the service, `grpc Status`).
+    """
+    out: dict[str, str] = {}
+    for name in ("printer", "display", "scanner"):
+        live_state = str(live[name]["state"]) if live is not None else None
+        if live_state is not None:
+            configured = live_state != "DISABLED"
+        else:
+            configured = kinds.get(name, "none") != "none"
+        if not configured:
+            state = "DISABLED"
+        elif name != "printer":
+            state = live_state or "UNKNOWN"
+        elif live_state in ("OFFLINE", "ERROR"):
+            state = live_state
+        else:
+            state = "FAILED_JOBS" if failed else "RETRYING" if retrying else "OK"
+        out[f"{name}State"] = state
+    return out
 
 
 # ---------------------------------------------------------------- JSON shapes
@@ -966,6 +1038,8 @@ def printer_state_from_queue(conn: sqlite3.Connection) -> dict[str, Any]:
 
 def card_json(ident: Identification, tier: str | None) -> dict[str, Any]:
     if ident.customer is None or ident.status != "FOUND":
+        if ident.reason:  # INVALID / BLOCKED say why (CardOutcome.reason)
+            return {"status": ident.status, "reason": ident.reason}
         return {"status": ident.status}
     return {
         "status": "FOUND",
@@ -1009,6 +1083,28 @@ def result_json(
         "heldOut": list(priced.held_out),
         "printedOffers": [o.id for o in printed],
     }
+
+
+def _expiring_soon(
+    points: ledger.Points, at: datetime, program: Program
+) -> tuple[int, date] | None:
+    """The first batch that expires within `WARN_DAYS` of `at`: its points and local day."""
+    if not points.expiring:
+        return None
+    count, expires_at = points.expiring[0]
+    moment = datetime.fromisoformat(expires_at)
+    if moment - at > timedelta(days=WARN_DAYS):
+        return None
+    return count, moment.astimezone(program.zone).date()
+
+
+def _require_snapshot(view: CacheView) -> None:
+    """Quote, hold and checkout price nothing against an empty cache: it would be a guess."""
+    if view.version == 0:
+        raise NoSnapshot(
+            "no snapshot loaded: load one (tillpoint snapshot load FILE) or let the till"
+            " reach its hub"
+        )
 
 
 def _require_card(ident: Identification) -> Identification:
@@ -1061,6 +1157,9 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
     """What Confirm commits, fixed at Hold: the sale's figures as JSON (no pricing again)."""
     receipt, priced, customer = done.receipt, done.priced, done.customer
     activates = activation_time(receipt.at, program)
+    # Fixed at Hold with the program in force then: a later refund judges "still pending"
+    # and "expired" by these, whatever the program says by then.
+    expires = expiry_time(activates, program.points_lifetime_days, program.zone)
     return {
         "at": receipt.at.isoformat(),
         "localDay": receipt.at.astimezone(program.zone).date().isoformat(),
@@ -1072,6 +1171,7 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
         "earned": priced.earned_points,
         "extra": priced.extra_points,
         "activatesAt": ledger.utc_text(activates),
+        "expiresAt": ledger.utc_text(expires) if expires else None,
         "pending": activates > receipt.at,
         "lines": [
             [line.sku, str(receipt.lines[i].qty), line.redeemed_points, line.earned_points]

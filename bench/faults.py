@@ -146,7 +146,9 @@ def till_config(path: Path, data_dir: Path, hub_address: str, listen: str) -> Pa
         "[server]\n"
         f'listen = "{listen}"\n'
         "[metrics]\n"
-        "enabled = false\n",
+        "enabled = false\n"
+        "[http]\n"
+        'listen = "127.0.0.1:0"\n',
         encoding="utf-8",
     )
     return path
@@ -207,6 +209,8 @@ def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outc
                 kill(proc)
                 channel.close()
                 continue
+            # A till sells once it has a snapshot: the first start pulls one.
+            wait_for(lambda: stub.Status(pb.StatusRequest(), timeout=2).cache_version > 0, 30)  # noqa: B023
             stop_at = time.monotonic() + rng.uniform(0.05, 0.8)
             killer = threading.Timer(max(0.0, stop_at - time.monotonic()), kill, (proc,))
             killer.start()
@@ -277,6 +281,7 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
     from tillpoint.sync.hub_server import HubServer
     from tillpoint.sync.hub_sqlite import SqliteHubStore  # noqa: F401 - the store it uses
     from tillpoint.sync.loopback import LoopbackHub, timings
+    from tillpoint.sync.pull import Puller
     from tillpoint.sync.service import SyncService
 
     out = Outcome("hub-kill")
@@ -285,7 +290,13 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
     data_dir = work / "till"
     port = free_port()
     setup.port = port
-    setup.enroll(DEVICE, data_dir)
+    first = setup.enroll(DEVICE, data_dir)
+    # The till's first snapshot, while the setup hub runs: a till with no snapshot sells nothing.
+    setup.start()
+    seeding = Agent(data_dir, DEVICE)
+    Puller(seeding, HubLink(setup.address, first), first, call_timeout_s=5).pull()
+    seeding.close()
+    setup.stop()
     setup.server.store.close() if hasattr(setup.server.store, "close") else None
     marker = work / "committed"
 
@@ -610,6 +621,7 @@ def scenario_proxy(work: Path, rounds: int, rng: random.Random) -> Outcome:
     agent.hub = HubAuthoriser(link, data_dir, DEVICE, 0.3)
     sync = SyncService(agent, link, enrollment, timings(push_check_s=0.05))
     sync.start()
+    wait_for(lambda: agent.status()["cacheVersion"] > 0, 30)  # sales need a snapshot
     counter = 0
     try:
         for r in range(rounds):
@@ -834,7 +846,7 @@ def scenario_malformed(work: Path, count: int, cli_count: int, rng: random.Rando
     cfg = work / "till.toml"
     cfg.write_text(
         f'device_id = "{DEVICE}"\ndata_dir = "{data_dir}"\n[server]\nlisten = "127.0.0.1:{port}"\n'
-        "[metrics]\nenabled = false\n"
+        '[metrics]\nenabled = false\n[http]\nlisten = "127.0.0.1:0"\n'
     )
 
     def state() -> tuple[Any, ...]:

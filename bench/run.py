@@ -2,9 +2,9 @@
 
 Each figure is measured as p50/p99/max over many operations, beside a floor this machine
 achieves in the same run for the bare work underneath (SQLite reads, an fsynced insert, a
-gRPC echo of the same size). Results go to bench/results/<time>.json (and latest.json) and
-a short table on the terminal. `--quick` runs a small dataset in well under a minute to
-check that the benchmark itself works; it reports but asserts nothing.
+gRPC or HTTP echo of the same size). Results go to bench/results/<time>.json (and
+latest.json) and a short table on the terminal. `--quick` runs a small dataset in well
+under a minute to check that the benchmark itself works; it reports but asserts nothing.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def run(
     scale = Scale.named(scale_name)
     rng = random.Random(7)
     figures: list[dict[str, Any]] = []
-    env = dict(os.environ, TILLPOINT_DEVICE_ID="bench-till")
+    env = dict(os.environ, TILLPOINT_DEVICE_ID="bench-till", TILLPOINT_HTTP__LISTEN="127.0.0.1:0")
 
     def figure(
         name: str, target: str, measured: dict[str, Any], ok: bool | None, **extra: Any
@@ -300,6 +300,18 @@ def run(
         floor_p99_ms=floor["p99_ms"],
     )
 
+    # POST /v1/quote over HTTP (proto3 JSON, keep-alive) vs a bare HTTP echo of the same
+    # stack (Starlette on uvicorn, h11) and the same body, beside the gRPC figure.
+    http_quote, http_floor = _http_quote(agent, rng, scale, ops)
+    figure(
+        "POST /v1/quote over HTTP",
+        "p99 <= floor + 1.5 ms",
+        http_quote,
+        http_quote["p99_ms"] <= http_floor["p99_ms"] + 1.5,
+        floor_p99_ms=http_floor["p99_ms"],
+        grpc_p99_ms=over["p99_ms"],
+    )
+
     # A delta of 10,000 rows.
     rows = min(10_000, scale.customers)
     delta = write_delta(work / "delta.jsonl", scale, rows, base=2)
@@ -336,6 +348,62 @@ def run(
         },
         "figures": figures,
     }
+
+
+def _http_echo_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def echo(request: Request) -> Response:
+        return Response(await request.body(), media_type="application/json")
+
+    return Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+
+
+def _http_quote(
+    agent: Agent, rng: random.Random, scale: Scale, ops: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(quote, echo floor) over one keep-alive connection each, bodies made beforehand."""
+    import http.client
+
+    from tillpoint.agent.http_api import AsgiThread, HttpServer
+
+    server = HttpServer(agent, "127.0.0.1:0")
+    echo = AsgiThread(_http_echo_app(), "127.0.0.1", 0)
+    server.start()
+    echo.start()
+    bodies = [json.dumps(receipt("h", rng, scale)).encode() for _ in range(50)]
+    quote_conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    echo_conn = http.client.HTTPConnection("127.0.0.1", echo.port, timeout=5)
+    for conn in (quote_conn, echo_conn):
+        # http.client writes the head and the body apart: without TCP_NODELAY the body
+        # waits for the server's delayed ACK (40 ms), as with any client that does so.
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    it = iter(range(10**9))
+
+    def post(conn: http.client.HTTPConnection, path: str) -> None:
+        conn.request("POST", path, bodies[next(it) % 50], {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path}: HTTP {response.status} {answer[:200]!r}")
+
+    try:
+        for _ in range(20):  # warm both connections
+            post(echo_conn, "/echo")
+            post(quote_conn, "/v1/quote")
+        floor = stats(timed(lambda: post(echo_conn, "/echo"), ops))
+        quote = stats(timed(lambda: post(quote_conn, "/v1/quote"), ops))
+    finally:
+        quote_conn.close()
+        echo_conn.close()
+        server.stop()
+        echo.stop()
+    return quote, floor
 
 
 def _next_version(snap: Path, out: Path, version: int) -> Path:
@@ -476,12 +544,15 @@ def _full_apply(
 def _upload(work: Path, n: int, figure: Callable[..., None]) -> list[Any]:
     from tillpoint.sync.loopback import LoopbackHub, sample_master_data, timings
     from tillpoint.sync.loopback import receipt as sample_receipt
+    from tillpoint.sync.pull import Puller
     from tillpoint.sync.service import SyncService
 
     hub = LoopbackHub(work / "hub", data=sample_master_data())
     till = hub.till("bench-upload", work / "upload-till", start=False)
     try:
         agent = till.agent
+        # a till sells only once it has a snapshot
+        Puller(agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
         agent.hub = None  # offline sales: the outbox fills
         for i in range(n):
             agent.checkout(sample_receipt(f"u-{i}", "2770000000017"))

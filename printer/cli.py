@@ -104,7 +104,7 @@ def _offers_from(name: str) -> list[dict[str, Any]]:
 
 def _preview(settings: Any, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import read_json
-    from tillpoint.printer.cli_support import preview
+    from tillpoint.printer.cli_support import NothingToPrint, preview
     from tillpoint.printer.config import PrinterConfig
     from tillpoint.printer.queue import list_jobs
 
@@ -124,26 +124,41 @@ def _preview(settings: Any, args: argparse.Namespace) -> int:
                 "this till queued no coupon for that receipt: give the offers with --offers"
             )
         result = jobs[0]["payload"]
-    text = preview(result, offers, args.png, config)
+    try:
+        text = preview(result, offers, args.png, config)
+    except NothingToPrint as exc:  # an answer, not an error: this receipt has no coupon
+        return _emit(args, {"text": "", "png": None}, exc.message)
     data = {"text": text, "png": str(args.png) if args.png else None}
     return _emit(args, data, text + (f"(image: {args.png})\n" if args.png else ""))
 
 
 def _queue(settings: Any, args: argparse.Namespace) -> int:
+    from tillpoint.agent.proto_json import message_json
     from tillpoint.printer.queue import list_jobs
+    from tillpoint.v1 import tillpoint_pb2 as pb
 
     jobs = list_jobs(_ledger(settings), include_done=args.all)
+    listing = pb.PrintQueueList()
     for job in jobs:
-        payload = job.pop("payload")
-        job["offers"] = (
-            [o.get("id") for o in payload.get("offers", [])] if isinstance(payload, dict) else []
+        payload = job["payload"]
+        offers = payload.get("offers", []) if isinstance(payload, dict) else []
+        listing.jobs.add(
+            id=job["id"],
+            receipt_id=job["receipt_id"],
+            created_at=job["created_at"] or "",
+            state=job["state"],
+            attempts=job["attempts"],
+            next_attempt_at=job["next_attempt_at"] or "",
+            last_error=job["last_error"] or "",
+            printed_at=job["printed_at"] or "",
+            offers=[str(o.get("id")) for o in offers if isinstance(o, dict)],
         )
     lines = [
-        f"{j['receipt_id']:<24} {j['state']:<8} attempts {j['attempts']:<3} "
-        f"{j['last_error'] or ''}".rstrip()
-        for j in jobs
+        f"{j.receipt_id:<24} {j.state:<8} attempts {j.attempts:<3} {j.last_error}".rstrip()
+        for j in listing.jobs
     ]
-    return _emit(args, {"jobs": jobs}, "\n".join(lines) if lines else "the print queue is empty")
+    human = "\n".join(lines) if lines else "the print queue is empty"
+    return _emit(args, message_json(listing), human)
 
 
 def _retry(settings: Any, args: argparse.Namespace) -> int:
@@ -158,14 +173,18 @@ def _retry(settings: Any, args: argparse.Namespace) -> int:
     )
 
 
-def _register_devices() -> None:
-    """`tillpoint run` starts the printer, display and scanner configured for this till."""
-    from tillpoint.agent import server
-
+def _start_devices(agent: Any, settings: Any) -> Any:
     from .service import start_devices
 
-    if start_devices not in server.background_starters:
-        server.background_starters.append(start_devices)
+    return start_devices(agent, settings)
+
+
+def _register_devices() -> None:
+    """`tillpoint run` starts the printer, display and scanner configured for this till."""
+    from tillpoint.agent import hooks
+
+    if _start_devices not in hooks.background_starters:
+        hooks.background_starters.append(_start_devices)
 
 
 _register_devices()

@@ -11,9 +11,10 @@
     :func:`preview` ``(result_json, offers, out_png, profile)``: lays out the offers block,
     renders the exact ESC/POS bytes the printer would get, decodes them back and returns the
     paper as text (and writes a PNG when ``out_png`` is given). No printer needed.
-    ``result_json`` is a ``CheckoutResult`` (its ``printedOffers`` pick from ``offers``, which
-    are snapshot offers with ``printText``; without ``printedOffers`` every given offer is
-    shown) or directly a print-job payload (``receiptId`` + ``offers`` with ``text``).
+    ``result_json`` is a ``CheckoutResult`` (exactly its ``printedOffers`` are shown, picked
+    from ``offers``, which are snapshot offers with ``printText``; an empty or absent list
+    raises ``NothingToPrint``), a bare ``{"receiptId"}`` (every given offer is shown) or
+    directly a print-job payload (``receiptId`` + ``offers`` with ``text``).
     Raises ``InputError`` (exit 2) with one line for input that cannot be previewed.
 
 Neither writes anything to stdout: the CLI decides what to print (python-escpos is imported
@@ -37,7 +38,14 @@ from tillpoint.printer.queue import GS_R_PAPER, query_health
 from tillpoint.printer.render import render_png, render_text
 from tillpoint.printer.transport import Transport, make_transport
 
-__all__ = ["preview", "preview_payload", "print_test_page", "send_now", "test_page_blocks"]
+__all__ = [
+    "NothingToPrint",
+    "preview",
+    "preview_payload",
+    "print_test_page",
+    "send_now",
+    "test_page_blocks",
+]
 
 
 def test_page_blocks(profile: Profile, connection: str = "") -> list[Block]:
@@ -115,6 +123,14 @@ def _profile(profile: PrinterConfig | Profile | str | None) -> Profile:
     return resolve_profile(PrinterConfig(profile=profile or "generic-80mm"))
 
 
+class NothingToPrint(InputError):
+    """The result printed no offers: there is no coupon to show (the CLI says so, exit 0)."""
+
+
+# Fields only a CheckoutResult has: such a document prints exactly its printedOffers.
+_RESULT_KEYS = ("card", "lines", "mode", "totalMinor", "payableMinor")
+
+
 def _payload_from(
     result_json: Mapping[str, Any], offers: Sequence[Mapping[str, Any]] | None
 ) -> PrintPayload:
@@ -134,10 +150,14 @@ def _payload_from(
     first_name = card.get("firstName") if isinstance(card, Mapping) else None
     pool = list(offers or [])
     by_id = {o.get("id"): o for o in pool if isinstance(o, Mapping)}
-    wanted = result_json.get("printedOffers") or []
-    if not isinstance(wanted, list):
-        raise InputError("printedOffers must be a list of offer ids")
-    if wanted:
+    wanted = result_json.get("printedOffers")
+    if wanted is None and any(key in result_json for key in _RESULT_KEYS):
+        wanted = []  # a CheckoutResult in proto3 JSON leaves an empty list out
+    if wanted is not None:
+        if not isinstance(wanted, list):
+            raise InputError("printedOffers must be a list of offer ids")
+        if not wanted:
+            raise NothingToPrint(f"nothing to print: receipt {receipt_id} printed no offers")
         missing = [oid for oid in wanted if oid not in by_id]
         if missing:
             raise InputError(
@@ -145,7 +165,7 @@ def _payload_from(
             )
         chosen = [by_id[oid] for oid in wanted]
     else:
-        chosen = pool
+        chosen = pool  # a bare {"receiptId"}: every offer given
     if not chosen:
         raise InputError("nothing to preview: the result printed no offers and none were given")
     at = result_json.get("at")

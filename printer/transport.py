@@ -12,7 +12,7 @@ serial      ``serial.serial_for_url`` (so ``loop://``, ``socket://`` and ``rfc22
 file        a file or a device node (``/dev/usb/lp0``) opened non-blocking; writes wait with
             ``select`` up to the write timeout. Paths under ``/dev`` are never created, so an
             unplugged printer is an error and not a regular file in ``/dev``.
-usb         python-escpos' ``Usb`` (needs the ``pyusb`` package, not installed by default):
+usb         python-escpos' ``Usb`` (``pyusb``, a dependency, and the system's libusb-1.0):
             it finds the device and detaches the kernel driver; reads and writes go straight
             to the endpoints with a timeout in milliseconds. On Linux, ``file`` with the
             kernel's ``/dev/usb/lp0`` is the simpler choice.

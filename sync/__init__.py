@@ -14,10 +14,8 @@ docs/PROTOCOL.md describes the protocol and its guarantees.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING, Any
-
-from .pki import is_enrolled
-from .state import sync_status
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,11 +44,25 @@ def start_sync(agent: Agent, settings: Settings) -> Callable[[], None]:
     return start(agent, settings)
 
 
-def _register() -> None:
-    from tillpoint.agent import service
+def is_enrolled(data_dir: Path) -> bool:
+    from .pki import is_enrolled as enrolled
 
-    if sync_status not in service.status_providers:
-        service.status_providers.append(sync_status)
+    return enrolled(data_dir)
+
+
+def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
+    from .state import sync_status as status
+
+    return status(ledger_conn)
+
+
+# Imported by `tillpoint --help` (through tillpoint.sync.cli): every name above imports its
+# module (cryptography, sqlite-utils, gRPC) only when called (agent/hooks.py).
+def _register() -> None:
+    from tillpoint.agent import hooks
+
+    if sync_status not in hooks.status_providers:
+        hooks.status_providers.append(sync_status)
 
 
 _register()

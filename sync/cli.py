@@ -17,14 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tillpoint.agent.config import Settings
 from tillpoint.agent.errors import HubUnavailable, InputError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/hooks.py)
+    from tillpoint.agent.config import Settings
+
     from .hub_server import HubDir
 
 EXIT_OK, EXIT_ERROR = 0, 1
-Handler = Callable[[Settings, argparse.Namespace], int]
+Handler = Callable[["Settings", argparse.Namespace], int]
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -615,12 +616,12 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _register_background() -> None:
-    from tillpoint.agent import server
+    from tillpoint.agent import hooks
 
-    from .service import start_sync
+    from . import start_sync  # imports the sync service when `run` starts it
 
-    if start_sync not in server.background_starters:
-        server.background_starters.append(start_sync)
+    if start_sync not in hooks.background_starters:
+        hooks.background_starters.append(start_sync)
 
 
 _register_background()

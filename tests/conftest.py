@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,10 @@ from tillpoint.agent.cli import main
 from tillpoint.agent.service import Agent
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Every `tillpoint run` a test starts serves HTTP on a free port, not on the fixed
+# default: suites (and other checkouts) running side by side must not collide on 8061.
+os.environ.setdefault("TILLPOINT_HTTP__LISTEN", "127.0.0.1:0")
 SHARED = REPO.parent / "shared"
 
 PROGRAM: dict[str, Any] = {

@@ -16,6 +16,7 @@ def test_bench_runs_every_figure_at_tiny_scale(tmp_path: Path) -> None:
         "in-process quote, 50 lines",
         "checkout (commit, fsync)",
         "PosAgent.Quote over gRPC",
+        "POST /v1/quote over HTTP",
         "outbox upload to the hub",
         "tillpoint run: start to ready",
         "agent memory idle",

@@ -1,17 +1,24 @@
 """The Debian package and the wheel: contents, maintainer scripts, a real install.
 
-Building the package takes ~20 s and installing it ~10 s, so those tests are `slow`
-(`make test-all`, and CI); the static checks run in the default suite.
+Building the package takes a minute or more (it downloads the pinned wheels for Python
+3.11, 3.12 and 3.13 once; pip's cache serves later builds) and installing it ~20 s per
+interpreter, so those tests are `slow` (`make test-all`, and CI); the static checks run in
+the default suite. The install is tested with every supported interpreter this machine
+has (`python3.X` on PATH, Debian's /usr/bin, pyenv or uv installs); the others are
+skipped with the reason.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +30,73 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 from .conftest import REPO, snapshot
 
 PACKAGING = REPO / "packaging"
+SUPPORTED = ("3.11", "3.12", "3.13")  # Debian 12, Ubuntu 24.04, Debian 13
+
+
+def lock_pins() -> dict[str, str]:
+    sys.path.insert(0, str(PACKAGING))
+    try:
+        from runtime_lock import pins
+    finally:
+        sys.path.remove(str(PACKAGING))
+    return pins(REPO / "requirements.lock")  # type: ignore[no-any-return]
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter of that version that can make a venv, or None."""
+    home = Path.home()
+    candidates = [shutil.which(f"python{version}"), f"/usr/bin/python{version}"]
+    for pattern in (
+        f".pyenv/versions/{version}.*/bin/python{version}",
+        f".local/share/uv/python/cpython-{version}.*/bin/python{version}",
+    ):
+        candidates += [str(p) for p in sorted(home.glob(pattern))]
+    for exe in candidates:
+        if not exe or not os.access(exe, os.X_OK):
+            continue
+        probe = subprocess.run(
+            [exe, "-c", "import ensurepip, venv, sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return exe
+    return None
+
+
+def test_runtime_dependencies_are_pinned_in_the_lock() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pinned = lock_pins()
+    for requirement in project["dependencies"]:
+        name, version = re.fullmatch(
+            r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==(\S+)", requirement
+        ).groups()  # type: ignore[union-attr]
+        assert pinned[re.sub(r"[-_.]+", "-", name).lower()] == version, requirement
+    assert "pyusb" in pinned  # USB receipt printers
+
+
+def test_package_promises_the_pythons_it_is_built_for() -> None:
+    script = (PACKAGING / "build-deb.sh").read_text()
+    assert f'PYTHONS=${{PYTHONS:-"{" ".join(SUPPORTED)}"}}' in script
+    control = (PACKAGING / "debian" / "control.in").read_text()
+    assert "python3 (>= 3.11), python3 (<< 3.14)" in control
+
+
+def test_runtime_lock_refuses_a_wheel_the_lock_does_not_pin(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("# pins\nPyYAML==6.0.3\nsetuptools==80.9.0\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("pyyaml-6.0.3-cp313-cp313-manylinux_2_17_x86_64.whl", "pip-26.3-py3-none-any.whl"):
+        (wheels / name).touch()
+    script = [sys.executable, str(PACKAGING / "runtime_lock.py"), str(lock), str(wheels)]
+    ok = subprocess.run(script, capture_output=True, text=True, check=False, timeout=30)
+    assert ok.returncode == 0 and ok.stdout == "pyyaml==6.0.3\n"
+    (wheels / "setuptools-84.2.1-py3-none-any.whl").touch()
+    bad = subprocess.run(script, capture_output=True, text=True, check=False, timeout=30)
+    assert bad.returncode == 1 and "setuptools-84.2.1" in bad.stderr and "80.9.0" in bad.stderr
 
 
 def test_unit_is_notify_with_watchdog_and_hardening() -> None:
@@ -70,6 +144,7 @@ def deb() -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # the first test builds the package (wheels for three Pythons)
 def test_package_contents_and_control(deb: Path) -> None:
     info = subprocess.run(["dpkg-deb", "-I", deb], capture_output=True, text=True, check=True)
     assert "Package: tillpoint" in info.stdout and "python3-venv" in info.stdout
@@ -84,16 +159,36 @@ def test_package_contents_and_control(deb: Path) -> None:
     ):
         assert path in listing
     assert "./opt/tillpoint/wheels/tillpoint-" in listing
+    for version in SUPPORTED:  # the compiled dependencies for every supported Python
+        tag = "cp" + version.replace(".", "")
+        for name in ("grpcio-1.85.1", "pydantic_core-", "pyyaml-6.0.3"):
+            assert re.search(rf"wheels/{name}\S*-{tag}-{tag}-manylinux\S*\.whl", listing), (
+                name,
+                tag,
+            )
+    assert "wheels/pyusb-" in listing
+    shipped = subprocess.run(
+        ["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True
+    ).stdout
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(shipped)) as tar:
+        member = tar.extractfile("./opt/tillpoint/requirements.lock")
+        assert member is not None
+        runtime = dict(line.split("==") for line in member.read().decode().split())
+    pinned = lock_pins()
+    assert runtime and all(pinned[name] == version for name, version in runtime.items())
+    assert runtime["pyyaml"] == "6.0.3" and runtime["pyusb"] == pinned["pyusb"]
     conffiles = subprocess.run(
         ["dpkg-deb", "-f", deb, "Package"], capture_output=True, text=True, check=True
     ).stdout
     assert conffiles.strip() == "tillpoint"
 
 
-@pytest.fixture(scope="module")
-def installed(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """`dpkg --root` into a throw-away root; maintainer scripts run with DPKG_ROOT set."""
-    root = tmp_path_factory.mktemp("root")
+def dpkg_install(deb: Path, root: Path, python: str | None = None) -> None:
+    """`dpkg --root` into a throw-away root; maintainer scripts run with DPKG_ROOT set
+    (and TILLPOINT_PYTHON: the interpreter postinst builds the venv with)."""
     (root / "var/lib/dpkg/info").mkdir(parents=True)
     (root / "var/lib/dpkg/updates").mkdir(parents=True)
     (root / "var/lib/dpkg/status").touch()
@@ -111,11 +206,66 @@ def installed(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         check=True,
         capture_output=True,
         timeout=600,
+        env=dict(os.environ, TILLPOINT_PYTHON=python) if python else None,
     )
+
+
+@pytest.fixture(scope="module")
+def installed(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("root")
+    dpkg_install(deb, root)
     yield root
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_installs_offline_with_each_supported_python(
+    deb: Path, version: str, tmp_path: Path
+) -> None:
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"no Python {version} with venv on this machine")
+    root = tmp_path / "root"
+    dpkg_install(deb, root, python)
+    venv = root / "opt/tillpoint/venv"
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    assert site.parent.name == f"python{version}"
+    exe = venv / "bin/tillpoint"
+    run = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("tillpoint "), run.stderr
+    freeze = subprocess.run(
+        [venv / "bin/python", "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    installed = {
+        re.sub(r"[-_.]+", "-", p["name"]).lower(): p["version"] for p in json.loads(freeze.stdout)
+    }
+    pinned = lock_pins()
+    for name, version_installed in installed.items():
+        if name not in ("pip", "tillpoint"):
+            assert pinned.get(name) == version_installed, name  # exactly the tested pins
+    assert "pyusb" in installed and "grpcio" in installed
+    data = tmp_path / "data"
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps(snapshot(), ensure_ascii=False))
+    env = dict(os.environ, TILLPOINT_DEVICE_ID="till-9")
+    load = subprocess.run(
+        [exe, "--data-dir", data, "snapshot", "load", snap, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert load.returncode == 0 and json.loads(load.stdout)["version"] == 1, load.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_installed_agent_starts_and_answers(installed: Path, tmp_path: Path) -> None:
     exe = installed / "opt/tillpoint/venv/bin/tillpoint"
     site = next((installed / "opt/tillpoint/venv/lib").glob("python3*/site-packages"))

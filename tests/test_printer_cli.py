@@ -157,7 +157,8 @@ def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(
     assert run.code == 0 and "Анна, ждём вас снова!" in run.json()["text"]
     run = cli(*data_dir, "print", "queue", "--all", "--json")
     [job] = run.json()["jobs"]
-    assert (job["receipt_id"], job["state"], job["offers"]) == ("s1-t1-000777", "DONE", ["o-1"])
+    assert (job["receiptId"], job["state"], job["offers"]) == ("s1-t1-000777", "DONE", ["o-1"])
+    assert "receipt_id" not in job and isinstance(job["attempts"], int)
     assert cli(*data_dir, "print", "retry", "s1-t1-000777").code == 0
     assert cli(*data_dir, "print", "retry", "nope").code == 2
 

@@ -124,7 +124,11 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
         assert 'tillpoint_checkout_seconds_bucket{le="0.005"} 1' in body
         assert "tillpoint_snapshot_version 1" in body
         assert "tillpoint_outbox_depth 0" in body
-        assert 'tillpoint_printer_ok{state="OK"} 1' in body
+        assert 'tillpoint_printer_ok{state="DISABLED"} 0' in body  # no printer configured
+        agent.device_kinds = {"printer": "network"}
+        time.sleep(1.1)  # a scrape reads the status at most once a second
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert 'tillpoint_printer_ok{state="OK"} 1' in r.read().decode()
         assert "tillpoint_hub_online 0" in body and "tillpoint_sync_error 0" in body
     finally:
         server.shutdown()

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from tillpoint.agent.service import Agent
+from tillpoint.sync.client import HubLink
 from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
-from tillpoint.sync.pull import cache_version
+from tillpoint.sync.pull import Puller, cache_version
 
 TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
 DEVICE = "till-1"
@@ -81,9 +82,10 @@ def test_sigkill_mid_push_loses_and_duplicates_nothing(
 ) -> None:
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     data_dir = tmp_path / "till"
-    hub.enroll(DEVICE, data_dir)
+    enrollment = hub.enroll(DEVICE, data_dir)
     try:
         agent = Agent(data_dir, DEVICE)  # sales while the service is not running
+        Puller(agent, HubLink(hub.address, enrollment), enrollment, call_timeout_s=5).pull()
         for i in range(30):
             agent.checkout(receipt(f"r-{i}", "2770000000017", redeem=1))
         agent.close()

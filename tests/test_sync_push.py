@@ -74,6 +74,7 @@ def test_a_conflicting_transaction_is_set_aside_and_reported(tmp_path: Path) -> 
             ],
             now,
         )
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
         till.agent.checkout(receipt("r-1", CARD))
         pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2)
         assert pusher.drain() == 1

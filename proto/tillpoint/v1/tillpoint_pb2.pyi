@@ -216,6 +216,7 @@ class Program(_message.Message):
     OFFER_PRINT_COOLDOWN_DAYS_FIELD_NUMBER: _builtins.int
     TIERS_FIELD_NUMBER: _builtins.int
     HOLD_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    POINTS_LIFETIME_DAYS_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
     timezone: _builtins.str
     point_value_minor: _builtins.int
@@ -228,6 +229,10 @@ class Program(_message.Message):
     offer_print_cooldown_days: _builtins.int
     hold_ttl_seconds: _builtins.int
     """a hold expires this long after Hold (§11); 1800"""
+    points_lifetime_days: _builtins.int
+    """Points earned on a till expire this many days after they become spendable (§16);
+    0 or absent: they never expire.
+    """
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tier]: ...
     def __init__(
@@ -245,10 +250,11 @@ class Program(_message.Message):
         offer_print_cooldown_days: _builtins.int | None = ...,
         tiers: _abc.Iterable[Global___Tier] | None = ...,
         hold_ttl_seconds: _builtins.int | None = ...,
+        points_lifetime_days: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days", "_birthday_multiplier", b"_birthday_multiplier", "_birthday_window_days", b"_birthday_window_days", "_hold_ttl_seconds", b"_hold_ttl_seconds", "_max_offers_printed", b"_max_offers_printed", "_max_redeem_percent", b"_max_redeem_percent", "_offer_print_cooldown_days", b"_offer_print_cooldown_days", "_offline_redeem_limit_points", b"_offline_redeem_limit_points", "_point_value_minor", b"_point_value_minor", "activation_delay_days", b"activation_delay_days", "birthday_multiplier", b"birthday_multiplier", "birthday_window_days", b"birthday_window_days", "hold_ttl_seconds", b"hold_ttl_seconds", "max_offers_printed", b"max_offers_printed", "max_redeem_percent", b"max_redeem_percent", "offer_print_cooldown_days", b"offer_print_cooldown_days", "offline_redeem_limit_points", b"offline_redeem_limit_points", "point_value_minor", b"point_value_minor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days", "_birthday_multiplier", b"_birthday_multiplier", "_birthday_window_days", b"_birthday_window_days", "_hold_ttl_seconds", b"_hold_ttl_seconds", "_max_offers_printed", b"_max_offers_printed", "_max_redeem_percent", b"_max_redeem_percent", "_offer_print_cooldown_days", b"_offer_print_cooldown_days", "_offline_redeem_limit_points", b"_offline_redeem_limit_points", "_point_value_minor", b"_point_value_minor", "_points_lifetime_days", b"_points_lifetime_days", "activation_delay_days", b"activation_delay_days", "birthday_multiplier", b"birthday_multiplier", "birthday_window_days", b"birthday_window_days", "hold_ttl_seconds", b"hold_ttl_seconds", "max_offers_printed", b"max_offers_printed", "max_redeem_percent", b"max_redeem_percent", "offer_print_cooldown_days", b"offer_print_cooldown_days", "offline_redeem_limit_points", b"offline_redeem_limit_points", "point_value_minor", b"point_value_minor", "points_lifetime_days", b"points_lifetime_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days", "_birthday_multiplier", b"_birthday_multiplier", "_birthday_window_days", b"_birthday_window_days", "_hold_ttl_seconds", b"_hold_ttl_seconds", "_max_offers_printed", b"_max_offers_printed", "_max_redeem_percent", b"_max_redeem_percent", "_offer_print_cooldown_days", b"_offer_print_cooldown_days", "_offline_redeem_limit_points", b"_offline_redeem_limit_points", "_point_value_minor", b"_point_value_minor", "activation_delay_days", b"activation_delay_days", "birthday_multiplier", b"birthday_multiplier", "birthday_window_days", b"birthday_window_days", "currency", b"currency", "hold_ttl_seconds", b"hold_ttl_seconds", "max_offers_printed", b"max_offers_printed", "max_redeem_percent", b"max_redeem_percent", "offer_print_cooldown_days", b"offer_print_cooldown_days", "offline_redeem_limit_points", b"offline_redeem_limit_points", "point_value_minor", b"point_value_minor", "tiers", b"tiers", "timezone", b"timezone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days", "_birthday_multiplier", b"_birthday_multiplier", "_birthday_window_days", b"_birthday_window_days", "_hold_ttl_seconds", b"_hold_ttl_seconds", "_max_offers_printed", b"_max_offers_printed", "_max_redeem_percent", b"_max_redeem_percent", "_offer_print_cooldown_days", b"_offer_print_cooldown_days", "_offline_redeem_limit_points", b"_offline_redeem_limit_points", "_point_value_minor", b"_point_value_minor", "_points_lifetime_days", b"_points_lifetime_days", "activation_delay_days", b"activation_delay_days", "birthday_multiplier", b"birthday_multiplier", "birthday_window_days", b"birthday_window_days", "currency", b"currency", "hold_ttl_seconds", b"hold_ttl_seconds", "max_offers_printed", b"max_offers_printed", "max_redeem_percent", b"max_redeem_percent", "offer_print_cooldown_days", b"offer_print_cooldown_days", "offline_redeem_limit_points", b"offline_redeem_limit_points", "point_value_minor", b"point_value_minor", "points_lifetime_days", b"points_lifetime_days", "tiers", b"tiers", "timezone", b"timezone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__activation_delay_days: _TypeAlias = _typing.Literal["activation_delay_days"]  # noqa: Y015
     _WhichOneofArgType__activation_delay_days: _TypeAlias = _typing.Literal["_activation_delay_days", b"_activation_delay_days"]  # noqa: Y015
@@ -268,6 +274,8 @@ class Program(_message.Message):
     _WhichOneofArgType__offline_redeem_limit_points: _TypeAlias = _typing.Literal["_offline_redeem_limit_points", b"_offline_redeem_limit_points"]  # noqa: Y015
     _WhichOneofReturnType__point_value_minor: _TypeAlias = _typing.Literal["point_value_minor"]  # noqa: Y015
     _WhichOneofArgType__point_value_minor: _TypeAlias = _typing.Literal["_point_value_minor", b"_point_value_minor"]  # noqa: Y015
+    _WhichOneofReturnType__points_lifetime_days: _TypeAlias = _typing.Literal["points_lifetime_days"]  # noqa: Y015
+    _WhichOneofArgType__points_lifetime_days: _TypeAlias = _typing.Literal["_points_lifetime_days", b"_points_lifetime_days"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__activation_delay_days) -> _WhichOneofReturnType__activation_delay_days | None: ...
     @_typing.overload
@@ -286,6 +294,8 @@ class Program(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__offline_redeem_limit_points) -> _WhichOneofReturnType__offline_redeem_limit_points | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__point_value_minor) -> _WhichOneofReturnType__point_value_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__points_lifetime_days) -> _WhichOneofReturnType__points_lifetime_days | None: ...
 
 Global___Program: _TypeAlias = Program  # noqa: Y015
 
@@ -366,6 +376,33 @@ class PendingPoints(_message.Message):
 Global___PendingPoints: _TypeAlias = PendingPoints  # noqa: Y015
 
 @_typing.final
+class ExpiringPoints(_message.Message):
+    """A batch of points that expires (§16): in a customer's snapshot row, the parts of
+    balance_points that expire; in a Balance, the next batches still holding points.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    expires_at: _builtins.str
+    """RFC 3339 with offset"""
+    def __init__(
+        self,
+        *,
+        points: _builtins.int = ...,
+        expires_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpiringPoints: _TypeAlias = ExpiringPoints  # noqa: Y015
+
+@_typing.final
 class Customer(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -379,6 +416,7 @@ class Customer(_message.Message):
     CONTROL_GROUPS_FIELD_NUMBER: _builtins.int
     FAVORITE_WEEKDAY_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
+    EXPIRING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     first_name: _builtins.str
     tier: _builtins.str
@@ -392,6 +430,8 @@ class Customer(_message.Message):
     def control_groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def pending(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingPoints]: ...
+    @_builtins.property
+    def expiring(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpiringPoints]: ...
     def __init__(
         self,
         *,
@@ -405,10 +445,11 @@ class Customer(_message.Message):
         control_groups: _abc.Iterable[_builtins.str] | None = ...,
         favorite_weekday: _builtins.int = ...,
         pending: _abc.Iterable[Global___PendingPoints] | None = ...,
+        expiring: _abc.Iterable[Global___ExpiringPoints] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_points", b"balance_points", "birthday", b"birthday", "control_groups", b"control_groups", "favorite_weekday", b"favorite_weekday", "first_name", b"first_name", "id", b"id", "pending", b"pending", "phone", b"phone", "segment", b"segment", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_points", b"balance_points", "birthday", b"birthday", "control_groups", b"control_groups", "expiring", b"expiring", "favorite_weekday", b"favorite_weekday", "first_name", b"first_name", "id", b"id", "pending", b"pending", "phone", b"phone", "segment", b"segment", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -721,10 +762,13 @@ class CardOutcome(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     FIRST_NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     status: Global___IdentifyStatus.ValueType
     customer_id: _builtins.str
     tier: _builtins.str
     first_name: _builtins.str
+    reason: _builtins.str
+    """INVALID / BLOCKED: why, in a sentence a cashier understands"""
     def __init__(
         self,
         *,
@@ -732,10 +776,11 @@ class CardOutcome(_message.Message):
         customer_id: _builtins.str | None = ...,
         tier: _builtins.str | None = ...,
         first_name: _builtins.str | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "status", b"status", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "reason", b"reason", "status", b"status", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
     _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
@@ -794,17 +839,23 @@ class Balance(_message.Message):
 
     AVAILABLE_POINTS_FIELD_NUMBER: _builtins.int
     PENDING_POINTS_FIELD_NUMBER: _builtins.int
+    EXPIRING_FIELD_NUMBER: _builtins.int
     available_points: _builtins.int
     pending_points: _builtins.int
+    @_builtins.property
+    def expiring(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpiringPoints]:
+        """the next (at most 3) batches that expire"""
+
     def __init__(
         self,
         *,
         available_points: _builtins.int = ...,
         pending_points: _builtins.int = ...,
+        expiring: _abc.Iterable[Global___ExpiringPoints] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_points", b"available_points", "pending_points", b"pending_points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_points", b"available_points", "expiring", b"expiring", "pending_points", b"pending_points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1094,6 +1145,15 @@ class Status(_message.Message):
     DISPLAY_STATE_FIELD_NUMBER: _builtins.int
     SET_ASIDE_FIELD_NUMBER: _builtins.int
     SYNC_ERROR_FIELD_NUMBER: _builtins.int
+    PRINTER_LAST_ERROR_FIELD_NUMBER: _builtins.int
+    SCANNER_STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
+    LAST_CONTACT_AT_FIELD_NUMBER: _builtins.int
+    HUB_ADDRESS_FIELD_NUMBER: _builtins.int
+    HUB_ACKED_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    SET_ASIDE_TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    ENROLLED_FIELD_NUMBER: _builtins.int
+    LAST_REFUSED_SNAPSHOT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     cache_version: _builtins.int
     cache_issued_at: _builtins.str
@@ -1115,6 +1175,16 @@ class Status(_message.Message):
     """The outstanding sync problem in one line ("" when the sync is healthy); set-aside
     transactions come first, they do not clear by themselves.
     """
+    printer_last_error: _builtins.str
+    scanner_state: _builtins.str
+    last_error_at: _builtins.str
+    last_contact_at: _builtins.str
+    hub_address: _builtins.str
+    hub_acked_through_seq: _builtins.int
+    set_aside_transactions: _builtins.int
+    enrolled: _builtins.bool
+    @_builtins.property
+    def last_refused_snapshot(self) -> Global___StatusRefusedSnapshot: ...
     def __init__(
         self,
         *,
@@ -1132,14 +1202,124 @@ class Status(_message.Message):
         display_state: _builtins.str = ...,
         set_aside: _builtins.int = ...,
         sync_error: _builtins.str = ...,
+        printer_last_error: _builtins.str = ...,
+        scanner_state: _builtins.str = ...,
+        last_error_at: _builtins.str = ...,
+        last_contact_at: _builtins.str = ...,
+        hub_address: _builtins.str = ...,
+        hub_acked_through_seq: _builtins.int = ...,
+        set_aside_transactions: _builtins.int = ...,
+        enrolled: _builtins.bool = ...,
+        last_refused_snapshot: Global___StatusRefusedSnapshot | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_refused_snapshot", b"last_refused_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "device_id", b"device_id", "display_state", b"display_state", "last_error", b"last_error", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_state", b"printer_state", "set_aside", b"set_aside", "sync_error", b"sync_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "device_id", b"device_id", "display_state", b"display_state", "enrolled", b"enrolled", "hub_acked_through_seq", b"hub_acked_through_seq", "hub_address", b"hub_address", "last_contact_at", b"last_contact_at", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_refused_snapshot", b"last_refused_snapshot", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_last_error", b"printer_last_error", "printer_state", b"printer_state", "scanner_state", b"scanner_state", "set_aside", b"set_aside", "set_aside_transactions", b"set_aside_transactions", "sync_error", b"sync_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Status: _TypeAlias = Status  # noqa: Y015
+
+@_typing.final
+class PrintQueueList(_message.Message):
+    """`tillpoint print queue --json`: the till's coupon print jobs, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrintQueueJob]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___PrintQueueJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrintQueueList: _TypeAlias = PrintQueueList  # noqa: Y015
+
+@_typing.final
+class PrintQueueJob(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    PRINTED_AT_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    receipt_id: _builtins.str
+    created_at: _builtins.str
+    """RFC 3339 UTC"""
+    state: _builtins.str
+    """PENDING | SENDING | DONE | FAILED"""
+    attempts: _builtins.int
+    next_attempt_at: _builtins.str
+    """empty: now"""
+    last_error: _builtins.str
+    printed_at: _builtins.str
+    @_builtins.property
+    def offers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the offer ids on the coupon"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        receipt_id: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        state: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_at: _builtins.str = ...,
+        last_error: _builtins.str = ...,
+        printed_at: _builtins.str = ...,
+        offers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "id", b"id", "last_error", b"last_error", "next_attempt_at", b"next_attempt_at", "offers", b"offers", "printed_at", b"printed_at", "receipt_id", b"receipt_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrintQueueJob: _TypeAlias = PrintQueueJob  # noqa: Y015
+
+@_typing.final
+class StatusRefusedSnapshot(_message.Message):
+    """The last snapshot the till refused (Status.last_refused_snapshot), until one applies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    sha256: _builtins.str
+    reason: _builtins.str
+    at: _builtins.str
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "reason", b"reason", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusRefusedSnapshot: _TypeAlias = StatusRefusedSnapshot  # noqa: Y015
 
 @_typing.final
 class PullSnapshotRequest(_message.Message):

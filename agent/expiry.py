@@ -1,0 +1,184 @@
+"""Points that expire (docs/CONTRACT.md §16): a customer's points as batches, pure.
+
+A customer's points are batches: the parts of the snapshot's `balancePoints` that expire
+(`expiring`), the rest (never expires), the snapshot's `pending` entries and this till's
+own earned points (each spendable from its activation time, and expiring
+`pointsLifetimeDays` later at the same local clock time). This till's movements not yet
+counted by the hub are replayed in commit order:
+
+- a sale's spending takes the batches spendable at the sale's `at` that expire soonest
+  first (those that never expire last); what no batch covers is a debt that counts at once;
+- a refund's returned points go back to the batches that sale took them from, the last
+  taken first (the debt before any batch); a batch already expired stays expired;
+- a refund's taken-back points come off the sale's own earned batch (a negative earn
+  while it is pending, `service.Agent.refund`), else off the batches as a spend.
+
+The available balance at T is what is left of the batches spendable and not expired at
+T, less the debt; the pending balance is what is left of those not spendable yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+# How many batches `Balance.expiring` lists, and how soon a display warns of the first.
+EXPIRING_SHOWN = 3
+WARN_DAYS = 14
+
+
+def expiry_time(active_from: datetime, lifetime_days: int, zone: ZoneInfo) -> datetime | None:
+    """`lifetime_days` after `active_from` at the same local clock time; None: never."""
+    if lifetime_days <= 0:
+        return None
+    local = active_from.astimezone(zone)
+    naive = local.replace(tzinfo=None) + timedelta(days=lifetime_days)
+    return naive.replace(tzinfo=zone)
+
+
+@dataclass
+class Batch:
+    points: int  # what is left of it
+    active_from: datetime | None  # None: spendable already
+    expires_at: datetime | None  # None: never expires
+    order: int = 0  # ties between equal expiry times: the older batch first
+
+    def spendable(self, at: datetime) -> bool:
+        """Spendable at `at`: active, and `at` is before its expiry (expiresAt is the first
+        moment the points are gone)."""
+        return (self.active_from is None or self.active_from <= at) and (
+            self.expires_at is None or at < self.expires_at
+        )
+
+    def pending(self, at: datetime) -> bool:
+        return self.active_from is not None and at < self.active_from
+
+    def key(self) -> tuple[bool, datetime | None, int]:
+        return (self.expires_at is None, self.expires_at, self.order)
+
+
+@dataclass(frozen=True)
+class Movement:
+    """One of this till's point rows, as `ledger.balance` reads it."""
+
+    kind: str  # "spend" or "earn"
+    points: int
+    receipt_id: str
+    at: datetime  # the business time of the sale or refund that wrote it
+    by_refund: bool
+    activates_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass
+class Wallet:
+    batches: list[Batch] = field(default_factory=list)
+    debt: int = 0
+    # per sale: the (batch, points) its spending took, in order; None is the debt
+    taken: dict[str, list[tuple[Batch | None, int]]] = field(default_factory=dict)
+    earned: dict[str, Batch] = field(default_factory=dict)
+    rest: Batch | None = None
+
+    @classmethod
+    def of(
+        cls,
+        balance_points: int,
+        expiring: Iterable[tuple[int, datetime]],
+        pending: Iterable[tuple[int, datetime]],
+        lifetime_days: int,
+        zone: ZoneInfo,
+    ) -> Wallet:
+        wallet = cls()
+        rest = balance_points
+        for points, expires_at in expiring:
+            wallet._add(Batch(points, None, expires_at))
+            rest -= points
+        wallet.rest = wallet._add(Batch(rest, None, None))
+        for points, activates_at in pending:
+            wallet._add(Batch(points, activates_at, expiry_time(activates_at, lifetime_days, zone)))
+        return wallet
+
+    def _add(self, batch: Batch) -> Batch:
+        batch.order = len(self.batches)
+        self.batches.append(batch)
+        return batch
+
+    def apply(self, m: Movement) -> None:
+        if m.kind == "earn":
+            own = self.earned.get(m.receipt_id)
+            if m.points < 0 and own is not None:
+                own.points += m.points  # taken back while pending: off its own batch
+            else:
+                batch = self._add(Batch(m.points, m.activates_at, m.expires_at))
+                if m.points > 0:
+                    self.earned.setdefault(m.receipt_id, batch)
+        elif m.points < 0 and not m.by_refund:
+            self.taken.setdefault(m.receipt_id, []).extend(self._spend(-m.points, m.at))
+        elif m.points < 0:
+            self._take_back(-m.points, m.receipt_id, m.at)
+        else:
+            self._give_back(m.points, m.receipt_id)
+
+    def _spend(self, points: int, at: datetime) -> list[tuple[Batch | None, int]]:
+        took: list[tuple[Batch | None, int]] = []
+        for batch in sorted(
+            (b for b in self.batches if b.points > 0 and b.spendable(at)), key=Batch.key
+        ):
+            if points == 0:
+                break
+            part = min(points, batch.points)
+            batch.points -= part
+            points -= part
+            took.append((batch, part))
+        if points:
+            self.debt += points
+            took.append((None, points))
+        return took
+
+    def _take_back(self, points: int, receipt_id: str, at: datetime) -> None:
+        own = self.earned.get(receipt_id)
+        if own is not None and own.points > 0 and own.spendable(at):
+            part = min(points, own.points)
+            own.points -= part
+            points -= part
+        if points:
+            self._spend(points, at)
+
+    def _give_back(self, points: int, receipt_id: str) -> None:
+        took = self.taken.get(receipt_id, [])
+        while points and took:
+            batch, part = took[-1]
+            back = min(points, part)
+            if batch is None:
+                self.debt -= back
+            else:
+                batch.points += back
+            points -= back
+            if back == part:
+                took.pop()
+            else:
+                took[-1] = (batch, part - back)
+        if points:  # taken before the snapshot counted it: the hub settles the batches
+            assert self.rest is not None
+            self.rest.points += points
+
+    def points_at(self, at: datetime) -> tuple[int, int]:
+        available = -self.debt
+        pending = 0
+        for b in self.batches:
+            if b.pending(at):
+                pending += b.points
+            elif b.spendable(at):
+                available += b.points
+        return available, pending
+
+    def expiring_at(self, at: datetime, limit: int = EXPIRING_SHOWN) -> list[tuple[int, datetime]]:
+        """The next batches that expire and still hold spendable points, soonest first
+        (batches expiring at the same moment as one)."""
+        by_time: dict[datetime, int] = {}
+        for b in self.batches:
+            if b.expires_at is not None and b.points > 0 and b.spendable(at):
+                by_time[b.expires_at] = by_time.get(b.expires_at, 0) + b.points
+        return [(points, moment) for moment, points in sorted(by_time.items())[:limit]]

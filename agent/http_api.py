@@ -1,0 +1,543 @@
+"""The local HTTP/JSON interface (docs/CONTRACT.md §12): the `PosAgent` calls for POS
+programs that speak HTTP and JSON rather than gRPC.
+
+Starlette on uvicorn (h11), in its own thread and event loop beside the gRPC server, over
+the same `Agent`. Every call runs on a small thread pool, never on the loop. Bodies in are
+read like the CLI's input files (`cli.parse_json`: no floats); answers are the document
+`--json` prints (`cli.json_document`), byte for byte. Errors are
+`{"error": {"code": ..., "message": ...}}` with the status of `HTTP_STATUS`.
+
+`GET /openapi.json` is generated from the proto descriptors of `PosAgent` (the same
+messages the gRPC server speaks and the proto3 JSON of the bodies), never written by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from .cli import json_document, parse_json
+from .config import is_loopback
+from .errors import InputError, TillpointError
+from .proto_json import status_json
+from .service import Agent
+
+log = logging.getLogger("tillpoint.http")
+
+MAX_BODY_BYTES = 4 << 20  # a larger request is refused with 413 (docs/CONTRACT.md §10)
+BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
+CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
+KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
+GRACE_S = 5  # in-flight requests get this long at shutdown
+MAX_TEXT = 128  # the longest text field (identify text, card, receiptId)
+
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "REQUEST_TIMEOUT": 408,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 412,
+    "PAYLOAD_TOO_LARGE": 413,
+    "INTERNAL": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+}
+
+JSON = "application/json"
+
+
+class HttpError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def error_response(code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = json_document({"error": {"code": code, "message": message}})
+    return Response(body, HTTP_STATUS.get(code, 500), headers=headers, media_type=JSON)
+
+
+# ---------------------------------------------------------------- the calls
+
+
+def _fields(
+    body: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The small request objects ({"text"}, {"card", "at"}, {"receiptId"}...): strings only."""
+    if not isinstance(body, dict):
+        raise InputError(f"{what}: expected a JSON object")
+    for key in body:
+        if key not in required and key not in optional:
+            raise InputError(f"{what}: {key} is not a known field")
+    out: dict[str, str] = {}
+    for key in (*required, *optional):
+        value = body.get(key)
+        if value is None:
+            if key in required:
+                raise InputError(f"{what}: {key} is required")
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"{what}: {key} must be a string")
+        if key in required and not value.strip():
+            raise InputError(f"{what}: {key} must not be empty")
+        if len(value) > MAX_TEXT:
+            raise InputError(f"{what}: {key} is too long (at most {MAX_TEXT} characters)")
+        out[key] = value
+    return out
+
+
+def _method(agent: Agent, name: str) -> Callable[..., dict[str, Any]]:
+    found: Callable[..., dict[str, Any]] | None = getattr(agent, name, None)
+    if found is None:
+        raise HttpError("UNIMPLEMENTED", f"this agent does not implement {name} yet")
+    return found
+
+
+def _identify(agent: Agent, body: Any) -> dict[str, Any]:
+    return agent.identify(_fields(body, "identify", ("text",))["text"])
+
+
+def _balance(agent: Agent, body: Any) -> dict[str, Any]:
+    from .models import _timestamp
+
+    fields = _fields(body, "balance", ("card",), ("at",))
+    at = None
+    if "at" in fields:
+        try:
+            at = _timestamp(fields["at"])
+        except ValueError as exc:
+            raise InputError(f"balance: at {exc}") from None
+    return dict(agent.balance(fields["card"], at))
+
+
+def _confirm(agent: Agent, body: Any) -> dict[str, Any]:
+    confirm = _method(agent, "confirm")
+    fields = _fields(body, "confirm", ("receiptId",), ("fiscalDocument",))
+    return confirm(fields["receiptId"], fields.get("fiscalDocument"))
+
+
+def _cancel(agent: Agent, body: Any) -> dict[str, Any]:
+    cancel = _method(agent, "cancel")
+    return cancel(_fields(body, "cancel", ("receiptId",))["receiptId"])
+
+
+@dataclass(frozen=True)
+class Call:
+    path: str
+    rpc: str  # the PosAgent RPC it is: its messages describe the body and the answer
+    summary: str
+    run: Callable[[Agent, Any], dict[str, Any]]
+    method: str = "POST"
+
+
+CALLS = (
+    Call("/v1/identify", "Identify", "Identify a card, phone or barcode", _identify),
+    Call("/v1/quote", "Quote", "Price a receipt; stores and reserves nothing", Agent.quote),
+    Call(
+        "/v1/hold",
+        "Hold",
+        "Price a receipt and reserve its redemption until Confirm, Cancel or expiry",
+        lambda agent, body: _method(agent, "hold")(body),
+    ),
+    Call("/v1/confirm", "Confirm", "Commit a held receipt after the fiscal receipt", _confirm),
+    Call("/v1/cancel", "Cancel", "Release a hold (payment failed, basket abandoned)", _cancel),
+    Call("/v1/checkout", "Checkout", "Hold and Confirm in one call", Agent.checkout),
+    Call("/v1/refund", "Refund", "Commit a refund of a committed receipt", Agent.refund),
+    Call("/v1/balance", "Balance", "Available and pending points of a card", _balance),
+    Call(
+        "/v1/status",
+        "Status",
+        "Cache version, queues, last sync, devices",
+        lambda agent, body: status_json(agent.status()),
+        "GET",
+    ),
+)
+
+
+# ---------------------------------------------------------------- the application
+
+
+class Api:
+    """The routes over one Agent; `serving` turns /healthz to 503 while shutting down."""
+
+    def __init__(self, agent: Agent, *, token: str = "", max_workers: int = 8) -> None:
+        self.agent = agent
+        self.token = token.encode()
+        self.serving = True
+        self.pool = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="http-call")
+        routes = [
+            Route(c.path, functools.partial(self._call, c), methods=[c.method]) for c in CALLS
+        ]
+        routes += [
+            Route("/healthz", self._healthz, methods=["GET"]),
+            Route("/openapi.json", self._openapi, methods=["GET"]),
+        ]
+        self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._no_such_call})
+        self._openapi_body = json_document(openapi())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.token and not self._authorised(scope):
+            response = error_response(
+                "UNAUTHENTICATED",
+                "missing or wrong token: send Authorization: Bearer <token>",
+                {"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorised(self, scope: Any) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, given = bytes(value).partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    given.strip(), self.token
+                )
+        return False
+
+    async def _in_pool(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self.pool, fn), CALL_TIMEOUT_S)
+
+    async def _call(self, call: Call, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            raw = await _read_body(request) if call.method == "POST" else None
+
+            def run() -> str:  # in the pool: parsing and encoding 4 MiB stay off the loop too
+                body = None if raw is None else parse_json(raw, "request body")
+                return json_document(call.run(self.agent, body))
+
+            return Response(await self._in_pool(run), media_type=JSON)
+        except HttpError as exc:
+            return error_response(exc.code, exc.message)
+        except TillpointError as exc:
+            return error_response(exc.grpc_code, exc.message)
+        except TimeoutError:
+            return error_response(
+                "UNAVAILABLE",
+                f"the agent did not answer within {CALL_TIMEOUT_S:.0f} s:"
+                " retry with the same receiptId",
+            )
+        except Exception as exc:  # one readable line to the POS, the trace to the log
+            log.exception("HTTP %s %s failed", call.method, call.path)
+            return error_response(
+                "INTERNAL",
+                f"internal error ({type(exc).__name__}): a bug in tillpoint, see the agent's log",
+            )
+        finally:
+            metrics = self.agent.metrics
+            if call.rpc == "Checkout" and metrics is not None:
+                metrics.checkout_seconds.observe(time.perf_counter() - started)
+
+    async def _no_such_call(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if status == 405:
+            return error_response(
+                "METHOD_NOT_ALLOWED",
+                f"{request.method} {request.url.path}: use "
+                + ", ".join(
+                    sorted(c.method for c in CALLS if c.path == request.url.path) or ["GET"]
+                ),
+            )
+        if status == 404:
+            return error_response(
+                "NOT_FOUND",
+                f"no such call: {request.method} {request.url.path} (see /openapi.json)",
+            )
+        return error_response("INVALID_ARGUMENT", f"HTTP {status}")
+
+    async def _healthz(self, request: Request) -> Response:
+        if not self.serving:
+            return error_response("UNAVAILABLE", "the agent is shutting down")
+        try:
+            status = await self._in_pool(self.agent.status)
+        except Exception:
+            log.warning("health check: status unavailable", exc_info=True)
+            return error_response("UNAVAILABLE", "the agent cannot read its status")
+        if not status["cacheVersion"]:
+            return error_response("UNAVAILABLE", "no snapshot loaded")
+        return Response(
+            json_document({"status": "SERVING", "cacheVersion": status["cacheVersion"]}),
+            media_type=JSON,
+        )
+
+    async def _openapi(self, request: Request) -> Response:
+        return Response(self._openapi_body, media_type=JSON)
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise HttpError("PAYLOAD_TOO_LARGE", f"request larger than {MAX_BODY_BYTES >> 20} MiB")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise HttpError(
+                    "PAYLOAD_TOO_LARGE", f"request larger than {MAX_BODY_BYTES >> 20} MiB"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise HttpError(
+            "REQUEST_TIMEOUT", f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s"
+        ) from None
+
+
+# ---------------------------------------------------------------- OpenAPI from the protos
+
+_SCALARS: dict[int, dict[str, Any]] = {
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_INT64: {"type": "integer", "format": "int64"},
+    FieldDescriptor.TYPE_SINT64: {"type": "integer", "format": "int64"},
+    FieldDescriptor.TYPE_SFIXED64: {"type": "integer", "format": "int64"},
+    FieldDescriptor.TYPE_UINT64: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_FIXED64: {"type": "integer", "format": "int64", "minimum": 0},
+    FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SINT32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_SFIXED32: {"type": "integer", "format": "int32"},
+    FieldDescriptor.TYPE_UINT32: {"type": "integer", "format": "int32", "minimum": 0},
+    FieldDescriptor.TYPE_FIXED32: {"type": "integer", "format": "int32", "minimum": 0},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
+    FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
+    FieldDescriptor.TYPE_FLOAT: {"type": "number"},
+}
+
+
+def _message_schema(desc: Descriptor, schemas: dict[str, Any]) -> dict[str, Any]:
+    """A `$ref` to the proto3 JSON schema of `desc`, adding it (and what it uses) to
+    `schemas`. Fields with presence (messages, `optional`) may be absent or null."""
+    ref = {"$ref": f"#/components/schemas/{desc.name}"}
+    if desc.name in schemas:
+        return ref
+    schemas[desc.name] = {}  # placeholder: recursion stops here
+    properties: dict[str, Any] = {}
+    for field in desc.fields:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            value = _field_schema(entry.fields_by_name["value"], schemas)
+            properties[field.json_name] = {"type": "object", "additionalProperties": value}
+            continue
+        schema = _field_schema(field, schemas)
+        if field.is_repeated:
+            schema = {"type": "array", "items": schema}
+        elif field.has_presence:
+            schema = {"anyOf": [schema, {"type": "null"}]}
+        properties[field.json_name] = schema
+    schemas[desc.name] = {"type": "object", "properties": properties}
+    return ref
+
+
+def _field_schema(field: FieldDescriptor, schemas: dict[str, Any]) -> dict[str, Any]:
+    if field.message_type is not None:
+        return _message_schema(field.message_type, schemas)
+    if field.enum_type is not None:
+        return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
+    return dict(_SCALARS[field.type])
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every call `PosAgent` has, from its proto descriptors."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("tillpoint")
+    except PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        release = "0"
+    service = pb.DESCRIPTOR.services_by_name["PosAgent"]
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "enum": sorted(HTTP_STATUS)},
+                        "message": {"type": "string"},
+                    },
+                }
+            },
+        }
+    }
+    error = {"$ref": "#/components/schemas/Error"}
+
+    def answer(what: str) -> dict[str, Any]:
+        return {"description": what, "content": {JSON: {"schema": error}}}
+
+    errors = {
+        "400": answer("bad input: malformed JSON, unknown field, out-of-range value"),
+        "404": answer("unknown receipt"),
+        "409": answer("conflict: another body under a known receiptId"),
+        "412": answer("refused: no snapshot, blocked card, expired hold"),
+        "413": answer("request larger than 4 MiB"),
+        "500": answer("a bug in tillpoint: the agent's log has the trace"),
+        "503": answer("not ready, or the call timed out: retry with the same receiptId"),
+    }
+    paths: dict[str, Any] = {}
+    for call in CALLS:
+        rpc = service.methods_by_name.get(call.rpc)
+        if rpc is None:  # not in this build's PosAgent: not described
+            continue
+        operation: dict[str, Any] = {
+            "operationId": call.rpc[0].lower() + call.rpc[1:],
+            "summary": call.summary,
+            "responses": {
+                "200": {
+                    "description": f"{rpc.output_type.name} as proto3 JSON",
+                    "content": {JSON: {"schema": _message_schema(rpc.output_type, schemas)}},
+                },
+                **errors,
+            },
+        }
+        if call.method == "POST":
+            operation["requestBody"] = {
+                "required": True,
+                "content": {JSON: {"schema": _message_schema(rpc.input_type, schemas)}},
+            }
+        paths[call.path] = {call.method.lower(): operation}
+    paths["/healthz"] = {
+        "get": {
+            "operationId": "healthz",
+            "summary": "200 while the agent serves with a snapshot loaded, 503 otherwise",
+            "responses": {
+                "200": {"description": "serving"},
+                "503": answer("no snapshot loaded, or shutting down"),
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tillpoint PosAgent over HTTP",
+            "version": release,
+            "description": "The PosAgent calls as proto3 JSON; see docs/INTEGRATION.md.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+    }
+
+
+# ---------------------------------------------------------------- the server
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InputError(f"http listen {listen!r}: expected host:port")
+    return host, int(port)
+
+
+class AsgiThread:
+    """An ASGI app on uvicorn (h11) in its own thread and event loop, on a socket bound here
+    (so a port in use is an error now, and port 0 picks a free one)."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and
+        # without it each answer's body waits for the client's delayed ACK (40 ms).
+        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+        except OSError as exc:
+            self.sock.close()
+            raise TillpointError(
+                f"cannot listen on {host}:{port} for HTTP: {exc.strerror}"
+            ) from None
+        self.host = host
+        self.port = int(self.sock.getsockname()[1])
+        config = uvicorn.Config(
+            app,
+            http="h11",
+            loop="asyncio",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            date_header=True,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            timeout_graceful_shutdown=GRACE_S,
+            limit_concurrency=256,
+            backlog=128,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, name="http", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        except BaseException:  # the thread's last line: say it, the agent goes on with gRPC
+            log.exception("the HTTP interface stopped")
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise TillpointError(f"the HTTP interface did not start on {self.host}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Finish in-flight requests (GRACE_S at most), then close."""
+        self.server.should_exit = True
+        self.thread.join(GRACE_S + 5)
+        self.sock.close()
+
+
+class HttpServer:
+    """The HTTP interface over one Agent; `start`, then `stop`."""
+
+    def __init__(self, agent: Agent, listen: str, *, token: str = "", max_workers: int = 8):
+        host, port = split_listen(listen)
+        if not token and not is_loopback(host):
+            raise InputError(
+                f"http listen {listen}: a non-loopback address needs a token"
+                " ([http] token or TILLPOINT_HTTP__TOKEN)"
+            )
+        self.api = Api(agent, token=token, max_workers=max_workers)
+        self.serve = AsgiThread(self.api, host, port)
+        self.host, self.port = host, self.serve.port
+
+    def start(self) -> None:
+        self.serve.start()
+
+    def stop(self) -> None:
+        """Answer 503 on /healthz, finish in-flight requests (GRACE_S at most), close."""
+        self.api.serving = False
+        self.serve.stop()
+        self.api.pool.shutdown(wait=True, cancel_futures=True)

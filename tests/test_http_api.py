@@ -1,0 +1,562 @@
+"""The local HTTP/JSON interface: real HTTP to a real server on a random loopback port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.http_api import CALLS, MAX_BODY_BYTES, HttpServer, openapi
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from .conftest import CLI, receipt, snapshot
+
+TIMEOUT = 10
+HAS_HOLD = all(hasattr(Agent, name) for name in ("hold", "confirm", "cancel"))
+needs_hold = pytest.mark.skipif(not HAS_HOLD, reason="Agent.hold/confirm/cancel not merged yet")
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """One keep-alive connection, as a till's POS would hold it."""
+
+    def __init__(self, port: int, token: str | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.conn.connect()
+        assert self.conn.sock is not None  # head and body go apart: no Nagle delay on the body
+        self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.token = token
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        sent = dict(headers or {})
+        if self.token is not None:
+            sent["Authorization"] = f"Bearer {self.token}"
+        data = raw
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=False).encode()
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        self.conn.request(method, path, body=data, headers=sent)
+        response = self.conn.getresponse()
+        return Answer(
+            response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        )
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Answer:
+        return self.call("POST", path, body, **kw)
+
+    def get(self, path: str, **kw: Any) -> Answer:
+        return self.call("GET", path, **kw)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def server(agent: Agent) -> Iterator[HttpServer]:
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: HttpServer) -> Iterator[Client]:
+    c = Client(server.port)
+    yield c
+    c.close()
+
+
+def error_of(answer: Answer) -> tuple[int, str, str]:
+    assert answer.headers["content-type"].startswith("application/json")
+    doc = answer.json()
+    assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message"}
+    assert "\n" not in doc["error"]["message"] and "Traceback" not in doc["error"]["message"]
+    return answer.status, doc["error"]["code"], doc["error"]["message"]
+
+
+# ---------------------------------------------------------------- the calls
+
+
+def test_every_call_answers_what_the_cli_prints_byte_for_byte(client: Client, cli: CLI) -> None:
+    """The `cli` fixture works on the same data directory as the served agent."""
+    card = client.post("/v1/identify", {"text": "2770000000017"})
+    assert card.status == 200 and card.headers["content-type"] == "application/json"
+    assert card.body == cli("identify", "2770000000017", "--json").out.encode()
+    assert card.json()["firstName"] == "Анна"  # UTF-8, not \\u escapes, as the CLI prints
+
+    quote = client.post("/v1/quote", receipt("q1"))
+    assert quote.status == 200
+    assert quote.body == cli("quote", receipt("q1"), "--json").out.encode()
+
+    checkout = client.post("/v1/checkout", receipt("r1", redeemPoints=100))
+    assert checkout.status == 200 and checkout.json()["redeemedPoints"] == 53
+    # The CLI's checkout of the same receipt is the idempotent answer: the same document.
+    assert checkout.body == cli("checkout", receipt("r1", redeemPoints=100), "--json").out.encode()
+    assert client.post("/v1/checkout", receipt("r1", redeemPoints=100)).body == checkout.body
+
+    refund = {
+        "refundId": "f1",
+        "receiptId": "r1",
+        "at": "2026-11-24T10:00:00+03:00",
+        "lines": [{"sku": "4601234000017", "qty": "1"}],
+    }
+    returned = client.post("/v1/refund", refund)
+    assert returned.status == 200 and returned.json()["refundId"] == "f1"
+    assert returned.body == cli("refund", refund, "--json").out.encode()
+
+    balance = client.post("/v1/balance", {"card": "2770000000017"})
+    assert balance.status == 200
+    assert balance.body == cli("balance", "2770000000017", "--json").out.encode()
+    at = "2026-11-23T12:00:00+03:00"
+    balance_at = client.post("/v1/balance", {"card": "2770000000017", "at": at})
+    assert balance_at.body == cli("balance", "2770000000017", "--at", at, "--json").out.encode()
+
+    status = client.get("/v1/status")
+    assert status.status == 200 and status.json()["lastSeq"] == 2  # checkout, refund
+    assert status.body == cli("status", "--json").out.encode()
+
+
+def test_bad_input_is_400_with_one_line(client: Client) -> None:
+    cases = [
+        client.post("/v1/quote", raw=b'{"receiptId": '),
+        client.post("/v1/quote", raw=b"\xff\xfe not json"),
+        client.post("/v1/quote", raw=b""),
+        client.post("/v1/quote", raw=json.dumps(receipt()).replace("8990", "89.9").encode()),
+        client.post("/v1/quote", receipt(colour="red")),
+        client.post("/v1/quote", receipt(lines=[])),
+        client.post("/v1/quote", [1, 2]),
+        client.post("/v1/identify", {"text": 5}),
+        client.post("/v1/identify", {"text": "2770000000017", "extra": "x"}),
+        client.post("/v1/identify", {}),
+        client.post("/v1/balance", {"card": "2770000000017", "at": "yesterday"}),
+        client.post("/v1/identify", {"text": "7" * 129}),
+    ]
+    for answer in cases:
+        status, code, message = error_of(answer)
+        assert (status, code) == (400, "INVALID_ARGUMENT"), message
+    assert "not valid JSON" in error_of(cases[0])[2]
+    assert "fraction" in error_of(cases[3])[2]
+    assert "colour" in error_of(cases[4])[2]
+    # Nothing was stored.
+    assert client.get("/v1/status").json()["lastSeq"] == 0
+
+
+def test_refusals_map_to_their_http_status(client: Client) -> None:
+    unknown = {
+        "refundId": "f9",
+        "receiptId": "never-sold",
+        "at": "2026-11-24T10:00:00+03:00",
+        "lines": [{"sku": "4601234000017", "qty": "1"}],
+    }
+    assert error_of(client.post("/v1/refund", unknown))[:2] == (404, "NOT_FOUND")
+    blocked = client.post("/v1/checkout", receipt("b1", card="2770000000031"))
+    status, code, message = error_of(blocked)
+    assert (status, code) == (412, "FAILED_PRECONDITION") and "refused" in message
+    assert error_of(client.get("/v1/nowhere"))[:2] == (404, "NOT_FOUND")
+    assert error_of(client.get("/v1/quote"))[:2] == (405, "METHOD_NOT_ALLOWED")  # a POST
+
+
+def test_healthz_is_503_until_a_snapshot_is_loaded(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "empty", "till-1")
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    c = Client(srv.port)
+    try:
+        status, code, message = error_of(c.get("/healthz"))
+        assert (status, code) == (503, "UNAVAILABLE") and "no snapshot" in message
+        agent.load_snapshot(snapshot())
+        healthy = c.get("/healthz")
+        assert healthy.status == 200 and healthy.json()["cacheVersion"] == 1
+    finally:
+        c.close()
+        srv.stop()
+        agent.close()
+
+
+def test_an_unexpected_failure_is_500_saying_it_is_a_bug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot())
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    c = Client(srv.port)
+    try:
+        agent.close()  # the ledger is gone underneath: sqlite3.ProgrammingError, not ours
+        with caplog.at_level(logging.ERROR, logger="tillpoint.http"):
+            status, code, message = error_of(c.get("/v1/status"))
+        assert (status, code) == (500, "INTERNAL") and "bug" in message
+        assert any(r.exc_info for r in caplog.records)  # the trace is in the log
+    finally:
+        c.close()
+        srv.stop()
+
+
+def test_stop_closes_idle_keep_alive_connections_at_once(agent: Agent) -> None:
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    c = Client(srv.port)
+    assert c.get("/v1/status").status == 200  # the connection stays open, idle
+    started = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - started < 3  # not the 75 s keep-alive, nor the 5 s grace
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+    c.close()
+
+
+def test_healthz_is_200_while_serving_with_a_snapshot(client: Client, server: HttpServer) -> None:
+    answer = client.get("/healthz")
+    assert answer.status == 200 and answer.json() == {"status": "SERVING", "cacheVersion": 1}
+    server.api.serving = False  # what stop() does first
+    assert error_of(client.get("/healthz"))[:2] == (503, "UNAVAILABLE")
+
+
+@pytest.mark.skipif(HAS_HOLD, reason="the agent has hold/confirm/cancel")
+def test_hold_confirm_cancel_answer_501_until_the_agent_has_them(client: Client) -> None:
+    assert error_of(client.post("/v1/hold", receipt()))[:2] == (501, "UNIMPLEMENTED")
+    assert error_of(client.post("/v1/confirm", {"receiptId": "r1"}))[:2] == (501, "UNIMPLEMENTED")
+    assert error_of(client.post("/v1/cancel", {"receiptId": "r1"}))[:2] == (501, "UNIMPLEMENTED")
+
+
+@needs_hold
+def test_hold_then_confirm_then_idempotent(client: Client, cli: CLI) -> None:
+    held = client.post("/v1/hold", receipt("h1", redeemPoints=100))
+    assert held.status == 200, held.body
+    assert held.json()["state"] == "HELD" and held.json()["holdExpiresAt"]
+    assert client.get("/v1/status").json()["lastSeq"] == 0  # nothing committed yet
+    body = {"receiptId": "h1", "fiscalDocument": "FD-0001"}
+    confirmed = client.post("/v1/confirm", body)
+    assert confirmed.status == 200 and confirmed.json()["state"] == "CONFIRMED"
+    assert confirmed.json()["redeemedPoints"] == held.json()["redeemedPoints"]
+    assert client.post("/v1/confirm", body).body == confirmed.body
+    assert cli("confirm", "h1", "--fiscal", "FD-0001", "--json").out.encode() == confirmed.body
+    # Cancel of a confirmed receipt is refused: use a refund.
+    assert error_of(client.post("/v1/cancel", {"receiptId": "h1"}))[0] == 412
+
+
+@needs_hold
+def test_hold_then_cancel_and_conflicts(client: Client) -> None:
+    assert client.post("/v1/hold", receipt("h2")).status == 200
+    other = receipt("h2", lines=[{"sku": "4601234000024", "qty": "1", "priceMinor": 5990}])
+    assert error_of(client.post("/v1/hold", other))[:2] == (409, "ALREADY_EXISTS")
+    cancelled = client.post("/v1/cancel", {"receiptId": "h2"})
+    assert cancelled.status == 200
+    assert client.post("/v1/cancel", {"receiptId": "h2"}).body == cancelled.body
+    assert error_of(client.post("/v1/confirm", {"receiptId": "h2"}))[0] == 412
+    assert error_of(client.post("/v1/confirm", {"receiptId": "never-held"}))[0] == 404
+    assert error_of(client.post("/v1/confirm", {"receiptId": "h2", "x": "1"}))[0] == 400
+
+
+# ---------------------------------------------------------------- the transport
+
+
+def test_keep_alive_serves_many_calls_on_one_connection(client: Client) -> None:
+    client.get("/healthz")
+    sock = client.conn.sock
+    assert sock is not None
+    for n in range(20):
+        answer = client.post("/v1/quote", receipt(f"k{n}"))
+        assert answer.status == 200 and answer.headers.get("connection") != "close"
+        error_of(client.post("/v1/quote", raw=b"{"))  # an error keeps the connection too
+    assert client.conn.sock is sock  # never reconnected
+
+
+def test_answers_do_not_wait_for_a_delayed_ack(client: Client) -> None:
+    """The head and the body of an answer go out at once (TCP_NODELAY on the server's
+    sockets): without it every answer on a keep-alive connection took 40 ms or more."""
+    client.get("/v1/status")
+    took = []
+    for _ in range(15):
+        started = time.perf_counter()
+        assert client.get("/v1/status").status == 200
+        took.append(time.perf_counter() - started)
+    took.sort()
+    assert took[len(took) // 2] < 0.030, took
+
+
+def test_a_body_over_4_mib_is_413(server: HttpServer) -> None:
+    # Announced: refused before a byte of the body is read.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
+        s.sendall(
+            b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+        )
+        assert _read_answer(s).startswith(b"HTTP/1.1 413 ")
+    # Streamed (chunked, no length): refused once it passes the limit.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
+        s.sendall(
+            b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b" " * 65536
+        for _ in range(MAX_BODY_BYTES // len(chunk)):
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        s.sendall(b"1\r\n \r\n")  # one byte over
+        answer = _read_answer(s)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+        assert b'"PAYLOAD_TOO_LARGE"' in answer
+    # Exactly at the limit it is read (and refused for what it is, not its size).
+    c = Client(server.port)
+    try:
+        padded = json.dumps(receipt()).encode()
+        padded += b" " * (MAX_BODY_BYTES - len(padded))
+        assert c.post("/v1/quote", raw=padded).status == 200
+    finally:
+        c.close()
+
+
+def test_a_body_that_does_not_arrive_is_408(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", 0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
+        s.sendall(b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        answer = _read_answer(s)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b'"REQUEST_TIMEOUT"' in answer
+
+
+def test_a_call_that_does_not_finish_in_time_is_503_retry(
+    agent: Agent, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "CALL_TIMEOUT_S", 0.5)
+    with agent._lock:  # the agent busy elsewhere (a long snapshot switch, say)
+        status, code, message = error_of(client.post("/v1/quote", receipt()))
+    assert (status, code) == (503, "UNAVAILABLE") and "same receiptId" in message
+    assert client.post("/v1/quote", receipt()).status == 200  # and the retry is answered
+
+
+def _read_answer(s: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        part = s.recv(65536)
+        if not part:
+            break
+        data += part
+    head, _, rest = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+            while len(rest) < length:
+                part = s.recv(65536)
+                if not part:
+                    break
+                rest += part
+    return head + b"\r\n\r\n" + rest
+
+
+# ---------------------------------------------------------------- token
+
+
+def test_a_token_is_required_of_every_request_when_set(agent: Agent) -> None:
+    srv = HttpServer(agent, "127.0.0.1:0", token="s3cret-token")
+    srv.start()
+    try:
+        for token in (None, "wrong"):
+            c = Client(srv.port, token)
+            for answer in (c.get("/v1/status"), c.post("/v1/quote", receipt()), c.get("/healthz")):
+                assert error_of(answer)[:2] == (401, "UNAUTHENTICATED")
+                assert answer.headers["www-authenticate"] == "Bearer"
+            c.close()
+        bare = Client(srv.port)
+        assert bare.get("/v1/status", headers={"Authorization": "Basic s3cret-token"}).status == 401
+        bare.close()
+        good = Client(srv.port, "s3cret-token")
+        assert good.post("/v1/quote", receipt()).status == 200
+        assert good.get("/healthz").status == 200
+        good.close()
+    finally:
+        srv.stop()
+
+
+def test_binding_beyond_loopback_needs_a_token(
+    agent: Agent, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tillpoint.agent.errors import InputError
+
+    with pytest.raises(InputError, match="needs a token"):
+        HttpServer(agent, "0.0.0.0:0")
+    srv = HttpServer(agent, "0.0.0.0:0", token="t")
+    srv.start()
+    try:
+        assert Client(srv.port, "t").get("/v1/status").status == 200
+    finally:
+        srv.stop()
+    # The configuration itself refuses it: `run` never starts, `config check` says why.
+    monkeypatch.setenv("TILLPOINT_HTTP__LISTEN", "0.0.0.0:8061")
+    run = cli("config", "check")
+    assert run.code == 2 and "set a token" in run.err and "Traceback" not in run.err
+    run = cli("run")
+    assert run.code == 2 and "set a token" in run.err
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+
+def test_openapi_is_generated_from_the_proto_messages(client: Client) -> None:
+    answer = client.get("/openapi.json")
+    assert answer.status == 200
+    doc = answer.json()
+    assert doc == json.loads(json.dumps(openapi()))
+    assert doc["openapi"].startswith("3.")
+    service = pb.DESCRIPTOR.services_by_name["PosAgent"]
+    served = {c.path for c in CALLS if c.rpc in service.methods_by_name}
+    assert set(doc["paths"]) == served | {"/healthz"}
+    assert {"/v1/identify", "/v1/quote", "/v1/checkout", "/v1/refund"} <= served
+    assert {"/v1/balance", "/v1/status"} <= served
+    schemas = doc["components"]["schemas"]
+    # Every message field is there under its proto3 JSON name.
+    for message in (pb.Receipt, pb.CheckoutResult, pb.Refund, pb.RefundResult, pb.Status):
+        fields = {f.json_name for f in message.DESCRIPTOR.fields}
+        assert set(schemas[message.DESCRIPTOR.name]["properties"]) == fields
+    quote = doc["paths"]["/v1/quote"]["post"]
+    body = quote["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/Receipt"}
+    assert schemas["Receipt"]["properties"]["lines"]["items"] == {
+        "$ref": "#/components/schemas/ReceiptLine"
+    }
+    assert set(quote["responses"]) >= {"200", "400", "412", "500", "503"}
+    assert "get" in doc["paths"]["/v1/status"]
+
+
+def test_answers_hold_to_the_openapi_description(client: Client) -> None:
+    """Every key of every answer is a property of the schema the description names."""
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+
+    def check(value: Any, schema: dict[str, Any]) -> None:
+        if "$ref" in schema:
+            check(value, schemas[schema["$ref"].rsplit("/", 1)[1]])
+        elif "anyOf" in schema:
+            if value is not None:
+                check(value, schema["anyOf"][0])
+        elif schema.get("type") == "object" and "properties" in schema:
+            assert isinstance(value, dict)
+            for key, item in value.items():
+                if key in schema["properties"]:
+                    check(item, schema["properties"][key])
+                else:  # only status carries more than its message (sync, printer details)
+                    assert schema is schemas["Status"], key
+        elif schema.get("type") == "array":
+            assert isinstance(value, list)
+            for item in value:
+                check(item, schema["items"])
+        elif schema.get("type") == "integer":
+            assert isinstance(value, int)
+        elif schema.get("type") == "string":
+            assert isinstance(value, str)
+            if "enum" in schema:
+                assert value in schema["enum"]
+
+    def answer_schema(path: str, method: str = "post") -> dict[str, Any]:
+        ok = doc["paths"][path][method]["responses"]["200"]
+        return dict(ok["content"]["application/json"]["schema"])
+
+    client.post("/v1/checkout", receipt("r1"))
+    for path, body in (
+        ("/v1/identify", {"text": "2770000000017"}),
+        ("/v1/quote", receipt("q1")),
+        ("/v1/checkout", receipt("r1")),
+        ("/v1/balance", {"card": "2770000000017"}),
+    ):
+        answer = client.post(path, body)
+        assert answer.status == 200
+        check(answer.json(), answer_schema(path))
+        request = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        check(body, request["schema"])
+    check(client.get("/v1/status").json(), answer_schema("/v1/status", "get"))
+    check(client.post("/v1/quote", raw=b"{").json(), {"$ref": "#/components/schemas/Error"})
+
+
+# ---------------------------------------------------------------- `tillpoint run`
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tillpoint_run_serves_http_beside_grpc(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps(snapshot(), ensure_ascii=False), encoding="utf-8")
+    exe = Path(sys.executable).parent / "tillpoint"
+    env = dict(os.environ, TILLPOINT_DEVICE_ID="till-7")
+    subprocess.run(
+        [exe, "--data-dir", data, "snapshot", "load", snap], check=True, env=env, timeout=60
+    )
+    grpc_port, http_port = _free_port(), _free_port()
+    conf = tmp_path / "till.toml"
+    conf.write_text(
+        f'[server]\nlisten = "127.0.0.1:{grpc_port}"\n[metrics]\nenabled = false\n'
+        f'[http]\nlisten = "127.0.0.1:{http_port}"\n',
+        encoding="utf-8",
+    )
+    env.pop("TILLPOINT_HTTP__LISTEN", None)  # the file's port, not the suite's default
+    proc = subprocess.Popen(
+        [exe, "--config", conf, "--data-dir", data, "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                c = Client(http_port)
+                if c.get("/healthz").status == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the HTTP interface never became healthy"
+            time.sleep(0.1)
+        answer = c.post("/v1/checkout", receipt("run-1"))
+        assert answer.status == 200 and answer.json()["receiptId"] == "run-1"
+        assert c.get("/v1/status").json()["deviceId"] == "till-7"
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    with pytest.raises(OSError):  # closed on the way out
+        socket.create_connection(("127.0.0.1", http_port), timeout=1).close()

@@ -1,0 +1,180 @@
+"""Bounded input: every text field of a request ≤ 128 characters, a request ≤ 4 MiB.
+
+A 200 MB `storeId` once took 16 s, 1.7 GB of memory and a 420 MB ledger. Now the CLI
+refuses with exit 2 and one line naming the field, gRPC with INVALID_ARGUMENT (a field)
+or RESOURCE_EXHAUSTED (a message over 4 MiB, refused by gRPC itself); nothing is stored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from tillpoint.agent.limits import REQUEST_MAX_BYTES, TEXT_MAX
+from tillpoint.agent.server import build_server
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .conftest import CLI, Run, receipt, snapshot
+
+TIMEOUT = 5
+LONG = "7" * (TEXT_MAX + 1)
+LONGEST = "7" * TEXT_MAX
+
+
+def _refused(run: Run, field: str) -> None:
+    assert run.code == 2, run.out
+    assert run.out == ""
+    assert run.err.count("\n") == 1 and "Traceback" not in run.err
+    assert field in run.err and f"at most {TEXT_MAX} characters" in run.err, run.err
+    assert LONG not in run.err  # the value is never echoed back
+
+
+def _line(**changes: Any) -> list[dict[str, Any]]:
+    return [{"sku": "4601234000017", "qty": "2", "priceMinor": 8990, **changes}]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"receiptId": LONG}, "receiptId"),
+        ({"storeId": LONG}, "storeId"),
+        ({"tillId": LONG}, "tillId"),
+        ({"card": LONG}, "card"),
+        ({"at": "2026-11-23T10:15:00+03:00" + " " * TEXT_MAX}, "at"),
+        ({"lines": _line(sku=LONG)}, "lines[0].sku"),
+        ({"lines": _line(qty="1" * (TEXT_MAX + 1))}, "lines[0].qty"),
+        ({"redeemPoints": LONG}, "redeemPoints"),
+    ],
+)
+def test_receipt_text_fields_over_128_are_refused(
+    cli: CLI, changes: dict[str, Any], field: str
+) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    for command in ("quote", "checkout"):
+        _refused(cli(command, receipt(**changes), "--json"), field)
+    assert cli("status", "--json").json()["outboxDepth"] == 0
+
+
+def test_128_characters_are_accepted(cli: CLI) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    ok = receipt(receiptId="r" * TEXT_MAX, storeId=LONGEST, tillId=LONGEST, card=LONGEST)
+    run = cli("checkout", ok, "--json")
+    assert run.code == 0, run.err
+    assert run.json()["card"]["status"] == "UNKNOWN"
+    assert cli("identify", LONGEST, "--json").code == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"refundId": LONG}, "refundId"),
+        ({"receiptId": LONG}, "receiptId"),
+        ({"lines": [{"sku": LONG, "qty": "1"}]}, "lines[0].sku"),
+    ],
+)
+def test_refund_text_fields_over_128_are_refused(
+    cli: CLI, changes: dict[str, Any], field: str
+) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("checkout", receipt(), "--json").code == 0
+    refund = {
+        "refundId": "f-1",
+        "receiptId": "r1",
+        "at": "2026-11-24T10:00:00+03:00",
+        "lines": [{"sku": "4601234000017", "qty": "1"}],
+        **changes,
+    }
+    _refused(cli("refund", refund, "--json"), field)
+    assert cli("status", "--json").json()["lastSeq"] == 1
+
+
+def test_identify_and_balance_over_128_are_refused(cli: CLI) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    _refused(cli("identify", LONG, "--json"), "text")
+    _refused(cli("balance", LONG, "--json"), "card")
+
+
+def _padded(doc: dict[str, Any], size: int) -> bytes:
+    """The document as JSON, padded with blanks (valid JSON) to exactly `size` bytes."""
+    raw = json.dumps(doc, ensure_ascii=False).encode()
+    return raw + b" " * (size - len(raw))
+
+
+def test_cli_request_over_4_mib_is_refused_before_parsing(cli: CLI, tmp_path: Path) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    exact = tmp_path / "exact.json"
+    exact.write_bytes(_padded(receipt("r-exact"), REQUEST_MAX_BYTES))
+    assert cli("quote", exact, "--json").code == 0
+    for command in ("quote", "checkout", "refund"):
+        big = tmp_path / f"{command}.json"
+        big.write_bytes(_padded(receipt("r-big"), REQUEST_MAX_BYTES + 1))
+        run = cli(command, big, "--json")
+        assert run.code == 2 and run.out == ""
+        assert "larger than 4 MiB" in run.err and run.err.count("\n") == 1
+    # Not even JSON: refused for its size, not parsed.
+    junk = tmp_path / "junk.json"
+    junk.write_bytes(b"[" * (REQUEST_MAX_BYTES + 1))
+    assert "larger than 4 MiB" in cli("checkout", junk, "--json").err
+    assert cli("status", "--json").json()["outboxDepth"] == 0
+
+
+def test_cli_request_over_4_mib_on_stdin_is_refused(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    body = _padded(receipt("r-stdin"), REQUEST_MAX_BYTES + 1)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
+    run = cli("checkout", "-", "--json")
+    assert run.code == 2 and "larger than 4 MiB" in run.err
+    body = _padded(receipt("r-stdin"), 4096)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
+    assert cli("checkout", "-", "--json").code == 0
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[pb_grpc.PosAgentStub]:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield pb_grpc.PosAgentStub(channel)
+    finally:
+        channel.close()
+        server.stop(0).wait()
+        agent.close()
+
+
+def _code(call: Any, request: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, timeout=TIMEOUT)
+    return info.value.code(), info.value.details() or ""
+
+
+def test_grpc_text_fields_over_128_are_invalid_argument(stub: pb_grpc.PosAgentStub) -> None:
+    request = json_format.ParseDict(receipt(storeId=LONG), pb.Receipt())
+    code, details = _code(stub.Checkout, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("receipt: storeId")
+    code, details = _code(stub.Identify, pb.IdentifyRequest(text=LONG))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "text is too long" in details
+    assert stub.Status(pb.StatusRequest(), timeout=TIMEOUT).outbox_depth == 0
+
+
+def test_grpc_message_over_4_mib_is_resource_exhausted(stub: pb_grpc.PosAgentStub) -> None:
+    request = json_format.ParseDict(receipt(storeId="s" * REQUEST_MAX_BYTES), pb.Receipt())
+    code, _ = _code(stub.Checkout, request)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.Status(pb.StatusRequest(), timeout=TIMEOUT).outbox_depth == 0
+    # The server still answers afterwards.
+    ok = stub.Quote(json_format.ParseDict(receipt(), pb.Receipt()), timeout=TIMEOUT)
+    assert ok.card.status == pb.FOUND

@@ -1,0 +1,122 @@
+"""One long-lived agent (`tillpoint run`) prices like a fresh agent per receipt (the CLI).
+
+The per-version memos (mass offers and their index, the category tree, the program) are
+shared by every receipt of a snapshot version: whatever the first receipt of a version
+was (an UNKNOWN card, a phone, a customer with personal offers), later receipts must be
+priced exactly as a new agent on the same data prices them.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt, snapshot
+
+OFFERS: list[dict[str, Any]] = [
+    {"id": "m-dairy", "kind": "PERCENT_OFF", "categories": ["dairy"], "value": "10"},
+    {"id": "m-bread", "kind": "AMOUNT_OFF", "skus": ["4601234000024"], "value": "500"},
+    {"id": "m-x2", "kind": "BONUS_MULTIPLIER", "categories": ["food"], "value": "2"},
+    {"id": "m-extra", "kind": "EXTRA_POINTS", "value": "25", "minTotalMinor": 10000},
+    {
+        "id": "p-a-cheese",
+        "customerId": "c-a",
+        "kind": "PERCENT_OFF",
+        "skus": ["4601234000055"],
+        "value": "30",
+        "printable": True,
+        "printText": "-30% сыр",
+    },
+    {"id": "p-b-receipt", "customerId": "c-b", "kind": "RECEIPT_PERCENT_OFF", "value": "5"},
+]
+
+# Known cards, phones of known customers in several forms, unknown cards and phones.
+CARDS = [
+    "2770000000017",
+    "2770000000024",
+    "+79161234567",
+    "8 903 555-00-01",
+    "9035550001",
+    "2770000000048",  # a valid EAN-13 that is in no snapshot: UNKNOWN
+    "12345678",
+    "+79990000000",
+]
+LINES = [
+    {"sku": "4601234000017", "qty": "2", "priceMinor": 8990},
+    {"sku": "4601234000024", "qty": "1", "priceMinor": 6500},
+    {"sku": "4601234000031", "qty": "1", "priceMinor": 25000},
+    {"sku": "4601234000055", "qty": "0.512", "priceMinor": 99000},
+    {"sku": "9999999999999", "qty": "3", "priceMinor": 1000},
+]
+
+
+def _receipts(rng: random.Random, count: int) -> list[dict[str, Any]]:
+    out = []
+    for i in range(count):
+        lines = rng.sample(LINES, rng.randint(1, len(LINES)))
+        out.append(
+            receipt(
+                f"r-{i}",
+                card=rng.choice(CARDS),
+                lines=lines,
+                redeemPoints=rng.choice([0, 0, 10, -1]),
+            )
+        )
+    return out
+
+
+def _delta(version: int, rng: random.Random) -> dict[str, Any]:
+    """A delta that changes the mass offers (and the program) of the next version."""
+    value = str(rng.choice([5, 15, 20]))
+    return {
+        "version": version,
+        "baseVersion": version - 1,
+        "offers": [
+            {"id": "m-dairy", "kind": "PERCENT_OFF", "categories": ["dairy"], "value": value}
+        ],
+        "removed": {"offers": [rng.choice(["m-bread", "m-x2", "m-extra"])]} if version == 2 else {},
+    }
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_one_long_lived_agent_prices_like_a_fresh_agent_per_receipt(
+    tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    data = tmp_path / "data"
+    long_lived = Agent(data, "till-1")
+    try:
+        long_lived.load_snapshot(snapshot(offers=OFFERS))
+        for version in (1, 2, 3):
+            if version > 1:
+                long_lived.load_snapshot(_delta(version, rng))
+            copy = tmp_path / f"copy-{version}"
+            shutil.copytree(data, copy, symlinks=True)
+            for r in _receipts(rng, 12):
+                got = long_lived.quote(r)
+                fresh = Agent(copy, "till-1")
+                try:
+                    want = fresh.quote(r)
+                finally:
+                    fresh.close()
+                assert got == want, (version, r["card"], [line["sku"] for line in r["lines"]])
+    finally:
+        long_lived.close()
+
+
+def test_an_unknown_card_first_does_not_hide_mass_offers(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot(offers=OFFERS))
+        unknown = agent.quote(receipt("r-0", card="12345678"))
+        assert unknown["card"]["status"] == "UNKNOWN" and unknown["discountMinor"] == 0
+        known = agent.quote(receipt("r-1"))
+        assert known["lines"][0]["offerId"] == "m-dairy"
+        assert known["discountMinor"] == 1798  # 10 % of 2 × 89.90
+    finally:
+        agent.close()
