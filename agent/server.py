@@ -124,6 +124,9 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
         printed_offers=data["printedOffers"],
         display=data.get("display", []),
     )
+    if data.get("seq"):
+        result.device_id = data["deviceId"]
+        result.seq = data["seq"]
     if data.get("balance") is not None:
         result.balance.available_points = data["balance"]["availablePoints"]
         result.balance.pending_points = data["balance"]["pendingPoints"]

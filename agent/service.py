@@ -661,6 +661,10 @@ class Agent:
         result["display"] = figures["display"]
         result["state"] = "CONFIRMED"
         seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
+        # Where the sale is in the ledger's numbering: stored with the result, so an
+        # idempotent replay answers with it too (a quote or a held receipt has neither).
+        result["deviceId"] = self.device_id
+        result["seq"] = seq
         # Encoded once: the same texts go to the receipt's row and to its outbox payload.
         result_text = json.dumps(result, ensure_ascii=False)
         conn.execute(
@@ -882,6 +886,8 @@ class Agent:
                 "takenBackPoints": outcome.taken_back_points,
                 "balance": balance.as_json() if balance else None,
                 "negativeBalance": bool(balance and balance.available < 0),
+                "deviceId": self.device_id,
+                "seq": seq,
             }
             request = refund.model_dump(mode="json", by_alias=True)
             request_text = json.dumps(request, ensure_ascii=False)

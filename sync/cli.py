@@ -7,6 +7,7 @@ Importing this module also adds the sync loop to `tillpoint run`'s background se
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -161,9 +162,22 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--at", help="RFC 3339 time with offset (default: now)")
     p.set_defaults(handler=_hub_balance)
 
+    p = hub_sub.add_parser(
+        "receipts",
+        parents=parents,
+        help="the transactions of a device the hub has stored (to reconcile with a till)",
+    )
+    p.add_argument("--device", required=True, help="the till's device id")
+    p.add_argument(
+        "--since", type=int, default=0, metavar="SEQ", help="only seq above SEQ (default 0)"
+    )
+    p.add_argument("--receipt", default="", help="only this receipt's sale and refunds")
+    p.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    p.set_defaults(handler=_hub_receipts)
+
     sync = sub.add_parser("sync", help="the till's sync with its hub")
     sync_sub = sync.add_subparsers(dest="sync_command", metavar="ACTION")
-    sync.set_defaults(handler=_needs_action(sync, "now, install"))
+    sync.set_defaults(handler=_needs_action(sync, "now, install, receipts"))
 
     p = sync_sub.add_parser(
         "now", parents=[common], help="push the outbox and pull the newest snapshot, now"
@@ -182,6 +196,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("bundle", help="bundle file")
     p.set_defaults(handler=_sync_install)
+
+    p = sync_sub.add_parser(
+        "receipts",
+        parents=[common],
+        help="ask the hub which of this till's transactions it has stored (ListTransactions)",
+    )
+    p.add_argument(
+        "--since", type=int, default=0, metavar="SEQ", help="only seq above SEQ (default 0)"
+    )
+    p.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
+    p.set_defaults(handler=_sync_receipts)
 
 
 def _needs_action(parser: argparse.ArgumentParser, actions: str) -> Handler:
@@ -203,6 +228,12 @@ def _hub(settings: Settings, args: argparse.Namespace) -> HubDir:
     from .hub_server import HubDir
 
     return HubDir(_hub_dir(settings, args), args.store)  # None: $TILLPOINT_HUB_STORE
+
+
+def _existing_hub(settings: Settings, args: argparse.Namespace) -> HubDir:
+    """The hub of --hub-dir, refused (exit 2) unless one was made there: only `hub init`
+    and `hub import` make a hub."""
+    return _hub(settings, args).require()
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
@@ -237,7 +268,7 @@ def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
 def _hub_migrate(settings: Settings, args: argparse.Namespace) -> int:
     hub = _hub(settings, args)
     if not hub.on_postgres:
-        store = hub.open_store()  # a SQLite file migrates itself when opened
+        store = hub.require().open_store()  # a SQLite file migrates itself when opened
         store.close()
         data: dict[str, Any] = {"store": "sqlite", "applied": [], "schemaVersion": None}
     else:
@@ -275,7 +306,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    server = HubServer(_hub(settings, args), config)
+    server = HubServer(_existing_hub(settings, args), config)
     port = server.start(args.listen)
     if args.port_file is not None:
         tmp = Path(str(args.port_file) + ".tmp")
@@ -300,7 +331,10 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_import import read_file
     from .progress import ProgressBar
 
-    store = _hub(settings, args).open_store(migrate=True)
+    hub = _hub(settings, args)
+    if hub.on_postgres:
+        hub.init()  # the database is shared: the keys make the hub here (as hub.db does)
+    store = hub.open_store(migrate=True)
     bar = ProgressBar(f"importing {args.file.name}")
     try:
         try:
@@ -330,9 +364,10 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
+
     if args.ttl_hours <= 0:
         raise InputError("--ttl-hours must be above 0")
-    store = _hub(settings, args).open_store()
+    store = _existing_hub(settings, args).open_store()
     try:
         pub = store.publish(_now(), args.ttl_hours * 3600, min_version=args.min_version)
     finally:
@@ -356,7 +391,7 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
 def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     from . import pki
 
-    hub = _hub(settings, args)
+    hub = _existing_hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
     out = args.out or hub.root / "bundles" / f"{args.device}.json"
@@ -384,7 +419,8 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    store = _hub(settings, args).open_store()
+
+    store = _existing_hub(settings, args).open_store()
     try:
         if store.device(args.device) is None:
             raise InputError(f"device {args.device} is not enrolled")
@@ -402,7 +438,7 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_server import SnapshotBuilder
     from .signing import write_signed_file
 
-    hub = _hub(settings, args)
+    hub = _existing_hub(settings, args)
     store = hub.open_store()
     try:
         if store.device(args.device) is None:
@@ -437,7 +473,7 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import parse_time
 
     at = parse_time(args.at) if args.at else _now()
-    store = _hub(settings, args).open_store()
+    store = _existing_hub(settings, args).open_store()
     try:
         balance = store.balance(args.customer, at)
     finally:
@@ -456,6 +492,47 @@ def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
             f" {d['pendingPoints']} pending, {d['heldPoints']} held for redemptions in progress"
         ),
     )
+
+
+def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
+    from .hub_server import list_transactions
+
+    if args.since < 0 or args.limit < 0:
+        raise InputError("--since and --limit must be 0 or more")
+    store = _existing_hub(settings, args).open_store()
+    try:
+        reply = list_transactions(store, args.device, args.since, args.limit, args.receipt)
+        enrolled = store.device(args.device) is not None
+    finally:
+        store.close()
+    if not enrolled and not reply.transactions:
+        raise InputError(f"device {args.device} is not enrolled at this hub")
+    return _print_transactions(args, reply, args.device)
+
+
+def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> int:
+    """A ListTransactionsReply: its proto3 JSON (`agent/proto_json`: every field, int64 as
+    numbers) with --json, else a line per transaction and a summary."""
+    from tillpoint.agent.proto_json import message_json
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    if args.json:  # ListTransactionsReply in the CLI's one proto3 JSON mapping
+        sys.stdout.write(json.dumps(message_json(reply), ensure_ascii=False) + "\n")
+        return EXIT_OK
+    lines = [
+        f"seq {t.seq}: {pb.TransactionKind.Name(t.kind)} {t.refund_id or t.receipt_id}"
+        + (f" of {t.receipt_id}" if t.refund_id else "")
+        + f" at {t.at}, {t.customer_id or 'card ' + t.card}:"
+        f" {t.points_delta_available:+d} available, {t.points_delta_pending:+d} pending"
+        for t in reply.transactions
+    ]
+    more = " (more: --since the last seq)" if reply.more else ""
+    lines.append(
+        f"{len(reply.transactions)} transaction(s) of {device} stored{more};"
+        f" all stored through seq {reply.acked_through_seq}"
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- sync commands
@@ -610,6 +687,55 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         print(f"tillpoint: {result.message}", file=sys.stderr)
         failed = True
     return EXIT_ERROR if failed else code
+
+
+def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
+    """What the hub stored of this till, asked over mTLS page by page (1000 a call), each
+    call with the sync's call timeout."""
+    import grpc
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    from .client import HubLink, describe
+    from .hub_server import MAX_LIST
+    from .pki import load_enrollment
+    from .service import SyncTimings, hub_address
+
+    if args.since < 0 or args.limit < 0:
+        raise InputError("--since and --limit must be 0 or more")
+    enrollment = load_enrollment(settings.data_dir)
+    if enrollment is None:
+        raise InputError("this till is not enrolled: `tillpoint sync install BUNDLE` first")
+    address = hub_address(settings, enrollment)
+    if not address:
+        raise InputError("no hub address: set hub.address in the configuration")
+    timeout = SyncTimings.from_settings(settings).call_timeout_s
+    link = HubLink(address, enrollment)
+    reply = pb.ListTransactionsReply()
+    since = args.since
+    try:
+        while True:
+            want = MAX_LIST
+            if args.limit:
+                want = min(MAX_LIST, args.limit - len(reply.transactions))
+            page = link.stub.ListTransactions(
+                pb.ListTransactionsRequest(
+                    device_id=enrollment.device_id, since_seq=since, limit=want
+                ),
+                timeout=timeout,
+            )
+            reply.transactions.extend(page.transactions)
+            reply.acked_through_seq = page.acked_through_seq
+            reply.more = page.more
+            if not page.more or not page.transactions:
+                break
+            if args.limit and len(reply.transactions) >= args.limit:
+                break
+            since = page.transactions[-1].seq
+    except grpc.RpcError as exc:
+        raise HubUnavailable(describe(exc)) from None
+    finally:
+        link.close()
+    return _print_transactions(args, reply, enrollment.device_id)
 
 
 # ---------------------------------------------------------------- `tillpoint run`

@@ -9,6 +9,7 @@ each pushed transaction's) to be that device. docs/PROTOCOL.md has the whole con
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ from typing import Any, BinaryIO, NoReturn, Protocol
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.db import fsync_path
-from tillpoint.agent.errors import StorageError, TillpointError
+from tillpoint.agent.errors import InputError, StorageError, TillpointError
 from tillpoint.agent.models import _timestamp
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -35,13 +36,14 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 from . import pki
 from .hub_postgres import is_postgres_url
 from .hub_sqlite import SqliteHubStore
-from .hub_store import HubStats, HubStore, Publication, TxIn, Unsynced
+from .hub_store import HubStats, HubStore, Publication, StoredTx, TxIn, Unsynced
 from .signing import MANIFEST_PREFIX, MAX_CHUNK, SNAPSHOT_JSONL, canonical_json, sign_manifest
 
 log = logging.getLogger("tillpoint.hub")
 
 Clock = Callable[[], datetime]
 MAX_BATCH = 1000
+MAX_LIST = 1000  # transactions per ListTransactions answer (and its default)
 DB_FILE = "hub.db"
 SNAPSHOTS = "snapshots"
 RETRY_BUILD_S = 30.0
@@ -100,6 +102,21 @@ class HubDir:
     def init(self, hosts: list[str] | None = None) -> bool:
         return pki.init_hub_keys(self.keys, hosts)
 
+    def exists(self) -> bool:
+        """Whether a hub was made here (`hub init`, or `hub import` into a new directory):
+        its database is there. Other commands never make one (a wrong --hub-dir would
+        otherwise give an empty hub that publishes nothing). On PostgreSQL the database
+        is shared: a hub is here when its keys are (`hub init` or `hub import` made them)."""
+        if self.on_postgres:
+            return self.keys.ca_cert.is_file()
+        return self.sqlite_path.is_file()
+
+    def require(self) -> HubDir:
+        """This hub, or InputError when there is none here."""
+        if not self.exists():
+            raise InputError(f"no hub at {self.root}: run 'tillpoint hub init'")
+        return self
+
     @property
     def snapshots(self) -> Path:
         return self.root / SNAPSHOTS
@@ -115,7 +132,11 @@ class HubDir:
             from .hub_postgres import PostgresHubStore
 
             return PostgresHubStore(self.store_url, migrate_schema=migrate)
-        return SqliteHubStore(Path(self.store_url) if self.store_url else self.db)
+        return SqliteHubStore(self.sqlite_path)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.store_url) if self.store_url else self.db
 
 
 # ---------------------------------------------------------------- snapshots
@@ -277,6 +298,12 @@ class SnapshotBuilder:
     for); deltas are built on demand by the pull that needs them. Files of the newest
     `keep_versions` full snapshots (and newer deltas) are kept; older ones are deleted.
     Builds are deterministic, so a file rebuilt after a restart has the same bytes.
+
+    Other processes may build into the same directory (`hub export` beside `hub serve`):
+    each (version, base) is built under an exclusive lock on `<name>.lock`, and a builder
+    that waited for it takes the file the other one built. Every builder also holds a
+    shared lock on `builders.lock` while it builds; temporary files left by a crash are
+    deleted only under the exclusive lock of `builders.lock` (no build running anywhere).
     """
 
     def __init__(
@@ -308,28 +335,59 @@ class SnapshotBuilder:
     # ------------------------------------------------------------ files
 
     def _load(self) -> None:
-        for tmp in self.dir.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)  # a build interrupted by a crash
-        for meta in self.dir.glob("*.json"):
-            snap = meta.with_suffix(".snap")
-            try:
-                meta_doc = json.loads(meta.read_text(encoding="utf-8"))
-                found = FileSnapshot.load(snap, meta_doc)
-                if meta_doc.get("signed") != SIGNED or snap.stat().st_size != found.size:
-                    raise ValueError("an older layout or signature (v2), or the wrong size")
-                # A hub restored from an older backup may publish the same version number
-                # again with other content: a file is kept only for the very publication.
-                pub = self.store.publication(found.version)
-                if pub is None or pub.issued_at.isoformat() != found.issued_at:
-                    raise ValueError("not this hub's publication")
-            except (OSError, ValueError, KeyError, TypeError):
-                meta.unlink(missing_ok=True)
-                snap.unlink(missing_ok=True)
-                continue
-            self._ready[(found.version, found.base_version)] = found
-        for snap in self.dir.glob("*.snap"):
-            if not snap.with_suffix(".json").exists():
-                snap.unlink(missing_ok=True)
+        """The files already built; when no builder runs (in any process), delete what a
+        crash left behind. While one runs, its files are left alone: a `.tmp` or a
+        `.snap` without its `.json` may be the build in progress."""
+        with _flock(self.dir / BUILDERS_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB) as alone:
+            if alone:
+                for leftover in [*self.dir.glob("*.tmp"), *self.dir.glob("v*.lock")]:
+                    leftover.unlink(missing_ok=True)  # a build interrupted by a crash
+            for meta in self.dir.glob("*.json"):
+                found = self._read_built(meta)
+                if found is not None:
+                    self._ready[(found.version, found.base_version)] = found
+                elif alone:
+                    meta.unlink(missing_ok=True)
+                    meta.with_suffix(".snap").unlink(missing_ok=True)
+            if alone:
+                for snap in self.dir.glob("*.snap"):
+                    if not snap.with_suffix(".json").exists():
+                        snap.unlink(missing_ok=True)
+
+    def _read_built(self, meta: Path) -> FileSnapshot | None:
+        """The snapshot whose `.json` is `meta`, or None when it is not a whole file of this
+        hub's publication (the `.json` is written last: a build in progress has none)."""
+        snap = meta.with_suffix(".snap")
+        try:
+            meta_doc = json.loads(meta.read_text(encoding="utf-8"))
+            found = FileSnapshot.load(snap, meta_doc)
+            if meta_doc.get("signed") != SIGNED or snap.stat().st_size != found.size:
+                raise ValueError("an older layout or signature (v2), or the wrong size")
+            # A hub restored from an older backup may publish the same version number
+            # again with other content: a file is kept only for the very publication.
+            pub = self.store.publication(found.version)
+            if pub is None or pub.issued_at.isoformat() != found.issued_at:
+                raise ValueError("not this hub's publication")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return found
+
+    def _build_once(self, version: int, base: int) -> FileSnapshot:
+        """The file of (version, base): built here, or by another process (`hub export`
+        beside `hub serve`) that held its lock first, whose file is then taken. Over a
+        shared store the store's lock decides first (PostgreSQL: an advisory lock, so
+        hub servers on other machines sharing the directory build each file once)."""
+        name = _name(version, base)
+        with (
+            _flock(self.dir / BUILDERS_LOCK, fcntl.LOCK_SH),
+            self.store.build_lock(f"snapshot {name}"),
+            _name_lock(self.dir / f"{name}.lock"),
+        ):
+            built = self._read_built(self.dir / f"{name}.json")
+            if built is not None:
+                log.info("snapshot file %s was built by another process", name)
+                return built
+            return self._build(version, base)
 
     def _build(self, version: int, base: int) -> FileSnapshot:
         started = time.monotonic()
@@ -393,7 +451,7 @@ class SnapshotBuilder:
                 return hit
             self._building.add(key)
         try:
-            snap = self._build(version, base)
+            snap = self._build_once(version, base)
         except BaseException:
             with self._cond:
                 self._building.discard(key)
@@ -514,6 +572,52 @@ class SnapshotBuilder:
             return self._get(version, 0)
         with self._deltas:  # deltas of a big change take a while: two at a time
             return self._get(version, base)
+
+
+BUILDERS_LOCK = "builders.lock"
+
+
+@contextmanager
+def _flock(path: Path, how: int) -> Iterator[bool]:
+    """flock(2) on `path` (made if missing) for the block; yields False when LOCK_NB was
+    asked and another holder has it. flock locks belong to the open file, so threads of
+    one process exclude each other as processes do."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, how)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def _name_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` that exists only while held: the holder deletes the
+    file before it lets go, and a waiter that then gets the lock of a deleted file tries
+    again on the path (so that the lock files do not pile up, one per version)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = -1
+        except BaseException:
+            os.close(fd)
+            raise
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- notifications
@@ -773,6 +877,18 @@ class HubServicer(pb_grpc.HubServicer):
             live_balance=granted.live_balance,
         )
 
+    def ListTransactions(
+        self, request: pb.ListTransactionsRequest, context: grpc.ServicerContext
+    ) -> pb.ListTransactionsReply:
+        device = self._device(context, request.device_id)  # a till lists its own only
+        if request.since_seq < 0 or request.limit < 0:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "since_seq and limit must be >= 0")
+        limit = min(request.limit or MAX_LIST, MAX_LIST)
+        try:
+            return list_transactions(self.store, device, request.since_seq, limit)
+        except StorageError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
+
     def ReleaseRedemption(
         self, request: pb.ReleaseRedemptionRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseRedemptionReply:
@@ -784,6 +900,36 @@ class HubServicer(pb_grpc.HubServicer):
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         return pb.ReleaseRedemptionReply(released=released)
+
+
+def stored_transaction(tx: StoredTx) -> pb.StoredTransaction:
+    return pb.StoredTransaction(
+        device_id=tx.device_id,
+        seq=tx.seq,
+        kind=pb.TransactionKind.Value(tx.kind),
+        receipt_id=tx.receipt_id,
+        refund_id=tx.refund_id,
+        at=tx.at,
+        customer_id=tx.customer_id,
+        card=tx.card,
+        points_delta_available=tx.delta_available,
+        points_delta_pending=tx.delta_pending,
+        pending_activates_at=tx.pending_activates_at,
+        ingested_at=tx.ingested_at,
+    )
+
+
+def list_transactions(
+    store: HubStore, device_id: str, since_seq: int, limit: int, receipt_id: str = ""
+) -> pb.ListTransactionsReply:
+    """The answer of ListTransactions (and `hub receipts`): at most `limit` (0: all)."""
+    txs = store.transactions(device_id, since_seq, limit + 1 if limit else 0, receipt_id)
+    more = bool(limit) and len(txs) > limit
+    return pb.ListTransactionsReply(
+        transactions=[stored_transaction(tx) for tx in (txs[:limit] if more else txs)],
+        acked_through_seq=store.applied_through(device_id),
+        more=more,
+    )
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

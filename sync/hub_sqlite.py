@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from .hub_store import (
     LedgerEntry,
     Publication,
     RowProblem,
+    StoredTx,
     TxIn,
 )
 
@@ -196,6 +197,9 @@ class SqliteHubStore(HubRules):
         with self._read() as conn:
             yield SqliteTx(conn)
 
+    def build_lock(self, name: str) -> AbstractContextManager[None]:
+        return nullcontext()  # one machine: the snapshot directory's file locks suffice
+
     def close(self) -> None:
         with self._guard:
             for conn in self._all:
@@ -354,6 +358,42 @@ class SqliteHubStore(HubRules):
             return 0 if row is None else int(row[0])
 
     # ------------------------------------------------------------ ledger
+
+    def transactions(
+        self, device_id: str, since_seq: int = 0, limit: int = 0, receipt_id: str = ""
+    ) -> list[StoredTx]:
+        sql = (
+            "SELECT device_id, seq, kind, receipt_id, ref_id, at, customer_id, card,"
+            " delta_available, delta_pending, coalesce(pending_activates_at, ''), ingested_at"
+            " FROM transactions WHERE device_id = ? AND seq > ?"
+        )
+        params: list[Any] = [device_id, since_seq]
+        if receipt_id:
+            sql += " AND receipt_id = ?"
+            params.append(receipt_id)
+        sql += " ORDER BY seq"
+        if limit > 0:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._read() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [
+            StoredTx(
+                device_id=str(r[0]),
+                seq=int(r[1]),
+                kind=str(r[2]),
+                receipt_id=str(r[3]),
+                refund_id=str(r[4]) if r[2] == "REFUND" else "",
+                at=str(r[5]),
+                customer_id=str(r[6]),
+                card=str(r[7]),
+                delta_available=int(r[8]),
+                delta_pending=int(r[9]),
+                pending_activates_at=str(r[10]),
+                ingested_at=str(r[11]),
+            )
+            for r in rows
+        ]
 
     def applied_through(self, device_id: str) -> int:
         with self._read() as conn:

@@ -21,6 +21,7 @@ Data model (what an implementation must keep):
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -183,6 +184,24 @@ class LedgerEntry:
     delta_pending: int
 
 
+@dataclass(frozen=True)
+class StoredTx:
+    """A transaction in the hub's ledger, as `hub receipts` and ListTransactions show it."""
+
+    device_id: str
+    seq: int
+    kind: str  # CHECKOUT or REFUND
+    receipt_id: str  # the sold receipt (a refund's: the one it refunds)
+    refund_id: str  # REFUND only
+    at: str
+    customer_id: str
+    card: str
+    delta_available: int  # as the hub counts it
+    delta_pending: int
+    pending_activates_at: str
+    ingested_at: str
+
+
 @dataclass
 class HubStats:
     """Counters an operator (and a test) can read."""
@@ -247,6 +266,13 @@ class HubStore(Protocol):
 
     def ledger(self, device_id: str | None = None) -> list[LedgerEntry]: ...
 
+    def transactions(
+        self, device_id: str, since_seq: int = 0, limit: int = 0, receipt_id: str = ""
+    ) -> list[StoredTx]:
+        """The device's stored transactions with seq above `since_seq`, by seq; at most
+        `limit` (0: all); only those of `receipt_id` (its sale and refunds) if given."""
+        ...
+
     def applied_through(self, device_id: str) -> int: ...
 
     def ingested_since(self, cut: int) -> int: ...
@@ -257,5 +283,10 @@ class HubStore(Protocol):
     def device(self, device_id: str) -> DeviceRecord | None: ...
 
     def revoke(self, device_id: str, now: datetime) -> bool: ...
+
+    def build_lock(self, name: str) -> AbstractContextManager[None]:
+        """Held while a snapshot file is built, across every process over this store (a
+        no-op where only one machine can open it: SQLite)."""
+        ...
 
     def close(self) -> None: ...

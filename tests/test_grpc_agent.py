@@ -85,6 +85,32 @@ def test_quote_identify_balance_refund(stub: pb_grpc.PosAgentStub) -> None:
     assert after.available_points == 1200
 
 
+def test_results_carry_the_device_and_seq_they_were_committed_under(
+    stub: pb_grpc.PosAgentStub,
+) -> None:
+    request = json_format.ParseDict(receipt(), pb.Receipt())
+    quoted = stub.Quote(request, timeout=TIMEOUT)
+    assert quoted.device_id == "" and quoted.seq == 0  # a quote takes no seq
+    assert "seq" not in json_format.MessageToDict(quoted)
+    sold = stub.Checkout(request, timeout=TIMEOUT)
+    assert (sold.device_id, sold.seq) == ("till-1", 1)
+    other = json_format.ParseDict(receipt("r2"), pb.Receipt())
+    assert stub.Checkout(other, timeout=TIMEOUT).seq == 2
+    again = stub.Checkout(request, timeout=TIMEOUT)  # the stored result, replayed
+    assert (again.device_id, again.seq) == ("till-1", 1)
+    refund = pb.Refund(
+        refund_id="f1",
+        receipt_id="r1",
+        at="2026-11-24T10:00:00+03:00",
+        lines=[pb.RefundLine(sku="4601234000017", qty="1")],
+    )
+    returned = stub.Refund(refund, timeout=TIMEOUT)
+    assert (returned.device_id, returned.seq) == ("till-1", 3)
+    replayed = stub.Refund(refund, timeout=TIMEOUT)
+    assert (replayed.device_id, replayed.seq) == ("till-1", 3)
+    assert json_format.MessageToDict(replayed)["seq"] == "3"  # proto3 JSON: int64 as text
+
+
 @pytest.mark.parametrize(
     "request_,code",
     [

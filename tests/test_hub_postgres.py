@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,40 @@ def test_a_batch_pushed_through_both_servers_at_once_is_stored_once(two_servers:
     ledger = stores[0].ledger("till-9")
     assert [e.seq for e in ledger] == list(range(1, 51))
     assert stores[0].balance("c-2", now).available == 300 + 500
+
+
+def test_a_snapshot_build_lock_is_held_across_servers(two_servers: Any) -> None:
+    """The advisory lock of a snapshot file: a second server waits until the first one's
+    build ends (then takes the file built), whatever machine it runs on."""
+    a, b = two_servers
+    order: list[str] = []
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def first() -> None:
+        with a.build_lock("snapshot v1-full"):
+            order.append("a in")
+            inside.set()
+            leave.wait(10)
+            order.append("a out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(10)
+    got = threading.Event()
+
+    def second() -> None:
+        with b.build_lock("snapshot v1-full"):
+            order.append("b in")
+            got.set()
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    assert not got.wait(0.5)  # b waits while a builds
+    with b.build_lock("snapshot v2-full"):  # another file is not held up
+        pass
+    leave.set()
+    assert got.wait(10)
+    thread.join(10)
+    waiter.join(10)
+    assert order == ["a in", "a out", "b in"]

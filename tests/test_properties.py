@@ -215,6 +215,8 @@ def test_quote_equals_checkout(
         for key in ("printedOffers", "display"):
             quoted.pop(key)
             committed.pop(key)
+        # Where the sale went in the ledger: the checkout's alone (a quote takes no seq).
+        assert (committed.pop("deviceId"), committed.pop("seq")) == ("till-1", 1)
         assert quoted == committed
     finally:
         agent.close()

@@ -118,6 +118,7 @@ def test_install_refuses_a_bundle_for_another_device(
 ) -> None:
     hub_dir = tmp_path / "hub"
     bundle = tmp_path / "b.json"
+    assert run(capsys, "hub", "init", "--hub-dir", str(hub_dir))[0] == 0
     assert (
         run(capsys, "hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle))[0]
         == 0
@@ -264,6 +265,7 @@ def test_reenrolment_is_refused_while_the_outbox_holds_transactions(
     bundle = tmp_path / "b.json"
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
     till = tmp_path / "till"
+    assert run(capsys, "hub", "init", "--hub-dir", str(hub_dir))[0] == 0
     assert (
         run(capsys, "hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle))[0]
         == 0
@@ -278,3 +280,45 @@ def test_reenrolment_is_refused_while_the_outbox_holds_transactions(
     agent.close()
     code, _, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
     assert code == 2 and "re-enrolment refused" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["balance", "c-1"],
+        ["publish"],
+        ["enroll", "till-1"],
+        ["revoke", "till-1"],
+        ["export", "till-1"],
+        ["receipts", "--device", "till-1"],
+        ["serve", "--listen", "127.0.0.1:0"],
+    ],
+)
+def test_hub_commands_refuse_a_directory_without_a_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    wrong = tmp_path / "typo"
+    code, out, err = run(capsys, "hub", *argv, "--hub-dir", str(wrong))
+    assert code == 2 and out == ""
+    assert err == f"tillpoint: no hub at {wrong}: run 'tillpoint hub init'\n"
+    assert not wrong.exists()  # nothing made there
+    (wrong / "keys").mkdir(parents=True)  # a directory, even with keys, is not a hub
+    assert run(capsys, "hub", *argv, "--hub-dir", str(wrong))[0] == 2
+    assert not (wrong / "hub.db").exists()
+
+
+def test_init_or_import_make_the_hub_the_other_commands_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    made = tmp_path / "made"
+    assert run(capsys, "hub", "init", "--hub-dir", str(made))[0] == 0
+    code, doc, err = run(capsys, "hub", "publish", "--hub-dir", str(made), "--json")
+    assert code == 0 and doc["version"] == 1, err
+    imported = tmp_path / "imported"
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    assert run(capsys, "hub", "import", str(catalogue), "--hub-dir", str(imported))[0] == 0
+    code, doc, err = run(capsys, "hub", "publish", "--hub-dir", str(imported), "--json")
+    assert code == 0 and doc["version"] == 1 and doc["changedRows"] == 10, err
+    code, doc, err = run(capsys, "hub", "balance", "c-1", "--hub-dir", str(imported), "--json")
+    assert code == 0 and doc["availablePoints"] == 1200, err

@@ -878,6 +878,8 @@ class CheckoutResult(_message.Message):
     HELD_OUT_FIELD_NUMBER: _builtins.int
     PRINTED_OFFERS_FIELD_NUMBER: _builtins.int
     DISPLAY_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     HOLD_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     receipt_id: _builtins.str
@@ -887,6 +889,11 @@ class CheckoutResult(_message.Message):
     redeemed_points: _builtins.int
     payable_minor: _builtins.int
     earned_points: _builtins.int
+    device_id: _builtins.str
+    """Set when the checkout is committed (the ledger's numbering, docs/PROTOCOL.md); a
+    quote has none (empty / 0). An idempotent replay returns the stored values.
+    """
+    seq: _builtins.int
     state: Global___ReceiptState.ValueType
     """absent in a quote"""
     hold_expires_at: _builtins.str
@@ -921,12 +928,14 @@ class CheckoutResult(_message.Message):
         held_out: _abc.Iterable[_builtins.str] | None = ...,
         printed_offers: _abc.Iterable[_builtins.str] | None = ...,
         display: _abc.Iterable[_builtins.str] | None = ...,
+        device_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
         state: Global___ReceiptState.ValueType = ...,
         hold_expires_at: _builtins.str | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "hold_expires_at", b"hold_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "discount_minor", b"discount_minor", "display", b"display", "earned_points", b"earned_points", "held_out", b"held_out", "hold_expires_at", b"hold_expires_at", "lines", b"lines", "mode", b"mode", "payable_minor", b"payable_minor", "printed_offers", b"printed_offers", "receipt_id", b"receipt_id", "redeemed_points", b"redeemed_points", "state", b"state", "total_minor", b"total_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "device_id", b"device_id", "discount_minor", b"discount_minor", "display", b"display", "earned_points", b"earned_points", "held_out", b"held_out", "hold_expires_at", b"hold_expires_at", "lines", b"lines", "mode", b"mode", "payable_minor", b"payable_minor", "printed_offers", b"printed_offers", "receipt_id", b"receipt_id", "redeemed_points", b"redeemed_points", "seq", b"seq", "state", b"state", "total_minor", b"total_minor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__hold_expires_at: _TypeAlias = _typing.Literal["hold_expires_at"]  # noqa: Y015
     _WhichOneofArgType__hold_expires_at: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at"]  # noqa: Y015
@@ -1041,11 +1050,16 @@ class RefundResult(_message.Message):
     TAKEN_BACK_POINTS_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     NEGATIVE_BALANCE_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     refund_id: _builtins.str
     receipt_id: _builtins.str
     returned_points: _builtins.int
     taken_back_points: _builtins.int
     negative_balance: _builtins.bool
+    device_id: _builtins.str
+    """The till and sequence number the refund was committed under (as in CheckoutResult)."""
+    seq: _builtins.int
     @_builtins.property
     def balance(self) -> Global___Balance: ...
     def __init__(
@@ -1057,10 +1071,12 @@ class RefundResult(_message.Message):
         taken_back_points: _builtins.int = ...,
         balance: Global___Balance | None = ...,
         negative_balance: _builtins.bool = ...,
+        device_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "negative_balance", b"negative_balance", "receipt_id", b"receipt_id", "refund_id", b"refund_id", "returned_points", b"returned_points", "taken_back_points", b"taken_back_points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "device_id", b"device_id", "negative_balance", b"negative_balance", "receipt_id", b"receipt_id", "refund_id", b"refund_id", "returned_points", b"returned_points", "seq", b"seq", "taken_back_points", b"taken_back_points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1707,6 +1723,126 @@ class AuthorizeRedemptionReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizeRedemptionReply: _TypeAlias = AuthorizeRedemptionReply  # noqa: Y015
+
+@_typing.final
+class ListTransactionsRequest(_message.Message):
+    """"Do you have transaction (device, seq) / receipt X?": the hub's ledger of one device,
+    ordered by seq (docs/PROTOCOL.md, "ListTransactions").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SINCE_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    since_seq: _builtins.int
+    """only transactions with seq above this"""
+    limit: _builtins.int
+    """at most this many (0: the default, 1000; at most 1000)"""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        since_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "limit", b"limit", "since_seq", b"since_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransactionsRequest: _TypeAlias = ListTransactionsRequest  # noqa: Y015
+
+@_typing.final
+class StoredTransaction(_message.Message):
+    """A transaction the hub stored in its ledger (set-aside ones are not listed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    REFUND_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CARD_FIELD_NUMBER: _builtins.int
+    POINTS_DELTA_AVAILABLE_FIELD_NUMBER: _builtins.int
+    POINTS_DELTA_PENDING_FIELD_NUMBER: _builtins.int
+    PENDING_ACTIVATES_AT_FIELD_NUMBER: _builtins.int
+    INGESTED_AT_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    seq: _builtins.int
+    kind: Global___TransactionKind.ValueType
+    receipt_id: _builtins.str
+    """the sold receipt (a refund's: the receipt it refunds)"""
+    refund_id: _builtins.str
+    """REFUND only"""
+    at: _builtins.str
+    """the transaction's time, as the till sent it"""
+    customer_id: _builtins.str
+    """empty for an UNKNOWN card"""
+    card: _builtins.str
+    points_delta_available: _builtins.int
+    """as the hub counts it (settled for UNKNOWN cards)"""
+    points_delta_pending: _builtins.int
+    pending_activates_at: _builtins.str
+    """UTC, when points_delta_pending != 0"""
+    ingested_at: _builtins.str
+    """when the hub stored it (UTC)"""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        kind: Global___TransactionKind.ValueType = ...,
+        receipt_id: _builtins.str = ...,
+        refund_id: _builtins.str = ...,
+        at: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        card: _builtins.str = ...,
+        points_delta_available: _builtins.int = ...,
+        points_delta_pending: _builtins.int = ...,
+        pending_activates_at: _builtins.str = ...,
+        ingested_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "ingested_at", b"ingested_at", "kind", b"kind", "pending_activates_at", b"pending_activates_at", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "receipt_id", b"receipt_id", "refund_id", b"refund_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredTransaction: _TypeAlias = StoredTransaction  # noqa: Y015
+
+@_typing.final
+class ListTransactionsReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    ACKED_THROUGH_SEQ_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    acked_through_seq: _builtins.int
+    """The device's highest seq up to which every transaction is stored (as in PushAck)."""
+    more: _builtins.bool
+    """true: asked again with since_seq = the last seq, there are more"""
+    @_builtins.property
+    def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredTransaction]: ...
+    def __init__(
+        self,
+        *,
+        transactions: _abc.Iterable[Global___StoredTransaction] | None = ...,
+        acked_through_seq: _builtins.int = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_through_seq", b"acked_through_seq", "more", b"more", "transactions", b"transactions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransactionsReply: _TypeAlias = ListTransactionsReply  # noqa: Y015
 
 @_typing.final
 class ReleaseRedemptionRequest(_message.Message):

@@ -475,6 +475,11 @@ class HubStub:
                 request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionRequest.SerializeToString,
                 response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionReply.FromString,
                 _registered_method=True)
+        self.ListTransactions = channel.unary_unary(
+                '/tillpoint.v1.Hub/ListTransactions',
+                request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsRequest.SerializeToString,
+                response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsReply.FromString,
+                _registered_method=True)
 
 
 class HubServicer:
@@ -510,6 +515,12 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTransactions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -537,6 +548,11 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.ReleaseRedemption,
                     request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionRequest.FromString,
                     response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionReply.SerializeToString,
+            ),
+            'ListTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransactions,
+                    request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsRequest.FromString,
+                    response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +690,33 @@ class Hub:
             '/tillpoint.v1.Hub/ReleaseRedemption',
             tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionRequest.SerializeToString,
             tillpoint_dot_v1_dot_tillpoint__pb2.ReleaseRedemptionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tillpoint.v1.Hub/ListTransactions',
+            tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsRequest.SerializeToString,
+            tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsReply.FromString,
             options,
             channel_credentials,
             insecure,

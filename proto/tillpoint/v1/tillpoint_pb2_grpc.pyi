@@ -136,6 +136,7 @@ class HubStub:
     Subscribe: _grpc.UnaryStreamMultiCallable[_tillpoint_pb2.SubscribeRequest, _tillpoint_pb2.Notification]
     AuthorizeRedemption: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.AuthorizeRedemptionRequest, _tillpoint_pb2.AuthorizeRedemptionReply]
     ReleaseRedemption: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.ReleaseRedemptionRequest, _tillpoint_pb2.ReleaseRedemptionReply]
+    ListTransactions: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.ListTransactionsRequest, _tillpoint_pb2.ListTransactionsReply]
 
 @_typing.type_check_only
 class HubAsyncStub(HubStub):
@@ -145,6 +146,7 @@ class HubAsyncStub(HubStub):
     Subscribe: _aio.UnaryStreamMultiCallable[_tillpoint_pb2.SubscribeRequest, _tillpoint_pb2.Notification]  # type: ignore[assignment]
     AuthorizeRedemption: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.AuthorizeRedemptionRequest, _tillpoint_pb2.AuthorizeRedemptionReply]  # type: ignore[assignment]
     ReleaseRedemption: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.ReleaseRedemptionRequest, _tillpoint_pb2.ReleaseRedemptionReply]  # type: ignore[assignment]
+    ListTransactions: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.ListTransactionsRequest, _tillpoint_pb2.ListTransactionsReply]  # type: ignore[assignment]
 
 class HubServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -181,5 +183,12 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
         request: _tillpoint_pb2.ReleaseRedemptionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tillpoint_pb2.ReleaseRedemptionReply, _abc.Awaitable[_tillpoint_pb2.ReleaseRedemptionReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTransactions(
+        self,
+        request: _tillpoint_pb2.ListTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tillpoint_pb2.ListTransactionsReply, _abc.Awaitable[_tillpoint_pb2.ListTransactionsReply]]: ...
 
 def add_HubServicer_to_server(servicer: HubServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
