@@ -375,13 +375,13 @@ class SnapshotBuilder:
     def _build_once(self, version: int, base: int) -> FileSnapshot:
         """The file of (version, base): built here, or by another process (`hub export`
         beside `hub serve`) that held its lock first, whose file is then taken. Over a
-        shared store the store's lock decides first (PostgreSQL: an advisory lock, so
-        hub servers on other machines sharing the directory build each file once)."""
+        shared store the store's lock decides too (PostgreSQL: an advisory lock, so hub
+        servers on other machines sharing the directory build each file once)."""
         name = _name(version, base)
         with (
             _flock(self.dir / BUILDERS_LOCK, fcntl.LOCK_SH),
-            self.store.build_lock(f"snapshot {name}"),
             _name_lock(self.dir / f"{name}.lock"),
+            self.store.build_lock(f"snapshot {name}"),  # every process: this order
         ):
             built = self._read_built(self.dir / f"{name}.json")
             if built is not None:

@@ -308,8 +308,9 @@ def test_hub_commands_refuse_a_directory_without_a_hub(
 
 
 def test_init_or_import_make_the_hub_the_other_commands_use(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)  # two hubs: one hub.db each
     made = tmp_path / "made"
     assert run(capsys, "hub", "init", "--hub-dir", str(made))[0] == 0
     code, doc, err = run(capsys, "hub", "publish", "--hub-dir", str(made), "--json")
