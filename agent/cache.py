@@ -35,6 +35,7 @@ from .models import (
     ROW_MODELS,
     CardRecord,
     Category,
+    Coupon,
     Customer,
     Model,
     Offer,
@@ -337,11 +338,19 @@ def _remove(conn: sqlite3.Connection, removed: Removed) -> None:
         ("offers", "id", removed.offers),
         ("products", "sku", removed.products),
         ("categories", "code", removed.categories),
+        ("coupons", "code", removed.coupons),
     ):
         conn.executemany(f"DELETE FROM {table} WHERE {key} = ?", ((k,) for k in keys))
 
 
-_COLUMNS = {"categories": 3, "products": 4, "customers": 3, "cards": 3, "offers": 3}
+_COLUMNS = {
+    "categories": 3,
+    "products": 4,
+    "customers": 3,
+    "cards": 3,
+    "offers": 3,
+    "coupons": 3,
+}
 
 
 def _params(section: str, row: Model, raw: str | None, secret: bytes) -> tuple[object, ...]:
@@ -356,6 +365,8 @@ def _params(section: str, row: Model, raw: str | None, secret: bytes) -> tuple[o
         return (row.sku, row.name, row.category, int(row.excluded_from_loyalty))
     if isinstance(row, Category):
         return (row.code, row.parent, row.name)
+    if isinstance(row, Coupon):
+        return (row.code, row.customer_id, row.model_dump_json(by_alias=True))
     raise AssertionError(section)  # pragma: no cover
 
 
@@ -548,6 +559,14 @@ class CacheView:
             for c, p, n in self.conn.execute("SELECT code, parent, name FROM categories")
         ]
 
+    def coupon(self, code: str) -> Coupon | None:
+        row = self.conn.execute("SELECT doc FROM coupons WHERE code = ?", (code,)).fetchone()
+        return None if row is None else Coupon.model_validate_json(row[0])
+
+    def offer(self, offer_id: str) -> Offer | None:
+        row = self.conn.execute("SELECT doc FROM offers WHERE id = ?", (offer_id,)).fetchone()
+        return None if row is None else Offer.model_validate_json(row[0])
+
     def offers_for(self, customer_id: str) -> list[Offer]:
         """The customer's personal offers and every mass offer."""
         personal = [
@@ -583,7 +602,16 @@ def ancestors(category: str, parents: Mapping[str, str | None]) -> frozenset[str
 
 def dump(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
     """Every row of the cache, for tests that check a refused input changed nothing."""
-    tables = ("meta", "applied_through", "products", "categories", "customers", "cards", "offers")
+    tables = (
+        "meta",
+        "applied_through",
+        "products",
+        "categories",
+        "customers",
+        "cards",
+        "offers",
+        "coupons",
+    )
     return {
         t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=json.dumps) for t in tables
     }

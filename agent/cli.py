@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, parents=[common], help=what)
         p.add_argument("file", help="JSON file, or - for standard input")
+        if name != "refund":
+            p.add_argument(
+                "--explain",
+                action="store_true",
+                help="add the calculation trace: each line's offers and why they applied or not",
+            )
     p = sub.add_parser("confirm", parents=[common], help="commit a held receipt")
     p.add_argument("receipt_id", metavar="RECEIPT_ID")
     p.add_argument("--fiscal", help="the fiscal document number (at most 64 characters)")
@@ -207,7 +213,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, agent.identify(args.text), _human_card)
         if command in ("quote", "checkout", "hold"):
             call: Callable[[Any], dict[str, Any]] = getattr(agent, command)
-            return emit(args, call(read_json(args.file)), _human_result)
+            receipt = read_json(args.file)
+            if args.explain and isinstance(receipt, dict):
+                receipt = {**receipt, "explain": True}
+            return emit(args, call(receipt), _human_result)
         if command == "confirm":
             return emit(args, agent.confirm(args.receipt_id, args.fiscal), _human_result)
         if command == "cancel":
@@ -413,7 +422,39 @@ def _human_result(r: dict[str, Any]) -> str:
         out.append("offers queued for printing: " + ", ".join(r["printedOffers"]))
     if r["heldOut"]:
         out.append("held out (control group): " + ", ".join(r["heldOut"]))
+    if r.get("trace"):
+        out.extend(_human_trace(r["trace"]))
     return "\n".join(out)
+
+
+def _human_trace(t: dict[str, Any]) -> list[str]:
+    from .money import format_minor
+
+    out = ["why:"]
+    for line in t["lines"]:
+        out.append(f"  line {line['index'] + 1} {line['sku']}")
+        for o in line["offers"]:
+            figure = f" −{format_minor(o['discountMinor'])}" if o.get("discountMinor") else ""
+            by = (
+                f" by {o['beatenBy']} (−{format_minor(o['beatenByDiscountMinor'])})"
+                if o.get("beatenBy")
+                else ""
+            )
+            out.append(f"    {o['offerId']} {o['kind']}: {o['outcome']}{figure}{by}")
+    for o in t["receiptOffers"]:
+        missing = o.get("missingMinor", 0)
+        more = f", {format_minor(missing)} more needed" if missing else ""
+        out.append(
+            f"  receipt offer {o['offerId']}: {o['outcome']}"
+            f" (from {format_minor(o['minTotalMinor'])}{more})"
+        )
+    red = t["redemption"]
+    caps = ", ".join(f"{c['name'].lower()} {c['points']}" for c in red["caps"])
+    out.append(
+        f"  redemption: asked {red['requestedPoints']}, allowed {red['allowedPoints']}"
+        f" ({caps}; bound by {red['boundBy'].lower() or 'nothing'})"
+    )
+    return out
 
 
 def _human_refund(r: dict[str, Any]) -> str:

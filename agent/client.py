@@ -237,7 +237,16 @@ def to_json(message: Message) -> JsonDict:
         preserving_proto_field_name=False,
         always_print_fields_with_no_presence=True,
     )
-    return _ints(message.DESCRIPTOR, data)
+    return _omit_empty_expiring(_ints(message.DESCRIPTOR, data))
+
+
+def _omit_empty_expiring(data: JsonDict) -> JsonDict:
+    """A balance with no expiring batches leaves `expiring` out, as the agent's JSON does
+    (the contract §16: it lists the batches that still hold points)."""
+    for balance in (data, data.get("balance")):
+        if isinstance(balance, dict) and balance.get("expiring") == []:
+            del balance["expiring"]
+    return data
 
 
 def _ints(descriptor: Any, data: JsonDict) -> JsonDict:

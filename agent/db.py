@@ -71,6 +71,16 @@ def m001_cache(db: Database) -> None:
     )
 
 
+@cache_migrations()
+def m002_coupons(db: Database) -> None:
+    # One-time codes that unlock an offer (§13); doc is the Coupon's JSON.
+    db.executescript(
+        """
+        CREATE TABLE coupons (code TEXT PRIMARY KEY, customer_id TEXT, doc TEXT NOT NULL);
+        """
+    )
+
+
 @ledger_migrations()
 def m001_ledger(db: Database) -> None:
     db.executescript(
@@ -226,6 +236,38 @@ def m005_points_expires_at(db: Database) -> None:
     # When a batch of earned points expires (pointsLifetimeDays in force at commit after
     # its activation); NULL: never. Rows written before never expire.
     db.execute("ALTER TABLE points ADD COLUMN expires_at TEXT")
+
+
+@ledger_migrations()
+def m006_coupon_uses(db: Database) -> None:
+    # The coupons this till's commits used (§13): a code is accepted at most once here.
+    db.executescript(
+        """
+        CREATE TABLE coupon_uses (
+            code TEXT PRIMARY KEY,
+            receipt_id TEXT NOT NULL,
+            customer_id TEXT,
+            offer_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+@ledger_migrations()
+def m007_issued_coupons(db: Database) -> None:
+    # One-time codes this till printed on offers with issueCoupon (§13); doc is the Coupon.
+    db.executescript(
+        """
+        CREATE TABLE issued_coupons (
+            code TEXT PRIMARY KEY,
+            receipt_id TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .expiry import Movement, Wallet
-from .models import Customer, Program
+from .models import Coupon, Customer, Program
 
 
 def utc_text(moment: datetime) -> str:
@@ -149,7 +149,7 @@ def offline_redeemed(
     conn: sqlite3.Connection, card: str, local_day: str, now: datetime | None = None
 ) -> int:
     """Points this till let the card spend offline on this store-day: committed receipts,
-    and, given `now`, the offline holds still open then (SPEC §11: a hold reserves)."""
+    and, given `now`, the offline holds still open then (the contract §11: a hold reserves)."""
     row = conn.execute(
         "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
         " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",
@@ -190,6 +190,26 @@ def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -
             (customer_id, utc_text(since)),
         )
     }
+
+
+def take_coupon_number(conn: sqlite3.Connection, device_id: str) -> int:
+    """The next number of a coupon this till issues: never reused, like `seq`."""
+    key = f"last_coupon:{device_id}"
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (key,)).fetchone()
+    number = (int(row[0]) if row else 0) + 1
+    conn.execute("INSERT OR REPLACE INTO device VALUES (?, ?)", (key, str(number)))
+    return number
+
+
+def issued_coupon(conn: sqlite3.Connection, code: str) -> Coupon | None:
+    """A coupon this till issued (usable here at once, before any snapshot carries it)."""
+    row = conn.execute("SELECT doc FROM issued_coupons WHERE code = ?", (code,)).fetchone()
+    return None if row is None else Coupon.model_validate_json(row[0])
+
+
+def coupon_used(conn: sqlite3.Connection, code: str) -> bool:
+    """Whether a commit on this till used the coupon code (the contract §13)."""
+    return conn.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone() is not None
 
 
 def outbox_depth(conn: sqlite3.Connection) -> int:

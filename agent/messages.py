@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import date
 from fractions import Fraction
+from typing import Any
 
 from tillpoint.printer import messages
 
@@ -20,8 +21,40 @@ def identify_display(first_name: str) -> list[str]:
     return messages.greeting(first_name)
 
 
-def quote_display(total_minor: int, savings_minor: int) -> list[str]:
-    return messages.quote_lines(total_minor, savings_minor)
+def quote_display(
+    total_minor: int, savings_minor: int, trace: dict[str, Any] | None = None
+) -> list[str]:
+    """The running total and the savings; with a trace (§17) and a receipt discount within
+    reach, the second line says how much more the basket needs ("Ещё 520 ₽ до скидки 5%")."""
+    lines = messages.quote_lines(total_minor, savings_minor)
+    hint = reach_line(trace) if trace is not None else None
+    return [lines[0], hint] if hint else lines
+
+
+def reach_line(trace: dict[str, Any], width: int = messages.WIDTH) -> str | None:
+    """The nearest RECEIPT_PERCENT_OFF threshold not met yet, in whole roubles rounded up."""
+    below = [
+        o
+        for o in trace.get("receiptOffers", ())
+        if o.get("kind") == "RECEIPT_PERCENT_OFF"
+        and o.get("outcome") == "BELOW_MIN_TOTAL"
+        and o.get("missingMinor", 0) > 0
+        and o.get("percent")
+    ]
+    if not below:
+        return None
+    nearest = min(below, key=lambda o: (o["missingMinor"], o["offerId"]))
+    roubles = -(-int(nearest["missingMinor"]) // 100)
+    money = f"{roubles:,}".replace(",", " ") + " ₽"
+    percent = nearest["percent"]
+    for text in (
+        f"Ещё {money} до скидки {percent}%",
+        f"Ещё {money} до −{percent}%",
+        f"+{money} до −{percent}%",
+    ):
+        if len(text) <= width:
+            return text
+    return None
 
 
 def checkout_display(

@@ -342,8 +342,65 @@ OfferKind = Literal[
     "BONUS_MULTIPLIER",
     "RECEIPT_PERCENT_OFF",
     "EXTRA_POINTS",
+    "QUANTITY_PRICE",
+    "MULTIBUY",
 ]
-LINE_MONEY_KINDS = frozenset({"PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE"})
+LINE_MONEY_KINDS = frozenset({"PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "QUANTITY_PRICE"})
+# Kinds whose discount comes from `value` (the basket deals carry tiers or buy/free).
+VALUE_KINDS = frozenset(
+    {"PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "BONUS_MULTIPLIER", "RECEIPT_PERCENT_OFF"}
+    | {"EXTRA_POINTS"}
+)
+
+_CLOCK_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$|^24:00$")
+
+
+def _clock(value: Any) -> str:
+    if not isinstance(value, str) or not _CLOCK_RE.fullmatch(value):
+        raise ValueError(f'"{value}" is not a local time HH:MM (00:00 to 24:00)')
+    return value
+
+
+def _weekday(value: Any) -> int:
+    number = _int64(value)
+    if not 1 <= number <= 7:
+        raise ValueError(f"weekday {number} is not ISO (Monday 1 … Sunday 7)")
+    return number
+
+
+Clock = Annotated[str, BeforeValidator(_clock)]
+Weekday = Annotated[int, BeforeValidator(_weekday)]
+
+
+class HourWindow(Model):
+    """Local hours of a day: `from` inclusive, `to` exclusive ("24:00": the end of the day)."""
+
+    from_: Clock = Field(alias="from")
+    to: Clock
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HourWindow:
+        if self.from_ == "24:00" or self.seconds[0] >= self.seconds[1]:
+            raise ValueError(
+                f"hours {self.from_}-{self.to}: from must be before to"
+                " (write a window past midnight as two windows)"
+            )
+        return self
+
+    @cached_property
+    def seconds(self) -> tuple[int, int]:
+        """(from, to) as seconds after local midnight."""
+        return _clock_seconds(self.from_), _clock_seconds(self.to)
+
+
+def _clock_seconds(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 3600 + int(minutes) * 60
+
+
+class QuantityTier(Model):
+    min_qty: Qty
+    unit_price_minor: NonNegative
 
 
 class Offer(Model):
@@ -353,7 +410,7 @@ class Offer(Model):
     kind: OfferKind
     skus: tuple[Key, ...] = ()
     categories: tuple[Key, ...] = ()
-    value: NonNegativeDec
+    value: NonNegativeDec = Decimal(0)  # required for the kinds in VALUE_KINDS
     min_qty: NonNegativeDec = Decimal(0)
     min_total_minor: NonNegative = 0
     valid_from: Timestamp | None = None
@@ -362,11 +419,27 @@ class Offer(Model):
     rank: Int64 = 0
     printable: bool = False
     print_text: Text = ""
+    coupon_required: bool = False
+    issue_coupon: bool = False
+    weekdays: tuple[Weekday, ...] = ()
+    hours: tuple[HourWindow, ...] = ()
+    on_favorite_weekday: bool = False
+    tiers: tuple[QuantityTier, ...] = ()
+    buy_qty: Qty | None = None
+    free_qty: Qty | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Offer:
         if self.valid_from and self.valid_to and self.valid_from > self.valid_to:
             raise ValueError(f"offer {self.id}: validFrom is after validTo")
+        if self.kind in VALUE_KINDS and "value" not in self.model_fields_set:
+            raise ValueError(f"offer {self.id}: value is required for {self.kind}")
+        if self.kind == "QUANTITY_PRICE" and not self.tiers:
+            raise ValueError(f"offer {self.id}: QUANTITY_PRICE needs tiers")
+        if self.kind == "MULTIBUY":
+            for name, qty in (("buyQty", self.buy_qty), ("freeQty", self.free_qty)):
+                if qty is None or qty != qty.to_integral_value():
+                    raise ValueError(f"offer {self.id}: MULTIBUY needs a whole {name} of 1 or more")
         if self.kind in ("PERCENT_OFF", "RECEIPT_PERCENT_OFF") and self.value > 100:
             raise ValueError(f"offer {self.id}: a percentage above 100")
         if self.kind == "EXTRA_POINTS" and self.value != self.value.to_integral_value():
@@ -378,6 +451,54 @@ class Offer(Model):
             return False
         return not (self.valid_to is not None and moment > self.valid_to)
 
+    @cached_property
+    def has_window(self) -> bool:
+        return bool(self.weekdays or self.hours or self.on_favorite_weekday)
+
+    @cached_property
+    def gated(self) -> bool:
+        """It has a time window or needs a coupon: the pricing looks closer only then."""
+        return self.coupon_required or self.has_window
+
+    def in_window(self, local: datetime, favorite_weekday: int | None) -> bool:
+        """Inside its weekdays, hours and favourite weekday (the contract §14) at the store's local
+        time `local`; an offer without them is always inside."""
+        weekday = local.isoweekday()
+        if self.weekdays and weekday not in self.weekdays:
+            return False
+        if self.on_favorite_weekday and favorite_weekday != weekday:
+            return False
+        if self.hours:
+            second = local.hour * 3600 + local.minute * 60 + local.second
+            return any(a <= second < b for a, b in (w.seconds for w in self.hours))
+        return True
+
+
+def coupon_code(text: str) -> str:
+    """A scanned coupon code as it is looked up: blanks and dashes dropped, upper case."""
+    return "".join(ch for ch in text if not ch.isspace() and ch not in _DASHES).upper()
+
+
+_DASHES = frozenset("-\u2010\u2011\u2012\u2013\u2014\u2015\u2212")
+
+
+class Coupon(Model):
+    """A one-time code that unlocks an offer (the contract §13)."""
+
+    code: Key
+    offer_id: Key
+    customer_id: Text | None = None  # absent: any identified customer
+    valid_from: Timestamp | None = None
+    valid_to: Timestamp | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _normal(cls, value: str) -> str:
+        code = coupon_code(value)
+        if not code:
+            raise ValueError("a coupon code needs letters or digits")
+        return code
+
 
 class Removed(Model):
     cards: tuple[Key, ...] = ()
@@ -385,6 +506,7 @@ class Removed(Model):
     offers: tuple[Key, ...] = ()
     products: tuple[Key, ...] = ()
     categories: tuple[Key, ...] = ()
+    coupons: tuple[Key, ...] = ()
 
 
 class SnapshotHeader(Model):
@@ -417,6 +539,7 @@ class Snapshot(SnapshotHeader):
     customers: tuple[Customer, ...] = ()
     cards: tuple[CardRecord, ...] = ()
     offers: tuple[Offer, ...] = ()
+    coupons: tuple[Coupon, ...] = ()
 
     @model_validator(mode="after")
     def _unique(self) -> Snapshot:
@@ -441,6 +564,7 @@ ROW_MODELS: dict[str, type[Model]] = {
     "customers": Customer,
     "cards": CardRecord,
     "offers": Offer,
+    "coupons": Coupon,
 }
 
 
@@ -476,6 +600,8 @@ class Receipt(Model):
     card: RequestText
     lines: Annotated[tuple[ReceiptLine, ...], Field(min_length=1, max_length=10_000)]
     redeem_points: Int64 = 0
+    explain: bool = False  # add the calculation trace (the contract §17); never changes a figure
+    coupons: Annotated[tuple[Key, ...], Field(max_length=100)] = ()  # scanned codes (§13)
 
     @field_validator("redeem_points")
     @classmethod

@@ -79,6 +79,10 @@ def receipt_dict(message: pb.Receipt) -> dict[str, Any]:
         data["lines"] = lines
     if message.redeem_points:
         data["redeemPoints"] = message.redeem_points
+    if message.explain:
+        data["explain"] = True
+    if message.coupons:
+        data["coupons"] = list(message.coupons)
     return data
 
 
@@ -130,12 +134,16 @@ def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
     if data.get("balance") is not None:
         result.balance.available_points = data["balance"]["availablePoints"]
         result.balance.pending_points = data["balance"]["pendingPoints"]
+        for batch in data["balance"].get("expiring", ()):
+            result.balance.expiring.add(points=batch["points"], expires_at=batch["expiresAt"])
     if data.get("state"):
         result.state = pb.ReceiptState.Value(data["state"])
     if data.get("holdExpiresAt"):
         result.hold_expires_at = data["holdExpiresAt"]
-        for batch in data["balance"].get("expiring", ()):
-            result.balance.expiring.add(points=batch["points"], expires_at=batch["expiresAt"])
+    for verdict in data.get("coupons", ()):
+        result.coupons.add(code=verdict["code"], status=verdict["status"], reason=verdict["reason"])
+    if data.get("trace") is not None:
+        json_format.ParseDict(data["trace"], result.trace)
     return result
 
 
@@ -328,7 +336,7 @@ def serve_forever(settings: Settings) -> int:
 
 
 def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None]:
-    """Expire held receipts on time even when no POS calls (SPEC §11); returns the stop."""
+    """Expire held receipts on time even when no POS calls (the contract §11); returns the stop."""
     stop = threading.Event()
 
     def run() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import cache as cache_mod
-from . import hooks, ledger
+from . import coupons, hooks, ledger
 from .cache import CacheView, ancestors
 from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
 from .errors import (
@@ -39,6 +39,7 @@ from .expiry import WARN_DAYS, Movement, expiry_time
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
 from .models import (
+    Coupon,
     Customer,
     Offer,
     Program,
@@ -85,7 +86,7 @@ class RedemptionAuthoriser(Protocol):
     ) -> int: ...
 
     def release(self, receipt_id: str) -> bool:
-        """Drop the hub's hold for a receipt cancelled or expired here (SPEC §11)."""
+        """Drop the hub's hold for a receipt cancelled or expired here (the contract §11)."""
         ...
 
     def reachable(self) -> bool:
@@ -108,6 +109,7 @@ class _Priced:
     customer: Customer | None
     offers: list[Offer]
     applied: dict[str, int]
+    coupon_checks: list[coupons.CouponCheck]
 
 
 class Agent:
@@ -253,7 +255,7 @@ class Agent:
         return result
 
     def checkout(self, data: Any) -> dict[str, Any]:
-        """Hold and Confirm in one transaction (SPEC §11): the CONFIRMED result."""
+        """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
         receipt = parse(Receipt, data, "receipt")
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
@@ -270,7 +272,7 @@ class Agent:
     # ------------------------------------------------------------ hold, confirm, cancel
 
     def hold(self, data: Any) -> dict[str, Any]:
-        """Price the receipt and reserve its redemption (SPEC §11): the HELD result.
+        """Price the receipt and reserve its redemption (the contract §11): the HELD result.
 
         The same body under the same receiptId returns what is stored (whatever the state),
         another body is a Conflict; a hold that expired is priced and held afresh."""
@@ -318,6 +320,7 @@ class Agent:
                     " WHERE receipt_id = ?",
                     (ledger.utc_text(self.clock()), receipt_id),
                 )
+                self._ledger.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
         if release:
             self._release_at_hub(receipt_id)
         return _cancelled(held)
@@ -341,6 +344,9 @@ class Agent:
                     "UPDATE receipt_life SET state = 'EXPIRED', closed_at = ?"
                     " WHERE receipt_id = ? AND state = 'HELD'",
                     [(now, rid) for rid, _ in due],
+                )
+                conn.executemany(
+                    "DELETE FROM coupon_uses WHERE receipt_id = ?", [(rid,) for rid, _ in due]
                 )
         for rid, hub_hold in due:
             log.info("hold of receipt %s expired", rid)
@@ -403,7 +409,11 @@ class Agent:
                 return "CANCELLED", _cancelled(json.loads(row[2]))
             # expired (swept or not yet): priced and held again below
             self._ledger.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (rid,))
+            self._ledger.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (rid,))
         done = self._price(receipt, view, commit=True)
+        # A hold reserves its applied coupons (the contract §11, §13): used here from now
+        # on; a cancel or an expiry gives them back, a confirm keeps them.
+        self._use_coupons(done, self.clock())
         program = view.program()
         now_at = self.clock()
         expires = now_at + timedelta(seconds=program.hold_ttl_seconds)
@@ -508,6 +518,13 @@ class Agent:
             return found
 
         applied = view.applied_through()
+        checks = coupons.check(
+            receipt.coupons,
+            receipt.at,
+            customer,
+            lambda code: view.coupon(code) or ledger.issued_coupon(self._ledger, code),
+            lambda code: ledger.coupon_used(self._ledger, code),
+        )
         offers = view.offers_for(customer.id) if customer else []
         before = (
             ledger.balance(self._ledger, customer, applied, receipt.at, program)
@@ -530,6 +547,7 @@ class Agent:
             customer=customer,
             offers=OfferIndex((o for o in offers if o.customer_id is not None), also=mass),
             available_points=before.available - held_elsewhere if before else 0,
+            coupon_offers=coupons.unlocked(checks),
         )
         # A standalone till caps redemption with the day's offline limit from the start, so
         # the receipt is priced once. With a hub, every redemption asks it (within its
@@ -542,7 +560,8 @@ class Agent:
         if self.hub is not None and customer is not None and priced.redeem_allowed_without_cap > 0:
             cap, mode = self._redeem_cap(receipt, ident, priced, program, commit)
             if cap < priced.redeem_allowed_without_cap:
-                priced = price(receipt, _with_cap(ctx, cap))
+                source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
+                priced = price(receipt, _with_cap(ctx, cap, source))
 
         printed: list[Offer] = []
         if commit and customer is not None:
@@ -575,6 +594,7 @@ class Agent:
             )
         tier = program.tier(customer.tier).code if customer else None
         result = result_json(receipt, ident, tier, priced, mode, after, printed)
+        result["coupons"] = coupons.verdicts(checks, priced.applied_offers)
         if commit and customer is not None and after is not None:
             birthday = in_birthday_window(
                 customer.birthday,
@@ -589,7 +609,7 @@ class Agent:
                 _expiring_soon(after, receipt.at, program),
             )
         else:
-            result["display"] = quote_display(priced.total, priced.discount)
+            result["display"] = quote_display(priced.total, priced.discount, priced.trace)
         return _Priced(
             receipt,
             ident,
@@ -599,6 +619,7 @@ class Agent:
             customer,
             printed,
             applied,
+            checks,
         )
 
     def _redeem_cap(
@@ -716,7 +737,10 @@ class Agent:
                     (customer_id, offer["id"], ledger.utc_text(at), receipt_id),
                 )
             if offers:
-                self._enqueue_print(receipt_id, figures, offers, now)
+                codes = self._issue_coupons(
+                    receipt_id, at, customer_id, figures["card"], offers, applied, now
+                )
+                self._enqueue_print(receipt_id, figures, offers, now, codes)
         self._journal(
             seq,
             "CHECKOUT",
@@ -733,12 +757,81 @@ class Agent:
         )
         return result
 
+    def _use_coupons(self, done: _Priced, now: datetime) -> None:
+        used = coupons.applied_codes(done.result)
+        if not used or done.customer is None:
+            return
+        offer_of = {c.code: c.offer_id for c in done.coupon_checks if c.offer_id}
+        self._ledger.executemany(
+            "INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)",
+            [
+                (
+                    code,
+                    done.receipt.receipt_id,
+                    done.customer.id,
+                    offer_of.get(code) or "",
+                    done.receipt.at.isoformat(),
+                    ledger.utc_text(now),
+                )
+                for code in used
+            ],
+        )
+
+    def _issue_coupons(
+        self,
+        receipt_id: str,
+        at: datetime,
+        customer_id: str,
+        card: str,
+        offers: list[dict[str, Any]],
+        applied: dict[str, int],
+        now: datetime,
+    ) -> dict[str, str]:
+        """A one-time code for each printed offer with `issueCoupon` (§13), valid from `at`
+        to the offer's end, usable here at once and sent to the hub as a transaction of its
+        own (in the receipt's SQLite transaction). Returns offer id -> code."""
+        codes: dict[str, str] = {}
+        for offer in offers:
+            if not offer.get("issueCoupon"):
+                continue
+            number = ledger.take_coupon_number(self._ledger, self.device_id)
+            coupon = Coupon(
+                code=coupons.issued_code(self.device_id, number),
+                offer_id=str(offer["id"]),
+                customer_id=customer_id,
+                valid_from=at,
+                valid_to=datetime.fromisoformat(str(offer["validTo"])),
+            )
+            doc = coupon.model_dump(mode="json", by_alias=True, exclude_none=True)
+            self._ledger.execute(
+                "INSERT INTO issued_coupons VALUES (?,?,?,?)",
+                (coupon.code, receipt_id, json.dumps(doc), ledger.utc_text(now)),
+            )
+            seq = ledger.take_seq(self._ledger, self.device_id, applied.get(self.device_id, 0))
+            request = {"receiptId": receipt_id, "coupon": doc}
+            self._journal(
+                seq,
+                "COUPON_ISSUED",
+                coupon.code,
+                at,
+                customer_id,
+                card,
+                json.dumps(request, ensure_ascii=False),
+                "{}",
+                0,
+                0,
+                now,
+            )
+            codes[str(offer["id"])] = coupon.code
+        return codes
+
     def _enqueue_print(
         self,
         receipt_id: str,
         figures: dict[str, Any],
         offers: list[dict[str, Any]],
         now: datetime,
+        codes: dict[str, str] | None = None,
     ) -> None:
         """The coupon job, in the receipt's transaction. An offer that could not be printed
         (say, an id a barcode cannot carry) costs the coupon, never the sale."""
@@ -746,7 +839,20 @@ class Agent:
         from tillpoint.printer.queue import enqueue
 
         try:
-            payload = payload_for_checkout(receipt_id, figures["at"], figures["firstName"], offers)
+            payload = payload_for_checkout(
+                receipt_id,
+                figures["at"],
+                figures["firstName"],
+                [
+                    o
+                    | (
+                        {"code": codes[o["id"]], "validFrom": figures["at"]}
+                        if codes and o["id"] in codes
+                        else {}
+                    )
+                    for o in offers
+                ],
+            )
         except TillpointError as exc:
             log.warning("no coupon for receipt %s: %s", receipt_id, exc)
             return
@@ -924,7 +1030,7 @@ class Agent:
     # ------------------------------------------------------------ reset
 
     def reset(self, *, force: bool = False) -> int:
-        """Forget the cache and the ledger, but never the device's numbering (SPEC §9).
+        """Forget the cache and the ledger, but never the device's numbering (the contract §9).
 
         Refused while the outbox holds transactions the hub has not acknowledged, unless
         `force`; returns how many of them were discarded. The ledger is emptied in place,
@@ -1088,6 +1194,7 @@ def result_json(
         "balance": balance.as_json() if balance else None,
         "heldOut": list(priced.held_out),
         "printedOffers": [o.id for o in printed],
+        **({"trace": priced.trace} if priced.trace is not None else {}),
     }
 
 
@@ -1191,10 +1298,10 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
     }
 
 
-def _with_cap(ctx: PricingContext, cap: int) -> PricingContext:
+def _with_cap(ctx: PricingContext, cap: int, source: str = "OFFLINE_LIMIT") -> PricingContext:
     from dataclasses import replace
 
-    return replace(ctx, redeem_cap=cap)
+    return replace(ctx, redeem_cap=cap, redeem_cap_source=source)
 
 
 __all__ = ["Agent", "Conflict", "Refused", "request_digest", "system_clock"]

@@ -11,7 +11,7 @@ The request also carries this till's own point movements that are still in its o
 (the hub has not seen them), so the hub does not authorise points this till already
 spent, and does not count twice a hold whose receipt is among them.
 
-A held receipt (SPEC §11) keeps its hold at the hub for the program's `holdTtlSeconds`
+A held receipt (the contract §11) keeps its hold at the hub for the program's `holdTtlSeconds`
 (sent as `hold_ttl_seconds`); `release` drops it when the till cancels the receipt or
 lets its hold expire, and the receipt's transaction settles it after Confirm.
 """

@@ -175,6 +175,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="at most this many (default: all)")
     p.set_defaults(handler=_hub_receipts)
 
+    p = hub_sub.add_parser(
+        "coupon-conflicts",
+        parents=parents,
+        help="coupon codes used by two tills while they were offline (the sales stand)",
+    )
+    p.set_defaults(handler=_hub_coupon_conflicts)
+
     sync = sub.add_parser("sync", help="the till's sync with its hub")
     sync_sub = sync.add_subparsers(dest="sync_command", metavar="ACTION")
     sync.set_defaults(handler=_needs_action(sync, "now, install, receipts"))
@@ -467,6 +474,25 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
         },
         lambda d: f"signed snapshot {d['version']} for {d['deviceId']} in {d['file']}",
     )
+
+
+def _hub_coupon_conflicts(settings: Settings, args: argparse.Namespace) -> int:
+    store = _existing_hub(settings, args).open_store()
+    try:
+        conflicts = store.coupon_conflicts()
+    finally:
+        store.close()
+
+    def human(d: dict[str, Any]) -> str:
+        if not d["conflicts"]:
+            return "no coupon code was used twice"
+        return "\n".join(
+            f"{c['code']}: used by {c['firstDeviceId']} ({c['firstReceiptId']}) and again by"
+            f" {c['deviceId']} ({c['receiptId']}) at {c['at']}"
+            for c in d["conflicts"]
+        )
+
+    return _emit(args, {"conflicts": conflicts}, human)
 
 
 def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:

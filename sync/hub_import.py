@@ -35,6 +35,7 @@ from tillpoint.agent.identify import ean13_ok, normalise
 from tillpoint.agent.models import (
     CardRecord,
     Category,
+    Coupon,
     Customer,
     Model,
     Offer,
@@ -54,6 +55,7 @@ MODELS: dict[str, type[Model]] = {
     "customer": Customer,
     "card": CardRecord,
     "offer": Offer,
+    "coupon": Coupon,
 }
 PLURAL = {
     "products": "product",
@@ -61,6 +63,7 @@ PLURAL = {
     "customers": "customer",
     "cards": "card",
     "offers": "offer",
+    "coupons": "coupon",
 }
 IGNORED_HEADER = ("version", "baseVersion", "issuedAt", "expiresAt", "appliedThrough")
 SNAPSHOT_JSONL = "tillpoint.snapshot/jsonl"

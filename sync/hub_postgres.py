@@ -31,7 +31,7 @@ from typing import Any
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
-from .hub_rules import HubRules, HubTx, Move, Texts, _when, canon
+from .hub_rules import CouponUse, HubRules, HubTx, Move, Texts, _when, canon, conflict
 from .hub_store import (
     DeviceRecord,
     ImportRefused,
@@ -158,6 +158,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "ALTER TABLE transactions ADD COLUMN fiscal_document TEXT NOT NULL DEFAULT ''",
     ),
 ]
+MIGRATIONS.append(
+    (
+        3,
+        "coupon_uses",
+        """
+        CREATE TABLE coupon_uses (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL
+        );
+        CREATE TABLE coupon_conflicts (
+            code TEXT NOT NULL,
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL,
+            PRIMARY KEY (code, device_id, seq)
+        );
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -499,6 +518,16 @@ class PostgresHubStore(HubRules):
             for r in rows
         ]
 
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
+                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
+                ' ORDER BY c.code COLLATE "C", c.device_id COLLATE "C", c.seq'
+            ).fetchall()
+        return [conflict(*row) for row in rows]
+
     def applied_through(self, device_id: str) -> int:
         with self._read() as conn:
             row = conn.execute(
@@ -785,6 +814,36 @@ class PgTx:
             )
             for customer, points, when, due in cur:
                 yield str(customer), int(points), when, int(due or 0)
+
+    # -- coupons
+
+    def coupon_first_use(self, code: str) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT device_id, receipt_id FROM coupon_uses WHERE code = %s", (code,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
+        # Two servers may record the same code at once: the unique key decides, and the
+        # loser reads the winner's (committed by then: ON CONFLICT waited for it).
+        done = self.conn.execute(
+            "INSERT INTO coupon_uses VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (code) DO NOTHING",
+            row,
+        ).rowcount
+        return None if done else self.coupon_first_use(row[0])
+
+    def record_coupon_conflict(self, row: CouponUse) -> None:
+        self.conn.execute(
+            "INSERT INTO coupon_conflicts VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+            row,
+        )
+
+    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
+        self.conn.execute(
+            "INSERT INTO draft (kind, key, doc) VALUES (%s, %s, %s)"
+            " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc",
+            (kind, key, doc),
+        )
 
     # -- holds
 

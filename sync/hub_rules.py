@@ -27,9 +27,10 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from pydantic import ValidationError
 from tillpoint.agent.errors import NotFound
 from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.models import Program, _timestamp
+from tillpoint.agent.models import Coupon, Program, _timestamp, describe
 from tillpoint.agent.pricing import activation_time
 
 from .hub_store import (
@@ -46,6 +47,7 @@ from .hub_store import (
 
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
 Move = tuple[int, str | None, int]  # (points available, pending_activates_at, pending points)
+CouponUse = tuple[str, str, int, str, str, str]  # code, device, seq, receipt, customer, at
 BATCH_ANSWER_DAYS = 30
 
 
@@ -129,6 +131,24 @@ class HubTx(Protocol):
     ) -> Iterable[tuple[str, int, str | None, int]]:
         """(customer, available, activates_at, pending) of counted transactions, grouped
         by customer and activates_at, in customer order (only those of `only` if given)."""
+        ...
+
+    # -- coupons (the contract §13)
+    def coupon_first_use(self, code: str) -> tuple[str, str] | None:
+        """(device_id, receipt_id) of the code's first recorded use."""
+        ...
+
+    def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
+        """Record the code's first use; None when it is, else the first use another
+        server recorded meanwhile (which is then kept)."""
+        ...
+
+    def record_coupon_conflict(self, row: CouponUse) -> None:
+        """Kept once per (code, device, seq)."""
+        ...
+
+    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
+        """Set a row of the next publication (None: remove the key)."""
         ...
 
     # -- holds
@@ -237,6 +257,10 @@ class HubRules:
             self._set_aside(tx, t, "REJECTED", reason, content, now)
             return TxResult(t.seq, "REJECTED", reason)
         tx.insert_transaction(t, fields, content, utc_text(now))
+        if t.kind == "CHECKOUT":
+            self._use_coupons(tx, t, fields["receipt_id"])
+        elif t.kind == "COUPON_ISSUED":
+            self._issue_coupon(tx, fields["coupon"])
         # The holds this transaction makes real: its receipt's, and the one for its seq.
         settled = [f"seq:{t.seq}"] + ([fields["receipt_id"]] if t.kind == "CHECKOUT" else [])
         tx.settle_holds(t.device_id, settled)
@@ -253,7 +277,7 @@ class HubRules:
         """Check a transaction and work out the points it moves, as the hub counts them."""
         if t.seq < 1:
             raise ValueError("seq must be 1 or more")
-        if t.kind not in ("CHECKOUT", "REFUND"):
+        if t.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
             raise ValueError(f"unknown kind {t.kind!r}")
         try:
             at = _timestamp(t.at)
@@ -266,6 +290,8 @@ class HubRules:
         receipt_id = str(request.get("receiptId") or "")
         if not receipt_id:
             raise ValueError("the request has no receiptId")
+        if t.kind == "COUPON_ISSUED":
+            return self._settle_issued(t, request, receipt_id)
         ref_id = receipt_id if t.kind == "CHECKOUT" else str(request.get("refundId") or "")
         if not ref_id:
             raise ValueError("the refund has no refundId")
@@ -291,6 +317,51 @@ class HubRules:
             "pending": pending,
             "activates": activates,
         }
+
+    @staticmethod
+    def _settle_issued(t: TxIn, request: dict[str, Any], receipt_id: str) -> dict[str, Any]:
+        """A coupon a till issued: checked whole; it moves no points."""
+        if t.delta_available or t.delta_pending:
+            raise ValueError("an issued coupon moves no points")
+        try:
+            coupon = Coupon.model_validate(request.get("coupon"))
+        except ValidationError as exc:
+            raise ValueError(f"coupon: {describe(exc)}") from None
+        return {
+            "receipt_id": receipt_id,
+            "ref_id": coupon.code,
+            "available": 0,
+            "pending": 0,
+            "activates": None,
+            "coupon": coupon.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+
+    @staticmethod
+    def _issue_coupon(tx: HubTx, doc: dict[str, Any]) -> None:
+        """A till-issued code goes into the next snapshot for every till, unless it was
+        already used (then it has nothing to do there)."""
+        code = str(doc["code"])
+        if tx.coupon_first_use(code) is None:
+            tx.put_draft("coupon", code, canon(doc))
+
+    @staticmethod
+    def _use_coupons(tx: HubTx, t: TxIn, receipt_id: str) -> None:
+        """The codes a checkout used: the first use of a code is recorded (and the code
+        leaves the next snapshot); a later use elsewhere is a conflict, and the sale stands."""
+        result = json.loads(t.result_json)
+        verdicts = result.get("coupons") if isinstance(result, dict) else None
+        for verdict in verdicts if isinstance(verdicts, list) else ():
+            if not isinstance(verdict, dict) or verdict.get("status") != "APPLIED":
+                continue
+            code = str(verdict.get("code") or "")
+            if not code:
+                continue
+            row = (code, t.device_id, t.seq, receipt_id, t.customer_id, t.at)
+            first = tx.coupon_first_use(code) or tx.record_coupon_use(row)
+            if first is None:
+                tx.put_draft("coupon", code, None)  # the first use: the code leaves
+            elif first != (t.device_id, receipt_id):
+                tx.record_coupon_conflict(row)
 
     @staticmethod
     def _settle_unknown(
@@ -577,6 +648,20 @@ class HubRules:
                 yield key, text  # nothing to add, nothing to fold: as stored
                 continue
             yield key, _balance_row(text, moves, pub.issued_at)
+
+
+def conflict(
+    code: str, device: str, receipt: str, at: str, first_device: str, first_receipt: str
+) -> dict[str, Any]:
+    """A coupon conflict as `hub coupon-conflicts` shows it."""
+    return {
+        "code": code,
+        "deviceId": device,
+        "receiptId": receipt,
+        "at": at,
+        "firstDeviceId": first_device,
+        "firstReceiptId": first_receipt,
+    }
 
 
 def _when(text: str) -> datetime:

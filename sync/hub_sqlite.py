@@ -23,7 +23,7 @@ from tillpoint.agent.db import write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
-from .hub_rules import HubRules, HubTx, Move, Texts, _when, canon
+from .hub_rules import CouponUse, HubRules, HubTx, Move, Texts, _when, canon, conflict
 from .hub_store import (
     DeviceRecord,
     ImportRefused,
@@ -135,13 +135,34 @@ def m001_hub(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_coupon_uses(db: Database) -> None:
+    db.executescript(
+        """
+        -- The first use of each coupon code the tills reported (the contract §13).
+        CREATE TABLE coupon_uses (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL
+        );
+        -- A later use of a code already used (two tills offline): the sale stands.
+        CREATE TABLE coupon_conflicts (
+            code TEXT NOT NULL,
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL,
+            PRIMARY KEY (code, device_id, seq)
+        );
+        """
+    )
+
+
 def _doc(text: str | None) -> dict[str, Any] | None:
     return None if text is None else dict(json.loads(text))
 
 
 @migrations()
 def m002_fiscal_document(db: Database) -> None:
-    # The fiscal document number a till confirmed a receipt with (SPEC §11), for audits.
+    # The fiscal document number a till confirmed a receipt with (the contract §11), for audits.
     db.execute("ALTER TABLE transactions ADD COLUMN fiscal_document TEXT NOT NULL DEFAULT ''")
 
 
@@ -394,6 +415,16 @@ class SqliteHubStore(HubRules):
             )
             for r in rows
         ]
+
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
+                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
+                " ORDER BY c.code, c.device_id, c.seq"
+            ).fetchall()
+        return [conflict(*row) for row in rows]
 
     def applied_through(self, device_id: str) -> int:
         with self._read() as conn:
@@ -671,6 +702,26 @@ class SqliteTx:
             f" sum(t.delta_pending){self._COUNTED} AND t.customer_id != ''{known}"
             " GROUP BY t.customer_id, t.pending_activates_at ORDER BY t.customer_id",
             (pub.version, pub.cut),
+        )
+
+    # -- coupons
+
+    def coupon_first_use(self, code: str) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT device_id, receipt_id FROM coupon_uses WHERE code = ?", (code,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
+        self.conn.execute("INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)", row)
+        return None  # the only writer: nobody recorded it meanwhile
+
+    def record_coupon_conflict(self, row: CouponUse) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO coupon_conflicts VALUES (?,?,?,?,?,?)", row)
+
+    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES (?, ?, ?)", (kind, key, doc)
         )
 
     # -- holds

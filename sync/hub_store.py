@@ -28,13 +28,14 @@ from typing import Any, Protocol
 
 from tillpoint.agent.errors import InputError, TillpointError
 
-KINDS = ("program", "product", "category", "customer", "card", "offer")
+KINDS = ("program", "product", "category", "customer", "card", "offer", "coupon")
 SECTIONS = {  # snapshot section -> kind
     "products": "product",
     "categories": "category",
     "customers": "customer",
     "cards": "card",
     "offers": "offer",
+    "coupons": "coupon",
 }
 
 
@@ -271,6 +272,10 @@ class HubStore(Protocol):
     ) -> list[StoredTx]:
         """The device's stored transactions with seq above `since_seq`, by seq; at most
         `limit` (0: all); only those of `receipt_id` (its sale and refunds) if given."""
+        ...
+
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
         ...
 
     def applied_through(self, device_id: str) -> int: ...

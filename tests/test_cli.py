@@ -120,3 +120,43 @@ def test_blocked_and_invalid_cards_are_refused_at_checkout(cli: CLI) -> None:
 def test_readme_mentions_the_two_commands() -> None:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert "make demo" in text and "make test" in text
+
+
+def test_quote_and_checkout_explain(cli: CLI) -> None:
+    offers = [
+        {"id": "o-10", "kind": "PERCENT_OFF", "skus": ["4601234000017"], "value": "10"},
+        {"id": "o-5", "kind": "PERCENT_OFF", "categories": ["dairy"], "value": "5"},
+        {"id": "o-fri", "kind": "PERCENT_OFF", "categories": ["food"], "value": "50"}
+        | {"weekdays": [5]},
+        {"id": "o-r", "kind": "RECEIPT_PERCENT_OFF", "value": "5", "minTotalMinor": 30000},
+    ]
+    assert cli("snapshot", "load", snapshot(offers=offers)).code == 0
+    plain = cli("quote", receipt(), "--json").json()
+    explained = cli("quote", receipt(), "--explain", "--json").json()
+    trace = explained.pop("trace")
+    # the display may use the trace (a receipt discount within reach); no figure changes
+    assert explained.pop("display") == ["Итого: 179,80", "Ещё 139 ₽ до −5%"]
+    assert plain.pop("display") == ["Итого: 179,80", "Скидка: 17,98"]
+    assert "trace" not in plain and explained == plain
+    # 2 × 89.90 = 179.80: o-10 17.98 beats o-5 8.99; o-fri is Friday only (23 Nov: Monday)
+    assert trace["lines"][0]["offers"] == [
+        {"offerId": "o-10", "kind": "PERCENT_OFF", "outcome": "APPLIED", "discountMinor": 1798},
+        {
+            "offerId": "o-5",
+            "kind": "PERCENT_OFF",
+            "outcome": "BEATEN",
+            "discountMinor": 899,
+            "beatenBy": "o-10",
+            "beatenByDiscountMinor": 1798,
+        },
+        {"offerId": "o-fri", "kind": "PERCENT_OFF", "outcome": "OUTSIDE_WINDOW"},
+    ]
+    # 179.80 − 17.98 = 161.82 in the basket; 300.00 needed: 138.18 more
+    (receipt_offer,) = trace["receiptOffers"]
+    assert receipt_offer["outcome"] == "BELOW_MIN_TOTAL"
+    assert receipt_offer["missingMinor"] == 30000 - 16182
+    human = cli("checkout", receipt(), "--explain")
+    assert human.code == 0
+    assert "o-5 PERCENT_OFF: BEATEN −8,99 by o-10 (−17,98)" in human.out
+    assert "o-fri PERCENT_OFF: OUTSIDE_WINDOW" in human.out
+    assert "138,18 more needed" in human.out

@@ -92,7 +92,7 @@ def test_calls_return_the_proto3_json_documents(served: str) -> None:
         )
         assert refund["returnedPoints"] == 53 and refund["negativeBalance"] is False
         balance = till.balance("2770000000017", at="2026-11-24T11:00:00+03:00")
-        assert balance == {"availablePoints": 1200, "pendingPoints": 0, "expiring": []}
+        assert balance == {"availablePoints": 1200, "pendingPoints": 0}
         status = till.status()
         assert status["lastSeq"] == 2 and status["deviceId"] == "till-1"
         assert till.retries == 0

@@ -155,6 +155,20 @@ def test_bad_input_is_refused_with_a_readable_status(
     assert stub.Status(pb.StatusRequest(), timeout=TIMEOUT).outbox_depth == 0
 
 
+def test_quote_with_explain_over_grpc_carries_the_trace(stub: pb_grpc.PosAgentStub) -> None:
+    request = json_format.ParseDict(receipt(redeemPoints=100), pb.Receipt())
+    plain = stub.Quote(request, timeout=TIMEOUT)
+    request.explain = True
+    explained = stub.Quote(request, timeout=TIMEOUT)
+    assert not plain.HasField("trace") and explained.HasField("trace")
+    assert explained.trace.lines[0].sku == "4601234000017"
+    # 17980 × 30 % caps the 100 points asked at 53
+    assert explained.trace.redemption.bound_by == "PERCENT"
+    assert explained.trace.redemption.allowed_points == 53
+    explained.ClearField("trace")
+    assert explained == plain  # the trace changes no figure
+
+
 def test_refund_of_unknown_receipt_is_not_found(stub: pb_grpc.PosAgentStub) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Refund(
@@ -206,6 +220,7 @@ def test_the_fast_result_builder_equals_json_format(tmp_path: Path) -> None:
     ]
     results = [
         agent.quote(receipt(lines=lines, redeemPoints=-1)),
+        agent.quote(receipt(lines=lines, redeemPoints=-1, explain=True, coupons=["x", "X"])),
         agent.checkout(receipt(lines=lines, redeemPoints=-1)),
         agent.checkout(receipt("r2", card="2770000000994")),  # UNKNOWN: no balance
     ]
@@ -227,6 +242,8 @@ def _pb_receipts(draw: st.DrawFn) -> pb.Receipt:
         at=draw(st.sampled_from(["", "2026-11-23T10:15:00+03:00", "2026-11-23"])),
         card=draw(_text),
         redeem_points=draw(_int64),
+        explain=draw(st.booleans()),
+        coupons=draw(st.lists(_text, max_size=2)),
     )
     for _ in range(draw(st.integers(0, 3))):
         line = message.lines.add(sku=draw(_text), qty=draw(st.sampled_from(["", "1", "0.5"])))

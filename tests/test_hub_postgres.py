@@ -207,3 +207,21 @@ def test_a_snapshot_build_lock_is_held_across_servers(two_servers: Any) -> None:
     thread.join(10)
     waiter.join(10)
     assert order == ["a in", "a out", "b in"]
+
+
+# ---------------------------------------------------------------- the demo on PostgreSQL
+
+
+def test_the_demo_plays_its_day_with_the_hub_on_postgresql(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tillpoint.agent.demo import _empty_hub_store, play
+
+    _empty_hub_store(pg_url)  # what `demo --hub-store` checks first
+    lines: list[str] = []
+    assert play(tmp_path, tills=2, out=lines.append, hub_store=pg_url) == 0, "\n".join(lines)
+    assert "hub ledger 7 transactions = the tills' journals 7" in "\n".join(lines)
+    assert not (tmp_path / "hub" / "hub.db").exists()
+    # a database that holds a hub is never a demo's
+    code, _, err = run(capsys, "demo", "--hub-store", pg_url)
+    assert code == 2 and "already holds a hub" in err

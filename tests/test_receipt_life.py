@@ -1,4 +1,4 @@
-"""The receipt's life at the till (SPEC §11): hold, confirm, cancel, expiry, conflicts."""
+"""The receipt's life at the till (the contract §11): hold, confirm, cancel, expiry, conflicts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A till crash between Hold and Confirm (SPEC §11): a real `tillpoint run`, SIGKILLed."""
+"""A till crash between Hold and Confirm (the contract §11): a real `tillpoint run`, SIGKILLed."""
 
 from __future__ import annotations
 

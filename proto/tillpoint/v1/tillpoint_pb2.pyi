@@ -59,6 +59,10 @@ class _OfferKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OfferKind.V
     BONUS_MULTIPLIER: _OfferKind.ValueType  # 4
     RECEIPT_PERCENT_OFF: _OfferKind.ValueType  # 5
     EXTRA_POINTS: _OfferKind.ValueType  # 6
+    QUANTITY_PRICE: _OfferKind.ValueType  # 7
+    """a unit price by the receipt's qty of the SKU (basket deal)"""
+    MULTIBUY: _OfferKind.ValueType  # 8
+    """"buy_qty + free_qty": mix and match, the cheapest units free (basket deal)"""
 
 class OfferKind(_OfferKind, metaclass=_OfferKindEnumTypeWrapper): ...
 
@@ -69,6 +73,10 @@ FIXED_PRICE: OfferKind.ValueType  # 3
 BONUS_MULTIPLIER: OfferKind.ValueType  # 4
 RECEIPT_PERCENT_OFF: OfferKind.ValueType  # 5
 EXTRA_POINTS: OfferKind.ValueType  # 6
+QUANTITY_PRICE: OfferKind.ValueType  # 7
+"""a unit price by the receipt's qty of the SKU (basket deal)"""
+MULTIBUY: OfferKind.ValueType  # 8
+""""buy_qty + free_qty": mix and match, the cheapest units free (basket deal)"""
 Global___OfferKind: _TypeAlias = OfferKind  # noqa: Y015
 
 class _IdentifyStatus:
@@ -138,12 +146,20 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     TRANSACTION_KIND_UNSPECIFIED: _TransactionKind.ValueType  # 0
     CHECKOUT: _TransactionKind.ValueType  # 1
     REFUND: _TransactionKind.ValueType  # 2
+    COUPON_ISSUED: _TransactionKind.ValueType  # 13
+    """A one-time code the till issued on a printed offer (§13): request_json is
+    {"receiptId", "coupon": Coupon}, result_json "{}", no points.
+    """
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper): ...
 
 TRANSACTION_KIND_UNSPECIFIED: TransactionKind.ValueType  # 0
 CHECKOUT: TransactionKind.ValueType  # 1
 REFUND: TransactionKind.ValueType  # 2
+COUPON_ISSUED: TransactionKind.ValueType  # 13
+"""A one-time code the till issued on a printed offer (§13): request_json is
+{"receiptId", "coupon": Coupon}, result_json "{}", no points.
+"""
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
 class _TransactionOutcome:
@@ -482,6 +498,51 @@ class CardRecord(_message.Message):
 Global___CardRecord: _TypeAlias = CardRecord  # noqa: Y015
 
 @_typing.final
+class HourWindow(_message.Message):
+    """Local hours of a day: from inclusive, to exclusive ("24:00" is the end of the day)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    to: _builtins.str
+    def __init__(
+        self,
+        *,
+        to: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HourWindow: _TypeAlias = HourWindow  # noqa: Y015
+
+@_typing.final
+class QuantityTier(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_QTY_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_MINOR_FIELD_NUMBER: _builtins.int
+    min_qty: _builtins.str
+    """decimal string"""
+    unit_price_minor: _builtins.int
+    def __init__(
+        self,
+        *,
+        min_qty: _builtins.str = ...,
+        unit_price_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_qty", b"min_qty", "unit_price_minor", b"unit_price_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuantityTier: _TypeAlias = QuantityTier  # noqa: Y015
+
+@_typing.final
 class Offer(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -500,6 +561,14 @@ class Offer(_message.Message):
     RANK_FIELD_NUMBER: _builtins.int
     PRINTABLE_FIELD_NUMBER: _builtins.int
     PRINT_TEXT_FIELD_NUMBER: _builtins.int
+    COUPON_REQUIRED_FIELD_NUMBER: _builtins.int
+    ISSUE_COUPON_FIELD_NUMBER: _builtins.int
+    WEEKDAYS_FIELD_NUMBER: _builtins.int
+    HOURS_FIELD_NUMBER: _builtins.int
+    ON_FAVORITE_WEEKDAY_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    BUY_QTY_FIELD_NUMBER: _builtins.int
+    FREE_QTY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     campaign_id: _builtins.str
     customer_id: _builtins.str
@@ -515,10 +584,27 @@ class Offer(_message.Message):
     rank: _builtins.int
     printable: _builtins.bool
     print_text: _builtins.str
+    coupon_required: _builtins.bool
+    issue_coupon: _builtins.bool
+    on_favorite_weekday: _builtins.bool
+    buy_qty: _builtins.str
+    """MULTIBUY, a whole number"""
+    free_qty: _builtins.str
+    """MULTIBUY, a whole number"""
     @_builtins.property
     def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def weekdays(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ISO: Monday 1 ... Sunday 7, store local time"""
+
+    @_builtins.property
+    def hours(self) -> _containers.RepeatedCompositeFieldContainer[Global___HourWindow]: ...
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantityTier]:
+        """QUANTITY_PRICE"""
+
     def __init__(
         self,
         *,
@@ -537,10 +623,18 @@ class Offer(_message.Message):
         rank: _builtins.int = ...,
         printable: _builtins.bool = ...,
         print_text: _builtins.str = ...,
+        coupon_required: _builtins.bool = ...,
+        issue_coupon: _builtins.bool = ...,
+        weekdays: _abc.Iterable[_builtins.int] | None = ...,
+        hours: _abc.Iterable[Global___HourWindow] | None = ...,
+        on_favorite_weekday: _builtins.bool = ...,
+        tiers: _abc.Iterable[Global___QuantityTier] | None = ...,
+        buy_qty: _builtins.str = ...,
+        free_qty: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_min_total_minor", b"_min_total_minor", "customer_id", b"customer_id", "min_total_minor", b"min_total_minor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_min_total_minor", b"_min_total_minor", "campaign_id", b"campaign_id", "categories", b"categories", "customer_id", b"customer_id", "id", b"id", "kind", b"kind", "min_qty", b"min_qty", "min_total_minor", b"min_total_minor", "print_text", b"print_text", "printable", b"printable", "priority", b"priority", "rank", b"rank", "skus", b"skus", "valid_from", b"valid_from", "valid_to", b"valid_to", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_min_total_minor", b"_min_total_minor", "buy_qty", b"buy_qty", "campaign_id", b"campaign_id", "categories", b"categories", "coupon_required", b"coupon_required", "customer_id", b"customer_id", "free_qty", b"free_qty", "hours", b"hours", "id", b"id", "issue_coupon", b"issue_coupon", "kind", b"kind", "min_qty", b"min_qty", "min_total_minor", b"min_total_minor", "on_favorite_weekday", b"on_favorite_weekday", "print_text", b"print_text", "printable", b"printable", "priority", b"priority", "rank", b"rank", "skus", b"skus", "tiers", b"tiers", "valid_from", b"valid_from", "valid_to", b"valid_to", "value", b"value", "weekdays", b"weekdays"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
     _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
@@ -562,6 +656,7 @@ class Removed(_message.Message):
     OFFERS_FIELD_NUMBER: _builtins.int
     PRODUCTS_FIELD_NUMBER: _builtins.int
     CATEGORIES_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -572,6 +667,8 @@ class Removed(_message.Message):
     def products(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -580,14 +677,51 @@ class Removed(_message.Message):
         offers: _abc.Iterable[_builtins.str] | None = ...,
         products: _abc.Iterable[_builtins.str] | None = ...,
         categories: _abc.Iterable[_builtins.str] | None = ...,
+        coupons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cards", b"cards", "categories", b"categories", "customers", b"customers", "offers", b"offers", "products", b"products"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cards", b"cards", "categories", b"categories", "coupons", b"coupons", "customers", b"customers", "offers", b"offers", "products", b"products"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Removed: _TypeAlias = Removed  # noqa: Y015
+
+@_typing.final
+class Coupon(_message.Message):
+    """A one-time code that unlocks an offer (§13)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_TO_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    offer_id: _builtins.str
+    customer_id: _builtins.str
+    """absent: any identified customer"""
+    valid_from: _builtins.str
+    valid_to: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        customer_id: _builtins.str | None = ...,
+        valid_from: _builtins.str = ...,
+        valid_to: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "customer_id", b"customer_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "code", b"code", "customer_id", b"customer_id", "offer_id", b"offer_id", "valid_from", b"valid_from", "valid_to", b"valid_to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
+    _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__customer_id) -> _WhichOneofReturnType__customer_id | None: ...
+
+Global___Coupon: _TypeAlias = Coupon  # noqa: Y015
 
 @_typing.final
 class Snapshot(_message.Message):
@@ -625,6 +759,7 @@ class Snapshot(_message.Message):
     OFFERS_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
     APPLIED_THROUGH_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     base_version: _builtins.int
     """0: a full snapshot"""
@@ -646,6 +781,8 @@ class Snapshot(_message.Message):
     def removed(self) -> Global___Removed: ...
     @_builtins.property
     def applied_through(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Coupon]: ...
     def __init__(
         self,
         *,
@@ -661,10 +798,11 @@ class Snapshot(_message.Message):
         offers: _abc.Iterable[Global___Offer] | None = ...,
         removed: Global___Removed | None = ...,
         applied_through: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        coupons: _abc.Iterable[Global___Coupon] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "expires_at", b"expires_at", "program", b"program", "removed", b"removed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "applied_through", b"applied_through", "base_version", b"base_version", "cards", b"cards", "categories", b"categories", "customers", b"customers", "expires_at", b"expires_at", "issued_at", b"issued_at", "offers", b"offers", "products", b"products", "program", b"program", "removed", b"removed", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at", "applied_through", b"applied_through", "base_version", b"base_version", "cards", b"cards", "categories", b"categories", "coupons", b"coupons", "customers", b"customers", "expires_at", b"expires_at", "issued_at", b"issued_at", "offers", b"offers", "products", b"products", "program", b"program", "removed", b"removed", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expires_at: _TypeAlias = _typing.Literal["expires_at"]  # noqa: Y015
     _WhichOneofArgType__expires_at: _TypeAlias = _typing.Literal["_expires_at", b"_expires_at"]  # noqa: Y015
@@ -722,6 +860,8 @@ class Receipt(_message.Message):
     CARD_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
     REDEEM_POINTS_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     receipt_id: _builtins.str
     store_id: _builtins.str
     till_id: _builtins.str
@@ -731,8 +871,14 @@ class Receipt(_message.Message):
     """the scanned text: card number, phone or barcode"""
     redeem_points: _builtins.int
     """-1: as much as allowed"""
+    explain: _builtins.bool
+    """add the calculation trace to the result"""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReceiptLine]: ...
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """scanned coupon codes"""
+
     def __init__(
         self,
         *,
@@ -743,10 +889,12 @@ class Receipt(_message.Message):
         card: _builtins.str = ...,
         lines: _abc.Iterable[Global___ReceiptLine] | None = ...,
         redeem_points: _builtins.int = ...,
+        coupons: _abc.Iterable[_builtins.str] | None = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "lines", b"lines", "receipt_id", b"receipt_id", "redeem_points", b"redeem_points", "store_id", b"store_id", "till_id", b"till_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "coupons", b"coupons", "explain", b"explain", "lines", b"lines", "receipt_id", b"receipt_id", "redeem_points", b"redeem_points", "store_id", b"store_id", "till_id", b"till_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -776,22 +924,26 @@ class CardOutcome(_message.Message):
         customer_id: _builtins.str | None = ...,
         tier: _builtins.str | None = ...,
         first_name: _builtins.str | None = ...,
-        reason: _builtins.str = ...,
+        reason: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "tier", b"tier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_reason", b"_reason", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "reason", b"reason", "tier", b"tier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "reason", b"reason", "status", b"status", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id", "_first_name", b"_first_name", "_reason", b"_reason", "_tier", b"_tier", "customer_id", b"customer_id", "first_name", b"first_name", "reason", b"reason", "status", b"status", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__customer_id: _TypeAlias = _typing.Literal["customer_id"]  # noqa: Y015
     _WhichOneofArgType__customer_id: _TypeAlias = _typing.Literal["_customer_id", b"_customer_id"]  # noqa: Y015
     _WhichOneofReturnType__first_name: _TypeAlias = _typing.Literal["first_name"]  # noqa: Y015
     _WhichOneofArgType__first_name: _TypeAlias = _typing.Literal["_first_name", b"_first_name"]  # noqa: Y015
+    _WhichOneofReturnType__reason: _TypeAlias = _typing.Literal["reason"]  # noqa: Y015
+    _WhichOneofArgType__reason: _TypeAlias = _typing.Literal["_reason", b"_reason"]  # noqa: Y015
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__customer_id) -> _WhichOneofReturnType__customer_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__first_name) -> _WhichOneofReturnType__first_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reason) -> _WhichOneofReturnType__reason | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
 
@@ -882,6 +1034,8 @@ class CheckoutResult(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     HOLD_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
+    TRACE_FIELD_NUMBER: _builtins.int
     receipt_id: _builtins.str
     mode: Global___Mode.ValueType
     total_minor: _builtins.int
@@ -912,6 +1066,14 @@ class CheckoutResult(_message.Message):
     def printed_offers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def display(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedCompositeFieldContainer[Global___CouponVerdict]:
+        """one per scanned code, in the receipt's order"""
+
+    @_builtins.property
+    def trace(self) -> Global___Trace:
+        """only when the receipt asks to explain (§17)"""
+
     def __init__(
         self,
         *,
@@ -932,10 +1094,12 @@ class CheckoutResult(_message.Message):
         seq: _builtins.int = ...,
         state: Global___ReceiptState.ValueType = ...,
         hold_expires_at: _builtins.str | None = ...,
+        coupons: _abc.Iterable[Global___CouponVerdict] | None = ...,
+        trace: Global___Trace | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "hold_expires_at", b"hold_expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "hold_expires_at", b"hold_expires_at", "trace", b"trace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "device_id", b"device_id", "discount_minor", b"discount_minor", "display", b"display", "earned_points", b"earned_points", "held_out", b"held_out", "hold_expires_at", b"hold_expires_at", "lines", b"lines", "mode", b"mode", "payable_minor", b"payable_minor", "printed_offers", b"printed_offers", "receipt_id", b"receipt_id", "redeemed_points", b"redeemed_points", "seq", b"seq", "state", b"state", "total_minor", b"total_minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at", "balance", b"balance", "card", b"card", "coupons", b"coupons", "device_id", b"device_id", "discount_minor", b"discount_minor", "display", b"display", "earned_points", b"earned_points", "held_out", b"held_out", "hold_expires_at", b"hold_expires_at", "lines", b"lines", "mode", b"mode", "payable_minor", b"payable_minor", "printed_offers", b"printed_offers", "receipt_id", b"receipt_id", "redeemed_points", b"redeemed_points", "seq", b"seq", "state", b"state", "total_minor", b"total_minor", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__hold_expires_at: _TypeAlias = _typing.Literal["hold_expires_at"]  # noqa: Y015
     _WhichOneofArgType__hold_expires_at: _TypeAlias = _typing.Literal["_hold_expires_at", b"_hold_expires_at"]  # noqa: Y015
@@ -986,6 +1150,282 @@ class CancelRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015
+
+@_typing.final
+class CouponVerdict(_message.Message):
+    """A scanned coupon code's verdict (§13)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """normalised: blanks and dashes dropped, upper case"""
+    status: _builtins.str
+    """APPLIED or REJECTED"""
+    reason: _builtins.str
+    """REJECTED: UNKNOWN, NOT_YET_VALID, EXPIRED, OTHER_CUSTOMER, ALREADY_USED, DUPLICATE,
+    NOT_APPLICABLE
+    """
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        status: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CouponVerdict: _TypeAlias = CouponVerdict  # noqa: Y015
+
+@_typing.final
+class TraceOffer(_message.Message):
+    """---------------------------------------------------------------- explain (§17)
+    Outcomes are strings (an enum's values would share the package's name space):
+    APPLIED, BEATEN, OUTSIDE_WINDOW, BELOW_MIN_QTY, CONTROL_GROUP, COUPON_MISSING,
+    ZERO_DISCOUNT, EXCLUDED_PRODUCT, TAKEN_BY_DEAL; receipt offers also BELOW_MIN_TOTAL.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DISCOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    BEATEN_BY_FIELD_NUMBER: _builtins.int
+    BEATEN_BY_DISCOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    kind: Global___OfferKind.ValueType
+    outcome: _builtins.str
+    discount_minor: _builtins.int
+    """what it gives (or would give) this line"""
+    beaten_by: _builtins.str
+    """BEATEN, TAKEN_BY_DEAL: the offer that won the line"""
+    beaten_by_discount_minor: _builtins.int
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+        kind: Global___OfferKind.ValueType = ...,
+        outcome: _builtins.str = ...,
+        discount_minor: _builtins.int = ...,
+        beaten_by: _builtins.str = ...,
+        beaten_by_discount_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beaten_by", b"beaten_by", "beaten_by_discount_minor", b"beaten_by_discount_minor", "discount_minor", b"discount_minor", "kind", b"kind", "offer_id", b"offer_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceOffer: _TypeAlias = TraceOffer  # noqa: Y015
+
+@_typing.final
+class TraceLine(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """the line's position in the receipt, from 0"""
+    sku: _builtins.str
+    @_builtins.property
+    def offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceOffer]:
+        """every offer that targets the line, by id"""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        sku: _builtins.str = ...,
+        offers: _abc.Iterable[Global___TraceOffer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "offers", b"offers", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceLine: _TypeAlias = TraceLine  # noqa: Y015
+
+@_typing.final
+class TraceDeal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DISCOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    LINE_OFFERS_MINOR_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    outcome: _builtins.str
+    """APPLIED, BEATEN (by the line offers), CONTROL_GROUP, ZERO_DISCOUNT"""
+    discount_minor: _builtins.int
+    """the deal's total discount"""
+    line_offers_minor: _builtins.int
+    """the best line offers of the same lines"""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the deal's lines (indexes)"""
+
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        discount_minor: _builtins.int = ...,
+        line_offers_minor: _builtins.int = ...,
+        lines: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discount_minor", b"discount_minor", "line_offers_minor", b"line_offers_minor", "lines", b"lines", "offer_id", b"offer_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceDeal: _TypeAlias = TraceDeal  # noqa: Y015
+
+@_typing.final
+class TraceReceiptOffer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    MIN_TOTAL_MINOR_FIELD_NUMBER: _builtins.int
+    BASKET_MINOR_FIELD_NUMBER: _builtins.int
+    MISSING_MINOR_FIELD_NUMBER: _builtins.int
+    DISCOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    BEATEN_BY_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    offer_id: _builtins.str
+    kind: Global___OfferKind.ValueType
+    outcome: _builtins.str
+    min_total_minor: _builtins.int
+    basket_minor: _builtins.int
+    """eligible total after line offers"""
+    missing_minor: _builtins.int
+    """how much more the basket needs (0: met)"""
+    discount_minor: _builtins.int
+    points: _builtins.int
+    """EXTRA_POINTS"""
+    beaten_by: _builtins.str
+    percent: _builtins.str
+    """RECEIPT_PERCENT_OFF: its value (decimal string)"""
+    def __init__(
+        self,
+        *,
+        offer_id: _builtins.str = ...,
+        kind: Global___OfferKind.ValueType = ...,
+        outcome: _builtins.str = ...,
+        min_total_minor: _builtins.int = ...,
+        basket_minor: _builtins.int = ...,
+        missing_minor: _builtins.int = ...,
+        discount_minor: _builtins.int = ...,
+        points: _builtins.int = ...,
+        beaten_by: _builtins.str = ...,
+        percent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basket_minor", b"basket_minor", "beaten_by", b"beaten_by", "discount_minor", b"discount_minor", "kind", b"kind", "min_total_minor", b"min_total_minor", "missing_minor", b"missing_minor", "offer_id", b"offer_id", "outcome", b"outcome", "percent", b"percent", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceReceiptOffer: _TypeAlias = TraceReceiptOffer  # noqa: Y015
+
+@_typing.final
+class TraceCap(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """REQUESTED, BALANCE, PERCENT, CAPACITY, OFFLINE_LIMIT, HUB_GRANT"""
+    points: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceCap: _TypeAlias = TraceCap  # noqa: Y015
+
+@_typing.final
+class TraceRedemption(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTED_POINTS_FIELD_NUMBER: _builtins.int
+    CAPS_FIELD_NUMBER: _builtins.int
+    ALLOWED_POINTS_FIELD_NUMBER: _builtins.int
+    BOUND_BY_FIELD_NUMBER: _builtins.int
+    requested_points: _builtins.int
+    """-1: as much as allowed"""
+    allowed_points: _builtins.int
+    bound_by: _builtins.str
+    """the first cap equal to what was allowed; UNKNOWN_CARD"""
+    @_builtins.property
+    def caps(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceCap]: ...
+    def __init__(
+        self,
+        *,
+        requested_points: _builtins.int = ...,
+        caps: _abc.Iterable[Global___TraceCap] | None = ...,
+        allowed_points: _builtins.int = ...,
+        bound_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_points", b"allowed_points", "bound_by", b"bound_by", "caps", b"caps", "requested_points", b"requested_points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TraceRedemption: _TypeAlias = TraceRedemption  # noqa: Y015
+
+@_typing.final
+class Trace(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    DEALS_FIELD_NUMBER: _builtins.int
+    RECEIPT_OFFERS_FIELD_NUMBER: _builtins.int
+    REDEMPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceLine]: ...
+    @_builtins.property
+    def deals(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceDeal]: ...
+    @_builtins.property
+    def receipt_offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceReceiptOffer]: ...
+    @_builtins.property
+    def redemption(self) -> Global___TraceRedemption: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___TraceLine] | None = ...,
+        deals: _abc.Iterable[Global___TraceDeal] | None = ...,
+        receipt_offers: _abc.Iterable[Global___TraceReceiptOffer] | None = ...,
+        redemption: Global___TraceRedemption | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["redemption", b"redemption"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deals", b"deals", "lines", b"lines", "receipt_offers", b"receipt_offers", "redemption", b"redemption"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Trace: _TypeAlias = Trace  # noqa: Y015
 
 @_typing.final
 class RefundLine(_message.Message):

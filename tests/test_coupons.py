@@ -1,0 +1,403 @@
+"""Coupons (§13): snapshot coupons through the hub, a full child-process build and deltas;
+verdicts on the receipt, `couponRequired` offers, consumption at commit (real files)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tillpoint.agent.cli import main
+from tillpoint.agent.db import cache_file
+from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_server import HubDir
+from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.loopback import import_doc, sample_master_data
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from .test_deals_snapshots import jsonl
+from .test_proto_json import strict
+
+NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+MILK = "4601234000017"
+SORRY = {
+    "id": "o-sorry",
+    "kind": "AMOUNT_OFF",
+    "skus": [MILK],
+    "value": "2000",
+    "couponRequired": True,
+}
+COUPONS = [
+    {
+        "code": "SORRY-7K2Q9",
+        "offerId": "o-sorry",
+        "customerId": "c-1",
+        "validFrom": "2026-11-20T00:00:00+03:00",
+        "validTo": "2026-12-20T23:59:59+03:00",
+    },
+    {"code": "app 555", "offerId": "o-sorry"},
+]
+
+
+def coupons_in_cache(data_dir: Path) -> list[str]:
+    conn = sqlite3.connect(cache_file(data_dir))
+    try:
+        return [code for (code,) in conn.execute("SELECT code FROM coupons ORDER BY code")]
+    finally:
+        conn.close()
+
+
+def test_snapshot_coupons_from_hub_import_to_a_full_build_and_a_delta(
+    tmp_path: Path, hub_store_factory: Any
+) -> None:
+    hub = hub_store_factory()  # each hub store: SQLite and PostgreSQL
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
+        assert hub.publish(NOW, 7 * 86400.0).version == 1
+        full = hub.snapshot_doc(1, 0)
+        strict(full, pb.Snapshot())
+        # codes are kept as the till looks them up: blanks and dashes dropped, upper case
+        assert sorted(c["code"] for c in full["coupons"]) == ["APP555", "SORRY7K2Q9"]
+        agent.load_snapshot_file(jsonl(full, tmp_path / "full.jsonl"))  # child processes
+        assert coupons_in_cache(tmp_path / "till") == ["APP555", "SORRY7K2Q9"]
+
+        import_doc(hub, {"removed": {"coupons": ["SORRY7K2Q9"]}})
+        assert hub.publish(NOW.replace(hour=7), 7 * 86400.0).version == 2
+        delta = hub.snapshot_doc(2, 1)
+        assert delta["removed"] == {"coupons": ["SORRY7K2Q9"]}
+        agent.load_snapshot(delta)
+        assert coupons_in_cache(tmp_path / "till") == ["APP555"]
+    finally:
+        agent.close()
+        hub.close()
+
+
+def snap(**more: Any) -> dict[str, Any]:
+    return {"version": 1, "baseVersion": 0, **sample_master_data(), "offers": [SORRY]} | more
+
+
+def test_a_plain_snapshot_with_coupons_loads_in_process(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+        assert coupons_in_cache(tmp_path / "till") == ["APP555", "SORRY7K2Q9"]
+    finally:
+        agent.close()
+
+
+def receipt(
+    receipt_id: str, *codes: str, card: str = "2770000000017", **more: Any
+) -> dict[str, Any]:
+    return {
+        "receiptId": receipt_id,
+        "at": "2026-11-23T10:15:00+03:00",
+        "card": card,
+        "lines": [{"sku": MILK, "qty": "2", "priceMinor": 8990}],
+        "coupons": list(codes),
+    } | more
+
+
+def verdicts(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(v["code"], v["status"], v["reason"]) for v in result["coupons"]]
+
+
+def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None:
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        more = [
+            {"code": "LATER", "offerId": "o-sorry", "validFrom": "2026-11-24T00:00:00+03:00"},
+            {"code": "GONE", "offerId": "o-sorry", "validTo": "2026-11-22T23:59:59+03:00"},
+            {"code": "BORIS", "offerId": "o-sorry", "customerId": "c-2"},
+            {"code": "NOOFFER", "offerId": "o-none"},
+        ]
+        agent.load_snapshot(snap(coupons=COUPONS + more))
+        # no coupon: the couponRequired offer does not apply (explain: COUPON_MISSING)
+        plain = agent.quote(receipt("q0", explain=True))
+        assert plain["lines"][0]["discountMinor"] == 0 and plain["coupons"] == []
+        (entry,) = plain["trace"]["lines"][0]["offers"]
+        assert (entry["offerId"], entry["outcome"]) == ("o-sorry", "COUPON_MISSING")
+
+        codes = ("later", "GONE", "Boris", "x-1", "NOOFFER", "sorry 7k2q9", "SORRY-7K2Q9", "APP555")
+        quoted = agent.quote(receipt("r1", *codes))
+        assert verdicts(quoted) == [
+            ("LATER", "REJECTED", "NOT_YET_VALID"),
+            ("GONE", "REJECTED", "EXPIRED"),
+            ("BORIS", "REJECTED", "OTHER_CUSTOMER"),
+            ("X1", "REJECTED", "UNKNOWN"),
+            ("NOOFFER", "REJECTED", "NOT_APPLICABLE"),  # its offer gave nothing
+            ("SORRY7K2Q9", "APPLIED", ""),
+            ("SORRY7K2Q9", "REJECTED", "DUPLICATE"),
+            ("APP555", "REJECTED", "NOT_APPLICABLE"),  # o-sorry is already unlocked
+        ]
+        # AMOUNT_OFF 20.00 a unit × 2 = 40.00
+        assert (quoted["lines"][0]["discountMinor"], quoted["lines"][0]["offerId"]) == (
+            4000,
+            "o-sorry",
+        )
+        committed = agent.checkout(receipt("r1", *codes))
+        assert committed == quoted | {
+            "printedOffers": [],
+            "display": committed["display"],
+            "state": "CONFIRMED",
+            "deviceId": "till-1",  # where the sale went in the ledger (a quote has none)
+            "seq": 1,
+        }
+        strict(committed, pb.CheckoutResult())
+
+        # the same code on a later receipt of this till: ALREADY_USED, no discount
+        again = agent.checkout(receipt("r2", "SORRY7K2Q9"))
+        assert verdicts(again) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
+        assert again["lines"][0]["discountMinor"] == 0
+        # the other code is still good; a repeated checkout returns what it returned
+        assert verdicts(agent.checkout(receipt("r3", "APP555"))) == [("APP555", "APPLIED", "")]
+        assert verdicts(agent.checkout(receipt("r3", "APP555"))) == [("APP555", "APPLIED", "")]
+        # a quote never uses a code up, and an unknown card uses none
+        unknown = agent.quote(receipt("r4", "LATER", card="2770000000994"))
+        assert verdicts(unknown) == [("LATER", "REJECTED", "NOT_APPLICABLE")]
+    finally:
+        agent.close()
+    conn = sqlite3.connect(tmp_path / "till" / "ledger.db")
+    try:
+        rows = conn.execute("SELECT code, receipt_id, offer_id FROM coupon_uses ORDER BY code")
+        assert rows.fetchall() == [("APP555", "r3", "o-sorry"), ("SORRY7K2Q9", "r1", "o-sorry")]
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- properties
+
+
+def drop_devices(result: dict[str, Any]) -> dict[str, Any]:
+    # what only a commit has: the devices' part, its state, and its place in the ledger
+    commit_only = ("printedOffers", "display", "state", "deviceId", "seq")
+    return {k: v for k, v in result.items() if k not in commit_only}
+
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["quote", "checkout"]),
+        st.sampled_from(["r1", "r2", "r3", "r4"]),
+        st.lists(st.sampled_from(["SORRY7K2Q9", "sorry-7k2q9", "APP555", "X"]), max_size=3),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=ACTIONS)
+def test_a_code_is_used_at_most_once_per_till_and_quote_equals_checkout(
+    actions: list[tuple[str, str, list[str]]],
+) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="tp-coupon-"))
+    agent = Agent(data_dir, "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+        bodies: dict[str, dict[str, Any]] = {}  # the first body under each receipt id
+        committed: set[str] = set()
+        applied: dict[str, set[str]] = {}  # code -> the receipts whose result applied it
+        for kind, receipt_id, codes in actions:
+            body = bodies.setdefault(receipt_id, receipt(receipt_id, *codes))
+            if kind == "quote" and receipt_id in committed:
+                continue  # a quote of a committed receipt would see its own use
+            if kind == "quote":
+                quoted = agent.quote(body)
+                result = agent.checkout(body)
+                assert drop_devices(quoted) == drop_devices(result)  # quote equals checkout
+            else:
+                result = agent.checkout(body)
+            committed.add(receipt_id)
+            for code, status, _ in verdicts(result):
+                if status == "APPLIED":
+                    applied.setdefault(code, set()).add(receipt_id)
+        assert all(len(receipts) == 1 for receipts in applied.values()), applied
+    finally:
+        agent.close()
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        used = conn.execute("SELECT code, count(*) FROM coupon_uses GROUP BY code").fetchall()
+        assert all(n == 1 for _, n in used)
+        assert {code for code, _ in used} == set(applied)
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- at the hub
+
+
+def outbox(data_dir: Path) -> list[TxIn]:
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        payloads = [
+            json.loads(p) for (p,) in conn.execute("SELECT payload FROM outbox ORDER BY seq")
+        ]
+    finally:
+        conn.close()
+    return [
+        TxIn(
+            p["deviceId"],
+            p["seq"],
+            p["kind"],
+            p["at"],
+            p["customerId"],
+            p["card"],
+            p["requestJson"],
+            p["resultJson"],
+            p["pointsDeltaAvailable"],
+            p["pointsDeltaPending"],
+            p.get("pendingActivatesAt", ""),
+        )
+        for p in payloads
+    ]
+
+
+def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], hub_store_factory: Any
+) -> None:
+    hub = hub_store_factory()  # each hub store: SQLite and PostgreSQL
+    store = str(getattr(hub, "url", "") or hub.path)
+    if store.startswith("postgresql"):
+        HubDir(tmp_path, store).init()  # the keys make a hub on a shared database
+    tills = [Agent(tmp_path / name, name) for name in ("till-1", "till-2")]
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
+        hub.publish(NOW, 7 * 86400.0)
+        for n, till in enumerate(tills):
+            till.load_snapshot(hub.snapshot_doc(1, 0))
+            result = till.checkout(receipt(f"s{n}", "SORRY7K2Q9"))
+            assert verdicts(result) == [("SORRY7K2Q9", "APPLIED", "")]  # both sales stand
+        for _ in range(2):  # a retried push changes nothing
+            for name in ("till-1", "till-2"):
+                hub.ingest(name, "", outbox(tmp_path / name), NOW)
+        assert hub.coupon_conflicts() == [
+            {
+                "code": "SORRY7K2Q9",
+                "deviceId": "till-2",
+                "receiptId": "s1",
+                "at": "2026-11-23T10:15:00+03:00",
+                "firstDeviceId": "till-1",
+                "firstReceiptId": "s0",
+            }
+        ]
+        assert len(hub.ledger()) == 2  # nothing lost
+        # the used code leaves the next snapshot
+        hub.publish(NOW.replace(hour=7), 7 * 86400.0)
+        assert hub.snapshot_doc(2, 1)["removed"] == {"coupons": ["SORRY7K2Q9"]}
+        assert [c["code"] for c in hub.snapshot_doc(2, 0)["coupons"]] == ["APP555"]
+        # the hub's operator sees the conflict
+        cli = ["hub", "coupon-conflicts", "--hub-dir", str(tmp_path), "--store", store]
+        assert main([*cli, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out == {"conflicts": hub.coupon_conflicts()}
+        assert main(cli) == 0
+        assert "SORRY7K2Q9: used by till-1 (s0) and again by till-2 (s1)" in capsys.readouterr().out
+    finally:
+        for till in tills:
+            till.close()
+        hub.close()
+
+
+NEXT_VISIT = {
+    "id": "o-next",
+    "customerId": "c-1",
+    "kind": "PERCENT_OFF",
+    "skus": [MILK],
+    "value": "20",
+    "couponRequired": True,
+    "issueCoupon": True,
+    "printable": True,
+    "printText": "−20% на молоко в следующий раз",
+    "validTo": "2026-12-31T23:59:59+03:00",
+}
+
+
+def test_a_till_issued_coupon_is_printed_usable_at_once_and_reaches_other_tills(
+    tmp_path: Path, hub_store_factory: Any
+) -> None:
+    from google.protobuf import json_format
+
+    hub = hub_store_factory()  # each hub store: SQLite and PostgreSQL
+    tills = [Agent(tmp_path / name, name) for name in ("till-1", "till-2")]
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [NEXT_VISIT]})
+        hub.publish(NOW, 7 * 86400.0)
+        for till in tills:
+            till.load_snapshot(hub.snapshot_doc(1, 0))
+        first = tills[0].checkout(receipt("s1"))
+        assert first["printedOffers"] == ["o-next"]
+        assert first["lines"][0]["discountMinor"] == 0  # no code yet: couponRequired
+        # "TP" + length 5 + "TILL1" (till-1 normalised) + its first coupon number
+        conn = sqlite3.connect(tmp_path / "till-1" / "ledger.db")
+        try:
+            (doc,) = conn.execute("SELECT doc FROM issued_coupons").fetchone()
+            (job,) = conn.execute("SELECT payload FROM print_jobs").fetchone()
+        finally:
+            conn.close()
+        coupon = json.loads(doc)
+        assert coupon == {
+            "code": "TP5TILL11",
+            "offerId": "o-next",
+            "customerId": "c-1",
+            "validFrom": "2026-11-23T10:15:00+03:00",
+            "validTo": "2026-12-31T23:59:59+03:00",
+        }
+        assert json.loads(job)["offers"][0]["code"] == "TP5TILL11"  # printed to be scanned
+        # the checkout and the issued coupon: two transactions, seq 1 and 2
+        txs = outbox(tmp_path / "till-1")
+        assert [(t.seq, t.kind) for t in txs] == [(1, "CHECKOUT"), (2, "COUPON_ISSUED")]
+        for p in txs:  # what the push sends parses as the contract's Transaction
+            tx = pb.Transaction(kind=pb.TransactionKind.Value(p.kind), request_json=p.request_json)
+            assert json_format.MessageToDict(tx)["kind"] == p.kind
+
+        # the hub takes it into the next snapshot: another till finds the code
+        hub.ingest("till-1", "", txs, NOW)
+        hub.publish(NOW.replace(hour=7), 7 * 86400.0)
+        delta = hub.snapshot_doc(2, 1)
+        assert delta["coupons"] == [coupon]
+        tills[1].load_snapshot(delta)
+        elsewhere = tills[1].quote(receipt("q1", "tp5till11"))
+        assert verdicts(elsewhere) == [("TP5TILL11", "APPLIED", "")]
+
+        # the issuing till takes it back at once (before any snapshot): 20 % of 179.80
+        second = tills[0].checkout(receipt("s2", "TP5TILL11"))
+        assert verdicts(second) == [("TP5TILL11", "APPLIED", "")]
+        assert (second["lines"][0]["discountMinor"], second["lines"][0]["offerId"]) == (
+            3596,
+            "o-next",
+        )
+        hub.ingest("till-1", "", outbox(tmp_path / "till-1"), NOW)
+        hub.publish(NOW.replace(hour=8), 7 * 86400.0)
+        assert hub.snapshot_doc(3, 2)["removed"] == {"coupons": ["TP5TILL11"]}
+    finally:
+        for till in tills:
+            till.close()
+        hub.close()
+
+
+def test_a_hold_reserves_its_coupons_and_a_cancel_gives_them_back(tmp_path: Path) -> None:
+    """Contract §11 with §13: a held code is used for every other receipt of this till until
+    the hold is cancelled or expires; a confirm keeps it used."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+        held = agent.hold(receipt("h1", "SORRY7K2Q9"))
+        assert held["state"] == "HELD" and verdicts(held) == [("SORRY7K2Q9", "APPLIED", "")]
+        other = agent.quote(receipt("h2", "SORRY7K2Q9"))
+        assert verdicts(other) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
+        agent.cancel("h1")
+        again = agent.hold(receipt("h2", "SORRY7K2Q9"))
+        assert verdicts(again) == [("SORRY7K2Q9", "APPLIED", "")]
+        confirmed = agent.confirm("h2")
+        assert confirmed["state"] == "CONFIRMED"
+        assert verdicts(confirmed) == [("SORRY7K2Q9", "APPLIED", "")]
+        late = agent.quote(receipt("h3", "SORRY7K2Q9"))
+        assert verdicts(late) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
+    finally:
+        agent.close()
