@@ -83,11 +83,13 @@ proto-check: $(STAMP)
 demo: $(STAMP) deps-system
 	$(BIN)/tillpoint demo
 
-bench: $(STAMP)
+bench: $(STAMP) deps-system
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.hub
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) deps-system
 	$(BIN)/python -m bench.run --quick
+	$(BIN)/python -m bench.hub --quick
 
 # Fault injection against the real agent and hub on loopback (docs/FAULTS.md); exits 1
 # when a promise is broken. faults-quick is the CI size (< 2 minutes).

@@ -46,7 +46,9 @@ def _free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, *, fsync: bool = False, max_connections: int = 300) -> None:
+    def __init__(self, *, durable: bool = False, max_connections: int = 300) -> None:
+        """`durable`: fsync, synchronous_commit and full_page_writes on (benchmarks);
+        off by default (tests: a throwaway cluster need not survive a power cut)."""
         bindir = server_bin()
         if bindir is None:
             raise RuntimeError(unavailable_reason() or "no PostgreSQL")
@@ -68,10 +70,12 @@ class Cluster:
             "--locale=C",
             "--no-sync",
         )
+        on = "on" if durable else "off"
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-            f" -c max_connections={max_connections} -c fsync={'on' if fsync else 'off'}"
-            " -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB"
+            f" -c max_connections={max_connections} -c fsync={on}"
+            f" -c synchronous_commit={on} -c full_page_writes={on} -c shared_buffers=256MB"
+            " -c max_wal_size=4GB -c checkpoint_timeout=15min"
         )
         self._run(
             "pg_ctl",
