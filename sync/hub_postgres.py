@@ -660,6 +660,26 @@ class PgTx:
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
+        return {
+            int(seq): str(content)
+            for seq, content in self.conn.execute(
+                "SELECT seq, content_sha256 FROM transactions WHERE device_id = %s"
+                " AND seq = ANY(%s)",
+                (device_id, seqs),
+            )
+        }
+
+    def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
+        return [
+            int(s)
+            for (s,) in self.conn.execute(
+                "SELECT seq FROM transactions WHERE device_id = %s AND seq > %s ORDER BY seq"
+                " LIMIT %s",
+                (device_id, seq, limit),
+            )
+        ]
+
     def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
         self.conn.execute(
             "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"

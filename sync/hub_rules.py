@@ -49,6 +49,7 @@ Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a 
 Move = tuple[int, str | None, int]  # (points available, pending_activates_at, pending points)
 CouponUse = tuple[str, str, int, str, str, str]  # code, device, seq, receipt, customer, at
 BATCH_ANSWER_DAYS = 30
+ADVANCE_PAGE = 1000
 
 
 class HubTx(Protocol):
@@ -81,6 +82,14 @@ class HubTx(Protocol):
 
     # -- the ledger
     def stored_content(self, device_id: str, seq: int) -> str | None: ...
+
+    def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
+        """The content hashes of those of `seqs` the device has stored (one round trip)."""
+        ...
+
+    def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
+        """The device's stored seqs above `seq`, ascending, at most `limit`."""
+        ...
 
     def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
         """Store `tx` with the fields the rules settled (receipt_id, ref_id, available,
@@ -213,18 +222,28 @@ class HubRules:
             if batch_id:
                 found = tx.batch_answer(device_id, batch_id)
                 if found is not None and found[0] == batch_hash:
-                    stored = json.loads(found[1])
+                    answer = json.loads(found[1])
                     return IngestResult(
-                        acked_through=int(stored["ackedThrough"]),
+                        acked_through=int(answer["ackedThrough"]),
                         results=tuple(
-                            TxResult(int(s), str(o), str(r)) for s, o, r in stored["results"]
+                            TxResult(int(s), str(o), str(r)) for s, o, r in answer["results"]
                         ),
                         replayed=True,
                     )
             # The customers whose holds this batch settles, before anything is read.
             tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
             program = self.program(tx)
-            results = [self._ingest_one(tx, t, program, now) for t in txs]
+            stored: dict[tuple[str, int], str] = {}  # what is stored of the batch's seqs
+            for dev in {t.device_id for t in txs}:
+                seqs = [t.seq for t in txs if t.device_id == dev]
+                known = tx.stored_contents(dev, seqs)
+                stored.update({(dev, seq): content for seq, content in known.items()})
+            settled: dict[str, list[str]] = defaultdict(list)  # device -> hold receipt keys
+            results = [self._ingest_one(tx, t, program, now, stored, settled) for t in txs]
+            # The holds these transactions make real: their receipts', and those of
+            # their seqs (nothing in between reads the holds: settled once, at the end).
+            for dev, keys in settled.items():
+                tx.settle_holds(dev, keys)
             through = self._advance(tx, device_id)
             ack = {
                 "ackedThrough": through,
@@ -241,9 +260,17 @@ class HubRules:
                 )
         return IngestResult(through, tuple(results))
 
-    def _ingest_one(self, tx: HubTx, t: TxIn, program: Program, now: datetime) -> TxResult:
+    def _ingest_one(
+        self,
+        tx: HubTx,
+        t: TxIn,
+        program: Program,
+        now: datetime,
+        stored: dict[tuple[str, int], str],
+        settled: dict[str, list[str]],
+    ) -> TxResult:
         content = t.content()
-        existing = tx.stored_content(t.device_id, t.seq)
+        existing = stored.get((t.device_id, t.seq))
         if existing is not None:
             if existing == content:
                 return TxResult(t.seq, "DUPLICATE")
@@ -257,13 +284,15 @@ class HubRules:
             self._set_aside(tx, t, "REJECTED", reason, content, now)
             return TxResult(t.seq, "REJECTED", reason)
         tx.insert_transaction(t, fields, content, utc_text(now))
+        stored[(t.device_id, t.seq)] = content
         if t.kind == "CHECKOUT":
             self._use_coupons(tx, t, fields["receipt_id"])
         elif t.kind == "COUPON_ISSUED":
             self._issue_coupon(tx, fields["coupon"])
         # The holds this transaction makes real: its receipt's, and the one for its seq.
-        settled = [f"seq:{t.seq}"] + ([fields["receipt_id"]] if t.kind == "CHECKOUT" else [])
-        tx.settle_holds(t.device_id, settled)
+        settled[t.device_id].append(f"seq:{t.seq}")
+        if t.kind == "CHECKOUT":
+            settled[t.device_id].append(fields["receipt_id"])
         return TxResult(t.seq, "STORED")
 
     @staticmethod
@@ -394,8 +423,16 @@ class HubRules:
         found = tx.contiguous_through(device_id)
         through = found or 0
         start = through
-        while tx.stored_content(device_id, through + 1) is not None:
-            through += 1
+        while True:  # the stored seqs above it, a page at a time, while they follow on
+            page = tx.seqs_after(device_id, through, ADVANCE_PAGE)
+            for seq in page:
+                if seq != through + 1:
+                    break
+                through = seq
+            else:
+                if len(page) == ADVANCE_PAGE:
+                    continue
+            break
         if found is None or through != start:
             tx.set_contiguous_through(device_id, through)
         return through

@@ -566,6 +566,28 @@ class SqliteTx:
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for start in range(0, len(seqs), 500):
+            part = seqs[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for seq, content in self.conn.execute(
+                "SELECT seq, content_sha256 FROM transactions WHERE device_id = ?"
+                f" AND seq IN ({marks})",
+                (device_id, *part),
+            ):
+                found[int(seq)] = str(content)
+        return found
+
+    def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
+        return [
+            int(s)
+            for (s,) in self.conn.execute(
+                "SELECT seq FROM transactions WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (device_id, seq, limit),
+            )
+        ]
+
     def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
         self.conn.execute(
             "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
