@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
 PROTO_OUT := proto
 
-.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check demo bench bench-quick faults faults-quick clean deps-system
+.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check demo bench bench-quick faults faults-pg faults-quick clean deps-system
 
 help:
 	@echo "make demo       run a whole store on one machine (embedded defaults)"
@@ -95,6 +95,10 @@ bench-quick: $(STAMP) deps-system
 # when a promise is broken. faults-quick is the CI size (< 2 minutes).
 faults: $(STAMP)
 	$(BIN)/python -m bench.faults
+
+# The same with the hub on PostgreSQL (a throwaway cluster, a database per scenario).
+faults-pg: $(STAMP) deps-system
+	$(BIN)/python -m bench.faults --hub-store postgresql
 
 faults-quick: $(STAMP)
 	$(BIN)/python -m bench.faults --quick
