@@ -300,6 +300,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from .hub_server import HubConfig, HubServer
 
+    hub = _existing_hub(settings, args)  # refused before anything is set up
     logs.setup(settings.log.level, settings.log.format)
     try:
         config = HubConfig(
@@ -313,7 +314,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    server = HubServer(_existing_hub(settings, args), config)
+    server = HubServer(hub, config)  # its store too: --store or $TILLPOINT_HUB_STORE
     port = server.start(args.listen)
     if args.port_file is not None:
         tmp = Path(str(args.port_file) + ".tmp")

@@ -146,7 +146,7 @@ def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None
             "printedOffers": [],
             "display": committed["display"],
             "state": "CONFIRMED",
-            "deviceId": "till-1",  # where the sale went in the ledger (a quote has none)
+            "deviceId": "till-1",  # where the sale went in the ledger: a quote has none
             "seq": 1,
         }
         strict(committed, pb.CheckoutResult())
@@ -175,9 +175,8 @@ def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None
 
 
 def drop_devices(result: dict[str, Any]) -> dict[str, Any]:
-    # what only a commit has: the devices' part, its state, and its place in the ledger
-    commit_only = ("printedOffers", "display", "state", "deviceId", "seq")
-    return {k: v for k, v in result.items() if k not in commit_only}
+    skip = ("printedOffers", "display", "state", "deviceId", "seq")  # a quote has no seq
+    return {k: v for k, v in result.items() if k not in skip}
 
 
 ACTIONS = st.lists(

@@ -255,6 +255,7 @@ def test_quote_equals_checkout_with_deals_and_the_trace_changes_no_figure(
             quoted.pop(key)
             committed.pop(key)
         assert committed.pop("state") == "CONFIRMED"  # a quote has no state
+        assert (committed.pop("deviceId"), committed.pop("seq")) == ("till-1", 1)  # nor seq
         assert quoted == committed
     finally:
         agent.close()

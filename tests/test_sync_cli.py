@@ -291,6 +291,7 @@ def test_reenrolment_is_refused_while_the_outbox_holds_transactions(
         ["revoke", "till-1"],
         ["export", "till-1"],
         ["receipts", "--device", "till-1"],
+        ["coupon-conflicts"],
         ["serve", "--listen", "127.0.0.1:0"],
     ],
 )
