@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Docs: README.md and docs/ in the source tree.",
     )
     parser.add_argument("--data-dir", type=Path, help="the till's data directory")
-    parser.add_argument("--config", type=Path, help="configuration file (TOML)")
+    parser.add_argument(
+        "--config", type=Path, help="configuration file (TOML; default: $TILLPOINT_CONFIG)"
+    )
     parser.add_argument(
         "--version", action=_Version, help="the version and the contract it implements"
     )
@@ -174,7 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from . import config as config_mod
 
-    settings = config_mod.load(args.config, data_dir=args.data_dir)
+    # `--config` wins over TILLPOINT_CONFIG, which names the file when no flag does.
+    config_file = args.config
+    if config_file is None and os.environ.get("TILLPOINT_CONFIG"):
+        config_file = Path(os.environ["TILLPOINT_CONFIG"])
+    settings = config_mod.load(config_file, data_dir=args.data_dir)
     from .privileges import run_as_owner
 
     run_as_owner(settings.data_dir)  # as root on an installed till: become its owner

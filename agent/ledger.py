@@ -192,11 +192,16 @@ def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -
     }
 
 
-def take_coupon_number(conn: sqlite3.Connection, device_id: str) -> int:
-    """The next number of a coupon this till issues: never reused, like `seq`."""
+def take_coupon_number(conn: sqlite3.Connection, device_id: str, applied_through: int = 0) -> int:
+    """The next number of a coupon this till issues: never reused, like `seq`.
+
+    A till with no number of its own yet (new, or re-imaged with its ledger lost) starts
+    above what the hub counted of it (`appliedThrough`): each code went to the hub in a
+    transaction whose seq is at least its number, so none the hub has seen is made again.
+    """
     key = f"last_coupon:{device_id}"
     row = conn.execute("SELECT value FROM device WHERE key = ?", (key,)).fetchone()
-    number = (int(row[0]) if row else 0) + 1
+    number = (int(row[0]) if row else applied_through) + 1
     conn.execute("INSERT OR REPLACE INTO device VALUES (?, ?)", (key, str(number)))
     return number
 
@@ -207,9 +212,19 @@ def issued_coupon(conn: sqlite3.Connection, code: str) -> Coupon | None:
     return None if row is None else Coupon.model_validate_json(row[0])
 
 
-def coupon_used(conn: sqlite3.Connection, code: str) -> bool:
-    """Whether a commit on this till used the coupon code (the contract §13)."""
-    return conn.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone() is not None
+def coupon_used(conn: sqlite3.Connection, code: str, now: datetime | None = None) -> bool:
+    """Whether a commit on this till used the coupon code (the contract §13), or an open
+    hold reserves it; given `now`, a hold expired by then (not yet swept) reserves nothing."""
+    args: tuple[str, ...] = (code,)
+    if now is None:
+        sql = "SELECT 1 FROM coupon_uses WHERE code = ?"
+    else:
+        sql = (
+            "SELECT 1 FROM coupon_uses u LEFT JOIN receipt_life l ON l.receipt_id = u.receipt_id"
+            " WHERE u.code = ? AND NOT (coalesce(l.state, '') = 'HELD' AND l.expires_at <= ?)"
+        )
+        args = (code, utc_text(now))
+    return conn.execute(sql, args).fetchone() is not None
 
 
 def outbox_depth(conn: sqlite3.Connection) -> int:

@@ -672,6 +672,8 @@ def describe(exc: ValidationError) -> str:
     message = str(first.get("msg", "is not valid"))
     message = message.removeprefix("Value error, ")
     message = _PLAIN.get(str(first.get("type")), message)
+    if first.get("type") == "too_short" and not (first.get("ctx") or {}).get("actual_length"):
+        message = "must not be empty"  # "lines": a receipt needs at least one line
     if first.get("type") == "string_too_long":
         limit = (first.get("ctx") or {}).get("max_length")
         message = f"is too long (at most {limit} characters)" if limit else message

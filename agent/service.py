@@ -374,9 +374,17 @@ class Agent:
     def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
         """(request text, result) of a committed receipt."""
         row = self._ledger.execute(
-            "SELECT request, result FROM receipts WHERE receipt_id = ?", (receipt_id,)
+            "SELECT request, result, device_id, seq FROM receipts WHERE receipt_id = ?",
+            (receipt_id,),
         ).fetchone()
-        return None if row is None else (str(row[0]), dict(json.loads(row[1])))
+        if row is None:
+            return None
+        result = dict(json.loads(row[1]))
+        # Stored by an agent older than Hold/Confirm and deviceId/seq in results.
+        result.setdefault("state", "CONFIRMED")
+        result.setdefault("deviceId", str(row[2]))
+        result.setdefault("seq", int(row[3]))
+        return str(row[0]), result
 
     def _hold(
         self, receipt: Receipt, view: CacheView, *, confirm_now: bool = False
@@ -391,7 +399,9 @@ class Agent:
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
             if stored is not None:
-                if request_digest(json.loads(stored[0])) != digest:
+                # Stored by an older agent, whose Receipt had fewer fields: compared
+                # without the fields left at their defaults on either side.
+                if _legacy_digest(json.loads(stored[0])) != _legacy_digest(request):
                     raise _conflict(rid)
                 return "CONFIRMED", stored[1]
         else:
@@ -488,6 +498,7 @@ class Agent:
         if state == "EXPIRED" or str(row[5]) <= ledger.utc_text(now):
             raise Refused(f"hold expired: price the receipt again ({receipt_id})")
         held, figures, request_text = json.loads(row[2]), json.loads(row[3]), str(row[4])
+        self._balance_now(receipt_id, held, figures, view)
         result = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
         )
@@ -498,6 +509,45 @@ class Agent:
             (ledger.utc_text(now), fiscal_document, receipt_id),
         )
         return result
+
+    def _balance_now(
+        self, receipt_id: str, held: dict[str, Any], figures: dict[str, Any], view: CacheView
+    ) -> None:
+        """Confirm: the held result's balance (and the display's) as the ledger stands now.
+
+        The sale's figures stay those of the Hold, but receipts of the same customer
+        committed since (another basket held beside it) changed what is left after it."""
+        customer_id = figures.get("customerId")
+        customer = view.customer(customer_id) if customer_id else None
+        if customer is None or held.get("balance") is None:
+            return
+        program = view.program()
+        at = datetime.fromisoformat(figures["at"])
+        before = ledger.balance(self._ledger, customer, view.applied_through(), at, program)
+        expires = figures.get("expiresAt")
+        after = _balance_after(
+            before,
+            program,
+            receipt_id,
+            at,
+            int(figures["redeemed"]),
+            int(figures["earned"]),
+            datetime.fromisoformat(figures["activatesAt"]),
+            datetime.fromisoformat(expires) if expires else None,
+        )
+        if after.as_json() == held["balance"]:
+            return
+        held["balance"] = after.as_json()
+        birthday = in_birthday_window(
+            customer.birthday, at.astimezone(program.zone).date(), program.birthday_window_days
+        )
+        figures["display"] = checkout_display(
+            customer.first_name,
+            int(figures["earned"]),
+            after.available,
+            frac(program.birthday_multiplier) if birthday else None,
+            _expiring_soon(after, at, program),
+        )
 
     def _price(self, receipt: Receipt, view: CacheView, *, commit: bool) -> _Priced:
         _require_snapshot(view)
@@ -523,7 +573,7 @@ class Agent:
             receipt.at,
             customer,
             lambda code: view.coupon(code) or ledger.issued_coupon(self._ledger, code),
-            lambda code: ledger.coupon_used(self._ledger, code),
+            lambda code: ledger.coupon_used(self._ledger, code, self.clock()),
         )
         offers = view.offers_for(customer.id) if customer else []
         before = (
@@ -571,26 +621,17 @@ class Agent:
 
         after = None
         if before is not None:
-            earned = priced.earned_points
             activates = activation_time(receipt.at, program)
-            pending_now = activates > receipt.at
-            moves = []
-            if priced.redeemed_points:
-                moves.append(
-                    Movement(
-                        "spend", -priced.redeemed_points, receipt.receipt_id, receipt.at, False
-                    )
-                )
-            if earned:
-                expires = expiry_time(activates, program.points_lifetime_days, program.zone)
-                moves.append(
-                    Movement(
-                        "earn", earned, receipt.receipt_id, receipt.at, False, activates, expires
-                    )
-                )
-            after = before.after(program, receipt.at, *moves) or ledger.Points(
-                before.available - priced.redeemed_points + (0 if pending_now else earned),
-                before.pending + (earned if pending_now else 0),
+            expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+            after = _balance_after(
+                before,
+                program,
+                receipt.receipt_id,
+                receipt.at,
+                priced.redeemed_points,
+                priced.earned_points,
+                activates,
+                expires,
             )
         tier = program.tier(customer.tier).code if customer else None
         result = result_json(receipt, ident, tier, priced, mode, after, printed)
@@ -762,8 +803,9 @@ class Agent:
         if not used or done.customer is None:
             return
         offer_of = {c.code: c.offer_id for c in done.coupon_checks if c.offer_id}
+        # OR REPLACE: the one row it can replace is that of a hold expired since the sweep.
         self._ledger.executemany(
-            "INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO coupon_uses VALUES (?,?,?,?,?,?)",
             [
                 (
                     code,
@@ -794,7 +836,9 @@ class Agent:
         for offer in offers:
             if not offer.get("issueCoupon"):
                 continue
-            number = ledger.take_coupon_number(self._ledger, self.device_id)
+            number = ledger.take_coupon_number(
+                self._ledger, self.device_id, applied.get(self.device_id, 0)
+            )
             coupon = Coupon(
                 code=coupons.issued_code(self.device_id, number),
                 offer_id=str(offer["id"]),
@@ -912,10 +956,21 @@ class Agent:
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
             stored = conn.execute(
-                "SELECT result FROM refunds WHERE refund_id = ?", (refund.refund_id,)
+                "SELECT request, result, device_id, seq FROM refunds WHERE refund_id = ?",
+                (refund.refund_id,),
             ).fetchone()
             if stored is not None:
-                return dict(json.loads(stored[0]))
+                # A retry returns the stored result; another body under the id is a conflict.
+                sent = refund.model_dump(mode="json", by_alias=True)
+                if _legacy_digest(json.loads(stored[0]), Refund) != _legacy_digest(sent, Refund):
+                    raise Conflict(
+                        f"refund {refund.refund_id} is already stored with another body:"
+                        " use a new refundId"
+                    )
+                answer = dict(json.loads(stored[1]))
+                answer.setdefault("deviceId", str(stored[2]))  # stored by an older agent
+                answer.setdefault("seq", int(stored[3]))
+                return answer
             row = conn.execute(
                 "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
                 " WHERE receipt_id = ?",
@@ -1211,6 +1266,29 @@ def _expiring_soon(
     return count, moment.astimezone(program.zone).date()
 
 
+def _balance_after(
+    before: ledger.Points,
+    program: Program,
+    receipt_id: str,
+    at: datetime,
+    redeemed: int,
+    earned: int,
+    activates: datetime,
+    expires: datetime | None,
+) -> ledger.Points:
+    """The balance `before` after a receipt's spending and earning, at its `at`."""
+    moves = []
+    if redeemed:
+        moves.append(Movement("spend", -redeemed, receipt_id, at, False))
+    if earned:
+        moves.append(Movement("earn", earned, receipt_id, at, False, activates, expires))
+    pending_now = activates > at
+    return before.after(program, at, *moves) or ledger.Points(
+        before.available - redeemed + (0 if pending_now else earned),
+        before.pending + (earned if pending_now else 0),
+    )
+
+
 def _require_snapshot(view: CacheView) -> None:
     """Quote, hold and checkout price nothing against an empty cache: it would be a guess."""
     if view.version == 0:
@@ -1231,7 +1309,9 @@ def _require_card(ident: Identification) -> Identification:
 def request_digest(request: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
     stored with, to tell a retry (the same body) from a conflict (another body).
-    Quantities count by value: "2" and "2.000" are the same."""
+    Quantities count by value: "2" and "2.000" are the same, and `explain` asks for a
+    trace that changes no figure (the contract §17), so it is not part of the body."""
+    request = {k: v for k, v in request.items() if k != "explain"}
     lines = request.get("lines")
     if isinstance(lines, list):
         request = dict(request)
@@ -1243,6 +1323,27 @@ def request_digest(request: dict[str, Any]) -> str:
         ]
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _legacy_digest(request: dict[str, Any], model: type[Receipt | Refund] = Receipt) -> str:
+    """`request_digest` of a request without the optional fields left at their defaults
+    (a receipt's `explain` false, no `coupons`, ...): a request stored before a field
+    existed and the same request parsed today then compare equal."""
+    defaults = {
+        field.alias or name: field.get_default(call_default_factory=True)
+        for name, field in model.model_fields.items()
+        if not field.is_required()
+    }
+    kept = {
+        key: value
+        for key, value in request.items()
+        if key not in defaults or value != _json_value(defaults[key])
+    }
+    return request_digest(kept)
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _conflict(receipt_id: str) -> Conflict:

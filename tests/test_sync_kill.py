@@ -167,6 +167,7 @@ def test_sigkill_mid_pull_resumes_and_keeps_the_old_snapshot_meanwhile(
         conn = sqlite3.connect(data_dir / "cache.db")
         assert conn.execute("SELECT count(*) FROM products").fetchone()[0] == 4003
         conn.close()
-        assert not (data_dir / "sync" / "pull.part").exists()
+        # The part file goes right after the apply that switched the version in.
+        wait_for(lambda: not (data_dir / "sync" / "pull.part").exists(), timeout=10)
     finally:
         hub.stop()
