@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("identify", parents=[common], help="identify a card, phone or barcode")
     p.add_argument("text")
+    p = sub.add_parser(
+        "scan", parents=[common], help="route a scanned text: a coupon code or a card"
+    )
+    p.add_argument("text")
     for name, what in (
         ("quote", "price a receipt JSON without storing it"),
         ("checkout", "commit a receipt JSON"),
@@ -217,6 +221,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, info, lambda d: f"snapshot version {d['version']} loaded")
         if command == "identify":
             return emit(args, agent.identify(args.text), _human_card)
+        if command == "scan":
+            return emit(args, agent.scan(args.text), _human_scan)
         if command in ("quote", "checkout", "hold"):
             call: Callable[[Any], dict[str, Any]] = getattr(agent, command)
             receipt = read_json(args.file)
@@ -390,6 +396,12 @@ def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], 
 
 
 # ---------------------------------------------------------------- human-readable output
+
+
+def _human_scan(routed: dict[str, Any]) -> str:
+    if routed["kind"] == "COUPON":
+        return f"COUPON {routed['code']} (offer {routed['offerId']})"
+    return "CARD " + _human_card(routed["card"])
 
 
 def _human_card(card: dict[str, Any]) -> str:

@@ -61,6 +61,15 @@ def check(
     return out
 
 
+def mark_used(checks: Iterable[CouponCheck], used: Collection[str]) -> list[CouponCheck]:
+    """The checks again with the accepted codes the hub says another receipt used or holds
+    turned into ALREADY_USED (online authorisation, the contract §13)."""
+    return [
+        CouponCheck(c.code, reason="ALREADY_USED") if c.reason is None and c.code in used else c
+        for c in checks
+    ]
+
+
 def issued_code(device_id: str, number: int) -> str:
     """A till-issued code, unique in the chain without asking the hub: "TP", the length of
     the device id's normal form, that form, and the device's coupon number (never reused).

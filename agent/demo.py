@@ -7,8 +7,11 @@ over mTLS that pull signed snapshots and push their journal, a virtual receipt p
 display on a pseudo-terminal (when socat is installed). The day: card and phone
 identification, quotes as items are scanned, checkouts with personal offers and online
 redemption, a refund, the hub going away (the tills keep selling offline, redemption
-capped), the hub coming back (outboxes drain, balances agree), and a new offer snapshot
-pushed to the tills. It exits 0 when every step behaved as the contract says.
+capped), the hub coming back (outboxes drain, balances agree), a new offer snapshot
+pushed to the tills, and the afternoon's offers: a sorry-bonus coupon the hub lets the chain
+use once, a next-visit coupon printed with a one-time code and scanned back, "3 for 2", a
+happy hour, points about to expire on the display, and an explained quote. It exits 0 when
+every step behaved as the contract says.
 """
 
 from __future__ import annotations
@@ -423,6 +426,7 @@ def _day(
                 f"(offer {quote['lines'][0]['offerId']})"
             )
             story.check(quote["lines"][0]["offerId"] == "m-bread-25", "new offer not applied")
+            _afternoon(story, hub, till, other, master, at, printer)
             _summary(story, tills, hub, printer)
             if keep_running:
                 story.say("\nEverything keeps running; press Ctrl-C to stop.")
@@ -529,6 +533,110 @@ def _sales(
         f"  {refund['returnedPoints']} points given back, {refund['takenBackPoints']} taken back;"
         f" balance {refund['balance']['availablePoints']}"
     )
+
+
+def _afternoon(
+    story: Story,
+    hub: Any,
+    till: Any,
+    other: Any,
+    master: dict[str, Any],
+    at: Callable[..., str],
+    printer: Any,
+) -> None:
+    """Coupons, a 3-for-2, a happy hour, expiring points and an explained receipt (the
+    contract §13–§17), on offers marketing imports in the afternoon."""
+    from tillpoint.sync.loopback import import_doc
+
+    from .demo_data import SORRY_CODE, offers_day
+
+    story.heading("Afternoon offers: a sorry bonus, 3 for 2, a happy hour, a next-visit coupon")
+    import_doc(hub.store, offers_day(datetime.fromisoformat(at(0, 0)).date(), master))
+    version = hub.publish()
+    for t in {id(till): till, id(other): other}.values():
+        _until(t, lambda s: s["cacheVersion"] >= version)
+    story.say(
+        f"  snapshot v{version}: 4 offers, Anna's coupon {SORRY_CODE}, Вера's expiring points"
+    )
+    products = {p["sku"]: p for p in master["products"]}
+    by_category: dict[str, list[dict[str, Any]]] = {}
+    for p in master["products"]:
+        by_category.setdefault(p["category"], []).append(p)
+    anna_card, vera_card = master["cards"][0]["number"], master["cards"][2]["number"]
+    fruit, meat = by_category["fruit"][0], by_category["meat"][0]
+    dairy, household = by_category["dairy"][0], by_category["household"][:3]
+
+    story.heading(f"Anna scans her sorry-bonus coupon {SORRY_CODE} at {till.device_id}")
+    routed = till.agent.scan(SORRY_CODE)
+    story.say(f"  the scanner's text is a {routed['kind']}: {routed.get('code')}")
+    story.check(routed["kind"] == "COUPON", "the sorry code should be routed as a coupon")
+    printed = len(printer.complete)
+    lines = [_line(dairy, "2", 9900), _line(by_category["bakery"][0], "1", 5900)]
+    result = till.agent.checkout(
+        _receipt("d-sorry", anna_card, at(17, 0), lines, 0)
+        | {"coupons": till.agent.take_scanned_coupons()}
+    )
+    _tell(story, result, products)
+    verdict = result["coupons"][0]
+    story.say(f"  coupon {verdict['code']}: {verdict['status']} ({result['mode']})")
+    story.check(verdict["status"] == "APPLIED", "the sorry bonus should apply")
+    again = other.agent.checkout(
+        _receipt("d-sorry-2", anna_card, at(17, 5), lines, 0) | {"coupons": [SORRY_CODE]}
+    )
+    story.say(
+        f"  the same code at {other.device_id}: {again['coupons'][0]['status']}"
+        f" {again['coupons'][0]['reason']} (the hub authorises each code; one use in the chain)"
+    )
+    story.check(again["coupons"][0]["reason"] == "ALREADY_USED", "a coupon is used once")
+
+    story.heading("The next-visit coupon printed for Anna is scanned back at her next visit")
+    docs = printer.wait_for(printed + 1, timeout_s=10)
+    codes = [c for d in docs[printed:] for c in d.codes if not c.startswith("TP1-")]
+    story.check(bool(codes), "the next-visit coupon should print with a one-time code")
+    routed = till.agent.scan(codes[0])
+    story.say(
+        f"  scanned {codes[0]} from the paper coupon: a {routed['kind']} for {routed['offerId']}"
+    )
+    visit = till.agent.checkout(
+        _receipt("d-next", anna_card, at(19, 40), [_line(meat, "1", 30000)], 0)
+        | {"coupons": till.agent.take_scanned_coupons()}
+    )
+    _tell(story, visit, products)
+    story.check(
+        [v["status"] for v in visit["coupons"]] == ["APPLIED"], "the printed coupon should apply"
+    )
+
+    story.heading("Вера buys 3 household items (3 for 2) and fruit in the happy hour")
+    basket = [_line(p, "1", 25000 - 4000 * i) for i, p in enumerate(household)]
+    basket.append(_line(fruit, "1", 12000))
+    vera = other.agent.checkout(_receipt("d-vera", vera_card, at(18, 30), basket, 0))
+    _tell(story, vera, products)
+    offers = [line["offerId"] for line in vera["lines"]]
+    story.check(offers.count("m-household-3for2") == 3, "the 3-for-2 should take the 3 items")
+    story.check(offers[3] == "m-fruit-happy-hour", "the happy hour should apply at 18:30")
+    story.say(f"  her display: {' / '.join(vera['display'])}")
+    story.check(vera["display"][0].startswith("Сгорят"), "the expiry warning should show")
+
+    story.heading("The cashier asks why the fruit has no discount at 17:30: an explained quote")
+    early = till.agent.quote(
+        _receipt("d-why", anna_card, at(17, 30), [_line(fruit, "2", 12000)], 0) | {"explain": True}
+    )
+    for row in early["trace"]["lines"][0]["offers"]:
+        story.say(f"  {row['offerId']}: {row['outcome']}")
+    for row in early["trace"]["receiptOffers"]:
+        missing = f", {format_minor(row['missingMinor'])} more" if row.get("missingMinor") else ""
+        story.say(f"  {row['offerId']}: {row['outcome']}{missing}")
+    story.say(f"  the display while it is priced: {' / '.join(early['display'])}")
+    outcomes = {r["offerId"]: r["outcome"] for r in early["trace"]["lines"][0]["offers"]}
+    story.check(outcomes.get("m-fruit-happy-hour") == "OUTSIDE_WINDOW", "happy hour at 17:30")
+
+    for t in {id(till): till, id(other): other}.values():
+        _until(t, lambda s: s["outboxDepth"] == 0)
+    conflicts = hub.store.coupon_conflicts()
+    story.say(
+        f"  the hub has every afternoon receipt; coupons used twice in the chain: {len(conflicts)}"
+    )
+    story.check(conflicts == [], "no coupon is used twice online")
 
 
 FIGURES = (

@@ -256,6 +256,75 @@ def chain(today: date, seed: int = 7, customers: int = 40) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- the afternoon's offers
+
+SORRY_CODE = "SORRY-ANNA-1"
+
+
+def offers_day(today: date, master: dict[str, Any]) -> dict[str, Any]:
+    """What marketing imports in the afternoon of the demo's day (a catalogue delta): a
+    sorry-bonus coupon for Anna, "3 for 2" on household goods, a happy hour on fruit, a
+    next-visit offer printed with a one-time code, and Вера's points that expire in 5 days.
+    Kept apart from `chain`, so the morning and the example files stay as they are."""
+    start = f"{today - timedelta(days=3)}T00:00:00+03:00"
+    end = f"{today + timedelta(days=20)}T23:59:59+03:00"
+    anna, vera = master["customers"][0], dict(master["customers"][2])
+    household = [p["sku"] for p in master["products"] if p["category"] == "household"]
+    window = {"validFrom": start, "validTo": end}
+    offers = [
+        {
+            "id": "m-sorry-15",
+            "campaignId": "camp-sorry",
+            "kind": "PERCENT_OFF",
+            "categories": ["food"],
+            "value": "15",
+            "couponRequired": True,
+            "priority": 5,
+            **window,
+        },
+        {
+            "id": "m-household-3for2",
+            "campaignId": "camp-3for2",
+            "kind": "MULTIBUY",
+            "skus": household,
+            "buyQty": "2",
+            "freeQty": "1",
+            "priority": 5,
+            **window,
+        },
+        {
+            "id": "m-fruit-happy-hour",
+            "campaignId": "camp-happy-hour",
+            "kind": "PERCENT_OFF",
+            "categories": ["fruit"],
+            "value": "20",
+            "hours": [{"from": "18:00", "to": "20:00"}],
+            "priority": 5,
+            **window,
+        },
+        {
+            "id": f"p-{anna['id']}-next-visit",
+            "campaignId": "camp-next-visit",
+            "customerId": anna["id"],
+            "kind": "PERCENT_OFF",
+            "categories": ["meat"],
+            "value": "20",
+            "couponRequired": True,
+            "issueCoupon": True,
+            "printable": True,
+            "printText": "−20% на мясо в следующий раз",
+            "priority": 5,
+            **window,
+        },
+    ]
+    coupons = [{"code": SORRY_CODE, "offerId": "m-sorry-15", "customerId": anna["id"], **window}]
+    # Вера: 300 of her points expire in 5 days, and no birthday greeting hides the warning
+    vera["balancePoints"] = max(int(vera["balancePoints"]), 600)
+    vera["expiring"] = [{"points": 300, "expiresAt": f"{today + timedelta(days=5)}T23:59:59+03:00"}]
+    vera["birthday"] = (today + timedelta(days=120)).replace(year=1988).isoformat()
+    return {"offers": offers, "coupons": coupons, "customers": [vera]}
+
+
 # ---------------------------------------------------------------- the chain as files
 
 EXAMPLE_FILES = (

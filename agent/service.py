@@ -13,8 +13,8 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -48,6 +48,7 @@ from .models import (
     Snapshot,
     SnapshotHeader,
     check_text,
+    coupon_code,
     parse,
 )
 from .money import decimal_text, frac
@@ -67,10 +68,20 @@ log = logging.getLogger("tillpoint.agent")
 MAX_FISCAL_DOCUMENT = 64
 MAX_RECEIPT_ID = 128
 HUB_HOLD_MARGIN_S = 60
+MAX_SCANNED_COUPONS = 100  # a receipt carries at most 100 codes
 
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class HubGrant:
+    """The hub's answer to an online authorisation: the points it holds for the receipt,
+    and the coupon codes another receipt already used or holds (the contract §9, §13)."""
+
+    points: int
+    used_coupons: frozenset[str] = frozenset()
 
 
 class RedemptionAuthoriser(Protocol):
@@ -83,7 +94,10 @@ class RedemptionAuthoriser(Protocol):
         points: int,
         at: datetime,
         hold_ttl_s: int | None = None,
-    ) -> int: ...
+        coupon_codes: Sequence[str] = (),
+    ) -> HubGrant:
+        """Hold `points` (at most) and the receipt's applied coupon codes at the hub."""
+        ...
 
     def release(self, receipt_id: str) -> bool:
         """Drop the hub's hold for a receipt cancelled or expired here (the contract §11)."""
@@ -144,6 +158,8 @@ class Agent:
         # The configured `kind` of "printer", "display", "scanner" (absent: "none"), for
         # `status` in a process that does not drive the devices itself (the CLI).
         self.device_kinds: dict[str, str] = {}
+        # Coupon codes the till's scanner read for the receipt being rung up (`scan`).
+        self.scanned_coupons: list[str] = []
 
     def close(self) -> None:
         self._checkpoints.close()
@@ -233,6 +249,29 @@ class Agent:
         if self.devices is not None and ident.customer is not None and ident.found:
             self._tell_devices("show", identify_display(ident.customer.first_name))
         return card
+
+    def scan(self, text: str) -> dict[str, Any]:
+        """Route a scanned text (the contract §13): a coupon code this till knows (the
+        cache's coupons or one it issued) is `{"kind": "COUPON", "code", "offerId"}` and
+        waits in `scanned_coupons` for the receipt being rung up; anything else is a card:
+        `{"kind": "CARD", "card": <identify's answer>}`."""
+        check_text("text", text)
+        code = coupon_code(text)
+        if code:
+            with self._lock, self._view() as view:
+                coupon = view.coupon(code) or ledger.issued_coupon(self._ledger, code)
+                if coupon is not None and code not in self.scanned_coupons:
+                    self.scanned_coupons = [*self.scanned_coupons, code][-MAX_SCANNED_COUPONS:]
+            if coupon is not None:
+                return {"kind": "COUPON", "code": code, "offerId": coupon.offer_id}
+        return {"kind": "CARD", "card": self.identify(text)}
+
+    def take_scanned_coupons(self) -> list[str]:
+        """The coupon codes scanned since the last call, oldest first (the POS puts them in
+        `Receipt.coupons`); the list is empty afterwards."""
+        with self._lock:
+            codes, self.scanned_coupons = self.scanned_coupons, []
+        return codes
 
     def balance(self, card: str, at: datetime | None = None) -> dict[str, Any]:
         check_text("card", card)
@@ -433,7 +472,12 @@ class Agent:
         held["display"] = quote_display(done.priced.total, done.priced.discount)
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
-        hub_hold = done.mode == "ONLINE" and done.priced.redeemed_points > 0
+        # Points or coupon codes the hub holds for this receipt (released at cancel/expiry).
+        hub_hold = (
+            done.mode == "ONLINE"
+            and self.hub is not None
+            and (done.priced.redeemed_points > 0 or bool(coupons.applied_codes(done.result)))
+        )
         request_text = json.dumps(request, ensure_ascii=False)
         if confirm_now:  # Checkout: the receipt's own rows keep request and result
             result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
@@ -607,8 +651,22 @@ class Agent:
         if customer is not None and self.hub is None and receipt.redeem_points != 0:
             ctx = _with_cap(ctx, self._offline_remaining(receipt, ident, program))
         priced = price(receipt, ctx)
-        if self.hub is not None and customer is not None and priced.redeem_allowed_without_cap > 0:
-            cap, mode = self._redeem_cap(receipt, ident, priced, program, commit)
+        # Online, a commit's applied coupon codes are authorised with its redemption (§13).
+        codes = (
+            coupons.applied_codes({"coupons": coupons.verdicts(checks, priced.applied_offers)})
+            if commit and customer is not None and self.hub is not None
+            else []
+        )
+        if (
+            self.hub is not None
+            and customer is not None
+            and (priced.redeem_allowed_without_cap > 0 or codes)
+        ):
+            cap, mode, used = self._redeem_cap(receipt, ident, priced, program, commit, codes)
+            if used:  # the hub says another receipt used or holds them: priced without
+                checks = coupons.mark_used(checks, used)
+                ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
+                priced = price(receipt, ctx)
             if cap < priced.redeem_allowed_without_cap:
                 source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
                 priced = price(receipt, _with_cap(ctx, cap, source))
@@ -670,7 +728,9 @@ class Agent:
         priced: Priced,
         program: Program,
         commit: bool,
-    ) -> tuple[int, str]:
+        codes: Sequence[str] = (),
+    ) -> tuple[int, str, frozenset[str]]:
+        """(points the receipt may redeem, mode, coupon codes the hub says are used)."""
         wanted = priced.redeem_allowed_without_cap
         if self.hub is not None and ident.customer is not None:
             try:
@@ -678,18 +738,24 @@ class Agent:
                     # A quote places no hold: ONLINE while the hub answers, else the
                     # offline cap the checkout would get too.
                     if self.hub.reachable():
-                        return wanted, "ONLINE"
+                        return wanted, "ONLINE", frozenset()
                     raise HubUnavailable("the hub is not answering")
                 customer_id = ident.customer.id
                 # The hub keeps the hold a minute beyond the till's, which releases it.
                 ttl = program.hold_ttl_seconds + HUB_HOLD_MARGIN_S
-                granted = self.hub.authorise(
-                    customer_id, receipt.receipt_id, wanted, receipt.at, hold_ttl_s=ttl
+                grant = self.hub.authorise(
+                    customer_id,
+                    receipt.receipt_id,
+                    wanted,
+                    receipt.at,
+                    hold_ttl_s=ttl,
+                    coupon_codes=codes,
                 )
-                return granted, "ONLINE"
+                return grant.points, "ONLINE", grant.used_coupons
             except HubUnavailable:
                 pass
-        return self._offline_remaining(receipt, ident, program), "OFFLINE"
+        # Offline the till's own rules stand: a code at most once here (§13).
+        return self._offline_remaining(receipt, ident, program), "OFFLINE", frozenset()
 
     def _offline_remaining(self, receipt: Receipt, ident: Identification, program: Program) -> int:
         """What is left of the offline limit for this card on the receipt's store-day."""
@@ -1400,9 +1466,7 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
 
 
 def _with_cap(ctx: PricingContext, cap: int, source: str = "OFFLINE_LIMIT") -> PricingContext:
-    from dataclasses import replace
-
     return replace(ctx, redeem_cap=cap, redeem_cap_source=source)
 
 
-__all__ = ["Agent", "Conflict", "Refused", "request_digest", "system_clock"]
+__all__ = ["Agent", "Conflict", "HubGrant", "Refused", "request_digest", "system_clock"]

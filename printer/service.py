@@ -15,8 +15,10 @@ calls, after pricing (never waiting on a device):
   result printed offers (the job row is already in the ledger, committed with the receipt);
 - ``devices.status()``: printer, display and scanner state for ``tillpoint status``.
 
-A scan from the kiosk's serial scanner goes to ``on_scan`` (default: identify it with the
-agent and greet the customer on the display; a scanned coupon code is only logged).
+A scan from the kiosk's serial scanner goes to ``on_scan``. By default ``agent.scan`` routes
+it: a coupon code the till knows waits in ``agent.scanned_coupons`` for the receipt being rung
+up (the display says it was taken), anything else is identified as a card and the customer is
+greeted. A ``TP1-`` offer code (a printed offer without a one-time code) is only logged.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tillpoint.printer.codes import parse_offer_code
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
 from tillpoint.printer.errors import PrinterConfigError
-from tillpoint.printer.messages import greeting
+from tillpoint.printer.messages import fit_lines, greeting
 from tillpoint.printer.queue import PrinterStatus, PrintWorker
 from tillpoint.printer.scanner import ScannerReader, ScannerStatus
 
@@ -128,10 +130,14 @@ def _greet_on_scan(agent: Any, devices: Devices) -> Callable[[str], None]:
             log.info("scanned the coupon of offer %s", offer)
             return
         try:
-            card = agent.identify(text)
+            routed = agent.scan(text)
         except Exception as exc:
             log.warning("scanned text not identified: %s", exc)
             return
+        if routed.get("kind") == "COUPON":
+            devices.show(fit_lines(["Купон принят", str(routed.get("code", ""))]))
+            return
+        card = routed.get("card", {})
         if card.get("status") == "FOUND":
             devices.show(greeting(card.get("firstName")))
         else:

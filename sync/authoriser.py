@@ -14,6 +14,10 @@ spent, and does not count twice a hold whose receipt is among them.
 A held receipt (the contract §11) keeps its hold at the hub for the program's `holdTtlSeconds`
 (sent as `hold_ttl_seconds`); `release` drops it when the till cancels the receipt or
 lets its hold expire, and the receipt's transaction settles it after Confirm.
+
+The same call carries the receipt's APPLIED coupon codes (the contract §13): the hub holds
+each one for this receipt the same way, and answers which ones another receipt already
+used or holds; the agent prices the receipt again without those (ALREADY_USED).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +33,7 @@ import grpc
 from tillpoint.agent.db import open_ledger
 from tillpoint.agent.errors import HubUnavailable, StorageError
 from tillpoint.agent.ledger import utc_text
+from tillpoint.agent.service import HubGrant
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .client import HubLink
@@ -77,7 +83,8 @@ class HubAuthoriser:
         points: int,
         at: datetime,
         hold_ttl_s: int | None = None,
-    ) -> int:
+        coupon_codes: Sequence[str] = (),
+    ) -> HubGrant:
         try:
             unsynced = self._unsynced(customer_id, at)
         except (sqlite3.Error, StorageError) as exc:
@@ -91,6 +98,7 @@ class HubAuthoriser:
             at=at.isoformat(),
             unsynced=unsynced,
             hold_ttl_seconds=hold_ttl_s or 0,
+            coupon_codes=list(coupon_codes),
         )
         try:
             reply = self.link.stub.AuthorizeRedemption(request, timeout=self.timeout_s)
@@ -99,7 +107,11 @@ class HubAuthoriser:
             log.info("redemption for %s priced offline: %s", receipt_id, message)
             raise HubUnavailable(message) from None
         self.link.ok()
-        return max(0, min(points, int(reply.authorized_points)))
+        asked = set(coupon_codes)
+        return HubGrant(
+            max(0, min(points, int(reply.authorized_points))),
+            frozenset(c for c in reply.used_coupons if c in asked),
+        )
 
     def release(self, receipt_id: str) -> bool:
         """Drop this till's hold for the receipt at the hub (HubUnavailable if the hub does

@@ -177,6 +177,21 @@ MIGRATIONS.append(
         """,
     )
 )
+MIGRATIONS.append(
+    (
+        4,
+        "coupon_holds",
+        """
+        CREATE TABLE coupon_holds (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, receipt_id TEXT NOT NULL, customer_id TEXT NOT NULL,
+            created_at TEXT NOT NULL, expires_at TEXT NOT NULL
+        );
+        CREATE INDEX coupon_holds_receipt ON coupon_holds (device_id, receipt_id);
+        CREATE INDEX coupon_holds_expires ON coupon_holds (expires_at);
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -863,6 +878,32 @@ class PgTx:
             "INSERT INTO draft (kind, key, doc) VALUES (%s, %s, %s)"
             " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc",
             (kind, key, doc),
+        )
+
+    def expire_coupon_holds(self, now: str) -> None:
+        self.conn.execute("DELETE FROM coupon_holds WHERE expires_at <= %s", (now,))
+
+    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
+        return int(
+            self.conn.execute(
+                "DELETE FROM coupon_holds WHERE device_id = %s AND receipt_id = %s",
+                (device_id, receipt_id),
+            ).rowcount
+        )
+
+    def coupon_held(self, code: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM coupon_holds WHERE code = %s", (code,))
+        return row.fetchone() is not None
+
+    def hold_coupon(
+        self, code: str, device_id: str, receipt_id: str, customer_id: str, now: str, expires: str
+    ) -> bool:
+        # Two servers may hold the same code at once: the key decides, the loser is told.
+        return bool(
+            self.conn.execute(
+                "INSERT INTO coupon_holds VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                (code, device_id, receipt_id, customer_id, now, expires),
+            ).rowcount
         )
 
     # -- holds

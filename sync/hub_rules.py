@@ -160,6 +160,18 @@ class HubTx(Protocol):
         """Set a row of the next publication (None: remove the key)."""
         ...
 
+    def expire_coupon_holds(self, now: str) -> None: ...
+
+    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int: ...
+
+    def coupon_held(self, code: str) -> bool: ...
+
+    def hold_coupon(
+        self, code: str, device_id: str, receipt_id: str, customer_id: str, now: str, expires: str
+    ) -> bool:
+        """Hold the code for the receipt; False when another server held it meanwhile."""
+        ...
+
     # -- holds
     def lock_device(self, device_id: str) -> None: ...
 
@@ -293,6 +305,7 @@ class HubRules:
         settled[t.device_id].append(f"seq:{t.seq}")
         if t.kind == "CHECKOUT":
             settled[t.device_id].append(fields["receipt_id"])
+            tx.drop_coupon_holds(t.device_id, fields["receipt_id"])  # used now, not held
         return TxResult(t.seq, "STORED")
 
     @staticmethod
@@ -540,7 +553,39 @@ class HubRules:
         points are spendable at once. A settled hold stays: its transaction is the truth."""
         with self.write_tx() as tx:
             gone = tx.delete_hold(device_id, receipt_id, only_active=True)
+            gone += tx.drop_coupon_holds(device_id, receipt_id)
         return bool(gone)
+
+    def hold_coupons(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        codes: list[str],
+        now: datetime,
+        hold_ttl_s: float,
+    ) -> list[str]:
+        """Online coupon authorisation (the contract §13): the codes another receipt
+        already used or holds; the others are held for this receipt (its earlier holds
+        replaced) until its transaction settles them, `release` drops them, or they expire."""
+        used: list[str] = []
+        with self.write_tx() as tx:
+            tx.expire_coupon_holds(utc_text(now))
+            tx.drop_coupon_holds(device_id, receipt_id)
+            expires = utc_text(now + timedelta(seconds=hold_ttl_s))
+            for code in dict.fromkeys(codes):
+                first = tx.coupon_first_use(code)
+                if first is not None and first != (device_id, receipt_id):
+                    used.append(code)
+                    continue
+                if tx.coupon_held(code):  # another receipt's hold (this one's were dropped)
+                    used.append(code)
+                    continue
+                if first is None and not tx.hold_coupon(
+                    code, device_id, receipt_id, customer_id, utc_text(now), expires
+                ):
+                    used.append(code)  # held by another server's receipt meanwhile
+        return used
 
     # ------------------------------------------------------------ snapshots
 

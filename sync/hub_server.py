@@ -29,7 +29,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, StorageError, TillpointError
-from tillpoint.agent.models import _timestamp
+from tillpoint.agent.models import _timestamp, coupon_code
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -48,6 +48,7 @@ DB_FILE = "hub.db"
 SNAPSHOTS = "snapshots"
 RETRY_BUILD_S = 30.0
 MAX_HOLD_TTL_S = 86_400  # a till may ask for holds of its program's TTL, up to a day
+MAX_AUTH_COUPONS = 100  # codes one authorisation may carry (a receipt has a handful)
 # What a snapshot file's signature covers (its .json says so): a file built before the
 # manifest signature (v2: PREFIX + payload in the file) is deleted and built again.
 SIGNED = MANIFEST_PREFIX.rstrip(b"\x00").decode()
@@ -853,6 +854,13 @@ class HubServicer(pb_grpc.HubServicer):
             at = _timestamp(request.at)
         except ValueError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"at: {exc}")
+        codes = [coupon_code(c) for c in request.coupon_codes]
+        if len(codes) > MAX_AUTH_COUPONS or not all(0 < len(c) <= 128 for c in codes):
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"couponCodes: at most {MAX_AUTH_COUPONS} codes of 1 to 128 characters",
+            )
         self._fail("authorize")
         ttl_s = self.config.hold_ttl_s
         if request.hold_ttl_seconds > 0:  # the till's program says how long its holds live
@@ -868,6 +876,14 @@ class HubServicer(pb_grpc.HubServicer):
                 self.clock(),
                 ttl_s,
             )
+            # Each code is held for this receipt with its redemption (the contract §13).
+            used = (
+                self.store.hold_coupons(
+                    device, request.receipt_id, request.customer_id, codes, self.clock(), ttl_s
+                )
+                if codes
+                else []
+            )
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         return pb.AuthorizeRedemptionReply(
@@ -875,6 +891,7 @@ class HubServicer(pb_grpc.HubServicer):
             hold_id=granted.hold_id,
             expires_at=granted.expires_at.isoformat(),
             live_balance=granted.live_balance,
+            used_coupons=used,
         )
 
     def ListTransactions(

@@ -166,6 +166,22 @@ def m002_fiscal_document(db: Database) -> None:
     db.execute("ALTER TABLE transactions ADD COLUMN fiscal_document TEXT NOT NULL DEFAULT ''")
 
 
+@migrations()
+def m003_coupon_holds(db: Database) -> None:
+    db.executescript(
+        """
+        -- Codes authorised online for a receipt not yet settled (the contract §13): no other
+        -- receipt may use them until the hold is settled, released or expired.
+        CREATE TABLE coupon_holds (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, receipt_id TEXT NOT NULL, customer_id TEXT NOT NULL,
+            created_at TEXT NOT NULL, expires_at TEXT NOT NULL
+        );
+        CREATE INDEX coupon_holds_receipt ON coupon_holds (device_id, receipt_id);
+        """
+    )
+
+
 class SqliteHubStore(HubRules):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -745,6 +761,32 @@ class SqliteTx:
         self.conn.execute(
             "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES (?, ?, ?)", (kind, key, doc)
         )
+
+    def expire_coupon_holds(self, now: str) -> None:
+        self.conn.execute("DELETE FROM coupon_holds WHERE expires_at <= ?", (now,))
+
+    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
+        return int(
+            self.conn.execute(
+                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+                (device_id, receipt_id),
+            ).rowcount
+        )
+
+    def coupon_held(self, code: str) -> bool:
+        return (
+            self.conn.execute("SELECT 1 FROM coupon_holds WHERE code = ?", (code,)).fetchone()
+            is not None
+        )
+
+    def hold_coupon(
+        self, code: str, device_id: str, receipt_id: str, customer_id: str, now: str, expires: str
+    ) -> bool:
+        self.conn.execute(
+            "INSERT INTO coupon_holds VALUES (?,?,?,?,?,?)",
+            (code, device_id, receipt_id, customer_id, now, expires),
+        )
+        return True  # the only writer
 
     # -- holds
 

@@ -263,6 +263,20 @@ class HubStore(Protocol):
         """Drop the device's active hold for the receipt; False when there is none."""
         ...
 
+    def hold_coupons(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        codes: list[str],
+        now: datetime,
+        hold_ttl_s: float,
+    ) -> list[str]:
+        """Online coupon authorisation (the contract §13): the codes another receipt already
+        used or holds; the others are held for this receipt until its transaction settles
+        them, `release` drops them, or they expire. Replaces the receipt's earlier holds."""
+        ...
+
     def balance(self, customer_id: str, at: datetime) -> HubBalance: ...
 
     def ledger(self, device_id: str | None = None) -> list[LedgerEntry]: ...

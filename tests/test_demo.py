@@ -26,6 +26,17 @@ def test_demo_plays_a_whole_day(tmp_path: Path) -> None:
         "outbox empty",
         "hub ledger 7 transactions = the tills' journals 7",
         "(offer m-bread-25)",
+        # the afternoon (docs/CONTRACT.md §13–§17): a sorry bonus used once in the chain,
+        # a printed one-time code scanned back, 3 for 2, a happy hour, expiring points, a trace
+        "coupon SORRYANNA1: APPLIED (ONLINE)",
+        "REJECTED ALREADY_USED",
+        "a COUPON for p-c-0001-next-visit",
+        "offer m-household-3for2",
+        "offer m-fruit-happy-hour",
+        "her display: Сгорят ",
+        "m-fruit-happy-hour: OUTSIDE_WINDOW",
+        "m-basket-1000: BELOW_MIN_TOTAL, ",
+        "coupons used twice in the chain: 0",
         "the receipt printer prints",
         "printer OK\n",  # till 1 prints on the virtual printer
         "printer DISABLED",  # till 2 has none: the same word as status, gRPC and metrics

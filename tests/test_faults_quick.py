@@ -44,6 +44,15 @@ def test_chaos_proxy_heals_and_ledgers_agree(tmp_path: Path) -> None:
     assert outcome.ok, outcome.broken
 
 
+def test_one_code_on_two_tills_is_one_conflict_after_an_outage_and_none_online(
+    tmp_path: Path,
+) -> None:
+    outcome = faults.scenario_coupons(tmp_path, 4, random.Random(1))
+    assert outcome.ok, outcome.broken
+    assert outcome.counts["codes used on both tills offline"] == 2
+    assert outcome.counts["conflicts at the hub"] >= 2
+
+
 def test_table_lists_faults_and_outcomes() -> None:
     o = faults.Outcome("x", injected=3)
     o.counts["refused"] = 3

@@ -2107,6 +2107,7 @@ class AuthorizeRedemptionRequest(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     UNSYNCED_FIELD_NUMBER: _builtins.int
     HOLD_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    COUPON_CODES_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     receipt_id: _builtins.str
     customer_id: _builtins.str
@@ -2116,6 +2117,12 @@ class AuthorizeRedemptionRequest(_message.Message):
     """How long the hold lives (the program's holdTtlSeconds); 0: the hub's default."""
     @_builtins.property
     def unsynced(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsyncedPoints]: ...
+    @_builtins.property
+    def coupon_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The receipt's APPLIED coupon codes (normal form): the hub holds each one for this
+        receipt unless another receipt used or holds it (the contract §13).
+        """
+
     def __init__(
         self,
         *,
@@ -2126,10 +2133,11 @@ class AuthorizeRedemptionRequest(_message.Message):
         at: _builtins.str = ...,
         unsynced: _abc.Iterable[Global___UnsyncedPoints] | None = ...,
         hold_ttl_seconds: _builtins.int = ...,
+        coupon_codes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "customer_id", b"customer_id", "device_id", b"device_id", "hold_ttl_seconds", b"hold_ttl_seconds", "points", b"points", "receipt_id", b"receipt_id", "unsynced", b"unsynced"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "coupon_codes", b"coupon_codes", "customer_id", b"customer_id", "device_id", b"device_id", "hold_ttl_seconds", b"hold_ttl_seconds", "points", b"points", "receipt_id", b"receipt_id", "unsynced", b"unsynced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2143,11 +2151,16 @@ class AuthorizeRedemptionReply(_message.Message):
     HOLD_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     LIVE_BALANCE_FIELD_NUMBER: _builtins.int
+    USED_COUPONS_FIELD_NUMBER: _builtins.int
     authorized_points: _builtins.int
     hold_id: _builtins.str
     expires_at: _builtins.str
     live_balance: _builtins.int
     """spendable points before this hold"""
+    @_builtins.property
+    def used_coupons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Of `coupon_codes`, those another receipt already used or holds: ALREADY_USED at the till."""
+
     def __init__(
         self,
         *,
@@ -2155,10 +2168,11 @@ class AuthorizeRedemptionReply(_message.Message):
         hold_id: _builtins.str = ...,
         expires_at: _builtins.str = ...,
         live_balance: _builtins.int = ...,
+        used_coupons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorized_points", b"authorized_points", "expires_at", b"expires_at", "hold_id", b"hold_id", "live_balance", b"live_balance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorized_points", b"authorized_points", "expires_at", b"expires_at", "hold_id", b"hold_id", "live_balance", b"live_balance", "used_coupons", b"used_coupons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
