@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import InputError, TillpointError
+from .errors import InputError, TillpointError, edge_of
 from .limits import REQUEST_MAX_BYTES
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
@@ -126,31 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="discard transactions the hub has not acknowledged"
     )
-    for module in PLUGIN_MODULES:
-        _plugin(module).register(sub, common)
+    # The other parts' commands (`hub ...`, `sync ...`, `print ...`, `demo`), listed in
+    # the composition root; each sets `handler(settings, args) -> int`.
+    from .app import add_commands
+
+    add_commands(sub, common)
     return parser
-
-
-# Other parts add their commands (`hub ...`, `sync ...`, `print ...`, `demo`) through a
-# module with `register(subparsers, common_parent)`; each command sets
-# `handler(settings, args) -> int` with `set_defaults`.
-PLUGIN_MODULES = ("tillpoint.sync.cli", "tillpoint.printer.cli", "tillpoint.agent.demo")
-
-
-def _plugin(name: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return _NoPlugin()
-
-
-class _NoPlugin:
-    def register(self, sub: Any, common: argparse.ArgumentParser) -> None:
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,8 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(parser, args)
     except TillpointError as exc:
-        print(f"tillpoint: {exc.message}", file=sys.stderr)
-        return exc.exit_code
+        edge = edge_of(exc)
+        print(f"tillpoint: {edge.message}", file=sys.stderr)
+        return edge.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last line of defence: one line, never a traceback
@@ -193,9 +175,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if handler is not None:
         return int(handler(settings, args))
     if command == "run":
-        from .server import serve_forever
+        from .app import run
 
-        return serve_forever(settings)
+        return run(settings)
     if command == "config":
         if args.config_command != "check":
             parser.error("config needs an action: check")
@@ -207,11 +189,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             shown[name] = model.model_dump(mode="json")
         return emit(args, shown, lambda d: "configuration is valid\n" + json.dumps(d, indent=2))
 
-    from .service import Agent
+    from .app import cli_agent
 
-    agent = Agent(settings.data_dir, settings.device_id)
-    agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
-    agent.device_kinds = device_kinds(settings)
+    agent = cli_agent(settings)
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -280,15 +260,6 @@ def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
         raise InputError("reset cancelled")
 
 
-def device_kinds(settings: Any) -> dict[str, str]:
-    """The configured kind of each device (`status` says DISABLED for "none")."""
-    kinds = {}
-    for name in ("printer", "display", "scanner"):
-        table = getattr(settings, name, None) or {}
-        kinds[name] = str(table.get("kind", "none"))
-    return kinds
-
-
 def load_snapshot(agent: Any, name: str) -> Any:
     """`snapshot load FILE`: a JSON document, a signed bundle, or JSON Lines (streamed)."""
     from .snapshot_stream import is_jsonl
@@ -298,23 +269,18 @@ def load_snapshot(agent: Any, name: str) -> Any:
             with open(name, "rb") as f:
                 first = f.readline(4096)
                 if is_jsonl(first):
-                    _refuse_plain_when_enrolled(agent)
+                    from tillpoint.sync import refuse_plain_if_enrolled
+
+                    refuse_plain_if_enrolled(agent.data_dir)  # the one rule, sync's
                     return agent.load_snapshot_file(Path(name))  # a full one: child processes
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
     doc = read_json(name, limit=None)  # a snapshot, not a request: no request limit
-    sync = _plugin("tillpoint.sync")
-    if hasattr(sync, "load_snapshot_file"):
-        return sync.load_snapshot_file(agent, doc)
-    return agent.load_snapshot(doc)
+    from tillpoint.sync import load_snapshot_file
 
-
-def _refuse_plain_when_enrolled(agent: Any) -> None:
-    sync = _plugin("tillpoint.sync")
-    if hasattr(sync, "is_enrolled") and sync.is_enrolled(agent.data_dir):
-        raise InputError("this till is enrolled with a hub and accepts only signed snapshots")
+    return load_snapshot_file(agent, doc)
 
 
 def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:

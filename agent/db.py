@@ -1,4 +1,4 @@
-"""SQLite files of a till and their schema migrations, versioned in one place.
+"""SQLite files of a till: connections, the cache's schema and generations, checkpoints.
 
 A till keeps two files in its data directory:
 
@@ -10,9 +10,10 @@ A till keeps two files in its data directory:
   generation has its own; a file is never renamed over a database someone has open.
   An older install's plain ``cache.db`` file works as it is until the first full apply.
 - ``ledger.db``: what happened at this till (receipts, refunds, journal, outbox, points,
-  print history and print jobs). Every commit writes its rows in one transaction with
-  ``synchronous=FULL``, so a receipt, its journal entry and its outbox row stand or fall
-  together.
+  print history and print jobs, sync state). Every commit writes its rows in one
+  transaction with ``synchronous=FULL``, so a receipt, its journal entry and its outbox
+  row stand or fall together. Its schema, its opener and its SQL live in `ledger.py`;
+  this module gives it the connection settings (`connect`) and `Checkpointer`.
 
 Two files, so that a long snapshot apply holds the cache's write lock without ever
 holding the ledger's: checkouts keep committing while a snapshot loads.
@@ -45,7 +46,6 @@ BUILDING = ".building"
 log = logging.getLogger("tillpoint.agent")
 
 cache_migrations = Migrations("tillpoint.cache")
-ledger_migrations = Migrations("tillpoint.ledger")
 
 
 @cache_migrations()
@@ -77,195 +77,6 @@ def m002_coupons(db: Database) -> None:
     db.executescript(
         """
         CREATE TABLE coupons (code TEXT PRIMARY KEY, customer_id TEXT, doc TEXT NOT NULL);
-        """
-    )
-
-
-@ledger_migrations()
-def m001_ledger(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE device (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE receipts (
-            receipt_id TEXT PRIMARY KEY,
-            device_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            at TEXT NOT NULL,
-            local_day TEXT NOT NULL,
-            card TEXT NOT NULL,
-            customer_id TEXT,
-            mode TEXT NOT NULL,
-            redeemed_points INTEGER NOT NULL,
-            extra_points INTEGER NOT NULL,
-            request TEXT NOT NULL,
-            result TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        );
-        CREATE INDEX receipts_card_day ON receipts (card, local_day);
-        CREATE TABLE receipt_lines (
-            receipt_id TEXT NOT NULL,
-            idx INTEGER NOT NULL,
-            sku TEXT NOT NULL,
-            qty TEXT NOT NULL,
-            redeemed_points INTEGER NOT NULL,
-            earned_points INTEGER NOT NULL,
-            returned_qty TEXT NOT NULL DEFAULT '0',
-            PRIMARY KEY (receipt_id, idx)
-        );
-        CREATE TABLE refunds (
-            refund_id TEXT PRIMARY KEY,
-            receipt_id TEXT NOT NULL,
-            device_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            at TEXT NOT NULL,
-            request TEXT NOT NULL,
-            result TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        );
-        -- Every committed receipt and refund, forever; (device_id, seq) is never reused.
-        CREATE TABLE journal (
-            device_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            kind TEXT NOT NULL,
-            ref_id TEXT NOT NULL,
-            at TEXT NOT NULL,
-            customer_id TEXT,
-            card TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            PRIMARY KEY (device_id, seq)
-        );
-        -- What is still to be sent to the hub; a row goes only when the hub acknowledged it.
-        CREATE TABLE outbox (
-            device_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            payload TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (device_id, seq)
-        );
-        -- Point movements of this till's transactions. kind 'spend' counts at once,
-        -- kind 'earn' counts from activates_at (pending before).
-        CREATE TABLE points (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            device_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            customer_id TEXT NOT NULL,
-            receipt_id TEXT NOT NULL,
-            kind TEXT NOT NULL CHECK (kind IN ('spend', 'earn')),
-            points INTEGER NOT NULL,
-            activates_at TEXT
-        );
-        CREATE INDEX points_customer ON points (customer_id);
-        CREATE TABLE print_history (
-            customer_id TEXT NOT NULL,
-            offer_id TEXT NOT NULL,
-            printed_at TEXT NOT NULL,
-            receipt_id TEXT NOT NULL
-        );
-        CREATE INDEX print_history_customer ON print_history (customer_id, offer_id);
-        CREATE TABLE IF NOT EXISTS print_jobs (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            receipt_id TEXT NOT NULL UNIQUE,
-            created_at TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            state TEXT NOT NULL DEFAULT 'PENDING',
-            attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at TEXT,
-            last_error TEXT,
-            printed_at TEXT
-        );
-        """
-    )
-
-
-@ledger_migrations()
-def m002_print_jobs_open(db: Database) -> None:
-    # Keeps the print worker's "oldest open job" look-up cheap as DONE rows pile up.
-    db.execute(
-        "CREATE INDEX IF NOT EXISTS print_jobs_open ON print_jobs(state, id) WHERE state <> 'DONE'"
-    )
-
-
-@ledger_migrations()
-def m003_receipt_life(db: Database) -> None:
-    # The receipt's life at the till (hold, confirm, cancel): one row per receiptId ever
-    # held or committed through it, with the digest of the request first stored under it.
-    db.executescript(
-        """
-        CREATE TABLE receipt_life (
-            receipt_id TEXT PRIMARY KEY,
-            state TEXT NOT NULL CHECK (state IN ('HELD', 'CONFIRMED', 'CANCELLED', 'EXPIRED')),
-            digest TEXT NOT NULL,
-            request TEXT NOT NULL,
-            held_result TEXT NOT NULL,
-            figures TEXT NOT NULL,
-            card TEXT NOT NULL,
-            local_day TEXT NOT NULL,
-            mode TEXT NOT NULL,
-            redeemed_points INTEGER NOT NULL,
-            hub_hold INTEGER NOT NULL,
-            held_at TEXT NOT NULL,
-            expires_at TEXT NOT NULL,
-            closed_at TEXT,
-            fiscal_document TEXT
-        );
-        CREATE INDEX receipt_life_open ON receipt_life (state, expires_at) WHERE state = 'HELD';
-        CREATE INDEX receipt_life_card_day ON receipt_life (card, local_day)
-            WHERE state = 'HELD';
-        """
-    )
-
-
-@ledger_migrations()
-def m004_receipt_activates_at(db: Database) -> None:
-    # When the receipt's earned points become spendable, fixed at commit with the
-    # activationDelayDays then in force: a refund judges "still pending" by it, never by
-    # today's program. Receipts committed before: their earn row's activation time, or the
-    # sale time (nothing was earned, so nothing can be pending).
-    db.execute("ALTER TABLE receipts ADD COLUMN activates_at TEXT")
-    db.execute(
-        "UPDATE receipts SET activates_at = coalesce("
-        " (SELECT min(p.activates_at) FROM points p"
-        "  WHERE p.receipt_id = receipts.receipt_id AND p.kind = 'earn' AND p.points > 0"
-        "  AND p.device_id = receipts.device_id AND p.seq = receipts.seq), at)"
-    )
-
-
-@ledger_migrations()
-def m005_points_expires_at(db: Database) -> None:
-    # When a batch of earned points expires (pointsLifetimeDays in force at commit after
-    # its activation); NULL: never. Rows written before never expire.
-    db.execute("ALTER TABLE points ADD COLUMN expires_at TEXT")
-
-
-@ledger_migrations()
-def m006_coupon_uses(db: Database) -> None:
-    # The coupons this till's commits used (§13): a code is accepted at most once here.
-    db.executescript(
-        """
-        CREATE TABLE coupon_uses (
-            code TEXT PRIMARY KEY,
-            receipt_id TEXT NOT NULL,
-            customer_id TEXT,
-            offer_id TEXT NOT NULL,
-            at TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        );
-        """
-    )
-
-
-@ledger_migrations()
-def m007_issued_coupons(db: Database) -> None:
-    # One-time codes this till printed on offers with issueCoupon (§13); doc is the Coupon.
-    db.executescript(
-        """
-        CREATE TABLE issued_coupons (
-            code TEXT PRIMARY KEY,
-            receipt_id TEXT NOT NULL,
-            doc TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        );
         """
     )
 
@@ -495,12 +306,6 @@ def phone_secret(data_dir: Path) -> bytes:
         os.link(tmp, path)  # never replaces a key another process made meanwhile
     tmp.unlink(missing_ok=True)
     return bytes.fromhex(path.read_text().strip())
-
-
-def open_ledger(data_dir: Path) -> sqlite3.Connection:
-    conn = connect(data_dir / "ledger.db")
-    migrate(conn, ledger_migrations)
-    return conn
 
 
 class Checkpointer:

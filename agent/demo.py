@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 from .demo_data import chain
 from .errors import InputError, TillpointError
 
-if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/hooks.py)
+if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from .config import Settings
 from .money import format_minor
 

@@ -1,4 +1,4 @@
-"""One rooted error hierarchy for tillpoint, mapped to exit codes and gRPC codes at the edges.
+"""One rooted error hierarchy for tillpoint, and the one table of what each edge answers.
 
     TillpointError                exit 1  INTERNAL
     ├── InputError                exit 2  INVALID_ARGUMENT     malformed or out-of-range input
@@ -13,9 +13,31 @@
 
 Every message is one line a cashier or a support engineer can act on; nothing below the
 edge prints tracebacks. Refusals leave the cache and the ledger exactly as they were.
+
+Each class carries its exit code and its code (a gRPC status name); `HTTP_STATUS` gives
+the HTTP status of each code. The three edges (agent/cli.py, agent/server.py,
+agent/http_api.py) answer an error through `edge_of`, never a table of their own.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The HTTP status of each code; the codes without an error class are the HTTP edge's own
+# refusals (authentication, method, timeouts, size).
+HTTP_STATUS: dict[str, int] = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "REQUEST_TIMEOUT": 408,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 412,
+    "PAYLOAD_TOO_LARGE": 413,
+    "INTERNAL": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+}
 
 
 class TillpointError(Exception):
@@ -71,3 +93,18 @@ class StorageError(TillpointError):
 
 class HubUnavailable(TillpointError):
     grpc_code = "UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """What every edge answers for one error: the CLI's exit code, the gRPC status code's
+    name (also the `code` of an HTTP error body), the HTTP status, the one-line message."""
+
+    exit_code: int
+    code: str
+    http_status: int
+    message: str
+
+
+def edge_of(exc: TillpointError) -> Edge:
+    return Edge(exc.exit_code, exc.grpc_code, HTTP_STATUS.get(exc.grpc_code, 500), exc.message)

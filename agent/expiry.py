@@ -21,12 +21,49 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 # How many batches `Balance.expiring` lists, and how soon a display warns of the first.
 EXPIRING_SHOWN = 3
 WARN_DAYS = 14
+
+
+def utc_text(moment: datetime) -> str:
+    """A fixed-width UTC time stamp, so that stored times compare as text (ledger.db)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Tally:
+    """Available and pending points at one moment, by the one rule (the contract §3,
+    §5.6): spending counts at once; earned points count from their activation time and
+    are pending before. The till's balance, its unsynced movements sent to the hub for
+    an online redemption, and a snapshot's `pending` entries all add up through it."""
+
+    at: datetime
+    available: int = 0
+    pending: int = 0
+
+    def __post_init__(self) -> None:
+        self._cutoff = utc_text(self.at)
+
+    def active(self, kind: str, activates_at: datetime | str | None) -> bool:
+        """Whether a movement counts as available at `at` (a time as stored text, or a
+        datetime); an earned movement without an activation time never does."""
+        if kind == "spend":
+            return True
+        if activates_at is None:
+            return False
+        if isinstance(activates_at, str):
+            return activates_at <= self._cutoff
+        return activates_at <= self.at
+
+    def add(self, kind: str, points: int, activates_at: datetime | str | None) -> None:
+        if self.active(kind, activates_at):
+            self.available += points
+        else:
+            self.pending += points
 
 
 def expiry_time(active_from: datetime, lifetime_days: int, zone: ZoneInfo) -> datetime | None:

@@ -36,7 +36,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .cli import json_document, parse_json
 from .config import is_loopback
-from .errors import InputError, TillpointError
+from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
 from .proto_json import status_json
 from .service import Agent
 
@@ -48,20 +48,6 @@ CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, sa
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
 GRACE_S = 5  # in-flight requests get this long at shutdown
 MAX_TEXT = 128  # the longest text field (identify text, card, receiptId)
-
-HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "UNAUTHENTICATED": 401,
-    "NOT_FOUND": 404,
-    "METHOD_NOT_ALLOWED": 405,
-    "REQUEST_TIMEOUT": 408,
-    "ALREADY_EXISTS": 409,
-    "FAILED_PRECONDITION": 412,
-    "PAYLOAD_TOO_LARGE": 413,
-    "INTERNAL": 500,
-    "UNIMPLEMENTED": 501,
-    "UNAVAILABLE": 503,
-}
 
 JSON = "application/json"
 
@@ -233,7 +219,8 @@ class Api:
         except HttpError as exc:
             return error_response(exc.code, exc.message)
         except TillpointError as exc:
-            return error_response(exc.grpc_code, exc.message)
+            edge = edge_of(exc)
+            return error_response(edge.code, edge.message)
         except TimeoutError:
             return error_response(
                 "UNAVAILABLE",

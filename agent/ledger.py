@@ -1,23 +1,271 @@
-"""Reads of the till's ledger (ledger.db): balances, sequence numbers, limits, history.
+"""The till's ledger (``ledger.db``): its one schema, its one opener, and its SQL.
 
-Writes happen in `service.Agent`, inside the one transaction of a commit or refund.
+This module owns the file. Every table of it is created here, in two sqlite-utils
+migration sets applied together by `open_ledger` / `migrate_ledger` (the names are those
+older tills recorded in ``_sqlite_migrations``, so an existing ledger upgrades in place):
+
+- ``tillpoint.ledger``: receipts and their lines, refunds, the journal, the outbox, point
+  movements, print history and print jobs (the print worker's queue), the receipt's life
+  (hold, confirm, cancel), coupons used and issued;
+- ``tillpoint.sync``: the sync client's ``sync_state`` and ``sync_set_aside``.
+
+Reads (balances, sequence numbers, limits, history) and writes are named functions over
+a connection the caller owns: `Agent` calls the writes inside the one transaction of a
+commit or refund; the sync client and the print worker call theirs on their own
+connections. Rows that cross a module boundary are frozen dataclasses.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from .expiry import Movement, Wallet
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from .db import connect, migrate
+from .expiry import Movement, Tally, Wallet
+from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
 
+LEDGER = "ledger.db"
 
-def utc_text(moment: datetime) -> str:
-    """A fixed-width UTC time stamp, so that stored times compare as text."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+ledger_migrations = Migrations("tillpoint.ledger")
+# The sync client's tables: a set of their own, as older tills recorded them.
+sync_migrations = Migrations("tillpoint.sync")
+
+
+@ledger_migrations()
+def m001_ledger(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE device (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE receipts (
+            receipt_id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            local_day TEXT NOT NULL,
+            card TEXT NOT NULL,
+            customer_id TEXT,
+            mode TEXT NOT NULL,
+            redeemed_points INTEGER NOT NULL,
+            extra_points INTEGER NOT NULL,
+            request TEXT NOT NULL,
+            result TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX receipts_card_day ON receipts (card, local_day);
+        CREATE TABLE receipt_lines (
+            receipt_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            sku TEXT NOT NULL,
+            qty TEXT NOT NULL,
+            redeemed_points INTEGER NOT NULL,
+            earned_points INTEGER NOT NULL,
+            returned_qty TEXT NOT NULL DEFAULT '0',
+            PRIMARY KEY (receipt_id, idx)
+        );
+        CREATE TABLE refunds (
+            refund_id TEXT PRIMARY KEY,
+            receipt_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            request TEXT NOT NULL,
+            result TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        -- Every committed receipt and refund, forever; (device_id, seq) is never reused.
+        CREATE TABLE journal (
+            device_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            ref_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            customer_id TEXT,
+            card TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (device_id, seq)
+        );
+        -- What is still to be sent to the hub; a row goes only when the hub acknowledged it.
+        CREATE TABLE outbox (
+            device_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (device_id, seq)
+        );
+        -- Point movements of this till's transactions. kind 'spend' counts at once,
+        -- kind 'earn' counts from activates_at (pending before).
+        CREATE TABLE points (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            device_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            customer_id TEXT NOT NULL,
+            receipt_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('spend', 'earn')),
+            points INTEGER NOT NULL,
+            activates_at TEXT
+        );
+        CREATE INDEX points_customer ON points (customer_id);
+        CREATE TABLE print_history (
+            customer_id TEXT NOT NULL,
+            offer_id TEXT NOT NULL,
+            printed_at TEXT NOT NULL,
+            receipt_id TEXT NOT NULL
+        );
+        CREATE INDEX print_history_customer ON print_history (customer_id, offer_id);
+        CREATE TABLE IF NOT EXISTS print_jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            receipt_id TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'PENDING',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            last_error TEXT,
+            printed_at TEXT
+        );
+        """
+    )
+
+
+@ledger_migrations()
+def m002_print_jobs_open(db: Database) -> None:
+    # Keeps the print worker's "oldest open job" look-up cheap as DONE rows pile up.
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS print_jobs_open ON print_jobs(state, id) WHERE state <> 'DONE'"
+    )
+
+
+@ledger_migrations()
+def m003_receipt_life(db: Database) -> None:
+    # The receipt's life at the till (hold, confirm, cancel): one row per receiptId ever
+    # held or committed through it, with the digest of the request first stored under it.
+    db.executescript(
+        """
+        CREATE TABLE receipt_life (
+            receipt_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL CHECK (state IN ('HELD', 'CONFIRMED', 'CANCELLED', 'EXPIRED')),
+            digest TEXT NOT NULL,
+            request TEXT NOT NULL,
+            held_result TEXT NOT NULL,
+            figures TEXT NOT NULL,
+            card TEXT NOT NULL,
+            local_day TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            redeemed_points INTEGER NOT NULL,
+            hub_hold INTEGER NOT NULL,
+            held_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            closed_at TEXT,
+            fiscal_document TEXT
+        );
+        CREATE INDEX receipt_life_open ON receipt_life (state, expires_at) WHERE state = 'HELD';
+        CREATE INDEX receipt_life_card_day ON receipt_life (card, local_day)
+            WHERE state = 'HELD';
+        """
+    )
+
+
+@ledger_migrations()
+def m004_receipt_activates_at(db: Database) -> None:
+    # When the receipt's earned points become spendable, fixed at commit with the
+    # activationDelayDays then in force: a refund judges "still pending" by it, never by
+    # today's program. Receipts committed before: their earn row's activation time, or the
+    # sale time (nothing was earned, so nothing can be pending).
+    db.execute("ALTER TABLE receipts ADD COLUMN activates_at TEXT")
+    db.execute(
+        "UPDATE receipts SET activates_at = coalesce("
+        " (SELECT min(p.activates_at) FROM points p"
+        "  WHERE p.receipt_id = receipts.receipt_id AND p.kind = 'earn' AND p.points > 0"
+        "  AND p.device_id = receipts.device_id AND p.seq = receipts.seq), at)"
+    )
+
+
+@ledger_migrations()
+def m005_points_expires_at(db: Database) -> None:
+    # When a batch of earned points expires (pointsLifetimeDays in force at commit after
+    # its activation); NULL: never. Rows written before never expire.
+    db.execute("ALTER TABLE points ADD COLUMN expires_at TEXT")
+
+
+@ledger_migrations()
+def m006_coupon_uses(db: Database) -> None:
+    # The coupons this till's commits used (§13): a code is accepted at most once here.
+    db.executescript(
+        """
+        CREATE TABLE coupon_uses (
+            code TEXT PRIMARY KEY,
+            receipt_id TEXT NOT NULL,
+            customer_id TEXT,
+            offer_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+@ledger_migrations()
+def m007_issued_coupons(db: Database) -> None:
+    # One-time codes this till printed on offers with issueCoupon (§13); doc is the Coupon.
+    db.executescript(
+        """
+        CREATE TABLE issued_coupons (
+            code TEXT PRIMARY KEY,
+            receipt_id TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )
+
+
+@sync_migrations()
+def m001_sync_state(db: Database) -> None:
+    # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
+    # (one per area), last refused snapshot. sync_set_aside: transactions the hub answered
+    # CONFLICT or REJECTED; they leave the outbox and stay in the journal.
+    db.executescript(
+        """
+        CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE sync_set_aside (
+            device_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (device_id, seq)
+        );
+        """
+    )
+
+
+def ledger_path(data_dir: Path) -> Path:
+    return Path(data_dir) / LEDGER
+
+
+def migrate_ledger(conn: sqlite3.Connection) -> None:
+    """Bring a connection's ledger to the current schema (both migration sets)."""
+    migrate(conn, ledger_migrations)
+    migrate(conn, sync_migrations)
+
+
+def open_ledger(data_dir: Path) -> sqlite3.Connection:
+    """The one way to open a till's ledger: `db.connect` settings (autocommit, WAL,
+    synchronous=FULL, busy timeout), migrated. StorageError when it cannot be opened."""
+    conn = connect(ledger_path(data_dir))
+    migrate_ledger(conn)
+    return conn
 
 
 @dataclass(frozen=True)
@@ -80,19 +328,12 @@ def balance(
     lifetime = program.points_lifetime_days if program is not None else 0
     if program is not None and (lifetime or customer.expiring or any(r[5] for r in rows)):
         return _points(_wallet(customer, rows, program, at), at, program)
-    available, pending = customer.balance_points, 0
+    tally = Tally(at, customer.balance_points)
     for entry in customer.pending:
-        if entry.activates_at <= at:
-            available += entry.points
-        else:
-            pending += entry.points
-    cutoff = utc_text(at)
+        tally.add("earn", entry.points, entry.activates_at)
     for _, _, kind, points, activates_at, *_ in rows:
-        if kind == "spend" or activates_at <= cutoff:
-            available += points
-        else:
-            pending += points
-    return Points(available, pending)
+        tally.add(kind, int(points), activates_at)
+    return Points(tally.available, tally.pending)
 
 
 def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datetime) -> Wallet:
@@ -255,3 +496,373 @@ def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
     ]
     for name in tables:
         conn.execute(f'DELETE FROM "{name}"')
+
+
+# ---------------------------------------------------------------- writes of a commit
+
+
+@dataclass(frozen=True)
+class ReceiptRow:
+    """A committed receipt (table ``receipts``); times are the texts stored."""
+
+    receipt_id: str
+    device_id: str
+    seq: int
+    at: str
+    local_day: str
+    card: str
+    customer_id: str | None
+    mode: str
+    redeemed_points: int
+    extra_points: int
+    request: str
+    result: str
+    created_at: str
+    activates_at: str | None
+
+
+def insert_receipt(conn: sqlite3.Connection, row: ReceiptRow) -> None:
+    conn.execute(
+        "INSERT INTO receipts (receipt_id, device_id, seq, at, local_day, card,"
+        " customer_id, mode, redeemed_points, extra_points, request, result, created_at,"
+        " activates_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            row.receipt_id,
+            row.device_id,
+            row.seq,
+            row.at,
+            row.local_day,
+            row.card,
+            row.customer_id,
+            row.mode,
+            row.redeemed_points,
+            row.extra_points,
+            row.request,
+            row.result,
+            row.created_at,
+            row.activates_at,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One committed transaction (table ``journal``), forever; (device_id, seq) is unique."""
+
+    device_id: str
+    seq: int
+    kind: str
+    ref_id: str
+    at: str
+    customer_id: str | None
+    card: str
+    created_at: str
+
+
+def insert_journal(conn: sqlite3.Connection, row: JournalRow, payload: Mapping[str, Any]) -> None:
+    """The journal entry and its outbox row (the Transaction the hub gets), together."""
+    conn.execute(
+        "INSERT INTO journal VALUES (?,?,?,?,?,?,?,?)",
+        (
+            row.device_id,
+            row.seq,
+            row.kind,
+            row.ref_id,
+            row.at,
+            row.customer_id,
+            row.card,
+            row.created_at,
+        ),
+    )
+    conn.execute(
+        "INSERT INTO outbox (device_id, seq, payload, created_at) VALUES (?,?,?,?)",
+        (row.device_id, row.seq, json.dumps(payload, ensure_ascii=False), row.created_at),
+    )
+
+
+# ---------------------------------------------------------------- the outbox (sync push)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    seq: int
+    payload: str
+
+
+def outbox_pending(conn: sqlite3.Connection, device_id: str) -> int:
+    row = conn.execute("SELECT count(*) FROM outbox WHERE device_id = ?", (device_id,)).fetchone()
+    return int(row[0])
+
+
+def outbox_batch(conn: sqlite3.Connection, device_id: str, limit: int) -> list[OutboxRow]:
+    """The oldest `limit` rows of the device's outbox, in seq order."""
+    return [
+        OutboxRow(int(seq), str(payload))
+        for seq, payload in conn.execute(
+            "SELECT seq, payload FROM outbox WHERE device_id = ? ORDER BY seq LIMIT ?",
+            (device_id, limit),
+        )
+    ]
+
+
+def count_push_attempt(conn: sqlite3.Connection, device_id: str, seqs: Sequence[int]) -> None:
+    marks = ",".join("?" * len(seqs))
+    conn.execute(
+        f"UPDATE outbox SET attempts = attempts + 1 WHERE device_id = ? AND seq IN ({marks})",
+        (device_id, *seqs),
+    )
+
+
+def earn_activation(conn: sqlite3.Connection, device_id: str, seq: int) -> str | None:
+    """When the points earned by transaction `seq` activate (None: nothing pending)."""
+    row = conn.execute(
+        "SELECT activates_at FROM points WHERE device_id = ? AND seq = ?"
+        " AND kind = 'earn' AND activates_at IS NOT NULL LIMIT 1",
+        (device_id, seq),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A transaction the hub answered CONFLICT or REJECTED (table ``sync_set_aside``)."""
+
+    seq: int
+    outcome: str
+    reason: str
+
+
+def settle_push(
+    conn: sqlite3.Connection,
+    device_id: str,
+    done: Sequence[int],
+    aside: Sequence[SetAside],
+    payloads: Mapping[int, str],
+    sync_values: Mapping[str, str],
+    now: str,
+) -> None:
+    """The hub's answer to a push, in one write transaction: acknowledged rows leave the
+    outbox, set-aside ones move to ``sync_set_aside``, `sync_values` go to ``sync_state``
+    and the push's error clears."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for item in aside:
+            conn.execute(
+                "INSERT OR REPLACE INTO sync_set_aside VALUES (?, ?, ?, ?, ?, ?)",
+                (device_id, item.seq, payloads[item.seq], item.outcome, item.reason, now),
+            )
+        gone = [*done, *(item.seq for item in aside)]
+        conn.executemany(
+            "DELETE FROM outbox WHERE device_id = ? AND seq = ?",
+            [(device_id, seq) for seq in gone],
+        )
+        for key, value in sync_values.items():
+            conn.execute("INSERT OR REPLACE INTO sync_state VALUES (?, ?)", (key, value))
+        conn.execute("DELETE FROM sync_state WHERE key = 'error:push'")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@dataclass(frozen=True)
+class UnsyncedMove:
+    """A point movement of this till still waiting in the outbox (the hub has not seen it)."""
+
+    seq: int
+    receipt_id: str
+    kind: str
+    points: int
+    activates_at: str | None
+
+
+def unsynced_moves(
+    conn: sqlite3.Connection, device_id: str, customer_id: str
+) -> list[UnsyncedMove]:
+    return [
+        UnsyncedMove(int(seq), str(receipt_id), str(kind), int(points), activates_at)
+        for seq, receipt_id, kind, points, activates_at in conn.execute(
+            "SELECT p.seq, p.receipt_id, p.kind, p.points, p.activates_at FROM points p"
+            " JOIN outbox o ON o.device_id = p.device_id AND o.seq = p.seq"
+            " WHERE p.device_id = ? AND p.customer_id = ? ORDER BY p.seq",
+            (device_id, customer_id),
+        )
+    ]
+
+
+# ---------------------------------------------------------------- print jobs
+
+
+def insert_print_job(
+    conn: sqlite3.Connection, receipt_id: str, created_at: str, payload: str
+) -> bool:
+    """A PENDING print job in the caller's transaction; False if the receipt has one."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO print_jobs (receipt_id, created_at, payload) VALUES (?, ?, ?)",
+        (receipt_id, created_at, payload),
+    )
+    return cur.rowcount == 1
+
+
+def requeue_print_job(conn: sqlite3.Connection, receipt_id: str) -> bool:
+    """A FAILED (or DONE) job back in the queue; False when there is no such job."""
+    cur = conn.execute(
+        "UPDATE print_jobs SET state = 'PENDING', next_attempt_at = NULL, last_error = NULL "
+        "WHERE receipt_id = ? AND state IN ('FAILED', 'DONE')",
+        (receipt_id,),
+    )
+    return cur.rowcount == 1
+
+
+def print_jobs(
+    conn: sqlite3.Connection, receipt_id: str | None = None, *, include_done: bool = False
+) -> list[dict[str, Any]]:
+    """Jobs of the queue (open ones, or every one, or one receipt's), oldest first."""
+    sql = "SELECT * FROM print_jobs"
+    args: tuple[Any, ...] = ()
+    if receipt_id is not None:
+        sql, args = sql + " WHERE receipt_id = ?", (receipt_id,)
+    elif not include_done:
+        sql += " WHERE state <> 'DONE'"
+    cur = conn.execute(sql + " ORDER BY id", args)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+# ---------------------------------------------------------------- the receipt's life
+
+
+@dataclass(frozen=True)
+class ReceiptLife:
+    """A receiptId held or committed through hold/confirm (table ``receipt_life``).
+
+    `request`, `held_result` and `figures` are the stored JSON texts while HELD (empty once
+    CONFIRMED: the receipt's own rows keep them); times are stored UTC texts."""
+
+    receipt_id: str
+    state: str  # HELD, CONFIRMED, CANCELLED, EXPIRED
+    digest: str
+    request: str
+    held_result: str
+    figures: str
+    card: str
+    local_day: str
+    mode: str
+    redeemed_points: int
+    hub_hold: bool
+    held_at: str
+    expires_at: str
+    closed_at: str | None = None
+
+
+def receipt_life(conn: sqlite3.Connection, receipt_id: str) -> ReceiptLife | None:
+    row = conn.execute(
+        "SELECT receipt_id, state, digest, request, held_result, figures, card, local_day,"
+        " mode, redeemed_points, hub_hold, held_at, expires_at, closed_at"
+        " FROM receipt_life WHERE receipt_id = ?",
+        (receipt_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return ReceiptLife(
+        str(row[0]),
+        str(row[1]),
+        str(row[2]),
+        str(row[3]),
+        str(row[4]),
+        str(row[5]),
+        str(row[6]),
+        str(row[7]),
+        str(row[8]),
+        int(row[9]),
+        bool(row[10]),
+        str(row[11]),
+        str(row[12]),
+        None if row[13] is None else str(row[13]),
+    )
+
+
+def insert_life(conn: sqlite3.Connection, life: ReceiptLife) -> None:
+    conn.execute(
+        "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result, figures,"
+        " card, local_day, mode, redeemed_points, hub_hold, held_at, expires_at, closed_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            life.receipt_id,
+            life.state,
+            life.digest,
+            life.request,
+            life.held_result,
+            life.figures,
+            life.card,
+            life.local_day,
+            life.mode,
+            life.redeemed_points,
+            int(life.hub_hold),
+            life.held_at,
+            life.expires_at,
+            life.closed_at,
+        ),
+    )
+
+
+def confirm_life(
+    conn: sqlite3.Connection, receipt_id: str, closed_at: str, fiscal_document: str | None
+) -> None:
+    """The hold became the sale: the receipt's own rows keep the request and the result."""
+    conn.execute(
+        "UPDATE receipt_life SET state = 'CONFIRMED', closed_at = ?, fiscal_document = ?,"
+        " request = '', held_result = '', figures = '{}' WHERE receipt_id = ?",
+        (closed_at, fiscal_document, receipt_id),
+    )
+
+
+def due_holds(conn: sqlite3.Connection, now: str) -> list[tuple[str, bool]]:
+    """(receiptId, whether the hub holds points for it) of the holds expired by `now`."""
+    return [
+        (str(rid), bool(hub_hold))
+        for rid, hub_hold in conn.execute(
+            "SELECT receipt_id, hub_hold FROM receipt_life"
+            " WHERE state = 'HELD' AND expires_at <= ?",
+            (now,),
+        )
+    ]
+
+
+def close_holds(
+    conn: sqlite3.Connection,
+    receipt_ids: Sequence[str],
+    state: str,
+    closed_at: str,
+    *,
+    only_held: bool = False,
+) -> None:
+    """Holds CANCELLED or EXPIRED: their coupons are given back (the contract §11, §13)."""
+    where = " AND state = 'HELD'" if only_held else ""
+    conn.executemany(
+        f"UPDATE receipt_life SET state = ?, closed_at = ? WHERE receipt_id = ?{where}",
+        [(state, closed_at, rid) for rid in receipt_ids],
+    )
+    conn.executemany("DELETE FROM coupon_uses WHERE receipt_id = ?", [(r,) for r in receipt_ids])
+
+
+def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
+    """An expired hold priced again: its row and its coupons go."""
+    conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))
+    conn.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
+
+
+def stored_receipt(conn: sqlite3.Connection, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
+    """(request text, result) of a committed receipt."""
+    row = conn.execute(
+        "SELECT request, result, device_id, seq FROM receipts WHERE receipt_id = ?",
+        (receipt_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    result = dict(json.loads(row[1]))
+    # Stored by an agent older than Hold/Confirm and deviceId/seq in results.
+    result.setdefault("state", "CONFIRMED")
+    result.setdefault("deviceId", str(row[2]))
+    result.setdefault("seq", int(row[3]))
+    return str(row[0]), result

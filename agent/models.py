@@ -8,6 +8,7 @@ frozen so the pricing core can take them as plain values.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -712,3 +713,13 @@ def _location(loc: tuple[int | str, ...] | Any) -> str:
         elif isinstance(part, str) and not part.startswith("function-"):
             out += f".{part}" if out else part
     return out
+
+
+@dataclass(frozen=True)
+class HubGrant:
+    """The hub's answer to an online authorisation: the points it holds for the receipt,
+    and the coupon codes another receipt already used or holds (the contract §9, §13).
+    Shared by the till (`service.RedemptionAuthoriser`) and sync's `HubAuthoriser`."""
+
+    points: int
+    used_coupons: frozenset[str] = frozenset()

@@ -1,4 +1,4 @@
-"""The local `PosAgent` gRPC server (localhost) and `tillpoint run`.
+"""The local `PosAgent` gRPC server (localhost); `tillpoint run` is built in agent/app.py.
 
 Each RPC turns its request into the proto3 JSON dict and calls the same `Agent` method as
 the CLI, so the rules for bad input are the same: a refused input is `INVALID_ARGUMENT`
@@ -9,7 +9,6 @@ readable message, and nothing is stored.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -24,9 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from . import hooks
-from .config import Settings
-from .errors import TillpointError
+from .errors import TillpointError, edge_of
 from .limits import REQUEST_MAX_BYTES
 from .proto_json import status_message
 from .service import Agent
@@ -155,7 +152,8 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         try:
             return fn()
         except TillpointError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            edge = edge_of(exc)
+            context.abort(getattr(grpc.StatusCode, edge.code), edge.message)
         except Exception as exc:  # one readable line to the POS, details to the log
             log.exception("PosAgent call failed")
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
@@ -251,88 +249,6 @@ def build_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     return server, port, health_servicer
-
-
-# Background services (hub sync, print worker, display) register here; each is started
-# with the agent and the settings and returns a stop function.
-# (`hooks.background_starters`, the same list: registering there imports nothing heavy).
-BackgroundStarter = Callable[[Agent, Settings], Callable[[], None]]
-background_starters: list[BackgroundStarter] = hooks.background_starters
-
-
-def serve_forever(settings: Settings) -> int:
-    """`tillpoint run`: lock the data dir, serve, start the background services, wait.
-
-    systemd (Type=notify) hears READY=1 once the server listens, WATCHDOG=1 while the
-    process is healthy, STOPPING=1 on SIGTERM; in-flight RPCs get 5 s to finish.
-    """
-    from . import logs, systemd
-    from .cli import device_kinds
-    from .lock import DataDirLock
-    from .metrics import Registry, serve
-
-    logs.setup(settings.log.level, settings.log.format)
-    lock = DataDirLock(settings.data_dir).acquire()
-    agent = Agent(settings.data_dir, settings.device_id)
-    agent.build_workers = settings.build_workers or None  # 0 (auto): one per CPU, at most 4
-    agent.device_kinds = device_kinds(settings)
-    registry = Registry()
-    agent.metrics = registry
-    register_gauges(registry, agent)
-    server, _port, health_servicer = build_server(
-        agent, settings.server.listen, settings.server.max_workers
-    )
-    http_server = None
-    if settings.http.enabled:
-        from .http_api import HttpServer
-
-        http_server = HttpServer(
-            agent,
-            settings.http.listen,
-            token=settings.http.token,
-            max_workers=settings.server.max_workers,
-        )
-    stops = [start(agent, settings) for start in background_starters]
-    stops.append(start_hold_sweeper(agent))
-    metrics_server = None
-    if settings.metrics.enabled:
-        host, _, metrics_port = settings.metrics.listen.rpartition(":")
-        metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
-    server.start()
-    if http_server is not None:
-        http_server.start()
-        log.info("HTTP interface on %s:%s", http_server.host, http_server.port)
-    log.info(
-        "PosAgent serving on %s (device %s, cache version %s)",
-        settings.server.listen,
-        settings.device_id,
-        agent.status()["cacheVersion"],
-    )
-    done = threading.Event()
-
-    def stop(signum: int, frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    systemd.notify("READY=1")
-    systemd.start_watchdog(done)
-    done.wait()
-    systemd.notify("STOPPING=1")
-    log.info("stopping: draining in-flight requests")
-    health_servicer.enter_graceful_shutdown()
-    grpc_stopped = server.stop(grace=5)
-    if http_server is not None:
-        http_server.stop()  # the same 5 s grace, meanwhile
-    grpc_stopped.wait()
-    for stop_background in reversed(stops):
-        stop_background()
-    if metrics_server is not None:
-        metrics_server.shutdown()
-    agent.close()
-    lock.release()
-    log.info("stopped")
-    return 0
 
 
 def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None]:

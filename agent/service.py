@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import cache as cache_mod
-from . import coupons, hooks, ledger
+from . import coupons, ledger
 from .cache import CacheView, ancestors
-from .db import Checkpointer, LiveCache, open_ledger, phone_secret, remove_cache, write_transaction
+from .db import Checkpointer, LiveCache, phone_secret, remove_cache, write_transaction
 from .errors import (
     CardRefused,
     Conflict,
@@ -41,6 +41,7 @@ from .messages import checkout_display, identify_display, quote_display
 from .models import (
     Coupon,
     Customer,
+    HubGrant,
     Offer,
     Program,
     Receipt,
@@ -75,15 +76,6 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class HubGrant:
-    """The hub's answer to an online authorisation: the points it holds for the receipt,
-    and the coupon codes another receipt already used or holds (the contract §9, §13)."""
-
-    points: int
-    used_coupons: frozenset[str] = frozenset()
-
-
 class RedemptionAuthoriser(Protocol):
     """The hub's online redemption check (the contract §9); HubUnavailable when it is not there."""
 
@@ -108,9 +100,33 @@ class RedemptionAuthoriser(Protocol):
         ...
 
 
-# Parts that add fields to `status` (the hub sync) register a function of the ledger
-# connection in `hooks.status_providers` (the same list) when they are imported.
-status_providers = hooks.status_providers
+class DeviceNotifier(Protocol):
+    """The till's printer, display and scanner as the agent sees them (printer.service.Devices):
+    told after each identification, quote and commit; their faults stay theirs."""
+
+    def show(self, lines: Sequence[str]) -> None: ...
+
+    def after_quote(self, result: Mapping[str, Any]) -> None: ...
+
+    def after_checkout(self, result: Mapping[str, Any]) -> None: ...
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
+class Histogram(Protocol):
+    def observe(self, value: float) -> None: ...
+
+
+class Metrics(Protocol):
+    """What the edges record about the agent's calls (metrics.Registry)."""
+
+    @property
+    def checkout_seconds(self) -> Histogram: ...
+
+
+# A part that adds fields to `status` (the hub sync: `sync.state.sync_status`), read on
+# the agent's ledger connection under its lock.
+StatusSource = Callable[[sqlite3.Connection], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -139,25 +155,37 @@ class Agent:
         *,
         clock: Clock = system_clock,
         hub: RedemptionAuthoriser | None = None,
+        devices: DeviceNotifier | None = None,
+        metrics: Metrics | None = None,
+        status_sources: Sequence[StatusSource] = (),
+        device_kinds: Mapping[str, str] | None = None,
+        build_workers: int | None = None,
     ) -> None:
+        """Collaborators are given here (`agent/app.py` wires a till's): the hub's
+        redemption authoriser (None: standalone, the offline limit applies), the devices
+        told after each sale, the metrics the edges record into, the parts that add
+        fields to `status`, and the configured kind of each device (for `status` in a
+        process that does not drive them: the CLI)."""
         self.data_dir = Path(data_dir)
         self.device_id = device_id
         self.clock = clock
         self.hub = hub
+        self.devices = devices
+        self.metrics = metrics
+        self.status_sources = tuple(status_sources)
+        # The configured `kind` of "printer", "display", "scanner" (absent: "none").
+        self.device_kinds: dict[str, str] = dict(device_kinds or {})
+        if build_workers is not None:
+            self.build_workers = build_workers
         # The cache connection follows full snapshots switched in by any process.
         self._live = LiveCache(self.data_dir)
         self._cache = self._live.connection()
         self._secret = phone_secret(self.data_dir)
         self._memo: dict[str, Any] = {}
-        self._ledger = open_ledger(self.data_dir)
-        self._checkpoints = Checkpointer(self.data_dir / "ledger.db")
+        self._ledger = ledger.open_ledger(self.data_dir)
+        self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
-        self.metrics: Any = None  # a metrics.Registry when run as a service
-        self.devices: Any = None  # printer, display and scanner when run as a service
-        # The configured `kind` of "printer", "display", "scanner" (absent: "none"), for
-        # `status` in a process that does not drive the devices itself (the CLI).
-        self.device_kinds: dict[str, str] = {}
         # Coupon codes the till's scanner read for the receipt being rung up (`scan`).
         self.scanned_coupons: list[str] = []
 
@@ -348,18 +376,15 @@ class Agent:
                 if self._stored_receipt(receipt_id) is not None:
                     raise Refused(f"receipt {receipt_id} is confirmed: use a refund")
                 raise NotFound(f"receipt {receipt_id} is not held at this till")
-            state, hub_hold = row[0], bool(row[6])
+            state = row.state
             if state == "CONFIRMED":
                 raise Refused(f"receipt {receipt_id} is confirmed: use a refund")
-            held = json.loads(row[2])
-            release = state == "HELD" and hub_hold
+            held = json.loads(row.held_result)
+            release = state == "HELD" and row.hub_hold
             if state != "CANCELLED":
-                self._ledger.execute(
-                    "UPDATE receipt_life SET state = 'CANCELLED', closed_at = ?"
-                    " WHERE receipt_id = ?",
-                    (ledger.utc_text(self.clock()), receipt_id),
+                ledger.close_holds(
+                    self._ledger, [receipt_id], "CANCELLED", ledger.utc_text(self.clock())
                 )
-                self._ledger.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
         if release:
             self._release_at_hub(receipt_id)
         return _cancelled(held)
@@ -371,26 +396,15 @@ class Agent:
         one indexed read when nothing is due."""
         now = ledger.utc_text(self.clock())
         with self._lock:
-            due = self._ledger.execute(
-                "SELECT receipt_id, hub_hold FROM receipt_life"
-                " WHERE state = 'HELD' AND expires_at <= ?",
-                (now,),
-            ).fetchall()
+            due = ledger.due_holds(self._ledger, now)
             if not due:
                 return 0
             with self._write() as conn:
-                conn.executemany(
-                    "UPDATE receipt_life SET state = 'EXPIRED', closed_at = ?"
-                    " WHERE receipt_id = ? AND state = 'HELD'",
-                    [(now, rid) for rid, _ in due],
-                )
-                conn.executemany(
-                    "DELETE FROM coupon_uses WHERE receipt_id = ?", [(rid,) for rid, _ in due]
-                )
+                ledger.close_holds(conn, [rid for rid, _ in due], "EXPIRED", now, only_held=True)
         for rid, hub_hold in due:
             log.info("hold of receipt %s expired", rid)
             if hub_hold:
-                self._release_at_hub(str(rid))
+                self._release_at_hub(rid)
         return len(due)
 
     def _release_at_hub(self, receipt_id: str) -> None:
@@ -402,28 +416,12 @@ class Agent:
         except TillpointError as exc:  # the hub's hold then runs out on its own
             log.info("hold of %s stays at the hub until it expires: %s", receipt_id, exc)
 
-    def _life(self, receipt_id: str) -> tuple[Any, ...] | None:
-        row = self._ledger.execute(
-            "SELECT state, digest, held_result, figures, request, expires_at, hub_hold"
-            " FROM receipt_life WHERE receipt_id = ?",
-            (receipt_id,),
-        ).fetchone()
-        return None if row is None else tuple(row)
+    def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
+        return ledger.receipt_life(self._ledger, receipt_id)
 
     def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
         """(request text, result) of a committed receipt."""
-        row = self._ledger.execute(
-            "SELECT request, result, device_id, seq FROM receipts WHERE receipt_id = ?",
-            (receipt_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        result = dict(json.loads(row[1]))
-        # Stored by an agent older than Hold/Confirm and deviceId/seq in results.
-        result.setdefault("state", "CONFIRMED")
-        result.setdefault("deviceId", str(row[2]))
-        result.setdefault("seq", int(row[3]))
-        return str(row[0]), result
+        return ledger.stored_receipt(self._ledger, receipt_id)
 
     def _hold(
         self, receipt: Receipt, view: CacheView, *, confirm_now: bool = False
@@ -444,21 +442,20 @@ class Agent:
                     raise _conflict(rid)
                 return "CONFIRMED", stored[1]
         else:
-            state, first = str(row[0]), str(row[1])
-            if first != digest:
+            state = row.state
+            if row.digest != digest:
                 raise _conflict(rid)
             now = ledger.utc_text(self.clock())
-            if state == "HELD" and str(row[5]) > now:
-                return "HELD", dict(json.loads(row[2]))
+            if state == "HELD" and row.expires_at > now:
+                return "HELD", dict(json.loads(row.held_result))
             if state == "CONFIRMED":
                 found = self._stored_receipt(rid)
                 assert found is not None  # written in the same transaction
                 return "CONFIRMED", found[1]
             if state == "CANCELLED":
-                return "CANCELLED", _cancelled(json.loads(row[2]))
+                return "CANCELLED", _cancelled(json.loads(row.held_result))
             # expired (swept or not yet): priced and held again below
-            self._ledger.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (rid,))
-            self._ledger.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (rid,))
+            ledger.forget_life(self._ledger, rid)
         done = self._price(receipt, view, commit=True)
         # A hold reserves its applied coupons (the contract §11, §13): used here from now
         # on; a cancel or an expiry gives them back, a confirm keeps them.
@@ -481,31 +478,31 @@ class Agent:
         request_text = json.dumps(request, ensure_ascii=False)
         if confirm_now:  # Checkout: the receipt's own rows keep request and result
             result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
-            self._ledger.execute(
-                "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result,"
-                " figures, card, local_day, mode, redeemed_points, hub_hold, held_at,"
-                " expires_at, closed_at) VALUES (?, 'CONFIRMED', ?, '', '', '{}', ?, ?, ?, ?,"
-                " ?, ?, ?, ?)",
-                (
+            ledger.insert_life(
+                self._ledger,
+                ledger.ReceiptLife(
                     rid,
+                    "CONFIRMED",
                     digest,
+                    "",
+                    "",
+                    "{}",
                     figures["card"],
                     figures["localDay"],
                     done.mode,
                     done.priced.redeemed_points,
-                    int(hub_hold),
+                    hub_hold,
                     ledger.utc_text(now_at),
                     ledger.utc_text(expires),
                     ledger.utc_text(now_at),
                 ),
             )
             return "CONFIRMED", result
-        self._ledger.execute(
-            "INSERT INTO receipt_life (receipt_id, state, digest, request, held_result, figures,"
-            " card, local_day, mode, redeemed_points, hub_hold, held_at, expires_at)"
-            " VALUES (?, 'HELD', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+        ledger.insert_life(
+            self._ledger,
+            ledger.ReceiptLife(
                 rid,
+                "HELD",
                 digest,
                 request_text,
                 json.dumps(held, ensure_ascii=False),
@@ -514,7 +511,7 @@ class Agent:
                 figures["localDay"],
                 done.mode,
                 done.priced.redeemed_points,
-                int(hub_hold),
+                hub_hold,
                 ledger.utc_text(now_at),
                 ledger.utc_text(expires),
             ),
@@ -531,7 +528,7 @@ class Agent:
             if stored is not None:
                 return stored[1]
             raise NotFound(f"receipt {receipt_id} is not held at this till")
-        state = str(row[0])
+        state = row.state
         if state == "CONFIRMED":
             found = self._stored_receipt(receipt_id)
             assert found is not None
@@ -539,19 +536,19 @@ class Agent:
         now = self.clock()
         if state == "CANCELLED":
             raise Refused(f"hold cancelled: price the receipt again ({receipt_id})")
-        if state == "EXPIRED" or str(row[5]) <= ledger.utc_text(now):
+        if state == "EXPIRED" or row.expires_at <= ledger.utc_text(now):
             raise Refused(f"hold expired: price the receipt again ({receipt_id})")
-        held, figures, request_text = json.loads(row[2]), json.loads(row[3]), str(row[4])
+        held, figures, request_text = (
+            json.loads(row.held_result),
+            json.loads(row.figures),
+            row.request,
+        )
         self._balance_now(receipt_id, held, figures, view)
         result = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
         )
         # The receipt's own rows keep the request and the result from now on.
-        self._ledger.execute(
-            "UPDATE receipt_life SET state = 'CONFIRMED', closed_at = ?, fiscal_document = ?,"
-            " request = '', held_result = '', figures = '{}' WHERE receipt_id = ?",
-            (ledger.utc_text(now), fiscal_document, receipt_id),
-        )
+        ledger.confirm_life(self._ledger, receipt_id, ledger.utc_text(now), fiscal_document)
         return result
 
     def _balance_now(
@@ -795,25 +792,23 @@ class Agent:
         result["seq"] = seq
         # Encoded once: the same texts go to the receipt's row and to its outbox payload.
         result_text = json.dumps(result, ensure_ascii=False)
-        conn.execute(
-            "INSERT INTO receipts (receipt_id, device_id, seq, at, local_day, card,"
-            " customer_id, mode, redeemed_points, extra_points, request, result, created_at,"
-            " activates_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                receipt_id,
-                self.device_id,
-                seq,
-                figures["at"],
-                figures["localDay"],
-                figures["card"],
-                customer_id,
-                figures["mode"],
-                figures["redeemed"],
-                figures["extra"],
-                request_text,
-                result_text,
-                ledger.utc_text(now),
-                figures["activatesAt"],
+        ledger.insert_receipt(
+            conn,
+            ledger.ReceiptRow(
+                receipt_id=receipt_id,
+                device_id=self.device_id,
+                seq=seq,
+                at=figures["at"],
+                local_day=figures["localDay"],
+                card=figures["card"],
+                customer_id=customer_id,
+                mode=figures["mode"],
+                redeemed_points=figures["redeemed"],
+                extra_points=figures["extra"],
+                request=request_text,
+                result=result_text,
+                created_at=ledger.utc_text(now),
+                activates_at=figures["activatesAt"],
             ),
         )
         conn.executemany(
@@ -983,19 +978,6 @@ class Agent:
         now: datetime,
         fiscal_document: str | None = None,
     ) -> None:
-        self._ledger.execute(
-            "INSERT INTO journal VALUES (?,?,?,?,?,?,?,?)",
-            (
-                self.device_id,
-                seq,
-                kind,
-                ref_id,
-                at.isoformat(),
-                customer_id,
-                card,
-                ledger.utc_text(now),
-            ),
-        )
         payload = {
             "deviceId": self.device_id,
             "seq": seq,
@@ -1010,10 +992,17 @@ class Agent:
         }
         if fiscal_document:
             payload["fiscalDocument"] = fiscal_document
-        self._ledger.execute(
-            "INSERT INTO outbox (device_id, seq, payload, created_at) VALUES (?,?,?,?)",
-            (self.device_id, seq, json.dumps(payload, ensure_ascii=False), ledger.utc_text(now)),
+        row = ledger.JournalRow(
+            self.device_id,
+            seq,
+            kind,
+            ref_id,
+            at.isoformat(),
+            customer_id,
+            card,
+            ledger.utc_text(now),
         )
+        ledger.insert_journal(self._ledger, row, payload)
 
     # ------------------------------------------------------------ refund
 
@@ -1195,8 +1184,8 @@ class Agent:
             }
             failed, retrying, last_error = print_queue_health(conn)
             status["printerLastError"] = last_error
-            for provider in status_providers:
-                status.update(provider(conn))
+            for source in self.status_sources:
+                status.update(source(conn))
         live: dict[str, Any] | None = None
         devices = self.devices
         if devices is not None:  # live states when run as a service

@@ -406,12 +406,12 @@ def listening(port: int) -> bool:
 
 def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     """Two tills selling through a hub outage, synced exactly as `tillpoint run` does it
-    (`start_sync` with default settings: backoff 0.5 s·2ⁿ up to 60 s, poll 60 s)."""
+    (`TillSync` with default settings: backoff 0.5 s·2ⁿ up to 60 s, poll 60 s)."""
     from tillpoint.agent.config import Settings
     from tillpoint.agent.service import Agent
     from tillpoint.sync.hub_server import HubDir
     from tillpoint.sync.loopback import LoopbackHub
-    from tillpoint.sync.service import start_sync
+    from tillpoint.sync.service import TillSync
 
     out = Outcome("outage")
     root = work / "hub"
@@ -437,7 +437,12 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
             raise RuntimeError("the hub process did not start")
         return proc
 
-    agents = {d: Agent(work / d, d) for d in devices}
+    syncs = {}
+    for device in devices:
+        found = TillSync.for_till(Settings(device_id=device, data_dir=work / device))
+        assert found is not None  # enrolled above
+        syncs[device] = found
+    agents = {d: Agent(work / d, d, hub=syncs[d].authoriser) for d in devices}
     stops = []
     hub = spawn()
     selling = threading.Event()
@@ -474,9 +479,8 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
         return True
 
     try:
-        for device in devices:
-            settings = Settings(device_id=device, data_dir=work / device)  # the defaults
-            stops.append(start_sync(agents[device], settings))
+        for device in devices:  # the defaults
+            stops.append(syncs[device].start(agents[device]))
         if not wait_for(lambda: all(a.status()["cacheVersion"] >= 1 for a in agents.values()), 30):
             out.fail("the tills did not get their first snapshot")
             return out

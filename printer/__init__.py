@@ -7,7 +7,8 @@ uses:
 - ``payload.payload_for_checkout``, ``codes.offer_code`` / ``codes.parse_offer_code``;
 - ``messages``: the 2 × 20 display messages; ``display.CustomerDisplay``: the pole display;
 - ``scanner.ScannerReader``: a serial scanner;
-- ``service.start_devices``: all of them for ``tillpoint run``;
+- ``service.build_devices`` / ``service.Devices``: all of them, built and started for
+  ``tillpoint run`` by agent/app.py;
 - ``cli_support.print_test_page`` / ``cli_support.preview``; ``cli``: ``tillpoint print ...``;
 - ``virtual.VirtualPrinter`` / ``virtual_display``: stand-ins for tests and the demo.
 

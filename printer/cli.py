@@ -171,20 +171,3 @@ def _retry(settings: Any, args: argparse.Namespace) -> int:
         {"requeued": args.receipt_id},
         f"receipt {args.receipt_id} is queued again; the running agent prints it",
     )
-
-
-def _start_devices(agent: Any, settings: Any) -> Any:
-    from .service import start_devices
-
-    return start_devices(agent, settings)
-
-
-def _register_devices() -> None:
-    """`tillpoint run` starts the printer, display and scanner configured for this till."""
-    from tillpoint.agent import hooks
-
-    if _start_devices not in hooks.background_starters:
-        hooks.background_starters.append(_start_devices)
-
-
-_register_devices()

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from tillpoint.agent.errors import InputError
+from tillpoint.agent.ledger import insert_print_job, migrate_ledger, print_jobs, requeue_print_job
 from tillpoint.printer import _escpos
 from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.errors import ConnectionLost, PrinterError
@@ -62,7 +63,6 @@ from tillpoint.printer.profiles import Profile, resolve_profile
 from tillpoint.printer.transport import Transport, make_transport
 
 __all__ = [
-    "DDL",
     "Health",
     "PrintWorker",
     "PrinterStatus",
@@ -75,24 +75,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("tillpoint.printer")
-
-DDL = """\
-CREATE TABLE IF NOT EXISTS print_jobs (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  receipt_id TEXT NOT NULL UNIQUE,
-  created_at TEXT NOT NULL,          -- RFC 3339 UTC
-  payload TEXT NOT NULL,             -- JSON, see below
-  state TEXT NOT NULL DEFAULT 'PENDING',  -- PENDING | SENDING | DONE | FAILED
-  attempts INTEGER NOT NULL DEFAULT 0,
-  next_attempt_at TEXT,              -- RFC 3339 UTC, NULL = now
-  last_error TEXT,
-  printed_at TEXT
-);
-"""
-# Keeps the worker's "oldest open job" look-up cheap once years of DONE rows pile up.
-INDEX_DDL = (
-    "CREATE INDEX IF NOT EXISTS print_jobs_open ON print_jobs(state, id) WHERE state <> 'DONE'"
-)
 
 DLE_EOT_OFFLINE_CAUSE = b"\x10\x04\x02"
 DLE_EOT_PAPER = b"\x10\x04\x04"
@@ -129,9 +111,8 @@ def _parse_time(text: str | None) -> datetime | None:
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create ``print_jobs`` (the agent's DDL, verbatim) and its open-jobs index if missing."""
-    conn.execute(DDL)
-    conn.execute(INDEX_DDL)
+    """The ledger's schema (``print_jobs`` among it), from the module that owns the file."""
+    migrate_ledger(conn)
 
 
 def enqueue(
@@ -146,11 +127,9 @@ def enqueue(
     ``receiptId``, like checkout itself.
     """
     parsed = parse_payload(payload)
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO print_jobs (receipt_id, created_at, payload) VALUES (?, ?, ?)",
-        (parsed.receipt_id, rfc3339(created_at or datetime.now(UTC)), parsed.to_json()),
+    return insert_print_job(
+        conn, parsed.receipt_id, rfc3339(created_at or datetime.now(UTC)), parsed.to_json()
     )
-    return cur.rowcount == 1
 
 
 def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
@@ -172,15 +151,7 @@ def list_jobs(
     """Jobs of the queue (open ones, or every one), oldest first, payload parsed."""
     conn = _connect(db_path)
     try:
-        sql = "SELECT * FROM print_jobs"
-        args: tuple[Any, ...] = ()
-        if receipt_id is not None:
-            sql, args = sql + " WHERE receipt_id = ?", (receipt_id,)
-        elif not include_done:
-            sql += " WHERE state <> 'DONE'"
-        cur = conn.execute(sql + " ORDER BY id", args)
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        rows = print_jobs(conn, receipt_id, include_done=include_done)
     finally:
         conn.close()
     for row in rows:
@@ -193,12 +164,7 @@ def requeue(db_path: str | os.PathLike[str], receipt_id: str) -> bool:
     """Put a FAILED (or DONE) job back in the queue; False when there is no such job."""
     conn = _connect(db_path)
     try:
-        cur = conn.execute(
-            "UPDATE print_jobs SET state = 'PENDING', next_attempt_at = NULL, last_error = NULL "
-            "WHERE receipt_id = ? AND state IN ('FAILED', 'DONE')",
-            (receipt_id,),
-        )
-        return cur.rowcount == 1
+        return requeue_print_job(conn, receipt_id)
     finally:
         conn.close()
 
@@ -311,9 +277,9 @@ class PrintWorker:
         self._conn.execute("PRAGMA busy_timeout = 5000")
         self._conn.execute("PRAGMA synchronous = FULL")
         self._conn.execute("PRAGMA journal_mode = WAL")
-        if create_schema:
-            with self._tx() as conn:
-                ensure_schema(conn)
+        if create_schema:  # each migration in its own transaction
+            with self._db_lock:
+                ensure_schema(self._conn)
         self._state: PrinterState = "DISABLED" if self.disabled else "OK"
         self._paper: PaperState = "UNKNOWN"
         self._last_error: str | None = None

@@ -1,13 +1,8 @@
 """The till's devices as one object for ``tillpoint run``: print worker, pole display, scanner.
 
-::
-
-    from tillpoint.printer.service import start_devices
-    background_starters.append(start_devices)      # agent/server.py
-
-``start_devices(agent, settings)`` validates ``settings.printer``, ``settings.display`` and
-``settings.scanner`` (PrinterConfigError on a bad table), starts what is configured, sets
-``agent.devices`` to the :class:`Devices` object and returns its stop function. The agent then
+``build_devices(settings)`` validates ``settings.printer``, ``settings.display`` and
+``settings.scanner`` (PrinterConfigError on a bad table) and builds a :class:`Devices` object;
+agent/app.py gives it to the ``Agent`` as its device notifier, then starts it. The agent
 calls, after pricing (never waiting on a device):
 
 - ``devices.after_quote(result)``: shows ``result["display"]`` on the pole display;
@@ -15,10 +10,11 @@ calls, after pricing (never waiting on a device):
   result printed offers (the job row is already in the ledger, committed with the receipt);
 - ``devices.status()``: printer, display and scanner state for ``tillpoint status``.
 
-A scan from the kiosk's serial scanner goes to ``on_scan``. By default ``agent.scan`` routes
-it: a coupon code the till knows waits in ``agent.scanned_coupons`` for the receipt being rung
-up (the display says it was taken), anything else is identified as a card and the customer is
-greeted. A ``TP1-`` offer code (a printed offer without a one-time code) is only logged.
+A scan from the kiosk's serial scanner goes to ``on_scan``. By default (`greet_on_scan`, with
+``agent.scan``) a coupon code the till knows waits in ``agent.scanned_coupons`` for the receipt
+being rung up (the display says it was taken), anything else is identified as a card and the
+customer is greeted. A ``TP1-`` offer code (a printed offer without a one-time code) is only
+logged.
 """
 
 from __future__ import annotations
@@ -37,7 +33,7 @@ from tillpoint.printer.messages import fit_lines, greeting
 from tillpoint.printer.queue import PrinterStatus, PrintWorker
 from tillpoint.printer.scanner import ScannerReader, ScannerStatus
 
-__all__ = ["Devices", "DevicesStatus", "load_configs", "start_devices"]
+__all__ = ["Devices", "DevicesStatus", "build_devices", "greet_on_scan", "load_configs"]
 
 log = logging.getLogger("tillpoint.devices")
 
@@ -82,9 +78,11 @@ class Devices:
     ) -> None:
         self.worker = PrintWorker(ledger_path, printer)
         self.display = CustomerDisplay(display)
+        # What a scan does: set before `start` (`greet_on_scan`), or given here.
+        self.on_scan: Callable[[str], None] = on_scan or (lambda text: None)
         self.scanner: ScannerReader | None = None
         if scanner.kind != "none":
-            self.scanner = ScannerReader.from_config(scanner, on_scan or (lambda text: None))
+            self.scanner = ScannerReader.from_config(scanner, lambda text: self.on_scan(text))
 
     def start(self) -> None:
         if not self.worker.disabled:
@@ -123,14 +121,17 @@ class Devices:
         )
 
 
-def _greet_on_scan(agent: Any, devices: Devices) -> Callable[[str], None]:
+def greet_on_scan(scan: Callable[[str], Mapping[str, Any]], devices: Devices) -> None:
+    """What a scan from the kiosk's scanner does by default: route it (`scan`, the
+    agent's): a known coupon is taken for the receipt, a card greets the customer."""
+
     def on_scan(text: str) -> None:
         offer = parse_offer_code(text)
         if offer is not None:
             log.info("scanned the coupon of offer %s", offer)
             return
         try:
-            routed = agent.scan(text)
+            routed = scan(text)
         except Exception as exc:
             log.warning("scanned text not identified: %s", exc)
             return
@@ -143,24 +144,15 @@ def _greet_on_scan(agent: Any, devices: Devices) -> Callable[[str], None]:
         else:
             devices.show(["Карта не принята", ""])
 
-    return on_scan
+    devices.on_scan = on_scan
 
 
-def start_devices(agent: Any, settings: Any) -> Callable[[], None]:
-    """A ``BackgroundStarter`` for ``agent/server.py``: start the devices, return ``stop``."""
+def build_devices(settings: Any) -> Devices:
+    """The devices configured for this till, not started (PrinterConfigError on a bad
+    table). agent/app.py gives them to the `Agent`, sets `on_scan`, then starts them."""
     printer, display, scanner = load_configs(
         getattr(settings, "printer", {}) or {},
         getattr(settings, "display", {}) or {},
         getattr(settings, "scanner", {}) or {},
     )
-    holder: list[Devices] = []
-
-    def on_scan(text: str) -> None:
-        if holder:
-            _greet_on_scan(agent, holder[0])(text)
-
-    devices = Devices(Path(settings.data_dir) / "ledger.db", printer, display, scanner, on_scan)
-    holder.append(devices)
-    devices.start()
-    agent.devices = devices
-    return devices.stop
+    return Devices(Path(settings.data_dir) / "ledger.db", printer, display, scanner)

@@ -6,8 +6,8 @@ What other parts use:
 - `is_enrolled(data_dir)`: the enrolment marker (an enrolled till takes only signed snapshots);
 - `load_snapshot_file(agent, doc)`: `tillpoint snapshot load` with the signed/plain rules;
 - `refuse_plain_if_enrolled(data_dir)`: the same rule for a plain JSON Lines snapshot;
-- `start_sync(agent, settings)`: the `tillpoint run` background service (registered by
-  `tillpoint.sync.cli` at import).
+
+`tillpoint run` builds the till's sync (`service.TillSync`) in agent/app.py.
 
 docs/PROTOCOL.md describes the protocol and its guarantees.
 """
@@ -18,15 +18,14 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
     from tillpoint.agent import cache
-    from tillpoint.agent.config import Settings
-    from tillpoint.agent.service import Agent
+
+    from .till import TillAgent
 
 
-def load_snapshot_file(agent: Agent, doc: Any) -> cache.CacheInfo:
+def load_snapshot_file(agent: TillAgent, doc: Any) -> cache.CacheInfo:
     from .snapshot_file import load_snapshot_file as load
 
     return load(agent, doc)
@@ -36,12 +35,6 @@ def refuse_plain_if_enrolled(data_dir: Path) -> None:
     from .snapshot_file import refuse_plain_if_enrolled as refuse
 
     refuse(data_dir)
-
-
-def start_sync(agent: Agent, settings: Settings) -> Callable[[], None]:
-    from .service import start_sync as start
-
-    return start(agent, settings)
 
 
 def is_enrolled(data_dir: Path) -> bool:
@@ -56,21 +49,9 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
     return status(ledger_conn)
 
 
-# Imported by `tillpoint --help` (through tillpoint.sync.cli): every name above imports its
-# module (cryptography, sqlite-utils, gRPC) only when called (agent/hooks.py).
-def _register() -> None:
-    from tillpoint.agent import hooks
-
-    if sync_status not in hooks.status_providers:
-        hooks.status_providers.append(sync_status)
-
-
-_register()
-
 __all__ = [
     "is_enrolled",
     "load_snapshot_file",
     "refuse_plain_if_enrolled",
-    "start_sync",
     "sync_status",
 ]

@@ -30,10 +30,10 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
-from tillpoint.agent.db import open_ledger
 from tillpoint.agent.errors import HubUnavailable, StorageError
-from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.service import HubGrant
+from tillpoint.agent.expiry import Tally
+from tillpoint.agent.ledger import open_ledger, unsynced_moves
+from tillpoint.agent.models import HubGrant
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .client import HubLink
@@ -60,20 +60,15 @@ class HubAuthoriser:
         with self._lock:
             if self._conn is None:
                 raise StorageError("the authoriser is closed")
-            rows = self._conn.execute(
-                "SELECT p.seq, p.receipt_id, p.kind, p.points, p.activates_at FROM points p"
-                " JOIN outbox o ON o.device_id = p.device_id AND o.seq = p.seq"
-                " WHERE p.device_id = ? AND p.customer_id = ? ORDER BY p.seq",
-                (self.device_id, customer_id),
-            ).fetchall()
-        cutoff = utc_text(at)
+            rows = unsynced_moves(self._conn, self.device_id, customer_id)
+        tally = Tally(at)  # only what counts at `at`: the hub adds it to its balance
         by_seq: dict[int, pb.UnsyncedPoints] = {}
-        for seq, receipt_id, kind, points, activates_at in rows:
+        for move in rows:
             item = by_seq.setdefault(
-                int(seq), pb.UnsyncedPoints(seq=int(seq), receipt_id=str(receipt_id))
+                move.seq, pb.UnsyncedPoints(seq=move.seq, receipt_id=move.receipt_id)
             )
-            if kind == "spend" or (activates_at is not None and activates_at <= cutoff):
-                item.points += int(points)
+            if tally.active(move.kind, move.activates_at):
+                item.points += move.points
         return list(by_seq.values())
 
     def authorise(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tillpoint.agent.errors import HubUnavailable, InputError
 
-if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/hooks.py)
+if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from tillpoint.agent.config import Settings
 
     from .hub_server import HubDir
@@ -567,9 +567,8 @@ def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> in
 
 def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import read_json
-    from tillpoint.agent.db import open_ledger
     from tillpoint.agent.errors import Refused
-    from tillpoint.agent.ledger import outbox_depth
+    from tillpoint.agent.ledger import open_ledger, outbox_depth
 
     from .pki import install_bundle, is_enrolled
 
@@ -603,25 +602,15 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
 
 def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     import grpc
-    from tillpoint.agent.service import Agent
+    from tillpoint.agent.app import cli_agent, sync_link
 
     from . import state
-    from .client import HubLink
-    from .pki import load_enrollment
     from .progress import ProgressBar
     from .pull import Puller, PullInterrupted
     from .push import Pusher
-    from .service import SyncTimings, hub_address
 
-    enrollment = load_enrollment(settings.data_dir)
-    if enrollment is None:
-        raise InputError("this till is not enrolled: `tillpoint sync install BUNDLE` first")
-    address = hub_address(settings, enrollment)
-    if not address:
-        raise InputError("no hub address: set hub.address in the configuration")
-    timings = SyncTimings.from_settings(settings)
-    link = HubLink(address, enrollment)
-    agent = Agent(settings.data_dir, settings.device_id)
+    enrollment, link, timings = sync_link(settings)  # `run`'s rules for the hub
+    agent = cli_agent(settings)
     pusher = Pusher(
         settings.data_dir, settings.device_id, link, call_timeout_s=timings.call_timeout_s
     )
@@ -720,23 +709,16 @@ def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
     """What the hub stored of this till, asked over mTLS page by page (1000 a call), each
     call with the sync's call timeout."""
     import grpc
+    from tillpoint.agent.app import sync_link
     from tillpoint.v1 import tillpoint_pb2 as pb
 
-    from .client import HubLink, describe
+    from .client import describe
     from .hub_server import MAX_LIST
-    from .pki import load_enrollment
-    from .service import SyncTimings, hub_address
 
     if args.since < 0 or args.limit < 0:
         raise InputError("--since and --limit must be 0 or more")
-    enrollment = load_enrollment(settings.data_dir)
-    if enrollment is None:
-        raise InputError("this till is not enrolled: `tillpoint sync install BUNDLE` first")
-    address = hub_address(settings, enrollment)
-    if not address:
-        raise InputError("no hub address: set hub.address in the configuration")
-    timeout = SyncTimings.from_settings(settings).call_timeout_s
-    link = HubLink(address, enrollment)
+    enrollment, link, timings = sync_link(settings)  # `run`'s rules for the hub
+    timeout = timings.call_timeout_s
     reply = pb.ListTransactionsReply()
     since = args.since
     try:
@@ -763,18 +745,3 @@ def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         link.close()
     return _print_transactions(args, reply, enrollment.device_id)
-
-
-# ---------------------------------------------------------------- `tillpoint run`
-
-
-def _register_background() -> None:
-    from tillpoint.agent import hooks
-
-    from . import start_sync  # imports the sync service when `run` starts it
-
-    if start_sync not in hooks.background_starters:
-        hooks.background_starters.append(start_sync)
-
-
-_register_background()

@@ -22,6 +22,7 @@ from .client import HubLink
 from .hub_import import read_json
 from .hub_server import HubConfig, HubDir, HubServer, system_clock
 from .service import SyncService, SyncTimings
+from .state import sync_status
 
 SAMPLE: dict[str, Any] = {
     "program": {
@@ -177,10 +178,15 @@ class LoopbackHub:
     ) -> Till:
         """Enrol a till and start its sync the way `tillpoint run` does."""
         enrollment = self.enroll(device_id, data_dir)
-        agent = Agent(Path(data_dir), device_id, clock=clock or system_clock)
         link = HubLink(self.address, enrollment)
-        authoriser = HubAuthoriser(link, agent.data_dir, device_id, timings.redeem_timeout_s)
-        agent.hub = authoriser
+        authoriser = HubAuthoriser(link, Path(data_dir), device_id, timings.redeem_timeout_s)
+        agent = Agent(
+            Path(data_dir),
+            device_id,
+            clock=clock or system_clock,
+            hub=authoriser,
+            status_sources=(sync_status,),
+        )
         service = None
         if start:
             service = SyncService(agent, link, enrollment, timings)

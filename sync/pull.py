@@ -36,12 +36,13 @@ import grpc
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import SnapshotRefused, TillpointError
-from tillpoint.agent.service import Agent
+from tillpoint.agent.ledger import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import signing
 from .client import HubLink
 from .pki import Enrollment
+from .till import TillAgent
 
 log = logging.getLogger("tillpoint.sync")
 
@@ -165,7 +166,7 @@ def cache_version(data_dir: Path) -> int:
 class Puller:
     def __init__(
         self,
-        agent: Agent,
+        agent: TillAgent,
         link: HubLink,
         enrollment: Enrollment,
         *,
@@ -268,7 +269,7 @@ class Puller:
     def _record(self, values: dict[str, str | None]) -> None:
         from . import state
 
-        conn = state.open_ledger(self.agent.data_dir)
+        conn = open_ledger(self.agent.data_dir)
         try:
             state.put(conn, values)
         finally:
@@ -424,7 +425,7 @@ class Puller:
 
     def _known_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
         """The same bundle was refused before: do not download it again."""
-        from .state import get, open_ledger
+        from .state import get
 
         conn = open_ledger(self.agent.data_dir)
         try:

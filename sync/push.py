@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from tillpoint.agent import ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import state
@@ -68,7 +69,7 @@ class Pusher:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = state.open_ledger(self.data_dir)
+            self._conn = ledger.open_ledger(self.data_dir)
         return self._conn
 
     def close(self) -> None:
@@ -77,23 +78,16 @@ class Pusher:
             self._conn = None
 
     def pending(self) -> int:
-        return int(
-            self.conn.execute(
-                "SELECT count(*) FROM outbox WHERE device_id = ?", (self.device_id,)
-            ).fetchone()[0]
-        )
+        return ledger.outbox_pending(self.conn, self.device_id)
 
     def _batch(self) -> list[tuple[int, str]]:
         rows: list[tuple[int, str]] = []
         size = 0
-        for seq, payload in self.conn.execute(
-            "SELECT seq, payload FROM outbox WHERE device_id = ? ORDER BY seq LIMIT ?",
-            (self.device_id, self.batch_size),
-        ):
-            if rows and size + len(payload) > MAX_BATCH_BYTES:
+        for row in ledger.outbox_batch(self.conn, self.device_id, self.batch_size):
+            if rows and size + len(row.payload) > MAX_BATCH_BYTES:
                 break
-            rows.append((int(seq), str(payload)))
-            size += len(payload)
+            rows.append((row.seq, row.payload))
+            size += len(row.payload)
         return rows
 
     def _transaction(self, seq: int, payload: str) -> pb.Transaction:
@@ -101,13 +95,9 @@ class Pusher:
             json.loads(payload), pb.Transaction(), ignore_unknown_fields=True
         )
         if tx.points_delta_pending and not tx.pending_activates_at:
-            row = self.conn.execute(
-                "SELECT activates_at FROM points WHERE device_id = ? AND seq = ?"
-                " AND kind = 'earn' AND activates_at IS NOT NULL LIMIT 1",
-                (self.device_id, seq),
-            ).fetchone()
-            if row is not None:
-                tx.pending_activates_at = str(row[0])
+            activates_at = ledger.earn_activation(self.conn, self.device_id, seq)
+            if activates_at is not None:
+                tx.pending_activates_at = activates_at
         return tx
 
     def push_batch(self) -> BatchResult | None:
@@ -133,13 +123,8 @@ class Pusher:
         return self._acknowledged(rows, ack)
 
     def _count_attempt(self, seqs: list[int]) -> None:
-        marks = ",".join("?" * len(seqs))
         try:
-            self.conn.execute(
-                f"UPDATE outbox SET attempts = attempts + 1 WHERE device_id = ?"
-                f" AND seq IN ({marks})",
-                (self.device_id, *seqs),
-            )
+            ledger.count_push_attempt(self.conn, self.device_id, seqs)
         except sqlite3.Error as exc:  # counting is best effort
             log.warning("cannot count the push attempt: %s", exc)
 
@@ -159,30 +144,17 @@ class Pusher:
         else:  # a hub without per-transaction results: trust the contiguous mark
             done = [seq for seq in payloads if seq <= ack.acked_through_seq]
         now = state.now_text()
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for seq, outcome, reason in aside:
-                conn.execute(
-                    "INSERT OR REPLACE INTO sync_set_aside VALUES (?, ?, ?, ?, ?, ?)",
-                    (self.device_id, seq, payloads[seq], outcome, reason, now),
-                )
-                log.error("hub set aside transaction %d: %s %s", seq, outcome, reason)
-            gone = done + [seq for seq, _, _ in aside]
-            conn.executemany(
-                "DELETE FROM outbox WHERE device_id = ? AND seq = ?",
-                [(self.device_id, seq) for seq in gone],
-            )
-            for key, value in (
-                ("last_push_at", now),
-                ("acked_through", str(ack.acked_through_seq)),
-            ):
-                conn.execute("INSERT OR REPLACE INTO sync_state VALUES (?, ?)", (key, value))
-            conn.execute("DELETE FROM sync_state WHERE key = 'error:push'")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        ledger.settle_push(
+            self.conn,
+            self.device_id,
+            done,
+            [ledger.SetAside(seq, outcome, reason) for seq, outcome, reason in aside],
+            payloads,
+            {"last_push_at": now, "acked_through": str(ack.acked_through_seq)},
+            now,
+        )
+        for seq, outcome, reason in aside:
+            log.error("hub set aside transaction %d: %s %s", seq, outcome, reason)
         self.set_aside.extend(aside)
         return BatchResult(
             len(rows), ack.accepted, ack.duplicates, len(aside), ack.acked_through_seq

@@ -1,4 +1,4 @@
-"""The agent's sync loop (started by `tillpoint run`): pull, push, subscribe, online state.
+"""The agent's sync loop (built by agent/app.py for `tillpoint run`): pull, push, subscribe.
 
 Two threads:
 
@@ -33,8 +33,8 @@ from typing import Any
 
 import grpc
 from tillpoint.agent.config import Settings
-from tillpoint.agent.errors import TillpointError
-from tillpoint.agent.service import Agent
+from tillpoint.agent.errors import InputError, TillpointError
+from tillpoint.agent.ledger import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import state
@@ -44,6 +44,7 @@ from .client import HubLink
 from .pki import Enrollment, EnrollmentError, load_enrollment
 from .pull import DEFAULT_MAX_BYTES, Puller, PullInterrupted, SyncBusy, cache_version
 from .push import Pusher
+from .till import TillAgent
 
 log = logging.getLogger("tillpoint.sync")
 CONTACT_EVERY_S = 30.0  # lastContactAt is written at most this often (the ledger is on flash)
@@ -80,7 +81,7 @@ def hub_address(settings: Settings, enrollment: Enrollment | None) -> str:
 class SyncService:
     def __init__(
         self,
-        agent: Agent,
+        agent: TillAgent,
         link: HubLink,
         enrollment: Enrollment,
         timings: SyncTimings,
@@ -325,57 +326,84 @@ class _Silence:
         self._stop.set()
 
 
-# ---------------------------------------------------------------- wiring into `tillpoint run`
+# ---------------------------------------------------------------- a till's hub, for agent/app.py
 
 
-def start_sync(agent: Agent, settings: Settings) -> Callable[[], None]:
-    """A `tillpoint.agent.server.background_starters` entry: sync with the hub if one is set.
+class NotSyncing(InputError):
+    """A hub is set for this till but it cannot sync with it (not enrolled, or enrolled
+    as another device)."""
 
-    Sets `agent.hub` to the online redemption authoriser. With no hub address (neither
-    configured nor in the enrolment), the till is standalone and nothing starts.
-    """
 
-    def nothing() -> None:
-        return None
-
-    try:
-        enrollment = load_enrollment(agent.data_dir)
-    except EnrollmentError as exc:
-        log.error("%s", exc.message)
-        enrollment = None
+def check_hub(settings: Settings, enrollment: Enrollment | None) -> str | None:
+    """The hub this till syncs with, by the one rule `tillpoint run` and `sync now` share:
+    the configured address, else the enrolment's; None when there is none (standalone).
+    NotSyncing when there is one but the till is not enrolled, or is enrolled as another
+    device than `device_id`."""
     address = hub_address(settings, enrollment)
     if not address:
-        return nothing
-    conn = state.open_ledger(agent.data_dir)
-    try:
-        if enrollment is None:
-            message = (
-                f"hub {address} is configured but this till is not enrolled: run"
-                " `tillpoint sync install BUNDLE` with the bundle from `tillpoint hub enroll`"
-            )
-            log.error(message)
-            state.put(conn, {"error:enrollment": state.error_value(message), "mode": "OFFLINE"})
-            return nothing
-        if enrollment.device_id != agent.device_id:
-            message = (
-                f"the enrolment is for device {enrollment.device_id!r} but this till runs as"
-                f" {agent.device_id!r}: fix device_id in the configuration"
-            )
-            log.error(message)
-            state.put(conn, {"error:enrollment": state.error_value(message), "mode": "OFFLINE"})
-            return nothing
-    finally:
-        conn.close()
-    timings = SyncTimings.from_settings(settings)
-    link = HubLink(address, enrollment)
-    authoriser = HubAuthoriser(link, agent.data_dir, agent.device_id, timings.redeem_timeout_s)
-    agent.hub = authoriser
-    service = SyncService(agent, link, enrollment, timings)
-    service.start()
-    log.info("syncing with hub %s as %s", address, agent.device_id)
+        return None
+    if enrollment is None:
+        raise NotSyncing(
+            f"hub {address} is configured but this till is not enrolled: run"
+            " `tillpoint sync install BUNDLE` with the bundle from `tillpoint hub enroll`"
+        )
+    if enrollment.device_id != settings.device_id:
+        raise NotSyncing(
+            f"the enrolment is for device {enrollment.device_id!r} but this till runs as"
+            f" {settings.device_id!r}: fix device_id in the configuration"
+        )
+    return address
 
-    def stop() -> None:
-        service.stop()
-        authoriser.close()
 
-    return stop
+@dataclass
+class TillSync:
+    """A till's link to its hub: built before the `Agent` (it gives the agent its
+    redemption authoriser) and started with it (the sync and Subscribe threads)."""
+
+    address: str
+    enrollment: Enrollment
+    timings: SyncTimings
+    link: HubLink
+    authoriser: HubAuthoriser
+
+    @classmethod
+    def for_till(cls, settings: Settings) -> TillSync | None:
+        """`tillpoint run`'s hub, or None (standalone). A till that cannot sync with the
+        hub set for it logs why, records it for `status`, and runs standalone."""
+        try:
+            enrollment = load_enrollment(settings.data_dir)
+        except EnrollmentError as exc:
+            log.error("%s", exc.message)
+            enrollment = None
+        try:
+            address = check_hub(settings, enrollment)
+        except NotSyncing as exc:
+            log.error("%s", exc.message)
+            conn = open_ledger(settings.data_dir)
+            try:
+                state.put(
+                    conn, {"error:enrollment": state.error_value(exc.message), "mode": "OFFLINE"}
+                )
+            finally:
+                conn.close()
+            return None
+        if address is None or enrollment is None:
+            return None
+        timings = SyncTimings.from_settings(settings)
+        link = HubLink(address, enrollment)
+        authoriser = HubAuthoriser(
+            link, settings.data_dir, settings.device_id, timings.redeem_timeout_s
+        )
+        return cls(address, enrollment, timings, link, authoriser)
+
+    def start(self, agent: TillAgent) -> Callable[[], None]:
+        """Start syncing `agent` (built with `self.authoriser`); returns the stop."""
+        service = SyncService(agent, self.link, self.enrollment, self.timings)
+        service.start()
+        log.info("syncing with hub %s as %s", self.address, agent.device_id)
+
+        def stop() -> None:
+            service.stop()
+            self.authoriser.close()
+
+        return stop

@@ -56,7 +56,8 @@ from tillpoint.agent.errors import SnapshotRefused
 
 if TYPE_CHECKING:
     from tillpoint.agent.cache import CacheInfo
-    from tillpoint.agent.service import Agent
+
+    from .till import TillAgent
 
 # The one definition of what a signature covers: this prefix, the payload's size (8 bytes,
 # big-endian), its SHA-256 (32 bytes).
@@ -245,7 +246,7 @@ class VerifiedFile:
     def jsonl(self) -> bool:
         return self.header.get("format") == SNAPSHOT_JSONL
 
-    def apply(self, agent: Agent) -> CacheInfo:
+    def apply(self, agent: TillAgent) -> CacheInfo:
         if self.jsonl:
             return agent.load_snapshot_file(self.path, 0)
         return agent.load_snapshot(self.header)
@@ -301,7 +302,7 @@ class VerifiedSnapshot:
     def jsonl(self) -> bool:
         return self.header.get("format") == SNAPSHOT_JSONL
 
-    def apply(self, agent: Agent) -> CacheInfo:
+    def apply(self, agent: TillAgent) -> CacheInfo:
         if self.jsonl:
             return agent.load_snapshot_lines(io.BytesIO(self.payload))
         return agent.load_snapshot(self.header)

@@ -13,14 +13,14 @@ from typing import Any
 
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.errors import SnapshotRefused
-from tillpoint.agent.service import Agent
 
 from . import signing
 from .pki import is_enrolled, load_enrollment
 from .pull import cache_version
+from .till import TillAgent
 
 
-def load_snapshot_file(agent: Agent, doc: Any) -> cache_mod.CacheInfo:
+def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
     """Apply a snapshot file's JSON (already parsed) to the agent's cache."""
     enrollment = load_enrollment(agent.data_dir)
     if signing.is_signed_file(doc):

@@ -1,7 +1,7 @@
 """The sync client's own tables in the till's ``ledger.db`` and the `status` fields.
 
-Its migrations are a separate sqlite-utils migration set (``tillpoint.sync``), so the
-agent's schema is never edited:
+Their schema is in `tillpoint.agent.ledger` (the migration set ``tillpoint.sync``), which
+owns the file and opens it (`open_ledger`):
 
 - ``sync_state(key, value)``: last pull, last push, last contact, mode, outstanding
   errors (one per area, cleared when that area works again), last refused snapshot;
@@ -21,42 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-from tillpoint.agent.db import connect, ledger_migrations, migrate
+from tillpoint.agent.ledger import open_ledger as open_ledger  # the one opener, by its old name
 from tillpoint.agent.ledger import utc_text
 
 from .pki import is_enrolled
 
-sync_migrations = Migrations("tillpoint.sync")
-
 ERROR_AREAS = ("enrollment", "link", "pull", "push")
-
-
-@sync_migrations()
-def m001_sync_state(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE sync_set_aside (
-            device_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            payload TEXT NOT NULL,
-            outcome TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            at TEXT NOT NULL,
-            PRIMARY KEY (device_id, seq)
-        );
-        """
-    )
-
-
-def open_ledger(data_dir: Path) -> sqlite3.Connection:
-    """A connection to the till's ledger.db with the agent's and the sync's schema."""
-    conn = connect(Path(data_dir) / "ledger.db")
-    migrate(conn, ledger_migrations)
-    migrate(conn, sync_migrations)
-    return conn
 
 
 def now_text(now: datetime | None = None) -> str:

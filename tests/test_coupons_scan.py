@@ -12,7 +12,7 @@ import serial
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.service import Agent
 from tillpoint.printer.scanner import ScannerReader
-from tillpoint.printer.service import Devices, _greet_on_scan, load_configs
+from tillpoint.printer.service import Devices, greet_on_scan, load_configs
 
 from .conftest import CLI
 from .test_coupons import COUPONS, NEXT_VISIT, SORRY, receipt, snap, verdicts
@@ -56,7 +56,8 @@ def test_the_kiosk_scanner_routes_a_coupon_and_greets_a_card(tmp_path: Path) -> 
     devices = Devices(tmp_path / "ledger-devices.db", p, d, s)
     port = serial.serial_for_url("loop://", timeout=0.05)
     seen: queue.Queue[str] = queue.Queue()
-    route = _greet_on_scan(agent, devices)
+    greet_on_scan(agent.scan, devices)  # as agent/app.py wires `tillpoint run`
+    route = devices.on_scan
 
     def on_scan(text: str) -> None:
         route(text)

@@ -166,11 +166,11 @@ def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(
 def test_devices_wire_display_and_printer(tmp_path: Path, printer: VirtualPrinter) -> None:
     import sqlite3
 
-    from tillpoint.printer.queue import DDL, enqueue
+    from tillpoint.printer.queue import enqueue, ensure_schema
 
     ledger = tmp_path / "ledger.db"
     conn = sqlite3.connect(ledger, isolation_level=None)
-    conn.execute(DDL)
+    ensure_schema(conn)
     p, d, s = load_configs(
         {"kind": "network", "host": "127.0.0.1", "port": printer.port, "poll_interval_s": 30},
         {"kind": "serial", "device": str(tmp_path / "no-display")},

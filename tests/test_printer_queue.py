@@ -25,7 +25,7 @@ import pytest
 from tillpoint.agent.errors import InputError
 from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.errors import PrinterError
-from tillpoint.printer.queue import DDL, PrintWorker, enqueue, list_jobs, requeue
+from tillpoint.printer.queue import PrintWorker, enqueue, ensure_schema, list_jobs, requeue
 from tillpoint.printer.virtual import VirtualPrinter
 
 NOW = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
@@ -71,7 +71,7 @@ def ledger(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(DDL)
+    ensure_schema(conn)
     conn.close()
     return path
 

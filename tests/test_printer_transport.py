@@ -14,7 +14,7 @@ import pytest
 from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.decode import Decoder
 from tillpoint.printer.errors import ConnectionLost, TransportError
-from tillpoint.printer.queue import DDL, PrintWorker, enqueue
+from tillpoint.printer.queue import PrintWorker, enqueue, ensure_schema
 from tillpoint.printer.transport import (
     FileTransport,
     NetworkTransport,
@@ -37,7 +37,7 @@ needs_socat = pytest.mark.skipif(not PtyPair.available(), reason="socat is not i
 def ledger_with_job(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(DDL)
+    ensure_schema(conn)
     enqueue(conn, PAYLOAD)
     conn.close()
     return path

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
-from tillpoint.agent import db
+from tillpoint.agent import ledger as ledger_db
 from tillpoint.agent.service import Agent
 
 from .conftest import PROGRAM, receipt, snapshot
@@ -79,8 +79,8 @@ def test_the_migration_fills_the_activation_time_of_older_receipts(tmp_path: Pat
     data = tmp_path / "data"
     data.mkdir()
     old = Migrations("tillpoint.ledger")
-    old()(db.m001_ledger)
-    old()(db.m002_print_jobs_open)
+    old()(ledger_db.m001_ledger)
+    old()(ledger_db.m002_print_jobs_open)
     conn = sqlite3.connect(data / "ledger.db")
     old.apply(Database(conn))
     for receipt_id, seq in (("r-earned", 1), ("r-nothing", 2)):
@@ -110,7 +110,7 @@ def test_the_migration_fills_the_activation_time_of_older_receipts(tmp_path: Pat
     conn.commit()
     conn.close()
 
-    ledger = db.open_ledger(data)
+    ledger = ledger_db.open_ledger(data)
     try:
         got = dict(ledger.execute("SELECT receipt_id, activates_at FROM receipts").fetchall())
     finally:

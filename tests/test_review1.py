@@ -168,10 +168,10 @@ def _old_ledger(data_dir: Path) -> None:
     receipt of Anna's, 40 points spent and 10 earned, pending for two days, not pushed."""
     from sqlite_utils import Database
     from sqlite_utils.migrations import Migrations
-    from tillpoint.agent import db
+    from tillpoint.agent import ledger
 
     old = Migrations("tillpoint.ledger")
-    old._migrations = [m for m in db.ledger_migrations._migrations if m.name < "m003"]
+    old._migrations = [m for m in ledger.ledger_migrations._migrations if m.name < "m003"]
     assert [m.name for m in old._migrations] == ["m001_ledger", "m002_print_jobs_open"]
     data_dir.mkdir(parents=True)
     conn = sqlite3.connect(data_dir / "ledger.db", isolation_level=None)

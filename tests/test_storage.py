@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from tillpoint.agent import cache as cache_mod
-from tillpoint.agent.db import open_cache, open_ledger
+from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import SnapshotRefused, StorageError, TillpointError
+from tillpoint.agent.ledger import open_ledger
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, snapshot

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
+from tillpoint.agent.ledger import open_ledger
 from tillpoint.sync import sync_status
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import LoopbackHub, import_doc, receipt, sample_master_data, wait_for
-from tillpoint.sync.state import open_ledger
 
 CARD_ANNA = "2770000000017"
 CARD_BORIS = "2770000000024"

@@ -9,13 +9,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tillpoint.agent.ledger import open_ledger
 from tillpoint.sync import sync_status
 from tillpoint.sync.backoff import Backoff
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import Puller, cache_version
 from tillpoint.sync.push import Pusher
-from tillpoint.sync.state import open_ledger
 
 CARD = "2770000000017"
 

@@ -15,6 +15,7 @@ from tillpoint.sync.client import HubLink
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 from tillpoint.sync.pull import Puller
 from tillpoint.sync.push import Pusher
+from tillpoint.sync.state import sync_status
 
 from .conftest import CLI, snapshot
 from .conftest import receipt as plain_receipt
@@ -147,7 +148,7 @@ def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
         code, doc, _ = run(capsys, "status", "--data-dir", str(data), "--json")
         assert doc["setAside"] == 1 and doc["syncError"].startswith("1 transaction(s) set aside")
 
-        agent = Agent(data, "till-1")
+        agent = Agent(data, "till-1", status_sources=(sync_status,))  # as agent/app.py wires it
         server, port, _ = build_server(agent, "127.0.0.1:0")
         server.start()
         registry = Registry()

@@ -24,6 +24,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.errors import SnapshotRefused
+from tillpoint.agent.ledger import open_ledger
 from tillpoint.sync import load_snapshot_file, sync_status
 from tillpoint.sync.hub_server import Bundle, HubConfig, HubServicer
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data
@@ -35,7 +36,6 @@ from tillpoint.sync.signing import (
     sign,
     write_signed_file,
 )
-from tillpoint.sync.state import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 DEVICE = "till-1"

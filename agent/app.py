@@ -1,0 +1,184 @@
+"""The composition root: every process tillpoint runs is assembled here, in one place.
+
+- `add_commands`: the commands the other parts bring to the CLI (hub, sync, print, demo);
+- `cli_agent`: the `Agent` of a one-shot command (`checkout`, `status`, `snapshot load`...);
+- `run`: `tillpoint run`, what runs in a till (below, one screen);
+- `sync_link`: `tillpoint sync now`'s hub, by the same rules as `run` (sync/cli.py then
+  pushes and pulls once with a `cli_agent`);
+- the demo (`tillpoint demo`, agent/demo.py) builds its tills with
+  `sync.loopback.LoopbackHub.till`, wired as `run` wires a till (authoriser and sync status
+  in the constructor), and its virtual devices with `printer.service.Devices`.
+
+Nothing is registered at import time: a part is running because a line here starts it.
+Imports are inside the functions so that `tillpoint --help` stays light (docs/DECISIONS.md,
+"Lazy imports").
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.pki import Enrollment
+    from tillpoint.sync.service import SyncTimings
+
+    from .config import Settings
+    from .service import Agent, DeviceNotifier, Metrics, RedemptionAuthoriser
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The other parts' commands; each sets `handler(settings, args) -> int`."""
+    from tillpoint.printer import cli as printer_cli
+    from tillpoint.sync import cli as sync_cli
+
+    from . import demo
+
+    sync_cli.register(sub, common)  # hub ..., sync ...
+    printer_cli.register(sub, common)  # print ...
+    demo.register(sub, common)  # demo
+
+
+def device_kinds(settings: Any) -> dict[str, str]:
+    """The configured kind of each device (`status` says DISABLED for "none")."""
+    kinds = {}
+    for name in ("printer", "display", "scanner"):
+        table = getattr(settings, name, None) or {}
+        kinds[name] = str(table.get("kind", "none"))
+    return kinds
+
+
+def cli_agent(
+    settings: Settings,
+    *,
+    hub: RedemptionAuthoriser | None = None,
+    devices: DeviceNotifier | None = None,
+    metrics: Metrics | None = None,
+) -> Agent:
+    """A till's `Agent` as configured: `status` with the hub sync's fields and the
+    configured devices' kinds; full snapshots built by `build_workers` processes."""
+    from tillpoint.sync.state import sync_status
+
+    from .service import Agent
+
+    return Agent(
+        settings.data_dir,
+        settings.device_id,
+        hub=hub,
+        devices=devices,
+        metrics=metrics,
+        status_sources=(sync_status,),
+        device_kinds=device_kinds(settings),
+        build_workers=settings.build_workers or None,  # 0 (auto): one per CPU, at most 4
+    )
+
+
+def run(settings: Settings) -> int:
+    """`tillpoint run`: lock the data dir, build the till, serve, wait for SIGTERM, stop.
+
+    systemd (Type=notify) hears READY=1 once the server listens, WATCHDOG=1 while the
+    process is healthy, STOPPING=1 on SIGTERM; in-flight RPCs get 5 s to finish.
+    """
+    import logging
+    import signal
+    import threading
+
+    from tillpoint.printer.service import build_devices, greet_on_scan
+    from tillpoint.sync.service import TillSync
+
+    from . import logs, systemd
+    from .lock import DataDirLock
+    from .metrics import Registry, serve
+    from .server import build_server, register_gauges, start_hold_sweeper
+
+    log = logging.getLogger("tillpoint.server")
+    logs.setup(settings.log.level, settings.log.format)
+    lock = DataDirLock(settings.data_dir).acquire()
+    # The collaborators first, then the agent they serve.
+    sync = TillSync.for_till(settings)  # None: standalone (no hub, or cannot sync: logged)
+    devices = build_devices(settings)  # printer, display, scanner (kind "none": idle)
+    registry = Registry()
+    agent = cli_agent(
+        settings, hub=sync.authoriser if sync else None, devices=devices, metrics=registry
+    )
+    greet_on_scan(agent.scan, devices)  # a scan: a coupon for the receipt, or a card
+    register_gauges(registry, agent)
+    server, _port, health_servicer = build_server(
+        agent, settings.server.listen, settings.server.max_workers
+    )
+    http_server = None
+    if settings.http.enabled:
+        from .http_api import HttpServer
+
+        http_server = HttpServer(
+            agent,
+            settings.http.listen,
+            token=settings.http.token,
+            max_workers=settings.server.max_workers,
+        )
+    # What runs beside the servers, stopped in reverse order.
+    stops: list[Callable[[], None]] = []
+    if sync is not None:
+        stops.append(sync.start(agent))  # pull, push, Subscribe threads
+    devices.start()  # print worker, display, scanner threads
+    stops.append(devices.stop)
+    stops.append(start_hold_sweeper(agent))  # expires holds on time
+    metrics_server = None
+    if settings.metrics.enabled:
+        host, _, metrics_port = settings.metrics.listen.rpartition(":")
+        metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
+    server.start()
+    if http_server is not None:
+        http_server.start()
+        log.info("HTTP interface on %s:%s", http_server.host, http_server.port)
+    log.info(
+        "PosAgent serving on %s (device %s, cache version %s)",
+        settings.server.listen,
+        settings.device_id,
+        agent.status()["cacheVersion"],
+    )
+    done = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    systemd.notify("READY=1")
+    systemd.start_watchdog(done)
+    done.wait()
+    systemd.notify("STOPPING=1")
+    log.info("stopping: draining in-flight requests")
+    health_servicer.enter_graceful_shutdown()
+    grpc_stopped = server.stop(grace=5)
+    if http_server is not None:
+        http_server.stop()  # the same 5 s grace, meanwhile
+    grpc_stopped.wait()
+    for stop_background in reversed(stops):
+        stop_background()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    agent.close()
+    lock.release()
+    log.info("stopped")
+    return 0
+
+
+def sync_link(settings: Settings) -> tuple[Enrollment, HubLink, SyncTimings]:
+    """`tillpoint sync now`'s hub, by `run`'s rules (`check_hub`: enrolled, as this
+    device); InputError saying what is missing."""
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.pki import load_enrollment
+    from tillpoint.sync.service import SyncTimings, check_hub
+
+    from .errors import InputError
+
+    enrollment = load_enrollment(settings.data_dir)
+    if enrollment is None:
+        raise InputError("this till is not enrolled: `tillpoint sync install BUNDLE` first")
+    address = check_hub(settings, enrollment)
+    if not address:
+        raise InputError("no hub address: set hub.address in the configuration")
+    return enrollment, HubLink(address, enrollment), SyncTimings.from_settings(settings)
