@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
 PROTO_OUT := proto
 
-.PHONY: deb wheel help venv test test-all lint typecheck proto proto-check demo bench bench-quick faults faults-quick clean deps-system
+.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check demo bench bench-quick faults faults-pg faults-quick clean deps-system
 
 help:
 	@echo "make demo       run a whole store on one machine (embedded defaults)"
 	@echo "make test       the default test suite (fast)"
 	@echo "make test-all   every suite, slow ones included"
+	@echo "make test-pg    the hub's suites with the hub on PostgreSQL"
 	@echo "make lint       ruff + mypy --strict + stale generated code check"
 	@echo "make proto      regenerate the protobuf/gRPC code from proto/"
 
@@ -25,8 +26,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
-# Debian packages the device tests need (pseudo-terminals through socat), and a JDK for
-# the Java example of docs/INTEGRATION.md.
+# Debian packages the device tests need (pseudo-terminals through socat), a JDK for
+# the Java example of docs/INTEGRATION.md, and PostgreSQL's server for the hub's store
+# (the tests start their own throwaway cluster, never the system's).
 deps-system:
 	@command -v socat >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq socat >/dev/null; \
@@ -35,12 +37,22 @@ deps-system:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    apt-get install -y -qq default-jdk-headless >/dev/null; \
 	  else echo "javac missing: the Java example's tests will be skipped"; fi; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "postgresql missing: the PostgreSQL hub tests will be skipped"; fi; }
 
 test: $(STAMP) deps-system
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP) deps-system
 	$(BIN)/python -m pytest -q -m ''
+
+# The hub's suites again with every hub on PostgreSQL (a throwaway cluster, a fresh
+# database per test); the hub store suite runs over both stores in `make test` already.
+test-pg: $(STAMP) deps-system
+	$(BIN)/python -m pytest -q -m '' --hub-store=postgresql tests/test_sync_*.py \
+	  tests/test_hub_*.py tests/test_faults_quick.py
 
 lint: $(STAMP) proto-check
 	$(BIN)/ruff check .
@@ -71,16 +83,22 @@ proto-check: $(STAMP)
 demo: $(STAMP) deps-system
 	$(BIN)/tillpoint demo
 
-bench: $(STAMP)
+bench: $(STAMP) deps-system
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.hub
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) deps-system
 	$(BIN)/python -m bench.run --quick
+	$(BIN)/python -m bench.hub --quick
 
 # Fault injection against the real agent and hub on loopback (docs/FAULTS.md); exits 1
 # when a promise is broken. faults-quick is the CI size (< 2 minutes).
 faults: $(STAMP)
 	$(BIN)/python -m bench.faults
+
+# The same with the hub on PostgreSQL (a throwaway cluster, a database per scenario).
+faults-pg: $(STAMP) deps-system
+	$(BIN)/python -m bench.faults --hub-store postgresql
 
 faults-quick: $(STAMP)
 	$(BIN)/python -m bench.faults --quick

@@ -67,6 +67,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="keep the demo's directory afterwards")
     p.add_argument("--seed", type=int, default=7, help="seed of the embedded chain")
     p.add_argument(
+        "--hub-store",
+        default="",
+        metavar="URL",
+        help="play the day with the hub on this PostgreSQL database (postgresql://...; it"
+        " must hold no hub yet); default: a SQLite file in the demo's directory",
+    )
+    p.add_argument(
         "--export",
         type=Path,
         metavar="DIR",
@@ -101,6 +108,8 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     if args.export is not None:
         export(args.export, seed=int(args.seed))
         return 0
+    if args.hub_store:
+        _empty_hub_store(args.hub_store)
     root = Path(tempfile.mkdtemp(prefix="tillpoint-demo-"))
     try:
         return play(
@@ -109,12 +118,28 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             tills=int(args.tills),
             seed=int(args.seed),
             keep_running=bool(args.keep_running),
+            hub_store=str(args.hub_store),
         )
     finally:
         if args.keep:
             print(f"\n(demo files kept in {root})")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _empty_hub_store(url: str) -> None:
+    """The demo plays its day on a PostgreSQL database only while it holds no hub (a
+    production hub's database is never written by a demo)."""
+    from tillpoint.sync.hub_postgres import PostgresHubStore, is_postgres_url
+
+    if not is_postgres_url(url):
+        raise InputError(f"--hub-store must be a postgresql:// URL, not {url!r}")
+    store = PostgresHubStore(url, migrate_schema=True)
+    try:
+        if store.latest() is not None or store.draft_size():
+            raise InputError("--hub-store: that database already holds a hub; give an empty one")
+    finally:
+        store.close()
 
 
 class DemoFailed(Exception):
@@ -255,10 +280,11 @@ def play(
     seed: int = 7,
     keep_running: bool = False,
     out: Out = print,
+    hub_store: str = "",
 ) -> int:
     story = Story(speed, out)
     try:
-        _day(root, story, tills, seed, keep_running)
+        _day(root, story, tills, seed, keep_running, hub_store)
     except (DemoFailed, TillpointError, TimeoutError) as exc:
         story.say(f"\nDEMO FAILED: {exc}")
         return 1
@@ -266,7 +292,9 @@ def play(
     return 0
 
 
-def _day(root: Path, story: Story, n_tills: int, seed: int, keep_running: bool) -> None:
+def _day(
+    root: Path, story: Story, n_tills: int, seed: int, keep_running: bool, hub_store: str = ""
+) -> None:
     from tillpoint.sync.loopback import LoopbackHub, import_doc
 
     today = datetime.now(ZONE).date()
@@ -285,7 +313,7 @@ def _day(root: Path, story: Story, n_tills: int, seed: int, keep_running: bool) 
         return moment.replace(hour=hour, minute=minute).isoformat()
 
     story.heading("The chain's hub starts, with its master data")
-    hub = LoopbackHub(root / "hub", data=master)
+    hub = LoopbackHub(root / "hub", data=master, store=hub_store)  # "": hub.db, never $ENV
     story.say(
         f"  hub on {hub.address} (gRPC over mTLS, its own CA and Ed25519 signing key): "
         f"{len(master['products'])} products in {len(master['categories'])} categories, "

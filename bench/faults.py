@@ -159,7 +159,13 @@ def till_config(path: Path, data_dir: Path, hub_address: str, listen: str) -> Pa
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    """The environment without the tillpoint settings, but the hub's store (the hub
+    children of --hub-store postgresql use it; an agent never reads it)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TILLPOINT_") or k == "TILLPOINT_HUB_STORE"
+    }
 
 
 def start_agent(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -260,6 +266,18 @@ def scenario_agent_kill(work: Path, iterations: int, rng: random.Random) -> Outc
     return out
 
 
+def hub_ledger(root: Path) -> list[tuple[str, int, str]]:
+    """(device_id, seq, ref_id) of every transaction the hub of `root` stored, from its
+    store (SQLite's hub.db, or the PostgreSQL database of $TILLPOINT_HUB_STORE)."""
+    from tillpoint.sync.hub_server import HubDir
+
+    store = HubDir(root).open_store()
+    try:
+        return [(e.device_id, e.seq, e.ref_id) for e in store.ledger()]
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------- hub SIGKILL
 
 
@@ -283,7 +301,6 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
     from tillpoint.agent.service import Agent
     from tillpoint.sync.client import HubLink
     from tillpoint.sync.hub_server import HubServer
-    from tillpoint.sync.hub_sqlite import SqliteHubStore  # noqa: F401 - the store it uses
     from tillpoint.sync.loopback import LoopbackHub, timings
     from tillpoint.sync.pull import Puller
     from tillpoint.sync.service import SyncService
@@ -348,7 +365,7 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
         kill(hub)
         if not drained:
             out.fail("the outbox did not drain after the hub came back")
-        hub_rows = rows(root / "hub.db", "SELECT device_id, seq, ref_id FROM transactions")
+        hub_rows = hub_ledger(root)
         refs = Counter(r[2] for r in hub_rows)
         dups = [r for r, n in refs.items() if n > 1]
         if dups:
@@ -392,7 +409,7 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     (`TillSync` with default settings: backoff 0.5 s·2ⁿ up to 60 s, poll 60 s)."""
     from tillpoint.agent.config import Settings
     from tillpoint.agent.service import Agent
-    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.hub_server import HubDir
     from tillpoint.sync.loopback import LoopbackHub
     from tillpoint.sync.service import TillSync
 
@@ -448,7 +465,7 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     def outbox(device: str) -> int:
         return int(rows(work / device / "ledger.db", "SELECT count(*) FROM outbox")[0][0])
 
-    store = SqliteHubStore(root / "hub.db")
+    store = HubDir(root).open_store()  # the hub's store: hub.db, or $TILLPOINT_HUB_STORE
 
     def agree() -> bool:
         now = datetime.now(UTC)
@@ -507,7 +524,7 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
             for d in devices
             for r in rows(work / d / "ledger.db", "SELECT device_id, seq, ref_id FROM journal")
         )
-        hub_rows = sorted(rows(root / "hub.db", "SELECT device_id, seq, ref_id FROM transactions"))
+        hub_rows = sorted(hub_ledger(root))
         if journals != hub_rows:
             out.fail(f"hub has {len(hub_rows)} rows, the journals {len(journals)}; they differ")
     finally:
@@ -626,9 +643,7 @@ def scenario_coupons(work: Path, codes: int, rng: random.Random) -> Outcome:
             for t in tills
             for r in rows(t.data_dir / "ledger.db", "SELECT device_id, seq, ref_id FROM journal")
         )
-        hub_rows = sorted(
-            rows(work / "hub" / "hub.db", "SELECT device_id, seq, ref_id FROM transactions")
-        )
+        hub_rows = sorted(hub_ledger(work / "hub"))
         if journals != hub_rows:
             out.fail(f"hub has {len(hub_rows)} rows, the journals {len(journals)}; they differ")
         out.counts["transactions at the hub"] = len(hub_rows)
@@ -1196,7 +1211,9 @@ SCENARIOS = (
 )
 
 
-def run(quick: bool, only: list[str] | None, seed: int, work: Path) -> list[Outcome]:
+def run(
+    quick: bool, only: list[str] | None, seed: int, work: Path, cluster: Any = None
+) -> list[Outcome]:
     rng = random.Random(seed)
     sizes = {
         "agent-kill": 8 if quick else 200,
@@ -1212,6 +1229,8 @@ def run(quick: bool, only: list[str] | None, seed: int, work: Path) -> list[Outc
     for name in only or SCENARIOS:
         where = work / name
         where.mkdir(parents=True, exist_ok=True)
+        if cluster is not None:  # each scenario's hub on a database of its own
+            os.environ["TILLPOINT_HUB_STORE"] = cluster.new_database("faults")
         start = time.perf_counter()
         print(f"-- {name} ...", flush=True)
         if name == "agent-kill":
@@ -1256,11 +1275,24 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=SCENARIOS)
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--hub-store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the hub's store (postgresql: a throwaway cluster, a database per scenario)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tillpoint-faults-"))
+    cluster = None
+    if args.hub_store == "postgresql":
+        from bench.pgcluster import Cluster
+
+        cluster = Cluster()
     try:
-        outcomes = run(args.quick, args.only, args.seed, work)
+        outcomes = run(args.quick, args.only, args.seed, work, cluster)
     finally:
+        if cluster is not None:
+            cluster.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print("\n" + table(outcomes))

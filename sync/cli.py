@@ -37,6 +37,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="the hub's directory (default: $TILLPOINT_HUB_DIR, else <data dir>/hub)",
     )
+    hub_parent.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="the hub's store: postgresql://... (shared by several hub servers) or a SQLite"
+        " file (default: $TILLPOINT_HUB_STORE, else hub.db in the hub's directory)",
+    )
     parents = [common, hub_parent]
 
     hub = sub.add_parser("hub", help="the reference hub: serve, import, publish, enroll")
@@ -51,6 +58,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="a host name or IP the hub is reached at (repeatable)",
     )
     p.set_defaults(handler=_hub_init)
+
+    p = hub_sub.add_parser(
+        "migrate", parents=parents, help="bring the store's schema up to date (PostgreSQL)"
+    )
+    p.set_defaults(handler=_hub_migrate)
 
     p = hub_sub.add_parser("serve", parents=parents, help="run the hub's gRPC server (mTLS)")
     p.add_argument("--listen", default="0.0.0.0:50070", help="HOST:PORT (default %(default)s)")
@@ -218,12 +230,17 @@ def _hub_dir(settings: Settings, args: argparse.Namespace) -> Path:
     return Path(env) if env else settings.data_dir / "hub"
 
 
+def _hub(settings: Settings, args: argparse.Namespace) -> HubDir:
+    """The hub's directory with the store that --store or $TILLPOINT_HUB_STORE names."""
+    from .hub_server import HubDir
+
+    return HubDir(_hub_dir(settings, args), args.store)  # None: $TILLPOINT_HUB_STORE
+
+
 def _existing_hub(settings: Settings, args: argparse.Namespace) -> HubDir:
     """The hub of --hub-dir, refused (exit 2) unless one was made there: only `hub init`
     and `hub import` make a hub."""
-    from .hub_server import HubDir
-
-    return HubDir(_hub_dir(settings, args)).require()
+    return _hub(settings, args).require()
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
@@ -240,11 +257,9 @@ def _now() -> datetime:
 
 
 def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_server import HubDir
-
-    hub = HubDir(_hub_dir(settings, args))
+    hub = _hub(settings, args)
     made = hub.init(args.host)
-    hub.open_store().close()
+    hub.open_store(migrate=True).close()
     data = {"hubDir": str(hub.root), "created": made, "caCertificate": str(hub.keys.ca_cert)}
     return _emit(
         args,
@@ -255,6 +270,29 @@ def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
             else f"hub keys already exist in {d['hubDir']} (unchanged)"
         ),
     )
+
+
+def _hub_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    hub = _hub(settings, args)
+    if not hub.on_postgres:
+        store = hub.require().open_store()  # a SQLite file migrates itself when opened
+        store.close()
+        data: dict[str, Any] = {"store": "sqlite", "applied": [], "schemaVersion": None}
+    else:
+        from .hub_postgres import SCHEMA_VERSION, migrate
+
+        data = {"store": "postgresql", "applied": migrate(hub.store_url)}
+        data["schemaVersion"] = SCHEMA_VERSION
+
+    def human(d: dict[str, Any]) -> str:
+        if d["store"] == "sqlite":
+            return "the SQLite store is up to date (it migrates itself when opened)"
+        if not d["applied"]:
+            return f"the schema is up to date (version {d['schemaVersion']})"
+        steps = ", ".join(str(n) for n in d["applied"])
+        return f"applied migration(s) {steps}; schema version {d['schemaVersion']}"
+
+    return _emit(args, data, human)
 
 
 def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -276,7 +314,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    server = HubServer(hub.root, config)
+    server = HubServer(hub, config)  # its store too: --store or $TILLPOINT_HUB_STORE
     port = server.start(args.listen)
     if args.port_file is not None:
         tmp = Path(str(args.port_file) + ".tmp")
@@ -299,10 +337,12 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_import import read_file
-    from .hub_server import HubDir
     from .progress import ProgressBar
 
-    store = HubDir(_hub_dir(settings, args)).open_store()
+    hub = _hub(settings, args)
+    if hub.on_postgres:
+        hub.init()  # the database is shared: the keys make the hub here (as hub.db does)
+    store = hub.open_store(migrate=True)
     bar = ProgressBar(f"importing {args.file.name}")
     try:
         try:

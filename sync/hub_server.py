@@ -34,6 +34,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from . import pki
+from .hub_postgres import is_postgres_url
 from .hub_sqlite import SqliteHubStore
 from .hub_store import HubStats, HubStore, Publication, StoredTx, TxIn, Unsynced
 from .signing import MANIFEST_PREFIX, MAX_CHUNK, SNAPSHOT_JSONL, canonical_json, sign_manifest
@@ -80,11 +81,20 @@ class HubConfig:
 
 
 class HubDir:
-    """A hub's directory: ``hub.db`` and ``keys/``."""
+    """A hub's directory: ``keys/``, ``snapshots/`` and, with the default store, ``hub.db``.
 
-    def __init__(self, root: Path) -> None:
+    `store` selects the store (default: $TILLPOINT_HUB_STORE): "" (``hub.db`` here), a
+    SQLite file's path, or a PostgreSQL URL (postgresql://...), which several hub servers
+    share; their hub directories then hold the same keys, and ``snapshots/`` should be
+    one directory they all share (docs/HUB.md).
+    """
+
+    def __init__(self, root: Path, store: str | None = None) -> None:
         self.root = Path(root)
         self.keys = pki.HubKeys(self.root / "keys")
+        if store is None:
+            store = os.environ.get("TILLPOINT_HUB_STORE", "")
+        self.store_url = store.strip()
 
     @property
     def db(self) -> Path:
@@ -96,8 +106,11 @@ class HubDir:
     def exists(self) -> bool:
         """Whether a hub was made here (`hub init`, or `hub import` into a new directory):
         its database is there. Other commands never make one (a wrong --hub-dir would
-        otherwise give an empty hub that publishes nothing)."""
-        return self.db.is_file()
+        otherwise give an empty hub that publishes nothing). On PostgreSQL the database
+        is shared: a hub is here when its keys are (`hub init` or `hub import` made them)."""
+        if self.on_postgres:
+            return self.keys.ca_cert.is_file()
+        return self.sqlite_path.is_file()
 
     def require(self) -> HubDir:
         """This hub, or InputError when there is none here."""
@@ -109,8 +122,22 @@ class HubDir:
     def snapshots(self) -> Path:
         return self.root / SNAPSHOTS
 
-    def open_store(self) -> SqliteHubStore:
-        return SqliteHubStore(self.db)
+    @property
+    def on_postgres(self) -> bool:
+        return is_postgres_url(self.store_url)
+
+    def open_store(self, *, migrate: bool = False) -> HubStore:
+        """The hub's store; `migrate`: bring a PostgreSQL schema up to date first (SQLite
+        files always are)."""
+        if self.on_postgres:
+            from .hub_postgres import PostgresHubStore
+
+            return PostgresHubStore(self.store_url, migrate_schema=migrate)
+        return SqliteHubStore(self.sqlite_path)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.store_url) if self.store_url else self.db
 
 
 # ---------------------------------------------------------------- snapshots
@@ -348,11 +375,14 @@ class SnapshotBuilder:
 
     def _build_once(self, version: int, base: int) -> FileSnapshot:
         """The file of (version, base): built here, or by another process (`hub export`
-        beside `hub serve`) that held its lock first, whose file is then taken."""
+        beside `hub serve`) that held its lock first, whose file is then taken. Over a
+        shared store the store's lock decides too (PostgreSQL: an advisory lock, so hub
+        servers on other machines sharing the directory build each file once)."""
         name = _name(version, base)
         with (
             _flock(self.dir / BUILDERS_LOCK, fcntl.LOCK_SH),
             _name_lock(self.dir / f"{name}.lock"),
+            self.store.build_lock(f"snapshot {name}"),  # every process: this order
         ):
             built = self._read_built(self.dir / f"{name}.json")
             if built is not None:
@@ -932,13 +962,13 @@ class HubServer:
 
     def __init__(
         self,
-        hub_dir: Path,
+        hub_dir: Path | HubDir,
         config: HubConfig | None = None,
         *,
         clock: Clock = system_clock,
         store: HubStore | None = None,
     ) -> None:
-        self.dir = HubDir(hub_dir)
+        self.dir = hub_dir if isinstance(hub_dir, HubDir) else HubDir(hub_dir)
         self.config = config or HubConfig()
         self.clock = clock
         self.dir.init()

@@ -10,44 +10,32 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import uuid
 from collections import defaultdict
-from collections.abc import Generator, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 from tillpoint.agent.db import write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.models import Coupon, Program, _timestamp, describe
-from tillpoint.agent.pricing import activation_time
 
+from .hub_rules import CouponUse, HubRules, HubTx, Move, Texts, _when, canon, conflict
 from .hub_store import (
-    SECTIONS,
-    Authorisation,
     DeviceRecord,
-    HubBalance,
     ImportRefused,
     ImportReport,
     ImportRow,
-    IngestResult,
     LedgerEntry,
     Publication,
     RowProblem,
     StoredTx,
     TxIn,
-    TxResult,
-    UnknownVersion,
-    Unsynced,
 )
 
-Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
-Move = tuple[int, str | None, int]  # (points available, pending_activates_at, pending points)
 BUSY_TIMEOUT_MS = 30_000
 MAX_PROBLEMS = 10
 migrations = Migrations("tillpoint.hub")
@@ -172,16 +160,6 @@ def _doc(text: str | None) -> dict[str, Any] | None:
     return None if text is None else dict(json.loads(text))
 
 
-def _canon(doc: dict[str, Any] | None) -> str | None:
-    if doc is None:
-        return None
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _when(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 @migrations()
 def m002_fiscal_document(db: Database) -> None:
     # The fiscal document number a till confirmed a receipt with (the contract §11), for audits.
@@ -204,7 +182,7 @@ def m003_coupon_holds(db: Database) -> None:
     )
 
 
-class SqliteHubStore:
+class SqliteHubStore(HubRules):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
@@ -245,6 +223,19 @@ class SqliteHubStore:
             yield conn
         finally:
             conn.execute("COMMIT")
+
+    @contextmanager
+    def write_tx(self) -> Iterator[HubTx]:
+        with self._write() as conn:
+            yield SqliteTx(conn)
+
+    @contextmanager
+    def read_tx(self) -> Iterator[HubTx]:
+        with self._read() as conn:
+            yield SqliteTx(conn)
+
+    def build_lock(self, name: str) -> AbstractContextManager[None]:
+        return nullcontext()  # one machine: the snapshot directory's file locks suffice
 
     def close(self) -> None:
         with self._guard:
@@ -295,7 +286,7 @@ class SqliteHubStore:
                         continue  # keep validating, write nothing more
                     conn.execute(
                         "INSERT OR REPLACE INTO draft VALUES (?, ?, ?)",
-                        (item.kind, item.key, _canon(item.doc)),
+                        (item.kind, item.key, canon(item.doc)),
                     )
                     n += 1
                     if item.doc is None:
@@ -315,7 +306,7 @@ class SqliteHubStore:
 
     def _reference_problems(self, conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
         """Cards of this import must point at a customer that will exist."""
-        latest = self._latest_version(conn)
+        latest = _latest_version(conn)
         for key, where, customer in conn.execute(
             "SELECT s.key, s.where_, json_extract(d.doc, '$.customerId')"
             " FROM temp.import_seen s JOIN draft d ON d.kind = s.kind AND d.key = s.key"
@@ -359,7 +350,7 @@ class SqliteHubStore:
         min_version: int = 0,
     ) -> Publication:
         with self._write() as conn:
-            latest = self._latest_version(conn)
+            latest = _latest_version(conn)
             version = max(latest + 1, min_version)
             changed = 0
             if include_draft:
@@ -390,546 +381,20 @@ class SqliteHubStore:
             version, now.astimezone(UTC), expires.astimezone(UTC), cut, reason, changed
         )
 
-    def _latest_version(self, conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT coalesce(max(version), 0) FROM publications").fetchone()[0])
-
-    def _publication(self, conn: sqlite3.Connection, version: int) -> Publication | None:
-        row = conn.execute(
-            "SELECT version, issued_at, expires_at, cut, reason, changed_rows"
-            " FROM publications WHERE version = ?",
-            (version,),
-        ).fetchone()
-        if row is None:
-            return None
-        return Publication(
-            int(row[0]), _when(row[1]), _when(row[2]), int(row[3]), str(row[4]), int(row[5])
-        )
-
     def latest(self) -> Publication | None:
         with self._read() as conn:
-            return self._publication(conn, self._latest_version(conn))
+            return _publication(conn, _latest_version(conn))
 
     def publication(self, version: int) -> Publication | None:
         with self._read() as conn:
-            return self._publication(conn, version)
+            return _publication(conn, version)
 
     def delta_floor(self) -> int:
         with self._read() as conn:
             row = conn.execute("SELECT value FROM meta WHERE key = 'delta_floor'").fetchone()
             return 0 if row is None else int(row[0])
 
-    # ------------------------------------------------------------ snapshots
-
-    def snapshot_doc(self, version: int, base_version: int) -> dict[str, Any]:
-        """The snapshot as one JSON document (the shape of the contract §3)."""
-        stream = self.snapshot_stream(version, base_version)
-        _, header = next(stream)
-        doc: dict[str, Any] = {**header, **{section: [] for section in SECTIONS}}
-        for section, text in stream:
-            doc.setdefault(section, []).append(json.loads(text))
-        return doc
-
-    def snapshot_stream(
-        self, version: int, base_version: int
-    ) -> Generator[tuple[str, Any], None, None]:
-        """The snapshot `version`, full (base 0) or a delta from base: ("header", header
-        dict) first, then (section, row) with each row as its canonical JSON text, in
-        section order and key order, streamed from one read transaction (the caller reads
-        it to the end).
-
-        It is the same for every device (docs/PROTOCOL.md §3): a transaction of device d is
-        counted in the balances iff it was ingested up to the version's cut and its seq is
-        at most d's contiguous progress at that version; `appliedThrough` lists every
-        device's progress.
-        """
-        with self._read() as conn:
-            pub = self._publication(conn, version)
-            if pub is None:
-                raise UnknownVersion(f"version {version} was never published")
-            base = None
-            if base_version:
-                base = self._publication(conn, base_version)
-                if base is None or base_version >= version:
-                    raise UnknownVersion(f"no delta from version {base_version}")
-            header: dict[str, Any] = {
-                "version": version,
-                "baseVersion": base_version,
-                "issuedAt": pub.issued_at.isoformat(),
-                "expiresAt": pub.expires_at.isoformat(),
-                "appliedThrough": self._progress_all(conn, version),
-            }
-            if base is None:
-                program = self._doc_as_of(conn, "program", "", version)
-                header["program"] = program if program is not None else _default_program()
-                yield "header", header
-                for section, kind in SECTIONS.items():
-                    rows = self._texts_as_of(conn, kind, version)
-                    if kind == "customer":
-                        rows = self._with_balances(conn, rows, pub, only=None)
-                    for _, text in rows:
-                        yield section, text
-                return
-            removed: dict[str, list[str]] = {}
-            changed: dict[str, list[str]] = {}
-            for section, kind in [("program", "program"), *SECTIONS.items()]:
-                for (key,) in conn.execute(
-                    "SELECT DISTINCT key FROM revisions WHERE kind = ? AND version > ?"
-                    " AND version <= ? ORDER BY key",
-                    (kind, base_version, version),
-                ).fetchall():
-                    found = self._doc_as_of(conn, kind, str(key), version)
-                    if found is None:
-                        if kind != "program":
-                            removed.setdefault(section, []).append(str(key))
-                    elif kind == "program":
-                        header["program"] = found
-                    else:
-                        changed.setdefault(section, []).append(str(key))
-            customers = set(changed.get("customers", [])) | {
-                key
-                for key in self._affected_customers(conn, base, pub)
-                if self._doc_as_of(conn, "customer", key, version) is not None
-            }
-            changed["customers"] = sorted(customers)
-            header["removed"] = removed
-            yield "header", header
-            for section, kind in SECTIONS.items():
-                pairs: Texts = (
-                    (key, self._text_as_of(conn, kind, key, version))
-                    for key in changed.get(section, [])
-                )
-                if kind == "customer":
-                    pairs = self._with_balances(conn, pairs, pub, only=customers)
-                for _, text in pairs:
-                    yield section, text
-
-    def _text_as_of(self, conn: sqlite3.Connection, kind: str, key: str, version: int) -> str:
-        row = conn.execute(
-            "SELECT doc FROM revisions WHERE kind = ? AND key = ? AND version <= ?"
-            " ORDER BY version DESC LIMIT 1",
-            (kind, key, version),
-        ).fetchone()
-        return "{}" if row is None or row[0] is None else str(row[0])
-
-    def _texts_as_of(self, conn: sqlite3.Connection, kind: str, version: int) -> Texts:
-        """Every row of `kind` at `version` as its stored text, in key order.
-
-        One pass over the primary key (kind, key, version) with no sort (EXPLAIN QUERY
-        PLAN: ``SEARCH revisions USING PRIMARY KEY (kind=?)``); SQLite's bare columns of a
-        max() aggregate come from the row holding the maximum, i.e. the newest revision.
-        The stored text is already canonical JSON (`_canon` is the only writer of `draft`
-        and `publish` copies it), so it is written as it is, never parsed.
-        """
-        cur = conn.execute(
-            "SELECT key, doc, max(version) FROM revisions WHERE kind = ? AND version <= ?"
-            " GROUP BY key ORDER BY key",
-            (kind, version),
-        )
-        while batch := cur.fetchmany(4096):
-            for key, doc, _ in batch:
-                if doc is not None:
-                    yield key, doc
-
-    def _progress_all(self, conn: sqlite3.Connection, version: int) -> dict[str, int]:
-        return {
-            str(device): int(through)
-            for device, through in conn.execute(
-                "SELECT device_id, through FROM publication_progress WHERE version = ?"
-                " ORDER BY device_id",
-                (version,),
-            )
-        }
-
-    def _affected_customers(
-        self, conn: sqlite3.Connection, base: Publication, pub: Publication
-    ) -> set[str]:
-        """Customers whose balance may differ between the versions: those of transactions
-        counted at `pub` but not at `base` (any device's: seq above its progress at base,
-        up to its progress at pub; being counted only ever starts, since progress never
-        goes back), and the owners before and after of cards of UNKNOWN-card points that
-        changed owner."""
-        out: set[str] = set()
-        cards: set[str] = set()
-        for customer, card in conn.execute(
-            "SELECT DISTINCT t.customer_id, t.card FROM publication_progress p"
-            " JOIN transactions t ON t.device_id = p.device_id AND t.seq <= p.through"
-            " AND t.seq > coalesce((SELECT b.through FROM publication_progress b"
-            " WHERE b.version = ? AND b.device_id = p.device_id), 0)"
-            " WHERE p.version = ? AND t.ingest_id <= ?",
-            (base.version, pub.version, pub.cut),
-        ):
-            if customer:
-                out.add(str(customer))
-            elif card:
-                cards.add(str(card))
-        # A card that changed owner moves its UNKNOWN-card points between customers.
-        for (card,) in conn.execute(
-            "SELECT DISTINCT r.key FROM revisions r WHERE r.kind = 'card' AND r.version > ?"
-            " AND r.version <= ? AND EXISTS (SELECT 1 FROM transactions t"
-            " WHERE t.customer_id = '' AND t.card = r.key AND t.ingest_id <= ?)",
-            (base.version, pub.version, pub.cut),
-        ):
-            cards.add(str(card))
-            before = self._doc_as_of(conn, "card", str(card), base.version)
-            if before is not None:
-                out.add(str(before["customerId"]))
-        for card in cards:
-            owner = self._doc_as_of(conn, "card", card, pub.version)
-            if owner is not None:
-                out.add(str(owner["customerId"]))
-        return out
-
-    def _with_balances(
-        self,
-        conn: sqlite3.Connection,
-        customers: Iterable[tuple[str, str]],
-        pub: Publication,
-        only: set[str] | None,
-    ) -> Texts:
-        """Customer rows (key order) with balancePoints and pending as of `pub`.
-
-        Counted: each transaction ingested up to the cut whose seq is at most its device's
-        progress at `pub` (its appliedThrough there). The sums come from one grouped
-        query in customer order, merged with the rows as they stream by, so memory does
-        not grow with the chain; a row with nothing to add is written as stored.
-        """
-        counted = (
-            " FROM transactions t JOIN publication_progress p ON p.version = ?"
-            " AND p.device_id = t.device_id WHERE t.ingest_id <= ? AND t.seq <= p.through"
-        )
-        params: list[Any] = [pub.version, pub.cut]
-        known = ""
-        if only is not None:
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (id TEXT PRIMARY KEY)")
-            conn.execute("DELETE FROM temp.want")
-            conn.executemany("INSERT INTO temp.want VALUES (?)", ((k,) for k in only))
-            known = " AND t.customer_id IN (SELECT id FROM temp.want)"
-        # Points of UNKNOWN cards go to the card's owner at this version (few rows).
-        extra: dict[str, list[Move]] = defaultdict(list)
-        owners: dict[str, str | None] = {}
-        for card, points, when, due in conn.execute(
-            "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
-            f" sum(t.delta_pending){counted} AND t.customer_id = '' AND t.card != ''"
-            " GROUP BY t.card, t.pending_activates_at",
-            params,
-        ):
-            if card not in owners:
-                doc = self._doc_as_of(conn, "card", str(card), pub.version)
-                owners[card] = None if doc is None else str(doc["customerId"])
-            owner = owners[card]
-            if owner is not None:
-                extra[owner].append((int(points), when, int(due or 0)))
-        sums = _grouped(
-            conn.execute(
-                "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
-                f" sum(t.delta_pending){counted} AND t.customer_id != ''{known}"
-                " GROUP BY t.customer_id, t.pending_activates_at ORDER BY t.customer_id",
-                params,
-            )
-        )
-        upcoming = next(sums, None)
-        for key, text in customers:
-            while upcoming is not None and upcoming[0] < key:
-                upcoming = next(sums, None)
-            moves = extra.get(key, [])
-            if upcoming is not None and upcoming[0] == key:
-                moves = moves + upcoming[1]
-            # In canonical JSON `"name":` with both quotes bare can only be a key.
-            if not moves and '"balancePoints":' in text and '"pending":' not in text:
-                yield key, text  # nothing to add, nothing to fold: as stored
-                continue
-            yield key, _balance_row(text, moves, pub.issued_at)
-
     # ------------------------------------------------------------ ledger
-
-    def ingest(self, device_id: str, batch_id: str, txs: list[TxIn], now: datetime) -> IngestResult:
-        import hashlib
-
-        batch_hash = hashlib.sha256("\n".join(tx.content() for tx in txs).encode()).hexdigest()
-        with self._write() as conn:
-            if batch_id:
-                row = conn.execute(
-                    "SELECT content_sha256, ack FROM push_batches"
-                    " WHERE device_id = ? AND batch_id = ?",
-                    (device_id, batch_id),
-                ).fetchone()
-                if row is not None and row[0] == batch_hash:
-                    stored = json.loads(row[1])
-                    return IngestResult(
-                        acked_through=int(stored["ackedThrough"]),
-                        results=tuple(
-                            TxResult(int(s), str(o), str(r)) for s, o, r in stored["results"]
-                        ),
-                        replayed=True,
-                    )
-            program = self._program(conn)
-            results = [self._ingest_one(conn, tx, program, now) for tx in txs]
-            through = self._advance(conn, device_id)
-            ack = {
-                "ackedThrough": through,
-                "results": [[r.seq, r.outcome, r.reason] for r in results],
-            }
-            if batch_id:
-                conn.execute(
-                    "INSERT OR REPLACE INTO push_batches VALUES (?, ?, ?, ?, ?)",
-                    (device_id, batch_id, batch_hash, json.dumps(ack), utc_text(now)),
-                )
-                conn.execute(
-                    "DELETE FROM push_batches WHERE created_at < ?",
-                    (utc_text(now - timedelta(days=30)),),
-                )
-        return IngestResult(through, tuple(results))
-
-    def _program(self, conn: sqlite3.Connection) -> Program:
-        doc = self._doc_as_of(conn, "program", "", self._latest_version(conn))
-        return Program() if doc is None else Program.model_validate(doc)
-
-    def _ingest_one(
-        self, conn: sqlite3.Connection, tx: TxIn, program: Program, now: datetime
-    ) -> TxResult:
-        content = tx.content()
-        existing = conn.execute(
-            "SELECT content_sha256 FROM transactions WHERE device_id = ? AND seq = ?",
-            (tx.device_id, tx.seq),
-        ).fetchone()
-        if existing is not None:
-            if existing[0] == content:
-                return TxResult(tx.seq, "DUPLICATE")
-            reason = f"seq {tx.seq} of {tx.device_id} is already stored with other content"
-            self._set_aside(conn, tx, "CONFLICT", reason, content, now)
-            return TxResult(tx.seq, "CONFLICT", reason)
-        try:
-            fields = self._settle(conn, tx, program)
-        except ValueError as exc:
-            reason = str(exc)
-            self._set_aside(conn, tx, "REJECTED", reason, content, now)
-            return TxResult(tx.seq, "REJECTED", reason)
-        conn.execute(
-            "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
-            " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
-            " delta_available, delta_pending, pending_activates_at, content_sha256,"
-            " ingested_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                tx.device_id,
-                tx.seq,
-                tx.kind,
-                tx.at,
-                tx.customer_id,
-                tx.card,
-                fields["receipt_id"],
-                fields["ref_id"],
-                tx.request_json,
-                tx.result_json,
-                tx.delta_available,
-                tx.delta_pending,
-                fields["available"],
-                fields["pending"],
-                fields["activates"],
-                content,
-                utc_text(now),
-            ),
-        )
-        if tx.fiscal_document:
-            conn.execute(
-                "UPDATE transactions SET fiscal_document = ? WHERE device_id = ? AND seq = ?",
-                (tx.fiscal_document, tx.device_id, tx.seq),
-            )
-        if tx.kind == "CHECKOUT":
-            self._use_coupons(conn, tx, fields["receipt_id"])
-        elif tx.kind == "COUPON_ISSUED":
-            self._issue_coupon(conn, fields["coupon"])
-        # The holds this transaction makes real: its receipt's, and the one for its seq.
-        settled = [f"seq:{tx.seq}"] + ([fields["receipt_id"]] if tx.kind == "CHECKOUT" else [])
-        if tx.kind == "CHECKOUT":  # its codes are used now (coupon_uses), not held
-            conn.execute(
-                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
-                (tx.device_id, fields["receipt_id"]),
-            )
-        conn.executemany(
-            "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND receipt_id = ?"
-            " AND state = 'ACTIVE'",
-            [(tx.device_id, key) for key in settled],
-        )
-        return TxResult(tx.seq, "STORED")
-
-    def _settle_issued(self, tx: TxIn, request: dict[str, Any], receipt_id: str) -> dict[str, Any]:
-        """A coupon a till issued: checked whole; it moves no points."""
-        if tx.delta_available or tx.delta_pending:
-            raise ValueError("an issued coupon moves no points")
-        try:
-            coupon = Coupon.model_validate(request.get("coupon"))
-        except ValidationError as exc:
-            raise ValueError(f"coupon: {describe(exc)}") from None
-        return {
-            "receipt_id": receipt_id,
-            "ref_id": coupon.code,
-            "available": 0,
-            "pending": 0,
-            "activates": None,
-            "coupon": coupon.model_dump(mode="json", by_alias=True, exclude_none=True),
-        }
-
-    def _issue_coupon(self, conn: sqlite3.Connection, doc: dict[str, Any]) -> None:
-        """A till-issued code goes into the next snapshot for every till, unless it was
-        already used (then it has nothing to do there)."""
-        code = str(doc["code"])
-        if conn.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone() is None:
-            conn.execute(
-                "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES ('coupon', ?, ?)",
-                (code, _canon(doc)),
-            )
-
-    def _use_coupons(self, conn: sqlite3.Connection, tx: TxIn, receipt_id: str) -> None:
-        """The codes a checkout used: the first use of a code is recorded (and the code
-        leaves the next snapshot); a later use elsewhere is a conflict, and the sale stands."""
-        result = json.loads(tx.result_json)
-        verdicts = result.get("coupons") if isinstance(result, dict) else None
-        for verdict in verdicts if isinstance(verdicts, list) else ():
-            if not isinstance(verdict, dict) or verdict.get("status") != "APPLIED":
-                continue
-            code = str(verdict.get("code") or "")
-            if not code:
-                continue
-            row = (code, tx.device_id, tx.seq, receipt_id, tx.customer_id, tx.at)
-            first = conn.execute(
-                "SELECT device_id, receipt_id FROM coupon_uses WHERE code = ?", (code,)
-            ).fetchone()
-            if first is None:
-                conn.execute("INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)", row)
-                conn.execute(
-                    "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES ('coupon', ?, NULL)",
-                    (code,),
-                )
-            elif tuple(first) != (tx.device_id, receipt_id):
-                conn.execute("INSERT OR IGNORE INTO coupon_conflicts VALUES (?,?,?,?,?,?)", row)
-
-    def coupon_conflicts(self) -> list[dict[str, Any]]:
-        """Codes used more than once (by two tills while they were offline), for review."""
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
-                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
-                " ORDER BY c.code, c.device_id, c.seq"
-            ).fetchall()
-        return [
-            {
-                "code": code,
-                "deviceId": device,
-                "receiptId": receipt,
-                "at": at,
-                "firstDeviceId": first_device,
-                "firstReceiptId": first_receipt,
-            }
-            for code, device, receipt, at, first_device, first_receipt in rows
-        ]
-
-    def _settle(self, conn: sqlite3.Connection, tx: TxIn, program: Program) -> dict[str, Any]:
-        """Check a transaction and work out the points it moves, as the hub counts them."""
-        if tx.seq < 1:
-            raise ValueError("seq must be 1 or more")
-        if tx.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
-            raise ValueError(f"unknown kind {tx.kind!r}")
-        try:
-            at = _timestamp(tx.at)
-            request = json.loads(tx.request_json)
-            result = json.loads(tx.result_json)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"unreadable transaction: {exc}") from None
-        if not isinstance(request, dict) or not isinstance(result, dict):
-            raise ValueError("requestJson and resultJson must be JSON objects")
-        receipt_id = str(request.get("receiptId") or "")
-        if not receipt_id:
-            raise ValueError("the request has no receiptId")
-        if tx.kind == "COUPON_ISSUED":
-            return self._settle_issued(tx, request, receipt_id)
-        ref_id = receipt_id if tx.kind == "CHECKOUT" else str(request.get("refundId") or "")
-        if not ref_id:
-            raise ValueError("the refund has no refundId")
-        available, pending = tx.delta_available, tx.delta_pending
-        activates: str | None = None
-        if pending:
-            if not tx.pending_activates_at:
-                raise ValueError("pending points without pendingActivatesAt")
-            try:
-                activates = utc_text(_timestamp(tx.pending_activates_at))
-            except ValueError as exc:
-                raise ValueError(f"pendingActivatesAt: {exc}") from None
-        if not tx.customer_id and tx.card:
-            # An UNKNOWN card: the till counted nothing; the hub settles the points it
-            # earned (or loses) so that they reach the customer once the card is known.
-            available, pending, activates = self._settle_unknown(
-                conn, tx, at, result, receipt_id, program
-            )
-        return {
-            "receipt_id": receipt_id,
-            "ref_id": ref_id,
-            "available": available,
-            "pending": pending,
-            "activates": activates,
-        }
-
-    def _settle_unknown(
-        self,
-        conn: sqlite3.Connection,
-        tx: TxIn,
-        at: datetime,
-        result: dict[str, Any],
-        receipt_id: str,
-        program: Program,
-    ) -> tuple[int, int, str | None]:
-        if tx.kind == "CHECKOUT":
-            earned = int(result.get("earnedPoints") or 0)
-            due = activation_time(at, program)
-            if earned and due > at:
-                return 0, earned, utc_text(due)
-            return earned, 0, None
-        taken = int(result.get("takenBackPoints") or 0)
-        returned = int(result.get("returnedPoints") or 0)
-        row = conn.execute(
-            "SELECT pending_activates_at, coalesce((SELECT sum(delta_pending) FROM transactions"
-            " t2 WHERE t2.device_id = t.device_id AND t2.receipt_id = t.receipt_id), 0)"
-            " FROM transactions t WHERE device_id = ? AND receipt_id = ? AND kind = 'CHECKOUT'",
-            (tx.device_id, receipt_id),
-        ).fetchone()
-        pending = 0
-        activates: str | None = None
-        if row is not None and row[0] and at < _when(row[0]):
-            from_pending = max(0, min(taken, int(row[1])))
-            if from_pending:
-                pending, activates, taken = -from_pending, str(row[0]), taken - from_pending
-        return returned - taken, pending, activates
-
-    def _set_aside(
-        self,
-        conn: sqlite3.Connection,
-        tx: TxIn,
-        outcome: str,
-        reason: str,
-        content: str,
-        now: datetime,
-    ) -> None:
-        payload = json.dumps(tx.__dict__, ensure_ascii=False)
-        conn.execute(
-            "INSERT OR IGNORE INTO set_aside (device_id, seq, outcome, reason, content_sha256,"
-            " payload, received_at) VALUES (?,?,?,?,?,?,?)",
-            (tx.device_id, tx.seq, outcome, reason, content, payload, utc_text(now)),
-        )
-
-    def _advance(self, conn: sqlite3.Connection, device_id: str) -> int:
-        row = conn.execute(
-            "SELECT contiguous_through FROM device_progress WHERE device_id = ?", (device_id,)
-        ).fetchone()
-        through = 0 if row is None else int(row[0])
-        start = through
-        while conn.execute(
-            "SELECT 1 FROM transactions WHERE device_id = ? AND seq = ?", (device_id, through + 1)
-        ).fetchone():
-            through += 1
-        if row is None or through != start:
-            conn.execute(
-                "INSERT OR REPLACE INTO device_progress VALUES (?, ?)", (device_id, through)
-            )
-        return through
 
     def transactions(
         self, device_id: str, since_seq: int = 0, limit: int = 0, receipt_id: str = ""
@@ -967,6 +432,16 @@ class SqliteHubStore:
             for r in rows
         ]
 
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
+                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
+                " ORDER BY c.code, c.device_id, c.seq"
+            ).fetchall()
+        return [conflict(*row) for row in rows]
+
     def applied_through(self, device_id: str) -> int:
         with self._read() as conn:
             row = conn.execute(
@@ -999,197 +474,6 @@ class SqliteHubStore:
             for a, b, c, d, e, f, g, h in rows
         ]
 
-    # ------------------------------------------------------------ balances and holds
-
-    def _live(
-        self, conn: sqlite3.Connection, customer_id: str, at: datetime
-    ) -> tuple[int, int] | None:
-        """(available, pending) at `at` over everything ingested; None: unknown customer."""
-        latest = self._latest_version(conn)
-        doc = self._doc_as_of(conn, "customer", customer_id, latest)
-        if doc is None:
-            return None
-        cutoff = utc_text(at)
-        available = int(doc.get("balancePoints", 0))
-        pending = 0
-        for entry in doc.get("pending", []):
-            if _timestamp(entry["activatesAt"]) <= at:
-                available += int(entry["points"])
-            else:
-                pending += int(entry["points"])
-        cards = [
-            str(key)
-            for (key,) in conn.execute(
-                "SELECT DISTINCT key FROM revisions WHERE json_extract(doc, '$.customerId') = ?"
-                " AND kind = 'card'",
-                (customer_id,),
-            ).fetchall()
-            if (self._doc_as_of(conn, "card", str(key), latest) or {}).get("customerId")
-            == customer_id
-        ]
-        marks = ",".join("?" * len(cards))
-        unknown = f" OR (customer_id = '' AND card IN ({marks}))" if cards else ""
-        for points, when, due in conn.execute(
-            "SELECT sum(delta_available), pending_activates_at, sum(delta_pending)"
-            f" FROM transactions WHERE customer_id = ?{unknown} GROUP BY pending_activates_at",
-            (customer_id, *cards),
-        ):
-            available += int(points)
-            if due:
-                if when and when <= cutoff:
-                    available += int(due)
-                else:
-                    pending += int(due)
-        return available, pending
-
-    def balance(self, customer_id: str, at: datetime) -> HubBalance:
-        with self._read() as conn:
-            live = self._live(conn, customer_id, at)
-            if live is None:
-                from tillpoint.agent.errors import NotFound
-
-                raise NotFound(f"customer {customer_id} is not known to the hub")
-            held = conn.execute(
-                "SELECT coalesce(sum(points), 0) FROM holds WHERE customer_id = ?"
-                " AND state = 'ACTIVE' AND expires_at > ?",
-                (customer_id, utc_text(datetime.now(UTC))),
-            ).fetchone()[0]
-            return HubBalance(live[0], live[1], int(held))
-
-    def authorise(
-        self,
-        device_id: str,
-        receipt_id: str,
-        customer_id: str,
-        points: int,
-        at: datetime,
-        unsynced: list[Unsynced],
-        now: datetime,
-        hold_ttl_s: float,
-    ) -> Authorisation:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE holds SET state = 'EXPIRED' WHERE state = 'ACTIVE' AND expires_at <= ?",
-                (utc_text(now),),
-            )
-            live = self._live(conn, customer_id, at)
-            spendable = 0 if live is None else live[0]
-            expires = now + timedelta(seconds=hold_ttl_s)
-            mine = {receipt_id}
-            for item in unsynced:
-                stored = conn.execute(
-                    "SELECT 1 FROM transactions WHERE device_id = ? AND seq = ?",
-                    (device_id, item.seq),
-                ).fetchone()
-                if stored is not None:
-                    continue
-                # The till's own movement the hub has not received: it counts now, and a
-                # spend is held for the other tills until the transaction arrives (its
-                # receipt's own hold, if any, is replaced so nothing is held twice).
-                spendable += item.points
-                key = f"seq:{item.seq}"
-                mine.add(key)
-                conn.execute(
-                    "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND receipt_id = ?"
-                    " AND state = 'ACTIVE'",
-                    (device_id, item.receipt_id),
-                )
-                if item.points < 0:
-                    conn.execute(
-                        "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, 'ACTIVE')"
-                        " ON CONFLICT (device_id, receipt_id) DO UPDATE SET"
-                        " points = excluded.points, expires_at = excluded.expires_at,"
-                        " state = 'ACTIVE'",
-                        (
-                            uuid.uuid4().hex,
-                            device_id,
-                            key,
-                            customer_id,
-                            -item.points,
-                            utc_text(now),
-                            utc_text(expires),
-                        ),
-                    )
-            held = 0
-            for dev, rid, pts in conn.execute(
-                "SELECT device_id, receipt_id, points FROM holds WHERE customer_id = ?"
-                " AND state = 'ACTIVE'",
-                (customer_id,),
-            ):
-                if dev == device_id and rid in mine:
-                    continue  # this receipt, or a movement counted through `unsynced`
-                held += int(pts)
-            live_balance = spendable - held
-            granted = max(0, min(points, live_balance))
-            hold_id = ""
-            conn.execute(
-                "DELETE FROM holds WHERE device_id = ? AND receipt_id = ?", (device_id, receipt_id)
-            )
-            if granted > 0:
-                hold_id = uuid.uuid4().hex
-                conn.execute(
-                    "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, 'ACTIVE')",
-                    (
-                        hold_id,
-                        device_id,
-                        receipt_id,
-                        customer_id,
-                        granted,
-                        utc_text(now),
-                        utc_text(expires),
-                    ),
-                )
-        return Authorisation(granted, hold_id, expires, live_balance)
-
-    def release(self, device_id: str, receipt_id: str) -> bool:
-        """A hold the till gave up (its receipt cancelled or expired there): dropped, so the
-        points are spendable at once. A settled hold stays: its transaction is the truth."""
-        with self._write() as conn:
-            gone = conn.execute(
-                "DELETE FROM holds WHERE device_id = ? AND receipt_id = ? AND state = 'ACTIVE'",
-                (device_id, receipt_id),
-            ).rowcount
-            gone += conn.execute(
-                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
-                (device_id, receipt_id),
-            ).rowcount
-        return bool(gone)
-
-    def hold_coupons(
-        self,
-        device_id: str,
-        receipt_id: str,
-        customer_id: str,
-        codes: list[str],
-        now: datetime,
-        hold_ttl_s: float,
-    ) -> list[str]:
-        used: list[str] = []
-        with self._write() as conn:
-            conn.execute("DELETE FROM coupon_holds WHERE expires_at <= ?", (utc_text(now),))
-            conn.execute(
-                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
-                (device_id, receipt_id),
-            )
-            expires = utc_text(now + timedelta(seconds=hold_ttl_s))
-            for code in dict.fromkeys(codes):
-                first = conn.execute(
-                    "SELECT device_id, receipt_id FROM coupon_uses WHERE code = ?", (code,)
-                ).fetchone()
-                if first is not None and tuple(first) != (device_id, receipt_id):
-                    used.append(code)
-                    continue
-                held = conn.execute("SELECT 1 FROM coupon_holds WHERE code = ?", (code,)).fetchone()
-                if held is not None:  # another receipt's hold (this one's were dropped)
-                    used.append(code)
-                    continue
-                if first is None:
-                    conn.execute(
-                        "INSERT INTO coupon_holds VALUES (?,?,?,?,?,?)",
-                        (code, device_id, receipt_id, customer_id, utc_text(now), expires),
-                    )
-        return used
-
     # ------------------------------------------------------------ devices
 
     def enroll(self, device_id: str, fingerprint: str, now: datetime) -> None:
@@ -1217,48 +501,373 @@ class SqliteHubStore:
             return cur.rowcount > 0
 
 
-def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]]:
-    """(customer, its moves) from rows (customer, available, activates_at, pending) that
-    come grouped by customer."""
-    current: str | None = None
-    moves: list[Move] = []
-    for customer, points, when, due in rows:
-        if customer != current:
-            if current is not None:
-                yield current, moves
-            current, moves = str(customer), []
-        moves.append((int(points), when, int(due or 0)))
-    if current is not None:
-        yield current, moves
+class SqliteTx:
+    """`HubTx` on an open SQLite transaction (BEGIN IMMEDIATE already serialises writers,
+    so the locks are no-ops)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    # -- master data and publications
+
+    def latest_version(self) -> int:
+        return _latest_version(self.conn)
+
+    def publication(self, version: int) -> Publication | None:
+        return _publication(self.conn, version)
+
+    def text_as_of(self, kind: str, key: str, version: int) -> str | None:
+        row = self.conn.execute(
+            "SELECT doc FROM revisions WHERE kind = ? AND key = ? AND version <= ?"
+            " ORDER BY version DESC LIMIT 1",
+            (kind, key, version),
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def texts_as_of(self, kind: str, version: int) -> Texts:
+        """Every row of `kind` at `version` as its stored text, in key order.
+
+        One pass over the primary key (kind, key, version) with no sort (EXPLAIN QUERY
+        PLAN: ``SEARCH revisions USING PRIMARY KEY (kind=?)``); SQLite's bare columns of a
+        max() aggregate come from the row holding the maximum, i.e. the newest revision.
+        The stored text is already canonical JSON (`canon` is the only writer of `draft`
+        and `publish` copies it), so it is written as it is, never parsed.
+        """
+        cur = self.conn.execute(
+            "SELECT key, doc, max(version) FROM revisions WHERE kind = ? AND version <= ?"
+            " GROUP BY key ORDER BY key",
+            (kind, version),
+        )
+        while batch := cur.fetchmany(4096):
+            for key, doc, _ in batch:
+                if doc is not None:
+                    yield key, doc
+
+    def keys_changed(self, kind: str, base: int, version: int) -> list[str]:
+        return [
+            str(key)
+            for (key,) in self.conn.execute(
+                "SELECT DISTINCT key FROM revisions WHERE kind = ? AND version > ?"
+                " AND version <= ? ORDER BY key",
+                (kind, base, version),
+            )
+        ]
+
+    def cards_ever_of(self, customer_id: str) -> list[str]:
+        return [
+            str(key)
+            for (key,) in self.conn.execute(
+                "SELECT DISTINCT key FROM revisions WHERE json_extract(doc, '$.customerId') = ?"
+                " AND kind = 'card'",
+                (customer_id,),
+            )
+        ]
+
+    def progress_at(self, version: int) -> dict[str, int]:
+        return {
+            str(device): int(through)
+            for device, through in self.conn.execute(
+                "SELECT device_id, through FROM publication_progress WHERE version = ?"
+                " ORDER BY device_id",
+                (version,),
+            )
+        }
+
+    # -- the ledger
+
+    def stored_content(self, device_id: str, seq: int) -> str | None:
+        row = self.conn.execute(
+            "SELECT content_sha256 FROM transactions WHERE device_id = ? AND seq = ?",
+            (device_id, seq),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for start in range(0, len(seqs), 500):
+            part = seqs[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for seq, content in self.conn.execute(
+                "SELECT seq, content_sha256 FROM transactions WHERE device_id = ?"
+                f" AND seq IN ({marks})",
+                (device_id, *part),
+            ):
+                found[int(seq)] = str(content)
+        return found
+
+    def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
+        return [
+            int(s)
+            for (s,) in self.conn.execute(
+                "SELECT seq FROM transactions WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (device_id, seq, limit),
+            )
+        ]
+
+    def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
+        self.conn.execute(
+            "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
+            " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
+            " delta_available, delta_pending, pending_activates_at, content_sha256,"
+            " ingested_at, fiscal_document) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                tx.device_id,
+                tx.seq,
+                tx.kind,
+                tx.at,
+                tx.customer_id,
+                tx.card,
+                fields["receipt_id"],
+                fields["ref_id"],
+                tx.request_json,
+                tx.result_json,
+                tx.delta_available,
+                tx.delta_pending,
+                fields["available"],
+                fields["pending"],
+                fields["activates"],
+                content,
+                now,
+                tx.fiscal_document,
+            ),
+        )
+
+    def set_aside(
+        self, tx: TxIn, outcome: str, reason: str, content: str, payload: str, now: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO set_aside (device_id, seq, outcome, reason, content_sha256,"
+            " payload, received_at) VALUES (?,?,?,?,?,?,?)",
+            (tx.device_id, tx.seq, outcome, reason, content, payload, now),
+        )
+
+    def checkout_pending(self, device_id: str, receipt_id: str) -> tuple[str | None, int] | None:
+        row = self.conn.execute(
+            "SELECT pending_activates_at, coalesce((SELECT sum(delta_pending) FROM transactions"
+            " t2 WHERE t2.device_id = t.device_id AND t2.receipt_id = t.receipt_id), 0)"
+            " FROM transactions t WHERE device_id = ? AND receipt_id = ? AND kind = 'CHECKOUT'",
+            (device_id, receipt_id),
+        ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
+
+    def contiguous_through(self, device_id: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT contiguous_through FROM device_progress WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_contiguous_through(self, device_id: str, through: int) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO device_progress VALUES (?, ?)", (device_id, through)
+        )
+
+    def batch_answer(self, device_id: str, batch_id: str) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT content_sha256, ack FROM push_batches WHERE device_id = ? AND batch_id = ?",
+            (device_id, batch_id),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def save_batch_answer(
+        self, device_id: str, batch_id: str, content: str, answer: str, now: str, prune_before: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO push_batches VALUES (?, ?, ?, ?, ?)",
+            (device_id, batch_id, content, answer, now),
+        )
+        self.conn.execute("DELETE FROM push_batches WHERE created_at < ?", (prune_before,))
+
+    def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
+        marks = ",".join("?" * len(cards))
+        unknown = f" OR (customer_id = '' AND card IN ({marks}))" if cards else ""
+        return [
+            (int(points), when, int(due or 0))
+            for points, when, due in self.conn.execute(
+                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending)"
+                f" FROM transactions WHERE customer_id = ?{unknown}"
+                " GROUP BY pending_activates_at",
+                (customer_id, *cards),
+            )
+        ]
+
+    # -- what a publication counts
+
+    def newly_counted(self, base: Publication, pub: Publication) -> Iterable[tuple[str, str]]:
+        return self.conn.execute(
+            "SELECT DISTINCT t.customer_id, t.card FROM publication_progress p"
+            " JOIN transactions t ON t.device_id = p.device_id AND t.seq <= p.through"
+            " AND t.seq > coalesce((SELECT b.through FROM publication_progress b"
+            " WHERE b.version = ? AND b.device_id = p.device_id), 0)"
+            " WHERE p.version = ? AND t.ingest_id <= ?",
+            (base.version, pub.version, pub.cut),
+        ).fetchall()
+
+    def reowned_cards(self, base: Publication, pub: Publication) -> Iterable[str]:
+        return [
+            str(card)
+            for (card,) in self.conn.execute(
+                "SELECT DISTINCT r.key FROM revisions r WHERE r.kind = 'card' AND r.version > ?"
+                " AND r.version <= ? AND EXISTS (SELECT 1 FROM transactions t"
+                " WHERE t.customer_id = '' AND t.card = r.key AND t.ingest_id <= ?)",
+                (base.version, pub.version, pub.cut),
+            )
+        ]
+
+    _COUNTED = (
+        " FROM transactions t JOIN publication_progress p ON p.version = ?"
+        " AND p.device_id = t.device_id WHERE t.ingest_id <= ? AND t.seq <= p.through"
+    )
+
+    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[str, int, str | None, int]]:
+        return self.conn.execute(
+            "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
+            f" sum(t.delta_pending){self._COUNTED} AND t.customer_id = '' AND t.card != ''"
+            " GROUP BY t.card, t.pending_activates_at",
+            (pub.version, pub.cut),
+        ).fetchall()
+
+    def counted_customer_moves(
+        self, pub: Publication, only: set[str] | None
+    ) -> Iterable[tuple[str, int, str | None, int]]:
+        known = ""
+        if only is not None:
+            self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (id TEXT PRIMARY KEY)")
+            self.conn.execute("DELETE FROM temp.want")
+            self.conn.executemany("INSERT INTO temp.want VALUES (?)", ((k,) for k in only))
+            known = " AND t.customer_id IN (SELECT id FROM temp.want)"
+        return self.conn.execute(
+            "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
+            f" sum(t.delta_pending){self._COUNTED} AND t.customer_id != ''{known}"
+            " GROUP BY t.customer_id, t.pending_activates_at ORDER BY t.customer_id",
+            (pub.version, pub.cut),
+        )
+
+    # -- coupons
+
+    def coupon_first_use(self, code: str) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT device_id, receipt_id FROM coupon_uses WHERE code = ?", (code,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
+        self.conn.execute("INSERT INTO coupon_uses VALUES (?,?,?,?,?,?)", row)
+        return None  # the only writer: nobody recorded it meanwhile
+
+    def record_coupon_conflict(self, row: CouponUse) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO coupon_conflicts VALUES (?,?,?,?,?,?)", row)
+
+    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO draft (kind, key, doc) VALUES (?, ?, ?)", (kind, key, doc)
+        )
+
+    def expire_coupon_holds(self, now: str) -> None:
+        self.conn.execute("DELETE FROM coupon_holds WHERE expires_at <= ?", (now,))
+
+    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
+        return int(
+            self.conn.execute(
+                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+                (device_id, receipt_id),
+            ).rowcount
+        )
+
+    def coupon_held(self, code: str) -> bool:
+        return (
+            self.conn.execute("SELECT 1 FROM coupon_holds WHERE code = ?", (code,)).fetchone()
+            is not None
+        )
+
+    def hold_coupon(
+        self, code: str, device_id: str, receipt_id: str, customer_id: str, now: str, expires: str
+    ) -> bool:
+        self.conn.execute(
+            "INSERT INTO coupon_holds VALUES (?,?,?,?,?,?)",
+            (code, device_id, receipt_id, customer_id, now, expires),
+        )
+        return True  # the only writer
+
+    # -- holds
+
+    def lock_device(self, device_id: str) -> None:
+        pass  # BEGIN IMMEDIATE: this transaction is the only writer
+
+    def lock_customers(self, customer_ids: Iterable[str]) -> None:
+        pass
+
+    def expire_holds(self, customer_id: str, now: str) -> None:
+        self.conn.execute(
+            "UPDATE holds SET state = 'EXPIRED' WHERE customer_id = ? AND state = 'ACTIVE'"
+            " AND expires_at <= ?",
+            (customer_id, now),
+        )
+
+    def active_holds(self, customer_id: str) -> list[tuple[str, str, int]]:
+        return [
+            (str(d), str(r), int(p))
+            for d, r, p in self.conn.execute(
+                "SELECT device_id, receipt_id, points FROM holds WHERE customer_id = ?"
+                " AND state = 'ACTIVE'",
+                (customer_id,),
+            )
+        ]
+
+    def held(self, customer_id: str, now: str) -> int:
+        return int(
+            self.conn.execute(
+                "SELECT coalesce(sum(points), 0) FROM holds WHERE customer_id = ?"
+                " AND state = 'ACTIVE' AND expires_at > ?",
+                (customer_id, now),
+            ).fetchone()[0]
+        )
+
+    def settle_holds(self, device_id: str, receipt_ids: list[str]) -> None:
+        self.conn.executemany(
+            "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND receipt_id = ?"
+            " AND state = 'ACTIVE'",
+            [(device_id, key) for key in receipt_ids],
+        )
+
+    def upsert_hold(
+        self,
+        hold_id: str,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        now: str,
+        expires: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, 'ACTIVE')"
+            " ON CONFLICT (device_id, receipt_id) DO UPDATE SET"
+            " points = excluded.points, expires_at = excluded.expires_at, state = 'ACTIVE'",
+            (hold_id, device_id, receipt_id, customer_id, points, now, expires),
+        )
+
+    def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
+        active = " AND state = 'ACTIVE'" if only_active else ""
+        return int(
+            self.conn.execute(
+                f"DELETE FROM holds WHERE device_id = ? AND receipt_id = ?{active}",
+                (device_id, receipt_id),
+            ).rowcount
+        )
 
 
-def _balance_row(text: str, moves: list[Move], issued_at: datetime) -> str:
-    """A customer row with the counted moves added, and pending points due by `issued_at`
-    folded into balancePoints."""
-    row = dict(json.loads(text))
-    balance = int(row.get("balancePoints", 0))
-    entries: dict[datetime, int] = defaultdict(int)
-    for entry in row.get("pending", []):
-        entries[_timestamp(entry["activatesAt"]).astimezone(UTC)] += int(entry["points"])
-    for points, when, due in moves:
-        balance += points
-        if when and due:
-            entries[_when(when).astimezone(UTC)] += due
-    left = []
-    for when_ in sorted(entries):
-        if not entries[when_]:
-            continue
-        if when_ <= issued_at:
-            balance += entries[when_]
-        else:
-            left.append({"points": entries[when_], "activatesAt": when_.isoformat()})
-    row["balancePoints"] = balance
-    if left:
-        row["pending"] = left
-    else:
-        row.pop("pending", None)
-    return str(_canon(row))
+def _latest_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(version), 0) FROM publications").fetchone()[0])
 
 
-def _default_program() -> dict[str, Any]:
-    return Program().model_dump(mode="json", by_alias=True, exclude_none=True)
+def _publication(conn: sqlite3.Connection, version: int) -> Publication | None:
+    row = conn.execute(
+        "SELECT version, issued_at, expires_at, cut, reason, changed_rows"
+        " FROM publications WHERE version = ?",
+        (version,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Publication(
+        int(row[0]), _when(row[1]), _when(row[2]), int(row[3]), str(row[4]), int(row[5])
+    )

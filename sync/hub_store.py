@@ -21,6 +21,7 @@ Data model (what an implementation must keep):
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -287,6 +288,10 @@ class HubStore(Protocol):
         `limit` (0: all); only those of `receipt_id` (its sale and refunds) if given."""
         ...
 
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
+        ...
+
     def applied_through(self, device_id: str) -> int: ...
 
     def ingested_since(self, cut: int) -> int: ...
@@ -297,5 +302,10 @@ class HubStore(Protocol):
     def device(self, device_id: str) -> DeviceRecord | None: ...
 
     def revoke(self, device_id: str, now: datetime) -> bool: ...
+
+    def build_lock(self, name: str) -> AbstractContextManager[None]:
+        """Held while a snapshot file is built, across every process over this store (a
+        no-op where only one machine can open it: SQLite)."""
+        ...
 
     def close(self) -> None: ...

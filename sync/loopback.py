@@ -126,13 +126,17 @@ class LoopbackHub:
         data: dict[str, Any] | None = None,
         publish: bool = True,
         start: bool = True,
+        store: str | None = None,
     ) -> None:
+        """`store`: the hub's store (a PostgreSQL URL, or a SQLite file; default:
+        $TILLPOINT_HUB_STORE, else hub.db in `root`)."""
         self.root = Path(root)
         self.config = config or HubConfig(heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
         self.clock = clock
-        self.dir = HubDir(self.root)
+        self.dir = HubDir(self.root, store)
         self.dir.init()
-        self.server = HubServer(self.root, self.config, clock=clock)
+        self.dir.open_store(migrate=True).close()  # what `hub init` does
+        self.server = HubServer(self.dir, self.config, clock=clock)
         if data is not None:
             import_doc(self.server.store, data)
         if publish and data is not None:
@@ -195,7 +199,7 @@ class LoopbackHub:
     def restart(self, config: HubConfig | None = None) -> None:
         """Stop and start again on the same port, with a fresh store connection."""
         self.server.stop(grace=0)
-        self.server = HubServer(self.root, config or self.config, clock=self.clock)
+        self.server = HubServer(self.dir, config or self.config, clock=self.clock)
         self.port = self.server.start(f"127.0.0.1:{self.port}")
 
 

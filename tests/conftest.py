@@ -159,3 +159,72 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CLI:
         return Run(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+# ---------------------------------------------------------------- PostgreSQL (the hub's)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the whole run (initdb + pg_ctl into a temp dir on
+    a free port); skipped with the reason when the server is not installed."""
+    from bench import pgcluster
+
+    reason = pgcluster.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = pgcluster.Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """A fresh, empty database of the session's cluster."""
+    return str(pg_cluster.new_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Makes hub stores of one kind (each call: a new, empty hub); closes them at the end."""
+    made: list[Any] = []
+
+    def make() -> Any:
+        if request.param == "sqlite":
+            from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+            store: Any = SqliteHubStore(tmp_path / f"hub-{len(made)}.db")
+        else:
+            from tillpoint.sync.hub_postgres import PostgresHubStore
+
+            cluster = request.getfixturevalue("pg_cluster")
+            store = PostgresHubStore(cluster.new_database(), migrate_schema=True)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--hub-store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the store of every hub the tests start (`make test-pg`: postgresql, a fresh"
+        " database of a throwaway cluster per test)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _hub_store_choice(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.config.getoption("--hub-store") == "postgresql":
+        from tillpoint.sync.hub_postgres import migrate
+
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.new_database()
+        migrate(url)  # provisioned, as `tillpoint hub migrate` does before a hub starts
+        monkeypatch.setenv("TILLPOINT_HUB_STORE", url)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tillpoint.agent.cli import main
 from tillpoint.agent.db import cache_file
 from tillpoint.agent.service import Agent
-from tillpoint.sync.hub_sqlite import SqliteHubStore
+from tillpoint.sync.hub_server import HubDir
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import import_doc, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -53,8 +53,10 @@ def coupons_in_cache(data_dir: Path) -> list[str]:
         conn.close()
 
 
-def test_snapshot_coupons_from_hub_import_to_a_full_build_and_a_delta(tmp_path: Path) -> None:
-    hub = SqliteHubStore(tmp_path / "hub.db")
+def test_snapshot_coupons_from_hub_import_to_a_full_build_and_a_delta(
+    tmp_path: Path, hub_store_factory: Any
+) -> None:
+    hub = hub_store_factory()  # each hub store: SQLite and PostgreSQL
     agent = Agent(tmp_path / "till", "till-1")
     try:
         import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
@@ -256,9 +258,12 @@ def outbox(data_dir: Path) -> list[TxIn]:
 
 
 def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], hub_store_factory: Any
 ) -> None:
-    hub = SqliteHubStore(tmp_path / "hub.db")
+    hub = hub_store_factory()  # each hub store: SQLite and PostgreSQL
+    store = str(getattr(hub, "url", "") or hub.path)
+    if store.startswith("postgresql"):
+        HubDir(tmp_path, store).init()  # the keys make a hub on a shared database
     tills = [Agent(tmp_path / name, name) for name in ("till-1", "till-2")]
     try:
         import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
@@ -286,10 +291,11 @@ def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(
         assert hub.snapshot_doc(2, 1)["removed"] == {"coupons": ["SORRY7K2Q9"]}
         assert [c["code"] for c in hub.snapshot_doc(2, 0)["coupons"]] == ["APP555"]
         # the hub's operator sees the conflict
-        assert main(["hub", "coupon-conflicts", "--hub-dir", str(tmp_path), "--json"]) == 0
+        cli = ["hub", "coupon-conflicts", "--hub-dir", str(tmp_path), "--store", store]
+        assert main([*cli, "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out == {"conflicts": hub.coupon_conflicts()}
-        assert main(["hub", "coupon-conflicts", "--hub-dir", str(tmp_path)]) == 0
+        assert main(cli) == 0
         assert "SORRY7K2Q9: used by till-1 (s0) and again by till-2 (s1)" in capsys.readouterr().out
     finally:
         for till in tills:
@@ -312,11 +318,11 @@ NEXT_VISIT = {
 
 
 def test_a_till_issued_coupon_is_printed_usable_at_once_and_reaches_other_tills(
-    tmp_path: Path,
+    tmp_path: Path, hub_store_factory: Any
 ) -> None:
     from google.protobuf import json_format
 
-    hub = SqliteHubStore(tmp_path / "hub.db")
+    hub = hub_store_factory()  # each hub store: SQLite and PostgreSQL
     tills = [Agent(tmp_path / name, name) for name in ("till-1", "till-2")]
     try:
         import_doc(hub, sample_master_data() | {"offers": [NEXT_VISIT]})

@@ -77,7 +77,11 @@ def _opened(pid: int, directory: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TILLPOINT_") or k == "TILLPOINT_HUB_STORE"  # --hub-store
+    }
 
 
 def test_export_waits_for_a_build_in_another_process_and_takes_its_file(

@@ -1,4 +1,5 @@
-"""The reference hub's store: imports, versions, deltas, balances (real SQLite files)."""
+"""The reference hub's store: imports, versions, deltas, balances (both stores: a real
+SQLite file and a real PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_import import read_file
-from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import ImportRefused, TxIn
 from tillpoint.sync.loopback import import_doc, sample_master_data
 
@@ -25,10 +25,9 @@ WEEK = 7 * 86400.0
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Any:
-    s = SqliteHubStore(tmp_path / "hub.db")
-    yield s
-    s.close()
+def store(hub_store_factory: Any) -> Any:
+    """An empty hub store, once on SQLite and once on PostgreSQL."""
+    return hub_store_factory()
 
 
 def write(path: Path, doc: Any) -> Path:
@@ -248,9 +247,15 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(ops)
-def test_applying_the_deltas_gives_the_full_snapshot(steps: list[tuple[str, int, int]]) -> None:
+def test_applying_the_deltas_gives_the_full_snapshot(
+    hub_store_factory: Any, steps: list[tuple[str, int, int]]
+) -> None:
     """For any history, a till that follows every delta holds exactly the full snapshot.
 
     Transactions come from two tills, some out of order (a seq held back, sent later by
@@ -258,7 +263,7 @@ def test_applying_the_deltas_gives_the_full_snapshot(steps: list[tuple[str, int,
     they are contiguous."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        store = SqliteHubStore(root / "hub.db")
+        store = hub_store_factory()  # a new empty hub each example
         follower = Agent(root / "follower", "a", clock=lambda: NOW)
         seqs = {"a": 0, "b": 0}
         held: list[TxIn] = []

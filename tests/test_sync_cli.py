@@ -167,7 +167,11 @@ def test_hub_serve_runs_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixt
         run(capsys, "hub", "import", str(catalogue), "--publish", "--hub-dir", str(hub_dir))[0] == 0
     )
     port_file = tmp_path / "port"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TILLPOINT_") or k == "TILLPOINT_HUB_STORE"  # --hub-store
+    }
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("tillpoint")),
@@ -305,8 +309,9 @@ def test_hub_commands_refuse_a_directory_without_a_hub(
 
 
 def test_init_or_import_make_the_hub_the_other_commands_use(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("TILLPOINT_HUB_STORE", raising=False)  # two hubs: one hub.db each
     made = tmp_path / "made"
     assert run(capsys, "hub", "init", "--hub-dir", str(made))[0] == 0
     code, doc, err = run(capsys, "hub", "publish", "--hub-dir", str(made), "--json")

@@ -485,14 +485,15 @@ def test_pull_json_never_claims_more_than_was_synced(hub: LoopbackHub, till: Til
 def test_snapshot_files_of_another_publication_are_not_served(tmp_path: Path) -> None:
     from tillpoint.sync.hub_server import SnapshotBuilder
 
-    first = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
+    # the hub.db file is the point here: SQLite whatever the run's --hub-store
+    first = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False, store="")
     builder = first.server.builder
     built = builder.bundle(1, 0)
     store = first.server.store
     store.close()
     # the hub's database restored from an older backup: version 1 published again, later
     (tmp_path / "hub" / "hub.db").unlink()
-    again = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False)
+    again = LoopbackHub(tmp_path / "hub", data=sample_master_data(), start=False, store="")
     try:
         fresh = SnapshotBuilder(again.server.store, builder.key, builder.dir)
         assert fresh.full_ready(1) is None  # the old file was not this publication's

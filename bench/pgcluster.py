@@ -1,0 +1,118 @@
+"""A throwaway PostgreSQL cluster for tests and benchmarks (Debian's `postgresql`).
+
+`initdb` + `pg_ctl start` into a temporary directory, on 127.0.0.1 and a free port, as
+the `postgres` user when run as root (the server refuses to run as root), stopped and
+deleted by `stop()`. Nothing of the machine's own clusters is touched.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+START_TIMEOUT_S = 60
+
+
+def server_bin() -> Path | None:
+    """The newest installed server's bin directory, or None when there is none."""
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def unavailable_reason() -> str | None:
+    if server_bin() is None:
+        return "PostgreSQL server not installed (`make deps-system` installs Debian's postgresql)"
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        return "running as root without runuser: cannot start PostgreSQL as a non-root user"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    def __init__(self, *, durable: bool = False, max_connections: int = 300) -> None:
+        """`durable`: fsync, synchronous_commit and full_page_writes on (benchmarks);
+        off by default (tests: a throwaway cluster need not survive a power cut)."""
+        bindir = server_bin()
+        if bindir is None:
+            raise RuntimeError(unavailable_reason() or "no PostgreSQL")
+        self.bin = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="tillpoint-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        on = "on" if durable else "off"
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+            f" -c max_connections={max_connections} -c fsync={on}"
+            f" -c synchronous_commit={on} -c full_page_writes={on} -c shared_buffers=256MB"
+            " -c max_wal_size=4GB -c checkpoint_timeout=15min"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_S),
+            "start",
+        )
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bin / tool), *args]
+        if self.as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=START_TIMEOUT_S + 30, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+    def new_database(self, prefix: str = "hub") -> str:
+        """A fresh empty database; its URL."""
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)

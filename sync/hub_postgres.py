@@ -1,0 +1,1001 @@
+"""`HubStore` on PostgreSQL: the hub's production store, shared by several hub servers.
+
+The rules are `hub_rules.HubRules`; this module supplies its primitives (`PgTx`), the
+bulk paths (import through ``COPY``, publish in one statement, snapshot rows from a
+server-side cursor) and the schema's migrations.
+
+Concurrency (several servers, one database):
+
+- ingest takes a transaction-scoped advisory lock on its device, then on the customers
+  of its batch (sorted); authorise/release take the customer's. A (deviceId, seq) is
+  checked and stored under its device's lock, and ``UNIQUE (device_id, seq)`` stays the
+  last word; the hold accounting of a customer is one transaction at a time.
+- publish takes a session advisory lock, then reads and writes in one REPEATABLE READ
+  transaction: the cut and every device's progress are of one moment.
+- reads (snapshot streams, balances) are REPEATABLE READ, READ ONLY: one consistent state.
+
+Migrations are the numbered entries of `MIGRATIONS`, applied in order, each in its own
+transaction under an advisory lock (`tillpoint hub migrate --store URL`); a server opens
+only a database whose schema is current.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tillpoint.agent.errors import StorageError
+from tillpoint.agent.ledger import utc_text
+
+from .hub_rules import CouponUse, HubRules, HubTx, Move, Texts, _when, canon, conflict
+from .hub_store import (
+    DeviceRecord,
+    ImportRefused,
+    ImportReport,
+    ImportRow,
+    LedgerEntry,
+    Publication,
+    RowProblem,
+    StoredTx,
+    TxIn,
+)
+
+try:
+    import psycopg
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError:  # pragma: no cover - the optional extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+MAX_PROBLEMS = 10
+CONNECT_TIMEOUT_S = 10
+POOL_TIMEOUT_S = 30.0  # waiting for a free connection of the pool
+LOCK_TIMEOUT_MS = 30_000  # waiting for a row or advisory lock
+PUBLISH_LOCK = 7_301_401  # advisory lock keys of the hub (any fixed bigints)
+MIGRATE_LOCK = 7_301_402
+FETCH = 4096  # rows per round trip of a server-side cursor
+
+# The schema, one numbered step each; a step is never edited once released, only added.
+# Text columns compare in code point order (COLLATE "C"), as SQLite's and Python's do:
+# snapshot rows stream in key order and are merged with sums in that same order.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "hub",
+        """
+        CREATE TABLE meta (key TEXT COLLATE "C" PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE revisions (
+            kind TEXT COLLATE "C" NOT NULL, key TEXT COLLATE "C" NOT NULL,
+            version INTEGER NOT NULL, doc TEXT,
+            PRIMARY KEY (kind, key, version)
+        );
+        CREATE INDEX revisions_version ON revisions (kind, version);
+        CREATE INDEX revisions_card_owner ON revisions (((doc::jsonb) ->> 'customerId'))
+            WHERE kind = 'card';
+        CREATE TABLE draft (
+            kind TEXT COLLATE "C" NOT NULL, key TEXT COLLATE "C" NOT NULL, doc TEXT,
+            PRIMARY KEY (kind, key)
+        );
+        CREATE TABLE publications (
+            version INTEGER PRIMARY KEY,
+            issued_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            cut BIGINT NOT NULL,
+            reason TEXT NOT NULL,
+            changed_rows BIGINT NOT NULL
+        );
+        CREATE TABLE publication_progress (
+            version INTEGER NOT NULL, device_id TEXT COLLATE "C" NOT NULL,
+            through BIGINT NOT NULL,
+            PRIMARY KEY (version, device_id)
+        );
+        CREATE TABLE transactions (
+            ingest_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            device_id TEXT COLLATE "C" NOT NULL,
+            seq BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            at TEXT NOT NULL,
+            customer_id TEXT COLLATE "C" NOT NULL,
+            card TEXT COLLATE "C" NOT NULL,
+            receipt_id TEXT COLLATE "C" NOT NULL,
+            ref_id TEXT NOT NULL,
+            request_json TEXT NOT NULL,
+            result_json TEXT NOT NULL,
+            sent_delta_available BIGINT NOT NULL,
+            sent_delta_pending BIGINT NOT NULL,
+            delta_available BIGINT NOT NULL,
+            delta_pending BIGINT NOT NULL,
+            pending_activates_at TEXT,
+            content_sha256 TEXT NOT NULL,
+            ingested_at TEXT NOT NULL,
+            UNIQUE (device_id, seq)
+        );
+        CREATE INDEX transactions_customer ON transactions (customer_id, ingest_id);
+        CREATE INDEX transactions_card ON transactions (card) WHERE customer_id = '';
+        CREATE INDEX transactions_receipt ON transactions (device_id, receipt_id);
+        CREATE TABLE device_progress (
+            device_id TEXT COLLATE "C" PRIMARY KEY, contiguous_through BIGINT NOT NULL
+        );
+        CREATE TABLE set_aside (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, outcome TEXT NOT NULL,
+            reason TEXT NOT NULL, content_sha256 TEXT NOT NULL, payload TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            UNIQUE (device_id, seq, content_sha256)
+        );
+        CREATE TABLE push_batches (
+            device_id TEXT NOT NULL, batch_id TEXT NOT NULL, content_sha256 TEXT NOT NULL,
+            ack TEXT NOT NULL, created_at TEXT NOT NULL,
+            PRIMARY KEY (device_id, batch_id)
+        );
+        CREATE INDEX push_batches_created ON push_batches (created_at);
+        CREATE TABLE holds (
+            hold_id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            points BIGINT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('ACTIVE', 'SETTLED', 'EXPIRED')),
+            UNIQUE (device_id, receipt_id)
+        );
+        CREATE INDEX holds_customer ON holds (customer_id, state);
+        CREATE TABLE devices (
+            device_id TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            enrolled_at TEXT NOT NULL,
+            revoked_at TEXT
+        );
+        """,
+    ),
+    (
+        2,
+        "fiscal_document",
+        "ALTER TABLE transactions ADD COLUMN fiscal_document TEXT NOT NULL DEFAULT ''",
+    ),
+]
+MIGRATIONS.append(
+    (
+        3,
+        "coupon_uses",
+        """
+        CREATE TABLE coupon_uses (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL
+        );
+        CREATE TABLE coupon_conflicts (
+            code TEXT NOT NULL,
+            device_id TEXT NOT NULL, seq BIGINT NOT NULL, receipt_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL, at TEXT NOT NULL,
+            PRIMARY KEY (code, device_id, seq)
+        );
+        """,
+    )
+)
+MIGRATIONS.append(
+    (
+        4,
+        "coupon_holds",
+        """
+        CREATE TABLE coupon_holds (
+            code TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL, receipt_id TEXT NOT NULL, customer_id TEXT NOT NULL,
+            created_at TEXT NOT NULL, expires_at TEXT NOT NULL
+        );
+        CREATE INDEX coupon_holds_receipt ON coupon_holds (device_id, receipt_id);
+        CREATE INDEX coupon_holds_expires ON coupon_holds (expires_at);
+        """,
+    )
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def is_postgres_url(text: str | None) -> bool:
+    return bool(text) and re.match(r"^postgres(ql)?://", str(text)) is not None
+
+
+def _need_driver() -> None:
+    if psycopg is None:
+        raise StorageError("the PostgreSQL store needs psycopg: install tillpoint[postgresql]")
+
+
+def _line(exc: BaseException) -> str:
+    """libpq's message on one line (it spans several)."""
+    return " ".join(str(exc).split())
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def migrate(url: str) -> list[int]:
+    """Apply the migrations the database lacks, each in its own transaction; the numbers
+    applied (none when it was current)."""
+    _need_driver()
+    applied: list[int] = []
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            for number, name, sql in MIGRATIONS:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+                    done = conn.execute(
+                        "SELECT 1 FROM schema_migrations WHERE version = %s", (number,)
+                    ).fetchone()
+                    if done is not None:
+                        continue
+                    conn.execute(sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (number, name),
+                    )
+                    applied.append(number)
+    except psycopg.Error as exc:
+        raise StorageError(
+            f"cannot migrate the hub database {_redacted(url)}: {_line(exc)}"
+        ) from None
+    return applied
+
+
+def schema_version(url: str) -> int:
+    _need_driver()
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            exists = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+            if exists is None or exists[0] is None:
+                return 0
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            found = row.fetchone()
+            return 0 if found is None else int(found[0])
+    except psycopg.Error as exc:
+        raise StorageError(f"cannot open the hub database {_redacted(url)}: {_line(exc)}") from None
+
+
+class PostgresHubStore(HubRules):
+    """The hub's store on PostgreSQL; `url` is a libpq URL (postgresql://...)."""
+
+    def __init__(self, url: str, *, migrate_schema: bool = False, pool_size: int = 8) -> None:
+        _need_driver()
+        self.url = url
+        if migrate_schema:
+            migrate(url)
+        found = schema_version(url)
+        if found != SCHEMA_VERSION:
+            raise StorageError(
+                f"the hub database {_redacted(url)} has schema {found}, this hub needs"
+                f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
+            )
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(1, pool_size),
+            timeout=POOL_TIMEOUT_S,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+                "keepalives": 1,
+                "keepalives_idle": 30,
+            },
+            name="tillpoint-hub",
+            open=False,
+        )
+        try:
+            self.pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+        except PoolTimeout as exc:
+            raise StorageError(f"cannot connect to {_redacted(url)}: {_line(exc)}") from None
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StorageError(f"the hub database is unavailable: {_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"the hub database could not be written, nothing was stored: {_line(exc)}"
+            ) from None
+
+    @contextmanager
+    def _write(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._conn() as conn, conn.transaction():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._conn() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
+
+    @contextmanager
+    def write_tx(self) -> Iterator[HubTx]:
+        with self._write() as conn:
+            yield PgTx(conn)
+
+    @contextmanager
+    def read_tx(self) -> Iterator[HubTx]:
+        with self._read() as conn:
+            yield PgTx(conn)
+
+    @contextmanager
+    def build_lock(self, name: str) -> Iterator[None]:
+        """A lock held by this process across every server of the database (a session
+        advisory lock on a connection of its own) until the block ends."""
+        with self._conn() as conn:
+            key = conn.execute("SELECT hashtextextended(%s, 0)", (name,)).fetchone()
+            assert key is not None
+            conn.execute("SET lock_timeout = 0")  # a build may take minutes
+            try:
+                conn.execute("SELECT pg_advisory_lock(%s)", (key[0],))
+                try:
+                    yield
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key[0],))
+            finally:
+                conn.execute("RESET lock_timeout")
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # ------------------------------------------------------------ master data
+
+    def import_rows(self, rows: Iterable[ImportRow | RowProblem]) -> ImportReport:
+        """Bad rows refuse the whole import (as on SQLite); good rows go through COPY into
+        a staging table, checked there in bulk, then into the draft in one statement."""
+        problems: list[tuple[int, str]] = []  # (row number, message), the first ones
+        total_problems = 0
+        with self._write() as conn:
+            conn.execute(
+                'CREATE TEMP TABLE import_stage (n BIGINT NOT NULL, kind TEXT COLLATE "C",'
+                ' key TEXT COLLATE "C", where_ TEXT, doc TEXT) ON COMMIT DROP'
+            )
+            with conn.cursor() as cur:
+                with cur.copy("COPY import_stage (n, kind, key, where_, doc) FROM STDIN") as cp:
+                    for n, item in enumerate(rows):
+                        if isinstance(item, RowProblem):
+                            total_problems += 1
+                            if len(problems) < MAX_PROBLEMS:
+                                problems.append((n, f"{item.where}: {item.message}"))
+                            continue
+                        cp.write_row((n, item.kind, item.key, item.where, canon(item.doc)))
+                dups = conn.execute(
+                    "SELECT n, kind, key, where_, first FROM (SELECT n, kind, key, where_,"
+                    " first_value(where_) OVER w AS first, row_number() OVER w AS nth"
+                    " FROM import_stage WHERE kind != 'program'"
+                    " WINDOW w AS (PARTITION BY kind, key ORDER BY n)) s WHERE nth > 1"
+                    " ORDER BY n"
+                ).fetchall()
+                total_problems += len(dups)
+                for n, kind, key, where, first in dups[:MAX_PROBLEMS]:
+                    problems.append(
+                        (int(n), f"{where}: {kind} {key!r} appears twice (also at {first})")
+                    )
+                if total_problems:
+                    problems.sort()
+                    raise ImportRefused([p for _, p in problems[:MAX_PROBLEMS]], total_problems)
+                conn.execute(
+                    "INSERT INTO draft (kind, key, doc) SELECT DISTINCT ON (kind, key) kind,"
+                    " key, doc FROM import_stage ORDER BY kind, key, n DESC"
+                    " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc"
+                )
+                latest = _latest_version(conn)
+                orphans = conn.execute(
+                    "SELECT s.key, s.where_, s.doc::jsonb ->> 'customerId' FROM import_stage s"
+                    " WHERE s.kind = 'card' AND s.doc IS NOT NULL AND NOT coalesce("
+                    " (SELECT d.doc IS NOT NULL FROM draft d WHERE d.kind = 'customer'"
+                    " AND d.key = s.doc::jsonb ->> 'customerId'),"
+                    " (SELECT r.doc IS NOT NULL FROM revisions r WHERE r.kind = 'customer'"
+                    " AND r.key = s.doc::jsonb ->> 'customerId' AND r.version <= %s"
+                    " ORDER BY r.version DESC LIMIT 1), false) ORDER BY s.key",
+                    (latest,),
+                ).fetchall()
+                if orphans:
+                    raise ImportRefused(
+                        [
+                            f"{where}: card {key} belongs to customer {customer!r},"
+                            " who is not known"
+                            for key, where, customer in orphans[:MAX_PROBLEMS]
+                        ],
+                        len(orphans),
+                    )
+                counts: dict[str, int] = defaultdict(int)
+                n = removed = 0
+                for kind, present, count in conn.execute(
+                    "SELECT kind, doc IS NOT NULL, count(*) FROM import_stage GROUP BY 1, 2"
+                ):
+                    n += int(count)
+                    if present:
+                        counts[str(kind)] += int(count)
+                    else:
+                        removed += int(count)
+        return ImportReport(rows=n, by_kind=dict(counts), removed=removed)
+
+    def draft_size(self) -> int:
+        with self._read() as conn:
+            return _one(conn, "SELECT count(*) FROM draft")
+
+    def publish(
+        self,
+        now: datetime,
+        ttl_s: float,
+        *,
+        include_draft: bool = True,
+        reason: str = "publish",
+        min_version: int = 0,
+    ) -> Publication:
+        with self._conn() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (PUBLISH_LOCK,))
+            try:
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    pub = self._publish(conn, now, ttl_s, include_draft, reason, min_version)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (PUBLISH_LOCK,))
+        return pub
+
+    @staticmethod
+    def _publish(
+        conn: psycopg.Connection[Any],
+        now: datetime,
+        ttl_s: float,
+        include_draft: bool,
+        reason: str,
+        min_version: int,
+    ) -> Publication:
+        latest = _latest_version(conn)
+        version = max(latest + 1, min_version)
+        changed = 0
+        if include_draft:
+            # One statement: a row becomes a revision only when it differs from the latest
+            # published one (docs are canonical text).
+            changed = conn.execute(
+                "INSERT INTO revisions (kind, key, version, doc)"
+                " SELECT d.kind, d.key, %s, d.doc FROM draft d WHERE"
+                " (SELECT r.doc FROM revisions r WHERE r.kind = d.kind AND r.key = d.key"
+                " AND r.version <= %s ORDER BY r.version DESC LIMIT 1) IS DISTINCT FROM d.doc",
+                (version, latest),
+            ).rowcount
+            conn.execute("DELETE FROM draft")
+        cut = _one(conn, "SELECT coalesce(max(ingest_id), 0) FROM transactions")
+        expires = now + timedelta(seconds=ttl_s)
+        conn.execute(
+            "INSERT INTO publications VALUES (%s, %s, %s, %s, %s, %s)",
+            (version, utc_text(now), utc_text(expires), cut, reason, changed),
+        )
+        conn.execute(
+            "INSERT INTO publication_progress SELECT %s, device_id, contiguous_through"
+            " FROM device_progress",
+            (version,),
+        )
+        return Publication(
+            version, now.astimezone(UTC), expires.astimezone(UTC), cut, reason, changed
+        )
+
+    def latest(self) -> Publication | None:
+        with self._read() as conn:
+            return _publication(conn, _latest_version(conn))
+
+    def publication(self, version: int) -> Publication | None:
+        with self._read() as conn:
+            return _publication(conn, version)
+
+    def delta_floor(self) -> int:
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'delta_floor'").fetchone()
+            return 0 if row is None else int(row[0])
+
+    # ------------------------------------------------------------ ledger
+
+    def transactions(
+        self, device_id: str, since_seq: int = 0, limit: int = 0, receipt_id: str = ""
+    ) -> list[StoredTx]:
+        sql = (
+            "SELECT device_id, seq, kind, receipt_id, ref_id, at, customer_id, card,"
+            " delta_available, delta_pending, coalesce(pending_activates_at, ''), ingested_at"
+            " FROM transactions WHERE device_id = %s AND seq > %s"
+        )
+        params: list[Any] = [device_id, since_seq]
+        if receipt_id:
+            sql += " AND receipt_id = %s"
+            params.append(receipt_id)
+        sql += " ORDER BY seq"
+        if limit > 0:
+            sql += " LIMIT %s"
+            params.append(limit)
+        with self._read() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [
+            StoredTx(
+                device_id=str(r[0]),
+                seq=int(r[1]),
+                kind=str(r[2]),
+                receipt_id=str(r[3]),
+                refund_id=str(r[4]) if r[2] == "REFUND" else "",
+                at=str(r[5]),
+                customer_id=str(r[6]),
+                card=str(r[7]),
+                delta_available=int(r[8]),
+                delta_pending=int(r[9]),
+                pending_activates_at=str(r[10]),
+                ingested_at=str(r[11]),
+            )
+            for r in rows
+        ]
+
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
+                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
+                ' ORDER BY c.code COLLATE "C", c.device_id COLLATE "C", c.seq'
+            ).fetchall()
+        return [conflict(*row) for row in rows]
+
+    def applied_through(self, device_id: str) -> int:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT contiguous_through FROM device_progress WHERE device_id = %s",
+                (device_id,),
+            ).fetchone()
+            return 0 if row is None else int(row[0])
+
+    def ingested_since(self, cut: int) -> int:
+        with self._read() as conn:
+            return _one(conn, "SELECT count(*) FROM transactions WHERE ingest_id > %s", (cut,))
+
+    def ledger(self, device_id: str | None = None) -> list[LedgerEntry]:
+        sql = (
+            "SELECT device_id, seq, kind, ref_id, customer_id, card, delta_available,"
+            " delta_pending FROM transactions"
+        )
+        with self._read() as conn:
+            rows = (
+                conn.execute(sql + " WHERE device_id = %s ORDER BY seq", (device_id,))
+                if device_id
+                else conn.execute(sql + " ORDER BY device_id, seq")
+            ).fetchall()
+        return [
+            LedgerEntry(str(a), int(b), str(c), str(d), str(e), str(f), int(g), int(h))
+            for a, b, c, d, e, f, g, h in rows
+        ]
+
+    # ------------------------------------------------------------ devices
+
+    def enroll(self, device_id: str, fingerprint: str, now: datetime) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO devices VALUES (%s, %s, %s, NULL) ON CONFLICT (device_id) DO UPDATE"
+                " SET fingerprint = excluded.fingerprint, enrolled_at = excluded.enrolled_at,"
+                " revoked_at = NULL",
+                (device_id, fingerprint, utc_text(now)),
+            )
+
+    def device(self, device_id: str) -> DeviceRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
+                " WHERE device_id = %s",
+                (device_id,),
+            ).fetchone()
+        return None if row is None else DeviceRecord(row[0], row[1], row[2], row[3])
+
+    def revoke(self, device_id: str, now: datetime) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE devices SET revoked_at = %s WHERE device_id = %s AND revoked_at IS NULL",
+                (utc_text(now), device_id),
+            )
+            return cur.rowcount > 0
+
+
+class PgTx:
+    """`HubTx` on an open PostgreSQL transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    # -- master data and publications
+
+    def latest_version(self) -> int:
+        return _latest_version(self.conn)
+
+    def publication(self, version: int) -> Publication | None:
+        return _publication(self.conn, version)
+
+    def text_as_of(self, kind: str, key: str, version: int) -> str | None:
+        row = self.conn.execute(
+            "SELECT doc FROM revisions WHERE kind = %s AND key = %s AND version <= %s"
+            " ORDER BY version DESC LIMIT 1",
+            (kind, key, version),
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def texts_as_of(self, kind: str, version: int) -> Texts:
+        """Every row of `kind` at `version`, in key order, from a server-side cursor (the
+        newest revision of each key: one pass over the primary key)."""
+        with self.conn.cursor(name=f"texts_{kind}") as cur:
+            cur.itersize = FETCH
+            cur.execute(
+                "SELECT DISTINCT ON (key) key, doc FROM revisions WHERE kind = %s"
+                " AND version <= %s ORDER BY key, version DESC",
+                (kind, version),
+            )
+            for key, doc in cur:
+                if doc is not None:
+                    yield str(key), str(doc)
+
+    def keys_changed(self, kind: str, base: int, version: int) -> list[str]:
+        return [
+            str(key)
+            for (key,) in self.conn.execute(
+                "SELECT DISTINCT key FROM revisions WHERE kind = %s AND version > %s"
+                " AND version <= %s ORDER BY key",
+                (kind, base, version),
+            )
+        ]
+
+    def cards_ever_of(self, customer_id: str) -> list[str]:
+        return [
+            str(key)
+            for (key,) in self.conn.execute(
+                "SELECT DISTINCT key FROM revisions WHERE kind = 'card'"
+                " AND (doc::jsonb) ->> 'customerId' = %s",
+                (customer_id,),
+            )
+        ]
+
+    def progress_at(self, version: int) -> dict[str, int]:
+        return {
+            str(device): int(through)
+            for device, through in self.conn.execute(
+                "SELECT device_id, through FROM publication_progress WHERE version = %s"
+                " ORDER BY device_id",
+                (version,),
+            )
+        }
+
+    # -- the ledger
+
+    def stored_content(self, device_id: str, seq: int) -> str | None:
+        row = self.conn.execute(
+            "SELECT content_sha256 FROM transactions WHERE device_id = %s AND seq = %s",
+            (device_id, seq),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
+        return {
+            int(seq): str(content)
+            for seq, content in self.conn.execute(
+                "SELECT seq, content_sha256 FROM transactions WHERE device_id = %s"
+                " AND seq = ANY(%s)",
+                (device_id, seqs),
+            )
+        }
+
+    def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
+        return [
+            int(s)
+            for (s,) in self.conn.execute(
+                "SELECT seq FROM transactions WHERE device_id = %s AND seq > %s ORDER BY seq"
+                " LIMIT %s",
+                (device_id, seq, limit),
+            )
+        ]
+
+    def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
+        self.conn.execute(
+            "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
+            " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
+            " delta_available, delta_pending, pending_activates_at, content_sha256,"
+            " ingested_at, fiscal_document)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (
+                tx.device_id,
+                tx.seq,
+                tx.kind,
+                tx.at,
+                tx.customer_id,
+                tx.card,
+                fields["receipt_id"],
+                fields["ref_id"],
+                tx.request_json,
+                tx.result_json,
+                tx.delta_available,
+                tx.delta_pending,
+                fields["available"],
+                fields["pending"],
+                fields["activates"],
+                content,
+                now,
+                tx.fiscal_document,
+            ),
+        )
+
+    def set_aside(
+        self, tx: TxIn, outcome: str, reason: str, content: str, payload: str, now: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO set_aside (device_id, seq, outcome, reason, content_sha256, payload,"
+            " received_at) VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+            (tx.device_id, tx.seq, outcome, reason, content, payload, now),
+        )
+
+    def checkout_pending(self, device_id: str, receipt_id: str) -> tuple[str | None, int] | None:
+        row = self.conn.execute(
+            "SELECT pending_activates_at, coalesce((SELECT sum(delta_pending) FROM transactions"
+            " t2 WHERE t2.device_id = t.device_id AND t2.receipt_id = t.receipt_id), 0)"
+            " FROM transactions t WHERE device_id = %s AND receipt_id = %s"
+            " AND kind = 'CHECKOUT' LIMIT 1",
+            (device_id, receipt_id),
+        ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
+
+    def contiguous_through(self, device_id: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT contiguous_through FROM device_progress WHERE device_id = %s", (device_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_contiguous_through(self, device_id: str, through: int) -> None:
+        self.conn.execute(
+            "INSERT INTO device_progress VALUES (%s, %s) ON CONFLICT (device_id)"
+            " DO UPDATE SET contiguous_through = excluded.contiguous_through",
+            (device_id, through),
+        )
+
+    def batch_answer(self, device_id: str, batch_id: str) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT content_sha256, ack FROM push_batches WHERE device_id = %s AND batch_id = %s",
+            (device_id, batch_id),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def save_batch_answer(
+        self, device_id: str, batch_id: str, content: str, answer: str, now: str, prune_before: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO push_batches VALUES (%s, %s, %s, %s, %s) ON CONFLICT"
+            " (device_id, batch_id) DO UPDATE SET content_sha256 = excluded.content_sha256,"
+            " ack = excluded.ack, created_at = excluded.created_at",
+            (device_id, batch_id, content, answer, now),
+        )
+        self.conn.execute(
+            "DELETE FROM push_batches WHERE device_id = %s AND created_at < %s",
+            (device_id, prune_before),
+        )
+
+    def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
+        return [
+            (int(points), when, int(due or 0))
+            for points, when, due in self.conn.execute(
+                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending)"
+                " FROM transactions WHERE customer_id = %s"
+                " OR (customer_id = '' AND card = ANY(%s)) GROUP BY pending_activates_at",
+                (customer_id, cards),
+            )
+        ]
+
+    # -- what a publication counts
+
+    def newly_counted(self, base: Publication, pub: Publication) -> Iterable[tuple[str, str]]:
+        return [
+            (str(a), str(b))
+            for a, b in self.conn.execute(
+                "SELECT DISTINCT t.customer_id, t.card FROM publication_progress p"
+                " JOIN transactions t ON t.device_id = p.device_id AND t.seq <= p.through"
+                " AND t.seq > coalesce((SELECT b.through FROM publication_progress b"
+                " WHERE b.version = %s AND b.device_id = p.device_id), 0)"
+                " WHERE p.version = %s AND t.ingest_id <= %s",
+                (base.version, pub.version, pub.cut),
+            )
+        ]
+
+    def reowned_cards(self, base: Publication, pub: Publication) -> Iterable[str]:
+        return [
+            str(card)
+            for (card,) in self.conn.execute(
+                "SELECT DISTINCT r.key FROM revisions r WHERE r.kind = 'card'"
+                " AND r.version > %s AND r.version <= %s AND EXISTS (SELECT 1"
+                " FROM transactions t WHERE t.customer_id = '' AND t.card = r.key"
+                " AND t.ingest_id <= %s)",
+                (base.version, pub.version, pub.cut),
+            )
+        ]
+
+    _COUNTED = (
+        " FROM transactions t JOIN publication_progress p ON p.version = %s"
+        " AND p.device_id = t.device_id WHERE t.ingest_id <= %s AND t.seq <= p.through"
+    )
+
+    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[str, int, str | None, int]]:
+        return [
+            (str(card), int(points), when, int(due or 0))
+            for card, points, when, due in self.conn.execute(
+                "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
+                f" sum(t.delta_pending){self._COUNTED} AND t.customer_id = '' AND t.card != ''"
+                " GROUP BY t.card, t.pending_activates_at",
+                (pub.version, pub.cut),
+            )
+        ]
+
+    def counted_customer_moves(
+        self, pub: Publication, only: set[str] | None
+    ) -> Iterable[tuple[str, int, str | None, int]]:
+        known = ""
+        params: list[Any] = [pub.version, pub.cut]
+        if only is not None:
+            known = " AND t.customer_id = ANY(%s)"
+            params.append(sorted(only))
+        with self.conn.cursor(name="counted_customers") as cur:
+            cur.itersize = FETCH
+            cur.execute(
+                "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
+                f" sum(t.delta_pending){self._COUNTED} AND t.customer_id != ''{known}"
+                " GROUP BY t.customer_id, t.pending_activates_at ORDER BY t.customer_id",
+                params,
+            )
+            for customer, points, when, due in cur:
+                yield str(customer), int(points), when, int(due or 0)
+
+    # -- coupons
+
+    def coupon_first_use(self, code: str) -> tuple[str, str] | None:
+        row = self.conn.execute(
+            "SELECT device_id, receipt_id FROM coupon_uses WHERE code = %s", (code,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
+        # Two servers may record the same code at once: the unique key decides, and the
+        # loser reads the winner's (committed by then: ON CONFLICT waited for it).
+        done = self.conn.execute(
+            "INSERT INTO coupon_uses VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (code) DO NOTHING",
+            row,
+        ).rowcount
+        return None if done else self.coupon_first_use(row[0])
+
+    def record_coupon_conflict(self, row: CouponUse) -> None:
+        self.conn.execute(
+            "INSERT INTO coupon_conflicts VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+            row,
+        )
+
+    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
+        self.conn.execute(
+            "INSERT INTO draft (kind, key, doc) VALUES (%s, %s, %s)"
+            " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc",
+            (kind, key, doc),
+        )
+
+    def expire_coupon_holds(self, now: str) -> None:
+        self.conn.execute("DELETE FROM coupon_holds WHERE expires_at <= %s", (now,))
+
+    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
+        return int(
+            self.conn.execute(
+                "DELETE FROM coupon_holds WHERE device_id = %s AND receipt_id = %s",
+                (device_id, receipt_id),
+            ).rowcount
+        )
+
+    def coupon_held(self, code: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM coupon_holds WHERE code = %s", (code,))
+        return row.fetchone() is not None
+
+    def hold_coupon(
+        self, code: str, device_id: str, receipt_id: str, customer_id: str, now: str, expires: str
+    ) -> bool:
+        # Two servers may hold the same code at once: the key decides, the loser is told.
+        return bool(
+            self.conn.execute(
+                "INSERT INTO coupon_holds VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                (code, device_id, receipt_id, customer_id, now, expires),
+            ).rowcount
+        )
+
+    # -- holds
+
+    def lock_device(self, device_id: str) -> None:
+        self.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"device:{device_id}",)
+        )
+
+    def lock_customers(self, customer_ids: Iterable[str]) -> None:
+        for customer_id in customer_ids:
+            self.conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"customer:{customer_id}",),
+            )
+
+    def expire_holds(self, customer_id: str, now: str) -> None:
+        self.conn.execute(
+            "UPDATE holds SET state = 'EXPIRED' WHERE customer_id = %s AND state = 'ACTIVE'"
+            " AND expires_at <= %s",
+            (customer_id, now),
+        )
+
+    def active_holds(self, customer_id: str) -> list[tuple[str, str, int]]:
+        return [
+            (str(d), str(r), int(p))
+            for d, r, p in self.conn.execute(
+                "SELECT device_id, receipt_id, points FROM holds WHERE customer_id = %s"
+                " AND state = 'ACTIVE'",
+                (customer_id,),
+            )
+        ]
+
+    def held(self, customer_id: str, now: str) -> int:
+        return _one(
+            self.conn,
+            "SELECT coalesce(sum(points), 0) FROM holds WHERE customer_id = %s"
+            " AND state = 'ACTIVE' AND expires_at > %s",
+            (customer_id, now),
+        )
+
+    def settle_holds(self, device_id: str, receipt_ids: list[str]) -> None:
+        self.conn.execute(
+            "UPDATE holds SET state = 'SETTLED' WHERE device_id = %s AND receipt_id = ANY(%s)"
+            " AND state = 'ACTIVE'",
+            (device_id, receipt_ids),
+        )
+
+    def upsert_hold(
+        self,
+        hold_id: str,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        now: str,
+        expires: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO holds VALUES (%s, %s, %s, %s, %s, %s, %s, 'ACTIVE')"
+            " ON CONFLICT (device_id, receipt_id) DO UPDATE SET"
+            " points = excluded.points, expires_at = excluded.expires_at, state = 'ACTIVE'",
+            (hold_id, device_id, receipt_id, customer_id, points, now, expires),
+        )
+
+    def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
+        active = " AND state = 'ACTIVE'" if only_active else ""
+        return int(
+            self.conn.execute(
+                f"DELETE FROM holds WHERE device_id = %s AND receipt_id = %s{active}",
+                (device_id, receipt_id),
+            ).rowcount
+        )
+
+
+def _one(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> int:
+    row = conn.execute(sql, params or None).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _latest_version(conn: psycopg.Connection[Any]) -> int:
+    return _one(conn, "SELECT coalesce(max(version), 0) FROM publications")
+
+
+def _publication(conn: psycopg.Connection[Any], version: int) -> Publication | None:
+    row = conn.execute(
+        "SELECT version, issued_at, expires_at, cut, reason, changed_rows"
+        " FROM publications WHERE version = %s",
+        (version,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Publication(
+        int(row[0]), _when(row[1]), _when(row[2]), int(row[3]), str(row[4]), int(row[5])
+    )

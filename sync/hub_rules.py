@@ -1,0 +1,803 @@
+"""The hub's rules, once, in plain code over a small storage interface.
+
+Dedupe on (deviceId, seq), settling what a transaction moves, hold accounting
+(authorise/release), balances, and what a snapshot contains live here. A store
+(`hub_sqlite.SqliteHubStore`, `hub_postgres.PostgresHubStore`) only supplies `HubTx`, one
+open database transaction offering primitives (read a row, insert a row, sum some
+columns, stream rows in key order), and its own bulk paths (import, publish). Both stores
+therefore answer every question the same way, and one test suite runs over both.
+
+Concurrency: every rule runs inside one `HubTx`. `write_tx()` opens a write transaction;
+`lock_device` and `lock_customers` make ingest of one device, and the hold accounting of
+one customer, one at a time across every process over the same database (SQLite's
+`BEGIN IMMEDIATE` already serialises all writers; PostgreSQL takes transaction-scoped
+advisory locks). Ingest takes its device's lock first and then the customers' in sorted
+order; authorise takes only the customer's: no two transactions wait for each other in a
+circle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from tillpoint.agent.errors import NotFound
+from tillpoint.agent.ledger import utc_text
+from tillpoint.agent.models import Coupon, Program, _timestamp, describe
+from tillpoint.agent.pricing import activation_time
+
+from .hub_store import (
+    SECTIONS,
+    Authorisation,
+    HubBalance,
+    IngestResult,
+    Publication,
+    TxIn,
+    TxResult,
+    UnknownVersion,
+    Unsynced,
+)
+
+Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
+Move = tuple[int, str | None, int]  # (points available, pending_activates_at, pending points)
+CouponUse = tuple[str, str, int, str, str, str]  # code, device, seq, receipt, customer, at
+BATCH_ANSWER_DAYS = 30
+ADVANCE_PAGE = 1000
+
+
+class HubTx(Protocol):
+    """One open database transaction: the primitives the rules are built from."""
+
+    # -- master data and publications
+    def latest_version(self) -> int: ...
+
+    def publication(self, version: int) -> Publication | None: ...
+
+    def text_as_of(self, kind: str, key: str, version: int) -> str | None:
+        """The row's canonical JSON text at `version`; None when absent or removed."""
+        ...
+
+    def texts_as_of(self, kind: str, version: int) -> Texts:
+        """Every row of `kind` at `version`, in key order (code point order), streamed."""
+        ...
+
+    def keys_changed(self, kind: str, base: int, version: int) -> list[str]:
+        """Keys of `kind` with a revision in (base, version], in key order."""
+        ...
+
+    def cards_ever_of(self, customer_id: str) -> list[str]:
+        """Cards any revision ever gave to the customer (the rules check the current owner)."""
+        ...
+
+    def progress_at(self, version: int) -> dict[str, int]:
+        """Every device's appliedThrough at the publication `version`, by device."""
+        ...
+
+    # -- the ledger
+    def stored_content(self, device_id: str, seq: int) -> str | None: ...
+
+    def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
+        """The content hashes of those of `seqs` the device has stored (one round trip)."""
+        ...
+
+    def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
+        """The device's stored seqs above `seq`, ascending, at most `limit`."""
+        ...
+
+    def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
+        """Store `tx` with the fields the rules settled (receipt_id, ref_id, available,
+        pending, activates)."""
+        ...
+
+    def set_aside(
+        self, tx: TxIn, outcome: str, reason: str, content: str, payload: str, now: str
+    ) -> None: ...
+
+    def checkout_pending(self, device_id: str, receipt_id: str) -> tuple[str | None, int] | None:
+        """(pending_activates_at of the receipt's CHECKOUT, pending points left on the
+        receipt over all its transactions); None without a CHECKOUT."""
+        ...
+
+    def contiguous_through(self, device_id: str) -> int | None: ...
+
+    def set_contiguous_through(self, device_id: str, through: int) -> None: ...
+
+    def batch_answer(self, device_id: str, batch_id: str) -> tuple[str, str] | None:
+        """(content hash, answer JSON) given to the batch before."""
+        ...
+
+    def save_batch_answer(
+        self, device_id: str, batch_id: str, content: str, answer: str, now: str, prune_before: str
+    ) -> None: ...
+
+    def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
+        """Sums over every stored transaction of the customer (and UNKNOWN-card ones of
+        `cards`), grouped by pending_activates_at."""
+        ...
+
+    # -- what a publication counts (see `snapshot_stream`)
+    def newly_counted(self, base: Publication, pub: Publication) -> Iterable[tuple[str, str]]:
+        """(customer_id, card) of transactions counted at `pub` but not at `base`."""
+        ...
+
+    def reowned_cards(self, base: Publication, pub: Publication) -> Iterable[str]:
+        """Cards with a revision in (base, pub] that have UNKNOWN-card points up to the cut."""
+        ...
+
+    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[str, int, str | None, int]]:
+        """(card, available, activates_at, pending) of counted UNKNOWN-card transactions."""
+        ...
+
+    def counted_customer_moves(
+        self, pub: Publication, only: set[str] | None
+    ) -> Iterable[tuple[str, int, str | None, int]]:
+        """(customer, available, activates_at, pending) of counted transactions, grouped
+        by customer and activates_at, in customer order (only those of `only` if given)."""
+        ...
+
+    # -- coupons (the contract §13)
+    def coupon_first_use(self, code: str) -> tuple[str, str] | None:
+        """(device_id, receipt_id) of the code's first recorded use."""
+        ...
+
+    def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
+        """Record the code's first use; None when it is, else the first use another
+        server recorded meanwhile (which is then kept)."""
+        ...
+
+    def record_coupon_conflict(self, row: CouponUse) -> None:
+        """Kept once per (code, device, seq)."""
+        ...
+
+    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
+        """Set a row of the next publication (None: remove the key)."""
+        ...
+
+    def expire_coupon_holds(self, now: str) -> None: ...
+
+    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int: ...
+
+    def coupon_held(self, code: str) -> bool: ...
+
+    def hold_coupon(
+        self, code: str, device_id: str, receipt_id: str, customer_id: str, now: str, expires: str
+    ) -> bool:
+        """Hold the code for the receipt; False when another server held it meanwhile."""
+        ...
+
+    # -- holds
+    def lock_device(self, device_id: str) -> None: ...
+
+    def lock_customers(self, customer_ids: Iterable[str]) -> None: ...
+
+    def expire_holds(self, customer_id: str, now: str) -> None: ...
+
+    def active_holds(self, customer_id: str) -> list[tuple[str, str, int]]:
+        """(device_id, receipt_id, points) of the customer's ACTIVE holds."""
+        ...
+
+    def held(self, customer_id: str, now: str) -> int: ...
+
+    def settle_holds(self, device_id: str, receipt_ids: list[str]) -> None: ...
+
+    def upsert_hold(
+        self,
+        hold_id: str,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        now: str,
+        expires: str,
+    ) -> None:
+        """Insert the hold, or make the device's hold of that receipt ACTIVE with these
+        points and expiry."""
+        ...
+
+    def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int: ...
+
+
+class HubRules:
+    """The rules of `HubStore` that are not bulk storage; a store subclasses it and
+    supplies `write_tx` and `read_tx`."""
+
+    def write_tx(self) -> AbstractContextManager[HubTx]:
+        raise NotImplementedError
+
+    def read_tx(self) -> AbstractContextManager[HubTx]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ master data
+
+    @staticmethod
+    def doc_as_of(tx: HubTx, kind: str, key: str, version: int) -> dict[str, Any] | None:
+        text = tx.text_as_of(kind, key, version)
+        return None if text is None else dict(json.loads(text))
+
+    def program(self, tx: HubTx) -> Program:
+        doc = self.doc_as_of(tx, "program", "", tx.latest_version())
+        return Program() if doc is None else Program.model_validate(doc)
+
+    # ------------------------------------------------------------ ledger
+
+    def ingest(self, device_id: str, batch_id: str, txs: list[TxIn], now: datetime) -> IngestResult:
+        batch_hash = hashlib.sha256("\n".join(tx.content() for tx in txs).encode()).hexdigest()
+        with self.write_tx() as tx:
+            tx.lock_device(device_id)
+            if batch_id:
+                found = tx.batch_answer(device_id, batch_id)
+                if found is not None and found[0] == batch_hash:
+                    answer = json.loads(found[1])
+                    return IngestResult(
+                        acked_through=int(answer["ackedThrough"]),
+                        results=tuple(
+                            TxResult(int(s), str(o), str(r)) for s, o, r in answer["results"]
+                        ),
+                        replayed=True,
+                    )
+            # The customers whose holds this batch settles, before anything is read.
+            tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
+            program = self.program(tx)
+            stored: dict[tuple[str, int], str] = {}  # what is stored of the batch's seqs
+            for dev in {t.device_id for t in txs}:
+                seqs = [t.seq for t in txs if t.device_id == dev]
+                known = tx.stored_contents(dev, seqs)
+                stored.update({(dev, seq): content for seq, content in known.items()})
+            settled: dict[str, list[str]] = defaultdict(list)  # device -> hold receipt keys
+            results = [self._ingest_one(tx, t, program, now, stored, settled) for t in txs]
+            # The holds these transactions make real: their receipts', and those of
+            # their seqs (nothing in between reads the holds: settled once, at the end).
+            for dev, keys in settled.items():
+                tx.settle_holds(dev, keys)
+            through = self._advance(tx, device_id)
+            ack = {
+                "ackedThrough": through,
+                "results": [[r.seq, r.outcome, r.reason] for r in results],
+            }
+            if batch_id:
+                tx.save_batch_answer(
+                    device_id,
+                    batch_id,
+                    batch_hash,
+                    json.dumps(ack),
+                    utc_text(now),
+                    utc_text(now - timedelta(days=BATCH_ANSWER_DAYS)),
+                )
+        return IngestResult(through, tuple(results))
+
+    def _ingest_one(
+        self,
+        tx: HubTx,
+        t: TxIn,
+        program: Program,
+        now: datetime,
+        stored: dict[tuple[str, int], str],
+        settled: dict[str, list[str]],
+    ) -> TxResult:
+        content = t.content()
+        existing = stored.get((t.device_id, t.seq))
+        if existing is not None:
+            if existing == content:
+                return TxResult(t.seq, "DUPLICATE")
+            reason = f"seq {t.seq} of {t.device_id} is already stored with other content"
+            self._set_aside(tx, t, "CONFLICT", reason, content, now)
+            return TxResult(t.seq, "CONFLICT", reason)
+        try:
+            fields = self.settle(tx, t, program)
+        except ValueError as exc:
+            reason = str(exc)
+            self._set_aside(tx, t, "REJECTED", reason, content, now)
+            return TxResult(t.seq, "REJECTED", reason)
+        tx.insert_transaction(t, fields, content, utc_text(now))
+        stored[(t.device_id, t.seq)] = content
+        if t.kind == "CHECKOUT":
+            self._use_coupons(tx, t, fields["receipt_id"])
+        elif t.kind == "COUPON_ISSUED":
+            self._issue_coupon(tx, fields["coupon"])
+        # The holds this transaction makes real: its receipt's, and the one for its seq.
+        settled[t.device_id].append(f"seq:{t.seq}")
+        if t.kind == "CHECKOUT":
+            settled[t.device_id].append(fields["receipt_id"])
+            tx.drop_coupon_holds(t.device_id, fields["receipt_id"])  # used now, not held
+        return TxResult(t.seq, "STORED")
+
+    @staticmethod
+    def _set_aside(
+        tx: HubTx, t: TxIn, outcome: str, reason: str, content: str, now: datetime
+    ) -> None:
+        payload = json.dumps(t.__dict__, ensure_ascii=False)
+        tx.set_aside(t, outcome, reason, content, payload, utc_text(now))
+
+    def settle(self, tx: HubTx, t: TxIn, program: Program) -> dict[str, Any]:
+        """Check a transaction and work out the points it moves, as the hub counts them."""
+        if t.seq < 1:
+            raise ValueError("seq must be 1 or more")
+        if t.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
+            raise ValueError(f"unknown kind {t.kind!r}")
+        try:
+            at = _timestamp(t.at)
+            request = json.loads(t.request_json)
+            result = json.loads(t.result_json)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"unreadable transaction: {exc}") from None
+        if not isinstance(request, dict) or not isinstance(result, dict):
+            raise ValueError("requestJson and resultJson must be JSON objects")
+        receipt_id = str(request.get("receiptId") or "")
+        if not receipt_id:
+            raise ValueError("the request has no receiptId")
+        if t.kind == "COUPON_ISSUED":
+            return self._settle_issued(t, request, receipt_id)
+        ref_id = receipt_id if t.kind == "CHECKOUT" else str(request.get("refundId") or "")
+        if not ref_id:
+            raise ValueError("the refund has no refundId")
+        available, pending = t.delta_available, t.delta_pending
+        activates: str | None = None
+        if pending:
+            if not t.pending_activates_at:
+                raise ValueError("pending points without pendingActivatesAt")
+            try:
+                activates = utc_text(_timestamp(t.pending_activates_at))
+            except ValueError as exc:
+                raise ValueError(f"pendingActivatesAt: {exc}") from None
+        if not t.customer_id and t.card:
+            # An UNKNOWN card: the till counted nothing; the hub settles the points it
+            # earned (or loses) so that they reach the customer once the card is known.
+            available, pending, activates = self._settle_unknown(
+                tx, t, at, result, receipt_id, program
+            )
+        return {
+            "receipt_id": receipt_id,
+            "ref_id": ref_id,
+            "available": available,
+            "pending": pending,
+            "activates": activates,
+        }
+
+    @staticmethod
+    def _settle_issued(t: TxIn, request: dict[str, Any], receipt_id: str) -> dict[str, Any]:
+        """A coupon a till issued: checked whole; it moves no points."""
+        if t.delta_available or t.delta_pending:
+            raise ValueError("an issued coupon moves no points")
+        try:
+            coupon = Coupon.model_validate(request.get("coupon"))
+        except ValidationError as exc:
+            raise ValueError(f"coupon: {describe(exc)}") from None
+        return {
+            "receipt_id": receipt_id,
+            "ref_id": coupon.code,
+            "available": 0,
+            "pending": 0,
+            "activates": None,
+            "coupon": coupon.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+
+    @staticmethod
+    def _issue_coupon(tx: HubTx, doc: dict[str, Any]) -> None:
+        """A till-issued code goes into the next snapshot for every till, unless it was
+        already used (then it has nothing to do there)."""
+        code = str(doc["code"])
+        if tx.coupon_first_use(code) is None:
+            tx.put_draft("coupon", code, canon(doc))
+
+    @staticmethod
+    def _use_coupons(tx: HubTx, t: TxIn, receipt_id: str) -> None:
+        """The codes a checkout used: the first use of a code is recorded (and the code
+        leaves the next snapshot); a later use elsewhere is a conflict, and the sale stands."""
+        result = json.loads(t.result_json)
+        verdicts = result.get("coupons") if isinstance(result, dict) else None
+        for verdict in verdicts if isinstance(verdicts, list) else ():
+            if not isinstance(verdict, dict) or verdict.get("status") != "APPLIED":
+                continue
+            code = str(verdict.get("code") or "")
+            if not code:
+                continue
+            row = (code, t.device_id, t.seq, receipt_id, t.customer_id, t.at)
+            first = tx.coupon_first_use(code) or tx.record_coupon_use(row)
+            if first is None:
+                tx.put_draft("coupon", code, None)  # the first use: the code leaves
+            elif first != (t.device_id, receipt_id):
+                tx.record_coupon_conflict(row)
+
+    @staticmethod
+    def _settle_unknown(
+        tx: HubTx,
+        t: TxIn,
+        at: datetime,
+        result: dict[str, Any],
+        receipt_id: str,
+        program: Program,
+    ) -> tuple[int, int, str | None]:
+        if t.kind == "CHECKOUT":
+            earned = int(result.get("earnedPoints") or 0)
+            due = activation_time(at, program)
+            if earned and due > at:
+                return 0, earned, utc_text(due)
+            return earned, 0, None
+        taken = int(result.get("takenBackPoints") or 0)
+        returned = int(result.get("returnedPoints") or 0)
+        row = tx.checkout_pending(t.device_id, receipt_id)
+        pending = 0
+        activates: str | None = None
+        if row is not None and row[0] and at < _when(row[0]):
+            from_pending = max(0, min(taken, int(row[1])))
+            if from_pending:
+                pending, activates, taken = -from_pending, str(row[0]), taken - from_pending
+        return returned - taken, pending, activates
+
+    @staticmethod
+    def _advance(tx: HubTx, device_id: str) -> int:
+        found = tx.contiguous_through(device_id)
+        through = found or 0
+        start = through
+        while True:  # the stored seqs above it, a page at a time, while they follow on
+            page = tx.seqs_after(device_id, through, ADVANCE_PAGE)
+            for seq in page:
+                if seq != through + 1:
+                    break
+                through = seq
+            else:
+                if len(page) == ADVANCE_PAGE:
+                    continue
+            break
+        if found is None or through != start:
+            tx.set_contiguous_through(device_id, through)
+        return through
+
+    # ------------------------------------------------------------ balances and holds
+
+    def live(self, tx: HubTx, customer_id: str, at: datetime) -> tuple[int, int] | None:
+        """(available, pending) at `at` over everything ingested; None: unknown customer."""
+        latest = tx.latest_version()
+        doc = self.doc_as_of(tx, "customer", customer_id, latest)
+        if doc is None:
+            return None
+        cutoff = utc_text(at)
+        available = int(doc.get("balancePoints", 0))
+        pending = 0
+        for entry in doc.get("pending", []):
+            if _timestamp(entry["activatesAt"]) <= at:
+                available += int(entry["points"])
+            else:
+                pending += int(entry["points"])
+        cards = [
+            key
+            for key in tx.cards_ever_of(customer_id)
+            if (self.doc_as_of(tx, "card", key, latest) or {}).get("customerId") == customer_id
+        ]
+        for points, when, due in tx.live_moves(customer_id, cards):
+            available += int(points)
+            if due:
+                if when and when <= cutoff:
+                    available += int(due)
+                else:
+                    pending += int(due)
+        return available, pending
+
+    def balance(self, customer_id: str, at: datetime) -> HubBalance:
+        with self.read_tx() as tx:
+            live = self.live(tx, customer_id, at)
+            if live is None:
+                raise NotFound(f"customer {customer_id} is not known to the hub")
+            held = tx.held(customer_id, utc_text(datetime.now(UTC)))
+            return HubBalance(live[0], live[1], held)
+
+    def authorise(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        at: datetime,
+        unsynced: list[Unsynced],
+        now: datetime,
+        hold_ttl_s: float,
+    ) -> Authorisation:
+        with self.write_tx() as tx:
+            tx.lock_customers([customer_id])
+            tx.expire_holds(customer_id, utc_text(now))
+            live = self.live(tx, customer_id, at)
+            spendable = 0 if live is None else live[0]
+            expires = now + timedelta(seconds=hold_ttl_s)
+            mine = {receipt_id}
+            for item in unsynced:
+                if tx.stored_content(device_id, item.seq) is not None:
+                    continue
+                # The till's own movement the hub has not received: it counts now, and a
+                # spend is held for the other tills until the transaction arrives (its
+                # receipt's own hold, if any, is replaced so nothing is held twice).
+                spendable += item.points
+                key = f"seq:{item.seq}"
+                mine.add(key)
+                tx.settle_holds(device_id, [item.receipt_id])
+                if item.points < 0:
+                    tx.upsert_hold(
+                        uuid.uuid4().hex,
+                        device_id,
+                        key,
+                        customer_id,
+                        -item.points,
+                        utc_text(now),
+                        utc_text(expires),
+                    )
+            held = 0
+            for dev, rid, pts in tx.active_holds(customer_id):
+                if dev == device_id and rid in mine:
+                    continue  # this receipt, or a movement counted through `unsynced`
+                held += int(pts)
+            live_balance = spendable - held
+            granted = max(0, min(points, live_balance))
+            hold_id = ""
+            tx.delete_hold(device_id, receipt_id, only_active=False)
+            if granted > 0:
+                hold_id = uuid.uuid4().hex
+                tx.upsert_hold(
+                    hold_id,
+                    device_id,
+                    receipt_id,
+                    customer_id,
+                    granted,
+                    utc_text(now),
+                    utc_text(expires),
+                )
+        return Authorisation(granted, hold_id, expires, live_balance)
+
+    def release(self, device_id: str, receipt_id: str) -> bool:
+        """A hold the till gave up (its receipt cancelled or expired there): dropped, so the
+        points are spendable at once. A settled hold stays: its transaction is the truth."""
+        with self.write_tx() as tx:
+            gone = tx.delete_hold(device_id, receipt_id, only_active=True)
+            gone += tx.drop_coupon_holds(device_id, receipt_id)
+        return bool(gone)
+
+    def hold_coupons(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        codes: list[str],
+        now: datetime,
+        hold_ttl_s: float,
+    ) -> list[str]:
+        """Online coupon authorisation (the contract §13): the codes another receipt
+        already used or holds; the others are held for this receipt (its earlier holds
+        replaced) until its transaction settles them, `release` drops them, or they expire."""
+        used: list[str] = []
+        with self.write_tx() as tx:
+            tx.expire_coupon_holds(utc_text(now))
+            tx.drop_coupon_holds(device_id, receipt_id)
+            expires = utc_text(now + timedelta(seconds=hold_ttl_s))
+            for code in dict.fromkeys(codes):
+                first = tx.coupon_first_use(code)
+                if first is not None and first != (device_id, receipt_id):
+                    used.append(code)
+                    continue
+                if tx.coupon_held(code):  # another receipt's hold (this one's were dropped)
+                    used.append(code)
+                    continue
+                if first is None and not tx.hold_coupon(
+                    code, device_id, receipt_id, customer_id, utc_text(now), expires
+                ):
+                    used.append(code)  # held by another server's receipt meanwhile
+        return used
+
+    # ------------------------------------------------------------ snapshots
+
+    def snapshot_doc(self, version: int, base_version: int) -> dict[str, Any]:
+        """The snapshot as one JSON document (the shape of the contract §3)."""
+        stream = self.snapshot_stream(version, base_version)
+        _, header = next(stream)
+        doc: dict[str, Any] = {**header, **{section: [] for section in SECTIONS}}
+        for section, text in stream:
+            doc.setdefault(section, []).append(json.loads(text))
+        return doc
+
+    def snapshot_stream(
+        self, version: int, base_version: int
+    ) -> Generator[tuple[str, Any], None, None]:
+        """The snapshot `version`, full (base 0) or a delta from base: ("header", header
+        dict) first, then (section, row) with each row as its canonical JSON text, in
+        section order and key order, streamed from one read transaction (the caller reads
+        it to the end).
+
+        It is the same for every device (docs/PROTOCOL.md §3): a transaction of device d is
+        counted in the balances iff it was ingested up to the version's cut and its seq is
+        at most d's contiguous progress at that version; `appliedThrough` lists every
+        device's progress.
+        """
+        with self.read_tx() as tx:
+            pub = tx.publication(version)
+            if pub is None:
+                raise UnknownVersion(f"version {version} was never published")
+            base = None
+            if base_version:
+                base = tx.publication(base_version)
+                if base is None or base_version >= version:
+                    raise UnknownVersion(f"no delta from version {base_version}")
+            header: dict[str, Any] = {
+                "version": version,
+                "baseVersion": base_version,
+                "issuedAt": pub.issued_at.isoformat(),
+                "expiresAt": pub.expires_at.isoformat(),
+                "appliedThrough": tx.progress_at(version),
+            }
+            if base is None:
+                program = self.doc_as_of(tx, "program", "", version)
+                header["program"] = program if program is not None else _default_program()
+                yield "header", header
+                for section, kind in SECTIONS.items():
+                    rows = tx.texts_as_of(kind, version)
+                    if kind == "customer":
+                        rows = self._with_balances(tx, rows, pub, only=None)
+                    for _, text in rows:
+                        yield section, text
+                return
+            removed: dict[str, list[str]] = {}
+            changed: dict[str, list[str]] = {}
+            for section, kind in [("program", "program"), *SECTIONS.items()]:
+                for key in tx.keys_changed(kind, base_version, version):
+                    found = self.doc_as_of(tx, kind, key, version)
+                    if found is None:
+                        if kind != "program":
+                            removed.setdefault(section, []).append(key)
+                    elif kind == "program":
+                        header["program"] = found
+                    else:
+                        changed.setdefault(section, []).append(key)
+            customers = set(changed.get("customers", [])) | {
+                key
+                for key in self._affected_customers(tx, base, pub)
+                if tx.text_as_of("customer", key, version) is not None
+            }
+            changed["customers"] = sorted(customers)
+            header["removed"] = removed
+            yield "header", header
+            for section, kind in SECTIONS.items():
+                pairs: Texts = (
+                    (key, tx.text_as_of(kind, key, version) or "{}")
+                    for key in changed.get(section, [])
+                )
+                if kind == "customer":
+                    pairs = self._with_balances(tx, pairs, pub, only=customers)
+                for _, text in pairs:
+                    yield section, text
+
+    def _affected_customers(self, tx: HubTx, base: Publication, pub: Publication) -> set[str]:
+        """Customers whose balance may differ between the versions: those of transactions
+        counted at `pub` but not at `base` (any device's: seq above its progress at base,
+        up to its progress at pub; being counted only ever starts, since progress never
+        goes back), and the owners before and after of cards of UNKNOWN-card points that
+        changed owner."""
+        out: set[str] = set()
+        cards: set[str] = set()
+        for customer, card in tx.newly_counted(base, pub):
+            if customer:
+                out.add(str(customer))
+            elif card:
+                cards.add(str(card))
+        # A card that changed owner moves its UNKNOWN-card points between customers.
+        for card in tx.reowned_cards(base, pub):
+            cards.add(str(card))
+            before = self.doc_as_of(tx, "card", str(card), base.version)
+            if before is not None:
+                out.add(str(before["customerId"]))
+        for card in cards:
+            owner = self.doc_as_of(tx, "card", card, pub.version)
+            if owner is not None:
+                out.add(str(owner["customerId"]))
+        return out
+
+    def _with_balances(
+        self,
+        tx: HubTx,
+        customers: Iterable[tuple[str, str]],
+        pub: Publication,
+        only: set[str] | None,
+    ) -> Texts:
+        """Customer rows (key order) with balancePoints and pending as of `pub`.
+
+        Counted: each transaction ingested up to the cut whose seq is at most its device's
+        progress at `pub` (its appliedThrough there). The sums come from one grouped
+        query in customer order, merged with the rows as they stream by, so memory does
+        not grow with the chain; a row with nothing to add is written as stored.
+        """
+        # Points of UNKNOWN cards go to the card's owner at this version (few rows).
+        extra: dict[str, list[Move]] = defaultdict(list)
+        owners: dict[str, str | None] = {}
+        for card, points, when, due in tx.counted_card_moves(pub):
+            if card not in owners:
+                doc = self.doc_as_of(tx, "card", str(card), pub.version)
+                owners[card] = None if doc is None else str(doc["customerId"])
+            owner = owners[card]
+            if owner is not None:
+                extra[owner].append((int(points), when, int(due or 0)))
+        sums = _grouped(tx.counted_customer_moves(pub, only))
+        upcoming = next(sums, None)
+        for key, text in customers:
+            while upcoming is not None and upcoming[0] < key:
+                upcoming = next(sums, None)
+            moves = extra.get(key, [])
+            if upcoming is not None and upcoming[0] == key:
+                moves = moves + upcoming[1]
+            # In canonical JSON `"name":` with both quotes bare can only be a key.
+            if not moves and '"balancePoints":' in text and '"pending":' not in text:
+                yield key, text  # nothing to add, nothing to fold: as stored
+                continue
+            yield key, _balance_row(text, moves, pub.issued_at)
+
+
+def conflict(
+    code: str, device: str, receipt: str, at: str, first_device: str, first_receipt: str
+) -> dict[str, Any]:
+    """A coupon conflict as `hub coupon-conflicts` shows it."""
+    return {
+        "code": code,
+        "deviceId": device,
+        "receiptId": receipt,
+        "at": at,
+        "firstDeviceId": first_device,
+        "firstReceiptId": first_receipt,
+    }
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def canon(doc: dict[str, Any] | None) -> str | None:
+    if doc is None:
+        return None
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]]:
+    """(customer, its moves) from rows (customer, available, activates_at, pending) that
+    come grouped by customer."""
+    current: str | None = None
+    moves: list[Move] = []
+    for customer, points, when, due in rows:
+        if customer != current:
+            if current is not None:
+                yield current, moves
+            current, moves = str(customer), []
+        moves.append((int(points), when, int(due or 0)))
+    if current is not None:
+        yield current, moves
+
+
+def _balance_row(text: str, moves: list[Move], issued_at: datetime) -> str:
+    """A customer row with the counted moves added, and pending points due by `issued_at`
+    folded into balancePoints."""
+    row = dict(json.loads(text))
+    balance = int(row.get("balancePoints", 0))
+    entries: dict[datetime, int] = defaultdict(int)
+    for entry in row.get("pending", []):
+        entries[_timestamp(entry["activatesAt"]).astimezone(UTC)] += int(entry["points"])
+    for points, when, due in moves:
+        balance += points
+        if when and due:
+            entries[_when(when).astimezone(UTC)] += due
+    left = []
+    for when_ in sorted(entries):
+        if not entries[when_]:
+            continue
+        if when_ <= issued_at:
+            balance += entries[when_]
+        else:
+            left.append({"points": entries[when_], "activatesAt": when_.isoformat()})
+    row["balancePoints"] = balance
+    if left:
+        row["pending"] = left
+    else:
+        row.pop("pending", None)
+    return str(canon(row))
+
+
+def _default_program() -> dict[str, Any]:
+    return Program().model_dump(mode="json", by_alias=True, exclude_none=True)
