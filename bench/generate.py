@@ -1,8 +1,9 @@
 """A chain-sized dataset, deterministic from a seed, written as a JSON Lines snapshot.
 
 Default scale: 1,000,000 customers and cards, 100,000 products in a category tree,
-five personal offers per customer plus mass offers. Rows are written as they are made,
-so memory stays flat whatever the scale.
+five personal offers per customer plus mass offers and deals; one customer in a thousand
+(`heavy`) has 50 personal offers (three of them basket deals) and five coupons. Rows are
+written as they are made, so memory stays flat whatever the scale.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def _offers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
                 "printable": True,
                 "printText": f"Ваше предложение {k + 1}",
             }
+        if heavy(n):
+            yield from _heavy_offers(scale, n)
     for m in range(scale.mass_offers):
         row: dict[str, Any] = {
             "id": f"m{m}",
@@ -170,6 +173,84 @@ def _coupons(scale: Scale) -> Iterator[dict[str, Any]]:
             "validFrom": VALID_FROM,
             "validTo": VALID_TO,
         }
+    for n in range(HEAVY_FIRST, scale.customers, HEAVY_EVERY):
+        for k, code in enumerate(heavy_coupons(n)):  # one for each coupon offer
+            yield {
+                "code": code,
+                "offerId": f"mcoupon-{k}",
+                "customerId": f"c{n}",
+                "validFrom": VALID_FROM,
+                "validTo": VALID_TO,
+            }
+
+
+# ---------------------------------------------------------------- heavy customers
+# One customer in HEAVY_EVERY (none of them a coupon holder above nor in a control group)
+# has HEAVY_OFFERS personal offers in all, the last three of them basket deals on SKUs of
+# categories with no mass offer (`quiet_products`), and a coupon for each coupon offer.
+
+HEAVY_EVERY = 1000
+HEAVY_FIRST = 1
+HEAVY_OFFERS = 50
+HEAVY_DEALS = 3
+
+
+def heavy(customer: int) -> bool:
+    return customer % HEAVY_EVERY == HEAVY_FIRST
+
+
+def heavy_coupons(customer: int) -> list[str]:
+    return [f"CPH{customer:09d}{k}" for k in range(COUPON_OFFERS)]
+
+
+def quiet_products(scale: Scale) -> list[int]:
+    """Products whose category has no mass offer, deal or coupon offer (and that take part
+    in the loyalty programme): a line of one gets only personal offers."""
+    low = max(scale.mass_offers, max((k * 37) % len(LEAVES) for k in range(COUPON_OFFERS)) + 1)
+    return [n for n in range(scale.products) if n % len(LEAVES) >= low and n % 97]
+
+
+def heavy_deal_sku(scale: Scale, customer: int, j: int) -> str:
+    """The SKU of heavy customer `customer`'s basket deal `j` (0 … HEAVY_DEALS − 1)."""
+    quiet = quiet_products(scale)
+    return sku(quiet[(customer * 31 + j * 7) % len(quiet)])
+
+
+def coupon_product(scale: Scale, k: int, pick: int) -> str:
+    """A product in the category coupon offer `k` targets."""
+    leaf = (k * 37) % len(LEAVES)
+    choices = [n for n in range(leaf, scale.products, len(LEAVES)) if n % 97] or [leaf]
+    return sku(choices[pick % len(choices)])
+
+
+def _heavy_offers(scale: Scale, n: int) -> Iterator[dict[str, Any]]:
+    kinds = ["PERCENT_OFF", "AMOUNT_OFF", "BONUS_MULTIPLIER"]
+    values = {"PERCENT_OFF": "10", "AMOUNT_OFF": "300", "BONUS_MULTIPLIER": "2"}
+    base = {"customerId": f"c{n}", "validFrom": VALID_FROM, "validTo": VALID_TO}
+    for k in range(scale.offers_per_customer, HEAVY_OFFERS - HEAVY_DEALS):
+        kind = kinds[k % 3]
+        yield {
+            "id": f"p{n}-{k}",
+            "campaignId": f"camp-h{k % 4}",
+            **base,
+            "kind": kind,
+            "skus": [personal_sku(scale, n, k)],
+            "value": values[kind],
+            "priority": k,
+        }
+    for j in range(HEAVY_DEALS):
+        deal: dict[str, Any] = {
+            "id": f"p{n}-deal{j}",
+            "campaignId": "camp-hdeal",
+            **base,
+            "skus": [heavy_deal_sku(scale, n, j)],
+            "priority": 10 + j,
+        }
+        if j < 2:
+            deal.update(kind="MULTIBUY", buyQty="2", freeQty="1")
+        else:
+            deal.update(kind="QUANTITY_PRICE", tiers=[{"minQty": "3", "unitPriceMinor": 900}])
+        yield deal
 
 
 def _line(out: TextIO, row: dict[str, Any]) -> None:

@@ -45,7 +45,23 @@ from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from bench.generate import Scale, card, coupon, personal_sku, sku, write_delta, write_full
+from bench.generate import (
+    COUPON_OFFERS,
+    HEAVY_DEALS,
+    HEAVY_EVERY,
+    HEAVY_FIRST,
+    Scale,
+    card,
+    coupon,
+    coupon_product,
+    heavy_coupons,
+    heavy_deal_sku,
+    personal_sku,
+    quiet_products,
+    sku,
+    write_delta,
+    write_full,
+)
 from bench.stub import write_replies as write_stub_replies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +163,95 @@ def mixed_receipt(
     if codes:
         out["coupons"] = codes
     return out
+
+
+def heavy_pair(rid: str, rng: random.Random, scale: Scale) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The issue-13 basket, twice: 50 lines for a heavy customer (50 personal offers, ten
+    of them hit) carrying their 3 basket deals (qty 3 of each deal's SKU), their 5 coupon
+    codes (a line in each coupon offer's category), and 32 lines of categories with no
+    mass offer; and the very same lines for a usual known customer (5 offers, no coupon)
+    with no codes, on whom no deal applies: "today's figure"."""
+    heavies = range(HEAVY_FIRST, scale.customers, HEAVY_EVERY)
+    n = heavies[rng.randrange(len(heavies))]
+    usual = n + 1  # n % 10 == 2: no coupon, no control group, 5 offers
+    quiet = quiet_products(scale)
+    body: list[dict[str, Any]] = []
+    for j in range(HEAVY_DEALS):
+        body.append({"sku": heavy_deal_sku(scale, n, j), "qty": "3", "priceMinor": 3000})
+    for k in range(COUPON_OFFERS):
+        body.append(
+            {"sku": coupon_product(scale, k, rng.randrange(1000)), "qty": "1", "priceMinor": 2000}
+        )
+    for k in range(1, 11):
+        body.append(
+            {"sku": personal_sku(scale, n, k), "qty": "1", "priceMinor": rng.randrange(1000, 50000)}
+        )
+    while len(body) < 50:
+        body.append(
+            {
+                "sku": sku(quiet[rng.randrange(len(quiet))]),
+                "qty": str(rng.randrange(1, 4)),
+                "priceMinor": rng.randrange(1000, 50000),
+            }
+        )
+    rng.shuffle(body)
+    heavy = {
+        "receiptId": f"{rid}-h",
+        "at": AT,
+        "card": card(n),
+        "lines": body,
+        "coupons": heavy_coupons(n),
+    }
+    return heavy, {"receiptId": f"{rid}-u", "at": AT, "card": card(usual), "lines": body}
+
+
+def deals_and_coupons(result: dict[str, Any]) -> tuple[int, int]:
+    """(basket deals taking lines, coupons APPLIED) in a quote's result."""
+    deals = {
+        line.get("offerId")
+        for line in result.get("lines", ())
+        if str(line.get("offerId", "")).split("-")[-1].startswith("deal")
+        or _mass_deal(str(line.get("offerId", "")))
+    }
+    applied = sum(1 for c in result.get("coupons", ()) if c.get("status") == "APPLIED")
+    return len(deals - {None, ""}), applied
+
+
+def _mass_deal(offer_id: str) -> bool:
+    """bench.generate's mass offers m<k> with k % 10 in (0, 5) are deals."""
+    return offer_id[:1] == "m" and offer_id[1:].isdigit() and int(offer_id[1:]) % 10 in (0, 5)
+
+
+def _heavy_basket(
+    agent: Agent, rng: random.Random, scale: Scale, ops: int, figure: Callable[..., None]
+) -> None:
+    """Issue 13: the heavy basket's quote against today's, interleaved, p99 ratio."""
+    pairs = [heavy_pair(f"x-{i}", rng, scale) for i in range(2 * ops)]
+    for heavy, usual in pairs[:5]:
+        agent.quote(heavy)
+        agent.quote(usual)
+    heavy_deals, heavy_coupons_applied = deals_and_coupons(agent.quote(pairs[0][0]))
+    usual_deals, _ = deals_and_coupons(agent.quote(pairs[0][1]))
+    h, u = (
+        stats(s)
+        for s in interleave([lambda p: agent.quote(p[0]), lambda p: agent.quote(p[1])], pairs, rng)
+    )
+    x99 = ratio(h, u, "p99_ms")
+    figure(
+        "quote, 50 lines + 3 deals, 5 coupons, 50 offers",
+        "p99 <= 1.5 x today's",
+        {"x_today_p99": x99, "p50_ms": h["p50_ms"], "p99_ms": h["p99_ms"]},
+        x99 <= 1.5,
+        floor="today's figure: the same 50 lines, a usual customer, no deals or coupons,"
+        " interleaved",
+        floor_p50_ms=u["p50_ms"],
+        floor_p99_ms=u["p99_ms"],
+        x_today_p50=ratio(h, u),
+        deals_applied=heavy_deals,
+        coupons_applied=heavy_coupons_applied,
+        offers=50,
+        today_deals_applied=usual_deals,
+    )
 
 
 # ---------------------------------------------------------------- floors
@@ -406,6 +511,10 @@ def run(
     # rows), then Checkout beside Quote of the same basket and a bare fsynced insert,
     # call by call in a random order: the figure and its floor share every moment.
     _in_process(agent, data, work, rng, scale, ops, figure)
+
+    # Issue 13: a 50-line basket with 3 deals, 5 coupons and 50 offers for its customer
+    # against the same lines for a usual customer with neither, interleaved.
+    _heavy_basket(agent, rng, scale, ops, figure)
 
     # POST /v1/quote over HTTP (proto3 JSON, keep-alive) vs a bare HTTP echo of the same
     # stack (Starlette on uvicorn, h11) and the same body, interleaved call by call. Both
