@@ -9,6 +9,7 @@ written as they are made, so memory stays flat whatever the scale.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 from collections.abc import Iterator
@@ -203,6 +204,7 @@ def heavy_coupons(customer: int) -> list[str]:
     return [f"CPH{customer:09d}{k}" for k in range(COUPON_OFFERS)]
 
 
+@functools.cache  # (per scale: the chain's generator asks for it 3,000 times)
 def quiet_products(scale: Scale) -> list[int]:
     """Products whose category has no mass offer, deal or coupon offer (and that take part
     in the loyalty programme): a line of one gets only personal offers."""
@@ -218,9 +220,14 @@ def heavy_deal_sku(scale: Scale, customer: int, j: int) -> str:
 
 def coupon_product(scale: Scale, k: int, pick: int) -> str:
     """A product in the category coupon offer `k` targets."""
-    leaf = (k * 37) % len(LEAVES)
-    choices = [n for n in range(leaf, scale.products, len(LEAVES)) if n % 97] or [leaf]
+    choices = _coupon_products(scale, k)
     return sku(choices[pick % len(choices)])
+
+
+@functools.cache
+def _coupon_products(scale: Scale, k: int) -> list[int]:
+    leaf = (k * 37) % len(LEAVES)
+    return [n for n in range(leaf, scale.products, len(LEAVES)) if n % 97] or [leaf]
 
 
 def _heavy_offers(scale: Scale, n: int) -> Iterator[dict[str, Any]]:

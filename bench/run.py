@@ -8,11 +8,13 @@ reads, checked against its traced statements by tests/test_bench_run.py), a bare
 insert, a do-nothing PosAgent of the same reply size in its own process (bench/stub.py),
 an HTTP echo. Receipts are a mix (`mixed_receipt`): 5/20/50/200 lines, half on known
 cards with two personal-offer hits and their holder's coupon, one line in ten weighed,
-the rest on cards the till does not know; mass offers and basket deals by category. The
-gRPC figures run against a real `tillpoint run` in its own process. Results go to
-bench/results/<time>.json (and latest.json), every figure with its target and floor, and
-a short table on the terminal. `--quick` runs a small dataset in under two minutes to
-check that the benchmark itself works; it reports but asserts nothing.
+the rest on cards the till does not know; mass offers and basket deals by category. Issue
+13's basket (`heavy_pair`: 3 deals, 5 coupons, a customer with 50 offers) is judged
+against the same lines for a usual customer, interleaved. The gRPC figures run against a
+real `tillpoint run` in its own process. Results go to bench/results/<time>.json (and
+latest.json), every figure with its target and floor, and a short table on the terminal.
+`--quick` runs a small dataset in under two minutes to check that the benchmark itself
+works; it reports but asserts nothing.
 """
 
 from __future__ import annotations
