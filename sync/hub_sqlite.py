@@ -23,7 +23,18 @@ from tillpoint.agent.db import write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
-from .hub_rules import CouponUse, HubRules, HubTx, Move, Texts, _when, canon, conflict
+from .hub_rules import (
+    SPENT,
+    SPENT_T,
+    CouponUse,
+    HubRules,
+    HubTx,
+    Move,
+    Texts,
+    _when,
+    canon,
+    conflict,
+)
 from .hub_store import (
     DeviceRecord,
     ImportRefused,
@@ -681,11 +692,11 @@ class SqliteTx:
         marks = ",".join("?" * len(cards))
         unknown = f" OR (customer_id = '' AND card IN ({marks}))" if cards else ""
         return [
-            (int(points), when, int(due or 0))
-            for points, when, due in self.conn.execute(
-                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending)"
-                f" FROM transactions WHERE customer_id = ?{unknown}"
-                " GROUP BY pending_activates_at",
+            (int(points), when, int(due or 0), spent)
+            for points, when, due, spent in self.conn.execute(
+                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending),"
+                f" {SPENT} FROM transactions WHERE customer_id = ?{unknown}"
+                f" GROUP BY pending_activates_at, {SPENT}",
                 (customer_id, *cards),
             )
         ]
@@ -718,17 +729,20 @@ class SqliteTx:
         " AND p.device_id = t.device_id WHERE t.ingest_id <= ? AND t.seq <= p.through"
     )
 
-    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[str, int, str | None, int]]:
+    def counted_card_moves(
+        self, pub: Publication
+    ) -> Iterable[tuple[str, int, str | None, int, str | None]]:
         return self.conn.execute(
             "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
-            f" sum(t.delta_pending){self._COUNTED} AND t.customer_id = '' AND t.card != ''"
-            " GROUP BY t.card, t.pending_activates_at",
+            f" sum(t.delta_pending), {SPENT_T}{self._COUNTED}"
+            " AND t.customer_id = '' AND t.card != ''"
+            f" GROUP BY t.card, t.pending_activates_at, {SPENT_T}",
             (pub.version, pub.cut),
         ).fetchall()
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int]]:
+    ) -> Iterable[tuple[str, int, str | None, int, str | None]]:
         known = ""
         if only is not None:
             self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (id TEXT PRIMARY KEY)")
@@ -737,8 +751,8 @@ class SqliteTx:
             known = " AND t.customer_id IN (SELECT id FROM temp.want)"
         return self.conn.execute(
             "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
-            f" sum(t.delta_pending){self._COUNTED} AND t.customer_id != ''{known}"
-            " GROUP BY t.customer_id, t.pending_activates_at ORDER BY t.customer_id",
+            f" sum(t.delta_pending), {SPENT_T}{self._COUNTED} AND t.customer_id != ''{known}"
+            f" GROUP BY t.customer_id, t.pending_activates_at, {SPENT_T} ORDER BY t.customer_id",
             (pub.version, pub.cut),
         )
 
