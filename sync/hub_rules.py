@@ -47,12 +47,16 @@ from .hub_store import (
 )
 
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
-# (points available, pending_activates_at, pending points, at of a spend): the stores sum
-# transactions grouped by pending_activates_at and, for a spend, by its `at` (the contract §16:
-# a spend takes the batches not expired at its time, soonest-expiring first).
-Move = tuple[int, str | None, int, str | None]
-SPENT = "CASE WHEN delta_available < 0 THEN at END"  # the grouping column of a spend's time
-SPENT_T = "CASE WHEN t.delta_available < 0 THEN t.at END"
+# (points available, pending_activates_at, pending points, `at` of the available points,
+# the part of them earned at a checkout): the stores sum transactions grouped by
+# pending_activates_at and, when they move available points, by their `at` (the contract
+# §16: a spend takes the batches not expired at its time, and points earned at once
+# expire `pointsLifetimeDays` after it).
+Move = tuple[int, str | None, int, str | None, int]
+MOVED_AT = "CASE WHEN delta_available != 0 THEN at END"  # a grouping column of the stores
+EARNED_WHEN = (
+    "kind = 'CHECKOUT' AND delta_pending = 0 AND delta_available != 0 AND customer_id != ''"
+)
 CouponUse = tuple[str, str, int, str, str, str]  # code, device, seq, receipt, customer, at
 BATCH_ANSWER_DAYS = 30
 ADVANCE_PAGE = 1000
@@ -139,17 +143,16 @@ class HubTx(Protocol):
 
     def counted_card_moves(
         self, pub: Publication
-    ) -> Iterable[tuple[str, int, str | None, int, str | None]]:
-        """(card, available, activates_at, pending, spent at) of counted UNKNOWN-card
-        transactions."""
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+        """(card, available, activates_at, pending, moved at, earned) of counted
+        UNKNOWN-card transactions."""
         ...
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int, str | None]]:
-        """(customer, available, activates_at, pending, spent at) of counted transactions,
-        grouped by customer, activates_at and a spend's `at`, in customer order (only those
-        of `only` if given)."""
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+        """(customer, available, activates_at, pending, moved at, earned) of counted
+        transactions (see `Move`), in customer order (only those of `only` if given)."""
         ...
 
     # -- coupons (the contract §13)
@@ -709,13 +712,13 @@ class HubRules:
         # Points of UNKNOWN cards go to the card's owner at this version (few rows).
         extra: dict[str, list[Move]] = defaultdict(list)
         owners: dict[str, str | None] = {}
-        for card, points, when, due, spent in tx.counted_card_moves(pub):
+        for card, points, when, due, spent, earned in tx.counted_card_moves(pub):
             if card not in owners:
                 doc = self.doc_as_of(tx, "card", str(card), pub.version)
                 owners[card] = None if doc is None else str(doc["customerId"])
             owner = owners[card]
             if owner is not None:
-                extra[owner].append((int(points), when, int(due or 0), spent))
+                extra[owner].append((int(points), when, int(due or 0), spent, int(earned or 0)))
         sums = _grouped(tx.counted_customer_moves(pub, only))
         upcoming = next(sums, None)
         for key, text in customers:
@@ -765,12 +768,12 @@ def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]
     come grouped by customer."""
     current: str | None = None
     moves: list[Move] = []
-    for customer, points, when, due, spent in rows:
+    for customer, points, when, due, spent, earned in rows:
         if customer != current:
             if current is not None:
                 yield current, moves
             current, moves = str(customer), []
-        moves.append((int(points), when, int(due or 0), spent))
+        moves.append((int(points), when, int(due or 0), spent, int(earned or 0)))
     if current is not None:
         yield current, moves
 
@@ -790,17 +793,25 @@ def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wal
         zone,
     )
     assert wallet.rest is not None
-    spends: list[tuple[datetime, int]] = []
-    for points, when, due, spent in moves:
-        if spent is not None and points < 0:
-            spends.append((_timestamp(spent), -points))
+    timed: list[tuple[datetime, int, int]] = []  # (at, spent, earned at once)
+    for points, when, due, moved_at, earned in moves:
+        if moved_at is not None:
+            earned = max(0, earned)
+            timed.append((_timestamp(moved_at), earned - points, earned))
         else:
             wallet.rest.points += points
         if when and due:
             active = _when(when)
             wallet._add(Batch(due, active, expiry_time(active, lifetime, zone)))
-    for at, points in sorted(spends, key=lambda spend: spend[0]):
-        wallet._spend(points, at)
+    # In time order, as the till does: a sale's spend, then its points earned at once (a
+    # batch from its `at`); points given back (a refund) join the part that never expires.
+    for at, spent, earned in sorted(timed, key=lambda move: move[0]):
+        if spent > 0:
+            wallet._spend(spent, at)
+        elif spent < 0:
+            wallet.rest.points -= spent
+        if earned:
+            wallet._add(Batch(earned, at, expiry_time(at, lifetime, zone)))
     return wallet
 
 

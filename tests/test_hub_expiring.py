@@ -141,3 +141,34 @@ def test_a_till_that_pulls_sees_the_hubs_expiring_batches(
         assert later["availablePoints"] == 900
     finally:
         agent.close()
+
+
+def test_points_earned_at_once_expire_after_the_lifetime(hub_store_factory: Any) -> None:
+    hub = hub_store_factory()
+    import_doc(hub, with_expiring(lifetime=30))
+    # A sale on 23 November 10:15 (Moscow) redeems 100 and earns 30 at once (no activation
+    # delay): the till sends -70 available; the hub reads the 30 earned from its result.
+    sale = TxIn(
+        "till-1",
+        1,
+        "CHECKOUT",
+        "2026-11-23T10:15:00+03:00",
+        "c-1",
+        "",
+        json.dumps({"receiptId": "r-1"}),
+        json.dumps({"redeemedPoints": 100, "earnedPoints": 30}),
+        -70,
+        0,
+        "",
+    )
+    hub.ingest("till-1", "", [sale], NOW)
+    assert hub.publish(datetime(2026, 11, 25, tzinfo=UTC), WEEK).version == 1
+    row = customer(hub, 1)
+    assert row["balancePoints"] == 1130
+    # the 100 spent came off the batch expiring first; the 30 expire on 23 December 10:15
+    assert [(e["points"], datetime.fromisoformat(e["expiresAt"])) for e in row["expiring"]] == [
+        (200, datetime.fromisoformat(EXPIRES)),
+        (30, datetime.fromisoformat("2026-12-23T10:15:00+03:00")),
+    ]
+    assert hub.balance("c-1", datetime(2026, 12, 2, tzinfo=UTC)).available == 930
+    assert hub.balance("c-1", datetime(2026, 12, 23, 7, 15, tzinfo=UTC)).available == 900
