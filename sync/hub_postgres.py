@@ -31,7 +31,18 @@ from typing import Any
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
-from .hub_rules import CouponUse, HubRules, HubTx, Move, Texts, _when, canon, conflict
+from .hub_rules import (
+    EARNED_WHEN,
+    MOVED_AT,
+    CouponUse,
+    HubRules,
+    HubTx,
+    Move,
+    Texts,
+    _when,
+    canon,
+    conflict,
+)
 from .hub_store import (
     DeviceRecord,
     ImportRefused,
@@ -42,6 +53,13 @@ from .hub_store import (
     RowProblem,
     StoredTx,
     TxIn,
+)
+
+# points earned at once at a checkout (its result's earnedPoints): see `hub_rules.Move`
+EARNED = (
+    f"sum(CASE WHEN {EARNED_WHEN}"
+    " AND jsonb_typeof(result_json::jsonb -> 'earnedPoints') = 'number'"
+    " THEN (result_json::jsonb ->> 'earnedPoints')::numeric::bigint ELSE 0 END)"
 )
 
 try:
@@ -779,11 +797,12 @@ class PgTx:
 
     def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
         return [
-            (int(points), when, int(due or 0))
-            for points, when, due in self.conn.execute(
-                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending)"
-                " FROM transactions WHERE customer_id = %s"
-                " OR (customer_id = '' AND card = ANY(%s)) GROUP BY pending_activates_at",
+            (int(points), when, int(due or 0), spent, int(earned))
+            for points, when, due, spent, earned in self.conn.execute(
+                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending),"
+                f" {MOVED_AT}, {EARNED} FROM transactions WHERE customer_id = %s"
+                " OR (customer_id = '' AND card = ANY(%s))"
+                f" GROUP BY pending_activates_at, {MOVED_AT}",
                 (customer_id, cards),
             )
         ]
@@ -820,20 +839,23 @@ class PgTx:
         " AND p.device_id = t.device_id WHERE t.ingest_id <= %s AND t.seq <= p.through"
     )
 
-    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[str, int, str | None, int]]:
+    def counted_card_moves(
+        self, pub: Publication
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
         return [
-            (str(card), int(points), when, int(due or 0))
-            for card, points, when, due in self.conn.execute(
+            (str(card), int(points), when, int(due or 0), spent, int(earned))
+            for card, points, when, due, spent, earned in self.conn.execute(
                 "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
-                f" sum(t.delta_pending){self._COUNTED} AND t.customer_id = '' AND t.card != ''"
-                " GROUP BY t.card, t.pending_activates_at",
+                f" sum(t.delta_pending), {MOVED_AT}, {EARNED}{self._COUNTED}"
+                " AND t.customer_id = '' AND t.card != ''"
+                f" GROUP BY t.card, t.pending_activates_at, {MOVED_AT}",
                 (pub.version, pub.cut),
             )
         ]
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int]]:
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
         known = ""
         params: list[Any] = [pub.version, pub.cut]
         if only is not None:
@@ -843,12 +865,14 @@ class PgTx:
             cur.itersize = FETCH
             cur.execute(
                 "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
-                f" sum(t.delta_pending){self._COUNTED} AND t.customer_id != ''{known}"
-                " GROUP BY t.customer_id, t.pending_activates_at ORDER BY t.customer_id",
+                f" sum(t.delta_pending), {MOVED_AT}, {EARNED}{self._COUNTED}"
+                f" AND t.customer_id != ''{known}"
+                f" GROUP BY t.customer_id, t.pending_activates_at, {MOVED_AT}"
+                " ORDER BY t.customer_id",
                 params,
             )
-            for customer, points, when, due in cur:
-                yield str(customer), int(points), when, int(due or 0)
+            for customer, points, when, due, spent, earned in cur:
+                yield str(customer), int(points), when, int(due or 0), spent, int(earned)
 
     # -- coupons
 

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 from tillpoint.agent.errors import NotFound
+from tillpoint.agent.expiry import Batch, Wallet, expiry_time
 from tillpoint.agent.ledger import utc_text
 from tillpoint.agent.models import Coupon, Program, _timestamp, describe
 from tillpoint.agent.pricing import activation_time
@@ -46,7 +47,16 @@ from .hub_store import (
 )
 
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
-Move = tuple[int, str | None, int]  # (points available, pending_activates_at, pending points)
+# (points available, pending_activates_at, pending points, `at` of the available points,
+# the part of them earned at a checkout): the stores sum transactions grouped by
+# pending_activates_at and, when they move available points, by their `at` (the contract
+# §16: a spend takes the batches not expired at its time, and points earned at once
+# expire `pointsLifetimeDays` after it).
+Move = tuple[int, str | None, int, str | None, int]
+MOVED_AT = "CASE WHEN delta_available != 0 THEN at END"  # a grouping column of the stores
+EARNED_WHEN = (
+    "kind = 'CHECKOUT' AND delta_pending = 0 AND delta_available != 0 AND customer_id != ''"
+)
 CouponUse = tuple[str, str, int, str, str, str]  # code, device, seq, receipt, customer, at
 BATCH_ANSWER_DAYS = 30
 ADVANCE_PAGE = 1000
@@ -131,15 +141,18 @@ class HubTx(Protocol):
         """Cards with a revision in (base, pub] that have UNKNOWN-card points up to the cut."""
         ...
 
-    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[str, int, str | None, int]]:
-        """(card, available, activates_at, pending) of counted UNKNOWN-card transactions."""
+    def counted_card_moves(
+        self, pub: Publication
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+        """(card, available, activates_at, pending, moved at, earned) of counted
+        UNKNOWN-card transactions."""
         ...
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int]]:
-        """(customer, available, activates_at, pending) of counted transactions, grouped
-        by customer and activates_at, in customer order (only those of `only` if given)."""
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+        """(customer, available, activates_at, pending, moved at, earned) of counted
+        transactions (see `Move`), in customer order (only those of `only` if given)."""
         ...
 
     # -- coupons (the contract §13)
@@ -458,26 +471,13 @@ class HubRules:
         doc = self.doc_as_of(tx, "customer", customer_id, latest)
         if doc is None:
             return None
-        cutoff = utc_text(at)
-        available = int(doc.get("balancePoints", 0))
-        pending = 0
-        for entry in doc.get("pending", []):
-            if _timestamp(entry["activatesAt"]) <= at:
-                available += int(entry["points"])
-            else:
-                pending += int(entry["points"])
         cards = [
             key
             for key in tx.cards_ever_of(customer_id)
             if (self.doc_as_of(tx, "card", key, latest) or {}).get("customerId") == customer_id
         ]
-        for points, when, due in tx.live_moves(customer_id, cards):
-            available += int(points)
-            if due:
-                if when and when <= cutoff:
-                    available += int(due)
-                else:
-                    pending += int(due)
+        wallet = _wallet(doc, tx.live_moves(customer_id, cards), self.program(tx))
+        available, pending = wallet.points_at(at)
         return available, pending
 
     def balance(self, customer_id: str, at: datetime) -> HubBalance:
@@ -707,16 +707,18 @@ class HubRules:
         query in customer order, merged with the rows as they stream by, so memory does
         not grow with the chain; a row with nothing to add is written as stored.
         """
+        found = self.doc_as_of(tx, "program", "", pub.version)
+        program = Program() if found is None else Program.model_validate(found)
         # Points of UNKNOWN cards go to the card's owner at this version (few rows).
         extra: dict[str, list[Move]] = defaultdict(list)
         owners: dict[str, str | None] = {}
-        for card, points, when, due in tx.counted_card_moves(pub):
+        for card, points, when, due, spent, earned in tx.counted_card_moves(pub):
             if card not in owners:
                 doc = self.doc_as_of(tx, "card", str(card), pub.version)
                 owners[card] = None if doc is None else str(doc["customerId"])
             owner = owners[card]
             if owner is not None:
-                extra[owner].append((int(points), when, int(due or 0)))
+                extra[owner].append((int(points), when, int(due or 0), spent, int(earned or 0)))
         sums = _grouped(tx.counted_customer_moves(pub, only))
         upcoming = next(sums, None)
         for key, text in customers:
@@ -726,10 +728,15 @@ class HubRules:
             if upcoming is not None and upcoming[0] == key:
                 moves = moves + upcoming[1]
             # In canonical JSON `"name":` with both quotes bare can only be a key.
-            if not moves and '"balancePoints":' in text and '"pending":' not in text:
-                yield key, text  # nothing to add, nothing to fold: as stored
+            if (
+                not moves
+                and '"balancePoints":' in text
+                and '"pending":' not in text
+                and '"expiring":' not in text
+            ):
+                yield key, text  # nothing to add, nothing to fold, nothing expires: as stored
                 continue
-            yield key, _balance_row(text, moves, pub.issued_at)
+            yield key, _balance_row(text, moves, pub.issued_at, program)
 
 
 def conflict(
@@ -761,41 +768,82 @@ def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]
     come grouped by customer."""
     current: str | None = None
     moves: list[Move] = []
-    for customer, points, when, due in rows:
+    for customer, points, when, due, spent, earned in rows:
         if customer != current:
             if current is not None:
                 yield current, moves
             current, moves = str(customer), []
-        moves.append((int(points), when, int(due or 0)))
+        moves.append((int(points), when, int(due or 0), spent, int(earned or 0)))
     if current is not None:
         yield current, moves
 
 
-def _balance_row(text: str, moves: list[Move], issued_at: datetime) -> str:
-    """A customer row with the counted moves added, and pending points due by `issued_at`
-    folded into balancePoints."""
-    row = dict(json.loads(text))
-    balance = int(row.get("balancePoints", 0))
-    entries: dict[datetime, int] = defaultdict(int)
-    for entry in row.get("pending", []):
-        entries[_timestamp(entry["activatesAt"]).astimezone(UTC)] += int(entry["points"])
-    for points, when, due in moves:
-        balance += points
-        if when and due:
-            entries[_when(when).astimezone(UTC)] += due
-    left = []
-    for when_ in sorted(entries):
-        if not entries[when_]:
-            continue
-        if when_ <= issued_at:
-            balance += entries[when_]
+def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wallet:
+    """A customer's points as batches (the contract §16, `agent.expiry`): the row's
+    `balancePoints` with its `expiring` parts and its `pending` entries, then the counted
+    moves: earned points pending until their activation time (a batch expiring
+    `pointsLifetimeDays` later), other points added to the part that never expires, and
+    each spend, in time order, taking the batches not expired at its time soonest first."""
+    lifetime, zone = program.points_lifetime_days, program.zone
+    wallet = Wallet.of(
+        int(doc.get("balancePoints", 0)),
+        [(int(e["points"]), _timestamp(e["expiresAt"])) for e in doc.get("expiring", [])],
+        [(int(e["points"]), _timestamp(e["activatesAt"])) for e in doc.get("pending", [])],
+        lifetime,
+        zone,
+    )
+    assert wallet.rest is not None
+    timed: list[tuple[datetime, int, int]] = []  # (at, spent, earned at once)
+    for points, when, due, moved_at, earned in moves:
+        if moved_at is not None:
+            earned = max(0, earned)
+            timed.append((_timestamp(moved_at), earned - points, earned))
         else:
-            left.append({"points": entries[when_], "activatesAt": when_.isoformat()})
+            wallet.rest.points += points
+        if when and due:
+            active = _when(when)
+            wallet._add(Batch(due, active, expiry_time(active, lifetime, zone)))
+    # In time order, as the till does: a sale's spend, then its points earned at once (a
+    # batch from its `at`); points given back (a refund) join the part that never expires.
+    for at, spent, earned in sorted(timed, key=lambda move: move[0]):
+        if spent > 0:
+            wallet._spend(spent, at)
+        elif spent < 0:
+            wallet.rest.points -= spent
+        if earned:
+            wallet._add(Batch(earned, at, expiry_time(at, lifetime, zone)))
+    return wallet
+
+
+def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Program) -> str:
+    """A customer row with the counted moves added as of `issued_at`: balancePoints the
+    points available then (expired batches left out), `pending` the points not active yet,
+    `expiring` the batches that still hold available points (the contract §16)."""
+    row = dict(json.loads(text))
+    wallet = _wallet(row, moves, program)
+    balance, _ = wallet.points_at(issued_at)
+    entries: dict[datetime, int] = defaultdict(int)
+    for batch in wallet.batches:
+        if batch.pending(issued_at) and batch.active_from is not None:
+            entries[batch.active_from.astimezone(UTC)] += batch.points
+    left = [
+        {"points": entries[when_], "activatesAt": when_.isoformat()}
+        for when_ in sorted(entries)
+        if entries[when_]
+    ]
+    expiring = [
+        {"points": points, "expiresAt": moment.isoformat()}
+        for points, moment in wallet.expiring_at(issued_at, limit=len(wallet.batches))
+    ]
     row["balancePoints"] = balance
     if left:
         row["pending"] = left
     else:
         row.pop("pending", None)
+    if expiring:
+        row["expiring"] = expiring
+    else:
+        row.pop("expiring", None)
     return str(canon(row))
 
 

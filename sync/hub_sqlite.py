@@ -23,7 +23,18 @@ from tillpoint.agent.db import write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
-from .hub_rules import CouponUse, HubRules, HubTx, Move, Texts, _when, canon, conflict
+from .hub_rules import (
+    EARNED_WHEN,
+    MOVED_AT,
+    CouponUse,
+    HubRules,
+    HubTx,
+    Move,
+    Texts,
+    _when,
+    canon,
+    conflict,
+)
 from .hub_store import (
     DeviceRecord,
     ImportRefused,
@@ -34,6 +45,12 @@ from .hub_store import (
     RowProblem,
     StoredTx,
     TxIn,
+)
+
+# points earned at once at a checkout (its result's earnedPoints): see `hub_rules.Move`
+EARNED = (
+    f"sum(CASE WHEN {EARNED_WHEN} AND json_type(result_json, '$.earnedPoints') = 'integer'"
+    " THEN json_extract(result_json, '$.earnedPoints') ELSE 0 END)"
 )
 
 BUSY_TIMEOUT_MS = 30_000
@@ -681,11 +698,11 @@ class SqliteTx:
         marks = ",".join("?" * len(cards))
         unknown = f" OR (customer_id = '' AND card IN ({marks}))" if cards else ""
         return [
-            (int(points), when, int(due or 0))
-            for points, when, due in self.conn.execute(
-                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending)"
-                f" FROM transactions WHERE customer_id = ?{unknown}"
-                " GROUP BY pending_activates_at",
+            (int(points), when, int(due or 0), spent, int(earned))
+            for points, when, due, spent, earned in self.conn.execute(
+                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending),"
+                f" {MOVED_AT}, {EARNED} FROM transactions WHERE customer_id = ?{unknown}"
+                f" GROUP BY pending_activates_at, {MOVED_AT}",
                 (customer_id, *cards),
             )
         ]
@@ -718,17 +735,20 @@ class SqliteTx:
         " AND p.device_id = t.device_id WHERE t.ingest_id <= ? AND t.seq <= p.through"
     )
 
-    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[str, int, str | None, int]]:
+    def counted_card_moves(
+        self, pub: Publication
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
         return self.conn.execute(
             "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
-            f" sum(t.delta_pending){self._COUNTED} AND t.customer_id = '' AND t.card != ''"
-            " GROUP BY t.card, t.pending_activates_at",
+            f" sum(t.delta_pending), {MOVED_AT}, {EARNED}{self._COUNTED}"
+            " AND t.customer_id = '' AND t.card != ''"
+            f" GROUP BY t.card, t.pending_activates_at, {MOVED_AT}",
             (pub.version, pub.cut),
         ).fetchall()
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int]]:
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
         known = ""
         if only is not None:
             self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (id TEXT PRIMARY KEY)")
@@ -737,8 +757,9 @@ class SqliteTx:
             known = " AND t.customer_id IN (SELECT id FROM temp.want)"
         return self.conn.execute(
             "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
-            f" sum(t.delta_pending){self._COUNTED} AND t.customer_id != ''{known}"
-            " GROUP BY t.customer_id, t.pending_activates_at ORDER BY t.customer_id",
+            f" sum(t.delta_pending), {MOVED_AT}, {EARNED}{self._COUNTED}"
+            f" AND t.customer_id != ''{known}"
+            f" GROUP BY t.customer_id, t.pending_activates_at, {MOVED_AT} ORDER BY t.customer_id",
             (pub.version, pub.cut),
         )
 
