@@ -520,7 +520,8 @@ def run(
 
     # POST /v1/quote over HTTP (proto3 JSON, keep-alive) vs a bare HTTP echo of the same
     # stack (Starlette on uvicorn, h11) and the same body, interleaved call by call. Both
-    # servers run in this process (the HTTP API's own server class, on this agent).
+    # servers run in a child process (the HTTP API's own server class, on this data
+    # directory), so the client here shares no GIL with them.
     http_quote, http_floor = _http_quote(agent, rng, scale, ops)
     figure(
         "POST /v1/quote over HTTP, 50 lines",
@@ -595,21 +596,48 @@ def _http_echo_app() -> Any:
     return Starlette(routes=[Route("/echo", echo, methods=["POST"])])
 
 
+# The HTTP servers of `_http_quote`, in a process of their own as on a till (the client's
+# work must not share their GIL): the agent's HTTP API and the bare echo side by side.
+_HTTP_CHILD = """
+import json, sys
+from pathlib import Path
+from bench.run import _http_echo_app
+from tillpoint.agent.http_api import AsgiThread, HttpServer
+from tillpoint.agent.service import Agent
+agent = Agent(Path(sys.argv[1]), "bench-till")
+server = HttpServer(agent, "127.0.0.1:0")
+echo = AsgiThread(_http_echo_app(), "127.0.0.1", 0)
+server.start()
+echo.start()
+print(json.dumps({"quote": server.port, "echo": echo.port}), flush=True)
+sys.stdin.read()
+server.stop()
+echo.stop()
+agent.close()
+"""
+
+
 def _http_quote(
     agent: Agent, rng: random.Random, scale: Scale, ops: int
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """(quote, echo floor) over one keep-alive connection each, bodies made beforehand."""
+    """(quote, echo floor) over one keep-alive connection each, bodies made beforehand;
+    both servers in one child process over the agent's data directory."""
     import http.client
 
-    from tillpoint.agent.http_api import AsgiThread, HttpServer
-
-    server = HttpServer(agent, "127.0.0.1:0")
-    echo = AsgiThread(_http_echo_app(), "127.0.0.1", 0)
-    server.start()
-    echo.start()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HTTP_CHILD, str(agent.data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    ports = json.loads(child.stdout.readline() or b"{}")
+    if "quote" not in ports:
+        child.kill()
+        raise RuntimeError("the HTTP bench servers did not start")
     bodies = [json.dumps(mixed_receipt(f"h-{i}", rng, scale, 50)).encode() for i in range(ops + 20)]
-    quote_conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-    echo_conn = http.client.HTTPConnection("127.0.0.1", echo.port, timeout=5)
+    quote_conn = http.client.HTTPConnection("127.0.0.1", ports["quote"], timeout=5)
+    echo_conn = http.client.HTTPConnection("127.0.0.1", ports["echo"], timeout=5)
     for conn in (quote_conn, echo_conn):
         # http.client writes the head and the body apart: without TCP_NODELAY the body
         # waits for the server's delayed ACK (40 ms), as with any client that does so.
@@ -642,8 +670,12 @@ def _http_quote(
     finally:
         quote_conn.close()
         echo_conn.close()
-        server.stop()
-        echo.stop()
+        child.stdin.close()
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=5)
     return quote, floor
 
 
