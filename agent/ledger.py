@@ -846,6 +846,28 @@ def close_holds(
     conn.executemany("DELETE FROM coupon_uses WHERE receipt_id = ?", [(r,) for r in receipt_ids])
 
 
+@dataclass(frozen=True)
+class CouponUse:
+    """A coupon code a receipt of this till uses (held or committed)."""
+
+    code: str
+    receipt_id: str
+    customer_id: str
+    offer_id: str
+    at: str
+    created_at: str
+
+
+def use_coupons(conn: sqlite3.Connection, uses: Sequence[CouponUse]) -> None:
+    """Mark the codes used here. OR REPLACE: the one row a code can already have is that of
+    a hold that expired since the last sweep."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO coupon_uses (code, receipt_id, customer_id, offer_id, at,"
+        " created_at) VALUES (?,?,?,?,?,?)",
+        [(u.code, u.receipt_id, u.customer_id, u.offer_id, u.at, u.created_at) for u in uses],
+    )
+
+
 def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
     """An expired hold priced again: its row and its coupons go."""
     conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))

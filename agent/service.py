@@ -901,11 +901,10 @@ class Agent:
         if not used or done.customer is None:
             return
         offer_of = {c.code: c.offer_id for c in done.coupon_checks if c.offer_id}
-        # OR REPLACE: the one row it can replace is that of a hold expired since the sweep.
-        self._ledger.executemany(
-            "INSERT OR REPLACE INTO coupon_uses VALUES (?,?,?,?,?,?)",
+        ledger.use_coupons(
+            self._ledger,
             [
-                (
+                ledger.CouponUse(
                     code,
                     done.receipt.receipt_id,
                     done.customer.id,
