@@ -587,6 +587,7 @@ class Agent:
         at = datetime.fromisoformat(figures["at"])
         before = ledger.balance(self._ledger, customer, view.applied_through(), at, program)
         expires = figures.get("expiresAt")
+        held_elsewhere = ledger.held_points(self._ledger, customer.id, self.clock(), receipt_id)
         after = _balance_after(
             before,
             program,
@@ -597,6 +598,8 @@ class Agent:
             datetime.fromisoformat(figures["activatesAt"]),
             datetime.fromisoformat(expires) if expires else None,
         )
+        if held_elsewhere:
+            after = replace(after, available=after.available - held_elsewhere)
         if after.as_json() == held["balance"]:
             return
         held["balance"] = after.as_json()
@@ -716,6 +719,8 @@ class Agent:
                 activates,
                 expires,
             )
+            if held_elsewhere:  # what the other open holds reserve is not available either
+                after = replace(after, available=after.available - held_elsewhere)
         tier = program.tier(customer.tier).code if customer else None
         result = result_json(receipt, ident, tier, priced, mode, after, printed)
         result["coupons"] = coupons.verdicts(checks, priced.applied_offers)
