@@ -1397,10 +1397,9 @@ class Agent:
             with self._readers_lock:
                 reader = self._idle_readers.pop() if self._idle_readers else None
             if reader is None:
-                reader = (
-                    LiveCache(self.data_dir),
-                    connect(ledger.ledger_path(self.data_dir), create=False),
-                )
+                reads = connect(ledger.ledger_path(self.data_dir), create=False)
+                reads.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
+                reader = (LiveCache(self.data_dir, READER_CACHE_KIB), reads)
             live, reads = reader
             try:
                 with CacheView.reading(live.connection(), self._secret, self._memo) as view:
@@ -1428,6 +1427,9 @@ class Agent:
 # Idle reader connection pairs kept for the next read (`Agent._read`): about as many as
 # reads that overlap on a till; each pair costs its two page caches.
 READERS_KEPT = 2
+# A reader's page cache, each file (KiB; SQLite's default 2,000): a quote touches a few
+# hundred KiB of pages and the rest comes from the OS's cache of the files.
+READER_CACHE_KIB = 512
 
 
 def _close_reader(live: LiveCache, reads: sqlite3.Connection) -> None:

@@ -179,3 +179,16 @@ def test_many_checkouts_on_one_card_at_once_never_redeem_more_than_the_balance(
 )
 def test_the_request_digest_counts_a_quantity_by_value_as_before(qty: str) -> None:
     assert service._qty_text(qty) == decimal_text(Fraction(Decimal(qty)))
+
+
+def test_readers_keep_small_page_caches(till: Agent) -> None:
+    """Memory after many calls (issue 15): each reader connection's page cache is
+    READER_CACHE_KIB, not SQLite's 2,000 KiB, and stays so after a snapshot switch."""
+    assert service.READER_CACHE_KIB <= 512
+    with till._read() as (view, conn):
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -service.READER_CACHE_KIB
+        assert view.conn.execute("PRAGMA cache_size").fetchone()[0] == -service.READER_CACHE_KIB
+    till.load_snapshot(snapshot(version=2, program={**PROGRAM, "holdTtlSeconds": 600}))
+    with till._read() as (view, _):
+        assert view.version == 2
+        assert view.conn.execute("PRAGMA cache_size").fetchone()[0] == -service.READER_CACHE_KIB
