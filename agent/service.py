@@ -820,8 +820,8 @@ class Agent:
         if commit and customer is not None:
             since = receipt.at - timedelta(days=program.offer_print_cooldown_days)
             recent = ledger.printed_since(conn, customer.id, since)
-            offers = view.offers_for(customer.id)
-            printed = offers_to_print(customer, offers, receipt.at, program, recent.__contains__)
+            # only the customer's own offers print (`offers_to_print`): not the mass ones
+            printed = offers_to_print(customer, personal, receipt.at, program, recent.__contains__)
 
         after = None
         if before is not None:
