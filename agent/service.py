@@ -210,11 +210,12 @@ class Agent:
         if build_workers is not None:
             self.build_workers = build_workers
         # The cache connection follows full snapshots switched in by any process.
-        self._live = LiveCache(self.data_dir)
+        self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
         self._cache = self._live.connection()
         self._secret = phone_secret(self.data_dir)
         self._memo: dict[str, Any] = {}
         self._ledger = ledger.open_ledger(self.data_dir)
+        self._ledger.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
@@ -1341,7 +1342,7 @@ class Agent:
             self._live.close()
             self._memo.clear()
             remove_cache(self.data_dir)  # cache.db and every generation
-            self._live = LiveCache(self.data_dir)
+            self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
             self._cache = self._live.connection()
             return depth
 
@@ -1430,6 +1431,8 @@ READERS_KEPT = 2
 # A reader's page cache, each file (KiB; SQLite's default 2,000): a quote touches a few
 # hundred KiB of pages and the rest comes from the OS's cache of the files.
 READER_CACHE_KIB = 512
+# The writer's ledger page cache (KiB): a commit appends at the right edges of its tables.
+WRITER_CACHE_KIB = 1024
 
 
 def _close_reader(live: LiveCache, reads: sqlite3.Connection) -> None:
