@@ -192,3 +192,6 @@ def test_readers_keep_small_page_caches(till: Agent) -> None:
     with till._read() as (view, _):
         assert view.version == 2
         assert view.conn.execute("PRAGMA cache_size").fetchone()[0] == -service.READER_CACHE_KIB
+    # the writer's connections too: the cache one reads little now, the ledger one appends
+    assert till._cache.execute("PRAGMA cache_size").fetchone()[0] == -service.READER_CACHE_KIB
+    assert till._ledger.execute("PRAGMA cache_size").fetchone()[0] == -service.WRITER_CACHE_KIB
