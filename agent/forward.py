@@ -25,6 +25,7 @@ This module imports only the standard library at its top: it is the CLI's fast p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -138,10 +139,8 @@ def publish(data_dir: Path, http_server: Any, *, token: bool) -> Callable[[], No
 
 def withdraw(data_dir: Path) -> None:
     """Remove a ``serving.json`` left by an agent that died (`tillpoint run` without HTTP)."""
-    try:
+    with contextlib.suppress(OSError):
         (Path(data_dir) / SERVING).unlink()
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------- the CLI's side
@@ -163,7 +162,7 @@ def _serving(data_dir: Path) -> dict[str, Any]:
         raise NotForwarded from None
     except PermissionError:
         pass  # alive, another user's
-    return doc
+    return dict(doc)
 
 
 def _text_ok(*values: str | None) -> bool:
@@ -187,10 +186,10 @@ def _request(args: Any) -> tuple[str, str, bytes | None]:
     if command == "balance" and args.at is None and _text_ok(args.card):
         return "POST", "/v1/balance", _json({"card": args.card})
     if command == "confirm" and args.receipt_id.strip() and _text_ok(args.receipt_id, args.fiscal):
-        body: dict[str, str] = {"receiptId": args.receipt_id}
+        fields: dict[str, str] = {"receiptId": args.receipt_id}
         if args.fiscal is not None:
-            body["fiscalDocument"] = args.fiscal
-        return "POST", "/v1/confirm", _json(body)
+            fields["fiscalDocument"] = args.fiscal
+        return "POST", "/v1/confirm", _json(fields)
     if command == "cancel" and _text_ok(args.receipt_id):
         return "POST", "/v1/cancel", _json({"receiptId": args.receipt_id})
     if command == "status":
@@ -263,7 +262,7 @@ def _parse_response(raw: bytes) -> tuple[int, bytes]:
 
 
 def _unchunk(data: bytes) -> bytes:
-    out = []
+    out: list[bytes] = []
     while True:
         size_line, sep, data = data.partition(b"\r\n")
         if not sep:

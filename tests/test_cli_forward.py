@@ -91,11 +91,12 @@ def running(tmp_path: Path) -> Iterator[Path]:
 def _in_process(data: Path, *args: str) -> tuple[int, str, list[str]]:
     """Run the CLI in a fresh interpreter; (exit code, stdout, heavy modules it imported)."""
     script = (
-        "import sys, contextlib\n"
+        "import sys\n"
         "from tillpoint.agent.cli import main\n"
         "code = main(sys.argv[1:])\n"
         "sys.stdout.flush()\n"
-        "heavy = [m for m in ('pydantic', 'sqlite3', 'tillpoint.agent.service') if m in sys.modules]\n"
+        "heavy = ('pydantic', 'sqlite3', 'tillpoint.agent.service')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
         "print('HEAVY', ','.join(heavy), file=sys.stderr)\n"
         "raise SystemExit(code)\n"
     )
@@ -243,3 +244,15 @@ def test_local_flag_variable_token_and_dead_agents(
     assert cli("checkout", receipt("l-5")).code == 0
     assert silent.requests == 0
     assert cli("status", "--json").json()["outboxDepth"] == 5
+
+
+def test_the_answer_parser() -> None:
+    from tillpoint.agent.forward import _parse_response
+
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    assert _parse_response(head + b"content-length: 2\r\n\r\n{}") == (200, b"{}")
+    chunked = head + b'Transfer-Encoding: chunked\r\n\r\n2\r\n{"\r\n3\r\na":\r\n0\r\n\r\n'
+    assert _parse_response(chunked) == (200, b'{"a":')
+    for cut in (head, head + b"content-length: 9\r\n\r\n{}", b"garbage\r\n\r\n"):
+        with pytest.raises(ValueError):
+            _parse_response(cut)
