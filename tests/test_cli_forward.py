@@ -256,3 +256,31 @@ def test_the_answer_parser() -> None:
     for cut in (head, head + b"content-length: 9\r\n\r\n{}", b"garbage\r\n\r\n"):
         with pytest.raises(ValueError):
             _parse_response(cut)
+
+
+def test_a_current_schema_opens_without_the_migration_library(cli: CLI, tmp_path: Path) -> None:
+    """The local run: a ledger and a cache at the current schema open with one SELECT each;
+    `sqlite_utils` is not imported, nor `cryptography` by a quote (the enrolment marker is
+    read by `status` only)."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    r = _write(tmp_path / "r.json", receipt("m-1"))
+    code, out, _ = _in_process(tmp_path / "data", "quote", str(r), "--json", "--local")
+    assert code == 0 and json.loads(out)["receiptId"] == "m-1"
+    script = (
+        "import sys\n"
+        "from tillpoint.agent.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "assert 'sqlite_utils' not in sys.modules\n"
+        "assert 'cryptography' not in sys.modules or sys.argv[3] == 'status'\n"
+        "raise SystemExit(code)\n"
+    )
+    for args in (["quote", str(r), "--json", "--local"], ["status", "--local"]):
+        run = subprocess.run(
+            [sys.executable, "-c", script, "--data-dir", str(tmp_path / "data"), *args],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=60,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
