@@ -170,6 +170,26 @@ def _text_ok(*values: str | None) -> bool:
     return all(v is None or (v.strip() and len(v) <= MAX_TEXT) for v in values)
 
 
+def _keep_stdin(args: Any) -> Callable[[], None]:
+    """For an input file `-`: read standard input once (as much as `read_json` reads) and
+    return what puts it back, so that a local run after all reads the same bytes."""
+    if getattr(args, "file", None) != "-":
+        return lambda: None
+    import io
+
+    from .limits import REQUEST_MAX_BYTES
+
+    stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)
+    got = stdin.read(REQUEST_MAX_BYTES + 1)
+    raw = got.encode("utf-8") if isinstance(got, str) else got
+
+    def put_back() -> None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8")
+
+    put_back()
+    return put_back
+
+
 def _request(args: Any) -> tuple[str, str, bytes | None]:
     """(method, path, body) of the command; NotForwarded when it runs locally."""
     from .cli import read_json
@@ -223,19 +243,23 @@ def _exchange(
         )
         + "\r\n"
     ).encode("latin-1")
-    try:
-        with sock:
+    with sock:
+        try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(ANSWER_TIMEOUT_S)
             sock.sendall(head + payload)
+        except OSError:
+            # Not all of it left: the agent runs a call only once its whole body is in.
+            raise NotForwarded from None
+        try:
             chunks = []
             while chunk := sock.recv(1 << 16):
                 chunks.append(chunk)
-        return _parse_response(b"".join(chunks))
-    except (OSError, ValueError) as exc:
-        if commits:
-            raise Unanswered(str(exc) or type(exc).__name__) from None
-        raise NotForwarded from None  # nothing was stored: run it here
+            return _parse_response(b"".join(chunks))
+        except (OSError, ValueError) as exc:
+            if commits:
+                raise Unanswered(str(exc) or type(exc).__name__) from None
+            raise NotForwarded from None  # nothing was stored: run it here
 
 
 def _parse_response(raw: bytes) -> tuple[int, bytes]:
@@ -288,18 +312,22 @@ def forward(args: Any) -> int:
     from .privileges import run_as_owner
 
     run_as_owner(data_dir)  # as root: the owner's, as a local run would
-    method, path, body = _request(args)
-    commits = args.command in COMMITS
+    replay = _keep_stdin(args)
     try:
+        method, path, body = _request(args)
+        commits = args.command in COMMITS
         status, raw = _exchange(serving, method, path, body, commits)
+        if status == MISDIRECTED:
+            raise NotForwarded  # another agent than this data directory's: nothing ran
+    except NotForwarded:
+        replay()  # the local run reads the same standard input
+        raise
     except Unanswered as exc:
         print(
             f"tillpoint: the running agent did not answer ({exc}): retry with the same receiptId",
             file=sys.stderr,
         )
         return 1
-    if status == MISDIRECTED:
-        raise NotForwarded  # another agent than this data directory's: nothing ran
     try:
         doc = json.loads(raw.decode("utf-8"))
     except ValueError:

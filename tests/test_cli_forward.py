@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -142,6 +143,18 @@ def test_forwarded_answers_are_the_local_ones_byte_for_byte(running: Path, tmp_p
         ), case
         if fwd.returncode:
             assert fwd.stdout == "" and len(fwd.stderr.splitlines()) == 1, case
+    # Standard input, forwarded.
+    stdin = json.dumps(receipt("f-9"))
+    fwd = subprocess.run(
+        [EXE, "--data-dir", data, "quote", "-", "--json"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+        check=False,
+    )
+    assert fwd.returncode == 0 and json.loads(fwd.stdout)["receiptId"] == "f-9", fwd.stderr
     # The quote was answered by the agent: the CLI imported neither pydantic nor SQLite.
     code, out, heavy = _in_process(data, "quote", str(r), "--json")
     assert code == 0 and json.loads(out)["receiptId"] == "f-1" and heavy == []
@@ -210,7 +223,9 @@ def _silent_agent(data: Path, **extra: Any) -> _Silent:
     return silent
 
 
-def test_a_commit_sent_and_unanswered_is_not_run_again(cli: CLI, tmp_path: Path) -> None:
+def test_a_commit_sent_and_unanswered_is_not_run_again(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert cli("snapshot", "load", snapshot()).code == 0
     data = tmp_path / "data"
     silent = _silent_agent(data)
@@ -222,6 +237,11 @@ def test_a_commit_sent_and_unanswered_is_not_run_again(cli: CLI, tmp_path: Path)
     quoted = cli("quote", receipt("u-1"), "--json")
     assert quoted.code == 0 and quoted.json()["receiptId"] == "u-1"
     assert silent.requests == 2
+    # Read from standard input, sent, unanswered: the local run reads the same bytes.
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(receipt("u-2"))))
+    quoted = cli("quote", "-", "--json")
+    assert quoted.code == 0 and quoted.json()["receiptId"] == "u-2", quoted.err
+    assert silent.requests == 3
 
 
 def test_local_flag_variable_token_and_dead_agents(
