@@ -122,10 +122,16 @@ def publish(data_dir: Path, http_server: Any, *, token: bool) -> Callable[[], No
         "token": token,
     }
     tmp = path.with_name(f".{SERVING}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except OSError as exc:  # the agent serves all the same; CLI calls run locally
+        import logging
+
+        logging.getLogger("tillpoint.server").warning("cannot write %s: %s", path, exc)
+        return lambda: None
 
     def remove() -> None:
         try:
