@@ -304,3 +304,22 @@ def test_a_current_schema_opens_without_the_migration_library(cli: CLI, tmp_path
             check=False,
         )
         assert run.returncode == 0, run.stderr
+
+
+def test_a_core_command_is_parsed_without_the_other_parts(cli: CLI) -> None:
+    """`quote` and `run` are parsed without `demo`, `sync` and `print`'s modules; `--help`
+    and their own commands still have them."""
+    from tillpoint.agent.cli import _command_of, build_parser
+
+    assert _command_of(["--data-dir", "d", "--config=c", "quote", "r.json"]) == "quote"
+    assert _command_of(["--data", "d", "quote"]) is None  # an abbreviation: the full parser
+    assert _command_of(["--help"]) is None and _command_of([]) is None
+    core = build_parser(["quote", "r.json"])
+    full = build_parser()
+    commands = {a.dest: a for a in full._subparsers._group_actions}["command"]
+    assert {"hub", "sync", "print", "demo"} <= set(commands.choices)
+    core_commands = {a.dest: a for a in core._subparsers._group_actions}["command"]
+    assert not {"hub", "demo"} & set(core_commands.choices)
+    assert build_parser(["hub", "--help"]) is not None
+    run = cli("quote", "--help")
+    assert run.code == 0 and "--local" in run.out and "--explain" in run.out
