@@ -195,3 +195,37 @@ def test_readers_keep_small_page_caches(till: Agent) -> None:
     # the writer's connections too: the cache one reads little now, the ledger one appends
     assert till._cache.execute("PRAGMA cache_size").fetchone()[0] == -service.READER_CACHE_KIB
     assert till._ledger.execute("PRAGMA cache_size").fetchone()[0] == -service.WRITER_CACHE_KIB
+
+
+def test_a_coupon_used_between_pricing_and_commit_is_not_used_twice(tmp_path: Path) -> None:
+    sorry = {
+        "id": "o-sorry",
+        "kind": "AMOUNT_OFF",
+        "skus": ["4601234000017"],
+        "value": "2000",
+        "couponRequired": True,
+    }
+    till = Agent(tmp_path / "data", "till-1", clock=Clock())
+    try:
+        till.load_snapshot(
+            snapshot(offers=[sorry], coupons=[{"code": "APP555", "offerId": "o-sorry"}])
+        )
+        counted = Counted(till, pause=True)
+        out: dict[str, Any] = {}
+        thread = threading.Thread(
+            target=lambda: out.update(a=till.checkout(receipt("a", card=BORIS, coupons=["APP555"])))
+        )
+        thread.start()
+        assert counted.priced.wait(TIMEOUT)  # "a" priced with the coupon, not committed
+        b = till.checkout(receipt("b", card=BORIS, coupons=["APP555"]))
+        assert b["coupons"] == [{"code": "APP555", "status": "APPLIED", "reason": ""}]
+        counted.go.set()
+        thread.join(TIMEOUT)
+        a = out["a"]
+        assert counted.inside == 1
+        assert a["coupons"] == [{"code": "APP555", "status": "REJECTED", "reason": "ALREADY_USED"}]
+        assert a["discountMinor"] == 0 < b["discountMinor"]
+        uses = till._ledger.execute("SELECT receipt_id FROM coupon_uses").fetchall()
+        assert uses == [("b",)]
+    finally:
+        till.close()
