@@ -297,6 +297,8 @@ def _day(
 ) -> None:
     from tillpoint.sync.loopback import LoopbackHub, import_doc
 
+    from .results import receipt_from_json
+
     today = datetime.now(ZONE).date()
     master = chain(today, seed=seed)
     for key in ("version", "baseVersion", "issuedAt"):
@@ -352,7 +354,9 @@ def _day(
             story.heading("The hub goes away (the store's link is down)")
             hub.stop()
             offline = till.agent.checkout(
-                _receipt("d-off-1", anna_card, at(14, 5), [_line(food[7], "2", 45000)] * 4, -1)
+                receipt_from_json(
+                    _receipt("d-off-1", anna_card, at(14, 5), [_line(food[7], "2", 45000)] * 4, -1)
+                )
             )
             story.say(
                 f"  Anna pays with points again: mode {offline['mode']}, "
@@ -362,12 +366,14 @@ def _day(
             story.check(offline["mode"] == "OFFLINE", "the till should be OFFLINE")
             for i in range(3):
                 other.agent.checkout(
-                    _receipt(
-                        f"d-off-{i + 2}",
-                        boris_card,
-                        at(14, 10 + i),
-                        [_line(food[10 + i], "1", 9900)],
-                        0,
+                    receipt_from_json(
+                        _receipt(
+                            f"d-off-{i + 2}",
+                            boris_card,
+                            at(14, 10 + i),
+                            [_line(food[10 + i], "1", 9900)],
+                            0,
+                        )
                     )
                 )
             waiting = sum(t.agent.status()["outboxDepth"] for t in tills)
@@ -419,7 +425,9 @@ def _day(
             story.say(f"  snapshot v{version} (a delta) pulled by every till")
             bread = next(p for p in food if p["category"] == "bakery")
             quote = till.agent.quote(
-                _receipt("d-new", anna_card, at(16, 0), [_line(bread, "1", 6000)], 0)
+                receipt_from_json(
+                    _receipt("d-new", anna_card, at(16, 0), [_line(bread, "1", 6000)], 0)
+                )
             )
             story.say(
                 f"  {bread['name']}: 60,00 → {format_minor(quote['payableMinor'])} "
@@ -454,6 +462,8 @@ def _sales(
     at: Callable[..., str],
     watcher: DisplayWatcher | None,
 ) -> None:
+    from .results import receipt_from_json, refund_from_json
+
     agent = till.agent
     story.heading(f"Anna shows her loyalty card {anna_card} at {till.device_id}")
     card = agent.identify(anna_card)
@@ -471,7 +481,7 @@ def _sales(
         (tobacco, "1", 21900),
     ):
         basket.append(_line(product, qty, price))
-        quote = agent.quote(_receipt("d-1", anna_card, at(10, 15), basket, 0))
+        quote = agent.quote(receipt_from_json(_receipt("d-1", anna_card, at(10, 15), basket, 0)))
         story.say(
             f"  scan {product['name']} × {qty}: total {format_minor(quote['totalMinor'])},"
             f" savings {format_minor(quote['discountMinor'])}"
@@ -480,7 +490,7 @@ def _sales(
             watcher.settle(0.6)
 
     story.heading("Anna pays, spending as many points as allowed (the hub authorises them)")
-    result = agent.checkout(_receipt("d-1", anna_card, at(10, 16), basket, -1))
+    result = agent.checkout(receipt_from_json(_receipt("d-1", anna_card, at(10, 16), basket, -1)))
     _tell(story, result, products)
     story.check(result["mode"] == "ONLINE", "the hub should authorise online")
     story.check(result["printedOffers"] != [], "Anna's next offers should print")
@@ -504,7 +514,7 @@ def _sales(
     held = next(o for o in _offers_of(other.agent, boris["id"]) if o["campaignId"] == "camp-autumn")
     lines = [_line(products[held["skus"][0]], "1", 15000)]
     lines += [_line(p, "1", 15000 + 1700 * i) for i, p in enumerate(food[3::41])]
-    result = other.agent.checkout(_receipt("d-2", phone, at(11, 40), lines, 0))
+    result = other.agent.checkout(receipt_from_json(_receipt("d-2", phone, at(11, 40), lines, 0)))
     _tell(story, result, products)
     story.check(held["id"] in result["heldOut"], "Boris is in the control group")
 
@@ -514,7 +524,7 @@ def _sales(
     mistyped = anna_card[:-1] + str((int(anna_card[-1]) + 1) % 10)
     for text in (blocked_card, mistyped):
         try:
-            agent.checkout(_receipt("d-x", text, at(12, 0), basket[:1], 0))
+            agent.checkout(receipt_from_json(_receipt("d-x", text, at(12, 0), basket[:1], 0)))
         except TillpointError as exc:
             story.say(f"  {text}: {exc}")
         else:
@@ -522,12 +532,14 @@ def _sales(
 
     story.heading("Anna brings one item back")
     refund = agent.refund(
-        {
-            "refundId": "d-r1",
-            "receiptId": "d-1",
-            "at": at(13, 30),
-            "lines": [{"sku": favourite["sku"], "qty": "1"}],
-        }
+        refund_from_json(
+            {
+                "refundId": "d-r1",
+                "receiptId": "d-1",
+                "at": at(13, 30),
+                "lines": [{"sku": favourite["sku"], "qty": "1"}],
+            }
+        )
     )
     story.say(
         f"  {refund['returnedPoints']} points given back, {refund['takenBackPoints']} taken back;"
@@ -549,6 +561,7 @@ def _afternoon(
     from tillpoint.sync.loopback import import_doc
 
     from .demo_data import SORRY_CODE, offers_day
+    from .results import receipt_from_json
 
     story.heading("Afternoon offers: a sorry bonus, 3 for 2, a happy hour, a next-visit coupon")
     import_doc(hub.store, offers_day(datetime.fromisoformat(at(0, 0)).date(), master))
@@ -573,15 +586,19 @@ def _afternoon(
     printed = len(printer.complete)
     lines = [_line(dairy, "2", 9900), _line(by_category["bakery"][0], "1", 5900)]
     result = till.agent.checkout(
-        _receipt("d-sorry", anna_card, at(17, 0), lines, 0)
-        | {"coupons": till.agent.take_scanned_coupons()}
+        receipt_from_json(
+            _receipt("d-sorry", anna_card, at(17, 0), lines, 0)
+            | {"coupons": till.agent.take_scanned_coupons()}
+        )
     )
     _tell(story, result, products)
     verdict = result["coupons"][0]
     story.say(f"  coupon {verdict['code']}: {verdict['status']} ({result['mode']})")
     story.check(verdict["status"] == "APPLIED", "the sorry bonus should apply")
     again = other.agent.checkout(
-        _receipt("d-sorry-2", anna_card, at(17, 5), lines, 0) | {"coupons": [SORRY_CODE]}
+        receipt_from_json(
+            _receipt("d-sorry-2", anna_card, at(17, 5), lines, 0) | {"coupons": [SORRY_CODE]}
+        )
     )
     story.say(
         f"  the same code at {other.device_id}: {again['coupons'][0]['status']}"
@@ -598,8 +615,10 @@ def _afternoon(
         f"  scanned {codes[0]} from the paper coupon: a {routed['kind']} for {routed['offerId']}"
     )
     visit = till.agent.checkout(
-        _receipt("d-next", anna_card, at(19, 40), [_line(meat, "1", 30000)], 0)
-        | {"coupons": till.agent.take_scanned_coupons()}
+        receipt_from_json(
+            _receipt("d-next", anna_card, at(19, 40), [_line(meat, "1", 30000)], 0)
+            | {"coupons": till.agent.take_scanned_coupons()}
+        )
     )
     _tell(story, visit, products)
     story.check(
@@ -609,7 +628,9 @@ def _afternoon(
     story.heading("Вера buys 3 household items (3 for 2) and fruit in the happy hour")
     basket = [_line(p, "1", 25000 - 4000 * i) for i, p in enumerate(household)]
     basket.append(_line(fruit, "1", 12000))
-    vera = other.agent.checkout(_receipt("d-vera", vera_card, at(18, 30), basket, 0))
+    vera = other.agent.checkout(
+        receipt_from_json(_receipt("d-vera", vera_card, at(18, 30), basket, 0))
+    )
     _tell(story, vera, products)
     offers = [line["offerId"] for line in vera["lines"]]
     story.check(offers.count("m-household-3for2") == 3, "the 3-for-2 should take the 3 items")
@@ -619,7 +640,10 @@ def _afternoon(
 
     story.heading("The cashier asks why the fruit has no discount at 17:30: an explained quote")
     early = till.agent.quote(
-        _receipt("d-why", anna_card, at(17, 30), [_line(fruit, "2", 12000)], 0) | {"explain": True}
+        receipt_from_json(
+            _receipt("d-why", anna_card, at(17, 30), [_line(fruit, "2", 12000)], 0)
+            | {"explain": True}
+        )
     )
     for row in early["trace"]["lines"][0]["offers"]:
         story.say(f"  {row['offerId']}: {row['outcome']}")

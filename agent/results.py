@@ -1,0 +1,343 @@
+"""What `Agent`'s calls return: frozen typed results (pure: no protobuf, no SQLite).
+
+Each result has one JSON document, `to_json()`: the document the CLI prints with
+`--json`, the HTTP interface answers, and the ledger stores (a receipt's and a refund's
+`result`, a hold's `held_result`); `from_json` reads a stored one back, so an idempotent
+replay answers with the same document. The proto messages of the gRPC edge are built
+from these results in one place, `agent/wire.py`, never from the JSON.
+
+The JSON keeps the shapes of the contract's messages in lowerCamelCase: an optional
+field that is unset is `null` where the agent always said so (`offerId`, `tier`,
+`balance`), and left out where it always was (a quote has no `state`, `deviceId`, `seq`;
+`trace` only when asked; an empty `expiring`). For a transition, each result is also a
+read-only `Mapping` over that document (`result["payableMinor"]`, `result == {...}`);
+new code reads the attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .models import Receipt, Refund, parse
+
+
+class _Document(Mapping[str, Any]):
+    """A result read as its JSON document (`to_json`): for callers written against the
+    dicts the agent returned before it returned typed results."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_json())
+
+    def __len__(self) -> int:
+        return len(self.to_json())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Document):
+            return type(self) is type(other) and self.to_json() == other.to_json()
+        if isinstance(other, Mapping):
+            return self.to_json() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Card(_Document):
+    """`CardOutcome`: FOUND with the customer, or the status (and why, INVALID/BLOCKED)."""
+
+    status: str
+    customer_id: str | None = None
+    tier: str | None = None
+    first_name: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.status != "FOUND" or self.customer_id is None:
+            if self.reason:
+                return {"status": self.status, "reason": self.reason}
+            return {"status": self.status}
+        return {
+            "status": "FOUND",
+            "customerId": self.customer_id,
+            "tier": self.tier,
+            "firstName": self.first_name,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Card:
+        return cls(
+            str(doc["status"]),
+            doc.get("customerId"),
+            doc.get("tier"),
+            doc.get("firstName"),
+            doc.get("reason"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiringBatch:
+    points: int
+    expires_at: str  # RFC 3339 with offset
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Balance(_Document):
+    """Available and pending points, and the next batches that expire (soonest first)."""
+
+    available_points: int
+    pending_points: int
+    expiring: tuple[ExpiringBatch, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "availablePoints": self.available_points,
+            "pendingPoints": self.pending_points,
+        }
+        if self.expiring:  # proto3 JSON leaves an empty list out
+            out["expiring"] = [
+                {"points": b.points, "expiresAt": b.expires_at} for b in self.expiring
+            ]
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Balance:
+        return cls(
+            int(doc["availablePoints"]),
+            int(doc["pendingPoints"]),
+            tuple(
+                ExpiringBatch(int(b["points"]), str(b["expiresAt"]))
+                for b in doc.get("expiring", ())
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResultLine:
+    sku: str
+    amount_minor: int
+    discount_minor: int
+    offer_id: str | None
+    redeemed_minor: int
+    earned_points: int
+
+
+@dataclass(frozen=True, slots=True)
+class CouponVerdict:
+    code: str
+    status: str  # APPLIED or REJECTED
+    reason: str  # "" when APPLIED
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CheckoutResult(_Document):
+    """A quote, a hold, a confirmed or cancelled receipt (`CheckoutResult`).
+
+    `state`, `hold_expires_at`, `device_id`/`seq`, `trace`: None when the call has none
+    (a quote has no state; only a HELD receipt an expiry; only a committed one a seq).
+    `coupons` and `display` are None only in a result stored by an older agent."""
+
+    receipt_id: str
+    card: Card
+    mode: str  # ONLINE or OFFLINE
+    lines: tuple[ResultLine, ...]
+    total_minor: int
+    discount_minor: int
+    redeemed_points: int
+    payable_minor: int
+    earned_points: int
+    balance: Balance | None
+    held_out: tuple[str, ...]
+    printed_offers: tuple[str, ...]
+    trace: Mapping[str, Any] | None = None  # the contract §17's document, as priced
+    coupons: tuple[CouponVerdict, ...] | None = ()
+    display: tuple[str, ...] | None = ()
+    state: str | None = None  # HELD, CONFIRMED, CANCELLED
+    hold_expires_at: str | None = None
+    device_id: str | None = None
+    seq: int | None = None
+
+    @property
+    def applied_codes(self) -> list[str]:
+        """The coupon codes the receipt used, in its order."""
+        return [v.code for v in self.coupons or () if v.status == "APPLIED"]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "receiptId": self.receipt_id,
+            "card": self.card.to_json(),
+            "mode": self.mode,
+            "lines": [
+                {
+                    "sku": line.sku,
+                    "amountMinor": line.amount_minor,
+                    "discountMinor": line.discount_minor,
+                    "offerId": line.offer_id,
+                    "redeemedMinor": line.redeemed_minor,
+                    "earnedPoints": line.earned_points,
+                }
+                for line in self.lines
+            ],
+            "totalMinor": self.total_minor,
+            "discountMinor": self.discount_minor,
+            "redeemedPoints": self.redeemed_points,
+            "payableMinor": self.payable_minor,
+            "earnedPoints": self.earned_points,
+            "balance": self.balance.to_json() if self.balance is not None else None,
+            "heldOut": list(self.held_out),
+            "printedOffers": list(self.printed_offers),
+        }
+        if self.trace is not None:
+            out["trace"] = self.trace
+        if self.coupons is not None:
+            out["coupons"] = [
+                {"code": v.code, "status": v.status, "reason": v.reason} for v in self.coupons
+            ]
+        if self.display is not None:
+            out["display"] = list(self.display)
+        if self.state is not None:
+            out["state"] = self.state
+        if self.hold_expires_at is not None:
+            out["holdExpiresAt"] = self.hold_expires_at
+        if self.device_id is not None:
+            out["deviceId"] = self.device_id
+        if self.seq is not None:
+            out["seq"] = self.seq
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> CheckoutResult:
+        balance = doc.get("balance")
+        coupons = doc.get("coupons")
+        display = doc.get("display")
+        seq = doc.get("seq")
+        return cls(
+            receipt_id=str(doc["receiptId"]),
+            card=Card.from_json(doc["card"]),
+            mode=str(doc["mode"]),
+            lines=tuple(
+                ResultLine(
+                    line["sku"],
+                    line["amountMinor"],
+                    line["discountMinor"],
+                    line.get("offerId"),
+                    line["redeemedMinor"],
+                    line["earnedPoints"],
+                )
+                for line in doc["lines"]
+            ),
+            total_minor=doc["totalMinor"],
+            discount_minor=doc["discountMinor"],
+            redeemed_points=doc["redeemedPoints"],
+            payable_minor=doc["payableMinor"],
+            earned_points=doc["earnedPoints"],
+            balance=Balance.from_json(balance) if balance is not None else None,
+            held_out=tuple(doc.get("heldOut", ())),
+            printed_offers=tuple(doc.get("printedOffers", ())),
+            trace=doc.get("trace"),
+            coupons=None
+            if coupons is None
+            else tuple(CouponVerdict(v["code"], v["status"], v["reason"]) for v in coupons),
+            display=None if display is None else tuple(display),
+            state=doc.get("state"),
+            hold_expires_at=doc.get("holdExpiresAt"),
+            device_id=doc.get("deviceId"),
+            seq=None if seq is None else int(seq),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RefundResult(_Document):
+    refund_id: str
+    receipt_id: str
+    returned_points: int
+    taken_back_points: int
+    balance: Balance | None
+    negative_balance: bool
+    device_id: str
+    seq: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "refundId": self.refund_id,
+            "receiptId": self.receipt_id,
+            "returnedPoints": self.returned_points,
+            "takenBackPoints": self.taken_back_points,
+            "balance": self.balance.to_json() if self.balance is not None else None,
+            "negativeBalance": self.negative_balance,
+            "deviceId": self.device_id,
+            "seq": self.seq,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RefundResult:
+        balance = doc.get("balance")
+        return cls(
+            str(doc["refundId"]),
+            str(doc["receiptId"]),
+            int(doc["returnedPoints"]),
+            int(doc["takenBackPoints"]),
+            Balance.from_json(balance) if balance is not None else None,
+            bool(doc["negativeBalance"]),
+            str(doc["deviceId"]),
+            int(doc["seq"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ScanResult(_Document):
+    """A scanned text routed (the contract §13): a COUPON this till knows (code, offer)
+    or a CARD (identify's answer)."""
+
+    kind: str  # COUPON or CARD
+    code: str | None = None
+    offer_id: str | None = None
+    card: Card | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.card is not None:
+            return {"kind": self.kind, "card": self.card.to_json()}
+        return {"kind": self.kind, "code": self.code, "offerId": self.offer_id}
+
+
+# ---------------------------------------------------------------- the JSON edges
+# (the CLI imports these without protobuf; agent/wire.py re-exports them beside the proto
+# mapping for the HTTP interface)
+
+
+def json_of(result: Card | Balance | CheckoutResult | RefundResult | ScanResult) -> dict[str, Any]:
+    """The JSON document of a result: what the CLI `--json` and HTTP print."""
+    return result.to_json()
+
+
+def receipt_from_json(data: Any) -> Receipt:
+    """A receipt the CLI or HTTP read (a JSON document): validated, or one InputError line."""
+    return parse(Receipt, data, "receipt")
+
+
+def refund_from_json(data: Any) -> Refund:
+    return parse(Refund, data, "refund")
+
+
+__all__ = [
+    "Balance",
+    "Card",
+    "CheckoutResult",
+    "CouponVerdict",
+    "ExpiringBatch",
+    "RefundResult",
+    "ResultLine",
+    "ScanResult",
+    "json_of",
+    "receipt_from_json",
+    "refund_from_json",
+]
