@@ -1061,86 +1061,84 @@ class Agent:
         refund = _model(Refund, refund, "refund")
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
-            stored = conn.execute(
-                "SELECT request, result, device_id, seq FROM refunds WHERE refund_id = ?",
-                (refund.refund_id,),
-            ).fetchone()
+            stored = ledger.stored_refund(conn, refund.refund_id)
             if stored is not None:
                 # A retry returns the stored result; another body under the id is a conflict.
                 sent = refund.model_dump(mode="json", by_alias=True)
-                if _legacy_digest(json.loads(stored[0]), Refund) != _legacy_digest(sent, Refund):
+                if _legacy_digest(json.loads(stored.request), Refund) != _legacy_digest(
+                    sent, Refund
+                ):
                     raise Conflict(
                         f"refund {refund.refund_id} is already stored with another body:"
                         " use a new refundId"
                     )
-                answer = dict(json.loads(stored[1]))
-                answer.setdefault("deviceId", str(stored[2]))  # stored by an older agent
-                answer.setdefault("seq", int(stored[3]))
+                answer = dict(json.loads(stored.result))
+                answer.setdefault("deviceId", stored.device_id)  # stored by an older agent
+                answer.setdefault("seq", stored.seq)
                 return RefundResult.from_json(answer)
-            row = conn.execute(
-                "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
-                " WHERE receipt_id = ?",
-                (refund.receipt_id,),
-            ).fetchone()
-            if row is None:
+            sale = ledger.sold_receipt(conn, refund.receipt_id)
+            if sale is None:
                 raise NotFound(f"receipt {refund.receipt_id} was never committed at this till")
-            sold_at = datetime.fromisoformat(row[0])
-            card, customer_id, extra = str(row[1]), row[2], int(row[3])
+            sold_at = datetime.fromisoformat(sale.at)
+            card, customer_id = sale.card, sale.customer_id
             # Fixed at commit (the delay in force then), never today's program.
-            activates = datetime.fromisoformat(row[4])
+            activates = datetime.fromisoformat(sale.activates_at)
             if refund.at < sold_at:
                 raise InputError(
-                    f"refund at {refund.at.isoformat()} is before the sale at {row[0]}"
+                    f"refund at {refund.at.isoformat()} is before the sale at {sale.at}"
                 )
-            lines = conn.execute(
-                "SELECT idx, sku, qty, redeemed_points, earned_points, returned_qty"
-                " FROM receipt_lines WHERE receipt_id = ? ORDER BY idx",
-                (refund.receipt_id,),
-            ).fetchall()
+            lines = ledger.receipt_lines(conn, refund.receipt_id)
             sold = [
-                SoldLine(sku, Fraction(Decimal(q)), int(p), int(e), Fraction(Decimal(r)))
-                for _, sku, q, p, e, r in lines
+                SoldLine(
+                    line.sku,
+                    Fraction(Decimal(line.qty)),
+                    line.redeemed_points,
+                    line.earned_points,
+                    Fraction(Decimal(line.returned_qty)),
+                )
+                for line in lines
             ]
             outcome = apply_refund(
                 sold,
                 [(line.sku, Fraction(line.qty)) for line in refund.lines],
-                extra,
+                sale.extra_points,
                 refund.receipt_id,
             )
-            for (idx, *_), new in zip(lines, outcome.returned_qty, strict=True):
-                conn.execute(
-                    "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
-                    (decimal_text(new), refund.receipt_id, idx),
-                )
+            ledger.set_returned(
+                conn,
+                refund.receipt_id,
+                [
+                    (line.idx, decimal_text(new))
+                    for line, new in zip(lines, outcome.returned_qty, strict=True)
+                ],
+            )
             applied = view.applied_through()
             seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
             customer = view.customer(customer_id) if customer_id else None
             delta_available = delta_pending = 0
             if customer_id:
-                rows: list[tuple[str, int, str | None, str | None]] = []
+                moves: list[ledger.PointMove] = []
                 if outcome.returned_points:
-                    rows.append(("spend", outcome.returned_points, None, None))
+                    moves.append(ledger.PointMove("spend", outcome.returned_points))
                     delta_available += outcome.returned_points
                 taken = outcome.taken_back_points
                 if taken and refund.at < activates:
                     # Taken-back points come off the receipt's own pending points first.
-                    pending_left, expires = conn.execute(
-                        "SELECT coalesce(sum(points), 0), max(expires_at) FROM points"
-                        " WHERE receipt_id = ? AND kind = 'earn'",
-                        (refund.receipt_id,),
-                    ).fetchone()
-                    from_pending = max(0, min(taken, int(pending_left)))
+                    pending_left, expires = ledger.earned_left(conn, refund.receipt_id)
+                    from_pending = max(0, min(taken, pending_left))
                     if from_pending:
-                        rows.append(("earn", -from_pending, ledger.utc_text(activates), expires))
+                        moves.append(
+                            ledger.PointMove(
+                                "earn", -from_pending, ledger.utc_text(activates), expires
+                            )
+                        )
                         delta_pending -= from_pending
                         taken -= from_pending
                 if taken:
-                    rows.append(("spend", -taken, None, None))
+                    moves.append(ledger.PointMove("spend", -taken))
                     delta_available -= taken
-                conn.executemany(
-                    "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
-                    " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
-                    [(self.device_id, seq, customer_id, refund.receipt_id, *r) for r in rows],
+                ledger.insert_points(
+                    conn, self.device_id, seq, customer_id, refund.receipt_id, moves
                 )
             program = view.program()
             balance = (
@@ -1160,9 +1158,9 @@ class Agent:
             request_text = json.dumps(request, ensure_ascii=False)
             result_text = json.dumps(result.to_json(), ensure_ascii=False)
             now = self.clock()
-            conn.execute(
-                "INSERT INTO refunds VALUES (?,?,?,?,?,?,?,?)",
-                (
+            ledger.insert_refund(
+                conn,
+                ledger.RefundRow(
                     refund.refund_id,
                     refund.receipt_id,
                     self.device_id,
@@ -1221,9 +1219,7 @@ class Agent:
             self._cache = self._live.connection()
             info = cache_mod.info(self._cache)
             conn = self._ledger
-            jobs = conn.execute(
-                "SELECT count(*) FROM print_jobs WHERE state NOT IN ('DONE')"
-            ).fetchone()[0]
+            jobs = ledger.open_print_jobs(conn)
             status: dict[str, Any] = {
                 "deviceId": self.device_id,
                 "cacheVersion": info.version,
@@ -1233,7 +1229,7 @@ class Agent:
                 "mode": "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE",
                 "printQueueDepth": int(jobs),
             }
-            failed, retrying, last_error = print_queue_health(conn)
+            failed, retrying, last_error = ledger.print_queue_health(conn)
             status["printerLastError"] = last_error
             for source in self.status_sources:
                 status.update(source(conn))
@@ -1302,18 +1298,6 @@ def _close_reader(live: LiveCache, reads: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
         live.close()
         reads.close()
-
-
-def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:
-    """Failed jobs, jobs waiting for a retry, and the newest open job's last error."""
-    failed, retrying, last_error = conn.execute(
-        "SELECT count(*) FILTER (WHERE state = 'FAILED'),"
-        " count(*) FILTER (WHERE state IN ('PENDING', 'SENDING') AND attempts > 0),"
-        " (SELECT last_error FROM print_jobs WHERE state <> 'DONE' AND last_error IS NOT NULL"
-        "  ORDER BY id DESC LIMIT 1)"
-        " FROM print_jobs"
-    ).fetchone()
-    return int(failed), int(retrying), str(last_error or "")
 
 
 def device_states(
