@@ -225,7 +225,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             at = parse_time(args.at) if args.at else None
             return emit(args, json_of(agent.balance(args.card, at)), _human_balance)
         if command == "status":
-            from .proto_json import status_json
+            from .wire import status_json
 
             return emit(args, status_json(agent.status()), _human_status)
         if command == "reset":

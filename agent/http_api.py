@@ -37,9 +37,8 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from .cli import json_document, parse_json
 from .config import is_loopback
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
-from .proto_json import status_json
 from .service import Agent
-from .wire import json_of, receipt_from_json, refund_from_json
+from .wire import json_of, receipt_from_json, refund_from_json, status_json
 
 log = logging.getLogger("tillpoint.http")
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .models import Receipt, Refund, parse
+if TYPE_CHECKING:  # the gRPC client maps replies without importing pydantic
+    from .models import Receipt, Refund
 
 
 class _Document(Mapping[str, Any]):
@@ -321,10 +322,14 @@ def json_of(result: Card | Balance | CheckoutResult | RefundResult | ScanResult)
 
 def receipt_from_json(data: Any) -> Receipt:
     """A receipt the CLI or HTTP read (a JSON document): validated, or one InputError line."""
+    from .models import Receipt, parse
+
     return parse(Receipt, data, "receipt")
 
 
 def refund_from_json(data: Any) -> Refund:
+    from .models import Refund, parse
+
     return parse(Refund, data, "refund")
 
 

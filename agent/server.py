@@ -25,9 +25,8 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .errors import TillpointError, edge_of
 from .limits import REQUEST_MAX_BYTES
-from .proto_json import status_message
 from .service import Agent
-from .wire import checkout_message, message_of, receipt_of, refund_of
+from .wire import checkout_message, message_of, receipt_of, refund_of, status_message
 
 log = logging.getLogger("tillpoint.server")
 

@@ -11,19 +11,23 @@ messages (gRPC) or their JSON (CLI `--json`, HTTP).
   (pure) and re-exported here, so that the CLI prints it without importing protobuf
   (about 20 ms of every command's start). A Hypothesis test holds them together:
   `ParseDict(json_of(r)) == message_of(r)` for any result.
-- Replies read by the gRPC client (`agent/client.py`): `result_of(message)`, the typed
-  result again.
+- Generic proto3 JSON: `message_json` (what `--json` prints of a message: every field,
+  int64 as numbers; `status`, sync's and the printer's commands), `reply_json` (what the
+  gRPC client `agent/client.py` returns), `message_from_json` (the client's requests),
+  `status_message`/`status_json`.
+- Replies read back as typed results: `checkout_of`, `refund_of_message` (tests, tools).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, overload
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from tillpoint.v1 import tillpoint_pb2 as pb
 
-from .models import Receipt, Refund
 from .results import (
     Balance,
     Card,
@@ -37,7 +41,19 @@ from .results import (
     refund_from_json,
 )
 
+if TYPE_CHECKING:
+    from .models import Receipt, Refund
+
 M = TypeVar("M", bound=Message)
+_INT64 = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
 
 
 # ---------------------------------------------------------------- generic proto3 JSON
@@ -51,6 +67,96 @@ def to_dict(message: Message) -> dict[str, Any]:
 def to_message(data: dict[str, Any], message: M, *, ignore_unknown: bool = False) -> M:
     json_format.ParseDict(data, message, ignore_unknown_fields=ignore_unknown)
     return message
+
+
+def message_from_json(descriptor: Descriptor, data: Mapping[str, Any]) -> Message:
+    """A request message of any RPC from its proto3 JSON (json_format.ParseError if bad)."""
+    message = message_factory.GetMessageClass(descriptor)()
+    json_format.ParseDict(dict(data), message)
+    return message
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """The message as the CLI prints it with --json (docs/CONTRACT.md §1): proto3 JSON with
+    every field present, empty ones too, so a script sees the same keys every time; keys in
+    the order of the proto, 64-bit integers as JSON numbers (proto3 JSON parsers accept a
+    number or a string), an unset message field as null. `tillpoint status --json` and the
+    gRPC `Status` go through `message_json` and `status_message`, so both say the same
+    thing field by field."""
+    data = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=False,
+        always_print_fields_with_no_presence=True,
+    )
+    return _shape(message.DESCRIPTOR, data)
+
+
+def _shape(descriptor: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Field order, int64 as numbers, an unset message field as null (not left out)."""
+    out: dict[str, Any] = {}
+    for field in descriptor.fields:
+        name = field.json_name
+        if name not in data:
+            if field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
+                out[name] = None
+            continue
+        value = data[name]
+        if field.type in _INT64:
+            value = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            inner: Any = field.message_type
+            if inner.GetOptions().map_entry:
+                pass  # a map: keys are strings, values left as json_format gives them
+            elif isinstance(value, list):
+                value = [_shape(inner, v) for v in value]
+            elif isinstance(value, dict):
+                value = _shape(inner, value)
+        out[name] = value
+    return out
+
+
+def reply_json(message: Message) -> dict[str, Any]:
+    """A reply as the gRPC client (`agent/client.py`) returns it: proto3 JSON with every
+    field present and int64 values as ints; a balance with no expiring batches leaves
+    `expiring` out, as the agent's JSON does (the contract §16)."""
+    data = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=False,
+        always_print_fields_with_no_presence=True,
+    )
+    _ints(message.DESCRIPTOR, data)
+    for balance in (data, data.get("balance")):
+        if isinstance(balance, dict) and balance.get("expiring") == []:
+            del balance["expiring"]
+    return data
+
+
+def _ints(descriptor: Any, data: dict[str, Any]) -> None:
+    for field in descriptor.fields:
+        name = field.json_name
+        if name not in data:
+            continue
+        value = data[name]
+        if field.type in _INT64:
+            data[name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+            rows = value if isinstance(value, list) else [value]
+            for row in rows:
+                if isinstance(row, dict):
+                    _ints(field.message_type, row)
+
+
+# ---------------------------------------------------------------- status
+
+
+def status_message(status: dict[str, Any]) -> pb.Status:
+    """`Agent.status()` as the proto `Status`; a key the proto lacks is a bug, not dropped."""
+    return json_format.ParseDict(status, pb.Status(), ignore_unknown_fields=False)
+
+
+def status_json(status: dict[str, Any]) -> dict[str, Any]:
+    """`tillpoint status --json`: the same document a gRPC client gets from `message_json`."""
+    return message_json(status_message(status))
 
 
 # ---------------------------------------------------------------- requests
@@ -282,6 +388,8 @@ __all__ = [
     "checkout_message",
     "checkout_of",
     "json_of",
+    "message_from_json",
+    "message_json",
     "message_of",
     "receipt_dict",
     "receipt_from_json",
@@ -289,6 +397,9 @@ __all__ = [
     "refund_from_json",
     "refund_message",
     "refund_of",
+    "reply_json",
+    "status_json",
+    "status_message",
     "to_dict",
     "to_message",
 ]
