@@ -137,7 +137,7 @@ def run(settings: Settings) -> int:
         "PosAgent serving on %s (device %s, cache version %s)",
         settings.server.listen,
         settings.device_id,
-        agent.status()["cacheVersion"],
+        agent.status().cache_version,
     )
     done = threading.Event()
 

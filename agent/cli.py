@@ -250,7 +250,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
     """`reset` asks on a terminal; without one it needs --yes (a script must mean it)."""
-    depth = int(agent.status()["outboxDepth"])
+    depth = int(agent.status().outbox_depth)
     if args.yes or (depth and not args.force):
         return  # (the second: `Agent.reset` refuses, saying why)
     if not (sys.stdin.isatty() and sys.stderr.isatty()):

@@ -278,10 +278,10 @@ class Api:
         except Exception:
             log.warning("health check: status unavailable", exc_info=True)
             return error_response("UNAVAILABLE", "the agent cannot read its status")
-        if not status["cacheVersion"]:
+        if not status.cache_version:
             return error_response("UNAVAILABLE", "no snapshot loaded")
         return Response(
-            json_document({"status": "SERVING", "cacheVersion": status["cacheVersion"]}),
+            json_document({"status": "SERVING", "cacheVersion": status.cache_version}),
             media_type=JSON,
         )
 

@@ -17,7 +17,7 @@ new code reads the attributes.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the gRPC client maps replies without importing pydantic
@@ -310,12 +310,65 @@ class ScanResult(_Document):
         return {"kind": self.kind, "code": self.code, "offerId": self.offer_id}
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class TillStatus(_Document):
+    """`Status`: the agent's own figures and device states, typed, and the fields the
+    other parts of the till add (`parts`: the hub sync's `lastPullAt`, `lastError`,
+    `setAside` ...), as those parts word them. A part that restates one of the agent's
+    fields (the sync's `mode`, from its last exchange with the hub) is the value here."""
+
+    device_id: str
+    cache_version: int
+    cache_issued_at: str
+    last_seq: int
+    outbox_depth: int
+    mode: str
+    print_queue_depth: int
+    printer_last_error: str
+    printer_state: str
+    display_state: str
+    scanner_state: str
+    parts: Mapping[str, Any] = field(default_factory=dict)
+
+    _OWN = (
+        ("deviceId", "device_id"),
+        ("cacheVersion", "cache_version"),
+        ("cacheIssuedAt", "cache_issued_at"),
+        ("lastSeq", "last_seq"),
+        ("outboxDepth", "outbox_depth"),
+        ("mode", "mode"),
+        ("printQueueDepth", "print_queue_depth"),
+        ("printerLastError", "printer_last_error"),
+    )
+    _DEVICES = (
+        ("printerState", "printer_state"),
+        ("displayState", "display_state"),
+        ("scannerState", "scanner_state"),
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {key: getattr(self, name) for key, name in self._OWN}
+        out.update(self.parts)
+        out.update((key, getattr(self, name)) for key, name in self._DEVICES)
+        return out
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> TillStatus:
+        known = dict(cls._OWN + cls._DEVICES)
+        return cls(
+            **{name: doc[key] for key, name in known.items()},
+            parts={k: v for k, v in doc.items() if k not in known},
+        )
+
+
 # ---------------------------------------------------------------- the JSON edges
 # (the CLI imports these without protobuf; agent/wire.py re-exports them beside the proto
 # mapping for the HTTP interface)
 
 
-def json_of(result: Card | Balance | CheckoutResult | RefundResult | ScanResult) -> dict[str, Any]:
+def json_of(
+    result: Card | Balance | CheckoutResult | RefundResult | ScanResult | TillStatus,
+) -> dict[str, Any]:
     """The JSON document of a result: what the CLI `--json` and HTTP print."""
     return result.to_json()
 
@@ -342,6 +395,7 @@ __all__ = [
     "RefundResult",
     "ResultLine",
     "ScanResult",
+    "TillStatus",
     "json_of",
     "receipt_from_json",
     "refund_from_json",

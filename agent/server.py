@@ -172,7 +172,7 @@ def register_gauges(registry: Any, agent: Agent) -> None:
     def status() -> dict[str, Any]:
         now = time.monotonic()
         if now - last["at"] > 1.0:
-            last["status"], last["at"] = agent.status(), now
+            last["status"], last["at"] = agent.status().to_json(), now
         found: dict[str, Any] = last["status"]
         return found
 

@@ -72,6 +72,7 @@ from .results import (
     RefundResult,
     ResultLine,
     ScanResult,
+    TillStatus,
 )
 
 Clock = Callable[[], datetime]
@@ -1214,7 +1215,7 @@ class Agent:
 
     # ------------------------------------------------------------ status
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TillStatus:
         with self._lock:
             self._cache = self._live.connection()
             info = cache_mod.info(self._cache)
@@ -1241,7 +1242,7 @@ class Agent:
             except Exception:
                 log.warning("device status unavailable", exc_info=True)
         status.update(device_states(self.device_kinds, live, failed, retrying))
-        return status
+        return TillStatus.from_json(status)
 
     # ------------------------------------------------------------ plumbing
 

@@ -36,6 +36,7 @@ from .results import (
     ExpiringBatch,
     RefundResult,
     ResultLine,
+    TillStatus,
     json_of,
     receipt_from_json,
     refund_from_json,
@@ -149,12 +150,14 @@ def _ints(descriptor: Any, data: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- status
 
 
-def status_message(status: dict[str, Any]) -> pb.Status:
-    """`Agent.status()` as the proto `Status`; a key the proto lacks is a bug, not dropped."""
-    return json_format.ParseDict(status, pb.Status(), ignore_unknown_fields=False)
+def status_message(status: TillStatus | Mapping[str, Any]) -> pb.Status:
+    """`Agent.status()` as the proto `Status` (its parts' fields are json_format's to map);
+    a key the proto lacks is a bug, not dropped."""
+    doc = status.to_json() if isinstance(status, TillStatus) else dict(status)
+    return json_format.ParseDict(doc, pb.Status(), ignore_unknown_fields=False)
 
 
-def status_json(status: dict[str, Any]) -> dict[str, Any]:
+def status_json(status: TillStatus | Mapping[str, Any]) -> dict[str, Any]:
     """`tillpoint status --json`: the same document a gRPC client gets from `message_json`."""
     return message_json(status_message(status))
 
