@@ -231,8 +231,9 @@ class DisplayWatcher:
 
 
 @contextlib.contextmanager
-def devices_for(agent: Any, root: Path, story: Story) -> Iterator[tuple[Any, Any, Any]]:
-    """A virtual printer and (with socat) a virtual display, wired to `agent` like `run` does."""
+def devices_for(data_dir: Path, root: Path, story: Story) -> Iterator[tuple[Any, Any, Any]]:
+    """A virtual printer and (with socat) a virtual display for the till in `data_dir`, as
+    `run` builds them: running `Devices`, for the till's agent to be built with."""
     from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
     from tillpoint.printer.render import render_text
     from tillpoint.printer.service import Devices
@@ -251,18 +252,17 @@ def devices_for(agent: Any, root: Path, story: Story) -> Iterator[tuple[Any, Any
     display = DisplayConfig()
     if watcher is not None:
         display = DisplayConfig(kind="serial", device=str(watcher.start()), refresh_s=3600)
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
     devices = Devices(
-        Path(agent.data_dir) / "ledger.db",
+        Path(data_dir) / "ledger.db",
         PrinterConfig(kind="network", host="127.0.0.1", port=port, retry_base_s=0.2),
         display,
         ScannerConfig(),
     )
     devices.start()
-    agent.devices = devices
     try:
         yield printer, watcher, devices
     finally:
-        agent.devices = None
         devices.stop()
         if watcher is not None:
             watcher.stop()
@@ -322,10 +322,18 @@ def _day(
         f"{len(master['customers'])} customers, {len(master['offers'])} offers"
     )
     tills = []
+    # The first till's virtual printer and display, given to its agent when it is built
+    # (`app.till_agent`, as `run` does) and running while the day's sales are rung up.
+    devices_of_till1 = contextlib.ExitStack()
     try:
+        printer, watcher, devices = devices_of_till1.enter_context(
+            devices_for(root / "till1", root, story)
+        )
         story.heading(f"{n_tills} till(s) are enrolled and pull their signed snapshot")
         for n in range(n_tills):
-            till = hub.till(f"store1-till{n + 1}", root / f"till{n + 1}")
+            till = hub.till(
+                f"store1-till{n + 1}", root / f"till{n + 1}", devices=devices if n == 0 else None
+            )
             tills.append(till)
         for till in tills:
             _until(till, lambda s: s["cacheVersion"] >= 1 and s["mode"] == "ONLINE")
@@ -335,7 +343,7 @@ def _day(
                 f" mode {status['mode']}"
             )
         till, other = tills[0], tills[-1]
-        with devices_for(till.agent, root, story) as (printer, watcher, _devices):
+        with devices_of_till1:
             _sales(
                 story,
                 till,
@@ -444,6 +452,7 @@ def _day(
     finally:
         for t in tills:
             t.stop()
+        devices_of_till1.close()
         hub.stop()
 
 
