@@ -49,6 +49,12 @@ class _Document(Mapping[str, Any]):
             return self.to_json() == dict(other)
         return NotImplemented
 
+    def __or__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        return self.to_json() | dict(other)
+
+    def __ror__(self, other: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(other) | self.to_json()
+
     __hash__ = None  # type: ignore[assignment]
 
 
