@@ -171,6 +171,9 @@ class CheckoutResult(_Document):
     hold_expires_at: str | None = None
     device_id: str | None = None
     seq: int | None = None
+    # Read back from the ledger (`from_json`): the document as stored, which `to_json`
+    # answers with, so a replay repeats the stored bytes whatever release stored them.
+    stored: Mapping[str, Any] | None = field(default=None, repr=False)
 
     @property
     def applied_codes(self) -> list[str]:
@@ -178,6 +181,8 @@ class CheckoutResult(_Document):
         return [v.code for v in self.coupons or () if v.status == "APPLIED"]
 
     def to_json(self) -> dict[str, Any]:
+        if self.stored is not None:
+            return dict(self.stored)
         out: dict[str, Any] = {
             "receiptId": self.receipt_id,
             "card": self.card.to_json(),
@@ -222,30 +227,32 @@ class CheckoutResult(_Document):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> CheckoutResult:
+        """A stored result (the ledger's, any release's: a field it lacks is its default)."""
         balance = doc.get("balance")
         coupons = doc.get("coupons")
         display = doc.get("display")
         seq = doc.get("seq")
+        card = doc.get("card")
         return cls(
-            receipt_id=str(doc["receiptId"]),
-            card=Card.from_json(doc["card"]),
-            mode=str(doc["mode"]),
+            receipt_id=str(doc.get("receiptId", "")),
+            card=Card.from_json(card) if card is not None else Card("UNKNOWN"),
+            mode=str(doc.get("mode", "OFFLINE")),
             lines=tuple(
                 ResultLine(
-                    line["sku"],
-                    line["amountMinor"],
-                    line["discountMinor"],
+                    line.get("sku", ""),
+                    line.get("amountMinor", 0),
+                    line.get("discountMinor", 0),
                     line.get("offerId"),
-                    line["redeemedMinor"],
-                    line["earnedPoints"],
+                    line.get("redeemedMinor", 0),
+                    line.get("earnedPoints", 0),
                 )
-                for line in doc["lines"]
+                for line in doc.get("lines", ())
             ),
-            total_minor=doc["totalMinor"],
-            discount_minor=doc["discountMinor"],
-            redeemed_points=doc["redeemedPoints"],
-            payable_minor=doc["payableMinor"],
-            earned_points=doc["earnedPoints"],
+            total_minor=doc.get("totalMinor", 0),
+            discount_minor=doc.get("discountMinor", 0),
+            redeemed_points=doc.get("redeemedPoints", 0),
+            payable_minor=doc.get("payableMinor", 0),
+            earned_points=doc.get("earnedPoints", 0),
             balance=Balance.from_json(balance) if balance is not None else None,
             held_out=tuple(doc.get("heldOut", ())),
             printed_offers=tuple(doc.get("printedOffers", ())),
@@ -258,6 +265,7 @@ class CheckoutResult(_Document):
             hold_expires_at=doc.get("holdExpiresAt"),
             device_id=doc.get("deviceId"),
             seq=None if seq is None else int(seq),
+            stored=doc,
         )
 
 
@@ -271,8 +279,11 @@ class RefundResult(_Document):
     negative_balance: bool
     device_id: str
     seq: int
+    stored: Mapping[str, Any] | None = field(default=None, repr=False)  # as CheckoutResult's
 
     def to_json(self) -> dict[str, Any]:
+        if self.stored is not None:
+            return dict(self.stored)
         return {
             "refundId": self.refund_id,
             "receiptId": self.receipt_id,
@@ -286,16 +297,18 @@ class RefundResult(_Document):
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> RefundResult:
+        """A stored refund's result (any release's: a field it lacks is its default)."""
         balance = doc.get("balance")
         return cls(
-            str(doc["refundId"]),
-            str(doc["receiptId"]),
-            int(doc["returnedPoints"]),
-            int(doc["takenBackPoints"]),
+            str(doc.get("refundId", "")),
+            str(doc.get("receiptId", "")),
+            int(doc.get("returnedPoints", 0)),
+            int(doc.get("takenBackPoints", 0)),
             Balance.from_json(balance) if balance is not None else None,
-            bool(doc["negativeBalance"]),
-            str(doc["deviceId"]),
-            int(doc["seq"]),
+            bool(doc.get("negativeBalance", False)),
+            str(doc.get("deviceId", "")),
+            int(doc.get("seq", 0)),
+            stored=doc,
         )
 
 
