@@ -393,15 +393,30 @@ def json_of(
 
 def receipt_from_json(data: Any) -> Receipt:
     """A receipt the CLI or HTTP read (a JSON document): validated, or one InputError line."""
-    from .models import Receipt, parse
-
-    return parse(Receipt, data, "receipt")
+    models = _models()
+    receipt: Receipt = models.parse(models.Receipt, data, "receipt")
+    return receipt
 
 
 def refund_from_json(data: Any) -> Refund:
-    from .models import Refund, parse
+    models = _models()
+    refund: Refund = models.parse(models.Refund, data, "refund")
+    return refund
 
-    return parse(Refund, data, "refund")
+
+def _models() -> Any:
+    """agent/models.py, imported at the first request (the gRPC client, which maps its
+    replies here, never imports pydantic), then kept: an import statement per request
+    costs a few µs."""
+    global _MODELS
+    if _MODELS is None:
+        from . import models
+
+        _MODELS = models
+    return _MODELS
+
+
+_MODELS: Any = None
 
 
 __all__ = [
