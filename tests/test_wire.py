@@ -179,3 +179,32 @@ def test_the_edges_parse_requests_with_one_line_refusals() -> None:
     with pytest.raises(InputError, match=r"^refund: expected a JSON object"):
         refund_from_json([])
     assert Refund  # the model the refund edges parse into
+
+
+def test_the_devices_read_the_typed_result_without_its_json(tmp_path: Path) -> None:
+    """printer.service.Devices (the agent's DeviceNotifier) read the display lines and the
+    printed offers by attribute: no JSON document is built per sale for them."""
+    from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+    from tillpoint.printer.service import Devices
+
+    devices = Devices(tmp_path / "ledger.db", PrinterConfig(), DisplayConfig(), ScannerConfig())
+    shown: list[list[str]] = []
+    devices.display.show = shown.append  # type: ignore[method-assign]
+    result = CheckoutResult(
+        "r1", Card("UNKNOWN"), "OFFLINE", (), 0, 0, 0, 0, 0, None, (), ("o-1",),
+        display=("Итого: 0,00",),
+    )  # fmt: skip
+    called: list[str] = []
+
+    class Counting(CheckoutResult):
+        __slots__ = ()
+
+        def to_json(self) -> dict[str, Any]:
+            called.append("to_json")
+            return CheckoutResult.to_json(self)
+
+    counted = Counting(**{f: getattr(result, f) for f in result.__dataclass_fields__})
+    devices.after_checkout(counted)
+    assert shown == [["Итого: 0,00"]] and devices.worker._wake.is_set()
+    assert called == []
+    devices.stop()
