@@ -37,8 +37,8 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from .cli import json_document, parse_json
 from .config import is_loopback
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
-from .proto_json import status_json
 from .service import Agent
+from .wire import json_of, receipt_from_json, refund_from_json, status_json
 
 log = logging.getLogger("tillpoint.http")
 
@@ -93,15 +93,15 @@ def _fields(
     return out
 
 
-def _method(agent: Agent, name: str) -> Callable[..., dict[str, Any]]:
-    found: Callable[..., dict[str, Any]] | None = getattr(agent, name, None)
+def _method(agent: Agent, name: str) -> Callable[..., Any]:
+    found: Callable[..., Any] | None = getattr(agent, name, None)
     if found is None:
         raise HttpError("UNIMPLEMENTED", f"this agent does not implement {name} yet")
     return found
 
 
 def _identify(agent: Agent, body: Any) -> dict[str, Any]:
-    return agent.identify(_fields(body, "identify", ("text",))["text"])
+    return json_of(agent.identify(_fields(body, "identify", ("text",))["text"]))
 
 
 def _balance(agent: Agent, body: Any) -> dict[str, Any]:
@@ -114,18 +114,18 @@ def _balance(agent: Agent, body: Any) -> dict[str, Any]:
             at = _timestamp(fields["at"])
         except ValueError as exc:
             raise InputError(f"balance: at {exc}") from None
-    return dict(agent.balance(fields["card"], at))
+    return json_of(agent.balance(fields["card"], at))
 
 
 def _confirm(agent: Agent, body: Any) -> dict[str, Any]:
     confirm = _method(agent, "confirm")
     fields = _fields(body, "confirm", ("receiptId",), ("fiscalDocument",))
-    return confirm(fields["receiptId"], fields.get("fiscalDocument"))
+    return json_of(confirm(fields["receiptId"], fields.get("fiscalDocument")))
 
 
 def _cancel(agent: Agent, body: Any) -> dict[str, Any]:
     cancel = _method(agent, "cancel")
-    return cancel(_fields(body, "cancel", ("receiptId",))["receiptId"])
+    return json_of(cancel(_fields(body, "cancel", ("receiptId",))["receiptId"]))
 
 
 @dataclass(frozen=True)
@@ -139,17 +139,32 @@ class Call:
 
 CALLS = (
     Call("/v1/identify", "Identify", "Identify a card, phone or barcode", _identify),
-    Call("/v1/quote", "Quote", "Price a receipt; stores and reserves nothing", Agent.quote),
+    Call(
+        "/v1/quote",
+        "Quote",
+        "Price a receipt; stores and reserves nothing",
+        lambda agent, body: json_of(agent.quote(receipt_from_json(body))),
+    ),
     Call(
         "/v1/hold",
         "Hold",
         "Price a receipt and reserve its redemption until Confirm, Cancel or expiry",
-        lambda agent, body: _method(agent, "hold")(body),
+        lambda agent, body: json_of(_method(agent, "hold")(receipt_from_json(body))),
     ),
     Call("/v1/confirm", "Confirm", "Commit a held receipt after the fiscal receipt", _confirm),
     Call("/v1/cancel", "Cancel", "Release a hold (payment failed, basket abandoned)", _cancel),
-    Call("/v1/checkout", "Checkout", "Hold and Confirm in one call", Agent.checkout),
-    Call("/v1/refund", "Refund", "Commit a refund of a committed receipt", Agent.refund),
+    Call(
+        "/v1/checkout",
+        "Checkout",
+        "Hold and Confirm in one call",
+        lambda agent, body: json_of(agent.checkout(receipt_from_json(body))),
+    ),
+    Call(
+        "/v1/refund",
+        "Refund",
+        "Commit a refund of a committed receipt",
+        lambda agent, body: json_of(agent.refund(refund_from_json(body))),
+    ),
     Call("/v1/balance", "Balance", "Available and pending points of a card", _balance),
     Call(
         "/v1/status",
@@ -277,10 +292,10 @@ class Api:
         except Exception:
             log.warning("health check: status unavailable", exc_info=True)
             return error_response("UNAVAILABLE", "the agent cannot read its status")
-        if not status["cacheVersion"]:
+        if not status.cache_version:
             return error_response("UNAVAILABLE", "no snapshot loaded")
         return Response(
-            json_document({"status": "SERVING", "cacheVersion": status["cacheVersion"]}),
+            json_document({"status": "SERVING", "cacheVersion": status.cache_version}),
             media_type=JSON,
         )
 
