@@ -37,6 +37,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from .cli import json_document, parse_json
 from .config import is_loopback
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
+from .limits import TEXT_MAX
 from .service import Agent
 from .wire import json_of, receipt_from_json, refund_from_json, status_json
 
@@ -47,7 +48,6 @@ BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
 GRACE_S = 5  # in-flight requests get this long at shutdown
-MAX_TEXT = 128  # the longest text field (identify text, card, receiptId)
 
 JSON = "application/json"
 
@@ -87,8 +87,8 @@ def _fields(
             raise InputError(f"{what}: {key} must be a string")
         if key in required and not value.strip():
             raise InputError(f"{what}: {key} must not be empty")
-        if len(value) > MAX_TEXT:
-            raise InputError(f"{what}: {key} is too long (at most {MAX_TEXT} characters)")
+        if len(value) > TEXT_MAX:
+            raise InputError(f"{what}: {key} is too long (at most {TEXT_MAX} characters)")
         out[key] = value
     return out
 
