@@ -93,13 +93,6 @@ def _fields(
     return out
 
 
-def _method(agent: Agent, name: str) -> Callable[..., Any]:
-    found: Callable[..., Any] | None = getattr(agent, name, None)
-    if found is None:
-        raise HttpError("UNIMPLEMENTED", f"this agent does not implement {name} yet")
-    return found
-
-
 def _identify(agent: Agent, body: Any) -> dict[str, Any]:
     return json_of(agent.identify(_fields(body, "identify", ("text",))["text"]))
 
@@ -118,14 +111,12 @@ def _balance(agent: Agent, body: Any) -> dict[str, Any]:
 
 
 def _confirm(agent: Agent, body: Any) -> dict[str, Any]:
-    confirm = _method(agent, "confirm")
     fields = _fields(body, "confirm", ("receiptId",), ("fiscalDocument",))
-    return json_of(confirm(fields["receiptId"], fields.get("fiscalDocument")))
+    return json_of(agent.confirm(fields["receiptId"], fields.get("fiscalDocument")))
 
 
 def _cancel(agent: Agent, body: Any) -> dict[str, Any]:
-    cancel = _method(agent, "cancel")
-    return json_of(cancel(_fields(body, "cancel", ("receiptId",))["receiptId"]))
+    return json_of(agent.cancel(_fields(body, "cancel", ("receiptId",))["receiptId"]))
 
 
 @dataclass(frozen=True)
@@ -149,7 +140,7 @@ CALLS = (
         "/v1/hold",
         "Hold",
         "Price a receipt and reserve its redemption until Confirm, Cancel or expiry",
-        lambda agent, body: json_of(_method(agent, "hold")(receipt_from_json(body))),
+        lambda agent, body: json_of(agent.hold(receipt_from_json(body))),
     ),
     Call("/v1/confirm", "Confirm", "Commit a held receipt after the fiscal receipt", _confirm),
     Call("/v1/cancel", "Cancel", "Release a hold (payment failed, basket abandoned)", _cancel),
