@@ -64,6 +64,10 @@ _BUILD_SYNC_BATCHES = 10
 log = logging.getLogger("tillpoint.agent")
 
 
+# A row tuple of SQLite as a NamedTuple, with no Python call (`tuple.__new__`).
+_row = tuple.__new__
+
+
 class ProductRow(NamedTuple):
     """What pricing needs of a product; a plain row, cheap to build 50 times a receipt."""
 
@@ -527,18 +531,26 @@ class CacheView:
 
     # pricing reads
     def products(self, skus: Iterable[str]) -> dict[str, ProductRow]:
-        """The receipt's products as plain rows (validated when the snapshot was loaded)."""
-        wanted = sorted(set(skus))
+        """The receipt's products as plain rows (validated when the snapshot was loaded),
+        one statement for up to 500 of them. SQLite's row tuples become the rows as they
+        are (no Python call a row): `excluded <> 0` is its 0 or 1, a bool's value."""
+        wanted = list(set(skus))
+        if len(wanted) <= 500:
+            return {row[0]: _row(ProductRow, row) for row in self._products(wanted)}
         out: dict[str, ProductRow] = {}
         for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for sku, name, category, excluded in self.conn.execute(
-                f"SELECT sku, name, category, excluded FROM products WHERE sku IN ({marks})",
-                chunk,
-            ):
-                out[sku] = ProductRow(sku, name, category, bool(excluded))
+            out.update(
+                {row[0]: _row(ProductRow, row) for row in self._products(wanted[i : i + 500])}
+            )
         return out
+
+    def _products(self, chunk: list[str]) -> list[tuple[str, str, str, bool]]:
+        marks = ",".join("?" * len(chunk))
+        rows: list[tuple[str, str, str, bool]] = self.conn.execute(
+            f"SELECT sku, name, category, excluded <> 0 FROM products WHERE sku IN ({marks})",
+            chunk,
+        ).fetchall()
+        return rows
 
     def remembered(self, name: str, load: Callable[[], T]) -> T:
         """Something derived from the snapshot (the program, the category tree, the mass

@@ -119,6 +119,10 @@ class PricedLine(NamedTuple):
     multiplier: Fraction = _ONE
 
 
+# A PricedLine from its fields with no Python call (the NamedTuple's `__new__` is one).
+_line = tuple.__new__
+
+
 @dataclass(frozen=True)
 class Priced:
     lines: tuple[PricedLine, ...]
@@ -299,18 +303,23 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
 
     return Priced(
         lines=tuple(
-            PricedLine(
-                w.sku,
-                frac(w.qty),
-                w.amount,
-                w.eligible,
-                w.discount,
-                w.offer_id,
-                w.redeemed,
-                w.earned,
-                w.multiplier,
-            )
-            for w in work
+            [
+                _line(
+                    PricedLine,
+                    (
+                        w.sku,
+                        frac(w.qty),
+                        w.amount,
+                        w.eligible,
+                        w.discount,
+                        w.offer_id,
+                        w.redeemed,
+                        w.earned,
+                        w.multiplier,
+                    ),
+                )
+                for w in work
+            ]
         ),
         point_value=pv,
         extra_points=extra_points,
