@@ -37,7 +37,7 @@ class OfferIndex:
     them (`OfferIndex(personal, also=mass_index)`).
     """
 
-    __slots__ = ("_lineages", "also", "by_category", "by_sku", "receipt_level")
+    __slots__ = ("_lineages", "_lines", "also", "by_category", "by_sku", "receipt_level")
 
     def __init__(self, offers: Iterable[Offer], also: OfferIndex | None = None) -> None:
         self.by_sku: dict[str, list[Offer]] = {}
@@ -46,6 +46,9 @@ class OfferIndex:
         self.also = also
         # a category and its ancestors -> their offers (lines of one category share it)
         self._lineages: dict[frozenset[str], list[Offer]] = {}
+        # (sku, its categories) -> this part's candidates, each once: the compiled table of
+        # the snapshot's mass index, filled as lines are seen, at most `CANDIDATES_KEPT`
+        self._lines: dict[tuple[str, frozenset[str]], tuple[Offer, ...]] = {}
         for o in offers:
             if o.kind in _LINE_KINDS:
                 for sku in set(o.skus):
@@ -55,17 +58,30 @@ class OfferIndex:
             else:
                 self.receipt_level.append(o)
 
-    def candidates(self, sku: str, categories: frozenset[str]) -> list[Offer]:
-        """Every offer targeting the sku or one of the categories, each once."""
-        found: list[Offer] = []
-        part: OfferIndex | None = self
-        while part is not None:
-            found.extend(part.by_sku.get(sku, ()))
-            if part.by_category:
-                found.extend(part._of_categories(categories))
-            part = part.also
-        if len(found) > 1:
-            found = list({o.id: o for o in found}.values())
+    def candidates(self, sku: str, categories: frozenset[str]) -> Sequence[Offer]:
+        """Every offer targeting the sku or one of the categories, each once (this part's
+        first, then those of `also`)."""
+        own = self._own(sku, categories)
+        if self.also is None:
+            return own
+        more = self.also.candidates(sku, categories)
+        if not own:
+            return more
+        if not more:
+            return own
+        return tuple({o.id: o for o in (*own, *more)}.values())
+
+    def _own(self, sku: str, categories: frozenset[str]) -> tuple[Offer, ...]:
+        key = (sku, categories)
+        found = self._lines.get(key)
+        if found is None:
+            if not self.by_sku and not self.by_category:
+                return ()
+            listed = [*self.by_sku.get(sku, ()), *self._of_categories(categories)]
+            found = tuple({o.id: o for o in listed}.values()) if len(listed) > 1 else tuple(listed)
+            if len(self._lines) >= CANDIDATES_KEPT:
+                self._lines.clear()
+            self._lines[key] = found
         return found
 
     def _of_categories(self, categories: frozenset[str]) -> list[Offer]:
@@ -85,6 +101,8 @@ class OfferIndex:
         return found
 
 
+# Lines whose candidates an index keeps (`OfferIndex._own`); beyond, it starts again.
+CANDIDATES_KEPT = 20_000
 _LINE_KINDS = LINE_MONEY_KINDS | {"BONUS_MULTIPLIER", "MULTIBUY"}
 _DEAL_KINDS = frozenset({"QUANTITY_PRICE", "MULTIBUY"})
 _ONE = Fraction(1)
@@ -210,29 +228,39 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     # inside its window (§14), unlocked by a coupon when it needs one (§13).
     found: list[list[Offer]] = [[] for _ in work]
     deal_kinds = False  # any QUANTITY_PRICE or MULTIBUY among them
-    if customer is not None:
+    if customer is not None and tr is None:
+        candidates = index.candidates
+        opened = usable.opened
         for i, w in enumerate(work):
             if w.eligible:
-                targeting = index.candidates(w.sku, w.categories)
-                if tr is None:
-                    found[i] = [
+                targeting = candidates(w.sku, w.categories)
+                if targeting:  # most lines have none
+                    usable_here = [
                         o
                         for o in targeting
-                        if _offered_to(o, customer)
+                        if (o.customer_id is None or o.customer_id == customer.id)
                         and o.valid_at(at)
-                        and (not o.gated or usable.opened(o))
+                        and (not o.gated or opened(o))
                     ]
-                    deal_kinds = deal_kinds or any(o.kind in _DEAL_KINDS for o in found[i])
-                else:
-                    found[i] = tr.usable(i, targeting, usable)
-                    deal_kinds = True
-            elif tr is not None:
+                    if usable_here:
+                        found[i] = usable_here
+                        deal_kinds = deal_kinds or any(o.kind in _DEAL_KINDS for o in usable_here)
+    elif customer is not None and tr is not None:
+        for i, w in enumerate(work):
+            if w.eligible:
+                found[i] = tr.usable(i, index.candidates(w.sku, w.categories), usable)
+                deal_kinds = True
+            else:
                 tr.excluded(i, index.candidates(w.sku, categories_of(w.sku)), usable)
+    # The receipt's eligible qty of each SKU, for the SKUs of lines with offers (only they
+    # read it: a quantity price's tier, a multibuy's lines).
     sku_qty: dict[str, Fraction] = {}
     if deal_kinds:
+        with_offers = {w.sku for w, offers in zip(work, found, strict=True) if offers}
         for w in work:
-            if w.eligible:
-                sku_qty[w.sku] = sku_qty.get(w.sku, Fraction(0)) + frac(w.qty)
+            if w.eligible and w.sku in with_offers:
+                before = sku_qty.get(w.sku)
+                sku_qty[w.sku] = frac(w.qty) if before is None else before + frac(w.qty)
 
     # Basket deals (§15): after step 1, before step 2, in (priority, id) order.
     if deal_kinds and customer is not None:
@@ -332,13 +360,6 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
             + extra_offers
         ),
     )
-
-
-def _offered_to(offer: Offer, customer: Customer | None) -> bool:
-    """Personal to this customer, or a mass offer; an UNKNOWN card gets no offers."""
-    if customer is None:
-        return False
-    return offer.customer_id is None or offer.customer_id == customer.id
 
 
 def _in_control_group(offer: Offer, customer: Customer) -> bool:
@@ -678,9 +699,8 @@ def _redeem_allowed(
     pv = ctx.program.point_value_minor
     after_discounts = sum(w.amount - w.discount for w in work if w.eligible)
     capacity = sum((w.amount - w.discount) // pv for w in work if w.eligible)
-    percent_cap = math.floor(
-        Fraction(after_discounts) * frac(ctx.program.max_redeem_percent) / 100 / pv
-    )
+    percent = frac(ctx.program.max_redeem_percent)  # floor(after × percent / 100 / pv)
+    percent_cap = after_discounts * percent.numerator // (percent.denominator * 100 * pv)
     limits = [max(0, ctx.available_points), percent_cap, capacity]
     if requested != -1:
         limits.append(requested)
