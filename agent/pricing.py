@@ -61,27 +61,35 @@ class OfferIndex:
     def candidates(self, sku: str, categories: frozenset[str]) -> Sequence[Offer]:
         """Every offer targeting the sku or one of the categories, each once (this part's
         first, then those of `also`)."""
-        own = self._own(sku, categories)
-        if self.also is None:
+        key = (sku, categories)
+        own = self._lines.get(key)
+        if own is None:
+            own = self._own(key)
+        also = self.also
+        if also is None:
             return own
-        more = self.also.candidates(sku, categories)
+        if also.also is None:  # a receipt's personal offers, then the mass index
+            more: Sequence[Offer] | None = also._lines.get(key)
+            if more is None:
+                more = also._own(key)
+        else:
+            more = also.candidates(sku, categories)
         if not own:
             return more
         if not more:
             return own
         return tuple({o.id: o for o in (*own, *more)}.values())
 
-    def _own(self, sku: str, categories: frozenset[str]) -> tuple[Offer, ...]:
-        key = (sku, categories)
-        found = self._lines.get(key)
-        if found is None:
-            if not self.by_sku and not self.by_category:
-                return ()
+    def _own(self, key: tuple[str, frozenset[str]]) -> tuple[Offer, ...]:
+        sku, categories = key
+        if sku not in self.by_sku and categories.isdisjoint(self.by_category):
+            found: tuple[Offer, ...] = ()
+        else:
             listed = [*self.by_sku.get(sku, ()), *self._of_categories(categories)]
             found = tuple({o.id: o for o in listed}.values()) if len(listed) > 1 else tuple(listed)
-            if len(self._lines) >= CANDIDATES_KEPT:
-                self._lines.clear()
-            self._lines[key] = found
+        if len(self._lines) >= CANDIDATES_KEPT:
+            self._lines.clear()
+        self._lines[key] = found
         return found
 
     def _of_categories(self, categories: frozenset[str]) -> list[Offer]:
@@ -207,18 +215,15 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     products = ctx.products
     categories_of = ctx.categories_of
     no_categories: frozenset[str] = frozenset()
+    offered = customer is not None  # an UNKNOWN card gets no offers: no categories needed
     for line in receipt.lines:
-        product = products.get(line.sku)
-        eligible = product is not None and not product.excluded_from_loyalty
-        work.append(
-            _Work(
-                line.sku,
-                line.qty,
-                line.amount,
-                eligible,
-                categories_of(line.sku) if eligible else no_categories,
-            )
-        )
+        sku = line.sku
+        product = products.get(sku)
+        if product is not None and not product.excluded_from_loyalty:
+            categories = categories_of(sku) if offered else no_categories
+            work.append(_Work(sku, line.qty, line.amount, True, categories))
+        else:
+            work.append(_Work(sku, line.qty, line.amount, False, no_categories))
 
     index = ctx.offers if isinstance(ctx.offers, OfferIndex) else OfferIndex(ctx.offers)
     tr = _Trace(len(work)) if receipt.explain else None
@@ -264,9 +269,17 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
 
     # Basket deals (§15): after step 1, before step 2, in (priority, id) order.
     if deal_kinds and customer is not None:
-        deals = {o.id: o for offers in found for o in offers if o.kind == "MULTIBUY"}
+        deals: dict[str, Offer] = {}
+        deal_lines: dict[str, list[int]] = {}  # a deal -> the lines it may take, in order
+        for i, offers in enumerate(found):
+            for o in offers:
+                if o.kind == "MULTIBUY":
+                    deals[o.id] = o
+                    lines_of = deal_lines.setdefault(o.id, [])
+                    if not lines_of or lines_of[-1] != i:
+                        lines_of.append(i)
         for deal in sorted(deals.values(), key=lambda o: (o.priority, o.id)):
-            _multibuy(deal, work, found, customer, held, sku_qty, tr)
+            _multibuy(deal, deal_lines[deal.id], work, found, customer, held, sku_qty, tr)
 
     # 2. Line offers.
     if customer is not None:
@@ -478,6 +491,7 @@ def multibuy_free(lines: Sequence[tuple[int, int]], buy: int, free: int) -> list
 
 def _multibuy(
     deal: Offer,
+    lines: list[int],
     work: list[_Work],
     found: list[list[Offer]],
     customer: Customer,
@@ -487,9 +501,8 @@ def _multibuy(
 ) -> None:
     """One MULTIBUY deal: takes its lines when it beats their best line offers (§15)."""
     parts: list[int] = []
-    for i, w in enumerate(work):
-        if not w.eligible or not any(o.id == deal.id for o in found[i]):
-            continue
+    for i in lines:  # the eligible lines the deal targets, in order
+        w = work[i]
         if w.deal is not None:
             if tr is not None:
                 tr.add(i, deal, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount)
