@@ -10,7 +10,7 @@ import logging
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +33,7 @@ from .db import (
 from .errors import InputError, SnapshotRefused, StorageError
 from .identify import normalise, phone_key
 from .models import (
+    LINE_KINDS,
     ROW_MODELS,
     CardRecord,
     Category,
@@ -606,6 +607,29 @@ class CacheView:
         )
         return mass
 
+    def personal_offers_for(
+        self, customer_id: str, skus: Collection[str], categories: Collection[str]
+    ) -> list[Offer]:
+        """The customer's personal offers that might apply to a receipt of these SKUs and
+        (the lines') categories, by id: every offer of the receipt level, and the line
+        offers targeting one of them; what pricing would find among all of them (an
+        offer's candidates are found by its SKUs and categories). The customer's offers
+        are kept in full (`personal_offers`) once parsed; otherwise only these are parsed
+        (a quote on a card not seen recently: most personal offers target other lines)."""
+        kept: OrderedDict[str, tuple[Offer, ...]] = self.remembered("personal", OrderedDict)
+        if customer_id in kept:
+            return self.personal_offers(customer_id)
+        return sorted(
+            (
+                Offer.model_validate_json(doc)
+                for (doc,) in self.conn.execute(
+                    "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
+                )
+                if _might_target(doc, skus, categories)
+            ),
+            key=_offer_id,
+        )
+
     def personal_offers(self, customer_id: str) -> list[Offer]:
         """The customer's personal offers, by id. Parsed once per (snapshot version,
         customer) and kept for the last `PERSONAL_OFFERS_KEPT` customers: the memo is keyed
@@ -632,6 +656,27 @@ class CacheView:
             with contextlib.suppress(KeyError):
                 kept.move_to_end(customer_id)
         return list(found)
+
+
+def _might_target(doc: str, skus: Collection[str], categories: Collection[str]) -> bool:
+    """Whether an offer's stored JSON might give something to a receipt of these SKUs and
+    categories, read with `json.loads` (a fraction of the model's parse): a receipt-level
+    kind, or a line kind targeting one of them. True whenever unsure: a document with an
+    escape, or with one of the keys read spelled more than once, is parsed in full."""
+    if "\\" in doc or any(doc.count(key) > 1 for key in _TARGET_KEYS):
+        return True
+    light = json.loads(doc)
+    kind = light.get("kind")
+    if not isinstance(kind, str) or kind not in LINE_KINDS:
+        return True
+    targets = light.get("skus") or []
+    groups = light.get("categories") or []
+    if not isinstance(targets, list) or not isinstance(groups, list):
+        return True
+    return any(t in skus for t in targets) or any(g in categories for g in groups)
+
+
+_TARGET_KEYS = ('"kind"', '"skus"', '"categories"')
 
 
 def _offer_id(offer: Offer) -> str:

@@ -347,6 +347,8 @@ OfferKind = Literal[
     "MULTIBUY",
 ]
 LINE_MONEY_KINDS = frozenset({"PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "QUANTITY_PRICE"})
+# Kinds that target lines (by SKU or category); the others apply to the whole receipt.
+LINE_KINDS = LINE_MONEY_KINDS | {"BONUS_MULTIPLIER", "MULTIBUY"}
 # Kinds whose discount comes from `value` (the basket deals carry tiers or buy/free).
 VALUE_KINDS = frozenset(
     {"PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "BONUS_MULTIPLIER", "RECEIPT_PERCENT_OFF"}

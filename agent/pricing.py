@@ -16,7 +16,7 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any, NamedTuple, Protocol
 
-from .models import LINE_MONEY_KINDS, Customer, Offer, Program, Receipt
+from .models import LINE_KINDS, LINE_MONEY_KINDS, Customer, Offer, Program, Receipt
 from .money import frac, round_half_up_ratio, split_integer
 
 # ---------------------------------------------------------------- inputs and outputs
@@ -111,7 +111,7 @@ class OfferIndex:
 
 # Lines whose candidates an index keeps (`OfferIndex._own`); beyond, it starts again.
 CANDIDATES_KEPT = 20_000
-_LINE_KINDS = LINE_MONEY_KINDS | {"BONUS_MULTIPLIER", "MULTIBUY"}
+_LINE_KINDS = LINE_KINDS
 _DEAL_KINDS = frozenset({"QUANTITY_PRICE", "MULTIBUY"})
 _ONE = Fraction(1)
 

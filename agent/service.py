@@ -647,7 +647,13 @@ class Agent:
             lambda code: view.coupon(code) or ledger.issued_coupon(conn, code),
             lambda code: ledger.coupon_used(conn, code, self.clock()),
         )
-        personal = view.personal_offers(customer.id) if customer else []
+        personal: list[Offer] = []
+        if customer is not None and commit:  # parsed in full and kept: it prints offers too
+            personal = view.personal_offers(customer.id)
+        elif customer is not None:  # a quote parses only the offers its lines might get
+            skus = {line.sku for line in receipt.lines}
+            groups = {c for sku in skus for c in categories_of(sku)}
+            personal = view.personal_offers_for(customer.id, skus, groups)
         before = ledger.balance(conn, customer, applied, receipt.at, program) if customer else None
         # This till's other open holds reserve their points (the contract §11).
         held_elsewhere = (

@@ -162,3 +162,91 @@ def test_an_index_keeps_a_bounded_table_of_line_candidates(monkeypatch: Any) -> 
         assert list(index.candidates(f"sku-{n}", frozenset({"food"}))) == [offer]
         assert len(index._lines) <= 3
     assert list(index.candidates("sku-x", frozenset({"toys"}))) == []
+
+
+PERSONAL: list[dict[str, Any]] = [
+    {"id": "m-dairy", "kind": "PERCENT_OFF", "categories": ["dairy"], "value": "10"},
+    {"id": "m-deal", "kind": "MULTIBUY", "categories": ["food"], "buyQty": "1", "freeQty": "1"},
+    {"id": "p-sku", "customerId": "c-a", "kind": "AMOUNT_OFF", "skus": ["4601234000024"]}
+    | {"value": "700"},
+    {"id": "p-cat", "customerId": "c-a", "kind": "BONUS_MULTIPLIER", "categories": ["food"]}
+    | {"value": "3"},
+    {"id": "p-other", "customerId": "c-a", "kind": "PERCENT_OFF", "skus": ["4601234000000"]}
+    | {"value": "50"},
+    {"id": "p-unknown-sku", "customerId": "c-a", "kind": "FIXED_PRICE"}
+    | {"skus": ["9999999999999"], "value": "1"},
+    {"id": "p-receipt", "customerId": "c-a", "kind": "RECEIPT_PERCENT_OFF", "value": "5"},
+    {"id": "p-extra", "customerId": "c-a", "kind": "EXTRA_POINTS", "value": "40"},
+    {"id": "p-quoted", "customerId": "c-a", "kind": "PERCENT_OFF", "skus": ["4601234000055"]}
+    | {"value": "20", "printable": True, "printText": 'a "quoted" \\ text'},
+    {"id": "p-tiers", "customerId": "c-a", "kind": "QUANTITY_PRICE", "skus": ["4601234000017"]}
+    | {"tiers": [{"minQty": "2", "unitPriceMinor": 7000}]},
+]
+LINES = [
+    {"sku": "4601234000017", "qty": "2", "priceMinor": 8990},
+    {"sku": "4601234000024", "qty": "1", "priceMinor": 6500},
+    {"sku": "4601234000031", "qty": "1", "priceMinor": 25000},
+    {"sku": "4601234000055", "qty": "0.512", "priceMinor": 99000},
+    {"sku": "9999999999999", "qty": "3", "priceMinor": 1000},
+]
+
+
+def test_a_quote_parsing_only_the_offers_its_lines_might_get_prices_as_with_all(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """A quote on a card whose offers are not kept parses only the personal offers its
+    lines might get (`CacheView.personal_offers_for`); it answers as with all of them."""
+    import random
+
+    from tillpoint.agent.cache import CacheView
+    from tillpoint.agent.service import Agent
+
+    from .conftest import receipt, snapshot
+
+    rng = random.Random(5)
+    receipts = [
+        receipt(
+            f"r-{i}",
+            lines=rng.sample(LINES, rng.randint(1, len(LINES))),
+            redeemPoints=rng.choice([0, -1]),
+            explain=rng.random() < 0.5,
+        )
+        for i in range(40)
+    ]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot(offers=PERSONAL))
+        parsed: list[list[str]] = []
+        real = CacheView.personal_offers_for
+
+        def spy(view: CacheView, customer: str, skus: Any, groups: Any) -> list[Offer]:
+            offers = real(view, customer, skus, groups)
+            parsed.append([o.id for o in offers])
+            return offers
+
+        monkeypatch.setattr(CacheView, "personal_offers_for", spy)
+        got = [agent.quote(r) for r in receipts]
+        assert any(len(ids) < 8 for ids in parsed)  # some offers were left unparsed
+        assert all("p-receipt" in ids and "p-quoted" in ids for ids in parsed)
+        monkeypatch.setattr(
+            CacheView,
+            "personal_offers_for",
+            lambda view, customer, skus, groups: view.personal_offers(customer),
+        )
+        want = [agent.quote(r) for r in receipts]
+        assert got == want
+    finally:
+        agent.close()
+
+
+def test_an_offer_document_read_lightly_is_kept_when_unsure() -> None:
+    from tillpoint.agent.cache import _might_target
+
+    skus, groups = {"a"}, {"food"}
+    assert _might_target('{"kind":"PERCENT_OFF","skus":["a"]}', skus, groups)
+    assert _might_target('{"kind":"PERCENT_OFF","categories":["food"]}', skus, groups)
+    assert not _might_target('{"kind":"PERCENT_OFF","skus":["b"]}', skus, groups)
+    assert _might_target('{"kind":"EXTRA_POINTS","skus":["b"]}', skus, groups)
+    # an escape, or a key given twice: parsed in full
+    assert _might_target('{"kind":"PERCENT_OFF","skus":["b"],"printText":"\\u0041"}', skus, groups)
+    assert _might_target('{"kind":"PERCENT_OFF","skus":["a"],"skus":["b"]}', skus, groups)
