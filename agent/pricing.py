@@ -204,6 +204,8 @@ class _Work:
 
 
 def price(receipt: Receipt, ctx: PricingContext) -> Priced:
+    if ctx.customer is None and not receipt.explain:
+        return _price_unknown(receipt, ctx)
     program = ctx.program
     pv = program.point_value_minor
     customer = ctx.customer
@@ -317,7 +319,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         customer.birthday, at.astimezone(program.zone).date(), program.birthday_window_days
     )
     base_multiplier = frac(program.birthday_multiplier) if birthday else _ONE
-    if base_multiplier < _ONE:
+    if base_multiplier is not _ONE and base_multiplier < _ONE:
         base_multiplier = _ONE
     rate = frac(tier.accrual_percent)
     if base_multiplier is not _ONE:
@@ -375,6 +377,41 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     )
 
 
+def _price_unknown(receipt: Receipt, ctx: PricingContext) -> Priced:
+    """`price` for an UNKNOWN card without a trace, in one pass over the lines: no offers,
+    no redemption, no birthday; each eligible line earns its share of
+    paid × rate / (100 × pointValue), split by the largest remainder (step 5)."""
+    program = ctx.program
+    pv = program.point_value_minor
+    rate = frac(program.tier(None).accrual_percent)
+    products = ctx.products
+    eligible: list[bool] = []
+    numerators: list[int] = []
+    for line in receipt.lines:
+        product = products.get(line.sku)
+        ok = product is not None and not product.excluded_from_loyalty
+        eligible.append(ok)
+        numerators.append(line.amount * rate.numerator if ok else 0)
+    denominator = 100 * pv * rate.denominator
+    shares = split_integer(numerators, denominator, sum(numerators) // denominator)
+    return Priced(
+        lines=tuple(
+            [
+                _line(
+                    PricedLine,
+                    (line.sku, frac(line.qty), line.amount, ok, 0, None, 0, earned, _ONE),
+                )
+                for line, ok, earned in zip(receipt.lines, eligible, shares, strict=True)
+            ]
+        ),
+        point_value=pv,
+        extra_points=0,
+        held_out=(),
+        redeem_allowed_without_cap=0,
+        applied_offers=frozenset(),
+    )
+
+
 def _in_control_group(offer: Offer, customer: Customer) -> bool:
     return bool(offer.campaign_id) and offer.campaign_id in customer.control_groups
 
@@ -383,13 +420,14 @@ class _Usable:
     """Whether an offer may apply to this receipt at all: offered to this customer, valid at
     `at`, inside its window (§14) and unlocked by a coupon when it needs one (§13)."""
 
-    __slots__ = ("at", "coupons", "customer_id", "favorite", "local")
+    __slots__ = ("_local", "at", "coupons", "customer_id", "favorite", "zone")
 
     def __init__(
         self, at: datetime, program: Program, customer: Customer | None, coupons: frozenset[str]
     ) -> None:
         self.at = at
-        self.local = at.astimezone(program.zone)
+        self.zone = program.zone
+        self._local: datetime | None = None
         self.customer_id = customer.id if customer is not None else None
         self.favorite = customer.favorite_weekday if customer is not None else None
         self.coupons = coupons
@@ -400,6 +438,13 @@ class _Usable:
             and o.valid_at(self.at)
             and (not o.gated or self.opened(o))
         )
+
+    @property
+    def local(self) -> datetime:
+        """`at` in the store's zone, worked out when an offer has a window (rarely)."""
+        if self._local is None:
+            self._local = self.at.astimezone(self.zone)
+        return self._local
 
     def opened(self, o: Offer) -> bool:
         """Inside its window and unlocked by a coupon when it needs one."""
