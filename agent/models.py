@@ -193,7 +193,22 @@ else:
         _FIRST,
     ]
 Dec = Annotated[Decimal, BeforeValidator(_decimal)]
-NonNegativeDec = Annotated[Decimal, BeforeValidator(_non_negative_decimal)]
+# A non-negative decimal string (an offer's value, a JSON row's usual spelling) matched
+# natively and made a Decimal with no Python call; anything else goes on to
+# `_non_negative_decimal`, which accepts the rest or says what is wrong.
+if TYPE_CHECKING:
+    NonNegativeDec = Decimal
+else:
+    NonNegativeDec = Annotated[
+        Annotated[
+            str,
+            Strict(),
+            StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?$"),
+            AfterValidator(Decimal),
+        ]
+        | Annotated[Decimal, BeforeValidator(_non_negative_decimal)],
+        _FIRST,
+    ]
 Timestamp = Annotated[
     Annotated[AwareDatetime, Strict()] | Annotated[datetime, BeforeValidator(_timestamp)],
     _FIRST,
