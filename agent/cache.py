@@ -611,42 +611,29 @@ class CacheView:
         self, customer_id: str, skus: Collection[str], categories: Collection[str]
     ) -> list[Offer]:
         """The customer's personal offers that might apply to a receipt of these SKUs and
-        (the lines') categories, by id: every offer of the receipt level, and the line
-        offers targeting one of them; what pricing would find among all of them (an
-        offer's candidates are found by its SKUs and categories). The customer's offers
-        are kept in full (`personal_offers`) once parsed; otherwise only these are parsed
-        (a quote on a card not seen recently: most personal offers target other lines)."""
-        kept: OrderedDict[str, tuple[Offer, ...]] = self.remembered("personal", OrderedDict)
-        if customer_id in kept:
-            return self.personal_offers(customer_id)
-        return sorted(
-            (
-                Offer.model_validate_json(doc)
-                for (doc,) in self.conn.execute(
-                    "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
-                )
-                if _might_target(doc, skus, categories)
-            ),
-            key=_offer_id,
-        )
+        (its lines') categories, by id: every receipt-level offer, and the line offers
+        targeting one of them. Pricing finds a line's offers by its SKU and categories,
+        so it prices with these as with all of them; the others are not parsed."""
+        return self._personal(customer_id).for_receipt(skus, categories)
 
     def personal_offers(self, customer_id: str) -> list[Offer]:
-        """The customer's personal offers, by id. Parsed once per (snapshot version,
-        customer) and kept for the last `PERSONAL_OFFERS_KEPT` customers: the memo is keyed
-        by the version this view reads, so a new version never serves the old offers."""
-        kept: OrderedDict[str, tuple[Offer, ...]] = self.remembered("personal", OrderedDict)
+        """The customer's personal offers, by id."""
+        return self._personal(customer_id).all()
+
+    def _personal(self, customer_id: str) -> _Personal:
+        """Read once per (snapshot version, customer) and kept for the last
+        `PERSONAL_OFFERS_KEPT` customers, each offer parsed when first needed: the memo is
+        keyed by the version this view reads, so a new version never serves the old ones."""
+        kept: OrderedDict[str, _Personal] = self.remembered("personal", OrderedDict)
         found = kept.get(customer_id)
         if found is None:
-            found = tuple(
-                sorted(
-                    (
-                        Offer.model_validate_json(doc)
-                        for (doc,) in self.conn.execute(
-                            "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
-                        )
-                    ),
-                    key=_offer_id,
-                )
+            found = _Personal(
+                [
+                    doc
+                    for (doc,) in self.conn.execute(
+                        "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
+                    )
+                ]
             )
             kept[customer_id] = found
             while len(kept) > PERSONAL_OFFERS_KEPT:
@@ -655,25 +642,59 @@ class CacheView:
         else:
             with contextlib.suppress(KeyError):
                 kept.move_to_end(customer_id)
-        return list(found)
+        return found
 
 
-def _might_target(doc: str, skus: Collection[str], categories: Collection[str]) -> bool:
-    """Whether an offer's stored JSON might give something to a receipt of these SKUs and
-    categories, read with `json.loads` (a fraction of the model's parse): a receipt-level
-    kind, or a line kind targeting one of them. True whenever unsure: a document with an
-    escape, or with one of the keys read spelled more than once, is parsed in full."""
+class _Personal:
+    """One customer's personal offers in one snapshot version: their stored JSON, what
+    each targets, and each offer parsed when a receipt first might get it (several
+    threads may parse one at once: they store equal offers)."""
+
+    __slots__ = ("docs", "offers", "targets")
+
+    def __init__(self, docs: list[str]) -> None:
+        self.docs = docs
+        self.targets = [_targets(doc) for doc in docs]
+        self.offers: list[Offer | None] = [None] * len(docs)
+
+    def parsed(self, i: int) -> Offer:
+        offer = self.offers[i]
+        if offer is None:
+            offer = self.offers[i] = Offer.model_validate_json(self.docs[i])
+        return offer
+
+    def all(self) -> list[Offer]:
+        return sorted((self.parsed(i) for i in range(len(self.docs))), key=_offer_id)
+
+    def for_receipt(self, skus: Collection[str], categories: Collection[str]) -> list[Offer]:
+        return sorted(
+            (
+                self.parsed(i)
+                for i, aim in enumerate(self.targets)
+                if aim is None or not aim[0].isdisjoint(skus) or not aim[1].isdisjoint(categories)
+            ),
+            key=_offer_id,
+        )
+
+
+def _targets(doc: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """The SKUs and categories a line offer's stored JSON targets, read with `json.loads`
+    (a fraction of the model's parse); None for a receipt-level offer, which any receipt
+    might get, and whenever unsure: a document with an escape, or with one of the keys
+    read spelled more than once, is never left out."""
     if "\\" in doc or any(doc.count(key) > 1 for key in _TARGET_KEYS):
-        return True
+        return None
     light = json.loads(doc)
-    kind = light.get("kind")
+    kind = light.get("kind") if isinstance(light, dict) else None
     if not isinstance(kind, str) or kind not in LINE_KINDS:
-        return True
-    targets = light.get("skus") or []
+        return None
+    skus = light.get("skus") or []
     groups = light.get("categories") or []
-    if not isinstance(targets, list) or not isinstance(groups, list):
-        return True
-    return any(t in skus for t in targets) or any(g in categories for g in groups)
+    if not isinstance(skus, list) or not isinstance(groups, list):
+        return None
+    if not all(isinstance(x, str) for x in (*skus, *groups)):
+        return None
+    return frozenset(skus), frozenset(groups)
 
 
 _TARGET_KEYS = ('"kind"', '"skus"', '"categories"')

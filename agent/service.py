@@ -648,9 +648,7 @@ class Agent:
             lambda code: ledger.coupon_used(conn, code, self.clock()),
         )
         personal: list[Offer] = []
-        if customer is not None and commit:  # parsed in full and kept: it prints offers too
-            personal = view.personal_offers(customer.id)
-        elif customer is not None:  # a quote parses only the offers its lines might get
+        if customer is not None:  # only the offers its lines might get are parsed
             skus = {line.sku for line in receipt.lines}
             groups = {c for sku in skus for c in categories_of(sku)}
             personal = view.personal_offers_for(customer.id, skus, groups)

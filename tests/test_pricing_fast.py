@@ -239,9 +239,14 @@ def test_a_quote_parsing_only_the_offers_its_lines_might_get_prices_as_with_all(
         agent.close()
 
 
-def test_an_offer_document_read_lightly_is_kept_when_unsure() -> None:
-    from tillpoint.agent.cache import _might_target
+def _might_target(doc: str, skus: set[str], groups: set[str]) -> bool:
+    from tillpoint.agent.cache import _targets
 
+    aim = _targets(doc)
+    return aim is None or bool(aim[0] & skus or aim[1] & groups)
+
+
+def test_an_offer_document_read_lightly_is_kept_when_unsure() -> None:
     skus, groups = {"a"}, {"food"}
     assert _might_target('{"kind":"PERCENT_OFF","skus":["a"]}', skus, groups)
     assert _might_target('{"kind":"PERCENT_OFF","categories":["food"]}', skus, groups)
