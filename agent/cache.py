@@ -472,6 +472,7 @@ class CacheView:
         # Data every receipt needs and that changes only with the snapshot (mass offers,
         # the category tree), kept across views and keyed by the snapshot version.
         self._memo = memo if memo is not None else {}
+        self._at_version: int | None = None
 
     @classmethod
     @contextmanager
@@ -485,10 +486,13 @@ class CacheView:
         finally:
             conn.execute("COMMIT")
 
-    @functools.cached_property
+    @property
     def version(self) -> int:
-        """The snapshot version this view reads: fixed for its read transaction."""
-        return _version(self.conn)
+        """The snapshot version this view reads: fixed for its read transaction (read once;
+        not a cached_property, whose first access takes a lock on Python 3.11)."""
+        if self._at_version is None:
+            self._at_version = _version(self.conn)
+        return self._at_version
 
     def program(self) -> Program:
         def load() -> Program:
