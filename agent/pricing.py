@@ -37,7 +37,15 @@ class OfferIndex:
     them (`OfferIndex(personal, also=mass_index)`).
     """
 
-    __slots__ = ("_lineages", "_lines", "also", "by_category", "by_sku", "receipt_level")
+    __slots__ = (
+        "_categories",
+        "_lineages",
+        "_lines",
+        "also",
+        "by_category",
+        "by_sku",
+        "receipt_level",
+    )
 
     def __init__(self, offers: Iterable[Offer], also: OfferIndex | None = None) -> None:
         self.by_sku: dict[str, list[Offer]] = {}
@@ -47,7 +55,8 @@ class OfferIndex:
         # a category and its ancestors -> their offers (lines of one category share it)
         self._lineages: dict[frozenset[str], list[Offer]] = {}
         # (sku, its categories) -> this part's candidates, each once: the compiled table of
-        # the snapshot's mass index, filled as lines are seen, at most `CANDIDATES_KEPT`
+        # the snapshot's mass index, filled as lines that have some are seen, at most
+        # `CANDIDATES_KEPT` of them (a line with none is told by two set lookups)
         self._lines: dict[tuple[str, frozenset[str]], tuple[Offer, ...]] = {}
         for o in offers:
             if o.kind in _LINE_KINDS:
@@ -57,21 +66,18 @@ class OfferIndex:
                     self.by_category.setdefault(category, []).append(o)
             else:
                 self.receipt_level.append(o)
+        self._categories = frozenset(self.by_category)
 
     def candidates(self, sku: str, categories: frozenset[str]) -> Sequence[Offer]:
         """Every offer targeting the sku or one of the categories, each once (this part's
         first, then those of `also`)."""
         key = (sku, categories)
-        own = self._lines.get(key)
-        if own is None:
-            own = self._own(key)
+        own = self._lines.get(key) or self._own(key)
         also = self.also
         if also is None:
             return own
         if also.also is None:  # a receipt's personal offers, then the mass index
-            more: Sequence[Offer] | None = also._lines.get(key)
-            if more is None:
-                more = also._own(key)
+            more: Sequence[Offer] = also._lines.get(key) or also._own(key)
         else:
             more = also.candidates(sku, categories)
         if not own:
@@ -82,11 +88,10 @@ class OfferIndex:
 
     def _own(self, key: tuple[str, frozenset[str]]) -> tuple[Offer, ...]:
         sku, categories = key
-        if sku not in self.by_sku and categories.isdisjoint(self.by_category):
-            found: tuple[Offer, ...] = ()
-        else:
-            listed = [*self.by_sku.get(sku, ()), *self._of_categories(categories)]
-            found = tuple({o.id: o for o in listed}.values()) if len(listed) > 1 else tuple(listed)
+        if sku not in self.by_sku and categories.isdisjoint(self._categories):
+            return ()
+        listed = [*self.by_sku.get(sku, ()), *self._of_categories(categories)]
+        found = tuple({o.id: o for o in listed}.values()) if len(listed) > 1 else tuple(listed)
         if len(self._lines) >= CANDIDATES_KEPT:
             self._lines.clear()
         self._lines[key] = found
