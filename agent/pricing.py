@@ -204,22 +204,42 @@ class Priced:
         return sum(line.earned_points for line in self.lines) + self.extra_points
 
 
-@dataclass(slots=True)
 class _Work:
-    """Mutable per-line state while the steps run; frozen into PricedLine at the end."""
+    """Mutable per-line state while the steps run; frozen into PricedLine at the end.
 
-    sku: str
-    qty: Decimal
-    amount: int
-    eligible: bool
-    categories: frozenset[str]
-    discount: int = 0
-    offer_id: str | None = None
-    deal: str | None = None  # the basket deal (MULTIBUY) that took this line
-    multiplier: Fraction = _ONE
-    multiplier_offer: str | None = None  # the BONUS_MULTIPLIER that set `multiplier`
-    redeemed: int = 0
-    earned: int = 0
+    A plain class with its own `__init__` of the five given fields: a slots dataclass's
+    generated one, with the defaults as parameters, took 2.4 × as long (one a line)."""
+
+    __slots__ = (
+        "amount",
+        "categories",
+        "deal",
+        "discount",
+        "earned",
+        "eligible",
+        "multiplier",
+        "multiplier_offer",
+        "offer_id",
+        "qty",
+        "redeemed",
+        "sku",
+    )
+
+    def __init__(
+        self, sku: str, qty: Decimal, amount: int, eligible: bool, categories: frozenset[str]
+    ) -> None:
+        self.sku = sku
+        self.qty = qty
+        self.amount = amount
+        self.eligible = eligible
+        self.categories = categories
+        self.discount = 0
+        self.offer_id: str | None = None
+        self.deal: str | None = None  # the basket deal (MULTIBUY) that took this line
+        self.multiplier = _ONE
+        self.multiplier_offer: str | None = None  # the BONUS_MULTIPLIER that set `multiplier`
+        self.redeemed = 0
+        self.earned = 0
 
 
 # ---------------------------------------------------------------- the steps
