@@ -18,9 +18,10 @@ Safety (docs/DECISIONS.md, "The CLI forwards to the running agent"):
   but whose answer did not come is never run again locally: exit 1 and one line saying
   to retry with the same receiptId (the agent's idempotency makes the retry safe);
 - an error answer prints `tillpoint: <message>` and exits as the local run would
-  (`EXIT_OF`: 2 for the refusals, 1 for the rest).
+  (`errors.exit_code_of`: 2 for the refusals, 1 for the rest).
 
-This module imports only the standard library at its top: it is the CLI's fast path.
+This module imports only the standard library and the project's stdlib-only modules
+(errors, limits, paths) at its top: it is the CLI's fast path.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import exit_code_of
+from .limits import TEXT_MAX
+from .paths import default_data_dir
+
 SERVING = "serving.json"
 INSTANCE_HEADER = "X-Tillpoint-Instance"
 MISDIRECTED = 421  # the answer of an agent whose instance id is another one
@@ -41,16 +46,7 @@ LOCAL_ENV = "TILLPOINT_CLI_LOCAL"
 CONNECT_TIMEOUT_S = 1.0
 # The HTTP edge answers UNAVAILABLE after its own 30 s (http_api.CALL_TIMEOUT_S).
 ANSWER_TIMEOUT_S = 40.0
-MAX_TEXT = 128  # http_api.MAX_TEXT: longer texts are refused there in other words
 COMMITS = frozenset({"checkout", "hold", "confirm", "cancel", "refund"})
-# The exit code of each error code the agent answers (errors.py's classes).
-EXIT_OF = {
-    "INVALID_ARGUMENT": 2,
-    "FAILED_PRECONDITION": 2,
-    "NOT_FOUND": 2,
-    "ALREADY_EXISTS": 2,
-    "PAYLOAD_TOO_LARGE": 2,
-}
 
 
 class NotForwarded(Exception):
@@ -59,14 +55,6 @@ class NotForwarded(Exception):
 
 class Unanswered(Exception):
     """A committing call was sent and its answer did not come: never run it again here."""
-
-
-def default_data_dir() -> Path:
-    """The data directory when no flag, variable or file names one (config.py's default)."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/tillpoint")
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "tillpoint"
 
 
 def _env(name: str) -> str | None:
@@ -173,7 +161,7 @@ def _serving(data_dir: Path) -> dict[str, Any]:
 
 def _text_ok(*values: str | None) -> bool:
     """A text the HTTP edge passes as the CLI does (its own refusals are worded apart)."""
-    return all(v is None or (v.strip() and len(v) <= MAX_TEXT) for v in values)
+    return all(v is None or (v.strip() and len(v) <= TEXT_MAX) for v in values)
 
 
 def _keep_stdin(args: Any) -> Callable[[], None]:
@@ -345,7 +333,7 @@ def forward(args: Any) -> int:
         print(f"tillpoint: the running agent answered HTTP {status}", file=sys.stderr)
         return 1
     print(f"tillpoint: {error.get('message', '')}", file=sys.stderr)
-    return EXIT_OF.get(str(error.get("code")), 1)
+    return exit_code_of(str(error.get("code")))
 
 
 def _print(args: Any, doc: dict[str, Any]) -> int:
