@@ -210,6 +210,51 @@ MIGRATIONS.append(
         """,
     )
 )
+MIGRATIONS.append(
+    (
+        5,
+        "claim_hold",
+        """
+        CREATE FUNCTION hub_ledger_mark(p_customer TEXT, p_cards TEXT[]) RETURNS TEXT
+        LANGUAGE sql VOLATILE AS $$
+            SELECT (SELECT coalesce(max(version), 0) FROM publications)::text || ':'
+                || count(*)::text || ':' || coalesce(max(ingest_id), 0)::text
+            FROM transactions
+            WHERE customer_id = p_customer OR (customer_id = '' AND card = ANY(p_cards))
+        $$;
+        CREATE FUNCTION hub_claim_hold(
+            p_device TEXT, p_receipt TEXT, p_customer TEXT, p_points BIGINT,
+            p_spendable BIGINT, p_cards TEXT[], p_mark TEXT, p_hold_id TEXT,
+            p_now TEXT, p_expires TEXT
+        ) RETURNS TABLE (granted BIGINT, live_balance BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_held BIGINT;
+            v_live BIGINT;
+            v_granted BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended('customer:' || p_customer, 0));
+            IF hub_ledger_mark(p_customer, p_cards) <> p_mark THEN
+                RETURN;
+            END IF;
+            UPDATE holds SET state = 'EXPIRED' WHERE customer_id = p_customer
+                AND state = 'ACTIVE' AND expires_at <= p_now;
+            SELECT coalesce(sum(h.points), 0) INTO v_held FROM holds h
+                WHERE h.customer_id = p_customer AND h.state = 'ACTIVE'
+                AND NOT (h.device_id = p_device AND h.receipt_id = p_receipt);
+            v_live := p_spendable - v_held;
+            v_granted := greatest(0, least(p_points, v_live));
+            DELETE FROM holds h WHERE h.device_id = p_device AND h.receipt_id = p_receipt;
+            IF v_granted > 0 THEN
+                INSERT INTO holds VALUES (p_hold_id, p_device, p_receipt, p_customer,
+                    v_granted, p_now, p_expires, 'ACTIVE');
+            END IF;
+            RETURN QUERY SELECT v_granted, v_live;
+        END
+        $$;
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -338,8 +383,47 @@ class PostgresHubStore(HubRules):
 
     @contextmanager
     def write_tx(self) -> Iterator[HubTx]:
-        with self._write() as conn:
-            yield PgTx(conn)
+        # Pipeline mode: the statements whose results the rules do not read (an ingest's
+        # inserts, updates and deletes) go out together, not one round trip each.
+        with self._write() as conn, conn.pipeline() as pipe:
+            yield PgTx(conn, pipe)
+
+    def claim_hold(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        spendable: int,
+        cards: list[str],
+        mark: str,
+        hold_id: str,
+        now: str,
+        expires: str,
+    ) -> tuple[int, int, str] | None:
+        """`HubRules.claim_hold` in one round trip: one statement, its own transaction,
+        the customer's lock held for the function's few statements only."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT granted, live_balance FROM hub_claim_hold(%s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s)",
+                (
+                    device_id,
+                    receipt_id,
+                    customer_id,
+                    points,
+                    spendable,
+                    cards,
+                    mark,
+                    hold_id,
+                    now,
+                    expires,
+                ),
+            ).fetchone()
+        if row is None:
+            return None
+        granted = int(row[0])
+        return granted, int(row[1]), hold_id if granted > 0 else ""
 
     @contextmanager
     def read_tx(self) -> Iterator[HubTx]:
@@ -601,7 +685,8 @@ class PostgresHubStore(HubRules):
             )
 
     def device(self, device_id: str) -> DeviceRecord | None:
-        with self._read() as conn:
+        # Every call of every till asks: one statement (autocommit), one round trip.
+        with self._conn() as conn:
             row = conn.execute(
                 "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
                 " WHERE device_id = %s",
@@ -619,10 +704,22 @@ class PostgresHubStore(HubRules):
 
 
 class PgTx:
-    """`HubTx` on an open PostgreSQL transaction."""
+    """`HubTx` on an open PostgreSQL transaction (in pipeline mode when `pipe` is given:
+    a statement's rowcount is read only after `_count` synced the pipeline)."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], pipe: Any = None) -> None:
         self.conn = conn
+        self.pipe = pipe
+
+    def _count(self, cur: psycopg.Cursor[Any]) -> int:
+        if self.pipe is not None:
+            self.pipe.sync()
+        return int(cur.rowcount)
+
+    def ledger_mark(self, customer_id: str, cards: list[str]) -> str:
+        row = self.conn.execute("SELECT hub_ledger_mark(%s, %s)", (customer_id, cards)).fetchone()
+        assert row is not None
+        return str(row[0])
 
     # -- master data and publications
 
@@ -885,10 +982,12 @@ class PgTx:
     def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
         # Two servers may record the same code at once: the unique key decides, and the
         # loser reads the winner's (committed by then: ON CONFLICT waited for it).
-        done = self.conn.execute(
-            "INSERT INTO coupon_uses VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (code) DO NOTHING",
-            row,
-        ).rowcount
+        done = self._count(
+            self.conn.execute(
+                "INSERT INTO coupon_uses VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (code) DO NOTHING",
+                row,
+            )
+        )
         return None if done else self.coupon_first_use(row[0])
 
     def record_coupon_conflict(self, row: CouponUse) -> None:
@@ -908,11 +1007,17 @@ class PgTx:
         self.conn.execute("DELETE FROM coupon_holds WHERE expires_at <= %s", (now,))
 
     def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
-        return int(
+        return self._count(
             self.conn.execute(
                 "DELETE FROM coupon_holds WHERE device_id = %s AND receipt_id = %s",
                 (device_id, receipt_id),
-            ).rowcount
+            )
+        )
+
+    def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
+        self.conn.execute(
+            "DELETE FROM coupon_holds WHERE device_id = %s AND receipt_id = ANY(%s)",
+            (device_id, receipt_ids),
         )
 
     def coupon_held(self, code: str) -> bool:
@@ -924,10 +1029,12 @@ class PgTx:
     ) -> bool:
         # Two servers may hold the same code at once: the key decides, the loser is told.
         return bool(
-            self.conn.execute(
-                "INSERT INTO coupon_holds VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                (code, device_id, receipt_id, customer_id, now, expires),
-            ).rowcount
+            self._count(
+                self.conn.execute(
+                    "INSERT INTO coupon_holds VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                    (code, device_id, receipt_id, customer_id, now, expires),
+                )
+            )
         )
 
     # -- holds
@@ -995,11 +1102,11 @@ class PgTx:
 
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
         active = " AND state = 'ACTIVE'" if only_active else ""
-        return int(
+        return self._count(
             self.conn.execute(
                 f"DELETE FROM holds WHERE device_id = %s AND receipt_id = %s{active}",
                 (device_id, receipt_id),
-            ).rowcount
+            )
         )
 
 
