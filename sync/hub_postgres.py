@@ -37,6 +37,7 @@ from .hub_rules import (
     CouponUse,
     HubRules,
     HubTx,
+    LiveInputs,
     Move,
     Texts,
     _when,
@@ -216,7 +217,7 @@ MIGRATIONS.append(
         "claim_hold",
         """
         CREATE FUNCTION hub_ledger_mark(p_customer TEXT, p_cards TEXT[]) RETURNS TEXT
-        LANGUAGE sql VOLATILE AS $$
+        LANGUAGE sql STABLE AS $$
             SELECT (SELECT coalesce(max(version), 0) FROM publications)::text || ':'
                 || count(*)::text || ':' || coalesce(max(ingest_id), 0)::text
             FROM transactions
@@ -387,6 +388,45 @@ class PostgresHubStore(HubRules):
         # inserts, updates and deletes) go out together, not one round trip each.
         with self._write() as conn, conn.pipeline() as pipe:
             yield PgTx(conn, pipe)
+
+    # What `HubRules.live` reads, as one statement (one snapshot, one round trip): the
+    # latest version; the customer's and the program's rows there; the cards the
+    # customer owns there (of those any revision gave them); the moves over them
+    # (`PgTx.live_moves`); the ledger mark (`hub_ledger_mark`).
+    _LIVE_INPUTS = (
+        "WITH v AS (SELECT coalesce(max(version), 0) AS v FROM publications),"
+        " cards AS (SELECT coalesce(array_agg(c.key ORDER BY c.key), '{}') AS a FROM"
+        " (SELECT DISTINCT key FROM revisions WHERE kind = 'card'"
+        " AND (doc::jsonb) ->> 'customerId' = %(c)s) c, v WHERE (SELECT r.doc::jsonb"
+        " ->> 'customerId' FROM revisions r WHERE r.kind = 'card' AND r.key = c.key"
+        " AND r.version <= v.v ORDER BY r.version DESC LIMIT 1) = %(c)s),"
+        " moves AS (SELECT coalesce(jsonb_agg(jsonb_build_array(a, w, d, s, e)), '[]')"
+        " AS m FROM (SELECT sum(delta_available) AS a, pending_activates_at AS w,"
+        f" sum(delta_pending) AS d, {MOVED_AT} AS s, {EARNED} AS e FROM transactions, cards"
+        " WHERE customer_id = %(c)s OR (customer_id = '' AND card = ANY(cards.a))"
+        f" GROUP BY pending_activates_at, {MOVED_AT}) x)"
+        " SELECT v.v, (SELECT r.doc FROM revisions r WHERE r.kind = 'customer'"
+        " AND r.key = %(c)s AND r.version <= v.v ORDER BY r.version DESC LIMIT 1),"
+        " (SELECT r.doc FROM revisions r WHERE r.kind = 'program' AND r.key = ''"
+        " AND r.version <= v.v ORDER BY r.version DESC LIMIT 1),"
+        " cards.a, moves.m, hub_ledger_mark(%(c)s, cards.a) FROM v, cards, moves"
+    )
+
+    def live_inputs(self, customer_id: str) -> LiveInputs:
+        with self._conn() as conn:
+            row = conn.execute(self._LIVE_INPUTS, {"c": customer_id}).fetchone()
+        assert row is not None
+        version, customer, program, cards, moves, mark = row
+        if customer is None:
+            return LiveInputs(int(version), None, None, [], [], "")
+        return LiveInputs(
+            int(version),
+            str(customer),
+            None if program is None else str(program),
+            [str(card) for card in cards],
+            [(int(a), w, int(d or 0), s_, int(e or 0)) for a, w, d, s_, e in moves],
+            str(mark),
+        )
 
     def claim_hold(
         self,

@@ -24,6 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -480,26 +481,34 @@ class HubRules:
 
     # ------------------------------------------------------------ balances and holds
 
-    def live(
-        self, tx: HubTx, customer_id: str, at: datetime, cards_out: list[str] | None = None
-    ) -> tuple[int, int] | None:
-        """(available, pending) at `at` over everything ingested; None: unknown customer.
-        `cards_out`, if given, receives the customer's cards (whose UNKNOWN-card points
-        count)."""
+    def live(self, tx: HubTx, customer_id: str, at: datetime) -> tuple[int, int] | None:
+        """(available, pending) at `at` over everything ingested; None: unknown customer."""
+        return _live_points(self._live_inputs(tx, customer_id, marked=False), at)
+
+    def _live_inputs(self, tx: HubTx, customer_id: str, *, marked: bool) -> LiveInputs:
         latest = tx.latest_version()
-        doc = self.doc_as_of(tx, "customer", customer_id, latest)
-        if doc is None:
-            return None
+        customer = tx.text_as_of("customer", customer_id, latest)
+        if customer is None:
+            return LiveInputs(latest, None, None, [], [], "")
         cards = [
             key
             for key in tx.cards_ever_of(customer_id)
             if (self.doc_as_of(tx, "card", key, latest) or {}).get("customerId") == customer_id
         ]
-        if cards_out is not None:
-            cards_out.extend(cards)
-        wallet = _wallet(doc, tx.live_moves(customer_id, cards), self.program(tx))
-        available, pending = wallet.points_at(at)
-        return available, pending
+        return LiveInputs(
+            latest,
+            customer,
+            tx.text_as_of("program", "", latest),
+            cards,
+            tx.live_moves(customer_id, cards),
+            tx.ledger_mark(customer_id, cards) if marked else "",
+        )
+
+    def live_inputs(self, customer_id: str) -> LiveInputs:
+        """What `live` counts, of one consistent state, with the customer's ledger mark (a
+        store may read it in one statement: PostgreSQL does)."""
+        with self.read_tx() as tx:
+            return self._live_inputs(tx, customer_id, marked=True)
 
     def balance(self, customer_id: str, at: datetime) -> HubBalance:
         with self.read_tx() as tx:
@@ -591,10 +600,8 @@ class HubRules:
         customer's lock; then `claim_hold` takes the lock, checks that the customer's
         ledger mark (what `live` depends on) has not moved since, and does the hold
         accounting. None when it moved: the caller tries again."""
-        cards: list[str] = []
-        with self.read_tx() as tx:
-            live = self.live(tx, customer_id, at, cards)
-            mark = tx.ledger_mark(customer_id, cards)
+        inputs = self.live_inputs(customer_id)
+        live = _live_points(inputs, at)
         spendable = 0 if live is None else live[0]
         expires = now + timedelta(seconds=hold_ttl_s)
         found = self.claim_hold(
@@ -603,8 +610,8 @@ class HubRules:
             customer_id,
             points,
             spendable,
-            cards,
-            mark,
+            inputs.cards,
+            inputs.mark,
             uuid.uuid4().hex,
             utc_text(now),
             utc_text(expires),
@@ -838,6 +845,30 @@ class HubRules:
                 yield key, text  # nothing to add, nothing to fold, nothing expires: as stored
                 continue
             yield key, _balance_row(text, moves, pub.issued_at, program)
+
+
+@dataclass(frozen=True)
+class LiveInputs:
+    """What a customer's live points are worked out from (`HubRules.live`): at the latest
+    version, the customer's and the program's row texts (None: absent), the cards whose
+    UNKNOWN-card points count, the moves (`Move`), and the ledger mark (`ledger_mark`)."""
+
+    version: int
+    customer: str | None
+    program: str | None
+    cards: list[str]
+    moves: list[Move]
+    mark: str
+
+
+def _live_points(inputs: LiveInputs, at: datetime) -> tuple[int, int] | None:
+    if inputs.customer is None:
+        return None
+    program = (
+        Program() if inputs.program is None else Program.model_validate(json.loads(inputs.program))
+    )
+    wallet = _wallet(json.loads(inputs.customer), inputs.moves, program)
+    return wallet.points_at(at)
 
 
 def conflict(
