@@ -387,7 +387,9 @@ class PostgresHubStore(HubRules):
         # Pipeline mode: the statements whose results the rules do not read (an ingest's
         # inserts, updates and deletes) go out together, not one round trip each.
         with self._write() as conn, conn.pipeline() as pipe:
-            yield PgTx(conn, pipe)
+            tx = PgTx(conn, pipe)
+            yield tx
+            tx.flush()
 
     # What `HubRules.live` reads, as one statement (one snapshot, one round trip): the
     # latest version; the customer's and the program's rows there; the cards the
@@ -748,8 +750,25 @@ class PgTx:
     a statement's rowcount is read only after `_count` synced the pipeline)."""
 
     def __init__(self, conn: psycopg.Connection[Any], pipe: Any = None) -> None:
-        self.conn = conn
+        self._raw = conn
         self.pipe = pipe
+        self._inserts: list[tuple[Any, ...]] = []  # transactions not sent yet
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection, once the buffered inserts are sent (so that every statement
+        sees them, in order)."""
+        if self._inserts:
+            self.flush()
+        return self._raw
+
+    def flush(self) -> None:
+        """Send the buffered transactions: one INSERT of them all, in their order."""
+        rows, self._inserts = self._inserts, []
+        if rows:
+            self._raw.execute(
+                _INSERT_TRANSACTIONS, [list(column) for column in zip(*rows, strict=True)]
+            )
 
     def _count(self, cur: psycopg.Cursor[Any]) -> int:
         if self.pipe is not None:
@@ -851,12 +870,9 @@ class PgTx:
         ]
 
     def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
-        self.conn.execute(
-            "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
-            " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
-            " delta_available, delta_pending, pending_activates_at, content_sha256,"
-            " ingested_at, fiscal_document)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+        # Buffered: the batch's transactions go in one statement, when the next statement
+        # (or the end of the transaction) needs them.
+        self._inserts.append(
             (
                 tx.device_id,
                 tx.seq,
@@ -1085,10 +1101,14 @@ class PgTx:
         )
 
     def lock_customers(self, customer_ids: Iterable[str]) -> None:
-        for customer_id in customer_ids:
+        # One statement; the locks are taken in the list's order (a function scan of the
+        # array yields it in order): the callers' sorted order.
+        keys = [f"customer:{customer_id}" for customer_id in customer_ids]
+        if keys:
             self.conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (f"customer:{customer_id}",),
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
+                " FROM unnest(%s::text[]) AS k",
+                (keys,),
             )
 
     def expire_holds(self, customer_id: str, now: str) -> None:
@@ -1148,6 +1168,18 @@ class PgTx:
                 (device_id, receipt_id),
             )
         )
+
+
+_INSERT_TRANSACTIONS = (
+    "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
+    " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
+    " delta_available, delta_pending, pending_activates_at, content_sha256,"
+    " ingested_at, fiscal_document)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+    " %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[])"
+)
 
 
 def _one(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> int:
