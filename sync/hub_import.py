@@ -77,13 +77,18 @@ def _no_float(text: str) -> Any:
     raise _Fraction(f"the number {text} has a fraction: use minor units or decimal strings")
 
 
+# The field that keys each kind's rows (models forbid extra fields, so it is the class's).
+KEY_FIELD = {
+    kind: next((a for a in ("sku", "code", "id", "number") if a in model.model_fields), "")
+    for kind, model in MODELS.items()
+}
+_DECODER = json.JSONDecoder(parse_float=_no_float)  # one, not one a line
+
+
 def _key(kind: str, row: BaseModel) -> str:
     if kind == "program":
         return ""
-    for attr in ("sku", "code", "id", "number"):
-        if hasattr(row, attr):
-            return str(getattr(row, attr))
-    raise AssertionError(kind)  # pragma: no cover
+    return str(getattr(row, KEY_FIELD[kind]))
 
 
 def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
@@ -179,7 +184,7 @@ def read_jsonl(
             continue
         where = f"line {number}"
         try:
-            item = json.loads(text.decode("utf-8"), parse_float=_no_float)
+            item = _DECODER.decode(text.decode("utf-8"))
         except _Fraction as exc:
             yield RowProblem(where, str(exc))
             continue
