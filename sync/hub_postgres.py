@@ -512,7 +512,15 @@ class PostgresHubStore(HubRules):
                             if len(problems) < MAX_PROBLEMS:
                                 problems.append((n, f"{item.where}: {item.message}"))
                             continue
-                        cp.write_row((n, item.kind, item.key, item.where, canon(item.doc)))
+                        cp.write_row(
+                            (
+                                n,
+                                item.kind,
+                                item.key,
+                                item.where,
+                                item.text if item.text is not None else canon(item.doc),
+                            )
+                        )
                 dups = conn.execute(
                     "SELECT n, kind, key, where_, first FROM (SELECT n, kind, key, where_,"
                     " first_value(where_) OVER w AS first, row_number() OVER w AS nth"

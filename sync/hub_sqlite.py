@@ -303,7 +303,11 @@ class SqliteHubStore(HubRules):
                         continue  # keep validating, write nothing more
                     conn.execute(
                         "INSERT OR REPLACE INTO draft VALUES (?, ?, ?)",
-                        (item.kind, item.key, canon(item.doc)),
+                        (
+                            item.kind,
+                            item.key,
+                            item.text if item.text is not None else canon(item.doc),
+                        ),
                     )
                     n += 1
                     if item.doc is None:
