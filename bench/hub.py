@@ -256,37 +256,45 @@ def _ingest(
 def _redeem(
     store: Any, hub: Any, addresses: list[str], work: Path, figure: Callable[..., None]
 ) -> None:
-    """100 tills (half on each server) ask for 10 points each of c0, 5 times one after the
-    other, all starting at once: the sum granted never exceeds the balance."""
+    """100 tills (half on each server) ask for 10 points each of one card: first in a
+    closed loop (5 calls each, one right after the other, all starting at once: a stress
+    test whose latency is mostly the queue), then paced (each till once a second, the
+    100 spread over the second: 100 calls a second on the one card). The sum granted
+    never exceeds the balance."""
     from bench import hubclients
 
-    now = datetime.now(UTC)
-    before = store.balance("c0", now)
-    balance = before.available - before.held
     enrolled = _enroll(store, hub, [f"till-r{n:03d}" for n in range(100)], addresses, work)
     numbered = list(enumerate(enrolled))
     shares = [numbered[k::CLIENT_PROCESSES] for k in range(CLIENT_PROCESSES)]
-    with _clients() as pool:
-        list(pool.map(time.sleep, [0.0] * CLIENT_PROCESSES))
-        start_at = time.time() + 3.0
-        done = list(
-            pool.map(hubclients.redeem, [(share, "c0", 10, 5, start_at) for share in shares])
+    for name, customer, every in (
+        ("AuthorizeRedemption of one hot card, 100 tills on 2 servers", "c0", 0.0),
+        ("the same, paced: 100 tills once a second each (100/s)", "c1", 1.0),
+    ):
+        now = datetime.now(UTC)
+        before = store.balance(customer, now)
+        balance = before.available - before.held
+        with _clients() as pool:
+            list(pool.map(time.sleep, [0.0] * CLIENT_PROCESSES))
+            start_at = time.time() + 3.0
+            jobs = [(share, customer, 10, 5, start_at, every) for share in shares]
+            done = list(pool.map(hubclients.redeem, jobs))
+        samples = [x for d in done for x in d["samples"]]
+        granted = sum(g for d in done for g in d["granted"])
+        s = stats(samples)
+        figure(
+            name,
+            s["p99_ms"],
+            "p99 ms",
+            p50_ms=s["p50_ms"],
+            max_ms=s["max_ms"],
+            asked=10 * len(samples),
+            granted=granted,
+            balance=balance,
+            within_balance=granted <= max(balance, 0),
+            calling="closed loop: 5 calls each, one right after the other, all at once"
+            if not every
+            else "paced: each till once a second, the 100 spread over the second",
         )
-    samples = [x for d in done for x in d["samples"]]
-    granted = sum(g for d in done for g in d["granted"])
-    s = stats(samples)
-    figure(
-        "AuthorizeRedemption of one hot card, 100 tills on 2 servers",
-        s["p99_ms"],
-        "p99 ms",
-        p50_ms=s["p50_ms"],
-        max_ms=s["max_ms"],
-        asked=10 * len(samples),
-        granted=granted,
-        balance=balance,
-        within_balance=granted <= max(balance, 0),
-        calling="closed loop: 100 tills, 5 calls each one after the other, all at once",
-    )
 
 
 def main() -> int:

@@ -104,13 +104,15 @@ def push(job: tuple[list[Till], int, int, float, int]) -> dict[str, Any]:
     }
 
 
-def redeem(job: tuple[list[tuple[int, Till]], str, int, int, float]) -> dict[str, Any]:
-    """Closed loop (a stress test): every till of this process asks for `points` of the
-    customer, `calls` times one after the other, all starting at `start_at`."""
+def redeem(job: tuple[list[tuple[int, Till]], str, int, int, float, float]) -> dict[str, Any]:
+    """Every till of this process asks for `points` of the customer `calls` times from
+    `start_at`: one call right after the other (`every` 0: a closed loop, the stress
+    test), or paced, the till's k-th call at start_at + its phase + k × `every` seconds
+    (an open loop while the answers take less than that)."""
     from tillpoint.v1 import tillpoint_pb2 as pb
     from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-    tills, customer, points, calls, start_at = job
+    tills, customer, points, calls, start_at, every = job
     stubs = {device: pb_grpc.HubStub(_channel(enr, first)) for _, (device, enr, first, _) in tills}
     at = datetime.now(UTC).isoformat()
     samples: list[float] = []
@@ -128,6 +130,8 @@ def redeem(job: tuple[list[tuple[int, Till]], str, int, int, float]) -> dict[str
         )
         _wait_until(start_at)
         for k in range(calls):
+            if every > 0:  # the phases spread the tills evenly over one period
+                _wait_until(start_at + every * (k + (n % 100) / 100))
             t0 = time.perf_counter()
             reply = stub.AuthorizeRedemption(
                 pb.AuthorizeRedemptionRequest(
