@@ -1183,10 +1183,10 @@ _INSERT_TRANSACTIONS = (
     " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
     " delta_available, delta_pending, pending_activates_at, content_sha256,"
     " ingested_at, fiscal_document)"
-    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
-    " %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[])"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[],"
+    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
+    " %b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[],"
+    " %b::text[])"
 )
 
 
