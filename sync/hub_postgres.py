@@ -9,7 +9,11 @@ Concurrency (several servers, one database):
 - ingest takes a transaction-scoped advisory lock on its device, then on the customers
   of its batch (sorted); authorise/release take the customer's. A (deviceId, seq) is
   checked and stored under its device's lock, and ``UNIQUE (device_id, seq)`` stays the
-  last word; the hold accounting of a customer is one transaction at a time.
+  last word; the hold accounting of a customer is one transaction at a time, and holds
+  the lock only inside the database (`claim_hold`: one call of `hub_claim_hold`, after
+  `live_inputs` read the customer's points in one statement).
+- an ingest's write transaction runs in pipeline mode; its transactions go in one
+  ``INSERT … SELECT FROM unnest`` (`PgTx.flush`).
 - publish takes a session advisory lock, then reads and writes in one REPEATABLE READ
   transaction: the cut and every device's progress are of one moment.
 - reads (snapshot streams, balances) are REPEATABLE READ, READ ONLY: one consistent state.
