@@ -217,10 +217,11 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
     raise StorageError(f"cannot open the cache in {data_dir}: it keeps being replaced")
 
 
-def cache_identity(data_dir: Path) -> tuple[str | None, int, int]:
+def cache_identity(data_dir: Path | str) -> tuple[str | None, int, int]:
     """What ``cache.db`` is now: the symlink's target (None for a plain file) and the
-    file's device and inode. Two system calls, cheap enough to check before every read."""
-    path = Path(data_dir) / CACHE
+    file's device and inode. Two system calls, cheap enough to check before every read
+    (`LiveCache` passes the path as a string: building a `Path` cost more than both)."""
+    path = os.path.join(data_dir, CACHE)
     try:
         target: str | None = os.readlink(path)
     except OSError:
@@ -243,7 +244,8 @@ class LiveCache:
         """`cache_kib`: the connection's page cache (SQLite's default: 2,000 KiB)."""
         self.data_dir = Path(data_dir)
         self.cache_kib = cache_kib
-        self._identity = cache_identity(self.data_dir)  # before opening: never misses a switch
+        self._dir = str(self.data_dir)
+        self._identity = cache_identity(self._dir)  # before opening: never misses a switch
         self._conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -253,7 +255,7 @@ class LiveCache:
         return conn
 
     def connection(self) -> sqlite3.Connection:
-        now = cache_identity(self.data_dir)
+        now = cache_identity(self._dir)
         if now != self._identity:
             try:
                 fresh = self._open()

@@ -783,7 +783,13 @@ class Agent:
             lambda code: view.coupon(code) or ledger.issued_coupon(conn, code),
             lambda code: ledger.coupon_used(conn, code, self.clock()),
         )
-        personal = view.personal_offers(customer.id) if customer else []
+        personal: list[Offer] = []
+        lines_categories: Callable[[str], frozenset[str]] = categories_of
+        if customer is not None:  # only the offers its lines might get are parsed
+            of_sku = {sku: categories_of(sku) for sku in {line.sku for line in receipt.lines}}
+            lines_categories = of_sku.__getitem__  # every line's SKU is in it
+            groups = {c for categories in of_sku.values() for c in categories}
+            personal = view.personal_offers_for(customer.id, of_sku.keys(), groups)
         before = ledger.balance(conn, customer, applied, receipt.at, program) if customer else None
         # This till's other open holds reserve their points (the contract §11).
         held_elsewhere = (
@@ -797,7 +803,7 @@ class Agent:
         ctx = PricingContext(
             program=program,
             products=products,
-            categories_of=categories_of,
+            categories_of=lines_categories,
             customer=customer,
             offers=OfferIndex(personal, also=mass),
             available_points=before.available - held_elsewhere if before else 0,
@@ -836,7 +842,8 @@ class Agent:
             since = receipt.at - timedelta(days=program.offer_print_cooldown_days)
             recent = ledger.printed_since(conn, customer.id, since)
             # only the customer's own offers print (`offers_to_print`): not the mass ones
-            printed = offers_to_print(customer, personal, receipt.at, program, recent.__contains__)
+            own = view.personal_offers(customer.id)
+            printed = offers_to_print(customer, own, receipt.at, program, recent.__contains__)
 
         after = None
         if before is not None:
