@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -187,7 +188,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         shown = settings.model_dump(mode="json")
         for name, model in zip(("printer", "display", "scanner"), devices, strict=True):
             shown[name] = model.model_dump(mode="json")
-        return emit(args, shown, lambda d: "configuration is valid\n" + json.dumps(d, indent=2))
+        # --json: proto3's lowerCamelCase keys like every other --json document; the text
+        # form shows the names as they are written in the TOML file.
+        return emit(
+            args,
+            camel_keys(shown),
+            lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
+        )
 
     from .app import cli_agent
 
@@ -351,6 +358,19 @@ def parse_time(text: str) -> Any:
 def json_document(data: Any) -> str:
     """The one JSON document `--json` prints and the HTTP interface answers, byte for byte."""
     return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+def camel_keys(value: Any) -> Any:
+    """Every key of nested dicts in proto3 JSON's lowerCamelCase (`max_snapshot_mib` →
+    `maxSnapshotMib`), as protoc names a field's JSON form."""
+    if isinstance(value, dict):
+        return {
+            re.sub(r"_([a-z0-9])", lambda m: m[1].upper(), k): camel_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [camel_keys(v) for v in value]
+    return value
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
