@@ -196,9 +196,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
         )
 
-    from .app import cli_agent
+    from .app import cli_agent, reset_hub
 
-    agent = cli_agent(settings)
+    # reset: with `run`'s hub, which releases what the open holds it forgets reserved there
+    hub = reset_hub(settings) if command == "reset" else None
+    agent = cli_agent(settings, hub=hub.authoriser if hub is not None else None)
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -231,22 +233,36 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, status_json(agent.status()), _human_status)
         if command == "reset":
             _confirm_reset(args, agent)
-            discarded = agent.reset(force=args.force)
+            done = agent.reset(force=args.force)
             return emit(
                 args,
-                {"reset": True, "discardedTransactions": discarded},
-                lambda d: (
-                    "the till's cache and ledger are empty; numbering continues"
-                    + (
-                        f"; {d['discardedTransactions']} unsent transaction(s) discarded"
-                        if d["discardedTransactions"]
-                        else ""
-                    )
-                ),
+                {
+                    "reset": True,
+                    "discardedTransactions": done.discarded,
+                    "hubHoldsReleased": done.hub_holds_released,
+                    "hubHoldsLeft": done.hub_holds_left,
+                },
+                _human_reset,
             )
     finally:
         agent.close()
+        if hub is not None:
+            hub.close()
     parser.error(f"unknown command {command}")
+
+
+def _human_reset(d: dict[str, Any]) -> str:
+    said = ["the till's cache and ledger are empty; numbering continues"]
+    if d["discardedTransactions"]:
+        said.append(f"{d['discardedTransactions']} unsent transaction(s) discarded")
+    if d["hubHoldsReleased"]:
+        said.append(f"{d['hubHoldsReleased']} hold(s) released at the hub")
+    if d["hubHoldsLeft"]:
+        said.append(
+            f"{d['hubHoldsLeft']} hold(s) not released: the hub was not reached"
+            " (they expire there on their own)"
+        )
+    return "; ".join(said)
 
 
 def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:

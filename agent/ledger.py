@@ -475,9 +475,21 @@ def outbox_depth(conn: sqlite3.Connection) -> int:
 KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations"})
 
 
+def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
+    """The receipts of the open holds for which the hub holds points or coupon codes."""
+    return [
+        str(rid)
+        for (rid,) in conn.execute(
+            "SELECT receipt_id FROM receipt_life WHERE state = 'HELD' AND hub_hold != 0"
+        )
+    ]
+
+
 def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
     """`tillpoint reset` inside the caller's write transaction: empty every table of the
-    ledger except the device's numbering (and the schema's own bookkeeping).
+    ledger except the device's numbering (and the schema's own bookkeeping), and the
+    coupon uses of committed receipts: a code used here stays used here (it is history,
+    and the hub may not have counted it yet); only open holds' reservations go.
 
     Before that, each device's last seq is raised to the highest one in its journal, so
     a number is never reused even if the `device` row was behind.
@@ -489,10 +501,14 @@ def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
             )
+    conn.execute(
+        "DELETE FROM coupon_uses WHERE receipt_id IN"
+        " (SELECT receipt_id FROM receipt_life WHERE state = 'HELD')"
+    )
     tables = [
         str(name)
         for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        if str(name) not in KEPT_BY_RESET
+        if str(name) not in KEPT_BY_RESET | {"coupon_uses"}
     ]
     for name in tables:
         conn.execute(f'DELETE FROM "{name}"')

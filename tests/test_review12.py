@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+from tillpoint.agent.cli import main
+from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data
+
 from .conftest import CLI, REPO
+from .test_coupons import COUPONS, SORRY, receipt, verdicts
+from .test_coupons_online import enrolled
 
 
 def _keys(value: Any) -> list[str]:
@@ -43,3 +51,77 @@ def test_status_documents_set_aside_and_marks_the_older_field_deprecated(cli: CL
     assert "`setAsideTransactions` (Status field 19) is **deprecated**" in section
     doc = cli("status", "--json").json()
     assert doc["setAside"] == doc["setAsideTransactions"] == 0  # still sent, the same count
+
+
+# ---------------------------------------------------------------- reset and the hub's holds
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    yield hub
+    hub.stop()
+
+
+def _reset(
+    till: Till, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *flags: str
+) -> tuple[int, str, str]:
+    till.stop()  # the CLI opens the till itself, with `run`'s hub
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", till.device_id)
+    capsys.readouterr()
+    code = main(["reset", "--yes", "--force", "--data-dir", str(till.data_dir), *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_reset_releases_the_hub_holds_and_keeps_the_coupon_uses_of_committed_receipts(
+    hub: LoopbackHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = enrolled(hub, tmp_path, "a"), enrolled(hub, tmp_path, "b")
+    try:
+        sold = a.agent.checkout(receipt("a-1", "SORRY-7K2Q9"))  # committed: history
+        assert verdicts(sold) == [("SORRY7K2Q9", "APPLIED", "")]
+        held = a.agent.hold(receipt("a-2", "APP555"))  # open: the hub holds the code
+        assert (held["mode"], verdicts(held)) == ("ONLINE", [("APP555", "APPLIED", "")])
+        code, out, err = _reset(a, capsys, monkeypatch, "--json")
+        assert code == 0, err
+        assert json.loads(out) == {
+            "reset": True,
+            "discardedTransactions": 1,
+            "hubHoldsReleased": 1,
+            "hubHoldsLeft": 0,
+        }
+        # Released at the hub: another till can use the held code at once.
+        assert verdicts(b.agent.checkout(receipt("b-1", "APP555"))) == [("APP555", "APPLIED", "")]
+        # The committed receipt's code stays used at this till (the hub never got the sale:
+        # it was discarded by --force, so the snapshot still carries the code).
+        again = enrolled(hub, tmp_path, "a")
+        try:
+            quoted = again.agent.quote(receipt("a-3", "SORRY-7K2Q9"))
+            assert verdicts(quoted) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
+        finally:
+            again.stop()
+    finally:
+        b.stop()
+
+
+def test_reset_says_when_the_hub_could_not_release_the_holds(
+    hub: LoopbackHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = enrolled(hub, tmp_path, "a")
+    held = a.agent.hold(receipt("a-1", "APP555"))
+    assert held["mode"] == "ONLINE"
+    hub.stop()
+    code, out, err = _reset(a, capsys, monkeypatch)
+    assert code == 0, err
+    assert out.strip() == (
+        "the till's cache and ledger are empty; numbering continues;"
+        " 1 hold(s) not released: the hub was not reached (they expire there on their own)"
+    )
