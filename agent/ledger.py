@@ -29,7 +29,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from .db import connect, migrate
-from .expiry import Movement, Tally, Wallet
+from .expiry import Movement, Tally, Wallet, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
 
@@ -337,15 +337,11 @@ def balance(
 
 
 def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datetime) -> Wallet:
-    wallet = Wallet.of(
+    return wallet_of(
         customer.balance_points,
         [(e.points, e.expires_at) for e in customer.expiring],
         [(e.points, e.activates_at) for e in customer.pending],
-        program.points_lifetime_days,
-        program.zone,
-    )
-    for _, _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at in rows:
-        wallet.apply(
+        (
             Movement(
                 kind,
                 int(points),
@@ -355,8 +351,11 @@ def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datet
                 datetime.fromisoformat(activates_at) if activates_at else None,
                 datetime.fromisoformat(expires_at) if expires_at else None,
             )
-        )
-    return wallet
+            for _, _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at in rows
+        ),
+        program.points_lifetime_days,
+        program.zone,
+    )
 
 
 def _points(wallet: Wallet, at: datetime, program: Program) -> Points:
