@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 # How many batches `Balance.expiring` lists, and how soon a display warns of the first.
@@ -100,9 +101,10 @@ class Batch:
         return (self.expires_at is None, self.expires_at, self.order)
 
 
-@dataclass(frozen=True)
-class Movement:
-    """One of this till's point rows, as `ledger.balance` reads it."""
+class Movement(NamedTuple):
+    """One of this till's point rows, as `ledger.balance` reads it, or one of the hub's
+    sums (no receipt). A tuple: the hub makes one per counted group of every customer
+    it publishes, and a frozen dataclass took a quarter longer to replay."""
 
     kind: str  # "spend" or "earn"
     points: int
