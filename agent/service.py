@@ -1213,7 +1213,11 @@ class Agent:
             remove_cache(self.data_dir)  # cache.db and every generation
             self._live = LiveCache(self.data_dir)
             self._cache = self._live.connection()
-        released = sum(self._release_at_hub(rid) for rid in hub_holds)
+        released = 0
+        for rid in hub_holds:  # a hub that did not answer one is not asked for the rest
+            if not self._release_at_hub(rid):
+                break
+            released += 1
         return ResetResult(depth, released, len(hub_holds) - released)
 
     # ------------------------------------------------------------ status
