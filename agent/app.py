@@ -131,9 +131,15 @@ def run(settings: Settings) -> int:
         host, _, metrics_port = settings.metrics.listen.rpartition(":")
         metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
     server.start()
+    from . import forward
+
+    forward.withdraw(settings.data_dir)  # a file a dead agent left
+    unpublish = None
     if http_server is not None:
         http_server.start()
         log.info("HTTP interface on %s:%s", http_server.host, http_server.port)
+        # The CLI forwards its calls to this agent while it serves (agent/forward.py).
+        unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
     log.info(
         "PosAgent serving on %s (device %s, cache version %s)",
         settings.server.listen,
@@ -151,6 +157,8 @@ def run(settings: Settings) -> int:
     systemd.start_watchdog(done)
     done.wait()
     systemd.notify("STOPPING=1")
+    if unpublish is not None:
+        unpublish()  # new CLI calls run locally from now on
     log.info("stopping: draining in-flight requests")
     health_servicer.enter_graceful_shutdown()
     grpc_stopped = server.stop(grace=5)

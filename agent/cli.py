@@ -8,6 +8,7 @@ rules refuse (the cache and the ledger are left as they were), 1 for anything el
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,10 @@ from .errors import InputError, TillpointError, edge_of
 from .limits import REQUEST_MAX_BYTES
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
+# The commands sent to the agent serving the data directory when one does (agent/forward.py).
+FORWARDED = frozenset(
+    {"quote", "checkout", "hold", "confirm", "cancel", "refund", "identify", "balance", "status"}
+)
 
 # The contract this build implements: the proto package and the edition of the behaviour
 # contract (docs/CONTRACT.md). `tillpoint --version` prints both.
@@ -62,7 +67,20 @@ def _common(json_flag: bool = True) -> _Parser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of `argv` when its options before it are plain ones, else None."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--data-dir", "--config"):
+            next(words, None)
+        elif not word.startswith(("--data-dir=", "--config=")):
+            return None if word.startswith("-") else word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; for an `argv` whose command is one of this module's own, without the
+    other parts' commands (their modules' imports are a third of a `quote`'s start)."""
     parser = _Parser(
         prog="tillpoint",
         description="Loyalty edge agent for retail checkouts.",
@@ -127,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="discard transactions the hub has not acknowledged"
     )
+    for name in FORWARDED:
+        sub.choices[name].add_argument(
+            "--local",
+            action="store_true",
+            help="run here, not in the `tillpoint run` serving this data directory",
+        )
+    if argv is not None and _command_of(argv) in sub.choices:
+        return parser
     # The other parts' commands (`hub ...`, `sync ...`, `print ...`, `demo`), listed in
     # the composition root; each sets `handler(settings, args) -> int`.
     from .app import add_commands
@@ -142,12 +168,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(encoding="utf-8")
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_INPUT
     try:
+        if args.command in FORWARDED:
+            from . import forward
+
+            with contextlib.suppress(forward.NotForwarded):
+                return forward.forward(args)  # to `tillpoint run` when it serves
         return _dispatch(parser, args)
     except TillpointError as exc:
         edge = edge_of(exc)

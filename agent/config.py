@@ -8,7 +8,6 @@ Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_I
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import tomllib
 from contextvars import ContextVar
@@ -25,13 +24,7 @@ from pydantic_settings import (
 
 from .errors import InputError
 from .models import describe
-
-
-def default_data_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/tillpoint")
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "tillpoint"
+from .paths import default_data_dir
 
 
 class HubSettings(BaseModel):

@@ -27,13 +27,15 @@ import os
 import re
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
+from typing import TYPE_CHECKING
 
 from .errors import StorageError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 BUSY_TIMEOUT_MS = 5000
 CACHE = "cache.db"
@@ -45,7 +47,53 @@ PART = re.compile(r"^cache-[0-9]+-[0-9a-f]+\.db\.part[0-9]+$")
 BUILDING = ".building"
 log = logging.getLogger("tillpoint.agent")
 
-cache_migrations = Migrations("tillpoint.cache")
+
+@dataclass(frozen=True)
+class _Step:
+    """One migration, as `sqlite_utils.migrations.Migrations` keeps it (name, fn, transactional)."""
+
+    name: str
+    fn: Callable[[Database], None]
+    transactional: bool = True
+
+
+class MigrationSet:
+    """A `sqlite_utils` migration set, recorded in the same ``_sqlite_migrations`` table,
+    whose library is imported only when a migration is pending: a database already at
+    the current schema opens with one SELECT (sqlite_utils is a tenth of a CLI call's
+    start). `@set()` registers a function as `Migrations.__call__` does."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._migrations: list[_Step] = []
+
+    def __call__(self) -> Callable[[Callable[[Database], None]], Callable[[Database], None]]:
+        def register(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+            self._migrations.append(_Step(fn.__name__, fn))
+            return fn
+
+        return register
+
+    def current(self, conn: sqlite3.Connection) -> bool:
+        try:
+            rows = conn.execute(
+                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (self.name,)
+            ).fetchall()
+        except sqlite3.OperationalError:  # a new database: no table yet
+            return False
+        applied = {name for (name,) in rows}
+        return all(m.name in applied for m in self._migrations)
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        from sqlite_utils import Database
+        from sqlite_utils.migrations import Migrations
+
+        migrations = Migrations(self.name)
+        migrations._migrations = list(self._migrations)  # type: ignore[arg-type]
+        migrations.apply(Database(conn))
+
+
+cache_migrations = MigrationSet("tillpoint.cache")
 
 
 @cache_migrations()
@@ -137,9 +185,10 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
     return conn
 
 
-def migrate(conn: sqlite3.Connection, migrations: Migrations) -> None:
+def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:
     try:
-        migrations.apply(Database(conn))
+        if not migrations.current(conn):
+            migrations.apply(conn)
     except sqlite3.Error as exc:
         raise StorageError(f"cannot migrate the database schema: {exc}") from None
 

@@ -108,3 +108,18 @@ class Edge:
 
 def edge_of(exc: TillpointError) -> Edge:
     return Edge(exc.exit_code, exc.grpc_code, HTTP_STATUS.get(exc.grpc_code, 500), exc.message)
+
+
+def exit_code_of(code: str) -> int:
+    """The CLI's exit code for an error an edge answered with `code` (the forwarded CLI
+    reads the agent's HTTP answer): the classes' own table read backwards; the HTTP
+    edge's size refusal is bad input, as the CLI's own is."""
+    if code == "PAYLOAD_TOO_LARGE":
+        return InputError.exit_code
+    pending: list[type[TillpointError]] = [TillpointError]
+    while pending:
+        cls = pending.pop()
+        if cls.grpc_code == code:
+            return cls.exit_code
+        pending.extend(cls.__subclasses__())
+    return TillpointError.exit_code

@@ -23,21 +23,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
-from .db import connect, migrate
+from .db import MigrationSet, connect, migrate
 from .expiry import Movement, Tally, Wallet, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
 
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
 LEDGER = "ledger.db"
 
-ledger_migrations = Migrations("tillpoint.ledger")
+ledger_migrations = MigrationSet("tillpoint.ledger")
 # The sync client's tables: a set of their own, as older tills recorded them.
-sync_migrations = Migrations("tillpoint.sync")
+sync_migrations = MigrationSet("tillpoint.sync")
 
 
 @ledger_migrations()

@@ -567,7 +567,7 @@ def run(
         figure,
         calls=1000 if scale_name in ("quick", "tiny") else 10_000,
     )
-    _cli(work, data, env, rng, scale, 3 if scale_name in ("quick", "tiny") else 7, figure)
+    _cli(work, data, env, rng, scale, 7 if scale_name in ("quick", "tiny") else 15, figure)
 
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1176,29 +1176,67 @@ def _cli(
     runs: int,
     figure: Callable[..., None],
 ) -> None:
-    """`tillpoint quote FILE` from start to exit, beside a bare `python -c pass`."""
+    """`tillpoint quote FILE` from start to exit while `tillpoint run` serves the data dir,
+    as on a till (the CLI forwards the call to it, agent/forward.py), and the same call
+    run locally (`--local`: the CLI opens the cache and the ledger itself); both beside a
+    bare `python -c pass`, the three interleaved call by call."""
     path = work / "cli-receipt.json"
     path.write_text(json.dumps(mixed_receipt("cli", rng, scale, 20, known=True)))
-    cli = [str(EXE), "--data-dir", str(data), "quote", str(path)]
+    served = [str(EXE), "--data-dir", str(data), "quote", str(path)]
+    local = [*served, "--local"]
     bare = [sys.executable, "-c", "pass"]
 
     def once(argv: list[str]) -> None:
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, timeout=120)
 
-    once(cli)  # the page cache
-    took, floor = (
-        stats(s)
-        for s in interleave([lambda _: once(cli), lambda _: once(bare)], list(range(runs)), rng)
+    notify_path = str(work / "cli-notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify_path)
+    sock.settimeout(60)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = work / "cli-run.toml"
+    conf.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n')
+    proc = subprocess.Popen(
+        [EXE, "--config", conf, "--data-dir", data, "run"],
+        env=dict(env, NOTIFY_SOCKET=notify_path, TILLPOINT_HTTP__LISTEN="127.0.0.1:0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    try:
+        while b"READY=1" not in sock.recv(256):
+            pass
+        for argv in (served, local):
+            once(argv)  # the page cache
+        took, took_local, floor = (
+            stats(s)
+            for s in interleave(
+                [lambda _: once(served), lambda _: once(local), lambda _: once(bare)],
+                list(range(runs)),
+                rng,
+            )
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        sock.close()
     seconds = took["p50_ms"] / 1000
     figure(
         "tillpoint quote: CLI wall time",
         "<= 0.25 s",
-        {"seconds": round(seconds, 3), "p50_ms": took["p50_ms"], "max_ms": took["max_ms"]},
+        {
+            "seconds": round(seconds, 3),
+            "p50_ms": took["p50_ms"],
+            "max_ms": took["max_ms"],
+            "local_p50_ms": took_local["p50_ms"],
+            "local_max_ms": took_local["max_ms"],
+        },
         seconds <= 0.25,
         floor="python -c pass, interleaved",
         floor_p50_ms=floor["p50_ms"],
         lines=20,
+        served_by="tillpoint run (forwarded); local: --local",
     )
 
 

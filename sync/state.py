@@ -24,8 +24,6 @@ from typing import Any
 from tillpoint.agent.ledger import open_ledger as open_ledger  # the one opener, by its old name
 from tillpoint.agent.ledger import utc_text
 
-from .pki import is_enrolled
-
 ERROR_AREAS = ("enrollment", "link", "pull", "push")
 
 
@@ -131,6 +129,8 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def _enrolled(conn: sqlite3.Connection) -> bool:
+    from .pki import is_enrolled  # here: `cryptography` is a tenth of a CLI call's start
+
     for _, name, file in conn.execute("PRAGMA database_list"):
         if name == "main" and file:
             return is_enrolled(Path(file).parent)

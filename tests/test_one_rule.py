@@ -29,6 +29,8 @@ def test_every_error_has_one_answer_at_every_edge(cls: type[errors.TillpointErro
     assert edge.code in errors.HTTP_STATUS
     assert edge.http_status == errors.HTTP_STATUS[edge.code]
     assert edge.message == "what is wrong"
+    # The forwarded CLI reads the agent's answer back to the same exit code.
+    assert errors.exit_code_of(edge.code) == edge.exit_code
 
 
 def test_the_edges_keep_no_table_of_their_own() -> None:
@@ -37,6 +39,8 @@ def test_the_edges_keep_no_table_of_their_own() -> None:
         assert "HTTP_STATUS = {" not in text, name
         assert "exc.exit_code" not in text and "exc.grpc_code" not in text, name
         assert "edge_of(exc)" in text, name
+    forward = (REPO / "agent" / "forward.py").read_text(encoding="utf-8")
+    assert "exit_code_of(" in forward and '"INVALID_ARGUMENT": 2' not in forward
 
 
 def test_an_enrolled_till_refuses_any_plain_snapshot_with_one_message(
