@@ -6,9 +6,11 @@
 - `reset_hub`: `tillpoint reset`'s hub (`run`'s), to release the open holds' hub holds;
 - `sync_link`: `tillpoint sync now`'s hub, by the same rules as `run` (sync/cli.py then
   pushes and pulls once with a `cli_agent`);
+- `till_agent`: the one constructor path of a till's `Agent`, which `cli_agent` and the
+  loopback tills take too;
 - the demo (`tillpoint demo`, agent/demo.py) builds its tills with
-  `sync.loopback.LoopbackHub.till`, wired as `run` wires a till (authoriser and sync status
-  in the constructor), and its virtual devices with `printer.service.Devices`.
+  `sync.loopback.LoopbackHub.till` → `till_agent`, wired as `run` wires a till
+  (authoriser, sync status and its virtual `printer.service.Devices` in the constructor).
 
 Nothing is registered at import time: a part is running because a line here starts it.
 Imports are inside the functions so that `tillpoint --help` stays light (docs/DECISIONS.md,
@@ -18,7 +20,9 @@ Imports are inside the functions so that `tillpoint --help` stays light (docs/DE
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -60,19 +64,45 @@ def cli_agent(
 ) -> Agent:
     """A till's `Agent` as configured: `status` with the hub sync's fields and the
     configured devices' kinds; full snapshots built by `build_workers` processes."""
-    from tillpoint.sync.state import sync_status
-
-    from .service import Agent
-
-    return Agent(
+    return till_agent(
         settings.data_dir,
         settings.device_id,
         hub=hub,
         devices=devices,
         metrics=metrics,
-        status_sources=(sync_status,),
         device_kinds=device_kinds(settings),
         build_workers=settings.build_workers or None,  # 0 (auto): one per CPU, at most 4
+    )
+
+
+def till_agent(
+    data_dir: Path,
+    device_id: str,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    hub: RedemptionAuthoriser | None = None,
+    devices: DeviceNotifier | None = None,
+    metrics: Metrics | None = None,
+    device_kinds: Mapping[str, str] | None = None,
+    build_workers: int | None = None,
+) -> Agent:
+    """The one constructor path of a till's `Agent` (`run`, the one-shot commands, the
+    loopback tills of the demo and the tests): its collaborators given here, `status` with
+    the hub sync's fields. Nothing is set on the agent afterwards."""
+    from tillpoint.sync.state import sync_status
+
+    from .service import Agent, system_clock
+
+    return Agent(
+        data_dir,
+        device_id,
+        clock=clock or system_clock,
+        hub=hub,
+        devices=devices,
+        metrics=metrics,
+        status_sources=(sync_status,),
+        device_kinds=device_kinds,
+        build_workers=build_workers,
     )
 
 
@@ -144,7 +174,7 @@ def run(settings: Settings) -> int:
         "PosAgent serving on %s (device %s, cache version %s)",
         settings.server.listen,
         settings.device_id,
-        agent.status()["cacheVersion"],
+        agent.status().cache_version,
     )
     done = threading.Event()
 

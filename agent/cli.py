@@ -15,10 +15,14 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import InputError, TillpointError, edge_of
 from .limits import REQUEST_MAX_BYTES
+
+if TYPE_CHECKING:
+    from .models import Receipt
+    from .results import CheckoutResult
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 # The commands sent to the agent serving the data directory when one does (agent/forward.py).
@@ -230,6 +234,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
 
     from .app import cli_agent, reset_hub
+    from .results import json_of, receipt_from_json, refund_from_json
 
     # reset: with `run`'s hub, which releases what the open holds it forgets reserved there
     hub = reset_hub(settings) if command == "reset" else None
@@ -242,26 +247,27 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             info = {"version": loaded.version, "issuedAt": loaded.issued_at or ""}
             return emit(args, info, lambda d: f"snapshot version {d['version']} loaded")
         if command == "identify":
-            return emit(args, agent.identify(args.text), _human_card)
+            return emit(args, json_of(agent.identify(args.text)), _human_card)
         if command == "scan":
-            return emit(args, agent.scan(args.text), _human_scan)
+            return emit(args, json_of(agent.scan(args.text)), _human_scan)
         if command in ("quote", "checkout", "hold"):
-            call: Callable[[Any], dict[str, Any]] = getattr(agent, command)
+            call: Callable[[Receipt], CheckoutResult] = getattr(agent, command)
             receipt = read_json(args.file)
             if args.explain and isinstance(receipt, dict):
                 receipt = {**receipt, "explain": True}
-            return emit(args, call(receipt), _human_result)
+            return emit(args, json_of(call(receipt_from_json(receipt))), _human_result)
         if command == "confirm":
-            return emit(args, agent.confirm(args.receipt_id, args.fiscal), _human_result)
+            return emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), _human_result)
         if command == "cancel":
-            return emit(args, agent.cancel(args.receipt_id), _human_result)
+            return emit(args, json_of(agent.cancel(args.receipt_id)), _human_result)
         if command == "refund":
-            return emit(args, agent.refund(read_json(args.file)), _human_refund)
+            refund = refund_from_json(read_json(args.file))
+            return emit(args, json_of(agent.refund(refund)), _human_refund)
         if command == "balance":
             at = parse_time(args.at) if args.at else None
-            return emit(args, agent.balance(args.card, at), _human_balance)
+            return emit(args, json_of(agent.balance(args.card, at)), _human_balance)
         if command == "status":
-            from .proto_json import status_json
+            from .wire import status_json
 
             return emit(args, status_json(agent.status()), _human_status)
         if command == "reset":
@@ -300,7 +306,7 @@ def _human_reset(d: dict[str, Any]) -> str:
 
 def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
     """`reset` asks on a terminal; without one it needs --yes (a script must mean it)."""
-    depth = int(agent.status()["outboxDepth"])
+    depth = int(agent.status().outbox_depth)
     if args.yes or (depth and not args.force):
         return  # (the second: `Agent.reset` refuses, saying why)
     if not (sys.stdin.isatty() and sys.stderr.isatty()):

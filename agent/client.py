@@ -30,27 +30,18 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf import json_format
 from google.protobuf.message import Message
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .wire import message_from_json, reply_json
 
 __all__ = ["DEFAULT_ADDRESS", "RETRYABLE", "ClientError", "PosAgentClient"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50061"
 SERVICE = "PosAgent"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_INT64 = frozenset(
-    {
-        FieldDescriptor.TYPE_INT64,
-        FieldDescriptor.TYPE_SINT64,
-        FieldDescriptor.TYPE_SFIXED64,
-        FieldDescriptor.TYPE_UINT64,
-        FieldDescriptor.TYPE_FIXED64,
-    }
-)
-
 JsonDict = dict[str, Any]
 
 # gRPC's own retries are off (ours resend the same request), and a channel that failed to
@@ -221,45 +212,13 @@ class PosAgentClient:
 
 def _message(descriptor: Any, data: Mapping[str, Any]) -> Message:
     """The request message from its proto3 JSON; bad JSON is refused before any call."""
-    message = message_factory.GetMessageClass(descriptor)()
     try:
-        json_format.ParseDict(dict(data), message)
+        return message_from_json(descriptor, data)
     except json_format.ParseError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "not valid"
         raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, f"{descriptor.name}: {first}") from None
-    return message
 
 
 def to_json(message: Message) -> JsonDict:
     """The proto3 JSON of `message` with every field present and int64 values as ints."""
-    data = json_format.MessageToDict(
-        message,
-        preserving_proto_field_name=False,
-        always_print_fields_with_no_presence=True,
-    )
-    return _omit_empty_expiring(_ints(message.DESCRIPTOR, data))
-
-
-def _omit_empty_expiring(data: JsonDict) -> JsonDict:
-    """A balance with no expiring batches leaves `expiring` out, as the agent's JSON does
-    (the contract §16: it lists the batches that still hold points)."""
-    for balance in (data, data.get("balance")):
-        if isinstance(balance, dict) and balance.get("expiring") == []:
-            del balance["expiring"]
-    return data
-
-
-def _ints(descriptor: Any, data: JsonDict) -> JsonDict:
-    for field in descriptor.fields:
-        name = field.json_name
-        if name not in data:
-            continue
-        value = data[name]
-        if field.type in _INT64:
-            data[name] = [int(v) for v in value] if isinstance(value, list) else int(value)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
-            rows = value if isinstance(value, list) else [value]
-            for row in rows:
-                if isinstance(row, dict):
-                    _ints(field.message_type, row)
-    return data
+    return reply_json(message)

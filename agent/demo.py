@@ -231,8 +231,9 @@ class DisplayWatcher:
 
 
 @contextlib.contextmanager
-def devices_for(agent: Any, root: Path, story: Story) -> Iterator[tuple[Any, Any, Any]]:
-    """A virtual printer and (with socat) a virtual display, wired to `agent` like `run` does."""
+def devices_for(data_dir: Path, root: Path, story: Story) -> Iterator[tuple[Any, Any, Any]]:
+    """A virtual printer and (with socat) a virtual display for the till in `data_dir`, as
+    `run` builds them: running `Devices`, for the till's agent to be built with."""
     from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
     from tillpoint.printer.render import render_text
     from tillpoint.printer.service import Devices
@@ -251,18 +252,17 @@ def devices_for(agent: Any, root: Path, story: Story) -> Iterator[tuple[Any, Any
     display = DisplayConfig()
     if watcher is not None:
         display = DisplayConfig(kind="serial", device=str(watcher.start()), refresh_s=3600)
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
     devices = Devices(
-        Path(agent.data_dir) / "ledger.db",
+        Path(data_dir) / "ledger.db",
         PrinterConfig(kind="network", host="127.0.0.1", port=port, retry_base_s=0.2),
         display,
         ScannerConfig(),
     )
     devices.start()
-    agent.devices = devices
     try:
         yield printer, watcher, devices
     finally:
-        agent.devices = None
         devices.stop()
         if watcher is not None:
             watcher.stop()
@@ -297,6 +297,8 @@ def _day(
 ) -> None:
     from tillpoint.sync.loopback import LoopbackHub, import_doc
 
+    from .results import receipt_from_json
+
     today = datetime.now(ZONE).date()
     master = chain(today, seed=seed)
     for key in ("version", "baseVersion", "issuedAt"):
@@ -320,10 +322,18 @@ def _day(
         f"{len(master['customers'])} customers, {len(master['offers'])} offers"
     )
     tills = []
+    # The first till's virtual printer and display, given to its agent when it is built
+    # (`app.till_agent`, as `run` does) and running while the day's sales are rung up.
+    devices_of_till1 = contextlib.ExitStack()
     try:
+        printer, watcher, devices = devices_of_till1.enter_context(
+            devices_for(root / "till1", root, story)
+        )
         story.heading(f"{n_tills} till(s) are enrolled and pull their signed snapshot")
         for n in range(n_tills):
-            till = hub.till(f"store1-till{n + 1}", root / f"till{n + 1}")
+            till = hub.till(
+                f"store1-till{n + 1}", root / f"till{n + 1}", devices=devices if n == 0 else None
+            )
             tills.append(till)
         for till in tills:
             _until(till, lambda s: s["cacheVersion"] >= 1 and s["mode"] == "ONLINE")
@@ -333,7 +343,7 @@ def _day(
                 f" mode {status['mode']}"
             )
         till, other = tills[0], tills[-1]
-        with devices_for(till.agent, root, story) as (printer, watcher, _devices):
+        with devices_of_till1:
             _sales(
                 story,
                 till,
@@ -352,7 +362,9 @@ def _day(
             story.heading("The hub goes away (the store's link is down)")
             hub.stop()
             offline = till.agent.checkout(
-                _receipt("d-off-1", anna_card, at(14, 5), [_line(food[7], "2", 45000)] * 4, -1)
+                receipt_from_json(
+                    _receipt("d-off-1", anna_card, at(14, 5), [_line(food[7], "2", 45000)] * 4, -1)
+                )
             )
             story.say(
                 f"  Anna pays with points again: mode {offline['mode']}, "
@@ -362,12 +374,14 @@ def _day(
             story.check(offline["mode"] == "OFFLINE", "the till should be OFFLINE")
             for i in range(3):
                 other.agent.checkout(
-                    _receipt(
-                        f"d-off-{i + 2}",
-                        boris_card,
-                        at(14, 10 + i),
-                        [_line(food[10 + i], "1", 9900)],
-                        0,
+                    receipt_from_json(
+                        _receipt(
+                            f"d-off-{i + 2}",
+                            boris_card,
+                            at(14, 10 + i),
+                            [_line(food[10 + i], "1", 9900)],
+                            0,
+                        )
                     )
                 )
             waiting = sum(t.agent.status()["outboxDepth"] for t in tills)
@@ -419,7 +433,9 @@ def _day(
             story.say(f"  snapshot v{version} (a delta) pulled by every till")
             bread = next(p for p in food if p["category"] == "bakery")
             quote = till.agent.quote(
-                _receipt("d-new", anna_card, at(16, 0), [_line(bread, "1", 6000)], 0)
+                receipt_from_json(
+                    _receipt("d-new", anna_card, at(16, 0), [_line(bread, "1", 6000)], 0)
+                )
             )
             story.say(
                 f"  {bread['name']}: 60,00 → {format_minor(quote['payableMinor'])} "
@@ -436,6 +452,7 @@ def _day(
     finally:
         for t in tills:
             t.stop()
+        devices_of_till1.close()
         hub.stop()
 
 
@@ -454,6 +471,8 @@ def _sales(
     at: Callable[..., str],
     watcher: DisplayWatcher | None,
 ) -> None:
+    from .results import receipt_from_json, refund_from_json
+
     agent = till.agent
     story.heading(f"Anna shows her loyalty card {anna_card} at {till.device_id}")
     card = agent.identify(anna_card)
@@ -471,7 +490,7 @@ def _sales(
         (tobacco, "1", 21900),
     ):
         basket.append(_line(product, qty, price))
-        quote = agent.quote(_receipt("d-1", anna_card, at(10, 15), basket, 0))
+        quote = agent.quote(receipt_from_json(_receipt("d-1", anna_card, at(10, 15), basket, 0)))
         story.say(
             f"  scan {product['name']} × {qty}: total {format_minor(quote['totalMinor'])},"
             f" savings {format_minor(quote['discountMinor'])}"
@@ -480,7 +499,7 @@ def _sales(
             watcher.settle(0.6)
 
     story.heading("Anna pays, spending as many points as allowed (the hub authorises them)")
-    result = agent.checkout(_receipt("d-1", anna_card, at(10, 16), basket, -1))
+    result = agent.checkout(receipt_from_json(_receipt("d-1", anna_card, at(10, 16), basket, -1)))
     _tell(story, result, products)
     story.check(result["mode"] == "ONLINE", "the hub should authorise online")
     story.check(result["printedOffers"] != [], "Anna's next offers should print")
@@ -504,7 +523,7 @@ def _sales(
     held = next(o for o in _offers_of(other.agent, boris["id"]) if o["campaignId"] == "camp-autumn")
     lines = [_line(products[held["skus"][0]], "1", 15000)]
     lines += [_line(p, "1", 15000 + 1700 * i) for i, p in enumerate(food[3::41])]
-    result = other.agent.checkout(_receipt("d-2", phone, at(11, 40), lines, 0))
+    result = other.agent.checkout(receipt_from_json(_receipt("d-2", phone, at(11, 40), lines, 0)))
     _tell(story, result, products)
     story.check(held["id"] in result["heldOut"], "Boris is in the control group")
 
@@ -514,7 +533,7 @@ def _sales(
     mistyped = anna_card[:-1] + str((int(anna_card[-1]) + 1) % 10)
     for text in (blocked_card, mistyped):
         try:
-            agent.checkout(_receipt("d-x", text, at(12, 0), basket[:1], 0))
+            agent.checkout(receipt_from_json(_receipt("d-x", text, at(12, 0), basket[:1], 0)))
         except TillpointError as exc:
             story.say(f"  {text}: {exc}")
         else:
@@ -522,12 +541,14 @@ def _sales(
 
     story.heading("Anna brings one item back")
     refund = agent.refund(
-        {
-            "refundId": "d-r1",
-            "receiptId": "d-1",
-            "at": at(13, 30),
-            "lines": [{"sku": favourite["sku"], "qty": "1"}],
-        }
+        refund_from_json(
+            {
+                "refundId": "d-r1",
+                "receiptId": "d-1",
+                "at": at(13, 30),
+                "lines": [{"sku": favourite["sku"], "qty": "1"}],
+            }
+        )
     )
     story.say(
         f"  {refund['returnedPoints']} points given back, {refund['takenBackPoints']} taken back;"
@@ -549,6 +570,7 @@ def _afternoon(
     from tillpoint.sync.loopback import import_doc
 
     from .demo_data import SORRY_CODE, offers_day
+    from .results import receipt_from_json
 
     story.heading("Afternoon offers: a sorry bonus, 3 for 2, a happy hour, a next-visit coupon")
     import_doc(hub.store, offers_day(datetime.fromisoformat(at(0, 0)).date(), master))
@@ -573,15 +595,19 @@ def _afternoon(
     printed = len(printer.complete)
     lines = [_line(dairy, "2", 9900), _line(by_category["bakery"][0], "1", 5900)]
     result = till.agent.checkout(
-        _receipt("d-sorry", anna_card, at(17, 0), lines, 0)
-        | {"coupons": till.agent.take_scanned_coupons()}
+        receipt_from_json(
+            _receipt("d-sorry", anna_card, at(17, 0), lines, 0)
+            | {"coupons": till.agent.take_scanned_coupons()}
+        )
     )
     _tell(story, result, products)
     verdict = result["coupons"][0]
     story.say(f"  coupon {verdict['code']}: {verdict['status']} ({result['mode']})")
     story.check(verdict["status"] == "APPLIED", "the sorry bonus should apply")
     again = other.agent.checkout(
-        _receipt("d-sorry-2", anna_card, at(17, 5), lines, 0) | {"coupons": [SORRY_CODE]}
+        receipt_from_json(
+            _receipt("d-sorry-2", anna_card, at(17, 5), lines, 0) | {"coupons": [SORRY_CODE]}
+        )
     )
     story.say(
         f"  the same code at {other.device_id}: {again['coupons'][0]['status']}"
@@ -598,8 +624,10 @@ def _afternoon(
         f"  scanned {codes[0]} from the paper coupon: a {routed['kind']} for {routed['offerId']}"
     )
     visit = till.agent.checkout(
-        _receipt("d-next", anna_card, at(19, 40), [_line(meat, "1", 30000)], 0)
-        | {"coupons": till.agent.take_scanned_coupons()}
+        receipt_from_json(
+            _receipt("d-next", anna_card, at(19, 40), [_line(meat, "1", 30000)], 0)
+            | {"coupons": till.agent.take_scanned_coupons()}
+        )
     )
     _tell(story, visit, products)
     story.check(
@@ -609,7 +637,9 @@ def _afternoon(
     story.heading("Вера buys 3 household items (3 for 2) and fruit in the happy hour")
     basket = [_line(p, "1", 25000 - 4000 * i) for i, p in enumerate(household)]
     basket.append(_line(fruit, "1", 12000))
-    vera = other.agent.checkout(_receipt("d-vera", vera_card, at(18, 30), basket, 0))
+    vera = other.agent.checkout(
+        receipt_from_json(_receipt("d-vera", vera_card, at(18, 30), basket, 0))
+    )
     _tell(story, vera, products)
     offers = [line["offerId"] for line in vera["lines"]]
     story.check(offers.count("m-household-3for2") == 3, "the 3-for-2 should take the 3 items")
@@ -619,7 +649,10 @@ def _afternoon(
 
     story.heading("The cashier asks why the fruit has no discount at 17:30: an explained quote")
     early = till.agent.quote(
-        _receipt("d-why", anna_card, at(17, 30), [_line(fruit, "2", 12000)], 0) | {"explain": True}
+        receipt_from_json(
+            _receipt("d-why", anna_card, at(17, 30), [_line(fruit, "2", 12000)], 0)
+            | {"explain": True}
+        )
     )
     for row in early["trace"]["lines"][0]["offers"]:
         story.say(f"  {row['offerId']}: {row['outcome']}")

@@ -37,8 +37,9 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from .cli import json_document, parse_json
 from .config import is_loopback
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
-from .proto_json import status_json
+from .limits import TEXT_MAX
 from .service import Agent
+from .wire import json_of, receipt_from_json, refund_from_json, status_json
 
 log = logging.getLogger("tillpoint.http")
 
@@ -47,7 +48,6 @@ BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
 GRACE_S = 5  # in-flight requests get this long at shutdown
-MAX_TEXT = 128  # the longest text field (identify text, card, receiptId)
 
 JSON = "application/json"
 
@@ -87,21 +87,14 @@ def _fields(
             raise InputError(f"{what}: {key} must be a string")
         if key in required and not value.strip():
             raise InputError(f"{what}: {key} must not be empty")
-        if len(value) > MAX_TEXT:
-            raise InputError(f"{what}: {key} is too long (at most {MAX_TEXT} characters)")
+        if len(value) > TEXT_MAX:
+            raise InputError(f"{what}: {key} is too long (at most {TEXT_MAX} characters)")
         out[key] = value
     return out
 
 
-def _method(agent: Agent, name: str) -> Callable[..., dict[str, Any]]:
-    found: Callable[..., dict[str, Any]] | None = getattr(agent, name, None)
-    if found is None:
-        raise HttpError("UNIMPLEMENTED", f"this agent does not implement {name} yet")
-    return found
-
-
 def _identify(agent: Agent, body: Any) -> dict[str, Any]:
-    return agent.identify(_fields(body, "identify", ("text",))["text"])
+    return json_of(agent.identify(_fields(body, "identify", ("text",))["text"]))
 
 
 def _balance(agent: Agent, body: Any) -> dict[str, Any]:
@@ -114,18 +107,16 @@ def _balance(agent: Agent, body: Any) -> dict[str, Any]:
             at = _timestamp(fields["at"])
         except ValueError as exc:
             raise InputError(f"balance: at {exc}") from None
-    return dict(agent.balance(fields["card"], at))
+    return json_of(agent.balance(fields["card"], at))
 
 
 def _confirm(agent: Agent, body: Any) -> dict[str, Any]:
-    confirm = _method(agent, "confirm")
     fields = _fields(body, "confirm", ("receiptId",), ("fiscalDocument",))
-    return confirm(fields["receiptId"], fields.get("fiscalDocument"))
+    return json_of(agent.confirm(fields["receiptId"], fields.get("fiscalDocument")))
 
 
 def _cancel(agent: Agent, body: Any) -> dict[str, Any]:
-    cancel = _method(agent, "cancel")
-    return cancel(_fields(body, "cancel", ("receiptId",))["receiptId"])
+    return json_of(agent.cancel(_fields(body, "cancel", ("receiptId",))["receiptId"]))
 
 
 @dataclass(frozen=True)
@@ -139,17 +130,32 @@ class Call:
 
 CALLS = (
     Call("/v1/identify", "Identify", "Identify a card, phone or barcode", _identify),
-    Call("/v1/quote", "Quote", "Price a receipt; stores and reserves nothing", Agent.quote),
+    Call(
+        "/v1/quote",
+        "Quote",
+        "Price a receipt; stores and reserves nothing",
+        lambda agent, body: json_of(agent.quote(receipt_from_json(body))),
+    ),
     Call(
         "/v1/hold",
         "Hold",
         "Price a receipt and reserve its redemption until Confirm, Cancel or expiry",
-        lambda agent, body: _method(agent, "hold")(body),
+        lambda agent, body: json_of(agent.hold(receipt_from_json(body))),
     ),
     Call("/v1/confirm", "Confirm", "Commit a held receipt after the fiscal receipt", _confirm),
     Call("/v1/cancel", "Cancel", "Release a hold (payment failed, basket abandoned)", _cancel),
-    Call("/v1/checkout", "Checkout", "Hold and Confirm in one call", Agent.checkout),
-    Call("/v1/refund", "Refund", "Commit a refund of a committed receipt", Agent.refund),
+    Call(
+        "/v1/checkout",
+        "Checkout",
+        "Hold and Confirm in one call",
+        lambda agent, body: json_of(agent.checkout(receipt_from_json(body))),
+    ),
+    Call(
+        "/v1/refund",
+        "Refund",
+        "Commit a refund of a committed receipt",
+        lambda agent, body: json_of(agent.refund(refund_from_json(body))),
+    ),
     Call("/v1/balance", "Balance", "Available and pending points of a card", _balance),
     Call(
         "/v1/status",
@@ -277,10 +283,10 @@ class Api:
         except Exception:
             log.warning("health check: status unavailable", exc_info=True)
             return error_response("UNAVAILABLE", "the agent cannot read its status")
-        if not status["cacheVersion"]:
+        if not status.cache_version:
             return error_response("UNAVAILABLE", "no snapshot loaded")
         return Response(
-            json_document({"status": "SERVING", "cacheVersion": status["cacheVersion"]}),
+            json_document({"status": "SERVING", "cacheVersion": status.cache_version}),
             media_type=JSON,
         )
 

@@ -903,3 +903,176 @@ def stored_receipt(conn: sqlite3.Connection, receipt_id: str) -> tuple[str, dict
     result.setdefault("deviceId", str(row[2]))
     result.setdefault("seq", int(row[3]))
     return str(row[0]), result
+
+
+# ---------------------------------------------------------------- refunds
+
+
+@dataclass(frozen=True)
+class StoredRefund:
+    """A refund committed here: its request and result texts and its place in the
+    numbering (the result of an older agent lacks the latter)."""
+
+    request: str
+    result: str
+    device_id: str
+    seq: int
+
+
+def stored_refund(conn: sqlite3.Connection, refund_id: str) -> StoredRefund | None:
+    row = conn.execute(
+        "SELECT request, result, device_id, seq FROM refunds WHERE refund_id = ?", (refund_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return StoredRefund(str(row[0]), str(row[1]), str(row[2]), int(row[3]))
+
+
+@dataclass(frozen=True)
+class SoldReceipt:
+    """What a refund needs of a committed receipt: when it was sold, to which card and
+    customer, its extra points, and when its earned points activate (fixed at commit)."""
+
+    at: str
+    card: str
+    customer_id: str | None
+    extra_points: int
+    activates_at: str
+
+
+def sold_receipt(conn: sqlite3.Connection, receipt_id: str) -> SoldReceipt | None:
+    row = conn.execute(
+        "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
+        " WHERE receipt_id = ?",
+        (receipt_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return SoldReceipt(str(row[0]), str(row[1]), row[2], int(row[3]), str(row[4]))
+
+
+@dataclass(frozen=True)
+class ReceiptLine:
+    """A committed receipt line: quantities as decimal texts, points as integers."""
+
+    idx: int
+    sku: str
+    qty: str
+    redeemed_points: int
+    earned_points: int
+    returned_qty: str
+
+
+def receipt_lines(conn: sqlite3.Connection, receipt_id: str) -> list[ReceiptLine]:
+    rows = conn.execute(
+        "SELECT idx, sku, qty, redeemed_points, earned_points, returned_qty"
+        " FROM receipt_lines WHERE receipt_id = ? ORDER BY idx",
+        (receipt_id,),
+    ).fetchall()
+    return [
+        ReceiptLine(int(i), str(s), str(q), int(p), int(e), str(r)) for i, s, q, p, e, r in rows
+    ]
+
+
+def set_returned(
+    conn: sqlite3.Connection, receipt_id: str, returned: Sequence[tuple[int, str]]
+) -> None:
+    """The returned quantity of each (line index, decimal text) after a refund."""
+    conn.executemany(
+        "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
+        [(qty, receipt_id, idx) for idx, qty in returned],
+    )
+
+
+def earned_left(conn: sqlite3.Connection, receipt_id: str) -> tuple[int, str | None]:
+    """The points a receipt earned, less those taken back since, and their expiry."""
+    points, expires = conn.execute(
+        "SELECT coalesce(sum(points), 0), max(expires_at) FROM points"
+        " WHERE receipt_id = ? AND kind = 'earn'",
+        (receipt_id,),
+    ).fetchone()
+    return int(points), expires
+
+
+@dataclass(frozen=True)
+class PointMove:
+    """A row of `points`: spending (negative), giving back (positive), earning ('earn',
+    with its activation and expiry) under the (deviceId, seq) of its transaction."""
+
+    kind: str  # spend or earn
+    points: int
+    activates_at: str | None = None
+    expires_at: str | None = None
+
+
+def insert_points(
+    conn: sqlite3.Connection,
+    device_id: str,
+    seq: int,
+    customer_id: str,
+    receipt_id: str,
+    moves: Sequence[PointMove],
+) -> None:
+    conn.executemany(
+        "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
+        " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
+        [
+            (
+                device_id,
+                seq,
+                customer_id,
+                receipt_id,
+                m.kind,
+                m.points,
+                m.activates_at,
+                m.expires_at,
+            )
+            for m in moves
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class RefundRow:
+    refund_id: str
+    receipt_id: str
+    device_id: str
+    seq: int
+    at: str
+    request: str
+    result: str
+    created_at: str
+
+
+def insert_refund(conn: sqlite3.Connection, row: RefundRow) -> None:
+    conn.execute(
+        "INSERT INTO refunds (refund_id, receipt_id, device_id, seq, at, request, result,"
+        " created_at) VALUES (?,?,?,?,?,?,?,?)",
+        (
+            row.refund_id,
+            row.receipt_id,
+            row.device_id,
+            row.seq,
+            row.at,
+            row.request,
+            row.result,
+            row.created_at,
+        ),
+    )
+
+
+def open_print_jobs(conn: sqlite3.Connection) -> int:
+    """Print jobs not yet printed (PENDING, SENDING or FAILED)."""
+    return int(conn.execute("SELECT count(*) FROM print_jobs WHERE state <> 'DONE'").fetchone()[0])
+
+
+def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:
+    """Failed jobs, jobs waiting for a retry, and the newest open job's last error."""
+    failed, retrying, last_error = conn.execute(
+        "SELECT count(*) FILTER (WHERE state = 'FAILED'),"
+        " count(*) FILTER (WHERE state IN ('PENDING', 'SENDING') AND attempts > 0),"
+        " (SELECT last_error FROM print_jobs WHERE state <> 'DONE' AND last_error IS NOT NULL"
+        "  ORDER BY id DESC LIMIT 1)"
+        " FROM print_jobs"
+    ).fetchone()
+    return int(failed), int(retrying), str(last_error or "")

@@ -1,7 +1,8 @@
 """The local `PosAgent` gRPC server (localhost); `tillpoint run` is built in agent/app.py.
 
-Each RPC turns its request into the proto3 JSON dict and calls the same `Agent` method as
-the CLI, so the rules for bad input are the same: a refused input is `INVALID_ARGUMENT`
+Each RPC turns its request into the agent's model (`wire.receipt_of`, ...) and calls the
+same `Agent` method as the CLI, and maps the typed result to its message in `agent/wire.py`,
+so the rules for bad input are the same: a refused input is `INVALID_ARGUMENT`
 (or `FAILED_PRECONDITION` / `NOT_FOUND` for valid input the rules refuse) with a
 readable message, and nothing is stored.
 """
@@ -16,7 +17,6 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -25,123 +25,13 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .errors import TillpointError, edge_of
 from .limits import REQUEST_MAX_BYTES
-from .proto_json import status_message
 from .service import Agent
+from .wire import checkout_message, message_of, receipt_of, refund_of, status_message
 
 log = logging.getLogger("tillpoint.server")
 
 SERVICE_NAME = "tillpoint.v1.PosAgent"
 M = TypeVar("M", bound=Message)
-
-
-def to_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=False)
-
-
-def to_message(data: dict[str, Any], message: M, *, ignore_unknown: bool = False) -> M:
-    json_format.ParseDict(data, message, ignore_unknown_fields=ignore_unknown)
-    return message
-
-
-def receipt_dict(message: pb.Receipt) -> dict[str, Any]:
-    """The receipt as `to_dict` gives it, field by field: the Quote/Checkout hot path.
-
-    Like proto3 JSON it leaves out empty strings and unset values (so a missing field is
-    reported as missing), but int64 values stay ints rather than JSON strings: the same
-    receipt after validation, at a fraction of json_format's cost for 50 lines.
-    """
-    data: dict[str, Any] = {}
-    for name, value in (
-        ("receiptId", message.receipt_id),
-        ("storeId", message.store_id),
-        ("tillId", message.till_id),
-        ("at", message.at),
-        ("card", message.card),
-    ):
-        if value:
-            data[name] = value
-    lines = []
-    for line in message.lines:
-        row: dict[str, Any] = {}
-        if line.sku:
-            row["sku"] = line.sku
-        if line.qty:
-            row["qty"] = line.qty
-        if line.HasField("price_minor"):
-            row["priceMinor"] = line.price_minor
-        if line.HasField("amount_minor"):
-            row["amountMinor"] = line.amount_minor
-        lines.append(row)
-    if lines:
-        data["lines"] = lines
-    if message.redeem_points:
-        data["redeemPoints"] = message.redeem_points
-    if message.explain:
-        data["explain"] = True
-    if message.coupons:
-        data["coupons"] = list(message.coupons)
-    return data
-
-
-def checkout_result(data: dict[str, Any]) -> pb.CheckoutResult:
-    """A CheckoutResult built field by field: the Quote/Checkout hot path.
-
-    It equals `to_message(data, pb.CheckoutResult())` (a test holds them together) at a
-    fraction of json_format's cost for a 50-line receipt.
-    """
-    card = data["card"]
-    outcome = pb.CardOutcome(status=pb.IdentifyStatus.Value(card["status"]))
-    for key, field in (
-        ("customerId", "customer_id"),
-        ("tier", "tier"),
-        ("firstName", "first_name"),
-        ("reason", "reason"),
-    ):
-        if card.get(key) is not None:
-            setattr(outcome, field, card[key])
-    lines = []
-    for line in data["lines"]:
-        out = pb.ResultLine(
-            sku=line["sku"],
-            amount_minor=line["amountMinor"],
-            discount_minor=line["discountMinor"],
-            redeemed_minor=line["redeemedMinor"],
-            earned_points=line["earnedPoints"],
-        )
-        if line["offerId"] is not None:
-            out.offer_id = line["offerId"]
-        lines.append(out)
-    result = pb.CheckoutResult(
-        receipt_id=data["receiptId"],
-        card=outcome,
-        mode=pb.Mode.Value(data["mode"]),
-        lines=lines,
-        total_minor=data["totalMinor"],
-        discount_minor=data["discountMinor"],
-        redeemed_points=data["redeemedPoints"],
-        payable_minor=data["payableMinor"],
-        earned_points=data["earnedPoints"],
-        held_out=data["heldOut"],
-        printed_offers=data["printedOffers"],
-        display=data.get("display", []),
-    )
-    if data.get("seq"):
-        result.device_id = data["deviceId"]
-        result.seq = data["seq"]
-    if data.get("balance") is not None:
-        result.balance.available_points = data["balance"]["availablePoints"]
-        result.balance.pending_points = data["balance"]["pendingPoints"]
-        for batch in data["balance"].get("expiring", ()):
-            result.balance.expiring.add(points=batch["points"], expires_at=batch["expiresAt"])
-    if data.get("state"):
-        result.state = pb.ReceiptState.Value(data["state"])
-    if data.get("holdExpiresAt"):
-        result.hold_expires_at = data["holdExpiresAt"]
-    for verdict in data.get("coupons", ()):
-        result.coupons.add(code=verdict["code"], status=verdict["status"], reason=verdict["reason"])
-    if data.get("trace") is not None:
-        json_format.ParseDict(data["trace"], result.trace)
-    return result
 
 
 class PosAgentServicer(pb_grpc.PosAgentServicer):
@@ -162,14 +52,12 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
     def Identify(
         self, request: pb.IdentifyRequest, context: grpc.ServicerContext
     ) -> pb.CardOutcome:
-        return self._call(
-            context, lambda: to_message(self.agent.identify(request.text), pb.CardOutcome())
-        )
+        return self._call(context, lambda: message_of(self.agent.identify(request.text)))
 
     def Quote(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
         return self._call(
             context,
-            lambda: checkout_result(self.agent.quote(receipt_dict(request))),
+            lambda: checkout_message(self.agent.quote(receipt_of(request))),
         )
 
     def Checkout(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
@@ -177,7 +65,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         try:
             return self._call(
                 context,
-                lambda: checkout_result(self.agent.checkout(receipt_dict(request))),
+                lambda: checkout_message(self.agent.checkout(receipt_of(request))),
             )
         finally:
             if self.agent.metrics is not None:
@@ -186,7 +74,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
     def Hold(self, request: pb.Receipt, context: grpc.ServicerContext) -> pb.CheckoutResult:
         return self._call(
             context,
-            lambda: checkout_result(self.agent.hold(receipt_dict(request))),
+            lambda: checkout_message(self.agent.hold(receipt_of(request))),
         )
 
     def Confirm(
@@ -195,19 +83,19 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         fiscal = request.fiscal_document if request.HasField("fiscal_document") else None
         return self._call(
             context,
-            lambda: checkout_result(self.agent.confirm(request.receipt_id, fiscal)),
+            lambda: checkout_message(self.agent.confirm(request.receipt_id, fiscal)),
         )
 
     def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CheckoutResult:
         return self._call(
             context,
-            lambda: checkout_result(self.agent.cancel(request.receipt_id)),
+            lambda: checkout_message(self.agent.cancel(request.receipt_id)),
         )
 
     def Refund(self, request: pb.Refund, context: grpc.ServicerContext) -> pb.RefundResult:
         return self._call(
             context,
-            lambda: to_message(self.agent.refund(to_dict(request)), pb.RefundResult()),
+            lambda: message_of(self.agent.refund(refund_of(request))),
         )
 
     def Balance(self, request: pb.BalanceRequest, context: grpc.ServicerContext) -> pb.Balance:
@@ -215,7 +103,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
             from .cli import parse_time
 
             at = parse_time(request.at) if request.HasField("at") else None
-            return to_message(self.agent.balance(request.card, at), pb.Balance())
+            return message_of(self.agent.balance(request.card, at))
 
         return self._call(context, run)
 
@@ -284,7 +172,7 @@ def register_gauges(registry: Any, agent: Agent) -> None:
     def status() -> dict[str, Any]:
         now = time.monotonic()
         if now - last["at"] > 1.0:
-            last["status"], last["at"] = agent.status(), now
+            last["status"], last["at"] = agent.status().to_json(), now
         found: dict[str, Any] = last["status"]
         return found
 

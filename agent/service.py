@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import cache as cache_mod
 from . import coupons, ledger
@@ -63,6 +63,17 @@ from .pricing import (
     price,
 )
 from .refunds import SoldLine, apply_refund
+from .results import (
+    Balance,
+    Card,
+    CheckoutResult,
+    CouponVerdict,
+    ExpiringBatch,
+    RefundResult,
+    ResultLine,
+    ScanResult,
+    TillStatus,
+)
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("tillpoint.agent")
@@ -106,9 +117,9 @@ class DeviceNotifier(Protocol):
 
     def show(self, lines: Sequence[str]) -> None: ...
 
-    def after_quote(self, result: Mapping[str, Any]) -> None: ...
+    def after_quote(self, result: CheckoutResult) -> None: ...
 
-    def after_checkout(self, result: Mapping[str, Any]) -> None: ...
+    def after_checkout(self, result: CheckoutResult) -> None: ...
 
     def status(self) -> Mapping[str, Any]: ...
 
@@ -135,7 +146,7 @@ class _Priced:
     ident: Identification
     priced: Priced
     mode: str
-    result: dict[str, Any]
+    result: CheckoutResult
     customer: Customer | None
     offers: list[Offer]
     applied: dict[str, int]
@@ -290,18 +301,18 @@ class Agent:
         except Exception:
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
 
-    def identify(self, text: str) -> dict[str, Any]:
+    def identify(self, text: str) -> Card:
         check_text("text", text)
         with self._read() as (view, _):
             ident = identify(text, view)
-            card = card_json(
+            card = card_of(
                 ident, view.program().tier(ident.customer.tier).code if ident.customer else None
             )
         if self.devices is not None and ident.customer is not None and ident.found:
             self._tell_devices("show", identify_display(ident.customer.first_name))
         return card
 
-    def scan(self, text: str) -> dict[str, Any]:
+    def scan(self, text: str) -> ScanResult:
         """Route a scanned text (the contract §13): a coupon code this till knows (the
         cache's coupons or one it issued) is `{"kind": "COUPON", "code", "offerId"}` and
         waits in `scanned_coupons` for the receipt being rung up; anything else is a card:
@@ -314,8 +325,8 @@ class Agent:
                 if coupon is not None and code not in self.scanned_coupons:
                     self.scanned_coupons = [*self.scanned_coupons, code][-MAX_SCANNED_COUPONS:]
             if coupon is not None:
-                return {"kind": "COUPON", "code": code, "offerId": coupon.offer_id}
-        return {"kind": "CARD", "card": self.identify(text)}
+                return ScanResult("COUPON", code=code, offer_id=coupon.offer_id)
+        return ScanResult("CARD", card=self.identify(text))
 
     def take_scanned_coupons(self) -> list[str]:
         """The coupon codes scanned since the last call, oldest first (the POS puts them in
@@ -324,29 +335,29 @@ class Agent:
             codes, self.scanned_coupons = self.scanned_coupons, []
         return codes
 
-    def balance(self, card: str, at: datetime | None = None) -> dict[str, Any]:
+    def balance(self, card: str, at: datetime | None = None) -> Balance:
         check_text("card", card)
         moment = at or self.clock()
         with self._read() as (view, conn):
             ident = _require_card(identify(card, view))
             if ident.customer is None:
                 raise NotFound(f"card {card.strip()} is not known to this till")
-            return ledger.balance(
-                conn, ident.customer, view.applied_through(), moment, view.program()
-            ).as_json()
+            return balance_of(
+                ledger.balance(conn, ident.customer, view.applied_through(), moment, view.program())
+            )
 
     # ------------------------------------------------------------ quote, checkout
 
-    def quote(self, data: Any) -> dict[str, Any]:
-        receipt = parse(Receipt, data, "receipt")
+    def quote(self, receipt: Receipt) -> CheckoutResult:
+        receipt = _model(Receipt, receipt, "receipt")
         with self._read() as (view, conn):
             result = self._price(receipt, view, commit=False, reads=conn).result
         self._tell_devices("after_quote", result)
         return result
 
-    def checkout(self, data: Any) -> dict[str, Any]:
+    def checkout(self, receipt: Receipt) -> CheckoutResult:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
-        receipt = parse(Receipt, data, "receipt")
+        receipt = _model(Receipt, receipt, "receipt")
         request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
@@ -357,26 +368,28 @@ class Agent:
                 )
             if state == "HELD":
                 result = self._confirm(receipt.receipt_id, None, view)
-        self._tell_devices("after_checkout", result)  # committed first; devices never block
-        return result
+        done = CheckoutResult.from_json(result)
+        self._tell_devices("after_checkout", done)  # committed first; devices never block
+        return done
 
     # ------------------------------------------------------------ hold, confirm, cancel
 
-    def hold(self, data: Any) -> dict[str, Any]:
+    def hold(self, receipt: Receipt) -> CheckoutResult:
         """Price the receipt and reserve its redemption (the contract §11): the HELD result.
 
         The same body under the same receiptId returns what is stored (whatever the state),
         another body is a Conflict; a hold that expired is priced and held afresh."""
-        receipt = parse(Receipt, data, "receipt")
+        receipt = _model(Receipt, receipt, "receipt")
         request = _Request.of(receipt)
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
-            _, result = self._hold(receipt, view, request=request)
-        if result.get("state") == "HELD":
+            _, stored = self._hold(receipt, view, request=request)
+        result = CheckoutResult.from_json(stored)
+        if result.state == "HELD":
             self._tell_devices("after_quote", result)
         return result
 
-    def confirm(self, receipt_id: str, fiscal_document: str | None = None) -> dict[str, Any]:
+    def confirm(self, receipt_id: str, fiscal_document: str | None = None) -> CheckoutResult:
         """Commit exactly the held figures (no pricing again): the CONFIRMED result."""
         receipt_id = _receipt_id(receipt_id)
         if fiscal_document is not None and len(fiscal_document) > MAX_FISCAL_DOCUMENT:
@@ -386,11 +399,12 @@ class Agent:
             )
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
-            result = self._confirm(receipt_id, fiscal_document or None, view)
+            stored = self._confirm(receipt_id, fiscal_document or None, view)
+        result = CheckoutResult.from_json(stored)
         self._tell_devices("after_checkout", result)
         return result
 
-    def cancel(self, receipt_id: str) -> dict[str, Any]:
+    def cancel(self, receipt_id: str) -> CheckoutResult:
         """Release a hold: the held figures with `"state": "CANCELLED"` (none of them
         happened). Cancelling again returns the same; a confirmed receipt needs a refund."""
         receipt_id = _receipt_id(receipt_id)
@@ -412,7 +426,7 @@ class Agent:
                 )
         if release:
             self._release_at_hub(receipt_id)
-        return _cancelled(held)
+        return CheckoutResult.from_json(_cancelled(held))
 
     def sweep_holds(self) -> int:
         """Expire the holds past their time and release what they reserved at the hub.
@@ -498,7 +512,7 @@ class Agent:
         now_at = self.clock()
         expires = now_at + timedelta(seconds=program.hold_ttl_seconds)
         figures = _figures(done, program)
-        held = dict(done.result)
+        held = done.result.to_json()
         held["printedOffers"] = []  # chosen again at Confirm: nothing prints before
         held["display"] = quote_display(done.priced.total, done.priced.discount)
         held["state"] = "HELD"
@@ -507,7 +521,7 @@ class Agent:
         hub_hold = (
             done.mode == "ONLINE"
             and self.hub is not None
-            and (done.priced.redeemed_points > 0 or bool(coupons.applied_codes(done.result)))
+            and (done.priced.redeemed_points > 0 or bool(done.result.applied_codes))
         )
         request_text = request.text
         if confirm_now:  # Checkout: the receipt's own rows keep request and result
@@ -730,15 +744,14 @@ class Agent:
                 expires,
             )
         tier = program.tier(customer.tier).code if customer else None
-        result = result_json(receipt, ident, tier, priced, mode, after, printed)
-        result["coupons"] = coupons.verdicts(checks, priced.applied_offers)
+        verdicts = coupons.verdicts(checks, priced.applied_offers)
         if commit and customer is not None and after is not None:
             birthday = in_birthday_window(
                 customer.birthday,
                 receipt.at.astimezone(program.zone).date(),
                 program.birthday_window_days,
             )
-            result["display"] = checkout_display(
+            display = checkout_display(
                 customer.first_name,
                 priced.earned_points,
                 after.available,
@@ -746,7 +759,10 @@ class Agent:
                 _expiring_soon(after, receipt.at, program),
             )
         else:
-            result["display"] = quote_display(priced.total, priced.discount, priced.trace)
+            display = quote_display(priced.total, priced.discount, priced.trace)
+        result = checkout_result(
+            receipt, ident, tier, priced, mode, after, printed, verdicts, display
+        )
         return _Priced(
             receipt,
             ident,
@@ -910,7 +926,7 @@ class Agent:
         return result
 
     def _use_coupons(self, done: _Priced, now: datetime) -> None:
-        used = coupons.applied_codes(done.result)
+        used = done.result.applied_codes
         if not used or done.customer is None:
             return
         offer_of = {c.code: c.offer_id for c in done.coupon_checks if c.offer_id}
@@ -1055,112 +1071,110 @@ class Agent:
 
     # ------------------------------------------------------------ refund
 
-    def refund(self, data: Any) -> dict[str, Any]:
-        refund = parse(Refund, data, "refund")
+    def refund(self, refund: Refund) -> RefundResult:
+        refund = _model(Refund, refund, "refund")
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
-            stored = conn.execute(
-                "SELECT request, result, device_id, seq FROM refunds WHERE refund_id = ?",
-                (refund.refund_id,),
-            ).fetchone()
+            stored = ledger.stored_refund(conn, refund.refund_id)
             if stored is not None:
                 # A retry returns the stored result; another body under the id is a conflict.
                 sent = refund.model_dump(mode="json", by_alias=True)
-                if _legacy_digest(json.loads(stored[0]), Refund) != _legacy_digest(sent, Refund):
+                if _legacy_digest(json.loads(stored.request), Refund) != _legacy_digest(
+                    sent, Refund
+                ):
                     raise Conflict(
                         f"refund {refund.refund_id} is already stored with another body:"
                         " use a new refundId"
                     )
-                answer = dict(json.loads(stored[1]))
-                answer.setdefault("deviceId", str(stored[2]))  # stored by an older agent
-                answer.setdefault("seq", int(stored[3]))
-                return answer
-            row = conn.execute(
-                "SELECT at, card, customer_id, extra_points, activates_at FROM receipts"
-                " WHERE receipt_id = ?",
-                (refund.receipt_id,),
-            ).fetchone()
-            if row is None:
+                answer = dict(json.loads(stored.result))
+                answer.setdefault("deviceId", stored.device_id)  # stored by an older agent
+                answer.setdefault("seq", stored.seq)
+                return RefundResult.from_json(answer)
+            sale = ledger.sold_receipt(conn, refund.receipt_id)
+            if sale is None:
                 raise NotFound(f"receipt {refund.receipt_id} was never committed at this till")
-            sold_at = datetime.fromisoformat(row[0])
-            card, customer_id, extra = str(row[1]), row[2], int(row[3])
+            sold_at = datetime.fromisoformat(sale.at)
+            card, customer_id = sale.card, sale.customer_id
             # Fixed at commit (the delay in force then), never today's program.
-            activates = datetime.fromisoformat(row[4])
+            activates = datetime.fromisoformat(sale.activates_at)
             if refund.at < sold_at:
                 raise InputError(
-                    f"refund at {refund.at.isoformat()} is before the sale at {row[0]}"
+                    f"refund at {refund.at.isoformat()} is before the sale at {sale.at}"
                 )
-            lines = conn.execute(
-                "SELECT idx, sku, qty, redeemed_points, earned_points, returned_qty"
-                " FROM receipt_lines WHERE receipt_id = ? ORDER BY idx",
-                (refund.receipt_id,),
-            ).fetchall()
+            lines = ledger.receipt_lines(conn, refund.receipt_id)
             sold = [
-                SoldLine(sku, Fraction(Decimal(q)), int(p), int(e), Fraction(Decimal(r)))
-                for _, sku, q, p, e, r in lines
+                SoldLine(
+                    line.sku,
+                    Fraction(Decimal(line.qty)),
+                    line.redeemed_points,
+                    line.earned_points,
+                    Fraction(Decimal(line.returned_qty)),
+                )
+                for line in lines
             ]
             outcome = apply_refund(
                 sold,
                 [(line.sku, Fraction(line.qty)) for line in refund.lines],
-                extra,
+                sale.extra_points,
                 refund.receipt_id,
             )
-            for (idx, *_), new in zip(lines, outcome.returned_qty, strict=True):
-                conn.execute(
-                    "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
-                    (decimal_text(new), refund.receipt_id, idx),
-                )
+            ledger.set_returned(
+                conn,
+                refund.receipt_id,
+                [
+                    (line.idx, decimal_text(new))
+                    for line, new in zip(lines, outcome.returned_qty, strict=True)
+                ],
+            )
             applied = view.applied_through()
             seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
             customer = view.customer(customer_id) if customer_id else None
             delta_available = delta_pending = 0
             if customer_id:
-                rows: list[tuple[str, int, str | None, str | None]] = []
+                moves: list[ledger.PointMove] = []
                 if outcome.returned_points:
-                    rows.append(("spend", outcome.returned_points, None, None))
+                    moves.append(ledger.PointMove("spend", outcome.returned_points))
                     delta_available += outcome.returned_points
                 taken = outcome.taken_back_points
                 if taken and refund.at < activates:
                     # Taken-back points come off the receipt's own pending points first.
-                    pending_left, expires = conn.execute(
-                        "SELECT coalesce(sum(points), 0), max(expires_at) FROM points"
-                        " WHERE receipt_id = ? AND kind = 'earn'",
-                        (refund.receipt_id,),
-                    ).fetchone()
-                    from_pending = max(0, min(taken, int(pending_left)))
+                    pending_left, expires = ledger.earned_left(conn, refund.receipt_id)
+                    from_pending = max(0, min(taken, pending_left))
                     if from_pending:
-                        rows.append(("earn", -from_pending, ledger.utc_text(activates), expires))
+                        moves.append(
+                            ledger.PointMove(
+                                "earn", -from_pending, ledger.utc_text(activates), expires
+                            )
+                        )
                         delta_pending -= from_pending
                         taken -= from_pending
                 if taken:
-                    rows.append(("spend", -taken, None, None))
+                    moves.append(ledger.PointMove("spend", -taken))
                     delta_available -= taken
-                conn.executemany(
-                    "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
-                    " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
-                    [(self.device_id, seq, customer_id, refund.receipt_id, *r) for r in rows],
+                ledger.insert_points(
+                    conn, self.device_id, seq, customer_id, refund.receipt_id, moves
                 )
             program = view.program()
             balance = (
                 ledger.balance(conn, customer, applied, refund.at, program) if customer else None
             )
-            result: dict[str, Any] = {
-                "refundId": refund.refund_id,
-                "receiptId": refund.receipt_id,
-                "returnedPoints": outcome.returned_points,
-                "takenBackPoints": outcome.taken_back_points,
-                "balance": balance.as_json() if balance else None,
-                "negativeBalance": bool(balance and balance.available < 0),
-                "deviceId": self.device_id,
-                "seq": seq,
-            }
+            result = RefundResult(
+                refund_id=refund.refund_id,
+                receipt_id=refund.receipt_id,
+                returned_points=outcome.returned_points,
+                taken_back_points=outcome.taken_back_points,
+                balance=balance_of(balance) if balance else None,
+                negative_balance=bool(balance and balance.available < 0),
+                device_id=self.device_id,
+                seq=seq,
+            )
             request = refund.model_dump(mode="json", by_alias=True)
             request_text = json.dumps(request, ensure_ascii=False)
-            result_text = json.dumps(result, ensure_ascii=False)
+            result_text = json.dumps(result.to_json(), ensure_ascii=False)
             now = self.clock()
-            conn.execute(
-                "INSERT INTO refunds VALUES (?,?,?,?,?,?,?,?)",
-                (
+            ledger.insert_refund(
+                conn,
+                ledger.RefundRow(
                     refund.refund_id,
                     refund.receipt_id,
                     self.device_id,
@@ -1222,14 +1236,12 @@ class Agent:
 
     # ------------------------------------------------------------ status
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TillStatus:
         with self._lock:
             self._cache = self._live.connection()
             info = cache_mod.info(self._cache)
             conn = self._ledger
-            jobs = conn.execute(
-                "SELECT count(*) FROM print_jobs WHERE state NOT IN ('DONE')"
-            ).fetchone()[0]
+            jobs = ledger.open_print_jobs(conn)
             status: dict[str, Any] = {
                 "deviceId": self.device_id,
                 "cacheVersion": info.version,
@@ -1239,7 +1251,7 @@ class Agent:
                 "mode": "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE",
                 "printQueueDepth": int(jobs),
             }
-            failed, retrying, last_error = print_queue_health(conn)
+            failed, retrying, last_error = ledger.print_queue_health(conn)
             status["printerLastError"] = last_error
             for source in self.status_sources:
                 status.update(source(conn))
@@ -1251,7 +1263,7 @@ class Agent:
             except Exception:
                 log.warning("device status unavailable", exc_info=True)
         status.update(device_states(self.device_kinds, live, failed, retrying))
-        return status
+        return TillStatus.from_json(status)
 
     # ------------------------------------------------------------ plumbing
 
@@ -1310,18 +1322,6 @@ def _close_reader(live: LiveCache, reads: sqlite3.Connection) -> None:
         reads.close()
 
 
-def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:
-    """Failed jobs, jobs waiting for a retry, and the newest open job's last error."""
-    failed, retrying, last_error = conn.execute(
-        "SELECT count(*) FILTER (WHERE state = 'FAILED'),"
-        " count(*) FILTER (WHERE state IN ('PENDING', 'SENDING') AND attempts > 0),"
-        " (SELECT last_error FROM print_jobs WHERE state <> 'DONE' AND last_error IS NOT NULL"
-        "  ORDER BY id DESC LIMIT 1)"
-        " FROM print_jobs"
-    ).fetchone()
-    return int(failed), int(retrying), str(last_error or "")
-
-
 def device_states(
     kinds: dict[str, str], live: dict[str, Any] | None, failed: int, retrying: int
 ) -> dict[str, str]:
@@ -1353,23 +1353,25 @@ def device_states(
     return out
 
 
-# ---------------------------------------------------------------- JSON shapes
+# ---------------------------------------------------------------- typed results
 
 
-def card_json(ident: Identification, tier: str | None) -> dict[str, Any]:
+def card_of(ident: Identification, tier: str | None) -> Card:
     if ident.customer is None or ident.status != "FOUND":
-        if ident.reason:  # INVALID / BLOCKED say why (CardOutcome.reason)
-            return {"status": ident.status, "reason": ident.reason}
-        return {"status": ident.status}
-    return {
-        "status": "FOUND",
-        "customerId": ident.customer.id,
-        "tier": tier,
-        "firstName": ident.customer.first_name,
-    }
+        return Card(ident.status, reason=ident.reason or None)
+    return Card("FOUND", ident.customer.id, tier, ident.customer.first_name)
 
 
-def result_json(
+def balance_of(points: ledger.Points) -> Balance:
+    return Balance(
+        points.available, points.pending, tuple(ExpiringBatch(p, e) for p, e in points.expiring)
+    )
+
+
+_row = tuple.__new__
+
+
+def checkout_result(
     receipt: Receipt,
     ident: Identification,
     tier: str | None,
@@ -1377,33 +1379,44 @@ def result_json(
     mode: str,
     balance: ledger.Points | None,
     printed: list[Offer],
-) -> dict[str, Any]:
+    verdicts: Sequence[Mapping[str, str]],
+    display: Sequence[str],
+) -> CheckoutResult:
+    """A priced receipt as the result of a quote (a hold and a commit start from it)."""
     pv = priced.point_value
-    return {
-        "receiptId": receipt.receipt_id,
-        "card": card_json(ident, tier),
-        "mode": mode,
-        "lines": [
-            {
-                "sku": line.sku,
-                "amountMinor": line.amount,
-                "discountMinor": line.discount,
-                "offerId": line.offer_id,
-                "redeemedMinor": line.redeemed_points * pv,
-                "earnedPoints": line.earned_points,
-            }
-            for line in priced.lines
-        ],
-        "totalMinor": priced.total,
-        "discountMinor": priced.discount,
-        "redeemedPoints": priced.redeemed_points,
-        "payableMinor": priced.payable,
-        "earnedPoints": priced.earned_points,
-        "balance": balance.as_json() if balance else None,
-        "heldOut": list(priced.held_out),
-        "printedOffers": [o.id for o in printed],
-        **({"trace": priced.trace} if priced.trace is not None else {}),
-    }
+    return CheckoutResult(
+        receipt_id=receipt.receipt_id,
+        card=card_of(ident, tier),
+        mode=mode,
+        # tuple.__new__: the named tuple without its Python-level __new__ (half the cost)
+        lines=tuple(
+            [
+                _row(
+                    ResultLine,
+                    (
+                        line.sku,
+                        line.amount,
+                        line.discount,
+                        line.offer_id,
+                        line.redeemed_points * pv,
+                        line.earned_points,
+                    ),
+                )
+                for line in priced.lines
+            ]
+        ),
+        total_minor=priced.total,
+        discount_minor=priced.discount,
+        redeemed_points=priced.redeemed_points,
+        payable_minor=priced.payable,
+        earned_points=priced.earned_points,
+        balance=balance_of(balance) if balance else None,
+        held_out=tuple(priced.held_out),
+        printed_offers=tuple(o.id for o in printed),
+        trace=priced.trace,
+        coupons=tuple(CouponVerdict(v["code"], v["status"], v["reason"]) for v in verdicts),
+        display=tuple(display),
+    )
 
 
 def _expiring_soon(
@@ -1563,8 +1576,19 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
             o.model_dump(mode="json", by_alias=True, exclude_none=True) for o in done.offers
         ],
         "cooldownDays": program.offer_print_cooldown_days,
-        "display": done.result.get("display", []),
+        "display": list(done.result.display or ()),
     }
+
+
+M = TypeVar("M", Receipt, Refund)
+
+
+def _model(model: type[M], value: M | Mapping[str, Any], what: str) -> M:
+    """The request as its model; a JSON object (a caller written before the edges parsed
+    their input) is validated here, with the same one-line refusals."""
+    if isinstance(value, model):
+        return value
+    return parse(model, value, what)
 
 
 def _with_cap(ctx: PricingContext, cap: int, source: str = "OFFLINE_LIMIT") -> PricingContext:

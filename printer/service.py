@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from pydantic import ValidationError
+from tillpoint.agent.results import CheckoutResult
 from tillpoint.printer.codes import parse_offer_code
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
@@ -100,14 +101,20 @@ class Devices:
     def show(self, lines: Sequence[str]) -> None:
         self.display.show(lines)
 
-    def after_quote(self, result: Mapping[str, Any]) -> None:
-        lines = result.get("display")
-        if isinstance(lines, list) and lines:
+    def after_quote(self, result: CheckoutResult | Mapping[str, Any]) -> None:
+        # The typed result (`Agent`'s) is read by attribute: no JSON is built per sale.
+        lines = result.display if isinstance(result, CheckoutResult) else result.get("display")
+        if isinstance(lines, list | tuple) and lines:
             self.display.show([str(x) for x in lines])
 
-    def after_checkout(self, result: Mapping[str, Any]) -> None:
+    def after_checkout(self, result: CheckoutResult | Mapping[str, Any]) -> None:
         self.after_quote(result)
-        if result.get("printedOffers"):
+        printed = (
+            result.printed_offers
+            if isinstance(result, CheckoutResult)
+            else result.get("printedOffers")
+        )
+        if printed:
             self.worker.wake()
 
     def status(self) -> DevicesStatus:

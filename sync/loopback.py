@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tillpoint.agent.service import Agent
+from tillpoint.agent.app import till_agent
+from tillpoint.agent.service import Agent, DeviceNotifier
 
 from . import pki
 from .authoriser import HubAuthoriser
@@ -22,7 +23,6 @@ from .client import HubLink
 from .hub_import import read_json
 from .hub_server import HubConfig, HubDir, HubServer, system_clock
 from .service import SyncService, SyncTimings
-from .state import sync_status
 
 SAMPLE: dict[str, Any] = {
     "program": {
@@ -175,17 +175,19 @@ class LoopbackHub:
         timings: SyncTimings = FAST,
         start: bool = True,
         clock: Callable[[], datetime] | None = None,
+        devices: DeviceNotifier | None = None,
     ) -> Till:
-        """Enrol a till and start its sync the way `tillpoint run` does."""
+        """Enrol a till and start its sync the way `tillpoint run` does: its agent built by
+        `app.till_agent`, with the hub's authoriser and its `devices` (None: none)."""
         enrollment = self.enroll(device_id, data_dir)
         link = HubLink(self.address, enrollment)
         authoriser = HubAuthoriser(link, Path(data_dir), device_id, timings.redeem_timeout_s)
-        agent = Agent(
+        agent = till_agent(
             Path(data_dir),
             device_id,
-            clock=clock or system_clock,
+            clock=clock,
             hub=authoriser,
-            status_sources=(sync_status,),
+            devices=devices,
         )
         service = None
         if start:

@@ -144,6 +144,8 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CLI:
     def run(*args: Any) -> Run:
         argv = ["--data-dir", str(data_dir)]
         for arg in args:
+            if hasattr(arg, "to_json"):  # a typed result (agent/results.py): its document
+                arg = arg.to_json()
             if isinstance(arg, dict | list):
                 path = tmp_path / f"input-{next(counter)}.json"
                 path.write_text(json.dumps(arg, ensure_ascii=False), encoding="utf-8")

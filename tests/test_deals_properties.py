@@ -244,9 +244,9 @@ def test_quote_equals_checkout_with_deals_and_the_trace_changes_no_figure(
             "lines": line_rows,
             "redeemPoints": requested,
         }
-        quoted = agent.quote(data)
-        explained = agent.quote({**data, "explain": True})
-        committed = agent.checkout(data)
+        quoted = agent.quote(data).to_json()
+        explained = agent.quote({**data, "explain": True}).to_json()
+        committed = agent.checkout(data).to_json()
         assert "trace" not in quoted and "trace" in explained
         for key in ("trace", "display"):  # the display may use the trace (§17)
             explained.pop(key)

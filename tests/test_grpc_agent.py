@@ -200,7 +200,7 @@ def test_health_service_reports_serving(tmp_path: Path) -> None:
 
 
 def test_the_fast_result_builder_equals_json_format(tmp_path: Path) -> None:
-    from tillpoint.agent.server import checkout_result, to_message
+    from tillpoint.agent.wire import checkout_message, json_of, to_message
 
     agent = Agent(tmp_path, "till-1")
     offer = {
@@ -225,7 +225,7 @@ def test_the_fast_result_builder_equals_json_format(tmp_path: Path) -> None:
         agent.checkout(receipt("r2", card="2770000000994")),  # UNKNOWN: no balance
     ]
     for result in results:
-        assert checkout_result(result) == to_message(result, pb.CheckoutResult())
+        assert checkout_message(result) == to_message(json_of(result), pb.CheckoutResult())
     agent.close()
 
 
@@ -260,7 +260,7 @@ def test_the_fast_receipt_reader_validates_like_json_format(message: pb.Receipt)
     """receipt_dict (the hot path) and MessageToDict give the same receipt or the same refusal."""
     from tillpoint.agent.errors import InputError
     from tillpoint.agent.models import Receipt, parse
-    from tillpoint.agent.server import receipt_dict, to_dict
+    from tillpoint.agent.wire import receipt_dict, to_dict
 
     outcomes = []
     for data in (receipt_dict(message), to_dict(message)):

@@ -24,8 +24,6 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from .conftest import CLI, receipt, snapshot
 
 TIMEOUT = 10
-HAS_HOLD = all(hasattr(Agent, name) for name in ("hold", "confirm", "cancel"))
-needs_hold = pytest.mark.skipif(not HAS_HOLD, reason="Agent.hold/confirm/cancel not merged yet")
 
 
 @dataclass
@@ -242,14 +240,6 @@ def test_healthz_is_200_while_serving_with_a_snapshot(client: Client, server: Ht
     assert error_of(client.get("/healthz"))[:2] == (503, "UNAVAILABLE")
 
 
-@pytest.mark.skipif(HAS_HOLD, reason="the agent has hold/confirm/cancel")
-def test_hold_confirm_cancel_answer_501_until_the_agent_has_them(client: Client) -> None:
-    assert error_of(client.post("/v1/hold", receipt()))[:2] == (501, "UNIMPLEMENTED")
-    assert error_of(client.post("/v1/confirm", {"receiptId": "r1"}))[:2] == (501, "UNIMPLEMENTED")
-    assert error_of(client.post("/v1/cancel", {"receiptId": "r1"}))[:2] == (501, "UNIMPLEMENTED")
-
-
-@needs_hold
 def test_hold_then_confirm_then_idempotent(client: Client, cli: CLI) -> None:
     held = client.post("/v1/hold", receipt("h1", redeemPoints=100))
     assert held.status == 200, held.body
@@ -265,7 +255,6 @@ def test_hold_then_confirm_then_idempotent(client: Client, cli: CLI) -> None:
     assert error_of(client.post("/v1/cancel", {"receiptId": "h1"}))[0] == 412
 
 
-@needs_hold
 def test_hold_then_cancel_and_conflicts(client: Client) -> None:
     assert client.post("/v1/hold", receipt("h2")).status == 200
     other = receipt("h2", lines=[{"sku": "4601234000024", "qty": "1", "priceMinor": 5990}])

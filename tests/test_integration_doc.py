@@ -18,10 +18,6 @@ from tillpoint.agent.service import Agent
 from .conftest import REPO
 
 DOC = REPO / "docs" / "INTEGRATION.md"
-HAS_HOLD = all(hasattr(Agent, name) for name in ("hold", "confirm", "cancel"))
-needs_hold = pytest.mark.skipif(
-    not HAS_HOLD, reason="the examples hold and confirm: Agent.hold/confirm/cancel not merged yet"
-)
 JAVAC, JAVA = shutil.which("javac"), shutil.which("java")
 needs_jdk = pytest.mark.skipif(
     JAVAC is None or JAVA is None,
@@ -69,7 +65,6 @@ def test_the_java_example_compiles(tmp_path: Path) -> None:
     subprocess.run([str(JAVAC), "TillExample.java"], cwd=tmp_path, check=True, timeout=180)
 
 
-@needs_hold
 def test_the_curl_example_runs(agent_url: str, tmp_path: Path) -> None:
     script = tmp_path / "example.sh"
     script.write_text(example("curl"), encoding="utf-8")
@@ -77,7 +72,6 @@ def test_the_curl_example_runs(agent_url: str, tmp_path: Path) -> None:
     assert '"state": "CONFIRMED"' in out and '"refundId": "s1-t1-r-0007"' in out
 
 
-@needs_hold
 def test_the_python_example_runs(agent_url: str, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(example("python"), encoding="utf-8")
@@ -85,7 +79,6 @@ def test_the_python_example_runs(agent_url: str, tmp_path: Path) -> None:
     assert "payment failed: hold cancelled" in out and out.rstrip().endswith("done")
 
 
-@needs_hold
 @needs_jdk
 @pytest.mark.slow
 def test_the_java_example_runs(agent_url: str, tmp_path: Path) -> None:

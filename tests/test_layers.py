@@ -30,6 +30,7 @@ CORE = (
     "pricing",
     "refunds",
     "coupons",
+    "results",
 )
 FORBIDDEN_IN_CORE = (
     "sqlite3",
@@ -44,7 +45,18 @@ FORBIDDEN_IN_CORE = (
     "tillpoint.printer",
     *(
         f"tillpoint.agent.{m}"
-        for m in ("service", "cache", "ledger", "db", "server", "cli", "app", "http_api", "demo")
+        for m in (
+            "service",
+            "cache",
+            "ledger",
+            "db",
+            "server",
+            "cli",
+            "app",
+            "http_api",
+            "demo",
+            "wire",
+        )
     ),
 )
 APPLICATION = tuple(
@@ -107,3 +119,30 @@ def test_sync_and_printer_never_import_the_till_application() -> None:
                 if any(n == a or n.startswith(a + ".") for a in APPLICATION)
             ]
     assert offenders == []
+
+
+def test_the_till_application_maps_nothing_to_proto() -> None:
+    """`Agent` returns typed results (agent/results.py); proto messages are built only by
+    the edges' mapper (agent/wire.py): importing the application loads no protobuf."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, "tillpoint.agent.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    loaded = json.loads(out)
+    assert [n for n in loaded if n.startswith(("google.protobuf", "tillpoint.v1"))] == []
+    assert "tillpoint.agent.wire" not in loaded
+
+
+def test_the_cli_prints_results_without_protobuf() -> None:
+    """The CLI's JSON half of the mapper (results.json_of, receipt_from_json) is pure."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, "tillpoint.agent.results"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert [n for n in json.loads(out) if n.startswith("google.protobuf")] == []

@@ -209,8 +209,8 @@ def test_quote_equals_checkout(
             "lines": line_rows,
             "redeemPoints": requested,
         }
-        quoted = agent.quote(data)
-        committed = agent.checkout(data)
+        quoted = agent.quote(data).to_json()
+        committed = agent.checkout(data).to_json()
         assert committed.pop("state") == "CONFIRMED"  # a quote has no state (§11)
         for key in ("printedOffers", "display"):
             quoted.pop(key)

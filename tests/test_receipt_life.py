@@ -12,8 +12,9 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.errors import Conflict, InputError, NotFound, Refused
-from tillpoint.agent.server import build_server, checkout_result, start_hold_sweeper, to_message
+from tillpoint.agent.server import build_server, start_hold_sweeper
 from tillpoint.agent.service import Agent
+from tillpoint.agent.wire import checkout_message, json_of, to_message
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -222,7 +223,7 @@ def test_tillpoint_run_sweeps_expired_holds_without_anyone_asking(
 
 def test_held_and_cancelled_results_map_to_the_proto(till: Agent) -> None:
     for result in (till.hold(receipt()), till.cancel("r1"), till.checkout(receipt("r2"))):
-        assert checkout_result(result) == to_message(result, pb.CheckoutResult())
+        assert checkout_message(result) == to_message(json_of(result), pb.CheckoutResult())
 
 
 def test_cli_hold_confirm_cancel(cli: CLI) -> None:
