@@ -10,7 +10,7 @@ import logging
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +33,7 @@ from .db import (
 from .errors import InputError, SnapshotRefused, StorageError
 from .identify import normalise, phone_key
 from .models import (
+    LINE_KINDS,
     ROW_MODELS,
     CardRecord,
     Category,
@@ -62,6 +63,10 @@ _BUILD_CACHE_KIB = 16_000
 # build's written pages are flushed (fdatasync), so only a few MB are ever pending.
 _BUILD_SYNC_BATCHES = 10
 log = logging.getLogger("tillpoint.agent")
+
+
+# A row tuple of SQLite as a NamedTuple, with no Python call (`tuple.__new__`).
+_row = tuple.__new__
 
 
 class ProductRow(NamedTuple):
@@ -467,6 +472,7 @@ class CacheView:
         # Data every receipt needs and that changes only with the snapshot (mass offers,
         # the category tree), kept across views and keyed by the snapshot version.
         self._memo = memo if memo is not None else {}
+        self._at_version: int | None = None
 
     @classmethod
     @contextmanager
@@ -480,10 +486,13 @@ class CacheView:
         finally:
             conn.execute("COMMIT")
 
-    @functools.cached_property
+    @property
     def version(self) -> int:
-        """The snapshot version this view reads: fixed for its read transaction."""
-        return _version(self.conn)
+        """The snapshot version this view reads: fixed for its read transaction (read once;
+        not a cached_property, whose first access takes a lock on Python 3.11)."""
+        if self._at_version is None:
+            self._at_version = _version(self.conn)
+        return self._at_version
 
     def program(self) -> Program:
         def load() -> Program:
@@ -527,18 +536,26 @@ class CacheView:
 
     # pricing reads
     def products(self, skus: Iterable[str]) -> dict[str, ProductRow]:
-        """The receipt's products as plain rows (validated when the snapshot was loaded)."""
-        wanted = sorted(set(skus))
+        """The receipt's products as plain rows (validated when the snapshot was loaded),
+        one statement for up to 500 of them. SQLite's row tuples become the rows as they
+        are (no Python call a row): `excluded <> 0` is its 0 or 1, a bool's value."""
+        wanted = list(set(skus))
+        if len(wanted) <= 500:
+            return {row[0]: _row(ProductRow, row) for row in self._products(wanted)}
         out: dict[str, ProductRow] = {}
         for i in range(0, len(wanted), 500):
-            chunk = wanted[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for sku, name, category, excluded in self.conn.execute(
-                f"SELECT sku, name, category, excluded FROM products WHERE sku IN ({marks})",
-                chunk,
-            ):
-                out[sku] = ProductRow(sku, name, category, bool(excluded))
+            out.update(
+                {row[0]: _row(ProductRow, row) for row in self._products(wanted[i : i + 500])}
+            )
         return out
+
+    def _products(self, chunk: list[str]) -> list[tuple[str, str, str, bool]]:
+        marks = ",".join("?" * len(chunk))
+        rows: list[tuple[str, str, str, bool]] = self.conn.execute(
+            f"SELECT sku, name, category, excluded <> 0 FROM products WHERE sku IN ({marks})",
+            chunk,
+        ).fetchall()
+        return rows
 
     def remembered(self, name: str, load: Callable[[], T]) -> T:
         """Something derived from the snapshot (the program, the category tree, the mass
@@ -594,23 +611,33 @@ class CacheView:
         )
         return mass
 
+    def personal_offers_for(
+        self, customer_id: str, skus: Collection[str], categories: Collection[str]
+    ) -> list[Offer]:
+        """The customer's personal offers that might apply to a receipt of these SKUs and
+        (its lines') categories, by id: every receipt-level offer, and the line offers
+        targeting one of them. Pricing finds a line's offers by its SKU and categories,
+        so it prices with these as with all of them; the others are not parsed."""
+        return self._personal(customer_id).for_receipt(skus, categories)
+
     def personal_offers(self, customer_id: str) -> list[Offer]:
-        """The customer's personal offers, by id. Parsed once per (snapshot version,
-        customer) and kept for the last `PERSONAL_OFFERS_KEPT` customers: the memo is keyed
-        by the version this view reads, so a new version never serves the old offers."""
-        kept: OrderedDict[str, tuple[Offer, ...]] = self.remembered("personal", OrderedDict)
+        """The customer's personal offers, by id."""
+        return self._personal(customer_id).all()
+
+    def _personal(self, customer_id: str) -> _Personal:
+        """Read once per (snapshot version, customer) and kept for the last
+        `PERSONAL_OFFERS_KEPT` customers, each offer parsed when first needed: the memo is
+        keyed by the version this view reads, so a new version never serves the old ones."""
+        kept: OrderedDict[str, _Personal] = self.remembered("personal", OrderedDict)
         found = kept.get(customer_id)
         if found is None:
-            found = tuple(
-                sorted(
-                    (
-                        Offer.model_validate_json(doc)
-                        for (doc,) in self.conn.execute(
-                            "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
-                        )
-                    ),
-                    key=_offer_id,
-                )
+            found = _Personal(
+                [
+                    doc
+                    for (doc,) in self.conn.execute(
+                        "SELECT doc FROM offers WHERE customer_id = ?", (customer_id,)
+                    )
+                ]
             )
             kept[customer_id] = found
             while len(kept) > PERSONAL_OFFERS_KEPT:
@@ -619,7 +646,62 @@ class CacheView:
         else:
             with contextlib.suppress(KeyError):
                 kept.move_to_end(customer_id)
-        return list(found)
+        return found
+
+
+class _Personal:
+    """One customer's personal offers in one snapshot version: their stored JSON, what
+    each targets, and each offer parsed when a receipt first might get it (several
+    threads may parse one at once: they store equal offers)."""
+
+    __slots__ = ("docs", "offers", "targets")
+
+    def __init__(self, docs: list[str]) -> None:
+        self.docs = docs
+        self.targets = [_targets(doc) for doc in docs]
+        self.offers: list[Offer | None] = [None] * len(docs)
+
+    def parsed(self, i: int) -> Offer:
+        offer = self.offers[i]
+        if offer is None:
+            offer = self.offers[i] = Offer.model_validate_json(self.docs[i])
+        return offer
+
+    def all(self) -> list[Offer]:
+        return sorted((self.parsed(i) for i in range(len(self.docs))), key=_offer_id)
+
+    def for_receipt(self, skus: Collection[str], categories: Collection[str]) -> list[Offer]:
+        return sorted(
+            (
+                self.parsed(i)
+                for i, aim in enumerate(self.targets)
+                if aim is None or not aim[0].isdisjoint(skus) or not aim[1].isdisjoint(categories)
+            ),
+            key=_offer_id,
+        )
+
+
+def _targets(doc: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """The SKUs and categories a line offer's stored JSON targets, read with `json.loads`
+    (a fraction of the model's parse); None for a receipt-level offer, which any receipt
+    might get, and whenever unsure: a document with an escape, or with one of the keys
+    read spelled more than once, is never left out."""
+    if "\\" in doc or any(doc.count(key) > 1 for key in _TARGET_KEYS):
+        return None
+    light = json.loads(doc)
+    kind = light.get("kind") if isinstance(light, dict) else None
+    if not isinstance(kind, str) or kind not in LINE_KINDS:
+        return None
+    skus = light.get("skus") or []
+    groups = light.get("categories") or []
+    if not isinstance(skus, list) or not isinstance(groups, list):
+        return None
+    if not all(isinstance(x, str) for x in (*skus, *groups)):
+        return None
+    return frozenset(skus), frozenset(groups)
+
+
+_TARGET_KEYS = ('"kind"', '"skus"', '"categories"')
 
 
 def _offer_id(offer: Offer) -> str:

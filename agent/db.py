@@ -217,10 +217,11 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
     raise StorageError(f"cannot open the cache in {data_dir}: it keeps being replaced")
 
 
-def cache_identity(data_dir: Path) -> tuple[str | None, int, int]:
+def cache_identity(data_dir: Path | str) -> tuple[str | None, int, int]:
     """What ``cache.db`` is now: the symlink's target (None for a plain file) and the
-    file's device and inode. Two system calls, cheap enough to check before every read."""
-    path = Path(data_dir) / CACHE
+    file's device and inode. Two system calls, cheap enough to check before every read
+    (`LiveCache` passes the path as a string: building a `Path` cost more than both)."""
+    path = os.path.join(data_dir, CACHE)
     try:
         target: str | None = os.readlink(path)
     except OSError:
@@ -241,11 +242,12 @@ class LiveCache:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
-        self._identity = cache_identity(self.data_dir)  # before opening: never misses a switch
+        self._dir = str(self.data_dir)
+        self._identity = cache_identity(self._dir)  # before opening: never misses a switch
         self._conn = open_cache(self.data_dir)
 
     def connection(self) -> sqlite3.Connection:
-        now = cache_identity(self.data_dir)
+        now = cache_identity(self._dir)
         if now != self._identity:
             try:
                 fresh = open_cache(self.data_dir)

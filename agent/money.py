@@ -58,7 +58,9 @@ def split_integer(numerators: Sequence[int], denominator: int, total: int) -> li
     missing = total - sum(shares)
     if missing <= 0:
         return shares
-    order = sorted(range(len(numerators)), key=lambda i: (-(numerators[i] % denominator), i))
+    # by remainder, largest first; ties keep their order (`sorted` is stable)
+    remainders = [-(n % denominator) for n in numerators]
+    order = sorted(range(len(numerators)), key=remainders.__getitem__)
     for i in order[:missing]:
         shares[i] += 1
     return shares

@@ -674,7 +674,13 @@ class Agent:
             lambda code: view.coupon(code) or ledger.issued_coupon(conn, code),
             lambda code: ledger.coupon_used(conn, code, self.clock()),
         )
-        personal = view.personal_offers(customer.id) if customer else []
+        personal: list[Offer] = []
+        lines_categories: Callable[[str], frozenset[str]] = categories_of
+        if customer is not None:  # only the offers its lines might get are parsed
+            of_sku = {sku: categories_of(sku) for sku in {line.sku for line in receipt.lines}}
+            lines_categories = of_sku.__getitem__  # every line's SKU is in it
+            groups = {c for categories in of_sku.values() for c in categories}
+            personal = view.personal_offers_for(customer.id, of_sku.keys(), groups)
         before = ledger.balance(conn, customer, applied, receipt.at, program) if customer else None
         # This till's other open holds reserve their points (the contract §11).
         held_elsewhere = (
@@ -688,7 +694,7 @@ class Agent:
         ctx = PricingContext(
             program=program,
             products=products,
-            categories_of=categories_of,
+            categories_of=lines_categories,
             customer=customer,
             offers=OfferIndex(personal, also=mass),
             available_points=before.available - held_elsewhere if before else 0,

@@ -10,11 +10,14 @@ benchmark works on a small dataset):
 - `hub import` of the chain (COPY into a staging table, checked in bulk, one statement
   into the draft), then its publish; the SQLite store's import of the same file beside it
   at the smaller scales (at chain scale it takes minutes, docs/HUB.md has the figure);
-- push ingestion from simulated tills, batches of 50, through two stores over one
-  database (two hub servers, the gRPC layer left out): transactions a second, and every
-  (deviceId, seq) stored exactly once (a second push of every batch stores nothing);
-- concurrent AuthorizeRedemption of one hot card from 100 tills through two servers:
-  p99 latency, and the grants never exceed the balance;
+- push ingestion from simulated tills, batches of 50, to two real `tillpoint hub serve`
+  processes (random ports, one database) over gRPC with mTLS, the tills being client
+  processes of their own (`bench/hubclients.py`): transactions a second, and every
+  (deviceId, seq) stored exactly once (a second push of every batch, to the other server
+  under a new batch id, stores nothing);
+- concurrent AuthorizeRedemption of one hot card from 100 tills on those two servers, in
+  a closed loop (a stress test: every till asks again as soon as it is answered, 5 times,
+  all starting at once): p50/p99 latency, and the grants never exceed the balance;
 - the full snapshot build from PostgreSQL (a server-side cursor, streamed to a file).
 
 Results go to bench/results/<time>-hub-<scale>.json and a table on the terminal.
@@ -25,12 +28,16 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,25 +53,6 @@ TARGETS = {  # issue 14, at chain scale on 2 cores
     "AuthorizeRedemption of one hot card, 100 tills on 2 servers": ("p99 ms", 20.0),
     "snapshot build of the chain from PostgreSQL": ("s", 60.0),
 }
-
-
-def _tx(device: str, seq: int, customer: str) -> Any:
-    from tillpoint.sync.hub_store import TxIn
-
-    receipt = f"{device}-{seq}"
-    return TxIn(
-        device,
-        seq,
-        "CHECKOUT",
-        "2026-11-30T09:00:00+00:00",
-        customer,
-        "",
-        json.dumps({"receiptId": receipt}),
-        json.dumps({"receiptId": receipt, "earnedPoints": 3}),
-        3,
-        0,
-        "",
-    )
 
 
 def run(scale_name: str, url: str | None, work: Path) -> dict[str, Any]:
@@ -123,8 +111,9 @@ def run(scale_name: str, url: str | None, work: Path) -> dict[str, Any]:
 
             tills = 1000 if chain else 100
             rounds = 2
-            _ingest(a, b, tills, rounds, scale, figure)
-            _redeem(a, b, figure)
+            with _servers(work, db) as (hub, addresses):
+                _ingest(a, hub, addresses, tills, rounds, scale, work, figure)
+                _redeem(a, hub, addresses, work, figure)
 
             sink = io.BytesIO() if not chain else None
             started = time.perf_counter()
@@ -152,42 +141,105 @@ def run(scale_name: str, url: str | None, work: Path) -> dict[str, Any]:
     }
 
 
+CLIENT_PROCESSES = 4  # the simulated tills' processes
+SERVER = str(Path(sys.executable).with_name("tillpoint"))
+
+
+@contextmanager
+def _servers(work: Path, db: str) -> Iterator[tuple[Any, list[str]]]:
+    """Two `tillpoint hub serve` processes on random ports over the one database (the keys
+    made once, in the hub directory both use); (the hub directory, their addresses)."""
+    from tillpoint.sync.hub_server import HubDir
+
+    hub = HubDir(work / "hub", db)
+    hub.init()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = []
+        for name in ("a", "b"):
+            port_file = work / f"{name}.port"
+            with (work / f"{name}.log").open("ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            *(SERVER, "hub", "serve", "--hub-dir", str(hub.root), "--store", db),
+                            *("--listen", "127.0.0.1:0", "--port-file", str(port_file)),
+                            *("--publish-every", "0", "--workers", "128"),
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                )
+            deadline = time.monotonic() + 60
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if procs[-1].poll() is not None or time.monotonic() > deadline:
+                    log_text = (work / f"{name}.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"hub server {name} did not start: {log_text}")
+                time.sleep(0.1)
+            ports.append(int(port_file.read_text()))
+        yield hub, [f"127.0.0.1:{port}" for port in ports]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _enroll(
+    store: Any, hub: Any, devices: list[str], addresses: list[str], work: Path
+) -> list[Any]:
+    """Certificates for the tills; (device, enrollment dir, its server, the other one)."""
+    from tillpoint.sync import pki
+
+    tills = []
+    for n, device in enumerate(devices):
+        first, second = addresses[n % 2], addresses[(n + 1) % 2]
+        identity = pki.issue_device(hub.keys, device)
+        store.enroll(device, identity.fingerprint, datetime.now(UTC))
+        where = work / "tills" / device
+        pki.install_bundle(where, pki.make_bundle(hub.keys, identity, first), device)
+        tills.append((device, str(where), f"ipv4:{first}", f"ipv4:{second}"))
+    return tills
+
+
+def _clients() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(CLIENT_PROCESSES, mp_context=multiprocessing.get_context("spawn"))
+
+
 def _ingest(
-    a: Any, b: Any, tills: int, rounds: int, scale: Scale, figure: Callable[..., None]
+    store: Any,
+    hub: Any,
+    addresses: list[str],
+    tills: int,
+    rounds: int,
+    scale: Scale,
+    work: Path,
+    figure: Callable[..., None],
 ) -> None:
-    """Every till pushes `rounds` batches of 50 through one of the two stores."""
-    now = datetime.now(UTC)
-    batches = [
-        (
-            f"till-{t:05d}",
-            r,
-            [
-                _tx(f"till-{t:05d}", r * BATCH + i + 1, f"c{(t * 7919 + i) % scale.customers}")
-                for i in range(BATCH)
-            ],
+    """Every till pushes `rounds` batches of 50 to its server; then every batch again to
+    the other server under a new batch id (nothing may be stored twice)."""
+    from bench import hubclients
+
+    enrolled = _enroll(store, hub, [f"till-{t:05d}" for t in range(tills)], addresses, work)
+    shares = [enrolled[k::CLIENT_PROCESSES] for k in range(CLIENT_PROCESSES)]
+    with _clients() as pool:
+        list(pool.map(time.sleep, [0.0] * CLIENT_PROCESSES))  # the processes started
+        start_at = time.time() + 2.0
+        done = list(
+            pool.map(
+                hubclients.push, [(share, rounds, scale.customers, start_at, 8) for share in shares]
+            )
         )
-        for r in range(rounds)
-        for t in range(tills)
-    ]
-
-    def push(item: tuple[str, int, list[Any]]) -> int:
-        device, r, txs = item
-        store = a if hash(device) % 2 else b
-        return int(store.ingest(device, f"b{r}", txs, now).count("STORED"))
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        stored = sum(pool.map(push, batches))
-    took = time.perf_counter() - started
+    took = max(d["ended"] for d in done) - start_at
     total = tills * rounds * BATCH
-
-    def again(item: tuple[str, int, list[Any]]) -> int:
-        device, r, txs = item
-        store = b if hash(device) % 2 else a  # the other server this time, a new batch id
-        return int(store.ingest(device, f"retry-{r}", txs, now).count("STORED"))
-
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        doubled = sum(pool.map(again, batches))
+    stored = sum(d["stored"] for d in done)
+    doubled = sum(d["stored_again"] for d in done)
     figure(
         "push ingestion (batches of 50, 2 servers)",
         total / took,
@@ -197,47 +249,52 @@ def _ingest(
         stored=stored,
         stored_again=doubled,
         exact=stored == total and doubled == 0,
+        calling=f"{CLIENT_PROCESSES} client processes, 8 calls at once each",
     )
 
 
-def _redeem(a: Any, b: Any, figure: Callable[..., None]) -> None:
-    """100 tills ask for 10 points each of c0 at once, again and again, through both
-    stores: the sum granted never exceeds the balance."""
-    now = datetime.now(UTC)
-    balance = a.balance("c0", now).available - a.balance("c0", now).held
-    samples: list[float] = []
-    granted: list[int] = []
-    lock = threading.Lock()
-    start = threading.Barrier(100)
+def _redeem(
+    store: Any, hub: Any, addresses: list[str], work: Path, figure: Callable[..., None]
+) -> None:
+    """100 tills (half on each server) ask for 10 points each of one card: first in a
+    closed loop (5 calls each, one right after the other, all starting at once: a stress
+    test whose latency is mostly the queue), then paced (each till once a second, the
+    100 spread over the second: 100 calls a second on the one card). The sum granted
+    never exceeds the balance."""
+    from bench import hubclients
 
-    def till(n: int) -> None:
-        store = a if n % 2 else b
-        start.wait()
-        for k in range(5):
-            t0 = time.perf_counter()
-            got = store.authorise(f"till-r{n}", f"r{n}-{k}", "c0", 10, now, [], now, 900.0)
-            took = time.perf_counter() - t0
-            with lock:
-                samples.append(took)
-                granted.append(int(got.authorised))
-
-    threads = [threading.Thread(target=till, args=(n,)) for n in range(100)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    s = stats(samples)
-    figure(
-        "AuthorizeRedemption of one hot card, 100 tills on 2 servers",
-        s["p99_ms"],
-        "p99 ms",
-        p50_ms=s["p50_ms"],
-        max_ms=s["max_ms"],
-        asked=10 * len(samples),
-        granted=sum(granted),
-        balance=balance,
-        within_balance=sum(granted) <= max(balance, 0),
-    )
+    enrolled = _enroll(store, hub, [f"till-r{n:03d}" for n in range(100)], addresses, work)
+    numbered = list(enumerate(enrolled))
+    shares = [numbered[k::CLIENT_PROCESSES] for k in range(CLIENT_PROCESSES)]
+    for name, customer, every in (
+        ("AuthorizeRedemption of one hot card, 100 tills on 2 servers", "c0", 0.0),
+        ("the same, paced: 100 tills once a second each (100/s)", "c1", 1.0),
+    ):
+        now = datetime.now(UTC)
+        before = store.balance(customer, now)
+        balance = before.available - before.held
+        with _clients() as pool:
+            list(pool.map(time.sleep, [0.0] * CLIENT_PROCESSES))
+            start_at = time.time() + 3.0
+            jobs = [(share, customer, 10, 5, start_at, every) for share in shares]
+            done = list(pool.map(hubclients.redeem, jobs))
+        samples = [x for d in done for x in d["samples"]]
+        granted = sum(g for d in done for g in d["granted"])
+        s = stats(samples)
+        figure(
+            name,
+            s["p99_ms"],
+            "p99 ms",
+            p50_ms=s["p50_ms"],
+            max_ms=s["max_ms"],
+            asked=10 * len(samples),
+            granted=granted,
+            balance=balance,
+            within_balance=granted <= max(balance, 0),
+            calling="closed loop: 5 calls each, one right after the other, all at once"
+            if not every
+            else "paced: each till once a second, the 100 spread over the second",
+        )
 
 
 def main() -> int:

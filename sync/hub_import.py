@@ -25,6 +25,8 @@ section and index) and the whole import is refused.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +47,12 @@ from tillpoint.agent.models import (
 )
 
 from .hub_store import ImportRow, RowProblem
+
+
+def canonical(doc: dict[str, Any]) -> str:
+    """A row's canonical JSON text (as `hub_rules.canon` makes it)."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 Progress = Callable[[int, int], None]  # (done, total) in bytes
 
@@ -77,13 +85,18 @@ def _no_float(text: str) -> Any:
     raise _Fraction(f"the number {text} has a fraction: use minor units or decimal strings")
 
 
+# The field that keys each kind's rows (models forbid extra fields, so it is the class's).
+KEY_FIELD = {
+    kind: next((a for a in ("sku", "code", "id", "number") if a in model.model_fields), "")
+    for kind, model in MODELS.items()
+}
+_DECODER = json.JSONDecoder(parse_float=_no_float)  # one, not one a line
+
+
 def _key(kind: str, row: BaseModel) -> str:
     if kind == "program":
         return ""
-    for attr in ("sku", "code", "id", "number"):
-        if hasattr(row, attr):
-            return str(getattr(row, attr))
-    raise AssertionError(kind)  # pragma: no cover
+    return str(getattr(row, KEY_FIELD[kind]))
 
 
 def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
@@ -163,62 +176,156 @@ def read_json(
         progress(total, total)
 
 
+State = tuple[bool, str | None]  # (a JSON Lines snapshot?, its current section's kind)
+PARALLEL_BYTES = 16 << 20  # a JSON Lines file this large is parsed by several processes
+CHUNK_LINES = 2000
+
+
+def _line_rows(
+    number: int, line: bytes, state: State, first: bool
+) -> tuple[list[ImportRow | RowProblem], State]:
+    """The rows of one line, and the reading state after it (`first`: the file's first
+    line, where a JSON Lines snapshot's header is)."""
+    snapshot_stream, section = state
+    text = line.strip()
+    if not text:
+        return [], state
+    where = f"line {number}"
+    try:
+        item = _DECODER.decode(text.decode("utf-8"))
+    except _Fraction as exc:
+        return [RowProblem(where, str(exc))], state
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [RowProblem(where, f"not valid JSON ({exc.args[0] if exc.args else exc})")], state
+    if not isinstance(item, dict):
+        return [RowProblem(where, "expected a JSON object")], state
+    if not snapshot_stream and first and item.get("format") == SNAPSHOT_JSONL:
+        out: list[ImportRow | RowProblem] = []  # the header line of a JSON Lines snapshot
+        if "program" in item:
+            out.append(validate_row("program", item["program"], f"{where} program"))
+        if "removed" in item:
+            out.extend(_removed(item["removed"], f"{where} removed"))
+        return out, (True, section)
+    if snapshot_stream:
+        if set(item) == {"section"}:
+            kind = PLURAL.get(str(item["section"]))
+            if kind is None:
+                return [RowProblem(where, f"unknown section {item['section']!r}")], (True, None)
+            return [], (True, kind)
+        if section is None:
+            return [RowProblem(where, 'a row before any {"section": ...} line')], state
+        return [validate_row(section, item, where)], state
+    if len(item) != 1:
+        return [RowProblem(where, 'expected one object like {"customer": {...}}')], state
+    ((name, data),) = item.items()
+    if name == "removed":
+        return list(_removed(data, where)), state
+    if name in MODELS:
+        return [validate_row(name, data, where)], state
+    if name in PLURAL:
+        return [
+            RowProblem(where, f'write one row per line as {{"{PLURAL[name]}": {{...}}}}')
+        ], state
+    return [RowProblem(where, f"{name!r} is not a known kind of row")], state
+
+
 def read_jsonl(
-    stream: IO[bytes], total: int, progress: Progress | None
+    stream: IO[bytes], total: int, progress: Progress | None, workers: int | None = None
 ) -> Iterator[ImportRow | RowProblem]:
-    """One `{"<kind>": {...}}` object per line, or a JSON Lines snapshot; streamed."""
+    """One `{"<kind>": {...}}` object per line, or a JSON Lines snapshot; streamed. A file
+    of PARALLEL_BYTES or more is parsed and validated by `workers` processes (default:
+    one a CPU), in chunks of lines, the rows coming out in the file's order."""
+    if workers is None:
+        workers = (os.cpu_count() or 1) if total >= PARALLEL_BYTES else 1
+    if workers > 1 and multiprocessing.parent_process() is None:  # never from a worker
+        yield from _read_jsonl_parallel(stream, total, progress, workers)
+        return
     done = 0
-    section: str | None = None  # in a `tillpoint.snapshot/jsonl` stream: the current kind
-    snapshot_stream = False
+    state: State = (False, None)
     for number, line in enumerate(stream, start=1):
+        first = not done
         done += len(line)
         if progress is not None and number % 1000 == 0:
             progress(done, total)
-        text = line.strip()
-        if not text:
-            continue
-        where = f"line {number}"
-        try:
-            item = json.loads(text.decode("utf-8"), parse_float=_no_float)
-        except _Fraction as exc:
-            yield RowProblem(where, str(exc))
-            continue
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            yield RowProblem(where, f"not valid JSON ({exc.args[0] if exc.args else exc})")
-            continue
-        if not isinstance(item, dict):
-            yield RowProblem(where, "expected a JSON object")
-            continue
-        if not snapshot_stream and not done - len(line) and item.get("format") == SNAPSHOT_JSONL:
-            snapshot_stream = True  # the header line of a JSON Lines snapshot
-            if "program" in item:
-                yield validate_row("program", item["program"], f"{where} program")
-            if "removed" in item:
-                yield from _removed(item["removed"], f"{where} removed")
-            continue
-        if snapshot_stream:
-            if set(item) == {"section"}:
-                section = PLURAL.get(str(item["section"]))
-                if section is None:
-                    yield RowProblem(where, f"unknown section {item['section']!r}")
-                continue
-            if section is None:
-                yield RowProblem(where, 'a row before any {"section": ...} line')
-                continue
-            yield validate_row(section, item, where)
-            continue
-        if len(item) != 1:
-            yield RowProblem(where, 'expected one object like {"customer": {...}}')
-            continue
-        ((name, data),) = item.items()
-        if name == "removed":
-            yield from _removed(data, where)
-        elif name in MODELS:
-            yield validate_row(name, data, where)
-        elif name in PLURAL:
-            yield RowProblem(where, f'write one row per line as {{"{PLURAL[name]}": {{...}}}}')
-        else:
-            yield RowProblem(where, f"{name!r} is not a known kind of row")
+        rows, state = _line_rows(number, line, state, first)
+        yield from rows
+    if progress is not None:
+        progress(total, total)
+
+
+def _chunk_rows(
+    job: tuple[int, list[bytes], State],
+) -> tuple[list[ImportRow | RowProblem], State]:
+    """A chunk's rows (in a worker process): the lines from number `job[0]` on, read from
+    the state `job[2]`; and the state after them."""
+    number, lines, state = job
+    out: list[ImportRow | RowProblem] = []
+    for n, line in enumerate(lines, start=number):
+        rows, state = _line_rows(n, line, state, False)
+        for row in rows:
+            if isinstance(row, ImportRow) and row.doc is not None:  # canonical text made here
+                row = ImportRow(row.kind, row.key, row.doc, row.where, canonical(row.doc))
+            out.append(row)
+    return out, state
+
+
+def _guess(line: bytes, state: State) -> State:
+    """The state after a line, as far as the reading process can tell cheaply: a
+    `{"section": ...}` line changes it (a chunk read from a wrong guess is read again)."""
+    if state[0] and b'"section"' in line and len(line) < 256:
+        return _line_rows(0, line, state, False)[1]
+    return state
+
+
+def _read_jsonl_parallel(
+    stream: IO[bytes], total: int, progress: Progress | None, workers: int
+) -> Iterator[ImportRow | RowProblem]:
+    from collections import deque
+
+    state: State = (False, None)
+    first = stream.readline()
+    done = len(first)
+    if first:
+        rows, state = _line_rows(1, first, state, True)
+        yield from rows
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pending: deque[tuple[Any, int, list[bytes], State, int]] = deque()
+        guess = state
+        number = 2
+        read_state = state  # the true state where the next chunk to yield starts
+
+        def settle() -> Iterator[ImportRow | RowProblem]:
+            nonlocal read_state, done
+            result, start, lines, started, size = pending.popleft()
+            if started == read_state:
+                rows, read_state = result.get()
+            else:  # the guess was wrong: this chunk again, from the true state
+                rows, read_state = _chunk_rows((start, lines, read_state))
+            done += size
+            if progress is not None:
+                progress(done, total)
+            yield from rows
+
+        while True:
+            lines = []
+            size = 0
+            for line in stream:
+                lines.append(line)
+                size += len(line)
+                if len(lines) == CHUNK_LINES:
+                    break
+            if not lines:
+                break
+            started = guess
+            for line in lines:
+                guess = _guess(line, guess)
+            job = (number, lines, started)
+            pending.append((pool.apply_async(_chunk_rows, (job,)), number, lines, started, size))
+            number += len(lines)
+            while len(pending) > workers * 3:
+                yield from settle()
+        while pending:
+            yield from settle()
     if progress is not None:
         progress(total, total)
 

@@ -9,7 +9,11 @@ Concurrency (several servers, one database):
 - ingest takes a transaction-scoped advisory lock on its device, then on the customers
   of its batch (sorted); authorise/release take the customer's. A (deviceId, seq) is
   checked and stored under its device's lock, and ``UNIQUE (device_id, seq)`` stays the
-  last word; the hold accounting of a customer is one transaction at a time.
+  last word; the hold accounting of a customer is one transaction at a time, and holds
+  the lock only inside the database (`claim_hold`: one call of `hub_claim_hold`, after
+  `live_inputs` read the customer's points in one statement).
+- an ingest's write transaction runs in pipeline mode; its transactions go in one
+  ``INSERT … SELECT FROM unnest`` (`PgTx.flush`).
 - publish takes a session advisory lock, then reads and writes in one REPEATABLE READ
   transaction: the cut and every device's progress are of one moment.
 - reads (snapshot streams, balances) are REPEATABLE READ, READ ONLY: one consistent state.
@@ -37,6 +41,7 @@ from .hub_rules import (
     CouponUse,
     HubRules,
     HubTx,
+    LiveInputs,
     Move,
     Texts,
     _when,
@@ -210,6 +215,51 @@ MIGRATIONS.append(
         """,
     )
 )
+MIGRATIONS.append(
+    (
+        5,
+        "claim_hold",
+        """
+        CREATE FUNCTION hub_ledger_mark(p_customer TEXT, p_cards TEXT[]) RETURNS TEXT
+        LANGUAGE sql STABLE AS $$
+            SELECT (SELECT coalesce(max(version), 0) FROM publications)::text || ':'
+                || count(*)::text || ':' || coalesce(max(ingest_id), 0)::text
+            FROM transactions
+            WHERE customer_id = p_customer OR (customer_id = '' AND card = ANY(p_cards))
+        $$;
+        CREATE FUNCTION hub_claim_hold(
+            p_device TEXT, p_receipt TEXT, p_customer TEXT, p_points BIGINT,
+            p_spendable BIGINT, p_cards TEXT[], p_mark TEXT, p_hold_id TEXT,
+            p_now TEXT, p_expires TEXT
+        ) RETURNS TABLE (granted BIGINT, live_balance BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_held BIGINT;
+            v_live BIGINT;
+            v_granted BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended('customer:' || p_customer, 0));
+            IF hub_ledger_mark(p_customer, p_cards) <> p_mark THEN
+                RETURN;
+            END IF;
+            UPDATE holds SET state = 'EXPIRED' WHERE customer_id = p_customer
+                AND state = 'ACTIVE' AND expires_at <= p_now;
+            SELECT coalesce(sum(h.points), 0) INTO v_held FROM holds h
+                WHERE h.customer_id = p_customer AND h.state = 'ACTIVE'
+                AND NOT (h.device_id = p_device AND h.receipt_id = p_receipt);
+            v_live := p_spendable - v_held;
+            v_granted := greatest(0, least(p_points, v_live));
+            DELETE FROM holds h WHERE h.device_id = p_device AND h.receipt_id = p_receipt;
+            IF v_granted > 0 THEN
+                INSERT INTO holds VALUES (p_hold_id, p_device, p_receipt, p_customer,
+                    v_granted, p_now, p_expires, 'ACTIVE');
+            END IF;
+            RETURN QUERY SELECT v_granted, v_live;
+        END
+        $$;
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -338,8 +388,88 @@ class PostgresHubStore(HubRules):
 
     @contextmanager
     def write_tx(self) -> Iterator[HubTx]:
-        with self._write() as conn:
-            yield PgTx(conn)
+        # Pipeline mode: the statements whose results the rules do not read (an ingest's
+        # inserts, updates and deletes) go out together, not one round trip each.
+        with self._write() as conn, conn.pipeline() as pipe:
+            tx = PgTx(conn, pipe)
+            yield tx
+            tx.flush()
+
+    # What `HubRules.live` reads, as one statement (one snapshot, one round trip): the
+    # latest version; the customer's and the program's rows there; the cards the
+    # customer owns there (of those any revision gave them); the moves over them
+    # (`PgTx.live_moves`); the ledger mark (`hub_ledger_mark`).
+    _LIVE_INPUTS = (
+        "WITH v AS (SELECT coalesce(max(version), 0) AS v FROM publications),"
+        " cards AS (SELECT coalesce(array_agg(c.key ORDER BY c.key), '{}') AS a FROM"
+        " (SELECT DISTINCT key FROM revisions WHERE kind = 'card'"
+        " AND (doc::jsonb) ->> 'customerId' = %(c)s) c, v WHERE (SELECT r.doc::jsonb"
+        " ->> 'customerId' FROM revisions r WHERE r.kind = 'card' AND r.key = c.key"
+        " AND r.version <= v.v ORDER BY r.version DESC LIMIT 1) = %(c)s),"
+        " moves AS (SELECT coalesce(jsonb_agg(jsonb_build_array(a, w, d, s, e)), '[]')"
+        " AS m FROM (SELECT sum(delta_available) AS a, pending_activates_at AS w,"
+        f" sum(delta_pending) AS d, {MOVED_AT} AS s, {EARNED} AS e FROM transactions, cards"
+        " WHERE customer_id = %(c)s OR (customer_id = '' AND card = ANY(cards.a))"
+        f" GROUP BY pending_activates_at, {MOVED_AT}) x)"
+        " SELECT v.v, (SELECT r.doc FROM revisions r WHERE r.kind = 'customer'"
+        " AND r.key = %(c)s AND r.version <= v.v ORDER BY r.version DESC LIMIT 1),"
+        " (SELECT r.doc FROM revisions r WHERE r.kind = 'program' AND r.key = ''"
+        " AND r.version <= v.v ORDER BY r.version DESC LIMIT 1),"
+        " cards.a, moves.m, hub_ledger_mark(%(c)s, cards.a) FROM v, cards, moves"
+    )
+
+    def live_inputs(self, customer_id: str) -> LiveInputs:
+        with self._conn() as conn:
+            row = conn.execute(self._LIVE_INPUTS, {"c": customer_id}).fetchone()
+        assert row is not None
+        version, customer, program, cards, moves, mark = row
+        if customer is None:
+            return LiveInputs(int(version), None, None, [], [], "")
+        return LiveInputs(
+            int(version),
+            str(customer),
+            None if program is None else str(program),
+            [str(card) for card in cards],
+            [(int(a), w, int(d or 0), s_, int(e or 0)) for a, w, d, s_, e in moves],
+            str(mark),
+        )
+
+    def claim_hold(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        spendable: int,
+        cards: list[str],
+        mark: str,
+        hold_id: str,
+        now: str,
+        expires: str,
+    ) -> tuple[int, int, str] | None:
+        """`HubRules.claim_hold` in one round trip: one statement, its own transaction,
+        the customer's lock held for the function's few statements only."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT granted, live_balance FROM hub_claim_hold(%s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s)",
+                (
+                    device_id,
+                    receipt_id,
+                    customer_id,
+                    points,
+                    spendable,
+                    cards,
+                    mark,
+                    hold_id,
+                    now,
+                    expires,
+                ),
+            ).fetchone()
+        if row is None:
+            return None
+        granted = int(row[0])
+        return granted, int(row[1]), hold_id if granted > 0 else ""
 
     @contextmanager
     def read_tx(self) -> Iterator[HubTx]:
@@ -386,7 +516,15 @@ class PostgresHubStore(HubRules):
                             if len(problems) < MAX_PROBLEMS:
                                 problems.append((n, f"{item.where}: {item.message}"))
                             continue
-                        cp.write_row((n, item.kind, item.key, item.where, canon(item.doc)))
+                        cp.write_row(
+                            (
+                                n,
+                                item.kind,
+                                item.key,
+                                item.where,
+                                item.text if item.text is not None else canon(item.doc),
+                            )
+                        )
                 dups = conn.execute(
                     "SELECT n, kind, key, where_, first FROM (SELECT n, kind, key, where_,"
                     " first_value(where_) OVER w AS first, row_number() OVER w AS nth"
@@ -601,7 +739,8 @@ class PostgresHubStore(HubRules):
             )
 
     def device(self, device_id: str) -> DeviceRecord | None:
-        with self._read() as conn:
+        # Every call of every till asks: one statement (autocommit), one round trip.
+        with self._conn() as conn:
             row = conn.execute(
                 "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
                 " WHERE device_id = %s",
@@ -619,10 +758,39 @@ class PostgresHubStore(HubRules):
 
 
 class PgTx:
-    """`HubTx` on an open PostgreSQL transaction."""
+    """`HubTx` on an open PostgreSQL transaction (in pipeline mode when `pipe` is given:
+    a statement's rowcount is read only after `_count` synced the pipeline)."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
+    def __init__(self, conn: psycopg.Connection[Any], pipe: Any = None) -> None:
+        self._raw = conn
+        self.pipe = pipe
+        self._inserts: list[tuple[Any, ...]] = []  # transactions not sent yet
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection, once the buffered inserts are sent (so that every statement
+        sees them, in order)."""
+        if self._inserts:
+            self.flush()
+        return self._raw
+
+    def flush(self) -> None:
+        """Send the buffered transactions: one INSERT of them all, in their order."""
+        rows, self._inserts = self._inserts, []
+        if rows:
+            self._raw.execute(
+                _INSERT_TRANSACTIONS, [list(column) for column in zip(*rows, strict=True)]
+            )
+
+    def _count(self, cur: psycopg.Cursor[Any]) -> int:
+        if self.pipe is not None:
+            self.pipe.sync()
+        return int(cur.rowcount)
+
+    def ledger_mark(self, customer_id: str, cards: list[str]) -> str:
+        row = self.conn.execute("SELECT hub_ledger_mark(%s, %s)", (customer_id, cards)).fetchone()
+        assert row is not None
+        return str(row[0])
 
     # -- master data and publications
 
@@ -714,12 +882,9 @@ class PgTx:
         ]
 
     def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
-        self.conn.execute(
-            "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
-            " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
-            " delta_available, delta_pending, pending_activates_at, content_sha256,"
-            " ingested_at, fiscal_document)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+        # Buffered: the batch's transactions go in one statement, when the next statement
+        # (or the end of the transaction) needs them.
+        self._inserts.append(
             (
                 tx.device_id,
                 tx.seq,
@@ -885,10 +1050,12 @@ class PgTx:
     def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
         # Two servers may record the same code at once: the unique key decides, and the
         # loser reads the winner's (committed by then: ON CONFLICT waited for it).
-        done = self.conn.execute(
-            "INSERT INTO coupon_uses VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (code) DO NOTHING",
-            row,
-        ).rowcount
+        done = self._count(
+            self.conn.execute(
+                "INSERT INTO coupon_uses VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (code) DO NOTHING",
+                row,
+            )
+        )
         return None if done else self.coupon_first_use(row[0])
 
     def record_coupon_conflict(self, row: CouponUse) -> None:
@@ -908,11 +1075,17 @@ class PgTx:
         self.conn.execute("DELETE FROM coupon_holds WHERE expires_at <= %s", (now,))
 
     def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
-        return int(
+        return self._count(
             self.conn.execute(
                 "DELETE FROM coupon_holds WHERE device_id = %s AND receipt_id = %s",
                 (device_id, receipt_id),
-            ).rowcount
+            )
+        )
+
+    def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
+        self.conn.execute(
+            "DELETE FROM coupon_holds WHERE device_id = %s AND receipt_id = ANY(%s)",
+            (device_id, receipt_ids),
         )
 
     def coupon_held(self, code: str) -> bool:
@@ -924,10 +1097,12 @@ class PgTx:
     ) -> bool:
         # Two servers may hold the same code at once: the key decides, the loser is told.
         return bool(
-            self.conn.execute(
-                "INSERT INTO coupon_holds VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                (code, device_id, receipt_id, customer_id, now, expires),
-            ).rowcount
+            self._count(
+                self.conn.execute(
+                    "INSERT INTO coupon_holds VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                    (code, device_id, receipt_id, customer_id, now, expires),
+                )
+            )
         )
 
     # -- holds
@@ -938,10 +1113,14 @@ class PgTx:
         )
 
     def lock_customers(self, customer_ids: Iterable[str]) -> None:
-        for customer_id in customer_ids:
+        # One statement; the locks are taken in the list's order (a function scan of the
+        # array yields it in order): the callers' sorted order.
+        keys = [f"customer:{customer_id}" for customer_id in customer_ids]
+        if keys:
             self.conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (f"customer:{customer_id}",),
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
+                " FROM unnest(%s::text[]) AS k",
+                (keys,),
             )
 
     def expire_holds(self, customer_id: str, now: str) -> None:
@@ -995,12 +1174,24 @@ class PgTx:
 
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
         active = " AND state = 'ACTIVE'" if only_active else ""
-        return int(
+        return self._count(
             self.conn.execute(
                 f"DELETE FROM holds WHERE device_id = %s AND receipt_id = %s{active}",
                 (device_id, receipt_id),
-            ).rowcount
+            )
         )
+
+
+_INSERT_TRANSACTIONS = (
+    "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
+    " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
+    " delta_available, delta_pending, pending_activates_at, content_sha256,"
+    " ingested_at, fiscal_document)"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[],"
+    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
+    " %b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[],"
+    " %b::text[])"
+)
 
 
 def _one(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> int:

@@ -24,6 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -60,6 +61,7 @@ EARNED_WHEN = (
 CouponUse = tuple[str, str, int, str, str, str]  # code, device, seq, receipt, customer, at
 BATCH_ANSWER_DAYS = 30
 ADVANCE_PAGE = 1000
+CLAIM_TRIES = 3  # optimistic authorisations before the one under the lock
 
 
 class HubTx(Protocol):
@@ -177,6 +179,10 @@ class HubTx(Protocol):
 
     def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int: ...
 
+    def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
+        """`drop_coupon_holds` of several receipts, in one statement."""
+        ...
+
     def coupon_held(self, code: str) -> bool: ...
 
     def hold_coupon(
@@ -215,6 +221,12 @@ class HubTx(Protocol):
         ...
 
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int: ...
+
+    def ledger_mark(self, customer_id: str, cards: list[str]) -> str:
+        """What changes whenever `HubRules.live` of the customer may: the latest version,
+        and the count and highest ingest id of the customer's transactions (and of the
+        UNKNOWN-card ones of `cards`)."""
+        ...
 
 
 class HubRules:
@@ -264,11 +276,14 @@ class HubRules:
                 known = tx.stored_contents(dev, seqs)
                 stored.update({(dev, seq): content for seq, content in known.items()})
             settled: dict[str, list[str]] = defaultdict(list)  # device -> hold receipt keys
-            results = [self._ingest_one(tx, t, program, now, stored, settled) for t in txs]
+            sold: dict[str, list[str]] = defaultdict(list)  # device -> receipts sold
+            results = [self._ingest_one(tx, t, program, now, stored, settled, sold) for t in txs]
             # The holds these transactions make real: their receipts', and those of
             # their seqs (nothing in between reads the holds: settled once, at the end).
             for dev, keys in settled.items():
                 tx.settle_holds(dev, keys)
+            for dev, receipts in sold.items():  # their coupons used now, no longer held
+                tx.drop_coupon_holds_of(dev, receipts)
             through = self._advance(tx, device_id)
             ack = {
                 "ackedThrough": through,
@@ -293,6 +308,7 @@ class HubRules:
         now: datetime,
         stored: dict[tuple[str, int], str],
         settled: dict[str, list[str]],
+        sold: dict[str, list[str]],
     ) -> TxResult:
         content = t.content()
         existing = stored.get((t.device_id, t.seq))
@@ -318,7 +334,7 @@ class HubRules:
         settled[t.device_id].append(f"seq:{t.seq}")
         if t.kind == "CHECKOUT":
             settled[t.device_id].append(fields["receipt_id"])
-            tx.drop_coupon_holds(t.device_id, fields["receipt_id"])  # used now, not held
+            sold[t.device_id].append(fields["receipt_id"])
         return TxResult(t.seq, "STORED")
 
     @staticmethod
@@ -467,18 +483,32 @@ class HubRules:
 
     def live(self, tx: HubTx, customer_id: str, at: datetime) -> tuple[int, int] | None:
         """(available, pending) at `at` over everything ingested; None: unknown customer."""
+        return _live_points(self._live_inputs(tx, customer_id, marked=False), at)
+
+    def _live_inputs(self, tx: HubTx, customer_id: str, *, marked: bool) -> LiveInputs:
         latest = tx.latest_version()
-        doc = self.doc_as_of(tx, "customer", customer_id, latest)
-        if doc is None:
-            return None
+        customer = tx.text_as_of("customer", customer_id, latest)
+        if customer is None:
+            return LiveInputs(latest, None, None, [], [], "")
         cards = [
             key
             for key in tx.cards_ever_of(customer_id)
             if (self.doc_as_of(tx, "card", key, latest) or {}).get("customerId") == customer_id
         ]
-        wallet = _wallet(doc, tx.live_moves(customer_id, cards), self.program(tx))
-        available, pending = wallet.points_at(at)
-        return available, pending
+        return LiveInputs(
+            latest,
+            customer,
+            tx.text_as_of("program", "", latest),
+            cards,
+            tx.live_moves(customer_id, cards),
+            tx.ledger_mark(customer_id, cards) if marked else "",
+        )
+
+    def live_inputs(self, customer_id: str) -> LiveInputs:
+        """What `live` counts, of one consistent state, with the customer's ledger mark (a
+        store may read it in one statement: PostgreSQL does)."""
+        with self.read_tx() as tx:
+            return self._live_inputs(tx, customer_id, marked=True)
 
     def balance(self, customer_id: str, at: datetime) -> HubBalance:
         with self.read_tx() as tx:
@@ -499,6 +529,14 @@ class HubRules:
         now: datetime,
         hold_ttl_s: float,
     ) -> Authorisation:
+        if not unsynced:  # the common case: the customer's lock held for one short step
+            for _ in range(CLAIM_TRIES):
+                claimed = self._authorise_optimistic(
+                    device_id, receipt_id, customer_id, points, at, now, hold_ttl_s
+                )
+                if claimed is not None:
+                    return claimed
+        # The till's unsynced movements (or a ledger that kept moving): all under the lock.
         with self.write_tx() as tx:
             tx.lock_customers([customer_id])
             tx.expire_holds(customer_id, utc_text(now))
@@ -547,6 +585,76 @@ class HubRules:
                     utc_text(expires),
                 )
         return Authorisation(granted, hold_id, expires, live_balance)
+
+    def _authorise_optimistic(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        at: datetime,
+        now: datetime,
+        hold_ttl_s: float,
+    ) -> Authorisation | None:
+        """The spendable points are worked out from a read transaction, without the
+        customer's lock; then `claim_hold` takes the lock, checks that the customer's
+        ledger mark (what `live` depends on) has not moved since, and does the hold
+        accounting. None when it moved: the caller tries again."""
+        inputs = self.live_inputs(customer_id)
+        live = _live_points(inputs, at)
+        spendable = 0 if live is None else live[0]
+        expires = now + timedelta(seconds=hold_ttl_s)
+        found = self.claim_hold(
+            device_id,
+            receipt_id,
+            customer_id,
+            points,
+            spendable,
+            inputs.cards,
+            inputs.mark,
+            uuid.uuid4().hex,
+            utc_text(now),
+            utc_text(expires),
+        )
+        if found is None:
+            return None
+        granted, live_balance, hold_id = found
+        return Authorisation(granted, hold_id, expires, live_balance)
+
+    def claim_hold(
+        self,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        spendable: int,
+        cards: list[str],
+        mark: str,
+        hold_id: str,
+        now: str,
+        expires: str,
+    ) -> tuple[int, int, str] | None:
+        """Under the customer's lock, if its ledger mark is still `mark`: the other
+        receipts' active holds are taken from `spendable`, the receipt's hold is replaced
+        by one of what is granted; (granted, live balance, hold id or ""). None when the
+        mark moved. One transaction; a store may do it in one round trip (PostgreSQL:
+        `hub_claim_hold`, the same accounting in plpgsql)."""
+        with self.write_tx() as tx:
+            tx.lock_customers([customer_id])
+            if tx.ledger_mark(customer_id, cards) != mark:
+                return None
+            tx.expire_holds(customer_id, now)
+            held = sum(
+                int(pts)
+                for dev, rid, pts in tx.active_holds(customer_id)
+                if not (dev == device_id and rid == receipt_id)
+            )
+            live_balance = spendable - held
+            granted = max(0, min(points, live_balance))
+            tx.delete_hold(device_id, receipt_id, only_active=False)
+            if granted > 0:
+                tx.upsert_hold(hold_id, device_id, receipt_id, customer_id, granted, now, expires)
+        return granted, live_balance, hold_id if granted > 0 else ""
 
     def release(self, device_id: str, receipt_id: str) -> bool:
         """A hold the till gave up (its receipt cancelled or expired there): dropped, so the
@@ -737,6 +845,30 @@ class HubRules:
                 yield key, text  # nothing to add, nothing to fold, nothing expires: as stored
                 continue
             yield key, _balance_row(text, moves, pub.issued_at, program)
+
+
+@dataclass(frozen=True)
+class LiveInputs:
+    """What a customer's live points are worked out from (`HubRules.live`): at the latest
+    version, the customer's and the program's row texts (None: absent), the cards whose
+    UNKNOWN-card points count, the moves (`Move`), and the ledger mark (`ledger_mark`)."""
+
+    version: int
+    customer: str | None
+    program: str | None
+    cards: list[str]
+    moves: list[Move]
+    mark: str
+
+
+def _live_points(inputs: LiveInputs, at: datetime) -> tuple[int, int] | None:
+    if inputs.customer is None:
+        return None
+    program = (
+        Program() if inputs.program is None else Program.model_validate(json.loads(inputs.program))
+    )
+    wallet = _wallet(json.loads(inputs.customer), inputs.moves, program)
+    return wallet.points_at(at)
 
 
 def conflict(

@@ -303,7 +303,11 @@ class SqliteHubStore(HubRules):
                         continue  # keep validating, write nothing more
                     conn.execute(
                         "INSERT OR REPLACE INTO draft VALUES (?, ?, ?)",
-                        (item.kind, item.key, canon(item.doc)),
+                        (
+                            item.kind,
+                            item.key,
+                            item.text if item.text is not None else canon(item.doc),
+                        ),
                     )
                     n += 1
                     if item.doc is None:
@@ -707,6 +711,16 @@ class SqliteTx:
             )
         ]
 
+    def ledger_mark(self, customer_id: str, cards: list[str]) -> str:
+        marks = ",".join("?" * len(cards))
+        unknown = f" OR (customer_id = '' AND card IN ({marks}))" if cards else ""
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(max(ingest_id), 0) FROM transactions"
+            f" WHERE customer_id = ?{unknown}",
+            (customer_id, *cards),
+        ).fetchone()
+        return f"{self.latest_version()}:{row[0]}:{row[1]}"
+
     # -- what a publication counts
 
     def newly_counted(self, base: Publication, pub: Publication) -> Iterable[tuple[str, str]]:
@@ -792,6 +806,12 @@ class SqliteTx:
                 "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
                 (device_id, receipt_id),
             ).rowcount
+        )
+
+    def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
+        self.conn.executemany(
+            "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+            [(device_id, receipt_id) for receipt_id in receipt_ids],
         )
 
     def coupon_held(self, code: str) -> bool:

@@ -55,12 +55,14 @@ class UnknownVersion(TillpointError):
 
 @dataclass(frozen=True)
 class ImportRow:
-    """One validated row: `doc` None removes the key."""
+    """One validated row: `doc` None removes the key; `text`, when a reader made it
+    already, is the doc's canonical JSON text."""
 
     kind: str
     key: str
     doc: dict[str, Any] | None
     where: str
+    text: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

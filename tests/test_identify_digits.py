@@ -1,0 +1,29 @@
+"""Scanned text of digits that are not decimal digits ("²") is refused in one line."""
+
+from __future__ import annotations
+
+from tillpoint.agent.identify import ean13_ok, identify
+from tillpoint.agent.models import CardRecord, Customer
+
+
+class _Nothing:
+    def card(self, number: str) -> CardRecord | None:
+        return None
+
+    def customer(self, customer_id: str) -> Customer | None:
+        return None
+
+    def customer_by_phone(self, phone: str) -> Customer | None:
+        return None
+
+    def cards_of(self, customer_id: str) -> list[CardRecord]:
+        return []
+
+
+def test_superscript_digits_are_invalid_not_a_crash() -> None:
+    for text in ("²" * 13, "²" * 5, "277000000001²"):
+        found = identify(text, _Nothing())
+        assert found.status == "INVALID", text
+        assert found.reason == "a card number or phone has digits only"
+    assert not ean13_ok("²" * 13)
+    assert ean13_ok("2770000000017")
