@@ -3,6 +3,7 @@
 - `add_commands`: the commands the other parts bring to the CLI (hub, sync, print, demo);
 - `cli_agent`: the `Agent` of a one-shot command (`checkout`, `status`, `snapshot load`...);
 - `run`: `tillpoint run`, what runs in a till (below, one screen);
+- `reset_hub`: `tillpoint reset`'s hub (`run`'s), to release the open holds' hub holds;
 - `sync_link`: `tillpoint sync now`'s hub, by the same rules as `run` (sync/cli.py then
   pushes and pulls once with a `cli_agent`);
 - `till_agent`: the one constructor path of a till's `Agent`, which `cli_agent` and the
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tillpoint.sync.client import HubLink
     from tillpoint.sync.pki import Enrollment
-    from tillpoint.sync.service import SyncTimings
+    from tillpoint.sync.service import SyncTimings, TillSync
 
     from .config import Settings
     from .service import Agent, DeviceNotifier, Metrics, RedemptionAuthoriser
@@ -202,6 +203,14 @@ def run(settings: Settings) -> int:
     lock.release()
     log.info("stopped")
     return 0
+
+
+def reset_hub(settings: Settings) -> TillSync | None:
+    """`tillpoint reset`'s hub, by `run`'s rules, to release what the open holds it forgets
+    reserved there; None: standalone, or this till cannot sync (logged)."""
+    from tillpoint.sync.service import TillSync
+
+    return TillSync.for_till(settings)
 
 
 def sync_link(settings: Settings) -> tuple[Enrollment, HubLink, SyncTimings]:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -224,12 +225,20 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         shown = settings.model_dump(mode="json")
         for name, model in zip(("printer", "display", "scanner"), devices, strict=True):
             shown[name] = model.model_dump(mode="json")
-        return emit(args, shown, lambda d: "configuration is valid\n" + json.dumps(d, indent=2))
+        # --json: proto3's lowerCamelCase keys like every other --json document; the text
+        # form shows the names as they are written in the TOML file.
+        return emit(
+            args,
+            camel_keys(shown),
+            lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
+        )
 
-    from .app import cli_agent
+    from .app import cli_agent, reset_hub
     from .results import json_of, receipt_from_json, refund_from_json
 
-    agent = cli_agent(settings)
+    # reset: with `run`'s hub, which releases what the open holds it forgets reserved there
+    hub = reset_hub(settings) if command == "reset" else None
+    agent = cli_agent(settings, hub=hub.authoriser if hub is not None else None)
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -263,22 +272,36 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, status_json(agent.status()), _human_status)
         if command == "reset":
             _confirm_reset(args, agent)
-            discarded = agent.reset(force=args.force)
+            done = agent.reset(force=args.force)
             return emit(
                 args,
-                {"reset": True, "discardedTransactions": discarded},
-                lambda d: (
-                    "the till's cache and ledger are empty; numbering continues"
-                    + (
-                        f"; {d['discardedTransactions']} unsent transaction(s) discarded"
-                        if d["discardedTransactions"]
-                        else ""
-                    )
-                ),
+                {
+                    "reset": True,
+                    "discardedTransactions": done.discarded,
+                    "hubHoldsReleased": done.hub_holds_released,
+                    "hubHoldsLeft": done.hub_holds_left,
+                },
+                _human_reset,
             )
     finally:
         agent.close()
+        if hub is not None:
+            hub.close()
     parser.error(f"unknown command {command}")
+
+
+def _human_reset(d: dict[str, Any]) -> str:
+    said = ["the till's cache and ledger are empty; numbering continues"]
+    if d["discardedTransactions"]:
+        said.append(f"{d['discardedTransactions']} unsent transaction(s) discarded")
+    if d["hubHoldsReleased"]:
+        said.append(f"{d['hubHoldsReleased']} hold(s) released at the hub")
+    if d["hubHoldsLeft"]:
+        said.append(
+            f"{d['hubHoldsLeft']} hold(s) not released: the hub was not reached"
+            " (they expire there on their own)"
+        )
+    return "; ".join(said)
 
 
 def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
@@ -390,6 +413,19 @@ def parse_time(text: str) -> Any:
 def json_document(data: Any) -> str:
     """The one JSON document `--json` prints and the HTTP interface answers, byte for byte."""
     return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+def camel_keys(value: Any) -> Any:
+    """Every key of nested dicts in proto3 JSON's lowerCamelCase (`max_snapshot_mib` →
+    `maxSnapshotMib`), as protoc names a field's JSON form."""
+    if isinstance(value, dict):
+        return {
+            re.sub(r"_([a-z0-9])", lambda m: m[1].upper(), k): camel_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [camel_keys(v) for v in value]
+    return value
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .db import MigrationSet, connect, migrate
-from .expiry import Movement, Tally, Wallet
+from .expiry import Movement, Tally, Wallet, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
 
@@ -337,15 +337,11 @@ def balance(
 
 
 def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datetime) -> Wallet:
-    wallet = Wallet.of(
+    return wallet_of(
         customer.balance_points,
         [(e.points, e.expires_at) for e in customer.expiring],
         [(e.points, e.activates_at) for e in customer.pending],
-        program.points_lifetime_days,
-        program.zone,
-    )
-    for _, _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at in rows:
-        wallet.apply(
+        (
             Movement(
                 kind,
                 int(points),
@@ -355,8 +351,11 @@ def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datet
                 datetime.fromisoformat(activates_at) if activates_at else None,
                 datetime.fromisoformat(expires_at) if expires_at else None,
             )
-        )
-    return wallet
+            for _, _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at in rows
+        ),
+        program.points_lifetime_days,
+        program.zone,
+    )
 
 
 def _points(wallet: Wallet, at: datetime, program: Program) -> Points:
@@ -514,9 +513,21 @@ def outbox_depth(conn: sqlite3.Connection) -> int:
 KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations"})
 
 
+def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
+    """The receipts of the open holds for which the hub holds points or coupon codes."""
+    return [
+        str(rid)
+        for (rid,) in conn.execute(
+            "SELECT receipt_id FROM receipt_life WHERE state = 'HELD' AND hub_hold != 0"
+        )
+    ]
+
+
 def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
     """`tillpoint reset` inside the caller's write transaction: empty every table of the
-    ledger except the device's numbering (and the schema's own bookkeeping).
+    ledger except the device's numbering (and the schema's own bookkeeping), and the
+    coupon uses of committed receipts: a code used here stays used here (it is history,
+    and the hub may not have counted it yet); only open holds' reservations go.
 
     Before that, each device's last seq is raised to the highest one in its journal, so
     a number is never reused even if the `device` row was behind.
@@ -528,10 +539,14 @@ def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
             )
+    conn.execute(
+        "DELETE FROM coupon_uses WHERE receipt_id IN"
+        " (SELECT receipt_id FROM receipt_life WHERE state = 'HELD')"
+    )
     tables = [
         str(name)
         for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        if str(name) not in KEPT_BY_RESET
+        if str(name) not in KEPT_BY_RESET | {"coupon_uses"}
     ]
     for name in tables:
         conn.execute(f'DELETE FROM "{name}"')

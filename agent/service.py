@@ -185,6 +185,16 @@ class _Early:
     ready: _Ready
 
 
+@dataclass(frozen=True)
+class ResetResult:
+    """What `Agent.reset` did: unsent transactions discarded, and the hub's holds of the
+    till's open holds released there or left to expire there (hub not reached)."""
+
+    discarded: int
+    hub_holds_released: int = 0
+    hub_holds_left: int = 0
+
+
 class Agent:
     # Full snapshots from a file (`load_snapshot_file`): worker processes (None: the
     # CPUs, at most 4) and the smallest piece worth a worker of its own.
@@ -473,14 +483,17 @@ class Agent:
                 self._release_at_hub(rid)
         return len(due)
 
-    def _release_at_hub(self, receipt_id: str) -> None:
+    def _release_at_hub(self, receipt_id: str) -> bool:
+        """False: the hub was not reached (or there is none); its hold expires there."""
         hub = self.hub
         if hub is None:
-            return
+            return False
         try:
             hub.release(receipt_id)
         except TillpointError as exc:  # the hub's hold then runs out on its own
             log.info("hold of %s stays at the hub until it expires: %s", receipt_id, exc)
+            return False
+        return True
 
     def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
         return ledger.receipt_life(self._ledger, receipt_id)
@@ -1343,13 +1356,15 @@ class Agent:
 
     # ------------------------------------------------------------ reset
 
-    def reset(self, *, force: bool = False) -> int:
+    def reset(self, *, force: bool = False) -> ResetResult:
         """Forget the cache and the ledger, but never the device's numbering (the contract §9).
 
         Refused while the outbox holds transactions the hub has not acknowledged, unless
-        `force`; returns how many of them were discarded. The ledger is emptied in place,
-        in one transaction, except its `device` table: the next sale continues above the
-        last seq this till ever used, so the hub never sees a (deviceId, seq) twice.
+        `force`; says how many of them were discarded. The ledger is emptied in place,
+        in one transaction, except its `device` table (the next sale continues above the
+        last seq this till ever used, so the hub never sees a (deviceId, seq) twice) and
+        the coupon uses of committed receipts (history: `ledger.forget_all_but_numbering`).
+        Open holds go; what they reserved at the hub is released there, best effort.
         """
         with self._lock:
             depth = ledger.outbox_depth(self._ledger)
@@ -1359,13 +1374,19 @@ class Agent:
                     " (bring the hub back, or add --force to discard them)"
                 )
             with self._write() as conn:
+                hub_holds = ledger.open_hub_holds(conn)
                 ledger.forget_all_but_numbering(conn)
             self._live.close()
             self._memo.clear()
             remove_cache(self.data_dir)  # cache.db and every generation
             self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
             self._cache = self._live.connection()
-            return depth
+        released = 0
+        for rid in hub_holds:  # a hub that did not answer one is not asked for the rest
+            if not self._release_at_hub(rid):
+                break
+            released += 1
+        return ResetResult(depth, released, len(hub_holds) - released)
 
     # ------------------------------------------------------------ status
 

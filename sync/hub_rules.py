@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 from tillpoint.agent.errors import NotFound
-from tillpoint.agent.expiry import Batch, Wallet, expiry_time
+from tillpoint.agent.expiry import Movement, Wallet, expiry_time, wallet_of
 from tillpoint.agent.ledger import utc_text
 from tillpoint.agent.models import Coupon, Program, _timestamp, describe
 from tillpoint.agent.pricing import activation_time
@@ -911,40 +911,40 @@ def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]
 
 
 def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wallet:
-    """A customer's points as batches (the contract §16, `agent.expiry`): the row's
-    `balancePoints` with its `expiring` parts and its `pending` entries, then the counted
-    moves: earned points pending until their activation time (a batch expiring
-    `pointsLifetimeDays` later), other points added to the part that never expires, and
-    each spend, in time order, taking the batches not expired at its time soonest first."""
+    """A customer's points as batches, by the till's rule (`agent.expiry.wallet_of`, the
+    contract §16): the row's `balancePoints` with its `expiring` parts and its `pending`
+    entries, then the counted moves as movements without a receipt: earned points pending
+    until their activation time, then in time order, as the till does, each sale's spend
+    (taking the batches not expired at its time, soonest first) and its points earned at
+    once (a batch from its `at`); points given back (a refund) join the part that never
+    expires. A group without a time moves no available points (`MOVED_AT`)."""
     lifetime, zone = program.points_lifetime_days, program.zone
-    wallet = Wallet.of(
-        int(doc.get("balancePoints", 0)),
-        [(int(e["points"]), _timestamp(e["expiresAt"])) for e in doc.get("expiring", [])],
-        [(int(e["points"]), _timestamp(e["activatesAt"])) for e in doc.get("pending", [])],
-        lifetime,
-        zone,
-    )
-    assert wallet.rest is not None
+    pending: list[Movement] = []
     timed: list[tuple[datetime, int, int]] = []  # (at, spent, earned at once)
     for points, when, due, moved_at, earned in moves:
         if moved_at is not None:
             earned = max(0, earned)
             timed.append((_timestamp(moved_at), earned - points, earned))
-        else:
-            wallet.rest.points += points
         if when and due:
             active = _when(when)
-            wallet._add(Batch(due, active, expiry_time(active, lifetime, zone)))
-    # In time order, as the till does: a sale's spend, then its points earned at once (a
-    # batch from its `at`); points given back (a refund) join the part that never expires.
+            expires = expiry_time(active, lifetime, zone)
+            pending.append(Movement("earn", due, "", active, False, active, expires))
+    in_order: list[Movement] = []
     for at, spent, earned in sorted(timed, key=lambda move: move[0]):
-        if spent > 0:
-            wallet._spend(spent, at)
-        elif spent < 0:
-            wallet.rest.points -= spent
+        if spent:  # a spend (> 0), or points given back (< 0)
+            in_order.append(Movement("spend", -spent, "", at, spent < 0))
         if earned:
-            wallet._add(Batch(earned, at, expiry_time(at, lifetime, zone)))
-    return wallet
+            in_order.append(
+                Movement("earn", earned, "", at, False, at, expiry_time(at, lifetime, zone))
+            )
+    return wallet_of(
+        int(doc.get("balancePoints", 0)),
+        [(int(e["points"]), _timestamp(e["expiresAt"])) for e in doc.get("expiring", [])],
+        [(int(e["points"]), _timestamp(e["activatesAt"])) for e in doc.get("pending", [])],
+        pending + in_order,
+        lifetime,
+        zone,
+    )
 
 
 def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Program) -> str:

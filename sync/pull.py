@@ -10,9 +10,18 @@ bundle (``want_version``) from that offset; the hub rebuilds bundles determinist
 and the SHA-256 in the header tells the agent whether it is still the same bundle (if
 not, it starts again from 0).
 
-Nothing reaches the cache before every check in `signing.verify_file` has passed; then
-`Agent.load_snapshot` swaps it in one SQLite transaction. A refused snapshot is logged,
-recorded for `status`, and the cache keeps serving the version it had.
+Nothing reaches the cache before every check in `signing.verify_file` has passed (the
+file is hashed in blocks; nothing maps or holds it). Then it is applied from the file by
+path (`VerifiedFile.apply`, `Agent.load_snapshot_file`): a delta in one SQLite transaction
+in this process; a full snapshot by child processes that build a new cache generation
+(`agent.cache_build`) while this process only waits, so checkouts keep a core, and then
+switch `cache.db` to it. A refused snapshot is logged, recorded for `status`, and the
+cache keeps serving the version it had.
+
+`Puller._pull` is a few named steps, each returning what happened: `_receive` (ask for the
+bundle, resuming a partial one; `_start` reads the header from the first chunk, a
+`_Download` writes and checkpoints the part file), `_complete`, `_apply` (verify, apply);
+`pull` records the outcome for `status`.
 """
 
 from __future__ import annotations
@@ -61,12 +70,6 @@ LAYOUT = 3  # pull.part holds the payload alone; the signature covers its manife
 
 class SyncBusy(TillpointError):
     pass
-
-
-class _HeaderRefused(SnapshotRefused):
-    def __init__(self, message: str, bundle: _Partial) -> None:
-        super().__init__(message)
-        self.bundle = bundle
 
 
 class PullInterrupted(TillpointError):
@@ -126,6 +129,81 @@ class _Partial:
             and chunk.sha256.hex() == self.sha256
             and base64.b64encode(chunk.signature).decode() == self.signature
         )
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A bundle whose declared bytes are all in pull.part: next, verify and apply it."""
+
+    bundle: _Partial
+    resumed_from: int
+
+
+class _Download:
+    """pull.part being written. `received` bytes are in it, `durable` of them fsynced and
+    recorded in pull.json (`checkpoint`): pull.json never claims more than a crash keeps."""
+
+    def __init__(self, puller: Puller, bundle: _Partial, fh: IO[bytes], resumed_from: int) -> None:
+        self.puller = puller
+        self.bundle = bundle
+        self.fh = fh
+        self.resumed_from = resumed_from
+        self.received = self.durable = bundle.offset
+        self.synced_at = time.monotonic()
+        self.kept = True  # on the way out: make what arrived durable and record it
+
+    @classmethod
+    def resume(cls, puller: Puller, bundle: _Partial) -> _Download:
+        fh = open(puller.part, "r+b", buffering=1 << 20)  # noqa: SIM115
+        fh.truncate(bundle.offset)
+        fh.seek(bundle.offset)
+        return cls(puller, bundle, fh, bundle.offset)
+
+    @classmethod
+    def fresh(cls, puller: Puller, bundle: _Partial) -> _Download:
+        fh = open(puller.part, "wb", buffering=1 << 20)  # noqa: SIM115
+        puller._save_meta(bundle)
+        return cls(puller, bundle, fh, 0)
+
+    def refusal(self, chunk: pb.SnapshotChunk) -> str | None:
+        """Why this chunk cannot be part of the bundle; None: it can."""
+        if not self.bundle.same_bundle(chunk) or chunk.offset != self.received:
+            return "snapshot refused: chunks of different bundles or out of order"
+        if len(chunk.data) > signing.MAX_CHUNK:
+            return f"snapshot refused: a chunk of {len(chunk.data)} bytes (limit 1 MiB)"
+        if self.received + len(chunk.data) > self.bundle.total_size:
+            return f"snapshot refused: more data than the declared {self.bundle.total_size} bytes"
+        return None
+
+    def append(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.received += len(data)
+        if (
+            self.received - self.durable >= self.puller.sync_every_bytes
+            or time.monotonic() - self.synced_at >= self.puller.sync_every_s
+        ):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        self.synced_at = time.monotonic()
+        if self.received == self.durable:
+            return
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.bundle.offset = self.received
+        self.puller._save_meta(self.bundle)  # never claims more than is on disk
+        self.durable = self.received
+
+    def abandon(self) -> None:
+        """A refused bundle: nothing of it is kept (`Puller._refused` deletes the files)."""
+        self.kept = False
+
+    def close(self) -> None:
+        try:
+            if self.kept:
+                self.checkpoint()
+        finally:
+            self.fh.close()
 
 
 def sync_dir(data_dir: Path) -> Path:
@@ -276,8 +354,29 @@ class Puller:
             conn.close()
 
     def _pull(self, progress: Progress | None) -> PullResult:
+        """Decide what to ask for, receive it into pull.part, then verify and apply it.
+
+        Each step returns what happened: a `PullResult` when the pull ends there (nothing
+        newer, refused), or what the next step needs. What the caller should retry (the hub
+        or the stream failed, a broken stream, no disk space) is raised as grpc.RpcError or
+        `PullInterrupted`, with what arrived kept on disk for the next pull to resume.
+        """
         current = cache_version(self.agent.data_dir)
         partial = self._load_partial(current)
+        received = self._receive(current, partial, progress)
+        if isinstance(received, PullResult):
+            return received
+        self._downloaded = time.monotonic()
+        return self._apply(received.bundle, current, received.resumed_from)
+
+    def _receive(
+        self, current: int, partial: _Partial | None, progress: Progress | None
+    ) -> _Received | PullResult:
+        """Stream the bundle into pull.part: the rest of `partial` when the hub still
+        serves that bundle, else a new one from byte 0. A watchdog cancels a stream that
+        delivers nothing for a while (the link is dead even if TCP has not noticed); the
+        first chunk may take longer, since the hub may wait for a full snapshot being built.
+        """
         request = pb.PullSnapshotRequest(
             device_id=self.device_id,
             have_version=current,
@@ -285,118 +384,81 @@ class Puller:
             want_version=partial.version if partial else 0,
         )
         call: Any = self.link.stub.PullSnapshot(request, timeout=self.stream_timeout_s)
-        # No chunk for call_timeout_s: the link is dead even if TCP has not noticed. The
-        # first chunk may take longer: the hub may wait for a full snapshot being built.
         watchdog = _Watchdog(call, self.call_timeout_s, first_s=self.first_chunk_timeout_s)
         self._started = time.monotonic()
-        resumed_from = 0
-        received = partial.offset if partial else 0
-        fh: IO[bytes] | None = None
-        durable = received  # bytes fsynced and recorded in pull.json
-        synced_at = time.monotonic()
-        keep = False  # on the way out: make what arrived durable and record it
-
-        def checkpoint() -> None:
-            nonlocal durable, synced_at
-            assert fh is not None and partial is not None
-            synced_at = time.monotonic()
-            if received == durable:
-                return
-            fh.flush()
-            os.fsync(fh.fileno())
-            partial.offset = received
-            self._save_meta(partial)  # never claims more than is on disk
-            durable = received
-
+        download: _Download | None = None
         try:
             for chunk in call:
                 watchdog.feed()
                 self.link.ok()
-                if fh is None:
-                    if chunk.total_size == 0:
-                        return self._nothing_newer(chunk.version, current)
-                    incoming = _Partial.of(chunk)
-                    self._check_header(chunk, incoming)
-                    if (
-                        partial is not None
-                        and partial.same_bundle(chunk)
-                        and (chunk.offset == partial.offset)
-                    ):
-                        self._check_space(partial.total_size, partial.offset)
-                        resumed_from = partial.offset
-                        fh = open(self.part, "r+b", buffering=1 << 20)  # noqa: SIM115
-                        fh.truncate(partial.offset)
-                        fh.seek(partial.offset)
-                        log.info("resuming snapshot %d at byte %d", chunk.version, received)
-                    else:
-                        if chunk.offset != 0:
-                            # Not the bundle we had: forget it and start over next time.
-                            self._discard()
-                            raise PullInterrupted("the hub's bundle changed; starting over")
-                        self._check_space(incoming.total_size, 0)
-                        partial = incoming
-                        received = durable = 0
-                        fh = open(self.part, "wb", buffering=1 << 20)  # noqa: SIM115
-                        self._save_meta(partial)
-                    keep = True
-                assert partial is not None and fh is not None
-                if not partial.same_bundle(chunk) or chunk.offset != received:
-                    keep = False
-                    self._discard()
-                    raise SnapshotRefused(
-                        "snapshot refused: chunks of different bundles or out of order"
-                    )
-                if len(chunk.data) > signing.MAX_CHUNK:
-                    keep = False
-                    self._discard()
-                    raise SnapshotRefused(
-                        f"snapshot refused: a chunk of {len(chunk.data)} bytes (limit 1 MiB)"
-                    )
-                if received + len(chunk.data) > partial.total_size:
-                    keep = False
-                    self._discard()
-                    raise SnapshotRefused(
-                        f"snapshot refused: more data than the declared {partial.total_size} bytes"
-                    )
-                fh.write(chunk.data)
-                received += len(chunk.data)
-                if (
-                    received - durable >= self.sync_every_bytes
-                    or time.monotonic() - synced_at >= self.sync_every_s
-                ):
-                    checkpoint()
+                if download is None:
+                    started = self._start(chunk, current, partial)
+                    if isinstance(started, PullResult):
+                        return started
+                    download = started
+                refusal = download.refusal(chunk)
+                if refusal is not None:
+                    download.abandon()
+                    return self._refused(download.bundle, refusal)
+                download.append(chunk.data)
                 if progress is not None:
-                    progress(received, partial.total_size)
-        except _HeaderRefused as exc:
-            call.cancel()
-            return self._refused(exc.bundle, str(exc), discard=False)
-        except SnapshotRefused as exc:
-            call.cancel()
-            return self._refused(partial, str(exc))
+                    progress(download.received, download.bundle.total_size)
         except grpc.RpcError:
             if watchdog.fired:
+                at = download.received if download else partial.offset if partial else 0
                 raise PullInterrupted(
                     f"the snapshot stream stalled for {watchdog.limit:g} s; will resume"
-                    f" at byte {received}"
+                    f" at byte {at}"
                 ) from None
             raise
         finally:
             watchdog.stop()
             call.cancel()  # a no-op when the stream has ended
-            if fh is not None:
-                try:
-                    if keep:
-                        checkpoint()
-                finally:
-                    fh.close()
-        if partial is None:
-            raise PullInterrupted("the hub ended the stream without sending anything")
-        if received < partial.total_size:
-            raise PullInterrupted(
-                f"the snapshot stream ended at byte {received} of {partial.total_size}; will resume"
+            if download is not None:
+                download.close()  # what arrived is made durable, unless abandoned
+        return self._complete(download, partial)
+
+    def _start(
+        self, chunk: pb.SnapshotChunk, current: int, partial: _Partial | None
+    ) -> _Download | PullResult:
+        """The first chunk carries the bundle's header: nothing newer, a bundle refused
+        before it is downloaded, the rest of the partial download, or a new download."""
+        if chunk.total_size == 0:
+            return self._nothing_newer(chunk.version, current)
+        incoming = _Partial.of(chunk)
+        refusal = self._header_refusal(chunk)
+        if refusal is not None:
+            # Kept: a partial download of another bundle may still be resumed later.
+            return self._refused(incoming, refusal, discard=False)
+        if partial is not None and partial.same_bundle(chunk) and chunk.offset == partial.offset:
+            self._check_space(partial.total_size, partial.offset)
+            log.info("resuming snapshot %d at byte %d", chunk.version, partial.offset)
+            return _Download.resume(self, partial)
+        if chunk.offset != 0:
+            # Not the bundle we had: forget it and start over next time.
+            self._discard()
+            raise PullInterrupted("the hub's bundle changed; starting over")
+        self._check_space(incoming.total_size, 0)
+        return _Download.fresh(self, incoming)
+
+    @staticmethod
+    def _complete(download: _Download | None, partial: _Partial | None) -> _Received:
+        """The stream ended: the whole bundle is on disk, or the pull resumes later."""
+        if download is not None:
+            bundle, received, resumed_from = (
+                download.bundle,
+                download.received,
+                download.resumed_from,
             )
-        self._downloaded = time.monotonic()
-        return self._apply(partial, current, resumed_from)
+        elif partial is not None:  # no chunk at all: what the last pull left, as it is
+            bundle, received, resumed_from = partial, partial.offset, 0
+        else:
+            raise PullInterrupted("the hub ended the stream without sending anything")
+        if received < bundle.total_size:
+            raise PullInterrupted(
+                f"the snapshot stream ended at byte {received} of {bundle.total_size}; will resume"
+            )
+        return _Received(bundle, resumed_from)
 
     def _check_space(self, total: int, offset: int) -> None:
         """Room for the rest of the download and for applying it (the cache grows by
@@ -410,18 +472,14 @@ class Puller:
                 f" {need // MIB} MiB needed; will retry"
             )
 
-    def _check_header(self, chunk: pb.SnapshotChunk, incoming: _Partial) -> None:
-        try:
-            if chunk.total_size > self.max_bytes:
-                raise SnapshotRefused(
-                    f"snapshot refused: {chunk.total_size} bytes is above this till's limit of"
-                    f" {self.max_bytes}"
-                )
-            refused = self._known_refusal(chunk)
-            if refused:
-                raise SnapshotRefused(refused)
-        except SnapshotRefused as exc:
-            raise _HeaderRefused(str(exc), incoming) from None
+    def _header_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
+        """Why this bundle is refused before any of it is downloaded; None: download it."""
+        if chunk.total_size > self.max_bytes:
+            return (
+                f"snapshot refused: {chunk.total_size} bytes is above this till's limit of"
+                f" {self.max_bytes}"
+            )
+        return self._known_refusal(chunk)
 
     def _known_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
         """The same bundle was refused before: do not download it again."""

@@ -407,3 +407,8 @@ class TillSync:
             self.authoriser.close()
 
         return stop
+
+    def close(self) -> None:
+        """For a process that never started it (`tillpoint reset`): the link's channel."""
+        self.authoriser.close()
+        self.link.close()

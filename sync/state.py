@@ -116,7 +116,7 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
         "lastContactAt": values.get("last_contact_at", ""),
         "hubAddress": values.get("hub_address", ""),
         "hubAckedThroughSeq": int(values.get("acked_through", "0") or 0),
-        "setAsideTransactions": set_aside,
+        "setAsideTransactions": set_aside,  # Status field 19, deprecated: = setAside
         # Status fields 40, 41: transactions the hub refused to store are never a success
         "setAside": set_aside,
         "syncError": aside_error or last_error,

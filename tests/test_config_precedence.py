@@ -46,7 +46,7 @@ def test_cli_data_dir_flag_wins_over_environment(
     monkeypatch.setenv("TILLPOINT_DATA_DIR", str(tmp_path / "env"))
     run = cli("config", "check", "--json")  # the fixture passes --data-dir <tmp>/data
     assert run.code == 0, run.err
-    assert run.json()["data_dir"] == str(tmp_path / "data")
+    assert run.json()["dataDir"] == str(tmp_path / "data")
 
 
 def test_bad_file_and_bad_environment_are_one_line(

@@ -81,10 +81,10 @@ def test_config_file_from_the_environment_and_the_flag_wins_over_it(
     monkeypatch.setenv("TILLPOINT_CONFIG", str(env_file))
     run = cli("config", "check", "--json")
     assert run.code == 0, run.err
-    assert run.json()["device_id"] == "from-env-file"
+    assert run.json()["deviceId"] == "from-env-file"
     run = cli("--config", str(flag_file), "config", "check", "--json")
     assert run.code == 0, run.err
-    assert run.json()["device_id"] == "from-flag-file"
+    assert run.json()["deviceId"] == "from-flag-file"
     monkeypatch.setenv("TILLPOINT_CONFIG", str(tmp_path / "missing.toml"))
     run = cli("config", "check", "--json")
     assert run.code == 2 and "cannot read config" in run.err and "\n" not in run.err.strip()

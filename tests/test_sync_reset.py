@@ -58,7 +58,12 @@ def test_after_a_reset_the_next_sale_continues_the_numbering_at_the_hub(
         )
         code, doc, err = run(capsys, "reset", "--yes", "--data-dir", str(data), "--json")
         assert code == 0, err
-        assert doc == {"reset": True, "discardedTransactions": 0}
+        assert doc == {
+            "reset": True,
+            "discardedTransactions": 0,
+            "hubHoldsReleased": 0,
+            "hubHoldsLeft": 0,
+        }
         assert count(data, "SELECT count(*) FROM journal") == 0
 
         # the hub's snapshot still says appliedThrough 0 for till-1 (not republished)
@@ -100,7 +105,7 @@ def test_reset_keeps_the_numbering_above_the_journal(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot())
     agent.checkout(plain_receipt())
-    assert agent.reset(force=True) == 1
+    assert agent.reset(force=True).discarded == 1
     agent.load_snapshot(snapshot())
     assert agent.checkout(plain_receipt("r2"))["receiptId"] == "r2"
     conn = sqlite3.connect(tmp_path / "ledger.db")

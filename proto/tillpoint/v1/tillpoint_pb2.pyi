@@ -1638,6 +1638,10 @@ class Status(_message.Message):
     hub_address: _builtins.str
     hub_acked_through_seq: _builtins.int
     set_aside_transactions: _builtins.int
+    """Deprecated: the same count as `set_aside` (field 40), which is the documented one
+    (docs/PROTOCOL.md §5). Still filled for clients built against it; not renumbered,
+    not removed (wire compatibility). New clients read `set_aside`.
+    """
     enrolled: _builtins.bool
     @_builtins.property
     def last_refused_snapshot(self) -> Global___StatusRefusedSnapshot: ...

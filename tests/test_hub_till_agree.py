@@ -1,0 +1,181 @@
+"""The hub and the till count a customer's points by one rule (`agent.expiry.wallet_of`,
+docs/CONTRACT.md §3, §5.6, §16): on random histories of sales and refunds at a till, the
+hub that ingested the till's transactions says the same available and pending points as
+the till, after each step and at any later moment (refunds where nothing expires: §16's
+status says why). Real parts: an `Agent` on SQLite files, the hub's SQLite store, the
+hub's own published snapshot loaded into the till, the till's outbox as its push sends it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_sqlite import SqliteHubStore
+from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.loopback import import_doc
+from tillpoint.sync.push import Pusher
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from .conftest import PROGRAM, receipt, snapshot
+
+CARD = "2770000000024"  # c-b, base tier (3 %)
+SKU = "4601234000055"
+START = datetime.fromisoformat("2026-11-23T10:00:00+03:00")  # Moscow: no DST
+NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+WEEK = 7 * 86400.0
+
+
+def _master(rest: int, expiring: list[tuple[int, datetime]], lifetime: int, delay: int) -> Any:
+    doc = snapshot(
+        program={
+            **PROGRAM,
+            "pointsLifetimeDays": lifetime,
+            "activationDelayDays": delay,
+            "maxRedeemPercent": 100,
+            "offlineRedeemLimitPoints": 10**9,
+        }
+    )
+    for key in ("version", "baseVersion", "issuedAt"):
+        doc.pop(key)
+    for customer in doc["customers"]:
+        if customer["id"] == "c-b":
+            customer["balancePoints"] = rest + sum(p for p, _ in expiring)
+            customer["expiring"] = [{"points": p, "expiresAt": e.isoformat()} for p, e in expiring]
+    return doc
+
+
+def pushed(data_dir: Path) -> list[TxIn]:
+    """The till's outbox as its push sends it, as the hub's server reads it."""
+    pusher = Pusher(data_dir, "till-1", None, call_timeout_s=1.0)  # type: ignore[arg-type]
+    try:
+        txs = [pusher._transaction(seq, payload) for seq, payload in pusher._batch()]
+    finally:
+        pusher.close()
+    return [
+        TxIn(
+            device_id=tx.device_id,
+            seq=tx.seq,
+            kind=pb.TransactionKind.Name(tx.kind),
+            at=tx.at,
+            customer_id=tx.customer_id,
+            card=tx.card,
+            request_json=tx.request_json,
+            result_json=tx.result_json,
+            delta_available=tx.points_delta_available,
+            delta_pending=tx.points_delta_pending,
+            pending_activates_at=tx.pending_activates_at,
+            fiscal_document=tx.fiscal_document,
+        )
+        for tx in txs
+    ]
+
+
+step = st.one_of(
+    st.tuples(
+        st.just("sale"),
+        st.integers(1, 24 * 3),  # hours since the step before
+        st.integers(100, 300_000),  # price in minor units
+        st.sampled_from([-1, 0, 0, 50, 400]),  # redeemPoints (-1: as many as allowed)
+    ),
+    st.tuples(st.just("refund"), st.integers(1, 24 * 3), st.integers(0, 7), st.just(0)),
+)
+
+
+@settings(
+    max_examples=15,  # 200 pass too (about 90 s on a busy machine)
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+@given(
+    rest=st.integers(0, 300),
+    expiring=st.lists(
+        st.tuples(st.integers(1, 300), st.integers(1, 24 * 20)), min_size=0, max_size=3
+    ),
+    lifetime=st.sampled_from([0, 0, 2, 30]),
+    delay=st.sampled_from([0, 1, 3]),
+    plan=st.lists(step, min_size=1, max_size=8),
+)
+def test_the_hub_and_the_till_count_the_same_points(
+    rest: int,
+    expiring: list[tuple[int, int]],
+    lifetime: int,
+    delay: int,
+    plan: list[tuple[str, int, int, int]],
+) -> None:
+    batches = [(p, START + timedelta(hours=h)) for p, h in expiring]
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = SqliteHubStore(Path(tmp) / "hub.db")
+        agent = Agent(Path(tmp) / "till", "till-1")
+        try:
+            import_doc(hub, _master(rest, batches, lifetime, delay))
+            assert hub.publish(NOW, WEEK).version == 1
+            agent.load_snapshot(hub.snapshot_doc(1, 0))
+            at, sales, refunded = START, [], set()
+            # Where points expire, the hub does not yet route a refund's points by the
+            # sale's batches (docs/CONTRACT.md §16, "Not yet in the hub"): refunds are
+            # compared where nothing expires, sales everywhere.
+            refunds = not lifetime and not expiring
+            for i, (kind, hours, value, redeem) in enumerate(plan):
+                at += timedelta(hours=hours)
+                if kind == "sale":
+                    line = {"sku": SKU, "qty": "1", "priceMinor": value}
+                    agent.checkout(
+                        receipt(
+                            f"r{i}", card=CARD, at=at.isoformat(), lines=[line], redeemPoints=redeem
+                        )
+                    )
+                    sales.append(f"r{i}")
+                elif refunds and sales and sales[value % len(sales)] not in refunded:
+                    sale = sales[value % len(sales)]
+                    refunded.add(sale)
+                    agent.refund(
+                        {
+                            "refundId": f"rf{i}",
+                            "receiptId": sale,
+                            "at": at.isoformat(),
+                            "lines": [{"sku": SKU, "qty": "1"}],
+                        }
+                    )
+                # The hub gets what the till pushes (earlier seqs again: DUPLICATE), and
+                # both answer for this moment and later ones (a balance is asked for now or
+                # later, never for a moment before the movements it counts).
+                result = hub.ingest("till-1", "", pushed(Path(tmp) / "till"), NOW)
+                assert {r.outcome for r in result.results} <= {"STORED", "DUPLICATE"}, result
+                later = [at + timedelta(days=d) for d in (0, 1, delay, delay + 1)]
+                _agree(agent, hub, later)
+            ends = [at + timedelta(days=d) for d in (lifetime, lifetime + delay + 1, 400)]
+            ends += [e for _, e in batches] + [e - timedelta(seconds=1) for _, e in batches]
+            _agree(agent, hub, [moment for moment in ends if moment >= at])
+        finally:
+            agent.close()
+            hub.close()
+
+
+def _agree(agent: Agent, hub: SqliteHubStore, moments: list[datetime]) -> None:
+    for moment in sorted(moments):
+        till = agent.balance(CARD, moment)
+        there = hub.balance("c-b", moment)
+        assert (there.available, there.pending) == (
+            till["availablePoints"],
+            till["pendingPoints"],
+        ), moment
+
+
+def test_the_hub_replays_points_through_the_tills_rule_only() -> None:
+    """No second copy of the batch arithmetic in the hub: it builds movements and lets
+    `expiry.wallet_of` replay them (the stores only sum rows)."""
+    from .conftest import REPO
+
+    for name in ("hub_rules.py", "hub_sqlite.py", "hub_postgres.py"):
+        text = (REPO / "sync" / name).read_text(encoding="utf-8")
+        for internal in ("._spend(", "._add(", ".rest.points", "Batch("):
+            assert internal not in text, (name, internal)
+    assert "wallet_of(" in (REPO / "sync" / "hub_rules.py").read_text(encoding="utf-8")
+    assert "wallet_of(" in (REPO / "agent" / "ledger.py").read_text(encoding="utf-8")

@@ -1,0 +1,127 @@
+"""Review items of issue 12: `config check --json` speaks proto3 camelCase, `status` has
+one documented set-aside figure, and `reset` gives back only what open holds reserved."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.cli import main
+from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data
+
+from .conftest import CLI, REPO
+from .test_coupons import COUPONS, SORRY, receipt, verdicts
+from .test_coupons_online import enrolled
+
+
+def _keys(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [k for key, v in value.items() for k in (key, *_keys(v))]
+    if isinstance(value, list):
+        return [k for v in value for k in _keys(v)]
+    return []
+
+
+def test_config_check_json_is_camel_case_and_the_text_keeps_the_file_names(cli: CLI) -> None:
+    run = cli("config", "check", "--json")
+    assert run.code == 0, run.err
+    doc = run.json()
+    assert doc["deviceId"] and doc["hub"]["maxSnapshotMib"] == 8192
+    assert doc["printer"]["connectTimeoutS"] == 3.0
+    assert not [k for k in _keys(doc) if "_" in k]
+    assert all(re.fullmatch(r"[a-z][A-Za-z0-9]*", k) for k in _keys(doc))
+    text = cli("config", "check")
+    assert text.code == 0 and text.out.startswith("configuration is valid\n")
+    shown = json.loads(text.out.split("\n", 1)[1])
+    assert shown["hub"]["max_snapshot_mib"] == 8192 and "device_id" in shown
+
+
+def test_status_documents_set_aside_and_marks_the_older_field_deprecated(cli: CLI) -> None:
+    proto = (REPO / "proto" / "tillpoint" / "v1" / "tillpoint.proto").read_text(encoding="utf-8")
+    comment = proto.split("int64 set_aside_transactions = 19;")[0].rsplit("= 18;", 1)[1]
+    assert "Deprecated" in comment and "set_aside` (field 40)" in comment
+    assert "int64 set_aside = 40;" in proto  # both kept, numbers unchanged
+    protocol = (REPO / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    section = protocol.split("## 5. Status")[1].split("\n## ")[0]
+    assert "`setAside` (Status field 40" in section
+    assert "`setAsideTransactions` (Status field 19) is **deprecated**" in section
+    doc = cli("status", "--json").json()
+    assert doc["setAside"] == doc["setAsideTransactions"] == 0  # still sent, the same count
+
+
+# ---------------------------------------------------------------- reset and the hub's holds
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    yield hub
+    hub.stop()
+
+
+def _reset(
+    till: Till, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *flags: str
+) -> tuple[int, str, str]:
+    till.stop()  # the CLI opens the till itself, with `run`'s hub
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", till.device_id)
+    capsys.readouterr()
+    code = main(["reset", "--yes", "--force", "--data-dir", str(till.data_dir), *flags])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_reset_releases_the_hub_holds_and_keeps_the_coupon_uses_of_committed_receipts(
+    hub: LoopbackHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = enrolled(hub, tmp_path, "a"), enrolled(hub, tmp_path, "b")
+    try:
+        sold = a.agent.checkout(receipt("a-1", "SORRY-7K2Q9"))  # committed: history
+        assert verdicts(sold) == [("SORRY7K2Q9", "APPLIED", "")]
+        held = a.agent.hold(receipt("a-2", "APP555"))  # open: the hub holds the code
+        assert (held["mode"], verdicts(held)) == ("ONLINE", [("APP555", "APPLIED", "")])
+        code, out, err = _reset(a, capsys, monkeypatch, "--json")
+        assert code == 0, err
+        assert json.loads(out) == {
+            "reset": True,
+            "discardedTransactions": 1,
+            "hubHoldsReleased": 1,
+            "hubHoldsLeft": 0,
+        }
+        # Released at the hub: another till can use the held code at once.
+        assert verdicts(b.agent.checkout(receipt("b-1", "APP555"))) == [("APP555", "APPLIED", "")]
+        # The committed receipt's code stays used at this till (the hub never got the sale:
+        # it was discarded by --force, so the snapshot still carries the code).
+        again = enrolled(hub, tmp_path, "a")
+        try:
+            quoted = again.agent.quote(receipt("a-3", "SORRY-7K2Q9"))
+            assert verdicts(quoted) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
+        finally:
+            again.stop()
+    finally:
+        b.stop()
+
+
+def test_reset_says_when_the_hub_could_not_release_the_holds(
+    hub: LoopbackHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = enrolled(hub, tmp_path, "a")
+    held = a.agent.hold(receipt("a-1", "APP555"))
+    assert held["mode"] == "ONLINE"
+    hub.stop()
+    code, out, err = _reset(a, capsys, monkeypatch)
+    assert code == 0, err
+    assert out.strip() == (
+        "the till's cache and ledger are empty; numbering continues;"
+        " 1 hold(s) not released: the hub was not reached (they expire there on their own)"
+    )
