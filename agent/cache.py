@@ -52,7 +52,7 @@ T = TypeVar("T")
 _BATCH = 5000
 # Customers whose parsed personal offers are kept (per snapshot version): a till sees the
 # same few customers again within minutes (a quote, then the checkout, a hold, a refund).
-PERSONAL_OFFERS_KEPT = 256
+PERSONAL_OFFERS_KEPT = 64
 # The page cache of a full snapshot's build (KiB): the primary-key indexes of millions of
 # rows take random inserts; the agent's memory ceiling during an apply is 150 MB. At store
 # scale 16 and 32 MB took the same time; 32 MB cost 16 MB more RSS.

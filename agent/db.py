@@ -240,17 +240,25 @@ class LiveCache:
     `connection()` costs a readlink and a stat; after a switch it opens the new generation
     and closes the old connection. Call it with the agent's lock held."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, cache_kib: int | None = None) -> None:
+        """`cache_kib`: the connection's page cache (SQLite's default: 2,000 KiB)."""
         self.data_dir = Path(data_dir)
+        self.cache_kib = cache_kib
         self._dir = str(self.data_dir)
         self._identity = cache_identity(self._dir)  # before opening: never misses a switch
-        self._conn = open_cache(self.data_dir)
+        self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = open_cache(self.data_dir)
+        if self.cache_kib is not None:
+            conn.execute(f"PRAGMA cache_size = -{int(self.cache_kib)}")
+        return conn
 
     def connection(self) -> sqlite3.Connection:
         now = cache_identity(self._dir)
         if now != self._identity:
             try:
-                fresh = open_cache(self.data_dir)
+                fresh = self._open()
             except StorageError:
                 log.warning("the new cache generation could not be opened; reading the old one")
                 return self._conn

@@ -36,7 +36,8 @@ WARN_DAYS = 14
 
 def utc_text(moment: datetime) -> str:
     """A fixed-width UTC time stamp, so that stored times compare as text (ledger.db)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat: "%Y-%m-%dT%H:%M:%S.%f" and "+00:00", several times quicker than strftime
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 @dataclass

@@ -421,6 +421,45 @@ def held_points(
     return int(row[0])
 
 
+def pricing_marks(
+    conn: sqlite3.Connection,
+    customer_id: str | None,
+    card: str,
+    local_day: str,
+    codes: Sequence[str],
+    now: datetime,
+    but: str,
+) -> tuple[Any, ...]:
+    """In brief, what pricing a receipt (`but`) reads from the ledger: the customer's point
+    movements (the newest row and their count: rows are only added, by commits and refunds),
+    the points the customer's other open holds reserve, the card's offline redemption on
+    the store-day (commits and holds), and for each scanned code whether this till issued
+    it and whether it is used. Equal marks read twice: the pricing read the same inputs
+    (a commit priced before its transaction checks this inside it, cheaply)."""
+    now_text = utc_text(now)
+    marks: tuple[Any, ...] = ()
+    if customer_id is not None:
+        marks = tuple(
+            conn.execute(
+                "SELECT (SELECT max(id) FROM points WHERE customer_id = ?1),"
+                " (SELECT count(*) FROM points WHERE customer_id = ?1),"
+                " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+                "  WHERE state = 'HELD' AND expires_at > ?2 AND receipt_id IS NOT ?3"
+                "  AND json_extract(figures, '$.customerId') = ?1),"
+                " (SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
+                "  WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE'),"
+                " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+                "  WHERE card = ?4 AND local_day = ?5 AND state = 'HELD' AND mode = 'OFFLINE'"
+                "  AND expires_at > ?2)",
+                (customer_id, now_text, but, card, local_day),
+            ).fetchone()
+        )
+    for code in codes:
+        issued = conn.execute("SELECT 1 FROM issued_coupons WHERE code = ?", (code,)).fetchone()
+        marks += (code, issued is not None, coupon_used(conn, code, now))
+    return marks
+
+
 def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -> set[str]:
     """Offers printed to the customer after `since` (the print cooldown, the contract §7)."""
     return {
@@ -887,6 +926,16 @@ def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
     """An expired hold priced again: its row and its coupons go."""
     conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))
     conn.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
+
+
+def receipt_known(conn: sqlite3.Connection, receipt_id: str) -> bool:
+    """Whether the receiptId is held or committed here (or ever was)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM receipt_life WHERE receipt_id = ?1)"
+        " OR EXISTS (SELECT 1 FROM receipts WHERE receipt_id = ?1)",
+        (receipt_id,),
+    ).fetchone()
+    return bool(row[0])
 
 
 def stored_receipt(conn: sqlite3.Connection, receipt_id: str) -> tuple[str, dict[str, Any]] | None:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -154,6 +155,37 @@ class _Priced:
 
 
 @dataclass(frozen=True)
+class _Ready:
+    """What a hold or checkout stores, made from its pricing (`Agent._ready`)."""
+
+    now: datetime
+    expires: datetime
+    figures: dict[str, Any]
+    held: dict[str, Any]
+    hub_hold: bool
+    # a hold's stored texts
+    held_text: str = ""
+    figures_text: str = "{}"
+    # a checkout's CONFIRMED result without its seq, and its text, for the offers
+    # `offer_ids`; the coupon job's payload text (None: made in the transaction)
+    result: dict[str, Any] | None = None
+    result_text: str = ""
+    offer_ids: tuple[str, ...] = ()
+    payload: str | None = None
+
+
+@dataclass(frozen=True)
+class _Early:
+    """A receipt priced before its write transaction (`Agent._price_early`): its pricing,
+    the snapshot version and ledger marks it was priced from, and what it stores."""
+
+    done: _Priced
+    version: int
+    marks: tuple[Any, ...]
+    ready: _Ready
+
+
+@dataclass(frozen=True)
 class ResetResult:
     """What `Agent.reset` did: unsent transactions discarded, and the hub's holds of the
     till's open holds released there or left to expire there (hub not reached)."""
@@ -199,11 +231,12 @@ class Agent:
         if build_workers is not None:
             self.build_workers = build_workers
         # The cache connection follows full snapshots switched in by any process.
-        self._live = LiveCache(self.data_dir)
+        self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
         self._cache = self._live.connection()
         self._secret = phone_secret(self.data_dir)
         self._memo: dict[str, Any] = {}
         self._ledger = ledger.open_ledger(self.data_dir)
+        self._ledger.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
@@ -360,8 +393,11 @@ class Agent:
         receipt = _model(Receipt, receipt, "receipt")
         request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
+        early = self._price_early(receipt, confirm_now=True)
         with self._lock, self._write(), self._view() as view:
-            state, result = self._hold(receipt, view, confirm_now=True, request=request)
+            state, result = self._hold(
+                receipt, view, confirm_now=True, request=request, early=early
+            )
             if state == "CANCELLED":
                 raise Refused(
                     f"receipt {receipt.receipt_id} was cancelled: price it under a new receiptId"
@@ -382,8 +418,9 @@ class Agent:
         receipt = _model(Receipt, receipt, "receipt")
         request = _Request.of(receipt)
         self.sweep_holds()
+        early = self._price_early(receipt, confirm_now=False)
         with self._lock, self._write(), self._view() as view:
-            _, stored = self._hold(receipt, view, request=request)
+            _, stored = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
             self._tell_devices("after_quote", result)
@@ -472,11 +509,14 @@ class Agent:
         *,
         confirm_now: bool = False,
         request: _Request | None = None,
+        early: _Early | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Inside the write transaction: (state, result) stored under the receiptId, or a
         new hold priced now ("HELD"; with `confirm_now`, committed at once: "CONFIRMED").
         Conflict when the id is stored with another body. `request`: the receipt's JSON,
-        digest and text, made before the transaction (made here if not)."""
+        digest and text, made before the transaction (made here if not). `early`: the
+        receipt priced before the transaction (`_price_early`), taken when nothing it read
+        has changed since, else priced again here."""
         rid = receipt.receipt_id
         request = request or _Request.of(receipt)
         digest = request.digest
@@ -504,28 +544,21 @@ class Agent:
                 return "CANCELLED", _cancelled(json.loads(row.held_result))
             # expired (swept or not yet): priced and held again below
             ledger.forget_life(self._ledger, rid)
-        done = self._price(receipt, view, commit=True)
+        if early is not None and row is None and self._still(early, view):
+            done, ready = early.done, early.ready
+        else:
+            done = self._price(receipt, view, commit=True)
+            ready = self._ready(done, view.program(), confirm_now)
         # A hold reserves its applied coupons (the contract §11, §13): used here from now
         # on; a cancel or an expiry gives them back, a confirm keeps them.
-        self._use_coupons(done, self.clock())
-        program = view.program()
-        now_at = self.clock()
-        expires = now_at + timedelta(seconds=program.hold_ttl_seconds)
-        figures = _figures(done, program)
-        held = done.result.to_json()
-        held["printedOffers"] = []  # chosen again at Confirm: nothing prints before
-        held["display"] = quote_display(done.priced.total, done.priced.discount)
-        held["state"] = "HELD"
-        held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
-        # Points or coupon codes the hub holds for this receipt (released at cancel/expiry).
-        hub_hold = (
-            done.mode == "ONLINE"
-            and self.hub is not None
-            and (done.priced.redeemed_points > 0 or bool(done.result.applied_codes))
-        )
+        self._use_coupons(done, ready.now)
+        now_at, expires, figures, held = ready.now, ready.expires, ready.figures, ready.held
+        hub_hold = ready.hub_hold
         request_text = request.text
         if confirm_now:  # Checkout: the receipt's own rows keep request and result
-            result = self._commit(rid, request_text, held, figures, None, done.applied, now_at)
+            result = self._commit(
+                rid, request_text, held, figures, None, done.applied, now_at, ready
+            )
             ledger.insert_life(
                 self._ledger,
                 ledger.ReceiptLife(
@@ -553,8 +586,8 @@ class Agent:
                 "HELD",
                 digest,
                 request_text,
-                json.dumps(held, ensure_ascii=False),
-                json.dumps(figures, ensure_ascii=False),
+                ready.held_text,
+                ready.figures_text,
                 figures["card"],
                 figures["localDay"],
                 done.mode,
@@ -565,6 +598,92 @@ class Agent:
             ),
         )
         return "HELD", held
+
+    def _price_early(self, receipt: Receipt, *, confirm_now: bool) -> _Early | None:
+        """Price a receipt for Hold or Checkout before the write transaction, on a reader's
+        connections (one read transaction on each file, beside any commit), and make what
+        the commit will store from it; None for a receiptId the ledger already knows (a
+        retry, a hold: answered inside). Not one read at a time (`_read`): with a hub,
+        pricing a commit waits for its grant, and quotes do not wait for that."""
+        with self._read(alone=False) as (view, conn):
+            if ledger.receipt_known(conn, receipt.receipt_id):
+                return None
+            done = self._price(receipt, view, commit=True, reads=conn)
+            program = view.program()
+            return _Early(
+                done,
+                view.version,
+                self._marks(conn, done, program),
+                self._ready(done, program, confirm_now),
+            )
+
+    def _still(self, early: _Early, view: CacheView) -> bool:
+        """Inside the write transaction: whether what `early` was priced from is unchanged
+        (the same snapshot version, the same ledger marks), so its figures stand."""
+        return early.version == view.version and early.marks == self._marks(
+            self._ledger, early.done, view.program()
+        )
+
+    def _marks(self, conn: sqlite3.Connection, done: _Priced, program: Program) -> tuple[Any, ...]:
+        """`ledger.pricing_marks` of a priced receipt, as the ledger stands now."""
+        receipt, customer = done.receipt, done.customer
+        codes = [c.code for c in done.coupon_checks if c.code]
+        if customer is None and not codes:
+            return ()
+        return ledger.pricing_marks(
+            conn,
+            customer.id if customer else None,
+            done.ident.card_number or "",
+            receipt.at.astimezone(program.zone).date().isoformat(),
+            codes,
+            self.clock(),
+            receipt.receipt_id,
+        )
+
+    def _ready(self, done: _Priced, program: Program, confirm_now: bool) -> _Ready:
+        """What a hold or checkout stores, made from its pricing (before the write
+        transaction when priced early): the figures, the held result, the JSON texts, and
+        the checkout's result and coupon print job for the offers chosen at pricing."""
+        now = self.clock()
+        expires = now + timedelta(seconds=program.hold_ttl_seconds)
+        figures = _figures(done, program)
+        held = done.result.to_json()
+        held["printedOffers"] = []  # chosen again at Confirm: nothing prints before
+        held["display"] = quote_display(done.priced.total, done.priced.discount)
+        held["state"] = "HELD"
+        held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
+        # Points or coupon codes the hub holds for this receipt (released at cancel/expiry).
+        hub_hold = (
+            done.mode == "ONLINE"
+            and self.hub is not None
+            and (done.priced.redeemed_points > 0 or bool(done.result.applied_codes))
+        )
+        if not confirm_now:
+            return _Ready(
+                now,
+                expires,
+                figures,
+                held,
+                hub_hold,
+                json.dumps(held, ensure_ascii=False),
+                json.dumps(figures, ensure_ascii=False),
+            )
+        offers: list[dict[str, Any]] = figures["offers"]
+        result = _confirmed(held, figures, offers, self.device_id)
+        payload = None
+        if offers and not any(o.get("issueCoupon") for o in offers):
+            payload = self._print_payload(done.receipt.receipt_id, figures, offers)
+        return _Ready(
+            now,
+            expires,
+            figures,
+            held,
+            hub_hold,
+            result=result,
+            result_text=json.dumps(result, ensure_ascii=False),
+            offer_ids=tuple(o["id"] for o in offers),
+            payload=payload,
+        )
 
     def _confirm(
         self, receipt_id: str, fiscal_document: str | None, view: CacheView
@@ -614,6 +733,7 @@ class Agent:
         at = datetime.fromisoformat(figures["at"])
         before = ledger.balance(self._ledger, customer, view.applied_through(), at, program)
         expires = figures.get("expiresAt")
+        held_elsewhere = ledger.held_points(self._ledger, customer.id, self.clock(), receipt_id)
         after = _balance_after(
             before,
             program,
@@ -624,6 +744,8 @@ class Agent:
             datetime.fromisoformat(figures["activatesAt"]),
             datetime.fromisoformat(expires) if expires else None,
         )
+        if held_elsewhere:
+            after = replace(after, available=after.available - held_elsewhere)
         if after.as_json() == held["balance"]:
             return
         held["balance"] = after.as_json()
@@ -731,9 +853,10 @@ class Agent:
         printed: list[Offer] = []
         if commit and customer is not None:
             since = receipt.at - timedelta(days=program.offer_print_cooldown_days)
-            recent = ledger.printed_since(self._ledger, customer.id, since)
-            offers = view.offers_for(customer.id)
-            printed = offers_to_print(customer, offers, receipt.at, program, recent.__contains__)
+            recent = ledger.printed_since(conn, customer.id, since)
+            # only the customer's own offers print (`offers_to_print`): not the mass ones
+            own = view.personal_offers(customer.id)
+            printed = offers_to_print(customer, own, receipt.at, program, recent.__contains__)
 
         after = None
         if before is not None:
@@ -749,6 +872,8 @@ class Agent:
                 activates,
                 expires,
             )
+            if held_elsewhere:  # what the other open holds reserve is not available either
+                after = replace(after, available=after.available - held_elsewhere)
         tier = program.tier(customer.tier).code if customer else None
         verdicts = coupons.verdicts(checks, priced.applied_offers)
         if commit and customer is not None and after is not None:
@@ -841,9 +966,12 @@ class Agent:
         fiscal_document: str | None,
         applied: dict[str, int],
         now: datetime,
+        ready: _Ready | None = None,
     ) -> dict[str, Any]:
         """The held figures become the sale: receipt, points, coupons, journal and outbox
-        rows in the caller's transaction. Returns the CONFIRMED result."""
+        rows in the caller's transaction. Returns the CONFIRMED result. `ready`: the result,
+        its text and the print job made before the transaction, used when the offers to
+        print are still those (none printed to the customer meanwhile)."""
         conn = self._ledger
         customer_id: str | None = figures["customerId"]
         at = datetime.fromisoformat(figures["at"])
@@ -853,17 +981,20 @@ class Agent:
             since = at - timedelta(days=int(figures["cooldownDays"]))
             recent = ledger.printed_since(conn, customer_id, since)
             offers = [o for o in offers if o["id"] not in recent]
-        result = {k: v for k, v in held.items() if k != "holdExpiresAt"}
-        result["printedOffers"] = [o["id"] for o in offers]
-        result["display"] = figures["display"]
-        result["state"] = "CONFIRMED"
+        if ready is not None and ready.offer_ids != tuple(o["id"] for o in offers):
+            ready = None
+        if ready is None or ready.result is None:
+            ready, result = None, _confirmed(held, figures, offers, self.device_id)
+        else:
+            result = dict(ready.result)
         seq = ledger.take_seq(conn, self.device_id, applied.get(self.device_id, 0))
         # Where the sale is in the ledger's numbering: stored with the result, so an
         # idempotent replay answers with it too (a quote or a held receipt has neither).
-        result["deviceId"] = self.device_id
         result["seq"] = seq
         # Encoded once: the same texts go to the receipt's row and to its outbox payload.
-        result_text = json.dumps(result, ensure_ascii=False)
+        result_text = (
+            _with_seq(ready.result_text, seq) if ready else json.dumps(result, ensure_ascii=False)
+        )
         ledger.insert_receipt(
             conn,
             ledger.ReceiptRow(
@@ -905,16 +1036,17 @@ class Agent:
                 " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
                 [(self.device_id, seq, customer_id, receipt_id, *r) for r in rows],
             )
-            for offer in offers:
-                conn.execute(
-                    "INSERT INTO print_history VALUES (?,?,?,?)",
-                    (customer_id, offer["id"], ledger.utc_text(at), receipt_id),
-                )
+            printed_at = ledger.utc_text(at)
+            conn.executemany(
+                "INSERT INTO print_history VALUES (?,?,?,?)",
+                [(customer_id, offer["id"], printed_at, receipt_id) for offer in offers],
+            )
             if offers:
                 codes = self._issue_coupons(
                     receipt_id, at, customer_id, figures["card"], offers, applied, now
                 )
-                self._enqueue_print(receipt_id, figures, offers, now, codes)
+                payload = ready.payload if ready and not codes else None
+                self._enqueue_print(receipt_id, figures, offers, now, codes, payload)
         self._journal(
             seq,
             "CHECKOUT",
@@ -1008,14 +1140,31 @@ class Agent:
         offers: list[dict[str, Any]],
         now: datetime,
         codes: dict[str, str] | None = None,
+        payload: str | None = None,
     ) -> None:
-        """The coupon job, in the receipt's transaction. An offer that could not be printed
-        (say, an id a barcode cannot carry) costs the coupon, never the sale."""
-        from tillpoint.printer.payload import payload_for_checkout
-        from tillpoint.printer.queue import enqueue
+        """The coupon job, in the receipt's transaction (`payload`: its text, made before
+        the transaction). An offer that could not be printed (say, an id a barcode cannot
+        carry) costs the coupon, never the sale."""
+        from tillpoint.printer.queue import rfc3339
+
+        if payload is None:
+            payload = self._print_payload(receipt_id, figures, offers, codes)
+        if payload is not None:
+            ledger.insert_print_job(self._ledger, receipt_id, rfc3339(now), payload)
+
+    def _print_payload(
+        self,
+        receipt_id: str,
+        figures: dict[str, Any],
+        offers: list[dict[str, Any]],
+        codes: dict[str, str] | None = None,
+    ) -> str | None:
+        """The coupon job's payload text, checked once; None (logged) when it would not
+        print."""
+        from tillpoint.printer.payload import payload_text_for_checkout
 
         try:
-            payload = payload_for_checkout(
+            return payload_text_for_checkout(
                 receipt_id,
                 figures["at"],
                 figures["firstName"],
@@ -1031,8 +1180,7 @@ class Agent:
             )
         except TillpointError as exc:
             log.warning("no coupon for receipt %s: %s", receipt_id, exc)
-            return
-        enqueue(self._ledger, payload, created_at=now)
+            return None
 
     def _journal(
         self,
@@ -1231,7 +1379,7 @@ class Agent:
             self._live.close()
             self._memo.clear()
             remove_cache(self.data_dir)  # cache.db and every generation
-            self._live = LiveCache(self.data_dir)
+            self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
             self._cache = self._live.connection()
         released = 0
         for rid in hub_holds:  # a hub that did not answer one is not asked for the rest
@@ -1280,19 +1428,19 @@ class Agent:
         return CacheView.reading(self._cache, self._secret, self._memo)
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[tuple[CacheView, sqlite3.Connection]]:
+    def _read(self, *, alone: bool = True) -> Iterator[tuple[CacheView, sqlite3.Connection]]:
         """Reads without `_lock`: a cache and a ledger connection of the call's own (from
         the idle ones, or new), each in one read transaction, so every read of the call
         sees one committed state. SQLite's WAL lets them run beside a commit; a full
-        snapshot switched in is picked up here. One read at a time (`_one_read`)."""
-        with self._one_read:
+        snapshot switched in is picked up here. One read at a time (`_one_read`) unless
+        not `alone`."""
+        with self._one_read if alone else contextlib.nullcontext():
             with self._readers_lock:
                 reader = self._idle_readers.pop() if self._idle_readers else None
             if reader is None:
-                reader = (
-                    LiveCache(self.data_dir),
-                    connect(ledger.ledger_path(self.data_dir), create=False),
-                )
+                reads = connect(ledger.ledger_path(self.data_dir), create=False)
+                reads.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
+                reader = (LiveCache(self.data_dir, READER_CACHE_KIB), reads)
             live, reads = reader
             try:
                 with CacheView.reading(live.connection(), self._secret, self._memo) as view:
@@ -1320,6 +1468,11 @@ class Agent:
 # Idle reader connection pairs kept for the next read (`Agent._read`): about as many as
 # reads that overlap on a till; each pair costs its two page caches.
 READERS_KEPT = 2
+# A reader's page cache, each file (KiB; SQLite's default 2,000): a quote touches a few
+# hundred KiB of pages and the rest comes from the OS's cache of the files.
+READER_CACHE_KIB = 512
+# The writer's ledger page cache (KiB): a commit appends at the right edges of its tables.
+WRITER_CACHE_KIB = 1024
 
 
 def _close_reader(live: LiveCache, reads: sqlite3.Connection) -> None:
@@ -1503,13 +1656,27 @@ def request_digest(request: dict[str, Any]) -> str:
     if isinstance(lines, list):
         request = dict(request)
         request["lines"] = [
-            {**line, "qty": decimal_text(Fraction(Decimal(str(line["qty"]))))}
+            {**line, "qty": _qty_text(line["qty"])}
             if isinstance(line, dict) and "qty" in line
             else line
             for line in lines
         ]
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+_PLAIN_QTY = re.compile(r"(\d{1,15})(?:\.(\d{1,3}))?")
+
+
+def _qty_text(qty: Any) -> str:
+    """A quantity by value, as `decimal_text` writes it: "2.000" -> "2", "0.50" -> "0.5".
+    A plain decimal (what a parsed receipt holds) is trimmed as text, without a Fraction."""
+    text = str(qty)
+    plain = _PLAIN_QTY.fullmatch(text)
+    if plain is None:
+        return decimal_text(Fraction(Decimal(text)))
+    whole, decimals = plain.group(1).lstrip("0") or "0", (plain.group(2) or "").rstrip("0")
+    return f"{whole}.{decimals}" if decimals else whole
 
 
 def _legacy_digest(request: dict[str, Any], model: type[Receipt | Refund] = Receipt) -> str:
@@ -1584,6 +1751,24 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
         "cooldownDays": program.offer_print_cooldown_days,
         "display": list(done.result.display or ()),
     }
+
+
+def _confirmed(
+    held: dict[str, Any], figures: dict[str, Any], offers: list[dict[str, Any]], device_id: str
+) -> dict[str, Any]:
+    """The CONFIRMED result of the held one, but its seq (known inside the transaction)."""
+    result = {k: v for k, v in held.items() if k != "holdExpiresAt"}
+    result["printedOffers"] = [o["id"] for o in offers]
+    result["display"] = figures["display"]
+    result["state"] = "CONFIRMED"
+    result["deviceId"] = device_id
+    return result
+
+
+def _with_seq(text: str, seq: int) -> str:
+    """`json.dumps({**result, "seq": seq})` from `json.dumps(result)` (a non-empty object
+    without "seq"): the one key known only inside the transaction, appended last."""
+    return f'{text[:-1]}, "seq": {seq}}}'
 
 
 M = TypeVar("M", Receipt, Refund)

@@ -23,7 +23,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from tillpoint.agent.errors import InputError
 from tillpoint.printer.codes import offer_code
 
-__all__ = ["PrintOffer", "PrintPayload", "parse_payload", "payload_for_checkout"]
+__all__ = [
+    "PrintOffer",
+    "PrintPayload",
+    "parse_payload",
+    "payload_for_checkout",
+    "payload_text_for_checkout",
+]
 
 
 class _Model(BaseModel):
@@ -111,10 +117,20 @@ def payload_for_checkout(
     order, as the agent picked them (the contract §7); each gets its ``code``. Only the first
     name is kept. Raises InputError when something would not print.
     """
+    text = payload_text_for_checkout(receipt_id, at, first_name, offers)
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def payload_text_for_checkout(
+    receipt_id: str,
+    at: str | None,
+    first_name: str | None,
+    offers: Sequence[Mapping[str, Any]],
+) -> str:
+    """`payload_for_checkout` as the JSON text ``print_jobs.payload`` stores, checked once."""
     data: dict[str, Any] = {"receiptId": receipt_id, "offers": [_offer_dict(o) for o in offers]}
     if at is not None:
         data["at"] = at
     if first_name:
         data["firstName"] = first_name
-    parsed = parse_payload(data)
-    return json.loads(parsed.to_json())  # type: ignore[no-any-return]
+    return parse_payload(data).to_json()
