@@ -165,7 +165,7 @@ def test_the_agent_takes_models_and_returns_typed_results(tmp_path: Path) -> Non
         scanned = agent.scan("2770000000017")
         assert isinstance(scanned, ScanResult) and scanned.card == card
         # The JSON document is the mapping the result reads as (for callers of old).
-        assert dict(quote) == quote.to_json() and quote["payableMinor"] == quote.payable_minor
+        assert dict(quote) == quote.to_json() and quote.payable_minor == quote.payable_minor
     finally:
         agent.close()
 
