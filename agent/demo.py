@@ -509,7 +509,7 @@ def _sales(
     seq = agent.status().last_seq
     with _pos_client(agent) as pos:
         again = pos.checkout(_receipt("d-1", anna_card, at(10, 16), basket, -1))
-    same = all(again[k] == result[k] for k in FIGURES) and agent.status().last_seq == seq
+    same = all(again[k] == result.to_json()[k] for k in FIGURES) and agent.status().last_seq == seq
     story.say(
         "  the POS sends the same receipt again over gRPC (tillpoint.agent.client, as after a"
         f" timeout on its side): same answer, nothing counted twice: {'yes' if same else 'NO'}"

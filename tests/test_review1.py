@@ -121,7 +121,7 @@ def test_a_receipt_committed_by_an_older_agent_answers_as_confirmed(till: Agent)
     """A ledger upgraded from before hold/confirm (commit 7603b97) stored results without
     `state`; replaying such a receipt answers `"state": "CONFIRMED"` like any commit."""
     done = till.checkout(receipt_from_json(receipt("old")))
-    legacy = {k: v for k, v in done.items() if k != "state"}
+    legacy = {k: v for k, v in done.to_json().items() if k != "state"}
     till._ledger.execute("DELETE FROM receipt_life")
     till._ledger.execute(
         "UPDATE receipts SET result = ? WHERE receipt_id = 'old'",
@@ -244,7 +244,11 @@ def test_a_ledger_of_the_previous_release_upgrades_and_keeps_its_meaning(
         assert back.to_json()["balance"] == {"availablePoints": 1180, "pendingPoints": 5}
         till._ledger.execute(  # as the previous release stored a refund's result
             "UPDATE refunds SET result = ? WHERE refund_id = 'f1'",
-            (json.dumps({k: v for k, v in back.items() if k not in ("deviceId", "seq")}),),
+            (
+                json.dumps(
+                    {k: v for k, v in back.to_json().items() if k not in ("deviceId", "seq")}
+                ),
+            ),
         )
         assert (
             till.refund(
