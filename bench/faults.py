@@ -456,7 +456,9 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
         while selling.is_set():
             card = local.choice(list(OUTAGE_CARDS))
             try:
-                agents[device].checkout(a_receipt(f"{device}-{sold[device]}", local, card))
+                agents[device].checkout(
+                    receipt_from_json(a_receipt(f"{device}-{sold[device]}", local, card))
+                )
                 sold[device] += 1
             except Exception as exc:  # a checkout must work online and offline
                 errors.append(f"{device}: {type(exc).__name__}: {exc}")
