@@ -5,7 +5,7 @@
 agent/app.py gives it to the ``Agent`` as its device notifier, then starts it. The agent
 calls, after pricing (never waiting on a device):
 
-- ``devices.after_quote(result)``: shows ``result["display"]`` on the pole display;
+- ``devices.after_quote(result)``: shows ``result.display`` on the pole display;
 - ``devices.after_checkout(result)``: shows it too and wakes the print worker when the
   result printed offers (the job row is already in the ledger, committed with the receipt);
 - ``devices.status()``: printer, display and scanner state for ``tillpoint status``.
