@@ -476,7 +476,7 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
             at_hub = store.balance(customer, now)
             want = {"availablePoints": at_hub.available, "pendingPoints": at_hub.pending}
             for agent in agents.values():
-                got = agent.balance(card, now)
+                got = agent.balance(card, now).to_json()
                 if {k: got[k] for k in want} != want:
                     return False
         return True
@@ -484,7 +484,7 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     try:
         for device in devices:  # the defaults
             stops.append(syncs[device].start(agents[device]))
-        if not wait_for(lambda: all(a.status()["cacheVersion"] >= 1 for a in agents.values()), 30):
+        if not wait_for(lambda: all(a.status().cache_version >= 1 for a in agents.values()), 30):
             out.fail("the tills did not get their first snapshot")
             return out
         threads = [
@@ -614,7 +614,7 @@ def scenario_coupons(work: Path, codes: int, rng: random.Random) -> Outcome:
             won = sum(applied(r) for r in results)
             if won == 2:
                 both.add(code)
-                if all(r["mode"] == "ONLINE" for r in results):
+                if all(r.mode == "ONLINE" for r in results):
                     out.fail(f"{code}: APPLIED on both tills while both were ONLINE")
                 out.counts["online races priced offline (a conflict)"] += 1
             elif won == 1:

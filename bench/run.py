@@ -234,9 +234,9 @@ def _heavy_basket(
         agent.quote(receipt_from_json(heavy))
         agent.quote(receipt_from_json(usual))
     heavy_deals, heavy_coupons_applied = deals_and_coupons(
-        agent.quote(receipt_from_json(pairs[0][0]))
+        agent.quote(receipt_from_json(pairs[0][0])).to_json()
     )
-    usual_deals, _ = deals_and_coupons(agent.quote(receipt_from_json(pairs[0][1])))
+    usual_deals, _ = deals_and_coupons(agent.quote(receipt_from_json(pairs[0][1])).to_json())
     h, u = (
         stats(s)
         for s in interleave(
