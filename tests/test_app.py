@@ -26,7 +26,7 @@ from tillpoint.agent.config import Settings
 def keys():
     agent = app.cli_agent(Settings(device_id="till-1", data_dir=Path(sys.argv[1])))
     try:
-        return sorted(agent.status())
+        return sorted(agent.status().to_json())
     finally:
         agent.close()
 

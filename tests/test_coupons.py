@@ -150,7 +150,7 @@ def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None
             "deviceId": "till-1",  # where the sale went in the ledger: a quote has none
             "seq": 1,
         }
-        strict(committed, pb.CheckoutResult())
+        strict(committed.to_json(), pb.CheckoutResult())
 
         # the same code on a later receipt of this till: ALREADY_USED, no discount
         again = agent.checkout(receipt_from_json(receipt("r2", "SORRY7K2Q9")))

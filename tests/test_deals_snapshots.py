@@ -128,7 +128,7 @@ def test_explain_through_grpc_message_shapes(tmp_path: Path) -> None:
         result = agent.quote(
             receipt_from_json(receipt("r1", "2026-11-23T10:15:00+03:00") | {"explain": True})
         )
-        parsed = strict(result, pb.CheckoutResult())
+        parsed = strict(result.to_json(), pb.CheckoutResult())
         assert isinstance(parsed, pb.CheckoutResult)
         assert parsed.trace.deals[0].offer_id == "m-2for1"
         assert parsed.trace.redemption.bound_by == "REQUESTED"  # asked for 0 points

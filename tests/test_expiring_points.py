@@ -155,7 +155,7 @@ def test_balance_expiring_over_grpc_json(tmp_path: Path) -> None:
         expires = START + timedelta(days=5)
         agent.load_snapshot(_snapshot(10, [(300, expires)], 0))
         got = agent.balance(CARD, START)
-        message = json_format.ParseDict(got, pb.Balance())
+        message = json_format.ParseDict(got.to_json(), pb.Balance())
         assert message.expiring[0].points == 300
         assert message.expiring[0].expires_at == expires.isoformat()
     finally:

@@ -18,7 +18,7 @@ def test_mode_follows_the_hub_and_status_carries_the_sync_fields(tmp_path: Path)
         assert till.agent.checkout(receipt_from_json(receipt("r1", card))).mode == "ONLINE"
         status = till.agent.status()
         for key in ("lastPullAt", "lastPushAt", "lastError", "enrolled"):
-            assert key in status
+            assert key in status.to_json()
         assert till.agent.quote(receipt_from_json(receipt("q1", card, redeem=10))).mode == "ONLINE"
         hub.stop()
         # Redemption needs the hub: it does not answer, so OFFLINE within the deadline.
