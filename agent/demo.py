@@ -34,6 +34,7 @@ from .errors import InputError, TillpointError
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from .config import Settings
+    from .results import CheckoutResult, TillStatus
 from .money import format_minor
 
 ZONE = ZoneInfo("Europe/Moscow")
@@ -336,11 +337,11 @@ def _day(
             )
             tills.append(till)
         for till in tills:
-            _until(till, lambda s: s["cacheVersion"] >= 1 and s["mode"] == "ONLINE")
+            _until(till, lambda s: s.cache_version >= 1 and s.mode == "ONLINE")
             status = till.agent.status()
             story.say(
-                f"  {till.device_id}: snapshot v{status['cacheVersion']} verified and applied,"
-                f" mode {status['mode']}"
+                f"  {till.device_id}: snapshot v{status.cache_version} verified and applied,"
+                f" mode {status.mode}"
             )
         till, other = tills[0], tills[-1]
         with devices_of_till1:
@@ -367,11 +368,11 @@ def _day(
                 )
             )
             story.say(
-                f"  Anna pays with points again: mode {offline['mode']}, "
-                f"{offline['redeemedPoints']} points spent (offline limit "
+                f"  Anna pays with points again: mode {offline.mode}, "
+                f"{offline.redeemed_points} points spent (offline limit "
                 f"{master['program']['offlineRedeemLimitPoints']} a card a day)"
             )
-            story.check(offline["mode"] == "OFFLINE", "the till should be OFFLINE")
+            story.check(offline.mode == "OFFLINE", "the till should be OFFLINE")
             for i in range(3):
                 other.agent.checkout(
                     receipt_from_json(
@@ -384,7 +385,7 @@ def _day(
                         )
                     )
                 )
-            waiting = sum(t.agent.status()["outboxDepth"] for t in tills)
+            waiting = sum(t.agent.status().outbox_depth for t in tills)
             story.say(f"  the tills keep selling; {waiting} transactions wait in their outboxes")
             if watcher is not None:
                 watcher.settle()
@@ -392,26 +393,26 @@ def _day(
             story.heading("The hub comes back: the outboxes drain, balances agree")
             hub.restart()
             for t in tills:
-                _until(t, lambda s: s["outboxDepth"] == 0)
+                _until(t, lambda s: s.outbox_depth == 0)
             for t in tills:
-                story.say(f"  {t.device_id}: outbox empty, mode {t.agent.status()['mode']}")
+                story.say(f"  {t.device_id}: outbox empty, mode {t.agent.status().mode}")
             version = hub.publish()  # balances folded in; appliedThrough per till
             for t in tills:
-                _until(t, lambda s: s["cacheVersion"] >= version)
+                _until(t, lambda s: s.cache_version >= version)
             story.say(
                 f"  snapshot v{version} carries the new balances and each till's appliedThrough"
             )
             evening = datetime.fromisoformat(at(23, 59))  # after the day's last receipt
             for person, number in ((anna, anna_card), (boris, boris_card)):
                 central = hub.store.balance(person["id"], evening).available
-                local = [t.agent.balance(number, evening)["availablePoints"] for t in tills]
+                local = [t.agent.balance(number, evening).available_points for t in tills]
                 story.say(
                     f"  {person['firstName']}: hub {central} points; tills "
                     + ", ".join(str(x) for x in local)
                 )
                 story.check(all(x == central for x in local), "balances differ")
             entries = len(hub.store.ledger())
-            journal = sum(t.agent.status()["lastSeq"] for t in tills)
+            journal = sum(t.agent.status().last_seq for t in tills)
             story.say(f"  hub ledger {entries} transactions = the tills' journals {journal}")
             story.check(entries == journal, "the hub's ledger and the journals differ")
 
@@ -429,7 +430,7 @@ def _day(
             import_doc(hub.store, {"offers": [offer]})
             version = hub.publish()
             for t in tills:
-                _until(t, lambda s: s["cacheVersion"] >= version)
+                _until(t, lambda s: s.cache_version >= version)
             story.say(f"  snapshot v{version} (a delta) pulled by every till")
             bread = next(p for p in food if p["category"] == "bakery")
             quote = till.agent.quote(
@@ -438,10 +439,10 @@ def _day(
                 )
             )
             story.say(
-                f"  {bread['name']}: 60,00 → {format_minor(quote['payableMinor'])} "
-                f"(offer {quote['lines'][0]['offerId']})"
+                f"  {bread['name']}: 60,00 → {format_minor(quote.payable_minor)} "
+                f"(offer {quote.lines[0].offer_id})"
             )
-            story.check(quote["lines"][0]["offerId"] == "m-bread-25", "new offer not applied")
+            story.check(quote.lines[0].offer_id == "m-bread-25", "new offer not applied")
             _afternoon(story, hub, till, other, master, at, printer)
             _summary(story, tills, hub, printer)
             if keep_running:
@@ -476,8 +477,8 @@ def _sales(
     agent = till.agent
     story.heading(f"Anna shows her loyalty card {anna_card} at {till.device_id}")
     card = agent.identify(anna_card)
-    story.say(f"  → {card['status']}: {card['firstName']}, tier {card['tier']}")
-    story.check(card["status"] == "FOUND", "Anna's card should be found")
+    story.say(f"  → {card.status}: {card.first_name}, tier {card.tier}")
+    story.check(card.status == "FOUND", "Anna's card should be found")
     if watcher is not None:
         watcher.settle()
     offers = [o for o in _offers_of(agent, anna["id"])]
@@ -492,8 +493,8 @@ def _sales(
         basket.append(_line(product, qty, price))
         quote = agent.quote(receipt_from_json(_receipt("d-1", anna_card, at(10, 15), basket, 0)))
         story.say(
-            f"  scan {product['name']} × {qty}: total {format_minor(quote['totalMinor'])},"
-            f" savings {format_minor(quote['discountMinor'])}"
+            f"  scan {product['name']} × {qty}: total {format_minor(quote.total_minor)},"
+            f" savings {format_minor(quote.discount_minor)}"
         )
         if watcher is not None:
             watcher.settle(0.6)
@@ -501,14 +502,14 @@ def _sales(
     story.heading("Anna pays, spending as many points as allowed (the hub authorises them)")
     result = agent.checkout(receipt_from_json(_receipt("d-1", anna_card, at(10, 16), basket, -1)))
     _tell(story, result, products)
-    story.check(result["mode"] == "ONLINE", "the hub should authorise online")
-    story.check(result["printedOffers"] != [], "Anna's next offers should print")
+    story.check(result.mode == "ONLINE", "the hub should authorise online")
+    story.check(bool(result.printed_offers), "Anna's next offers should print")
     if watcher is not None:
         watcher.settle()
-    seq = agent.status()["lastSeq"]
+    seq = agent.status().last_seq
     with _pos_client(agent) as pos:
         again = pos.checkout(_receipt("d-1", anna_card, at(10, 16), basket, -1))
-    same = all(again[k] == result[k] for k in FIGURES) and agent.status()["lastSeq"] == seq
+    same = all(again[k] == result.to_json()[k] for k in FIGURES) and agent.status().last_seq == seq
     story.say(
         "  the POS sends the same receipt again over gRPC (tillpoint.agent.client, as after a"
         f" timeout on its side): same answer, nothing counted twice: {'yes' if same else 'NO'}"
@@ -519,13 +520,13 @@ def _sales(
     phone = "8" + boris["phone"][2:]
     story.heading(f"Boris gives his phone number at {other.device_id}: {phone[:4]}…")
     card = other.agent.identify(phone)
-    story.say(f"  → {card['status']}: {card.get('firstName', '')}")
+    story.say(f"  → {card.status}: {card.first_name or ''}")
     held = next(o for o in _offers_of(other.agent, boris["id"]) if o["campaignId"] == "camp-autumn")
     lines = [_line(products[held["skus"][0]], "1", 15000)]
     lines += [_line(p, "1", 15000 + 1700 * i) for i, p in enumerate(food[3::41])]
     result = other.agent.checkout(receipt_from_json(_receipt("d-2", phone, at(11, 40), lines, 0)))
     _tell(story, result, products)
-    story.check(held["id"] in result["heldOut"], "Boris is in the control group")
+    story.check(held["id"] in result.held_out, "Boris is in the control group")
 
     story.heading(
         "A blocked card and a mistyped card are refused; the sale goes on without loyalty"
@@ -551,8 +552,8 @@ def _sales(
         )
     )
     story.say(
-        f"  {refund['returnedPoints']} points given back, {refund['takenBackPoints']} taken back;"
-        f" balance {refund['balance']['availablePoints']}"
+        f"  {refund.returned_points} points given back, {refund.taken_back_points} taken back;"
+        f" balance {refund.balance.available_points}"
     )
 
 
@@ -576,7 +577,7 @@ def _afternoon(
     import_doc(hub.store, offers_day(datetime.fromisoformat(at(0, 0)).date(), master))
     version = hub.publish()
     for t in {id(till): till, id(other): other}.values():
-        _until(t, lambda s: s["cacheVersion"] >= version)
+        _until(t, lambda s: s.cache_version >= version)
     story.say(
         f"  snapshot v{version}: 4 offers, Anna's coupon {SORRY_CODE}, Вера's expiring points"
     )
@@ -590,8 +591,8 @@ def _afternoon(
 
     story.heading(f"Anna scans her sorry-bonus coupon {SORRY_CODE} at {till.device_id}")
     routed = till.agent.scan(SORRY_CODE)
-    story.say(f"  the scanner's text is a {routed['kind']}: {routed.get('code')}")
-    story.check(routed["kind"] == "COUPON", "the sorry code should be routed as a coupon")
+    story.say(f"  the scanner's text is a {routed.kind}: {routed.code}")
+    story.check(routed.kind == "COUPON", "the sorry code should be routed as a coupon")
     printed = len(printer.complete)
     lines = [_line(dairy, "2", 9900), _line(by_category["bakery"][0], "1", 5900)]
     result = till.agent.checkout(
@@ -601,28 +602,27 @@ def _afternoon(
         )
     )
     _tell(story, result, products)
-    verdict = result["coupons"][0]
-    story.say(f"  coupon {verdict['code']}: {verdict['status']} ({result['mode']})")
-    story.check(verdict["status"] == "APPLIED", "the sorry bonus should apply")
+    verdict = result.coupons[0] if result.coupons else None
+    assert verdict is not None, "the sale should carry its coupon's verdict"
+    story.say(f"  coupon {verdict.code}: {verdict.status} ({result.mode})")
+    story.check(verdict.status == "APPLIED", "the sorry bonus should apply")
     again = other.agent.checkout(
         receipt_from_json(
             _receipt("d-sorry-2", anna_card, at(17, 5), lines, 0) | {"coupons": [SORRY_CODE]}
         )
     )
     story.say(
-        f"  the same code at {other.device_id}: {again['coupons'][0]['status']}"
-        f" {again['coupons'][0]['reason']} (the hub authorises each code; one use in the chain)"
+        f"  the same code at {other.device_id}: {again.coupons[0].status}"
+        f" {again.coupons[0].reason} (the hub authorises each code; one use in the chain)"
     )
-    story.check(again["coupons"][0]["reason"] == "ALREADY_USED", "a coupon is used once")
+    story.check(again.coupons[0].reason == "ALREADY_USED", "a coupon is used once")
 
     story.heading("The next-visit coupon printed for Anna is scanned back at her next visit")
     docs = printer.wait_for(printed + 1, timeout_s=10)
     codes = [c for d in docs[printed:] for c in d.codes if not c.startswith("TP1-")]
     story.check(bool(codes), "the next-visit coupon should print with a one-time code")
     routed = till.agent.scan(codes[0])
-    story.say(
-        f"  scanned {codes[0]} from the paper coupon: a {routed['kind']} for {routed['offerId']}"
-    )
+    story.say(f"  scanned {codes[0]} from the paper coupon: a {routed.kind} for {routed.offer_id}")
     visit = till.agent.checkout(
         receipt_from_json(
             _receipt("d-next", anna_card, at(19, 40), [_line(meat, "1", 30000)], 0)
@@ -631,7 +631,8 @@ def _afternoon(
     )
     _tell(story, visit, products)
     story.check(
-        [v["status"] for v in visit["coupons"]] == ["APPLIED"], "the printed coupon should apply"
+        [v.status for v in visit.coupons or ()] == ["APPLIED"],
+        "the printed coupon should apply",
     )
 
     story.heading("Вера buys 3 household items (3 for 2) and fruit in the happy hour")
@@ -641,11 +642,11 @@ def _afternoon(
         receipt_from_json(_receipt("d-vera", vera_card, at(18, 30), basket, 0))
     )
     _tell(story, vera, products)
-    offers = [line["offerId"] for line in vera["lines"]]
+    offers = [line.offer_id for line in vera.lines]
     story.check(offers.count("m-household-3for2") == 3, "the 3-for-2 should take the 3 items")
     story.check(offers[3] == "m-fruit-happy-hour", "the happy hour should apply at 18:30")
-    story.say(f"  her display: {' / '.join(vera['display'])}")
-    story.check(vera["display"][0].startswith("Сгорят"), "the expiry warning should show")
+    story.say(f"  her display: {' / '.join(vera.display or ())}")
+    story.check((vera.display or ("",))[0].startswith("Сгорят"), "the expiry warning should show")
 
     story.heading("The cashier asks why the fruit has no discount at 17:30: an explained quote")
     early = till.agent.quote(
@@ -654,17 +655,17 @@ def _afternoon(
             | {"explain": True}
         )
     )
-    for row in early["trace"]["lines"][0]["offers"]:
+    for row in (early.trace or {})["lines"][0]["offers"]:
         story.say(f"  {row['offerId']}: {row['outcome']}")
-    for row in early["trace"]["receiptOffers"]:
+    for row in (early.trace or {})["receiptOffers"]:
         missing = f", {format_minor(row['missingMinor'])} more" if row.get("missingMinor") else ""
         story.say(f"  {row['offerId']}: {row['outcome']}{missing}")
-    story.say(f"  the display while it is priced: {' / '.join(early['display'])}")
-    outcomes = {r["offerId"]: r["outcome"] for r in early["trace"]["lines"][0]["offers"]}
+    story.say(f"  the display while it is priced: {' / '.join(early.display or ())}")
+    outcomes = {r["offerId"]: r["outcome"] for r in (early.trace or {})["lines"][0]["offers"]}
     story.check(outcomes.get("m-fruit-happy-hour") == "OUTSIDE_WINDOW", "happy hour at 17:30")
 
     for t in {id(till): till, id(other): other}.values():
-        _until(t, lambda s: s["outboxDepth"] == 0)
+        _until(t, lambda s: s.outbox_depth == 0)
     conflicts = hub.store.coupon_conflicts()
     story.say(
         f"  the hub has every afternoon receipt; coupons used twice in the chain: {len(conflicts)}"
@@ -699,7 +700,7 @@ def _pos_client(agent: Any) -> Iterator[Any]:
         server.stop(0).wait()
 
 
-def _until(till: Any, condition: Callable[[dict[str, Any]], bool], timeout: float = 30) -> None:
+def _until(till: Any, condition: Callable[[TillStatus], bool], timeout: float = 30) -> None:
     """Wait until the till's status meets `condition` (TimeoutError after `timeout`)."""
     deadline = time.monotonic() + timeout
     while not condition(till.agent.status()):
@@ -729,8 +730,8 @@ def _summary(story: Story, tills: list[Any], hub: Any, printer: Any) -> None:
         refunds += counts.get("REFUND", 0)
         s = t.agent.status()
         story.say(
-            f"  {t.device_id}: {s['lastSeq']} transactions, outbox {s['outboxDepth']},"
-            f" snapshot v{s['cacheVersion']}, mode {s['mode']}, printer {s['printerState']}"
+            f"  {t.device_id}: {s.last_seq} transactions, outbox {s.outbox_depth},"
+            f" snapshot v{s.cache_version}, mode {s.mode}, printer {s.printer_state}"
         )
     coupons = len(printer.complete)
     story.say(
@@ -758,24 +759,24 @@ def _receipt(
     }
 
 
-def _tell(story: Story, r: dict[str, Any], products: dict[str, Any]) -> None:
-    for line in r["lines"]:
-        name = products[line["sku"]]["name"]
-        extra = f"  offer {line['offerId']}" if line["offerId"] else ""
+def _tell(story: Story, r: CheckoutResult, products: dict[str, Any]) -> None:
+    for line in r.lines:
+        name = products[line.sku]["name"]
+        extra = f"  offer {line.offer_id}" if line.offer_id else ""
         story.say(
-            f"  {name:<40.40} {format_minor(line['amountMinor']):>9}"
-            f"  −{format_minor(line['discountMinor'])}{extra}  +{line['earnedPoints']} pts"
+            f"  {name:<40.40} {format_minor(line.amount_minor):>9}"
+            f"  −{format_minor(line.discount_minor)}{extra}  +{line.earned_points} pts"
         )
     story.say(
-        f"  total {format_minor(r['totalMinor'])}, discounts {format_minor(r['discountMinor'])},"
-        f" points spent {r['redeemedPoints']}, to pay {format_minor(r['payableMinor'])};"
-        f" earned {r['earnedPoints']} points ({r['mode']})"
+        f"  total {format_minor(r.total_minor)}, discounts {format_minor(r.discount_minor)},"
+        f" points spent {r.redeemed_points}, to pay {format_minor(r.payable_minor)};"
+        f" earned {r.earned_points} points ({r.mode})"
     )
-    if r["balance"]:
-        story.say(f"  balance now {r['balance']['availablePoints']} points")
-    if r["printedOffers"]:
-        story.say(f"  coupons for the next visit: {', '.join(r['printedOffers'])}")
-    if r["heldOut"]:
+    if r.balance is not None:
+        story.say(f"  balance now {r.balance.available_points} points")
+    if r.printed_offers:
+        story.say(f"  coupons for the next visit: {', '.join(r.printed_offers)}")
+    if r.held_out:
         story.say(
-            f"  held out (control group, for measuring the campaign): {', '.join(r['heldOut'])}"
+            f"  held out (control group, for measuring the campaign): {', '.join(r.held_out)}"
         )

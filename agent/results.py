@@ -9,14 +9,14 @@ from these results in one place, `agent/wire.py`, never from the JSON.
 The JSON keeps the shapes of the contract's messages in lowerCamelCase: an optional
 field that is unset is `null` where the agent always said so (`offerId`, `tier`,
 `balance`), and left out where it always was (a quote has no `state`, `deviceId`, `seq`;
-`trace` only when asked; an empty `expiring`). For a transition, each result is also a
-read-only `Mapping` over that document (`result["payableMinor"]`, `result == {...}`);
-new code reads the attributes.
+`trace` only when asked; an empty `expiring`). Code reads the attributes; a result is
+not a mapping (`to_json()` is its document). Two results of one type are equal when they
+answer the same document: an idempotent replay equals the first answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -24,42 +24,25 @@ if TYPE_CHECKING:  # the gRPC client maps replies without importing pydantic
     from .models import Receipt, Refund
 
 
-class _Document(Mapping[str, Any]):
-    """A result read as its JSON document (`to_json`): for callers written against the
-    dicts the agent returned before it returned typed results."""
+class _Result:
+    """A result: equal to a result of its type that answers the same document (a stored
+    result read back equals the answer it was stored from); never equal to a dict."""
 
     __slots__ = ()
 
     def to_json(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_json()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_json())
-
-    def __len__(self) -> int:
-        return len(self.to_json())
-
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, _Document):
-            return type(self) is type(other) and self.to_json() == other.to_json()
-        if isinstance(other, Mapping):
-            return self.to_json() == dict(other)
+        if type(other) is type(self):
+            return self.to_json() == other.to_json()
         return NotImplemented
-
-    def __or__(self, other: Mapping[str, Any]) -> dict[str, Any]:
-        return self.to_json() | dict(other)
-
-    def __ror__(self, other: Mapping[str, Any]) -> dict[str, Any]:
-        return dict(other) | self.to_json()
 
     __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Card(_Document):
+class Card(_Result):
     """`CardOutcome`: FOUND with the customer, or the status (and why, INVALID/BLOCKED)."""
 
     status: str
@@ -97,7 +80,7 @@ class ExpiringBatch(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Balance(_Document):
+class Balance(_Result):
     """Available and pending points, and the next batches that expire (soonest first)."""
 
     available_points: int
@@ -145,7 +128,7 @@ class CouponVerdict(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class CheckoutResult(_Document):
+class CheckoutResult(_Result):
     """A quote, a hold, a confirmed or cancelled receipt (`CheckoutResult`).
 
     `state`, `hold_expires_at`, `device_id`/`seq`, `trace`: None when the call has none
@@ -270,7 +253,7 @@ class CheckoutResult(_Document):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class RefundResult(_Document):
+class RefundResult(_Result):
     refund_id: str
     receipt_id: str
     returned_points: int
@@ -313,7 +296,7 @@ class RefundResult(_Document):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class ScanResult(_Document):
+class ScanResult(_Result):
     """A scanned text routed (the contract §13): a COUPON this till knows (code, offer)
     or a CARD (identify's answer)."""
 
@@ -329,7 +312,7 @@ class ScanResult(_Document):
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class TillStatus(_Document):
+class TillStatus(_Result):
     """`Status`: the agent's own figures and device states, typed, and the fields the
     other parts of the till add (`parts`: the hub sync's `lastPullAt`, `lastError`,
     `setAside` ...), as those parts word them. A part that restates one of the agent's

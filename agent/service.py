@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from . import cache as cache_mod
 from . import coupons, ledger
@@ -382,7 +382,6 @@ class Agent:
     # ------------------------------------------------------------ quote, checkout
 
     def quote(self, receipt: Receipt) -> CheckoutResult:
-        receipt = _model(Receipt, receipt, "receipt")
         with self._read() as (view, conn):
             result = self._price(receipt, view, commit=False, reads=conn).result
         self._tell_devices("after_quote", result)
@@ -390,7 +389,6 @@ class Agent:
 
     def checkout(self, receipt: Receipt) -> CheckoutResult:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
-        receipt = _model(Receipt, receipt, "receipt")
         request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
         early = self._price_early(receipt, confirm_now=True)
@@ -415,7 +413,6 @@ class Agent:
 
         The same body under the same receiptId returns what is stored (whatever the state),
         another body is a Conflict; a hold that expired is priced and held afresh."""
-        receipt = _model(Receipt, receipt, "receipt")
         request = _Request.of(receipt)
         self.sweep_holds()
         early = self._price_early(receipt, confirm_now=False)
@@ -1226,7 +1223,6 @@ class Agent:
     # ------------------------------------------------------------ refund
 
     def refund(self, refund: Refund) -> RefundResult:
-        refund = _model(Refund, refund, "refund")
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
             stored = ledger.stored_refund(conn, refund.refund_id)
@@ -1769,17 +1765,6 @@ def _with_seq(text: str, seq: int) -> str:
     """`json.dumps({**result, "seq": seq})` from `json.dumps(result)` (a non-empty object
     without "seq"): the one key known only inside the transaction, appended last."""
     return f'{text[:-1]}, "seq": {seq}}}'
-
-
-M = TypeVar("M", Receipt, Refund)
-
-
-def _model(model: type[M], value: M | Mapping[str, Any], what: str) -> M:
-    """The request as its model; a JSON object (a caller written before the edges parsed
-    their input) is validated here, with the same one-line refusals."""
-    if isinstance(value, model):
-        return value
-    return parse(model, value, what)
 
 
 def _with_cap(ctx: PricingContext, cap: int, source: str = "OFFLINE_LIMIT") -> PricingContext:

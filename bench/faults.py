@@ -55,6 +55,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -342,7 +343,7 @@ def scenario_hub_kill(work: Path, iterations: int, rng: random.Random) -> Outcom
         for _ in range(iterations):
             for _ in range(rng.randrange(1, 6)):
                 counter += 1
-                agent.checkout(a_receipt(f"h-{counter}", rng))
+                agent.checkout(receipt_from_json(a_receipt(f"h-{counter}", rng)))
             hub = spawn(hold=True)
             link = HubLink(f"127.0.0.1:{port}", enrollment)
             sync = SyncService(agent, link, enrollment, timings(push_check_s=0.05))
@@ -455,7 +456,9 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
         while selling.is_set():
             card = local.choice(list(OUTAGE_CARDS))
             try:
-                agents[device].checkout(a_receipt(f"{device}-{sold[device]}", local, card))
+                agents[device].checkout(
+                    receipt_from_json(a_receipt(f"{device}-{sold[device]}", local, card))
+                )
                 sold[device] += 1
             except Exception as exc:  # a checkout must work online and offline
                 errors.append(f"{device}: {type(exc).__name__}: {exc}")
@@ -473,7 +476,7 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
             at_hub = store.balance(customer, now)
             want = {"availablePoints": at_hub.available, "pendingPoints": at_hub.pending}
             for agent in agents.values():
-                got = agent.balance(card, now)
+                got = agent.balance(card, now).to_json()
                 if {k: got[k] for k in want} != want:
                     return False
         return True
@@ -481,7 +484,7 @@ def scenario_outage(work: Path, outage_s: float, rng: random.Random) -> Outcome:
     try:
         for device in devices:  # the defaults
             stops.append(syncs[device].start(agents[device]))
-        if not wait_for(lambda: all(a.status()["cacheVersion"] >= 1 for a in agents.values()), 30):
+        if not wait_for(lambda: all(a.status().cache_version >= 1 for a in agents.values()), 30):
             out.fail("the tills did not get their first snapshot")
             return out
         threads = [
@@ -573,20 +576,20 @@ def scenario_coupons(work: Path, codes: int, rng: random.Random) -> Outcome:
         counter += 1
         receipt = a_receipt(f"{till.device_id}-{counter}", rng) | {"coupons": [code]}
         if hold_first:  # a hold reserves the code, a cancel gives it back
-            till.agent.hold(receipt)
+            till.agent.hold(receipt_from_json(receipt))
             till.agent.cancel(receipt["receiptId"])
             counter += 1
             receipt = receipt | {"receiptId": f"{till.device_id}-{counter}"}
             if rng.random() < 0.5:
-                till.agent.hold(receipt)
+                till.agent.hold(receipt_from_json(receipt))
                 return till.agent.confirm(receipt["receiptId"])
-        return till.agent.checkout(receipt)
+        return till.agent.checkout(receipt_from_json(receipt))
 
     def applied(result: dict[str, Any]) -> bool:
-        return bool(result["coupons"]) and result["coupons"][0]["status"] == "APPLIED"
+        return bool(result.to_json()["coupons"]) and result.coupons[0].status == "APPLIED"
 
     try:
-        if not wait_for(lambda: all(t.agent.status()["cacheVersion"] >= 1 for t in tills), 30):
+        if not wait_for(lambda: all(t.agent.status().cache_version >= 1 for t in tills), 30):
             out.fail("the tills did not get their first snapshot")
             return out
         half = codes // 2
@@ -611,7 +614,7 @@ def scenario_coupons(work: Path, codes: int, rng: random.Random) -> Outcome:
             won = sum(applied(r) for r in results)
             if won == 2:
                 both.add(code)
-                if all(r["mode"] == "ONLINE" for r in results):
+                if all(r.mode == "ONLINE" for r in results):
                     out.fail(f"{code}: APPLIED on both tills while both were ONLINE")
                 out.counts["online races priced offline (a conflict)"] += 1
             elif won == 1:
@@ -623,15 +626,15 @@ def scenario_coupons(work: Path, codes: int, rng: random.Random) -> Outcome:
         for code in names[half:]:  # the outage: each till once, a second use refused there
             for till in rng.sample(tills, 2):
                 result = sell(till, code, hold_first=rng.random() < 0.3)
-                if result["mode"] != "OFFLINE" or not applied(result):
+                if result.mode != "OFFLINE" or not applied(result):
                     out.fail(f"{code} on {till.device_id}: {result['mode']} {result['coupons']}")
             again = sell(tills[0], code, hold_first=False)
-            if again["coupons"][0]["reason"] != "ALREADY_USED":
+            if again.coupons[0].reason != "ALREADY_USED":
                 out.fail(f"{code}: used twice on one till offline")
             both.add(code)
             out.counts["codes used on both tills offline"] += 1
         hub.restart()
-        drained = wait_for(lambda: all(t.agent.status()["outboxDepth"] == 0 for t in tills), 60)
+        drained = wait_for(lambda: all(t.agent.status().outbox_depth == 0 for t in tills), 60)
         if not drained:
             out.fail("the outboxes did not drain after the hub came back")
         conflicts = Counter(c["code"] for c in hub.store.coupon_conflicts())
@@ -649,7 +652,7 @@ def scenario_coupons(work: Path, codes: int, rng: random.Random) -> Outcome:
         out.counts["transactions at the hub"] = len(hub_rows)
         for code in names[half:]:  # the hub knows them now: refused online on either till
             result = sell(rng.choice(tills), code, hold_first=False)
-            if result["mode"] != "ONLINE" or applied(result):
+            if result.mode != "ONLINE" or applied(result):
                 out.fail(f"{code} after the outage: {result['mode']} {result['coupons']}")
     finally:
         for t in tills:
@@ -766,7 +769,7 @@ def scenario_proxy(work: Path, rounds: int, rng: random.Random) -> Outcome:
     agent.hub = HubAuthoriser(link, data_dir, DEVICE, 0.3)
     sync = SyncService(agent, link, enrollment, timings(push_check_s=0.05))
     sync.start()
-    wait_for(lambda: agent.status()["cacheVersion"] > 0, 30)  # sales need a snapshot
+    wait_for(lambda: agent.status().cache_version > 0, 30)  # sales need a snapshot
     counter = 0
     try:
         for r in range(rounds):
@@ -777,7 +780,7 @@ def scenario_proxy(work: Path, rounds: int, rng: random.Random) -> Outcome:
             out.counts[f"schedule: {proxy.mode}"] += 1
             for _ in range(rng.randrange(1, 5)):
                 counter += 1
-                agent.checkout(a_receipt(f"p-{counter}", rng))
+                agent.checkout(receipt_from_json(a_receipt(f"p-{counter}", rng)))
             if r % 5 == 4:
                 hub.publish()  # something to pull through the chaos
             time.sleep(rng.uniform(0.05, 0.4))
@@ -985,7 +988,7 @@ def scenario_malformed(work: Path, count: int, cli_count: int, rng: random.Rando
     snap = dict(sample_master_data(), version=1, baseVersion=0)
     agent.load_snapshot(snap)
     good = a_receipt("base-1", rng)
-    agent.checkout(good)
+    agent.checkout(receipt_from_json(good))
     agent.close()
     port = free_port()
     cfg = work / "till.toml"
@@ -1136,7 +1139,7 @@ def scenario_full_disk(work: Path, rng: random.Random) -> Outcome:
         agent.load_snapshot(dict(sample_master_data(), version=1, baseVersion=0))
         committed: list[str] = []
         for i in range(3):  # a working till first
-            agent.checkout(a_receipt(f"ok-{i}", rng))
+            agent.checkout(receipt_from_json(a_receipt(f"ok-{i}", rng)))
             committed.append(f"ok-{i}")
         filler = mnt / "filler"
         limited = None
@@ -1157,7 +1160,7 @@ def scenario_full_disk(work: Path, rng: random.Random) -> Outcome:
             doc = a_receipt(rid, rng)
             doc["lines"] = doc["lines"] * 40
             try:
-                agent.checkout(doc)
+                agent.checkout(receipt_from_json(doc))
                 committed.append(rid)
             except TillpointError as exc:
                 refused += 1
@@ -1188,7 +1191,7 @@ def scenario_full_disk(work: Path, rng: random.Random) -> Outcome:
             out.fail("ledger integrity_check failed")
         agent = Agent(data_dir, DEVICE)
         try:
-            agent.checkout(a_receipt("after-space", rng))
+            agent.checkout(receipt_from_json(a_receipt("after-space", rng)))
             out.counts["checkout after space returns"] = 1
         except Exception as exc:
             out.fail(f"no recovery when space returned: {type(exc).__name__}: {exc}")

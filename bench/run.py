@@ -43,6 +43,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -230,13 +231,22 @@ def _heavy_basket(
     """Issue 13: the heavy basket's quote against today's, interleaved, p99 ratio."""
     pairs = [heavy_pair(f"x-{i}", rng, scale) for i in range(2 * ops)]
     for heavy, usual in pairs[:5]:
-        agent.quote(heavy)
-        agent.quote(usual)
-    heavy_deals, heavy_coupons_applied = deals_and_coupons(agent.quote(pairs[0][0]))
-    usual_deals, _ = deals_and_coupons(agent.quote(pairs[0][1]))
+        agent.quote(receipt_from_json(heavy))
+        agent.quote(receipt_from_json(usual))
+    heavy_deals, heavy_coupons_applied = deals_and_coupons(
+        agent.quote(receipt_from_json(pairs[0][0])).to_json()
+    )
+    usual_deals, _ = deals_and_coupons(agent.quote(receipt_from_json(pairs[0][1])).to_json())
     h, u = (
         stats(s)
-        for s in interleave([lambda p: agent.quote(p[0]), lambda p: agent.quote(p[1])], pairs, rng)
+        for s in interleave(
+            [
+                lambda p: agent.quote(receipt_from_json(p[0])),
+                lambda p: agent.quote(receipt_from_json(p[1])),
+            ],
+            pairs,
+            rng,
+        )
     )
     x99 = ratio(h, u, "p99_ms")
     figure(
@@ -389,9 +399,12 @@ def _in_process(
     for lines in SIZES:
         inputs = [mixed_receipt(f"q-{lines}-{i}", rng, scale, lines) for i in range(ops)]
         for warm in inputs[:5]:
-            agent.quote(warm)
+            agent.quote(receipt_from_json(warm))
             reads(warm)
-        quote, floor = (stats(s) for s in interleave([agent.quote, reads], inputs, rng))
+        quote, floor = (
+            stats(s)
+            for s in interleave([lambda r: agent.quote(receipt_from_json(r)), reads], inputs, rng)
+        )
         by_size[str(lines)] = {
             "p50_ms": quote["p50_ms"],
             "p99_ms": quote["p99_ms"],
@@ -414,8 +427,16 @@ def _in_process(
     insert = InsertFloor(work / "floor.db")
     inputs = [mixed_receipt(f"c-{i}", rng, scale, 50) for i in range(ops)]
     for warm in inputs[:5]:
-        agent.checkout({**warm, "receiptId": f"warm-{warm['receiptId']}"})
-    q, c, f = interleave([agent.quote, agent.checkout, insert], inputs, rng)
+        agent.checkout(receipt_from_json({**warm, "receiptId": f"warm-{warm['receiptId']}"}))
+    q, c, f = interleave(
+        [
+            lambda r: agent.quote(receipt_from_json(r)),
+            lambda r: agent.checkout(receipt_from_json(r)),
+            insert,
+        ],
+        inputs,
+        rng,
+    )
     insert.close()
     extra = [b - a for a, b in zip(q, c, strict=True)]
     quote, commit, fsync, more = stats(q), stats(c), stats(f), stats(extra)
@@ -693,7 +714,7 @@ def _quiet_checkouts(agent: Agent, rng: random.Random, scale: Scale, n: int) -> 
     for i in range(n):
         work = small_receipt(f"quiet-{i}-{rng.random()}", rng, scale)
         t0 = time.perf_counter()
-        agent.checkout(work)
+        agent.checkout(receipt_from_json(work))
         samples.append(time.perf_counter() - t0)
         time.sleep(0.005)
     return samples
@@ -797,7 +818,7 @@ def _full_apply(
         work = small_receipt(f"during-{len(during)}-{rng.random()}", rng, scale)
         t0 = time.perf_counter()
         try:
-            agent.checkout(work)
+            agent.checkout(receipt_from_json(work))
             during.append(time.perf_counter() - t0)
         except Exception:  # an unknown card still commits; a refusal is not a latency
             pass
@@ -828,7 +849,7 @@ def _upload(work: Path, n: int, figure: Callable[..., None]) -> list[Any]:
         Puller(agent, till.link, till.link.enrollment, call_timeout_s=5).pull()
         agent.hub = None  # offline sales: the outbox fills
         for i in range(n):
-            agent.checkout(sample_receipt(f"u-{i}", "2770000000017"))
+            agent.checkout(receipt_from_json(sample_receipt(f"u-{i}", "2770000000017")))
         ledger = sqlite3.connect(work / "upload-till" / "ledger.db")
         service = SyncService(agent, till.link, till.link.enrollment, timings(push_check_s=0.01))
         start = time.perf_counter()

@@ -5,7 +5,7 @@
 agent/app.py gives it to the ``Agent`` as its device notifier, then starts it. The agent
 calls, after pricing (never waiting on a device):
 
-- ``devices.after_quote(result)``: shows ``result["display"]`` on the pole display;
+- ``devices.after_quote(result)``: shows ``result.display`` on the pole display;
 - ``devices.after_checkout(result)``: shows it too and wakes the print worker when the
   result printed offers (the job row is already in the ledger, committed with the receipt);
 - ``devices.status()``: printer, display and scanner state for ``tillpoint status``.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from pydantic import ValidationError
-from tillpoint.agent.results import CheckoutResult
+from tillpoint.agent.results import CheckoutResult, ScanResult
 from tillpoint.printer.codes import parse_offer_code
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
@@ -128,7 +128,7 @@ class Devices:
         )
 
 
-def greet_on_scan(scan: Callable[[str], Mapping[str, Any]], devices: Devices) -> None:
+def greet_on_scan(scan: Callable[[str], ScanResult], devices: Devices) -> None:
     """What a scan from the kiosk's scanner does by default: route it (`scan`, the
     agent's): a known coupon is taken for the receipt, a card greets the customer."""
 
@@ -142,12 +142,12 @@ def greet_on_scan(scan: Callable[[str], Mapping[str, Any]], devices: Devices) ->
         except Exception as exc:
             log.warning("scanned text not identified: %s", exc)
             return
-        if routed.get("kind") == "COUPON":
-            devices.show(fit_lines(["Купон принят", str(routed.get("code", ""))]))
+        if routed.kind == "COUPON":
+            devices.show(fit_lines(["Купон принят", str(routed.code)]))
             return
-        card = routed.get("card", {})
-        if card.get("status") == "FOUND":
-            devices.show(greeting(card.get("firstName")))
+        card = routed.card
+        if card is not None and card.status == "FOUND":
+            devices.show(greeting(card.first_name))
         else:
             devices.show(["Карта не принята", ""])
 

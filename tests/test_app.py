@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import REPO, receipt, snapshot
@@ -25,7 +26,7 @@ from tillpoint.agent.config import Settings
 def keys():
     agent = app.cli_agent(Settings(device_id="till-1", data_dir=Path(sys.argv[1])))
     try:
-        return sorted(agent.status())
+        return sorted(agent.status().to_json())
     finally:
         agent.close()
 
@@ -90,13 +91,13 @@ def test_collaborators_are_given_to_the_constructor(tmp_path: Path) -> None:
     )
     try:
         agent.load_snapshot(snapshot())
-        agent.quote(receipt("r1"))
-        agent.checkout(receipt("r1"))
+        agent.quote(receipt_from_json(receipt("r1")))
+        agent.checkout(receipt_from_json(receipt("r1")))
         status = agent.status()
     finally:
         agent.close()
     assert display.shown == ["quote", "checkout"]
-    assert status["extra"] == 1 and status["displayState"] == "OK"
+    assert status.to_json()["extra"] == 1 and status.display_state == "OK"
 
 
 def test_sync_now_refuses_an_enrolment_for_another_device(

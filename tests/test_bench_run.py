@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tillpoint.agent.results import receipt_from_json
+
 from bench import run as bench_run
 
 
@@ -72,14 +74,16 @@ def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
                 receipt["coupons"] = ["NOSUCHCODE"]
             # what is kept per snapshot version is read once (another customer's receipt:
             # the floor is a customer whose personal offers are not kept yet)
-            agent.quote(bench_run.mixed_receipt("t-0", rng, scale, 5, known=known))
+            agent.quote(
+                receipt_from_json(bench_run.mixed_receipt("t-0", rng, scale, 5, known=known))
+            )
             seen: list[str] = []
             # the idle reader connections (Agent._read) the next quote takes, and the writer's
             live, reads = agent._idle_readers[-1]
             conns = (live.connection(), reads, agent._ledger)
             for conn in conns:
                 conn.set_trace_callback(seen.append)
-            agent.quote(receipt)
+            agent.quote(receipt_from_json(receipt))
             for conn in conns:
                 conn.set_trace_callback(None)
             bare: list[str] = []

@@ -77,7 +77,7 @@ def test_the_parallel_build_equals_the_serial_one_row_for_row(source: Path, tmp_
         assert info.version == 1
         assert dump(tmp_path / f"w{workers}") == dump(tmp_path / "serial")
         assert leftovers(tmp_path / f"w{workers}") == []
-        assert agent.identify(card(0))["status"] == "FOUND"
+        assert agent.identify(card(0)).status == "FOUND"
 
 
 def test_a_payload_after_a_prefix_is_read_from_its_offset(source: Path, tmp_path: Path) -> None:
@@ -221,12 +221,12 @@ def test_a_pull_from_a_real_hub_is_applied_by_child_processes(
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     till = hub.till("till-1", tmp_path / "till-1")
     try:
-        wait_for(lambda: till.agent.status()["cacheVersion"] == 1)
+        wait_for(lambda: till.agent.status().cache_version == 1)
         assert len(calls) == 1
         data_dir, message, offset = calls[0][:3]
         assert Path(message).is_relative_to(till.data_dir)  # the download, not a copy
         assert data_dir == till.data_dir and offset == 0  # the verified file is the payload
-        assert till.agent.identify("2770000000017")["status"] == "FOUND"
+        assert till.agent.identify("2770000000017").status == "FOUND"
         assert leftovers(till.data_dir) == []
     finally:
         till.stop()

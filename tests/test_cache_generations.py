@@ -19,6 +19,7 @@ from tillpoint.agent.cache import Row
 from tillpoint.agent.db import GENERATION, cache_file
 from tillpoint.agent.errors import InputError, SnapshotRefused
 from tillpoint.agent.models import Snapshot, SnapshotHeader
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, snapshot
@@ -57,7 +58,7 @@ def test_a_full_snapshot_becomes_a_generation_and_old_ones_go(tmp_path: Path) ->
     first = target(tmp_path)
     assert (tmp_path / "cache.db").is_symlink() and first.startswith("cache-1-")
     assert generations(tmp_path) == [first]
-    assert agent.identify("2770000000017")["status"] == "FOUND"
+    assert agent.identify("2770000000017").status == "FOUND"
 
     agent.load_snapshot(snapshot(version=2))
     second = target(tmp_path)
@@ -66,7 +67,7 @@ def test_a_full_snapshot_becomes_a_generation_and_old_ones_go(tmp_path: Path) ->
 
     agent.load_snapshot(snapshot(version=3))
     assert generations(tmp_path) == sorted([second, target(tmp_path)])
-    assert agent.status()["cacheVersion"] == 3
+    assert agent.status().cache_version == 3
     assert not [p for p in tmp_path.iterdir() if ".building" in p.name or p.name.endswith(".link")]
     agent.close()
 
@@ -79,13 +80,13 @@ def test_an_older_plain_cache_is_read_until_the_first_full_apply(tmp_path: Path)
     shutil.copyfile(cache_file(tmp_path / "built"), tmp_path / "cache.db")
     shutil.copyfile(tmp_path / "built" / "phone.key", tmp_path / "phone.key")
     agent = Agent(tmp_path, "till-1")
-    assert agent.status()["cacheVersion"] == 1
-    assert agent.identify("2770000000024")["status"] == "FOUND"
+    assert agent.status().cache_version == 1
+    assert agent.identify("2770000000024").status == "FOUND"
     agent.load_snapshot({"version": 2, "baseVersion": 1, "removed": {"cards": ["2770000000024"]}})
     assert not (tmp_path / "cache.db").is_symlink()  # a delta patches the plain file
     agent.load_snapshot(snapshot(version=3))
     assert (tmp_path / "cache.db").is_symlink()
-    assert agent.identify("2770000000024")["status"] == "FOUND"
+    assert agent.identify("2770000000024").status == "FOUND"
     agent.close()
 
 
@@ -95,7 +96,7 @@ def test_a_delta_applies_in_the_current_generation(tmp_path: Path) -> None:
     before = target(tmp_path)
     agent.load_snapshot({"version": 2, "baseVersion": 1, "removed": {"cards": ["2770000000024"]}})
     assert target(tmp_path) == before and generations(tmp_path) == [before]
-    assert agent.identify("2770000000024") == {"status": "UNKNOWN"}
+    assert agent.identify("2770000000024").to_json() == {"status": "UNKNOWN"}
     agent.close()
 
 
@@ -133,17 +134,17 @@ def test_a_crashed_build_is_deleted_by_the_next_apply(tmp_path: Path) -> None:
     left = tmp_path / "cache-2-0badc0de.db.building"
     left.write_bytes(b"half a database")
     (tmp_path / ".cache.db.0badc0de.link").symlink_to("cache-2-0badc0de.db")
-    assert agent.status()["cacheVersion"] == 1  # the old cache stays in use
+    assert agent.status().cache_version == 1  # the old cache stays in use
     agent.load_snapshot(snapshot(version=2))
     assert not left.exists() and not (tmp_path / ".cache.db.0badc0de.link").is_symlink()
-    assert agent.status()["cacheVersion"] == 2
+    assert agent.status().cache_version == 2
     agent.close()
 
 
 def test_a_reader_moves_to_a_generation_switched_in_by_another_process(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot())
-    assert agent.checkout(receipt("r1"))["card"]["status"] == "FOUND"
+    assert agent.checkout(receipt_from_json(receipt("r1"))).card.status == "FOUND"
     old = agent._cache
     pinned = sqlite3.connect(tmp_path / "cache.db")  # a reader that never looks again
     pinned.execute("BEGIN")
@@ -170,8 +171,8 @@ def test_a_reader_moves_to_a_generation_switched_in_by_another_process(tmp_path:
     assert run.returncode == 0, run.stderr
     assert pinned.execute("SELECT count(*) FROM cards").fetchone()[0] == 3  # its old file
     pinned.execute("COMMIT")
-    assert agent.identify("2770000000017") == {"status": "UNKNOWN"}  # the next read moved
-    assert agent.status()["cacheVersion"] == 2  # the writer's connection moved too
+    assert agent.identify("2770000000017").to_json() == {"status": "UNKNOWN"}  # the next read moved
+    assert agent.status().cache_version == 2  # the writer's connection moved too
     assert agent._cache is not old
     pinned.close()
     agent.close()
@@ -206,8 +207,8 @@ def test_an_apply_waiting_for_the_lock_follows_the_switch(tmp_path: Path) -> Non
     full.join(20)
     delta.join(20)
     assert outcome and outcome[0].version == 3
-    assert agent.status()["cacheVersion"] == 3
-    assert agent.identify("2770000000024") == {"status": "UNKNOWN"}
+    assert agent.status().cache_version == 3
+    assert agent.identify("2770000000024").to_json() == {"status": "UNKNOWN"}
     agent.close()
 
 
@@ -218,9 +219,9 @@ def test_reset_removes_every_generation(tmp_path: Path) -> None:
     agent.reset()
     assert generations(tmp_path) == []
     assert not (tmp_path / "cache.db").is_symlink()
-    assert agent.status()["cacheVersion"] == 0
+    assert agent.status().cache_version == 0
     agent.load_snapshot(snapshot())
-    assert agent.identify("2770000000017")["status"] == "FOUND"
+    assert agent.identify("2770000000017").status == "FOUND"
     agent.close()
 
 
@@ -237,7 +238,7 @@ def test_no_cache_file_ever_holds_a_phone(tmp_path: Path) -> None:
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("cache*") if p.is_file())
     for digits in (b"9161234567", b"9035550001", b"9267770011", b"916123"):
         assert digits not in raw
-    assert agent.identify("89161234567")["status"] == "FOUND"
+    assert agent.identify("89161234567").status == "FOUND"
     agent.close()
 
 
@@ -297,5 +298,5 @@ def test_a_reader_on_a_deleted_generation_keeps_its_file_and_leaves_nothing(
     assert current.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert current.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     current.close()
-    assert agent.status()["cacheVersion"] == 3
+    assert agent.status().cache_version == 3
     agent.close()

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.cli import main
 from tillpoint.agent.db import cache_file
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_server import HubDir
 from tillpoint.sync.hub_store import TxIn
@@ -105,7 +106,7 @@ def receipt(
 
 
 def verdicts(result: dict[str, Any]) -> list[tuple[str, str, str]]:
-    return [(v["code"], v["status"], v["reason"]) for v in result["coupons"]]
+    return [(v.code, v.status, v.reason) for v in result.coupons]
 
 
 def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None:
@@ -119,13 +120,13 @@ def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None
         ]
         agent.load_snapshot(snap(coupons=COUPONS + more))
         # no coupon: the couponRequired offer does not apply (explain: COUPON_MISSING)
-        plain = agent.quote(receipt("q0", explain=True))
-        assert plain["lines"][0]["discountMinor"] == 0 and plain["coupons"] == []
-        (entry,) = plain["trace"]["lines"][0]["offers"]
+        plain = agent.quote(receipt_from_json(receipt("q0", explain=True)))
+        assert plain.lines[0].discount_minor == 0 and plain.to_json()["coupons"] == []
+        (entry,) = plain.to_json()["trace"]["lines"][0]["offers"]
         assert (entry["offerId"], entry["outcome"]) == ("o-sorry", "COUPON_MISSING")
 
         codes = ("later", "GONE", "Boris", "x-1", "NOOFFER", "sorry 7k2q9", "SORRY-7K2Q9", "APP555")
-        quoted = agent.quote(receipt("r1", *codes))
+        quoted = agent.quote(receipt_from_json(receipt("r1", *codes)))
         assert verdicts(quoted) == [
             ("LATER", "REJECTED", "NOT_YET_VALID"),
             ("GONE", "REJECTED", "EXPIRED"),
@@ -137,29 +138,33 @@ def test_verdicts_consumption_and_coupon_required_offers(tmp_path: Path) -> None
             ("APP555", "REJECTED", "NOT_APPLICABLE"),  # o-sorry is already unlocked
         ]
         # AMOUNT_OFF 20.00 a unit × 2 = 40.00
-        assert (quoted["lines"][0]["discountMinor"], quoted["lines"][0]["offerId"]) == (
+        assert (quoted.lines[0].discount_minor, quoted.lines[0].offer_id) == (
             4000,
             "o-sorry",
         )
-        committed = agent.checkout(receipt("r1", *codes))
-        assert committed == quoted | {
+        committed = agent.checkout(receipt_from_json(receipt("r1", *codes)))
+        assert committed.to_json() == quoted.to_json() | {
             "printedOffers": [],
-            "display": committed["display"],
+            "display": committed.to_json()["display"],
             "state": "CONFIRMED",
             "deviceId": "till-1",  # where the sale went in the ledger: a quote has none
             "seq": 1,
         }
-        strict(committed, pb.CheckoutResult())
+        strict(committed.to_json(), pb.CheckoutResult())
 
         # the same code on a later receipt of this till: ALREADY_USED, no discount
-        again = agent.checkout(receipt("r2", "SORRY7K2Q9"))
+        again = agent.checkout(receipt_from_json(receipt("r2", "SORRY7K2Q9")))
         assert verdicts(again) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
-        assert again["lines"][0]["discountMinor"] == 0
+        assert again.lines[0].discount_minor == 0
         # the other code is still good; a repeated checkout returns what it returned
-        assert verdicts(agent.checkout(receipt("r3", "APP555"))) == [("APP555", "APPLIED", "")]
-        assert verdicts(agent.checkout(receipt("r3", "APP555"))) == [("APP555", "APPLIED", "")]
+        assert verdicts(agent.checkout(receipt_from_json(receipt("r3", "APP555")))) == [
+            ("APP555", "APPLIED", "")
+        ]
+        assert verdicts(agent.checkout(receipt_from_json(receipt("r3", "APP555")))) == [
+            ("APP555", "APPLIED", "")
+        ]
         # a quote never uses a code up, and an unknown card uses none
-        unknown = agent.quote(receipt("r4", "LATER", card="2770000000994"))
+        unknown = agent.quote(receipt_from_json(receipt("r4", "LATER", card="2770000000994")))
         assert verdicts(unknown) == [("LATER", "REJECTED", "NOT_APPLICABLE")]
     finally:
         agent.close()
@@ -207,11 +212,13 @@ def test_a_code_is_used_at_most_once_per_till_and_quote_equals_checkout(
             if kind == "quote" and receipt_id in committed:
                 continue  # a quote of a committed receipt would see its own use
             if kind == "quote":
-                quoted = agent.quote(body)
-                result = agent.checkout(body)
-                assert drop_devices(quoted) == drop_devices(result)  # quote equals checkout
+                quoted = agent.quote(receipt_from_json(body))
+                result = agent.checkout(receipt_from_json(body))
+                assert drop_devices(quoted.to_json()) == drop_devices(
+                    result.to_json()
+                )  # quote equals checkout
             else:
-                result = agent.checkout(body)
+                result = agent.checkout(receipt_from_json(body))
             committed.add(receipt_id)
             for code, status, _ in verdicts(result):
                 if status == "APPLIED":
@@ -270,7 +277,7 @@ def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(
         hub.publish(NOW, 7 * 86400.0)
         for n, till in enumerate(tills):
             till.load_snapshot(hub.snapshot_doc(1, 0))
-            result = till.checkout(receipt(f"s{n}", "SORRY7K2Q9"))
+            result = till.checkout(receipt_from_json(receipt(f"s{n}", "SORRY7K2Q9")))
             assert verdicts(result) == [("SORRY7K2Q9", "APPLIED", "")]  # both sales stand
         for _ in range(2):  # a retried push changes nothing
             for name in ("till-1", "till-2"):
@@ -329,9 +336,9 @@ def test_a_till_issued_coupon_is_printed_usable_at_once_and_reaches_other_tills(
         hub.publish(NOW, 7 * 86400.0)
         for till in tills:
             till.load_snapshot(hub.snapshot_doc(1, 0))
-        first = tills[0].checkout(receipt("s1"))
-        assert first["printedOffers"] == ["o-next"]
-        assert first["lines"][0]["discountMinor"] == 0  # no code yet: couponRequired
+        first = tills[0].checkout(receipt_from_json(receipt("s1")))
+        assert first.to_json()["printedOffers"] == ["o-next"]
+        assert first.lines[0].discount_minor == 0  # no code yet: couponRequired
         # "TP" + length 5 + "TILL1" (till-1 normalised) + its first coupon number
         conn = sqlite3.connect(tmp_path / "till-1" / "ledger.db")
         try:
@@ -361,13 +368,13 @@ def test_a_till_issued_coupon_is_printed_usable_at_once_and_reaches_other_tills(
         delta = hub.snapshot_doc(2, 1)
         assert delta["coupons"] == [coupon]
         tills[1].load_snapshot(delta)
-        elsewhere = tills[1].quote(receipt("q1", "tp5till11"))
+        elsewhere = tills[1].quote(receipt_from_json(receipt("q1", "tp5till11")))
         assert verdicts(elsewhere) == [("TP5TILL11", "APPLIED", "")]
 
         # the issuing till takes it back at once (before any snapshot): 20 % of 179.80
-        second = tills[0].checkout(receipt("s2", "TP5TILL11"))
+        second = tills[0].checkout(receipt_from_json(receipt("s2", "TP5TILL11")))
         assert verdicts(second) == [("TP5TILL11", "APPLIED", "")]
-        assert (second["lines"][0]["discountMinor"], second["lines"][0]["offerId"]) == (
+        assert (second.lines[0].discount_minor, second.lines[0].offer_id) == (
             3596,
             "o-next",
         )
@@ -386,17 +393,17 @@ def test_a_hold_reserves_its_coupons_and_a_cancel_gives_them_back(tmp_path: Path
     agent = Agent(tmp_path / "till", "till-1")
     try:
         agent.load_snapshot(snap(coupons=COUPONS))
-        held = agent.hold(receipt("h1", "SORRY7K2Q9"))
-        assert held["state"] == "HELD" and verdicts(held) == [("SORRY7K2Q9", "APPLIED", "")]
-        other = agent.quote(receipt("h2", "SORRY7K2Q9"))
+        held = agent.hold(receipt_from_json(receipt("h1", "SORRY7K2Q9")))
+        assert held.state == "HELD" and verdicts(held) == [("SORRY7K2Q9", "APPLIED", "")]
+        other = agent.quote(receipt_from_json(receipt("h2", "SORRY7K2Q9")))
         assert verdicts(other) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
         agent.cancel("h1")
-        again = agent.hold(receipt("h2", "SORRY7K2Q9"))
+        again = agent.hold(receipt_from_json(receipt("h2", "SORRY7K2Q9")))
         assert verdicts(again) == [("SORRY7K2Q9", "APPLIED", "")]
         confirmed = agent.confirm("h2")
-        assert confirmed["state"] == "CONFIRMED"
+        assert confirmed.state == "CONFIRMED"
         assert verdicts(confirmed) == [("SORRY7K2Q9", "APPLIED", "")]
-        late = agent.quote(receipt("h3", "SORRY7K2Q9"))
+        late = agent.quote(receipt_from_json(receipt("h3", "SORRY7K2Q9")))
         assert verdicts(late) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
     finally:
         agent.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, sample_master_data, wait_for
@@ -44,17 +45,17 @@ def test_two_tills_one_code_online_the_second_gets_already_used(
     try:
         # 2 × 89.90 = 179.80, the sorry bonus takes 20.00 off each unit: 139.80 to pay; no
         # points redeemed, yet the code is authorised by the hub as a redemption would be
-        first = a.agent.checkout(receipt("a-1", "app-555"))
-        assert (first["mode"], verdicts(first)) == ("ONLINE", [APPLIED])
-        assert first["payableMinor"] == 13980
+        first = a.agent.checkout(receipt_from_json(receipt("a-1", "app-555")))
+        assert (first.mode, verdicts(first)) == ("ONLINE", [APPLIED])
+        assert first.payable_minor == 13980
         # b has not seen a's transaction (nothing was pushed): the hub's hold answers
-        second = b.agent.checkout(receipt("b-1", "APP 555"))
-        assert second["mode"] == "ONLINE"
+        second = b.agent.checkout(receipt_from_json(receipt("b-1", "APP 555")))
+        assert second.mode == "ONLINE"
         assert verdicts(second) == [USED]
-        assert second["payableMinor"] == 17980  # priced again without it
-        assert [line.get("offerId") for line in second["lines"]] != ["o-sorry"]
+        assert second.payable_minor == 17980  # priced again without it
+        assert [line.get("offerId") for line in second.to_json()["lines"]] != ["o-sorry"]
         # quote equals checkout: a's till sees its own use locally
-        assert verdicts(a.agent.quote(receipt("a-2", "APP555"))) == [USED]
+        assert verdicts(a.agent.quote(receipt_from_json(receipt("a-2", "APP555")))) == [USED]
     finally:
         a.stop()
         b.stop()
@@ -65,16 +66,16 @@ def test_a_held_code_is_given_back_by_cancel_and_settled_by_the_transaction(
 ) -> None:
     a, b = enrolled(hub, tmp_path, "a"), enrolled(hub, tmp_path, "b")
     try:
-        held = a.agent.hold(receipt("a-1", "APP555"))
-        assert (held["state"], verdicts(held)) == ("HELD", [APPLIED])
-        assert verdicts(b.agent.checkout(receipt("b-1", "APP555"))) == [USED]
+        held = a.agent.hold(receipt_from_json(receipt("a-1", "APP555")))
+        assert (held.state, verdicts(held)) == ("HELD", [APPLIED])
+        assert verdicts(b.agent.checkout(receipt_from_json(receipt("b-1", "APP555")))) == [USED]
         a.agent.cancel("a-1")  # released at the hub at once
-        assert verdicts(b.agent.hold(receipt("b-2", "APP555"))) == [APPLIED]
-        assert verdicts(a.agent.checkout(receipt("a-3", "APP555"))) == [USED]
+        assert verdicts(b.agent.hold(receipt_from_json(receipt("b-2", "APP555")))) == [APPLIED]
+        assert verdicts(a.agent.checkout(receipt_from_json(receipt("a-3", "APP555")))) == [USED]
         b.agent.confirm("b-2")
         # b's transaction reaches the hub: the code is used there for good (no hold left)
         hub.store.ingest("b", "", outbox_of(b), datetime.now(UTC))
-        assert verdicts(a.agent.checkout(receipt("a-4", "APP555"))) == [USED]
+        assert verdicts(a.agent.checkout(receipt_from_json(receipt("a-4", "APP555")))) == [USED]
         assert hub.store.coupon_conflicts() == []
     finally:
         a.stop()
@@ -87,9 +88,9 @@ def test_offline_the_till_rules_stand_and_the_hub_records_one_conflict(
     a, b = enrolled(hub, tmp_path, "a"), enrolled(hub, tmp_path, "b")
     try:
         hub.stop()
-        one = a.agent.checkout(receipt("a-1", "APP555"))
-        two = b.agent.checkout(receipt("b-1", "APP555"))
-        assert [(r["mode"], verdicts(r)) for r in (one, two)] == [("OFFLINE", [APPLIED])] * 2
+        one = a.agent.checkout(receipt_from_json(receipt("a-1", "APP555")))
+        two = b.agent.checkout(receipt_from_json(receipt("b-1", "APP555")))
+        assert [(r.mode, verdicts(r)) for r in (one, two)] == [("OFFLINE", [APPLIED])] * 2
         hub.restart()
         grpc.channel_ready_future(a.link.channel).result(timeout=10)
         for till in (a, b):
@@ -99,7 +100,7 @@ def test_offline_the_till_rules_stand_and_the_hub_records_one_conflict(
             ("APP555", "b", "a")
         ]
         # online again: the hub answers that the code is used
-        assert verdicts(a.agent.checkout(receipt("a-2", "APP555"))) == [USED]
+        assert verdicts(a.agent.checkout(receipt_from_json(receipt("a-2", "APP555")))) == [USED]
     finally:
         a.stop()
         b.stop()

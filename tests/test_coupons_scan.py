@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import serial
 from tillpoint.agent.errors import InputError
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.scanner import ScannerReader
 from tillpoint.printer.service import Devices, greet_on_scan, load_configs
@@ -24,20 +25,27 @@ def test_scan_routes_coupon_codes_and_cards(tmp_path: Path) -> None:
     agent = Agent(tmp_path / "till", "till-1")
     try:
         agent.load_snapshot(snap(coupons=COUPONS, offers=[SORRY, NEXT_VISIT]))
-        assert agent.scan("app-555") == {"kind": "COUPON", "code": "APP555", "offerId": "o-sorry"}
-        assert agent.scan(CARD) == {"kind": "CARD", "card": agent.identify(CARD)}
-        assert agent.scan(CARD)["card"]["status"] == "FOUND"
+        assert agent.scan("app-555").to_json() == {
+            "kind": "COUPON",
+            "code": "APP555",
+            "offerId": "o-sorry",
+        }
+        assert agent.scan(CARD).to_json() == {
+            "kind": "CARD",
+            "card": agent.identify(CARD).to_json(),
+        }
+        assert agent.scan(CARD).card.status == "FOUND"
         # a code nobody issued is not a coupon: identification says what it is
-        assert agent.scan("NOPE-1")["card"]["status"] == "INVALID"
+        assert agent.scan("NOPE-1").card.status == "INVALID"
         # a code this till printed on a receipt is found at once, before any snapshot has it
-        first = agent.checkout(receipt("s1"))
-        assert first["printedOffers"] == ["o-next"]
-        assert agent.scan("TP5TILL11")["kind"] == "COUPON"
+        first = agent.checkout(receipt_from_json(receipt("s1")))
+        assert first.to_json()["printedOffers"] == ["o-next"]
+        assert agent.scan("TP5TILL11").kind == "COUPON"
         # the codes wait for the receipt, once each, oldest first; taking them empties the list
         agent.scan("APP 555")
         codes = agent.take_scanned_coupons()
         assert codes == ["APP555", "TP5TILL11"] and agent.take_scanned_coupons() == []
-        done = agent.checkout(receipt("s2", *codes))
+        done = agent.checkout(receipt_from_json(receipt("s2", *codes)))
         # both on the milk line: 20.00 off each unit (40.00) beats 20 % (35.96)
         assert verdicts(done) == [
             ("APP555", "APPLIED", ""),

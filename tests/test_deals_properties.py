@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, ReceiptLine
 from tillpoint.agent.pricing import PricingContext, line_discount, multibuy_free, price
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import snapshot
@@ -244,9 +245,9 @@ def test_quote_equals_checkout_with_deals_and_the_trace_changes_no_figure(
             "lines": line_rows,
             "redeemPoints": requested,
         }
-        quoted = agent.quote(data).to_json()
-        explained = agent.quote({**data, "explain": True}).to_json()
-        committed = agent.checkout(data).to_json()
+        quoted = agent.quote(receipt_from_json(data)).to_json()
+        explained = agent.quote(receipt_from_json({**data, "explain": True})).to_json()
+        committed = agent.checkout(receipt_from_json(data)).to_json()
         assert "trace" not in quoted and "trace" in explained
         for key in ("trace", "display"):  # the display may use the trace (§17)
             explained.pop(key)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tillpoint.agent.models import ROW_MODELS
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.loopback import import_doc, sample_master_data
@@ -83,14 +84,14 @@ def test_deal_and_window_fields_go_from_hub_import_to_the_till(tmp_path: Path) -
         # Monday 10:15: units milk 80.00 ×2, kefir 60.00 → groups [milk milk] [kefir]:
         # one complete group, the second milk free: floor(16000 × 1 / 2) = 8000; kefir is in
         # no complete group. q-milk: Monday is not the favourite weekday (2).
-        monday = agent.quote(receipt("r1", "2026-11-23T10:15:00+03:00"))
-        assert [(x["discountMinor"], x["offerId"]) for x in monday["lines"]] == [
+        monday = agent.quote(receipt_from_json(receipt("r1", "2026-11-23T10:15:00+03:00")))
+        assert [(x.discount_minor, x.offer_id) for x in monday.lines] == [
             (8000, "m-2for1"),
             (0, None),
         ]
         # Monday 07:59: outside the deal's hours: nothing
-        early = agent.quote(receipt("r2", "2026-11-23T07:59:00+03:00"))
-        assert [x["discountMinor"] for x in early["lines"]] == [0, 0]
+        early = agent.quote(receipt_from_json(receipt("r2", "2026-11-23T07:59:00+03:00")))
+        assert [x.discount_minor for x in early.lines] == [0, 0]
 
         # a delta: the deal is gone, q-milk reaches its tier from 2 units now
         import_doc(
@@ -105,13 +106,13 @@ def test_deal_and_window_fields_go_from_hub_import_to_the_till(tmp_path: Path) -
         assert delta["baseVersion"] == 1 and delta["offers"][0]["tiers"][0]["minQty"] == "2"
         agent.load_snapshot(delta)
         # Tuesday (favourite weekday 2): 2 milk at 50.00 instead of 80.00 = 16000 - 10000
-        tuesday = agent.quote(receipt("r3", "2026-11-24T10:15:00+03:00"))
-        assert [(x["discountMinor"], x["offerId"]) for x in tuesday["lines"]] == [
+        tuesday = agent.quote(receipt_from_json(receipt("r3", "2026-11-24T10:15:00+03:00")))
+        assert [(x.discount_minor, x.offer_id) for x in tuesday.lines] == [
             (6000, "q-milk"),
             (0, None),
         ]
-        monday = agent.quote(receipt("r4", "2026-11-23T10:15:00+03:00"))
-        assert [x["discountMinor"] for x in monday["lines"]] == [0, 0]
+        monday = agent.quote(receipt_from_json(receipt("r4", "2026-11-23T10:15:00+03:00")))
+        assert [x.discount_minor for x in monday.lines] == [0, 0]
     finally:
         agent.close()
         hub.close()
@@ -124,8 +125,10 @@ def test_explain_through_grpc_message_shapes(tmp_path: Path) -> None:
         master = sample_master_data()
         master["customers"][0]["favoriteWeekday"] = 1
         agent.load_snapshot({"version": 1, "baseVersion": 0, **master, "offers": [DEAL, TIERS]})
-        result = agent.quote(receipt("r1", "2026-11-23T10:15:00+03:00") | {"explain": True})
-        parsed = strict(result, pb.CheckoutResult())
+        result = agent.quote(
+            receipt_from_json(receipt("r1", "2026-11-23T10:15:00+03:00") | {"explain": True})
+        )
+        parsed = strict(result.to_json(), pb.CheckoutResult())
         assert isinstance(parsed, pb.CheckoutResult)
         assert parsed.trace.deals[0].offer_id == "m-2for1"
         assert parsed.trace.redemption.bound_by == "REQUESTED"  # asked for 0 points

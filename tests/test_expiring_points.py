@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.messages import checkout_display, expiry_line
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -94,30 +95,32 @@ def test_spending_never_uses_an_expired_point(
                 at += timedelta(hours=hours)
                 live = model.live(at)
                 result = agent.checkout(
-                    receipt(
-                        f"r{i}",
-                        card=CARD,
-                        at=at.isoformat(),
-                        lines=[{"sku": "4601234000055", "qty": "1", "priceMinor": price}],
-                        redeemPoints=redeem,
+                    receipt_from_json(
+                        receipt(
+                            f"r{i}",
+                            card=CARD,
+                            at=at.isoformat(),
+                            lines=[{"sku": "4601234000055", "qty": "1", "priceMinor": price}],
+                            redeemPoints=redeem,
+                        )
                     )
                 )
-                redeemed, earned = result["redeemedPoints"], result["earnedPoints"]
+                redeemed, earned = result.redeemed_points, result.earned_points
                 assert redeemed <= live  # never a point that expired by `at`
                 if redeem == -1:
                     assert redeemed == min(live, price // 100)  # every live point is spendable
                 model.spend(redeemed, at)
                 if earned:
                     model.earn(earned, at + timedelta(days=lifetime) if lifetime else None)
-                assert result["balance"]["availablePoints"] == model.live(at)
-                assert result["balance"]["pendingPoints"] == 0
-                shown = result["balance"].get("expiring", [])
+                assert result.balance.available_points == model.live(at)
+                assert result.balance.pending_points == 0
+                shown = result.to_json()["balance"].get("expiring", [])
                 want = sorted((b[1], b[0]) for b in model.batches if b[1] and b[0] and at < b[1])
                 assert [(s["expiresAt"], s["points"]) for s in shown] == [
                     (e.isoformat(), p) for e, p in _merged(want)[:3]
                 ]
             later = at + timedelta(days=400)  # every batch that expires has expired
-            assert agent.balance(CARD, later)["availablePoints"] == model.live(later)
+            assert agent.balance(CARD, later).available_points == model.live(later)
         finally:
             agent.close()
 
@@ -136,9 +139,12 @@ def test_no_lifetime_and_no_expiring_keeps_the_balance_as_it_was(tmp_path: Path)
     agent = Agent(tmp_path / "data", "till-1")
     try:
         agent.load_snapshot(snapshot())
-        result = agent.checkout(receipt(card=CARD))
-        assert "expiring" not in result["balance"]
-        assert agent.balance(CARD, START + timedelta(days=3000)) == result["balance"]
+        result = agent.checkout(receipt_from_json(receipt(card=CARD)))
+        assert "expiring" not in result.to_json()["balance"]
+        assert (
+            agent.balance(CARD, START + timedelta(days=3000)).to_json()
+            == result.to_json()["balance"]
+        )
     finally:
         agent.close()
 
@@ -149,7 +155,7 @@ def test_balance_expiring_over_grpc_json(tmp_path: Path) -> None:
         expires = START + timedelta(days=5)
         agent.load_snapshot(_snapshot(10, [(300, expires)], 0))
         got = agent.balance(CARD, START)
-        message = json_format.ParseDict(got, pb.Balance())
+        message = json_format.ParseDict(got.to_json(), pb.Balance())
         assert message.expiring[0].points == 300
         assert message.expiring[0].expires_at == expires.isoformat()
     finally:

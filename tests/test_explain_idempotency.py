@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -23,12 +24,12 @@ def test_a_checkout_sent_again_with_explain_returns_the_stored_result(tmp_path: 
     try:
         agent.load_snapshot(_load("snapshot.json"))
         receipt = _load("receipt-card.json")
-        first = agent.checkout(receipt)
-        again = agent.checkout({**receipt, "explain": True})
+        first = agent.checkout(receipt_from_json(receipt))
+        again = agent.checkout(receipt_from_json({**receipt, "explain": True}))
         assert again == first  # the stored result, no conflict, nothing counted twice
-        assert agent.status()["lastSeq"] == first["seq"]
-        held = agent.hold({**receipt, "receiptId": "h-1", "explain": True})
-        assert agent.hold({**receipt, "receiptId": "h-1"}) == held
+        assert agent.status().last_seq == first.seq
+        held = agent.hold(receipt_from_json({**receipt, "receiptId": "h-1", "explain": True}))
+        assert agent.hold(receipt_from_json({**receipt, "receiptId": "h-1"})) == held
     finally:
         agent.close()
 

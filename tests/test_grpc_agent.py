@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -219,10 +220,16 @@ def test_the_fast_result_builder_equals_json_format(tmp_path: Path) -> None:
         {"sku": "4601234000031", "qty": "1", "priceMinor": 20000},
     ]
     results = [
-        agent.quote(receipt(lines=lines, redeemPoints=-1)),
-        agent.quote(receipt(lines=lines, redeemPoints=-1, explain=True, coupons=["x", "X"])),
-        agent.checkout(receipt(lines=lines, redeemPoints=-1)),
-        agent.checkout(receipt("r2", card="2770000000994")),  # UNKNOWN: no balance
+        agent.quote(receipt_from_json(receipt(lines=lines, redeemPoints=-1))),
+        agent.quote(
+            receipt_from_json(
+                receipt(lines=lines, redeemPoints=-1, explain=True, coupons=["x", "X"])
+            )
+        ),
+        agent.checkout(receipt_from_json(receipt(lines=lines, redeemPoints=-1))),
+        agent.checkout(
+            receipt_from_json(receipt("r2", card="2770000000994"))
+        ),  # UNKNOWN: no balance
     ]
     for result in results:
         assert checkout_message(result) == to_message(json_of(result), pb.CheckoutResult())

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.cli import main
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.sync import hub_server
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
@@ -40,15 +41,19 @@ def synced(
         wait_for(lambda: cache_version(till.data_dir) == 1)
         at = datetime.now(UTC) - timedelta(minutes=5)
         results: list[dict[str, object]] = [
-            till.agent.checkout(receipt("r-1", CARD_ANNA, at=at)),
-            till.agent.checkout(receipt("r-2", CARD_NEW, at=at + timedelta(seconds=1))),
+            till.agent.checkout(receipt_from_json(receipt("r-1", CARD_ANNA, at=at))),
+            till.agent.checkout(
+                receipt_from_json(receipt("r-2", CARD_NEW, at=at + timedelta(seconds=1)))
+            ),
             till.agent.refund(
-                {
-                    "refundId": "rf-1",
-                    "receiptId": "r-1",
-                    "at": (at + timedelta(seconds=2)).isoformat(),
-                    "lines": [{"sku": "4601234000017", "qty": "1"}],
-                }
+                refund_from_json(
+                    {
+                        "refundId": "rf-1",
+                        "receiptId": "r-1",
+                        "at": (at + timedelta(seconds=2)).isoformat(),
+                        "lines": [{"sku": "4601234000017", "qty": "1"}],
+                    }
+                )
             ),
         ]
         wait_for(lambda: _outbox(till.data_dir) == 0, timeout=15)
@@ -67,7 +72,7 @@ def synced(
             "",
         )
         assert first.customer_id == "c-1" and first.card == CARD_ANNA
-        assert first.points_delta_available == results[0]["earnedPoints"]
+        assert first.points_delta_available == results[0].earned_points
         assert first.ingested_at
         rest = stub.ListTransactions(
             pb.ListTransactionsRequest(device_id="till-1", since_seq=2), timeout=TIMEOUT
@@ -75,9 +80,9 @@ def synced(
         assert not rest.more and [(t.seq, t.kind) for t in rest.transactions] == [(3, pb.REFUND)]
         refund = rest.transactions[0]
         assert (refund.refund_id, refund.receipt_id) == ("rf-1", "r-1")
-        assert refund.points_delta_available == -int(str(results[2]["takenBackPoints"]))
+        assert refund.points_delta_available == -int(str(results[2].taken_back_points))
         # what the till was told at commit is what the hub stored under
-        assert [(r["deviceId"], r["seq"]) for r in results] == [
+        assert [(r.device_id, r.seq) for r in results] == [
             ("till-1", 1),
             ("till-1", 2),
             ("till-1", 3),

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from tillpoint.agent.errors import HubUnavailable
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync import pki
 from tillpoint.sync.authoriser import HubAuthoriser
 from tillpoint.sync.client import HubLink
@@ -165,8 +166,8 @@ def test_a_refused_till_still_sells_offline(hub: LoopbackHub, tmp_path: Path) ->
 
         Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
         hub.store.revoke("till-1", datetime.now(UTC))
-        result = till.agent.checkout(receipt("r-1", "2770000000017", redeem=20))
-        assert result["mode"] == "OFFLINE" and result["redeemedPoints"] == 20
+        result = till.agent.checkout(receipt_from_json(receipt("r-1", "2770000000017", redeem=20)))
+        assert result.mode == "OFFLINE" and result.redeemed_points == 20
     finally:
         till.stop()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.results import CheckoutResult, receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync import pki
 from tillpoint.sync.authoriser import HubAuthoriser
@@ -121,14 +122,16 @@ def test_one_of_two_hub_servers_killed_while_tills_push_and_redeem(
     try:
         for agent, _, _ in tills:
             wait_for(lambda agent=agent: cache_version(agent.data_dir) >= 1, 60)
-        results: list[dict[str, Any]] = []
+        results: list[CheckoutResult] = []
         lock = threading.Lock()
         sold = threading.Semaphore(0)
 
         def sell(agent: Agent) -> None:
             for n in range(8):
                 done = agent.checkout(
-                    receipt(f"{agent.device_id}-{n}", CARD, redeem=100, lines=big_line())
+                    receipt_from_json(
+                        receipt(f"{agent.device_id}-{n}", CARD, redeem=100, lines=big_line())
+                    )
                 )
                 with lock:
                     results.append(done)
@@ -149,10 +152,10 @@ def test_one_of_two_hub_servers_killed_while_tills_push_and_redeem(
 
         for _, service, _ in tills:
             wait_for(lambda service=service: service.pusher.pending() == 0, 60)
-        online = sum(r["redeemedPoints"] for r in results if r["mode"] == "ONLINE")
-        spent = sum(r["redeemedPoints"] for r in results)
+        online = sum(r.redeemed_points for r in results if r.mode == "ONLINE")
+        spent = sum(r.redeemed_points for r in results)
         assert online <= 1200  # the holds of both servers never granted more than she had
-        assert sum(1 for r in results if r["mode"] == "ONLINE") >= 16  # B answered after the kill
+        assert sum(1 for r in results if r.mode == "ONLINE") >= 16  # B answered after the kill
         for agent, _, _ in tills:
             seqs = [e.seq for e in store.ledger(agent.device_id)]
             assert seqs == list(range(1, 9))  # every transaction once, none lost

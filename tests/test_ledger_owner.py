@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tillpoint.agent import ledger
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import REPO, receipt
@@ -81,8 +82,8 @@ def test_a_ledger_written_by_the_old_code_upgrades_in_place(tmp_path: Path) -> N
     try:
         agent.load_snapshot(snapshot())
         done = agent.confirm("r2")
-        assert done["state"] == "CONFIRMED"
-        assert agent.checkout(receipt("r3"))["state"] == "CONFIRMED"
+        assert done.state == "CONFIRMED"
+        assert agent.checkout(receipt_from_json(receipt("r3"))).state == "CONFIRMED"
         seqs = [s for (s,) in agent._ledger.execute("SELECT seq FROM journal ORDER BY seq")]
         assert seqs == [1, 2, 3]
     finally:

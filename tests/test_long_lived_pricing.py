@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, snapshot
@@ -98,10 +99,10 @@ def test_one_long_lived_agent_prices_like_a_fresh_agent_per_receipt(
             copy = tmp_path / f"copy-{version}"
             shutil.copytree(data, copy, symlinks=True)
             for r in _receipts(rng, 12):
-                got = long_lived.quote(r)
+                got = long_lived.quote(receipt_from_json(r))
                 fresh = Agent(copy, "till-1")
                 try:
-                    want = fresh.quote(r)
+                    want = fresh.quote(receipt_from_json(r))
                 finally:
                     fresh.close()
                 assert got == want, (version, r["card"], [line["sku"] for line in r["lines"]])
@@ -113,10 +114,10 @@ def test_an_unknown_card_first_does_not_hide_mass_offers(tmp_path: Path) -> None
     agent = Agent(tmp_path / "data", "till-1")
     try:
         agent.load_snapshot(snapshot(offers=OFFERS))
-        unknown = agent.quote(receipt("r-0", card="12345678"))
-        assert unknown["card"]["status"] == "UNKNOWN" and unknown["discountMinor"] == 0
-        known = agent.quote(receipt("r-1"))
-        assert known["lines"][0]["offerId"] == "m-dairy"
-        assert known["discountMinor"] == 1798  # 10 % of 2 × 89.90
+        unknown = agent.quote(receipt_from_json(receipt("r-0", card="12345678")))
+        assert unknown.card.status == "UNKNOWN" and unknown.discount_minor == 0
+        known = agent.quote(receipt_from_json(receipt("r-1")))
+        assert known.lines[0].offer_id == "m-dairy"
+        assert known.discount_minor == 1798  # 10 % of 2 × 89.90
     finally:
         agent.close()

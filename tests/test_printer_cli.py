@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from tillpoint.agent.errors import InputError
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.cli_support import preview, print_test_page
 from tillpoint.printer.config import PrinterConfig
@@ -141,8 +142,8 @@ def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(
         "printText": "−15% на молоко",
     }
     agent.load_snapshot(snapshot(version=2, offers=[offer]))
-    result = agent.checkout(receipt("s1-t1-000777"))
-    assert result["printedOffers"] == ["o-1"]
+    result = agent.checkout(receipt_from_json(receipt("s1-t1-000777")))
+    assert result.to_json()["printedOffers"] == ["o-1"]
     ledger = agent.data_dir / "ledger.db"
     cfg = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
     worker = PrintWorker(ledger, cfg)

@@ -22,6 +22,7 @@ from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.errors import TillpointError
 from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, ReceiptLine
 from tillpoint.agent.pricing import PricingContext, price
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import snapshot
@@ -209,8 +210,8 @@ def test_quote_equals_checkout(
             "lines": line_rows,
             "redeemPoints": requested,
         }
-        quoted = agent.quote(data).to_json()
-        committed = agent.checkout(data).to_json()
+        quoted = agent.quote(receipt_from_json(data)).to_json()
+        committed = agent.checkout(receipt_from_json(data)).to_json()
         assert committed.pop("state") == "CONFIRMED"  # a quote has no state (§11)
         for key in ("printedOffers", "display"):
             quoted.pop(key)
@@ -241,13 +242,15 @@ def test_returning_everything_in_any_split_restores_the_balance(
     try:
         before = agent.balance("2770000000017")
         result = agent.checkout(
-            {
-                "receiptId": "r1",
-                "at": "2026-11-23T10:15:00+03:00",
-                "card": "2770000000017",
-                "lines": line_rows,
-                "redeemPoints": requested,
-            }
+            receipt_from_json(
+                {
+                    "receiptId": "r1",
+                    "at": "2026-11-23T10:15:00+03:00",
+                    "card": "2770000000017",
+                    "lines": line_rows,
+                    "redeemPoints": requested,
+                }
+            )
         )
         # Return every (sku, qty) in random pieces, over several refunds.
         pieces: list[tuple[str, Decimal]] = []
@@ -262,17 +265,19 @@ def test_returning_everything_in_any_split_restores_the_balance(
         for n, start in enumerate(range(0, len(pieces), splits[0])):
             chunk = pieces[start : start + splits[0]]
             r = agent.refund(
-                {
-                    "refundId": f"f{n}",
-                    "receiptId": "r1",
-                    "at": "2026-11-24T10:00:00+03:00",
-                    "lines": [{"sku": s, "qty": format(q, "f")} for s, q in chunk],
-                }
+                refund_from_json(
+                    {
+                        "refundId": f"f{n}",
+                        "receiptId": "r1",
+                        "at": "2026-11-24T10:00:00+03:00",
+                        "lines": [{"sku": s, "qty": format(q, "f")} for s, q in chunk],
+                    }
+                )
             )
-            returned += r["returnedPoints"]
-            taken += r["takenBackPoints"]
-        assert returned == result["redeemedPoints"]
-        assert taken == result["earnedPoints"]
+            returned += r.returned_points
+            taken += r.taken_back_points
+        assert returned == result.redeemed_points
+        assert taken == result.earned_points
         assert agent.balance("2770000000017") == before
     finally:
         agent.close()
@@ -312,12 +317,14 @@ def test_a_refused_input_changes_nothing(field: str, top: str, value: Any, where
     agent, _ = _fresh_agent([])
     try:
         agent.checkout(
-            {
-                "receiptId": "ok",
-                "at": "2026-11-23T10:15:00+03:00",
-                "card": "2770000000017",
-                "lines": [{"sku": "4601234000017", "qty": "1", "priceMinor": 100}],
-            }
+            receipt_from_json(
+                {
+                    "receiptId": "ok",
+                    "at": "2026-11-23T10:15:00+03:00",
+                    "card": "2770000000017",
+                    "lines": [{"sku": "4601234000017", "qty": "1", "priceMinor": 100}],
+                }
+            )
         )
         before = _state(agent)
         bad: dict[str, Any] = {
@@ -330,13 +337,20 @@ def test_a_refused_input_changes_nothing(field: str, top: str, value: Any, where
             bad["lines"][0][field] = value
         else:
             bad[top] = value
-        for call in (agent.checkout, agent.refund, agent.load_snapshot):
+
+        def checkout(doc: dict[str, Any]) -> object:
+            return agent.checkout(receipt_from_json(doc))
+
+        def refund(doc: dict[str, Any]) -> object:
+            return agent.refund(refund_from_json(doc))
+
+        for call in (checkout, refund, agent.load_snapshot):
             try:
                 call(bad)
             except TillpointError:
                 pass
             else:  # some mutations are still valid receipts (e.g. redeemPoints -5 is not)
-                assert call == agent.checkout
+                assert call == checkout
                 return
         assert _state(agent) == before
     finally:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from tillpoint.agent import cache as cache_mod
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from tests.conftest import receipt, snapshot
@@ -29,7 +30,7 @@ def offer(value: str, offer_id: str = "o-milk", customer: str = "c-a") -> dict[s
 
 
 def discount(agent: Agent, rid: str = "q") -> int:
-    return int(agent.quote(receipt(rid))["discountMinor"])
+    return int(agent.quote(receipt_from_json(receipt(rid))).discount_minor)
 
 
 def delta(version: int, **rows: Any) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def test_a_new_snapshot_version_never_serves_the_old_personal_offers(tmp_path: P
 
         other.load_snapshot(snapshot(version=5, offers=[offer("30", "o-new")]))  # a full one
         assert discount(agent) == 5394
-        assert agent.quote(receipt("q"))["lines"][0]["offerId"] == "o-new"
+        assert agent.quote(receipt_from_json(receipt("q"))).lines[0].offer_id == "o-new"
     finally:
         other.close()
         agent.close()
@@ -75,7 +76,10 @@ def test_the_personal_offers_kept_are_bounded(
     try:
         agent.load_snapshot(snapshot(offers=[offer("10"), offer("50", "o-b", customer="c-b")]))
         assert discount(agent) == 1798
-        assert int(agent.quote(receipt("q", card="2770000000024"))["discountMinor"]) == 8990
+        assert (
+            int(agent.quote(receipt_from_json(receipt("q", card="2770000000024"))).discount_minor)
+            == 8990
+        )
         kept = [v for k, v in agent._memo.items() if k.startswith("personal@")]
         assert len(kept) == 1 and list(kept[0]) == ["c-b"]
         assert discount(agent) == 1798  # parsed again
@@ -88,12 +92,12 @@ def test_quotes_identify_and_balance_never_wait_behind_a_commit(agent: Agent) ->
     reads on other threads go on beside it and see only what is committed."""
     import threading
 
-    before = agent.quote(receipt("q0"))
+    before = agent.quote(receipt_from_json(receipt("q0")))
     points = agent.balance("2770000000017")
     done: dict[str, Any] = {}
 
     def reads() -> None:
-        done["quote"] = agent.quote(receipt("q1"))
+        done["quote"] = agent.quote(receipt_from_json(receipt("q1")))
         done["card"] = agent.identify("2770000000017")
         done["balance"] = agent.balance("2770000000017")
 
@@ -107,8 +111,8 @@ def test_quotes_identify_and_balance_never_wait_behind_a_commit(agent: Agent) ->
         reader.join(timeout=10)
         assert not reader.is_alive(), "a read waited behind the commit"
         conn.execute("DELETE FROM points WHERE receipt_id = 'x'")
-    assert done["quote"]["balance"] == before["balance"]  # the uncommitted row unseen
-    assert done["card"]["customerId"] == "c-a"
+    assert done["quote"].balance == before.balance  # the uncommitted row unseen
+    assert done["card"].customer_id == "c-a"
     assert done["balance"] == points
 
 
@@ -117,9 +121,13 @@ def test_reads_on_many_threads_match_the_serial_answers(agent: Agent) -> None:
 
     agent.load_snapshot(delta(2, offers=[offer("10")]))
     cards = ["2770000000017", "2770000000024", "2770000000093"]
-    serial = {c: agent.quote(receipt("q", card=c)) for c in cards}
+    serial = {c: agent.quote(receipt_from_json(receipt("q", card=c))) for c in cards}
     with ThreadPoolExecutor(8) as pool:
         for _ in range(3):
-            answers = list(pool.map(lambda c: (c, agent.quote(receipt("q", card=c))), cards * 20))
+            answers = list(
+                pool.map(
+                    lambda c: (c, agent.quote(receipt_from_json(receipt("q", card=c)))), cards * 20
+                )
+            )
             for card, answer in answers:
                 assert answer == serial[card]

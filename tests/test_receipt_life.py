@@ -12,6 +12,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.errors import Conflict, InputError, NotFound, Refused
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.server import build_server, start_hold_sweeper
 from tillpoint.agent.service import Agent
 from tillpoint.agent.wire import checkout_message, json_of, to_message
@@ -75,11 +76,11 @@ def test_hold_reserves_and_confirm_commits_exactly_the_held_figures(
     till: Agent, clock: Clock
 ) -> None:
     before = till.balance("2770000000017")
-    held = till.hold(receipt(redeemPoints=40))
-    assert held["state"] == "HELD"
-    assert held["holdExpiresAt"] == (clock.now + timedelta(seconds=600)).isoformat()
-    assert held["redeemedPoints"] == 40 and held["earnedPoints"] > 0
-    assert held["printedOffers"] == []  # nothing prints before Confirm
+    held = till.hold(receipt_from_json(receipt(redeemPoints=40)))
+    assert held.state == "HELD"
+    assert held.hold_expires_at == (clock.now + timedelta(seconds=600)).isoformat()
+    assert held.redeemed_points == 40 and held.earned_points > 0
+    assert held.to_json()["printedOffers"] == []  # nothing prints before Confirm
     # earns and spends nothing yet, journals nothing
     assert till.balance("2770000000017") == before
     assert count(till, "receipts") == count(till, "outbox") == count(till, "print_jobs") == 0
@@ -89,78 +90,89 @@ def test_hold_reserves_and_confirm_commits_exactly_the_held_figures(
     till.load_snapshot(snapshot(version=2, program=program, offers=[OFFER]))
     clock.advance(60)
     done = till.confirm("r1", "FD-0001")
-    assert done["state"] == "CONFIRMED" and "holdExpiresAt" not in done
+    assert done.state == "CONFIRMED" and "holdExpiresAt" not in done.to_json()
     for key in ("lines", "totalMinor", "discountMinor", "redeemedPoints", "earnedPoints"):
-        assert done[key] == held[key]
-    assert done["balance"] == held["balance"]
-    assert done["printedOffers"] == ["o-print"]
+        assert done.to_json()[key] == held.to_json()[key]
+    assert done.to_json()["balance"] == held.to_json()["balance"]
+    assert done.to_json()["printedOffers"] == ["o-print"]
     assert count(till, "print_jobs") == 1
     (tx,) = outbox(till)
     assert (tx["deviceId"], tx["seq"], tx["kind"]) == ("till-1", 1, "CHECKOUT")
     assert tx["fiscalDocument"] == "FD-0001"
-    assert tx["pointsDeltaAvailable"] == -40 + held["earnedPoints"]
-    assert till.balance("2770000000017") == held["balance"]
+    assert tx["pointsDeltaAvailable"] == -40 + held.earned_points
+    assert till.balance("2770000000017").to_json() == held.to_json()["balance"]
 
     # idempotent: Confirm, Hold and Checkout of the same receipt return the commit
     assert till.confirm("r1", "FD-0001") == done
     assert till.confirm("r1") == done
-    assert till.hold(receipt(redeemPoints=40)) == done
-    assert till.checkout(receipt(redeemPoints=40)) == done
+    assert till.hold(receipt_from_json(receipt(redeemPoints=40))) == done
+    assert till.checkout(receipt_from_json(receipt(redeemPoints=40))) == done
     assert count(till, "outbox") == 1 and count(till, "print_jobs") == 1
     with pytest.raises(Refused, match="use a refund"):
         till.cancel("r1")
     # a confirmed receipt refunds like any other
     refund = {"refundId": "rf1", "receiptId": "r1", "at": "2026-11-24T12:00:00+03:00"}
-    back = till.refund({**refund, "lines": [{"sku": "4601234000017", "qty": "2"}]})
-    assert back["returnedPoints"] == 40 and back["takenBackPoints"] == held["earnedPoints"]
+    back = till.refund(
+        refund_from_json({**refund, "lines": [{"sku": "4601234000017", "qty": "2"}]})
+    )
+    assert back.returned_points == 40 and back.taken_back_points == held.earned_points
 
 
 def test_the_same_receipt_id_with_another_body_is_a_conflict(till: Agent) -> None:
-    held = till.hold(receipt())
-    assert till.hold(receipt()) == held  # a retry
+    held = till.hold(receipt_from_json(receipt()))
+    assert till.hold(receipt_from_json(receipt())) == held  # a retry
     same = [{"priceMinor": "8990", "qty": "2.000", "sku": "4601234000017"}]
-    assert till.hold(receipt(lines=same)) == held  # the same receipt, written otherwise
+    assert (
+        till.hold(receipt_from_json(receipt(lines=same))) == held
+    )  # the same receipt, written otherwise
     with pytest.raises(Conflict, match="another body"):
-        till.hold(receipt(redeemPoints=10))
+        till.hold(receipt_from_json(receipt(redeemPoints=10)))
     with pytest.raises(Conflict):
-        till.checkout(receipt(card=BORIS))
+        till.checkout(receipt_from_json(receipt(card=BORIS)))
     assert count(till, "receipt_life") == 1 and count(till, "outbox") == 0
 
-    done = till.checkout(receipt("r2"))
-    assert done["state"] == "CONFIRMED"
-    assert till.checkout(receipt("r2")) == done
+    done = till.checkout(receipt_from_json(receipt("r2")))
+    assert done.state == "CONFIRMED"
+    assert till.checkout(receipt_from_json(receipt("r2"))) == done
     with pytest.raises(Conflict):
-        till.checkout(receipt("r2", lines=BIG))
+        till.checkout(receipt_from_json(receipt("r2", lines=BIG)))
     with pytest.raises(Conflict):
-        till.hold(receipt("r2", lines=BIG))
+        till.hold(receipt_from_json(receipt("r2", lines=BIG)))
     assert count(till, "outbox") == 1
 
 
 def test_a_receipt_committed_before_receipts_had_a_life_is_still_checked(till: Agent) -> None:
-    done = till.checkout(receipt("old"))
+    done = till.checkout(receipt_from_json(receipt("old")))
     till._ledger.execute("DELETE FROM receipt_life")  # as an older agent stored it
-    assert till.checkout(receipt("old")) == done
+    assert till.checkout(receipt_from_json(receipt("old"))) == done
     with pytest.raises(Conflict):
-        till.checkout(receipt("old", redeemPoints=5))
+        till.checkout(receipt_from_json(receipt("old", redeemPoints=5)))
     assert till.confirm("old") == done
     with pytest.raises(Refused, match="use a refund"):
         till.cancel("old")
 
 
 def test_cancel_releases_the_hold_and_is_idempotent(till: Agent) -> None:
-    held = till.hold(receipt(card=BORIS, redeemPoints=-1, lines=BIG))
-    assert held["redeemedPoints"] == 50  # the offline limit of the day
+    held = till.hold(receipt_from_json(receipt(card=BORIS, redeemPoints=-1, lines=BIG)))
+    assert held.redeemed_points == 50  # the offline limit of the day
     cancelled = till.cancel("r1")
-    assert cancelled["state"] == "CANCELLED" and "holdExpiresAt" not in cancelled
-    assert cancelled["redeemedPoints"] == 50  # what was held; none of it happened
+    assert cancelled.state == "CANCELLED" and "holdExpiresAt" not in cancelled.to_json()
+    assert cancelled.redeemed_points == 50  # what was held; none of it happened
     assert till.cancel("r1") == cancelled
-    assert till.hold(receipt(card=BORIS, redeemPoints=-1, lines=BIG)) == cancelled
+    assert (
+        till.hold(receipt_from_json(receipt(card=BORIS, redeemPoints=-1, lines=BIG))) == cancelled
+    )
     with pytest.raises(Refused, match="price the receipt again"):
         till.confirm("r1")
     with pytest.raises(Refused, match="cancelled"):
-        till.checkout(receipt(card=BORIS, redeemPoints=-1, lines=BIG))
+        till.checkout(receipt_from_json(receipt(card=BORIS, redeemPoints=-1, lines=BIG)))
     # released: the next receipt gets the whole limit again
-    assert till.hold(receipt("r2", card=BORIS, redeemPoints=-1, lines=BIG))["redeemedPoints"] == 50
+    assert (
+        till.hold(
+            receipt_from_json(receipt("r2", card=BORIS, redeemPoints=-1, lines=BIG))
+        ).redeemed_points
+        == 50
+    )
     assert count(till, "outbox") == 0
 
 
@@ -169,7 +181,7 @@ def test_unknown_receipt_and_bad_input(till: Agent) -> None:
         till.confirm("nope")
     with pytest.raises(NotFound):
         till.cancel("nope")
-    till.hold(receipt())
+    till.hold(receipt_from_json(receipt()))
     with pytest.raises(InputError, match="64"):
         till.confirm("r1", "F" * 65)
     with pytest.raises(InputError):
@@ -178,11 +190,21 @@ def test_unknown_receipt_and_bad_input(till: Agent) -> None:
 
 
 def test_holds_expire_release_their_points_and_can_be_held_again(till: Agent, clock: Clock) -> None:
-    first = till.hold(receipt(card=BORIS, redeemPoints=30, lines=BIG))
-    assert first["redeemedPoints"] == 30
+    first = till.hold(receipt_from_json(receipt(card=BORIS, redeemPoints=30, lines=BIG)))
+    assert first.redeemed_points == 30
     # the offline limit (50) counts the open hold; so does the balance (80)
-    assert till.hold(receipt("r2", card=BORIS, redeemPoints=-1, lines=BIG))["redeemedPoints"] == 20
-    assert till.quote(receipt("q", card=BORIS, redeemPoints=-1, lines=BIG))["redeemedPoints"] == 0
+    assert (
+        till.hold(
+            receipt_from_json(receipt("r2", card=BORIS, redeemPoints=-1, lines=BIG))
+        ).redeemed_points
+        == 20
+    )
+    assert (
+        till.quote(
+            receipt_from_json(receipt("q", card=BORIS, redeemPoints=-1, lines=BIG))
+        ).redeemed_points
+        == 0
+    )
     clock.advance(599)
     assert till.sweep_holds() == 0
     clock.advance(1)
@@ -190,16 +212,21 @@ def test_holds_expire_release_their_points_and_can_be_held_again(till: Agent, cl
     with pytest.raises(Refused, match="hold expired: price the receipt again"):
         till.confirm("r1")
     # released: a new receipt gets the limit, and the expired one can be held again
-    assert till.quote(receipt("q", card=BORIS, redeemPoints=-1, lines=BIG))["redeemedPoints"] == 50
-    again = till.hold(receipt(card=BORIS, redeemPoints=30, lines=BIG))
-    assert again["state"] == "HELD"
-    assert again["holdExpiresAt"] == (clock.now + timedelta(seconds=600)).isoformat()
-    assert till.confirm("r1")["redeemedPoints"] == 30
+    assert (
+        till.quote(
+            receipt_from_json(receipt("q", card=BORIS, redeemPoints=-1, lines=BIG))
+        ).redeemed_points
+        == 50
+    )
+    again = till.hold(receipt_from_json(receipt(card=BORIS, redeemPoints=30, lines=BIG)))
+    assert again.state == "HELD"
+    assert again.hold_expires_at == (clock.now + timedelta(seconds=600)).isoformat()
+    assert till.confirm("r1").redeemed_points == 30
     assert count(till, "outbox") == 1
 
 
 def test_expired_hold_is_refused_even_before_a_sweep(till: Agent, clock: Clock) -> None:
-    till.hold(receipt())
+    till.hold(receipt_from_json(receipt()))
     clock.advance(601)
     with pytest.raises(Refused, match="hold expired"):
         till.confirm("r1")
@@ -211,7 +238,7 @@ def test_tillpoint_run_sweeps_expired_holds_without_anyone_asking(
 ) -> None:
     from tillpoint.sync.loopback import wait_for
 
-    till.hold(receipt(card=BORIS, redeemPoints=30, lines=BIG))
+    till.hold(receipt_from_json(receipt(card=BORIS, redeemPoints=30, lines=BIG)))
     stop = start_hold_sweeper(till, every_s=0.02)
     try:
         clock.advance(600)
@@ -222,7 +249,11 @@ def test_tillpoint_run_sweeps_expired_holds_without_anyone_asking(
 
 
 def test_held_and_cancelled_results_map_to_the_proto(till: Agent) -> None:
-    for result in (till.hold(receipt()), till.cancel("r1"), till.checkout(receipt("r2"))):
+    for result in (
+        till.hold(receipt_from_json(receipt())),
+        till.cancel("r1"),
+        till.checkout(receipt_from_json(receipt("r2"))),
+    ):
         assert checkout_message(result) == to_message(json_of(result), pb.CheckoutResult())
 
 
@@ -327,28 +358,28 @@ def test_hub_holds_follow_the_receipt(tmp_path: Path) -> None:
         def sale(rid: str, redeem: int) -> dict[str, Any]:
             return hub_receipt(rid, card, at=clock.now, redeem=redeem, lines=lines)
 
-        held = till.agent.hold(sale("h-1", 1000))
-        assert (held["mode"], held["redeemedPoints"]) == ("ONLINE", 1000)
+        held = till.agent.hold(receipt_from_json(sale("h-1", 1000)))
+        assert (held.mode, held.redeemed_points) == ("ONLINE", 1000)
         state, points, expires = hub_holds(hub)["h-1"]
         assert (state, points) == ("ACTIVE", 1000)
         # held for the program's TTL (and the till's margin), not the hub's own 900 s
         left = datetime.fromisoformat(expires.replace("Z", "+00:00")) - datetime.now(UTC)
         assert timedelta(seconds=120) < left <= timedelta(seconds=180)
-        assert other.agent.checkout(sale("o-1", 1200))["redeemedPoints"] == 200
+        assert other.agent.checkout(receipt_from_json(sale("o-1", 1200))).redeemed_points == 200
 
         till.agent.cancel("h-1")  # released at the hub at once
         assert "h-1" not in hub_holds(hub)
-        assert till.agent.hold(sale("h-2", 600))["redeemedPoints"] == 600
+        assert till.agent.hold(receipt_from_json(sale("h-2", 600))).redeemed_points == 600
         assert hub_holds(hub)["h-2"][:2] == ("ACTIVE", 600)
 
         clock.advance(121)  # nobody asks: the sweep expires it and releases it
         assert till.agent.sweep_holds() == 1
         assert "h-2" not in hub_holds(hub)
 
-        held = till.agent.hold(sale("h-3", 300))
-        assert held["redeemedPoints"] == 300
+        held = till.agent.hold(receipt_from_json(sale("h-3", 300)))
+        assert held.redeemed_points == 300
         done = till.agent.confirm("h-3", "FD-0042")
-        assert done["redeemedPoints"] == 300
+        assert done.redeemed_points == 300
         assert hub_holds(hub)["h-3"][:2] == ("ACTIVE", 300)  # until its transaction arrives
         Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2).drain()
         assert hub_holds(hub)["h-3"][:2] == ("SETTLED", 300)

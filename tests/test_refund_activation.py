@@ -15,6 +15,7 @@ import pytest
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 from tillpoint.agent import ledger as ledger_db
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import PROGRAM, receipt, snapshot
@@ -58,17 +59,17 @@ def test_refund_uses_the_delay_in_force_at_commit(
     agent = Agent(tmp_path / "data", "till-1")
     try:
         agent.load_snapshot(snapshot(program=_program(delay_at_sale)))
-        sold = agent.checkout(_sale())
-        assert sold["earnedPoints"] == 13
-        assert sold["balance"] == after_sale
+        sold = agent.checkout(receipt_from_json(_sale()))
+        assert sold.earned_points == 13
+        assert sold.to_json()["balance"] == after_sale
         agent.load_snapshot({"version": 2, "baseVersion": 1, "program": _program(delay_at_refund)})
-        refunded = agent.refund(_refund())
-        assert refunded["takenBackPoints"] == 13
-        assert refunded["balance"] == {"availablePoints": 80, "pendingPoints": 0}
-        assert refunded["negativeBalance"] is False
+        refunded = agent.refund(refund_from_json(_refund()))
+        assert refunded.taken_back_points == 13
+        assert refunded.to_json()["balance"] == {"availablePoints": 80, "pendingPoints": 0}
+        assert refunded.negative_balance is False
         for moment in ("2026-11-24T10:00:00+03:00", "2026-12-31T10:00:00+03:00"):
             at = datetime.fromisoformat(moment)
-            assert agent.balance(BORIS, at) == {"availablePoints": 80, "pendingPoints": 0}
+            assert agent.balance(BORIS, at).to_json() == {"availablePoints": 80, "pendingPoints": 0}
     finally:
         agent.close()
 

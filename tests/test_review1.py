@@ -13,6 +13,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.errors import Conflict, Refused
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -54,18 +55,18 @@ def test_confirm_reports_the_balance_after_receipts_committed_since_the_hold(
     """Two receipts of one customer held side by side (two baskets, one family card):
     the second Confirm's balance is the customer's balance after it, not the figure
     seen at its Hold, before the first one was committed."""
-    first = till.hold(receipt("r1", redeemPoints=40))
-    second = till.hold(receipt("r2", redeemPoints=30))
-    assert first["state"] == second["state"] == "HELD"
+    first = till.hold(receipt_from_json(receipt("r1", redeemPoints=40)))
+    second = till.hold(receipt_from_json(receipt("r2", redeemPoints=30)))
+    assert first.state == second.state == "HELD"
     till.confirm("r1")
     done = till.confirm("r2")
     now = till.balance(ANNA, datetime.fromisoformat("2026-11-23T10:15:00+03:00"))
-    assert done["balance"] == now
-    assert now["availablePoints"] == 1200 - 40 - 30 + first["earnedPoints"] + second["earnedPoints"]
-    assert done["display"][-1].endswith(str(now["availablePoints"]))
+    assert done.to_json()["balance"] == now.to_json()
+    assert now.available_points == 1200 - 40 - 30 + first.earned_points + second.earned_points
+    assert done.to_json()["display"][-1].endswith(str(now.available_points))
     # the figures of the sale stay those of the Hold
     for key in ("lines", "totalMinor", "discountMinor", "redeemedPoints", "earnedPoints"):
-        assert done[key] == second[key]
+        assert done.to_json()[key] == second.to_json()[key]
     assert till.confirm("r2") == done  # idempotent: the stored result
 
 
@@ -93,20 +94,25 @@ def test_config_file_from_the_environment_and_the_flag_wins_over_it(
 def test_a_refund_id_reused_for_another_refund_is_a_conflict(till: Agent) -> None:
     """Refunds are idempotent on refundId (docs/CONTRACT.md §6); like a receiptId (§11), an
     id reused with another body is refused, never answered with the first refund's result."""
-    till.checkout(receipt("r1", redeemPoints=40))
+    till.checkout(receipt_from_json(receipt("r1", redeemPoints=40)))
     refund = {
         "refundId": "rf1",
         "receiptId": "r1",
         "at": "2026-11-24T12:00:00+03:00",
         "lines": [{"sku": "4601234000017", "qty": "1"}],
     }
-    first = till.refund(refund)
-    assert till.refund(refund) == first  # a retry
-    assert till.refund({**refund, "lines": [{"sku": "4601234000017", "qty": "1.000"}]}) == first
+    first = till.refund(refund_from_json(refund))
+    assert till.refund(refund_from_json(refund)) == first  # a retry
+    assert (
+        till.refund(
+            refund_from_json({**refund, "lines": [{"sku": "4601234000017", "qty": "1.000"}]})
+        )
+        == first
+    )
     with pytest.raises(Conflict, match="rf1"):
-        till.refund({**refund, "lines": [{"sku": "4601234000017", "qty": "2"}]})
+        till.refund(refund_from_json({**refund, "lines": [{"sku": "4601234000017", "qty": "2"}]}))
     with pytest.raises(Conflict):
-        till.refund({**refund, "receiptId": "r2"})
+        till.refund(refund_from_json({**refund, "receiptId": "r2"}))
     seqs = till._ledger.execute("SELECT count(*) FROM refunds").fetchone()[0]
     assert seqs == 1
 
@@ -114,15 +120,15 @@ def test_a_refund_id_reused_for_another_refund_is_a_conflict(till: Agent) -> Non
 def test_a_receipt_committed_by_an_older_agent_answers_as_confirmed(till: Agent) -> None:
     """A ledger upgraded from before hold/confirm (commit 7603b97) stored results without
     `state`; replaying such a receipt answers `"state": "CONFIRMED"` like any commit."""
-    done = till.checkout(receipt("old"))
-    legacy = {k: v for k, v in done.items() if k != "state"}
+    done = till.checkout(receipt_from_json(receipt("old")))
+    legacy = {k: v for k, v in done.to_json().items() if k != "state"}
     till._ledger.execute("DELETE FROM receipt_life")
     till._ledger.execute(
         "UPDATE receipts SET result = ? WHERE receipt_id = 'old'",
         (json.dumps(legacy, ensure_ascii=False),),
     )
-    assert till.checkout(receipt("old")) == done
-    assert till.hold(receipt("old")) == done
+    assert till.checkout(receipt_from_json(receipt("old"))) == done
+    assert till.hold(receipt_from_json(receipt("old"))) == done
     assert till.confirm("old") == done
 
 
@@ -216,30 +222,15 @@ def test_a_ledger_of_the_previous_release_upgrades_and_keeps_its_meaning(
         # the program changed since: no delay now, points expire; the old sale keeps its own
         till.load_snapshot(snapshot(program={**PROGRAM, "pointsLifetimeDays": 365}))
         day = datetime.fromisoformat("2026-11-24T12:00:00+03:00")
-        assert till.balance(ANNA, day) == {"availablePoints": 1160, "pendingPoints": 10}
-        replay = till.checkout(receipt("old-1", redeemPoints=40))
-        assert replay["state"] == "CONFIRMED" and replay["earnedPoints"] == 10
-        assert (replay["deviceId"], replay["seq"]) == ("till-1", 1)  # from its receipt row
-        assert till.hold(receipt("old-1", redeemPoints=40)) == replay
+        assert till.balance(ANNA, day).to_json() == {"availablePoints": 1160, "pendingPoints": 10}
+        replay = till.checkout(receipt_from_json(receipt("old-1", redeemPoints=40)))
+        assert replay.state == "CONFIRMED" and replay.earned_points == 10
+        assert (replay.device_id, replay.seq) == ("till-1", 1)  # from its receipt row
+        assert till.hold(receipt_from_json(receipt("old-1", redeemPoints=40))) == replay
         with pytest.raises(Conflict):
-            till.checkout(receipt("old-1", redeemPoints=41))
+            till.checkout(receipt_from_json(receipt("old-1", redeemPoints=41)))
         back = till.refund(
-            {
-                "refundId": "f1",
-                "receiptId": "old-1",
-                "at": day.isoformat(),
-                "lines": [{"sku": "4601234000017", "qty": "1"}],
-            }
-        )
-        # still pending at the refund (its activation fixed at the old commit): taken from it
-        assert (back["returnedPoints"], back["takenBackPoints"]) == (20, 5)
-        assert back["balance"] == {"availablePoints": 1180, "pendingPoints": 5}
-        till._ledger.execute(  # as the previous release stored a refund's result
-            "UPDATE refunds SET result = ? WHERE refund_id = 'f1'",
-            (json.dumps({k: v for k, v in back.items() if k not in ("deviceId", "seq")}),),
-        )
-        assert (
-            till.refund(
+            refund_from_json(
                 {
                     "refundId": "f1",
                     "receiptId": "old-1",
@@ -247,10 +238,33 @@ def test_a_ledger_of_the_previous_release_upgrades_and_keeps_its_meaning(
                     "lines": [{"sku": "4601234000017", "qty": "1"}],
                 }
             )
+        )
+        # still pending at the refund (its activation fixed at the old commit): taken from it
+        assert (back.returned_points, back.taken_back_points) == (20, 5)
+        assert back.to_json()["balance"] == {"availablePoints": 1180, "pendingPoints": 5}
+        till._ledger.execute(  # as the previous release stored a refund's result
+            "UPDATE refunds SET result = ? WHERE refund_id = 'f1'",
+            (
+                json.dumps(
+                    {k: v for k, v in back.to_json().items() if k not in ("deviceId", "seq")}
+                ),
+            ),
+        )
+        assert (
+            till.refund(
+                refund_from_json(
+                    {
+                        "refundId": "f1",
+                        "receiptId": "old-1",
+                        "at": day.isoformat(),
+                        "lines": [{"sku": "4601234000017", "qty": "1"}],
+                    }
+                )
+            )
             == back
         )
-        new = till.checkout(receipt("new-1"))
-        assert till.status()["lastSeq"] == 3 and new["state"] == "CONFIRMED"
+        new = till.checkout(receipt_from_json(receipt("new-1")))
+        assert till.status().last_seq == 3 and new.state == "CONFIRMED"
     finally:
         till.close()
 
@@ -282,10 +296,12 @@ def test_a_reimaged_till_never_issues_a_coupon_code_again(tmp_path: Path, clock:
     first = Agent(tmp_path / "before", "till-1", clock=clock)
     try:
         first.load_snapshot(snapshot(offers=[NEXT_VISIT]))
-        assert first.checkout(receipt("r1"))["printedOffers"] == ["o-next"]
+        assert first.checkout(receipt_from_json(receipt("r1"))).to_json()["printedOffers"] == [
+            "o-next"
+        ]
         before = _issued(first)
         assert before == ["TP5TILL11"]  # a new till counts from 1
-        last_seq = first.status()["lastSeq"]
+        last_seq = first.status().last_seq
     finally:
         first.close()
     again = Agent(tmp_path / "after", "till-1", clock=clock)  # the same till, a new disk
@@ -293,10 +309,12 @@ def test_a_reimaged_till_never_issues_a_coupon_code_again(tmp_path: Path, clock:
         again.load_snapshot(
             snapshot(version=2, offers=[NEXT_VISIT], appliedThrough={"till-1": last_seq})
         )
-        assert again.checkout(receipt("r2"))["printedOffers"] == ["o-next"]
+        assert again.checkout(receipt_from_json(receipt("r2"))).to_json()["printedOffers"] == [
+            "o-next"
+        ]
         after = _issued(again)
         assert len(after) == 1 and after[0] not in before
-        assert again.status()["lastSeq"] > last_seq
+        assert again.status().last_seq > last_seq
     finally:
         again.close()
 
@@ -330,17 +348,23 @@ def test_a_quote_sees_the_coupon_of_an_expired_hold_as_free_again(
     )
 
     def verdict(result: dict[str, Any]) -> tuple[str, str]:
-        (v,) = result["coupons"]
+        (v,) = result.to_json()["coupons"]
         return v["status"], v.get("reason", "")
 
-    held = till.hold(receipt("r1", coupons=["sorry-7k2q9"]))
+    held = till.hold(receipt_from_json(receipt("r1", coupons=["sorry-7k2q9"])))
     assert verdict(held) == ("APPLIED", "")
-    assert verdict(till.quote(receipt("q1", coupons=["SORRY7K2Q9"]))) == (
+    assert verdict(till.quote(receipt_from_json(receipt("q1", coupons=["SORRY7K2Q9"])))) == (
         "REJECTED",
         "ALREADY_USED",
     )
     clock.advance(601)
-    assert verdict(till.quote(receipt("q2", coupons=["SORRY7K2Q9"]))) == ("APPLIED", "")
+    assert verdict(till.quote(receipt_from_json(receipt("q2", coupons=["SORRY7K2Q9"])))) == (
+        "APPLIED",
+        "",
+    )
     with pytest.raises(Refused, match="hold expired"):
         till.confirm("r1")
-    assert verdict(till.checkout(receipt("r2", coupons=["SORRY7K2Q9"]))) == ("APPLIED", "")
+    assert verdict(till.checkout(receipt_from_json(receipt("r2", coupons=["SORRY7K2Q9"])))) == (
+        "APPLIED",
+        "",
+    )

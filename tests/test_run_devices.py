@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -81,10 +82,10 @@ def test_coupon_prints_through_run_and_status_shows_the_printer(tmp_path: Path) 
 def test_an_offer_id_no_code_can_carry_still_prints_and_sells(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot(offers=[{**OFFER, "id": "предложение-1"}]))
-    result = agent.checkout(receipt())
-    assert result["printedOffers"] == ["предложение-1"]
+    result = agent.checkout(receipt_from_json(receipt()))
+    assert result.to_json()["printedOffers"] == ["предложение-1"]
     status = agent.status()
-    assert status["outboxDepth"] == 1 and status["printQueueDepth"] == 1
+    assert status.outbox_depth == 1 and status.print_queue_depth == 1
     (payload,) = agent._ledger.execute("SELECT payload FROM print_jobs").fetchone()
     assert "code" not in payload  # printed without a scan code, never refused
     agent.close()

@@ -147,7 +147,7 @@ def test_reset_when_everything_was_sent(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot())
     agent.reset()
-    assert agent.status()["cacheVersion"] == 0
+    assert agent.status().cache_version == 0
     agent.close()
 
 
@@ -156,7 +156,7 @@ def test_cache_holds_no_phone_numbers(tmp_path: Path) -> None:
     agent.load_snapshot(snapshot())
     raw = (tmp_path / "cache.db").read_bytes() + (tmp_path / "cache.db-wal").read_bytes()
     assert b"9161234567" not in raw and b"916123" not in raw
-    assert agent.identify("89161234567")["status"] == "FOUND"
+    assert agent.identify("89161234567").status == "FOUND"
     assert oct((tmp_path / "phone.key").stat().st_mode & 0o777) == "0o600"
     agent.close()
 

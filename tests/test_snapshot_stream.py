@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tillpoint.agent import cache as cache_mod
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import CLI, receipt, snapshot
@@ -28,7 +29,7 @@ def test_jsonl_snapshot_prices_like_the_json_one(cli: CLI, tmp_path: Path) -> No
     via_lines = cli("quote", receipt(), "--json").json()
     other = Agent(tmp_path / "other", "till-1")
     other.load_snapshot(snapshot())
-    assert other.quote(receipt()) == via_lines
+    assert other.quote(receipt_from_json(receipt())).to_json() == via_lines
     other.close()
 
 

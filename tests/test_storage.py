@@ -9,6 +9,7 @@ from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import SnapshotRefused, StorageError, TillpointError
 from tillpoint.agent.ledger import open_ledger
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, snapshot
@@ -34,23 +35,23 @@ def test_receipt_journal_and_outbox_are_one_transaction(tmp_path: Path) -> None:
         "CREATE TRIGGER boom BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
     )
     with pytest.raises(StorageError, match="disk on fire"):
-        agent.checkout(receipt())
+        agent.checkout(receipt_from_json(receipt()))
     for table in ("receipts", "receipt_lines", "journal", "points", "outbox", "print_history"):
         assert agent._ledger.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
     agent._ledger.execute("DROP TRIGGER boom")
-    assert agent.checkout(receipt())["receiptId"] == "r1"
-    assert agent.status()["lastSeq"] == 1  # the failed attempt gave its number back
+    assert agent.checkout(receipt_from_json(receipt())).receipt_id == "r1"
+    assert agent.status().last_seq == 1  # the failed attempt gave its number back
     agent.close()
 
 
 def test_sequence_continues_above_applied_through(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot(appliedThrough={"till-1": 41, "till-2": 7}))
-    agent.checkout(receipt("r1"))
+    agent.checkout(receipt_from_json(receipt("r1")))
     seqs = [r[0] for r in agent._ledger.execute("SELECT seq FROM journal")]
     assert seqs == [42]
-    agent.checkout(receipt("r2"))
-    assert agent.status()["lastSeq"] == 43
+    agent.checkout(receipt_from_json(receipt("r2")))
+    assert agent.status().last_seq == 43
     agent.close()
 
 
@@ -61,9 +62,9 @@ def test_checkout_keeps_working_while_a_snapshot_is_being_applied(tmp_path: Path
     writer.execute("BEGIN IMMEDIATE")  # a snapshot apply half-way through
     writer.execute("DELETE FROM customers")
     writer.execute("UPDATE meta SET value = '99' WHERE key = 'version'")
-    result = agent.checkout(receipt())  # sees the old, whole snapshot
-    assert result["card"]["status"] == "FOUND"
-    assert agent.status()["cacheVersion"] == 1
+    result = agent.checkout(receipt_from_json(receipt()))  # sees the old, whole snapshot
+    assert result.card.status == "FOUND"
+    assert agent.status().cache_version == 1
     writer.execute("ROLLBACK")
     writer.close()
     agent.close()
@@ -97,13 +98,13 @@ def test_snapshot_rules(tmp_path: Path) -> None:
             "program": {"pointValueMinor": 50},
         }
     )
-    assert agent.identify("2770000000024") == {"status": "UNKNOWN"}
-    result = agent.quote(receipt())
-    assert result["earnedPoints"] == 0  # the product is now excluded
+    assert agent.identify("2770000000024").to_json() == {"status": "UNKNOWN"}
+    result = agent.quote(receipt_from_json(receipt()))
+    assert result.earned_points == 0  # the product is now excluded
     program = cache_mod.CacheView(agent._cache).program()
     assert program.point_value_minor == 50 and program.max_redeem_percent == 30  # defaults
     agent.load_snapshot(snapshot(version=3, customers=[], cards=[]))  # full: replaces all
-    assert agent.identify("2770000000017") == {"status": "UNKNOWN"}
+    assert agent.identify("2770000000017").to_json() == {"status": "UNKNOWN"}
     agent.close()
 
 

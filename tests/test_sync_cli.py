@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync import is_enrolled, load_snapshot_file
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.pull import cache_version
@@ -276,7 +277,7 @@ def test_reenrolment_is_refused_while_the_outbox_holds_transactions(
     doc = sample_master_data()
     doc.update({"version": 1, "baseVersion": 0})
     agent.load_snapshot(doc)
-    agent.checkout(receipt("r1", doc["cards"][0]["number"]))
+    agent.checkout(receipt_from_json(receipt("r1", doc["cards"][0]["number"])))
     agent.close()
     code, _, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
     assert code == 2 and "re-enrolment refused" in err

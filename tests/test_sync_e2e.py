@@ -15,6 +15,7 @@ import pytest
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.ledger import open_ledger
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.sync import sync_status
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import LoopbackHub, import_doc, receipt, sample_master_data, wait_for
@@ -71,25 +72,34 @@ def test_import_publish_pull_offline_checkouts_then_hub_returns(tmp_path: Path) 
     try:
         wait_for(lambda: cache_version(till.data_dir) == 1)
         wait_for(lambda: till.link.online)
-        assert till.agent.balance(CARD_ANNA) == {"availablePoints": 1200, "pendingPoints": 0}
+        assert till.agent.balance(CARD_ANNA).to_json() == {
+            "availablePoints": 1200,
+            "pendingPoints": 0,
+        }
 
         hub.stop()  # the link goes down
         now = datetime.now(UTC) - timedelta(minutes=5)
         started = time.monotonic()
-        first = till.agent.checkout(receipt("r-1", CARD_ANNA, at=now, redeem=40))
+        first = till.agent.checkout(receipt_from_json(receipt("r-1", CARD_ANNA, at=now, redeem=40)))
         assert time.monotonic() - started < 1.0  # never waits on the network beyond 300 ms
-        assert first["mode"] == "OFFLINE"
-        assert first["redeemedPoints"] == 40
-        till.agent.checkout(receipt("r-2", CARD_BORIS, at=now + timedelta(seconds=1)))
-        unknown = till.agent.checkout(receipt("r-3", CARD_NEW, at=now + timedelta(seconds=2)))
-        assert unknown["card"]["status"] == "UNKNOWN" and unknown["earnedPoints"] > 0
+        assert first.mode == "OFFLINE"
+        assert first.redeemed_points == 40
+        till.agent.checkout(
+            receipt_from_json(receipt("r-2", CARD_BORIS, at=now + timedelta(seconds=1)))
+        )
+        unknown = till.agent.checkout(
+            receipt_from_json(receipt("r-3", CARD_NEW, at=now + timedelta(seconds=2)))
+        )
+        assert unknown.card.status == "UNKNOWN" and unknown.earned_points > 0
         till.agent.refund(
-            {
-                "refundId": "rf-1",
-                "receiptId": "r-1",
-                "at": (now + timedelta(seconds=3)).isoformat(),
-                "lines": [{"sku": "4601234000017", "qty": "1"}],
-            }
+            refund_from_json(
+                {
+                    "refundId": "rf-1",
+                    "receiptId": "r-1",
+                    "at": (now + timedelta(seconds=3)).isoformat(),
+                    "lines": [{"sku": "4601234000017", "qty": "1"}],
+                }
+            )
         )
         local_anna = till.agent.balance(CARD_ANNA)
         assert outbox_depth(till.data_dir) == 4
@@ -101,12 +111,12 @@ def test_import_publish_pull_offline_checkouts_then_hub_returns(tmp_path: Path) 
 
         hub_anna = hub.store.balance("c-1", datetime.now(UTC))
         assert (hub_anna.available, hub_anna.pending) == (
-            local_anna["availablePoints"],
-            local_anna["pendingPoints"],
+            local_anna.available_points,
+            local_anna.pending_points,
         )
         boris_local = till.agent.balance(CARD_BORIS)
         hub_boris = hub.store.balance("c-2", datetime.now(UTC))
-        assert hub_boris.available == boris_local["availablePoints"]
+        assert hub_boris.available == boris_local.available_points
 
         # The next snapshot folds the till's transactions in: appliedThrough says so,
         # and the till's balances do not move (nothing counted twice).
@@ -124,16 +134,14 @@ def test_import_publish_pull_offline_checkouts_then_hub_returns(tmp_path: Path) 
         import_doc(hub.store, data)
         version = hub.publish()
         wait_for(lambda: cache_version(till.data_dir) == version, timeout=15)
-        assert till.agent.balance(CARD_NEW)["availablePoints"] == unknown["earnedPoints"]
-        assert hub.store.balance("c-3", datetime.now(UTC)).available == unknown["earnedPoints"]
+        assert till.agent.balance(CARD_NEW).available_points == unknown.earned_points
+        assert hub.store.balance("c-3", datetime.now(UTC)).available == unknown.earned_points
 
         # New checkouts continue above the counted seq and are counted once.
-        later = till.agent.checkout(receipt("r-4", CARD_ANNA, redeem=10))
+        later = till.agent.checkout(receipt_from_json(receipt("r-4", CARD_ANNA, redeem=10)))
         wait_for(lambda: outbox_depth(till.data_dir) == 0)
         after = till.agent.balance(CARD_ANNA)
-        assert (
-            after["availablePoints"] == local_anna["availablePoints"] - 10 + later["earnedPoints"]
-        )
+        assert after.available_points == local_anna.available_points - 10 + later.earned_points
         version = hub.publish()
         wait_for(lambda: cache_version(till.data_dir) == version, timeout=15)
         assert till.agent.balance(CARD_ANNA) == after
@@ -162,14 +170,14 @@ def test_hub_killed_after_commit_before_ack_gives_no_duplicate(tmp_path: Path) -
     try:
         wait_for(lambda: cache_version(till.data_dir) == 1)
         for i in range(3):
-            till.agent.checkout(receipt(f"r-{i}", CARD_ANNA, redeem=5))
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD_ANNA, redeem=5)))
         wait_for(lambda: fired, timeout=15)
         hub.restart()  # the hub process is gone; a new one opens the same store
         wait_for(lambda: outbox_depth(till.data_dir) == 0, timeout=15)
         assert hub_ledger(hub, "till-1") == journal(till.data_dir)
         assert len(hub_ledger(hub)) == 3
         hub_anna = hub.store.balance("c-1", datetime.now(UTC))
-        assert hub_anna.available == till.agent.balance(CARD_ANNA)["availablePoints"]
+        assert hub_anna.available == till.agent.balance(CARD_ANNA).available_points
     finally:
         till.stop()
         hub.stop()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.client import HubLink
 from tillpoint.sync.hub_server import HubConfig
@@ -87,7 +88,7 @@ def test_sigkill_mid_push_loses_and_duplicates_nothing(
         agent = Agent(data_dir, DEVICE)  # sales while the service is not running
         Puller(agent, HubLink(hub.address, enrollment), enrollment, call_timeout_s=5).pull()
         for i in range(30):
-            agent.checkout(receipt(f"r-{i}", "2770000000017", redeem=1))
+            agent.checkout(receipt_from_json(receipt(f"r-{i}", "2770000000017", redeem=1)))
         agent.close()
 
         in_flight = threading.Event()

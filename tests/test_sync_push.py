@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tillpoint.agent.ledger import open_ledger
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync import sync_status
 from tillpoint.sync.backoff import Backoff
 from tillpoint.sync.hub_store import TxIn
@@ -34,7 +35,7 @@ def test_the_outbox_drains_in_seq_order_in_batches(tmp_path: Path) -> None:
     try:
         Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
         for i in range(45):
-            till.agent.checkout(receipt(f"r-{i:03}", CARD))
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i:03}", CARD)))
         pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2, batch_size=20)
         seen: list[tuple[int, int]] = []
         assert pusher.drain(progress=lambda done, total: seen.append((done, total))) == 45
@@ -75,7 +76,7 @@ def test_a_conflicting_transaction_is_set_aside_and_reported(tmp_path: Path) -> 
             now,
         )
         Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-        till.agent.checkout(receipt("r-1", CARD))
+        till.agent.checkout(receipt_from_json(receipt("r-1", CARD)))
         pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2)
         assert pusher.drain() == 1
         assert pusher.pending() == 0  # it does not block the outbox
@@ -95,7 +96,7 @@ def test_a_reimaged_till_continues_above_applied_through(tmp_path: Path) -> None
     old = hub.till("till-1", tmp_path / "old-disk", start=False)
     Puller(old.agent, old.link, old.link.enrollment, call_timeout_s=2).pull()
     for i in range(3):
-        old.agent.checkout(receipt(f"old-{i}", CARD, redeem=10))
+        old.agent.checkout(receipt_from_json(receipt(f"old-{i}", CARD, redeem=10)))
     Pusher(old.data_dir, "till-1", old.link, call_timeout_s=2).drain()
     old.stop()
     hub.publish()
@@ -103,10 +104,10 @@ def test_a_reimaged_till_continues_above_applied_through(tmp_path: Path) -> None
     try:
         Puller(new.agent, new.link, new.link.enrollment, call_timeout_s=2).pull()
         assert (
-            new.agent.balance(CARD)["availablePoints"]
+            new.agent.balance(CARD).available_points
             == hub.store.balance("c-1", datetime.now(UTC)).available
         )
-        new.agent.checkout(receipt("new-1", CARD))
+        new.agent.checkout(receipt_from_json(receipt("new-1", CARD)))
         assert rows(new.data_dir, "SELECT seq FROM journal") == [(4,)]
         pusher = Pusher(new.data_dir, "till-1", new.link, call_timeout_s=2)
         pusher.drain()
@@ -188,13 +189,13 @@ def test_outbox_payloads_become_transactions_with_activation_times(tmp_path: Pat
     till = hub.till("till-1", tmp_path / "till", start=False)
     try:
         Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-        done = till.agent.checkout(receipt("r-1", CARD))
-        assert done["balance"]["pendingPoints"] == done["earnedPoints"] > 0
+        done = till.agent.checkout(receipt_from_json(receipt("r-1", CARD)))
+        assert done.balance.pending_points == done.earned_points > 0
         Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2).drain()
         balance = hub.store.balance("c-1", datetime.now(UTC))
-        assert (balance.available, balance.pending) == (1200, done["earnedPoints"])
+        assert (balance.available, balance.pending) == (1200, done.earned_points)
         in_15_days = hub.store.balance("c-1", datetime.now(UTC) + timedelta(days=15))
-        assert in_15_days.available == 1200 + done["earnedPoints"]
+        assert in_15_days.available == 1200 + done.earned_points
         payload = json.loads(rows(till.data_dir, "SELECT request FROM receipts")[0][0])
         assert payload["receiptId"] == "r-1"
     finally:

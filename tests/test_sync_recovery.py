@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from tillpoint.agent.config import Settings
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
 from tillpoint.sync.service import SyncService, SyncTimings
@@ -34,7 +35,7 @@ def outage(hub: LoopbackHub, service: SyncService) -> None:
     backoffs = (service.pull_backoff, service.push_backoff, service.subscribe_backoff)
     hub.stop()
     wait_for(lambda: not service.link.online, timeout=10)
-    service.agent.checkout(receipt("r-0", CARD))  # OFFLINE, into the outbox
+    service.agent.checkout(receipt_from_json(receipt("r-0", CARD)))  # OFFLINE, into the outbox
     service.trigger_pull()
     wait_for(lambda: all(b.failures for b in backoffs), timeout=10)
     for b in backoffs:
@@ -58,7 +59,7 @@ def test_one_successful_call_ends_every_backoff(tmp_path: Path) -> None:
     try:
         outage(hub, service)
         for i in range(1, 3):
-            service.agent.checkout(receipt(f"r-{i}", CARD))
+            service.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD)))
         assert service.pusher.pending() == 3 and not service.link.online
         hub.restart()
         hub.publish()  # version 2, for the pull and Subscribe to find
@@ -66,7 +67,9 @@ def test_one_successful_call_ends_every_backoff(tmp_path: Path) -> None:
         # one call that succeeds: a checkout that redeems asks the hub
         wait_for(
             lambda: (
-                service.agent.checkout(receipt(f"x-{time.monotonic()}", CARD, redeem=1))["mode"]
+                service.agent.checkout(
+                    receipt_from_json(receipt(f"x-{time.monotonic()}", CARD, redeem=1))
+                ).mode
                 == "ONLINE"
             ),
             timeout=5,

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.hub_store import Unsynced
 from tillpoint.sync.loopback import (
     LoopbackHub,
@@ -67,7 +68,9 @@ def test_two_tills_redeeming_the_same_card_at_once_never_overspend(
             start.wait()
             for n in range(4):
                 done = till.agent.checkout(
-                    receipt(f"{till.device_id}-{n}", CARD, redeem=400, lines=big_line())
+                    receipt_from_json(
+                        receipt(f"{till.device_id}-{n}", CARD, redeem=400, lines=big_line())
+                    )
                 )
                 with lock:
                     results.append(done)
@@ -78,8 +81,8 @@ def test_two_tills_redeeming_the_same_card_at_once_never_overspend(
         for thread in threads:
             thread.join(timeout=60)
         assert len(results) == 8
-        assert all(r["mode"] == "ONLINE" for r in results)
-        spent = sum(r["redeemedPoints"] for r in results)
+        assert all(r.mode == "ONLINE" for r in results)
+        spent = sum(r.redeemed_points for r in results)
         assert spent == 1200  # everything she had, and not one point more
         for till in tills:
             wait_for(
@@ -104,9 +107,11 @@ def test_the_same_race_when_the_tills_sent_nothing_yet(hub: LoopbackHub, tmp_pat
         def sell(till: Till) -> None:
             start.wait()
             done = till.agent.checkout(
-                receipt(f"{till.device_id}-x", CARD, redeem=700, lines=big_line())
+                receipt_from_json(
+                    receipt(f"{till.device_id}-x", CARD, redeem=700, lines=big_line())
+                )
             )
-            results.append(done["redeemedPoints"])
+            results.append(done.redeemed_points)
 
         threads = [threading.Thread(target=sell, args=(t,)) for t in tills]
         for thread in threads:
@@ -126,18 +131,24 @@ def test_a_till_spending_offline_reports_it_and_others_cannot_spend_it(
     b = enrolled(hub, tmp_path, "b", start=False, timings=timings(redeem_timeout_s=3.0))
     try:
         hub.stop()
-        offline = a.agent.checkout(receipt("a-1", CARD, redeem=400, lines=big_line()))
-        assert (offline["mode"], offline["redeemedPoints"]) == ("OFFLINE", 400)
+        offline = a.agent.checkout(
+            receipt_from_json(receipt("a-1", CARD, redeem=400, lines=big_line()))
+        )
+        assert (offline.mode, offline.redeemed_points) == ("OFFLINE", 400)
         hub.restart()
         # a is back online before its outbox is sent: its next authorisation tells the
         # hub about the 400 it spent, and the hub holds them against b
         grpc.channel_ready_future(a.link.channel).result(timeout=10)
         grpc.channel_ready_future(b.link.channel).result(timeout=10)
-        online = a.agent.checkout(receipt("a-2", CARD, redeem=500, lines=big_line()))
-        assert (online["mode"], online["redeemedPoints"]) == ("ONLINE", 500)
-        b_result = b.agent.checkout(receipt("b-1", CARD, redeem=1200, lines=big_line()))
-        assert b_result["mode"] == "ONLINE"
-        assert b_result["redeemedPoints"] == 1200 - 400 - 500
+        online = a.agent.checkout(
+            receipt_from_json(receipt("a-2", CARD, redeem=500, lines=big_line()))
+        )
+        assert (online.mode, online.redeemed_points) == ("ONLINE", 500)
+        b_result = b.agent.checkout(
+            receipt_from_json(receipt("b-1", CARD, redeem=1200, lines=big_line()))
+        )
+        assert b_result.mode == "ONLINE"
+        assert b_result.redeemed_points == 1200 - 400 - 500
     finally:
         a.stop()
         b.stop()
@@ -156,10 +167,12 @@ def test_a_hub_that_does_not_answer_in_time_means_offline_pricing(
     hub.server.servicer.failpoint = stuck
     try:
         started = time.monotonic()
-        result = till.agent.checkout(receipt("r-1", CARD, redeem=1000, lines=big_line()))
+        result = till.agent.checkout(
+            receipt_from_json(receipt("r-1", CARD, redeem=1000, lines=big_line()))
+        )
         elapsed = time.monotonic() - started
-        assert result["mode"] == "OFFLINE"
-        assert result["redeemedPoints"] == 500  # the offline limit of §5.4
+        assert result.mode == "OFFLINE"
+        assert result.redeemed_points == 500  # the offline limit of §5.4
         assert 0.3 <= elapsed < 1.0  # the 300 ms deadline, then no more waiting
     finally:
         release.set()
@@ -171,8 +184,10 @@ def test_a_down_hub_costs_no_time_at_all(hub: LoopbackHub, tmp_path: Path) -> No
     try:
         hub.stop()
         started = time.monotonic()
-        result = till.agent.checkout(receipt("r-1", CARD, redeem=100, lines=big_line()))
-        assert result["mode"] == "OFFLINE" and result["redeemedPoints"] == 100
+        result = till.agent.checkout(
+            receipt_from_json(receipt("r-1", CARD, redeem=100, lines=big_line()))
+        )
+        assert result.mode == "OFFLINE" and result.redeemed_points == 100
         assert time.monotonic() - started < 0.5
     finally:
         till.stop()

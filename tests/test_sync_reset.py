@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.client import HubLink
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
@@ -47,7 +48,7 @@ def test_after_a_reset_the_next_sale_continues_the_numbering_at_the_hub(
     enrollment = till.link.enrollment
     try:
         Puller(till.agent, till.link, enrollment, call_timeout_s=2).pull()
-        till.agent.checkout(receipt("r-1", CARD))
+        till.agent.checkout(receipt_from_json(receipt("r-1", CARD)))
         assert Pusher(data, "till-1", till.link, call_timeout_s=2).drain() == 1
         till.stop()
 
@@ -71,7 +72,7 @@ def test_after_a_reset_the_next_sale_continues_the_numbering_at_the_hub(
         link = HubLink(hub.address, enrollment)
         try:
             Puller(agent, link, enrollment, call_timeout_s=2).pull()
-            agent.checkout(receipt("r-2", CARD))
+            agent.checkout(receipt_from_json(receipt("r-2", CARD)))
             assert count(data, "SELECT seq FROM journal") == 2
             pusher = Pusher(data, "till-1", link, call_timeout_s=2)
             assert pusher.drain() == 1
@@ -104,10 +105,10 @@ def test_reset_force_discards_the_unsent_transactions_and_says_how_many(cli: CLI
 def test_reset_keeps_the_numbering_above_the_journal(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot())
-    agent.checkout(plain_receipt())
+    agent.checkout(receipt_from_json(plain_receipt()))
     assert agent.reset(force=True).discarded == 1
     agent.load_snapshot(snapshot())
-    assert agent.checkout(plain_receipt("r2"))["receiptId"] == "r2"
+    assert agent.checkout(receipt_from_json(plain_receipt("r2"))).receipt_id == "r2"
     conn = sqlite3.connect(tmp_path / "ledger.db")
     assert conn.execute("SELECT seq FROM journal").fetchall() == [(2,)]
     conn.close()
@@ -138,7 +139,7 @@ def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
     try:
         assert run(capsys, "sync", "now", "--data-dir", str(data))[0] == 0
         agent = Agent(data, "till-1")
-        agent.checkout(receipt("r-1", CARD))
+        agent.checkout(receipt_from_json(receipt("r-1", CARD)))
         agent.close()
 
         code, out, err = run(capsys, "sync", "now", "--data-dir", str(data))
@@ -203,7 +204,7 @@ def test_reset_asks_on_a_terminal(tmp_path: Path) -> None:
     def version() -> int:
         agent = Agent(tmp_path, "till-1")
         try:
-            return int(agent.status()["cacheVersion"])
+            return int(agent.status().cache_version)
         finally:
             agent.close()
 

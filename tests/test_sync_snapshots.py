@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.errors import SnapshotRefused
 from tillpoint.agent.ledger import open_ledger
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync import load_snapshot_file, sync_status
 from tillpoint.sync.hub_server import Bundle, HubConfig, HubServicer
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data
@@ -125,8 +126,8 @@ def flip_bit(data: bytes, at: int) -> bytes:
 
 def still_serving_version_1(till: Till) -> None:
     assert cache_version(till.data_dir) == 1
-    result = till.agent.checkout(receipt("r-after", "2770000000017"))
-    assert result["card"]["status"] == "FOUND"
+    result = till.agent.checkout(receipt_from_json(receipt("r-after", "2770000000017")))
+    assert result.card.status == "FOUND"
 
 
 def test_first_pull_is_full_and_later_ones_are_deltas(hub: LoopbackHub, till: Till) -> None:

@@ -9,6 +9,7 @@ json_format's parse of the JSON document, and the stored document reads back the
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,9 @@ def test_the_agent_takes_models_and_returns_typed_results(tmp_path: Path) -> Non
         assert isinstance(refund, RefundResult) and refund.seq == 2
         scanned = agent.scan("2770000000017")
         assert isinstance(scanned, ScanResult) and scanned.card == card
-        # The JSON document is the mapping the result reads as (for callers of old).
-        assert dict(quote) == quote.to_json() and quote["payableMinor"] == quote.payable_minor
+        # A result is read by attribute: not a mapping, and never equal to its document.
+        assert not isinstance(quote, Mapping) and quote != quote.to_json()
+        assert quote == CheckoutResult.from_json(quote.to_json())  # equal by its document
     finally:
         agent.close()
 
