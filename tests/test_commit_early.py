@@ -15,14 +15,21 @@ from typing import Any
 
 import pytest
 from tillpoint.agent import service
+from tillpoint.agent.models import Receipt
 from tillpoint.agent.money import decimal_text
+from tillpoint.agent.results import CheckoutResult, receipt_from_json
 from tillpoint.agent.service import Agent
 
-from .conftest import PROGRAM, receipt, snapshot
+from .conftest import PROGRAM, snapshot
+from .conftest import receipt as receipt_json
 
 BORIS = "2770000000024"  # 80 points, base tier
 BIG = [{"sku": "4601234000017", "qty": "1", "priceMinor": 100_000}]  # room for 300 points
 TIMEOUT = 10
+
+
+def receipt(*args: Any, **fields: Any) -> Receipt:
+    return receipt_from_json(receipt_json(*args, **fields))
 
 
 class Clock:
@@ -72,15 +79,15 @@ class Counted:
 
 
 def points(agent: Agent) -> int:
-    return int(agent.balance(BORIS)["availablePoints"])
+    return agent.balance(BORIS).available_points
 
 
 def test_a_checkout_priced_early_commits_without_pricing_again(till: Agent) -> None:
     counted = Counted(till)
     first = till.checkout(receipt("e1", card=BORIS, redeemPoints=30, lines=BIG))
-    assert first["redeemedPoints"] == 30 and first["state"] == "CONFIRMED"
+    assert first.redeemed_points == 30 and first.state == "CONFIRMED"
     held = till.hold(receipt("e2", card=BORIS, redeemPoints=20, lines=BIG))
-    assert held["state"] == "HELD" and held["redeemedPoints"] == 20
+    assert held.state == "HELD" and held.redeemed_points == 20
     assert counted.inside == 0  # nothing changed between pricing and commit
     # a retry is answered from what is stored, inside the transaction
     assert till.checkout(receipt("e1", card=BORIS, redeemPoints=30, lines=BIG)) == first
@@ -102,17 +109,17 @@ def test_a_checkout_on_the_same_card_between_pricing_and_commit_forces_a_new_pri
     thread.start()
     assert counted.priced.wait(TIMEOUT)  # "a" priced against 80 points, not committed
     b = till.checkout(receipt("b", card=BORIS, redeemPoints=-1, lines=BIG))
-    assert b["redeemedPoints"] == 80  # committed while "a" waited
+    assert b.redeemed_points == 80  # committed while "a" waited
     counted.go.set()
     thread.join(TIMEOUT)
     a = out["a"]
     # "a" saw that the card's points moved and was priced again inside its transaction
     assert counted.inside == 1
     # all that is left is what "b" earned (points count at once in this program)
-    assert a["redeemedPoints"] == b["earnedPoints"] and a["state"] == "CONFIRMED"
-    assert a["redeemedPoints"] + b["redeemedPoints"] <= before + b["earnedPoints"]
+    assert a.redeemed_points == b.earned_points and a.state == "CONFIRMED"
+    assert a.redeemed_points + b.redeemed_points <= before + b.earned_points
     after = points(till)
-    assert after == a["earnedPoints"] and after >= 0
+    assert after == a.earned_points and after >= 0
     # one receipt, one journal entry and one outbox row each, in order
     rows = till._ledger.execute("SELECT seq, kind FROM journal ORDER BY seq").fetchall()
     assert rows == [(1, "CHECKOUT"), (2, "CHECKOUT")]
@@ -131,20 +138,20 @@ def test_a_hold_placed_between_pricing_and_commit_forces_a_new_price(till: Agent
     thread.start()
     assert counted.priced.wait(TIMEOUT)
     held = till.hold(receipt("h", card=BORIS, redeemPoints=60, lines=BIG))
-    assert held["redeemedPoints"] == 60
+    assert held.redeemed_points == 60
     counted.go.set()
     thread.join(TIMEOUT)
     assert counted.inside == 1
-    assert out["a"]["redeemedPoints"] == 20  # what the hold left
-    assert till.confirm("h")["redeemedPoints"] == 60
-    assert points(till) == 80 - 80 + out["a"]["earnedPoints"] + held["earnedPoints"]
+    assert out["a"].redeemed_points == 20  # what the hold left
+    assert till.confirm("h").redeemed_points == 60
+    assert points(till) == 80 - 80 + out["a"].earned_points + held.earned_points
 
 
 def test_many_checkouts_on_one_card_at_once_never_redeem_more_than_the_balance(
     till: Agent,
 ) -> None:
     errors: list[BaseException] = []
-    results: list[dict[str, Any]] = []
+    results: list[CheckoutResult] = []
     start = threading.Barrier(6)
 
     def sell(n: int) -> None:
@@ -163,14 +170,14 @@ def test_many_checkouts_on_one_card_at_once_never_redeem_more_than_the_balance(
     for t in threads:
         t.join(TIMEOUT * 3)
     assert not errors
-    spent = sum(r["redeemedPoints"] for r in results if r["state"] == "CONFIRMED")
-    held = sum(r["redeemedPoints"] for r in results if r["state"] == "HELD")
-    earned = sum(r["earnedPoints"] for r in results if r["state"] == "CONFIRMED")
+    spent = sum(r.redeemed_points for r in results if r.state == "CONFIRMED")
+    held = sum(r.redeemed_points for r in results if r.state == "HELD")
+    earned = sum(r.earned_points for r in results if r.state == "CONFIRMED")
     # each checkout may spend what the earlier ones earned, never what is not there
     left = points(till)
     assert left == 80 - spent + earned
     assert left - held >= 0
-    assert len({r["seq"] for r in results if r["state"] == "CONFIRMED"}) == 18
+    assert len({r.seq for r in results if r.state == "CONFIRMED"}) == 18
     assert till._ledger.execute("SELECT count(*) FROM outbox").fetchone()[0] == 18
 
 
@@ -218,13 +225,15 @@ def test_a_coupon_used_between_pricing_and_commit_is_not_used_twice(tmp_path: Pa
         thread.start()
         assert counted.priced.wait(TIMEOUT)  # "a" priced with the coupon, not committed
         b = till.checkout(receipt("b", card=BORIS, coupons=["APP555"]))
-        assert b["coupons"] == [{"code": "APP555", "status": "APPLIED", "reason": ""}]
+        assert b.to_json()["coupons"] == [{"code": "APP555", "status": "APPLIED", "reason": ""}]
         counted.go.set()
         thread.join(TIMEOUT)
         a = out["a"]
         assert counted.inside == 1
-        assert a["coupons"] == [{"code": "APP555", "status": "REJECTED", "reason": "ALREADY_USED"}]
-        assert a["discountMinor"] == 0 < b["discountMinor"]
+        assert a.to_json()["coupons"] == [
+            {"code": "APP555", "status": "REJECTED", "reason": "ALREADY_USED"}
+        ]
+        assert a.discount_minor == 0 < b.discount_minor
         uses = till._ledger.execute("SELECT receipt_id FROM coupon_uses").fetchall()
         assert uses == [("b",)]
     finally:

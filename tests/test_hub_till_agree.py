@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import TxIn
@@ -127,8 +128,14 @@ def test_the_hub_and_the_till_count_the_same_points(
                 if kind == "sale":
                     line = {"sku": SKU, "qty": "1", "priceMinor": value}
                     agent.checkout(
-                        receipt(
-                            f"r{i}", card=CARD, at=at.isoformat(), lines=[line], redeemPoints=redeem
+                        receipt_from_json(
+                            receipt(
+                                f"r{i}",
+                                card=CARD,
+                                at=at.isoformat(),
+                                lines=[line],
+                                redeemPoints=redeem,
+                            )
                         )
                     )
                     sales.append(f"r{i}")
@@ -136,12 +143,14 @@ def test_the_hub_and_the_till_count_the_same_points(
                     sale = sales[value % len(sales)]
                     refunded.add(sale)
                     agent.refund(
-                        {
-                            "refundId": f"rf{i}",
-                            "receiptId": sale,
-                            "at": at.isoformat(),
-                            "lines": [{"sku": SKU, "qty": "1"}],
-                        }
+                        refund_from_json(
+                            {
+                                "refundId": f"rf{i}",
+                                "receiptId": sale,
+                                "at": at.isoformat(),
+                                "lines": [{"sku": SKU, "qty": "1"}],
+                            }
+                        )
                     )
                 # The hub gets what the till pushes (earlier seqs again: DUPLICATE), and
                 # both answer for this moment and later ones (a balance is asked for now or
@@ -163,8 +172,8 @@ def _agree(agent: Agent, hub: SqliteHubStore, moments: list[datetime]) -> None:
         till = agent.balance(CARD, moment)
         there = hub.balance("c-b", moment)
         assert (there.available, there.pending) == (
-            till["availablePoints"],
-            till["pendingPoints"],
+            till.available_points,
+            till.pending_points,
         ), moment
 
 

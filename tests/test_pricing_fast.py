@@ -199,17 +199,20 @@ def test_a_quote_parsing_only_the_offers_its_lines_might_get_prices_as_with_all(
     import random
 
     from tillpoint.agent.cache import CacheView
+    from tillpoint.agent.results import receipt_from_json
     from tillpoint.agent.service import Agent
 
     from .conftest import receipt, snapshot
 
     rng = random.Random(5)
     receipts = [
-        receipt(
-            f"r-{i}",
-            lines=rng.sample(LINES, rng.randint(1, len(LINES))),
-            redeemPoints=rng.choice([0, -1]),
-            explain=rng.random() < 0.5,
+        receipt_from_json(
+            receipt(
+                f"r-{i}",
+                lines=rng.sample(LINES, rng.randint(1, len(LINES))),
+                redeemPoints=rng.choice([0, -1]),
+                explain=rng.random() < 0.5,
+            )
         )
         for i in range(40)
     ]

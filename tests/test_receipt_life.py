@@ -400,20 +400,29 @@ def test_a_holds_balance_leaves_out_what_the_cards_other_open_holds_reserve(
 ) -> None:
     """Two holds on one card offline: together they never redeem more than the balance, and
     each one's `availablePoints` (and Confirm's) leaves out what the other still reserves."""
-    assert till.balance(BORIS) == {"availablePoints": 80, "pendingPoints": 0}
-    first = till.hold(receipt("h1", card=BORIS, redeemPoints=-1, lines=BIG))
+    assert till.balance(BORIS).to_json() == {"availablePoints": 80, "pendingPoints": 0}
+    first = till.hold(
+        receipt_from_json(receipt("h1", card=BORIS, redeemPoints=-1, lines=BIG))
+    ).to_json()
     assert first["redeemedPoints"] == 50  # the offline limit
-    second = till.hold(receipt("h2", card=BORIS, redeemPoints=-1, lines=BIG))
+    second = till.hold(
+        receipt_from_json(receipt("h2", card=BORIS, redeemPoints=-1, lines=BIG))
+    ).to_json()
     assert first["redeemedPoints"] + second["redeemedPoints"] <= 80
     earned = second["earnedPoints"]
     left = 80 - first["redeemedPoints"] - second["redeemedPoints"]
     assert second["balance"]["availablePoints"] == left + earned
-    quoted = till.quote(receipt("q", card=BORIS, redeemPoints=-1, lines=BIG))
+    quoted = till.quote(
+        receipt_from_json(receipt("q", card=BORIS, redeemPoints=-1, lines=BIG))
+    ).to_json()
     assert quoted["redeemedPoints"] == 0
     assert quoted["balance"]["availablePoints"] == 80 - first["redeemedPoints"] + earned
     # Confirm of the second while the first is still held: the first stays reserved
-    done = till.confirm("h2")
+    done = till.confirm("h2").to_json()
     assert done["balance"]["availablePoints"] == left + earned
     # the first confirmed too: the ledger's own balance is what both results said
-    assert till.confirm("h1")["balance"]["availablePoints"] == left + earned + first["earnedPoints"]
-    assert till.balance(BORIS)["availablePoints"] == left + earned + first["earnedPoints"]
+    assert (
+        till.confirm("h1").to_json()["balance"]["availablePoints"]
+        == left + earned + first["earnedPoints"]
+    )
+    assert till.balance(BORIS).available_points == left + earned + first["earnedPoints"]

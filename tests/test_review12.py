@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data
 
 from .conftest import CLI, REPO
@@ -83,10 +84,14 @@ def test_reset_releases_the_hub_holds_and_keeps_the_coupon_uses_of_committed_rec
 ) -> None:
     a, b = enrolled(hub, tmp_path, "a"), enrolled(hub, tmp_path, "b")
     try:
-        sold = a.agent.checkout(receipt("a-1", "SORRY-7K2Q9"))  # committed: history
+        sold = a.agent.checkout(
+            receipt_from_json(receipt("a-1", "SORRY-7K2Q9"))
+        )  # committed: history
         assert verdicts(sold) == [("SORRY7K2Q9", "APPLIED", "")]
-        held = a.agent.hold(receipt("a-2", "APP555"))  # open: the hub holds the code
-        assert (held["mode"], verdicts(held)) == ("ONLINE", [("APP555", "APPLIED", "")])
+        held = a.agent.hold(
+            receipt_from_json(receipt("a-2", "APP555"))
+        )  # open: the hub holds the code
+        assert (held.mode, verdicts(held)) == ("ONLINE", [("APP555", "APPLIED", "")])
         code, out, err = _reset(a, capsys, monkeypatch, "--json")
         assert code == 0, err
         assert json.loads(out) == {
@@ -96,12 +101,14 @@ def test_reset_releases_the_hub_holds_and_keeps_the_coupon_uses_of_committed_rec
             "hubHoldsLeft": 0,
         }
         # Released at the hub: another till can use the held code at once.
-        assert verdicts(b.agent.checkout(receipt("b-1", "APP555"))) == [("APP555", "APPLIED", "")]
+        assert verdicts(b.agent.checkout(receipt_from_json(receipt("b-1", "APP555")))) == [
+            ("APP555", "APPLIED", "")
+        ]
         # The committed receipt's code stays used at this till (the hub never got the sale:
         # it was discarded by --force, so the snapshot still carries the code).
         again = enrolled(hub, tmp_path, "a")
         try:
-            quoted = again.agent.quote(receipt("a-3", "SORRY-7K2Q9"))
+            quoted = again.agent.quote(receipt_from_json(receipt("a-3", "SORRY-7K2Q9")))
             assert verdicts(quoted) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
         finally:
             again.stop()
@@ -116,8 +123,8 @@ def test_reset_says_when_the_hub_could_not_release_the_holds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     a = enrolled(hub, tmp_path, "a")
-    held = a.agent.hold(receipt("a-1", "APP555"))
-    assert held["mode"] == "ONLINE"
+    held = a.agent.hold(receipt_from_json(receipt("a-1", "APP555")))
+    assert held.mode == "ONLINE"
     hub.stop()
     code, out, err = _reset(a, capsys, monkeypatch)
     assert code == 0, err
