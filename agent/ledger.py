@@ -485,6 +485,13 @@ def take_coupon_number(conn: sqlite3.Connection, device_id: str, applied_through
     return number
 
 
+def insert_issued_coupon(
+    conn: sqlite3.Connection, code: str, receipt_id: str, doc: str, created_at: str
+) -> None:
+    """A till-issued one-time code (the contract §13): its snapshot-form JSON `doc`."""
+    conn.execute("INSERT INTO issued_coupons VALUES (?,?,?,?)", (code, receipt_id, doc, created_at))
+
+
 def issued_coupon(conn: sqlite3.Connection, code: str) -> Coupon | None:
     """A coupon this till issued (usable here at once, before any snapshot carries it)."""
     row = conn.execute("SELECT doc FROM issued_coupons WHERE code = ?", (code,)).fetchone()
@@ -745,6 +752,21 @@ def unsynced_moves(
 
 
 # ---------------------------------------------------------------- print jobs
+
+
+def insert_print_history(
+    conn: sqlite3.Connection,
+    customer_id: str,
+    offer_ids: Sequence[str],
+    printed_at: str,
+    receipt_id: str,
+) -> None:
+    """The offers printed for a customer on a receipt (the contract §7's "not printed to
+    the same customer within N days" reads them back through `printed_since`)."""
+    conn.executemany(
+        "INSERT INTO print_history VALUES (?,?,?,?)",
+        [(customer_id, offer_id, printed_at, receipt_id) for offer_id in offer_ids],
+    )
 
 
 def insert_print_job(
@@ -1010,6 +1032,17 @@ class ReceiptLine:
     redeemed_points: int
     earned_points: int
     returned_qty: str
+
+
+def insert_receipt_lines(
+    conn: sqlite3.Connection, receipt_id: str, lines: Sequence[tuple[str, str, int, int]]
+) -> None:
+    """A committed receipt's lines in order: (sku, qty as decimal text, redeemed points,
+    earned points); nothing returned yet."""
+    conn.executemany(
+        "INSERT INTO receipt_lines VALUES (?,?,?,?,?,?,?)",
+        [(receipt_id, i, *line, "0") for i, line in enumerate(lines)],
+    )
 
 
 def receipt_lines(conn: sqlite3.Connection, receipt_id: str) -> list[ReceiptLine]:

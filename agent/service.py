@@ -1011,32 +1011,27 @@ class Agent:
                 activates_at=figures["activatesAt"],
             ),
         )
-        conn.executemany(
-            "INSERT INTO receipt_lines VALUES (?,?,?,?,?,?,?)",
-            [(receipt_id, i, *line, "0") for i, line in enumerate(figures["lines"])],
-        )
+        ledger.insert_receipt_lines(conn, receipt_id, figures["lines"])
         delta_available = delta_pending = 0
         if customer_id is not None:
-            rows: list[tuple[str, int, str | None, str | None]] = []
+            moves: list[ledger.PointMove] = []
             redeemed, earned = int(figures["redeemed"]), int(figures["earned"])
             if redeemed:
-                rows.append(("spend", -redeemed, None, None))
+                moves.append(ledger.PointMove("spend", -redeemed))
                 delta_available -= redeemed
             if earned:
-                rows.append(("earn", earned, figures["activatesAt"], figures.get("expiresAt")))
+                moves.append(
+                    ledger.PointMove(
+                        "earn", earned, figures["activatesAt"], figures.get("expiresAt")
+                    )
+                )
                 if figures["pending"]:
                     delta_pending += earned
                 else:
                     delta_available += earned
-            conn.executemany(
-                "INSERT INTO points (device_id, seq, customer_id, receipt_id, kind, points,"
-                " activates_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
-                [(self.device_id, seq, customer_id, receipt_id, *r) for r in rows],
-            )
-            printed_at = ledger.utc_text(at)
-            conn.executemany(
-                "INSERT INTO print_history VALUES (?,?,?,?)",
-                [(customer_id, offer["id"], printed_at, receipt_id) for offer in offers],
+            ledger.insert_points(conn, self.device_id, seq, customer_id, receipt_id, moves)
+            ledger.insert_print_history(
+                conn, customer_id, [o["id"] for o in offers], ledger.utc_text(at), receipt_id
             )
             if offers:
                 codes = self._issue_coupons(
@@ -1108,9 +1103,8 @@ class Agent:
                 valid_to=datetime.fromisoformat(str(offer["validTo"])),
             )
             doc = coupon.model_dump(mode="json", by_alias=True, exclude_none=True)
-            self._ledger.execute(
-                "INSERT INTO issued_coupons VALUES (?,?,?,?)",
-                (coupon.code, receipt_id, json.dumps(doc), ledger.utc_text(now)),
+            ledger.insert_issued_coupon(
+                self._ledger, coupon.code, receipt_id, json.dumps(doc), ledger.utc_text(now)
             )
             seq = ledger.take_seq(self._ledger, self.device_id, applied.get(self.device_id, 0))
             request = {"receiptId": receipt_id, "coupon": doc}

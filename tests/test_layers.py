@@ -15,6 +15,7 @@ import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,11 @@ def test_the_cli_prints_results_without_protobuf() -> None:
         check=True,
     ).stdout
     assert [n for n in json.loads(out) if n.startswith("google.protobuf")] == []
+
+
+def test_the_till_application_writes_no_sql_of_its_own() -> None:
+    """Every read and write of ledger.db is a named function of agent/ledger.py (issue 12):
+    service.py keeps only its connections' PRAGMAs and read transactions."""
+    text = (Path(__file__).parent.parent / "agent" / "service.py").read_text(encoding="utf-8")
+    for verb in ("INSERT ", "SELECT ", "UPDATE ", "DELETE "):
+        assert verb not in text, verb
