@@ -45,6 +45,11 @@ def describe(exc: grpc.RpcError) -> str:
     return f"hub call failed: {name}: {details}"
 
 
+# The till pings the hub every 20 s when the link is quiet, so a dead link is noticed
+# within 30 s; the hub must accept pings that often (hub_server.MIN_PING_INTERVAL_MS).
+KEEPALIVE_MS = 20_000
+
+
 class HubLink:
     """The channel and what the last exchanges with the hub say about it.
 
@@ -66,7 +71,7 @@ class HubLink:
             creds,
             options=[
                 ("grpc.ssl_target_name_override", HUB_TLS_NAME),
-                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_time_ms", KEEPALIVE_MS),
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),

@@ -957,6 +957,11 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 # ---------------------------------------------------------------- the server
 
 
+# The shortest keepalive interval the hub accepts from a till: half the tills' own
+# (sync.client.KEEPALIVE_MS), so a ping a little early is never a strike.
+MIN_PING_INTERVAL_MS = 10_000
+
+
 class HubServer:
     """A running hub: gRPC over mTLS, the version watcher and the balance publisher."""
 
@@ -999,7 +1004,11 @@ class HubServer:
             ),
             options=[
                 ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+                # gRPC's name for the server's "minimum interval between received pings
+                # without data" (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS):
+                # below it a ping is a strike, and after two the hub would drop the till
+                # with GOAWAY "too_many_pings" (its default is 5 minutes).
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                 ("grpc.http2.max_pings_without_data", 0),
                 # a push batch is ~1 MiB, but one receipt of 10,000 lines can be more
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
