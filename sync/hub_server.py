@@ -773,22 +773,7 @@ class HubServicer(pb_grpc.HubServicer):
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"transaction {tx.seq} is of device {tx.device_id!r}, not {device!r}",
                 )
-            txs.append(
-                TxIn(
-                    device_id=tx.device_id,
-                    seq=tx.seq,
-                    kind=pb.TransactionKind.Name(tx.kind),
-                    at=tx.at,
-                    customer_id=tx.customer_id,
-                    card=tx.card,
-                    request_json=tx.request_json,
-                    result_json=tx.result_json,
-                    delta_available=tx.points_delta_available,
-                    delta_pending=tx.points_delta_pending,
-                    pending_activates_at=tx.pending_activates_at,
-                    fiscal_document=tx.fiscal_document,
-                )
-            )
+            txs.append(tx_in_of(tx))
         try:
             result = self.store.ingest(device, request.batch_id, txs, self.clock())
         except StorageError as exc:
@@ -955,6 +940,24 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 # ---------------------------------------------------------------- the server
+
+
+def tx_in_of(tx: pb.Transaction) -> TxIn:
+    """A pushed transaction as the store ingests it."""
+    return TxIn(
+        device_id=tx.device_id,
+        seq=tx.seq,
+        kind=pb.TransactionKind.Name(tx.kind),
+        at=tx.at,
+        customer_id=tx.customer_id,
+        card=tx.card,
+        request_json=tx.request_json,
+        result_json=tx.result_json,
+        delta_available=tx.points_delta_available,
+        delta_pending=tx.points_delta_pending,
+        pending_activates_at=tx.pending_activates_at,
+        fiscal_document=tx.fiscal_document,
+    )
 
 
 # The shortest keepalive interval the hub accepts from a till: half the tills' own

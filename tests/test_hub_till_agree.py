@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_server import tx_in_of
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import import_doc
 from tillpoint.sync.push import Pusher
-from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import PROGRAM, receipt, snapshot
 
@@ -58,23 +58,7 @@ def pushed(data_dir: Path) -> list[TxIn]:
         txs = [pusher._transaction(seq, payload) for seq, payload in pusher._batch()]
     finally:
         pusher.close()
-    return [
-        TxIn(
-            device_id=tx.device_id,
-            seq=tx.seq,
-            kind=pb.TransactionKind.Name(tx.kind),
-            at=tx.at,
-            customer_id=tx.customer_id,
-            card=tx.card,
-            request_json=tx.request_json,
-            result_json=tx.result_json,
-            delta_available=tx.points_delta_available,
-            delta_pending=tx.points_delta_pending,
-            pending_activates_at=tx.pending_activates_at,
-            fiscal_document=tx.fiscal_document,
-        )
-        for tx in txs
-    ]
+    return [tx_in_of(tx) for tx in txs]
 
 
 step = st.one_of(
