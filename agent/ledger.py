@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .db import MigrationSet, connect, migrate
+from .errors import StorageError
 from .expiry import Movement, Tally, Wallet, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
@@ -229,6 +230,16 @@ def m007_issued_coupons(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m008_outbox_texts(db: Database) -> None:
+    # A checkout's or refund's request and result texts are stored once, in its row of
+    # `receipts` or `refunds`: its outbox row says which ('receipt' or 'refund', the row
+    # named by its journal entry's ref_id) and its payload lacks requestJson and
+    # resultJson, which `outbox_batch` puts back. NULL: the payload is whole (coupon
+    # issues, and every row written before; those are sent as they are).
+    db.execute("ALTER TABLE outbox ADD COLUMN texts TEXT")
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
@@ -381,7 +392,11 @@ def take_seq(conn: sqlite3.Connection, device_id: str, applied_through: int) -> 
     and a committed one never repeats (a re-imaged till continues above appliedThrough).
     """
     seq = max(last_seq(conn, device_id), applied_through) + 1
-    conn.execute("INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq)))
+    # Updated in place (an upsert, not a replace): the key's index page is not rewritten.
+    conn.execute(
+        "INSERT INTO device VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (f"last_seq:{device_id}", str(seq)),
+    )
     return seq
 
 
@@ -620,8 +635,26 @@ class JournalRow:
     created_at: str
 
 
-def insert_journal(conn: sqlite3.Connection, row: JournalRow, payload: Mapping[str, Any]) -> None:
-    """The journal entry and its outbox row (the Transaction the hub gets), together."""
+# Where an outbox row's request and result texts are kept (column ``outbox.texts``): the
+# row of `receipts` or `refunds` its journal entry names; None: in its payload.
+TEXTS_IN = {"receipt", "refund"}
+
+
+def insert_journal(
+    conn: sqlite3.Connection,
+    row: JournalRow,
+    payload: Mapping[str, Any],
+    request: str,
+    result: str,
+    texts: str | None = None,
+) -> None:
+    """The journal entry and its outbox row (the Transaction the hub gets), together.
+
+    `payload` is the Transaction without its requestJson and resultJson (`request`,
+    `result`). With `texts` ('receipt' or 'refund') they are the texts of the row of
+    `receipts` or `refunds` named by `row.ref_id`, written in the same transaction, and
+    are not stored again: `outbox_batch` reads them from there. Without, they go into the
+    payload."""
     conn.execute(
         "INSERT INTO journal VALUES (?,?,?,?,?,?,?,?)",
         (
@@ -635,9 +668,13 @@ def insert_journal(conn: sqlite3.Connection, row: JournalRow, payload: Mapping[s
             row.created_at,
         ),
     )
+    if texts is None:
+        payload = {**payload, "requestJson": request, "resultJson": result}
+    elif texts not in TEXTS_IN:
+        raise ValueError(f"texts: one of {sorted(TEXTS_IN)} or None (got {texts!r})")
     conn.execute(
-        "INSERT INTO outbox (device_id, seq, payload, created_at) VALUES (?,?,?,?)",
-        (row.device_id, row.seq, json.dumps(payload, ensure_ascii=False), row.created_at),
+        "INSERT INTO outbox (device_id, seq, payload, created_at, texts) VALUES (?,?,?,?,?)",
+        (row.device_id, row.seq, json.dumps(payload, ensure_ascii=False), row.created_at, texts),
     )
 
 
@@ -656,14 +693,40 @@ def outbox_pending(conn: sqlite3.Connection, device_id: str) -> int:
 
 
 def outbox_batch(conn: sqlite3.Connection, device_id: str, limit: int) -> list[OutboxRow]:
-    """The oldest `limit` rows of the device's outbox, in seq order."""
-    return [
-        OutboxRow(int(seq), str(payload))
-        for seq, payload in conn.execute(
-            "SELECT seq, payload FROM outbox WHERE device_id = ? ORDER BY seq LIMIT ?",
-            (device_id, limit),
-        )
-    ]
+    """The oldest `limit` rows of the device's outbox, in seq order, each payload whole:
+    the request and result texts kept in the receipt's or refund's row are put back
+    (`insert_journal`)."""
+    rows: list[OutboxRow] = []
+    for seq, payload, texts, request, result in conn.execute(
+        "SELECT o.seq, o.payload, o.texts, coalesce(r.request, f.request),"
+        " coalesce(r.result, f.result) FROM outbox o"
+        " LEFT JOIN journal j ON o.texts IS NOT NULL AND j.device_id = o.device_id"
+        " AND j.seq = o.seq"
+        " LEFT JOIN receipts r ON o.texts = 'receipt' AND r.receipt_id = j.ref_id"
+        " LEFT JOIN refunds f ON o.texts = 'refund' AND f.refund_id = j.ref_id"
+        " WHERE o.device_id = ? ORDER BY o.seq LIMIT ?",
+        (device_id, limit),
+    ):
+        text = str(payload)
+        if texts is not None:
+            if request is None or result is None:  # written in one transaction with it
+                raise StorageError(
+                    f"outbox row {device_id}/{seq}: its {texts} row is missing from the ledger"
+                )
+            text = _with_texts(text, str(request), str(result))
+        rows.append(OutboxRow(int(seq), text))
+    return rows
+
+
+def _with_texts(payload: str, request: str, result: str) -> str:
+    """The JSON object text `payload` with "requestJson" and "resultJson" appended, as
+    `json.dumps` of the dict with them would write it."""
+    dumps = json.dumps
+    return (
+        f"{payload[:-1]}, "
+        f'"requestJson": {dumps(request, ensure_ascii=False)}, '
+        f'"resultJson": {dumps(result, ensure_ascii=False)}}}'
+    )
 
 
 def count_push_attempt(conn: sqlite3.Connection, device_id: str, seqs: Sequence[int]) -> None:

@@ -988,7 +988,7 @@ class Agent:
         # Where the sale is in the ledger's numbering: stored with the result, so an
         # idempotent replay answers with it too (a quote or a held receipt has neither).
         result["seq"] = seq
-        # Encoded once: the same texts go to the receipt's row and to its outbox payload.
+        # Encoded once and stored once, in the receipt's row (its outbox row refers to it).
         result_text = (
             _with_seq(ready.result_text, seq) if ready else json.dumps(result, ensure_ascii=False)
         )
@@ -1052,6 +1052,7 @@ class Agent:
             delta_pending,
             now,
             fiscal_document,
+            texts="receipt",  # the receipt's row holds request_text and result_text
         )
         return result
 
@@ -1187,16 +1188,18 @@ class Agent:
         delta_pending: int,
         now: datetime,
         fiscal_document: str | None = None,
+        texts: str | None = None,
     ) -> None:
-        payload = {
+        """The journal entry and outbox row of transaction `seq`. `texts`: 'receipt' or
+        'refund' when `request` and `result` are that row's texts, stored there (in this
+        transaction) and not again in the outbox (`ledger.insert_journal`)."""
+        payload: dict[str, Any] = {
             "deviceId": self.device_id,
             "seq": seq,
             "kind": kind,
             "at": at.isoformat(),
             "customerId": customer_id or "",
             "card": card,
-            "requestJson": request,
-            "resultJson": result,
             "pointsDeltaAvailable": delta_available,
             "pointsDeltaPending": delta_pending,
         }
@@ -1212,7 +1215,7 @@ class Agent:
             card,
             ledger.utc_text(now),
         )
-        ledger.insert_journal(self._ledger, row, payload)
+        ledger.insert_journal(self._ledger, row, payload, request, result, texts)
 
     # ------------------------------------------------------------ refund
 
@@ -1341,6 +1344,7 @@ class Agent:
                 delta_available,
                 delta_pending,
                 now,
+                texts="refund",  # the refund's row holds request_text and result_text
             )
             return result
 

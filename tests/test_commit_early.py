@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tillpoint.agent import service
+from tillpoint.agent import ledger, service
 from tillpoint.agent.models import Receipt
 from tillpoint.agent.money import decimal_text
 from tillpoint.agent.results import CheckoutResult, receipt_from_json
@@ -123,7 +123,9 @@ def test_a_checkout_on_the_same_card_between_pricing_and_commit_forces_a_new_pri
     # one receipt, one journal entry and one outbox row each, in order
     rows = till._ledger.execute("SELECT seq, kind FROM journal ORDER BY seq").fetchall()
     assert rows == [(1, "CHECKOUT"), (2, "CHECKOUT")]
-    payloads = [json.loads(p) for (p,) in till._ledger.execute("SELECT payload FROM outbox")]
+    payloads = [
+        json.loads(row.payload) for row in ledger.outbox_batch(till._ledger, till.device_id, 100)
+    ]
     assert [json.loads(p["resultJson"])["receiptId"] for p in payloads] == ["b", "a"]
 
 

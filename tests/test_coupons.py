@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tillpoint.agent import ledger
 from tillpoint.agent.cli import main
 from tillpoint.agent.db import cache_file
 from tillpoint.agent.results import receipt_from_json
@@ -240,10 +241,10 @@ def test_a_code_is_used_at_most_once_per_till_and_quote_equals_checkout(
 
 def outbox(data_dir: Path) -> list[TxIn]:
     conn = sqlite3.connect(data_dir / "ledger.db")
-    try:
-        payloads = [
-            json.loads(p) for (p,) in conn.execute("SELECT payload FROM outbox ORDER BY seq")
-        ]
+    try:  # as the uploader reads it: every device's rows, the texts put back
+        devices = [d for (d,) in conn.execute("SELECT DISTINCT device_id FROM outbox")]
+        rows = [r for d in devices for r in ledger.outbox_batch(conn, d, 1_000_000)]
+        payloads = [json.loads(r.payload) for r in sorted(rows, key=lambda r: r.seq)]
     finally:
         conn.close()
     return [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from datetime import datetime
@@ -66,8 +67,8 @@ def test_a_ledger_written_by_the_old_code_upgrades_in_place(tmp_path: Path) -> N
     try:
         applied = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
         assert {s for s, _ in applied} == before
-        # Nothing re-ran: each migration recorded once, under its old name.
-        assert len(applied) == len(set(applied)) == 8
+        # Nothing re-ran: each migration recorded once, under its old name (and m008 new).
+        assert len(applied) == len(set(applied)) == 9
         assert conn.execute("SELECT value FROM sync_state WHERE key = 'last_pull_at'").fetchone()
         assert conn.execute(
             "SELECT state FROM receipt_life WHERE receipt_id = 'r2'"
@@ -86,5 +87,16 @@ def test_a_ledger_written_by_the_old_code_upgrades_in_place(tmp_path: Path) -> N
         assert agent.checkout(receipt_from_json(receipt("r3"))).state == "CONFIRMED"
         seqs = [s for (s,) in agent._ledger.execute("SELECT seq FROM journal ORDER BY seq")]
         assert seqs == [1, 2, 3]
+        # The old outbox row goes whole, as written; the new ones refer to their receipt's
+        # texts (stored once) and go with them put back.
+        texts = agent._ledger.execute("SELECT seq, texts FROM outbox ORDER BY seq").fetchall()
+        assert texts == [(1, None), (2, "receipt"), (3, "receipt")]
+        sent = [json.loads(r.payload) for r in ledger.outbox_batch(agent._ledger, "till-1", 10)]
+        stored = agent._ledger.execute(
+            "SELECT r.request, r.result FROM receipts r JOIN journal j ON j.ref_id = r.receipt_id"
+            " ORDER BY j.seq"
+        ).fetchall()
+        assert [(p["requestJson"], p["resultJson"]) for p in sent] == stored
+        assert [p["seq"] for p in sent] == [1, 2, 3]
     finally:
         agent.close()

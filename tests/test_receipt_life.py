@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
+from tillpoint.agent import ledger
 from tillpoint.agent.errors import Conflict, InputError, NotFound, Refused
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.server import build_server, start_hold_sweeper
@@ -69,7 +70,11 @@ def count(agent: Agent, table: str) -> int:
 
 
 def outbox(agent: Agent) -> list[dict[str, Any]]:
-    return [json.loads(p) for (p,) in agent._ledger.execute("SELECT payload FROM outbox")]
+    """The outbox as the uploader reads it (the texts put back from the receipt's row)."""
+    return [
+        json.loads(row.payload)
+        for row in ledger.outbox_batch(agent._ledger, agent.device_id, 1_000_000)
+    ]
 
 
 def test_hold_reserves_and_confirm_commits_exactly_the_held_figures(

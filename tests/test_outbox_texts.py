@@ -1,0 +1,115 @@
+"""A commit's request and result texts are stored once (issue 15): in its receipt's or
+refund's row; the outbox row refers to them, and the uploader puts them back."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tillpoint.agent import ledger
+from tillpoint.agent.errors import StorageError
+from tillpoint.agent.results import receipt_from_json, refund_from_json
+from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
+from tillpoint.sync.pull import Puller
+from tillpoint.sync.push import Pusher
+
+from .conftest import receipt as receipt_json
+
+CARD = "2770000000017"
+
+
+def _raw(agent: Agent) -> list[tuple[int, str, str | None]]:
+    return agent._ledger.execute("SELECT seq, payload, texts FROM outbox ORDER BY seq").fetchall()
+
+
+def test_a_checkout_and_a_refund_keep_their_texts_once(agent: Agent) -> None:
+    done = agent.checkout(receipt_from_json(receipt_json("r1", redeemPoints=40)))
+    back = agent.refund(
+        refund_from_json(
+            {
+                "refundId": "rf1",
+                "receiptId": "r1",
+                "at": "2026-11-24T12:00:00+03:00",
+                "lines": [{"sku": "4601234000017", "qty": "1"}],
+            }
+        )
+    )
+    raw = _raw(agent)
+    assert [(seq, texts) for seq, _, texts in raw] == [(1, "receipt"), (2, "refund")]
+    for _, payload, _ in raw:  # not a second copy in the outbox
+        assert "requestJson" not in json.loads(payload)
+        assert "resultJson" not in json.loads(payload)
+    sale = agent._ledger.execute("SELECT request, result FROM receipts").fetchone()
+    refund = agent._ledger.execute("SELECT request, result FROM refunds").fetchone()
+    # what the uploader sends: the whole Transaction, the texts put back from their rows
+    sent = [json.loads(r.payload) for r in ledger.outbox_batch(agent._ledger, "till-1", 10)]
+    assert [(p["seq"], p["kind"]) for p in sent] == [(1, "CHECKOUT"), (2, "REFUND")]
+    assert (sent[0]["requestJson"], sent[0]["resultJson"]) == sale
+    assert (sent[1]["requestJson"], sent[1]["resultJson"]) == refund
+    assert json.loads(sent[0]["resultJson"])["seq"] == done.seq == 1
+    assert json.loads(sent[1]["resultJson"])["refundId"] == back.refund_id
+    assert sent[0]["pointsDeltaAvailable"] == -40 + done.earned_points
+    # each text once in the ledger file's live rows: the receipt's result text is not
+    # also in the outbox, escaped into a payload
+    assert json.dumps(sale[1], ensure_ascii=False)[1:-1] not in raw[0][1]
+    # the idempotent replay reads the one copy
+    assert agent.checkout(receipt_from_json(receipt_json("r1", redeemPoints=40))) == done
+
+
+def test_the_texts_are_sent_exactly_as_a_whole_payload_was(tmp_path: Path, agent: Agent) -> None:
+    """`outbox_batch` writes what `json.dumps` of the whole payload wrote before (the two
+    keys last), non-ASCII text included."""
+    agent.checkout(receipt_from_json(receipt_json("r-ü")))
+    (row,) = ledger.outbox_batch(agent._ledger, "till-1", 10)
+    whole = json.loads(row.payload)
+    assert row.payload == json.dumps(whole, ensure_ascii=False)
+    assert list(whole)[-2:] == ["requestJson", "resultJson"]
+    assert json.loads(whole["requestJson"])["receiptId"] == "r-ü"
+
+
+def test_an_outbox_row_whose_receipt_row_is_gone_is_an_error_not_a_loss(agent: Agent) -> None:
+    agent.checkout(receipt_from_json(receipt_json("r1")))
+    agent._ledger.execute("DELETE FROM receipts")
+    with pytest.raises(StorageError, match="receipt row is missing"):
+        ledger.outbox_batch(agent._ledger, "till-1", 10)
+
+
+def test_a_push_sends_the_texts_and_a_set_aside_row_keeps_them(tmp_path: Path) -> None:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        # the hub already holds another transaction under till-1's seq 1 (an old disk)
+        now = datetime.now(UTC)
+        old = '{"receiptId": "old"}'
+        other = TxIn("till-1", 1, "CHECKOUT", now.isoformat(), "c-2", "", old, "{}", 1, 0, "")
+        hub.store.ingest("till-1", "", [other], now)
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        for i in range(3):
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i}", CARD)))
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2, batch_size=2)
+        assert pusher.drain() == 3
+        stored = hub.store.transactions("till-1")
+        assert [(t.seq, t.kind, t.receipt_id) for t in stored] == [
+            (1, "CHECKOUT", "old"),
+            (2, "CHECKOUT", "r-1"),
+            (3, "CHECKOUT", "r-2"),
+        ]
+        pusher.close()
+    finally:
+        till.stop()
+        hub.stop()
+    conn = sqlite3.connect(tmp_path / "till" / "ledger.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM receipts").fetchone()[0] == 3  # kept
+        # the set-aside transaction keeps its whole payload, texts included
+        (payload,) = conn.execute("SELECT payload FROM sync_set_aside WHERE seq = 1").fetchone()
+        request = conn.execute("SELECT request FROM receipts WHERE seq = 1").fetchone()[0]
+        assert json.loads(payload)["requestJson"] == request
+    finally:
+        conn.close()
