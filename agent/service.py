@@ -646,7 +646,11 @@ class Agent:
         figures = _figures(done, program)
         held = done.result.to_json()
         held["printedOffers"] = []  # chosen again at Confirm: nothing prints before
-        held["display"] = quote_display(done.priced.total, done.priced.discount)
+        # What a held receipt shows; a checkout's result shows the figures' display instead
+        # (`_confirmed`), so it is not worked out for one.
+        held["display"] = (
+            [] if confirm_now else quote_display(done.priced.total, done.priced.discount)
+        )
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
         # Points or coupon codes the hub holds for this receipt (released at cancel/expiry).
@@ -1135,14 +1139,13 @@ class Agent:
         payload: str | None = None,
     ) -> None:
         """The coupon job, in the receipt's transaction (`payload`: its text, made before
-        the transaction). An offer that could not be printed (say, an id a barcode cannot
-        carry) costs the coupon, never the sale."""
+        the transaction). An offer that could not be printed (say, a text too long) fails
+        at the print worker: it costs the coupon, never the sale."""
         from tillpoint.printer.queue import rfc3339
 
         if payload is None:
             payload = self._print_payload(receipt_id, figures, offers, codes)
-        if payload is not None:
-            ledger.insert_print_job(self._ledger, receipt_id, rfc3339(now), payload)
+        ledger.insert_print_job(self._ledger, receipt_id, rfc3339(now), payload)
 
     def _print_payload(
         self,
@@ -1150,29 +1153,26 @@ class Agent:
         figures: dict[str, Any],
         offers: list[dict[str, Any]],
         codes: dict[str, str] | None = None,
-    ) -> str | None:
-        """The coupon job's payload text, checked once; None (logged) when it would not
-        print."""
-        from tillpoint.printer.payload import payload_text_for_checkout
+    ) -> str:
+        """The coupon job's payload text. Checked by the print worker when it takes the job
+        (`printer.payload.payload_source_for_checkout`), not here: a job that would not
+        print fails there, costing the coupon, never the sale."""
+        from tillpoint.printer.payload import payload_source_for_checkout
 
-        try:
-            return payload_text_for_checkout(
-                receipt_id,
-                figures["at"],
-                figures["firstName"],
-                [
-                    o
-                    | (
-                        {"code": codes[o["id"]], "validFrom": figures["at"]}
-                        if codes and o["id"] in codes
-                        else {}
-                    )
-                    for o in offers
-                ],
-            )
-        except TillpointError as exc:
-            log.warning("no coupon for receipt %s: %s", receipt_id, exc)
-            return None
+        return payload_source_for_checkout(
+            receipt_id,
+            figures["at"],
+            figures["firstName"],
+            [
+                o
+                | (
+                    {"code": codes[o["id"]], "validFrom": figures["at"]}
+                    if codes and o["id"] in codes
+                    else {}
+                )
+                for o in offers
+            ],
+        )
 
     def _journal(
         self,
@@ -1648,15 +1648,18 @@ def request_digest(request: dict[str, Any]) -> str:
     request = {k: v for k, v in request.items() if k != "explain"}
     lines = request.get("lines")
     if isinstance(lines, list):
-        request = dict(request)
-        request["lines"] = [
-            {**line, "qty": _qty_text(line["qty"])}
-            if isinstance(line, dict) and "qty" in line
-            else line
-            for line in lines
-        ]
+        request["lines"] = [_by_value(line) for line in lines]
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _by_value(line: Any) -> Any:
+    """A request line with its quantity as `_qty_text` writes it (the line itself when it
+    already is)."""
+    if not isinstance(line, dict) or "qty" not in line:
+        return line
+    qty = _qty_text(line["qty"])
+    return line if qty == line["qty"] else {**line, "qty": qty}
 
 
 _PLAIN_QTY = re.compile(r"(\d{1,15})(?:\.(\d{1,3}))?")
@@ -1666,6 +1669,8 @@ def _qty_text(qty: Any) -> str:
     """A quantity by value, as `decimal_text` writes it: "2.000" -> "2", "0.50" -> "0.5".
     A plain decimal (what a parsed receipt holds) is trimmed as text, without a Fraction."""
     text = str(qty)
+    if text.isdigit() and text.isascii() and len(text) <= 15 and text[0] != "0":
+        return text  # a whole number as written ("2"): most lines
     plain = _PLAIN_QTY.fullmatch(text)
     if plain is None:
         return decimal_text(Fraction(Decimal(text)))

@@ -28,6 +28,7 @@ __all__ = [
     "PrintPayload",
     "parse_payload",
     "payload_for_checkout",
+    "payload_source_for_checkout",
     "payload_text_for_checkout",
 ]
 
@@ -127,10 +128,32 @@ def payload_text_for_checkout(
     first_name: str | None,
     offers: Sequence[Mapping[str, Any]],
 ) -> str:
-    """`payload_for_checkout` as the JSON text ``print_jobs.payload`` stores, checked once."""
+    """`payload_for_checkout` as checked JSON text."""
+    return parse_payload(_payload_data(receipt_id, at, first_name, offers)).to_json()
+
+
+def payload_source_for_checkout(
+    receipt_id: str,
+    at: str | None,
+    first_name: str | None,
+    offers: Sequence[Mapping[str, Any]],
+) -> str:
+    """The ``print_jobs.payload`` text the agent stores for a committed receipt: the
+    payload of `payload_for_checkout`, not checked here. The print worker checks it when
+    it takes the job (`parse_payload`), as every job; one that would not print fails there
+    (a FAILED job with the reason), which costs the coupon, never the sale."""
+    return json.dumps(_payload_data(receipt_id, at, first_name, offers), ensure_ascii=False)
+
+
+def _payload_data(
+    receipt_id: str,
+    at: str | None,
+    first_name: str | None,
+    offers: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
     data: dict[str, Any] = {"receiptId": receipt_id, "offers": [_offer_dict(o) for o in offers]}
     if at is not None:
         data["at"] = at
     if first_name:
         data["firstName"] = first_name
-    return parse_payload(data).to_json()
+    return data

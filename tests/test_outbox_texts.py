@@ -113,3 +113,36 @@ def test_a_push_sends_the_texts_and_a_set_aside_row_keeps_them(tmp_path: Path) -
         assert json.loads(payload)["requestJson"] == request
     finally:
         conn.close()
+
+
+def test_a_coupon_that_would_not_print_fails_at_the_printer_not_the_sale(tmp_path: Path) -> None:
+    """The print job's payload is made before the write transaction and checked once, by
+    the print worker when it takes the job: an offer the printer cannot take (its text
+    too long for a coupon) still sells, and its job fails with the reason."""
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.queue import PrintWorker
+    from tillpoint.printer.virtual import VirtualPrinter
+
+    from .conftest import snapshot
+    from .test_receipt_life import OFFER
+
+    now = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
+    till = Agent(tmp_path / "data", "till-1", clock=lambda: now)
+    try:
+        till.load_snapshot(snapshot(offers=[{**OFFER, "printText": "х" * 1001}]))
+        done = till.checkout(receipt_from_json(receipt_json("r1")))
+        assert done.state == "CONFIRMED" and done.printed_offers == ("o-print",)
+        (payload,) = till._ledger.execute("SELECT payload FROM print_jobs").fetchone()
+        assert json.loads(payload)["offers"][0]["id"] == "o-print"
+    finally:
+        till.close()
+    with VirtualPrinter() as printer:
+        config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
+        worker = PrintWorker(tmp_path / "data" / "ledger.db", config, clock=lambda: now)
+        try:
+            worker.run_once()
+            job = worker.job("r1")
+            assert job is not None and job["state"] == "FAILED"
+            assert "text" in job["last_error"] and not printer.complete
+        finally:
+            worker.close()
