@@ -240,6 +240,39 @@ def m008_outbox_texts(db: Database) -> None:
     db.execute("ALTER TABLE outbox ADD COLUMN texts TEXT")
 
 
+@ledger_migrations()
+def m009_clustered_rows(db: Database) -> None:
+    # A commit appends to `receipt_lines`, `journal` and `outbox`, each keyed by its
+    # primary key: tables WITHOUT ROWID are that key's one b-tree, where a rowid table
+    # wrote its row and the key's index apart (a 50-line receipt's lines were ≈ 6 pages
+    # of the write-ahead log, the index's page splits most of them). Same columns, same
+    # order; the rows are copied in key order, in the migration's one transaction.
+    tables = {
+        "receipt_lines": (
+            "receipt_id TEXT NOT NULL, idx INTEGER NOT NULL, sku TEXT NOT NULL,"
+            " qty TEXT NOT NULL, redeemed_points INTEGER NOT NULL,"
+            " earned_points INTEGER NOT NULL, returned_qty TEXT NOT NULL DEFAULT '0',"
+            " PRIMARY KEY (receipt_id, idx)"
+        ),
+        "journal": (
+            "device_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,"
+            " ref_id TEXT NOT NULL, at TEXT NOT NULL, customer_id TEXT, card TEXT NOT NULL,"
+            " created_at TEXT NOT NULL, PRIMARY KEY (device_id, seq)"
+        ),
+        "outbox": (
+            "device_id TEXT NOT NULL, seq INTEGER NOT NULL, payload TEXT NOT NULL,"
+            " created_at TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, texts TEXT,"
+            " PRIMARY KEY (device_id, seq)"
+        ),
+    }
+    for name, columns in tables.items():
+        key = columns[columns.index("PRIMARY KEY (") + len("PRIMARY KEY (") : -1]
+        db.execute(f"CREATE TABLE {name}_clustered ({columns}) WITHOUT ROWID")
+        db.execute(f"INSERT INTO {name}_clustered SELECT * FROM {name} ORDER BY {key}")
+        db.execute(f"DROP TABLE {name}")
+        db.execute(f"ALTER TABLE {name}_clustered RENAME TO {name}")
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors

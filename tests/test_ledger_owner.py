@@ -67,8 +67,15 @@ def test_a_ledger_written_by_the_old_code_upgrades_in_place(tmp_path: Path) -> N
     try:
         applied = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
         assert {s for s, _ in applied} == before
-        # Nothing re-ran: each migration recorded once, under its old name (and m008 new).
-        assert len(applied) == len(set(applied)) == 9
+        # Nothing re-ran: each migration recorded once, under its old name (m008, m009 new).
+        assert len(applied) == len(set(applied)) == 10
+        # the commit's appended tables are clustered on their keys, their rows kept
+        for table in ("receipt_lines", "journal", "outbox"):
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,))
+            assert sql.fetchone()[0].endswith("WITHOUT ROWID")
+        assert conn.execute("SELECT * FROM receipt_lines").fetchall() == [
+            ("r1", 0, "4601234000017", "2", 0, 67, "0")
+        ]
         assert conn.execute("SELECT value FROM sync_state WHERE key = 'last_pull_at'").fetchone()
         assert conn.execute(
             "SELECT state FROM receipt_life WHERE receipt_id = 'r2'"
