@@ -552,28 +552,12 @@ class Agent:
         now_at, expires, figures, held = ready.now, ready.expires, ready.figures, ready.held
         hub_hold = ready.hub_hold
         request_text = request.text
-        if confirm_now:  # Checkout: the receipt's own rows keep request and result
+        if confirm_now:
+            # Checkout: the receipt's own rows keep request and result, and are its record
+            # (no life row: that is for receipts held first; a retry compares with the
+            # stored request, as for a receipt committed before receipts had a life).
             result = self._commit(
                 rid, request_text, held, figures, None, done.applied, now_at, ready
-            )
-            ledger.insert_life(
-                self._ledger,
-                ledger.ReceiptLife(
-                    rid,
-                    "CONFIRMED",
-                    digest,
-                    "",
-                    "",
-                    "{}",
-                    figures["card"],
-                    figures["localDay"],
-                    done.mode,
-                    done.priced.redeemed_points,
-                    hub_hold,
-                    ledger.utc_text(now_at),
-                    ledger.utc_text(expires),
-                    ledger.utc_text(now_at),
-                ),
             )
             return "CONFIRMED", result
         ledger.insert_life(

@@ -1,5 +1,6 @@
-"""A commit's request and result texts are stored once (issue 15): in its receipt's or
-refund's row; the outbox row refers to them, and the uploader puts them back."""
+"""What a commit writes (issue 15): its request and result texts once, in its receipt's or
+refund's row (the outbox row refers to them and the uploader puts them back); no life
+row for a checkout; the coupon job checked by the print worker; few WAL pages."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from tillpoint.agent import ledger
-from tillpoint.agent.errors import StorageError
+from tillpoint.agent.errors import Conflict, Refused, StorageError
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_store import TxIn
@@ -146,3 +147,18 @@ def test_a_coupon_that_would_not_print_fails_at_the_printer_not_the_sale(tmp_pat
             assert "text" in job["last_error"] and not printer.complete
         finally:
             worker.close()
+
+
+def test_a_checkout_writes_no_life_row_and_answers_retries_from_its_receipt(
+    agent: Agent,
+) -> None:
+    done = agent.checkout(receipt_from_json(receipt_json("r1")))
+    assert agent._ledger.execute("SELECT count(*) FROM receipt_life").fetchone()[0] == 0
+    assert agent.checkout(receipt_from_json(receipt_json("r1"))) == done
+    assert agent.hold(receipt_from_json(receipt_json("r1"))) == done
+    assert agent.confirm("r1") == done
+    with pytest.raises(Refused, match="use a refund"):
+        agent.cancel("r1")
+    with pytest.raises(Conflict):
+        agent.checkout(receipt_from_json(receipt_json("r1", redeemPoints=10)))
+    assert agent._ledger.execute("SELECT count(*) FROM journal").fetchone()[0] == 1
