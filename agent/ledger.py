@@ -412,6 +412,18 @@ def _points(wallet: Wallet, at: datetime, program: Program) -> Points:
 
 
 def last_seq(conn: sqlite3.Connection, device_id: str) -> int:
+    """The last sequence number the device used: its newest journal entry, or the number
+    a reset kept (the ``device`` row), whichever is higher."""
+    row = conn.execute(
+        "SELECT max(coalesce((SELECT CAST(value AS INTEGER) FROM device WHERE key = ?1), 0),"
+        " coalesce((SELECT max(seq) FROM journal WHERE device_id = ?2), 0))",
+        (f"last_seq:{device_id}", device_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def _kept_seq(conn: sqlite3.Connection, device_id: str) -> int:
+    """The number a reset kept for the device (the ``device`` row), 0 if none."""
     row = conn.execute(
         "SELECT value FROM device WHERE key = ?", (f"last_seq:{device_id}",)
     ).fetchone()
@@ -421,16 +433,12 @@ def last_seq(conn: sqlite3.Connection, device_id: str) -> int:
 def take_seq(conn: sqlite3.Connection, device_id: str, applied_through: int) -> int:
     """The next sequence number: above the last one used and above what the hub has counted.
 
-    Called inside the commit's transaction, so a rolled-back commit gives its number back
-    and a committed one never repeats (a re-imaged till continues above appliedThrough).
+    Called inside the commit's transaction, whose journal entry then holds it, so a
+    rolled-back commit gives its number back and a committed one never repeats (a
+    re-imaged till continues above appliedThrough). Nothing is written for the count
+    itself: the journal is it (a reset keeps its last number in the ``device`` row).
     """
-    seq = max(last_seq(conn, device_id), applied_through) + 1
-    # Updated in place (an upsert, not a replace): the key's index page is not rewritten.
-    conn.execute(
-        "INSERT INTO device VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (f"last_seq:{device_id}", str(seq)),
-    )
-    return seq
+    return max(last_seq(conn, device_id), applied_through) + 1
 
 
 def offline_redeemed(
@@ -590,7 +598,7 @@ def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
     for device_id, seq in conn.execute(
         "SELECT device_id, max(seq) FROM journal GROUP BY 1"
     ).fetchall():
-        if int(seq) > last_seq(conn, str(device_id)):
+        if int(seq) > _kept_seq(conn, str(device_id)):
             conn.execute(
                 "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
             )

@@ -1021,12 +1021,8 @@ class Agent:
             ledger.insert_print_history(
                 conn, customer_id, [o["id"] for o in offers], ledger.utc_text(at), receipt_id
             )
-            if offers:
-                codes = self._issue_coupons(
-                    receipt_id, at, customer_id, figures["card"], offers, applied, now
-                )
-                payload = ready.payload if ready and not codes else None
-                self._enqueue_print(receipt_id, figures, offers, now, codes, payload)
+        # Journaled before any coupon is issued: the journal holds the numbers taken, so
+        # the coupons' transactions number on from this one (`ledger.take_seq`).
         self._journal(
             seq,
             "CHECKOUT",
@@ -1042,6 +1038,12 @@ class Agent:
             fiscal_document,
             texts="receipt",  # the receipt's row holds request_text and result_text
         )
+        if customer_id is not None and offers:
+            codes = self._issue_coupons(
+                receipt_id, at, customer_id, figures["card"], offers, applied, now
+            )
+            payload = ready.payload if ready and not codes else None
+            self._enqueue_print(receipt_id, figures, offers, now, codes, payload)
         return result
 
     def _use_coupons(self, done: _Priced, now: datetime) -> None:

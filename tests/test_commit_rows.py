@@ -20,6 +20,7 @@ from tillpoint.sync.pull import Puller
 from tillpoint.sync.push import Pusher
 
 from .conftest import receipt as receipt_json
+from .conftest import snapshot
 
 CARD = "2770000000017"
 
@@ -124,7 +125,6 @@ def test_a_coupon_that_would_not_print_fails_at_the_printer_not_the_sale(tmp_pat
     from tillpoint.printer.queue import PrintWorker
     from tillpoint.printer.virtual import VirtualPrinter
 
-    from .conftest import snapshot
     from .test_receipt_life import OFFER
 
     now = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
@@ -162,3 +162,17 @@ def test_a_checkout_writes_no_life_row_and_answers_retries_from_its_receipt(
     with pytest.raises(Conflict):
         agent.checkout(receipt_from_json(receipt_json("r1", redeemPoints=10)))
     assert agent._ledger.execute("SELECT count(*) FROM journal").fetchone()[0] == 1
+
+
+def test_the_numbering_is_the_journal_and_a_reset_keeps_it(agent: Agent) -> None:
+    """A commit writes no counter row: the next seq is above the journal's newest (and
+    above what a reset kept in the device row)."""
+    seqs = [agent.checkout(receipt_from_json(receipt_json(f"r{i}"))).seq for i in range(3)]
+    assert seqs == [1, 2, 3]
+    kept = "SELECT value FROM device WHERE key = 'last_seq:till-1'"
+    assert agent._ledger.execute(kept).fetchone() is None
+    assert ledger.last_seq(agent._ledger, "till-1") == 3
+    agent.reset(force=True)  # the cache goes too
+    assert agent._ledger.execute(kept).fetchone() == ("3",)
+    agent.load_snapshot(snapshot())
+    assert agent.checkout(receipt_from_json(receipt_json("r9"))).seq == 4
