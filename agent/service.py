@@ -516,7 +516,6 @@ class Agent:
         has changed since, else priced again here."""
         rid = receipt.receipt_id
         request = request or _Request.of(receipt)
-        digest = request.digest
         row = self._life(rid)
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
@@ -528,7 +527,7 @@ class Agent:
                 return "CONFIRMED", stored[1]
         else:
             state = row.state
-            if row.digest != digest:
+            if row.digest != request.digest:
                 raise _conflict(rid)
             now = ledger.utc_text(self.clock())
             if state == "HELD" and row.expires_at > now:
@@ -565,7 +564,7 @@ class Agent:
             ledger.ReceiptLife(
                 rid,
                 "HELD",
-                digest,
+                request.digest,
                 request_text,
                 ready.held_text,
                 ready.figures_text,
@@ -1611,19 +1610,35 @@ def _require_card(ident: Identification) -> Identification:
     return ident
 
 
-@dataclass(frozen=True)
 class _Request:
-    """A receipt as stored: its JSON, its text, and the digest that tells a retry from a
-    conflict."""
+    """A receipt as stored: its text (made before the transaction), and its JSON and the
+    digest that tells a retry from a conflict, worked out when first asked for (the
+    checkout of a new receiptId needs neither)."""
 
-    data: dict[str, Any]
-    digest: str
-    text: str
+    __slots__ = ("_data", "_digest", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._data: dict[str, Any] | None = None
+        self._digest: str | None = None
 
     @classmethod
     def of(cls, receipt: Receipt) -> _Request:
-        request = receipt.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return cls(request, request_digest(request), json.dumps(request, ensure_ascii=False))
+        # pydantic's own JSON of the parsed receipt: what model_dump(mode="json") holds,
+        # written in one native call (compact; readers parse it)
+        return cls(receipt.model_dump_json(by_alias=True, exclude_none=True))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = dict(json.loads(self.text))
+        return self._data
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = request_digest(self.data)
+        return self._digest
 
 
 def request_digest(request: dict[str, Any]) -> str:

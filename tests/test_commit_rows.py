@@ -52,6 +52,8 @@ def test_a_checkout_and_a_refund_keep_their_texts_once(agent: Agent) -> None:
     sent = [json.loads(r.payload) for r in ledger.outbox_batch(agent._ledger, "till-1", 10)]
     assert [(p["seq"], p["kind"]) for p in sent] == [(1, "CHECKOUT"), (2, "REFUND")]
     assert (sent[0]["requestJson"], sent[0]["resultJson"]) == sale
+    parsed = receipt_from_json(receipt_json("r1", redeemPoints=40))
+    assert json.loads(sale[0]) == parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
     assert (sent[1]["requestJson"], sent[1]["resultJson"]) == refund
     assert json.loads(sent[0]["resultJson"])["seq"] == done.seq == 1
     assert json.loads(sent[1]["resultJson"])["refundId"] == back.refund_id
