@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -178,3 +179,37 @@ def test_the_numbering_is_the_journal_and_a_reset_keeps_it(agent: Agent) -> None
     assert agent._ledger.execute(kept).fetchone() == ("3",)
     agent.load_snapshot(snapshot())
     assert agent.checkout(receipt_from_json(receipt_json("r9"))).seq == 4
+
+
+def test_the_texts_a_checkout_stores_are_the_documents_it_made() -> None:
+    """The native encoders used for a checkout's texts write the same documents as the
+    per-object dumps they replace (bench offers and results: random mixed receipts)."""
+    import random
+
+    from tillpoint.agent.service import _json_text, _offers_json, _with_seq
+
+    from bench.generate import Scale, write_full
+    from bench.run import mixed_receipt
+
+    scale = Scale.named("tiny")
+    rng = random.Random(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        till = Agent(Path(tmp) / "data", "till-1")
+        try:
+            till.load_snapshot_file(write_full(Path(tmp) / "full.jsonl", scale))
+            seen = 0
+            for i in range(60):
+                receipt = receipt_from_json(mixed_receipt(f"m-{i}", rng, scale, 20))
+                with till._read(alone=False) as (view, conn):
+                    done = till._price(receipt, view, commit=True, reads=conn)
+                dumps = [
+                    o.model_dump(mode="json", by_alias=True, exclude_none=True) for o in done.offers
+                ]
+                assert _offers_json(done.offers) == dumps
+                doc = done.result.to_json()
+                assert json.loads(_json_text(doc)) == doc
+                assert json.loads(_with_seq(_json_text(doc), 7)) == {**doc, "seq": 7}
+                seen += len(dumps)
+            assert seen > 0
+        finally:
+            till.close()
