@@ -109,6 +109,9 @@ def test_sigkill_mid_push_loses_and_duplicates_nothing(
         assert len(hub.store.ledger(DEVICE)) > 0
         # nothing left the outbox without an acknowledgement
         assert ledger_rows(data_dir, "SELECT count(*) FROM outbox")[0][0] == 30
+        # each row's texts are its receipt's: the restarted push reads them from there
+        refer = "SELECT count(*) FROM outbox WHERE texts = 'receipt'"
+        assert ledger_rows(data_dir, refer)[0][0] == 30
 
         start(agents, cfg, tmp_path / "agent.log")
         wait_for(
