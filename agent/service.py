@@ -176,6 +176,8 @@ class _Ready:
     result_text: str = ""
     offer_ids: tuple[str, ...] = ()
     payload: str | None = None
+    # the pricing's typed result, which the CONFIRMED one is made from (`_confirmed_of`)
+    priced: CheckoutResult | None = None
 
 
 @dataclass(frozen=True)
@@ -397,7 +399,7 @@ class Agent:
         self.sweep_holds()
         early = self._price_early(receipt, confirm_now=True)
         with self._lock, self._write(), self._view() as view:
-            state, result = self._hold(
+            state, result, typed = self._hold(
                 receipt, view, confirm_now=True, request=request, early=early
             )
             if state == "CANCELLED":
@@ -406,7 +408,7 @@ class Agent:
                 )
             if state == "HELD":
                 result = self._confirm(receipt.receipt_id, None, view)
-        done = CheckoutResult.from_json(result)
+        done = typed if typed is not None else CheckoutResult.from_json(result)
         self._tell_devices("after_checkout", done)  # committed first; devices never block
         return done
 
@@ -421,7 +423,7 @@ class Agent:
         self.sweep_holds()
         early = self._price_early(receipt, confirm_now=False)
         with self._lock, self._write(), self._view() as view:
-            _, stored = self._hold(receipt, view, request=request, early=early)
+            _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
             self._tell_devices("after_quote", result)
@@ -511,9 +513,11 @@ class Agent:
         confirm_now: bool = False,
         request: _Request | None = None,
         early: _Early | None = None,
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, dict[str, Any], CheckoutResult | None]:
         """Inside the write transaction: (state, result) stored under the receiptId, or a
-        new hold priced now ("HELD"; with `confirm_now`, committed at once: "CONFIRMED").
+        new hold priced now ("HELD"; with `confirm_now`, committed at once: "CONFIRMED"),
+        and the typed CONFIRMED result when committed now from the early pricing (else
+        None: the caller reads the result's JSON).
         Conflict when the id is stored with another body. `request`: the receipt's JSON,
         digest and text, made before the transaction (made here if not). `early`: the
         receipt priced before the transaction (`_price_early`), taken when nothing it read
@@ -528,20 +532,20 @@ class Agent:
                 # without the fields left at their defaults on either side.
                 if _legacy_digest(json.loads(stored[0])) != _legacy_digest(request.data):
                     raise _conflict(rid)
-                return "CONFIRMED", stored[1]
+                return "CONFIRMED", stored[1], None
         else:
             state = row.state
             if row.digest != request.digest:
                 raise _conflict(rid)
             now = ledger.utc_text(self.clock())
             if state == "HELD" and row.expires_at > now:
-                return "HELD", dict(json.loads(row.held_result))
+                return "HELD", dict(json.loads(row.held_result)), None
             if state == "CONFIRMED":
                 found = self._stored_receipt(rid)
                 assert found is not None  # written in the same transaction
-                return "CONFIRMED", found[1]
+                return "CONFIRMED", found[1], None
             if state == "CANCELLED":
-                return "CANCELLED", _cancelled(json.loads(row.held_result))
+                return "CANCELLED", _cancelled(json.loads(row.held_result)), None
             # expired (swept or not yet): priced and held again below
             ledger.forget_life(self._ledger, rid)
         if early is not None and row is None and self._still(early, view):
@@ -559,10 +563,10 @@ class Agent:
             # Checkout: the receipt's own rows keep request and result, and are its record
             # (no life row: that is for receipts held first; a retry compares with the
             # stored request, as for a receipt committed before receipts had a life).
-            result = self._commit(
+            result, typed = self._commit(
                 rid, request_text, held, figures, None, done.applied, now_at, ready
             )
-            return "CONFIRMED", result
+            return "CONFIRMED", result, typed
         ledger.insert_life(
             self._ledger,
             ledger.ReceiptLife(
@@ -581,7 +585,7 @@ class Agent:
                 ledger.utc_text(expires),
             ),
         )
-        return "HELD", held
+        return "HELD", held, None
 
     def _price_early(self, receipt: Receipt, *, confirm_now: bool) -> _Early | None:
         """Price a receipt for Hold or Checkout before the write transaction, on a reader's
@@ -671,6 +675,7 @@ class Agent:
             result_text=_json_text(result),
             offer_ids=tuple(o["id"] for o in offers),
             payload=payload,
+            priced=done.result,
         )
 
     def _confirm(
@@ -699,7 +704,7 @@ class Agent:
             row.request,
         )
         self._balance_now(receipt_id, held, figures, view)
-        result = self._commit(
+        result, _ = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
         )
         # The receipt's own rows keep the request and the result from now on.
@@ -955,11 +960,12 @@ class Agent:
         applied: dict[str, int],
         now: datetime,
         ready: _Ready | None = None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], CheckoutResult | None]:
         """The held figures become the sale: receipt, points, coupons, journal and outbox
-        rows in the caller's transaction. Returns the CONFIRMED result. `ready`: the result,
-        its text and the print job made before the transaction, used when the offers to
-        print are still those (none printed to the customer meanwhile)."""
+        rows in the caller's transaction. Returns the CONFIRMED result, and, from `ready`,
+        its typed form (else None). `ready`: the result, its text and the print job made
+        before the transaction, used when the offers to print are still those (none
+        printed to the customer meanwhile)."""
         conn = self._ledger
         customer_id: str | None = figures["customerId"]
         at = datetime.fromisoformat(figures["at"])
@@ -1045,7 +1051,10 @@ class Agent:
             )
             payload = ready.payload if ready and not codes else None
             self._enqueue_print(receipt_id, figures, offers, now, codes, payload)
-        return result
+        typed = None
+        if ready is not None and ready.priced is not None:
+            typed = _confirmed_of(ready.priced, result)
+        return result, typed
 
     def _use_coupons(self, done: _Priced, now: datetime) -> None:
         used = done.result.applied_codes
@@ -1784,6 +1793,23 @@ def _json_text(doc: Mapping[str, Any]) -> str:
     (pydantic-core's native encoder, 3-4 × `json.dumps` for a 50-line result; readers
     parse it, so the spaced texts of older agents read the same)."""
     return pydantic_core.to_json(doc).decode()
+
+
+def _confirmed_of(priced: CheckoutResult, result: dict[str, Any]) -> CheckoutResult:
+    """`CheckoutResult.from_json(result)` for the CONFIRMED `result` made from `priced`
+    (`_confirmed` of its held form, and the seq), without reading the JSON back: the
+    pricing's own rows, with what `_confirmed` and the seq changed (tests/test_commit_rows.py
+    checks every field against `from_json`)."""
+    return replace(
+        priced,
+        printed_offers=tuple(result["printedOffers"]),
+        display=tuple(result["display"]),
+        state="CONFIRMED",
+        hold_expires_at=None,
+        device_id=result["deviceId"],
+        seq=result["seq"],
+        stored=result,
+    )
 
 
 def _with_seq(text: str, seq: int) -> str:

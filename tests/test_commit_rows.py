@@ -213,3 +213,42 @@ def test_the_texts_a_checkout_stores_are_the_documents_it_made() -> None:
             assert seen > 0
         finally:
             till.close()
+
+
+def test_a_checkout_answers_the_typed_result_its_json_reads_back_as(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CONFIRMED result a checkout returns is made from its pricing's typed result,
+    not read back from the stored JSON: every field is what `from_json` would give."""
+    import dataclasses
+    import random
+
+    from tillpoint.agent import service
+    from tillpoint.agent.results import CheckoutResult
+
+    from bench.generate import Scale, write_full
+    from bench.run import mixed_receipt
+
+    made = []
+    real = service._confirmed_of
+    monkeypatch.setattr(service, "_confirmed_of", lambda p, r: made.append(1) or real(p, r))
+    scale = Scale.named("tiny")
+    rng = random.Random(5)
+    with tempfile.TemporaryDirectory() as tmp:
+        till = Agent(Path(tmp) / "data", "till-1")
+        try:
+            till.load_snapshot_file(write_full(Path(tmp) / "full.jsonl", scale))
+            for i in range(60):
+                data = mixed_receipt(f"m-{i}", rng, scale, rng.choice([5, 20]))
+                if i % 4 == 0:
+                    data["redeemPoints"] = 50
+                if i % 5 == 0:
+                    data["explain"] = True  # a trace in the result
+                done = till.checkout(receipt_from_json(data))
+                back = CheckoutResult.from_json(done.to_json())
+                for f in dataclasses.fields(CheckoutResult):
+                    assert getattr(done, f.name) == getattr(back, f.name), (i, f.name)
+                assert till.checkout(receipt_from_json(data)) == done  # the replay
+        finally:
+            till.close()
+    assert len(made) == 60
