@@ -273,6 +273,15 @@ def m009_clustered_rows(db: Database) -> None:
         db.execute(f"ALTER TABLE {name}_clustered RENAME TO {name}")
 
 
+@ledger_migrations()
+def m010_receipt_lines_inline(db: Database) -> None:
+    # A receipt's lines are written with it, as one JSON text in its row:
+    # [[sku, qty, redeemed points, earned points], ...] (`insert_receipt`). The table
+    # `receipt_lines` keeps the lines of receipts committed before (NULL here) and of
+    # receipts refunded since (their returned quantities, `set_returned`).
+    db.execute("ALTER TABLE receipts ADD COLUMN lines TEXT")
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
@@ -636,13 +645,16 @@ class ReceiptRow:
     result: str
     created_at: str
     activates_at: str | None
+    # in order: (sku, qty as decimal text, redeemed points, earned points)
+    lines: Sequence[tuple[str, str, int, int]] = ()
 
 
 def insert_receipt(conn: sqlite3.Connection, row: ReceiptRow) -> None:
+    """The receipt's row, its lines in it (`receipt_lines` reads them back)."""
     conn.execute(
         "INSERT INTO receipts (receipt_id, device_id, seq, at, local_day, card,"
         " customer_id, mode, redeemed_points, extra_points, request, result, created_at,"
-        " activates_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " activates_at, lines) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             row.receipt_id,
             row.device_id,
@@ -658,6 +670,7 @@ def insert_receipt(conn: sqlite3.Connection, row: ReceiptRow) -> None:
             row.result,
             row.created_at,
             row.activates_at,
+            json.dumps(row.lines, ensure_ascii=False, separators=(",", ":")),
         ),
     )
 
@@ -1138,32 +1151,48 @@ class ReceiptLine:
     returned_qty: str
 
 
-def insert_receipt_lines(
-    conn: sqlite3.Connection, receipt_id: str, lines: Sequence[tuple[str, str, int, int]]
-) -> None:
-    """A committed receipt's lines in order: (sku, qty as decimal text, redeemed points,
-    earned points); nothing returned yet."""
-    conn.executemany(
-        "INSERT INTO receipt_lines VALUES (?,?,?,?,?,?,?)",
-        [(receipt_id, i, *line, "0") for i, line in enumerate(lines)],
-    )
-
-
 def receipt_lines(conn: sqlite3.Connection, receipt_id: str) -> list[ReceiptLine]:
+    """A committed receipt's lines in order, with what was returned of each: the rows of
+    `receipt_lines` (a receipt committed before its lines were kept in its row, or
+    refunded since), else its row's lines, nothing returned."""
     rows = conn.execute(
         "SELECT idx, sku, qty, redeemed_points, earned_points, returned_qty"
         " FROM receipt_lines WHERE receipt_id = ? ORDER BY idx",
         (receipt_id,),
     ).fetchall()
+    if rows:
+        return [
+            ReceiptLine(int(i), str(s), str(q), int(p), int(e), str(r)) for i, s, q, p, e, r in rows
+        ]
     return [
-        ReceiptLine(int(i), str(s), str(q), int(p), int(e), str(r)) for i, s, q, p, e, r in rows
+        ReceiptLine(i, str(s), str(q), int(p), int(e), "0")
+        for i, (s, q, p, e) in enumerate(_inline_lines(conn, receipt_id))
     ]
+
+
+def _inline_lines(conn: sqlite3.Connection, receipt_id: str) -> list[list[Any]]:
+    row = conn.execute("SELECT lines FROM receipts WHERE receipt_id = ?", (receipt_id,)).fetchone()
+    return [] if row is None or row[0] is None else list(json.loads(row[0]))
 
 
 def set_returned(
     conn: sqlite3.Connection, receipt_id: str, returned: Sequence[tuple[int, str]]
 ) -> None:
-    """The returned quantity of each (line index, decimal text) after a refund."""
+    """The returned quantity of each (line index, decimal text) after a refund. A receipt
+    refunded for the first time gets its rows of `receipt_lines` here, from its row's."""
+    if (
+        conn.execute(
+            "SELECT 1 FROM receipt_lines WHERE receipt_id = ? LIMIT 1", (receipt_id,)
+        ).fetchone()
+        is None
+    ):
+        conn.executemany(
+            "INSERT INTO receipt_lines VALUES (?,?,?,?,?,?,?)",
+            [
+                (receipt_id, i, str(s), str(q), int(p), int(e), "0")
+                for i, (s, q, p, e) in enumerate(_inline_lines(conn, receipt_id))
+            ],
+        )
     conn.executemany(
         "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
         [(qty, receipt_id, idx) for idx, qty in returned],

@@ -1004,9 +1004,9 @@ class Agent:
                 result=result_text,
                 created_at=ledger.utc_text(now),
                 activates_at=figures["activatesAt"],
+                lines=figures["lines"],
             ),
         )
-        ledger.insert_receipt_lines(conn, receipt_id, figures["lines"])
         delta_available = delta_pending = 0
         if customer_id is not None:
             moves: list[ledger.PointMove] = []

@@ -252,3 +252,49 @@ def test_a_checkout_answers_the_typed_result_its_json_reads_back_as(
         finally:
             till.close()
     assert len(made) == 60
+
+
+def test_a_receipts_lines_are_in_its_row_until_a_refund_returns_some(agent: Agent) -> None:
+    lines = [
+        {"sku": "4601234000017", "qty": "2", "priceMinor": 8990},
+        {"sku": "4601234000024", "qty": "1.250", "priceMinor": 5000},
+    ]
+    agent.checkout(receipt_from_json(receipt_json("r1", lines=lines)))
+    conn = agent._ledger
+    assert conn.execute("SELECT count(*) FROM receipt_lines").fetchone()[0] == 0
+    (text,) = conn.execute("SELECT lines FROM receipts WHERE receipt_id = 'r1'").fetchone()
+    assert [(sku, qty) for sku, qty, _, _ in json.loads(text)] == [
+        ("4601234000017", "2"),
+        ("4601234000024", "1.250"),
+    ]
+    sold = ledger.receipt_lines(conn, "r1")
+    assert [(x.idx, x.sku, x.qty, x.returned_qty) for x in sold] == [
+        (0, "4601234000017", "2", "0"),
+        (1, "4601234000024", "1.250", "0"),
+    ]
+
+    def refund(refund_id: str, qty: str) -> None:
+        agent.refund(
+            refund_from_json(
+                {
+                    "refundId": refund_id,
+                    "receiptId": "r1",
+                    "at": "2026-11-24T12:00:00+03:00",
+                    "lines": [{"sku": "4601234000017", "qty": qty}],
+                }
+            )
+        )
+
+    refund("rf1", "1")  # the first refund keeps the returned quantities in rows
+    after = ledger.receipt_lines(conn, "r1")
+    assert [(x.sku, x.qty, x.returned_qty) for x in after] == [
+        ("4601234000017", "2", "1"),
+        ("4601234000024", "1.250", "0"),
+    ]
+    assert [(x.redeemed_points, x.earned_points) for x in after] == [
+        (x.redeemed_points, x.earned_points) for x in sold
+    ]
+    refund("rf2", "1")  # and the next one goes on from them
+    assert [x.returned_qty for x in ledger.receipt_lines(conn, "r1")] == ["2", "0"]
+    with pytest.raises(Refused):
+        refund("rf3", "1")  # nothing of that line is left to return
