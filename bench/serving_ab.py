@@ -82,6 +82,9 @@ if "loop" in tokens:
     async def on_loop(self, fn):
         return fn()
     http_api.Api._in_pool = on_loop
+if "pool" in tokens:  # every HTTP call in the pool, as before the reads moved to the loop
+    from tillpoint.agent import http_api
+    http_api.ON_LOOP_MAX_BYTES = -1
 for token in tokens:
     if token.startswith("sw"):
         sys.setswitchinterval(int(token[2:]) / 10000)
@@ -160,7 +163,19 @@ def _both() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-VARIANTS = {"none": _none, "freeze": _freeze, "threshold": _threshold, "both": _both}
+def _t10k() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
+VARIANTS = {
+    "none": _none,
+    "freeze": _freeze,
+    "threshold": _threshold,
+    "both": _both,
+    "t10k": _t10k,
+}
 
 
 def _port() -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.app import YOUNG_THRESHOLD
 from tillpoint.agent.http_api import ON_LOOP_MAX_BYTES, HttpServer
 from tillpoint.agent.service import Agent
 
@@ -87,6 +88,7 @@ def test_tillpoint_run_freezes_what_start_up_built_before_ready(tmp_path: Path) 
     # (tens of thousands of objects; a bare interpreter freezes none).
     frozen = _gauges(text, "tillpoint_gc_frozen_objects")
     assert frozen[""] > 10_000
+    assert _gauges(text, "tillpoint_gc_threshold")['{generation="0"}'] == YOUNG_THRESHOLD
     collections = _gauges(text, "tillpoint_gc_collections")
     assert set(collections) == {'{generation="0"}', '{generation="1"}', '{generation="2"}'}
     assert proc.returncode == 0
