@@ -45,6 +45,9 @@ from bench.stub import write_replies
 LAUNCHER = r"""
 import atexit, gc, json, sys, time
 out, variant = sys.argv[1], sys.argv[2]
+if "+arena" in variant:  # glibc's malloc arenas, at most N (M_ARENA_MAX)
+    import ctypes
+    ctypes.CDLL("libc.so.6").mallopt(-8, int(variant.partition("+arena")[2][:1]))
 pauses = []
 started = [0.0]
 def record(phase, info):
