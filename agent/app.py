@@ -125,6 +125,7 @@ def run(settings: Settings) -> int:
     from .server import build_server, register_gauges, start_hold_sweeper
 
     log = logging.getLogger("tillpoint.server")
+    limit_malloc_arenas()  # before any thread of ours starts
     logs.setup(settings.log.level, settings.log.format)
     lock = DataDirLock(settings.data_dir).acquire()
     # The collaborators first, then the agent they serve.
@@ -205,6 +206,29 @@ def run(settings: Settings) -> int:
     lock.release()
     log.info("stopped")
     return 0
+
+
+# glibc's malloc arenas of a serving agent (its default: up to 8 per CPU, one for each
+# thread that finds the others' busy). The gRPC and HTTP pools' threads each kept one with
+# its own free pieces; two: RSS after 11,000 mixed calls 1.0-1.4 MB lower, the same speed
+# (calls are one at a time under the GIL anyway). MALLOC_ARENA_MAX in the environment wins.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+
+
+def limit_malloc_arenas() -> bool:
+    """At most `MALLOC_ARENAS` malloc arenas, before the servers start their threads; False
+    where it does not apply (not glibc, or MALLOC_ARENA_MAX set by the operator)."""
+    import ctypes
+    import os
+
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+    except (OSError, AttributeError):  # not glibc: nothing to set
+        return False
+    return bool(mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
 
 
 # The young generation's threshold of a serving agent (Python's: 700). Counted as

@@ -135,3 +135,50 @@ def test_small_reads_run_on_the_event_loop_and_the_rest_in_the_pool(
     assert threads_of["balance"] == ["http"]
     assert threads_of["checkout"][0].startswith("http-call")  # the writes: the pool
     assert threads_of["quote"][1].startswith("http-call")
+
+
+_ARENAS = """
+import ctypes, sys, threading
+from tillpoint.agent.app import limit_malloc_arenas
+if sys.argv[1] == "limit":
+    assert limit_malloc_arenas()
+keep = []
+together = threading.Barrier(8)
+def work():  # each thread's first malloc gets it an arena of its own, up to the limit
+    keep.append([bytes(1000) for _ in range(100)])
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" paragraph each, on stderr
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_serving_process_keeps_two_malloc_arenas() -> None:
+    from tillpoint.agent.app import MALLOC_ARENAS
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+
+    def arenas(mode: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", _ARENAS, mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=True,
+        )
+        return sum(1 for line in run.stderr.splitlines() if line.startswith("Arena "))
+
+    assert arenas("default") > MALLOC_ARENAS  # glibc's own: an arena for each thread
+    assert arenas("limit") == MALLOC_ARENAS
+
+
+def test_an_operators_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tillpoint.agent.app import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False
