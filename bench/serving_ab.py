@@ -11,7 +11,10 @@ the variants and the floors share every moment of the machine. Each server recor
 collector's pauses (`gc.callbacks`) and reports them when it stops, with its RSS.
 
 A variant is a function applied in place of `tillpoint.agent.app.settle_collector`
-("shipped" keeps the code's own): "none" leaves the collector as Python sets it.
+("shipped" keeps the code's own): "none" leaves the collector as Python sets it. Tokens
+after it, joined by "+": "pool" (every HTTP call in the pool, as before), "noarena"
+(glibc's own malloc arena limit), "arenaN" (at most N arenas), "trace" (`Agent.quote`
+timed inside the server), "garbage" (the cyclic garbage's types), "loop", "swN".
 """
 
 from __future__ import annotations
@@ -211,6 +214,12 @@ class Serving:
             ],
             env={
                 **os.environ,
+                # "+noarena": glibc's own arena limit (8 a CPU) instead of the shipped 2
+                **(
+                    {"MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))}
+                    if "+noarena" in variant
+                    else {}
+                ),
                 "NOTIFY_SOCKET": str(self.notify),
                 "TILLPOINT_DEVICE_ID": "bench-till",
             },
