@@ -210,7 +210,7 @@ def run(settings: Settings) -> int:
 
 # glibc's malloc arenas of a serving agent (its default: up to 8 per CPU, one for each
 # thread that finds the others' busy). The gRPC and HTTP pools' threads each kept one with
-# its own free pieces; two: RSS after 11,000 mixed calls 1.0-1.4 MB lower, the same speed
+# its own free pieces; two: RSS after 11,000 mixed calls 1.0-1.7 MB lower, the same speed
 # (calls are one at a time under the GIL anyway). MALLOC_ARENA_MAX in the environment wins.
 MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
