@@ -466,11 +466,9 @@ class SqlTx:
         )
 
     def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
-        for part in self.dialect.chunks(receipt_ids):
-            among, params = self.dialect.any_of("receipt_id", part)
-            self.execute(
-                f"DELETE FROM coupon_holds WHERE device_id = ? AND {among}", (device_id, *params)
-            )
+        self._of_receipts(
+            "DELETE FROM coupon_holds WHERE device_id = ? AND {}", device_id, receipt_ids
+        )
 
     def coupon_held(self, code: str) -> bool:
         return (
@@ -520,13 +518,18 @@ class SqlTx:
         )
 
     def settle_holds(self, device_id: str, receipt_ids: list[str]) -> None:
+        self._of_receipts(
+            "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND {} AND state = 'ACTIVE'",
+            device_id,
+            receipt_ids,
+        )
+
+    def _of_receipts(self, sql: str, device_id: str, receipt_ids: list[str]) -> None:
+        """`sql` for the device's receipts (``{}``: the condition on receipt_id), a
+        statement a chunk."""
         for part in self.dialect.chunks(receipt_ids):
             among, params = self.dialect.any_of("receipt_id", part)
-            self.execute(
-                f"UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND {among}"
-                " AND state = 'ACTIVE'",
-                (device_id, *params),
-            )
+            self.execute(sql.format(among), (device_id, *params))
 
     def upsert_hold(
         self,
