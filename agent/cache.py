@@ -385,10 +385,46 @@ def _customer_doc(row: Customer, raw: str | None) -> str:
     The row's own JSON text is stored as it came when it cannot carry a phone: the model
     found none, and the text has no `"phone"` anywhere and no backslash (so no key with an
     escape spelling "phone", and no duplicate phone key whose first value the model did
-    not keep)."""
-    if raw is not None and row.phone is None and "\\" not in raw and '"phone"' not in raw:
-        return raw
+    not keep). A text with one phone is stored with that member cut out (`_without_phone`);
+    only a text it cannot be sure of is written again from the model (a pydantic dump)."""
+    if raw is not None and "\\" not in raw:
+        if row.phone is None:
+            if '"phone"' not in raw:
+                return raw
+        else:
+            cut = _without_phone(raw, row.phone)
+            if cut is not None:
+                return cut
     return row.model_dump_json(by_alias=True, exclude={"phone"})
+
+
+_JSON_BLANKS = " \t\n\r"
+
+
+def _without_phone(raw: str, phone: str) -> str | None:
+    """`raw`, a validated customer's JSON text with no backslash, without its `"phone"`
+    member and one comma beside it; None unless that is certain. With no backslash every
+    `"` delimits a string and no string holds an escape, so the one `"phone"` followed by
+    a colon is the top-level key the model read (nested objects forbid it), and its value
+    is exactly `"` + phone + `"`."""
+    key = raw.find('"phone"')
+    if key < 0 or raw.find('"phone"', key + 1) >= 0:
+        return None
+    at = len(raw) - len(raw[key + 7 :].lstrip(_JSON_BLANKS))
+    if raw[at : at + 1] != ":":
+        return None
+    at = len(raw) - len(raw[at + 1 :].lstrip(_JSON_BLANKS))
+    value = f'"{phone}"'
+    if not raw.startswith(value, at):
+        return None
+    end = at + len(value)
+    after = len(raw) - len(raw[end:].lstrip(_JSON_BLANKS))
+    if raw[after : after + 1] == ",":
+        return raw[:key] + raw[after + 1 :]
+    head = raw[:key].rstrip(_JSON_BLANKS)
+    if head.endswith(","):
+        return head[:-1] + raw[end:]
+    return raw[:key] + raw[end:]  # the only member
 
 
 def _write_rows(
