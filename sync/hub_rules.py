@@ -835,12 +835,13 @@ class HubRules:
             moves = extra.get(key, [])
             if upcoming is not None and upcoming[0] == key:
                 moves = moves + upcoming[1]
-            # In canonical JSON `"name":` with both quotes bare can only be a key.
+            # In canonical JSON `"name":` with both quotes bare can only be a key; an
+            # empty list (how rows were imported before defaults were left out) is none.
             if (
                 not moves
                 and '"balancePoints":' in text
-                and '"pending":' not in text
-                and '"expiring":' not in text
+                and ('"pending":' not in text or '"pending":[]' in text)
+                and ('"expiring":' not in text or '"expiring":[]' in text)
             ):
                 yield key, text  # nothing to add, nothing to fold, nothing expires: as stored
                 continue
