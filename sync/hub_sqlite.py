@@ -310,7 +310,7 @@ class SqliteHubStore(HubRules):
                         ),
                     )
                     n += 1
-                    if item.doc is None:
+                    if item.removes:
                         removed += 1
                     else:
                         counts[item.kind] += 1
