@@ -118,6 +118,44 @@ def test_what_the_bulk_path_refuses_goes_line_by_line(monkeypatch: Any) -> None:
     assert any(r[0] == "problem" for r in rows)  # the times without an offset
 
 
+TIMES = [
+    "2026-11-23T10:15:00+03:00",
+    "2026-11-23T10:15:00Z",
+    "2026-11-23T10:15:00z",
+    "2026-11-23t10:15:00Z",
+    "2026-11-23T10:15:00.5+00:00",
+    "2026-11-23T10:15:00-00:00",
+    "2026-11-23T10:15:00.123456-05:30",
+    "2026-11-23T10:15:00.1234567+03:00",
+    "2026-11-23T10:15:60+03:00",
+    "2026-11-23T24:00:00+03:00",
+    "2026-02-29T10:15:00+03:00",
+    "2028-02-29T10:15:00+03:00",
+    "2026-04-31T10:15:00+03:00",
+    "2026-11-23T10:15:00+24:00",
+    "2026-11-23T10:15:00+23:59",
+    "2026-11-23 10:15:00+03:00",
+    "2026-11-23T10:15+03:00",
+    "2026-11-23T10:15:00+0300",
+    "2026-11-23T10:15:00+03",
+    "2026-11-23T10:15:00",
+    "2026-11-23",
+    " 2026-11-23T10:15:00+03:00",
+    "20261123T101500Z",
+    "yesterday",
+]
+
+
+@pytest.mark.parametrize("moment", TIMES)
+def test_each_spelling_of_a_time_reads_the_same(moment: str, monkeypatch: Any) -> None:
+    """A time the bulk path parses natively is one `_timestamp` takes, to the same text;
+    the others go to `_timestamp` itself."""
+    row = {"id": "o", "kind": "PERCENT_OFF", "value": "5", "validFrom": moment}
+    customer = {"id": "c", "pending": [{"points": 5, "activatesAt": moment}]}
+    data = snapshot({"customers": [customer], "offers": [row]})
+    assert rows_of(data) == line_by_line(data, monkeypatch)
+
+
 @pytest.mark.parametrize("kind", sorted(BULK))
 def test_a_fraction_in_any_field_is_refused_by_the_bulk_path(kind: str) -> None:
     """A JSON number with a fraction is refused wherever it is (as `_no_float` refuses it
