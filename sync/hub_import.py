@@ -347,7 +347,9 @@ class Bulk:
                 out["strict"] = True  # never a JSON number with a fraction, as `_no_float`
             elif out.get("type") == "union":  # a time: see _RFC3339
                 out["choices"] = [
-                    {"type": "chain", "steps": [_RFC3339, c]} if c.get("type") == "datetime" else c
+                    {"type": "chain", "steps": [_RFC3339, {**c, "strict": False}]}
+                    if c.get("type") == "datetime"
+                    else c
                     for c in out["choices"]
                 ]
             return out
