@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -180,7 +179,7 @@ def read_json(
 
 
 State = tuple[bool, str | None]  # (a JSON Lines snapshot?, its current section's kind)
-PARALLEL_BYTES = 16 << 20  # a JSON Lines file this large is parsed by several processes
+PARALLEL_WORKERS = 1  # the reading processes by default (see read_jsonl)
 CHUNK_LINES = 2000
 
 
@@ -235,11 +234,13 @@ def _line_rows(
 def read_jsonl(
     stream: IO[bytes], total: int, progress: Progress | None, workers: int | None = None
 ) -> Iterator[ImportRow | RowProblem]:
-    """One `{"<kind>": {...}}` object per line, or a JSON Lines snapshot; streamed. A file
-    of PARALLEL_BYTES or more is parsed and validated by `workers` processes (default:
-    one a CPU), in chunks of lines, the rows coming out in the file's order."""
+    """One `{"<kind>": {...}}` object per line, or a JSON Lines snapshot; streamed, in
+    chunks of lines. `workers` > 1 parses and validates the chunks in that many processes,
+    the rows coming out in the file's order; the default is one process (since the bulk
+    path, the processes no longer pay: sending the rows back costs more than they save,
+    docs/PERFORMANCE.md)."""
     if workers is None:
-        workers = (os.cpu_count() or 1) if total >= PARALLEL_BYTES else 1
+        workers = PARALLEL_WORKERS
     if workers > 1 and multiprocessing.parent_process() is None:  # never from a worker
         yield from _read_jsonl_parallel(stream, total, progress, workers)
         return
