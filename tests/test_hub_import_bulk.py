@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,68 @@ def test_a_bad_row_deep_in_a_run_is_found_with_its_line_and_field(
         assert "line 3213" in str(refused.value.problems[0])
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- the stores' checks
+
+
+@pytest.fixture()
+def store(hub_store_factory: Any) -> Any:
+    """An empty hub store, once on SQLite and once on PostgreSQL."""
+    return hub_store_factory()
+
+
+def import_lines(store: Any, tmp_path: Path, sections: dict[str, list[Any]]) -> Any:
+    path = tmp_path / f"i{len(list(tmp_path.iterdir()))}.jsonl"
+    path.write_bytes(snapshot(sections))
+    return store.import_rows(hub_import.read_file(path))
+
+
+def test_a_key_twice_and_nothing_else_wrong_refuses_with_both_lines(
+    store: Any, tmp_path: Path
+) -> None:
+    """(On PostgreSQL the duplicate is found by the draft's insert failing, not looked for
+    beforehand.)"""
+    customers = [{"id": f"c{n}"} for n in range(3000)]
+    customers.append({"id": "c1234", "firstName": "again"})
+    with pytest.raises(ImportRefused) as refused:
+        import_lines(store, tmp_path, {"customers": customers})
+    assert refused.value.problems == [
+        "line 3003: customer 'c1234' appears twice (also at line 1237)"
+    ]
+    assert store.draft_size() == 0
+
+
+def test_the_last_program_counts_and_a_card_needs_its_customer_as_of_the_draft(
+    store: Any, tmp_path: Path
+) -> None:
+    import_lines(store, tmp_path, {"customers": [{"id": "c1"}, {"id": "c2"}]})
+    store.publish(datetime.now(UTC), 86400.0)
+    path = tmp_path / "p.jsonl"
+    lines = [
+        {"program": {"currency": "EUR"}},
+        {"program": {"currency": "USD"}},
+        {"removed": {"customers": ["c2"]}},
+        {"card": {"number": "2770000000017", "customerId": "c1"}},  # published: known
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    report = store.import_rows(hub_import.read_file(path))
+    assert report.by_kind == {"program": 2, "card": 1} and report.removed == 1
+    store.publish(datetime.now(UTC), 86400.0)
+    assert store.snapshot_doc(2, 0)["program"]["currency"] == "USD"
+    with pytest.raises(ImportRefused, match="2770000000024 belongs to customer 'c2'"):
+        import_lines(
+            store,
+            tmp_path,
+            {
+                "customers": [{"id": "c3"}],
+                "cards": [
+                    {"number": "2770000000024", "customerId": "c2"},  # removed
+                    {"number": "2770000000031", "customerId": "c3"},  # in this import
+                ],
+            },
+        )
+    path.write_text(json.dumps({"removed": {"customers": ["c1"]}}) + "\n")
+    store.import_rows(hub_import.read_file(path))  # c1's removal waits in the draft
+    with pytest.raises(ImportRefused, match="belongs to customer 'c1'"):
+        import_lines(store, tmp_path, {"cards": [{"number": "2770000000048", "customerId": "c1"}]})
