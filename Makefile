@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
 PROTO_OUT := proto
 
-.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check demo bench bench-quick faults faults-pg faults-quick clean deps-system
+.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check demo bench bench-quick profile faults faults-pg faults-quick clean deps-system
 
 help:
 	@echo "make demo       run a whole store on one machine (embedded defaults)"
@@ -90,6 +90,10 @@ bench: $(STAMP) deps-system
 bench-quick: $(STAMP) deps-system
 	$(BIN)/python -m bench.run --quick
 	$(BIN)/python -m bench.hub --quick
+
+# Where a quote's and a checkout's CPU goes, by area (docs/PERFORMANCE.md's accounting).
+profile: $(STAMP)
+	$(BIN)/python -m bench.profile --json bench/results/profile.json
 
 # Fault injection against the real agent and hub on loopback (docs/FAULTS.md); exits 1
 # when a promise is broken. faults-quick is the CI size (< 2 minutes).

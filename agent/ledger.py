@@ -229,6 +229,18 @@ def m007_issued_coupons(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m008_points_by_device(db: Database) -> None:
+    # A balance reads a customer's rows per device above the snapshot's appliedThrough
+    # (§3): an index range, not the customer's whole history on this till. The index on
+    # customer_id alone stays: it gives the customer's newest row in one seek.
+    db.executescript(
+        """
+        CREATE INDEX points_customer_device ON points (customer_id, device_id, seq);
+        """
+    )
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
@@ -310,30 +322,60 @@ def balance(
     (`program.pointsLifetimeDays`, a customer's `expiring`, an earned batch with an
     expiry), they are counted batch by batch instead (`expiry.Wallet`).
     """
-    rows = [
-        row
-        for row in conn.execute(
+    lifetime = program.points_lifetime_days if program is not None else 0
+    devices = [(d, applied_through.get(d, 0)) for d in _point_devices(conn, customer.id)]
+    if program is None or not (lifetime or customer.expiring):
+        available, pending, expiring_rows = 0, 0, 0
+        cutoff = utc_text(at)
+        for device_id, seq in devices:
+            a, p, e = conn.execute(
+                # The one rule of `expiry.Tally`, summed by SQLite: spending counts at
+                # once, earned points from their activation time (never without one).
+                "SELECT coalesce(sum(CASE WHEN kind = 'spend' OR activates_at <= ?3"
+                " THEN points END), 0), coalesce(sum(CASE WHEN kind = 'spend'"
+                " OR activates_at <= ?3 THEN NULL ELSE points END), 0), count(expires_at)"
+                " FROM points WHERE customer_id = ?1 AND device_id = ?2 AND seq > ?4",
+                (customer.id, device_id, cutoff, seq),
+            ).fetchone()
+            available, pending, expiring_rows = available + a, pending + p, expiring_rows + e
+        if program is None or not expiring_rows:
+            tally = Tally(at, customer.balance_points + available, pending)
+            for entry in customer.pending:
+                tally.add("earn", entry.points, entry.activates_at)
+            return Points(tally.available, tally.pending)
+    # Points expire: the unsynced moves are replayed batch by batch, in the order written.
+    rows: list[Any] = []
+    for device_id, seq in devices:
+        rows += conn.execute(
             # A row of a refund has the sale's receipt_id and the refund's own seq; the
             # journal gives the transaction's time (a refund being written has none yet:
             # it is at `at`).
-            "SELECT p.device_id, p.seq, p.kind, p.points, p.activates_at, p.expires_at,"
+            "SELECT p.id, p.kind, p.points, p.activates_at, p.expires_at,"
             " p.receipt_id, r.seq IS NOT NULL AND r.seq <> p.seq, j.at FROM points p"
             " LEFT JOIN receipts r ON r.receipt_id = p.receipt_id"
             " LEFT JOIN journal j ON j.device_id = p.device_id AND j.seq = p.seq"
-            " WHERE p.customer_id = ? ORDER BY p.id",
-            (customer.id,),
-        )
-        if row[1] > applied_through.get(row[0], 0)
-    ]
-    lifetime = program.points_lifetime_days if program is not None else 0
-    if program is not None and (lifetime or customer.expiring or any(r[5] for r in rows)):
-        return _points(_wallet(customer, rows, program, at), at, program)
-    tally = Tally(at, customer.balance_points)
-    for entry in customer.pending:
-        tally.add("earn", entry.points, entry.activates_at)
-    for _, _, kind, points, activates_at, *_ in rows:
-        tally.add(kind, int(points), activates_at)
-    return Points(tally.available, tally.pending)
+            " WHERE p.customer_id = ? AND p.device_id = ? AND p.seq > ?",
+            (customer.id, device_id, seq),
+        ).fetchall()
+    rows.sort(key=lambda row: int(row[0]))
+    assert program is not None
+    return _points(_wallet(customer, rows, program, at), at, program)
+
+
+def _point_devices(conn: sqlite3.Connection, customer_id: str) -> list[str]:
+    """The devices that wrote point rows of the customer (this till's id, and its former
+    ids after a reset): one index seek each, so a balance reads only the rows the
+    snapshot has not counted, never the customer's whole history on this till."""
+    devices: list[str] = []
+    while True:
+        row = conn.execute(
+            "SELECT device_id FROM points WHERE customer_id = ? AND device_id > ?"
+            " ORDER BY device_id LIMIT 1",
+            (customer_id, devices[-1] if devices else ""),
+        ).fetchone()
+        if row is None:
+            return devices
+        devices.append(str(row[0]))
 
 
 def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datetime) -> Wallet:
@@ -351,7 +393,7 @@ def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datet
                 datetime.fromisoformat(activates_at) if activates_at else None,
                 datetime.fromisoformat(expires_at) if expires_at else None,
             )
-            for _, _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at in rows
+            for _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at in rows
         ),
         program.points_lifetime_days,
         program.zone,
@@ -431,10 +473,10 @@ def pricing_marks(
     but: str,
 ) -> tuple[Any, ...]:
     """In brief, what pricing a receipt (`but`) reads from the ledger: the customer's point
-    movements (the newest row and their count: rows are only added, by commits and refunds),
-    the points the customer's other open holds reserve, the card's offline redemption on
-    the store-day (commits and holds), and for each scanned code whether this till issued
-    it and whether it is used. Equal marks read twice: the pricing read the same inputs
+    movements (the newest row: rows are only added, by commits and refunds, and ids are
+    never reused), the points the customer's other open holds reserve, the card's offline
+    redemption on the store-day (commits and holds), and for each scanned code whether this
+    till issued it and whether it is used. Equal marks read twice: the pricing read the same inputs
     (a commit priced before its transaction checks this inside it, cheaply)."""
     now_text = utc_text(now)
     marks: tuple[Any, ...] = ()
@@ -442,7 +484,6 @@ def pricing_marks(
         marks = tuple(
             conn.execute(
                 "SELECT (SELECT max(id) FROM points WHERE customer_id = ?1),"
-                " (SELECT count(*) FROM points WHERE customer_id = ?1),"
                 " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
                 "  WHERE state = 'HELD' AND expires_at > ?2 AND receipt_id IS NOT ?3"
                 "  AND json_extract(figures, '$.customerId') = ?1),"

@@ -623,6 +623,7 @@ _HTTP_CHILD = """
 import json, sys
 from pathlib import Path
 from bench.run import _http_echo_app
+from tillpoint.agent.app import settle_collector
 from tillpoint.agent.http_api import AsgiThread, HttpServer
 from tillpoint.agent.service import Agent
 agent = Agent(Path(sys.argv[1]), "bench-till")
@@ -630,6 +631,7 @@ server = HttpServer(agent, "127.0.0.1:0")
 echo = AsgiThread(_http_echo_app(), "127.0.0.1", 0)
 server.start()
 echo.start()
+settle_collector()  # as `tillpoint run` does before READY
 print(json.dumps({"quote": server.port, "echo": echo.port}), flush=True)
 sys.stdin.read()
 server.stop()

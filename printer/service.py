@@ -101,20 +101,14 @@ class Devices:
     def show(self, lines: Sequence[str]) -> None:
         self.display.show(lines)
 
-    def after_quote(self, result: CheckoutResult | Mapping[str, Any]) -> None:
+    def after_quote(self, result: CheckoutResult) -> None:
         # The typed result (`Agent`'s) is read by attribute: no JSON is built per sale.
-        lines = result.display if isinstance(result, CheckoutResult) else result.get("display")
-        if isinstance(lines, list | tuple) and lines:
-            self.display.show([str(x) for x in lines])
+        if result.display:
+            self.display.show(list(result.display))
 
-    def after_checkout(self, result: CheckoutResult | Mapping[str, Any]) -> None:
+    def after_checkout(self, result: CheckoutResult) -> None:
         self.after_quote(result)
-        printed = (
-            result.printed_offers
-            if isinstance(result, CheckoutResult)
-            else result.get("printedOffers")
-        )
-        if printed:
+        if result.printed_offers:
             self.worker.wake()
 
     def status(self) -> DevicesStatus:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,36 +36,24 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import (
-    EARNED_WHEN,
     MOVED_AT,
-    CouponUse,
-    HubRules,
     HubTx,
     LiveInputs,
-    Move,
     Texts,
-    _when,
     canon,
-    conflict,
 )
+from .hub_sql import POSTGRES, SqlHubStore, SqlTx
 from .hub_store import (
-    DeviceRecord,
     ImportRefused,
     ImportReport,
     ImportRow,
-    LedgerEntry,
     Publication,
     RowProblem,
-    StoredTx,
     TxIn,
 )
 
 # points earned at once at a checkout (its result's earnedPoints): see `hub_rules.Move`
-EARNED = (
-    f"sum(CASE WHEN {EARNED_WHEN}"
-    " AND jsonb_typeof(result_json::jsonb -> 'earnedPoints') = 'number'"
-    " THEN (result_json::jsonb ->> 'earnedPoints')::numeric::bigint ELSE 0 END)"
-)
+EARNED = POSTGRES.earned
 
 try:
     import psycopg
@@ -327,7 +315,7 @@ def schema_version(url: str) -> int:
         raise StorageError(f"cannot open the hub database {_redacted(url)}: {_line(exc)}") from None
 
 
-class PostgresHubStore(HubRules):
+class PostgresHubStore(SqlHubStore):
     """The hub's store on PostgreSQL; `url` is a libpq URL (postgresql://...)."""
 
     def __init__(self, url: str, *, migrate_schema: bool = False, pool_size: int = 8) -> None:
@@ -385,6 +373,10 @@ class PostgresHubStore(HubRules):
         with self._conn() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield conn
+
+    def _single(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        # `device`: every call of every till asks; one statement (autocommit), one round trip.
+        return self._conn()
 
     @contextmanager
     def write_tx(self) -> Iterator[HubTx]:
@@ -596,10 +588,6 @@ class PostgresHubStore(HubRules):
                         removed += int(count)
         return ImportReport(rows=n, by_kind=dict(counts), removed=removed)
 
-    def draft_size(self) -> int:
-        with self._read() as conn:
-            return _one(conn, "SELECT count(*) FROM draft")
-
     def publish(
         self,
         now: datetime,
@@ -657,131 +645,19 @@ class PostgresHubStore(HubRules):
             version, now.astimezone(UTC), expires.astimezone(UTC), cut, reason, changed
         )
 
-    def latest(self) -> Publication | None:
-        with self._read() as conn:
-            return _publication(conn, _latest_version(conn))
 
-    def publication(self, version: int) -> Publication | None:
-        with self._read() as conn:
-            return _publication(conn, version)
-
-    def delta_floor(self) -> int:
-        with self._read() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'delta_floor'").fetchone()
-            return 0 if row is None else int(row[0])
-
-    # ------------------------------------------------------------ ledger
-
-    def transactions(
-        self, device_id: str, since_seq: int = 0, limit: int = 0, receipt_id: str = ""
-    ) -> list[StoredTx]:
-        sql = (
-            "SELECT device_id, seq, kind, receipt_id, ref_id, at, customer_id, card,"
-            " delta_available, delta_pending, coalesce(pending_activates_at, ''), ingested_at"
-            " FROM transactions WHERE device_id = %s AND seq > %s"
-        )
-        params: list[Any] = [device_id, since_seq]
-        if receipt_id:
-            sql += " AND receipt_id = %s"
-            params.append(receipt_id)
-        sql += " ORDER BY seq"
-        if limit > 0:
-            sql += " LIMIT %s"
-            params.append(limit)
-        with self._read() as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return [
-            StoredTx(
-                device_id=str(r[0]),
-                seq=int(r[1]),
-                kind=str(r[2]),
-                receipt_id=str(r[3]),
-                refund_id=str(r[4]) if r[2] == "REFUND" else "",
-                at=str(r[5]),
-                customer_id=str(r[6]),
-                card=str(r[7]),
-                delta_available=int(r[8]),
-                delta_pending=int(r[9]),
-                pending_activates_at=str(r[10]),
-                ingested_at=str(r[11]),
-            )
-            for r in rows
-        ]
-
-    def coupon_conflicts(self) -> list[dict[str, Any]]:
-        """Codes used more than once (by two tills while they were offline), for review."""
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
-                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
-                ' ORDER BY c.code COLLATE "C", c.device_id COLLATE "C", c.seq'
-            ).fetchall()
-        return [conflict(*row) for row in rows]
-
-    def applied_through(self, device_id: str) -> int:
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT contiguous_through FROM device_progress WHERE device_id = %s",
-                (device_id,),
-            ).fetchone()
-            return 0 if row is None else int(row[0])
-
-    def ingested_since(self, cut: int) -> int:
-        with self._read() as conn:
-            return _one(conn, "SELECT count(*) FROM transactions WHERE ingest_id > %s", (cut,))
-
-    def ledger(self, device_id: str | None = None) -> list[LedgerEntry]:
-        sql = (
-            "SELECT device_id, seq, kind, ref_id, customer_id, card, delta_available,"
-            " delta_pending FROM transactions"
-        )
-        with self._read() as conn:
-            rows = (
-                conn.execute(sql + " WHERE device_id = %s ORDER BY seq", (device_id,))
-                if device_id
-                else conn.execute(sql + " ORDER BY device_id, seq")
-            ).fetchall()
-        return [
-            LedgerEntry(str(a), int(b), str(c), str(d), str(e), str(f), int(g), int(h))
-            for a, b, c, d, e, f, g, h in rows
-        ]
-
-    # ------------------------------------------------------------ devices
-
-    def enroll(self, device_id: str, fingerprint: str, now: datetime) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO devices VALUES (%s, %s, %s, NULL) ON CONFLICT (device_id) DO UPDATE"
-                " SET fingerprint = excluded.fingerprint, enrolled_at = excluded.enrolled_at,"
-                " revoked_at = NULL",
-                (device_id, fingerprint, utc_text(now)),
-            )
-
-    def device(self, device_id: str) -> DeviceRecord | None:
-        # Every call of every till asks: one statement (autocommit), one round trip.
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
-                " WHERE device_id = %s",
-                (device_id,),
-            ).fetchone()
-        return None if row is None else DeviceRecord(row[0], row[1], row[2], row[3])
-
-    def revoke(self, device_id: str, now: datetime) -> bool:
-        with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE devices SET revoked_at = %s WHERE device_id = %s AND revoked_at IS NULL",
-                (utc_text(now), device_id),
-            )
-            return cur.rowcount > 0
-
-
-class PgTx:
+class PgTx(SqlTx):
     """`HubTx` on an open PostgreSQL transaction (in pipeline mode when `pipe` is given:
-    a statement's rowcount is read only after `_count` synced the pipeline)."""
+    a statement's rowcount is read only after `_count` synced the pipeline): the shared
+    primitives (`hub_sql.SqlTx`), with the transactions' inserts buffered, the ledger
+    mark of `hub_ledger_mark`, advisory locks and server-side cursors."""
+
+    dialect = POSTGRES
+    prune_own_batches_only = True
+    _COUNTED = POSTGRES.sql(SqlTx.COUNTED)
 
     def __init__(self, conn: psycopg.Connection[Any], pipe: Any = None) -> None:
-        self._raw = conn
+        super().__init__(conn)
         self.pipe = pipe
         self._inserts: list[tuple[Any, ...]] = []  # transactions not sent yet
 
@@ -791,7 +667,8 @@ class PgTx:
         sees them, in order)."""
         if self._inserts:
             self.flush()
-        return self._raw
+        conn: psycopg.Connection[Any] = self._raw
+        return conn
 
     def flush(self) -> None:
         """Send the buffered transactions: one INSERT of them all, in their order."""
@@ -811,22 +688,6 @@ class PgTx:
         assert row is not None
         return str(row[0])
 
-    # -- master data and publications
-
-    def latest_version(self) -> int:
-        return _latest_version(self.conn)
-
-    def publication(self, version: int) -> Publication | None:
-        return _publication(self.conn, version)
-
-    def text_as_of(self, kind: str, key: str, version: int) -> str | None:
-        row = self.conn.execute(
-            "SELECT doc FROM revisions WHERE kind = %s AND key = %s AND version <= %s"
-            " ORDER BY version DESC LIMIT 1",
-            (kind, key, version),
-        ).fetchone()
-        return None if row is None or row[0] is None else str(row[0])
-
     def texts_as_of(self, kind: str, version: int) -> Texts:
         """Every row of `kind` at `version`, in key order, from a server-side cursor (the
         newest revision of each key: the last of its key in the primary key's order, so
@@ -844,201 +705,10 @@ class PgTx:
                 if doc is not None:
                     yield str(key), str(doc)
 
-    def keys_changed(self, kind: str, base: int, version: int) -> list[str]:
-        return [
-            str(key)
-            for (key,) in self.conn.execute(
-                "SELECT DISTINCT key FROM revisions WHERE kind = %s AND version > %s"
-                " AND version <= %s ORDER BY key",
-                (kind, base, version),
-            )
-        ]
-
-    def cards_ever_of(self, customer_id: str) -> list[str]:
-        return [
-            str(key)
-            for (key,) in self.conn.execute(
-                "SELECT DISTINCT key FROM revisions WHERE kind = 'card'"
-                " AND (doc::jsonb) ->> 'customerId' = %s",
-                (customer_id,),
-            )
-        ]
-
-    def progress_at(self, version: int) -> dict[str, int]:
-        return {
-            str(device): int(through)
-            for device, through in self.conn.execute(
-                "SELECT device_id, through FROM publication_progress WHERE version = %s"
-                " ORDER BY device_id",
-                (version,),
-            )
-        }
-
-    # -- the ledger
-
-    def stored_content(self, device_id: str, seq: int) -> str | None:
-        row = self.conn.execute(
-            "SELECT content_sha256 FROM transactions WHERE device_id = %s AND seq = %s",
-            (device_id, seq),
-        ).fetchone()
-        return None if row is None else str(row[0])
-
-    def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
-        return {
-            int(seq): str(content)
-            for seq, content in self.conn.execute(
-                "SELECT seq, content_sha256 FROM transactions WHERE device_id = %s"
-                " AND seq = ANY(%s)",
-                (device_id, seqs),
-            )
-        }
-
-    def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
-        return [
-            int(s)
-            for (s,) in self.conn.execute(
-                "SELECT seq FROM transactions WHERE device_id = %s AND seq > %s ORDER BY seq"
-                " LIMIT %s",
-                (device_id, seq, limit),
-            )
-        ]
-
     def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
         # Buffered: the batch's transactions go in one statement, when the next statement
         # (or the end of the transaction) needs them.
-        self._inserts.append(
-            (
-                tx.device_id,
-                tx.seq,
-                tx.kind,
-                tx.at,
-                tx.customer_id,
-                tx.card,
-                fields["receipt_id"],
-                fields["ref_id"],
-                tx.request_json,
-                tx.result_json,
-                tx.delta_available,
-                tx.delta_pending,
-                fields["available"],
-                fields["pending"],
-                fields["activates"],
-                content,
-                now,
-                tx.fiscal_document,
-            ),
-        )
-
-    def set_aside(
-        self, tx: TxIn, outcome: str, reason: str, content: str, payload: str, now: str
-    ) -> None:
-        self.conn.execute(
-            "INSERT INTO set_aside (device_id, seq, outcome, reason, content_sha256, payload,"
-            " received_at) VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-            (tx.device_id, tx.seq, outcome, reason, content, payload, now),
-        )
-
-    def checkout_pending(self, device_id: str, receipt_id: str) -> tuple[str | None, int] | None:
-        row = self.conn.execute(
-            "SELECT pending_activates_at, coalesce((SELECT sum(delta_pending) FROM transactions"
-            " t2 WHERE t2.device_id = t.device_id AND t2.receipt_id = t.receipt_id), 0)"
-            " FROM transactions t WHERE device_id = %s AND receipt_id = %s"
-            " AND kind = 'CHECKOUT' LIMIT 1",
-            (device_id, receipt_id),
-        ).fetchone()
-        return None if row is None else (row[0], int(row[1]))
-
-    def contiguous_through(self, device_id: str) -> int | None:
-        row = self.conn.execute(
-            "SELECT contiguous_through FROM device_progress WHERE device_id = %s", (device_id,)
-        ).fetchone()
-        return None if row is None else int(row[0])
-
-    def set_contiguous_through(self, device_id: str, through: int) -> None:
-        self.conn.execute(
-            "INSERT INTO device_progress VALUES (%s, %s) ON CONFLICT (device_id)"
-            " DO UPDATE SET contiguous_through = excluded.contiguous_through",
-            (device_id, through),
-        )
-
-    def batch_answer(self, device_id: str, batch_id: str) -> tuple[str, str] | None:
-        row = self.conn.execute(
-            "SELECT content_sha256, ack FROM push_batches WHERE device_id = %s AND batch_id = %s",
-            (device_id, batch_id),
-        ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
-
-    def save_batch_answer(
-        self, device_id: str, batch_id: str, content: str, answer: str, now: str, prune_before: str
-    ) -> None:
-        self.conn.execute(
-            "INSERT INTO push_batches VALUES (%s, %s, %s, %s, %s) ON CONFLICT"
-            " (device_id, batch_id) DO UPDATE SET content_sha256 = excluded.content_sha256,"
-            " ack = excluded.ack, created_at = excluded.created_at",
-            (device_id, batch_id, content, answer, now),
-        )
-        self.conn.execute(
-            "DELETE FROM push_batches WHERE device_id = %s AND created_at < %s",
-            (device_id, prune_before),
-        )
-
-    def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
-        return [
-            (int(points), when, int(due or 0), spent, int(earned))
-            for points, when, due, spent, earned in self.conn.execute(
-                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending),"
-                f" {MOVED_AT}, {EARNED} FROM transactions WHERE customer_id = %s"
-                " OR (customer_id = '' AND card = ANY(%s))"
-                f" GROUP BY pending_activates_at, {MOVED_AT}",
-                (customer_id, cards),
-            )
-        ]
-
-    # -- what a publication counts
-
-    def newly_counted(self, base: Publication, pub: Publication) -> Iterable[tuple[str, str]]:
-        return [
-            (str(a), str(b))
-            for a, b in self.conn.execute(
-                "SELECT DISTINCT t.customer_id, t.card FROM publication_progress p"
-                " JOIN transactions t ON t.device_id = p.device_id AND t.seq <= p.through"
-                " AND t.seq > coalesce((SELECT b.through FROM publication_progress b"
-                " WHERE b.version = %s AND b.device_id = p.device_id), 0)"
-                " WHERE p.version = %s AND t.ingest_id <= %s",
-                (base.version, pub.version, pub.cut),
-            )
-        ]
-
-    def reowned_cards(self, base: Publication, pub: Publication) -> Iterable[str]:
-        return [
-            str(card)
-            for (card,) in self.conn.execute(
-                "SELECT DISTINCT r.key FROM revisions r WHERE r.kind = 'card'"
-                " AND r.version > %s AND r.version <= %s AND EXISTS (SELECT 1"
-                " FROM transactions t WHERE t.customer_id = '' AND t.card = r.key"
-                " AND t.ingest_id <= %s)",
-                (base.version, pub.version, pub.cut),
-            )
-        ]
-
-    _COUNTED = (
-        " FROM transactions t JOIN publication_progress p ON p.version = %s"
-        " AND p.device_id = t.device_id WHERE t.ingest_id <= %s AND t.seq <= p.through"
-    )
-
-    def counted_card_moves(
-        self, pub: Publication
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
-        return [
-            (str(card), int(points), when, int(due or 0), spent, int(earned))
-            for card, points, when, due, spent, earned in self.conn.execute(
-                "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
-                f" sum(t.delta_pending), {MOVED_AT}, {EARNED}{self._COUNTED}"
-                " AND t.customer_id = '' AND t.card != ''"
-                f" GROUP BY t.card, t.pending_activates_at, {MOVED_AT}",
-                (pub.version, pub.cut),
-            )
-        ]
+        self._inserts.append(self.transaction_row(tx, fields, content, now))
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
@@ -1061,73 +731,7 @@ class PgTx:
             for customer, points, when, due, spent, earned in cur:
                 yield str(customer), int(points), when, int(due or 0), spent, int(earned)
 
-    # -- coupons
-
-    def coupon_first_use(self, code: str) -> tuple[str, str] | None:
-        row = self.conn.execute(
-            "SELECT device_id, receipt_id FROM coupon_uses WHERE code = %s", (code,)
-        ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
-
-    def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
-        # Two servers may record the same code at once: the unique key decides, and the
-        # loser reads the winner's (committed by then: ON CONFLICT waited for it).
-        done = self._count(
-            self.conn.execute(
-                "INSERT INTO coupon_uses VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (code) DO NOTHING",
-                row,
-            )
-        )
-        return None if done else self.coupon_first_use(row[0])
-
-    def record_coupon_conflict(self, row: CouponUse) -> None:
-        self.conn.execute(
-            "INSERT INTO coupon_conflicts VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-            row,
-        )
-
-    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
-        self.conn.execute(
-            "INSERT INTO draft (kind, key, doc) VALUES (%s, %s, %s)"
-            " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc",
-            (kind, key, doc),
-        )
-
-    def expire_coupon_holds(self, now: str) -> None:
-        self.conn.execute("DELETE FROM coupon_holds WHERE expires_at <= %s", (now,))
-
-    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
-        return self._count(
-            self.conn.execute(
-                "DELETE FROM coupon_holds WHERE device_id = %s AND receipt_id = %s",
-                (device_id, receipt_id),
-            )
-        )
-
-    def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
-        self.conn.execute(
-            "DELETE FROM coupon_holds WHERE device_id = %s AND receipt_id = ANY(%s)",
-            (device_id, receipt_ids),
-        )
-
-    def coupon_held(self, code: str) -> bool:
-        row = self.conn.execute("SELECT 1 FROM coupon_holds WHERE code = %s", (code,))
-        return row.fetchone() is not None
-
-    def hold_coupon(
-        self, code: str, device_id: str, receipt_id: str, customer_id: str, now: str, expires: str
-    ) -> bool:
-        # Two servers may hold the same code at once: the key decides, the loser is told.
-        return bool(
-            self._count(
-                self.conn.execute(
-                    "INSERT INTO coupon_holds VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                    (code, device_id, receipt_id, customer_id, now, expires),
-                )
-            )
-        )
-
-    # -- holds
+    # -- locks
 
     def lock_device(self, device_id: str) -> None:
         self.conn.execute(
@@ -1145,70 +749,11 @@ class PgTx:
                 (keys,),
             )
 
-    def expire_holds(self, customer_id: str, now: str) -> None:
-        self.conn.execute(
-            "UPDATE holds SET state = 'EXPIRED' WHERE customer_id = %s AND state = 'ACTIVE'"
-            " AND expires_at <= %s",
-            (customer_id, now),
-        )
 
-    def active_holds(self, customer_id: str) -> list[tuple[str, str, int]]:
-        return [
-            (str(d), str(r), int(p))
-            for d, r, p in self.conn.execute(
-                "SELECT device_id, receipt_id, points FROM holds WHERE customer_id = %s"
-                " AND state = 'ACTIVE'",
-                (customer_id,),
-            )
-        ]
-
-    def held(self, customer_id: str, now: str) -> int:
-        return _one(
-            self.conn,
-            "SELECT coalesce(sum(points), 0) FROM holds WHERE customer_id = %s"
-            " AND state = 'ACTIVE' AND expires_at > %s",
-            (customer_id, now),
-        )
-
-    def settle_holds(self, device_id: str, receipt_ids: list[str]) -> None:
-        self.conn.execute(
-            "UPDATE holds SET state = 'SETTLED' WHERE device_id = %s AND receipt_id = ANY(%s)"
-            " AND state = 'ACTIVE'",
-            (device_id, receipt_ids),
-        )
-
-    def upsert_hold(
-        self,
-        hold_id: str,
-        device_id: str,
-        receipt_id: str,
-        customer_id: str,
-        points: int,
-        now: str,
-        expires: str,
-    ) -> None:
-        self.conn.execute(
-            "INSERT INTO holds VALUES (%s, %s, %s, %s, %s, %s, %s, 'ACTIVE')"
-            " ON CONFLICT (device_id, receipt_id) DO UPDATE SET"
-            " points = excluded.points, expires_at = excluded.expires_at, state = 'ACTIVE'",
-            (hold_id, device_id, receipt_id, customer_id, points, now, expires),
-        )
-
-    def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
-        active = " AND state = 'ACTIVE'" if only_active else ""
-        return self._count(
-            self.conn.execute(
-                f"DELETE FROM holds WHERE device_id = %s AND receipt_id = %s{active}",
-                (device_id, receipt_id),
-            )
-        )
-
+PostgresHubStore.tx_class = PgTx
 
 _INSERT_TRANSACTIONS = (
-    "INSERT INTO transactions (device_id, seq, kind, at, customer_id, card, receipt_id,"
-    " ref_id, request_json, result_json, sent_delta_available, sent_delta_pending,"
-    " delta_available, delta_pending, pending_activates_at, content_sha256,"
-    " ingested_at, fiscal_document)"
+    f"INSERT INTO transactions ({SqlTx.TRANSACTION_COLUMNS})"
     " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[],"
     " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
     " %b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[],"
@@ -1222,17 +767,4 @@ def _one(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) 
 
 
 def _latest_version(conn: psycopg.Connection[Any]) -> int:
-    return _one(conn, "SELECT coalesce(max(version), 0) FROM publications")
-
-
-def _publication(conn: psycopg.Connection[Any], version: int) -> Publication | None:
-    row = conn.execute(
-        "SELECT version, issued_at, expires_at, cut, reason, changed_rows"
-        " FROM publications WHERE version = %s",
-        (version,),
-    ).fetchone()
-    if row is None:
-        return None
-    return Publication(
-        int(row[0]), _when(row[1]), _when(row[2]), int(row[3]), str(row[4]), int(row[5])
-    )
+    return PgTx(conn).latest_version()

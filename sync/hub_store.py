@@ -1,9 +1,10 @@
 """The reference hub's storage interface.
 
 Everything the hub's gRPC service and its admin commands need from storage goes through
-`HubStore`. `hub_sqlite.SqliteHubStore` implements it on one SQLite file; a PostgreSQL
-store would implement the same methods (each one is one database transaction, and none
-depends on SQLite beyond its own module).
+`HubStore`. `hub_sqlite.SqliteHubStore` implements it on one SQLite file and
+`hub_postgres.PostgresHubStore` on PostgreSQL: the rules once (`hub_rules.HubRules`), the
+SQL both engines share once (`hub_sql`, over a dialect), each engine's own ways in its
+module (each method is one database transaction).
 
 Data model (what an implementation must keep):
 

@@ -41,6 +41,36 @@ def test_bench_runs_every_figure_at_tiny_scale(tmp_path: Path) -> None:
     assert heavy["floor_p99_ms"] > 0 and isinstance(heavy["pass"], bool)
 
 
+def test_the_profile_accounts_for_the_whole_call(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "profile.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.profile",
+            "--scale",
+            "tiny",
+            "--calls",
+            "30",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    import json
+
+    result = json.loads(out.read_text())
+    for call in ("quote", "checkout"):
+        areas = result[call]["areas"]
+        assert abs(sum(a["share"] for a in areas.values()) - 1) < 0.01
+        assert areas["pricing core"]["share"] > 0 and areas["SQLite (C)"]["share"] > 0
+
+
 def _tables(statements: list[str]) -> list[str]:
     """The tables a list of traced statements reads, in order (FROM clauses)."""
     import re

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from tillpoint.agent.errors import InputError
-from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.results import Card, CheckoutResult, receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.cli_support import preview, print_test_page
 from tillpoint.printer.config import PrinterConfig
@@ -182,8 +182,11 @@ def test_devices_wire_display_and_printer(tmp_path: Path, printer: VirtualPrinte
     try:
         enqueue(conn, {"receiptId": "r-9", "offers": [{"id": "o-1", "text": "Подарок"}]})
         devices.after_checkout(
-            {"display": ["Начислено: +5", "Бонусы: 10"], "printedOffers": ["o-1"]}
-        )
+            CheckoutResult(
+                "r-9", Card("UNKNOWN"), "OFFLINE", (), 0, 0, 0, 0, 0, None, (), ("o-1",),
+                display=("Начислено: +5", "Бонусы: 10"),
+            )
+        )  # fmt: skip
         assert printer.wait_for(1, timeout_s=5)
         status = devices.status()
         assert status["display"]["state"] == "OFFLINE" and status["scanner"]["state"] == "DISABLED"

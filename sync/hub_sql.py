@@ -1,0 +1,715 @@
+"""The SQL both hub stores share, written once over a small dialect layer.
+
+`hub_rules.HubRules` holds the hub's rules over `HubTx`'s primitives. This module holds
+the one implementation of those primitives (`SqlTx`) and of the store's plain reads and
+device records (`SqlHubStore`), written against a `Dialect`: the little that differs
+between SQLite and PostgreSQL in these statements.
+
+- Placeholders: statements are written with ``?``; `PostgresDialect.sql` turns them into
+  psycopg's ``%s`` (once per statement text, cached).
+- A list parameter: ``col IN (?, ?, …)`` in chunks on SQLite, ``col = ANY(?)`` (one array)
+  on PostgreSQL (`Dialect.any_of`, `Dialect.chunks`).
+- The JSON expressions: a card revision's owner (the expression of the
+  ``revisions_card_owner`` index, so that both planners use it) and the points earned at
+  once at a checkout (`Dialect.earned`).
+- Text in code point order where a column's collation does not give it.
+
+Upserts and ignored duplicates are standard ``INSERT … ON CONFLICT … DO UPDATE / DO
+NOTHING`` on both engines (SQLite has them since 3.24), so they are written once too.
+
+What really differs stays in each store's module: SQLite's file, WAL and per-thread
+connections, its import through a temp table and its snapshot rows by bare columns of a
+max() aggregate (`hub_sqlite`); PostgreSQL's pool and migrations, advisory locks,
+pipelined ingest (its transactions buffered into one ``unnest`` insert), ``COPY`` import,
+`hub_claim_hold`, the one-statement live inputs and server-side cursors (`hub_postgres`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, ClassVar, TypeVar
+
+from tillpoint.agent.ledger import utc_text
+
+from .hub_rules import EARNED_WHEN, MOVED_AT, CouponUse, HubRules, Move, Texts, _when, conflict
+from .hub_store import DeviceRecord, LedgerEntry, Publication, StoredTx, TxIn
+
+T = TypeVar("T")
+
+
+class Dialect:
+    """What differs between the engines in the statements of `SqlTx` and `SqlHubStore`."""
+
+    name: ClassVar[str]
+    card_owner: ClassVar[str]  # a card revision's customerId (the index's expression)
+    earned: ClassVar[str]  # points earned at once at a checkout: see `hub_rules.Move`
+
+    def sql(self, text: str) -> str:
+        """The statement written with ``?`` placeholders, in the driver's style."""
+        return text
+
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """A condition true where `column` is one of `values` (at most one chunk of
+        `chunks`), and its parameters."""
+        raise NotImplementedError
+
+    def chunks(self, values: Sequence[T]) -> Iterator[Sequence[T]]:
+        """`values` in parts small enough for one `any_of`."""
+        yield values
+
+    def code_points(self, column: str) -> str:
+        """`column` compared in code point order (as Python's str and the snapshot do)."""
+        return column
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    card_owner = "json_extract(doc, '$.customerId')"
+    earned = (
+        f"sum(CASE WHEN {EARNED_WHEN} AND json_type(result_json, '$.earnedPoints') = 'integer'"
+        " THEN json_extract(result_json, '$.earnedPoints') ELSE 0 END)"
+    )
+    CHUNK = 500  # well under SQLite's limit on the number of parameters
+
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+    def chunks(self, values: Sequence[T]) -> Iterator[Sequence[T]]:
+        for start in range(0, len(values), self.CHUNK):
+            yield values[start : start + self.CHUNK]
+
+    # BINARY, SQLite's default collation, is code point order for UTF-8 text
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    card_owner = "(doc::jsonb) ->> 'customerId'"
+    earned = (
+        f"sum(CASE WHEN {EARNED_WHEN}"
+        " AND jsonb_typeof(result_json::jsonb -> 'earnedPoints') = 'number'"
+        " THEN (result_json::jsonb ->> 'earnedPoints')::numeric::bigint ELSE 0 END)"
+    )
+
+    def sql(self, text: str) -> str:
+        return _percent_s(text)
+
+    def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?)", [list(values)]
+
+    def code_points(self, column: str) -> str:
+        return f'{column} COLLATE "C"'
+
+
+@lru_cache(maxsize=1024)
+def _percent_s(text: str) -> str:
+    if "%" in text:  # psycopg would read it as a placeholder
+        raise ValueError(f"a shared statement may not contain '%': {text}")
+    return text.replace("?", "%s")
+
+
+SQLITE = SqliteDialect()
+POSTGRES = PostgresDialect()
+
+
+def _one(cur: Any) -> int:
+    """The first column of the cursor's first row as an int (0 when there is none)."""
+    row = cur.fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
+def _pub(row: Sequence[Any] | None) -> Publication | None:
+    if row is None:
+        return None
+    return Publication(
+        int(row[0]), _when(row[1]), _when(row[2]), int(row[3]), str(row[4]), int(row[5])
+    )
+
+
+class SqlTx:
+    """`HubTx` on an open transaction of a DB-API connection, over `dialect`: every
+    primitive the two engines do alike. A store's subclass supplies the locks and the
+    snapshot's row streams (`texts_as_of`, `counted_customer_moves`), and may replace any
+    primitive with a way of its own (PostgreSQL: buffered inserts, `hub_ledger_mark`)."""
+
+    dialect: ClassVar[Dialect]
+    # Old push answers are pruned with each answer saved: all of them where one writer
+    # runs at a time (SQLite), only the device's where several servers ingest at once
+    # (its rows are under its device's lock, so no two ingests delete the same rows).
+    prune_own_batches_only: ClassVar[bool] = False
+
+    def __init__(self, conn: Any) -> None:
+        self._raw = conn
+
+    @property
+    def conn(self) -> Any:
+        return self._raw
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one shared statement (``?`` placeholders); its cursor."""
+        if params:
+            return self.conn.execute(self.dialect.sql(sql), params)
+        return self.conn.execute(self.dialect.sql(sql))
+
+    def _count(self, cur: Any) -> int:
+        """The rows a statement changed."""
+        return int(cur.rowcount)
+
+    # -- engine-specific (see the subclasses)
+
+    def lock_device(self, device_id: str) -> None:
+        raise NotImplementedError
+
+    def lock_customers(self, customer_ids: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def texts_as_of(self, kind: str, version: int) -> Texts:
+        raise NotImplementedError
+
+    def counted_customer_moves(
+        self, pub: Publication, only: set[str] | None
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+        raise NotImplementedError
+
+    # -- master data and publications
+
+    def latest_version(self) -> int:
+        return _one(self.execute("SELECT coalesce(max(version), 0) FROM publications"))
+
+    def publication(self, version: int) -> Publication | None:
+        return _pub(
+            self.execute(
+                "SELECT version, issued_at, expires_at, cut, reason, changed_rows"
+                " FROM publications WHERE version = ?",
+                (version,),
+            ).fetchone()
+        )
+
+    def text_as_of(self, kind: str, key: str, version: int) -> str | None:
+        row = self.execute(
+            "SELECT doc FROM revisions WHERE kind = ? AND key = ? AND version <= ?"
+            " ORDER BY version DESC LIMIT 1",
+            (kind, key, version),
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def keys_changed(self, kind: str, base: int, version: int) -> list[str]:
+        return [
+            str(key)
+            for (key,) in self.execute(
+                "SELECT DISTINCT key FROM revisions WHERE kind = ? AND version > ?"
+                " AND version <= ? ORDER BY key",
+                (kind, base, version),
+            )
+        ]
+
+    def cards_ever_of(self, customer_id: str) -> list[str]:
+        return [
+            str(key)
+            for (key,) in self.execute(
+                f"SELECT DISTINCT key FROM revisions WHERE {self.dialect.card_owner} = ?"
+                " AND kind = 'card'",
+                (customer_id,),
+            )
+        ]
+
+    def progress_at(self, version: int) -> dict[str, int]:
+        return {
+            str(device): int(through)
+            for device, through in self.execute(
+                "SELECT device_id, through FROM publication_progress WHERE version = ?"
+                " ORDER BY device_id",
+                (version,),
+            )
+        }
+
+    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
+        self.execute(
+            "INSERT INTO draft (kind, key, doc) VALUES (?, ?, ?)"
+            " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc",
+            (kind, key, doc),
+        )
+
+    # -- the ledger
+
+    def stored_content(self, device_id: str, seq: int) -> str | None:
+        row = self.execute(
+            "SELECT content_sha256 FROM transactions WHERE device_id = ? AND seq = ?",
+            (device_id, seq),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for part in self.dialect.chunks(seqs):
+            among, params = self.dialect.any_of("seq", part)
+            for seq, content in self.execute(
+                f"SELECT seq, content_sha256 FROM transactions WHERE device_id = ? AND {among}",
+                (device_id, *params),
+            ):
+                found[int(seq)] = str(content)
+        return found
+
+    def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
+        return [
+            int(s)
+            for (s,) in self.execute(
+                "SELECT seq FROM transactions WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (device_id, seq, limit),
+            )
+        ]
+
+    @staticmethod
+    def transaction_row(
+        tx: TxIn, fields: dict[str, Any], content: str, now: str
+    ) -> tuple[Any, ...]:
+        """The values of `INSERT_TRANSACTION`'s columns, in order."""
+        return (
+            tx.device_id,
+            tx.seq,
+            tx.kind,
+            tx.at,
+            tx.customer_id,
+            tx.card,
+            fields["receipt_id"],
+            fields["ref_id"],
+            tx.request_json,
+            tx.result_json,
+            tx.delta_available,
+            tx.delta_pending,
+            fields["available"],
+            fields["pending"],
+            fields["activates"],
+            content,
+            now,
+            tx.fiscal_document,
+        )
+
+    TRANSACTION_COLUMNS = (
+        "device_id, seq, kind, at, customer_id, card, receipt_id, ref_id, request_json,"
+        " result_json, sent_delta_available, sent_delta_pending, delta_available,"
+        " delta_pending, pending_activates_at, content_sha256, ingested_at, fiscal_document"
+    )
+
+    def insert_transaction(self, tx: TxIn, fields: dict[str, Any], content: str, now: str) -> None:
+        self.execute(
+            f"INSERT INTO transactions ({self.TRANSACTION_COLUMNS})"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            self.transaction_row(tx, fields, content, now),
+        )
+
+    def set_aside(
+        self, tx: TxIn, outcome: str, reason: str, content: str, payload: str, now: str
+    ) -> None:
+        self.execute(
+            "INSERT INTO set_aside (device_id, seq, outcome, reason, content_sha256, payload,"
+            " received_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (tx.device_id, tx.seq, outcome, reason, content, payload, now),
+        )
+
+    def checkout_pending(self, device_id: str, receipt_id: str) -> tuple[str | None, int] | None:
+        row = self.execute(
+            "SELECT pending_activates_at, coalesce((SELECT sum(delta_pending) FROM transactions"
+            " t2 WHERE t2.device_id = t.device_id AND t2.receipt_id = t.receipt_id), 0)"
+            " FROM transactions t WHERE device_id = ? AND receipt_id = ?"
+            " AND kind = 'CHECKOUT' LIMIT 1",
+            (device_id, receipt_id),
+        ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
+
+    def contiguous_through(self, device_id: str) -> int | None:
+        row = self.execute(
+            "SELECT contiguous_through FROM device_progress WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_contiguous_through(self, device_id: str, through: int) -> None:
+        self.execute(
+            "INSERT INTO device_progress VALUES (?, ?) ON CONFLICT (device_id)"
+            " DO UPDATE SET contiguous_through = excluded.contiguous_through",
+            (device_id, through),
+        )
+
+    def batch_answer(self, device_id: str, batch_id: str) -> tuple[str, str] | None:
+        row = self.execute(
+            "SELECT content_sha256, ack FROM push_batches WHERE device_id = ? AND batch_id = ?",
+            (device_id, batch_id),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def save_batch_answer(
+        self, device_id: str, batch_id: str, content: str, answer: str, now: str, prune_before: str
+    ) -> None:
+        self.execute(
+            "INSERT INTO push_batches VALUES (?, ?, ?, ?, ?) ON CONFLICT"
+            " (device_id, batch_id) DO UPDATE SET content_sha256 = excluded.content_sha256,"
+            " ack = excluded.ack, created_at = excluded.created_at",
+            (device_id, batch_id, content, answer, now),
+        )
+        if self.prune_own_batches_only:
+            self.execute(
+                "DELETE FROM push_batches WHERE device_id = ? AND created_at < ?",
+                (device_id, prune_before),
+            )
+        else:
+            self.execute("DELETE FROM push_batches WHERE created_at < ?", (prune_before,))
+
+    def _customer_or_cards(self, customer_id: str, cards: list[str]) -> tuple[str, list[Any]]:
+        """The transactions of the customer, and the UNKNOWN-card ones of `cards`."""
+        if not cards:
+            return "customer_id = ?", [customer_id]
+        among, params = self.dialect.any_of("card", cards)
+        return f"(customer_id = ? OR (customer_id = '' AND {among}))", [customer_id, *params]
+
+    def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
+        where, params = self._customer_or_cards(customer_id, cards)
+        return [
+            (int(points), when, int(due or 0), spent, int(earned))
+            for points, when, due, spent, earned in self.execute(
+                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending),"
+                f" {MOVED_AT}, {self.dialect.earned} FROM transactions WHERE {where}"
+                f" GROUP BY pending_activates_at, {MOVED_AT}",
+                params,
+            )
+        ]
+
+    def ledger_mark(self, customer_id: str, cards: list[str]) -> str:
+        where, params = self._customer_or_cards(customer_id, cards)
+        row = self.execute(
+            f"SELECT count(*), coalesce(max(ingest_id), 0) FROM transactions WHERE {where}",
+            params,
+        ).fetchone()
+        return f"{self.latest_version()}:{row[0]}:{row[1]}"
+
+    # -- what a publication counts
+
+    def newly_counted(self, base: Publication, pub: Publication) -> Iterable[tuple[str, str]]:
+        return [
+            (str(a), str(b))
+            for a, b in self.execute(
+                "SELECT DISTINCT t.customer_id, t.card FROM publication_progress p"
+                " JOIN transactions t ON t.device_id = p.device_id AND t.seq <= p.through"
+                " AND t.seq > coalesce((SELECT b.through FROM publication_progress b"
+                " WHERE b.version = ? AND b.device_id = p.device_id), 0)"
+                " WHERE p.version = ? AND t.ingest_id <= ?",
+                (base.version, pub.version, pub.cut),
+            )
+        ]
+
+    def reowned_cards(self, base: Publication, pub: Publication) -> Iterable[str]:
+        return [
+            str(card)
+            for (card,) in self.execute(
+                "SELECT DISTINCT r.key FROM revisions r WHERE r.kind = 'card'"
+                " AND r.version > ? AND r.version <= ? AND EXISTS (SELECT 1"
+                " FROM transactions t WHERE t.customer_id = '' AND t.card = r.key"
+                " AND t.ingest_id <= ?)",
+                (base.version, pub.version, pub.cut),
+            )
+        ]
+
+    # The transactions a publication counts (parameters: its version, its cut).
+    COUNTED = (
+        " FROM transactions t JOIN publication_progress p ON p.version = ?"
+        " AND p.device_id = t.device_id WHERE t.ingest_id <= ? AND t.seq <= p.through"
+    )
+
+    def counted_card_moves(
+        self, pub: Publication
+    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+        return [
+            (str(card), int(points), when, int(due or 0), spent, int(earned))
+            for card, points, when, due, spent, earned in self.execute(
+                "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
+                f" sum(t.delta_pending), {MOVED_AT}, {self.dialect.earned}{self.COUNTED}"
+                " AND t.customer_id = '' AND t.card != ''"
+                f" GROUP BY t.card, t.pending_activates_at, {MOVED_AT}",
+                (pub.version, pub.cut),
+            )
+        ]
+
+    # -- coupons
+
+    def coupon_first_use(self, code: str) -> tuple[str, str] | None:
+        row = self.execute(
+            "SELECT device_id, receipt_id FROM coupon_uses WHERE code = ?", (code,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def record_coupon_use(self, row: CouponUse) -> tuple[str, str] | None:
+        # Two servers may record the same code at once: the unique key decides, and the
+        # loser reads the winner's (on PostgreSQL committed by then: ON CONFLICT waited
+        # for it; on SQLite this transaction is the only writer and always wins).
+        done = self._count(
+            self.execute(
+                "INSERT INTO coupon_uses VALUES (?,?,?,?,?,?) ON CONFLICT (code) DO NOTHING", row
+            )
+        )
+        return None if done else self.coupon_first_use(row[0])
+
+    def record_coupon_conflict(self, row: CouponUse) -> None:
+        self.execute(
+            "INSERT INTO coupon_conflicts VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING", row
+        )
+
+    def expire_coupon_holds(self, now: str) -> None:
+        self.execute("DELETE FROM coupon_holds WHERE expires_at <= ?", (now,))
+
+    def drop_coupon_holds(self, device_id: str, receipt_id: str) -> int:
+        return self._count(
+            self.execute(
+                "DELETE FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+                (device_id, receipt_id),
+            )
+        )
+
+    def drop_coupon_holds_of(self, device_id: str, receipt_ids: list[str]) -> None:
+        self._of_receipts(
+            "DELETE FROM coupon_holds WHERE device_id = ? AND {}", device_id, receipt_ids
+        )
+
+    def coupon_held(self, code: str) -> bool:
+        return (
+            self.execute("SELECT 1 FROM coupon_holds WHERE code = ?", (code,)).fetchone()
+            is not None
+        )
+
+    def hold_coupon(
+        self, code: str, device_id: str, receipt_id: str, customer_id: str, now: str, expires: str
+    ) -> bool:
+        # Two servers may hold the same code at once: the key decides, the loser is told.
+        return bool(
+            self._count(
+                self.execute(
+                    "INSERT INTO coupon_holds VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                    (code, device_id, receipt_id, customer_id, now, expires),
+                )
+            )
+        )
+
+    # -- holds
+
+    def expire_holds(self, customer_id: str, now: str) -> None:
+        self.execute(
+            "UPDATE holds SET state = 'EXPIRED' WHERE customer_id = ? AND state = 'ACTIVE'"
+            " AND expires_at <= ?",
+            (customer_id, now),
+        )
+
+    def active_holds(self, customer_id: str) -> list[tuple[str, str, int]]:
+        return [
+            (str(d), str(r), int(p))
+            for d, r, p in self.execute(
+                "SELECT device_id, receipt_id, points FROM holds WHERE customer_id = ?"
+                " AND state = 'ACTIVE'",
+                (customer_id,),
+            )
+        ]
+
+    def held(self, customer_id: str, now: str) -> int:
+        return _one(
+            self.execute(
+                "SELECT coalesce(sum(points), 0) FROM holds WHERE customer_id = ?"
+                " AND state = 'ACTIVE' AND expires_at > ?",
+                (customer_id, now),
+            )
+        )
+
+    def settle_holds(self, device_id: str, receipt_ids: list[str]) -> None:
+        self._of_receipts(
+            "UPDATE holds SET state = 'SETTLED' WHERE device_id = ? AND {} AND state = 'ACTIVE'",
+            device_id,
+            receipt_ids,
+        )
+
+    def _of_receipts(self, sql: str, device_id: str, receipt_ids: list[str]) -> None:
+        """`sql` for the device's receipts (``{}``: the condition on receipt_id), a
+        statement a chunk."""
+        for part in self.dialect.chunks(receipt_ids):
+            among, params = self.dialect.any_of("receipt_id", part)
+            self.execute(sql.format(among), (device_id, *params))
+
+    def upsert_hold(
+        self,
+        hold_id: str,
+        device_id: str,
+        receipt_id: str,
+        customer_id: str,
+        points: int,
+        now: str,
+        expires: str,
+    ) -> None:
+        self.execute(
+            "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, 'ACTIVE')"
+            " ON CONFLICT (device_id, receipt_id) DO UPDATE SET"
+            " points = excluded.points, expires_at = excluded.expires_at, state = 'ACTIVE'",
+            (hold_id, device_id, receipt_id, customer_id, points, now, expires),
+        )
+
+    def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
+        active = " AND state = 'ACTIVE'" if only_active else ""
+        return self._count(
+            self.execute(
+                f"DELETE FROM holds WHERE device_id = ? AND receipt_id = ?{active}",
+                (device_id, receipt_id),
+            )
+        )
+
+
+class SqlHubStore(HubRules):
+    """The `HubStore` methods both engines do alike (plain reads, device records), over a
+    store's `_read` and `_write` (each yields a connection inside one transaction) and
+    its `SqlTx` class. Import, publish, the snapshot's streams and the locks are each
+    store's own."""
+
+    tx_class: ClassVar[type[SqlTx]]
+
+    def _read(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _single(self) -> AbstractContextManager[Any]:
+        """A connection for one statement (a read transaction unless the store says)."""
+        return self._read()
+
+    @contextmanager
+    def _reading(self) -> Iterator[SqlTx]:
+        with self._read() as conn:
+            yield self.tx_class(conn)
+
+    @contextmanager
+    def _writing(self) -> Iterator[SqlTx]:
+        with self._write() as conn:
+            yield self.tx_class(conn)
+
+    # ------------------------------------------------------------ master data
+
+    def draft_size(self) -> int:
+        with self._reading() as tx:
+            return _one(tx.execute("SELECT count(*) FROM draft"))
+
+    def latest(self) -> Publication | None:
+        with self._reading() as tx:
+            return tx.publication(tx.latest_version())
+
+    def publication(self, version: int) -> Publication | None:
+        with self._reading() as tx:
+            return tx.publication(version)
+
+    def delta_floor(self) -> int:
+        with self._reading() as tx:
+            return _one(tx.execute("SELECT value FROM meta WHERE key = 'delta_floor'"))
+
+    # ------------------------------------------------------------ ledger
+
+    def transactions(
+        self, device_id: str, since_seq: int = 0, limit: int = 0, receipt_id: str = ""
+    ) -> list[StoredTx]:
+        sql = (
+            "SELECT device_id, seq, kind, receipt_id, ref_id, at, customer_id, card,"
+            " delta_available, delta_pending, coalesce(pending_activates_at, ''), ingested_at"
+            " FROM transactions WHERE device_id = ? AND seq > ?"
+        )
+        params: list[Any] = [device_id, since_seq]
+        if receipt_id:
+            sql += " AND receipt_id = ?"
+            params.append(receipt_id)
+        sql += " ORDER BY seq"
+        if limit > 0:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._reading() as tx:
+            rows = tx.execute(sql, params).fetchall()
+        return [
+            StoredTx(
+                device_id=str(r[0]),
+                seq=int(r[1]),
+                kind=str(r[2]),
+                receipt_id=str(r[3]),
+                refund_id=str(r[4]) if r[2] == "REFUND" else "",
+                at=str(r[5]),
+                customer_id=str(r[6]),
+                card=str(r[7]),
+                delta_available=int(r[8]),
+                delta_pending=int(r[9]),
+                pending_activates_at=str(r[10]),
+                ingested_at=str(r[11]),
+            )
+            for r in rows
+        ]
+
+    def coupon_conflicts(self) -> list[dict[str, Any]]:
+        """Codes used more than once (by two tills while they were offline), for review."""
+        order = ", ".join(map(self.tx_class.dialect.code_points, ("c.code", "c.device_id")))
+        with self._reading() as tx:
+            rows = tx.execute(
+                "SELECT c.code, c.device_id, c.receipt_id, c.at, u.device_id, u.receipt_id"
+                " FROM coupon_conflicts c JOIN coupon_uses u ON u.code = c.code"
+                f" ORDER BY {order}, c.seq"
+            ).fetchall()
+        return [conflict(*row) for row in rows]
+
+    def applied_through(self, device_id: str) -> int:
+        with self._reading() as tx:
+            return tx.contiguous_through(device_id) or 0
+
+    def ingested_since(self, cut: int) -> int:
+        with self._reading() as tx:
+            return _one(tx.execute("SELECT count(*) FROM transactions WHERE ingest_id > ?", (cut,)))
+
+    def ledger(self, device_id: str | None = None) -> list[LedgerEntry]:
+        sql = (
+            "SELECT device_id, seq, kind, ref_id, customer_id, card, delta_available,"
+            " delta_pending FROM transactions"
+        )
+        with self._reading() as tx:
+            rows = (
+                tx.execute(sql + " WHERE device_id = ? ORDER BY seq", (device_id,))
+                if device_id
+                else tx.execute(sql + " ORDER BY device_id, seq")
+            ).fetchall()
+        return [
+            LedgerEntry(str(a), int(b), str(c), str(d), str(e), str(f), int(g), int(h))
+            for a, b, c, d, e, f, g, h in rows
+        ]
+
+    # ------------------------------------------------------------ devices
+
+    def enroll(self, device_id: str, fingerprint: str, now: datetime) -> None:
+        with self._writing() as tx:
+            tx.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, NULL) ON CONFLICT (device_id) DO UPDATE"
+                " SET fingerprint = excluded.fingerprint, enrolled_at = excluded.enrolled_at,"
+                " revoked_at = NULL",
+                (device_id, fingerprint, utc_text(now)),
+            )
+
+    def device(self, device_id: str) -> DeviceRecord | None:
+        with self._single() as conn:
+            row = (
+                self.tx_class(conn)
+                .execute(
+                    "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
+                    " WHERE device_id = ?",
+                    (device_id,),
+                )
+                .fetchone()
+            )
+        return None if row is None else DeviceRecord(row[0], row[1], row[2], row[3])
+
+    def revoke(self, device_id: str, now: datetime) -> bool:
+        with self._writing() as tx:
+            return (
+                tx._count(
+                    tx.execute(
+                        "UPDATE devices SET revoked_at = ? WHERE device_id = ?"
+                        " AND revoked_at IS NULL",
+                        (utc_text(now), device_id),
+                    )
+                )
+                > 0
+            )

@@ -1,0 +1,130 @@
+"""The SQL the two hub stores share (sync/hub_sql.py): written once over a dialect, and
+what differs per engine (placeholders, list parameters) right on both real engines."""
+
+from __future__ import annotations
+
+import ast
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from tillpoint.sync.hub_sql import POSTGRES, SQLITE, SqlHubStore, SqlTx
+from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.loopback import import_doc, sample_master_data
+
+from .conftest import REPO
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+WEEK = 7 * 86400.0
+
+
+def checkout(seq: int, available: int = 0, fiscal: str = "") -> TxIn:
+    return TxIn(
+        "a",
+        seq,
+        "CHECKOUT",
+        NOW.isoformat(),
+        "c-1",
+        "",
+        json.dumps({"receiptId": f"a-{seq}"}),
+        "{}",
+        available,
+        0,
+        "",
+        fiscal,
+    )
+
+
+def test_a_batch_longer_than_one_chunk_is_deduplicated_and_settled_whole(
+    hub_store_factory: Any,
+) -> None:
+    """1,201 transactions in one batch: SQLite asks for them in chunks of 500 parameters,
+    PostgreSQL in one array; every seq is found again, and a hold past the first chunk
+    is settled by its transaction."""
+    store = hub_store_factory()
+    import_doc(store, sample_master_data())
+    store.publish(NOW, WEEK)
+    held = store.authorise("a", "a-1150", "c-1", 100, NOW, [], NOW, 600.0)
+    assert held.authorised == 100
+    batch = [checkout(seq, -100 if seq == 1150 else 0) for seq in range(1, 1202)]
+    first = store.ingest("a", "b1", batch, NOW)
+    assert (first.acked_through, first.count("STORED")) == (1201, 1201)
+    # the hold is settled (an active one would still take its 100 from another receipt)
+    after = store.authorise("a", "a-other", "c-1", 5000, NOW, [], NOW, 600.0)
+    assert (after.authorised, after.live_balance) == (1100, 1100)
+    again = [*batch[:-1], checkout(1201, fiscal="other")]  # the last one's content differs
+    second = store.ingest("a", "b2", again, NOW)
+    assert second.count("DUPLICATE") == 1200 and second.results[-1].outcome == "CONFLICT"
+    assert len(store.ledger("a")) == 1201
+
+
+def test_the_dialects_differ_only_in_what_they_say() -> None:
+    sql = "SELECT seq FROM transactions WHERE device_id = ? AND seq > ?"
+    assert SQLITE.sql(sql) is sql
+    assert POSTGRES.sql(sql) == "SELECT seq FROM transactions WHERE device_id = %s AND seq > %s"
+    with pytest.raises(ValueError, match="may not contain '%'"):
+        POSTGRES.sql("SELECT 1 WHERE key LIKE 'a%'")
+    assert SQLITE.any_of("seq", [1, 2, 3]) == ("seq IN (?,?,?)", [1, 2, 3])
+    assert POSTGRES.any_of("seq", (1, 2, 3)) == ("seq = ANY(?)", [[1, 2, 3]])
+    assert [len(part) for part in SQLITE.chunks(list(range(1201)))] == [500, 500, 201]
+    assert [len(part) for part in POSTGRES.chunks(list(range(1201)))] == [1201]
+    assert SQLITE.code_points("c.code") == "c.code"
+    assert POSTGRES.code_points("c.code") == 'c.code COLLATE "C"'
+
+
+# What each store's module may still define of what hub_sql.py writes once: the ways of
+# its own engine (PostgreSQL's buffered inserts, `hub_ledger_mark`, pipelined counts).
+ENGINE_OWN = {
+    "SqliteTx": set(),
+    "PgTx": {"__init__", "conn", "_count", "insert_transaction", "ledger_mark"},
+    "SqliteHubStore": set(),
+    "PostgresHubStore": {"_single"},  # `device`: one statement, autocommit
+}
+
+
+def _methods(path: str, cls: str) -> set[str]:
+    tree = ast.parse((REPO / "sync" / path).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            return {
+                item.name
+                for item in node.body
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+            }
+    raise AssertionError(f"no class {cls} in {path}")
+
+
+def _written_once(base: type) -> set[str]:
+    """The methods `base` implements (not those it leaves to the engines)."""
+    own = set()
+    for name, value in vars(base).items():
+        func = getattr(value, "fget", value)
+        code = getattr(func, "__code__", None)
+        if code is None:
+            continue
+        source = ast.unparse(ast.parse(_source(func)))
+        if "raise NotImplementedError" not in source:
+            own.add(name)
+    return own
+
+
+def _source(func: Any) -> str:
+    import inspect
+    import textwrap
+
+    return textwrap.dedent(inspect.getsource(func))
+
+
+@pytest.mark.parametrize(
+    ("path", "cls", "base"),
+    [
+        ("hub_sqlite.py", "SqliteTx", SqlTx),
+        ("hub_postgres.py", "PgTx", SqlTx),
+        ("hub_sqlite.py", "SqliteHubStore", SqlHubStore),
+        ("hub_postgres.py", "PostgresHubStore", SqlHubStore),
+    ],
+)
+def test_no_store_writes_a_shared_primitive_again(path: str, cls: str, base: type) -> None:
+    again = (_methods(path, cls) & _written_once(base)) - ENGINE_OWN[cls]
+    assert not again, f"{path}: {cls} writes again what hub_sql.{base.__name__} has: {again}"
