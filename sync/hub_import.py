@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import SchemaSerializer, SchemaValidator
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.identify import ean13_ok, normalise
 from tillpoint.agent.models import (
@@ -46,6 +47,7 @@ from tillpoint.agent.models import (
     describe,
 )
 
+from .hub_rules import canon
 from .hub_store import ImportRow, RowProblem
 
 
@@ -177,7 +179,7 @@ def read_json(
 
 
 State = tuple[bool, str | None]  # (a JSON Lines snapshot?, its current section's kind)
-PARALLEL_BYTES = 16 << 20  # a JSON Lines file this large is parsed by several processes
+PARALLEL_WORKERS = 1  # the reading processes by default (see read_jsonl)
 CHUNK_LINES = 2000
 
 
@@ -232,22 +234,29 @@ def _line_rows(
 def read_jsonl(
     stream: IO[bytes], total: int, progress: Progress | None, workers: int | None = None
 ) -> Iterator[ImportRow | RowProblem]:
-    """One `{"<kind>": {...}}` object per line, or a JSON Lines snapshot; streamed. A file
-    of PARALLEL_BYTES or more is parsed and validated by `workers` processes (default:
-    one a CPU), in chunks of lines, the rows coming out in the file's order."""
+    """One `{"<kind>": {...}}` object per line, or a JSON Lines snapshot; streamed, in
+    chunks of lines. `workers` > 1 parses and validates the chunks in that many processes,
+    the rows coming out in the file's order; the default is one process (since the bulk
+    path, the processes no longer pay: sending the rows back costs more than they save,
+    docs/PERFORMANCE.md)."""
     if workers is None:
-        workers = (os.cpu_count() or 1) if total >= PARALLEL_BYTES else 1
+        workers = PARALLEL_WORKERS
     if workers > 1 and multiprocessing.parent_process() is None:  # never from a worker
         yield from _read_jsonl_parallel(stream, total, progress, workers)
         return
-    done = 0
     state: State = (False, None)
-    for number, line in enumerate(stream, start=1):
-        first = not done
-        done += len(line)
-        if progress is not None and number % 1000 == 0:
+    first = stream.readline()
+    done = len(first)
+    if first:
+        rows, state = _line_rows(1, first, state, True)
+        yield from rows
+    number = 2
+    while lines := list(islice(stream, CHUNK_LINES)):
+        rows, state = _chunk_rows((number, lines, state))
+        number += len(lines)
+        done += sum(map(len, lines))
+        if progress is not None:
             progress(done, total)
-        rows, state = _line_rows(number, line, state, first)
         yield from rows
     if progress is not None:
         progress(total, total)
@@ -256,17 +265,174 @@ def read_jsonl(
 def _chunk_rows(
     job: tuple[int, list[bytes], State],
 ) -> tuple[list[ImportRow | RowProblem], State]:
-    """A chunk's rows (in a worker process): the lines from number `job[0]` on, read from
-    the state `job[2]`; and the state after them."""
+    """A chunk's rows (in a worker process, or the reading one): the lines from number
+    `job[0]` on, read from the state `job[2]`; and the state after them. The rows carry
+    their canonical text only (`doc` None: less to send between processes).
+
+    A run of a JSON Lines snapshot section's rows is validated in one call (`_bulk_rows`);
+    a run it refuses, and every other line, is read line by line (`_line_rows`), which
+    finds each problem, its line and its field."""
     number, lines, state = job
     out: list[ImportRow | RowProblem] = []
-    for n, line in enumerate(lines, start=number):
-        rows, state = _line_rows(n, line, state, False)
-        for row in rows:
-            if isinstance(row, ImportRow) and row.doc is not None:  # canonical text made here
-                row = ImportRow(row.kind, row.key, row.doc, row.where, canonical(row.doc))
-            out.append(row)
+    i = 0
+    while i < len(lines):
+        bulk = BULK.get(state[1] or "") if state[0] else None
+        end = i
+        if bulk is not None:
+            if b'"section"' not in b"".join(lines[i:]):
+                end = len(lines)
+            while end < len(lines) and b'"section"' not in lines[end]:
+                end += 1
+            rows = _bulk_rows(bulk, number + i, lines[i:end]) if end > i else None
+            if rows is not None:
+                out.extend(rows)
+                i = end
+                continue
+        for n in range(i, max(end, i + 1)):
+            found, state = _line_rows(number + n, lines[n], state, False)
+            for row in found:
+                if isinstance(row, ImportRow) and row.doc is not None:  # the text made here
+                    row = ImportRow(row.kind, row.key, None, row.where, canonical(row.doc))
+                out.append(row)
+        i = max(end, i + 1)
     return out, state
+
+
+# ---------------------------------------------------------------- the bulk path
+# Pydantic-core validates a run of lines as one JSON array (no Python dict a row, no
+# Python call a field) and writes each row's canonical text itself. Canonical text has
+# its keys sorted, and pydantic-core writes a model's fields in the order it validated
+# them: so the bulk validators are the models' own core schemas with every model's fields
+# in sorted alias order, building shadow subclasses of the models (pydantic-core would
+# otherwise reuse the classes' own prebuilt validators, in declaration order), and every
+# int and bool strict (a JSON number with a fraction is refused by every field, as the
+# line-by-line path refuses it; a lax value goes to that path, which takes it); a time
+# is parsed natively only when it is spelled as _RFC3339 says (pydantic-core's own
+# parser takes spellings such as "…t10:15:00z" that `_timestamp` refuses). The rows
+# are the same as the line-by-line path's (a test compares them, and `_bulk_checked`
+# does at start-up: a mismatch, say under another pydantic, turns the bulk path off).
+
+
+# The times both parsers read alike: any other spelling goes to `_timestamp`.
+_RFC3339 = {
+    "type": "str",
+    "strict": True,
+    "pattern": r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3])"
+    r":[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+}
+
+
+class Bulk:
+    def __init__(self, kind: str) -> None:
+        shadows: dict[type, type] = {}
+
+        def shadow(cls: type) -> type:
+            if cls not in shadows:
+                sub = type(cls.__name__, (cls,), {"__module__": __name__})
+                sub.__pydantic_complete__ = False  # type: ignore[attr-defined]
+                shadows[cls] = sub
+            return shadows[cls]
+
+        def sort(schema: Any) -> Any:
+            if isinstance(schema, list):
+                return [sort(item) for item in schema]
+            if not isinstance(schema, dict):
+                return schema
+            out = {k: sort(v) for k, v in schema.items()}
+            if out.get("type") == "model-fields":
+                fields = out["fields"].items()
+                out["fields"] = dict(sorted(fields, key=lambda f: f[1]["serialization_alias"]))
+            elif out.get("type") == "model":
+                out["cls"] = shadow(out["cls"])
+            elif out.get("type") in ("int", "bool", "float"):
+                out["strict"] = True  # never a JSON number with a fraction, as `_no_float`
+            elif out.get("type") == "union":  # a time: see _RFC3339
+                out["choices"] = [
+                    {"type": "chain", "steps": [_RFC3339, {**c, "strict": False}]}
+                    if c.get("type") == "datetime"
+                    else c
+                    for c in out["choices"]
+                ]
+            return out
+
+        schema = sort(MODELS[kind].__pydantic_core_schema__)
+        self.kind = kind
+        self.key_field = KEY_FIELD[kind]
+        self.validate = SchemaValidator({"type": "list", "items_schema": schema}).validate_json
+        self.text = SchemaSerializer(schema).to_json
+
+
+def _bulk_rows(bulk: Bulk, number: int, lines: list[bytes]) -> list[ImportRow] | None:
+    """The rows of lines `number`… of a section, validated in one call; None when any of
+    them is not a good row, for the line-by-line path to say why."""
+    numbered = [(n, line) for n, line in enumerate(lines, start=number) if not line.isspace()]
+    if not numbered:
+        return []
+    try:
+        models = bulk.validate(b"[" + b",".join(line for _, line in numbered) + b"]")
+    except ValidationError:
+        return None
+    if len(models) != len(numbered):  # a line held two objects: the lines will say
+        return None
+    out = []
+    card = bulk.kind == "card"
+    for (n, _), model in zip(numbered, models, strict=True):
+        key = getattr(model, bulk.key_field)
+        if card and _card_problem(key):
+            return None
+        text_ = bulk.text(model, by_alias=True, exclude_none=True).decode()
+        out.append(ImportRow(bulk.kind, key, None, f"line {n}", text_))
+    return out
+
+
+_PROBES: dict[str, list[dict[str, Any]]] = {
+    "product": [{"sku": "4601234000017", "name": 'Молоко "3,2%"\n', "category": "dairy"}],
+    "category": [{"code": "dairy", "parent": "food"}, {"code": "food", "name": "Еда"}],
+    "customer": [
+        {
+            "id": "c-1",
+            "firstName": "Анна",
+            "birthday": "1990-02-03",
+            "balancePoints": 120,
+            "controlGroups": ["g"],
+            "pending": [{"points": 5, "activatesAt": "2026-11-23T10:15:00+03:00"}],
+            "expiring": [{"points": 7, "expiresAt": "2026-12-01T00:00:00Z"}],
+        }
+    ],
+    "card": [{"number": "2770000000017", "customerId": "c-1"}],
+    "offer": [
+        {
+            "id": "o-1",
+            "kind": "QUANTITY_PRICE",
+            "skus": ["4601234000017"],
+            "tiers": [{"minQty": "2", "unitPriceMinor": 900}],
+            "hours": [{"from": "09:00", "to": "18:30"}],
+            "weekdays": [1, 5],
+            "validFrom": "2026-11-01T00:00:00+03:00",
+            "validTo": "2026-12-31T23:59:59.5+00:00",
+        },
+        {"id": "o-2", "kind": "MULTIBUY", "buyQty": "2", "freeQty": "1", "value": 0},
+        {"id": "o-3", "kind": "PERCENT_OFF", "value": "12.5", "minQty": "1.250"},
+    ],
+    "coupon": [{"code": "ab-12 cd", "offerId": "o-1", "validTo": "2026-12-31T23:59:59Z"}],
+}
+
+
+def _bulk_checked() -> dict[str, Bulk]:
+    """A Bulk for each kind whose probe rows it reads as the line-by-line path does."""
+    out = {}
+    for kind, probes in _PROBES.items():
+        bulk = Bulk(kind)
+        lines = [json.dumps(p, ensure_ascii=False).encode() for p in probes]
+        slow = [validate_row(kind, p, f"line {n}") for n, p in enumerate(probes, start=1)]
+        want = [(r.key, r.where, canon(r.doc)) for r in slow if isinstance(r, ImportRow)]
+        got = [(r.key, r.where, r.text) for r in _bulk_rows(bulk, 1, lines) or []]
+        if got == want and len(want) == len(probes):
+            out[kind] = bulk
+    return out
+
+
+BULK = _bulk_checked()  # "program" (one row) and JSON Lines of {"<kind>": {...}} go line by line
 
 
 def _guess(line: bytes, state: State) -> State:

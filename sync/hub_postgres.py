@@ -517,35 +517,54 @@ class PostgresHubStore(SqlHubStore):
                                 item.text if item.text is not None else canon(item.doc),
                             )
                         )
-                dups = conn.execute(
-                    "SELECT n, kind, key, where_, first FROM (SELECT n, kind, key, where_,"
-                    " first_value(where_) OVER w AS first, row_number() OVER w AS nth"
-                    " FROM import_stage WHERE kind != 'program'"
-                    " WINDOW w AS (PARTITION BY kind, key ORDER BY n)) s WHERE nth > 1"
-                    " ORDER BY n"
-                ).fetchall()
-                total_problems += len(dups)
-                for n, kind, key, where, first in dups[:MAX_PROBLEMS]:
-                    problems.append(
-                        (int(n), f"{where}: {kind} {key!r} appears twice (also at {first})")
-                    )
-                if total_problems:
+
+                def refuse() -> ImportRefused:
+                    dups = conn.execute(
+                        "SELECT n, kind, key, where_, first FROM (SELECT n, kind, key, where_,"
+                        " first_value(where_) OVER w AS first, row_number() OVER w AS nth"
+                        " FROM import_stage WHERE kind != 'program'"
+                        " WINDOW w AS (PARTITION BY kind, key ORDER BY n)) s WHERE nth > 1"
+                        " ORDER BY n"
+                    ).fetchall()
+                    for n, kind, key, where, first in dups[:MAX_PROBLEMS]:
+                        problems.append(
+                            (int(n), f"{where}: {kind} {key!r} appears twice (also at {first})")
+                        )
                     problems.sort()
-                    raise ImportRefused([p for _, p in problems[:MAX_PROBLEMS]], total_problems)
-                conn.execute(
-                    "INSERT INTO draft (kind, key, doc) SELECT DISTINCT ON (kind, key) kind,"
-                    " key, doc FROM import_stage ORDER BY kind, key, n DESC"
+                    total = total_problems + len(dups)
+                    return ImportRefused([p for _, p in problems[:MAX_PROBLEMS]], total)
+
+                if total_problems:
+                    raise refuse()
+                # One statement into the draft, in key order; a key twice in the file makes
+                # it fail ("cannot affect row a second time"), and only then are the
+                # duplicates looked for, with their lines (a sort and a window less).
+                try:
+                    with conn.transaction():
+                        conn.execute(
+                            "INSERT INTO draft (kind, key, doc) SELECT kind, key, doc"
+                            " FROM import_stage WHERE kind != 'program' ORDER BY kind, key"
+                            " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc"
+                        )
+                except psycopg.errors.CardinalityViolation:
+                    raise refuse() from None
+                conn.execute(  # the last program line counts
+                    "INSERT INTO draft (kind, key, doc) SELECT kind, key, doc FROM import_stage"
+                    " WHERE kind = 'program' ORDER BY n DESC LIMIT 1"
                     " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc"
                 )
                 latest = _latest_version(conn)
+                # A card's owner parsed once (json, not jsonb: no binary form built), the
+                # draft joined (a removal there counts), else the latest revision.
                 orphans = conn.execute(
-                    "SELECT s.key, s.where_, s.doc::jsonb ->> 'customerId' FROM import_stage s"
-                    " WHERE s.kind = 'card' AND s.doc IS NOT NULL AND NOT coalesce("
-                    " (SELECT d.doc IS NOT NULL FROM draft d WHERE d.kind = 'customer'"
-                    " AND d.key = s.doc::jsonb ->> 'customerId'),"
+                    "SELECT c.key, c.where_, c.owner FROM (SELECT key, where_,"
+                    " doc::json ->> 'customerId' AS owner FROM import_stage"
+                    " WHERE kind = 'card' AND doc IS NOT NULL) c LEFT JOIN draft d"
+                    " ON d.kind = 'customer' AND d.key = c.owner WHERE NOT coalesce("
+                    " CASE WHEN d.key IS NOT NULL THEN d.doc IS NOT NULL END,"
                     " (SELECT r.doc IS NOT NULL FROM revisions r WHERE r.kind = 'customer'"
-                    " AND r.key = s.doc::jsonb ->> 'customerId' AND r.version <= %s"
-                    " ORDER BY r.version DESC LIMIT 1), false) ORDER BY s.key",
+                    " AND r.key = c.owner AND r.version <= %s"
+                    " ORDER BY r.version DESC LIMIT 1), false) ORDER BY c.key",
                     (latest,),
                 ).fetchall()
                 if orphans:
@@ -671,12 +690,15 @@ class PgTx(SqlTx):
 
     def texts_as_of(self, kind: str, version: int) -> Texts:
         """Every row of `kind` at `version`, in key order, from a server-side cursor (the
-        newest revision of each key: one pass over the primary key)."""
+        newest revision of each key: the last of its key in the primary key's order, so
+        the rows stream from the index with no sort; `DISTINCT ON … ORDER BY key, version
+        DESC` sorted them all first, on disk at chain scale)."""
         with self.conn.cursor(name=f"texts_{kind}") as cur:
             cur.itersize = FETCH
             cur.execute(
-                "SELECT DISTINCT ON (key) key, doc FROM revisions WHERE kind = %s"
-                " AND version <= %s ORDER BY key, version DESC",
+                "SELECT key, doc FROM (SELECT key, doc, lead(key) OVER (ORDER BY key, version)"
+                " AS next FROM revisions WHERE kind = %s AND version <= %s) s"
+                " WHERE next IS DISTINCT FROM key",
                 (kind, version),
             )
             for key, doc in cur:

@@ -339,7 +339,7 @@ class SqliteHubStore(SqlHubStore):
                         ),
                     )
                     n += 1
-                    if item.doc is None:
+                    if item.removes:
                         removed += 1
                     else:
                         counts[item.kind] += 1

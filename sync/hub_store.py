@@ -56,14 +56,19 @@ class UnknownVersion(TillpointError):
 
 @dataclass(frozen=True)
 class ImportRow:
-    """One validated row: `doc` None removes the key; `text`, when a reader made it
-    already, is the doc's canonical JSON text."""
+    """One validated row: `doc` and `text` both None remove the key; `text`, when a
+    reader made it already, is the doc's canonical JSON text (the bulk reader makes only
+    the text, and leaves `doc` None)."""
 
     kind: str
     key: str
     doc: dict[str, Any] | None
     where: str
     text: str | None = field(default=None, compare=False)
+
+    @property
+    def removes(self) -> bool:
+        return self.doc is None and self.text is None
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ def rows_of(data: bytes, workers: int) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     for row in read_jsonl(io.BytesIO(data), len(data), None, workers):
         if hasattr(row, "kind"):
-            if row.text is not None:
+            if row.text is not None and row.doc is not None:
                 assert row.text == canon(row.doc)
-            out.append((row.kind, row.key, canon(row.doc), row.where))
+            text = row.text if row.text is not None else canon(row.doc)
+            out.append((row.kind, row.key, text, row.where))
         else:
             out.append(("problem", row.where, row.message))
     return out
