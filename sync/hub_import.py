@@ -113,7 +113,11 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
         problem = _card_problem(row.number)
         if problem:
             return RowProblem(where, problem)
-    doc = row.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # Defaults are left out (a till reads an absent field as its default): every offer
+    # carried six default fields and every customer `"pending":[]`, a snapshot 30 % larger.
+    doc = row.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    if kind == "customer":
+        doc.setdefault("balancePoints", 0)  # a snapshot's customer always says its points
     return ImportRow(kind, _key(kind, row), doc, where)
 
 
@@ -375,12 +379,14 @@ def _bulk_rows(bulk: Bulk, number: int, lines: list[bytes]) -> list[ImportRow] |
     if len(models) != len(numbered):  # a line held two objects: the lines will say
         return None
     out = []
-    card = bulk.kind == "card"
+    card, customer = bulk.kind == "card", bulk.kind == "customer"
     for (n, _), model in zip(numbered, models, strict=True):
         key = getattr(model, bulk.key_field)
         if card and _card_problem(key):
             return None
-        text_ = bulk.text(model, by_alias=True, exclude_none=True).decode()
+        text_ = bulk.text(model, by_alias=True, exclude_none=True, exclude_defaults=True).decode()
+        if customer and not text_.startswith('{"balancePoints":'):
+            text_ = '{"balancePoints":0,' + text_[1:]  # the first key in sorted order
         out.append(ImportRow(bulk.kind, key, None, f"line {n}", text_))
     return out
 

@@ -264,3 +264,36 @@ def test_the_last_program_counts_and_a_card_needs_its_customer_as_of_the_draft(
     store.import_rows(hub_import.read_file(path))  # c1's removal waits in the draft
     with pytest.raises(ImportRefused, match="belongs to customer 'c1'"):
         import_lines(store, tmp_path, {"cards": [{"number": "2770000000048", "customerId": "c1"}]})
+
+
+def test_stored_rows_leave_defaults_out_but_a_customer_keeps_its_points(
+    monkeypatch: Any,
+) -> None:
+    """A till reads an absent field as its default, so the hub stores (and serves) none:
+    every offer carried six default fields and every customer `"pending":[]`, a snapshot
+    30 % larger to build, send and apply. A customer's balancePoints is always said."""
+    data = snapshot(
+        {
+            "customers": [
+                {"id": "c1", "tier": "", "pending": [], "expiring": [], "balancePoints": 0},
+                {"id": "c2", "balancePoints": 50, "controlGroups": []},
+            ],
+            "offers": [
+                {
+                    "id": "o1",
+                    "kind": "PERCENT_OFF",
+                    "value": "5",
+                    "couponRequired": False,
+                    "weekdays": [],
+                    "hours": [],
+                }
+            ],
+            "cards": [{"number": "2770000000017", "customerId": "c1", "status": "ACTIVE"}],
+        }
+    )
+    for rows in (rows_of(data), line_by_line(data, monkeypatch)):
+        texts = {key: text for _, key, _, text, _ in rows}
+        assert texts["c1"] == '{"balancePoints":0,"id":"c1"}'
+        assert texts["c2"] == '{"balancePoints":50,"id":"c2"}'
+        assert texts["o1"] == '{"id":"o1","kind":"PERCENT_OFF","value":"5"}'
+        assert texts["2770000000017"] == '{"customerId":"c1","number":"2770000000017"}'
