@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import multiprocessing
 import os
@@ -640,12 +641,31 @@ agent.close()
 """
 
 
+def http_connect(port: int, timeout_s: float = 10) -> http.client.HTTPConnection:
+    """A keep-alive connection to 127.0.0.1:`port`, as a POS would hold one."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    # http.client writes the head and the body apart: without TCP_NODELAY the body waits
+    # for the server's delayed ACK (40 ms), as with any client that does so.
+    conn.connect()
+    assert conn.sock is not None
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
+def http_post(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
+    """POST a JSON body and read the whole answer; anything but 200 is an error."""
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{path}: HTTP {response.status} {answer[:200]!r}")
+
+
 def _http_quote(
     agent: Agent, rng: random.Random, scale: Scale, ops: int
 ) -> tuple[dict[str, float], dict[str, float]]:
     """(quote, echo floor) over one keep-alive connection each, bodies made beforehand;
     both servers in one child process over the agent's data directory."""
-    import http.client
 
     child = subprocess.Popen(
         [sys.executable, "-c", _HTTP_CHILD, str(agent.data_dir)],
@@ -659,22 +679,9 @@ def _http_quote(
         child.kill()
         raise RuntimeError("the HTTP bench servers did not start")
     bodies = [json.dumps(mixed_receipt(f"h-{i}", rng, scale, 50)).encode() for i in range(ops + 20)]
-    quote_conn = http.client.HTTPConnection("127.0.0.1", ports["quote"], timeout=5)
-    echo_conn = http.client.HTTPConnection("127.0.0.1", ports["echo"], timeout=5)
-    for conn in (quote_conn, echo_conn):
-        # http.client writes the head and the body apart: without TCP_NODELAY the body
-        # waits for the server's delayed ACK (40 ms), as with any client that does so.
-        conn.connect()
-        assert conn.sock is not None
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def post(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
-        conn.request("POST", path, body, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        answer = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"{path}: HTTP {response.status} {answer[:200]!r}")
-
+    quote_conn = http_connect(ports["quote"], timeout_s=5)
+    echo_conn = http_connect(ports["echo"], timeout_s=5)
+    post = http_post
     try:
         for body in bodies[:20]:  # warm both connections
             post(echo_conn, "/echo", body)

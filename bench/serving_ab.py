@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import http.client
 import json
 import os
 import random
@@ -40,7 +39,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from bench.generate import Scale, write_full
-from bench.run import EXE, REPO, interleave, mixed_receipt, rss_mb, stats
+from bench.run import EXE, REPO, http_connect, http_post, interleave, mixed_receipt, rss_mb, stats
 from bench.stub import write_replies
 
 # The serving process: `tillpoint run` with its collector's pauses recorded, and the
@@ -230,7 +229,7 @@ class Serving:
         sock.close()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
         self.stub = pb_grpc.PosAgentStub(self.channel)
-        self.http = _connect(self.http_port)
+        self.http = http_connect(self.http_port)
 
     def stop(self) -> dict[str, Any]:
         rss = rss_mb(self.proc.pid)
@@ -241,22 +240,6 @@ class Serving:
         found: dict[str, Any] = json.loads(self.report.read_text())
         found["rss_before_stop_mb"] = round(rss, 1)
         return found
-
-
-def _connect(port: int) -> http.client.HTTPConnection:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.connect()
-    assert conn.sock is not None
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return conn
-
-
-def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> None:
-    conn.request("POST", path, body, {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    answer = response.read()
-    if response.status != 200:
-        raise RuntimeError(f"{path}: HTTP {response.status} {answer[:200]!r}")
 
 
 ECHO = """
@@ -317,17 +300,17 @@ def main() -> int:
         assert stub.stdout is not None and echo.stdout is not None
         stub_channel = grpc.insecure_channel(f"127.0.0.1:{int(stub.stdout.readline())}")
         stub_rpc = pb_grpc.PosAgentStub(stub_channel)
-        echo_conn = _connect(int(echo.stdout.readline()))
+        echo_conn = http_connect(int(echo.stdout.readline()))
         calls: list[Any] = []
         labels: list[str] = []
         for s in servers:
             calls.append(lambda k, s=s: s.stub.Quote(messages[k], timeout=10))
             labels.append(f"grpc {s.name}")
-            calls.append(lambda k, s=s: _post(s.http, "/v1/quote", bodies[k]))
+            calls.append(lambda k, s=s: http_post(s.http, "/v1/quote", bodies[k]))
             labels.append(f"http {s.name}")
         calls.append(lambda k: stub_rpc.Quote(messages[k], timeout=10))
         labels.append("grpc stub")
-        calls.append(lambda k: _post(echo_conn, "/echo", bodies[k]))
+        calls.append(lambda k: http_post(echo_conn, "/echo", bodies[k]))
         labels.append("http echo")
         for k in range(20):  # warm every connection
             for call in calls:
