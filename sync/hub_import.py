@@ -115,7 +115,11 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
             return RowProblem(where, problem)
     # Defaults are left out (a till reads an absent field as its default): every offer
     # carried six default fields and every customer `"pending":[]`, a snapshot 30 % larger.
-    doc = row.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    # The program keeps every value the retailer gave: its defaults are business figures
+    # (redemption cap, offline limit, hold time) that a later release might change.
+    doc = row.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude_defaults=kind != "program"
+    )
     if kind == "customer":
         doc.setdefault("balancePoints", 0)  # a snapshot's customer always says its points
     return ImportRow(kind, _key(kind, row), doc, where)

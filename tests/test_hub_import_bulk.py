@@ -297,3 +297,13 @@ def test_stored_rows_leave_defaults_out_but_a_customer_keeps_its_points(
         assert texts["c2"] == '{"balancePoints":50,"id":"c2"}'
         assert texts["o1"] == '{"id":"o1","kind":"PERCENT_OFF","value":"5"}'
         assert texts["2770000000017"] == '{"customerId":"c1","number":"2770000000017"}'
+
+
+def test_the_program_keeps_every_value_it_was_given() -> None:
+    """A program's defaults are business figures (the redemption cap, the offline limit):
+    stored as given, so a release that changed a default would not change a program."""
+    found = hub_import.validate_row(
+        "program", {"maxRedeemPercent": "30", "offlineRedeemLimitPoints": 500}, "line 1"
+    )
+    assert isinstance(found, ImportRow) and found.doc is not None
+    assert found.doc["maxRedeemPercent"] == "30" and found.doc["offlineRedeemLimitPoints"] == 500
