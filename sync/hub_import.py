@@ -249,15 +249,15 @@ def read_jsonl(
     docs/PERFORMANCE.md)."""
     if workers is None:
         workers = PARALLEL_WORKERS
-    if workers > 1 and multiprocessing.parent_process() is None:  # never from a worker
-        yield from _read_jsonl_parallel(stream, total, progress, workers)
-        return
     state: State = (False, None)
-    first = stream.readline()
+    first = stream.readline()  # the header of a snapshot, or a first row
     done = len(first)
     if first:
         rows, state = _line_rows(1, first, state, True)
         yield from rows
+    if workers > 1 and multiprocessing.parent_process() is None:  # never from a worker
+        yield from _read_jsonl_parallel(stream, total, progress, workers, state, done)
+        return
     number = 2
     while lines := list(islice(stream, CHUNK_LINES)):
         rows, state = _chunk_rows((number, lines, state))
@@ -454,16 +454,16 @@ def _guess(line: bytes, state: State) -> State:
 
 
 def _read_jsonl_parallel(
-    stream: IO[bytes], total: int, progress: Progress | None, workers: int
+    stream: IO[bytes],
+    total: int,
+    progress: Progress | None,
+    workers: int,
+    state: State,
+    done: int,
 ) -> Iterator[ImportRow | RowProblem]:
+    """`read_jsonl`'s lines after the first (read there: `state` after it, `done` bytes)."""
     from collections import deque
 
-    state: State = (False, None)
-    first = stream.readline()
-    done = len(first)
-    if first:
-        rows, state = _line_rows(1, first, state, True)
-        yield from rows
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pending: deque[tuple[Any, int, list[bytes], State, int]] = deque()
         guess = state
