@@ -29,7 +29,6 @@ __all__ = [
     "parse_payload",
     "payload_for_checkout",
     "payload_source_for_checkout",
-    "payload_text_for_checkout",
 ]
 
 
@@ -118,18 +117,8 @@ def payload_for_checkout(
     order, as the agent picked them (the contract §7); each gets its ``code``. Only the first
     name is kept. Raises InputError when something would not print.
     """
-    text = payload_text_for_checkout(receipt_id, at, first_name, offers)
+    text = parse_payload(_payload_data(receipt_id, at, first_name, offers)).to_json()
     return json.loads(text)  # type: ignore[no-any-return]
-
-
-def payload_text_for_checkout(
-    receipt_id: str,
-    at: str | None,
-    first_name: str | None,
-    offers: Sequence[Mapping[str, Any]],
-) -> str:
-    """`payload_for_checkout` as checked JSON text."""
-    return parse_payload(_payload_data(receipt_id, at, first_name, offers)).to_json()
 
 
 def payload_source_for_checkout(
