@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,13 @@ BASE_SNAPSHOT: dict[str, Any] = {
     ],
     "offers": [],
 }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (for a server started as a process)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def snapshot(**changes: Any) -> dict[str, Any]:

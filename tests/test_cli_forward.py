@@ -19,15 +19,9 @@ from typing import Any
 import pytest
 from tillpoint.agent.forward import SERVING
 
-from .conftest import CLI, receipt, snapshot
+from .conftest import CLI, free_port, receipt, snapshot
 
 EXE = Path(sys.executable).parent / "tillpoint"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
@@ -61,7 +55,7 @@ def running(tmp_path: Path) -> Iterator[Path]:
     assert _tp(data, "snapshot", "load", _write(tmp_path / "snap.json", snapshot())).returncode == 0
     conf = tmp_path / "till.toml"
     conf.write_text(
-        f'[server]\nlisten = "127.0.0.1:{_free_port()}"\n[metrics]\nenabled = false\n',
+        f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[metrics]\nenabled = false\n',
         encoding="utf-8",
     )
     env = dict(_env(), TILLPOINT_HTTP__LISTEN="127.0.0.1:0")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from tillpoint.agent.client import ClientError, PosAgentClient
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 
-from .conftest import receipt, snapshot
+from .conftest import free_port, receipt, snapshot
 
 
 @pytest.fixture
@@ -34,12 +33,6 @@ def served(agent: Agent) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(0).wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _SlowFirst(grpc.ServerInterceptor):
@@ -115,7 +108,7 @@ def test_refusals_raise_client_error_without_retrying(served: str) -> None:
 
 
 def test_unavailable_is_retried_until_the_agent_listens(agent: Agent) -> None:
-    port = _free_port()
+    port = free_port()
     started: list[grpc.Server] = []
 
     def start_late() -> None:
@@ -169,7 +162,7 @@ def test_a_lost_answer_is_retried_with_the_same_receipt_id(agent: Agent) -> None
 
 def test_gives_up_after_its_attempts_with_the_last_error() -> None:
     waits: list[float] = []
-    port = _free_port()
+    port = free_port()
     with (
         PosAgentClient(
             f"127.0.0.1:{port}", timeout=0.5, attempts=3, backoff=0.1, sleep=waits.append

@@ -21,7 +21,7 @@ from tillpoint.agent.http_api import CALLS, MAX_BODY_BYTES, HttpServer, openapi
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 
-from .conftest import CLI, receipt, snapshot
+from .conftest import CLI, free_port, receipt, snapshot
 
 TIMEOUT = 10
 
@@ -495,12 +495,6 @@ def test_answers_hold_to_the_openapi_description(client: Client) -> None:
 # ---------------------------------------------------------------- `tillpoint run`
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_tillpoint_run_serves_http_beside_grpc(tmp_path: Path) -> None:
     data = tmp_path / "data"
     snap = tmp_path / "snap.json"
@@ -510,7 +504,7 @@ def test_tillpoint_run_serves_http_beside_grpc(tmp_path: Path) -> None:
     subprocess.run(
         [exe, "--data-dir", data, "snapshot", "load", snap], check=True, env=env, timeout=60
     )
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     conf = tmp_path / "till.toml"
     conf.write_text(
         f'[server]\nlisten = "127.0.0.1:{grpc_port}"\n[metrics]\nenabled = false\n'

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import receipt, snapshot
+from .conftest import free_port, receipt, snapshot
 
 OFFER = {
     "id": "o-print",
@@ -33,12 +32,6 @@ OFFER = {
     "printable": True,
     "printText": "−20% на хлеб",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_coupon_prints_through_run_and_status_shows_the_printer(tmp_path: Path) -> None:

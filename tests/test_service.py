@@ -25,13 +25,7 @@ from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, REPO, receipt, snapshot
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .conftest import CLI, REPO, free_port, receipt, snapshot
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

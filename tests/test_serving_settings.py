@@ -21,16 +21,10 @@ from tillpoint.agent.app import YOUNG_THRESHOLD
 from tillpoint.agent.http_api import ON_LOOP_MAX_BYTES, HttpServer
 from tillpoint.agent.service import Agent
 
-from .conftest import receipt, snapshot
+from .conftest import free_port, receipt, snapshot
 from .test_http_api import Client
 
 TIMEOUT = 30
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _gauges(text: str, name: str) -> dict[str, float]:
@@ -52,11 +46,11 @@ def test_tillpoint_run_freezes_what_start_up_built_before_ready(tmp_path: Path) 
     subprocess.run(
         [exe, "--data-dir", data, "snapshot", "load", snap], check=True, env=env, timeout=60
     )
-    metrics_port = _free_port()
+    metrics_port = free_port()
     conf = tmp_path / "till.toml"
     conf.write_text(
-        f'[server]\nlisten = "127.0.0.1:{_free_port()}"\n'
-        f'[http]\nlisten = "127.0.0.1:{_free_port()}"\n'
+        f'[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[http]\nlisten = "127.0.0.1:{free_port()}"\n'
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
         encoding="utf-8",
     )
