@@ -511,6 +511,8 @@ class CacheView:
         # the category tree), kept across views and keyed by the snapshot version.
         self._memo = memo if memo is not None else {}
         self._at_version: int | None = None
+        # (customer id, stored row) of the last card read (`card`), for `customer`
+        self._holder: tuple[str, str] | None = None
 
     @classmethod
     @contextmanager
@@ -545,14 +547,23 @@ class CacheView:
 
     # CardLookup
     def card(self, number: str) -> CardRecord | None:
+        """The card; its customer's row is read with it (identification asks for it next:
+        `customer`), in the same statement and read transaction."""
         row = self.conn.execute(
-            "SELECT number, customer_id, status FROM cards WHERE number = ?", (number,)
+            "SELECT k.number, k.customer_id, k.status, c.doc FROM cards k"
+            " LEFT JOIN customers c ON c.id = k.customer_id WHERE k.number = ?",
+            (number,),
         ).fetchone()
         if row is None:
             return None
+        if row[3] is not None:
+            self._holder = (row[1], row[3])
         return CardRecord(number=row[0], customer_id=row[1], status=row[2])
 
     def customer(self, customer_id: str) -> Customer | None:
+        holder = self._holder
+        if holder is not None and holder[0] == customer_id:
+            return Customer.model_validate_json(holder[1])
         row = self.conn.execute("SELECT doc FROM customers WHERE id = ?", (customer_id,)).fetchone()
         return None if row is None else Customer.model_validate_json(row[0])
 

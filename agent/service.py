@@ -796,13 +796,26 @@ class Agent:
             lines_categories = of_sku.__getitem__  # every line's SKU is in it
             groups = frozenset().union(*of_sku.values())
             personal = view.personal_offers_for(customer.id, of_sku.keys(), groups)
-        before = ledger.balance(conn, customer, applied, receipt.at, program) if customer else None
-        # This till's other open holds reserve their points (the contract §11).
-        held_elsewhere = (
-            ledger.held_points(conn, customer.id, self.clock(), receipt.receipt_id)
-            if customer
-            else 0
-        )
+        before = None
+        held_elsewhere = 0
+        offline_used: int | None = None
+        if customer is not None:
+            # A standalone till caps redemption with the day's offline limit (below): its
+            # use that day is read with the rest, in one statement.
+            capped = self.hub is None and receipt.redeem_points != 0
+            marks = ledger.quote_reads(
+                conn,
+                customer.id,
+                ident.card_number or "",
+                _local_day(receipt, program) if capped else None,
+                self.clock(),
+                receipt.receipt_id,
+            )
+            before = ledger.balance(conn, customer, applied, receipt.at, program, moved=marks.moved)
+            # This till's other open holds reserve their points (the contract §11).
+            held_elsewhere = marks.held
+            if capped:
+                offline_used = marks.offline
         # Shared by every receipt of this snapshot version: built from the cache's mass
         # offers, never from this receipt's list (empty for an UNKNOWN card).
         mass = view.remembered("mass-index", lambda: OfferIndex(view.mass_offers()))
@@ -820,8 +833,8 @@ class Agent:
         # deadline) for what the rules allow; a smaller grant, or the offline limit when the
         # hub does not answer, prices the receipt again.
         mode = "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE"
-        if customer is not None and self.hub is None and receipt.redeem_points != 0:
-            ctx = _with_cap(ctx, self._offline_remaining(receipt, ident, program, conn))
+        if offline_used is not None:
+            ctx = _with_cap(ctx, max(0, program.offline_redeem_limit_points - offline_used))
         priced = price(receipt, ctx)
         # Online, a commit's applied coupon codes are authorised with its redemption (§13).
         codes = (
@@ -944,9 +957,11 @@ class Agent:
         conn: sqlite3.Connection | None = None,
     ) -> int:
         """What is left of the offline limit for this card on the receipt's store-day."""
-        day = receipt.at.astimezone(program.zone).date().isoformat()
         used = ledger.offline_redeemed(
-            self._ledger if conn is None else conn, ident.card_number or "", day, self.clock()
+            self._ledger if conn is None else conn,
+            ident.card_number or "",
+            _local_day(receipt, program),
+            self.clock(),
         )
         return max(0, program.offline_redeem_limit_points - used)
 
@@ -1816,6 +1831,11 @@ def _with_seq(text: str, seq: int) -> str:
     """`_json_text({**result, "seq": seq})` from `_json_text(result)` (a non-empty object
     without "seq"): the one key known only inside the transaction, appended last."""
     return f'{text[:-1]},"seq":{seq}}}'
+
+
+def _local_day(receipt: Receipt, program: Program) -> str:
+    """The receipt's store-day (its offline redemption limit's day)."""
+    return receipt.at.astimezone(program.zone).date().isoformat()
 
 
 def _with_cap(ctx: PricingContext, cap: int, source: str = "OFFLINE_LIMIT") -> PricingContext:
