@@ -13,7 +13,8 @@ import random
 from pathlib import Path
 
 import pytest
-from tillpoint.agent import cache
+from tillpoint.agent import cache, ledger
+from tillpoint.agent.cache import CacheView
 from tillpoint.agent.models import Customer, Offer, Program
 from tillpoint.agent.pricing import OfferIndex, PricingContext
 from tillpoint.agent.results import receipt_from_json
@@ -114,3 +115,63 @@ def test_with_cap_keeps_every_other_field_of_the_context() -> None:
         "redeem_cap_source",
         "coupon_offers",
     }, "a new field: pass it on in `_with_cap` too"
+
+
+def test_the_quote_reads_in_one_statement_are_the_reads_one_by_one(tmp_path: Path) -> None:
+    """`ledger.quote_reads`: open holds of the customer, the card's offline redemption on
+    the store-day (commits and holds) and whether the customer has point rows, as
+    `held_points`, `offline_redeemed` and `balance`'s own look-up read them."""
+    agent = _agent(tmp_path, "l")
+    try:
+        rng = random.Random(3)
+        sold = {**mixed_receipt("sold", rng, SCALE, 5, known=True), "redeemPoints": 10}
+        held = {**mixed_receipt("held", rng, SCALE, 5, known=True), "redeemPoints": 5}
+        held["card"] = sold["card"]
+        done = agent.checkout(receipt_from_json(sold)).to_json()
+        agent.hold(receipt_from_json(held))
+        assert done["redeemedPoints"] > 0
+        customer_id = done["card"]["customerId"]
+        other = agent.quote(receipt_from_json(mixed_receipt("o", rng, SCALE, 5, known=True)))
+        conn, now = agent._ledger, agent.clock()
+        with agent._read() as (view, _):
+            zone = view.program().zone
+        day = receipt_from_json(sold).at.astimezone(zone).date()
+        for who, card_number in ((customer_id, sold["card"]), (other.card.customer_id, "x")):
+            assert who is not None
+            for local_day in (day.isoformat(), "2000-01-01", None):
+                for but in ("held", "sold", "nothing"):
+                    got = ledger.quote_reads(conn, who, card_number, local_day, now, but)
+                    assert got.held == ledger.held_points(conn, who, now, but)
+                    assert got.moved == bool(ledger._point_devices(conn, who))
+                    assert got.offline == (
+                        ledger.offline_redeemed(conn, card_number, local_day, now)
+                        if local_day
+                        else 0
+                    )
+        moved, held_now, offline = ledger.quote_reads(
+            conn, customer_id, sold["card"], day.isoformat(), now, "x"
+        )
+        assert moved and held_now > 0 and offline > held_now  # every part read something
+    finally:
+        agent.close()
+
+
+def test_the_customer_read_with_the_card_is_the_customer_read_alone(tmp_path: Path) -> None:
+    agent = _agent(tmp_path, "i")
+    try:
+        with agent._read() as (view, _):
+            rows = view.conn.execute("SELECT number, customer_id FROM cards LIMIT 20").fetchall()
+            for (number, customer_id), (_, another) in zip(rows, rows[1:] + rows[:1], strict=True):
+                record = view.card(number)
+                assert record is not None and record.customer_id == customer_id
+                alone = Customer.model_validate_json(
+                    view.conn.execute(
+                        "SELECT doc FROM customers WHERE id = ?", (another,)
+                    ).fetchone()[0]
+                )
+                assert view.customer(another) == alone  # not the card's: read by its id
+                assert view.customer(customer_id) == CacheView(view.conn).customer(customer_id)
+            assert view.card("0000000000000") is None
+            assert view.customer("no-such-customer") is None
+    finally:
+        agent.close()
