@@ -11,6 +11,9 @@ time, p50 and p99, in ms.
 
 `--profile`: cProfile self time by area (`bench.profile`) of the known cards' quotes.
 
+Beside them, 50-line receipts of the quick bench's own mix (half known, half unknown, the
+customers drawn at random), quoted in the same order.
+
 `--ab REV`: the `agent/` of git revision REV, imported under another name beside this
 tree's, each agent on its own copy of the same data; every receipt is quoted by both in a
 fresh random order, and both answers are compared equal (their proto3 JSON).
@@ -40,7 +43,8 @@ from bench.run import REPO, mixed_receipt, stats
 
 
 def receipts(scale: Scale, n: int, seed: int = 15) -> tuple[list[Any], list[Any]]:
-    """`n` known-card receipts, each of a customer not used before, and `n` unknown ones."""
+    """`n` known-card receipts, each of a customer not used before, and `n` unknown ones.
+    (The bench's mix, half and half, is `mixed_receipt`'s own: `main` adds it.)"""
     rng = random.Random(seed)
     known: list[Any] = []
     seen: set[str] = set()
@@ -62,7 +66,7 @@ def cpu_and_wall(call: Callable[[], object]) -> tuple[float, float]:
 def summary(name: str, cpu: list[float], wall: list[float]) -> None:
     c, w = stats(cpu), stats(wall)
     print(
-        f"  {name:28s} cpu p50 {c['p50_ms']:.3f} p99 {c['p99_ms']:.3f} ms"
+        f"  {name:32s} cpu p50 {c['p50_ms']:.3f} p99 {c['p99_ms']:.3f} ms"
         f"   wall p50 {w['p50_ms']:.3f} p99 {w['p99_ms']:.3f} ms"
     )
 
@@ -102,6 +106,8 @@ def main() -> int:
     try:
         snap = write_full(work / "full.jsonl", scale)
         known, unknown = receipts(scale, args.calls * args.rounds + 40)
+        mix = random.Random(16)
+        mixed = [mixed_receipt(f"m-{i}", mix, scale, 50) for i in range(args.calls * args.rounds)]
         warm, check, known = known[:20], known[20:40], known[40:]
         agent = load(work, "new", snap)
         for body in warm + unknown[:20]:
@@ -148,10 +154,11 @@ def main() -> int:
                 for kind, body in (
                     ("known first sight", known[r * args.calls + i]),
                     ("unknown", unknown[i]),
+                    ("mixed (the quick bench's)", mixed[r * args.calls + i]),
                 )
             ]
-            for i in range(0, len(todo), 2 * len(quoters)):
-                group = todo[i : i + 2 * len(quoters)]
+            for i in range(0, len(todo), 3 * len(quoters)):
+                group = todo[i : i + 3 * len(quoters)]
                 rng.shuffle(group)
                 for name, q, body in group:
                     c, w = cpu_and_wall(lambda q=q, body=body: quoters[q](body))
@@ -160,7 +167,7 @@ def main() -> int:
             for name in sorted(cpu):
                 summary(name, cpu[name], wall[name])
             if args.ab:
-                for kind in ("known first sight", "unknown"):
+                for kind in ("known first sight", "unknown", "mixed (the quick bench's)"):
                     n, o = stats(cpu[f"new {kind}"]), stats(cpu[f"old {kind}"])
                     print(
                         f"  new/old cpu {kind}: p50 {n['p50_ms'] / o['p50_ms']:.3f}"
