@@ -4,15 +4,14 @@
 
 Quick-scale data (`bench.generate`), 50-line receipts of the bench's mix
 (`bench.run.mixed_receipt`): known cards each of a customer this agent has not seen
-before (no two receipts share one, so the personal-offer memo never hits), and unknown
-cards. Each receipt is quoted once, known and unknown alternated in a fresh random
-order (`bench.run.interleave`); reported are the calling thread's CPU time and the wall
-time, p50 and p99, in ms.
+before (no two receipts share one, so the personal-offer memo never hits), unknown
+cards, and the quick bench's own mix (half known, half unknown, the customers drawn at
+random). Each receipt is quoted once, the kinds (and the agents, with `--ab`) in a fresh
+random order per group; reported are the calling thread's CPU time (mean, p50, p99) and
+the wall time (p50, p99), in ms.
 
-`--profile`: cProfile self time by area (`bench.profile`) of the known cards' quotes.
-
-Beside them, 50-line receipts of the quick bench's own mix (half known, half unknown, the
-customers drawn at random), quoted in the same order.
+`--profile`: cProfile self time by area (`bench.profile`) of the known cards' quotes,
+then of the unknown cards'.
 
 `--ab REV`: the `agent/` of git revision REV, imported under another name beside this
 tree's, each agent on its own copy of the same data; every receipt is quoted by both in a
@@ -26,6 +25,7 @@ import cProfile
 import importlib
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,7 +66,8 @@ def cpu_and_wall(call: Callable[[], object]) -> tuple[float, float]:
 def summary(name: str, cpu: list[float], wall: list[float]) -> None:
     c, w = stats(cpu), stats(wall)
     print(
-        f"  {name:32s} cpu p50 {c['p50_ms']:.3f} p99 {c['p99_ms']:.3f} ms"
+        f"  {name:32s} cpu mean {statistics.fmean(cpu) * 1000:.3f}"
+        f" p50 {c['p50_ms']:.3f} p99 {c['p99_ms']:.3f} ms"
         f"   wall p50 {w['p50_ms']:.3f} p99 {w['p99_ms']:.3f} ms"
     )
 
@@ -169,8 +170,11 @@ def main() -> int:
             if args.ab:
                 for kind in ("known first sight", "unknown", "mixed (the quick bench's)"):
                     n, o = stats(cpu[f"new {kind}"]), stats(cpu[f"old {kind}"])
+                    mean = statistics.fmean(cpu[f"new {kind}"]) / statistics.fmean(
+                        cpu[f"old {kind}"]
+                    )
                     print(
-                        f"  new/old cpu {kind}: p50 {n['p50_ms'] / o['p50_ms']:.3f}"
+                        f"  new/old cpu {kind}: mean {mean:.3f} p50 {n['p50_ms'] / o['p50_ms']:.3f}"
                         f"  p99 {n['p99_ms'] / o['p99_ms']:.3f}"
                     )
     finally:
