@@ -34,10 +34,32 @@ from typing import Any, ClassVar, TypeVar
 
 from tillpoint.agent.ledger import utc_text
 
-from .hub_rules import EARNED_WHEN, MOVED_AT, CouponUse, HubRules, Move, Texts, _when, conflict
+from .hub_rules import (
+    EARNED_WHEN,
+    MOVED_AT,
+    RECEIPT_KEY,
+    CouponUse,
+    HubRules,
+    Move,
+    Texts,
+    _when,
+    conflict,
+    move_of,
+)
 from .hub_store import DeviceRecord, LedgerEntry, Publication, StoredTx, TxIn
 
 T = TypeVar("T")
+
+# What the columns of a `hub_rules.Move` (`Dialect.moves`) are grouped by, after a stream's
+# own key (customer, card).
+MOVE_GROUP = f"t.device_id, t.receipt_id, t.kind, t.pending_activates_at, {MOVED_AT}"
+
+
+def _moves(earned: str, returned: str) -> str:
+    return (
+        "sum(t.delta_available) AS a, t.pending_activates_at AS w, sum(t.delta_pending) AS d,"
+        f" {MOVED_AT} AS s, {earned} AS e, {RECEIPT_KEY} AS r, t.kind AS k, {returned} AS b"
+    )
 
 
 class Dialect:
@@ -46,6 +68,9 @@ class Dialect:
     name: ClassVar[str]
     card_owner: ClassVar[str]  # a card revision's customerId (the index's expression)
     earned: ClassVar[str]  # points earned at once at a checkout: see `hub_rules.Move`
+    returned: ClassVar[str]  # points a refund gives back: see `hub_rules.Move`
+    # The columns of a `hub_rules.Move` over transactions `t`, grouped by `MOVE_GROUP`
+    moves: ClassVar[str]
 
     def sql(self, text: str) -> str:
         """The statement written with ``?`` placeholders, in the driver's style."""
@@ -72,6 +97,11 @@ class SqliteDialect(Dialect):
         f"sum(CASE WHEN {EARNED_WHEN} AND json_type(result_json, '$.earnedPoints') = 'integer'"
         " THEN json_extract(result_json, '$.earnedPoints') ELSE 0 END)"
     )
+    returned = (
+        "sum(CASE WHEN kind = 'REFUND' AND json_type(result_json, '$.returnedPoints')"
+        " = 'integer' THEN json_extract(result_json, '$.returnedPoints') ELSE 0 END)"
+    )
+    moves = _moves(earned, returned)
     CHUNK = 500  # well under SQLite's limit on the number of parameters
 
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
@@ -92,6 +122,12 @@ class PostgresDialect(Dialect):
         " AND jsonb_typeof(result_json::jsonb -> 'earnedPoints') = 'number'"
         " THEN (result_json::jsonb ->> 'earnedPoints')::numeric::bigint ELSE 0 END)"
     )
+    returned = (
+        "sum(CASE WHEN kind = 'REFUND'"
+        " AND jsonb_typeof(result_json::jsonb -> 'returnedPoints') = 'number'"
+        " THEN (result_json::jsonb ->> 'returnedPoints')::numeric::bigint ELSE 0 END)"
+    )
+    moves = _moves(earned, returned)
 
     def sql(self, text: str) -> str:
         return _percent_s(text)
@@ -170,7 +206,7 @@ class SqlTx:
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+    ) -> Iterable[Sequence[Any]]:
         raise NotImplementedError
 
     # -- master data and publications
@@ -366,11 +402,10 @@ class SqlTx:
     def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
         where, params = self._customer_or_cards(customer_id, cards)
         return [
-            (int(points), when, int(due or 0), spent, int(earned))
-            for points, when, due, spent, earned in self.execute(
-                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending),"
-                f" {MOVED_AT}, {self.dialect.earned} FROM transactions WHERE {where}"
-                f" GROUP BY pending_activates_at, {MOVED_AT}",
+            move_of(row)
+            for row in self.execute(
+                f"SELECT {self.dialect.moves} FROM transactions t WHERE {where}"
+                f" GROUP BY {MOVE_GROUP}",
                 params,
             )
         ]
@@ -416,16 +451,12 @@ class SqlTx:
         " AND p.device_id = t.device_id WHERE t.ingest_id <= ? AND t.seq <= p.through"
     )
 
-    def counted_card_moves(
-        self, pub: Publication
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[Any, ...]]:
         return [
-            (str(card), int(points), when, int(due or 0), spent, int(earned))
-            for card, points, when, due, spent, earned in self.execute(
-                "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
-                f" sum(t.delta_pending), {MOVED_AT}, {self.dialect.earned}{self.COUNTED}"
-                " AND t.customer_id = '' AND t.card != ''"
-                f" GROUP BY t.card, t.pending_activates_at, {MOVED_AT}",
+            (str(row[0]), *move_of(row[1:]))
+            for row in self.execute(
+                f"SELECT t.card, {self.dialect.moves}{self.COUNTED}"
+                f" AND t.customer_id = '' AND t.card != '' GROUP BY t.card, {MOVE_GROUP}",
                 (pub.version, pub.cut),
             )
         ]
