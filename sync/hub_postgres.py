@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +42,7 @@ from .hub_rules import (
     canon,
     move_of,
 )
-from .hub_sql import MOVE_GROUP, POSTGRES, SqlHubStore, SqlTx
+from .hub_sql import MOVE_ORDER, POSTGRES, SqlHubStore, SqlTx
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -395,10 +395,10 @@ class PostgresHubStore(SqlHubStore):
         " AND (doc::jsonb) ->> 'customerId' = %(c)s) c, v WHERE (SELECT r.doc::jsonb"
         " ->> 'customerId' FROM revisions r WHERE r.kind = 'card' AND r.key = c.key"
         " AND r.version <= v.v ORDER BY r.version DESC LIMIT 1) = %(c)s),"
-        " moves AS (SELECT coalesce(jsonb_agg(jsonb_build_array(a, w, d, s, e, r, k, b)),"
-        f" '[]') AS m FROM (SELECT {POSTGRES.moves} FROM transactions t, cards"
-        " WHERE customer_id = %(c)s OR (customer_id = '' AND card = ANY(cards.a))"
-        f" GROUP BY {MOVE_GROUP}) x)"
+        " moves AS (SELECT coalesce(jsonb_agg(jsonb_build_array(a, w, d, s, e, r, k, b)"
+        f" ORDER BY i), '[]') AS m FROM (SELECT {POSTGRES.moves}, {MOVE_ORDER} AS i"
+        " FROM transactions t, cards"
+        " WHERE customer_id = %(c)s OR (customer_id = '' AND card = ANY(cards.a))) x)"
         " SELECT v.v, (SELECT r.doc FROM revisions r WHERE r.kind = 'customer'"
         " AND r.key = %(c)s AND r.version <= v.v ORDER BY r.version DESC LIMIT 1),"
         " (SELECT r.doc FROM revisions r WHERE r.kind = 'program' AND r.key = ''"
@@ -708,7 +708,7 @@ class PgTx(SqlTx):
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[Sequence[Any]]:
+    ) -> Iterable[tuple[Any, ...]]:
         known = ""
         params: list[Any] = [pub.version, pub.cut]
         if only is not None:
@@ -719,7 +719,7 @@ class PgTx(SqlTx):
             cur.execute(
                 f"SELECT t.customer_id, {POSTGRES.moves}{self._COUNTED}"
                 f" AND t.customer_id != ''{known}"
-                f" GROUP BY t.customer_id, {MOVE_GROUP} ORDER BY t.customer_id",
+                f" ORDER BY t.customer_id, {MOVE_ORDER}",
                 params,
             )
             yield from cur

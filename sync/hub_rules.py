@@ -48,15 +48,15 @@ from .hub_store import (
 )
 
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
-# (points available, pending_activates_at, pending points, `at` of the available points,
-# the part of them earned at a checkout, the receipt (`RECEIPT_KEY`), the kind, the points
-# a refund gives back): the stores sum transactions grouped by receipt and kind, by
-# pending_activates_at and, when they move available points or are a refund, by their `at`
-# (the contract §16: a spend takes the batches not expired at its time, points earned at
-# once expire `pointsLifetimeDays` after it, and a refund gives points back to the batches
-# its sale took them from).
+# One counted transaction's points (the contract §16): (points available,
+# pending_activates_at, pending points, its `at` when it moves available points or is a
+# refund, the part of them earned at once at a checkout, its receipt (`RECEIPT_KEY`; a
+# refund's: the receipt it refunds), its kind, the points a refund gives back). The hub
+# replays them as the till replays its own movements: a spend takes the batches not expired
+# at its time, points earned at once expire `pointsLifetimeDays` after it, and a refund
+# gives points back to the batches its sale took them from.
 Move = tuple[int, str | None, int, str | None, int, str, str, int]
-MOVED_AT = "CASE WHEN delta_available != 0 OR kind = 'REFUND' THEN at END"  # grouped by
+MOVED_AT = "CASE WHEN delta_available != 0 OR kind = 'REFUND' THEN at END"
 EARNED_WHEN = (
     "kind = 'CHECKOUT' AND delta_pending = 0 AND delta_available != 0 AND customer_id != ''"
 )
@@ -135,8 +135,8 @@ class HubTx(Protocol):
     ) -> None: ...
 
     def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
-        """Sums over every stored transaction of the customer (and UNKNOWN-card ones of
-        `cards`), grouped by pending_activates_at."""
+        """Every stored transaction of the customer (and UNKNOWN-card ones of `cards`) as a
+        `Move`, in the order they were stored."""
         ...
 
     # -- what a publication counts (see `snapshot_stream`)
@@ -154,9 +154,9 @@ class HubTx(Protocol):
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[Sequence[Any]]:
-        """(customer, *the columns of a `Move`) of counted transactions, in customer order
-        (only those of `only` if given)."""
+    ) -> Iterable[tuple[Any, ...]]:
+        """(customer, *the columns of a `Move`) of each counted transaction, in customer
+        order and then the order they were stored (only those of `only` if given)."""
         ...
 
     # -- coupons (the contract §13)
@@ -813,9 +813,9 @@ class HubRules:
         """Customer rows (key order) with balancePoints and pending as of `pub`.
 
         Counted: each transaction ingested up to the cut whose seq is at most its device's
-        progress at `pub` (its appliedThrough there). The sums come from one grouped
-        query in customer order, merged with the rows as they stream by, so memory does
-        not grow with the chain; a row with nothing to add is written as stored.
+        progress at `pub` (its appliedThrough there). The moves come from one query in
+        customer order, merged with the rows as they stream by, so memory does not grow
+        with the chain; a row with nothing to add is written as stored.
         """
         found = self.doc_as_of(tx, "program", "", pub.version)
         program = Program() if found is None else Program.model_validate(found)
@@ -913,9 +913,11 @@ def move_of(row: Sequence[Any]) -> Move:
     )
 
 
-def _grouped(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[str, list[Move]]]:
+def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]]:
     """(customer, its moves) from rows (customer, *`Move`'s columns) that come grouped by
-    customer."""
+    customer. The columns have the `Move`'s types already (`hub_sql.Dialect.moves`: one
+    transaction each, nothing summed): taken as they are, as this runs for every
+    transaction a snapshot counts."""
     current: str | None = None
     moves: list[Move] = []
     for row in rows:
@@ -924,7 +926,7 @@ def _grouped(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[str, list[Move]]]:
             if current is not None:
                 yield current, moves
             current, moves = str(customer), []
-        moves.append(move_of(row[1:]))
+        moves.append(row[1:])
     if current is not None:
         yield current, moves
 

@@ -10,8 +10,8 @@ between SQLite and PostgreSQL in these statements.
 - A list parameter: ``col IN (?, ?, …)`` in chunks on SQLite, ``col = ANY(?)`` (one array)
   on PostgreSQL (`Dialect.any_of`, `Dialect.chunks`).
 - The JSON expressions: a card revision's owner (the expression of the
-  ``revisions_card_owner`` index, so that both planners use it) and the points earned at
-  once at a checkout (`Dialect.earned`).
+  ``revisions_card_owner`` index, so that both planners use it), the points earned at
+  once at a checkout and those a refund gives back (`Dialect.earned`, `Dialect.returned`).
 - Text in code point order where a column's collation does not give it.
 
 Upserts and ignored duplicates are standard ``INSERT … ON CONFLICT … DO UPDATE / DO
@@ -50,14 +50,13 @@ from .hub_store import DeviceRecord, LedgerEntry, Publication, StoredTx, TxIn
 
 T = TypeVar("T")
 
-# What the columns of a `hub_rules.Move` (`Dialect.moves`) are grouped by, after a stream's
-# own key (customer, card).
-MOVE_GROUP = f"t.device_id, t.receipt_id, t.kind, t.pending_activates_at, {MOVED_AT}"
+# The order of a stream's moves after its own key (customer): the order they were stored.
+MOVE_ORDER = "t.ingest_id"
 
 
 def _moves(earned: str, returned: str) -> str:
     return (
-        "sum(t.delta_available) AS a, t.pending_activates_at AS w, sum(t.delta_pending) AS d,"
+        "t.delta_available AS a, t.pending_activates_at AS w, t.delta_pending AS d,"
         f" {MOVED_AT} AS s, {earned} AS e, {RECEIPT_KEY} AS r, t.kind AS k, {returned} AS b"
     )
 
@@ -69,7 +68,7 @@ class Dialect:
     card_owner: ClassVar[str]  # a card revision's customerId (the index's expression)
     earned: ClassVar[str]  # points earned at once at a checkout: see `hub_rules.Move`
     returned: ClassVar[str]  # points a refund gives back: see `hub_rules.Move`
-    # The columns of a `hub_rules.Move` over transactions `t`, grouped by `MOVE_GROUP`
+    # The columns of a `hub_rules.Move` of each transaction `t`
     moves: ClassVar[str]
 
     def sql(self, text: str) -> str:
@@ -94,12 +93,12 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     card_owner = "json_extract(doc, '$.customerId')"
     earned = (
-        f"sum(CASE WHEN {EARNED_WHEN} AND json_type(result_json, '$.earnedPoints') = 'integer'"
-        " THEN json_extract(result_json, '$.earnedPoints') ELSE 0 END)"
+        f"CASE WHEN {EARNED_WHEN} AND json_type(result_json, '$.earnedPoints') = 'integer'"
+        " THEN json_extract(result_json, '$.earnedPoints') ELSE 0 END"
     )
     returned = (
-        "sum(CASE WHEN kind = 'REFUND' AND json_type(result_json, '$.returnedPoints')"
-        " = 'integer' THEN json_extract(result_json, '$.returnedPoints') ELSE 0 END)"
+        "CASE WHEN kind = 'REFUND' AND json_type(result_json, '$.returnedPoints')"
+        " = 'integer' THEN json_extract(result_json, '$.returnedPoints') ELSE 0 END"
     )
     moves = _moves(earned, returned)
     CHUNK = 500  # well under SQLite's limit on the number of parameters
@@ -118,14 +117,14 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     card_owner = "(doc::jsonb) ->> 'customerId'"
     earned = (
-        f"sum(CASE WHEN {EARNED_WHEN}"
+        f"CASE WHEN {EARNED_WHEN}"
         " AND jsonb_typeof(result_json::jsonb -> 'earnedPoints') = 'number'"
-        " THEN (result_json::jsonb ->> 'earnedPoints')::numeric::bigint ELSE 0 END)"
+        " THEN (result_json::jsonb ->> 'earnedPoints')::numeric::bigint ELSE 0 END"
     )
     returned = (
-        "sum(CASE WHEN kind = 'REFUND'"
+        "CASE WHEN kind = 'REFUND'"
         " AND jsonb_typeof(result_json::jsonb -> 'returnedPoints') = 'number'"
-        " THEN (result_json::jsonb ->> 'returnedPoints')::numeric::bigint ELSE 0 END)"
+        " THEN (result_json::jsonb ->> 'returnedPoints')::numeric::bigint ELSE 0 END"
     )
     moves = _moves(earned, returned)
 
@@ -206,7 +205,7 @@ class SqlTx:
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[Sequence[Any]]:
+    ) -> Iterable[tuple[Any, ...]]:
         raise NotImplementedError
 
     # -- master data and publications
@@ -405,7 +404,7 @@ class SqlTx:
             move_of(row)
             for row in self.execute(
                 f"SELECT {self.dialect.moves} FROM transactions t WHERE {where}"
-                f" GROUP BY {MOVE_GROUP}",
+                f" ORDER BY {MOVE_ORDER}",
                 params,
             )
         ]
@@ -456,7 +455,7 @@ class SqlTx:
             (str(row[0]), *move_of(row[1:]))
             for row in self.execute(
                 f"SELECT t.card, {self.dialect.moves}{self.COUNTED}"
-                f" AND t.customer_id = '' AND t.card != '' GROUP BY t.card, {MOVE_GROUP}",
+                f" AND t.customer_id = '' AND t.card != '' ORDER BY t.card, {MOVE_ORDER}",
                 (pub.version, pub.cut),
             )
         ]

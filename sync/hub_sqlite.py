@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +24,7 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import HubTx, Texts, canon
-from .hub_sql import MOVE_GROUP, SQLITE, SqlHubStore, SqlTx
+from .hub_sql import MOVE_ORDER, SQLITE, SqlHubStore, SqlTx
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -207,7 +207,7 @@ class SqliteTx(SqlTx):
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[Sequence[Any]]:
+    ) -> Iterable[tuple[Any, ...]]:
         known = ""
         if only is not None:
             self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (id TEXT PRIMARY KEY)")
@@ -216,7 +216,7 @@ class SqliteTx(SqlTx):
             known = " AND t.customer_id IN (SELECT id FROM temp.want)"
         rows: sqlite3.Cursor = self.conn.execute(
             f"SELECT t.customer_id, {SQLITE.moves}{self.COUNTED} AND t.customer_id != ''{known}"
-            f" GROUP BY t.customer_id, {MOVE_GROUP} ORDER BY t.customer_id",
+            f" ORDER BY t.customer_id, {MOVE_ORDER}",
             (pub.version, pub.cut),
         )
         return rows
