@@ -940,8 +940,8 @@ def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wal
     batches not expired at its time, soonest first) and its points earned at once (a
     batch from its `at`), and each refund's points given back (to the batches its sale
     took them from, the last taken first), taken back while pending (off the sale's own
-    batch) and taken back since (off that batch while it counts, else spent). A sale's
-    group without a time moves no available points (`MOVED_AT`)."""
+    batch) and taken back since (off that batch while it counts, else spent). A sale
+    without a time moves no available points (`MOVED_AT`)."""
     lifetime, zone = program.points_lifetime_days, program.zone
     pending: list[Movement] = []
     timed: list[tuple[datetime, bool, list[Movement]]] = []  # (at, a refund, its movements)
