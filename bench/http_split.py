@@ -3,13 +3,15 @@
     python -m bench.http_split [--calls N] [--data DIR]
 
 In one process, for each 50-line mixed receipt (`bench.run.mixed_receipt`), in a fresh
-random order per receipt (`bench.run.interleave`): the HTTP interface's steps one by one
-(the body's parse, the receipt's validation, `Agent.quote`, the result's JSON), the whole
-call through the ASGI application (`http_api.Api`, Starlette included, driven in process
-with no socket) and the bare echo of `bench.run._http_echo_app` through the same driver.
-"framework" is the ASGI call minus its four steps; "echo" is what the echo's ASGI call
-costs. Then both servers for real (uvicorn, h11, a socket), each in a process of its own,
-and their CPU per request from /proc: the part of a request no in-process timer sees.
+random order per receipt: the HTTP interface's steps one by one, the long way ("parse":
+`parse_json`, "validate": `receipt_from_json`, "encode": `json_document(json_of(...))`)
+and the way `http_api` takes now ("read": `receipt_of_body`, the receipt validated from
+the bytes; "text": `results.json_text`), `Agent.quote`, the whole call through the ASGI
+application (`http_api.Api`, driven in process with no socket) and the bare echo of
+`bench.run._http_echo_app` (Starlette) through the same driver. "framework" is the ASGI
+call minus read, quote and text; "echo" is what the echo's ASGI call costs. Then both
+servers for real (uvicorn, h11, a socket), each in a process of its own, and their CPU
+per request from /proc: the part of a request no in-process timer sees.
 
 Every figure is CPU time of the calling thread (`time.thread_time`), median and p99 in ms.
 """
@@ -95,7 +97,8 @@ def _cpu(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def in_process(data: Path, bodies: list[bytes], rng: random.Random) -> dict[str, Any]:
     from tillpoint.agent.cli import json_document, parse_json
-    from tillpoint.agent.http_api import Api
+    from tillpoint.agent.http_api import Api, receipt_of_body
+    from tillpoint.agent.results import json_text
     from tillpoint.agent.service import Agent
     from tillpoint.agent.wire import json_of, receipt_from_json
 
@@ -104,7 +107,8 @@ def in_process(data: Path, bodies: list[bytes], rng: random.Random) -> dict[str,
     quote_asgi = asgi_driver(api, "/v1/quote")
     echo_asgi = asgi_driver(_http_echo_app(), "/echo")
     parts: dict[str, list[float]] = {
-        k: [] for k in ("parse", "validate", "quote", "encode", "steps", "asgi", "echo")
+        k: []
+        for k in ("parse", "validate", "read", "quote", "encode", "text", "steps", "asgi", "echo")
     }
 
     def steps(body: bytes) -> None:
@@ -112,14 +116,18 @@ def in_process(data: Path, bodies: list[bytes], rng: random.Random) -> dict[str,
         t_validate, receipt = _cpu(lambda: receipt_from_json(doc))
         t_quote, result = _cpu(lambda: agent.quote(receipt))
         t_encode, _ = _cpu(lambda: json_document(json_of(result)))
+        t_read, _ = _cpu(lambda: receipt_of_body(body))
+        t_text, _ = _cpu(lambda: json_text(result))
         for key, value in (
             ("parse", t_parse),
             ("validate", t_validate),
+            ("read", t_read),
             ("quote", t_quote),
             ("encode", t_encode),
+            ("text", t_text),
         ):
             parts[key].append(value)
-        parts["steps"].append(t_parse + t_validate + t_quote + t_encode)
+        parts["steps"].append(t_read + t_quote + t_text)
 
     for body in bodies[:20]:  # warm: imports, the cache's memos, the loop
         steps(body)
