@@ -110,7 +110,7 @@ def _fields(
     return out
 
 
-# The top level's "at": a string with nothing escaped in it (see `receipt_of_body`).
+# The top level's "at" (its only `"at"`): a string with nothing escaped in it.
 _AT = re.compile(rb'"at"\s*:\s*"([^"\\]*)"')
 
 
@@ -121,19 +121,18 @@ def receipt_of_body(raw: bytes) -> Receipt:
     everything else, with its words: any refusal, a body that says `explain` (a float
     there is a lax bool to pydantic, a refusal to `parse_json`), and an `at` the two read
     differently (pydantic-core's parser takes "1700000000" and a lowercase "t"; the long
-    way is `models._timestamp`'s `fromisoformat`, and its `datetime` is the one kept)."""
-    if b"explain" not in raw:
-        found = _AT.findall(raw)
-        if len(found) == 1:
-            try:
-                receipt = Receipt.model_validate_json(raw)
-                at = _timestamp(found[0].decode())
-            except ValueError:  # pydantic's ValidationError, a bad `at`, not UTF-8
-                pass
-            else:
-                if receipt.at == at and receipt.at.utcoffset() == at.utcoffset():
-                    vars(receipt)["at"] = at  # frozen to callers; the long way's object
-                    return receipt
+    way's `models._timestamp` refuses them, and its `datetime` is the one kept)."""
+    key = raw.find(b'"at"')  # found by bytes.find: a regex's scan of 4 KB costs 20 µs
+    found = _AT.match(raw, key) if key >= 0 and raw.find(b'"at"', key + 4) < 0 else None
+    if found is not None and b"explain" not in raw:
+        try:
+            receipt = Receipt.model_validate_json(raw)
+            at = _timestamp(found[1].decode())
+        except ValueError:  # pydantic's ValidationError, a bad `at`, not UTF-8
+            pass
+        else:  # the long way's `at` (no validator reads it), the rest is the same
+            vars(receipt)["at"] = at  # frozen to callers, not to us
+            return receipt
     return receipt_from_json(parse_json(raw, "request body"))
 
 
