@@ -10,6 +10,13 @@ read like the CLI's input files (`cli.parse_json`: no floats); answers are the d
 `--json` prints (`cli.json_document`), byte for byte. Errors are
 `{"error": {"code": ..., "message": ...}}` with the status of `HTTP_STATUS`.
 
+The POST calls are answered on bare ASGI in `Api.__call__` (no Starlette Request, Response
+or routing: the same limits, timeouts, errors and headers); a receipt is validated
+straight from the body's bytes when that reads it as the long way does
+(`receipt_of_body`), and a result is answered as `results.json_text`, the CLI's text
+written without a dict per line (docs/DECISIONS.md, "The HTTP interface's own overhead").
+Starlette routes the rest: the GET calls, 404 and 405.
+
 `GET /openapi.json` is generated from the proto descriptors of `PosAgent` (the same
 messages the gRPC server speaks and the proto3 JSON of the bodies), never written by hand.
 """
