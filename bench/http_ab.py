@@ -122,10 +122,7 @@ def main() -> int:
                 assert old == new, (old[:200], new[:200])
                 _post(conns["echo"], "/echo", body)
             kinds = list(conns)
-            calls = [
-                lambda body, k=k: _post(conns[k], paths[k], body)  # type: ignore[misc]
-                for k in kinds
-            ]
+            calls = [lambda body, k=k: _post(conns[k], paths[k], body) for k in kinds]
             cpu_before = {k: _proc_cpu(procs[k].pid) for k in kinds}
             samples = interleave(calls, bodies[20:], rng)
             cpu = {
