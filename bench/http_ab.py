@@ -31,7 +31,7 @@ from bench.http_split import _proc_cpu
 from bench.run import EXE, REPO, http_connect, interleave, mixed_receipt, stats
 
 SERVER = """
-import importlib.util, sys
+import importlib.util, json, sys, time
 from pathlib import Path
 from bench.run import _http_echo_app
 from tillpoint.agent.app import settle_collector
@@ -50,10 +50,27 @@ else:
         from tillpoint.agent import http_api as module
     agent = Agent(Path(data), "bench-till")
     server = module.HttpServer(agent, "127.0.0.1:0")
+# Each request timed inside the server, from the ASGI call to its answer sent: wall and
+# the loop thread's CPU (the one connection's request is all the loop does meanwhile).
+timings = []
+app = server.server.config.app if kind == "echo" else server.api
+served = type(app).__call__
+async def timed(self, scope, receive, send):
+    wall, cpu = time.perf_counter(), time.thread_time()
+    await served(self, scope, receive, send)
+    timings.append((time.perf_counter() - wall, time.thread_time() - cpu))
+type(app).__call__ = timed
 server.start()
 settle_collector()
 print(server.port, flush=True)
-sys.stdin.read()
+for _ in sys.stdin:  # a line: this round's figures, then a fresh round
+    out = {}
+    for name, k in (("wall", 0), ("cpu", 1)):
+        ordered = sorted(t[k] for t in timings)
+        n = len(ordered)
+        out[name] = [round(ordered[n // 2] * 1000, 3), round(ordered[int(n * 0.99)] * 1000, 3)]
+    print(json.dumps(out), flush=True)
+    timings.clear()
 server.stop()
 """
 
@@ -65,6 +82,15 @@ def _post(conn: Any, path: str, body: bytes) -> bytes:
     if response.status != 200:
         raise RuntimeError(f"{path}: HTTP {response.status} {answer[:200]!r}")
     return answer
+
+
+def _inside(proc: subprocess.Popen[bytes]) -> dict[str, list[float]]:
+    """The server's own timings of the requests since the last ask (ms: p50, p99)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"\n")
+    proc.stdin.flush()
+    found: dict[str, list[float]] = json.loads(proc.stdout.readline())
+    return found
 
 
 def main() -> int:
@@ -123,20 +149,27 @@ def main() -> int:
                 _post(conns["echo"], "/echo", body)
             kinds = list(conns)
             calls = [lambda body, k=k: _post(conns[k], paths[k], body) for k in kinds]
+            for kind in kinds:  # the warm-up's timings out
+                _inside(procs[kind])
             cpu_before = {k: _proc_cpu(procs[k].pid) for k in kinds}
             samples = interleave(calls, bodies[20:], rng)
+            inside = {k: _inside(procs[k]) for k in kinds}
             cpu = {
                 k: round((_proc_cpu(procs[k].pid) - cpu_before[k]) / args.calls * 1000, 3)
                 for k in kinds
             }
-            # the same answers, byte for byte, on a sample of this round's bodies
+            # the same answers, byte for byte, on a sample of this round's bodies (untimed)
             for body in bodies[20::50]:
                 assert _post(conns["old"], "/v1/quote", body) == _post(
                     conns["new"], "/v1/quote", body
                 )
             print(f"round {round_no + 1}: {args.calls} 50-line quotes, interleaved")
             for kind, s in zip(kinds, samples, strict=True):
-                print(f"  {kind:<5} {json.dumps(stats(s))}  server CPU/request {cpu[kind]} ms")
+                print(
+                    f"  {kind:<5} {json.dumps(stats(s))}  server CPU/request {cpu[kind]} ms;"
+                    f" inside the server p50/p99: wall {inside[kind]['wall']},"
+                    f" loop CPU {inside[kind]['cpu']}"
+                )
             figures = dict(zip(kinds, (stats(s) for s in samples), strict=True))
             for kind in ("old", "new"):
                 print(
