@@ -7,6 +7,9 @@ headers Starlette's Response did."""
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,13 +132,18 @@ def test_any_field_reads_as_the_long_way_reads_it(key: str, value: Any) -> None:
 
 
 @pytest.fixture
-def client(agent: Agent) -> Iterator[Client]:
+def server(agent: Agent) -> Iterator[HttpServer]:
     srv = HttpServer(agent, "127.0.0.1:0")
     srv.start()
-    c = Client(srv.port)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: HttpServer) -> Iterator[Client]:
+    c = Client(server.port)
     yield c
     c.close()
-    srv.stop()
 
 
 def test_a_post_call_is_answered_with_starlettes_headers(client: Client) -> None:
@@ -149,3 +157,16 @@ def test_a_post_call_is_answered_with_starlettes_headers(client: Client) -> None
     assert set(refused.headers) == {"content-type", "content-length", "date"}
     # GET calls are Starlette's still: the same headers.
     assert set(client.get("/v1/status").headers) == {"content-type", "content-length", "date"}
+
+
+def test_a_client_that_leaves_before_its_body_arrives_is_no_error(
+    server: HttpServer, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody reads an answer to it: no "internal error" and no trace in the log."""
+    with caplog.at_level(logging.WARNING, logger="tillpoint.http"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+            time.sleep(0.2)  # the call is waiting for the rest of its body
+        time.sleep(0.3)
+        assert client.post("/v1/quote", receipt()).status == 200  # serving as before
+    assert [r.getMessage() for r in caplog.records if r.name == "tillpoint.http"] == []
