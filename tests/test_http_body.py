@@ -88,6 +88,9 @@ EDGES = [
     _body().replace(b'"card"', b'"at": "2026-11-24T10:15:00+03:00", "card"'),  # "at" twice
     _body().replace(b'"storeId"', b'"\\"at": "1700000000", "storeId"'),
     _body().replace(b'"lines": [', b'"lines": [{"sku": "x", "qty": "1", "at": "1"}, '),
+    _body(receipt_id="b"),  # a field by its name and by its alias
+    _body(redeem_points=5, redeemPoints=7),
+    _body(lines=[{"sku": "4601234000017", "qty": "1", "price_minor": 1, "priceMinor": 2}]),
     _body() + b" x",
     b"\xef\xbb\xbf" + _body(),  # a UTF-8 byte order mark: json.loads reads it
     json.dumps(receipt()).encode("utf-16"),  # so is UTF-16
