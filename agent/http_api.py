@@ -143,11 +143,15 @@ def receipt_of_body(raw: bytes) -> Receipt:
     return receipt_from_json(parse_json(raw, "request body"))
 
 
-def _receipt_call(
-    method: Callable[[Agent, Receipt], CheckoutResult],
-) -> Callable[[Agent, bytes | None], str]:
-    """A call whose body is a receipt: read from the bytes, answered as `json_text`."""
-    return lambda agent, raw: json_text(method(agent, receipt_of_body(raw or b"")))
+def _receipt_call(name: str) -> Callable[[Agent, bytes | None], str]:
+    """A call whose body is a receipt: read from the bytes, answered as `json_text`. The
+    agent's method is looked up at each call, on the agent (as `agent.quote(...)` would)."""
+
+    def run(agent: Agent, raw: bytes | None) -> str:
+        method: Callable[[Receipt], CheckoutResult] = getattr(agent, name)
+        return json_text(method(receipt_of_body(raw or b"")))
+
+    return run
 
 
 def _document(fn: Callable[[Agent, Any], dict[str, Any]]) -> Callable[[Agent, bytes | None], str]:
@@ -206,14 +210,14 @@ CALLS = (
         "/v1/quote",
         "Quote",
         "Price a receipt; stores and reserves nothing",
-        _receipt_call(Agent.quote),
+        _receipt_call("quote"),
         on_loop=True,
     ),
     Call(
         "/v1/hold",
         "Hold",
         "Price a receipt and reserve its redemption until Confirm, Cancel or expiry",
-        _receipt_call(Agent.hold),
+        _receipt_call("hold"),
     ),
     Call(
         "/v1/confirm",
@@ -231,7 +235,7 @@ CALLS = (
         "/v1/checkout",
         "Checkout",
         "Hold and Confirm in one call",
-        _receipt_call(Agent.checkout),
+        _receipt_call("checkout"),
     ),
     Call(
         "/v1/refund",
