@@ -506,25 +506,35 @@ def _read_jsonl_parallel(
         progress(total, total)
 
 
-def read_file(
-    path: Path, fmt: str | None = None, progress: Progress | None = None
-) -> Iterator[ImportRow | RowProblem]:
-    """The rows of an import file; `fmt` is "json", "jsonl" or None (from the name)."""
+class ImportFile:
+    """The rows of an import file, read each time they are iterated (`read_file`): a
+    store may read them twice (PostgreSQL's fast path, when it has to fall back)."""
+
+    def __init__(self, path: Path, fmt: str, total: int, progress: Progress | None) -> None:
+        self.path, self.fmt, self.total, self.progress = path, fmt, total, progress
+
+    def __iter__(self) -> Iterator[ImportRow | RowProblem]:
+        try:
+            stream = self.path.open("rb")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read it ({exc.strerror})") from None
+        with stream:
+            reader = read_jsonl if self.fmt == "jsonl" else read_json
+            yield from reader(stream, self.total, self.progress)
+
+
+def read_file(path: Path, fmt: str | None = None, progress: Progress | None = None) -> ImportFile:
+    """The rows of an import file; `fmt` is "json", "jsonl" or None (from the name). The
+    file is checked now and read when the rows are iterated (again on each iteration)."""
     if fmt is None:
         fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "json"
     if fmt not in ("json", "jsonl"):
         raise InputError(f"unknown import format {fmt!r}: json or jsonl")
     try:
         total = path.stat().st_size
-        stream = path.open("rb")
+        path.open("rb").close()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
-
-    def rows() -> Iterator[ImportRow | RowProblem]:
-        with stream:
-            reader = read_jsonl if fmt == "jsonl" else read_json
-            yield from reader(stream, total, progress)
-
-    return rows()
+    return ImportFile(path, fmt, total, progress)
