@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -247,6 +249,20 @@ def read_jsonl(
     the rows coming out in the file's order; the default is one process (since the bulk
     path, the processes no longer pay: sending the rows back costs more than they save,
     docs/PERFORMANCE.md)."""
+    yield from _read_chunks(stream, total, progress, workers, _chunk_rows, list)
+
+
+def _read_chunks(
+    stream: IO[bytes],
+    total: int,
+    progress: Progress | None,
+    workers: int | None,
+    chunk: Callable[[Job], tuple[list[Any], State]],
+    first_line: Callable[[list[ImportRow | RowProblem]], list[Any]],
+) -> Iterator[Any]:
+    """`read_jsonl`'s reading, of `chunk`'s results (rows, or blocks of them): `chunk`
+    reads the chunks of lines after the first (in `workers` processes when > 1),
+    `first_line` makes its results of the first line's rows."""
     if workers is None:
         workers = PARALLEL_WORKERS
     state: State = (False, None)
@@ -254,25 +270,26 @@ def read_jsonl(
     done = len(first)
     if first:
         rows, state = _line_rows(1, first, state, True)
-        yield from rows
+        yield from first_line(rows)
     if workers > 1 and multiprocessing.parent_process() is None:  # never from a worker
-        yield from _read_jsonl_parallel(stream, total, progress, workers, state, done)
+        yield from _read_jsonl_parallel(stream, total, progress, workers, state, done, chunk)
         return
     number = 2
     while lines := list(islice(stream, CHUNK_LINES)):
-        rows, state = _chunk_rows((number, lines, state))
+        found, state = chunk((number, lines, state))
         number += len(lines)
         done += sum(map(len, lines))
         if progress is not None:
             progress(done, total)
-        yield from rows
+        yield from found
     if progress is not None:
         progress(total, total)
 
 
-def _chunk_rows(
-    job: tuple[int, list[bytes], State],
-) -> tuple[list[ImportRow | RowProblem], State]:
+Job = tuple[int, list[bytes], State]  # the lines from number job[0] on, read from job[2]
+
+
+def _chunk_rows(job: Job) -> tuple[list[ImportRow | RowProblem], State]:
     """A chunk's rows (in a worker process, or the reading one): the lines from number
     `job[0]` on, read from the state `job[2]`; and the state after them. The rows carry
     their canonical text only (`doc` None: less to send between processes).
@@ -460,8 +477,10 @@ def _read_jsonl_parallel(
     workers: int,
     state: State,
     done: int,
-) -> Iterator[ImportRow | RowProblem]:
-    """`read_jsonl`'s lines after the first (read there: `state` after it, `done` bytes)."""
+    chunk: Callable[[Job], tuple[list[Any], State]] = _chunk_rows,
+) -> Iterator[Any]:
+    """`read_jsonl`'s lines after the first (read there: `state` after it, `done` bytes),
+    each chunk read by `chunk` in a worker."""
     from collections import deque
 
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -470,13 +489,13 @@ def _read_jsonl_parallel(
         number = 2
         read_state = state  # the true state where the next chunk to yield starts
 
-        def settle() -> Iterator[ImportRow | RowProblem]:
+        def settle() -> Iterator[Any]:
             nonlocal read_state, done
             result, start, lines, started, size = pending.popleft()
             if started == read_state:
                 rows, read_state = result.get()
             else:  # the guess was wrong: this chunk again, from the true state
-                rows, read_state = _chunk_rows((start, lines, read_state))
+                rows, read_state = chunk((start, lines, read_state))
             done += size
             if progress is not None:
                 progress(done, total)
@@ -496,7 +515,7 @@ def _read_jsonl_parallel(
             for line in lines:
                 guess = _guess(line, guess)
             job = (number, lines, started)
-            pending.append((pool.apply_async(_chunk_rows, (job,)), number, lines, started, size))
+            pending.append((pool.apply_async(chunk, (job,)), number, lines, started, size))
             number += len(lines)
             while len(pending) > workers * 3:
                 yield from settle()
@@ -504,6 +523,67 @@ def _read_jsonl_parallel(
             yield from settle()
     if progress is not None:
         progress(total, total)
+
+
+# ---------------------------------------------------------------- blocks for COPY
+# PostgreSQL's fast import takes the rows as blocks of COPY text made where they are
+# read: a worker process sends one bytes object a chunk (and its tallies), not a row
+# object a row (pickling those back cost more than the workers saved).
+
+_COPY_KEY = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+@dataclass
+class Block:
+    """Rows in COPY's text format, a `kind<TAB>key<TAB>doc` line each (a removal's doc
+    `\\N`; program rows not among them: `program`, the block's last one, carries it),
+    with their tallies. `problem`: a row of the block was refused (the data is then
+    incomplete: the import must be read row by row, which names the problems)."""
+
+    data: bytes
+    rows: int
+    counts: dict[str, int]
+    removed: int
+    program: tuple[str, str | None] | None
+    problem: bool
+
+    @classmethod
+    def of(cls, rows: list[ImportRow | RowProblem]) -> Block:
+        out: list[str] = []
+        counts: dict[str, int] = {}
+        removed = 0
+        program = None
+        for row in rows:
+            if isinstance(row, RowProblem):
+                return cls(b"", len(rows), {}, 0, None, True)
+            text = row.text if row.text is not None else canon(row.doc)
+            if text is None:
+                removed += 1
+            else:
+                counts[row.kind] = counts.get(row.kind, 0) + 1
+            if row.kind == "program":
+                program = (row.key, text)
+                continue
+            key = row.key.translate(_COPY_KEY)
+            if text is None:
+                out.append(f"{row.kind}\t{key}\t\\N\n")
+            else:  # JSON text holds no tab, newline or CR: only backslashes to double
+                doc = text.replace("\\", "\\\\")
+                out.append(f"{row.kind}\t{key}\t{doc}\n")
+        return cls("".join(out).encode(), len(rows), counts, removed, program, False)
+
+
+def _chunk_blocks(job: Job) -> tuple[list[Block], State]:
+    rows, state = _chunk_rows(job)
+    return [Block.of(rows)], state
+
+
+def _first_block(rows: list[ImportRow | RowProblem]) -> list[Block]:
+    return [Block.of(rows)] if rows else []
+
+
+BLOCK_WORKERS = 2  # the reading processes of a large file's blocks
+BLOCK_WORKERS_FROM = 16 << 20  # bytes: a smaller file is read in the importing process
 
 
 class ImportFile:
@@ -521,6 +601,26 @@ class ImportFile:
         with stream:
             reader = read_jsonl if self.fmt == "jsonl" else read_json
             yield from reader(stream, self.total, self.progress)
+
+    def copy_blocks(self, workers: int | None = None) -> Iterator[Block]:
+        """The rows again, as blocks of COPY text, in the file's order; a JSON Lines file
+        of `BLOCK_WORKERS_FROM` bytes or more is read by `BLOCK_WORKERS` processes."""
+        if workers is None:
+            large = self.total >= BLOCK_WORKERS_FROM and (os.cpu_count() or 1) > 1
+            workers = BLOCK_WORKERS if large else 1
+        try:
+            stream = self.path.open("rb")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read it ({exc.strerror})") from None
+        with stream:
+            if self.fmt == "jsonl":
+                yield from _read_chunks(
+                    stream, self.total, self.progress, workers, _chunk_blocks, _first_block
+                )
+                return
+            rows = read_json(stream, self.total, self.progress)
+            while chunk := list(islice(rows, CHUNK_LINES)):
+                yield Block.of(chunk)
 
 
 def read_file(path: Path, fmt: str | None = None, progress: Progress | None = None) -> ImportFile:

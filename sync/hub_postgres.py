@@ -523,19 +523,31 @@ class PostgresHubStore(SqlHubStore):
                 conn.execute("SET LOCAL maintenance_work_mem = '512MB'")  # the key's sort
                 conn.execute("ALTER TABLE draft DROP CONSTRAINT draft_pkey")
                 with conn.cursor() as cur, cur.copy("COPY draft (kind, key, doc) FROM STDIN") as cp:
-                    for item in rows:
-                        if isinstance(item, RowProblem):
-                            raise _Fallback
-                        n += 1
-                        text = item.text if item.text is not None else canon(item.doc)
-                        if text is None:
-                            removed += 1
-                        else:
-                            counts[item.kind] += 1
-                        if item.kind == "program":
-                            program = (item.key, text)
-                        else:
-                            cp.write_row((item.kind, item.key, text))
+                    blocks = getattr(rows, "copy_blocks", None)
+                    if blocks is not None:  # COPY text made where the rows are read
+                        for block in blocks():
+                            if block.problem:
+                                raise _Fallback
+                            n += block.rows
+                            removed += block.removed
+                            for kind, count in block.counts.items():
+                                counts[kind] += count
+                            program = block.program or program
+                            cp.write(block.data)
+                    else:
+                        for item in rows:
+                            if isinstance(item, RowProblem):
+                                raise _Fallback
+                            n += 1
+                            text = item.text if item.text is not None else canon(item.doc)
+                            if text is None:
+                                removed += 1
+                            else:
+                                counts[item.kind] += 1
+                            if item.kind == "program":
+                                program = (item.key, text)
+                            else:
+                                cp.write_row((item.kind, item.key, text))
                 if program is not None:
                     conn.execute("INSERT INTO draft VALUES ('program', %s, %s)", program)
                 try:
