@@ -582,8 +582,11 @@ def _first_block(rows: list[ImportRow | RowProblem]) -> list[Block]:
     return [Block.of(rows)] if rows else []
 
 
-BLOCK_WORKERS = 2  # the reading processes of a large file's blocks
-BLOCK_WORKERS_FROM = 16 << 20  # bytes: a smaller file is read in the importing process
+# The reading processes of a large file's blocks: one (the importing process) by default.
+# Two workers were 2.8-3.0 x slower on the shared 2-core machine (docs/PERFORMANCE.md):
+# with PostgreSQL taking the COPY on the other core, the second core is not free.
+BLOCK_WORKERS = 1
+BLOCK_WORKERS_FROM = 16 << 20  # bytes: a smaller file is always read in one process
 
 
 class ImportFile:
@@ -604,7 +607,8 @@ class ImportFile:
 
     def copy_blocks(self, workers: int | None = None) -> Iterator[Block]:
         """The rows again, as blocks of COPY text, in the file's order; a JSON Lines file
-        of `BLOCK_WORKERS_FROM` bytes or more is read by `BLOCK_WORKERS` processes."""
+        of `BLOCK_WORKERS_FROM` bytes or more is read by `BLOCK_WORKERS` processes (when
+        more than one)."""
         if workers is None:
             large = self.total >= BLOCK_WORKERS_FROM and (os.cpu_count() or 1) > 1
             workers = BLOCK_WORKERS if large else 1
