@@ -290,15 +290,22 @@ Job = tuple[int, list[bytes], State]  # the lines from number job[0] on, read fr
 
 
 def _chunk_rows(job: Job) -> tuple[list[ImportRow | RowProblem], State]:
+    """A chunk's rows (`_chunk`, its runs read by `_bulk_rows`)."""
+    return _chunk(job, _bulk_rows)
+
+
+def _chunk(
+    job: Job, bulk_run: Callable[[Bulk, int, list[bytes]], list[Any] | None]
+) -> tuple[list[Any], State]:
     """A chunk's rows (in a worker process, or the reading one): the lines from number
     `job[0]` on, read from the state `job[2]`; and the state after them. The rows carry
     their canonical text only (`doc` None: less to send between processes).
 
-    A run of a JSON Lines snapshot section's rows is validated in one call (`_bulk_rows`);
+    A run of a JSON Lines snapshot section's rows is validated in one call (`bulk_run`);
     a run it refuses, and every other line, is read line by line (`_line_rows`), which
     finds each problem, its line and its field."""
     number, lines, state = job
-    out: list[ImportRow | RowProblem] = []
+    out: list[Any] = []
     i = 0
     while i < len(lines):
         bulk = BULK.get(state[1] or "") if state[0] else None
@@ -308,7 +315,7 @@ def _chunk_rows(job: Job) -> tuple[list[ImportRow | RowProblem], State]:
                 end = len(lines)
             while end < len(lines) and b'"section"' not in lines[end]:
                 end += 1
-            rows = _bulk_rows(bulk, number + i, lines[i:end]) if end > i else None
+            rows = bulk_run(bulk, number + i, lines[i:end]) if end > i else None
             if rows is not None:
                 out.extend(rows)
                 i = end
@@ -573,9 +580,68 @@ class Block:
         return cls("".join(out).encode(), len(rows), counts, removed, program, False)
 
 
+@dataclass
+class _CopyRun:
+    """A bulk run's rows as COPY text (`_bulk_copy`)."""
+
+    kind: str
+    data: bytes
+    rows: int
+
+
+def _bulk_copy(bulk: Bulk, number: int, lines: list[bytes]) -> list[_CopyRun] | None:
+    """`_bulk_rows`, made straight into COPY text (no row object a row, the texts kept
+    as the bytes pydantic-core wrote); None as there."""
+    good = [line for line in lines if not line.isspace()]
+    if not good:
+        return []
+    try:
+        models = bulk.validate(b"[" + b",".join(good) + b"]")
+    except ValidationError:
+        return None
+    if len(models) != len(good):
+        return None
+    keys = [getattr(model, bulk.key_field) for model in models]
+    if bulk.kind == "card" and any(map(_card_problem, keys)):
+        return None
+    text = bulk.text
+    texts = [text(m, by_alias=True, exclude_none=True, exclude_defaults=True) for m in models]
+    if bulk.kind == "customer":  # its points always said: the first key in sorted order
+        texts = [
+            t if t.startswith(b'{"balancePoints":') else b'{"balancePoints":0,' + t[1:]
+            for t in texts
+        ]
+    if b"\\" in b"".join(texts):  # JSON text holds no tab, newline or CR
+        texts = [t.replace(b"\\", b"\\\\") for t in texts]
+    joined = "".join(keys)
+    if any(c in joined for c in "\\\t\n\r"):
+        keys = [key.translate(_COPY_KEY) for key in keys]
+    kind = bulk.kind.encode()
+    data = b"".join(
+        [b"%s\t%s\t%s\n" % (kind, key.encode(), t) for key, t in zip(keys, texts, strict=True)]
+    )
+    return [_CopyRun(bulk.kind, data, len(models))]
+
+
 def _chunk_blocks(job: Job) -> tuple[list[Block], State]:
-    rows, state = _chunk_rows(job)
-    return [Block.of(rows)], state
+    """A chunk as one block: its bulk runs' COPY text as made, its other rows added."""
+    found, state = _chunk(job, _bulk_copy)
+    runs = [r for r in found if isinstance(r, _CopyRun)]
+    if not runs:
+        return [Block.of(found)], state
+    rest = Block.of([r for r in found if not isinstance(r, _CopyRun)])
+    if rest.problem:
+        return [rest], state
+    parts: list[bytes] = []
+    counts = rest.counts
+    for item in found:  # in the file's order (program rows are not in the data)
+        if isinstance(item, _CopyRun):
+            parts.append(item.data)
+            counts[item.kind] = counts.get(item.kind, 0) + item.rows
+        elif item.kind != "program":
+            parts.append(Block.of([item]).data)
+    rows = rest.rows + sum(r.rows for r in runs)
+    return [Block(b"".join(parts), rows, counts, rest.removed, rest.program, False)], state
 
 
 def _first_block(rows: list[ImportRow | RowProblem]) -> list[Block]:

@@ -135,3 +135,25 @@ def test_an_import_into_a_draft_that_holds_rows_goes_the_staged_way(
     assert rows["customer", "c99"] == '{"balancePoints":0,"id":"c99"}'
     assert rows["program", ""] is not None and '"USD"' in rows["program", ""]
     assert len(rows) == 76 + 1  # the program once (USD now), c1 changed, c99 added
+
+
+def test_the_blocks_are_the_rows_as_copy_text(tmp_path: Path, monkeypatch: Any) -> None:
+    """The bulk runs' COPY text, made with no row objects, is what the rows would make."""
+    from bench.generate import Scale, write_full
+
+    monkeypatch.setattr(hub_import, "CHUNK_LINES", 97)  # runs cut by chunks and sections
+    for path in (
+        write_full(tmp_path / "tiny.jsonl", Scale.named("tiny")),
+        snapshot(tmp_path / "odd.jsonl", SECTIONS, HEADER),
+    ):
+        source = read_file(path)
+        blocks = list(source.copy_blocks())
+        whole = hub_import.Block.of(list(source))
+        assert b"".join(b.data for b in blocks) == whole.data
+        assert sum(b.rows for b in blocks) == whole.rows
+        assert sum(b.removed for b in blocks) == whole.removed
+        counts: dict[str, int] = {}
+        for b in blocks:
+            for kind, count in b.counts.items():
+                counts[kind] = counts.get(kind, 0) + count
+        assert counts == whole.counts and not any(b.problem for b in blocks)
