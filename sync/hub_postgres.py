@@ -520,7 +520,11 @@ class PostgresHubStore(SqlHubStore):
                     raise _Fallback from None
                 if conn.execute("SELECT 1 FROM draft LIMIT 1").fetchone() is not None:
                     raise _Fallback
-                conn.execute("SET LOCAL maintenance_work_mem = '512MB'")  # the key's sort
+                conn.execute(  # the key's sort: at least 512 MB (a larger setting stays)
+                    "SELECT set_config('maintenance_work_mem', greatest(pg_size_bytes("
+                    "current_setting('maintenance_work_mem')), 512 * 1024 * 1024) / 1024"
+                    " || 'kB', true)"
+                )
                 conn.execute("ALTER TABLE draft DROP CONSTRAINT draft_pkey")
                 with conn.cursor() as cur, cur.copy("COPY draft (kind, key, doc) FROM STDIN") as cp:
                     blocks = getattr(rows, "copy_blocks", None)
