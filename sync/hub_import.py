@@ -649,8 +649,8 @@ def _first_block(rows: list[ImportRow | RowProblem]) -> list[Block]:
 
 
 # The reading processes of a large file's blocks: one (the importing process) by default.
-# Two workers were 2.8-3.0 x slower on the shared 2-core machine (docs/PERFORMANCE.md):
-# with PostgreSQL taking the COPY on the other core, the second core is not free.
+# Two workers paid only on a nearly idle machine and were 1.1-1.9 x slower whenever other
+# work ran (docs/PERFORMANCE.md): PostgreSQL takes the COPY on the other core.
 BLOCK_WORKERS = 1
 BLOCK_WORKERS_FROM = 16 << 20  # bytes: a smaller file is always read in one process
 
