@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -247,6 +249,20 @@ def read_jsonl(
     the rows coming out in the file's order; the default is one process (since the bulk
     path, the processes no longer pay: sending the rows back costs more than they save,
     docs/PERFORMANCE.md)."""
+    yield from _read_chunks(stream, total, progress, workers, _chunk_rows, list)
+
+
+def _read_chunks(
+    stream: IO[bytes],
+    total: int,
+    progress: Progress | None,
+    workers: int | None,
+    chunk: Callable[[Job], tuple[list[Any], State]],
+    first_line: Callable[[list[ImportRow | RowProblem]], list[Any]],
+) -> Iterator[Any]:
+    """`read_jsonl`'s reading, of `chunk`'s results (rows, or blocks of them): `chunk`
+    reads the chunks of lines after the first (in `workers` processes when > 1),
+    `first_line` makes its results of the first line's rows."""
     if workers is None:
         workers = PARALLEL_WORKERS
     state: State = (False, None)
@@ -254,34 +270,42 @@ def read_jsonl(
     done = len(first)
     if first:
         rows, state = _line_rows(1, first, state, True)
-        yield from rows
+        yield from first_line(rows)
     if workers > 1 and multiprocessing.parent_process() is None:  # never from a worker
-        yield from _read_jsonl_parallel(stream, total, progress, workers, state, done)
+        yield from _read_jsonl_parallel(stream, total, progress, workers, state, done, chunk)
         return
     number = 2
     while lines := list(islice(stream, CHUNK_LINES)):
-        rows, state = _chunk_rows((number, lines, state))
+        found, state = chunk((number, lines, state))
         number += len(lines)
         done += sum(map(len, lines))
         if progress is not None:
             progress(done, total)
-        yield from rows
+        yield from found
     if progress is not None:
         progress(total, total)
 
 
-def _chunk_rows(
-    job: tuple[int, list[bytes], State],
-) -> tuple[list[ImportRow | RowProblem], State]:
+Job = tuple[int, list[bytes], State]  # the lines from number job[0] on, read from job[2]
+
+
+def _chunk_rows(job: Job) -> tuple[list[ImportRow | RowProblem], State]:
+    """A chunk's rows (`_chunk`, its runs read by `_bulk_rows`)."""
+    return _chunk(job, _bulk_rows)
+
+
+def _chunk(
+    job: Job, bulk_run: Callable[[Bulk, int, list[bytes]], list[Any] | None]
+) -> tuple[list[Any], State]:
     """A chunk's rows (in a worker process, or the reading one): the lines from number
     `job[0]` on, read from the state `job[2]`; and the state after them. The rows carry
     their canonical text only (`doc` None: less to send between processes).
 
-    A run of a JSON Lines snapshot section's rows is validated in one call (`_bulk_rows`);
+    A run of a JSON Lines snapshot section's rows is validated in one call (`bulk_run`);
     a run it refuses, and every other line, is read line by line (`_line_rows`), which
     finds each problem, its line and its field."""
     number, lines, state = job
-    out: list[ImportRow | RowProblem] = []
+    out: list[Any] = []
     i = 0
     while i < len(lines):
         bulk = BULK.get(state[1] or "") if state[0] else None
@@ -291,7 +315,7 @@ def _chunk_rows(
                 end = len(lines)
             while end < len(lines) and b'"section"' not in lines[end]:
                 end += 1
-            rows = _bulk_rows(bulk, number + i, lines[i:end]) if end > i else None
+            rows = bulk_run(bulk, number + i, lines[i:end]) if end > i else None
             if rows is not None:
                 out.extend(rows)
                 i = end
@@ -460,8 +484,10 @@ def _read_jsonl_parallel(
     workers: int,
     state: State,
     done: int,
-) -> Iterator[ImportRow | RowProblem]:
-    """`read_jsonl`'s lines after the first (read there: `state` after it, `done` bytes)."""
+    chunk: Callable[[Job], tuple[list[Any], State]] = _chunk_rows,
+) -> Iterator[Any]:
+    """`read_jsonl`'s lines after the first (read there: `state` after it, `done` bytes),
+    each chunk read by `chunk` in a worker."""
     from collections import deque
 
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -470,13 +496,13 @@ def _read_jsonl_parallel(
         number = 2
         read_state = state  # the true state where the next chunk to yield starts
 
-        def settle() -> Iterator[ImportRow | RowProblem]:
+        def settle() -> Iterator[Any]:
             nonlocal read_state, done
             result, start, lines, started, size = pending.popleft()
             if started == read_state:
                 rows, read_state = result.get()
             else:  # the guess was wrong: this chunk again, from the true state
-                rows, read_state = _chunk_rows((start, lines, read_state))
+                rows, read_state = chunk((start, lines, read_state))
             done += size
             if progress is not None:
                 progress(done, total)
@@ -496,7 +522,7 @@ def _read_jsonl_parallel(
             for line in lines:
                 guess = _guess(line, guess)
             job = (number, lines, started)
-            pending.append((pool.apply_async(_chunk_rows, (job,)), number, lines, started, size))
+            pending.append((pool.apply_async(chunk, (job,)), number, lines, started, size))
             number += len(lines)
             while len(pending) > workers * 3:
                 yield from settle()
@@ -506,25 +532,179 @@ def _read_jsonl_parallel(
         progress(total, total)
 
 
-def read_file(
-    path: Path, fmt: str | None = None, progress: Progress | None = None
-) -> Iterator[ImportRow | RowProblem]:
-    """The rows of an import file; `fmt` is "json", "jsonl" or None (from the name)."""
+# ---------------------------------------------------------------- blocks for COPY
+# PostgreSQL's fast import takes the rows as blocks of COPY text made where they are
+# read: a worker process sends one bytes object a chunk (and its tallies), not a row
+# object a row (pickling those back cost more than the workers saved).
+
+_COPY_KEY = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+@dataclass
+class Block:
+    """Rows in COPY's text format, a `kind<TAB>key<TAB>doc` line each (a removal's doc
+    `\\N`; program rows not among them: `program`, the block's last one, carries it),
+    with their tallies. `problem`: a row of the block was refused (the data is then
+    incomplete: the import must be read row by row, which names the problems)."""
+
+    data: bytes
+    rows: int
+    counts: dict[str, int]
+    removed: int
+    program: tuple[str, str | None] | None
+    problem: bool
+
+    @classmethod
+    def of(cls, rows: list[ImportRow | RowProblem]) -> Block:
+        out: list[str] = []
+        counts: dict[str, int] = {}
+        removed = 0
+        program = None
+        for row in rows:
+            if isinstance(row, RowProblem):
+                return cls(b"", len(rows), {}, 0, None, True)
+            text = row.text if row.text is not None else canon(row.doc)
+            if text is None:
+                removed += 1
+            else:
+                counts[row.kind] = counts.get(row.kind, 0) + 1
+            if row.kind == "program":
+                program = (row.key, text)
+                continue
+            key = row.key.translate(_COPY_KEY)
+            if text is None:
+                out.append(f"{row.kind}\t{key}\t\\N\n")
+            else:  # JSON text holds no tab, newline or CR: only backslashes to double
+                doc = text.replace("\\", "\\\\")
+                out.append(f"{row.kind}\t{key}\t{doc}\n")
+        return cls("".join(out).encode(), len(rows), counts, removed, program, False)
+
+
+@dataclass
+class _CopyRun:
+    """A bulk run's rows as COPY text (`_bulk_copy`)."""
+
+    kind: str
+    data: bytes
+    rows: int
+
+
+def _bulk_copy(bulk: Bulk, number: int, lines: list[bytes]) -> list[_CopyRun] | None:
+    """`_bulk_rows`, made straight into COPY text (no row object a row, the texts kept
+    as the bytes pydantic-core wrote); None as there."""
+    good = [line for line in lines if not line.isspace()]
+    if not good:
+        return []
+    try:
+        models = bulk.validate(b"[" + b",".join(good) + b"]")
+    except ValidationError:
+        return None
+    if len(models) != len(good):
+        return None
+    keys = [getattr(model, bulk.key_field) for model in models]
+    if bulk.kind == "card" and any(map(_card_problem, keys)):
+        return None
+    text = bulk.text
+    texts = [text(m, by_alias=True, exclude_none=True, exclude_defaults=True) for m in models]
+    if bulk.kind == "customer":  # its points always said: the first key in sorted order
+        texts = [
+            t if t.startswith(b'{"balancePoints":') else b'{"balancePoints":0,' + t[1:]
+            for t in texts
+        ]
+    if b"\\" in b"".join(texts):  # JSON text holds no tab, newline or CR
+        texts = [t.replace(b"\\", b"\\\\") for t in texts]
+    joined = "".join(keys)
+    if any(c in joined for c in "\\\t\n\r"):
+        keys = [key.translate(_COPY_KEY) for key in keys]
+    kind = bulk.kind.encode()
+    data = b"".join(
+        [b"%s\t%s\t%s\n" % (kind, key.encode(), t) for key, t in zip(keys, texts, strict=True)]
+    )
+    return [_CopyRun(bulk.kind, data, len(models))]
+
+
+def _chunk_blocks(job: Job) -> tuple[list[Block], State]:
+    """A chunk as one block: its bulk runs' COPY text as made, its other rows added."""
+    found, state = _chunk(job, _bulk_copy)
+    runs = [r for r in found if isinstance(r, _CopyRun)]
+    if not runs:
+        return [Block.of(found)], state
+    rest = Block.of([r for r in found if not isinstance(r, _CopyRun)])
+    if rest.problem:
+        return [rest], state
+    parts: list[bytes] = []
+    counts = rest.counts
+    for item in found:  # in the file's order (program rows are not in the data)
+        if isinstance(item, _CopyRun):
+            parts.append(item.data)
+            counts[item.kind] = counts.get(item.kind, 0) + item.rows
+        elif item.kind != "program":
+            parts.append(Block.of([item]).data)
+    rows = rest.rows + sum(r.rows for r in runs)
+    return [Block(b"".join(parts), rows, counts, rest.removed, rest.program, False)], state
+
+
+def _first_block(rows: list[ImportRow | RowProblem]) -> list[Block]:
+    return [Block.of(rows)] if rows else []
+
+
+# The reading processes of a large file's blocks: one (the importing process) by default.
+# Two workers paid only on a nearly idle machine and were 1.1-1.9 x slower whenever other
+# work ran (docs/PERFORMANCE.md): PostgreSQL takes the COPY on the other core.
+BLOCK_WORKERS = 1
+BLOCK_WORKERS_FROM = 16 << 20  # bytes: a smaller file is always read in one process
+
+
+class ImportFile:
+    """The rows of an import file, read each time they are iterated (`read_file`): a
+    store may read them twice (PostgreSQL's fast path, when it has to fall back)."""
+
+    def __init__(self, path: Path, fmt: str, total: int, progress: Progress | None) -> None:
+        self.path, self.fmt, self.total, self.progress = path, fmt, total, progress
+
+    def __iter__(self) -> Iterator[ImportRow | RowProblem]:
+        try:
+            stream = self.path.open("rb")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read it ({exc.strerror})") from None
+        with stream:
+            reader = read_jsonl if self.fmt == "jsonl" else read_json
+            yield from reader(stream, self.total, self.progress)
+
+    def copy_blocks(self, workers: int | None = None) -> Iterator[Block]:
+        """The rows again, as blocks of COPY text, in the file's order; a JSON Lines file
+        of `BLOCK_WORKERS_FROM` bytes or more is read by `BLOCK_WORKERS` processes (when
+        more than one)."""
+        if workers is None:
+            large = self.total >= BLOCK_WORKERS_FROM and (os.cpu_count() or 1) > 1
+            workers = BLOCK_WORKERS if large else 1
+        try:
+            stream = self.path.open("rb")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read it ({exc.strerror})") from None
+        with stream:
+            if self.fmt == "jsonl":
+                yield from _read_chunks(
+                    stream, self.total, self.progress, workers, _chunk_blocks, _first_block
+                )
+                return
+            rows = read_json(stream, self.total, self.progress)
+            while chunk := list(islice(rows, CHUNK_LINES)):
+                yield Block.of(chunk)
+
+
+def read_file(path: Path, fmt: str | None = None, progress: Progress | None = None) -> ImportFile:
+    """The rows of an import file; `fmt` is "json", "jsonl" or None (from the name). The
+    file is checked now and read when the rows are iterated (again on each iteration)."""
     if fmt is None:
         fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson") else "json"
     if fmt not in ("json", "jsonl"):
         raise InputError(f"unknown import format {fmt!r}: json or jsonl")
     try:
         total = path.stat().st_size
-        stream = path.open("rb")
+        path.open("rb").close()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
-
-    def rows() -> Iterator[ImportRow | RowProblem]:
-        with stream:
-            reader = read_jsonl if fmt == "jsonl" else read_json
-            yield from reader(stream, total, progress)
-
-    return rows()
+    return ImportFile(path, fmt, total, progress)
