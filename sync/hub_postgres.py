@@ -42,7 +42,7 @@ from .hub_rules import (
     Texts,
     canon,
 )
-from .hub_sql import POSTGRES, SqlHubStore, SqlTx
+from .hub_sql import POSTGRES, SqlHubStore, SqlTx, pg_array
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -443,15 +443,15 @@ class PostgresHubStore(SqlHubStore):
         the customer's lock held for the function's few statements only."""
         with self._conn() as conn:
             row = conn.execute(
-                "SELECT granted, live_balance FROM hub_claim_hold(%s, %s, %s, %s, %s, %s,"
-                " %s, %s, %s, %s)",
+                "SELECT granted, live_balance FROM hub_claim_hold(%s, %s, %s, %s, %s,"
+                " %s::text[], %s, %s, %s, %s)",
                 (
                     device_id,
                     receipt_id,
                     customer_id,
                     points,
                     spendable,
-                    cards,
+                    pg_array(cards),
                     mark,
                     hold_id,
                     now,
@@ -675,7 +675,7 @@ class PgTx(SqlTx):
         rows, self._inserts = self._inserts, []
         if rows:
             self._raw.execute(
-                _INSERT_TRANSACTIONS, [list(column) for column in zip(*rows, strict=True)]
+                _INSERT_TRANSACTIONS, [pg_array(column) for column in zip(*rows, strict=True)]
             )
 
     def _count(self, cur: psycopg.Cursor[Any]) -> int:
@@ -684,7 +684,9 @@ class PgTx(SqlTx):
         return int(cur.rowcount)
 
     def ledger_mark(self, customer_id: str, cards: list[str]) -> str:
-        row = self.conn.execute("SELECT hub_ledger_mark(%s, %s)", (customer_id, cards)).fetchone()
+        row = self.conn.execute(
+            "SELECT hub_ledger_mark(%s, %s::text[])", (customer_id, pg_array(cards))
+        ).fetchone()
         assert row is not None
         return str(row[0])
 
@@ -746,7 +748,7 @@ class PgTx(SqlTx):
             self.conn.execute(
                 "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
                 " FROM unnest(%s::text[]) AS k",
-                (keys,),
+                (pg_array(keys),),
             )
 
 
@@ -754,10 +756,10 @@ PostgresHubStore.tx_class = PgTx
 
 _INSERT_TRANSACTIONS = (
     f"INSERT INTO transactions ({SqlTx.TRANSACTION_COLUMNS})"
-    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[],"
-    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
-    " %b::bigint[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[],"
-    " %b::text[])"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
+    " %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[])"
 )
 
 

@@ -253,7 +253,8 @@ class HubRules:
     # ------------------------------------------------------------ ledger
 
     def ingest(self, device_id: str, batch_id: str, txs: list[TxIn], now: datetime) -> IngestResult:
-        batch_hash = hashlib.sha256("\n".join(tx.content() for tx in txs).encode()).hexdigest()
+        contents = [t.content() for t in txs]  # each worked out once (a JSON text and a hash)
+        batch_hash = hashlib.sha256("\n".join(contents).encode()).hexdigest()
         with self.write_tx() as tx:
             tx.lock_device(device_id)
             if batch_id:
@@ -277,7 +278,10 @@ class HubRules:
                 stored.update({(dev, seq): content for seq, content in known.items()})
             settled: dict[str, list[str]] = defaultdict(list)  # device -> hold receipt keys
             sold: dict[str, list[str]] = defaultdict(list)  # device -> receipts sold
-            results = [self._ingest_one(tx, t, program, now, stored, settled, sold) for t in txs]
+            results = [
+                self._ingest_one(tx, t, content, program, now, stored, settled, sold)
+                for t, content in zip(txs, contents, strict=True)
+            ]
             # The holds these transactions make real: their receipts', and those of
             # their seqs (nothing in between reads the holds: settled once, at the end).
             for dev, keys in settled.items():
@@ -304,13 +308,13 @@ class HubRules:
         self,
         tx: HubTx,
         t: TxIn,
+        content: str,
         program: Program,
         now: datetime,
         stored: dict[tuple[str, int], str],
         settled: dict[str, list[str]],
         sold: dict[str, list[str]],
     ) -> TxResult:
-        content = t.content()
         existing = stored.get((t.device_id, t.seq))
         if existing is not None:
             if existing == content:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from tillpoint.sync.hub_sql import POSTGRES, SQLITE, SqlHubStore, SqlTx
+from tillpoint.sync.hub_sql import POSTGRES, SQLITE, SqlHubStore, SqlTx, pg_array
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import import_doc, sample_master_data
 
@@ -59,6 +59,64 @@ def test_a_batch_longer_than_one_chunk_is_deduplicated_and_settled_whole(
     assert len(store.ledger("a")) == 1201
 
 
+# Text that an array literal must quote: its delimiters, quotes, backslashes, NULL, spaces.
+AWKWARD = ['a"b', "c\\d", "{e,f}", "NULL", "", " g ", 'h\\"i', "ж,ё"]
+
+
+def test_array_literals_read_back_as_the_values(pg_url: str) -> None:
+    """PostgreSQL's list parameters go as array literals (`pg_array`): whatever the text,
+    PostgreSQL reads back the very values, NULLs and integers too."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        texts = conn.execute("SELECT %s::text[]", (pg_array([*AWKWARD, None]),)).fetchone()
+        numbers = conn.execute("SELECT %s::bigint[]", (pg_array([1, -2, 3]),)).fetchone()
+        among = conn.execute(  # an inferred type, as `any_of` leaves it
+            "SELECT count(*) FROM unnest(%s::text[]) k WHERE k = ANY(%s)",
+            (pg_array(AWKWARD), pg_array(AWKWARD[:3])),
+        ).fetchone()
+    assert texts == ([*AWKWARD, None],)
+    assert numbers == ([1, -2, 3],)
+    assert among == (3,)
+    assert pg_array([]) == "{}"
+
+
+def test_awkward_receipts_are_settled_and_stored_as_sent(hub_store_factory: Any) -> None:
+    """Receipt ids and JSON with quotes, backslashes and braces: a hold on such a receipt
+    is settled by its transaction (the receipts go as one list parameter), and the
+    transaction is stored as sent (the batch's rows go as arrays)."""
+    store = hub_store_factory()
+    import_doc(store, sample_master_data())
+    store.publish(NOW, WEEK)
+    receipts = [f"a-{n}-{text}" for n, text in enumerate(AWKWARD)]
+    for receipt in receipts:
+        assert store.authorise("a", receipt, "c-1", 10, NOW, [], NOW, 600.0).authorised == 10
+    batch = [
+        TxIn(
+            "a",
+            n + 1,
+            "CHECKOUT",
+            NOW.isoformat(),
+            "c-1",
+            "",
+            json.dumps({"receiptId": receipt, "note": AWKWARD}, ensure_ascii=False),
+            json.dumps({"receiptId": receipt}),
+            -10,
+            0,
+            "",
+            AWKWARD[n],
+        )
+        for n, receipt in enumerate(receipts)
+    ]
+    assert store.ingest("a", "b1", batch, NOW).count("STORED") == len(batch)
+    # every hold settled: the live balance is the ledger's, nothing held besides
+    whole = store.authorise("a", "a-other", "c-1", 100_000, NOW, [], NOW, 600.0)
+    assert whole.authorised == whole.live_balance == store.balance("c-1", NOW).available
+    assert [t.receipt_id for t in store.transactions("a", 0, 0, "")] == receipts
+    again = store.ingest("a", "b2", batch, NOW)  # the contents compare equal: duplicates
+    assert again.count("DUPLICATE") == len(batch)
+
+
 def test_the_dialects_differ_only_in_what_they_say() -> None:
     sql = "SELECT seq FROM transactions WHERE device_id = ? AND seq > ?"
     assert SQLITE.sql(sql) is sql
@@ -66,7 +124,7 @@ def test_the_dialects_differ_only_in_what_they_say() -> None:
     with pytest.raises(ValueError, match="may not contain '%'"):
         POSTGRES.sql("SELECT 1 WHERE key LIKE 'a%'")
     assert SQLITE.any_of("seq", [1, 2, 3]) == ("seq IN (?,?,?)", [1, 2, 3])
-    assert POSTGRES.any_of("seq", (1, 2, 3)) == ("seq = ANY(?)", [[1, 2, 3]])
+    assert POSTGRES.any_of("seq", (1, 2, 3)) == ("seq = ANY(?)", ["{1,2,3}"])
     assert [len(part) for part in SQLITE.chunks(list(range(1201)))] == [500, 500, 201]
     assert [len(part) for part in POSTGRES.chunks(list(range(1201)))] == [1201]
     assert SQLITE.code_points("c.code") == "c.code"
