@@ -28,6 +28,7 @@ from typing import Any
 from bench import hub as bh
 from bench import hubclients
 from bench.generate import Scale, write_full
+from bench.hotcard import cpu
 from bench.pgcluster import Cluster
 from bench.run import stats
 
@@ -35,7 +36,7 @@ from bench.run import stats
 @contextmanager
 def servers(
     server: str, work: Path, hub: Any, db: str, tag: str, profile: Path | None
-) -> Iterator[list[str]]:
+) -> Iterator[tuple[list[str], list[int]]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
     procs: list[subprocess.Popen[bytes]] = []
     spies: list[subprocess.Popen[bytes]] = []
@@ -82,7 +83,7 @@ def servers(
                         stderr=subprocess.DEVNULL,
                     )
                 )
-        yield [f"127.0.0.1:{port}" for port in ports]
+        yield [f"127.0.0.1:{port}" for port in ports], [proc.pid for proc in procs]
     finally:
         for spy_proc in spies:
             spy_proc.send_signal(2)
@@ -102,10 +103,17 @@ def servers(
 
 
 def one_run(
-    store: Any, hub: Any, addresses: list[str], work: Path, tag: str, run: int, scale: Scale
+    store: Any,
+    hub: Any,
+    addresses: list[str],
+    pids: list[int],
+    work: Path,
+    tag: str,
+    run: int,
+    scale: Scale,
 ) -> dict[str, Any]:
     tills = 100
-    rounds = 2
+    rounds = 4
     enrolled = bh._enroll(
         store, hub, [f"{tag}{run}-{t:05d}" for t in range(tills)], addresses, work
     )
@@ -114,6 +122,7 @@ def one_run(
     with bh._clients() as pool:
         list(pool.map(time.sleep, [0.0] * bh.CLIENT_PROCESSES))
         start_at = time.time() + 2.0
+        cpu_before = sum(cpu(pid) for pid in pids)
         done = list(
             pool.map(
                 hubclients.push, [(share, rounds, scale.customers, start_at, 8) for share in shares]
@@ -124,6 +133,8 @@ def one_run(
     again = sum(d["stored_again"] for d in done)
     out["push_tx_s"] = tills * rounds * bh.BATCH / took
     out["push_exact"] = stored == tills * rounds * bh.BATCH and again == 0
+    # the servers' CPU for each transaction pushed (its first push and its retry)
+    out["push_cpu_us_tx"] = (sum(cpu(p) for p in pids) - cpu_before) / (tills * rounds) / 50 * 1e6
     redeemers = bh._enroll(
         store, hub, [f"{tag}{run}-r{n:03d}" for n in range(100)], addresses, work
     )
@@ -138,6 +149,7 @@ def one_run(
         with bh._clients() as pool:
             list(pool.map(time.sleep, [0.0] * bh.CLIENT_PROCESSES))
             start_at = time.time() + 3.0
+            cpu_before = sum(cpu(pid) for pid in pids)
             jobs = [(share, customer, 10, 5, start_at, every) for share in rshares]
             rdone = list(pool.map(hubclients.redeem, jobs))
         samples = [x for d in rdone for x in d["samples"]]
@@ -146,6 +158,8 @@ def one_run(
         out[f"{name}_p50_ms"] = s["p50_ms"]
         out[f"{name}_p99_ms"] = s["p99_ms"]
         out[f"{name}_exact"] = granted <= max(balance, 0)
+        used = sum(cpu(p) for p in pids) - cpu_before  # with each till's warm-up call
+        out[f"{name}_cpu_us_call"] = used / (len(samples) + len(redeemers)) * 1e6
     return out
 
 
@@ -178,10 +192,13 @@ def main() -> int:
         run = 0
         for _ in range(args.reps):
             for tag, server in (("A", a_bin), ("B", b_bin), ("B", b_bin), ("A", a_bin)):
-                with servers(server, work, hub, db, f"{tag}{run}", args.profile) as addresses:
-                    got = one_run(store, hub, addresses, work, tag.lower(), run, scale)
+                with servers(server, work, hub, db, f"{tag}{run}", args.profile) as (
+                    addresses,
+                    pids,
+                ):
+                    got = one_run(store, hub, addresses, pids, work, tag.lower(), run, scale)
                 shown = "  ".join(
-                    f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in got.items()
+                    f"{k} {v:,.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in got.items()
                 )
                 print(f"{tag} run {run}: {shown}  (load {os.getloadavg()[0]:.1f})", flush=True)
                 run += 1

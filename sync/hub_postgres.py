@@ -381,8 +381,9 @@ class PostgresHubStore(SqlHubStore):
     @contextmanager
     def write_tx(self) -> Iterator[HubTx]:
         # Pipeline mode: the statements whose results the rules do not read (an ingest's
-        # inserts, updates and deletes) go out together, not one round trip each.
-        with self._write() as conn, conn.pipeline() as pipe:
+        # inserts, updates and deletes) go out together, not one round trip each; BEGIN
+        # goes with the first of them (the pipeline opened first, then the transaction).
+        with self._conn() as conn, conn.pipeline() as pipe, conn.transaction():
             tx = PgTx(conn, pipe)
             yield tx
             tx.flush()

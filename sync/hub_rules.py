@@ -26,6 +26,7 @@ from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -247,8 +248,7 @@ class HubRules:
         return None if text is None else dict(json.loads(text))
 
     def program(self, tx: HubTx) -> Program:
-        doc = self.doc_as_of(tx, "program", "", tx.latest_version())
-        return Program() if doc is None else Program.model_validate(doc)
+        return _program_of(tx.text_as_of("program", "", tx.latest_version()))
 
     # ------------------------------------------------------------ ledger
 
@@ -869,11 +869,16 @@ class LiveInputs:
 def _live_points(inputs: LiveInputs, at: datetime) -> tuple[int, int] | None:
     if inputs.customer is None:
         return None
-    program = (
-        Program() if inputs.program is None else Program.model_validate(json.loads(inputs.program))
-    )
+    program = _program_of(inputs.program)
     wallet = _wallet(json.loads(inputs.customer), inputs.moves, program)
     return wallet.points_at(at)
+
+
+@lru_cache(maxsize=16)
+def _program_of(text: str | None) -> Program:
+    """The program of a row text (None: the default), validated once per text (a push
+    and an authorisation each need it; a Program is frozen, so one object serves all)."""
+    return Program() if text is None else Program.model_validate(json.loads(text))
 
 
 def conflict(
