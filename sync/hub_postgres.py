@@ -248,6 +248,26 @@ MIGRATIONS.append(
         """,
     )
 )
+MIGRATIONS.append(
+    (
+        6,
+        "ledger_mark_plpgsql",
+        # The same mark, in plpgsql: a SQL function with a FROM is not inlined, and planned
+        # its statement on every call (0.2-0.4 ms, twice an authorisation, once under the
+        # customer's lock); plpgsql keeps the plan for the session.
+        """
+        CREATE OR REPLACE FUNCTION hub_ledger_mark(p_customer TEXT, p_cards TEXT[])
+        RETURNS TEXT LANGUAGE plpgsql STABLE AS $$
+        BEGIN
+            RETURN (SELECT (SELECT coalesce(max(version), 0) FROM publications)::text || ':'
+                || count(*)::text || ':' || coalesce(max(ingest_id), 0)::text
+            FROM transactions
+            WHERE customer_id = p_customer OR (customer_id = '' AND card = ANY(p_cards)));
+        END
+        $$;
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
