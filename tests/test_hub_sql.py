@@ -117,6 +117,18 @@ def test_awkward_receipts_are_settled_and_stored_as_sent(hub_store_factory: Any)
     assert again.count("DUPLICATE") == len(batch)
 
 
+def test_a_transactions_content_is_the_hash_stored_before() -> None:
+    """`TxIn.content` (now one encoder made once) hashes the very text it always did:
+    the rows stored before still compare equal to their retries."""
+    import hashlib
+
+    tx = checkout(7, 5, fiscal="ФД 1")
+    tx = TxIn(*[*tx.__dict__.values()][:6], '{"receiptId":"ж\\"}', *[*tx.__dict__.values()][7:])
+    fields = [*[*tx.__dict__.values()][:10], tx.fiscal_document]
+    text = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    assert tx.content() == hashlib.sha256(text.encode()).hexdigest()
+
+
 def test_the_dialects_differ_only_in_what_they_say() -> None:
     sql = "SELECT seq FROM transactions WHERE device_id = ? AND seq > ?"
     assert SQLITE.sql(sql) is sql
