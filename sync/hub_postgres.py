@@ -26,6 +26,7 @@ only a database whose schema is current.
 from __future__ import annotations
 
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -349,6 +350,7 @@ class PostgresHubStore(SqlHubStore):
                 f"the hub database {_redacted(url)} has schema {found}, this hub needs"
                 f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
             )
+        self._pinned = threading.local()
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -374,6 +376,10 @@ class PostgresHubStore(SqlHubStore):
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
         try:
+            conn = getattr(self._pinned, "conn", None)
+            if conn is not None:  # the thread's own for now (`pinned`)
+                yield conn
+                return
             with self.pool.connection() as conn:
                 yield conn
         except PoolTimeout as exc:
@@ -382,6 +388,23 @@ class PostgresHubStore(SqlHubStore):
             raise StorageError(
                 f"the hub database could not be written, nothing was stored: {_line(exc)}"
             ) from None
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """The calling thread's statements use one connection of the pool until the
+        block ends: an RPC's three or four short statements (the device's record, the
+        customer's inputs, the claim; or the device and the ingest) cost one checkout of
+        the pool, not one each (a checkout and its return, with other threads waiting
+        for connections, were a quarter of an authorisation's CPU in the server)."""
+        if getattr(self._pinned, "conn", None) is not None:
+            yield
+            return
+        with self._conn() as conn:
+            self._pinned.conn = conn
+            try:
+                yield
+            finally:
+                self._pinned.conn = None
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection[Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, Protocol
+from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -661,6 +662,24 @@ class Notifier:
 Failpoint = Callable[[str], None]
 
 
+_Req = TypeVar("_Req")
+_Rep = TypeVar("_Rep")
+
+
+def _one_connection(
+    rpc: Callable[[HubServicer, _Req, grpc.ServicerContext], _Rep],
+) -> Callable[[HubServicer, _Req, grpc.ServicerContext], _Rep]:
+    """The RPC's statements (the device's record, then its work) on one connection of
+    the store (`HubStore.pinned`)."""
+
+    @functools.wraps(rpc)
+    def run(self: HubServicer, request: _Req, context: grpc.ServicerContext) -> _Rep:
+        with self.store.pinned():
+            return rpc(self, request, context)
+
+    return run
+
+
 class HubServicer(pb_grpc.HubServicer):
     def __init__(
         self,
@@ -759,6 +778,7 @@ class HubServicer(pb_grpc.HubServicer):
                 if self.rate_limit_bytes_s > 0 and context.is_active():
                     time.sleep(len(data) / self.rate_limit_bytes_s)
 
+    @_one_connection
     def PushTransactions(
         self, request: pb.TransactionBatch, context: grpc.ServicerContext
     ) -> pb.PushAck:
@@ -825,6 +845,7 @@ class HubServicer(pb_grpc.HubServicer):
             sent = pub.version if pub else 0
             yield note(pub)
 
+    @_one_connection
     def AuthorizeRedemption(
         self, request: pb.AuthorizeRedemptionRequest, context: grpc.ServicerContext
     ) -> pb.AuthorizeRedemptionReply:
@@ -891,6 +912,7 @@ class HubServicer(pb_grpc.HubServicer):
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
 
+    @_one_connection
     def ReleaseRedemption(
         self, request: pb.ReleaseRedemptionRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseRedemptionReply:

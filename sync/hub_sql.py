@@ -27,7 +27,7 @@ pipelined ingest (its transactions buffered into one ``unnest`` insert), ``COPY`
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar, TypeVar
@@ -594,6 +594,12 @@ class SqlHubStore(HubRules):
     def _single(self) -> AbstractContextManager[Any]:
         """A connection for one statement (a read transaction unless the store says)."""
         return self._read()
+
+    def pinned(self) -> AbstractContextManager[None]:
+        """One connection for the calling thread's statements until the block ends (a
+        store with a pool of connections; nothing to do for one with a connection per
+        thread)."""
+        return nullcontext()
 
     @contextmanager
     def _reading(self) -> Iterator[SqlTx]:

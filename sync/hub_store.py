@@ -224,6 +224,10 @@ class HubStats:
 
 
 class HubStore(Protocol):
+    def pinned(self) -> AbstractContextManager[None]:
+        """The calling thread's statements on one connection until the block ends."""
+        ...
+
     # master data
     def import_rows(self, rows: Iterable[ImportRow | RowProblem]) -> ImportReport: ...
 

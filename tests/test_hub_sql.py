@@ -149,7 +149,7 @@ ENGINE_OWN = {
     "SqliteTx": set(),
     "PgTx": {"__init__", "conn", "_count", "insert_transaction", "ledger_mark"},
     "SqliteHubStore": set(),
-    "PostgresHubStore": {"_single"},  # `device`: one statement, autocommit
+    "PostgresHubStore": {"_single", "pinned"},  # `device`: one statement, autocommit
 }
 
 
@@ -198,3 +198,31 @@ def _source(func: Any) -> str:
 def test_no_store_writes_a_shared_primitive_again(path: str, cls: str, base: type) -> None:
     again = (_methods(path, cls) & _written_once(base)) - ENGINE_OWN[cls]
     assert not again, f"{path}: {cls} writes again what hub_sql.{base.__name__} has: {again}"
+
+
+def test_a_pinned_thread_runs_its_statements_on_one_connection(pg_url: str) -> None:
+    """`pinned` (an RPC's statements): one connection of the pool for the thread's reads
+    and writes until the block ends; a failed statement leaves the pool usable."""
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    store = PostgresHubStore(pg_url, migrate_schema=True, pool_size=2)
+    try:
+
+        def backend() -> int:
+            with store._conn() as conn:
+                row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            return int(row[0])
+
+        with store.pinned():
+            first = backend()
+            with store.write_tx() as tx:
+                assert tx.conn.execute("SELECT pg_backend_pid()").fetchone() == (first,)
+            with pytest.raises(StorageError), store._conn() as conn:
+                conn.execute("SELECT no_such_column FROM devices")
+            assert backend() == first
+            assert store.device("nobody") is None
+        assert store.latest() is None  # the connection went back to the pool, usable
+    finally:
+        store.close()
