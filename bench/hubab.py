@@ -163,9 +163,21 @@ def one_run(
     return out
 
 
+def _open(db: str) -> Any:
+    """The bench's own store (imports, enrolments, balances) on a database of either
+    program's schema: those statements are the same in both."""
+    from tillpoint.sync import hub_postgres
+
+    built_for = hub_postgres.SCHEMA_VERSION
+    hub_postgres.SCHEMA_VERSION = hub_postgres.schema_version(db)
+    try:
+        return hub_postgres.PostgresHubStore(db, pool_size=8)
+    finally:
+        hub_postgres.SCHEMA_VERSION = built_for
+
+
 def main() -> int:
     from tillpoint.sync import hub_import
-    from tillpoint.sync.hub_postgres import PostgresHubStore
     from tillpoint.sync.hub_server import HubDir
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -177,21 +189,29 @@ def main() -> int:
     a_bin, b_bin = args.server
     work = Path(tempfile.mkdtemp(prefix="tillpoint-hubab-"))
     cluster = Cluster(durable=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
     try:
-        db = cluster.new_database("bench")
         scale = Scale.named(args.scale)
         snap = write_full(work / "data.jsonl", scale)
-        store = PostgresHubStore(db, migrate_schema=True, pool_size=8)
-        with snap.open("rb") as f:
-            store.import_rows(hub_import.read_jsonl(f, 0, None))
-        store.publish(datetime.now(UTC), 7 * 86400.0)
-        hub = HubDir(work / "hub", db)
-        hub.init()
+        # Each program over a database of its own, of the schema that program migrates to
+        # (a server opens only the schema it was built for; the same data in both).
+        sides: dict[str, tuple[str, Any, Any]] = {}
+        for tag, server in (("A", a_bin), ("B", b_bin)):
+            db = cluster.new_database(f"bench_{tag.lower()}")
+            subprocess.run([server, "hub", "migrate", "--store", db], check=True, env=env)
+            store = _open(db)
+            with snap.open("rb") as f:
+                store.import_rows(hub_import.read_jsonl(f, 0, None))
+            store.publish(datetime.now(UTC), 7 * 86400.0)
+            hub = HubDir(work / f"hub-{tag}", db)
+            hub.init()
+            sides[tag] = (db, store, hub)
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
         run = 0
         for _ in range(args.reps):
             for tag, server in (("A", a_bin), ("B", b_bin), ("B", b_bin), ("A", a_bin)):
+                db, store, hub = sides[tag]
                 with servers(server, work, hub, db, f"{tag}{run}", args.profile) as (
                     addresses,
                     pids,
@@ -202,7 +222,8 @@ def main() -> int:
                 )
                 print(f"{tag} run {run}: {shown}  (load {os.getloadavg()[0]:.1f})", flush=True)
                 run += 1
-        store.close()
+        for _, store, _ in sides.values():
+            store.close()
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
