@@ -16,9 +16,9 @@ counted by the hub are replayed in commit order:
 The available balance at T is what is left of the batches spendable and not expired at
 T, less the debt; the pending balance is what is left of those not spendable yet.
 
-The hub counts by the same rule (`wallet_of`, from `sync.hub_rules`): it knows sums per
-moment rather than receipts, so its movements carry no receipt (`Movement.receipt_id`
-""), and points a refund gives back join the part that never expires.
+The hub counts by the same rule (`wallet_of`, from `sync.hub_rules`): it builds these
+movements from the transactions it counted, each naming its receipt (the device's and the
+receipt's id), so a refund's points go back to its sale's batches there too.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ class Batch:
 
 class Movement(NamedTuple):
     """One of this till's point rows, as `ledger.balance` reads it, or one of the hub's
-    sums (no receipt). A tuple: the hub makes one per counted group of every customer
-    it publishes, and a frozen dataclass took a quarter longer to replay."""
+    counted transactions. A tuple: the hub makes one or two per counted transaction of
+    every customer it publishes, and a frozen dataclass took a quarter longer to replay."""
 
     kind: str  # "spend" or "earn"
     points: int
@@ -167,8 +167,8 @@ class Wallet:
         return batch
 
     def apply(self, m: Movement) -> None:
-        """One movement; without a receipt (the hub's sums) nothing is remembered to route
-        a later refund by: points given back then join the part that never expires."""
+        """One movement; without a receipt nothing is remembered to route a later refund
+        by: points given back then join the part that never expires."""
         if m.kind == "earn":
             own = self.earned.get(m.receipt_id)
             if m.points < 0 and own is not None:

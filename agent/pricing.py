@@ -72,12 +72,24 @@ class OfferIndex:
         """Every offer targeting the sku or one of the categories, each once (this part's
         first, then those of `also`)."""
         key = (sku, categories)
-        own = self._lines.get(key) or self._own(key)
+        # `_own`'s first test inline: most lines have no offer of either part
+        own = self._lines.get(key)
+        if own is None:
+            if sku in self.by_sku or not categories.isdisjoint(self._categories):
+                own = self._own(key)
+            else:
+                own = ()
         also = self.also
         if also is None:
             return own
+        more: Sequence[Offer] | None
         if also.also is None:  # a receipt's personal offers, then the mass index
-            more: Sequence[Offer] = also._lines.get(key) or also._own(key)
+            more = also._lines.get(key)
+            if more is None:
+                if sku in also.by_sku or not categories.isdisjoint(also._categories):
+                    more = also._own(key)
+                else:
+                    more = ()
         else:
             more = also.candidates(sku, categories)
         if not own:

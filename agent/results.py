@@ -16,8 +16,9 @@ answer the same document: an idempotent replay equals the first answer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # the gRPC client maps replies without importing pydantic
@@ -374,6 +375,34 @@ def json_of(
     return result.to_json()
 
 
+# `json.dumps(doc, ensure_ascii=False)`, the encoder `cli.json_document` writes with.
+_DUMPS = json.JSONEncoder(ensure_ascii=False).encode
+_QUOTED = json.encoder.encode_basestring  # a str as a JSON string, ensure_ascii=False
+
+
+def json_text(
+    result: Card | Balance | CheckoutResult | RefundResult | ScanResult | TillStatus,
+) -> str:
+    """`cli.json_document(json_of(result))`, byte for byte (a test holds them together):
+    what HTTP answers. A fresh result's lines are written straight from its rows, not
+    through a dict each (50 of them for a 50-line quote, then encoded one by one)."""
+    if type(result) is not CheckoutResult or result.stored is not None or not result.lines:
+        return _DUMPS(result.to_json()) + "\n"
+    quoted = _QUOTED
+    lines = ", ".join(  # an f-string each: 30 % less than a % format (ints, as to_json's)
+        [
+            f'{{"sku": {quoted(sku)}, "amountMinor": {amount}, "discountMinor": {discount},'
+            f' "offerId": {"null" if offer is None else quoted(offer)},'
+            f' "redeemedMinor": {redeemed}, "earnedPoints": {earned}}}'
+            for sku, amount, discount, offer, redeemed, earned in result.lines
+        ]
+    )
+    # The key "lines" is the first `"lines": []` of the text: in a JSON string every `"` is
+    # escaped, so an unescaped `"lines": [` can only be a key; receiptId, card, mode come first.
+    text = _DUMPS(replace(result, lines=()).to_json())
+    return text.replace('"lines": []', f'"lines": [{lines}]', 1) + "\n"
+
+
 def receipt_from_json(data: Any) -> Receipt:
     """A receipt the CLI or HTTP read (a JSON document): validated, or one InputError line."""
     models = _models()
@@ -413,6 +442,7 @@ __all__ = [
     "ScanResult",
     "TillStatus",
     "json_of",
+    "json_text",
     "receipt_from_json",
     "refund_from_json",
 ]

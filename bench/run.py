@@ -289,13 +289,13 @@ class ReadFloor:
         cache.execute("BEGIN")
         ledger.execute("BEGIN")
         cache.execute("SELECT value FROM meta WHERE key = ?", ("version",)).fetchone()
+        # the card and its customer's row in one statement, as the agent reads them
         found = cache.execute(
-            "SELECT number, customer_id, status FROM cards WHERE number = ?", (receipt["card"],)
+            "SELECT k.number, k.customer_id, k.status, c.doc FROM cards k"
+            " LEFT JOIN customers c ON c.id = k.customer_id WHERE k.number = ?",
+            (receipt["card"],),
         ).fetchone()
-        customer = None
-        if found is not None:
-            customer = found[1]
-            cache.execute("SELECT doc FROM customers WHERE id = ?", (customer,)).fetchone()
+        customer = None if found is None else found[1]
         skus = sorted({line["sku"] for line in receipt["lines"]})
         cache.execute(
             "SELECT sku, name, category, excluded FROM products"
@@ -322,25 +322,25 @@ class ReadFloor:
                 " WHERE p.customer_id = ? ORDER BY p.id",
                 (customer,),
             ).fetchall()
-            ledger.execute(
-                "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-                " WHERE state = 'HELD' AND expires_at > ? AND receipt_id IS NOT ?"
-                " AND json_extract(figures, '$.customerId') = ?",
-                ("2026-11-23T07:15:00.000000Z", receipt["receiptId"], customer),
-            ).fetchone()
+            # the open holds and (when it redeems) the offline limit's use: one statement,
+            # as the agent reads them (`ledger.quote_reads`)
+            held = (
+                "(SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+                " WHERE state = 'HELD' AND expires_at > ?1 AND receipt_id IS NOT ?2"
+                " AND json_extract(figures, '$.customerId') = ?3)"
+            )
+            at = ("2026-11-23T07:15:00.000000Z", receipt["receiptId"], customer)
             if receipt.get("redeemPoints"):
-                day = (receipt["card"], "2026-11-23")
                 ledger.execute(
-                    "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
-                    " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",
-                    day,
+                    f"SELECT {held}, (SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
+                    " WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE'),"
+                    " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+                    " WHERE card = ?4 AND local_day = ?5 AND state = 'HELD' AND mode = 'OFFLINE'"
+                    " AND expires_at > ?1)",
+                    (*at, receipt["card"], "2026-11-23"),
                 ).fetchone()
-                ledger.execute(
-                    "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-                    " WHERE card = ? AND local_day = ? AND state = 'HELD' AND mode = 'OFFLINE'"
-                    " AND expires_at > ?",
-                    (*day, "2026-11-23T07:15:00.000000Z"),
-                ).fetchone()
+            else:
+                ledger.execute(f"SELECT {held}", at).fetchone()
         ledger.execute("COMMIT")
         cache.execute("COMMIT")
 

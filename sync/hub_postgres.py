@@ -37,13 +37,13 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import (
-    MOVED_AT,
     HubTx,
     LiveInputs,
     Texts,
     canon,
+    move_of,
 )
-from .hub_sql import POSTGRES, SqlHubStore, SqlTx, pg_array
+from .hub_sql import MOVE_ORDER, POSTGRES, SqlHubStore, SqlTx, pg_array
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -52,9 +52,6 @@ from .hub_store import (
     RowProblem,
     TxIn,
 )
-
-# points earned at once at a checkout (its result's earnedPoints): see `hub_rules.Move`
-EARNED = POSTGRES.earned
 
 try:
     import psycopg
@@ -442,11 +439,10 @@ class PostgresHubStore(SqlHubStore):
         " AND (doc::jsonb) ->> 'customerId' = %(c)s) c, v WHERE (SELECT r.doc::jsonb"
         " ->> 'customerId' FROM revisions r WHERE r.kind = 'card' AND r.key = c.key"
         " AND r.version <= v.v ORDER BY r.version DESC LIMIT 1) = %(c)s),"
-        " moves AS (SELECT coalesce(jsonb_agg(jsonb_build_array(a, w, d, s, e)), '[]')"
-        " AS m FROM (SELECT sum(delta_available) AS a, pending_activates_at AS w,"
-        f" sum(delta_pending) AS d, {MOVED_AT} AS s, {EARNED} AS e FROM transactions, cards"
-        " WHERE customer_id = %(c)s OR (customer_id = '' AND card = ANY(cards.a))"
-        f" GROUP BY pending_activates_at, {MOVED_AT}) x)"
+        " moves AS (SELECT coalesce(jsonb_agg(jsonb_build_array(a, w, d, s, e, r, k, b)"
+        f" ORDER BY i), '[]') AS m FROM (SELECT {POSTGRES.moves}, {MOVE_ORDER} AS i"
+        " FROM transactions t, cards"
+        " WHERE customer_id = %(c)s OR (customer_id = '' AND card = ANY(cards.a))) x)"
         " SELECT v.v, (SELECT r.doc FROM revisions r WHERE r.kind = 'customer'"
         " AND r.key = %(c)s AND r.version <= v.v ORDER BY r.version DESC LIMIT 1),"
         " (SELECT r.doc FROM revisions r WHERE r.kind = 'program' AND r.key = ''"
@@ -466,7 +462,7 @@ class PostgresHubStore(SqlHubStore):
             str(customer),
             None if program is None else str(program),
             [str(card) for card in cards],
-            [(int(a), w, int(d or 0), s_, int(e or 0)) for a, w, d, s_, e in moves],
+            [move_of(move) for move in moves],
             str(mark),
         )
 
@@ -758,7 +754,7 @@ class PgTx(SqlTx):
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+    ) -> Iterable[tuple[Any, ...]]:
         known = ""
         params: list[Any] = [pub.version, pub.cut]
         if only is not None:
@@ -767,15 +763,12 @@ class PgTx(SqlTx):
         with self.conn.cursor(name="counted_customers") as cur:
             cur.itersize = FETCH
             cur.execute(
-                "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
-                f" sum(t.delta_pending), {MOVED_AT}, {EARNED}{self._COUNTED}"
+                f"SELECT t.customer_id, {POSTGRES.moves}{self._COUNTED}"
                 f" AND t.customer_id != ''{known}"
-                f" GROUP BY t.customer_id, t.pending_activates_at, {MOVED_AT}"
-                " ORDER BY t.customer_id",
+                f" ORDER BY t.customer_id, {MOVE_ORDER}",
                 params,
             )
-            for customer, points, when, due, spent, earned in cur:
-                yield str(customer), int(points), when, int(due or 0), spent, int(earned)
+            yield from cur
 
     # -- locks
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,16 +49,21 @@ from .hub_store import (
 )
 
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
-# (points available, pending_activates_at, pending points, `at` of the available points,
-# the part of them earned at a checkout): the stores sum transactions grouped by
-# pending_activates_at and, when they move available points, by their `at` (the contract
-# §16: a spend takes the batches not expired at its time, and points earned at once
-# expire `pointsLifetimeDays` after it).
-Move = tuple[int, str | None, int, str | None, int]
-MOVED_AT = "CASE WHEN delta_available != 0 THEN at END"  # a grouping column of the stores
+# One counted transaction's points (the contract §16): (points available,
+# pending_activates_at, pending points, its `at` when it moves available points or is a
+# refund, the part of them earned at once at a checkout, its receipt (`RECEIPT_KEY`; a
+# refund's: the receipt it refunds), its kind, the points a refund gives back). The hub
+# replays them as the till replays its own movements: a spend takes the batches not expired
+# at its time, points earned at once expire `pointsLifetimeDays` after it, and a refund
+# gives points back to the batches its sale took them from.
+Move = tuple[int, str | None, int, str | None, int, str, str, int]
+MOVED_AT = "CASE WHEN delta_available != 0 OR kind = 'REFUND' THEN at END"
 EARNED_WHEN = (
     "kind = 'CHECKOUT' AND delta_pending = 0 AND delta_available != 0 AND customer_id != ''"
 )
+# A sale's receipt as its moves name it (a refund's: the receipt it refunds), unambiguous
+# across devices: the device id's length, the device id, the receipt id.
+RECEIPT_KEY = "length(t.device_id) || ':' || t.device_id || t.receipt_id"
 CouponUse = tuple[str, str, int, str, str, str]  # code, device, seq, receipt, customer, at
 BATCH_ANSWER_DAYS = 30
 ADVANCE_PAGE = 1000
@@ -131,8 +136,8 @@ class HubTx(Protocol):
     ) -> None: ...
 
     def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
-        """Sums over every stored transaction of the customer (and UNKNOWN-card ones of
-        `cards`), grouped by pending_activates_at."""
+        """Every stored transaction of the customer (and UNKNOWN-card ones of `cards`) as a
+        `Move`, in the order they were stored."""
         ...
 
     # -- what a publication counts (see `snapshot_stream`)
@@ -144,18 +149,15 @@ class HubTx(Protocol):
         """Cards with a revision in (base, pub] that have UNKNOWN-card points up to the cut."""
         ...
 
-    def counted_card_moves(
-        self, pub: Publication
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
-        """(card, available, activates_at, pending, moved at, earned) of counted
-        UNKNOWN-card transactions."""
+    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[Any, ...]]:
+        """(card, *`Move`) of counted UNKNOWN-card transactions."""
         ...
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
-        """(customer, available, activates_at, pending, moved at, earned) of counted
-        transactions (see `Move`), in customer order (only those of `only` if given)."""
+    ) -> Iterable[tuple[Any, ...]]:
+        """(customer, *the columns of a `Move`) of each counted transaction, in customer
+        order and then the order they were stored (only those of `only` if given)."""
         ...
 
     # -- coupons (the contract §13)
@@ -815,22 +817,22 @@ class HubRules:
         """Customer rows (key order) with balancePoints and pending as of `pub`.
 
         Counted: each transaction ingested up to the cut whose seq is at most its device's
-        progress at `pub` (its appliedThrough there). The sums come from one grouped
-        query in customer order, merged with the rows as they stream by, so memory does
-        not grow with the chain; a row with nothing to add is written as stored.
+        progress at `pub` (its appliedThrough there). The moves come from one query in
+        customer order, merged with the rows as they stream by, so memory does not grow
+        with the chain; a row with nothing to add is written as stored.
         """
         found = self.doc_as_of(tx, "program", "", pub.version)
         program = Program() if found is None else Program.model_validate(found)
         # Points of UNKNOWN cards go to the card's owner at this version (few rows).
         extra: dict[str, list[Move]] = defaultdict(list)
         owners: dict[str, str | None] = {}
-        for card, points, when, due, spent, earned in tx.counted_card_moves(pub):
+        for card, *move in tx.counted_card_moves(pub):
             if card not in owners:
                 doc = self.doc_as_of(tx, "card", str(card), pub.version)
                 owners[card] = None if doc is None else str(doc["customerId"])
             owner = owners[card]
             if owner is not None:
-                extra[owner].append((int(points), when, int(due or 0), spent, int(earned or 0)))
+                extra[owner].append(move_of(move))
         sums = _grouped(tx.counted_customer_moves(pub, only))
         upcoming = next(sums, None)
         for key, text in customers:
@@ -905,17 +907,35 @@ def canon(doc: dict[str, Any] | None) -> str | None:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def move_of(row: Sequence[Any]) -> Move:
+    """A `Move` from the columns a store reads (`hub_sql.Dialect.moves`)."""
+    points, when, due, moved_at, earned, receipt, kind, returned = row
+    return (
+        int(points),
+        when,
+        int(due or 0),
+        moved_at,
+        int(earned or 0),
+        str(receipt),
+        str(kind),
+        int(returned or 0),
+    )
+
+
 def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]]:
-    """(customer, its moves) from rows (customer, available, activates_at, pending) that
-    come grouped by customer."""
+    """(customer, its moves) from rows (customer, *`Move`'s columns) that come grouped by
+    customer. The columns have the `Move`'s types already (`hub_sql.Dialect.moves`: one
+    transaction each, nothing summed): taken as they are, as this runs for every
+    transaction a snapshot counts."""
     current: str | None = None
     moves: list[Move] = []
-    for customer, points, when, due, spent, earned in rows:
+    for row in rows:
+        customer = row[0]
         if customer != current:
             if current is not None:
                 yield current, moves
             current, moves = str(customer), []
-        moves.append((int(points), when, int(due or 0), spent, int(earned or 0)))
+        moves.append(row[1:])
     if current is not None:
         yield current, moves
 
@@ -923,30 +943,46 @@ def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, list[Move]]
 def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wallet:
     """A customer's points as batches, by the till's rule (`agent.expiry.wallet_of`, the
     contract §16): the row's `balancePoints` with its `expiring` parts and its `pending`
-    entries, then the counted moves as movements without a receipt: earned points pending
-    until their activation time, then in time order, as the till does, each sale's spend
-    (taking the batches not expired at its time, soonest first) and its points earned at
-    once (a batch from its `at`); points given back (a refund) join the part that never
-    expires. A group without a time moves no available points (`MOVED_AT`)."""
+    entries, then the counted moves as the till's movements, each naming its receipt:
+    sales' earned points pending until their activation time, then in time order (a sale
+    before a refund at the same time), as the till does, each sale's spend (taking the
+    batches not expired at its time, soonest first) and its points earned at once (a
+    batch from its `at`), and each refund's points given back (to the batches its sale
+    took them from, the last taken first), taken back while pending (off the sale's own
+    batch) and taken back since (off that batch while it counts, else spent). A sale
+    without a time moves no available points (`MOVED_AT`)."""
     lifetime, zone = program.points_lifetime_days, program.zone
     pending: list[Movement] = []
-    timed: list[tuple[datetime, int, int]] = []  # (at, spent, earned at once)
-    for points, when, due, moved_at, earned in moves:
-        if moved_at is not None:
-            earned = max(0, earned)
-            timed.append((_timestamp(moved_at), earned - points, earned))
-        if when and due:
-            active = _when(when)
+    timed: list[tuple[datetime, bool, list[Movement]]] = []  # (at, a refund, its movements)
+    for points, when, due, moved_at, earned, receipt, kind, returned in moves:
+        refund = kind == "REFUND"
+        active = _when(when) if when and due else None
+        if active is not None and not refund:
             expires = expiry_time(active, lifetime, zone)
-            pending.append(Movement("earn", due, "", active, False, active, expires))
-    in_order: list[Movement] = []
-    for at, spent, earned in sorted(timed, key=lambda move: move[0]):
-        if spent:  # a spend (> 0), or points given back (< 0)
-            in_order.append(Movement("spend", -spent, "", at, spent < 0))
-        if earned:
-            in_order.append(
-                Movement("earn", earned, "", at, False, at, expiry_time(at, lifetime, zone))
-            )
+            pending.append(Movement("earn", due, receipt, active, False, active, expires))
+        if moved_at is None:
+            continue
+        at = _timestamp(moved_at)
+        out: list[Movement] = []
+        if refund:
+            back = max(returned, points, 0)  # given back; what it nets less: taken back
+            if back:
+                out.append(Movement("spend", back, receipt, at, True))
+            if active is not None:
+                expires = expiry_time(active, lifetime, zone)
+                out.append(Movement("earn", due, receipt, at, False, active, expires))
+            if back != points:
+                out.append(Movement("spend", points - back, receipt, at, True))
+        else:
+            earned = max(0, earned)
+            spent = earned - points  # a spend (> 0), or points given back (< 0)
+            if spent:
+                out.append(Movement("spend", -spent, receipt, at, spent < 0))
+            if earned:
+                expires = expiry_time(at, lifetime, zone)
+                out.append(Movement("earn", earned, receipt, at, False, at, expires))
+        timed.append((at, refund, out))
+    in_order = [m for *_, out in sorted(timed, key=lambda group: group[:2]) for m in out]
     return wallet_of(
         int(doc.get("balancePoints", 0)),
         [(int(e["points"]), _timestamp(e["expiresAt"])) for e in doc.get("expiring", [])],

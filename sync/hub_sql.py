@@ -10,8 +10,8 @@ between SQLite and PostgreSQL in these statements.
 - A list parameter: ``col IN (?, ?, …)`` in chunks on SQLite, ``col = ANY(?)`` (one array)
   on PostgreSQL (`Dialect.any_of`, `Dialect.chunks`).
 - The JSON expressions: a card revision's owner (the expression of the
-  ``revisions_card_owner`` index, so that both planners use it) and the points earned at
-  once at a checkout (`Dialect.earned`).
+  ``revisions_card_owner`` index, so that both planners use it), the points earned at
+  once at a checkout and those a refund gives back (`Dialect.earned`, `Dialect.returned`).
 - Text in code point order where a column's collation does not give it.
 
 Upserts and ignored duplicates are standard ``INSERT … ON CONFLICT … DO UPDATE / DO
@@ -34,10 +34,31 @@ from typing import Any, ClassVar, TypeVar
 
 from tillpoint.agent.ledger import utc_text
 
-from .hub_rules import EARNED_WHEN, MOVED_AT, CouponUse, HubRules, Move, Texts, _when, conflict
+from .hub_rules import (
+    EARNED_WHEN,
+    MOVED_AT,
+    RECEIPT_KEY,
+    CouponUse,
+    HubRules,
+    Move,
+    Texts,
+    _when,
+    conflict,
+    move_of,
+)
 from .hub_store import DeviceRecord, LedgerEntry, Publication, StoredTx, TxIn
 
 T = TypeVar("T")
+
+# The order of a stream's moves after its own key (customer): the order they were stored.
+MOVE_ORDER = "t.ingest_id"
+
+
+def _moves(earned: str, returned: str) -> str:
+    return (
+        "t.delta_available AS a, t.pending_activates_at AS w, t.delta_pending AS d,"
+        f" {MOVED_AT} AS s, {earned} AS e, {RECEIPT_KEY} AS r, t.kind AS k, {returned} AS b"
+    )
 
 
 class Dialect:
@@ -46,6 +67,9 @@ class Dialect:
     name: ClassVar[str]
     card_owner: ClassVar[str]  # a card revision's customerId (the index's expression)
     earned: ClassVar[str]  # points earned at once at a checkout: see `hub_rules.Move`
+    returned: ClassVar[str]  # points a refund gives back: see `hub_rules.Move`
+    # The columns of a `hub_rules.Move` of each transaction `t`
+    moves: ClassVar[str]
 
     def sql(self, text: str) -> str:
         """The statement written with ``?`` placeholders, in the driver's style."""
@@ -69,9 +93,14 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     card_owner = "json_extract(doc, '$.customerId')"
     earned = (
-        f"sum(CASE WHEN {EARNED_WHEN} AND json_type(result_json, '$.earnedPoints') = 'integer'"
-        " THEN json_extract(result_json, '$.earnedPoints') ELSE 0 END)"
+        f"CASE WHEN {EARNED_WHEN} AND json_type(result_json, '$.earnedPoints') = 'integer'"
+        " THEN json_extract(result_json, '$.earnedPoints') ELSE 0 END"
     )
+    returned = (
+        "CASE WHEN kind = 'REFUND' AND json_type(result_json, '$.returnedPoints')"
+        " = 'integer' THEN json_extract(result_json, '$.returnedPoints') ELSE 0 END"
+    )
+    moves = _moves(earned, returned)
     CHUNK = 500  # well under SQLite's limit on the number of parameters
 
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
@@ -88,10 +117,16 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     card_owner = "(doc::jsonb) ->> 'customerId'"
     earned = (
-        f"sum(CASE WHEN {EARNED_WHEN}"
+        f"CASE WHEN {EARNED_WHEN}"
         " AND jsonb_typeof(result_json::jsonb -> 'earnedPoints') = 'number'"
-        " THEN (result_json::jsonb ->> 'earnedPoints')::numeric::bigint ELSE 0 END)"
+        " THEN (result_json::jsonb ->> 'earnedPoints')::numeric::bigint ELSE 0 END"
     )
+    returned = (
+        "CASE WHEN kind = 'REFUND'"
+        " AND jsonb_typeof(result_json::jsonb -> 'returnedPoints') = 'number'"
+        " THEN (result_json::jsonb ->> 'returnedPoints')::numeric::bigint ELSE 0 END"
+    )
+    moves = _moves(earned, returned)
 
     def sql(self, text: str) -> str:
         return _percent_s(text)
@@ -189,7 +224,7 @@ class SqlTx:
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+    ) -> Iterable[tuple[Any, ...]]:
         raise NotImplementedError
 
     # -- master data and publications
@@ -385,11 +420,10 @@ class SqlTx:
     def live_moves(self, customer_id: str, cards: list[str]) -> list[Move]:
         where, params = self._customer_or_cards(customer_id, cards)
         return [
-            (int(points), when, int(due or 0), spent, int(earned))
-            for points, when, due, spent, earned in self.execute(
-                "SELECT sum(delta_available), pending_activates_at, sum(delta_pending),"
-                f" {MOVED_AT}, {self.dialect.earned} FROM transactions WHERE {where}"
-                f" GROUP BY pending_activates_at, {MOVED_AT}",
+            move_of(row)
+            for row in self.execute(
+                f"SELECT {self.dialect.moves} FROM transactions t WHERE {where}"
+                f" ORDER BY {MOVE_ORDER}",
                 params,
             )
         ]
@@ -435,16 +469,12 @@ class SqlTx:
         " AND p.device_id = t.device_id WHERE t.ingest_id <= ? AND t.seq <= p.through"
     )
 
-    def counted_card_moves(
-        self, pub: Publication
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+    def counted_card_moves(self, pub: Publication) -> Iterable[tuple[Any, ...]]:
         return [
-            (str(card), int(points), when, int(due or 0), spent, int(earned))
-            for card, points, when, due, spent, earned in self.execute(
-                "SELECT t.card, sum(t.delta_available), t.pending_activates_at,"
-                f" sum(t.delta_pending), {MOVED_AT}, {self.dialect.earned}{self.COUNTED}"
-                " AND t.customer_id = '' AND t.card != ''"
-                f" GROUP BY t.card, t.pending_activates_at, {MOVED_AT}",
+            (str(row[0]), *move_of(row[1:]))
+            for row in self.execute(
+                f"SELECT t.card, {self.dialect.moves}{self.COUNTED}"
+                f" AND t.customer_id = '' AND t.card != '' ORDER BY t.card, {MOVE_ORDER}",
                 (pub.version, pub.cut),
             )
         ]

@@ -23,8 +23,8 @@ from tillpoint.agent.db import write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
-from .hub_rules import MOVED_AT, HubTx, Texts, canon
-from .hub_sql import SQLITE, SqlHubStore, SqlTx
+from .hub_rules import HubTx, Texts, canon
+from .hub_sql import MOVE_ORDER, SQLITE, SqlHubStore, SqlTx
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -207,7 +207,7 @@ class SqliteTx(SqlTx):
 
     def counted_customer_moves(
         self, pub: Publication, only: set[str] | None
-    ) -> Iterable[tuple[str, int, str | None, int, str | None, int]]:
+    ) -> Iterable[tuple[Any, ...]]:
         known = ""
         if only is not None:
             self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS want (id TEXT PRIMARY KEY)")
@@ -215,10 +215,8 @@ class SqliteTx(SqlTx):
             self.conn.executemany("INSERT INTO temp.want VALUES (?)", ((k,) for k in only))
             known = " AND t.customer_id IN (SELECT id FROM temp.want)"
         rows: sqlite3.Cursor = self.conn.execute(
-            "SELECT t.customer_id, sum(t.delta_available), t.pending_activates_at,"
-            f" sum(t.delta_pending), {MOVED_AT}, {SQLITE.earned}{self.COUNTED}"
-            f" AND t.customer_id != ''{known}"
-            f" GROUP BY t.customer_id, t.pending_activates_at, {MOVED_AT} ORDER BY t.customer_id",
+            f"SELECT t.customer_id, {SQLITE.moves}{self.COUNTED} AND t.customer_id != ''{known}"
+            f" ORDER BY t.customer_id, {MOVE_ORDER}",
             (pub.version, pub.cut),
         )
         return rows

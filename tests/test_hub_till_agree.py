@@ -1,9 +1,10 @@
 """The hub and the till count a customer's points by one rule (`agent.expiry.wallet_of`,
 docs/CONTRACT.md §3, §5.6, §16): on random histories of sales and refunds at a till, the
 hub that ingested the till's transactions says the same available and pending points as
-the till, after each step and at any later moment (refunds where nothing expires: §16's
-status says why). Real parts: an `Agent` on SQLite files, the hub's SQLite store, the
-hub's own published snapshot loaded into the till, the till's outbox as its push sends it.
+the till, after each step and at any later moment, and its snapshot the same
+`balancePoints` and `expiring` batches (a refund's points back in the batches the sale took
+them from). Real parts: an `Agent` on SQLite files, the hub's SQLite store, the hub's own
+published snapshot loaded into the till, the till's outbox as its push sends it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
+from tillpoint.agent.expiry import EXPIRING_SHOWN
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_server import tx_in_of
@@ -61,6 +63,7 @@ def pushed(data_dir: Path) -> list[TxIn]:
     return [tx_in_of(tx) for tx in txs]
 
 
+SPEND = ("sale", 1, 100_000, 50)
 step = st.one_of(
     st.tuples(
         st.just("sale"),
@@ -87,6 +90,8 @@ step = st.one_of(
     delay=st.sampled_from([0, 1, 3]),
     plan=st.lists(step, min_size=1, max_size=8),
 )
+# A refund of a sale that spent an expiring batch: its points go back to that batch.
+@example(rest=0, expiring=[(300, 240)], lifetime=30, delay=0, plan=[SPEND, ("refund", 1, 0, 0)])
 def test_the_hub_and_the_till_count_the_same_points(
     rest: int,
     expiring: list[tuple[int, int]],
@@ -103,10 +108,6 @@ def test_the_hub_and_the_till_count_the_same_points(
             assert hub.publish(NOW, WEEK).version == 1
             agent.load_snapshot(hub.snapshot_doc(1, 0))
             at, sales, refunded = START, [], set()
-            # Where points expire, the hub does not yet route a refund's points by the
-            # sale's batches (docs/CONTRACT.md §16, "Not yet in the hub"): refunds are
-            # compared where nothing expires, sales everywhere.
-            refunds = not lifetime and not expiring
             for i, (kind, hours, value, redeem) in enumerate(plan):
                 at += timedelta(hours=hours)
                 if kind == "sale":
@@ -123,7 +124,7 @@ def test_the_hub_and_the_till_count_the_same_points(
                         )
                     )
                     sales.append(f"r{i}")
-                elif refunds and sales and sales[value % len(sales)] not in refunded:
+                elif sales and sales[value % len(sales)] not in refunded:
                     sale = sales[value % len(sales)]
                     refunded.add(sale)
                     agent.refund(
@@ -143,9 +144,12 @@ def test_the_hub_and_the_till_count_the_same_points(
                 assert {r.outcome for r in result.results} <= {"STORED", "DUPLICATE"}, result
                 later = [at + timedelta(days=d) for d in (0, 1, delay, delay + 1)]
                 _agree(agent, hub, later)
+                _agree_snapshot(agent, hub, at)
             ends = [at + timedelta(days=d) for d in (lifetime, lifetime + delay + 1, 400)]
             ends += [e for _, e in batches] + [e - timedelta(seconds=1) for _, e in batches]
             _agree(agent, hub, [moment for moment in ends if moment >= at])
+            for moment in sorted(moment for moment in ends if moment >= at):
+                _agree_snapshot(agent, hub, moment)
         finally:
             agent.close()
             hub.close()
@@ -159,6 +163,21 @@ def _agree(agent: Agent, hub: SqliteHubStore, moments: list[datetime]) -> None:
             till.available_points,
             till.pending_points,
         ), moment
+
+
+def _agree_snapshot(agent: Agent, hub: SqliteHubStore, moment: datetime) -> None:
+    """The hub's snapshot issued at `moment`: the till's available points as
+    `balancePoints`, its pending ones in `pending`, and its next batches that expire first
+    in `expiring` (the till shows at most 3)."""
+    till = agent.balance(CARD, moment)
+    version = hub.publish(moment, WEEK).version
+    row = next(c for c in hub.snapshot_doc(version, 0)["customers"] if c["id"] == "c-b")
+    assert row["balancePoints"] == till.available_points, moment
+    assert sum(e["points"] for e in row.get("pending", [])) == till.pending_points, moment
+    assert [
+        (e["points"], datetime.fromisoformat(e["expiresAt"]))
+        for e in row.get("expiring", [])[:EXPIRING_SHOWN]
+    ] == [(b.points, datetime.fromisoformat(b.expires_at)) for b in till.expiring], moment
 
 
 def test_the_hub_replays_points_through_the_tills_rule_only() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, ReceiptLine
@@ -191,13 +192,18 @@ LINES = [
 ]
 
 
+@pytest.mark.parametrize("parse_all_up_to", [-1, 12])
 def test_a_quote_parsing_only_the_offers_its_lines_might_get_prices_as_with_all(
-    tmp_path: Any, monkeypatch: Any
+    tmp_path: Any, monkeypatch: Any, parse_all_up_to: int
 ) -> None:
     """A quote on a card whose offers are not kept parses only the personal offers its
-    lines might get (`CacheView.personal_offers_for`); it answers as with all of them."""
+    lines might get (`CacheView.personal_offers_for`); it answers as with all of them.
+    With `PARSE_ALL_UP_TO` below the customer's offers, each is parsed as a receipt needs
+    it, its targets read from its JSON (one it is unsure of, never left out); otherwise
+    all are parsed at first sight and filed by their models' targets."""
     import random
 
+    from tillpoint.agent import cache
     from tillpoint.agent.cache import CacheView
     from tillpoint.agent.results import receipt_from_json
     from tillpoint.agent.service import Agent
@@ -216,6 +222,7 @@ def test_a_quote_parsing_only_the_offers_its_lines_might_get_prices_as_with_all(
         )
         for i in range(40)
     ]
+    monkeypatch.setattr(cache, "PARSE_ALL_UP_TO", parse_all_up_to)
     agent = Agent(tmp_path / "data", "till-1")
     try:
         agent.load_snapshot(snapshot(offers=PERSONAL))
@@ -230,7 +237,11 @@ def test_a_quote_parsing_only_the_offers_its_lines_might_get_prices_as_with_all(
         monkeypatch.setattr(CacheView, "personal_offers_for", spy)
         got = [agent.quote(r) for r in receipts]
         assert any(len(ids) < 8 for ids in parsed)  # some offers were left unparsed
-        assert all("p-receipt" in ids and "p-quoted" in ids for ids in parsed)
+        assert all("p-receipt" in ids for ids in parsed)
+        if parse_all_up_to < len(PERSONAL):  # its text has an escape: never left out
+            assert all("p-quoted" in ids for ids in parsed)
+        else:  # its model targets one SKU
+            assert any("p-quoted" not in ids for ids in parsed)
         monkeypatch.setattr(
             CacheView,
             "personal_offers_for",

@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tillpoint.agent.cli import json_document
 from tillpoint.agent.models import Receipt, Refund
 from tillpoint.agent.results import (
     Balance,
@@ -28,6 +29,7 @@ from tillpoint.agent.results import (
     RefundResult,
     ResultLine,
     ScanResult,
+    json_text,
 )
 from tillpoint.agent.service import Agent
 from tillpoint.agent.wire import (
@@ -115,6 +117,49 @@ def test_a_checkout_message_is_the_parse_of_its_json(result: CheckoutResult) -> 
     assert replace(again, stored=None).to_json() == result.to_json()
     # The gRPC client's reading of the message maps back to the same message.
     assert message_of(checkout_of(message)) == message
+
+
+# Any text, and texts that look like the JSON around them (json_text splices the lines in).
+_tricky = st.text(max_size=12) | st.sampled_from(
+    ['"lines": []', 'x", "lines": [], "', "\\", '"', "\u2028", "\x00", "Анна", "\ud800"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    result=_results(),
+    receipt_id=_tricky,
+    name=_tricky,
+    rows=st.lists(st.builds(ResultLine, _tricky, _int, _int, st.none() | _tricky, _int, _int)),
+    trace=st.none() | st.just({"lines": [], "note": '"lines": []'}),
+)
+def test_json_text_is_the_cli_document_byte_for_byte(
+    result: CheckoutResult,
+    receipt_id: str,
+    name: str,
+    rows: list[ResultLine],
+    trace: dict[str, Any] | None,
+) -> None:
+    """What HTTP answers (`json_text`) is what the CLI prints (`json_document(json_of(...))`)."""
+    result = replace(
+        result,
+        receipt_id=receipt_id,
+        card=Card("FOUND", "c1", "base", name),
+        lines=tuple(rows),
+        trace=trace,
+    )
+    assert json_text(result) == json_document(json_of(result))
+    stored = CheckoutResult.from_json(json.loads(json_document(json_of(result))))
+    assert json_text(stored) == json_document(json_of(stored))
+
+
+@settings(max_examples=200, deadline=None)
+@given(result=_refunds, card=_cards(), balance=_balances)
+def test_json_text_of_the_other_results_is_the_cli_document(
+    result: RefundResult, card: Card, balance: Balance
+) -> None:
+    for one in (result, card, balance, ScanResult("CARD", card=card)):
+        assert json_text(one) == json_document(json_of(one))
 
 
 @settings(max_examples=200, deadline=None)
