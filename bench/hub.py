@@ -8,8 +8,11 @@ Figures, each beside its target (verdicts only at chain scale; --quick checks th
 benchmark works on a small dataset):
 
 - `hub import` of the chain (COPY into a staging table, checked in bulk, one statement
-  into the draft), then its publish; the SQLite store's import of the same file beside it
-  at the smaller scales (at chain scale it takes minutes, docs/HUB.md has the figure);
+  into the draft), then its publish, then VACUUM (ANALYZE) and a CHECKPOINT (what follows
+  a bulk import; timed on their own, so that the serving figures measure serving, and
+  each serving figure records what autovacuum and the checkpointer did meanwhile); the
+  SQLite store's import of the same file beside it at the smaller scales (at chain scale
+  it takes minutes, docs/HUB.md has the figure);
 - push ingestion from simulated tills, batches of 50, to two real `tillpoint hub serve`
   processes (random ports, one database) over gRPC with mTLS, the tills being client
   processes of their own (`bench/hubclients.py`): transactions a second, and every
@@ -96,6 +99,9 @@ def run(scale_name: str, url: str | None, work: Path) -> dict[str, Any]:
             started = time.perf_counter()
             pub = a.publish(datetime.now(UTC), 7 * 86400.0)
             figure("publish of the imported chain", time.perf_counter() - started, "s")
+            started = time.perf_counter()
+            _settle(db)
+            figure("VACUUM (ANALYZE) and CHECKPOINT after them", time.perf_counter() - started, "s")
             if not chain:  # at chain scale SQLite takes minutes: docs/HUB.md has its figure
                 lite = SqliteHubStore(work / "hub.db")
                 try:
@@ -226,7 +232,7 @@ def _ingest(
 
     enrolled = _enroll(store, hub, [f"till-{t:05d}" for t in range(tills)], addresses, work)
     shares = [enrolled[k::CLIENT_PROCESSES] for k in range(CLIENT_PROCESSES)]
-    with _clients() as pool:
+    with _clients() as pool, _background(store.url) as background:
         list(pool.map(time.sleep, [0.0] * CLIENT_PROCESSES))  # the processes started
         start_at = time.time() + 2.0
         done = list(
@@ -248,6 +254,7 @@ def _ingest(
         stored_again=doubled,
         exact=stored == total and doubled == 0,
         calling=f"{CLIENT_PROCESSES} client processes, 8 calls at once each",
+        background=background,
     )
 
 
@@ -271,7 +278,7 @@ def _redeem(
         now = datetime.now(UTC)
         before = store.balance(customer, now)
         balance = before.available - before.held
-        with _clients() as pool:
+        with _clients() as pool, _background(store.url) as background:
             list(pool.map(time.sleep, [0.0] * CLIENT_PROCESSES))
             start_at = time.time() + 3.0
             jobs = [(share, customer, 10, 5, start_at, every) for share in shares]
@@ -292,7 +299,67 @@ def _redeem(
             calling="closed loop: 5 calls each, one right after the other, all at once"
             if not every
             else "paced: each till once a second, the 100 spread over the second",
+            background=background,
         )
+
+
+def _settle(db: str) -> None:
+    """What follows a bulk import in production, done before the serving figures so that
+    they measure serving: VACUUM (ANALYZE) (the draft's rows deleted by the publish, the
+    revisions' new rows and their statistics: autovacuum would otherwise do it during the
+    figures) and a CHECKPOINT (the import's dirty pages written out now, not while the
+    tills' commits wait on the same disk)."""
+    import psycopg
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")
+
+
+@contextmanager
+def _background(db: str) -> Iterator[dict[str, Any]]:
+    """What the database did beside a figure: the share of samples (every 0.2 s) in which
+    an autovacuum worker ran, and the checkpoints and buffers they wrote meanwhile (filled
+    in when the block ends)."""
+    import threading
+
+    import psycopg
+
+    found: dict[str, Any] = {}
+    stop = threading.Event()
+    seen = [0, 0]
+    checkpoints = (
+        "SELECT checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter"
+    )
+    with psycopg.connect(db, autocommit=True) as conn:
+        try:
+            before = conn.execute(checkpoints).fetchone()
+        except psycopg.Error:  # PostgreSQL 17 moved them to pg_stat_checkpointer
+            checkpoints = (
+                "SELECT num_timed + num_requested, buffers_written FROM pg_stat_checkpointer"
+            )
+            before = conn.execute(checkpoints).fetchone()
+
+        def sample() -> None:
+            while not stop.wait(0.2):
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                ).fetchone()
+                seen[0] += 1
+                seen[1] += 1 if row and row[0] else 0
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            yield found
+        finally:
+            stop.set()
+            sampler.join()
+            after = conn.execute(checkpoints).fetchone()
+            found["autovacuum_share"] = round(seen[1] / max(seen[0], 1), 2)
+            if before is not None and after is not None:
+                found["checkpoints"] = int(after[0]) - int(before[0])
+                found["checkpoint_buffers"] = int(after[1]) - int(before[1])
 
 
 def main() -> int:

@@ -26,6 +26,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -249,13 +250,13 @@ class HubRules:
         return None if text is None else dict(json.loads(text))
 
     def program(self, tx: HubTx) -> Program:
-        doc = self.doc_as_of(tx, "program", "", tx.latest_version())
-        return Program() if doc is None else Program.model_validate(doc)
+        return _program_of(tx.text_as_of("program", "", tx.latest_version()))
 
     # ------------------------------------------------------------ ledger
 
     def ingest(self, device_id: str, batch_id: str, txs: list[TxIn], now: datetime) -> IngestResult:
-        batch_hash = hashlib.sha256("\n".join(tx.content() for tx in txs).encode()).hexdigest()
+        contents = [t.content() for t in txs]  # each worked out once (a JSON text and a hash)
+        batch_hash = hashlib.sha256("\n".join(contents).encode()).hexdigest()
         with self.write_tx() as tx:
             tx.lock_device(device_id)
             if batch_id:
@@ -279,7 +280,10 @@ class HubRules:
                 stored.update({(dev, seq): content for seq, content in known.items()})
             settled: dict[str, list[str]] = defaultdict(list)  # device -> hold receipt keys
             sold: dict[str, list[str]] = defaultdict(list)  # device -> receipts sold
-            results = [self._ingest_one(tx, t, program, now, stored, settled, sold) for t in txs]
+            results = [
+                self._ingest_one(tx, t, content, program, now, stored, settled, sold)
+                for t, content in zip(txs, contents, strict=True)
+            ]
             # The holds these transactions make real: their receipts', and those of
             # their seqs (nothing in between reads the holds: settled once, at the end).
             for dev, keys in settled.items():
@@ -306,13 +310,13 @@ class HubRules:
         self,
         tx: HubTx,
         t: TxIn,
+        content: str,
         program: Program,
         now: datetime,
         stored: dict[tuple[str, int], str],
         settled: dict[str, list[str]],
         sold: dict[str, list[str]],
     ) -> TxResult:
-        content = t.content()
         existing = stored.get((t.device_id, t.seq))
         if existing is not None:
             if existing == content:
@@ -867,11 +871,16 @@ class LiveInputs:
 def _live_points(inputs: LiveInputs, at: datetime) -> tuple[int, int] | None:
     if inputs.customer is None:
         return None
-    program = (
-        Program() if inputs.program is None else Program.model_validate(json.loads(inputs.program))
-    )
+    program = _program_of(inputs.program)
     wallet = _wallet(json.loads(inputs.customer), inputs.moves, program)
     return wallet.points_at(at)
+
+
+@lru_cache(maxsize=16)
+def _program_of(text: str | None) -> Program:
+    """The program of a row text (None: the default), validated once per text (a push
+    and an authorisation each need it; a Program is frozen, so one object serves all)."""
+    return Program() if text is None else Program.model_validate(json.loads(text))
 
 
 def conflict(
