@@ -78,6 +78,13 @@ def category_tree() -> list[dict[str, Any]]:
 LEAVES = [f"c{t}{m}{leaf}" for t in range(10) for m in range(10) for leaf in range(5)]
 
 
+# The customers `bench.hub` redeems on from 100 tills (500 calls of 10 points each, closed
+# loop and paced): a balance for 450 of them, so that most calls grant and hold points,
+# as a hot card's do, and the last ones meet an empty balance (the exactness check).
+HOT_CARDS = ("c0", "c1")
+HOT_BALANCE = 4500
+
+
 def _customers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
     tiers = ["base", "silver", "gold"]
     segments = ["NEW", "ACTIVE", "AT_RISK", "CHURNED"]
@@ -91,6 +98,8 @@ def _customers(rng: random.Random, scale: Scale) -> Iterator[dict[str, Any]]:
             "balancePoints": rng.randrange(0, 5000),
             "segment": segments[n % 4],
         }
+        if n < len(HOT_CARDS):  # the hub bench's hot cards (the draw above keeps the others')
+            row["balancePoints"] = HOT_BALANCE
         if n % 10 == 0:
             row["controlGroups"] = ["camp-ctl"]
         yield row
