@@ -520,6 +520,23 @@ def offline_redeemed(
     return used
 
 
+# The parts of `quote_reads` and `pricing_marks` (parameters ?1 customer, ?2 now, ?3 the
+# receipt left out, ?4 card, ?5 store-day): what the customer's other open holds reserve,
+# and the card's offline redemption that day, committed and held.
+_HELD_BY_OTHERS = (
+    "(SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+    " WHERE state = 'HELD' AND expires_at > ?2 AND receipt_id IS NOT ?3"
+    " AND json_extract(figures, '$.customerId') = ?1)"
+)
+_OFFLINE_USE = (
+    "(SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
+    " WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE'),"
+    " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
+    " WHERE card = ?4 AND local_day = ?5 AND state = 'HELD' AND mode = 'OFFLINE'"
+    " AND expires_at > ?2)"
+)
+
+
 class QuoteReads(NamedTuple):
     """What pricing a known card's receipt reads from the ledger, in one statement."""
 
@@ -542,23 +559,13 @@ def quote_reads(
     now_text = utc_text(now)
     if local_day is None:
         moved, held = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM points WHERE customer_id = ?1),"
-            " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-            "  WHERE state = 'HELD' AND expires_at > ?2 AND receipt_id IS NOT ?3"
-            "  AND json_extract(figures, '$.customerId') = ?1)",
+            f"SELECT EXISTS (SELECT 1 FROM points WHERE customer_id = ?1), {_HELD_BY_OTHERS}",
             (customer_id, now_text, but),
         ).fetchone()
         return QuoteReads(bool(moved), int(held), 0)
     moved, held, sold, open_ = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM points WHERE customer_id = ?1),"
-        " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-        "  WHERE state = 'HELD' AND expires_at > ?2 AND receipt_id IS NOT ?3"
-        "  AND json_extract(figures, '$.customerId') = ?1),"
-        " (SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
-        "  WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE'),"
-        " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-        "  WHERE card = ?4 AND local_day = ?5 AND state = 'HELD' AND mode = 'OFFLINE'"
-        "  AND expires_at > ?2)",
+        f" {_HELD_BY_OTHERS}, {_OFFLINE_USE}",
         (customer_id, now_text, but, card, local_day),
     ).fetchone()
     return QuoteReads(bool(moved), int(held), int(sold) + int(open_))
@@ -598,14 +605,7 @@ def pricing_marks(
         marks = tuple(
             conn.execute(
                 "SELECT (SELECT max(id) FROM points WHERE customer_id = ?1),"
-                " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-                "  WHERE state = 'HELD' AND expires_at > ?2 AND receipt_id IS NOT ?3"
-                "  AND json_extract(figures, '$.customerId') = ?1),"
-                " (SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
-                "  WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE'),"
-                " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
-                "  WHERE card = ?4 AND local_day = ?5 AND state = 'HELD' AND mode = 'OFFLINE'"
-                "  AND expires_at > ?2)",
+                f" {_HELD_BY_OTHERS}, {_OFFLINE_USE}",
                 (customer_id, now_text, but, card, local_day),
             ).fetchone()
         )
