@@ -602,12 +602,8 @@ class PostgresHubStore(SqlHubStore):
                     raise _Fallback from None  # a key twice
                 orphan = conn.execute(
                     "SELECT 1 FROM draft c LEFT JOIN draft d ON d.kind = 'customer'"
-                    " AND d.key = c.doc::json ->> 'customerId' WHERE c.kind = 'card'"
-                    " AND c.doc IS NOT NULL AND NOT coalesce("
-                    " CASE WHEN d.key IS NOT NULL THEN d.doc IS NOT NULL END,"
-                    " (SELECT r.doc IS NOT NULL FROM revisions r WHERE r.kind = 'customer'"
-                    " AND r.key = c.doc::json ->> 'customerId' AND r.version <= %s"
-                    " ORDER BY r.version DESC LIMIT 1), false) LIMIT 1",
+                    f" AND d.key = {_OWNER} WHERE c.kind = 'card'"
+                    f" AND c.doc IS NOT NULL AND NOT {_owner_known(_OWNER)} LIMIT 1",
                     (_latest_version(conn),),
                 ).fetchone()
                 if orphan is not None:
@@ -686,11 +682,8 @@ class PostgresHubStore(SqlHubStore):
                     "SELECT c.key, c.where_, c.owner FROM (SELECT key, where_,"
                     " doc::json ->> 'customerId' AS owner FROM import_stage"
                     " WHERE kind = 'card' AND doc IS NOT NULL) c LEFT JOIN draft d"
-                    " ON d.kind = 'customer' AND d.key = c.owner WHERE NOT coalesce("
-                    " CASE WHEN d.key IS NOT NULL THEN d.doc IS NOT NULL END,"
-                    " (SELECT r.doc IS NOT NULL FROM revisions r WHERE r.kind = 'customer'"
-                    " AND r.key = c.owner AND r.version <= %s"
-                    " ORDER BY r.version DESC LIMIT 1), false) ORDER BY c.key",
+                    " ON d.kind = 'customer' AND d.key = c.owner"
+                    f" WHERE NOT {_owner_known('c.owner')} ORDER BY c.key",
                     (latest,),
                 ).fetchall()
                 if orphans:
@@ -888,6 +881,20 @@ _INSERT_TRANSACTIONS = (
 
 class _Fallback(Exception):
     """The fast import cannot finish: nothing of it is stored, the staged path runs."""
+
+
+_OWNER = "c.doc::json ->> 'customerId'"  # a card row's owner (json, not jsonb: no binary form)
+
+
+def _owner_known(owner: str) -> str:
+    """SQL that the customer `owner` (an expression) is known, for both import paths' check
+    of the cards' owners: in the draft (`d`, joined on it; a removal there counts), else
+    in its newest revision up to the version given as the statement's parameter."""
+    return (
+        "coalesce(CASE WHEN d.key IS NOT NULL THEN d.doc IS NOT NULL END,"
+        " (SELECT r.doc IS NOT NULL FROM revisions r WHERE r.kind = 'customer'"
+        f" AND r.key = {owner} AND r.version <= %s ORDER BY r.version DESC LIMIT 1), false)"
+    )
 
 
 def _one(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> int:
