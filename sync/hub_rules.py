@@ -821,8 +821,7 @@ class HubRules:
         customer order, merged with the rows as they stream by, so memory does not grow
         with the chain; a row with nothing to add is written as stored.
         """
-        found = self.doc_as_of(tx, "program", "", pub.version)
-        program = Program() if found is None else Program.model_validate(found)
+        program = _program_of(tx.text_as_of("program", "", pub.version))
         # Points of UNKNOWN cards go to the card's owner at this version (few rows).
         extra: dict[str, list[Move]] = defaultdict(list)
         owners: dict[str, str | None] = {}

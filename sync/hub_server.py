@@ -23,7 +23,6 @@ from concurrent import futures
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar
 
@@ -956,7 +955,7 @@ def list_transactions(
     )
 
 
-@lru_cache(maxsize=16_384)  # a chain's busiest tills; about 1 kB each
+@functools.lru_cache(maxsize=16_384)  # a chain's busiest tills; about 1 kB each
 def _identity(pem: bytes) -> tuple[str | None, str]:
     """(the device a client certificate names, its fingerprint): the certificate parsed
     once, not twice on every call (the enrolment and revocation are still read from the
