@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -400,23 +400,36 @@ def _bulk_rows(bulk: Bulk, number: int, lines: list[bytes]) -> list[ImportRow] |
     numbered = [(n, line) for n, line in enumerate(lines, start=number) if not line.isspace()]
     if not numbered:
         return []
+    found = _bulk_texts(bulk, [line for _, line in numbered])
+    if found is None:
+        return None
+    keys, texts = found
+    return [
+        ImportRow(bulk.kind, key, None, f"line {n}", text.decode())
+        for (n, _), key, text in zip(numbered, keys, texts, strict=True)
+    ]
+
+
+def _bulk_texts(bulk: Bulk, good: list[bytes]) -> tuple[list[str], list[bytes]] | None:
+    """(keys, canonical texts) of a run's lines (none blank), validated in one call; None
+    when any of them is not a good row. The texts are the bytes pydantic-core wrote."""
     try:
-        models = bulk.validate(b"[" + b",".join(line for _, line in numbered) + b"]")
+        models = bulk.validate(b"[" + b",".join(good) + b"]")
     except ValidationError:
         return None
-    if len(models) != len(numbered):  # a line held two objects: the lines will say
+    if len(models) != len(good):  # a line held two objects: the lines will say
         return None
-    out = []
-    card, customer = bulk.kind == "card", bulk.kind == "customer"
-    for (n, _), model in zip(numbered, models, strict=True):
-        key = getattr(model, bulk.key_field)
-        if card and _card_problem(key):
-            return None
-        text_ = bulk.text(model, by_alias=True, exclude_none=True, exclude_defaults=True).decode()
-        if customer and not text_.startswith('{"balancePoints":'):
-            text_ = '{"balancePoints":0,' + text_[1:]  # the first key in sorted order
-        out.append(ImportRow(bulk.kind, key, None, f"line {n}", text_))
-    return out
+    keys = [getattr(model, bulk.key_field) for model in models]
+    if bulk.kind == "card" and any(map(_card_problem, keys)):
+        return None
+    text = bulk.text
+    texts = [text(m, by_alias=True, exclude_none=True, exclude_defaults=True) for m in models]
+    if bulk.kind == "customer":  # its points always said: the first key in sorted order
+        texts = [
+            t if t.startswith(b'{"balancePoints":') else b'{"balancePoints":0,' + t[1:]
+            for t in texts
+        ]
+    return keys, texts
 
 
 _PROBES: dict[str, list[dict[str, Any]]] = {
@@ -595,22 +608,10 @@ def _bulk_copy(bulk: Bulk, number: int, lines: list[bytes]) -> list[_CopyRun] | 
     good = [line for line in lines if not line.isspace()]
     if not good:
         return []
-    try:
-        models = bulk.validate(b"[" + b",".join(good) + b"]")
-    except ValidationError:
+    found = _bulk_texts(bulk, good)
+    if found is None:
         return None
-    if len(models) != len(good):
-        return None
-    keys = [getattr(model, bulk.key_field) for model in models]
-    if bulk.kind == "card" and any(map(_card_problem, keys)):
-        return None
-    text = bulk.text
-    texts = [text(m, by_alias=True, exclude_none=True, exclude_defaults=True) for m in models]
-    if bulk.kind == "customer":  # its points always said: the first key in sorted order
-        texts = [
-            t if t.startswith(b'{"balancePoints":') else b'{"balancePoints":0,' + t[1:]
-            for t in texts
-        ]
+    keys, texts = found
     if b"\\" in b"".join(texts):  # JSON text holds no tab, newline or CR
         texts = [t.replace(b"\\", b"\\\\") for t in texts]
     joined = "".join(keys)
@@ -620,7 +621,7 @@ def _bulk_copy(bulk: Bulk, number: int, lines: list[bytes]) -> list[_CopyRun] | 
     data = b"".join(
         [b"%s\t%s\t%s\n" % (kind, key.encode(), t) for key, t in zip(keys, texts, strict=True)]
     )
-    return [_CopyRun(bulk.kind, data, len(models))]
+    return [_CopyRun(bulk.kind, data, len(keys))]
 
 
 def _chunk_blocks(job: Job) -> tuple[list[Block], State]:
@@ -662,12 +663,14 @@ class ImportFile:
     def __init__(self, path: Path, fmt: str, total: int, progress: Progress | None) -> None:
         self.path, self.fmt, self.total, self.progress = path, fmt, total, progress
 
-    def __iter__(self) -> Iterator[ImportRow | RowProblem]:
+    def _open(self) -> IO[bytes]:
         try:
-            stream = self.path.open("rb")
+            return self.path.open("rb")
         except OSError as exc:
             raise InputError(f"{self.path}: cannot read it ({exc.strerror})") from None
-        with stream:
+
+    def __iter__(self) -> Iterator[ImportRow | RowProblem]:
+        with self._open() as stream:
             reader = read_jsonl if self.fmt == "jsonl" else read_json
             yield from reader(stream, self.total, self.progress)
 
@@ -678,19 +681,20 @@ class ImportFile:
         if workers is None:
             large = self.total >= BLOCK_WORKERS_FROM and (os.cpu_count() or 1) > 1
             workers = BLOCK_WORKERS if large else 1
-        try:
-            stream = self.path.open("rb")
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot read it ({exc.strerror})") from None
-        with stream:
+        with self._open() as stream:
             if self.fmt == "jsonl":
                 yield from _read_chunks(
                     stream, self.total, self.progress, workers, _chunk_blocks, _first_block
                 )
                 return
-            rows = read_json(stream, self.total, self.progress)
-            while chunk := list(islice(rows, CHUNK_LINES)):
-                yield Block.of(chunk)
+            yield from blocks_of(read_json(stream, self.total, self.progress))
+
+
+def blocks_of(rows: Iterable[ImportRow | RowProblem]) -> Iterator[Block]:
+    """Rows as blocks of COPY text, `CHUNK_LINES` rows a block, in their order."""
+    it = iter(rows)
+    while chunk := list(islice(it, CHUNK_LINES)):
+        yield Block.of(chunk)
 
 
 def read_file(path: Path, fmt: str | None = None, progress: Progress | None = None) -> ImportFile:

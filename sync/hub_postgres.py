@@ -36,6 +36,7 @@ from typing import Any
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
+from .hub_import import blocks_of
 from .hub_rules import (
     HubTx,
     LiveInputs,
@@ -567,31 +568,18 @@ class PostgresHubStore(SqlHubStore):
                 )
                 conn.execute("ALTER TABLE draft DROP CONSTRAINT draft_pkey")
                 with conn.cursor() as cur, cur.copy("COPY draft (kind, key, doc) FROM STDIN") as cp:
-                    blocks = getattr(rows, "copy_blocks", None)
-                    if blocks is not None:  # COPY text made where the rows are read
-                        for block in blocks():
-                            if block.problem:
-                                raise _Fallback
-                            n += block.rows
-                            removed += block.removed
-                            for kind, count in block.counts.items():
-                                counts[kind] += count
-                            program = block.program or program
-                            cp.write(block.data)
-                    else:
-                        for item in rows:
-                            if isinstance(item, RowProblem):
-                                raise _Fallback
-                            n += 1
-                            text = item.text if item.text is not None else canon(item.doc)
-                            if text is None:
-                                removed += 1
-                            else:
-                                counts[item.kind] += 1
-                            if item.kind == "program":
-                                program = (item.key, text)
-                            else:
-                                cp.write_row((item.kind, item.key, text))
+                    # COPY text made where the rows are read (`ImportFile.copy_blocks`),
+                    # or here from rows given otherwise
+                    made = getattr(rows, "copy_blocks", None)
+                    for block in made() if made is not None else blocks_of(rows):
+                        if block.problem:
+                            raise _Fallback
+                        n += block.rows
+                        removed += block.removed
+                        for kind, count in block.counts.items():
+                            counts[kind] += count
+                        program = block.program or program
+                        cp.write(block.data)
                 if program is not None:
                     conn.execute("INSERT INTO draft VALUES ('program', %s, %s)", program)
                 try:
