@@ -1022,6 +1022,7 @@ class HubServer:
         )
         self.servicer = HubServicer(self.store, self.builder, self.notifier, self.config, clock)
         self._server: grpc.Server | None = None
+        self._executor: futures.ThreadPoolExecutor | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.port = 0
@@ -1031,10 +1032,11 @@ class HubServer:
         creds = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=True
         )
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=self.config.max_workers, thread_name_prefix="hub"
+        )
         server = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=self.config.max_workers, thread_name_prefix="hub"
-            ),
+            self._executor,
             options=[
                 ("grpc.keepalive_permit_without_calls", 1),
                 # gRPC's name for the server's "minimum interval between received pings
@@ -1102,6 +1104,15 @@ class HubServer:
         if self._server is not None:
             self._server.stop(grace).wait(timeout=(grace or 0) + 5)
             self._server = None
+        if self._executor is not None:
+            # gRPC's stop ends the RPCs, not the handlers still running in the pool: the
+            # store is closed only once they have returned (a SQLite connection closed
+            # under a running statement crashes the process), waiting 5 s at the most.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + 5
+            for thread in list(getattr(self._executor, "_threads", ())):
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._executor = None
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self.builder.stop()
