@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tillpoint.printer.virtual import VirtualPrinter
 
 from .conftest import CLI, receipt, snapshot
 
+RECEIPT_DAY = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)  # the day conftest's receipts are from
 OFFERS = [
     {
         "id": "o-1",
@@ -146,7 +148,7 @@ def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(
     assert result.to_json()["printedOffers"] == ["o-1"]
     ledger = agent.data_dir / "ledger.db"
     cfg = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
-    worker = PrintWorker(ledger, cfg)
+    worker = PrintWorker(ledger, cfg, clock=lambda: RECEIPT_DAY)  # not today: offers end
     worker.run_once()
     [doc] = printer.wait_for(1)
     assert doc.codes == ["TP1-o-1"] and "Анна, ждём вас снова!" in doc.text

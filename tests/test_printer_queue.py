@@ -282,11 +282,13 @@ def test_agent_killed_between_printing_and_done_does_not_print_twice(
     add_job(ledger)
     script = textwrap.dedent(
         f"""
+        from datetime import datetime
         from tillpoint.printer.config import PrinterConfig
         from tillpoint.printer.queue import PrintWorker
         cfg = PrinterConfig(kind="network", host="127.0.0.1", port={printer.port},
                             confirm_timeout_s=60)
-        PrintWorker({str(ledger)!r}, cfg).run_once()
+        now = datetime.fromisoformat({NOW.isoformat()!r})  # the test's day, not today's
+        PrintWorker({str(ledger)!r}, cfg, clock=lambda: now).run_once()
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
@@ -346,7 +348,7 @@ def test_max_job_age_drops_stale_coupons(ledger: Path, printer: VirtualPrinter) 
 def test_the_worker_thread_prints_in_order_and_holds_the_ledger_lock(
     ledger: Path, printer: VirtualPrinter
 ) -> None:
-    w = PrintWorker(ledger, config(printer.port, poll_interval_s=5))
+    w = PrintWorker(ledger, config(printer.port, poll_interval_s=5), clock=Clock())
     w.start()
     try:
         with pytest.raises(PrinterError, match="already running"):

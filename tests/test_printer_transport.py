@@ -28,7 +28,7 @@ from tillpoint.printer.virtual_display import PtyPair
 PAYLOAD = {
     "receiptId": "r-serial",
     "firstName": "Ольга",
-    "offers": [{"id": "o-5", "text": "Сыр −20%", "validTo": "2026-12-31T23:59:59+03:00"}],
+    "offers": [{"id": "o-5", "text": "Сыр −20%", "validTo": "2099-12-31T23:59:59+03:00"}],
 }
 
 needs_socat = pytest.mark.skipif(not PtyPair.available(), reason="socat is not installed")
