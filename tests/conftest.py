@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,20 @@ def snapshot(**changes: Any) -> dict[str, Any]:
     return snap
 
 
+# When `receipt()`'s receipts are made: a test whose code reads a clock passes this one.
+RECEIPT_AT = "2026-11-23T10:15:00+03:00"
+
+
+def receipt_time() -> datetime:
+    return datetime.fromisoformat(RECEIPT_AT)
+
+
 def receipt(receipt_id: str = "r1", card: str = "2770000000017", **changes: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         "receiptId": receipt_id,
         "storeId": "s1",
         "tillId": "t1",
-        "at": "2026-11-23T10:15:00+03:00",
+        "at": RECEIPT_AT,
         "card": card,
         "lines": [{"sku": "4601234000017", "qty": "2", "priceMinor": 8990}],
         "redeemPoints": 0,

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,8 @@ from tillpoint.printer.queue import PrintWorker
 from tillpoint.printer.service import Devices, load_configs
 from tillpoint.printer.virtual import VirtualPrinter
 
-from .conftest import CLI, receipt, snapshot
+from .conftest import CLI, receipt, receipt_time, snapshot
 
-RECEIPT_DAY = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)  # the day conftest's receipts are from
 OFFERS = [
     {
         "id": "o-1",
@@ -148,7 +146,7 @@ def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(
     assert result.to_json()["printedOffers"] == ["o-1"]
     ledger = agent.data_dir / "ledger.db"
     cfg = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
-    worker = PrintWorker(ledger, cfg, clock=lambda: RECEIPT_DAY)  # not today: offers end
+    worker = PrintWorker(ledger, cfg, clock=receipt_time)  # not today: the offer ends
     worker.run_once()
     [doc] = printer.wait_for(1)
     assert doc.codes == ["TP1-o-1"] and "Анна, ждём вас снова!" in doc.text
