@@ -601,7 +601,8 @@ class CacheView:
     def _products(self, chunk: list[str]) -> list[tuple[str, str, bool]]:
         marks = ",".join("?" * len(chunk))
         rows: list[tuple[str, str, bool]] = self.conn.execute(
-            f"SELECT sku, category, excluded <> 0 FROM products WHERE sku IN ({marks})",
+            "SELECT sku, category, excluded <> 0 FROM products INDEXED BY products_read"
+            f" WHERE sku IN ({marks})",
             chunk,
         ).fetchall()
         return rows

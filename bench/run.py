@@ -298,7 +298,7 @@ class ReadFloor:
         customer = None if found is None else found[1]
         skus = sorted({line["sku"] for line in receipt["lines"]})
         cache.execute(
-            "SELECT sku, category, excluded FROM products"
+            "SELECT sku, category, excluded FROM products INDEXED BY products_read"
             f" WHERE sku IN ({','.join('?' * len(skus))})",
             skus,
         ).fetchall()
