@@ -134,7 +134,7 @@ def m003_products_read(db: Database) -> None:
     # A receipt's products are read from this index alone (`CacheView._products`, INDEXED
     # BY): one B-tree descent a SKU instead of the key's index and then the table's row,
     # half the pages a 50-SKU read touches in a chain's cache (docs/PERFORMANCE.md).
-    db.execute("CREATE INDEX products_read ON products (sku, category, excluded)")
+    db.execute("CREATE INDEX IF NOT EXISTS products_read ON products (sku, category, excluded)")
 
 
 @contextlib.contextmanager
@@ -193,12 +193,31 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
     return conn
 
 
+# Tries of `migrate` when a migration fails: another connection may have applied it
+# between our look at the record and our turn at the write lock.
+MIGRATE_TRIES = 3
+
+
 def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:
-    try:
-        if not migrations.current(conn):
+    """Apply `migrations`' pending steps to `conn`'s file.
+
+    Two connections may migrate one file at once: after an upgrade, `tillpoint run`'s
+    readers and a CLI or `snapshot load` open the same cache. The second then waits for
+    the first's write lock and fails on what the first did (its record is unique), so a
+    failure is looked at again: when everything is applied by then, it was the other's
+    work; otherwise the pending steps are tried once more, and a real fault (a full disk)
+    is reported after the last try."""
+    for attempt in range(MIGRATE_TRIES):
+        try:
+            if migrations.current(conn):
+                return
             migrations.apply(conn)
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot migrate the database schema: {exc}") from None
+            return
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if attempt == MIGRATE_TRIES - 1:
+                raise StorageError(f"cannot migrate the database schema: {exc}") from None
 
 
 def cache_file(data_dir: Path) -> Path:

@@ -5,9 +5,11 @@ the agent opens it, and prices exactly as before."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
-from tillpoint.agent.db import cache_file
+from tillpoint.agent.db import cache_file, cache_migrations, connect, migrate
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.agent.wire import json_of
@@ -54,3 +56,47 @@ def test_a_cache_from_before_the_index_gets_it_on_open_and_prices_the_same(
     finally:
         again.close()
     assert "COVERING INDEX products_read" in _plan(data)
+
+
+def test_two_connections_migrating_one_old_cache_both_open_it(tmp_path: Path) -> None:
+    """After an upgrade `tillpoint run` and a CLI may open the same old cache at once: the
+    second waits for the first's write lock, then finds the index made and m003 recorded
+    (unique), and must open the cache rather than fail."""
+    data = tmp_path / "data"
+    first = Agent(data, "till-1")
+    first.load_snapshot(snapshot())
+    first.close()
+    path = cache_file(data)
+    setup = sqlite3.connect(path)
+    setup.execute("DROP INDEX products_read")
+    setup.execute("DELETE FROM _sqlite_migrations WHERE name = 'm003_products_read'")
+    setup.commit()
+    setup.close()
+
+    # The first connection is half-way through m003: the index made, not yet committed.
+    ahead = connect(path, create=False)
+    ahead.execute("BEGIN IMMEDIATE")
+    ahead.execute("CREATE INDEX products_read ON products (sku, category, excluded)")
+    failed: list[BaseException] = []
+    second = connect(path, create=False)
+
+    def open_second() -> None:
+        try:
+            migrate(second, cache_migrations)
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    thread = threading.Thread(target=open_second)
+    thread.start()
+    time.sleep(0.5)  # the second has seen m003 pending and waits for the write lock
+    ahead.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+        " VALUES ('tillpoint.cache', 'm003_products_read', '2026-12-01')"
+    )
+    ahead.execute("COMMIT")
+    thread.join(10)
+    assert not thread.is_alive()
+    assert failed == []
+    assert cache_migrations.current(second)
+    ahead.close()
+    second.close()
