@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +84,14 @@ def stats(samples: list[float]) -> dict[str, float]:
         "p99_ms": round(p99 * 1000, 4),
         "max_ms": round(ordered[-1] * 1000, 4),
     }
+
+
+def python_loop_us() -> float:
+    """The best of 5 × 20,000 runs of `sum(range(100))`, µs: the machine's speed for plain
+    Python now. A shared machine has phases (1.6 × apart within an hour, nothing else
+    running); the results carry it so two runs can be told apart by it."""
+    best = min(timeit.repeat("sum(range(100))", number=20_000, repeat=5))
+    return round(best / 20_000 * 1e6, 3)
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:
@@ -479,6 +488,8 @@ def run(
         out(f"  {name:<42} {verdict:<7} {target:<28} {json.dumps(shown, ensure_ascii=False)}")
 
     out(f"tillpoint bench: scale {scale_name} ({scale}), {ops} operations a figure")
+    python_start = python_loop_us()
+    out(f"  plain Python on this machine now: {python_start} µs a loop (python_loop_us)")
     snap = write_full(work / "full.jsonl", scale)
     data = work / "data"
 
@@ -615,6 +626,8 @@ def run(
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "sqlite": sqlite3.sqlite_version,
+            # the machine's speed for plain Python at the start and the end of the run
+            "python_loop_us": {"start": python_start, "end": python_loop_us()},
         },
         "figures": figures,
     }

@@ -133,3 +133,22 @@ def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
     finally:
         floor.close()
         agent.close()
+
+
+TAIL_ARGS = ("--scale", "tiny", "--calls", "20", "--pause-ms", "1")
+
+
+def test_the_http_tail_split_runs_at_tiny_scale() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.http_tail", *TAIL_ARGS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    for row in ("quote: the server's request, CPU", "Agent.quote, CPU", "after a pause of 1 ms"):
+        assert row in done.stdout, done.stdout
