@@ -193,31 +193,31 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
     return conn
 
 
-# Tries of `migrate` when a migration fails: another connection may have applied it
-# between our look at the record and our turn at the write lock.
-MIGRATE_TRIES = 3
-
-
 def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:
     """Apply `migrations`' pending steps to `conn`'s file.
 
     Two connections may migrate one file at once: after an upgrade, `tillpoint run`'s
-    readers and a CLI or `snapshot load` open the same cache. The second then waits for
-    the first's write lock and fails on what the first did (its record is unique), so a
-    failure is looked at again: when everything is applied by then, it was the other's
-    work; otherwise the pending steps are tried once more, and a real fault (a full disk)
-    is reported after the last try."""
-    for attempt in range(MIGRATE_TRIES):
-        try:
-            if migrations.current(conn):
-                return
-            migrations.apply(conn)
+    readers and a CLI or `snapshot load` open the same cache. So the pending steps are
+    applied under the file's write lock (`BEGIN IMMEDIATE`) and looked for again once it
+    is held: the second connection waits for the first and finds its work done, instead
+    of failing on the first's record (unique). The steps commit together, each in its
+    own savepoint (sqlite-utils nests them in the open transaction); a failure rolls all
+    of them back and is reported as it happened."""
+    try:
+        if migrations.current(conn):  # the usual case: one SELECT, no lock
             return
-        except sqlite3.Error as exc:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not migrations.current(conn):
+                migrations.apply(conn)
+        except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if attempt == MIGRATE_TRIES - 1:
-                raise StorageError(f"cannot migrate the database schema: {exc}") from None
+                with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
+                    conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot migrate the database schema: {exc}") from None
 
 
 def cache_file(data_dir: Path) -> Path:

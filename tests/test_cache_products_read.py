@@ -75,10 +75,8 @@ def test_two_connections_migrating_one_old_cache_both_open_it(tmp_path: Path) ->
 
     # The first connection is half-way through m003: the index made, not yet committed.
     ahead = connect(path, create=False)
-    ahead.execute("BEGIN IMMEDIATE")
-    ahead.execute("CREATE INDEX products_read ON products (sku, category, excluded)")
-    failed: list[BaseException] = []
     second = connect(path, create=False)
+    failed: list[BaseException] = []
 
     def open_second() -> None:
         try:
@@ -87,16 +85,22 @@ def test_two_connections_migrating_one_old_cache_both_open_it(tmp_path: Path) ->
             failed.append(exc)
 
     thread = threading.Thread(target=open_second)
-    thread.start()
-    time.sleep(0.5)  # the second has seen m003 pending and waits for the write lock
-    ahead.execute(
-        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
-        " VALUES ('tillpoint.cache', 'm003_products_read', '2026-12-01')"
-    )
-    ahead.execute("COMMIT")
-    thread.join(10)
-    assert not thread.is_alive()
-    assert failed == []
-    assert cache_migrations.current(second)
-    ahead.close()
-    second.close()
+    try:
+        ahead.execute("BEGIN IMMEDIATE")
+        ahead.execute("CREATE INDEX products_read ON products (sku, category, excluded)")
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive()  # the second waits for the first's write lock
+        ahead.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+            " VALUES ('tillpoint.cache', 'm003_products_read', '2026-12-01')"
+        )
+        ahead.execute("COMMIT")
+        thread.join(10)
+        assert not thread.is_alive()
+        assert failed == []
+        assert cache_migrations.current(second)
+    finally:
+        thread.join(10)
+        ahead.close()
+        second.close()
