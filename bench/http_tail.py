@@ -91,6 +91,7 @@ print(json.dumps({"quote": server.port, "echo": echo_server.port}), flush=True)
 sys.stdin.read()
 server.stop()
 echo_server.stop()
+agent.close()
 print(json.dumps(seen), flush=True)
 """
 
@@ -123,22 +124,30 @@ def over_http(data: Path, scale: Scale, calls: int, rng: random.Random) -> None:
         cwd=REPO,
     )
     assert child.stdin is not None and child.stdout is not None
-    ports = json.loads(child.stdout.readline() or b"{}")
-    bodies = [
-        json.dumps(mixed_receipt(f"t-{i}", rng, scale, 50)).encode() for i in range(calls + WARM)
-    ]
-    quote_conn, echo_conn = http_connect(ports["quote"]), http_connect(ports["echo"])
-    client: dict[str, list[tuple[float, float, float, float]]] = {"quote": [], "echo": []}
-    order = [("quote", quote_conn, "/v1/quote"), ("echo", echo_conn, "/echo")]
-    for body in bodies:
-        rng.shuffle(order)
-        for name, conn, path in order:
-            client[name].append(_post(conn, path, body))
-    quote_conn.close()
-    echo_conn.close()
-    child.stdin.close()
-    seen = json.loads(child.stdout.readline())
-    child.wait(timeout=30)
+    try:
+        ports = json.loads(child.stdout.readline() or b"{}")
+        if "quote" not in ports:
+            raise RuntimeError("the HTTP servers did not start")
+        bodies = [
+            json.dumps(mixed_receipt(f"t-{i}", rng, scale, 50)).encode()
+            for i in range(calls + WARM)
+        ]
+        quote_conn, echo_conn = http_connect(ports["quote"]), http_connect(ports["echo"])
+        client: dict[str, list[tuple[float, float, float, float]]] = {"quote": [], "echo": []}
+        order = [("quote", quote_conn, "/v1/quote"), ("echo", echo_conn, "/echo")]
+        for body in bodies:
+            rng.shuffle(order)
+            for name, conn, path in order:
+                client[name].append(_post(conn, path, body))
+        quote_conn.close()
+        echo_conn.close()
+        child.stdin.close()
+        seen = json.loads(child.stdout.readline())
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
 
     ms = f"{calls} 50-line receipts, ms"
     print(f"over HTTP ({ms}; the server's rows are inside its request, CPU of its thread)")
@@ -168,9 +177,11 @@ def pauses(data: Path, scale: Scale, calls: int, pause_ms: float, rng: random.Ra
     agent = Agent(data, "bench-till")
     settle_collector()
     out: dict[bool, list[float]] = {False: [], True: []}
+    bodies = [
+        json.dumps(mixed_receipt(f"p-{i}", rng, scale, 50)).encode() for i in range(calls + WARM)
+    ]
     try:
-        for i in range(calls + WARM):
-            body = json.dumps(mixed_receipt(f"p-{i}", rng, scale, 50)).encode()
+        for i, body in enumerate(bodies):
             paused = rng.random() < 0.5
             if paused:
                 time.sleep(pause_ms / 1000)
