@@ -45,10 +45,9 @@ from bench.run import REPO, http_connect, mixed_receipt, stats
 _CHILD = """
 import json, sys, time
 from pathlib import Path
-from bench.run import _http_echo_app
+from bench.run import _http_echo_app, serve_quote_and_echo
 from tillpoint.agent import http_api
-from tillpoint.agent.app import settle_collector
-from tillpoint.agent.http_api import Api, AsgiThread, HttpServer
+from tillpoint.agent.http_api import Api
 from tillpoint.agent.service import Agent
 
 agent = Agent(Path(sys.argv[1]), "bench-till")
@@ -82,16 +81,7 @@ async def echo(scope, receive, send):
     if scope["type"] == "http":
         seen["echo"].append((wall, time.perf_counter(), time.thread_time() - cpu))
 
-server = HttpServer(agent, "127.0.0.1:0")
-echo_server = AsgiThread(echo, "127.0.0.1", 0)
-server.start()
-echo_server.start()
-settle_collector()  # as `tillpoint run` does before READY
-print(json.dumps({"quote": server.port, "echo": echo_server.port}), flush=True)
-sys.stdin.read()
-server.stop()
-echo_server.stop()
-agent.close()
+serve_quote_and_echo(agent, echo)  # the servers of bench.run's HTTP figures
 print(json.dumps(seen), flush=True)
 """
 

@@ -646,26 +646,35 @@ def _http_echo_app() -> Any:
     return Starlette(routes=[Route("/echo", echo, methods=["POST"])])
 
 
+def serve_quote_and_echo(agent: Agent, echo_app: Any) -> None:
+    """The body of an HTTP bench child: the agent's HTTP API and `echo_app` on free
+    loopback ports, the collector settled as `tillpoint run` does before READY; prints
+    the ports as one JSON line, serves until stdin closes, then stops both and closes the
+    agent. `_http_quote`'s child and `bench.http_tail`'s (which times requests) share it,
+    so the split measures the servers the figure does."""
+    from tillpoint.agent.app import settle_collector
+    from tillpoint.agent.http_api import AsgiThread, HttpServer
+
+    server = HttpServer(agent, "127.0.0.1:0")
+    echo = AsgiThread(echo_app, "127.0.0.1", 0)
+    server.start()
+    echo.start()
+    settle_collector()
+    print(json.dumps({"quote": server.port, "echo": echo.port}), flush=True)
+    sys.stdin.read()
+    server.stop()
+    echo.stop()
+    agent.close()
+
+
 # The HTTP servers of `_http_quote`, in a process of their own as on a till (the client's
 # work must not share their GIL): the agent's HTTP API and the bare echo side by side.
 _HTTP_CHILD = """
-import json, sys
+import sys
 from pathlib import Path
-from bench.run import _http_echo_app
-from tillpoint.agent.app import settle_collector
-from tillpoint.agent.http_api import AsgiThread, HttpServer
+from bench.run import _http_echo_app, serve_quote_and_echo
 from tillpoint.agent.service import Agent
-agent = Agent(Path(sys.argv[1]), "bench-till")
-server = HttpServer(agent, "127.0.0.1:0")
-echo = AsgiThread(_http_echo_app(), "127.0.0.1", 0)
-server.start()
-echo.start()
-settle_collector()  # as `tillpoint run` does before READY
-print(json.dumps({"quote": server.port, "echo": echo.port}), flush=True)
-sys.stdin.read()
-server.stop()
-echo.stop()
-agent.close()
+serve_quote_and_echo(Agent(Path(sys.argv[1]), "bench-till"), _http_echo_app())
 """
 
 
