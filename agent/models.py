@@ -619,7 +619,7 @@ class Receipt(Model):
     lines: Annotated[tuple[ReceiptLine, ...], Field(min_length=1, max_length=10_000)]
     redeem_points: Int64 = 0
     explain: bool = False  # add the calculation trace (the contract §17); never changes a figure
-    coupons: Annotated[tuple[Key, ...], Field(max_length=100)] = ()  # scanned codes (§13)
+    coupons: Annotated[tuple[RequestKey, ...], Field(max_length=100)] = ()  # scanned (§13)
 
     @field_validator("redeem_points")
     @classmethod

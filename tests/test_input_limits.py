@@ -53,6 +53,7 @@ def _line(**changes: Any) -> list[dict[str, Any]]:
         ({"lines": _line(sku=LONG)}, "lines[0].sku"),
         ({"lines": _line(qty="1" * (TEXT_MAX + 1))}, "lines[0].qty"),
         ({"redeemPoints": LONG}, "redeemPoints"),
+        ({"coupons": ["SORRY-7K2Q9", LONG]}, "coupons[1]"),
     ],
 )
 def test_receipt_text_fields_over_128_are_refused(
@@ -66,7 +67,9 @@ def test_receipt_text_fields_over_128_are_refused(
 
 def test_128_characters_are_accepted(cli: CLI) -> None:
     assert cli("snapshot", "load", snapshot()).code == 0
-    ok = receipt(receiptId="r" * TEXT_MAX, storeId=LONGEST, tillId=LONGEST, card=LONGEST)
+    ok = receipt(
+        receiptId="r" * TEXT_MAX, storeId=LONGEST, tillId=LONGEST, card=LONGEST, coupons=[LONGEST]
+    )
     run = cli("checkout", ok, "--json")
     assert run.code == 0, run.err
     assert run.json()["card"]["status"] == "UNKNOWN"
