@@ -1122,7 +1122,10 @@ class Agent:
                 offer_id=str(offer["id"]),
                 customer_id=customer_id,
                 valid_from=at,
-                valid_to=datetime.fromisoformat(str(offer["validTo"])),
+                # an offer with no end gives a code with none (valid until it is used)
+                valid_to=datetime.fromisoformat(str(offer["validTo"]))
+                if offer.get("validTo")
+                else None,
             )
             doc = coupon.model_dump(mode="json", by_alias=True, exclude_none=True)
             ledger.insert_issued_coupon(

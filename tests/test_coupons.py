@@ -388,6 +388,40 @@ def test_a_till_issued_coupon_is_printed_usable_at_once_and_reaches_other_tills(
         hub.close()
 
 
+def test_an_offer_with_no_end_issues_a_code_with_none(
+    tmp_path: Path, hub_store_factory: Any
+) -> None:
+    """§13: "valid from `at` to the offer's `validTo`"; an offer without one (open-ended)
+    used to fail every checkout of its customer (KeyError): now the code has no end
+    either, is usable at once and reaches the hub like any other."""
+    open_ended = {k: v for k, v in NEXT_VISIT.items() if k != "validTo"}
+    hub = hub_store_factory()
+    till = Agent(tmp_path / "till-1", "till-1")
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [open_ended]})
+        hub.publish(NOW, 7 * 86400.0)
+        till.load_snapshot(hub.snapshot_doc(1, 0))
+        first = till.checkout(receipt_from_json(receipt("s1")))
+        assert first.to_json()["printedOffers"] == ["o-next"]
+        txs = outbox(tmp_path / "till-1")
+        assert [t.kind for t in txs] == ["CHECKOUT", "COUPON_ISSUED"]
+        coupon = json.loads(txs[1].request_json)["coupon"]
+        assert coupon == {
+            "code": "TP5TILL11",
+            "offerId": "o-next",
+            "customerId": "c-1",
+            "validFrom": "2026-11-23T10:15:00+03:00",
+        }
+        later = receipt("s2", "TP5TILL11", at="2027-06-01T10:00:00+03:00")
+        assert verdicts(till.checkout(receipt_from_json(later))) == [("TP5TILL11", "APPLIED", "")]
+        hub.ingest("till-1", "", txs, NOW)
+        hub.publish(NOW.replace(hour=7), 7 * 86400.0)
+        assert hub.snapshot_doc(2, 1)["coupons"] == [coupon]
+    finally:
+        till.close()
+        hub.close()
+
+
 def test_a_hold_reserves_its_coupons_and_a_cancel_gives_them_back(tmp_path: Path) -> None:
     """Contract §11 with §13: a held code is used for every other receipt of this till until
     the hold is cancelled or expires; a confirm keeps it used."""
