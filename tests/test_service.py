@@ -103,6 +103,21 @@ def test_json_log_lines_are_masked(capfd: pytest.CaptureFixture[str]) -> None:
     logging.getLogger().handlers.clear()
 
 
+def test_json_log_lines_carry_the_trace_masked(capfd: pytest.CaptureFixture[str]) -> None:
+    """A bug's log line (an HTTP 500, the contract §12) has its trace, card numbers masked."""
+    logs.setup("INFO", "json")
+    try:
+        raise KeyError("card 2770000000017")
+    except KeyError:
+        logging.getLogger("tillpoint.test").exception("HTTP POST /v1/checkout failed")
+    entry = json.loads(capfd.readouterr().err.strip().splitlines()[-1])
+    assert entry["error"] == "KeyError('card *********0017')"
+    assert entry["trace"].startswith("Traceback (most recent call last):")
+    assert "test_json_log_lines_carry_the_trace_masked" in entry["trace"]
+    assert "2770000000017" not in entry["trace"]
+    logging.getLogger().handlers.clear()
+
+
 def test_metrics_endpoint(tmp_path: Path) -> None:
     from tillpoint.agent.server import register_gauges
 
