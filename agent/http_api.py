@@ -162,7 +162,9 @@ def _document(fn: Callable[[Agent, Any], dict[str, Any]]) -> Callable[[Agent, by
 
 
 def _identify(agent: Agent, body: Any) -> dict[str, Any]:
-    return json_of(agent.identify(_fields(body, "identify", ("text",))["text"]))
+    # Empty or absent text (the same in proto3 JSON) is what an empty scan is: INVALID,
+    # as gRPC and the CLI answer it (the contract §4), not a refused request.
+    return json_of(agent.identify(_fields(body, "identify", (), ("text",)).get("text", "")))
 
 
 def _balance(agent: Agent, body: Any) -> dict[str, Any]:

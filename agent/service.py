@@ -695,7 +695,8 @@ class Agent:
             return found[1]
         now = self.clock()
         if state == "CANCELLED":
-            raise Refused(f"hold cancelled: price the receipt again ({receipt_id})")
+            # the contract's words for both (§11), then which of the two it was
+            raise Refused(f"hold expired: price the receipt again ({receipt_id} was cancelled)")
         if state == "EXPIRED" or row.expires_at <= ledger.utc_text(now):
             raise Refused(f"hold expired: price the receipt again ({receipt_id})")
         held, figures, request_text = (
