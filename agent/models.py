@@ -391,17 +391,23 @@ Weekday = Annotated[int, BeforeValidator(_weekday)]
 
 
 class HourWindow(Model):
-    """Local hours of a day: `from` inclusive, `to` exclusive ("24:00": the end of the day)."""
+    """Local hours of a day: `from` inclusive, `to` exclusive ("24:00": the end of the day).
+    A `to` before `from` ("22:00"-"02:00") is a night window: from `from` to midnight and
+    on until `to` the next morning, all of it the night of the day it starts."""
 
     from_: Clock = Field(alias="from")
     to: Clock
 
     @model_validator(mode="after")
     def _ordered(self) -> HourWindow:
-        if self.from_ == "24:00" or self.seconds[0] >= self.seconds[1]:
+        if self.from_ == "24:00":
             raise ValueError(
-                f"hours {self.from_}-{self.to}: from must be before to"
-                " (write a window past midnight as two windows)"
+                f'hours {self.from_}-{self.to}: a window starts at "23:59" at the latest'
+            )
+        if self.seconds[0] == self.seconds[1]:
+            raise ValueError(
+                f"hours {self.from_}-{self.to}: an empty window (from must differ from to;"
+                ' a whole day is "00:00"-"24:00")'
             )
         return self
 
@@ -480,16 +486,27 @@ class Offer(Model):
 
     def in_window(self, local: datetime, favorite_weekday: int | None) -> bool:
         """Inside its weekdays, hours and favourite weekday (the contract §14) at the store's local
-        time `local`; an offer without them is always inside."""
+        time `local`; an offer without them is always inside. The morning part of a night
+        window ("22:00"-"02:00" at 01:00) counts as the day before: the night it started."""
         weekday = local.isoweekday()
+        if not self.hours:
+            return self._on_day(weekday, favorite_weekday)
+        second = local.hour * 3600 + local.minute * 60 + local.second
+        for start, end in (w.seconds for w in self.hours):
+            if start < end:
+                inside, day = start <= second < end, weekday
+            elif second >= start:  # a night window, before midnight
+                inside, day = True, weekday
+            else:  # a night window after midnight: the night of the day before
+                inside, day = second < end, (weekday - 2) % 7 + 1
+            if inside and self._on_day(day, favorite_weekday):
+                return True
+        return False
+
+    def _on_day(self, weekday: int, favorite_weekday: int | None) -> bool:
         if self.weekdays and weekday not in self.weekdays:
             return False
-        if self.on_favorite_weekday and favorite_weekday != weekday:
-            return False
-        if self.hours:
-            second = local.hour * 3600 + local.minute * 60 + local.second
-            return any(a <= second < b for a, b in (w.seconds for w in self.hours))
-        return True
+        return not (self.on_favorite_weekday and favorite_weekday != weekday)
 
 
 def coupon_code(text: str) -> str:
