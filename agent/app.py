@@ -291,6 +291,18 @@ def reset_hub(settings: Settings) -> TillSync | None:
     return TillSync.for_till(settings)
 
 
+def local_hub(settings: Settings) -> TillSync | None:
+    """The hub of a command the CLI runs in its own process (`TillSync.for_one_call`); a
+    standalone till (no hub address, no enrolment) imports nothing for it."""
+    from tillpoint.sync import is_enrolled
+
+    if not settings.hub.address and not is_enrolled(settings.data_dir):
+        return None
+    from tillpoint.sync.service import TillSync
+
+    return TillSync.for_one_call(settings)
+
+
 def sync_link(settings: Settings) -> tuple[Enrollment, HubLink, SyncTimings]:
     """`tillpoint sync now`'s hub, by `run`'s rules (`check_hub`: enrolled, as this
     device); InputError saying what is missing."""

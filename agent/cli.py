@@ -233,11 +233,18 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
         )
 
-    from .app import cli_agent, reset_hub
+    from .app import cli_agent, local_hub, reset_hub
     from .results import json_of, receipt_from_json, refund_from_json
 
-    # reset: with `run`'s hub, which releases what the open holds it forgets reserved there
-    hub = reset_hub(settings) if command == "reset" else None
+    # reset: with `run`'s hub, which releases what the open holds it forgets reserved there;
+    # the calls that price or release: with the till's hub, as `run` would answer them
+    hub = (
+        reset_hub(settings)
+        if command == "reset"
+        else local_hub(settings)
+        if command in ("quote", "checkout", "hold", "cancel")
+        else None
+    )
     agent = cli_agent(settings, hub=hub.authoriser if hub is not None else None)
     try:
         if command == "snapshot":

@@ -15,11 +15,10 @@ docs/PROTOCOL.md describes the protocol and its guarantees.
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from tillpoint.agent import cache
 
     from .till import TillAgent
@@ -37,10 +36,15 @@ def refuse_plain_if_enrolled(data_dir: Path) -> None:
     refuse(data_dir)
 
 
-def is_enrolled(data_dir: Path) -> bool:
-    from .pki import is_enrolled as enrolled
+# Where an enrolled till keeps its enrolment (`pki.install_bundle` writes it).
+ENROLLMENT_DIR = "enrollment"
+ENROLLMENT_FILE = "enrollment.json"
 
-    return enrolled(data_dir)
+
+def is_enrolled(data_dir: Path) -> bool:
+    """The enrolment marker: a till with ``enrollment/enrollment.json`` belongs to a hub.
+    A stat, nothing imported: a standalone till's local CLI call asks it every time."""
+    return (Path(data_dir) / ENROLLMENT_DIR / ENROLLMENT_FILE).is_file()
 
 
 def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:

@@ -113,6 +113,16 @@ class HubLink:
         ):
             self._recovered()
 
+    def probe(self, timeout_s: float) -> bool:
+        """Whether the hub answers now: the channel connected to it (TLS with this till's
+        certificate) within `timeout_s`. For a process with no sync loop to say so."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            return False
+        self.ok()
+        return True
+
     def ok(self) -> None:
         with self._lock:
             flipped = not self.online

@@ -33,11 +33,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tillpoint.agent.errors import InputError, TillpointError
 
+from . import ENROLLMENT_DIR, ENROLLMENT_FILE
+from . import is_enrolled as is_enrolled  # the marker, for this module's users
+
 HUB_TLS_NAME = "tillpoint-hub"  # agents verify the hub's certificate against this name
 DEVICE_URI_PREFIX = "urn:tillpoint:device:"
 BUNDLE_FORMAT = "tillpoint-enrollment/1"
-ENROLLMENT_DIR = "enrollment"
-ENROLLMENT_FILE = "enrollment.json"
 CA_YEARS = 20
 CERT_DAYS = 5 * 365
 
@@ -433,11 +434,6 @@ class Enrollment:
 
 def enrollment_dir(data_dir: Path) -> Path:
     return Path(data_dir) / ENROLLMENT_DIR
-
-
-def is_enrolled(data_dir: Path) -> bool:
-    """The enrolment marker: a till with ``enrollment/enrollment.json`` belongs to a hub."""
-    return (enrollment_dir(data_dir) / ENROLLMENT_FILE).is_file()
 
 
 def load_enrollment(data_dir: Path) -> Enrollment | None:

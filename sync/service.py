@@ -389,12 +389,35 @@ class TillSync:
             return None
         if address is None or enrollment is None:
             return None
+        return cls._linked(settings, address, enrollment)
+
+    @classmethod
+    def _linked(cls, settings: Settings, address: str, enrollment: Enrollment) -> TillSync:
         timings = SyncTimings.from_settings(settings)
         link = HubLink(address, enrollment)
         authoriser = HubAuthoriser(
             link, settings.data_dir, settings.device_id, timings.redeem_timeout_s
         )
         return cls(address, enrollment, timings, link, authoriser)
+
+    @classmethod
+    def for_one_call(cls, settings: Settings) -> TillSync | None:
+        """The hub of one command run in the CLI's own process (no `tillpoint run` serves
+        the data directory), by `run`'s rules, so an enrolled till prices as `run` would
+        (the contract §5, §9): ONLINE while its hub answers, redemption authorised there.
+        Whether the hub answers is asked once, within the redemption deadline. None when
+        the till is standalone or cannot sync; unlike `for_till` it writes nothing (a
+        quote stores nothing) and says nothing (`status` says why a till cannot sync)."""
+        try:
+            enrollment = load_enrollment(settings.data_dir)
+            address = check_hub(settings, enrollment)
+        except (EnrollmentError, NotSyncing):
+            return None
+        if address is None or enrollment is None:
+            return None
+        sync = cls._linked(settings, address, enrollment)
+        sync.link.probe(sync.timings.redeem_timeout_s)
+        return sync
 
     def start(self, agent: TillAgent) -> Callable[[], None]:
         """Start syncing `agent` (built with `self.authoriser`); returns the stop."""
