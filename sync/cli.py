@@ -403,12 +403,12 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
     out = args.out or hub.root / "bundles" / f"{args.device}.json"
-    pki.write_bundle(out, pki.make_bundle(hub.keys, identity, args.address))
     store = hub.open_store()
-    try:
+    try:  # enrolled first: a refused device id gets no bundle
         store.enroll(identity.device_id, identity.fingerprint, _now())
     finally:
         store.close()
+    pki.write_bundle(out, pki.make_bundle(hub.keys, identity, args.address))
     data = {
         "deviceId": identity.device_id,
         "bundle": str(out),

@@ -32,7 +32,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar, TypeVar
 
+from tillpoint.agent.errors import InputError
 from tillpoint.agent.ledger import utc_text
+from tillpoint.agent.models import coupon_code
 
 from .hub_rules import (
     EARNED_WHEN,
@@ -735,7 +737,19 @@ class SqlHubStore(HubRules):
     # ------------------------------------------------------------ devices
 
     def enroll(self, device_id: str, fingerprint: str, now: datetime) -> None:
+        """Enrol (or enrol again) a device. A till-issued coupon code is built from the
+        device id's normal form (blanks and dashes dropped, upper case: `coupons.issued_code`),
+        so a device whose id has the same normal form as another's is refused: the codes of
+        the two would be the same (the contract §13: unique in the chain)."""
+        mine = coupon_code(device_id)
         with self._writing() as tx:
+            for (other,) in tx.execute("SELECT device_id FROM devices").fetchall():
+                if other != device_id and coupon_code(str(other)) == mine:
+                    raise InputError(
+                        f"device id {device_id!r} would issue the same coupon codes as the"
+                        f" enrolled device {other!r} (codes drop dashes, blanks and case):"
+                        " choose another id"
+                    )
             tx.execute(
                 "INSERT INTO devices VALUES (?, ?, ?, NULL) ON CONFLICT (device_id) DO UPDATE"
                 " SET fingerprint = excluded.fingerprint, enrolled_at = excluded.enrolled_at,"

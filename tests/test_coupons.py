@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from tillpoint.agent import ledger
 from tillpoint.agent.cli import main
 from tillpoint.agent.db import cache_file
+from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_server import HubDir
@@ -442,3 +443,38 @@ def test_a_hold_reserves_its_coupons_and_a_cancel_gives_them_back(tmp_path: Path
         assert verdicts(late) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
     finally:
         agent.close()
+
+
+def test_device_ids_that_would_issue_the_same_codes_are_not_both_enrolled(
+    hub_store_factory: Any,
+) -> None:
+    """§13: a till-issued code is unique in the chain. It is built from the device id's
+    normal form (dashes, blanks and case dropped), so the hub refuses to enrol a second
+    device whose id has the same normal form: `till-1`, `TILL1` and `till1` would all
+    issue TP5TILL1…"""
+    hub = hub_store_factory()
+    hub.enroll("till-1", "f1", NOW)
+    for twin in ("TILL1", "till1", "Till - 1"):
+        with pytest.raises(InputError, match=f"device id '{twin}' would issue the same coupon"):
+            hub.enroll(twin, "f2", NOW)
+        assert hub.device(twin) is None
+    hub.enroll("till-1", "f3", NOW)  # enrolling the same device again is fine
+    hub.enroll("till-11", "f4", NOW)  # TP6TILL11… : the length keeps them apart
+    assert hub.device("till-1").fingerprint == "f3"
+    hub.revoke("till-1", NOW)  # a revoked device's codes are still out there
+    with pytest.raises(InputError):
+        hub.enroll("TILL1", "f5", NOW)
+
+
+def test_hub_enroll_refuses_a_twin_device_id_with_one_line_and_no_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub_dir = tmp_path / "hub"
+    base = ["hub", "enroll", "--hub-dir", str(hub_dir), "--address", "127.0.0.1:1"]
+    assert main(["hub", "init", "--hub-dir", str(hub_dir)]) == 0
+    assert main([*base, "till-1", "--out", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    assert main([*base, "TILL1", "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "same coupon codes as the enrolled device 'till-1'" in err
+    assert not (tmp_path / "b.json").exists()
