@@ -233,18 +233,26 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
         )
 
-    from .app import cli_agent, local_hub, reset_hub
+    from .app import cli_agent, local_hub
     from .results import json_of, receipt_from_json, refund_from_json
 
-    # reset: with `run`'s hub, which releases what the open holds it forgets reserved there;
+    if command == "reset":
+        # Never under a running agent: it keeps the old data in memory and would go on
+        # pricing from it (a snapshot of the same version loaded after the reset).
+        from .errors import Refused
+        from .lock import DataDirLock
+
+        try:
+            lock = DataDirLock(settings.data_dir).acquire()
+        except Refused as exc:
+            raise Refused(f"reset refused: {exc.message}: stop it first") from None
+        try:
+            return _run_reset(args, settings)
+        finally:
+            lock.release()
+
     # the calls that price or release: with the till's hub, as `run` would answer them
-    hub = (
-        reset_hub(settings)
-        if command == "reset"
-        else local_hub(settings)
-        if command in ("quote", "checkout", "hold", "cancel")
-        else None
-    )
+    hub = local_hub(settings) if command in ("quote", "checkout", "hold", "cancel") else None
     agent = cli_agent(settings, hub=hub.authoriser if hub is not None else None)
     try:
         if command == "snapshot":
@@ -277,24 +285,37 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             from .wire import status_json
 
             return emit(args, status_json(agent.status()), _human_status)
-        if command == "reset":
-            _confirm_reset(args, agent)
-            done = agent.reset(force=args.force)
-            return emit(
-                args,
-                {
-                    "reset": True,
-                    "discardedTransactions": done.discarded,
-                    "hubHoldsReleased": done.hub_holds_released,
-                    "hubHoldsLeft": done.hub_holds_left,
-                },
-                _human_reset,
-            )
     finally:
         agent.close()
         if hub is not None:
             hub.close()
     parser.error(f"unknown command {command}")
+
+
+def _run_reset(args: argparse.Namespace, settings: Any) -> int:
+    """`reset`, with `run`'s hub, which releases what the open holds it forgets reserved
+    there; the caller holds the data directory's lock."""
+    from .app import cli_agent, reset_hub
+
+    hub = reset_hub(settings)
+    agent = cli_agent(settings, hub=hub.authoriser if hub is not None else None)
+    try:
+        _confirm_reset(args, agent)
+        done = agent.reset(force=args.force)
+        return emit(
+            args,
+            {
+                "reset": True,
+                "discardedTransactions": done.discarded,
+                "hubHoldsReleased": done.hub_holds_released,
+                "hubHoldsLeft": done.hub_holds_left,
+            },
+            _human_reset,
+        )
+    finally:
+        agent.close()
+        if hub is not None:
+            hub.close()
 
 
 def _human_reset(d: dict[str, Any]) -> str:

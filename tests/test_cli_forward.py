@@ -317,3 +317,19 @@ def test_a_core_command_is_parsed_without_the_other_parts(cli: CLI) -> None:
     assert build_parser(["hub", "--help"]) is not None
     run = cli("quote", "--help")
     assert run.code == 0 and "--local" in run.out and "--explain" in run.out
+
+
+def test_reset_is_refused_while_run_serves_the_data_directory(
+    running: Path, tmp_path: Path
+) -> None:
+    """A reset under a running agent would leave it pricing from what it keeps in memory
+    (a snapshot of the same version loaded after the reset was priced with the old offers,
+    and committed). The data directory's lock says who holds it; nothing is forgotten."""
+    assert _tp(running, "checkout", _write(tmp_path / "r.json", receipt("r1"))).returncode == 0
+    refused = _tp(running, "reset", "--yes", "--force")
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert "reset refused: another tillpoint (pid " in refused.stderr
+    assert "stop it first" in refused.stderr
+    status = json.loads(_tp(running, "status", "--json").stdout)
+    assert (status["cacheVersion"], status["lastSeq"], status["outboxDepth"]) == (1, 1, 1)

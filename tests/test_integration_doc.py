@@ -77,6 +77,8 @@ def test_the_python_example_runs(agent_url: str, tmp_path: Path) -> None:
     script.write_text(example("python"), encoding="utf-8")
     out = run([sys.executable, str(script)], agent_url, tmp_path)
     assert "payment failed: hold cancelled" in out and out.rstrip().endswith("done")
+    assert "card UNKNOWN: base-tier points" in out
+    assert "card BLOCKED (the card is blocked): selling without loyalty" in out
 
 
 @needs_jdk
