@@ -570,10 +570,12 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.errors import Refused
     from tillpoint.agent.ledger import open_ledger, outbox_depth
 
-    from .pki import install_bundle, is_enrolled
+    from .pki import install_bundle, is_enrolled, load_enrollment
 
     bundle = read_json(args.bundle)
-    if is_enrolled(settings.data_dir):
+    if is_enrolled(settings.data_dir) and not _same_hub_and_device(
+        load_enrollment(settings.data_dir), bundle
+    ):
         conn = open_ledger(settings.data_dir)
         try:
             depth = outbox_depth(conn)
@@ -582,7 +584,8 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
         if depth:
             raise Refused(
                 f"{depth} transaction(s) have not reached the current hub yet: re-enrolment"
-                " refused (let `tillpoint sync now` drain the outbox first)"
+                " with another hub or as another device refused (let `tillpoint sync now`"
+                " drain the outbox first)"
             )
     enrollment = install_bundle(settings.data_dir, bundle, settings.device_id)
     data = {
@@ -598,6 +601,20 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
             " this till now accepts only snapshots signed by its hub"
         ),
     )
+
+
+def _same_hub_and_device(current: Any, bundle: Any) -> bool:
+    """A new bundle of the hub this till is enrolled with (its CA), for the same device:
+    a certificate renewed, or issued again after a revocation. The outbox belongs to the
+    device, not to its certificate: it drains to the same hub with the new one (and could
+    not with a revoked one)."""
+    if current is None or not isinstance(bundle, dict):
+        return False
+    try:
+        ca = current.ca_cert.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return bundle.get("deviceId") == current.device_id and bundle.get("caCertificate") == ca
 
 
 def _sync_now(settings: Settings, args: argparse.Namespace) -> int:

@@ -256,7 +256,7 @@ def test_snapshot_load_on_an_enrolled_till_takes_only_signed_files(
     assert code == 0 and doc["version"] == 10, err
 
 
-def test_reenrolment_is_refused_while_the_outbox_holds_transactions(
+def test_reenrolment_with_another_hub_is_refused_while_the_outbox_holds_transactions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tillpoint.agent.service import Agent
@@ -279,8 +279,49 @@ def test_reenrolment_is_refused_while_the_outbox_holds_transactions(
     agent.load_snapshot(doc)
     agent.checkout(receipt_from_json(receipt("r1", doc["cards"][0]["number"])))
     agent.close()
-    code, _, err = run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))
-    assert code == 2 and "re-enrolment refused" in err
+    # a bundle of another hub (another CA): the waiting sale would never reach the first
+    other_hub, other = tmp_path / "hub-2", tmp_path / "other.json"
+    assert run(capsys, "hub", "init", "--hub-dir", str(other_hub))[0] == 0
+    argv = ["hub", "enroll", "till-1", "--hub-dir", str(other_hub), "--out", str(other)]
+    assert run(capsys, *argv)[0] == 0
+    code, _, err = run(capsys, "sync", "install", str(other), "--data-dir", str(till))
+    assert code == 2 and "re-enrolment with another hub or as another device refused" in err
+    # the same hub's bundle again (a renewed certificate) is fine: the sale drains to it
+    assert run(capsys, "sync", "install", str(bundle), "--data-dir", str(till))[0] == 0
+
+
+def test_a_revoked_till_enrolled_again_by_its_hub_delivers_its_waiting_sales(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revoked (a lost key), the till sells OFFLINE and cannot push; the hub enrols it
+    again and the new bundle is installed over a non-empty outbox, which then drains. It
+    used to be refused ("drain the outbox first"), which the revoked certificate could
+    never do: only `reset --force` got out, discarding the sales."""
+    from tillpoint.agent.service import Agent
+    from tillpoint.sync.loopback import receipt
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    try:
+        hub_dir, till = str(tmp_path / "hub"), tmp_path / "till"
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+        hub.enroll("till-1", till)
+        assert run(capsys, "sync", "now", "--data-dir", str(till), "--json")[0] == 0
+        assert run(capsys, "hub", "revoke", "till-1", "--hub-dir", hub_dir)[0] == 0
+        agent = Agent(till, "till-1")
+        agent.checkout(receipt_from_json(receipt("r1", "2770000000017")))
+        agent.close()
+        code, _, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+        assert code != 0 and "revoked" in err
+        renewed = tmp_path / "renewed.json"
+        argv = ["hub", "enroll", "till-1", "--hub-dir", hub_dir, "--address", hub.address]
+        assert run(capsys, *argv, "--out", str(renewed))[0] == 0
+        code, _, err = run(capsys, "sync", "install", str(renewed), "--data-dir", str(till))
+        assert code == 0, err
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
+        assert code == 0, err
+        assert (doc["pushed"], doc["outboxDepth"]) == (1, 0)
+    finally:
+        hub.stop()
 
 
 @pytest.mark.parametrize(
