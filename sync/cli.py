@@ -614,7 +614,7 @@ def _same_hub_and_device(current: Any, bundle: Any) -> bool:
         ca = current.ca_cert.read_text(encoding="utf-8")
     except OSError:
         return False
-    return bundle.get("deviceId") == current.device_id and bundle.get("caCertificate") == ca
+    return bool(bundle.get("deviceId") == current.device_id and bundle.get("caCertificate") == ca)
 
 
 def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
