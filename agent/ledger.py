@@ -486,6 +486,15 @@ def _kept_seq(conn: sqlite3.Connection, device_id: str) -> int:
     return 0 if row is None else int(row[0])
 
 
+def keep_seq_above(conn: sqlite3.Connection, device_id: str, seq: int) -> None:
+    """Raise the number the device row keeps to `seq` (never lower it): the next seq is
+    above it. Inside the caller's write transaction."""
+    if seq > _kept_seq(conn, device_id):
+        conn.execute(
+            "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
+        )
+
+
 def take_seq(conn: sqlite3.Connection, device_id: str, applied_through: int) -> int:
     """The next sequence number: above the last one used and above what the hub has counted.
 
@@ -697,10 +706,7 @@ def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
     for device_id, seq in conn.execute(
         "SELECT device_id, max(seq) FROM journal GROUP BY 1"
     ).fetchall():
-        if int(seq) > _kept_seq(conn, str(device_id)):
-            conn.execute(
-                "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
-            )
+        keep_seq_above(conn, str(device_id), int(seq))
     conn.execute(
         "DELETE FROM coupon_uses WHERE receipt_id IN"
         " (SELECT receipt_id FROM receipt_life WHERE state = 'HELD')"
@@ -908,12 +914,15 @@ def settle_push(
     payloads: Mapping[int, str],
     sync_values: Mapping[str, str],
     now: str,
+    hub_mark: int = 0,
 ) -> None:
     """The hub's answer to a push, in one write transaction: acknowledged rows leave the
     outbox, set-aside ones move to ``sync_set_aside``, `sync_values` go to ``sync_state``
-    and the push's error clears."""
+    and the push's error clears. `hub_mark`, the hub's contiguous mark for the device:
+    numbering continues above it (`keep_seq_above`)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        keep_seq_above(conn, device_id, hub_mark)
         for item in aside:
             conn.execute(
                 "INSERT OR REPLACE INTO sync_set_aside VALUES (?, ?, ?, ?, ?, ?)",

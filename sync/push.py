@@ -65,6 +65,7 @@ class Pusher:
         self._conn: sqlite3.Connection | None = None
         # What the hub set aside during the last `drain`: (seq, CONFLICT|REJECTED, reason).
         self.set_aside: list[tuple[int, str, str]] = []
+        self._mark_known = False  # `learn_mark` done by this pusher
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -152,6 +153,7 @@ class Pusher:
             payloads,
             {"last_push_at": now, "acked_through": str(ack.acked_through_seq)},
             now,
+            ack.acked_through_seq,
         )
         for seq, outcome, reason in aside:
             log.error("hub set aside transaction %d: %s %s", seq, outcome, reason)
@@ -160,10 +162,39 @@ class Pusher:
             len(rows), ack.accepted, ack.duplicates, len(aside), ack.acked_through_seq
         )
 
+    def learn_mark(self) -> int:
+        """Ask the hub how far it has this device's transactions (ListTransactions'
+        contiguous mark, nothing listed) and number the next sales above it. A till
+        re-imaged or reset before the hub published its last sales again gets a snapshot
+        whose appliedThrough is behind: without this, its next sales took numbers the hub
+        had stored already, and the hub set them aside (the contract §9: never reused)."""
+        request = pb.ListTransactionsRequest(device_id=self.device_id, since_seq=2**62, limit=1)
+        try:
+            reply = self.link.stub.ListTransactions(request, timeout=self.call_timeout_s)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._mark_known = True  # a hub without the call: appliedThrough alone
+                return 0
+            raise
+        self.link.ok()
+        mark = int(reply.acked_through_seq)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            ledger.keep_seq_above(self.conn, self.device_id, mark)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+        self._mark_known = True
+        return mark
+
     def drain(self, progress: Progress | None = None, lock_wait_s: float = 0.0) -> int:
         """Push until the outbox is empty; returns how many rows left it (`set_aside`
-        lists those of them the hub set aside instead of storing)."""
+        lists those of them the hub set aside instead of storing). The first drain of a
+        pusher learns the hub's mark first (`learn_mark`)."""
         self.set_aside = []
+        if not self._mark_known:
+            self.learn_mark()
         with file_lock(self.lock_path, lock_wait_s):
             total = self.pending()
             sent = 0

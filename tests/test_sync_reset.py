@@ -129,15 +129,26 @@ def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
     data = tmp_path / "till"
     till = hub.till("till-1", data, start=False)
     till.stop()
-    # the hub already holds other content under till-1's seq 1 (what a reused seq meets)
-    now = datetime.now(UTC)
-    old = TxIn(
-        "till-1", 1, "CHECKOUT", now.isoformat(), "c-2", "", '{"receiptId": "old"}', "{}", 1, 0, ""
-    )
-    hub.store.ingest("till-1", "", [old], now)
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
     try:
         assert run(capsys, "sync", "now", "--data-dir", str(data))[0] == 0
+        # then the hub gets other content under till-1's seq 1 (what a reused seq meets:
+        # after the till learnt the hub's mark, say a restored old disk's sale)
+        now = datetime.now(UTC)
+        old = TxIn(
+            "till-1",
+            1,
+            "CHECKOUT",
+            now.isoformat(),
+            "c-2",
+            "",
+            '{"receiptId": "old"}',
+            "{}",
+            1,
+            0,
+            "",
+        )
+        hub.store.ingest("till-1", "", [old], now)
         agent = Agent(data, "till-1")
         agent.checkout(receipt_from_json(receipt("r-1", CARD)))
         agent.close()
@@ -211,3 +222,42 @@ def test_reset_asks_on_a_terminal(tmp_path: Path) -> None:
     assert answer("n\n") == (2, "") and version() == 1
     code, out = answer("y\n")
     assert code == 0 and "numbering continues" in out and version() == 0
+
+
+def test_a_reimaged_till_numbers_above_what_the_hub_stored_before_it_republished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract §9: a seq is never reused. A till re-imaged (a new data directory, the
+    same device) before the hub published its last sales again gets a snapshot whose
+    appliedThrough is behind; its next sales used to take seq 1, 2 … again, which the hub
+    set aside as conflicts (the sales never reached its ledger). `sync now` now learns
+    the hub's mark first, and numbering continues above it."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())  # version 1, published
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-c")
+    try:
+        old = tmp_path / "old"
+        hub.enroll("till-c", old)
+        assert run(capsys, "sync", "now", "--data-dir", str(old), "--json")[0] == 0
+        agent = Agent(old, "till-c")
+        for n in range(3):
+            agent.checkout(receipt_from_json(receipt(f"old-{n}", CARD)))
+        agent.close()
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(old), "--json")
+        assert (code, doc["pushed"]) == (0, 3), err
+
+        new = tmp_path / "new"  # re-imaged: nothing of the old one
+        hub.enroll("till-c", new)
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(new), "--json")
+        assert code == 0, err
+        assert doc["pull"]["version"] == 1  # its appliedThrough knows nothing of till-c
+        agent = Agent(new, "till-c")
+        sold = agent.checkout(receipt_from_json(receipt("new-1", CARD)))
+        agent.close()
+        assert count(new, "SELECT max(seq) FROM journal") == 4
+        code, doc, err = run(capsys, "sync", "now", "--data-dir", str(new), "--json")
+        assert (code, doc["pushed"], doc["outboxDepth"]) == (0, 1, 0), err
+        stored = [(e.seq, e.ref_id) for e in hub.store.ledger("till-c")]
+        assert stored == [(1, "old-0"), (2, "old-1"), (3, "old-2"), (4, "new-1")]
+        assert sold.receipt_id == "new-1"
+    finally:
+        hub.stop()
