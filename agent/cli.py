@@ -64,7 +64,9 @@ class _Parser(argparse.ArgumentParser):
 def _common(json_flag: bool = True) -> _Parser:
     """Options accepted after the command too: `tillpoint checkout r.json --data-dir D`."""
     parent = _Parser(add_help=False)
-    parent.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parent.add_argument(
+        "--data-dir", type=_data_dir, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     parent.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     if json_flag:
         parent.add_argument("--json", action="store_true", help="print one JSON document")
@@ -90,7 +92,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Loyalty edge agent for retail checkouts.",
         epilog="Docs: README.md and docs/ in the source tree.",
     )
-    parser.add_argument("--data-dir", type=Path, help="the till's data directory")
+    parser.add_argument("--data-dir", type=_data_dir, help="the till's data directory")
     parser.add_argument(
         "--config", type=Path, help="configuration file (TOML; default: $TILLPOINT_CONFIG)"
     )
@@ -397,6 +399,13 @@ def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
     return parse_json(text, name)
 
 
+def _data_dir(text: str) -> Path:
+    """`--data-dir`: an empty one is refused, not taken for the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
+
+
 def parse_json(text: str | bytes, name: str) -> Any:
     """A JSON document as every input of tillpoint is read (files, stdin, HTTP bodies):
     no floats (money is minor units, quantities decimal strings), no NaN/Infinity."""
@@ -408,6 +417,10 @@ def parse_json(text: str | bytes, name: str) -> Any:
         raise InputError(
             f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise InputError(f"{name}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # Python's limit on an integer's digits (4,300)
+        raise InputError(f"{name}: not valid JSON (a number with too many digits)") from None
 
 
 def _too_large(name: str, limit: int) -> str:

@@ -14,12 +14,20 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from .errors import InputError
@@ -93,6 +101,15 @@ class Settings(BaseSettings):
 
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
     data_dir: Path = Field(default_factory=default_data_dir)
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _some_dir(cls, value: Any) -> Any:
+        # an empty TILLPOINT_DATA_DIR (or data_dir = "") is not the current directory
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
     build_workers: int = Field(0, ge=0, le=16)  # full-snapshot build processes; 0: auto
     hub: HubSettings = HubSettings()
     server: ServerSettings = ServerSettings()
@@ -151,5 +168,7 @@ def load(config_file: Path | None = None, **flags: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         raise InputError(f"config: {describe(exc)}") from None
+    except SettingsError as exc:  # an environment variable that is not what it should be
+        raise InputError(f"config: {exc}") from None
     finally:
         _CONFIG_FILE.reset(token)

@@ -139,7 +139,14 @@ def _timestamp(value: Any) -> datetime:
         raise ValueError("must be an RFC 3339 time string with an offset")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f'"{value}" has no offset: write it as 2026-11-23T10:15:00+03:00')
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        # what the arithmetic on it (UTC, activation, expiry, holds) can always represent
+        raise ValueError(f'"{value}" is not between the years {FIRST_YEAR} and {LAST_YEAR}')
     return moment
+
+
+# The years a time may name (receipts, refunds, balance's `at`, snapshot times).
+FIRST_YEAR, LAST_YEAR = 1900, 9000
 
 
 def _date(value: Any) -> date:
@@ -248,6 +255,11 @@ DEFAULT_TIERS = (
 )
 
 
+# Bounds of the program's durations: a century of days, a week's hold.
+MAX_PROGRAM_DAYS = 36_600
+MAX_HOLD_TTL_S = 7 * 86_400
+
+
 class Program(Model):
     currency: Text = "RUB"
     timezone: Text = "Europe/Moscow"
@@ -279,6 +291,22 @@ class Program(Model):
     def _percent(cls, value: Decimal) -> Decimal:
         if value > 100:
             raise ValueError("must be between 0 and 100")
+        return value
+
+    @field_validator("activation_delay_days", "offer_print_cooldown_days", "points_lifetime_days")
+    @classmethod
+    def _days(cls, value: int) -> int:
+        # beyond, the dates worked out from a receipt's time no longer exist (a hub's typo
+        # used to load, then fail every sale of a known card)
+        if value > MAX_PROGRAM_DAYS:
+            raise ValueError(f"at most {MAX_PROGRAM_DAYS} days")
+        return value
+
+    @field_validator("hold_ttl_seconds")
+    @classmethod
+    def _ttl(cls, value: int) -> int:
+        if value > MAX_HOLD_TTL_S:
+            raise ValueError(f"at most {MAX_HOLD_TTL_S} seconds (a week)")
         return value
 
     @field_validator("tiers")

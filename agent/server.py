@@ -122,14 +122,22 @@ def build_server(
     # it is read whole; the text fields inside are limited by the models.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=[("grpc.max_receive_message_length", REQUEST_MAX_BYTES)],
+        options=[
+            ("grpc.max_receive_message_length", REQUEST_MAX_BYTES),
+            # one agent a port: gRPC's default SO_REUSEPORT let a second `tillpoint run`
+            # bind the same port and take half the POS's calls to its own data directory
+            ("grpc.so_reuseport", 0),
+        ],
     )
     pb_grpc.add_PosAgentServicer_to_server(PosAgentServicer(agent), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio's "Failed to bind": in use, or not an address here
+        port = 0
     if port == 0:
-        raise TillpointError(f"cannot listen on {address}")
+        raise TillpointError(f"cannot listen on {address}: the address is in use or not valid")
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     # Server reflection: grpcurl and Postman call PosAgent without the .proto.

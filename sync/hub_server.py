@@ -1044,15 +1044,19 @@ class HubServer:
                 # below it a ping is a strike, and after two the hub would drop the till
                 # with GOAWAY "too_many_pings" (its default is 5 minutes).
                 ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+                ("grpc.so_reuseport", 0),  # one hub a port, never two sharing its tills
                 ("grpc.http2.max_pings_without_data", 0),
                 # a push batch is ~1 MiB, but one receipt of 10,000 lines can be more
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ],
         )
         pb_grpc.add_HubServicer_to_server(self.servicer, server)
-        port = server.add_secure_port(listen, creds)
+        try:
+            port = server.add_secure_port(listen, creds)
+        except RuntimeError:  # grpcio's "Failed to bind"
+            port = 0
         if port == 0:
-            raise TillpointError(f"the hub cannot listen on {listen}")
+            raise TillpointError(f"the hub cannot listen on {listen}: in use or not an address")
         latest = self.store.latest()
         self.notifier.update(latest)
         self.builder.start()

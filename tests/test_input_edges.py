@@ -1,0 +1,143 @@
+"""Inputs that used to reach an internal error (exit 1, HTTP 500, gRPC INTERNAL) or a wrong
+place, now refused like any bad input (the contract §10: exit 2, one line, nothing
+changed): times outside the years the arithmetic can represent, a program whose durations
+overflow the dates worked out from a receipt, JSON nested too deeply or with a number of
+thousands of digits, an empty data directory, an environment variable that is not JSON;
+and a second agent on a port another one serves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.errors import TillpointError
+from tillpoint.agent.server import build_server
+from tillpoint.agent.service import Agent
+
+from .conftest import CLI, receipt, snapshot
+
+
+def _refused(run: Any, *words: str) -> None:
+    assert run.code == 2, (run.out, run.err)
+    assert run.out == "" and run.err.count("\n") == 1 and "Traceback" not in run.err
+    for word in words:
+        assert word in run.err, run.err
+
+
+@pytest.mark.parametrize(
+    "at",
+    ["0001-01-01T00:00:00+03:00", "9999-12-31T23:59:59-12:00", "9999-12-31T23:59:59+03:00"],
+)
+def test_a_time_outside_the_years_is_refused_everywhere(cli: CLI, at: str) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    for command in ("quote", "checkout", "hold"):
+        _refused(cli(command, receipt(at=at), "--json"), "at", "between the years")
+    _refused(cli("balance", "2770000000017", "--at", at, "--json"))
+    status = cli("status", "--json").json()
+    assert (status["lastSeq"], status["outboxDepth"]) == (0, 0)
+
+
+def test_a_snapshot_time_outside_the_years_is_refused(cli: CLI) -> None:
+    snap = snapshot()
+    snap["customers"][0]["expiring"] = [{"points": 100, "expiresAt": "9999-12-31T23:59:59-12:00"}]
+    _refused(cli("snapshot", "load", snap), "between the years")
+    assert cli("status", "--json").json()["cacheVersion"] == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("activationDelayDays", 1_000_000_000),
+        ("activationDelayDays", 2**63 - 1),
+        ("pointsLifetimeDays", 3_000_000),
+        ("offerPrintCooldownDays", 3_000_000),
+        ("holdTtlSeconds", 2**63 - 1),
+    ],
+)
+def test_a_program_whose_durations_overflow_the_dates_is_refused(
+    cli: CLI, field: str, value: int
+) -> None:
+    """A hub's typo used to load, then fail every sale of a known card."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    bad = snapshot(version=2)
+    bad["program"][field] = value
+    _refused(cli("snapshot", "load", bad), field, "at most")
+    assert cli("status", "--json").json()["cacheVersion"] == 1
+    assert cli("checkout", receipt(), "--json").code == 0
+
+
+def test_the_largest_durations_still_price(tmp_path: Path) -> None:
+    snap = snapshot()
+    snap["program"].update(
+        activationDelayDays=36_600,
+        pointsLifetimeDays=36_600,
+        offerPrintCooldownDays=36_600,
+        holdTtlSeconds=7 * 86_400,
+    )
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        held = agent.hold(agent_receipt(receipt("r1", at="8999-12-31T23:59:59+03:00")))
+        assert held.state == "HELD"
+        assert agent.confirm("r1").state == "CONFIRMED"
+    finally:
+        agent.close()
+
+
+def agent_receipt(doc: dict[str, Any]) -> Any:
+    from tillpoint.agent.results import receipt_from_json
+
+    return receipt_from_json(doc)
+
+
+def test_json_nested_too_deeply_or_with_a_huge_number_is_bad_input(
+    cli: CLI, tmp_path: Path
+) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    _refused(cli("quote", deep, "--json"), "not valid JSON (nested too deeply)")
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps(receipt()).replace("8990", "1" * 5001), encoding="utf-8")
+    _refused(cli("checkout", huge, "--json"), "not valid JSON (a number with too many digits)")
+    assert cli("status", "--json").json()["lastSeq"] == 0
+
+
+def test_an_empty_data_directory_is_refused_not_the_current_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tillpoint.agent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    with pytest.raises(SystemExit) as parsed:  # argparse's own exit, as for any bad option
+        main(["status", "--json", "--data-dir", ""])
+    assert parsed.value.code == 2
+    assert "--data-dir: must not be empty" in capsys.readouterr().err
+    monkeypatch.setenv("TILLPOINT_DATA_DIR", " ")
+    assert main(["status", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "tillpoint: config: data_dir must not be empty"
+    monkeypatch.setenv("TILLPOINT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TILLPOINT_HUB", "notjson")  # not the JSON a nested setting is
+    assert main(["status", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("tillpoint: config: ") and "hub" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written anywhere
+
+
+def test_a_second_agent_cannot_serve_a_port_another_serves(tmp_path: Path) -> None:
+    """gRPC's default SO_REUSEPORT let a second `tillpoint run` bind the same port, and
+    the POS's calls were shared between two data directories."""
+    first_agent, second_agent = Agent(tmp_path / "a", "till-a"), Agent(tmp_path / "b", "till-b")
+    server, port, _ = build_server(first_agent, "127.0.0.1:0")
+    server.start()
+    try:
+        with pytest.raises(TillpointError, match=f"cannot listen on 127.0.0.1:{port}"):
+            build_server(second_agent, f"127.0.0.1:{port}")
+    finally:
+        server.stop(grace=0)
+        first_agent.close()
+        second_agent.close()
