@@ -385,3 +385,30 @@ def test_list_jobs_and_requeue_read_the_ledger(ledger: Path, tmp_path: Path) -> 
     with pytest.raises(InputError, match="no ledger"):
         list_jobs(tmp_path / "missing.db")
     assert json.dumps(job, ensure_ascii=False)
+
+
+def test_a_till_without_a_coupon_printer_queues_no_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`[printer] kind = "none"` (the default): the offers are still the result's
+    printedOffers (the contract's pick, and they count for the cooldown), but no job
+    waits for a printer that is not there: the queue's depth used to grow with every
+    such sale, and a printer configured later would have printed them all, stale."""
+    from tillpoint.agent.cli import main
+
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    monkeypatch.setenv("TILLPOINT_CLI_LOCAL", "1")
+    data = ["--data-dir", str(tmp_path / "till")]
+    assert main(["snapshot", "load", str(repo / "examples" / "snapshot.json"), *data]) == 0
+    capsys.readouterr()
+    sale = str(repo / "examples" / "receipt-redemption.json")
+    assert main(["checkout", sale, "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["printedOffers"] == ["o-1"]
+    assert main(["status", "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["printQueueDepth"] == 0
+    # the cooldown counts it: the same customer's next sale picks nothing again
+    again = json.loads(Path(sale).read_text(encoding="utf-8")) | {"receiptId": "next-1"}
+    (tmp_path / "next.json").write_text(json.dumps(again), encoding="utf-8")
+    assert main(["checkout", str(tmp_path / "next.json"), "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["printedOffers"] == []
