@@ -114,6 +114,33 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         )
 
 
+class _Health(health.HealthServicer):
+    """The standard health service, NOT_SERVING while the till has no snapshot (every
+    quote, hold and checkout is refused then), as `GET /healthz` answers 503: a health
+    check must not send sales to a till that refuses them. Read when asked."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__()
+        self._agent = agent
+
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        reply = super().Check(request, context)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        if reply.status == serving and request.service in ("", SERVICE_NAME):
+            try:
+                ready = self._agent.status().cache_version > 0
+            except Exception:  # the agent cannot read its status: not serving either
+                log.warning("health check: status unavailable", exc_info=True)
+                ready = False
+            if not ready:
+                return health_pb2.HealthCheckResponse(
+                    status=health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+        return reply
+
+
 def build_server(
     agent: Agent, address: str, max_workers: int = 8
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
@@ -130,7 +157,7 @@ def build_server(
         ],
     )
     pb_grpc.add_PosAgentServicer_to_server(PosAgentServicer(agent), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = _Health(agent)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         port = server.add_insecure_port(address)

@@ -184,17 +184,29 @@ def test_refund_of_unknown_receipt_is_not_found(stub: pb_grpc.PosAgentStub) -> N
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_health_service_reports_serving(tmp_path: Path) -> None:
+def test_health_service_reports_serving_once_a_snapshot_is_loaded(tmp_path: Path) -> None:
+    """NOT_SERVING before a snapshot (every sale is refused then), as GET /healthz's 503;
+    SERVING from the moment one is loaded, by any process; NOT_SERVING when stopping."""
     agent = Agent(tmp_path, "till-1")
-    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server, port, servicer = build_server(agent, "127.0.0.1:0")
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            reply = health.Check(
-                health_pb2.HealthCheckRequest(service="tillpoint.v1.PosAgent"), timeout=TIMEOUT
-            )
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+            def check(service: str) -> int:
+                request = health_pb2.HealthCheckRequest(service=service)
+                return int(health.Check(request, timeout=TIMEOUT).status)
+
+            for service in ("", "tillpoint.v1.PosAgent"):
+                assert check(service) == health_pb2.HealthCheckResponse.NOT_SERVING
+            other = Agent(tmp_path, "till-1")  # say, `tillpoint snapshot load`
+            other.load_snapshot(snapshot())
+            other.close()
+            for service in ("", "tillpoint.v1.PosAgent"):
+                assert check(service) == health_pb2.HealthCheckResponse.SERVING
+            servicer.enter_graceful_shutdown()
+            assert check("") == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         server.stop(0).wait()
         agent.close()
