@@ -309,11 +309,17 @@ class SqlTx:
         return found
 
     def seqs_after(self, device_id: str, seq: int, limit: int) -> list[int]:
+        """The device's seqs above `seq` the hub has decided: stored, or set aside (a
+        CONFLICT or REJECTED transaction is never stored; counting it as a hole would
+        stop the device's contiguous mark there for good, and with it every later sale
+        of the device in every snapshot)."""
         return [
             int(s)
             for (s,) in self.execute(
-                "SELECT seq FROM transactions WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (device_id, seq, limit),
+                "SELECT seq FROM transactions WHERE device_id = ? AND seq > ?"
+                " UNION SELECT seq FROM set_aside WHERE device_id = ? AND seq > ?"
+                " ORDER BY 1 LIMIT ?",
+                (device_id, seq, device_id, seq, limit),
             )
         ]
 

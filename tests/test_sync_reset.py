@@ -261,3 +261,35 @@ def test_a_reimaged_till_numbers_above_what_the_hub_stored_before_it_republished
         assert sold.receipt_id == "new-1"
     finally:
         hub.stop()
+
+
+def test_a_set_aside_transaction_does_not_stop_the_devices_progress(
+    tmp_path: Path, hub_store_factory: Any
+) -> None:
+    """A transaction the hub sets aside (REJECTED, CONFLICT) is never stored. Its seq used
+    to be a hole for good: the device's contiguous mark stopped below it, and with it
+    appliedThrough, so no later sale of the device was ever counted in a snapshot (other
+    tills never saw those points). The hub's decision fills the seq."""
+    from dataclasses import replace
+
+    from tillpoint.sync.loopback import import_doc
+
+    from .test_coupons import NOW, outbox
+
+    hub = hub_store_factory()
+    import_doc(hub, sample_master_data())
+    hub.publish(NOW, 7 * 86400.0)
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(hub.snapshot_doc(1, 0))
+        for n in range(3):
+            agent.checkout(receipt_from_json(receipt(f"r{n}", CARD)))
+    finally:
+        agent.close()
+    txs = outbox(tmp_path / "till")
+    txs[1] = replace(txs[1], kind="BOGUS")  # the hub refuses it
+    result = hub.ingest("till-1", "", txs, NOW)
+    assert [r.outcome for r in result.results] == ["STORED", "REJECTED", "STORED"]
+    assert result.acked_through == 3
+    hub.publish(NOW.replace(hour=7), 7 * 86400.0)
+    assert hub.snapshot_doc(2, 1)["appliedThrough"] == {"till-1": 3}
