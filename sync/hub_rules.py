@@ -118,6 +118,10 @@ class HubTx(Protocol):
         self, tx: TxIn, outcome: str, reason: str, content: str, payload: str, now: str
     ) -> None: ...
 
+    def booked(
+        self, device_id: str, kind: str, receipt_id: str, ref_id: str
+    ) -> tuple[int, str] | None: ...
+
     def checkout_pending(self, device_id: str, receipt_id: str) -> tuple[str | None, int] | None:
         """(pending_activates_at of the receipt's CHECKOUT, pending points left on the
         receipt over all its transactions); None without a CHECKOUT."""
@@ -330,6 +334,10 @@ class HubRules:
             reason = str(exc)
             self._set_aside(tx, t, "REJECTED", reason, content, now)
             return TxResult(t.seq, "REJECTED", reason)
+        twin = self._booked_before(tx, t, fields)
+        if twin is not None:  # DUPLICATE or CONFLICT: never counted twice
+            self._set_aside(tx, t, twin.outcome, twin.reason, content, now)
+            return twin
         tx.insert_transaction(t, fields, content, utc_text(now))
         stored[(t.device_id, t.seq)] = content
         if t.kind == "CHECKOUT":
@@ -342,6 +350,26 @@ class HubRules:
             settled[t.device_id].append(fields["receipt_id"])
             sold[t.device_id].append(fields["receipt_id"])
         return TxResult(t.seq, "STORED")
+
+    @staticmethod
+    def _booked_before(tx: HubTx, t: TxIn, fields: dict[str, Any]) -> TxResult | None:
+        """A receipt or refund this device's ledger already holds under another seq: the
+        same sale sent again after the till lost its ledger (a reset, a re-imaged disk),
+        which the (deviceId, seq) dedupe cannot see. The same request is a DUPLICATE,
+        another one under the same id a CONFLICT; either way it is not counted again (the
+        contract §5: idempotent on receiptId; §9: exactly once in effect)."""
+        if t.kind not in ("CHECKOUT", "REFUND"):
+            return None
+        found = tx.booked(t.device_id, t.kind, fields["receipt_id"], fields["ref_id"])
+        if found is None:
+            return None
+        seq, request_json = found
+        what = f"{'receipt' if t.kind == 'CHECKOUT' else 'refund'} {fields['ref_id']}"
+        if json.loads(request_json) == json.loads(t.request_json):
+            reason = f"{what} is already stored as seq {seq} of {t.device_id}: sent again"
+            return TxResult(t.seq, "DUPLICATE", reason)
+        reason = f"{what} is already stored as seq {seq} of {t.device_id} with another request"
+        return TxResult(t.seq, "CONFLICT", reason)
 
     @staticmethod
     def _set_aside(

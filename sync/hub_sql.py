@@ -371,6 +371,16 @@ class SqlTx:
             (tx.device_id, tx.seq, outcome, reason, content, payload, now),
         )
 
+    def booked(
+        self, device_id: str, kind: str, receipt_id: str, ref_id: str
+    ) -> tuple[int, str] | None:
+        row = self.execute(
+            "SELECT seq, request_json FROM transactions WHERE device_id = ? AND receipt_id = ?"
+            " AND kind = ? AND ref_id = ? ORDER BY seq LIMIT 1",
+            (device_id, receipt_id, kind, ref_id),
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
     def checkout_pending(self, device_id: str, receipt_id: str) -> tuple[str | None, int] | None:
         row = self.execute(
             "SELECT pending_activates_at, coalesce((SELECT sum(delta_pending) FROM transactions"

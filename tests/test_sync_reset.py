@@ -293,3 +293,41 @@ def test_a_set_aside_transaction_does_not_stop_the_devices_progress(
     assert result.acked_through == 3
     hub.publish(NOW.replace(hour=7), 7 * 86400.0)
     assert hub.snapshot_doc(2, 1)["appliedThrough"] == {"till-1": 3}
+
+
+def test_a_receipt_sent_again_after_the_till_lost_its_ledger_is_counted_once(
+    tmp_path: Path, hub_store_factory: Any
+) -> None:
+    """After a reset (or a re-imaged disk) the till no longer knows a receipt it sold; the
+    POS's retry books it again under a new seq, which the (deviceId, seq) dedupe cannot
+    see: the hub counted the sale twice. Now the same request under a known receiptId of
+    the device is a DUPLICATE (not counted again), another request a CONFLICT."""
+    from tillpoint.sync.loopback import import_doc
+
+    from .test_coupons import NOW, outbox
+
+    hub = hub_store_factory()
+    import_doc(hub, sample_master_data())
+    hub.publish(NOW, 7 * 86400.0)
+    agent = Agent(tmp_path / "till", "till-1")
+    sent = []
+    try:
+        for body in (
+            receipt("r1", CARD, redeem=50),
+            receipt("r1", CARD, redeem=50),  # the POS's retry, after the reset
+            receipt("r1", CARD, redeem=0),  # the same id, another sale
+        ):
+            agent.load_snapshot(hub.snapshot_doc(1, 0))
+            agent.checkout(receipt_from_json({**body, "at": "2026-11-23T10:15:00+03:00"}))
+            sent += outbox(tmp_path / "till")
+            agent.reset(force=True)
+    finally:
+        agent.close()
+    assert [t.seq for t in sent] == [1, 2, 3]
+    result = hub.ingest("till-1", "", sent, NOW)
+    assert [r.outcome for r in result.results] == ["STORED", "DUPLICATE", "CONFLICT"]
+    assert "receipt r1 is already stored as seq 1 of till-1" in result.results[1].reason
+    assert result.acked_through == 3  # decided, so later sales are not held back
+    assert [e.seq for e in hub.ledger("till-1")] == [1]
+    balance = hub.balance("c-1", NOW)  # 50 redeemed and 9 earned (pending), once
+    assert (balance.available, balance.pending) == (1150, 9)
