@@ -294,6 +294,16 @@ def m011_receipt_lines_inline(db: Database) -> None:
     db.execute("ALTER TABLE receipts ADD COLUMN lines TEXT")
 
 
+@ledger_migrations()
+def m012_hub_releases(db: Database) -> None:
+    # A cancelled or expired hold whose release did not reach the hub keeps `hub_hold`
+    # (cleared once the hub released it): the releases still to send, found by this index.
+    db.execute(
+        "CREATE INDEX receipt_life_release ON receipt_life (closed_at)"
+        " WHERE hub_hold != 0 AND state IN ('CANCELLED', 'EXPIRED')"
+    )
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
@@ -1106,6 +1116,33 @@ def confirm_life(
         "UPDATE receipt_life SET state = 'CONFIRMED', closed_at = ?, fiscal_document = ?,"
         " request = '', held_result = '', figures = '{}' WHERE receipt_id = ?",
         (closed_at, fiscal_document, receipt_id),
+    )
+
+
+def hub_releases_due(conn: sqlite3.Connection, since: str) -> list[str]:
+    """The cancelled or expired holds closed after `since` whose release has not reached
+    the hub yet, oldest first."""
+    return [
+        str(rid)
+        for (rid,) in conn.execute(
+            "SELECT receipt_id FROM receipt_life INDEXED BY receipt_life_release"
+            " WHERE hub_hold != 0 AND state IN ('CANCELLED', 'EXPIRED') AND closed_at > ?"
+            " ORDER BY closed_at",
+            (since,),
+        )
+    ]
+
+
+def released_at_hub(conn: sqlite3.Connection, receipt_ids: Sequence[str], before: str) -> None:
+    """The hub released these (or let them run out: the closed before `before`)."""
+    conn.executemany(
+        "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ? AND state != 'HELD'",
+        [(rid,) for rid in receipt_ids],
+    )
+    conn.execute(
+        "UPDATE receipt_life SET hub_hold = 0 WHERE hub_hold != 0"
+        " AND state IN ('CANCELLED', 'EXPIRED') AND closed_at <= ?",
+        (before,),
     )
 
 

@@ -182,6 +182,7 @@ def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None
         while True:  # at once too: holds that expired while the agent was down
             try:
                 agent.sweep_holds()
+                agent.retry_hub_releases()  # those the hub did not get while it was away
             except Exception:  # a busy or full disk: the next round tries again
                 log.warning("sweeping expired holds failed", exc_info=True)
             if stop.wait(every_s):

@@ -85,6 +85,8 @@ log = logging.getLogger("tillpoint.agent")
 MAX_FISCAL_DOCUMENT = 64
 MAX_RECEIPT_ID = 128
 HUB_HOLD_MARGIN_S = 60
+# The longest a hub keeps a hold (sync/hub_server.py MAX_HOLD_TTL_S): an older one has run out.
+HUB_HOLD_MAX_S = 86_400
 MAX_SCANNED_COUPONS = 100  # a receipt carries at most 100 codes
 
 
@@ -487,16 +489,39 @@ class Agent:
         return len(due)
 
     def _release_at_hub(self, receipt_id: str) -> bool:
-        """False: the hub was not reached (or there is none); its hold expires there."""
+        """False: the hub was not reached (or there is none); `retry_hub_releases` tries
+        again (the hold of a closed receipt keeps its `hub_hold` mark until then)."""
         hub = self.hub
         if hub is None:
             return False
         try:
             hub.release(receipt_id)
-        except TillpointError as exc:  # the hub's hold then runs out on its own
-            log.info("hold of %s stays at the hub until it expires: %s", receipt_id, exc)
+        except TillpointError as exc:
+            log.info("hold of %s not released at the hub yet: %s", receipt_id, exc)
             return False
+        with self._lock, self._write() as conn:
+            ledger.released_at_hub(conn, [receipt_id], "")
         return True
+
+    def retry_hub_releases(self) -> int:
+        """Send again the releases of cancelled and expired holds that did not reach the
+        hub (it was away): until then the hub kept the customer's points held for every
+        till, up to a day. `tillpoint run`'s hold timer calls it; stops at the first the
+        hub does not answer. Holds closed more than a day ago have run out at the hub."""
+        if self.hub is None:
+            return 0
+        cutoff = ledger.utc_text(self.clock() - timedelta(seconds=HUB_HOLD_MAX_S))
+        with self._lock:
+            due = ledger.hub_releases_due(self._ledger, cutoff)
+        released = 0
+        for rid in due:
+            if not self._release_at_hub(rid):
+                break
+            released += 1
+        if not due or released == len(due):
+            with self._lock, self._write() as conn:
+                ledger.released_at_hub(conn, [], cutoff)  # what ran out meanwhile
+        return released
 
     def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
         return ledger.receipt_life(self._ledger, receipt_id)

@@ -116,9 +116,11 @@ class HubLink:
     def probe(self, timeout_s: float) -> bool:
         """Whether the hub answers now: the channel connected to it (TLS with this till's
         certificate) within `timeout_s`. For a process with no sync loop to say so."""
+        ready = grpc.channel_ready_future(self.channel)
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+            ready.result(timeout=timeout_s)
         except grpc.FutureTimeoutError:
+            ready.cancel()  # stop watching the channel before anyone closes it
             return False
         self.ok()
         return True

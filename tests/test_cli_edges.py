@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from tillpoint.agent.proto_json import message_json
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -56,7 +57,9 @@ def test_print_preview_of_a_result_without_offers_prints_nothing(cli: CLI) -> No
     assert run.code == 0 and run.out.startswith("nothing to print")
 
 
-def test_print_queue_json_is_camel_case(cli: CLI) -> None:
+def test_print_queue_json_is_camel_case(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a till with a coupon printer (with none, no job is queued)
+    monkeypatch.setenv("TILLPOINT_PRINTER", '{"kind": "network", "host": "127.0.0.1"}')
     cli("snapshot", "load", snapshot(offers=[OFFER]))
     cli("checkout", receipt())
     [job] = cli("print", "queue", "--json").json()["jobs"]

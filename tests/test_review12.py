@@ -132,3 +132,31 @@ def test_reset_says_when_the_hub_could_not_release_the_holds(
         "the till's cache and ledger are empty; numbering continues;"
         " 1 hold(s) not released: the hub was not reached (they expire there on their own)"
     )
+
+
+def test_a_cancel_the_hub_did_not_get_is_sent_again_when_it_is_back(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """§11: cancelled holds release their reservations. A cancel while the hub was away
+    used to leave the customer's points held there for every till until the hub's hold
+    ran out (holdTtlSeconds + 60 s); the release is now sent again once it answers
+    (`tillpoint run`'s hold timer calls `retry_hub_releases` every 15 s)."""
+    from datetime import UTC, datetime
+
+    from tillpoint.sync.loopback import receipt as hub_receipt
+    from tillpoint.sync.loopback import wait_for
+
+    a = enrolled(hub, tmp_path, "a")
+    try:
+        held = a.agent.hold(receipt_from_json(hub_receipt("a-1", "2770000000024", redeem=-1)))
+        assert (held.mode, held.redeemed_points) == ("ONLINE", 53)
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 53
+        hub.stop()
+        assert a.agent.cancel("a-1").state == "CANCELLED"  # the hub was not reached
+        assert a.agent.retry_hub_releases() == 0  # still away: tried, kept for later
+        hub.restart()  # the channel reconnects within its backoff (at most 3 s)
+        wait_for(lambda: a.agent.retry_hub_releases() == 1, timeout=15)
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 0
+        assert a.agent.retry_hub_releases() == 0  # sent once
+    finally:
+        a.stop()
