@@ -442,13 +442,14 @@ def _no_constant(text: str) -> Any:
     raise InputError(f"{text} is not a valid JSON number")
 
 
-def parse_time(text: str) -> Any:
+def parse_time(text: str, name: str = "--at") -> Any:
+    """A time given to a call (`balance --at`; gRPC's `at`, named so)."""
     from .models import _timestamp
 
     try:
         return _timestamp(text)
     except ValueError as exc:
-        raise InputError(f"--at: {exc}") from None
+        raise InputError(f"{name}: {exc}") from None
 
 
 def json_document(data: Any) -> str:

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    StrictBool,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -663,7 +664,9 @@ class Receipt(Model):
     card: RequestText
     lines: Annotated[tuple[ReceiptLine, ...], Field(min_length=1, max_length=10_000)]
     redeem_points: Int64 = 0
-    explain: bool = False  # add the calculation trace (the contract §17); never changes a figure
+    # add the calculation trace (the contract §17); never changes a figure. Strict: "yes"
+    # or 1 is bad input, not a lax true
+    explain: StrictBool = False
     coupons: Annotated[tuple[RequestKey, ...], Field(max_length=100)] = ()  # scanned (§13)
 
     @field_validator("redeem_points")

@@ -102,7 +102,7 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         def run() -> pb.Balance:
             from .cli import parse_time
 
-            at = parse_time(request.at) if request.HasField("at") else None
+            at = parse_time(request.at, "balance: at") if request.HasField("at") else None
             return message_of(self.agent.balance(request.card, at))
 
         return self._call(context, run)

@@ -141,3 +141,32 @@ def test_a_second_agent_cannot_serve_a_port_another_serves(tmp_path: Path) -> No
         server.stop(grace=0)
         first_agent.close()
         second_agent.close()
+
+
+def test_explain_is_a_json_boolean(cli: CLI) -> None:
+    """`"explain": "yes"` (or 1) used to be a lax true; it is bad input like any other."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    for value in ("yes", 1, "true"):
+        _refused(cli("quote", receipt(explain=value), "--json"), "explain")
+    assert cli("quote", receipt(explain=True), "--json").json()["trace"]
+
+
+def test_grpc_balance_names_its_field_not_the_cli_flag(tmp_path: Path) -> None:
+    import grpc
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot())
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            request = pb.BalanceRequest(card="2770000000017", at="yesterday")
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.PosAgentStub(channel).Balance(request, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details().startswith("balance: at: ")
+    finally:
+        server.stop(grace=0)
+        agent.close()
