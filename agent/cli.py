@@ -444,10 +444,10 @@ def _no_constant(text: str) -> Any:
 
 def parse_time(text: str, name: str = "--at") -> Any:
     """A time given to a call (`balance --at`; gRPC's `at`, named so)."""
-    from .models import _timestamp
+    from .models import _time_of_a_sale
 
     try:
-        return _timestamp(text)
+        return _time_of_a_sale(text)
     except ValueError as exc:
         raise InputError(f"{name}: {exc}") from None
 

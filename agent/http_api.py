@@ -49,7 +49,7 @@ from .cli import json_document, parse_json
 from .config import is_loopback
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
 from .limits import TEXT_MAX
-from .models import Receipt, _timestamp
+from .models import Receipt, _time_of_a_sale
 from .results import CheckoutResult, json_text
 from .service import Agent
 from .wire import json_of, receipt_from_json, refund_from_json, status_json
@@ -134,7 +134,7 @@ def receipt_of_body(raw: bytes) -> Receipt:
     if found is not None and b"explain" not in raw:
         try:
             receipt = Receipt.model_validate_json(raw)
-            at = _timestamp(found[1].decode())
+            at = _time_of_a_sale(found[1].decode())
         except ValueError:  # pydantic's ValidationError, a bad `at`, not UTF-8
             pass
         else:  # the long way's `at` (no validator reads it), the rest is the same
@@ -168,13 +168,11 @@ def _identify(agent: Agent, body: Any) -> dict[str, Any]:
 
 
 def _balance(agent: Agent, body: Any) -> dict[str, Any]:
-    from .models import _timestamp
-
     fields = _fields(body, "balance", ("card",), ("at",))
     at = None
     if "at" in fields:
         try:
-            at = _timestamp(fields["at"])
+            at = _time_of_a_sale(fields["at"])
         except ValueError as exc:
             raise InputError(f"balance: at {exc}") from None
     return json_of(agent.balance(fields["card"], at))

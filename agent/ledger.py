@@ -488,21 +488,15 @@ def last_seq(conn: sqlite3.Connection, device_id: str) -> int:
     return int(row[0])
 
 
-def _kept_seq(conn: sqlite3.Connection, device_id: str) -> int:
-    """The number a reset kept for the device (the ``device`` row), 0 if none."""
-    row = conn.execute(
-        "SELECT value FROM device WHERE key = ?", (f"last_seq:{device_id}",)
-    ).fetchone()
-    return 0 if row is None else int(row[0])
-
-
 def keep_seq_above(conn: sqlite3.Connection, device_id: str, seq: int) -> None:
-    """Raise the number the device row keeps to `seq` (never lower it): the next seq is
-    above it. Inside the caller's write transaction."""
-    if seq > _kept_seq(conn, device_id):
-        conn.execute(
-            "INSERT OR REPLACE INTO device VALUES (?, ?)", (f"last_seq:{device_id}", str(seq))
-        )
+    """Raise the numbers the device rows keep to `seq` (never lower them): the next seq,
+    and the next till-issued coupon number (each code travels in a transaction whose seq
+    is at least its number, `take_coupon_number`), are above it. Inside the caller's
+    write transaction."""
+    for key in (f"last_seq:{device_id}", f"last_coupon:{device_id}"):
+        row = conn.execute("SELECT value FROM device WHERE key = ?", (key,)).fetchone()
+        if seq > (int(row[0]) if row else 0):
+            conn.execute("INSERT OR REPLACE INTO device VALUES (?, ?)", (key, str(seq)))
 
 
 def take_seq(conn: sqlite3.Connection, device_id: str, applied_through: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -140,13 +140,30 @@ def _timestamp(value: Any) -> datetime:
         raise ValueError("must be an RFC 3339 time string with an offset")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f'"{value}" has no offset: write it as 2026-11-23T10:15:00+03:00')
-    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
-        # what the arithmetic on it (UTC, activation, expiry, holds) can always represent
-        raise ValueError(f'"{value}" is not between the years {FIRST_YEAR} and {LAST_YEAR}')
+    try:  # every time is compared and stored in UTC ("9999-12-31T23:59:59-12:00" is not one)
+        moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(f'"{value}" is out of range') from None
     return moment
 
 
-# The years a time may name (receipts, refunds, balance's `at`, snapshot times).
+def _time_of_a_sale(value: Any) -> datetime:
+    """A time that dates become computed from (a receipt's or refund's `at`, balance's
+    `at`, a pending batch's activation): between FIRST_YEAR and LAST_YEAR, so the dates
+    worked out from it (activation, expiry, holds, cooldowns) always exist. A snapshot's
+    other times (an offer's or coupon's `validTo`, an `expiresAt`) are only compared, so
+    an ERP's "9999-12-31" for "never" stays valid there."""
+    return _in_sale_years(_timestamp(value))
+
+
+def _in_sale_years(moment: datetime) -> datetime:
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise ValueError(
+            f'"{moment.isoformat()}" is not between the years {FIRST_YEAR} and {LAST_YEAR}'
+        )
+    return moment
+
+
 FIRST_YEAR, LAST_YEAR = 1900, 9000
 
 
@@ -221,6 +238,8 @@ Timestamp = Annotated[
     Annotated[AwareDatetime, Strict()] | Annotated[datetime, BeforeValidator(_timestamp)],
     _FIRST,
 ]
+# After the union: each choice stays the plain time schema the hub's bulk import reads.
+SaleTime = Annotated[Timestamp, AfterValidator(_in_sale_years)]
 Day = Annotated[date, BeforeValidator(_date)]
 # Strings are checked by pydantic-core itself. Strict: a string, never a number or bytes.
 Text = Annotated[str, Strict()]
@@ -344,7 +363,7 @@ class Category(Model):
 
 class PendingPoints(Model):
     points: Int64
-    activates_at: Timestamp
+    activates_at: SaleTime
 
 
 class ExpiringPoints(Model):
@@ -660,7 +679,7 @@ class Receipt(Model):
     receipt_id: RequestKey
     store_id: RequestText = ""
     till_id: RequestText = ""
-    at: Timestamp
+    at: SaleTime
     card: RequestText
     lines: Annotated[tuple[ReceiptLine, ...], Field(min_length=1, max_length=10_000)]
     redeem_points: Int64 = 0
@@ -711,7 +730,7 @@ class RefundLine(Model):
 class Refund(Model):
     refund_id: RequestKey
     receipt_id: RequestKey
-    at: Timestamp
+    at: SaleTime
     lines: Annotated[tuple[RefundLine, ...], Field(min_length=1, max_length=10_000)]
 
 

@@ -515,6 +515,10 @@ class Agent:
             due = ledger.hub_releases_due(self._ledger, cutoff)
         released = 0
         for rid in due:
+            with self._lock:  # held again since (the same receiptId): that hold stands
+                life = self._life(rid)
+            if life is None or life.state == "HELD" or not life.hub_hold:
+                continue
             if not self._release_at_hub(rid):
                 break
             released += 1

@@ -337,6 +337,9 @@ class HubRules:
         twin = self._booked_before(tx, t, fields)
         if twin is not None:  # DUPLICATE or CONFLICT: never counted twice
             self._set_aside(tx, t, twin.outcome, twin.reason, content, now)
+            # but the till committed it: what its hold reserved here is settled with it
+            settled[t.device_id] += [f"seq:{t.seq}", fields["receipt_id"]]
+            sold[t.device_id].append(fields["receipt_id"])
             return twin
         tx.insert_transaction(t, fields, content, utc_text(now))
         stored[(t.device_id, t.seq)] = content

@@ -65,7 +65,7 @@ class Pusher:
         self._conn: sqlite3.Connection | None = None
         # What the hub set aside during the last `drain`: (seq, CONFLICT|REJECTED, reason).
         self.set_aside: list[tuple[int, str, str]] = []
-        self._mark_known = False  # `learn_mark` done by this pusher
+        self.mark_known = False  # `learn_mark` done by this pusher
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -173,7 +173,7 @@ class Pusher:
             reply = self.link.stub.ListTransactions(request, timeout=self.call_timeout_s)
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self._mark_known = True  # a hub without the call: appliedThrough alone
+                self.mark_known = True  # a hub without the call: appliedThrough alone
                 return 0
             raise
         self.link.ok()
@@ -185,7 +185,7 @@ class Pusher:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
-        self._mark_known = True
+        self.mark_known = True
         return mark
 
     def drain(self, progress: Progress | None = None, lock_wait_s: float = 0.0) -> int:
@@ -193,7 +193,7 @@ class Pusher:
         lists those of them the hub set aside instead of storing). The first drain of a
         pusher learns the hub's mark first (`learn_mark`)."""
         self.set_aside = []
-        if not self._mark_known:
+        if not self.mark_known:
             self.learn_mark()
         with file_lock(self.lock_path, lock_wait_s):
             total = self.pending()

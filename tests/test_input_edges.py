@@ -33,17 +33,41 @@ def _refused(run: Any, *words: str) -> None:
 def test_a_time_outside_the_years_is_refused_everywhere(cli: CLI, at: str) -> None:
     assert cli("snapshot", "load", snapshot()).code == 0
     for command in ("quote", "checkout", "hold"):
-        _refused(cli(command, receipt(at=at), "--json"), "at", "between the years")
+        run = cli(command, receipt(at=at), "--json")
+        _refused(run, "at")
+        assert "between the years 1900 and 9000" in run.err or "is out of range" in run.err
     _refused(cli("balance", "2770000000017", "--at", at, "--json"))
     status = cli("status", "--json").json()
     assert (status["lastSeq"], status["outboxDepth"]) == (0, 0)
 
 
-def test_a_snapshot_time_outside_the_years_is_refused(cli: CLI) -> None:
+def test_a_snapshot_time_that_is_no_time_in_utc_is_refused(cli: CLI) -> None:
     snap = snapshot()
     snap["customers"][0]["expiring"] = [{"points": 100, "expiresAt": "9999-12-31T23:59:59-12:00"}]
-    _refused(cli("snapshot", "load", snap), "between the years")
+    _refused(cli("snapshot", "load", snap), "out of range")
     assert cli("status", "--json").json()["cacheVersion"] == 0
+
+
+def test_an_erps_never_ending_9999_12_31_loads_and_prices(cli: CLI) -> None:
+    """Offer and coupon ends are only compared: "9999-12-31T23:59:59+03:00" (an ERP's
+    "never") loads. Only the times dates are worked out from are bounded (1900-9000)."""
+    snap = snapshot()
+    snap["offers"] = [
+        {
+            "id": "o-forever",
+            "kind": "PERCENT_OFF",
+            "skus": ["4601234000017"],
+            "value": "10",
+            "validTo": "9999-12-31T23:59:59+03:00",
+        }
+    ]
+    snap["customers"][0]["expiring"] = [{"points": 100, "expiresAt": "9999-12-31T23:59:59+03:00"}]
+    assert cli("snapshot", "load", snap).code == 0
+    done = cli("checkout", receipt(), "--json").json()
+    assert done["lines"][0]["offerId"] == "o-forever"
+    pending = snapshot(version=2)
+    pending["customers"][0]["pending"] = [{"points": 5, "activatesAt": "9999-01-01T00:00:00+03:00"}]
+    _refused(cli("snapshot", "load", pending), "between the years")
 
 
 @pytest.mark.parametrize(

@@ -331,3 +331,41 @@ def test_a_receipt_sent_again_after_the_till_lost_its_ledger_is_counted_once(
     assert [e.seq for e in hub.ledger("till-1")] == [1]
     balance = hub.balance("c-1", NOW)  # 50 redeemed and 9 earned (pending), once
     assert (balance.available, balance.pending) == (1150, 9)
+
+
+def test_a_reimaged_till_under_run_learns_the_hubs_mark_before_its_first_sale(
+    tmp_path: Path,
+) -> None:
+    """The same under `tillpoint run`'s sync loop, whose pushes used to start only with a
+    waiting outbox: the first loop learns the mark with nothing to push, so the first sale
+    (and the first till-issued coupon number) is above what the hub stored."""
+    from tillpoint.sync.loopback import wait_for
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    try:
+        old = hub.till("till-c", tmp_path / "old", start=False)
+        Puller(old.agent, old.link, old.link.enrollment, call_timeout_s=2).pull()
+        for n in range(3):
+            old.agent.checkout(receipt_from_json(receipt(f"old-{n}", CARD)))
+        assert Pusher(old.data_dir, "till-c", old.link, call_timeout_s=2).drain() == 3
+        old.stop()
+
+        new = hub.till("till-c", tmp_path / "new")  # re-imaged, its sync loop running
+        try:
+            assert new.service is not None
+            wait_for(lambda: new.service.pusher.mark_known and cache_version_of(new.data_dir))
+            new.agent.checkout(receipt_from_json(receipt("new-1", CARD)))
+            assert count(new.data_dir, "SELECT max(seq) FROM journal") == 4
+            kept = "SELECT value FROM device WHERE key = 'last_coupon:till-c'"
+            assert count(new.data_dir, kept) == 3  # its next coupon number is 4
+            wait_for(lambda: [e.seq for e in hub.store.ledger("till-c")] == [1, 2, 3, 4])
+        finally:
+            new.stop()
+    finally:
+        hub.stop()
+
+
+def cache_version_of(data_dir: Path) -> int:
+    from tillpoint.sync.pull import cache_version
+
+    return cache_version(data_dir)
