@@ -275,9 +275,10 @@ DEFAULT_TIERS = (
 )
 
 
-# Bounds of the program's durations: a century of days, a week's hold.
+# Bounds of the program's durations: a century (a hold's too: the hub keeps one a day
+# at most anyway), so the dates worked out from a sale's time (≤ year 9000) exist.
 MAX_PROGRAM_DAYS = 36_600
-MAX_HOLD_TTL_S = 7 * 86_400
+MAX_HOLD_TTL_S = MAX_PROGRAM_DAYS * 86_400
 
 
 class Program(Model):
@@ -326,7 +327,7 @@ class Program(Model):
     @classmethod
     def _ttl(cls, value: int) -> int:
         if value > MAX_HOLD_TTL_S:
-            raise ValueError(f"at most {MAX_HOLD_TTL_S} seconds (a week)")
+            raise ValueError(f"at most {MAX_HOLD_TTL_S} seconds (a century)")
         return value
 
     @field_validator("tiers")

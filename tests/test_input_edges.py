@@ -98,7 +98,7 @@ def test_the_largest_durations_still_price(tmp_path: Path) -> None:
         activationDelayDays=36_600,
         pointsLifetimeDays=36_600,
         offerPrintCooldownDays=36_600,
-        holdTtlSeconds=7 * 86_400,
+        holdTtlSeconds=36_600 * 86_400,
     )
     agent = Agent(tmp_path / "data", "till-1")
     try:
