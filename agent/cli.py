@@ -391,12 +391,11 @@ def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
                 raw = f.read() if limit is None else f.read(limit + 1)
         if limit is not None and len(raw) > limit:
             raise InputError(_too_large(name, limit))
-        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise InputError(f"{name}: cannot read it ({exc})") from None
-    return parse_json(text, name)
+    return parse_json(raw, name)  # the bytes, read as an HTTP body is
 
 
 def _data_dir(text: str) -> Path:
@@ -408,9 +407,15 @@ def _data_dir(text: str) -> Path:
 
 def parse_json(text: str | bytes, name: str) -> Any:
     """A JSON document as every input of tillpoint is read (files, stdin, HTTP bodies):
-    no floats (money is minor units, quantities decimal strings), no NaN/Infinity."""
+    UTF-8 (a byte order mark, which Windows tools write, is skipped; UTF-16 is not JSON
+    between systems, RFC 8259), no floats (money is minor units, quantities decimal
+    strings), no NaN/Infinity."""
     try:
-        return json.loads(text, parse_float=_no_float, parse_constant=_no_constant)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(
+            text.removeprefix("\ufeff"), parse_float=_no_float, parse_constant=_no_constant
+        )
     except UnicodeDecodeError:
         raise InputError(f"{name}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:

@@ -553,3 +553,23 @@ def test_tillpoint_run_serves_http_beside_grpc(tmp_path: Path) -> None:
     assert proc.returncode == 0
     with pytest.raises(OSError):  # closed on the way out
         socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
+
+
+def test_a_byte_order_mark_is_skipped_and_utf16_refused_alike_by_http_and_the_cli(
+    client: Client, cli: CLI, tmp_path: Path
+) -> None:
+    """Windows tools (1C, Notepad) write a UTF-8 BOM: HTTP took it and the CLI refused it.
+    Both skip it now, and both refuse UTF-16 (JSON between systems is UTF-8, RFC 8259)."""
+    body = json.dumps(receipt("bom-1"), ensure_ascii=False)
+    with_bom = b"\xef\xbb\xbf" + body.encode()
+    answer = client.post("/v1/quote", raw=with_bom)
+    file = tmp_path / "bom.json"
+    file.write_bytes(with_bom)
+    printed = cli("quote", file, "--json")
+    assert (answer.status, printed.code) == (200, 0)
+    assert answer.body == printed.out.encode()
+    file.write_bytes(body.encode("utf-16"))
+    status, code, message = error_of(client.post("/v1/quote", raw=body.encode("utf-16")))
+    assert (status, code) == (400, "INVALID_ARGUMENT") and "not UTF-8" in message
+    refused = cli("quote", file, "--json")
+    assert refused.code == 2 and "UTF-8" in refused.err
