@@ -285,6 +285,9 @@ class Api:
             Route("/openapi.json", self._openapi, methods=["GET"]),
         ]
         self.app = Starlette(routes=routes, exception_handlers={HTTPException: self._no_such_call})
+        # "/v1/identify/" is no call: a 404 saying so, not Starlette's bodiless 307 to
+        # the path without the slash (which a POS's HTTP client may not follow with a POST)
+        self.app.router.redirect_slashes = False
         self._openapi_body = ""  # built on the first request: 4-12 ms off `run`'s start
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

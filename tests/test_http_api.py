@@ -573,3 +573,9 @@ def test_a_byte_order_mark_is_skipped_and_utf16_refused_alike_by_http_and_the_cl
     assert (status, code) == (400, "INVALID_ARGUMENT") and "not UTF-8" in message
     refused = cli("quote", file, "--json")
     assert refused.code == 2 and "UTF-8" in refused.err
+
+
+def test_a_trailing_slash_is_no_call(client: Client) -> None:
+    """Starlette redirected "/v1/identify/" (307, no body) to the path without it."""
+    status, code, message = error_of(client.post("/v1/identify/", {"text": "2770000000017"}))
+    assert (status, code) == (404, "NOT_FOUND") and "/v1/identify/" in message
