@@ -182,6 +182,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(handler=_hub_coupon_conflicts)
 
+    p = hub_sub.add_parser(
+        "set-aside",
+        parents=parents,
+        help="transactions the hub set aside instead of storing (conflicts, rejected, resent)",
+    )
+    p.add_argument("--device", default="", help="only this till's (default: every till's)")
+    p.set_defaults(handler=_hub_set_aside)
+
     sync = sub.add_parser("sync", help="the till's sync with its hub")
     sync_sub = sync.add_subparsers(dest="sync_command", metavar="ACTION")
     sync.set_defaults(handler=_needs_action(sync, "now, install, receipts"))
@@ -494,6 +502,24 @@ def _hub_coupon_conflicts(settings: Settings, args: argparse.Namespace) -> int:
         )
 
     return _emit(args, {"conflicts": conflicts}, human)
+
+
+def _hub_set_aside(settings: Settings, args: argparse.Namespace) -> int:
+    store = _existing_hub(settings, args).open_store()
+    try:
+        rows = store.set_aside_transactions(args.device)
+    finally:
+        store.close()
+
+    def human(d: dict[str, Any]) -> str:
+        if not d["setAside"]:
+            return "nothing was set aside"
+        return "\n".join(
+            f"{r['deviceId']} seq {r['seq']}: {r['outcome']} {r['reason']} ({r['receivedAt']})"
+            for r in d["setAside"]
+        )
+
+    return _emit(args, {"setAside": rows}, human)
 
 
 def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:

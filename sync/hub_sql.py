@@ -726,6 +726,28 @@ class SqlHubStore(HubRules):
             ).fetchall()
         return [conflict(*row) for row in rows]
 
+    def set_aside_transactions(self, device_id: str = "") -> list[dict[str, Any]]:
+        """What the hub set aside instead of storing (CONFLICT, REJECTED, a DUPLICATE of a
+        receipt stored under another seq), for review: by device, then seq."""
+        order = self.tx_class.dialect.code_points("device_id")
+        where, params = (" WHERE device_id = ?", (device_id,)) if device_id else ("", ())
+        with self._reading() as tx:
+            rows = tx.execute(
+                "SELECT device_id, seq, outcome, reason, received_at FROM set_aside"
+                f"{where} ORDER BY {order}, seq, id",
+                params,
+            ).fetchall()
+        return [
+            {
+                "deviceId": str(d),
+                "seq": int(s),
+                "outcome": str(o),
+                "reason": str(r),
+                "receivedAt": str(a),
+            }
+            for d, s, o, r, a in rows
+        ]
+
     def applied_through(self, device_id: str) -> int:
         with self._reading() as tx:
             return tx.contiguous_through(device_id) or 0

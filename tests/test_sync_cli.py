@@ -334,6 +334,7 @@ def test_a_revoked_till_enrolled_again_by_its_hub_delivers_its_waiting_sales(
         ["export", "till-1"],
         ["receipts", "--device", "till-1"],
         ["coupon-conflicts"],
+        ["set-aside"],
         ["serve", "--listen", "127.0.0.1:0"],
     ],
 )

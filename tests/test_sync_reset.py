@@ -164,6 +164,14 @@ def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
 
         code, doc, _ = run(capsys, "status", "--data-dir", str(data), "--json")
         assert doc["setAside"] == 1 and doc["syncError"].startswith("1 transaction(s) set aside")
+        # the hub's operator sees it too
+        hub_dir = ["--hub-dir", str(tmp_path / "hub")]
+        code, doc, _ = run(capsys, "hub", "set-aside", *hub_dir, "--json")
+        assert code == 0 and [(r["deviceId"], r["seq"], r["outcome"]) for r in doc["setAside"]] == [
+            ("till-1", 1, "CONFLICT")
+        ]
+        code, out, _ = run(capsys, "hub", "set-aside", *hub_dir, "--device", "till-1")
+        assert code == 0 and out.startswith("till-1 seq 1: CONFLICT seq 1 of till-1 is already")
 
         agent = Agent(data, "till-1", status_sources=(sync_status,))  # as agent/app.py wires it
         server, port, _ = build_server(agent, "127.0.0.1:0")
@@ -329,6 +337,9 @@ def test_a_receipt_sent_again_after_the_till_lost_its_ledger_is_counted_once(
     assert "receipt r1 is already stored as seq 1 of till-1" in result.results[1].reason
     assert result.acked_through == 3  # decided, so later sales are not held back
     assert [e.seq for e in hub.ledger("till-1")] == [1]
+    listed = [(r["seq"], r["outcome"]) for r in hub.set_aside_transactions("till-1")]
+    assert listed == [(2, "DUPLICATE"), (3, "CONFLICT")]  # `hub set-aside` shows them
+    assert hub.set_aside_transactions("other") == []
     balance = hub.balance("c-1", NOW)  # 50 redeemed and 9 earned (pending), once
     assert (balance.available, balance.pending) == (1150, 9)
 
