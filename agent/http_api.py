@@ -45,7 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from tillpoint.v1 import tillpoint_pb2 as pb
 
-from .cli import json_document, parse_json
+from .cli import json_document, parse_json, parse_time
 from .config import is_loopback
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
 from .limits import TEXT_MAX
@@ -169,12 +169,7 @@ def _identify(agent: Agent, body: Any) -> dict[str, Any]:
 
 def _balance(agent: Agent, body: Any) -> dict[str, Any]:
     fields = _fields(body, "balance", ("card",), ("at",))
-    at = None
-    if "at" in fields:
-        try:
-            at = _time_of_a_sale(fields["at"])
-        except ValueError as exc:
-            raise InputError(f"balance: at {exc}") from None
+    at = parse_time(fields["at"], "balance: at") if "at" in fields else None  # as gRPC's
     return json_of(agent.balance(fields["card"], at))
 
 

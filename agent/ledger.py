@@ -1127,12 +1127,16 @@ def hub_releases_due(conn: sqlite3.Connection, since: str) -> list[str]:
     ]
 
 
-def released_at_hub(conn: sqlite3.Connection, receipt_ids: Sequence[str], before: str) -> None:
-    """The hub released these (or let them run out: the closed before `before`)."""
-    conn.executemany(
+def released_at_hub(conn: sqlite3.Connection, receipt_id: str) -> None:
+    """The hub released the hold of this closed receipt: nothing left to send."""
+    conn.execute(
         "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ? AND state != 'HELD'",
-        [(rid,) for rid in receipt_ids],
+        (receipt_id,),
     )
+
+
+def run_out_at_hub(conn: sqlite3.Connection, before: str) -> None:
+    """The holds of receipts closed before `before` have run out at the hub by now."""
     conn.execute(
         "UPDATE receipt_life SET hub_hold = 0 WHERE hub_hold != 0"
         " AND state IN ('CANCELLED', 'EXPIRED') AND closed_at <= ?",

@@ -500,7 +500,7 @@ class Agent:
             log.info("hold of %s not released at the hub yet: %s", receipt_id, exc)
             return False
         with self._lock, self._write() as conn:
-            ledger.released_at_hub(conn, [receipt_id], "")
+            ledger.released_at_hub(conn, receipt_id)
         return True
 
     def retry_hub_releases(self) -> int:
@@ -524,7 +524,7 @@ class Agent:
             released += 1
         if not due or released == len(due):
             with self._lock, self._write() as conn:
-                ledger.released_at_hub(conn, [], cutoff)  # what ran out meanwhile
+                ledger.run_out_at_hub(conn, cutoff)
         return released
 
     def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 from tillpoint.agent import ledger
+from tillpoint.agent.db import write_transaction
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import state
@@ -178,13 +179,8 @@ class Pusher:
             raise
         self.link.ok()
         mark = int(reply.acked_through_seq)
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            ledger.keep_seq_above(self.conn, self.device_id, mark)
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with write_transaction(self.conn, "ledger") as conn:
+            ledger.keep_seq_above(conn, self.device_id, mark)
         self.mark_known = True
         return mark
 
