@@ -122,7 +122,7 @@ def run(settings: Settings) -> int:
     from . import logs, systemd
     from .lock import DataDirLock
     from .metrics import Registry, serve
-    from .server import build_server, register_gauges, start_hold_sweeper
+    from .server import build_server, follow_snapshot, register_gauges, start_hold_sweeper
 
     log = logging.getLogger("tillpoint.server")
     limit_malloc_arenas()  # before any thread of ours starts
@@ -158,6 +158,7 @@ def run(settings: Settings) -> int:
     devices.start()  # print worker, display, scanner threads
     stops.append(devices.stop)
     stops.append(start_hold_sweeper(agent))  # expires holds on time
+    stops.append(follow_snapshot(health_servicer))  # Watch: SERVING once a snapshot is in
     metrics_server = None
     if settings.metrics.enabled:
         host, _, metrics_port = settings.metrics.listen.rpartition(":")

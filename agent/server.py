@@ -24,6 +24,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .errors import TillpointError, edge_of
+from .grpc_decode import RefuseUndecodable
 from .limits import REQUEST_MAX_BYTES
 from .service import Agent
 from .wire import checkout_message, message_of, receipt_of, refund_of, status_message
@@ -117,38 +118,77 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
 class _Health(health.HealthServicer):
     """The standard health service, NOT_SERVING while the till has no snapshot (every
     quote, hold and checkout is refused then), as `GET /healthz` answers 503: a health
-    check must not send sales to a till that refuses them. Read when asked."""
+    check must not send sales to a till that refuses them. `Check` reads it when asked;
+    `Watch` streams the change once `follow_snapshot` runs (`tillpoint run` starts it)."""
 
     def __init__(self, agent: Agent) -> None:
         super().__init__()
         self._agent = agent
+        self._stopping = False
+
+    def ready(self) -> bool:
+        try:
+            return self._agent.status().cache_version > 0
+        except Exception:  # the agent cannot read its status: not serving either
+            log.warning("health check: status unavailable", exc_info=True)
+            return False
+
+    def set_ready(self, ready: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.set(name, status)  # ignored once shutdown has started
+
+    def enter_graceful_shutdown(self) -> None:
+        self._stopping = True
+        super().enter_graceful_shutdown()
 
     def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         reply = super().Check(request, context)
-        serving = health_pb2.HealthCheckResponse.SERVING
-        if reply.status == serving and request.service in ("", SERVICE_NAME):
-            try:
-                ready = self._agent.status().cache_version > 0
-            except Exception:  # the agent cannot read its status: not serving either
-                log.warning("health check: status unavailable", exc_info=True)
-                ready = False
-            if not ready:
-                return health_pb2.HealthCheckResponse(
-                    status=health_pb2.HealthCheckResponse.NOT_SERVING
-                )
+        if request.service in ("", SERVICE_NAME) and not self._stopping:
+            return health_pb2.HealthCheckResponse(
+                status=health_pb2.HealthCheckResponse.SERVING
+                if self.ready()
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
         return reply
+
+
+def follow_snapshot(health_servicer: _Health, every_s: float = 1.0) -> Callable[[], None]:
+    """Tell `Watch` callers when the first snapshot arrives (within `every_s`); returns the
+    stop. Once the till has one it keeps one while it serves (`reset` is refused then)."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every_s):
+            if health_servicer.ready():
+                health_servicer.set_ready(True)
+                return
+
+    thread = threading.Thread(target=run, name="health-follower", daemon=True)
+    thread.start()
+
+    def stop_following() -> None:
+        stop.set()
+        thread.join(timeout=5)
+
+    return stop_following
 
 
 def build_server(
     agent: Agent, address: str, max_workers: int = 8
-) -> tuple[grpc.Server, int, health.HealthServicer]:
+) -> tuple[grpc.Server, int, _Health]:
     """A started-ready server (not yet started) bound to `address`; returns the bound port."""
     # A request larger than 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before
     # it is read whole; the text fields inside are limited by the models.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[RefuseUndecodable()],  # bytes that are no request: INVALID_ARGUMENT
         options=[
             ("grpc.max_receive_message_length", REQUEST_MAX_BYTES),
             # one agent a port: gRPC's default SO_REUSEPORT let a second `tillpoint run`
@@ -165,8 +205,7 @@ def build_server(
         port = 0
     if port == 0:
         raise TillpointError(f"cannot listen on {address}: the address is in use or not valid")
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set_ready(health_servicer.ready())
     # Server reflection: grpcurl and Postman call PosAgent without the .proto.
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -30,6 +30,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, StorageError, TillpointError
+from tillpoint.agent.grpc_decode import RefuseUndecodable
 from tillpoint.agent.models import _timestamp, coupon_code
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -1037,6 +1038,7 @@ class HubServer:
         )
         server = grpc.server(
             self._executor,
+            interceptors=[RefuseUndecodable()],  # bytes that are no request: INVALID_ARGUMENT
             options=[
                 ("grpc.keepalive_permit_without_calls", 1),
                 # gRPC's name for the server's "minimum interval between received pings

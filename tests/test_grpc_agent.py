@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.agent.server import build_server
+from tillpoint.agent.server import build_server, follow_snapshot
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -186,13 +186,17 @@ def test_refund_of_unknown_receipt_is_not_found(stub: pb_grpc.PosAgentStub) -> N
 
 def test_health_service_reports_serving_once_a_snapshot_is_loaded(tmp_path: Path) -> None:
     """NOT_SERVING before a snapshot (every sale is refused then), as GET /healthz's 503;
-    SERVING from the moment one is loaded, by any process; NOT_SERVING when stopping."""
+    SERVING from the moment one is loaded, by any process; NOT_SERVING when stopping.
+    `Watch` streams the same: NOT_SERVING, then SERVING when the snapshot arrives."""
     agent = Agent(tmp_path, "till-1")
     server, port, servicer = build_server(agent, "127.0.0.1:0")
     server.start()
+    stop_following = follow_snapshot(servicer, every_s=0.05)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
 
             def check(service: str) -> int:
                 request = health_pb2.HealthCheckRequest(service=service)
@@ -205,9 +209,13 @@ def test_health_service_reports_serving_once_a_snapshot_is_loaded(tmp_path: Path
             other.close()
             for service in ("", "tillpoint.v1.PosAgent"):
                 assert check(service) == health_pb2.HealthCheckResponse.SERVING
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             servicer.enter_graceful_shutdown()
             assert check("") == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
     finally:
+        stop_following()
         server.stop(0).wait()
         agent.close()
 
@@ -288,3 +296,29 @@ def test_the_fast_receipt_reader_validates_like_json_format(message: pb.Receipt)
         except InputError as exc:
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1]
+
+
+def test_a_request_that_does_not_decode_is_invalid_argument_not_internal(tmp_path: Path) -> None:
+    """Bytes that are no `Receipt` (a truncated message, a card that is not UTF-8) are the
+    caller's error: INVALID_ARGUMENT with a readable message, and the agent serves on."""
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        raw = channel.unary_unary("/tillpoint.v1.PosAgent/Quote")  # bytes in, bytes out
+        not_utf8 = b"\x2a\x02\xff\xfe"  # field 5 (card), a string, two bytes not UTF-8
+        for body in (b"\x0a\xff", not_utf8):
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(body, timeout=TIMEOUT)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid message" in (caught.value.details() or "")
+        stub = pb_grpc.PosAgentStub(channel)
+        quoted = stub.Quote(json_format.ParseDict(receipt(), pb.Receipt()), timeout=TIMEOUT)
+        assert quoted.total_minor > 0
+        assert agent.status().outbox_depth == 0
+    finally:
+        channel.close()
+        server.stop(0).wait()
+        agent.close()

@@ -184,3 +184,30 @@ def test_list_transactions_and_hub_receipts(
         ["hub", "receipts", "--device", "till-1", "--since", "-1", "--hub-dir", str(hub_dir)]
     )
     assert code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_the_hub_refuses_a_request_that_does_not_decode(tmp_path: Path) -> None:
+    """A till's bytes that are no request (unary or streamed answer alike) are the
+    caller's error at the hub too: INVALID_ARGUMENT, readable, and the hub serves on."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till-1")
+    try:
+        wait_for(lambda: cache_version(till.data_dir) == 1)
+        channel = till.link.channel
+        for method in ("/tillpoint.v1.Hub/ListTransactions", "/tillpoint.v1.Hub/PushTransactions"):
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(method)(b"\x0a\xff", timeout=TIMEOUT)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "not a valid message" in (caught.value.details() or "")
+        with pytest.raises(grpc.RpcError) as caught:
+            list(
+                channel.unary_stream("/tillpoint.v1.Hub/PullSnapshot")(b"\x0a\xff", timeout=TIMEOUT)
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        reply = till.link.stub.ListTransactions(
+            pb.ListTransactionsRequest(device_id="till-1"), timeout=TIMEOUT
+        )
+        assert not reply.more
+    finally:
+        till.stop()
+        hub.stop()
