@@ -41,6 +41,7 @@ from .errors import (
     TillpointError,
 )
 from .expiry import WARN_DAYS, Movement, expiry_time
+from .hub_turns import HubTurns
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
 from .models import (
@@ -248,6 +249,7 @@ class Agent:
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
+        self._hub_turns = HubTurns()  # a receipt's hub hold: placed or released, not both
         # Quotes, identification and balances read on connections of their own, outside
         # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
         # reader connections are reused, the most recent first; at most READERS_KEPT stay.
@@ -399,17 +401,19 @@ class Agent:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
         request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
-        early = self._price_early(receipt, confirm_now=True)
-        with self._lock, self._write(), self._view() as view:
-            state, result, typed = self._hold(
-                receipt, view, confirm_now=True, request=request, early=early
-            )
-            if state == "CANCELLED":
-                raise Refused(
-                    f"receipt {receipt.receipt_id} was cancelled: price it under a new receiptId"
+        with self._hub_turns.holding(receipt.receipt_id):
+            early = self._price_early(receipt, confirm_now=True)
+            with self._lock, self._write(), self._view() as view:
+                state, result, typed = self._hold(
+                    receipt, view, confirm_now=True, request=request, early=early
                 )
-            if state == "HELD":
-                result = self._confirm(receipt.receipt_id, None, view)
+                if state == "CANCELLED":
+                    raise Refused(
+                        f"receipt {receipt.receipt_id} was cancelled:"
+                        " price it under a new receiptId"
+                    )
+                if state == "HELD":
+                    result = self._confirm(receipt.receipt_id, None, view)
         done = typed if typed is not None else CheckoutResult.from_json(result)
         self._tell_devices("after_checkout", done)  # committed first; devices never block
         return done
@@ -423,9 +427,10 @@ class Agent:
         another body is a Conflict; a hold that expired is priced and held afresh."""
         request = _Request.of(receipt)
         self.sweep_holds()
-        early = self._price_early(receipt, confirm_now=False)
-        with self._lock, self._write(), self._view() as view:
-            _, stored, _ = self._hold(receipt, view, request=request, early=early)
+        with self._hub_turns.holding(receipt.receipt_id):
+            early = self._price_early(receipt, confirm_now=False)
+            with self._lock, self._write(), self._view() as view:
+                _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
             self._tell_devices("after_quote", result)
@@ -488,17 +493,29 @@ class Agent:
                 self._release_at_hub(rid)
         return len(due)
 
-    def _release_at_hub(self, receipt_id: str) -> bool:
-        """False: the hub was not reached (or there is none); `retry_hub_releases` tries
-        again (the hold of a closed receipt keeps its `hub_hold` mark until then)."""
+    def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
+        """True: released. False: the hub was not reached (or there is none);
+        `retry_hub_releases` tries again (the hold of a closed receipt keeps its `hub_hold`
+        mark until then). None: nothing to release now: the receipt was held again since
+        (an expired hold priced afresh: its new hold replaced the old one at the hub), or
+        a hold of it is being placed (`HubTurns`; if that fails, a retry releases).
+        `forgotten`: the ledger no longer has the receipt (`reset`), release it as is."""
         hub = self.hub
         if hub is None:
             return False
+        with self._lock:
+            life = None if forgotten else self._life(receipt_id)
+            if not forgotten and (life is None or life.state == "HELD" or not life.hub_hold):
+                return None
+            if not self._hub_turns.start_release(receipt_id):
+                return None
         try:
             hub.release(receipt_id)
         except TillpointError as exc:
             log.info("hold of %s not released at the hub yet: %s", receipt_id, exc)
             return False
+        finally:
+            self._hub_turns.end_release(receipt_id)
         with self._lock, self._write() as conn:
             ledger.released_at_hub(conn, receipt_id)
         return True
@@ -515,13 +532,10 @@ class Agent:
             due = ledger.hub_releases_due(self._ledger, cutoff)
         released = 0
         for rid in due:
-            with self._lock:  # held again since (the same receiptId): that hold stands
-                life = self._life(rid)
-            if life is None or life.state == "HELD" or not life.hub_hold:
-                continue
-            if not self._release_at_hub(rid):
+            done = self._release_at_hub(rid)
+            if done is False:  # the hub is away: the next round
                 break
-            released += 1
+            released += bool(done)
         if not due or released == len(due):
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
@@ -1433,7 +1447,7 @@ class Agent:
             self._cache = self._live.connection()
         released = 0
         for rid in hub_holds:  # a hub that did not answer one is not asked for the rest
-            if not self._release_at_hub(rid):
+            if not self._release_at_hub(rid, forgotten=True):
                 break
             released += 1
         return ResetResult(depth, released, len(hub_holds) - released)

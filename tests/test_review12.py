@@ -160,3 +160,53 @@ def test_a_cancel_the_hub_did_not_get_is_sent_again_when_it_is_back(
         assert a.agent.retry_hub_releases() == 0  # sent once
     finally:
         a.stop()
+
+
+def test_a_release_in_flight_never_drops_the_hold_placed_again_for_the_same_receipt(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """§11: an expired hold priced again under its receiptId places a new hold at the hub
+    (one a till and receipt). The release of the expired one, in flight meanwhile, used to
+    reach the hub after it and drop the new hold: the till held points the hub no longer
+    reserved. A hold of that receipt now waits for the release in flight."""
+    import threading
+    from datetime import UTC, datetime, timedelta
+
+    from tillpoint.sync.loopback import receipt as hub_receipt
+
+    a = enrolled(hub, tmp_path, "a")
+    try:
+        body = receipt_from_json(hub_receipt("a-1", "2770000000024", redeem=-1))
+        assert a.agent.hold(body).redeemed_points == 53
+        authoriser = a.agent.hub
+        assert authoriser is not None
+        real_release = authoriser.release
+        entered, go = threading.Event(), threading.Event()
+
+        def slow_release(receipt_id: str) -> bool:  # the real RPC, once the test says so
+            entered.set()
+            assert go.wait(10)
+            return real_release(receipt_id)
+
+        authoriser.release = slow_release  # type: ignore[method-assign]
+        later = datetime.now(UTC) + timedelta(minutes=40)  # past holdTtlSeconds (1800 s)
+        a.agent.clock = lambda: later
+        sweeper = threading.Thread(target=a.agent.sweep_holds)
+        sweeper.start()
+        assert entered.wait(10)  # the expired hold's release is on its way to the hub
+        held_again: list[int] = []
+        holder = threading.Thread(
+            target=lambda: held_again.append(a.agent.hold(body).redeemed_points)
+        )
+        holder.start()
+        holder.join(0.5)
+        assert holder.is_alive()  # waits for the release in flight
+        go.set()
+        sweeper.join(10)
+        holder.join(10)
+        assert held_again == [53]
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 53  # the new hold stands
+        assert a.agent.retry_hub_releases() == 0  # nothing left to release
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 53
+    finally:
+        a.stop()
