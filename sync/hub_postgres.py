@@ -855,6 +855,9 @@ class PgTx(SqlTx):
                 (pg_array(keys),),
             )
 
+    def lock_devices(self) -> None:
+        self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('devices', 0))")
+
 
 PostgresHubStore.tx_class = PgTx
 

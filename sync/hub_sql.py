@@ -221,6 +221,11 @@ class SqlTx:
     def lock_customers(self, customer_ids: Iterable[str]) -> None:
         raise NotImplementedError
 
+    def lock_devices(self) -> None:
+        """Until the transaction ends: one enrolment at a time (its check reads every
+        device, then inserts)."""
+        raise NotImplementedError
+
     def texts_as_of(self, kind: str, version: int) -> Texts:
         raise NotImplementedError
 
@@ -781,6 +786,7 @@ class SqlHubStore(HubRules):
         the two would be the same (the contract §13: unique in the chain)."""
         mine = coupon_code(device_id)
         with self._writing() as tx:
+            tx.lock_devices()  # two enrolments at once must not both pass the check
             for (other,) in tx.execute("SELECT device_id FROM devices").fetchall():
                 if other != device_id and coupon_code(str(other)) == mine:
                     raise InputError(

@@ -227,6 +227,9 @@ class SqliteTx(SqlTx):
     def lock_customers(self, customer_ids: Iterable[str]) -> None:
         pass
 
+    def lock_devices(self) -> None:
+        pass  # a write transaction holds the file's write lock already
+
 
 class SqliteHubStore(SqlHubStore):
     tx_class = SqliteTx

@@ -337,3 +337,48 @@ def dump(data_dir: Path) -> dict[str, Any]:
         return rows
     finally:
         conn.close()
+
+
+def test_two_enrolments_at_once_of_ids_with_one_normal_form_never_both_pass(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub enroll` refuses an id whose normal form (the till's coupon codes) is another
+    device's; the check reads every device, then inserts. Two enrolments at once, on two
+    connections (PostgreSQL: two sessions), must not both pass it. The check is made slow
+    (each enrolled device's normal form takes 20 ms) so that the two overlap."""
+    import threading
+    import time
+
+    from tillpoint.sync import hub_sql
+
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    store.enroll("seed-till", "e" * 64, now)
+    normal_form = hub_sql.coupon_code
+
+    def slow(device_id: str) -> str:
+        time.sleep(0.02)
+        return normal_form(device_id)
+
+    monkeypatch.setattr(hub_sql, "coupon_code", slow)
+    for round_ in range(4):
+        ids = (f"till-{round_}", f"TILL {round_}")
+        start = threading.Barrier(2)
+        passed: list[str] = []
+        refused: list[str] = []
+
+        def enrol(
+            device_id: str, start: threading.Barrier, passed: list[str], refused: list[str]
+        ) -> None:
+            start.wait(5)
+            try:
+                store.enroll(device_id, "f" * 64, now)
+                passed.append(device_id)
+            except InputError:
+                refused.append(device_id)
+
+        threads = [threading.Thread(target=enrol, args=(d, start, passed, refused)) for d in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(passed) == 1 and len(refused) == 1, (passed, refused)
