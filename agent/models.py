@@ -681,7 +681,7 @@ class Receipt(Model):
     store_id: RequestText = ""
     till_id: RequestText = ""
     at: SaleTime
-    card: RequestText
+    card: RequestText = ""  # absent is empty (proto3): INVALID, refused like any (§4)
     lines: Annotated[tuple[ReceiptLine, ...], Field(min_length=1, max_length=10_000)]
     redeem_points: Int64 = 0
     # add the calculation trace (the contract §17); never changes a figure. Strict: "yes"

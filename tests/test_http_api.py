@@ -579,3 +579,37 @@ def test_a_trailing_slash_is_no_call(client: Client) -> None:
     """Starlette redirected "/v1/identify/" (307, no body) to the path without it."""
     status, code, message = error_of(client.post("/v1/identify/", {"text": "2770000000017"}))
     assert (status, code) == (404, "NOT_FOUND") and "/v1/identify/" in message
+
+
+def test_a_receipt_without_a_card_is_refused_alike_by_http_grpc_and_the_cli(
+    agent: Agent, client: Client, cli: CLI
+) -> None:
+    """§4: an empty card is INVALID, so its receipt is refused (FAILED_PRECONDITION, 412,
+    exit 2) with the cashier's message; an absent `card` is the same as "" (proto3), and
+    gRPC cannot tell them apart. gRPC said INVALID_ARGUMENT "card is required" and HTTP
+    400 for an absent card, 412 for an empty one."""
+    import grpc
+    from google.protobuf import json_format
+    from tillpoint.agent.server import build_server
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    without = {k: v for k, v in receipt("nc-1").items() if k != "card"}
+    for body in (without, receipt("nc-1", card="")):
+        status, code, message = error_of(client.post("/v1/quote", body))
+        assert (status, code) == (412, "FAILED_PRECONDITION")
+        assert message == "card not accepted: nothing was scanned"
+        run = cli("quote", body)
+        assert (run.code, run.err) == (2, f"tillpoint: {message}\n")
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.PosAgentStub(channel).Quote(
+                    json_format.ParseDict(without, pb.Receipt()), timeout=5
+                )
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.details() == "card not accepted: nothing was scanned"
+    finally:
+        server.stop(0).wait()
+    assert client.get("/v1/status").json()["lastSeq"] == 0
