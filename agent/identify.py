@@ -61,6 +61,10 @@ def phone_key(text: str) -> str | None:
     return None
 
 
+# `+7 (916) 123-45-67`: blanks and dashes are dropped, brackets are not (§4: INVALID)
+_DIGITS_ONLY = "a card number or phone has digits only (no brackets, letters or other signs)"
+
+
 def identify(text: str, lookup: CardLookup) -> Identification:
     scanned = normalise(text)
     if not scanned:
@@ -68,10 +72,12 @@ def identify(text: str, lookup: CardLookup) -> Identification:
     if scanned.startswith("+"):
         phone = phone_key(scanned)
         if phone is None:
+            if not scanned[1:].isdecimal():
+                return Identification("INVALID", reason=_DIGITS_ONLY)
             return Identification("INVALID", reason="not a Russian phone number (+7 and 10 digits)")
         return _by_phone(phone, lookup)
     if not scanned.isdecimal():  # decimal digits: "²" is a digit but no number's
-        return Identification("INVALID", reason="a card number or phone has digits only")
+        return Identification("INVALID", reason=_DIGITS_ONLY)
     if len(scanned) == 13 and not ean13_ok(scanned):
         return Identification("INVALID", reason="the card number's check digit is wrong")
     card = lookup.card(scanned)

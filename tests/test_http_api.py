@@ -603,11 +603,13 @@ def test_a_receipt_without_a_card_is_refused_alike_by_http_grpc_and_the_cli(
     server, port, _ = build_server(agent, "127.0.0.1:0")
     server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            with pytest.raises(grpc.RpcError) as caught:
-                pb_grpc.PosAgentStub(channel).Quote(
-                    json_format.ParseDict(without, pb.Receipt()), timeout=5
-                )
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            pb_grpc.PosAgentStub(channel).Quote(
+                json_format.ParseDict(without, pb.Receipt()), timeout=5
+            )
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert caught.value.details() == "card not accepted: nothing was scanned"
     finally:
