@@ -3,8 +3,10 @@ run against a real agent serving HTTP on a random loopback port."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import urllib.request
 import shutil
 import subprocess
 import sys
@@ -88,3 +90,17 @@ def test_the_java_example_runs(agent_url: str, tmp_path: Path) -> None:
     subprocess.run([str(JAVAC), "TillExample.java"], cwd=tmp_path, check=True, timeout=180)
     out = run([str(JAVA), "-cp", str(tmp_path), "TillExample"], agent_url, tmp_path)
     assert "refund refused" in out and out.rstrip().endswith("done")
+    # what it prints is the receipt's own figures, not a line's (`earnedPoints` is both)
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            agent_url + "/v1/confirm",
+            data=json.dumps({"receiptId": "s1-t1-000123"}).encode(),
+            headers={"Content-Type": "application/json"},
+        ),
+        timeout=10,
+    ) as answer:
+        done = json.loads(answer.read())
+    assert done["lines"][0]["earnedPoints"] != done["earnedPoints"]  # the trap it fell in
+    assert (
+        f"earned {done['earnedPoints']} points, paid with {done['redeemedPoints']}\n" in out
+    ), out
