@@ -739,7 +739,10 @@ class Agent:
         now = self.clock()
         if state == "CANCELLED":
             # the contract's words for both (§11), then which of the two it was
-            raise Refused(f"hold expired: price the receipt again ({receipt_id} was cancelled)")
+            raise Refused(
+                f"hold expired: price the receipt again ({receipt_id} was cancelled:"
+                " under a new receiptId)"
+            )
         if state == "EXPIRED" or row.expires_at <= ledger.utc_text(now):
             raise Refused(f"hold expired: price the receipt again ({receipt_id})")
         held, figures, request_text = (

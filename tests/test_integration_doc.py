@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.request
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +101,4 @@ def test_the_java_example_runs(agent_url: str, tmp_path: Path) -> None:
     ) as answer:
         done = json.loads(answer.read())
     assert done["lines"][0]["earnedPoints"] != done["earnedPoints"]  # the trap it fell in
-    assert (
-        f"earned {done['earnedPoints']} points, paid with {done['redeemedPoints']}\n" in out
-    ), out
+    assert f"earned {done['earnedPoints']} points, paid with {done['redeemedPoints']}\n" in out, out

@@ -169,7 +169,9 @@ def test_cancel_releases_the_hold_and_is_idempotent(till: Agent) -> None:
     )
     # the contract's words (§11) for a cancelled hold as for an expired one
     with pytest.raises(
-        Refused, match=r"^hold expired: price the receipt again \(r1 was cancelled\)"
+        Refused,
+        match=r"^hold expired: price the receipt again"
+        r" \(r1 was cancelled: under a new receiptId\)$",
     ):
         till.confirm("r1")
     with pytest.raises(Refused, match="cancelled"):
