@@ -437,8 +437,9 @@ class _FloatInJson(InputError):
 
 
 def _no_float(text: str) -> Any:
+    what = "has a fraction" if "." in text else "is written with an exponent"
     raise _FloatInJson(
-        f"the number {text} has a fraction: write money in minor units and "
+        f"the number {text} {what}: write money in minor units (whole numbers) and "
         "quantities as decimal strings"
     )
 

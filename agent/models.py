@@ -742,13 +742,25 @@ M = TypeVar("M", bound=Model)
 
 
 def parse(model: type[M], data: Any, what: str) -> M:
-    """Validate `data` as `model`, turning the first problem into one readable line."""
+    """Validate `data` as `model`, turning the first problem into one readable line.
+
+    A field set to `null` is a field left out (proto3 JSON: "null is accepted for every
+    field and means its default"), so `"redeemPoints": null` is 0 and `"card": null` is
+    no card; a `null` inside a list is still refused."""
     if not isinstance(data, dict):
         raise InputError(f"{what}: expected a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(_without_nulls(data))
     except ValidationError as exc:
         raise InputError(f"{what}: {describe(exc)}") from None
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 # pydantic-core's own messages, said the way the rest of the refusals are.
@@ -758,6 +770,13 @@ _PLAIN = {
     "string_type": "must be a string",
     "string_too_short": "must not be empty",
     "string_too_long": "is too long (at most 200 characters)",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
 }
 
 
@@ -770,6 +789,9 @@ def describe(exc: ValidationError) -> str:
     message = _PLAIN.get(str(first.get("type")), message)
     if first.get("type") == "too_short" and not (first.get("ctx") or {}).get("actual_length"):
         message = "must not be empty"  # "lines": a receipt needs at least one line
+    if first.get("type") == "too_long":  # a list: "lines", "coupons"
+        limit = (first.get("ctx") or {}).get("max_length")
+        message = f"has too many items (at most {limit})" if limit else message
     if first.get("type") == "string_too_long":
         limit = (first.get("ctx") or {}).get("max_length")
         message = f"is too long (at most {limit} characters)" if limit else message

@@ -615,3 +615,45 @@ def test_a_receipt_without_a_card_is_refused_alike_by_http_grpc_and_the_cli(
     finally:
         server.stop(0).wait()
     assert client.get("/v1/status").json()["lastSeq"] == 0
+
+
+def test_bad_input_messages_are_the_projects_words_not_the_validators(
+    client: Client, cli: CLI
+) -> None:
+    """Refusals of a wrong type or size say what to send, the same over HTTP and the CLI;
+    they used to pass on pydantic's "Input should be a valid boolean", "… valid tuple",
+    "Tuple should have at most 10000 items after validation", and call 1e3 a fraction."""
+    base = receipt("m-1")
+    cases = [
+        (receipt("m-1", explain="yes"), "receipt: explain must be true or false"),
+        (receipt("m-1", coupons="SORRY-1"), "receipt: coupons must be a list"),
+        (receipt("m-1", lines=[base["lines"][0]] * 10_001), "at most 10000"),
+        (receipt("m-1", lines=[5]), "receipt: lines[0] must be a JSON object"),
+    ]
+    for body, words in cases:
+        status, code, message = error_of(client.post("/v1/quote", body))
+        assert (status, code) == (400, "INVALID_ARGUMENT") and words in message, message
+        assert "should" not in message and "Tuple" not in message
+        run = cli("quote", body)
+        assert (run.code, run.err) == (2, f"tillpoint: {message}\n")
+    exponent = json.dumps(base).replace('"priceMinor": 8990', '"priceMinor": 9e3', 1)
+    assert exponent != json.dumps(base)
+    status, code, message = error_of(client.post("/v1/quote", raw=exponent.encode()))
+    assert (status, code) == (400, "INVALID_ARGUMENT")
+    assert "9e3 is written with an exponent" in message
+
+
+def test_a_null_field_is_a_field_left_out_as_proto3_json_says(client: Client, cli: CLI) -> None:
+    """proto3 JSON: null is accepted for every field and means its default. Some nulls
+    were refused ("redeemPoints must be a whole number"), others taken."""
+    plain = client.post("/v1/quote", receipt("n-1"))
+    assert plain.status == 200
+    nulls = receipt("n-1", redeemPoints=None, coupons=None, explain=None, storeId=None)
+    nulls["lines"] = [{**line, "amountMinor": None} for line in nulls["lines"]]
+    answer = client.post("/v1/quote", nulls)
+    assert (answer.status, answer.body) == (200, plain.body)
+    assert cli("quote", nulls, "--json").out.encode() == plain.body
+    status, code, message = error_of(client.post("/v1/quote", receipt("n-1", lines=None)))
+    assert (status, code, message) == (400, "INVALID_ARGUMENT", "receipt: lines is required")
+    status, _, message = error_of(client.post("/v1/quote", receipt("n-1", lines=[None])))
+    assert status == 400 and message == "receipt: lines[0] must be a JSON object"
