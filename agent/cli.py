@@ -35,14 +35,19 @@ FORWARDED = frozenset(
 CONTRACT = "tillpoint.v1, SPEC 2026-11"
 
 
-def version_text() -> str:
+def version_json() -> dict[str, str]:
     from importlib import metadata
 
     try:
         version = metadata.version("tillpoint")
     except metadata.PackageNotFoundError:  # run from a source tree that is not installed
         version = "unknown"
-    return f"tillpoint {version} (contract {CONTRACT})"
+    return {"version": version, "contract": CONTRACT}
+
+
+def version_text() -> str:
+    found = version_json()
+    return f"tillpoint {found['version']} (contract {found['contract']})"
 
 
 class _Version(argparse.Action):
@@ -52,7 +57,10 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        sys.stdout.write(version_text() + "\n")
+        if "--json" in getattr(parser, "argv", ()):  # one JSON document, as every --json
+            sys.stdout.write(json.dumps(version_json()) + "\n")
+        else:
+            sys.stdout.write(version_text() + "\n")
         parser.exit(EXIT_OK)
 
 
@@ -177,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(argv)
+    vars(parser)["argv"] = list(argv)  # `--version --json` reads it
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

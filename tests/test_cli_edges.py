@@ -131,6 +131,11 @@ def test_version_names_the_contract() -> None:
     run = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stderr == ""
     assert re.fullmatch(r"tillpoint \S+ \(contract tillpoint\.v1, SPEC \d{4}-\d{2}\)\n", run.stdout)
+    # §10: with --json, one JSON document
+    run = subprocess.run([exe, "--version", "--json"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stderr == ""
+    doc = json.loads(run.stdout)
+    assert set(doc) == {"version", "contract"} and doc["contract"].startswith("tillpoint.v1")
 
 
 def test_help_imports_nothing_heavy() -> None:
