@@ -127,7 +127,7 @@ def receipt_of_body(raw: bytes) -> Receipt:
     when the body is one that way reads exactly as the long way does. The long way answers
     everything else, with its words: any refusal, a body that says `explain` (a float
     there is a lax bool to pydantic, a refusal to `parse_json`), and an `at` the two read
-    differently (pydantic-core's parser takes "1700000000" and a lowercase "t"; the long
+    differently (pydantic-core's parser takes "1700000000" and "2026-11-23t10:15"; the long
     way's `models._timestamp` refuses them, and its `datetime` is the one kept)."""
     key = raw.find(b'"at"')  # found by bytes.find: a regex's scan of 4 KB costs 20 µs
     found = _AT.match(raw, key) if key >= 0 and raw.find(b'"at"', key + 4) < 0 else None

@@ -129,11 +129,11 @@ def _timestamp(value: Any) -> datetime:
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
-        text = value.strip()
+        text = value.strip().upper()  # RFC 3339 allows a lowercase "t" and "z"
         if "T" not in text and " " not in text:
             raise ValueError(f'"{value}" is not an RFC 3339 time with an offset')
         try:
-            moment = datetime.fromisoformat(text.replace("z", "Z"))
+            moment = datetime.fromisoformat(text)
         except ValueError:
             raise ValueError(f'"{value}" is not an RFC 3339 time with an offset') from None
     else:

@@ -194,3 +194,13 @@ def test_grpc_balance_names_its_field_not_the_cli_flag(tmp_path: Path) -> None:
     finally:
         server.stop(grace=0)
         agent.close()
+
+
+def test_rfc_3339_lowercase_t_and_z_are_the_same_time(cli: CLI) -> None:
+    """RFC 3339 §5.6 allows "t" and "z" in lower case; they were refused."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    upper = cli("quote", receipt(at="2026-11-23T07:15:00Z"), "--json")
+    lower = cli("quote", receipt(at="2026-11-23t07:15:00z"), "--json")
+    assert upper.code == 0 and (lower.code, lower.out) == (0, upper.out)
+    at = cli("balance", "2770000000017", "--at", "2026-11-23t07:15:00z", "--json")
+    assert at.code == 0, at.err
