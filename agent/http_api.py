@@ -161,25 +161,39 @@ def _document(fn: Callable[[Agent, Any], dict[str, Any]]) -> Callable[[Agent, by
     )
 
 
+# The small request bodies: (required, optional) fields, all strings; read by the calls
+# below and described by `openapi` (by the name of their proto message).
+_SMALL_BODIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "IdentifyRequest": ((), ("text",)),
+    "BalanceRequest": (("card",), ("at",)),
+    "ConfirmRequest": (("receiptId",), ("fiscalDocument",)),
+    "CancelRequest": (("receiptId",), ()),
+}
+
+
+def _small(body: Any, what: str, message: str) -> dict[str, str]:
+    return _fields(body, what, *_SMALL_BODIES[message])
+
+
 def _identify(agent: Agent, body: Any) -> dict[str, Any]:
     # Empty or absent text (the same in proto3 JSON) is what an empty scan is: INVALID,
     # as gRPC and the CLI answer it (the contract §4), not a refused request.
-    return json_of(agent.identify(_fields(body, "identify", (), ("text",)).get("text", "")))
+    return json_of(agent.identify(_small(body, "identify", "IdentifyRequest").get("text", "")))
 
 
 def _balance(agent: Agent, body: Any) -> dict[str, Any]:
-    fields = _fields(body, "balance", ("card",), ("at",))
+    fields = _small(body, "balance", "BalanceRequest")
     at = parse_time(fields["at"], "balance: at") if "at" in fields else None  # as gRPC's
     return json_of(agent.balance(fields["card"], at))
 
 
 def _confirm(agent: Agent, body: Any) -> dict[str, Any]:
-    fields = _fields(body, "confirm", ("receiptId",), ("fiscalDocument",))
+    fields = _small(body, "confirm", "ConfirmRequest")
     return json_of(agent.confirm(fields["receiptId"], fields.get("fiscalDocument")))
 
 
 def _cancel(agent: Agent, body: Any) -> dict[str, Any]:
-    return json_of(agent.cancel(_fields(body, "cancel", ("receiptId",))["receiptId"]))
+    return json_of(agent.cancel(_small(body, "cancel", "CancelRequest")["receiptId"]))
 
 
 @dataclass(frozen=True)
@@ -469,9 +483,26 @@ _SCALARS: dict[int, dict[str, Any]] = {
 }
 
 
-def _message_schema(desc: Descriptor, schemas: dict[str, Any]) -> dict[str, Any]:
+def _required(name: str) -> list[str]:
+    """The fields a request message must carry, as the agent reads it: the models' own
+    required fields (agent/models.py), or the small bodies' (`_SMALL_BODIES`)."""
+    if name in _SMALL_BODIES:
+        return list(_SMALL_BODIES[name][0])
+    from . import models
+
+    model = getattr(models, name, None)
+    if not (isinstance(model, type) and issubclass(model, models.Model)):
+        return []
+    return [f.alias or key for key, f in model.model_fields.items() if f.is_required()]
+
+
+def _message_schema(
+    desc: Descriptor, schemas: dict[str, Any], *, request: bool = False
+) -> dict[str, Any]:
     """A `$ref` to the proto3 JSON schema of `desc`, adding it (and what it uses) to
-    `schemas`. Fields with presence (messages, `optional`) may be absent or null."""
+    `schemas`. Fields with presence (messages, `optional`) may be absent or null. A
+    request's messages say which fields are required and refuse unknown ones, as the
+    agent does."""
     ref = {"$ref": f"#/components/schemas/{desc.name}"}
     if desc.name in schemas:
         return ref
@@ -483,19 +514,27 @@ def _message_schema(desc: Descriptor, schemas: dict[str, Any]) -> dict[str, Any]
             value = _field_schema(entry.fields_by_name["value"], schemas)
             properties[field.json_name] = {"type": "object", "additionalProperties": value}
             continue
-        schema = _field_schema(field, schemas)
+        schema = _field_schema(field, schemas, request=request)
         if field.is_repeated:
             schema = {"type": "array", "items": schema}
         elif field.has_presence:
             schema = {"anyOf": [schema, {"type": "null"}]}
         properties[field.json_name] = schema
-    schemas[desc.name] = {"type": "object", "properties": properties}
+    described: dict[str, Any] = {"type": "object", "properties": properties}
+    if request:
+        required = _required(desc.name)
+        if required:
+            described["required"] = required
+        described["additionalProperties"] = False
+    schemas[desc.name] = described
     return ref
 
 
-def _field_schema(field: FieldDescriptor, schemas: dict[str, Any]) -> dict[str, Any]:
+def _field_schema(
+    field: FieldDescriptor, schemas: dict[str, Any], *, request: bool = False
+) -> dict[str, Any]:
     if field.message_type is not None:
-        return _message_schema(field.message_type, schemas)
+        return _message_schema(field.message_type, schemas, request=request)
     if field.enum_type is not None:
         return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
     return dict(_SCALARS[field.type])
@@ -533,7 +572,10 @@ def openapi() -> dict[str, Any]:
 
     errors = {
         "400": answer("bad input: malformed JSON, unknown field, out-of-range value"),
-        "404": answer("unknown receipt"),
+        "401": answer("a token is set and the request has none or another"),
+        "404": answer("unknown receipt, a card this till does not know (balance)"),
+        "405": answer("another method than the call's"),
+        "408": answer("the body did not arrive within 10 s"),
         "409": answer("conflict: another body under a known receiptId"),
         "412": answer("refused: no snapshot, blocked card, expired hold"),
         "413": answer("request larger than 4 MiB"),
@@ -559,7 +601,9 @@ def openapi() -> dict[str, Any]:
         if call.method == "POST":
             operation["requestBody"] = {
                 "required": True,
-                "content": {JSON: {"schema": _message_schema(rpc.input_type, schemas)}},
+                "content": {
+                    JSON: {"schema": _message_schema(rpc.input_type, schemas, request=True)}
+                },
             }
         paths[call.path] = {call.method.lower(): operation}
     paths["/healthz"] = {
@@ -567,7 +611,21 @@ def openapi() -> dict[str, Any]:
             "operationId": "healthz",
             "summary": "200 while the agent serves with a snapshot loaded, 503 otherwise",
             "responses": {
-                "200": {"description": "serving"},
+                "200": {
+                    "description": "serving",
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["status", "cacheVersion"],
+                                "properties": {
+                                    "status": {"type": "string", "enum": ["SERVING"]},
+                                    "cacheVersion": {"type": "integer"},
+                                },
+                            }
+                        }
+                    },
+                },
                 "503": answer("no snapshot loaded, or shutting down"),
             },
         }

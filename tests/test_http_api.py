@@ -501,6 +501,51 @@ def test_answers_hold_to_the_openapi_description(client: Client) -> None:
     check(client.post("/v1/quote", raw=b"{").json(), {"$ref": "#/components/schemas/Error"})
 
 
+def test_openapi_says_which_request_fields_are_required_and_refuses_others_as_served(
+    client: Client,
+) -> None:
+    """Each request message's `required` is what the agent refuses to go without, and
+    `additionalProperties: false` what it does with an unknown field: both checked
+    against the served agent, field by field. The answers' schemas list no `required`."""
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    bodies: dict[str, dict[str, Any]] = {
+        "/v1/quote": receipt("o-1"),
+        "/v1/refund": {
+            "refundId": "o-f",
+            "receiptId": "o-r",
+            "at": "2026-11-24T10:00:00+03:00",
+            "lines": [{"sku": "4601234000017", "qty": "1"}],
+        },
+        "/v1/balance": {"card": "2770000000017"},
+        "/v1/confirm": {"receiptId": "o-h"},
+        "/v1/cancel": {"receiptId": "o-h"},
+        "/v1/identify": {"text": "2770000000017"},
+    }
+    for path, body in bodies.items():
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        schema = schemas[ref["schema"]["$ref"].rsplit("/", 1)[1]]
+        assert schema["additionalProperties"] is False
+        stray = client.post(path, {**body, "colour": "red"})
+        assert error_of(stray)[:2] == (400, "INVALID_ARGUMENT") and "colour" in error_of(stray)[2]
+        for name in schema.get("required", []):
+            status, code, message = error_of(
+                client.post(path, {k: v for k, v in body.items() if k != name})
+            )
+            assert (status, code) == (400, "INVALID_ARGUMENT") and name in message, path
+    assert schemas["Receipt"]["required"] == ["receiptId", "at", "lines"]
+    assert schemas["ReceiptLine"]["required"] == ["sku", "qty"]
+    assert "required" not in schemas["IdentifyRequest"]  # no text: INVALID, answered
+    assert "required" not in schemas["CheckoutResult"]
+    assert "additionalProperties" not in schemas["CheckoutResult"]
+    line = {k: v for k, v in receipt("o-2")["lines"][0].items() if k != "qty"}
+    status, _, message = error_of(client.post("/v1/quote", receipt("o-2", lines=[line])))
+    assert status == 400 and "qty" in message
+    healthz = doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"]
+    assert healthz["application/json"]["schema"]["required"] == ["status", "cacheVersion"]
+    assert {"401", "405", "408"} <= set(doc["paths"]["/v1/quote"]["post"]["responses"])
+
+
 # ---------------------------------------------------------------- `tillpoint run`
 
 
