@@ -511,10 +511,15 @@ def take_seq(conn: sqlite3.Connection, device_id: str, applied_through: int) -> 
 
 
 def offline_redeemed(
-    conn: sqlite3.Connection, card: str, local_day: str, now: datetime | None = None
+    conn: sqlite3.Connection,
+    card: str,
+    local_day: str,
+    now: datetime | None = None,
+    but: str | None = None,
 ) -> int:
     """Points this till let the card spend offline on this store-day: committed receipts,
-    and, given `now`, the offline holds still open then (the contract §11: a hold reserves)."""
+    and, given `now`, the offline holds still open then (the contract §11: a hold reserves)
+    but receipt `but`'s own (priced again, it must not count against itself)."""
     row = conn.execute(
         "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
         " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",
@@ -526,8 +531,8 @@ def offline_redeemed(
             conn.execute(
                 "SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
                 " WHERE card = ? AND local_day = ? AND state = 'HELD' AND mode = 'OFFLINE'"
-                " AND expires_at > ?",
-                (card, local_day, utc_text(now)),
+                " AND expires_at > ? AND receipt_id IS NOT ?",
+                (card, local_day, utc_text(now), but),
             ).fetchone()[0]
         )
     return used
@@ -546,7 +551,7 @@ _OFFLINE_USE = (
     " WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE'),"
     " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
     " WHERE card = ?4 AND local_day = ?5 AND state = 'HELD' AND mode = 'OFFLINE'"
-    " AND expires_at > ?2)"
+    " AND expires_at > ?2 AND receipt_id IS NOT ?3)"  # its own hold: not another's use
 )
 
 

@@ -392,8 +392,17 @@ class Agent:
     # ------------------------------------------------------------ quote, checkout
 
     def quote(self, receipt: Receipt) -> CheckoutResult:
+        """Price a receipt, storing and reserving nothing. A receiptId already committed
+        answers what was committed (priced again, its own points would count twice in
+        the balance shown); another body under it is a Conflict, as for Hold."""
         with self._read() as (view, conn):
-            result = self._price(receipt, view, commit=False, reads=conn).result
+            stored = ledger.stored_receipt(conn, receipt.receipt_id)
+            if stored is None:
+                result = self._price(receipt, view, commit=False, reads=conn).result
+        if stored is not None:
+            if _legacy_digest(json.loads(stored[0])) != _legacy_digest(_Request.of(receipt).data):
+                raise _conflict(receipt.receipt_id)
+            return CheckoutResult.from_json(stored[1])
         self._tell_devices("after_quote", result)
         return result
 
@@ -1015,6 +1024,7 @@ class Agent:
             ident.card_number or "",
             _local_day(receipt, program),
             self.clock(),
+            receipt.receipt_id,
         )
         return max(0, program.offline_redeem_limit_points - used)
 

@@ -298,6 +298,11 @@ class ReadFloor:
         cache.execute("BEGIN")
         ledger.execute("BEGIN")
         cache.execute("SELECT value FROM meta WHERE key = ?", ("version",)).fetchone()
+        # whether the receiptId is committed (a quote of it answers what was committed)
+        ledger.execute(
+            "SELECT request, result, device_id, seq FROM receipts WHERE receipt_id = ?",
+            (receipt["receiptId"],),
+        ).fetchone()
         # the card and its customer's row in one statement, as the agent reads them
         found = cache.execute(
             "SELECT k.number, k.customer_id, k.status, c.doc FROM cards k"
@@ -345,7 +350,7 @@ class ReadFloor:
                     " WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE'),"
                     " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
                     " WHERE card = ?4 AND local_day = ?5 AND state = 'HELD' AND mode = 'OFFLINE'"
-                    " AND expires_at > ?1)",
+                    " AND expires_at > ?1 AND receipt_id IS NOT ?2)",
                     (*at, receipt["card"], "2026-11-23"),
                 ).fetchone()
             else:

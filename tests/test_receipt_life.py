@@ -329,7 +329,9 @@ def test_grpc_hold_confirm_cancel(stub: pb_grpc.PosAgentStub, clock: Clock) -> N
         stub.Confirm(pb.ConfirmRequest(receipt_id="r3"), timeout=TIMEOUT)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "hold expired" in (err.value.details() or "")
-    quote = stub.Quote(request, timeout=TIMEOUT)
+    assert stub.Quote(request, timeout=TIMEOUT) == done  # committed: what was committed
+    fresh = json_format.ParseDict(receipt("r4", redeemPoints=10), pb.Receipt())
+    quote = stub.Quote(fresh, timeout=TIMEOUT)
     assert quote.state == pb.RECEIPT_STATE_UNSPECIFIED  # a quote has no state
 
 
@@ -436,3 +438,21 @@ def test_a_holds_balance_leaves_out_what_the_cards_other_open_holds_reserve(
         == left + earned + first["earnedPoints"]
     )
     assert till.balance(BORIS).available_points == left + earned + first["earnedPoints"]
+
+
+def test_a_quote_of_a_committed_receipt_answers_what_was_committed(till: Agent) -> None:
+    """Priced again, a committed receipt's own spend and earn counted twice in the balance
+    a quote shows (1192 after the sale, then 1184 on a quote of it); a quote of its
+    receiptId now answers the committed result, and another body is a conflict. A quote
+    of a held receipt still prices it, its own hold left out."""
+    body = receipt_from_json(receipt(redeemPoints=-1))
+    held = till.hold(body)
+    quoted = till.quote(body)
+    assert quoted.balance == held.balance and quoted.redeemed_points == held.redeemed_points
+    confirmed = till.confirm(body.receipt_id)
+    assert till.quote(body) == confirmed
+    assert till.quote(body).balance == held.balance
+    with pytest.raises(Conflict):
+        till.quote(receipt_from_json(receipt(redeemPoints=0)))
+    sold = till.checkout(receipt_from_json(receipt("r2", redeemPoints=10)))
+    assert till.quote(receipt_from_json(receipt("r2", redeemPoints=10))) == sold
