@@ -702,3 +702,14 @@ def test_a_null_field_is_a_field_left_out_as_proto3_json_says(client: Client, cl
     assert (status, code, message) == (400, "INVALID_ARGUMENT", "receipt: lines is required")
     status, _, message = error_of(client.post("/v1/quote", receipt("n-1", lines=[None])))
     assert status == 400 and message == "receipt: lines[0] must be a JSON object"
+
+
+def test_balance_of_no_card_is_refused_as_the_cli_refuses_it(client: Client, cli: CLI) -> None:
+    """An empty or absent card is INVALID (§4): 412 "nothing was scanned", as the CLI's
+    exit 2 says; HTTP answered 400 "card must not be empty"."""
+    run = cli("balance", "", "--json")
+    assert run.code == 2
+    for body in ({"card": ""}, {}, {"card": None}):
+        status, code, message = error_of(client.post("/v1/balance", body))
+        assert (status, code) == (412, "FAILED_PRECONDITION"), body
+        assert run.err == f"tillpoint: {message}\n"
