@@ -162,22 +162,27 @@ class _Health(health.HealthServicer):
 def follow_snapshot(health_servicer: _Health, every_s: float = 1.0) -> Callable[[], None]:
     """Tell `Watch` callers when the first snapshot arrives (within `every_s`); returns the
     stop. Once the till has one it keeps one while it serves (`reset` is refused then)."""
-    stop = threading.Event()
 
-    def run() -> None:
+    def run(stop: threading.Event) -> None:
         while not stop.wait(every_s):
             if health_servicer.ready():
                 health_servicer.set_ready(True)
                 return
 
-    thread = threading.Thread(target=run, name="health-follower", daemon=True)
+    return _in_background("health-follower", run)
+
+
+def _in_background(name: str, run: Callable[[threading.Event], None]) -> Callable[[], None]:
+    """`run(stop)` in a daemon thread; returns the stop (sets the event, waits 5 s)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(stop,), name=name, daemon=True)
     thread.start()
 
-    def stop_following() -> None:
+    def stop_it() -> None:
         stop.set()
         thread.join(timeout=5)
 
-    return stop_following
+    return stop_it
 
 
 def build_server(
@@ -215,9 +220,8 @@ def build_server(
 
 def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None]:
     """Expire held receipts on time even when no POS calls (the contract §11); returns the stop."""
-    stop = threading.Event()
 
-    def run() -> None:
+    def run(stop: threading.Event) -> None:
         while True:  # at once too: holds that expired while the agent was down
             try:
                 agent.sweep_holds()
@@ -227,14 +231,7 @@ def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None
             if stop.wait(every_s):
                 return
 
-    thread = threading.Thread(target=run, name="hold-sweeper", daemon=True)
-    thread.start()
-
-    def stop_sweeper() -> None:
-        stop.set()
-        thread.join(timeout=5)
-
-    return stop_sweeper
+    return _in_background("hold-sweeper", run)
 
 
 def register_gauges(registry: Any, agent: Agent) -> None:

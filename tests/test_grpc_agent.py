@@ -23,18 +23,24 @@ TIMEOUT = 5
 
 
 @pytest.fixture
-def stub(tmp_path: Path) -> Iterator[pb_grpc.PosAgentStub]:
+def channel(tmp_path: Path) -> Iterator[grpc.Channel]:
+    """A channel to a served agent with the test snapshot."""
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot())
     server, port, _ = build_server(agent, "127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield pb_grpc.PosAgentStub(channel)
+        yield channel
     finally:
         channel.close()
         server.stop(0).wait()
         agent.close()
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> pb_grpc.PosAgentStub:
+    return pb_grpc.PosAgentStub(channel)
 
 
 def test_checkout_over_grpc_matches_the_contract(stub: pb_grpc.PosAgentStub) -> None:
@@ -298,27 +304,19 @@ def test_the_fast_receipt_reader_validates_like_json_format(message: pb.Receipt)
     assert outcomes[0] == outcomes[1]
 
 
-def test_a_request_that_does_not_decode_is_invalid_argument_not_internal(tmp_path: Path) -> None:
+def test_a_request_that_does_not_decode_is_invalid_argument_not_internal(
+    channel: grpc.Channel,
+) -> None:
     """Bytes that are no `Receipt` (a truncated message, a card that is not UTF-8) are the
     caller's error: INVALID_ARGUMENT with a readable message, and the agent serves on."""
-    agent = Agent(tmp_path, "till-1")
-    agent.load_snapshot(snapshot())
-    server, port, _ = build_server(agent, "127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        raw = channel.unary_unary("/tillpoint.v1.PosAgent/Quote")  # bytes in, bytes out
-        not_utf8 = b"\x2a\x02\xff\xfe"  # field 5 (card), a string, two bytes not UTF-8
-        for body in (b"\x0a\xff", not_utf8):
-            with pytest.raises(grpc.RpcError) as caught:
-                raw(body, timeout=TIMEOUT)
-            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "not a valid message" in (caught.value.details() or "")
-        stub = pb_grpc.PosAgentStub(channel)
-        quoted = stub.Quote(json_format.ParseDict(receipt(), pb.Receipt()), timeout=TIMEOUT)
-        assert quoted.total_minor > 0
-        assert agent.status().outbox_depth == 0
-    finally:
-        channel.close()
-        server.stop(0).wait()
-        agent.close()
+    raw = channel.unary_unary("/tillpoint.v1.PosAgent/Quote")  # bytes in, bytes out
+    not_utf8 = b"\x2a\x02\xff\xfe"  # field 5 (card), a string, two bytes not UTF-8
+    for body in (b"\x0a\xff", not_utf8):
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(body, timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid message" in (caught.value.details() or "")
+    stub = pb_grpc.PosAgentStub(channel)
+    quoted = stub.Quote(json_format.ParseDict(receipt(), pb.Receipt()), timeout=TIMEOUT)
+    assert quoted.total_minor > 0
+    assert stub.Status(pb.StatusRequest(), timeout=TIMEOUT).outbox_depth == 0
