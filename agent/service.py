@@ -514,8 +514,10 @@ class Agent:
             return False
         with self._lock:
             life = None if forgotten else self._life(receipt_id)
-            if not forgotten and (life is None or life.state == "HELD" or not life.hub_hold):
-                return None
+            if not forgotten and (
+                life is None or life.state not in ("CANCELLED", "EXPIRED") or not life.hub_hold
+            ):
+                return None  # held again, or confirmed since: its transaction settles it
             if not self._hub_turns.start_release(receipt_id):
                 return None
         try:
@@ -600,16 +602,22 @@ class Agent:
                 return "CANCELLED", _cancelled(json.loads(row.held_result)), None
             # expired (swept or not yet): priced and held again below
             ledger.forget_life(self._ledger, rid)
+        # What the hub may still hold for this receipt that no one else will release: an
+        # expired hold's (its release owed, in the row forgotten above), or the grant of
+        # the early pricing when it is priced again here. The new hold releases it at its
+        # cancel or expiry (a release names the receipt; a new grant replaces it anyway).
+        owed = row is not None and row.hub_hold
         if early is not None and row is None and self._still(early, view):
             done, ready = early.done, early.ready
         else:
+            owed = owed or (early is not None and early.ready.hub_hold)
             done = self._price(receipt, view, commit=True)
             ready = self._ready(done, view.program(), confirm_now)
         # A hold reserves its applied coupons (the contract §11, §13): used here from now
         # on; a cancel or an expiry gives them back, a confirm keeps them.
         self._use_coupons(done, ready.now)
         now_at, expires, figures, held = ready.now, ready.expires, ready.figures, ready.held
-        hub_hold = ready.hub_hold
+        hub_hold = ready.hub_hold or owed
         request_text = request.text
         if confirm_now:
             # Checkout: the receipt's own rows keep request and result, and are its record

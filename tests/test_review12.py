@@ -210,3 +210,129 @@ def test_a_release_in_flight_never_drops_the_hold_placed_again_for_the_same_rece
         assert hub.store.balance("c-2", datetime.now(UTC)).held == 53
     finally:
         a.stop()
+
+
+def _later(till: Till, minutes: int = 40) -> None:
+    """The till's clock past its holds' holdTtlSeconds (1800 s); the hub's runs on."""
+    from datetime import UTC, datetime, timedelta
+
+    moment = datetime.now(UTC) + timedelta(minutes=minutes)
+    till.agent.clock = lambda: moment
+
+
+def test_an_expired_hold_held_again_keeps_the_release_it_owes(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """§11: an expired hold's release the hub did not get is owed. Held again under its
+    receiptId while the hub was away (OFFLINE, no hub call) and cancelled, the receipt's
+    ledger row was replaced and the owed release forgotten: the hub kept the points held
+    for every till until its own hold ran out."""
+    from datetime import UTC, datetime
+
+    import grpc
+    from tillpoint.sync.loopback import receipt as hub_receipt
+    from tillpoint.sync.loopback import wait_for
+
+    a = enrolled(hub, tmp_path, "a")
+    try:
+        body = receipt_from_json(hub_receipt("a-1", "2770000000024", redeem=-1))
+        assert (a.agent.hold(body).mode, hub.store.balance("c-2", datetime.now(UTC)).held) == (
+            "ONLINE",
+            53,
+        )
+        hub.stop()
+        _later(a)
+        assert a.agent.sweep_holds() == 1  # the release does not reach the hub: owed
+        again = a.agent.hold(body)
+        assert (again.mode, again.state) == ("OFFLINE", "HELD")
+        assert a.agent.cancel("a-1").state == "CANCELLED"
+        hub.restart()
+        grpc.channel_ready_future(a.link.channel).result(timeout=15)
+        wait_for(lambda: a.agent.retry_hub_releases() == 1, timeout=15)
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 0
+    finally:
+        a.stop()
+
+
+def test_a_release_decided_before_a_receipt_was_held_again_and_confirmed_is_not_sent(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """`retry_hub_releases` reads what it owes, then sends one release at a time. A receipt
+    on that list held again (a new hub hold) and confirmed meanwhile used to be released
+    all the same: the hub dropped the hold of a sale not yet uploaded, and another till
+    could spend the same points online."""
+    import threading
+    from datetime import UTC, datetime
+
+    import grpc
+    from tillpoint.sync.loopback import receipt as hub_receipt
+
+    a = enrolled(hub, tmp_path, "a")
+    try:
+        other = receipt_from_json(hub_receipt("x-1", "2770000000017", redeem=-1))
+        mine = receipt_from_json(hub_receipt("r-1", "2770000000024", redeem=-1))
+        assert a.agent.hold(other).mode == a.agent.hold(mine).mode == "ONLINE"
+        hub.stop()
+        a.agent.cancel("x-1")  # owed first
+        _later(a)
+        assert a.agent.sweep_holds() == 1  # r-1's release owed next
+        hub.restart()
+        grpc.channel_ready_future(a.link.channel).result(timeout=15)
+        authoriser = a.agent.hub
+        assert authoriser is not None
+        real_release = authoriser.release
+        entered, go = threading.Event(), threading.Event()
+
+        def slow_release(receipt_id: str) -> bool:
+            if receipt_id == "x-1":  # the first of the list takes its time
+                entered.set()
+                assert go.wait(10)
+            return real_release(receipt_id)
+
+        authoriser.release = slow_release  # type: ignore[method-assign]
+        retry = threading.Thread(target=a.agent.retry_hub_releases)
+        retry.start()
+        assert entered.wait(10)
+        assert a.agent.hold(mine).redeemed_points == 53  # held again, online
+        assert a.agent.confirm("r-1").state == "CONFIRMED"
+        go.set()
+        retry.join(15)
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 53  # until uploaded
+        assert a.agent.retry_hub_releases() == 0
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 53
+    finally:
+        a.stop()
+
+
+def test_the_early_pricings_hub_grant_is_released_when_the_hold_ends_up_without_it(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """A hold is priced before its write transaction (the hub grants the redemption), and
+    again inside it when what it read changed meanwhile. When the second pricing redeemed
+    nothing (so asked the hub nothing), the hold was not marked as held at the hub, and
+    the early grant stayed held there after the cancel. The change is made here by
+    pricing the second time without redemption, as when the customer's points went to
+    another receipt in between."""
+    from datetime import UTC, datetime
+
+    from tillpoint.sync.loopback import receipt as hub_receipt
+
+    a = enrolled(hub, tmp_path, "a")
+    try:
+        agent: Any = a.agent
+        real_price = agent._price
+
+        def price(receipt: Any, view: Any, *, commit: bool, reads: Any = None) -> Any:
+            if reads is None:  # inside the transaction: nothing left to redeem by then
+                receipt = receipt.model_copy(update={"redeem_points": 0})
+            return real_price(receipt, view, commit=commit, reads=reads)
+
+        agent._price = price
+        agent._still = lambda early, view: False  # what the early pricing read changed
+        held = a.agent.hold(receipt_from_json(hub_receipt("e-1", "2770000000024", redeem=-1)))
+        assert (held.state, held.redeemed_points) == ("HELD", 0)
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 53  # the early grant
+        a.agent.cancel("e-1")
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 0
+    finally:
+        a.stop()
