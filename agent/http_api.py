@@ -501,9 +501,9 @@ def _message_schema(
     desc: Descriptor, schemas: dict[str, Any], *, request: bool = False
 ) -> dict[str, Any]:
     """A `$ref` to the proto3 JSON schema of `desc`, adding it (and what it uses) to
-    `schemas`. Fields with presence (messages, `optional`) may be absent or null. A
-    request's messages say which fields are required and refuse unknown ones, as the
-    agent does."""
+    `schemas`. Fields with presence (messages, `optional`) may be absent or null; in a
+    request every field may be null (read as left out, proto3 JSON). A request's messages
+    say which fields are required and refuse unknown ones, as the agent does."""
     ref = {"$ref": f"#/components/schemas/{desc.name}"}
     if desc.name in schemas:
         return ref
@@ -518,7 +518,7 @@ def _message_schema(
         schema = _field_schema(field, schemas, request=request)
         if field.is_repeated:
             schema = {"type": "array", "items": schema}
-        elif field.has_presence:
+        if field.has_presence or request:
             schema = {"anyOf": [schema, {"type": "null"}]}
         properties[field.json_name] = schema
     described: dict[str, Any] = {"type": "object", "properties": properties}

@@ -8,8 +8,10 @@ POS had held the same receiptId again, and drop the new hold: the customer's poi
 stand unreserved at the hub while the till still held them.
 
 `HubTurns` orders the two: a release starts only when no hold of that receipt is in
-progress (else it is left for the next retry), and a hold waits for a release in flight
-(each RPC has its deadline, so the wait is bounded).
+progress (else it is left for the next retry), and a hold waits for a release in flight.
+A release's RPC has its deadline (`hub.redeem_timeout_ms`, at most 60 s), so the wait
+ends; past `wait_s` (longer than any deadline) the hold is refused as the hub being
+unavailable, never placed beside a release still on its way.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .errors import HubUnavailable
+
 
 class HubTurns:
-    def __init__(self, wait_s: float = 10.0) -> None:
+    def __init__(self, wait_s: float = 90.0) -> None:
         self._changed = threading.Condition()
         self._holding: Counter[str] = Counter()
         self._releasing: set[str] = set()
@@ -31,7 +35,11 @@ class HubTurns:
     def holding(self, receipt_id: str) -> Iterator[None]:
         """Around the whole of a hold or checkout: its hub request and its ledger write."""
         with self._changed:
-            self._changed.wait_for(lambda: receipt_id not in self._releasing, self._wait_s)
+            if not self._changed.wait_for(lambda: receipt_id not in self._releasing, self._wait_s):
+                raise HubUnavailable(
+                    f"receipt {receipt_id}: the release of its earlier hold has not reached"
+                    " the hub yet: retry with the same receiptId"
+                )
             self._holding[receipt_id] += 1
         try:
             yield

@@ -741,16 +741,18 @@ class Refund(Model):
 M = TypeVar("M", bound=Model)
 
 
-def parse(model: type[M], data: Any, what: str) -> M:
+def parse(model: type[M], data: Any, what: str, *, request: bool = False) -> M:
     """Validate `data` as `model`, turning the first problem into one readable line.
 
-    A field set to `null` is a field left out (proto3 JSON: "null is accepted for every
-    field and means its default"), so `"redeemPoints": null` is 0 and `"card": null` is
-    no card; a `null` inside a list is still refused."""
+    In a `request` (a receipt, a refund) a field set to `null` is a field left out (proto3
+    JSON: "null is accepted for every field and means its default"), so `"redeemPoints":
+    null` is 0 and `"card": null` is no card; a `null` inside a list is still refused. A
+    snapshot's rows keep their nulls (refused where a value is needed): a card's `"status":
+    null` is no ACTIVE card."""
     if not isinstance(data, dict):
         raise InputError(f"{what}: expected a JSON object")
     try:
-        return model.model_validate(_without_nulls(data))
+        return model.model_validate(_without_nulls(data) if request else data)
     except ValidationError as exc:
         raise InputError(f"{what}: {describe(exc)}") from None
 

@@ -406,13 +406,13 @@ def json_text(
 def receipt_from_json(data: Any) -> Receipt:
     """A receipt the CLI or HTTP read (a JSON document): validated, or one InputError line."""
     models = _models()
-    receipt: Receipt = models.parse(models.Receipt, data, "receipt")
+    receipt: Receipt = models.parse(models.Receipt, data, "receipt", request=True)
     return receipt
 
 
 def refund_from_json(data: Any) -> Refund:
     models = _models()
-    refund: Refund = models.parse(models.Refund, data, "refund")
+    refund: Refund = models.parse(models.Refund, data, "refund", request=True)
     return refund
 
 

@@ -393,16 +393,18 @@ class Agent:
 
     def quote(self, receipt: Receipt) -> CheckoutResult:
         """Price a receipt, storing and reserving nothing. A receiptId already committed
-        answers what was committed (priced again, its own points would count twice in
-        the balance shown); another body under it is a Conflict, as for Hold."""
+        answers its committed figures as a quote (priced again, its own points would
+        count twice in the balance shown): nothing printed, no state, the quote's display;
+        another body under it is a Conflict, as for Hold. With `explain` it is priced
+        again, as of now, for the trace."""
         with self._read() as (view, conn):
-            stored = ledger.stored_receipt(conn, receipt.receipt_id)
+            stored = None if receipt.explain else ledger.stored_receipt(conn, receipt.receipt_id)
             if stored is None:
                 result = self._price(receipt, view, commit=False, reads=conn).result
         if stored is not None:
             if _legacy_digest(json.loads(stored[0])) != _legacy_digest(_Request.of(receipt).data):
                 raise _conflict(receipt.receipt_id)
-            return CheckoutResult.from_json(stored[1])
+            result = CheckoutResult.from_json(_as_quote(stored[1]))
         self._tell_devices("after_quote", result)
         return result
 
@@ -507,7 +509,7 @@ class Agent:
         `retry_hub_releases` tries again (the hold of a closed receipt keeps its `hub_hold`
         mark until then). None: nothing to release now: the receipt was held again since
         (an expired hold priced afresh: its new hold replaced the old one at the hub), or
-        a hold of it is being placed (`HubTurns`; if that fails, a retry releases).
+        a hold of it is being placed (`HubTurns`; that hold carries the release owed).
         `forgotten`: the ledger no longer has the receipt (`reset`), release it as is."""
         hub = self.hub
         if hub is None:
@@ -1810,6 +1812,16 @@ def _conflict(receipt_id: str) -> Conflict:
     return Conflict(
         f"receipt {receipt_id} is already stored with another body: use a new receiptId"
     )
+
+
+def _as_quote(committed: dict[str, Any]) -> dict[str, Any]:
+    """A committed result answered to a quote of its receiptId: the same figures, as a
+    quote has them (§5: nothing printed; no state, device or seq; the quote's display)."""
+    drop = ("state", "deviceId", "seq", "holdExpiresAt", "trace")
+    result = {k: v for k, v in committed.items() if k not in drop}
+    result["printedOffers"] = []
+    result["display"] = quote_display(int(result["totalMinor"]), int(result["discountMinor"]))
+    return result
 
 
 def _cancelled(held: dict[str, Any]) -> dict[str, Any]:

@@ -204,3 +204,19 @@ def test_rfc_3339_lowercase_t_and_z_are_the_same_time(cli: CLI) -> None:
     assert upper.code == 0 and (lower.code, lower.out) == (0, upper.out)
     at = cli("balance", "2770000000017", "--at", "2026-11-23t07:15:00z", "--json")
     assert at.code == 0, at.err
+
+
+def test_a_snapshot_keeps_its_nulls_refused_a_request_takes_them_as_absent(
+    cli: CLI,
+) -> None:
+    """proto3 JSON's "null is the default" is read for requests (receipts, refunds), not
+    for snapshots: a BLOCKED card's `"status": null` would make it an ACTIVE card, and a
+    program's `null` a silent default. The snapshot is refused, whole."""
+    snap = snapshot()
+    snap["cards"] = [{**snap["cards"][0], "status": None}, *snap["cards"][1:]]
+    _refused(cli("snapshot", "load", snap), "status")
+    snap = snapshot()
+    snap["program"] = {**snap["program"], "offlineRedeemLimitPoints": None}
+    _refused(cli("snapshot", "load", snap), "offlineRedeemLimitPoints")
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("quote", receipt(redeemPoints=None), "--json").code == 0

@@ -144,7 +144,7 @@ def test_the_quote_reads_in_one_statement_are_the_reads_one_by_one(tmp_path: Pat
                     assert got.held == ledger.held_points(conn, who, now, but)
                     assert got.moved == bool(ledger._point_devices(conn, who))
                     assert got.offline == (
-                        ledger.offline_redeemed(conn, card_number, local_day, now)
+                        ledger.offline_redeemed(conn, card_number, local_day, now, but)
                         if local_day
                         else 0
                     )

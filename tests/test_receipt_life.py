@@ -329,7 +329,8 @@ def test_grpc_hold_confirm_cancel(stub: pb_grpc.PosAgentStub, clock: Clock) -> N
         stub.Confirm(pb.ConfirmRequest(receipt_id="r3"), timeout=TIMEOUT)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "hold expired" in (err.value.details() or "")
-    assert stub.Quote(request, timeout=TIMEOUT) == done  # committed: what was committed
+    again = stub.Quote(request, timeout=TIMEOUT)  # committed: its figures, as a quote
+    assert (again.balance, again.lines, again.state) == (done.balance, done.lines, 0)
     fresh = json_format.ParseDict(receipt("r4", redeemPoints=10), pb.Receipt())
     quote = stub.Quote(fresh, timeout=TIMEOUT)
     assert quote.state == pb.RECEIPT_STATE_UNSPECIFIED  # a quote has no state
@@ -450,9 +451,21 @@ def test_a_quote_of_a_committed_receipt_answers_what_was_committed(till: Agent) 
     quoted = till.quote(body)
     assert quoted.balance == held.balance and quoted.redeemed_points == held.redeemed_points
     confirmed = till.confirm(body.receipt_id)
-    assert till.quote(body) == confirmed
-    assert till.quote(body).balance == held.balance
+    again = till.quote(body)
+    assert again.balance == confirmed.balance == held.balance
+    assert (again.redeemed_points, again.earned_points, again.lines) == (
+        confirmed.redeemed_points,
+        confirmed.earned_points,
+        confirmed.lines,
+    )
+    # as a quote: nothing printed (§5), no state, device or seq, the quote's display
+    assert confirmed.printed_offers and not again.printed_offers
+    assert (again.state, again.device_id, again.seq) == (None, None, None)
+    assert again.display == quoted.display
     with pytest.raises(Conflict):
         till.quote(receipt_from_json(receipt(redeemPoints=0)))
+    traced = till.quote(receipt_from_json(receipt(redeemPoints=-1, explain=True)))
+    assert traced.trace is not None  # priced again for its trace (§17)
     sold = till.checkout(receipt_from_json(receipt("r2", redeemPoints=10)))
-    assert till.quote(receipt_from_json(receipt("r2", redeemPoints=10))) == sold
+    quoted_again = till.quote(receipt_from_json(receipt("r2", redeemPoints=10)))
+    assert (quoted_again.total_minor, quoted_again.balance) == (sold.total_minor, sold.balance)

@@ -336,3 +336,31 @@ def test_the_early_pricings_hub_grant_is_released_when_the_hold_ends_up_without_
         assert hub.store.balance("c-2", datetime.now(UTC)).held == 0
     finally:
         a.stop()
+
+
+def test_a_hold_never_goes_ahead_beside_a_release_still_on_its_way() -> None:
+    """`HubTurns`: a hold waits for the release in flight; past its wait (longer than any
+    release deadline) it is refused (UNAVAILABLE, retry), never placed beside it."""
+    import threading
+
+    from tillpoint.agent.errors import HubUnavailable
+    from tillpoint.agent.hub_turns import HubTurns
+
+    turns = HubTurns(wait_s=0.2)
+    assert turns.start_release("r-1")
+    with pytest.raises(HubUnavailable, match="retry with the same receiptId"), turns.holding("r-1"):
+        pass
+    with turns.holding("r-2"):  # another receipt does not wait
+        assert not turns.start_release("r-2")  # nor is r-2 released while it is held
+    done = threading.Event()
+
+    def hold() -> None:
+        with turns.holding("r-1"):
+            done.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert not done.wait(0.05)  # waits for the release
+    turns.end_release("r-1")
+    assert done.wait(5)
+    holder.join(5)
