@@ -392,18 +392,20 @@ class Agent:
     # ------------------------------------------------------------ quote, checkout
 
     def quote(self, receipt: Receipt) -> CheckoutResult:
-        """Price a receipt, storing and reserving nothing. A receiptId already committed
-        answers its committed figures as a quote (priced again, its own points would
-        count twice in the balance shown): nothing printed, no state, the quote's display;
-        another body under it is a Conflict, as for Hold. With `explain` it is priced
-        again, as of now, for the trace."""
+        """Price a receipt, storing and reserving nothing. The receipt committed under its
+        receiptId (the same body) answers its committed figures as a quote (priced again,
+        its own points would count twice in the balance shown): nothing printed, no state,
+        the quote's display. Another body is priced like any quote (the contract refuses
+        a reused receiptId for Hold and Checkout only), and so is one with `explain`."""
         with self._read() as (view, conn):
             stored = None if receipt.explain else ledger.stored_receipt(conn, receipt.receipt_id)
+            if stored is not None and _legacy_digest(json.loads(stored[0])) != _legacy_digest(
+                _Request.of(receipt).data
+            ):
+                stored = None
             if stored is None:
                 result = self._price(receipt, view, commit=False, reads=conn).result
         if stored is not None:
-            if _legacy_digest(json.loads(stored[0])) != _legacy_digest(_Request.of(receipt).data):
-                raise _conflict(receipt.receipt_id)
             result = CheckoutResult.from_json(_as_quote(stored[1]))
         self._tell_devices("after_quote", result)
         return result
