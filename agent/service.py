@@ -159,6 +159,9 @@ class _Priced:
     offers: list[Offer]
     applied: dict[str, int]
     coupon_checks: list[coupons.CouponCheck]
+    # a commit's pricing asked the hub to hold its redemption or coupons (answered or
+    # not: a request past its deadline may still have placed the hold there)
+    asked_hub: bool = False
 
 
 @dataclass(frozen=True)
@@ -708,8 +711,9 @@ class Agent:
         )
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
-        # Points or coupon codes the hub holds for this receipt (released at cancel/expiry).
-        hub_hold = (
+        # Points or coupon codes the hub may hold for this receipt (released at cancel or
+        # expiry): granted, or asked for (a request past its deadline may have placed them).
+        hub_hold = done.asked_hub or (
             done.mode == "ONLINE"
             and self.hub is not None
             and (done.priced.redeemed_points > 0 or bool(done.result.applied_codes))
@@ -910,6 +914,7 @@ class Agent:
         if offline_used is not None:
             ctx = _with_cap(ctx, max(0, program.offline_redeem_limit_points - offline_used))
         priced = price(receipt, ctx)
+        asked_hub = False
         # Online, a commit's applied coupon codes are authorised with its redemption (§13).
         codes = (
             coupons.applied_codes({"coupons": coupons.verdicts(checks, priced.applied_offers)})
@@ -921,6 +926,7 @@ class Agent:
             and customer is not None
             and (priced.redeem_allowed_without_cap > 0 or codes)
         ):
+            asked_hub = commit
             cap, mode, used = self._redeem_cap(receipt, ident, priced, program, commit, codes, conn)
             if used:  # the hub says another receipt used or holds them: priced without
                 checks = coupons.mark_used(checks, used)
@@ -984,6 +990,7 @@ class Agent:
             printed,
             applied,
             checks,
+            asked_hub,
         )
 
     def _redeem_cap(

@@ -364,3 +364,35 @@ def test_a_hold_never_goes_ahead_beside_a_release_still_on_its_way() -> None:
     turns.end_release("r-1")
     assert done.wait(5)
     holder.join(5)
+
+
+def test_a_hold_whose_hub_answer_came_too_late_releases_what_the_hub_placed(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """A hold's authorisation that passes its deadline (300 ms) is priced OFFLINE, yet the
+    hub may have placed the hold by then: it stayed held there, for every till, until its
+    own hold ran out. A hold that asked the hub releases at its cancel or expiry whatever
+    the answer. The late answer is made by a hub that holds, then a deadline that passes."""
+    from datetime import UTC, datetime
+
+    from tillpoint.agent.errors import HubUnavailable
+    from tillpoint.sync.loopback import receipt as hub_receipt
+
+    a = enrolled(hub, tmp_path, "a")
+    try:
+        authoriser: Any = a.agent.hub
+        real_authorise = authoriser.authorise
+
+        def too_late(*args: Any, **kwargs: Any) -> Any:
+            real_authorise(*args, **kwargs)  # the hub holds ...
+            raise HubUnavailable("the hub did not answer within 300 ms")  # ... too late
+
+        authoriser.authorise = too_late
+        held = a.agent.hold(receipt_from_json(hub_receipt("l-1", "2770000000024", redeem=-1)))
+        assert held.mode == "OFFLINE"
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 53
+        authoriser.authorise = real_authorise
+        a.agent.cancel("l-1")
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 0
+    finally:
+        a.stop()
