@@ -379,12 +379,18 @@ class SqlTx:
     def booked(
         self, device_id: str, kind: str, receipt_id: str, ref_id: str
     ) -> tuple[int, str] | None:
-        row = self.execute(
+        # The receipt's few rows by its index, the first taken here: an ORDER BY seq LIMIT
+        # 1 led SQLite to walk the device's rows in seq order instead (a scan a push row,
+        # 4,200 → 140 transactions a second at 20,000 on one till).
+        rows = self.execute(
             "SELECT seq, request_json FROM transactions WHERE device_id = ? AND receipt_id = ?"
-            " AND kind = ? AND ref_id = ? ORDER BY seq LIMIT 1",
+            " AND kind = ? AND ref_id = ?",
             (device_id, receipt_id, kind, ref_id),
-        ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
+        ).fetchall()
+        if not rows:
+            return None
+        seq, request_json = min(rows, key=lambda row: int(row[0]))
+        return int(seq), str(request_json)
 
     def checkout_pending(self, device_id: str, receipt_id: str) -> tuple[str | None, int] | None:
         row = self.execute(
