@@ -694,11 +694,13 @@ KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations"})
 
 
 def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
-    """The receipts of the open holds for which the hub holds points or coupon codes."""
+    """The receipts for which the hub may hold points or coupon codes: the open holds, and
+    the cancelled or expired ones whose release has not reached it yet."""
     return [
         str(rid)
         for (rid,) in conn.execute(
-            "SELECT receipt_id FROM receipt_life WHERE state = 'HELD' AND hub_hold != 0"
+            "SELECT receipt_id FROM receipt_life WHERE hub_hold != 0"
+            " AND state IN ('HELD', 'CANCELLED', 'EXPIRED')"
         )
     ]
 

@@ -398,10 +398,11 @@ class Agent:
         """Price a receipt, storing and reserving nothing. The receipt committed under its
         receiptId (the same body) answers its committed figures as a quote (priced again,
         its own points would count twice in the balance shown): nothing printed, no state,
-        the quote's display. Another body is priced like any quote (the contract refuses
-        a reused receiptId for Hold and Checkout only), and so is one with `explain`."""
+        the quote's display; with `explain`, the trace kept with it if any (a trace never
+        changes a figure, §17). Another body is priced like any quote (the contract
+        refuses a reused receiptId for Hold and Checkout only)."""
         with self._read() as (view, conn):
-            stored = None if receipt.explain else ledger.stored_receipt(conn, receipt.receipt_id)
+            stored = ledger.stored_receipt(conn, receipt.receipt_id)
             if stored is not None and _legacy_digest(json.loads(stored[0])) != _legacy_digest(
                 _Request.of(receipt).data
             ):
@@ -409,7 +410,7 @@ class Agent:
             if stored is None:
                 result = self._price(receipt, view, commit=False, reads=conn).result
         if stored is not None:
-            result = CheckoutResult.from_json(_as_quote(stored[1]))
+            result = CheckoutResult.from_json(_as_quote(stored[1], receipt.explain))
         self._tell_devices("after_quote", result)
         return result
 
@@ -1823,12 +1824,15 @@ def _conflict(receipt_id: str) -> Conflict:
     )
 
 
-def _as_quote(committed: dict[str, Any]) -> dict[str, Any]:
+def _as_quote(committed: dict[str, Any], explain: bool = False) -> dict[str, Any]:
     """A committed result answered to a quote of its receiptId: the same figures, as a
-    quote has them (§5: nothing printed; no state, device or seq; the quote's display)."""
-    drop = ("state", "deviceId", "seq", "holdExpiresAt", "trace")
+    quote has them (§5: nothing printed; no state, device or seq; the quote's display).
+    Its trace only if asked for and kept (§17: a trace never changes a figure, so the
+    receipt is not priced again for one)."""
+    drop = ("state", "deviceId", "seq", "holdExpiresAt", *(() if explain else ("trace",)))
     result = {k: v for k, v in committed.items() if k not in drop}
     result["printedOffers"] = []
+    result.setdefault("coupons", [])  # stored by an agent older than coupons
     result["display"] = quote_display(int(result["totalMinor"]), int(result["discountMinor"]))
     return result
 

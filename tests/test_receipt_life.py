@@ -464,8 +464,18 @@ def test_a_quote_of_a_committed_receipt_answers_what_was_committed(till: Agent) 
     assert again.display == quoted.display
     other = till.quote(receipt_from_json(receipt(redeemPoints=0)))  # another body: priced
     assert other.redeemed_points == 0 and other.state is None
+    # §17: a trace never changes a figure; the committed receipt is not priced again
     traced = till.quote(receipt_from_json(receipt(redeemPoints=-1, explain=True)))
-    assert traced.trace is not None  # priced again for its trace (§17)
+    assert (traced.balance, traced.lines, traced.payable_minor) == (
+        again.balance,
+        again.lines,
+        again.payable_minor,
+    )
+    explained = till.checkout(receipt_from_json(receipt("r3", redeemPoints=5, explain=True)))
+    assert explained.trace is not None
+    kept = till.quote(receipt_from_json(receipt("r3", redeemPoints=5, explain=True)))
+    assert kept.trace == explained.trace and kept.balance == explained.balance
+    assert till.quote(receipt_from_json(receipt("r3", redeemPoints=5))).trace is None
     sold = till.checkout(receipt_from_json(receipt("r2", redeemPoints=10)))
     quoted_again = till.quote(receipt_from_json(receipt("r2", redeemPoints=10)))
     assert (quoted_again.total_minor, quoted_again.balance) == (sold.total_minor, sold.balance)

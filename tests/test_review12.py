@@ -396,3 +396,32 @@ def test_a_hold_whose_hub_answer_came_too_late_releases_what_the_hub_placed(
         assert hub.store.balance("c-2", datetime.now(UTC)).held == 0
     finally:
         a.stop()
+
+
+def test_reset_also_sends_the_releases_still_owed(
+    hub: LoopbackHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hold cancelled while the hub was away owes its release. `reset` empties the ledger
+    with the mark that said so; it released only the open holds, so the hub kept the
+    cancelled one's code held until its own hold ran out."""
+    import grpc
+
+    a = enrolled(hub, tmp_path, "a")
+    b = enrolled(hub, tmp_path, "b")
+    try:
+        assert a.agent.hold(receipt_from_json(receipt("a-1", "APP555"))).mode == "ONLINE"
+        hub.stop()
+        assert a.agent.cancel("a-1").state == "CANCELLED"  # the release is owed
+        hub.restart()
+        grpc.channel_ready_future(b.link.channel).result(timeout=15)
+        code, out, err = _reset(a, capsys, monkeypatch, "--json")
+        assert code == 0, err
+        assert json.loads(out)["hubHoldsReleased"] == 1
+        assert verdicts(b.agent.checkout(receipt_from_json(receipt("b-1", "APP555")))) == [
+            ("APP555", "APPLIED", "")
+        ]
+    finally:
+        b.stop()
