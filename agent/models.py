@@ -791,12 +791,11 @@ def describe(exc: ValidationError) -> str:
     message = _PLAIN.get(str(first.get("type")), message)
     if first.get("type") == "too_short" and not (first.get("ctx") or {}).get("actual_length"):
         message = "must not be empty"  # "lines": a receipt needs at least one line
-    if first.get("type") == "too_long":  # a list: "lines", "coupons"
-        limit = (first.get("ctx") or {}).get("max_length")
-        message = f"has too many items (at most {limit})" if limit else message
-    if first.get("type") == "string_too_long":
-        limit = (first.get("ctx") or {}).get("max_length")
-        message = f"is too long (at most {limit} characters)" if limit else message
+    limit = (first.get("ctx") or {}).get("max_length")
+    if first.get("type") == "too_long" and limit:  # a list: "lines", "coupons"
+        message = f"has too many items (at most {limit})"
+    if first.get("type") == "string_too_long" and limit:
+        message = f"is too long (at most {limit} characters)"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{where} {message}{more}".strip() if where else f"{message}{more}"
 

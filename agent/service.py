@@ -403,9 +403,7 @@ class Agent:
         refuses a reused receiptId for Hold and Checkout only)."""
         with self._read() as (view, conn):
             stored = ledger.stored_receipt(conn, receipt.receipt_id)
-            if stored is not None and _legacy_digest(json.loads(stored[0])) != _legacy_digest(
-                _Request.of(receipt).data
-            ):
+            if stored is not None and not _same_body(stored[0], _Request.of(receipt).data):
                 stored = None
             if stored is None:
                 result = self._price(receipt, view, commit=False, reads=conn).result
@@ -592,7 +590,7 @@ class Agent:
             if stored is not None:
                 # Stored by an older agent, whose Receipt had fewer fields: compared
                 # without the fields left at their defaults on either side.
-                if _legacy_digest(json.loads(stored[0])) != _legacy_digest(request.data):
+                if not _same_body(stored[0], request.data):
                     raise _conflict(rid)
                 return "CONFIRMED", stored[1], None
         else:
@@ -1329,9 +1327,7 @@ class Agent:
             if stored is not None:
                 # A retry returns the stored result; another body under the id is a conflict.
                 sent = refund.model_dump(mode="json", by_alias=True)
-                if _legacy_digest(json.loads(stored.request), Refund) != _legacy_digest(
-                    sent, Refund
-                ):
+                if not _same_body(stored.request, sent, Refund):
                     raise Conflict(
                         f"refund {refund.refund_id} is already stored with another body:"
                         " use a new refundId"
@@ -1795,6 +1791,12 @@ def _qty_text(qty: Any) -> str:
         return decimal_text(Fraction(Decimal(text)))
     whole, decimals = plain.group(1).lstrip("0") or "0", (plain.group(2) or "").rstrip("0")
     return f"{whole}.{decimals}" if decimals else whole
+
+
+def _same_body(stored: str, sent: dict[str, Any], model: type[Receipt | Refund] = Receipt) -> bool:
+    """Whether a request stored under an id (its text, perhaps by an older agent) and the
+    one sent now are the same body: a retry, not another request under a used id."""
+    return _legacy_digest(json.loads(stored), model) == _legacy_digest(sent, model)
 
 
 def _legacy_digest(request: dict[str, Any], model: type[Receipt | Refund] = Receipt) -> str:

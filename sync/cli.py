@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -283,8 +284,7 @@ def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
 def _hub_migrate(settings: Settings, args: argparse.Namespace) -> int:
     hub = _hub(settings, args)
     if not hub.on_postgres:
-        store = hub.require().open_store()  # a SQLite file migrates itself when opened
-        store.close()
+        hub.require().open_store().close()  # a SQLite file migrates itself when opened
         data: dict[str, Any] = {"store": "sqlite", "applied": [], "schemaVersion": None}
     else:
         from .hub_postgres import SCHEMA_VERSION, migrate
@@ -350,9 +350,8 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
     hub = _hub(settings, args)
     if hub.on_postgres:
         hub.init()  # the database is shared: the keys make the hub here (as hub.db does)
-    store = hub.open_store(migrate=True)
-    bar = ProgressBar(f"importing {args.file.name}")
-    try:
+    with closing(hub.open_store(migrate=True)) as store:
+        bar = ProgressBar(f"importing {args.file.name}")
         try:
             report = store.import_rows(read_file(args.file, args.format, bar))
         finally:
@@ -366,8 +365,6 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
         if args.publish:
             pub = store.publish(_now(), args.ttl_hours * 3600)
             data["publishedVersion"] = pub.version
-    finally:
-        store.close()
 
     def human(d: dict[str, Any]) -> str:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(d["byKind"].items())) or "no rows"
@@ -383,11 +380,8 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.ttl_hours <= 0:
         raise InputError("--ttl-hours must be above 0")
-    store = _existing_hub(settings, args).open_store()
-    try:
+    with closing(_existing_hub(settings, args).open_store()) as store:
         pub = store.publish(_now(), args.ttl_hours * 3600, min_version=args.min_version)
-    finally:
-        store.close()
     data = {
         "version": pub.version,
         "issuedAt": pub.issued_at.isoformat(),
@@ -411,11 +405,9 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
     out = args.out or hub.root / "bundles" / f"{args.device}.json"
-    store = hub.open_store()
-    try:  # enrolled first: a refused device id gets no bundle
+    # enrolled first: a refused device id gets no bundle
+    with closing(hub.open_store()) as store:
         store.enroll(identity.device_id, identity.fingerprint, _now())
-    finally:
-        store.close()
     pki.write_bundle(out, pki.make_bundle(hub.keys, identity, args.address))
     data = {
         "deviceId": identity.device_id,
@@ -436,13 +428,10 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
 
 def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
-    store = _existing_hub(settings, args).open_store()
-    try:
+    with closing(_existing_hub(settings, args).open_store()) as store:
         if store.device(args.device) is None:
             raise InputError(f"device {args.device} is not enrolled")
         changed = store.revoke(args.device, _now())
-    finally:
-        store.close()
     return _emit(
         args,
         {"deviceId": args.device, "revoked": True, "changed": changed},
@@ -455,8 +444,7 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
     from .signing import write_signed_file
 
     hub = _existing_hub(settings, args)
-    store = hub.open_store()
-    try:
+    with closing(hub.open_store()) as store:
         if store.device(args.device) is None:
             raise InputError(f"device {args.device} is not enrolled: `tillpoint hub enroll` first")
         latest = store.latest()
@@ -466,8 +454,6 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
         bundle = SnapshotBuilder(store, hub.keys.signing_key(), hub.snapshots).bundle(
             latest.version, 0
         )
-    finally:
-        store.close()
     if args.out is None:
         write_signed_file(sys.stdout, bundle)
         return EXIT_OK
@@ -486,51 +472,53 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_coupon_conflicts(settings: Settings, args: argparse.Namespace) -> int:
-    store = _existing_hub(settings, args).open_store()
-    try:
+    with closing(_existing_hub(settings, args).open_store()) as store:
         conflicts = store.coupon_conflicts()
-    finally:
-        store.close()
-
-    def human(d: dict[str, Any]) -> str:
-        if not d["conflicts"]:
-            return "no coupon code was used twice"
-        return "\n".join(
+    return _emit_rows(
+        args,
+        "conflicts",
+        conflicts,
+        "no coupon code was used twice",
+        lambda c: (
             f"{c['code']}: used by {c['firstDeviceId']} ({c['firstReceiptId']}) and again by"
             f" {c['deviceId']} ({c['receiptId']}) at {c['at']}"
-            for c in d["conflicts"]
-        )
-
-    return _emit(args, {"conflicts": conflicts}, human)
+        ),
+    )
 
 
 def _hub_set_aside(settings: Settings, args: argparse.Namespace) -> int:
-    store = _existing_hub(settings, args).open_store()
-    try:
+    with closing(_existing_hub(settings, args).open_store()) as store:
         rows = store.set_aside_transactions(args.device)
-    finally:
-        store.close()
-
-    def human(d: dict[str, Any]) -> str:
-        if not d["setAside"]:
-            return "nothing was set aside"
-        return "\n".join(
+    return _emit_rows(
+        args,
+        "setAside",
+        rows,
+        "nothing was set aside",
+        lambda r: (
             f"{r['deviceId']} seq {r['seq']}: {r['outcome']} {r['reason']} ({r['receivedAt']})"
-            for r in d["setAside"]
-        )
+        ),
+    )
 
-    return _emit(args, {"setAside": rows}, human)
+
+def _emit_rows(
+    args: argparse.Namespace,
+    key: str,
+    rows: list[dict[str, Any]],
+    none: str,
+    line: Callable[[dict[str, Any]], str],
+) -> int:
+    """A list for review: `{key: rows}` with --json, else a line a row (`none` if empty)."""
+    return _emit(
+        args, {key: rows}, lambda d: "\n".join(line(r) for r in d[key]) if d[key] else none
+    )
 
 
 def _hub_balance(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import parse_time
 
     at = parse_time(args.at) if args.at else _now()
-    store = _existing_hub(settings, args).open_store()
-    try:
+    with closing(_existing_hub(settings, args).open_store()) as store:
         balance = store.balance(args.customer, at)
-    finally:
-        store.close()
     data = {
         "customerId": args.customer,
         "availablePoints": balance.available,
@@ -552,12 +540,9 @@ def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.since < 0 or args.limit < 0:
         raise InputError("--since and --limit must be 0 or more")
-    store = _existing_hub(settings, args).open_store()
-    try:
+    with closing(_existing_hub(settings, args).open_store()) as store:
         reply = list_transactions(store, args.device, args.since, args.limit, args.receipt)
         enrolled = store.device(args.device) is not None
-    finally:
-        store.close()
     if not enrolled and not reply.transactions:
         raise InputError(f"device {args.device} is not enrolled at this hub")
     return _print_transactions(args, reply, args.device)

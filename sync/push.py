@@ -184,13 +184,17 @@ class Pusher:
         self.mark_known = True
         return mark
 
+    def know_mark(self) -> None:
+        """`learn_mark` once a pusher: before its first push (a sync round, a drain)."""
+        if not self.mark_known:
+            self.learn_mark()
+
     def drain(self, progress: Progress | None = None, lock_wait_s: float = 0.0) -> int:
         """Push until the outbox is empty; returns how many rows left it (`set_aside`
         lists those of them the hub set aside instead of storing). The first drain of a
         pusher learns the hub's mark first (`learn_mark`)."""
         self.set_aside = []
-        if not self.mark_known:
-            self.learn_mark()
+        self.know_mark()
         with file_lock(self.lock_path, lock_wait_s):
             total = self.pending()
             sent = 0

@@ -212,10 +212,9 @@ class SyncService:
 
     def _push_once(self) -> bool:
         try:
-            if not self.pusher.mark_known:
-                # before the first sale if the hub answers: a re-imaged till must not
-                # number its sales below what the hub stored of it (§9)
-                self.pusher.learn_mark()
+            # before the first sale if the hub answers: a re-imaged till must not number
+            # its sales below what the hub stored of it (§9)
+            self.pusher.know_mark()
             if self.pusher.pending() == 0:
                 return True
             self.pusher.drain()
