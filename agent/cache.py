@@ -55,6 +55,10 @@ _BATCH = 5000
 # Customers whose parsed personal offers are kept (per snapshot version): a till sees the
 # same few customers again within minutes (a quote, then the checkout, a hold, a refund).
 PERSONAL_OFFERS_KEPT = 64
+# Open receipts whose products' rows are kept (`CacheView.products`): a till has one, or
+# a few put aside; and the SKUs kept for one receipt, at most.
+RECEIPTS_KEPT = 8
+SKUS_KEPT = 1_000
 # The page cache of a full snapshot's build (KiB): the primary-key indexes of millions of
 # rows take random inserts; the agent's memory ceiling during an apply is 150 MB. At store
 # scale 16 and 32 MB took the same time; 32 MB cost 16 MB more RSS.
@@ -584,11 +588,40 @@ class CacheView:
         ]
 
     # pricing reads
-    def products(self, skus: Iterable[str]) -> dict[str, ProductRow]:
-        """The receipt's products as plain rows (validated when the snapshot was loaded),
-        one statement for up to 500 of them. SQLite's row tuples become the rows as they
+    def products(self, skus: Iterable[str], receipt_id: str | None = None) -> dict[str, ProductRow]:
+        """The receipt's products as plain rows (validated when the snapshot was loaded).
+        A till quotes its open receipt again as each item is scanned, then holds it: the
+        rows read for a `receipt_id` are kept (for the last `RECEIPTS_KEPT` receipts, per
+        snapshot version), so each call reads only the SKUs new to the receipt. A memo of
+        the whole catalogue was slower than the statement on a receipt's first sight
+        (docs/PERFORMANCE.md, "The products of an open receipt")."""
+        if receipt_id is None:
+            return self._read_products(list(set(skus)))
+        kept: OrderedDict[str, tuple[dict[str, ProductRow], set[str]]] = self.remembered(
+            "receipt-products", OrderedDict
+        )
+        unique = set(skus)
+        seen = kept.get(receipt_id)
+        if seen is None:  # the receipt's first sight: every SKU read, the rows kept
+            read = self._read_products(list(unique))
+            if len(unique) <= SKUS_KEPT:
+                kept[receipt_id] = (dict(read), unique.difference(read))
+                while len(kept) > RECEIPTS_KEPT:
+                    with contextlib.suppress(KeyError):  # another thread took it first
+                        kept.popitem(last=False)
+            return read
+        found, absent = seen  # the products and the SKUs that are none
+        wanted = [sku for sku in unique if sku not in found and sku not in absent]
+        read = self._read_products(wanted) if wanted else {}
+        if len(found) + len(absent) + len(wanted) <= SKUS_KEPT:
+            found.update(read)
+            absent.update(unique.difference(found))
+        read.update({sku: row for sku in unique if (row := found.get(sku)) is not None})
+        return read
+
+    def _read_products(self, wanted: list[str]) -> dict[str, ProductRow]:
+        """One statement for up to 500 SKUs. SQLite's row tuples become the rows as they
         are (no Python call a row): `excluded <> 0` is its 0 or 1, a bool's value."""
-        wanted = list(set(skus))
         if len(wanted) <= 500:
             return {row[0]: _row(ProductRow, row) for row in self._products(wanted)}
         out: dict[str, ProductRow] = {}

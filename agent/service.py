@@ -839,7 +839,7 @@ class Agent:
         program = view.program()
         ident = _require_card(identify(receipt.card, view))
         customer = ident.customer
-        products = view.products(line.sku for line in receipt.lines)
+        products = view.products([line.sku for line in receipt.lines], receipt.receipt_id)
         lineage: dict[str, frozenset[str]] = view.remembered("ancestors", dict)
         parents = view.category_parents()
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from tillpoint.agent.cache import RECEIPTS_KEPT
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -283,11 +284,13 @@ class ReadFloor:
     """The bare SQLite reads of a quote: the statements the agent issues for this receipt
     (tests/test_bench_run.py checks them against the agent's own, traced), on connections
     of its own, with none of the Python around them. What the agent keeps in memory per
-    snapshot version (the program, the category tree, the mass offers) is not read."""
+    snapshot version (the program, the category tree, the mass offers, the product rows
+    of its open receipts) is not read."""
 
     def __init__(self, data: Path) -> None:
         self.cache = sqlite3.connect(data / "cache.db", isolation_level=None)
         self.ledger = sqlite3.connect(data / "ledger.db", isolation_level=None)
+        self.products_read: dict[str, set[str]] = {}  # by receiptId
 
     def close(self) -> None:
         self.cache.close()
@@ -310,12 +313,18 @@ class ReadFloor:
             (receipt["card"],),
         ).fetchone()
         customer = None if found is None else found[1]
-        skus = sorted({line["sku"] for line in receipt["lines"]})
-        cache.execute(
-            "SELECT sku, category, excluded FROM products INDEXED BY products_read"
-            f" WHERE sku IN ({','.join('?' * len(skus))})",
-            skus,
-        ).fetchall()
+        # the SKUs new to this receiptId: the agent keeps the rows of its open receipts
+        read = self.products_read.setdefault(receipt["receiptId"], set())
+        skus = sorted({line["sku"] for line in receipt["lines"]} - read)
+        if skus:
+            cache.execute(
+                "SELECT sku, category, excluded FROM products INDEXED BY products_read"
+                f" WHERE sku IN ({','.join('?' * len(skus))})",
+                skus,
+            ).fetchall()
+            read.update(skus)
+        while len(self.products_read) > RECEIPTS_KEPT:
+            del self.products_read[next(iter(self.products_read))]
         cache.execute("SELECT * FROM applied_through").fetchall()
         for code in receipt.get("coupons", ()):  # (the bench's codes are in their normal form)
             doc = cache.execute("SELECT doc FROM coupons WHERE code = ?", (code,)).fetchone()

@@ -130,6 +130,23 @@ def test_the_read_floor_reads_the_tables_a_quote_reads(tmp_path: Path) -> None:
                 conn.set_trace_callback(bare.append)
             floor(receipt)
             assert sorted(_tables(bare)) == sorted(_tables(seen)), (seen, bare)
+            # the receipt again (as when the next item is scanned): both keep the rows they
+            # read for it (no statement for them; the customer's offers are kept too,
+            # which the floor does not follow)
+            seen.clear()
+            bare.clear()
+            again = {**receipt, "lines": receipt["lines"][:5]}
+            for conn in conns:
+                conn.set_trace_callback(seen.append)
+            agent.quote(receipt_from_json(again))
+            for conn in (*conns, floor.cache, floor.ledger):
+                conn.set_trace_callback(None)
+            for conn in (floor.cache, floor.ledger):
+                conn.set_trace_callback(bare.append)
+            floor(again)
+            for conn in (floor.cache, floor.ledger):
+                conn.set_trace_callback(None)
+            assert "products" not in _tables(seen) + _tables(bare), (seen, bare)
     finally:
         floor.close()
         agent.close()

@@ -1,5 +1,5 @@
-"""The per-call speed-ups keep the behaviour: cached personal offers never outlive their
-snapshot version, and quotes on other threads read beside a checkout's commit."""
+"""The per-call speed-ups keep the behaviour: cached personal offers and product rows never
+outlive their snapshot version, and quotes on other threads read beside a checkout's commit."""
 
 from __future__ import annotations
 
@@ -83,6 +83,87 @@ def test_the_personal_offers_kept_are_bounded(
         kept = [v for k, v in agent._memo.items() if k.startswith("personal@")]
         assert len(kept) == 1 and list(kept[0]) == ["c-b"]
         assert discount(agent) == 1798  # parsed again
+    finally:
+        agent.close()
+
+
+def earned(agent: Agent, rid: str = "q", sku: str = MILK) -> int:
+    lines = [{"sku": sku, "qty": "2", "priceMinor": 8990}]
+    return int(agent.quote(receipt_from_json(receipt(rid, lines=lines))).earned_points)
+
+
+def test_a_new_snapshot_version_never_serves_the_old_product_rows(tmp_path: Path) -> None:
+    """The products memo (`CacheView.products`) is per snapshot version: a delta that
+    excludes a product, adds one or removes it, or a full snapshot, is priced at once,
+    whichever process applied it."""
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    other = Agent(data, "till-1")  # another process: `tillpoint snapshot load`
+    new_sku = "4601234000550"
+    milk = {"sku": MILK, "name": "Молоко", "category": "dairy"}
+    try:
+        agent.load_snapshot(snapshot())
+        assert earned(agent) > 0
+        assert earned(agent, sku=new_sku) == 0  # no such product: remembered as none
+        assert earned(agent) > 0  # now from the memo
+
+        agent.load_snapshot(delta(2, products=[{**milk, "excludedFromLoyalty": True}]))
+        assert earned(agent) == 0
+
+        other.load_snapshot(delta(3, products=[milk, {**milk, "sku": new_sku}]))
+        assert earned(agent) > 0
+        assert earned(agent, sku=new_sku) > 0
+
+        other.load_snapshot(delta(4, removed={"products": [new_sku]}))
+        assert earned(agent, sku=new_sku) == 0
+
+        other.load_snapshot(snapshot(version=5, products=[{**milk, "excludedFromLoyalty": True}]))
+        assert earned(agent) == 0
+    finally:
+        other.close()
+        agent.close()
+
+
+def test_an_open_receipt_reads_only_the_products_new_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As items are scanned a till quotes its receipt again: each quote reads the SKUs
+    the receipt did not have; the rows kept are bounded by receipts and by SKUs."""
+    monkeypatch.setattr(cache_mod, "RECEIPTS_KEPT", 2)
+    monkeypatch.setattr(cache_mod, "SKUS_KEPT", 3)
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        bread, tobacco, nothing = "4601234000024", "4601234000031", "4601234000550"
+        statements: list[str] = []
+
+        def scan(rid: str, *skus: str) -> list[bool]:
+            lines = [{"sku": s, "qty": "1", "priceMinor": 8990} for s in skus]
+            statements.clear()
+            live, _ = agent._idle_readers[-1]
+            live.connection().set_trace_callback(statements.append)
+            try:
+                answer = agent.quote(receipt_from_json(receipt(rid, lines=lines)))
+            finally:
+                live.connection().set_trace_callback(None)
+            return [line.earned_points > 0 for line in answer.lines]
+
+        def read() -> list[int]:  # how many SKUs each products statement asked for
+            return [s.count("'") // 2 for s in statements if "FROM products" in s]
+
+        earned(agent)  # an idle reader to trace
+        yes, no = True, False  # a line that earns, one that does not (excluded, unknown)
+        assert scan("a", MILK) == [yes] and read() == [1]
+        assert scan("a", MILK, bread) == [yes, yes] and read() == [1]  # bread only
+        assert scan("a", MILK, bread, tobacco) == [yes, yes, no] and read() == [1]
+        assert scan("a", MILK, nothing, bread) == [yes, no, yes] and read() == [1]  # > SKUS_KEPT
+        assert scan("a", MILK, nothing) == [yes, no] and read() == [1]  # not kept: read again
+
+        kept = next(v for k, v in agent._memo.items() if k.startswith("receipt-products@"))
+        scan("b", MILK)
+        scan("c", bread)
+        assert list(kept) == ["b", "c"]  # RECEIPTS_KEPT: "a" went
+        assert scan("a", MILK) == [yes] and read() == [1]
     finally:
         agent.close()
 
