@@ -159,7 +159,13 @@ def test_an_open_receipt_reads_only_the_products_new_to_it(
         assert scan("a", MILK, nothing, bread) == [yes, no, yes] and read() == [1]  # > SKUS_KEPT
         assert scan("a", MILK, nothing) == [yes, no] and read() == [1]  # not kept: read again
 
+        assert scan("d", MILK, nothing) == [yes, no] and read() == [2]
+        assert scan("d", MILK, nothing) == [yes, no] and read() == []  # no product: known
         kept = next(v for k, v in agent._memo.items() if k.startswith("receipt-products@"))
+        with agent._read() as (view, _):  # only the SKUs asked, in a dict of the call's own
+            got = view.products([MILK], "d")
+            assert list(got) == [MILK] and got is not kept["d"][0]
+        kept.pop("d")
         scan("b", MILK)
         scan("c", bread)
         assert list(kept) == ["b", "c"]  # RECEIPTS_KEPT: "a" went
