@@ -17,15 +17,18 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tillpoint.agent.errors import InputError
 from tillpoint.printer.codes import offer_code
+from tillpoint.printer.text import format_money
 
 __all__ = [
     "PrintOffer",
     "PrintPayload",
+    "default_text",
     "parse_payload",
     "payload_for_checkout",
     "payload_source_for_checkout",
@@ -92,9 +95,13 @@ def parse_payload(raw: str | bytes | Mapping[str, Any]) -> PrintPayload:
 
 
 def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept a snapshot offer (``printText``) or a payload offer (``text``)."""
+    """Accept a snapshot offer (``printText``) or a payload offer (``text``). A snapshot
+    offer marked printable without a ``printText`` prints what it gives (`default_text`)
+    rather than a coupon with no words on it."""
     out: dict[str, Any] = {"id": offer.get("id")}
     text = offer.get("text", offer.get("printText"))
+    if (text is None or (isinstance(text, str) and not text.strip())) and "kind" in offer:
+        text = default_text(offer)
     out["text"] = text if text is not None else ""
     for key in ("validFrom", "validTo", "code"):
         if offer.get(key) is not None:
@@ -103,6 +110,40 @@ def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(ValueError):  # validation below reports a bad id
             out["code"] = offer_code(out["id"])
     return out
+
+
+def _number(value: Any) -> str:
+    """A decimal text as a person writes it: "15", "1.5" → "1,5" (no trailing zeros)."""
+    text = str(value)
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text.replace(".", ",")
+
+
+def default_text(offer: Mapping[str, Any]) -> str:
+    """The coupon's words for a printable snapshot offer that has no ``printText``: what it
+    gives, by its kind (the contract §5), in the display's language."""
+    kind, value = offer.get("kind"), offer.get("value", "")
+    if kind == "PERCENT_OFF":
+        return f"Скидка {_number(value)}% на товары акции"
+    if kind == "AMOUNT_OFF":
+        with contextlib.suppress(ValueError, TypeError, ArithmeticError):
+            minor = Decimal(str(value))
+            if minor == minor.to_integral_value():
+                return f"Скидка {format_money(int(minor))} руб. на товары акции"
+        return "Скидка на товары акции"
+    if kind == "RECEIPT_PERCENT_OFF":
+        return f"Скидка {_number(value)}% на покупку"
+    if kind == "BONUS_MULTIPLIER":
+        return f"Бонусы x{_number(value)} на товары акции"
+    if kind == "EXTRA_POINTS":
+        return f"+{_number(value)} бонусов за покупку"
+    if kind == "MULTIBUY":
+        buy, free = _number(offer.get("buyQty", "")), _number(offer.get("freeQty", ""))
+        return f"{buy} + {free} в подарок на товары акции"
+    if kind == "QUANTITY_PRICE":
+        return "Особая цена на товары акции"
+    return "Предложение для вас"
 
 
 def payload_for_checkout(

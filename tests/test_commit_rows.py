@@ -152,6 +152,45 @@ def test_a_coupon_that_would_not_print_fails_at_the_printer_not_the_sale(tmp_pat
             worker.close()
 
 
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({}, "Скидка 20% на товары акции"),
+        ({"kind": "AMOUNT_OFF", "value": "5000"}, "Скидка 50,00 руб. на товары акции"),
+        ({"kind": "BONUS_MULTIPLIER", "value": "1.5"}, "Бонусы x1,5 на товары акции"),
+    ],
+)
+def test_a_printable_offer_without_its_text_prints_what_it_gives(
+    tmp_path: Path, changes: dict[str, str], words: str
+) -> None:
+    """A snapshot's printable offer with no printText prints its kind's words (the
+    printer's real TCP listener and the ESC/POS decoder), not a coupon with no text."""
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.queue import PrintWorker
+    from tillpoint.printer.virtual import VirtualPrinter
+
+    from .test_receipt_life import OFFER
+
+    now = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
+    offer = {k: v for k, v in OFFER.items() if k != "printText"} | changes
+    till = Agent(tmp_path / "data", "till-1", clock=lambda: now)
+    try:
+        till.load_snapshot(snapshot(offers=[offer]))
+        done = till.checkout(receipt_from_json(receipt_json("r1")))
+        assert done.printed_offers == ("o-print",)
+    finally:
+        till.close()
+    with VirtualPrinter() as printer:
+        config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
+        worker = PrintWorker(tmp_path / "data" / "ledger.db", config, clock=lambda: now)
+        try:
+            worker.run_once()
+            [doc] = printer.wait_for(1)
+            assert words in doc.text, doc.text
+        finally:
+            worker.close()
+
+
 def test_a_checkout_writes_no_life_row_and_answers_retries_from_its_receipt(
     agent: Agent,
 ) -> None:
