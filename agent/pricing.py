@@ -54,10 +54,11 @@ class OfferIndex:
         self.also = also
         # a category and its ancestors -> their offers (lines of one category share it)
         self._lineages: dict[frozenset[str], list[Offer]] = {}
-        # (sku, its categories) -> this part's candidates, each once: the compiled table of
-        # the snapshot's mass index, filled as lines that have some are seen, at most
-        # `CANDIDATES_KEPT` of them (a line with none is told by two set lookups)
-        self._lines: dict[tuple[str, frozenset[str]], tuple[Offer, ...]] = {}
+        # a line's categories (or its sku and categories, when an offer names the sku) ->
+        # this part's candidates, each once: the compiled table of the snapshot's mass
+        # index, filled as lines that have some are seen, at most `CANDIDATES_KEPT` of them
+        # (a line with none is told by two set lookups)
+        self._lines: dict[tuple[str, frozenset[str]] | frozenset[str], tuple[Offer, ...]] = {}
         for o in offers:
             if o.kind in _LINE_KINDS:
                 for sku in set(o.skus):
@@ -71,25 +72,24 @@ class OfferIndex:
     def candidates(self, sku: str, categories: frozenset[str]) -> Sequence[Offer]:
         """Every offer targeting the sku or one of the categories, each once (this part's
         first, then those of `also`)."""
-        key = (sku, categories)
         # `_own`'s first test inline: most lines have no offer of either part
-        own = self._lines.get(key)
-        if own is None:
-            if sku in self.by_sku or not categories.isdisjoint(self._categories):
-                own = self._own(key)
-            else:
-                own = ()
+        if sku in self.by_sku:
+            own = self._lines.get((sku, categories)) or self._own(sku, categories)
+        elif categories.isdisjoint(self._categories):
+            own = ()
+        else:
+            own = self._lines.get(categories) or self._own(sku, categories)
         also = self.also
         if also is None:
             return own
-        more: Sequence[Offer] | None
+        more: Sequence[Offer]
         if also.also is None:  # a receipt's personal offers, then the mass index
-            more = also._lines.get(key)
-            if more is None:
-                if sku in also.by_sku or not categories.isdisjoint(also._categories):
-                    more = also._own(key)
-                else:
-                    more = ()
+            if sku in also.by_sku:
+                more = also._lines.get((sku, categories)) or also._own(sku, categories)
+            elif categories.isdisjoint(also._categories):
+                more = ()
+            else:
+                more = also._lines.get(categories) or also._own(sku, categories)
         else:
             more = also.candidates(sku, categories)
         if not own:
@@ -98,15 +98,17 @@ class OfferIndex:
             return own
         return tuple({o.id: o for o in (*own, *more)}.values())
 
-    def _own(self, key: tuple[str, frozenset[str]]) -> tuple[Offer, ...]:
-        sku, categories = key
+    def _own(self, sku: str, categories: frozenset[str]) -> tuple[Offer, ...]:
+        """This part's candidates for a line, kept: by the line's categories alone when no
+        offer names its SKU (lines of one category share them, so the table stays as small
+        as the category tree), else by both."""
         if sku not in self.by_sku and categories.isdisjoint(self._categories):
             return ()
         listed = [*self.by_sku.get(sku, ()), *self._of_categories(categories)]
         found = tuple({o.id: o for o in listed}.values()) if len(listed) > 1 else tuple(listed)
         if len(self._lines) >= CANDIDATES_KEPT:
             self._lines.clear()
-        self._lines[key] = found
+        self._lines[(sku, categories) if sku in self.by_sku else categories] = found
         return found
 
     def _of_categories(self, categories: frozenset[str]) -> list[Offer]:

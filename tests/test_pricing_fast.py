@@ -269,3 +269,41 @@ def test_an_offer_document_read_lightly_is_kept_when_unsure() -> None:
     # an escape, or a key given twice: parsed in full
     assert _might_target('{"kind":"PERCENT_OFF","skus":["b"],"printText":"\\u0041"}', skus, groups)
     assert _might_target('{"kind":"PERCENT_OFF","skus":["a"],"skus":["b"]}', skus, groups)
+
+
+def test_the_mass_index_keeps_a_lines_candidates_by_its_categories_unless_its_sku_is_named() -> (
+    None
+):
+    """Every line's candidates are the offers naming its SKU or one of its categories,
+    each once; lines of one category share one entry of the table, so the table grows
+    with the category tree and the SKUs offers name, not with the SKUs sold."""
+
+    def offer(oid: str, **aim: list[str]) -> Offer:
+        return Offer.model_validate(
+            {"id": oid, "campaignId": "k", "kind": "PERCENT_OFF", "value": "5", **aim}
+        )
+
+    offers = [
+        offer("leaf", categories=["dairy"]),
+        offer("root", categories=["food"]),
+        offer("both", categories=["dairy", "food"]),
+        offer("sku", skus=["s-7"]),
+        offer("sku-and-leaf", skus=["s-8"], categories=["dairy"]),
+    ]
+    mass = OfferIndex(offers)
+    dairy = frozenset({"dairy", "food"})
+    bakery = frozenset({"bakery", "food"})
+    for _round in range(2):  # the second round from the table
+        for n in range(1, 300):
+            sku = f"s-{n}"
+            for lineage in (dairy, bakery, frozenset({"tobacco"})):
+                got = [o.id for o in mass.candidates(sku, lineage)]
+                want = [
+                    o.id for o in offers if sku in o.skus or not lineage.isdisjoint(o.categories)
+                ]
+                assert sorted(got) == sorted(want) and len(set(got)) == len(got), (sku, lineage)
+    # dairy, bakery, and the two named SKUs with each lineage that has offers
+    assert len(mass._lines) == 2 + 2 * 3
+    personal = OfferIndex([offer("mine", skus=["s-1"])], also=mass)
+    assert [o.id for o in personal.candidates("s-1", bakery)] == ["mine", "root", "both"]
+    assert [o.id for o in personal.candidates("s-2", frozenset({"tobacco"}))] == []
