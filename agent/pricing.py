@@ -16,7 +16,7 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any, NamedTuple, Protocol
 
-from .models import LINE_KINDS, LINE_MONEY_KINDS, Customer, Offer, Program, Receipt
+from .models import LINE_KINDS, LINE_MONEY_KINDS, Customer, Offer, Program, Receipt, micros
 from .money import frac, round_half_up_ratio, split_integer
 
 # ---------------------------------------------------------------- inputs and outputs
@@ -294,6 +294,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     if customer is not None and tr is None:
         candidates = index.candidates
         opened = usable.opened
+        now = usable.at_us  # `valid_at(at)` as integers (`Offer.valid_span`)
         for i, w in enumerate(work):
             if w.eligible:
                 targeting = candidates(w.sku, w.categories)
@@ -302,7 +303,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                         o
                         for o in targeting
                         if (o.customer_id is None or o.customer_id == customer.id)
-                        and o.valid_at(at)
+                        and (span := o.valid_span)[0] <= now <= span[1]
                         and (not o.gated or opened(o))
                     ]
                     if usable_here:
@@ -476,12 +477,13 @@ class _Usable:
     """Whether an offer may apply to this receipt at all: offered to this customer, valid at
     `at`, inside its window (§14) and unlocked by a coupon when it needs one (§13)."""
 
-    __slots__ = ("_local", "at", "coupons", "customer_id", "favorite", "zone")
+    __slots__ = ("_local", "at", "at_us", "coupons", "customer_id", "favorite", "zone")
 
     def __init__(
         self, at: datetime, program: Program, customer: Customer | None, coupons: frozenset[str]
     ) -> None:
         self.at = at
+        self.at_us = micros(at)
         self.zone = program.zone
         self._local: datetime | None = None
         self.customer_id = customer.id if customer is not None else None
@@ -491,7 +493,7 @@ class _Usable:
     def __call__(self, o: Offer) -> bool:
         return (
             (o.customer_id is None or o.customer_id == self.customer_id)
-            and o.valid_at(self.at)
+            and (span := o.valid_span)[0] <= self.at_us <= span[1]
             and (not o.gated or self.opened(o))
         )
 

@@ -9,6 +9,7 @@ shared by receipts and kept warm between them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -307,3 +308,35 @@ def test_the_mass_index_keeps_a_lines_candidates_by_its_categories_unless_its_sk
     personal = OfferIndex([offer("mine", skus=["s-1"])], also=mass)
     assert [o.id for o in personal.candidates("s-1", bakery)] == ["mine", "root", "both"]
     assert [o.id for o in personal.candidates("s-2", frozenset({"tobacco"}))] == []
+
+
+@given(
+    st.datetimes(min_value=datetime(2026, 10, 31, 20, 0), max_value=datetime(2027, 1, 1, 4, 0)),
+    st.sampled_from([0, 3, -5, 14]),
+    st.booleans(),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_an_offers_validity_as_integers_is_its_validity(
+    moment: datetime, hours: int, open_from: bool, open_to: bool
+) -> None:
+    """`Offer.valid_span` against `micros(at)` (what pricing compares) says what
+    `valid_at` says, to the microsecond, at the ends and with any UTC offsets."""
+    from datetime import timedelta, timezone
+
+    from tillpoint.agent.models import micros
+
+    row: dict[str, Any] = {"id": "o", "campaignId": "k", "kind": "PERCENT_OFF", "value": "5"}
+    if not open_from:
+        row["validFrom"] = "2026-11-01T00:00:00+03:00"
+    if not open_to:
+        row["validTo"] = "2026-12-31T23:59:59.999999+03:00"
+    offer = Offer.model_validate(row)
+    at = moment.replace(tzinfo=timezone(timedelta(hours=hours)))
+    low, high = offer.valid_span
+    assert (low <= micros(at) <= high) == offer.valid_at(at)
+    for end in (offer.valid_from, offer.valid_to):
+        if end is not None:
+            for step in (-1, 0, 1):
+                near = end + timedelta(microseconds=step)
+                assert (low <= micros(near) <= high) == offer.valid_at(near)
