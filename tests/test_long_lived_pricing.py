@@ -121,3 +121,41 @@ def test_an_unknown_card_first_does_not_hide_mass_offers(tmp_path: Path) -> None
         assert known.discount_minor == 1798  # 10 % of 2 × 89.90
     finally:
         agent.close()
+
+
+def test_weighed_quantities_leave_no_lasting_memory(tmp_path: Path) -> None:
+    """A till weighs a different quantity nearly every time: what a quote keeps between
+    calls (`money.frac`'s cache among them) stays bounded, not one entry per weighing
+    (the former bound, 65,536, held 22.7 MB; a till selling weighed goods reached it)."""
+    import gc
+    import tracemalloc
+
+    from tillpoint.agent import money
+
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+
+        def weigh(n: int) -> None:
+            grams = 1000 + n  # a quantity no line had before
+            qty = f"{grams // 1000}.{grams % 1000:03d}"
+            lines = [{"sku": "4601234000017", "qty": qty, "priceMinor": 8990}]
+            agent.quote(receipt_from_json(receipt(f"w{n}", lines=lines)))
+
+        tracemalloc.start()  # before the caches fill: what they let go counts too
+        try:
+            for n in range(3000):  # the caches at their bounds (a day's weighings)
+                weigh(n)
+            gc.collect()
+            before = tracemalloc.take_snapshot()
+            for n in range(3000, 7000):
+                weigh(n)
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        assert money.frac.cache_info().currsize <= money.FRACTIONS_KEPT
+        assert grown < 200_000, f"{grown} bytes kept after 4,000 weighings"
+    finally:
+        agent.close()
