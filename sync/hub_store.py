@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Generator, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -219,7 +220,8 @@ class HubStats:
     """Counters an operator (and a test) can read."""
 
     pulls: int = 0
-    resumed_pulls: list[int] = field(default_factory=list)
+    # the byte offsets of the last resumed downloads (not every one for the hub's life)
+    resumed_pulls: deque[int] = field(default_factory=lambda: deque(maxlen=64))
     pushes: int = 0
 
 

@@ -117,7 +117,10 @@ class SyncService:
         self._subscription: Any = None
         self._mode_written: str | None = None
         self._contact_written: datetime | None = None
-        self.pull_results: list[Any] = []  # what the loop did, for logs and tests
+        # The last pull that returned (for a look from a debugger or a test): one, not a
+        # list of every pull for the life of `tillpoint run` (≈ 1,440 a day at the default
+        # poll, ≈ 155 bytes each, kept for good).
+        self.last_pull: Any = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -207,7 +210,7 @@ class SyncService:
             log.error("pull: %s", exc.message)
             state.set_error(self.pusher.conn, "pull", f"pull: {exc.message}")
             return 1.0
-        self.pull_results.append(result)
+        self.last_pull = result
         return None if result.status != "REFUSED" else 1.0
 
     def _push_once(self) -> bool:

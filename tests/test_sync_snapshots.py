@@ -294,7 +294,7 @@ def test_a_broken_stream_resumes_where_it_stopped(hub: LoopbackHub, till: Till) 
     result = puller(till).pull()
     assert result.status == "APPLIED"
     assert result.resumed_from == 5 * 1024
-    assert hub.server.servicer.stats.resumed_pulls == [5 * 1024]
+    assert list(hub.server.servicer.stats.resumed_pulls) == [5 * 1024]
 
 
 def test_a_stream_cut_by_an_error_resumes(hub: LoopbackHub, till: Till) -> None:
