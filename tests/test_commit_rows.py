@@ -9,6 +9,7 @@ import sqlite3
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tillpoint.agent import ledger
@@ -120,36 +121,47 @@ def test_a_push_sends_the_texts_and_a_set_aside_row_keeps_them(tmp_path: Path) -
         conn.close()
 
 
-def test_a_coupon_that_would_not_print_fails_at_the_printer_not_the_sale(tmp_path: Path) -> None:
-    """The print job's payload is made before the write transaction and checked once, by
-    the print worker when it takes the job: an offer the printer cannot take (its text
-    too long for a coupon) still sells, and its job fails with the reason."""
+SOLD_AT = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
+
+
+def _sell_and_print(tmp_path: Path, offer: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Sell r1 on a till whose snapshot has `offer`, then let a print worker take its job
+    to a virtual printer (the raw port-9100 protocol): (the result, the job, what came out
+    of the printer)."""
     from tillpoint.printer.config import PrinterConfig
     from tillpoint.printer.queue import PrintWorker
     from tillpoint.printer.virtual import VirtualPrinter
 
-    from .test_receipt_life import OFFER
-
-    now = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
-    till = Agent(tmp_path / "data", "till-1", clock=lambda: now)
+    till = Agent(tmp_path / "data", "till-1", clock=lambda: SOLD_AT)
     try:
-        till.load_snapshot(snapshot(offers=[{**OFFER, "printText": "х" * 1001}]))
+        till.load_snapshot(snapshot(offers=[offer]))
         done = till.checkout(receipt_from_json(receipt_json("r1")))
-        assert done.state == "CONFIRMED" and done.printed_offers == ("o-print",)
         (payload,) = till._ledger.execute("SELECT payload FROM print_jobs").fetchone()
-        assert json.loads(payload)["offers"][0]["id"] == "o-print"
+        assert json.loads(payload)["offers"][0]["id"] == offer["id"]
     finally:
         till.close()
     with VirtualPrinter() as printer:
         config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
-        worker = PrintWorker(tmp_path / "data" / "ledger.db", config, clock=lambda: now)
+        worker = PrintWorker(tmp_path / "data" / "ledger.db", config, clock=lambda: SOLD_AT)
         try:
             worker.run_once()
             job = worker.job("r1")
-            assert job is not None and job["state"] == "FAILED"
-            assert "text" in job["last_error"] and not printer.complete
+            printed = printer.wait_for(1) if job is not None and job["state"] == "DONE" else []
+            return done, job, printed or printer.complete
         finally:
             worker.close()
+
+
+def test_a_coupon_that_would_not_print_fails_at_the_printer_not_the_sale(tmp_path: Path) -> None:
+    """The print job's payload is made before the write transaction and checked once, by
+    the print worker when it takes the job: an offer the printer cannot take (its text
+    too long for a coupon) still sells, and its job fails with the reason."""
+    from .test_receipt_life import OFFER
+
+    done, job, printed = _sell_and_print(tmp_path, {**OFFER, "printText": "х" * 1001})
+    assert done.state == "CONFIRMED" and done.printed_offers == ("o-print",)
+    assert job is not None and job["state"] == "FAILED"
+    assert "text" in job["last_error"] and not printed
 
 
 @pytest.mark.parametrize(
@@ -165,30 +177,14 @@ def test_a_printable_offer_without_its_text_prints_what_it_gives(
 ) -> None:
     """A snapshot's printable offer with no printText prints its kind's words (the
     printer's real TCP listener and the ESC/POS decoder), not a coupon with no text."""
-    from tillpoint.printer.config import PrinterConfig
-    from tillpoint.printer.queue import PrintWorker
-    from tillpoint.printer.virtual import VirtualPrinter
-
     from .test_receipt_life import OFFER
 
-    now = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
     offer = {k: v for k, v in OFFER.items() if k != "printText"} | changes
-    till = Agent(tmp_path / "data", "till-1", clock=lambda: now)
-    try:
-        till.load_snapshot(snapshot(offers=[offer]))
-        done = till.checkout(receipt_from_json(receipt_json("r1")))
-        assert done.printed_offers == ("o-print",)
-    finally:
-        till.close()
-    with VirtualPrinter() as printer:
-        config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
-        worker = PrintWorker(tmp_path / "data" / "ledger.db", config, clock=lambda: now)
-        try:
-            worker.run_once()
-            [doc] = printer.wait_for(1)
-            assert words in doc.text, doc.text
-        finally:
-            worker.close()
+    done, job, printed = _sell_and_print(tmp_path, offer)
+    assert done.printed_offers == ("o-print",)
+    assert job is not None and job["state"] == "DONE"
+    [doc] = printed
+    assert words in doc.text, doc.text
 
 
 def test_a_checkout_writes_no_life_row_and_answers_retries_from_its_receipt(
