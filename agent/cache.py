@@ -602,7 +602,10 @@ class CacheView:
         )
         unique = set(skus)
         seen = kept.get(receipt_id)
-        if seen is None:  # the receipt's first sight: every SKU read, the rows kept
+        if seen is not None:
+            with contextlib.suppress(KeyError):  # the most recent last (another thread's pop)
+                kept.move_to_end(receipt_id)
+        else:  # the receipt's first sight: every SKU read, the rows kept
             read = self._read_products(list(unique))
             if len(unique) <= SKUS_KEPT:
                 kept[receipt_id] = (dict(read), unique.difference(read))

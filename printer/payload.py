@@ -101,7 +101,10 @@ def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"id": offer.get("id")}
     text = offer.get("text", offer.get("printText"))
     if (text is None or (isinstance(text, str) and not text.strip())) and "kind" in offer:
-        text = default_text(offer)
+        try:
+            text = default_text(offer)
+        except Exception:  # words for a coupon never cost a sale (the offers are validated)
+            text = "Предложение для вас"
     out["text"] = text if text is not None else ""
     for key in ("validFrom", "validTo", "code"):
         if offer.get(key) is not None:
@@ -113,8 +116,12 @@ def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _number(value: Any) -> str:
-    """A decimal text as a person writes it: "15", "1.5" → "1,5" (no trailing zeros)."""
+    """A decimal text as a person writes it: "15", "1.50" → "1,5", "1E-7" → "0,0000001"."""
     text = str(value)
+    with contextlib.suppress(ArithmeticError, ValueError):
+        number = Decimal(text)
+        if number.is_finite():
+            text = format(number, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text.replace(".", ",")
@@ -130,7 +137,7 @@ def default_text(offer: Mapping[str, Any]) -> str:
         with contextlib.suppress(ValueError, TypeError, ArithmeticError):
             minor = Decimal(str(value))
             if minor == minor.to_integral_value():
-                return f"Скидка {format_money(int(minor))} руб. на товары акции"
+                return f"Скидка {format_money(int(minor))} руб. за единицу товара акции"
         return "Скидка на товары акции"
     if kind == "RECEIPT_PERCENT_OFF":
         return f"Скидка {_number(value)}% на покупку"

@@ -168,7 +168,7 @@ def test_a_coupon_that_would_not_print_fails_at_the_printer_not_the_sale(tmp_pat
     ("changes", "words"),
     [
         ({}, "Скидка 20% на товары акции"),
-        ({"kind": "AMOUNT_OFF", "value": "5000"}, "Скидка 50,00 руб. на товары акции"),
+        ({"kind": "AMOUNT_OFF", "value": "5000"}, "Скидка 50,00 руб. за единицу товара акции"),
         ({"kind": "BONUS_MULTIPLIER", "value": "1.5"}, "Бонусы x1,5 на товары акции"),
     ],
 )

@@ -170,6 +170,10 @@ def test_an_open_receipt_reads_only_the_products_new_to_it(
         scan("c", bread)
         assert list(kept) == ["b", "c"]  # RECEIPTS_KEPT: "a" went
         assert scan("a", MILK) == [yes] and read() == [1]
+        assert list(kept) == ["c", "a"]
+        scan("c", bread)  # quoted again: the most recent
+        scan("e", MILK)
+        assert list(kept) == ["c", "e"]  # the least recent went
     finally:
         agent.close()
 
