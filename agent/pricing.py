@@ -72,43 +72,38 @@ class OfferIndex:
     def candidates(self, sku: str, categories: frozenset[str]) -> Sequence[Offer]:
         """Every offer targeting the sku or one of the categories, each once (this part's
         first, then those of `also`)."""
-        # `_own`'s first test inline: most lines have no offer of either part
-        if sku in self.by_sku:
-            own = self._lines.get((sku, categories)) or self._own(sku, categories)
-        elif categories.isdisjoint(self._categories):
-            own = ()
-        else:
-            own = self._lines.get(categories) or self._own(sku, categories)
+        own = self._part(sku, categories)
         also = self.also
         if also is None:
             return own
-        more: Sequence[Offer]
-        if also.also is None:  # a receipt's personal offers, then the mass index
-            if sku in also.by_sku:
-                more = also._lines.get((sku, categories)) or also._own(sku, categories)
-            elif categories.isdisjoint(also._categories):
-                more = ()
-            else:
-                more = also._lines.get(categories) or also._own(sku, categories)
-        else:
-            more = also.candidates(sku, categories)
+        more = (  # a receipt's personal offers, then the mass index: its part directly
+            also._part(sku, categories) if also.also is None else also.candidates(sku, categories)
+        )
         if not own:
             return more
         if not more:
             return own
         return tuple({o.id: o for o in (*own, *more)}.values())
 
-    def _own(self, sku: str, categories: frozenset[str]) -> tuple[Offer, ...]:
-        """This part's candidates for a line, kept: by the line's categories alone when no
-        offer names its SKU (lines of one category share them, so the table stays as small
-        as the category tree), else by both."""
-        if sku not in self.by_sku and categories.isdisjoint(self._categories):
+    def _part(self, sku: str, categories: frozenset[str]) -> Sequence[Offer]:
+        """This part's candidates for a line, each once, kept in `_lines`: by the line's
+        categories alone when no offer names its SKU (lines of one category share them, so
+        the table stays as small as the category tree), else by both. Most lines have
+        none, told by two set lookups."""
+        key: tuple[str, frozenset[str]] | frozenset[str]
+        if sku in self.by_sku:
+            key = (sku, categories)
+        elif categories.isdisjoint(self._categories):
             return ()
-        listed = [*self.by_sku.get(sku, ()), *self._of_categories(categories)]
-        found = tuple({o.id: o for o in listed}.values()) if len(listed) > 1 else tuple(listed)
-        if len(self._lines) >= CANDIDATES_KEPT:
-            self._lines.clear()
-        self._lines[(sku, categories) if sku in self.by_sku else categories] = found
+        else:
+            key = categories
+        found = self._lines.get(key)
+        if found is None:
+            listed = [*self.by_sku.get(sku, ()), *self._of_categories(categories)]
+            found = tuple({o.id: o for o in listed}.values()) if len(listed) > 1 else tuple(listed)
+            if len(self._lines) >= CANDIDATES_KEPT:
+                self._lines.clear()
+            self._lines[key] = found
         return found
 
     def _of_categories(self, categories: frozenset[str]) -> list[Offer]:
@@ -128,7 +123,7 @@ class OfferIndex:
         return found
 
 
-# Lines whose candidates an index keeps (`OfferIndex._own`); beyond, it starts again.
+# Lines whose candidates an index keeps (`OfferIndex._part`); beyond, it starts again.
 CANDIDATES_KEPT = 20_000
 _LINE_KINDS = LINE_KINDS
 _DEAL_KINDS = frozenset({"QUANTITY_PRICE", "MULTIBUY"})
