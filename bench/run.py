@@ -313,8 +313,10 @@ class ReadFloor:
             (receipt["card"],),
         ).fetchone()
         customer = None if found is None else found[1]
-        # the SKUs new to this receiptId: the agent keeps the rows of its open receipts
-        read = self.products_read.setdefault(receipt["receiptId"], set())
+        # the SKUs new to this receiptId: the agent keeps the rows of its open receipts, the
+        # one quoted last the most recent (popped and put back: to the end)
+        read = self.products_read.pop(receipt["receiptId"], set())
+        self.products_read[receipt["receiptId"]] = read
         skus = sorted({line["sku"] for line in receipt["lines"]} - read)
         if skus:
             cache.execute(

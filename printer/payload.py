@@ -104,7 +104,7 @@ def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
         try:
             text = default_text(offer)
         except Exception:  # words for a coupon never cost a sale (the offers are validated)
-            text = "Предложение для вас"
+            text = ANY_OFFER
     out["text"] = text if text is not None else ""
     for key in ("validFrom", "validTo", "code"):
         if offer.get(key) is not None:
@@ -113,6 +113,10 @@ def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(ValueError):  # validation below reports a bad id
             out["code"] = offer_code(out["id"])
     return out
+
+
+# The words of a printable offer whose kind says nothing printable.
+ANY_OFFER = "Предложение для вас"
 
 
 def _number(value: Any) -> str:
@@ -150,7 +154,7 @@ def default_text(offer: Mapping[str, Any]) -> str:
         return f"{buy} + {free} в подарок на товары акции"
     if kind == "QUANTITY_PRICE":
         return "Особая цена на товары акции"
-    return "Предложение для вас"
+    return ANY_OFFER
 
 
 def payload_for_checkout(
