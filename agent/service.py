@@ -45,6 +45,8 @@ from .hub_turns import HubTurns
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
 from .models import (
+    INT64_MAX,
+    INT64_MIN,
     Coupon,
     Customer,
     HubGrant,
@@ -1615,9 +1617,23 @@ def card_of(ident: Identification, tier: str | None) -> Card:
 
 
 def balance_of(points: ledger.Points) -> Balance:
+    _fits("the customer's balance", points.available, _BALANCE_HINT)
+    _fits("the customer's pending points", points.pending, _BALANCE_HINT)
     return Balance(
         points.available, points.pending, tuple(ExpiringBatch(p, e) for p, e in points.expiring)
     )
+
+
+_BALANCE_HINT = "check the customer's balancePoints in the snapshot"
+
+
+def _fits(what: str, value: int, hint: str) -> None:
+    """Every figure of an answer is an int64 of the proto (gRPC could not encode it, a
+    JSON reader would lose it). A receipt's own figures are checked as it is read; the
+    sums with the snapshot's `balancePoints` are only known here: such an answer is
+    refused (nothing stored), the other customers' receipts are not."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InputError(f"{what} ({value} points) does not fit in a signed 64-bit integer: {hint}")
 
 
 _row = tuple.__new__
@@ -1636,6 +1652,11 @@ def checkout_result(
 ) -> CheckoutResult:
     """A priced receipt as the result of a quote (a hold and a commit start from it)."""
     pv = priced.point_value
+    _fits(
+        "the points earned",
+        priced.earned_points,
+        "check the tier's accrualPercent and the multipliers in the snapshot",
+    )
     return CheckoutResult(
         receipt_id=receipt.receipt_id,
         card=card_of(ident, tier),

@@ -181,3 +181,54 @@ def test_grpc_message_over_4_mib_is_resource_exhausted(stub: pb_grpc.PosAgentStu
     # The server still answers afterwards.
     ok = stub.Quote(json_format.ParseDict(receipt(), pb.Receipt()), timeout=TIMEOUT)
     assert ok.card.status == pb.FOUND
+
+
+# ------------------------------------------------ answers past a signed 64-bit integer
+
+INT64_MAX = 2**63 - 1
+
+
+def _near_the_limit() -> dict[str, Any]:
+    """c-a's balance at the int64 limit; a `gold` rate no accrual could keep inside it."""
+    snap = snapshot()
+    snap["customers"][0]["balancePoints"] = INT64_MAX - 5
+    snap["program"]["tiers"][1]["accrualPercent"] = "1" + "0" * 20  # silver, c-c's
+    snap["cards"][2]["status"] = "ACTIVE"
+    return snap
+
+
+def test_a_balance_past_int64_refuses_that_receipt_and_stores_nothing(cli: CLI) -> None:
+    assert cli("snapshot", "load", _near_the_limit()).code == 0
+    for command in ("quote", "hold", "checkout"):
+        run = cli(command, receipt(f"r-{command}"), "--json")
+        assert run.code == 2 and run.out == "", run.out
+        assert run.err.count("\n") == 1 and "Traceback" not in run.err
+        assert "the customer's balance" in run.err and "signed 64-bit" in run.err, run.err
+    # The points a tier's rate would earn: refused alike, naming where to look.
+    run = cli("checkout", receipt("r-rate", card="2770000000031"), "--json")
+    assert run.code == 2 and "the points earned" in run.err and "accrualPercent" in run.err
+    assert cli("status", "--json").json()["outboxDepth"] == 0
+    # Another customer's receipt is priced and committed as ever.
+    assert cli("checkout", receipt("r-b", card="2770000000024"), "--json").code == 0
+    assert cli("status", "--json").json()["outboxDepth"] == 1
+
+
+def test_grpc_a_balance_past_int64_is_invalid_argument(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(_near_the_limit())
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = pb_grpc.PosAgentStub(channel)
+        request = json_format.ParseDict(receipt(), pb.Receipt())
+        for call in (stub.Quote, stub.Checkout):
+            code, details = _code(call, request)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "64-bit" in details
+        # The balance alone still fits: it is answered.
+        balance = stub.Balance(pb.BalanceRequest(card="2770000000017"), timeout=TIMEOUT)
+        assert balance.available_points == INT64_MAX - 5
+    finally:
+        channel.close()
+        server.stop(0).wait()
+        agent.close()
