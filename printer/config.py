@@ -125,6 +125,9 @@ class PrinterConfig(_Model):
     retry_max_s: Seconds = 60.0
     poll_interval_s: Seconds = 2.0
     max_job_age_s: Seconds | None = None
+    # An idle printer is asked how it is this often (and at start), so `status` shows a
+    # printer unplugged while no job waits; 0: never (only jobs find out).
+    probe_interval_s: float = Field(60.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _check(self) -> PrinterConfig:

@@ -46,6 +46,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -286,6 +287,7 @@ class PrintWorker:
         self._last_printed_at: str | None = None
         self._retry_at: datetime | None = None
         self._failures = 0
+        self._contact: float | None = None  # monotonic time the printer was last tried
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -465,6 +467,7 @@ class PrintWorker:
         phase = "connect"
         note: str | None = None
         transport = self._factory()
+        self._contact = time.monotonic()
         try:
             transport.open()
             health = Health(known=False)
@@ -516,6 +519,42 @@ class PrintWorker:
         self._last_error = None if paper != "OUT" else "printer is out of paper"
         self._retry_at = None
         log.info("printed offers for receipt %s", job.receipt_id)
+
+    def probe(self) -> PrinterState:
+        """Ask the printer how it is without printing (the thread does, while no job
+        waits): otherwise a printer unplugged after its last job showed that job's OK
+        until the next sale found out. Connects, asks `DLE EOT` when it can, closes."""
+        if self.disabled:
+            return self._state
+        cfg = self.config
+        transport = self._factory()
+        self._contact = time.monotonic()
+        opened = False
+        try:
+            transport.open()
+            opened = True
+            health = Health(known=False)
+            if transport.readable and cfg.query_status:
+                health = query_health(transport, cfg.status_timeout_s)
+        except Exception as exc:
+            if not isinstance(exc, PrinterError):  # a bug in a transport
+                log.exception("unexpected error asking the printer how it is")
+            lost = isinstance(exc, ConnectionLost) or not opened
+            self._state, self._last_error = ("OFFLINE" if lost else "ERROR"), str(exc)
+            return self._state
+        finally:
+            transport.close()
+        if health.known:
+            self._paper = health.paper
+        self._state = "ERROR" if health.blocking else "OK"
+        self._last_error = health.problem
+        return self._state
+
+    def _probe_due(self) -> bool:
+        every = self.config.probe_interval_s
+        if not every or self.disabled:
+            return False
+        return self._contact is None or time.monotonic() - self._contact >= every
 
     def _mark_done(self, job: _Job, note: str | None) -> None:
         """Mark DONE, retrying a busy ledger; failing that it stays SENDING (never reprinted)."""
@@ -575,6 +614,8 @@ class PrintWorker:
         while not self._stop.is_set():
             try:
                 delay = self.run_once()
+                if delay is None and self._probe_due():
+                    self.probe()
             except Exception:
                 log.exception("print worker loop error")
                 delay = self.config.poll_interval_s

@@ -412,3 +412,55 @@ def test_a_till_without_a_coupon_printer_queues_no_jobs(
     (tmp_path / "next.json").write_text(json.dumps(again), encoding="utf-8")
     assert main(["checkout", str(tmp_path / "next.json"), "--json", *data]) == 0
     assert json.loads(capsys.readouterr().out)["printedOffers"] == []
+
+
+def _state_becomes(
+    w: PrintWorker, state: str, paper: str | None = None, timeout_s: float = 5.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = dict(w.status())
+        if status["state"] == state and paper in (None, status["paper"]):
+            return status
+        if time.monotonic() > deadline:
+            return status
+        time.sleep(0.02)
+
+
+def test_an_idle_printer_is_asked_how_it_is(ledger: Path, printer: VirtualPrinter) -> None:
+    """Status follows a printer unplugged, opened and mended while no job waits (it used to
+    show the last job's OK until the next sale); asking prints nothing."""
+    w = worker(ledger, printer.port, probe_interval_s=0.1, poll_interval_s=0.05)
+    w.start()
+    try:
+        assert _state_becomes(w, "OK", paper="OK")["paper"] == "OK"  # asked at start
+        printer.stop()  # unplugged
+        status = _state_becomes(w, "OFFLINE")
+        assert status["state"] == "OFFLINE" and status["last_error"], status
+        printer.start()
+        printer.cover_open = True
+        status = _state_becomes(w, "ERROR")
+        assert (status["state"], status["last_error"]) == ("ERROR", "printer cover is open")
+        printer.cover_open = False
+        status = _state_becomes(w, "OK")
+        assert (status["state"], status["last_error"]) == ("OK", None)
+        connections = printer.connections
+        assert connections >= 3 and printer.documents == []  # asked, never printed
+        # A job still prints once, after the questions.
+        add_job(ledger)
+        w.wake()
+        assert [d.codes for d in printer.wait_for(1)] == [["TP1-o-1"]]
+    finally:
+        w.stop()
+
+
+def test_asking_can_be_switched_off_and_is_on_by_default(ledger: Path) -> None:
+    assert PrinterConfig(kind="network", host="127.0.0.1").probe_interval_s == 60.0
+    with VirtualPrinter() as vp:
+        w = worker(ledger, vp.port, probe_interval_s=0, poll_interval_s=0.05)
+        w.start()
+        try:
+            time.sleep(0.3)
+            assert vp.connections == 0 and w.status()["state"] == "OK"
+        finally:
+            w.stop()
