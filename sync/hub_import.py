@@ -128,7 +128,7 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
 
 
 def _card_problem(number: str) -> str | None:
-    if normalise(number) != number or not number.isdigit():
+    if normalise(number) != number or not (number.isascii() and number.isdecimal()):
         return f"card number {number!r} must be digits only (as a till reads it)"
     if len(number) == 13 and not ean13_ok(number):
         return f"card number {number} has a wrong EAN-13 check digit: tills would refuse it"
