@@ -72,13 +72,26 @@ class Tally:
             self.pending += points
 
 
+def days_later(moment: datetime, days: int, zone: ZoneInfo) -> datetime:
+    """`days` after `moment` at the same local clock time in `zone`, as a time that exists.
+
+    A clock time the spring change skips (02:30 in Berlin on its last Sunday of March) is
+    the moment it would be on the clock before the change (03:30 after it), and is written
+    so: a datetime left at its nominal 02:30 compared as 02:30 with times in the same zone
+    (Python compares same-tzinfo datetimes by their wall clock) and made the points that
+    became spendable then expire an hour early, unlike at the hub. `moment` is read as the
+    instant it is (via UTC), whatever clock time it carries.
+    """
+    local = moment.astimezone(UTC).astimezone(zone)
+    naive = local.replace(tzinfo=None) + timedelta(days=days)
+    return naive.replace(tzinfo=zone).astimezone(UTC).astimezone(zone)
+
+
 def expiry_time(active_from: datetime, lifetime_days: int, zone: ZoneInfo) -> datetime | None:
     """`lifetime_days` after `active_from` at the same local clock time; None: never."""
     if lifetime_days <= 0:
         return None
-    local = active_from.astimezone(zone)
-    naive = local.replace(tzinfo=None) + timedelta(days=lifetime_days)
-    return naive.replace(tzinfo=zone)
+    return days_later(active_from, lifetime_days, zone)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Any, NamedTuple, Protocol
 
+from .expiry import days_later
 from .models import LINE_KINDS, LINE_MONEY_KINDS, Customer, Offer, Program, Receipt, micros
 from .money import frac, round_half_up_ratio, split_integer
 
@@ -959,9 +960,7 @@ def in_birthday_window(birthday: date | None, today: date, window_days: int) -> 
 
 def activation_time(at: datetime, program: Program) -> datetime:
     """`activationDelayDays` later, at the same local clock time (the contract §5 step 6)."""
-    local = at.astimezone(program.zone)
-    naive = local.replace(tzinfo=None) + timedelta(days=program.activation_delay_days)
-    return naive.replace(tzinfo=program.zone)
+    return days_later(at, program.activation_delay_days, program.zone)
 
 
 # ---------------------------------------------------------------- offers to print (§7)

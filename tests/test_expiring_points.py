@@ -167,3 +167,37 @@ def test_display_warning_fits_the_display() -> None:
     assert len(expiry_line(10**15, date(2026, 12, 31))) <= 20
     lines = checkout_display("Борис", 3, 456, None, (40, date(2026, 11, 30)))
     assert lines == ["Сгорят 30.11: 40", "Бонусы: 456"]
+
+
+def test_points_earned_before_a_skipped_clock_time_live_their_whole_lifetime(
+    tmp_path: Path,
+) -> None:
+    """Berlin, a sale at 02:30 the day before the spring change, one day's delay and one
+    day's lifetime: 02:30 is not on the clock on 29 March, so the points become spendable
+    at 03:30 (01:30 UTC) and expire a day later at 03:30, the same clock time (§16). They
+    used to expire at 02:30, 23 hours on, an hour before the hub said."""
+    snap = snapshot(
+        program={
+            **PROGRAM,
+            "timezone": "Europe/Berlin",
+            "activationDelayDays": 1,
+            "pointsLifetimeDays": 1,
+        }
+    )
+    agent = Agent(tmp_path, "till-1")
+    try:
+        agent.load_snapshot(snap)
+        sale = receipt("r-dst", card=CARD, at="2026-03-28T02:30:00+01:00")
+        earned = agent.checkout(receipt_from_json(sale)).earned_points
+        assert earned > 0
+
+        def at(text: str) -> tuple[int, int, list[str]]:
+            b = agent.balance(CARD, datetime.fromisoformat(text))
+            return b.available_points, b.pending_points, [e.expires_at for e in b.expiring]
+
+        assert at("2026-03-29T03:29:59+02:00") == (80, earned, [])
+        assert at("2026-03-29T03:30:00+02:00") == (80 + earned, 0, ["2026-03-30T03:30:00+02:00"])
+        assert at("2026-03-30T03:29:59+02:00")[0] == 80 + earned
+        assert at("2026-03-30T03:30:00+02:00") == (80, 0, [])
+    finally:
+        agent.close()

@@ -99,15 +99,59 @@ def test_the_hub_and_the_till_count_the_same_points(
     delay: int,
     plan: list[tuple[str, int, int, int]],
 ) -> None:
-    batches = [(p, START + timedelta(hours=h)) for p, h in expiring]
+    _play(rest, expiring, lifetime, delay, plan, START, "Europe/Moscow")
+
+
+# Berlin's clock changes: a sale at a clock time the spring change skips the day after
+# (02:30 on 29 March 2026), and one the autumn change repeats (02:30 on 25 October).
+DST_STARTS = [
+    datetime.fromisoformat("2026-03-28T02:30:00+01:00"),
+    datetime.fromisoformat("2026-03-28T01:15:00+01:00"),
+    datetime.fromisoformat("2026-10-24T02:30:00+02:00"),
+]
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+@given(
+    start=st.sampled_from(DST_STARTS),
+    lifetime=st.sampled_from([1, 2]),
+    delay=st.sampled_from([0, 1]),
+    plan=st.lists(step, min_size=1, max_size=5),
+)
+# Points earned at 02:30 the day before the spring change become spendable at 03:30 (02:30
+# is not on the clock) and expire a day after that, 03:30: the till said 02:30 (23 hours).
+@example(start=DST_STARTS[0], lifetime=1, delay=1, plan=[("sale", 0, 100_000, 0)])
+def test_the_hub_and_the_till_agree_across_clock_changes(
+    start: datetime, lifetime: int, delay: int, plan: list[tuple[str, int, int, int]]
+) -> None:
+    _play(0, [], lifetime, delay, plan, start, "Europe/Berlin")
+
+
+def _play(
+    rest: int,
+    expiring: list[tuple[int, int]],
+    lifetime: int,
+    delay: int,
+    plan: list[tuple[str, int, int, int]],
+    start: datetime,
+    timezone: str,
+) -> None:
+    batches = [(p, start + timedelta(hours=h)) for p, h in expiring]
     with tempfile.TemporaryDirectory() as tmp:
         hub = SqliteHubStore(Path(tmp) / "hub.db")
         agent = Agent(Path(tmp) / "till", "till-1")
         try:
-            import_doc(hub, _master(rest, batches, lifetime, delay))
+            master = _master(rest, batches, lifetime, delay)
+            master["program"]["timezone"] = timezone
+            import_doc(hub, master)
             assert hub.publish(NOW, WEEK).version == 1
             agent.load_snapshot(hub.snapshot_doc(1, 0))
-            at, sales, refunded = START, [], set()
+            at, sales, refunded = start, [], set()
             for i, (kind, hours, value, redeem) in enumerate(plan):
                 at += timedelta(hours=hours)
                 if kind == "sale":
@@ -143,6 +187,7 @@ def test_the_hub_and_the_till_count_the_same_points(
                 result = hub.ingest("till-1", "", pushed(Path(tmp) / "till"), NOW)
                 assert {r.outcome for r in result.results} <= {"STORED", "DUPLICATE"}, result
                 later = [at + timedelta(days=d) for d in (0, 1, delay, delay + 1)]
+                later += [at + timedelta(hours=h) for h in range(1, 24 * (delay + lifetime) + 3)]
                 _agree(agent, hub, later)
                 _agree_snapshot(agent, hub, at)
             ends = [at + timedelta(days=d) for d in (lifetime, lifetime + delay + 1, 400)]
