@@ -65,7 +65,8 @@ typecheck: $(STAMP)
 	@mkdir -p build/typecheck/tillpoint
 	@for p in agent sync printer; do ln -sfn ../../../$$p build/typecheck/tillpoint/$$p; done
 	@ln -sfn ../../../proto/tillpoint/v1 build/typecheck/tillpoint/v1
-	$(BIN)/mypy -p tillpoint.agent -p tillpoint.sync -p tillpoint.printer
+	@ln -sfn ../../../agent/tillpoint_client build/typecheck/tillpoint/client
+	$(BIN)/mypy -p tillpoint.agent -p tillpoint.sync -p tillpoint.printer -p tillpoint.client
 
 proto: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I proto \

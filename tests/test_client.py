@@ -1,4 +1,4 @@
-"""The Python client (`tillpoint.agent.client`) against a real PosAgent server on loopback."""
+"""The Python client (`tillpoint.client`) against a real PosAgent server on loopback."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 import pytest
-from tillpoint.agent.client import ClientError, PosAgentClient
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
+from tillpoint.client import ClientError, PosAgentClient
 
 from .conftest import free_port, receipt, snapshot
 
@@ -195,3 +195,12 @@ def test_hold_confirm_cancel_when_the_agent_has_them(served: str) -> None:
         with pytest.raises(ClientError) as expired:
             till.confirm("r2")
         assert expired.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_the_client_has_the_short_name_the_issue_gives_it() -> None:
+    """`tillpoint.client` (issue 11's name) is the code of `tillpoint.agent.client`."""
+    import tillpoint.client
+
+    assert tillpoint.client.PosAgentClient is tillpoint.agent.client.PosAgentClient
+    assert tillpoint.client.ClientError is tillpoint.agent.client.ClientError
+    assert set(tillpoint.client.__all__) == set(tillpoint.agent.client.__all__)

@@ -322,6 +322,7 @@ def test_wheel_holds_one_tillpoint_namespace(tmp_path: Path) -> None:
         "tillpoint/printer/queue.py",
         "tillpoint/v1/tillpoint_pb2.py",
         "tillpoint/v1/tillpoint.proto",
+        "tillpoint/client/__init__.py",
     ):
         assert expected in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
