@@ -39,7 +39,7 @@ def normalise(text: str) -> str:
     return _DROP.sub("", text)
 
 
-def _digits(text: str) -> bool:
+def ascii_digits(text: str) -> bool:
     """ASCII decimal digits only: "²" is a digit but no number's (isdigit() lets it through
     to int()), and full-width or Arabic-Indic digits are decimal (isdecimal()) but no card's:
     they made an UNKNOWN card "８９１６…" whose points no hub could settle (§4: INVALID)."""
@@ -47,7 +47,7 @@ def _digits(text: str) -> bool:
 
 
 def ean13_ok(digits: str) -> bool:
-    if len(digits) != 13 or not _digits(digits):
+    if len(digits) != 13 or not ascii_digits(digits):
         return False
     # weights 1, 3, 1, 3, … over the first 12 digits (two C-level sums, no loop in Python)
     total = sum(map(int, digits[0:12:2])) + 3 * sum(map(int, digits[1:12:2]))
@@ -57,7 +57,7 @@ def ean13_ok(digits: str) -> bool:
 def phone_key(text: str) -> str | None:
     """The canonical +7XXXXXXXXXX form of a Russian phone, or None if `text` is not one."""
     digits = text[1:] if text.startswith("+") else text
-    if not _digits(digits):
+    if not ascii_digits(digits):
         return None
     if text.startswith("+"):
         return f"+{digits}" if len(digits) == 11 and digits.startswith("7") else None
@@ -79,11 +79,11 @@ def identify(text: str, lookup: CardLookup) -> Identification:
     if scanned.startswith("+"):
         phone = phone_key(scanned)
         if phone is None:
-            if not _digits(scanned[1:]):
+            if not ascii_digits(scanned[1:]):
                 return Identification("INVALID", reason=_DIGITS_ONLY)
             return Identification("INVALID", reason="not a Russian phone number (+7 and 10 digits)")
         return _by_phone(phone, lookup)
-    if not _digits(scanned):
+    if not ascii_digits(scanned):
         return Identification("INVALID", reason=_DIGITS_ONLY)
     if len(scanned) == 13 and not ean13_ok(scanned):
         return Identification("INVALID", reason="the card number's check digit is wrong")

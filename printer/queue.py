@@ -467,14 +467,10 @@ class PrintWorker:
         phase = "connect"
         note: str | None = None
         transport = self._factory()
-        self._contact = time.monotonic()
         try:
-            transport.open()
-            health = Health(known=False)
-            if transport.readable and cfg.query_status:
-                health = query_health(transport, cfg.status_timeout_s)
-                if health.blocking:
-                    raise _Blocked(health)
+            health = self._ask(transport)
+            if health.blocking:
+                raise _Blocked(health)
             if not self._claim(job.id):
                 return  # someone requeued or finished it meanwhile
             claimed = True
@@ -520,27 +516,27 @@ class PrintWorker:
         self._retry_at = None
         log.info("printed offers for receipt %s", job.receipt_id)
 
+    def _ask(self, transport: Transport) -> Health:
+        """Connect, and ask the printer how it is when the transport reads (`DLE EOT`)."""
+        self._contact = time.monotonic()
+        transport.open()
+        if transport.readable and self.config.query_status:
+            return query_health(transport, self.config.status_timeout_s)
+        return Health(known=False)
+
     def probe(self) -> PrinterState:
         """Ask the printer how it is without printing (the thread does, while no job
         waits): otherwise a printer unplugged after its last job showed that job's OK
-        until the next sale found out. Connects, asks `DLE EOT` when it can, closes."""
+        until the next sale found out. Connects, asks as a job does first, closes."""
         if self.disabled:
             return self._state
-        cfg = self.config
         transport = self._factory()
-        self._contact = time.monotonic()
-        opened = False
         try:
-            transport.open()
-            opened = True
-            health = Health(known=False)
-            if transport.readable and cfg.query_status:
-                health = query_health(transport, cfg.status_timeout_s)
-        except Exception as exc:
+            health = self._ask(transport)
+        except Exception as exc:  # as a job's connect phase: OFFLINE
             if not isinstance(exc, PrinterError):  # a bug in a transport
                 log.exception("unexpected error asking the printer how it is")
-            lost = isinstance(exc, ConnectionLost) or not opened
-            self._state, self._last_error = ("OFFLINE" if lost else "ERROR"), str(exc)
+            self._state, self._last_error = "OFFLINE", str(exc)
             return self._state
         finally:
             transport.close()

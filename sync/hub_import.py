@@ -36,7 +36,7 @@ from typing import IO, Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import SchemaSerializer, SchemaValidator
 from tillpoint.agent.errors import InputError
-from tillpoint.agent.identify import ean13_ok, normalise
+from tillpoint.agent.identify import ascii_digits, ean13_ok, normalise
 from tillpoint.agent.models import (
     CardRecord,
     Category,
@@ -128,7 +128,7 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
 
 
 def _card_problem(number: str) -> str | None:
-    if normalise(number) != number or not (number.isascii() and number.isdecimal()):
+    if normalise(number) != number or not ascii_digits(number):
         return f"card number {number!r} must be digits only (as a till reads it)"
     if len(number) == 13 and not ean13_ok(number):
         return f"card number {number} has a wrong EAN-13 check digit: tills would refuse it"
