@@ -374,6 +374,14 @@ def load_snapshot(agent: Any, name: str) -> Any:
 
                     refuse_plain_if_enrolled(agent.data_dir)  # the one rule, sync's
                     return agent.load_snapshot_file(Path(name))  # a full one: child processes
+            # Read whole below: anything but a JSON object is refused first (`/dev/zero`
+            # was read until memory ran out, 1 GB a second).
+            head = first.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+            if head and not head.startswith(b"{"):
+                raise InputError(
+                    f"{name}: not a snapshot (a JSON document, a signed bundle or JSON Lines"
+                    " starts with {)"
+                )
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:

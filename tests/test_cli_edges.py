@@ -156,3 +156,25 @@ def test_help_imports_nothing_heavy() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.stdout.split("\n")[:2] == ["[]", "True"], run.stdout + run.stderr
+
+
+def test_snapshot_load_refuses_what_is_not_a_json_object_before_reading_it(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """`snapshot load /dev/zero` read zeros until memory ran out (1 GB a second); a file
+    that cannot be a snapshot is refused on its first bytes, and the cache kept."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(256)))
+    array = tmp_path / "array.json"
+    array.write_text("[1, 2]")
+    for name in ("/dev/zero", str(junk), str(array)):
+        run = cli("snapshot", "load", name)
+        assert run.code == 2 and "not a snapshot" in run.err, (name, run.err)
+        assert run.err.count("\n") == 1
+    assert cli("status", "--json").json()["cacheVersion"] == 1
+    # A byte order mark and blank lines before the document are still a document.
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf \n\n" + json.dumps(snapshot(version=2)).encode())
+    assert cli("snapshot", "load", str(bom)).code == 0
+    assert cli("status", "--json").json()["cacheVersion"] == 2
