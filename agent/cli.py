@@ -363,25 +363,18 @@ def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
 
 def load_snapshot(agent: Any, name: str) -> Any:
     """`snapshot load FILE`: a JSON document, a signed bundle, or JSON Lines (streamed)."""
-    from .snapshot_stream import is_jsonl
+    from .snapshot_stream import HEAD_BYTES, is_jsonl, refuse_non_object
 
     if name != "-":
         try:
             with open(name, "rb") as f:
-                first = f.readline(4096)
+                first = f.readline(HEAD_BYTES)
                 if is_jsonl(first):
                     from tillpoint.sync import refuse_plain_if_enrolled
 
                     refuse_plain_if_enrolled(agent.data_dir)  # the one rule, sync's
                     return agent.load_snapshot_file(Path(name))  # a full one: child processes
-            # Read whole below: anything but a JSON object is refused first (`/dev/zero`
-            # was read until memory ran out, 1 GB a second).
-            head = first.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
-            if head and not head.startswith(b"{"):
-                raise InputError(
-                    f"{name}: not a snapshot (a JSON document, a signed bundle or JSON Lines"
-                    " starts with {)"
-                )
+            refuse_non_object(first, name)  # before it is read whole below
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:

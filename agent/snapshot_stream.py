@@ -28,6 +28,19 @@ from .models import ROW_MODELS, Model, SnapshotHeader, describe
 
 FORMAT = "tillpoint.snapshot/jsonl"
 
+# Enough of a file to tell a JSON object from anything else before reading it whole.
+HEAD_BYTES = 4096
+
+
+def refuse_non_object(head: bytes, name: str, what: str = "a snapshot") -> None:
+    """A snapshot, a signed bundle, an import file and each JSON Lines row start with `{`
+    (after blanks and a byte order mark): anything else is refused on its first bytes,
+    before a reader takes the rest whole or looks for a line's end (`/dev/zero` was read
+    into memory at 1 GB a second)."""
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if text and not text.startswith(b"{"):
+        raise InputError(f"{name}: not {what}: it does not start with a JSON object's {{")
+
 
 def is_jsonl(first_line: bytes | str) -> bool:
     text = first_line.decode("utf-8", "replace") if isinstance(first_line, bytes) else first_line

@@ -48,6 +48,7 @@ from tillpoint.agent.models import (
     Program,
     describe,
 )
+from tillpoint.agent.snapshot_stream import HEAD_BYTES, refuse_non_object
 
 from .hub_rules import canon
 from .hub_store import ImportRow, RowProblem
@@ -154,8 +155,10 @@ def _removed(data: Any, where: str) -> Iterator[ImportRow | RowProblem]:
 def read_json(
     stream: IO[bytes], total: int, progress: Progress | None
 ) -> Iterator[ImportRow | RowProblem]:
-    """A snapshot-shaped JSON document (read whole)."""
-    raw = stream.read()
+    """A snapshot-shaped JSON document (read whole, once its first bytes could start one)."""
+    head = stream.read(HEAD_BYTES)
+    refuse_non_object(head, "import", "an import file")
+    raw = head + stream.read()
     try:
         doc = json.loads(raw.decode("utf-8"), parse_float=_no_float)
     except _Fraction as exc:
@@ -266,7 +269,10 @@ def _read_chunks(
     if workers is None:
         workers = PARALLEL_WORKERS
     state: State = (False, None)
-    first = stream.readline()  # the header of a snapshot, or a first row
+    first = stream.readline(HEAD_BYTES)  # the header of a snapshot, or a first row
+    refuse_non_object(first, "import", "an import file")
+    if first and not first.endswith(b"\n"):  # a long first line: the rest of it
+        first += stream.readline()
     done = len(first)
     if first:
         rows, state = _line_rows(1, first, state, True)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.errors import InputError
 from tillpoint.sync import hub_import
-from tillpoint.sync.hub_import import BULK, Bulk, read_jsonl
+from tillpoint.sync.hub_import import BULK, Bulk, read_file, read_jsonl
 from tillpoint.sync.hub_rules import canon
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import ImportRefused, ImportRow
@@ -307,3 +308,11 @@ def test_the_program_keeps_every_value_it_was_given() -> None:
     )
     assert isinstance(found, ImportRow) and found.doc is not None
     assert found.doc["maxRedeemPercent"] == "30" and found.doc["offlineRedeemLimitPoints"] == 500
+
+
+def test_an_import_of_what_is_not_json_is_refused_on_its_first_bytes(tmp_path: Path) -> None:
+    """`hub import /dev/zero` read zeros into memory until it ran out (JSON) or looked for
+    the end of a first line forever (JSON Lines): refused on the file's first bytes."""
+    for fmt in ("json", "jsonl"):
+        with pytest.raises(InputError, match="import: not an import file"):
+            list(read_file(Path("/dev/zero"), fmt))
