@@ -363,7 +363,7 @@ def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
 
 def load_snapshot(agent: Any, name: str) -> Any:
     """`snapshot load FILE`: a JSON document, a signed bundle, or JSON Lines (streamed)."""
-    from .snapshot_stream import HEAD_BYTES, is_jsonl, refuse_non_object
+    from .snapshot_stream import HEAD_BYTES, is_jsonl
 
     if name != "-":
         try:
@@ -374,7 +374,6 @@ def load_snapshot(agent: Any, name: str) -> Any:
 
                     refuse_plain_if_enrolled(agent.data_dir)  # the one rule, sync's
                     return agent.load_snapshot_file(Path(name))  # a full one: child processes
-            refuse_non_object(first, name)  # before it is read whole below
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
@@ -387,18 +386,29 @@ def load_snapshot(agent: Any, name: str) -> Any:
 
 def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
     """A JSON document from a file or stdin (`-`). A request (the default `limit`) larger
-    than 4 MiB is refused before it is read whole or parsed; a snapshot passes None."""
+    than 4 MiB is refused before it is read whole or parsed; a snapshot passes None, and
+    is read whole only once its first bytes could start one (not `/dev/zero`)."""
+
+    def whole(stream: Any) -> Any:
+        if limit is not None:
+            return stream.read(limit + 1)
+        from .snapshot_stream import HEAD_BYTES, refuse_non_object  # not on a request's path
+
+        head = stream.read(HEAD_BYTES)
+        refuse_non_object(head.encode("utf-8") if isinstance(head, str) else head, name)
+        return head + stream.read()
+
     try:
         if name == "-":
             stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, or text if replaced
-            got = stdin.read() if limit is None else stdin.read(limit + 1)
+            got = whole(stdin)
             raw = got.encode("utf-8") if isinstance(got, str) else got
         else:
             path = Path(name)
             if limit is not None and path.stat().st_size > limit:
                 raise InputError(_too_large(name, limit))
             with path.open("rb") as f:
-                raw = f.read() if limit is None else f.read(limit + 1)
+                raw = whole(f)
         if limit is not None and len(raw) > limit:
             raise InputError(_too_large(name, limit))
     except FileNotFoundError:

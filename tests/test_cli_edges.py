@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -178,3 +179,15 @@ def test_snapshot_load_refuses_what_is_not_a_json_object_before_reading_it(
     bom.write_bytes(b"\xef\xbb\xbf \n\n" + json.dumps(snapshot(version=2)).encode())
     assert cli("snapshot", "load", str(bom)).code == 0
     assert cli("status", "--json").json()["cacheVersion"] == 2
+
+
+def test_snapshot_load_from_stdin_refuses_what_is_not_a_json_object(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cat /dev/zero | tillpoint snapshot load -` alike: refused on its first bytes."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open("/dev/zero", "rb")))  # noqa: SIM115
+    run = cli("snapshot", "load", "-")
+    assert run.code == 2 and "-: not a snapshot" in run.err, run.err
+    body = json.dumps(snapshot()).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body)))
+    assert cli("snapshot", "load", "-").code == 0
