@@ -812,6 +812,7 @@ class Agent:
         )
         if held_elsewhere:
             after = replace(after, available=after.available - held_elsewhere)
+        _points_fit(after)  # before the commit: refused, nothing stored (a snapshot since)
         if after.as_json() == held["balance"]:
             return
         held["balance"] = after.as_json()
@@ -1617,14 +1618,18 @@ def card_of(ident: Identification, tier: str | None) -> Card:
 
 
 def balance_of(points: ledger.Points) -> Balance:
-    _fits("the customer's balance", points.available, _BALANCE_HINT)
-    _fits("the customer's pending points", points.pending, _BALANCE_HINT)
+    _points_fit(points)
     return Balance(
         points.available, points.pending, tuple(ExpiringBatch(p, e) for p, e in points.expiring)
     )
 
 
 _BALANCE_HINT = "check the customer's balancePoints in the snapshot"
+
+
+def _points_fit(points: ledger.Points) -> None:
+    _fits("the customer's balance", points.available, _BALANCE_HINT)
+    _fits("the customer's pending points", points.pending, _BALANCE_HINT)
 
 
 def _fits(what: str, value: int, hint: str) -> None:

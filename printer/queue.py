@@ -288,6 +288,7 @@ class PrintWorker:
         self._retry_at: datetime | None = None
         self._failures = 0
         self._contact: float | None = None  # monotonic time the printer was last tried
+        self._job_error = False  # `_last_error` is a job's own (bad payload), not the printer's
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -377,7 +378,7 @@ class PrintWorker:
     def _fail(self, job: _Job, message: str) -> None:
         log.error("print job %s failed: %s", job.receipt_id, message)
         self._set(job.id, "state = 'FAILED', last_error = ?", message)
-        self._last_error = f"job {job.receipt_id}: {message}"
+        self._last_error, self._job_error = f"job {job.receipt_id}: {message}", True
 
     def _done(self, job: _Job, note: str | None) -> None:
         now = rfc3339(self._clock())
@@ -404,6 +405,7 @@ class PrintWorker:
             message,
         )
         self._state, self._last_error, self._retry_at = state, message, retry_at
+        self._job_error = False
         log.warning(
             "print job %s not printed (%s); retry in %.1f s", job.receipt_id, message, delay
         )
@@ -513,6 +515,7 @@ class PrintWorker:
         self._state = "OK" if paper != "OUT" else "ERROR"
         self._paper = paper
         self._last_error = None if paper != "OUT" else "printer is out of paper"
+        self._job_error = False
         self._retry_at = None
         log.info("printed offers for receipt %s", job.receipt_id)
 
@@ -536,14 +539,15 @@ class PrintWorker:
         except Exception as exc:  # as a job's connect phase: OFFLINE
             if not isinstance(exc, PrinterError):  # a bug in a transport
                 log.exception("unexpected error asking the printer how it is")
-            self._state, self._last_error = "OFFLINE", str(exc)
+            self._state, self._last_error, self._job_error = "OFFLINE", str(exc), False
             return self._state
         finally:
             transport.close()
         if health.known:
             self._paper = health.paper
         self._state = "ERROR" if health.blocking else "OK"
-        self._last_error = health.problem
+        if health.blocking or not self._job_error:  # a job's own reason stays till a print
+            self._last_error, self._job_error = health.problem, False
         return self._state
 
     def _probe_due(self) -> bool:

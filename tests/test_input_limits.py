@@ -232,3 +232,22 @@ def test_grpc_a_balance_past_int64_is_invalid_argument(tmp_path: Path) -> None:
         channel.close()
         server.stop(0).wait()
         agent.close()
+
+
+def test_confirm_of_a_hold_whose_balance_left_int64_since_is_refused_and_stores_nothing(
+    cli: CLI,
+) -> None:
+    """Confirm recomputes the balance after the receipt as the ledger stands: a snapshot
+    loaded between Hold and Confirm can put it past int64. It used to commit the sale and
+    then fail every answer (gRPC INTERNAL, on each retry of the stored result)."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    held = cli("hold", receipt("r-held"), "--json")
+    assert held.code == 0 and held.json()["state"] == "HELD"
+    near = _near_the_limit()
+    near["version"] = 2
+    assert cli("snapshot", "load", near).code == 0
+    run = cli("confirm", "r-held", "--json")
+    assert run.code == 2 and "the customer's balance" in run.err and "64-bit" in run.err
+    assert cli("status", "--json").json()["outboxDepth"] == 0
+    # The hold is still there to cancel (or to expire and release).
+    assert cli("cancel", "r-held", "--json").json()["state"] == "CANCELLED"

@@ -464,3 +464,29 @@ def test_asking_can_be_switched_off_and_is_on_by_default(ledger: Path) -> None:
             assert vp.connections == 0 and w.status()["state"] == "OK"
         finally:
             w.stop()
+
+
+def test_asking_an_idle_printer_keeps_a_failed_jobs_reason(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    """A job that cannot print (its offers expired while it waited) gives up without
+    connecting; the question asked right after used to wipe its reason from `status`."""
+    gone = dict(payload()["offers"][0], validTo="2026-11-20T23:59:59+03:00")
+    add_job(ledger, payload(offers=[gone]))
+    w = worker(ledger, printer.port, probe_interval_s=0.05, poll_interval_s=0.05)
+    w.start()
+    try:
+        deadline = time.monotonic() + 5
+        while w.status()["failed_jobs"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # several questions asked meanwhile
+        status = w.status()
+        assert status["failed_jobs"] == 1 and status["state"] == "OK", status
+        assert printer.connections >= 1
+        assert status["last_error"] and status["last_error"].startswith("job "), status
+        # The printer's own trouble still shows, and replaces it.
+        printer.cover_open = True
+        status = _state_becomes(w, "ERROR")
+        assert status["last_error"] == "printer cover is open", status
+    finally:
+        w.stop()
