@@ -164,6 +164,11 @@ def test_unplugged_mid_sale_then_back_shows_the_current_message(
             "Бонусы: 1192",
         ]
         assert peer.screen.inits == 1  # re-initialised after the reconnect
+        # The display's thread says OK once its write returns, a moment after the peer
+        # has read the bytes (asserted at once, this failed now and then on a busy machine).
+        deadline = time.monotonic() + 3
+        while display.status()["state"] != "OK" and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert display.status()["state"] == "OK"
     finally:
         display.stop()
