@@ -7,6 +7,7 @@ or RESOURCE_EXHAUSTED (a message over 4 MiB, refused by gRPC itself); nothing is
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -143,10 +144,11 @@ def test_cli_request_over_4_mib_on_stdin_is_refused(
     assert cli("checkout", "-", "--json").code == 0
 
 
-@pytest.fixture
-def stub(tmp_path: Path) -> Iterator[pb_grpc.PosAgentStub]:
+@contextlib.contextmanager
+def _served(tmp_path: Path, snap: dict[str, Any]) -> Iterator[pb_grpc.PosAgentStub]:
+    """A real PosAgent server on loopback over an agent with `snap` loaded."""
     agent = Agent(tmp_path, "till-1")
-    agent.load_snapshot(snapshot())
+    agent.load_snapshot(snap)
     server, port, _ = build_server(agent, "127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -156,6 +158,12 @@ def stub(tmp_path: Path) -> Iterator[pb_grpc.PosAgentStub]:
         channel.close()
         server.stop(0).wait()
         agent.close()
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Iterator[pb_grpc.PosAgentStub]:
+    with _served(tmp_path, snapshot()) as served:
+        yield served
 
 
 def _code(call: Any, request: Any) -> tuple[grpc.StatusCode, str]:
@@ -214,13 +222,7 @@ def test_a_balance_past_int64_refuses_that_receipt_and_stores_nothing(cli: CLI) 
 
 
 def test_grpc_a_balance_past_int64_is_invalid_argument(tmp_path: Path) -> None:
-    agent = Agent(tmp_path, "till-1")
-    agent.load_snapshot(_near_the_limit())
-    server, port, _ = build_server(agent, "127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        stub = pb_grpc.PosAgentStub(channel)
+    with _served(tmp_path, _near_the_limit()) as stub:
         request = json_format.ParseDict(receipt(), pb.Receipt())
         for call in (stub.Quote, stub.Checkout):
             code, details = _code(call, request)
@@ -228,10 +230,6 @@ def test_grpc_a_balance_past_int64_is_invalid_argument(tmp_path: Path) -> None:
         # The balance alone still fits: it is answered.
         balance = stub.Balance(pb.BalanceRequest(card="2770000000017"), timeout=TIMEOUT)
         assert balance.available_points == INT64_MAX - 5
-    finally:
-        channel.close()
-        server.stop(0).wait()
-        agent.close()
 
 
 def test_confirm_of_a_hold_whose_balance_left_int64_since_is_refused_and_stores_nothing(
