@@ -38,6 +38,7 @@ from pydantic_core import SchemaSerializer, SchemaValidator
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.identify import ascii_digits, ean13_ok, normalise
 from tillpoint.agent.models import (
+    INT64_MAX,
     CardRecord,
     Category,
     Coupon,
@@ -116,6 +117,10 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
         problem = _card_problem(row.number)
         if problem:
             return RowProblem(where, problem)
+    if isinstance(row, Customer):
+        problem = _points_problem(row)
+        if problem:
+            return RowProblem(where, problem)
     # Defaults are left out (a till reads an absent field as its default): every offer
     # carried six default fields and every customer `"pending":[]`, a snapshot 30 % larger.
     # The program keeps every value the retailer gave: its defaults are business figures
@@ -126,6 +131,24 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
     if kind == "customer":
         doc.setdefault("balancePoints", 0)  # a snapshot's customer always says its points
     return ImportRow(kind, _key(kind, row), doc, where)
+
+
+def _points_problem(row: Customer) -> str | None:
+    """Each figure fits in int64 (the model checks), but the hub adds them up: a pending
+    part that becomes active joins `balancePoints`, parts due at the same moment are served
+    as one, and a till sums the expiring parts. A row whose sums do not fit would be served
+    to every till, and every till would refuse that snapshot."""
+    if not row.pending and not row.expiring:  # most rows: `balancePoints` alone fits
+        return None
+    pending = sum(abs(part.points) for part in row.pending)
+    if abs(row.balance_points) + pending > INT64_MAX:
+        return (
+            f"customer {row.id}: balancePoints and the pending points add up past a signed"
+            " 64-bit integer"
+        )
+    if sum(part.points for part in row.expiring) > INT64_MAX:
+        return f"customer {row.id}: the expiring points add up past a signed 64-bit integer"
+    return None
 
 
 def _card_problem(number: str) -> str | None:
@@ -427,6 +450,8 @@ def _bulk_texts(bulk: Bulk, good: list[bytes]) -> tuple[list[str], list[bytes]] 
         return None
     keys = [getattr(model, bulk.key_field) for model in models]
     if bulk.kind == "card" and any(map(_card_problem, keys)):
+        return None
+    if bulk.kind == "customer" and any(map(_points_problem, models)):
         return None
     text = bulk.text
     texts = [text(m, by_alias=True, exclude_none=True, exclude_defaults=True) for m in models]

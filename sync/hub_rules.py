@@ -30,10 +30,10 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from pydantic import ValidationError
-from tillpoint.agent.errors import NotFound
+from tillpoint.agent.errors import InputError, NotFound
 from tillpoint.agent.expiry import Movement, Wallet, expiry_time, wallet_of
 from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.models import Coupon, Program, _timestamp, describe
+from tillpoint.agent.models import INT64_MAX, INT64_MIN, Coupon, Program, _timestamp, describe
 from tillpoint.agent.pricing import activation_time
 
 from .hub_store import (
@@ -481,13 +481,13 @@ class HubRules:
         program: Program,
     ) -> tuple[int, int, str | None]:
         if t.kind == "CHECKOUT":
-            earned = int(result.get("earnedPoints") or 0)
+            earned = _points_of(result, "earnedPoints")
             due = activation_time(at, program)
             if earned and due > at:
                 return 0, earned, utc_text(due)
             return earned, 0, None
-        taken = int(result.get("takenBackPoints") or 0)
-        returned = int(result.get("returnedPoints") or 0)
+        taken = _points_of(result, "takenBackPoints")
+        returned = _points_of(result, "returnedPoints")
         row = tx.checkout_pending(t.device_id, receipt_id)
         pending = 0
         activates: str | None = None
@@ -495,7 +495,7 @@ class HubRules:
             from_pending = max(0, min(taken, int(row[1])))
             if from_pending:
                 pending, activates, taken = -from_pending, str(row[0]), taken - from_pending
-        return returned - taken, pending, activates
+        return _int64(returned - taken, "the refund's points"), pending, activates
 
     @staticmethod
     def _advance(tx: HubTx, device_id: str) -> int:
@@ -601,6 +601,7 @@ class HubRules:
                         utc_text(now),
                         utc_text(expires),
                     )
+            _spendable_fits(customer_id, spendable)  # else rolled back: no hold written
             held = 0
             for dev, rid, pts in tx.active_holds(customer_id):
                 if dev == device_id and rid in mine:
@@ -640,6 +641,7 @@ class HubRules:
         inputs = self.live_inputs(customer_id)
         live = _live_points(inputs, at)
         spendable = 0 if live is None else live[0]
+        _spendable_fits(customer_id, spendable)
         expires = now + timedelta(seconds=hold_ttl_s)
         found = self.claim_hold(
             device_id,
@@ -1021,6 +1023,37 @@ def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wal
         lifetime,
         zone,
     )
+
+
+def _points_of(result: dict[str, Any], name: str) -> int:
+    """A figure of an UNKNOWN card's result (proto3 JSON: an int64 as a string or a number):
+    the till never sends one past int64, an older or a broken one might; the transaction is
+    then REJECTED (set aside), not stored where no balance or snapshot could hold it."""
+    value = result.get(name) or 0
+    try:
+        number = int(value) if not isinstance(value, bool | float) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None:
+        raise ValueError(f"resultJson {name}: not a whole number")
+    return _int64(number, f"resultJson {name}")
+
+
+def _spendable_fits(customer_id: str, points: int) -> None:
+    """The hub adds every till's points to the imported balance: past int64 no hold could
+    be stored or answered (a till's own check sees only its own points). Refused before
+    any hold is written; the till prices the receipt with its offline limit."""
+    if not INT64_MIN <= points <= INT64_MAX:
+        raise InputError(
+            f"customer {customer_id}'s points at the hub ({points}) do not fit in a signed"
+            " 64-bit integer: correct the customer's balancePoints with `hub import`"
+        )
+
+
+def _int64(value: int, what: str) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{what} ({value}) does not fit in a signed 64-bit integer")
+    return value
 
 
 def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Program) -> str:

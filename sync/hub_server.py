@@ -890,6 +890,8 @@ class HubServicer(pb_grpc.HubServicer):
                 if codes
                 else []
             )
+        except InputError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         return pb.AuthorizeRedemptionReply(

@@ -44,7 +44,7 @@ from typing import IO, Any
 import grpc
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
-from tillpoint.agent.errors import SnapshotRefused, TillpointError
+from tillpoint.agent.errors import InputError, TillpointError
 from tillpoint.agent.ledger import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -526,7 +526,10 @@ class Puller:
             ) as verified:
                 verified_at = time.monotonic()
                 verified.apply(self.agent)
-        except SnapshotRefused as exc:
+        except InputError as exc:
+            # SnapshotRefused (older, wrong base), or a signed bundle with a row this till
+            # refuses (a balance past int64): the same bytes would be refused again, so
+            # they are recorded and not downloaded again; the cache keeps its version.
             return self._refused(partial, str(exc))
         self._discard()
         done = time.monotonic()

@@ -28,7 +28,8 @@ from tillpoint.agent.ledger import open_ledger
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync import load_snapshot_file, sync_status
 from tillpoint.sync.hub_server import Bundle, HubConfig, HubServicer
-from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data
+from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, receipt, sample_master_data
 from tillpoint.sync.pull import NoSpace, Puller, PullInterrupted, cache_version
 from tillpoint.sync.signing import (
     MANIFEST_PREFIX,
@@ -225,6 +226,36 @@ def test_an_expired_snapshot_is_refused(hub: LoopbackHub, till: Till) -> None:
     result = puller(till).pull()
     assert result.status == "REFUSED" and "expired" in result.message
     still_serving_version_1(till)
+
+
+def test_a_signed_snapshot_with_a_row_the_till_refuses_is_refused_once(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """The hub served a balance past int64 (an imported MAX − 15 plus two tills' sales,
+    each of which fitted at its till): the till's load refused the row with a plain input
+    error, which the pull did not count as a refusal, so every till of the chain fetched
+    the same bytes again at every retry and never got another version. Now it is
+    recorded like a bad signature and not downloaded again; the old version serves."""
+    data = sample_master_data()
+    data["customers"][0]["balancePoints"] = 2**63 - 1 - 15  # c-1
+    import_doc(hub.store, {"customers": data["customers"][:1]})
+    hub.publish()
+    assert puller(till).pull().status == "APPLIED"
+    sale = {"receiptId": "r", "lines": []}
+    for device in ("till-a", "till-b"):
+        tx = TxIn(device, 1, "CHECKOUT", "2026-11-23T09:00:00+00:00", "c-1", "",
+                  json.dumps(sale), "{}", 12, 0, "")  # fmt: skip
+        hub.store.ingest(device, "", [tx], datetime.now(UTC))
+    hub.publish()
+    first = puller(till).pull()
+    assert first.status == "REFUSED" and "does not fit in a signed 64-bit" in first.message
+    served = rogue(hub).stats.pulls
+    again = puller(till).pull()
+    assert again.status == "REFUSED" and again.message == first.message
+    assert rogue(hub).stats.pulls == served + 1  # asked once more, refused by its header
+    assert not (till.data_dir / "sync" / "pull.part").exists()
+    assert sync_status(open_ledger(till.data_dir))["lastRefusedSnapshot"]["version"] == 3
+    assert cache_version(till.data_dir) == 2
 
 
 def test_a_bit_flipped_on_the_way_is_refused(hub: LoopbackHub, till: Till) -> None:
