@@ -139,7 +139,7 @@ def run(settings: Settings) -> int:
     register_gauges(registry, agent)
     register_collector_gauges(registry)
     server, _port, health_servicer = build_server(
-        agent, settings.server.listen, settings.server.max_workers
+        agent, settings.server.listen, settings.server.max_workers, token=settings.server.token
     )
     http_server = None
     if settings.http.enabled:
@@ -151,6 +151,10 @@ def run(settings: Settings) -> int:
             token=settings.http.token,
             max_workers=settings.server.max_workers,
         )
+    metrics_server = None
+    if settings.metrics.enabled:  # bound before anything starts, as the two servers are
+        host, _, metrics_port = settings.metrics.listen.rpartition(":")
+        metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
     # What runs beside the servers, stopped in reverse order.
     stops: list[Callable[[], None]] = []
     if sync is not None:
@@ -159,10 +163,6 @@ def run(settings: Settings) -> int:
     stops.append(devices.stop)
     stops.append(start_hold_sweeper(agent))  # expires holds on time
     stops.append(follow_snapshot(health_servicer))  # Watch: SERVING once a snapshot is in
-    metrics_server = None
-    if settings.metrics.enabled:
-        host, _, metrics_port = settings.metrics.listen.rpartition(":")
-        metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
     server.start()
     from . import forward
 

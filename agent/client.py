@@ -70,7 +70,8 @@ class PosAgentClient:
 
     `timeout` is the deadline of one attempt in seconds; `attempts` is how many times a
     retryable failure is tried in all; the n-th retry waits a random time between half
-    and all of min(`backoff_cap`, `backoff` × 2ⁿ) seconds.
+    and all of min(`backoff_cap`, `backoff` × 2ⁿ) seconds. `token`: the agent's
+    `[server] token`, sent with every call.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class PosAgentClient:
         channel: grpc.Channel | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        token: str = "",
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -104,6 +106,8 @@ class PosAgentClient:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self.retries = 0  # retries made over the client's life (for logs and tests)
+        # the agent's `[server] token`, when it has one (required beyond loopback)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     # ------------------------------------------------------------ the calls
 
@@ -177,7 +181,7 @@ class PosAgentClient:
         while True:
             attempt += 1
             try:
-                answer: Message = rpc(message, timeout=deadline)
+                answer: Message = rpc(message, timeout=deadline, metadata=self._metadata)
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
                 details = exc.details() if callable(getattr(exc, "details", None)) else None

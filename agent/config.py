@@ -50,6 +50,12 @@ class ServerSettings(BaseModel):
 
     listen: str = "127.0.0.1:50061"  # the local PosAgent gRPC server
     max_workers: int = Field(8, ge=1, le=64)
+    token: str = Field("", max_length=512)  # required when listen is not a loopback address
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> ServerSettings:
+        _token_needed("server", self.listen, self.token)
+        return self
 
 
 class HttpSettings(BaseModel):
@@ -61,13 +67,20 @@ class HttpSettings(BaseModel):
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> HttpSettings:
-        host = self.listen.rpartition(":")[0].strip("[]")
-        if self.enabled and not self.token and not is_loopback(host):
-            raise ValueError(
-                f"listen {self.listen} is not a loopback address: set a token"
-                " ([http] token or TILLPOINT_HTTP__TOKEN)"
-            )
+        if self.enabled:
+            _token_needed("http", self.listen, self.token)
         return self
+
+
+def _token_needed(section: str, listen: str, token: str) -> None:
+    """A server bound beyond loopback answers anyone on the network: a holder of a card
+    number could hold, confirm and refund. It needs a token, sent with every call."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if not token and not is_loopback(host):
+        raise ValueError(
+            f"listen {listen} is not a loopback address: set a token"
+            f" ([{section}] token or TILLPOINT_{section.upper()}__TOKEN)"
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -396,12 +396,13 @@ class Api:
     async def _no_such_call(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if status == 405:
-            return error_response(
+            allowed = ", ".join(
+                sorted(c.method for c in CALLS if c.path == request.url.path) or ["GET"]
+            )
+            return error_response(  # RFC 9110: a 405 says what is allowed
                 "METHOD_NOT_ALLOWED",
-                f"{request.method} {request.url.path}: use "
-                + ", ".join(
-                    sorted(c.method for c in CALLS if c.path == request.url.path) or ["GET"]
-                ),
+                f"{request.method} {request.url.path}: use {allowed}",
+                {"Allow": allowed},
             )
         if status == 404:
             return error_response(

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .errors import TillpointError
+
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -90,7 +92,13 @@ def serve(registry: Registry, host: str, port: int) -> tuple[ThreadingHTTPServer
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:  # in use, or not an address of this machine
+        raise TillpointError(
+            f"cannot listen on {host}:{port} for /metrics: {exc.strerror or exc}"
+            " (set [metrics] listen, or [metrics] enabled = false)"
+        ) from None
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()

@@ -23,7 +23,9 @@ from grpc_reflection.v1alpha import reflection
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .errors import TillpointError, edge_of
+from .config import is_loopback
+from .errors import InputError, TillpointError, edge_of
+from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
 from .limits import REQUEST_MAX_BYTES
 from .service import Agent
@@ -186,14 +188,25 @@ def _in_background(name: str, run: Callable[[threading.Event], None]) -> Callabl
 
 
 def build_server(
-    agent: Agent, address: str, max_workers: int = 8
+    agent: Agent, address: str, max_workers: int = 8, *, token: str = ""
 ) -> tuple[grpc.Server, int, _Health]:
-    """A started-ready server (not yet started) bound to `address`; returns the bound port."""
+    """A started-ready server (not yet started) bound to `address`; returns the bound port.
+    With a `token`, every call (PosAgent, health, reflection) must carry the metadata
+    `authorization: Bearer <token>`, as every HTTP request must."""
+    host = address.rpartition(":")[0].strip("[]")
+    if not token and not is_loopback(host):  # config refuses it too; a caller may not
+        raise InputError(
+            f"server listen {address}: a non-loopback address needs a token"
+            " ([server] token or TILLPOINT_SERVER__TOKEN)"
+        )
+    interceptors: list[Any] = [RefuseUndecodable()]  # bytes that are no request: INVALID_ARGUMENT
+    if token:
+        interceptors.insert(0, RequireToken(token))
     # A request larger than 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before
     # it is read whole; the text fields inside are limited by the models.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[RefuseUndecodable()],  # bytes that are no request: INVALID_ARGUMENT
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", REQUEST_MAX_BYTES),
             # one agent a port: gRPC's default SO_REUSEPORT let a second `tillpoint run`

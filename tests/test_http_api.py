@@ -190,7 +190,9 @@ def test_refusals_map_to_their_http_status(client: Client) -> None:
     status, code, message = error_of(blocked)
     assert (status, code) == (412, "FAILED_PRECONDITION") and "refused" in message
     assert error_of(client.get("/v1/nowhere"))[:2] == (404, "NOT_FOUND")
-    assert error_of(client.get("/v1/quote"))[:2] == (405, "METHOD_NOT_ALLOWED")  # a POST
+    wrong = client.get("/v1/quote")
+    assert error_of(wrong)[:2] == (405, "METHOD_NOT_ALLOWED")  # a POST
+    assert wrong.headers["allow"] == "POST"
 
 
 def test_healthz_is_503_until_a_snapshot_is_loaded(tmp_path: Path) -> None:

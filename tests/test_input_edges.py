@@ -167,6 +167,26 @@ def test_a_second_agent_cannot_serve_a_port_another_serves(tmp_path: Path) -> No
         second_agent.close()
 
 
+def test_run_on_a_metrics_port_in_use_says_which_address(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "internal error: OSError: [Errno 98] Address already in use", naming no
+    address and no setting (the HTTP and gRPC ports said "cannot listen on …")."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("TILLPOINT_METRICS__LISTEN", f"127.0.0.1:{port}")
+        monkeypatch.setenv("TILLPOINT_HTTP__LISTEN", "127.0.0.1:0")
+        monkeypatch.setenv("TILLPOINT_SERVER__LISTEN", "127.0.0.1:0")
+        run = cli("run")
+    assert run.code == 1 and "Traceback" not in run.err
+    assert f"cannot listen on 127.0.0.1:{port} for /metrics" in run.err
+    assert "[metrics] listen" in run.err
+
+
 def test_explain_is_a_json_boolean(cli: CLI) -> None:
     """`"explain": "yes"` (or 1) used to be a lax true; it is bad input like any other."""
     assert cli("snapshot", "load", snapshot()).code == 0

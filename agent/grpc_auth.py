@@ -1,0 +1,58 @@
+"""The `PosAgent` server's token: what `[http] token` is to the HTTP interface.
+
+A server bound beyond loopback answers anyone who can reach the till, so `[server] token`
+is then required (agent/config.py) and every call must carry the metadata
+``authorization: Bearer <token>`` (the scheme in any case); any other call is refused
+with UNAUTHENTICATED before the service, the health service or reflection runs.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.ServerInterceptor
+
+_REFUSAL = "missing or wrong token: send the metadata authorization: Bearer <token>"
+
+
+def _refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
+
+
+class RequireToken(_Interceptor):
+    def __init__(self, token: str) -> None:
+        self.token = token.encode()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None or self.authorised(handler_call_details.invocation_metadata):
+            return handler
+        kind = next(
+            name
+            for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+            if getattr(handler, name) is not None
+        )
+        tuple_handler: Any = handler  # grpcio's handlers are named tuples
+        refused: grpc.RpcMethodHandler[Any, Any] = tuple_handler._replace(**{kind: _refuse})
+        return refused
+
+    def authorised(self, metadata: Any) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else bytes(value)
+                scheme, _, token = given.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    token.strip(), self.token
+                )
+        return False
