@@ -581,6 +581,7 @@ def openapi() -> dict[str, Any]:
         "409": answer("conflict: another body under a known receiptId"),
         "412": answer("refused: no snapshot, blocked card, expired hold"),
         "413": answer("request larger than 4 MiB"),
+        "421": answer("X-Tillpoint-Instance names another agent (the CLI's header): nothing run"),
         "500": answer("a bug in tillpoint: the agent's log has the trace"),
         "503": answer("not ready, or the call timed out: retry with the same receiptId"),
     }

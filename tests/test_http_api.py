@@ -547,7 +547,7 @@ def test_openapi_says_which_request_fields_are_required_and_refuses_others_as_se
     assert status == 400 and "qty" in message
     healthz = doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"]
     assert healthz["application/json"]["schema"]["required"] == ["status", "cacheVersion"]
-    assert {"401", "405", "408"} <= set(doc["paths"]["/v1/quote"]["post"]["responses"])
+    assert {"401", "405", "408", "421"} <= set(doc["paths"]["/v1/quote"]["post"]["responses"])
 
 
 # ---------------------------------------------------------------- `tillpoint run`
