@@ -18,8 +18,10 @@ circle.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -48,6 +50,7 @@ from .hub_store import (
     Unsynced,
 )
 
+log = logging.getLogger("tillpoint.hub")
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
 # One counted transaction's points (the contract §16): (points available,
 # pending_activates_at, pending points, its `at` when it moves available points or is a
@@ -1050,6 +1053,27 @@ def _spendable_fits(customer_id: str, points: int) -> None:
         )
 
 
+def _capped(customer_id: str, what: str, points: int) -> int:
+    """A figure of a published customer row, within int64. Each till checked its own
+    view, but several tills' sales over an imported balance within a few points of the
+    limit can add up past it at the hub (refusing them at ingest would read the
+    customer's whole history at every push). Served as it is, every till would refuse
+    the snapshot and the whole chain would stop taking new versions for one customer;
+    the row says the limit instead, the hub's ledger keeps the exact count (`hub
+    balance`), and each till refuses that customer's receipts that would earn more."""
+    if INT64_MIN <= points <= INT64_MAX:
+        return points
+    log.error(
+        "customer %s: %s %d does not fit in a signed 64-bit integer; the snapshot says %d:"
+        " correct the customer's balancePoints with `hub import`",
+        customer_id,
+        what,
+        points,
+        max(INT64_MIN, min(INT64_MAX, points)),
+    )
+    return max(INT64_MIN, min(INT64_MAX, points))
+
+
 def _int64(value: int, what: str) -> int:
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"{what} ({value}) does not fit in a signed 64-bit integer")
@@ -1067,16 +1091,17 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
     for batch in wallet.batches:
         if batch.pending(issued_at) and batch.active_from is not None:
             entries[batch.active_from.astimezone(UTC)] += batch.points
+    fit = functools.partial(_capped, str(row.get("id", "")))
     left = [
-        {"points": entries[when_], "activatesAt": when_.isoformat()}
+        {"points": fit("pending", entries[when_]), "activatesAt": when_.isoformat()}
         for when_ in sorted(entries)
         if entries[when_]
     ]
     expiring = [
-        {"points": points, "expiresAt": moment.isoformat()}
+        {"points": fit("expiring", points), "expiresAt": moment.isoformat()}
         for points, moment in wallet.expiring_at(issued_at, limit=len(wallet.batches))
     ]
-    row["balancePoints"] = balance
+    row["balancePoints"] = fit("balancePoints", balance)
     if left:
         row["pending"] = left
     else:
