@@ -82,6 +82,17 @@ class MigrationSet:
         except sqlite3.OperationalError:  # a new database: no table yet
             return False
         applied = {name for (name,) in rows}
+        unknown = applied.difference(m.name for m in self._migrations)
+        if unknown:
+            # Written by a later release (or a development build), then this one started
+            # on it: a rollback. Its tables are not the ones this code writes (an older
+            # release took seqs the newer one had used, and pushed outbox rows without
+            # their texts, which the hub set aside): refused before anything is read.
+            raise StorageError(
+                f"{self.name}: this data was written by another tillpoint release (schema"
+                f" steps {', '.join(sorted(unknown))} are unknown to this one): run that"
+                " release, or restore the data directory saved before it was installed"
+            )
         return all(m.name in applied for m in self._migrations)
 
     def apply(self, conn: sqlite3.Connection) -> None:

@@ -8,6 +8,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from tillpoint.agent import ledger
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
@@ -107,3 +108,33 @@ def test_a_ledger_written_by_the_old_code_upgrades_in_place(tmp_path: Path) -> N
         assert [p["seq"] for p in sent] == [1, 2, 3]
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize("which", ["ledger", "cache"])
+def test_data_a_later_release_migrated_is_refused_not_misread(tmp_path: Path, which: str) -> None:
+    """A rollback: a later release migrated the data directory, then this one started on
+    it. A release that ignored the steps it did not know took seqs the later one had
+    used (every sale failed), refused refunds of its receipts, and pushed its outbox rows
+    without their texts, which the hub set aside: a receipt lost at the hub (found by
+    running an earlier release on data this one had migrated). Refused at open, with
+    what to do, and nothing in the files changes."""
+    from tillpoint.agent.db import open_cache
+    from tillpoint.agent.errors import StorageError
+
+    data = tmp_path / "data"
+    Agent(data, "till-1").close()  # both files at this release's schema
+    path = data / ("ledger.db" if which == "ledger" else "cache.db")
+    later = sqlite3.connect(path)
+    name = "tillpoint.ledger" if which == "ledger" else "tillpoint.cache"
+    later.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+        " VALUES (?, 'm099_from_the_future', '2027-01-01')",
+        (name,),
+    )
+    later.commit()
+    later.close()
+    before = path.read_bytes()
+    opener = ledger.open_ledger if which == "ledger" else open_cache
+    with pytest.raises(StorageError, match="m099_from_the_future are unknown to this one"):
+        opener(data)
+    assert path.read_bytes() == before
