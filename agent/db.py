@@ -89,9 +89,10 @@ class MigrationSet:
             # release took seqs the newer one had used, and pushed outbox rows without
             # their texts, which the hub set aside): refused before anything is read.
             raise StorageError(
-                f"{self.name}: this data was written by another tillpoint release (schema"
-                f" steps {', '.join(sorted(unknown))} are unknown to this one): run that"
-                " release, or restore the data directory saved before it was installed"
+                f"the {'cache' if self.name.endswith('cache') else 'ledger'} was written by"
+                f" another tillpoint release (schema steps {', '.join(sorted(unknown))} are"
+                " unknown to this one): run that release, or restore the data directory"
+                " saved before it was installed"
             )
         return all(m.name in applied for m in self._migrations)
 
