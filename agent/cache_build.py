@@ -48,7 +48,7 @@ from typing import BinaryIO
 from . import cache as cache_mod
 from . import errors
 from .db import BUILDING, open_cache, phone_secret, remove_stale_builds, write_transaction
-from .errors import InputError, StorageError, TillpointError
+from .errors import InputError, StorageError, TillpointError, UnreadableFile
 from .models import ROW_MODELS, SnapshotHeader
 
 MODULE = "tillpoint.agent.cache_build"
@@ -551,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(exc)
         return exc.exit_code
     except FileNotFoundError as exc:
-        _report(InputError(f"{exc.filename}: no such file"))
+        _report(UnreadableFile(f"{exc.filename}: no such file"))
         return 2
     except (OSError, sqlite3.Error) as exc:
         _report(StorageError(f"the cache could not be written, nothing was stored: {exc}"))

@@ -2,7 +2,8 @@
 
     TillpointError                exit 1  INTERNAL
     ├── InputError                exit 2  INVALID_ARGUMENT     malformed or out-of-range input
-    │   └── SnapshotRefused       exit 2  FAILED_PRECONDITION  wrong base, older, bad signature
+    │   ├── SnapshotRefused       exit 2  FAILED_PRECONDITION  wrong base, older, bad signature
+    │   └── UnreadableFile        exit 2  INVALID_ARGUMENT     a file named to read: missing, I/O
     ├── Refused                   exit 2  FAILED_PRECONDITION  valid input the rules refuse
     │   ├── CardRefused           exit 2  FAILED_PRECONDITION  BLOCKED or INVALID card
     │   ├── NoSnapshot            exit 2  FAILED_PRECONDITION  no snapshot loaded: no pricing
@@ -61,6 +62,11 @@ class InputError(TillpointError):
 
 class SnapshotRefused(InputError):
     grpc_code = "FAILED_PRECONDITION"
+
+
+class UnreadableFile(InputError):
+    """The file itself, not its content: a sync pull retries it (EMFILE, EIO), where a
+    bundle whose content is refused is recorded and not fetched again."""
 
 
 class Refused(TillpointError):

@@ -39,6 +39,7 @@ from .errors import (
     NotFound,
     Refused,
     TillpointError,
+    UnreadableFile,
 )
 from .expiry import WARN_DAYS, Movement, expiry_time
 from .hub_turns import HubTurns
@@ -312,9 +313,9 @@ class Agent:
                         return self.load_snapshot_lines(f)
                     return self.load_snapshot_lines(io.BytesIO(f.read(length)))
         except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
+            raise UnreadableFile(f"{path}: no such file") from None
         except OSError as exc:
-            raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+            raise UnreadableFile(f"{path}: cannot read it ({exc.strerror})") from None
         loaded = cache_build.run(
             self.data_dir,
             path,

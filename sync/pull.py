@@ -44,7 +44,7 @@ from typing import IO, Any
 import grpc
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
-from tillpoint.agent.errors import InputError, TillpointError
+from tillpoint.agent.errors import InputError, TillpointError, UnreadableFile
 from tillpoint.agent.ledger import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -526,6 +526,8 @@ class Puller:
             ) as verified:
                 verified_at = time.monotonic()
                 verified.apply(self.agent)
+        except UnreadableFile:
+            raise  # the file, not the bundle (EMFILE, EIO): the next pull tries again
         except InputError as exc:
             # SnapshotRefused (older, wrong base), or a signed bundle with a row this till
             # refuses (a balance past int64): the same bytes would be refused again, so

@@ -252,6 +252,33 @@ def test_a_signed_snapshot_with_a_row_the_till_refuses_is_refused_once(
     still_serving_version_1(till)
 
 
+def test_a_file_that_cannot_be_read_once_is_not_taken_for_a_bad_bundle(
+    hub: LoopbackHub, till: Till, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too many open files while applying a good download: the file, not the bundle.
+    Recorded as refused, the till would not have fetched that version again (a review
+    found it); the pull fails and the next one applies it."""
+    import errno
+
+    from tillpoint.agent import snapshot_stream
+    from tillpoint.agent.errors import UnreadableFile
+
+    real, calls = snapshot_stream.read_lines, []
+
+    def once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot_stream, "read_lines", once)
+    with pytest.raises(UnreadableFile, match="Too many open files"):
+        puller(till).pull()
+    assert not sync_status(open_ledger(till.data_dir)).get("lastRefusedSnapshot")
+    assert puller(till).pull().status == "APPLIED"
+    assert cache_version(till.data_dir) == 1
+
+
 def test_a_balance_the_tills_add_up_past_int64_is_published_at_the_limit(
     hub: LoopbackHub, till: Till, caplog: pytest.LogCaptureFixture
 ) -> None:
