@@ -30,7 +30,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from .errors import StorageError
 
@@ -63,9 +63,14 @@ class MigrationSet:
     the current schema opens with one SELECT (sqlite_utils is a tenth of a CLI call's
     start). `@set()` registers a function as `Migrations.__call__` does."""
 
-    def __init__(self, name: str) -> None:
+    # The sets recorded in each file ("ledger", "cache"), to tell a step no set knows.
+    _of_file: ClassVar[dict[str, list[MigrationSet]]] = {}
+
+    def __init__(self, name: str, file: str) -> None:
         self.name = name
+        self.file = file
         self._migrations: list[_Step] = []
+        MigrationSet._of_file.setdefault(file, []).append(self)
 
     def __call__(self) -> Callable[[Callable[[Database], None]], Callable[[Database], None]]:
         def register(fn: Callable[[Database], None]) -> Callable[[Database], None]:
@@ -76,24 +81,29 @@ class MigrationSet:
 
     def current(self, conn: sqlite3.Connection) -> bool:
         try:
-            rows = conn.execute(
-                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (self.name,)
-            ).fetchall()
+            rows = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
         except sqlite3.OperationalError:  # a new database: no table yet
             return False
-        applied = {name for (name,) in rows}
-        unknown = applied.difference(m.name for m in self._migrations)
+        known = {(s.name, m.name) for s in self._of_file[self.file] for m in s._migrations}
+        unknown = {f"{step} ({of})" for of, step in rows if (of, step) not in known}
         if unknown:
             # Written by a later release (or a development build), then this one started
             # on it: a rollback. Its tables are not the ones this code writes (an older
             # release took seqs the newer one had used, and pushed outbox rows without
             # their texts, which the hub set aside): refused before anything is read.
+            what = ", ".join(sorted(unknown))
             raise StorageError(
-                f"the {'cache' if self.name.endswith('cache') else 'ledger'} was written by"
-                f" another tillpoint release (schema steps {', '.join(sorted(unknown))} are"
-                " unknown to this one): run that release, or restore the data directory"
-                " saved before it was installed"
+                f"the {self.file} was written by another tillpoint release (schema steps"
+                f" {what} are unknown to this one): "
+                + (
+                    "run that release, or delete cache.db and the cache-*.db files of the"
+                    " data directory (a copy of the hub's data: the next snapshot rebuilds it)"
+                    if self.file == "cache"
+                    else "run that release, or restore the data directory saved before it"
+                    " was installed"
+                )
             )
+        applied = {step for of, step in rows if of == self.name}
         return all(m.name in applied for m in self._migrations)
 
     def apply(self, conn: sqlite3.Connection) -> None:
@@ -105,7 +115,7 @@ class MigrationSet:
         migrations.apply(Database(conn))
 
 
-cache_migrations = MigrationSet("tillpoint.cache")
+cache_migrations = MigrationSet("tillpoint.cache", "cache")
 
 
 @cache_migrations()
@@ -251,7 +261,11 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
             if generation and not path.exists():
                 continue
             raise
-        migrate(conn, cache_migrations)
+        try:
+            migrate(conn, cache_migrations)
+        except BaseException:
+            conn.close()
+            raise
         return conn
     raise StorageError(f"cannot open the cache in {data_dir}: it keeps being replaced")
 

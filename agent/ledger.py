@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 LEDGER = "ledger.db"
 
-ledger_migrations = MigrationSet("tillpoint.ledger")
+ledger_migrations = MigrationSet("tillpoint.ledger", "ledger")
 # The sync client's tables: a set of their own, as older tills recorded them.
-sync_migrations = MigrationSet("tillpoint.sync")
+sync_migrations = MigrationSet("tillpoint.sync", "ledger")
 
 
 @ledger_migrations()
@@ -339,7 +339,11 @@ def open_ledger(data_dir: Path) -> sqlite3.Connection:
     """The one way to open a till's ledger: `db.connect` settings (autocommit, WAL,
     synchronous=FULL, busy timeout), migrated. StorageError when it cannot be opened."""
     conn = connect(ledger_path(data_dir))
-    migrate_ledger(conn)
+    try:
+        migrate_ledger(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
