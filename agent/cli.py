@@ -236,6 +236,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         shown = settings.model_dump(mode="json")
         for name, model in zip(("printer", "display", "scanner"), devices, strict=True):
             shown[name] = model.model_dump(mode="json")
+        for section in ("server", "http"):  # a check's output lands in tickets and logs
+            if shown[section]["token"]:
+                shown[section]["token"] = "(set)"
         # --json: proto3's lowerCamelCase keys like every other --json document; the text
         # form shows the names as they are written in the TOML file.
         return emit(

@@ -7,12 +7,13 @@ Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_I
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import socket
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -45,16 +46,22 @@ class HubSettings(BaseModel):
     max_snapshot_mib: int = Field(8192, gt=0)  # a bigger snapshot from the hub is refused
 
 
+# Sent in an HTTP header or gRPC metadata: printable ASCII, no spaces.
+Token = Annotated[str, Field(max_length=512, pattern=r"^[!-~]*$")]
+
+
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen: str = "127.0.0.1:50061"  # the local PosAgent gRPC server
     max_workers: int = Field(8, ge=1, le=64)
-    token: str = Field("", max_length=512)  # required when listen is not a loopback address
+    token: Token = ""  # required when listen is not a loopback address
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> ServerSettings:
-        _token_needed("server", self.listen, self.token)
+        problem = token_problem("server", self.listen, self.token)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -63,24 +70,34 @@ class HttpSettings(BaseModel):
 
     enabled: bool = True
     listen: str = "127.0.0.1:8061"  # the local HTTP/JSON interface (docs/INTEGRATION.md)
-    token: str = Field("", max_length=512)  # required when listen is not a loopback address
+    token: Token = ""  # required when listen is not a loopback address
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> HttpSettings:
-        if self.enabled:
-            _token_needed("http", self.listen, self.token)
+        problem = token_problem("http", self.listen, self.token) if self.enabled else None
+        if problem:
+            raise ValueError(problem)
         return self
 
 
-def _token_needed(section: str, listen: str, token: str) -> None:
+def token_problem(section: str, listen: str, token: str) -> str | None:
     """A server bound beyond loopback answers anyone on the network: a holder of a card
-    number could hold, confirm and refund. It needs a token, sent with every call."""
+    number could hold, confirm and refund. It needs a token, sent with every call (the
+    configuration, `server.build_server` and `http_api.HttpServer` ask the same)."""
     host = listen.rpartition(":")[0].strip("[]")
-    if not token and not is_loopback(host):
-        raise ValueError(
-            f"listen {listen} is not a loopback address: set a token"
-            f" ([{section}] token or TILLPOINT_{section.upper()}__TOKEN)"
-        )
+    if token or is_loopback(host):
+        return None
+    return (
+        f"listen {listen} is not a loopback address: set a token"
+        f" ([{section}] token or TILLPOINT_{section.upper()}__TOKEN)"
+    )
+
+
+def bearer_matches(value: bytes, token: bytes) -> bool:
+    """An `Authorization` header's (or gRPC metadata's) value against the token: the
+    scheme "Bearer" in any case, compared in constant time."""
+    scheme, _, given = value.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
 
 
 def is_loopback(host: str) -> bool:

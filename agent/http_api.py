@@ -46,7 +46,7 @@ from starlette.routing import Route
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .cli import json_document, parse_json, parse_time
-from .config import is_loopback
+from .config import bearer_matches, token_problem
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
@@ -341,10 +341,7 @@ class Api:
     def _authorised(self, scope: Any) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, given = bytes(value).partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    given.strip(), self.token
-                )
+                return bearer_matches(bytes(value), self.token)
         return False
 
     async def _in_pool(self, fn: Callable[[], Any]) -> Any:
@@ -722,11 +719,9 @@ class HttpServer:
 
     def __init__(self, agent: Agent, listen: str, *, token: str = "", max_workers: int = 8):
         host, port = split_listen(listen)
-        if not token and not is_loopback(host):
-            raise InputError(
-                f"http listen {listen}: a non-loopback address needs a token"
-                " ([http] token or TILLPOINT_HTTP__TOKEN)"
-            )
+        problem = token_problem("http", listen, token)
+        if problem:
+            raise InputError(problem)
         self.api = Api(agent, token=token, max_workers=max_workers)
         self.serve = AsgiThread(self.api, host, port)
         self.host, self.port = host, self.serve.port

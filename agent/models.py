@@ -68,9 +68,14 @@ def _int64(value: Any) -> int:
         raise ValueError("must be a whole number (no fractions, no floats)")
     else:
         raise ValueError("must be a whole number")
-    if not INT64_MIN <= number <= INT64_MAX:
+    if not fits_int64(number):
         raise ValueError("does not fit in a signed 64-bit integer")
     return number
+
+
+def fits_int64(number: int) -> bool:
+    """Every integer of the proto is an int64: a figure outside it cannot be sent."""
+    return INT64_MIN <= number <= INT64_MAX
 
 
 def _non_negative(value: Any) -> int:

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .config import is_loopback
+from .config import token_problem
 from .errors import InputError, TillpointError, edge_of
 from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
@@ -193,12 +193,9 @@ def build_server(
     """A started-ready server (not yet started) bound to `address`; returns the bound port.
     With a `token`, every call (PosAgent, health, reflection) must carry the metadata
     `authorization: Bearer <token>`, as every HTTP request must."""
-    host = address.rpartition(":")[0].strip("[]")
-    if not token and not is_loopback(host):  # config refuses it too; a caller may not
-        raise InputError(
-            f"server listen {address}: a non-loopback address needs a token"
-            " ([server] token or TILLPOINT_SERVER__TOKEN)"
-        )
+    problem = token_problem("server", address, token)  # config asks it too; a caller may not
+    if problem:
+        raise InputError(problem)
     interceptors: list[Any] = [RefuseUndecodable()]  # bytes that are no request: INVALID_ARGUMENT
     if token:
         interceptors.insert(0, RequireToken(token))

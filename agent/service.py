@@ -46,8 +46,6 @@ from .hub_turns import HubTurns
 from .identify import Identification, identify, normalise
 from .messages import checkout_display, identify_display, quote_display
 from .models import (
-    INT64_MAX,
-    INT64_MIN,
     Coupon,
     Customer,
     HubGrant,
@@ -59,6 +57,7 @@ from .models import (
     SnapshotHeader,
     check_text,
     coupon_code,
+    fits_int64,
     parse,
 )
 from .money import decimal_text, frac
@@ -1638,7 +1637,7 @@ def _fits(what: str, value: int, hint: str) -> None:
     JSON reader would lose it). A receipt's own figures are checked as it is read; the
     sums with the snapshot's `balancePoints` are only known here: such an answer is
     refused (nothing stored), the other customers' receipts are not."""
-    if not INT64_MIN <= value <= INT64_MAX:
+    if not fits_int64(value):
         raise InputError(f"{what} ({value} points) does not fit in a signed 64-bit integer: {hint}")
 
 

@@ -48,6 +48,7 @@ from tillpoint.agent.models import (
     Product,
     Program,
     describe,
+    fits_int64,
 )
 from tillpoint.agent.snapshot_stream import HEAD_BYTES, refuse_non_object
 
@@ -140,8 +141,11 @@ def _points_problem(row: Customer) -> str | None:
     to every till, and every till would refuse that snapshot."""
     if not row.pending and not row.expiring:  # most rows: `balancePoints` alone fits
         return None
-    pending = sum(abs(part.points) for part in row.pending)
-    if abs(row.balance_points) + pending > INT64_MAX:
+    # any of the parts may join the balance, in any order: the highest and the lowest
+    # sums they can make must fit
+    ups = sum(part.points for part in row.pending if part.points > 0)
+    downs = sum(part.points for part in row.pending if part.points < 0)
+    if not (fits_int64(row.balance_points + ups) and fits_int64(row.balance_points + downs)):
         return (
             f"customer {row.id}: balancePoints and the pending points add up past a signed"
             " 64-bit integer"

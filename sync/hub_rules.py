@@ -35,7 +35,15 @@ from pydantic import ValidationError
 from tillpoint.agent.errors import InputError, NotFound
 from tillpoint.agent.expiry import Movement, Wallet, expiry_time, wallet_of
 from tillpoint.agent.ledger import utc_text
-from tillpoint.agent.models import INT64_MAX, INT64_MIN, Coupon, Program, _timestamp, describe
+from tillpoint.agent.models import (
+    INT64_MAX,
+    INT64_MIN,
+    Coupon,
+    Program,
+    _timestamp,
+    describe,
+    fits_int64,
+)
 from tillpoint.agent.pricing import activation_time
 
 from .hub_store import (
@@ -1046,7 +1054,7 @@ def _spendable_fits(customer_id: str, points: int) -> None:
     """The hub adds every till's points to the imported balance: past int64 no hold could
     be stored or answered (a till's own check sees only its own points). Refused before
     any hold is written; the till prices the receipt with its offline limit."""
-    if not INT64_MIN <= points <= INT64_MAX:
+    if not fits_int64(points):
         raise InputError(
             f"customer {customer_id}'s points at the hub ({points}) do not fit in a signed"
             " 64-bit integer: correct the customer's balancePoints with `hub import`"
@@ -1061,21 +1069,22 @@ def _capped(customer_id: str, what: str, points: int) -> int:
     the snapshot and the whole chain would stop taking new versions for one customer;
     the row says the limit instead, the hub's ledger keeps the exact count (`hub
     balance`), and each till refuses that customer's receipts that would earn more."""
-    if INT64_MIN <= points <= INT64_MAX:
+    if fits_int64(points):
         return points
+    limit = INT64_MAX if points > 0 else INT64_MIN
     log.error(
         "customer %s: %s %d does not fit in a signed 64-bit integer; the snapshot says %d:"
         " correct the customer's balancePoints with `hub import`",
         customer_id,
         what,
         points,
-        max(INT64_MIN, min(INT64_MAX, points)),
+        limit,
     )
-    return max(INT64_MIN, min(INT64_MAX, points))
+    return limit
 
 
 def _int64(value: int, what: str) -> int:
-    if not INT64_MIN <= value <= INT64_MAX:
+    if not fits_int64(value):
         raise ValueError(f"{what} ({value}) does not fit in a signed 64-bit integer")
     return value
 

@@ -66,7 +66,7 @@ def test_beyond_loopback_a_token_is_required(
 ) -> None:
     agent = Agent(tmp_path / "a", "till-1")
     try:
-        with pytest.raises(InputError, match="needs a token"):
+        with pytest.raises(InputError, match="not a loopback address: set a token"):
             build_server(agent, "0.0.0.0:0")
         server, port, _ = build_server(agent, "0.0.0.0:0", token="t")
         server.stop(0).wait()
@@ -79,5 +79,10 @@ def test_beyond_loopback_a_token_is_required(
     assert run.code == 2 and "[server] token" in run.err and "Traceback" not in run.err
     run = cli("run")
     assert run.code == 2 and "set a token" in run.err
-    monkeypatch.setenv("TILLPOINT_SERVER__TOKEN", "t")
-    assert cli("config", "check").code == 0
+    monkeypatch.setenv("TILLPOINT_SERVER__TOKEN", "s3cret")
+    shown = cli("config", "check")
+    assert shown.code == 0 and "s3cret" not in shown.out and '"token": "(set)"' in shown.out
+    # metadata and headers carry printable ASCII: another token could never be sent
+    monkeypatch.setenv("TILLPOINT_SERVER__TOKEN", "пароль")
+    run = cli("config", "check")
+    assert run.code == 2 and "token" in run.err and "Traceback" not in run.err

@@ -409,7 +409,7 @@ def test_binding_beyond_loopback_needs_a_token(
 ) -> None:
     from tillpoint.agent.errors import InputError
 
-    with pytest.raises(InputError, match="needs a token"):
+    with pytest.raises(InputError, match="not a loopback address: set a token"):
         HttpServer(agent, "0.0.0.0:0")
     srv = HttpServer(agent, "0.0.0.0:0", token="t")
     srv.start()

@@ -70,6 +70,10 @@ def sale(device: str, seq: int, points: int, card: str = "", result: Any = None)
             "balancePoints and the pending points add up",
         ),
         (
+            {"balancePoints": -INT64_MAX - 1, "pending": [{"points": -1, "activatesAt": LATER}]},
+            "balancePoints and the pending points add up",
+        ),
+        (
             {
                 "balancePoints": 10,
                 "expiring": [{"points": INT64_MAX, "expiresAt": LATER}] * 2,
@@ -100,10 +104,12 @@ def test_an_imported_customer_whose_points_add_up_past_int64_is_refused(
 
 def test_the_limit_itself_imports(store: Any, tmp_path: Path) -> None:
     path = tmp_path / "edge.json"
-    edge = {"id": "c-9", "balancePoints": INT64_MAX - 1}
-    edge["pending"] = [{"points": 1, "activatesAt": LATER}]  # type: ignore[assignment]
-    path.write_text(json.dumps({"customers": [edge]}))
-    assert store.import_rows(read_file(path)).by_kind == {"customer": 1}
+    top = {"id": "c-9", "balancePoints": INT64_MAX - 1}
+    top["pending"] = [{"points": 1, "activatesAt": LATER}]  # type: ignore[assignment]
+    bottom = {"id": "c-8", "balancePoints": -INT64_MAX - 1}  # what comes in only raises it
+    bottom["pending"] = [{"points": 5, "activatesAt": LATER}]  # type: ignore[assignment]
+    path.write_text(json.dumps({"customers": [top, bottom]}))
+    assert store.import_rows(read_file(path)).by_kind == {"customer": 2}
 
 
 @pytest.mark.parametrize(

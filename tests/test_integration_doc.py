@@ -36,11 +36,15 @@ def example(language: str) -> str:
 
 
 @pytest.fixture
-def agent_url(agent: Agent) -> Iterator[str]:
+def agent_url(tmp_path: Path) -> Iterator[str]:
+    """An agent on the snapshot the page names: the README walkthrough's own file."""
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(json.loads((REPO / "examples" / "snapshot.json").read_text("utf-8")))
     server = HttpServer(agent, "127.0.0.1:0")
     server.start()
     yield f"http://127.0.0.1:{server.port}"
     server.stop()
+    agent.close()
 
 
 def run(argv: list[str], url: str, cwd: Path, timeout: float = 60) -> str:
