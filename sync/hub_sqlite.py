@@ -241,7 +241,16 @@ class SqliteHubStore(SqlHubStore):
         self._guard = threading.Lock()
         conn = self._conn()
         try:
-            migrations.apply(Database(conn))
+            db = Database(conn)
+            known = {m.name for m in migrations._migrations}
+            unknown = sorted({m.name for m in migrations.applied(db)} - known)
+            if unknown:  # a later release migrated it: as the till's files (agent.db)
+                raise StorageError(
+                    f"the hub database {path} was written by another tillpoint release"
+                    f" (schema steps {', '.join(unknown)} are unknown to this one): run that"
+                    " release, or restore the database saved before it was installed"
+                )
+            migrations.apply(db)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot migrate the hub database {path}: {exc}") from None
 

@@ -406,3 +406,24 @@ def test_a_pushed_receipt_is_looked_up_by_its_index_not_the_devices_rows(tmp_pat
         assert "transactions_receipt" in plan and "SCAN" not in plan, plan
     finally:
         store.close()
+
+
+def test_a_hub_database_a_later_release_migrated_is_refused(tmp_path: Path) -> None:
+    """As a till's files (tests/test_ledger_owner.py): a rollback of the hub's SQLite
+    store names the steps it does not know instead of serving on tables it does not."""
+    import sqlite3
+
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    path = tmp_path / "hub.db"
+    SqliteHubStore(path).close()
+    later = sqlite3.connect(path)
+    later.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+        " VALUES ('tillpoint.hub', 'm099_from_the_future', '2027-01-01')"
+    )
+    later.commit()
+    later.close()
+    with pytest.raises(StorageError, match="m099_from_the_future are unknown to this one"):
+        SqliteHubStore(path)
