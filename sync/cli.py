@@ -143,6 +143,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("device")
     p.add_argument("--address", default="", help="HOST:PORT the till dials (put in the bundle)")
     p.add_argument("--out", type=Path, help="bundle file (default <hub dir>/bundles/DEVICE.json)")
+    p.add_argument(
+        "--renew",
+        action="store_true",
+        help="issue an enrolled or revoked device a new certificate (its old one stops working)",
+    )
     p.set_defaults(handler=_hub_enroll)
 
     p = hub_sub.add_parser("revoke", parents=parents, help="refuse a device from now on")
@@ -407,6 +412,16 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     out = args.out or hub.root / "bundles" / f"{args.device}.json"
     # enrolled first: a refused device id gets no bundle
     with closing(hub.open_store()) as store:
+        known = store.device(identity.device_id)
+        if known is not None and not args.renew:
+            # a mistyped id would cut a live till off (its certificate replaced) and hand
+            # its numbering to another machine
+            state = "revoked" if known.revoked_at else "enrolled"
+            raise InputError(
+                f"device {identity.device_id} is already {state} (since"
+                f" {known.revoked_at or known.enrolled_at}): add --renew to issue it a new"
+                " certificate (the old one stops working at once)"
+            )
         store.enroll(identity.device_id, identity.fingerprint, _now())
     pki.write_bundle(out, pki.make_bundle(hub.keys, identity, args.address))
     data = {

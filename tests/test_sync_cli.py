@@ -314,7 +314,11 @@ def test_a_revoked_till_enrolled_again_by_its_hub_delivers_its_waiting_sales(
         assert code != 0 and "revoked" in err
         renewed = tmp_path / "renewed.json"
         argv = ["hub", "enroll", "till-1", "--hub-dir", hub_dir, "--address", hub.address]
-        assert run(capsys, *argv, "--out", str(renewed))[0] == 0
+        # a mistyped id must not cut a live till off: an existing id needs --renew
+        code, _, err = run(capsys, *argv, "--out", str(renewed))
+        assert code == 2 and "already revoked" in err and "--renew" in err
+        assert not renewed.exists()
+        assert run(capsys, *argv, "--out", str(renewed), "--renew")[0] == 0
         code, _, err = run(capsys, "sync", "install", str(renewed), "--data-dir", str(till))
         assert code == 0, err
         code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
