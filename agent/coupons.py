@@ -74,8 +74,21 @@ def issued_code(device_id: str, number: int) -> str:
     """A till-issued code, unique in the chain without asking the hub: "TP", the length of
     the device id's normal form, that form, and the device's coupon number (never reused).
     ("till-1", 17) → "TP5TILL117"."""
+    return f"{issued_prefix(device_id)}{number}"
+
+
+def issued_prefix(device_id: str) -> str:
     device = coupon_code(device_id)
-    return f"TP{len(device)}{device}{number}"
+    return f"TP{len(device)}{device}"
+
+
+def issued_by(code: str, device_id: str) -> bool:
+    """Whether `code` is one of the device's own till-issued codes (the hub takes no other
+    from it: a till could otherwise put any code, another's or the retailer's, in every
+    till's next snapshot)."""
+    prefix = issued_prefix(device_id)
+    number = code[len(prefix) :]
+    return code.startswith(prefix) and number.isascii() and number.isdigit()
 
 
 def unlocked(checks: Iterable[CouponCheck]) -> frozenset[str]:

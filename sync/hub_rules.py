@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from pydantic import ValidationError
+from tillpoint.agent.coupons import issued_by, issued_prefix
 from tillpoint.agent.errors import InputError, NotFound
 from tillpoint.agent.expiry import Movement, Wallet, expiry_time, wallet_of
 from tillpoint.agent.ledger import utc_text
@@ -446,6 +447,11 @@ class HubRules:
             coupon = Coupon.model_validate(request.get("coupon"))
         except ValidationError as exc:
             raise ValueError(f"coupon: {describe(exc)}") from None
+        if not issued_by(coupon.code, t.device_id):
+            raise ValueError(
+                f"coupon {coupon.code} is not one of {t.device_id}'s own codes"
+                f" ({issued_prefix(t.device_id)}…)"
+            )
         return {
             "receipt_id": receipt_id,
             "ref_id": coupon.code,

@@ -423,6 +423,31 @@ def test_an_offer_with_no_end_issues_a_code_with_none(
         hub.close()
 
 
+def test_the_hub_takes_only_a_tills_own_codes_as_issued(hub_store_factory: Any) -> None:
+    """A COUPON_ISSUED was checked for its shape only: a till could put any code in every
+    till's next snapshot — another till's, one for an offer of its choosing, or the
+    retailer's own imported code rewritten for anyone until 2099 (an audit of what one
+    till can do to another's data). Only the device's own numbering is taken."""
+    hub = hub_store_factory()
+    import_doc(hub, sample_master_data())
+    hub.publish(NOW, 7 * 86400.0)
+
+    def issued(seq: int, code: str) -> TxIn:
+        doc = {"code": code, "offerId": "o-next", "validFrom": "2026-11-23T10:15:00+03:00"}
+        request = json.dumps({"receiptId": f"r{seq}", "coupon": doc})
+        return TxIn("till-1", seq, "COUPON_ISSUED", NOW.isoformat(), "c-1", "", request, "{}",
+                    0, 0, "")  # fmt: skip
+
+    codes = ["TP6TILLB1", "FREESTUFF", "TP5TILL1X", "TP5TILL1", "TP5TILL1٣", "TP5TILL17"]
+    result = hub.ingest("till-1", "", [issued(i, c) for i, c in enumerate(codes, 1)], NOW)
+    outcomes = [(r.seq, r.outcome) for r in result.results]
+    assert outcomes == [(1, "REJECTED"), (2, "REJECTED"), (3, "REJECTED"), (4, "REJECTED"),
+                        (5, "REJECTED"), (6, "STORED")]  # fmt: skip
+    assert "not one of till-1's own codes (TP5TILL1…)" in result.results[0].reason
+    hub.publish(NOW.replace(hour=7), 7 * 86400.0)
+    assert [c["code"] for c in hub.snapshot_doc(2, 1)["coupons"]] == ["TP5TILL17"]
+
+
 def test_a_hold_reserves_its_coupons_and_a_cancel_gives_them_back(tmp_path: Path) -> None:
     """Contract §11 with §13: a held code is used for every other receipt of this till until
     the hold is cancelled or expires; a confirm keeps it used."""
