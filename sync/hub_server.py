@@ -842,6 +842,9 @@ class HubServicer(pb_grpc.HubServicer):
             pub = self.notifier.wait_newer(sent, timeout=min(heartbeat, ends - time.monotonic()))
             if self.notifier.stopping or not context.is_active():
                 return
+            # a device revoked (or enrolled again) meanwhile: the stream ends, as a new
+            # call would be refused (it ran on for up to `stream_max_s`)
+            self._device(context, request.device_id)
             sent = pub.version if pub else 0
             yield note(pub)
 

@@ -184,3 +184,27 @@ def test_bundle_install_checks_the_device(hub: LoopbackHub, tmp_path: Path) -> N
     pki.install_bundle(tmp_path / "t", json.loads(json.dumps(bundle)), "till-1")
     assert pki.is_enrolled(tmp_path / "t")
     assert (tmp_path / "t" / "enrollment" / "device.key").stat().st_mode & 0o077 == 0
+
+
+def test_a_revoked_till_s_subscription_ends_at_the_next_heartbeat(tmp_path: Path) -> None:
+    """The device was checked when the stream opened only: a revoked till went on getting
+    notifications until the stream's end (up to `stream_max_s`, 300 s). Now each
+    heartbeat checks it again, as every new call does."""
+    from tillpoint.sync.hub_server import HubConfig
+
+    hub = LoopbackHub(tmp_path / "hub", HubConfig(heartbeat_s=0.2), data=sample_master_data())
+    try:
+        made = identity(hub, "till-1", enroll=True)
+        stream = stub(hub, key=made.key_pem, cert=made.cert_pem).Subscribe(
+            pb.SubscribeRequest(device_id="till-1"), timeout=TIMEOUT
+        )
+        assert next(stream).latest_version == 1
+        assert next(stream)  # a heartbeat while enrolled
+        hub.store.revoke("till-1", datetime.now(UTC))
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in range(10):
+                next(stream)
+        assert code_of(err.value) == grpc.StatusCode.PERMISSION_DENIED
+        assert "revoked" in str(err.value.details())
+    finally:
+        hub.stop()
