@@ -1422,17 +1422,30 @@ def insert_refund(conn: sqlite3.Connection, row: RefundRow) -> None:
 
 
 def open_print_jobs(conn: sqlite3.Connection) -> int:
-    """Print jobs not yet printed (PENDING, SENDING or FAILED)."""
-    return int(conn.execute("SELECT count(*) FROM print_jobs WHERE state <> 'DONE'").fetchone()[0])
+    """Print jobs waiting to print (PENDING or SENDING): `printQueueDepth`, the worker's
+    `queue_depth`. A FAILED job waits for nobody (`print retry` puts it back); it is
+    counted in `printerState` FAILED_JOBS and `print queue`."""
+    return int(
+        conn.execute(
+            "SELECT count(*) FROM print_jobs WHERE state <> 'DONE'"
+            " AND state IN ('PENDING', 'SENDING')"
+        ).fetchone()[0]
+    )
 
 
 def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:
-    """Failed jobs, jobs waiting for a retry, and the newest open job's last error."""
+    """Failed jobs, jobs waiting for a retry, and the last error: the newest open job's,
+    or the newest printed job's note (sent, not confirmed) until a later one prints."""
+    # Open jobs only, by the partial index `print_jobs_open` (its `state <> 'DONE'` said
+    # as it is written there): the printed jobs stay in the table for good, a till's year
+    # of sales, and every status call and metrics scrape asks this.
     failed, retrying, last_error = conn.execute(
         "SELECT count(*) FILTER (WHERE state = 'FAILED'),"
         " count(*) FILTER (WHERE state IN ('PENDING', 'SENDING') AND attempts > 0),"
-        " (SELECT last_error FROM print_jobs WHERE state <> 'DONE' AND last_error IS NOT NULL"
-        "  ORDER BY id DESC LIMIT 1)"
-        " FROM print_jobs"
+        " coalesce("
+        "  (SELECT last_error FROM print_jobs INDEXED BY print_jobs_open"
+        "   WHERE state <> 'DONE' AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1),"
+        "  (SELECT last_error FROM print_jobs WHERE state = 'DONE' ORDER BY id DESC LIMIT 1))"
+        " FROM print_jobs WHERE state <> 'DONE'"
     ).fetchone()
     return int(failed), int(retrying), str(last_error or "")

@@ -188,6 +188,21 @@ def _valid_realtime(b: int) -> bool:
     return (b & 0x93) == 0x12
 
 
+def _gs_r_reply(transport: Transport, timeout_s: float) -> bytes:
+    """The answer to `GS r 1` within `timeout_s`, or b"". A status byte of another kind (a
+    `DLE EOT` answer or an automatic status: bit 4 set, bit 7 clear; GS r keeps bit 4 at
+    0) that came late, or that the printer sent by itself, was taken for the confirmation
+    of a job never printed. Any other byte counts, as before (printers differ)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        byte = transport.read(1, left)
+        if not byte:
+            return b""
+        if byte[0] & 0x90 != 0x10:
+            return byte
+    return b""
+
+
 def query_health(transport: Transport, timeout_s: float) -> Health:
     """Ask ``DLE EOT 2`` (offline cause) and ``DLE EOT 4`` (paper); no answer → unknown.
 
@@ -481,8 +496,11 @@ class PrintWorker:
             phase = "confirm"
             paper = health.paper
             if transport.readable and cfg.confirm:
+                # a late status byte (an answer after its timeout, or one the printer
+                # sends by itself) must not pass for the answer to this question
+                transport.discard_input()
                 transport.write(GS_R_PAPER)
-                reply = transport.read(1, cfg.confirm_timeout_s)
+                reply = _gs_r_reply(transport, cfg.confirm_timeout_s)
                 if not reply:
                     note = (
                         f"sent; the printer did not confirm within {cfg.confirm_timeout_s:g} s "
@@ -514,8 +532,16 @@ class PrintWorker:
         self._failures = 0
         self._state = "OK" if paper != "OUT" else "ERROR"
         self._paper = paper
-        self._last_error = None if paper != "OUT" else "printer is out of paper"
-        self._job_error = False
+        # an unconfirmed job's note stays until a confirmed print (as PRINTING.md draws
+        # it): a printer that takes the bytes and never prints looked healthy meanwhile
+        self._last_error = (
+            "printer is out of paper"
+            if paper == "OUT"
+            else f"job {job.receipt_id}: {note}"
+            if note
+            else None
+        )
+        self._job_error = note is not None and paper != "OUT"
         self._retry_at = None
         log.info("printed offers for receipt %s", job.receipt_id)
 

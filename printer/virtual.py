@@ -65,6 +65,9 @@ class VirtualPrinter:
         self.close_after_bytes: int | None = None
         self.stop_after_bytes: int | None = None
         self.confirm_delay_s = 0.0  # a slow printer: GS r is answered this much later
+        # bytes sent as a GS r arrives, before its answer: a status the printer sends by
+        # itself (automatic status back) or a late answer to an earlier question
+        self.unsolicited = b""
         self.documents: list[Document] = []  # complete and interrupted jobs, in arrival order
         self.connections = 0
         self.received = bytearray()
@@ -249,6 +252,8 @@ class VirtualPrinter:
         for req in decoder.feed(data):
             self._collect(decoder)
             if not (replay and req.command == "DLE EOT"):  # answered when it arrived
+                if req.command == "GS r" and self.unsolicited:
+                    self._send(conn, self.unsolicited)
                 if req.command == "GS r" and self.confirm_delay_s > 0:
                     time.sleep(self.confirm_delay_s)
                 self._send(conn, self._reply(req))
