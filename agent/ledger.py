@@ -304,6 +304,14 @@ def m012_hub_releases(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m013_coupon_uses_receipt(db: Database) -> None:
+    # A hold cancelled, expired or priced again gives its codes back by its receipt id,
+    # inside the ledger's write transaction: without this index each one read every code
+    # the till ever took (the table keeps them all).
+    db.execute("CREATE INDEX coupon_uses_receipt ON coupon_uses (receipt_id)")
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
