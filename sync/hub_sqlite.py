@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-from tillpoint.agent.db import write_transaction
+from tillpoint.agent.db import MigrationSet, migrate, write_transaction
 from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
@@ -35,7 +34,7 @@ from .hub_store import (
 
 BUSY_TIMEOUT_MS = 30_000
 MAX_PROBLEMS = 10
-migrations = Migrations("tillpoint.hub")
+migrations = MigrationSet("tillpoint.hub", "hub database")
 
 
 @migrations()
@@ -239,20 +238,12 @@ class SqliteHubStore(SqlHubStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
-        conn = self._conn()
         try:
-            db = Database(conn)
-            known = {m.name for m in migrations._migrations}
-            unknown = sorted({m.name for m in migrations.applied(db)} - known)
-            if unknown:  # a later release migrated it: as the till's files (agent.db)
-                raise StorageError(
-                    f"the hub database {path} was written by another tillpoint release"
-                    f" (schema steps {', '.join(unknown)} are unknown to this one): run that"
-                    " release, or restore the database saved before it was installed"
-                )
-            migrations.apply(db)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot migrate the hub database {path}: {exc}") from None
+            # the till's files' mechanism: pending steps under the write lock, and a file
+            # a later release migrated (steps this one does not know) refused
+            migrate(self._conn(), migrations)
+        except StorageError as exc:
+            raise StorageError(f"{path}: {exc.message}") from None
 
     # ------------------------------------------------------------ plumbing
 
