@@ -69,10 +69,12 @@ Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a 
 # at its time, points earned at once expire `pointsLifetimeDays` after it, and a refund
 # gives points back to the batches its sale took them from.
 Move = tuple[int, str | None, int, str | None, int, str, str, int]
-MOVED_AT = "CASE WHEN delta_available != 0 OR kind = 'REFUND' THEN at END"
-EARNED_WHEN = (
-    "kind = 'CHECKOUT' AND delta_pending = 0 AND delta_available != 0 AND customer_id != ''"
-)
+# A known customer's sale that earned its points at once: it moves available points even
+# when it spent as many as it earned (its delta 0). Such a sale was left out: the hub did
+# not take the spend from the soonest-expiring batch nor start the earned batch, and said
+# other points than the till once a batch expired.
+EARNED_WHEN = "kind = 'CHECKOUT' AND delta_pending = 0 AND customer_id != ''"
+MOVED_AT = f"CASE WHEN delta_available != 0 OR kind = 'REFUND' OR ({EARNED_WHEN}) THEN at END"
 # A sale's receipt as its moves name it (a refund's: the receipt it refunds), unambiguous
 # across devices: the device id's length, the device id, the receipt id.
 RECEIPT_KEY = "length(t.device_id) || ':' || t.device_id || t.receipt_id"
