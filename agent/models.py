@@ -62,8 +62,8 @@ def _int64(value: Any) -> int:
         raise ValueError("must be a whole number, not true/false")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
-        number = int(value.strip())
+    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):  # no blanks, as protobuf
+        number = int(value)
     elif isinstance(value, float):
         raise ValueError("must be a whole number (no fractions, no floats)")
     else:
@@ -602,10 +602,16 @@ class Coupon(Model):
     @field_validator("code")
     @classmethod
     def _normal(cls, value: str) -> str:
-        code = coupon_code(value)
-        if not code:
-            raise ValueError("a coupon code needs letters or digits")
-        return code
+        return normal_coupon_code(value)
+
+
+def normal_coupon_code(value: str) -> str:
+    """A coupon's code as the cache and the hub key it; one with no letter or digit is
+    refused (it would match every code written with none)."""
+    code = coupon_code(value)
+    if not code:
+        raise ValueError("a coupon code needs letters or digits")
+    return code
 
 
 class Removed(Model):
@@ -615,6 +621,13 @@ class Removed(Model):
     products: tuple[Key, ...] = ()
     categories: tuple[Key, ...] = ()
     coupons: tuple[Key, ...] = ()
+
+    @field_validator("coupons")
+    @classmethod
+    def _normal(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Rows are stored under the normal form: a code voided as it was printed
+        # ("SORRY-7K2Q9") deleted nothing and stayed usable on every till.
+        return tuple(normal_coupon_code(code) for code in value)
 
 
 class SnapshotHeader(Model):

@@ -49,6 +49,7 @@ from tillpoint.agent.models import (
     Program,
     describe,
     fits_int64,
+    normal_coupon_code,
 )
 from tillpoint.agent.snapshot_stream import HEAD_BYTES, refuse_non_object
 
@@ -176,6 +177,12 @@ def _removed(data: Any, where: str) -> Iterator[ImportRow | RowProblem]:
             yield RowProblem(f"{where}.{section}", "expected a list of keys")
             continue
         for i, key in enumerate(keys):
+            if kind == "coupon":  # stored under its normal form (models.Coupon)
+                try:
+                    key = normal_coupon_code(key)
+                except ValueError as exc:
+                    yield RowProblem(f"{where}.{section}[{i}]", str(exc))
+                    continue
             yield ImportRow(kind, key, None, f"{where}.{section}[{i}]")
 
 

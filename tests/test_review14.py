@@ -1,0 +1,71 @@
+"""Review items of session 14's contract audit: a coupon voided as it was printed, int64
+strings with blanks, and the receipt's documented line limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.errors import InputError
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+from tillpoint.sync.loopback import import_doc, sample_master_data
+
+from .conftest import receipt as plain_receipt
+from .test_coupons import COUPONS, NOW, SORRY, coupons_in_cache, receipt, snap, verdicts
+
+
+def test_a_delta_voids_a_coupon_written_as_it_was_printed(tmp_path: Path) -> None:
+    """`removed.coupons: ["SORRY-7K2Q9"]` deleted nothing (the row is kept as SORRY7K2Q9)
+    and the voided code still took its discount on every till."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+        agent.load_snapshot(
+            {"version": 2, "baseVersion": 1, "removed": {"coupons": ["sorry 7k2q9", "App-555"]}}
+        )
+        assert coupons_in_cache(tmp_path / "till") == []
+        quoted = agent.quote(receipt_from_json(receipt("r1", "SORRY-7K2Q9")))
+        assert verdicts(quoted) == [("SORRY7K2Q9", "REJECTED", "UNKNOWN")]
+        with pytest.raises(InputError, match=r"removed\.coupons.*letters or digits"):
+            agent.load_snapshot({"version": 3, "baseVersion": 2, "removed": {"coupons": ["--"]}})
+    finally:
+        agent.close()
+
+
+def test_the_hub_voids_a_coupon_written_as_it_was_printed(
+    tmp_path: Path, hub_store_factory: Any
+) -> None:
+    hub = hub_store_factory()  # SQLite and PostgreSQL
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
+        hub.publish(NOW, 7 * 86400.0)
+        agent.load_snapshot(hub.snapshot_doc(1, 0))
+        import_doc(hub, {"removed": {"coupons": ["SORRY-7K2Q9"]}})
+        assert hub.publish(NOW.replace(hour=7), 7 * 86400.0).version == 2
+        delta = hub.snapshot_doc(2, 1)
+        assert delta["removed"] == {"coupons": ["SORRY7K2Q9"]}
+        agent.load_snapshot(delta)
+        assert coupons_in_cache(tmp_path / "till") == ["APP555"]
+        with pytest.raises(InputError, match=r"removed\.coupons\[0\].*letters or digits"):
+            import_doc(hub, {"removed": {"coupons": ["- -"]}})
+    finally:
+        agent.close()
+        hub.close()
+
+
+@pytest.mark.parametrize("text", [" 8990", "8990\n", "\t8990", "8990 "])
+def test_an_int64_string_with_blanks_is_refused_as_protobuf_refuses_it(text: str) -> None:
+    body = plain_receipt(lines=[{"sku": "4601234000017", "qty": "1", "priceMinor": text}])
+    with pytest.raises(InputError, match=r"lines\[0\]\.priceMinor"):
+        receipt_from_json(body)
+    assert receipt_from_json(plain_receipt(redeemPoints="-1")).redeem_points == -1
+
+
+def test_a_receipt_has_at_most_ten_thousand_lines() -> None:
+    line = {"sku": "4601234000017", "qty": "1", "priceMinor": 100}
+    assert len(receipt_from_json(plain_receipt(lines=[line] * 10_000)).lines) == 10_000
+    with pytest.raises(InputError, match=r"lines has too many items \(at most 10000\)"):
+        receipt_from_json(plain_receipt(lines=[line] * 10_001))
