@@ -120,6 +120,7 @@ def run(settings: Settings) -> int:
     from tillpoint.sync.service import TillSync
 
     from . import logs, systemd
+    from .config import split_listen
     from .lock import DataDirLock
     from .metrics import Registry, serve
     from .server import build_server, follow_snapshot, register_gauges, start_hold_sweeper
@@ -153,8 +154,7 @@ def run(settings: Settings) -> int:
         )
     metrics_server = None
     if settings.metrics.enabled:  # bound before anything starts, as the two servers are
-        host, _, metrics_port = settings.metrics.listen.rpartition(":")
-        metrics_server, _ = serve(registry, host or "127.0.0.1", int(metrics_port))
+        metrics_server, _ = serve(registry, *split_listen(settings.metrics.listen))
     # What runs beside the servers, stopped in reverse order.
     stops: list[Callable[[], None]] = []
     if sync is not None:
@@ -184,8 +184,15 @@ def run(settings: Settings) -> int:
     def stop(signum: int, frame: object) -> None:
         done.set()
 
+    def hang_up(signum: int, frame: object) -> None:
+        # SIGHUP's default ends the process with no drain, and systemd counts that a clean
+        # exit (no restart): a logrotate script or a habit of "HUP to reload" stopped loyalty
+        # on the till. Nothing is reloaded; the configuration is read at start.
+        log.warning("SIGHUP ignored: tillpoint reads its configuration at start; restart it")
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hang_up)
     settle_collector()
     systemd.notify("READY=1")
     systemd.start_watchdog(done)

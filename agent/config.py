@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -50,10 +51,32 @@ class HubSettings(BaseModel):
 Token = Annotated[str, Field(max_length=512, pattern=r"^[!-~]*$")]
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port); a ValueError says what is
+    wrong. Port 0 asks for a free port. gRPC took a port past 65535 modulo 65536 (99999
+    listened on 34463) and the metrics server failed at start: every server's listen is
+    read here, so `config check` refuses what `run` would not bind as written."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host:
+        raise ValueError(f"{listen!r}: expected HOST:PORT, for example 127.0.0.1:8061")
+    if not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{listen!r}: the port must be a number from 0 to 65535")
+    return host, int(port)
+
+
+def _listen(value: str) -> str:
+    split_listen(value)
+    return value
+
+
+Listen = Annotated[str, AfterValidator(_listen)]
+
+
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    listen: str = "127.0.0.1:50061"  # the local PosAgent gRPC server
+    listen: Listen = "127.0.0.1:50061"  # the local PosAgent gRPC server
     max_workers: int = Field(8, ge=1, le=64)
     token: Token = ""  # required when listen is not a loopback address
 
@@ -69,7 +92,7 @@ class HttpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    listen: str = "127.0.0.1:8061"  # the local HTTP/JSON interface (docs/INTEGRATION.md)
+    listen: Listen = "127.0.0.1:8061"  # the local HTTP/JSON interface (docs/INTEGRATION.md)
     token: Token = ""  # required when listen is not a loopback address
 
     @model_validator(mode="after")
@@ -121,7 +144,7 @@ class MetricsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    listen: str = "127.0.0.1:9464"  # Prometheus text at http://<listen>/metrics
+    listen: Listen = "127.0.0.1:9464"  # Prometheus text at http://<listen>/metrics
 
 
 class Settings(BaseSettings):

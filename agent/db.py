@@ -159,6 +159,44 @@ def m003_products_read(db: Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS products_read ON products (sku, category, excluded)")
 
 
+def owner_hint(path: Path) -> str:
+    """What a support engineer needs when a file or directory cannot be written: whose it
+    is, against whom this process runs as ("" when they are the same, or it cannot say)."""
+    import pwd
+
+    def name(uid: int) -> str:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+
+    for candidate in (path, *path.parents):
+        try:
+            owner = candidate.stat().st_uid
+        except OSError:
+            continue
+        if owner == os.geteuid():
+            return ""
+        return f" ({candidate} belongs to user {name(owner)}; this runs as {name(os.geteuid())})"
+    return ""
+
+
+def _file_of(conn: sqlite3.Connection) -> Path | None:
+    with contextlib.suppress(sqlite3.Error):
+        for _, name, file in conn.execute("PRAGMA database_list"):
+            if name == "main" and file:
+                return Path(file)
+    return None
+
+
+def _storage_error(conn: sqlite3.Connection, message: str, exc: sqlite3.Error) -> StorageError:
+    hint = ""
+    if "readonly" in str(exc):  # SQLITE_READONLY: the file's owner or mode, or a read-only mount
+        file = _file_of(conn)
+        hint = owner_hint(file) if file is not None else ""
+    return StorageError(f"{message}: {exc}{hint}")
+
+
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.
@@ -170,13 +208,14 @@ def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.C
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
-        raise StorageError(f"the {what} is busy or unavailable: {exc}") from None
+        raise _storage_error(conn, f"the {what} is busy or unavailable", exc) from None
+    unwritten = f"the {what} could not be written, nothing was stored"
     try:
         yield conn
     except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        raise StorageError(f"the {what} could not be written, nothing was stored: {exc}") from None
+        raise _storage_error(conn, unwritten, exc) from None
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -186,7 +225,7 @@ def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.C
     except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        raise StorageError(f"the {what} could not be written, nothing was stored: {exc}") from None
+        raise _storage_error(conn, unwritten, exc) from None
 
 
 def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlite3.Connection:
@@ -211,7 +250,7 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except (sqlite3.Error, OSError) as exc:
-        raise StorageError(f"cannot open {path}: {exc}") from None
+        raise StorageError(f"cannot open {path}: {exc}{owner_hint(path)}") from None
     return conn
 
 

@@ -46,7 +46,7 @@ from starlette.routing import Route
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .cli import json_document, parse_json, parse_time
-from .config import bearer_matches, token_problem
+from .config import bearer_matches, split_listen, token_problem
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
@@ -357,6 +357,7 @@ class Api:
     async def _answer(self, call: Call, scope: Any, receive: Any) -> tuple[int, bytes] | None:
         """A call's status and body; None when the client left before its body arrived."""
         started = time.perf_counter()
+        failed = ""  # the error's code
         try:
             raw = await _read_body(scope, receive) if call.method == "POST" else None
 
@@ -369,11 +370,14 @@ class Api:
         except ClientDisconnect:
             return None
         except HttpError as exc:
+            failed = exc.code
             return error_body(exc.code, exc.message)
         except TillpointError as exc:
             edge = edge_of(exc)
+            failed = edge.code
             return error_body(edge.code, edge.message)
         except TimeoutError:
+            failed = "UNAVAILABLE"
             return error_body(
                 "UNAVAILABLE",
                 f"the agent did not answer within {CALL_TIMEOUT_S:.0f} s:"
@@ -381,14 +385,18 @@ class Api:
             )
         except Exception as exc:  # one readable line to the POS, the trace to the log
             log.exception("HTTP %s %s failed", call.method, call.path)
+            failed = "INTERNAL"
             return error_body(
                 "INTERNAL",
                 f"internal error ({type(exc).__name__}): a bug in tillpoint, see the agent's log",
             )
         finally:
             metrics = self.agent.metrics
-            if call.rpc == "Checkout" and metrics is not None:
-                metrics.checkout_seconds.observe(time.perf_counter() - started)
+            if metrics is not None:
+                if failed:
+                    metrics.count_error(failed)
+                if call.rpc == "Checkout":
+                    metrics.checkout_seconds.observe(time.perf_counter() - started)
 
     async def _no_such_call(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -418,10 +426,11 @@ class Api:
             return error_response("UNAVAILABLE", "the agent cannot read its status")
         if not status.cache_version:
             return error_response("UNAVAILABLE", "no snapshot loaded")
-        return Response(
-            json_document({"status": "SERVING", "cacheVersion": status.cache_version}),
-            media_type=JSON,
-        )
+        doc: dict[str, Any] = {"status": "SERVING", "cacheVersion": status.cache_version}
+        problem = status.parts.get("storageError")
+        if problem:  # still serving quotes: said, not 503 (nothing would then clear it)
+            doc["storageError"] = problem
+        return Response(json_document(doc), media_type=JSON)
 
     async def _openapi(self, request: Request) -> Response:
         if not self._openapi_body:
@@ -621,6 +630,11 @@ def openapi() -> dict[str, Any]:
                                 "properties": {
                                     "status": {"type": "string", "enum": ["SERVING"]},
                                     "cacheVersion": {"type": "integer"},
+                                    "storageError": {
+                                        "type": "string",
+                                        "description": "present while the ledger cannot be"
+                                        " written: sales answer 503, quotes work",
+                                    },
                                 },
                             }
                         }
@@ -647,14 +661,6 @@ def openapi() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the server
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise InputError(f"http listen {listen!r}: expected host:port")
-    return host, int(port)
 
 
 class AsgiThread:
@@ -718,7 +724,10 @@ class HttpServer:
     """The HTTP interface over one Agent; `start`, then `stop`."""
 
     def __init__(self, agent: Agent, listen: str, *, token: str = "", max_workers: int = 8):
-        host, port = split_listen(listen)
+        try:
+            host, port = split_listen(listen)
+        except ValueError as exc:
+            raise InputError(f"http listen {exc}") from None
         problem = token_problem("http", listen, token)
         if problem:
             raise InputError(problem)

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from .errors import Refused
+from .db import owner_hint
+from .errors import Refused, StorageError
 
 
 class DataDirLock:
@@ -16,8 +17,14 @@ class DataDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> DataDirLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # read-only, another user's, not a directory
+            raise StorageError(
+                f"cannot use the data directory {self.path.parent}:"
+                f" {exc.strerror or exc}{owner_hint(self.path)}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

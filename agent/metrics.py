@@ -1,8 +1,9 @@
 """A small Prometheus text endpoint on localhost, without a dependency.
 
-Checkout latency histogram, outbox depth, snapshot version and age, printer and display
-state, the hub's reachability and the sync's outstanding error. Gauges that live in
-SQLite are read when scraped (collectors), so the numbers are never stale and the
+Checkout latency histogram, calls answered with an error by code, outbox depth,
+snapshot version and age, printer and display state, the hub's reachability, the sync's
+outstanding error and a ledger that cannot be written. Gauges that live in SQLite are
+read when scraped (collectors), so the numbers are never stale and the
 checkout path does no extra work.
 """
 
@@ -45,6 +46,26 @@ class Histogram:
         return out
 
 
+class Counter:
+    """A counter by one label's value (Prometheus text format)."""
+
+    def __init__(self, name: str, help_text: str, label: str) -> None:
+        self.name, self.help, self.label = name, help_text, label
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, value: str) -> None:
+        with self._lock:
+            self._counts[value] = self._counts.get(value, 0) + 1
+
+    def render(self) -> list[str]:
+        with self._lock:
+            counts = sorted(self._counts.items())
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        out += [f'{self.name}{{{self.label}="{value}"}} {n}' for value, n in counts]
+        return out
+
+
 # name -> (help, () -> {labels -> value})
 Collector = Callable[[], dict[str, float]]
 
@@ -54,13 +75,21 @@ class Registry:
         self.checkout_seconds = Histogram(
             "tillpoint_checkout_seconds", "Checkout latency, commit and fsync included."
         )
+        # Every PosAgent call answered with an error, gRPC and HTTP alike: a till whose
+        # sales fail (UNAVAILABLE: a full disk) is seen here, not as ordinary checkouts.
+        self.errors = Counter(
+            "tillpoint_call_errors_total", "PosAgent calls answered with an error, by code.", "code"
+        )
         self._gauges: dict[str, tuple[str, Collector]] = {}
+
+    def count_error(self, code: str) -> None:
+        self.errors.add(code)
 
     def gauge(self, name: str, help_text: str, collect: Collector) -> None:
         self._gauges[name] = (help_text, collect)
 
     def render(self) -> str:
-        lines = self.checkout_seconds.render()
+        lines = self.checkout_seconds.render() + self.errors.render()
         for name, (help_text, collect) in sorted(self._gauges.items()):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
             try:

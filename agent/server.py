@@ -46,11 +46,17 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
             return fn()
         except TillpointError as exc:
             edge = edge_of(exc)
+            self._count_error(edge.code)
             context.abort(getattr(grpc.StatusCode, edge.code), edge.message)
         except Exception as exc:  # one readable line to the POS, details to the log
             log.exception("PosAgent call failed")
+            self._count_error("INTERNAL")
             context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
         raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+    def _count_error(self, code: str) -> None:
+        if self.agent.metrics is not None:
+            self.agent.metrics.count_error(code)
 
     def Identify(
         self, request: pb.IdentifyRequest, context: grpc.ServicerContext
@@ -297,6 +303,11 @@ def register_gauges(registry: Any, agent: Agent) -> None:
         "tillpoint_sync_error",
         "1 while the sync with the hub has an outstanding error (see status lastError).",
         lambda: {"": 1.0 if status().get("lastError") else 0.0},
+    )
+    registry.gauge(
+        "tillpoint_storage_error",
+        "1 while the ledger cannot be written: sales are refused (see status storageError).",
+        lambda: {"": 1.0 if status().get("storageError") else 0.0},
     )
     registry.gauge(
         "tillpoint_sync_set_aside",

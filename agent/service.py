@@ -38,6 +38,7 @@ from .errors import (
     NoSnapshot,
     NotFound,
     Refused,
+    StorageError,
     TillpointError,
     UnreadableFile,
 )
@@ -143,6 +144,8 @@ class Metrics(Protocol):
 
     @property
     def checkout_seconds(self) -> Histogram: ...
+
+    def count_error(self, code: str) -> None: ...
 
 
 # A part that adds fields to `status` (the hub sync: `sync.state.sync_status`), read on
@@ -254,6 +257,8 @@ class Agent:
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
+        # (at, message) of the last ledger write that failed; None once one works (`_write`)
+        self._storage_problem: tuple[str, str] | None = None
         self._hub_turns = HubTurns()  # a receipt's hub hold: placed or released, not both
         # Quotes, identification and balances read on connections of their own, outside
         # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
@@ -1505,6 +1510,9 @@ class Agent:
             status["printerLastError"] = last_error
             for source in self.status_sources:
                 status.update(source(conn))
+            problem = self._storage_problem
+            status["storageError"] = problem[1] if problem else ""
+            status["storageErrorAt"] = problem[0] if problem else ""
         live: dict[str, Any] | None = None
         devices = self.devices
         if devices is not None:  # live states when run as a service
@@ -1512,6 +1520,10 @@ class Agent:
                 live = {name: dict(state) for name, state in devices.status().items()}
             except Exception:
                 log.warning("device status unavailable", exc_info=True)
+        if live is not None and live["printer"].get("last_error"):
+            # The running worker's own finding is the newest: a printer unreachable while
+            # no job waits (its probe) has no job row to carry the reason.
+            status["printerLastError"] = str(live["printer"]["last_error"])
         status.update(device_states(self.device_kinds, live, failed, retrying))
         return TillStatus.from_json(status)
 
@@ -1555,10 +1567,24 @@ class Agent:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ledger write transaction; anything raised inside rolls all of it back."""
-        with write_transaction(self._ledger, "ledger") as conn:
-            yield conn
+        """One ledger write transaction; anything raised inside rolls all of it back.
+
+        A ledger that cannot be written (a full disk, a read-only mount, another user's
+        files) refuses every sale while quotes still work, and the POS hears only
+        UNAVAILABLE: it is logged at ERROR when it starts and shown in `status`
+        (`storageError`) and the metrics until a write works again."""
+        try:
+            with write_transaction(self._ledger, "ledger") as conn:
+                yield conn
+        except StorageError as exc:
+            if self._storage_problem is None or self._storage_problem[1] != exc.message:
+                log.error("sales are refused: %s", exc.message)
+            self._storage_problem = (ledger.utc_text(self.clock()), exc.message)
+            raise
         self._checkpoints.committed()
+        if self._storage_problem is not None:
+            self._storage_problem = None
+            log.warning("the ledger is written again: sales are stored")
 
 
 # Idle reader connection pairs kept for the next read (`Agent._read`): about as many as

@@ -210,11 +210,19 @@ def test_run_serves_notifies_systemd_and_stops_gracefully(tmp_path: Path) -> Non
             assert result.card.status == pb.FOUND
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             assert "tillpoint_checkout_seconds_count 1" in r.read().decode()
+        # SIGHUP (a logrotate script, "HUP to reload") ended the process with no drain and
+        # systemd, counting that a clean exit, did not start it again: now it is ignored.
+        proc.send_signal(signal.SIGHUP)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.PosAgentStub(channel)
+            assert stub.Status(pb.StatusRequest(), timeout=10).device_id == "till-1"
+        assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         _, err = proc.communicate(timeout=5)
         entries = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         assert any("stopped" in e["msg"] for e in entries)
+        assert any(e["msg"].startswith("SIGHUP ignored") for e in entries)
     finally:
         if proc.poll() is None:
             proc.kill()
