@@ -39,7 +39,9 @@ install -m 0644 packaging/tillpoint.example.toml "$STAGE/etc/tillpoint/tillpoint
 install -m 0644 packaging/tillpoint.service "$STAGE/lib/systemd/system/tillpoint.service"
 install -m 0644 packaging/tillpoint-hub.service "$STAGE/lib/systemd/system/tillpoint-hub.service"
 install -m 0644 packaging/60-tillpoint.rules "$STAGE/lib/udev/rules.d/60-tillpoint.rules"
-install -m 0644 README.md "$STAGE/opt/tillpoint/README.md"
+install -m 0644 README.md CHANGELOG.md "$STAGE/opt/tillpoint/"
+install -d "$STAGE/opt/tillpoint/docs"  # the README's links: docs/*.md beside it
+install -m 0644 docs/*.md "$STAGE/opt/tillpoint/docs/"
 ln -s /opt/tillpoint/venv/bin/tillpoint "$STAGE/usr/bin/tillpoint"
 install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$STAGE/DEBIAN/"
 install -m 0644 packaging/debian/conffiles "$STAGE/DEBIAN/conffiles"

@@ -104,7 +104,8 @@ def test_unit_is_notify_with_watchdog_and_hardening() -> None:
     for line in (
         "Type=notify",
         "WatchdogSec=",
-        "Restart=on-failure",
+        "Restart=always",  # a SIGHUP death is clean to systemd: on-failure left it down
+        "RestartPreventExitStatus=2",  # a config problem: retrying cannot mend it
         "ProtectSystem=strict",
         "PrivateTmp=true",
         "User=tillpoint",
@@ -156,6 +157,9 @@ def test_package_contents_and_control(deb: Path) -> None:
         "./etc/tillpoint/tillpoint.toml",
         "./lib/udev/rules.d/60-tillpoint.rules",
         "./usr/bin/tillpoint -> /opt/tillpoint/venv/bin/tillpoint",
+        "./opt/tillpoint/README.md",
+        "./opt/tillpoint/docs/CONTRACT.md",  # the README's links resolve beside it
+        "./opt/tillpoint/docs/INTEGRATION.md",
     ):
         assert path in listing
     assert "./opt/tillpoint/wheels/tillpoint-" in listing
@@ -272,6 +276,10 @@ def test_installed_agent_starts_and_answers(installed: Path, tmp_path: Path) -> 
     assert (site / "tillpoint").is_dir()
     for bare in ("agent", "sync", "printer"):
         assert not (site / bare).exists()  # one namespace, no generic names
+    # the config may hold tokens: not world-readable; the hub's directory is ready for
+    # `tillpoint hub init` before its unit ever started
+    assert (installed / "etc/tillpoint/tillpoint.toml").stat().st_mode & 0o777 == 0o640
+    assert (installed / "var/lib/tillpoint-hub").stat().st_mode & 0o777 == 0o700
     data = tmp_path / "data"
     snap = tmp_path / "snap.json"
     snap.write_text(json.dumps(snapshot(), ensure_ascii=False))
