@@ -489,6 +489,16 @@ def _points(wallet: Wallet, at: datetime, program: Program) -> Points:
     return Points(available, pending, expiring, wallet)
 
 
+def other_device(conn: sqlite3.Connection, device_id: str) -> str | None:
+    """A device other than `device_id` whose sales this ledger journals (None: none). A
+    ledger is one till's: its outbox is pushed, and its seqs taken, for one device id."""
+    row = conn.execute(
+        "SELECT device_id FROM journal WHERE device_id < ?1 OR device_id > ?1 LIMIT 1",
+        (device_id,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def last_seq(conn: sqlite3.Connection, device_id: str) -> int:
     """The last sequence number the device used: its newest journal entry, or the number
     a reset kept (the ``device`` row), whichever is higher."""

@@ -253,6 +253,17 @@ class Agent:
         self._secret = phone_secret(self.data_dir)
         self._memo: dict[str, Any] = {}
         self._ledger = ledger.open_ledger(self.data_dir)
+        other = ledger.other_device(self._ledger, device_id)
+        if other is not None:
+            # Sales under a changed device_id took seqs the hub had from the first id, and
+            # the first id's outbox was never pushed again ("0 waiting", a sale lost).
+            self._ledger.close()
+            self._live.close()
+            raise InputError(
+                f"the ledger of {self.data_dir} holds the sales of device {other!r}, and"
+                f" device_id is {device_id!r}: a till's device_id never changes (set it back"
+                f" to {other!r}, or give {device_id!r} a data directory of its own)"
+            )
         self._ledger.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job

@@ -340,6 +340,12 @@ class NotSyncing(InputError):
     as another device)."""
 
 
+class WrongDevice(NotSyncing):
+    """Enrolled as another device than `device_id`: `run` refuses to start (exit 2), where
+    it sold standalone under the mistyped id — sales its hub would never take, stranded
+    once the id was mended."""
+
+
 def check_hub(settings: Settings, enrollment: Enrollment | None) -> str | None:
     """The hub this till syncs with, by the one rule `tillpoint run` and `sync now` share:
     the configured address, else the enrolment's; None when there is none (standalone).
@@ -354,7 +360,7 @@ def check_hub(settings: Settings, enrollment: Enrollment | None) -> str | None:
             " `tillpoint sync install BUNDLE` with the bundle from `tillpoint hub enroll`"
         )
     if enrollment.device_id != settings.device_id:
-        raise NotSyncing(
+        raise WrongDevice(
             f"the enrolment is for device {enrollment.device_id!r} but this till runs as"
             f" {settings.device_id!r}: fix device_id in the configuration"
         )
@@ -375,7 +381,8 @@ class TillSync:
     @classmethod
     def for_till(cls, settings: Settings) -> TillSync | None:
         """`tillpoint run`'s hub, or None (standalone). A till that cannot sync with the
-        hub set for it logs why, records it for `status`, and runs standalone."""
+        hub set for it logs why, records it for `status`, and runs standalone; one
+        enrolled as another device is refused (`WrongDevice`)."""
         try:
             enrollment = load_enrollment(settings.data_dir)
         except EnrollmentError as exc:
@@ -383,6 +390,8 @@ class TillSync:
             enrollment = None
         try:
             address = check_hub(settings, enrollment)
+        except WrongDevice:
+            raise
         except NotSyncing as exc:
             log.error("%s", exc.message)
             conn = open_ledger(settings.data_dir)
@@ -412,11 +421,14 @@ class TillSync:
         the data directory), by `run`'s rules, so an enrolled till prices as `run` would
         (the contract §5, §9): ONLINE while its hub answers, redemption authorised there.
         Whether the hub answers is asked once, within the redemption deadline. None when
-        the till is standalone or cannot sync; unlike `for_till` it writes nothing (a
-        quote stores nothing) and says nothing (`status` says why a till cannot sync)."""
+        the till is standalone or cannot sync (`WrongDevice` is refused, as by `run`);
+        unlike `for_till` it writes nothing (a quote stores nothing) and says nothing
+        (`status` says why a till cannot sync)."""
         try:
             enrollment = load_enrollment(settings.data_dir)
             address = check_hub(settings, enrollment)
+        except WrongDevice:
+            raise  # as `run`: no sale under an id the hub would never take
         except (EnrollmentError, NotSyncing):
             return None
         if address is None or enrollment is None:

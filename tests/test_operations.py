@@ -179,3 +179,53 @@ def test_status_says_why_an_idle_printer_is_offline(tmp_path: Path) -> None:
     finally:
         devices.stop()
         agent.close()
+
+
+def test_a_ledger_refuses_another_device_id(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same data directory run as till-A, then till-B: both sales were journalled at
+    seq 1, and till-A's sale stayed in the outbox ("pushed 0, 0 waiting") for good."""
+    data = tmp_path / "data"  # the `cli` fixture's, as till-1
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("checkout", receipt("r1")).code == 0
+    with pytest.raises(InputError, match="holds the sales of device 'till-1', and device_id is"):
+        Agent(data, "till-2")
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-2")
+    body = tmp_path / "receipt.json"
+    body.write_text(json.dumps(receipt("r2")))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--data-dir", str(data), "checkout", str(body), "--local"])
+    assert code == 2 and "a till's device_id never changes" in err.getvalue()
+    assert err.getvalue().count("\n") == 1
+    Agent(data, "till-1").close()  # its own id still opens it
+    fresh = Agent(tmp_path / "fresh", "till-9")  # no sale yet: any id
+    fresh.close()
+    Agent(tmp_path / "fresh", "till-10").close()
+
+
+def test_a_till_enrolled_as_another_device_refuses_to_sell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enrolled as till-1 but configured as till-2, `run` sold standalone under till-2:
+    sales the hub would never take (and a ledger the mended id could not open)."""
+    hub_dir, bundle, till = tmp_path / "hub", tmp_path / "b.json", tmp_path / "till"
+    assert main(["hub", "init", "--hub-dir", str(hub_dir)]) == 0
+    enroll = ["hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle)]
+    assert main([*enroll, "--address", "127.0.0.1:9"]) == 0
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    assert main(["sync", "install", str(bundle), "--data-dir", str(till)]) == 0
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-2")
+    conf = tmp_path / "run.toml"
+    conf.write_text(f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[http]\nenabled = false\n')
+    body = tmp_path / "receipt.json"
+    body.write_text(json.dumps(receipt("r1")))
+    for argv in (["run"], ["checkout", str(body), "--local"]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["--config", str(conf), "--data-dir", str(till), *argv])
+        assert code == 2, (argv, err.getvalue())
+        assert (
+            "the enrolment is for device 'till-1' but this till runs as 'till-2'" in err.getvalue()
+        )
