@@ -110,7 +110,8 @@ def run(settings: Settings) -> int:
     """`tillpoint run`: lock the data dir, build the till, serve, wait for SIGTERM, stop.
 
     systemd (Type=notify) hears READY=1 once the server listens, WATCHDOG=1 while the
-    process is healthy, STOPPING=1 on SIGTERM; in-flight RPCs get 5 s to finish.
+    process runs (`systemd.start_watchdog`), STOPPING=1 on SIGTERM; in-flight RPCs get 5 s
+    to finish. SIGHUP is ignored (logged).
     """
     import logging
     import signal

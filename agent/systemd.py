@@ -24,7 +24,13 @@ def notify(message: str) -> bool:
 
 
 def start_watchdog(stop: threading.Event) -> threading.Thread | None:
-    """Ping WATCHDOG=1 at half the interval systemd asked for, until `stop` is set."""
+    """Ping WATCHDOG=1 at half the interval systemd asked for, until `stop` is set.
+
+    It tells systemd the process runs and the interpreter schedules its threads (a hung
+    interpreter, a native deadlock under the GIL, a stopped process get it restarted); it
+    does not ask the agent's parts, since a call may rightly wait behind a chain's
+    snapshot apply for longer than the interval. `status`, `/healthz` and the metrics
+    tell how the parts are."""
     usec = os.environ.get("WATCHDOG_USEC")
     pid = os.environ.get("WATCHDOG_PID")
     if not usec or (pid and pid != str(os.getpid())):

@@ -96,6 +96,7 @@ def test_cli_grpc_and_metrics_agree_on_status_and_printer_state(cli: CLI, tmp_pa
     conf.write_text(
         f'device_id = "till-1"\n[server]\nlisten = "127.0.0.1:{port}"\n'
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'  # not the default port: another agent may have it
     )
     exe = Path(sys.executable).parent / "tillpoint"
     env = {k: v for k, v in os.environ.items() if k != "TILLPOINT_DEVICE_ID"}

@@ -49,6 +49,7 @@ def test_a_hold_survives_sigkill_and_confirm_commits_it_once(tmp_path: Path) -> 
     conf = tmp_path / "t.toml"
     conf.write_text(
         f'device_id = "till-1"\n[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'  # not the default port: another agent may have it
     )
     held_request = json_format.ParseDict(receipt("r-held", redeemPoints=50), pb.Receipt())
     sold_request = json_format.ParseDict(receipt("r-sold"), pb.Receipt())

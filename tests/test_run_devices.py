@@ -43,6 +43,7 @@ def test_coupon_prints_through_run_and_status_shows_the_printer(tmp_path: Path) 
         conf.write_text(
             f'device_id = "till-1"\n[server]\nlisten = "127.0.0.1:{port}"\n'
             "[metrics]\nenabled = false\n"
+            '[http]\nlisten = "127.0.0.1:0"\n'  # not the default port: another agent may have it
             f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer.port}\n'
             "retry_base_s = 0.1\n"
         )

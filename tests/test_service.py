@@ -179,6 +179,7 @@ def test_run_serves_notifies_systemd_and_stops_gracefully(tmp_path: Path) -> Non
         f'device_id = "till-1"\ndata_dir = "{data}"\n'
         f'[server]\nlisten = "127.0.0.1:{port}"\n'
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'  # not the default port: another agent may have it
         '[log]\nformat = "json"\n'
     )
     notify_path = str(tmp_path / "notify.sock")

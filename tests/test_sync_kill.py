@@ -39,7 +39,9 @@ def config(tmp_path: Path, data_dir: Path, hub: LoopbackHub) -> Path:
         "[server]\n"
         'listen = "127.0.0.1:0"\n'
         "[metrics]\n"
-        "enabled = false\n",
+        "enabled = false\n"
+        "[http]\n"  # not the default port: another agent on this machine may have it
+        'listen = "127.0.0.1:0"\n',
         encoding="utf-8",
     )
     return path
