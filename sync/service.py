@@ -251,6 +251,15 @@ class SyncService:
         if values:
             try:
                 state.put(self.pusher.conn, values)
+                if "mode" in values:  # once a change: an outage is a warning, not info lines
+                    if mode == "OFFLINE":
+                        log.warning(
+                            "hub %s is not answering: the till sells OFFLINE (%s)",
+                            self.link.address,
+                            self.link.last_failure or "no answer yet",
+                        )
+                    elif self._mode_written is not None:
+                        log.info("hub %s answers again: the till is ONLINE", self.link.address)
                 self._mode_written = mode
                 if "last_contact_at" in values:
                     self._contact_written = contact

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
+import pytest
 from tillpoint.agent.config import Settings
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
@@ -84,8 +86,12 @@ def test_one_successful_call_ends_every_backoff(tmp_path: Path) -> None:
         hub.stop()
 
 
-def test_the_channel_coming_back_is_enough(tmp_path: Path) -> None:
-    """No call from the POS: the channel reconnects by itself and wakes the loops."""
+def test_the_channel_coming_back_is_enough(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No call from the POS: the channel reconnects by itself and wakes the loops. The
+    outage is one WARNING when it starts (it was INFO lines only), one line when it ends."""
+    caplog.set_level(logging.INFO, logger="tillpoint.sync")
     hub, service, till = start(tmp_path)
     try:
         outage(hub, service)
@@ -93,6 +99,9 @@ def test_the_channel_coming_back_is_enough(tmp_path: Path) -> None:
         back = time.monotonic()
         wait_for(lambda: service.pusher.pending() == 0, timeout=10)
         assert time.monotonic() - back < 10
+        wait_for(lambda: any("answers again" in r.getMessage() for r in caplog.records))
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len([m for m in warned if "the till sells OFFLINE" in m]) == 1, warned
     finally:
         till.stop()  # type: ignore[attr-defined]
         hub.stop()
