@@ -9,11 +9,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .models import CardRecord, Customer
+from .models import DASHES, CardRecord, Customer
 
 Outcome = Literal["FOUND", "BLOCKED", "UNKNOWN", "INVALID"]
 
-_DROP = re.compile(r"[\s\-\u2010-\u2015\u2212]")  # blanks, dashes of every kind
+_DROP = re.compile(f"[\\s{re.escape(''.join(sorted(DASHES)))}]")  # blanks, dashes of every kind
 
 
 class CardLookup(Protocol):

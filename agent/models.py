@@ -584,10 +584,19 @@ class Offer(Model):
 
 def coupon_code(text: str) -> str:
     """A scanned coupon code as it is looked up: blanks and dashes dropped, upper case."""
-    return "".join(ch for ch in text if not ch.isspace() and ch not in _DASHES).upper()
+    return "".join(ch for ch in text if not ch.isspace() and ch not in DASHES).upper()
 
 
-_DASHES = frozenset("-\u2010\u2011\u2012\u2013\u2014\u2015\u2212")
+# "Dashes of any kind (hyphen, en/em dash, minus sign)" (the contract §4, §13): Unicode's
+# dash punctuation (category Pd: the full-width, small, Armenian, two-em... dashes) and
+# the minus signs (U+2212, superscript and subscript minus). Written out, not computed
+# from `unicodedata` at import (a scan of every code point costs a CLI call 0.3 s);
+# tests/test_review14.py holds it to the category.
+DASHES = frozenset(
+    "\u002d\u058a\u05be\u1400\u1806\u2010\u2011\u2012\u2013\u2014\u2015\u2e17\u2e1a"
+    "\u2e3a\u2e3b\u2e40\u2e5d\u301c\u3030\u30a0\ufe31\ufe32\ufe58\ufe63\uff0d\U00010ead"
+    "\u2212\u207b\u208b"
+)
 
 
 class Coupon(Model):

@@ -901,6 +901,23 @@ class _Trace:
                 )
         return out
 
+    def _group_winner(
+        self, deal_id: str, line: int, work: Sequence[_Work]
+    ) -> tuple[str, int] | None:
+        """A deal beaten on a line that got no offer of its own (B of "2 of A + 1 of B",
+        A's 20 % worth more than the free B) was beaten by the line offers of its group's
+        other lines: the one of them that gave the most there, with what it gave."""
+        for deal in self.deals:
+            if deal["offerId"] == deal_id and line in deal["lines"]:
+                given: dict[str, int] = {}
+                for j in deal["lines"]:
+                    offer = work[j].offer_id
+                    if offer:
+                        given[offer] = given.get(offer, 0) + work[j].discount
+                if given:
+                    return min(given.items(), key=lambda item: (-item[1], item[0]))  # ties: id
+        return None
+
     def redemption_done(
         self, requested: int, ctx: PricingContext, allowed_uncapped: int, known: bool
     ) -> None:
@@ -924,9 +941,14 @@ class _Trace:
         lines = []
         for i, (w, entries) in enumerate(zip(work, self.lines, strict=True)):
             for row in entries:  # a deal beaten by the line offers: by the one the line got
-                if row["outcome"] == "BEATEN" and "beatenBy" not in row and w.offer_id:
-                    row["beatenBy"] = w.offer_id
-                    row["beatenByDiscountMinor"] = w.discount
+                if row["outcome"] == "BEATEN" and "beatenBy" not in row:
+                    winner = (
+                        (w.offer_id, w.discount)
+                        if w.offer_id
+                        else self._group_winner(str(row["offerId"]), i, work)
+                    )
+                    if winner is not None:
+                        row["beatenBy"], row["beatenByDiscountMinor"] = winner
             entries.sort(key=lambda row: str(row["offerId"]))
             lines.append({"index": i, "sku": w.sku, "offers": entries})
         return {

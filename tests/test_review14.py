@@ -3,16 +3,21 @@ strings with blanks, and the receipt's documented line limit."""
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tillpoint.agent.errors import InputError
+from tillpoint.agent.identify import normalise
+from tillpoint.agent.models import DASHES, coupon_code
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.loopback import import_doc, sample_master_data
 
 from .conftest import receipt as plain_receipt
+from .conftest import snapshot
 from .test_coupons import COUPONS, NOW, SORRY, coupons_in_cache, receipt, snap, verdicts
 
 
@@ -69,3 +74,62 @@ def test_a_receipt_has_at_most_ten_thousand_lines() -> None:
     assert len(receipt_from_json(plain_receipt(lines=[line] * 10_000)).lines) == 10_000
     with pytest.raises(InputError, match=r"lines has too many items \(at most 10000\)"):
         receipt_from_json(plain_receipt(lines=[line] * 10_001))
+
+
+def test_dashes_of_every_kind_are_dropped_from_cards_and_coupon_codes(tmp_path: Path) -> None:
+    """§4: "dashes of any kind (hyphen, en/em dash, minus sign)": 21 of Unicode's dashes
+    (the full-width U+FF0D, the small U+FE63, the two-em U+2E3A, ...) made an INVALID card."""
+    pd = {chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Pd"}
+    assert pd <= DASHES and DASHES - pd == {"\u2212", "\u207b", "\u208b"}
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        for dash in sorted(DASHES):
+            text = f"2770{dash}0000{dash}00017"
+            assert normalise(text) == "2770000000017", hex(ord(dash))
+            assert agent.identify(text).status == "FOUND", hex(ord(dash))
+            assert coupon_code(f"sorry{dash}7k2q9") == "SORRY7K2Q9", hex(ord(dash))
+    finally:
+        agent.close()
+
+
+BEATEN_DEAL = [
+    {"id": "o-m", "kind": "MULTIBUY", "skus": ["A", "B"], "buyQty": "2", "freeQty": "1"},
+    {"id": "o-a", "kind": "PERCENT_OFF", "skus": ["A"], "value": "20"},
+]
+
+
+def test_a_deal_beaten_on_a_line_without_its_own_offer_names_what_beat_it(
+    tmp_path: Path,
+) -> None:
+    """§17: BEATEN "by which offer, and its discount". 2 of A at 300 and 1 of B at 100:
+    the 2-for-1 (B free, 100) loses to A's 20 % (120); B's row said BEATEN and nothing
+    more, as B got no offer of its own."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        doc = snapshot()
+        doc["products"] += [
+            {"sku": sku, "name": sku, "category": doc["products"][0]["category"]}
+            for sku in ("A", "B")
+        ]
+        doc["offers"] = BEATEN_DEAL
+        agent.load_snapshot(doc)
+        body = plain_receipt(
+            explain=True,
+            lines=[
+                {"sku": "A", "qty": "2", "priceMinor": 300},
+                {"sku": "B", "qty": "1", "priceMinor": 100},
+            ],
+        )
+        trace = agent.quote(receipt_from_json(body)).to_json()["trace"]
+        rows = {
+            (line["sku"], row["offerId"]): row for line in trace["lines"] for row in line["offers"]
+        }
+        assert rows[("A", "o-a")]["outcome"] == "APPLIED"
+        for sku in ("A", "B"):
+            row = rows[(sku, "o-m")]
+            assert row["outcome"] == "BEATEN", row
+            assert (row["beatenBy"], row["beatenByDiscountMinor"]) == ("o-a", 120), row
+        assert trace["deals"][0]["lineOffersMinor"] == 120
+    finally:
+        agent.close()
