@@ -477,8 +477,14 @@ def _write_rows(
 
 
 def _phone_column(phone: str | None, secret: bytes) -> str | None:
-    key = phone_key(normalise(phone)) if phone else None
+    """The hub's data says a phone as a person writes it: brackets are dropped here too
+    ("8 (916) 123-45-67" loaded and never matched), where a scanned text with them is
+    INVALID (§4). One that is still no Russian phone identifies nobody (NULL)."""
+    key = phone_key(normalise(phone).translate(_BRACKETS)) if phone else None
     return phone_index(key, secret) if key else None
+
+
+_BRACKETS = {ord("("): None, ord(")"): None}
 
 
 def _set(conn: sqlite3.Connection, key: str, value: str) -> None:

@@ -133,3 +133,19 @@ def test_a_deal_beaten_on_a_line_without_its_own_offer_names_what_beat_it(
         assert trace["deals"][0]["lineOffersMinor"] == 120
     finally:
         agent.close()
+
+
+def test_a_snapshot_phone_written_with_brackets_identifies_its_customer(tmp_path: Path) -> None:
+    """ "8 (916) 123-45-67" in the hub's data loaded and matched no scanned form of it."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        doc = snapshot()
+        doc["customers"][0]["phone"] = "8 (916) 123-45-67"
+        agent.load_snapshot(doc)
+        customer = doc["customers"][0]["id"]
+        for scanned in ("+79161234567", "89161234567", "9161234567"):
+            found = agent.identify(scanned)
+            assert (found.status, found.customer_id) == ("FOUND", customer), scanned
+        assert agent.identify("8 (916) 123-45-67").status == "INVALID"  # scanned: §4
+    finally:
+        agent.close()
