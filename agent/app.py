@@ -75,6 +75,17 @@ def cli_agent(
     )
 
 
+def agent_with_hub(settings: Settings, hub: TillSync | None) -> Agent:
+    """`cli_agent` with `hub`'s redemption authoriser (None: standalone); the hub's link
+    is closed when the agent cannot be opened (a refused ledger, a busy file)."""
+    try:
+        return cli_agent(settings, hub=hub.authoriser if hub is not None else None)
+    except BaseException:
+        if hub is not None:
+            hub.close()
+        raise
+
+
 def till_agent(
     data_dir: Path,
     device_id: str,
@@ -114,7 +125,6 @@ def run(settings: Settings) -> int:
     to finish. SIGHUP is ignored (logged).
     """
     import logging
-    import signal
     import threading
 
     from tillpoint.printer.service import build_devices, greet_on_scan
@@ -182,18 +192,7 @@ def run(settings: Settings) -> int:
     )
     done = threading.Event()
 
-    def stop(signum: int, frame: object) -> None:
-        done.set()
-
-    def hang_up(signum: int, frame: object) -> None:
-        # SIGHUP's default ends the process with no drain, and systemd counts that a clean
-        # exit (no restart): a logrotate script or a habit of "HUP to reload" stopped loyalty
-        # on the till. Nothing is reloaded; the configuration is read at start.
-        log.warning("SIGHUP ignored: tillpoint reads its configuration at start; restart it")
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, hang_up)
+    systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)
     settle_collector()
     systemd.notify("READY=1")
     systemd.start_watchdog(done)
@@ -298,6 +297,26 @@ def reset_hub(settings: Settings) -> TillSync | None:
     from tillpoint.sync.service import TillSync
 
     return TillSync.for_till(settings)
+
+
+def check_enrolment(settings: Settings) -> None:
+    """Refuse a till command (all but `status`) of a till enrolled as another device than
+    `device_id` (`WrongDevice`, exit 2), whether or not a hub address is set: a sale, a
+    confirm or a refund journalled under that id would never reach its hub. A standalone
+    till imports nothing for it."""
+    from tillpoint.sync import is_enrolled
+
+    if not is_enrolled(settings.data_dir):
+        return
+    from tillpoint.sync.pki import EnrollmentError, load_enrollment
+    from tillpoint.sync.service import require_device
+
+    try:
+        enrollment = load_enrollment(settings.data_dir)
+    except EnrollmentError:
+        return  # a damaged enrolment: `run` logs it and `status` says it
+    if enrollment is not None:
+        require_device(enrollment, settings.device_id)
 
 
 def local_hub(settings: Settings) -> TillSync | None:

@@ -23,6 +23,7 @@ from .db import (
     BUILDING,
     cache_file,
     cache_migrations,
+    file_of,
     fsync_path,
     migrate,
     new_generation,
@@ -150,7 +151,7 @@ def apply(
         conn = open_cache(data_dir)
         try:
             with write_transaction(conn, "cache"):
-                current = _file_of(conn)
+                current = file_of(conn)
                 if current != cache_file(data_dir):
                     continue  # switched while this waited for the lock: take the new one
                 _check(header, _version(conn))
@@ -174,11 +175,6 @@ def apply(
         finally:
             conn.close()
     raise StorageError("the cache is busy: it kept being replaced while this waited")
-
-
-def _file_of(conn: sqlite3.Connection) -> Path:
-    """The file a connection has open (SQLite reports it with symlinks resolved)."""
-    return Path(os.path.realpath(conn.execute("PRAGMA database_list").fetchone()[2]))
 
 
 def _check(header: SnapshotHeader, current: int) -> None:

@@ -247,7 +247,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
         )
 
-    from .app import cli_agent, local_hub
+    from .app import agent_with_hub, check_enrolment, local_hub
     from .results import json_of, receipt_from_json, refund_from_json
 
     if command == "reset":
@@ -265,9 +265,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         finally:
             lock.release()
 
+    if command != "status":  # status still answers: it is how support sees the till
+        check_enrolment(settings)
     # the calls that price or release: with the till's hub, as `run` would answer them
     hub = local_hub(settings) if command in ("quote", "checkout", "hold", "cancel") else None
-    agent = cli_agent(settings, hub=hub.authoriser if hub is not None else None)
+    agent = agent_with_hub(settings, hub)
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -309,10 +311,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _run_reset(args: argparse.Namespace, settings: Any) -> int:
     """`reset`, with `run`'s hub, which releases what the open holds it forgets reserved
     there; the caller holds the data directory's lock."""
-    from .app import cli_agent, reset_hub
+    from .app import agent_with_hub, reset_hub
 
     hub = reset_hub(settings)
-    agent = cli_agent(settings, hub=hub.authoriser if hub is not None else None)
+    agent = agent_with_hub(settings, hub)
     try:
         _confirm_reset(args, agent)
         done = agent.reset(force=args.force)

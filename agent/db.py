@@ -181,19 +181,16 @@ def owner_hint(path: Path) -> str:
     return ""
 
 
-def _file_of(conn: sqlite3.Connection) -> Path | None:
-    with contextlib.suppress(sqlite3.Error):
-        for _, name, file in conn.execute("PRAGMA database_list"):
-            if name == "main" and file:
-                return Path(file)
-    return None
+def file_of(conn: sqlite3.Connection) -> Path:
+    """The file a connection has open (SQLite reports it with symlinks resolved)."""
+    return Path(os.path.realpath(conn.execute("PRAGMA database_list").fetchone()[2]))
 
 
 def _storage_error(conn: sqlite3.Connection, message: str, exc: sqlite3.Error) -> StorageError:
     hint = ""
     if "readonly" in str(exc):  # SQLITE_READONLY: the file's owner or mode, or a read-only mount
-        file = _file_of(conn)
-        hint = owner_hint(file) if file is not None else ""
+        with contextlib.suppress(sqlite3.Error):
+            hint = owner_hint(file_of(conn))
     return StorageError(f"{message}: {exc}{hint}")
 
 

@@ -490,10 +490,13 @@ def _points(wallet: Wallet, at: datetime, program: Program) -> Points:
 
 
 def other_device(conn: sqlite3.Connection, device_id: str) -> str | None:
-    """A device other than `device_id` whose sales this ledger journals (None: none). A
-    ledger is one till's: its outbox is pushed, and its seqs taken, for one device id."""
+    """The device whose sales this ledger journals when it journals none of `device_id`'s
+    (None: it holds some of them, or no sale at all). A ledger is one till's: its outbox
+    is pushed, and its seqs taken, for one device id. A ledger an earlier release let two
+    ids write opens under either (each can push its own rows and `reset` once sent)."""
     row = conn.execute(
-        "SELECT device_id FROM journal WHERE device_id < ?1 OR device_id > ?1 LIMIT 1",
+        "SELECT device_id FROM journal WHERE NOT EXISTS"
+        " (SELECT 1 FROM journal WHERE device_id = ?1) LIMIT 1",
         (device_id,),
     ).fetchone()
     return None if row is None else str(row[0])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 from types import TracebackType
 
 from .db import owner_hint
-from .errors import Refused, StorageError
+from .errors import InputError, Refused, StorageError
 
 
 class DataDirLock:
@@ -20,8 +21,12 @@ class DataDirLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:  # read-only, another user's, not a directory
-            raise StorageError(
+        except OSError as exc:
+            # Read-only, another user's, not a directory: an administrator's to mend
+            # (exit 2, as privileges.py's "cannot read the data directory"; the unit does
+            # not restart it). A full disk or an I/O error may pass: exit 1.
+            transient = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+            raise (StorageError if transient else InputError)(
                 f"cannot use the data directory {self.path.parent}:"
                 f" {exc.strerror or exc}{owner_hint(self.path)}"
             ) from None

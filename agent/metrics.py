@@ -10,6 +10,7 @@ checkout path does no extra work.
 from __future__ import annotations
 
 import bisect
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,10 +76,13 @@ class Registry:
         self.checkout_seconds = Histogram(
             "tillpoint_checkout_seconds", "Checkout latency, commit and fsync included."
         )
-        # Every PosAgent call answered with an error, gRPC and HTTP alike: a till whose
+        # PosAgent calls answered with an error, gRPC and HTTP alike: a till whose
         # sales fail (UNAVAILABLE: a full disk) is seen here, not as ordinary checkouts.
         self.errors = Counter(
-            "tillpoint_call_errors_total", "PosAgent calls answered with an error, by code.", "code"
+            "tillpoint_call_errors_total",
+            "PosAgent calls the agent answered with an error, by code (not those refused"
+            " before the call: a wrong token, gRPC's size limit, an unknown path).",
+            "code",
         )
         self._gauges: dict[str, tuple[str, Collector]] = {}
 
@@ -121,8 +125,12 @@ def serve(registry: Registry, host: str, port: int) -> tuple[ThreadingHTTPServer
         def log_message(self, format: str, *args: object) -> None:
             return
 
+    class Server(ThreadingHTTPServer):
+        # an IPv6 listen ("[::1]:9464") needs its family: the default is IPv4 only
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = Server((host, port), Handler)
     except OSError as exc:  # in use, or not an address of this machine
         raise TillpointError(
             f"cannot listen on {host}:{port} for /metrics: {exc.strerror or exc}"

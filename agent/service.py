@@ -260,9 +260,10 @@ class Agent:
             self._ledger.close()
             self._live.close()
             raise InputError(
-                f"the ledger of {self.data_dir} holds the sales of device {other!r}, and"
-                f" device_id is {device_id!r}: a till's device_id never changes (set it back"
-                f" to {other!r}, or give {device_id!r} a data directory of its own)"
+                f"the ledger of {self.data_dir} holds the sales of device {other!r}, none of"
+                f" {device_id!r}: a till's device_id never changes (set it back to {other!r};"
+                f" or `tillpoint reset` as {other!r} once its outbox is empty; or give"
+                f" {device_id!r} a data directory of its own)"
             )
         self._ledger.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))

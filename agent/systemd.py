@@ -1,10 +1,14 @@
-"""sd_notify without a dependency: READY, STOPPING, STATUS and the watchdog (Type=notify)."""
+"""sd_notify without a dependency: READY, STOPPING, STATUS and the watchdog (Type=notify);
+and the signals a long-running service (`tillpoint run`, `hub serve`) answers."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 import threading
+from collections.abc import Callable
 
 
 def notify(message: str) -> bool:
@@ -44,3 +48,20 @@ def start_watchdog(stop: threading.Event) -> threading.Thread | None:
     thread = threading.Thread(target=run, name="sd-watchdog", daemon=True)
     thread.start()
     return thread
+
+
+def on_signals(stop: Callable[[], None], log: logging.Logger) -> None:
+    """SIGTERM and SIGINT call `stop`; SIGHUP is logged and ignored. Its default ends the
+    process with no drain, and systemd counts that a clean exit (no restart under
+    `Restart=on-failure`): a logrotate script or a habit of "HUP to reload" left a till
+    without loyalty. Nothing is reloaded; the configuration is read at start."""
+
+    def stopping(signum: int, frame: object) -> None:
+        stop()
+
+    def hang_up(signum: int, frame: object) -> None:
+        log.warning("SIGHUP ignored: the configuration is read at start; restart to change it")
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    signal.signal(signal.SIGHUP, hang_up)

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -309,11 +308,16 @@ def _hub_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from tillpoint.agent import logs
+    from tillpoint.agent import logs, systemd
+    from tillpoint.agent.config import split_listen
 
     from .hub_server import HubConfig, HubServer
 
     hub = _existing_hub(settings, args)  # refused before anything is set up
+    try:  # ":0" (any address) as grpc reads it; a port past 65535 grpc took modulo 65536
+        split_listen(f"0.0.0.0{args.listen}" if args.listen.startswith(":") else args.listen)
+    except ValueError as exc:
+        raise InputError(f"--listen {exc}") from None
     logs.setup(settings.log.level, settings.log.format)
     try:
         config = HubConfig(
@@ -337,12 +341,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         "hub %s listening on %s (port %d)", server.dir.root, args.listen, port
     )
     done = threading.Event()
-
-    def stop(signum: int, frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    systemd.on_signals(done.set, logging.getLogger("tillpoint.hub"))  # SIGHUP: ignored
     done.wait()
     server.stop(grace=5)
     return EXIT_OK
@@ -653,7 +652,11 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     from .push import Pusher
 
     enrollment, link, timings = sync_link(settings)  # `run`'s rules for the hub
-    agent = cli_agent(settings)
+    try:
+        agent = cli_agent(settings)
+    except BaseException:
+        link.close()
+        raise
     pusher = Pusher(
         settings.data_dir, settings.device_id, link, call_timeout_s=timings.call_timeout_s
     )

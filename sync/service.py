@@ -368,12 +368,17 @@ def check_hub(settings: Settings, enrollment: Enrollment | None) -> str | None:
             f"hub {address} is configured but this till is not enrolled: run"
             " `tillpoint sync install BUNDLE` with the bundle from `tillpoint hub enroll`"
         )
-    if enrollment.device_id != settings.device_id:
+    require_device(enrollment, settings.device_id)
+    return address
+
+
+def require_device(enrollment: Enrollment, device_id: str) -> None:
+    """WrongDevice when the till is enrolled as another device than `device_id`."""
+    if enrollment.device_id != device_id:
         raise WrongDevice(
             f"the enrolment is for device {enrollment.device_id!r} but this till runs as"
-            f" {settings.device_id!r}: fix device_id in the configuration"
+            f" {device_id!r}: fix device_id in the configuration"
         )
-    return address
 
 
 @dataclass

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import sqlite3
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from tillpoint.agent import config
 from tillpoint.agent.cli import main
-from tillpoint.agent.errors import InputError, StorageError
+from tillpoint.agent.errors import InputError
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.lock import DataDirLock
 from tillpoint.agent.metrics import Registry, serve
@@ -133,7 +134,7 @@ def test_an_unwritable_data_directory_is_named_not_an_internal_error(tmp_path: P
     data.mkdir()
     data.chmod(0o500)
     try:
-        with pytest.raises(StorageError, match=f"^cannot use the data directory {data}:"):
+        with pytest.raises(InputError, match=f"^cannot use the data directory {data}:"):
             DataDirLock(data).acquire()
     finally:
         data.chmod(0o700)
@@ -144,14 +145,14 @@ def test_a_data_directory_that_is_a_file_is_named(tmp_path: Path) -> None:
     made: "internal error: OSError" sent support to file a bug instead of `chown`."""
     taken = tmp_path / "not-a-dir"
     taken.write_text("")
-    with pytest.raises(StorageError, match=f"^cannot use the data directory {taken}:"):
+    with pytest.raises(InputError, match=f"^cannot use the data directory {taken}:"):
         DataDirLock(taken).acquire()
     conf = tmp_path / "run.toml"
     conf.write_text(f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[http]\nenabled = false\n')
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["--config", str(conf), "--data-dir", str(taken), "run"])
-    assert code == 1 and "internal error" not in err.getvalue()
+    assert code == 2 and "internal error" not in err.getvalue()  # not retried by the unit
     assert err.getvalue().startswith(f"tillpoint: cannot use the data directory {taken}")
 
 
@@ -189,7 +190,7 @@ def test_a_ledger_refuses_another_device_id(
     data = tmp_path / "data"  # the `cli` fixture's, as till-1
     assert cli("snapshot", "load", snapshot()).code == 0
     assert cli("checkout", receipt("r1")).code == 0
-    with pytest.raises(InputError, match="holds the sales of device 'till-1', and device_id is"):
+    with pytest.raises(InputError, match="holds the sales of device 'till-1', none of 'till-2'"):
         Agent(data, "till-2")
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-2")
     body = tmp_path / "receipt.json"
@@ -200,6 +201,19 @@ def test_a_ledger_refuses_another_device_id(
     assert code == 2 and "a till's device_id never changes" in err.getvalue()
     assert err.getvalue().count("\n") == 1
     Agent(data, "till-1").close()  # its own id still opens it
+    # A ledger an earlier release let two ids write opens under either (each pushes its
+    # own rows; `reset` once sent), not under a third: no id is locked out for good.
+    conn = sqlite3.connect(data / "ledger.db")
+    with conn:
+        conn.execute(
+            "INSERT INTO journal SELECT 'till-2', seq, kind, ref_id, at, customer_id, card,"
+            " created_at FROM journal WHERE device_id = 'till-1'"
+        )
+    conn.close()
+    Agent(data, "till-1").close()
+    Agent(data, "till-2").close()
+    with pytest.raises(InputError, match=r"none of 'till-3'.*tillpoint reset"):
+        Agent(data, "till-3")
     fresh = Agent(tmp_path / "fresh", "till-9")  # no sale yet: any id
     fresh.close()
     Agent(tmp_path / "fresh", "till-10").close()
@@ -215,13 +229,23 @@ def test_a_till_enrolled_as_another_device_refuses_to_sell(
     enroll = ["hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle)]
     assert main([*enroll, "--address", "127.0.0.1:9"]) == 0
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    # a hold made as till-1 before the bundle was installed, confirmed by the mistyped id
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps(receipt("r-held")))
+    assert main(["--data-dir", str(till), "snapshot", "load", str(snap_file(tmp_path))]) == 0
+    assert main(["--data-dir", str(till), "hold", str(held), "--local"]) == 0
     assert main(["sync", "install", str(bundle), "--data-dir", str(till)]) == 0
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-2")
     conf = tmp_path / "run.toml"
     conf.write_text(f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[http]\nenabled = false\n')
     body = tmp_path / "receipt.json"
     body.write_text(json.dumps(receipt("r1")))
-    for argv in (["run"], ["checkout", str(body), "--local"]):
+    for argv in (
+        ["run"],
+        ["checkout", str(body), "--local"],
+        ["confirm", "r-held", "--local"],
+        ["refund", str(body), "--local"],
+    ):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             code = main(["--config", str(conf), "--data-dir", str(till), *argv])
@@ -229,3 +253,12 @@ def test_a_till_enrolled_as_another_device_refuses_to_sell(
         assert (
             "the enrolment is for device 'till-1' but this till runs as 'till-2'" in err.getvalue()
         )
+    assert main(["--data-dir", str(till), "status", "--local"]) == 0  # support still sees it
+    journal = sqlite3.connect(till / "ledger.db").execute("SELECT count(*) FROM journal")
+    assert journal.fetchone() == (0,)
+
+
+def snap_file(tmp_path: Path) -> Path:
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(snapshot(), ensure_ascii=False), encoding="utf-8")
+    return path

@@ -156,6 +156,7 @@ def test_hub_serve_runs_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixt
     import signal
     import subprocess
     import sys
+    import time
 
     from tillpoint.sync.client import HubLink
     from tillpoint.sync.loopback import wait_for
@@ -215,8 +216,13 @@ def test_hub_serve_runs_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixt
         assert Puller(agent, link, enrollment, call_timeout_s=5).pull().version == 1
         link.close()
         agent.close()
+        proc.send_signal(signal.SIGHUP)  # ended the hub, clean to systemd: it stayed down
+        time.sleep(0.5)
+        assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+        assert proc.stderr is not None
+        assert b"SIGHUP ignored" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -353,6 +359,17 @@ def test_hub_commands_refuse_a_directory_without_a_hub(
     (wrong / "keys").mkdir(parents=True)  # a directory, even with keys, is not a hub
     assert run(capsys, "hub", *argv, "--hub-dir", str(wrong))[0] == 2
     assert not (wrong / "hub.db").exists()
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "127.0.0.1", ":99999"])
+def test_hub_serve_refuses_a_listen_address_grpc_would_bind_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], listen: str
+) -> None:
+    """A bare grpc.server took port 99999 as 34463."""
+    hub_dir = tmp_path / "hub"
+    assert run(capsys, "hub", "init", "--hub-dir", str(hub_dir))[0] == 0
+    code, _, err = run(capsys, "hub", "serve", "--hub-dir", str(hub_dir), "--listen", listen)
+    assert code == 2 and err.startswith("tillpoint: --listen ") and err.count("\n") == 1, err
 
 
 def test_init_or_import_make_the_hub_the_other_commands_use(
