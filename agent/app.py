@@ -302,21 +302,11 @@ def reset_hub(settings: Settings) -> TillSync | None:
 def check_enrolment(settings: Settings) -> None:
     """Refuse a till command (all but `status`) of a till enrolled as another device than
     `device_id` (`WrongDevice`, exit 2), whether or not a hub address is set: a sale, a
-    confirm or a refund journalled under that id would never reach its hub. A standalone
-    till imports nothing for it."""
-    from tillpoint.sync import is_enrolled
+    confirm or a refund journalled under that id would never reach its hub. A stat and,
+    on an enrolled till, one small JSON file: nothing of `sync.pki` is imported."""
+    from tillpoint.sync import require_device
 
-    if not is_enrolled(settings.data_dir):
-        return
-    from tillpoint.sync.pki import EnrollmentError, load_enrollment
-    from tillpoint.sync.service import require_device
-
-    try:
-        enrollment = load_enrollment(settings.data_dir)
-    except EnrollmentError:
-        return  # a damaged enrolment: `run` logs it and `status` says it
-    if enrollment is not None:
-        require_device(enrollment, settings.device_id)
+    require_device(settings.data_dir, settings.device_id)
 
 
 def local_hub(settings: Settings) -> TillSync | None:

@@ -494,9 +494,9 @@ def other_device(conn: sqlite3.Connection, device_id: str) -> str | None:
     (None: it holds some of them, or no sale at all). A ledger is one till's: its outbox
     is pushed, and its seqs taken, for one device id. A ledger an earlier release let two
     ids write opens under either (each can push its own rows and `reset` once sent)."""
-    row = conn.execute(
-        "SELECT device_id FROM journal WHERE NOT EXISTS"
-        " (SELECT 1 FROM journal WHERE device_id = ?1) LIMIT 1",
+    row = conn.execute(  # two seeks of the key (a year's journal is 300,000 rows)
+        "SELECT device_id FROM journal WHERE (device_id < ?1 OR device_id > ?1)"
+        " AND NOT EXISTS (SELECT 1 FROM journal WHERE device_id = ?1) LIMIT 1",
         (device_id,),
     ).fetchone()
     return None if row is None else str(row[0])

@@ -549,19 +549,20 @@ def line_discount(offer: Offer, amount: int, qty: Fraction, sku_qty: Fraction | 
     return max(0, min(amount, discount))
 
 
-def _best_line_discount(
+def _best_line_offer(
     w: _Work, offers: Sequence[Offer], customer: Customer, sku_qty: Mapping[str, Fraction]
-) -> int:
-    """What step 2 would give the line: the largest line money offer discount."""
-    best = 0
+) -> tuple[int, str]:
+    """What step 2 would give the line: the largest line money offer discount, and that
+    offer's id ("" when none gives anything)."""
+    best, best_id = 0, ""
     qty = frac(w.qty)
     for offer in offers:
         if offer.kind not in LINE_MONEY_KINDS or (offer.min_qty and w.qty < offer.min_qty):
             continue
         discount = line_discount(offer, w.amount, qty, sku_qty.get(w.sku))
         if discount > best and not _in_control_group(offer, customer):
-            best = discount
-    return best
+            best, best_id = discount, offer.id
+    return best, best_id
 
 
 def multibuy_free(lines: Sequence[tuple[int, int]], buy: int, free: int) -> list[tuple[int, bool]]:
@@ -626,7 +627,8 @@ def _multibuy(
         elif tr is not None:
             tr.add(i, deal, "ZERO_DISCOUNT")  # not in a complete group
     total = sum(d for _, d in taken)
-    line_offers = sum(_best_line_discount(work[i], found[i], customer, sku_qty) for i, _ in taken)
+    bests = [_best_line_offer(work[i], found[i], customer, sku_qty) for i, _ in taken]
+    line_offers = sum(best for best, _ in bests)
     outcome = "APPLIED" if total > line_offers else "ZERO_DISCOUNT" if total == 0 else "BEATEN"
     if outcome == "APPLIED" and _in_control_group(deal, customer):
         held.add(deal.id)
@@ -637,8 +639,13 @@ def _multibuy(
             w.deal = w.offer_id = deal.id
             w.discount = discount
     if tr is not None:
-        for i, discount in taken:
-            tr.add(i, deal, outcome, discount=discount)
+        winner = _group_winner(bests) if outcome == "BEATEN" else None
+        for (i, discount), (best, best_id) in zip(taken, bests, strict=True):
+            if winner is None:
+                tr.add(i, deal, outcome, discount=discount)
+            else:  # §17 "by which offer": the line's own best, else the group's (B of 2A+1B)
+                by, given = (best_id, best) if best_id else winner
+                tr.add(i, deal, outcome, discount=discount, beaten_by=by, beaten=given)
         tr.deals.append(
             {
                 "offerId": deal.id,
@@ -648,6 +655,16 @@ def _multibuy(
                 "lines": [i for i, _ in taken],
             }
         )
+
+
+def _group_winner(bests: Sequence[tuple[int, str]]) -> tuple[str, int] | None:
+    """The line offer that gave a beaten deal's group the most (ties: the smaller id), and
+    what it gave over the group: what beat the deal on a line with no offer of its own."""
+    given: dict[str, int] = {}
+    for best, offer_id in bests:
+        if offer_id:
+            given[offer_id] = given.get(offer_id, 0) + best
+    return min(given.items(), key=lambda item: (-item[1], item[0])) if given else None
 
 
 def _line_offers(
@@ -901,23 +918,6 @@ class _Trace:
                 )
         return out
 
-    def _group_winner(
-        self, deal_id: str, line: int, work: Sequence[_Work]
-    ) -> tuple[str, int] | None:
-        """A deal beaten on a line that got no offer of its own (B of "2 of A + 1 of B",
-        A's 20 % worth more than the free B) was beaten by the line offers of its group's
-        other lines: the one of them that gave the most there, with what it gave."""
-        for deal in self.deals:
-            if deal["offerId"] == deal_id and line in deal["lines"]:
-                given: dict[str, int] = {}
-                for j in deal["lines"]:
-                    offer = work[j].offer_id
-                    if offer:
-                        given[offer] = given.get(offer, 0) + work[j].discount
-                if given:
-                    return min(given.items(), key=lambda item: (-item[1], item[0]))  # ties: id
-        return None
-
     def redemption_done(
         self, requested: int, ctx: PricingContext, allowed_uncapped: int, known: bool
     ) -> None:
@@ -941,14 +941,9 @@ class _Trace:
         lines = []
         for i, (w, entries) in enumerate(zip(work, self.lines, strict=True)):
             for row in entries:  # a deal beaten by the line offers: by the one the line got
-                if row["outcome"] == "BEATEN" and "beatenBy" not in row:
-                    winner = (
-                        (w.offer_id, w.discount)
-                        if w.offer_id
-                        else self._group_winner(str(row["offerId"]), i, work)
-                    )
-                    if winner is not None:
-                        row["beatenBy"], row["beatenByDiscountMinor"] = winner
+                if row["outcome"] == "BEATEN" and "beatenBy" not in row and w.offer_id:
+                    row["beatenBy"] = w.offer_id
+                    row["beatenByDiscountMinor"] = w.discount
             entries.sort(key=lambda row: str(row["offerId"]))
             lines.append({"index": i, "sku": w.sku, "offers": entries})
         return {

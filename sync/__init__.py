@@ -6,6 +6,7 @@ What other parts use:
 - `is_enrolled(data_dir)`: the enrolment marker (an enrolled till takes only signed snapshots);
 - `load_snapshot_file(agent, doc)`: `tillpoint snapshot load` with the signed/plain rules;
 - `refuse_plain_if_enrolled(data_dir)`: the same rule for a plain JSON Lines snapshot;
+- `require_device(data_dir, device_id)`: `WrongDevice` for a till enrolled as another device;
 
 `tillpoint run` builds the till's sync (`service.TillSync`) in agent/app.py.
 
@@ -14,9 +15,12 @@ docs/PROTOCOL.md describes the protocol and its guarantees.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tillpoint.agent.errors import InputError
 
 if TYPE_CHECKING:
     from tillpoint.agent import cache
@@ -47,6 +51,33 @@ def is_enrolled(data_dir: Path) -> bool:
     return (Path(data_dir) / ENROLLMENT_DIR / ENROLLMENT_FILE).is_file()
 
 
+class WrongDevice(InputError):
+    """Enrolled as another device than `device_id`: `run` and every till command but
+    `status` are refused (exit 2), where `run` sold standalone under the mistyped id —
+    sales its hub would never take, stranded once the id was mended."""
+
+
+def require_device(data_dir: Path, device_id: str) -> None:
+    """WrongDevice when the till is enrolled as another device than `device_id`, whether a
+    hub address is set or not. The marker's JSON alone (`pki` and `cryptography` are a
+    tenth of a CLI call's start); a damaged marker is `pki.load_enrollment`'s to report."""
+    try:
+        marker = Path(data_dir) / ENROLLMENT_DIR / ENROLLMENT_FILE
+        enrolled = json.loads(marker.read_text(encoding="utf-8"))["deviceId"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    check_device(str(enrolled), device_id)
+
+
+def check_device(enrolled: str, device_id: str) -> None:
+    """WrongDevice when `enrolled` (the enrolment's device id) is not `device_id`."""
+    if enrolled != device_id:
+        raise WrongDevice(
+            f"the enrolment is for device {enrolled!r} but this till runs as"
+            f" {device_id!r}: fix device_id in the configuration"
+        )
+
+
 def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
     from .state import sync_status as status
 
@@ -54,8 +85,10 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 __all__ = [
+    "WrongDevice",
     "is_enrolled",
     "load_snapshot_file",
     "refuse_plain_if_enrolled",
+    "require_device",
     "sync_status",
 ]

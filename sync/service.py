@@ -37,7 +37,7 @@ from tillpoint.agent.errors import InputError, TillpointError
 from tillpoint.agent.ledger import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
-from . import state
+from . import check_device, state
 from .authoriser import HubAuthoriser
 from .backoff import Backoff
 from .client import HubLink
@@ -349,17 +349,13 @@ class NotSyncing(InputError):
     as another device)."""
 
 
-class WrongDevice(NotSyncing):
-    """Enrolled as another device than `device_id`: `run` refuses to start (exit 2), where
-    it sold standalone under the mistyped id — sales its hub would never take, stranded
-    once the id was mended."""
-
-
 def check_hub(settings: Settings, enrollment: Enrollment | None) -> str | None:
     """The hub this till syncs with, by the one rule `tillpoint run` and `sync now` share:
     the configured address, else the enrolment's; None when there is none (standalone).
-    NotSyncing when there is one but the till is not enrolled, or is enrolled as another
-    device than `device_id`."""
+    WrongDevice when the till is enrolled as another device than `device_id` (an address
+    or not); NotSyncing when there is an address but the till is not enrolled."""
+    if enrollment is not None:  # an enrolled till, a hub address set or not
+        check_device(enrollment.device_id, settings.device_id)
     address = hub_address(settings, enrollment)
     if not address:
         return None
@@ -368,17 +364,7 @@ def check_hub(settings: Settings, enrollment: Enrollment | None) -> str | None:
             f"hub {address} is configured but this till is not enrolled: run"
             " `tillpoint sync install BUNDLE` with the bundle from `tillpoint hub enroll`"
         )
-    require_device(enrollment, settings.device_id)
     return address
-
-
-def require_device(enrollment: Enrollment, device_id: str) -> None:
-    """WrongDevice when the till is enrolled as another device than `device_id`."""
-    if enrollment.device_id != device_id:
-        raise WrongDevice(
-            f"the enrolment is for device {enrollment.device_id!r} but this till runs as"
-            f" {device_id!r}: fix device_id in the configuration"
-        )
 
 
 @dataclass
@@ -403,9 +389,7 @@ class TillSync:
             log.error("%s", exc.message)
             enrollment = None
         try:
-            address = check_hub(settings, enrollment)
-        except WrongDevice:
-            raise
+            address = check_hub(settings, enrollment)  # WrongDevice goes up: refused
         except NotSyncing as exc:
             log.error("%s", exc.message)
             conn = open_ledger(settings.data_dir)
@@ -438,11 +422,9 @@ class TillSync:
         the till is standalone or cannot sync (`WrongDevice` is refused, as by `run`);
         unlike `for_till` it writes nothing (a quote stores nothing) and says nothing
         (`status` says why a till cannot sync)."""
-        try:
+        try:  # WrongDevice goes up, as from `run`: no sale under an id its hub never takes
             enrollment = load_enrollment(settings.data_dir)
             address = check_hub(settings, enrollment)
-        except WrongDevice:
-            raise  # as `run`: no sale under an id the hub would never take
         except (EnrollmentError, NotSyncing):
             return None
         if address is None or enrollment is None:

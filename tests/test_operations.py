@@ -219,15 +219,17 @@ def test_a_ledger_refuses_another_device_id(
     Agent(tmp_path / "fresh", "till-10").close()
 
 
+@pytest.mark.parametrize("address", [["--address", "127.0.0.1:9"], []])  # [] the default ""
 def test_a_till_enrolled_as_another_device_refuses_to_sell(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: list[str]
 ) -> None:
     """Enrolled as till-1 but configured as till-2, `run` sold standalone under till-2:
-    sales the hub would never take (and a ledger the mended id could not open)."""
+    sales the hub would never take (and a ledger the mended id could not open); with no
+    hub address in the bundle or the config, too."""
     hub_dir, bundle, till = tmp_path / "hub", tmp_path / "b.json", tmp_path / "till"
     assert main(["hub", "init", "--hub-dir", str(hub_dir)]) == 0
     enroll = ["hub", "enroll", "till-1", "--hub-dir", str(hub_dir), "--out", str(bundle)]
-    assert main([*enroll, "--address", "127.0.0.1:9"]) == 0
+    assert main([*enroll, *address]) == 0
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
     # a hold made as till-1 before the bundle was installed, confirmed by the mistyped id
     held = tmp_path / "held.json"

@@ -149,3 +149,50 @@ def test_a_snapshot_phone_written_with_brackets_identifies_its_customer(tmp_path
         assert agent.identify("8 (916) 123-45-67").status == "INVALID"  # scanned: §4
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize(
+    ("offers", "lines"),
+    [
+        (  # another deal then takes A: it did not beat o-m1, o-a's 120 did
+            [
+                {"id": "o-m1", "kind": "MULTIBUY", "skus": ["A", "B"], "buyQty": "2",
+                 "freeQty": "1"},
+                {"id": "o-m2", "kind": "MULTIBUY", "skus": ["A"], "buyQty": "1", "freeQty": "1"},
+                {"id": "o-a", "kind": "PERCENT_OFF", "skus": ["A"], "value": "20"},
+            ],
+            [("A", "2", 300), ("B", "1", 100)],
+        ),
+        (  # a receipt offer then lands on C: o-a's 10 beat the deal, not o-r
+            [
+                {"id": "o-m1", "kind": "MULTIBUY", "skus": ["A", "B", "C"], "buyQty": "2",
+                 "freeQty": "1"},
+                {"id": "o-a", "kind": "AMOUNT_OFF", "skus": ["A"], "value": "10"},
+                {"id": "o-r", "kind": "RECEIPT_PERCENT_OFF", "value": "50"},
+            ],
+            [("A", "1", 1000), ("C", "1", 300), ("B", "1", 1)],
+        ),
+    ],
+)  # fmt: skip
+def test_a_beaten_deal_names_the_line_offers_that_beat_it_not_what_came_later(
+    tmp_path: Path, offers: list[dict[str, Any]], lines: list[tuple[str, str, int]]
+) -> None:
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        doc = snapshot()
+        category = doc["products"][0]["category"]
+        doc["products"] += [{"sku": s, "name": s, "category": category} for s in "ABC"]
+        doc["offers"] = offers
+        agent.load_snapshot(doc)
+        body = plain_receipt(
+            explain=True,
+            lines=[{"sku": sku, "qty": qty, "priceMinor": price} for sku, qty, price in lines],
+        )
+        trace = agent.quote(receipt_from_json(body)).to_json()["trace"]
+        beaten = [
+            row for line in trace["lines"] for row in line["offers"] if row["offerId"] == "o-m1"
+        ]
+        assert beaten and all(row["outcome"] == "BEATEN" for row in beaten)
+        assert all(row["beatenBy"] == "o-a" for row in beaten), beaten
+    finally:
+        agent.close()
