@@ -65,6 +65,11 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    """The socket family of a host `split_listen` gave: IPv6 for "::1" and the like."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _listen(value: str) -> str:
     split_listen(value)
     return value

@@ -46,7 +46,7 @@ from starlette.routing import Route
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .cli import json_document, parse_json, parse_time
-from .config import bearer_matches, split_listen, token_problem
+from .config import address_family, bearer_matches, split_listen, token_problem
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
@@ -668,7 +668,7 @@ class AsgiThread:
     (so a port in use is an error now, and port 0 picks a free one)."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        family = address_family(host)
         # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and
         # without it each answer's body waits for the client's delayed ACK (40 ms).
         self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)

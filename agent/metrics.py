@@ -10,11 +10,11 @@ checkout path does no extra work.
 from __future__ import annotations
 
 import bisect
-import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .config import address_family as family_of
 from .errors import TillpointError
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -127,7 +127,7 @@ def serve(registry: Registry, host: str, port: int) -> tuple[ThreadingHTTPServer
 
     class Server(ThreadingHTTPServer):
         # an IPv6 listen ("[::1]:9464") needs its family: the default is IPv4 only
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        address_family = family_of(host)
 
     try:
         server = Server((host, port), Handler)
