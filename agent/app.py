@@ -299,16 +299,6 @@ def reset_hub(settings: Settings) -> TillSync | None:
     return TillSync.for_till(settings)
 
 
-def check_enrolment(settings: Settings) -> None:
-    """Refuse a till command (all but `status`) of a till enrolled as another device than
-    `device_id` (`WrongDevice`, exit 2), whether or not a hub address is set: a sale, a
-    confirm or a refund journalled under that id would never reach its hub. A stat and,
-    on an enrolled till, one small JSON file: nothing of `sync.pki` is imported."""
-    from tillpoint.sync import require_device
-
-    require_device(settings.data_dir, settings.device_id)
-
-
 def local_hub(settings: Settings) -> TillSync | None:
     """The hub of a command the CLI runs in its own process (`TillSync.for_one_call`); a
     standalone till (no hub address, no enrolment) imports nothing for it."""

@@ -247,7 +247,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
         )
 
-    from .app import agent_with_hub, check_enrolment, local_hub
+    from tillpoint.sync import require_device
+
+    from .app import agent_with_hub, local_hub
     from .results import json_of, receipt_from_json, refund_from_json
 
     if command == "reset":
@@ -265,8 +267,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         finally:
             lock.release()
 
-    if command != "status":  # status still answers: it is how support sees the till
-        check_enrolment(settings)
+    if command != "status":  # enrolled as another device: refused (status still answers)
+        require_device(settings.data_dir, settings.device_id)
     # the calls that price or release: with the till's hub, as `run` would answer them
     hub = local_hub(settings) if command in ("quote", "checkout", "hold", "cancel") else None
     agent = agent_with_hub(settings, hub)
