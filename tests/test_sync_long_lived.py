@@ -22,7 +22,7 @@ def test_pulls_leave_no_lasting_memory(tmp_path: Path) -> None:
             service._pull_once()
         gc.collect()
         before = tracemalloc.take_snapshot()
-        for _ in range(600):
+        for _ in range(PULLS):
             service._pull_once()
         gc.collect()
         after = tracemalloc.take_snapshot()
@@ -32,4 +32,10 @@ def test_pulls_leave_no_lasting_memory(tmp_path: Path) -> None:
         hub.stop()
     assert service.last_pull is not None and service.last_pull.status != "REFUSED"
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    assert grown < 40_000, f"{grown} bytes kept after 600 pulls"
+    # At most 66 bytes a pull, as ever (the leak kept ≈ 155). Over 600 pulls a bounded
+    # 20-45 kB the process keeps anyway (in-process hub, sqlite3, the allocator) reached
+    # the bound once in CI; over 1,200 it is a third of it.
+    assert grown < PULLS * 200 // 3, f"{grown} bytes kept after {PULLS} pulls"
+
+
+PULLS = 1200
