@@ -553,16 +553,19 @@ def _best_line_offer(
     w: _Work, offers: Sequence[Offer], customer: Customer, sku_qty: Mapping[str, Fraction]
 ) -> tuple[int, str]:
     """What step 2 would give the line: the largest line money offer discount, and that
-    offer's id ("" when none gives anything)."""
-    best, best_id = 0, ""
+    offer's id ("" when none gives anything), chosen as step 2 chooses (`_line_offers`:
+    ties to the lower priority, then the smaller id), whatever order `offers` come in."""
+    best: tuple[int, int, str] = (0, 0, "")  # (-discount, priority, id)
     qty = frac(w.qty)
     for offer in offers:
         if offer.kind not in LINE_MONEY_KINDS or (offer.min_qty and w.qty < offer.min_qty):
             continue
         discount = line_discount(offer, w.amount, qty, sku_qty.get(w.sku))
-        if discount > best and not _in_control_group(offer, customer):
-            best, best_id = discount, offer.id
-    return best, best_id
+        if discount > 0 and not _in_control_group(offer, customer):
+            key = (-discount, offer.priority, offer.id)
+            if not best[2] or key < best:
+                best = key
+    return -best[0], best[2]
 
 
 def multibuy_free(lines: Sequence[tuple[int, int]], buy: int, free: int) -> list[tuple[int, bool]]:
@@ -692,17 +695,14 @@ def _line_offers(
                     held.add(offer.id)
                 if tr is not None:
                     tr.append(_entry(offer, "CONTROL_GROUP" if multiplier > 1 else "ZERO_DISCOUNT"))
-            else:
-                if multiplier > w.multiplier:
-                    w.multiplier = multiplier
-                    w.multiplier_offer = offer.id
+            elif multiplier <= 1:
                 if tr is not None:
-                    if multiplier <= 1:
-                        tr.append(_entry(offer, "ZERO_DISCOUNT"))
-                        continue
-                    mkey = (-multiplier, offer.priority, offer.id)
-                    if best_multiplier is None or mkey < best_multiplier:
-                        best_multiplier = mkey
+                    tr.append(_entry(offer, "ZERO_DISCOUNT"))
+            else:
+                mkey = (-multiplier, offer.priority, offer.id)
+                if best_multiplier is None or mkey < best_multiplier:
+                    best_multiplier = mkey
+                if tr is not None:
                     competing.append((offer, 0))
             continue
         if w.deal is not None:
@@ -730,6 +730,9 @@ def _line_offers(
     if best is not None:
         w.discount = -best[0]
         w.offer_id = best[2]
+    if best_multiplier is not None:  # the same choice as the money offers': by the key
+        w.multiplier = -best_multiplier[0]
+        w.multiplier_offer = best_multiplier[2]
     if tr is not None:
         for offer, discount in competing:
             if offer.kind == "BONUS_MULTIPLIER":

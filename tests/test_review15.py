@@ -1,0 +1,119 @@
+"""Review items of session 15: the offer that beat a basket deal, and a line's multiplier
+offer, chosen the way the line's own offer is chosen, whatever order the offers come in
+(the order of a category lineage's offers follows the process's string hash seed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, ReceiptLine
+from tillpoint.agent.pricing import PricingContext, price
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt, snapshot
+
+DEAL = {"id": "deal", "kind": "MULTIBUY", "skus": ["A"], "buyQty": "2", "freeQty": "1"}
+TIED = [  # two line offers that give the same, on two levels of the product's lineage
+    {"id": "o-food", "kind": "PERCENT_OFF", "categories": ["food"], "value": "50"},
+    {"id": "o-dairy", "kind": "PERCENT_OFF", "categories": ["dairy"], "value": "50"},
+]
+
+
+def _beaten_by(result: dict[str, Any]) -> list[str]:
+    return [
+        row["beatenBy"]
+        for line in result["trace"]["lines"]
+        for row in line["offers"]
+        if row["offerId"] == "deal"
+    ]
+
+
+def _quote(tmp_path: Path, offers: list[dict[str, Any]]) -> dict[str, Any]:
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        doc = snapshot(offers=offers)
+        doc["products"].append({"sku": "A", "name": "A", "category": "dairy"})
+        agent.load_snapshot(doc)
+        body = receipt(explain=True, lines=[{"sku": "A", "qty": "3", "priceMinor": 10000}])
+        return agent.quote(receipt_from_json(body)).to_json()
+    finally:
+        agent.close()
+
+
+def test_a_deal_beaten_by_tied_offers_names_the_one_the_line_got(tmp_path: Path) -> None:
+    """A personal and a mass offer giving the same: the line takes the smaller id (same
+    priority), and the trace said the deal was beaten by the personal one, always."""
+    personal = {**TIED[1], "id": "z-personal", "customerId": "c-a"}
+    mass = {**TIED[1], "id": "a-mass"}
+    result = _quote(tmp_path, [personal, mass, DEAL])
+    assert result["lines"][0]["offerId"] == "a-mass"
+    assert _beaten_by(result) == ["a-mass"]
+
+
+def test_the_offer_that_beat_a_deal_does_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    """Two mass offers on the product's category and its parent, equal: which one a fresh
+    process named as beating the deal followed PYTHONHASHSEED (o-food under 0 and 3,
+    o-dairy under 1 and 2), while the line always got the same one."""
+    data = tmp_path / "till"
+    doc = snapshot(offers=[*TIED, DEAL])
+    doc["products"].append({"sku": "A", "name": "A", "category": "dairy"})
+    (tmp_path / "snap.json").write_text(json.dumps(doc))
+    body = receipt(explain=True, lines=[{"sku": "A", "qty": "3", "priceMinor": 10000}])
+    (tmp_path / "q.json").write_text(json.dumps(body))
+    base = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data)]
+    env = {**os.environ, "TILLPOINT_DEVICE_ID": "till-1"}
+    subprocess.run([*base, "snapshot", "load", str(tmp_path / "snap.json")], env=env, check=True)
+    answers = set()
+    for seed in "0123":
+        out = subprocess.run(
+            [*base, "quote", str(tmp_path / "q.json"), "--json", "--local"],
+            env={**env, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        result = json.loads(out)
+        assert _beaten_by(result) == [result["lines"][0]["offerId"]], seed
+        answers.add(out)
+    assert len(answers) == 1
+
+
+def _multiplier_context(offers: list[dict[str, Any]]) -> PricingContext:
+    return PricingContext(
+        program=Program(),
+        products={"A": Product(sku="A", category="dairy")},
+        categories_of=lambda sku: frozenset({"dairy", "food"}),
+        customer=Customer(id="c-1", tier="base"),
+        offers=[Offer.model_validate(o) for o in offers],
+    )
+
+
+def test_a_line_multiplier_is_chosen_by_priority_and_id_not_by_order() -> None:
+    """Two BONUS_MULTIPLIER offers of the same value: the line's multiplier offer (what a
+    coupon's verdict reads as "gave something") was the first met, the trace's APPLIED
+    the lower priority, then the smaller id."""
+    tied = [
+        {"id": "m-b", "kind": "BONUS_MULTIPLIER", "skus": ["A"], "value": "2", "priority": 1},
+        {"id": "m-a", "kind": "BONUS_MULTIPLIER", "skus": ["A"], "value": "2", "priority": 1},
+        {"id": "m-c", "kind": "BONUS_MULTIPLIER", "skus": ["A"], "value": "2", "priority": 0},
+    ]
+    line = ReceiptLine.model_validate({"sku": "A", "qty": "1", "priceMinor": 10000})
+    sale = Receipt.model_validate(
+        {"receiptId": "r", "at": "2026-11-23T10:15:00+03:00", "lines": [line], "explain": True}
+    )
+    for offers in (tied, tied[::-1], tied[1:] + tied[:1]):
+        priced = price(sale, _multiplier_context(offers))
+        assert priced.applied_offers == {"m-c"}, [o["id"] for o in offers]
+        assert priced.trace is not None
+        applied = [
+            row["offerId"]
+            for row in priced.trace["lines"][0]["offers"]
+            if row["outcome"] == "APPLIED"
+        ]
+        assert applied == ["m-c"]
