@@ -654,7 +654,7 @@ def pricing_marks(
         )
     for code in codes:
         issued = conn.execute("SELECT 1 FROM issued_coupons WHERE code = ?", (code,)).fetchone()
-        marks += (code, issued is not None, coupon_used(conn, code, now))
+        marks += (code, issued is not None, coupon_used(conn, code, now, but))
     return marks
 
 
@@ -696,18 +696,23 @@ def issued_coupon(conn: sqlite3.Connection, code: str) -> Coupon | None:
     return None if row is None else Coupon.model_validate_json(row[0])
 
 
-def coupon_used(conn: sqlite3.Connection, code: str, now: datetime | None = None) -> bool:
+def coupon_used(
+    conn: sqlite3.Connection, code: str, now: datetime | None = None, but: str | None = None
+) -> bool:
     """Whether a commit on this till used the coupon code (the contract §13), or an open
-    hold reserves it; given `now`, a hold expired by then (not yet swept) reserves nothing."""
-    args: tuple[str, ...] = (code,)
+    hold reserves it; given `now`, a hold expired by then (not yet swept) reserves nothing,
+    nor does the open hold of receipt `but` (the receipt being priced: a quote of a held
+    receipt is priced with its own hold left out, as its points are)."""
+    args: tuple[str | None, ...] = (code,)
     if now is None:
         sql = "SELECT 1 FROM coupon_uses WHERE code = ?"
     else:
         sql = (
             "SELECT 1 FROM coupon_uses u LEFT JOIN receipt_life l ON l.receipt_id = u.receipt_id"
-            " WHERE u.code = ? AND NOT (coalesce(l.state, '') = 'HELD' AND l.expires_at <= ?)"
+            " WHERE u.code = ? AND NOT (coalesce(l.state, '') = 'HELD'"
+            " AND (l.expires_at <= ? OR u.receipt_id IS ?))"
         )
-        args = (code, utc_text(now))
+        args = (code, utc_text(now), but)
     return conn.execute(sql, args).fetchone() is not None
 
 

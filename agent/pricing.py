@@ -376,8 +376,12 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         base_multiplier = _ONE
     rate = frac(tier.accrual_percent)
     if base_multiplier is not _ONE:
-        for w in work:
-            if w.eligible and w.multiplier < base_multiplier:
+        for i, w in enumerate(work):
+            if w.eligible and w.multiplier <= base_multiplier:
+                if w.multiplier_offer is not None:  # the birthday's is as large: the offer
+                    if tr is not None:  # gave nothing (§5 step 5; a coupon's verdict, §13)
+                        tr.beaten_by_birthday(i, w.multiplier_offer)
+                    w.multiplier_offer = None
                 w.multiplier = base_multiplier
     # Most lines keep the shared 1 (compared by identity: Fraction comparisons are slow).
     lcm = math.lcm(*{w.multiplier.denominator for w in work if w.multiplier is not _ONE})
@@ -873,6 +877,10 @@ def _entry(
     return row
 
 
+# What a line's multiplier offer is BEATEN by when the birthday multiplier is as large.
+BIRTHDAY = "birthdayMultiplier"
+
+
 class _Trace:
     """What §17's trace reports, collected while the steps run; never read by them."""
 
@@ -888,6 +896,13 @@ class _Trace:
 
     def add(self, i: int, offer: Offer, outcome: str, **more: Any) -> None:
         self.lines[i].append(_entry(offer, outcome, **more))
+
+    def beaten_by_birthday(self, i: int, offer_id: str) -> None:
+        """The line's multiplier offer, no larger than the birthday multiplier: BEATEN by
+        `birthdayMultiplier` (the program's field; it is no offer)."""
+        for row in self.lines[i]:
+            if row["offerId"] == offer_id and row["outcome"] == "APPLIED":
+                row.update(outcome="BEATEN", beatenBy=BIRTHDAY, beatenByDiscountMinor=0)
 
     def usable(self, i: int, targeting: Iterable[Offer], usable: _Usable) -> list[Offer]:
         out = []

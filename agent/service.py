@@ -793,6 +793,8 @@ class Agent:
             json.loads(row.figures),
             row.request,
         )
+        # committed now: the points' dates with the program in force now (§5 step 6)
+        figures.update(_points_dates(datetime.fromisoformat(figures["at"]), view.program()))
         self._balance_now(receipt_id, held, figures, view)
         result, _ = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
@@ -878,7 +880,7 @@ class Agent:
             receipt.at,
             customer,
             lambda code: view.coupon(code) or ledger.issued_coupon(conn, code),
-            lambda code: ledger.coupon_used(conn, code, self.clock()),
+            lambda code: ledger.coupon_used(conn, code, self.clock(), receipt.receipt_id),
         )
         personal: list[Offer] = []
         lines_categories: Callable[[str], frozenset[str]] = categories_of
@@ -1918,13 +1920,23 @@ def _receipt_id(value: Any) -> str:
     return value
 
 
-def _figures(done: _Priced, program: Program) -> dict[str, Any]:
-    """What Confirm commits, fixed at Hold: the sale's figures as JSON (no pricing again)."""
-    receipt, priced, customer = done.receipt, done.priced, done.customer
-    activates = activation_time(receipt.at, program)
-    # Fixed at Hold with the program in force then: a later refund judges "still pending"
-    # and "expired" by these, whatever the program says by then.
+def _points_dates(at: datetime, program: Program) -> dict[str, Any]:
+    """When the sale's earned points become spendable and when they expire, with the
+    program in force at commit (§5 step 6, §16): Confirm sets them again. A later refund
+    judges "still pending" and "expired" by these, whatever the program says by then."""
+    activates = activation_time(at, program)
     expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+    return {
+        "activatesAt": ledger.utc_text(activates),
+        "expiresAt": ledger.utc_text(expires) if expires else None,
+        "pending": activates > at,
+    }
+
+
+def _figures(done: _Priced, program: Program) -> dict[str, Any]:
+    """What Confirm commits, fixed at Hold: the sale's figures as JSON (no pricing again),
+    but for its points' dates, which Confirm sets with the program then (`_points_dates`)."""
+    receipt, priced, customer = done.receipt, done.priced, done.customer
     return {
         "at": receipt.at.isoformat(),
         "localDay": receipt.at.astimezone(program.zone).date().isoformat(),
@@ -1935,9 +1947,7 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
         "redeemed": priced.redeemed_points,
         "earned": priced.earned_points,
         "extra": priced.extra_points,
-        "activatesAt": ledger.utc_text(activates),
-        "expiresAt": ledger.utc_text(expires) if expires else None,
-        "pending": activates > receipt.at,
+        **_points_dates(receipt.at, program),
         "lines": [
             [line.sku, str(receipt.lines[i].qty), line.redeemed_points, line.earned_points]
             for i, line in enumerate(priced.lines)

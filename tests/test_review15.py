@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, snapshot
+from .test_coupons import COUPONS, snap, verdicts
+from .test_coupons import receipt as coupon_receipt
 
 DEAL = {"id": "deal", "kind": "MULTIBUY", "skus": ["A"], "buyQty": "2", "freeQty": "1"}
 TIED = [  # two line offers that give the same, on two levels of the product's lineage
@@ -117,3 +120,84 @@ def test_a_line_multiplier_is_chosen_by_priority_and_id_not_by_order() -> None:
             if row["outcome"] == "APPLIED"
         ]
         assert applied == ["m-c"]
+
+
+def test_a_quote_of_a_held_receipt_keeps_its_own_coupon(tmp_path: Path) -> None:
+    """The hold's own coupon was ALREADY_USED to a quote of the held receipt (its points and
+    offline limit were already left out): the quote priced without the coupon's discount
+    what the checkout then committed with it."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+        held = agent.hold(receipt_from_json(coupon_receipt("r1", "SORRY-7K2Q9")))
+        assert verdicts(held) == [("SORRY7K2Q9", "APPLIED", "")]
+        quoted = agent.quote(receipt_from_json(coupon_receipt("r1", "SORRY-7K2Q9")))
+        assert verdicts(quoted) == verdicts(held)
+        assert quoted.discount_minor == held.discount_minor > 0
+        other = agent.quote(receipt_from_json(coupon_receipt("r2", "SORRY-7K2Q9")))
+        assert verdicts(other) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
+        done = agent.checkout(receipt_from_json(coupon_receipt("r1", "SORRY-7K2Q9")))
+        assert done.discount_minor == held.discount_minor
+        again = agent.quote(receipt_from_json(coupon_receipt("r3", "SORRY-7K2Q9")))
+        assert verdicts(again) == [("SORRY7K2Q9", "REJECTED", "ALREADY_USED")]
+    finally:
+        agent.close()
+
+
+def test_a_coupon_multiplier_no_larger_than_the_birthday_one_is_not_used(
+    tmp_path: Path,
+) -> None:
+    """A coupon's BONUS_MULTIPLIER ×2 on a customer's birthday (×5): the line earned ×5,
+    and the code came back APPLIED and was used up, for nothing (§13: NOT_APPLICABLE when
+    its offer gave the receipt nothing; §5: the largest of the multipliers)."""
+    milk = "4601234000017"
+    offers = [
+        {"id": f"o-x{v}", "kind": "BONUS_MULTIPLIER", "skus": [milk], "value": v,
+         "couponRequired": True}
+        for v in ("2", "5", "7")
+    ]  # fmt: skip
+    codes = [{"code": f"X{v}", "offerId": f"o-x{v}"} for v in ("2", "5", "7")]
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot(offers=offers, coupons=codes))  # c-a: 25 November
+        for code, verdict in (("X2", "NOT_APPLICABLE"), ("X5", "NOT_APPLICABLE"), ("X7", "")):
+            body = receipt(f"r-{code}", explain=True, coupons=[code])
+            sale = agent.checkout(receipt_from_json(body)).to_json()
+            assert [v["reason"] for v in sale["coupons"]] == [verdict], code
+            rows = sale["trace"]["lines"][0]["offers"]
+            (row,) = [r for r in rows if r["offerId"] == f"o-x{code[1:]}"]
+            if verdict:
+                assert (row["outcome"], row["beatenBy"]) == ("BEATEN", "birthdayMultiplier")
+            else:
+                assert row["outcome"] == "APPLIED"
+        again = agent.quote(receipt_from_json(receipt("r-again", coupons=["X2", "X7"])))
+        assert [v.reason for v in again.coupons] == ["NOT_APPLICABLE", "ALREADY_USED"]
+    finally:
+        agent.close()
+
+
+def _program(**changes: Any) -> dict[str, Any]:
+    return {**snapshot()["program"], **changes}
+
+
+def test_confirm_dates_the_points_with_the_program_in_force_at_commit(tmp_path: Path) -> None:
+    """§5 step 6: points become spendable "with the delay in force when the receipt was
+    committed"; a held receipt is committed at Confirm. The delay and the lifetime were
+    those of the Hold's program, whatever a snapshot changed before the Confirm."""
+    agent = Agent(tmp_path / "till", "till-1")
+    card = "2770000000024"  # c-b: 80 points, base tier (3 %), no birthday in November
+    at = datetime.fromisoformat("2026-11-23T10:15:00+03:00")
+    try:
+        agent.load_snapshot(snapshot(program=_program(activationDelayDays=3)))
+        held = agent.hold(receipt_from_json(receipt("r1", card=card)))
+        assert held.balance is not None and held.balance.pending_points == 5
+        agent.load_snapshot(
+            {"version": 2, "baseVersion": 1, "program": _program(pointsLifetimeDays=1)}
+        )
+        done = agent.confirm("r1").to_json()
+        assert done["balance"]["pendingPoints"] == 0
+        assert done["balance"]["availablePoints"] == 85
+        assert agent.balance(card, at + timedelta(hours=1)).available_points == 85
+        assert agent.balance(card, at + timedelta(days=2)).available_points == 80  # expired
+    finally:
+        agent.close()
