@@ -44,7 +44,7 @@ from .hub_rules import (
     canon,
     move_of,
 )
-from .hub_sql import MOVE_ORDER, POSTGRES, SqlHubStore, SqlTx, pg_array
+from .hub_sql import MOVE_ORDER, POSTGRES, PUBLISHED, SqlHubStore, SqlTx, pg_array
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -264,6 +264,18 @@ MIGRATIONS.append(
             WHERE customer_id = p_customer OR (customer_id = '' AND card = ANY(p_cards)));
         END
         $$;
+        """,
+    )
+)
+MIGRATIONS.append(
+    (
+        7,
+        "till_coupons",
+        # Coupon codes whose draft row a till's transaction wrote (a first use: the code
+        # leaves; a till-issued code: it joins): a balance refresh publishes these rows too,
+        # so no till waits for an operator's `hub publish` to learn them (§3, §13).
+        """
+        CREATE TABLE till_coupons (code TEXT COLLATE "C" PRIMARY KEY);
         """,
     )
 )
@@ -725,18 +737,18 @@ class PostgresHubStore(SqlHubStore):
     ) -> Publication:
         latest = _latest_version(conn)
         version = max(latest + 1, min_version)
-        changed = 0
-        if include_draft:
-            # One statement: a row becomes a revision only when it differs from the latest
-            # published one (docs are canonical text).
-            changed = conn.execute(
-                "INSERT INTO revisions (kind, key, version, doc)"
-                " SELECT d.kind, d.key, %s, d.doc FROM draft d WHERE"
-                " (SELECT r.doc FROM revisions r WHERE r.kind = d.kind AND r.key = d.key"
-                " AND r.version <= %s ORDER BY r.version DESC LIMIT 1) IS DISTINCT FROM d.doc",
-                (version, latest),
-            ).rowcount
-            conn.execute("DELETE FROM draft")
+        # One statement: a row becomes a revision only when it differs from the latest
+        # published one (docs are canonical text). A balance refresh publishes only the
+        # rows tills' transactions wrote (`till_coupons`).
+        changed = conn.execute(
+            "INSERT INTO revisions (kind, key, version, doc)"
+            f" SELECT d.kind, d.key, %s, d.doc FROM draft d WHERE {PUBLISHED[include_draft]}"
+            " AND (SELECT r.doc FROM revisions r WHERE r.kind = d.kind AND r.key = d.key"
+            " AND r.version <= %s ORDER BY r.version DESC LIMIT 1) IS DISTINCT FROM d.doc",
+            (version, latest),
+        ).rowcount
+        conn.execute(f"DELETE FROM draft AS d WHERE {PUBLISHED[include_draft]}")
+        conn.execute("DELETE FROM till_coupons")
         cut = _one(conn, "SELECT coalesce(max(ingest_id), 0) FROM transactions")
         expires = now + timedelta(seconds=ttl_s)
         conn.execute(

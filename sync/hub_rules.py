@@ -192,8 +192,10 @@ class HubTx(Protocol):
         """Kept once per (code, device, seq)."""
         ...
 
-    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
-        """Set a row of the next publication (None: remove the key)."""
+    def put_till_coupon(self, code: str, doc: str | None) -> None:
+        """Set a coupon row of the next publication (None: remove the code) that a till's
+        transaction decides (a code's first use, a till-issued code): the next balance
+        refresh publishes it, as `hub publish` does."""
         ...
 
     def expire_coupon_holds(self, now: str) -> None: ...
@@ -469,7 +471,7 @@ class HubRules:
         already used (then it has nothing to do there)."""
         code = str(doc["code"])
         if tx.coupon_first_use(code) is None:
-            tx.put_draft("coupon", code, canon(doc))
+            tx.put_till_coupon(code, canon(doc))
 
     @staticmethod
     def _use_coupons(tx: HubTx, t: TxIn, receipt_id: str) -> None:
@@ -486,7 +488,7 @@ class HubRules:
             row = (code, t.device_id, t.seq, receipt_id, t.customer_id, t.at)
             first = tx.coupon_first_use(code) or tx.record_coupon_use(row)
             if first is None:
-                tx.put_draft("coupon", code, None)  # the first use: the code leaves
+                tx.put_till_coupon(code, None)  # the first use: the code leaves
             elif first != (t.device_id, receipt_id):
                 tx.record_coupon_conflict(row)
 

@@ -184,6 +184,15 @@ def _pub(row: Sequence[Any] | None) -> Publication | None:
     )
 
 
+# The draft rows (`d`) a publication takes: all of them (`hub publish`), or, in a balance
+# refresh, those tills' transactions wrote (`SqlTx.put_till_coupon`: a code's first use,
+# a till-issued code), which no till should wait for an operator to publish.
+PUBLISHED = {
+    True: "TRUE",
+    False: "d.kind = 'coupon' AND d.key IN (SELECT code FROM till_coupons)",
+}
+
+
 class SqlTx:
     """`HubTx` on an open transaction of a DB-API connection, over `dialect`: every
     primitive the two engines do alike. A store's subclass supplies the locks and the
@@ -286,11 +295,14 @@ class SqlTx:
             )
         }
 
-    def put_draft(self, kind: str, key: str, doc: str | None) -> None:
+    def put_till_coupon(self, code: str, doc: str | None) -> None:
         self.execute(
-            "INSERT INTO draft (kind, key, doc) VALUES (?, ?, ?)"
+            "INSERT INTO draft (kind, key, doc) VALUES ('coupon', ?, ?)"
             " ON CONFLICT (kind, key) DO UPDATE SET doc = excluded.doc",
-            (kind, key, doc),
+            (code, doc),
+        )
+        self.execute(
+            "INSERT INTO till_coupons (code) VALUES (?) ON CONFLICT (code) DO NOTHING", (code,)
         )
 
     # -- the ledger

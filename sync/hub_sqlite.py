@@ -23,7 +23,7 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import HubTx, Texts, canon
-from .hub_sql import MOVE_ORDER, SQLITE, SqlHubStore, SqlTx
+from .hub_sql import MOVE_ORDER, PUBLISHED, SQLITE, SqlHubStore, SqlTx
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -174,6 +174,18 @@ def m003_coupon_holds(db: Database) -> None:
             created_at TEXT NOT NULL, expires_at TEXT NOT NULL
         );
         CREATE INDEX coupon_holds_receipt ON coupon_holds (device_id, receipt_id);
+        """
+    )
+
+
+@migrations()
+def m004_till_coupons(db: Database) -> None:
+    db.executescript(
+        """
+        -- Coupon codes whose draft row a till's transaction wrote (a first use: the code
+        -- leaves; a till-issued code: it joins): a balance refresh publishes these rows
+        -- too, so no till waits for an operator's `hub publish` to learn them (§3, §13).
+        CREATE TABLE till_coupons (code TEXT PRIMARY KEY) WITHOUT ROWID;
         """
     )
 
@@ -394,18 +406,18 @@ class SqliteHubStore(SqlHubStore):
         with self._write() as conn:
             latest = _latest_version(conn)
             version = max(latest + 1, min_version)
-            changed = 0
-            if include_draft:
-                # One statement, whatever the draft's size: a row becomes a revision only
-                # when it differs from the latest published one (docs are canonical text).
-                changed = conn.execute(
-                    "INSERT INTO revisions (kind, key, version, doc)"
-                    " SELECT d.kind, d.key, ?, d.doc FROM draft d WHERE NOT ("
-                    " (SELECT r.doc FROM revisions r WHERE r.kind = d.kind AND r.key = d.key"
-                    " AND r.version <= ? ORDER BY r.version DESC LIMIT 1) IS d.doc)",
-                    (version, latest),
-                ).rowcount
-                conn.execute("DELETE FROM draft")
+            # One statement, whatever the draft's size: a row becomes a revision only when
+            # it differs from the latest published one (docs are canonical text). A balance
+            # refresh publishes only the rows tills' transactions wrote (`till_coupons`).
+            changed = conn.execute(
+                "INSERT INTO revisions (kind, key, version, doc)"
+                f" SELECT d.kind, d.key, ?, d.doc FROM draft d WHERE {PUBLISHED[include_draft]}"
+                " AND NOT ((SELECT r.doc FROM revisions r WHERE r.kind = d.kind"
+                " AND r.key = d.key AND r.version <= ? ORDER BY r.version DESC LIMIT 1) IS d.doc)",
+                (version, latest),
+            ).rowcount
+            conn.execute(f"DELETE FROM draft AS d WHERE {PUBLISHED[include_draft]}")
+            conn.execute("DELETE FROM till_coupons")
             cut = int(
                 conn.execute("SELECT coalesce(max(ingest_id), 0) FROM transactions").fetchone()[0]
             )

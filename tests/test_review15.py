@@ -16,9 +16,10 @@ from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, R
 from tillpoint.agent.pricing import PricingContext, price
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.sync.loopback import import_doc, sample_master_data
 
 from .conftest import receipt, snapshot
-from .test_coupons import COUPONS, snap, verdicts
+from .test_coupons import COUPONS, NEXT_VISIT, NOW, SORRY, outbox, snap, verdicts
 from .test_coupons import receipt as coupon_receipt
 
 DEAL = {"id": "deal", "kind": "MULTIBUY", "skus": ["A"], "buyQty": "2", "freeQty": "1"}
@@ -201,3 +202,40 @@ def test_confirm_dates_the_points_with_the_program_in_force_at_commit(tmp_path: 
         assert agent.balance(card, at + timedelta(days=2)).available_points == 80  # expired
     finally:
         agent.close()
+
+
+def test_a_balance_refresh_publishes_what_tills_did_to_coupons_and_nothing_else(
+    tmp_path: Path, hub_store_factory: Any
+) -> None:
+    """A code's first use left the next snapshot only at an operator's `hub publish`: the
+    hub's automatic balance refreshes publish no draft rows, so another till, offline,
+    took the used code again for as long as nobody published (no bound at all); a
+    till-issued code likewise reached no other till. Now a refresh publishes the coupon
+    rows tills' transactions wrote, and still none of the operator's draft."""
+    hub = hub_store_factory()  # SQLite and PostgreSQL
+    till = Agent(tmp_path / "till-1", "till-1")
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [SORRY, NEXT_VISIT], "coupons": COUPONS})
+        hub.publish(NOW, 7 * 86400.0)
+        till.load_snapshot(hub.snapshot_doc(1, 0))
+        sale = till.checkout(receipt_from_json(coupon_receipt("s1", "SORRY-7K2Q9")))
+        assert verdicts(sale) == [("SORRY7K2Q9", "APPLIED", "")]
+        assert sale.to_json()["printedOffers"] == ["o-next"]  # and a code: TP5TILL11
+        import_doc(hub, {"coupons": [{"code": "LATER-1", "offerId": "o-sorry"}]})  # a draft
+        hub.ingest("till-1", "", outbox(tmp_path / "till-1"), NOW)
+        refresh = hub.publish(NOW.replace(hour=7), 7 * 86400.0, include_draft=False,
+                              reason="balances")  # fmt: skip
+        delta = hub.snapshot_doc(refresh.version, 1)
+        assert delta["removed"] == {"coupons": ["SORRY7K2Q9"]}
+        assert [c["code"] for c in delta["coupons"]] == ["TP5TILL11"]
+        full = hub.publish(NOW.replace(hour=8), 7 * 86400.0)  # the operator's publish
+        later = hub.snapshot_doc(full.version, refresh.version)
+        assert [c["code"] for c in later["coupons"]] == ["LATER1"]
+        assert "coupons" not in later.get("removed", {})
+        again = hub.publish(NOW.replace(hour=9), 7 * 86400.0, include_draft=False,
+                            reason="balances")  # fmt: skip
+        last = hub.snapshot_doc(again.version, full.version)
+        assert (last["coupons"], last.get("removed", {}).get("coupons", [])) == ([], [])
+    finally:
+        till.close()
+        hub.close()
