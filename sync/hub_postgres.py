@@ -44,7 +44,7 @@ from .hub_rules import (
     canon,
     move_of,
 )
-from .hub_sql import MOVE_ORDER, POSTGRES, PUBLISHED, SqlHubStore, SqlTx, pg_array
+from .hub_sql import CLEARED, MOVE_ORDER, POSTGRES, PUBLISHED, SqlHubStore, SqlTx, pg_array
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -747,7 +747,7 @@ class PostgresHubStore(SqlHubStore):
             " AND r.version <= %s ORDER BY r.version DESC LIMIT 1) IS DISTINCT FROM d.doc",
             (version, latest),
         ).rowcount
-        conn.execute(f"DELETE FROM draft AS d WHERE {PUBLISHED[include_draft]}")
+        conn.execute(CLEARED[include_draft])
         conn.execute("DELETE FROM till_coupons")
         cut = _one(conn, "SELECT coalesce(max(ingest_id), 0) FROM transactions")
         expires = now + timedelta(seconds=ttl_s)

@@ -187,10 +187,10 @@ def _pub(row: Sequence[Any] | None) -> Publication | None:
 # The draft rows (`d`) a publication takes: all of them (`hub publish`), or, in a balance
 # refresh, those tills' transactions wrote (`SqlTx.put_till_coupon`: a code's first use,
 # a till-issued code), which no till should wait for an operator to publish.
-PUBLISHED = {
-    True: "TRUE",
-    False: "d.kind = 'coupon' AND d.key IN (SELECT code FROM till_coupons)",
-}
+_TILLS_ROWS = "d.kind = 'coupon' AND d.key IN (SELECT code FROM till_coupons)"
+PUBLISHED = {True: "TRUE", False: _TILLS_ROWS}
+# ... and how they leave the draft (all at once: no WHERE, SQLite's truncation).
+CLEARED = {True: "DELETE FROM draft", False: f"DELETE FROM draft AS d WHERE {_TILLS_ROWS}"}
 
 
 class SqlTx:

@@ -23,7 +23,7 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import HubTx, Texts, canon
-from .hub_sql import MOVE_ORDER, PUBLISHED, SQLITE, SqlHubStore, SqlTx
+from .hub_sql import CLEARED, MOVE_ORDER, PUBLISHED, SQLITE, SqlHubStore, SqlTx
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -416,7 +416,7 @@ class SqliteHubStore(SqlHubStore):
                 " AND r.key = d.key AND r.version <= ? ORDER BY r.version DESC LIMIT 1) IS d.doc)",
                 (version, latest),
             ).rowcount
-            conn.execute(f"DELETE FROM draft AS d WHERE {PUBLISHED[include_draft]}")
+            conn.execute(CLEARED[include_draft])
             conn.execute("DELETE FROM till_coupons")
             cut = int(
                 conn.execute("SELECT coalesce(max(ingest_id), 0) FROM transactions").fetchone()[0]
