@@ -440,9 +440,15 @@ def parse_json(text: str | bytes, name: str) -> Any:
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        return json.loads(
+        doc = json.loads(
             text.removeprefix("\ufeff"), parse_float=_no_float, parse_constant=_no_constant
         )
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _lone_surrogate(doc):
+            raise InputError(
+                f"{name}: not valid JSON (a lone UTF-16 surrogate, \\ud800 to \\udfff,"
+                " is not a character)"
+            )
+        return doc
     except UnicodeDecodeError:
         raise InputError(f"{name}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
@@ -457,6 +463,20 @@ def parse_json(text: str | bytes, name: str) -> Any:
 
 def _too_large(name: str, limit: int) -> str:
     return f"{name}: the request is larger than {limit >> 20} MiB ({limit} bytes): refused"
+
+
+# An escaped UTF-16 surrogate: half of a pair (an emoji written "\ud83d\ude00" is one
+# character once read), or alone, which no UTF-8 text can hold: every answer, log line and
+# SQLite text that echoed it would fail to encode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(doc: Any) -> bool:
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class _FloatInJson(InputError):

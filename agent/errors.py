@@ -22,6 +22,7 @@ agent/http_api.py) answer an error through `edge_of`, never a table of their own
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The HTTP status of each code; the codes without an error class are the HTTP edge's own
@@ -113,7 +114,32 @@ class Edge:
 
 
 def edge_of(exc: TillpointError) -> Edge:
-    return Edge(exc.exit_code, exc.grpc_code, HTTP_STATUS.get(exc.grpc_code, 500), exc.message)
+    return Edge(
+        exc.exit_code, exc.grpc_code, HTTP_STATUS.get(exc.grpc_code, 500), one_line(exc.message)
+    )
+
+
+# What a message may not carry as it is: control characters (a line break would start a
+# false log line or break the POS's one-line display), Unicode's line separators, and
+# lone surrogates (no UTF-8 text holds one). Each is written as its escape instead.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+MESSAGE_MAX = 1000  # characters; a message echoing a megabyte of input keeps both ends
+
+
+def one_line(message: str) -> str:
+    """The message as one line of at most about MESSAGE_MAX characters: messages echo
+    what was sent (an id, a field's name, a value), and what was sent can be anything."""
+    if _UNSAFE.search(message):
+        message = _UNSAFE.sub(_escape, message)
+    if len(message) > MESSAGE_MAX:
+        half = MESSAGE_MAX // 2 - 20  # room for the marker: the result is within the max
+        cut = len(message) - 2 * half
+        message = f"{message[:half]} …[{cut} characters]… {message[-half:]}"
+    return message
+
+
+def _escape(found: re.Match[str]) -> str:
+    return found[0].encode("unicode_escape").decode("ascii")
 
 
 def exit_code_of(code: str) -> int:

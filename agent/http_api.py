@@ -47,7 +47,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .cli import json_document, parse_json, parse_time
 from .config import address_family, bearer_matches, split_listen, token_problem
-from .errors import HTTP_STATUS, InputError, TillpointError, edge_of
+from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
 from .results import CheckoutResult, json_text
@@ -79,7 +79,7 @@ class HttpError(Exception):
 
 def error_body(code: str, message: str) -> tuple[int, bytes]:
     """An error's status and body: `{"error": {"code": ..., "message": ...}}`."""
-    body = json_document({"error": {"code": code, "message": message}})
+    body = json_document({"error": {"code": code, "message": one_line(message)}})
     return HTTP_STATUS.get(code, 500), body.encode()
 
 

@@ -254,6 +254,16 @@ RequestText = Annotated[str, Strict(), StringConstraints(max_length=TEXT_MAX)]
 RequestKey = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=TEXT_MAX)]
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():  # what Confirm, Cancel and Balance refuse: the same id everywhere
+        raise ValueError("must not be blank")
+    return value
+
+
+# A receipt's or refund's id: not only white space, which Confirm and Cancel could not name.
+RequestId = Annotated[RequestKey, AfterValidator(_not_blank)]
+
+
 class Model(BaseModel):
     """Frozen, camelCase in JSON, unknown fields refused."""
 
@@ -723,7 +733,7 @@ class ReceiptLine(Model):
 
 
 class Receipt(Model):
-    receipt_id: RequestKey
+    receipt_id: RequestId
     store_id: RequestText = ""
     till_id: RequestText = ""
     at: SaleTime
@@ -775,8 +785,8 @@ class RefundLine(Model):
 
 
 class Refund(Model):
-    refund_id: RequestKey
-    receipt_id: RequestKey
+    refund_id: RequestId
+    receipt_id: RequestId
     at: SaleTime
     lines: Annotated[tuple[RefundLine, ...], Field(min_length=1, max_length=10_000)]
 

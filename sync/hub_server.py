@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.db import fsync_path
-from tillpoint.agent.errors import InputError, StorageError, TillpointError
+from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
 from tillpoint.agent.grpc_decode import RefuseUndecodable
 from tillpoint.agent.models import _timestamp, coupon_code
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -971,7 +971,7 @@ def _identity(pem: bytes) -> tuple[str | None, str]:
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
+    context.abort(code, one_line(message))  # messages echo what a till sent
     raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
 

@@ -8,10 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from tillpoint.agent.errors import MESSAGE_MAX, one_line
+from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, ReceiptLine
 from tillpoint.agent.pricing import PricingContext, price
 from tillpoint.agent.results import receipt_from_json
@@ -21,6 +25,7 @@ from tillpoint.sync.loopback import import_doc, sample_master_data
 from .conftest import receipt, snapshot
 from .test_coupons import COUPONS, NEXT_VISIT, NOW, SORRY, outbox, snap, verdicts
 from .test_coupons import receipt as coupon_receipt
+from .test_http_api import Client, error_of
 
 DEAL = {"id": "deal", "kind": "MULTIBUY", "skus": ["A"], "buyQty": "2", "freeQty": "1"}
 TIED = [  # two line offers that give the same, on two levels of the product's lineage
@@ -239,3 +244,80 @@ def test_a_balance_refresh_publishes_what_tills_did_to_coupons_and_nothing_else(
     finally:
         till.close()
         hub.close()
+
+
+# ---------------------------------------------------------------- HTTP, from a fuzz of it
+
+
+@pytest.fixture
+def client(agent: Agent) -> Iterator[Client]:
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    pos = Client(server.port)
+    yield pos
+    pos.close()
+    server.stop()
+
+
+SALE = {
+    "receiptId": "s1",
+    "at": "2026-11-23T10:15:00+03:00",
+    "card": "2770000000017",
+    "lines": [{"sku": "4601234000017", "qty": "1", "priceMinor": 100}],
+}
+LONE = "\\ud800"  # as a JSON text writes it: the escape, not the character
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/identify", '{"' + LONE + '": 1}'),  # an unknown key: no answer at all
+        ("/v1/balance", '{"card": "2770000000017", "at": "' + LONE + '"}'),
+        ("/v1/confirm", '{"receiptId": "x", "' + LONE + '": 1}'),
+        ("/v1/cancel", '{"receiptId": "' + LONE + '"}'),  # echoed by the message: 500
+        ("/v1/quote", json.dumps(SALE)[:-1] + ', "storeId": "' + LONE + '"}'),
+        ("/v1/checkout", json.dumps(SALE).replace('"1"', '"' + LONE + '"')),
+        ("/v1/refund", '{"refundId": "r", "receiptId": "s1", "at": "' + LONE + '", "lines": []}'),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_not_a_500_or_no_answer(
+    client: Client, path: str, body: str
+) -> None:
+    """`\\ud800` escaped in a JSON body decodes to a character no UTF-8 text holds: the
+    error message that echoed it failed to encode, so the POS got a 500, or, failing again
+    inside the error handler, no answer at all until its own timeout."""
+    answer = client.post(path, raw=body.encode())
+    status, code, message = error_of(answer)
+    assert (status, code) == (400, "INVALID_ARGUMENT")
+    assert "lone UTF-16 surrogate" in message
+    assert client.get("/healthz").status == 200
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_welcome(client: Client) -> None:
+    answer = client.post("/v1/identify", raw=b'{"text": "\\ud83d\\ude00"}')
+    assert answer.status == 200 and answer.json()["status"] == "INVALID"
+
+
+def test_error_messages_are_one_bounded_line_whatever_was_sent(client: Client) -> None:
+    """Messages echo ids and field names: a line break in one made a second, false line
+    in a POS's log, and a megabyte key a megabyte message."""
+    status, _, message = error_of(client.post("/v1/confirm", {"receiptId": "A1\nERROR x\u0000"}))
+    assert status == 404 and "A1\\nERROR x\\x00" in message
+    status, _, message = error_of(client.post("/v1/quote", {**SALE, "k" * 1_000_000: 1}))
+    assert status == 400 and len(message) <= MESSAGE_MAX and "characters]" in message
+    assert one_line(message) == message
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", "\u00a0", "\u3000"])
+def test_a_receipt_id_confirm_and_cancel_could_not_name_is_refused(
+    client: Client, blank: str
+) -> None:
+    """A hold under a blank receiptId was HELD (its points reserved for 30 minutes), and
+    its Confirm and Cancel were refused: "receiptId must not be empty"."""
+    for path in ("/v1/hold", "/v1/checkout", "/v1/quote"):
+        status, code, message = error_of(client.post(path, {**SALE, "receiptId": blank}))
+        assert (status, code) == (400, "INVALID_ARGUMENT"), path
+        assert "receiptId must not be blank" in message
+    refund = {"refundId": blank, "receiptId": "s1", "at": SALE["at"], "lines": SALE["lines"]}
+    status, _, message = error_of(client.post("/v1/refund", refund))
+    assert status == 400 and "refundId must not be blank" in message
