@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import InputError, TillpointError, edge_of
+from .errors import InputError, TillpointError, edge_of, one_line
 from .limits import REQUEST_MAX_BYTES
 
 if TYPE_CHECKING:
@@ -204,7 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last line of defence: one line, never a traceback
-        print(f"tillpoint: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"tillpoint: internal error: {type(exc).__name__}: {one_line(str(exc))}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

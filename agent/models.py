@@ -786,7 +786,7 @@ class RefundLine(Model):
 
 class Refund(Model):
     refund_id: RequestId
-    receipt_id: RequestId
+    receipt_id: RequestKey  # a receipt an earlier release committed under a blank id too
     at: SaleTime
     lines: Annotated[tuple[RefundLine, ...], Field(min_length=1, max_length=10_000)]
 

@@ -967,8 +967,7 @@ class Agent:
 
         after = None
         if before is not None:
-            activates = activation_time(receipt.at, program)
-            expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+            activates, expires = _points_times(receipt.at, program)
             after = _balance_after(
                 before,
                 program,
@@ -1920,12 +1919,17 @@ def _receipt_id(value: Any) -> str:
     return value
 
 
-def _points_dates(at: datetime, program: Program) -> dict[str, Any]:
-    """When the sale's earned points become spendable and when they expire, with the
-    program in force at commit (§5 step 6, §16): Confirm sets them again. A later refund
-    judges "still pending" and "expired" by these, whatever the program says by then."""
+def _points_times(at: datetime, program: Program) -> tuple[datetime, datetime | None]:
+    """When a sale's earned points become spendable and when they expire (None: never)."""
     activates = activation_time(at, program)
-    expires = expiry_time(activates, program.points_lifetime_days, program.zone)
+    return activates, expiry_time(activates, program.points_lifetime_days, program.zone)
+
+
+def _points_dates(at: datetime, program: Program) -> dict[str, Any]:
+    """`_points_times` as the figures keep them, with the program in force at commit (§5
+    step 6, §16): Confirm sets them again. A later refund judges "still pending" and
+    "expired" by these, whatever the program says by then."""
+    activates, expires = _points_times(at, program)
     return {
         "activatesAt": ledger.utc_text(activates),
         "expiresAt": ledger.utc_text(expires) if expires else None,

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tillpoint.agent.errors import HubUnavailable, InputError
+from tillpoint.agent.errors import HubUnavailable, InputError, one_line
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from tillpoint.agent.config import Settings
@@ -734,8 +734,10 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         )
         more = f"; and {len(aside) - 3} more" if len(aside) > 3 else ""
         print(
-            f"tillpoint: the hub set aside {len(aside)} transaction(s) and did not store"
-            f" them: {shown}{more}; they are kept in sync_set_aside in ledger.db",
+            one_line(
+                f"tillpoint: the hub set aside {len(aside)} transaction(s) and did not store"
+                f" them: {shown}{more}; they are kept in sync_set_aside in ledger.db"
+            ),
             file=sys.stderr,
         )
         failed = True
@@ -746,7 +748,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if result.status == "REFUSED":
-        print(f"tillpoint: {result.message}", file=sys.stderr)
+        print(f"tillpoint: {one_line(result.message)}", file=sys.stderr)
         failed = True
     return EXIT_ERROR if failed else code
 

@@ -44,7 +44,16 @@ from .hub_rules import (
     canon,
     move_of,
 )
-from .hub_sql import CLEARED, MOVE_ORDER, POSTGRES, PUBLISHED, SqlHubStore, SqlTx, pg_array
+from .hub_sql import (
+    CLEARED,
+    MOVE_ORDER,
+    POSTGRES,
+    PUBLISHED,
+    PUBLISHED_DOC,
+    SqlHubStore,
+    SqlTx,
+    pg_array,
+)
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -721,6 +730,12 @@ class PostgresHubStore(SqlHubStore):
             try:
                 with conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    # Before the snapshot (the first query takes it): an ingest writing a
+                    # till's coupon row waits for the publication, or the publication waits
+                    # for it, instead of both reading, and the publication then failing on,
+                    # a row the other changed ("could not serialize access"). Ingests that
+                    # write no draft row never wait.
+                    conn.execute("LOCK TABLE draft, till_coupons IN SHARE ROW EXCLUSIVE MODE")
                     pub = self._publish(conn, now, ttl_s, include_draft, reason, min_version)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (PUBLISH_LOCK,))
@@ -742,9 +757,10 @@ class PostgresHubStore(SqlHubStore):
         # rows tills' transactions wrote (`till_coupons`).
         changed = conn.execute(
             "INSERT INTO revisions (kind, key, version, doc)"
-            f" SELECT d.kind, d.key, %s, d.doc FROM draft d WHERE {PUBLISHED[include_draft]}"
-            " AND (SELECT r.doc FROM revisions r WHERE r.kind = d.kind AND r.key = d.key"
-            " AND r.version <= %s ORDER BY r.version DESC LIMIT 1) IS DISTINCT FROM d.doc",
+            f" SELECT d.kind, d.key, %s, {PUBLISHED_DOC} FROM draft d"
+            f" WHERE {PUBLISHED[include_draft]} AND (SELECT r.doc FROM revisions r"
+            " WHERE r.kind = d.kind AND r.key = d.key AND r.version <= %s"
+            f" ORDER BY r.version DESC LIMIT 1) IS DISTINCT FROM {PUBLISHED_DOC}",
             (version, latest),
         ).rowcount
         conn.execute(CLEARED[include_draft])

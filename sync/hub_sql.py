@@ -189,6 +189,12 @@ def _pub(row: Sequence[Any] | None) -> Publication | None:
 # a till-issued code), which no till should wait for an operator to publish.
 _TILLS_ROWS = "d.kind = 'coupon' AND d.key IN (SELECT code FROM till_coupons)"
 PUBLISHED = {True: "TRUE", False: _TILLS_ROWS}
+# ... and what each publishes: its draft doc, but no code a till used (a one-time code: an
+# import of the CRM's coupon list again never brings a used one back; §13).
+PUBLISHED_DOC = (
+    "(CASE WHEN d.kind = 'coupon' AND d.key IN (SELECT code FROM coupon_uses)"
+    " THEN NULL ELSE d.doc END)"
+)
 # ... and how they leave the draft (all at once: no WHERE, SQLite's truncation).
 CLEARED = {True: "DELETE FROM draft", False: f"DELETE FROM draft AS d WHERE {_TILLS_ROWS}"}
 

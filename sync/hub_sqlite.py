@@ -23,7 +23,7 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import HubTx, Texts, canon
-from .hub_sql import CLEARED, MOVE_ORDER, PUBLISHED, SQLITE, SqlHubStore, SqlTx
+from .hub_sql import CLEARED, MOVE_ORDER, PUBLISHED, PUBLISHED_DOC, SQLITE, SqlHubStore, SqlTx
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -411,9 +411,10 @@ class SqliteHubStore(SqlHubStore):
             # refresh publishes only the rows tills' transactions wrote (`till_coupons`).
             changed = conn.execute(
                 "INSERT INTO revisions (kind, key, version, doc)"
-                f" SELECT d.kind, d.key, ?, d.doc FROM draft d WHERE {PUBLISHED[include_draft]}"
-                " AND NOT ((SELECT r.doc FROM revisions r WHERE r.kind = d.kind"
-                " AND r.key = d.key AND r.version <= ? ORDER BY r.version DESC LIMIT 1) IS d.doc)",
+                f" SELECT d.kind, d.key, ?, {PUBLISHED_DOC} FROM draft d"
+                f" WHERE {PUBLISHED[include_draft]} AND NOT ((SELECT r.doc FROM revisions r"
+                " WHERE r.kind = d.kind AND r.key = d.key AND r.version <= ?"
+                f" ORDER BY r.version DESC LIMIT 1) IS {PUBLISHED_DOC})",
                 (version, latest),
             ).rowcount
             conn.execute(CLEARED[include_draft])

@@ -292,8 +292,18 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         base_multiplier = _ONE
     rate = frac(tier.accrual_percent)
     if base_multiplier is not _ONE:
-        for w in work:
-            if w.eligible and w.multiplier < base_multiplier:
+        for i, w in enumerate(work):
+            if w.eligible and w.multiplier <= base_multiplier:
+                if w.multiplier_offer is not None:  # the birthday's is as large: it gave nothing
+                    if tr is not None:
+                        for row in tr.lines[i]:
+                            if row["offerId"] == w.multiplier_offer and row["outcome"] == "APPLIED":
+                                row.update(
+                                    outcome="BEATEN",
+                                    beatenBy="birthdayMultiplier",
+                                    beatenByDiscountMinor=0,
+                                )
+                    w.multiplier_offer = None
                 w.multiplier = base_multiplier
     # Most lines keep the shared 1 (compared by identity: Fraction comparisons are slow).
     lcm = math.lcm(*{w.multiplier.denominator for w in work if w.multiplier is not _ONE})
@@ -549,17 +559,14 @@ def _line_offers(
                     held.add(offer.id)
                 if tr is not None:
                     tr.append(_entry(offer, "CONTROL_GROUP" if multiplier > 1 else "ZERO_DISCOUNT"))
-            else:
-                if multiplier > w.multiplier:
-                    w.multiplier = multiplier
-                    w.multiplier_offer = offer.id
+            elif multiplier <= 1:
                 if tr is not None:
-                    if multiplier <= 1:
-                        tr.append(_entry(offer, "ZERO_DISCOUNT"))
-                        continue
-                    mkey = (-multiplier, offer.priority, offer.id)
-                    if best_multiplier is None or mkey < best_multiplier:
-                        best_multiplier = mkey
+                    tr.append(_entry(offer, "ZERO_DISCOUNT"))
+            else:  # the largest; ties to the lower priority, then the smaller id
+                mkey = (-multiplier, offer.priority, offer.id)
+                if best_multiplier is None or mkey < best_multiplier:
+                    best_multiplier = mkey
+                if tr is not None:
                     competing.append((offer, 0))
             continue
         if w.deal is not None:
@@ -587,6 +594,9 @@ def _line_offers(
     if best is not None:
         w.discount = -best[0]
         w.offer_id = best[2]
+    if best_multiplier is not None:
+        w.multiplier = -best_multiplier[0]
+        w.multiplier_offer = best_multiplier[2]
     if tr is not None:
         for offer, discount in competing:
             if offer.kind == "BONUS_MULTIPLIER":

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, ReceiptLine
 from tillpoint.agent.pricing import OfferIndex, PricingContext, price
@@ -59,7 +59,25 @@ def _categories_of(sku: str) -> frozenset[str]:
     return frozenset({cat, parents[cat]}) if cat else frozenset()
 
 
+_X2 = {"kind": "BONUS_MULTIPLIER", "skus": ["4601234000017"], "value": "2"}
+_TIED_MULTIPLIERS = [  # equal multipliers whose priorities run against their ids
+    {"id": "o-0", **_X2, "priority": 3},
+    {"id": "o-1", **_X2, "priority": 0},
+]
+_MILK = [[{"sku": "4601234000017", "qty": "1", "priceMinor": 10000}]]
+
+
 @settings(max_examples=400, deadline=None)
+@example(  # the line's multiplier offer by (priority, id), not by the order offers are met
+    baskets=_MILK, rows=_TIED_MULTIPLIERS, at="2026-11-23T10:15:00+03:00", known=True,
+    explain=True, requested=0, cap=None, balance=0, tier="base", birthday=False, coupons=set(),
+)  # fmt: skip
+@example(  # on a birthday (×1.5 here) a ×1.5 offer gives nothing: BEATEN by it, not applied
+    baskets=_MILK,
+    rows=[{**_TIED_MULTIPLIERS[0], "value": "1.5"}],
+    at="2026-11-23T10:15:00+03:00", known=True, explain=True, requested=0, cap=None,
+    balance=0, tier="base", birthday=True, coupons={"o-0"},
+)  # fmt: skip
 @given(
     baskets=st.lists(lines(), min_size=1, max_size=3),
     rows=offer_rows(),

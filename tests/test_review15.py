@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -321,3 +322,81 @@ def test_a_receipt_id_confirm_and_cancel_could_not_name_is_refused(
     refund = {"refundId": blank, "receiptId": "s1", "at": SALE["at"], "lines": SALE["lines"]}
     status, _, message = error_of(client.post("/v1/refund", refund))
     assert status == 400 and "refundId must not be blank" in message
+
+
+def test_a_balance_refresh_and_an_ingest_of_a_coupon_use_take_turns_on_postgresql(
+    tmp_path: Path, pg_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh now deletes the tills' coupon rows from the draft: an ingest that changed
+    one after the refresh's snapshot (a till-issued code used for the first time) made the
+    refresh fail, "could not serialize access due to concurrent update", balances and
+    coupons held back until the next refresh 300 s later. They take turns now."""
+    from tillpoint.sync import hub_postgres
+
+    url = pg_cluster.new_database()
+    hub = hub_postgres.PostgresHubStore(url, migrate_schema=True)
+    other = hub_postgres.PostgresHubStore(url)  # a second hub server, or another thread
+    till = Agent(tmp_path / "till-1", "till-1")
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [SORRY, NEXT_VISIT], "coupons": COUPONS})
+        hub.publish(NOW, 7 * 86400.0)
+        till.load_snapshot(hub.snapshot_doc(1, 0))
+        till.checkout(receipt_from_json(coupon_receipt("s1", "SORRY-7K2Q9")))  # issues TP5TILL11
+        hub.ingest("till-1", "", outbox(tmp_path / "till-1"), NOW)  # draft: TP5TILL11 joins
+        used = till.checkout(receipt_from_json(coupon_receipt("s2", "TP5TILL11")))
+        assert verdicts(used) == [("TP5TILL11", "APPLIED", "")]
+        started, ingested = threading.Event(), threading.Event()
+        latest = hub_postgres._latest_version
+
+        def first_read(conn: Any) -> int:  # the refresh has its snapshot: let the ingest run
+            found = latest(conn)
+            started.set()
+            ingested.wait(1.0)  # with the lock, the ingest waits for the refresh instead
+            return found
+
+        def ingest() -> None:
+            started.wait(10)
+            other.ingest("till-1", "", outbox(tmp_path / "till-1"), NOW)  # TP5TILL11 leaves
+            ingested.set()
+
+        monkeypatch.setattr(hub_postgres, "_latest_version", first_read)
+        pusher = threading.Thread(target=ingest)
+        pusher.start()
+        refresh = hub.publish(NOW.replace(hour=7), 7 * 86400.0, include_draft=False,
+                              reason="balances")  # fmt: skip
+        pusher.join(10)
+        assert ingested.is_set()
+        monkeypatch.setattr(hub_postgres, "_latest_version", latest)
+        assert [c["code"] for c in hub.snapshot_doc(refresh.version, 1)["coupons"]] == ["TP5TILL11"]
+        after = hub.publish(NOW.replace(hour=8), 7 * 86400.0, include_draft=False,
+                            reason="balances")  # fmt: skip
+        gone = hub.snapshot_doc(after.version, refresh.version)["removed"]
+        assert gone == {"coupons": ["TP5TILL11"]}
+    finally:
+        till.close()
+        other.close()
+        hub.close()
+
+
+def test_a_used_code_imported_again_stays_removed(tmp_path: Path, hub_store_factory: Any) -> None:
+    """The CRM's coupon list imported again after a till used one of its codes: the
+    import wrote the code's row back into the draft, so neither the refresh nor the
+    operator's publish removed it, and the used one-time code stayed live everywhere."""
+    hub = hub_store_factory()  # SQLite and PostgreSQL
+    till = Agent(tmp_path / "till-1", "till-1")
+    try:
+        import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
+        hub.publish(NOW, 7 * 86400.0)
+        till.load_snapshot(hub.snapshot_doc(1, 0))
+        till.checkout(receipt_from_json(coupon_receipt("s1", "SORRY-7K2Q9")))
+        hub.ingest("till-1", "", outbox(tmp_path / "till-1"), NOW)
+        import_doc(hub, {"coupons": COUPONS})  # the same list again, the used code in it
+        refresh = hub.publish(NOW.replace(hour=7), 7 * 86400.0, include_draft=False,
+                              reason="balances")  # fmt: skip
+        assert hub.snapshot_doc(refresh.version, 1)["removed"] == {"coupons": ["SORRY7K2Q9"]}
+        import_doc(hub, {"coupons": COUPONS})
+        full = hub.publish(NOW.replace(hour=8), 7 * 86400.0)
+        assert [c["code"] for c in hub.snapshot_doc(full.version, 0)["coupons"]] == ["APP555"]
+    finally:
+        till.close()
+        hub.close()
