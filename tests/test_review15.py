@@ -210,6 +210,13 @@ def test_confirm_dates_the_points_with_the_program_in_force_at_commit(tmp_path: 
         agent.close()
 
 
+def _published(hub: Any, till: Agent, *offers: dict[str, Any]) -> None:
+    """The hub's first version (the sample master data, `offers`, the coupons), on the till."""
+    import_doc(hub, sample_master_data() | {"offers": list(offers), "coupons": COUPONS})
+    hub.publish(NOW, 7 * 86400.0)
+    till.load_snapshot(hub.snapshot_doc(1, 0))
+
+
 def test_a_balance_refresh_publishes_what_tills_did_to_coupons_and_nothing_else(
     tmp_path: Path, hub_store_factory: Any
 ) -> None:
@@ -221,9 +228,7 @@ def test_a_balance_refresh_publishes_what_tills_did_to_coupons_and_nothing_else(
     hub = hub_store_factory()  # SQLite and PostgreSQL
     till = Agent(tmp_path / "till-1", "till-1")
     try:
-        import_doc(hub, sample_master_data() | {"offers": [SORRY, NEXT_VISIT], "coupons": COUPONS})
-        hub.publish(NOW, 7 * 86400.0)
-        till.load_snapshot(hub.snapshot_doc(1, 0))
+        _published(hub, till, SORRY, NEXT_VISIT)
         sale = till.checkout(receipt_from_json(coupon_receipt("s1", "SORRY-7K2Q9")))
         assert verdicts(sale) == [("SORRY7K2Q9", "APPLIED", "")]
         assert sale.to_json()["printedOffers"] == ["o-next"]  # and a code: TP5TILL11
@@ -338,9 +343,7 @@ def test_a_balance_refresh_and_an_ingest_of_a_coupon_use_take_turns_on_postgresq
     other = hub_postgres.PostgresHubStore(url)  # a second hub server, or another thread
     till = Agent(tmp_path / "till-1", "till-1")
     try:
-        import_doc(hub, sample_master_data() | {"offers": [SORRY, NEXT_VISIT], "coupons": COUPONS})
-        hub.publish(NOW, 7 * 86400.0)
-        till.load_snapshot(hub.snapshot_doc(1, 0))
+        _published(hub, till, SORRY, NEXT_VISIT)
         till.checkout(receipt_from_json(coupon_receipt("s1", "SORRY-7K2Q9")))  # issues TP5TILL11
         hub.ingest("till-1", "", outbox(tmp_path / "till-1"), NOW)  # draft: TP5TILL11 joins
         used = till.checkout(receipt_from_json(coupon_receipt("s2", "TP5TILL11")))
@@ -385,9 +388,7 @@ def test_a_used_code_imported_again_stays_removed(tmp_path: Path, hub_store_fact
     hub = hub_store_factory()  # SQLite and PostgreSQL
     till = Agent(tmp_path / "till-1", "till-1")
     try:
-        import_doc(hub, sample_master_data() | {"offers": [SORRY], "coupons": COUPONS})
-        hub.publish(NOW, 7 * 86400.0)
-        till.load_snapshot(hub.snapshot_doc(1, 0))
+        _published(hub, till, SORRY)
         till.checkout(receipt_from_json(coupon_receipt("s1", "SORRY-7K2Q9")))
         hub.ingest("till-1", "", outbox(tmp_path / "till-1"), NOW)
         import_doc(hub, {"coupons": COUPONS})  # the same list again, the used code in it
