@@ -51,7 +51,7 @@ from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
 from .results import CheckoutResult, json_text
-from .service import Agent
+from .service import MAX_FISCAL_DOCUMENT, Agent
 from .wire import json_of, receipt_from_json, refund_from_json, status_json
 
 log = logging.getLogger("tillpoint.http")
@@ -504,6 +504,39 @@ def _required(name: str) -> list[str]:
     return [f.alias or key for key, f in model.model_fields.items() if f.is_required()]
 
 
+# The limits of a request's fields the openapi document states, as the models check them.
+_LIMIT_KEYS = ("minLength", "maxLength", "minItems", "maxItems")
+
+
+def _limits(name: str) -> dict[str, dict[str, Any]]:
+    """A request message's per-field limits (JSON name → `minLength`... of the field, and
+    `items` → those of its items): from the model's own JSON schema (agent/models.py), or
+    the small bodies' (text of at most TEXT_MAX characters; a required one not empty)."""
+    if name in _SMALL_BODIES:
+        required, optional = _SMALL_BODIES[name]
+        return {
+            key: {
+                "maxLength": MAX_FISCAL_DOCUMENT if key == "fiscalDocument" else TEXT_MAX,
+                **({"minLength": 1} if key in required else {}),
+            }
+            for key in (*required, *optional)
+        }
+    from . import models
+
+    model = getattr(models, name, None)
+    if not (isinstance(model, type) and issubclass(model, models.Model)):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, prop in model.model_json_schema(by_alias=True)["properties"].items():
+        found = {k: prop[k] for k in _LIMIT_KEYS if k in prop}
+        items = prop.get("items", {})
+        if any(k in items for k in _LIMIT_KEYS):
+            found["items"] = {k: items[k] for k in _LIMIT_KEYS if k in items}
+        if found:
+            out[key] = found
+    return out
+
+
 def _message_schema(
     desc: Descriptor, schemas: dict[str, Any], *, request: bool = False
 ) -> dict[str, Any]:
@@ -516,6 +549,7 @@ def _message_schema(
         return ref
     schemas[desc.name] = {}  # placeholder: recursion stops here
     properties: dict[str, Any] = {}
+    limits = _limits(desc.name) if request else {}
     for field in desc.fields:
         entry = field.message_type
         if entry is not None and entry.GetOptions().map_entry:
@@ -523,8 +557,14 @@ def _message_schema(
             properties[field.json_name] = {"type": "object", "additionalProperties": value}
             continue
         schema = _field_schema(field, schemas, request=request)
+        limit = dict(limits.get(field.json_name, {}))
+        if limit.get("items") and "$ref" not in schema:
+            schema = {**schema, **limit["items"]}
+        limit.pop("items", None)
         if field.is_repeated:
             schema = {"type": "array", "items": schema}
+        if limit and (field.is_repeated or schema.get("type") == "string"):
+            schema = {**schema, **limit}
         if field.has_presence or request:
             schema = {"anyOf": [schema, {"type": "null"}]}
         properties[field.json_name] = schema

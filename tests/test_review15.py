@@ -401,3 +401,38 @@ def test_a_used_code_imported_again_stays_removed(tmp_path: Path, hub_store_fact
     finally:
         till.close()
         hub.close()
+
+
+def test_openapi_states_the_limits_the_agent_refuses_beyond(client: Client) -> None:
+    """A POS written against openapi.json alone learnt no limit (a 129-character id, a
+    101st coupon, an empty SKU were refused with nothing in the description saying so):
+    each request field's limits now come from the models that check them."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+
+    def field(message: str, name: str) -> dict[str, Any]:
+        described: dict[str, Any] = schemas[message]["properties"][name]["anyOf"][0]
+        return described
+
+    assert field("Receipt", "receiptId") == {"type": "string", "minLength": 1, "maxLength": 128}
+    assert field("Receipt", "lines")["minItems"] == 1
+    assert field("Receipt", "lines")["maxItems"] == 10_000
+    assert field("Receipt", "coupons")["maxItems"] == 100
+    assert field("ReceiptLine", "sku")["minLength"] == 1
+    assert field("ConfirmRequest", "fiscalDocument")["maxLength"] == 64
+    assert field("IdentifyRequest", "text") == {"type": "string", "maxLength": 128}
+    over = [
+        {**SALE, "receiptId": "r" * 129},
+        {**SALE, "coupons": [f"C{i}" for i in range(101)]},
+        {**SALE, "lines": []},
+        {**SALE, "lines": [{**SALE["lines"][0], "sku": ""}]},
+    ]
+    for body in over:
+        assert error_of(client.post("/v1/quote", body))[:2] == (400, "INVALID_ARGUMENT")
+    at_the_limit = {**SALE, "receiptId": "r" * 128, "coupons": [f"C{i}" for i in range(100)]}
+    assert client.post("/v1/quote", at_the_limit).status == 200
+    held = client.post("/v1/hold", {**SALE, "receiptId": "f-1"})
+    assert held.status == 200
+    status, _, message = error_of(
+        client.post("/v1/confirm", {"receiptId": "f-1", "fiscalDocument": "F" * 65})
+    )
+    assert status == 400 and "64" in message
