@@ -505,7 +505,7 @@ def _required(name: str) -> list[str]:
 
 
 # The limits of a request's fields the openapi document states, as the models check them.
-_LIMIT_KEYS = ("minLength", "maxLength", "minItems", "maxItems")
+_LIMIT_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "pattern", "format")
 
 
 def _limits(name: str) -> dict[str, dict[str, Any]]:
@@ -528,6 +528,9 @@ def _limits(name: str) -> dict[str, dict[str, Any]]:
         return {}
     out: dict[str, dict[str, Any]] = {}
     for key, prop in model.model_json_schema(by_alias=True)["properties"].items():
+        first = (prop.get("anyOf") or [{}])[0]  # a union's first member: its native form
+        if first.get("type") == "string":  # (a `qty`'s decimal string, its pattern)
+            prop = {**first, **prop}
         found = {k: prop[k] for k in _LIMIT_KEYS if k in prop}
         items = prop.get("items", {})
         if any(k in items for k in _LIMIT_KEYS):
@@ -542,14 +545,16 @@ def _message_schema(
 ) -> dict[str, Any]:
     """A `$ref` to the proto3 JSON schema of `desc`, adding it (and what it uses) to
     `schemas`. Fields with presence (messages, `optional`) may be absent or null; in a
-    request every field may be null (read as left out, proto3 JSON). A request's messages
-    say which fields are required and refuse unknown ones, as the agent does."""
+    request every field but a required one may be null (read as left out, proto3 JSON).
+    A request's messages say which fields are required and refuse unknown ones, as the
+    agent does."""
     ref = {"$ref": f"#/components/schemas/{desc.name}"}
     if desc.name in schemas:
         return ref
     schemas[desc.name] = {}  # placeholder: recursion stops here
     properties: dict[str, Any] = {}
     limits = _limits(desc.name) if request else {}
+    required = _required(desc.name) if request else []
     for field in desc.fields:
         entry = field.message_type
         if entry is not None and entry.GetOptions().map_entry:
@@ -565,12 +570,12 @@ def _message_schema(
             schema = {"type": "array", "items": schema}
         if limit and (field.is_repeated or schema.get("type") == "string"):
             schema = {**schema, **limit}
-        if field.has_presence or request:
+        # null is a field left out (proto3 JSON): fine for any field but a required one
+        if (field.has_presence or request) and field.json_name not in required:
             schema = {"anyOf": [schema, {"type": "null"}]}
         properties[field.json_name] = schema
     described: dict[str, Any] = {"type": "object", "properties": properties}
     if request:
-        required = _required(desc.name)
         if required:
             described["required"] = required
         described["additionalProperties"] = False
