@@ -496,12 +496,18 @@ def _required(name: str) -> list[str]:
     required fields (agent/models.py), or the small bodies' (`_SMALL_BODIES`)."""
     if name in _SMALL_BODIES:
         return list(_SMALL_BODIES[name][0])
+    model = _model_of(name)
+    if model is None:
+        return []
+    return [f.alias or key for key, f in model.model_fields.items() if f.is_required()]
+
+
+def _model_of(name: str) -> type[Any] | None:
+    """The model (agent/models.py) that reads the request message `name`, if one does."""
     from . import models
 
     model = getattr(models, name, None)
-    if not (isinstance(model, type) and issubclass(model, models.Model)):
-        return []
-    return [f.alias or key for key, f in model.model_fields.items() if f.is_required()]
+    return model if isinstance(model, type) and issubclass(model, models.Model) else None
 
 
 # The limits of a request's fields the openapi document states, as the models check them.
@@ -521,10 +527,8 @@ def _limits(name: str) -> dict[str, dict[str, Any]]:
             }
             for key in (*required, *optional)
         }
-    from . import models
-
-    model = getattr(models, name, None)
-    if not (isinstance(model, type) and issubclass(model, models.Model)):
+    model = _model_of(name)
+    if model is None:
         return {}
     out: dict[str, dict[str, Any]] = {}
     for key, prop in model.model_json_schema(by_alias=True)["properties"].items():
