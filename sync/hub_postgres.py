@@ -48,11 +48,10 @@ from .hub_sql import (
     CLEARED,
     MOVE_ORDER,
     POSTGRES,
-    PUBLISHED,
-    PUBLISHED_DOC,
     SqlHubStore,
     SqlTx,
     pg_array,
+    publish_sql,
 )
 from .hub_store import (
     ImportRefused,
@@ -752,17 +751,8 @@ class PostgresHubStore(SqlHubStore):
     ) -> Publication:
         latest = _latest_version(conn)
         version = max(latest + 1, min_version)
-        # One statement: a row becomes a revision only when it differs from the latest
-        # published one (docs are canonical text). A balance refresh publishes only the
-        # rows tills' transactions wrote (`till_coupons`).
-        changed = conn.execute(
-            "INSERT INTO revisions (kind, key, version, doc)"
-            f" SELECT d.kind, d.key, %s, {PUBLISHED_DOC} FROM draft d"
-            f" WHERE {PUBLISHED[include_draft]} AND (SELECT r.doc FROM revisions r"
-            " WHERE r.kind = d.kind AND r.key = d.key AND r.version <= %s"
-            f" ORDER BY r.version DESC LIMIT 1) IS DISTINCT FROM {PUBLISHED_DOC}",
-            (version, latest),
-        ).rowcount
+        # A balance refresh publishes only the rows tills' transactions wrote.
+        changed = conn.execute(publish_sql(POSTGRES, include_draft), (version, latest)).rowcount
         conn.execute(CLEARED[include_draft])
         conn.execute("DELETE FROM till_coupons")
         cut = _one(conn, "SELECT coalesce(max(ingest_id), 0) FROM transactions")

@@ -67,6 +67,7 @@ class Dialect:
     """What differs between the engines in the statements of `SqlTx` and `SqlHubStore`."""
 
     name: ClassVar[str]
+    differs: ClassVar[str]  # "{a} differs from {b}", NULL equal to NULL
     card_owner: ClassVar[str]  # a card revision's customerId (the index's expression)
     earned: ClassVar[str]  # points earned at once at a checkout: see `hub_rules.Move`
     returned: ClassVar[str]  # points a refund gives back: see `hub_rules.Move`
@@ -93,6 +94,7 @@ class Dialect:
 
 class SqliteDialect(Dialect):
     name = "sqlite"
+    differs = "NOT ({a} IS {b})"
     card_owner = "json_extract(doc, '$.customerId')"
     earned = (
         f"CASE WHEN {EARNED_WHEN} AND json_type(result_json, '$.earnedPoints') = 'integer'"
@@ -117,6 +119,7 @@ class SqliteDialect(Dialect):
 
 class PostgresDialect(Dialect):
     name = "postgresql"
+    differs = "{a} IS DISTINCT FROM {b}"
     card_owner = "(doc::jsonb) ->> 'customerId'"
     earned = (
         f"CASE WHEN {EARNED_WHEN}"
@@ -188,15 +191,30 @@ def _pub(row: Sequence[Any] | None) -> Publication | None:
 # refresh, those tills' transactions wrote (`SqlTx.put_till_coupon`: a code's first use,
 # a till-issued code), which no till should wait for an operator to publish.
 _TILLS_ROWS = "d.kind = 'coupon' AND d.key IN (SELECT code FROM till_coupons)"
-PUBLISHED = {True: "TRUE", False: _TILLS_ROWS}
 # ... and what each publishes: its draft doc, but no code a till used (a one-time code: an
 # import of the CRM's coupon list again never brings a used one back; §13).
-PUBLISHED_DOC = (
+_PUBLISHED_DOC = (
     "(CASE WHEN d.kind = 'coupon' AND d.key IN (SELECT code FROM coupon_uses)"
     " THEN NULL ELSE d.doc END)"
 )
 # ... and how they leave the draft (all at once: no WHERE, SQLite's truncation).
 CLEARED = {True: "DELETE FROM draft", False: f"DELETE FROM draft AS d WHERE {_TILLS_ROWS}"}
+
+
+def publish_sql(dialect: Dialect, include_draft: bool) -> str:
+    """The one statement that makes a version's revisions (parameters: the version, the
+    latest published one), whatever the draft's size: a row becomes a revision only when
+    it differs from the latest published one (docs are canonical text)."""
+    latest = (
+        "(SELECT r.doc FROM revisions r WHERE r.kind = d.kind AND r.key = d.key"
+        " AND r.version <= ? ORDER BY r.version DESC LIMIT 1)"
+    )
+    taken = "TRUE" if include_draft else _TILLS_ROWS
+    return dialect.sql(
+        "INSERT INTO revisions (kind, key, version, doc)"
+        f" SELECT d.kind, d.key, ?, {_PUBLISHED_DOC} FROM draft d WHERE {taken}"
+        f" AND {dialect.differs.format(a=latest, b=_PUBLISHED_DOC)}"
+    )
 
 
 class SqlTx:

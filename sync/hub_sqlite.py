@@ -23,7 +23,7 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import HubTx, Texts, canon
-from .hub_sql import CLEARED, MOVE_ORDER, PUBLISHED, PUBLISHED_DOC, SQLITE, SqlHubStore, SqlTx
+from .hub_sql import CLEARED, MOVE_ORDER, SQLITE, SqlHubStore, SqlTx, publish_sql
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -406,17 +406,8 @@ class SqliteHubStore(SqlHubStore):
         with self._write() as conn:
             latest = _latest_version(conn)
             version = max(latest + 1, min_version)
-            # One statement, whatever the draft's size: a row becomes a revision only when
-            # it differs from the latest published one (docs are canonical text). A balance
-            # refresh publishes only the rows tills' transactions wrote (`till_coupons`).
-            changed = conn.execute(
-                "INSERT INTO revisions (kind, key, version, doc)"
-                f" SELECT d.kind, d.key, ?, {PUBLISHED_DOC} FROM draft d"
-                f" WHERE {PUBLISHED[include_draft]} AND NOT ((SELECT r.doc FROM revisions r"
-                " WHERE r.kind = d.kind AND r.key = d.key AND r.version <= ?"
-                f" ORDER BY r.version DESC LIMIT 1) IS {PUBLISHED_DOC})",
-                (version, latest),
-            ).rowcount
+            # A balance refresh publishes only the rows tills' transactions wrote.
+            changed = conn.execute(publish_sql(SQLITE, include_draft), (version, latest)).rowcount
             conn.execute(CLEARED[include_draft])
             conn.execute("DELETE FROM till_coupons")
             cut = int(
