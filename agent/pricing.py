@@ -899,10 +899,14 @@ class _Trace:
 
     def beaten_by_birthday(self, i: int, offer_id: str) -> None:
         """The line's multiplier offer, no larger than the birthday multiplier: BEATEN by
-        `birthdayMultiplier` (the program's field; it is no offer)."""
+        `birthdayMultiplier` (the program's field; it is no offer), and so are the line's
+        smaller multiplier offers, which that offer had beaten: the birthday's is what the
+        line earns at."""
         for row in self.lines[i]:
             if row["offerId"] == offer_id and row["outcome"] == "APPLIED":
                 row.update(outcome="BEATEN", beatenBy=BIRTHDAY, beatenByDiscountMinor=0)
+            elif row["outcome"] == "BEATEN" and row.get("beatenBy") == offer_id:
+                row.update(beatenBy=BIRTHDAY, beatenByDiscountMinor=0)
 
     def usable(self, i: int, targeting: Iterable[Offer], usable: _Usable) -> list[Offer]:
         out = []

@@ -303,6 +303,13 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                                     beatenBy="birthdayMultiplier",
                                     beatenByDiscountMinor=0,
                                 )
+                            elif (
+                                row["outcome"] == "BEATEN"
+                                and row.get("beatenBy") == w.multiplier_offer
+                            ):  # what that offer beat, the birthday's beat too
+                                row.update(
+                                    beatenBy="birthdayMultiplier", beatenByDiscountMinor=0
+                                )
                     w.multiplier_offer = None
                 w.multiplier = base_multiplier
     # Most lines keep the shared 1 (compared by identity: Fraction comparisons are slow).

@@ -1,0 +1,33 @@
+"""Faults found in session 16's audits and re-reads, each with the test that failed before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt, snapshot
+
+MILK = "4601234000017"
+
+
+def test_multipliers_under_the_birthday_one_are_all_beaten_by_it(tmp_path: Path) -> None:
+    """×2 and ×3 on the customer's birthday (×5): the line earns ×5, so both rows say
+    BEATEN by `birthdayMultiplier`; the ×2 said BEATEN by the ×3, which gave nothing."""
+    offers = [
+        {"id": f"o-m{v}", "kind": "BONUS_MULTIPLIER", "skus": [MILK], "value": v}
+        for v in ("2", "3")
+    ]
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot(offers=offers))  # c-a's birthday is in the window
+        sale = agent.quote(receipt_from_json(receipt("r-1", explain=True))).to_json()
+        rows = {r["offerId"]: r for r in sale["trace"]["lines"][0]["offers"]}
+        for offer in ("o-m2", "o-m3"):
+            assert (rows[offer]["outcome"], rows[offer]["beatenBy"]) == (
+                "BEATEN",
+                "birthdayMultiplier",
+            ), rows
+    finally:
+        agent.close()
