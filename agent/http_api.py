@@ -689,6 +689,8 @@ def openapi() -> dict[str, Any]:
                         }
                     },
                 },
+                "401": errors["401"],
+                "405": errors["405"],
                 "503": answer("no snapshot loaded, or shutting down"),
             },
         }

@@ -193,6 +193,7 @@ def test_refusals_map_to_their_http_status(client: Client) -> None:
     wrong = client.get("/v1/quote")
     assert error_of(wrong)[:2] == (405, "METHOD_NOT_ALLOWED")  # a POST
     assert wrong.headers["allow"] == "POST"
+    assert error_of(client.post("/healthz", {}))[:2] == (405, "METHOD_NOT_ALLOWED")
 
 
 def test_healthz_is_503_until_a_snapshot_is_loaded(tmp_path: Path) -> None:
@@ -437,6 +438,8 @@ def test_openapi_is_generated_from_the_proto_messages(client: Client) -> None:
     service = pb.DESCRIPTOR.services_by_name["PosAgent"]
     served = {c.path for c in CALLS if c.rpc in service.methods_by_name}
     assert set(doc["paths"]) == served | {"/healthz"}
+    # every status /healthz answers is described (a token set: 401; POST: 405)
+    assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200", "401", "405", "503"}
     assert {"/v1/identify", "/v1/quote", "/v1/checkout", "/v1/refund"} <= served
     assert {"/v1/balance", "/v1/status"} <= served
     schemas = doc["components"]["schemas"]
