@@ -1516,13 +1516,17 @@ class Agent:
                 "cacheIssuedAt": info.issued_at or "",
                 "lastSeq": ledger.last_seq(conn, self.device_id),
                 "outboxDepth": ledger.outbox_depth(conn),
-                "mode": "ONLINE" if self.hub is not None and self.hub.reachable() else "OFFLINE",
                 "printQueueDepth": int(jobs),
             }
             failed, retrying, last_error = ledger.print_queue_health(conn)
             status["printerLastError"] = last_error
             for source in self.status_sources:
                 status.update(source(conn))
+            # With a hub, the mode the till prices in now (what a hold just answered), not
+            # the sync loop's last recorded one, which lags it by up to a cycle.
+            if self.hub is not None:
+                status["mode"] = "ONLINE" if self.hub.reachable() else "OFFLINE"
+            status.setdefault("mode", "OFFLINE")
             problem = self._storage_problem
             status["storageError"] = problem[1] if problem else ""
             status["storageErrorAt"] = problem[0] if problem else ""

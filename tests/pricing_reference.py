@@ -307,9 +307,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                                 row["outcome"] == "BEATEN"
                                 and row.get("beatenBy") == w.multiplier_offer
                             ):  # what that offer beat, the birthday's beat too
-                                row.update(
-                                    beatenBy="birthdayMultiplier", beatenByDiscountMinor=0
-                                )
+                                row.update(beatenBy="birthdayMultiplier", beatenByDiscountMinor=0)
                     w.multiplier_offer = None
                 w.multiplier = base_multiplier
     # Most lines keep the shared 1 (compared by identity: Fraction comparisons are slow).

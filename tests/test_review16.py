@@ -6,6 +6,8 @@ from pathlib import Path
 
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+from tillpoint.sync.loopback import receipt as sync_receipt
 
 from .conftest import receipt, snapshot
 
@@ -31,3 +33,25 @@ def test_multipliers_under_the_birthday_one_are_all_beaten_by_it(tmp_path: Path)
             ), rows
     finally:
         agent.close()
+
+
+def test_status_says_the_mode_the_till_prices_in_at_once(tmp_path: Path) -> None:
+    """The hub goes away: the next sale is OFFLINE, and so is `status` right then. It
+    said ONLINE (the sync loop's last record) until the loop's next exchange, and at
+    start OFFLINE while holds were already answered ONLINE."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till")
+    try:
+        wait_for(lambda: till.agent.status().cache_version >= 1)
+        card = sample_master_data()["cards"][0]["number"]
+        wait_for(
+            lambda: till.agent.quote(receipt_from_json(sync_receipt("q", card))).mode == "ONLINE"
+        )
+        assert till.agent.status().mode == "ONLINE"
+        hub.stop()
+        sale = till.agent.checkout(receipt_from_json(sync_receipt("r2", card, redeem=10)))
+        assert sale.mode == "OFFLINE"
+        assert till.agent.status().mode == "OFFLINE"
+    finally:
+        till.stop()
+        hub.stop()
