@@ -614,7 +614,9 @@ class Agent:
                 return "CONFIRMED", stored[1], None
         else:
             state = row.state
-            if row.digest != request.digest:
+            if row.digest != request.digest and row.digest != request_digest(
+                request.data, as_sent=True
+            ):
                 raise _conflict(rid)
             now = ledger.utc_text(self.clock())
             if state == "HELD" and row.expires_at > now:
@@ -1824,17 +1826,33 @@ class _Request:
         return self._digest
 
 
-def request_digest(request: dict[str, Any]) -> str:
+def request_digest(request: dict[str, Any], *, as_sent: bool = False) -> str:
     """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
     stored with, to tell a retry (the same body) from a conflict (another body).
     Quantities count by value: "2" and "2.000" are the same, and `explain` asks for a
-    trace that changes no figure (the contract §17), so it is not part of the body."""
+    trace that changes no figure (the contract §17), so it is not part of the body. The
+    card and the coupon codes count as they are looked up (`_as_looked_up`); `as_sent`:
+    as releases before 2026-12-02 counted them, what a hold they stored was keyed by."""
     request = {k: v for k, v in request.items() if k != "explain"}
+    if not as_sent:
+        request = _as_looked_up(request)
     lines = request.get("lines")
     if isinstance(lines, list):
         request["lines"] = [_by_value(line) for line in lines]
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _as_looked_up(request: dict[str, Any]) -> dict[str, Any]:
+    """The card and the coupon codes as they are looked up (§4: blanks and dashes dropped;
+    §13: and upper case): "2770 0000 0001 7" is the card "2770000000017", "sorry-7k2q9"
+    the code "SORRY7K2Q9", so a retry spelling them another way is a retry."""
+    card, codes = request.get("card"), request.get("coupons")
+    if isinstance(card, str):
+        request["card"] = normalise(card)
+    if isinstance(codes, list):
+        request["coupons"] = [coupon_code(c) if isinstance(c, str) else c for c in codes]
+    return request
 
 
 def _by_value(line: Any) -> Any:

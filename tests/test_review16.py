@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.agent.service import Agent
+from tillpoint.agent.service import Agent, Conflict
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.loopback import receipt as sync_receipt
 
 from .conftest import receipt, snapshot
+from .test_coupons import COUPONS, snap
+from .test_coupons import receipt as coupon_receipt
 
 MILK = "4601234000017"
 
@@ -55,3 +59,24 @@ def test_status_says_the_mode_the_till_prices_in_at_once(tmp_path: Path) -> None
     finally:
         till.stop()
         hub.stop()
+
+
+def test_a_retry_spelling_the_card_and_codes_another_way_is_a_retry(tmp_path: Path) -> None:
+    """§4 and §13 look a card up without its blanks and dashes, a code also in upper
+    case: a hold or checkout sent again with "sorry-7k2q9" for "SORRY-7K2Q9" is the same
+    receipt (its stored result), not a 409; another code is still a conflict."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap(coupons=COUPONS))
+        held = agent.hold(receipt_from_json(coupon_receipt("h-1", "SORRY-7K2Q9")))
+        again = agent.hold(
+            receipt_from_json(coupon_receipt("h-1", "sorry 7k2q9", card="2770-0000 0001-7"))
+        )
+        assert again.to_json() == held.to_json()
+        sold = agent.checkout(receipt_from_json(coupon_receipt("c-1", "APP555")))
+        again = agent.checkout(receipt_from_json(coupon_receipt("c-1", "app-555")))
+        assert again.to_json() == sold.to_json()
+        with pytest.raises(Conflict):
+            agent.hold(receipt_from_json(coupon_receipt("h-1", "APP555")))
+    finally:
+        agent.close()
