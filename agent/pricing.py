@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from functools import cached_property
+from itertools import chain
 from typing import Any, NamedTuple, Protocol
 
 from .expiry import days_later
@@ -261,7 +262,6 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     program = ctx.program
     pv = program.point_value_minor
     customer = ctx.customer
-    held: set[str] = set()
     at = receipt.at
 
     # 1. Eligible lines.
@@ -334,17 +334,18 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                     if not lines_of or lines_of[-1] != i:
                         lines_of.append(i)
         for deal in sorted(deals.values(), key=lambda o: (o.priority, o.id)):
-            _multibuy(deal, deal_lines[deal.id], work, found, customer, held, sku_qty, tr)
+            _multibuy(deal, deal_lines[deal.id], work, found, customer, sku_qty, tr)
 
     # 2. Line offers.
     if customer is not None:
         for i, w in enumerate(work):
             if w.eligible and found[i]:
-                _line_offers(w, found[i], customer, held, sku_qty, tr.line(i) if tr else None)
+                _line_offers(w, found[i], customer, sku_qty, tr.line(i) if tr else None)
 
     # 3. Receipt offers.
     extra_points = 0
     extra_offers: list[str] = []  # the EXTRA_POINTS offers that added their points
+    receipt_level: list[Offer] = []
     if customer is not None:
         targeting = index.receipt_offers()
         if tr is None:
@@ -352,7 +353,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         else:
             receipt_level = tr.usable_receipt_offers(targeting, usable)
         if receipt_level:
-            extra_points = _receipt_offers(work, receipt_level, customer, held, tr, extra_offers)
+            extra_points = _receipt_offers(work, receipt_level, customer, tr, extra_offers)
 
     # 4. Redemption.
     allowed_uncapped = 0
@@ -423,7 +424,11 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         ),
         point_value=pv,
         extra_points=extra_points,
-        held_out=tuple(sorted(held)),
+        held_out=(
+            _held_out(receipt, ctx, [*chain.from_iterable(found), *receipt_level])
+            if customer is not None and customer.control_groups
+            else ()
+        ),
         redeem_allowed_without_cap=allowed_uncapped,
         trace=tr.as_json(work) if tr is not None else None,
         applied_offers=frozenset(
@@ -467,6 +472,26 @@ def _price_unknown(receipt: Receipt, ctx: PricingContext) -> Priced:
         redeem_allowed_without_cap=0,
         applied_offers=frozenset(),
     )
+
+
+def _held_out(
+    receipt: Receipt, ctx: PricingContext, candidates: Iterable[Offer]
+) -> tuple[str, ...]:
+    """§5 step 7: the offers that would have applied but for the control group — of the
+    customer's control-group offers among the receipt's candidates, those the same receipt
+    applies when priced for the customer outside every control group. Priced again, so it
+    says what the target group got: not an offer a better one beat, nor one a basket deal
+    took the line from, and a deal that beat the line offers is one."""
+    customer = ctx.customer
+    assert customer is not None
+    ids = {o.id for o in candidates if _in_control_group(o, customer)}
+    if not ids:
+        return ()
+    twin = price(
+        receipt.model_copy(update={"explain": False}) if receipt.explain else receipt,
+        replace(ctx, customer=customer.model_copy(update={"control_groups": ()})),
+    )
+    return tuple(sorted(ids & twin.applied_offers))
 
 
 def _in_control_group(offer: Offer, customer: Customer) -> bool:
@@ -602,7 +627,6 @@ def _multibuy(
     work: list[_Work],
     found: list[list[Offer]],
     customer: Customer,
-    held: set[str],
     sku_qty: Mapping[str, Fraction],
     tr: _Trace | None,
 ) -> None:
@@ -638,7 +662,6 @@ def _multibuy(
     line_offers = sum(best for best, _ in bests)
     outcome = "APPLIED" if total > line_offers else "ZERO_DISCOUNT" if total == 0 else "BEATEN"
     if outcome == "APPLIED" and _in_control_group(deal, customer):
-        held.add(deal.id)
         outcome = "CONTROL_GROUP"
     if outcome == "APPLIED":
         for i, discount in taken:
@@ -678,7 +701,6 @@ def _line_offers(
     w: _Work,
     offers: Sequence[Offer],
     customer: Customer,
-    held: set[str],
     sku_qty: Mapping[str, Fraction],
     tr: list[dict[str, Any]] | None = None,
 ) -> None:
@@ -695,8 +717,6 @@ def _line_offers(
         if offer.kind == "BONUS_MULTIPLIER":
             multiplier = frac(offer.value)
             if _in_control_group(offer, customer):
-                if multiplier > 1:
-                    held.add(offer.id)
                 if tr is not None:
                     tr.append(_entry(offer, "CONTROL_GROUP" if multiplier > 1 else "ZERO_DISCOUNT"))
             elif multiplier <= 1:
@@ -711,7 +731,11 @@ def _line_offers(
             continue
         if w.deal is not None:
             if tr is not None:
-                tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
+                if _in_control_group(offer, customer):  # what kept it off, as on any line
+                    given = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
+                    tr.append(_entry(offer, "CONTROL_GROUP", discount=given))
+                else:
+                    tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
             continue
         discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if discount <= 0:
@@ -722,7 +746,6 @@ def _line_offers(
                 tr.append(_entry(offer, "BELOW_MIN_QTY" if below else "ZERO_DISCOUNT"))
             continue
         if _in_control_group(offer, customer):
-            held.add(offer.id)
             if tr is not None:
                 tr.append(_entry(offer, "CONTROL_GROUP", discount=discount))
             continue
@@ -755,7 +778,6 @@ def _receipt_offers(
     work: list[_Work],
     offers: Sequence[Offer],
     customer: Customer,
-    held: set[str],
     tr: _Trace | None = None,
     extra_offers: list[str] | None = None,
 ) -> int:
@@ -778,7 +800,6 @@ def _receipt_offers(
                 outcomes[offer.id] = ("ZERO_DISCOUNT", 0)
                 continue
             if _in_control_group(offer, customer):
-                held.add(offer.id)
                 outcomes[offer.id] = ("CONTROL_GROUP", points)
             else:
                 extra += points
@@ -792,7 +813,6 @@ def _receipt_offers(
             outcomes[offer.id] = ("ZERO_DISCOUNT", 0)
             continue
         if _in_control_group(offer, customer):
-            held.add(offer.id)
             outcomes[offer.id] = ("CONTROL_GROUP", total)
             continue
         outcomes[offer.id] = ("BEATEN", total)

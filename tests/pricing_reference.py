@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -345,7 +345,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         ),
         point_value=pv,
         extra_points=extra_points,
-        held_out=tuple(sorted(held)),
+        held_out=_held_out(receipt, ctx),
         redeem_allowed_without_cap=allowed_uncapped,
         trace=tr.as_json(work) if tr is not None else None,
         applied_offers=frozenset(
@@ -361,6 +361,26 @@ def _offered_to(offer: Offer, customer: Customer | None) -> bool:
     if customer is None:
         return False
     return offer.customer_id is None or offer.customer_id == customer.id
+
+
+def _held_out(receipt: Receipt, ctx: PricingContext) -> tuple[str, ...]:
+    """§5 step 7 by its words: the control-group offers that applied when the customer is
+    in no control group (every offer of the context, not only the receipt's candidates)."""
+    customer = ctx.customer
+    if customer is None or not customer.control_groups:
+        return ()
+    offers = ctx.offers if isinstance(ctx.offers, OfferIndex) else OfferIndex(ctx.offers)
+    ours: set[str] = set()
+    part: OfferIndex | None = offers
+    while part is not None:
+        for group in (*part.by_sku.values(), *part.by_category.values(), part.receipt_level):
+            ours.update(o.id for o in group if _in_control_group(o, customer))
+        part = part.also
+    twin = price(
+        receipt.model_copy(update={"explain": False}),
+        replace(ctx, customer=customer.model_copy(update={"control_groups": ()})),
+    )
+    return tuple(sorted(ours & twin.applied_offers))
 
 
 def _in_control_group(offer: Offer, customer: Customer) -> bool:
@@ -576,7 +596,11 @@ def _line_offers(
             continue
         if w.deal is not None:
             if tr is not None:
-                tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
+                if _in_control_group(offer, customer):
+                    given = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
+                    tr.append(_entry(offer, "CONTROL_GROUP", discount=given))
+                else:
+                    tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
             continue
         discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if discount <= 0:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent, Conflict
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
@@ -78,5 +78,87 @@ def test_a_retry_spelling_the_card_and_codes_another_way_is_a_retry(tmp_path: Pa
         assert again.to_json() == sold.to_json()
         with pytest.raises(Conflict):
             agent.hold(receipt_from_json(coupon_receipt("h-1", "APP555")))
+    finally:
+        agent.close()
+
+
+def _in_control_group(*offers: dict[str, Any]) -> dict[str, Any]:
+    """The test snapshot with Anna (c-a, ×5 birthday today) in campaign camp-cg's control
+    group and these offers."""
+    snap = snapshot(offers=list(offers))
+    snap["customers"][0]["controlGroups"] = ["camp-cg"]
+    return snap
+
+
+def _held_out(tmp_path: Path, name: str, *offers: dict[str, Any]) -> list[str]:
+    agent = Agent(tmp_path / name, "till-1")
+    try:
+        agent.load_snapshot(_in_control_group(*offers))
+        quoted = agent.quote(receipt_from_json(receipt("r-1", explain=True))).to_json()
+        checked = agent.quote(receipt_from_json(receipt("r-2"))).to_json()
+        assert quoted["heldOut"] == checked["heldOut"]  # the trace changes nothing (§17)
+        return list(quoted["heldOut"])
+    finally:
+        agent.close()
+
+
+def _offer(offer_id: str, kind: str, value: str, control: bool = False, **more: Any) -> dict:
+    offer: dict[str, Any] = {"id": offer_id, "kind": kind, "value": value, **more}
+    if kind not in ("RECEIPT_PERCENT_OFF", "EXTRA_POINTS"):
+        offer["skus"] = [MILK]
+    if control:
+        offer["campaignId"] = "camp-cg"
+    return offer
+
+
+def test_held_out_is_what_would_have_applied_but_for_the_control_group(tmp_path: Path) -> None:
+    """§5 step 7: "Offers that would have applied but for the control group". Listed
+    before: every control-group offer with something to give, even one a better offer
+    beat (so the hub counted control customers the target group's rules never reached);
+    and not one a basket deal took the line from although it would have beaten the deal."""
+    multibuy = _offer("o-m", "MULTIBUY", "0", buyQty="1", freeQty="1")
+    cg_deal = _offer("o-m", "MULTIBUY", "0", True, buyQty="1", freeQty="1")
+    pct, receipt_pct = "PERCENT_OFF", "RECEIPT_PERCENT_OFF"
+    cases: list[tuple[tuple[dict[str, Any], ...], list[str]]] = [
+        # 60 % (10,788) beats the deal's free unit (8,990): it would have applied
+        ((multibuy, _offer("o-cg", pct, "60", True)), ["o-cg"]),
+        # 20 % does not beat the deal: the deal would have taken the line anyway
+        ((multibuy, _offer("o-cg", pct, "20", True)), []),
+        # beaten by a better line offer of the target group's too
+        ((_offer("o-good", pct, "20"), _offer("o-cg", pct, "10", True)), []),
+        ((_offer("o-good", pct, "20"), _offer("o-cg", pct, "30", True)), ["o-cg"]),
+        # a ×3 multiplier on a ×5 birthday gives nothing; a ×7 would have
+        ((_offer("o-cg", "BONUS_MULTIPLIER", "3", True),), []),
+        ((_offer("o-cg", "BONUS_MULTIPLIER", "7", True),), ["o-cg"]),
+        # the receipt's best percent-off is the target group's other offer
+        ((_offer("o-r1", receipt_pct, "10"), _offer("o-cg", receipt_pct, "5", True)), []),
+        ((_offer("o-r1", receipt_pct, "5"), _offer("o-cg", receipt_pct, "10", True)), ["o-cg"]),
+        # a control-group deal that beats the line offers; one that does not
+        ((cg_deal,), ["o-m"]),
+        ((cg_deal, _offer("o-good", pct, "60")), []),
+        ((_offer("o-cg", "EXTRA_POINTS", "50", True),), ["o-cg"]),
+    ]  # fmt: skip
+    for n, (offers, held) in enumerate(cases):
+        assert _held_out(tmp_path, f"t{n}", *offers) == held, offers
+
+
+def test_a_control_group_offer_on_a_deal_line_is_explained_as_control_group(
+    tmp_path: Path,
+) -> None:
+    """The trace says why the offer did not apply: the control group, not the deal (which
+    only took the line because that offer was held out)."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(
+            _in_control_group(
+                _offer("o-m", "MULTIBUY", "0", buyQty="1", freeQty="1"),
+                _offer("o-cg", "PERCENT_OFF", "60", True),
+            )
+        )
+        sale = agent.quote(receipt_from_json(receipt("r-1", explain=True))).to_json()
+        rows = {r["offerId"]: r for r in sale["trace"]["lines"][0]["offers"]}
+        assert rows["o-m"]["outcome"] == "APPLIED"
+        assert (rows["o-cg"]["outcome"], rows["o-cg"]["discountMinor"]) == ("CONTROL_GROUP", 10788)
+        assert sale["heldOut"] == ["o-cg"]
     finally:
         agent.close()
