@@ -133,6 +133,26 @@ def enqueue(
     )
 
 
+def _receipt_now(job: _Job, payload: PrintPayload, now: datetime) -> datetime:
+    """The receipt's business time (`at`, what §7 picked the offers at) advanced by how long
+    the job has waited: an offer counts as expired when it ended before the coupon comes
+    out, on the receipt's clock. The wall clock alone dropped every job of a receipt dated
+    in the past (a replayed or test day: nothing printed while the printer was up)."""
+    if payload.at is None or job.created_at is None:
+        return now
+    return payload.at + max(now - job.created_at, timedelta(0))
+
+
+def _still_valid(job: _Job, payload: PrintPayload, now: datetime) -> PrintPayload:
+    """The job without the offers that ended while it waited (some still valid: `_stale`
+    fails a job whose every offer ended)."""
+    moment = _receipt_now(job, payload, now)
+    kept = [o for o in payload.offers if o.valid_to is None or o.valid_to >= moment]
+    if len(kept) == len(payload.offers):
+        return payload
+    return payload.model_copy(update={"offers": kept})
+
+
 def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
     path = Path(db_path)
     if not path.exists():
@@ -454,6 +474,7 @@ class PrintWorker:
         if stale:
             self._fail(job, stale)
             return 0.0
+        payload = _still_valid(job, payload, now)
         if not payload.offers:
             self._set(job.id, "state = 'DONE', last_error = ?", "no offers: nothing to print")
             return 0.0
@@ -467,7 +488,8 @@ class PrintWorker:
 
     def _stale(self, job: _Job, payload: PrintPayload, now: datetime) -> str | None:
         ends = [o.valid_to for o in payload.offers]
-        if ends and all(end is not None and end < now for end in ends):
+        moment = _receipt_now(job, payload, now)
+        if ends and all(end is not None and end < moment for end in ends):
             return "every offer expired before the printer was back: not printed"
         max_age = self.config.max_job_age_s
         if (

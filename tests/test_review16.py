@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent, Conflict
+from tillpoint.printer.queue import PrintWorker, enqueue, ensure_schema
+from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.loopback import receipt as sync_receipt
 
 from .conftest import receipt, snapshot
 from .test_coupons import COUPONS, snap
 from .test_coupons import receipt as coupon_receipt
+from .test_printer_queue import config as printer_config
+from .test_printer_queue import payload as printer_payload
 
 MILK = "4601234000017"
 
@@ -162,3 +168,33 @@ def test_a_control_group_offer_on_a_deal_line_is_explained_as_control_group(
         assert sale["heldOut"] == ["o-cg"]
     finally:
         agent.close()
+
+
+def test_a_coupon_job_is_judged_stale_on_the_receipts_clock(
+    tmp_path: Path,
+) -> None:
+    """A receipt dated 23 November committed today (a replayed day, the contract's
+    examples) printed nothing: its offers, valid to 30 November, counted as expired by
+    the wall clock. Now an offer is dropped when it ended before the coupon comes out on
+    the receipt's clock (`at` plus the job's wait), and only that offer."""
+    ledger = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    ensure_schema(conn)
+    today = datetime.now(UTC)
+    conn.execute("BEGIN IMMEDIATE")
+    enqueue(conn, printer_payload("r-today"), created_at=today)
+    later = printer_payload("r-waited")
+    later["offers"].append({**later["offers"][0], "id": "o-2", "code": "TP1-o-2",
+                            "validTo": "2026-12-20T23:59:59+03:00"})  # fmt: skip
+    enqueue(conn, later, created_at=today - timedelta(days=10))  # waited 10 days
+    conn.execute("COMMIT")
+    conn.close()
+    with VirtualPrinter() as printer:
+        worker = PrintWorker(ledger, printer_config(printer.port), clock=lambda: today)
+        try:
+            for _ in range(4):
+                worker.run_once()
+            assert [worker.job(r)["state"] for r in ("r-today", "r-waited")] == ["DONE"] * 2  # type: ignore[index]
+        finally:
+            worker.close()
+        assert [c.codes for c in printer.complete] == [["TP1-o-1"], ["TP1-o-2"]]
