@@ -44,7 +44,8 @@ class PrintOffer(_Model):
     text: str = Field(max_length=1000)
     valid_from: AwareDatetime | None = Field(None, alias="validFrom")
     valid_to: AwareDatetime | None = Field(None, alias="validTo")
-    code: str | None = Field(None, min_length=1, max_length=300)
+    # TP1- and an id of 200 characters, each percent-encoded as up to 4 UTF-8 bytes
+    code: str | None = Field(None, min_length=1, max_length=2404)
 
     @field_validator("valid_from", "valid_to", "code", mode="before")
     @classmethod

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent, Conflict
+from tillpoint.printer.codes import offer_code, parse_offer_code
+from tillpoint.printer.payload import payload_for_checkout
 from tillpoint.printer.queue import PrintWorker, enqueue, ensure_schema
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
@@ -198,3 +200,40 @@ def test_a_coupon_job_is_judged_stale_on_the_receipts_clock(
         finally:
             worker.close()
         assert [c.codes for c in printer.complete] == [["TP1-o-1"], ["TP1-o-2"]]
+
+
+def test_an_offer_id_outside_ascii_prints_a_code_that_scans_back(tmp_path: Path) -> None:
+    """An offer `Оффер-кириллица` (a valid snapshot id) failed its whole coupon job ("not
+    1-200 printable ASCII characters"), the other offers on it too, though they counted
+    as printed for the cooldown. Its code is now percent-encoded ASCII."""
+    for offer_id in ("o-1", "Оффер-кириллица", "a%b", "x y", "Я" * 200):
+        code = offer_code(offer_id)
+        assert code.isascii() and code.isprintable() and " " not in code
+        assert parse_offer_code(code) == offer_id
+    assert offer_code("o-1") == "TP1-o-1"  # an ASCII id is written as it is
+    assert parse_offer_code("TP1-%FF") is None  # not UTF-8: no offer's code
+    job = payload_for_checkout(
+        "r-1", "2026-11-23T10:15:00+03:00", "Анна",
+        [{"id": "Оффер-кириллица", "printText": "Скидка", "validTo": "2026-11-30T23:59:59+03:00"},
+         {"id": "o-2", "printText": "Ещё", "validTo": "2026-11-30T23:59:59+03:00"}],
+    )  # fmt: skip
+    assert _printed(tmp_path, job) == [[offer_code("Оффер-кириллица"), "TP1-o-2"]]
+
+
+def _printed(tmp_path: Path, *jobs: dict[str, Any]) -> list[list[str]]:
+    """The codes a real worker prints of these jobs on a virtual port-9100 printer."""
+    ledger = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    ensure_schema(conn)
+    now = datetime.now(UTC)
+    for job in jobs:
+        enqueue(conn, job, created_at=now)
+    conn.close()
+    with VirtualPrinter() as printer:
+        worker = PrintWorker(ledger, printer_config(printer.port), clock=lambda: now)
+        try:
+            for _ in jobs:
+                worker.run_once()
+        finally:
+            worker.close()
+        return [c.codes for c in printer.complete]
