@@ -1630,9 +1630,10 @@ def device_states(
 
     DISABLED: the device is not configured (`kind = "none"`). The printer: OFFLINE or
     ERROR as the running print worker last found it; else FAILED_JOBS while jobs gave up
-    (`tillpoint print retry`), RETRYING while jobs wait for another attempt, OK otherwise.
-    The display and scanner: OK or OFFLINE from the running service; UNKNOWN in a
-    process that does not drive them (the CLI: ask the service, `grpc Status`).
+    (`tillpoint print retry`), RETRYING while jobs wait for another attempt, OK otherwise
+    (UNKNOWN in a process with no print worker). The display and scanner: OK or OFFLINE
+    from the running service; UNKNOWN in a process that does not drive them (the CLI:
+    ask the service, `grpc Status`).
     """
     out: dict[str, str] = {}
     for name in ("printer", "display", "scanner"):
@@ -1647,8 +1648,9 @@ def device_states(
             state = live_state or "UNKNOWN"
         elif live_state in ("OFFLINE", "ERROR"):
             state = live_state
-        else:
-            state = "FAILED_JOBS" if failed else "RETRYING" if retrying else "OK"
+        else:  # no print worker here (the CLI's own process): not OK, which no one checked
+            fine = "OK" if live_state is not None else "UNKNOWN"
+            state = "FAILED_JOBS" if failed else "RETRYING" if retrying else fine
         out[f"{name}State"] = state
     return out
 

@@ -237,3 +237,19 @@ def _printed(tmp_path: Path, *jobs: dict[str, Any]) -> list[list[str]]:
         finally:
             worker.close()
         return [c.codes for c in printer.complete]
+
+
+def test_status_without_a_print_worker_does_not_call_the_printer_ok(tmp_path: Path) -> None:
+    """`tillpoint status` in its own process (no `tillpoint run`): a network printer no
+    one has asked, with a coupon job waiting, said OK."""
+    agent = Agent(tmp_path / "till", "till-1", device_kinds={"printer": "network"})
+    try:
+        agent.load_snapshot(snapshot())
+        assert agent.status().printer_state == "UNKNOWN"
+    finally:
+        agent.close()
+    bare = Agent(tmp_path / "bare", "till-1")
+    try:
+        assert bare.status().printer_state == "DISABLED"
+    finally:
+        bare.close()

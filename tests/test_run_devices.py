@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import grpc
 from google.protobuf import json_format
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.printer.codes import offer_code
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -73,7 +75,7 @@ def test_coupon_prints_through_run_and_status_shows_the_printer(tmp_path: Path) 
             proc.wait(timeout=20)
 
 
-def test_an_offer_id_no_code_can_carry_still_prints_and_sells(tmp_path: Path) -> None:
+def test_an_offer_id_outside_ascii_still_prints_and_sells(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot(offers=[{**OFFER, "id": "предложение-1"}]))
     result = agent.checkout(receipt_from_json(receipt()))
@@ -81,5 +83,7 @@ def test_an_offer_id_no_code_can_carry_still_prints_and_sells(tmp_path: Path) ->
     status = agent.status()
     assert status.outbox_depth == 1 and status.print_queue_depth == 1
     (payload,) = agent._ledger.execute("SELECT payload FROM print_jobs").fetchone()
-    assert "code" not in payload  # printed without a scan code, never refused
+    # printed with its id percent-encoded in the scan code, never refused (it failed the
+    # coupon job before 2026-12-02: test_review16)
+    assert json.loads(payload)["offers"][0]["code"] == offer_code("предложение-1")
     agent.close()
