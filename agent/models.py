@@ -37,6 +37,11 @@ from .money import line_amount, round_half_up_ratio
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# The highest `appliedThrough` a snapshot may carry: a device numbers its transactions
+# and coupons on above it (§9). 2**53 - 1 keeps every seq exact in any JSON reader (a
+# POS's JavaScript too) and leaves more room than any till sells; int64's own maximum
+# there made every later sale of the till fail.
+SEQ_MAX = 2**53 - 1
 
 _QTY_RE = re.compile(r"^[0-9]+(\.[0-9]{1,3})?$")
 _DECIMAL_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
@@ -659,6 +664,17 @@ class SnapshotHeader(Model):
     program: Program | None = None
     removed: Removed = Removed()
     applied_through: dict[str, NonNegative] = Field(default_factory=dict)
+
+    @field_validator("applied_through")
+    @classmethod
+    def _room_above(cls, value: dict[str, int]) -> dict[str, int]:
+        for device, seq in value.items():
+            if seq > SEQ_MAX:
+                raise ValueError(
+                    f"{device}: {seq} is above {SEQ_MAX}: the device numbers its sales on"
+                    " above it (§9), and they would no longer fit"
+                )
+        return value
 
     @model_validator(mode="after")
     def _versions(self) -> SnapshotHeader:

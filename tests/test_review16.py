@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent, Conflict
 from tillpoint.printer.codes import offer_code, parse_offer_code
@@ -253,3 +254,22 @@ def test_status_without_a_print_worker_does_not_call_the_printer_ok(tmp_path: Pa
         assert bare.status().printer_state == "DISABLED"
     finally:
         bare.close()
+
+
+def test_an_applied_through_with_no_room_above_it_is_refused(tmp_path: Path) -> None:
+    """`appliedThrough: {"till-1": 2**63 - 1}` loaded, and every checkout of the till
+    then failed ("internal error: OverflowError") until a reset: refused at the load now,
+    the cache as it was."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        for seq in (2**63 - 1, 2**53):
+            bad = snapshot(version=2, appliedThrough={"till-1": seq})
+            with pytest.raises(InputError, match="appliedThrough"):
+                agent.load_snapshot(bad)
+            assert agent.status().cache_version == 1
+        agent.load_snapshot(snapshot(version=2, appliedThrough={"till-1": 2**53 - 1}))
+        sale = agent.checkout(receipt_from_json(receipt("r-1")))
+        assert sale.to_json()["seq"] == 2**53  # numbered on above it
+    finally:
+        agent.close()
