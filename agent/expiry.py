@@ -102,10 +102,11 @@ class Batch:
     order: int = 0  # ties between equal expiry times: the older batch first
 
     def spendable(self, at: datetime) -> bool:
-        """Spendable at `at`: active, and `at` is before its expiry (expiresAt is the first
-        moment the points are gone)."""
+        """Spendable at `at`: active, and not past its expiry. `expiresAt` is the last
+        moment the points count, as an offer's `validTo` is (inclusive): the contract's
+        "expiresAt": "...T23:59:59+03:00" is spendable through that second."""
         return (self.active_from is None or self.active_from <= at) and (
-            self.expires_at is None or at < self.expires_at
+            self.expires_at is None or at <= self.expires_at
         )
 
     def pending(self, at: datetime) -> bool:

@@ -44,11 +44,11 @@ class Batches:
         self.batches: list[list[Any]] = [[p, e] for p, e in expiring] + [[rest, None]]
 
     def live(self, at: datetime) -> int:
-        return sum(b[0] for b in self.batches if b[1] is None or at < b[1])
+        return sum(b[0] for b in self.batches if b[1] is None or at <= b[1])
 
     def spend(self, points: int, at: datetime) -> None:
         order = sorted(
-            (b for b in self.batches if b[1] is None or at < b[1]),
+            (b for b in self.batches if b[1] is None or at <= b[1]),
             key=lambda b: (b[1] is None, b[1] or at),
         )
         for b in order:
@@ -115,7 +115,7 @@ def test_spending_never_uses_an_expired_point(
                 assert result.balance.available_points == model.live(at)
                 assert result.balance.pending_points == 0
                 shown = result.to_json()["balance"].get("expiring", [])
-                want = sorted((b[1], b[0]) for b in model.batches if b[1] and b[0] and at < b[1])
+                want = sorted((b[1], b[0]) for b in model.batches if b[1] and b[0] and at <= b[1])
                 assert [(s["expiresAt"], s["points"]) for s in shown] == [
                     (e.isoformat(), p) for e, p in _merged(want)[:3]
                 ]
@@ -197,7 +197,7 @@ def test_points_earned_before_a_skipped_clock_time_live_their_whole_lifetime(
 
         assert at("2026-03-29T03:29:59+02:00") == (80, earned, [])
         assert at("2026-03-29T03:30:00+02:00") == (80 + earned, 0, ["2026-03-30T03:30:00+02:00"])
-        assert at("2026-03-30T03:29:59+02:00")[0] == 80 + earned
-        assert at("2026-03-30T03:30:00+02:00") == (80, 0, [])
+        assert at("2026-03-30T03:30:00+02:00")[0] == 80 + earned  # through expiresAt
+        assert at("2026-03-30T03:30:01+02:00") == (80, 0, [])
     finally:
         agent.close()

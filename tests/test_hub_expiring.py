@@ -5,7 +5,7 @@ snapshots publish each customer's `expiring` batches that still hold points."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tillpoint.agent.service import Agent
@@ -78,9 +78,11 @@ def test_imported_batches_expire_and_are_spent_soonest_first(hub_store_factory: 
     second = customer(hub, 2)
     assert second["balancePoints"] == 1100
     assert [e["points"] for e in second["expiring"]] == [200]
-    # After midnight on 1 December the 200 left of the batch are gone: 1100 - 200 = 900.
-    after = datetime(2026, 11, 30, 21, 0, tzinfo=UTC)
-    assert hub.balance("c-1", after).available == 900
+    # Through midnight on 1 December (expiresAt counts, as validTo does) the 200 left of
+    # the batch count; a second later they are gone: 1100 - 200 = 900.
+    at_expiry = datetime(2026, 11, 30, 21, 0, tzinfo=UTC)
+    assert hub.balance("c-1", at_expiry).available == 1100
+    assert hub.balance("c-1", at_expiry + timedelta(seconds=1)).available == 900
     # A spend after the expiry takes the points that never expire, not the expired batch.
     hub.ingest("till-1", "", [spend(2, 100, "2026-12-02T12:00:00+03:00")], NOW)
     assert hub.balance("c-1", datetime(2026, 12, 3, tzinfo=UTC)).available == 800
@@ -119,7 +121,7 @@ def test_points_earned_at_a_till_expire_after_the_lifetime(hub_store_factory: An
         (300, datetime.fromisoformat(EXPIRES)),
         (50, datetime.fromisoformat("2026-12-24T10:15:00+03:00")),
     ]
-    gone = datetime(2026, 12, 24, 7, 15, tzinfo=UTC)
+    gone = datetime(2026, 12, 24, 7, 15, 1, tzinfo=UTC)
     assert hub.balance("c-1", gone).available == 900  # both batches expired
 
 
@@ -171,4 +173,4 @@ def test_points_earned_at_once_expire_after_the_lifetime(hub_store_factory: Any)
         (30, datetime.fromisoformat("2026-12-23T10:15:00+03:00")),
     ]
     assert hub.balance("c-1", datetime(2026, 12, 2, tzinfo=UTC)).available == 930
-    assert hub.balance("c-1", datetime(2026, 12, 23, 7, 15, tzinfo=UTC)).available == 900
+    assert hub.balance("c-1", datetime(2026, 12, 23, 7, 15, 1, tzinfo=UTC)).available == 900

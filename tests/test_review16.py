@@ -273,3 +273,23 @@ def test_an_applied_through_with_no_room_above_it_is_refused(tmp_path: Path) -> 
         assert sale.to_json()["seq"] == 2**53  # numbered on above it
     finally:
         agent.close()
+
+
+def test_points_count_through_their_expires_at_second(tmp_path: Path) -> None:
+    """§16's `"expiresAt": "...T23:59:59+03:00"` (written as a coupon's inclusive
+    `validTo` is): the 300 points are spendable at 23:59:59 and gone at midnight. They
+    were gone a second early."""
+    snap = snapshot()
+    boris = snap["customers"][1]
+    boris["balancePoints"] = 1000
+    boris["expiring"] = [{"points": 300, "expiresAt": "2026-11-30T23:59:59+03:00"}]
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        card = "2770000000024"
+        last = datetime.fromisoformat("2026-11-30T23:59:59+03:00")
+        assert agent.balance(card, last).available_points == 1000
+        assert [e.points for e in agent.balance(card, last).expiring] == [300]
+        assert agent.balance(card, last + timedelta(seconds=1)).available_points == 700
+    finally:
+        agent.close()
