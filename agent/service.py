@@ -424,12 +424,23 @@ class Agent:
             stored = ledger.stored_receipt(conn, receipt.receipt_id)
             if stored is not None and not _same_body(stored[0], _Request.of(receipt).data):
                 stored = None
-            if stored is None:
+            figures = stored[1] if stored is not None else self._held_figures(receipt, conn)
+            if figures is None:
                 result = self._price(receipt, view, commit=False, reads=conn).result
-        if stored is not None:
-            result = CheckoutResult.from_json(_as_quote(stored[1], receipt.explain))
+        if figures is not None:
+            result = CheckoutResult.from_json(_as_quote(figures, receipt.explain))
         self._tell_devices("after_quote", result)
         return result
+
+    def _held_figures(self, receipt: Receipt, conn: sqlite3.Connection) -> dict[str, Any] | None:
+        """The held result of this receipt (the same body, the hold not expired): what its
+        Confirm commits, whatever a snapshot since has changed (§11: no pricing again)."""
+        row = ledger.receipt_life(conn, receipt.receipt_id)
+        if row is None or row.state != "HELD" or row.expires_at <= ledger.utc_text(self.clock()):
+            return None
+        if not _Request.of(receipt).matches(row.digest):
+            return None
+        return dict(json.loads(row.held_result))
 
     def checkout(self, receipt: Receipt) -> CheckoutResult:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
@@ -614,9 +625,7 @@ class Agent:
                 return "CONFIRMED", stored[1], None
         else:
             state = row.state
-            if row.digest != request.digest and row.digest != request_digest(
-                request.data, as_sent=True
-            ):
+            if not request.matches(row.digest):
                 raise _conflict(rid)
             now = ledger.utc_text(self.clock())
             if state == "HELD" and row.expires_at > now:
@@ -1826,6 +1835,11 @@ class _Request:
         if self._digest is None:
             self._digest = request_digest(self.data)
         return self._digest
+
+    def matches(self, digest: str) -> bool:
+        """Whether a hold stored under `digest` is this request (a retry): by today's digest
+        or, for a hold an earlier release stored, by the body as it was sent."""
+        return digest == self.digest or digest == request_digest(self.data, as_sent=True)
 
 
 def request_digest(request: dict[str, Any], *, as_sent: bool = False) -> str:
