@@ -64,9 +64,9 @@ def checkout_display(
     birthday_multiplier: Fraction | None,
     expiring_soon: tuple[int, date] | None = None,
 ) -> list[str]:
-    if birthday_multiplier is not None:
+    if birthday_multiplier is not None:  # the wish and the points earned share a line
         return [
-            messages.birthday_line(first_name),
+            messages.birthday_earned_line(earned),
             *messages.after_commit_lines(earned, available)[1:],
         ]
     lines = messages.after_commit_lines(earned, available)

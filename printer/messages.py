@@ -25,6 +25,7 @@ from tillpoint.printer.text import clean, fit, format_money
 __all__ = [
     "WIDTH",
     "after_commit_lines",
+    "birthday_earned_line",
     "birthday_line",
     "birthday_lines",
     "first_name_only",
@@ -118,6 +119,18 @@ def birthday_line(first_name: str | None, width: int = WIDTH) -> str:
     name = first_name_only(first_name)
     candidates = [f"С днём рождения, {name}!"] if name else []
     return _first_fitting([*candidates, "С днём рождения!", "С днём рожд.!"], width)
+
+
+def birthday_earned_line(earned: int, width: int = WIDTH) -> str:
+    """The birthday wish with the points this receipt earned, for after a commit (§8 asks
+    for both, and the balance, on two lines): ``birthday_earned_line(37) == "С днём
+    рождения! +37"``, shorter wordings for larger figures."""
+    sign = "+" if earned >= 0 else ""
+    value = f"{sign}{_points(earned)}"
+    return _first_fitting(
+        [f"С днём рождения! {value}", f"С днём рожд.! {value}", f"С ДР! {value}", value],
+        width,
+    )
 
 
 def birthday_lines(

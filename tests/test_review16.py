@@ -12,6 +12,7 @@ from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent, Conflict
 from tillpoint.printer.codes import offer_code, parse_offer_code
+from tillpoint.printer.messages import birthday_earned_line
 from tillpoint.printer.payload import payload_for_checkout
 from tillpoint.printer.queue import PrintWorker, enqueue, ensure_schema
 from tillpoint.printer.virtual import VirtualPrinter
@@ -318,3 +319,21 @@ def test_a_quote_of_a_held_receipt_answers_what_its_confirm_commits(tmp_path: Pa
         assert other["discountMinor"] == 0  # a new receipt gets the snapshot's offers
     finally:
         agent.close()
+
+
+def test_a_birthday_checkout_shows_the_points_earned_too(tmp_path: Path) -> None:
+    """§8: after a commit "points earned and balance", and "a birthday line in the birthday
+    window": the wish took the points earned's line."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())  # Anna's birthday is on 25 November: in the window
+        sale = agent.checkout(receipt_from_json(receipt("r-1")))
+        assert sale.display[0] == birthday_earned_line(sale.earned_points)
+        assert "рожд" in sale.display[0] and f"+{sale.earned_points}" in sale.display[0]
+        assert sale.display[1] == f"Бонусы: {sale.balance.available_points}"
+        assert all(len(line) <= 20 for line in sale.display)
+    finally:
+        agent.close()
+    assert birthday_earned_line(37) == "С днём рождения! +37"
+    assert birthday_earned_line(337) == "С днём рожд.! +337"
+    assert birthday_earned_line(12345678) == "С ДР! +12345678"
