@@ -150,7 +150,7 @@ def run(settings: Settings) -> int:
     greet_on_scan(agent.scan, devices)  # a scan: a coupon for the receipt, or a card
     register_gauges(registry, agent)
     register_collector_gauges(registry)
-    server, _port, health_servicer = build_server(
+    server, port, health_servicer = build_server(
         agent, settings.server.listen, settings.server.max_workers, token=settings.server.token
     )
     http_server = None
@@ -185,8 +185,9 @@ def run(settings: Settings) -> int:
         # The CLI forwards its calls to this agent while it serves (agent/forward.py).
         unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
     log.info(
-        "PosAgent serving on %s (device %s, cache version %s)",
-        settings.server.listen,
+        "PosAgent serving on %s:%s (device %s, cache version %s)",
+        settings.server.listen.rpartition(":")[0],  # an IPv6 host keeps its brackets
+        port,  # the port bound ("127.0.0.1:0" asks for any)
         settings.device_id,
         agent.status().cache_version,
     )

@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     vars(parser)["argv"] = list(argv)  # `--version --json` reads it
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
+    if args.command is None:  # a usage error: the help on stderr, as argparse's own are
+        parser.print_help(sys.stderr)
         return EXIT_INPUT
     try:
         if args.command in FORWARDED:
@@ -456,7 +456,9 @@ def parse_json(text: str | bytes, name: str) -> Any:
         raise InputError(f"{name}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise InputError(
-            f"{name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            # json's "Invalid control character at": its own "at" would read "at at line"
+            f"{name}: not valid JSON ({exc.msg.removesuffix(' at')} at line {exc.lineno}"
+            f" column {exc.colno})"
         ) from None
     except RecursionError:
         raise InputError(f"{name}: not valid JSON (nested too deeply)") from None
@@ -631,7 +633,19 @@ def _human_balance(b: dict[str, Any]) -> str:
 
 
 def _human_status(s: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in s.items())
+    return "\n".join(f"{k}: {_human_value(v)}" for k, v in s.items())
+
+
+def _human_value(value: Any) -> str:
+    """A status field for a person: nothing for an absent one, yes/no, JSON for the nested
+    (they printed as Python's None, False and dict reprs)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 if __name__ == "__main__":  # pragma: no cover

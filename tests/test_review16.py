@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.cli import main
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent, Conflict
@@ -19,7 +22,7 @@ from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.loopback import receipt as sync_receipt
 
-from .conftest import receipt, snapshot
+from .conftest import CLI, receipt, snapshot
 from .test_coupons import COUPONS, snap
 from .test_coupons import receipt as coupon_receipt
 from .test_printer_queue import config as printer_config
@@ -337,3 +340,20 @@ def test_a_birthday_checkout_shows_the_points_earned_too(tmp_path: Path) -> None
     assert birthday_earned_line(37) == "С днём рождения! +37"
     assert birthday_earned_line(337) == "С днём рожд.! +337"
     assert birthday_earned_line(12345678) == "С ДР! +12345678"
+
+
+def test_cli_small_words(cli: CLI, tmp_path: Path) -> None:
+    """Four things a person reads: `tillpoint` with no command printed its help on stdout
+    (a usage error: stderr, exit 2); the text `status` printed Python's None and False;
+    a control character in JSON said "at at line"."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main([]) == 2
+    assert out.getvalue() == "" and "usage" in err.getvalue()
+    shown = cli("status").out
+    assert "None" not in shown and "False" not in shown and "enrolled: no" in shown
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"receiptId": "a\tb"}', encoding="utf-8")
+    assert cli("snapshot", "load", snapshot()).code == 0
+    refused = cli("quote", str(bad))
+    assert refused.code == 2 and "at at" not in refused.err and "control character" in refused.err
