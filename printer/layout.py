@@ -95,16 +95,27 @@ def _date(dt: datetime) -> str:
 
 
 def validity(valid_from: datetime | None, valid_to: datetime | None) -> str:
-    """ "Действует с 01.11 по 30.11.2026", in the offer's own (store-local) offset."""
-    if valid_from and valid_to:
-        if valid_from.year == valid_to.year:
-            return f"Действует с {valid_from:%d.%m} по {_date(valid_to)}"
-        return f"Действует с {_date(valid_from)} по {_date(valid_to)}"
+    """ "Действует с 01.11 по 30.11.2026", in the offer's own (store-local) offset; a time
+    of day when the bound is not a day's start or end ("по 23.11.2026 10:15": a bare date
+    read as the whole day); "Действует без ограничения срока" when it has no bounds (§7
+    prints every offer with its validity)."""
+    start = f"{valid_from:%d.%m}" if valid_from else ""
+    if valid_from and (valid_from.hour, valid_from.minute) != (0, 0):
+        start = f"{_date(valid_from)} {valid_from:%H:%M}"
+    elif valid_from and not (valid_to and valid_from.year == valid_to.year):
+        start = _date(valid_from)
+    end = ""
     if valid_to:
-        return f"Действует по {_date(valid_to)}"
-    if valid_from:
-        return f"Действует с {_date(valid_from)}"
-    return ""
+        end = _date(valid_to)
+        if (valid_to.hour, valid_to.minute) != (23, 59):
+            end += f" {valid_to:%H:%M}"
+    if start and end:
+        return f"Действует с {start} по {end}"
+    if end:
+        return f"Действует по {end}"
+    if start:
+        return f"Действует с {start}"
+    return "Действует без ограничения срока"
 
 
 def _first_name(name: str | None) -> str:

@@ -94,7 +94,8 @@ def test_the_agents_payload_with_open_ended_offers_prints() -> None:
     }
     [doc] = decode(render(payload))
     assert "Ждём вас снова!" in doc.text
-    assert "Действует" not in doc.text
+    # §7 prints every offer with its validity: an open-ended one says so (it printed none)
+    assert "Действует без ограничения срока" in doc.text
     assert doc.codes == ["TP1-o-9"]
 
 

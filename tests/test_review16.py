@@ -15,6 +15,7 @@ from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent, Conflict
 from tillpoint.printer.codes import offer_code, parse_offer_code
+from tillpoint.printer.layout import validity
 from tillpoint.printer.messages import birthday_earned_line
 from tillpoint.printer.payload import payload_for_checkout
 from tillpoint.printer.queue import PrintWorker, enqueue, ensure_schema
@@ -357,3 +358,15 @@ def test_cli_small_words(cli: CLI, tmp_path: Path) -> None:
     assert cli("snapshot", "load", snapshot()).code == 0
     refused = cli("quote", str(bad))
     assert refused.code == 2 and "at at" not in refused.err and "control character" in refused.err
+
+
+def test_a_coupons_validity_says_a_time_of_day_and_an_open_end() -> None:
+    """§7: "printed with its text, validity": an offer with no bounds printed no validity
+    line, and one ending at 10:15 printed "по 23.11.2026", read as the whole day."""
+    f = datetime.fromisoformat
+    assert validity(f("2026-11-01T00:00:00+03:00"), f("2026-11-30T23:59:59+03:00")) == (
+        "Действует с 01.11 по 30.11.2026"
+    )
+    assert validity(None, f("2026-11-23T10:15:00+03:00")) == "Действует по 23.11.2026 10:15"
+    assert validity(f("2026-11-23T10:15:00+03:00"), None) == "Действует с 23.11.2026 10:15"
+    assert validity(None, None) == "Действует без ограничения срока"
