@@ -324,6 +324,7 @@ class PrintWorker:
         self._failures = 0
         self._contact: float | None = None  # monotonic time the printer was last tried
         self._job_error = False  # `_last_error` is a job's own (bad payload), not the printer's
+        self._unconfirmed = False  # the last job was sent and never confirmed
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -552,7 +553,11 @@ class PrintWorker:
         # The job is on its way to paper: from here on it is never sent again.
         self._mark_done(job, note)
         self._failures = 0
-        self._state = "OK" if paper != "OUT" else "ERROR"
+        # a job the printer took but never confirmed: ERROR until one is confirmed or the
+        # printer answers a probe (a printer that accepts the bytes and reads none of them
+        # showed OK while every coupon was lost)
+        self._unconfirmed = note is not None and paper != "OUT"
+        self._state = "ERROR" if paper == "OUT" or self._unconfirmed else "OK"
         self._paper = paper
         # an unconfirmed job's note stays until a confirmed print (as PRINTING.md draws
         # it): a printer that takes the bytes and never prints looked healthy meanwhile
@@ -593,7 +598,8 @@ class PrintWorker:
             transport.close()
         if health.known:
             self._paper = health.paper
-        self._state = "ERROR" if health.blocking else "OK"
+            self._unconfirmed = False  # it answers: the last job's silence was its own
+        self._state = "ERROR" if health.blocking or self._unconfirmed else "OK"
         if health.blocking or not self._job_error:  # a job's own reason stays till a print
             self._last_error, self._job_error = health.problem, False
         return self._state

@@ -251,14 +251,15 @@ def test_a_printer_that_never_answers_status_still_prints(
 
     said = f"job s1-t1-000123: {job['last_error']}"
     assert w.status()["last_error"] == said
+    assert w.status()["state"] == "ERROR"  # not OK: the coupon may never have printed
     w.probe()  # the idle printer's question keeps it too
-    assert w.status()["last_error"] == said
+    assert w.status()["last_error"] == said and w.status()["state"] == "ERROR"
     conn = sqlite3.connect(ledger)
     assert ledger_mod.print_queue_health(conn)[2] == job["last_error"]
     printer.answer_status = True
     add_job(ledger, payload("s1-t1-000124"))
     w.run_once()
-    assert w.status()["last_error"] is None
+    assert w.status()["last_error"] is None and w.status()["state"] == "OK"
     assert ledger_mod.print_queue_health(conn)[2] == ""
 
 
