@@ -649,9 +649,15 @@ class PrintWorker:
         """Look at the queue now (call it after a commit that queued a job)."""
         self._wake.set()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the thread, letting a job on its way finish (by default as long as its
+        confirmation may take, and 5 s more): a graceful stop (`systemctl restart`)
+        during a job's confirmation left it SENDING, failed at the next start as a crash's
+        (it may or may not be on paper), and the customer's coupon was lost."""
         self._stop.set()
         self._wake.set()
+        if timeout_s is None:
+            timeout_s = self.config.confirm_timeout_s + self.config.status_timeout_s + 5.0
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None

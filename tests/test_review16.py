@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,30 @@ def test_a_coupons_validity_says_a_time_of_day_and_an_open_end() -> None:
     assert validity(None, f("2026-11-23T10:15:00+03:00")) == "Действует по 23.11.2026 10:15"
     assert validity(f("2026-11-23T10:15:00+03:00"), None) == "Действует с 23.11.2026 10:15"
     assert validity(None, None) == "Действует без ограничения срока"
+
+
+def test_a_graceful_stop_lets_a_job_awaiting_its_confirmation_finish(tmp_path: Path) -> None:
+    """`systemctl restart` while the printer confirms a coupon: the worker's stop waited 5 s
+    of the confirmation's 10, the job stayed SENDING and failed at the next start
+    ("interrupted ... not reprinted"). The stop now waits for the confirmation."""
+    ledger = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    ensure_schema(conn)
+    now = datetime.now(UTC)
+    enqueue(conn, printer_payload("r-1"), created_at=now)
+    conn.close()
+    with VirtualPrinter() as printer:
+        printer.confirm_delay_s = 5.5  # longer than the 5 s the stop used to wait
+        worker = PrintWorker(
+            ledger, printer_config(printer.port, confirm_timeout_s=10), clock=lambda: now
+        )
+        worker.start()
+        try:
+            deadline = time.monotonic() + 10
+            while worker.job("r-1")["state"] != "SENDING" and time.monotonic() < deadline:  # type: ignore[index]
+                time.sleep(0.05)
+            worker.stop()
+            job = worker.job("r-1")
+            assert job is not None and job["state"] == "DONE" and job["last_error"] is None
+        finally:
+            worker.close()
