@@ -424,23 +424,12 @@ class Agent:
             stored = ledger.stored_receipt(conn, receipt.receipt_id)
             if stored is not None and not _same_body(stored[0], _Request.of(receipt).data):
                 stored = None
-            figures = stored[1] if stored is not None else self._held_figures(receipt, conn)
-            if figures is None:
+            if stored is None:
                 result = self._price(receipt, view, commit=False, reads=conn).result
-        if figures is not None:
-            result = CheckoutResult.from_json(_as_quote(figures, receipt.explain))
+        if stored is not None:
+            result = CheckoutResult.from_json(_as_quote(stored[1], receipt.explain))
         self._tell_devices("after_quote", result)
         return result
-
-    def _held_figures(self, receipt: Receipt, conn: sqlite3.Connection) -> dict[str, Any] | None:
-        """The held result of this receipt (the same body, the hold not expired): what its
-        Confirm commits, whatever a snapshot since has changed (§11: no pricing again)."""
-        row = ledger.receipt_life(conn, receipt.receipt_id)
-        if row is None or row.state != "HELD" or row.expires_at <= ledger.utc_text(self.clock()):
-            return None
-        if not _Request.of(receipt).matches(row.digest):
-            return None
-        return dict(json.loads(row.held_result))
 
     def checkout(self, receipt: Receipt) -> CheckoutResult:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""

@@ -301,31 +301,6 @@ def test_points_count_through_their_expires_at_second(tmp_path: Path) -> None:
         agent.close()
 
 
-def test_a_quote_of_a_held_receipt_answers_what_its_confirm_commits(tmp_path: Path) -> None:
-    """A delta between Hold and Confirm (the offer gone, the balance lowered): Confirm
-    commits the held figures (§11), and a quote of the held receipt, which priced it
-    again, said other figures. It answers the held ones now, as a committed one does."""
-    offer = {"id": "o-milk", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10"}
-    agent = Agent(tmp_path / "till", "till-1")
-    try:
-        agent.load_snapshot(snapshot(offers=[offer]))
-        body = receipt("h-1", redeemPoints=200)
-        held = agent.hold(receipt_from_json(body)).to_json()
-        delta = {"version": 2, "baseVersion": 1, "removed": {"offers": ["o-milk"]}}
-        agent.load_snapshot(delta)
-        quoted = agent.quote(receipt_from_json(body)).to_json()
-        for key in ("totalMinor", "discountMinor", "redeemedPoints", "earnedPoints", "lines"):
-            assert quoted[key] == held[key], key
-        confirmed = agent.confirm("h-1").to_json()
-        assert [confirmed[k] for k in ("discountMinor", "earnedPoints")] == [
-            quoted[k] for k in ("discountMinor", "earnedPoints")
-        ]
-        other = agent.quote(receipt_from_json(receipt("q-2", redeemPoints=200))).to_json()
-        assert other["discountMinor"] == 0  # a new receipt gets the snapshot's offers
-    finally:
-        agent.close()
-
-
 def test_a_birthday_checkout_shows_the_points_earned_too(tmp_path: Path) -> None:
     """§8: after a commit "points earned and balance", and "a birthday line in the birthday
     window": the wish took the points earned's line."""
