@@ -3,9 +3,9 @@ to 2 × 20 characters live in `tillpoint.printer.messages`.
 
 - identify (FOUND): the greeting with the first name;
 - quote: the running total and the savings;
-- checkout: points earned and the balance, or the birthday wish in the birthday window;
-  when points expire within 14 days (§16), the first batch's points and day instead of
-  the points earned.
+- checkout: points earned and the balance, the birthday wish beside the points earned in
+  the birthday window; when points expire within 14 days (§16), the first batch's points
+  and day instead of the points earned.
 """
 
 from __future__ import annotations

@@ -38,9 +38,9 @@ from .money import line_amount, round_half_up_ratio
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 # The highest `appliedThrough` a snapshot may carry: a device numbers its transactions
-# and coupons on above it (§9). 2**53 - 1 keeps every seq exact in any JSON reader (a
-# POS's JavaScript too) and leaves more room than any till sells; int64's own maximum
-# there made every later sale of the till fail.
+# and coupons on above it (§9), so it must leave room below int64's maximum (which,
+# accepted, made every later sale of the till fail). 2**53 - 1 is far above any count a
+# hub reaches and leaves 2**63 - 2**53 numbers above it.
 SEQ_MAX = 2**53 - 1
 
 _QTY_RE = re.compile(r"^[0-9]+(\.[0-9]{1,3})?$")

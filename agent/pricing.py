@@ -14,7 +14,6 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from functools import cached_property
-from itertools import chain
 from typing import Any, NamedTuple, Protocol
 
 from .expiry import days_later
@@ -262,6 +261,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     program = ctx.program
     pv = program.point_value_minor
     customer = ctx.customer
+    held: set[str] = set()  # control-group offers that would give something (`_held_out`)
     at = receipt.at
 
     # 1. Eligible lines.
@@ -334,18 +334,17 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                     if not lines_of or lines_of[-1] != i:
                         lines_of.append(i)
         for deal in sorted(deals.values(), key=lambda o: (o.priority, o.id)):
-            _multibuy(deal, deal_lines[deal.id], work, found, customer, sku_qty, tr)
+            _multibuy(deal, deal_lines[deal.id], work, found, customer, held, sku_qty, tr)
 
     # 2. Line offers.
     if customer is not None:
         for i, w in enumerate(work):
             if w.eligible and found[i]:
-                _line_offers(w, found[i], customer, sku_qty, tr.line(i) if tr else None)
+                _line_offers(w, found[i], customer, held, sku_qty, tr.line(i) if tr else None)
 
     # 3. Receipt offers.
     extra_points = 0
     extra_offers: list[str] = []  # the EXTRA_POINTS offers that added their points
-    receipt_level: list[Offer] = []
     if customer is not None:
         targeting = index.receipt_offers()
         if tr is None:
@@ -353,7 +352,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         else:
             receipt_level = tr.usable_receipt_offers(targeting, usable)
         if receipt_level:
-            extra_points = _receipt_offers(work, receipt_level, customer, tr, extra_offers)
+            extra_points = _receipt_offers(work, receipt_level, customer, held, tr, extra_offers)
 
     # 4. Redemption.
     allowed_uncapped = 0
@@ -424,11 +423,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         ),
         point_value=pv,
         extra_points=extra_points,
-        held_out=(
-            _held_out(receipt, ctx, [*chain.from_iterable(found), *receipt_level])
-            if customer is not None and customer.control_groups
-            else ()
-        ),
+        held_out=_held_out(receipt, ctx, held) if held else (),
         redeem_allowed_without_cap=allowed_uncapped,
         trace=tr.as_json(work) if tr is not None else None,
         applied_offers=frozenset(
@@ -474,24 +469,20 @@ def _price_unknown(receipt: Receipt, ctx: PricingContext) -> Priced:
     )
 
 
-def _held_out(
-    receipt: Receipt, ctx: PricingContext, candidates: Iterable[Offer]
-) -> tuple[str, ...]:
+def _held_out(receipt: Receipt, ctx: PricingContext, held: set[str]) -> tuple[str, ...]:
     """§5 step 7: the offers that would have applied but for the control group — of the
-    customer's control-group offers among the receipt's candidates, those the same receipt
-    applies when priced for the customer outside every control group. Priced again, so it
-    says what the target group got: not an offer a better one beat, nor one a basket deal
-    took the line from, and a deal that beat the line offers is one."""
+    control-group offers that would have given something (`held`, found as the steps ran),
+    those the same receipt applies when priced for the customer outside every control
+    group. Priced again, so it says what the target group got: not an offer a better one
+    beat, nor one a basket deal took the line from, and one that beat a deal is. Only for
+    a receipt with such an offer (a control-group customer's basket that meets one)."""
     customer = ctx.customer
     assert customer is not None
-    ids = {o.id for o in candidates if _in_control_group(o, customer)}
-    if not ids:
-        return ()
     twin = price(
         receipt.model_copy(update={"explain": False}) if receipt.explain else receipt,
         replace(ctx, customer=customer.model_copy(update={"control_groups": ()})),
     )
-    return tuple(sorted(ids & twin.applied_offers))
+    return tuple(sorted(held & twin.applied_offers))
 
 
 def _in_control_group(offer: Offer, customer: Customer) -> bool:
@@ -627,6 +618,7 @@ def _multibuy(
     work: list[_Work],
     found: list[list[Offer]],
     customer: Customer,
+    held: set[str],
     sku_qty: Mapping[str, Fraction],
     tr: _Trace | None,
 ) -> None:
@@ -662,6 +654,7 @@ def _multibuy(
     line_offers = sum(best for best, _ in bests)
     outcome = "APPLIED" if total > line_offers else "ZERO_DISCOUNT" if total == 0 else "BEATEN"
     if outcome == "APPLIED" and _in_control_group(deal, customer):
+        held.add(deal.id)
         outcome = "CONTROL_GROUP"
     if outcome == "APPLIED":
         for i, discount in taken:
@@ -701,6 +694,7 @@ def _line_offers(
     w: _Work,
     offers: Sequence[Offer],
     customer: Customer,
+    held: set[str],
     sku_qty: Mapping[str, Fraction],
     tr: list[dict[str, Any]] | None = None,
 ) -> None:
@@ -717,6 +711,8 @@ def _line_offers(
         if offer.kind == "BONUS_MULTIPLIER":
             multiplier = frac(offer.value)
             if _in_control_group(offer, customer):
+                if multiplier > 1:
+                    held.add(offer.id)
                 if tr is not None:
                     tr.append(_entry(offer, "CONTROL_GROUP" if multiplier > 1 else "ZERO_DISCOUNT"))
             elif multiplier <= 1:
@@ -729,14 +725,12 @@ def _line_offers(
                 if tr is not None:
                     competing.append((offer, 0))
             continue
-        if w.deal is not None:
+        if w.deal is not None and not _in_control_group(offer, customer):
             if tr is not None:
-                if _in_control_group(offer, customer):  # what kept it off, as on any line
-                    given = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
-                    tr.append(_entry(offer, "CONTROL_GROUP", discount=given))
-                else:
-                    tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
+                tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
             continue
+        # A control-group offer on a deal's line goes on as on any line: held out when it
+        # would give something (it may have beaten the deal: the receipt priced again says).
         discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if discount <= 0:
             if tr is not None:
@@ -746,6 +740,7 @@ def _line_offers(
                 tr.append(_entry(offer, "BELOW_MIN_QTY" if below else "ZERO_DISCOUNT"))
             continue
         if _in_control_group(offer, customer):
+            held.add(offer.id)
             if tr is not None:
                 tr.append(_entry(offer, "CONTROL_GROUP", discount=discount))
             continue
@@ -778,6 +773,7 @@ def _receipt_offers(
     work: list[_Work],
     offers: Sequence[Offer],
     customer: Customer,
+    held: set[str],
     tr: _Trace | None = None,
     extra_offers: list[str] | None = None,
 ) -> int:
@@ -800,6 +796,7 @@ def _receipt_offers(
                 outcomes[offer.id] = ("ZERO_DISCOUNT", 0)
                 continue
             if _in_control_group(offer, customer):
+                held.add(offer.id)
                 outcomes[offer.id] = ("CONTROL_GROUP", points)
             else:
                 extra += points
@@ -813,6 +810,7 @@ def _receipt_offers(
             outcomes[offer.id] = ("ZERO_DISCOUNT", 0)
             continue
         if _in_control_group(offer, customer):
+            held.add(offer.id)
             outcomes[offer.id] = ("CONTROL_GROUP", total)
             continue
         outcomes[offer.id] = ("BEATEN", total)

@@ -23,14 +23,14 @@ _AS_IS = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 
 def _valid_id(offer_id: str) -> bool:
-    return 0 < len(offer_id) <= _MAX_ID and offer_id.isprintable()
+    return 0 < len(offer_id) <= _MAX_ID  # any snapshot id: the code escapes what it must
 
 
 def offer_code(offer_id: str) -> str:
     """The code for an offer id: ``offer_code("o-1") == "TP1-o-1"``,
     ``offer_code("Оффер") == "TP1-%D0%9E%D1%84%D1%84%D0%B5%D1%80"``."""
     if not _valid_id(offer_id):
-        raise ValueError(f"offer id {offer_id!r} is not 1-200 printable characters")
+        raise ValueError(f"offer id {offer_id!r} is not 1-200 characters")
     return CODE_PREFIX + quote(offer_id, safe=_AS_IS)
 
 

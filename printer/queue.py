@@ -553,10 +553,11 @@ class PrintWorker:
         # The job is on its way to paper: from here on it is never sent again.
         self._mark_done(job, note)
         self._failures = 0
-        # a job the printer took but never confirmed: ERROR until one is confirmed or the
-        # printer answers a probe (a printer that accepts the bytes and reads none of them
-        # showed OK while every coupon was lost)
-        self._unconfirmed = note is not None and paper != "OUT"
+        # a job the printer took but never confirmed, and did not answer how it was before
+        # either: ERROR until a job is confirmed or the printer answers a probe (a printer
+        # that accepts the bytes and reads none of them showed OK while every coupon was
+        # lost). One that answered DLE EOT but lacks GS r is not flagged after every job.
+        self._unconfirmed = note is not None and paper != "OUT" and not health.known
         self._state = "ERROR" if paper == "OUT" or self._unconfirmed else "OK"
         self._paper = paper
         # an unconfirmed job's note stays until a confirmed print (as PRINTING.md draws

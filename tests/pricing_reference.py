@@ -594,14 +594,12 @@ def _line_offers(
                 if tr is not None:
                     competing.append((offer, 0))
             continue
-        if w.deal is not None:
+        if w.deal is not None and not _in_control_group(offer, customer):
             if tr is not None:
-                if _in_control_group(offer, customer):
-                    given = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
-                    tr.append(_entry(offer, "CONTROL_GROUP", discount=given))
-                else:
-                    tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
+                tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
             continue
+        # A control-group offer on a deal's line goes on as on any line: held out when it
+        # would give something (it may have beaten the deal: the receipt priced again says).
         discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if discount <= 0:
             if tr is not None:

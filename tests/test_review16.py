@@ -177,6 +177,21 @@ def test_a_control_group_offer_on_a_deal_line_is_explained_as_control_group(
         assert sale["heldOut"] == ["o-cg"]
     finally:
         agent.close()
+    # one that gives the line nothing says why, as on any line (not CONTROL_GROUP)
+    agent = Agent(tmp_path / "till-2", "till-1")
+    try:
+        tiers = [{"minQty": "5", "unitPriceMinor": 100}]
+        agent.load_snapshot(
+            _in_control_group(
+                _offer("o-m", "MULTIBUY", "0", buyQty="1", freeQty="1"),
+                _offer("o-q", "QUANTITY_PRICE", "0", True, tiers=tiers),
+            )
+        )
+        sale = agent.quote(receipt_from_json(receipt("r-2", explain=True))).to_json()
+        rows = {r["offerId"]: r for r in sale["trace"]["lines"][0]["offers"]}
+        assert rows["o-q"]["outcome"] == "BELOW_MIN_QTY" and sale["heldOut"] == []
+    finally:
+        agent.close()
 
 
 def test_a_coupon_job_is_judged_stale_on_the_receipts_clock(
@@ -213,7 +228,7 @@ def test_an_offer_id_outside_ascii_prints_a_code_that_scans_back(tmp_path: Path)
     """An offer `Оффер-кириллица` (a valid snapshot id) failed its whole coupon job ("not
     1-200 printable ASCII characters"), the other offers on it too, though they counted
     as printed for the cooldown. Its code is now percent-encoded ASCII."""
-    for offer_id in ("o-1", "Оффер-кириллица", "a%b", "x y", "Я" * 200):
+    for offer_id in ("o-1", "Оффер-кириллица", "a%b", "x y", "Я" * 200, "a\u00a0b", "t\tz"):
         code = offer_code(offer_id)
         assert code.isascii() and code.isprintable() and " " not in code
         assert parse_offer_code(code) == offer_id
