@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from functools import cached_property
+from itertools import chain
 from typing import Any, NamedTuple, Protocol
 
 from .expiry import days_later
@@ -345,6 +346,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     # 3. Receipt offers.
     extra_points = 0
     extra_offers: list[str] = []  # the EXTRA_POINTS offers that added their points
+    receipt_level: list[Offer] = []
     if customer is not None:
         targeting = index.receipt_offers()
         if tr is None:
@@ -423,7 +425,9 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         ),
         point_value=pv,
         extra_points=extra_points,
-        held_out=_held_out(receipt, ctx, held) if held else (),
+        held_out=(
+            _held_out(receipt, ctx, [*chain.from_iterable(found), *receipt_level]) if held else ()
+        ),
         redeem_allowed_without_cap=allowed_uncapped,
         trace=tr.as_json(work) if tr is not None else None,
         applied_offers=frozenset(
@@ -469,20 +473,25 @@ def _price_unknown(receipt: Receipt, ctx: PricingContext) -> Priced:
     )
 
 
-def _held_out(receipt: Receipt, ctx: PricingContext, held: set[str]) -> tuple[str, ...]:
+def _held_out(
+    receipt: Receipt, ctx: PricingContext, candidates: Iterable[Offer]
+) -> tuple[str, ...]:
     """§5 step 7: the offers that would have applied but for the control group — of the
-    control-group offers that would have given something (`held`, found as the steps ran),
-    those the same receipt applies when priced for the customer outside every control
-    group. Priced again, so it says what the target group got: not an offer a better one
-    beat, nor one a basket deal took the line from, and one that beat a deal is. Only for
-    a receipt with such an offer (a control-group customer's basket that meets one)."""
+    customer's control-group offers among the receipt's candidates, those the same receipt
+    applies when priced for the customer outside every control group. Priced again, so it
+    says what the target group got: not an offer a better one beat, nor one a basket deal
+    took the line from, and one that beat a deal is. Run only when a control-group offer
+    would have given something as the steps ran (`held`): until one did, the receipt
+    priced again is this one; after it, deals may take lines otherwise, so any of the
+    candidates may apply there (a deal another took the line from, a threshold met)."""
     customer = ctx.customer
     assert customer is not None
+    ids = {o.id for o in candidates if _in_control_group(o, customer)}
     twin = price(
         receipt.model_copy(update={"explain": False}) if receipt.explain else receipt,
         replace(ctx, customer=customer.model_copy(update={"control_groups": ()})),
     )
-    return tuple(sorted(held & twin.applied_offers))
+    return tuple(sorted(ids & twin.applied_offers))
 
 
 def _in_control_group(offer: Offer, customer: Customer) -> bool:

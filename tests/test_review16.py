@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from tillpoint.agent.cli import main
 from tillpoint.agent.errors import InputError
+from tillpoint.agent.pricing import price
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent, Conflict
 from tillpoint.printer.codes import offer_code, parse_offer_code
@@ -24,9 +25,13 @@ from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.loopback import receipt as sync_receipt
 
+from . import pricing_reference as reference
 from .conftest import CLI, receipt, snapshot
 from .test_coupons import COUPONS, snap
 from .test_coupons import receipt as coupon_receipt
+from .test_deals_properties import TIMES as DEAL_TIMES
+from .test_deals_properties import _context as deals_context
+from .test_deals_properties import _receipt as deals_receipt
 from .test_printer_queue import config as printer_config
 from .test_printer_queue import payload as printer_payload
 
@@ -388,3 +393,48 @@ def test_a_graceful_stop_lets_a_job_awaiting_its_confirmation_finish(tmp_path: P
             assert job is not None and job["state"] == "DONE" and job["last_error"] is None
         finally:
             worker.close()
+
+
+def _multibuy(
+    offer_id: str, priority: int, campaign: str, buy: int, free: int, **more: Any
+) -> dict:
+    return {"id": offer_id, "priority": priority, "campaignId": campaign, "kind": "MULTIBUY",
+            "buyQty": str(buy), "freeQty": str(free), **more}  # fmt: skip
+
+
+def test_held_out_counts_offers_a_twin_with_other_deals_applies() -> None:
+    """A review's cases: in the receipt priced outside the control group, deals take lines
+    otherwise, so a control-group offer the steps never met with something to give may
+    apply there (a deal another took the line from; a threshold met; an open line)."""
+    s0, s3 = "4601234000017", "4601234000055"  # both dairy
+    cases = [
+        (  # the twin's 30 % beats d1, so the control group's deal d2 takes the line
+            [_multibuy("d1", 0, "camp-1", 3, 1, skus=[s0]),
+             {"id": "l", "campaignId": "camp-held", "kind": "PERCENT_OFF", "skus": [s0],
+              "value": "30"},
+             _multibuy("d2", 1, "camp-held", 1, 1, skus=[s0])],
+            [{"sku": s0, "qty": "4", "priceMinor": 100}],
+            ("d2",),
+        ),
+        (  # d1 first in the twin leaves a basket of 3000: the extra points' threshold met
+            [_multibuy("d1", 0, "camp-held", 3, 1, skus=[s0]),
+             _multibuy("d2", 1, "camp-1", 1, 1, skus=[s0]),
+             {"id": "e", "campaignId": "camp-held", "kind": "EXTRA_POINTS", "value": "50",
+              "minTotalMinor": 2500}],
+            [{"sku": s0, "qty": "4", "priceMinor": 1000}],
+            ("d1", "e"),
+        ),
+        (  # d1 breaks d2's group in the twin: a line left open for the receipt's 10 %
+            [_multibuy("d1", 0, "camp-held", 1, 1, skus=[s0]),
+             _multibuy("d2", 1, "camp-1", 2, 1, categories=["dairy"]),
+             {"id": "r", "campaignId": "camp-held", "kind": "RECEIPT_PERCENT_OFF", "value": "10"}],
+            [{"sku": s0, "qty": "2", "priceMinor": 1000},
+             {"sku": s3, "qty": "1", "priceMinor": 1000}],
+            ("d1", "r"),
+        ),
+    ]  # fmt: skip
+    for offers, lines, held in cases:
+        for explain in (False, True):
+            receipt_ = deals_receipt(lines, DEAL_TIMES[0], 0, explain)
+            assert price(receipt_, deals_context(offers, None)).held_out == held, offers
+            assert reference.price(receipt_, deals_context(offers, None)).held_out == held
