@@ -104,7 +104,7 @@ class Batch:
     def spendable(self, at: datetime) -> bool:
         """Spendable at `at`: active, and not past its expiry. `expiresAt` is the last
         moment the points count, as an offer's `validTo` is (inclusive): the contract's
-        "expiresAt": "...T23:59:59+03:00" is spendable through that second."""
+        "expiresAt": "...T23:59:59+03:00" is spendable at that instant, gone after it."""
         return (self.active_from is None or self.active_from <= at) and (
             self.expires_at is None or at <= self.expires_at
         )
