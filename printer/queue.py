@@ -144,8 +144,8 @@ def _receipt_now(job: _Job, payload: PrintPayload, now: datetime) -> datetime:
 
 
 def _still_valid(job: _Job, payload: PrintPayload, now: datetime) -> PrintPayload:
-    """The job without the offers that ended while it waited (some still valid: `_stale`
-    fails a job whose every offer ended)."""
+    """The job without the offers that ended while it waited (none left of some: `_stale`
+    fails the job)."""
     moment = _receipt_now(job, payload, now)
     kept = [o for o in payload.offers if o.valid_to is None or o.valid_to >= moment]
     if len(kept) == len(payload.offers):
@@ -471,11 +471,12 @@ class PrintWorker:
         except InputError as exc:
             self._fail(job, str(exc))
             return 0.0
-        stale = self._stale(job, payload, now)
+        kept = _still_valid(job, payload, now)  # without the offers that ended meanwhile
+        stale = self._stale(job, payload, kept, now)
         if stale:
             self._fail(job, stale)
             return 0.0
-        payload = _still_valid(job, payload, now)
+        payload = kept
         if not payload.offers:
             self._set(job.id, "state = 'DONE', last_error = ?", "no offers: nothing to print")
             return 0.0
@@ -487,10 +488,12 @@ class PrintWorker:
         self._attempt(job, data)
         return 0.0
 
-    def _stale(self, job: _Job, payload: PrintPayload, now: datetime) -> str | None:
-        ends = [o.valid_to for o in payload.offers]
-        moment = _receipt_now(job, payload, now)
-        if ends and all(end is not None and end < moment for end in ends):
+    def _stale(
+        self, job: _Job, payload: PrintPayload, kept: PrintPayload, now: datetime
+    ) -> str | None:
+        """Why the job is not printed at all (`kept`: the payload without the offers that
+        ended while it waited), or None."""
+        if payload.offers and not kept.offers:
             return "every offer expired before the printer was back: not printed"
         max_age = self.config.max_job_age_s
         if (
