@@ -355,6 +355,10 @@ class Program(Model):
     def _some_tiers(cls, value: tuple[Tier, ...]) -> tuple[Tier, ...]:
         if not value:
             raise ValueError("at least one tier is needed (the first is the base rate)")
+        codes = [tier.code for tier in value]
+        for code in codes:
+            if codes.count(code) > 1:  # which rate would a customer of that tier earn?
+                raise ValueError(f"tier {code!r} appears twice")
         return value
 
     @property
