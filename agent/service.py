@@ -1851,12 +1851,17 @@ def request_digest(request: dict[str, Any], *, as_sent: bool = False) -> str:
 def _as_looked_up(request: dict[str, Any]) -> dict[str, Any]:
     """The card and the coupon codes as they are looked up (§4: blanks and dashes dropped;
     §13: and upper case): "2770 0000 0001 7" is the card "2770000000017", "sorry-7k2q9"
-    the code "SORRY7K2Q9", so a retry spelling them another way is a retry."""
-    card, codes = request.get("card"), request.get("coupons")
+    the code "SORRY7K2Q9", so a retry spelling them another way is a retry. So is one
+    writing `at` in another offset: "12:00:00+03:00" and "09:00:00Z" are one moment, and
+    a receipt is priced by its moment (the program's time zone makes the local time)."""
+    card, codes, at = request.get("card"), request.get("coupons"), request.get("at")
     if isinstance(card, str):
         request["card"] = normalise(card)
     if isinstance(codes, list):
         request["coupons"] = [coupon_code(c) if isinstance(c, str) else c for c in codes]
+    if isinstance(at, str):
+        with contextlib.suppress(ValueError, OverflowError):  # not a time: refused anyway
+            request["at"] = datetime.fromisoformat(at).astimezone(UTC).isoformat()
     return request
 
 

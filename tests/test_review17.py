@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 from tillpoint.agent.errors import InputError
-from tillpoint.agent.service import Agent
+from tillpoint.agent.results import receipt_from_json, refund_from_json
+from tillpoint.agent.service import Agent, Conflict
 
-from .conftest import snapshot
+from .conftest import receipt, snapshot
+
+MILK = "4601234000017"
 
 
 def test_a_tier_code_given_twice_is_refused_with_the_snapshot(tmp_path: Path) -> None:
@@ -25,5 +28,27 @@ def test_a_tier_code_given_twice_is_refused_with_the_snapshot(tmp_path: Path) ->
         with pytest.raises(InputError, match="tier 'base' appears twice"):
             agent.load_snapshot(bad)
         assert agent.status().cache_version == 1
+    finally:
+        agent.close()
+
+
+def test_a_retry_writing_the_same_moment_in_another_offset_is_a_retry(tmp_path: Path) -> None:
+    """A POS that resends a hold with `at` in UTC ("07:15:00Z" for "10:15:00+03:00") got
+    409: the moment is what is priced, so it is the same body; another moment is not."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        first = agent.hold(receipt_from_json(receipt("r-1"))).to_json()
+        again = agent.hold(receipt_from_json(receipt("r-1", at="2026-11-23T07:15:00Z")))
+        assert again.to_json() == first
+        sold = agent.checkout(receipt_from_json(receipt("r-2", at="2026-11-23T07:15:00.000Z")))
+        retry = agent.checkout(receipt_from_json(receipt("r-2")))
+        assert retry.to_json() == sold.to_json()
+        with pytest.raises(Conflict):
+            agent.hold(receipt_from_json(receipt("r-1", at="2026-11-23T07:15:01Z")))
+        back = {"refundId": "b-1", "receiptId": "r-2", "lines": [{"sku": MILK, "qty": "1"}]}
+        given = agent.refund(refund_from_json({**back, "at": "2026-11-24T12:00:00+03:00"}))
+        again_back = agent.refund(refund_from_json({**back, "at": "2026-11-24T09:00:00Z"}))
+        assert again_back.to_json() == given.to_json()
     finally:
         agent.close()
