@@ -900,8 +900,9 @@ class Agent:
         offline_used: int | None = None
         if customer is not None:
             # A standalone till caps redemption with the day's offline limit (below): its
-            # use that day is read with the rest, in one statement.
-            capped = self.hub is None and receipt.redeem_points != 0
+            # use that day is read with the rest, in one statement; a trace lists the cap
+            # even when nothing is asked (the contract §17: every cap).
+            capped = self.hub is None and (receipt.redeem_points != 0 or receipt.explain)
             marks = ledger.quote_reads(
                 conn,
                 customer.id,
@@ -953,7 +954,7 @@ class Agent:
                 checks = coupons.mark_used(checks, used)
                 ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
                 priced = price(receipt, ctx)
-            if cap < priced.redeem_allowed_without_cap:
+            if cap < priced.redeem_allowed_without_cap or receipt.explain:  # §17: every cap
                 source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
                 priced = price(receipt, _with_cap(ctx, cap, source))
 

@@ -8,6 +8,8 @@ import pytest
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent, Conflict
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+from tillpoint.sync.loopback import receipt as sync_receipt
 
 from .conftest import receipt, snapshot
 
@@ -52,3 +54,42 @@ def test_a_retry_writing_the_same_moment_in_another_offset_is_a_retry(tmp_path: 
         assert again_back.to_json() == given.to_json()
     finally:
         agent.close()
+
+
+def test_a_trace_lists_the_offline_limit_when_no_points_are_asked(tmp_path: Path) -> None:
+    """§17: "every cap (balance, percent, capacity, offline limit, hub grant)". A standalone
+    till's trace left the offline limit out when `redeemPoints` was 0 (it was read only
+    for a redemption); it binds nothing then, and no figure changes."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        body = receipt("r-1", redeemPoints=0, explain=True)
+        sale = agent.quote(receipt_from_json(body)).to_json()
+        redemption = sale["trace"]["redemption"]
+        caps = {c["name"]: c["points"] for c in redemption["caps"]}
+        assert caps["OFFLINE_LIMIT"] == 500 and redemption["boundBy"] == "REQUESTED"
+        plain = agent.quote(receipt_from_json({**body, "explain": False})).to_json()
+        assert {k: v for k, v in sale.items() if k != "trace"} == plain
+    finally:
+        agent.close()
+
+
+def test_an_online_trace_lists_the_hub_grant_that_bound_nothing(tmp_path: Path) -> None:
+    """Online, a redemption's trace listed HUB_GRANT only when the grant was below what the
+    other caps allowed; a full grant is a cap too (§17: every cap), and changes nothing."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till")
+    try:
+        card = sample_master_data()["cards"][0]["number"]
+        body = sync_receipt("q-1", card, redeem=-1)
+        wait_for(lambda: till.agent.status().cache_version >= 1)
+        wait_for(lambda: till.agent.quote(receipt_from_json(body)).mode == "ONLINE")
+        sale = till.agent.quote(receipt_from_json({**body, "explain": True})).to_json()
+        redemption = sale["trace"]["redemption"]
+        caps = {c["name"]: c["points"] for c in redemption["caps"]}
+        assert "HUB_GRANT" in caps and caps["HUB_GRANT"] >= redemption["allowedPoints"] > 0
+        plain = till.agent.quote(receipt_from_json(body)).to_json()
+        assert {k: v for k, v in sale.items() if k != "trace"} == plain
+    finally:
+        till.stop()
+        hub.stop()
