@@ -5,7 +5,9 @@ to 2 × 20 characters live in `tillpoint.printer.messages`.
 - quote: the running total and the savings;
 - checkout: points earned and the balance, the birthday wish beside the points earned in
   the birthday window; when points expire within 14 days (§16), the first batch's points
-  and day instead of the points earned.
+  and day instead of the points earned;
+- checkout of an UNKNOWN card: the total and the points earned (the hub settles them when
+  it knows the card, §4); the till knows no balance to show.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from tillpoint.printer import messages
 
 def identify_display(first_name: str) -> list[str]:
     return messages.greeting(first_name)
+
+
+def unknown_card_display(total_minor: int, earned: int) -> list[str]:
+    return [messages.quote_lines(total_minor, 0)[0], messages.after_commit_lines(earned, 0)[0]]
 
 
 def quote_display(

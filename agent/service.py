@@ -45,7 +45,7 @@ from .errors import (
 from .expiry import WARN_DAYS, Movement, expiry_time
 from .hub_turns import HubTurns
 from .identify import Identification, identify, normalise
-from .messages import checkout_display, identify_display, quote_display
+from .messages import checkout_display, identify_display, quote_display, unknown_card_display
 from .models import (
     Coupon,
     Customer,
@@ -996,6 +996,8 @@ class Agent:
                 frac(program.birthday_multiplier) if birthday else None,
                 _expiring_soon(after, receipt.at, program),
             )
+        elif commit and ident.status == "UNKNOWN":  # §8: the points earned after a commit
+            display = unknown_card_display(priced.total, priced.earned_points)
         else:
             display = quote_display(priced.total, priced.discount, priced.trace)
         result = checkout_result(

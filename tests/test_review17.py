@@ -93,3 +93,22 @@ def test_an_online_trace_lists_the_hub_grant_that_bound_nothing(tmp_path: Path) 
     finally:
         till.stop()
         hub.stop()
+
+
+def test_an_unknown_cards_commit_shows_the_points_it_earned(tmp_path: Path) -> None:
+    """§8: points earned after a commit. An UNKNOWN card's checkout (and its confirm)
+    showed the total and an empty line; its quote and hold still show the running total."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        unknown = "2770000000994"
+        quoted = agent.quote(receipt_from_json(receipt("r-1", card=unknown)))
+        assert quoted.card.status == "UNKNOWN" and quoted.earned_points > 0
+        earned = f"Начислено: +{quoted.earned_points}"
+        sold = agent.checkout(receipt_from_json(receipt("r-1", card=unknown))).to_json()
+        assert sold["display"] == [quoted.display[0], earned]
+        held = agent.hold(receipt_from_json(receipt("r-2", card=unknown))).to_json()
+        assert held["display"] == list(quoted.display)
+        assert agent.confirm("r-2").to_json()["display"] == [quoted.display[0], earned]
+    finally:
+        agent.close()
