@@ -11,7 +11,7 @@ from tillpoint.agent.service import Agent, Conflict
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.loopback import receipt as sync_receipt
 
-from .conftest import receipt, snapshot
+from .conftest import CLI, receipt, snapshot
 
 MILK = "4601234000017"
 
@@ -112,3 +112,27 @@ def test_an_unknown_cards_commit_shows_the_points_it_earned(tmp_path: Path) -> N
         assert agent.confirm("r-2").to_json()["display"] == [quoted.display[0], earned]
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize("value", ["yes", "false", 1, 0, "true"])
+def test_a_flag_that_is_not_true_or_false_is_refused(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch, value: object
+) -> None:
+    """proto3 JSON's bools are `true` and `false`: `"excludedFromLoyalty": "yes"` or `1`
+    loaded as true (and `"no"` as false) on the till and at the hub; both refuse it, and
+    nothing changes."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        bad = snapshot(version=2)
+        bad["products"][0]["excludedFromLoyalty"] = value
+        with pytest.raises(InputError, match="excludedFromLoyalty must be true or false"):
+            agent.load_snapshot(bad)
+        assert agent.status().cache_version == 1
+    finally:
+        agent.close()
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    catalogue = {"products": [{"sku": MILK, "category": "dairy", "excludedFromLoyalty": value}]}
+    run = cli("hub", "import", catalogue)
+    assert run.code == 2 and "must be true or false" in run.err, run.err
