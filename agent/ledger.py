@@ -312,6 +312,18 @@ def m013_coupon_uses_receipt(db: Database) -> None:
     db.execute("CREATE INDEX coupon_uses_receipt ON coupon_uses (receipt_id)")
 
 
+@ledger_migrations()
+def m014_issued_coupons_seq(db: Database) -> None:
+    # The seq of the COUPON_ISSUED transaction that sent each code to the hub: once the
+    # hub has counted it (appliedThrough), the snapshot says whether the code still exists
+    # (removed: used elsewhere, voided), not this table.
+    db.execute("ALTER TABLE issued_coupons ADD COLUMN seq INTEGER")
+    db.execute(
+        "UPDATE issued_coupons SET seq = (SELECT max(seq) FROM journal"
+        " WHERE kind = 'COUPON_ISSUED' AND ref_id = issued_coupons.code)"
+    )
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
@@ -684,15 +696,25 @@ def take_coupon_number(conn: sqlite3.Connection, device_id: str, applied_through
 
 
 def insert_issued_coupon(
-    conn: sqlite3.Connection, code: str, receipt_id: str, doc: str, created_at: str
+    conn: sqlite3.Connection, code: str, receipt_id: str, doc: str, created_at: str, seq: int
 ) -> None:
-    """A till-issued one-time code (the contract §13): its snapshot-form JSON `doc`."""
-    conn.execute("INSERT INTO issued_coupons VALUES (?,?,?,?)", (code, receipt_id, doc, created_at))
+    """A till-issued one-time code (the contract §13): its snapshot-form JSON `doc`, and
+    the seq of the transaction that sends it to the hub."""
+    conn.execute(
+        "INSERT INTO issued_coupons (code, receipt_id, doc, created_at, seq) VALUES (?,?,?,?,?)",
+        (code, receipt_id, doc, created_at, seq),
+    )
 
 
-def issued_coupon(conn: sqlite3.Connection, code: str) -> Coupon | None:
-    """A coupon this till issued (usable here at once, before any snapshot carries it)."""
-    row = conn.execute("SELECT doc FROM issued_coupons WHERE code = ?", (code,)).fetchone()
+def issued_coupon(conn: sqlite3.Connection, code: str, counted_through: int) -> Coupon | None:
+    """A coupon this till issued, usable here at once, before any snapshot carries it; not
+    once the hub has counted its transaction (`counted_through`, this till's
+    appliedThrough): from then on the snapshot's coupons say whether it exists (a code the
+    hub removed, used on another till or voided, is gone here too)."""
+    row = conn.execute(
+        "SELECT doc FROM issued_coupons WHERE code = ? AND (seq IS NULL OR seq > ?)",
+        (code, counted_through),
+    ).fetchone()
     return None if row is None else Coupon.model_validate_json(row[0])
 
 

@@ -386,7 +386,9 @@ class Agent:
         code = coupon_code(text)
         if code:
             with self._lock, self._view() as view:
-                coupon = view.coupon(code) or ledger.issued_coupon(self._ledger, code)
+                coupon = view.coupon(code) or ledger.issued_coupon(
+                    self._ledger, code, view.applied_through().get(self.device_id, 0)
+                )
                 if coupon is not None and code not in self.scanned_coupons:
                     self.scanned_coupons = [*self.scanned_coupons, code][-MAX_SCANNED_COUPONS:]
             if coupon is not None:
@@ -879,7 +881,10 @@ class Agent:
             receipt.coupons,
             receipt.at,
             customer,
-            lambda code: view.coupon(code) or ledger.issued_coupon(conn, code),
+            lambda code: (
+                view.coupon(code)
+                or ledger.issued_coupon(conn, code, applied.get(self.device_id, 0))
+            ),
             lambda code: ledger.coupon_used(conn, code, self.clock(), receipt.receipt_id),
         )
         personal: list[Offer] = []
@@ -1227,10 +1232,10 @@ class Agent:
                 else None,
             )
             doc = coupon.model_dump(mode="json", by_alias=True, exclude_none=True)
-            ledger.insert_issued_coupon(
-                self._ledger, coupon.code, receipt_id, json.dumps(doc), ledger.utc_text(now)
-            )
             seq = ledger.take_seq(self._ledger, self.device_id, applied.get(self.device_id, 0))
+            ledger.insert_issued_coupon(
+                self._ledger, coupon.code, receipt_id, json.dumps(doc), ledger.utc_text(now), seq
+            )
             request = {"receiptId": receipt_id, "coupon": doc}
             self._journal(
                 seq,

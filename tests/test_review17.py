@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tillpoint.agent import ledger
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent, Conflict
@@ -12,6 +13,7 @@ from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.loopback import receipt as sync_receipt
 
 from .conftest import CLI, receipt, snapshot
+from .test_review1 import NEXT_VISIT
 
 MILK = "4601234000017"
 
@@ -136,3 +138,58 @@ def test_a_flag_that_is_not_true_or_false_is_refused(
     catalogue = {"products": [{"sku": MILK, "category": "dairy", "excludedFromLoyalty": value}]}
     run = cli("hub", "import", catalogue)
     assert run.code == 2 and "must be true or false" in run.err, run.err
+
+
+def _issuing_till(tmp_path: Path) -> tuple[Agent, str, int]:
+    """A standalone till that sold r-1 and printed a one-time code on it: (the agent, the
+    code, the seq of the COUPON_ISSUED transaction)."""
+    agent = Agent(tmp_path / "till", "till-1")
+    agent.load_snapshot(snapshot(offers=[NEXT_VISIT]))
+    assert agent.checkout(receipt_from_json(receipt("r-1"))).printed_offers == ("o-next",)
+    code, seq = agent._ledger.execute(
+        "SELECT ref_id, seq FROM journal WHERE kind = 'COUPON_ISSUED'"
+    ).fetchone()
+    return agent, str(code), int(seq)
+
+
+def _verdict(agent: Agent, receipt_id: str, code: str) -> tuple[str, str]:
+    sale = agent.quote(receipt_from_json(receipt(receipt_id, coupons=[code]))).to_json()
+    return sale["coupons"][0]["status"], sale["coupons"][0]["reason"]
+
+
+def test_a_code_this_till_issued_and_the_hub_removed_is_gone_here_too(tmp_path: Path) -> None:
+    """§13: `removed.coupons` lists codes that went (used elsewhere, voided). A code this
+    till issued stayed usable here whatever the hub said: the till's own table answered
+    when the snapshot had no such code. Once the hub has counted the code's transaction
+    (appliedThrough), the snapshot decides; before that, the till's table still does."""
+    agent, code, seq = _issuing_till(tmp_path)
+    try:
+        assert _verdict(agent, "q-1", code) == ("APPLIED", "")
+        not_yet = {"version": 2, "baseVersion": 1, "appliedThrough": {"till-1": seq - 1}}
+        agent.load_snapshot({**not_yet, "issuedAt": "2026-11-23T07:00:00Z"})
+        assert _verdict(agent, "q-2", code) == ("APPLIED", "")  # not counted yet: usable
+        gone = {"version": 3, "baseVersion": 2, "appliedThrough": {"till-1": seq}}
+        gone["removed"] = {"coupons": [code]}
+        agent.load_snapshot({**gone, "issuedAt": "2026-11-23T07:00:00Z"})
+        assert _verdict(agent, "q-3", code) == ("REJECTED", "UNKNOWN")
+        sold = agent.checkout(receipt_from_json(receipt("r-2", coupons=[code]))).to_json()
+        assert sold["coupons"][0]["status"] == "REJECTED" and sold["discountMinor"] == 0
+        assert agent.scan(code).kind == "CARD"  # no longer a coupon this till knows
+    finally:
+        agent.close()
+
+
+def test_the_codes_issued_before_the_upgrade_learn_their_transaction(tmp_path: Path) -> None:
+    """m014 gives each code a till issued before it the seq of its COUPON_ISSUED row."""
+    agent, code, seq = _issuing_till(tmp_path)
+    conn = agent._ledger
+    conn.execute("UPDATE issued_coupons SET seq = NULL")
+    conn.execute("ALTER TABLE issued_coupons DROP COLUMN seq")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm014_issued_coupons_seq'")
+    agent.close()
+    upgraded = ledger.open_ledger(tmp_path / "till")
+    try:
+        row = upgraded.execute("SELECT seq FROM issued_coupons WHERE code = ?", (code,))
+        assert row.fetchone() == (seq,)
+    finally:
+        upgraded.close()
