@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -34,6 +34,7 @@ from .wire import checkout_message, message_of, receipt_of, refund_of, status_me
 log = logging.getLogger("tillpoint.server")
 
 SERVICE_NAME = "tillpoint.v1.PosAgent"
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 M = TypeVar("M", bound=Message)
 
 
@@ -227,9 +228,20 @@ def build_server(
     if port == 0:
         raise TillpointError(f"cannot listen on {address}: the address is in use or not valid")
     health_servicer.set_ready(health_servicer.ready())
-    # Server reflection: grpcurl and Postman call PosAgent without the .proto.
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    # Server reflection: grpcurl and Postman call PosAgent without the .proto. grpcio's
+    # Python package serves v1alpha only; v1 (what newer clients ask first) has the same
+    # messages field for field, so the same servicer answers it under v1's name.
+    reflecting = reflection.ReflectionServicer(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        reflecting.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
     )
     return server, port, health_servicer
 

@@ -48,3 +48,34 @@ def test_reflection_lists_posagent_and_health_and_serves_their_messages(tmp_path
     finally:
         server.stop(0).wait()
         agent.close()
+
+
+def test_reflection_answers_under_v1_too(tmp_path: Path) -> None:
+    """grpcio's Python package serves reflection as v1alpha only; a client speaking v1
+    alone (newer grpcurl, Postman, Java's and .NET's tools) got UNIMPLEMENTED."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(snapshot())
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            info = channel.stream_stream(  # v1's messages are v1alpha's, field for field
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            asked = [
+                reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="tillpoint.v1.PosAgent"
+                ),
+            ]
+            listed, found = list(info(iter(asked), timeout=TIMEOUT))
+            names = {s.name for s in listed.list_services_response.service}
+            assert {"tillpoint.v1.PosAgent", "grpc.health.v1.Health"} <= names
+            assert found.file_descriptor_response.file_descriptor_proto
+    finally:
+        server.stop(0).wait()
+        agent.close()

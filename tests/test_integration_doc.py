@@ -85,6 +85,12 @@ def test_the_python_example_runs(agent_url: str, tmp_path: Path) -> None:
     assert "payment failed: hold cancelled" in out and out.rstrip().endswith("done")
     assert "card UNKNOWN: base-tier points" in out
     assert "card BLOCKED (the card is blocked): selling without loyalty" in out
+    # Run again on the same agent (a resumed POS): every hold answers what the receipt
+    # is now; nothing is charged twice, and it still ends. It read `holdExpiresAt` of a
+    # CONFIRMED receipt, which has none, and died.
+    again = run([sys.executable, str(script)], agent_url, tmp_path)
+    assert "s1-t1-000123 is CONFIRMED already: nothing to charge" in again
+    assert "s1-t1-000124 is CANCELLED already" in again and again.rstrip().endswith("done")
 
 
 @needs_jdk
@@ -94,6 +100,8 @@ def test_the_java_example_runs(agent_url: str, tmp_path: Path) -> None:
     subprocess.run([str(JAVAC), "TillExample.java"], cwd=tmp_path, check=True, timeout=180)
     out = run([str(JAVA), "-cp", str(tmp_path), "TillExample"], agent_url, tmp_path)
     assert "refund refused" in out and out.rstrip().endswith("done")
+    again = run([str(JAVA), "-cp", str(tmp_path), "TillExample"], agent_url, tmp_path)
+    assert "paid already: do not charge again" in again and again.rstrip().endswith("done")
     # what it prints is the receipt's own figures, not a line's (`earnedPoints` is both)
     with urllib.request.urlopen(
         urllib.request.Request(

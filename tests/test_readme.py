@@ -105,6 +105,8 @@ def check_shown(step: Step, stdout: str) -> list[str]:
                 problems.append(f"expected one JSON document, got {stdout!r}")
                 continue
             problems += _contains(actual, wanted)
+            if "…" not in line and actual != wanted:  # shown whole: the whole answer
+                problems.append(f"{line!r} is not the whole answer (no …): {stdout!r}")
             continue
         position = 0
         for part in (p.strip() for p in line.split("…")):
@@ -163,8 +165,19 @@ def test_the_walkthrough_parses() -> None:
     for example in sorted((REPO / "examples").glob("*.json")):
         assert any(f"examples/{example.name}" in c for c in commands), example.name
     shown = next(s for s in steps if s.command.startswith("tillpoint balance"))
-    assert check_shown(shown, '{"availablePoints": 1230, "pendingPoints": 0, "x": 1}') == []
+    assert check_shown(shown, '{"availablePoints": 1230, "pendingPoints": 0}') == []
     assert check_shown(shown, '{"availablePoints": 1231, "pendingPoints": 0}') != []
+    # shown without `…`, the answer is whole: a field it does not show is a difference
+    assert check_shown(shown, '{"availablePoints": 1230, "pendingPoints": 0, "x": 1}') != []
+    shortened = next(s for s in steps if s.command.startswith("tillpoint status"))
+    assert (
+        check_shown(
+            shortened,
+            '{"deviceId": "till-1", "cacheVersion": 7, "lastSeq": 6,'
+            ' "outboxDepth": 6, "mode": "OFFLINE", "x": 1}',
+        )
+        == []
+    )
 
 
 @pytest.mark.slow  # about 30 tillpoint processes and two syncs: 20-40 s
