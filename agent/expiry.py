@@ -11,7 +11,9 @@ counted by the hub are replayed in commit order:
 - a refund's returned points go back to the batches that sale took them from, the last
   taken first (the debt before any batch); a batch already expired stays expired;
 - a refund's taken-back points come off the sale's own earned batch (a negative earn
-  while it is pending, `service.Agent.refund`), else off the batches as a spend.
+  while it is pending, `service.Agent.refund`), else off the batches as a spend, which
+  the sale's batch remembers (`Batch.covered`): points a later refund gives back into
+  that batch pay that spend back first.
 
 The available balance at T is what is left of the batches spendable and not expired at
 T, less the debt; the pending balance is what is left of those not spendable yet.
@@ -100,6 +102,11 @@ class Batch:
     active_from: datetime | None  # None: spendable already
     expires_at: datetime | None  # None: never expires
     order: int = 0  # ties between equal expiry times: the older batch first
+    # What a refund of this batch's sale took back elsewhere (a batch, None: the debt)
+    # because the batch no longer held it (spent, or expired): points given back into
+    # the batch later pay that back first, so a sale and the sale that spent its points,
+    # both returned, leave the balance where it was, in either order.
+    covered: list[tuple[Batch | None, int]] = field(default_factory=list)
 
     def spendable(self, at: datetime) -> bool:
         """Spendable at `at`: active, and not past its expiry. `expiresAt` is the last
@@ -223,25 +230,32 @@ class Wallet:
             own.points -= part
             points -= part
         if points:
-            self._spend(points, at)
+            took = self._spend(points, at)
+            if own is not None:
+                own.covered.extend(took)
 
     def _give_back(self, points: int, receipt_id: str) -> None:
-        took = self.taken.get(receipt_id, [])
+        points = self._undo(self.taken.get(receipt_id, []), points)
+        if points:  # taken before the snapshot counted it: the hub settles the batches
+            assert self.rest is not None
+            self.rest.points += points
+
+    def _undo(self, took: list[tuple[Batch | None, int]], points: int) -> int:
+        """Gives `points` back along `took` (what was taken: a batch or None, the debt,
+        and how much), the last taken first; returns what is left over."""
         while points and took:
             batch, part = took[-1]
             back = min(points, part)
             if batch is None:
                 self.debt -= back
-            else:
-                batch.points += back
+            else:  # what was taken elsewhere because this batch was short, first
+                batch.points += self._undo(batch.covered, back)
             points -= back
             if back == part:
                 took.pop()
             else:
                 took[-1] = (batch, part - back)
-        if points:  # taken before the snapshot counted it: the hub settles the batches
-            assert self.rest is not None
-            self.rest.points += points
+        return points
 
     def points_at(self, at: datetime) -> tuple[int, int]:
         available = -self.debt

@@ -193,3 +193,36 @@ def test_the_codes_issued_before_the_upgrade_learn_their_transaction(tmp_path: P
         assert row.fetchone() == (seq,)
     finally:
         upgraded.close()
+
+
+@pytest.mark.parametrize("first", ["r-1", "r-2"])
+@pytest.mark.parametrize("kept", [0, 500])
+def test_two_returned_sales_leave_the_balance_as_it_was_in_either_order(
+    first: str, kept: int
+) -> None:
+    """§6 × §16: r-1 earns 70 points (expiring), r-2 spends them, both come back. Refunding
+    r-1 first took its 70 back from elsewhere (a debt, or the points that never expire);
+    r-2's refund then put its 70 into r-1's batch, which expired later: the customer ended
+    70 short for good (or showed 70 "expiring" on a balance of 0). In either order now, the
+    balance is what it was before the two sales, and stays so."""
+    from datetime import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from tillpoint.agent.expiry import Movement, wallet_of
+
+    zone = ZoneInfo("Europe/Moscow")
+    sold, spent, back = (dt(2026, 11, d, 10, tzinfo=zone) for d in (23, 24, 25))
+    expires = dt(2026, 12, 23, 10, tzinfo=zone)
+    moves = [
+        Movement("earn", 70, "r-1", sold, False, sold, expires),
+        Movement("spend", -70, "r-2", spent, False),
+    ]
+    refunds = {
+        "r-1": Movement("spend", -70, "r-1", back, True),  # the 70 it earned, taken back
+        "r-2": Movement("spend", 70, "r-2", back, True),  # the 70 it spent, given back
+    }
+    moves += [refunds[first], refunds["r-2" if first == "r-1" else "r-1"]]
+    wallet = wallet_of(kept, [], [], moves, 30, zone)
+    for at in (back, dt(2027, 1, 1, tzinfo=zone)):
+        assert wallet.points_at(at) == (kept, 0), at
+    assert wallet.expiring_at(back) == []
