@@ -12,8 +12,8 @@ counted by the hub are replayed in commit order:
   taken first (the debt before any batch); a batch already expired stays expired;
 - a refund's taken-back points come off the sale's own earned batch (a negative earn
   while it is pending, `service.Agent.refund`), else off the batches as a spend, which
-  the sale's batch remembers (`Batch.covered`): points a later refund gives back into
-  that batch pay that spend back first.
+  the sale's batch remembers (`Batch.covered`) when another sale had spent it: points a
+  later refund gives back into that batch, while it counts, pay that spend back first.
 
 The available balance at T is what is left of the batches spendable and not expired at
 T, less the debt; the pending balance is what is left of those not spendable yet.
@@ -103,9 +103,9 @@ class Batch:
     expires_at: datetime | None  # None: never expires
     order: int = 0  # ties between equal expiry times: the older batch first
     # What a refund of this batch's sale took back elsewhere (a batch, None: the debt)
-    # because the batch no longer held it (spent, or expired): points given back into
-    # the batch later pay that back first, so a sale and the sale that spent its points,
-    # both returned, leave the balance where it was, in either order.
+    # because another sale had spent the batch: points given back into the batch while
+    # it counts pay that back first, so a sale and the sale that spent its points, both
+    # returned, leave the balance where it was, in either order.
     covered: list[tuple[Batch | None, int]] = field(default_factory=list)
 
     def spendable(self, at: datetime) -> bool:
@@ -205,7 +205,7 @@ class Wallet:
         elif m.points < 0:
             self._take_back(-m.points, m.receipt_id, m.at)
         else:
-            self._give_back(m.points, m.receipt_id)
+            self._give_back(m.points, m.receipt_id, m.at)
 
     def _spend(self, points: int, at: datetime) -> list[tuple[Batch | None, int]]:
         took: list[tuple[Batch | None, int]] = []
@@ -225,31 +225,35 @@ class Wallet:
 
     def _take_back(self, points: int, receipt_id: str, at: datetime) -> None:
         own = self.earned.get(receipt_id)
-        if own is not None and own.points > 0 and own.spendable(at):
+        counts = own is not None and own.spendable(at)
+        if own is not None and counts and own.points > 0:
             part = min(points, own.points)
             own.points -= part
             points -= part
         if points:
             took = self._spend(points, at)
-            if own is not None:
+            if own is not None and counts:  # spent by another sale, not expired
                 own.covered.extend(took)
 
-    def _give_back(self, points: int, receipt_id: str) -> None:
-        points = self._undo(self.taken.get(receipt_id, []), points)
+    def _give_back(self, points: int, receipt_id: str, at: datetime) -> None:
+        points = self._undo(self.taken.get(receipt_id, []), points, at)
         if points:  # taken before the snapshot counted it: the hub settles the batches
             assert self.rest is not None
             self.rest.points += points
 
-    def _undo(self, took: list[tuple[Batch | None, int]], points: int) -> int:
-        """Gives `points` back along `took` (what was taken: a batch or None, the debt,
-        and how much), the last taken first; returns what is left over."""
+    def _undo(self, took: list[tuple[Batch | None, int]], points: int, at: datetime) -> int:
+        """Gives `points` back at `at` along `took` (what was taken: a batch or None, the
+        debt, and how much), the last taken first; returns what is left over. Into a batch
+        that has expired they stay expired (the contract §16), whatever it covered."""
         while points and took:
             batch, part = took[-1]
             back = min(points, part)
             if batch is None:
                 self.debt -= back
-            else:  # what was taken elsewhere because this batch was short, first
-                batch.points += self._undo(batch.covered, back)
+            elif batch.spendable(at):  # what was taken elsewhere as it was short, first
+                batch.points += self._undo(batch.covered, back, at)
+            else:
+                batch.points += back
             points -= back
             if back == part:
                 took.pop()

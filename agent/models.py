@@ -355,11 +355,14 @@ class Program(Model):
     def _some_tiers(cls, value: tuple[Tier, ...]) -> tuple[Tier, ...]:
         if not value:
             raise ValueError("at least one tier is needed (the first is the base rate)")
-        codes = [tier.code for tier in value]
-        for code in codes:
-            if codes.count(code) > 1:  # which rate would a customer of that tier earn?
-                raise ValueError(f"tier {code!r} appears twice")
         return value
+
+    def repeated_tier(self) -> str | None:
+        """A tier code given twice (which rate would its customers earn?): refused where a
+        program comes in (a snapshot, the hub's import), not where one stored by an older
+        release is read back (that would stop every sale)."""
+        codes = [tier.code for tier in self.tiers]
+        return next((code for code in codes if codes.count(code) > 1), None)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -377,7 +380,7 @@ class Product(Model):
     sku: Key
     name: Text = ""
     category: Text = ""
-    excluded_from_loyalty: StrictBool = False
+    excluded_from_loyalty: bool = False
 
 
 class Category(Model):
@@ -524,13 +527,13 @@ class Offer(Model):
     valid_to: Timestamp | None = None
     priority: Int64 = 0
     rank: Int64 = 0
-    printable: StrictBool = False
+    printable: bool = False
     print_text: Text = ""
-    coupon_required: StrictBool = False
-    issue_coupon: StrictBool = False
+    coupon_required: bool = False
+    issue_coupon: bool = False
     weekdays: tuple[Weekday, ...] = ()
     hours: tuple[HourWindow, ...] = ()
-    on_favorite_weekday: StrictBool = False
+    on_favorite_weekday: bool = False
     tiers: tuple[QuantityTier, ...] = ()
     buy_qty: Qty | None = None
     free_qty: Qty | None = None
@@ -668,6 +671,13 @@ class SnapshotHeader(Model):
     program: Program | None = None
     removed: Removed = Removed()
     applied_through: dict[str, NonNegative] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tiers_once(self) -> SnapshotHeader:
+        repeated = self.program.repeated_tier() if self.program is not None else None
+        if repeated is not None:
+            raise ValueError(f"program.tiers: tier {repeated!r} appears twice")
+        return self
 
     @field_validator("applied_through")
     @classmethod

@@ -1835,20 +1835,27 @@ class _Request:
 
     def matches(self, digest: str) -> bool:
         """Whether a hold stored under `digest` is this request (a retry): by today's digest
-        or, for a hold an earlier release stored, by the body as it was sent."""
-        return digest == self.digest or digest == request_digest(self.data, as_sent=True)
+        or, for a hold an earlier release stored, by the digest that release made."""
+        return digest == self.digest or any(
+            digest == request_digest(self.data, looked_up=earlier) for earlier in EARLIER_DIGESTS
+        )
 
 
-def request_digest(request: dict[str, Any], *, as_sent: bool = False) -> str:
+# What `request_digest` read as it is looked up, in the digests earlier releases stored:
+# before 2026-12-02 nothing (the body as sent), then the card and the codes.
+EARLIER_DIGESTS: tuple[tuple[str, ...], ...] = ((), ("card", "coupons"))
+
+
+def request_digest(
+    request: dict[str, Any], *, looked_up: tuple[str, ...] = ("card", "coupons", "at")
+) -> str:
     """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
     stored with, to tell a retry (the same body) from a conflict (another body).
     Quantities count by value: "2" and "2.000" are the same, and `explain` asks for a
     trace that changes no figure (the contract §17), so it is not part of the body. The
-    card and the coupon codes count as they are looked up (`_as_looked_up`); `as_sent`:
-    as releases before 2026-12-02 counted them, what a hold they stored was keyed by."""
-    request = {k: v for k, v in request.items() if k != "explain"}
-    if not as_sent:
-        request = _as_looked_up(request)
+    card, the coupon codes and `at` count as they are looked up (`_as_looked_up`);
+    `looked_up` names which do (`EARLIER_DIGESTS`: as earlier releases counted them)."""
+    request = _as_looked_up({k: v for k, v in request.items() if k != "explain"}, looked_up)
     lines = request.get("lines")
     if isinstance(lines, list):
         request["lines"] = [_by_value(line) for line in lines]
@@ -1856,13 +1863,13 @@ def request_digest(request: dict[str, Any], *, as_sent: bool = False) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _as_looked_up(request: dict[str, Any]) -> dict[str, Any]:
+def _as_looked_up(request: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     """The card and the coupon codes as they are looked up (§4: blanks and dashes dropped;
     §13: and upper case): "2770 0000 0001 7" is the card "2770000000017", "sorry-7k2q9"
     the code "SORRY7K2Q9", so a retry spelling them another way is a retry. So is one
     writing `at` in another offset: "12:00:00+03:00" and "09:00:00Z" are one moment, and
     a receipt is priced by its moment (the program's time zone makes the local time)."""
-    card, codes, at = request.get("card"), request.get("coupons"), request.get("at")
+    card, codes, at = (request.get(k) if k in fields else None for k in ("card", "coupons", "at"))
     if isinstance(card, str):
         request["card"] = normalise(card)
     if isinstance(codes, list):

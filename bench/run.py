@@ -331,8 +331,9 @@ class ReadFloor:
         for code in receipt.get("coupons", ()):  # (the bench's codes are in their normal form)
             doc = cache.execute("SELECT doc FROM coupons WHERE code = ?", (code,)).fetchone()
             if doc is None:
-                doc = ledger.execute(
-                    "SELECT doc FROM issued_coupons WHERE code = ?", (code,)
+                doc = ledger.execute(  # (the bench's till has no counted codes: seq > 0)
+                    "SELECT doc FROM issued_coupons WHERE code = ? AND (seq IS NULL OR seq > ?)",
+                    (code, 0),
                 ).fetchone()
             # whether it was used is read for the holder's own valid code only
             if doc is not None and json.loads(doc[0]).get("customerId") in (None, customer):

@@ -115,6 +115,8 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
         row = model.model_validate(data)
     except ValidationError as exc:
         return RowProblem(where, describe(exc))
+    if isinstance(row, Program) and row.repeated_tier() is not None:
+        return RowProblem(where, f"tier {row.repeated_tier()!r} appears twice")
     if isinstance(row, CardRecord):
         problem = _card_problem(row.number)
         if problem:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from tillpoint.agent import ledger
 from tillpoint.agent.errors import InputError
+from tillpoint.agent.models import Program
 from tillpoint.agent.results import receipt_from_json, refund_from_json
-from tillpoint.agent.service import Agent, Conflict
+from tillpoint.agent.service import EARLIER_DIGESTS, Agent, Conflict, _Request, request_digest
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.loopback import receipt as sync_receipt
 
@@ -18,22 +19,31 @@ from .test_review1 import NEXT_VISIT
 MILK = "4601234000017"
 
 
-def test_a_tier_code_given_twice_is_refused_with_the_snapshot(tmp_path: Path) -> None:
+TWO_BASES = [{"code": "base", "accrualPercent": "3"}, {"code": "base", "accrualPercent": "5"}]
+
+
+def test_a_tier_code_given_twice_is_refused_with_the_snapshot(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two `base` tiers at 3 % and 5 %: which one a customer earns at was the first's, by
-    the order of a list; the snapshot is refused, and the cache keeps what it had."""
+    the order of a list; the snapshot is refused, and the cache keeps what it had; so is
+    the hub's import. A program an older release stored with them still reads back (the
+    till's cache, the hub's published program): refusing it there stopped every sale."""
     agent = Agent(tmp_path / "till", "till-1")
     try:
         agent.load_snapshot(snapshot())
         bad = snapshot(version=2)
-        bad["program"]["tiers"] = [
-            {"code": "base", "accrualPercent": "3"},
-            {"code": "base", "accrualPercent": "5"},
-        ]
+        bad["program"]["tiers"] = TWO_BASES
         with pytest.raises(InputError, match="tier 'base' appears twice"):
             agent.load_snapshot(bad)
         assert agent.status().cache_version == 1
     finally:
         agent.close()
+    assert Program.model_validate({"tiers": TWO_BASES}).repeated_tier() == "base"
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    run = cli("hub", "import", {"program": {"tiers": TWO_BASES}})
+    assert run.code == 2 and "tier 'base' appears twice" in run.err, run.err
 
 
 def test_a_retry_writing_the_same_moment_in_another_offset_is_a_retry(tmp_path: Path) -> None:
@@ -116,30 +126,6 @@ def test_an_unknown_cards_commit_shows_the_points_it_earned(tmp_path: Path) -> N
         agent.close()
 
 
-@pytest.mark.parametrize("value", ["yes", "false", 1, 0, "true"])
-def test_a_flag_that_is_not_true_or_false_is_refused(
-    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch, value: object
-) -> None:
-    """proto3 JSON's bools are `true` and `false`: `"excludedFromLoyalty": "yes"` or `1`
-    loaded as true (and `"no"` as false) on the till and at the hub; both refuse it, and
-    nothing changes."""
-    agent = Agent(tmp_path / "till", "till-1")
-    try:
-        agent.load_snapshot(snapshot())
-        bad = snapshot(version=2)
-        bad["products"][0]["excludedFromLoyalty"] = value
-        with pytest.raises(InputError, match="excludedFromLoyalty must be true or false"):
-            agent.load_snapshot(bad)
-        assert agent.status().cache_version == 1
-    finally:
-        agent.close()
-    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
-    assert cli("hub", "init").code == 0
-    catalogue = {"products": [{"sku": MILK, "category": "dairy", "excludedFromLoyalty": value}]}
-    run = cli("hub", "import", catalogue)
-    assert run.code == 2 and "must be true or false" in run.err, run.err
-
-
 def _issuing_till(tmp_path: Path) -> tuple[Agent, str, int]:
     """A standalone till that sold r-1 and printed a one-time code on it: (the agent, the
     code, the seq of the COUPON_ISSUED transaction)."""
@@ -197,14 +183,17 @@ def test_the_codes_issued_before_the_upgrade_learn_their_transaction(tmp_path: P
 
 @pytest.mark.parametrize("first", ["r-1", "r-2"])
 @pytest.mark.parametrize("kept", [0, 500])
+@pytest.mark.parametrize("returned", ["before expiry", "after expiry"])
 def test_two_returned_sales_leave_the_balance_as_it_was_in_either_order(
-    first: str, kept: int
+    first: str, kept: int, returned: str
 ) -> None:
     """§6 × §16: r-1 earns 70 points (expiring), r-2 spends them, both come back. Refunding
     r-1 first took its 70 back from elsewhere (a debt, or the points that never expire);
     r-2's refund then put its 70 into r-1's batch, which expired later: the customer ended
     70 short for good (or showed 70 "expiring" on a balance of 0). In either order now, the
-    balance is what it was before the two sales, and stays so."""
+    balance is what it was before the two sales, and stays so. Returned after r-1's
+    points expired, both orders take the 70 back (§6: exactly e) and give r-2's back into
+    the expired batch, where they stay expired (§16): 70 short, in either order too."""
     from datetime import datetime as dt
     from zoneinfo import ZoneInfo
 
@@ -213,6 +202,8 @@ def test_two_returned_sales_leave_the_balance_as_it_was_in_either_order(
     zone = ZoneInfo("Europe/Moscow")
     sold, spent, back = (dt(2026, 11, d, 10, tzinfo=zone) for d in (23, 24, 25))
     expires = dt(2026, 12, 23, 10, tzinfo=zone)
+    if returned == "after expiry":
+        back = dt(2027, 1, 5, 10, tzinfo=zone)
     moves = [
         Movement("earn", 70, "r-1", sold, False, sold, expires),
         Movement("spend", -70, "r-2", spent, False),
@@ -223,6 +214,32 @@ def test_two_returned_sales_leave_the_balance_as_it_was_in_either_order(
     }
     moves += [refunds[first], refunds["r-2" if first == "r-1" else "r-1"]]
     wallet = wallet_of(kept, [], [], moves, 30, zone)
-    for at in (back, dt(2027, 1, 1, tzinfo=zone)):
-        assert wallet.points_at(at) == (kept, 0), at
+    left = kept if returned == "before expiry" else kept - 70
+    for at in (back, dt(2027, 2, 1, tzinfo=zone)):
+        assert wallet.points_at(at) == (left, 0), at
     assert wallet.expiring_at(back) == []
+
+
+@pytest.mark.parametrize("earlier", EARLIER_DIGESTS)
+def test_a_hold_an_earlier_release_stored_is_retried_after_the_upgrade(
+    tmp_path: Path, earlier: tuple[str, ...]
+) -> None:
+    """A hold stored by an earlier release carries that release's digest (the body as
+    sent; then the card and codes as looked up, `at` as sent): the same body retried
+    after the upgrade is the same receipt, not a 409 (a retry spelling the card with
+    blanks matched only the first of the two)."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        body = receipt("h-1", card="2770 0000 0001 7")
+        held = agent.hold(receipt_from_json(body)).to_json()
+        stored = _Request.of(receipt_from_json(body)).data
+        agent._ledger.execute(
+            "UPDATE receipt_life SET digest = ? WHERE receipt_id = 'h-1'",
+            (request_digest(stored, looked_up=earlier),),
+        )
+        assert agent.hold(receipt_from_json(body)).to_json() == held
+        with pytest.raises(Conflict):
+            agent.hold(receipt_from_json(receipt("h-1", card="2770000000017", redeemPoints=1)))
+    finally:
+        agent.close()
