@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar
 
@@ -1078,15 +1078,22 @@ class HubServer:
         return port
 
     def _watch(self) -> None:
-        next_publish = time.monotonic() + self.config.publish_every_s
+        every = self.config.publish_every_s
+        next_try = 0.0  # (monotonic) a refresh that found nothing to publish waits `every`
         while not self._stop.wait(self.config.watch_interval_s):
             try:
                 latest = self.store.latest()
                 self.notifier.update(latest)
                 if latest is not None:
                     self.builder.request_full(latest.version)  # built once, for every till
-                if self.config.publish_every_s and time.monotonic() >= next_publish:
-                    next_publish = time.monotonic() + self.config.publish_every_s
+                # Due `every` after the store's latest version, not after this process
+                # started: a hub restarted more often than that published no refresh, and
+                # used codes stayed in every till's snapshot.
+                due = latest is not None and self.clock() >= latest.issued_at + timedelta(
+                    seconds=every
+                )
+                if every and due and time.monotonic() >= next_try:
+                    next_try = time.monotonic() + every
                     self.refresh_balances()
             except TillpointError as exc:
                 log.warning("hub watcher: %s", exc.message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,37 @@ def test_a_hold_an_earlier_release_stored_is_retried_after_the_upgrade(
             agent.hold(receipt_from_json(receipt("h-1", card="2770000000017", redeemPoints=1)))
     finally:
         agent.close()
+
+
+def test_the_hubs_balance_refresh_is_due_by_its_last_version_not_its_start(
+    tmp_path: Path,
+) -> None:
+    """`--publish-every`: the refresh was timed from the hub process's start, so a hub
+    restarted more often than that (a deploy, a crash loop) published none, and a used
+    one-time code stayed in every till's snapshot. It is due that long after the store's
+    latest version now, whenever the process started."""
+    from datetime import timedelta
+
+    from tillpoint.sync.hub_server import HubConfig
+
+    shift = [timedelta(0)]
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + shift[0]
+
+    config = HubConfig(heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=3600)
+    hub = LoopbackHub(tmp_path / "hub", config, clock=clock, data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till")
+    try:
+        wait_for(lambda: till.agent.status().cache_version >= 1)
+        card = sample_master_data()["cards"][0]["number"]
+        till.agent.checkout(receipt_from_json(sync_receipt("s-1", card)))
+        wait_for(lambda: hub.store.ingested_since(hub.store.latest().cut) > 0)
+        assert hub.store.latest().version == 1
+        hub.restart()  # a process that started just now
+        shift[0] = timedelta(hours=2)  # the store's latest version is 2 h old
+        wait_for(lambda: hub.store.latest().version == 2)
+        assert hub.store.latest().reason == "balances"
+    finally:
+        till.stop()
+        hub.stop()
