@@ -438,7 +438,7 @@ def balance(
             for entry in customer.pending:
                 tally.add("earn", entry.points, entry.activates_at)
             return Points(tally.available, tally.pending)
-    # Points expire: the unsynced moves are replayed batch by batch, in the order written.
+    # Points expire: the unsynced moves are replayed batch by batch (in the order below).
     rows: list[Any] = []
     for device_id, seq in devices:
         rows += conn.execute(
@@ -452,9 +452,19 @@ def balance(
             " WHERE p.customer_id = ? AND p.device_id = ? AND p.seq > ?",
             (customer.id, device_id, seq),
         ).fetchall()
-    rows.sort(key=lambda row: int(row[0]))
+    # In time order, a sale before a refund at the same time, then as written: the order
+    # the hub replays the same transactions in (`sync.hub_rules._wallet`), so which batch
+    # a spend takes, and when the rest expires, is the same on both (in the order written,
+    # a hold confirmed after later receipts spent other batches here than at the hub).
+    rows.sort(key=lambda row: (_moved_at(row[7], at), bool(row[6]), int(row[0])))
     assert program is not None
     return _points(_wallet(customer, rows, program, at), at, program)
+
+
+def _moved_at(tx_at: str | None, at: datetime) -> datetime:
+    """A point row's transaction time (its journal's `at`; a refund being written has
+    none yet: it is at `at`)."""
+    return datetime.fromisoformat(tx_at) if tx_at else at
 
 
 def _point_devices(conn: sqlite3.Connection, customer_id: str) -> list[str]:
@@ -483,7 +493,7 @@ def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datet
                 kind,
                 int(points),
                 str(receipt_id),
-                datetime.fromisoformat(tx_at) if tx_at else at,
+                _moved_at(tx_at, at),
                 bool(by_refund),
                 datetime.fromisoformat(activates_at) if activates_at else None,
                 datetime.fromisoformat(expires_at) if expires_at else None,

@@ -136,6 +136,30 @@ def test_the_hub_and_the_till_agree_across_clock_changes(
     _play(0, [], lifetime, delay, plan, start, "Europe/Berlin")
 
 
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+@given(
+    rest=st.integers(0, 300),
+    expiring=st.lists(
+        st.tuples(st.integers(1, 300), st.integers(1, 24 * 20)), min_size=0, max_size=3
+    ),
+    lifetime=st.sampled_from([2, 30]),
+    plan=st.lists(step, min_size=2, max_size=8),
+)
+def test_the_hub_and_the_till_agree_when_sales_are_committed_out_of_time_order(
+    rest: int, expiring: list[tuple[int, int]], lifetime: int, plan: list[tuple[str, int, int, int]]
+) -> None:
+    """A receipt committed after later ones (a hold confirmed after the next sales, a till
+    that kept a receipt): every other sale here is dated 36 hours before the steps' clock.
+    The hub replays a customer's transactions in time order; the till replayed its own in
+    the order written, and where the points expired differed until a snapshot came."""
+    _play(rest, expiring, lifetime, 0, plan, START, "Europe/Moscow", backdate=timedelta(hours=36))
+
+
 def _play(
     rest: int,
     expiring: list[tuple[int, int]],
@@ -144,6 +168,7 @@ def _play(
     plan: list[tuple[str, int, int, int]],
     start: datetime,
     timezone: str,
+    backdate: timedelta = timedelta(0),
 ) -> None:
     batches = [(p, start + timedelta(hours=h)) for p, h in expiring]
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,12 +185,13 @@ def _play(
                 at += timedelta(hours=hours)
                 if kind == "sale":
                     line = {"sku": SKU, "qty": "1", "priceMinor": value}
+                    dated = at - backdate if len(sales) % 2 else at
                     agent.checkout(
                         receipt_from_json(
                             receipt(
                                 f"r{i}",
                                 card=CARD,
-                                at=at.isoformat(),
+                                at=dated.isoformat(),
                                 lines=[line],
                                 redeemPoints=redeem,
                             )
