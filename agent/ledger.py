@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -377,8 +377,12 @@ class Points:
     # The next batches that expire (§16): (points, expiresAt as RFC 3339), soonest first.
     expiring: tuple[tuple[int, str], ...] = ()
     # The batches behind these figures when points expire (None: nothing expires), for a
-    # receipt's balance after it (`after`).
+    # receipt's balance after it (`after`), and what they were replayed from: the
+    # snapshot's customer and the unsynced moves, in their order.
     wallet: Wallet | None = field(default=None, compare=False, repr=False)
+    made_of: tuple[Customer, tuple[Movement, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"availablePoints": self.available, "pendingPoints": self.pending}
@@ -387,13 +391,23 @@ class Points:
         return out
 
     def after(self, program: Program, at: datetime, *moves: Movement) -> Points | None:
-        """These points after `moves` (a receipt's spending and earning), at `at`; None
-        when nothing expires (the caller adds the figures up)."""
+        """These points after `moves` (a receipt's spending and earning, at `at`); None
+        when nothing expires (the caller adds the figures up). The receipt's moves take
+        their place in the replay's order (`balance`): after what happened before or at
+        `at` (refunds at `at` after them), so a receipt dated before others the till
+        holds (a hold confirmed after later sales) answers what `balance` says next."""
         if self.wallet is None:
             return None
+        wallet = self.wallet
+        if self.made_of is not None and moves:
+            customer, replayed = self.made_of
+            cut = sum(1 for m in replayed if (m.at, m.by_refund) <= (at, False))
+            if cut < len(replayed):  # some happened later: the whole replay again
+                wallet = _wallet(customer, [*replayed[:cut], *moves, *replayed[cut:]], program)
+                return _points(wallet, at, program)
         for move in moves:
-            self.wallet.apply(move)
-        return _points(self.wallet, at, program)
+            wallet.apply(move)
+        return _points(wallet, at, program)
 
 
 def balance(
@@ -458,7 +472,9 @@ def balance(
     # a hold confirmed after later receipts spent other batches here than at the hub).
     rows.sort(key=lambda row: (_moved_at(row[7], at), bool(row[6]), int(row[0])))
     assert program is not None
-    return _points(_wallet(customer, rows, program, at), at, program)
+    moves = tuple(_movement(row, at) for row in rows)
+    points = _points(_wallet(customer, moves, program), at, program)
+    return replace(points, made_of=(customer, moves))
 
 
 def _moved_at(tx_at: str | None, at: datetime) -> datetime:
@@ -483,23 +499,25 @@ def _point_devices(conn: sqlite3.Connection, customer_id: str) -> list[str]:
         devices.append(str(row[0]))
 
 
-def _wallet(customer: Customer, rows: Sequence[Any], program: Program, at: datetime) -> Wallet:
+def _movement(row: Sequence[Any], at: datetime) -> Movement:
+    _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at = row
+    return Movement(
+        kind,
+        int(points),
+        str(receipt_id),
+        _moved_at(tx_at, at),
+        bool(by_refund),
+        datetime.fromisoformat(activates_at) if activates_at else None,
+        datetime.fromisoformat(expires_at) if expires_at else None,
+    )
+
+
+def _wallet(customer: Customer, moves: Sequence[Movement], program: Program) -> Wallet:
     return wallet_of(
         customer.balance_points,
         [(e.points, e.expires_at) for e in customer.expiring],
         [(e.points, e.activates_at) for e in customer.pending],
-        (
-            Movement(
-                kind,
-                int(points),
-                str(receipt_id),
-                _moved_at(tx_at, at),
-                bool(by_refund),
-                datetime.fromisoformat(activates_at) if activates_at else None,
-                datetime.fromisoformat(expires_at) if expires_at else None,
-            )
-            for _, kind, points, activates_at, expires_at, receipt_id, by_refund, tx_at in rows
-        ),
+        moves,
         program.points_lifetime_days,
         program.zone,
     )

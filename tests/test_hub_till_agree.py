@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.expiry import EXPIRING_SHOWN
@@ -266,3 +267,41 @@ def test_the_hub_replays_points_through_the_tills_rule_only() -> None:
             assert internal not in text, (name, internal)
     assert "wallet_of(" in (REPO / "sync" / "hub_rules.py").read_text(encoding="utf-8")
     assert "wallet_of(" in (REPO / "agent" / "ledger.py").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+def test_a_hold_confirmed_after_later_sales_answers_what_the_till_and_hub_say(
+    tmp_path: Path, delay: int
+) -> None:
+    """A hold at t1, a sale at t2 spending 50, then the hold confirmed: its result's
+    balance appended the receipt's points after the later sale (with a delay: 250
+    available, 31 pending) while the till's balance a moment later and the hub's replay
+    put it in its time's place (280 and 1); all three say the same now."""
+    hub = SqliteHubStore(tmp_path / "hub.db")
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        import_doc(hub, _master(0, [(300, START + timedelta(days=40))], 30, delay))
+        hub.publish(NOW, WEEK)
+        agent.load_snapshot(hub.snapshot_doc(1, 0))
+        t1, t2 = START + timedelta(hours=12), START + timedelta(hours=48)
+
+        def body(rid: str, at: datetime, price: int, redeem: int) -> Any:
+            line = {"sku": SKU, "qty": "1", "priceMinor": price}
+            return receipt_from_json(
+                receipt(rid, card=CARD, at=at.isoformat(), lines=[line], redeemPoints=redeem)
+            )
+
+        agent.hold(body("r1", t1, 100_000, 0))
+        agent.checkout(body("r2", t2, 10_000, 50))
+        confirmed = agent.confirm("r1").balance
+        assert confirmed == agent.balance(CARD, t1)
+        hub.ingest("till-1", "", pushed(tmp_path / "till"), NOW)
+        there = hub.balance("c-b", t1)
+        assert confirmed is not None
+        assert (there.available, there.pending) == (
+            confirmed.available_points,
+            confirmed.pending_points,
+        )
+    finally:
+        agent.close()
+        hub.close()
