@@ -6,6 +6,7 @@ this process so the test can hold a push after the hub committed it, or slow a d
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -151,15 +152,20 @@ def test_sigkill_mid_pull_resumes_and_keeps_the_old_snapshot_meanwhile(
         from tillpoint.sync.loopback import import_doc
 
         import_doc(hub.store, data)
-        hub.server.servicer.rate_limit_bytes_s = 100 * 1024  # a slow store uplink
-        version = hub.publish()  # about 400 KiB: four seconds at this rate
+        # A slow store uplink: the delta (about 310 KiB) takes six seconds, its part file
+        # made durable every second, so the kill below finds it part-way whatever else
+        # this machine runs (at 100 KiB a second a busy test process once first looked
+        # when it was whole: the restart then had nothing to resume).
+        hub.server.servicer.rate_limit_bytes_s = 50 * 1024
+        version = hub.publish()
         meta = data_dir / "sync" / "pull.json"
 
         def downloading() -> bool:
             try:
-                return '"offset": 0' not in meta.read_text()
-            except FileNotFoundError:
+                partial = json.loads(meta.read_text())
+            except (FileNotFoundError, ValueError):
                 return False
+            return bool(0 < partial["offset"] < partial["total_size"])
 
         wait_for(downloading, timeout=30)
         sigkill(proc)
