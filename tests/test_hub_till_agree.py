@@ -76,17 +76,21 @@ step = st.one_of(
 )
 
 
-@settings(
-    max_examples=15,  # 200 pass too (about 90 s on a busy machine)
+# Random histories: 15 examples a test (200 pass too, about 90 s on a busy machine).
+HISTORIES = settings(
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )
+# A snapshot's expiring batches: (points, hours after the start when they expire).
+EXPIRING = st.lists(st.tuples(st.integers(1, 300), st.integers(1, 24 * 20)), min_size=0, max_size=3)
+
+
+@HISTORIES
 @given(
     rest=st.integers(0, 300),
-    expiring=st.lists(
-        st.tuples(st.integers(1, 300), st.integers(1, 24 * 20)), min_size=0, max_size=3
-    ),
+    expiring=EXPIRING,
     lifetime=st.sampled_from([0, 0, 2, 30]),
     delay=st.sampled_from([0, 1, 3]),
     plan=st.lists(step, min_size=1, max_size=8),
@@ -137,17 +141,10 @@ def test_the_hub_and_the_till_agree_across_clock_changes(
     _play(0, [], lifetime, delay, plan, start, "Europe/Berlin")
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-)
+@HISTORIES
 @given(
     rest=st.integers(0, 300),
-    expiring=st.lists(
-        st.tuples(st.integers(1, 300), st.integers(1, 24 * 20)), min_size=0, max_size=3
-    ),
+    expiring=EXPIRING,
     lifetime=st.sampled_from([2, 30]),
     plan=st.lists(step, min_size=2, max_size=8),
 )
