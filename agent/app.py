@@ -162,6 +162,7 @@ def run(settings: Settings) -> int:
             settings.http.listen,
             token=settings.http.token,
             max_workers=settings.server.max_workers,
+            allowed_origins=settings.http.allowed_origins,
         )
     metrics_server = None
     if settings.metrics.enabled:  # bound before anything starts, as the two servers are

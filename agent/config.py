@@ -76,6 +76,8 @@ def _listen(value: str) -> str:
 
 
 Listen = Annotated[str, AfterValidator(_listen)]
+# A web page's origin as a browser sends it: scheme://host[:port], no path.
+Origin = Annotated[str, Field(max_length=200, pattern=r"^https?://[^/\s]+$")]
 
 
 class ServerSettings(BaseModel):
@@ -99,6 +101,9 @@ class HttpSettings(BaseModel):
     enabled: bool = True
     listen: Listen = "127.0.0.1:8061"  # the local HTTP/JSON interface (docs/INTEGRATION.md)
     token: Token = ""  # required when listen is not a loopback address
+    # Web pages (a kiosk's browser front end) allowed to call, by origin
+    # ("http://localhost:3000"); a request from any other page is refused with 403.
+    allowed_origins: tuple[Origin, ...] = ()
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> HttpSettings:

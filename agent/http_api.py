@@ -31,22 +31,30 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
+import h11
 import uvicorn
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from tillpoint.v1 import tillpoint_pb2 as pb
+from uvicorn.protocols.http import h11_impl
 
 from .cli import json_document, parse_json, parse_time
-from .config import address_family, bearer_matches, split_listen, token_problem
+from .config import (
+    address_family,
+    bearer_matches,
+    split_listen,
+    token_problem,
+)
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
@@ -58,6 +66,7 @@ log = logging.getLogger("tillpoint.http")
 
 MAX_BODY_BYTES = 4 << 20  # a larger request is refused with 413 (docs/CONTRACT.md §10)
 BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
+HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
 GRACE_S = 5  # in-flight requests get this long at shutdown
@@ -276,9 +285,19 @@ CALLS = (
 class Api:
     """The routes over one Agent; `serving` turns /healthz to 503 while shutting down."""
 
-    def __init__(self, agent: Agent, *, token: str = "", max_workers: int = 8) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        token: str = "",
+        max_workers: int = 8,
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
         self.agent = agent
         self.token = token.encode()
+        # Web pages allowed to call (a kiosk's front end); any other page's request, which a
+        # browser marks with its Origin, is refused (`_refusal`).
+        self.origins = frozenset(o.encode() for o in allowed_origins)
         self.serving = True
         # The instance id of `tillpoint run` (agent/forward.py): a request naming another
         # one (X-Tillpoint-Instance) was meant for another agent and gets 421, unrun.
@@ -301,19 +320,11 @@ class Api:
         self._openapi_body = ""  # built on the first request: 4-12 ms off `run`'s start
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.token and not self._authorised(scope):
-            response = error_response(
-                "UNAUTHENTICATED",
-                "missing or wrong token: send Authorization: Bearer <token>",
-                {"WWW-Authenticate": "Bearer"},
-            )
-            await response(scope, receive, send)
-            return
-        if scope["type"] == "http" and not self._meant_for_us(scope):
-            response = error_response("FAILED_PRECONDITION", "another agent's instance id")
-            response.status_code = 421  # Misdirected Request: run nothing, the CLI runs it
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         call = self.posts.get(scope["path"]) if scope["type"] == "http" else None
         if call is not None and scope["method"] == "POST":
             # A POST call on bare ASGI: no Request, Response or routing of Starlette's (the
@@ -332,17 +343,45 @@ class Api:
             return
         await self.app(scope, receive, send)
 
-    def _meant_for_us(self, scope: Any) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"x-tillpoint-instance":
-                return hmac.compare_digest(bytes(value), self.instance)
-        return True
+    def _refusal(self, scope: Any) -> Response | None:
+        """The answer to a request this agent must not run, None for the rest; the headers
+        read in one pass (a few µs of every call).
 
-    def _authorised(self, scope: Any) -> bool:
+        - A web page's request (a browser sends `Origin`) from an origin not in
+          `[http] allowed_origins`: 403. Without it any page the till's browser opens could
+          post a sale to 127.0.0.1 (a form's `text/plain` POST needs no CORS preflight).
+          A page whose own name is made to resolve to 127.0.0.1 (DNS rebinding) is
+          refused the same way: a browser sends `Origin` with every POST, its own site's
+          too. Its GETs (status, health, the description) carry no customer's data.
+        - No or a wrong token when one is set: 401.
+        - Another `tillpoint run`'s instance id (the CLI's forward): 421, nothing run."""
+        origin = authorization = instance = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                return bearer_matches(bytes(value), self.token)
-        return False
+                authorization = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"x-tillpoint-instance":
+                instance = value
+        if origin is not None and bytes(origin) not in self.origins:
+            return error_response(
+                "PERMISSION_DENIED",
+                f"requests from web pages are refused (Origin: {bytes(origin)[:100]!r}):"
+                " list the page's origin in [http] allowed_origins",
+            )
+        if self.token and (
+            authorization is None or not bearer_matches(bytes(authorization), self.token)
+        ):
+            return error_response(
+                "UNAUTHENTICATED",
+                "missing or wrong token: send Authorization: Bearer <token>",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if instance is not None and not hmac.compare_digest(bytes(instance), self.instance):
+            response = error_response("FAILED_PRECONDITION", "another agent's instance id")
+            response.status_code = 421  # Misdirected Request: run nothing, the CLI runs it
+            return response
+        return None
 
     async def _in_pool(self, fn: Callable[[], Any]) -> Any:
         loop = asyncio.get_running_loop()
@@ -714,6 +753,63 @@ def openapi() -> dict[str, Any]:
 # ---------------------------------------------------------------- the server
 
 
+async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
+    status, body = error_body(
+        "UNAVAILABLE", "the agent has too many HTTP connections open: retry in a moment"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", b"%d" % len(body)), _HEAD, (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# Past `limit_concurrency` uvicorn answers with the app its h11 module names
+# `service_unavailable`, a plain-text 503; every answer here is the JSON error document a
+# POS reads (docs/CONTRACT.md §12). One module attribute of the pinned uvicorn, replaced
+# for the process; tests/test_http_connections.py holds it to the JSON body.
+setattr(h11_impl, "service_unavailable", _too_many_connections)  # noqa: B010
+
+
+class _Protocol(h11_impl.H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request's head: a connection that
+    has sent nothing, or only part of a head, for `HEAD_TIMEOUT_S` is closed. uvicorn
+    times out only idle keep-alive connections after an answer and a body's arrival is
+    ours (`BODY_TIMEOUT_S`), so a client that opened connections and sent nothing, or a
+    byte now and then, held them for ever and, at `limit_concurrency` of them, kept every
+    POS out."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # a whole head: the request's own limits
+            self._disarm()
+        elif self._head_timer is None:  # the first bytes of the next request's head
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
 class AsgiThread:
     """An ASGI app on uvicorn (h11) in its own thread and event loop, on a socket bound here
     (so a port in use is an error now, and port 0 picks a free one)."""
@@ -735,7 +831,7 @@ class AsgiThread:
         self.port = int(self.sock.getsockname()[1])
         config = uvicorn.Config(
             app,
-            http="h11",
+            http=_Protocol,
             loop="asyncio",
             lifespan="off",
             access_log=False,
@@ -774,7 +870,15 @@ class AsgiThread:
 class HttpServer:
     """The HTTP interface over one Agent; `start`, then `stop`."""
 
-    def __init__(self, agent: Agent, listen: str, *, token: str = "", max_workers: int = 8):
+    def __init__(
+        self,
+        agent: Agent,
+        listen: str,
+        *,
+        token: str = "",
+        max_workers: int = 8,
+        allowed_origins: Iterable[str] = (),
+    ):
         try:
             host, port = split_listen(listen)
         except ValueError as exc:
@@ -782,8 +886,18 @@ class HttpServer:
         problem = token_problem("http", listen, token)
         if problem:
             raise InputError(problem)
-        self.api = Api(agent, token=token, max_workers=max_workers)
-        self.serve = AsgiThread(self.api, host, port)
+        origins = tuple(allowed_origins)
+        self.api = Api(agent, token=token, max_workers=max_workers, allowed_origins=origins)
+        app: Any = self.api
+        if origins:  # a browser's preflight (OPTIONS) and the answers' CORS headers
+            app = CORSMiddleware(
+                self.api,
+                allow_origins=origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type"],
+                max_age=600,
+            )
+        self.serve = AsgiThread(app, host, port)
         self.host, self.port = host, self.serve.port
 
     def start(self) -> None:

@@ -1,0 +1,181 @@
+"""The HTTP interface against what a web page or a greedy client can do to it: real HTTP
+to a real server on a random loopback port (found by an integrator's review, issue 11)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from tillpoint.agent import http_api
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt
+from .test_http_api import Client, error_of
+
+TIMEOUT = 10
+
+
+@pytest.fixture
+def server(agent: Agent) -> Iterator[HttpServer]:
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_a_web_pages_request_is_refused_and_runs_nothing(server: HttpServer) -> None:
+    """A form's `text/plain` POST from any page the till's browser opens reaches
+    127.0.0.1 without a CORS preflight; the browser marks it with `Origin`."""
+    client = Client(server.port)
+    sale = receipt("csrf-1")
+    answer = client.post(
+        "/v1/checkout",
+        raw=json.dumps(sale).encode(),
+        headers={"Origin": "http://evil.example", "Content-Type": "text/plain"},
+    )
+    status, code, message = error_of(answer)
+    assert (status, code) == (403, "PERMISSION_DENIED")
+    assert "allowed_origins" in message
+    # nothing was committed under that receiptId: a cancel does not know it
+    assert client.post("/v1/cancel", {"receiptId": "csrf-1"}).status == 404
+    # the POS (no Origin) is served as before
+    assert client.post("/v1/checkout", sale).status == 200
+    client.close()
+
+
+def test_a_rebound_pages_post_is_refused(server: HttpServer) -> None:
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 is "same origin" to the
+    browser, which still marks each POST with that Origin (and its own Host)."""
+    client = Client(server.port)
+    answer = client.post(
+        "/v1/identify",
+        {"text": "2770000000017"},
+        headers={
+            "Host": f"evil.example:{server.port}",
+            "Origin": f"http://evil.example:{server.port}",
+        },
+    )
+    assert error_of(answer)[:2] == (403, "PERMISSION_DENIED")
+    client.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8061", "localhost", "t", "till-7.store.local"])
+def test_any_host_without_an_origin_is_served(server: HttpServer, host: str) -> None:
+    """A POS's HTTP client sends no Origin; its Host is whatever name it dialled."""
+    client = Client(server.port)
+    answer = client.post("/v1/identify", {"text": "2770000000017"}, headers={"Host": host})
+    assert answer.status == 200, answer.body
+    client.close()
+
+
+def test_with_a_token_any_host_is_served(agent: Agent) -> None:
+    """Beyond loopback the token is the check (a browser does not send it on its own)."""
+    srv = HttpServer(agent, "127.0.0.1:0", token="s3cret")
+    srv.start()
+    try:
+        client = Client(srv.port, token="s3cret")
+        answer = client.post("/v1/identify", {"text": "2770000000017"}, headers={"Host": "till-7"})
+        assert answer.status == 200
+        client.close()
+    finally:
+        srv.stop()
+
+
+def test_an_allowed_origin_gets_its_preflight_and_cors_headers(agent: Agent) -> None:
+    srv = HttpServer(agent, "127.0.0.1:0", allowed_origins=["http://localhost:3000"])
+    srv.start()
+    try:
+        client = Client(srv.port)
+        preflight = client.call(
+            "OPTIONS",
+            "/v1/quote",
+            headers={
+                "Origin": "http://localhost:3000",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+        answer = client.post(
+            "/v1/quote", receipt("k1"), headers={"Origin": "http://localhost:3000"}
+        )
+        assert answer.status == 200
+        assert answer.headers["access-control-allow-origin"] == "http://localhost:3000"
+        other = client.post("/v1/quote", receipt("k2"), headers={"Origin": "http://evil.example"})
+        assert error_of(other)[:2] == (403, "PERMISSION_DENIED")
+        client.close()
+    finally:
+        srv.stop()
+
+
+def test_allowed_origins_in_the_config_are_origins() -> None:
+    from pydantic import ValidationError
+    from tillpoint.agent.config import HttpSettings
+
+    assert HttpSettings(allowed_origins=("http://localhost:3000",)).allowed_origins
+    with pytest.raises(ValidationError):
+        HttpSettings(allowed_origins=("http://localhost:3000/kiosk",))
+
+
+def _raw(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_a_connection_without_a_whole_head_is_closed(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that opens connections and sends nothing, or a head a byte at a time,
+    no longer holds them for ever; a POS's idle keep-alive connection stays open."""
+    monkeypatch.setattr(http_api, "HEAD_TIMEOUT_S", 0.5)
+    silent = _raw(server.port)
+    partial = _raw(server.port)
+    partial.sendall(b"POST /v1/quote HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert _closed_within(silent, 5) and _closed_within(partial, 5)
+    silent.close()
+    partial.close()
+
+    pos = Client(server.port)
+    assert pos.post("/v1/identify", {"text": "2770000000017"}).status == 200
+    time.sleep(1.0)  # past the head's deadline, well within the keep-alive
+    assert pos.post("/v1/identify", {"text": "2770000000017"}).status == 200
+    pos.close()
+
+
+def test_past_the_connection_limit_the_answer_is_the_json_503(server: HttpServer) -> None:
+    """uvicorn's own answer there is a plain-text 503 a POS cannot read as an error."""
+    idle = [_raw(server.port) for _ in range(256)]
+    try:
+        time.sleep(0.5)  # every one accepted by the server's loop
+        client = Client(server.port)
+        answer = client.post("/v1/identify", {"text": "2770000000017"})
+        status, code, message = error_of(answer)
+        assert (status, code) == (503, "UNAVAILABLE") and "retry" in message
+        client.close()
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while True:  # the slots free again as the server sees the closes
+        client = Client(server.port)
+        answer = client.post("/v1/identify", {"text": "2770000000017"})
+        client.close()
+        if answer.status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert answer.status == 200
