@@ -38,6 +38,7 @@ from .identify import normalise, phone_key
 from .models import (
     LINE_KINDS,
     ROW_MODELS,
+    STORED,
     CardRecord,
     Category,
     Coupon,
@@ -676,7 +677,7 @@ class CacheView:
 
     def offer(self, offer_id: str) -> Offer | None:
         row = self.conn.execute("SELECT doc FROM offers WHERE id = ?", (offer_id,)).fetchone()
-        return None if row is None else Offer.model_validate_json(row[0])
+        return None if row is None else Offer.model_validate_json(row[0], context=STORED)
 
     def offers_for(self, customer_id: str) -> list[Offer]:
         """The customer's personal offers and every mass offer, by id."""
@@ -689,7 +690,7 @@ class CacheView:
             "mass",
             lambda: sorted(
                 (
-                    Offer.model_validate_json(doc)
+                    Offer.model_validate_json(doc, context=STORED)
                     for (doc,) in self.conn.execute(
                         "SELECT doc FROM offers WHERE customer_id IS NULL"
                     )
@@ -751,7 +752,9 @@ class _Personal:
             # A usual customer's few offers in one parse (the rows were validated when the
             # snapshot was applied): cheaper than reading each one's targets with
             # `json.loads` first and parsing the two or three a receipt gets.
-            parsed = _offer_list().validate_json(f"[{','.join(docs)}]") if docs else []
+            parsed = (
+                _offer_list().validate_json(f"[{','.join(docs)}]", context=STORED) if docs else []
+            )
             self.offers = list(parsed)
             self.targets = [_targets_of(offer) for offer in parsed]
         else:
@@ -761,7 +764,7 @@ class _Personal:
     def parsed(self, i: int) -> Offer:
         offer = self.offers[i]
         if offer is None:
-            offer = self.offers[i] = Offer.model_validate_json(self.docs[i])
+            offer = self.offers[i] = Offer.model_validate_json(self.docs[i], context=STORED)
         return offer
 
     def all(self) -> list[Offer]:

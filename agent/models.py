@@ -26,6 +26,7 @@ from pydantic import (
     StrictBool,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -194,6 +195,19 @@ def _date(value: Any) -> date:
 # string, a dict from the CLI or gRPC) goes on to the project's own validator, whose
 # words `describe` reports when both refuse.
 _FIRST = Field(union_mode="left_to_right")  # the first member that accepts wins
+
+# The validation context of a row read back from the cache (`Offer.model_validate_json(doc,
+# context=STORED)`): it was checked when its snapshot was applied, by the rules of the
+# version that applied it. A rule added since (a `minQty` of at most 3 decimals) is a rule
+# of input and must not make a till's stored offers unreadable after an upgrade.
+STORED: dict[str, bool] = {"stored": True}
+
+
+def _decimals(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
 Int64 = Annotated[
     Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
     | Annotated[int, BeforeValidator(_int64)],
@@ -539,7 +553,11 @@ class Offer(Model):
     free_qty: Qty | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> Offer:
+    def _consistent(self, info: ValidationInfo) -> Offer:
+        if self.min_qty and _decimals(self.min_qty) > 3 and info.context is not STORED:
+            raise ValueError(
+                f"offer {self.id}: minQty {self.min_qty} has more than 3 decimals (the contract §2)"
+            )
         if self.valid_from and self.valid_to and self.valid_from > self.valid_to:
             raise ValueError(f"offer {self.id}: validFrom is after validTo")
         if self.kind in VALUE_KINDS and "value" not in self.model_fields_set:

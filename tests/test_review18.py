@@ -1,0 +1,73 @@
+"""Faults found in session 18's audits, each with the test that failed before."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from tillpoint.agent.db import cache_file
+from tillpoint.agent.errors import InputError
+from tillpoint.agent.models import STORED, Offer
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import CLI, receipt, snapshot
+
+MILK = "4601234000017"
+
+
+def _offer(**changes: object) -> dict[str, object]:
+    offer: dict[str, object] = {
+        "id": "o-min",
+        "kind": "PERCENT_OFF",
+        "skus": [MILK],
+        "value": "10",
+        "minQty": "2",
+    }
+    offer.update(changes)
+    return offer
+
+
+@pytest.mark.parametrize("min_qty", ["1.0001", "0.0005", "2.0000"])
+def test_an_offers_min_qty_of_more_than_3_decimals_is_refused(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch, min_qty: str
+) -> None:
+    """The contract §2: quantities have at most 3 decimals; a QUANTITY_PRICE tier's
+    `minQty` was held to it, an offer's own `minQty` loaded ("1.0001")."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        with pytest.raises(InputError, match=r"minQty .* more than 3 decimals"):
+            agent.load_snapshot(snapshot(version=2, offers=[_offer(minQty=min_qty)]))
+        assert agent.status().cache_version == 1
+    finally:
+        agent.close()
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    run = cli("hub", "import", {"offers": [_offer(minQty=min_qty)]})
+    assert run.code == 2 and "more than 3 decimals" in run.err, run.err
+
+
+def test_an_offer_an_earlier_release_stored_with_them_still_prices(tmp_path: Path) -> None:
+    """A rule of input: the cache's rows were checked when their snapshot was applied, and
+    a till upgraded over one must keep selling."""
+    doc = json.dumps(_offer(minQty="2.0005"))
+    with pytest.raises(ValidationError):
+        Offer.model_validate_json(doc)
+    assert str(Offer.model_validate_json(doc, context=STORED).min_qty) == "2.0005"
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snapshot(offers=[_offer(minQty="2")]))
+        with sqlite3.connect(cache_file(agent.data_dir)) as conn:  # as an older release kept it
+            conn.execute("UPDATE offers SET doc = ? WHERE id = 'o-min'", (doc,))
+        conn.close()
+        agent = Agent(tmp_path / "till", "till-1")  # a restart: no memo of the old row
+        three = receipt("q-1", lines=[{"sku": MILK, "qty": "3", "priceMinor": 1000}])
+        two = receipt("q-2", lines=[{"sku": MILK, "qty": "2", "priceMinor": 1000}])
+        assert agent.quote(receipt_from_json(three)).lines[0].offer_id == "o-min"
+        assert agent.quote(receipt_from_json(two)).lines[0].offer_id is None  # 2 < 2.0005
+    finally:
+        agent.close()
