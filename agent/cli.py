@@ -452,6 +452,9 @@ def parse_json(text: str | bytes, name: str) -> Any:
                 " is not a character)"
             )
         return doc
+    except _FloatInJson as exc:  # said again with where the number is: one read more
+        where = _float_path(text) if isinstance(text, str) else ""
+        raise InputError(f"{where}: {exc}" if where else str(exc)) from None
     except UnicodeDecodeError:
         raise InputError(f"{name}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
@@ -488,8 +491,37 @@ class _FloatInJson(InputError):
     pass
 
 
+_FLOAT = object()  # what `_float_path` reads a number with a point or an exponent as
+
+
+def _float_path(text: str) -> str:
+    """Where the first number with a point or an exponent is (`lines[0].priceMinor`)."""
+
+    def walk(node: Any, path: str) -> str | None:
+        if node is _FLOAT:
+            return path
+        items = (
+            ((f"{path}.{k}" if path else str(k), v) for k, v in node.items())
+            if isinstance(node, dict)
+            else ((f"{path}[{i}]", v) for i, v in enumerate(node))
+            if isinstance(node, list)
+            else ()
+        )
+        for where, value in items:
+            found = walk(value, where)
+            if found is not None:
+                return found
+        return None
+
+    try:
+        doc = json.loads(text.removeprefix("\ufeff"), parse_float=lambda _: _FLOAT)
+        return walk(doc, "") or ""
+    except (ValueError, RecursionError):
+        return ""
+
+
 def _no_float(text: str) -> Any:
-    what = "has a fraction" if "." in text else "is written with an exponent"
+    what = "is written with an exponent" if "e" in text.lower() else "has a decimal point"
     raise _FloatInJson(
         f"the number {text} {what}: write money in minor units (whole numbers) and "
         "quantities as decimal strings"

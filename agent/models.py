@@ -270,7 +270,12 @@ Text = Annotated[str, Strict()]
 Key = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200)]
 # The text fields of a request (receipt, refund): at most TEXT_MAX characters.
 RequestText = Annotated[str, Strict(), StringConstraints(max_length=TEXT_MAX)]
-RequestKey = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=TEXT_MAX)]
+# An id, SKU or code of a request has no control characters (a NUL, a line break, an
+# escape): they matched nothing anyway, and went on into logs, answers and printouts.
+_NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]*$"
+RequestKey = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=TEXT_MAX, pattern=_NO_CONTROLS)
+]
 
 
 def _not_blank(value: str) -> str:
@@ -898,6 +903,8 @@ def describe(exc: ValidationError) -> str:
     limit = (first.get("ctx") or {}).get("max_length")
     if first.get("type") == "too_long" and limit:  # a list: "lines", "coupons"
         message = f"has too many items (at most {limit})"
+    if (first.get("ctx") or {}).get("pattern") == _NO_CONTROLS:
+        message = "must not contain control characters (a line break, a tab, a NUL, ...)"
     if first.get("type") == "string_too_long" and limit:
         message = f"is too long (at most {limit} characters)"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""

@@ -55,9 +55,13 @@ def apply_refund(
             bought = sum((line.qty for line in sold if line.sku == sku), Fraction(0))
             if bought == 0:
                 raise Refused(f"receipt {receipt_id} has no line with sku {sku}")
+            earlier = sum((line.returned_qty for line in sold if line.sku == sku), Fraction(0))
+            asked = sum((q for s, q in returns if s == sku), Fraction(0))
             raise Refused(
                 f"receipt {receipt_id}: returning more of sku {sku} than was bought"
-                f" ({decimal_text(bought)} bought, including earlier refunds)"
+                f" ({decimal_text(bought)} bought, {decimal_text(earlier)} returned before,"
+                f" {decimal_text(bought - earlier)} left to return; this refund asks"
+                f" {decimal_text(asked)})"
             )
 
     returned = taken = 0

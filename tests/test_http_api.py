@@ -172,7 +172,7 @@ def test_bad_input_is_400_with_one_line(client: Client) -> None:
         status, code, message = error_of(answer)
         assert (status, code) == (400, "INVALID_ARGUMENT"), message
     assert "not valid JSON" in error_of(cases[0])[2]
-    assert "fraction" in error_of(cases[3])[2]
+    assert "lines[0].priceMinor: the number 89.9 has a decimal point" in error_of(cases[3])[2]
     assert "colour" in error_of(cases[4])[2]
     # Nothing was stored.
     assert client.get("/v1/status").json()["lastSeq"] == 0

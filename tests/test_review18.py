@@ -17,6 +17,7 @@ from tillpoint.agent.service import Agent
 from .conftest import CLI, receipt, snapshot
 
 MILK = "4601234000017"
+AT = "2026-11-24T12:00:00+03:00"
 
 
 def _offer(**changes: object) -> dict[str, object]:
@@ -71,3 +72,55 @@ def test_an_offer_an_earlier_release_stored_with_them_still_prices(tmp_path: Pat
         assert agent.quote(receipt_from_json(two)).lines[0].offer_id is None  # 2 < 2.0005
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"receiptId": "r\n1"}, "receiptId"),
+        ({"lines": [{"sku": "46012340\x0000017", "qty": "1", "priceMinor": 100}]}, "lines[0].sku"),
+        ({"coupons": ["SORRY\x1b[2J"]}, "coupons[0]"),
+        ({"receiptId": "r\u00851"}, "receiptId"),  # a C1 control: NEXT LINE
+    ],
+)
+def test_control_characters_in_a_requests_ids_are_refused(
+    cli: CLI, changes: dict[str, object], field: str
+) -> None:
+    """A NUL, a line break or an escape in a receiptId, SKU or coupon code matched nothing
+    and went on into the answer, the logs and the printout."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    run = cli("quote", receipt("r1", **changes), "--json")
+    assert run.code == 2 and f"{field} must not contain control characters" in run.err, run.err
+    refund = {"refundId": "f\t1", "receiptId": "r1", "lines": [{"sku": MILK, "qty": "1"}]}
+    run = cli("refund", refund, "--json")
+    assert run.code == 2 and "refundId must not contain control characters" in run.err, run.err
+    # Cyrillic and other printable text is not a control character
+    assert cli("quote", receipt("чек-1"), "--json").code == 0
+
+
+def test_a_refund_beyond_what_is_left_says_what_is_left(cli: CLI) -> None:
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("checkout", receipt("r1"), "--json").code == 0  # 2 × milk
+    one = {"refundId": "f1", "receiptId": "r1", "at": AT, "lines": [{"sku": MILK, "qty": "1"}]}
+    assert cli("refund", one, "--json").code == 0
+    two = {"refundId": "f2", "receiptId": "r1", "at": AT, "lines": [{"sku": MILK, "qty": "2"}]}
+    run = cli("refund", two, "--json")
+    assert run.code == 2, run.err
+    assert "2 bought, 1 returned before, 1 left to return; this refund asks 2" in run.err
+
+
+@pytest.mark.parametrize(
+    ("price", "said"),
+    [("8990.0", "has a decimal point"), ("8.99e3", "is written with an exponent")],
+)
+def test_a_number_with_a_point_or_an_exponent_is_named_with_its_field(
+    cli: CLI, tmp_path: Path, price: str, said: str
+) -> None:
+    """ "the number 1200.0 has a fraction" named no field, and 1200.0 has none."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    body = json.dumps(receipt("r1")).replace('"priceMinor": 8990', f'"priceMinor": {price}')
+    path = tmp_path / "float.json"
+    path.write_text(body)
+    run = cli("quote", str(path), "--json")
+    assert run.code == 2
+    assert f"lines[0].priceMinor: the number {price} {said}" in run.err, run.err
