@@ -622,8 +622,29 @@ def _message_schema(
         if required:
             described["required"] = required
         described["additionalProperties"] = False
+    for name, values in _STRING_ENUMS.get(desc.name, {}).items():
+        properties[name] = {"type": "string", "enum": list(values)}
     schemas[desc.name] = described
     return ref
+
+
+# String fields of the answers whose values are a closed list (the contract §13); the proto
+# keeps them strings.
+_STRING_ENUMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "CouponVerdict": {
+        "status": ("APPLIED", "REJECTED"),
+        "reason": (
+            "",
+            "UNKNOWN",
+            "NOT_YET_VALID",
+            "EXPIRED",
+            "OTHER_CUSTOMER",
+            "ALREADY_USED",
+            "DUPLICATE",
+            "NOT_APPLICABLE",
+        ),
+    },
+}
 
 
 def _field_schema(
@@ -654,7 +675,10 @@ def openapi() -> dict[str, Any]:
                     "type": "object",
                     "required": ["code", "message"],
                     "properties": {
-                        "code": {"type": "string", "enum": sorted(HTTP_STATUS)},
+                        "code": {
+                            "type": "string",
+                            "enum": sorted(set(HTTP_STATUS) - {"UNIMPLEMENTED"}),  # gRPC's only
+                        },
                         "message": {"type": "string"},
                     },
                 }
@@ -669,6 +693,7 @@ def openapi() -> dict[str, Any]:
     errors = {
         "400": answer("bad input: malformed JSON, unknown field, out-of-range value"),
         "401": answer("a token is set and the request has none or another"),
+        "403": answer("a web page's request: its Origin is not in [http] allowed_origins"),
         "404": answer("unknown receipt, a card this till does not know (balance)"),
         "405": answer("another method than the call's"),
         "408": answer("the body did not arrive within 10 s"),
@@ -679,11 +704,26 @@ def openapi() -> dict[str, Any]:
         "500": answer("a bug in tillpoint: the agent's log has the trace"),
         "503": answer("not ready, or the call timed out: retry with the same receiptId"),
     }
+    # What any request may meet; a body's own; then each call's (agent/service.py's).
+    anywhere = ("401", "403", "405", "421", "500", "503")
+    of_a_body = ("400", "408", "413")
+    of_the_call = {
+        "Quote": ("412",),
+        "Hold": ("409", "412"),
+        "Confirm": ("404", "412"),
+        "Cancel": ("404", "412"),
+        "Checkout": ("409", "412"),
+        "Refund": ("404", "409", "412"),
+        "Balance": ("404",),
+    }
     paths: dict[str, Any] = {}
     for call in CALLS:
         rpc = service.methods_by_name.get(call.rpc)
         if rpc is None:  # not in this build's PosAgent: not described
             continue
+        met = {*anywhere, *of_the_call.get(call.rpc, ())}
+        if call.method == "POST":
+            met.update(of_a_body)
         operation: dict[str, Any] = {
             "operationId": call.rpc[0].lower() + call.rpc[1:],
             "summary": call.summary,
@@ -692,7 +732,7 @@ def openapi() -> dict[str, Any]:
                     "description": f"{rpc.output_type.name} as proto3 JSON",
                     "content": {JSON: {"schema": _message_schema(rpc.output_type, schemas)}},
                 },
-                **errors,
+                **{status: errors[status] for status in sorted(met)},
             },
         }
         if call.method == "POST":
@@ -729,6 +769,7 @@ def openapi() -> dict[str, Any]:
                     },
                 },
                 "401": errors["401"],
+                "403": errors["403"],
                 "405": errors["405"],
                 "503": answer("no snapshot loaded, or shutting down"),
             },

@@ -429,6 +429,10 @@ def test_binding_beyond_loopback_needs_a_token(
 # ---------------------------------------------------------------- OpenAPI
 
 
+def schemas_of(doc: dict[str, Any]) -> dict[str, Any]:
+    return dict(doc["components"]["schemas"])
+
+
 def test_openapi_is_generated_from_the_proto_messages(client: Client) -> None:
     answer = client.get("/openapi.json")
     assert answer.status == 200
@@ -438,8 +442,26 @@ def test_openapi_is_generated_from_the_proto_messages(client: Client) -> None:
     service = pb.DESCRIPTOR.services_by_name["PosAgent"]
     served = {c.path for c in CALLS if c.rpc in service.methods_by_name}
     assert set(doc["paths"]) == served | {"/healthz"}
-    # every status /healthz answers is described (a token set: 401; POST: 405)
-    assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {"200", "401", "405", "503"}
+    # every status /healthz answers is described (a token set: 401; a web page's: 403;
+    # POST: 405)
+    assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {
+        "200",
+        "401",
+        "403",
+        "405",
+        "503",
+    }
+    # each call's own errors, not every error of every call
+    responses = {path: set(ops[next(iter(ops))]["responses"]) for path, ops in doc["paths"].items()}
+    assert "409" in responses["/v1/hold"] and "404" in responses["/v1/confirm"]
+    assert not {"404", "409", "412"} & responses["/v1/identify"]
+    assert not {"400", "408", "413"} & responses["/v1/status"]
+    verdict = schemas_of(doc)["CouponVerdict"]["properties"]
+    assert "NOT_APPLICABLE" in verdict["reason"]["enum"]
+    assert (
+        "UNIMPLEMENTED"
+        not in schemas_of(doc)["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+    )
     assert {"/v1/identify", "/v1/quote", "/v1/checkout", "/v1/refund"} <= served
     assert {"/v1/balance", "/v1/status"} <= served
     schemas = doc["components"]["schemas"]
