@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from datetime import date
 from fractions import Fraction
-from typing import Any
 
 from tillpoint.printer import messages
 
@@ -28,31 +27,23 @@ def unknown_card_display(total_minor: int, earned: int) -> list[str]:
 
 
 def quote_display(
-    total_minor: int, savings_minor: int, trace: dict[str, Any] | None = None
+    total_minor: int, savings_minor: int, reach: tuple[int, str, str] | None = None
 ) -> list[str]:
-    """The running total and the savings; with a trace (§17) and a receipt discount within
-    reach, the second line says how much more the basket needs ("Ещё 520 ₽ до скидки 5%")."""
+    """The running total and the savings (§8). With no savings yet and a receipt discount
+    within reach (`Priced.reach`), the second line says how much more the basket needs
+    ("Ещё 520 ₽ до скидки 5%", §17's example) instead of staying empty. Worked out from
+    the pricing, not from a trace: `explain` never changes the display (§17)."""
     lines = messages.quote_lines(total_minor, savings_minor)
-    hint = reach_line(trace) if trace is not None else None
+    if savings_minor > 0 or reach is None:
+        return lines
+    hint = reach_line(reach[0], reach[2])
     return [lines[0], hint] if hint else lines
 
 
-def reach_line(trace: dict[str, Any], width: int = messages.WIDTH) -> str | None:
-    """The nearest RECEIPT_PERCENT_OFF threshold not met yet, in whole roubles rounded up."""
-    below = [
-        o
-        for o in trace.get("receiptOffers", ())
-        if o.get("kind") == "RECEIPT_PERCENT_OFF"
-        and o.get("outcome") == "BELOW_MIN_TOTAL"
-        and o.get("missingMinor", 0) > 0
-        and o.get("percent")
-    ]
-    if not below:
-        return None
-    nearest = min(below, key=lambda o: (o["missingMinor"], o["offerId"]))
-    roubles = -(-int(nearest["missingMinor"]) // 100)
+def reach_line(missing_minor: int, percent: str, width: int = messages.WIDTH) -> str | None:
+    """How much more the basket needs for a receipt discount, in whole roubles rounded up."""
+    roubles = -(-missing_minor // 100)
     money = f"{roubles:,}".replace(",", " ") + " ₽"
-    percent = nearest["percent"]
     for text in (
         f"Ещё {money} до скидки {percent}%",
         f"Ещё {money} до −{percent}%",

@@ -176,6 +176,10 @@ class Priced:
     # the offers that gave this receipt something: a line's money offer or basket deal, a
     # line's largest multiplier, an EXTRA_POINTS offer (for the coupon verdicts, §13)
     applied_offers: frozenset[str] = frozenset()
+    # The nearest receipt discount not reached yet, for the display while the basket is
+    # priced (§17's "Ещё 520 ₽ до скидки 5%"): (minor units missing, offer id, percent).
+    # Worked out with or without a trace, so `explain` never changes the display.
+    reach: tuple[int, str, str] | None = None
 
     def __post_init__(self) -> None:
         # The sums below, worked out in one pass and kept in the instance (the first access
@@ -346,6 +350,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     # 3. Receipt offers.
     extra_points = 0
     extra_offers: list[str] = []  # the EXTRA_POINTS offers that added their points
+    reach: list[tuple[int, str, str]] = []  # the receipt discounts not reached yet
     receipt_level: list[Offer] = []
     if customer is not None:
         targeting = index.receipt_offers()
@@ -354,7 +359,9 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
         else:
             receipt_level = tr.usable_receipt_offers(targeting, usable)
         if receipt_level:
-            extra_points = _receipt_offers(work, receipt_level, customer, held, tr, extra_offers)
+            extra_points = _receipt_offers(
+                work, receipt_level, customer, held, tr, extra_offers, reach
+            )
 
     # 4. Redemption.
     allowed_uncapped = 0
@@ -435,6 +442,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
             + [w.multiplier_offer for w in work if w.multiplier_offer]
             + extra_offers
         ),
+        reach=min(reach) if reach else None,
     )
 
 
@@ -785,6 +793,7 @@ def _receipt_offers(
     held: set[str],
     tr: _Trace | None = None,
     extra_offers: list[str] | None = None,
+    reach: list[tuple[int, str, str]] | None = None,
 ) -> int:
     eligible_total = sum(w.amount - w.discount for w in work if w.eligible)
     open_lines = [w for w in work if w.eligible and w.offer_id is None]
@@ -798,6 +807,13 @@ def _receipt_offers(
             continue
         if eligible_total < offer.min_total_minor:
             outcomes[offer.id] = ("BELOW_MIN_TOTAL", 0)
+            if (  # a discount the customer would get with a larger basket
+                reach is not None
+                and offer.kind == "RECEIPT_PERCENT_OFF"
+                and offer.value > 0
+                and not _in_control_group(offer, customer)
+            ):
+                reach.append((offer.min_total_minor - eligible_total, offer.id, str(offer.value)))
             continue
         if offer.kind == "EXTRA_POINTS":
             points = int(offer.value)

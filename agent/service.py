@@ -1004,7 +1004,7 @@ class Agent:
         elif commit and ident.status == "UNKNOWN":  # §8: the points earned after a commit
             display = unknown_card_display(priced.total, priced.earned_points)
         else:
-            display = quote_display(priced.total, priced.discount, priced.trace)
+            display = quote_display(priced.total, priced.discount, priced.reach)
         result = checkout_result(
             receipt, ident, tier, priced, mode, after, printed, verdicts, display
         )

@@ -124,3 +124,40 @@ def test_a_number_with_a_point_or_an_exponent_is_named_with_its_field(
     run = cli("quote", str(path), "--json")
     assert run.code == 2
     assert f"lines[0].priceMinor: the number {price} {said}" in run.err, run.err
+
+
+RECEIPT_5 = {"id": "o-r", "kind": "RECEIPT_PERCENT_OFF", "value": "5", "minTotalMinor": 50000}
+
+
+def test_explain_does_not_change_the_display(cli: CLI) -> None:
+    """§17: "a result with and without it is the same otherwise". The hint of a receipt
+    discount within reach was shown only when the quote asked for a trace."""
+    assert cli("snapshot", "load", snapshot(offers=[RECEIPT_5])).code == 0
+    basket = receipt("r1", lines=[{"sku": MILK, "qty": "1", "priceMinor": 10000}])
+    plain = cli("quote", basket, "--json").json()
+    explained = cli("quote", basket, "--explain", "--json").json()
+    assert explained.pop("trace")["receiptOffers"][0]["outcome"] == "BELOW_MIN_TOTAL"
+    assert plain == explained
+    assert plain["display"] == ["Итого: 100,00", "Ещё 400 ₽ до −5%"]
+
+
+def test_the_hint_leaves_the_savings_and_a_control_groups_offer_alone(cli: CLI) -> None:
+    offers = [
+        RECEIPT_5,
+        {"id": "o-10", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10"},
+        {**RECEIPT_5, "id": "o-cg", "campaignId": "camp-9", "minTotalMinor": 20000},
+    ]
+    customers = [{**c} for c in snapshot()["customers"]]
+    customers[1]["controlGroups"] = ["camp-9"]  # Борис, card 2770000000024
+    assert cli("snapshot", "load", snapshot(offers=offers, customers=customers)).code == 0
+    line = [{"sku": MILK, "qty": "1", "priceMinor": 10000}]
+    # savings to show: they stay (§8), the hint does not replace them
+    assert cli("quote", receipt("r1", lines=line), "--json").json()["display"] == [
+        "Итого: 100,00",
+        "Скидка: 10,00",
+    ]
+    # a control-group customer: the nearest discount he would get is 5 % at 500 ₽, not
+    # the 200 ₽ one he is held out of
+    other = [{"sku": "4601234000024", "qty": "1", "priceMinor": 10000}]
+    shown = cli("quote", receipt("r2", card="2770000000024", lines=other), "--json").json()
+    assert shown["display"] == ["Итого: 100,00", "Ещё 400 ₽ до −5%"]
