@@ -76,8 +76,27 @@ def _listen(value: str) -> str:
 
 
 Listen = Annotated[str, AfterValidator(_listen)]
-# A web page's origin as a browser sends it: scheme://host[:port], no path.
-Origin = Annotated[str, Field(max_length=200, pattern=r"^https?://[^/\s]+$")]
+
+
+def _origin(value: str) -> str:
+    """An origin as a browser sends it in `Origin`: scheme and host in lower case, no
+    default port (`HTTP://LocalHost:80` is `http://localhost`), so the check's exact
+    comparison matches what the page sends."""
+    scheme, _, host = value.partition("://")
+    scheme, host = scheme.lower(), host.lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and host.endswith(default):
+        host = host.removesuffix(default)
+    return f"{scheme}://{host}"
+
+
+# A web page's origin: scheme://host[:port], no path; a kiosk shell's own scheme
+# (`app://kiosk`) too.
+Origin = Annotated[
+    str,
+    Field(max_length=200, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+$"),
+    AfterValidator(_origin),
+]
 
 
 class ServerSettings(BaseModel):

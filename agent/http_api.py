@@ -714,7 +714,7 @@ def openapi() -> dict[str, Any]:
         "Cancel": ("404", "412"),
         "Checkout": ("409", "412"),
         "Refund": ("404", "409", "412"),
-        "Balance": ("404",),
+        "Balance": ("404", "412"),  # 412: a blocked or invalid card
     }
     paths: dict[str, Any] = {}
     for call in CALLS:

@@ -270,10 +270,14 @@ Text = Annotated[str, Strict()]
 Key = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200)]
 # The text fields of a request (receipt, refund): at most TEXT_MAX characters.
 RequestText = Annotated[str, Strict(), StringConstraints(max_length=TEXT_MAX)]
-# An id, SKU or code of a request has no control characters (a NUL, a line break, an
-# escape): they matched nothing anyway, and went on into logs, answers and printouts.
-_NO_CONTROLS = r"^[^\x00-\x1f\x7f-\x9f]*$"
-RequestKey = Annotated[
+# An id or SKU a request brings in has no control characters (a NUL, a line break, an
+# escape, the Unicode line separators, a bidi override): they matched nothing anyway, and
+# went on into logs, answers and printouts. Scanned coupon codes keep the wider
+# `RequestKey` (a scanner's CR or tab is a blank their normal form drops, §13), and so do
+# the receipt and SKUs a refund names (a sale an earlier release committed).
+_NO_CONTROLS = "^[^\\x00-\\x1f\\x7f-\\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*$"
+RequestKey = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=TEXT_MAX)]
+PlainKey = Annotated[
     str, Strict(), StringConstraints(min_length=1, max_length=TEXT_MAX, pattern=_NO_CONTROLS)
 ]
 
@@ -285,7 +289,7 @@ def _not_blank(value: str) -> str:
 
 
 # A receipt's or refund's id: not only white space, which Confirm and Cancel could not name.
-RequestId = Annotated[RequestKey, AfterValidator(_not_blank)]
+RequestId = Annotated[PlainKey, AfterValidator(_not_blank)]
 
 
 class Model(BaseModel):
@@ -772,7 +776,7 @@ def _key(row: BaseModel) -> str:
 
 
 class ReceiptLine(Model):
-    sku: RequestKey
+    sku: PlainKey
     qty: Qty
     price_minor: NonNegative | None = None
     amount_minor: NonNegative | None = None

@@ -118,6 +118,13 @@ def test_allowed_origins_in_the_config_are_origins() -> None:
     from tillpoint.agent.config import HttpSettings
 
     assert HttpSettings(allowed_origins=("http://localhost:3000",)).allowed_origins
+    # as a browser sends it: lower case, no default port; a kiosk shell's own scheme
+    given = ("HTTP://LocalHost:80", "https://Kiosk.local:443", "app://kiosk")
+    assert HttpSettings(allowed_origins=given).allowed_origins == (
+        "http://localhost",
+        "https://kiosk.local",
+        "app://kiosk",
+    )
     with pytest.raises(ValidationError):
         HttpSettings(allowed_origins=("http://localhost:3000/kiosk",))
 

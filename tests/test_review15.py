@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 from tillpoint.agent.errors import MESSAGE_MAX, one_line
 from tillpoint.agent.http_api import HttpServer
-from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, ReceiptLine
+from tillpoint.agent.models import (
+    _NO_CONTROLS,
+    Customer,
+    Offer,
+    Product,
+    Program,
+    Receipt,
+    ReceiptLine,
+)
 from tillpoint.agent.pricing import PricingContext, price
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
@@ -418,7 +426,7 @@ def test_openapi_states_the_limits_the_agent_refuses_beyond(client: Client) -> N
         "type": "string",
         "minLength": 1,
         "maxLength": 128,
-        "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$",  # no control characters
+        "pattern": _NO_CONTROLS,  # no control characters
     }
     assert field("Receipt", "lines")["minItems"] == 1
     assert field("Receipt", "lines")["maxItems"] == 10_000

@@ -79,8 +79,9 @@ def test_an_offer_an_earlier_release_stored_with_them_still_prices(tmp_path: Pat
     [
         ({"receiptId": "r\n1"}, "receiptId"),
         ({"lines": [{"sku": "46012340\x0000017", "qty": "1", "priceMinor": 100}]}, "lines[0].sku"),
-        ({"coupons": ["SORRY\x1b[2J"]}, "coupons[0]"),
         ({"receiptId": "r\u00851"}, "receiptId"),  # a C1 control: NEXT LINE
+        ({"receiptId": "r\u20281"}, "receiptId"),  # LINE SEPARATOR
+        ({"receiptId": "r\u202e1"}, "receiptId"),  # a bidi override
     ],
 )
 def test_control_characters_in_a_requests_ids_are_refused(
@@ -96,6 +97,30 @@ def test_control_characters_in_a_requests_ids_are_refused(
     assert run.code == 2 and "refundId must not contain control characters" in run.err, run.err
     # Cyrillic and other printable text is not a control character
     assert cli("quote", receipt("чек-1"), "--json").code == 0
+
+
+def test_a_scanned_codes_control_characters_never_refuse_the_receipt(cli: CLI) -> None:
+    """A scanner's CR or tab is a blank the code's normal form drops (§13), and any other
+    code gets its verdict: "a rejected code never refuses the receipt"."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    run = cli("quote", receipt("r1", coupons=["SORRY\x1b[2J", "ABC\r\n"]), "--json")
+    assert run.code == 0, run.err
+    verdicts = [(v["code"], v["status"], v["reason"]) for v in run.json()["coupons"]]
+    assert verdicts == [
+        ("SORRY\x1b[2J", "REJECTED", "UNKNOWN"),
+        ("ABC", "REJECTED", "UNKNOWN"),
+    ]
+
+
+def test_a_refund_names_a_sale_of_an_earlier_release_as_it_was_committed() -> None:
+    """An earlier release committed receipt ids and SKUs with control characters: a
+    refund must still name them (its own refundId is new, and held to the rule)."""
+    from tillpoint.agent.results import refund_from_json
+
+    refund = refund_from_json(
+        {"refundId": "f1", "receiptId": "s1\t", "at": AT, "lines": [{"sku": "x\r", "qty": "1"}]}
+    )
+    assert refund.receipt_id == "s1\t" and refund.lines[0].sku == "x\r"
 
 
 def test_a_refund_beyond_what_is_left_says_what_is_left(cli: CLI) -> None:
