@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -154,4 +155,12 @@ class HubLink:
     def close(self) -> None:
         self._listeners.clear()
         self.channel.unsubscribe(self._watch)
+        # grpcio's polling thread notices the unsubscribe only when its current 0.2 s watch
+        # ends; closed under it, the channel made it die with "Cannot monitor channel
+        # state: Channel closed!" and a traceback in the log. Its `polling` flag (private:
+        # read if there) turns False as it leaves.
+        state = getattr(self.channel, "_connectivity_state", None)
+        deadline = time.monotonic() + 0.5
+        while getattr(state, "polling", False) and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.channel.close()
