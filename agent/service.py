@@ -727,7 +727,9 @@ class Agent:
         # What a held receipt shows; a checkout's result shows the figures' display instead
         # (`_confirmed`), so it is not worked out for one.
         held["display"] = (
-            [] if confirm_now else quote_display(done.priced.total, done.priced.discount)
+            []
+            if confirm_now
+            else quote_display(done.priced.total, done.priced.discount, done.priced.reach)
         )
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()

@@ -39,9 +39,15 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
+# What a payload holds at most; the agent cuts longer words to fit (`_payload_data`): a
+# coupon with its text cut prints, and one job's offers never fail for one long text.
+TEXT_MAX = 1000
+FIRST_NAME_MAX = 100
+
+
 class PrintOffer(_Model):
     id: str = Field(min_length=1, max_length=200)
-    text: str = Field(max_length=1000)
+    text: str = Field(max_length=TEXT_MAX)
     valid_from: AwareDatetime | None = Field(None, alias="validFrom")
     valid_to: AwareDatetime | None = Field(None, alias="validTo")
     # TP1- and an id of 200 characters, each percent-encoded as up to 4 UTF-8 bytes
@@ -68,7 +74,7 @@ class PrintOffer(_Model):
 class PrintPayload(_Model):
     receipt_id: str = Field(alias="receiptId", min_length=1, max_length=200)
     at: AwareDatetime | None = None
-    first_name: str | None = Field(None, alias="firstName", max_length=100)
+    first_name: str | None = Field(None, alias="firstName", max_length=FIRST_NAME_MAX)
     offers: list[PrintOffer] = Field(default_factory=list, max_length=50)
 
     def to_json(self) -> str:
@@ -106,7 +112,9 @@ def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
             text = default_text(offer)
         except Exception:  # words for a coupon never cost a sale (the offers are validated)
             text = ANY_OFFER
-    out["text"] = text if text is not None else ""
+    if text is None:
+        text = ""
+    out["text"] = text[:TEXT_MAX] if isinstance(text, str) else text  # a cut text still prints
     for key in ("validFrom", "validTo", "code"):
         if offer.get(key) is not None:
             out[key] = offer[key]
@@ -197,5 +205,5 @@ def _payload_data(
     if at is not None:
         data["at"] = at
     if first_name:
-        data["firstName"] = first_name
+        data["firstName"] = first_name[:FIRST_NAME_MAX]
     return data

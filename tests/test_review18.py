@@ -186,3 +186,29 @@ def test_the_hint_leaves_the_savings_and_a_control_groups_offer_alone(cli: CLI) 
     other = [{"sku": "4601234000024", "qty": "1", "priceMinor": 10000}]
     shown = cli("quote", receipt("r2", card="2770000000024", lines=other), "--json").json()
     assert shown["display"] == ["Итого: 100,00", "Ещё 400 ₽ до −5%"]
+
+
+def test_a_hold_shows_the_hint_its_quote_shows(cli: CLI) -> None:
+    """Hold prices like a checkout and shows the quote's display: the pole display lost
+    "Ещё 400 ₽ до −5%" the moment the POS held the receipt."""
+    assert cli("snapshot", "load", snapshot(offers=[RECEIPT_5])).code == 0
+    basket = receipt("r1", lines=[{"sku": MILK, "qty": "1", "priceMinor": 10000}])
+    quoted = cli("quote", basket, "--json").json()["display"]
+    assert quoted == ["Итого: 100,00", "Ещё 400 ₽ до −5%"]
+    assert cli("hold", basket, "--json").json()["display"] == quoted
+
+
+def test_one_long_offer_text_does_not_cost_the_receipts_other_coupons() -> None:
+    """A snapshot's printText has no length limit; the print payload took 1,000
+    characters at most and the worker failed the whole job: every coupon of that receipt
+    was lost, each still marked printed (its cooldown started)."""
+    from tillpoint.printer.payload import TEXT_MAX, parse_payload, payload_source_for_checkout
+
+    offers = [
+        {"id": "long-1", "printText": "Скидка " * 400, "validTo": "2026-11-30T23:59:59+03:00"},
+        {"id": "short-2", "printText": "−10% на хлеб", "validTo": "2026-11-30T23:59:59+03:00"},
+    ]
+    source = payload_source_for_checkout("r1", "2026-11-23T10:15:00+03:00", "А" * 300, offers)
+    payload = parse_payload(source)  # what the print worker does when it takes the job
+    assert [o.id for o in payload.offers] == ["long-1", "short-2"]
+    assert len(payload.offers[0].text) == TEXT_MAX and payload.offers[1].text == "−10% на хлеб"
