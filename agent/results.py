@@ -301,7 +301,7 @@ class ScanResult(_Result):
     """A scanned text routed (the contract §13): a COUPON this till knows (code, offer)
     or a CARD (identify's answer)."""
 
-    kind: str  # COUPON or CARD
+    kind: str  # COUPON, OFFER (a printed offer's TP1- code) or CARD
     code: str | None = None
     offer_id: str | None = None
     card: Card | None = None

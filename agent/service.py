@@ -381,8 +381,16 @@ class Agent:
         """Route a scanned text (the contract §13): a coupon code this till knows (the
         cache's coupons or one it issued) is `{"kind": "COUPON", "code", "offerId"}` and
         waits in `scanned_coupons` for the receipt being rung up; anything else is a card:
-        `{"kind": "CARD", "card": <identify's answer>}`."""
+        `{"kind": "CARD", "card": <identify's answer>}`. A printed offer's `TP1-<offerId>`
+        (§7, an offer printed without a one-time code) names its offer and unlocks nothing:
+        `{"kind": "OFFER", "code", "offerId"}`, never a card (its dashes dropped, it read
+        as an INVALID one)."""
+        from tillpoint.printer.codes import parse_offer_code
+
         check_text("text", text)
+        offer = parse_offer_code(text)
+        if offer is not None:
+            return ScanResult("OFFER", code=text.strip(), offer_id=offer)
         code = coupon_code(text)
         if code:
             with self._lock, self._view() as view:

@@ -212,3 +212,13 @@ def test_one_long_offer_text_does_not_cost_the_receipts_other_coupons() -> None:
     payload = parse_payload(source)  # what the print worker does when it takes the job
     assert [o.id for o in payload.offers] == ["long-1", "short-2"]
     assert len(payload.offers[0].text) == TEXT_MAX and payload.offers[1].text == "−10% на хлеб"
+
+
+def test_a_printed_offers_code_scanned_names_its_offer(cli: CLI) -> None:
+    """`TP1-<offerId>` (an offer printed without a one-time code) read as a card: its
+    dashes dropped, "TP1P-A" was an INVALID card."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    run = cli("scan", "TP1-p-a", "--json")
+    assert run.code == 0, run.err
+    assert run.json() == {"kind": "OFFER", "code": "TP1-p-a", "offerId": "p-a"}
+    assert cli("scan", "2770000000017", "--json").json()["kind"] == "CARD"
