@@ -222,3 +222,10 @@ def test_a_printed_offers_code_scanned_names_its_offer(cli: CLI) -> None:
     assert run.code == 0, run.err
     assert run.json() == {"kind": "OFFER", "code": "TP1-p-a", "offerId": "p-a"}
     assert cli("scan", "2770000000017", "--json").json()["kind"] == "CARD"
+
+
+def test_the_hints_percent_is_written_as_money_is() -> None:
+    from tillpoint.agent.messages import reach_line
+
+    assert reach_line(40000, "7.50") == "Ещё 400 ₽ до −7,5%"
+    assert reach_line(40000, "5.0") == "Ещё 400 ₽ до −5%"
