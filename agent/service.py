@@ -382,15 +382,12 @@ class Agent:
         cache's coupons or one it issued) is `{"kind": "COUPON", "code", "offerId"}` and
         waits in `scanned_coupons` for the receipt being rung up; anything else is a card:
         `{"kind": "CARD", "card": <identify's answer>}`. A printed offer's `TP1-<offerId>`
-        (§7, an offer printed without a one-time code) names its offer and unlocks nothing:
-        `{"kind": "OFFER", "code", "offerId"}`, never a card (its dashes dropped, it read
-        as an INVALID one)."""
+        (§7, an offer printed without a one-time code) that is no known coupon names its
+        offer and unlocks nothing: `{"kind": "OFFER", "code", "offerId"}`, never a card
+        (its dashes dropped, it read as an INVALID one)."""
         from tillpoint.printer.codes import parse_offer_code
 
         check_text("text", text)
-        offer = parse_offer_code(text)
-        if offer is not None:
-            return ScanResult("OFFER", code=text.strip(), offer_id=offer)
         code = coupon_code(text)
         if code:
             with self._lock, self._view() as view:
@@ -401,6 +398,9 @@ class Agent:
                     self.scanned_coupons = [*self.scanned_coupons, code][-MAX_SCANNED_COUPONS:]
             if coupon is not None:
                 return ScanResult("COUPON", code=code, offer_id=coupon.offer_id)
+        offer = parse_offer_code(text)
+        if offer is not None:
+            return ScanResult("OFFER", code=text.strip(), offer_id=offer)
         return ScanResult("CARD", card=self.identify(text))
 
     def take_scanned_coupons(self) -> list[str]:
