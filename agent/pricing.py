@@ -1072,4 +1072,9 @@ def offers_to_print(
         and not printed_recently(o.id)
     ]
     chosen.sort(key=lambda o: (o.rank, o.id))
-    return chosen[: program.max_offers_printed]
+    return chosen[: min(program.max_offers_printed, OFFERS_PRINTED_MAX)]
+
+
+# The most offers one receipt prints, whatever `maxOffersPrinted` says: what one print job
+# holds (printer/payload.py). A job of more failed at the printer, every coupon with it.
+OFFERS_PRINTED_MAX = 50

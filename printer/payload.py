@@ -43,6 +43,7 @@ class _Model(BaseModel):
 # coupon with its text cut prints, and one job's offers never fail for one long text.
 TEXT_MAX = 1000
 FIRST_NAME_MAX = 100
+OFFERS_MAX = 50  # the agent prints no more on one receipt (pricing.OFFERS_PRINTED_MAX)
 
 
 class PrintOffer(_Model):
@@ -75,7 +76,7 @@ class PrintPayload(_Model):
     receipt_id: str = Field(alias="receiptId", min_length=1, max_length=200)
     at: AwareDatetime | None = None
     first_name: str | None = Field(None, alias="firstName", max_length=FIRST_NAME_MAX)
-    offers: list[PrintOffer] = Field(default_factory=list, max_length=50)
+    offers: list[PrintOffer] = Field(default_factory=list, max_length=OFFERS_MAX)
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True)

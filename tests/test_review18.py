@@ -229,3 +229,26 @@ def test_the_hints_percent_is_written_as_money_is() -> None:
 
     assert reach_line(40000, "7.50") == "Ещё 400 ₽ до −7,5%"
     assert reach_line(40000, "5.0") == "Ещё 400 ₽ до −5%"
+
+
+def test_no_more_offers_print_than_one_print_job_holds(tmp_path: Path) -> None:
+    """`maxOffersPrinted` 100 and 55 printable offers: the job of 55 failed at the
+    printer (a payload holds 50), every coupon with it, each marked printed."""
+    from tillpoint.agent.pricing import OFFERS_PRINTED_MAX
+    from tillpoint.printer.payload import OFFERS_MAX, parse_payload
+
+    from .test_receipt_life import OFFER
+
+    assert OFFERS_PRINTED_MAX == OFFERS_MAX
+    offers = [{**OFFER, "id": f"o-{i:02d}"} for i in range(55)]
+    snap = snapshot(offers=offers)
+    snap["program"] = {**snap["program"], "maxOffersPrinted": 100}
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot(snap)
+        done = agent.checkout(receipt_from_json(receipt("r1")))
+        assert len(done.printed_offers) == OFFERS_MAX
+        (payload,) = agent._ledger.execute("SELECT payload FROM print_jobs").fetchone()
+        assert len(parse_payload(payload).offers) == OFFERS_MAX
+    finally:
+        agent.close()
