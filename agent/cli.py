@@ -495,29 +495,31 @@ _FLOAT = object()  # what `_float_path` reads a number with a point or an expone
 
 
 def _float_path(text: str) -> str:
-    """Where the first number with a point or an exponent is (`lines[0].priceMinor`)."""
+    """Where the first number with a point or an exponent is (`lines[0].priceMinor`),
+    written as a validation error's place is (`models._location`)."""
+    from .models import _location  # an error's path only: the CLI's start stays light
 
-    def walk(node: Any, path: str) -> str | None:
+    def walk(node: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
         if node is _FLOAT:
-            return path
-        items = (
-            ((f"{path}.{k}" if path else str(k), v) for k, v in node.items())
+            return loc
+        children = (
+            node.items()
             if isinstance(node, dict)
-            else ((f"{path}[{i}]", v) for i, v in enumerate(node))
+            else enumerate(node)
             if isinstance(node, list)
             else ()
         )
-        for where, value in items:
-            found = walk(value, where)
+        for key, value in children:
+            found = walk(value, (*loc, key))
             if found is not None:
                 return found
         return None
 
     try:
-        doc = json.loads(text.removeprefix("\ufeff"), parse_float=lambda _: _FLOAT)
-        return walk(doc, "") or ""
+        found = walk(json.loads(text.removeprefix("\ufeff"), parse_float=lambda _: _FLOAT), ())
     except (ValueError, RecursionError):
         return ""
+    return _location(found) if found else ""
 
 
 def _no_float(text: str) -> Any:

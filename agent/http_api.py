@@ -49,12 +49,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from uvicorn.protocols.http import h11_impl
 
 from .cli import json_document, parse_json, parse_time
-from .config import (
-    address_family,
-    bearer_matches,
-    split_listen,
-    token_problem,
-)
+from .config import address_family, bearer_matches, split_listen, token_problem
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale

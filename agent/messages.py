@@ -16,6 +16,7 @@ from datetime import date
 from fractions import Fraction
 
 from tillpoint.printer import messages
+from tillpoint.printer.text import format_decimal
 
 
 def identify_display(first_name: str) -> list[str]:
@@ -44,8 +45,7 @@ def reach_line(missing_minor: int, percent: str, width: int = messages.WIDTH) ->
     """How much more the basket needs for a receipt discount, in whole roubles rounded up."""
     roubles = -(-missing_minor // 100)
     money = f"{roubles:,}".replace(",", " ") + " ₽"
-    if "." in percent:  # written as money is: "7.50" → "7,5"
-        percent = percent.rstrip("0").rstrip(".").replace(".", ",")
+    percent = format_decimal(percent)  # written as money is: "7.50" → "7,5"
     for text in (
         f"Ещё {money} до скидки {percent}%",
         f"Ещё {money} до −{percent}%",

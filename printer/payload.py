@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tillpoint.agent.errors import InputError
 from tillpoint.printer.codes import offer_code
-from tillpoint.printer.text import format_money
+from tillpoint.printer.text import format_decimal, format_money
 
 __all__ = [
     "PrintOffer",
@@ -129,24 +129,12 @@ def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:
 ANY_OFFER = "Предложение для вас"
 
 
-def _number(value: Any) -> str:
-    """A decimal text as a person writes it: "15", "1.50" → "1,5", "1E-7" → "0,0000001"."""
-    text = str(value)
-    with contextlib.suppress(ArithmeticError, ValueError):
-        number = Decimal(text)
-        if number.is_finite():
-            text = format(number, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text.replace(".", ",")
-
-
 def default_text(offer: Mapping[str, Any]) -> str:
     """The coupon's words for a printable snapshot offer that has no ``printText``: what it
     gives, by its kind (the contract §5), in the display's language."""
     kind, value = offer.get("kind"), offer.get("value", "")
     if kind == "PERCENT_OFF":
-        return f"Скидка {_number(value)}% на товары акции"
+        return f"Скидка {format_decimal(value)}% на товары акции"
     if kind == "AMOUNT_OFF":
         with contextlib.suppress(ValueError, TypeError, ArithmeticError):
             minor = Decimal(str(value))
@@ -154,13 +142,16 @@ def default_text(offer: Mapping[str, Any]) -> str:
                 return f"Скидка {format_money(int(minor))} руб. за единицу товара акции"
         return "Скидка на товары акции"
     if kind == "RECEIPT_PERCENT_OFF":
-        return f"Скидка {_number(value)}% на покупку"
+        return f"Скидка {format_decimal(value)}% на покупку"
     if kind == "BONUS_MULTIPLIER":
-        return f"Бонусы x{_number(value)} на товары акции"
+        return f"Бонусы x{format_decimal(value)} на товары акции"
     if kind == "EXTRA_POINTS":
-        return f"+{_number(value)} бонусов за покупку"
+        return f"+{format_decimal(value)} бонусов за покупку"
     if kind == "MULTIBUY":
-        buy, free = _number(offer.get("buyQty", "")), _number(offer.get("freeQty", ""))
+        buy, free = (
+            format_decimal(offer.get("buyQty", "")),
+            format_decimal(offer.get("freeQty", "")),
+        )
         return f"{buy} + {free} в подарок на товары акции"
     if kind == "QUANTITY_PRICE":
         return "Особая цена на товары акции"

@@ -17,9 +17,12 @@ Control characters are removed first: an offer text can never smuggle printer co
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 import unicodedata
+from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 __all__ = [
     "clean",
@@ -175,6 +178,18 @@ def fit(text: str, width: int) -> str:
             head = cut
     head = head.rstrip(" ,.;:-–—")
     return head + "."
+
+
+def format_decimal(value: Any) -> str:
+    """A decimal text as a person writes it: "15", "1.50" → "1,5", "1E-7" → "0,0000001"."""
+    text = str(value)
+    with contextlib.suppress(ArithmeticError, ValueError):
+        number = Decimal(text)
+        if number.is_finite():
+            text = format(number, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text.replace(".", ",")
 
 
 def format_money(minor: int) -> str:
