@@ -26,7 +26,6 @@ from typing import Any, TypedDict
 
 from pydantic import ValidationError
 from tillpoint.agent.results import CheckoutResult, ScanResult
-from tillpoint.printer.codes import parse_offer_code
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
 from tillpoint.printer.errors import PrinterConfigError
@@ -124,17 +123,17 @@ class Devices:
 
 def greet_on_scan(scan: Callable[[str], ScanResult], devices: Devices) -> None:
     """What a scan from the kiosk's scanner does by default: route it (`scan`, the
-    agent's): a known coupon is taken for the receipt, a card greets the customer."""
+    agent's): a known coupon is taken for the receipt, a printed offer's `TP1-` code is
+    only logged, a card greets the customer."""
 
     def on_scan(text: str) -> None:
-        offer = parse_offer_code(text)
-        if offer is not None:
-            log.info("scanned the coupon of offer %s", offer)
-            return
         try:
             routed = scan(text)
         except Exception as exc:
             log.warning("scanned text not identified: %s", exc)
+            return
+        if routed.kind == "OFFER":
+            log.info("scanned the coupon of offer %s", routed.offer_id)
             return
         if routed.kind == "COUPON":
             devices.show(fit_lines(["Купон принят", str(routed.code)]))
