@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from tillpoint.agent.cli import main
 from tillpoint.agent.service import Agent
+
+if TYPE_CHECKING:
+    from tillpoint.agent.http_api import HttpServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +139,17 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     a.load_snapshot(snapshot())
     yield a
     a.close()
+
+
+@pytest.fixture
+def server(agent: Agent) -> Iterator[HttpServer]:
+    """The HTTP interface over `agent`, on a free loopback port."""
+    from tillpoint.agent.http_api import HttpServer
+
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    yield srv
+    srv.stop()
 
 
 @dataclass

@@ -80,14 +80,6 @@ class Client:
 
 
 @pytest.fixture
-def server(agent: Agent) -> Iterator[HttpServer]:
-    srv = HttpServer(agent, "127.0.0.1:0")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
 def client(server: HttpServer) -> Iterator[Client]:
     c = Client(server.port)
     yield c

@@ -20,7 +20,6 @@ from tillpoint.agent.cli import parse_json
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.http_api import HttpServer, receipt_of_body
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.agent.service import Agent
 
 from .conftest import receipt
 from .test_http_api import Client
@@ -132,14 +131,6 @@ def test_any_field_reads_as_the_long_way_reads_it(key: str, value: Any) -> None:
 
 
 # ---------------------------------------------------------------- over HTTP
-
-
-@pytest.fixture
-def server(agent: Agent) -> Iterator[HttpServer]:
-    srv = HttpServer(agent, "127.0.0.1:0")
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from tillpoint.agent import http_api
@@ -17,14 +16,6 @@ from .conftest import receipt
 from .test_http_api import Client, error_of
 
 TIMEOUT = 10
-
-
-@pytest.fixture
-def server(agent: Agent) -> Iterator[HttpServer]:
-    srv = HttpServer(agent, "127.0.0.1:0")
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def test_a_web_pages_request_is_refused_and_runs_nothing(server: HttpServer) -> None:
