@@ -116,7 +116,7 @@ def test_allowed_origins_in_the_config_are_origins() -> None:
         "https://kiosk.local",
         "app://kiosk",
     )
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="is not an origin: scheme://host"):
         HttpSettings(allowed_origins=("http://localhost:3000/kiosk",))
 
 
