@@ -7,7 +7,9 @@ to 2 × 20 characters live in `tillpoint.printer.messages`.
   the birthday window; when points expire within 14 days (§16), the first batch's points
   and day instead of the points earned;
 - checkout of an UNKNOWN card: the total and the points earned (the hub settles them when
-  it knows the card, §4); the till knows no balance to show.
+  it knows the card, §4); the till knows no balance to show;
+- cancel (§11): "Чек отменён", so the held total does not stay on the display after a
+  failed payment or an abandoned basket.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ def identify_display(first_name: str) -> list[str]:
 
 def unknown_card_display(total_minor: int, earned: int) -> list[str]:
     return [messages.quote_lines(total_minor, 0)[0], messages.after_commit_lines(earned, 0)[0]]
+
+
+def cancelled_display() -> list[str]:
+    return ["Чек отменён", ""]
 
 
 def quote_display(

@@ -45,7 +45,13 @@ from .errors import (
 from .expiry import WARN_DAYS, Movement, expiry_time
 from .hub_turns import HubTurns
 from .identify import Identification, identify, normalise
-from .messages import checkout_display, identify_display, quote_display, unknown_card_display
+from .messages import (
+    cancelled_display,
+    checkout_display,
+    identify_display,
+    quote_display,
+    unknown_card_display,
+)
 from .models import (
     Coupon,
     Customer,
@@ -241,6 +247,9 @@ class Agent:
         self.clock = clock
         self.hub = hub
         self.devices = devices
+        # The receipt whose figures the display shows now: a Cancel clears only its own
+        # (a POS tidying an old hold must not blank the next customer's total).
+        self._on_display: str | None = None
         self.metrics = metrics
         self.status_sources = tuple(status_sources)
         # The configured `kind` of "printer", "display", "scanner" (absent: "none").
@@ -361,6 +370,7 @@ class Agent:
         devices = self.devices
         if devices is None:
             return
+        self._on_display = result.receipt_id if hook != "show" else None
         try:
             getattr(devices, hook)(result)
         except Exception:
@@ -517,6 +527,8 @@ class Agent:
                 )
         if release:
             self._release_at_hub(receipt_id)
+        if self._on_display == receipt_id:
+            self._tell_devices("show", cancelled_display())
         return CheckoutResult.from_json(_cancelled(held))
 
     def sweep_holds(self) -> int:
@@ -1962,9 +1974,11 @@ def _as_quote(committed: dict[str, Any], explain: bool = False) -> dict[str, Any
 
 
 def _cancelled(held: dict[str, Any]) -> dict[str, Any]:
-    """What Cancel returns: the held figures, none of which happened."""
+    """What Cancel returns: the held figures, none of which happened; the display says so
+    (a POS that shows `display` must not keep the held total up)."""
     result = {k: v for k, v in held.items() if k != "holdExpiresAt"}
     result["state"] = "CANCELLED"
+    result["display"] = cancelled_display()
     return result
 
 
