@@ -403,7 +403,7 @@ class Product(Model):
     sku: Key
     name: Text = ""
     category: Text = ""
-    excluded_from_loyalty: bool = False
+    excluded_from_loyalty: StrictBool = False  # true or false: "yes" or 1 is bad input
 
 
 class Category(Model):
@@ -550,13 +550,13 @@ class Offer(Model):
     valid_to: Timestamp | None = None
     priority: Int64 = 0
     rank: Int64 = 0
-    printable: bool = False
+    printable: StrictBool = False
     print_text: Text = ""
-    coupon_required: bool = False
-    issue_coupon: bool = False
+    coupon_required: StrictBool = False
+    issue_coupon: StrictBool = False
     weekdays: tuple[Weekday, ...] = ()
     hours: tuple[HourWindow, ...] = ()
-    on_favorite_weekday: bool = False
+    on_favorite_weekday: StrictBool = False
     tiers: tuple[QuantityTier, ...] = ()
     buy_qty: Qty | None = None
     free_qty: Qty | None = None
