@@ -17,11 +17,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    GetPydanticSchema,
     Strict,
     StrictBool,
     StringConstraints,
@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import core_schema
 
 from .errors import InputError
 from .limits import TEXT_MAX
@@ -135,18 +136,41 @@ def _non_negative_decimal(value: Any) -> Decimal:
     return number
 
 
+# RFC 3339's date-time (§5.6), a lowercase "t" and "z" and a space for the "T" allowed,
+# and its seconds optional: Java's `OffsetDateTime.toString()` leaves them out when they
+# are 0 (one sale a minute of a Java till). ISO 8601's other spellings ("20261123T1015",
+# "2026-W48-1", an offset "+0300") and a unix time are not times of the contract (§2);
+# fractions beyond microseconds are cut, as a Java `Instant`'s nanoseconds would be.
+_DAY_TIME = (
+    r"-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]"
+    r"(:[0-5][0-9](\.[0-9]{1,9})?)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+RFC3339 = r"^[0-9]{4}" + _DAY_TIME
+# What pydantic-core parses itself: the years 1000-9998, which are times in UTC whatever
+# their offset; "9999-12-31T23:59:59-12:00" (no time in UTC) and the like go on to
+# `_timestamp`, which checks them.
+RFC3339_NATIVE = r"^(1[0-9]{3}|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])" + _DAY_TIME
+_RFC3339_RE = re.compile(RFC3339)
+_NO_OFFSET_RE = re.compile(RFC3339.removesuffix("([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$") + "$")
+
+
 def _timestamp(value: Any) -> datetime:
     _not_too_long(value)
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
-        text = value.strip().upper()  # RFC 3339 allows a lowercase "t" and "z"
-        if "T" not in text and " " not in text:
-            raise ValueError(f'"{value}" is not an RFC 3339 time with an offset')
+        text = value.strip()
+        if _NO_OFFSET_RE.match(text):  # the user's own time, with the offset it lacks
+            raise ValueError(f'"{value}" has no offset: add one, as in "{text}+03:00"')
+        if not _RFC3339_RE.match(text):
+            raise ValueError(
+                f'"{value}" is not an RFC 3339 time with an offset, '
+                "such as 2026-11-23T10:15:00+03:00"
+            )
         try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f'"{value}" is not an RFC 3339 time with an offset') from None
+            moment = datetime.fromisoformat(text.upper())
+        except ValueError:  # a day the month does not have
+            raise ValueError(f'"{value}" is not a day of the calendar') from None
     else:
         raise ValueError("must be an RFC 3339 time string with an offset")
     if moment.tzinfo is None or moment.utcoffset() is None:
@@ -258,8 +282,24 @@ else:
         | Annotated[Decimal, BeforeValidator(_non_negative_decimal)],
         _FIRST,
     ]
+# A time in JSON text spelled as RFC3339_NATIVE says is parsed by pydantic-core (no Python call:
+# millions of snapshot rows); anything else goes on to `_timestamp`, which takes what the
+# first one would and says what is wrong with the rest.
+_RFC3339_TIME = GetPydanticSchema(
+    lambda _type, _handler: core_schema.json_or_python_schema(
+        json_schema=core_schema.chain_schema(
+            [
+                core_schema.str_schema(strict=True, pattern=RFC3339_NATIVE),
+                core_schema.datetime_schema(tz_constraint="aware"),
+            ]
+        ),
+        # from Python: an aware datetime as it is; a string goes on to `_timestamp` (the
+        # receipts the CLI and gRPC read keep `datetime.timezone` offsets, as before)
+        python_schema=core_schema.datetime_schema(strict=True, tz_constraint="aware"),
+    )
+)
 Timestamp = Annotated[
-    Annotated[AwareDatetime, Strict()] | Annotated[datetime, BeforeValidator(_timestamp)],
+    Annotated[datetime, _RFC3339_TIME] | Annotated[datetime, BeforeValidator(_timestamp)],
     _FIRST,
 ]
 # After the union: each choice stays the plain time schema the hub's bulk import reads.
@@ -933,7 +973,7 @@ def _one_per_field(errors: list[Any]) -> list[Any]:
 
 def _is_member(part: int | str) -> bool:
     return isinstance(part, str) and (
-        part.startswith("function-")
+        part.startswith(("function-", "chain[", "json-or-python["))
         or part in ("datetime", "int", "constrained-int", "str", "constrained-str")
     )
 

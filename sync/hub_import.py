@@ -381,19 +381,10 @@ def _chunk(
 # otherwise reuse the classes' own prebuilt validators, in declaration order), and every
 # int and bool strict (a JSON number with a fraction is refused by every field, as the
 # line-by-line path refuses it; a lax value goes to that path, which takes it); a time
-# is parsed natively only when it is spelled as _RFC3339 says (pydantic-core's own
-# parser takes spellings such as "…t10:15:00z" that `_timestamp` refuses). The rows
-# are the same as the line-by-line path's (a test compares them, and `_bulk_checked`
-# does at start-up: a mismatch, say under another pydantic, turns the bulk path off).
-
-
-# The times both parsers read alike: any other spelling goes to `_timestamp`.
-_RFC3339 = {
-    "type": "str",
-    "strict": True,
-    "pattern": r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3])"
-    r":[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
-}
+# is parsed natively when it is spelled as `models.RFC3339_NATIVE` says (the models' own first
+# choice). The rows are the same as the line-by-line path's (a test compares them, and
+# `_bulk_checked` does at start-up: a mismatch, say under another pydantic, turns the
+# bulk path off).
 
 
 class Bulk:
@@ -420,13 +411,6 @@ class Bulk:
                 out["cls"] = shadow(out["cls"])
             elif out.get("type") in ("int", "bool", "float"):
                 out["strict"] = True  # never a JSON number with a fraction, as `_no_float`
-            elif out.get("type") == "union":  # a time: see _RFC3339
-                out["choices"] = [
-                    {"type": "chain", "steps": [_RFC3339, {**c, "strict": False}]}
-                    if c.get("type") == "datetime"
-                    else c
-                    for c in out["choices"]
-                ]
             return out
 
         schema = sort(MODELS[kind].__pydantic_core_schema__)
