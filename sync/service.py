@@ -199,6 +199,10 @@ class SyncService:
     def _pull_once(self) -> float | None:
         """None on success; otherwise "back off"."""
         try:
+            # the hub's mark before the snapshot: a re-imaged till sells as soon as its
+            # first snapshot is in, and its first sale must be numbered above what the
+            # hub stored of it (§9), even when the hub has not published that yet
+            self.pusher.know_mark()
             result = self.puller.pull()
         except grpc.RpcError as exc:
             log.info("pull failed: %s", self.link.last_failure or exc)
@@ -215,9 +219,7 @@ class SyncService:
 
     def _push_once(self) -> bool:
         try:
-            # before the first sale if the hub answers: a re-imaged till must not number
-            # its sales below what the hub stored of it (§9)
-            self.pusher.know_mark()
+            self.pusher.know_mark()  # as the pull does: whichever talks to the hub first
             if self.pusher.pending() == 0:
                 return True
             self.pusher.drain()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.agent.errors import TillpointError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.client import HubLink
@@ -347,10 +348,12 @@ def test_a_receipt_sent_again_after_the_till_lost_its_ledger_is_counted_once(
 def test_a_reimaged_till_under_run_learns_the_hubs_mark_before_its_first_sale(
     tmp_path: Path,
 ) -> None:
-    """The same under `tillpoint run`'s sync loop, whose pushes used to start only with a
-    waiting outbox: the first loop learns the mark with nothing to push, so the first sale
-    (and the first till-issued coupon number) is above what the hub stored."""
-    from tillpoint.sync.loopback import wait_for
+    """The same under `tillpoint run`'s sync loop: a POS retrying its first sale until the
+    re-imaged till has a snapshot gets a number above what the hub stored (and so does
+    the first till-issued coupon). The loop pulled first and learnt the mark in its push
+    step after it: a sale in between took seq 1, which the hub set aside (§9)."""
+    from tillpoint.sync.loopback import FAST, wait_for
+    from tillpoint.sync.service import SyncService
 
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     try:
@@ -361,15 +364,33 @@ def test_a_reimaged_till_under_run_learns_the_hubs_mark_before_its_first_sale(
         assert Pusher(old.data_dir, "till-c", old.link, call_timeout_s=2).drain() == 3
         old.stop()
 
-        new = hub.till("till-c", tmp_path / "new")  # re-imaged, its sync loop running
+        new = hub.till("till-c", tmp_path / "new", start=False)  # re-imaged
+        service = SyncService(new.agent, new.link, new.link.enrollment, FAST)
+        marks_at_pull: list[bool] = []
+        pull = service.puller.pull
+
+        def recorded_pull() -> Any:
+            marks_at_pull.append(service.pusher.mark_known)
+            return pull()
+
+        service.puller.pull = recorded_pull  # type: ignore[method-assign]
+        new.service = service
+        service.start()
         try:
-            assert new.service is not None
-            wait_for(lambda: new.service.pusher.mark_known and cache_version_of(new.data_dir))
-            new.agent.checkout(receipt_from_json(receipt("new-1", CARD)))
-            assert count(new.data_dir, "SELECT max(seq) FROM journal") == 4
+            sale = receipt_from_json(receipt("new-1", CARD))
+
+            def sold() -> Any:  # the POS's retry: "no snapshot loaded" until there is one
+                try:
+                    return new.agent.checkout(sale)
+                except TillpointError:
+                    return None
+
+            done = wait_for(sold, every=0.001)
+            assert done.seq == 4 and marks_at_pull[0] is True
             kept = "SELECT value FROM device WHERE key = 'last_coupon:till-c'"
             assert count(new.data_dir, kept) == 3  # its next coupon number is 4
             wait_for(lambda: [e.seq for e in hub.store.ledger("till-c")] == [1, 2, 3, 4])
+            assert hub.store.set_aside_transactions("till-c") == []
         finally:
             new.stop()
     finally:
