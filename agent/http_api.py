@@ -39,6 +39,7 @@ from typing import Any
 import h11
 import uvicorn
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from pydantic.alias_generators import to_snake
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -98,12 +99,22 @@ def error_response(code: str, message: str, headers: dict[str, str] | None = Non
 def _fields(
     body: Any, what: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> dict[str, str]:
-    """The small request objects ({"text"}, {"card", "at"}, {"receiptId"}...): strings only."""
+    """The small request objects ({"text"}, {"card", "at"}, {"receiptId"}...): strings only.
+    A field may be named as proto3 JSON readers accept it: lowerCamelCase or the proto
+    field's own name (`receipt_id`), as the receipts' and refunds' fields may."""
     if not isinstance(body, dict):
         raise InputError(f"{what}: expected a JSON object")
-    for key in body:
-        if key not in required and key not in optional:
+    known = (*required, *optional)
+    proto_names = {to_snake(key): key for key in known}
+    named: dict[str, Any] = {}
+    for key, value in body.items():
+        field = key if key in known else proto_names.get(key)
+        if field is None:
             raise InputError(f"{what}: {key} is not a known field")
+        if field in named:
+            raise InputError(f"{what}: {field} is given twice ({to_snake(field)} and {field})")
+        named[field] = value
+    body = named
     out: dict[str, str] = {}
     for key in (*required, *optional):
         value = body.get(key)
@@ -130,9 +141,9 @@ def receipt_of_body(raw: bytes) -> Receipt:
     straight from the bytes by pydantic-core (no `json.loads`, then no dicts to validate)
     when the body is one that way reads exactly as the long way does. The long way answers
     everything else, with its words: any refusal, a body that says `explain` (a float
-    there is a lax bool to pydantic, a refusal to `parse_json`), and an `at` the two read
-    differently (pydantic-core's parser takes "1700000000" and "2026-11-23t10:15"; the long
-    way's `models._timestamp` refuses them, and its `datetime` is the one kept)."""
+    there is a lax bool to pydantic, a refusal to `parse_json`), and an `at` not spelled
+    as `models.RFC3339_NATIVE` says. The `at` kept is the long way's `datetime` (its offset
+    a `datetime.timezone`, not pydantic-core's own)."""
     key = raw.find(b'"at"')  # found by bytes.find: a regex's scan of 4 KB costs 20 µs
     found = _AT.match(raw, key) if key >= 0 and raw.find(b'"at"', key + 4) < 0 else None
     if found is not None and b"explain" not in raw:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import CLI, receipt, snapshot
+
+AT = "2026-11-24T12:00:00+03:00"
 
 
 class Display:
@@ -134,3 +138,35 @@ def test_rfc_3339s_own_freedoms_are_taken(cli: CLI, at: str) -> None:
     assert cli("quote", receipt(at=at), "--json").code == 0
     offer = {"id": "o-t", "kind": "PERCENT_OFF", "value": "5", "validTo": at}
     assert cli("snapshot", "load", snapshot(version=2, offers=[offer])).code == 0
+
+
+def test_confirm_and_cancel_take_the_proto_field_names_over_http(
+    agent: Agent, server: HttpServer
+) -> None:
+    """§1: the bodies are proto3 JSON, whose readers take a field's proto name as well as
+    its lowerCamelCase one; receipts and refunds did (`receipt_id`, `price_minor`), the
+    small bodies refused `receipt_id` and `fiscal_document` ("is not a known field")."""
+    from .test_http_api import Client, error_of
+
+    client = Client(server.port)
+    try:
+        for rid in ("p1", "p2"):
+            assert client.post("/v1/hold", receipt(rid)).status == 200
+        done = client.post("/v1/confirm", {"receipt_id": "p1", "fiscal_document": "FD-1"})
+        assert done.status == 200, done.body
+        assert done.json()["state"] == "CONFIRMED"
+        ledger = sqlite3.connect(agent.data_dir / "ledger.db")
+        try:
+            kept = "SELECT fiscal_document FROM receipt_life WHERE receipt_id = 'p1'"
+            assert ledger.execute(kept).fetchone() == ("FD-1",)
+        finally:
+            ledger.close()
+        assert client.post("/v1/cancel", {"receipt_id": "p2"}).json()["state"] == "CANCELLED"
+        assert client.post("/v1/balance", {"card": "2770000000017", "at": AT}).status == 200
+        twice = client.post("/v1/cancel", {"receipt_id": "p2", "receiptId": "p2"})
+        assert error_of(twice)[:2] == (400, "INVALID_ARGUMENT")
+        assert "given twice" in error_of(twice)[2]
+        unknown = client.post("/v1/cancel", {"receipt": "p2"})
+        assert "receipt is not a known field" in error_of(unknown)[2]
+    finally:
+        client.close()
