@@ -9,15 +9,22 @@ then in commit order (`ledger.balance`; the hub's order too):
 
 - a sale's spending takes the batches spendable at the sale's `at` that expire soonest
   first (those that never expire last); what no batch covers is a debt that counts at once;
+- a debt is paid by the points that become spendable after it (a sale's earned points
+  activating, points a refund gives back), as they do, soonest-expiring first, as a
+  spend would take them: a debt does not outlive points that expire (a customer 50 in
+  debt who earns 100 has 50, and 0 when those expire, not -50);
 - a refund's returned points go back to the batches that sale took them from, the last
-  taken first (the debt before any batch); a batch already expired stays expired;
+  taken first (the debt before any batch: what is still owed first, then the batches
+  that paid it); a batch already expired stays expired;
 - a refund's taken-back points come off the sale's own earned batch (a negative earn
   while it is pending, `service.Agent.refund`), else off the batches as a spend, which
   the sale's batch remembers (`Batch.covered`) when another sale had spent it: points a
   later refund gives back into that batch, while it counts, pay that spend back first.
 
 The available balance at T is what is left of the batches spendable and not expired at
-T, less the debt; the pending balance is what is left of those not spendable yet.
+T, less the debt still owed; the pending balance is what is left of those not spendable
+yet. A snapshot whose `expiring` parts add up to more than its `balancePoints` (a debt
+the hub counted) starts with that debt, paid by those parts.
 
 The hub counts by the same rule (`wallet_of`, from `sync.hub_rules`): it builds these
 movements from the transactions it counted, each naming its receipt (the device's and the
@@ -103,11 +110,11 @@ class Batch:
     active_from: datetime | None  # None: spendable already
     expires_at: datetime | None  # None: never expires
     order: int = 0  # ties between equal expiry times: the older batch first
-    # What a refund of this batch's sale took back elsewhere (a batch, None: the debt)
-    # because another sale had spent the batch: points given back into the batch while
-    # it counts pay that back first, so a sale and the sale that spent its points, both
-    # returned, leave the balance where it was, in either order.
-    covered: list[tuple[Batch | None, int]] = field(default_factory=list)
+    # What a refund of this batch's sale took back elsewhere (a batch or a debt) because
+    # another sale had spent the batch: points given back into the batch while it counts
+    # pay that back first, so a sale and the sale that spent its points, both returned,
+    # leave the balance where it was, in either order.
+    covered: list[tuple[Batch | Debt, int]] = field(default_factory=list)
 
     def spendable(self, at: datetime) -> bool:
         """Spendable at `at`: active, and not past its expiry. `expiresAt` is the last
@@ -122,6 +129,18 @@ class Batch:
 
     def key(self) -> tuple[bool, datetime | None, int]:
         return (self.expires_at is None, self.expires_at, self.order)
+
+
+@dataclass(eq=False)
+class Debt:
+    """What a spend took beyond every batch: still owed (`points`), and what paid it since
+    (`paid`: the batches, in the order they did)."""
+
+    points: int
+    paid: list[tuple[Batch, int]] = field(default_factory=list)
+
+
+Taken = list[tuple[Batch | Debt, int]]
 
 
 class Movement(NamedTuple):
@@ -158,11 +177,17 @@ def wallet_of(
 @dataclass
 class Wallet:
     batches: list[Batch] = field(default_factory=list)
-    debt: int = 0
-    # per sale: the (batch, points) its spending took, in order; None is the debt
-    taken: dict[str, list[tuple[Batch | None, int]]] = field(default_factory=dict)
+    debts: list[Debt] = field(default_factory=list)  # still owed, the oldest first
+    # per sale: the (batch or debt, points) its spending took, in order
+    taken: dict[str, Taken] = field(default_factory=dict)
     earned: dict[str, Batch] = field(default_factory=dict)
     rest: Batch | None = None
+    # debts are paid up to this moment (None: the snapshot's own, at the first movement)
+    settled_to: datetime | None = None
+
+    @property
+    def debt(self) -> int:
+        return sum(d.points for d in self.debts)
 
     @classmethod
     def of(
@@ -178,6 +203,9 @@ class Wallet:
         for points, expires_at in expiring:
             wallet._add(Batch(points, None, expires_at))
             rest -= points
+        if rest < 0:  # the parts that expire hold more than the balance: a debt
+            wallet.debts.append(Debt(-rest))
+            rest = 0
         wallet.rest = wallet._add(Batch(rest, None, None))
         for points, activates_at in pending:
             wallet._add(Batch(points, activates_at, expiry_time(activates_at, lifetime_days, zone)))
@@ -191,6 +219,7 @@ class Wallet:
     def apply(self, m: Movement) -> None:
         """One movement; without a receipt nothing is remembered to route a later refund
         by: points given back then join the part that never expires."""
+        self.settle(m.at)
         if m.kind == "earn":
             own = self.earned.get(m.receipt_id)
             if m.points < 0 and own is not None:
@@ -208,8 +237,41 @@ class Wallet:
         else:
             self._give_back(m.points, m.receipt_id, m.at)
 
-    def _spend(self, points: int, at: datetime) -> list[tuple[Batch | None, int]]:
-        took: list[tuple[Batch | None, int]] = []
+    def settle(self, until: datetime) -> None:
+        """Pay the debts with the points that became spendable up to `until`, in the order
+        they did (ties: soonest expiry first), each while it counted. Movements come in
+        time order and each settles to its `at` first, so a batch that holds points here
+        got them (or became spendable) after the last settling: it pays from then."""
+        since = self.settled_to
+        if since is not None and until < since:
+            return
+        self.settled_to = until
+        if not self.debts:
+            return
+        payers = []
+        for b in self.batches:
+            if b.points <= 0 or (b.active_from is not None and b.active_from > until):
+                continue
+            start = b.active_from
+            if since is not None and (start is None or start < since):
+                start = since
+            if start is None or b.expires_at is None or start <= b.expires_at:
+                payers.append((start is not None, start, b.key(), b))
+        payers.sort(key=lambda p: p[:3])
+        for *_, batch in payers:
+            while self.debts and batch.points > 0:
+                debt = self.debts[0]
+                part = min(debt.points, batch.points)
+                debt.points -= part
+                batch.points -= part
+                debt.paid.append((batch, part))
+                if debt.points == 0:
+                    self.debts.pop(0)
+            if not self.debts:
+                return
+
+    def _spend(self, points: int, at: datetime) -> Taken:
+        took: Taken = []
         for batch in sorted(
             (b for b in self.batches if b.points > 0 and b.spendable(at)), key=Batch.key
         ):
@@ -220,8 +282,9 @@ class Wallet:
             points -= part
             took.append((batch, part))
         if points:
-            self.debt += points
-            took.append((None, points))
+            debt = Debt(points)
+            self.debts.append(debt)
+            took.append((debt, points))
         return took
 
     def _take_back(self, points: int, receipt_id: str, at: datetime) -> None:
@@ -242,19 +305,18 @@ class Wallet:
             assert self.rest is not None
             self.rest.points += points
 
-    def _undo(self, took: list[tuple[Batch | None, int]], points: int, at: datetime) -> int:
-        """Gives `points` back at `at` along `took` (what was taken: a batch or None, the
-        debt, and how much), the last taken first; returns what is left over. Into a batch
-        that has expired they stay expired (the contract §16), whatever it covered."""
+    def _undo(self, took: Taken, points: int, at: datetime) -> int:
+        """Gives `points` back at `at` along `took` (what was taken: a batch or a debt, and
+        how much), the last taken first; returns what is left over. Into a batch that has
+        expired they stay expired (the contract §16), whatever it covered. Into a debt:
+        what is still owed first, then the batches that paid it, the last first."""
         while points and took:
             batch, part = took[-1]
             back = min(points, part)
-            if batch is None:
-                self.debt -= back
-            elif batch.spendable(at):  # what was taken elsewhere as it was short, first
-                batch.points += self._undo(batch.covered, back, at)
+            if isinstance(batch, Debt):
+                self._repay(batch, back, at)
             else:
-                batch.points += back
+                self._into(batch, back, at)
             points -= back
             if back == part:
                 took.pop()
@@ -262,7 +324,34 @@ class Wallet:
                 took[-1] = (batch, part - back)
         return points
 
+    def _into(self, batch: Batch, points: int, at: datetime) -> None:
+        if batch.spendable(at):  # what was taken elsewhere as it was short, first
+            batch.points += self._undo(batch.covered, points, at)
+        else:
+            batch.points += points
+
+    def _repay(self, debt: Debt, points: int, at: datetime) -> None:
+        owed = min(points, debt.points)
+        if owed:
+            debt.points -= owed
+            points -= owed
+            if debt.points == 0:
+                self.debts.remove(debt)
+        while points and debt.paid:
+            batch, part = debt.paid[-1]
+            back = min(points, part)
+            self._into(batch, back, at)
+            points -= back
+            if back == part:
+                debt.paid.pop()
+            else:
+                debt.paid[-1] = (batch, part - back)
+
     def points_at(self, at: datetime) -> tuple[int, int]:
+        """Available and pending at `at`, the debts paid up to it (a later query may
+        find them paid further; an earlier one counts what is settled already, as it
+        counts every movement replayed)."""
+        self.settle(at)
         available = -self.debt
         pending = 0
         for b in self.batches:
@@ -274,7 +363,8 @@ class Wallet:
 
     def expiring_at(self, at: datetime, limit: int = EXPIRING_SHOWN) -> list[tuple[int, datetime]]:
         """The next batches that expire and still hold spendable points, soonest first
-        (batches expiring at the same moment as one)."""
+        (batches expiring at the same moment as one), the debts paid first."""
+        self.settle(at)
         by_time: dict[datetime, int] = {}
         for b in self.batches:
             if b.expires_at is not None and b.points > 0 and b.spendable(at):

@@ -637,7 +637,7 @@ def quote_reads(
     card: str,
     local_day: str | None,
     now: datetime,
-    but: str,
+    but: str | None,
 ) -> QuoteReads:
     """`held_points(conn, customer_id, now, but)`, `offline_redeemed(conn, card, local_day,
     now)` (0 without a `local_day`: not asked) and whether `balance` has point rows to

@@ -439,13 +439,25 @@ class Agent:
         its own points would count twice in the balance shown): nothing printed, no state,
         the quote's display; with `explain`, the trace kept with it if any (a trace never
         changes a figure, §17). Another body is priced like any quote (the contract
-        refuses a reused receiptId for Hold and Checkout only)."""
+        refuses a reused receiptId for Hold and Checkout only); under a held receiptId,
+        beside that hold (its points and coupons stay reserved)."""
         with self._read() as (view, conn):
             stored = ledger.stored_receipt(conn, receipt.receipt_id)
             if stored is not None and not _same_body(stored[0], _Request.of(receipt).data):
                 stored = None
             if stored is None:
-                result = self._price(receipt, view, commit=False, reads=conn).result
+                # another basket under a held receiptId is no retry of that hold: its
+                # Hold would be refused (409), so it is priced beside the hold, which
+                # keeps its points and coupons, as any other receipt is
+                life = ledger.receipt_life(conn, receipt.receipt_id)
+                own_hold = (
+                    life is None
+                    or life.state != "HELD"
+                    or _Request.of(receipt).matches(life.digest)
+                )
+                result = self._price(
+                    receipt, view, commit=False, reads=conn, own_hold=own_hold
+                ).result
         if stored is not None:
             result = CheckoutResult.from_json(_as_quote(stored[1], receipt.explain))
         self._tell_devices("after_quote", result)
@@ -877,10 +889,14 @@ class Agent:
         *,
         commit: bool,
         reads: sqlite3.Connection | None = None,
+        own_hold: bool = True,
     ) -> _Priced:
         """Price `receipt`; ledger reads on `reads` (a reader's own connection, `_read`) or,
-        by default, on the writer's (with `_lock` held)."""
+        by default, on the writer's (with `_lock` held). `own_hold`: the receipt's own
+        hold, if any, is left out of what other holds reserve (points, coupons, the day's
+        offline limit); False for a quote of another body under a held receiptId."""
         conn = self._ledger if reads is None else reads
+        own_id = receipt.receipt_id if own_hold else None
         _require_snapshot(view)
         program = view.program()
         ident = _require_card(identify(receipt.card, view))
@@ -907,7 +923,7 @@ class Agent:
                 view.coupon(code)
                 or ledger.issued_coupon(conn, code, applied.get(self.device_id, 0))
             ),
-            lambda code: ledger.coupon_used(conn, code, self.clock(), receipt.receipt_id),
+            lambda code: ledger.coupon_used(conn, code, self.clock(), own_id),
         )
         personal: list[Offer] = []
         lines_categories: Callable[[str], frozenset[str]] = categories_of
@@ -936,7 +952,7 @@ class Agent:
                 ident.card_number or "",
                 _local_day(receipt, program) if capped else None,
                 self.clock(),
-                receipt.receipt_id,
+                own_id,
             )
             before = ledger.balance(conn, customer, applied, receipt.at, program, moved=marks.moved)
             # This till's other open holds reserve their points (the contract §11).

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tillpoint.agent.expiry import Movement, wallet_of
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
@@ -170,3 +175,145 @@ def test_confirm_and_cancel_take_the_proto_field_names_over_http(
         assert "receipt is not a known field" in error_of(unknown)[2]
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------- a debt and expiring points
+
+ZONE = ZoneInfo("Europe/Moscow")
+
+
+def _day(day: int, month: int = 11, year: int = 2026) -> datetime:
+    return datetime(year, month, day, 10, tzinfo=ZONE)
+
+
+def test_a_debt_is_paid_by_the_points_earned_after_it_not_left_beside_them() -> None:
+    """A take-back beyond the balance is a debt (§6: "a balance may go below zero"). The
+    points earned after it sat beside it in full: `expiring` listed 100 for a customer
+    with 50, and when those 100 expired the customer was at -50 though they had never
+    spent more than they had since. Now the earned points pay the debt as they become
+    spendable: 50 left, 50 listed, 0 after the expiry."""
+    sold, spent, returned, earned = _day(1), _day(2), _day(3), _day(4)
+    expires = _day(4, 12)
+    moves = [
+        Movement("earn", 50, "r-1", sold, False, sold, None),
+        Movement("spend", -50, "r-2", spent, False),
+        Movement("spend", -50, "r-1", returned, True),  # r-1 returned: its 50 taken back
+        Movement("earn", 100, "r-3", earned, False, earned, expires),
+    ]
+    wallet = wallet_of(0, [], [], moves, 30, ZONE)
+    assert wallet.points_at(_day(5)) == (50, 0)
+    assert wallet.expiring_at(_day(5)) == [(50, expires)]
+    assert wallet_of(0, [], [], moves, 30, ZONE).points_at(_day(10, 12)) == (0, 0)
+
+
+def test_a_returned_sale_gives_back_into_the_points_that_paid_its_debt() -> None:
+    """r-2 spent 80 with 20 to spend: 60 of debt, paid since by r-3's 100. Returning r-2
+    gives its 80 back: 60 into r-3's batch (it paid them), 20 where they came from; the
+    balance is what it would be without r-2, and so is what expires when."""
+    first = _day(1, 12)
+    moves = [
+        Movement("earn", 20, "r-1", _day(1), False, _day(1), None),
+        Movement("spend", -80, "r-2", _day(2), False),
+        Movement("earn", 100, "r-3", _day(3), False, _day(3), first),
+        Movement("spend", 80, "r-2", _day(4), True),
+    ]
+    wallet = wallet_of(0, [], [], moves, 30, ZONE)
+    assert wallet.points_at(_day(5)) == (120, 0)
+    assert wallet.expiring_at(_day(5)) == [(100, first)]
+    assert wallet_of(0, [], [], moves, 30, ZONE).points_at(_day(2, 12)) == (20, 0)
+
+
+def test_a_snapshots_expiring_parts_above_its_balance_are_a_debt_they_pay(cli: CLI) -> None:
+    """A hub that counted a debt (two tills spending the same points offline) published
+    `balancePoints` 35 with `expiring` 17 + 55: the till listed 72 points to expire for a
+    customer with 35, and was at -37 once they had. The debt is paid by the parts, the
+    soonest first: 35 listed (of the later part), 0 after both dates."""
+    customer = {
+        "id": "c-a",
+        "firstName": "Анна",
+        "tier": "gold",
+        "balancePoints": 35,
+        "expiring": [
+            {"points": 17, "expiresAt": "2026-12-01T23:59:59+03:00"},
+            {"points": 55, "expiresAt": "2026-12-31T23:59:59+03:00"},
+        ],
+    }
+    snap = snapshot(program={"pointsLifetimeDays": 365})
+    snap["customers"][0] = customer
+    assert cli("snapshot", "load", snap).code == 0
+    now = cli("balance", "2770000000017", "--at", "2026-11-24T12:00:00+03:00", "--json")
+    assert now.json() == {
+        "availablePoints": 35,
+        "pendingPoints": 0,
+        "expiring": [{"points": 35, "expiresAt": "2026-12-31T23:59:59+03:00"}],
+    }
+    later = cli("balance", "2770000000017", "--at", "2027-01-05T12:00:00+03:00", "--json")
+    assert later.json() == {"availablePoints": 0, "pendingPoints": 0}
+
+
+_MOVES = st.lists(
+    st.tuples(
+        st.sampled_from(["earn", "spend", "give back", "take back"]),
+        st.integers(1, 200),
+        st.integers(0, 5),  # which sale
+        st.integers(0, 40),  # how many days an earned batch lives (0: for ever)
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    moves=_MOVES, balance=st.integers(-100, 300), parts=st.lists(st.integers(1, 150), max_size=3)
+)
+def test_no_points_are_listed_to_expire_while_a_debt_is_owed(
+    moves: list[tuple[str, int, int, int]], balance: int, parts: list[int]
+) -> None:
+    """Whatever happened: while the customer owes points nothing is listed as expiring,
+    and what is listed never adds up to more than what is available."""
+    at = _day(1)
+    expiring = [(p, _day(1, 12) + timedelta(days=n)) for n, p in enumerate(parts)]
+    replay = []
+    for kind, points, sale, days in moves:
+        at = at + timedelta(hours=7)
+        rid = f"r-{sale}"
+        if kind == "earn":
+            ends = at + timedelta(days=days) if days else None
+            replay.append(Movement("earn", points, rid, at, False, at, ends))
+        elif kind == "spend":
+            replay.append(Movement("spend", -points, rid, at, False))
+        elif kind == "give back":
+            replay.append(Movement("spend", points, rid, at, True))
+        else:
+            replay.append(Movement("spend", -points, rid, at, True))
+    for days in (0, 10, 30, 60):
+        wallet = wallet_of(balance, expiring, [], replay, 30, ZONE)
+        moment = at + timedelta(days=days)
+        available, _ = wallet.points_at(moment)
+        listed = sum(p for p, _ in wallet.expiring_at(moment, limit=100))
+        assert listed == 0 or wallet.debt == 0
+        assert listed <= max(available, 0)
+
+
+def test_another_basket_under_a_held_receipt_id_is_quoted_beside_the_hold(cli: CLI) -> None:
+    """A quote of a held receipt leaves its own hold out (it answers what Confirm
+    commits). Another basket under that receiptId is no retry of the hold (its Hold is a
+    409): it was priced with the hold left out as well, offering points the hold keeps
+    and that no sale could then use. Now it is priced beside the hold, as under a new id."""
+    snap = snapshot()
+    snap["customers"][0]["balancePoints"] = 250
+    assert cli("snapshot", "load", snap).code == 0
+    line = {"sku": "4601234000017", "qty": "2", "priceMinor": 20000}
+    basket = receipt("r1", lines=[line], redeemPoints=-1)
+    held = cli("hold", basket, "--json").json()
+    assert held["state"] == "HELD" and held["redeemedPoints"] > 0
+    left = 250 - held["redeemedPoints"]
+    assert cli("quote", basket, "--json").json()["redeemedPoints"] == held["redeemedPoints"]
+    bigger = receipt("r1", lines=[line, line], redeemPoints=-1)
+    other = receipt("r2", lines=[line, line], redeemPoints=-1)
+    assert cli("hold", bigger, "--json").code == 2  # a conflict
+    quoted = cli("quote", bigger, "--json").json()
+    assert quoted["redeemedPoints"] == cli("quote", other, "--json").json()["redeemedPoints"]
+    assert quoted["redeemedPoints"] <= left
+    assert cli("cancel", "r1", "--json").code == 0  # then the points are free again
+    assert cli("quote", bigger, "--json").json()["redeemedPoints"] > left
