@@ -181,6 +181,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_hub_receipts)
 
     p = hub_sub.add_parser(
+        "status",
+        parents=parents,
+        help="the hub at a glance: its snapshot version, devices, conflicts, set-aside",
+    )
+    p.set_defaults(handler=_hub_status)
+
+    p = hub_sub.add_parser(
         "coupon-conflicts",
         parents=parents,
         help="coupon codes used by two tills while they were offline (the sales stand)",
@@ -483,6 +490,49 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
         },
         lambda d: f"signed snapshot {d['version']} for {d['deviceId']} in {d['file']}",
     )
+
+
+def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
+    """What an operator checks first (the contract §13: a code two tills used offline is a
+    conflict "shown in its status"): the published version, what the draft holds, each
+    device's acknowledged transactions, and how many conflicts and set-aside transactions
+    wait for review (`hub coupon-conflicts`, `hub set-aside` list them)."""
+    with closing(_existing_hub(settings, args).open_store()) as store:
+        latest = store.latest()
+        devices = [
+            {
+                "deviceId": d.device_id,
+                "enrolledAt": d.enrolled_at,
+                "revokedAt": d.revoked_at,
+                "ackedThroughSeq": store.applied_through(d.device_id),
+            }
+            for d in store.devices()
+        ]
+        data = {
+            "version": latest.version if latest else 0,
+            "issuedAt": latest.issued_at.isoformat() if latest else "",
+            "draftRows": store.draft_size(),
+            "devices": devices,
+            "couponConflicts": len(store.coupon_conflicts()),
+            "setAside": len(store.set_aside_transactions()),
+        }
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [
+            f"snapshot version {d['version']}"
+            + (f" issued {d['issuedAt']}" if d["issuedAt"] else " (nothing published yet)")
+            + f", {d['draftRows']} row(s) waiting to be published",
+            *(
+                f"{x['deviceId']}: transactions through seq {x['ackedThroughSeq']}"
+                + (f", revoked {x['revokedAt']}" if x["revokedAt"] else "")
+                for x in d["devices"]
+            ),
+            f"{d['couponConflicts']} coupon conflict(s) (hub coupon-conflicts),"
+            f" {d['setAside']} set-aside transaction(s) (hub set-aside)",
+        ]
+        return "\n".join(lines)
+
+    return _emit(args, data, human)
 
 
 def _hub_coupon_conflicts(settings: Settings, args: argparse.Namespace) -> int:

@@ -856,6 +856,18 @@ class SqlHubStore(HubRules):
             )
         return None if row is None else DeviceRecord(row[0], row[1], row[2], row[3])
 
+    def devices(self) -> list[DeviceRecord]:
+        with self._single() as conn:
+            rows = (
+                self.tx_class(conn)
+                .execute(
+                    "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
+                    " ORDER BY device_id"
+                )
+                .fetchall()
+            )
+        return [DeviceRecord(row[0], row[1], row[2], row[3]) for row in rows]
+
     def revoke(self, device_id: str, now: datetime) -> bool:
         with self._writing() as tx:
             return (

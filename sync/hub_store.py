@@ -322,6 +322,10 @@ class HubStore(Protocol):
 
     def device(self, device_id: str) -> DeviceRecord | None: ...
 
+    def devices(self) -> list[DeviceRecord]:
+        """Every device enrolled (revoked ones too), by device id."""
+        ...
+
     def revoke(self, device_id: str, now: datetime) -> bool: ...
 
     def build_lock(self, name: str) -> AbstractContextManager[None]:

@@ -306,6 +306,13 @@ def test_one_code_used_on_two_offline_tills_is_one_conflict_at_the_hub(
         assert out == {"conflicts": hub.coupon_conflicts()}
         assert main(cli) == 0
         assert "SORRY7K2Q9: used by till-1 (s0) and again by till-2 (s1)" in capsys.readouterr().out
+        # and its status counts it (the contract §13: "shown in its status")
+        status = ["hub", "status", "--hub-dir", str(tmp_path), "--store", store]
+        assert main([*status, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert (shown["version"], shown["couponConflicts"], shown["setAside"]) == (2, 1, 0)
+        assert main(status) == 0
+        assert "1 coupon conflict(s) (hub coupon-conflicts)" in capsys.readouterr().out
     finally:
         for till in tills:
             till.close()

@@ -330,6 +330,11 @@ def test_a_revoked_till_enrolled_again_by_its_hub_delivers_its_waiting_sales(
         code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
         assert code == 0, err
         assert (doc["pushed"], doc["outboxDepth"]) == (1, 0)
+        code, doc, err = run(capsys, "hub", "status", "--hub-dir", hub_dir, "--json")
+        assert code == 0, err
+        (device,) = doc["devices"]
+        assert (device["deviceId"], device["ackedThroughSeq"]) == ("till-1", 1)
+        assert doc["version"] >= 1 and doc["couponConflicts"] == doc["setAside"] == 0
     finally:
         hub.stop()
 
@@ -337,6 +342,7 @@ def test_a_revoked_till_enrolled_again_by_its_hub_delivers_its_waiting_sales(
 @pytest.mark.parametrize(
     "argv",
     [
+        ["status"],
         ["balance", "c-1"],
         ["publish"],
         ["enroll", "till-1"],
