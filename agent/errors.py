@@ -36,7 +36,6 @@ HTTP_STATUS: dict[str, int] = {
     "REQUEST_TIMEOUT": 408,
     "ALREADY_EXISTS": 409,
     "FAILED_PRECONDITION": 412,
-    "PAYLOAD_TOO_LARGE": 413,
     "INTERNAL": 500,
     "UNIMPLEMENTED": 501,
     "UNAVAILABLE": 503,
@@ -145,10 +144,7 @@ def _escape(found: re.Match[str]) -> str:
 
 def exit_code_of(code: str) -> int:
     """The CLI's exit code for an error an edge answered with `code` (the forwarded CLI
-    reads the agent's HTTP answer): the classes' own table read backwards; the HTTP
-    edge's size refusal is bad input, as the CLI's own is."""
-    if code == "PAYLOAD_TOO_LARGE":
-        return InputError.exit_code
+    reads the agent's HTTP answer): the classes' own table read backwards."""
     pending: list[type[TillpointError]] = [TillpointError]
     while pending:
         cls = pending.pop()

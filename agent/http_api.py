@@ -60,7 +60,7 @@ from .wire import json_of, receipt_from_json, refund_from_json, status_json
 
 log = logging.getLogger("tillpoint.http")
 
-MAX_BODY_BYTES = 4 << 20  # a larger request is refused with 413 (docs/CONTRACT.md §10)
+MAX_BODY_BYTES = 4 << 20  # a larger request is bad input: 400 (docs/CONTRACT.md §10, §12)
 BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
@@ -484,14 +484,15 @@ class Api:
 
 
 async def _read_body(scope: Any, receive: Any) -> bytes:
-    """The request's body from ASGI's `receive`: 413 over `MAX_BODY_BYTES` (announced or
-    streamed), 408 when it takes longer than `BODY_TIMEOUT_S` (a timer on this loop, not a
-    task as `asyncio.wait_for` makes), ClientDisconnect when the client leaves first."""
+    """The request's body from ASGI's `receive`: bad input (400, as the CLI's exit 2) over
+    `MAX_BODY_BYTES` (announced, before a byte of it is read, or streamed), 408 when it
+    takes longer than `BODY_TIMEOUT_S` (a timer on this loop, not a task as
+    `asyncio.wait_for` makes), ClientDisconnect when the client leaves first."""
     too_large = f"request larger than {MAX_BODY_BYTES >> 20} MiB"
     for name, value in scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and int(value) > MAX_BODY_BYTES:
-                raise HttpError("PAYLOAD_TOO_LARGE", too_large)
+                raise HttpError("INVALID_ARGUMENT", too_large)
             break
     chunks: list[bytes] = []
     size = 0
@@ -504,7 +505,7 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
-                    raise HttpError("PAYLOAD_TOO_LARGE", too_large)
+                    raise HttpError("INVALID_ARGUMENT", too_large)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
@@ -697,7 +698,7 @@ def openapi() -> dict[str, Any]:
         return {"description": what, "content": {JSON: {"schema": error}}}
 
     errors = {
-        "400": answer("bad input: malformed JSON, unknown field, out-of-range value"),
+        "400": answer("bad input: malformed JSON, unknown field, out-of-range value, over 4 MiB"),
         "401": answer("a token is set and the request has none or another"),
         "403": answer("a web page's request: its Origin is not in [http] allowed_origins"),
         "404": answer("unknown receipt, a card this till does not know (balance)"),
@@ -705,14 +706,13 @@ def openapi() -> dict[str, Any]:
         "408": answer("the body did not arrive within 10 s"),
         "409": answer("conflict: another body under a known receiptId"),
         "412": answer("refused: no snapshot, blocked card, expired hold"),
-        "413": answer("request larger than 4 MiB"),
         "421": answer("X-Tillpoint-Instance names another agent (the CLI's header): nothing run"),
         "500": answer("a bug in tillpoint: the agent's log has the trace"),
         "503": answer("not ready, or the call timed out: retry with the same receiptId"),
     }
     # What any request may meet; a body's own; then each call's (agent/service.py's).
     anywhere = ("401", "403", "405", "421", "500", "503")
-    of_a_body = ("400", "408", "413")
+    of_a_body = ("400", "408")
     of_the_call = {
         "Quote": ("412",),
         "Hold": ("409", "412"),
