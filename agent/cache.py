@@ -12,7 +12,7 @@ import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
@@ -92,6 +92,7 @@ class CacheInfo:
     issued_at: str | None
     expires_at: str | None
     loaded_at: str | None
+    unchanged: bool = False  # the very snapshot the cache holds, loaded again: nothing done
 
 
 def phone_index(phone: str, secret: bytes) -> str:
@@ -155,6 +156,8 @@ def apply(
                 current = file_of(conn)
                 if current != cache_file(data_dir):
                     continue  # switched while this waited for the lock: take the new one
+                if _loaded_already(conn, header):
+                    return replace(info(conn), unchanged=True)
                 _check(header, _version(conn))
                 if not header.is_full:
                     _fill(conn, header, rows, now, secret)
@@ -176,6 +179,17 @@ def apply(
         finally:
             conn.close()
     raise StorageError("the cache is busy: it kept being replaced while this waited")
+
+
+def _loaded_already(conn: sqlite3.Connection, header: SnapshotHeader) -> bool:
+    """The snapshot the cache holds, loaded again (its version and `issuedAt`): §3 refuses
+    an older version, and a seeding script that loads the same file twice must not fail.
+    Another snapshot under the same version (another `issuedAt`, or none) is refused."""
+    return (
+        header.issued_at is not None
+        and header.version == _version(conn)
+        and _get(conn, "issued_at") == header.issued_at.isoformat()
+    )
 
 
 def _check(header: SnapshotHeader, current: int) -> None:

@@ -280,8 +280,18 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if args.snapshot_command != "load":
                 parser.error("snapshot needs an action: load")
             loaded = load_snapshot(agent, args.file)
-            info = {"version": loaded.version, "issuedAt": loaded.issued_at or ""}
-            return emit(args, info, lambda d: f"snapshot version {d['version']} loaded")
+            info: dict[str, Any] = {"version": loaded.version, "issuedAt": loaded.issued_at or ""}
+            if loaded.unchanged:
+                info["unchanged"] = True
+            return emit(
+                args,
+                info,
+                lambda d: (
+                    f"snapshot version {d['version']} is loaded already: nothing changed"
+                    if d.get("unchanged")
+                    else f"snapshot version {d['version']} loaded"
+                ),
+            )
         if command == "identify":
             return emit(args, json_of(agent.identify(args.text)), _human_card)
         if command == "scan":

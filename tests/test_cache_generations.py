@@ -121,7 +121,7 @@ def test_a_bad_row_discards_the_build_and_keeps_the_cache(tmp_path: Path) -> Non
     with pytest.raises(InputError, match="line 99"):
         agent._apply(header, failing())
     with pytest.raises(SnapshotRefused):
-        agent.load_snapshot(snapshot(version=1))
+        agent.load_snapshot(snapshot(version=1, issuedAt="2026-11-23T07:00:00Z"))
     assert target(tmp_path) == link and generations(tmp_path) == [link]
     assert cache_mod.dump(agent._cache) == before
     assert [p.name for p in tmp_path.iterdir() if "building" in p.name] == []

@@ -317,3 +317,17 @@ def test_another_basket_under_a_held_receipt_id_is_quoted_beside_the_hold(cli: C
     assert quoted["redeemedPoints"] <= left
     assert cli("cancel", "r1", "--json").code == 0  # then the points are free again
     assert cli("quote", bigger, "--json").json()["redeemedPoints"] > left
+
+
+def test_the_same_snapshot_loaded_twice_changes_nothing_and_succeeds(cli: CLI) -> None:
+    """§3 refuses an older version; the same file loaded again (a seeding script run
+    twice) was refused as "not newer". It is the snapshot the cache holds: exit 0,
+    nothing done. Another snapshot under that version (another `issuedAt`) is refused."""
+    snap = snapshot(version=7)
+    assert cli("snapshot", "load", snap).code == 0
+    assert cli("checkout", receipt("r1"), "--json").code == 0
+    again = cli("snapshot", "load", snap, "--json")
+    assert again.code == 0 and again.json()["unchanged"] is True, again.err
+    assert cli("status", "--json").json()["lastSeq"] == 1
+    other = cli("snapshot", "load", snapshot(version=7, issuedAt="2026-11-23T04:00:00Z"))
+    assert other.code == 2 and "not newer than the cache's 7" in other.err

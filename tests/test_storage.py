@@ -74,8 +74,9 @@ def test_snapshot_rules(tmp_path: Path) -> None:
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snapshot())
     before = cache_mod.dump(agent._cache)
-    with pytest.raises(SnapshotRefused):
-        agent.load_snapshot(snapshot(version=1))  # not newer
+    with pytest.raises(SnapshotRefused):  # not newer: another snapshot under version 1
+        agent.load_snapshot(snapshot(version=1, issuedAt="2026-11-23T07:00:00Z"))
+    assert agent.load_snapshot(snapshot(version=1)).unchanged  # the same one: nothing done
     with pytest.raises(SnapshotRefused):
         agent.load_snapshot({"version": 5, "baseVersion": 3})  # wrong base
     with pytest.raises(TillpointError):
