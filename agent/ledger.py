@@ -1301,6 +1301,25 @@ def receipt_known(conn: sqlite3.Connection, receipt_id: str) -> bool:
     return bool(row[0])
 
 
+# What a quote reads of its receiptId, in one statement: the committed receipt, if any,
+# and the digest of a hold of it still open at ?2 (a quote of another body is priced
+# beside that hold, `service.Agent.quote`).
+QUOTE_LOOKUP = (
+    "SELECT r.request, r.result, r.device_id, r.seq,"
+    " (SELECT digest FROM receipt_life WHERE receipt_id = ?1 AND state = 'HELD'"
+    " AND expires_at > ?2)"
+    " FROM (SELECT 1) LEFT JOIN receipts r ON r.receipt_id = ?1"
+)
+
+
+def quote_lookup(
+    conn: sqlite3.Connection, receipt_id: str, now: datetime
+) -> tuple[tuple[str, dict[str, Any]] | None, str | None]:
+    """(`stored_receipt`'s answer, the digest of the receipt's open hold or None)."""
+    row = conn.execute(QUOTE_LOOKUP, (receipt_id, utc_text(now))).fetchone()
+    return (None if row[0] is None else (str(row[0]), _stored_result(row))), row[4]
+
+
 def stored_receipt(conn: sqlite3.Connection, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
     """(request text, result) of a committed receipt."""
     row = conn.execute(
@@ -1309,12 +1328,16 @@ def stored_receipt(conn: sqlite3.Connection, receipt_id: str) -> tuple[str, dict
     ).fetchone()
     if row is None:
         return None
+    return str(row[0]), _stored_result(row)
+
+
+def _stored_result(row: Any) -> dict[str, Any]:
     result = dict(json.loads(row[1]))
     # Stored by an agent older than Hold/Confirm and deviceId/seq in results.
     result.setdefault("state", "CONFIRMED")
     result.setdefault("deviceId", str(row[2]))
     result.setdefault("seq", int(row[3]))
-    return str(row[0]), result
+    return result
 
 
 # ---------------------------------------------------------------- refunds

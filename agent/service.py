@@ -442,19 +442,14 @@ class Agent:
         refuses a reused receiptId for Hold and Checkout only); under a held receiptId,
         beside that hold (its points and coupons stay reserved)."""
         with self._read() as (view, conn):
-            stored = ledger.stored_receipt(conn, receipt.receipt_id)
+            stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self.clock())
             if stored is not None and not _same_body(stored[0], _Request.of(receipt).data):
                 stored = None
             if stored is None:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which
                 # keeps its points and coupons, as any other receipt is
-                life = ledger.receipt_life(conn, receipt.receipt_id)
-                own_hold = (
-                    life is None
-                    or life.state != "HELD"
-                    or _Request.of(receipt).matches(life.digest)
-                )
+                own_hold = held is None or _Request.of(receipt).matches(held)
                 result = self._price(
                     receipt, view, commit=False, reads=conn, own_hold=own_hold
                 ).result

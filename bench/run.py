@@ -46,6 +46,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from tillpoint.agent.cache import RECEIPTS_KEPT
+from tillpoint.agent.ledger import QUOTE_LOOKUP, utc_text
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -302,10 +303,8 @@ class ReadFloor:
         ledger.execute("BEGIN")
         cache.execute("SELECT value FROM meta WHERE key = ?", ("version",)).fetchone()
         # whether the receiptId is committed (a quote of it answers what was committed)
-        ledger.execute(
-            "SELECT request, result, device_id, seq FROM receipts WHERE receipt_id = ?",
-            (receipt["receiptId"],),
-        ).fetchone()
+        # or held (another body is priced beside the hold), the agent's one statement
+        ledger.execute(QUOTE_LOOKUP, (receipt["receiptId"], utc_text(datetime.now(UTC)))).fetchone()
         # the card and its customer's row in one statement, as the agent reads them
         found = cache.execute(
             "SELECT k.number, k.customer_id, k.status, c.doc FROM cards k"
