@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -35,6 +35,8 @@ log = logging.getLogger("tillpoint.server")
 
 SERVICE_NAME = "tillpoint.v1.PosAgent"
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+REFLECTION_THREADS = 2  # reflection streams served at once; more wait their turn
+MIN_PING_INTERVAL_MS = 10_000  # the shortest keepalive interval a POS may ping at
 M = TypeVar("M", bound=Message)
 
 
@@ -203,7 +205,8 @@ def build_server(
     problem = token_problem("server", address, token)  # config asks it too; a caller may not
     if problem:
         raise InputError(problem)
-    interceptors: list[Any] = [RefuseUndecodable()]  # bytes that are no request: INVALID_ARGUMENT
+    # bytes that are no request, or a field the contract lacks: INVALID_ARGUMENT
+    interceptors: list[Any] = [RefuseUndecodable(exact=f"/{SERVICE_NAME}/")]
     if token:
         interceptors.insert(0, RequireToken(token))
     # A request larger than 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before
@@ -213,6 +216,12 @@ def build_server(
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", REQUEST_MAX_BYTES),
+            # a POS that keeps its channel alive with pings while the till is quiet (Java's
+            # keepAliveWithoutCalls, Go's PermitWithoutStream): gRPC's server default (5
+            # minutes between pings, two strikes) dropped it with GOAWAY "too_many_pings"
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+            ("grpc.http2.max_pings_without_data", 0),
             # one agent a port: gRPC's default SO_REUSEPORT let a second `tillpoint run`
             # bind the same port and take half the POS's calls to its own data directory
             ("grpc.so_reuseport", 0),
@@ -234,14 +243,25 @@ def build_server(
     reflecting = reflection.ReflectionServicer(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     )
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, server)
-    v1 = grpc.stream_stream_rpc_method_handler(
-        reflecting.ServerReflectionInfo,
+    # A reflection stream holds a thread while it is open (a GUI tool left connected):
+    # its own few threads, so that open streams queue there and never take the workers
+    # the POS's calls need (8 of them stopped every PosAgent call).
+    pool = futures.ThreadPoolExecutor(REFLECTION_THREADS, thread_name_prefix="reflection")
+
+    def info(requests: Any, context: grpc.ServicerContext) -> Any:
+        return reflecting.ServerReflectionInfo(requests, context)
+
+    info.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    handler = grpc.stream_stream_rpc_method_handler(
+        info,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+        tuple(
+            grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})
+            for name in (reflection.SERVICE_NAME, REFLECTION_V1)
+        )
     )
     return server, port, health_servicer
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.expiry import Movement, wallet_of
@@ -331,3 +334,147 @@ def test_the_same_snapshot_loaded_twice_changes_nothing_and_succeeds(cli: CLI) -
     assert cli("status", "--json").json()["lastSeq"] == 1
     other = cli("snapshot", "load", snapshot(version=7, issuedAt="2026-11-23T04:00:00Z"))
     assert other.code == 2 and "not newer than the cache's 7" in other.err
+
+
+def test_open_health_watches_and_reflection_streams_leave_the_pos_its_workers(
+    tmp_path: Path,
+) -> None:
+    """Client-side health checking (grpc-java, -go, -dotnet) opens one health `Watch` a
+    channel and keeps it open; a reflection tool keeps its stream open. The agent's
+    decoding interceptor dropped `Watch`'s non-blocking mark, so each held one of the 8
+    workers, as each reflection stream did: with 8 open, no PosAgent call was answered."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    from tillpoint.agent.server import build_server
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot())
+    server, port, _ = build_server(agent, "127.0.0.1:0", max_workers=8)
+    server.start()
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection each, as separate clients
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=own) for _ in range(19)]
+    streams: list[Any] = []
+    stop = threading.Event()
+    try:
+        for channel in channels[:10]:
+            request = health_pb2.HealthCheckRequest()
+            streams.append(health_pb2_grpc.HealthStub(channel).Watch(request, timeout=30))
+        for channel in channels[10:18]:  # each asks once, then leaves its stream open
+
+            def ask() -> Any:
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+                stop.wait(30)
+
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            streams.append(stub.ServerReflectionInfo(ask(), timeout=30))
+        time.sleep(0.5)  # every stream is open at the server (or waits for a thread)
+        pos = pb_grpc.PosAgentStub(channels[18])
+        status = pos.Status(pb.StatusRequest(), timeout=3)
+        assert status.cache_version == 1
+        quote = pos.Quote(json_format.Parse(json.dumps(receipt("w1")), pb.Receipt()), timeout=3)
+        assert quote.receipt_id == "w1"
+        assert next(streams[0]).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        stop.set()
+        for stream in streams:
+            stream.cancel()
+        for channel in channels:
+            channel.close()
+        server.stop(0).wait()
+        agent.close()
+
+
+def test_a_field_the_contract_lacks_is_refused_over_grpc_as_over_http(tmp_path: Path) -> None:
+    """§10: unknown fields in a receipt are bad input. Over HTTP and the CLI a misspelt or
+    newer field is refused; over gRPC it was kept aside unread and the sale went on
+    without it. Now INVALID_ARGUMENT, naming where; a sender that writes a default value
+    out (a longer, still valid encoding) is not mistaken for one."""
+    import grpc
+    from tillpoint.agent.server import build_server
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot())
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            checkout = channel.unary_unary(
+                "/tillpoint.v1.PosAgent/Checkout",
+                request_serializer=lambda raw: raw,
+                response_deserializer=pb.CheckoutResult.FromString,
+            )
+            good = json_format.Parse(json.dumps(receipt("u1")), pb.Receipt())
+            field_100 = bytes([0xA0, 0x06, 0x01])  # field 100, varint 1
+            with pytest.raises(grpc.RpcError) as refused:
+                checkout(good.SerializeToString() + field_100, timeout=5)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "field number 100 is not a field of Receipt" in str(refused.value.details())
+            inner = pb.Receipt()
+            inner.CopyFrom(good)
+            inner.lines[0].MergeFromString(field_100)
+            with pytest.raises(grpc.RpcError) as refused:
+                checkout(inner.SerializeToString(), timeout=5)
+            assert str(refused.value.details()).startswith("lines[0]: field number 100")
+            assert agent.status().last_seq == 0
+            # redeemPoints written out at its default, 0: a longer encoding, still taken
+            number = pb.Receipt.DESCRIPTOR.fields_by_name["redeem_points"].number
+            explicit = good.SerializeToString() + bytes([number << 3, 0])
+            assert checkout(explicit, timeout=5).receipt_id == "u1"
+    finally:
+        server.stop(0).wait()
+        agent.close()
+
+
+def test_a_pos_pinging_its_quiet_channel_is_not_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A POS keeping its channel alive with pings while the till is quiet (Java's
+    keepAliveWithoutCalls) was dropped after two pings with GOAWAY "too_many_pings": the
+    agent kept gRPC's 5-minute minimum. It accepts a ping every 10 s now, the shortest
+    interval grpc-java and grpc-go clients allow (scaled down 40 times here, with the POS
+    pinging at twice that)."""
+    import grpc
+    from tillpoint.agent import server as server_mod
+    from tillpoint.agent.server import build_server
+
+    shipped = server_mod.MIN_PING_INTERVAL_MS
+    monkeypatch.setattr(server_mod, "MIN_PING_INTERVAL_MS", shipped // 40)
+    agent = Agent(tmp_path / "data", "till-1")
+    server, port, _ = build_server(agent, "127.0.0.1:0")
+    server.start()
+    pinging = [
+        ("grpc.keepalive_time_ms", shipped // 20),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=pinging)
+    states: list[grpc.ChannelConnectivity] = []
+    ready = threading.Event()
+
+    def seen(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if state is grpc.ChannelConnectivity.READY:
+            ready.set()
+
+    try:
+        channel.subscribe(seen, try_to_connect=True)
+        assert ready.wait(10), states
+        status = channel.unary_unary(
+            "/tillpoint.v1.PosAgent/Status",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        status(b"", timeout=5)  # one call, then quiet: only pings on the channel
+        time.sleep(5)  # ten of them (gRPC's default had sent GOAWAY after ~3 s)
+        after = states[states.index(grpc.ChannelConnectivity.READY) :]
+        assert after == [grpc.ChannelConnectivity.READY], after
+    finally:
+        channel.unsubscribe(seen)
+        channel.close()
+        server.stop(0).wait()
+        agent.close()
