@@ -130,7 +130,7 @@ def run(settings: Settings) -> int:
     from tillpoint.printer.service import build_devices, greet_on_scan
     from tillpoint.sync.service import TillSync
 
-    from . import logs, systemd
+    from . import ledger, logs, systemd
     from .config import split_listen
     from .lock import DataDirLock
     from .metrics import Registry, serve
@@ -140,6 +140,7 @@ def run(settings: Settings) -> int:
     limit_malloc_arenas()  # before any thread of ours starts
     logs.setup(settings.log.level, settings.log.format)
     lock = DataDirLock(settings.data_dir).acquire()
+    ledger.require_writable(settings.data_dir)  # a read-only ledger: refused, not 503s
     # The collaborators first, then the agent they serve.
     sync = TillSync.for_till(settings)  # None: standalone (no hub, or cannot sync: logged)
     devices = build_devices(settings)  # printer, display, scanner (kind "none": idle)

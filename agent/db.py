@@ -278,6 +278,16 @@ def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:
         raise StorageError(f"cannot migrate the database schema: {exc}") from None
 
 
+def damaged_cache(data_dir: Path, what: str) -> StorageError:
+    """What a till says of a cache file SQLite finds damaged: the cache is only a copy of
+    the hub's data, and the way out is to make it again."""
+    return StorageError(
+        f"the cache in {data_dir} is damaged ({what}); it is a copy of the hub's data:"
+        f" stop tillpoint, delete {Path(data_dir) / 'cache'}*.db*, and load a full snapshot"
+        " again (`tillpoint snapshot load FILE`, or start it enrolled: it pulls one)"
+    )
+
+
 def cache_file(data_dir: Path) -> Path:
     """The current cache file: the generation ``cache.db`` points to, or ``cache.db`` itself."""
     return Path(os.path.realpath(Path(data_dir) / CACHE))
@@ -299,6 +309,11 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
             raise
         try:
             migrate(conn, cache_migrations)
+        except StorageError as exc:
+            conn.close()
+            if "malformed" in exc.message or "not a database" in exc.message:
+                raise damaged_cache(data_dir, exc.message) from None
+            raise
         except BaseException:
             conn.close()
             raise

@@ -25,8 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .db import MigrationSet, connect, migrate
-from .errors import StorageError
+from .db import MigrationSet, connect, migrate, owner_hint
+from .errors import InputError, StorageError
 from .expiry import Movement, Tally, Wallet, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
@@ -368,6 +368,30 @@ def open_ledger(data_dir: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def require_writable(data_dir: Path) -> None:
+    """Refuse to serve on a ledger this process cannot write (`tillpoint run` at start).
+
+    SQLite opens a file it may not write read-only without a word: every sale was then
+    refused with a 503 the POS retries for ever, and a fixed file mode needed a restart
+    anyway (the connection stays read-only). A write that is rolled back tells."""
+    path = ledger_path(data_dir)
+    conn = open_ledger(data_dir)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT OR REPLACE INTO device (key, value) VALUES ('write_check', '')")
+        finally:
+            conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "readonly" in str(exc):  # the file or its directory: an administrator's to mend
+            raise InputError(
+                f"cannot write {path}: it is read-only for this process{owner_hint(path)}"
+            ) from None
+        raise StorageError(f"cannot write {path}: {exc}{owner_hint(path)}") from None
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,14 @@ class DataDirLock:
             raise Refused(
                 f"another tillpoint (pid {holder}) is running on {self.path.parent}"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk: the same words as the open's
+            os.close(fd)
+            raise StorageError(
+                f"cannot use the data directory {self.path.parent}: {exc.strerror or exc}"
+            ) from None
         self._fd = fd
         return self
 

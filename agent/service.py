@@ -1548,7 +1548,11 @@ class Agent:
     def status(self) -> TillStatus:
         with self._lock:
             self._cache = self._live.connection()
-            info = cache_mod.info(self._cache)
+            try:
+                info = cache_mod.info(self._cache)
+            except sqlite3.DatabaseError as exc:  # status still answers, saying so
+                self._damaged(exc)
+                info = cache_mod.CacheInfo(0, None, None, None)  # healthz: not serving
             conn = self._ledger
             jobs = ledger.open_print_jobs(conn)
             status: dict[str, Any] = {
@@ -1587,11 +1591,35 @@ class Agent:
 
     # ------------------------------------------------------------ plumbing
 
-    def _view(self) -> contextlib.AbstractContextManager[CacheView]:
+    @contextlib.contextmanager
+    def _view(self) -> Iterator[CacheView]:
         """A read of the current cache; called with `_lock` held. A full snapshot switched
         in since the last read (by this or another process) is picked up here."""
         self._cache = self._live.connection()
-        return CacheView.reading(self._cache, self._secret, self._memo)
+        try:
+            with CacheView.reading(self._cache, self._secret, self._memo) as view:
+                yield view
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> Exception:
+        """A storage fault met by a read, not a bug: UNAVAILABLE in words (a damaged file:
+        shown in `status` too), never "internal error". A read cannot tell which of its
+        two files SQLite found damaged: the message gives the way out for each."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "malformed" not in text:
+            return StorageError(f"the till's storage failed: {text}")
+        error = StorageError(
+            f"a database file of this till is damaged ({text}). The cache is only a copy of"
+            f" the hub's data: stop tillpoint, delete {self.data_dir / 'cache'}*.db*, and load"
+            " a full snapshot again (`tillpoint snapshot load FILE`, or start it enrolled);"
+            f" check the ledger with `sqlite3 {ledger.ledger_path(self.data_dir)}"
+            " 'PRAGMA integrity_check'`"
+        )
+        if self._storage_problem is None or self._storage_problem[1] != error.message:
+            log.error("pricing is refused: %s", error.message)
+        self._storage_problem = (ledger.utc_text(self.clock()), error.message)
+        return error
 
     @contextlib.contextmanager
     def _read(self, *, alone: bool = True) -> Iterator[tuple[CacheView, sqlite3.Connection]]:
@@ -1615,6 +1643,8 @@ class Agent:
                         yield view, reads
                     finally:
                         reads.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise self._damaged(exc) from None
             finally:
                 with self._readers_lock:
                     keep = len(self._idle_readers) < READERS_KEPT and not reads.in_transaction

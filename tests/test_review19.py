@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -478,3 +479,72 @@ def test_a_pos_pinging_its_quiet_channel_is_not_dropped(
         channel.close()
         server.stop(0).wait()
         agent.close()
+
+
+def test_run_refuses_a_ledger_it_cannot_write(tmp_path: Path) -> None:
+    """SQLite opened a ledger this process may not write read-only, without a word: `run`
+    served (healthz 200) and answered every sale 503, which a POS retries for ever, and
+    a mended file mode needed a restart anyway. Now `run` refuses to start, saying so.
+    Root ignores file modes: the run drops the capabilities that let it."""
+    import shutil
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.checkout(receipt_from_json(receipt("r1")))
+    agent.close()
+    (data / "ledger.db").chmod(0o444)
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root ignores file modes, and setpriv is not here to drop that")
+        drop = "-dac_override,-dac_read_search,-fowner"
+        command = [setpriv, "--bounding-set", drop, "--inh-caps", drop, *command]
+    env = {
+        **os.environ,
+        "TILLPOINT_DEVICE_ID": "till-1",
+        "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_METRICS__ENABLED": "false",
+    }
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert "ledger.db: it is read-only for this process" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_a_damaged_cache_is_a_storage_fault_in_words_not_a_bug(
+    tmp_path: Path, server: HttpServer, agent: Agent, cli: CLI
+) -> None:
+    """Damaged cache pages reached the POS as 500 "a bug in tillpoint"; after a restart
+    every command said "cannot migrate the database schema: database disk image is
+    malformed", naming no file and no way out. Now 503 with the way out, `status` says it,
+    and opening it names the cache and what to do."""
+    from tillpoint.agent.db import cache_file
+    from tillpoint.agent.errors import StorageError
+
+    from .test_http_api import Client, error_of
+
+    client = Client(server.port)
+    try:
+        assert client.post("/v1/quote", receipt("d1")).status == 200
+        with cache_file(agent.data_dir).open("r+b") as damaged:
+            damaged.seek(4096)
+            damaged.write(bytes(range(256)) * 16 * 20)
+        codes = set()
+        for n in range(4):  # identification by phone reads the index pages
+            answer = client.post("/v1/identify", {"text": f"+7916123456{n}"})
+            if answer.status != 200:
+                codes.add(error_of(answer)[:2])
+                assert "is damaged" in error_of(answer)[2]
+        answer = client.post("/v1/quote", receipt("d2", card="+79161234567"))
+        assert answer.status != 500 and answer.status in (200, 503), answer.body
+        assert codes <= {(503, "UNAVAILABLE")} and codes, codes
+        assert "is damaged" in agent.status().to_json()["storageError"]
+    finally:
+        client.close()
+    with pytest.raises(StorageError, match=r"cache .* is damaged .* delete .*cache\*\.db\*"):
+        Agent(tmp_path / "data", "till-1")
