@@ -558,7 +558,7 @@ class CacheView:
     def program(self) -> Program:
         def load() -> Program:
             raw = _get(self.conn, "program")
-            return Program() if raw is None else Program.model_validate_json(raw)
+            return Program() if raw is None else Program.model_validate_json(raw, context=STORED)
 
         program: Program = self.remembered("program", load)
         return program
@@ -584,16 +584,16 @@ class CacheView:
     def customer(self, customer_id: str) -> Customer | None:
         holder = self._holder
         if holder is not None and holder[0] == customer_id:
-            return Customer.model_validate_json(holder[1])
+            return Customer.model_validate_json(holder[1], context=STORED)
         row = self.conn.execute("SELECT doc FROM customers WHERE id = ?", (customer_id,)).fetchone()
-        return None if row is None else Customer.model_validate_json(row[0])
+        return None if row is None else Customer.model_validate_json(row[0], context=STORED)
 
     def customer_by_phone(self, phone: str) -> Customer | None:
         row = self.conn.execute(
             "SELECT doc FROM customers WHERE phone = ? ORDER BY id LIMIT 1",
             (phone_index(phone, self.secret),),
         ).fetchone()
-        return None if row is None else Customer.model_validate_json(row[0])
+        return None if row is None else Customer.model_validate_json(row[0], context=STORED)
 
     def cards_of(self, customer_id: str) -> list[CardRecord]:
         return [
@@ -687,7 +687,7 @@ class CacheView:
 
     def coupon(self, code: str) -> Coupon | None:
         row = self.conn.execute("SELECT doc FROM coupons WHERE code = ?", (code,)).fetchone()
-        return None if row is None else Coupon.model_validate_json(row[0])
+        return None if row is None else Coupon.model_validate_json(row[0], context=STORED)
 
     def offer(self, offer_id: str) -> Offer | None:
         row = self.conn.execute("SELECT doc FROM offers WHERE id = ?", (offer_id,)).fetchone()

@@ -33,6 +33,7 @@ receipt's id), so a refund's points go back to its sale's batches there too.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -218,8 +219,12 @@ class Wallet:
 
     def apply(self, m: Movement) -> None:
         """One movement; without a receipt nothing is remembered to route a later refund
-        by: points given back then join the part that never expires."""
-        self.settle(m.at)
+        by: points given back then join the part that never expires. An earn moves no
+        points anyone owes: it does not settle (the hub replays earns not yet active
+        first, at their activation time; settling there would skip ahead of the spends
+        it replays after them, and the two would count a debt apart)."""
+        if m.kind != "earn":
+            self.settle(m.at)
         if m.kind == "earn":
             own = self.earned.get(m.receipt_id)
             if m.points < 0 and own is not None:
@@ -347,14 +352,22 @@ class Wallet:
             else:
                 debt.paid[-1] = (batch, part - back)
 
+    def _settled(self, at: datetime) -> Wallet:
+        """This wallet with its debts paid up to `at`: a copy when anything is owed, so a
+        query never changes what the movements replayed after it give."""
+        if not self.debts:
+            return self
+        wallet = copy.deepcopy(self)
+        wallet.settle(at)
+        return wallet
+
     def points_at(self, at: datetime) -> tuple[int, int]:
-        """Available and pending at `at`, the debts paid up to it (a later query may
-        find them paid further; an earlier one counts what is settled already, as it
-        counts every movement replayed)."""
-        self.settle(at)
-        available = -self.debt
+        """Available and pending at `at`, the debts paid up to it (an earlier time counts
+        what the movements replayed settled already, as it counts every movement)."""
+        wallet = self._settled(at)
+        available = -wallet.debt
         pending = 0
-        for b in self.batches:
+        for b in wallet.batches:
             if b.pending(at):
                 pending += b.points
             elif b.spendable(at):
@@ -364,9 +377,8 @@ class Wallet:
     def expiring_at(self, at: datetime, limit: int = EXPIRING_SHOWN) -> list[tuple[int, datetime]]:
         """The next batches that expire and still hold spendable points, soonest first
         (batches expiring at the same moment as one), the debts paid first."""
-        self.settle(at)
         by_time: dict[datetime, int] = {}
-        for b in self.batches:
+        for b in self._settled(at).batches:
             if b.expires_at is not None and b.points > 0 and b.spendable(at):
                 by_time[b.expires_at] = by_time.get(b.expires_at, 0) + b.points
         return [(points, moment) for moment, points in sorted(by_time.items())[:limit]]

@@ -148,13 +148,23 @@ _DAY_TIME = (
 RFC3339 = r"^[0-9]{4}" + _DAY_TIME
 # What pydantic-core parses itself: the years 1000-9998, which are times in UTC whatever
 # their offset; "9999-12-31T23:59:59-12:00" (no time in UTC) and the like go on to
-# `_timestamp`, which checks them.
+# `_timestamp` (`_time_field`), which checks them.
 RFC3339_NATIVE = r"^(1[0-9]{3}|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])" + _DAY_TIME
 _RFC3339_RE = re.compile(RFC3339)
 _NO_OFFSET_RE = re.compile(RFC3339.removesuffix("([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$") + "$")
 
 
-def _timestamp(value: Any) -> datetime:
+def _time_field(value: Any, info: ValidationInfo) -> datetime:
+    """`_timestamp` as a field's validator: the validation context says whether the row
+    is read back from the cache (`STORED`)."""
+    return _timestamp(value, stored=bool((info.context or {}).get("stored")))
+
+
+def _timestamp(value: Any, *, stored: bool = False) -> datetime:
+    """A time of the contract (§2). A row read back from the cache (`STORED`) keeps the
+    wider reading of the release that stored it (ISO 8601 with an offset: a customer's
+    `expiresAt` written "+0300" in a snapshot loaded before the RFC 3339 rule), so an
+    upgraded till reads its cache as it stands."""
     _not_too_long(value)
     if isinstance(value, datetime):
         moment = value
@@ -162,11 +172,13 @@ def _timestamp(value: Any) -> datetime:
         text = value.strip()
         if _NO_OFFSET_RE.match(text):  # the user's own time, with the offset it lacks
             raise ValueError(f'"{value}" has no offset: add one, as in "{text}+03:00"')
-        if not _RFC3339_RE.match(text):
+        if not stored and not _RFC3339_RE.match(text):
             raise ValueError(
                 f'"{value}" is not an RFC 3339 time with an offset, '
                 "such as 2026-11-23T10:15:00+03:00"
             )
+        if stored and "T" not in text.upper() and " " not in text:
+            raise ValueError(f'"{value}" is not a time with an offset')
         try:
             moment = datetime.fromisoformat(text.upper())
         except ValueError:  # a day the month does not have
@@ -283,7 +295,7 @@ else:
         _FIRST,
     ]
 # A time in JSON text spelled as RFC3339_NATIVE says is parsed by pydantic-core (no Python call:
-# millions of snapshot rows); anything else goes on to `_timestamp`, which takes what the
+# millions of snapshot rows); anything else goes on to `_time_field`, which takes what the
 # first one would and says what is wrong with the rest.
 _RFC3339_TIME = GetPydanticSchema(
     lambda _type, _handler: core_schema.json_or_python_schema(
@@ -299,7 +311,7 @@ _RFC3339_TIME = GetPydanticSchema(
     )
 )
 Timestamp = Annotated[
-    Annotated[datetime, _RFC3339_TIME] | Annotated[datetime, BeforeValidator(_timestamp)],
+    Annotated[datetime, _RFC3339_TIME] | Annotated[datetime, BeforeValidator(_time_field)],
     _FIRST,
 ]
 # After the union: each choice stays the plain time schema the hub's bulk import reads.

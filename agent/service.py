@@ -1551,6 +1551,8 @@ class Agent:
             try:
                 info = cache_mod.info(self._cache)
             except sqlite3.DatabaseError as exc:  # status still answers, saying so
+                if not _damage(exc):
+                    raise
                 self._damaged(exc)
                 info = cache_mod.CacheInfo(0, None, None, None)  # healthz: not serving
             conn = self._ledger
@@ -1599,16 +1601,16 @@ class Agent:
         try:
             with CacheView.reading(self._cache, self._secret, self._memo) as view:
                 yield view
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.DatabaseError as exc:  # the ledger's writes inside: theirs unless damage
+            if not _damage(exc):
+                raise
             raise self._damaged(exc) from None
 
-    def _damaged(self, exc: sqlite3.DatabaseError) -> Exception:
-        """A storage fault met by a read, not a bug: UNAVAILABLE in words (a damaged file:
-        shown in `status` too), never "internal error". A read cannot tell which of its
-        two files SQLite found damaged: the message gives the way out for each."""
+    def _damaged(self, exc: sqlite3.DatabaseError) -> StorageError:
+        """A damaged file met by a call (`_damage`), not a bug: UNAVAILABLE in words, shown
+        in `status` too, never "internal error". A call cannot tell which of its two files
+        SQLite found damaged: the message gives the way out for each."""
         text = str(exc)
-        if isinstance(exc, sqlite3.OperationalError) and "malformed" not in text:
-            return StorageError(f"the till's storage failed: {text}")
         error = StorageError(
             f"a database file of this till is damaged ({text}). The cache is only a copy of"
             f" the hub's data: stop tillpoint, delete {self.data_dir / 'cache'}*.db*, and load"
@@ -1644,6 +1646,8 @@ class Agent:
                     finally:
                         reads.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
+                if not _damage(exc):
+                    raise
                 raise self._damaged(exc) from None
             finally:
                 with self._readers_lock:
@@ -2012,6 +2016,13 @@ def _as_quote(committed: dict[str, Any], explain: bool = False) -> dict[str, Any
     result.setdefault("coupons", [])  # stored by an agent older than coupons
     result["display"] = quote_display(int(result["totalMinor"]), int(result["discountMinor"]))
     return result
+
+
+def _damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says a file is damaged (not a constraint, a lock or a busy disk,
+    which keep their own handling)."""
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
 
 
 def _cancelled(held: dict[str, Any]) -> dict[str, Any]:
