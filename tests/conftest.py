@@ -98,6 +98,50 @@ BASE_SNAPSHOT: dict[str, Any] = {
 }
 
 
+@contextlib.contextmanager
+def grpc_served(agent: Agent, **settings: Any) -> Iterator[int]:
+    """`agent`'s gRPC server (`build_server`, as `tillpoint run` builds it) on a free
+    loopback port, for the block; yields the port."""
+    from tillpoint.agent.server import build_server
+
+    server, port, _ = build_server(agent, "127.0.0.1:0", **settings)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0).wait()
+
+
+class ChannelStates:
+    """The connectivity states a gRPC channel goes through, from READY on: a link a
+    server drops (GOAWAY) shows a state after READY."""
+
+    def __init__(self, channel: Any) -> None:
+        import threading
+
+        import grpc
+
+        self.channel = channel
+        self.states: list[Any] = []
+        self._ready_state = grpc.ChannelConnectivity.READY
+        self._ready = threading.Event()
+        channel.subscribe(self._seen, try_to_connect=True)
+
+    def _seen(self, state: Any) -> None:
+        self.states.append(state)
+        if state is self._ready_state:
+            self._ready.set()
+
+    def wait_ready(self, timeout: float = 10) -> bool:
+        return self._ready.wait(timeout)
+
+    def since_ready(self) -> list[Any]:
+        return self.states[self.states.index(self._ready_state) :]
+
+    def close(self) -> None:
+        self.channel.unsubscribe(self._seen)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on now (for a server started as a process)."""
     with socket.socket() as s:

@@ -8,7 +8,6 @@ The hub's server option for the pings it accepts once had a name gRPC does not k
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import pytest
 from tillpoint.sync import client, hub_server
 from tillpoint.sync.client import HubLink
 from tillpoint.sync.loopback import LoopbackHub
+
+from .conftest import ChannelStates
 
 
 def test_the_hub_accepts_pings_as_often_as_the_tills_send_them() -> None:
@@ -34,21 +35,12 @@ def test_a_quiet_link_is_not_dropped_for_its_keepalive_pings(
     monkeypatch.setattr(hub_server, "MIN_PING_INTERVAL_MS", hub_server.MIN_PING_INTERVAL_MS // 20)
     hub = LoopbackHub(tmp_path / "hub")
     link = HubLink(hub.address, hub.enroll("till-1", tmp_path / "till"))
-    states: list[grpc.ChannelConnectivity] = []
-    ready = threading.Event()
-
-    def seen(state: grpc.ChannelConnectivity) -> None:
-        states.append(state)
-        if state is grpc.ChannelConnectivity.READY:
-            ready.set()
-
+    states = ChannelStates(link.channel)
     try:
-        link.channel.subscribe(seen, try_to_connect=True)
-        assert ready.wait(10), states
+        assert states.wait_ready(), states.states
         time.sleep(8)  # eight pings, and nothing else on the link
-        after = states[states.index(grpc.ChannelConnectivity.READY) :]
-        assert after == [grpc.ChannelConnectivity.READY], after
+        assert states.since_ready() == [grpc.ChannelConnectivity.READY], states.states
     finally:
-        link.channel.unsubscribe(seen)
+        states.close()
         link.close()
         hub.stop()

@@ -21,7 +21,7 @@ from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
-from .conftest import CLI, receipt, snapshot
+from .conftest import CLI, ChannelStates, grpc_served, receipt, snapshot
 
 AT = "2026-11-24T12:00:00+03:00"
 
@@ -425,15 +425,12 @@ def test_a_field_the_contract_lacks_is_refused_over_grpc_as_over_http(tmp_path: 
     without it. Now INVALID_ARGUMENT, naming where; a sender that writes a default value
     out (a longer, still valid encoding) is not mistaken for one."""
     import grpc
-    from tillpoint.agent.server import build_server
     from tillpoint.v1 import tillpoint_pb2 as pb
 
     agent = Agent(tmp_path / "data", "till-1")
     agent.load_snapshot(snapshot())
-    server, port, _ = build_server(agent, "127.0.0.1:0")
-    server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             checkout = channel.unary_unary(
                 "/tillpoint.v1.PosAgent/Checkout",
                 request_serializer=lambda raw: raw,
@@ -457,7 +454,6 @@ def test_a_field_the_contract_lacks_is_refused_over_grpc_as_over_http(tmp_path: 
             explicit = good.SerializeToString() + bytes([number << 3, 0])
             assert checkout(explicit, timeout=5).receipt_id == "u1"
     finally:
-        server.stop(0).wait()
         agent.close()
 
 
@@ -471,44 +467,35 @@ def test_a_pos_pinging_its_quiet_channel_is_not_dropped(
     pinging at twice that)."""
     import grpc
     from tillpoint.agent import server as server_mod
-    from tillpoint.agent.server import build_server
 
     shipped = server_mod.MIN_PING_INTERVAL_MS
     monkeypatch.setattr(server_mod, "MIN_PING_INTERVAL_MS", shipped // 40)
     agent = Agent(tmp_path / "data", "till-1")
-    server, port, _ = build_server(agent, "127.0.0.1:0")
-    server.start()
     pinging = [
         ("grpc.keepalive_time_ms", shipped // 20),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.use_local_subchannel_pool", 1),
     ]
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=pinging)
-    states: list[grpc.ChannelConnectivity] = []
-    ready = threading.Event()
-
-    def seen(state: grpc.ChannelConnectivity) -> None:
-        states.append(state)
-        if state is grpc.ChannelConnectivity.READY:
-            ready.set()
-
     try:
-        channel.subscribe(seen, try_to_connect=True)
-        assert ready.wait(10), states
-        status = channel.unary_unary(
-            "/tillpoint.v1.PosAgent/Status",
-            request_serializer=lambda raw: raw,
-            response_deserializer=lambda raw: raw,
-        )
-        status(b"", timeout=5)  # one call, then quiet: only pings on the channel
-        time.sleep(5)  # ten of them (gRPC's default had sent GOAWAY after ~3 s)
-        after = states[states.index(grpc.ChannelConnectivity.READY) :]
-        assert after == [grpc.ChannelConnectivity.READY], after
+        with grpc_served(agent) as port:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=pinging)
+            states = ChannelStates(channel)
+            try:
+                assert states.wait_ready(), states.states
+                status = channel.unary_unary(
+                    "/tillpoint.v1.PosAgent/Status",
+                    request_serializer=lambda raw: raw,
+                    response_deserializer=lambda raw: raw,
+                )
+                status(b"", timeout=5)  # one call, then quiet: only pings on the channel
+                time.sleep(5)  # ten of them (gRPC's default had sent GOAWAY after ~3 s)
+                ready = grpc.ChannelConnectivity.READY
+                assert states.since_ready() == [ready], states.states
+            finally:
+                states.close()
+                channel.close()
     finally:
-        channel.unsubscribe(seen)
-        channel.close()
-        server.stop(0).wait()
         agent.close()
 
 
