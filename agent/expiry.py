@@ -244,9 +244,10 @@ class Wallet:
 
     def settle(self, until: datetime) -> None:
         """Pay the debts with the points that became spendable up to `until`, in the order
-        they did (ties: soonest expiry first), each while it counted. Movements come in
-        time order and each settles to its `at` first, so a batch that holds points here
-        got them (or became spendable) after the last settling: it pays from then."""
+        they did (ties: soonest expiry first), each while it counted. Spends and refunds
+        come in time order and each settles to its `at` first (an earn only adds a batch),
+        so a batch that holds points here got them (or became spendable) after the last
+        settling: it pays from then. Queries settle a copy (`_settled`)."""
         since = self.settled_to
         if since is not None and until < since:
             return
