@@ -278,6 +278,12 @@ def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:
         raise StorageError(f"cannot migrate the database schema: {exc}") from None
 
 
+def is_damage(text: str) -> bool:
+    """Whether SQLite's words say a file is damaged (not a constraint, a lock or a busy
+    disk, which keep their own handling)."""
+    return "malformed" in text or "not a database" in text
+
+
 def damaged_cache(data_dir: Path, what: str) -> StorageError:
     """What a till says of a cache file SQLite finds damaged: the cache is only a copy of
     the hub's data, and the way out is to make it again."""
@@ -311,7 +317,7 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
             migrate(conn, cache_migrations)
         except StorageError as exc:
             conn.close()
-            if "malformed" in exc.message or "not a database" in exc.message:
+            if is_damage(exc.message):
                 raise damaged_cache(data_dir, exc.message) from None
             raise
         except BaseException:

@@ -29,7 +29,15 @@ from pydantic import TypeAdapter
 from . import cache as cache_mod
 from . import coupons, ledger
 from .cache import CacheView, ancestors
-from .db import Checkpointer, LiveCache, connect, phone_secret, remove_cache, write_transaction
+from .db import (
+    Checkpointer,
+    LiveCache,
+    connect,
+    is_damage,
+    phone_secret,
+    remove_cache,
+    write_transaction,
+)
 from .errors import (
     CardRefused,
     Conflict,
@@ -443,13 +451,15 @@ class Agent:
         beside that hold (its points and coupons stay reserved)."""
         with self._read() as (view, conn):
             stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self.clock())
-            if stored is not None and not _same_body(stored[0], _Request.of(receipt).data):
+            # the receipt as stored, made only for a receiptId this till knows
+            request = _Request.of(receipt) if stored is not None or held is not None else None
+            if stored is not None and request and not _same_body(stored[0], request.data):
                 stored = None
             if stored is None:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which
                 # keeps its points and coupons, as any other receipt is
-                own_hold = held is None or _Request.of(receipt).matches(held)
+                own_hold = held is None or (request is not None and request.matches(held))
                 result = self._price(
                     receipt, view, commit=False, reads=conn, own_hold=own_hold
                 ).result
@@ -1551,7 +1561,7 @@ class Agent:
             try:
                 info = cache_mod.info(self._cache)
             except sqlite3.DatabaseError as exc:  # status still answers, saying so
-                if not _damage(exc):
+                if not is_damage(str(exc)):
                     raise
                 self._damaged(exc)
                 info = cache_mod.CacheInfo(0, None, None, None)  # healthz: not serving
@@ -1602,12 +1612,12 @@ class Agent:
             with CacheView.reading(self._cache, self._secret, self._memo) as view:
                 yield view
         except sqlite3.DatabaseError as exc:  # the ledger's writes inside: theirs unless damage
-            if not _damage(exc):
+            if not is_damage(str(exc)):
                 raise
             raise self._damaged(exc) from None
 
     def _damaged(self, exc: sqlite3.DatabaseError) -> StorageError:
-        """A damaged file met by a call (`_damage`), not a bug: UNAVAILABLE in words, shown
+        """A damaged file met by a call (`db.is_damage`), not a bug: UNAVAILABLE in words, shown
         in `status` too, never "internal error". A call cannot tell which of its two files
         SQLite found damaged: the message gives the way out for each."""
         text = str(exc)
@@ -1646,7 +1656,7 @@ class Agent:
                     finally:
                         reads.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                if not _damage(exc):
+                if not is_damage(str(exc)):
                     raise
                 raise self._damaged(exc) from None
             finally:
@@ -2016,13 +2026,6 @@ def _as_quote(committed: dict[str, Any], explain: bool = False) -> dict[str, Any
     result.setdefault("coupons", [])  # stored by an agent older than coupons
     result["display"] = quote_display(int(result["totalMinor"]), int(result["discountMinor"]))
     return result
-
-
-def _damage(exc: sqlite3.DatabaseError) -> bool:
-    """Whether SQLite says a file is damaged (not a constraint, a lock or a busy disk,
-    which keep their own handling)."""
-    text = str(exc)
-    return "malformed" in text or "not a database" in text
 
 
 def _cancelled(held: dict[str, Any]) -> dict[str, Any]:
