@@ -157,7 +157,7 @@ _NO_OFFSET_RE = re.compile(RFC3339.removesuffix("([Zz]|[+-]([01][0-9]|2[0-3]):[0
 def _time_field(value: Any, info: ValidationInfo) -> datetime:
     """`_timestamp` as a field's validator: the validation context says whether the row
     is read back from the cache (`STORED`)."""
-    return _timestamp(value, stored=bool((info.context or {}).get("stored")))
+    return _timestamp(value, stored=_stored(info))
 
 
 def _timestamp(value: Any, *, stored: bool = False) -> datetime:
@@ -237,6 +237,11 @@ _FIRST = Field(union_mode="left_to_right")  # the first member that accepts wins
 # version that applied it. A rule added since (a `minQty` of at most 3 decimals) is a rule
 # of input and must not make a till's stored offers unreadable after an upgrade.
 STORED: dict[str, bool] = {"stored": True}
+
+
+def _stored(info: ValidationInfo) -> bool:
+    """Whether the row being validated is one read back from the cache (`STORED`)."""
+    return bool((info.context or {}).get("stored"))
 
 
 def _decimals(value: Decimal) -> int:
@@ -615,7 +620,7 @@ class Offer(Model):
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Offer:
-        if self.min_qty and _decimals(self.min_qty) > 3 and info.context is not STORED:
+        if self.min_qty and _decimals(self.min_qty) > 3 and not _stored(info):
             raise ValueError(
                 f"offer {self.id}: minQty {self.min_qty} has more than 3 decimals (the contract §2)"
             )
