@@ -53,7 +53,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-from tillpoint.agent.errors import InputError, StorageError
+from tillpoint.agent.db import connect
+from tillpoint.agent.errors import InputError
 from tillpoint.agent.ledger import insert_print_job, migrate_ledger, print_jobs, requeue_print_job
 from tillpoint.printer import _escpos
 from tillpoint.printer.config import PrinterConfig
@@ -307,18 +308,12 @@ class PrintWorker:
             _escpos.load()
             self.profile = resolve_profile(config)
         self._db_lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(
-                str(self.db_path), timeout=5.0, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA busy_timeout = 5000")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            if create_schema:  # each migration in its own transaction
-                with self._db_lock:
-                    ensure_schema(self._conn)
-        except sqlite3.Error as exc:  # a full disk, an I/O error: the storage's, in words
-            raise StorageError(f"cannot open the print queue in {self.db_path}: {exc}") from None
+        # the ledger's settings (WAL, synchronous=FULL, busy timeout) and its words for a
+        # file that cannot be opened or migrated (StorageError: a full disk, an I/O error)
+        self._conn = connect(self.db_path)
+        if create_schema:  # each migration in its own transaction
+            with self._db_lock:
+                ensure_schema(self._conn)
         self._state: PrinterState = "DISABLED" if self.disabled else "OK"
         self._paper: PaperState = "UNKNOWN"
         self._last_error: str | None = None
