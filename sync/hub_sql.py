@@ -672,6 +672,10 @@ class SqlTx:
         )
 
 
+# A device's row as `DeviceRecord` holds it, field for field.
+_DEVICE_ROWS = "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
+
+
 class SqlHubStore(HubRules):
     """The `HubStore` methods both engines do alike (plain reads, device records), over a
     store's `_read` and `_write` (each yields a connection inside one transaction) and
@@ -848,25 +852,17 @@ class SqlHubStore(HubRules):
             row = (
                 self.tx_class(conn)
                 .execute(
-                    "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
-                    " WHERE device_id = ?",
+                    f"{_DEVICE_ROWS} WHERE device_id = ?",
                     (device_id,),
                 )
                 .fetchone()
             )
-        return None if row is None else DeviceRecord(row[0], row[1], row[2], row[3])
+        return None if row is None else DeviceRecord(*row)
 
     def devices(self) -> list[DeviceRecord]:
         with self._single() as conn:
-            rows = (
-                self.tx_class(conn)
-                .execute(
-                    "SELECT device_id, fingerprint, enrolled_at, revoked_at FROM devices"
-                    " ORDER BY device_id"
-                )
-                .fetchall()
-            )
-        return [DeviceRecord(row[0], row[1], row[2], row[3]) for row in rows]
+            rows = self.tx_class(conn).execute(f"{_DEVICE_ROWS} ORDER BY device_id").fetchall()
+        return [DeviceRecord(*row) for row in rows]
 
     def revoke(self, device_id: str, now: datetime) -> bool:
         with self._writing() as tx:
