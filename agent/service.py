@@ -445,16 +445,22 @@ class Agent:
         """Price a receipt, storing and reserving nothing. The receipt committed under its
         receiptId (the same body) answers its committed figures as a quote (priced again,
         its own points would count twice in the balance shown): nothing printed, no state,
-        the quote's display; with `explain`, the trace kept with it if any (a trace never
-        changes a figure, §17). Another body is priced like any quote (the contract
-        refuses a reused receiptId for Hold and Checkout only); under a held receiptId,
-        beside that hold (its points and coupons stay reserved)."""
+        the quote's display; with `explain`, the trace kept with it, else the trace of
+        pricing it again when that gives the committed figures (§17: a trace never changes
+        a figure; support asks "why this price?" after the sale). Another body is priced
+        like any quote (the contract refuses a reused receiptId for Hold and Checkout
+        only); under a held receiptId, beside that hold (its points and coupons stay
+        reserved)."""
+        retrace: CheckoutResult | None = None
         with self._read() as (view, conn):
             stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self.clock())
             # the receipt as stored, made only for a receiptId this till knows
             request = _Request.of(receipt) if stored is not None or held is not None else None
             if stored is not None and request and not _same_body(stored[0], request.data):
                 stored = None
+            if stored is not None and receipt.explain and "trace" not in stored[1]:
+                # support's "why this price?" after the sale: priced again for its trace
+                retrace = self._price(receipt, view, commit=False, reads=conn).result
             if stored is None:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which
@@ -464,7 +470,12 @@ class Agent:
                     receipt, view, commit=False, reads=conn, own_hold=own_hold
                 ).result
         if stored is not None:
-            result = CheckoutResult.from_json(_as_quote(stored[1], receipt.explain))
+            answer = _as_quote(stored[1], receipt.explain)
+            if retrace is not None and retrace.trace is not None:
+                again = retrace.to_json()
+                if all(again.get(k) == answer.get(k) for k in _FIGURES):
+                    answer["trace"] = again["trace"]
+            result = CheckoutResult.from_json(answer)
         self._tell_devices("after_quote", result)
         return result
 
@@ -2015,11 +2026,23 @@ def _conflict(receipt_id: str) -> Conflict:
     )
 
 
+# What a trace explains: a committed receipt priced again for its trace (`Agent.quote`)
+# gets it only when pricing it now gives these as committed.
+_FIGURES = (
+    "lines",
+    "totalMinor",
+    "discountMinor",
+    "redeemedPoints",
+    "payableMinor",
+    "earnedPoints",
+    "heldOut",
+)
+
+
 def _as_quote(committed: dict[str, Any], explain: bool = False) -> dict[str, Any]:
     """A committed result answered to a quote of its receiptId: the same figures, as a
     quote has them (§5: nothing printed; no state, device or seq; the quote's display).
-    Its trace only if asked for and kept (§17: a trace never changes a figure, so the
-    receipt is not priced again for one)."""
+    Its trace only if asked for and kept (`Agent.quote` adds one priced again)."""
     drop = ("state", "deviceId", "seq", "holdExpiresAt", *(() if explain else ("trace",)))
     result = {k: v for k, v in committed.items() if k not in drop}
     result["printedOffers"] = []

@@ -1,0 +1,82 @@
+"""Session 20's audit findings, each a test that failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
+    return data
+
+
+def test_quote_explain_of_a_committed_receipt_carries_a_trace(tmp_path: Path) -> None:
+    """§17: `quote FILE --explain` adds the trace — also after the sale, when support asks
+    "why this price?" with the receipt's own file. The figures stay the committed ones."""
+    data = tmp_path / "till"
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data)]
+    env = {"TILLPOINT_DEVICE_ID": "till-1", "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> dict[str, object]:
+        done = subprocess.run(
+            [*command, *args], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        answer: dict[str, object] = json.loads(done.stdout)
+        return answer
+
+    subprocess.run(
+        [*command, "snapshot", "load", str(EXAMPLES / "snapshot.json")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+    receipt = str(EXAMPLES / "receipt-redemption.json")
+    before = cli("quote", receipt, "--explain", "--json")
+    sold = cli("checkout", receipt, "--json")
+    after = cli("quote", receipt, "--explain", "--json")
+    first, now = before["trace"], after["trace"]
+    assert isinstance(first, dict) and isinstance(now, dict)
+    assert now["lines"] == first["lines"]  # why each line got what it got
+    # the caps are the ledger's now: the balance and the day's offline limit after the
+    # sale (what was committed stays as it was; the same cap bound it)
+    assert now["redemption"]["boundBy"] == first["redemption"]["boundBy"] == "PERCENT"
+    assert now["redemption"]["allowedPoints"] == sold["redeemedPoints"]
+    for key in ("lines", "totalMinor", "discountMinor", "redeemedPoints", "payableMinor"):
+        assert after[key] == sold[key]
+    assert after["balance"] == sold["balance"]  # the committed answer, not counted twice
+
+
+def test_no_trace_when_pricing_again_gives_other_figures(tmp_path: Path) -> None:
+    """A committed receipt that spent the whole balance: priced again, the balance is what
+    it earned, the figures differ, and a trace of that pricing would explain another
+    price: none is added (a checkout with explain keeps its own)."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        snapshot = _load("snapshot.json")
+        customers = snapshot["customers"]
+        assert isinstance(customers, list)
+        for customer in customers:
+            if customer["id"] == "c-1":
+                customer["balancePoints"] = 30
+                customer.pop("expiring", None)
+        agent.load_snapshot(snapshot)
+        body = {**_load("receipt-redemption.json"), "redeemPoints": -1}
+        sold = agent.checkout(receipt_from_json(body))
+        assert sold.redeemed_points == 30
+        again = agent.quote(receipt_from_json({**body, "explain": True}))
+        assert (again.lines, again.redeemed_points) == (sold.lines, sold.redeemed_points)
+        assert again.trace is None
+        fresh = agent.quote(receipt_from_json({**body, "receiptId": "new", "explain": True}))
+        assert fresh.trace is not None and fresh.redeemed_points != sold.redeemed_points
+    finally:
+        agent.close()
