@@ -39,6 +39,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -64,6 +65,7 @@ _MERGE_STEP = 50_000
 # Tests set this to make one worker kill itself before it starts ("kill:1"), or the
 # coordinator wait a minute once the parts are written ("stall").
 FAULT_ENV = "TILLPOINT_BUILD_FAULT"
+ORPHAN_POLL_S = 0.5  # how often a coordinator checks that whoever started it is still there
 _LINE = re.compile(r"^snapshot line ([0-9]+): ")
 
 # A chunk of the payload: its section at the start (None before the first section line
@@ -127,6 +129,8 @@ def run(
         str(min_chunk),
         "--timeout",
         str(timeout),
+        "--parent",
+        str(os.getpid()),
     ]
     try:
         proc = subprocess.Popen(
@@ -522,11 +526,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--workers", type=int, default=0)
             p.add_argument("--min-chunk", type=int, default=MIN_CHUNK)
             p.add_argument("--timeout", type=float, default=TIMEOUT_S)
+            p.add_argument("--parent", type=int, default=0)
         else:
             p.add_argument("--part", type=Path, required=True)
             p.add_argument("--chunks", required=True)
     args = parser.parse_args(argv)
     lower_priority()
+    if args.role == "build":
+        _stop_when_orphaned(args.parent)
     try:
         if args.role == "work":
             if os.environ.get(FAULT_ENV) == "kill":
@@ -558,6 +565,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(json.dumps(loaded.__dict__))
     return 0
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """Stop the build (the coordinator and its workers: its own process group) once the
+    process that started it is gone. Under systemd the unit's KillMode takes the build
+    with a killed agent; elsewhere (a container without an init, a `snapshot load` killed
+    by hand) it would go on alone, holding the cache's write lock while the restarted
+    agent's first pull waits. What it leaves is removed by the next apply."""
+    parent = parent or os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+            time.sleep(ORPHAN_POLL_S)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def _report(exc: TillpointError) -> None:

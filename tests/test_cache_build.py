@@ -291,3 +291,64 @@ def test_a_killed_coordinator_is_a_clean_refusal_and_its_files_go(
     assert "killed (SIGKILL)" in str(failed[0])
     assert dump(tmp_path / "till") == before
     assert leftovers(tmp_path / "till") == []
+
+
+def test_a_build_whose_starter_is_killed_stops_and_the_next_load_works(
+    source: Path, tmp_path: Path
+) -> None:
+    """`snapshot load` killed outside systemd (no KillMode to take its build with it): the
+    build stops within a second or so instead of going on alone with the cache's write
+    lock, and the next load takes the snapshot and removes what the build left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "till"
+    make_agent(data).close()
+    env = {**os.environ, "TILLPOINT_DEVICE_ID": "till-1", cache_build.FAULT_ENV: "stall"}
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data)]
+    loader = subprocess.Popen(
+        [*command, "snapshot", "load", str(source)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def coordinators() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"\0build\0" in cmdline and str(data).encode() in cmdline:
+                found.append(int(proc.name))
+        return found
+
+    try:
+        deadline = time.monotonic() + 30
+        while not coordinators():
+            assert time.monotonic() < deadline and loader.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)  # the build under way (it stalls before its merge)
+        loader.kill()
+        loader.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while coordinators():
+            assert time.monotonic() < deadline, "the orphaned build went on"
+            time.sleep(0.05)
+    finally:
+        loader.kill()
+        for pid in coordinators():
+            os.killpg(pid, signal.SIGKILL)
+    env.pop(cache_build.FAULT_ENV)
+    done = subprocess.run(
+        [*command, "snapshot", "load", str(source)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert leftovers(data) == []
