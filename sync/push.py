@@ -176,6 +176,7 @@ class Pusher:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.mark_known = True  # a hub without the call: appliedThrough alone
                 return 0
+            self.link.failed(exc)  # the link's state and its one-line words, as a push's
             raise
         self.link.ok()
         mark = int(reply.acked_through_seq)

@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
+import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.push import Pusher
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -80,3 +84,21 @@ def test_no_trace_when_pricing_again_gives_other_figures(tmp_path: Path) -> None
         assert fresh.trace is not None and fresh.redeemed_points != sold.redeemed_points
     finally:
         agent.close()
+
+
+def test_a_failed_mark_question_is_a_failure_of_the_link(tmp_path: Path) -> None:
+    """The first thing a till asks the hub is its mark (`learn_mark`); when that failed,
+    the link still said online and the loop logged grpc's raw multi-line error."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=1)
+        hub.stop()
+        with pytest.raises(grpc.RpcError):
+            pusher.learn_mark()
+        assert till.link.last_failure and "\n" not in till.link.last_failure
+        assert not till.link.online
+        assert not pusher.mark_known
+        pusher.close()
+    finally:
+        till.stop()
