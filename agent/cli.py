@@ -66,6 +66,11 @@ class _Version(argparse.Action):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        # argparse reads a scanned "-2770000000017-" as an unknown option and then says
+        # only that the text is missing: say how to give it
+        dashed = [w for w in sys.argv[1:] if w[:1] == "-" and w[1:2].isdigit()]
+        if dashed:
+            message += f"; a text that starts with a dash goes after --: -- {dashed[0]}"
         self.exit(EXIT_INPUT, f"tillpoint: {message} (see `{self.prog} --help`)\n")
 
 

@@ -102,3 +102,13 @@ def test_a_failed_mark_question_is_a_failure_of_the_link(tmp_path: Path) -> None
         pusher.close()
     finally:
         till.stop()
+
+
+def test_a_scanned_text_with_a_leading_dash_is_told_how_to_give_it(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(tmp_path)]
+    done = subprocess.run(
+        [*command, "identify", "-2770000000017-"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "goes after --: -- -2770000000017-" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
