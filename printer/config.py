@@ -125,6 +125,10 @@ class PrinterConfig(_Model):
     retry_max_s: Seconds = 60.0
     poll_interval_s: Seconds = 2.0
     max_job_age_s: Seconds | None = None
+    # a job the printer drops this many times while sending or confirming it (connected,
+    # the printer otherwise reachable: too big for it, a byte it rejects) becomes FAILED,
+    # so the jobs behind it print (`tillpoint print retry` prints it again)
+    max_send_failures: int = Field(5, ge=1, le=1000)
     # An idle printer is asked how it is this often (and at start), so `status` shows a
     # printer unplugged while no job waits; 0: never (only jobs find out).
     probe_interval_s: float = Field(60.0, ge=0, le=3600)

@@ -35,6 +35,10 @@ Exactly once, as far as ESC/POS allows:
   buffer after the worker gave up waiting (or with ``query_status`` off). Both need a
   printer fault at exactly that moment. ``docs/PRINTING.md`` has the whole table.
 
+A job the printer drops ``max_send_failures`` times while it is sent or confirmed (connected:
+too big for the printer, a byte it rejects) becomes ``FAILED``, so it cannot hold the jobs
+behind it for good; connect failures are not counted.
+
 Backoff: consecutive failures wait ``retry_base_s × 2^(n-1)`` capped at ``retry_max_s``, with
 equal jitter (half fixed, half random). Jobs print strictly in order: while the oldest pending
 job waits, the ones behind it wait too, so the printer is not hammered and coupons are not
@@ -344,6 +348,9 @@ class PrintWorker:
         self._contact: float | None = None  # monotonic time the printer was last tried
         self._job_error = False  # `_last_error` is a job's own (bad payload), not the printer's
         self._unconfirmed = False  # the last job was sent and never confirmed
+        # per job id: how often the printer dropped it while it was sent or confirmed
+        # (connect failures not counted); `max_send_failures` of them fail the job
+        self._drops: dict[int, int] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -593,11 +600,14 @@ class PrintWorker:
                 message = f"{exc} (before the printer confirmed; the job is printed again)"
             lost = isinstance(exc, ConnectionLost) or phase == "connect"
             state: PrinterState = "OFFLINE" if lost else "ERROR"
+            if phase != "connect" and self._dropped(job, message):
+                return
             self._retry(job, message, state, claimed)
             return
         finally:
             transport.close()
         # The job is on its way to paper: from here on it is never sent again.
+        self._drops.pop(job.id, None)
         self._mark_done(job, note)
         self._failures = 0
         # a job the printer took but never confirmed, and did not answer how it was before
@@ -622,6 +632,29 @@ class PrintWorker:
             log.warning("print job %s sent, printer did not confirm: %s", job.receipt_id, note)
         else:
             log.info("printed offers for receipt %s", job.receipt_id)
+
+    def _dropped(self, job: _Job, message: str) -> bool:
+        """Count a failure while the job was sent or confirmed (the printer took the
+        connection); at `max_send_failures` the job is FAILED and the queue moves on: a
+        job the printer always drops (too big for its buffer) blocked every later coupon
+        and printed a torn fragment at every retry."""
+        drops = self._drops.get(job.id, 0) + 1
+        limit = self.config.max_send_failures
+        if drops < limit:
+            self._drops[job.id] = drops
+            return False
+        self._drops.pop(job.id, None)
+        self._fail(
+            job,
+            f"the printer dropped this job {drops} times while it was sent (too big for it, "
+            f"or something in it the printer rejects?); last: {message}; not retried: "
+            f"`tillpoint print retry {job.receipt_id}` prints it again",
+        )
+        # the printer itself takes connections: the next job goes now, and the FAILED job
+        # shows as such (`printerState` FAILED_JOBS) rather than the last drop's OFFLINE
+        self._failures = 0
+        self._state, self._retry_at = "OK", None
+        return True
 
     def _hold(self, job: _Job, claimed: bool) -> None:
         """The job was sent and the printer answered nothing after it (or it was sent so

@@ -430,6 +430,50 @@ def test_a_status_byte_is_not_taken_for_the_confirmation(
     assert confirmed["last_error"] is None
 
 
+def test_a_job_the_printer_always_drops_fails_and_the_queue_moves_on(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    """A printer that resets the connection on any job over its buffer (here 800 bytes: the
+    receipt with five offers) blocked every later coupon for ever and printed a torn
+    fragment at every retry. After `max_send_failures` drops the job is FAILED, with the
+    reason, and the jobs behind it print; `print retry` puts it back."""
+    offer = payload()["offers"][0]
+    five = [dict(offer, id=f"o-{i}", code=f"TP1-o-{i}") for i in range(1, 6)]
+    add_job(ledger, payload("s1-t1-000123", offers=five))  # about 1 KB
+    add_job(ledger, payload("s1-t1-000124"))  # about 330 bytes
+    printer.close_after_bytes = 800
+    clock = Clock()
+    w = worker(ledger, printer.port, clock, max_send_failures=3)
+    for _ in range(2):
+        w.run_once()
+        job = w.job("s1-t1-000123")
+        assert job is not None and job["state"] == "PENDING"
+        clock.advance(10)
+    w.run_once()  # the third drop
+    job = w.job("s1-t1-000123")
+    assert job is not None and job["state"] == "FAILED", job
+    assert "dropped this job 3 times" in job["last_error"]
+    assert "print retry s1-t1-000123" in job["last_error"]
+    w.run_once()  # the next job goes at once
+    assert len(coupons(printer, "s1-t1-000124")) == 1
+    assert len([d for d in printer.documents if not d.complete]) == 3  # three torn, no more
+    status = w.status()
+    assert (status["failed_jobs"], status["queue_depth"], status["state"]) == (1, 0, "OK")
+    # A refused connection is not the job's fault: it is not counted.
+    assert w.requeue("s1-t1-000123")
+    printer.stop()
+    for _ in range(4):
+        clock.advance(10)
+        w.run_once()
+    assert w.job("s1-t1-000123")["state"] == "PENDING"  # type: ignore[index]
+    printer.start()
+    printer.close_after_bytes = None
+    clock.advance(10)
+    w.run_once()
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+    assert PrinterConfig(kind="network", host="h").max_send_failures == 5
+
+
 def test_low_paper_is_reported_and_still_prints(ledger: Path, printer: VirtualPrinter) -> None:
     printer.paper = "low"
     add_job(ledger)
