@@ -495,7 +495,12 @@ class PrintWorker:
             return None
         now = self._clock()
         if job.next_attempt_at is not None and job.next_attempt_at > now:
-            return (job.next_attempt_at - now).total_seconds()
+            wait = (job.next_attempt_at - now).total_seconds()
+            # No backoff is longer than `retry_max_s`: a retry time further ahead is from
+            # a wall clock that stepped back since (NTP, a wrong RTC fixed), and the queue
+            # waited for the size of the step. Due now.
+            if wait <= self.config.retry_max_s:
+                return wait
         try:
             payload = parse_payload(job.payload)
         except InputError as exc:

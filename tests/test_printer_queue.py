@@ -474,6 +474,28 @@ def test_a_job_the_printer_always_drops_fails_and_the_queue_moves_on(
     assert PrinterConfig(kind="network", host="h").max_send_failures == 5
 
 
+def test_a_wall_clock_stepped_back_does_not_hold_the_queue(ledger: Path) -> None:
+    """The retry time is wall-clock (it survives a restart): after the clock stepped back an
+    hour the queue waited an hour. A retry time more than `retry_max_s` ahead is due."""
+    vp = VirtualPrinter()
+    port = vp.start()
+    vp.stop()  # off: the first attempt is refused and backs off
+    add_job(ledger)
+    clock = Clock()
+    w = worker(ledger, port, clock)
+    w.run_once()
+    wait = w.run_once()
+    assert wait is not None and 0 < wait <= 1.0  # a normal backoff is still waited for
+    clock.advance(-3600)  # the clock is set back an hour
+    vp.start()
+    try:
+        assert w.run_once() == 0  # due now, not in an hour
+        assert len(coupons(vp)) == 1
+    finally:
+        vp.stop()
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+
+
 def test_low_paper_is_reported_and_still_prints(ledger: Path, printer: VirtualPrinter) -> None:
     printer.paper = "low"
     add_job(ledger)
