@@ -496,6 +496,41 @@ def test_a_wall_clock_stepped_back_does_not_hold_the_queue(ledger: Path) -> None
     assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
 
 
+def test_a_first_attempt_printing_is_not_retrying(ledger: Path, printer: VirtualPrinter) -> None:
+    """`printerState` said RETRYING while the first attempt of a job simply printed (a slow
+    printer, no failure): a SENDING job's claim has counted its attempt already."""
+    from tillpoint.agent import ledger as ledger_mod
+    from tillpoint.agent.service import device_states
+
+    def printer_state(conn: sqlite3.Connection, worker_says: str) -> str:
+        failed, retrying, _ = ledger_mod.print_queue_health(conn)
+        live = {name: {"state": "DISABLED"} for name in ("display", "scanner")}
+        live["printer"] = {"state": worker_says}
+        return device_states({}, live, failed, retrying)["printerState"]
+
+    printer.confirm_delay_s = 1.0  # it takes a second to print
+    add_job(ledger)
+    w = worker(ledger, printer.port)
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    job = threading.Thread(target=w.run_once)
+    job.start()
+    try:
+        deadline = time.monotonic() + 5
+        while w.job("s1-t1-000123")["state"] != "SENDING":  # type: ignore[index]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert printer_state(conn, w.status()["state"]) == "OK"
+    finally:
+        job.join()
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+    # A job waiting after a failed attempt is RETRYING (the worker is OK again meanwhile).
+    printer.stop()
+    add_job(ledger, payload("s1-t1-000124"))
+    w.run_once()
+    # what the status says once the worker's probe finds the printer back
+    assert printer_state(conn, "OK") == "RETRYING"
+
+
 def test_low_paper_is_reported_and_still_prints(ledger: Path, printer: VirtualPrinter) -> None:
     printer.paper = "low"
     add_job(ledger)
