@@ -26,6 +26,8 @@ All timeouts are in seconds and every one of them is finite: nothing here can bl
 from __future__ import annotations
 
 import codecs
+import ipaddress
+import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -79,6 +81,30 @@ def _encodes(codec: str, ch: str) -> bool:
     except (UnicodeError, LookupError):
         return False
     return True
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+def _check_host(host: str) -> None:
+    """A host name or an IP address, as the connection takes it: "127.0.0.1:9100" or a
+    name with a blank passed the check and the printer was "not reachable" for ever."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    name, _, port = host.rpartition(":")
+    if port.isascii() and port.isdigit() and _HOST_NAME.fullmatch(name):
+        raise ValueError(
+            f"printer host {host!r} carries a port: write the host alone, "
+            f'host = "{name}", and port = {int(port)}'
+        )
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(
+            f"printer host {host!r} is not a host name or an IP address "
+            "(letters, digits, '.', '-' and '_' only, no blanks)"
+        )
 
 
 class _Model(BaseModel):
@@ -137,6 +163,8 @@ class PrinterConfig(_Model):
     def _check(self) -> PrinterConfig:
         if self.kind == "network" and not self.host:
             raise ValueError('printer kind "network" needs host')
+        if self.kind == "network" and self.host:
+            _check_host(self.host)
         if self.kind in ("serial", "file") and not self.device:
             raise ValueError(f'printer kind "{self.kind}" needs device')
         if self.kind == "usb" and (self.usb_vendor_id is None or self.usb_product_id is None):

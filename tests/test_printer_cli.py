@@ -150,6 +150,27 @@ def test_config_check_refuses_a_printer_profile_run_refuses(
     assert cli("--config", config, "config", "check").code == 0
 
 
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        ("127.0.0.1:9100", 'carries a port: write the host alone, host = "127.0.0.1", and port'),
+        ("192.168.1. 50", "is not a host name or an IP address"),
+        ("tcp://192.168.1.50", "is not a host name or an IP address"),
+    ],
+)
+def test_a_printer_host_the_connection_cannot_take_is_refused(
+    cli: CLI, tmp_path: Path, host: str, says: str
+) -> None:
+    """A host such as "127.0.0.1:9100", or one with a blank, passed the check, and the
+    printer was "not reachable" for ever after; refused when the configuration is read."""
+    config = tmp_path / "tillpoint.toml"
+    config.write_text(f'[printer]\nkind = "network"\nhost = "{host}"\n', encoding="utf-8")
+    run = cli("--config", config, "config", "check")
+    assert run.code == 2 and run.err.count("\n") == 1 and says in run.err, run
+    for fine in ("192.168.1.50", "::1", "fe80::1%eth0", "printer-1.shop.local", "PRN_01"):
+        assert PrinterConfig(kind="network", host=fine).host == fine
+
+
 def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(
     agent: Agent, cli: CLI, printer: VirtualPrinter, tmp_path: Path
 ) -> None:
