@@ -30,6 +30,7 @@ import ipaddress
 import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -107,6 +108,24 @@ def _check_host(host: str) -> None:
         )
 
 
+def _check_device(what: str, device: str) -> None:
+    """A pyserial network URL needs HOST:PORT; pyserial's own words for a bad one are
+    "'debug|info|warning|error'" (it reads a bad port as a bad option)."""
+    scheme = device.partition("://")[0].lower() if "://" in device else ""
+    if scheme not in ("socket", "rfc2217"):
+        return
+    try:
+        parts = urlsplit(device)
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = None
+    if parts is None or not parts.hostname or port is None or not 0 < port < 65536:
+        raise ValueError(
+            f"{what} device {device!r}: expected {scheme}://HOST:PORT with a port 1-65535"
+        )
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -167,6 +186,8 @@ class PrinterConfig(_Model):
             _check_host(self.host)
         if self.kind in ("serial", "file") and not self.device:
             raise ValueError(f'printer kind "{self.kind}" needs device')
+        if self.kind == "serial" and self.device:
+            _check_device("printer", self.device)
         if self.kind == "usb" and (self.usb_vendor_id is None or self.usb_product_id is None):
             raise ValueError('printer kind "usb" needs usb_vendor_id and usb_product_id')
         check_single_byte_codec(self.codepage)
@@ -199,6 +220,8 @@ class DisplayConfig(_Model):
     def _check(self) -> DisplayConfig:
         if self.kind == "serial" and not self.device:
             raise ValueError('display kind "serial" needs device')
+        if self.kind == "serial" and self.device:
+            _check_device("display", self.device)
         check_single_byte_codec(self.codepage)
         if not self.cd5220_charset.isascii():
             raise ValueError("cd5220_charset must be one ASCII letter")
@@ -222,6 +245,8 @@ class ScannerConfig(_Model):
     def _check(self) -> ScannerConfig:
         if self.kind == "serial" and not self.device:
             raise ValueError('scanner kind "serial" needs device')
+        if self.kind == "serial" and self.device:
+            _check_device("scanner", self.device)
         try:
             codecs.lookup(self.encoding)
         except LookupError:

@@ -18,7 +18,7 @@ from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import Card, CheckoutResult, receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.cli_support import preview, print_test_page
-from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.config import DisplayConfig, PrinterConfig
 from tillpoint.printer.errors import PrinterConfigError, PrinterError
 from tillpoint.printer.queue import PrintWorker
 from tillpoint.printer.service import Devices, load_configs
@@ -169,6 +169,29 @@ def test_a_printer_host_the_connection_cannot_take_is_refused(
     assert run.code == 2 and run.err.count("\n") == 1 and says in run.err, run
     for fine in ("192.168.1.50", "::1", "fe80::1%eth0", "printer-1.shop.local", "PRN_01"):
         assert PrinterConfig(kind="network", host=fine).host == fine
+
+
+@pytest.mark.parametrize(
+    ("table", "device"),
+    [
+        ("display", "socket://127.0.0.1:notaport"),
+        ("display", "socket://127.0.0.1"),
+        ("scanner", "rfc2217://127.0.0.1:99999"),
+        ("printer", "socket://:9100"),
+    ],
+)
+def test_a_serial_url_without_host_and_port_is_refused(
+    cli: CLI, tmp_path: Path, table: str, device: str
+) -> None:
+    """pyserial's words for "socket://127.0.0.1:notaport" were "Could not open port ...:
+    'debug|info|warning|error'", at every reconnect; the check names what is expected."""
+    config = tmp_path / "tillpoint.toml"
+    config.write_text(f'[{table}]\nkind = "serial"\ndevice = "{device}"\n', encoding="utf-8")
+    run = cli("--config", config, "config", "check")
+    assert run.code == 2 and run.err.count("\n") == 1, run
+    assert f"{table} device '{device}': expected " in run.err and "HOST:PORT" in run.err
+    for fine in ("socket://127.0.0.1:9000", "rfc2217://till:7000?timeout=1", "loop://"):
+        assert DisplayConfig(kind="serial", device=fine).device == fine
 
 
 def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(
