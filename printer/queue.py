@@ -605,7 +605,7 @@ class PrintWorker:
                 message = f"{exc} (before the printer confirmed; the job is printed again)"
             lost = isinstance(exc, ConnectionLost) or phase == "connect"
             state: PrinterState = "OFFLINE" if lost else "ERROR"
-            if phase != "connect" and self._dropped(job, message):
+            if phase != "connect" and self._dropped(job, f"{exc} (while {phase}ing)"):
                 return
             self._retry(job, message, state, claimed)
             return
