@@ -241,6 +241,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from tillpoint.printer.service import load_configs
 
         devices = load_configs(settings.printer, settings.display, settings.scanner)
+        if devices[0].kind != "none":
+            # the profile as `run` resolves it (PrinterConfigError, exit 2): an unknown
+            # one, or one without a slot for the code page, passed the check and `run`
+            # then refused to start
+            from tillpoint.printer.profiles import resolve_profile
+
+            resolve_profile(devices[0])
         shown = settings.model_dump(mode="json")
         for name, model in zip(("printer", "display", "scanner"), devices, strict=True):
             shown[name] = model.model_dump(mode="json")

@@ -1561,13 +1561,17 @@ def open_print_jobs(conn: sqlite3.Connection) -> int:
 
 def print_queue_health(conn: sqlite3.Connection) -> tuple[int, int, str]:
     """Failed jobs, jobs waiting for a retry, and the last error: the newest open job's,
-    or the newest printed job's note (sent, not confirmed) until a later one prints."""
+    or the newest printed job's note (sent, not confirmed) until a later one prints.
+
+    A job waits for a retry when it is PENDING after an attempt; a SENDING job is being
+    printed (its claim counted the attempt already, so `attempts > 0` there said RETRYING
+    while a first attempt simply printed)."""
     # Open jobs only, by the partial index `print_jobs_open` (its `state <> 'DONE'` said
     # as it is written there): the printed jobs stay in the table for good, a till's year
     # of sales, and every status call and metrics scrape asks this.
     failed, retrying, last_error = conn.execute(
         "SELECT count(*) FILTER (WHERE state = 'FAILED'),"
-        " count(*) FILTER (WHERE state IN ('PENDING', 'SENDING') AND attempts > 0),"
+        " count(*) FILTER (WHERE state = 'PENDING' AND attempts > 0),"
         " coalesce("
         "  (SELECT last_error FROM print_jobs INDEXED BY print_jobs_open"
         "   WHERE state <> 'DONE' AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1),"

@@ -1610,6 +1610,9 @@ class Agent:
             # no job waits (its probe) has no job row to carry the reason.
             status["printerLastError"] = str(live["printer"]["last_error"])
         status.update(device_states(self.device_kinds, live, failed, retrying))
+        # the display's reason beside its OFFLINE, as the printer's (it said OFFLINE only)
+        display = live.get("display") if live is not None else None
+        status["displayLastError"] = str((display or {}).get("last_error") or "")
         return TillStatus.from_json(status)
 
     # ------------------------------------------------------------ plumbing

@@ -26,8 +26,11 @@ All timeouts are in seconds and every one of them is finite: nothing here can bl
 from __future__ import annotations
 
 import codecs
+import ipaddress
+import re
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -81,6 +84,48 @@ def _encodes(codec: str, ch: str) -> bool:
     return True
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+def _check_host(host: str) -> None:
+    """A host name or an IP address, as the connection takes it: "127.0.0.1:9100" or a
+    name with a blank passed the check and the printer was "not reachable" for ever."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    name, _, port = host.rpartition(":")
+    if port.isascii() and port.isdigit() and _HOST_NAME.fullmatch(name):
+        raise ValueError(
+            f"printer host {host!r} carries a port: write the host alone, "
+            f'host = "{name}", and port = {int(port)}'
+        )
+    if not _HOST_NAME.fullmatch(host):
+        raise ValueError(
+            f"printer host {host!r} is not a host name or an IP address "
+            "(letters, digits, '.', '-' and '_' only, no blanks)"
+        )
+
+
+def _check_device(what: str, device: str) -> None:
+    """A pyserial network URL needs HOST:PORT; pyserial's own words for a bad one are
+    "'debug|info|warning|error'" (it reads a bad port as a bad option)."""
+    scheme = device.partition("://")[0].lower() if "://" in device else ""
+    if scheme not in ("socket", "rfc2217"):
+        return
+    try:
+        parts = urlsplit(device)
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = None
+    if parts is None or not parts.hostname or port is None or not 0 < port < 65536:
+        raise ValueError(
+            f"{what} device {device!r}: expected {scheme}://HOST:PORT with a port 1-65535"
+        )
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -125,6 +170,10 @@ class PrinterConfig(_Model):
     retry_max_s: Seconds = 60.0
     poll_interval_s: Seconds = 2.0
     max_job_age_s: Seconds | None = None
+    # a job the printer drops this many times while sending or confirming it (connected,
+    # the printer otherwise reachable: too big for it, a byte it rejects) becomes FAILED,
+    # so the jobs behind it print (`tillpoint print retry` prints it again)
+    max_send_failures: int = Field(5, ge=1, le=1000)
     # An idle printer is asked how it is this often (and at start), so `status` shows a
     # printer unplugged while no job waits; 0: never (only jobs find out).
     probe_interval_s: float = Field(60.0, ge=0, le=3600)
@@ -133,8 +182,12 @@ class PrinterConfig(_Model):
     def _check(self) -> PrinterConfig:
         if self.kind == "network" and not self.host:
             raise ValueError('printer kind "network" needs host')
+        if self.kind == "network" and self.host:
+            _check_host(self.host)
         if self.kind in ("serial", "file") and not self.device:
             raise ValueError(f'printer kind "{self.kind}" needs device')
+        if self.kind == "serial" and self.device:
+            _check_device("printer", self.device)
         if self.kind == "usb" and (self.usb_vendor_id is None or self.usb_product_id is None):
             raise ValueError('printer kind "usb" needs usb_vendor_id and usb_product_id')
         check_single_byte_codec(self.codepage)
@@ -167,6 +220,8 @@ class DisplayConfig(_Model):
     def _check(self) -> DisplayConfig:
         if self.kind == "serial" and not self.device:
             raise ValueError('display kind "serial" needs device')
+        if self.kind == "serial" and self.device:
+            _check_device("display", self.device)
         check_single_byte_codec(self.codepage)
         if not self.cd5220_charset.isascii():
             raise ValueError("cd5220_charset must be one ASCII letter")
@@ -190,6 +245,8 @@ class ScannerConfig(_Model):
     def _check(self) -> ScannerConfig:
         if self.kind == "serial" and not self.device:
             raise ValueError('scanner kind "serial" needs device')
+        if self.kind == "serial" and self.device:
+            _check_device("scanner", self.device)
         try:
             codecs.lookup(self.encoding)
         except LookupError:

@@ -14,7 +14,10 @@ One job, one attempt::
        │
        ▼ send GS r 1, wait for the printer's reply (it answers after it has printed)
        ├─ reply ──────────────► DONE, printed_at
-       ├─ no reply in time ───► DONE, last_error notes "not confirmed"
+       ├─ no reply in time ───► ask DLE EOT 2 (when query_status is on):
+       │     ├─ answer ───────► DONE, last_error notes "not confirmed" (it reads: no GS r)
+       │     └─ silence ──────► PENDING, "sent, not confirmed": held (the jobs behind it
+       │                        wait) until the printer answers DLE EOT, then sent again
        └─ connection lost ────► PENDING, back off (the printer did not acknowledge the job)
 
 Exactly once, as far as ESC/POS allows:
@@ -26,9 +29,15 @@ Exactly once, as far as ESC/POS allows:
   reprinted; it becomes ``FAILED`` with a message saying so, and :meth:`PrintWorker.requeue`
   prints it again on request;
 - a duplicate is still possible if a printer prints a whole job and then drops the connection
-  without answering ``GS r``; a lost coupon is possible if a printer that never answers
-  ``GS r`` loses its buffer after the worker gave up waiting. Both need a printer fault at
-  exactly that moment. ``docs/PRINTING.md`` has the whole table.
+  without answering ``GS r``, or prints it and then answers nothing until it is back (the
+  held job is sent again: a duplicate is the lesser evil next to a lost coupon); a lost
+  coupon is possible if a printer that answers ``DLE EOT`` but never ``GS r`` loses its
+  buffer after the worker gave up waiting (or with ``query_status`` off). Both need a
+  printer fault at exactly that moment. ``docs/PRINTING.md`` has the whole table.
+
+A job the printer drops ``max_send_failures`` times while it is sent or confirmed (connected:
+too big for the printer, a byte it rejects) becomes ``FAILED``, so it cannot hold the jobs
+behind it for good; connect failures are not counted.
 
 Backoff: consecutive failures wait ``retry_base_s × 2^(n-1)`` capped at ``retry_max_s``, with
 equal jitter (half fixed, half random). Jobs print strictly in order: while the oldest pending
@@ -257,6 +266,17 @@ def query_health(transport: Transport, timeout_s: float) -> Health:
     return Health(known=True, paper=paper, problem=problem)
 
 
+# The start of a job's `last_error` while it was sent and never confirmed (no `GS r`, no
+# `DLE EOT` answer after it): the job is held, with every job behind it, until the printer
+# answers `DLE EOT` again, and then sent again. Stored in the row, so it holds across a
+# restart; `print retry` clears it.
+UNCONFIRMED = "sent, not confirmed"
+
+
+class _Unconfirmed(Exception):
+    """The printer took a job and answered nothing after it."""
+
+
 class _Blocked(Exception):
     def __init__(self, health: Health) -> None:
         super().__init__(health.problem)
@@ -271,6 +291,11 @@ class _Job:
     payload: str
     attempts: int
     next_attempt_at: datetime | None
+    last_error: str | None = None
+
+    @property
+    def unconfirmed(self) -> bool:
+        return (self.last_error or "").startswith(UNCONFIRMED)
 
 
 def _utc_now() -> datetime:
@@ -323,6 +348,9 @@ class PrintWorker:
         self._contact: float | None = None  # monotonic time the printer was last tried
         self._job_error = False  # `_last_error` is a job's own (bad payload), not the printer's
         self._unconfirmed = False  # the last job was sent and never confirmed
+        # per job id: how often the printer dropped it while it was sent or confirmed
+        # (connect failures not counted); `max_send_failures` of them fail the job
+        self._drops: dict[int, int] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -352,8 +380,8 @@ class PrintWorker:
     def _head(self) -> _Job | None:
         with self._db_lock:
             row = self._conn.execute(
-                "SELECT id, receipt_id, created_at, payload, attempts, next_attempt_at "
-                "FROM print_jobs WHERE state <> 'DONE' AND state = 'PENDING' "
+                "SELECT id, receipt_id, created_at, payload, attempts, next_attempt_at, "
+                "last_error FROM print_jobs WHERE state <> 'DONE' AND state = 'PENDING' "
                 "ORDER BY id LIMIT 1"
             ).fetchone()
         if row is None:
@@ -365,6 +393,7 @@ class PrintWorker:
             payload=row[3],
             attempts=row[4],
             next_attempt_at=_parse_time(row[5]),
+            last_error=row[6],
         )
 
     def recover(self) -> int:
@@ -440,9 +469,12 @@ class PrintWorker:
         )
         self._state, self._last_error, self._retry_at = state, message, retry_at
         self._job_error = False
-        log.warning(
-            "print job %s not printed (%s); retry in %.1f s", job.receipt_id, message, delay
-        )
+        if message.startswith(UNCONFIRMED):
+            log.warning("print job %s %s; retry in %.1f s", job.receipt_id, message, delay)
+        else:
+            log.warning(
+                "print job %s not printed (%s); retry in %.1f s", job.receipt_id, message, delay
+            )
 
     # ------------------------------------------------------------------ printing
     def _render(self, payload: PrintPayload) -> bytes:
@@ -463,7 +495,12 @@ class PrintWorker:
             return None
         now = self._clock()
         if job.next_attempt_at is not None and job.next_attempt_at > now:
-            return (job.next_attempt_at - now).total_seconds()
+            wait = (job.next_attempt_at - now).total_seconds()
+            # No backoff is longer than `retry_max_s`: a retry time further ahead is from
+            # a wall clock that stepped back since (NTP, a wrong RTC fixed), and the queue
+            # waited for the size of the step. Due now.
+            if wait <= self.config.retry_max_s:
+                return wait
         try:
             payload = parse_payload(job.payload)
         except InputError as exc:
@@ -502,6 +539,10 @@ class PrintWorker:
             return f"older than max_job_age_s ({max_age:g} s) when the printer was back"
         return None
 
+    def _asks(self, transport: Transport) -> bool:
+        """Whether the printer is asked `DLE EOT` over this transport."""
+        return transport.readable and self.config.query_status
+
     def _attempt(self, job: _Job, data: bytes) -> None:
         cfg = self.config
         claimed = False
@@ -512,6 +553,11 @@ class PrintWorker:
             health = self._ask(transport)
             if health.blocking:
                 raise _Blocked(health)
+            if job.unconfirmed and self._asks(transport) and not health.known:
+                # sent before and never confirmed: not again (nor the jobs behind it)
+                # until the printer answers, or a printer that prints and never answers
+                # would print it at every retry
+                raise _Unconfirmed()
             if not self._claim(job.id):
                 return  # someone requeued or finished it meanwhile
             claimed = True
@@ -525,6 +571,15 @@ class PrintWorker:
                 transport.discard_input()
                 transport.write(GS_R_PAPER)
                 reply = _gs_r_reply(transport, cfg.confirm_timeout_s)
+                if not reply and self._asks(transport):
+                    # no GS r: does the printer answer anything after the job? One that
+                    # answers DLE EOT reads its input (it lacks GS r, or holds the job for
+                    # paper); one that answers nothing may have thrown the job away
+                    after = query_health(transport, cfg.status_timeout_s)
+                    if not after.known:
+                        raise _Unconfirmed()
+                    if after.paper != "UNKNOWN":
+                        paper = after.paper
                 if not reply:
                     note = (
                         f"sent; the printer did not confirm within {cfg.confirm_timeout_s:g} s "
@@ -535,6 +590,9 @@ class PrintWorker:
         except _Blocked as blocked:
             self._paper = blocked.health.paper
             self._retry(job, str(blocked), "ERROR", claimed)
+            return
+        except _Unconfirmed:
+            self._hold(job, claimed)
             return
         except Exception as exc:
             if not isinstance(exc, PrinterError):  # a bug in a transport: keep the job
@@ -547,11 +605,14 @@ class PrintWorker:
                 message = f"{exc} (before the printer confirmed; the job is printed again)"
             lost = isinstance(exc, ConnectionLost) or phase == "connect"
             state: PrinterState = "OFFLINE" if lost else "ERROR"
+            if phase != "connect" and self._dropped(job, f"{exc} (while {phase}ing)"):
+                return
             self._retry(job, message, state, claimed)
             return
         finally:
             transport.close()
         # The job is on its way to paper: from here on it is never sent again.
+        self._drops.pop(job.id, None)
         self._mark_done(job, note)
         self._failures = 0
         # a job the printer took but never confirmed, and did not answer how it was before
@@ -572,7 +633,55 @@ class PrintWorker:
         )
         self._job_error = note is not None and paper != "OUT"
         self._retry_at = None
-        log.info("printed offers for receipt %s", job.receipt_id)
+        if note:
+            log.warning("print job %s sent, printer did not confirm: %s", job.receipt_id, note)
+        else:
+            log.info("printed offers for receipt %s", job.receipt_id)
+
+    def _dropped(self, job: _Job, message: str) -> bool:
+        """Count a failure while the job was sent or confirmed (the printer took the
+        connection); at `max_send_failures` the job is FAILED and the queue moves on: a
+        job the printer always drops (too big for its buffer) blocked every later coupon
+        and printed a torn fragment at every retry."""
+        drops = self._drops.get(job.id, 0) + 1
+        limit = self.config.max_send_failures
+        if drops < limit:
+            self._drops[job.id] = drops
+            return False
+        self._drops.pop(job.id, None)
+        self._fail(
+            job,
+            f"the printer dropped this job {drops} times while it was sent (too big for it, "
+            f"or something in it the printer rejects?); last: {message}; not retried: "
+            f"`tillpoint print retry {job.receipt_id}` prints it again",
+        )
+        # the printer itself takes connections: the next job goes now, and the FAILED job
+        # shows as such (`printerState` FAILED_JOBS) rather than the last drop's OFFLINE
+        self._failures = 0
+        self._state, self._retry_at = "OK", None
+        return True
+
+    def _hold(self, job: _Job, claimed: bool) -> None:
+        """The job was sent and the printer answered nothing after it (or it was sent so
+        before and the printer still answers nothing): PENDING, held with the jobs behind
+        it until the printer answers `DLE EOT`, then sent again."""
+        cfg = self.config
+        if claimed:
+            message = (
+                f"{UNCONFIRMED}: the printer took the job and answered neither GS r "
+                f"({cfg.confirm_timeout_s:g} s) nor DLE EOT ({cfg.status_timeout_s:g} s) after "
+                "it; held, with the jobs behind it, until the printer answers, then printed "
+                "again (it may print twice)"
+            )
+        else:
+            message = (
+                f"{UNCONFIRMED}: the printer still answers no status question "
+                f"(DLE EOT, {cfg.status_timeout_s:g} s); the job is held, with the jobs "
+                "behind it, until it does, then printed again (it may print twice)"
+            )
+        self._retry(job, message, "ERROR", claimed)
+        self._last_error = f"job {job.receipt_id}: {message}"
+        self._paper = "UNKNOWN"
 
     def _ask(self, transport: Transport) -> Health:
         """Connect, and ask the printer how it is when the transport reads (`DLE EOT`)."""
@@ -589,8 +698,10 @@ class PrintWorker:
         if self.disabled:
             return self._state
         transport = self._factory()
+        asked = False
         try:
             health = self._ask(transport)
+            asked = self._asks(transport)
         except Exception as exc:  # as a job's connect phase: OFFLINE
             if not isinstance(exc, PrinterError):  # a bug in a transport
                 log.exception("unexpected error asking the printer how it is")
@@ -601,6 +712,17 @@ class PrintWorker:
         if health.known:
             self._paper = health.paper
             self._unconfirmed = False  # it answers: the last job's silence was its own
+        elif asked:
+            # it took the connection and answered nothing: not OK (a wedged printer that
+            # reads nothing looked healthy at start while it lost every coupon)
+            self._paper = "UNKNOWN"
+            self._state = "ERROR"
+            if not self._job_error:
+                self._last_error = (
+                    "the printer accepted the connection but did not answer the status "
+                    f"question (DLE EOT) within {self.config.status_timeout_s:g} s"
+                )
+            return self._state
         self._state = "ERROR" if health.blocking or self._unconfirmed else "OK"
         if health.blocking or not self._job_error:  # a job's own reason stays till a print
             self._last_error, self._job_error = health.problem, False

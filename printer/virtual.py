@@ -14,6 +14,7 @@ in-order paper status ``GS r 1`` (only after everything before it was "printed")
 - ``confirm_delay_s``: answer ``GS r`` only after this delay (a slow printer);
 - ``answer_status = False``: never answer status requests (a printer that does not support
   them, or a print server that swallows them);
+- ``answer_gs_r = False``: answer ``DLE EOT`` but never ``GS r`` (a printer without it);
 - ``paper = "out"`` / ``cover_open = True``: report it in the status replies and hold the data
   (print nothing, answer no ``GS r``) until the fault is cleared, as a real printer does.
 
@@ -62,6 +63,7 @@ class VirtualPrinter:
         self.paper: Literal["ok", "low", "out"] = "ok"
         self.cover_open = False
         self.answer_status = True
+        self.answer_gs_r = True  # False: a printer without GS r that still answers DLE EOT
         self.close_after_bytes: int | None = None
         self.stop_after_bytes: int | None = None
         self.confirm_delay_s = 0.0  # a slow printer: GS r is answered this much later
@@ -183,6 +185,8 @@ class VirtualPrinter:
                 return bytes([0x12 | {"ok": 0, "low": 0x0C, "out": 0x6C}[self.paper]])
             return None
         if req.command == "GS r":
+            if not self.answer_gs_r:
+                return None
             if req.n in (1, 49):
                 return bytes([{"ok": 0, "low": 0x03, "out": 0x0F}[self.paper]])
             return b"\x00"

@@ -182,6 +182,42 @@ def test_status_says_why_an_idle_printer_is_offline(tmp_path: Path) -> None:
         agent.close()
 
 
+def test_status_says_why_the_display_is_offline(tmp_path: Path) -> None:
+    """`displayState: OFFLINE` came without a reason (the printer has `printerLastError`):
+    `displayLastError` carries the display's own words, in the status and its JSON (the
+    proto `Status`, field 44), and is "" once the display is back."""
+    from tillpoint.agent.wire import status_json
+
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    closed = free_port()  # nothing listens there: a display server that is down
+    devices = Devices(
+        data / "ledger.db",
+        PrinterConfig(),
+        DisplayConfig(kind="serial", device=f"socket://127.0.0.1:{closed}", reconnect_s=0.1),
+        ScannerConfig(),
+    )
+    agent.devices = devices
+    devices.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not agent.status().to_json()["displayLastError"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        doc = agent.status().to_json()
+        assert doc["displayState"] == "OFFLINE"
+        assert str(closed) in doc["displayLastError"], doc
+        as_proto = status_json(agent.status())  # a field the proto lacks is an error
+        assert as_proto["displayLastError"] == doc["displayLastError"]
+    finally:
+        devices.stop()
+        agent.close()
+    again = Agent(data, "till-1")  # a process that does not drive the display: ""
+    try:
+        assert again.status().to_json()["displayLastError"] == ""
+    finally:
+        again.close()
+
+
 def test_a_ledger_refuses_another_device_id(
     tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch
 ) -> None:

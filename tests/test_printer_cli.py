@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from tillpoint.agent.errors import InputError
 from tillpoint.agent.results import Card, CheckoutResult, receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.cli_support import preview, print_test_page
-from tillpoint.printer.config import PrinterConfig
-from tillpoint.printer.errors import PrinterError
+from tillpoint.printer.config import DisplayConfig, PrinterConfig
+from tillpoint.printer.errors import PrinterConfigError, PrinterError
 from tillpoint.printer.queue import PrintWorker
 from tillpoint.printer.service import Devices, load_configs
 from tillpoint.printer.virtual import VirtualPrinter
@@ -120,6 +121,77 @@ def test_cli_rejects_a_bad_printer_table(cli: CLI, tmp_path: Path) -> None:
     run = cli("--config", config, "print", "test")
     assert run.code == 2 and run.err.count("\n") == 1
     assert run.err.startswith("tillpoint: config [printer")
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ('profile = "NoSuchPrinter"', "unknown printer profile 'NoSuchPrinter'"),
+        ('profile = "TM-U220"', "has no CP866 code table"),
+    ],
+)
+def test_config_check_refuses_a_printer_profile_run_refuses(
+    cli: CLI, tmp_path: Path, extra: str, says: str
+) -> None:
+    """`config check` said "configuration is valid" for a profile `run` then refused (exit
+    2): it never resolved the profile. It does now, as `run` does."""
+    config = tmp_path / "tillpoint.toml"
+    table = f'[printer]\nkind = "network"\nhost = "127.0.0.1"\n{extra}\n'
+    config.write_text(table, encoding="utf-8")
+    run = cli("--config", config, "config", "check")
+    assert run.code == 2 and run.err.count("\n") == 1 and says in run.err, run
+    with pytest.raises(PrinterConfigError, match=says):  # what `run` says, from the same check
+        Devices(tmp_path / "ledger.db", *load_configs(tomllib.loads(table)["printer"], {}, {}))
+    config.write_text(table + "codepage_table = 17\n", encoding="utf-8")
+    if "TM-U220" in extra:  # the slot given: both accept it
+        assert cli("--config", config, "config", "check").code == 0
+    # no printer: the profile is not looked at, as `run` does not
+    config.write_text(f'[printer]\nkind = "none"\n{extra}\n', encoding="utf-8")
+    assert cli("--config", config, "config", "check").code == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        ("127.0.0.1:9100", 'carries a port: write the host alone, host = "127.0.0.1", and port'),
+        ("192.168.1. 50", "is not a host name or an IP address"),
+        ("tcp://192.168.1.50", "is not a host name or an IP address"),
+    ],
+)
+def test_a_printer_host_the_connection_cannot_take_is_refused(
+    cli: CLI, tmp_path: Path, host: str, says: str
+) -> None:
+    """A host such as "127.0.0.1:9100", or one with a blank, passed the check, and the
+    printer was "not reachable" for ever after; refused when the configuration is read."""
+    config = tmp_path / "tillpoint.toml"
+    config.write_text(f'[printer]\nkind = "network"\nhost = "{host}"\n', encoding="utf-8")
+    run = cli("--config", config, "config", "check")
+    assert run.code == 2 and run.err.count("\n") == 1 and says in run.err, run
+    for fine in ("192.168.1.50", "::1", "fe80::1%eth0", "printer-1.shop.local", "PRN_01"):
+        assert PrinterConfig(kind="network", host=fine).host == fine
+
+
+@pytest.mark.parametrize(
+    ("table", "device"),
+    [
+        ("display", "socket://127.0.0.1:notaport"),
+        ("display", "socket://127.0.0.1"),
+        ("scanner", "rfc2217://127.0.0.1:99999"),
+        ("printer", "socket://:9100"),
+    ],
+)
+def test_a_serial_url_without_host_and_port_is_refused(
+    cli: CLI, tmp_path: Path, table: str, device: str
+) -> None:
+    """pyserial's words for "socket://127.0.0.1:notaport" were "Could not open port ...:
+    'debug|info|warning|error'", at every reconnect; the check names what is expected."""
+    config = tmp_path / "tillpoint.toml"
+    config.write_text(f'[{table}]\nkind = "serial"\ndevice = "{device}"\n', encoding="utf-8")
+    run = cli("--config", config, "config", "check")
+    assert run.code == 2 and run.err.count("\n") == 1, run
+    assert f"{table} device '{device}': expected " in run.err and "HOST:PORT" in run.err
+    for fine in ("socket://127.0.0.1:9000", "rfc2217://till:7000?timeout=1", "loop://"):
+        assert DisplayConfig(kind="serial", device=fine).device == fine
 
 
 def test_the_agents_checkout_job_prints_and_can_be_previewed_and_requeued(

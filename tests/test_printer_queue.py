@@ -7,13 +7,16 @@ answering status requests, and an agent killed between printing and marking the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -231,15 +234,142 @@ def test_paper_out_or_cover_open_holds_the_job_and_reports_it(
     assert w.status()["state"] == "OK"
 
 
-def test_a_printer_that_never_answers_status_still_prints(
-    ledger: Path, printer: VirtualPrinter
+class BlackHole:
+    """A wedged printer: it accepts TCP connections and never reads or answers a byte."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)  # held open, never read
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+        self._thread.join(2)
+
+
+def test_a_printer_that_answers_nothing_keeps_the_job_and_holds_the_queue(
+    ledger: Path, printer: VirtualPrinter, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A printer that takes the bytes and answers neither DLE EOT nor GS r: the job was
+    DONE ("sent; the printer did not confirm") and a wedged printer lost every coupon.
+    It stays PENDING, the printer is ERROR, and nothing more is sent (not the job again,
+    not the jobs behind it) until the printer answers; then the held job is sent again
+    (a duplicate, the lesser evil) and the queue goes on."""
+    from tillpoint.agent import ledger as ledger_mod
+
     printer.answer_status = False
     add_job(ledger)
-    w = worker(ledger, printer.port, confirm_timeout_s=0.3)
+    add_job(ledger, payload("s1-t1-000124"))
+    clock = Clock()
+    w = worker(ledger, printer.port, clock, confirm_timeout_s=0.3)
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="tillpoint.printer"):
+        w.run_once()
+    assert time.monotonic() - started < 2.0  # 0.3 s status, 0.3 s GS r, 0.3 s DLE EOT
+    assert len(coupons(printer)) == 1  # this printer did print it (a wedged one would not)
+    job = w.job("s1-t1-000123")
+    assert job is not None and job["state"] == "PENDING" and job["printed_at"] is None
+    assert job["last_error"].startswith("sent, not confirmed")
+    status = w.status()
+    assert status["state"] == "ERROR" and status["paper"] == "UNKNOWN"
+    assert status["last_error"] == f"job s1-t1-000123: {job['last_error']}"
+    assert status["queue_depth"] == 2
+    assert not [r for r in caplog.records if "printed offers" in r.getMessage()]
+    assert [r.levelname for r in caplog.records if "sent, not confirmed" in r.getMessage()] == [
+        "WARNING"
+    ]
+    conn = sqlite3.connect(ledger)
+    assert ledger_mod.print_queue_health(conn)[2] == job["last_error"]
+    # Still silent: held. Neither job is sent; the printer is only asked.
+    for _ in range(3):
+        clock.advance(10)
+        sent = len(printer.received)
+        w.run_once()
+        assert printer.received[sent:] == b"\x10\x04\x02"
+    assert len(printer.documents) == 1
+    assert w.job("s1-t1-000124")["attempts"] == 0  # type: ignore[index]
+    assert w.status()["state"] == "ERROR"
+    # It answers again: the held job is sent again, then the next one.
+    printer.answer_status = True
+    clock.advance(10)
+    w.run_once()
+    w.run_once()
+    assert len(coupons(printer)) == 2 and len(coupons(printer, "s1-t1-000124")) == 1
+    assert [w.job(r)["state"] for r in ("s1-t1-000123", "s1-t1-000124")] == ["DONE"] * 2  # type: ignore[index]
+    assert (w.status()["state"], w.status()["last_error"]) == ("OK", None)
+    assert ledger_mod.print_queue_health(conn)[2] == ""
+
+
+def test_a_wedged_printer_loses_no_coupon_and_is_not_reported_ok(ledger: Path) -> None:
+    """The audit's blackhole: a printer that accepts TCP and never reads. The start-up
+    probe said OK, and every coupon was DONE and lost. The probe says ERROR; the job waits
+    for the printer, and prints once when a working printer is back on the port."""
+    hole = BlackHole()
+    port = hole.port
+    clock = Clock()
+    w = worker(ledger, port, clock, confirm_timeout_s=0.3)
+    try:
+        assert w.probe() == "ERROR"
+        assert "did not answer the status question" in (w.status()["last_error"] or "")
+        add_job(ledger)
+        w.run_once()
+        job = w.job("s1-t1-000123")
+        assert job is not None and job["state"] == "PENDING"
+        assert w.status()["state"] == "ERROR"
+        clock.advance(10)
+        w.run_once()  # still wedged: held
+        assert w.job("s1-t1-000123")["state"] == "PENDING"  # type: ignore[index]
+    finally:
+        hole.close()
+    with VirtualPrinter(port=port) as back:  # power-cycled: its buffer is gone
+        clock.advance(10)
+        w.run_once()
+        assert len(coupons(back)) == 1
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+    assert w.status()["state"] == "OK"
+
+
+def test_a_held_job_stays_held_across_a_restart(ledger: Path, printer: VirtualPrinter) -> None:
+    printer.answer_status = False
+    add_job(ledger)
+    clock = Clock()
+    w = worker(ledger, printer.port, clock, confirm_timeout_s=0.3)
+    w.run_once()
+    w.close()
+    w = worker(ledger, printer.port, clock, confirm_timeout_s=0.3)
+    clock.advance(10)
+    w.run_once()
+    assert len(printer.documents) == 1  # not sent again by the new worker
+    assert w.job("s1-t1-000123")["state"] == "PENDING"  # type: ignore[index]
+
+
+def test_a_printer_that_never_answers_with_status_queries_off_still_prints(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    """With `query_status = false` the job is DONE with a note, as before."""
+    printer.answer_status = False
+    add_job(ledger)
+    w = worker(ledger, printer.port, confirm_timeout_s=0.3, query_status=False)
     started = time.monotonic()
     w.run_once()
-    assert time.monotonic() - started < 2.0  # 0.3 s status + 0.3 s confirmation, no hang
+    assert time.monotonic() - started < 2.0  # 0.3 s confirmation, no hang
     assert len(coupons(printer)) == 1
     job = w.job("s1-t1-000123")
     assert job is not None and job["state"] == "DONE" and "did not confirm" in job["last_error"]
@@ -263,6 +393,21 @@ def test_a_printer_that_never_answers_status_still_prints(
     assert ledger_mod.print_queue_health(conn)[2] == ""
 
 
+def test_a_printer_without_gs_r_that_answers_dle_eot_is_done_with_a_note(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    """It reads its input (it answers DLE EOT after the job): the job is DONE with the note,
+    not held, so such a printer does not print every job twice."""
+    printer.answer_gs_r = False
+    add_job(ledger)
+    w = worker(ledger, printer.port, confirm_timeout_s=0.3)
+    w.run_once()
+    job = w.job("s1-t1-000123")
+    assert job is not None and job["state"] == "DONE" and "did not confirm" in job["last_error"]
+    assert len(coupons(printer)) == 1
+    assert w.status()["state"] == "OK" and w.status()["paper"] == "OK"
+
+
 def test_a_status_byte_is_not_taken_for_the_confirmation(
     ledger: Path, printer: VirtualPrinter
 ) -> None:
@@ -271,18 +416,119 @@ def test_a_status_byte_is_not_taken_for_the_confirmation(
     never confirmed it (a soak of device faults pointed at it). Only GS r's own answer
     confirms; the job is DONE with the note, the byte skipped."""
     printer.unsolicited = b"\x12"  # a DLE EOT-shaped byte
-    printer.confirm_delay_s = 5  # the real answer does not come in time
+    printer.answer_gs_r = False  # the real answer does not come
     add_job(ledger)
     w = worker(ledger, printer.port, confirm_timeout_s=0.5)
     w.run_once()
     job = w.job("s1-t1-000123")
     assert job is not None and job["state"] == "DONE" and "did not confirm" in job["last_error"]
-    printer.confirm_delay_s = 0  # and when it does, after the stray byte, it confirms
+    printer.answer_gs_r = True  # and when it does, after the stray byte, it confirms
     add_job(ledger, payload("s1-t1-000124"))
     w.run_once()
     confirmed = w.job("s1-t1-000124")
     assert confirmed is not None and confirmed["state"] == "DONE"
     assert confirmed["last_error"] is None
+
+
+def test_a_job_the_printer_always_drops_fails_and_the_queue_moves_on(
+    ledger: Path, printer: VirtualPrinter
+) -> None:
+    """A printer that resets the connection on any job over its buffer (here 800 bytes: the
+    receipt with five offers) blocked every later coupon for ever and printed a torn
+    fragment at every retry. After `max_send_failures` drops the job is FAILED, with the
+    reason, and the jobs behind it print; `print retry` puts it back."""
+    offer = payload()["offers"][0]
+    five = [dict(offer, id=f"o-{i}", code=f"TP1-o-{i}") for i in range(1, 6)]
+    add_job(ledger, payload("s1-t1-000123", offers=five))  # about 1 KB
+    add_job(ledger, payload("s1-t1-000124"))  # about 330 bytes
+    printer.close_after_bytes = 800
+    clock = Clock()
+    w = worker(ledger, printer.port, clock, max_send_failures=3)
+    for _ in range(2):
+        w.run_once()
+        job = w.job("s1-t1-000123")
+        assert job is not None and job["state"] == "PENDING"
+        clock.advance(10)
+    w.run_once()  # the third drop
+    job = w.job("s1-t1-000123")
+    assert job is not None and job["state"] == "FAILED", job
+    assert "dropped this job 3 times" in job["last_error"]
+    assert "print retry s1-t1-000123" in job["last_error"]
+    w.run_once()  # the next job goes at once
+    assert len(coupons(printer, "s1-t1-000124")) == 1
+    assert len([d for d in printer.documents if not d.complete]) == 3  # three torn, no more
+    status = w.status()
+    assert (status["failed_jobs"], status["queue_depth"], status["state"]) == (1, 0, "OK")
+    # A refused connection is not the job's fault: it is not counted.
+    assert w.requeue("s1-t1-000123")
+    printer.stop()
+    for _ in range(4):
+        clock.advance(10)
+        w.run_once()
+    assert w.job("s1-t1-000123")["state"] == "PENDING"  # type: ignore[index]
+    printer.start()
+    printer.close_after_bytes = None
+    clock.advance(10)
+    w.run_once()
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+    assert PrinterConfig(kind="network", host="h").max_send_failures == 5
+
+
+def test_a_wall_clock_stepped_back_does_not_hold_the_queue(ledger: Path) -> None:
+    """The retry time is wall-clock (it survives a restart): after the clock stepped back an
+    hour the queue waited an hour. A retry time more than `retry_max_s` ahead is due."""
+    vp = VirtualPrinter()
+    port = vp.start()
+    vp.stop()  # off: the first attempt is refused and backs off
+    add_job(ledger)
+    clock = Clock()
+    w = worker(ledger, port, clock)
+    w.run_once()
+    wait = w.run_once()
+    assert wait is not None and 0 < wait <= 1.0  # a normal backoff is still waited for
+    clock.advance(-3600)  # the clock is set back an hour
+    vp.start()
+    try:
+        assert w.run_once() == 0  # due now, not in an hour
+        assert len(coupons(vp)) == 1
+    finally:
+        vp.stop()
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+
+
+def test_a_first_attempt_printing_is_not_retrying(ledger: Path, printer: VirtualPrinter) -> None:
+    """`printerState` said RETRYING while the first attempt of a job simply printed (a slow
+    printer, no failure): a SENDING job's claim has counted its attempt already."""
+    from tillpoint.agent import ledger as ledger_mod
+    from tillpoint.agent.service import device_states
+
+    def printer_state(conn: sqlite3.Connection, worker_says: str) -> str:
+        failed, retrying, _ = ledger_mod.print_queue_health(conn)
+        live = {name: {"state": "DISABLED"} for name in ("display", "scanner")}
+        live["printer"] = {"state": worker_says}
+        return device_states({}, live, failed, retrying)["printerState"]
+
+    printer.confirm_delay_s = 1.0  # it takes a second to print
+    add_job(ledger)
+    w = worker(ledger, printer.port)
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    job = threading.Thread(target=w.run_once)
+    job.start()
+    try:
+        deadline = time.monotonic() + 5
+        while w.job("s1-t1-000123")["state"] != "SENDING":  # type: ignore[index]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert printer_state(conn, w.status()["state"]) == "OK"
+    finally:
+        job.join()
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+    # A job waiting after a failed attempt is RETRYING (the worker is OK again meanwhile).
+    printer.stop()
+    add_job(ledger, payload("s1-t1-000124"))
+    w.run_once()
+    # what the status says once the worker's probe finds the printer back
+    assert printer_state(conn, "OK") == "RETRYING"
 
 
 def test_low_paper_is_reported_and_still_prints(ledger: Path, printer: VirtualPrinter) -> None:
