@@ -93,6 +93,18 @@ def error_response(code: str, message: str, headers: dict[str, str] | None = Non
     return Response(body, status, headers=headers, media_type=JSON)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(value: bytes, limit: int = 100) -> str:
+    """A header's value as text in a message: UTF-8 (other bytes as \\xNN), control
+    characters escaped, cut with an ellipsis past `limit` characters."""
+    text = value.decode("utf-8", "backslashreplace")
+    cut = len(text) > limit
+    text = _CONTROL.sub(lambda m: ascii(m[0])[1:-1], text[:limit])
+    return text + "…" if cut else text
+
+
 # ---------------------------------------------------------------- the calls
 
 
@@ -372,7 +384,7 @@ class Api:
         if origin is not None and bytes(origin) not in self.origins:
             return error_response(
                 "PERMISSION_DENIED",
-                f"requests from web pages are refused (Origin: {bytes(origin)[:100]!r}):"
+                f"requests from web pages are refused (Origin: {_shown(bytes(origin))}):"
                 " list the page's origin in [http] allowed_origins",
             )
         if self.token and (

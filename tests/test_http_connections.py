@@ -54,6 +54,25 @@ def test_a_rebound_pages_post_is_refused(server: HttpServer) -> None:
     client.close()
 
 
+@pytest.mark.parametrize(
+    ("origin", "shown"),
+    [
+        ("http://localhost:3000", "(Origin: http://localhost:3000)"),
+        # UTF-8 read as text, a byte that is not UTF-8 and a tab (h11 lets it in) escaped
+        ("http://\xc3\xa9.example\xff\tx", "(Origin: http://é.example\\xff\\tx)"),
+        ("http://" + "a" * 200, "(Origin: http://" + "a" * 93 + "…)"),
+    ],
+)
+def test_the_refusal_names_the_origin_as_text(server: HttpServer, origin: str, shown: str) -> None:
+    """Not Python's repr of its bytes (`b'http://…'`): found by an integrator's audit."""
+    client = Client(server.port)  # http.client sends a header's str as Latin-1 bytes
+    answer = client.post("/v1/identify", {"text": "1"}, headers={"Origin": origin})
+    status, code, message = error_of(answer)
+    assert (status, code) == (403, "PERMISSION_DENIED")
+    assert shown in message and "b'" not in message
+    client.close()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1:8061", "localhost", "t", "till-7.store.local"])
 def test_any_host_without_an_origin_is_served(server: HttpServer, host: str) -> None:
     """A POS's HTTP client sends no Origin; its Host is whatever name it dialled."""
