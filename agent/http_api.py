@@ -789,6 +789,7 @@ def openapi() -> dict[str, Any]:
                 "401": errors["401"],
                 "403": errors["403"],
                 "405": errors["405"],
+                "421": errors["421"],
                 "503": answer("no snapshot loaded, or shutting down"),
             },
         }

@@ -439,12 +439,13 @@ def test_openapi_is_generated_from_the_proto_messages(client: Client) -> None:
     served = {c.path for c in CALLS if c.rpc in service.methods_by_name}
     assert set(doc["paths"]) == served | {"/healthz"}
     # every status /healthz answers is described (a token set: 401; a web page's: 403;
-    # POST: 405)
+    # POST: 405; another agent's X-Tillpoint-Instance: 421)
     assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {
         "200",
         "401",
         "403",
         "405",
+        "421",
         "503",
     }
     # each call's own errors, not every error of every call
@@ -570,6 +571,18 @@ def test_openapi_says_which_request_fields_are_required_and_refuses_others_as_se
     healthz = doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"]
     assert healthz["application/json"]["schema"]["required"] == ["status", "cacheVersion"]
     assert {"401", "405", "408", "421"} <= set(doc["paths"]["/v1/quote"]["post"]["responses"])
+
+
+def test_every_path_declares_the_421_it_can_answer(client: Client) -> None:
+    """X-Tillpoint-Instance of another agent is 421 on any path, /healthz too."""
+    doc = client.get("/openapi.json").json()
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            answer = client.call(
+                method.upper(), path, {}, headers={"X-Tillpoint-Instance": "another"}
+            )
+            assert answer.status == 421, path
+            assert "421" in operation["responses"], (method, path)
 
 
 # ---------------------------------------------------------------- `tillpoint run`
