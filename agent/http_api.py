@@ -339,6 +339,9 @@ class Api:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            path = scope["path"]
+            if not path or path[0] != "/":  # not the usual origin form: one test, no more
+                scope = _origin_form(scope)
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -493,6 +496,26 @@ class Api:
         if not self._openapi_body:
             self._openapi_body = json_document(openapi())
         return Response(self._openapi_body, media_type=JSON)
+
+
+def _origin_form(scope: Any) -> Any:
+    """The scope of an absolute-form request (`POST http://host:port/v1/quote HTTP/1.1`,
+    what a client configured with a proxy sends: RFC 9112 §3.2.2, a server MUST accept it)
+    with the path of its URI, which uvicorn leaves whole in `path`; any other unchanged
+    (`OPTIONS *`, a path with no slash: no call's)."""
+
+    def path_of(target: Any, sep: Any, slash: Any) -> Any:
+        scheme, found, rest = target.partition(sep)
+        if not found or scheme.lower() not in ("http", "https"):
+            return None
+        start = rest.find(slash)
+        return rest[start:] if start >= 0 else slash
+
+    path = path_of(scope["path"], "://", "/")
+    if path is None:
+        return scope
+    raw = path_of(bytes(scope.get("raw_path") or b""), b"://", b"/")
+    return {**scope, "path": path, "raw_path": raw if raw is not None else path.encode()}
 
 
 async def _read_body(scope: Any, receive: Any) -> bytes:

@@ -73,6 +73,27 @@ def test_the_refusal_names_the_origin_as_text(server: HttpServer, origin: str, s
     client.close()
 
 
+def test_an_absolute_form_request_target_is_served(server: HttpServer) -> None:
+    """`POST http://host:port/v1/quote HTTP/1.1`, what a POS's HTTP client configured with
+    a proxy sends: RFC 9112 §3.2.2, a server MUST accept it (it was 404 "no such call")."""
+    client = Client(server.port)  # http.client sends the target as it is given
+    origin = f"http://127.0.0.1:{server.port}"
+    usual = client.post("/v1/quote", receipt("abs-1"))
+    assert usual.status == 200
+    for target in (f"{origin}/v1/quote", f"HTTP://127.0.0.1:{server.port}/v1/quote?x=1"):
+        answer = client.post(target, receipt("abs-1"))
+        assert (answer.status, answer.body) == (200, usual.body), target
+    assert client.get(f"{origin}/v1/status").status == 200
+    assert client.get(f"{origin}/healthz").status == 200
+    assert client.get(f"{origin}/openapi.json").status == 200
+    # no path is "/": no call, said with the path, not the whole URI
+    status, code, message = error_of(client.get(origin))
+    assert (status, code) == (404, "NOT_FOUND") and "GET / " in message
+    status, code, message = error_of(client.post(f"{origin}/v1/nothing", {}))
+    assert status == 404 and "POST /v1/nothing " in message
+    client.close()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1:8061", "localhost", "t", "till-7.store.local"])
 def test_any_host_without_an_origin_is_served(server: HttpServer, host: str) -> None:
     """A POS's HTTP client sends no Origin; its Host is whatever name it dialled."""
