@@ -29,6 +29,7 @@ import hmac
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -62,6 +63,7 @@ log = logging.getLogger("tillpoint.http")
 
 MAX_BODY_BYTES = 4 << 20  # a larger request is bad input: 400 (docs/CONTRACT.md §10, §12)
 BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
+MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h11's default)
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
@@ -99,7 +101,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def _shown(value: bytes, limit: int = 100) -> str:
     """A header's value as text in a message: UTF-8 (other bytes as \\xNN), control
     characters escaped, cut with an ellipsis past `limit` characters."""
-    text = value.decode("utf-8", "backslashreplace")
+    return _text(value.decode("utf-8", "backslashreplace"), limit)
+
+
+def _text(text: str, limit: int = 100) -> str:
+    """`text` for a message: control characters escaped, cut with an ellipsis past
+    `limit` characters."""
     cut = len(text) > limit
     text = _CONTROL.sub(lambda m: ascii(m[0])[1:-1], text[:limit])
     return text + "…" if cut else text
@@ -857,6 +864,9 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
 setattr(h11_impl, "service_unavailable", _too_many_connections)  # noqa: B010
 
 
+_BYTES_REPR = re.compile(r"""bytearray\(b(['"])(.*)\1\)""")
+
+
 class _Protocol(h11_impl.H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request's head: a connection that
     has sent nothing, or only part of a head, for `HEAD_TIMEOUT_S` is closed. uvicorn
@@ -892,6 +902,27 @@ class _Protocol(h11_impl.H11Protocol):
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot read (no Host in HTTP/1.1, two or a bad Content-Length, a
+        head over h11's 16 KiB, a garbage request line): the JSON error document every
+        answer here is (docs/CONTRACT.md §12), not uvicorn's plain-text 400, then close.
+        Called by uvicorn's `handle_events` inside its `except h11.RemoteProtocolError`,
+        so the exception at hand is h11's, with its words."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, h11.RemoteProtocolError):
+            reason = msg
+        elif exc.error_status_hint == 431:  # h11's "Receive buffer too long"
+            reason = f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB"
+        else:  # h11's words, its "illegal request line: bytearray(b'…')" without the repr
+            reason = _BYTES_REPR.sub(r"\2", str(exc))
+        _, body = error_body("INVALID_ARGUMENT", f"invalid HTTP request: {_text(reason, 120)}")
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer started yet
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\ncontent-type: %s\r\n"
+                b"connection: close\r\n\r\n%s" % (len(body), JSON.encode(), body)
+            )
+        self.transport.close()
+
 
 class AsgiThread:
     """An ASGI app on uvicorn (h11) in its own thread and event loop, on a socket bound here
@@ -924,6 +955,7 @@ class AsgiThread:
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=GRACE_S,
             limit_concurrency=256,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             backlog=128,
         )
         self.server = uvicorn.Server(config)

@@ -195,6 +195,62 @@ def test_a_connection_without_a_whole_head_is_closed(
     pos.close()
 
 
+_BODY = json.dumps(receipt("bad-1")).encode()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "words"),
+    [
+        (b"POST /v1/quote HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s", "Host"),
+        (
+            b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+            b"Content-Length: 3\r\n\r\n%s",
+            "Content-Length",
+        ),
+        (b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+        # a head over h11's 16 KiB, not yet ended (all of it read by the server before it
+        # closes: the answer is not lost to a reset)
+        (
+            b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 32768,
+            "head is larger than 16 KiB",
+        ),
+        (b"HELLO\r\n\r\n", "request line"),
+    ],
+    ids=["no-host", "two-content-length", "negative-content-length", "big-head", "garbage"],
+)
+def test_a_request_h11_cannot_read_is_answered_with_the_json_400(
+    server: HttpServer, request_bytes: bytes, words: str
+) -> None:
+    """uvicorn's own answer there is a plain-text `Invalid HTTP request received.`; the
+    server's protocol is uvicorn's h11 one (`http_api._Protocol`; httptools is neither
+    installed nor selectable)."""
+    if b"%d" in request_bytes:
+        request_bytes = request_bytes % (len(_BODY), _BODY)
+    sock = _raw(server.port)
+    sock.sendall(request_bytes)
+    answer = b""
+    while True:
+        part = sock.recv(65536)
+        if not part:
+            break
+        answer += part
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 400 Bad Request", answer[:200]
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    doc = json.loads(body)
+    assert doc["error"]["code"] == "INVALID_ARGUMENT"
+    assert doc["error"]["message"].startswith("invalid HTTP request: ")
+    assert words in doc["error"]["message"]
+    # and the server goes on serving
+    client = Client(server.port)
+    assert client.post("/v1/identify", {"text": "2770000000017"}).status == 200
+    client.close()
+
+
 def test_past_the_connection_limit_the_answer_is_the_json_503(server: HttpServer) -> None:
     """uvicorn's own answer there is a plain-text 503 a POS cannot read as an error."""
     idle = [_raw(server.port) for _ in range(256)]
