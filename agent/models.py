@@ -322,7 +322,13 @@ Timestamp = Annotated[
     _FIRST,
 ]
 # After the union: each choice stays the plain time schema the hub's bulk import reads.
-SaleTime = Annotated[Timestamp, AfterValidator(_in_sale_years)]
+# The JSON schema's word for it (/openapi.json): RFC 3339 in the years FIRST_YEAR–LAST_YEAR.
+SALE_TIME_PATTERN = r"^(19[0-9]{2}|[2-8][0-9]{3}|9000)" + _DAY_TIME
+SaleTime = Annotated[
+    Timestamp,
+    AfterValidator(_in_sale_years),
+    Field(json_schema_extra={"pattern": SALE_TIME_PATTERN}),
+]
 Day = Annotated[date, BeforeValidator(_date)]
 # Strings are checked by pydantic-core itself. Strict: a string, never a number or bytes.
 Text = Annotated[str, Strict()]

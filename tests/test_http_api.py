@@ -689,6 +689,11 @@ def test_openapi_states_the_limits_the_models_check(client: Client) -> None:
         ("/v1/quote", {**quote(19), "receipt_id": "lim-19b"}, False),  # under both names
         ("/v1/balance", {"card": "2770000000017", "at": at}, True),
         ("/v1/balance", {"card": "2770000000017", "at": "yesterday"}, False),
+        ("/v1/quote", quote(20, at="1900-01-01T00:00:00+03:00"), True),
+        ("/v1/quote", quote(21, at="9000-12-31T23:59:59-12:00"), True),
+        ("/v1/quote", quote(22, at="1899-12-31T23:59:59+03:00"), False),
+        ("/v1/quote", quote(23, at="9001-01-01T00:00:00+03:00"), False),
+        ("/v1/balance", {"card": "2770000000017", "at": "9001-01-01T00:00:00Z"}, False),
         ("/v1/confirm", {"receipt_id": ""}, False),
         ("/v1/cancel", {"receipt_id": "lim-none"}, True),  # 404: read, and not known
     ]
