@@ -29,6 +29,7 @@ import hmac
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -53,7 +54,7 @@ from .cli import json_document, parse_json, parse_time
 from .config import address_family, bearer_matches, split_listen, token_problem
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
-from .models import Receipt, _time_of_a_sale
+from .models import INT64_TEXT, Receipt, _time_of_a_sale
 from .results import CheckoutResult, json_text
 from .service import MAX_FISCAL_DOCUMENT, Agent
 from .wire import json_of, receipt_from_json, refund_from_json, status_json
@@ -62,6 +63,7 @@ log = logging.getLogger("tillpoint.http")
 
 MAX_BODY_BYTES = 4 << 20  # a larger request is bad input: 400 (docs/CONTRACT.md §10, §12)
 BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
+MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h11's default)
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
@@ -91,6 +93,23 @@ def error_body(code: str, message: str) -> tuple[int, bytes]:
 def error_response(code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     status, body = error_body(code, message)
     return Response(body, status, headers=headers, media_type=JSON)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _shown(value: bytes, limit: int = 100) -> str:
+    """A header's value as text in a message: UTF-8 (other bytes as \\xNN), control
+    characters escaped, cut with an ellipsis past `limit` characters."""
+    return _text(value.decode("utf-8", "backslashreplace"), limit)
+
+
+def _text(text: str, limit: int = 100) -> str:
+    """`text` for a message: control characters escaped, cut with an ellipsis past
+    `limit` characters."""
+    cut = len(text) > limit
+    text = _CONTROL.sub(lambda m: ascii(m[0])[1:-1], text[:limit])
+    return text + "…" if cut else text
 
 
 # ---------------------------------------------------------------- the calls
@@ -327,6 +346,9 @@ class Api:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            path = scope["path"]
+            if not path or path[0] != "/":  # not the usual origin form: one test, no more
+                scope = _origin_form(scope)
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
@@ -372,7 +394,7 @@ class Api:
         if origin is not None and bytes(origin) not in self.origins:
             return error_response(
                 "PERMISSION_DENIED",
-                f"requests from web pages are refused (Origin: {bytes(origin)[:100]!r}):"
+                f"requests from web pages are refused (Origin: {_shown(bytes(origin))}):"
                 " list the page's origin in [http] allowed_origins",
             )
         if self.token and (
@@ -483,6 +505,26 @@ class Api:
         return Response(self._openapi_body, media_type=JSON)
 
 
+def _origin_form(scope: Any) -> Any:
+    """The scope of an absolute-form request (`POST http://host:port/v1/quote HTTP/1.1`,
+    what a client configured with a proxy sends: RFC 9112 §3.2.2, a server MUST accept it)
+    with the path of its URI, which uvicorn leaves whole in `path`; any other unchanged
+    (`OPTIONS *`, a path with no slash: no call's)."""
+
+    def path_of(target: Any, sep: Any, slash: Any) -> Any:
+        scheme, found, rest = target.partition(sep)
+        if not found or scheme.lower() not in ("http", "https"):
+            return None
+        start = rest.find(slash)
+        return rest[start:] if start >= 0 else slash
+
+    path = path_of(scope["path"], "://", "/")
+    if path is None:
+        return scope
+    raw = path_of(bytes(scope.get("raw_path") or b""), b"://", b"/")
+    return {**scope, "path": path, "raw_path": raw if raw is not None else path.encode()}
+
+
 async def _read_body(scope: Any, receive: Any) -> bytes:
     """The request's body from ASGI's `receive`: bad input (400, as the CLI's exit 2) over
     `MAX_BODY_BYTES` (announced, before a byte of it is read, or streamed), 408 when it
@@ -557,7 +599,16 @@ def _model_of(name: str) -> type[Any] | None:
 
 
 # The limits of a request's fields the openapi document states, as the models check them.
-_LIMIT_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "pattern", "format")
+_LIMIT_KEYS = (
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+)
 
 
 def _limits(name: str) -> dict[str, dict[str, Any]]:
@@ -570,6 +621,8 @@ def _limits(name: str) -> dict[str, dict[str, Any]]:
             key: {
                 "maxLength": MAX_FISCAL_DOCUMENT if key == "fiscalDocument" else TEXT_MAX,
                 **({"minLength": 1} if key in required else {}),
+                # balance's `at` is read as a receipt's (`_time_of_a_sale`): its pattern
+                **(_limits("Receipt")["at"] if key == "at" else {}),
             }
             for key in (*required, *optional)
         }
@@ -579,8 +632,8 @@ def _limits(name: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, prop in model.model_json_schema(by_alias=True)["properties"].items():
         first = (prop.get("anyOf") or [{}])[0]  # a union's first member: its native form
-        if first.get("type") == "string":  # (a `qty`'s decimal string, its pattern)
-            prop = {**first, **prop}
+        if first.get("type") in ("string", "integer"):  # (a `qty`'s pattern, an int's range)
+            prop = {**first, **prop}  # the field's own (redeemPoints' minimum) win
         found = {k: prop[k] for k in _LIMIT_KEYS if k in prop}
         items = prop.get("items", {})
         if any(k in items for k in _LIMIT_KEYS):
@@ -605,6 +658,7 @@ def _message_schema(
     properties: dict[str, Any] = {}
     limits = _limits(desc.name) if request else {}
     required = _required(desc.name) if request else []
+    proto_named: dict[str, Any] = {}  # a request's fields under their proto names
     for field in desc.fields:
         entry = field.message_type
         if entry is not None and entry.GetOptions().map_entry:
@@ -616,23 +670,90 @@ def _message_schema(
         if limit.get("items") and "$ref" not in schema:
             schema = {**schema, **limit["items"]}
         limit.pop("items", None)
+        if request and field.cpp_type in _INT64_TYPES and not field.is_repeated:
+            schema = _int64_schema(schema, limit)
+            limit = {}
         if field.is_repeated:
             schema = {"type": "array", "items": schema}
         if limit and (field.is_repeated or schema.get("type") == "string"):
             schema = {**schema, **limit}
         # null is a field left out (proto3 JSON): fine for any field but a required one
         if (field.has_presence or request) and field.json_name not in required:
-            schema = {"anyOf": [schema, {"type": "null"}]}
+            schema = {"anyOf": [*schema.get("anyOf", [schema]), {"type": "null"}]}
         properties[field.json_name] = schema
+        if request and field.name != field.json_name:
+            proto_named[field.name] = field.json_name
     described: dict[str, Any] = {"type": "object", "properties": properties}
     if request:
-        if required:
-            described["required"] = required
-        described["additionalProperties"] = False
+        described.update(_request_rules(desc.name, properties, required, proto_named))
     for name, values in _STRING_ENUMS.get(desc.name, {}).items():
         properties[name] = {"type": "string", "enum": list(values)}
     schemas[desc.name] = described
     return ref
+
+
+_INT64_TYPES = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+
+
+def _int64_schema(schema: dict[str, Any], limit: dict[str, Any]) -> dict[str, Any]:
+    """A request's int64: a JSON integer in the model's range, or the same number as a
+    string (proto3 JSON; `models.INT64_TEXT`, read by `models._int64`)."""
+    number = {**schema, **{k: v for k, v in limit.items() if k in ("minimum", "maximum")}}
+    minimum = number.get("minimum")
+    text: dict[str, Any] = {"type": "string", "maxLength": TEXT_MAX}
+    if minimum == -1:
+        text["pattern"] = r"^(?:[0-9]+|-0*[01])$"
+    elif minimum == 0:
+        text["pattern"] = r"^(?:[0-9]+|-0+)$"  # "-0" is 0
+    elif minimum == 1:
+        text["pattern"] = r"^0*[1-9][0-9]*$"
+    else:  # any int64 (its range: the contract's words, not the pattern's)
+        text["pattern"] = f"^{INT64_TEXT}$"
+    return {"anyOf": [number, text]}
+
+
+def _request_rules(
+    name: str, properties: dict[str, Any], required: list[str], proto_named: dict[str, str]
+) -> dict[str, Any]:
+    """What a request message's schema says beyond its properties, as the agent reads it:
+    its fields also under their proto names (`receipt_id`), never under both; the required
+    ones present under one name or the other; one of a model's `NEEDS_ONE_OF` fields
+    (a line's `priceMinor` or `amountMinor`) present and not null; nothing else."""
+    spellings = {json_name: [json_name] for json_name in properties}
+    for proto, json_name in proto_named.items():
+        spellings[json_name].append(proto)
+    rules: dict[str, Any] = {}
+    if proto_named:
+        rules["patternProperties"] = {
+            f"^{proto}$": properties[json_name] for proto, json_name in proto_named.items()
+        }
+        rules["dependentSchemas"] = {
+            proto: {"not": {"required": [json_name]}} for proto, json_name in proto_named.items()
+        }
+    alike = [key for key in required if len(spellings[key]) == 1]
+    if alike:
+        rules["required"] = alike
+    either: list[dict[str, Any]] = [
+        {"anyOf": [{"required": [spelt]} for spelt in spellings[key]]}
+        for key in required
+        if len(spellings[key]) > 1
+    ]
+    model = _model_of(name)
+    needs = getattr(model, "NEEDS_ONE_OF", ()) if model is not None else ()
+    if needs:
+        either.append(
+            {
+                "anyOf": [
+                    {"required": [spelt], "properties": {spelt: {"not": {"type": "null"}}}}
+                    for key in needs
+                    for spelt in spellings[key]
+                ]
+            }
+        )
+    if either:
+        rules["allOf"] = either
+    rules["additionalProperties"] = False
+    return rules
 
 
 # String fields of the answers whose values are a closed list (the contract §13); the proto
@@ -777,6 +898,7 @@ def openapi() -> dict[str, Any]:
                 "401": errors["401"],
                 "403": errors["403"],
                 "405": errors["405"],
+                "421": errors["421"],
                 "503": answer("no snapshot loaded, or shutting down"),
             },
         }
@@ -821,6 +943,9 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
 setattr(h11_impl, "service_unavailable", _too_many_connections)  # noqa: B010
 
 
+_BYTES_REPR = re.compile(r"""bytearray\(b(['"])(.*)\1\)""")
+
+
 class _Protocol(h11_impl.H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request's head: a connection that
     has sent nothing, or only part of a head, for `HEAD_TIMEOUT_S` is closed. uvicorn
@@ -856,6 +981,27 @@ class _Protocol(h11_impl.H11Protocol):
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot read (no Host in HTTP/1.1, two or a bad Content-Length, a
+        head over h11's 16 KiB, a garbage request line): the JSON error document every
+        answer here is (docs/CONTRACT.md §12), not uvicorn's plain-text 400, then close.
+        Called by uvicorn's `handle_events` inside its `except h11.RemoteProtocolError`,
+        so the exception at hand is h11's, with its words."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, h11.RemoteProtocolError):
+            reason = msg
+        elif exc.error_status_hint == 431:  # h11's "Receive buffer too long"
+            reason = f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB"
+        else:  # h11's words, its "illegal request line: bytearray(b'…')" without the repr
+            reason = _BYTES_REPR.sub(r"\2", str(exc))
+        _, body = error_body("INVALID_ARGUMENT", f"invalid HTTP request: {_text(reason, 120)}")
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer started yet
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\ncontent-type: %s\r\n"
+                b"connection: close\r\n\r\n%s" % (len(body), JSON.encode(), body)
+            )
+        self.transport.close()
+
 
 class AsgiThread:
     """An ASGI app on uvicorn (h11) in its own thread and event loop, on a socket bound here
@@ -888,6 +1034,7 @@ class AsgiThread:
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=GRACE_S,
             limit_concurrency=256,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             backlog=128,
         )
         self.server = uvicorn.Server(config)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -39,6 +39,8 @@ from .money import line_amount, round_half_up_ratio
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# An int64 written as a string (proto3 JSON): digits, a minus sign first if any, no blanks.
+INT64_TEXT = r"-?[0-9]+"
 # The highest `appliedThrough` a snapshot may carry: a device numbers its transactions
 # and coupons on above it (§9), so it must leave room below int64's maximum (which,
 # accepted, made every later sale of the till fail). 2**53 - 1 is far above any count a
@@ -69,7 +71,7 @@ def _int64(value: Any) -> int:
         raise ValueError("must be a whole number, not true/false")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):  # no blanks, as protobuf
+    elif isinstance(value, str) and re.fullmatch(INT64_TEXT, value):  # no blanks, as protobuf
         number = int(value)
     elif isinstance(value, float):
         raise ValueError("must be a whole number (no fractions, no floats)")
@@ -320,7 +322,13 @@ Timestamp = Annotated[
     _FIRST,
 ]
 # After the union: each choice stays the plain time schema the hub's bulk import reads.
-SaleTime = Annotated[Timestamp, AfterValidator(_in_sale_years)]
+# The JSON schema's word for it (/openapi.json): RFC 3339 in the years FIRST_YEAR–LAST_YEAR.
+SALE_TIME_PATTERN = r"^(19[0-9]{2}|[2-8][0-9]{3}|9000)" + _DAY_TIME
+SaleTime = Annotated[
+    Timestamp,
+    AfterValidator(_in_sale_years),
+    Field(json_schema_extra={"pattern": SALE_TIME_PATTERN}),
+]
 Day = Annotated[date, BeforeValidator(_date)]
 # Strings are checked by pydantic-core itself. Strict: a string, never a number or bytes.
 Text = Annotated[str, Strict()]
@@ -833,6 +841,10 @@ def _key(row: BaseModel) -> str:
 
 
 class ReceiptLine(Model):
+    # A line needs one of these, not null (checked by `Receipt._totals_fit`; said by
+    # /openapi.json, agent/http_api.py).
+    NEEDS_ONE_OF: ClassVar[tuple[str, ...]] = ("priceMinor", "amountMinor")
+
     sku: PlainKey
     qty: Qty
     price_minor: NonNegative | None = None
@@ -853,7 +865,8 @@ class Receipt(Model):
     at: SaleTime
     card: RequestText = ""  # absent is empty (proto3): INVALID, refused like any (§4)
     lines: Annotated[tuple[ReceiptLine, ...], Field(min_length=1, max_length=10_000)]
-    redeem_points: Int64 = 0
+    # -1 or more (`_redeem`), said in the JSON schema /openapi.json is generated from
+    redeem_points: Annotated[Int64, Field(json_schema_extra={"minimum": -1})] = 0
     # add the calculation trace (the contract §17); never changes a figure. Strict: "yes"
     # or 1 is bad input, not a lax true
     explain: StrictBool = False

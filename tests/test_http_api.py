@@ -6,6 +6,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -439,12 +440,13 @@ def test_openapi_is_generated_from_the_proto_messages(client: Client) -> None:
     served = {c.path for c in CALLS if c.rpc in service.methods_by_name}
     assert set(doc["paths"]) == served | {"/healthz"}
     # every status /healthz answers is described (a token set: 401; a web page's: 403;
-    # POST: 405)
+    # POST: 405; another agent's X-Tillpoint-Instance: 421)
     assert set(doc["paths"]["/healthz"]["get"]["responses"]) == {
         "200",
         "401",
         "403",
         "405",
+        "421",
         "503",
     }
     # each call's own errors, not every error of every call
@@ -473,7 +475,7 @@ def test_openapi_is_generated_from_the_proto_messages(client: Client) -> None:
     lines = schemas["Receipt"]["properties"]["lines"]
     assert lines["type"] == "array" and "anyOf" not in lines
     assert lines["items"] == {"$ref": "#/components/schemas/ReceiptLine"}
-    assert schemas["Receipt"]["properties"]["redeemPoints"]["anyOf"][1] == {"type": "null"}
+    assert schemas["Receipt"]["properties"]["redeemPoints"]["anyOf"][-1] == {"type": "null"}
     assert set(quote["responses"]) >= {"200", "400", "412", "500", "503"}
     assert "get" in doc["paths"]["/v1/status"]
 
@@ -554,12 +556,12 @@ def test_openapi_says_which_request_fields_are_required_and_refuses_others_as_se
         assert schema["additionalProperties"] is False
         stray = client.post(path, {**body, "colour": "red"})
         assert error_of(stray)[:2] == (400, "INVALID_ARGUMENT") and "colour" in error_of(stray)[2]
-        for name in schema.get("required", []):
+        for name in _required_of(schema):
             status, code, message = error_of(
                 client.post(path, {k: v for k, v in body.items() if k != name})
             )
             assert (status, code) == (400, "INVALID_ARGUMENT") and name in message, path
-    assert schemas["Receipt"]["required"] == ["receiptId", "at", "lines"]
+    assert _required_of(schemas["Receipt"]) == ["at", "lines", "receiptId"]
     assert schemas["ReceiptLine"]["required"] == ["sku", "qty"]
     assert "required" not in schemas["IdentifyRequest"]  # no text: INVALID, answered
     assert "required" not in schemas["CheckoutResult"]
@@ -570,6 +572,149 @@ def test_openapi_says_which_request_fields_are_required_and_refuses_others_as_se
     healthz = doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"]
     assert healthz["application/json"]["schema"]["required"] == ["status", "cacheVersion"]
     assert {"401", "405", "408", "421"} <= set(doc["paths"]["/v1/quote"]["post"]["responses"])
+
+
+def _required_of(schema: dict[str, Any]) -> list[str]:
+    """A request schema's required fields: those spelt alike in proto3 JSON and the proto
+    (`required`), and those that may be given under either name (`receiptId` or
+    `receipt_id`: an `anyOf` of `required`), by their JSON name."""
+    either = [
+        group["anyOf"][0]["required"][0]
+        for group in schema.get("allOf", [])
+        if all(set(choice) == {"required"} for choice in group["anyOf"])
+    ]
+    return [*schema.get("required", []), *either]
+
+
+def _accepts(schema: dict[str, Any], value: Any, schemas: dict[str, Any]) -> bool:
+    """JSON Schema 2020-12 validation of the keywords openapi.json's request schemas use
+    (the project has no JSON Schema library; jsonschema and openapi-core agree, checked
+    outside the suite)."""
+
+    def ok(s: dict[str, Any], v: Any) -> bool:
+        return _accepts(s, v, schemas)
+
+    if "$ref" in schema:
+        return ok(schemas[schema["$ref"].rsplit("/", 1)[1]], value)
+    if "anyOf" in schema and not any(ok(s, value) for s in schema["anyOf"]):
+        return False
+    if "allOf" in schema and not all(ok(s, value) for s in schema["allOf"]):
+        return False
+    if "not" in schema and ok(schema["not"], value):
+        return False
+    kind = schema.get("type")
+    types = {
+        "null": value is None,
+        "boolean": isinstance(value, bool),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "string": isinstance(value, str),
+        "array": isinstance(value, list),
+        "object": isinstance(value, dict),
+    }
+    if kind is not None and not types[kind]:
+        return False
+    if types["integer"] and not schema.get("minimum", value) <= value <= schema.get(
+        "maximum", value
+    ):
+        return False
+    if isinstance(value, str):
+        if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+            return False
+        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+            return False
+        if "enum" in schema and value not in schema["enum"]:
+            return False
+    if isinstance(value, list):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            return False
+        if "items" in schema and not all(ok(schema["items"], v) for v in value):
+            return False
+    if isinstance(value, dict):
+        if any(key not in value for key in schema.get("required", [])):
+            return False
+        for key, item in value.items():
+            if key in schema.get("properties", {}):
+                if not ok(schema["properties"][key], item):
+                    return False
+                continue
+            matched = [
+                s for p, s in schema.get("patternProperties", {}).items() if re.search(p, key)
+            ]
+            if matched:
+                if not all(ok(s, item) for s in matched):
+                    return False
+            elif schema.get("additionalProperties") is False:
+                return False
+        for key, dependent in schema.get("dependentSchemas", {}).items():
+            if key in value and not ok(dependent, value):
+                return False
+    return True
+
+
+def test_openapi_states_the_limits_the_models_check(client: Client) -> None:
+    """A request body openapi.json accepts is one the agent accepts, and the other way
+    round (an integrator's audit: limits the models check were missing, and what proto3
+    JSON allows, an int64 as a string, a proto field name, was refused)."""
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    line = {"sku": "4601234000017", "qty": "1"}
+
+    def quote(n: int, lines: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+        body = receipt(f"lim-{n}", lines=lines or [{**line, "priceMinor": 8990}])
+        for key, value in fields.items():
+            body.pop({"receipt_id": "receiptId", "redeem_points": "redeemPoints"}.get(key, key), 0)
+            body[key] = value
+        return body
+
+    at = "2026-11-23T10:15:00+03:00"
+    cases: list[tuple[str, dict[str, Any], bool]] = [
+        ("/v1/quote", quote(1), True),
+        ("/v1/quote", quote(2, [{**line, "priceMinor": -1}]), False),
+        ("/v1/quote", quote(3, [{**line, "amountMinor": -5}]), False),
+        ("/v1/quote", quote(4, [line]), False),  # neither priceMinor nor amountMinor
+        ("/v1/quote", quote(5, [{**line, "priceMinor": None}]), False),
+        ("/v1/quote", quote(6, [{**line, "priceMinor": None, "amountMinor": 5}]), True),
+        ("/v1/quote", quote(7, [{**line, "amountMinor": 0}]), True),
+        ("/v1/quote", quote(8, [{**line, "price_minor": "8990"}]), True),
+        ("/v1/quote", quote(9, [{**line, "priceMinor": "-0"}]), True),
+        ("/v1/quote", quote(10, [{**line, "priceMinor": "-1"}]), False),
+        ("/v1/quote", quote(11, [{**line, "priceMinor": " 1"}]), False),
+        ("/v1/quote", quote(12, [{**line, "priceMinor": 1, "price_minor": 1}]), False),
+        ("/v1/quote", quote(13, redeemPoints=-1), True),
+        ("/v1/quote", quote(14, redeemPoints=-2), False),
+        ("/v1/quote", quote(15, redeem_points="-1"), True),
+        ("/v1/quote", quote(16, redeemPoints="-2"), False),
+        ("/v1/quote", quote(17, redeemPoints="100"), True),
+        ("/v1/quote", quote(18, receipt_id="lim-18b"), True),
+        ("/v1/quote", {**quote(19), "receipt_id": "lim-19b"}, False),  # under both names
+        ("/v1/balance", {"card": "2770000000017", "at": at}, True),
+        ("/v1/balance", {"card": "2770000000017", "at": "yesterday"}, False),
+        ("/v1/quote", quote(20, at="1900-01-01T00:00:00+03:00"), True),
+        ("/v1/quote", quote(21, at="9000-12-31T23:59:59-12:00"), True),
+        ("/v1/quote", quote(22, at="1899-12-31T23:59:59+03:00"), False),
+        ("/v1/quote", quote(23, at="9001-01-01T00:00:00+03:00"), False),
+        ("/v1/balance", {"card": "2770000000017", "at": "9001-01-01T00:00:00Z"}, False),
+        ("/v1/confirm", {"receipt_id": ""}, False),
+        ("/v1/cancel", {"receipt_id": "lim-none"}, True),  # 404: read, and not known
+    ]
+    for path, body, accepted in cases:
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert _accepts(ref["schema"], body, schemas) is accepted, (path, body)
+        answer = client.post(path, body)
+        read = answer.status != 400
+        assert read is accepted, (path, body, answer.body)
+
+
+def test_every_path_declares_the_421_it_can_answer(client: Client) -> None:
+    """X-Tillpoint-Instance of another agent is 421 on any path, /healthz too."""
+    doc = client.get("/openapi.json").json()
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            answer = client.call(
+                method.upper(), path, {}, headers={"X-Tillpoint-Instance": "another"}
+            )
+            assert answer.status == 421, path
+            assert "421" in operation["responses"], (method, path)
 
 
 # ---------------------------------------------------------------- `tillpoint run`

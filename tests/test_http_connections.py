@@ -54,6 +54,46 @@ def test_a_rebound_pages_post_is_refused(server: HttpServer) -> None:
     client.close()
 
 
+@pytest.mark.parametrize(
+    ("origin", "shown"),
+    [
+        ("http://localhost:3000", "(Origin: http://localhost:3000)"),
+        # UTF-8 read as text, a byte that is not UTF-8 and a tab (h11 lets it in) escaped
+        ("http://\xc3\xa9.example\xff\tx", "(Origin: http://é.example\\xff\\tx)"),
+        ("http://" + "a" * 200, "(Origin: http://" + "a" * 93 + "…)"),
+    ],
+)
+def test_the_refusal_names_the_origin_as_text(server: HttpServer, origin: str, shown: str) -> None:
+    """Not Python's repr of its bytes (`b'http://…'`): found by an integrator's audit."""
+    client = Client(server.port)  # http.client sends a header's str as Latin-1 bytes
+    answer = client.post("/v1/identify", {"text": "1"}, headers={"Origin": origin})
+    status, code, message = error_of(answer)
+    assert (status, code) == (403, "PERMISSION_DENIED")
+    assert shown in message and "b'" not in message
+    client.close()
+
+
+def test_an_absolute_form_request_target_is_served(server: HttpServer) -> None:
+    """`POST http://host:port/v1/quote HTTP/1.1`, what a POS's HTTP client configured with
+    a proxy sends: RFC 9112 §3.2.2, a server MUST accept it (it was 404 "no such call")."""
+    client = Client(server.port)  # http.client sends the target as it is given
+    origin = f"http://127.0.0.1:{server.port}"
+    usual = client.post("/v1/quote", receipt("abs-1"))
+    assert usual.status == 200
+    for target in (f"{origin}/v1/quote", f"HTTP://127.0.0.1:{server.port}/v1/quote?x=1"):
+        answer = client.post(target, receipt("abs-1"))
+        assert (answer.status, answer.body) == (200, usual.body), target
+    assert client.get(f"{origin}/v1/status").status == 200
+    assert client.get(f"{origin}/healthz").status == 200
+    assert client.get(f"{origin}/openapi.json").status == 200
+    # no path is "/": no call, said with the path, not the whole URI
+    status, code, message = error_of(client.get(origin))
+    assert (status, code) == (404, "NOT_FOUND") and "GET / " in message
+    status, code, message = error_of(client.post(f"{origin}/v1/nothing", {}))
+    assert status == 404 and "POST /v1/nothing " in message
+    client.close()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1:8061", "localhost", "t", "till-7.store.local"])
 def test_any_host_without_an_origin_is_served(server: HttpServer, host: str) -> None:
     """A POS's HTTP client sends no Origin; its Host is whatever name it dialled."""
@@ -153,6 +193,62 @@ def test_a_connection_without_a_whole_head_is_closed(
     time.sleep(1.0)  # past the head's deadline, well within the keep-alive
     assert pos.post("/v1/identify", {"text": "2770000000017"}).status == 200
     pos.close()
+
+
+_BODY = json.dumps(receipt("bad-1")).encode()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "words"),
+    [
+        (b"POST /v1/quote HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s", "Host"),
+        (
+            b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+            b"Content-Length: 3\r\n\r\n%s",
+            "Content-Length",
+        ),
+        (b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+        # a head over h11's 16 KiB, not yet ended (all of it read by the server before it
+        # closes: the answer is not lost to a reset)
+        (
+            b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 32768,
+            "head is larger than 16 KiB",
+        ),
+        (b"HELLO\r\n\r\n", "request line"),
+    ],
+    ids=["no-host", "two-content-length", "negative-content-length", "big-head", "garbage"],
+)
+def test_a_request_h11_cannot_read_is_answered_with_the_json_400(
+    server: HttpServer, request_bytes: bytes, words: str
+) -> None:
+    """uvicorn's own answer there is a plain-text `Invalid HTTP request received.`; the
+    server's protocol is uvicorn's h11 one (`http_api._Protocol`; httptools is neither
+    installed nor selectable)."""
+    if b"%d" in request_bytes:
+        request_bytes = request_bytes % (len(_BODY), _BODY)
+    sock = _raw(server.port)
+    sock.sendall(request_bytes)
+    answer = b""
+    while True:
+        part = sock.recv(65536)
+        if not part:
+            break
+        answer += part
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 400 Bad Request", answer[:200]
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    doc = json.loads(body)
+    assert doc["error"]["code"] == "INVALID_ARGUMENT"
+    assert doc["error"]["message"].startswith("invalid HTTP request: ")
+    assert words in doc["error"]["message"]
+    # and the server goes on serving
+    client = Client(server.port)
+    assert client.post("/v1/identify", {"text": "2770000000017"}).status == 200
+    client.close()
 
 
 def test_past_the_connection_limit_the_answer_is_the_json_503(server: HttpServer) -> None:
