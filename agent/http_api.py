@@ -54,7 +54,7 @@ from .cli import json_document, parse_json, parse_time
 from .config import address_family, bearer_matches, split_listen, token_problem
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
-from .models import INT64_TEXT, Receipt, _time_of_a_sale
+from .models import Receipt, _time_of_a_sale
 from .results import CheckoutResult, json_text
 from .service import MAX_FISCAL_DOCUMENT, Agent
 from .wire import json_of, receipt_from_json, refund_from_json, status_json
@@ -658,7 +658,6 @@ def _message_schema(
     properties: dict[str, Any] = {}
     limits = _limits(desc.name) if request else {}
     required = _required(desc.name) if request else []
-    proto_named: dict[str, Any] = {}  # a request's fields under their proto names
     for field in desc.fields:
         entry = field.message_type
         if entry is not None and entry.GetOptions().map_entry:
@@ -681,11 +680,9 @@ def _message_schema(
         if (field.has_presence or request) and field.json_name not in required:
             schema = {"anyOf": [*schema.get("anyOf", [schema]), {"type": "null"}]}
         properties[field.json_name] = schema
-        if request and field.name != field.json_name:
-            proto_named[field.name] = field.json_name
     described: dict[str, Any] = {"type": "object", "properties": properties}
     if request:
-        described.update(_request_rules(desc.name, properties, required, proto_named))
+        described.update(_request_rules(desc.name, required))
     for name, values in _STRING_ENUMS.get(desc.name, {}).items():
         properties[name] = {"type": "string", "enum": list(values)}
     schemas[desc.name] = described
@@ -696,62 +693,27 @@ _INT64_TYPES = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
 
 
 def _int64_schema(schema: dict[str, Any], limit: dict[str, Any]) -> dict[str, Any]:
-    """A request's int64: a JSON integer in the model's range, or the same number as a
-    string (proto3 JSON; `models.INT64_TEXT`, read by `models._int64`)."""
-    number = {**schema, **{k: v for k, v in limit.items() if k in ("minimum", "maximum")}}
-    minimum = number.get("minimum")
-    text: dict[str, Any] = {"type": "string", "maxLength": TEXT_MAX}
-    if minimum == -1:
-        text["pattern"] = r"^(?:[0-9]+|-0*[01])$"
-    elif minimum == 0:
-        text["pattern"] = r"^(?:[0-9]+|-0+)$"  # "-0" is 0
-    elif minimum == 1:
-        text["pattern"] = r"^0*[1-9][0-9]*$"
-    else:  # any int64 (its range: the contract's words, not the pattern's)
-        text["pattern"] = f"^{INT64_TEXT}$"
-    return {"anyOf": [number, text]}
+    """A request's int64: a JSON integer in the model's range. The agent also reads one
+    written as a digit string (proto3 JSON), which the schema does not describe: a
+    union of integer and string makes a generated client's field an object."""
+    return {**schema, **{k: v for k, v in limit.items() if k in ("minimum", "maximum")}}
 
 
-def _request_rules(
-    name: str, properties: dict[str, Any], required: list[str], proto_named: dict[str, str]
-) -> dict[str, Any]:
-    """What a request message's schema says beyond its properties, as the agent reads it:
-    its fields also under their proto names (`receipt_id`), never under both; the required
-    ones present under one name or the other; one of a model's `NEEDS_ONE_OF` fields
-    (a line's `priceMinor` or `amountMinor`) present and not null; nothing else."""
-    spellings = {json_name: [json_name] for json_name in properties}
-    for proto, json_name in proto_named.items():
-        spellings[json_name].append(proto)
+def _request_rules(name: str, required: list[str]) -> dict[str, Any]:
+    """What a request message's schema says beyond its properties: its required fields,
+    one of a model's `NEEDS_ONE_OF` fields (a line's `priceMinor` or `amountMinor`)
+    present and not null, nothing else. The fields' proto names (`receipt_id`), which
+    the agent reads too, are not described: a schema with both spellings of a required
+    field could not list it as required, and generated clients would make it optional."""
     rules: dict[str, Any] = {}
-    if proto_named:
-        rules["patternProperties"] = {
-            f"^{proto}$": properties[json_name] for proto, json_name in proto_named.items()
-        }
-        rules["dependentSchemas"] = {
-            proto: {"not": {"required": [json_name]}} for proto, json_name in proto_named.items()
-        }
-    alike = [key for key in required if len(spellings[key]) == 1]
-    if alike:
-        rules["required"] = alike
-    either: list[dict[str, Any]] = [
-        {"anyOf": [{"required": [spelt]} for spelt in spellings[key]]}
-        for key in required
-        if len(spellings[key]) > 1
-    ]
+    if required:
+        rules["required"] = required
     model = _model_of(name)
     needs = getattr(model, "NEEDS_ONE_OF", ()) if model is not None else ()
     if needs:
-        either.append(
-            {
-                "anyOf": [
-                    {"required": [spelt], "properties": {spelt: {"not": {"type": "null"}}}}
-                    for key in needs
-                    for spelt in spellings[key]
-                ]
-            }
-        )
-    if either:
-        rules["allOf"] = either
+        rules["anyOf"] = [
+            {"required": [key], "properties": {key: {"not": {"type": "null"}}}} for key in needs
+        ]
     rules["additionalProperties"] = False
     return rules
 
