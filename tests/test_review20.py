@@ -1,0 +1,82 @@
+"""Findings of the PostgreSQL hub / gRPC sync audit (s20): each test failed before its fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from tillpoint.agent.errors import InputError
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.models import coupon_code
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .conftest import CLI, grpc_served, receipt, snapshot
+from .test_coupons import outbox
+from .test_http_api import Client, error_of
+
+TIMEOUT = 10
+
+# ---------------------------------------------------------------- NUL characters at the till
+
+
+def test_a_coupon_codes_normal_form_drops_control_characters() -> None:
+    """A scanner's GS separator or a NUL inside a code was kept: the code (REJECTED)
+    went into the sale's result_json as \\u0000, which PostgreSQL's jsonb refuses."""
+    assert coupon_code("AB\u0000C") == "ABC"
+    assert coupon_code("sorry\x1d7k2q9\r\n") == "SORRY7K2Q9"
+    assert coupon_code("A\u2028B\u202eC\x7f") == "ABC"
+
+
+def test_a_sale_with_a_nul_in_a_coupon_code_stores_no_control_character(
+    agent: Agent, tmp_path: Path
+) -> None:
+    done = agent.checkout(receipt_from_json(receipt("nul-1", coupons=["AB\u0000C"])))
+    assert [v.code for v in done.coupons] == ["ABC"]
+    (pushed,) = outbox(tmp_path / "data")
+    assert json.loads(pushed.result_json)["coupons"][0]["code"] == "ABC"
+    # (request_json keeps the POS's own text, escaped: the hub never reads it as jsonb)
+    assert "\\u0000" not in pushed.result_json and "\x00" not in pushed.result_json
+
+
+def test_confirm_refuses_a_fiscal_document_with_control_characters(agent: Agent) -> None:
+    """A NUL in fiscalDocument was stored and pushed; PostgreSQL refused the batch for good
+    and the till's outbox was blocked."""
+    agent.hold(receipt_from_json(receipt("h-1")))
+    for bad in ("FD\u00001", "FD\n1", "FD\x1d1"):
+        with pytest.raises(InputError, match="fiscalDocument: must not contain control"):
+            agent.confirm("h-1", bad)
+    assert agent.confirm("h-1", "FD 1").state == "CONFIRMED"
+
+
+def test_confirm_with_a_nul_fiscal_document_is_refused_on_every_interface(
+    agent: Agent, cli: CLI
+) -> None:
+    agent.hold(receipt_from_json(receipt("h-2")))
+    with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.PosAgentStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Confirm(
+                pb.ConfirmRequest(receipt_id="h-2", fiscal_document="FD\u00001"), timeout=TIMEOUT
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "control characters" in (err.value.details() or "")
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    pos = Client(server.port)
+    try:
+        status, code, message = error_of(
+            pos.post("/v1/confirm", {"receiptId": "h-2", "fiscalDocument": "FD\u00001"})
+        )
+        assert (status, code) == (400, "INVALID_ARGUMENT") and "control characters" in message
+    finally:
+        pos.close()
+        server.stop()
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("hold", receipt("h-3"), "--json").code == 0
+    refused = cli("confirm", "h-3", "--fiscal", "FD\u00011", "--json")
+    assert refused.code == 2 and "control characters" in refused.err and refused.out == ""
