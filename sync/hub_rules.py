@@ -403,6 +403,7 @@ class HubRules:
             raise ValueError("seq must be 1 or more")
         if t.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
             raise ValueError(f"unknown kind {t.kind!r}")
+        _storable(t)
         try:
             at = _timestamp(t.at)
             request = json.loads(t.request_json)
@@ -1134,3 +1135,18 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
 
 def _default_program() -> dict[str, Any]:
     return Program().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _storable(t: TxIn) -> None:
+    """A NUL in a text field (a fiscal document an older till accepted) is refused by
+    PostgreSQL's text columns: the whole batch failed, and every push after it, so the
+    till's outbox was blocked for good. Refused alone here (REJECTED, set aside: its
+    payload is JSON, the NUL escaped), on either store, so both agree."""
+    for name, value in t.__dict__.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(f"{_camel(name)}: a NUL character cannot be stored")
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)

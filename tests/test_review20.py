@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +14,8 @@ from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.models import coupon_code
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.loopback import import_doc, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -20,6 +24,7 @@ from .test_coupons import outbox
 from .test_http_api import Client, error_of
 
 TIMEOUT = 10
+WEEK = 7 * 86400.0
 
 # ---------------------------------------------------------------- NUL characters at the till
 
@@ -80,3 +85,46 @@ def test_confirm_with_a_nul_fiscal_document_is_refused_on_every_interface(
     assert cli("hold", receipt("h-3"), "--json").code == 0
     refused = cli("confirm", "h-3", "--fiscal", "FD\u00011", "--json")
     assert refused.code == 2 and "control characters" in refused.err and refused.out == ""
+
+
+# ---------------------------------------------------------------- NUL characters at the hub
+
+HUB_NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+def _sale(seq: int, result: str, fiscal: str = "", available: int = 0) -> TxIn:
+    request = json.dumps({"receiptId": f"a-{seq}"})
+    return TxIn(
+        "a", seq, "CHECKOUT", HUB_NOW.isoformat(), "c-1", "", request, result, available, 0,
+        "", fiscal,
+    )  # fmt: skip
+
+
+def test_the_hub_stores_what_older_tills_sent_with_nul_characters(
+    hub_store_factory: Any,
+) -> None:
+    """A fiscal document with a NUL failed the whole batch on PostgreSQL (and every push
+    after it); a result with the escape \\u0000 (a coupon code) was stored, and then every
+    `::jsonb` read of the results failed: no snapshot of the chain, no balance. Now the
+    first is REJECTED alone and the second is read."""
+    store = hub_store_factory()
+    import_doc(store, sample_master_data())
+    store.publish(HUB_NOW, WEEK)
+    before = store.balance("c-1", HUB_NOW).available
+    coupon = '{"coupons":[{"code":"AB\\u0000C","status":"REJECTED"}],"earnedPoints":7}'
+    odd = '{"note":"\\\\u0000","earnedPoints":3}'  # an escaped backslash, then letters
+    batch = [
+        _sale(1, coupon, available=7),
+        _sale(2, '{"earnedPoints":1}', fiscal="FD\x001", available=1),
+        _sale(3, odd, available=3),
+    ]
+    done = store.ingest("a", "b1", batch, HUB_NOW)
+    assert done.acked_through == 3
+    assert [r.outcome for r in done.results] == ["STORED", "REJECTED", "STORED"]
+    assert "fiscalDocument" in done.results[1].reason
+    assert [e["seq"] for e in store.set_aside_transactions("a")] == [2]
+    assert store.balance("c-1", HUB_NOW).available == before + 10
+    later = store.publish(HUB_NOW + timedelta(minutes=1), WEEK)  # reads every result
+    assert later.version > 0
+    held = store.authorise("a", "a-9", "c-1", 5, HUB_NOW, [], HUB_NOW, 600.0)
+    assert held.authorised == 5
