@@ -671,6 +671,15 @@ class SqlTx:
             (hold_id, device_id, receipt_id, customer_id, points, now, expires),
         )
 
+    def receipt_settled(self, device_id: str, receipt_id: str) -> bool:
+        row = self.execute(
+            "SELECT 1 FROM transactions WHERE device_id = ? AND receipt_id = ?"
+            " AND kind = 'CHECKOUT' UNION ALL SELECT 1 FROM holds"
+            " WHERE device_id = ? AND receipt_id = ? AND state = 'SETTLED' LIMIT 1",
+            (device_id, receipt_id, device_id, receipt_id),
+        ).fetchone()
+        return row is not None
+
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
         active = " AND state = 'ACTIVE'" if only_active else ""
         return self._count(

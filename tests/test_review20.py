@@ -14,7 +14,7 @@ from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.models import coupon_code
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
-from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.hub_store import TxIn, Unsynced
 from tillpoint.sync.loopback import import_doc, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -128,3 +128,33 @@ def test_the_hub_stores_what_older_tills_sent_with_nul_characters(
     assert later.version > 0
     held = store.authorise("a", "a-9", "c-1", 5, HUB_NOW, [], HUB_NOW, 600.0)
     assert held.authorised == 5
+
+
+# ---------------------------------------------------------------- a late AuthorizeRedemption
+
+
+@pytest.mark.parametrize("path", ["claim", "locked"])
+def test_a_late_authorisation_for_a_stored_receipt_holds_nothing(
+    hub_store_factory: Any, path: str
+) -> None:
+    """The till's deadline passed, it committed offline and pushed; the slow
+    AuthorizeRedemption reached the customer's lock after the ingest and wrote an ACTIVE
+    hold for the stored receipt: its points were taken twice until the hold expired."""
+    store = hub_store_factory()
+    import_doc(store, sample_master_data())
+    store.publish(HUB_NOW, WEEK)
+    unsynced = [Unsynced(99, "other", 0)] if path == "locked" else []  # the locked path
+
+    def authorise(receipt_id: str, points: int) -> Any:
+        return store.authorise("a", receipt_id, "c-1", points, HUB_NOW, unsynced, HUB_NOW, 600.0)
+
+    # One receipt held, then committed (its hold SETTLED); another committed offline.
+    assert authorise("a-1", 10).authorised == 10
+    sales = [_sale(1, "{}", available=-10), _sale(2, "{}", available=-5)]
+    assert store.ingest("a", "b1", sales, HUB_NOW).count("STORED") == 2
+    live = authorise("probe", 0).live_balance
+    for receipt_id in ("a-1", "a-2"):  # the late calls
+        late = authorise(receipt_id, 10)
+        assert (late.authorised, late.hold_id, late.live_balance) == (0, "", live)
+    assert authorise("probe", 0).live_balance == live  # no hold taken twice
+    assert store.balance("c-1", HUB_NOW).held == 0
