@@ -71,6 +71,10 @@ except ImportError:  # pragma: no cover - the optional extra is not installed
 MAX_PROBLEMS = 10
 CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0  # waiting for a free connection of the pool
+# How long the pool tries to replace a connection it lost before it gives that slot up
+# (psycopg_pool's default, 5 minutes, kept slots retrying long after a PostgreSQL
+# restart; a slot given up is made again when a caller needs one).
+RECONNECT_TIMEOUT_S = 10.0
 LOCK_TIMEOUT_MS = 30_000  # waiting for a row or advisory lock
 PUBLISH_LOCK = 7_301_401  # advisory lock keys of the hub (any fixed bigints)
 MIGRATE_LOCK = 7_301_402
@@ -423,6 +427,10 @@ class PostgresHubStore(SqlHubStore):
             min_size=1,
             max_size=max(1, pool_size),
             timeout=POOL_TIMEOUT_S,
+            # A connection is checked as it is handed out: one a PostgreSQL restart or
+            # a dropped link killed is replaced, not given to an RPC to fail on.
+            check=ConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             kwargs={
                 "autocommit": True,
                 "connect_timeout": CONNECT_TIMEOUT_S,

@@ -674,8 +674,11 @@ def _one_connection(
 
     @functools.wraps(rpc)
     def run(self: HubServicer, request: _Req, context: grpc.ServicerContext) -> _Rep:
-        with self.store.pinned():
-            return rpc(self, request, context)
+        try:
+            with self.store.pinned():
+                return rpc(self, request, context)
+        except StorageError as exc:  # no connection to pin: the database is unavailable
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
 
     return run
 
@@ -710,7 +713,10 @@ class HubServicer(pb_grpc.HubServicer):
         device, fingerprint = _identity(bytes(pems[0]))
         if device is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "the certificate names no device")
-        record = self.store.device(device)
+        try:
+            record = self.store.device(device)
+        except StorageError as exc:  # a lost database: the hub did not answer (not UNKNOWN)
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         if record is None:
             _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"device {device} is not enrolled")
         if record.revoked_at is not None:

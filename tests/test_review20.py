@@ -15,7 +15,7 @@ from tillpoint.agent.models import coupon_code
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_store import TxIn, Unsynced
-from tillpoint.sync.loopback import import_doc, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -158,3 +158,68 @@ def test_a_late_authorisation_for_a_stored_receipt_holds_nothing(
         assert (late.authorised, late.hold_id, late.live_balance) == (0, "", live)
     assert authorise("probe", 0).live_balance == live  # no hold taken twice
     assert store.balance("c-1", HUB_NOW).held == 0
+
+
+# ---------------------------------------------------------------- a lost database
+
+
+def test_a_lost_database_is_unavailable_not_unknown(
+    tmp_path: Path, pg_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device's record was read outside the RPCs' `except StorageError`: with the
+    database gone a till got UNKNOWN (as if the hub had answered) instead of UNAVAILABLE."""
+    import psycopg
+    from tillpoint.sync import hub_postgres
+
+    from .test_hub_security import identity, stub
+
+    monkeypatch.setattr(hub_postgres, "POOL_TIMEOUT_S", 2.0)
+    url = pg_cluster.new_database()
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), store=url)
+    try:
+        me = identity(hub, "till-1", enroll=True)
+        s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+        ask = pb.AuthorizeRedemptionRequest(
+            device_id="till-1", receipt_id="r1", customer_id="c-1", points=0,
+            at=HUB_NOW.isoformat(),
+        )  # fmt: skip
+        assert s.AuthorizeRedemption(ask, timeout=TIMEOUT).live_balance >= 0
+        name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+        with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+        with pytest.raises(grpc.RpcError) as err:
+            s.AuthorizeRedemption(ask, timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            list(s.PullSnapshot(pb.PullSnapshotRequest(device_id="till-1"), timeout=TIMEOUT))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        # the pool checks what it hands out and reconnects: served again, soon
+
+        def served() -> bool:
+            try:
+                return s.AuthorizeRedemption(ask, timeout=TIMEOUT).live_balance >= 0
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                return False
+
+        wait_for(served, timeout=20)
+    finally:
+        hub.stop()
+
+
+def test_the_pool_checks_its_connections_and_gives_up_reconnecting_soon(pg_url: str) -> None:
+    from psycopg_pool import ConnectionPool
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    store = PostgresHubStore(pg_url, migrate_schema=True)
+    try:
+        assert store.pool._check == ConnectionPool.check_connection
+        assert store.pool.reconnect_timeout <= 10
+    finally:
+        store.close()
