@@ -989,7 +989,7 @@ def tx_in_of(tx: pb.Transaction) -> TxIn:
     return TxIn(
         device_id=tx.device_id,
         seq=tx.seq,
-        kind=pb.TransactionKind.Name(tx.kind),
+        kind=_kind_name(tx.kind),
         at=tx.at,
         customer_id=tx.customer_id,
         card=tx.card,
@@ -1000,6 +1000,16 @@ def tx_in_of(tx: pb.Transaction) -> TxIn:
         pending_activates_at=tx.pending_activates_at,
         fiscal_document=tx.fiscal_document,
     )
+
+
+def _kind_name(kind: int) -> str:
+    """The kind's name; a number this hub does not know (a newer till's, or garbage) as
+    its digits, which the rules REJECT for that transaction alone (it failed the whole
+    batch with UNKNOWN, as `Name` raised)."""
+    try:
+        return pb.TransactionKind.Name(kind)  # type: ignore[arg-type]
+    except ValueError:
+        return str(kind)
 
 
 # The shortest keepalive interval the hub accepts from a till: half the tills' own

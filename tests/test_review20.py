@@ -223,3 +223,36 @@ def test_the_pool_checks_its_connections_and_gives_up_reconnecting_soon(pg_url: 
         assert store.pool.reconnect_timeout <= 10
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- a kind this hub does not know
+
+
+def test_a_transaction_of_an_unknown_kind_is_rejected_alone(tmp_path: Path) -> None:
+    """A kind number this hub has no name for (99: a newer till's) failed the whole
+    batch with UNKNOWN, and the till's outbox was stuck behind it."""
+    from .test_hub_security import identity, stub
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    try:
+        me = identity(hub, "till-1", enroll=True)
+        s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+
+        def tx(seq: int, kind: int) -> pb.Transaction:
+            return pb.Transaction(
+                device_id="till-1", seq=seq, kind=kind, at=HUB_NOW.isoformat(),
+                customer_id="c-1", request_json=json.dumps({"receiptId": f"r-{seq}"}),
+                result_json="{}",
+            )  # fmt: skip
+
+        batch = pb.TransactionBatch(
+            device_id="till-1", batch_id="b1", transactions=[tx(1, 99), tx(2, 0), tx(3, 1)]
+        )
+        ack = s.PushTransactions(batch, timeout=TIMEOUT)
+        assert (ack.acked_through_seq, ack.rejected) == (3, 2)
+        outcomes = [(r.seq, r.outcome) for r in ack.results]
+        assert outcomes == [(1, pb.TX_REJECTED), (2, pb.TX_REJECTED), (3, pb.TX_STORED)]
+        assert "unknown kind '99'" in ack.results[0].reason
+        assert [e["seq"] for e in hub.store.set_aside_transactions("till-1")] == [1, 2]
+    finally:
+        hub.stop()
