@@ -9,6 +9,7 @@ each pushed transaction's) to be that device. docs/PROTOCOL.md has the whole con
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -450,8 +451,11 @@ class SnapshotBuilder:
             while key in self._building:
                 self._cond.wait()
             hit = self._ready.get(key)
-            if hit is not None:
+            if hit is not None and _whole(hit):
                 return hit
+            if hit is not None:  # its file deleted (or cut) under the running hub
+                log.warning("snapshot file %s is gone: building it again", hit.path.name)
+                del self._ready[key]
             self._building.add(key)
         try:
             snap = self._build_once(version, base)
@@ -578,6 +582,15 @@ class SnapshotBuilder:
 
 
 BUILDERS_LOCK = "builders.lock"
+
+
+def _whole(snap: FileSnapshot) -> bool:
+    """Whether the snapshot's file is still there, at its size (an operator or a cleanup
+    may delete it under a running hub: it was served from memory, and every pull failed)."""
+    try:
+        return snap.path.stat().st_size == snap.size
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -766,10 +779,17 @@ class HubServicer(pb_grpc.HubServicer):
         self.stats.pulls += 1
         size = self.config.chunk_size
         sha256 = bundle.sha256
-        with bundle.reader() as read:
+        with contextlib.ExitStack() as opened:
+            try:
+                read = opened.enter_context(bundle.reader())
+            except OSError as exc:  # deleted since it was chosen: the next pull rebuilds it
+                _abort(context, grpc.StatusCode.UNAVAILABLE, f"snapshot file: {exc}")
             for start in range(offset, bundle.size, size):
                 self._fail("pull.chunk")
-                data = read(start, size)
+                try:
+                    data = read(start, size)
+                except OSError as exc:
+                    _abort(context, grpc.StatusCode.UNAVAILABLE, f"snapshot file: {exc}")
                 yield pb.SnapshotChunk(
                     version=bundle.version,
                     base_version=bundle.base_version,

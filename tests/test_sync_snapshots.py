@@ -713,3 +713,40 @@ def test_snapshot_files_signed_the_v2_way_are_built_again(hub: LoopbackHub) -> N
     assert fresh.full_ready(1) is None and not built.path.exists()
     again = fresh.bundle(1, 0)
     assert (again.sha256, again.signature) == (built.sha256, built.signature)
+
+
+def test_a_snapshot_file_deleted_under_the_running_hub_is_built_again(
+    hub: LoopbackHub, till: Till, tmp_path: Path
+) -> None:
+    """The builder served its in-memory entry without looking at the file: once an
+    operator (or a cleanup) deleted it, every pull needing it failed with UNKNOWN until
+    a new version or a restart. It is rebuilt now, and a file gone between the choice and
+    the read is UNAVAILABLE."""
+    assert puller(till).pull().status == "APPLIED"
+    files = sorted((hub.root / "snapshots").glob("v*-full.*"))
+    assert files
+    for path in files:
+        path.unlink()
+    other = hub.till("till-2", tmp_path / "till-2", start=False)
+    try:
+        assert puller(other).pull().status == "APPLIED"
+    finally:
+        other.stop()
+    assert sorted((hub.root / "snapshots").glob("v*-full.*")) == files
+
+
+def test_a_snapshot_file_gone_as_it_is_opened_is_unavailable(hub: LoopbackHub, till: Till) -> None:
+    snap = hub.server.builder.bundle(1, 0)
+
+    class Gone:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(snap, name)
+
+        def reader(self) -> Any:
+            raise FileNotFoundError(2, "No such file or directory", str(snap.path))
+
+    hub.server.builder.bundle = lambda version, base: Gone()  # type: ignore[method-assign]
+    with pytest.raises(grpc.RpcError) as err:
+        puller(till).pull()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "snapshot file" in (err.value.details() or "")
