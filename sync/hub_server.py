@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -98,6 +99,15 @@ class HubDir:
         if store is None:
             store = os.environ.get("TILLPOINT_HUB_STORE", "")
         self.store_url = store.strip()
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", self.store_url)
+        if scheme is not None and not is_postgres_url(self.store_url):
+            # A mistyped URL ("postgressql://", "postgresql+psycopg://") became a SQLite
+            # file under a directory named after it, password and all, and the operator
+            # believed the database was loaded. The scheme alone is echoed, never the rest.
+            raise InputError(
+                f"the hub store '{scheme.group(1)}://…' is neither a postgresql:// (or"
+                " postgres://) URL nor a file path"
+            )
 
     @property
     def db(self) -> Path:

@@ -256,3 +256,42 @@ def test_a_transaction_of_an_unknown_kind_is_rejected_alone(tmp_path: Path) -> N
         assert [e["seq"] for e in hub.store.set_aside_transactions("till-1")] == [1, 2]
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------- a mistyped store URL
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "postgressql://hub:s3cret@db.example:5432/hub",
+        "postgresql+psycopg://hub:s3cret@db.example/hub",
+        "pgsql://hub:s3cret@db.example/hub",
+    ],
+)
+def test_a_store_url_of_another_scheme_is_refused_not_a_sqlite_path(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    store: str,
+) -> None:
+    """A mistyped PostgreSQL URL became a SQLite file under ./postgressql:/hub:s3cret@…:
+    the import 'succeeded' (exit 0) into it, the password in a directory name."""
+    from tillpoint.agent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    hub = ["--hub-dir", str(tmp_path / "hub")]
+    for argv, env in (
+        (["hub", "import", str(catalogue), "--publish", "--store", store, *hub], None),
+        (["hub", "import", str(catalogue), *hub], store),
+    ):
+        if env is not None:
+            monkeypatch.setenv("TILLPOINT_HUB_STORE", env)
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code == 2, err
+        assert "neither a postgresql://" in err and len(err.strip().splitlines()) == 1
+        assert "s3cret" not in err + out
+    assert not any("s3cret" in str(p) for p in tmp_path.rglob("*"))
