@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -82,6 +83,15 @@ class HubConfig:
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_CHUNK:
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1 (got {self.max_workers})")
+        positive = ("heartbeat_s", "stream_max_s", "hold_ttl_s", "snapshot_ttl_s")
+        others = ("publish_every_s", "watch_interval_s", "full_wait_s", "rate_limit_bytes_s")
+        for name in (*positive, *others):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+                least = "above 0" if name in positive else "at least 0"
+                raise ValueError(f"{name} must be a finite number {least} (got {value})")
 
 
 class HubDir:

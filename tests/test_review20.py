@@ -295,3 +295,63 @@ def test_a_store_url_of_another_scheme_is_refused_not_a_sqlite_path(
         assert "neither a postgresql://" in err and len(err.strip().splitlines()) == 1
         assert "s3cret" not in err + out
     assert not any("s3cret" in str(p) for p in tmp_path.rglob("*"))
+
+
+# ---------------------------------------------------------------- the hub CLI's numbers
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    from tillpoint.agent.cli import main
+
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    assert main(["hub", "import", str(catalogue), "--publish", "--hub-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["publish", "--ttl-hours", "nan"],
+        ["publish", "--ttl-hours", "inf"],
+        ["publish", "--ttl-hours", "1e300"],
+        ["publish", "--ttl-hours", "0"],
+        ["publish", "--min-version", "99999999999"],
+        ["publish", "--min-version", "-1"],
+        ["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
+        ["serve", "--listen", "127.0.0.1:0", "--heartbeat", "0"],
+        ["serve", "--listen", "127.0.0.1:0", "--publish-every", "-1"],
+        ["serve", "--listen", "127.0.0.1:0", "--hold-ttl", "nan"],
+        ["serve", "--listen", "127.0.0.1:0", "--ttl-hours", "nan"],
+        ["serve", "--listen", "127.0.0.1:0", "--rate-kib", "inf"],
+    ],
+)
+def test_the_hubs_numeric_options_are_range_checked(
+    hub_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """NaN, inf or huge values were 'internal error' (exit 1) or taken as they were (a
+    server with a heartbeat of 0, a NaN hold time); 99999999999 failed on PostgreSQL."""
+    from tillpoint.agent.cli import main
+
+    code = main(["hub", *argv, "--hub-dir", str(hub_dir)])  # serve: refused before it starts
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert argv[-2] in err and len(err.strip().splitlines()) == 1 and out == ""
+    assert "internal error" not in err
+
+
+def test_a_hub_config_refuses_what_no_server_can_run_with() -> None:
+    from tillpoint.sync.hub_server import HubConfig
+
+    for bad in (
+        {"max_workers": 0},
+        {"heartbeat_s": 0.0},
+        {"hold_ttl_s": float("nan")},
+        {"publish_every_s": -1.0},
+        {"snapshot_ttl_s": float("inf")},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            HubConfig(**bad)  # type: ignore[arg-type]
+    assert HubConfig(publish_every_s=0).publish_every_s == 0  # 0: only `hub publish`
