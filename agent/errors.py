@@ -65,6 +65,12 @@ class SnapshotRefused(InputError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class SnapshotCorrupted(SnapshotRefused):
+    """The bytes received are not the bundle the hub declared (truncated, longer, another
+    checksum): the transfer, not the bundle, so a pull does not remember it as refused
+    (the same version may arrive whole next time, or from a rebuilt file)."""
+
+
 class UnreadableFile(InputError):
     """The file itself, not its content: a sync pull retries it (EMFILE, EIO), where a
     bundle whose content is refused is recorded and not fetched again."""

@@ -345,6 +345,15 @@ RequestKey = Annotated[str, Strict(), StringConstraints(min_length=1, max_length
 PlainKey = Annotated[
     str, Strict(), StringConstraints(min_length=1, max_length=TEXT_MAX, pattern=_NO_CONTROLS)
 ]
+# One character `_NO_CONTROLS` refuses: what a coupon code's normal form drops and what a
+# free text a till stores and pushes (Confirm's fiscalDocument) must not hold.
+CONTROL_CHARACTER = re.compile("[" + _NO_CONTROLS.removeprefix("^[^").removesuffix("]*$") + "]")
+CONTROLS_MESSAGE = "must not contain control characters (a line break, a tab, a NUL, ...)"
+
+
+def has_controls(text: str) -> bool:
+    """Whether `text` holds a character an id or SKU may not (`_NO_CONTROLS`)."""
+    return CONTROL_CHARACTER.search(text) is not None
 
 
 def _not_blank(value: str) -> str:
@@ -697,7 +706,9 @@ class Offer(Model):
 
 
 def coupon_code(text: str) -> str:
-    """A scanned coupon code as it is looked up: blanks and dashes dropped, upper case."""
+    """A scanned coupon code as it is looked up: blanks, dashes and control characters
+    (a scanner's GS separator \\x1d, a NUL) dropped, upper case."""
+    text = CONTROL_CHARACTER.sub("", text)
     return "".join(ch for ch in text if not ch.isspace() and ch not in DASHES).upper()
 
 
@@ -978,7 +989,7 @@ def describe(exc: ValidationError) -> str:
     if first.get("type") == "too_long" and limit:  # a list: "lines", "coupons"
         message = f"has too many items (at most {limit})"
     if (first.get("ctx") or {}).get("pattern") == _NO_CONTROLS:
-        message = "must not contain control characters (a line break, a tab, a NUL, ...)"
+        message = CONTROLS_MESSAGE
     if first.get("type") == "string_too_long" and limit:
         message = f"is too long (at most {limit} characters)"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""

@@ -61,6 +61,7 @@ from .messages import (
     unknown_card_display,
 )
 from .models import (
+    CONTROLS_MESSAGE,
     Coupon,
     Customer,
     HubGrant,
@@ -73,6 +74,7 @@ from .models import (
     check_text,
     coupon_code,
     fits_int64,
+    has_controls,
     parse,
 )
 from .money import decimal_text, frac
@@ -526,6 +528,9 @@ class Agent:
                 f"fiscalDocument: at most {MAX_FISCAL_DOCUMENT} characters"
                 f" (got {len(fiscal_document)})"
             )
+        if fiscal_document is not None and has_controls(fiscal_document):
+            # A NUL is stored, pushed and then refused by the hub's PostgreSQL for good.
+            raise InputError(f"fiscalDocument: {CONTROLS_MESSAGE}")
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
             stored = self._confirm(receipt_id, fiscal_document or None, view)

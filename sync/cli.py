@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -325,6 +326,12 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         split_listen(f"0.0.0.0{args.listen}" if args.listen.startswith(":") else args.listen)
     except ValueError as exc:
         raise InputError(f"--listen {exc}") from None
+    _ttl_hours(args.ttl_hours)
+    _in_range("--hold-ttl", args.hold_ttl, 0, HOLD_TTL_MAX_S, above=True)
+    _in_range("--heartbeat", args.heartbeat, 0, HEARTBEAT_MAX_S, above=True)
+    _in_range("--publish-every", args.publish_every, 0, PUBLISH_EVERY_MAX_S)
+    _in_range("--workers", args.workers, 1, WORKERS_MAX)
+    _in_range("--rate-kib", args.rate_kib, 0, 2**40)
     logs.setup(settings.log.level, settings.log.format)
     try:
         config = HubConfig(
@@ -374,7 +381,7 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
             "draftRows": store.draft_size(),
         }
         if args.publish:
-            pub = store.publish(_now(), args.ttl_hours * 3600)
+            pub = store.publish(_now(), _ttl_hours(args.ttl_hours) * 3600)
             data["publishedVersion"] = pub.version
 
     def human(d: dict[str, Any]) -> str:
@@ -387,12 +394,34 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
     return _emit(args, data, human)
 
 
-def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
+# The ranges of the hub's numeric options: NaN, inf or 1e300 hours were "internal error"
+# (exit 1), a heartbeat of 0, a negative publish interval or a NaN hold time were taken.
+TTL_HOURS_MAX = 10 * 8766.0  # ten years: expiresAt stays a date every till reads
+HOLD_TTL_MAX_S = 86400.0  # a day, as a till's hold_ttl_seconds
+HEARTBEAT_MAX_S = 3600.0
+PUBLISH_EVERY_MAX_S = 7 * 86400.0
+WORKERS_MAX = 10_000
+VERSION_MAX = 2**31 - 1  # a snapshot version: the stores' INTEGER column
 
-    if args.ttl_hours <= 0:
-        raise InputError("--ttl-hours must be above 0")
+
+def _in_range(flag: str, value: float, low: float, high: float, *, above: bool = False) -> float:
+    """`value` of option `flag` if it is a finite number in [low, high] ((low, high] with
+    `above`); else InputError (exit 2, one line)."""
+    if not math.isfinite(value) or value > high or value < low or (above and value == low):
+        lowest = f"above {low:g}" if above else f"at least {low:g}"
+        raise InputError(f"{flag} must be a number {lowest} and at most {high:g} (got {value})")
+    return value
+
+
+def _ttl_hours(value: float) -> float:
+    return _in_range("--ttl-hours", value, 0, TTL_HOURS_MAX, above=True)
+
+
+def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
+    ttl_hours = _ttl_hours(args.ttl_hours)
+    _in_range("--min-version", args.min_version, 0, VERSION_MAX)
     with closing(_existing_hub(settings, args).open_store()) as store:
-        pub = store.publish(_now(), args.ttl_hours * 3600, min_version=args.min_version)
+        pub = store.publish(_now(), ttl_hours * 3600, min_version=args.min_version)
     data = {
         "version": pub.version,
         "issuedAt": pub.issued_at.isoformat(),

@@ -71,6 +71,10 @@ except ImportError:  # pragma: no cover - the optional extra is not installed
 MAX_PROBLEMS = 10
 CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0  # waiting for a free connection of the pool
+# How long the pool tries to replace a connection it lost before it gives that slot up
+# (psycopg_pool's default, 5 minutes, kept slots retrying long after a PostgreSQL
+# restart; a slot given up is made again when a caller needs one).
+RECONNECT_TIMEOUT_S = 10.0
 LOCK_TIMEOUT_MS = 30_000  # waiting for a row or advisory lock
 PUBLISH_LOCK = 7_301_401  # advisory lock keys of the hub (any fixed bigints)
 MIGRATE_LOCK = 7_301_402
@@ -287,6 +291,55 @@ MIGRATIONS.append(
         """,
     )
 )
+MIGRATIONS.append(
+    (
+        8,
+        "claim_hold_settled",
+        # A late AuthorizeRedemption (the till's deadline passed, it committed offline and
+        # pushed, and the call reached the lock after the ingest) granted a new ACTIVE hold
+        # for a receipt already stored (replacing its SETTLED one): the points were taken
+        # twice until it expired. Nothing is granted or written for a committed receipt.
+        """
+        CREATE OR REPLACE FUNCTION hub_claim_hold(
+            p_device TEXT, p_receipt TEXT, p_customer TEXT, p_points BIGINT,
+            p_spendable BIGINT, p_cards TEXT[], p_mark TEXT, p_hold_id TEXT,
+            p_now TEXT, p_expires TEXT
+        ) RETURNS TABLE (granted BIGINT, live_balance BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_held BIGINT;
+            v_live BIGINT;
+            v_granted BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended('customer:' || p_customer, 0));
+            IF hub_ledger_mark(p_customer, p_cards) <> p_mark THEN
+                RETURN;
+            END IF;
+            UPDATE holds SET state = 'EXPIRED' WHERE customer_id = p_customer
+                AND state = 'ACTIVE' AND expires_at <= p_now;
+            SELECT coalesce(sum(h.points), 0) INTO v_held FROM holds h
+                WHERE h.customer_id = p_customer AND h.state = 'ACTIVE'
+                AND NOT (h.device_id = p_device AND h.receipt_id = p_receipt);
+            v_live := p_spendable - v_held;
+            IF EXISTS (SELECT 1 FROM transactions t WHERE t.device_id = p_device
+                    AND t.receipt_id = p_receipt AND t.kind = 'CHECKOUT')
+                OR EXISTS (SELECT 1 FROM holds h WHERE h.device_id = p_device
+                    AND h.receipt_id = p_receipt AND h.state = 'SETTLED') THEN
+                RETURN QUERY SELECT 0::bigint, v_live;
+                RETURN;
+            END IF;
+            v_granted := greatest(0, least(p_points, v_live));
+            DELETE FROM holds h WHERE h.device_id = p_device AND h.receipt_id = p_receipt;
+            IF v_granted > 0 THEN
+                INSERT INTO holds VALUES (p_hold_id, p_device, p_receipt, p_customer,
+                    v_granted, p_now, p_expires, 'ACTIVE');
+            END IF;
+            RETURN QUERY SELECT v_granted, v_live;
+        END
+        $$;
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -374,6 +427,10 @@ class PostgresHubStore(SqlHubStore):
             min_size=1,
             max_size=max(1, pool_size),
             timeout=POOL_TIMEOUT_S,
+            # A connection is checked as it is handed out: one a PostgreSQL restart or
+            # a dropped link killed is replaced, not given to an RPC to fail on.
+            check=ConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             kwargs={
                 "autocommit": True,
                 "connect_timeout": CONNECT_TIMEOUT_S,

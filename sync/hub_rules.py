@@ -245,6 +245,11 @@ class HubTx(Protocol):
 
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int: ...
 
+    def receipt_settled(self, device_id: str, receipt_id: str) -> bool:
+        """Whether the device's receipt is already committed here: its CHECKOUT stored, or
+        its hold SETTLED (by that transaction, or by the till's unsynced movements)."""
+        ...
+
     def ledger_mark(self, customer_id: str, cards: list[str]) -> str:
         """What changes whenever `HubRules.live` of the customer may: the latest version,
         and the count and highest ingest id of the customer's transactions (and of the
@@ -403,6 +408,7 @@ class HubRules:
             raise ValueError("seq must be 1 or more")
         if t.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
             raise ValueError(f"unknown kind {t.kind!r}")
+        _storable(t)
         try:
             at = _timestamp(t.at)
             request = json.loads(t.request_json)
@@ -631,7 +637,10 @@ class HubRules:
             live_balance = spendable - held
             granted = max(0, min(points, live_balance))
             hold_id = ""
-            tx.delete_hold(device_id, receipt_id, only_active=False)
+            if tx.receipt_settled(device_id, receipt_id):
+                granted = 0  # a late call for a committed receipt: no second hold
+            else:
+                tx.delete_hold(device_id, receipt_id, only_active=False)
             if granted > 0:
                 hold_id = uuid.uuid4().hex
                 tx.upsert_hold(
@@ -696,8 +705,9 @@ class HubRules:
     ) -> tuple[int, int, str] | None:
         """Under the customer's lock, if its ledger mark is still `mark`: the other
         receipts' active holds are taken from `spendable`, the receipt's hold is replaced
-        by one of what is granted; (granted, live balance, hold id or ""). None when the
-        mark moved. One transaction; a store may do it in one round trip (PostgreSQL:
+        by one of what is granted; (granted, live balance, hold id or ""). Nothing is
+        granted or written for a receipt already committed (`receipt_settled`). None when
+        the mark moved. One transaction; a store may do it in one round trip (PostgreSQL:
         `hub_claim_hold`, the same accounting in plpgsql)."""
         with self.write_tx() as tx:
             tx.lock_customers([customer_id])
@@ -710,6 +720,11 @@ class HubRules:
                 if not (dev == device_id and rid == receipt_id)
             )
             live_balance = spendable - held
+            if tx.receipt_settled(device_id, receipt_id):
+                # The till's deadline passed, it committed offline and pushed; this call
+                # came after the ingest: an ACTIVE hold now would take the points twice
+                # until it expired, and the SETTLED one must stay as it is.
+                return 0, live_balance, ""
             granted = max(0, min(points, live_balance))
             tx.delete_hold(device_id, receipt_id, only_active=False)
             if granted > 0:
@@ -1134,3 +1149,18 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
 
 def _default_program() -> dict[str, Any]:
     return Program().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _storable(t: TxIn) -> None:
+    """A NUL in a text field (a fiscal document an older till accepted) is refused by
+    PostgreSQL's text columns: the whole batch failed, and every push after it, so the
+    till's outbox was blocked for good. Refused alone here (REJECTED, set aside: its
+    payload is JSON, the NUL escaped), on either store, so both agree."""
+    for name, value in t.__dict__.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(f"{_camel(name)}: a NUL character cannot be stored")
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)

@@ -9,13 +9,16 @@ each pushed transaction's) to be that device. docs/PROTOCOL.md has the whole con
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import functools
 import hashlib
 import io
 import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -80,6 +83,15 @@ class HubConfig:
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_CHUNK:
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1 (got {self.max_workers})")
+        positive = ("heartbeat_s", "stream_max_s", "hold_ttl_s", "snapshot_ttl_s")
+        others = ("publish_every_s", "watch_interval_s", "full_wait_s", "rate_limit_bytes_s")
+        for name in (*positive, *others):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+                least = "above 0" if name in positive else "at least 0"
+                raise ValueError(f"{name} must be a finite number {least} (got {value})")
 
 
 class HubDir:
@@ -97,6 +109,15 @@ class HubDir:
         if store is None:
             store = os.environ.get("TILLPOINT_HUB_STORE", "")
         self.store_url = store.strip()
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", self.store_url)
+        if scheme is not None and not is_postgres_url(self.store_url):
+            # A mistyped URL ("postgressql://", "postgresql+psycopg://") became a SQLite
+            # file under a directory named after it, password and all, and the operator
+            # believed the database was loaded. The scheme alone is echoed, never the rest.
+            raise InputError(
+                f"the hub store '{scheme.group(1)}://…' is neither a postgresql:// (or"
+                " postgres://) URL nor a file path"
+            )
 
     @property
     def db(self) -> Path:
@@ -450,8 +471,11 @@ class SnapshotBuilder:
             while key in self._building:
                 self._cond.wait()
             hit = self._ready.get(key)
-            if hit is not None:
+            if hit is not None and _whole(hit):
                 return hit
+            if hit is not None:  # its file deleted (or cut) under the running hub
+                log.warning("snapshot file %s is gone: building it again", hit.path.name)
+                del self._ready[key]
             self._building.add(key)
         try:
             snap = self._build_once(version, base)
@@ -580,6 +604,15 @@ class SnapshotBuilder:
 BUILDERS_LOCK = "builders.lock"
 
 
+def _whole(snap: FileSnapshot) -> bool:
+    """Whether the snapshot's file is still there, at its size (an operator or a cleanup
+    may delete it under a running hub: it was served from memory, and every pull failed)."""
+    try:
+        return snap.path.stat().st_size == snap.size
+    except OSError:
+        return False
+
+
 @contextmanager
 def _flock(path: Path, how: int) -> Iterator[bool]:
     """flock(2) on `path` (made if missing) for the block; yields False when LOCK_NB was
@@ -674,8 +707,11 @@ def _one_connection(
 
     @functools.wraps(rpc)
     def run(self: HubServicer, request: _Req, context: grpc.ServicerContext) -> _Rep:
-        with self.store.pinned():
-            return rpc(self, request, context)
+        try:
+            with self.store.pinned():
+                return rpc(self, request, context)
+        except StorageError as exc:  # no connection to pin: the database is unavailable
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
 
     return run
 
@@ -710,7 +746,10 @@ class HubServicer(pb_grpc.HubServicer):
         device, fingerprint = _identity(bytes(pems[0]))
         if device is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "the certificate names no device")
-        record = self.store.device(device)
+        try:
+            record = self.store.device(device)
+        except StorageError as exc:  # a lost database: the hub did not answer (not UNKNOWN)
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         if record is None:
             _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"device {device} is not enrolled")
         if record.revoked_at is not None:
@@ -760,10 +799,17 @@ class HubServicer(pb_grpc.HubServicer):
         self.stats.pulls += 1
         size = self.config.chunk_size
         sha256 = bundle.sha256
-        with bundle.reader() as read:
+        with contextlib.ExitStack() as opened:
+            try:
+                read = opened.enter_context(bundle.reader())
+            except OSError as exc:  # deleted since it was chosen: the next pull rebuilds it
+                _abort(context, grpc.StatusCode.UNAVAILABLE, f"snapshot file: {exc}")
             for start in range(offset, bundle.size, size):
                 self._fail("pull.chunk")
-                data = read(start, size)
+                try:
+                    data = read(start, size)
+                except OSError as exc:
+                    _abort(context, grpc.StatusCode.UNAVAILABLE, f"snapshot file: {exc}")
                 yield pb.SnapshotChunk(
                     version=bundle.version,
                     base_version=bundle.base_version,
@@ -983,7 +1029,7 @@ def tx_in_of(tx: pb.Transaction) -> TxIn:
     return TxIn(
         device_id=tx.device_id,
         seq=tx.seq,
-        kind=pb.TransactionKind.Name(tx.kind),
+        kind=_kind_name(tx.kind),
         at=tx.at,
         customer_id=tx.customer_id,
         card=tx.card,
@@ -994,6 +1040,16 @@ def tx_in_of(tx: pb.Transaction) -> TxIn:
         pending_activates_at=tx.pending_activates_at,
         fiscal_document=tx.fiscal_document,
     )
+
+
+def _kind_name(kind: int) -> str:
+    """The kind's name; a number this hub does not know (a newer till's, or garbage) as
+    its digits, which the rules REJECT for that transaction alone (it failed the whole
+    batch with UNKNOWN, as `Name` raised)."""
+    try:
+        return pb.TransactionKind.Name(kind)  # type: ignore[arg-type]
+    except ValueError:
+        return str(kind)
 
 
 # The shortest keepalive interval the hub accepts from a till: half the tills' own

@@ -36,7 +36,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -44,7 +44,7 @@ from typing import IO, Any
 import grpc
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
-from tillpoint.agent.errors import InputError, TillpointError, UnreadableFile
+from tillpoint.agent.errors import InputError, SnapshotCorrupted, TillpointError, UnreadableFile
 from tillpoint.agent.ledger import open_ledger
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -93,6 +93,9 @@ class PullResult:
     resumed_from: int = 0
     message: str = ""
     sha256: str = ""
+    # REFUSED for what the bundle is (its signature, version, content): remembered, not
+    # downloaded again; False for bytes that did not arrive as declared (the transfer).
+    remembered: bool = True
 
 
 @dataclass
@@ -321,7 +324,9 @@ class Puller:
                 self._record({"error:pull": state.error_value(f"pull: {message}")})
                 raise
             now = state.now_text()
-            if result.status == "REFUSED":
+            if result.status == "REFUSED" and not result.remembered:
+                self._record({"error:pull": state.error_value(result.message)})
+            elif result.status == "REFUSED":
                 record = {
                     "version": result.version,
                     "sha256": result.sha256,
@@ -398,8 +403,8 @@ class Puller:
                     download = started
                 refusal = download.refusal(chunk)
                 if refusal is not None:
-                    download.abandon()
-                    return self._refused(download.bundle, refusal)
+                    download.abandon()  # the stream, not the bundle: not remembered
+                    return replace(self._refused(download.bundle, refusal), remembered=False)
                 download.append(chunk.data)
                 if progress is not None:
                     progress(download.received, download.bundle.total_size)
@@ -528,6 +533,11 @@ class Puller:
                 verified.apply(self.agent)
         except UnreadableFile:
             raise  # the file, not the bundle (EMFILE, EIO): the next pull tries again
+        except SnapshotCorrupted as exc:
+            # The bytes received are not what the hub declared (truncated, another
+            # checksum): the transfer failed, not the bundle; the next pull downloads it
+            # again (the hub may have rebuilt a damaged file meanwhile).
+            return replace(self._refused(partial, str(exc)), remembered=False)
         except InputError as exc:
             # SnapshotRefused (older, wrong base), or a signed bundle with a row this till
             # refuses (a balance past int64): the same bytes would be refused again, so

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from tillpoint.agent.errors import SnapshotRefused
+from tillpoint.agent.errors import SnapshotCorrupted, SnapshotRefused
 
 if TYPE_CHECKING:
     from tillpoint.agent.cache import CacheInfo
@@ -211,12 +211,12 @@ def verify(
 def _check_size(size: int, declared: int | None) -> None:
     if declared is not None and size != declared:
         what = "truncated" if size < declared else "longer than declared"
-        raise SnapshotRefused(f"snapshot refused: {what} ({size} of {declared} bytes)")
+        raise SnapshotCorrupted(f"snapshot refused: {what} ({size} of {declared} bytes)")
 
 
 def _check_sha256(digest: bytes, declared: bytes | None) -> None:
     if declared is not None and digest != declared:
-        raise SnapshotRefused("snapshot refused: its checksum does not match (corrupted)")
+        raise SnapshotCorrupted("snapshot refused: its checksum does not match (corrupted)")
 
 
 def _check_signature(

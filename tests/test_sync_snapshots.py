@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.errors import InputError, SnapshotRefused
 from tillpoint.agent.ledger import open_ledger
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.sync import load_snapshot_file, sync_status
+from tillpoint.sync import load_snapshot_file, state, sync_status
 from tillpoint.sync.hub_server import Bundle, HubConfig, HubServicer
 from tillpoint.sync.hub_store import ImportRow, TxIn
 from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, receipt, sample_master_data
@@ -322,6 +322,32 @@ def test_a_bit_flipped_on_the_way_is_refused(hub: LoopbackHub, till: Till) -> No
     result = puller(till).pull()
     assert result.status == "REFUSED" and "checksum" in result.message
     still_serving_version_1(till)
+
+
+def test_a_bundle_corrupted_on_the_way_is_downloaded_again(hub: LoopbackHub, till: Till) -> None:
+    """A size or checksum mismatch is the transfer, not the bundle: it was remembered as
+    a refusal of that (version, sha256), and the till never downloaded it again, even
+    once the hub served it whole (a rebuilt file). Only what the bundle is (signature,
+    version, content) is remembered."""
+    assert puller(till).pull().status == "APPLIED"
+
+    def flip(i: int, chunk: pb.SnapshotChunk) -> pb.SnapshotChunk:
+        if i == 0:
+            chunk.data = flip_bit(chunk.data, len(chunk.data) // 2)
+        return chunk
+
+    rogue(hub).chunk_hook = flip
+    hub.publish()
+    first = puller(till).pull()
+    assert first.status == "REFUSED" and "checksum" in first.message
+    conn = open_ledger(till.data_dir)
+    try:
+        assert state.get(conn, "refused") is None  # not remembered
+    finally:
+        conn.close()
+    rogue(hub).chunk_hook = None  # served whole this time: the same version, the same hash
+    again = puller(till).pull()
+    assert (again.status, again.version, again.sha256) == ("APPLIED", first.version, first.sha256)
 
 
 def test_more_data_than_declared_is_refused(hub: LoopbackHub, till: Till) -> None:
@@ -687,3 +713,40 @@ def test_snapshot_files_signed_the_v2_way_are_built_again(hub: LoopbackHub) -> N
     assert fresh.full_ready(1) is None and not built.path.exists()
     again = fresh.bundle(1, 0)
     assert (again.sha256, again.signature) == (built.sha256, built.signature)
+
+
+def test_a_snapshot_file_deleted_under_the_running_hub_is_built_again(
+    hub: LoopbackHub, till: Till, tmp_path: Path
+) -> None:
+    """The builder served its in-memory entry without looking at the file: once an
+    operator (or a cleanup) deleted it, every pull needing it failed with UNKNOWN until
+    a new version or a restart. It is rebuilt now, and a file gone between the choice and
+    the read is UNAVAILABLE."""
+    assert puller(till).pull().status == "APPLIED"
+    files = sorted((hub.root / "snapshots").glob("v*-full.*"))
+    assert files
+    for path in files:
+        path.unlink()
+    other = hub.till("till-2", tmp_path / "till-2", start=False)
+    try:
+        assert puller(other).pull().status == "APPLIED"
+    finally:
+        other.stop()
+    assert sorted((hub.root / "snapshots").glob("v*-full.*")) == files
+
+
+def test_a_snapshot_file_gone_as_it_is_opened_is_unavailable(hub: LoopbackHub, till: Till) -> None:
+    snap = hub.server.builder.bundle(1, 0)
+
+    class Gone:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(snap, name)
+
+        def reader(self) -> Any:
+            raise FileNotFoundError(2, "No such file or directory", str(snap.path))
+
+    hub.server.builder.bundle = lambda version, base: Gone()  # type: ignore[method-assign]
+    with pytest.raises(grpc.RpcError) as err:
+        puller(till).pull()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "snapshot file" in (err.value.details() or "")
