@@ -1114,12 +1114,19 @@ def insert_print_job(
     return cur.rowcount == 1
 
 
+# The start of a held print job's `last_error` (printer/queue.py: sent, and the printer
+# answered nothing after it).
+PRINT_UNCONFIRMED = "sent, not confirmed"
+
+
 def requeue_print_job(conn: sqlite3.Connection, receipt_id: str) -> bool:
-    """A FAILED (or DONE) job back in the queue; False when there is no such job."""
+    """A FAILED (or DONE) job back in the queue, or a held one (sent and not confirmed)
+    sent again now; False when there is no such job."""
     cur = conn.execute(
         "UPDATE print_jobs SET state = 'PENDING', next_attempt_at = NULL, last_error = NULL "
-        "WHERE receipt_id = ? AND state IN ('FAILED', 'DONE')",
-        (receipt_id,),
+        "WHERE receipt_id = ? AND (state IN ('FAILED', 'DONE')"
+        " OR (state = 'PENDING' AND substr(last_error, 1, ?) = ?))",
+        (receipt_id, len(PRINT_UNCONFIRMED), PRINT_UNCONFIRMED),
     )
     return cur.rowcount == 1
 

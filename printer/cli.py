@@ -165,7 +165,7 @@ def _retry(settings: Any, args: argparse.Namespace) -> int:
     from tillpoint.printer.queue import requeue
 
     if not requeue(_ledger(settings), args.receipt_id):
-        raise InputError(f"no failed or printed job for receipt {args.receipt_id}")
+        raise InputError(f"no failed, held or printed job for receipt {args.receipt_id}")
     return _emit(
         args,
         {"requeued": args.receipt_id},

@@ -64,7 +64,13 @@ from typing import Any, Literal, TypedDict
 
 from tillpoint.agent.db import connect
 from tillpoint.agent.errors import InputError
-from tillpoint.agent.ledger import insert_print_job, migrate_ledger, print_jobs, requeue_print_job
+from tillpoint.agent.ledger import (
+    PRINT_UNCONFIRMED,
+    insert_print_job,
+    migrate_ledger,
+    print_jobs,
+    requeue_print_job,
+)
 from tillpoint.printer import _escpos
 from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.errors import ConnectionLost, PrinterError
@@ -269,8 +275,8 @@ def query_health(transport: Transport, timeout_s: float) -> Health:
 # The start of a job's `last_error` while it was sent and never confirmed (no `GS r`, no
 # `DLE EOT` answer after it): the job is held, with every job behind it, until the printer
 # answers `DLE EOT` again, and then sent again. Stored in the row, so it holds across a
-# restart; `print retry` clears it.
-UNCONFIRMED = "sent, not confirmed"
+# restart; `print retry` sends it again at once (held again if still unanswered).
+UNCONFIRMED = PRINT_UNCONFIRMED
 
 
 class _Unconfirmed(Exception):
@@ -413,14 +419,9 @@ class PrintWorker:
         return n
 
     def requeue(self, receipt_id: str) -> bool:
-        """Print a FAILED (or DONE) job again, on an operator's request."""
+        """Print a FAILED (or DONE) job again, or a held one now, on an operator's request."""
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE print_jobs SET state = 'PENDING', next_attempt_at = NULL, "
-                "last_error = NULL WHERE receipt_id = ? AND state IN ('FAILED', 'DONE')",
-                (receipt_id,),
-            )
-            changed = cur.rowcount == 1
+            changed = requeue_print_job(conn, receipt_id)
         if changed:
             self.wake()
         return changed

@@ -317,6 +317,30 @@ def test_a_printer_that_answers_nothing_keeps_the_job_and_holds_the_queue(
     assert ledger_mod.print_queue_health(conn)[2] == ""
 
 
+def test_print_retry_sends_a_held_job_at_once(ledger: Path, printer: VirtualPrinter) -> None:
+    """A held job (sent, the printer answered nothing) is PENDING: `print retry` said "no
+    failed or printed job" and the operator had no way to have it sent now. It is sent
+    again at once (held again if the printer still answers nothing)."""
+    from tillpoint.printer import queue as queue_mod
+
+    printer.answer_status = False
+    add_job(ledger)
+    clock = Clock()
+    w = worker(ledger, printer.port, clock, confirm_timeout_s=0.3)
+    w.run_once()
+    assert w.job("s1-t1-000123")["last_error"].startswith("sent, not confirmed")  # type: ignore[index]
+    assert queue_mod.requeue(ledger, "s1-t1-000123")  # the CLI's `print retry`
+    job = w.job("s1-t1-000123")
+    assert job is not None and (job["state"], job["last_error"]) == ("PENDING", None)
+    w.run_once()  # sent now, without waiting for the backoff: held again
+    assert len(printer.documents) == 2
+    assert w.requeue("s1-t1-000123")  # the running agent's own path
+    printer.answer_status = True
+    w.run_once()
+    assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+    assert not queue_mod.requeue(ledger, "no-such-receipt")
+
+
 def test_a_wedged_printer_loses_no_coupon_and_is_not_reported_ok(ledger: Path) -> None:
     """The audit's blackhole: a printer that accepts TCP and never reads. The start-up
     probe said OK, and every coupon was DONE and lost. The probe says ERROR; the job waits
