@@ -461,8 +461,10 @@ class Agent:
             if stored is not None and request and not _same_body(stored[0], request.data):
                 stored = None
             if stored is not None and receipt.explain and "trace" not in stored[1]:
-                # support's "why this price?" after the sale: priced again for its trace
-                retrace = self._price(receipt, view, commit=False, reads=conn).result
+                # support's "why this price?" after the sale: priced again for its trace;
+                # what pricing now refuses (a card blocked since) leaves the answer as is
+                with contextlib.suppress(TillpointError):
+                    retrace = self._price(receipt, view, commit=False, reads=conn).result
             if stored is None:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which

@@ -112,3 +112,25 @@ def test_a_scanned_text_with_a_leading_dash_is_told_how_to_give_it(tmp_path: Pat
     assert done.returncode == 2
     assert "goes after --: -- -2770000000017-" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_quote_explain_of_a_sale_whose_card_was_blocked_since_answers(tmp_path: Path) -> None:
+    """The committed figures are answered whatever the card is now; pricing again for the
+    trace is refused for a card blocked since the sale, and that refused the quote."""
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        snapshot = _load("snapshot.json")
+        agent.load_snapshot(snapshot)
+        body = _load("receipt-redemption.json")
+        sold = agent.checkout(receipt_from_json(body))
+        cards = snapshot["cards"]
+        assert isinstance(cards, list)
+        for card in cards:
+            card["status"] = "BLOCKED"
+        agent.load_snapshot({**snapshot, "version": int(str(snapshot["version"])) + 1})
+        plain = agent.quote(receipt_from_json(body))
+        explained = agent.quote(receipt_from_json({**body, "explain": True}))
+        assert explained.payable_minor == plain.payable_minor == sold.payable_minor
+        assert explained.trace is None
+    finally:
+        agent.close()
