@@ -623,6 +623,12 @@ def _limits(name: str) -> dict[str, dict[str, Any]]:
                 **({"minLength": 1} if key in required else {}),
                 # balance's `at` is read as a receipt's (`_time_of_a_sale`): its pattern
                 **(_limits("Receipt")["at"] if key == "at" else {}),
+                # no control characters, as in a receipt's ids (`Agent.confirm`)
+                **(
+                    {"pattern": _limits("Receipt")["receiptId"]["pattern"]}
+                    if key == "fiscalDocument"
+                    else {}
+                ),
             }
             for key in (*required, *optional)
         }

@@ -686,6 +686,7 @@ def test_openapi_states_the_limits_the_models_check(client: Client) -> None:
         ("/v1/quote", quote(23, at="9001-01-01T00:00:00+03:00"), False),
         ("/v1/balance", {"card": "2770000000017", "at": "9001-01-01T00:00:00Z"}, False),
         ("/v1/confirm", {"receipt_id": ""}, False),
+        ("/v1/confirm", {"receiptId": "lim-h", "fiscalDocument": "FD\u00001"}, False),
         ("/v1/cancel", {"receipt_id": "lim-none"}, NOT_DESCRIBED),  # 404: read, not known
         ("/v1/cancel", {"receiptId": "lim-none"}, True),
     ]
