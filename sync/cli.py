@@ -365,6 +365,7 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_import import read_file
     from .progress import ProgressBar
 
+    ttl_s = _ttl_hours(args.ttl_hours) * 3600 if args.publish else 0.0  # before importing
     hub = _hub(settings, args)
     if hub.on_postgres:
         hub.init()  # the database is shared: the keys make the hub here (as hub.db does)
@@ -381,7 +382,7 @@ def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
             "draftRows": store.draft_size(),
         }
         if args.publish:
-            pub = store.publish(_now(), _ttl_hours(args.ttl_hours) * 3600)
+            pub = store.publish(_now(), ttl_s)
             data["publishedVersion"] = pub.version
 
     def human(d: dict[str, Any]) -> str:

@@ -355,3 +355,24 @@ def test_a_hub_config_refuses_what_no_server_can_run_with() -> None:
         with pytest.raises(ValueError, match=next(iter(bad))):
             HubConfig(**bad)  # type: ignore[arg-type]
     assert HubConfig(publish_every_s=0).publish_every_s == 0  # 0: only `hub publish`
+
+
+def test_an_import_with_a_bad_ttl_stores_nothing(
+    hub_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hub import --publish --ttl-hours nan` stored the rows, then exited 2 on the TTL."""
+    from tillpoint.agent.cli import main
+
+    data = sample_master_data()
+    data["products"] = [
+        *data["products"],
+        {"sku": "9990000000001", "name": "x", "category": "dairy"},
+    ]
+    catalogue = tmp_path / "more.json"
+    catalogue.write_text(json.dumps(data), encoding="utf-8")
+    argv = ["hub", "import", str(catalogue), "--publish", "--ttl-hours", "nan"]
+    assert main([*argv, "--hub-dir", str(hub_dir)]) == 2
+    capsys.readouterr()
+    assert main(["hub", "status", "--json", "--hub-dir", str(hub_dir)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status.get("draftRows", 0) == 0, status
