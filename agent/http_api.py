@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import h11
 import uvicorn
@@ -511,18 +512,19 @@ def _origin_form(scope: Any) -> Any:
     with the path of its URI, which uvicorn leaves whole in `path`; any other unchanged
     (`OPTIONS *`, a path with no slash: no call's)."""
 
-    def path_of(target: Any, sep: Any, slash: Any) -> Any:
-        scheme, found, rest = target.partition(sep)
+    def path_of(target: str) -> str | None:
+        scheme, found, rest = target.partition("://")
         if not found or scheme.lower() not in ("http", "https"):
             return None
-        start = rest.find(slash)
-        return rest[start:] if start >= 0 else slash
+        start = rest.find("/")
+        return rest[start:] if start >= 0 else "/"
 
-    path = path_of(scope["path"], "://", "/")
-    if path is None:
+    if path_of(scope["path"]) is None:
         return scope
-    raw = path_of(bytes(scope.get("raw_path") or b""), b"://", b"/")
-    return {**scope, "path": path, "raw_path": raw if raw is not None else path.encode()}
+    # the path cut from the target as sent, then decoded as uvicorn decodes an origin-form
+    # one: an escaped slash in the authority (`http://x%2Fv1%2Fcheckout`) is no path
+    raw = path_of(bytes(scope.get("raw_path") or b"").decode("ascii", "replace")) or "/"
+    return {**scope, "path": unquote(raw), "raw_path": raw.encode("ascii", "replace")}
 
 
 async def _read_body(scope: Any, receive: Any) -> bytes:

@@ -91,6 +91,13 @@ def test_an_absolute_form_request_target_is_served(server: HttpServer) -> None:
     assert (status, code) == (404, "NOT_FOUND") and "GET / " in message
     status, code, message = error_of(client.post(f"{origin}/v1/nothing", {}))
     assert status == 404 and "POST /v1/nothing " in message
+    # an escaped slash in the authority is no path (it routed to the call it spelled)
+    status, code, message = error_of(
+        client.post("http://x%2Fv1%2Fquote", receipt("abs-2"), headers={"Host": "till"})
+    )
+    assert (status, code) == (404, "NOT_FOUND") and "POST / " in message
+    answer = client.post(f"{origin}/v1/%71uote", receipt("abs-1"))  # an escaped path: decoded
+    assert (answer.status, answer.body) == (200, usual.body)
     client.close()
 
 
