@@ -84,7 +84,9 @@ def _encodes(codec: str, ch: str) -> bool:
     return True
 
 
-_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_HOST_NAME = re.compile(
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?"
+)  # a trailing dot: fully qualified
 
 
 def _check_host(host: str) -> None:

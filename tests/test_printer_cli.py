@@ -167,7 +167,14 @@ def test_a_printer_host_the_connection_cannot_take_is_refused(
     config.write_text(f'[printer]\nkind = "network"\nhost = "{host}"\n', encoding="utf-8")
     run = cli("--config", config, "config", "check")
     assert run.code == 2 and run.err.count("\n") == 1 and says in run.err, run
-    for fine in ("192.168.1.50", "::1", "fe80::1%eth0", "printer-1.shop.local", "PRN_01"):
+    for fine in (
+        "192.168.1.50",
+        "::1",
+        "fe80::1%eth0",
+        "printer-1.shop.local",
+        "prn.shop.example.",
+        "PRN_01",
+    ):
         assert PrinterConfig(kind="network", host=fine).host == fine
 
 
