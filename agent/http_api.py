@@ -96,21 +96,14 @@ def error_response(code: str, message: str, headers: dict[str, str] | None = Non
     return Response(body, status, headers=headers, media_type=JSON)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def _shown(value: bytes, limit: int = 100) -> str:
-    """A header's value as text in a message: UTF-8 (other bytes as \\xNN), control
-    characters escaped, cut with an ellipsis past `limit` characters."""
-    return _text(value.decode("utf-8", "backslashreplace"), limit)
+    """A header's value as text in a message: UTF-8 (other bytes as \\xNN), cut with an
+    ellipsis past `limit` characters (`error_body`'s `one_line` escapes its controls)."""
+    return _cut(value.decode("utf-8", "backslashreplace"), limit)
 
 
-def _text(text: str, limit: int = 100) -> str:
-    """`text` for a message: control characters escaped, cut with an ellipsis past
-    `limit` characters."""
-    cut = len(text) > limit
-    text = _CONTROL.sub(lambda m: ascii(m[0])[1:-1], text[:limit])
-    return text + "…" if cut else text
+def _cut(text: str, limit: int = 100) -> str:
+    return text[:limit] + "…" if len(text) > limit else text
 
 
 # ---------------------------------------------------------------- the calls
@@ -677,16 +670,15 @@ def _message_schema(
         if limit.get("items") and "$ref" not in schema:
             schema = {**schema, **limit["items"]}
         limit.pop("items", None)
-        if request and field.cpp_type in _INT64_TYPES and not field.is_repeated:
-            schema = _int64_schema(schema, limit)
-            limit = {}
         if field.is_repeated:
             schema = {"type": "array", "items": schema}
-        if limit and (field.is_repeated or schema.get("type") == "string"):
+        # a string's or a list's limits, an integer's range (an int64 the agent also reads
+        # as a digit string, proto3 JSON's, is described as the integer a client sends)
+        if limit and (field.is_repeated or schema.get("type") in ("string", "integer")):
             schema = {**schema, **limit}
         # null is a field left out (proto3 JSON): fine for any field but a required one
         if (field.has_presence or request) and field.json_name not in required:
-            schema = {"anyOf": [*schema.get("anyOf", [schema]), {"type": "null"}]}
+            schema = {"anyOf": [schema, {"type": "null"}]}
         properties[field.json_name] = schema
     described: dict[str, Any] = {"type": "object", "properties": properties}
     if request:
@@ -695,16 +687,6 @@ def _message_schema(
         properties[name] = {"type": "string", "enum": list(values)}
     schemas[desc.name] = described
     return ref
-
-
-_INT64_TYPES = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
-
-
-def _int64_schema(schema: dict[str, Any], limit: dict[str, Any]) -> dict[str, Any]:
-    """A request's int64: a JSON integer in the model's range. The agent also reads one
-    written as a digit string (proto3 JSON), which the schema does not describe: a
-    union of integer and string makes a generated client's field an object."""
-    return {**schema, **{k: v for k, v in limit.items() if k in ("minimum", "maximum")}}
 
 
 def _request_rules(name: str, required: list[str]) -> dict[str, Any]:
@@ -964,7 +946,7 @@ class _Protocol(h11_impl.H11Protocol):
             reason = f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB"
         else:  # h11's words, its "illegal request line: bytearray(b'…')" without the repr
             reason = _BYTES_REPR.sub(r"\2", str(exc))
-        _, body = error_body("INVALID_ARGUMENT", f"invalid HTTP request: {_text(reason, 120)}")
+        _, body = error_body("INVALID_ARGUMENT", f"invalid HTTP request: {_cut(reason, 120)}")
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer started yet
             self.transport.write(
                 b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\ncontent-type: %s\r\n"
