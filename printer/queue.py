@@ -688,7 +688,7 @@ class PrintWorker:
         """Connect, and ask the printer how it is when the transport reads (`DLE EOT`)."""
         self._contact = time.monotonic()
         transport.open()
-        if transport.readable and self.config.query_status:
+        if self._asks(transport):
             return query_health(transport, self.config.status_timeout_s)
         return Health(known=False)
 
