@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 from tillpoint.agent.coupons import issued_by, issued_prefix
 from tillpoint.agent.errors import InputError, NotFound
 from tillpoint.agent.expiry import Movement, Wallet, expiry_time, wallet_of
@@ -1158,9 +1159,4 @@ def _storable(t: TxIn) -> None:
     payload is JSON, the NUL escaped), on either store, so both agree."""
     for name, value in t.__dict__.items():
         if isinstance(value, str) and "\x00" in value:
-            raise ValueError(f"{_camel(name)}: a NUL character cannot be stored")
-
-
-def _camel(name: str) -> str:
-    first, *rest = name.split("_")
-    return first + "".join(part.title() for part in rest)
+            raise ValueError(f"{to_camel(name)}: a NUL character cannot be stored")
