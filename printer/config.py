@@ -84,9 +84,8 @@ def _encodes(codec: str, ch: str) -> bool:
     return True
 
 
-_HOST_NAME = re.compile(
-    r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?"
-)  # a trailing dot: fully qualified
+# A host name, with the trailing dot of a fully qualified one if written so.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 
 
 def _check_host(host: str) -> None:
