@@ -497,6 +497,24 @@ class SnapshotBuilder:
         )
         return snap
 
+    def damaged(self, bundle: Bundle) -> None:
+        """Delete a file found damaged while it was sent: the next pull that needs it
+        builds it again (`_get`: its file is not whole), with the same bytes as signed
+        (builds are deterministic). Only while it is still the file served: a rebuild
+        writes the same name."""
+        with self._cond:
+            if self._ready.get((bundle.version, bundle.base_version)) is not bundle:
+                return
+            if isinstance(bundle, FileSnapshot):
+                bundle.path.with_suffix(".json").unlink(missing_ok=True)
+                bundle.path.unlink(missing_ok=True)
+        log.error(
+            "snapshot %d (from %d) does not hash to what was signed (a damaged disk?):"
+            " its file is deleted and built again on the next pull",
+            bundle.version,
+            bundle.base_version,
+        )
+
     def request_full(self, version: int) -> None:
         """Ask the background thread for this version's full snapshot (newest wins)."""
         with self._cond:
@@ -799,6 +817,11 @@ class HubServicer(pb_grpc.HubServicer):
         self.stats.pulls += 1
         size = self.config.chunk_size
         sha256 = bundle.sha256
+        # A whole file sent is hashed on the way, and its last chunk held back unless the
+        # hash is the one signed: a file damaged on the hub's disk (same size, other
+        # bytes) is dropped and built again, instead of being sent to every till after
+        # every pull backoff, each till refusing it (the checksum) and asking again.
+        digest = hashlib.sha256() if offset == 0 else None
         with contextlib.ExitStack() as opened:
             try:
                 read = opened.enter_context(bundle.reader())
@@ -810,6 +833,16 @@ class HubServicer(pb_grpc.HubServicer):
                     data = read(start, size)
                 except OSError as exc:
                     _abort(context, grpc.StatusCode.UNAVAILABLE, f"snapshot file: {exc}")
+                if digest is not None:
+                    digest.update(data)
+                    if start + size >= bundle.size and digest.digest() != sha256:
+                        self.builder.damaged(bundle)
+                        _abort(
+                            context,
+                            grpc.StatusCode.DATA_LOSS,
+                            f"snapshot {bundle.version} is damaged on the hub (its file is"
+                            " not what was signed); it is being built again: pull again",
+                        )
                 yield pb.SnapshotChunk(
                     version=bundle.version,
                     base_version=bundle.base_version,

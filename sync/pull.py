@@ -408,13 +408,22 @@ class Puller:
                 download.append(chunk.data)
                 if progress is not None:
                     progress(download.received, download.bundle.total_size)
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
             if watchdog.fired:
                 at = download.received if download else partial.offset if partial else 0
                 raise PullInterrupted(
                     f"the snapshot stream stalled for {watchdog.limit:g} s; will resume"
                     f" at byte {at}"
                 ) from None
+            if (
+                download is not None
+                and isinstance(exc, grpc.Call)
+                and exc.code() == grpc.StatusCode.DATA_LOSS
+            ):
+                # The hub found its file damaged as it sent it (and builds it again):
+                # what arrived is not the bundle, so the next pull starts from byte 0.
+                download.abandon()
+                self._discard()
             raise
         finally:
             watchdog.stop()

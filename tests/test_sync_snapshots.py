@@ -27,7 +27,7 @@ from tillpoint.agent.errors import InputError, SnapshotRefused
 from tillpoint.agent.ledger import open_ledger
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync import load_snapshot_file, state, sync_status
-from tillpoint.sync.hub_server import Bundle, HubConfig, HubServicer
+from tillpoint.sync.hub_server import Bundle, FileSnapshot, HubConfig, HubServicer
 from tillpoint.sync.hub_store import ImportRow, TxIn
 from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, receipt, sample_master_data
 from tillpoint.sync.pull import NoSpace, Puller, PullInterrupted, cache_version
@@ -750,3 +750,29 @@ def test_a_snapshot_file_gone_as_it_is_opened_is_unavailable(hub: LoopbackHub, t
         puller(till).pull()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "snapshot file" in (err.value.details() or "")
+
+
+def test_a_snapshot_file_damaged_on_the_hubs_disk_is_built_again(
+    hub: LoopbackHub, till: Till
+) -> None:
+    """A file rotted on the hub's disk at its size was served as it was: every till
+    refused it (the checksum), forgot the refusal (a transfer fault) and downloaded it
+    all again after each pull backoff, for ever. The hub hashes a whole file as it sends
+    it, holds back the last chunk when the hash is not the signed one, deletes the file
+    (the next pull builds it again) and says DATA_LOSS; the till drops what arrived."""
+    built = hub.server.builder.bundle(1, 0)
+    assert isinstance(built, FileSnapshot)
+    signed = built.path.read_bytes()
+    with built.path.open("r+b") as fh:  # one bit, mid-file: the same size
+        fh.seek(len(signed) // 2)
+        fh.write(bytes([signed[len(signed) // 2] ^ 0x01]))
+    with pytest.raises(grpc.RpcError) as err:
+        puller(till).pull()
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert "damaged on the hub" in (err.value.details() or "")
+    assert not built.path.exists()  # deleted: the next pull builds it again
+    assert not puller(till).part.exists()  # nothing of it kept
+    assert cache_version(till.data_dir) == 0
+    again = puller(till).pull()
+    assert (again.status, again.version) == ("APPLIED", 1)
+    assert built.path.read_bytes() == signed  # the same bytes as signed
