@@ -259,7 +259,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return emit(
             args,
             camel_keys(shown),
-            lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
+            lambda _: "configuration is valid\n" + json.dumps(shown, indent=2, ensure_ascii=False),
         )
 
     from tillpoint.sync import require_device

@@ -107,3 +107,11 @@ def test_the_contract_names_every_command() -> None:
             continue
         missing.append(command)
     assert not missing, f"commands docs/CONTRACT.md §10 does not name: {missing}"
+
+
+def test_config_check_shows_the_text_as_written(cli: CLI) -> None:
+    """The text form printed the example's Cyrillic heading as \\u0412\\u0410...: unreadable
+    to the person checking the file."""
+    run = cli("--config", str(EXAMPLE), "config", "check")
+    assert run.code == 0, run.err
+    assert '"heading": "ВАШИ ПРЕДЛОЖЕНИЯ"' in run.out
