@@ -115,3 +115,37 @@ def test_config_check_shows_the_text_as_written(cli: CLI) -> None:
     run = cli("--config", str(EXAMPLE), "config", "check")
     assert run.code == 0, run.err
     assert '"heading": "ВАШИ ПРЕДЛОЖЕНИЯ"' in run.out
+
+
+def test_the_units_paths_are_what_the_package_installs() -> None:
+    """The units start the program the package's postinst builds (its venv), document the
+    README build-deb.sh installs, and write where postinst made their directories."""
+    packaging = REPO / "packaging"
+    build = (packaging / "build-deb.sh").read_text(encoding="utf-8")
+    postinst = (packaging / "debian" / "postinst").read_text(encoding="utf-8")
+    assert 'venv --clear "$ROOT/opt/tillpoint/venv"' in postinst
+    assert "ln -s /opt/tillpoint/venv/bin/tillpoint" in build
+    assert 'install -m 0644 README.md CHANGELOG.md "$STAGE/opt/tillpoint/"' in build
+    for unit, data in (
+        ("tillpoint.service", "/var/lib/tillpoint"),
+        ("tillpoint-hub.service", "/var/lib/tillpoint-hub"),
+    ):
+        text = (packaging / unit).read_text(encoding="utf-8")
+        assert f"packaging/{unit} " in build  # shipped
+        start = re.search(r"^ExecStart=(\S+)", text, re.M)
+        assert start is not None and start.group(1) == "/opt/tillpoint/venv/bin/tillpoint"
+        assert (
+            f"ReadWritePaths={data}\n" in text
+            and f"StateDirectory={data.rsplit('/', 1)[1]}\n" in text
+        )
+        assert (
+            "install -d -o tillpoint -g tillpoint -m 07" in postinst and f" {data}\n" in postinst
+        )
+        doc = re.search(r"^Documentation=file://(\S+)", text, re.M)
+        assert doc is None or doc.group(1) == "/opt/tillpoint/README.md"
+    agent = (packaging / "tillpoint.service").read_text(encoding="utf-8")
+    assert "--config /etc/tillpoint/tillpoint.toml run" in agent
+    assert '"$STAGE/etc/tillpoint/tillpoint.toml"' in build
+    assert "Environment=TILLPOINT_DATA_DIR=/var/lib/tillpoint\n" in agent
+    hub = (packaging / "tillpoint-hub.service").read_text(encoding="utf-8")
+    assert "--hub-dir /var/lib/tillpoint-hub" in hub
