@@ -166,3 +166,69 @@ def test_the_docs_name_every_package_the_distribution_installs() -> None:
         assert re.search(
             rf"^{re.escape(folders[package])}/?\s+→ {re.escape(package)}\s", architecture, re.M
         ), package
+
+
+def test_the_readme_python_client_example_runs_against_tillpoint_run(tmp_path: Path) -> None:
+    """The README's `PosAgentClient` block, pasted, against a real `tillpoint run` seeded
+    with the walkthrough's snapshot (its gRPC port moved off the default)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import free_port
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    block = next(b for b in blocks if "PosAgentClient(" in b)
+    assert '"127.0.0.1:50061"' in block  # the default it shows
+    port = free_port()
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    data = tmp_path / "data"
+    exe = str(Path(sys.executable).parent / "tillpoint")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env.update(
+        TILLPOINT_DEVICE_ID="till-1",
+        TILLPOINT_SERVER__LISTEN=f"127.0.0.1:{port}",
+        TILLPOINT_HTTP__LISTEN="127.0.0.1:0",
+        TILLPOINT_METRICS__ENABLED="false",
+    )
+    load = [exe, "--data-dir", str(data), "snapshot", "load", "examples/snapshot.json"]
+    subprocess.run(load, cwd=tmp_path, env=env, check=True, timeout=60, capture_output=True)
+    agent = subprocess.Popen(
+        [exe, "--data-dir", str(data), "run"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (data / "serving.json").exists():
+            assert agent.poll() is None and time.monotonic() < deadline, (
+                "tillpoint run never served"
+            )
+            time.sleep(0.05)
+        (tmp_path / "client.py").write_text(
+            block.replace('"127.0.0.1:50061"', f'"127.0.0.1:{port}"'), encoding="utf-8"
+        )
+        done = subprocess.run(
+            [sys.executable, "client.py"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert "'status': 'FOUND'" in first and "'firstName': 'Борис'" in first
+    assert second == "35831 4"  # receipt-card.json: 363,80 less 5,49; tobacco earns nothing
