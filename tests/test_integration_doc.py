@@ -71,6 +71,13 @@ def test_the_examples_are_well_formed(tmp_path: Path) -> None:
 def test_the_java_example_compiles(tmp_path: Path) -> None:
     (tmp_path / "TillExample.java").write_text(example("java"), encoding="utf-8")
     subprocess.run([str(JAVAC), "TillExample.java"], cwd=tmp_path, check=True, timeout=180)
+    # the heading's promise: "JDK 15 or later" (text blocks came in 15)
+    heading = re.search(r"^### Java \(JDK (\d+) or later", DOC.read_text(encoding="utf-8"), re.M)
+    assert heading is not None
+    release = ["--release", heading.group(1), "-d", "release"]
+    subprocess.run(
+        [str(JAVAC), *release, "TillExample.java"], cwd=tmp_path, check=True, timeout=180
+    )
 
 
 def test_the_curl_example_runs(agent_url: str, tmp_path: Path) -> None:
