@@ -103,7 +103,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tillpoint",
         description="Loyalty edge agent for retail checkouts.",
-        epilog="Docs: README.md and docs/ in the source tree.",
+        epilog="Docs: README.md and docs/ in the source tree (/opt/tillpoint on a packaged till).",
     )
     parser.add_argument("--data-dir", type=_data_dir, help="the till's data directory")
     parser.add_argument(

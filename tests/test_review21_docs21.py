@@ -232,3 +232,13 @@ def test_the_readme_python_client_example_runs_against_tillpoint_run(tmp_path: P
     first, second = done.stdout.splitlines()
     assert "'status': 'FOUND'" in first and "'firstName': 'Борис'" in first
     assert second == "35831 4"  # receipt-card.json: 363,80 less 5,49; tobacco earns nothing
+
+
+def test_help_points_at_the_docs_where_the_package_puts_them() -> None:
+    """`tillpoint --help` sent a till's engineer to "the source tree", which a till with
+    the package has not: build-deb.sh puts README.md and docs/ under /opt/tillpoint."""
+    from tillpoint.agent.cli import build_parser
+
+    epilog = build_parser().epilog or ""
+    build = (REPO / "packaging" / "build-deb.sh").read_text(encoding="utf-8")
+    assert "/opt/tillpoint" in epilog and '"$STAGE/opt/tillpoint/docs/"' in build
