@@ -103,7 +103,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tillpoint",
         description="Loyalty edge agent for retail checkouts.",
-        epilog="Docs: README.md and docs/ in the source tree.",
+        epilog="Docs: README.md and docs/ in the source tree (/opt/tillpoint on a packaged till).",
     )
     parser.add_argument("--data-dir", type=_data_dir, help="the till's data directory")
     parser.add_argument(
@@ -259,7 +259,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return emit(
             args,
             camel_keys(shown),
-            lambda _: "configuration is valid\n" + json.dumps(shown, indent=2),
+            lambda _: "configuration is valid\n" + json.dumps(shown, indent=2, ensure_ascii=False),
         )
 
     from tillpoint.sync import require_device

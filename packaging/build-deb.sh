@@ -42,6 +42,8 @@ install -m 0644 packaging/60-tillpoint.rules "$STAGE/lib/udev/rules.d/60-tillpoi
 install -m 0644 README.md CHANGELOG.md "$STAGE/opt/tillpoint/"
 install -d "$STAGE/opt/tillpoint/docs"  # the README's links: docs/*.md beside it
 install -m 0644 docs/*.md "$STAGE/opt/tillpoint/docs/"
+install -d "$STAGE/opt/tillpoint/examples"  # the walkthrough's and INTEGRATION.md's files
+install -m 0644 examples/*.json "$STAGE/opt/tillpoint/examples/"
 ln -s /opt/tillpoint/venv/bin/tillpoint "$STAGE/usr/bin/tillpoint"
 install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm "$STAGE/DEBIAN/"
 install -m 0644 packaging/debian/conffiles "$STAGE/DEBIAN/conffiles"

@@ -349,7 +349,10 @@ def is_postgres_url(text: str | None) -> bool:
 
 def _need_driver() -> None:
     if psycopg is None:
-        raise StorageError("the PostgreSQL store needs psycopg: install tillpoint[postgresql]")
+        raise StorageError(
+            "the PostgreSQL store needs psycopg: install tillpoint's postgresql extra"
+            " (pip install '.[postgresql]' in its source tree)"
+        )
 
 
 def _line(exc: BaseException) -> str:

@@ -160,6 +160,10 @@ def test_package_contents_and_control(deb: Path) -> None:
         "./opt/tillpoint/README.md",
         "./opt/tillpoint/docs/CONTRACT.md",  # the README's links resolve beside it
         "./opt/tillpoint/docs/INTEGRATION.md",
+        # the files the README's walkthrough and INTEGRATION.md's programs use, so an
+        # integrator on a till with the package alone can seed an agent for them
+        "./opt/tillpoint/examples/snapshot.json",
+        "./opt/tillpoint/examples/receipt-card.json",
     ):
         assert path in listing
     assert "./opt/tillpoint/wheels/tillpoint-" in listing

@@ -25,7 +25,10 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HEADING = "## Walkthrough"
+# The sections whose shell blocks are one session, in this order: the later ones go on in
+# the walkthrough's shell ($W, its tills) and were not pasteable before (a data directory
+# with no snapshot, receipt files the clone does not have).
+HEADINGS = ("## Walkthrough", "## Hold, confirm, cancel", "## Deals, time windows")
 MARK = "@@walkthrough@@"
 
 
@@ -37,11 +40,13 @@ class Step:
 
 def walkthrough(readme: str) -> list[Step]:
     """The walkthrough's commands and the output shown after each."""
-    start = readme.index(HEADING) + len(HEADING)
-    end = readme.find("\n## ", start)
-    section = readme[start : end if end >= 0 else len(readme)]
+    sections = []
+    for heading in HEADINGS:
+        start = readme.index("\n" + heading) + 1 + len(heading)
+        end = readme.find("\n## ", start)
+        sections.append(readme[start : end if end >= 0 else len(readme)])
     steps: list[Step] = []
-    for block in re.findall(r"```sh\n(.*?)```", section, flags=re.S):
+    for block in re.findall(r"```sh\n(.*?)```", "\n".join(sections), flags=re.S):
         for line in block.splitlines():
             if line.startswith("$ "):
                 steps.append(Step(line[2:]))
@@ -164,6 +169,12 @@ def test_the_walkthrough_parses() -> None:
     assert any("hub import examples/catalogue.json" in c for c in commands)
     for example in sorted((REPO / "examples").glob("*.json")):
         assert any(f"examples/{example.name}" in c for c in commands), example.name
+    # the hold's life and the trace are pasted too, in the same shell (they named
+    # `/tmp/till` with no snapshot and `receipt.json`, a file the clone does not have)
+    for verb in ("hold examples/", "confirm s1-t1-000123 --fiscal", "cancel s1-t1-000124"):
+        assert any(c.startswith(f"tillpoint {verb}") for c in commands), verb
+    assert any(c.startswith("tillpoint quote") and "--explain" in c for c in commands)
+    assert not [c for c in commands if "/tmp/till" in c or " receipt.json" in c]
     shown = next(s for s in steps if s.command.startswith("tillpoint balance"))
     assert check_shown(shown, '{"availablePoints": 1230, "pendingPoints": 0}') == []
     assert check_shown(shown, '{"availablePoints": 1231, "pendingPoints": 0}') != []
