@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,3 +65,52 @@ def test_a_streamed_body_over_4_mib_from_a_closing_client_gets_its_400(
             answer += part
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
     assert b"larger than 4 MiB" in answer
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    from tillpoint.agent.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out.strip() and "--json" in argv else out, err
+
+
+def test_the_same_signed_bundle_loaded_twice_changes_nothing_and_succeeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """§3 refuses an unsigned, wrongly signed or *older* snapshot; a plain file that is
+    the very snapshot the cache holds loads again as "unchanged" (a seeding script run
+    twice). The same held for a signed bundle on an enrolled till only until it was
+    loaded: a second `snapshot load` of the same `hub export` file was exit 2, "not newer
+    ... (rollback)". A tampered copy of it is still refused, and an older one too."""
+    from tillpoint.sync.loopback import sample_master_data
+
+    hub_dir = str(tmp_path / "hub")
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    assert _cli(capsys, "hub", "import", str(catalogue), "--publish", "--hub-dir", hub_dir)[0] == 0
+    enrolment, v1, v2 = tmp_path / "e.json", tmp_path / "v1.json", tmp_path / "v2.json"
+    _cli(capsys, "hub", "enroll", "till-1", "--hub-dir", hub_dir, "--out", str(enrolment))
+    _cli(capsys, "hub", "export", "till-1", "--hub-dir", hub_dir, "--out", str(v1))
+    assert _cli(capsys, "hub", "publish", "--hub-dir", hub_dir)[0] == 0
+    _cli(capsys, "hub", "export", "till-1", "--hub-dir", hub_dir, "--out", str(v2))
+    till = str(tmp_path / "till")
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    assert _cli(capsys, "sync", "install", str(enrolment), "--data-dir", till)[0] == 0
+    code, doc, err = _cli(capsys, "snapshot", "load", str(v2), "--data-dir", till, "--json")
+    assert code == 0 and doc["version"] == 2 and "unchanged" not in doc, err
+    code, doc, err = _cli(capsys, "snapshot", "load", str(v2), "--data-dir", till, "--json")
+    assert code == 0 and doc["version"] == 2 and doc["unchanged"] is True, err
+    code, out, err = _cli(capsys, "snapshot", "load", str(v2), "--data-dir", till)
+    assert code == 0 and "loaded already: nothing changed" in out, err
+    # a tampered copy of the loaded version: the signature is checked first, as ever
+    tampered = json.loads(v2.read_text())
+    payload = base64.b64decode(tampered["payload"]) + b" "  # still the same JSON
+    tampered["payload"] = base64.b64encode(payload).decode()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(tampered))
+    code, _, err = _cli(capsys, "snapshot", "load", str(bad), "--data-dir", till)
+    assert code == 2 and "signature" in err
+    # an older one is still a rollback
+    code, _, err = _cli(capsys, "snapshot", "load", str(v1), "--data-dir", till)
+    assert code == 2 and "not newer" in err and err.count("\n") == 1
