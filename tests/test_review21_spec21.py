@@ -114,3 +114,38 @@ def test_the_same_signed_bundle_loaded_twice_changes_nothing_and_succeeds(
     # an older one is still a rollback
     code, _, err = _cli(capsys, "snapshot", "load", str(v1), "--data-dir", till)
     assert code == 2 and "not newer" in err and err.count("\n") == 1
+
+
+def test_a_closed_stdout_is_one_line_that_says_so_not_an_internal_error(
+    tmp_path: Path,
+) -> None:
+    """§10: errors are one line a person understands. `tillpoint status --json | head -c 0`
+    (stdout's reader gone) said "internal error: BrokenPipeError", as if tillpoint had a
+    bug, and Python added "Exception ignored" lines at exit."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before anything is written
+    try:
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from tillpoint.agent.cli import main; sys.exit(main())",
+                "--data-dir",
+                str(tmp_path),
+                "status",
+                "--json",
+            ],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert "output was cut off" in run.stderr and "internal error" not in run.stderr
