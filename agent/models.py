@@ -415,6 +415,16 @@ class Program(Model):
     # 0: they never expire.
     points_lifetime_days: NonNegative = 0
 
+    @field_validator("currency", "timezone", "tiers", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """An empty string or list is the field left out (proto3 JSON: `"timezone": ""`
+        and `"tiers": []` are how a printer that writes every field writes unset ones), so
+        it takes the default of §3, as an absent field does."""
+        if (isinstance(value, str) and value == "") or (isinstance(value, list) and not value):
+            return cls.model_fields[info.field_name or ""].default
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from tillpoint.agent.http_api import MAX_BODY_BYTES, HttpServer
 
+from .conftest import CLI, receipt, snapshot
+
 TIMEOUT = 20
 
 
@@ -149,3 +151,27 @@ def test_a_closed_stdout_is_one_line_that_says_so_not_an_internal_error(
     assert run.returncode == 1
     assert run.stderr.count("\n") == 1, run.stderr
     assert "output was cut off" in run.stderr and "internal error" not in run.stderr
+
+
+def test_program_fields_written_empty_take_the_defaults_as_absent_ones_do(cli: CLI) -> None:
+    """§1: the shapes are proto3 JSON, where `"timezone": ""` and `"tiers": []` are the
+    fields unset (a printer that writes every field, as protobuf's can, writes them so);
+    §3: absent program fields take the defaults. They used to refuse the snapshot ("is not
+    a known time zone", "at least one tier is needed")."""
+    snap = snapshot()
+    snap["program"].update(timezone="", currency="", tiers=[])
+    assert cli("snapshot", "load", snap).code == 0
+    doc = receipt("r-defaults")
+    # 18 November 00:30 in Moscow (the default zone), 17 November in UTC: Анна's birthday
+    # on 25 November makes the Moscow day, 7 days before it, a x5 day
+    doc["at"] = "2026-11-17T21:30:00Z"
+    doc["lines"] = [{"sku": "4601234000017", "qty": "1", "priceMinor": 10000}]
+    result = cli("quote", doc, "--json").json()
+    assert result["card"]["tier"] == "gold"
+    assert result["earnedPoints"] == 35  # the default gold tier, 7 % of 100.00, x5
+    # a time zone that is not empty is still checked
+    snap = snapshot()
+    snap["version"] = 99
+    snap["program"]["timezone"] = "Mars/Olympus"
+    run = cli("snapshot", "load", snap)
+    assert run.code == 2 and "not a known time zone" in run.err
