@@ -386,6 +386,17 @@ class Tier(Model):
     accrual_percent: NonNegativeDec
 
 
+def _unset_if_empty(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A snapshot field written empty is the field left out: in proto3 JSON `""` and `[]`
+    are a (non-`optional`) string's and a list's unset value, and a printer that writes
+    every field (protobuf's can) writes unset ones so. The field then takes its default
+    (§3: absent program fields take the defaults), as an absent one does, instead of
+    refusing the snapshot ("\"\" is not a known time zone")."""
+    if (isinstance(value, str) and value == "") or (isinstance(value, list) and not value):
+        return model.model_fields[info.field_name or ""].default
+    return value
+
+
 DEFAULT_TIERS = (
     Tier(code="base", accrual_percent=Decimal("3")),
     Tier(code="gold", accrual_percent=Decimal("7")),
@@ -418,12 +429,7 @@ class Program(Model):
     @field_validator("currency", "timezone", "tiers", mode="before")
     @classmethod
     def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
-        """An empty string or list is the field left out (proto3 JSON: `"timezone": ""`
-        and `"tiers": []` are how a printer that writes every field writes unset ones), so
-        it takes the default of §3, as an absent field does."""
-        if (isinstance(value, str) and value == "") or (isinstance(value, list) and not value):
-            return cls.model_fields[info.field_name or ""].default
-        return value
+        return _unset_if_empty(cls, value, info)
 
     @field_validator("timezone")
     @classmethod
@@ -523,6 +529,11 @@ class Customer(Model):
     favorite_weekday: Annotated[int, Field(ge=0, le=7)] | None = None
     pending: tuple[PendingPoints, ...] = ()
     expiring: tuple[ExpiringPoints, ...] = ()
+
+    @field_validator("birthday", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unset_if_empty(cls, value, info)
 
 
 CardStatus = Literal["ACTIVE", "BLOCKED", "LOST"]
@@ -645,6 +656,12 @@ class Offer(Model):
     buy_qty: Qty | None = None
     free_qty: Qty | None = None
 
+    # not `value`: required for most kinds, where "" is refused as a missing value is
+    @field_validator("min_qty", "valid_from", "valid_to", "buy_qty", "free_qty", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unset_if_empty(cls, value, info)
+
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Offer:
         if self.min_qty and _decimals(self.min_qty) > 3 and not _stored(info):
@@ -742,6 +759,11 @@ class Coupon(Model):
     customer_id: Text | None = None  # absent: any identified customer
     valid_from: Timestamp | None = None
     valid_to: Timestamp | None = None
+
+    @field_validator("valid_from", "valid_to", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unset_if_empty(cls, value, info)
 
     @field_validator("code")
     @classmethod

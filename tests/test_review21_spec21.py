@@ -175,3 +175,37 @@ def test_program_fields_written_empty_take_the_defaults_as_absent_ones_do(cli: C
     snap["program"]["timezone"] = "Mars/Olympus"
     run = cli("snapshot", "load", snap)
     assert run.code == 2 and "not a known time zone" in run.err
+
+
+def test_offer_coupon_and_customer_fields_written_empty_are_unset(cli: CLI) -> None:
+    """The same proto3 reading for the rows: an offer's `minQty`, `validFrom`, `validTo`,
+    `buyQty`, `freeQty`, a coupon's validity and a customer's `birthday` written `""`
+    are the fields left out, not a refused snapshot ("\\"\\" is not a quantity")."""
+    offer = {
+        "id": "o-e",
+        "campaignId": "camp-e",
+        "kind": "PERCENT_OFF",
+        "skus": ["4601234000017"],
+        "value": "10",
+        "minQty": "",
+        "validFrom": "",
+        "validTo": "",
+        "buyQty": "",
+        "freeQty": "",
+        "weekdays": [],
+        "hours": [],
+        "tiers": [],
+    }
+    snap = snapshot(offers=[offer])
+    snap["coupons"] = [{"code": "E1", "offerId": "o-e", "validFrom": "", "validTo": ""}]
+    snap["customers"].append(
+        {"id": "c-e", "firstName": "", "tier": "", "birthday": "", "balancePoints": 0}
+    )
+    run = cli("snapshot", "load", snap)
+    assert run.code == 0, run.err
+    result = cli("quote", receipt("r-e"), "--json").json()
+    assert result["lines"][0]["offerId"] == "o-e"  # no bounds, no minimum quantity
+    # a value-kind offer's value written "" is still a missing value
+    offer = {**offer, "value": ""}
+    run = cli("snapshot", "load", snapshot(version=99, offers=[offer]))
+    assert run.code == 2
