@@ -69,6 +69,7 @@ BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
 # the body unread makes the kernel reset the connection, and a client still writing its
 # body (urllib, a POS script) gets "connection reset" instead of the answer.
 DRAIN_MAX_BYTES = 64 << 20
+DRAIN_IDLE_S = 1.0  # ... and while bytes of it keep coming: a second without any ends it
 MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h11's default)
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
@@ -579,15 +580,18 @@ async def _drain_if_closing(scope: Any, receive: Any, read: int = 0) -> None:
             closing = True
     if not closing:
         return
+    deadline = time.monotonic() + BODY_TIMEOUT_S
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            while read <= DRAIN_MAX_BYTES:
+        while read <= DRAIN_MAX_BYTES and time.monotonic() < deadline:
+            # a client that sends nothing (it waits for the answer first) is answered
+            # after DRAIN_IDLE_S, not after the whole BODY_TIMEOUT_S
+            async with asyncio.timeout(DRAIN_IDLE_S):
                 message = await receive()
-                if message["type"] != "http.request":
-                    return
-                read += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return
+            if message["type"] != "http.request":
+                return
+            read += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
     except TimeoutError:
         return
 

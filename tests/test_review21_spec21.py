@@ -209,3 +209,25 @@ def test_offer_coupon_and_customer_fields_written_empty_are_unset(cli: CLI) -> N
     offer = {**offer, "value": ""}
     run = cli("snapshot", "load", snapshot(version=99, offers=[offer]))
     assert run.code == 2
+
+
+def test_a_closing_client_that_sends_no_body_still_gets_its_400_at_once(
+    server: HttpServer,
+) -> None:
+    """The body of a closing client is read before the 400 only while it comes: a client
+    that announces more than 4 MiB and waits for the answer first gets it within about a
+    second (the idle limit), not after the 10 s a body may take."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
+        started = time.monotonic()
+        s.sendall(
+            b"POST /v1/quote HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\n" + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+        )
+        answer = b""
+        while part := s.recv(65536):
+            answer += part
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+    assert took < 5, took
