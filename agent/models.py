@@ -662,6 +662,17 @@ class Offer(Model):
     def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
         return _unset_if_empty(cls, value, info)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _deal_value_unset(cls, data: Any) -> Any:
+        """A deal's `value` written "" is the field left out (the deal kinds need none);
+        for the kinds that need a value it stays a missing value, refused."""
+        if isinstance(data, dict) and data.get("value") == "":
+            kind = data.get("kind")
+            if isinstance(kind, str) and kind not in VALUE_KINDS:
+                return {k: v for k, v in data.items() if k != "value"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Offer:
         if self.min_qty and _decimals(self.min_qty) > 3 and not _stored(info):

@@ -205,7 +205,14 @@ def test_offer_coupon_and_customer_fields_written_empty_are_unset(cli: CLI) -> N
     assert run.code == 0, run.err
     result = cli("quote", receipt("r-e"), "--json").json()
     assert result["lines"][0]["offerId"] == "o-e"  # no bounds, no minimum quantity
-    # a value-kind offer's value written "" is still a missing value
+    # a deal's value written "" is unset too (a deal needs none) ...
+    deal = {**offer, "id": "o-d", "kind": "MULTIBUY", "value": "", "buyQty": "2", "freeQty": "1"}
+    assert cli("snapshot", "load", snapshot(version=98, offers=[deal])).code == 0
+    doc = receipt("r-d")
+    doc["lines"] = [{"sku": "4601234000017", "qty": "3", "priceMinor": 100}]
+    line = cli("quote", doc, "--json").json()["lines"][0]
+    assert (line["offerId"], line["discountMinor"]) == ("o-d", 100)
+    # ... while a value-kind offer's value written "" is still a missing value
     offer = {**offer, "value": ""}
     run = cli("snapshot", "load", snapshot(version=99, offers=[offer]))
     assert run.code == 2
