@@ -208,12 +208,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return edge.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError as exc:
+        if _stdout_gone():  # `tillpoint status --json | head -c 0`: not a bug of ours
+            print(
+                "tillpoint: the output was cut off: its reader (a pipe) closed before the end"
+                " (what the command did stands)",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"tillpoint: internal error: BrokenPipeError: {one_line(str(exc))}",
+                file=sys.stderr,
+            )
+        return EXIT_ERROR
     except Exception as exc:  # the last line of defence: one line, never a traceback
         print(
             f"tillpoint: internal error: {type(exc).__name__}: {one_line(str(exc))}",
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has left (a closed pipe). If so, stdout is pointed at
+    /dev/null, so the interpreter's flush at exit adds no "Exception ignored" lines."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False  # stdout is fine: the broken pipe was another's (a socket)
+    except (AttributeError, OSError, ValueError):
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return True
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -64,6 +64,12 @@ log = logging.getLogger("tillpoint.http")
 
 MAX_BODY_BYTES = 4 << 20  # a larger request is bad input: 400 (docs/CONTRACT.md §10, §12)
 BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
+# A refused over-large body of a request whose connection closes after the answer is read
+# to its end (up to this much, within BODY_TIMEOUT_S) before the 400 goes out: closing with
+# the body unread makes the kernel reset the connection, and a client still writing its
+# body (urllib, a POS script) gets "connection reset" instead of the answer.
+DRAIN_MAX_BYTES = 64 << 20
+DRAIN_IDLE_S = 1.0  # ... and while bytes of it keep coming: a second without any ends it
 MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h11's default)
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
@@ -529,6 +535,8 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and int(value) > MAX_BODY_BYTES:
+                if int(value) <= DRAIN_MAX_BYTES:
+                    await _drain_if_closing(scope, receive)
                 raise HttpError("INVALID_ARGUMENT", too_large)
             break
     chunks: list[bytes] = []
@@ -542,6 +550,8 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:
+                    if message.get("more_body", False):
+                        await _drain_if_closing(scope, receive, size)
                     raise HttpError("INVALID_ARGUMENT", too_large)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
@@ -551,6 +561,39 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
             "REQUEST_TIMEOUT", f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s"
         ) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _drain_if_closing(scope: Any, receive: Any, read: int = 0) -> None:
+    """Read a refused body to its end (discarding it) when the connection closes after
+    the answer: HTTP/1.0, `Connection: close`. uvicorn closes such a connection as soon
+    as the answer is written, and a close with the body still arriving is a reset that
+    cuts a client writing it before it reads the 400. A keep-alive connection needs none
+    of this (uvicorn reads the rest of the body after the answer, to reach the next
+    request), nor does a client waiting for `100 Continue` (it sends no body: reading
+    would ask for it). Bounded by `DRAIN_MAX_BYTES` (`read` counts what was read) and
+    `BODY_TIMEOUT_S`: past either, the answer goes out and the connection closes."""
+    closing = scope.get("http_version") == "1.0"
+    for name, value in scope["headers"]:
+        if name == b"expect" and value.strip().lower() == b"100-continue":
+            return
+        if name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b",")):
+            closing = True
+    if not closing:
+        return
+    deadline = time.monotonic() + BODY_TIMEOUT_S
+    try:
+        while read <= DRAIN_MAX_BYTES and time.monotonic() < deadline:
+            # a client that sends nothing (it waits for the answer first) is answered
+            # after DRAIN_IDLE_S, not after the whole BODY_TIMEOUT_S
+            async with asyncio.timeout(DRAIN_IDLE_S):
+                message = await receive()
+            if message["type"] != "http.request":
+                return
+            read += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+    except TimeoutError:
+        return
 
 
 # ---------------------------------------------------------------- OpenAPI from the protos

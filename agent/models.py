@@ -386,6 +386,17 @@ class Tier(Model):
     accrual_percent: NonNegativeDec
 
 
+def _unset_if_empty(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A snapshot field written empty is the field left out: in proto3 JSON `""` and `[]`
+    are a (non-`optional`) string's and a list's unset value, and a printer that writes
+    every field (protobuf's can) writes unset ones so. The field then takes its default
+    (§3: absent program fields take the defaults), as an absent one does, instead of
+    refusing the snapshot ("\"\" is not a known time zone")."""
+    if (isinstance(value, str) and value == "") or (isinstance(value, list) and not value):
+        return model.model_fields[info.field_name or ""].default
+    return value
+
+
 DEFAULT_TIERS = (
     Tier(code="base", accrual_percent=Decimal("3")),
     Tier(code="gold", accrual_percent=Decimal("7")),
@@ -414,6 +425,11 @@ class Program(Model):
     # Points earned on a till expire this many days after they become spendable (§16);
     # 0: they never expire.
     points_lifetime_days: NonNegative = 0
+
+    @field_validator("currency", "timezone", "tiers", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unset_if_empty(cls, value, info)
 
     @field_validator("timezone")
     @classmethod
@@ -513,6 +529,11 @@ class Customer(Model):
     favorite_weekday: Annotated[int, Field(ge=0, le=7)] | None = None
     pending: tuple[PendingPoints, ...] = ()
     expiring: tuple[ExpiringPoints, ...] = ()
+
+    @field_validator("birthday", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unset_if_empty(cls, value, info)
 
 
 CardStatus = Literal["ACTIVE", "BLOCKED", "LOST"]
@@ -635,6 +656,23 @@ class Offer(Model):
     buy_qty: Qty | None = None
     free_qty: Qty | None = None
 
+    # not `value`: required for most kinds, where "" is refused as a missing value is
+    @field_validator("min_qty", "valid_from", "valid_to", "buy_qty", "free_qty", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unset_if_empty(cls, value, info)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deal_value_unset(cls, data: Any) -> Any:
+        """A deal's `value` written "" is the field left out (the deal kinds need none);
+        for the kinds that need a value it stays a missing value, refused."""
+        if isinstance(data, dict) and data.get("value") == "":
+            kind = data.get("kind")
+            if isinstance(kind, str) and kind not in VALUE_KINDS:
+                return {k: v for k, v in data.items() if k != "value"}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Offer:
         if self.min_qty and _decimals(self.min_qty) > 3 and not _stored(info):
@@ -732,6 +770,11 @@ class Coupon(Model):
     customer_id: Text | None = None  # absent: any identified customer
     valid_from: Timestamp | None = None
     valid_to: Timestamp | None = None
+
+    @field_validator("valid_from", "valid_to", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        return _unset_if_empty(cls, value, info)
 
     @field_validator("code")
     @classmethod
