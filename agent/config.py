@@ -181,6 +181,18 @@ class MetricsSettings(BaseModel):
     listen: Listen = "127.0.0.1:9464"  # Prometheus text at http://<listen>/metrics
 
 
+def device_id_problem(device_id: str) -> str | None:
+    """Why `device_id` cannot name a till, or None. The hub enrols no id with blanks,
+    slashes or control characters (it is its certificate's name and a file name of its
+    bundle), so the till's configuration refuses them too: a till journalling its sales
+    under "till 3" or "a\\nb" could never be enrolled under that id."""
+    if not device_id or len(device_id) > 100:
+        return "a device id has 1 to 100 characters"
+    if any(c.isspace() or c in "/\\" or not c.isprintable() for c in device_id):
+        return "a device id has no blanks, slashes or control characters (the hub enrols no other)"
+    return None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TILLPOINT_", env_nested_delimiter="__", extra="forbid"
@@ -188,6 +200,14 @@ class Settings(BaseSettings):
 
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
     data_dir: Path = Field(default_factory=default_data_dir)
+
+    @field_validator("device_id")
+    @classmethod
+    def _enrollable(cls, value: str) -> str:
+        problem = device_id_problem(value)
+        if problem:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -225,18 +245,40 @@ class Settings(BaseSettings):
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("tillpoint_config_file", default=None)
 
 
+# A till's configuration is a few KiB; a file past this is not one (`--config /dev/zero`
+# was read until memory ran out).
+CONFIG_MAX_BYTES = 1024 * 1024
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file's tables; an unreadable, oversized or malformed file is one line
+    (InputError). A leading byte order mark (Windows Notepad writes one) is skipped, as
+    in every JSON input."""
+    try:
+        with Path(path).open("rb") as fh:
+            raw = fh.read(CONFIG_MAX_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise InputError(
+            f"config {path}: larger than {CONFIG_MAX_BYTES // (1024 * 1024)} MiB:"
+            " not a configuration file"
+        )
+    try:
+        return tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"config {path}: {exc}") from None
+
+
 class _TomlFile(InitSettingsSource):
     """The config file as a settings source; an unreadable or malformed file is one line."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-            except OSError as exc:
-                raise InputError(f"cannot read config {path}: {exc.strerror}") from None
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise InputError(f"config {path}: {exc}") from None
+        values = read_config_file(path) if path is not None else {}
         super().__init__(settings_cls, values)
 
     def __repr__(self) -> str:
