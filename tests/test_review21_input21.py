@@ -180,3 +180,46 @@ def test_hub_import_of_json_nested_too_deeply_or_with_a_huge_number_is_bad_input
         assert run.err == f"tillpoint: {where}not valid JSON ({why})\n"
     unknown = cli("hub", "balance", "c-9")
     assert unknown.code == 2 and "customer c-9 is not known to the hub" in unknown.err
+
+
+def test_sync_install_under_an_id_the_ledger_does_not_journal_is_refused_before_writing(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle for till-9 installed on a till whose ledger journals till-1's sales (the
+    configuration's device_id set to the bundle's, as install asks) was installed: then
+    every command refused, under till-9 (the ledger is till-1's) and under till-1 (the
+    till is enrolled as till-9), and no command undid it. Refused before anything is
+    written, exit 2, one line naming both ids."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("checkout", receipt("r-1"), "--json", "--local").code == 0
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    bundle = tmp_path / "till-9.bundle"
+    assert cli("hub", "enroll", "till-9", "--out", bundle).code == 0
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-9")
+    run = cli("sync", "install", bundle)
+    assert run.code == 2, run.out
+    assert run.err == (
+        f"tillpoint: the ledger of {tmp_path / 'data'} holds the sales of device 'till-1',"
+        " none of 'till-9': install a bundle for 'till-1' (`tillpoint hub enroll till-1`),"
+        " or give 'till-9' a data directory of its own\n"
+    )
+    assert not (tmp_path / "data" / "enrollment").exists()
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    assert cli("quote", receipt("r-2"), "--json", "--local").code == 0
+    # a till with no sale yet takes the bundle of any id
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-9")
+    assert cli("--data-dir", fresh, "sync", "install", bundle).code == 0
+
+
+@pytest.mark.parametrize("speed", ["nan", "inf", "-1", "1e400", "abc"])
+def test_demo_refuses_a_pause_that_is_no_number_of_seconds_before_starting(
+    cli: CLI, speed: str
+) -> None:
+    """`demo --speed nan` (or -1, inf) started the hub and the tills and then failed at
+    the first pause: "internal error: ValueError", exit 1. A usage error now."""
+    run = cli("demo", f"--speed={speed}")
+    assert run.code == 2
+    assert run.err.startswith(f"tillpoint: argument --speed: '{speed}'")
+    assert run.err.count("\n") == 1 and run.out == ""
