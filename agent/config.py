@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
+import os
 import re
 import socket
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -285,6 +287,56 @@ class _TomlFile(InitSettingsSource):
         return "_TomlFile()"
 
 
+def _is_table_or_list(annotation: Any) -> bool:
+    """A setting pydantic-settings reads from the environment as JSON (a table, a list)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _is_table_or_list(get_args(annotation)[0])
+    if origin in (tuple, list, dict, set) or annotation in (tuple, list, dict, set):
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _env_problem(exc: SettingsError) -> str:
+    """pydantic-settings' `error parsing value for field "http" from source
+    "EnvSettingsSource"` names neither the variable nor the fix: a table or a list is JSON
+    in the environment (`TILLPOINT_HTTP__ALLOWED_ORIGINS=["http://localhost:3000"]`).
+    Named here: the variables of that field whose value is no JSON where JSON is read."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    field = Settings.model_fields.get(found[1]) if found else None
+    if found is None or field is None:
+        return str(exc)
+    prefix = f"TILLPOINT_{found[1]}".upper()
+    inner = field.annotation
+    named = []
+    for key, value in sorted(os.environ.items()):
+        name = key.upper()
+        if name == prefix:
+            table_or_list = _is_table_or_list(inner)
+        elif name.startswith(prefix + "__") and isinstance(inner, type):
+            sub = getattr(inner, "model_fields", {}).get(name[len(prefix) + 2 :].lower())
+            table_or_list = sub is not None and _is_table_or_list(sub.annotation)
+        else:
+            continue
+        if table_or_list and not _is_json(value):
+            named.append(key)
+    if not named:
+        return str(exc)
+    return (
+        f"{', '.join(named)}: not JSON; a list or a table set in the environment is JSON,"
+        ' such as ["http://localhost:3000"] or {"address": "hub:50070"} (a table\'s keys'
+        " can also be set one by one, as TILLPOINT_HUB__ADDRESS)"
+    )
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 def load(config_file: Path | None = None, **flags: Any) -> Settings:
     """Read and validate the configuration; a problem names the key and what is wrong.
 
@@ -298,6 +350,6 @@ def load(config_file: Path | None = None, **flags: Any) -> Settings:
     except ValidationError as exc:
         raise InputError(f"config: {describe(exc)}") from None
     except SettingsError as exc:  # an environment variable that is not what it should be
-        raise InputError(f"config: {exc}") from None
+        raise InputError(f"config: {_env_problem(exc)}") from None
     finally:
         _CONFIG_FILE.reset(token)
