@@ -223,3 +223,23 @@ def test_demo_refuses_a_pause_that_is_no_number_of_seconds_before_starting(
     assert run.code == 2
     assert run.err.startswith(f"tillpoint: argument --speed: '{speed}'")
     assert run.err.count("\n") == 1 and run.out == ""
+
+
+def test_a_list_setting_in_the_environment_that_is_not_json_is_named_with_the_fix(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/INTEGRATION.md names TILLPOINT_HTTP__ALLOWED_ORIGINS for a kiosk's origins; set
+    to a plain URL, the till said `error parsing value for field "http" from source
+    "EnvSettingsSource"`: neither the variable nor that a list is JSON there."""
+    monkeypatch.setenv("TILLPOINT_HTTP__ALLOWED_ORIGINS", "http://localhost:3000")
+    monkeypatch.setenv("TILLPOINT_HTTP__LISTEN", "127.0.0.1:8061")  # a plain text: fine
+    run = cli("config", "check")
+    assert run.code == 2
+    assert run.err.startswith("tillpoint: config: TILLPOINT_HTTP__ALLOWED_ORIGINS: not JSON;")
+    assert '["http://localhost:3000"]' in run.err and run.err.count("\n") == 1
+    monkeypatch.setenv("TILLPOINT_HTTP__ALLOWED_ORIGINS", '["http://localhost:3000"]')
+    run = cli("config", "check", "--json")
+    assert run.code == 0 and run.json()["http"]["allowedOrigins"] == ["http://localhost:3000"]
+    monkeypatch.setenv("TILLPOINT_HUB", "hub:50070")
+    run = cli("config", "check")
+    assert run.code == 2 and run.err.startswith("tillpoint: config: TILLPOINT_HUB: not JSON;")
