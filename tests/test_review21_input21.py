@@ -243,3 +243,27 @@ def test_a_list_setting_in_the_environment_that_is_not_json_is_named_with_the_fi
     monkeypatch.setenv("TILLPOINT_HUB", "hub:50070")
     run = cli("config", "check")
     assert run.code == 2 and run.err.startswith("tillpoint: config: TILLPOINT_HUB: not JSON;")
+
+
+def test_a_tills_ledger_given_as_the_hubs_store_is_named_as_a_wrong_path(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub status --store /var/lib/tillpoint/ledger.db` (a till's file for the hub's) was
+    "the hub database was written by another tillpoint release (schema steps m001_ledger
+    ...): run that release, or restore the data directory", exit 1: a wrong lead. It is
+    the wrong file: exit 2, saying what it is; the file is left as it was."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("checkout", receipt("r-1"), "--json", "--local").code == 0
+    ledger = tmp_path / "data" / "ledger.db"
+    before = ledger.read_bytes()
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    run = cli("hub", "status", "--store", ledger)
+    assert run.code == 2
+    assert (
+        run.err == f"tillpoint: {ledger} is a till's ledger, not a hub database: check the path\n"
+    )
+    run = cli("hub", "import", {"products": []}, "--store", tmp_path / "data" / "cache.db")
+    assert run.code == 2 and "is a till's cache, not a hub database" in run.err
+    assert ledger.read_bytes() == before
+    assert cli("hub", "status").code == 0
