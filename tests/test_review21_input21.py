@@ -267,3 +267,46 @@ def test_a_tills_ledger_given_as_the_hubs_store_is_named_as_a_wrong_path(
     assert run.code == 2 and "is a till's cache, not a hub database" in run.err
     assert ledger.read_bytes() == before
     assert cli("hub", "status").code == 0
+
+
+def test_a_damaged_signed_bundle_is_refused_by_a_till_that_cannot_check_its_signature(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """A till not enrolled loads a signed bundle's payload unchecked (it has no hub key);
+    but it also ignored the size and SHA-256 written beside the payload, so a bundle whose
+    payload was damaged on its way (a changed digit in a balance, a cut) loaded as it had
+    become. They are checked now, as a pull checks them: refused, the cache unchanged."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from tillpoint.sync import signing
+
+    key = ed25519.Ed25519PrivateKey.generate()
+
+    def bundle(payload: bytes, declared: bytes) -> dict[str, object]:
+        return {
+            "format": signing.FILE_FORMAT,
+            "version": 1,
+            "baseVersion": 0,
+            "size": len(declared),
+            "sha256": hashlib.sha256(declared).hexdigest(),
+            "signature": base64.b64encode(signing.sign(key, declared)).decode(),
+            "payload": base64.b64encode(payload).decode(),
+        }
+
+    whole = signing.canonical_json(snapshot())
+    assert b'"balancePoints":1200' in whole
+    changed = whole.replace(b'"balancePoints":1200', b'"balancePoints":9200')
+    run = cli("snapshot", "load", bundle(changed, whole))
+    assert run.code == 2
+    assert run.err == "tillpoint: snapshot refused: its checksum does not match (corrupted)\n"
+    cut = whole[: whole.rindex(b",")] + b"}"  # still JSON, its last field gone
+    run = cli("snapshot", "load", bundle(cut, whole))
+    assert run.code == 2
+    assert run.err == (
+        f"tillpoint: snapshot refused: truncated ({len(cut)} of {len(whole)} bytes)\n"
+    )
+    assert cli("status", "--json").json()["cacheVersion"] == 0
+    assert cli("snapshot", "load", bundle(whole, whole)).code == 0
+    assert cli("status", "--json").json()["cacheVersion"] == 1
