@@ -339,6 +339,11 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
             conn.close()
             raise
         return conn
+    link = Path(data_dir) / CACHE
+    if link.is_symlink() and not link.exists():
+        # not a switch in progress: its generation is gone (deleted by hand, a restore
+        # without it), and every call said "it keeps being replaced", the way out untold
+        raise damaged_cache(data_dir, f"{CACHE} points to {os.readlink(link)}, which is missing")
     raise StorageError(f"cannot open the cache in {data_dir}: it keeps being replaced")
 
 
