@@ -4,6 +4,7 @@ nothing. What the attack on the CLI, the configuration and gRPC found."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,6 @@ from .conftest import CLI, grpc_served, receipt, snapshot
 
 
 def _tillpoint(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
     exe = Path(sys.executable).parent / "tillpoint"
     return subprocess.run(
         [str(exe), *args],
@@ -310,3 +309,24 @@ def test_a_damaged_signed_bundle_is_refused_by_a_till_that_cannot_check_its_sign
     assert cli("status", "--json").json()["cacheVersion"] == 0
     assert cli("snapshot", "load", bundle(whole, whole)).code == 0
     assert cli("status", "--json").json()["cacheVersion"] == 1
+
+
+def test_a_cache_link_whose_file_is_gone_says_the_way_out(cli: CLI, tmp_path: Path) -> None:
+    """`cache.db` is a symlink to the current generation; with that file gone (deleted by
+    hand to free space, a restore without it) every call said "cannot open the cache: it
+    keeps being replaced", and nothing said what to do. It is a damaged cache: the
+    message names the missing file and the way out, which works."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    data = tmp_path / "data"
+    link = data / "cache.db"
+    assert link.is_symlink()
+    (data / os.readlink(link)).unlink()
+    run = cli("quote", receipt("r-1"), "--json", "--local")
+    assert run.code == 1 and run.out == ""
+    assert f"cache.db points to {os.readlink(link)}, which is missing" in run.err
+    assert f"delete {data / 'cache'}*.db*, and load a full snapshot again" in run.err
+    assert run.err.count("\n") == 1
+    for leftover in data.glob("cache*.db*"):
+        leftover.unlink()
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("quote", receipt("r-1"), "--json", "--local").code == 0
