@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import json_format
@@ -330,3 +331,31 @@ def test_a_cache_link_whose_file_is_gone_says_the_way_out(cli: CLI, tmp_path: Pa
         leftover.unlink()
     assert cli("snapshot", "load", snapshot()).code == 0
     assert cli("quote", receipt("r-1"), "--json", "--local").code == 0
+
+
+def test_a_request_whose_client_half_closes_is_answered(server: Any, agent: Any) -> None:
+    """A client that shuts its side of the connection once the request is sent (`nc -N`,
+    a POS that marks the request's end so) got no answer: asyncio closed the connection
+    on that end of input, after the checkout had been committed. The answer is sent,
+    then the connection is closed."""
+    import socket
+
+    body = json.dumps(receipt("half-1")).encode()
+    head = (
+        "POST /v1/checkout HTTP/1.1\r\nHost: till\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, _, document = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert json.loads(document)["receiptId"] == "half-1"
+    assert agent.status().last_seq == 1
+    # a connection closed with no request under way closes at once, as before
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""
