@@ -925,7 +925,7 @@ class _Protocol(h11_impl.H11Protocol):
 
     _half_closed = False
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
         """The client shut its side after sending a request (`nc -N`, a client that
         half-closes to mark the request's end). asyncio closed the connection at once,
         so the request was served (a checkout committed) and its answer dropped: the POS
