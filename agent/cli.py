@@ -355,7 +355,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             refund = refund_from_json(read_json(args.file))
             return emit(args, json_of(agent.refund(refund)), _human_refund)
         if command == "balance":
-            at = parse_time(args.at) if args.at else None
+            at = parse_time(args.at) if args.at is not None else None
             return emit(args, json_of(agent.balance(args.card, at)), _human_balance)
         if command == "status":
             from .wire import status_json

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
+import os
 import re
 import socket
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -181,6 +183,18 @@ class MetricsSettings(BaseModel):
     listen: Listen = "127.0.0.1:9464"  # Prometheus text at http://<listen>/metrics
 
 
+def device_id_problem(device_id: str) -> str | None:
+    """Why `device_id` cannot name a till, or None. The hub enrols no id with blanks,
+    slashes or control characters (it is its certificate's name and a file name of its
+    bundle), so the till's configuration refuses them too: a till journalling its sales
+    under "till 3" or "a\\nb" could never be enrolled under that id."""
+    if not device_id or len(device_id) > 100:
+        return "a device id has 1 to 100 characters"
+    if any(c.isspace() or c in "/\\" or not c.isprintable() for c in device_id):
+        return "a device id has no blanks, slashes or control characters (the hub enrols no other)"
+    return None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TILLPOINT_", env_nested_delimiter="__", extra="forbid"
@@ -188,6 +202,14 @@ class Settings(BaseSettings):
 
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
     data_dir: Path = Field(default_factory=default_data_dir)
+
+    @field_validator("device_id")
+    @classmethod
+    def _enrollable(cls, value: str) -> str:
+        problem = device_id_problem(value)
+        if problem:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
 
     @field_validator("data_dir", mode="before")
     @classmethod
@@ -225,22 +247,94 @@ class Settings(BaseSettings):
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("tillpoint_config_file", default=None)
 
 
+# A till's configuration is a few KiB; a file past this is not one (`--config /dev/zero`
+# was read until memory ran out).
+CONFIG_MAX_BYTES = 1024 * 1024
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file's tables; an unreadable, oversized or malformed file is one line
+    (InputError). A leading byte order mark (Windows Notepad writes one) is skipped, as
+    in every JSON input."""
+    try:
+        with Path(path).open("rb") as fh:
+            raw = fh.read(CONFIG_MAX_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise InputError(
+            f"config {path}: larger than {CONFIG_MAX_BYTES // (1024 * 1024)} MiB:"
+            " not a configuration file"
+        )
+    try:
+        return tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"config {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"config {path}: {exc}") from None
+
+
 class _TomlFile(InitSettingsSource):
     """The config file as a settings source; an unreadable or malformed file is one line."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        values: dict[str, Any] = {}
-        if path is not None:
-            try:
-                values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-            except OSError as exc:
-                raise InputError(f"cannot read config {path}: {exc.strerror}") from None
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise InputError(f"config {path}: {exc}") from None
+        values = read_config_file(path) if path is not None else {}
         super().__init__(settings_cls, values)
 
     def __repr__(self) -> str:
         return "_TomlFile()"
+
+
+def _is_table_or_list(annotation: Any) -> bool:
+    """A setting pydantic-settings reads from the environment as JSON (a table, a list)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _is_table_or_list(get_args(annotation)[0])
+    if origin in (tuple, list, dict, set) or annotation in (tuple, list, dict, set):
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _env_problem(exc: SettingsError) -> str:
+    """pydantic-settings' `error parsing value for field "http" from source
+    "EnvSettingsSource"` names neither the variable nor the fix: a table or a list is JSON
+    in the environment (`TILLPOINT_HTTP__ALLOWED_ORIGINS=["http://localhost:3000"]`).
+    Named here: the variables of that field whose value is no JSON where JSON is read."""
+    found = re.search(r'field "(\w+)"', str(exc))
+    field = Settings.model_fields.get(found[1]) if found else None
+    if found is None or field is None:
+        return str(exc)
+    prefix = f"TILLPOINT_{found[1]}".upper()
+    inner = field.annotation
+    named = []
+    for key, value in sorted(os.environ.items()):
+        name = key.upper()
+        if name == prefix:
+            table_or_list = _is_table_or_list(inner)
+        elif name.startswith(prefix + "__") and isinstance(inner, type):
+            sub = getattr(inner, "model_fields", {}).get(name[len(prefix) + 2 :].lower())
+            table_or_list = sub is not None and _is_table_or_list(sub.annotation)
+        else:
+            continue
+        if table_or_list and not _is_json(value):
+            named.append(key)
+    if not named:
+        return str(exc)
+    return (
+        f"{', '.join(named)}: not JSON; a list or a table set in the environment is JSON,"
+        ' such as ["http://localhost:3000"] or {"address": "hub:50070"} (a table\'s keys'
+        " can also be set one by one, as TILLPOINT_HUB__ADDRESS)"
+    )
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load(config_file: Path | None = None, **flags: Any) -> Settings:
@@ -256,6 +350,6 @@ def load(config_file: Path | None = None, **flags: Any) -> Settings:
     except ValidationError as exc:
         raise InputError(f"config: {describe(exc)}") from None
     except SettingsError as exc:  # an environment variable that is not what it should be
-        raise InputError(f"config: {exc}") from None
+        raise InputError(f"config: {_env_problem(exc)}") from None
     finally:
         _CONFIG_FILE.reset(token)

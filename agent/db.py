@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import StorageError
+from .errors import InputError, StorageError
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -87,6 +87,7 @@ class MigrationSet:
         known = {(s.name, m.name) for s in self._of_file[self.file] for m in s._migrations}
         unknown = {f"{step} ({of})" for of, step in rows if (of, step) not in known}
         if unknown:
+            self._refuse_another_kind(conn, {of for of, _ in rows})
             # Written by a later release (or a development build), then this one started
             # on it: a rollback. Its tables are not the ones this code writes (an older
             # release took seqs the newer one had used, and pushed outbox rows without
@@ -105,6 +106,20 @@ class MigrationSet:
             )
         applied = {step for of, step in rows if of == self.name}
         return all(m.name in applied for m in self._migrations)
+
+    def _refuse_another_kind(self, conn: sqlite3.Connection, theirs: set[str]) -> None:
+        """A file whose every schema step is another kind of tillpoint file's (a till's
+        ledger given as the hub's `--store`) is a wrong path, not a later release's file
+        ("written by another tillpoint release" sent the reader looking for one)."""
+        if theirs & {s.name for s in self._of_file[self.file]}:
+            return
+        kinds = {s.name: f for f, sets in self._of_file.items() for s in sets if f != self.file}
+        other = next((kinds[of] for of in sorted(theirs) if of in kinds), None)
+        if other is None:
+            return
+        path = conn.execute("PRAGMA database_list").fetchone()[2] or "this file"
+        what = f"a till's {other}" if other in ("ledger", "cache") else f"a {other}"
+        raise InputError(f"{path} is {what}, not a {self.file}: check the path")
 
     def apply(self, conn: sqlite3.Connection) -> None:
         from sqlite_utils import Database
@@ -324,6 +339,11 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
             conn.close()
             raise
         return conn
+    link = Path(data_dir) / CACHE
+    if link.is_symlink() and not link.exists():
+        # not a switch in progress: its generation is gone (deleted by hand, a restore
+        # without it), and every call said "it keeps being replaced", the way out untold
+        raise damaged_cache(data_dir, f"{CACHE} points to {os.readlink(link)}, which is missing")
     raise StorageError(f"cannot open the cache in {data_dir}: it keeps being replaced")
 
 

@@ -55,7 +55,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--speed",
-        type=float,
+        type=_pause,
         default=0.0,
         help="seconds to pause between steps, to follow along (default 0: full speed)",
     )
@@ -82,6 +82,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         " a hub catalogue) into DIR and exit, without playing the day",
     )
     p.set_defaults(handler=run_demo)
+
+
+def _pause(text: str) -> float:
+    """`--speed`: seconds from 0 to 60. NaN, a negative or an infinite pause failed at the
+    first step, the hub and tills already started ("internal error", exit 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 60:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"{text!r}: a pause from 0 to 60 seconds")
+    return value
 
 
 def export(directory: Path, *, seed: int = 7, out: Out = print) -> list[Path]:

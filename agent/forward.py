@@ -80,11 +80,12 @@ def data_dir_of(args: Any) -> Path | None:
     if config is None and os.environ.get("TILLPOINT_CONFIG"):
         config = Path(os.environ["TILLPOINT_CONFIG"])
     if config is not None:
-        import tomllib
+        from .config import read_config_file
+        from .errors import InputError
 
         try:
-            values = tomllib.loads(Path(config).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            values = read_config_file(Path(config))
+        except InputError:
             return None
         value = values.get("data_dir")
         if value is not None:

@@ -52,6 +52,15 @@ def _unknown(message: Any, where: str) -> str:
         field = unknown[0]  # indexed, as its stubs say (no __iter__ there)
         name = message.DESCRIPTOR.name
         at = f"{where}: " if where else ""
+        known = message.DESCRIPTOR.fields_by_number.get(field.field_number)
+        if known is not None:
+            # protobuf keeps a known field sent with another wire type (a varint where the
+            # contract has a string) as an unknown one: it is the sender's type that is wrong
+            return (
+                f"{at}field number {field.field_number} ({known.json_name}) of {name} is"
+                f" sent as {_WIRE_TYPES.get(field.wire_type, 'another type')}, not as the"
+                f" contract's {_type_name(known)}"
+            )
         return (
             f"{at}field number {field.field_number} is not a field of {name}"
             " (unknown fields are refused: is the POS built for a newer contract?)"
@@ -66,6 +75,30 @@ def _unknown(message: Any, where: str) -> str:
             if found:
                 return found
     return ""
+
+
+_WIRE_TYPES = {
+    0: "a varint",
+    1: "a 64-bit fixed value",
+    2: "a length-delimited value",
+    3: "a group",
+    5: "a 32-bit fixed value",
+}
+
+
+def _type_name(field: FieldDescriptor) -> str:
+    """A field's declared type in the .proto's words (`string`, `int64`, `repeated ReceiptLine`)."""
+    if field.message_type is not None:
+        kind = field.message_type.name
+    elif field.enum_type is not None:
+        kind = field.enum_type.name
+    else:
+        kind = {
+            v: k.removeprefix("TYPE_").lower()
+            for k, v in vars(FieldDescriptor).items()
+            if k.startswith("TYPE_") and isinstance(v, int)
+        }.get(field.type, "another type")
+    return f"repeated {kind}" if field.is_repeated else kind
 
 
 def _keeping(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:

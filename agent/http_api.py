@@ -966,6 +966,24 @@ class _Protocol(h11_impl.H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    _half_closed = False
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
+        """The client shut its side after sending a request (`nc -N`, a client that
+        half-closes to mark the request's end). asyncio closed the connection at once,
+        so the request was served (a checkout committed) and its answer dropped: the POS
+        never knew. A request under way keeps the connection open to be answered, then
+        it closes; with none, it closes as before."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._half_closed = True
+            return True
+        return None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._half_closed and not self.transport.is_closing():
+            self.transport.close()
+
     def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()

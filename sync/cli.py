@@ -678,6 +678,7 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
     from .pki import install_bundle, is_enrolled, load_enrollment
 
     bundle = read_json(args.bundle)
+    _refuse_another_devices_ledger(settings)
     if is_enrolled(settings.data_dir) and not _same_hub_and_device(
         load_enrollment(settings.data_dir), bundle
     ):
@@ -706,6 +707,30 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
             " this till now accepts only snapshots signed by its hub"
         ),
     )
+
+
+def _refuse_another_devices_ledger(settings: Settings) -> None:
+    """A bundle installed under a `device_id` whose ledger journals another device's sales
+    left the till enrolled as the new id and refusing every command under either id (the
+    ledger's guard under the new one, the enrolment's under the old one), with no
+    command to undo it. It is refused before anything is written, as `run` would refuse
+    that id."""
+    from tillpoint.agent.errors import InputError
+    from tillpoint.agent.ledger import ledger_path, open_ledger, other_device
+
+    if not ledger_path(settings.data_dir).exists():
+        return
+    conn = open_ledger(settings.data_dir)
+    try:
+        other = other_device(conn, settings.device_id)
+    finally:
+        conn.close()
+    if other is not None:
+        raise InputError(
+            f"the ledger of {settings.data_dir} holds the sales of device {other!r}, none of"
+            f" {settings.device_id!r}: install a bundle for {other!r} (`tillpoint hub enroll"
+            f" {other}`), or give {settings.device_id!r} a data directory of its own"
+        )
 
 
 def _same_hub_and_device(current: Any, bundle: Any) -> bool:

@@ -101,6 +101,15 @@ KEY_FIELD = {
 _DECODER = json.JSONDecoder(parse_float=_no_float)  # one, not one a line
 
 
+def _beyond_json(exc: Exception) -> str:
+    """What Python's reader cannot take of a JSON text, in the words every other input
+    of tillpoint uses (agent/cli.py's parse_json): nesting past its recursion limit, or
+    an integer past its 4,300 digits. They were "internal error", exit 1."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return "a number with too many digits"
+
+
 def _key(kind: str, row: BaseModel) -> str:
     if kind == "program":
         return ""
@@ -201,6 +210,8 @@ def read_json(
         raise InputError(f"import: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"import: not valid JSON ({exc})") from None
+    except (RecursionError, ValueError) as exc:
+        raise InputError(f"import: not valid JSON ({_beyond_json(exc)})") from None
     if not isinstance(doc, dict):
         raise InputError("import: expected a JSON object with the snapshot's sections")
     unknown = set(doc) - {"program", "removed", *PLURAL, *IGNORED_HEADER}
@@ -248,6 +259,8 @@ def _line_rows(
         return [RowProblem(where, str(exc))], state
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return [RowProblem(where, f"not valid JSON ({exc.args[0] if exc.args else exc})")], state
+    except (RecursionError, ValueError) as exc:
+        return [RowProblem(where, f"not valid JSON ({_beyond_json(exc)})")], state
     if not isinstance(item, dict):
         return [RowProblem(where, "expected a JSON object")], state
     if not snapshot_stream and first and item.get("format") == SNAPSHOT_JSONL:

@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from tillpoint.agent.config import device_id_problem
 from tillpoint.agent.errors import InputError, TillpointError
 
 from . import ENROLLMENT_DIR, ENROLLMENT_FILE
@@ -302,7 +303,7 @@ def _issue(
 
 
 def check_device_id(device_id: str) -> str:
-    if not device_id or len(device_id) > 100 or any(c.isspace() or c in "/\\\0" for c in device_id):
+    if device_id_problem(device_id):  # the till's configuration asks the same
         raise InputError(
             f"device id {device_id!r} is not usable: 1 to 100 characters, no blanks or slashes"
         )

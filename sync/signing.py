@@ -183,6 +183,30 @@ def from_file(doc: dict[str, Any]) -> tuple[bytes, bytes]:
     return payload, signature
 
 
+def declared(doc: dict[str, Any]) -> tuple[int | None, bytes | None]:
+    """The payload's size and SHA-256 a signed file declares beside it (None: not given).
+    Malformed ones are a damaged file."""
+    size, sha = doc.get("size"), doc.get("sha256")
+    if size is not None and (type(size) is not int or size < 0):
+        raise SnapshotCorrupted("signed snapshot file: size is not a byte count (damaged)")
+    if sha is None:
+        return size, None
+    try:
+        digest = bytes.fromhex(sha) if isinstance(sha, str) else b""
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise SnapshotCorrupted("signed snapshot file: sha256 is not a SHA-256 in hex (damaged)")
+    return size, digest
+
+
+def check_declared(payload: bytes, size: int | None, sha256: bytes | None) -> None:
+    """The payload against the size and SHA-256 declared beside it: a truncated or damaged
+    file is refused even where no signature can be checked (a till not enrolled)."""
+    _check_size(len(payload), size)
+    _check_sha256(hashlib.sha256(payload).digest(), sha256)
+
+
 def _no_float(text: str) -> Any:
     raise SnapshotRefused(f"snapshot: the number {text} has a fraction")
 

@@ -3,7 +3,8 @@
 A till enrolled with a hub accepts only signed bundles (``tillpoint hub export``), checked
 exactly like a pulled snapshot. A till that is not enrolled (a standalone till, a test)
 also accepts a plain snapshot JSON; a signed bundle is then loaded without a signature
-check, since such a till has no hub key to check it with.
+check, since such a till has no hub key to check it with (its declared size and SHA-256
+are checked: a truncated or damaged file is refused).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
     if signing.is_signed_file(doc):
         payload, signature = signing.from_file(doc)
         if enrollment is None:
+            # no key to check the signature with; the declared size and checksum still
+            # tell a truncated or damaged file (it loaded, whatever its bytes had become).
+            # An enrolled till's signature check covers both (it is over what was read).
+            signing.check_declared(payload, *signing.declared(doc))
             unchecked = signing.VerifiedSnapshot(signing.read_header(payload), payload)
             return unchecked.apply(agent)
         current = cache_version(agent.data_dir)
