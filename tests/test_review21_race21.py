@@ -1,13 +1,17 @@
 """Review 21 (race21): races of concurrent calls on one till, with a real hub on 127.0.0.1.
 
-A receipt's hold at the hub is placed one call at a time (agent/hub_turns.py): two calls
-under one receiptId sent at once used to ask the hub each, and the later request replaced
-the hold the till stored with the other one's figures (docs/CONTRACT.md §11)."""
+- A receipt's hold at the hub is placed one call at a time (agent/hub_turns.py): two
+  calls under one receiptId sent at once used to ask the hub each, and the later request
+  replaced the hold the till stored with the other one's figures (docs/CONTRACT.md §11).
+- `tillpoint run` stopping: a call still running when the 5 s grace ends is answered
+  UNAVAILABLE (HTTP: the JSON 503, not a plain 500) and ends whole before the agent closes.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -161,3 +165,152 @@ def test_a_conflicting_call_at_once_leaves_the_hub_hold_as_the_till_stored_it(
     # a checkout too: its transaction is not pushed here (no sync running), so the hub
     # holds its points and code until it arrives
     assert hub_holds(hub, "r-conflict") == (first.redeemed_points, codes)
+
+
+def test_a_call_still_running_when_the_http_grace_ends_is_a_json_503_and_keeps_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tillpoint run` stopping (SIGTERM) gives in-flight HTTP calls GRACE_S; a checkout
+    still running then (its ledger write waiting here for another writer) went on in the
+    pool and committed, while the POS got uvicorn's plain-text "Internal Server Error",
+    which says "a bug" (§12). Now: the JSON 503 UNAVAILABLE, retry with the same
+    receiptId, and the retry answers what was stored (the call still finishes whole)."""
+    from tillpoint.agent import http_api
+    from tillpoint.agent.service import Agent
+
+    from .conftest import receipt as local_receipt
+    from .conftest import snapshot
+    from .test_http_api import Client, error_of
+
+    monkeypatch.setattr(http_api, "GRACE_S", 0.5)
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot())
+    srv = http_api.HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    other = sqlite3.connect(tmp_path / "data" / "ledger.db", isolation_level=None)
+    answers: list[Any] = []
+    client = Client(srv.port)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer: the checkout's write waits
+        sale = local_receipt("r-grace")
+        sender = threading.Thread(target=lambda: answers.append(client.post("/v1/checkout", sale)))
+        sender.start()
+        time.sleep(0.3)  # the call is in the pool, waiting for the ledger
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        sender.join(10)  # the grace ends first
+        time.sleep(0.5)
+        other.execute("COMMIT")  # the checkout goes on
+        stopper.join(10)
+        assert not stopper.is_alive() and answers
+        status, code, message = error_of(answers[0])
+        assert (status, code) == (503, "UNAVAILABLE")
+        assert "retry with the same receiptId" in message
+        # the call went on to its end: stored whole, and a retry answers what was stored
+        again = agent.checkout(receipt_from_json(sale))
+        assert again.state == "CONFIRMED" and again.seq == 1
+    finally:
+        client.close()
+        other.close()
+        agent.close()
+
+
+@pytest.mark.slow  # a real `tillpoint run` whose hub answers after the 5 s grace: about 15 s
+def test_a_grpc_call_still_running_when_run_stops_ends_whole_before_the_agent_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while a gRPC checkout waits for a slow hub's grant (longer than the 5 s
+    grace). gRPC cancels the call (the POS hears UNAVAILABLE and retries), but its handler
+    went on after `run` had stopped the hub link and closed the agent: the sale failed
+    as "the ledger is busy or unavailable: Cannot operate on a closed database" (logged
+    as sales refused) and the hub kept the hold it had granted for a receipt the till
+    never stored. Now `run` waits for the handler: the receipt is stored whole (receipt,
+    journal, outbox), and the retry after the restart answers it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import grpc
+    from google.protobuf import json_format
+    from tillpoint.sync.hub_server import HubServicer
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    from .conftest import free_port
+
+    granted = HubServicer.AuthorizeRedemption
+
+    def slow(self: Any, request: Any, context: Any) -> Any:
+        time.sleep(7)  # a hub far away: past the agent's 5 s grace
+        return granted(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "AuthorizeRedemption", slow)
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till"
+    hub.enroll(DEVICE, data)
+    port = free_port()
+    conf = tmp_path / "t.toml"
+    conf.write_text(
+        f'device_id = "{DEVICE}"\n[hub]\naddress = "{hub.address}"\nredeem_timeout_ms = 20000\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'
+    )
+    exe = Path(sys.executable).parent / "tillpoint"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    log = tmp_path / "agent.log"
+    sale = receipt("r-slow", CARD, redeem=50)
+    request = json_format.ParseDict(sale, pb.Receipt())
+
+    def start() -> tuple[subprocess.Popen[bytes], grpc.Channel, Any]:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [exe, "--config", conf, "--data-dir", data, "run"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=60)
+        stub = pb_grpc.PosAgentStub(channel)
+        wait_for(lambda: stub.Status(pb.StatusRequest(), timeout=5).cache_version > 0, 60)
+        return proc, channel, stub
+
+    proc, channel, stub = start()
+    try:
+        call = stub.Checkout.future(request, timeout=30)
+        time.sleep(1.0)  # the checkout waits for the hub
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as cut:
+            call.result()
+        assert cut.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert proc.wait(timeout=60) == 0
+        channel.close()
+        text = log.read_text(encoding="utf-8")
+        assert "closed database" not in text and "sales are refused" not in text
+        conn = sqlite3.connect(data / "ledger.db")
+        try:
+            found = [
+                conn.execute(sql, ("r-slow",)).fetchone()[0]
+                for sql in (
+                    "SELECT count(*) FROM receipts WHERE receipt_id = ?",
+                    "SELECT count(*) FROM journal WHERE ref_id = ?",
+                    "SELECT count(*) FROM outbox o JOIN journal j USING (device_id, seq)"
+                    " WHERE j.ref_id = ?",
+                )
+            ]
+        finally:
+            conn.close()
+        assert found == [1, 1, 1]  # stored whole, while the hub link was still there
+        monkeypatch.setattr(HubServicer, "AuthorizeRedemption", granted)
+        proc, channel, stub = start()
+        again = stub.Checkout(request, timeout=30)  # the POS's retry: the stored answer
+        assert (again.receipt_id, again.state, again.seq) == ("r-slow", pb.CONFIRMED, 1)
+        assert json.loads(json_format.MessageToJson(again))["redeemedPoints"] in ("50", 50)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        channel.close()
+        hub.stop()
