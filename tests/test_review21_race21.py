@@ -314,3 +314,62 @@ def test_a_grpc_call_still_running_when_run_stops_ends_whole_before_the_agent_cl
             proc.wait(timeout=60)
         channel.close()
         hub.stop()
+
+
+@pytest.mark.slow  # a real `tillpoint run`: about 8 s
+def test_run_still_stops_within_the_grace_with_health_watch_streams_open(tmp_path: Path) -> None:
+    """`run` now waits for its gRPC workers before closing the agent: a health `Watch`
+    stream (a load balancer, a POS's health check) runs on them and must not hold the
+    stop beyond the grace."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tillpoint.agent.service import Agent
+
+    from .conftest import free_port, snapshot
+
+    data = tmp_path / "data"
+    seed = Agent(data, "till-1")
+    seed.load_snapshot(snapshot())
+    seed.close()
+    port = free_port()
+    conf = tmp_path / "t.toml"
+    conf.write_text(
+        f'device_id = "till-1"\n[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'
+    )
+    exe = Path(sys.executable).parent / "tillpoint"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    proc = subprocess.Popen([exe, "--config", conf, "--data-dir", data, "run"], env=env)
+    ended: list[Any] = []
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            def watch() -> None:
+                try:
+                    for _ in stub.Watch(health_pb2.HealthCheckRequest(service="")):
+                        pass
+                except grpc.RpcError as exc:
+                    ended.append(exc.code())
+
+            watchers = [threading.Thread(target=watch, daemon=True) for _ in range(3)]
+            for w in watchers:
+                w.start()
+            time.sleep(1.0)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            assert time.monotonic() - started < 12  # the 5 s grace, then the stop
+            for w in watchers:
+                w.join(10)
+        assert len(ended) == 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
