@@ -126,6 +126,7 @@ def run(settings: Settings) -> int:
     """
     import logging
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from tillpoint.printer.service import build_devices, greet_on_scan
     from tillpoint.sync.service import TillSync
@@ -151,8 +152,9 @@ def run(settings: Settings) -> int:
     greet_on_scan(agent.scan, devices)  # a scan: a coupon for the receipt, or a card
     register_gauges(registry, agent)
     register_collector_gauges(registry)
+    grpc_workers = ThreadPoolExecutor(settings.server.max_workers)
     server, port, health_servicer = build_server(
-        agent, settings.server.listen, settings.server.max_workers, token=settings.server.token
+        agent, settings.server.listen, token=settings.server.token, workers=grpc_workers
     )
     http_server = None
     if settings.http.enabled:
@@ -209,6 +211,13 @@ def run(settings: Settings) -> int:
     if http_server is not None:
         http_server.stop()  # the same 5 s grace, meanwhile
     grpc_stopped.wait()
+    # Past the grace gRPC cancels the calls still running (the POS hears UNAVAILABLE and
+    # retries with the same receiptId), but their handlers go on in the pool: a checkout
+    # waiting for the hub's answer. They end here, on an open ledger and a live hub link,
+    # each stored whole or not at all, before anything they use is stopped; closing the
+    # agent under them failed their sale as "the ledger is busy or unavailable" and left
+    # at the hub the hold they had just been granted. Their hub and lock waits are bounded.
+    grpc_workers.shutdown(wait=True)
     for stop_background in reversed(stops):
         stop_background()
     if metrics_server is not None:

@@ -450,6 +450,19 @@ class Api:
                 f"the agent did not answer within {CALL_TIMEOUT_S:.0f} s:"
                 " retry with the same receiptId",
             )
+        except asyncio.CancelledError:
+            if self.serving:
+                raise
+            # `tillpoint run` is stopping and GRACE_S is over: uvicorn cancels the request,
+            # whose agent call goes on in the pool to its end (`HttpServer.stop` waits for
+            # it; a commit is whole or nothing). The POS hears that, not uvicorn's plain
+            # "Internal Server Error" (a bug, §12): a retry answers what was stored.
+            failed = "UNAVAILABLE"
+            return error_body(
+                "UNAVAILABLE",
+                "the agent is stopping and this call did not finish in time:"
+                " retry with the same receiptId once it is back",
+            )
         except Exception as exc:  # one readable line to the POS, the trace to the log
             log.exception("HTTP %s %s failed", call.method, call.path)
             failed = "INTERNAL"

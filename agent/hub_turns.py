@@ -7,17 +7,24 @@ RPC. Without turns, a release decided for an expired hold could reach the hub af
 POS had held the same receiptId again, and drop the new hold: the customer's points would
 stand unreserved at the hub while the till still held them.
 
-`HubTurns` orders the two: a release starts only when no hold of that receipt is in
-progress (else it is left for the next retry), and a hold waits for a release in flight.
-A release's RPC has its deadline (`hub.redeem_timeout_ms`, at most 60 s), so the wait
-ends; past `wait_s` (longer than any deadline) the hold is refused as the hub being
-unavailable, never placed beside a release still on its way.
+`HubTurns` orders them: a release starts only when no hold of that receipt is in
+progress (else it is left for the next retry), and a hold waits for a release in flight
+and for another hold or checkout of the same receiptId in progress. Two calls under one
+receiptId at once (a POS retrying over HTTP while its first call is still running, two
+clients sending one receipt) each asked the hub, and the later request replaced the hold
+the earlier one had just stored: with another body (then answered with a conflict) the
+hub held the loser's points and coupon codes for the winner's receipt, so another till
+could spend the points the stored receipt will spend. Taking turns, the second call finds
+the receipt stored and asks the hub nothing: the stored answer, or the conflict.
+A release's RPC has its deadline (`hub.redeem_timeout_ms`, at most 60 s), and so has a
+hold's request, so the wait ends; past `wait_s` (longer than any deadline) the call is
+refused as the hub being unavailable (retry with the same receiptId), never placed beside
+a release or another hold still on its way.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,27 +34,31 @@ from .errors import HubUnavailable
 class HubTurns:
     def __init__(self, wait_s: float = 90.0) -> None:
         self._changed = threading.Condition()
-        self._holding: Counter[str] = Counter()
+        self._holding: set[str] = set()
         self._releasing: set[str] = set()
         self._wait_s = wait_s
 
     @contextmanager
     def holding(self, receipt_id: str) -> Iterator[None]:
-        """Around the whole of a hold or checkout: its hub request and its ledger write."""
+        """Around the whole of a hold or checkout: its hub request and its ledger write.
+        One at a time for a receiptId, and never beside its release."""
         with self._changed:
-            if not self._changed.wait_for(lambda: receipt_id not in self._releasing, self._wait_s):
-                raise HubUnavailable(
-                    f"receipt {receipt_id}: the release of its earlier hold has not reached"
-                    " the hub yet: retry with the same receiptId"
+            if not self._changed.wait_for(
+                lambda: receipt_id not in self._releasing and receipt_id not in self._holding,
+                self._wait_s,
+            ):
+                why = (
+                    "the release of its earlier hold has not reached the hub yet"
+                    if receipt_id in self._releasing
+                    else "another call with this receiptId is still asking the hub"
                 )
-            self._holding[receipt_id] += 1
+                raise HubUnavailable(f"receipt {receipt_id}: {why}: retry with the same receiptId")
+            self._holding.add(receipt_id)
         try:
             yield
         finally:
             with self._changed:
-                self._holding[receipt_id] -= 1
-                if not self._holding[receipt_id]:
-                    del self._holding[receipt_id]
+                self._holding.discard(receipt_id)
                 self._changed.notify_all()
 
     def start_release(self, receipt_id: str) -> bool:

@@ -197,11 +197,18 @@ def _in_background(name: str, run: Callable[[threading.Event], None]) -> Callabl
 
 
 def build_server(
-    agent: Agent, address: str, max_workers: int = 8, *, token: str = ""
+    agent: Agent,
+    address: str,
+    max_workers: int = 8,
+    *,
+    token: str = "",
+    workers: futures.ThreadPoolExecutor | None = None,
 ) -> tuple[grpc.Server, int, _Health]:
     """A started-ready server (not yet started) bound to `address`; returns the bound port.
     With a `token`, every call (PosAgent, health, reflection) must carry the metadata
-    `authorization: Bearer <token>`, as every HTTP request must."""
+    `authorization: Bearer <token>`, as every HTTP request must. `workers`: the pool the
+    calls run in (default: a new one of `max_workers`); `run` passes its own, to wait for
+    the calls still running when the server's grace is over before it closes the agent."""
     problem = token_problem("server", address, token)  # config asks it too; a caller may not
     if problem:
         raise InputError(problem)
@@ -212,7 +219,7 @@ def build_server(
     # A request larger than 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before
     # it is read whole; the text fields inside are limited by the models.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
+        workers or futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", REQUEST_MAX_BYTES),
