@@ -1124,6 +1124,15 @@ class HubServer:
 
     def start(self, listen: str = "127.0.0.1:0") -> int:
         key, cert, ca = self.dir.keys.server_credentials_material()
+        not_after = pki.certificate_not_after(cert)
+        if not_after is not None and not_after - datetime.now(UTC) < timedelta(
+            days=pki.RENEW_WARNING_DAYS
+        ):
+            log.warning(
+                "the hub's server certificate expires at %s: %s",
+                not_after.isoformat(),
+                pki.RENEW_SERVER,
+            )
         creds = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=True
         )
