@@ -339,3 +339,33 @@ def test_a_secret_written_over_a_stale_temporary_file_is_0600(tmp_path: Path) ->
     stale.chmod(0o644)
     pki._write_private(path, b"secret")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------- what logs say
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_logged_trace_masks_cards_and_phones_in_both_formats(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`[log] format = "text"` (and "auto" on a terminal) printed a trace as Python wrote
+    it: an exception's words with a card number or a phone in full."""
+    import logging
+
+    from tillpoint.agent import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.setup("INFO", fmt)
+        try:
+            raise ValueError("card 2770000000017 of +79161234567")
+        except ValueError:
+            logging.getLogger("tillpoint.test").exception("refused %s", "2770000000017")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert "ValueError" in err
+    assert "2770000000017" not in err and "79161234567" not in err, err
+    assert "*********0017" in err
