@@ -369,3 +369,50 @@ def test_a_logged_trace_masks_cards_and_phones_in_both_formats(
     assert "ValueError" in err
     assert "2770000000017" not in err and "79161234567" not in err, err
     assert "*********0017" in err
+
+
+# ---------------------------------------------------------------- the snapshot key
+
+
+def test_after_the_signing_key_is_replaced_a_renewed_bundle_takes_the_refused_snapshot(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/PROTOCOL.md §1: a replaced snapshot key means a renewed bundle for every till.
+    The till remembered the refused bundle (version and SHA-256) and never checked it
+    again, with the new key either: it stayed on its old snapshot until the hub happened
+    to publish another version."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from tillpoint.sync.pull import Puller
+
+    data = tmp_path / "till"
+    till = hub.till("till-1", data, start=False)
+    try:
+        assert Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull().version
+        new = ed25519.Ed25519PrivateKey.generate()
+        keys = hub.dir.keys
+        pki._write_private(keys.snapshot_key, pki._pem_key(new))
+        pki._write_public(
+            keys.snapshot_pub,
+            new.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+        hub.restart()  # the hub signs with the new key from now on
+        version = hub.publish()
+        refused = Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        assert refused.status == "REFUSED" and "signature" in refused.message
+    finally:
+        till.stop()
+    # the documented way out: a renewed bundle (it carries the new public key), a restart
+    enrollment = hub.enroll("till-1", data)
+    link = HubLink(hub.address, enrollment)
+    from tillpoint.agent.app import till_agent
+
+    agent = till_agent(data, "till-1")
+    try:
+        result = Puller(agent, link, enrollment, call_timeout_s=2).pull()
+    finally:
+        agent.close()
+        link.close()
+    assert (result.status, result.version) == ("APPLIED", version), result
