@@ -591,6 +591,8 @@ def install_bundle(data_dir: Path, bundle: Any, device_id: str) -> Enrollment:
     if bundle_device != device_id:
         raise InputError(
             f"the bundle is for device {bundle_device!r} but this till is {device_id!r}:"
+            f" install {device_id!r}'s own bundle (lost: on the hub 'tillpoint hub enroll"
+            f" {device_id} --renew'), or, on a till that has sold nothing yet,"
             f' set device_id = "{bundle_device}" in the configuration first'
         )
     try:

@@ -416,3 +416,33 @@ def test_after_the_signing_key_is_replaced_a_renewed_bundle_takes_the_refused_sn
         agent.close()
         link.close()
     assert (result.status, result.version) == ("APPLIED", version), result
+
+
+def test_a_bundle_of_another_device_names_this_tills_own_way_out_first(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """The hint was only to change the till's device_id to the bundle's: on a till that has
+    sold (its ledger is one device's) that is refused, and on an enrolled one it takes
+    another till's identity."""
+    made = pki.issue_device(hub.dir.keys, "till-3")
+    bundle = pki.make_bundle(hub.dir.keys, made, hub.address)
+    with pytest.raises(pki.InputError) as err:
+        pki.install_bundle(tmp_path / "till", bundle, "till-1")
+    message = err.value.message
+    assert "install 'till-1''s own bundle" in message
+    assert "tillpoint hub enroll till-1 --renew" in message
+    assert message.index("--renew") < message.index('set device_id = "till-3"')
+
+
+def test_a_clock_a_few_minutes_off_leaves_a_new_certificate_valid(hub: LoopbackHub) -> None:
+    """Certificates are valid from an hour before they are made: a till or hub whose clock
+    is a few minutes behind the other's does not see a fresh certificate as not valid yet."""
+    made = pki.issue_device(hub.dir.keys, "till-c")
+    now = datetime.now(UTC)
+    for skew in (-10, -3, 3, 10):
+        assert (
+            pki.certificate_problem(made.cert_pem, "x", "y", now=now + timedelta(minutes=skew))
+            is None
+        )
+    late = pki.certificate_problem(made.cert_pem, "this till's", "y", now=now - timedelta(hours=2))
+    assert late is not None and "set the clock right" in late
