@@ -52,6 +52,13 @@ class EnrollmentError(TillpointError):
     pass
 
 
+class KeyMaterialRefused(EnrollmentError):
+    """A key or certificate the operator must mend (its mode, its dates): exit 2, which the
+    packaged units do not restart in a loop (RestartPreventExitStatus=2)."""
+
+    exit_code = 2
+
+
 # ---------------------------------------------------------------- small helpers
 
 
@@ -116,7 +123,7 @@ def check_private_mode(path: Path) -> None:
     except OSError:
         return  # missing: the reader says so
     if mode & 0o077:
-        raise EnrollmentError(
+        raise KeyMaterialRefused(
             f"{path} is a private key other users can read (mode {mode:04o}):"
             f" run 'chmod 600 {path}' (and check who could have copied it)"
         )
@@ -244,7 +251,7 @@ class HubKeys:
             material[1], f"the hub's server ({self.server_cert})", RENEW_SERVER
         )
         if problem:
-            raise EnrollmentError(problem)
+            raise KeyMaterialRefused(problem)
         return material
 
     def server_not_after(self) -> datetime | None:
