@@ -469,6 +469,7 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     hub = _existing_hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
+    bundle = pki.make_bundle(hub.keys, identity, args.address)  # its keys checked first
     out = args.out or hub.root / "bundles" / f"{args.device}.json"
     # enrolled first: a refused device id gets no bundle
     with closing(hub.open_store()) as store:
@@ -483,7 +484,7 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
                 " certificate (the old one stops working at once)"
             )
         store.enroll(identity.device_id, identity.fingerprint, _now())
-    pki.write_bundle(out, pki.make_bundle(hub.keys, identity, args.address))
+    pki.write_bundle(out, bundle)
     data = {
         "deviceId": identity.device_id,
         "bundle": str(out),

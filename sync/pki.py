@@ -226,9 +226,27 @@ class HubKeys:
         )
 
     def signing_key(self) -> ed25519.Ed25519PrivateKey:
+        """The snapshot key, refused when `snapshot.pub` (what every bundle gives the tills)
+        is not its public half: each till would refuse every snapshot signed with it."""
         key = _load_key(self.snapshot_key)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise EnrollmentError(f"{self.snapshot_key} is not an Ed25519 key")
+        raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        try:
+            pub = serialization.load_pem_public_key(self.snapshot_pub.read_bytes())
+        except FileNotFoundError:
+            raise EnrollmentError(
+                f"{self.snapshot_pub} is missing: restore it from a backup"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise EnrollmentError(f"cannot read {self.snapshot_pub}: {exc}") from None
+        if not isinstance(pub, ed25519.Ed25519PublicKey) or pub.public_bytes(
+            *raw
+        ) != key.public_key().public_bytes(*raw):
+            raise KeyMaterialRefused(
+                f"{self.snapshot_pub} is not the public half of {self.snapshot_key}: the tills"
+                " would refuse every snapshot; restore both files from the same backup"
+            )
         return key
 
     def server_credentials_material(self) -> tuple[bytes, bytes, bytes]:
@@ -481,6 +499,7 @@ def device_id_of(cert_pem: bytes) -> str | None:
 
 def make_bundle(keys: HubKeys, identity: DeviceIdentity, hub_address: str) -> dict[str, Any]:
     """The JSON document a till installs: its identity, whom to trust, where the hub is."""
+    keys.signing_key()  # the pair checked: a bundle must carry the key snapshots are signed with
     try:
         ca_pem = keys.ca_cert.read_bytes()
         snapshot_pub = keys.snapshot_pub.read_bytes()

@@ -446,3 +446,30 @@ def test_a_clock_a_few_minutes_off_leaves_a_new_certificate_valid(hub: LoopbackH
         )
     late = pki.certificate_problem(made.cert_pem, "this till's", "y", now=now - timedelta(hours=2))
     assert late is not None and "set the clock right" in late
+
+
+def test_a_snapshot_key_pair_that_does_not_match_is_refused(tmp_path: Path) -> None:
+    """`snapshot.pub` restored from another backup than `snapshot.key`: the hub served and
+    enrolled with them, and every till enrolled since refused every snapshot."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    root = tmp_path / "hub"
+    env = {**os.environ, "TILLPOINT_HUB_DIR": str(root)}
+    subprocess.run([EXE, "hub", "init"], env=env, check=True, capture_output=True)
+    keys = HubDir(root).keys
+    other = ed25519.Ed25519PrivateKey.generate().public_key()
+    keys.snapshot_pub.write_bytes(
+        other.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    for command in (
+        ["hub", "serve", "--listen", "127.0.0.1:0"],
+        ["hub", "enroll", "till-1", "--address", "127.0.0.1:1"],
+    ):
+        done = subprocess.run([EXE, *command], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (command, done.stderr)
+        assert "is not the public half of" in done.stderr
+    status = subprocess.run([EXE, "hub", "status"], env=env, capture_output=True, text=True)
+    assert "till-1" not in status.stdout  # refused before it was enrolled: no --renew needed
