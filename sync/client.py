@@ -157,6 +157,9 @@ class HubLink:
             problem = self.enrollment.certificate_problem()
             if problem:
                 return problem
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            # not enrolled, revoked, a superseded certificate: the way back is a new bundle
+            return f"{describe(exc)} ({self.enrollment.renew_hint()})"
         return describe(exc)
 
     def failed(self, exc: grpc.RpcError) -> str:

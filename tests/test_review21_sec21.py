@@ -87,7 +87,9 @@ def test_a_valid_certificate_refused_is_still_the_hubs_words(
         message = pull_error(link, "till-r")
     finally:
         link.close()
-    assert message.startswith("the hub refused this till"), message
+    assert message.startswith("the hub refused this till: device till-r is revoked"), message
+    # and the way back, as for an expired certificate
+    assert "tillpoint hub enroll till-r --renew" in message and "sync install" in message
 
 
 def test_status_shows_when_the_certificate_and_the_snapshot_expire(
