@@ -153,7 +153,11 @@ class HubLink:
         the hub drops such a till in the handshake, which the till sees only as a closed
         socket ("the hub is unreachable")."""
         code = exc.code() if isinstance(exc, grpc.Call) else None
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED):
+        if code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,  # the hub's per-call check of the dates
+        ):
             problem = self.enrollment.certificate_problem()
             if problem:
                 return problem

@@ -475,3 +475,29 @@ def test_a_snapshot_key_pair_that_does_not_match_is_refused(tmp_path: Path) -> N
         assert "is not the public half of" in done.stderr
     status = subprocess.run([EXE, "hub", "status"], env=env, capture_output=True, text=True)
     assert "till-1" not in status.stdout  # refused before it was enrolled: no --renew needed
+
+
+def test_a_certificate_that_expires_on_an_open_connection_is_refused_at_the_next_call(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """TLS checks the dates at the handshake only; a till's connection (its Subscribe
+    stream keeps it open for days) went on working past the certificate's end, and the
+    till learnt of it only at some later reconnect, as "the hub is unreachable"."""
+    moment = datetime.now(UTC) - timedelta(days=pki.CERT_DAYS) + timedelta(seconds=3)
+    made = pki.issue_device(hub.dir.keys, "till-t", now=moment)
+    hub.store.enroll("till-t", made.fingerprint, datetime.now(UTC))
+    bundle = pki.make_bundle(hub.dir.keys, made, hub.address)
+    enrollment = pki.install_bundle(tmp_path / "till", bundle, "till-t")
+    link = HubLink(hub.address, enrollment)
+    request = pb.PullSnapshotRequest(device_id="till-t")
+    try:
+        assert list(link.stub.PullSnapshot(request, timeout=TIMEOUT))[0].version >= 1
+        time.sleep(max(0.0, (made.not_after - datetime.now(UTC)).total_seconds()) + 0.5)
+        with pytest.raises(grpc.RpcError) as err:
+            list(link.stub.PullSnapshot(request, timeout=TIMEOUT))  # the same connection
+        assert isinstance(err.value, grpc.Call)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value.details()
+        assert "expired" in (err.value.details() or "")
+        assert link.failed(err.value).startswith("this till's certificate expired at")
+    finally:
+        link.close()
