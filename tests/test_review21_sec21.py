@@ -491,7 +491,8 @@ def test_a_certificate_that_expires_on_an_open_connection_is_refused_at_the_next
     link = HubLink(hub.address, enrollment)
     request = pb.PullSnapshotRequest(device_id="till-t")
     try:
-        assert list(link.stub.PullSnapshot(request, timeout=TIMEOUT))[0].version >= 1
+        chunks = list(link.stub.PullSnapshot(request, timeout=TIMEOUT))
+        assert chunks[0].version >= 1
         time.sleep(max(0.0, (made.not_after - datetime.now(UTC)).total_seconds()) + 0.5)
         with pytest.raises(grpc.RpcError) as err:
             list(link.stub.PullSnapshot(request, timeout=TIMEOUT))  # the same connection
