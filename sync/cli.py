@@ -466,6 +466,12 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
 def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     from . import pki
 
+    if args.address and ":" not in args.address:
+        # a host without its port: the till would dial gRPC's default (443) and say only
+        # that the hub is unreachable
+        raise InputError(
+            f"--address {args.address!r} has no port: give HOST:PORT (e.g. {args.address}:50070)"
+        )
     hub = _existing_hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)

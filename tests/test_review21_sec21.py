@@ -502,3 +502,19 @@ def test_a_certificate_that_expires_on_an_open_connection_is_refused_at_the_next
         assert link.failed(err.value).startswith("this till's certificate expired at")
     finally:
         link.close()
+
+
+def test_enroll_refuses_an_address_without_a_port(tmp_path: Path) -> None:
+    root = tmp_path / "hub"
+    env = {**os.environ, "TILLPOINT_HUB_DIR": str(root)}
+    subprocess.run([EXE, "hub", "init"], env=env, check=True, capture_output=True)
+    done = subprocess.run(
+        [EXE, "hub", "enroll", "till-1", "--address", "hub.example"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "hub.example:50070" in done.stderr, done.stderr
+    status = subprocess.run([EXE, "hub", "status"], env=env, capture_output=True, text=True)
+    assert "till-1" not in status.stdout  # nothing enrolled: no --renew needed to retry
