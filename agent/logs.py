@@ -59,15 +59,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """The terminal's lines; a trace masked too, as the JSON form's is (the filter masks
+    the message only, and a trace repeats the exception's words: a card or a phone in an
+    error said there unmasked)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatException(self, ei: Any) -> str:
+        return mask(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return mask(super().formatStack(stack_info))
+
+
 def setup(level: str = "INFO", fmt: str = "auto") -> None:
     """Configure the root logger: `fmt` is "json", "text" or "auto" (JSON unless a TTY)."""
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler.setFormatter(
-        JsonFormatter()
-        if use_json
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     handler.addFilter(MaskingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

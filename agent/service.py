@@ -1589,6 +1589,7 @@ class Agent:
                 "deviceId": self.device_id,
                 "cacheVersion": info.version,
                 "cacheIssuedAt": info.issued_at or "",
+                "cacheExpiresAt": info.expires_at or "",
                 "lastSeq": ledger.last_seq(conn, self.device_id),
                 "outboxDepth": ledger.outbox_depth(conn),
                 "printQueueDepth": int(jobs),

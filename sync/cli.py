@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tillpoint.agent.errors import HubUnavailable, InputError, one_line
+from tillpoint.agent.errors import HubUnavailable, InputError, TillpointError, one_line
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from tillpoint.agent.config import Settings
@@ -57,6 +57,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="a host name or IP the hub is reached at (repeatable)",
+    )
+    p.add_argument(
+        "--renew-server",
+        action="store_true",
+        help="issue the hub a new server certificate from its CA (before the old one"
+        " expires, or after; tills need nothing new)",
     )
     p.set_defaults(handler=_hub_init)
 
@@ -279,6 +285,24 @@ def _now() -> datetime:
 
 def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
     hub = _hub(settings, args)
+    if args.renew_server:
+        if not hub.keys.exists():
+            raise InputError(f"no hub keys in {hub.keys.root}: run 'tillpoint hub init' first")
+        expires = hub.keys.renew_server(args.host)
+        renewed = {
+            "hubDir": str(hub.root),
+            "serverCertificate": str(hub.keys.server_cert),
+            "serverCertificateExpiresAt": expires.isoformat(),
+        }
+        return _emit(
+            args,
+            renewed,
+            lambda d: (
+                f"new server certificate {d['serverCertificate']}, valid until"
+                f" {d['serverCertificateExpiresAt']}: restart 'tillpoint hub serve'"
+                " (copy server.key and server.pem to every hub server)"
+            ),
+        )
     made = hub.init(args.host)
     hub.open_store(migrate=True).close()
     data = {"hubDir": str(hub.root), "created": made, "caCertificate": str(hub.keys.ca_cert)}
@@ -442,9 +466,16 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
 def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     from . import pki
 
+    if args.address and ":" not in args.address:
+        # a host without its port: the till would dial gRPC's default (443) and say only
+        # that the hub is unreachable
+        raise InputError(
+            f"--address {args.address!r} has no port: give HOST:PORT (e.g. {args.address}:50070)"
+        )
     hub = _existing_hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
+    bundle = pki.make_bundle(hub.keys, identity, args.address)  # its keys checked first
     out = args.out or hub.root / "bundles" / f"{args.device}.json"
     # enrolled first: a refused device id gets no bundle
     with closing(hub.open_store()) as store:
@@ -459,7 +490,7 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
                 " certificate (the old one stops working at once)"
             )
         store.enroll(identity.device_id, identity.fingerprint, _now())
-    pki.write_bundle(out, pki.make_bundle(hub.keys, identity, args.address))
+    pki.write_bundle(out, bundle)
     data = {
         "deviceId": identity.device_id,
         "bundle": str(out),
@@ -694,10 +725,13 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
                 " drain the outbox first)"
             )
     enrollment = install_bundle(settings.data_dir, bundle, settings.device_id)
+    running = _agent_running(settings)
     data = {
         "deviceId": enrollment.device_id,
         "hubAddress": enrollment.hub_address,
         "enrolled": True,
+        "certificateExpiresAt": _utc(enrollment.certificate_expires_at()),
+        "restartNeeded": bool(running),
     }
     return _emit(
         args,
@@ -705,6 +739,12 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
         lambda d: (
             f"enrolled as {d['deviceId']} with hub {d['hubAddress'] or '(set hub.address)'};"
             " this till now accepts only snapshots signed by its hub"
+            + (
+                f"; {running}: restart it (systemctl restart tillpoint), it keeps"
+                " the enrolment it started with until then"
+                if d["restartNeeded"]
+                else ""
+            )
         ),
     )
 
@@ -731,6 +771,25 @@ def _refuse_another_devices_ledger(settings: Settings) -> None:
             f" {settings.device_id!r}: install a bundle for {other!r} (`tillpoint hub enroll"
             f" {other}`), or give {settings.device_id!r} a data directory of its own"
         )
+
+
+def _utc(moment: datetime | None) -> str:
+    return moment.isoformat().replace("+00:00", "Z") if moment else ""
+
+
+def _agent_running(settings: Settings) -> str:
+    """ "another tillpoint (pid N) is running on DIR" while `tillpoint run` holds the data
+    directory (it read its enrolment when it started), else ""."""
+    from tillpoint.agent.errors import Refused
+    from tillpoint.agent.lock import DataDirLock
+
+    try:
+        DataDirLock(settings.data_dir).acquire().release()
+    except Refused as exc:
+        return exc.message
+    except TillpointError:
+        return ""
+    return ""
 
 
 def _same_hub_and_device(current: Any, bundle: Any) -> bool:
@@ -808,10 +867,8 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             {"mode": "ONLINE" if link.online else "OFFLINE", "last_contact_at": state.now_text()},
         )
     except grpc.RpcError as exc:
-        from .client import describe
-
         state.put(pusher.conn, {"mode": "OFFLINE"})
-        raise HubUnavailable(describe(exc)) from None
+        raise HubUnavailable(link.describe(exc)) from None
     finally:
         pusher.close()
         agent.close()
@@ -865,7 +922,6 @@ def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.app import sync_link
     from tillpoint.v1 import tillpoint_pb2 as pb
 
-    from .client import describe
     from .hub_server import MAX_LIST
 
     if args.since < 0 or args.limit < 0:
@@ -894,7 +950,7 @@ def _sync_receipts(settings: Settings, args: argparse.Namespace) -> int:
                 break
             since = page.transactions[-1].seq
     except grpc.RpcError as exc:
-        raise HubUnavailable(describe(exc)) from None
+        raise HubUnavailable(link.describe(exc)) from None
     finally:
         link.close()
     return _print_transactions(args, reply, enrollment.device_id)

@@ -30,6 +30,8 @@ UNREACHABLE = frozenset(
     }
 )
 REFUSED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
+# gRPC's words when the till does not trust the server's certificate (BoringSSL's)
+HANDSHAKE_FAILED = ("CERTIFICATE_VERIFY_FAILED", "Tls handshake failed", "CERTIFICATE_VERI")
 
 
 def describe(exc: grpc.RpcError) -> str:
@@ -39,7 +41,16 @@ def describe(exc: grpc.RpcError) -> str:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return "the hub did not answer in time"
     if code == grpc.StatusCode.UNAVAILABLE:
-        return f"the hub is unreachable ({(details or '').splitlines()[0][:200]})"
+        first = (details or "").splitlines()[0] if details else ""
+        if any(sign in first for sign in HANDSHAKE_FAILED):
+            # the hub answered, but the two sides do not trust each other: not a network
+            # problem, and no retry mends it
+            return (
+                "the TLS handshake with the hub failed: its certificate expired or is not"
+                " from this till's hub (on the hub: 'tillpoint hub serve' says which), or"
+                f" the address is another server's ({first[-120:]})"
+            )
+        return f"the hub is unreachable ({first[:200]})"
     if code in REFUSED:
         return f"the hub refused this till: {details}"
     name = code.name if code is not None else "error"
@@ -136,8 +147,27 @@ class HubLink:
             self.changed.set()
             self._recovered()
 
+    def describe(self, exc: grpc.RpcError) -> str:
+        """`describe`, except that a call that could not connect while this till's own
+        certificate is expired (or not valid yet by its clock) says so and how to renew it:
+        the hub drops such a till in the handshake, which the till sees only as a closed
+        socket ("the hub is unreachable")."""
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,  # the hub's per-call check of the dates
+        ):
+            problem = self.enrollment.certificate_problem()
+            if problem:
+                return problem
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            # not enrolled, revoked, a superseded certificate: the way back is a new bundle
+            return f"{describe(exc)} ({self.enrollment.renew_hint()})"
+        return describe(exc)
+
     def failed(self, exc: grpc.RpcError) -> str:
-        message = describe(exc)
+        message = self.describe(exc)
         code = exc.code() if isinstance(exc, grpc.Call) else None
         with self._lock:
             flipped = self.online

@@ -761,7 +761,7 @@ class HubServicer(pb_grpc.HubServicer):
         pems = list(auth.get("x509_pem_cert") or [])
         if not pems:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
-        device, fingerprint = _identity(bytes(pems[0]))
+        device, fingerprint, not_after = _identity(bytes(pems[0]))
         if device is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "the certificate names no device")
         try:
@@ -777,6 +777,15 @@ class HubServicer(pb_grpc.HubServicer):
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"this certificate of {device} is not the enrolled one (re-enrolled?)",
+            )
+        if not_after is not None and datetime.now(UTC) > not_after:
+            # TLS checks the dates at the handshake only: a connection opened before the
+            # certificate expired (a till's Subscribe, kept alive for days) went on
+            # working with it; now it ends at the next call, as a revocation does
+            _abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of {device} expired at {not_after.isoformat()}",
             )
         if claimed != device:
             _abort(
@@ -1041,12 +1050,14 @@ def list_transactions(
 
 
 @functools.lru_cache(maxsize=16_384)  # a chain's busiest tills; about 1 kB each
-def _identity(pem: bytes) -> tuple[str | None, str]:
-    """(the device a client certificate names, its fingerprint): the certificate parsed
-    once, not twice on every call (the enrolment and revocation are still read from the
-    store on every call)."""
+def _identity(pem: bytes) -> tuple[str | None, str, datetime | None]:
+    """(the device a client certificate names, its fingerprint, its expiry): the
+    certificate parsed once, not on every call (the enrolment and revocation are still
+    read from the store on every call, and the expiry compared with the clock)."""
     device = pki.device_id_of(pem)
-    return device, "" if device is None else pki.fingerprint(pem)
+    if device is None:
+        return None, "", None
+    return device, pki.fingerprint(pem), pki.certificate_not_after(pem)
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -1124,6 +1135,15 @@ class HubServer:
 
     def start(self, listen: str = "127.0.0.1:0") -> int:
         key, cert, ca = self.dir.keys.server_credentials_material()
+        not_after = pki.certificate_not_after(cert)
+        if not_after is not None and not_after - datetime.now(UTC) < timedelta(
+            days=pki.RENEW_WARNING_DAYS
+        ):
+            log.warning(
+                "the hub's server certificate expires at %s: %s",
+                not_after.isoformat(),
+                pki.RENEW_SERVER,
+            )
         creds = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=True
         )

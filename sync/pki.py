@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -42,10 +43,21 @@ DEVICE_URI_PREFIX = "urn:tillpoint:device:"
 BUNDLE_FORMAT = "tillpoint-enrollment/1"
 CA_YEARS = 20
 CERT_DAYS = 5 * 365
+# A certificate this close to its end is reported (the till's status and log, `hub serve`'s
+# log) so that it is renewed before a till or the hub is cut off.
+RENEW_WARNING_DAYS = 30
+RENEW_SERVER = "run 'tillpoint hub init --renew-server' on the hub (the tills need nothing new)"
 
 
 class EnrollmentError(TillpointError):
     pass
+
+
+class KeyMaterialRefused(EnrollmentError):
+    """A key or certificate the operator must mend (its mode, its dates): exit 2, which the
+    packaged units do not restart in a loop (RestartPreventExitStatus=2)."""
+
+    exit_code = 2
 
 
 # ---------------------------------------------------------------- small helpers
@@ -57,6 +69,9 @@ def _write_private(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        # O_CREAT's mode applies only to a new file: a temporary file a crash left (or
+        # one made by hand) keeps its own mode, so set it
+        os.fchmod(fd, 0o600)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -100,7 +115,54 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def check_private_mode(path: Path) -> None:
+    """Refuse a private key other users can read (or write): it must stay the hub's or the
+    till's own. Written 0600 by tillpoint; a copy made without keeping the mode is what
+    this catches (EnrollmentError: exit 2, and the way out)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return  # missing: the reader says so
+    if mode & 0o077:
+        raise KeyMaterialRefused(
+            f"{path} is a private key other users can read (mode {mode:04o}):"
+            f" run 'chmod 600 {path}' (and check who could have copied it)"
+        )
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def certificate_problem(
+    cert_pem: bytes, whose: str, renew: str, *, now: datetime | None = None
+) -> str | None:
+    """Why a certificate cannot be used now (expired, or not valid yet by this clock), in
+    one line with the way out (`renew`), or None while it is valid."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        return f"{whose} certificate is unreadable ({exc}): {renew}"
+    moment = now or datetime.now(UTC)
+    if moment > cert.not_valid_after_utc:
+        return f"{whose} certificate expired at {_utc_text(cert.not_valid_after_utc)}: {renew}"
+    if moment < cert.not_valid_before_utc:
+        return (
+            f"{whose} certificate is valid only from {_utc_text(cert.not_valid_before_utc)}"
+            f" and this machine's clock says {_utc_text(moment)}: set the clock right (NTP)"
+        )
+    return None
+
+
+def certificate_not_after(cert_pem: bytes) -> datetime | None:
+    try:
+        return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+    except ValueError:
+        return None
+
+
 def _load_key(path: Path) -> Any:
+    check_private_mode(path)
     try:
         return serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
@@ -165,15 +227,37 @@ class HubKeys:
         )
 
     def signing_key(self) -> ed25519.Ed25519PrivateKey:
+        """The snapshot key, refused when `snapshot.pub` (what every bundle gives the tills)
+        is not its public half: each till would refuse every snapshot signed with it."""
         key = _load_key(self.snapshot_key)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise EnrollmentError(f"{self.snapshot_key} is not an Ed25519 key")
+        raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        try:
+            pub = serialization.load_pem_public_key(self.snapshot_pub.read_bytes())
+        except FileNotFoundError:
+            raise EnrollmentError(
+                f"{self.snapshot_pub} is missing: restore it from a backup"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise EnrollmentError(f"cannot read {self.snapshot_pub}: {exc}") from None
+        if not isinstance(pub, ed25519.Ed25519PublicKey) or pub.public_bytes(
+            *raw
+        ) != key.public_key().public_bytes(*raw):
+            raise KeyMaterialRefused(
+                f"{self.snapshot_pub} is not the public half of {self.snapshot_key}: the tills"
+                " would refuse every snapshot; restore both files from the same backup"
+            )
         return key
 
     def server_credentials_material(self) -> tuple[bytes, bytes, bytes]:
-        """(server key PEM, server certificate PEM, CA certificate PEM)."""
+        """(server key PEM, server certificate PEM, CA certificate PEM), refused while
+        the server key is readable by others or the server certificate cannot be used
+        (expired, or not valid yet by this clock): tills would fail the handshake and
+        sell OFFLINE, and say only that the hub is unreachable."""
+        check_private_mode(self.server_key)
         try:
-            return (
+            material = (
                 self.server_key.read_bytes(),
                 self.server_cert.read_bytes(),
                 self.ca_cert.read_bytes(),
@@ -182,6 +266,52 @@ class HubKeys:
             raise EnrollmentError(
                 f"{exc.filename} is missing: run `tillpoint hub init` first"
             ) from None
+        problem = certificate_problem(
+            material[1], f"the hub's server ({self.server_cert})", RENEW_SERVER
+        )
+        if problem:
+            raise KeyMaterialRefused(problem)
+        return material
+
+    def server_not_after(self) -> datetime | None:
+        try:
+            return certificate_not_after(self.server_cert.read_bytes())
+        except OSError:
+            return None
+
+    def renew_server(
+        self, hosts: list[str] | None = None, *, now: datetime | None = None
+    ) -> datetime:
+        """A new server key and certificate from the hub's own CA (the tills trust the
+        CA and check the name `tillpoint-hub`, so nothing changes on them). The names of
+        the current certificate are kept, `hosts` added. Returns the new expiry."""
+        ca_key = _load_key(self.ca_key)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise EnrollmentError(f"{self.ca_key} is not the hub's CA key")
+        ca_cert = _load_cert(self.ca_cert)
+        names = [HUB_TLS_NAME, "localhost", socket.gethostname()]
+        try:
+            old = x509.load_pem_x509_certificate(self.server_cert.read_bytes())
+            san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names += [str(n) for n in san.get_values_for_type(x509.DNSName)]
+            names += [
+                str(ip) for ip in san.get_values_for_type(x509.IPAddress) if str(ip) != "127.0.0.1"
+            ]  # _san adds 127.0.0.1 itself
+        except (OSError, ValueError, x509.ExtensionNotFound):
+            pass  # a missing or damaged certificate: the default names
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(
+            ca_key,
+            ca_cert,
+            key.public_key(),
+            HUB_TLS_NAME,
+            _san([*names, *(hosts or [])]),
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            now or datetime.now(UTC),
+        )
+        _write_private(self.server_key, _pem_key(key))
+        _write_public(self.server_cert, _pem_cert(cert))
+        return cert.not_valid_after_utc
 
 
 def init_hub_keys(
@@ -370,6 +500,7 @@ def device_id_of(cert_pem: bytes) -> str | None:
 
 def make_bundle(keys: HubKeys, identity: DeviceIdentity, hub_address: str) -> dict[str, Any]:
     """The JSON document a till installs: its identity, whom to trust, where the hub is."""
+    keys.signing_key()  # the pair checked: a bundle must carry the key snapshots are signed with
     try:
         ca_pem = keys.ca_cert.read_bytes()
         snapshot_pub = keys.snapshot_pub.read_bytes()
@@ -425,8 +556,30 @@ class Enrollment:
             raise EnrollmentError(f"{self.snapshot_pub} is not an Ed25519 public key")
         return key
 
+    def renew_hint(self) -> str:
+        return (
+            f"on the hub run 'tillpoint hub enroll {self.device_id} --renew --address"
+            f" {self.hub_address or 'HOST:PORT'}', then 'tillpoint sync install BUNDLE' here"
+        )
+
+    def certificate_problem(self, now: datetime | None = None) -> str | None:
+        """Why the hub cannot accept this till's certificate now (expired, or not valid
+        yet by this till's clock), with the way out; None while it is valid."""
+        try:
+            pem = self.cert.read_bytes()
+        except OSError as exc:
+            return f"this till's certificate is unreadable ({exc}): {self.renew_hint()}"
+        return certificate_problem(pem, "this till's", self.renew_hint(), now=now)
+
+    def certificate_expires_at(self) -> datetime | None:
+        try:
+            return certificate_not_after(self.cert.read_bytes())
+        except OSError:
+            return None
+
     def channel_material(self) -> tuple[bytes, bytes, bytes]:
         """(CA certificate PEM, device key PEM, device certificate PEM)."""
+        check_private_mode(self.key)
         try:
             return self.ca_cert.read_bytes(), self.key.read_bytes(), self.cert.read_bytes()
         except OSError as exc:
@@ -465,6 +618,8 @@ def install_bundle(data_dir: Path, bundle: Any, device_id: str) -> Enrollment:
     if bundle_device != device_id:
         raise InputError(
             f"the bundle is for device {bundle_device!r} but this till is {device_id!r}:"
+            f" install {device_id!r}'s own bundle (lost: on the hub 'tillpoint hub enroll"
+            f" {device_id} --renew'), or, on a till that has sold nothing yet,"
             f' set device_id = "{bundle_device}" in the configuration first'
         )
     try:
@@ -478,8 +633,18 @@ def install_bundle(data_dir: Path, bundle: Any, device_id: str) -> Enrollment:
         raise InputError("the bundle's snapshot key is not an Ed25519 public key")
     if device_id_of(cert_pem) != device_id:
         raise InputError("the bundle's certificate is not for this device")
-    if cert.issuer != ca.subject:
-        raise InputError("the bundle's certificate is not signed by the bundle's CA")
+    try:
+        # the signature, not only the names: every hub's CA has the same name
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise InputError("the bundle's certificate is not signed by the bundle's CA") from None
+    problem = certificate_problem(
+        cert_pem,
+        "the bundle's",
+        f"ask the hub for a new bundle ('tillpoint hub enroll {device_id} --renew')",
+    )
+    if problem:
+        raise InputError(problem)
     if not isinstance(key, ec.EllipticCurvePrivateKey) or (
         key.public_key().public_numbers() != cert.public_key().public_numbers()  # type: ignore[union-attr]
     ):
@@ -493,6 +658,7 @@ def install_bundle(data_dir: Path, bundle: Any, device_id: str) -> Enrollment:
         "deviceId": device_id,
         "hubAddress": address,
         "certificateFingerprint": fingerprint(cert_pem),
+        "certificateExpiresAt": _utc_text(cert.not_valid_after_utc),
         "installedAt": datetime.now(UTC).isoformat(),
     }
     # The marker goes last: a till is enrolled only once every file is in place.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -337,6 +338,9 @@ class Puller:
                     {
                         "error:pull": state.error_value(result.message),
                         "refused": json.dumps(record, ensure_ascii=False),
+                        # the hub key it was checked with: a bundle installed since with
+                        # another key (the hub's signing key replaced) checks it afresh
+                        "refused_key": self._key_id(),
                     }
                 )
             else:
@@ -346,6 +350,7 @@ class Puller:
                 }
                 if result.status == "APPLIED":
                     values["refused"] = None
+                    values["refused_key"] = None
                 self._record(values)
             return result
 
@@ -502,9 +507,12 @@ class Puller:
         conn = open_ledger(self.agent.data_dir)
         try:
             raw = get(conn, "refused")
+            key = get(conn, "refused_key")
         finally:
             conn.close()
-        if not raw:
+        if not raw or key != self._key_id():
+            # None recorded (a refusal an older release remembered) counts as another
+            # key: the bundle is downloaded and checked once more
             return None
         try:
             seen = json.loads(raw)
@@ -513,6 +521,13 @@ class Puller:
         if seen.get("version") == chunk.version and seen.get("sha256") == chunk.sha256.hex():
             return str(seen.get("reason", "refused before"))
         return None
+
+    def _key_id(self) -> str:
+        """The hub's snapshot key this till holds now (its enrolment's `snapshot.pub`)."""
+        try:
+            return hashlib.sha256(self.enrollment.snapshot_pub.read_bytes()).hexdigest()
+        except OSError:
+            return ""
 
     def _nothing_newer(self, hub_version: int, current: int) -> PullResult:
         message = ""

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -41,7 +41,7 @@ from . import check_device, state
 from .authoriser import HubAuthoriser
 from .backoff import Backoff
 from .client import HubLink
-from .pki import Enrollment, EnrollmentError, load_enrollment
+from .pki import RENEW_WARNING_DAYS, Enrollment, EnrollmentError, load_enrollment
 from .pull import DEFAULT_MAX_BYTES, Puller, PullInterrupted, SyncBusy, cache_version
 from .push import Pusher
 from .till import TillAgent
@@ -440,6 +440,18 @@ class TillSync:
         service = SyncService(agent, self.link, self.enrollment, self.timings)
         service.start()
         log.info("syncing with hub %s as %s", self.address, agent.device_id)
+        expires = self.enrollment.certificate_expires_at()
+        problem = self.enrollment.certificate_problem()
+        if problem:
+            log.error("%s", problem)
+        elif expires is not None and expires - datetime.now(UTC) < timedelta(
+            days=RENEW_WARNING_DAYS
+        ):
+            log.warning(
+                "this till's certificate expires at %s: %s",
+                expires.isoformat(),
+                self.enrollment.renew_hint(),
+            )
 
         def stop() -> None:
             service.stop()

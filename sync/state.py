@@ -121,6 +121,7 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
         "setAside": set_aside,
         "syncError": aside_error or last_error,
         "enrolled": _enrolled(ledger_conn),
+        "certificateExpiresAt": _certificate_expires(ledger_conn),
     }
     if values.get("refused"):
         with contextlib.suppress(ValueError):
@@ -135,3 +136,27 @@ def _enrolled(conn: sqlite3.Connection) -> bool:
         if name == "main" and file:
             return is_enrolled(Path(file).parent)
     return False
+
+
+def _certificate_expires(conn: sqlite3.Connection) -> str:
+    """When this till's certificate expires (the enrolment marker says it; a marker an
+    older release wrote, from the certificate), "" when not enrolled."""
+    from . import ENROLLMENT_DIR, ENROLLMENT_FILE
+
+    for _, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main" and file:
+            root = Path(file).parent / ENROLLMENT_DIR
+            try:
+                meta = json.loads((root / ENROLLMENT_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return ""
+            if isinstance(meta, dict) and meta.get("certificateExpiresAt"):
+                return str(meta["certificateExpiresAt"])
+            from .pki import certificate_not_after
+
+            try:
+                moment = certificate_not_after((root / "device.pem").read_bytes())
+            except OSError:
+                return ""
+            return moment.isoformat().replace("+00:00", "Z") if moment else ""
+    return ""

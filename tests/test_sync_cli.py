@@ -62,7 +62,10 @@ def test_hub_import_publish_enroll_and_sync_now(
             "deviceId": "till-1",
             "hubAddress": hub.address,
             "enrolled": True,
+            "certificateExpiresAt": doc["certificateExpiresAt"],
+            "restartNeeded": False,  # no `tillpoint run` holds the data directory
         }
+        assert doc["certificateExpiresAt"].endswith("Z")
         assert is_enrolled(till)
 
         code, doc, err = run(capsys, "sync", "now", "--data-dir", str(till), "--json")
