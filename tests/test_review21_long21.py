@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import start_hold_sweeper
 
@@ -50,3 +51,22 @@ def test_a_release_owed_reaches_the_hub_as_soon_as_it_answers_again(tmp_path: Pa
         stop_sweeper()
         till.stop()
         hub.stop()
+
+
+def _differential(tmp_path: Path, seed: int, steps: int) -> None:
+    from bench import difflong
+
+    seq = difflong.run(seed, steps, tmp_path / "work")
+    assert not seq.mismatches, "\n".join(seq.mismatches[:5])
+    assert seq.compared > steps // 2, seq.counts  # most calls were compared, not skipped
+
+
+def test_a_long_lived_agent_answers_as_a_fresh_one_short(tmp_path: Path) -> None:
+    """`bench/difflong.py` seeded and short (about 6 s): one `tillpoint run`, each answer
+    equal to a fresh agent's on a copy of the data directory."""
+    _differential(tmp_path, seed=21, steps=30)
+
+
+@pytest.mark.slow  # about 40 s: 200 calls, snapshots, bursts of quotes, expired holds
+def test_a_long_lived_agent_answers_as_a_fresh_one(tmp_path: Path) -> None:
+    _differential(tmp_path, seed=2021, steps=200)
