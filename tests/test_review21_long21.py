@@ -70,3 +70,33 @@ def test_a_long_lived_agent_answers_as_a_fresh_one_short(tmp_path: Path) -> None
 @pytest.mark.slow  # about 40 s: 200 calls, snapshots, bursts of quotes, expired holds
 def test_a_long_lived_agent_answers_as_a_fresh_one(tmp_path: Path) -> None:
     _differential(tmp_path, seed=2021, steps=200)
+
+
+def test_an_enrolled_till_whose_hub_is_away_lists_the_offline_limit_as_a_standalone_one(
+    tmp_path: Path,
+) -> None:
+    """§17: a trace lists every cap. A standalone till lists the offline limit even when the
+    receipt asks no points; an enrolled till pricing OFFLINE (its hub away) left it out
+    unless points were asked (found by bench/difflong_hub.py against a standalone agent)."""
+    from tillpoint.agent.service import Agent
+    from tillpoint.sync.loopback import LoopbackHub
+
+    from .conftest import receipt, snapshot
+
+    hub = LoopbackHub(tmp_path / "hub", start=False)
+    till = hub.till("till-1", tmp_path / "till", start=False)  # its hub never answers
+    alone = Agent(tmp_path / "alone", "till-1")
+    try:
+        for agent in (till.agent, alone):
+            agent.load_snapshot(snapshot())
+        body = receipt(explain=True)  # asks no points
+        enrolled, standalone = (
+            a.quote(receipt_from_json(body)).to_json() for a in (till.agent, alone)
+        )
+        assert enrolled["mode"] == standalone["mode"] == "OFFLINE"
+        caps = enrolled["trace"]["redemption"]["caps"]
+        assert {"name": "OFFLINE_LIMIT", "points": 500} in caps
+        assert enrolled == standalone
+    finally:
+        alone.close()
+        till.stop()
