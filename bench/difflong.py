@@ -301,6 +301,9 @@ def perturb(r: random.Random, body: dict[str, Any]) -> None:
         line["qty"] = r.choice(["0", "-1", "1.2345", "", "1e3", " 1", "NaN"])
 
 
+ZONE = __import__("zoneinfo").ZoneInfo("Europe/Moscow")
+
+
 def now_at(day: int, hour: int, minute: int = 0) -> str:
     base = datetime.fromisoformat("2026-11-22T00:00:00+03:00")
     return (base + timedelta(days=day, hours=hour, minutes=minute)).isoformat()
@@ -539,13 +542,19 @@ class Sequence:
         self.mismatches: list[str] = []
         self.counts: dict[str, int] = {}
         self.snapshot = copy.deepcopy(SNAPSHOT)
+        self.now_only = False
 
     def new_id(self) -> str:
         self.n += 1
         return f"r-{self.n}"
 
     def at(self) -> str:
+        """A receipt's business time: a random day and hour of two weeks (offer windows,
+        birthdays, batches expiring), or, with `now_only`, the moment of the call (as a
+        POS sends it: what the till and the hub can agree on at the end)."""
         r = self.rng
+        if self.now_only:
+            return datetime.now(ZONE).isoformat()
         if r.random() < 0.1:
             self.day = r.randint(0, 12)
         return now_at(self.day, r.randint(6, 23), r.choice([0, 15, 59]))
