@@ -744,7 +744,11 @@ class Sequence:
             "baseVersion": self.version,
             "issuedAt": f"2026-11-23T05:{v % 60:02d}:00Z",
             "offers": [
-                self.mutate_offer(),
+                o
+                for o in (self.mutate_offer(),)
+                if o["id"] != "m-dairy"  # one row a key in a snapshot
+            ]
+            + [
                 {
                     "id": "m-dairy",
                     "kind": "PERCENT_OFF",
