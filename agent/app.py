@@ -176,7 +176,8 @@ def run(settings: Settings) -> int:
         stops.append(sync.start(agent))  # pull, push, Subscribe threads
     devices.start()  # print worker, display, scanner threads
     stops.append(devices.stop)
-    stops.append(start_hold_sweeper(agent))  # expires holds on time
+    # expires holds on time; sends the releases owed as soon as the hub answers again
+    stops.append(start_hold_sweeper(agent, on_recovery=sync.link.on_recovery if sync else None))
     stops.append(follow_snapshot(health_servicer))  # Watch: SERVING once a snapshot is in
     server.start()
     from . import forward

@@ -183,14 +183,19 @@ def follow_snapshot(health_servicer: _Health, every_s: float = 1.0) -> Callable[
     return _in_background("health-follower", run)
 
 
-def _in_background(name: str, run: Callable[[threading.Event], None]) -> Callable[[], None]:
-    """`run(stop)` in a daemon thread; returns the stop (sets the event, waits 5 s)."""
+def _in_background(
+    name: str, run: Callable[[threading.Event], None], also: threading.Event | None = None
+) -> Callable[[], None]:
+    """`run(stop)` in a daemon thread; returns the stop (sets the event, and `also`, the
+    event `run` waits on if not `stop`; waits 5 s)."""
     stop = threading.Event()
     thread = threading.Thread(target=run, args=(stop,), name=name, daemon=True)
     thread.start()
 
     def stop_it() -> None:
         stop.set()
+        if also is not None:
+            also.set()
         thread.join(timeout=5)
 
     return stop_it
@@ -273,8 +278,19 @@ def build_server(
     return server, port, health_servicer
 
 
-def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None]:
-    """Expire held receipts on time even when no POS calls (the contract §11); returns the stop."""
+def start_hold_sweeper(
+    agent: Agent,
+    every_s: float = 15.0,
+    on_recovery: Callable[[Callable[[], None]], None] | None = None,
+) -> Callable[[], None]:
+    """Expire held receipts on time even when no POS calls (the contract §11); returns the stop.
+
+    `on_recovery` (the hub link's, `HubLink.on_recovery`): the releases the hub did not get
+    while it was away are sent as soon as it answers again, not at the next round (up to
+    `every_s` later, while the hub kept the customer's points held for every till)."""
+    wake = threading.Event()
+    if on_recovery is not None:
+        on_recovery(wake.set)  # quick, from any thread: the round runs here
 
     def run(stop: threading.Event) -> None:
         while True:  # at once too: holds that expired while the agent was down
@@ -283,10 +299,12 @@ def start_hold_sweeper(agent: Agent, every_s: float = 15.0) -> Callable[[], None
                 agent.retry_hub_releases()  # those the hub did not get while it was away
             except Exception:  # a busy or full disk: the next round tries again
                 log.warning("sweeping expired holds failed", exc_info=True)
-            if stop.wait(every_s):
+            wake.wait(every_s)
+            wake.clear()
+            if stop.is_set():
                 return
 
-    return _in_background("hold-sweeper", run)
+    return _in_background("hold-sweeper", run, also=wake)
 
 
 def register_gauges(registry: Any, agent: Agent) -> None:

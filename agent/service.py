@@ -1023,6 +1023,11 @@ class Agent:
             if cap < priced.redeem_allowed_without_cap or receipt.explain:  # §17: every cap
                 source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
                 priced = price(receipt, _with_cap(ctx, cap, source))
+        elif self.hub is not None and customer is not None and receipt.explain and mode != "ONLINE":
+            # §17: every cap, as a standalone till lists it when nothing is asked: a till
+            # whose hub is away prices with the offline limit (nothing to ask the hub)
+            cap = self._offline_remaining(receipt, ident, program, conn)
+            priced = price(receipt, _with_cap(ctx, cap, "OFFLINE_LIMIT"))
 
         printed: list[Offer] = []
         if commit and customer is not None:
