@@ -185,10 +185,15 @@ def _loaded_already(conn: sqlite3.Connection, header: SnapshotHeader) -> bool:
     """The snapshot the cache holds, loaded again (its version and `issuedAt`): §3 refuses
     an older version, and a seeding script that loads the same file twice must not fail.
     Another snapshot under the same version (another `issuedAt`, or none) is refused."""
+    return holds(conn, header.version, header.issued_at)
+
+
+def holds(conn: sqlite3.Connection, version: int, issued_at: datetime | None) -> bool:
+    """Whether the cache holds the snapshot of this version and `issuedAt` (none: never)."""
     return (
-        header.issued_at is not None
-        and header.version == _version(conn)
-        and _get(conn, "issued_at") == header.issued_at.isoformat()
+        issued_at is not None
+        and version == _version(conn)
+        and _get(conn, "issued_at") == issued_at.isoformat()
     )
 
 

@@ -706,7 +706,7 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.errors import Refused
     from tillpoint.agent.ledger import open_ledger, outbox_depth
 
-    from .pki import install_bundle, is_enrolled, load_enrollment
+    from .pki import certificate_time, install_bundle, is_enrolled, load_enrollment
 
     bundle = read_json(args.bundle)
     _refuse_another_devices_ledger(settings)
@@ -730,7 +730,7 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
         "deviceId": enrollment.device_id,
         "hubAddress": enrollment.hub_address,
         "enrolled": True,
-        "certificateExpiresAt": _utc(enrollment.certificate_expires_at()),
+        "certificateExpiresAt": certificate_time(enrollment.certificate_expires_at()),
         "restartNeeded": bool(running),
     }
     return _emit(
@@ -771,10 +771,6 @@ def _refuse_another_devices_ledger(settings: Settings) -> None:
             f" {settings.device_id!r}: install a bundle for {other!r} (`tillpoint hub enroll"
             f" {other}`), or give {settings.device_id!r} a data directory of its own"
         )
-
-
-def _utc(moment: datetime | None) -> str:
-    return moment.isoformat().replace("+00:00", "Z") if moment else ""
 
 
 def _agent_running(settings: Settings) -> str:

@@ -130,8 +130,10 @@ def check_private_mode(path: Path) -> None:
         )
 
 
-def _utc_text(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def certificate_time(moment: datetime | None) -> str:
+    """A certificate's moment as RFC 3339 in UTC with a "Z" ("" for none): how every
+    `…ExpiresAt` of the trust chain is shown."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else ""
 
 
 def certificate_problem(
@@ -145,11 +147,13 @@ def certificate_problem(
         return f"{whose} certificate is unreadable ({exc}): {renew}"
     moment = now or datetime.now(UTC)
     if moment > cert.not_valid_after_utc:
-        return f"{whose} certificate expired at {_utc_text(cert.not_valid_after_utc)}: {renew}"
+        return (
+            f"{whose} certificate expired at {certificate_time(cert.not_valid_after_utc)}: {renew}"
+        )
     if moment < cert.not_valid_before_utc:
         return (
-            f"{whose} certificate is valid only from {_utc_text(cert.not_valid_before_utc)}"
-            f" and this machine's clock says {_utc_text(moment)}: set the clock right (NTP)"
+            f"{whose} certificate is valid only from {certificate_time(cert.not_valid_before_utc)}"
+            f" and this machine's clock says {certificate_time(moment)}: set the clock right (NTP)"
         )
     return None
 
@@ -289,7 +293,7 @@ class HubKeys:
         if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
             raise EnrollmentError(f"{self.ca_key} is not the hub's CA key")
         ca_cert = _load_cert(self.ca_cert)
-        names = [HUB_TLS_NAME, "localhost", socket.gethostname()]
+        names = _server_names()
         try:
             old = x509.load_pem_x509_certificate(self.server_cert.read_bytes())
             san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -299,19 +303,35 @@ class HubKeys:
             ]  # _san adds 127.0.0.1 itself
         except (OSError, ValueError, x509.ExtensionNotFound):
             pass  # a missing or damaged certificate: the default names
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(
-            ca_key,
-            ca_cert,
-            key.public_key(),
-            HUB_TLS_NAME,
-            _san([*names, *(hosts or [])]),
-            ExtendedKeyUsageOID.SERVER_AUTH,
-            now or datetime.now(UTC),
-        )
+        key, cert = _server_identity(ca_key, ca_cert, [*names, *(hosts or [])], now)
         _write_private(self.server_key, _pem_key(key))
         _write_public(self.server_cert, _pem_cert(cert))
         return cert.not_valid_after_utc
+
+
+def _server_names() -> list[str]:
+    """The names every hub server certificate carries (the tills check `tillpoint-hub`)."""
+    return [HUB_TLS_NAME, "localhost", socket.gethostname()]
+
+
+def _server_identity(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    names: list[str],
+    now: datetime | None,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new server key and its TLS certificate from the hub's CA, for `names`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        HUB_TLS_NAME,
+        _san(names),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        now or datetime.now(UTC),
+    )
+    return key, cert
 
 
 def init_hub_keys(
@@ -358,16 +378,8 @@ def init_hub_keys(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
-    names = [HUB_TLS_NAME, "localhost", socket.gethostname(), *(hosts or [])]
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _issue(
-        ca_key,
-        ca_cert,
-        server_key.public_key(),
-        HUB_TLS_NAME,
-        _san(names),
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        moment,
+    server_key, server_cert = _server_identity(
+        ca_key, ca_cert, [*_server_names(), *(hosts or [])], moment
     )
     signing = ed25519.Ed25519PrivateKey.generate()
     _write_private(keys.ca_key, _pem_key(ca_key))
@@ -658,7 +670,7 @@ def install_bundle(data_dir: Path, bundle: Any, device_id: str) -> Enrollment:
         "deviceId": device_id,
         "hubAddress": address,
         "certificateFingerprint": fingerprint(cert_pem),
-        "certificateExpiresAt": _utc_text(cert.not_valid_after_utc),
+        "certificateExpiresAt": certificate_time(cert.not_valid_after_utc),
         "installedAt": datetime.now(UTC).isoformat(),
     }
     # The marker goes last: a till is enrolled only once every file is in place.

@@ -53,7 +53,7 @@ def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
 
 def _held_already(data_dir: Path, header: dict[str, Any], current: int) -> bool:
     """Whether `header` names the snapshot the cache holds: its version and `issuedAt`
-    (the cache's own test, `cache._loaded_already`). Read before the signature is
+    (the cache's own test, `cache.holds`). Read before the signature is
     checked, it only picks the version the check compares with."""
     from tillpoint.agent.models import _timestamp
 
@@ -65,10 +65,9 @@ def _held_already(data_dir: Path, header: dict[str, Any], current: int) -> bool:
         return False
     conn = open_cache(Path(data_dir))
     try:
-        held = cache_mod.info(conn).issued_at
+        return cache_mod.holds(conn, current, issued)
     finally:
         conn.close()
-    return held is not None and held == issued.isoformat()
 
 
 def refuse_plain_if_enrolled(data_dir: Path) -> None:

@@ -152,11 +152,10 @@ def _certificate_expires(conn: sqlite3.Connection) -> str:
                 return ""
             if isinstance(meta, dict) and meta.get("certificateExpiresAt"):
                 return str(meta["certificateExpiresAt"])
-            from .pki import certificate_not_after
+            from .pki import certificate_not_after, certificate_time
 
             try:
-                moment = certificate_not_after((root / "device.pem").read_bytes())
+                return certificate_time(certificate_not_after((root / "device.pem").read_bytes()))
             except OSError:
                 return ""
-            return moment.isoformat().replace("+00:00", "Z") if moment else ""
     return ""
