@@ -7,6 +7,12 @@ import json
 
 import pytest
 from tillpoint.agent.http_api import MAX_BODY_BYTES, HttpServer
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.loopback import LoopbackHub, Till, receipt
+
+from .test_review21_race21 import CARD, Interleave, hub, hub_holds, race, till
+
+__all__ = ["hub", "till"]  # the fixtures, shared with race21's tests
 
 TIMEOUT = 20
 
@@ -29,3 +35,30 @@ def test_a_body_over_4_mib_from_a_keep_alive_client_gets_its_400(
         conn.close()
     assert answer.status == 400
     assert doc["error"]["code"] == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("what", ["hold", "checkout"])
+def test_the_same_call_twice_at_once_asks_the_hub_once_and_answers_the_same(
+    hub: LoopbackHub, till: Till, what: str
+) -> None:
+    """HubTurns (agent/hub_turns.py): a POS retrying while its first call still waits for
+    the hub. The retry waits its turn, finds the receipt stored and answers it, asking
+    the hub nothing (race21's test pins the conflicting body; this, the same body)."""
+    agent = till.agent
+    gate = Interleave(agent.hub, wait_s=0.5)
+    agent.hub = gate
+    sale = receipt("r-twice", CARD, redeem=100)
+    call = getattr(agent, what)
+    first, second = race(
+        gate, lambda: call(receipt_from_json(sale)), lambda: call(receipt_from_json(sale))
+    )
+    assert not isinstance(first, Exception), first
+    assert not isinstance(second, Exception), second
+    assert gate.calls == 1
+    assert (second.state, second.redeemed_points, second.seq) == (
+        first.state,
+        first.redeemed_points,
+        first.seq,
+    )
+    assert hub_holds(hub, "r-twice") == (first.redeemed_points, [])
+    assert first.redeemed_points > 0
