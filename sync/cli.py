@@ -463,15 +463,33 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def _check_hub_address(address: str) -> None:
+    """The address a bundle gives its till: HOST:PORT as every listen address is read
+    (`split_listen`), with a port a till can dial. Without a port the till dialled gRPC's
+    default (443); with an empty one, 0 or one past 65535, nothing; each said only that
+    the hub is unreachable, and the device was enrolled already (a retry needed --renew)."""
+    from tillpoint.agent.config import split_listen
+
+    if ":" not in address:
+        raise InputError(
+            f"--address {address!r} has no port: give HOST:PORT (e.g. {address}:50070)"
+        )
+    try:
+        _, port = split_listen(address)
+    except ValueError as exc:
+        raise InputError(f"--address {exc}") from None
+    if port == 0:
+        raise InputError(
+            f"--address {address!r}: port 0 is not one a till can dial: give the port"
+            " 'hub serve' listens on (50070 by default)"
+        )
+
+
 def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     from . import pki
 
-    if args.address and ":" not in args.address:
-        # a host without its port: the till would dial gRPC's default (443) and say only
-        # that the hub is unreachable
-        raise InputError(
-            f"--address {args.address!r} has no port: give HOST:PORT (e.g. {args.address}:50070)"
-        )
+    if args.address:
+        _check_hub_address(args.address)
     hub = _existing_hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)

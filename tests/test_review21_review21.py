@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 from tillpoint.agent.http_api import MAX_BODY_BYTES, HttpServer
@@ -11,6 +14,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt
 
 from .test_review21_race21 import CARD, Interleave, hub, hub_holds, race, till
+from .test_review21_sec21 import EXE
 
 __all__ = ["hub", "till"]  # the fixtures, shared with race21's tests
 
@@ -62,3 +66,26 @@ def test_the_same_call_twice_at_once_asks_the_hub_once_and_answers_the_same(
     )
     assert hub_holds(hub, "r-twice") == (first.redeemed_points, [])
     assert first.redeemed_points > 0
+
+
+@pytest.mark.parametrize("address", ["hub.example:", "hub.example:99999", "hub.example:0"])
+def test_enroll_refuses_an_address_whose_port_no_till_can_dial(
+    tmp_path: Path, address: str
+) -> None:
+    """`hub enroll --address` was checked for a ':' only: an empty port, one past 65535
+    or 0 wrote a bundle the till dials in vain (and the device was enrolled: a retry
+    needed --renew). HOST:PORT is read as every listen address is (`split_listen`)."""
+    root = tmp_path / "hub"
+    env = {**os.environ, "TILLPOINT_HUB_DIR": str(root)}
+    subprocess.run([EXE, "hub", "init"], env=env, check=True, capture_output=True)
+    done = subprocess.run(
+        [EXE, "hub", "enroll", "till-1", "--address", address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "port" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    status = subprocess.run([EXE, "hub", "status"], env=env, capture_output=True, text=True)
+    assert "till-1" not in status.stdout  # nothing enrolled
