@@ -429,37 +429,44 @@ class LongLived:
 
 
 def fresh_answer(copy_dir: Path, call: str, body: Any, via: str) -> tuple[str, Any]:
-    from tillpoint.agent import wire
-    from tillpoint.agent.errors import TillpointError, edge_of
-    from tillpoint.agent.results import receipt_from_json, refund_from_json
     from tillpoint.agent.service import Agent
 
     clear_module_caches()
     agent = Agent(copy_dir, DEVICE)
     try:
-        try:
-            if call in ("quote", "hold", "checkout"):
-                result: Any = getattr(agent, call)(receipt_from_json(body))
-            elif call == "confirm":
-                result = agent.confirm(body["receiptId"], body.get("fiscalDocument"))
-            elif call == "cancel":
-                result = agent.cancel(body["receiptId"])
-            elif call == "refund":
-                result = agent.refund(refund_from_json(body))
-            elif call == "identify":
-                result = agent.identify(body["text"])
-            elif call == "balance":
-                result = agent.balance(body["card"], datetime.fromisoformat(body["at"]))
-            else:
-                raise AssertionError(call)
-        except TillpointError as exc:
-            edge = edge_of(exc)
-            return "error", (edge.code, edge.message)
-        if via == "grpc":
-            return "ok", wire.reply_json(wire.message_of(result))
-        return "ok", result.to_json()
+        return answer_of(agent, call, body, via)
     finally:
         agent.close()
+
+
+def answer_of(agent: Any, call: str, body: Any, via: str) -> tuple[str, Any]:
+    """One call on `agent` as the long-lived agent's interface answers it: ("ok", its
+    JSON as `via` gives it) or ("error", (code, message)). The hub variant's too."""
+    from tillpoint.agent import wire
+    from tillpoint.agent.errors import TillpointError, edge_of
+    from tillpoint.agent.results import receipt_from_json, refund_from_json
+
+    try:
+        if call in ("quote", "hold", "checkout"):
+            result: Any = getattr(agent, call)(receipt_from_json(body))
+        elif call == "confirm":
+            result = agent.confirm(body["receiptId"], body.get("fiscalDocument"))
+        elif call == "cancel":
+            result = agent.cancel(body["receiptId"])
+        elif call == "refund":
+            result = agent.refund(refund_from_json(body))
+        elif call == "identify":
+            result = agent.identify(body["text"])
+        elif call == "balance":
+            result = agent.balance(body["card"], datetime.fromisoformat(body["at"]))
+        else:
+            raise AssertionError(call)
+    except TillpointError as exc:
+        edge = edge_of(exc)
+        return "error", (edge.code, edge.message)
+    if via == "grpc":
+        return "ok", wire.reply_json(wire.message_of(result))
+    return "ok", result.to_json()
 
 
 def long_answer(ll: LongLived, call: str, body: Any, via: str) -> tuple[str, Any]:

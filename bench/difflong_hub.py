@@ -78,42 +78,15 @@ def hub_cli(root: Path, *args: str) -> str:
 
 def fresh_online(copy_dir: Path, call: str, body: Any, via: str) -> tuple[str, Any]:
     """The CLI's --local path in-process: the copy's own hub link (probe), `run`'s rules."""
-    from tillpoint.agent import wire
     from tillpoint.agent.app import agent_with_hub, local_hub
     from tillpoint.agent.config import Settings
-    from tillpoint.agent.errors import TillpointError, edge_of
-    from tillpoint.agent.results import receipt_from_json
 
     D.clear_module_caches()
     settings = Settings(device_id=D.DEVICE, data_dir=copy_dir)
     hub = local_hub(settings)
     agent = agent_with_hub(settings, hub)
     try:
-        try:
-            if call in ("quote", "hold", "checkout"):
-                result: Any = getattr(agent, call)(receipt_from_json(body))
-            elif call == "confirm":
-                result = agent.confirm(body["receiptId"], body.get("fiscalDocument"))
-            elif call == "cancel":
-                result = agent.cancel(body["receiptId"])
-            elif call == "refund":
-                from tillpoint.agent.results import refund_from_json
-
-                result = agent.refund(refund_from_json(body))
-            elif call == "identify":
-                result = agent.identify(body["text"])
-            elif call == "balance":
-                from datetime import datetime
-
-                result = agent.balance(body["card"], datetime.fromisoformat(body["at"]))
-            else:
-                raise AssertionError(call)
-        except TillpointError as exc:
-            edge = edge_of(exc)
-            return "error", (edge.code, edge.message)
-        if via == "grpc":
-            return "ok", wire.reply_json(wire.message_of(result))
-        return "ok", result.to_json()
+        return D.answer_of(agent, call, body, via)
     finally:
         agent.close()
         if hub is not None:
