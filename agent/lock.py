@@ -49,6 +49,24 @@ class DataDirLock:
         self._fd = fd
         return self
 
+    def holder(self) -> str | None:
+        """The pid of the process holding the lock (a `tillpoint run`, a `reset`), or None,
+        read from the kernel's list of locks (/proc/locks) without taking the lock: a
+        `run` starting meanwhile must not find it taken (it would exit 2, and its unit
+        does not restart it). None too where that list cannot be read."""
+        try:
+            st = self.path.stat()
+            locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return None
+        device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        for line in locks.splitlines():
+            # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2147334 0 EOF" (a waiter's has "->")
+            fields = line.split()
+            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
+                return fields[4]
+        return None
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

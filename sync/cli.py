@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tillpoint.agent.errors import HubUnavailable, InputError, TillpointError, one_line
+from tillpoint.agent.errors import HubUnavailable, InputError, one_line
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from tillpoint.agent.config import Settings
@@ -794,16 +794,12 @@ def _refuse_another_devices_ledger(settings: Settings) -> None:
 def _agent_running(settings: Settings) -> str:
     """ "another tillpoint (pid N) is running on DIR" while `tillpoint run` holds the data
     directory (it read its enrolment when it started), else ""."""
-    from tillpoint.agent.errors import Refused
     from tillpoint.agent.lock import DataDirLock
 
-    try:
-        DataDirLock(settings.data_dir).acquire().release()
-    except Refused as exc:
-        return exc.message
-    except TillpointError:
-        return ""
-    return ""
+    # Asked, not taken: a `run` starting at this moment would find the lock taken and
+    # exit 2 ("another tillpoint is running"), which its unit does not restart.
+    pid = DataDirLock(settings.data_dir).holder()
+    return f"another tillpoint (pid {pid}) is running on {settings.data_dir}" if pid else ""
 
 
 def _same_hub_and_device(current: Any, bundle: Any) -> bool:

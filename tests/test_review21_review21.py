@@ -13,6 +13,7 @@ from tillpoint.agent.http_api import MAX_BODY_BYTES, HttpServer
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt
 
+from .conftest import CLI
 from .test_review21_race21 import CARD, Interleave, hub, hub_holds, race, till
 from .test_review21_sec21 import EXE
 
@@ -89,3 +90,19 @@ def test_enroll_refuses_an_address_whose_port_no_till_can_dial(
     assert "port" in done.stderr and "Traceback" not in done.stderr, done.stderr
     status = subprocess.run([EXE, "hub", "status"], env=env, capture_output=True, text=True)
     assert "till-1" not in status.stdout  # nothing enrolled
+
+
+def test_sync_install_asks_whether_an_agent_runs_without_taking_its_lock(
+    hub: LoopbackHub, tmp_path: Path, cli: CLI
+) -> None:
+    """`sync install` says to restart a running `tillpoint run`. It found one by taking the
+    data directory's lock for a moment (and writing its own pid in it): a `run` starting
+    in that moment was refused, "another tillpoint (pid N) is running", exit 2, which the
+    packaged unit does not restart, leaving the till without loyalty. It now reads who
+    holds the lock without taking it: the lock file is left as it was (here: not made)."""
+    from tillpoint.sync import pki
+
+    made = pki.issue_device(hub.dir.keys, "till-1")
+    run = cli("sync", "install", pki.make_bundle(hub.dir.keys, made, hub.address))
+    assert run.code == 0, run.err
+    assert not (tmp_path / "data" / "tillpoint.lock").exists()
