@@ -59,13 +59,7 @@ class DataDirLock:
             locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
         except OSError:
             return None
-        device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        for line in locks.splitlines():
-            # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2147334 0 EOF" (a waiter's has "->")
-            fields = line.split()
-            if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
-                return fields[4]
-        return None
+        return flock_holder(locks, os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -83,3 +77,23 @@ class DataDirLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def flock_holder(locks: str, major: int, minor: int, inode: int) -> str | None:
+    """The pid holding a flock on the file (major:minor:inode) in /proc/locks' text.
+
+    On overlayfs (a till in a container) the kernel lists the underlying file system's
+    device, not the one stat() gives: then the one flock on a file of that inode is taken
+    as ours (two such locks: unknown)."""
+    device = f"{major:02x}:{minor:02x}:{inode}"
+    same_inode: list[str] = []
+    for line in locks.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2147334 0 EOF" (a waiter's has "->")
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        if fields[5] == device:
+            return fields[4]
+        if fields[5].rsplit(":", 1)[-1] == str(inode):
+            same_inode.append(fields[4])
+    return same_inode[0] if len(same_inode) == 1 else None

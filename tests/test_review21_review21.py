@@ -106,3 +106,48 @@ def test_sync_install_asks_whether_an_agent_runs_without_taking_its_lock(
     run = cli("sync", "install", pki.make_bundle(hub.dir.keys, made, hub.address))
     assert run.code == 0, run.err
     assert not (tmp_path / "data" / "tillpoint.lock").exists()
+
+
+def test_the_lock_holder_is_read_from_the_kernels_list_of_locks(tmp_path: Path) -> None:
+    """A real flock held by another process is found by its pid, and no lock is taken."""
+    import subprocess
+    import sys
+
+    from tillpoint.agent.lock import DataDirLock
+
+    lock_file = tmp_path / "tillpoint.lock"
+    lock_file.write_text("")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR);"
+            "fcntl.flock(fd,fcntl.LOCK_EX);print('held',flush=True);time.sleep(30)",
+            str(lock_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert DataDirLock(tmp_path).holder() == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert DataDirLock(tmp_path).holder() is None
+
+
+def test_the_lock_holder_is_found_on_overlayfs_by_its_inode() -> None:
+    """In a container the kernel lists the lower file system's device, not stat()'s."""
+    from tillpoint.agent.lock import flock_holder
+
+    locks = (
+        "1: POSIX  ADVISORY  WRITE 10 fe:00:77 0 EOF\n"
+        "2: FLOCK  ADVISORY  WRITE 4242 00:2a:2147334 0 EOF\n"
+        "3: FLOCK  ADVISORY  WRITE 5151 fe:00:99 0 EOF\n"
+    )
+    assert flock_holder(locks, 0xFE, 0, 99) == "5151"
+    assert flock_holder(locks, 0, 0x31, 2147334) == "4242"  # overlay: device differs
+    assert flock_holder(locks, 0, 0x31, 12345) is None
+    two = locks + "4: FLOCK  ADVISORY  WRITE 6161 00:2b:2147334 0 EOF\n"
+    assert flock_holder(two, 0, 0x31, 2147334) is None  # two files of that inode: unknown
