@@ -17,11 +17,12 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic_core
 from pydantic import TypeAdapter
@@ -1355,6 +1356,7 @@ class Agent:
         print fails there, costing the coupon, never the sale."""
         from tillpoint.printer.payload import payload_source_for_checkout
 
+        zone = figures.get("timezone")  # absent from a hold placed by an older release
         return payload_source_for_checkout(
             receipt_id,
             figures["at"],
@@ -1368,6 +1370,7 @@ class Agent:
                 )
                 for o in offers
             ],
+            _zone_or_none(zone),
         )
 
     def _journal(
@@ -2123,6 +2126,8 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
         ],
         "offers": _offers_json(done.offers),
         "cooldownDays": program.offer_print_cooldown_days,
+        # the coupons show the sale's time and the offers' validity in the store's time
+        "timezone": program.timezone,
         "display": list(done.result.display or ()),
     }
 
@@ -2130,6 +2135,17 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
 @functools.cache
 def _offers_adapter() -> TypeAdapter[list[Offer]]:
     return TypeAdapter(list[Offer])
+
+
+def _zone_or_none(name: Any) -> tzinfo | None:
+    """The store's zone a held sale's figures name (checked when its snapshot loaded);
+    None (the times as written) for a hold an older release placed."""
+    if not isinstance(name, str):
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # pragma: no cover - checked at load
+        return None
 
 
 def _offers_json(offers: list[Offer]) -> list[dict[str, Any]]:

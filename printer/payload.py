@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -179,12 +180,41 @@ def payload_source_for_checkout(
     at: str | None,
     first_name: str | None,
     offers: Sequence[Mapping[str, Any]],
+    zone: tzinfo | None = None,
 ) -> str:
     """The ``print_jobs.payload`` text the agent stores for a committed receipt: the
     payload of `payload_for_checkout`, not checked here. The print worker checks it when
     it takes the job (`parse_payload`), as every job; one that would not print fails there
-    (a FAILED job with the reason), which costs the coupon, never the sale."""
-    return json.dumps(_payload_data(receipt_id, at, first_name, offers), ensure_ascii=False)
+    (a FAILED job with the reason), which costs the coupon, never the sale. ``zone``: the
+    store's time zone (``program.timezone``), in which the paper shows the sale's time and
+    each offer's validity, however the hub or the POS wrote their offsets (§2)."""
+    data = _payload_data(receipt_id, at, first_name, offers)
+    if zone is not None:
+        _to_zone(data, zone)
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _local_text(value: Any, zone: tzinfo) -> Any:
+    """An RFC 3339 time as the same moment in ``zone``; anything else as it is (the print
+    worker's check reports a time it cannot read)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        return value
+    return moment.astimezone(zone).isoformat()
+
+
+def _to_zone(data: dict[str, Any], zone: tzinfo) -> None:
+    if "at" in data:
+        data["at"] = _local_text(data["at"], zone)
+    for offer in data["offers"]:
+        for key in ("validFrom", "validTo"):
+            if key in offer:
+                offer[key] = _local_text(offer[key], zone)
 
 
 def _payload_data(

@@ -1,0 +1,58 @@
+"""Review 22 (out22): the output surfaces (§7 printed offers, §8 display, §10 CLI, §17 trace)
+checked against the SPEC's text with real parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.layout import offers_blocks, render_escpos
+from tillpoint.printer.payload import parse_payload
+from tillpoint.printer.profiles import resolve_profile
+
+from .conftest import receipt, snapshot
+
+PRINTED = {
+    "id": "o-utc",
+    "campaignId": "camp-u",
+    "customerId": "c-a",
+    "kind": "PERCENT_OFF",
+    "skus": ["4601234000024"],
+    "value": "20",
+    # 1 November 00:00 to 30 November 23:59:59 in Moscow, as a hub may write them: in UTC
+    "validFrom": "2026-10-31T21:00:00Z",
+    "validTo": "2026-11-30T20:59:59Z",
+    "rank": 1,
+    "printable": True,
+    "printText": "Скидка на хлеб",
+}
+
+
+def _printed_text(agent: Agent) -> str:
+    """The coupon job's ESC/POS bytes (python-escpos, 80 mm), read back as the paper's text."""
+    (payload,) = agent._ledger.execute("SELECT payload FROM print_jobs").fetchone()
+    profile = resolve_profile(PrinterConfig())
+    data = render_escpos(offers_blocks(parse_payload(payload)), profile)
+    return data.decode("cp866", errors="replace")
+
+
+def test_a_coupon_prints_its_validity_and_time_in_the_stores_local_time(tmp_path: Path) -> None:
+    """§2: business times are the store's local time (program.timezone). A hub or a POS
+    that writes its times in UTC (RFC 3339 allows any offset) printed "по 30.11.2026 20:59"
+    and "Чек r1, 23.11.2026 07:15" for a Moscow store: three hours off for the customer,
+    who reads the coupon as local time. Found by out22 reading the printed bytes."""
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(
+        snapshot(offers=[PRINTED, {**PRINTED, "id": "o-cpn", "rank": 2, "issueCoupon": True}])
+    )
+    result = agent.checkout(receipt_from_json(receipt(at="2026-11-23T07:15:00Z")))
+    assert result.to_json()["printedOffers"] == ["o-utc", "o-cpn"]
+    paper = _printed_text(agent)
+    assert "Действует с 01.11 по 30.11.2026\n" in paper
+    # the till-issued coupon is valid from the sale (10:15 in Moscow) to the offer's end
+    assert "Действует с 23.11.2026 10:15 по 30.11.2026\n" in paper
+    assert "Чек r1, 23.11.2026 10:15" in paper
+    assert "20:59" not in paper and "07:15" not in paper
+    agent.close()
