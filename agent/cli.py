@@ -58,9 +58,9 @@ class _Version(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
         if "--json" in getattr(parser, "argv", ()):  # one JSON document, as every --json
-            sys.stdout.write(json.dumps(version_json()) + "\n")
+            write_out(json.dumps(version_json()) + "\n")
         else:
-            sys.stdout.write(version_text() + "\n")
+            write_out(version_text() + "\n")
         parser.exit(EXIT_OK)
 
 
@@ -191,11 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
     parser = build_parser(argv)
     vars(parser)["argv"] = list(argv)  # `--version --json` reads it
-    args = parser.parse_args(argv)
-    if args.command is None:  # a usage error: the help on stderr, as argparse's own are
-        parser.print_help(sys.stderr)
-        return EXIT_INPUT
     try:
+        # `--version` writes its line while the arguments are read: inside the handlers
+        # below, so a closed or full stdout is worded, not a traceback.
+        args = parser.parse_args(argv)
+        if args.command is None:  # a usage error: the help on stderr, as argparse's own are
+            parser.print_help(sys.stderr)
+            return EXIT_INPUT
         if args.command in FORWARDED:
             from . import forward
 
@@ -617,11 +619,34 @@ def camel_keys(value: Any) -> Any:
     return value
 
 
+class OutputLost(TillpointError):
+    """stdout did not take the answer (`> /dev/full`, a full disk, an I/O error): exit 1,
+    worded as such, not as an internal error; what the command did stands."""
+
+
+def write_out(text: str) -> None:
+    """Write `text` to stdout, now (a closed pipe stays a BrokenPipeError, `main` words it)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        # what is still buffered would fail again at exit ("Exception ignored" lines)
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        raise OutputLost(
+            f"the output could not be written: {exc.strerror or exc} (what the command did stands)"
+        ) from None
+
+
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
     if getattr(args, "json", False):
-        sys.stdout.write(json_document(data))
+        write_out(json_document(data))
     else:
-        sys.stdout.write(human(data) + "\n")
+        write_out(human(data) + "\n")
     return EXIT_OK
 
 

@@ -3,8 +3,14 @@ checked against the SPEC's text with real parts."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.config import PrinterConfig
@@ -56,3 +62,59 @@ def test_a_coupon_prints_its_validity_and_time_in_the_stores_local_time(tmp_path
     assert "Чек r1, 23.11.2026 10:15" in paper
     assert "20:59" not in paper and "07:15" not in paper
     agent.close()
+
+
+def _tillpoint(args: list[str], stdout: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tillpoint.agent.cli import main; sys.exit(main())",
+            *args,
+        ],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TILLPOINT_DEVICE_ID": "till-1", "TILLPOINT_CLI_LOCAL": "1"},
+    )
+
+
+def test_version_to_a_closed_pipe_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """§10: never a traceback. `tillpoint --version | head -c 0` printed argparse's
+    traceback ending in BrokenPipeError: `--version` is written while the arguments are
+    read, before the handler that words a closed stdout. Found by out22."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        run = _tillpoint(["--version"], write)
+    finally:
+        os.close(write)
+    assert "Traceback" not in run.stderr
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("tillpoint: ") and "output was cut off" in run.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_an_output_that_cannot_be_written_says_so_and_the_checkout_stands(
+    tmp_path: Path,
+) -> None:
+    """§10: one line a person understands. A checkout whose stdout is on a full disk
+    (`> /dev/full`) said "internal error: OSError: [Errno 28] ...", as if tillpoint had a
+    bug, and `--version` printed a traceback. The sale is committed: the line says the
+    output was lost and that what the command did stands (as for a closed pipe)."""
+    data = tmp_path / "data"
+    Agent(data, "till-1").load_snapshot(snapshot())
+    body = tmp_path / "r.json"
+    body.write_text(json.dumps(receipt()), encoding="utf-8")
+    with open("/dev/full", "w") as full:
+        run = _tillpoint(["--data-dir", str(data), "checkout", str(body), "--json"], full)
+        version = _tillpoint(["--version"], full)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert "internal error" not in run.stderr and "could not be written" in run.stderr
+    assert "stands" in run.stderr
+    assert "Traceback" not in version.stderr and version.returncode == 1, version.stderr
+    assert version.stderr.count("\n") == 1 and "could not be written" in version.stderr
+    # the sale is committed: the same receiptId answers the stored result
+    again = _tillpoint(["--data-dir", str(data), "checkout", str(body), "--json"], subprocess.PIPE)
+    assert again.returncode == 0 and json.loads(again.stdout)["seq"] == 1
