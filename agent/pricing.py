@@ -358,6 +358,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
             receipt_level = [o for o in targeting if usable(o)]
         else:
             receipt_level = tr.usable_receipt_offers(targeting, usable)
+            tr.receipt_basket(sum(w.amount - w.discount for w in work if w.eligible))
         if receipt_level:
             extra_points = _receipt_offers(
                 work, receipt_level, customer, held, tr, extra_offers, reach
@@ -982,6 +983,15 @@ class _Trace:
                     }
                 )
         return out
+
+    def receipt_basket(self, eligible_total: int) -> None:
+        """The basket a receipt offer set aside (outside its window, its coupon missing, ...)
+        was judged against, and how much more its threshold needs: §17 asks it of every
+        receipt offer (and proto3's 0 would read "met")."""
+        for row in self.receipt:
+            if "basketMinor" not in row:
+                row["basketMinor"] = eligible_total
+                row["missingMinor"] = max(0, row["minTotalMinor"] - eligible_total)
 
     def redemption_done(
         self, requested: int, ctx: PricingContext, allowed_uncapped: int, known: bool

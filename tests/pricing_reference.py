@@ -267,6 +267,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
             receipt_level = [o for o in targeting if usable(o)]
         else:
             receipt_level = tr.usable_receipt_offers(targeting, usable)
+            tr.receipt_basket(sum(w.amount - w.discount for w in work if w.eligible))
         if receipt_level:
             extra_points = _receipt_offers(work, receipt_level, customer, held, tr, extra_offers)
 
@@ -812,6 +813,12 @@ class _Trace:
                     }
                 )
         return out
+
+    def receipt_basket(self, eligible_total: int) -> None:
+        for row in self.receipt:
+            if "basketMinor" not in row:
+                row["basketMinor"] = eligible_total
+                row["missingMinor"] = max(0, row["minTotalMinor"] - eligible_total)
 
     def redemption_done(
         self, requested: int, ctx: PricingContext, allowed_uncapped: int, known: bool

@@ -118,3 +118,45 @@ def test_an_output_that_cannot_be_written_says_so_and_the_checkout_stands(
     # the sale is committed: the same receiptId answers the stored result
     again = _tillpoint(["--data-dir", str(data), "checkout", str(body), "--json"], subprocess.PIPE)
     assert again.returncode == 0 and json.loads(again.stdout)["seq"] == 1
+
+
+def test_a_receipt_offer_that_did_not_apply_for_another_reason_still_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    """§17: receipt offers with their threshold and, when not met, how much more the basket
+    needs. An offer outside its window or waiting for its coupon gave its threshold only:
+    nothing said the basket was short too, and over gRPC its `missingMinor` read 0, which
+    the proto documents as "met". Found by out22."""
+    base = {
+        "campaignId": "camp-r",
+        "kind": "RECEIPT_PERCENT_OFF",
+        "skus": [],
+        "value": "5",
+        "minTotalMinor": 100000,
+        "validFrom": "2026-11-01T00:00:00+03:00",
+        "validTo": "2026-11-30T23:59:59+03:00",
+    }
+    offers = [
+        {**base, "id": "r-coupon", "couponRequired": True},
+        {**base, "id": "r-sunday", "weekdays": [7]},
+        {**base, "id": "r-plain"},
+        {**base, "id": "r-met", "weekdays": [7], "minTotalMinor": 100},
+    ]
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot(offers=offers))
+    result = agent.quote(receipt_from_json({**receipt(), "explain": True})).to_json()
+    rows = {row["offerId"]: row for row in result["trace"]["receiptOffers"]}
+    basket = 17980  # 2 × 89.90, no line offer
+    assert rows["r-plain"]["outcome"] == "BELOW_MIN_TOTAL"
+    for offer_id, outcome in [
+        ("r-coupon", "COUPON_MISSING"),
+        ("r-sunday", "OUTSIDE_WINDOW"),
+        ("r-plain", "BELOW_MIN_TOTAL"),
+    ]:
+        assert rows[offer_id]["outcome"] == outcome
+        assert rows[offer_id]["minTotalMinor"] == 100000
+        assert rows[offer_id]["basketMinor"] == basket
+        assert rows[offer_id]["missingMinor"] == 100000 - basket, offer_id
+    assert rows["r-met"]["outcome"] == "OUTSIDE_WINDOW"
+    assert rows["r-met"]["missingMinor"] == 0 and rows["r-met"]["basketMinor"] == basket
+    agent.close()
