@@ -95,10 +95,10 @@ def _date(dt: datetime) -> str:
 
 
 def validity(valid_from: datetime | None, valid_to: datetime | None) -> str:
-    """ "Действует с 01.11 по 30.11.2026", in the offer's own (store-local) offset; a time
-    of day when the bound is not a day's start or end ("по 23.11.2026 10:15": a bare date
-    read as the whole day); "Действует без ограничения срока" when it has no bounds (§7
-    prints every offer with its validity)."""
+    """ "Действует с 01.11 по 30.11.2026", in the offset the payload gives (the agent
+    writes the store's local time); a time of day when the bound is not a day's start or
+    end ("по 23.11.2026 10:15": a bare date read as the whole day); "Действует без
+    ограничения срока" when it has no bounds (§7 prints every offer with its validity)."""
     start = f"{valid_from:%d.%m}" if valid_from else ""
     if valid_from and (valid_from.hour, valid_from.minute) != (0, 0):
         start = f"{_date(valid_from)} {valid_from:%H:%M}"
