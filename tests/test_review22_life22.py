@@ -176,6 +176,36 @@ def test_a_coupon_receipt_refunded_keeps_its_coupon_used(cli: CLI) -> None:
     assert again.json()["lines"][0]["discountMinor"] == 0
 
 
+def test_confirm_commits_the_held_figures_after_a_snapshot_blocks_the_card_or_cuts_points(
+    cli: CLI,
+) -> None:
+    """§11: Confirm commits exactly the held result, no pricing again (CONTRACT §11's
+    decision): the payment was taken on it."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    big = [{"sku": "4601234000024", "qty": "1", "priceMinor": 100000}]
+    boris = receipt("b1", card=BORIS, at=AT, lines=big, redeemPoints=-1)
+    anna = receipt("a1", card=ANNA, at=AT, lines=big, redeemPoints=-1)
+    assert cli("hold", boris, "--json").json()["redeemedPoints"] == 80
+    # 30 % of 1000.00 is 300 points; Анна has 1200
+    assert cli("hold", anna, "--json").json()["redeemedPoints"] == 300
+    later = snapshot(version=2)
+    for card in later["cards"]:
+        if card["number"] == BORIS:
+            card["status"] = "BLOCKED"
+    for customer in later["customers"]:
+        if customer["id"] == "c-a":
+            customer["balancePoints"] = 100
+    assert cli("snapshot", "load", later).code == 0
+    done = cli("confirm", "b1", "--json")
+    assert done.code == 0, done.err
+    assert (done.json()["state"], done.json()["redeemedPoints"]) == ("CONFIRMED", 80)
+    done = cli("confirm", "a1", "--json")
+    assert done.code == 0, done.err
+    # 100 − 300 + floor(700.00 × 7.5 %) = 100 − 300 + 52
+    assert done.json()["redeemedPoints"] == 300
+    assert done.json()["balance"] == {"availablePoints": -148, "pendingPoints": 0}
+
+
 # ------------------------------------------------------------ a real `tillpoint run`
 
 
@@ -265,7 +295,7 @@ def test_a_receipts_life_over_http_on_a_running_agent(
     status, doc = http.post("/v1/hold", sale)
     assert status == 412 and "no snapshot loaded" in doc["error"]["message"]
 
-    program = {**PROGRAM, "holdTtlSeconds": 2}
+    program = {**PROGRAM, "holdTtlSeconds": 600}
     first = snapshot(program=program, offers=[CHEESE_10, BREAD_20_COUPON], coupons=[COUPON])
     load(env, data, first, tmp_path)
     deadline = time.monotonic() + 10
@@ -338,6 +368,9 @@ def test_a_receipts_life_over_http_on_a_running_agent(
     assert status == 404 and doc["error"]["code"] == "NOT_FOUND"
 
     # a hold that runs out (2 s) gives its coupon back and cannot be confirmed
+    program = {**program, "holdTtlSeconds": 2}
+    v3 = snapshot(version=3, program=program, offers=[BREAD_20_COUPON], coupons=[COUPON])
+    load(env, data, v3, tmp_path)
     status, doc = http.post("/v1/hold", {**with_code, "receiptId": "h3"})
     assert status == 200 and doc["coupons"][0]["status"] == "APPLIED"
     time.sleep(2.5)
