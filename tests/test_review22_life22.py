@@ -206,6 +206,26 @@ def test_confirm_commits_the_held_figures_after_a_snapshot_blocks_the_card_or_cu
     assert done.json()["balance"] == {"availablePoints": -148, "pendingPoints": 0}
 
 
+def test_store_and_till_ids_are_optional_and_the_offline_limit_is_the_cards_day(
+    cli: CLI,
+) -> None:
+    """CONTRACT §5's decision: `storeId`/`tillId` may be left out and do not split the
+    offline limit (500 a card a store-day: the local date of `at`)."""
+    snap = snapshot()
+    snap["customers"][0]["balancePoints"] = 3000
+    assert cli("snapshot", "load", snap).code == 0
+    big = [{"sku": "4601234000024", "qty": "1", "priceMinor": 1_000_000}]
+    first = receipt("o1", card=ANNA, at=AT, lines=big, redeemPoints=300)
+    assert cli("checkout", first, "--json").json()["redeemedPoints"] == 300
+    bare = receipt("o2", card=ANNA, at=AT, lines=big)
+    del bare["storeId"], bare["tillId"]
+    done = cli("checkout", {**bare, "redeemPoints": 300}, "--json")
+    assert done.code == 0, done.err
+    assert done.json()["redeemedPoints"] == 200  # what is left of 500 today
+    other = receipt("o3", card=ANNA, at=AT, lines=big, redeemPoints=300, storeId="s2")
+    assert cli("checkout", other, "--json").json()["redeemedPoints"] == 0
+
+
 # ------------------------------------------------------------ a real `tillpoint run`
 
 
