@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -510,12 +511,33 @@ class Api:
         problem = status.parts.get("storageError")
         if problem:  # still serving quotes: said, not 503 (nothing would then clear it)
             doc["storageError"] = problem
+        ending = _certificate_ending(status.parts.get("certificateExpiresAt"))
+        if ending:  # within 30 days or past: a monitor that reads only /healthz sees it
+            doc["certificateExpiresAt"] = ending
         return Response(json_document(doc), media_type=JSON)
 
     async def _openapi(self, request: Request) -> Response:
         if not self._openapi_body:
             self._openapi_body = json_document(openapi())
         return Response(self._openapi_body, media_type=JSON)
+
+
+def _certificate_ending(expires_at: Any) -> str:
+    """The till's certificate expiry (Status field 46) when it is within the renewal
+    warning's days of now, or past: what `/healthz` adds; "" otherwise."""
+    from tillpoint.sync import RENEW_WARNING_DAYS  # the package alone: no cryptography
+
+    if not expires_at or not isinstance(expires_at, str):
+        return ""
+    try:
+        moment = datetime.fromisoformat(expires_at)
+    except ValueError:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment - datetime.now(UTC) < timedelta(days=RENEW_WARNING_DAYS):
+        return expires_at
+    return ""
 
 
 def _origin_form(scope: Any) -> Any:

@@ -79,13 +79,22 @@ class HubConfig:
     # deadline is 120 s: stay well under it).
     full_wait_s: float = 60.0
     rate_limit_bytes_s: float = 0.0  # per snapshot stream (0: unlimited), spares store uplinks
+    # the server certificate within 30 days of its end (or past it): logged at start and
+    # again this often while the hub serves
+    certificate_reminder_s: float = pki.REMIND_EVERY_S
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_CHUNK:
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be at least 1 (got {self.max_workers})")
-        positive = ("heartbeat_s", "stream_max_s", "hold_ttl_s", "snapshot_ttl_s")
+        positive = (
+            "heartbeat_s",
+            "stream_max_s",
+            "hold_ttl_s",
+            "snapshot_ttl_s",
+            "certificate_reminder_s",
+        )
         others = ("publish_every_s", "watch_interval_s", "full_wait_s", "rate_limit_bytes_s")
         for name in (*positive, *others):
             value = getattr(self, name)
@@ -1132,18 +1141,27 @@ class HubServer:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.port = 0
+        self._served_not_after: datetime | None = None
+        self.certificate = pki.CertificateReminder(
+            self._certificate_note, log, self.config.certificate_reminder_s
+        )
+
+    def _certificate_note(self, now: datetime) -> tuple[int, str] | None:
+        """What the log says of the server certificate this process serves with: the one
+        it read at start (a renewed `server.pem` is served only after a restart, so a
+        renewal without one still expires, and says so)."""
+        return pki.expiry_note(
+            self._served_not_after,
+            now,
+            "the hub's server",
+            "run 'tillpoint hub init --renew-server' on the hub and restart every 'hub serve'"
+            " (the tills need nothing new)",
+        )
 
     def start(self, listen: str = "127.0.0.1:0") -> int:
         key, cert, ca = self.dir.keys.server_credentials_material()
-        not_after = pki.certificate_not_after(cert)
-        if not_after is not None and not_after - datetime.now(UTC) < timedelta(
-            days=pki.RENEW_WARNING_DAYS
-        ):
-            log.warning(
-                "the hub's server certificate expires at %s: %s",
-                not_after.isoformat(),
-                pki.RENEW_SERVER,
-            )
+        self._served_not_after = pki.certificate_not_after(cert)
+        self.certificate.check()  # said at start, then again by the watcher each day
         creds = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=True
         )
@@ -1190,6 +1208,7 @@ class HubServer:
         every = self.config.publish_every_s
         next_try = 0.0  # (monotonic) a refresh that found nothing to publish waits `every`
         while not self._stop.wait(self.config.watch_interval_s):
+            self.certificate.check()  # a look once a day (`certificate_reminder_s`)
             try:
                 latest = self.store.latest()
                 self.notifier.update(latest)

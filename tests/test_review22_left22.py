@@ -1,0 +1,204 @@
+"""Review 22 (left22): items the previous audits left open. Real hubs over mTLS on
+loopback, real `tillpoint` processes, real HTTP; no mocks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from tillpoint.sync import pki
+from tillpoint.sync.authoriser import HubAuthoriser
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.hub_server import HubConfig, HubDir
+from tillpoint.sync.loopback import FAST, LoopbackHub, sample_master_data
+from tillpoint.sync.service import SyncService
+
+EXE = Path(sys.executable).parent / "tillpoint"
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    yield hub
+    hub.stop()
+
+
+def enrol_ending(hub: LoopbackHub, device: str, data_dir: Path, days: float) -> pki.Enrollment:
+    """Enrol `device` with a certificate that ends `days` from now (issued that much less
+    than five years ago), installed from its bundle as `sync install` does."""
+    moment = datetime.now(UTC) - timedelta(days=pki.CERT_DAYS) + timedelta(days=days)
+    made = pki.issue_device(hub.dir.keys, device, now=moment)
+    hub.store.enroll(device, made.fingerprint, datetime.now(UTC))
+    bundle = pki.make_bundle(hub.dir.keys, made, hub.address)
+    return pki.install_bundle(data_dir, bundle, device)
+
+
+def said(caplog: pytest.LogCaptureFixture, logger: str, words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger and words in r.message]
+
+
+# ---------------------------------------------------------------- 1. certificate reminders
+
+
+def test_a_running_till_repeats_that_its_certificate_ends_soon(
+    hub: LoopbackHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was said once, at start: a till that runs for months (from one upgrade to the
+    next) never said it again, and the certificate ran out unnoticed."""
+    from tillpoint.agent.app import till_agent
+
+    data = tmp_path / "till"
+    enrollment = enrol_ending(hub, "till-c", data, days=10)
+    link = HubLink(hub.address, enrollment)
+    authoriser = HubAuthoriser(link, data, "till-c", FAST.redeem_timeout_s)
+    agent = till_agent(data, "till-c", hub=authoriser)
+    service = SyncService(agent, link, enrollment, replace(FAST, certificate_reminder_s=0.3))
+    caplog.set_level(logging.WARNING, logger="tillpoint.sync")
+    try:
+        service.start()
+        assert len(said(caplog, "tillpoint.sync", "certificate expires at")) == 1  # at start
+        deadline = time.monotonic() + 10
+        while len(said(caplog, "tillpoint.sync", "certificate expires at")) < 3:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+    finally:
+        service.stop()
+        authoriser.close()
+        agent.close()
+    message = said(caplog, "tillpoint.sync", "certificate expires at")[-1]
+    assert message.startswith("this till's certificate expires at ")
+    assert "(in 9 days)" in message or "(in 10 days)" in message
+    assert "tillpoint hub enroll till-c --renew" in message
+
+
+def test_a_till_whose_certificate_is_far_from_its_end_says_nothing(
+    hub: LoopbackHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tillpoint.sync")
+    till = hub.till("till-f", tmp_path / "till", timings=replace(FAST, certificate_reminder_s=0.1))
+    try:
+        time.sleep(0.5)
+    finally:
+        till.stop()
+    assert said(caplog, "tillpoint.sync", "certificate") == []
+
+
+def test_the_reminder_looks_once_per_interval_and_says_what_it_finds() -> None:
+    looks: list[datetime] = []
+
+    def look(now: datetime) -> tuple[int, str] | None:
+        looks.append(now)
+        return logging.WARNING, "ends soon"
+
+    reminder = pki.CertificateReminder(look, logging.getLogger("test.reminder"), every_s=3600)
+    assert reminder.check() == (logging.WARNING, "ends soon")
+    for _ in range(100):  # a loop turning every second asks it: one look a day, not 86,400
+        assert reminder.check() is None
+    assert len(looks) == 1
+
+
+def test_expiry_note_words() -> None:
+    now = datetime(2026, 12, 3, 5, 0, tzinfo=UTC)
+    assert pki.expiry_note(now + timedelta(days=31), now, "x's", "renew") is None
+    level, text = pki.expiry_note(now + timedelta(days=1, hours=2), now, "x's", "renew") or (0, "")
+    assert level == logging.WARNING and text == (
+        "x's certificate expires at 2026-12-04T07:00:00Z (in 1 day): renew"
+    )
+    level, text = pki.expiry_note(now - timedelta(minutes=1), now, "x's", "renew") or (0, "")
+    assert level == logging.ERROR and text.startswith("x's certificate expired at ")
+
+
+def make_server_certificate_end(keys: pki.HubKeys, days: float) -> None:
+    """Replace the hub's server certificate with one from the same CA ending in `days`."""
+    moment = datetime.now(UTC) - timedelta(days=pki.CERT_DAYS) + timedelta(days=days)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = pki._issue(
+        pki._load_key(keys.ca_key),
+        pki._load_cert(keys.ca_cert),
+        key.public_key(),
+        pki.HUB_TLS_NAME,
+        pki._san([pki.HUB_TLS_NAME, "localhost"]),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        moment,
+    )
+    pki._write_private(keys.server_key, pki._pem_key(key))
+    pki._write_public(keys.server_cert, pki._pem_cert(cert))
+
+
+def test_a_serving_hub_repeats_that_its_server_certificate_ends_soon(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "hub"
+    HubDir(root).init()
+    make_server_certificate_end(HubDir(root).keys, days=5)
+    caplog.set_level(logging.WARNING, logger="tillpoint.hub")
+    config = HubConfig(watch_interval_s=0.05, publish_every_s=0, certificate_reminder_s=0.3)
+    hub = LoopbackHub(root, config)
+    try:
+        deadline = time.monotonic() + 10
+        while len([r for r in caplog.records if "server certificate expires" in r.message]) < 3:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+    finally:
+        hub.stop()
+    message = next(r.message for r in caplog.records if "server certificate expires" in r.message)
+    assert "hub init --renew-server" in message and "restart every 'hub serve'" in message
+
+
+def test_healthz_says_when_the_certificate_ends_within_the_warning_window(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """`/healthz` is what a monitoring system reads; Status field 46 says the date always,
+    `/healthz` adds it only when it is time to act (and a certificate far from its end
+    changes nothing there)."""
+    import urllib.request
+
+    data = tmp_path / "till"
+    data.mkdir()
+    enrol_ending(hub, "till-h", data, days=7)
+    env = {
+        **os.environ,
+        "TILLPOINT_DEVICE_ID": "till-h",
+        "TILLPOINT_DATA_DIR": str(data),
+        "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_LOG__FORMAT": "text",
+        "TILLPOINT_METRICS__ENABLED": "false",
+    }
+    proc = subprocess.Popen(
+        [EXE, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        port, body, lines = None, {}, []
+        deadline = time.monotonic() + 60
+        assert proc.stderr is not None
+        while port is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "HTTP interface on" in line:
+                port = int(line.rsplit(":", 1)[1])
+        while not body.get("cacheVersion"):
+            assert time.monotonic() < deadline
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert any("this till's certificate expires at" in line for line in lines), lines
+    expires = datetime.fromisoformat(body["certificateExpiresAt"])
+    assert abs(expires - (datetime.now(UTC) + timedelta(days=7))) < timedelta(minutes=10)
