@@ -202,3 +202,55 @@ def test_healthz_says_when_the_certificate_ends_within_the_warning_window(
     assert any("this till's certificate expires at" in line for line in lines), lines
     expires = datetime.fromisoformat(body["certificateExpiresAt"])
     assert abs(expires - (datetime.now(UTC) + timedelta(days=7))) < timedelta(minutes=10)
+
+
+# ---------------------------------------------------------------- 2. hub status
+
+
+def hub_cli(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TILLPOINT_HUB_DIR": str(root), "TILLPOINT_LOG__FORMAT": "text"}
+    return subprocess.run(
+        [EXE, "hub", *argv], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_hub_status_says_when_each_tills_certificate_ends(tmp_path: Path) -> None:
+    """It listed each device's acknowledged seq only: the operator learnt that a till's
+    certificate had ended from the till going OFFLINE."""
+    root = tmp_path / "hub"
+    assert hub_cli(root, "init").returncode == 0
+    enrolled = hub_cli(root, "enroll", "till-1", "--address", "127.0.0.1:50070", "--json")
+    assert enrolled.returncode == 0, enrolled.stderr
+    bundle_ends = datetime.fromisoformat(json.loads(enrolled.stdout)["certificateExpiresAt"])
+    # till-2: enrolled (by `hub enroll`, 5 years ago less 10 days) with a certificate ending soon
+    keys = HubDir(root).keys
+    moment = datetime.now(UTC) - timedelta(days=pki.CERT_DAYS) + timedelta(days=10)
+    made = pki.issue_device(keys, "till-2", now=moment)
+    store = HubDir(root).open_store()
+    try:
+        store.enroll("till-2", made.fingerprint, moment)
+        old = pki.issue_device(keys, "till-3", now=moment - timedelta(days=20))
+        store.enroll("till-3", old.fingerprint, moment - timedelta(days=20))
+        store.enroll("till-4", made.fingerprint, datetime.now(UTC))
+        store.revoke("till-4", datetime.now(UTC))
+    finally:
+        store.close()
+    doc = hub_cli(root, "status", "--json")
+    assert doc.returncode == 0, doc.stderr
+    devices = {d["deviceId"]: d for d in json.loads(doc.stdout)["devices"]}
+    ends = datetime.fromisoformat(devices["till-1"]["certificateExpiresAt"])
+    assert abs(ends - bundle_ends) <= timedelta(seconds=1)
+    ends2 = datetime.fromisoformat(devices["till-2"]["certificateExpiresAt"])
+    assert abs(ends2 - made.not_after) <= timedelta(seconds=1)
+    assert devices["till-4"]["certificateExpiresAt"] is None  # revoked: no certificate works
+    server = datetime.fromisoformat(json.loads(doc.stdout)["serverCertificateExpiresAt"])
+    assert server > datetime.now(UTC) + timedelta(days=365)
+    text = hub_cli(root, "status").stdout
+    line1 = next(x for x in text.splitlines() if x.startswith("till-1:"))
+    assert "certificate expires 20" in line1 and "renew" not in line1
+    line2 = next(x for x in text.splitlines() if x.startswith("till-2:"))
+    assert "(in 9 days" in line2 or "(in 10 days" in line2, line2
+    assert "tillpoint hub enroll till-2 --renew" in line2
+    line3 = next(x for x in text.splitlines() if x.startswith("till-3:"))
+    assert "certificate EXPIRED at" in line3 and "tillpoint hub enroll till-3 --renew" in line3
+    assert "server certificate expires" in text
