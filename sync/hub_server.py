@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar
 
 import grpc
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
@@ -42,7 +43,14 @@ from . import pki
 from .hub_postgres import is_postgres_url
 from .hub_sqlite import SqliteHubStore
 from .hub_store import HubStats, HubStore, Publication, StoredTx, TxIn, Unsynced
-from .signing import MANIFEST_PREFIX, MAX_CHUNK, SNAPSHOT_JSONL, canonical_json, sign_manifest
+from .signing import (
+    MANIFEST_PREFIX,
+    MAX_CHUNK,
+    SNAPSHOT_JSONL,
+    canonical_json,
+    manifest,
+    sign_manifest,
+)
 
 log = logging.getLogger("tillpoint.hub")
 
@@ -351,6 +359,7 @@ class SnapshotBuilder:
     ) -> None:
         self.store = store
         self.key = key
+        self._public = key.public_key()
         self.dir = Path(directory)
         self.keep_versions = max(1, keep_versions)
         self.full_wait_s = full_wait_s
@@ -401,6 +410,14 @@ class SnapshotBuilder:
             pub = self.store.publication(found.version)
             if pub is None or pub.issued_at.isoformat() != found.issued_at:
                 raise ValueError("not this hub's publication")
+            # Signed with the key this hub signs with now: after `snapshot.key` was
+            # replaced (docs/PROTOCOL.md §1) a file signed with the old one was served
+            # (and exported) until deleted, and every till given the new key refused it.
+            # It is built again (the same payload, signed anew).
+            self._public.verify(found.signature, manifest(found.size, found.sha256))
+        except InvalidSignature:
+            log.info("snapshot file %s is signed with another key: built again", meta.name)
+            return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return found

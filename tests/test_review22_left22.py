@@ -254,3 +254,60 @@ def test_hub_status_says_when_each_tills_certificate_ends(tmp_path: Path) -> Non
     line3 = next(x for x in text.splitlines() if x.startswith("till-3:"))
     assert "certificate EXPIRED at" in line3 and "tillpoint hub enroll till-3 --renew" in line3
     assert "server certificate expires" in text
+
+
+# ---------------------------------------------------------------- 3. a new snapshot key
+
+
+def replace_snapshot_key(keys: pki.HubKeys) -> None:
+    """What docs/PROTOCOL.md §1 says to do when the key is compromised: a new pair."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    pki._write_private(keys.snapshot_key, pki._pem_key(key))
+    keys.snapshot_pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def test_files_signed_with_a_replaced_snapshot_key_are_built_again(tmp_path: Path) -> None:
+    """The hub served (and `hub export` wrote) the snapshot files it had built with the
+    old key until someone deleted them: every till re-enrolled with the new key refused
+    them ("wrongly signed") and sold on its old snapshot."""
+    root = tmp_path / "hub"
+    first = LoopbackHub(root, data=sample_master_data())
+    try:
+        first.server.builder.wait_full(1, timeout=30)  # v1's full file, old key
+    finally:
+        first.stop()
+    assert (root / "snapshots" / "v0000000001-full.snap").exists()
+    replace_snapshot_key(HubDir(root).keys)
+    hub = LoopbackHub(root)  # restarted with the new key
+    till = hub.till("till-k", tmp_path / "till")  # enrolled anew: trusts the new key only
+    try:
+        deadline = time.monotonic() + 20
+        while till.agent.status().to_json()["cacheVersion"] != 1:
+            doc = till.agent.status().to_json()
+            assert time.monotonic() < deadline, doc["lastError"]
+            time.sleep(0.05)
+        assert till.agent.status().to_json()["lastError"] == ""
+    finally:
+        till.stop()
+        hub.stop()
+    # and `hub export` (another process, the same directory) writes a file the till takes
+    out = tmp_path / "export.json"
+    done = hub_cli(root, "export", "till-k", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    env = {
+        **os.environ,
+        "TILLPOINT_DEVICE_ID": "till-k",
+        "TILLPOINT_DATA_DIR": str(tmp_path / "till"),
+        "TILLPOINT_LOG__FORMAT": "text",
+    }
+    loaded = subprocess.run(
+        [EXE, "snapshot", "load", str(out)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert loaded.returncode == 0, loaded.stderr
