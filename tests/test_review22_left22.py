@@ -209,9 +209,7 @@ def test_healthz_says_when_the_certificate_ends_within_the_warning_window(
 
 def hub_cli(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TILLPOINT_HUB_DIR": str(root), "TILLPOINT_LOG__FORMAT": "text"}
-    return subprocess.run(
-        [EXE, "hub", *argv], env=env, capture_output=True, text=True, timeout=60
-    )
+    return subprocess.run([EXE, "hub", *argv], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_hub_status_says_when_each_tills_certificate_ends(tmp_path: Path) -> None:
@@ -311,3 +309,77 @@ def test_files_signed_with_a_replaced_snapshot_key_are_built_again(tmp_path: Pat
         [EXE, "snapshot", "load", str(out)], env=env, capture_output=True, text=True, timeout=60
     )
     assert loaded.returncode == 0, loaded.stderr
+
+
+# ---------------------------------------------------------------- 4. log masking
+
+
+def test_a_snapshot_files_name_in_a_real_log_is_not_masked(tmp_path: Path) -> None:
+    """`v0000000001-full.json` was logged as `v******0001-full.json` (ten digits: "a
+    phone"), and support could not tell which file was meant."""
+    root = tmp_path / "hub"
+    assert (
+        hub_cli(
+            root,
+            "import",
+            str(Path(__file__).parents[1] / "examples" / "catalogue.json"),
+            "--publish",
+        ).returncode
+        == 0
+    )
+    enrolled = hub_cli(root, "enroll", "till-x", "--address", "127.0.0.1:1")
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert hub_cli(root, "export", "till-x", "--out", str(tmp_path / "x.json")).returncode == 0
+    assert (root / "snapshots" / "v0000000001-full.json").exists()
+    replace_snapshot_key(HubDir(root).keys)
+    env = {**os.environ, "TILLPOINT_HUB_DIR": str(root), "TILLPOINT_LOG__FORMAT": "text"}
+    proc = subprocess.Popen(
+        [EXE, "hub", "serve", "--listen", "127.0.0.1:0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while not any("hub serving on port" in x for x in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            lines.append(proc.stderr.readline())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    said = [x for x in lines if "signed with another key" in x]
+    assert said and "v0000000001-full.json" in said[0], lines
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("snapshot v0000000001-full.snap built", "snapshot v0000000001-full.snap built"),
+        ("device till-1 seq 12345678 set aside", "device till-1 seq 12345678 set aside"),
+        (
+            "snapshot 3 applied (full, 123456789 bytes)",
+            "snapshot 3 applied (full, 123456789 bytes)",
+        ),
+        ("resuming snapshot 4 at byte 2770000000", "resuming snapshot 4 at byte 2770000000"),
+        ("sha256 3fa912345678901bc", "sha256 3fa912345678901bc"),
+        ("x = 1.23456789012", "x = 1.23456789012"),
+        (
+            "balancePoints 9223372036854775808 is too big",
+            "balancePoints 9223372036854775808 is too big",
+        ),
+        # cards and phones, as tokens of their own, still masked
+        ("card 2770000000017.", "card *********0017."),
+        ('{"card": "2770000000017"}', '{"card": "*********0017"}'),
+        ("receipt r-2770000000017 refused", "receipt r-*********0017 refused"),
+        ("карта 2770000000017", "карта *********0017"),
+        ("phone +79161234567, or 8 916 123-45-67", "phone +7*******4567, or 8*******4567"),
+        ("and 9161234567", "and ******4567"),
+    ],
+)
+def test_masking_reads_the_context(text: str, expected: str) -> None:
+    from tillpoint.agent.logs import mask
+
+    assert mask(text) == expected
