@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -383,3 +384,62 @@ def test_masking_reads_the_context(text: str, expected: str) -> None:
     from tillpoint.agent.logs import mask
 
     assert mask(text) == expected
+
+
+# ---------------------------------------------------------------- 5. HTTP: encodings, versions
+
+
+def test_a_compressed_body_is_415_and_the_connection_goes_on(server: Any) -> None:
+    """A gzip body was read as JSON (400 "not valid JSON"), and plain JSON labelled gzip
+    was taken as if the label were not there."""
+    import gzip
+
+    from .conftest import receipt
+    from .test_http_api import Client
+
+    client = Client(server.port)
+    try:
+        plain = json.dumps(receipt()).encode()
+        for raw in (gzip.compress(plain), plain):
+            got = client.post("/v1/quote", raw=raw, headers={"Content-Encoding": "gzip"})
+            assert got.status == 415, got.body
+            doc = json.loads(got.body)
+            assert doc["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+            assert "Content-Encoding gzip" in doc["error"]["message"]
+        got = client.post("/v1/quote", raw=plain, headers={"Content-Encoding": "BR, gzip"})
+        assert got.status == 415
+        # the same keep-alive connection answers the next request; identity is no encoding
+        got = client.post("/v1/quote", raw=plain, headers={"Content-Encoding": "identity"})
+        assert got.status == 200, got.body
+        assert client.post("/v1/quote", raw=plain).status == 200
+    finally:
+        client.close()
+
+
+def _raw_request(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("version", ["9.9", "2.0", "0.9", "3.1"])
+def test_another_http_major_version_is_505(server: Any, version: str) -> None:
+    """h11 takes any `HTTP/D.D`: uvicorn answered `HTTP/9.9` as if it were 1.1."""
+    data = _raw_request(server.port, f"GET /healthz HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 505 "), data
+    doc = json.loads(body)
+    assert doc["error"]["code"] == "HTTP_VERSION_NOT_SUPPORTED"
+    assert f"HTTP/{version}" in doc["error"]["message"]
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.9"])
+def test_http_1_of_any_minor_version_is_served(server: Any, version: str) -> None:
+    data = _raw_request(server.port, f"GET /healthz HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 200 "), data
