@@ -443,3 +443,31 @@ def test_another_http_major_version_is_505(server: Any, version: str) -> None:
 def test_http_1_of_any_minor_version_is_served(server: Any, version: str) -> None:
     data = _raw_request(server.port, f"GET /healthz HTTP/{version}\r\nHost: x\r\n\r\n".encode())
     assert data.startswith(b"HTTP/1.1 200 "), data
+
+
+# ---------------------------------------------------------------- 6. --version
+
+
+def test_version_names_the_contract_docs_contract_md_implements() -> None:
+    """It said "SPEC 2026-11": the commissioners' document, not the contract version the
+    repository states (docs/CONTRACT.md's head) and implements."""
+    import re
+
+    head = (Path(__file__).parents[1] / "docs" / "CONTRACT.md").read_text(encoding="utf-8")
+    found = re.search(
+        r"\*\*Contract version: `([\w.]+)`, (\d{4}-\d{2})\*\* \(sections §1–§(\d+)\)", head
+    )
+    assert found, "docs/CONTRACT.md lost its 'Contract version' line"
+    package, edition, last = found.groups()
+    run = subprocess.run([EXE, "--version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.endswith(f"(contract {package}, {edition}, sections 1-{last})\n")
+    assert "SPEC" not in run.stdout
+    doc = json.loads(
+        subprocess.run(
+            [EXE, "--version", "--json"], capture_output=True, text=True, timeout=60
+        ).stdout
+    )
+    assert doc["contract"] == f"{package}, {edition}, sections 1-{last}"
+    sections = re.findall(r"^## (\d+)\. ", head, re.M)
+    assert sections[-1] == last  # the head's count is the file's
