@@ -471,3 +471,86 @@ def test_version_names_the_contract_docs_contract_md_implements() -> None:
     assert doc["contract"] == f"{package}, {edition}, sections 1-{last}"
     sections = re.findall(r"^## (\d+)\. ", head, re.M)
     assert sections[-1] == last  # the head's count is the file's
+
+
+# ---------------------------------------------------------------- 7. the configuration's types
+
+
+def config_check(tmp_path: Path, toml: str, **env: str) -> subprocess.CompletedProcess[str]:
+    conf = tmp_path / "c.toml"
+    conf.write_text(toml, encoding="utf-8")
+    full = {
+        **os.environ,
+        "TILLPOINT_DEVICE_ID": "till-t",
+        "TILLPOINT_DATA_DIR": str(tmp_path / "data"),
+        **env,
+    }
+    return subprocess.run(
+        [EXE, "--config", str(conf), "config", "check", "--json"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        ('[http]\nenabled = "yes"\n', '[http] enabled = "yes": true or false is expected'),
+        ('[http]\nenabled = "false"\n', '[http] enabled = "false": true or false is expected'),
+        ("[metrics]\nenabled = 0\n", "[metrics] enabled = 0: true or false is expected"),
+        ('[server]\nmax_workers = "10"\n', '[server] max_workers = "10": an integer is expected'),
+        ("[server]\nmax_workers = 8.0\n", "[server] max_workers = 8.0: an integer is expected"),
+        ("build_workers = true\n", "build_workers = true: an integer is expected"),
+        ('[hub]\npoll_interval_s = "60"\n', '[hub] poll_interval_s = "60": a number is expected'),
+        ("device_id = 5\n", "device_id = 5: a string is expected"),
+        ('[http]\nallowed_origins = "http://x"\n', "allowed_origins"),
+        (
+            '[printer]\nkind = "file"\ndevice = "/dev/null"\ncolumns = "48"\n',
+            '[printer] columns = "48": an integer is expected',
+        ),
+        (
+            '[display]\nkind = "serial"\ndevice = "loop://"\nbaudrate = 9600.5\n',
+            "[display] baudrate = 9600.5: an integer is expected",
+        ),
+    ],
+)
+def test_a_toml_value_of_another_type_than_its_setting_is_refused(
+    tmp_path: Path, toml: str, said: str
+) -> None:
+    """Pydantic's lax reading took `enabled = "yes"` (or 0, or "false"), `max_workers =
+    "10"` and `8.0` as 10 and 8, `build_workers = true` as 1: a file that said something
+    else than it meant was "valid". (A string for a number, or a number for a string,
+    pydantic refused already; kept here as the rule's edges.)"""
+    run = config_check(tmp_path, toml)
+    assert run.returncode == 2, run.stdout
+    assert said in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_what_toml_and_the_environment_write_naturally_is_taken(tmp_path: Path) -> None:
+    toml = (
+        "[hub]\npoll_interval_s = 60\n"  # an integer for a number of seconds
+        '[printer]\nkind = "usb"\nusb_vendor_id = "0x04b8"\nusb_product_id = 514\n'
+        "stopbits = 2\nconnect_timeout_s = 2.5\n"
+    )
+    run = config_check(
+        tmp_path,
+        toml,
+        TILLPOINT_SERVER__MAX_WORKERS="10",  # the environment is text
+        TILLPOINT_HTTP__ENABLED="false",
+    )
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["server"]["maxWorkers"] == 10 and doc["http"]["enabled"] is False
+    assert doc["printer"]["usbVendorId"] == 0x04B8 and doc["hub"]["pollIntervalS"] == 60
+
+
+def test_config_check_names_every_device_table_with_a_problem(tmp_path: Path) -> None:
+    """It said the first one only: a wrong [scanner] showed up after the [display] was
+    mended, one `config check` (and one till restart) later."""
+    run = config_check(tmp_path, '[display]\nkind = "vfd"\n[scanner]\nkind = "hid"\n')
+    assert run.returncode == 2
+    assert "[display.kind]" in run.stderr and "[scanner.kind]" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
