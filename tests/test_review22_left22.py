@@ -554,3 +554,23 @@ def test_config_check_names_every_device_table_with_a_problem(tmp_path: Path) ->
     assert run.returncode == 2
     assert "[display.kind]" in run.stderr and "[scanner.kind]" in run.stderr, run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_the_environment_sets_a_serial_devices_stop_bits(tmp_path: Path) -> None:
+    """`TILLPOINT_PRINTER__STOPBITS=2` was refused ("Input should be 1 or 2"): a Literal
+    takes no text, and the environment is text."""
+    run = config_check(
+        tmp_path,
+        "",
+        TILLPOINT_PRINTER__KIND="serial",
+        TILLPOINT_PRINTER__DEVICE="loop://",
+        TILLPOINT_PRINTER__STOPBITS="2",
+        TILLPOINT_DISPLAY__KIND="serial",
+        TILLPOINT_DISPLAY__DEVICE="loop://",
+        TILLPOINT_DISPLAY__STOPBITS="2",
+    )
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["printer"]["stopbits"] == 2 and doc["display"]["stopbits"] == 2
+    run = config_check(tmp_path, "", TILLPOINT_PRINTER__STOPBITS="3")
+    assert run.returncode == 2 and "[printer.stopbits]" in run.stderr
