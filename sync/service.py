@@ -46,6 +46,8 @@ from .pki import (
     CertificateReminder,
     Enrollment,
     EnrollmentError,
+    certificate_not_after,
+    certificate_problem,
     expiry_note,
     load_enrollment,
 )
@@ -164,16 +166,15 @@ class SyncService:
         self._wake.set()
 
     def _certificate_note(self, now: datetime) -> tuple[int, str] | None:
-        """What the log says of this till's certificate (`CertificateReminder`)."""
-        problem = self.enrollment.certificate_problem(now)
+        """What the log says of this till's certificate (`CertificateReminder`): the one
+        its link presents, read at start (a renewed bundle installed meanwhile is used
+        only after a restart, so the old one still expires, and says so)."""
+        pem = self.link.certificate_pem
+        hint = self.enrollment.renew_hint()
+        problem = certificate_problem(pem, "this till's", hint, now=now)
         if problem:
             return logging.ERROR, problem
-        return expiry_note(
-            self.enrollment.certificate_expires_at(),
-            now,
-            "this till's",
-            self.enrollment.renew_hint(),
-        )
+        return expiry_note(certificate_not_after(pem), now, "this till's", hint)
 
     def _hub_answers_again(self) -> None:
         """`HubLink` listener: wake every loop that waits out a backoff (quick, any thread)."""

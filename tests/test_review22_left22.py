@@ -83,6 +83,35 @@ def test_a_running_till_repeats_that_its_certificate_ends_soon(
     assert "tillpoint hub enroll till-c --renew" in message
 
 
+def test_a_renewal_installed_without_a_restart_is_not_taken_for_done(
+    hub: LoopbackHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The link presents the certificate it read at start: a renewed bundle installed
+    beside a running agent (`sync install` says to restart it) does not end the warning."""
+    from tillpoint.agent.app import till_agent
+
+    data = tmp_path / "till"
+    enrollment = enrol_ending(hub, "till-n", data, days=3)
+    link = HubLink(hub.address, enrollment)
+    authoriser = HubAuthoriser(link, data, "till-n", FAST.redeem_timeout_s)
+    agent = till_agent(data, "till-n", hub=authoriser)
+    service = SyncService(agent, link, enrollment, replace(FAST, certificate_reminder_s=0.2))
+    caplog.set_level(logging.WARNING, logger="tillpoint.sync")
+    try:
+        service.start()
+        renewed = pki.issue_device(hub.dir.keys, "till-n")
+        pki.install_bundle(data, pki.make_bundle(hub.dir.keys, renewed, hub.address), "till-n")
+        caplog.clear()
+        deadline = time.monotonic() + 10
+        while not said(caplog, "tillpoint.sync", "certificate expires at"):
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+    finally:
+        service.stop()
+        authoriser.close()
+        agent.close()
+
+
 def test_a_till_whose_certificate_is_far_from_its_end_says_nothing(
     hub: LoopbackHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
