@@ -278,16 +278,25 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 class _TomlFile(InitSettingsSource):
-    """The config file as a settings source; an unreadable or malformed file is one line,
-    and so is a value of another TOML type than its setting's (`toml_type_problems`)."""
+    """The config file as a settings source; an unreadable or malformed file is one line.
+    Its values of another TOML type than their setting's are noted (`loose_values`)."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
         values = read_config_file(path) if path is not None else {}
-        problems = toml_type_problems(settings_cls, values, device_models())
-        if problems:
-            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-            raise InputError(f"config {path}: {problems[0]}{more}")
+        _LOOSE[:] = [
+            f"config {path}: {p}" for p in toml_type_problems(settings_cls, values, device_models())
+        ]
         super().__init__(settings_cls, values)
+
+
+# The values of the last configuration file read that are not of their setting's TOML type
+# (`toml_type_problems`); `config check` refuses them, `run` logs each as a WARNING.
+_LOOSE: list[str] = []
+
+
+def loose_values() -> list[str]:
+    """What the last configuration file read wrote loosely (see `toml_type_problems`)."""
+    return list(_LOOSE)
 
 
 def device_models() -> dict[str, type[BaseModel]]:
@@ -313,11 +322,13 @@ def toml_type_problems(
 
     The file is typed: a boolean is `true` or `false`, an integer setting takes an integer,
     a number of seconds an integer or a float, a text setting a string. Pydantic's lax
-    reading took `enabled = "yes"` (or 1, or "0" for false), `max_workers = "10"` and
-    `= 8.0`, and `build_workers = true` as 1: a file that said something else than it
-    meant was "valid". The environment stays text (`TILLPOINT_SERVER__MAX_WORKERS=10`,
-    booleans as true/false, 1/0, yes/no, on/off) and is read by pydantic's rules.
-    Unknown keys are left to the models (`extra="forbid"` names them)."""
+    reading takes `enabled = "yes"` (or 1, or "0" for false), `max_workers = "10"` and
+    `= 8.0`, and `build_workers = true` as 1, and `config check` said such a file was
+    valid. It now refuses them (exit 2); `run` and every other command still take them
+    as pydantic reads them (a file an earlier release took must not stop a till after an
+    upgrade) and `run` logs each as a WARNING. The environment is text
+    (`TILLPOINT_SERVER__MAX_WORKERS=10`, booleans as true/false, 1/0, yes/no, on/off)
+    and is read by pydantic's rules. Unknown keys are left to the models."""
     problems: list[str] = []
     tables = tables or {}
     for key, value in values.items():

@@ -603,3 +603,38 @@ def test_the_environment_sets_a_serial_devices_stop_bits(tmp_path: Path) -> None
     assert doc["printer"]["stopbits"] == 2 and doc["display"]["stopbits"] == 2
     run = config_check(tmp_path, "", TILLPOINT_PRINTER__STOPBITS="3")
     assert run.returncode == 2 and "[printer.stopbits]" in run.stderr
+
+
+def test_run_takes_a_loose_value_with_a_warning(tmp_path: Path) -> None:
+    """A file an earlier release took (`enabled = "yes"`) must not stop a till after an
+    upgrade: `run` starts, as pydantic reads it, and its log names the value to mend."""
+    conf = tmp_path / "c.toml"
+    conf.write_text('[metrics]\nenabled = "no"\n[server]\nmax_workers = "4"\n', encoding="utf-8")
+    env = {
+        **os.environ,
+        "TILLPOINT_DEVICE_ID": "till-w",
+        "TILLPOINT_DATA_DIR": str(tmp_path / "data"),
+        "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_LOG__FORMAT": "text",
+    }
+    proc = subprocess.Popen(
+        [EXE, "--config", str(conf), "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
+        while not any("PosAgent serving" in x for x in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            lines.append(proc.stderr.readline())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    warned = [x for x in lines if "WARNING" in x and "config check" in x]
+    assert any('[metrics] enabled = "no": true or false is expected' in x for x in warned)
+    assert any('[server] max_workers = "4": an integer is expected' in x for x in warned)
