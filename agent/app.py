@@ -132,7 +132,7 @@ def run(settings: Settings) -> int:
     from tillpoint.sync.service import TillSync
 
     from . import ledger, logs, systemd
-    from .config import split_listen
+    from .config import loose_values, split_listen
     from .lock import DataDirLock
     from .metrics import Registry, serve
     from .server import build_server, follow_snapshot, register_gauges, start_hold_sweeper
@@ -140,6 +140,8 @@ def run(settings: Settings) -> int:
     log = logging.getLogger("tillpoint.server")
     limit_malloc_arenas()  # before any thread of ours starts
     logs.setup(settings.log.level, settings.log.format)
+    for loose in loose_values():  # taken as pydantic reads it; `config check` refuses it
+        log.warning("%s (taken for now: 'tillpoint config check' refuses it)", loose)
     lock = DataDirLock(settings.data_dir).acquire()
     ledger.require_writable(settings.data_dir)  # a read-only ledger: refused, not 503s
     # The collaborators first, then the agent they serve.

@@ -30,9 +30,10 @@ FORWARDED = frozenset(
     {"quote", "checkout", "hold", "confirm", "cancel", "refund", "identify", "balance", "status"}
 )
 
-# The contract this build implements: the proto package and the edition of the behaviour
-# contract (docs/CONTRACT.md). `tillpoint --version` prints both.
-CONTRACT = "tillpoint.v1, SPEC 2026-11"
+# The contract this build implements, as the head of docs/CONTRACT.md names it ("Contract
+# version: `tillpoint.v1`, 2026-11 (sections §1–§17)"; a test keeps the two the same): the
+# proto package, the contract's edition and its sections. `tillpoint --version` prints it.
+CONTRACT = "tillpoint.v1, 2026-11, sections 1-17"
 
 
 def version_json() -> dict[str, str]:
@@ -274,6 +275,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if args.config_command != "check":
             parser.error("config needs an action: check")
         from tillpoint.printer.service import load_configs
+
+        loose = config_mod.loose_values()  # what `run` takes with a warning, refused here
+        if loose:
+            more = f" (and {len(loose) - 1} more problem(s))" if len(loose) > 1 else ""
+            raise InputError(f"{loose[0]}{more}")
 
         devices = load_configs(settings.printer, settings.display, settings.scanner)
         if devices[0].kind != "none":

@@ -16,7 +16,8 @@ import socket
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -277,11 +278,127 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 class _TomlFile(InitSettingsSource):
-    """The config file as a settings source; an unreadable or malformed file is one line."""
+    """The config file as a settings source; an unreadable or malformed file is one line.
+    Its values of another TOML type than their setting's are noted (`loose_values`)."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
         values = read_config_file(path) if path is not None else {}
+        _LOOSE[:] = [
+            f"config {path}: {p}" for p in toml_type_problems(settings_cls, values, device_models())
+        ]
         super().__init__(settings_cls, values)
+
+
+# The values of the last configuration file read that are not of their setting's TOML type
+# (`toml_type_problems`); `config check` refuses them, `run` logs each as a WARNING.
+_LOOSE: list[str] = []
+
+
+def loose_values() -> list[str]:
+    """What the last configuration file read wrote loosely (see `toml_type_problems`)."""
+    return list(_LOOSE)
+
+
+def device_models() -> dict[str, type[BaseModel]]:
+    """The models of the `[printer]`, `[display]` and `[scanner]` tables (printer/config.py,
+    pydantic alone: no serial or printer code is imported)."""
+    from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+
+    return {"printer": PrinterConfig, "display": DisplayConfig, "scanner": ScannerConfig}
+
+
+# What each kind of setting is written as in TOML, for the messages.
+_TOML_TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def toml_type_problems(
+    model: type[BaseModel],
+    values: dict[str, Any],
+    tables: dict[str, type[BaseModel]] | None = None,
+    where: str = "",
+) -> list[str]:
+    """The values of the TOML file whose TOML type is not their setting's, one line each
+    (`[server] max_workers = "10": an integer is expected, without quotes`).
+
+    The file is typed: a boolean is `true` or `false`, an integer setting takes an integer,
+    a number of seconds an integer or a float, a text setting a string. Pydantic's lax
+    reading takes `enabled = "yes"` (or 1, or "0" for false), `max_workers = "10"` and
+    `= 8.0`, and `build_workers = true` as 1, and `config check` said such a file was
+    valid. It now refuses them (exit 2); `run` and every other command still take them
+    as pydantic reads them (a file an earlier release took must not stop a till after an
+    upgrade) and `run` logs each as a WARNING. The environment is text
+    (`TILLPOINT_SERVER__MAX_WORKERS=10`, booleans as true/false, 1/0, yes/no, on/off)
+    and is read by pydantic's rules. Unknown keys are left to the models."""
+    problems: list[str] = []
+    tables = tables or {}
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        if key in tables and isinstance(value, dict):
+            problems += toml_type_problems(tables[key], value, None, f"[{key}] ")
+            continue
+        problem = _type_problem(field.annotation, field.metadata, value)
+        if problem is None:
+            continue
+        if isinstance(problem, list):
+            problems += [
+                f"{where}[{key}] {p}" if not where else f"{where}{key}.{p}" for p in problem
+            ]
+            continue
+        shown = (
+            json.dumps(value, ensure_ascii=False)
+            if not isinstance(value, bool)
+            else str(value).lower()
+        )
+        words = (_TOML_TYPES[bool], _TOML_TYPES[int], _TOML_TYPES[float])
+        hint = ", without quotes" if isinstance(value, str) and problem in words else ""
+        problems.append(f"{where}{key} = {_cut(shown)}: {problem} is expected{hint}")
+    return problems
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return text[:limit] + "…" if len(text) > limit else text
+
+
+def _type_problem(annotation: Any, metadata: list[Any], value: Any) -> str | list[str] | None:
+    """What `value` (read from TOML) should have been for a setting of `annotation`: the
+    words for the message, a list of a table's problems, or None when it is of its type."""
+    from pydantic.functional_validators import BeforeValidator
+
+    if any(isinstance(m, BeforeValidator) for m in metadata):
+        return None  # the setting reads text itself ("0x04b8" for a USB id)
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *more = get_args(annotation)
+        return _type_problem(inner, [*metadata, *more], value)
+    if origin in (UnionType, Union):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        found = [_type_problem(a, metadata, value) for a in members]
+        return None if any(f is None for f in found) else found[0]
+    if origin is Literal:
+        kinds = {type(a) for a in get_args(annotation)}
+        if type(value) in kinds:
+            return None  # one of the others: the model's own words say which
+        return " or ".join(sorted({_TOML_TYPES.get(k, k.__name__) for k in kinds}))
+    if origin in (tuple, list) or annotation in (tuple, list):
+        return None if isinstance(value, list) else "a list"
+    if origin is dict or annotation is dict:
+        return None if isinstance(value, dict) else "a table"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not isinstance(value, dict):
+            return "a table"
+        return toml_type_problems(annotation, value) or None
+    if annotation is bool:
+        return None if isinstance(value, bool) else _TOML_TYPES[bool]
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else _TOML_TYPES[int]
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else _TOML_TYPES[float]
+    if annotation is str or annotation is Path:
+        return None if isinstance(value, str) else _TOML_TYPES[str]
+    return None
 
     def __repr__(self) -> str:
         return "_TomlFile()"

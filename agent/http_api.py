@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
@@ -346,6 +347,18 @@ class Api:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            version = scope.get("http_version", "1.1")
+            if not version.startswith("1."):
+                # h11 takes any "HTTP/D.D" and uvicorn answered HTTP/9.9 or 2.0 as 1.1;
+                # RFC 9110 §15.6.6: a major version the server does not speak is a 505
+                # (HTTP/1.9 is HTTP/1: answered as 1.1, RFC 9110 §2.5)
+                refused = error_response(
+                    "HTTP_VERSION_NOT_SUPPORTED",
+                    f"HTTP/{_cut(version, 10)} is not supported: send HTTP/1.1",
+                    {"Connection": "close"},
+                )
+                await refused(scope, receive, send)
+                return
             path = scope["path"]
             if not path or path[0] != "/":  # not the usual origin form: one test, no more
                 scope = _origin_form(scope)
@@ -510,12 +523,33 @@ class Api:
         problem = status.parts.get("storageError")
         if problem:  # still serving quotes: said, not 503 (nothing would then clear it)
             doc["storageError"] = problem
+        ending = _certificate_ending(status.parts.get("certificateExpiresAt"))
+        if ending:  # within 30 days or past: a monitor that reads only /healthz sees it
+            doc["certificateExpiresAt"] = ending
         return Response(json_document(doc), media_type=JSON)
 
     async def _openapi(self, request: Request) -> Response:
         if not self._openapi_body:
             self._openapi_body = json_document(openapi())
         return Response(self._openapi_body, media_type=JSON)
+
+
+def _certificate_ending(expires_at: Any) -> str:
+    """The till's certificate expiry (Status field 46) when it is within the renewal
+    warning's days of now, or past: what `/healthz` adds; "" otherwise."""
+    from tillpoint.sync import RENEW_WARNING_DAYS  # the package alone: no cryptography
+
+    if not expires_at or not isinstance(expires_at, str):
+        return ""
+    try:
+        moment = datetime.fromisoformat(expires_at)
+    except ValueError:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment - datetime.now(UTC) < timedelta(days=RENEW_WARNING_DAYS):
+        return expires_at
+    return ""
 
 
 def _origin_form(scope: Any) -> Any:
@@ -545,13 +579,15 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
     takes longer than `BODY_TIMEOUT_S` (a timer on this loop, not a task as
     `asyncio.wait_for` makes), ClientDisconnect when the client leaves first."""
     too_large = f"request larger than {MAX_BODY_BYTES >> 20} MiB"
+    encoded = b""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and int(value) > MAX_BODY_BYTES:
                 if int(value) <= DRAIN_MAX_BYTES:
                     await _drain_if_closing(scope, receive)
                 raise HttpError("INVALID_ARGUMENT", too_large)
-            break
+        elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            encoded = value
     chunks: list[bytes] = []
     size = 0
     try:
@@ -573,6 +609,14 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
         raise HttpError(
             "REQUEST_TIMEOUT", f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s"
         ) from None
+    if encoded:  # read to its end first: the connection goes on to the next request
+        # A gzip body was read as JSON ("not valid JSON"), and plain JSON sent with the
+        # header was taken as if it were not compressed: neither is what the POS meant.
+        raise HttpError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Content-Encoding {_shown(encoded, 40)} is not accepted: send the JSON body"
+            " uncompressed, without Content-Encoding",
+        )
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -835,13 +879,15 @@ def openapi() -> dict[str, Any]:
         "408": answer("the body did not arrive within 10 s"),
         "409": answer("conflict: another body under a known receiptId"),
         "412": answer("refused: no snapshot, blocked card, expired hold"),
+        "415": answer("the body has a Content-Encoding (gzip, …): send it uncompressed"),
         "421": answer("X-Tillpoint-Instance names another agent (the CLI's header): nothing run"),
         "500": answer("a bug in tillpoint: the agent's log has the trace"),
         "503": answer("not ready, or the call timed out: retry with the same receiptId"),
+        "505": answer("a request line of another HTTP major version than 1 (HTTP/2.0, 9.9)"),
     }
     # What any request may meet; a body's own; then each call's (agent/service.py's).
-    anywhere = ("401", "403", "405", "421", "500", "503")
-    of_a_body = ("400", "408")
+    anywhere = ("401", "403", "405", "421", "500", "503", "505")
+    of_a_body = ("400", "408", "415")
     of_the_call = {
         "Quote": ("412",),
         "Hold": ("409", "412"),

@@ -3,6 +3,12 @@
 Card numbers and phones are masked wherever they appear in a message or a field
 (`2770000000017` → `*********0017`, `+79161234567` → `+7*******4567`), so a log can be
 handed to support without leaking customers' identifiers.
+
+What looks like one by its digits alone but is not, by its context, is left as it is
+(`is_not_a_card`): digits glued to a letter, `_` or a decimal point (a snapshot file's
+name `v0000000001-full.snap`, a hex digest, `1.23456789`), a size or a time (`12345678
+bytes`, `… ms`), and a number named by what it counts (`seq 12345678`, `version …`,
+`port …`, `at byte …`, `balancePoints …`). A card or a phone is a token of its own.
 """
 
 from __future__ import annotations
@@ -18,17 +24,47 @@ _PHONE = re.compile(
     r"(?<!\d)(\+7|8|7)?[\s\-(]*(\d{3})[\s\-)]*(\d{3})[\s\-]*(\d{2})[\s\-]*(\d{2})(?!\d)"
 )
 _LONG_DIGITS = re.compile(r"(?<!\d)\d{8,19}(?!\d)")
+# the words that name a number for what it counts, just before it (`seq 12345678`)
+_COUNTED = re.compile(
+    r"(?:\b(?:seq|version|versions|byte|port|pid)|[Pp]oints|[Ss]eq|[Vv]ersion)[\s:=\"'#]*$"
+)
+# a unit just after it (`12345678 bytes`)
+_UNIT = re.compile(r"\s?(?:bytes?|B|KiB|MiB|GiB|KB|MB|GB|ms|s|µs|ns)\b")
+
+
+def is_not_a_card(text: str, start: int, end: int) -> bool:
+    """Whether the digits text[start:end] (a card's or a phone's by their look) are, by
+    what stands around them, some other number: glued to a letter, `_` or a decimal point,
+    followed by a unit, or named by what they count (see the module's note)."""
+    before = text[start - 1] if start > 0 else ""
+    after = text[end] if end < len(text) else ""
+    if (
+        before.isalpha()
+        or before == "_"
+        or (before == "." and text[start - 2 : start - 1].isdigit())
+    ):
+        return True
+    if after.isalpha() or after == "_" or (after == "." and text[end + 1 : end + 2].isdigit()):
+        return True
+    return bool(_UNIT.match(text, end) or _COUNTED.search(text, 0, start))
 
 
 def mask(text: str) -> str:
     def long_digits(m: re.Match[str]) -> str:
         digits = m.group(0)
+        if is_not_a_card(m.string, m.start(), m.end()):
+            return digits
         return "*" * (len(digits) - 4) + digits[-4:]
 
     def phone(m: re.Match[str]) -> str:
         prefix = m.group(1) or ""
+        # the number's own span: the match may begin with blanks or a bracket
+        first = m.start(1) if prefix else m.start(2)
+        if is_not_a_card(m.string, first, m.end()):
+            return m.group(0)
         last4 = m.group(4) + m.group(5)
-        return f"{prefix}*******{last4}" if prefix else f"******{last4}"
+        lead = m.group(0)[: first - m.start()]  # the blank before it kept: "and ******4567"
+        return f"{lead}{prefix}*******{last4}" if prefix else f"{lead}******{last4}"
 
     text = _PHONE.sub(phone, text)
     return _LONG_DIGITS.sub(long_digits, text)

@@ -54,6 +54,15 @@ def _parse_int(value: Any) -> Any:
 
 
 UsbId = Annotated[int, BeforeValidator(_parse_int), Field(ge=0, le=0xFFFF)]
+
+
+def _stopbits_text(value: Any) -> Any:
+    """The environment's "2" (`TILLPOINT_PRINTER__STOPBITS=2`, text by nature) as 2: a
+    Literal takes no text, and no stop bits could be set but in the TOML file."""
+    return int(value) if isinstance(value, str) and value.strip() in ("1", "2") else value
+
+
+StopBits = Annotated[Literal[1, 2], BeforeValidator(_stopbits_text)]
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 
 
@@ -143,7 +152,7 @@ class PrinterConfig(_Model):
     device: str | None = None
     baudrate: int = Field(9600, ge=300, le=921600)
     parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
+    stopbits: StopBits = 1
     flow_control: Literal["none", "rtscts", "dsrdtr", "xonxoff"] = "none"
     # usb (python-escpos Usb, needs pyusb)
     usb_vendor_id: UsbId | None = None
@@ -204,7 +213,7 @@ class DisplayConfig(_Model):
     device: str | None = None
     baudrate: int = Field(9600, ge=300, le=921600)
     parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
+    stopbits: StopBits = 1
     command_set: Literal["epson", "cd5220"] = "epson"
     columns: int = Field(20, ge=8, le=40)
     rows: int = Field(2, ge=1, le=4)

@@ -57,12 +57,23 @@ def _validate(model: Any, table: str, values: Mapping[str, Any]) -> Any:
 def load_configs(
     printer: Mapping[str, Any], display: Mapping[str, Any], scanner: Mapping[str, Any]
 ) -> tuple[PrinterConfig, DisplayConfig, ScannerConfig]:
-    """Validate the three tables; PrinterConfigError names the key and what is wrong."""
-    return (
-        _validate(PrinterConfig, "printer", printer),
-        _validate(DisplayConfig, "display", display),
-        _validate(ScannerConfig, "scanner", scanner),
-    )
+    """Validate the three tables; PrinterConfigError names the key and what is wrong, of
+    every table that has a problem (`config check` said the first table's only: a wrong
+    [scanner] showed up after the [printer] was mended)."""
+    found: list[Any] = []
+    problems: list[str] = []
+    for model, table, values in (
+        (PrinterConfig, "printer", printer),
+        (DisplayConfig, "display", display),
+        (ScannerConfig, "scanner", scanner),
+    ):
+        try:
+            found.append(_validate(model, table, values))
+        except PrinterConfigError as exc:
+            problems.append(str(exc).removeprefix("config "))
+    if problems:
+        raise PrinterConfigError("config " + "; ".join(problems))
+    return found[0], found[1], found[2]
 
 
 class Devices:

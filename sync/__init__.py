@@ -22,6 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from tillpoint.agent.errors import InputError
 
+# A certificate this close to its end is reported (the till's log and `/healthz`, `hub
+# serve`'s log) so that it is renewed before a till or the hub is cut off.
+RENEW_WARNING_DAYS = 30
+
 if TYPE_CHECKING:
     from tillpoint.agent import cache
 

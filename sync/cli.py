@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -576,7 +576,10 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
     conflict "shown in its status"): the published version, what the draft holds, each
     device's acknowledged transactions, and how many conflicts and set-aside transactions
     wait for review (`hub coupon-conflicts`, `hub set-aside` list them)."""
-    with closing(_existing_hub(settings, args).open_store()) as store:
+    from . import pki
+
+    hub = _existing_hub(settings, args)
+    with closing(hub.open_store()) as store:
         latest = store.latest()
         devices = [
             {
@@ -584,6 +587,12 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
                 "enrolledAt": d.enrolled_at,
                 "revokedAt": d.revoked_at,
                 "ackedThroughSeq": store.applied_through(d.device_id),
+                # None for a revoked device: no certificate of it works any more
+                "certificateExpiresAt": (
+                    None
+                    if d.revoked_at
+                    else pki.certificate_time(_enrolled_until(d.enrolled_at)) or None
+                ),
             }
             for d in store.devices()
         ]
@@ -594,24 +603,59 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
             "devices": devices,
             "couponConflicts": len(store.coupon_conflicts()),
             "setAside": len(store.set_aside_transactions()),
+            "serverCertificateExpiresAt": pki.certificate_time(hub.keys.server_not_after()),
         }
+    now = _now()
+
+    def ends(x: dict[str, Any]) -> str:
+        """ ", certificate expires …" with the renewal from 30 days before, or EXPIRED."""
+        if not x["certificateExpiresAt"]:
+            return ""
+        note = pki.expiry_note(
+            datetime.fromisoformat(x["certificateExpiresAt"]),
+            now,
+            "",
+            f"renew: 'tillpoint hub enroll {x['deviceId']} --renew --address HOST:PORT'",
+        )
+        if note is None:
+            return f", certificate expires {x['certificateExpiresAt']}"
+        return ", " + note[1].strip().replace("certificate expired", "certificate EXPIRED")
 
     def human(d: dict[str, Any]) -> str:
+        server = d["serverCertificateExpiresAt"]
         lines = [
             f"snapshot version {d['version']}"
             + (f" issued {d['issuedAt']}" if d["issuedAt"] else " (nothing published yet)")
             + f", {d['draftRows']} row(s) waiting to be published",
             *(
                 f"{x['deviceId']}: transactions through seq {x['ackedThroughSeq']}"
-                + (f", revoked {x['revokedAt']}" if x["revokedAt"] else "")
+                + (f", revoked {x['revokedAt']}" if x["revokedAt"] else ends(x))
                 for x in d["devices"]
             ),
             f"{d['couponConflicts']} coupon conflict(s) (hub coupon-conflicts),"
             f" {d['setAside']} set-aside transaction(s) (hub set-aside)",
         ]
+        if server:
+            lines.append(f"the hub's server certificate expires {server}")
         return "\n".join(lines)
 
     return _emit(args, data, human)
+
+
+def _enrolled_until(enrolled_at: str) -> datetime | None:
+    """When the certificate of a device enrolled at `enrolled_at` ends. The hub keeps no
+    copy of a device's certificate (the bundle is the till's secret), only its fingerprint
+    and the moment `hub enroll` issued it: every certificate it issues (in every release so
+    far) lasts `CERT_DAYS` from that moment, to the second."""
+    from .pki import CERT_DAYS
+
+    try:
+        moment = datetime.fromisoformat(enrolled_at)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.replace(microsecond=0) + timedelta(days=CERT_DAYS)
 
 
 def _hub_coupon_conflicts(settings: Settings, args: argparse.Namespace) -> int:

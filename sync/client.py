@@ -75,6 +75,7 @@ class HubLink:
         self.address = address
         self.enrollment = enrollment
         ca, key, cert = enrollment.channel_material()
+        self.certificate_pem = cert  # the one this link presents until `run` restarts
         creds = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar
 
 import grpc
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
@@ -42,7 +43,14 @@ from . import pki
 from .hub_postgres import is_postgres_url
 from .hub_sqlite import SqliteHubStore
 from .hub_store import HubStats, HubStore, Publication, StoredTx, TxIn, Unsynced
-from .signing import MANIFEST_PREFIX, MAX_CHUNK, SNAPSHOT_JSONL, canonical_json, sign_manifest
+from .signing import (
+    MANIFEST_PREFIX,
+    MAX_CHUNK,
+    SNAPSHOT_JSONL,
+    canonical_json,
+    manifest,
+    sign_manifest,
+)
 
 log = logging.getLogger("tillpoint.hub")
 
@@ -79,13 +87,22 @@ class HubConfig:
     # deadline is 120 s: stay well under it).
     full_wait_s: float = 60.0
     rate_limit_bytes_s: float = 0.0  # per snapshot stream (0: unlimited), spares store uplinks
+    # the server certificate within 30 days of its end (or past it): logged at start and
+    # again this often while the hub serves
+    certificate_reminder_s: float = pki.REMIND_EVERY_S
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_size <= MAX_CHUNK:
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}")
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be at least 1 (got {self.max_workers})")
-        positive = ("heartbeat_s", "stream_max_s", "hold_ttl_s", "snapshot_ttl_s")
+        positive = (
+            "heartbeat_s",
+            "stream_max_s",
+            "hold_ttl_s",
+            "snapshot_ttl_s",
+            "certificate_reminder_s",
+        )
         others = ("publish_every_s", "watch_interval_s", "full_wait_s", "rate_limit_bytes_s")
         for name in (*positive, *others):
             value = getattr(self, name)
@@ -342,6 +359,7 @@ class SnapshotBuilder:
     ) -> None:
         self.store = store
         self.key = key
+        self._public = key.public_key()
         self.dir = Path(directory)
         self.keep_versions = max(1, keep_versions)
         self.full_wait_s = full_wait_s
@@ -392,6 +410,14 @@ class SnapshotBuilder:
             pub = self.store.publication(found.version)
             if pub is None or pub.issued_at.isoformat() != found.issued_at:
                 raise ValueError("not this hub's publication")
+            # Signed with the key this hub signs with now: after `snapshot.key` was
+            # replaced (docs/PROTOCOL.md §1) a file signed with the old one was served
+            # (and exported) until deleted, and every till given the new key refused it.
+            # It is built again (the same payload, signed anew).
+            self._public.verify(found.signature, manifest(found.size, found.sha256))
+        except InvalidSignature:
+            log.info("snapshot file %s is signed with another key: built again", meta.name)
+            return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return found
@@ -1132,18 +1158,27 @@ class HubServer:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.port = 0
+        self._served_not_after: datetime | None = None
+        self.certificate = pki.CertificateReminder(
+            self._certificate_note, log, self.config.certificate_reminder_s
+        )
+
+    def _certificate_note(self, now: datetime) -> tuple[int, str] | None:
+        """What the log says of the server certificate this process serves with: the one
+        it read at start (a renewed `server.pem` is served only after a restart, so a
+        renewal without one still expires, and says so)."""
+        return pki.expiry_note(
+            self._served_not_after,
+            now,
+            "the hub's server",
+            "run 'tillpoint hub init --renew-server' on the hub and restart every 'hub serve'"
+            " (the tills need nothing new)",
+        )
 
     def start(self, listen: str = "127.0.0.1:0") -> int:
         key, cert, ca = self.dir.keys.server_credentials_material()
-        not_after = pki.certificate_not_after(cert)
-        if not_after is not None and not_after - datetime.now(UTC) < timedelta(
-            days=pki.RENEW_WARNING_DAYS
-        ):
-            log.warning(
-                "the hub's server certificate expires at %s: %s",
-                not_after.isoformat(),
-                pki.RENEW_SERVER,
-            )
+        self._served_not_after = pki.certificate_not_after(cert)
+        self.certificate.check()  # said at start, then again by the watcher each day
         creds = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=True
         )
@@ -1190,6 +1225,7 @@ class HubServer:
         every = self.config.publish_every_s
         next_try = 0.0  # (monotonic) a refresh that found nothing to publish waits `every`
         while not self._stop.wait(self.config.watch_interval_s):
+            self.certificate.check()  # a look once a day (`certificate_reminder_s`)
             try:
                 latest = self.store.latest()
                 self.notifier.update(latest)

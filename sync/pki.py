@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tillpoint.agent.config import device_id_problem
 from tillpoint.agent.errors import InputError, TillpointError
 
-from . import ENROLLMENT_DIR, ENROLLMENT_FILE
+from . import ENROLLMENT_DIR, ENROLLMENT_FILE, RENEW_WARNING_DAYS
 from . import is_enrolled as is_enrolled  # the marker, for this module's users
 
 HUB_TLS_NAME = "tillpoint-hub"  # agents verify the hub's certificate against this name
@@ -43,9 +46,6 @@ DEVICE_URI_PREFIX = "urn:tillpoint:device:"
 BUNDLE_FORMAT = "tillpoint-enrollment/1"
 CA_YEARS = 20
 CERT_DAYS = 5 * 365
-# A certificate this close to its end is reported (the till's status and log, `hub serve`'s
-# log) so that it is renewed before a till or the hub is cut off.
-RENEW_WARNING_DAYS = 30
 RENEW_SERVER = "run 'tillpoint hub init --renew-server' on the hub (the tills need nothing new)"
 
 
@@ -156,6 +156,72 @@ def certificate_problem(
             f" and this machine's clock says {certificate_time(moment)}: set the clock right (NTP)"
         )
     return None
+
+
+# How often a running process (`tillpoint run`, `hub serve`) repeats that a certificate
+# expires within RENEW_WARNING_DAYS, or has expired: a warning at start alone was one line
+# in a log of months, and a till that runs from one upgrade to the next never restarts.
+REMIND_EVERY_S = 86400.0
+
+
+class CertificateReminder:
+    """Logs, at the first `check` and then at most once every `every_s`, what `look` says
+    of a certificate: (level, message) while it expires within RENEW_WARNING_DAYS or has
+    expired, None while it is fine. `look` (a file read, a certificate parsed) runs once
+    an `every_s` at most, so a loop may call `check` as often as it turns."""
+
+    def __init__(
+        self,
+        look: Callable[[datetime], tuple[int, str] | None],
+        logger: logging.Logger,
+        every_s: float = REMIND_EVERY_S,
+    ) -> None:
+        self.look = look
+        self.log = logger
+        self.every_s = every_s
+        self._last: float | None = None  # (monotonic) the last look
+        self.said: tuple[int, str] | None = None  # what the last look found
+
+    def check(self) -> tuple[int, str] | None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every_s:
+            return None
+        self._last = now
+        try:
+            found = self.look(datetime.now(UTC))
+        except Exception:  # a reminder never stops the loop that asks it
+            self.log.warning("the certificate's expiry could not be read", exc_info=True)
+            return None
+        self.said = found
+        if found is not None:
+            self.log.log(found[0], "%s", found[1])
+        return found
+
+
+def expiry_note(
+    not_after: datetime | None, now: datetime, whose: str, renew: str
+) -> tuple[int, str] | None:
+    """What a reminder says of a certificate ending at `not_after` (see CertificateReminder)."""
+    if not_after is None:
+        return None
+    if now > not_after:
+        expired = f"{whose} certificate expired at {certificate_time(not_after)}: {renew}"
+        return logging.ERROR, expired
+    if not_after - now < timedelta(days=RENEW_WARNING_DAYS):
+        return (
+            logging.WARNING,
+            f"{whose} certificate expires at {certificate_time(not_after)}"
+            f" (in {_days_left(not_after - now)}): {renew}",
+        )
+    return None
+
+
+def _days_left(left: timedelta) -> str:
+    days = left.days
+    if days >= 1:
+        return f"{days} day{'s' if days != 1 else ''}"
+    hours = int(left.total_seconds() // 3600)
+    return f"{hours} hour{'s' if hours != 1 else ''}" if hours else "less than an hour"
 
 
 def certificate_not_after(cert_pem: bytes) -> datetime | None:

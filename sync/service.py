@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -41,7 +41,16 @@ from . import check_device, state
 from .authoriser import HubAuthoriser
 from .backoff import Backoff
 from .client import HubLink
-from .pki import RENEW_WARNING_DAYS, Enrollment, EnrollmentError, load_enrollment
+from .pki import (
+    REMIND_EVERY_S,
+    CertificateReminder,
+    Enrollment,
+    EnrollmentError,
+    certificate_not_after,
+    certificate_problem,
+    expiry_note,
+    load_enrollment,
+)
 from .pull import DEFAULT_MAX_BYTES, Puller, PullInterrupted, SyncBusy, cache_version
 from .push import Pusher
 from .till import TillAgent
@@ -61,6 +70,9 @@ class SyncTimings:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 60.0
     max_snapshot_bytes: int = DEFAULT_MAX_BYTES  # a bigger snapshot is refused unread
+    # A certificate within RENEW_WARNING_DAYS of its end (or past it) is logged at start
+    # and again this often while `tillpoint run` runs
+    certificate_reminder_s: float = REMIND_EVERY_S
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SyncTimings:
@@ -121,11 +133,15 @@ class SyncService:
         # list of every pull for the life of `tillpoint run` (≈ 1,440 a day at the default
         # poll, ≈ 155 bytes each, kept for good).
         self.last_pull: Any = None
+        self.certificate = CertificateReminder(
+            self._certificate_note, log, timings.certificate_reminder_s
+        )
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         state.put(self.pusher.conn, {"hub_address": self.link.address, "error:enrollment": None})
+        self.certificate.check()  # said at start, then again by the sync thread each day
         for name, target in (("sync", self._loop), ("subscribe", self._subscribe)):
             thread = threading.Thread(target=target, name=f"tillpoint-{name}", daemon=True)
             thread.start()
@@ -148,6 +164,17 @@ class SyncService:
     def trigger_pull(self) -> None:
         self._pull_now.set()
         self._wake.set()
+
+    def _certificate_note(self, now: datetime) -> tuple[int, str] | None:
+        """What the log says of this till's certificate (`CertificateReminder`): the one
+        its link presents, read at start (a renewed bundle installed meanwhile is used
+        only after a restart, so the old one still expires, and says so)."""
+        pem = self.link.certificate_pem
+        hint = self.enrollment.renew_hint()
+        problem = certificate_problem(pem, "this till's", hint, now=now)
+        if problem:
+            return logging.ERROR, problem
+        return expiry_note(certificate_not_after(pem), now, "this till's", hint)
 
     def _hub_answers_again(self) -> None:
         """`HubLink` listener: wake every loop that waits out a backoff (quick, any thread)."""
@@ -192,6 +219,7 @@ class SyncService:
                     push_failed_at = self._recoveries
                     next_push = time.monotonic() + push_backoff.next()
             self._persist_mode()
+            self.certificate.check()  # a look once a day (`certificate_reminder_s`)
             wait = max(0.0, min(next_pull, next_push) - time.monotonic())
             self._wake.wait(timeout=wait)
             self._wake.clear()
@@ -440,18 +468,6 @@ class TillSync:
         service = SyncService(agent, self.link, self.enrollment, self.timings)
         service.start()
         log.info("syncing with hub %s as %s", self.address, agent.device_id)
-        expires = self.enrollment.certificate_expires_at()
-        problem = self.enrollment.certificate_problem()
-        if problem:
-            log.error("%s", problem)
-        elif expires is not None and expires - datetime.now(UTC) < timedelta(
-            days=RENEW_WARNING_DAYS
-        ):
-            log.warning(
-                "this till's certificate expires at %s: %s",
-                expires.isoformat(),
-                self.enrollment.renew_hint(),
-            )
 
         def stop() -> None:
             service.stop()

@@ -132,7 +132,9 @@ def test_version_names_the_contract() -> None:
     exe = Path(sys.executable).parent / "tillpoint"
     run = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stderr == ""
-    assert re.fullmatch(r"tillpoint \S+ \(contract tillpoint\.v1, SPEC \d{4}-\d{2}\)\n", run.stdout)
+    assert re.fullmatch(
+        r"tillpoint \S+ \(contract tillpoint\.v1, \d{4}-\d{2}, sections 1-\d+\)\n", run.stdout
+    )
     # §10: with --json, one JSON document
     run = subprocess.run([exe, "--version", "--json"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stderr == ""
