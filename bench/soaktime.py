@@ -27,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -57,6 +58,27 @@ ENDING = {
     "value": "900",
     "validTo": "2026-11-27T23:59:59+03:00",
 }
+
+
+NEW_YEAR_CUSTOMERS: list[dict[str, Any]] = [
+    {
+        "id": "c-e",
+        "firstName": "Ева",
+        "tier": "silver",
+        "birthday": "1990-01-03",
+        "balancePoints": 900,
+        "expiring": [{"points": 400, "expiresAt": "2026-12-31T23:59:59+03:00"}],
+        "favoriteWeekday": 5,
+    },
+    {
+        "id": "c-f",
+        "firstName": "Фёдор",
+        "tier": "gold",
+        "birthday": "1992-02-29",
+        "balancePoints": 300,
+        "pending": [{"points": 50, "activatesAt": "2027-01-01T00:00:00+03:00"}],
+    },
+]
 
 
 def first_snapshot() -> dict[str, Any]:
@@ -107,8 +129,10 @@ class Soak:
         self.label = "start"
         self.zone = MOSCOW
         self.ttl = TTL
+        self.cards = list(dl.CARDS[:7])  # the cards receipts and balances pick from
         self.by_call: dict[str, int] = {}  # "call/ok" or "call/ERROR_CODE" -> count
         self.errors: set[str] = set()  # the refusals seen (kinds, for the report)
+        self.swept = 0  # idle holds the run's own sweeper expired (with `idle_wait`)
         self.clock_checked = 0  # holds whose holdExpiresAt was checked against the clock
         self.counts: dict[str, int] = {}
         self.mismatches: list[str] = []
@@ -214,7 +238,7 @@ class Soak:
             "storeId": "s1",
             "tillId": "t1",
             "at": self.at(),
-            "card": card or r.choice(dl.CARDS[:7]),
+            "card": card or r.choice(self.cards),
             "lines": self.basket(lines),
             "redeemPoints": r.choice([0, 10, 100, -1, -1]),
         }
@@ -260,11 +284,25 @@ class Soak:
             elif pick < 0.8 and self.committed:
                 self.refund(r.choice(self.committed))
             elif pick < 0.87:
-                self.compare("balance", {"card": r.choice(dl.CARDS[:7])})
+                self.compare("balance", {"card": r.choice(self.cards)})
             elif pick < 0.93:
-                self.compare("balance", {"card": r.choice(dl.CARDS[:7]), "at": self.at()})
+                self.compare("balance", {"card": r.choice(self.cards), "at": self.at()})
             else:
                 self.compare("identify", {"text": r.choice(dl.CARDS)})
+
+    def states(self, receipt_ids: list[str]) -> list[str]:
+        """The long-lived till's `receipt_life` states of these receipts, read from its ledger."""
+        conn = sqlite3.connect(f"file:{self.data / 'ledger.db'}?mode=ro", uri=True)
+        try:
+            return [
+                str(row[0])
+                for rid in receipt_ids
+                for row in conn.execute(
+                    "SELECT state FROM receipt_life WHERE receipt_id = ?", (rid,)
+                )
+            ]
+        finally:
+            conn.close()
 
     def refund(self, sale: dict[str, Any]) -> None:
         """A return of a sale made earlier (its points activated or expired since, maybe):
@@ -325,6 +363,7 @@ def run(work: Path, seed: int = 22, calls: int = 6, *, idle_wait: bool = True) -
         s.clock.set(local(m, "2026-11-23T12:30:01"))
         if idle_wait:
             time.sleep(16)  # the sweeper's round (15 s)
+            s.swept = s.states([b["receiptId"] for b in idle]).count("EXPIRED")
         s.round(calls)
         for i, body in enumerate(idle):
             s.held.pop(body["receiptId"], None)
@@ -379,10 +418,35 @@ def run(work: Path, seed: int = 22, calls: int = 6, *, idle_wait: bool = True) -
             s.compare("quote", {**body, "receiptId": body["receiptId"]})
             s.compare("confirm", {"receiptId": body["receiptId"], "fiscalDocument": "F"})
         s.round(calls)
+        # new customers whose birthday windows cross the new year and a 29 February, a
+        # batch expiring at the year's last second, then the clock walks through them
+        s.label = "year-end-delta"
+        doc = {
+            "version": 3,
+            "baseVersion": 2,
+            "issuedAt": "2026-12-20T07:00:00Z",
+            "customers": NEW_YEAR_CUSTOMERS,
+            "cards": [
+                {"number": "2770000000079", "customerId": "c-e", "status": "ACTIVE"},
+                {"number": "2770000000086", "customerId": "c-f", "status": "ACTIVE"},
+            ],
+        }
+        s.clock.set(local(m, "2026-12-20T10:00:00"))
+        s.load(doc)
+        s.snapshot["customers"] = [*s.snapshot["customers"], *NEW_YEAR_CUSTOMERS]
+        s.snapshot["cards"] = [*s.snapshot["cards"], *doc["cards"]]
+        s.snapshot["version"] = 3
+        s.cards = [*s.cards, "2770000000079", "2770000000086", "2770000000079"]
+        s.round(calls)
+        s.at_moments("birthday-window-new-year", around(m, "2026-12-27T00:00:00", -1, 1), calls)
+        s.at_moments("year-end", around(m, "2026-12-31T23:59:59", -1, 0, 2), calls)
+        s.at_moments("birthday-jan-3-ends", around(m, "2027-01-03T23:59:59", 0, 2), calls)
+        s.at_moments("birthday-29-feb-window", around(m, "2027-02-21T00:00:00", -1, 1), calls)
+        s.at_moments("birthday-29-feb-on-28", around(m, "2027-02-28T23:59:59", 0, 2), calls)
         # the program moves to a zone with daylight saving, the clock to its spring change
         s.label = "dst-spring"
         doc = copy.deepcopy(s.snapshot)
-        doc.update(version=3, baseVersion=0, issuedAt="2027-03-27T06:00:00Z")
+        doc.update(version=4, baseVersion=0, issuedAt="2027-03-27T06:00:00Z")
         doc["program"] = {**doc["program"], "timezone": "Europe/Berlin", "holdTtlSeconds": TTL}
         doc["offers"] = [
             {**o, "validFrom": None, "validTo": None} if "validTo" in o else o
@@ -392,6 +456,15 @@ def run(work: Path, seed: int = 22, calls: int = 6, *, idle_wait: bool = True) -
             for k in ("validFrom", "validTo"):
                 if o.get(k) is None:
                     o.pop(k, None)
+        doc["offers"].append(
+            {
+                "id": "m-fold",
+                "kind": "PERCENT_OFF",
+                "skus": [dl.CHEESE],
+                "value": "35",
+                "hours": [{"from": "02:00", "to": "03:00"}],
+            }
+        )
         doc["customers"][0]["expiring"] = [
             {"points": 100, "expiresAt": "2027-03-28T02:30:00+01:00"},
             {"points": 100, "expiresAt": "2027-03-28T12:00:00+02:00"},
@@ -414,6 +487,20 @@ def run(work: Path, seed: int = 22, calls: int = 6, *, idle_wait: bool = True) -
             calls,
         )
         s.at_moments("dst-next-day", around(BERLIN, "2027-03-28T10:00:00", 86_400 - 3590), calls)
+        # the autumn change: 02:00-03:00 twice (an offer's hours inside it), receipts of the
+        # day before whose points activate a day later in the repeated hour
+        s.at_moments(
+            "dst-autumn",
+            [
+                datetime(2027, 10, 30, 0, 30, tzinfo=UTC),  # 02:30 CEST, the day before
+                datetime(2027, 10, 31, 0, 29, 50, tzinfo=UTC),  # 02:29:50 CEST
+                datetime(2027, 10, 31, 0, 59, 55, tzinfo=UTC),  # 02:59:55 CEST
+                datetime(2027, 10, 31, 1, 0, 5, tzinfo=UTC),  # 02:00:05 CET
+                datetime(2027, 10, 31, 1, 30, 1, tzinfo=UTC),  # 02:30:01 CET
+                datetime(2027, 10, 31, 2, 0, 1, tzinfo=UTC),  # 03:00:01 CET
+            ],
+            calls,
+        )
     finally:
         s.stop()
     return s
@@ -426,6 +513,7 @@ def main(work: Path, calls: int, seed: int = 22) -> int:
     print(
         f"{total} calls compared, {len(s.mismatches)} mismatches,"
         f" {s.clock_checked} holds' expiry checked against the clock,"
+        f" {s.swept} idle holds expired by the run's sweeper,"
         f" {time.monotonic() - t0:.1f} s"
     )
     print(json.dumps(s.counts, indent=1))
