@@ -99,8 +99,9 @@ class Clock:
         self.moment: datetime | None = None
         self.set(datetime(2026, 11, 23, 4, 0, tzinfo=UTC))
 
-    def set(self, moment: datetime) -> None:
-        if self.moment is not None and moment < self.moment:
+    def set(self, moment: datetime, *, back: bool = False) -> None:
+        """Move the clock to `moment`: forward, or, with `back`, an NTP step back."""
+        if self.moment is not None and moment < self.moment and not back:
             raise AssertionError(f"the clock only moves forward ({self.moment} to {moment})")
         self.moment = moment
         offset = round((moment - datetime.now(UTC)).total_seconds())
@@ -132,6 +133,7 @@ class Soak:
         self.cards = list(dl.CARDS[:7])  # the cards receipts and balances pick from
         self.by_call: dict[str, int] = {}  # "call/ok" or "call/ERROR_CODE" -> count
         self.errors: set[str] = set()  # the refusals seen (kinds, for the report)
+        self.issued_scanned = 0  # receipts that carried a code the till issued
         self.swept = 0  # idle holds the run's own sweeper expired (with `idle_wait`)
         self.clock_checked = 0  # holds whose holdExpiresAt was checked against the clock
         self.counts: dict[str, int] = {}
@@ -244,6 +246,10 @@ class Soak:
         }
         if r.random() < 0.35:
             body["coupons"] = r.sample([f"CPN{i}" for i in range(12)], r.randint(1, 2))
+        if r.random() < 0.3 and (issued := self.issued_codes()):
+            # a code this till printed on an earlier receipt (§13: usable here at once)
+            body["coupons"] = [*body.get("coupons", []), r.choice(issued)]
+            self.issued_scanned += 1
         if r.random() < 0.2:
             body["explain"] = True
         return body
@@ -289,6 +295,14 @@ class Soak:
                 self.compare("balance", {"card": r.choice(self.cards), "at": self.at()})
             else:
                 self.compare("identify", {"text": r.choice(dl.CARDS)})
+
+    def issued_codes(self) -> list[str]:
+        """The codes the long-lived till has issued so far (read from its ledger)."""
+        conn = sqlite3.connect(f"file:{self.data / 'ledger.db'}?mode=ro", uri=True)
+        try:
+            return [str(c) for (c,) in conn.execute("SELECT code FROM issued_coupons ORDER BY 1")]
+        finally:
+            conn.close()
 
     def states(self, receipt_ids: list[str]) -> list[str]:
         """The long-lived till's `receipt_life` states of these receipts, read from its ledger."""
@@ -501,6 +515,13 @@ def run(work: Path, seed: int = 22, calls: int = 6, *, idle_wait: bool = True) -
             ],
             calls,
         )
+        # an NTP step back of two hours while holds are open, then forward again past them
+        s.label = "clock-step-back"
+        s.round(calls)
+        s.clock.set(s.clock.now() - timedelta(hours=2), back=True)
+        s.round(calls)
+        s.clock.set(s.clock.now() + timedelta(hours=2, minutes=31))
+        s.round(calls)
     finally:
         s.stop()
     return s
@@ -514,6 +535,7 @@ def main(work: Path, calls: int, seed: int = 22) -> int:
         f"{total} calls compared, {len(s.mismatches)} mismatches,"
         f" {s.clock_checked} holds' expiry checked against the clock,"
         f" {s.swept} idle holds expired by the run's sweeper,"
+        f" {s.issued_scanned} receipts with a till-issued code,"
         f" {time.monotonic() - t0:.1f} s"
     )
     print(json.dumps(s.counts, indent=1))
