@@ -11,8 +11,10 @@ through boundaries: an offer's hours opening and closing, midnight and the weekd
 favourite weekday, a night window, a birthday window, expiring batches, pending points
 activating, a coupon's and an offer's validity ending, a hold's TTL passing while the
 till is idle (the run's sweeper expiring it), a snapshot applied while a receipt is
-held (confirmed after), and a daylight-saving change in the program's time zone (a full
-snapshot moves the program to Europe/Berlin). Each answer is compared with a FRESH
+held (confirmed after), a year's end and a 29 February birthday (a delta), both
+daylight-saving changes in the program's time zone (a full snapshot moves the program
+to Europe/Berlin), a restart after holds expired while the till was down, an NTP step
+back, and codes the till issued scanned again. Each answer is compared with a FRESH
 `Agent` on a copy of the data directory whose clock is the same fake clock.
 
 `python -m bench.soaktime WORKDIR [CALLS [SEED]]` (CALLS at each moment) prints the
@@ -125,8 +127,7 @@ class Soak:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
         self.snapshot = first_snapshot()
         self.load(self.snapshot)
-        clocked = [sys.executable, "-m", "bench.clocked_run", str(self.clock.path)]
-        self.ll = dl.LongLived(work, self.data, command=clocked)
+        self.ll = self.start()
         self.label = "start"
         self.zone = MOSCOW
         self.ttl = TTL
@@ -343,6 +344,15 @@ class Soak:
             self.clock.set(moment)
             self.round(calls)
 
+    def start(self) -> dl.LongLived:
+        clocked = [sys.executable, "-m", "bench.clocked_run", str(self.clock.path)]
+        return dl.LongLived(self.work, self.data, command=clocked)
+
+    def restart(self) -> None:
+        self.ll.stop()
+        (self.data / "serving.json").unlink(missing_ok=True)
+        self.ll = self.start()
+
     def stop(self) -> None:
         self.ll.stop()
 
@@ -515,6 +525,25 @@ def run(work: Path, seed: int = 22, calls: int = 6, *, idle_wait: bool = True) -
             ],
             calls,
         )
+        # the till switched off over lunch with receipts held: they expired while it was
+        # down, and the run started again sweeps them at once
+        s.label = "restart-after-downtime"
+        down = []
+        for card in (dl.CARDS[0], dl.CARDS[3]):
+            body = s.receipt(card=card, lines=2)
+            body["redeemPoints"] = -1
+            if s.compare("hold", body)[0] == "ok":
+                down.append(body)
+        s.ll.stop()
+        s.clock.set(s.clock.now() + timedelta(minutes=45))
+        s.restart()
+        if idle_wait:
+            time.sleep(1)
+            s.swept += s.states([b["receiptId"] for b in down]).count("EXPIRED")
+        s.round(calls)
+        for body in down:
+            s.held.pop(body["receiptId"], None)
+            s.compare("confirm", {"receiptId": body["receiptId"]})
         # an NTP step back of two hours while holds are open, then forward again past them
         s.label = "clock-step-back"
         s.round(calls)

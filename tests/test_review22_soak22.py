@@ -4,9 +4,10 @@
 line, its agent's wall clock moved by the harness) through receipts stamped at its clock
 as the clock crosses offer hours, midnight and weekdays, the favourite weekday, a night
 window, a birthday window, expiring batches, pending points, a coupon's and an offer's
-end, holds idle past their TTL, a snapshot applied while receipts are held, and a
-daylight-saving change in the program's zone; each answer equal to a fresh agent's on
-a copy of the data directory with the same clock.
+end, holds idle past their TTL, a snapshot applied while receipts are held, both
+daylight-saving changes in the program's zone, a restart after holds expired while the
+till was down, and an NTP step back; each answer equal to a fresh agent's on a copy of
+the data directory with the same clock. No difference was found (docs/FAULTS.md).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _soak(tmp_path: Path, calls: int, *, idle_wait: bool) -> None:
     assert s.by_call.get("confirm/FAILED_PRECONDITION", 0) >= 1, s.by_call  # idle holds
     assert sum(s.counts.values()) >= 25 * calls
     if idle_wait:  # the run's own timer expired the idle holds, by the moved clock
-        assert s.swept >= 2
+        assert s.swept >= 4  # idle holds, and holds expired while the run was down
 
 
 def test_a_long_lived_till_answers_as_a_fresh_one_while_time_moves_short(
