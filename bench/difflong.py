@@ -358,7 +358,9 @@ def clear_module_caches() -> None:
 
 
 class LongLived:
-    def __init__(self, work: Path, data: Path, extra_config: str = "") -> None:
+    def __init__(
+        self, work: Path, data: Path, extra_config: str = "", command: list[str] | None = None
+    ) -> None:
         from bench.faults import free_port
 
         self.work, self.data = work, data
@@ -378,7 +380,7 @@ class LongLived:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [EXE, "--config", str(self.cfg), "run"],
+                [*(command or [EXE]), "--config", str(self.cfg), "run"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
