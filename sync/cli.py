@@ -555,7 +555,9 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
             latest.version, 0
         )
     if args.out is None:
-        write_signed_file(sys.stdout, bundle)
+        from tillpoint.agent.cli import Stdout
+
+        write_signed_file(Stdout(), bundle)
         return EXIT_OK
     with args.out.open("w", encoding="utf-8") as out:
         write_signed_file(out, bundle)
@@ -694,11 +696,12 @@ def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
 def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> int:
     """A ListTransactionsReply: its proto3 JSON (`agent/proto_json`: every field, int64 as
     numbers) with --json, else a line per transaction and a summary."""
+    from tillpoint.agent.cli import write_out
     from tillpoint.agent.proto_json import message_json
     from tillpoint.v1 import tillpoint_pb2 as pb
 
     if args.json:  # ListTransactionsReply in the CLI's one proto3 JSON mapping
-        sys.stdout.write(json.dumps(message_json(reply), ensure_ascii=False) + "\n")
+        write_out(json.dumps(message_json(reply), ensure_ascii=False) + "\n")
         return EXIT_OK
     lines = [
         f"seq {t.seq}: {pb.TransactionKind.Name(t.kind)} {t.refund_id or t.receipt_id}"
@@ -712,7 +715,7 @@ def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> in
         f"{len(reply.transactions)} transaction(s) of {device} stored{more};"
         f" all stored through seq {reply.acked_through_seq}"
     )
-    sys.stdout.write("\n".join(lines) + "\n")
+    write_out("\n".join(lines) + "\n")
     return EXIT_OK
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.config import PrinterConfig
@@ -49,3 +55,56 @@ def test_an_offer_valid_to_the_end_of_time_prints_and_the_sale_stands(tmp_path: 
     assert "Чек r1, 23.11.2026 10:15" in paper  # the sale's time is still the store's
     assert "31.12.9999" in paper  # the bound as written: no later day exists
     agent.close()
+
+
+def _tillpoint(args: list[str], stdout: Any, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tillpoint.agent.cli import main; sys.exit(main())",
+            *args,
+        ],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "TILLPOINT_DEVICE_ID": "till-1", "TILLPOINT_CLI_LOCAL": "1"},
+    )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_every_command_to_a_full_stdout_says_the_output_could_not_be_written(
+    tmp_path: Path,
+) -> None:
+    """§10 (out22's rule, CONTRACT "Likewise a stdout that does not take the answer"): the
+    commands that write their answer past `emit` (`print queue`, `hub receipts` with and
+    without --json, `hub export` to stdout) still said "internal error: OSError: [Errno 28]"
+    to `> /dev/full`, as if tillpoint had a bug."""
+    from tillpoint.sync.loopback import sample_master_data
+
+    data, hub = str(tmp_path / "data"), str(tmp_path / "hub")
+    Agent(Path(data), "till-1").close()  # a till with its ledger
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    made = _tillpoint(
+        ["hub", "import", str(catalogue), "--publish", "--hub-dir", hub], subprocess.PIPE, tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    enrol = ["hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(tmp_path / "e.json")]
+    assert _tillpoint(enrol, subprocess.PIPE, tmp_path).returncode == 0
+    commands = [
+        ["--data-dir", data, "print", "queue"],
+        ["--data-dir", data, "print", "queue", "--json"],
+        ["hub", "receipts", "--device", "till-1", "--hub-dir", hub],
+        ["hub", "receipts", "--device", "till-1", "--hub-dir", hub, "--json"],
+        ["hub", "export", "till-1", "--hub-dir", hub],
+    ]
+    with open("/dev/full", "w") as full:
+        for args in commands:
+            run = _tillpoint(args, full, tmp_path)
+            assert run.returncode == 1, (args, run.stderr)
+            assert run.stderr.count("\n") == 1, (args, run.stderr)
+            assert "internal error" not in run.stderr, (args, run.stderr)
+            assert "the output could not be written" in run.stderr, (args, run.stderr)
