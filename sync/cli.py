@@ -475,9 +475,17 @@ def _check_hub_address(address: str) -> None:
             f"--address {address!r} has no port: give HOST:PORT (e.g. {address}:50070)"
         )
     try:
-        _, port = split_listen(address)
+        host, port = split_listen(address)
     except ValueError as exc:
         raise InputError(f"--address {exc}") from None
+    if ":" in host and not address.startswith("["):
+        # "::1" read as host ":" port 1: the till dialled the bare address at gRPC's 443
+        raise InputError(
+            f"--address {address!r}: an IPv6 address goes in brackets, with the port:"
+            " [ADDRESS]:PORT (e.g. [::1]:50070)"
+        )
+    if any(c.isspace() or not c.isprintable() for c in host):
+        raise InputError(f"--address {address!r}: a host name has no blanks or control characters")
     if port == 0:
         raise InputError(
             f"--address {address!r}: port 0 is not one a till can dial: give the port"

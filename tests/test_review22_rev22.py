@@ -108,3 +108,27 @@ def test_every_command_to_a_full_stdout_says_the_output_could_not_be_written(
             assert run.stderr.count("\n") == 1, (args, run.stderr)
             assert "internal error" not in run.stderr, (args, run.stderr)
             assert "the output could not be written" in run.stderr, (args, run.stderr)
+
+
+@pytest.mark.parametrize("address", ["::1", "fe80::1:50070", "hub one:50070", "hub\n:50070"])
+def test_hub_enroll_refuses_an_address_a_till_cannot_dial(tmp_path: Path, address: str) -> None:
+    """5ae66ee reads --address as HOST:PORT so that a till is never enrolled with an
+    address it dials in vain; `split_listen` read a bare IPv6 address ("::1": host ":",
+    port 1), an unbracketed one, and a host with a blank or a line break as HOST:PORT:
+    the device was enrolled and its bundle carried the address."""
+    hub = str(tmp_path / "hub")
+    assert _tillpoint(["hub", "init", "--hub-dir", hub], subprocess.PIPE, tmp_path).returncode == 0
+    run = _tillpoint(
+        ["hub", "enroll", "till-1", "--hub-dir", hub, "--address", address, "--json"],
+        subprocess.PIPE,
+        tmp_path,
+    )
+    assert run.returncode == 2, run.stdout
+    assert run.stderr.startswith("tillpoint: --address ") and run.stderr.count("\n") == 1
+    assert not (tmp_path / "hub" / "bundles" / "till-1.json").exists()
+    ok = _tillpoint(
+        ["hub", "enroll", "till-1", "--hub-dir", hub, "--address", "[::1]:50070", "--json"],
+        subprocess.PIPE,
+        tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr  # the device was not enrolled by the refused call
