@@ -61,6 +61,9 @@ class SyncTimings:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 60.0
     max_snapshot_bytes: int = DEFAULT_MAX_BYTES  # a bigger snapshot is refused unread
+    # how often a running till looks at its certificate's end (the log warns from 30 days
+    # before, and says when it has passed): `tillpoint run` lives for months
+    certificate_check_s: float = 6 * 3600.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SyncTimings:
@@ -167,8 +170,12 @@ class SyncService:
         next_pull = next_push = time.monotonic()
         # The recovery count at each one's last failure: a newer one ends its backoff.
         pull_failed_at = push_failed_at = self._recoveries
+        next_certificate_check = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
+            if now >= next_certificate_check:
+                self._certificate_notice()
+                next_certificate_check = now + t.certificate_check_s
             if pull_backoff.failures and self._recoveries != pull_failed_at:
                 pull_backoff.reset()  # the hub answers again: no more waiting
                 next_pull = min(next_pull, now + self._jitter())
@@ -192,9 +199,29 @@ class SyncService:
                     push_failed_at = self._recoveries
                     next_push = time.monotonic() + push_backoff.next()
             self._persist_mode()
-            wait = max(0.0, min(next_pull, next_push) - time.monotonic())
+            wait = max(0.0, min(next_pull, next_push, next_certificate_check) - time.monotonic())
             self._wake.wait(timeout=wait)
             self._wake.clear()
+
+    def _certificate_notice(self) -> None:
+        """Log this till's certificate's end: an error once it cannot be used (expired,
+        or not valid yet by this clock), a warning within `RENEW_WARNING_DAYS` of it."""
+        try:
+            problem = self.enrollment.certificate_problem()
+            expires = self.enrollment.certificate_expires_at()
+        except Exception:  # a look at a file: never the sync loop's end
+            log.warning("cannot read this till's certificate", exc_info=True)
+            return
+        if problem:
+            log.error("%s", problem)
+        elif expires is not None and expires - datetime.now(UTC) < timedelta(
+            days=RENEW_WARNING_DAYS
+        ):
+            log.warning(
+                "this till's certificate expires at %s: %s",
+                expires.isoformat(),
+                self.enrollment.renew_hint(),
+            )
 
     def _pull_once(self) -> float | None:
         """None on success; otherwise "back off"."""
@@ -440,18 +467,7 @@ class TillSync:
         service = SyncService(agent, self.link, self.enrollment, self.timings)
         service.start()
         log.info("syncing with hub %s as %s", self.address, agent.device_id)
-        expires = self.enrollment.certificate_expires_at()
-        problem = self.enrollment.certificate_problem()
-        if problem:
-            log.error("%s", problem)
-        elif expires is not None and expires - datetime.now(UTC) < timedelta(
-            days=RENEW_WARNING_DAYS
-        ):
-            log.warning(
-                "this till's certificate expires at %s: %s",
-                expires.isoformat(),
-                self.enrollment.renew_hint(),
-            )
+        # its certificate's end is logged by the sync loop: at once, then every 6 hours
 
         def stop() -> None:
             service.stop()

@@ -132,3 +132,50 @@ def test_hub_enroll_refuses_an_address_a_till_cannot_dial(tmp_path: Path, addres
         tmp_path,
     )
     assert ok.returncode == 0, ok.stderr  # the device was not enrolled by the refused call
+
+
+def test_a_long_lived_run_warns_of_its_certificate_again_not_only_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CONTRACT: a till's certificate "is in its status and its log warns from 30 days
+    before". The warning was written once, when `tillpoint run` started: a till started
+    more than 30 days before its certificate's end (systemd keeps it for months) never
+    warned before the hub cut it off. The sync loop now looks again (every
+    `certificate_check_s`, 6 hours by default)."""
+    import logging
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from tillpoint.agent.app import till_agent
+    from tillpoint.sync import pki
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, timings
+    from tillpoint.sync.service import SyncService
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till"
+    # a certificate with 10 days left
+    issued = datetime.now(UTC) - timedelta(days=pki.CERT_DAYS - 10)
+    identity = pki.issue_device(hub.dir.keys, "till-1", now=issued)
+    hub.server.store.enroll("till-1", identity.fingerprint, datetime.now(UTC))
+    enrollment = pki.install_bundle(
+        data, pki.make_bundle(hub.dir.keys, identity, hub.address), "till-1"
+    )
+    link = HubLink(hub.address, enrollment)
+    agent = till_agent(data, "till-1")
+    service = SyncService(agent, link, enrollment, timings(certificate_check_s=0.2))
+    caplog.set_level(logging.WARNING, logger="tillpoint")
+    service.start()
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            said = [r for r in caplog.records if "certificate expires at" in r.getMessage()]
+            if len(said) >= 2:
+                break
+            time.sleep(0.1)
+    finally:
+        service.stop()
+        agent.close()
+        hub.stop()
+    assert len(said) >= 2, [r.getMessage() for r in caplog.records]
+    assert "hub enroll till-1 --renew" in said[0].getMessage()
