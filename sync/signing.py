@@ -344,6 +344,12 @@ def read_header(payload: bytes) -> dict[str, Any]:
         doc = json.loads((text or payload).decode("utf-8"), parse_float=_no_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SnapshotRefused(f"snapshot refused: signed but not valid JSON ({exc})") from None
+    except RecursionError:  # what Python's reader cannot take: as hub import words it
+        raise SnapshotRefused("snapshot refused: not valid JSON (nested too deeply)") from None
+    except ValueError:  # an integer past its 4,300 digits
+        raise SnapshotRefused(
+            "snapshot refused: not valid JSON (a number with too many digits)"
+        ) from None
     if not isinstance(doc, dict):
         raise SnapshotRefused("snapshot refused: not a JSON object")
     return doc

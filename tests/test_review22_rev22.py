@@ -179,3 +179,48 @@ def test_a_long_lived_run_warns_of_its_certificate_again_not_only_at_start(
         hub.stop()
     assert len(said) >= 2, [r.getMessage() for r in caplog.records]
     assert "hub enroll till-1 --renew" in said[0].getMessage()
+
+
+def test_a_signed_file_whose_payload_is_json_python_cannot_read_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`snapshot load` of a signed file on an enrolled till reads the payload's header
+    before the signature is checked (1b3e8d1: "the same bundle again is unchanged"): a
+    payload nested past the recursion limit, or with a number of thousands of digits,
+    was "internal error: RecursionError/ValueError", exit 1 (it was refused by its
+    signature before). A till not enrolled read it so too. Refused now, exit 2."""
+    import base64
+
+    from tillpoint.sync.loopback import sample_master_data
+
+    hub, data = str(tmp_path / "hub"), str(tmp_path / "till")
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    steps = [
+        ["hub", "import", str(catalogue), "--publish", "--hub-dir", hub],
+        ["hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(tmp_path / "e.json")],
+        ["hub", "export", "till-1", "--hub-dir", hub, "--out", str(tmp_path / "v1.json")],
+    ]
+    for step in steps:
+        assert _tillpoint(step, subprocess.PIPE, tmp_path).returncode == 0, step
+    good = json.loads((tmp_path / "v1.json").read_text(encoding="utf-8"))
+    bad = {
+        "deep.json": b"[" * 200_000,
+        "digits.json": b'{"version": ' + b"9" * 5000 + b"}",
+    }
+    for name, payload in bad.items():
+        doc = {k: v for k, v in good.items() if k not in ("size", "sha256")}
+        doc["payload"] = base64.b64encode(payload).decode()
+        (tmp_path / name).write_text(json.dumps(doc), encoding="utf-8")
+    loads = [
+        ["--data-dir", str(tmp_path / "plain"), "snapshot", "load", str(tmp_path / n)] for n in bad
+    ]  # a till not enrolled
+    install = ["--data-dir", data, "sync", "install", str(tmp_path / "e.json")]
+    assert _tillpoint(install, subprocess.PIPE, tmp_path).returncode == 0
+    loads += [["--data-dir", data, "snapshot", "load", str(tmp_path / n)] for n in bad]
+    first = ["--data-dir", data, "snapshot", "load", str(tmp_path / "v1.json")]
+    assert _tillpoint(first, subprocess.PIPE, tmp_path).returncode == 0  # a cache to compare
+    for args in loads:
+        run = _tillpoint(args, subprocess.PIPE, tmp_path)
+        assert run.returncode == 2, (args, run.stderr)
+        assert "internal error" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
