@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
-from tillpoint.printer.config import PrinterConfig
-from tillpoint.printer.layout import offers_blocks, render_escpos
-from tillpoint.printer.payload import parse_payload
-from tillpoint.printer.profiles import resolve_profile
 
 from .conftest import receipt, snapshot
+from .test_review22_out22 import PRINTED, _printed_text, _tillpoint
 
+# "never ends", as a hub may write it: the last second RFC 3339 can name, in UTC
 FOREVER = {
+    **{k: v for k, v in PRINTED.items() if k != "validFrom"},
     "id": "o-forever",
-    "campaignId": "camp-f",
-    "customerId": "c-a",
-    "kind": "PERCENT_OFF",
-    "skus": ["4601234000024"],
-    "value": "20",
-    # "never ends", as a hub may write it: the last second RFC 3339 can name, in UTC
     "validTo": "9999-12-31T23:59:59Z",
-    "rank": 1,
-    "printable": True,
-    "printText": "Скидка на хлеб",
 }
-
-
-def _printed_text(agent: Agent) -> str:
-    (payload,) = agent._ledger.execute("SELECT payload FROM print_jobs").fetchone()
-    data = render_escpos(offers_blocks(parse_payload(payload)), resolve_profile(PrinterConfig()))
-    return data.decode("cp866", errors="replace")
 
 
 def test_an_offer_valid_to_the_end_of_time_prints_and_the_sale_stands(tmp_path: Path) -> None:
@@ -57,23 +38,6 @@ def test_an_offer_valid_to_the_end_of_time_prints_and_the_sale_stands(tmp_path: 
     agent.close()
 
 
-def _tillpoint(args: list[str], stdout: Any, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from tillpoint.agent.cli import main; sys.exit(main())",
-            *args,
-        ],
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={**os.environ, "TILLPOINT_DEVICE_ID": "till-1", "TILLPOINT_CLI_LOCAL": "1"},
-    )
-
-
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_every_command_to_a_full_stdout_says_the_output_could_not_be_written(
     tmp_path: Path,
@@ -89,11 +53,11 @@ def test_every_command_to_a_full_stdout_says_the_output_could_not_be_written(
     catalogue = tmp_path / "c.json"
     catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
     made = _tillpoint(
-        ["hub", "import", str(catalogue), "--publish", "--hub-dir", hub], subprocess.PIPE, tmp_path
+        ["hub", "import", str(catalogue), "--publish", "--hub-dir", hub], subprocess.PIPE
     )
     assert made.returncode == 0, made.stderr
     enrol = ["hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(tmp_path / "e.json")]
-    assert _tillpoint(enrol, subprocess.PIPE, tmp_path).returncode == 0
+    assert _tillpoint(enrol, subprocess.PIPE).returncode == 0
     commands = [
         ["--data-dir", data, "print", "queue"],
         ["--data-dir", data, "print", "queue", "--json"],
@@ -103,7 +67,7 @@ def test_every_command_to_a_full_stdout_says_the_output_could_not_be_written(
     ]
     with open("/dev/full", "w") as full:
         for args in commands:
-            run = _tillpoint(args, full, tmp_path)
+            run = _tillpoint(args, full)
             assert run.returncode == 1, (args, run.stderr)
             assert run.stderr.count("\n") == 1, (args, run.stderr)
             assert "internal error" not in run.stderr, (args, run.stderr)
@@ -117,11 +81,10 @@ def test_hub_enroll_refuses_an_address_a_till_cannot_dial(tmp_path: Path, addres
     port 1), an unbracketed one, and a host with a blank or a line break as HOST:PORT:
     the device was enrolled and its bundle carried the address."""
     hub = str(tmp_path / "hub")
-    assert _tillpoint(["hub", "init", "--hub-dir", hub], subprocess.PIPE, tmp_path).returncode == 0
+    assert _tillpoint(["hub", "init", "--hub-dir", hub], subprocess.PIPE).returncode == 0
     run = _tillpoint(
         ["hub", "enroll", "till-1", "--hub-dir", hub, "--address", address, "--json"],
         subprocess.PIPE,
-        tmp_path,
     )
     assert run.returncode == 2, run.stdout
     assert run.stderr.startswith("tillpoint: --address ") and run.stderr.count("\n") == 1
@@ -129,7 +92,6 @@ def test_hub_enroll_refuses_an_address_a_till_cannot_dial(tmp_path: Path, addres
     ok = _tillpoint(
         ["hub", "enroll", "till-1", "--hub-dir", hub, "--address", "[::1]:50070", "--json"],
         subprocess.PIPE,
-        tmp_path,
     )
     assert ok.returncode == 0, ok.stderr  # the device was not enrolled by the refused call
 
@@ -202,7 +164,7 @@ def test_a_signed_file_whose_payload_is_json_python_cannot_read_is_refused(
         ["hub", "export", "till-1", "--hub-dir", hub, "--out", str(tmp_path / "v1.json")],
     ]
     for step in steps:
-        assert _tillpoint(step, subprocess.PIPE, tmp_path).returncode == 0, step
+        assert _tillpoint(step, subprocess.PIPE).returncode == 0, step
     good = json.loads((tmp_path / "v1.json").read_text(encoding="utf-8"))
     bad = {
         "deep.json": b"[" * 200_000,
@@ -216,11 +178,11 @@ def test_a_signed_file_whose_payload_is_json_python_cannot_read_is_refused(
         ["--data-dir", str(tmp_path / "plain"), "snapshot", "load", str(tmp_path / n)] for n in bad
     ]  # a till not enrolled
     install = ["--data-dir", data, "sync", "install", str(tmp_path / "e.json")]
-    assert _tillpoint(install, subprocess.PIPE, tmp_path).returncode == 0
+    assert _tillpoint(install, subprocess.PIPE).returncode == 0
     loads += [["--data-dir", data, "snapshot", "load", str(tmp_path / n)] for n in bad]
     first = ["--data-dir", data, "snapshot", "load", str(tmp_path / "v1.json")]
-    assert _tillpoint(first, subprocess.PIPE, tmp_path).returncode == 0  # a cache to compare
+    assert _tillpoint(first, subprocess.PIPE).returncode == 0  # a cache to compare
     for args in loads:
-        run = _tillpoint(args, subprocess.PIPE, tmp_path)
+        run = _tillpoint(args, subprocess.PIPE)
         assert run.returncode == 2, (args, run.stderr)
         assert "internal error" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
