@@ -463,6 +463,18 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def _check_out(path: Path) -> None:
+    """An `--out` is a file, written whole (a bundle is written beside it and renamed over
+    it): not a folder, a pipe or a device, which the rename replaced with a regular file
+    (as root, `--out /dev/null` replaced the machine's /dev/null)."""
+    if path.exists() and not path.is_file():
+        raise InputError(
+            f"--out {path}: not a regular file (a folder, a pipe or a device): give a file's path"
+        )
+    if not path.parent.is_dir() and path.parent.exists():
+        raise InputError(f"--out {path}: {path.parent} is not a folder")
+
+
 def _check_hub_address(address: str) -> None:
     """The address a bundle gives its till: HOST:PORT as every listen address is read
     (`split_listen`), with a port a till can dial. Without a port the till dialled gRPC's
@@ -498,6 +510,8 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.address:
         _check_hub_address(args.address)
+    if args.out is not None:
+        _check_out(args.out)
     hub = _existing_hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
@@ -516,7 +530,14 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
                 " certificate (the old one stops working at once)"
             )
         store.enroll(identity.device_id, identity.fingerprint, _now())
-    pki.write_bundle(out, bundle)
+    try:
+        pki.write_bundle(out, bundle)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise InputError(
+            f"device {identity.device_id} is enrolled, but its bundle could not be written to"
+            f" {out}: {exc.strerror or exc}; issue it again with 'tillpoint hub enroll"
+            f" {identity.device_id} --renew --out FILE'"
+        ) from None
     data = {
         "deviceId": identity.device_id,
         "bundle": str(out),
@@ -551,6 +572,8 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_server import SnapshotBuilder
     from .signing import write_signed_file
 
+    if args.out is not None:
+        _check_out(args.out)
     hub = _existing_hub(settings, args)
     with closing(hub.open_store()) as store:
         if store.device(args.device) is None:
@@ -567,8 +590,11 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
 
         write_signed_file(Stdout(), bundle)
         return EXIT_OK
-    with args.out.open("w", encoding="utf-8") as out:
-        write_signed_file(out, bundle)
+    try:
+        with args.out.open("w", encoding="utf-8") as out:
+            write_signed_file(out, bundle)
+    except OSError as exc:
+        raise InputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     return _emit(
         args,
         {

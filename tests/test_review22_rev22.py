@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -186,3 +188,42 @@ def test_a_signed_file_whose_payload_is_json_python_cannot_read_is_refused(
         run = _tillpoint(args, subprocess.PIPE)
         assert run.returncode == 2, (args, run.stderr)
         assert "internal error" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_hub_enroll_and_export_refuse_an_out_that_is_not_a_file(tmp_path: Path) -> None:
+    """`hub enroll --out` writes the bundle beside it and renames it over the path: a
+    directory was "internal error: IsADirectoryError" after the device was enrolled (a
+    retry then needed --renew), and a pipe or a device was replaced by a regular file
+    (run as root, `--out /dev/null` or `/dev/stdout` replaced the machine's own). `hub
+    export --out` of a directory or a missing folder was "internal error". Refused before
+    anything is written or enrolled (exit 2), the path left as it was."""
+    from tillpoint.sync.loopback import sample_master_data
+
+    hub = str(tmp_path / "hub")
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    made = _tillpoint(
+        ["hub", "import", str(catalogue), "--publish", "--hub-dir", hub], subprocess.PIPE
+    )
+    assert made.returncode == 0, made.stderr
+    folder, pipe = tmp_path / "folder", tmp_path / "pipe"
+    folder.mkdir()
+    os.mkfifo(pipe)
+    for out in (folder, pipe):
+        run = _tillpoint(
+            ["hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(out)], subprocess.PIPE
+        )
+        assert run.returncode == 2, run.stderr
+        assert "internal error" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert folder.is_dir() and stat.S_ISFIFO(pipe.stat().st_mode)
+    # nothing was enrolled: the same id goes in without --renew
+    bundle = tmp_path / "e.json"
+    enrol = ["hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(bundle)]
+    assert _tillpoint(enrol, subprocess.PIPE).returncode == 0
+    for out in (folder, pipe, tmp_path / "missing" / "v1.json"):
+        run = _tillpoint(
+            ["hub", "export", "till-1", "--hub-dir", hub, "--out", str(out)], subprocess.PIPE
+        )
+        assert run.returncode == 2, run.stderr
+        assert "internal error" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert folder.is_dir() and stat.S_ISFIFO(pipe.stat().st_mode)
