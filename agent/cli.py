@@ -245,11 +245,17 @@ def _stdout_gone() -> bool:
             return False  # stdout is fine: the broken pipe was another's (a socket)
     except (AttributeError, OSError, ValueError):
         return False
+    _stdout_to_devnull()
+    return True
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: what is still buffered for a stdout that failed would
+    fail again at exit ("Exception ignored" lines)."""
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    return True
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -638,14 +644,19 @@ def write_out(text: str) -> None:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        # what is still buffered would fail again at exit ("Exception ignored" lines)
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+        _stdout_to_devnull()
         raise OutputLost(
             f"the output could not be written: {exc.strerror or exc} (what the command did stands)"
         ) from None
+
+
+class Stdout:
+    """stdout for what writes to a file object (`hub export` without --out): each write
+    is `write_out`'s, so a stdout that does not take it is worded as `emit`'s is."""
+
+    def write(self, text: str) -> int:
+        write_out(text)
+        return len(text)
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:

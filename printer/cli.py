@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +62,12 @@ def _no_action(p: argparse.ArgumentParser) -> Any:
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> int:
+    from tillpoint.agent.cli import write_out  # a stdout that fails is worded, not a bug
+
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+        write_out(json.dumps(data, ensure_ascii=False) + "\n")
     else:
-        sys.stdout.write(human if human.endswith("\n") else human + "\n")
+        write_out(human if human.endswith("\n") else human + "\n")
     return 0
 
 

@@ -196,16 +196,18 @@ def payload_source_for_checkout(
 
 def _local_text(value: Any, zone: tzinfo) -> Any:
     """An RFC 3339 time as the same moment in ``zone``; anything else as it is (the print
-    worker's check reports a time it cannot read)."""
+    worker's check reports a time it cannot read). A moment that has no local time in
+    ``zone`` (an offer "valid to" 9999-12-31T23:59:59Z is in year 10000 in Moscow) is
+    printed as written: raising here failed the checkout for a coupon's date."""
     if not isinstance(value, str):
         return value
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            return value
+        return moment.astimezone(zone).isoformat()
+    except (ValueError, OverflowError):
         return value
-    if moment.tzinfo is None:
-        return value
-    return moment.astimezone(zone).isoformat()
 
 
 def _to_zone(data: dict[str, Any], zone: tzinfo) -> None:

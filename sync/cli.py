@@ -463,6 +463,18 @@ def _hub_publish(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
+def _check_out(path: Path) -> None:
+    """An `--out` is a file, written whole (a bundle is written beside it and renamed over
+    it): not a folder, a pipe or a device, which the rename replaced with a regular file
+    (as root, `--out /dev/null` replaced the machine's /dev/null)."""
+    if path.exists() and not path.is_file():
+        raise InputError(
+            f"--out {path}: not a regular file (a folder, a pipe or a device): give a file's path"
+        )
+    if not path.parent.is_dir() and path.parent.exists():
+        raise InputError(f"--out {path}: {path.parent} is not a folder")
+
+
 def _check_hub_address(address: str) -> None:
     """The address a bundle gives its till: HOST:PORT as every listen address is read
     (`split_listen`), with a port a till can dial. Without a port the till dialled gRPC's
@@ -475,9 +487,17 @@ def _check_hub_address(address: str) -> None:
             f"--address {address!r} has no port: give HOST:PORT (e.g. {address}:50070)"
         )
     try:
-        _, port = split_listen(address)
+        host, port = split_listen(address)
     except ValueError as exc:
         raise InputError(f"--address {exc}") from None
+    if ":" in host and not address.startswith("["):
+        # "::1" read as host ":" port 1: the till dialled the bare address at gRPC's 443
+        raise InputError(
+            f"--address {address!r}: an IPv6 address goes in brackets, with the port:"
+            " [ADDRESS]:PORT (e.g. [::1]:50070)"
+        )
+    if any(c.isspace() or not c.isprintable() for c in host):
+        raise InputError(f"--address {address!r}: a host name has no blanks or control characters")
     if port == 0:
         raise InputError(
             f"--address {address!r}: port 0 is not one a till can dial: give the port"
@@ -490,6 +510,8 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.address:
         _check_hub_address(args.address)
+    if args.out is not None:
+        _check_out(args.out)
     hub = _existing_hub(settings, args)
     hub.init()
     identity = pki.issue_device(hub.keys, args.device)
@@ -508,7 +530,14 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
                 " certificate (the old one stops working at once)"
             )
         store.enroll(identity.device_id, identity.fingerprint, _now())
-    pki.write_bundle(out, bundle)
+    try:
+        pki.write_bundle(out, bundle)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise InputError(
+            f"device {identity.device_id} is enrolled, but its bundle could not be written to"
+            f" {out}: {exc.strerror or exc}; issue it again with 'tillpoint hub enroll"
+            f" {identity.device_id} --renew --out FILE'"
+        ) from None
     data = {
         "deviceId": identity.device_id,
         "bundle": str(out),
@@ -543,6 +572,8 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_server import SnapshotBuilder
     from .signing import write_signed_file
 
+    if args.out is not None:
+        _check_out(args.out)
     hub = _existing_hub(settings, args)
     with closing(hub.open_store()) as store:
         if store.device(args.device) is None:
@@ -555,10 +586,15 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
             latest.version, 0
         )
     if args.out is None:
-        write_signed_file(sys.stdout, bundle)
+        from tillpoint.agent.cli import Stdout
+
+        write_signed_file(Stdout(), bundle)
         return EXIT_OK
-    with args.out.open("w", encoding="utf-8") as out:
-        write_signed_file(out, bundle)
+    try:
+        with args.out.open("w", encoding="utf-8") as out:
+            write_signed_file(out, bundle)
+    except OSError as exc:
+        raise InputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     return _emit(
         args,
         {
@@ -738,11 +774,12 @@ def _hub_receipts(settings: Settings, args: argparse.Namespace) -> int:
 def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> int:
     """A ListTransactionsReply: its proto3 JSON (`agent/proto_json`: every field, int64 as
     numbers) with --json, else a line per transaction and a summary."""
+    from tillpoint.agent.cli import write_out
     from tillpoint.agent.proto_json import message_json
     from tillpoint.v1 import tillpoint_pb2 as pb
 
     if args.json:  # ListTransactionsReply in the CLI's one proto3 JSON mapping
-        sys.stdout.write(json.dumps(message_json(reply), ensure_ascii=False) + "\n")
+        write_out(json.dumps(message_json(reply), ensure_ascii=False) + "\n")
         return EXIT_OK
     lines = [
         f"seq {t.seq}: {pb.TransactionKind.Name(t.kind)} {t.refund_id or t.receipt_id}"
@@ -756,7 +793,7 @@ def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> in
         f"{len(reply.transactions)} transaction(s) of {device} stored{more};"
         f" all stored through seq {reply.acked_through_seq}"
     )
-    sys.stdout.write("\n".join(lines) + "\n")
+    write_out("\n".join(lines) + "\n")
     return EXIT_OK
 
 

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -149,7 +149,11 @@ def _file_head(bundle: Any) -> dict[str, Any]:
     }
 
 
-def write_signed_file(out: TextIO, bundle: Any) -> None:
+class _Writer(Protocol):
+    def write(self, text: str, /) -> object: ...
+
+
+def write_signed_file(out: _Writer, bundle: Any) -> None:
     """The signed file of a bundle (SignedSnapshot or the hub's FileSnapshot), its payload
     base64-encoded block by block, so a chain-sized one is never whole in memory."""
     head = json.dumps(_file_head(bundle))
@@ -340,6 +344,12 @@ def read_header(payload: bytes) -> dict[str, Any]:
         doc = json.loads((text or payload).decode("utf-8"), parse_float=_no_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SnapshotRefused(f"snapshot refused: signed but not valid JSON ({exc})") from None
+    except RecursionError:  # what Python's reader cannot take: as hub import words it
+        raise SnapshotRefused("snapshot refused: not valid JSON (nested too deeply)") from None
+    except ValueError:  # an integer past its 4,300 digits
+        raise SnapshotRefused(
+            "snapshot refused: not valid JSON (a number with too many digits)"
+        ) from None
     if not isinstance(doc, dict):
         raise SnapshotRefused("snapshot refused: not a JSON object")
     return doc

@@ -35,7 +35,7 @@ def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
             unchecked = signing.VerifiedSnapshot(signing.read_header(payload), payload)
             return unchecked.apply(agent)
         current = cache_version(agent.data_dir)
-        if _held_already(agent.data_dir, signing.read_header(payload), current):
+        if _held_already(agent.data_dir, payload, current):
             # the very snapshot the cache holds, from a file again (a seeding script run
             # twice): its signature is checked all the same, then the cache answers
             # "unchanged", as for a plain file (§3 refuses an *older* version)
@@ -51,13 +51,20 @@ def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
     return agent.load_snapshot(doc)
 
 
-def _held_already(data_dir: Path, header: dict[str, Any], current: int) -> bool:
-    """Whether `header` names the snapshot the cache holds: its version and `issuedAt`
-    (the cache's own test, `cache.holds`). Read before the signature is
-    checked, it only picks the version the check compares with."""
+def _held_already(data_dir: Path, payload: bytes, current: int) -> bool:
+    """Whether the payload's header names the snapshot the cache holds: its version and
+    `issuedAt` (the cache's own test, `cache.holds`). Read before the signature is
+    checked, it only picks the version the check compares with: a header that cannot be
+    read is no match (the signature check refuses what is not the hub's)."""
     from tillpoint.agent.models import _timestamp
 
-    if current <= 0 or header.get("version") not in (current, str(current)):
+    if current <= 0:
+        return False
+    try:
+        header = signing.read_header(payload)
+    except SnapshotRefused:
+        return False
+    if header.get("version") not in (current, str(current)):
         return False
     try:
         issued = _timestamp(header.get("issuedAt"))
