@@ -83,6 +83,9 @@ class Batch:
     activates: datetime | None  # None: spendable from the start
     expires: datetime | None  # None: never
     order: int
+    # docs/CONTRACT.md §16: what a refund of this batch's sale took elsewhere because another
+    # sale had spent the batch; points given back into the batch pay that back first
+    covered: list[list[Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -189,6 +192,12 @@ class RefTill:
         """A new full snapshot whose balances count this till's transactions up to
         `applied_through` (§3): the snapshot's balance plus the later ones, replayed."""
         self.customers = {c["id"]: c for c in snapshot.get("customers", [])}
+        p = snapshot.get("program", {})
+        self.delay = int(p.get("activationDelayDays", 0))
+        self.lifetime = int(p.get("pointsLifetimeDays", 0))
+        self.max_pct = dec(p.get("maxRedeemPercent", 30))
+        self.tiers = {t["code"]: dec(t["accrualPercent"]) for t in p.get("tiers", [])}
+        self.first_rate = dec(p["tiers"][0]["accrualPercent"])
         self.accounts = {}
         self._load_accounts()
         for seq, receipt, res in self.log:
@@ -645,6 +654,9 @@ class RefTill:
             "coupons": coupons_out,
             "_extra": extra,
             "_gave": gave,
+            # §5.6: the delay (and, docs/CONTRACT.md §16, the expiry) in force at commit
+            "_delay": self.delay,
+            "_lifetime": self.lifetime,
             "_qty": qty,
         }
 
@@ -665,9 +677,9 @@ class RefTill:
             acc.debt_at = at
         own = None
         if res["earnedPoints"]:
-            act = self.plus_days_wall(at, self.delay) if self.delay else None
+            act = self.plus_days_wall(at, res["_delay"]) if res["_delay"] else None
             start = act or at
-            exp = self.plus_days_wall(start, self.lifetime) if self.lifetime else None
+            exp = self.plus_days_wall(start, res["_lifetime"]) if res["_lifetime"] else None
             own = self._batch(res["earnedPoints"], act, exp)
             acc.batches.append(own)
         return taken_from, own
@@ -774,7 +786,14 @@ class RefTill:
                 break
             back = min(g, pts)
             g -= back
-            b.points += back
+            into = back
+            if not acc.expired(b, at):
+                for entry in reversed(b.covered):
+                    x = min(into, entry[1])
+                    entry[0].points += x
+                    entry[1] -= x
+                    into -= x
+            b.points += into
             idx = rec.taken_from.index((b, pts))
             rec.taken_from[idx] = (b, pts - back)
         # points taken back: the receipt's own pending points first, then the balance
@@ -791,6 +810,8 @@ class RefTill:
             x = min(t, b.points)
             b.points -= x
             t -= x
+            if own is not None and not acc.expired(own, at):
+                own.covered.append([b, x])
         if t > 0:
             acc.debt += t
             acc.debt_at = at
@@ -877,10 +898,16 @@ def gen_case(rnd: random.Random) -> Case:
     day0 = date(2026, rnd.choice([1, 2, 3, 10, 11, 12]), rnd.randint(1, 28))
     if rnd.random() < 0.15:
         day0 = date(2026, 12, rnd.randint(24, 31))  # birthdays across a new year
+    elif rnd.random() < 0.1:
+        day0 = date(2028, 2, rnd.randint(22, 29))  # a leap year: 29 February exists
     clock = rnd.choice(
         [time(rnd.randint(7, 20), rnd.choice([0, 15, 59])), time(23, 59, 59), time(0, 0),
          time(6, 0), time(22, 0), time(11, 0), time(10, 59, 59), time(5, 59, 59)]
     )
+    if tzname == "Europe/Berlin" and rnd.random() < 0.3:
+        # the night before a clock change: activation and expiry at a skipped/repeated time
+        day0 = rnd.choice([date(2026, 3, 28), date(2026, 10, 24), date(2026, 3, 15)])
+        clock = rnd.choice([time(2, 30), time(2, 0), time(3, 0), time(1, 59, 59)])
     start = datetime.combine(day0, clock, tz)
 
     products = [
@@ -892,7 +919,7 @@ def gen_case(rnd: random.Random) -> Case:
     for k in range(3):
         bday_choice = rnd.random()
         if bday_choice < 0.3:
-            b = (day0 + timedelta(days=rnd.choice([0, 1, 3, 7, 8, -1]))).replace(year=1990)
+            b = (day0 + timedelta(days=rnd.choice([0, 1, 3, 7, 8, -1]))).replace(year=1992)
             bday: str | None = b.isoformat()
         elif bday_choice < 0.4:
             bday = "2000-02-29"
@@ -1071,6 +1098,11 @@ def gen_case(rnd: random.Random) -> Case:
             snap2 = json.loads(json.dumps(snapshot))
             snap2["version"] = 2
             snap2["appliedThrough"] = {DEVICE: applied}
+            if rnd.random() < 0.5:  # the program changes too
+                snap2["program"]["activationDelayDays"] = rnd.choice([0, 1, 3])
+                snap2["program"]["pointsLifetimeDays"] = rnd.choice([0, 2, 30])
+                snap2["program"]["maxRedeemPercent"] = rnd.choice([10, 50])
+                snap2["program"]["tiers"][1]["accrualPercent"] = rnd.choice(["1", "9.99"])
             for c in snap2["customers"]:
                 c["balancePoints"] = rnd.choice([0, 10, 700, 5000])
                 c.pop("pending", None)
@@ -1088,7 +1120,7 @@ def gen_case(rnd: random.Random) -> Case:
             sku = rnd.choice([s for s, _, _ in SKUS] + [UNKNOWN_SKU])
             qty = rnd.choice(
                 ["1", "1", "2", "3", "4", "0.512", "1.5", "0.001", "7", "2.005", "0.5", "0.1",
-                 "6", "1000"]
+                 "6", "1000", "1.500"]
             )
             price = rnd.choice(
                 [8990, 5490, 100, 1, 0, 45900, 333, 5000, 99_999_999, 250, 5, 15, 125, 7,
@@ -1121,6 +1153,8 @@ def gen_case(rnd: random.Random) -> Case:
             "lines": lines,
             "redeemPoints": rnd.choice([0, -1, -1, 1, 45, 100, 500, 10**9, "CAP", "CAP"]),
         }
+        if rnd.random() < 0.2:
+            rec["explain"] = True  # §17: the trace never changes a figure
         if coupons and rnd.random() < 0.5:
             codes = [c["code"] for c in rnd.sample(coupons, rnd.randint(1, min(3, len(coupons))))]
             if rnd.random() < 0.3:
