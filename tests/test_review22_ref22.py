@@ -824,7 +824,22 @@ class RefTill:
     def balance(self, cust_id: str, at: datetime) -> dict[str, Any]:
         acc = self.accounts[cust_id]
         acc.settle(at)
-        return {"availablePoints": acc.available(at), "pendingPoints": acc.pending(at)}
+        out: dict[str, Any] = {
+            "availablePoints": acc.available(at),
+            "pendingPoints": acc.pending(at),
+        }
+        # §16: the next (at most 3) batches that still hold points; docs/CONTRACT.md §16:
+        # spendable ones only, equal `expiresAt` merged, an empty list left out
+        soon: dict[datetime, int] = {}
+        for b in acc.spend_order(at):
+            if b.expires is not None:
+                key = next((k for k in soon if k == b.expires), b.expires)
+                soon[key] = soon.get(key, 0) + b.points
+        if soon:
+            out["expiring"] = [
+                {"points": pts, "expiresAt": when} for when, pts in sorted(soon.items())[:3]
+            ]
+        return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -1356,7 +1371,12 @@ def run_case(case: Case, data_dir: Path) -> tuple[int, list[str]]:
                     continue
                 got = json.loads(out)
                 want = ref.balance(cust["id"], parse_at(doc["at"]))
-                got2 = {k: got.get(k) for k in want}
+                got2 = {k: got.get(k) for k in ("availablePoints", "pendingPoints")}
+                if "expiring" in got:
+                    got2["expiring"] = [
+                        {"points": e["points"], "expiresAt": parse_at(e["expiresAt"])}
+                        for e in got["expiring"]
+                    ]
                 compared += 1
                 if got2 != want:
                     problems.append(f"{where} {cust['id']}: product {got2}, reference {want}")
@@ -1368,7 +1388,13 @@ def run_case(case: Case, data_dir: Path) -> tuple[int, list[str]]:
             case.steps[n] = (command, doc)
         file = data_dir / f"step{n}.json"
         file.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
-        code, out, err = cli([*base, command, str(file), "--json"])
+        if command == "checkout" and random.Random(f"{n}{doc['receiptId']}").random() < 0.25:
+            # §11: Hold then Confirm commits exactly what a Checkout would
+            code, out, err = cli([*base, "hold", str(file), "--json"])
+            if code == 0:
+                code, out, err = cli([*base, "confirm", doc["receiptId"], "--json"])
+        else:
+            code, out, err = cli([*base, command, str(file), "--json"])
         compared += 1
         if command == "refund":
             want_r = ref.refund(doc)
