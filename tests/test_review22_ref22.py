@@ -419,7 +419,8 @@ class RefTill:
             k = o["kind"]
             a = amount[i]
             if k == "PERCENT_OFF":
-                return floor(a * dec(o["value"]) / 100)
+                # docs/CONTRACT.md §5: every discount is clamped to the line's amount
+                return min(a, floor(a * dec(o["value"]) / 100))
             if k == "AMOUNT_OFF":
                 return min(a, rhu(dec(o["value"]) * qty[i]))
             if k == "FIXED_PRICE":
@@ -869,6 +870,7 @@ SKUS = [
     ("4600000000059", "home", False),
     ("4600000000066", "tobacco", True),
     ("4600000000073", "cheese", False),
+    ("4600000000080", None, False),  # no category: only offers naming its SKU reach it
 ]
 UNKNOWN_SKU = "4600000000990"
 
@@ -946,7 +948,7 @@ def gen_case(rnd: random.Random) -> Case:
     start = datetime.combine(day0, clock, tz)
 
     products = [
-        {"sku": s, "name": f"P{s[-3:]}", "category": c, "excludedFromLoyalty": x}
+        {"sku": s, "name": f"P{s[-3:]}", "excludedFromLoyalty": x, **({"category": c} if c else {})}
         for s, c, x in SKUS
     ]
     customers = []
@@ -1073,7 +1075,7 @@ def gen_case(rnd: random.Random) -> Case:
                 ]
             )
         elif kind == "BONUS_MULTIPLIER":
-            o["value"] = rnd.choice(["2", "3", "1.5", "10"])
+            o["value"] = rnd.choice(["2", "3", "1.5", "10", "0.5", "5"])
         elif kind == "RECEIPT_PERCENT_OFF":
             o["value"] = rnd.choice(["5", "10", "2.5"])
             o["minTotalMinor"] = rnd.choice([0, 10000, 50000, 100000000])
@@ -1561,3 +1563,53 @@ def test_reference_gives_the_spec_worked_example() -> None:
         "balance": {"availablePoints": 1196, "pendingPoints": 0},
         "negativeBalance": False,
     }
+
+
+def _spec_till(tmp_path: Path, coupons: list[dict[str, Any]]) -> list[str]:
+    snapshot = json.loads(json.dumps(SPEC_SNAPSHOT))
+    snapshot["coupons"] = coupons
+    file = tmp_path / "snap.json"
+    file.write_text(json.dumps(snapshot, ensure_ascii=False), encoding="utf-8")
+    base = ["--data-dir", str(tmp_path / "d")]
+    code, _, err = cli([*base, "snapshot", "load", str(file), "--json"])
+    assert code == 0, err
+    return base
+
+
+def _checkout(tmp_path: Path, base: list[str], receipt: dict[str, Any]) -> dict[str, Any]:
+    file = tmp_path / f"{receipt['receiptId']}.json"
+    file.write_text(json.dumps(receipt, ensure_ascii=False), encoding="utf-8")
+    code, out, err = cli([*base, "checkout", str(file), "--json"])
+    assert code == 0, err
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def test_code_for_an_offer_that_needs_none_and_for_a_missing_offer(
+    tmp_path: Path, clean_env: None
+) -> None:
+    """docs/CONTRACT.md §13 (written by review 22): a code for an offer without
+    `couponRequired` is APPLIED (and used up) when the offer gives something; a code whose
+    offer is not in the cache is NOT_APPLICABLE and is not used up."""
+    window = {"validFrom": "2026-11-01T00:00:00+03:00", "validTo": "2026-12-01T00:00:00+03:00"}
+    base = _spec_till(
+        tmp_path,
+        [
+            {"code": "GHOST1", "offerId": "o-gone", **window},
+            {"code": "PLAIN1", "offerId": "o-1", **window},
+        ],
+    )
+    first = _checkout(tmp_path, base, dict(SPEC_RECEIPT, coupons=["GHOST1", "PLAIN1"]))
+    assert [(c["code"], c["status"], c["reason"]) for c in first["coupons"]] == [
+        ("GHOST1", "REJECTED", "NOT_APPLICABLE"),
+        ("PLAIN1", "APPLIED", ""),
+    ]
+    assert first["lines"][0]["offerId"] == "o-1"  # the same figures as with no code
+    assert first["discountMinor"] == 2697
+    again = dict(SPEC_RECEIPT, receiptId="s1-t1-000124", coupons=["GHOST1", "PLAIN1"])
+    second = _checkout(tmp_path, base, again)
+    assert [(c["code"], c["status"], c["reason"]) for c in second["coupons"]] == [
+        ("GHOST1", "REJECTED", "NOT_APPLICABLE"),  # not used up by the first receipt
+        ("PLAIN1", "REJECTED", "ALREADY_USED"),
+    ]
+    assert second["discountMinor"] == 2697  # the offer needs no code: it still applies
