@@ -1,14 +1,17 @@
 """Review 22 (ref22): a clean-room differential check of the pricing arithmetic.
 
-`RefTill` below is a second, independent reference written from /work/shared/SPEC.md alone
-(§2-§6, §13-§16), without reading agent/pricing.py or tests/pricing_reference.py. Seeded
-random snapshots and receipt sequences (edge values included: zero and huge amounts, weighed
-3-decimal quantities, rounding halves, redemption at its caps, windows at their bounds, deals
-with leftovers, several coupons, expiring points on the boundary) are run through the real
-CLI (`snapshot load`, `quote`, `checkout`, `refund`, `balance`, in process as
-tests/test_scenarios.py runs them) and every figure is compared with the reference.
+`RefTill` below is a second, independent reference written from the behaviour contract's
+own text alone (§2-§6, §13-§16, as docs/CONTRACT.md restates it above each Decisions list),
+before reading agent/pricing.py or tests/pricing_reference.py. Seeded random snapshots and
+receipt sequences (zero and huge amounts, weighed 3-decimal quantities, rounding halves,
+redemption exactly at its caps, windows at their bounds and over midnight, deals with
+leftovers, several coupons, expiring and pending points on the boundary, clock changes,
+phones and second cards, snapshot reloads with `appliedThrough`) go through the real CLI
+(`snapshot load`, `quote`, `checkout` or `hold` + `confirm`, `refund`, `balance`, in process
+as tests/test_scenarios.py runs them), and every figure is compared with the reference.
 
-Where the SPEC is silent the reference follows docs/CONTRACT.md (each such place says so).
+Where the contract's text is silent the reference follows a written decision of
+docs/CONTRACT.md, and says so at that place.
 """
 
 from __future__ import annotations
@@ -1533,7 +1536,7 @@ SPEC_RECEIPT: dict[str, Any] = {
 
 
 def test_reference_gives_the_spec_worked_example() -> None:
-    """The reference itself, checked against the figures SPEC §5 prints."""
+    """The reference itself, checked against the figures the contract's §5 prints."""
     got = RefTill(SPEC_SNAPSHOT, "till-1").checkout(SPEC_RECEIPT)
     assert got["lines"] == [
         {
