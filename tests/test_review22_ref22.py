@@ -189,7 +189,11 @@ class RefTill:
     def reload(self, snapshot: dict[str, Any], applied_through: int) -> None:
         """A new full snapshot whose balances count this till's transactions up to
         `applied_through` (§3): the snapshot's balance plus the later ones, replayed."""
+        self.snap = snapshot
         self.customers = {c["id"]: c for c in snapshot.get("customers", [])}
+        self.offers = sorted(snapshot.get("offers", []), key=lambda o: o["id"])
+        self.offer_by_id = {o["id"]: o for o in self.offers}
+        self.coupons = {c["code"]: c for c in snapshot.get("coupons", [])}
         p = snapshot.get("program", {})
         self.delay = int(p.get("activationDelayDays", 0))
         self.lifetime = int(p.get("pointsLifetimeDays", 0))
@@ -198,6 +202,8 @@ class RefTill:
         self.first_rate = dec(p["tiers"][0]["accrualPercent"])
         self.accounts = {}
         self._load_accounts()
+        # §9: after an `appliedThrough` above the last sequence, numbering continues above it
+        self.seq = max(self.seq, applied_through)
         for seq, receipt, res in self.log:
             if seq > applied_through and res["card"].get("customerId"):
                 acc = self.accounts[res["card"]["customerId"]]
@@ -1144,7 +1150,7 @@ def gen_case(rnd: random.Random) -> Case:
     for k in range(count + (1 if reload_index == count else 0)):
         if k == reload_index:
             # a new full snapshot that counts this till's first `applied` transactions
-            applied = rnd.randint(0, k)
+            applied = rnd.randint(0, k) if rnd.random() < 0.85 else 50  # 50: a re-imaged till
             snap2 = json.loads(json.dumps(snapshot))
             snap2["version"] = 2
             snap2["appliedThrough"] = {DEVICE: applied}
@@ -1164,7 +1170,30 @@ def gen_case(rnd: random.Random) -> Case:
                             "expiresAt": iso(t + timedelta(hours=2)),
                         }
                     ]
-            steps.append(("snapshot", {"snapshot": snap2, "appliedThrough": applied}))
+            if offers and rnd.random() < 0.5:
+                # the same as a delta on version 1: one offer changed, one removed, a coupon
+                # voided, every customer row replaced
+                changed = json.loads(json.dumps(rnd.choice(offers)))
+                if "value" in changed and changed["kind"] != "EXTRA_POINTS":
+                    changed["value"] = rnd.choice(["20", "3"])
+                changed["priority"] = rnd.choice([0, 7])
+                gone = rnd.choice(offers)["id"]
+                delta: dict[str, Any] = {
+                    "version": 2,
+                    "baseVersion": 1,
+                    "issuedAt": "2026-01-02T00:00:00Z",
+                    "customers": snap2["customers"],
+                    "offers": [changed] if changed["id"] != gone else [],
+                    "removed": {"offers": [gone]},
+                    "appliedThrough": snap2["appliedThrough"],
+                }
+                if coupons and rnd.random() < 0.5:
+                    delta["removed"]["coupons"] = [rnd.choice(coupons)["code"]]
+                if snap2["program"] != snapshot["program"]:
+                    delta["program"] = snap2["program"]
+                steps.append(("snapshot", {"snapshot": delta, "appliedThrough": applied}))
+            else:
+                steps.append(("snapshot", {"snapshot": snap2, "appliedThrough": applied}))
             refundable_from = k
             if k == count:
                 break
@@ -1291,6 +1320,27 @@ def gen_case(rnd: random.Random) -> Case:
     return Case(snapshot, steps)
 
 
+def merged(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """§3: a full snapshot replaces the cache; a delta replaces whole rows by key and drops
+    the keys `removed` lists."""
+    if not new.get("baseVersion"):
+        return new
+    out = json.loads(json.dumps(base))
+    keys = {"offers": "id", "customers": "id", "cards": "number", "products": "sku"}
+    keys["coupons"] = "code"
+    for table, key in keys.items():
+        rows = {r[key]: r for r in out.get(table, [])}
+        for r in new.get(table, []):
+            rows[r[key]] = r
+        for k in new.get("removed", {}).get(table, []):
+            rows.pop(k, None)
+        out[table] = list(rows.values())
+    for field_name in ("program", "appliedThrough", "version"):
+        if field_name in new:
+            out[field_name] = new[field_name]
+    return out
+
+
 def qty_text(q: Fraction) -> str:
     whole = floor(q)
     thousandths = floor((q - whole) * 1000)
@@ -1363,7 +1413,7 @@ def run_case(case: Case, data_dir: Path) -> tuple[int, list[str]]:
             snap2.write_text(json.dumps(doc["snapshot"], ensure_ascii=False), encoding="utf-8")
             code, _, err = cli([*base, "snapshot", "load", str(snap2), "--json"])
             assert code == 0, err
-            ref.reload(doc["snapshot"], doc["appliedThrough"])
+            ref.reload(merged(ref.snap, doc["snapshot"]), doc["appliedThrough"])
             continue
         if command == "balance":
             for cust in case.snapshot["customers"]:
