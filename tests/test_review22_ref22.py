@@ -1114,13 +1114,15 @@ def gen_case(rnd: random.Random) -> Case:
             o["onFavoriteWeekday"] = True
         if kind != "BONUS_MULTIPLIER" and rnd.random() < 0.2:
             o["couponRequired"] = True
-        if rnd.random() < 0.3:
+        if rnd.random() < (0.8 if o.get("couponRequired") else 0.3):
             code = f"CPN{k}{rnd.randint(100, 999)}"
+            c_from = start + timedelta(hours=rnd.choice([0, 0, -24, 1, 5, 24]))
+            c_to = max(c_from, start + timedelta(days=rnd.choice([0, 3, 30])))
             cpn: dict[str, Any] = {
                 "code": code,
                 "offerId": oid,
-                "validFrom": iso(start - timedelta(days=rnd.choice([0, 1]))),
-                "validTo": iso(start + timedelta(days=rnd.choice([0, 3]))),
+                "validFrom": iso(c_from),
+                "validTo": iso(c_to),
             }
             if rnd.random() < 0.5:
                 cpn["customerId"] = f"c-{rnd.randint(0, 2)}"
