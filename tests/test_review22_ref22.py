@@ -521,12 +521,17 @@ class RefTill:
                 continue
             m = Fraction(1)
             best_bonus: dict[str, Any] | None = None
-            for o in self.offers:
-                if o["kind"] != "BONUS_MULTIPLIER" or not line_ok(o, i):
-                    continue
+            # docs/CONTRACT.md §5: of equal multipliers, the lower priority, then the smaller
+            # id is the line's (for heldOut and a coupon's verdict)
+            bonus = sorted(
+                (o for o in self.offers if o["kind"] == "BONUS_MULTIPLIER" and line_ok(o, i)),
+                key=lambda o: (-dec(o["value"]), int(o.get("priority", 0)), o["id"]),
+            )
+            for o in bonus:
                 if usable(o) is True and dec(o["value"]) > m:
                     m = dec(o["value"])
                     best_bonus = o
+                    break
             if cust is not None:
                 if best_bonus is not None and m > max(bmult, Fraction(1)):
                     gave.add(best_bonus["id"])
