@@ -59,7 +59,11 @@ class DataDirLock:
             locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
         except OSError:
             return None
-        return flock_holder(locks, os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+        try:  # the pid the holder wrote in it: what an inode-only match must agree with
+            written = self.path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            written = ""
+        return flock_holder(locks, os.major(st.st_dev), os.minor(st.st_dev), st.st_ino, written)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -79,12 +83,15 @@ class DataDirLock:
         self.release()
 
 
-def flock_holder(locks: str, major: int, minor: int, inode: int) -> str | None:
+def flock_holder(
+    locks: str, major: int, minor: int, inode: int, written_pid: str = ""
+) -> str | None:
     """The pid holding a flock on the file (major:minor:inode) in /proc/locks' text.
 
     On overlayfs (a till in a container) the kernel lists the underlying file system's
-    device, not the one stat() gives: then the one flock on a file of that inode is taken
-    as ours (two such locks: unknown)."""
+    device, not the one stat() gives: then a flock on a file of that inode is ours only
+    when its pid is the one written in the lock file (another file system's file of the
+    same inode number would name a stranger)."""
     device = f"{major:02x}:{minor:02x}:{inode}"
     same_inode: list[str] = []
     for line in locks.splitlines():
@@ -96,4 +103,4 @@ def flock_holder(locks: str, major: int, minor: int, inode: int) -> str | None:
             return fields[4]
         if fields[5].rsplit(":", 1)[-1] == str(inode):
             same_inode.append(fields[4])
-    return same_inode[0] if len(same_inode) == 1 else None
+    return written_pid if written_pid and written_pid in same_inode else None

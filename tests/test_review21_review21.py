@@ -147,7 +147,10 @@ def test_the_lock_holder_is_found_on_overlayfs_by_its_inode() -> None:
         "3: FLOCK  ADVISORY  WRITE 5151 fe:00:99 0 EOF\n"
     )
     assert flock_holder(locks, 0xFE, 0, 99) == "5151"
-    assert flock_holder(locks, 0, 0x31, 2147334) == "4242"  # overlay: device differs
-    assert flock_holder(locks, 0, 0x31, 12345) is None
+    # overlay: the device differs; the pid written in the lock file says it is ours
+    assert flock_holder(locks, 0, 0x31, 2147334, "4242") == "4242"
+    assert flock_holder(locks, 0, 0x31, 2147334) is None  # nothing written: unknown
+    assert flock_holder(locks, 0, 0x31, 2147334, "999") is None  # a stranger's file
+    assert flock_holder(locks, 0, 0x31, 12345, "4242") is None
     two = locks + "4: FLOCK  ADVISORY  WRITE 6161 00:2b:2147334 0 EOF\n"
-    assert flock_holder(two, 0, 0x31, 2147334) is None  # two files of that inode: unknown
+    assert flock_holder(two, 0, 0x31, 2147334, "6161") == "6161"
