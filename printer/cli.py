@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tillpoint.agent.errors import InputError
 
@@ -92,15 +94,27 @@ def _test(settings: Any, args: argparse.Namespace) -> int:
     )
 
 
-def _offers_from(name: str) -> list[dict[str, Any]]:
+def _offers_from(name: str) -> tuple[list[dict[str, Any]], tzinfo | None]:
+    """The offers of a snapshot (or a bare list) and the snapshot's store time zone, in
+    which the till prints the coupon's dates (a bare list: as written)."""
     from tillpoint.agent.cli import read_json
 
     data = read_json(name)
+    zone: tzinfo | None = None
     if isinstance(data, dict) and isinstance(data.get("offers"), list):
+        program = data.get("program")
+        written = program.get("timezone") if isinstance(program, dict) else None
+        if isinstance(program, dict) and written in (None, ""):
+            written = "Europe/Moscow"  # the contract's default (§3)
+        if isinstance(written, str):
+            try:
+                zone = ZoneInfo(written)
+            except (ValueError, ZoneInfoNotFoundError):
+                raise InputError(f"{name}: unknown program.timezone {written!r}") from None
         data = data["offers"]
     if not isinstance(data, list) or not all(isinstance(o, dict) for o in data):
         raise InputError(f"{name}: expected a snapshot or a JSON list of offers")
-    return data
+    return data, zone
 
 
 def _preview(settings: Any, args: argparse.Namespace) -> int:
@@ -116,8 +130,9 @@ def _preview(settings: Any, args: argparse.Namespace) -> int:
     if args.profile:
         config = PrinterConfig(**{**config.model_dump(), "profile": args.profile})
     offers: list[dict[str, Any]] | None = None
+    zone: tzinfo | None = None
     if args.offers:
-        offers = _offers_from(args.offers)
+        offers, zone = _offers_from(args.offers)
     elif "offers" not in result and result.get("printedOffers"):
         jobs = list_jobs(_ledger(settings), str(result.get("receiptId", "")))
         if not jobs or not isinstance(jobs[0]["payload"], dict):
@@ -126,7 +141,7 @@ def _preview(settings: Any, args: argparse.Namespace) -> int:
             )
         result = jobs[0]["payload"]
     try:
-        text = preview(result, offers, args.png, config)
+        text = preview(result, offers, args.png, config, zone)
     except NothingToPrint as exc:  # an answer, not an error: this receipt has no coupon
         return _emit(args, {"text": "", "png": None}, exc.message)
     data = {"text": text, "png": str(args.png) if args.png else None}

@@ -24,6 +24,7 @@ quietly, see ``_escpos.py``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,9 @@ _RESULT_KEYS = ("card", "lines", "mode", "totalMinor", "payableMinor")
 
 
 def _payload_from(
-    result_json: Mapping[str, Any], offers: Sequence[Mapping[str, Any]] | None
+    result_json: Mapping[str, Any],
+    offers: Sequence[Mapping[str, Any]] | None,
+    zone: tzinfo | None = None,
 ) -> PrintPayload:
     if not isinstance(result_json, Mapping):
         raise InputError("the receipt result must be a JSON object")
@@ -175,6 +178,7 @@ def _payload_from(
             at if isinstance(at, str) else None,
             first_name if isinstance(first_name, str) else None,
             chosen,
+            zone,
         )
     )
 
@@ -206,6 +210,8 @@ def preview(
     offers: Sequence[Mapping[str, Any]] | None = None,
     out_png: Path | None = None,
     profile: PrinterConfig | Profile | str | None = None,
+    zone: tzinfo | None = None,
 ) -> str:
-    """Lay out the offers block of a checkout result as the printer would; see the module doc."""
-    return preview_payload(_payload_from(result_json, offers), out_png, profile)
+    """Lay out the offers block of a checkout result as the printer would; see the module
+    doc. ``zone``: the store's (a snapshot's ``program.timezone``), as the till prints."""
+    return preview_payload(_payload_from(result_json, offers, zone), out_png, profile)

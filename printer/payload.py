@@ -164,14 +164,19 @@ def payload_for_checkout(
     at: str | None,
     first_name: str | None,
     offers: Sequence[Mapping[str, Any]],
+    zone: tzinfo | None = None,
 ) -> dict[str, Any]:
     """Build the ``print_jobs.payload`` dict for a committed receipt.
 
     ``offers`` are snapshot offers (``id``, ``printText``, ``validFrom``, ``validTo``) in print
     order, as the agent picked them (the contract §7); each gets its ``code``. Only the first
-    name is kept. Raises InputError when something would not print.
+    name is kept; times in ``zone`` when given (`payload_source_for_checkout`). Raises
+    InputError when something would not print.
     """
-    text = parse_payload(_payload_data(receipt_id, at, first_name, offers)).to_json()
+    data = _payload_data(receipt_id, at, first_name, offers)
+    if zone is not None:
+        _to_zone(data, zone)
+    text = parse_payload(data).to_json()
     return json.loads(text)  # type: ignore[no-any-return]
 
 

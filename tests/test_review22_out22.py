@@ -160,3 +160,33 @@ def test_a_receipt_offer_that_did_not_apply_for_another_reason_still_says_what_i
     assert rows["r-met"]["outcome"] == "OUTSIDE_WINDOW"
     assert rows["r-met"]["missingMinor"] == 0 and rows["r-met"]["basketMinor"] == basket
     agent.close()
+
+
+def test_print_preview_with_a_snapshots_offers_shows_the_stores_local_time(
+    tmp_path: Path,
+) -> None:
+    """`print preview RESULT --offers snapshot.json` shows the coupon as the till prints
+    it: the offers' validity and the sale's time in the snapshot's program.timezone (it
+    showed the offsets as written, three hours off the paper for a Moscow store)."""
+    snap = tmp_path / "snapshot.json"
+    snap.write_text(json.dumps(snapshot(offers=[PRINTED])), encoding="utf-8")
+    result = tmp_path / "result.json"
+    result.write_text(
+        json.dumps({"receiptId": "r1", "at": "2026-11-23T07:15:00Z", "printedOffers": ["o-utc"]}),
+        encoding="utf-8",
+    )
+    run = _tillpoint(
+        [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "print",
+            "preview",
+            str(result),
+            "--offers",
+            str(snap),
+        ],
+        subprocess.PIPE,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "по 30.11.2026" in run.stdout and "20:59" not in run.stdout
+    assert "23.11.2026 10:15" in run.stdout and "07:15" not in run.stdout
