@@ -725,8 +725,10 @@ def _human_trace(t: dict[str, Any]) -> list[str]:
         out.append(f"  line {line['index'] + 1} {line['sku']}")
         for o in line["offers"]:
             figure = f" −{format_minor(o['discountMinor'])}" if o.get("discountMinor") else ""
+            won = o.get("beatenByDiscountMinor")
+            # a multiplier beaten by another (or by the birthday's) gives no money: no "(−0,00)"
             by = (
-                f" by {o['beatenBy']} (−{format_minor(o['beatenByDiscountMinor'])})"
+                f" by {o['beatenBy']}" + (f" (−{format_minor(won)})" if won else "")
                 if o.get("beatenBy")
                 else ""
             )

@@ -159,3 +159,17 @@ def test_quote_and_checkout_explain(cli: CLI) -> None:
     assert "o-5 PERCENT_OFF: BEATEN −8,99 by o-10 (−17,98)" in human.out
     assert "o-fri PERCENT_OFF: OUTSIDE_WINDOW" in human.out
     assert "138,18 more needed" in human.out
+
+
+def test_a_beaten_multiplier_in_the_text_trace_shows_no_money(cli: CLI) -> None:
+    """A bonus multiplier gives points, not money: the text trace said "BEATEN by o-x7
+    (−0,00)" for the smaller one (both above the birthday's x5); a 0 is left out."""
+    offers = [
+        {"id": "o-x7", "kind": "BONUS_MULTIPLIER", "skus": ["4601234000017"], "value": "7"},
+        {"id": "o-x6", "kind": "BONUS_MULTIPLIER", "skus": ["4601234000017"], "value": "6"},
+    ]
+    assert cli("snapshot", "load", snapshot(offers=offers)).code == 0
+    human = cli("quote", receipt(), "--explain")
+    assert human.code == 0, human.err
+    assert "o-x6 BONUS_MULTIPLIER: BEATEN by o-x7\n" in human.out + "\n", human.out
+    assert "(−0,00)" not in human.out
