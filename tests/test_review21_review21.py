@@ -69,7 +69,7 @@ def test_the_same_call_twice_at_once_asks_the_hub_once_and_answers_the_same(
     assert first.redeemed_points > 0
 
 
-@pytest.mark.parametrize("address", ["hub.example:", "hub.example:99999", "hub.example:0"])
+@pytest.mark.parametrize("address", ["hub.example:99999"])  # every case: test_review22_rev22
 def test_enroll_refuses_an_address_whose_port_no_till_can_dial(
     tmp_path: Path, address: str
 ) -> None:

@@ -76,7 +76,25 @@ def test_every_command_to_a_full_stdout_says_the_output_could_not_be_written(
             assert "the output could not be written" in run.stderr, (args, run.stderr)
 
 
-@pytest.mark.parametrize("address", ["::1", "fe80::1:50070", "hub one:50070", "hub\n:50070"])
+@pytest.mark.parametrize(
+    "address",
+    ["::1", "fe80::1:50070", "hub one:50070", "hub\n:50070", "hub.example:", "hub.example:0"]
+    + ["hub.example:99999", "hub.example", ""],
+)
+def test_an_address_a_till_cannot_dial_is_refused(address: str) -> None:
+    """What `hub enroll --address` checks, every case in process (one runs end to end
+    below): a one-line InputError naming --address."""
+    from tillpoint.agent.errors import InputError
+    from tillpoint.sync.cli import _check_hub_address
+
+    with pytest.raises(InputError) as refused:
+        _check_hub_address(address)
+    assert refused.value.message.startswith("--address ") and "\n" not in refused.value.message
+    for fine in ("[::1]:50070", "hub.example:50070", "10.0.0.5:1", "hub:65535"):
+        _check_hub_address(fine)
+
+
+@pytest.mark.parametrize("address", ["::1"])
 def test_hub_enroll_refuses_an_address_a_till_cannot_dial(tmp_path: Path, address: str) -> None:
     """5ae66ee reads --address as HOST:PORT so that a till is never enrolled with an
     address it dials in vain; `split_listen` read a bare IPv6 address ("::1": host ":",
