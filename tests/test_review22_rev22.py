@@ -78,8 +78,10 @@ def test_every_command_to_a_full_stdout_says_the_output_could_not_be_written(
 
 @pytest.mark.parametrize(
     "address",
-    ["::1", "fe80::1:50070", "hub one:50070", "hub\n:50070", "hub.example:", "hub.example:0"]
-    + ["hub.example:99999", "hub.example", ""],
+    [
+        *("::1", "fe80::1:50070", "hub one:50070", "hub\n:50070"),
+        *("hub.example:", "hub.example:0", "hub.example:99999", "hub.example", ""),
+    ],
 )
 def test_an_address_a_till_cannot_dial_is_refused(address: str) -> None:
     """What `hub enroll --address` checks, every case in process (one runs end to end
