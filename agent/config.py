@@ -288,6 +288,9 @@ class _TomlFile(InitSettingsSource):
         ]
         super().__init__(settings_cls, values)
 
+    def __repr__(self) -> str:
+        return "_TomlFile()"
+
 
 # The values of the last configuration file read that are not of their setting's TOML type
 # (`toml_type_problems`); `config check` refuses them, `run` logs each as a WARNING.
@@ -399,9 +402,6 @@ def _type_problem(annotation: Any, metadata: list[Any], value: Any) -> str | lis
     if annotation is str or annotation is Path:
         return None if isinstance(value, str) else _TOML_TYPES[str]
     return None
-
-    def __repr__(self) -> str:
-        return "_TomlFile()"
 
 
 def _is_table_or_list(annotation: Any) -> bool:
