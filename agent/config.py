@@ -356,11 +356,13 @@ def toml_type_problems(
         )
         words = (_TOML_TYPES[bool], _TOML_TYPES[int], _TOML_TYPES[float])
         hint = ", without quotes" if isinstance(value, str) and problem in words else ""
-        problems.append(f"{where}{key} = {_cut(shown)}: {problem} is expected{hint}")
+        problems.append(f"{where}{key} = {shorten(shown, 40)}: {problem} is expected{hint}")
     return problems
 
 
-def _cut(text: str, limit: int = 40) -> str:
+def shorten(text: str, limit: int) -> str:
+    """The first `limit` characters and "…" when there are more (a value echoed in a
+    message; the HTTP interface's too)."""
     return text[:limit] + "…" if len(text) > limit else text
 
 

@@ -53,7 +53,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from uvicorn.protocols.http import h11_impl
 
 from .cli import json_document, parse_json, parse_time
-from .config import address_family, bearer_matches, split_listen, token_problem
+from .config import address_family, bearer_matches, shorten, split_listen, token_problem
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
@@ -106,11 +106,7 @@ def error_response(code: str, message: str, headers: dict[str, str] | None = Non
 def _shown(value: bytes, limit: int = 100) -> str:
     """A header's value as text in a message: UTF-8 (other bytes as \\xNN), cut with an
     ellipsis past `limit` characters (`error_body`'s `one_line` escapes its controls)."""
-    return _cut(value.decode("utf-8", "backslashreplace"), limit)
-
-
-def _cut(text: str, limit: int = 100) -> str:
-    return text[:limit] + "…" if len(text) > limit else text
+    return shorten(value.decode("utf-8", "backslashreplace"), limit)
 
 
 # ---------------------------------------------------------------- the calls
@@ -354,7 +350,7 @@ class Api:
                 # (HTTP/1.9 is HTTP/1: answered as 1.1, RFC 9110 §2.5)
                 refused = error_response(
                     "HTTP_VERSION_NOT_SUPPORTED",
-                    f"HTTP/{_cut(version, 10)} is not supported: send HTTP/1.1",
+                    f"HTTP/{shorten(version, 10)} is not supported: send HTTP/1.1",
                     {"Connection": "close"},
                 )
                 await refused(scope, receive, send)
@@ -1066,7 +1062,7 @@ class _Protocol(h11_impl.H11Protocol):
             reason = f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB"
         else:  # h11's words, its "illegal request line: bytearray(b'…')" without the repr
             reason = _BYTES_REPR.sub(r"\2", str(exc))
-        _, body = error_body("INVALID_ARGUMENT", f"invalid HTTP request: {_cut(reason, 120)}")
+        _, body = error_body("INVALID_ARGUMENT", f"invalid HTTP request: {shorten(reason, 120)}")
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no answer started yet
             self.transport.write(
                 b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\ncontent-type: %s\r\n"

@@ -180,7 +180,6 @@ class CertificateReminder:
         self.log = logger
         self.every_s = every_s
         self._last: float | None = None  # (monotonic) the last look
-        self.said: tuple[int, str] | None = None  # what the last look found
 
     def check(self) -> tuple[int, str] | None:
         now = time.monotonic()
@@ -192,7 +191,6 @@ class CertificateReminder:
         except Exception:  # a reminder never stops the loop that asks it
             self.log.warning("the certificate's expiry could not be read", exc_info=True)
             return None
-        self.said = found
         if found is not None:
             self.log.log(found[0], "%s", found[1])
         return found
