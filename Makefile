@@ -42,11 +42,17 @@ deps-system:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "postgresql missing: the PostgreSQL hub tests will be skipped"; fi; }
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist; each test file stays on one
+# worker, so a file's module fixtures are built once). `make test TEST_WORKERS=0` runs it
+# in this process, one test after another.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP) deps-system
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-all: $(STAMP) deps-system
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -m '' $(XDIST)
 
 # The hub's suites again with every hub on PostgreSQL (a throwaway cluster, a fresh
 # database per test); the hub store suite runs over both stores in `make test` already.
