@@ -10,7 +10,7 @@ import logging
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -93,6 +93,20 @@ class CacheInfo:
     expires_at: str | None
     loaded_at: str | None
     unchanged: bool = False  # the very snapshot the cache holds, loaded again: nothing done
+    # fields and sections the contract does not define, left out ("customers[].lastName")
+    ignored: tuple[str, ...] = ()
+
+
+def ignored_note(ignored: Sequence[str], shown: int = 10) -> str:
+    """What a snapshot's load says of the fields and sections it left out."""
+    names = ", ".join(ignored[:shown]) + (
+        f" and {len(ignored) - shown} more" if len(ignored) > shown else ""
+    )
+    return (
+        f"the snapshot has fields this version of tillpoint does not know, left out (not"
+        f" stored): {names}. A misspelt one: mend the snapshot and load it again; a newer"
+        f" hub's: they count once the till is upgraded"
+    )
 
 
 def phone_index(phone: str, secret: bytes) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import mmap
@@ -156,6 +157,7 @@ def run(
         raise
     if proc.returncode == 0:
         doc = json.loads(out)
+        doc["ignored"] = tuple(doc.get("ignored", ()))
         return cache_mod.CacheInfo(**doc)
     if proc.returncode < 0:
         _kill_group(proc)
@@ -216,16 +218,18 @@ def build(
     timeout: float,
 ) -> cache_mod.CacheInfo:
     """In the coordinator: lock, check, build in parallel, switch (`cache.apply`)."""
-    header, plan = _header_and_plan(source, offset, length, workers, min_chunk)
+    ignored: set[str] = set()  # fields and sections left out, the workers' too
+    header, plan = _header_and_plan(source, offset, length, workers, min_chunk, ignored)
 
     def make(tmp: Path) -> cache_mod.CacheInfo:
-        return _make(data_dir, source, offset, plan, tmp, header, now, timeout)
+        return _make(data_dir, source, offset, plan, tmp, header, now, timeout, ignored)
 
-    return cache_mod.apply(data_dir, header, (), now, phone_secret(data_dir), make)
+    loaded = cache_mod.apply(data_dir, header, (), now, phone_secret(data_dir), make)
+    return dataclasses.replace(loaded, ignored=tuple(sorted(ignored))) if ignored else loaded
 
 
 def _header_and_plan(
-    source: Path, offset: int, length: int, workers: int, min_chunk: int
+    source: Path, offset: int, length: int, workers: int, min_chunk: int, ignored: set[str]
 ) -> tuple[SnapshotHeader, list[list[Chunk]]]:
     """The snapshot's header (validated as `snapshot_stream` does) and the workers' chunks."""
     from .snapshot_stream import read_lines
@@ -237,7 +241,7 @@ def _header_and_plan(
         if end > len(mm) or offset < 0:
             raise InputError("snapshot: the payload lies outside its file")
         mm.seek(offset)
-        header, _ = read_lines(_lines(mm, offset, end))
+        header, _ = read_lines(_lines(mm, offset, end), ignored)
         body = mm.tell()
         with open(source, "rb", buffering=0) as raw:
             marks = _sections(raw, body, end)
@@ -249,7 +253,7 @@ def _header_and_plan(
 def _plan_of(
     source: Path, offset: int, length: int, workers: int, min_chunk: int
 ) -> list[list[Chunk]]:
-    return _header_and_plan(source, offset, length, workers, min_chunk)[1]
+    return _header_and_plan(source, offset, length, workers, min_chunk, set())[1]
 
 
 def _lines(src: mmap.mmap | BinaryIO, start: int, end: int) -> Iterator[bytes]:
@@ -302,7 +306,8 @@ def _section_of(mm: mmap.mmap, at: int, end: int) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     name = doc.get("section") if isinstance(doc, dict) else None
-    return name if name in ROW_MODELS and len(doc) == 1 else None
+    # one this version does not know too: its rows are left out (`snapshot_stream._rows`)
+    return name if isinstance(name, str) and name and len(doc) == 1 else None
 
 
 def _plan(
@@ -347,15 +352,16 @@ def _make(
     header: SnapshotHeader,
     now: datetime,
     timeout: float,
+    ignored: set[str],
 ) -> cache_mod.CacheInfo:
     """The generation at `tmp`: the workers' parts (worker 0's is `tmp`), merged."""
     base = tmp.name.removesuffix(BUILDING)
     parts = [tmp, *(tmp.with_name(f"{base}.part{i}{BUILDING}") for i in range(1, len(plan)))]
     try:
         if len(plan) == 1:
-            work(data_dir, source, offset, plan[0], tmp)
+            work(data_dir, source, offset, plan[0], tmp, ignored)
         else:
-            _run_workers(data_dir, source, offset, plan, parts, timeout)
+            ignored.update(_run_workers(data_dir, source, offset, plan, parts, timeout))
         if os.environ.get(FAULT_ENV) == "stall":  # tests: kill the coordinator here
             time.sleep(60)
         conn = cache_mod.open_build(tmp)
@@ -398,11 +404,13 @@ def _run_workers(
     plan: list[list[Chunk]],
     parts: list[Path],
     timeout: float,
-) -> None:
+) -> set[str]:
     """Start a worker a part and wait for them all (at most `timeout` s). A worker that
     dies or fails otherwise than on the data stops the others; on bad data the others
-    finish, so the refusal names the first bad line of the file, as one process would."""
+    finish, so the refusal names the first bad line of the file, as one process would.
+    Returns what the workers left out (each prints `{"ignored": [...]}` on stdout)."""
     procs = []
+    ignored: set[str] = set()
     fault = os.environ.get(FAULT_ENV, "")
     try:
         for i, (chunks, part) in enumerate(zip(plan, parts, strict=True)):
@@ -430,7 +438,7 @@ def _run_workers(
                         spec,
                     ],
                     stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     env=env,
                 )
@@ -440,7 +448,7 @@ def _run_workers(
         for i, proc in enumerate(procs):
             left = deadline - time.monotonic()
             try:
-                _, err = proc.communicate(timeout=max(left, 0.01))
+                out, err = proc.communicate(timeout=max(left, 0.01))
             except subprocess.TimeoutExpired:
                 raise StorageError(
                     f"the cache build's worker {i} took more than {timeout:.0f} s;"
@@ -451,8 +459,11 @@ def _run_workers(
                 if not isinstance(failure, InputError):
                     raise failure
                 failures.append((_line_of(failure), failure))
+            elif out.strip():
+                ignored.update(json.loads(out).get("ignored", ()))
         if failures:
             raise min(failures, key=lambda f: f[0])[1]
+        return ignored
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -469,8 +480,16 @@ def _line_of(error: TillpointError) -> int:
 # ------------------------------------------------------------------ a worker
 
 
-def work(data_dir: Path, source: Path, offset: int, chunks: Sequence[Chunk], part: Path) -> None:
-    """Validate the chunks' rows and write them into `part`, a new file (no indexes).
+def work(
+    data_dir: Path,
+    source: Path,
+    offset: int,
+    chunks: Sequence[Chunk],
+    part: Path,
+    ignored: set[str],
+) -> None:
+    """Validate the chunks' rows and write them into `part`, a new file (no indexes);
+    the fields and sections left out go into `ignored`.
 
     The file is read, not mapped: mapped pages would count in this process's RSS for as
     long as it runs (a chain snapshot is ~2 GB); read pages stay in the page cache only."""
@@ -484,7 +503,7 @@ def work(data_dir: Path, source: Path, offset: int, chunks: Sequence[Chunk], par
         def rows() -> Iterator[cache_mod.Row]:
             for section, start, end in chunks:
                 try:
-                    yield from _rows(enumerate(_lines(fh, start, end), start=1), section)
+                    yield from _rows(enumerate(_lines(fh, start, end), start=1), section, ignored)
                 except InputError as exc:
                     found = _LINE.match(exc.message)
                     if not found:
@@ -539,7 +558,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if os.environ.get(FAULT_ENV) == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             chunks = [(c[0], int(c[1]), int(c[2])) for c in json.loads(args.chunks)]
-            work(args.data_dir, args.source, args.offset, chunks, args.part)
+            ignored: set[str] = set()
+            work(args.data_dir, args.source, args.offset, chunks, args.part, ignored)
+            if ignored:
+                print(json.dumps({"ignored": sorted(ignored)}))
             return 0
         length = args.length
         if length is None:

@@ -339,6 +339,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if args.snapshot_command != "load":
                 parser.error("snapshot needs an action: load")
             loaded = load_snapshot(agent, args.file)
+            if loaded.ignored:  # stderr: --json's stdout stays the one document
+                from .cache import ignored_note
+
+                print(f"tillpoint: warning: {ignored_note(loaded.ignored)}", file=sys.stderr)
             info: dict[str, Any] = {"version": loaded.version, "issuedAt": loaded.issued_at or ""}
             if loaded.unchanged:
                 info["unchanged"] = True

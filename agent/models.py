@@ -995,6 +995,66 @@ def parse(model: type[M], data: Any, what: str, *, request: bool = False) -> M:
         raise InputError(f"{what}: {describe(exc)}") from None
 
 
+def parse_snapshot_part(model: type[M], data: Any, what: str, ignored: set[str]) -> M:
+    """`parse` for a snapshot or a part of one, where a field the contract does not define
+    is left out instead of refused: a hub (or a CRM export) newer than this till may send
+    one, and a till must keep loading its snapshots (proto3's own rule for unknown fields).
+    Each such field's path goes into `ignored` ("customers[].lastName"), for the warning
+    the caller gives; nothing of it is stored. Validation runs once more only when some
+    field was unknown. Receipts and refunds still refuse them (§10)."""
+    if not isinstance(data, dict):
+        raise InputError(f"{what}: expected a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        cleaned = without_unknown(data, exc, ignored)
+        if cleaned is None:
+            raise InputError(f"{what}: {describe(exc)}") from None
+    try:
+        return model.model_validate(cleaned)
+    except ValidationError as exc:
+        raise InputError(f"{what}: {describe(exc)}") from None
+
+
+def without_unknown(data: Any, exc: ValidationError, ignored: set[str], prefix: str = "") -> Any:
+    """A copy of `data` without the fields `exc` refused as unknown (their paths added to
+    `ignored`, list indexes as `[]`); None when `exc` refused none (nothing to retry)."""
+    unknown = [
+        [part for part in error.get("loc", ()) if not _is_member(part)]
+        for error in exc.errors(include_url=False)
+        if error.get("type") == "extra_forbidden"
+    ]
+    if not unknown:
+        return None
+    import copy
+
+    cleaned = copy.deepcopy(data)
+    for path in unknown:
+        node = cleaned
+        for part in path[:-1]:
+            if not _holds(node, part):
+                break
+            node = node[part]
+        else:
+            if path and isinstance(node, dict) and path[-1] in node:
+                del node[path[-1]]
+                ignored.add(prefix + _field_path(path))
+    return cleaned
+
+
+def _holds(node: Any, part: int | str) -> bool:
+    if isinstance(node, dict):
+        return isinstance(part, str) and part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _field_path(path: list[int | str]) -> str:
+    out = ""
+    for part in path:
+        out += "[]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def _without_nulls(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_nulls(v) for k, v in value.items() if v is not None}

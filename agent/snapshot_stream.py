@@ -24,7 +24,14 @@ from pydantic import ValidationError
 
 from .cache import Row
 from .errors import InputError
-from .models import ROW_MODELS, Model, SnapshotHeader, describe
+from .models import (
+    ROW_MODELS,
+    Model,
+    SnapshotHeader,
+    describe,
+    parse_snapshot_part,
+    without_unknown,
+)
 
 FORMAT = "tillpoint.snapshot/jsonl"
 
@@ -47,7 +54,13 @@ def is_jsonl(first_line: bytes | str) -> bool:
     return f'"{FORMAT}"' in text.replace(" ", "")
 
 
-def read_lines(lines: Iterable[bytes | str]) -> tuple[SnapshotHeader, Iterator[Row]]:
+def read_lines(
+    lines: Iterable[bytes | str], ignored: set[str] | None = None
+) -> tuple[SnapshotHeader, Iterator[Row]]:
+    """The header and the rows. A field or a section the contract does not define is left
+    out (see `models.parse_snapshot_part`) and named in `ignored`."""
+    if ignored is None:
+        ignored = set()
     numbered = enumerate(lines, start=1)
     n, first = next(((n, line) for n, line in numbered if line.strip()), (0, ""))
     if not n:
@@ -58,21 +71,31 @@ def read_lines(lines: Iterable[bytes | str]) -> tuple[SnapshotHeader, Iterator[R
         raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
     if not isinstance(head, dict) or head.pop("format", None) != FORMAT:
         raise InputError(f'snapshot line {n}: the first line must have "format": "{FORMAT}"')
-    try:
-        header = SnapshotHeader.model_validate(head)
-    except ValidationError as exc:
-        raise InputError(f"snapshot line {n}: {describe(exc)}") from None
-    return header, _rows(numbered)
+    header = parse_snapshot_part(SnapshotHeader, head, f"snapshot line {n}", ignored)
+    return header, _rows(numbered, ignored=ignored)
 
 
-def _rows(numbered: Iterator[tuple[int, bytes | str]], section: str | None = None) -> Iterator[Row]:
+def _rows(
+    numbered: Iterator[tuple[int, bytes | str]],
+    section: str | None = None,
+    ignored: set[str] | None = None,
+) -> Iterator[Row]:
     """The rows, validated one a line. The loop is the per-row cost besides validation and
     the insert (millions of rows): one decode, one strip, the model's bound method.
 
-    `section`: the section the lines start in (a part of a section, `cache_build`)."""
+    `section`: the section the lines start in (a part of a section, `cache_build`).
+    `ignored`: where the fields and sections left out are named (a newer hub's; a row with
+    one is validated again without it, and stored so)."""
+    if ignored is None:
+        ignored = set()
     validate: Callable[[str], Model] | None = None
+    skipping = False  # inside a section this version does not know
     if section is not None:
-        validate = ROW_MODELS[section].model_validate_json
+        skipping = section not in ROW_MODELS
+        if skipping:
+            ignored.add(f"section {section}")
+        else:
+            validate = ROW_MODELS[section].model_validate_json
     for n, line in numbered:
         try:
             text = (line.decode("utf-8") if isinstance(line, bytes) else line).strip()
@@ -86,12 +109,18 @@ def _rows(numbered: Iterator[tuple[int, bytes | str]], section: str | None = Non
             except json.JSONDecodeError as exc:
                 raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
             section = marker.get("section")
-            if section not in ROW_MODELS or len(marker) != 1:
+            if not isinstance(section, str) or not section or len(marker) != 1:
                 raise InputError(
-                    f"snapshot line {n}: unknown section {section!r}"
+                    f'snapshot line {n}: a section line is {{"section": NAME}}'
                     f" (one of {', '.join(ROW_MODELS)})"
                 )
+            skipping = section not in ROW_MODELS
+            if skipping:  # a newer hub's: its rows are left out
+                ignored.add(f"section {section}")
+                continue
             validate = ROW_MODELS[section].model_validate_json
+            continue
+        if skipping:
             continue
         if section is None or validate is None:
             raise InputError(f'snapshot line {n}: a row before any {{"section": ...}} line')
@@ -100,8 +129,30 @@ def _rows(numbered: Iterator[tuple[int, bytes | str]], section: str | None = Non
         try:
             row = validate(text)
         except ValidationError as exc:
-            raise InputError(f"snapshot line {n}: {section}: {describe(exc)}") from None
+            row, text = _known_fields_only(
+                validate, text, exc, f"snapshot line {n}", section, ignored
+            )
         yield section, row, text
+
+
+def _known_fields_only(
+    validate: Callable[[str], Model],
+    text: str,
+    exc: ValidationError,
+    where: str,
+    section: str,
+    ignored: set[str],
+) -> tuple[Model, str]:
+    """The row validated again without the fields `exc` found unknown, and its text so
+    (what is stored); the refusal when that is not what was wrong."""
+    if not any(error.get("type") == "extra_forbidden" for error in exc.errors()):
+        raise InputError(f"{where}: {section}: {describe(exc)}") from None
+    cleaned = without_unknown(json.loads(text), exc, ignored, f"{section}[].")
+    text = json.dumps(cleaned, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return validate(text), text
+    except ValidationError as again:
+        raise InputError(f"{where}: {section}: {describe(again)}") from None
 
 
 def _has_float(text: str) -> bool:

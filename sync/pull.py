@@ -554,7 +554,7 @@ class Puller:
                 declared_sha256=bytes.fromhex(partial.sha256),
             ) as verified:
                 verified_at = time.monotonic()
-                verified.apply(self.agent)
+                loaded = verified.apply(self.agent)
         except UnreadableFile:
             raise  # the file, not the bundle (EMFILE, EIO): the next pull tries again
         except SnapshotCorrupted as exc:
@@ -569,6 +569,8 @@ class Puller:
             return self._refused(partial, str(exc))
         self._discard()
         done = time.monotonic()
+        if loaded.ignored:  # a newer hub's fields, or a typo the hub's import let through
+            log.warning("snapshot %d: %s", partial.version, cache_mod.ignored_note(loaded.ignored))
         log.info(
             "snapshot %d applied (%s, %d bytes): received in %.1f s, verified in %.1f s,"
             " applied in %.1f s",

@@ -105,7 +105,7 @@ def test_a_bad_row_in_the_second_workers_chunk_names_its_line_and_changes_nothin
     def edit(lines: list[str]) -> int:
         first, last = section_range(lines, "offers")
         at = first + (last - first) * 3 // 4  # well inside the second half
-        lines[at] = lines[at].replace('"kind"', '"surname":"x","kind"', 1)
+        lines[at] = lines[at].replace('"kind":"', '"kind":"NO_SUCH_', 1)
         return at + 1
 
     bad, number = bad_copy(source, tmp_path, edit)
@@ -117,7 +117,7 @@ def test_a_bad_row_in_the_second_workers_chunk_names_its_line_and_changes_nothin
     assert any(a <= offset < b for _, a, b in plan[1])  # the second worker has it
     newer = bad.read_text(encoding="utf-8").replace('"version":1,', '"version":2,', 1)
     bad.write_text(newer, encoding="utf-8")
-    with pytest.raises(InputError, match=rf"^snapshot line {number}: offers: .*surname"):
+    with pytest.raises(InputError, match=rf"^snapshot line {number}: offers: kind"):
         agent.load_snapshot_file(bad)
     assert dump(tmp_path / "till") == before
     assert leftovers(tmp_path / "till") == []
@@ -135,13 +135,48 @@ def test_the_first_bad_line_of_the_file_is_reported_whichever_worker_finds_it(
         late = first + (last - first) * 3 // 4
         lines[late] = "{not json\n"
         early = first + 2
-        lines[early] = lines[early].replace('"kind"', '"kinds": 1, "kind"', 1)
+        lines[early] = lines[early].replace('"kind":"', '"kind":"NO_SUCH_', 1)
         return early + 1
 
     bad, number = bad_copy(source, tmp_path, edit)
     agent = make_agent(tmp_path / "till")
     with pytest.raises(InputError, match=rf"^snapshot line {number}: "):
         agent.load_snapshot_file(bad)
+    assert leftovers(tmp_path / "till") == []
+
+
+def test_fields_and_sections_a_newer_hub_adds_are_left_out_by_every_worker(
+    source: Path, tmp_path: Path
+) -> None:
+    """A field the contract does not define, in the second worker's chunk, and a whole
+    section it does not know: the parallel build leaves them out as one process does,
+    stores none of them, and names them (`CacheInfo.ignored`)."""
+
+    def edit(lines: list[str]) -> int:
+        first, last = section_range(lines, "offers")
+        at = first + (last - first) * 3 // 4
+        lines[at] = lines[at].replace('"kind"', '"surname":"Иванова","kind"', 1)
+        first, _ = section_range(lines, "customers")
+        lines[first] = lines[first].replace("{", '{"middleName":"Ъ",', 1)
+        lines.insert(first - 1, '{"section":"stores"}\n{"id":"s-1","city":"Тверь"}\n')
+        return at + 1
+
+    newer, _ = bad_copy(source, tmp_path, edit)
+    assert len(cache_build._plan_of(newer, 0, newer.stat().st_size, 2, 256)) == 2
+    serial = make_agent(tmp_path / "serial")
+    with source.open("rb") as f:
+        serial.load_snapshot_lines(f)
+    one = make_agent(tmp_path / "one")
+    with newer.open("rb") as f:
+        in_process = one.load_snapshot_lines(f)
+    agent = make_agent(tmp_path / "till")
+    parallel = agent.load_snapshot_file(newer)
+    expected = ("customers[].middleName", "offers[].surname", "section stores")
+    assert parallel.ignored == in_process.ignored == expected
+    assert dump(tmp_path / "till") == dump(tmp_path / "one") == dump(tmp_path / "serial")
+    for name in ("till", "one"):
+        for db in (tmp_path / name).glob("cache-*.db"):
+            assert "Иванова".encode() not in db.read_bytes()
     assert leftovers(tmp_path / "till") == []
 
 
