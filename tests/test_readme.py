@@ -133,7 +133,7 @@ def test_the_repository_cites_its_own_contract() -> None:
         ("printer", "*.py"),
         ("proto/tillpoint/v1", "*.proto"),
         ("tests", "*.py"),
-        ("tests/scenarios", "*.json"),
+        ("tests/scenarios", "**/*.json"),
         ("examples", "*.json"),
     ):
         files += sorted((REPO / folder).glob(pattern))

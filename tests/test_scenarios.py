@@ -1,15 +1,23 @@
-"""Conformance scenarios: every file in the shared examples and in tests/scenarios, run through
-the CLI step by step in a fresh data directory.
+"""Conformance scenarios: every file in the shared examples and in tests/scenarios (sub-folders
+included, e.g. tests/scenarios/review23/), run through the CLI step by step in a fresh data
+directory.
 
-A scenario is {"scenario", "deviceId", "steps": [...]}; a step is
-{"command": "snapshot load" | "checkout" | "quote" | "refund" | "balance" | "identify",
+A scenario is {"scenario", "deviceId", "slow"?, "steps": [...]}; a step is
+{"command": "snapshot load" | "checkout" | "quote" | "refund" | "balance" | "identify" | "hold"
+             | "confirm" | "cancel" | "status" | "wait",
  "input": {...} (or a string: written to the file verbatim, e.g. malformed JSON),
- "card"/"at" (balance), "text" (identify), "expect": {...} | {"exitCode": N}, "note": "..."}.
-A step without "expect" only has to succeed. "note" is free text (the hand arithmetic).
+ "card"/"at" (balance), "text" (identify), "receiptId"/"fiscal" (confirm, cancel),
+ "seconds" (wait: let wall-clock time pass, e.g. a hold's TTL), "explain": true (adds --explain),
+ "padToBytes": N (blanks appended to the input file up to N bytes),
+ "expect": {...} | {"exitCode": N}, "expectContains": [text, ...] (the printed document contains
+ each), "expectAbsent": [key, ...] (top-level keys it must not have), "note"/"why": "..."}.
+A step without "expect" only has to succeed. "note"/"why" is free text (the hand arithmetic).
+A scenario with "slow": true runs only in `make test-all`.
 
 Comparison: dicts - every key in `expect` present and equal (extra output keys are fine);
 lists - same length, element by element; `{"exitCode": N}` - that exit code, stdout empty,
-stderr one non-empty line without a traceback.
+stderr one non-empty line without a traceback. Any printed `display` must fit the customer
+display (at most 2 lines of at most 20 characters).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +39,25 @@ OWN_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+    """The scenarios of a folder and of its sub-folders (tests/scenarios/review23/, ...)."""
+    return sorted(folder.rglob("*.json")) if folder.is_dir() else []
+
+
+def _id(path: Path) -> str:
+    for root in (OWN_SCENARIOS, SHARED_EXAMPLES):
+        if path.is_relative_to(root):
+            return path.relative_to(root).with_suffix("").as_posix()
+    return path.stem
+
+
+def _params(folder: Path) -> list[Any]:
+    """One pytest param per file; a scenario with "slow": true runs only in `make test-all`."""
+    out = []
+    for path in _files(folder):
+        slow = json.loads(path.read_text(encoding="utf-8")).get("slow") is True
+        marks = [pytest.mark.slow] if slow else []
+        out.append(pytest.param(path, id=_id(path), marks=marks))
+    return out
 
 
 def _mismatches(expected: Any, actual: Any, path: str = "$") -> list[str]:
@@ -66,14 +93,24 @@ def _argv(step: dict[str, Any], data_dir: Path, index: int) -> list[str]:
     if command == "balance":
         at = ["--at", step["at"]] if step.get("at") is not None else []
         return [*base, "balance", step["card"], *at, "--json"]
+    if command == "status":
+        return [*base, "status", "--json"]
+    if command == "confirm":
+        fiscal = ["--fiscal", step["fiscal"]] if step.get("fiscal") is not None else []
+        return [*base, "confirm", step["receiptId"], *fiscal, "--json"]
+    if command == "cancel":
+        return [*base, "cancel", step["receiptId"], "--json"]
     file = data_dir.parent / f"step-{index:03d}.json"
     payload = step["input"]
     text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    if step.get("padToBytes"):  # blanks after the document: still valid JSON, but too large
+        text += " " * max(0, int(step["padToBytes"]) - len(text.encode("utf-8")))
     file.write_text(text, encoding="utf-8")
     if command == "snapshot load":
         return [*base, "snapshot", "load", str(file), "--json"]
-    if command in ("checkout", "quote", "refund"):
-        return [*base, command, str(file), "--json"]
+    if command in ("checkout", "quote", "refund", "hold"):
+        explain = ["--explain"] if step.get("explain") else []
+        return [*base, command, str(file), *explain, "--json"]
     raise AssertionError(f"unknown command in scenario: {command!r}")
 
 
@@ -109,7 +146,23 @@ def _check_step(
         actual = json.loads(out)
     except json.JSONDecodeError:
         return [f"{where}: stdout is not one JSON document: {out!r}"]
-    return [f"{where}: {m}" for m in _mismatches(expect, actual)]
+    problems = _mismatches(expect, actual)
+    # "expectContains": texts the printed document must contain (e.g. trace outcomes of §17);
+    # "expectAbsent": top-level keys it must not have
+    problems += [f"stdout lacks {t!r}" for t in step.get("expectContains", []) if t not in out]
+    if isinstance(actual, dict):
+        problems += [f"unexpected key {k!r}" for k in step.get("expectAbsent", []) if k in actual]
+        problems += _display_problems(actual.get("display"))
+    return [f"{where}: {m}" for m in problems]
+
+
+def _display_problems(display: Any) -> list[str]:
+    """§8: whatever the display shows fits it (default 2 lines x 20 characters)."""
+    if display is None:
+        return []
+    if not isinstance(display, list) or len(display) > 2:
+        return [f"display is not at most 2 lines: {display!r}"]
+    return [f"display line longer than 20: {line!r}" for line in display if len(str(line)) > 20]
 
 
 def _run_scenario(
@@ -128,13 +181,16 @@ def _run_scenario(
     name = scenario.get("scenario", file.stem)
     problems: list[str] = []
     for index, step in enumerate(scenario["steps"]):
+        if step["command"] == "wait":  # let wall-clock time pass (a hold's TTL, §11)
+            time.sleep(float(step["seconds"]))
+            continue
         argv = _argv(step, data_dir, index)
         code, out, err = _run_in_process(argv, capsys)
         problems.extend(_check_step(name, index, step, code, out, err))
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("file", _files(OWN_SCENARIOS), ids=lambda p: p.stem)
+@pytest.mark.parametrize("file", _params(OWN_SCENARIOS))
 def test_own_scenario(
     file: Path,
     tmp_path: Path,
@@ -145,7 +201,7 @@ def test_own_scenario(
 
 
 @pytest.mark.skipif(not _files(SHARED_EXAMPLES), reason="no shared examples next to the repo")
-@pytest.mark.parametrize("file", _files(SHARED_EXAMPLES), ids=lambda p: p.stem)
+@pytest.mark.parametrize("file", _params(SHARED_EXAMPLES))
 def test_shared_example(
     file: Path,
     tmp_path: Path,
