@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -76,6 +77,15 @@ POOL_TIMEOUT_S = 30.0  # waiting for a free connection of the pool
 # restart; a slot given up is made again when a caller needs one).
 RECONNECT_TIMEOUT_S = 10.0
 LOCK_TIMEOUT_MS = 30_000  # waiting for a row or advisory lock
+# A call that has waited this long for a pool connection asks whether the database can
+# be reached at all (one connection attempt, its answer shared for PROBE_CACHE_S): when
+# it cannot (stopped, restarting, every connection taken), the call fails at once
+# (UNAVAILABLE) instead of waiting out POOL_TIMEOUT_S, past every till's deadline, with
+# one of the server's gRPC threads held all along. A database that is there but busy
+# (the pool's connections all in use, a lock) is waited for as before.
+PROBE_AFTER_S = 1.0
+PROBE_CONNECT_S = 2  # libpq's smallest connect_timeout
+PROBE_CACHE_S = 1.0
 PUBLISH_LOCK = 7_301_401  # advisory lock keys of the hub (any fixed bigints)
 MIGRATE_LOCK = 7_301_402
 FETCH = 4096  # rows per round trip of a server-side cursor
@@ -425,6 +435,9 @@ class PostgresHubStore(SqlHubStore):
                 f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
             )
         self._pinned = threading.local()
+        self._probe_lock = threading.Lock()
+        self._probed_at = float("-inf")
+        self._unreachable: str | None = None  # why the last probe failed
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -458,14 +471,46 @@ class PostgresHubStore(SqlHubStore):
             if conn is not None:  # the thread's own for now (`pinned`)
                 yield conn
                 return
-            with self.pool.connection() as conn:
-                yield conn
+            conn = self._checkout()
+            try:
+                with conn:  # commit or roll back; a pool's connection is not closed
+                    yield conn
+            finally:
+                self.pool.putconn(conn)
         except PoolTimeout as exc:
             raise StorageError(f"the hub database is unavailable: {_line(exc)}") from None
         except psycopg.Error as exc:
             raise StorageError(
                 f"the hub database could not be written, nothing was stored: {_line(exc)}"
             ) from None
+
+    def _checkout(self) -> psycopg.Connection[Any]:
+        """A connection of the pool; StorageError at once when the database cannot be
+        reached (see PROBE_AFTER_S), PoolTimeout after POOL_TIMEOUT_S when it is busy."""
+        deadline = time.monotonic() + POOL_TIMEOUT_S
+        try:
+            return self.pool.getconn(timeout=PROBE_AFTER_S)
+        except PoolTimeout:
+            pass
+        why = self._why_unreachable()
+        if why is not None:
+            raise StorageError(f"the hub database is unavailable: {why}")
+        return self.pool.getconn(timeout=max(0.1, deadline - time.monotonic()))
+
+    def _why_unreachable(self) -> str | None:
+        """None when a new connection to the database can be made now, else why not (one
+        attempt at a time; its answer shared for PROBE_CACHE_S)."""
+        with self._probe_lock:
+            if time.monotonic() - self._probed_at >= PROBE_CACHE_S:
+                try:
+                    psycopg.connect(
+                        self.url, autocommit=True, connect_timeout=PROBE_CONNECT_S
+                    ).close()
+                    self._unreachable = None
+                except psycopg.Error as exc:
+                    self._unreachable = _line(exc)
+                self._probed_at = time.monotonic()
+            return self._unreachable
 
     @contextmanager
     def pinned(self) -> Iterator[None]:
