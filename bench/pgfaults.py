@@ -118,15 +118,18 @@ class Rig:
 
         self.work = work
         self.rng = random.Random(seed)
-        self.cluster = Cluster(max_connections=max_connections)
+        # Durable, as HUB.md asks of production: with synchronous_commit off an
+        # immediate restart (a crash) loses commits the hub already acknowledged, and the
+        # tills, told "stored", never send them again (seen: 15 of 207 lost).
+        self.cluster = Cluster(max_connections=max_connections, durable=True)
         # `pg_ctl start` after a stop reads postgresql.conf (only `restart` reuses the
         # first start's options): the same settings there.
         with open(self.cluster.data / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write(
                 f"\nport = {self.cluster.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.cluster.root}'\n"
-                f"max_connections = {max_connections}\nfsync = off\n"
-                "synchronous_commit = off\nfull_page_writes = off\n"
+                f"max_connections = {max_connections}\nfsync = on\n"
+                "synchronous_commit = on\nfull_page_writes = on\n"
             )
         self.url = self.cluster.new_database()
         self.dbname = self.url.rsplit("/", 1)[1]
@@ -189,7 +192,8 @@ class Rig:
             return s.connect_ex(("127.0.0.1", self.port)) == 0
 
     def start_tills(self) -> None:
-        for device in self.devices:
+        started = []
+        for device in self.devices:  # all at once, then waited for
             data = self.work / device
             grpc_port = _free_port()
             cfg = self.work / f"{device}.toml"
@@ -210,6 +214,8 @@ class Rig:
                     stderr=subprocess.STDOUT,
                     env=clean_env(),
                 )
+            started.append((device, data, proc, log))
+        for device, data, proc, log in started:
             serving = data / "serving.json"
             if not wait_for(lambda: serving.exists() or proc.poll() is not None, 30):
                 raise RuntimeError(f"{device} did not start")
@@ -297,6 +303,19 @@ class Rig:
                 timeout=timeout,
             )
             return "OK"
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+
+    def health(self, timeout: float = 5) -> str:
+        """The hub's grpc.health.v1 answer: 'SERVING', 'NOT_SERVING' or the status's name."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.probe(timeout=0.01)  # makes the link
+        stub = health_pb2_grpc.HealthStub(self._probe.channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
         except grpc.RpcError as exc:
             return str(exc.code().name)
 
@@ -485,6 +504,7 @@ def fault_exhaust(rig: Rig, hold_s: float) -> dict[str, Any]:
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
         rig.dbname,
     )  # the hub's idle connections go first: it must open new ones while all are taken
+    wait_for(lambda: rig.hub_connections() == 0, 10)
     while True:
         try:
             taken.append(psycopg.connect(rig.cluster.url, autocommit=True, connect_timeout=5))

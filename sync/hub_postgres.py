@@ -484,6 +484,22 @@ class PostgresHubStore(SqlHubStore):
                 f"the hub database could not be written, nothing was stored: {_line(exc)}"
             ) from None
 
+    def durability_notes(self) -> list[str]:
+        """Warnings for settings under which PostgreSQL can lose a commit the hub has
+        acknowledged (a till told "stored" never sends it again): said at `hub serve`."""
+        notes = []
+        with self._conn() as conn:
+            for name in ("synchronous_commit", "fsync"):
+                found = conn.execute(f"SHOW {name}".encode()).fetchone()
+                if found is not None and str(found[0]) == "off":
+                    notes.append(
+                        f"the hub database runs with {name} = off: a PostgreSQL crash or"
+                        " immediate restart can lose transactions the hub acknowledged,"
+                        " and the tills will not send them again (docs/HUB.md, PostgreSQL"
+                        " settings)"
+                    )
+        return notes
+
     def _checkout(self) -> psycopg.Connection[Any]:
         """A connection of the pool; StorageError at once when the database cannot be
         reached (see PROBE_AFTER_S), PoolTimeout after POOL_TIMEOUT_S when it is busy."""
