@@ -19,6 +19,7 @@ another session, every connection taken) and checks the promises after each faul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -217,8 +218,8 @@ class Rig:
             started.append((device, data, proc, log))
         for device, data, proc, log in started:
             serving = data / "serving.json"
-            if not wait_for(lambda: serving.exists() or proc.poll() is not None, 30):
-                raise RuntimeError(f"{device} did not start")
+            if not wait_for(serving.exists, 30) or proc.poll() is not None:
+                raise RuntimeError(f"{device} did not start: " + log.read_text()[-2000:])
             time.sleep(0.1)
             port = int(json.loads(serving.read_text())["port"])
             self.tills.append(TillProc(device, data, proc, port, log))
@@ -432,10 +433,8 @@ class Rig:
             except subprocess.TimeoutExpired:
                 self.hub_proc.kill()
                 self.hub_proc.wait(10)
-        try:
+        with contextlib.suppress(RuntimeError):  # already stopped by a fault
             self.cluster.stop()  # deletes its directory whatever pg_ctl says
-        except RuntimeError:  # already stopped by a fault
-            pass
 
 
 # ---------------------------------------------------------------- faults
@@ -470,11 +469,13 @@ def fault_stop(rig: Rig, seconds: float) -> dict[str, Any]:
 def fault_terminate(rig: Rig, times: int = 5) -> dict[str, Any]:
     killed = 0
     for _ in range(times):
-        killed += len(rig.sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
-            " AND pid <> pg_backend_pid()",
-            rig.dbname,
-        ))
+        killed += len(
+            rig.sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                " AND pid <> pg_backend_pid()",
+                rig.dbname,
+            )
+        )
         time.sleep(0.5)
     return {"terminated": killed, "recovered_s": recovered(rig)}
 

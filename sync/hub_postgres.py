@@ -465,13 +465,13 @@ class PostgresHubStore(SqlHubStore):
     # ------------------------------------------------------------ plumbing
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+    def _conn(self, wait_s: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         try:
             conn = getattr(self._pinned, "conn", None)
             if conn is not None:  # the thread's own for now (`pinned`)
                 yield conn
                 return
-            conn = self._checkout()
+            conn = self._checkout(wait_s)
             try:
                 with conn:  # commit or roll back; a pool's connection is not closed
                     yield conn
@@ -500,18 +500,21 @@ class PostgresHubStore(SqlHubStore):
                     )
         return notes
 
-    def _checkout(self) -> psycopg.Connection[Any]:
+    def _checkout(self, wait_s: float | None = None) -> psycopg.Connection[Any]:
         """A connection of the pool; StorageError at once when the database cannot be
-        reached (see PROBE_AFTER_S), PoolTimeout after POOL_TIMEOUT_S when it is busy."""
-        deadline = time.monotonic() + POOL_TIMEOUT_S
+        reached (see PROBE_AFTER_S), PoolTimeout after POOL_TIMEOUT_S (or `wait_s`, the
+        time the caller has left, when shorter) when it is busy."""
+        wait = POOL_TIMEOUT_S if wait_s is None else max(0.0, min(wait_s, POOL_TIMEOUT_S))
+        deadline = time.monotonic() + wait
         try:
-            return self.pool.getconn(timeout=PROBE_AFTER_S)
+            return self.pool.getconn(timeout=max(0.01, min(PROBE_AFTER_S, wait)))
         except PoolTimeout:
-            pass
+            if time.monotonic() >= deadline:
+                raise
         why = self._why_unreachable()
         if why is not None:
             raise StorageError(f"the hub database is unavailable: {why}")
-        return self.pool.getconn(timeout=max(0.1, deadline - time.monotonic()))
+        return self.pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
 
     def _why_unreachable(self) -> str | None:
         """None when a new connection to the database can be made now, else why not (one
@@ -529,16 +532,18 @@ class PostgresHubStore(SqlHubStore):
             return self._unreachable
 
     @contextmanager
-    def pinned(self) -> Iterator[None]:
+    def pinned(self, wait_s: float | None = None) -> Iterator[None]:
         """The calling thread's statements use one connection of the pool until the
         block ends: an RPC's three or four short statements (the device's record, the
         customer's inputs, the claim; or the device and the ingest) cost one checkout of
         the pool, not one each (a checkout and its return, with other threads waiting
-        for connections, were a quarter of an authorisation's CPU in the server)."""
+        for connections, were a quarter of an authorisation's CPU in the server).
+        `wait_s`: how long the caller can wait for the connection (an RPC's time left:
+        a call its till has given up on does not wait on, holding a server thread)."""
         if getattr(self._pinned, "conn", None) is not None:
             yield
             return
-        with self._conn() as conn:
+        with self._conn(wait_s) as conn:
             self._pinned.conn = conn
             try:
                 yield

@@ -748,12 +748,14 @@ def _one_connection(
     rpc: Callable[[HubServicer, _Req, grpc.ServicerContext], _Rep],
 ) -> Callable[[HubServicer, _Req, grpc.ServicerContext], _Rep]:
     """The RPC's statements (the device's record, then its work) on one connection of
-    the store (`HubStore.pinned`)."""
+    the store (`HubStore.pinned`), waited for no longer than the call's deadline: a
+    till that has given up (a lock held in the database, the pool's connections all
+    taken meanwhile) does not keep a server thread waiting on for 30 s."""
 
     @functools.wraps(rpc)
     def run(self: HubServicer, request: _Req, context: grpc.ServicerContext) -> _Rep:
         try:
-            with self.store.pinned():
+            with self.store.pinned(context.time_remaining()):
                 return rpc(self, request, context)
         except StorageError as exc:  # no connection to pin: the database is unavailable
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
@@ -792,7 +794,10 @@ class HubServicer(pb_grpc.HubServicer):
         if device is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "the certificate names no device")
         try:
-            record = self.store.device(device)
+            # the call's first statement: a connection waited for no longer than the
+            # call's deadline (`_one_connection`), whichever RPC it is
+            with self.store.pinned(context.time_remaining()):
+                record = self.store.device(device)
         except StorageError as exc:  # a lost database: the hub did not answer (not UNKNOWN)
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         if record is None:

@@ -14,12 +14,12 @@ import pytest
 
 pytest.importorskip("psycopg")
 
-from bench import pgcluster  # noqa: E402
+from bench import pgcluster
 
 if pgcluster.unavailable_reason() is not None:  # pragma: no cover - no server here
     pytest.skip(str(pgcluster.unavailable_reason()), allow_module_level=True)
 
-from bench.pgfaults import EXE, FAULTS, Rig, clean_env, run_fault, wait_for  # noqa: E402
+from bench.pgfaults import EXE, FAULTS, Rig, clean_env, run_fault, wait_for
 
 
 @pytest.fixture
@@ -156,3 +156,59 @@ def test_a_postgresql_fault_while_two_tills_sell(rig_factory: Any, fault: str) -
     rig.start_hub()
     rig.start_tills()
     check(run_fault(rig, fault))
+
+
+def test_hub_serve_warns_when_postgresql_can_lose_what_it_acknowledged(
+    pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With synchronous_commit off (the tests' own cluster), an immediate restart lost 15
+    of 207 pushes the hub had acknowledged (the tills, told "stored", never sent them
+    again): `hub serve` says so in its log at start."""
+    import logging
+
+    from tillpoint.sync.hub_server import HubDir, HubServer
+
+    hub = HubDir(tmp_path / "hub", pg_url)
+    hub.init()
+    hub.open_store(migrate=True).close()
+    with caplog.at_level(logging.WARNING, logger="tillpoint.hub"):
+        server = HubServer(hub)
+        try:
+            server.start()
+        finally:
+            server.stop(grace=0)
+    said = [r.getMessage() for r in caplog.records if r.name == "tillpoint.hub"]
+    assert any("synchronous_commit = off" in m and "acknowledged" in m for m in said), said
+
+
+@pytest.mark.slow
+def test_calls_given_up_by_their_tills_do_not_hold_hub_threads_behind_a_lock(
+    rig_factory: Any,
+) -> None:
+    """Another session holds `devices` (every call reads it) in ACCESS EXCLUSIVE mode:
+    the pool's 8 connections wait on the lock (lock_timeout 30 s); the calls behind
+    them waited for a connection the pool's 30 s, each holding a gRPC thread long after
+    its till gave up (a call every 0.2 s with a 1 s deadline: ~40 threads after 8 s).
+    Now they stop waiting at their deadline."""
+    import psycopg
+
+    rig = rig_factory(tills=0)
+    rig.start_hub()
+    assert wait_for(lambda: rig.probe() == "OK", 30)
+    before = rig.hub_threads()
+    with psycopg.connect(rig.url, connect_timeout=5) as conn:
+        conn.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        import threading
+
+        calls = [
+            threading.Thread(target=rig.probe, kwargs={"timeout": 1.0}, daemon=True)
+            for _ in range(40)
+        ]
+        for call in calls:
+            call.start()
+            time.sleep(0.2)
+        grown = rig.hub_threads() - before
+        conn.rollback()
+    assert grown < 20, grown
+    assert wait_for(lambda: rig.probe(timeout=3) == "OK", 10)
+    assert rig.log_problems() == []
