@@ -25,6 +25,7 @@ only a database whose schema is current.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -68,6 +69,11 @@ try:
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError:  # pragma: no cover - the optional extra is not installed
     psycopg = None  # type: ignore[assignment]
+
+# psycopg's and its pool's warnings ("discarding closed connection …") go to the hub's
+# log when one is set up (`hub serve`); a one-shot command (`hub import`, `hub publish`)
+# has none, and Python printed them on stderr before its one-line error.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 MAX_PROBLEMS = 10
 CONNECT_TIMEOUT_S = 10
@@ -366,8 +372,9 @@ def _need_driver() -> None:
 
 
 def _line(exc: BaseException) -> str:
-    """libpq's message on one line (it spans several)."""
-    return " ".join(str(exc).split())
+    """libpq's message on one line (it spans several), without the statement's text
+    PostgreSQL quotes after it ("LINE 1: INSERT INTO …", a caret under it)."""
+    return " ".join(str(exc).split("\nLINE ", 1)[0].split())
 
 
 def _redacted(url: str) -> str:

@@ -212,3 +212,62 @@ def test_calls_given_up_by_their_tills_do_not_hold_hub_threads_behind_a_lock(
     assert grown < 20, grown
     assert wait_for(lambda: rig.probe(timeout=3) == "OK", 10)
     assert rig.log_problems() == []
+
+
+def test_a_hub_command_whose_connection_is_lost_says_one_line_and_writes_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """`hub import` whose connection PostgreSQL drops mid-way (a restart, a failover;
+    here pg_terminate_backend while it waits on a lock): exit 1 with one line on stderr
+    (the pool's own warning, "discarding closed connection …", came first), nothing of
+    the import in the draft."""
+    import json
+    from datetime import UTC, datetime
+
+    import psycopg
+    from tillpoint.sync.hub_server import HubDir
+    from tillpoint.sync.loopback import import_doc, sample_master_data
+
+    hub = HubDir(tmp_path / "hub", pg_url)
+    hub.init()
+    store = hub.open_store(migrate=True)
+    import_doc(store, sample_master_data())
+    store.publish(datetime.now(UTC), 3600)
+    store.close()
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(
+        json.dumps({"offers": [{"id": "m-1", "kind": "PERCENT_OFF", "skus": ["1"], "value": "3"}]}),
+        encoding="utf-8",
+    )
+    watcher = psycopg.connect(pg_url, autocommit=True, connect_timeout=5)
+    with watcher, psycopg.connect(pg_url, connect_timeout=5) as locker:
+        locker.execute("LOCK TABLE draft IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen(
+            [EXE, "hub", "import", str(catalogue), "--hub-dir", str(hub.root), "--store", pg_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        try:
+            waiting = wait_for(
+                lambda: watcher.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                ).fetchall(),
+                30,
+                0.1,
+            )
+            assert waiting
+            for (pid,) in waiting:
+                watcher.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        locker.rollback()
+    assert proc.returncode == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("tillpoint: "), err
+    with psycopg.connect(pg_url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT count(*) FROM draft").fetchone() == (0,)
