@@ -412,6 +412,22 @@ class Rig:
             if "Traceback" in line or "INTERNAL" in line or "UNKNOWN" in line
         ]
 
+    def till_log_problems(self) -> list[str]:
+        """A till's errors, tracebacks, and any snapshot it refused (a damaged one)."""
+        found = []
+        for till in self.tills:
+            for line in till.log.read_text(errors="replace").splitlines():
+                low = line.lower()
+                if (
+                    '"level": "error"' in low
+                    or "traceback" in low
+                    or "data_loss" in low
+                    or "signature" in low
+                    or "refused" in low
+                ):
+                    found.append(f"{till.device}: {line[:300]}")
+        return found
+
     def stop(self) -> None:
         self.selling.clear()
         for thread in self.sellers:
@@ -552,6 +568,7 @@ def run_fault(rig: Rig, name: str, warm_s: float = 2.0) -> dict[str, Any]:
     found["hub_threads"] = [threads_before, rig.hub_threads()]
     found["hub_alive"] = rig.hub_proc is not None and rig.hub_proc.poll() is None
     found["log_problems"] = rig.log_problems()[:5]
+    found["till_log_problems"] = rig.till_log_problems()[:5]
     return found
 
 
