@@ -511,19 +511,21 @@ def fault_exhaust(rig: Rig, hold_s: float) -> dict[str, Any]:
     the reserved ones too) and held `hold_s`; then released."""
     import psycopg
 
-    taken: list[Any] = []
-    rig.sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-        rig.dbname,
-    )  # the hub's idle connections go first: it must open new ones while all are taken
-    wait_for(lambda: rig.hub_connections() == 0, 10)
-    while True:
-        try:
-            taken.append(psycopg.connect(rig.cluster.url, autocommit=True, connect_timeout=5))
-        except psycopg.OperationalError:
+    control = psycopg.connect(rig.cluster.url, autocommit=True, connect_timeout=5)
+    taken: list[Any] = [control]
+    sessions = "FROM pg_stat_activity WHERE datname = %s"
+    left: Any = None
+    for _ in range(50):  # the hub's connections dropped, their slots taken before it
+        control.execute(f"SELECT pg_terminate_backend(pid) {sessions}", (rig.dbname,))
+        while len(taken) < 1000:
+            try:
+                taken.append(psycopg.connect(rig.cluster.url, autocommit=True, connect_timeout=5))
+            except psycopg.OperationalError:
+                break
+        left = control.execute(f"SELECT count(*) {sessions}", (rig.dbname,)).fetchone()
+        if left == (0,):
             break
-        if len(taken) > 1000:
-            break
+        time.sleep(0.1)
     codes: dict[str, int] = {}
     t0 = time.monotonic()
     while time.monotonic() - t0 < hold_s:
@@ -534,6 +536,7 @@ def fault_exhaust(rig: Rig, hold_s: float) -> dict[str, Any]:
         conn.close()
     return {
         "taken": len(taken),
+        "hub_connections_while_full": None if left is None else int(left[0]),
         "probe_codes_while_full": codes,
         "recovered_s": recovered(rig),
     }

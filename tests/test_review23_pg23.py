@@ -148,8 +148,9 @@ def check(found: dict[str, Any]) -> None:
     assert found["till_log_problems"] == [], found  # no snapshot refused, no error
     assert found["hub_connections"][1] <= 8, found  # the pool's size: none leaked
     assert set(found.get("probe_codes_while_down", {})) <= {"UNAVAILABLE"}, found
-    # with every slot taken the hub may still hold one it had (the tills' calls keep it)
-    assert set(found.get("probe_codes_while_full", {})) <= {"UNAVAILABLE", "OK"}, found
+    if "probe_codes_while_full" in found:  # every slot taken, none left to the hub
+        assert found["hub_connections_while_full"] == 0, found
+        assert set(found["probe_codes_while_full"]) == {"UNAVAILABLE"}, found
     assert set(found.get("probe_codes_while_held", {})) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
 
 
