@@ -25,8 +25,10 @@ only a database whose schema is current.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -68,6 +70,11 @@ try:
 except ImportError:  # pragma: no cover - the optional extra is not installed
     psycopg = None  # type: ignore[assignment]
 
+# psycopg's and its pool's warnings ("discarding closed connection …") go to the hub's
+# log when one is set up (`hub serve`); a one-shot command (`hub import`, `hub publish`)
+# has none, and Python printed them on stderr before its one-line error.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
 MAX_PROBLEMS = 10
 CONNECT_TIMEOUT_S = 10
 POOL_TIMEOUT_S = 30.0  # waiting for a free connection of the pool
@@ -76,6 +83,15 @@ POOL_TIMEOUT_S = 30.0  # waiting for a free connection of the pool
 # restart; a slot given up is made again when a caller needs one).
 RECONNECT_TIMEOUT_S = 10.0
 LOCK_TIMEOUT_MS = 30_000  # waiting for a row or advisory lock
+# A call that has waited this long for a pool connection asks whether the database can
+# be reached at all (one connection attempt, its answer shared for PROBE_CACHE_S): when
+# it cannot (stopped, restarting, every connection taken), the call fails at once
+# (UNAVAILABLE) instead of waiting out POOL_TIMEOUT_S, past every till's deadline, with
+# one of the server's gRPC threads held all along. A database that is there but busy
+# (the pool's connections all in use, a lock) is waited for as before.
+PROBE_AFTER_S = 1.0
+PROBE_CONNECT_S = 2  # libpq's smallest connect_timeout
+PROBE_CACHE_S = 1.0
 PUBLISH_LOCK = 7_301_401  # advisory lock keys of the hub (any fixed bigints)
 MIGRATE_LOCK = 7_301_402
 FETCH = 4096  # rows per round trip of a server-side cursor
@@ -356,8 +372,9 @@ def _need_driver() -> None:
 
 
 def _line(exc: BaseException) -> str:
-    """libpq's message on one line (it spans several)."""
-    return " ".join(str(exc).split())
+    """libpq's message on one line (it spans several), without the statement's text
+    PostgreSQL quotes after it ("LINE 1: INSERT INTO …", a caret under it)."""
+    return " ".join(str(exc).split("\nLINE ", 1)[0].split())
 
 
 def _redacted(url: str) -> str:
@@ -425,6 +442,9 @@ class PostgresHubStore(SqlHubStore):
                 f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
             )
         self._pinned = threading.local()
+        self._probe_lock = threading.Lock()
+        self._probed_at = float("-inf")
+        self._unreachable: str | None = None  # why the last probe failed
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -452,14 +472,18 @@ class PostgresHubStore(SqlHubStore):
     # ------------------------------------------------------------ plumbing
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+    def _conn(self, wait_s: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         try:
             conn = getattr(self._pinned, "conn", None)
             if conn is not None:  # the thread's own for now (`pinned`)
                 yield conn
                 return
-            with self.pool.connection() as conn:
-                yield conn
+            conn = self._checkout(wait_s)
+            try:
+                with conn:  # commit or roll back; a pool's connection is not closed
+                    yield conn
+            finally:
+                self.pool.putconn(conn)
         except PoolTimeout as exc:
             raise StorageError(f"the hub database is unavailable: {_line(exc)}") from None
         except psycopg.Error as exc:
@@ -467,17 +491,66 @@ class PostgresHubStore(SqlHubStore):
                 f"the hub database could not be written, nothing was stored: {_line(exc)}"
             ) from None
 
+    def durability_notes(self) -> list[str]:
+        """Warnings for settings under which PostgreSQL can lose a commit the hub has
+        acknowledged (a till told "stored" never sends it again): said at `hub serve`."""
+        notes = []
+        with self._conn() as conn:
+            for name in ("synchronous_commit", "fsync"):
+                found = conn.execute(f"SHOW {name}".encode()).fetchone()
+                if found is not None and str(found[0]) == "off":
+                    notes.append(
+                        f"the hub database runs with {name} = off: a PostgreSQL crash or"
+                        " immediate restart can lose transactions the hub acknowledged,"
+                        " and the tills will not send them again (docs/HUB.md, PostgreSQL"
+                        " settings)"
+                    )
+        return notes
+
+    def _checkout(self, wait_s: float | None = None) -> psycopg.Connection[Any]:
+        """A connection of the pool; StorageError at once when the database cannot be
+        reached (see PROBE_AFTER_S), PoolTimeout after POOL_TIMEOUT_S (or `wait_s`, the
+        time the caller has left, when shorter) when it is busy."""
+        wait = POOL_TIMEOUT_S if wait_s is None else max(0.0, min(wait_s, POOL_TIMEOUT_S))
+        deadline = time.monotonic() + wait
+        try:
+            return self.pool.getconn(timeout=max(0.01, min(PROBE_AFTER_S, wait)))
+        except PoolTimeout:
+            if time.monotonic() >= deadline:
+                raise
+        why = self._why_unreachable()
+        if why is not None:
+            raise StorageError(f"the hub database is unavailable: {why}")
+        return self.pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
+
+    def _why_unreachable(self) -> str | None:
+        """None when a new connection to the database can be made now, else why not (one
+        attempt at a time; its answer shared for PROBE_CACHE_S)."""
+        with self._probe_lock:
+            if time.monotonic() - self._probed_at >= PROBE_CACHE_S:
+                try:
+                    psycopg.connect(
+                        self.url, autocommit=True, connect_timeout=PROBE_CONNECT_S
+                    ).close()
+                    self._unreachable = None
+                except psycopg.Error as exc:
+                    self._unreachable = _line(exc)
+                self._probed_at = time.monotonic()
+            return self._unreachable
+
     @contextmanager
-    def pinned(self) -> Iterator[None]:
+    def pinned(self, wait_s: float | None = None) -> Iterator[None]:
         """The calling thread's statements use one connection of the pool until the
         block ends: an RPC's three or four short statements (the device's record, the
         customer's inputs, the claim; or the device and the ingest) cost one checkout of
         the pool, not one each (a checkout and its return, with other threads waiting
-        for connections, were a quarter of an authorisation's CPU in the server)."""
+        for connections, were a quarter of an authorisation's CPU in the server).
+        `wait_s`: how long the caller can wait for the connection (an RPC's time left:
+        a call its till has given up on does not wait on, holding a server thread)."""
         if getattr(self._pinned, "conn", None) is not None:
             yield
             return
-        with self._conn() as conn:
+        with self._conn(wait_s) as conn:
             self._pinned.conn = conn
             try:
                 yield

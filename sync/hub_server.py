@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar
 import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
 from tillpoint.agent.grpc_decode import RefuseUndecodable
@@ -747,12 +748,14 @@ def _one_connection(
     rpc: Callable[[HubServicer, _Req, grpc.ServicerContext], _Rep],
 ) -> Callable[[HubServicer, _Req, grpc.ServicerContext], _Rep]:
     """The RPC's statements (the device's record, then its work) on one connection of
-    the store (`HubStore.pinned`)."""
+    the store (`HubStore.pinned`), waited for no longer than the call's deadline: a
+    till that has given up (a lock held in the database, the pool's connections all
+    taken meanwhile) does not keep a server thread waiting on for 30 s."""
 
     @functools.wraps(rpc)
     def run(self: HubServicer, request: _Req, context: grpc.ServicerContext) -> _Rep:
         try:
-            with self.store.pinned():
+            with self.store.pinned(context.time_remaining()):
                 return rpc(self, request, context)
         except StorageError as exc:  # no connection to pin: the database is unavailable
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
@@ -791,7 +794,10 @@ class HubServicer(pb_grpc.HubServicer):
         if device is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "the certificate names no device")
         try:
-            record = self.store.device(device)
+            # the call's first statement: a connection waited for no longer than the
+            # call's deadline (`_one_connection`), whichever RPC it is
+            with self.store.pinned(context.time_remaining()):
+                record = self.store.device(device)
         except StorageError as exc:  # a lost database: the hub did not answer (not UNKNOWN)
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         if record is None:
@@ -1086,6 +1092,43 @@ def _identity(pem: bytes) -> tuple[str | None, str, datetime | None]:
     return device, pki.fingerprint(pem), pki.certificate_not_after(pem)
 
 
+HUB_SERVICE = "tillpoint.v1.Hub"
+
+
+class HubHealth(health.HealthServicer):
+    """The standard health service (grpc.health.v1) of the hub: SERVING while its store
+    answers, NOT_SERVING while it cannot (a PostgreSQL stopped, restarting, or with every
+    connection taken: the hub's calls answer UNAVAILABLE then), read when asked. The
+    hub's port asks for a client certificate, so a checker presents a device's (one
+    enrolled for monitoring)."""
+
+    def __init__(self, store: HubStore) -> None:
+        super().__init__()
+        self._store = store
+        self._stopping = False
+
+    def enter_graceful_shutdown(self) -> None:
+        self._stopping = True
+        super().enter_graceful_shutdown()
+
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", HUB_SERVICE) or self._stopping:
+            return super().Check(request, context)
+        try:
+            self._store.latest()
+            serving = True
+        except TillpointError as exc:
+            log.info("health check: the store does not answer: %s", exc.message)
+            serving = False
+        return health_pb2.HealthCheckResponse(
+            status=health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, one_line(message))  # messages echo what a till sent
     raise AssertionError("unreachable")  # pragma: no cover - abort raises
@@ -1153,6 +1196,7 @@ class HubServer:
             full_wait_s=self.config.full_wait_s,
         )
         self.servicer = HubServicer(self.store, self.builder, self.notifier, self.config, clock)
+        self.health = HubHealth(self.store)
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
         self._stop = threading.Event()
@@ -1202,6 +1246,7 @@ class HubServer:
             ],
         )
         pb_grpc.add_HubServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             port = server.add_secure_port(listen, creds)
         except RuntimeError:  # grpcio's "Failed to bind"
@@ -1209,6 +1254,8 @@ class HubServer:
         if port == 0:
             raise TillpointError(f"the hub cannot listen on {listen}: in use or not an address")
         latest = self.store.latest()
+        for note in getattr(self.store, "durability_notes", list)():
+            log.warning("%s", note)
         self.notifier.update(latest)
         self.builder.start()
         if latest is not None:
@@ -1263,6 +1310,7 @@ class HubServer:
 
     def stop(self, grace: float | None = 1.0) -> None:
         self._stop.set()
+        self.health.enter_graceful_shutdown()
         self.notifier.stop()
         if self._server is not None:
             self._server.stop(grace).wait(timeout=(grace or 0) + 5)

@@ -712,10 +712,10 @@ class SqlHubStore(HubRules):
         """A connection for one statement (a read transaction unless the store says)."""
         return self._read()
 
-    def pinned(self) -> AbstractContextManager[None]:
+    def pinned(self, wait_s: float | None = None) -> AbstractContextManager[None]:
         """One connection for the calling thread's statements until the block ends (a
-        store with a pool of connections; nothing to do for one with a connection per
-        thread)."""
+        store with a pool of connections, waiting for it `wait_s` at the most; nothing
+        to do for one with a connection per thread)."""
         return nullcontext()
 
     @contextmanager

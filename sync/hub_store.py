@@ -226,8 +226,10 @@ class HubStats:
 
 
 class HubStore(Protocol):
-    def pinned(self) -> AbstractContextManager[None]:
-        """The calling thread's statements on one connection until the block ends."""
+    def pinned(self, wait_s: float | None = None) -> AbstractContextManager[None]:
+        """The calling thread's statements on one connection until the block ends;
+        `wait_s`: how long the caller can wait for that connection (None: the store's
+        own limit)."""
         ...
 
     # master data
