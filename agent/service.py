@@ -638,6 +638,18 @@ class Agent:
     def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
         return ledger.receipt_life(self._ledger, receipt_id)
 
+    def _stored_earlier(self, row: ledger.ReceiptLife, request: _Request) -> bool:
+        """Whether a receipt's life stored by an earlier release, whose digest was made
+        another way (the 2026-11-30 release hashed its Receipt's dump, fields at their
+        defaults included), is this request: its stored text compared as a receipt
+        committed before receipts had a life is (`_same_body`). Asked only when the
+        digests differ, so a conflict costs one more read and a retry is not refused."""
+        stored = row.request
+        if not stored:
+            found = self._stored_receipt(row.receipt_id)
+            stored = found[0] if found is not None else ""
+        return bool(stored) and _same_body(stored, request.data)
+
     def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
         """(request text, result) of a committed receipt."""
         return ledger.stored_receipt(self._ledger, receipt_id)
@@ -672,7 +684,7 @@ class Agent:
                 return "CONFIRMED", stored[1], None
         else:
             state = row.state
-            if not request.matches(row.digest):
+            if not request.matches(row.digest) and not self._stored_earlier(row, request):
                 raise _conflict(rid)
             now = ledger.utc_text(self.clock())
             if state == "HELD" and row.expires_at > now:
