@@ -470,7 +470,10 @@ class Agent:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which
                 # keeps its points and coupons, as any other receipt is
-                own_hold = held is None or (request is not None and request.matches(held))
+                own_hold = held is None or (
+                    request is not None
+                    and (request.matches(held) or _held_earlier(conn, receipt.receipt_id, request))
+                )
                 result = self._price(
                     receipt, view, commit=False, reads=conn, own_hold=own_hold
                 ).result
@@ -2049,6 +2052,13 @@ def _legacy_digest(request: dict[str, Any], model: type[Receipt | Refund] = Rece
 
 def _json_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def _held_earlier(conn: sqlite3.Connection, receipt_id: str, request: _Request) -> bool:
+    """Whether the open hold of `receipt_id`, whose digest is not today's (an earlier
+    release held it, `Agent._stored_earlier`), is this request by its stored text."""
+    row = ledger.receipt_life(conn, receipt_id)
+    return row is not None and bool(row.request) and _same_body(row.request, request.data)
 
 
 def _conflict(receipt_id: str) -> Conflict:

@@ -146,6 +146,10 @@ def test_a_till_upgraded_in_place_keeps_receipts_holds_and_points(
     assert (
         code == 0 and now["state"] == "HELD" and now["totalMinor"] == old.result("h1")["totalMinor"]
     ), err
+    # a quote of the open hold's own basket: its points counted once, not twice
+    code, quoted, err = old.cli("quote", str(old.work / "h1.json"), "--json")
+    assert code == 0, err
+    assert quoted["balance"]["availablePoints"] == old.result("h1")["balance"]["availablePoints"]
     code, now, err = old.cli("cancel", "h3", "--json")
     assert code == 0 and now["state"] == "CANCELLED", err
 
