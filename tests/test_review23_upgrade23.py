@@ -361,3 +361,17 @@ def test_a_postgresql_store_a_later_release_migrated_is_refused_with_exit_2(
         code, _, err = old.cli("hub", action, "--hub-dir", str(old.hub), "--store", pg_url)
         assert code == 2, (action, err)
         assert err.count("\n") == 1 and "later release" in err and "hub migrate" not in err, err
+
+
+@pytest.mark.parametrize("config", sorted(HERE.glob("config-*.toml")), ids=lambda p: p.stem)
+def test_an_earlier_release_s_configuration_file_is_still_valid(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key an earlier release knew, at its values: a conffile kept across the
+    upgrade must not stop the till (exit 2 is not restarted by the unit)."""
+    for name in [k for k in os.environ if k.startswith("TILLPOINT_")]:
+        monkeypatch.delenv(name)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--config", str(config), "config", "check"])
+    assert code == 0 and "configuration is valid" in out.getvalue(), err.getvalue()
