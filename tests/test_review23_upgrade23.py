@@ -88,6 +88,11 @@ class Old:
             doc = text
         return code, doc, err.getvalue()
 
+    def file(self, doc: dict[str, Any]) -> str:
+        path = self.work / f"{doc['receiptId']}.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        return str(path)
+
     def hub_cli(self, *args: str) -> tuple[int, Any, str]:
         return self.cli("hub", *args, "--hub-dir", str(self.hub), "--store", self.store)
 
@@ -107,6 +112,15 @@ def _steps(path: Path) -> list[tuple[str, str]]:
         return conn.execute(
             "SELECT migration_set, name FROM _sqlite_migrations ORDER BY id"
         ).fetchall()
+    finally:
+        conn.close()
+
+
+def _issued(ledger_db: Path) -> list[str]:
+    """The codes the till issued on printed offers (§13), oldest first."""
+    conn = sqlite3.connect(ledger_db)
+    try:
+        return [r[0] for r in conn.execute("SELECT code FROM issued_coupons ORDER BY rowid")]
     finally:
         conn.close()
 
@@ -190,6 +204,31 @@ def test_a_till_upgraded_in_place_keeps_receipts_holds_and_points(
     assert code == 0 and again["outboxDepth"] == before["outboxDepth"] + 2, err
     assert _steps(old.till / "ledger.db") == _steps(old.till / "ledger.db")
     assert len(_steps(old.till / "ledger.db")) == len(set(_steps(old.till / "ledger.db")))
+
+    # the old print history's cooldown holds; the till's own codes go on from its counter
+    old_codes = _issued(old.till / "ledger.db")
+    assert len(old_codes) == (1 if "issue" in old.expect["features"] else 0)
+    bread = [{"sku": "4601234000024", "qty": "1", "priceMinor": 5490}]
+    sale = {"storeId": "s1", "tillId": "t1", "card": "2770000000017", "lines": bread}
+    code, soon, err = old.cli(
+        "checkout",
+        old.file({**sale, "receiptId": "r6", "at": "2026-11-30T10:00:00+03:00"}),
+        "--json",
+    )
+    assert code == 0 and soon["printedOffers"] == [], err  # printed by r2 on 2026-11-28
+    if old_codes:
+        scanned = {**sale, "receiptId": "r7", "at": "2026-11-30T10:05:00+03:00"}
+        code, used, err = old.cli("checkout", old.file({**scanned, "coupons": old_codes}), "--json")
+        assert code == 0 and [c["status"] for c in used["coupons"]] == ["APPLIED"], err
+    code, later, err = old.cli(
+        "checkout",
+        old.file({**sale, "receiptId": "r8", "at": "2026-12-10T10:00:00+03:00"}),
+        "--json",
+    )
+    assert code == 0 and later["printedOffers"] == ["o-print-a"], err
+    new_codes = _issued(old.till / "ledger.db")
+    if old_codes:  # a new code, never one the old code issued
+        assert new_codes[: len(old_codes)] == old_codes and len(set(new_codes)) == 2
 
     # the hub's store: migrated by this release, twice, its tills and snapshot kept
     first = old.hub_cli("status", "--json")
@@ -292,6 +331,8 @@ def _uploads_once(old: Old, tmp_path: Path) -> None:
         "h2" if s == "h2c" else s for s in sold
     )
     assert [f for *_, f in got if f] == ["f1"]
+    issued = [r for _, kind, r, _ in got if kind == "COUPON_ISSUED"]  # the code printed on r2
+    assert issued == (["r2"] if "issue" in old.expect["features"] else [])
     customers = {"2770000000017": "c-a", "2770000000024": "c-b", "2770000000079": "c-h"}
     for card, customer in customers.items():
         code, live, err = old.hub_cli("balance", customer, "--json")
