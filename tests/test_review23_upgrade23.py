@@ -38,7 +38,7 @@ ON_POSTGRESQL = HERE / "2026-12-02-8cee8b6-postgresql.tar.gz"
 
 
 def _default_run(chosen: list[Path]) -> list[Any]:
-    """The fixtures `make test` upgrades (~3 s each: an enrolled till's CLI checkout
+    """The fixtures `make test` upgrades (~2.5 s each: an enrolled till's CLI checkout
     probes its hub); the others run in `make test-all`."""
     return [
         pytest.param(f, id=f.name.removesuffix(".tar.gz"))
@@ -129,9 +129,11 @@ def _issued(ledger_db: Path) -> list[str]:
 def _till_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
     monkeypatch.delenv("TILLPOINT_HUB__ADDRESS", raising=False)
+    # the enrolled till's CLI checkouts probe its hub (nothing listens): briefly
+    monkeypatch.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", "50")
 
 
-@pytest.mark.parametrize("fixture", _default_run([OLDEST, NEWEST]))
+@pytest.mark.parametrize("fixture", _default_run([OLDEST, FIXTURES[len(FIXTURES) // 2], NEWEST]))
 def test_a_till_upgraded_in_place_keeps_receipts_holds_and_points(
     fixture: Path, tmp_path: Path
 ) -> None:
@@ -267,8 +269,22 @@ def test_an_upgraded_till_uploads_once_to_an_upgraded_hub_on_postgresql(
     _uploads_once(old, tmp_path)
 
 
+def _pending_print_jobs(ledger_db: Path) -> int:
+    conn = sqlite3.connect(ledger_db, timeout=5)
+    try:
+        return int(
+            conn.execute("SELECT count(*) FROM print_jobs WHERE state = 'PENDING'").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
 def _uploads_once(old: Old, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    # coupons the old code queued and never printed (5342b18 queued them with no printer)
+    # print once a printer is there
+    queued = _pending_print_jobs(old.till / "ledger.db")
+    printer = tmp_path / "printer.bin"
     port_file = tmp_path / "hub.port"
     hub_log, run_log = (tmp_path / "hub.log").open("wb"), (tmp_path / "run.log").open("wb")
     serve = ["hub", "serve", "--hub-dir", str(old.hub), "--store", old.store]
@@ -290,6 +306,8 @@ def _uploads_once(old: Old, tmp_path: Path) -> None:
             "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
             "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
             "TILLPOINT_METRICS__LISTEN": "127.0.0.1:0",
+            "TILLPOINT_PRINTER__KIND": "file",
+            "TILLPOINT_PRINTER__DEVICE": str(printer),
         }
         till = subprocess.Popen(
             [TILLPOINT, "run"],
@@ -307,6 +325,7 @@ def _uploads_once(old: Old, tmp_path: Path) -> None:
 
         try:
             wait_for(drained, 30, every=0.1)
+            wait_for(lambda: _pending_print_jobs(old.till / "ledger.db") == 0, 30, every=0.1)
         except TimeoutError:
             pytest.fail("outbox not drained: " + (tmp_path / "run.log").read_text()[-2000:])
         till.send_signal(signal.SIGTERM)
@@ -322,6 +341,7 @@ def _uploads_once(old: Old, tmp_path: Path) -> None:
                     proc.wait(timeout=10)
         hub_log.close()
         run_log.close()
+    assert (printer.exists() and b" r2, 28.11.2026" in printer.read_bytes()) == bool(queued)
     code, doc, err = old.hub_cli("receipts", "--device", "till-1", "--json")
     assert code == 0, err
     got = [(t["seq"], t["kind"], t["receiptId"], t["refundId"]) for t in doc["transactions"]]
