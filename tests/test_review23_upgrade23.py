@@ -242,16 +242,16 @@ def test_a_till_upgraded_in_place_keeps_receipts_holds_and_points(
 
 @pytest.mark.parametrize("fixture", _default_run([OLDEST]))
 def test_an_upgraded_till_uploads_its_old_outbox_once_to_the_upgraded_hub(
-    fixture: Path, tmp_path: Path
+    fixture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`tillpoint run` (this release) on the old till, `hub serve` (this release) on the
     old hub's directory: every receipt and refund the old code sold offline reaches the
     hub once, and the hub's balances are the ones the old till printed."""
-    _uploads_once(Old(fixture, tmp_path), tmp_path)
+    _uploads_once(Old(fixture, tmp_path), tmp_path, monkeypatch)
 
 
 def test_an_upgraded_till_uploads_once_to_an_upgraded_hub_on_postgresql(
-    pg_url: str, tmp_path: Path
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hub's store on PostgreSQL, made by 8cee8b6 (schema 7): `hub migrate` of this
     release applies what is missing once, then as above."""
@@ -266,7 +266,7 @@ def test_an_upgraded_till_uploads_once_to_an_upgraded_hub_on_postgresql(
     code, doc, err = old.hub_cli("status", "--json")
     assert code == 0 and [d["deviceId"] for d in doc["devices"]] == ["till-1"], err
     assert doc["version"] == 1
-    _uploads_once(old, tmp_path)
+    _uploads_once(old, tmp_path, monkeypatch)
 
 
 def _pending_print_jobs(ledger_db: Path) -> int:
@@ -279,7 +279,7 @@ def _pending_print_jobs(ledger_db: Path) -> int:
         conn.close()
 
 
-def _uploads_once(old: Old, tmp_path: Path) -> None:
+def _uploads_once(old: Old, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
     # coupons the old code queued and never printed (5342b18 queued them with no printer)
     # print once a printer is there
@@ -330,6 +330,21 @@ def _uploads_once(old: Old, tmp_path: Path) -> None:
             pytest.fail("outbox not drained: " + (tmp_path / "run.log").read_text()[-2000:])
         till.send_signal(signal.SIGTERM)
         assert till.wait(timeout=20) == 0
+        # the upgraded hub publishes a delta, which patches the cache the old code built
+        master = json.loads((old.work / "master.json").read_text(encoding="utf-8"))
+        master["products"].append({"sku": "4601234000099", "name": "Кефир", "category": "dairy"})
+        (old.work / "master2.json").write_text(json.dumps(master), encoding="utf-8")
+        assert old.hub_cli("import", str(old.work / "master2.json"), "--publish")[0] == 0
+        monkeypatch.setenv("TILLPOINT_HUB__ADDRESS", f"127.0.0.1:{port}")
+        code, pulled, err = old.cli("sync", "now", "--json")
+        assert code == 0 and pulled["pull"]["status"] == "APPLIED", err
+        assert (pulled["pull"]["version"], pulled["pull"]["baseVersion"]) == (2, 1)
+        kefir = {"sku": "4601234000099", "qty": "1", "priceMinor": 5000}
+        sale = {"storeId": "s1", "tillId": "t1", "card": "2770000000024", "lines": [kefir]}
+        code, quoted, err = old.cli(
+            "quote", old.file({**sale, "receiptId": "q1", "at": old.expect["at"]}), "--json"
+        )
+        assert code == 0 and quoted["earnedPoints"] > 0, err  # a product the delta added
     finally:
         for proc in (till, hub):
             if proc is not None and proc.poll() is None:
