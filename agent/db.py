@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import InputError, StorageError
+from .errors import InputError, LaterRelease, StorageError
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -93,7 +93,7 @@ class MigrationSet:
             # release took seqs the newer one had used, and pushed outbox rows without
             # their texts, which the hub set aside): refused before anything is read.
             what = ", ".join(sorted(unknown))
-            raise StorageError(
+            raise LaterRelease(
                 f"the {self.file} was written by another tillpoint release (schema steps"
                 f" {what} are unknown to this one): "
                 + (

@@ -10,6 +10,7 @@
     │   └── NotFound              exit 2  NOT_FOUND            a receipt never committed here
     ├── Conflict                  exit 2  ALREADY_EXISTS       a known receiptId with another body
     ├── StorageError              exit 1  UNAVAILABLE          disk full, database locked
+    │   └── LaterRelease          exit 2  FAILED_PRECONDITION  data a later release migrated
     └── HubUnavailable            exit 1  UNAVAILABLE          the hub did not answer in time
 
 Every message is one line a cashier or a support engineer can act on; nothing below the
@@ -104,6 +105,15 @@ class Conflict(TillpointError):
 
 class StorageError(TillpointError):
     grpc_code = "UNAVAILABLE"
+
+
+class LaterRelease(StorageError):
+    """A data directory (or a hub's store) a later release migrated: a downgrade. No
+    restart or retry helps, so exit 2, which the systemd units do not restart in a loop
+    (`RestartPreventExitStatus=2`): the journal says what to do."""
+
+    exit_code = 2
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class HubUnavailable(TillpointError):

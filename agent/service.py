@@ -474,7 +474,10 @@ class Agent:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which
                 # keeps its points and coupons, as any other receipt is
-                own_hold = held is None or (request is not None and request.matches(held))
+                own_hold = held is None or (
+                    request is not None
+                    and (request.matches(held) or _held_earlier(conn, receipt.receipt_id, request))
+                )
                 result = self._price(
                     receipt, view, commit=False, reads=conn, own_hold=own_hold
                 ).result
@@ -642,6 +645,18 @@ class Agent:
     def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
         return ledger.receipt_life(self._ledger, receipt_id)
 
+    def _stored_earlier(self, row: ledger.ReceiptLife, request: _Request) -> bool:
+        """Whether a receipt's life stored by an earlier release, whose digest was made
+        another way (the 2026-11-30 release hashed its Receipt's dump, fields at their
+        defaults included), is this request: its stored text compared as a receipt
+        committed before receipts had a life is (`_same_body`). Asked only when the
+        digests differ, so a conflict costs one more read and a retry is not refused."""
+        stored = row.request
+        if not stored:
+            found = self._stored_receipt(row.receipt_id)
+            stored = found[0] if found is not None else ""
+        return bool(stored) and _same_body(stored, request.data)
+
     def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
         """(request text, result) of a committed receipt."""
         return ledger.stored_receipt(self._ledger, receipt_id)
@@ -676,7 +691,7 @@ class Agent:
                 return "CONFIRMED", stored[1], None
         else:
             state = row.state
-            if not request.matches(row.digest):
+            if not request.matches(row.digest) and not self._stored_earlier(row, request):
                 raise _conflict(rid)
             now = ledger.utc_text(self.clock())
             if state == "HELD" and row.expires_at > now:
@@ -2045,6 +2060,13 @@ def _legacy_digest(request: dict[str, Any], model: type[Receipt | Refund] = Rece
 
 def _json_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def _held_earlier(conn: sqlite3.Connection, receipt_id: str, request: _Request) -> bool:
+    """Whether the open hold of `receipt_id`, whose digest is not today's (an earlier
+    release held it, `Agent._stored_earlier`), is this request by its stored text."""
+    row = ledger.receipt_life(conn, receipt_id)
+    return row is not None and bool(row.request) and _same_body(row.request, request.data)
 
 
 def _conflict(receipt_id: str) -> Conflict:

@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tillpoint.agent.errors import StorageError
+from tillpoint.agent.errors import LaterRelease, StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_import import blocks_of
@@ -392,6 +392,10 @@ def migrate(url: str) -> list[int]:
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                 " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             )
+            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            found = row.fetchone()
+            if found is not None and int(found[0]) > SCHEMA_VERSION:
+                raise _later_release(url, int(found[0]))
             for number, name, sql in MIGRATIONS:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
@@ -411,6 +415,16 @@ def migrate(url: str) -> list[int]:
             f"cannot migrate the hub database {_redacted(url)}: {_line(exc)}"
         ) from None
     return applied
+
+
+def _later_release(url: str, found: int) -> LaterRelease:
+    """A database a later release migrated (a downgrade): `hub migrate` cannot help, and
+    this release cannot know what the later steps meant (exit 2, not restarted)."""
+    return LaterRelease(
+        f"the hub database {_redacted(url)} has schema {found}, past this release's"
+        f" {SCHEMA_VERSION}: a later release migrated it; run that release, or restore"
+        " the database saved before it was installed"
+    )
 
 
 def schema_version(url: str) -> int:
@@ -436,6 +450,8 @@ class PostgresHubStore(SqlHubStore):
         if migrate_schema:
             migrate(url)
         found = schema_version(url)
+        if found > SCHEMA_VERSION:
+            raise _later_release(url, found)
         if found != SCHEMA_VERSION:
             raise StorageError(
                 f"the hub database {_redacted(url)} has schema {found}, this hub needs"

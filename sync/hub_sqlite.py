@@ -254,8 +254,8 @@ class SqliteHubStore(SqlHubStore):
             # the till's files' mechanism: pending steps under the write lock, and a file
             # a later release migrated (steps this one does not know) refused
             migrate(self._conn(), migrations)
-        except StorageError as exc:
-            raise StorageError(f"{path}: {exc.message}") from None
+        except StorageError as exc:  # the same kind (LaterRelease: exit 2), the path added
+            raise type(exc)(f"{path}: {exc.message}") from None
 
     # ------------------------------------------------------------ plumbing
 
