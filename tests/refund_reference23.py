@@ -15,7 +15,6 @@ no deals, no coupons): single-receipt arithmetic is checked by tests/test_review
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
@@ -87,20 +86,44 @@ class World:
             "activationDelayDays": self.delay,
             "offlineRedeemLimitPoints": self.offline_limit,
             "pointsLifetimeDays": self.lifetime,
-            "tiers": [{"code": "base", "accrualPercent": "3"}, {"code": "gold", "accrualPercent": "7.5"}],
+            "tiers": [
+                {"code": "base", "accrualPercent": "3"},
+                {"code": "gold", "accrualPercent": "7.5"},
+            ],
         }
 
     def offers(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         window = {"validFrom": "2026-01-01T00:00:00+03:00", "validTo": "2027-12-31T23:59:59+03:00"}
         if self.pct_off:
-            out.append({"id": "o-pct", "campaignId": "camp-pct", "kind": "PERCENT_OFF",
-                        "skus": [SKU_A], "categories": [], "value": str(self.pct_off),
-                        "priority": 1, "rank": 1, **window})
+            out.append(
+                {
+                    "id": "o-pct",
+                    "campaignId": "camp-pct",
+                    "kind": "PERCENT_OFF",
+                    "skus": [SKU_A],
+                    "categories": [],
+                    "value": str(self.pct_off),
+                    "priority": 1,
+                    "rank": 1,
+                    **window,
+                }
+            )
         if self.extra:
-            out.append({"id": "o-extra", "campaignId": "camp-extra", "kind": "EXTRA_POINTS",
-                        "skus": [], "categories": [], "value": str(self.extra),
-                        "minTotalMinor": self.extra_min, "priority": 1, "rank": 2, **window})
+            out.append(
+                {
+                    "id": "o-extra",
+                    "campaignId": "camp-extra",
+                    "kind": "EXTRA_POINTS",
+                    "skus": [],
+                    "categories": [],
+                    "value": str(self.extra),
+                    "minTotalMinor": self.extra_min,
+                    "priority": 1,
+                    "rank": 2,
+                    **window,
+                }
+            )
         return out
 
 
@@ -113,8 +136,13 @@ class Customer:
     expiring: list[tuple[int, datetime]] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"id": self.cid, "firstName": "Анна", "tier": "gold",
-                               "balancePoints": self.balance, "segment": "ACTIVE"}
+        row: dict[str, Any] = {
+            "id": self.cid,
+            "firstName": "Анна",
+            "tier": "gold",
+            "balancePoints": self.balance,
+            "segment": "ACTIVE",
+        }
         if self.pending:
             row["pending"] = [{"points": p, "activatesAt": ts(a)} for p, a in self.pending]
         if self.expiring:
@@ -128,8 +156,12 @@ def snapshot(world: World, customers: list[Customer], version: int = 1) -> dict[
         "baseVersion": 0,
         "issuedAt": "2026-11-20T03:00:00Z",
         "program": world.program(),
-        "categories": [{"code": "food", "name": "Еда"}, {"code": "dairy", "parent": "food", "name": "М"},
-                       {"code": "bakery", "parent": "food", "name": "Х"}, {"code": "tobacco", "name": "Т"}],
+        "categories": [
+            {"code": "food", "name": "Еда"},
+            {"code": "dairy", "parent": "food", "name": "М"},
+            {"code": "bakery", "parent": "food", "name": "Х"},
+            {"code": "tobacco", "name": "Т"},
+        ],
         "products": [
             {"sku": SKU_A, "name": "Молоко", "category": "dairy"},
             {"sku": SKU_B, "name": "Хлеб", "category": "bakery"},
@@ -210,8 +242,11 @@ class Ledger:
     def advance(self, t: datetime) -> None:
         while True:
             due = sorted(
-                (b for b in self.batches
-                 if b.activates is not None and self.clock < b.activates <= t),
+                (
+                    b
+                    for b in self.batches
+                    if b.activates is not None and self.clock < b.activates <= t
+                ),
                 key=lambda b: (b.activates, b.n),
             )
             if not due:
@@ -303,7 +338,9 @@ class Ledger:
         b = sale.earned_batch
         from_pending = 0
         if b is not None and b.activates is not None and t < b.activates:
-            from_pending = min(points, b.points)
+            # pending at the refund's `at` (a refund dated back, in a world where nothing
+            # expires, may find the batch spent since it activated: a debt in a sum)
+            from_pending = min(points, b.pend)
             b.points -= from_pending
             points -= from_pending
         elif b is not None and b.spendable(t):
@@ -325,13 +362,13 @@ class Ledger:
             # counts, whatever its `at`; which points are pending is read at T): only
             # asked in worlds where nothing expires, where the figures are sums
             total = sum(b.points for b in self.batches) - self.debt()
-            pending = sum(b.pend for b in self.batches if b.activates is not None and t < b.activates)
+            pending = sum(
+                b.pend for b in self.batches if b.activates is not None and t < b.activates
+            )
             return {"availablePoints": total - pending, "pendingPoints": pending}
         self.advance(t)
         avail = sum(b.points for b in self.batches if b.spendable(t)) - self.debt()
-        pending = sum(
-            b.points for b in self.batches if b.activates is not None and t < b.activates
-        )
+        pending = sum(b.points for b in self.batches if b.activates is not None and t < b.activates)
         out: dict[str, Any] = {"availablePoints": avail, "pendingPoints": pending}
         if self.debt() == 0:
             groups: dict[datetime, int] = {}
@@ -362,7 +399,9 @@ class RefTill:
         self.last_at = T0 - timedelta(days=30)
 
     # §5 for this narrow world
-    def price(self, receipt: dict[str, Any], at: datetime) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    def price(
+        self, receipt: dict[str, Any], at: datetime
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
         w = self.world
         unknown = receipt["card"] != self.cust.card  # §4: no offers, no redemption, base rate
         rate = Fraction(3) if unknown else RATE
@@ -371,25 +410,47 @@ class RefTill:
             qty = Fraction(ln["qty"])
             amount = rhu(ln["priceMinor"] * qty)
             eligible = ln["sku"] in CATALOGUE and not CATALOGUE[ln["sku"]]
-            disc = floor(Fraction(amount * w.pct_off, 100)) if eligible and ln["sku"] == SKU_A and not unknown else 0
-            lines.append({"sku": ln["sku"], "qty": qty, "amount": amount, "eligible": eligible,
-                          "discount": disc})
+            disc = (
+                floor(Fraction(amount * w.pct_off, 100))
+                if eligible and ln["sku"] == SKU_A and not unknown
+                else 0
+            )
+            lines.append(
+                {
+                    "sku": ln["sku"],
+                    "qty": qty,
+                    "amount": amount,
+                    "eligible": eligible,
+                    "discount": disc,
+                }
+            )
         elig_total = sum(x["amount"] - x["discount"] for x in lines if x["eligible"])
         extra = w.extra if w.extra and elig_total >= w.extra_min and not unknown else 0
         caps = [(x["amount"] - x["discount"]) // w.pv if x["eligible"] else 0 for x in lines]
         req = receipt.get("redeemPoints", 0)
         req = INF if req == -1 else req
         avail = self.ledger.balance(at)["availablePoints"] - sum(
-            h.result["redeemedPoints"] for h in self.holds.values())
+            h.result["redeemedPoints"] for h in self.holds.values()
+        )
         day = at.date().isoformat()
         offline_left = max(0, w.offline_limit - self.offline_used.get(day, 0))
         if unknown:
             req = 0
-        allowed = max(0, min(req, avail, floor(Fraction(elig_total * w.max_pct, 100 * w.pv)),
-                             sum(caps), offline_left))
+        allowed = max(
+            0,
+            min(
+                req,
+                avail,
+                floor(Fraction(elig_total * w.max_pct, 100 * w.pv)),
+                sum(caps),
+                offline_left,
+            ),
+        )
         shares = largest_remainder(allowed, caps)
         exact = [
-            Fraction((x["amount"] - x["discount"] - s * w.pv) * rate, 100 * w.pv) if x["eligible"] else Fraction(0)
+            Fraction((x["amount"] - x["discount"] - s * w.pv) * rate, 100 * w.pv)
+            if x["eligible"]
+            else Fraction(0)
             for x, s in zip(lines, shares, strict=True)
         ]
         total_exact = floor(sum(exact, Fraction(0)))
@@ -398,38 +459,64 @@ class RefTill:
         for i in order[: total_exact - sum(earned)]:
             earned[i] += 1
         out_lines = [
-            {"sku": x["sku"], "amountMinor": x["amount"], "discountMinor": x["discount"],
-             "redeemedMinor": s * w.pv, "earnedPoints": e}
+            {
+                "sku": x["sku"],
+                "amountMinor": x["amount"],
+                "discountMinor": x["discount"],
+                "redeemedMinor": s * w.pv,
+                "earnedPoints": e,
+            }
             for x, s, e in zip(lines, shares, earned, strict=True)
         ]
-        result = {"redeemedPoints": allowed, "earnedPoints": total_exact + extra, "lines": out_lines}
+        result = {
+            "redeemedPoints": allowed,
+            "earnedPoints": total_exact + extra,
+            "lines": out_lines,
+        }
         model_lines = [
             {"sku": x["sku"], "qty": x["qty"], "p": s, "e": e, "returned": Fraction(0)}
             for x, s, e in zip(lines, shares, earned, strict=True)
         ]
         return result, model_lines, extra
 
-    def _commit(self, receipt: dict[str, Any], at: datetime, result: dict[str, Any],
-                mlines: list[dict[str, Any]], extra: int, spent_already: bool = False) -> Sale:
+    def _commit(
+        self,
+        receipt: dict[str, Any],
+        at: datetime,
+        result: dict[str, Any],
+        mlines: list[dict[str, Any]],
+        extra: int,
+        spent_already: bool = False,
+    ) -> Sale:
         w = self.world
         takes = self.ledger.spend(result["redeemedPoints"], at)
         earned = result["earnedPoints"]
         batch = None
         if earned:
             act = at + timedelta(days=w.delay)
-            batch = self.ledger._new(earned, act if w.delay else at,
-                                     act + timedelta(days=w.lifetime) if w.lifetime else None)
+            batch = self.ledger._new(
+                earned,
+                act if w.delay else at,
+                act + timedelta(days=w.lifetime) if w.lifetime else None,
+            )
             if not w.delay:
                 self.ledger._pay_debts(at)
         sale = Sale(receipt["receiptId"], at, mlines, extra, False, batch, takes, receipt, result)
         self.sales[sale.rid] = sale
         return sale
 
-    def _view(self, result: dict[str, Any], at: datetime, exclude_holds: bool = True) -> dict[str, Any]:
+    def _view(
+        self, result: dict[str, Any], at: datetime, exclude_holds: bool = True
+    ) -> dict[str, Any]:
         bal = self.ledger.balance(at)
         held = sum(h.result["redeemedPoints"] for h in self.holds.values()) if exclude_holds else 0
-        return {**result, "balance": {"availablePoints": bal["availablePoints"] - held,
-                                      "pendingPoints": bal["pendingPoints"]}}
+        return {
+            **result,
+            "balance": {
+                "availablePoints": bal["availablePoints"] - held,
+                "pendingPoints": bal["pendingPoints"],
+            },
+        }
 
     def checkout(self, receipt: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
         rid = receipt["receiptId"]
@@ -441,8 +528,18 @@ class RefTill:
         at = datetime.fromisoformat(receipt["at"])
         result, mlines, extra = self.price(receipt, at)
         if receipt["card"] != self.cust.card:
-            sale = Sale(rid, at, mlines, extra, False, None, [], receipt,
-                        {**result, "balance": None}, unknown=True)
+            sale = Sale(
+                rid,
+                at,
+                mlines,
+                extra,
+                False,
+                None,
+                [],
+                receipt,
+                {**result, "balance": None},
+                unknown=True,
+            )
             self.sales[rid] = sale
             return 0, sale.result
         self._use_offline(at, result["redeemedPoints"])
@@ -458,7 +555,6 @@ class RefTill:
         at = datetime.fromisoformat(receipt["at"])
         result, mlines, extra = self.price(receipt, at)
         self._use_offline(at, result["redeemedPoints"])
-        view = self._view(result, at)
         # the held result's balance: after the receipt, as if committed (its own spend
         # and earn), other holds left out
         view = self._held_view(receipt, at, result, mlines, extra)
@@ -466,8 +562,14 @@ class RefTill:
         self.holds[s.rid] = s
         return 0, view
 
-    def _held_view(self, receipt: dict[str, Any], at: datetime, result: dict[str, Any],
-                   mlines: list[dict[str, Any]], extra: int) -> dict[str, Any]:
+    def _held_view(
+        self,
+        receipt: dict[str, Any],
+        at: datetime,
+        result: dict[str, Any],
+        mlines: list[dict[str, Any]],
+        extra: int,
+    ) -> dict[str, Any]:
         import copy
 
         shadow = copy.deepcopy(self)
@@ -480,8 +582,13 @@ class RefTill:
         if rid not in self.holds:
             return 404, None
         h = self.holds.pop(rid)
-        sale = self._commit(h.request, h.at, {k: h.result[k] for k in ("redeemedPoints", "earnedPoints", "lines")},
-                            h.lines, h.extra)
+        sale = self._commit(
+            h.request,
+            h.at,
+            {k: h.result[k] for k in ("redeemedPoints", "earnedPoints", "lines")},
+            h.lines,
+            h.extra,
+        )
         sale.result = self._view(sale.result, h.at)
         return 0, sale.result
 
@@ -519,7 +626,8 @@ class RefTill:
                 plan[i] += k
                 want -= k
             if want > 0:
-                return 400, None  # more than was bought
+                # more than was bought: a precondition (docs/INTEGRATION.md's error table)
+                return 412, None
         returned = taken = 0
         for i, sl in enumerate(sale.lines):
             if plan[i] == 0:
@@ -528,22 +636,39 @@ class RefTill:
             returned += floor(sl["p"] * r1 / q) - floor(sl["p"] * r0 / q)
             taken += floor(sl["e"] * r1 / q) - floor(sl["e"] * r0 / q)
             sl["returned"] = r1
-        if sale.extra and not sale.extra_taken and all(sl["returned"] == sl["qty"] for sl in sale.lines):
+        if (
+            sale.extra
+            and not sale.extra_taken
+            and all(sl["returned"] == sl["qty"] for sl in sale.lines)
+        ):
             taken += sale.extra
             sale.extra_taken = True
         if sale.unknown:  # CONTRACT §6: the till does not know that customer's balance
-            res = {"refundId": fid, "receiptId": sale.rid, "returnedPoints": returned,
-                   "takenBackPoints": taken, "balance": None, "negativeBalance": False}
+            res = {
+                "refundId": fid,
+                "receiptId": sale.rid,
+                "returnedPoints": returned,
+                "takenBackPoints": taken,
+                "balance": None,
+                "negativeBalance": False,
+            }
             self.refunds[fid] = (body, res)
             return 0, res
         self.ledger.advance(at)
         self.ledger.give_back(sale.takes, returned, at)
         self.ledger.take_back(sale, taken, at)
         bal = self.ledger.balance(at)
-        res = {"refundId": fid, "receiptId": sale.rid, "returnedPoints": returned,
-               "takenBackPoints": taken,
-               "balance": {"availablePoints": bal["availablePoints"], "pendingPoints": bal["pendingPoints"]},
-               "negativeBalance": bal["availablePoints"] < 0}
+        res = {
+            "refundId": fid,
+            "receiptId": sale.rid,
+            "returnedPoints": returned,
+            "takenBackPoints": taken,
+            "balance": {
+                "availablePoints": bal["availablePoints"],
+                "pendingPoints": bal["pendingPoints"],
+            },
+            "negativeBalance": bal["availablePoints"] < 0,
+        }
         self.refunds[fid] = (body, res)
         return 0, res
 
@@ -556,7 +681,10 @@ class RefTill:
 
 def _same_refund(a: dict[str, Any], b: dict[str, Any]) -> bool:
     def norm(d: dict[str, Any]) -> Any:
-        return (d["receiptId"], datetime.fromisoformat(d["at"]),
-                [(ln["sku"], Fraction(ln["qty"])) for ln in d["lines"]])
+        return (
+            d["receiptId"],
+            datetime.fromisoformat(d["at"]),
+            [(ln["sku"], Fraction(ln["qty"])) for ln in d["lines"]],
+        )
 
     return bool(norm(a) == norm(b))
