@@ -522,7 +522,7 @@ class RefTill:
         rid = receipt["receiptId"]
         if rid in self.sales:
             s = self.sales[rid]
-            return (0, s.result) if s.request == receipt else (409, None)
+            return (0, s.result) if _norm(s.request) == _norm(receipt) else (409, None)
         if rid in self.holds or rid in self.cancelled:
             return 409, None  # another body; the generator sends no cancelled one
         at = datetime.fromisoformat(receipt["at"])
@@ -677,6 +677,12 @@ class RefTill:
 
         shadow = copy.deepcopy(self.ledger)  # asking changes nothing
         return shadow.balance(at)
+
+
+def _norm(d: dict[str, Any]) -> Any:
+    """A request as CONTRACT §11 compares it: `at` as the moment it names, quantities by value."""
+    lines = [{**ln, "qty": Fraction(ln["qty"])} for ln in d["lines"]]
+    return {**d, "at": datetime.fromisoformat(d["at"].replace("Z", "+00:00")), "lines": lines}
 
 
 def _same_refund(a: dict[str, Any], b: dict[str, Any]) -> bool:

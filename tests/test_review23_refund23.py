@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,17 @@ WORLDS = [
 def qty_text(thousandths: int) -> str:
     whole, frac = divmod(thousandths, 1000)
     return str(whole) if frac == 0 else f"{whole}.{frac:03d}".rstrip("0")
+
+
+def respelt(body: dict[str, Any]) -> dict[str, Any]:
+    """The same request spelt otherwise: its time in UTC, quantities with 3 decimals
+    (CONTRACT §11: compared by value, `at` as the moment it names)."""
+    at = datetime.fromisoformat(body["at"]).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    lines = [
+        dict(ln, qty=f"{Fraction(ln['qty']).numerator / Fraction(ln['qty']).denominator:.3f}")
+        for ln in body["lines"]
+    ]
+    return dict(body, at=at, lines=lines)
 
 
 def make_customer(rng: random.Random, idx: int) -> Customer:
@@ -169,7 +180,8 @@ def make_history(
             steps.append({"cmd": "checkout", "body": r})
             note_sale(r)
             if rng.random() < 0.1:
-                steps.append({"cmd": "checkout", "body": r})  # a retry: the stored result
+                # a retry: the stored result (its time and quantities maybe spelt otherwise)
+                steps.append({"cmd": "checkout", "body": respelt(r) if rng.random() < 0.5 else r})
             elif rng.random() < 0.05:
                 other = dict(r, redeemPoints=r["redeemPoints"] + 1)
                 steps.append({"cmd": "checkout", "body": other})  # another body: a conflict
@@ -234,7 +246,10 @@ def make_history(
         elif roll < 0.84 and refunds:
             first = rng.choice(refunds)
             if rng.random() < 0.6:
-                steps.append({"cmd": "refund", "body": first})  # same body: the first result
+                # same body (maybe spelt otherwise): the first result
+                steps.append(
+                    {"cmd": "refund", "body": respelt(first) if rng.random() < 0.5 else first}
+                )
             else:
                 other = dict(first, lines=[{"sku": first["lines"][0]["sku"], "qty": "0.001"}])
                 steps.append({"cmd": "refund", "body": other})  # another body: a conflict
