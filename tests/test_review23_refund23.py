@@ -696,7 +696,7 @@ def test_the_hub_agrees_on_an_exchange_in_one_minute() -> None:
     _play(
         0,
         [(300, 240)],
-        30,
+        3,
         0,
         [("sale", 1, 100_000, -1), ("refund", 24, 0, 0), ("sale", 0, 200_000, -1)],
         start,
