@@ -58,6 +58,8 @@ WORLDS = [
     World(pv=50, max_pct=100, extra=40, extra_min=0, offline_limit=100000),
     World(max_pct=100, lifetime=2, offline_limit=100000, extra=10, extra_min=5000),
     World(delay=3, max_pct=50, pct_off=15, offline_limit=200),
+    World(lifetime=1, max_pct=100, offline_limit=100000, extra=5, extra_min=0),
+    World(delay=1, lifetime=1, max_pct=100, offline_limit=100000),
 ]
 
 
