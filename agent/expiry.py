@@ -4,8 +4,8 @@ A customer's points are batches: the parts of the snapshot's `balancePoints` tha
 (`expiring`), the rest (never expires), the snapshot's `pending` entries and this till's
 own earned points (each spendable from its activation time, and expiring
 `pointsLifetimeDays` later at the same local clock time). This till's movements not yet
-counted by the hub are replayed in time order, a sale before a refund at the same time,
-then in commit order (`ledger.balance`; the hub's order too):
+counted by the hub are replayed in time order, then in commit order (`ledger.balance`;
+the hub's order too):
 
 - a sale's spending takes the batches spendable at the sale's `at` that expire soonest
   first (those that never expire last); what no batch covers is a debt that counts at once;

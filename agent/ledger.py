@@ -490,11 +490,14 @@ def balance(
             " WHERE p.customer_id = ? AND p.device_id = ? AND p.seq > ?",
             (customer.id, device_id, seq),
         ).fetchall()
-    # In time order, a sale before a refund at the same time, then as written: the order
-    # the hub replays the same transactions in (`sync.hub_rules._wallet`), so which batch
-    # a spend takes, and when the rest expires, is the same on both (in the order written,
-    # a hold confirmed after later receipts spent other batches here than at the hub).
-    rows.sort(key=lambda row: (_moved_at(row[7], at), bool(row[6]), int(row[0])))
+    # In time order, then as written (a refund is always written after its sale): the
+    # order the hub replays the same transactions in (`sync.hub_rules._wallet`), so which
+    # batch a spend takes, and when the rest expires, is the same on both (in the order
+    # written, a hold confirmed after later receipts spent other batches here than at the
+    # hub). At one time it is the order the calls came in: an exchange (a refund, then a
+    # sale in the same minute spending the points it gave back) was replayed "a sale
+    # before a refund", and the new sale's own points paid a debt it never had.
+    rows.sort(key=lambda row: (_moved_at(row[7], at), int(row[0])))
     assert program is not None
     moves = tuple(_movement(row, at) for row in rows)
     points = _points(_wallet(customer, moves, program), at, program)

@@ -1013,8 +1013,8 @@ def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wal
     """A customer's points as batches, by the till's rule (`agent.expiry.wallet_of`, the
     contract §16): the row's `balancePoints` with its `expiring` parts and its `pending`
     entries, then the counted moves as the till's movements, each naming its receipt:
-    sales' earned points pending until their activation time, then in time order (a sale
-    before a refund at the same time), as the till does, each sale's spend (taking the
+    sales' earned points pending until their activation time, then in time order (at the
+    same time in the order stored), as the till does, each sale's spend (taking the
     batches not expired at its time, soonest first) and its points earned at once (a
     batch from its `at`), and each refund's points given back (to the batches its sale
     took them from, the last taken first), taken back while pending (off the sale's own
@@ -1051,7 +1051,8 @@ def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wal
                 expires = expiry_time(at, lifetime, zone)
                 out.append(Movement("earn", earned, receipt, at, False, at, expires))
         timed.append((at, refund, out))
-    in_order = [m for *_, out in sorted(timed, key=lambda group: group[:2]) for m in out]
+    # in time order, then as stored (a till's transactions in the order it wrote them)
+    in_order = [m for *_, out in sorted(timed, key=lambda group: group[0]) for m in out]
     return wallet_of(
         int(doc.get("balancePoints", 0)),
         [(int(e["points"]), _timestamp(e["expiresAt"])) for e in doc.get("expiring", [])],
