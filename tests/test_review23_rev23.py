@@ -1,0 +1,29 @@
+"""Review 23 (rev23): a second look at this session's change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .conftest import CLI
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_an_unknown_snapshot_field_nested_deep_is_left_out_not_an_internal_error(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """A field the contract does not define holding a value nested some hundreds deep
+    (within what the JSON reader takes): the copy without it was made by `deepcopy` of
+    the whole document, which ran out of recursion ("internal error", exit 1)."""
+    doc = json.loads((EXAMPLES / "snapshot.json").read_text(encoding="utf-8"))
+    text = json.dumps(doc, ensure_ascii=False)
+    deep = "[" * 600 + "]" * 600
+    assert text.count('"customers": [{') == 1
+    text = text.replace('"customers": [{', '"customers": [{"zz": ' + deep + ", ", 1)
+    path = tmp_path / "deep.json"
+    path.write_text(text, encoding="utf-8")
+    loaded = cli("snapshot", "load", path, "--json")
+    assert loaded.code == 0, loaded.err
+    assert json.loads(loaded.out)["version"] == 7
+    assert "customers[].zz" in loaded.err and "internal error" not in loaded.err
