@@ -41,4 +41,5 @@ def test_the_warning_naming_unknown_fields_is_one_bounded_line(cli: CLI, tmp_pat
     assert loaded.err.startswith("tillpoint: warning: ") and loaded.err.count("\n") == 1
     assert "\x1b" not in loaded.err and "\u2028" not in loaded.err
     assert len(loaded.err) < 2000
-    assert "customers[].x\\ny" in loaded.err and "they count once the till is upgraded" in loaded.err
+    assert "customers[].x\\ny" in loaded.err
+    assert loaded.err.rstrip().endswith("they count once the till is upgraded")
