@@ -33,7 +33,7 @@ from .db import (
     switch_cache,
     write_transaction,
 )
-from .errors import InputError, SnapshotRefused, StorageError
+from .errors import InputError, SnapshotRefused, StorageError, one_line
 from .identify import normalise, phone_key
 from .models import (
     LINE_KINDS,
@@ -98,8 +98,10 @@ class CacheInfo:
 
 
 def ignored_note(ignored: Sequence[str], shown: int = 10) -> str:
-    """What a snapshot's load says of the fields and sections it left out."""
-    names = ", ".join(ignored[:shown]) + (
+    """What a snapshot's load says of the fields and sections it left out, on one line:
+    the names are the snapshot's own keys (a line break, a terminal's escape sequence or
+    a key of any length written as `one_line` writes a message, each cut to 80)."""
+    names = ", ".join(_short(one_line(name)) for name in ignored[:shown]) + (
         f" and {len(ignored) - shown} more" if len(ignored) > shown else ""
     )
     return (
@@ -107,6 +109,10 @@ def ignored_note(ignored: Sequence[str], shown: int = 10) -> str:
         f" stored): {names}. A misspelt one: mend the snapshot and load it again; a newer"
         f" hub's: they count once the till is upgraded"
     )
+
+
+def _short(name: str, most: int = 80) -> str:
+    return name if len(name) <= most else f"{name[: most - 1]}…"
 
 
 def phone_index(phone: str, secret: bytes) -> str:

@@ -1026,20 +1026,33 @@ def without_unknown(data: Any, exc: ValidationError, ignored: set[str], prefix: 
     ]
     if not unknown:
         return None
-    import copy
-
-    cleaned = copy.deepcopy(data)
+    # Only the objects and lists on the way to an unknown field are copied (the caller's
+    # document is left as it is): not `deepcopy`, whose recursion a value nested some
+    # hundreds deep (which the JSON reader takes) exhausted, and which copied all of a
+    # large snapshot for one unknown field.
+    cleaned = _shallow(data)
+    copies = {id(cleaned)}
     for path in unknown:
         node = cleaned
         for part in path[:-1]:
             if not _holds(node, part):
                 break
-            node = node[part]
+            child = node[part]
+            if id(child) not in copies:
+                child = node[part] = _shallow(child)
+                copies.add(id(child))
+            node = child
         else:
             if path and isinstance(node, dict) and path[-1] in node:
                 del node[path[-1]]
                 ignored.add(prefix + _field_path(path))
     return cleaned
+
+
+def _shallow(node: Any) -> Any:
+    if isinstance(node, dict):
+        return dict(node)
+    return list(node) if isinstance(node, list | tuple) else node
 
 
 def _holds(node: Any, part: int | str) -> bool:
