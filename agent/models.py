@@ -7,6 +7,7 @@ frozen so the pricing core can take them as plain values.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -1007,7 +1008,7 @@ def parse_snapshot_part(model: type[M], data: Any, what: str, ignored: set[str])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        cleaned = without_unknown(data, exc, ignored)
+        cleaned = without_unknown(data, exc, ignored, what)
         if cleaned is None:
             raise InputError(f"{what}: {describe(exc)}") from None
     try:
@@ -1016,9 +1017,13 @@ def parse_snapshot_part(model: type[M], data: Any, what: str, ignored: set[str])
         raise InputError(f"{what}: {describe(exc)}") from None
 
 
-def without_unknown(data: Any, exc: ValidationError, ignored: set[str], prefix: str = "") -> Any:
+def without_unknown(
+    data: Any, exc: ValidationError, ignored: set[str], what: str, prefix: str = ""
+) -> Any:
     """A copy of `data` without the fields `exc` refused as unknown (their paths added to
-    `ignored`, list indexes as `[]`); None when `exc` refused none (nothing to retry)."""
+    `ignored`, list indexes as `[]`); None when `exc` refused none (nothing to retry).
+    A name that is a near miss of one the contract defines (`balancePoint`,
+    `excludedFromLoyality`, `customer`) is a typo, not a newer hub's field: InputError."""
     unknown = [
         [part for part in error.get("loc", ()) if not _is_member(part)]
         for error in exc.errors(include_url=False)
@@ -1026,6 +1031,11 @@ def without_unknown(data: Any, exc: ValidationError, ignored: set[str], prefix: 
     ]
     if not unknown:
         return None
+    for path in unknown:
+        near = near_miss(path[-1]) if path and isinstance(path[-1], str) else None
+        if near is not None:
+            where = prefix.replace("[]", "") + _location(tuple(path))
+            raise InputError(f"{what}: {where} is not a known field (did you mean {near}?)")
     # Only the objects and lists on the way to an unknown field are copied (the caller's
     # document is left as it is): not `deepcopy`, whose recursion a value nested some
     # hundreds deep (which the JSON reader takes) exhausted, and which copied all of a
@@ -1047,6 +1057,35 @@ def without_unknown(data: Any, exc: ValidationError, ignored: set[str], prefix: 
                 del node[path[-1]]
                 ignored.add(prefix + _field_path(path))
     return cleaned
+
+
+def near_miss(name: str) -> str | None:
+    """The snapshot name (a field of any snapshot model, or a section) `name` is a likely
+    misspelling of: the same but for case, or a difflib ratio of at least 0.85 (a letter
+    added, dropped or swapped; a plural's `s`), and not that name with a number after it
+    (`phone2` is another field, not a typo); None when it is none's."""
+    import difflib
+
+    known = _snapshot_names()
+    if name in known:  # a name of another model's (`points` on a customer): not a typo
+        return None
+    for candidate in known:
+        if candidate.lower() == name.lower():
+            return candidate
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    if close and not (name.startswith(close[0]) and name[len(close[0]) :].isdigit()):
+        return close[0]
+    return None
+
+
+@functools.cache
+def _snapshot_names() -> tuple[str, ...]:
+    models: tuple[type[BaseModel], ...] = (
+        Snapshot, Program, Tier, Product, Category, Customer, PendingPoints,
+        ExpiringPoints, CardRecord, HourWindow, QuantityTier, Offer, Coupon, Removed,
+    )  # fmt: skip
+    names = {field.alias or name for model in models for name, field in model.model_fields.items()}
+    return tuple(sorted(names | set(ROW_MODELS)))
 
 
 def _shallow(node: Any) -> Any:

@@ -29,6 +29,7 @@ from .models import (
     Model,
     SnapshotHeader,
     describe,
+    near_miss,
     parse_snapshot_part,
     without_unknown,
 )
@@ -115,7 +116,13 @@ def _rows(
                     f" (one of {', '.join(ROW_MODELS)})"
                 )
             skipping = section not in ROW_MODELS
-            if skipping:  # a newer hub's: its rows are left out
+            if skipping:  # a newer hub's: its rows are left out; a typo's are refused
+                near = near_miss(section)
+                if near is not None:
+                    raise InputError(
+                        f"snapshot line {n}: section {section!r} is not a known section"
+                        f" (did you mean {near}?)"
+                    )
                 ignored.add(f"section {section}")
                 continue
             validate = ROW_MODELS[section].model_validate_json
@@ -147,7 +154,9 @@ def _known_fields_only(
     (what is stored); the refusal when that is not what was wrong."""
     if not any(error.get("type") == "extra_forbidden" for error in exc.errors()):
         raise InputError(f"{where}: {section}: {describe(exc)}") from None
-    cleaned = without_unknown(json.loads(text), exc, ignored, f"{section}[].")
+    cleaned = without_unknown(
+        json.loads(text), exc, ignored, f"{where}: {section}", f"{section}[]."
+    )
     text = json.dumps(cleaned, ensure_ascii=False, separators=(",", ":"))
     try:
         return validate(text), text

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+from tillpoint.agent.errors import InputError
 from tillpoint.agent.service import Agent
 
 from .conftest import CLI
@@ -31,7 +33,7 @@ def with_unknown_fields() -> dict[str, Any]:
     doc = snapshot()
     for customer in doc["customers"]:
         customer["lastName"] = SURNAME
-    doc["products"][0]["excludedFromLoyality"] = True  # a typo: named in the warning
+    doc["products"][0]["vatRate"] = "20"
     doc["program"]["loyaltyName"] = "Клуб"
     doc["stores"] = [{"id": "s1", "city": "Тверь"}]
     return doc
@@ -56,7 +58,7 @@ def test_unknown_snapshot_fields_are_left_out_named_and_never_stored(
     assert loaded.err.startswith("tillpoint: warning: ") and loaded.err.count("\n") == 1
     for name in (
         "customers[].lastName",
-        "products[].excludedFromLoyality",
+        "products[].vatRate",
         "program.loyaltyName",
         "stores",
     ):
@@ -93,7 +95,7 @@ def test_json_lines_leave_out_unknown_header_fields_and_sections(tmp_path: Path)
         assert info.version == 7
         assert info.ignored == (
             "customers[].lastName",
-            "products[].excludedFromLoyality",
+            "products[].vatRate",
             "program.loyaltyName",
             "section stores",
             "shard",
@@ -111,3 +113,44 @@ def test_receipts_and_the_hubs_import_still_refuse_unknown_fields(cli: CLI) -> N
     assert refused.code == 2 and "cashier is not a known field" in refused.err
     imported = cli("hub", "import", with_unknown_fields())
     assert imported.code == 2 and "stores is not a known section" in imported.err
+
+
+def test_a_near_miss_of_a_known_name_is_a_typo_and_refused(cli: CLI, tmp_path: Path) -> None:
+    """A name one letter, a case or a plural's `s` away from one the contract defines is
+    a typo (tobacco earning points, a balance of 0, a snapshot with no customers), not a
+    newer hub's field: refused as before, naming the field it resembles."""
+    assert cli("snapshot", "load", snapshot(), "--json").code == 0
+    for edit, said in (
+        (
+            lambda d: d["products"][0].update(excludedFromLoyality=True),
+            "products[0]."
+            "excludedFromLoyality is not a known field (did you mean excludedFromLoyalty?)",
+        ),
+        (lambda d: d["customers"][0].update(balancePoint=5), "did you mean balancePoints?"),
+        (lambda d: d.update(customer=d.pop("customers")), "customer is not a known field"),
+        (lambda d: d["offers"][0].update(validfrom="2026-11-01T00:00:00+03:00"), "validFrom?"),
+    ):
+        doc = snapshot()
+        doc["version"] = 8
+        edit(doc)
+        refused = cli("snapshot", "load", doc, "--json")
+        assert refused.code == 2 and refused.out == "" and said in refused.err, refused.err
+    assert cli("status", "--json").json()["cacheVersion"] == 7
+    # a name with a number after a known one is another field, not a typo
+    doc = snapshot()
+    doc["customers"][0]["phone2"] = "+79160000000"
+    loaded = cli("--data-dir", tmp_path / "other", "snapshot", "load", doc, "--json")
+    assert loaded.code == 0 and "customers[].phone2" in loaded.err
+
+
+def test_a_misspelt_json_lines_section_is_refused(tmp_path: Path) -> None:
+    doc = snapshot()
+    lines = [json.dumps({"format": "tillpoint.snapshot/jsonl", "version": 7})]
+    lines.append(json.dumps({"section": "customer"}))
+    lines += [json.dumps(row, ensure_ascii=False) for row in doc["customers"]]
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        with pytest.raises(InputError, match=r"line 2: section 'customer' .*customers\?"):
+            agent.load_snapshot_lines(line + "\n" for line in lines)
+    finally:
+        agent.close()
