@@ -1117,7 +1117,8 @@ class HubHealth(health.HealthServicer):
         if request.service not in ("", HUB_SERVICE) or self._stopping:
             return super().Check(request, context)
         try:
-            self._store.latest()
+            with self._store.pinned(context.time_remaining()):  # no longer than the check's
+                self._store.latest()
             serving = True
         except TillpointError as exc:
             log.info("health check: the store does not answer: %s", exc.message)
