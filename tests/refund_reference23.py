@@ -1,7 +1,7 @@
 """A clean-room reference of one customer's points over a history of calls (review 23).
 
-Written from SPEC.md §2, §3, §5, §6, §11, §16 (and the written decisions of
-docs/CONTRACT.md where the spec is silent, named at each place) before reading the
+Written from the contract's rules (docs/CONTRACT.md §2, §3, §5, §6, §11, §16, and its
+decisions where the rules are silent, named at each place) before reading the
 product's refund, ledger or expiry code. It models one till, one customer per history,
 offline: checkouts with redemption, holds confirmed, cancelled or left open, partial
 refunds over several calls of lines that share a SKU, pending points
