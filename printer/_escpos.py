@@ -11,7 +11,9 @@ output:
 
 So nothing in tillpoint imports ``escpos`` at module level. :func:`load` imports it once, on
 demand, with stdout sent to stderr, the pickle directed to a per-user cache directory, the
-temporary directory not created, and the root logger left as it was.
+temporary directory not created, and the root logger left as it was. escpos writes that
+pickle in place, so the import holds an flock on the directory (another process read a
+half-written file), and a pickle cut short (a process killed mid-write) is written again.
 
 Rendering never reaches the library's other ``print()`` calls: tillpoint always fills in the
 profile's media width and dpi and calls the hardware barcode routine directly (see
@@ -23,12 +25,16 @@ print worker's thread would swallow whatever the main thread writes at that mome
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import logging
 import os
+import pickle
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -52,6 +58,44 @@ def cache_dir() -> Path | None:
     except OSError:
         return None
     return path if os.access(path, os.W_OK) else None
+
+
+_MODULES = ("escpos", "escpos.capabilities", "escpos.constants", "escpos.printer")
+LOCK_WAIT_S = 10.0
+
+
+def _import_all() -> None:
+    for name in _MODULES:
+        importlib.import_module(name)
+
+
+@contextlib.contextmanager
+def _cache_lock(target: Path | None) -> Iterator[None]:
+    """Hold an flock on the cache directory while escpos reads or writes its pickle: it
+    writes the file in place, and another process importing it at that moment (a CLI
+    command while `run` starts, two agents on one machine) read it half written
+    (EOFError). Waits at most LOCK_WAIT_S, then goes on without it."""
+    if target is None:
+        yield
+        return
+    try:
+        fd = os.open(target / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def load() -> ModuleType:
@@ -83,9 +127,14 @@ def load() -> ModuleType:
             if target is not None and env_before is None:
                 os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"] = str(target)
             tempfile.mkdtemp = quiet_mkdtemp  # type: ignore[assignment]
-            with contextlib.redirect_stdout(sys.stderr):
-                for name in ("escpos", "escpos.capabilities", "escpos.constants", "escpos.printer"):
-                    importlib.import_module(name)
+            with contextlib.redirect_stdout(sys.stderr), _cache_lock(target):
+                try:
+                    _import_all()
+                except (EOFError, pickle.UnpicklingError, ValueError, TypeError):
+                    # a pickle cut short (a process killed while writing it): written again
+                    for stale in target.glob("*.capabilities.pickle") if target else ():
+                        stale.unlink(missing_ok=True)
+                    _import_all()
         finally:
             tempfile.mkdtemp = real_mkdtemp
             if env_before is None:  # read at import; do not leak it into child processes
