@@ -96,12 +96,18 @@ class CacheInfo:
     # fields and sections the contract does not define, left out ("customers[].lastName")
     ignored: tuple[str, ...] = ()
 
+    def naming(self, ignored: Collection[str]) -> CacheInfo:
+        """This, naming what the load left out (sorted), when it left out anything."""
+        return replace(self, ignored=tuple(sorted(ignored))) if ignored else self
+
 
 def ignored_note(ignored: Sequence[str], shown: int = 10) -> str:
     """What a snapshot's load says of the fields and sections it left out, on one line:
     the names are the snapshot's own keys (a line break, a terminal's escape sequence or
     a key of any length written as `one_line` writes a message, each cut to 80)."""
-    names = ", ".join(_short(one_line(name)) for name in ignored[:shown]) + (
+    from .config import shorten  # the one "cut with an ellipsis"; config only when warning
+
+    names = ", ".join(shorten(one_line(name), 79) for name in ignored[:shown]) + (
         f" and {len(ignored) - shown} more" if len(ignored) > shown else ""
     )
     return (
@@ -109,10 +115,6 @@ def ignored_note(ignored: Sequence[str], shown: int = 10) -> str:
         f" stored): {names}. A misspelt one: mend the snapshot and load it again; a newer"
         f" hub's: they count once the till is upgraded"
     )
-
-
-def _short(name: str, most: int = 80) -> str:
-    return name if len(name) <= most else f"{name[: most - 1]}…"
 
 
 def phone_index(phone: str, secret: bytes) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import itertools
 import json
 import mmap
@@ -224,8 +223,7 @@ def build(
     def make(tmp: Path) -> cache_mod.CacheInfo:
         return _make(data_dir, source, offset, plan, tmp, header, now, timeout, ignored)
 
-    loaded = cache_mod.apply(data_dir, header, (), now, phone_secret(data_dir), make)
-    return dataclasses.replace(loaded, ignored=tuple(sorted(ignored))) if ignored else loaded
+    return cache_mod.apply(data_dir, header, (), now, phone_secret(data_dir), make).naming(ignored)
 
 
 def _header_and_plan(

@@ -7,7 +7,6 @@ the clock, the data directory and the hub's redemption authoriser are injected.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import io
@@ -321,7 +320,7 @@ class Agent:
         not define are left out and named in the answer's `ignored`."""
         ignored: set[str] = set()
         snap = parse_snapshot_part(Snapshot, data, "snapshot", ignored)
-        return _naming(self._apply(snap.header, cache_mod.rows_of(snap)), ignored)
+        return self._apply(snap.header, cache_mod.rows_of(snap)).naming(ignored)
 
     def load_snapshot_lines(self, lines: Iterable[bytes | str]) -> cache_mod.CacheInfo:
         """Apply a snapshot streamed as JSON Lines (see `snapshot_stream`), row by row."""
@@ -329,7 +328,7 @@ class Agent:
 
         ignored: set[str] = set()
         header, rows = read_lines(lines, ignored)
-        return _naming(self._apply(header, rows), ignored)
+        return self._apply(header, rows).naming(ignored)
 
     def load_snapshot_file(
         self, path: Path, offset: int = 0, length: int | None = None
@@ -1746,10 +1745,6 @@ READERS_KEPT = 2
 READER_CACHE_KIB = 512
 # The writer's ledger page cache (KiB): a commit appends at the right edges of its tables.
 WRITER_CACHE_KIB = 1024
-
-
-def _naming(info: cache_mod.CacheInfo, ignored: set[str]) -> cache_mod.CacheInfo:
-    return dataclasses.replace(info, ignored=tuple(sorted(ignored))) if ignored else info
 
 
 def _close_reader(live: LiveCache, reads: sqlite3.Connection) -> None:
