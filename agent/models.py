@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -1008,33 +1009,36 @@ def parse_snapshot_part(model: type[M], data: Any, what: str, ignored: set[str])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        cleaned = without_unknown(data, exc, ignored, what)
-        if cleaned is None:
+        unknown = unknown_fields(exc)
+        if not unknown:
             raise InputError(f"{what}: {describe(exc)}") from None
+        cleaned = without_unknown(data, unknown, ignored, what)
     try:
         return model.model_validate(cleaned)
     except ValidationError as exc:
         raise InputError(f"{what}: {describe(exc)}") from None
 
 
-def without_unknown(
-    data: Any, exc: ValidationError, ignored: set[str], what: str, prefix: str = ""
-) -> Any:
-    """A copy of `data` without the fields `exc` refused as unknown (their paths added to
-    `ignored`, list indexes as `[]`); None when `exc` refused none (nothing to retry).
-    A name that is a near miss of one the contract defines (`balancePoint`,
-    `excludedFromLoyality`, `customer`) is a typo, not a newer hub's field: InputError."""
-    unknown = [
+def unknown_fields(exc: ValidationError) -> list[list[int | str]]:
+    """The paths of the fields `exc` refused as unknown (none: it refused something else)."""
+    return [
         [part for part in error.get("loc", ()) if not _is_member(part)]
         for error in exc.errors(include_url=False)
         if error.get("type") == "extra_forbidden"
     ]
-    if not unknown:
-        return None
+
+
+def without_unknown(
+    data: Any, unknown: list[list[int | str]], ignored: set[str], what: str, prefix: str = ""
+) -> Any:
+    """A copy of `data` without the `unknown` fields (`unknown_fields`; their paths added
+    to `ignored`, list indexes as `[]`). A name that is a near miss of one the contract
+    defines (`balancePoint`, `excludedFromLoyality`, `customer`) is a typo, not a newer
+    hub's field: InputError."""
     for path in unknown:
         near = near_miss(path[-1]) if path and isinstance(path[-1], str) else None
         if near is not None:
-            where = prefix.replace("[]", "") + _location(tuple(path))
+            where = prefix.replace("[]", "") + _location(path)
             raise InputError(f"{what}: {where} is not a known field (did you mean {near}?)")
     # Only the objects and lists on the way to an unknown field are copied (the caller's
     # document is left as it is): not `deepcopy`, whose recursion a value nested some
@@ -1055,7 +1059,7 @@ def without_unknown(
         else:
             if path and isinstance(node, dict) and path[-1] in node:
                 del node[path[-1]]
-                ignored.add(prefix + _field_path(path))
+                ignored.add(prefix + _location(path, any_index=True))
     return cleaned
 
 
@@ -1098,13 +1102,6 @@ def _holds(node: Any, part: int | str) -> bool:
     if isinstance(node, dict):
         return isinstance(part, str) and part in node
     return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-
-
-def _field_path(path: list[int | str]) -> str:
-    out = ""
-    for part in path:
-        out += "[]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _without_nulls(value: Any) -> Any:
@@ -1175,11 +1172,13 @@ def _is_member(part: int | str) -> bool:
     )
 
 
-def _location(loc: tuple[int | str, ...] | Any) -> str:
+def _location(loc: Sequence[int | str] | Any, *, any_index: bool = False) -> str:
+    """A field's place as a person reads it: `customers[0].phone`, or `customers[].phone`
+    (`any_index`: the same field in any row, as a warning names it once)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
-            out += f"[{part}]"
+            out += "[]" if any_index else f"[{part}]"
         elif isinstance(part, str) and not part.startswith("function-"):
             out += f".{part}" if out else part
     return out

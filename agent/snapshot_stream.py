@@ -31,6 +31,7 @@ from .models import (
     describe,
     near_miss,
     parse_snapshot_part,
+    unknown_fields,
     without_unknown,
 )
 
@@ -152,10 +153,11 @@ def _known_fields_only(
 ) -> tuple[Model, str]:
     """The row validated again without the fields `exc` found unknown, and its text so
     (what is stored); the refusal when that is not what was wrong."""
-    if not any(error.get("type") == "extra_forbidden" for error in exc.errors()):
+    unknown = unknown_fields(exc)
+    if not unknown:
         raise InputError(f"{where}: {section}: {describe(exc)}") from None
     cleaned = without_unknown(
-        json.loads(text), exc, ignored, f"{where}: {section}", f"{section}[]."
+        json.loads(text), unknown, ignored, f"{where}: {section}", f"{section}[]."
     )
     text = json.dumps(cleaned, ensure_ascii=False, separators=(",", ":"))
     try:
