@@ -5,11 +5,26 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 
 from .db import owner_hint
 from .errors import InputError, Refused, StorageError
+
+
+def flock_within(fd: int, wait_s: float, step_s: float = 0.05) -> bool:
+    """Take an exclusive flock on `fd`, trying every `step_s` until `wait_s` has passed
+    (flock itself has no timeout); whether it was taken. Closing `fd` releases it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(step_s)
 
 
 class DataDirLock:

@@ -25,7 +25,6 @@ print worker's thread would swallow whatever the main thread writes at that mome
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import logging
 import os
@@ -33,11 +32,12 @@ import pickle
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
+
+from tillpoint.agent.lock import flock_within
 
 __all__ = ["cache_dir", "load"]
 
@@ -84,15 +84,7 @@ def _cache_lock(target: Path | None) -> Iterator[None]:
         yield
         return
     try:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(0.01)
+        flock_within(fd, LOCK_WAIT_S, step_s=0.01)  # not taken in time: on without it
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -47,6 +46,7 @@ from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import InputError, SnapshotCorrupted, TillpointError, UnreadableFile
 from tillpoint.agent.ledger import open_ledger
+from tillpoint.agent.lock import flock_within
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import signing
@@ -221,17 +221,8 @@ def file_lock(path: Path, wait_s: float) -> Iterator[None]:
     """An exclusive lock between the service and `tillpoint sync now` on the same till."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise SyncBusy(
-                        f"another sync of this till is running ({path.name} is locked)"
-                    ) from None
-                time.sleep(0.05)
+        if not flock_within(fd, wait_s):
+            raise SyncBusy(f"another sync of this till is running ({path.name} is locked)")
         yield
     finally:
         os.close(fd)
