@@ -429,9 +429,11 @@ def _customer_doc(row: Customer, raw: str | None) -> str:
     The row's own JSON text is stored as it came when it cannot carry a phone: the model
     found none, and the text has no `"phone"` anywhere and no backslash (so no key with an
     escape spelling "phone", and no duplicate phone key whose first value the model did
-    not keep). A text with one phone is stored with that member cut out (`_without_phone`);
-    only a text it cannot be sure of is written again from the model (a pydantic dump)."""
-    if raw is not None and "\\" not in raw:
+    not keep). A text with one phone is stored with that member cut out (`_without_phone`).
+    A text saying a key twice (the model keeps the last value, the text both) is written
+    again: its first value, never validated, could be anything (a surname). So is any
+    other text it cannot be sure of (a pydantic dump of the model)."""
+    if raw is not None and "\\" not in raw and _keys_in(raw) == _keys_given(row):
         if row.phone is None:
             if '"phone"' not in raw:
                 return raw
@@ -440,6 +442,18 @@ def _customer_doc(row: Customer, raw: str | None) -> str:
             if cut is not None:
                 return cut
     return row.model_dump_json(by_alias=True, exclude={"phone"})
+
+
+def _keys_in(raw: str) -> int:
+    """The keys a JSON text with no backslash says: its colons outside strings (every `"`
+    delimits one)."""
+    return sum(part.count(":") for part in raw.split('"')[::2])
+
+
+def _keys_given(row: Customer) -> int:
+    """The keys the model read: each object's fields given, the nested ones' too."""
+    nested = sum(len(part.model_fields_set) for part in (*row.pending, *row.expiring))
+    return len(row.model_fields_set) + nested
 
 
 _JSON_BLANKS = " \t\n\r"

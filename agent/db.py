@@ -27,6 +27,8 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,37 +370,85 @@ class LiveCache:
     switched in (by this process or another, say `tillpoint snapshot load`).
 
     `connection()` costs a readlink and a stat; after a switch it opens the new generation
-    and closes the old connection. Call it with the agent's lock held."""
+    and closes the old connection. Call it with the agent's lock held.
 
-    def __init__(self, data_dir: Path, cache_kib: int | None = None) -> None:
+    A generation this release cannot open (a later release's `snapshot load` during an
+    upgrade in place, a file being replaced) leaves the connection on the one it reads,
+    tried again after `RETRY_S`, and said once. A new connection given `fallback` (the
+    generation the agent reads) starts there when the current one is refused, so every
+    call of the agent prices from the same data rather than some refused."""
+
+    RETRY_S = 10.0
+
+    def __init__(
+        self, data_dir: Path, cache_kib: int | None = None, *, fallback: Path | None = None
+    ) -> None:
         """`cache_kib`: the connection's page cache (SQLite's default: 2,000 KiB)."""
         self.data_dir = Path(data_dir)
         self.cache_kib = cache_kib
         self._dir = str(self.data_dir)
         self._identity = cache_identity(self._dir)  # before opening: never misses a switch
-        self._conn = self._open()
+        self._refused: tuple[str | None, int, int] | None = None
+        self._retry_at = 0.0
+        try:
+            self._conn = self._open()
+        except StorageError as exc:
+            if fallback is None:
+                raise
+            try:
+                self._conn = self._open(fallback)
+            except StorageError:
+                raise exc from None
+            self._refuse(self._identity, exc)
+        self.path = file_of(self._conn)
 
-    def _open(self) -> sqlite3.Connection:
-        conn = open_cache(self.data_dir)
+    def _open(self, path: Path | None = None) -> sqlite3.Connection:
+        if path is None:
+            conn = open_cache(self.data_dir)
+        else:  # a generation by its own name: it exists and was migrated when first read
+            conn = connect(path, create=False)
+            try:
+                migrate(conn, cache_migrations)
+            except BaseException:
+                conn.close()
+                raise
         if self.cache_kib is not None:
             conn.execute(f"PRAGMA cache_size = -{int(self.cache_kib)}")
         return conn
 
     def connection(self) -> sqlite3.Connection:
         now = cache_identity(self._dir)
-        if now != self._identity:
+        if now != self._identity and (now != self._refused or time.monotonic() >= self._retry_at):
             try:
                 fresh = self._open()
-            except StorageError:
-                log.warning("the new cache generation could not be opened; reading the old one")
+            except StorageError as exc:
+                self._refuse(now, exc)
                 return self._conn
             old, self._conn, self._identity = self._conn, fresh, now
+            self.path, self._refused = file_of(fresh), None
             with contextlib.suppress(sqlite3.Error):
                 old.close()
         return self._conn
 
+    def _refuse(self, identity: tuple[str | None, int, int], exc: StorageError) -> None:
+        self._refused, self._retry_at = identity, time.monotonic() + self.RETRY_S
+        with _REFUSALS_LOCK:
+            if identity in _REFUSALS_SAID:
+                return
+            if len(_REFUSALS_SAID) >= 16:
+                _REFUSALS_SAID.clear()
+            _REFUSALS_SAID.add(identity)
+        log.warning(
+            "the new cache generation cannot be read; pricing from the one before: %s", exc.message
+        )
+
     def close(self) -> None:
         self._conn.close()
+
+
+# The refused generations already said in the log (`LiveCache._refuse`), by identity.
+_REFUSALS_SAID: set[tuple[str | None, int, int]] = set()
+_REFUSALS_LOCK = threading.Lock()
 
 
 def new_generation(data_dir: Path, version: int) -> tuple[Path, Path]:

@@ -1694,7 +1694,10 @@ class Agent:
             if reader is None:
                 reads = connect(ledger.ledger_path(self.data_dir), create=False)
                 reads.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
-                reader = (LiveCache(self.data_dir, READER_CACHE_KIB), reads)
+                reader = (
+                    LiveCache(self.data_dir, READER_CACHE_KIB, fallback=self._live.path),
+                    reads,
+                )
             live, reads = reader
             try:
                 with CacheView.reading(live.connection(), self._secret, self._memo) as view:

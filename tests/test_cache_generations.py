@@ -300,3 +300,37 @@ def test_a_reader_on_a_deleted_generation_keeps_its_file_and_leaves_nothing(
     current.close()
     assert agent.status().cache_version == 3
     agent.close()
+
+
+def test_a_generation_a_later_release_wrote_is_tried_again_only_after_a_while(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During an upgrade in place, the new release's `snapshot load` can switch in a
+    generation the running (older) agent cannot read. The agent keeps pricing from the
+    generation it has and says why once, instead of opening the new file again (and
+    logging a warning) on every call of a till's day."""
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        current = cache_file(tmp_path / "data")
+        later = current.with_name("cache-2-0badcafe.db")
+        shutil.copy(current, later)
+        conn = sqlite3.connect(later)
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+            " SELECT migration_set, 'm099_from_a_later_release', '2027-01-01'"
+            " FROM _sqlite_migrations LIMIT 1"
+        )
+        conn.commit()
+        conn.close()
+        os.symlink(later.name, tmp_path / "data" / "next.link")
+        os.replace(tmp_path / "data" / "next.link", tmp_path / "data" / "cache.db")
+        with caplog.at_level("WARNING", logger="tillpoint"):
+            for i in range(50):
+                assert agent.quote(receipt_from_json(receipt(f"later-{i}"))).total_minor > 0
+        warned = [r.getMessage() for r in caplog.records if "generation" in r.getMessage()]
+        assert len(warned) == 1, warned
+        assert "m099_from_a_later_release" in warned[0]
+        assert agent.status().cache_version == 1
+    finally:
+        agent.close()

@@ -154,3 +154,32 @@ def test_a_misspelt_json_lines_section_is_refused(tmp_path: Path) -> None:
             agent.load_snapshot_lines(line + "\n" for line in lines)
     finally:
         agent.close()
+
+
+def test_a_customer_row_repeating_a_key_is_stored_without_its_first_value(
+    tmp_path: Path,
+) -> None:
+    """A row saying `firstName` twice is read as its last value (as JSON readers do); its
+    text, holding both, is not what the till stores: the first value (a surname, here) is
+    data pricing does not need (CONTRACT §3, personal data on the till)."""
+    doc = snapshot()
+    sections = ("categories", "products", "customers", "cards", "offers")
+    head = {k: v for k, v in doc.items() if k not in sections}
+    lines = [json.dumps({"format": "tillpoint.snapshot/jsonl", **head})]
+    for section in sections:
+        lines.append(json.dumps({"section": section}))
+        for row in doc[section]:
+            text = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+            if section == "customers":
+                text = text.replace('{"id"', f'{{"firstName":"{SURNAME}","id"', 1)
+                text = text.replace("}", f',"pending":[{{"points":"{SURNAME}x","points":5,'
+                                    '"activatesAt":"2026-11-01T00:00:00Z"}]}', 1)
+            lines.append(text)
+    assert sum(SURNAME in line for line in lines) == len(doc["customers"])
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        agent.load_snapshot_lines(line + "\n" for line in lines)
+        assert agent.identify("2770000000017").first_name == "Анна"
+    finally:
+        agent.close()
+    assert SURNAME.encode() not in stored_bytes(tmp_path / "till")
