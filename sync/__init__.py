@@ -47,12 +47,17 @@ def refuse_plain_if_enrolled(data_dir: Path) -> None:
 # Where an enrolled till keeps its enrolment (`pki.install_bundle` writes it).
 ENROLLMENT_DIR = "enrollment"
 ENROLLMENT_FILE = "enrollment.json"
+# Names a set of key files being replaced (`pki._write_set`): present, the set is committed.
+SET_JOURNAL = ".replacing.json"
 
 
 def is_enrolled(data_dir: Path) -> bool:
     """The enrolment marker: a till with ``enrollment/enrollment.json`` belongs to a hub.
-    A stat, nothing imported: a standalone till's local CLI call asks it every time."""
-    return (Path(data_dir) / ENROLLMENT_DIR / ENROLLMENT_FILE).is_file()
+    A stat, nothing imported: a standalone till's local CLI call asks it every time. An
+    install a crash interrupted after its commit point (`pki.SET_JOURNAL`) is enrolled
+    too: `pki.load_enrollment` finishes it."""
+    root = Path(data_dir) / ENROLLMENT_DIR
+    return (root / ENROLLMENT_FILE).is_file() or (root / SET_JOURNAL).is_file()
 
 
 class WrongDevice(InputError):

@@ -18,6 +18,7 @@ it trusts only snapshots signed by its hub.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tillpoint.agent.config import device_id_problem
 from tillpoint.agent.errors import InputError, TillpointError
 
-from . import ENROLLMENT_DIR, ENROLLMENT_FILE, RENEW_WARNING_DAYS
+from . import ENROLLMENT_DIR, ENROLLMENT_FILE, RENEW_WARNING_DAYS, SET_JOURNAL
 from . import is_enrolled as is_enrolled  # the marker, for this module's users
 
 HUB_TLS_NAME = "tillpoint-hub"  # agents verify the hub's certificate against this name
@@ -86,6 +87,58 @@ def _write_public(path: Path, data: bytes) -> None:
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _write_set(root: Path, files: list[tuple[str, bytes, bool]]) -> None:
+    """Replace several files of `root` as one: a crash leaves the old set or the new one,
+    never a key beside another key's certificate (every TLS handshake then fails, and a
+    till says only that the hub is unreachable). `files`: (name, bytes, private).
+
+    Each file is written fsynced as `<name>.next`; the journal naming them is the commit
+    point; then each is renamed into place (`finish_set`, which readers call too)."""
+    root.mkdir(parents=True, exist_ok=True)
+    finish_set(root)
+    for stray in root.glob("*.next"):  # a set a crash left before its commit point
+        stray.unlink(missing_ok=True)
+    for name, data, private in files:
+        (_write_private if private else _write_public)(root / f"{name}.next", data)
+    _write_public(root / SET_JOURNAL, json.dumps([name for name, _, _ in files]).encode())
+    _fsync_dir(root)
+    finish_set(root)
+
+
+def finish_set(root: Path) -> None:
+    """Finish a committed `_write_set` a crash interrupted (rename the files it had not
+    renamed yet); nothing when none is. A reader calls it before it reads the set. Files of
+    a set never committed are left (their writer, or the next one, removes them)."""
+    journal = root / SET_JOURNAL
+    try:
+        names = json.loads(journal.read_bytes())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:  # written by rename: whole or absent
+        raise EnrollmentError(f"{journal} is unreadable ({exc}): install the keys again") from None
+    try:
+        for name in names:
+            # FileNotFoundError: renamed already (before the crash, or by another reader)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(root / f"{name}.next", root / str(name))
+        _fsync_dir(root)
+        journal.unlink(missing_ok=True)
+        _fsync_dir(root)
+    except OSError as exc:
+        raise EnrollmentError(
+            f"cannot finish replacing the keys in {root} ({exc}): run the command again as"
+            " the user that owns them"
+        ) from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
@@ -323,6 +376,7 @@ class HubKeys:
         the server key is readable by others or the server certificate cannot be used
         (expired, or not valid yet by this clock): tills would fail the handshake and
         sell OFFLINE, and say only that the hub is unreachable."""
+        finish_set(self.root)
         check_private_mode(self.server_key)
         try:
             material = (
@@ -353,6 +407,7 @@ class HubKeys:
         """A new server key and certificate from the hub's own CA (the tills trust the
         CA and check the name `tillpoint-hub`, so nothing changes on them). The names of
         the current certificate are kept, `hosts` added. Returns the new expiry."""
+        finish_set(self.root)
         ca_key = _load_key(self.ca_key)
         if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
             raise EnrollmentError(f"{self.ca_key} is not the hub's CA key")
@@ -368,8 +423,13 @@ class HubKeys:
         except (OSError, ValueError, x509.ExtensionNotFound):
             pass  # a missing or damaged certificate: the default names
         key, cert = _server_identity(ca_key, ca_cert, [*names, *(hosts or [])], now)
-        _write_private(self.server_key, _pem_key(key))
-        _write_public(self.server_cert, _pem_cert(cert))
+        _write_set(
+            self.root,
+            [
+                (self.server_key.name, _pem_key(key), True),
+                (self.server_cert.name, _pem_cert(cert), False),
+            ],
+        )
         return cert.not_valid_after_utc
 
 
@@ -669,6 +729,8 @@ def enrollment_dir(data_dir: Path) -> Path:
 def load_enrollment(data_dir: Path) -> Enrollment | None:
     root = enrollment_dir(data_dir)
     marker = root / ENROLLMENT_FILE
+    if (root / SET_JOURNAL).is_file():
+        finish_set(root)
     if not marker.is_file():
         return None
     try:
@@ -725,11 +787,6 @@ def install_bundle(data_dir: Path, bundle: Any, device_id: str) -> Enrollment:
         key.public_key().public_numbers() != cert.public_key().public_numbers()  # type: ignore[union-attr]
     ):
         raise InputError("the bundle's private key does not match its certificate")
-    root = enrollment_dir(data_dir)
-    _write_public(root / "ca.pem", ca_pem)
-    _write_public(root / "device.pem", cert_pem)
-    _write_private(root / "device.key", key_pem)
-    _write_public(root / "snapshot.pub", pub_pem)
     meta = {
         "deviceId": device_id,
         "hubAddress": address,
@@ -737,6 +794,17 @@ def install_bundle(data_dir: Path, bundle: Any, device_id: str) -> Enrollment:
         "certificateExpiresAt": certificate_time(cert.not_valid_after_utc),
         "installedAt": datetime.now(UTC).isoformat(),
     }
-    # The marker goes last: a till is enrolled only once every file is in place.
-    _write_public(root / ENROLLMENT_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    # One set with the marker: a till is enrolled once every file is in place, and a
+    # renewal never leaves a new certificate beside the old key (`_write_set`).
+    root = enrollment_dir(data_dir)
+    _write_set(
+        root,
+        [
+            ("ca.pem", ca_pem, False),
+            ("device.pem", cert_pem, False),
+            ("device.key", key_pem, True),
+            ("snapshot.pub", pub_pem, False),
+            (ENROLLMENT_FILE, (json.dumps(meta, indent=2) + "\n").encode(), False),
+        ],
+    )
     return Enrollment(root, device_id, address)

@@ -172,8 +172,12 @@ def test_a_customer_row_repeating_a_key_is_stored_without_its_first_value(
             text = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
             if section == "customers":
                 text = text.replace('{"id"', f'{{"firstName":"{SURNAME}","id"', 1)
-                text = text.replace("}", f',"pending":[{{"points":"{SURNAME}x","points":5,'
-                                    '"activatesAt":"2026-11-01T00:00:00Z"}]}', 1)
+                text = text.replace(
+                    "}",
+                    f',"pending":[{{"points":"{SURNAME}x","points":5,'
+                    '"activatesAt":"2026-11-01T00:00:00Z"}]}',
+                    1,
+                )
             lines.append(text)
     assert sum(SURNAME in line for line in lines) == len(doc["customers"])
     agent = Agent(tmp_path / "till", "till-1")
