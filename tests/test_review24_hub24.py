@@ -210,3 +210,151 @@ def test_the_tills_health_watch_follows_a_cache_that_goes_bad(tmp_path: Path) ->
     finally:
         server.stop(0).wait()
         agent.close()
+
+
+# ---------------------------------------------------------------- 2. the probe's wait
+
+
+class Proxy:
+    """A TCP forwarder to PostgreSQL; `freeze()`: new connections are accepted and never
+    answered (a link that drops packets: libpq waits its connect_timeout, 2 s)."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.frozen = False
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            if self.frozen:
+                continue  # held open, never answered
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets.append(server)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def close(self) -> None:
+        for s in self.sockets:
+            s.close()
+
+
+def test_a_call_waits_for_the_reachability_probe_no_longer_than_its_deadline(
+    pg_cluster: Any,
+) -> None:
+    """The probe (one connection attempt a server, when a call has waited 1 s for a pool
+    connection) ran under a lock the callers waited on without bound: over a link that
+    drops packets an attempt takes libpq's 2 s, and a call with 1.3 s left (its own
+    attempt, or behind another call's) answered after about 3 s. Now each caller waits
+    for the attempt's answer no longer than its own time left."""
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    url = pg_cluster.new_database()
+    proxy = Proxy(pg_cluster.port)
+    store = PostgresHubStore(
+        url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"), migrate_schema=True, pool_size=1
+    )
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold() -> None:  # the pool's one connection, busy
+        with store.pinned():
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        proxy.freeze()
+        took: dict[str, tuple[float, str]] = {}
+
+        def call(name: str, wait_s: float) -> None:
+            t0 = time.monotonic()
+            try:
+                with store.pinned(wait_s):
+                    outcome = "pinned"
+            except StorageError:
+                outcome = "StorageError"
+            took[name] = (time.monotonic() - t0, outcome)
+
+        first = threading.Thread(target=call, args=("first", 1.3))
+        first.start()
+        time.sleep(0.3)  # reaches the probe while the first call's attempt goes on
+        call("second", 1.3)
+        first.join(10)
+        for name, (seconds, outcome) in took.items():
+            assert outcome == "StorageError" and seconds < 1.3 + 0.4, (name, seconds)
+    finally:
+        release.set()
+        holder.join(10)
+        store.close()
+        proxy.close()
+
+
+# ---------------------------------------------------------------- 3. lock waits
+
+
+def test_a_statement_waiting_on_a_lock_waits_no_longer_than_the_calls_deadline(
+    rig_on: Any, pg_cluster: Any
+) -> None:
+    """Another session holds `devices` (every call's first statement reads it). A till's
+    call with a 1 s deadline gave up at 1 s, but its statement waited on in the database
+    for lock_timeout (30 s), holding a pool connection and a server thread (two calls:
+    two sessions still waiting 1.5 s after). Now the
+    statement's lock wait ends with the call's time left (less a tenth): the hub answers
+    UNAVAILABLE (or the till's own deadline comes first: DEADLINE_EXCEEDED; the till
+    treats both alike) and no hub session waits on the lock after it."""
+    import psycopg
+
+    from bench.pgfaults import wait_for
+
+    rig = rig_on(cluster=pg_cluster)
+    assert wait_for(lambda: rig.probe() == "OK", 30)
+    locker = psycopg.connect(rig.url, connect_timeout=10)
+    try:
+        locker.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        t0 = time.monotonic()
+        code = rig.probe(timeout=1.0)
+        took = time.monotonic() - t0
+        assert code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and took < 1.5, (code, took)
+
+        def waiting() -> int:
+            found = rig.sql(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                " WHERE NOT l.granted AND a.datname = %s",
+                rig.dbname,
+            )
+            return int(found[0][0])
+
+        assert wait_for(lambda: waiting() == 0, 1.5), waiting()
+        # a call with time to spare hears the hub's own answer, before its deadline
+        assert rig.probe(timeout=1.5) == "UNAVAILABLE"
+        assert wait_for(lambda: waiting() == 0, 1.0), waiting()
+    finally:
+        locker.rollback()
+        locker.close()
+    assert wait_for(lambda: rig.probe() == "OK", 10)
+    assert rig.log_problems() == []
