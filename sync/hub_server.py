@@ -1240,7 +1240,7 @@ class HubServer:
         if port == 0:
             raise TillpointError(f"the hub cannot listen on {listen}: in use or not an address")
         latest = self.store.latest()
-        for note in getattr(self.store, "durability_notes", list)():
+        for note in self.store.durability_notes():
             log.warning("%s", note)
         self.notifier.update(latest)
         self.builder.start()

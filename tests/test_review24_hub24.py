@@ -358,3 +358,19 @@ def test_a_statement_waiting_on_a_lock_waits_no_longer_than_the_calls_deadline(
         locker.close()
     assert wait_for(lambda: rig.probe() == "OK", 10)
     assert rig.log_problems() == []
+
+
+# ---------------------------------------------------------------- 4. the Protocol
+
+
+def test_durability_notes_is_part_of_the_store_protocol(tmp_path: Path) -> None:
+    """`hub serve` asked `getattr(store, "durability_notes", list)`: a store without the
+    method passed silently. Now every store has it (SQLite: none to say)."""
+    assert "durability_notes" in HubStore.__dict__
+    store = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        assert store.durability_notes() == []
+    finally:
+        store.close()
+    source = (Path(__file__).parents[1] / "sync" / "hub_server.py").read_text()
+    assert 'getattr(self.store, "durability_notes"' not in source
