@@ -318,10 +318,9 @@ class Rig:
     def health(self, timeout: float = 5) -> str:
         """The hub's grpc.health.v1 answer: 'SERVING', 'NOT_SERVING' or the status's name."""
         import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1 import health_pb2
 
-        self.probe(timeout=0.01)  # makes the link
-        stub = health_pb2_grpc.HealthStub(self._probe.channel)
+        stub = self.health_stub()
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
