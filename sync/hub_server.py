@@ -1026,6 +1026,7 @@ class HubServicer(pb_grpc.HubServicer):
             used_coupons=used,
         )
 
+    @_one_connection
     def ListTransactions(
         self, request: pb.ListTransactionsRequest, context: grpc.ServicerContext
     ) -> pb.ListTransactionsReply:
