@@ -317,17 +317,12 @@ def test_a_call_waits_for_the_reachability_probe_no_longer_than_its_deadline(
 # ---------------------------------------------------------------- 3. lock waits
 
 
-@pytest.mark.parametrize(
-    "table",
-    [
-        "devices",  # every call's first statement reads it (the device's record)
-        "transactions",  # what ListTransactions then reads (was not on the call's connection)
-    ],
-)
 def test_a_statement_waiting_on_a_lock_waits_no_longer_than_the_calls_deadline(
-    rig_on: Any, pg_cluster: Any, table: str
+    rig_on: Any, pg_cluster: Any
 ) -> None:
-    """Another session holds a table a call reads. A till's call with a 1 s deadline
+    """Another session holds a table a call reads: `devices` (every call's first
+    statement, the device's record), then `transactions` (what ListTransactions reads
+    next; that read was not even on the call's connection). A till's call with a 1 s deadline
     gave up at 1 s, but its statement waited on in the database for lock_timeout (30 s),
     holding a pool connection and a server thread (a session still waiting 1.5 s after).
     Now the statement's lock wait ends with the call's time left (less a tenth): the hub
@@ -350,21 +345,22 @@ def test_a_statement_waiting_on_a_lock_waits_no_longer_than_the_calls_deadline(
         )
         return [str(q) for (q,) in found]
 
-    locker = psycopg.connect(rig.url, connect_timeout=10)
-    try:
-        locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE".encode())
-        t0 = time.monotonic()
-        code = rig.probe(timeout=1.0)
-        took = time.monotonic() - t0
-        assert code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and took < 1.5, (code, took)
-        assert wait_for(lambda: waiting() == [], 1.5), waiting()
-        # a call with time to spare hears the hub's own answer, before its deadline
-        assert rig.probe(timeout=1.5) == "UNAVAILABLE"
-        assert wait_for(lambda: waiting() == [], 1.0), waiting()
-    finally:
-        locker.rollback()
-        locker.close()
-    assert wait_for(lambda: rig.probe() == "OK", 10)
+    for table in ("devices", "transactions"):
+        locker = psycopg.connect(rig.url, connect_timeout=10)
+        try:
+            locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE".encode())
+            t0 = time.monotonic()
+            code = rig.probe(timeout=1.0)
+            took = time.monotonic() - t0
+            assert code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and took < 1.5, (code, took)
+            assert wait_for(lambda: waiting() == [], 1.5), (table, waiting())
+            # a call with time to spare hears the hub's own answer, before its deadline
+            assert rig.probe(timeout=1.5) == "UNAVAILABLE", table
+            assert wait_for(lambda: waiting() == [], 1.0), (table, waiting())
+        finally:
+            locker.rollback()
+            locker.close()
+        assert wait_for(lambda: rig.probe() == "OK", 10), table
     assert rig.log_problems() == []
 
 
