@@ -135,7 +135,7 @@ def run(settings: Settings) -> int:
     from .config import loose_values, split_listen
     from .lock import DataDirLock
     from .metrics import Registry, serve
-    from .server import build_server, follow_snapshot, register_gauges, start_hold_sweeper
+    from .server import build_server, register_gauges, start_hold_sweeper
 
     log = logging.getLogger("tillpoint.server")
     limit_malloc_arenas()  # before any thread of ours starts
@@ -180,7 +180,6 @@ def run(settings: Settings) -> int:
     stops.append(devices.stop)
     # expires holds on time; sends the releases owed as soon as the hub answers again
     stops.append(start_hold_sweeper(agent, on_recovery=sync.link.on_recovery if sync else None))
-    stops.append(follow_snapshot(health_servicer))  # Watch: SERVING once a snapshot is in
     server.start()
     from . import forward
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -27,6 +27,7 @@ from .config import token_problem
 from .errors import InputError, TillpointError, edge_of
 from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
+from .grpc_health import ReadinessHealth
 from .limits import REQUEST_MAX_BYTES
 from .service import Agent
 from .wire import checkout_message, message_of, receipt_of, refund_of, status_message
@@ -126,61 +127,16 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         )
 
 
-class _Health(health.HealthServicer):
+def _health(agent: Agent) -> ReadinessHealth:
     """The standard health service, NOT_SERVING while the till has no snapshot (every
-    quote, hold and checkout is refused then), as `GET /healthz` answers 503: a health
-    check must not send sales to a till that refuses them. `Check` reads it when asked;
-    `Watch` streams the change once `follow_snapshot` runs (`tillpoint run` starts it)."""
+    quote, hold and checkout is refused then) or cannot read it (a damaged cache), as
+    `GET /healthz` answers 503: a health check must not send sales to a till that refuses
+    them. `Check` reads it when asked, `Watch` streams each change (`grpc_health`)."""
 
-    def __init__(self, agent: Agent) -> None:
-        super().__init__()
-        self._agent = agent
-        self._stopping = False
+    def ready(wait_s: float | None) -> bool:
+        return agent.status().cache_version > 0
 
-    def ready(self) -> bool:
-        try:
-            return self._agent.status().cache_version > 0
-        except Exception:  # the agent cannot read its status: not serving either
-            log.warning("health check: status unavailable", exc_info=True)
-            return False
-
-    def set_ready(self, ready: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", SERVICE_NAME):
-            self.set(name, status)  # ignored once shutdown has started
-
-    def enter_graceful_shutdown(self) -> None:
-        self._stopping = True
-        super().enter_graceful_shutdown()
-
-    def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
-    ) -> health_pb2.HealthCheckResponse:
-        reply = super().Check(request, context)
-        if request.service in ("", SERVICE_NAME) and not self._stopping:
-            return health_pb2.HealthCheckResponse(
-                status=health_pb2.HealthCheckResponse.SERVING
-                if self.ready()
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-        return reply
-
-
-def follow_snapshot(health_servicer: _Health, every_s: float = 1.0) -> Callable[[], None]:
-    """Tell `Watch` callers when the first snapshot arrives (within `every_s`); returns the
-    stop. Once the till has one it keeps one while it serves (`reset` is refused then)."""
-
-    def run(stop: threading.Event) -> None:
-        while not stop.wait(every_s):
-            if health_servicer.ready():
-                health_servicer.set_ready(True)
-                return
-
-    return _in_background("health-follower", run)
+    return ReadinessHealth((SERVICE_NAME,), ready, thread_name="health-watch")
 
 
 def _in_background(
@@ -208,7 +164,7 @@ def build_server(
     *,
     token: str = "",
     workers: futures.ThreadPoolExecutor | None = None,
-) -> tuple[grpc.Server, int, _Health]:
+) -> tuple[grpc.Server, int, ReadinessHealth]:
     """A started-ready server (not yet started) bound to `address`; returns the bound port.
     With a `token`, every call (PosAgent, health, reflection) must carry the metadata
     `authorization: Bearer <token>`, as every HTTP request must. `workers`: the pool the
@@ -240,7 +196,7 @@ def build_server(
         ],
     )
     pb_grpc.add_PosAgentServicer_to_server(PosAgentServicer(agent), server)
-    health_servicer = _Health(agent)
+    health_servicer = _health(agent)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         port = server.add_insecure_port(address)

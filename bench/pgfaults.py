@@ -112,7 +112,11 @@ class Rig:
         max_connections: int = 40,
         publish_every: float = 2,
         seed: int = 1,
+        cluster: Cluster | None = None,
     ) -> None:
+        """`cluster`: a running one to use (a database of its own in it, the cluster
+        left running by `stop`; faults that stop or restart it are not for a shared
+        one); by default a durable cluster of the rig's own."""
         from tillpoint.sync import pki
         from tillpoint.sync.hub_server import HubDir
         from tillpoint.sync.loopback import import_doc, sample_master_data
@@ -122,16 +126,20 @@ class Rig:
         # Durable, as HUB.md asks of production: with synchronous_commit off an
         # immediate restart (a crash) loses commits the hub already acknowledged, and the
         # tills, told "stored", never send them again (seen: 15 of 207 lost).
-        self.cluster = Cluster(max_connections=max_connections, durable=True)
-        # `pg_ctl start` after a stop reads postgresql.conf (only `restart` reuses the
-        # first start's options): the same settings there.
-        with open(self.cluster.data / "postgresql.conf", "a", encoding="utf-8") as conf:
-            conf.write(
-                f"\nport = {self.cluster.port}\nlisten_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = '{self.cluster.root}'\n"
-                f"max_connections = {max_connections}\nfsync = on\n"
-                "synchronous_commit = on\nfull_page_writes = on\n"
-            )
+        self.own_cluster = cluster is None
+        if cluster is not None:
+            self.cluster = cluster
+        else:
+            self.cluster = Cluster(max_connections=max_connections, durable=True)
+            # `pg_ctl start` after a stop reads postgresql.conf (only `restart` reuses the
+            # first start's options): the same settings there.
+            with open(self.cluster.data / "postgresql.conf", "a", encoding="utf-8") as conf:
+                conf.write(
+                    f"\nport = {self.cluster.port}\nlisten_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{self.cluster.root}'\n"
+                    f"max_connections = {max_connections}\nfsync = on\n"
+                    "synchronous_commit = on\nfull_page_writes = on\n"
+                )
         self.url = self.cluster.new_database()
         self.dbname = self.url.rsplit("/", 1)[1]
         self.hub = HubDir(work / "hub", self.url)
@@ -310,15 +318,21 @@ class Rig:
     def health(self, timeout: float = 5) -> str:
         """The hub's grpc.health.v1 answer: 'SERVING', 'NOT_SERVING' or the status's name."""
         import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1 import health_pb2
 
-        self.probe(timeout=0.01)  # makes the link
-        stub = health_pb2_grpc.HealthStub(self._probe.channel)
+        stub = self.health_stub()
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
         except grpc.RpcError as exc:
             return str(exc.code().name)
+
+    def health_stub(self) -> Any:
+        """A grpc.health.v1 stub over the `probe` device's link (mTLS, as a checker's)."""
+        from grpc_health.v1 import health_pb2_grpc
+
+        self.probe(timeout=0.01)  # makes the link
+        return health_pb2_grpc.HealthStub(self._probe.channel)
 
     def sql(self, statement: str, *args: Any, hub_db: bool = False) -> list[tuple[Any, ...]]:
         import psycopg
@@ -444,8 +458,9 @@ class Rig:
             except subprocess.TimeoutExpired:
                 self.hub_proc.kill()
                 self.hub_proc.wait(10)
-        with contextlib.suppress(RuntimeError):  # already stopped by a fault
-            self.cluster.stop()  # deletes its directory whatever pg_ctl says
+        if self.own_cluster:
+            with contextlib.suppress(RuntimeError):  # already stopped by a fault
+                self.cluster.stop()  # deletes its directory whatever pg_ctl says
 
 
 # ---------------------------------------------------------------- faults

@@ -89,9 +89,18 @@ LOCK_TIMEOUT_MS = 30_000  # waiting for a row or advisory lock
 # (UNAVAILABLE) instead of waiting out POOL_TIMEOUT_S, past every till's deadline, with
 # one of the server's gRPC threads held all along. A database that is there but busy
 # (the pool's connections all in use, a lock) is waited for as before.
+# A caller waits for that attempt's answer no longer than its own time left (the attempt
+# goes on in a thread of its own, up to PROBE_CONNECT_S, for the callers after it).
 PROBE_AFTER_S = 1.0
 PROBE_CONNECT_S = 2  # libpq's smallest connect_timeout
 PROBE_CACHE_S = 1.0
+# A call with a deadline (a gRPC call's time left, `pinned(wait_s)`) waits for a row or
+# advisory lock no longer than that time less a tenth of it, at least LOCK_MARGIN_MS (so
+# that the answer, UNAVAILABLE, reaches the till before its own deadline), and at least
+# LOCK_FLOOR_MS (0 would be "no limit" to PostgreSQL); set on the connection as the call
+# takes it from the pool.
+LOCK_MARGIN_MS = 50
+LOCK_FLOOR_MS = 50
 PUBLISH_LOCK = 7_301_401  # advisory lock keys of the hub (any fixed bigints)
 MIGRATE_LOCK = 7_301_402
 FETCH = 4096  # rows per round trip of a server-side cursor
@@ -458,9 +467,10 @@ class PostgresHubStore(SqlHubStore):
                 f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
             )
         self._pinned = threading.local()
-        self._probe_lock = threading.Lock()
+        self._probe_lock = threading.Lock()  # held for a few lines, never across the attempt
         self._probed_at = float("-inf")
         self._unreachable: str | None = None  # why the last probe failed
+        self._probing: threading.Event | None = None  # set when the attempt under way ends
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -468,7 +478,9 @@ class PostgresHubStore(SqlHubStore):
             timeout=POOL_TIMEOUT_S,
             # A connection is checked as it is handed out: one a PostgreSQL restart or
             # a dropped link killed is replaced, not given to an RPC to fail on.
-            check=ConnectionPool.check_connection,
+            # The check also sets the connection's lock_timeout for this checkout (the
+            # caller's deadline, `_lock_timeout_ms`): no extra round trip.
+            check=self._check_connection,
             reconnect_timeout=RECONNECT_TIMEOUT_S,
             kwargs={
                 "autocommit": True,
@@ -502,6 +514,11 @@ class PostgresHubStore(SqlHubStore):
                 self.pool.putconn(conn)
         except PoolTimeout as exc:
             raise StorageError(f"the hub database is unavailable: {_line(exc)}") from None
+        except psycopg.errors.LockNotAvailable as exc:  # lock_timeout: the call's time, or 30 s
+            raise StorageError(
+                "the hub database is busy (a lock held by another session outlasted this"
+                f" call's time), nothing was stored: {_line(exc)}"
+            ) from None
         except psycopg.Error as exc:
             raise StorageError(
                 f"the hub database could not be written, nothing was stored: {_line(exc)}"
@@ -526,33 +543,79 @@ class PostgresHubStore(SqlHubStore):
     def _checkout(self, wait_s: float | None = None) -> psycopg.Connection[Any]:
         """A connection of the pool; StorageError at once when the database cannot be
         reached (see PROBE_AFTER_S), PoolTimeout after POOL_TIMEOUT_S (or `wait_s`, the
-        time the caller has left, when shorter) when it is busy."""
+        time the caller has left, when shorter) when it is busy. With `wait_s`, the
+        connection's lock waits are bounded by that time too (`_lock_timeout_ms`)."""
         wait = POOL_TIMEOUT_S if wait_s is None else max(0.0, min(wait_s, POOL_TIMEOUT_S))
         deadline = time.monotonic() + wait
+        self._pinned.deadline = None if wait_s is None else deadline
         try:
-            return self.pool.getconn(timeout=max(0.01, min(PROBE_AFTER_S, wait)))
-        except PoolTimeout:
-            if time.monotonic() >= deadline:
-                raise
-        why = self._why_unreachable()
-        if why is not None:
-            raise StorageError(f"the hub database is unavailable: {why}")
-        return self.pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
+            try:
+                return self.pool.getconn(timeout=max(0.01, min(PROBE_AFTER_S, wait)))
+            except PoolTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+            why = self._why_unreachable(deadline)
+            if why is not None:
+                raise StorageError(f"the hub database is unavailable: {why}")
+            return self.pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
+        finally:
+            self._pinned.deadline = None
 
-    def _why_unreachable(self) -> str | None:
-        """None when a new connection to the database can be made now, else why not (one
-        attempt at a time; its answer shared for PROBE_CACHE_S)."""
+    def _lock_timeout_ms(self) -> int:
+        """The lock_timeout of the connection being checked out: the caller's time left
+        less a tenth (at least LOCK_MARGIN_MS), at least LOCK_FLOOR_MS; else
+        LOCK_TIMEOUT_MS."""
+        deadline: float | None = getattr(self._pinned, "deadline", None)
+        if deadline is None:
+            return LOCK_TIMEOUT_MS
+        left_ms = (deadline - time.monotonic()) * 1000
+        bound = int(left_ms - max(LOCK_MARGIN_MS, left_ms / 10))
+        return max(LOCK_FLOOR_MS, min(LOCK_TIMEOUT_MS, bound))
+
+    def _check_connection(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out (run in the caller's thread; it
+        was `check_connection`'s empty statement): one `SET lock_timeout` for this caller,
+        sent as libpq's simple query (as cheap as the empty one; through `execute` with a
+        parameter it cost 20-30 µs more of the server's CPU a call)."""
+        res = conn.pgconn.exec_(b"SET lock_timeout = %d" % self._lock_timeout_ms())
+        if res.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            why = str(conn.pgconn.get_error_message())
+            raise psycopg.OperationalError(f"the connection failed its check: {why.strip()}")
+
+    def _why_unreachable(self, deadline: float) -> str | None:
+        """None when a new connection to the database can be made now (or no answer came
+        before `deadline`, the caller's), else why not. One attempt at a time, in a thread
+        of its own; its answer shared for PROBE_CACHE_S. A caller waits for it no longer
+        than its own deadline: an attempt can take PROBE_CONNECT_S (a link that drops
+        packets), and a call with 1.3 s left, its own attempt or behind another call's,
+        answered after about 3 s."""
         with self._probe_lock:
-            if time.monotonic() - self._probed_at >= PROBE_CACHE_S:
-                try:
-                    psycopg.connect(
-                        self.url, autocommit=True, connect_timeout=PROBE_CONNECT_S
-                    ).close()
-                    self._unreachable = None
-                except psycopg.Error as exc:
-                    self._unreachable = _line(exc)
-                self._probed_at = time.monotonic()
+            if time.monotonic() - self._probed_at < PROBE_CACHE_S:
+                return self._unreachable
+            done = self._probing
+            if done is None:
+                done = self._probing = threading.Event()
+                threading.Thread(
+                    target=self._probe, args=(done,), name="hub-db-probe", daemon=True
+                ).start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            return None  # no answer yet: the caller's last short wait for the pool decides
+        with self._probe_lock:
             return self._unreachable
+
+    def _probe(self, done: threading.Event) -> None:
+        why: str | None = "the connection attempt failed"
+        try:
+            psycopg.connect(self.url, autocommit=True, connect_timeout=PROBE_CONNECT_S).close()
+            why = None
+        except psycopg.Error as exc:
+            why = _line(exc)
+        finally:  # whatever happened, the waiters get an answer and the next one may try
+            with self._probe_lock:
+                self._unreachable = why
+                self._probed_at = time.monotonic()
+                self._probing = None
+            done.set()
 
     @contextmanager
     def pinned(self, wait_s: float | None = None) -> Iterator[None]:

@@ -32,10 +32,11 @@ from typing import Any, BinaryIO, NoReturn, Protocol, TypeVar
 import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
 from tillpoint.agent.grpc_decode import RefuseUndecodable
+from tillpoint.agent.grpc_health import ReadinessHealth
 from tillpoint.agent.models import _timestamp, coupon_code
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -1025,6 +1026,7 @@ class HubServicer(pb_grpc.HubServicer):
             used_coupons=used,
         )
 
+    @_one_connection
     def ListTransactions(
         self, request: pb.ListTransactionsRequest, context: grpc.ServicerContext
     ) -> pb.ListTransactionsReply:
@@ -1095,39 +1097,23 @@ def _identity(pem: bytes) -> tuple[str | None, str, datetime | None]:
 HUB_SERVICE = "tillpoint.v1.Hub"
 
 
-class HubHealth(health.HealthServicer):
+def hub_health(store: HubStore) -> ReadinessHealth:
     """The standard health service (grpc.health.v1) of the hub: SERVING while its store
     answers, NOT_SERVING while it cannot (a PostgreSQL stopped, restarting, or with every
-    connection taken: the hub's calls answer UNAVAILABLE then), read when asked. The
-    hub's port asks for a client certificate, so a checker presents a device's (one
-    enrolled for monitoring)."""
+    connection taken: the hub's calls answer UNAVAILABLE then); `Check` reads it when
+    asked, `Watch` streams each change (`agent.grpc_health`). The hub's port asks for a
+    client certificate, so a checker presents a device's (one enrolled for monitoring)."""
 
-    def __init__(self, store: HubStore) -> None:
-        super().__init__()
-        self._store = store
-        self._stopping = False
-
-    def enter_graceful_shutdown(self) -> None:
-        self._stopping = True
-        super().enter_graceful_shutdown()
-
-    def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
-    ) -> health_pb2.HealthCheckResponse:
-        if request.service not in ("", HUB_SERVICE) or self._stopping:
-            return super().Check(request, context)
+    def ready(wait_s: float | None) -> bool:
         try:
-            with self._store.pinned(context.time_remaining()):  # no longer than the check's
-                self._store.latest()
-            serving = True
+            with store.pinned(wait_s):  # no longer than the check's deadline
+                store.latest()
         except TillpointError as exc:
             log.info("health check: the store does not answer: %s", exc.message)
-            serving = False
-        return health_pb2.HealthCheckResponse(
-            status=health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+            return False
+        return True
+
+    return ReadinessHealth((HUB_SERVICE,), ready, thread_name="hub-health-watch")
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -1197,7 +1183,7 @@ class HubServer:
             full_wait_s=self.config.full_wait_s,
         )
         self.servicer = HubServicer(self.store, self.builder, self.notifier, self.config, clock)
-        self.health = HubHealth(self.store)
+        self.health = hub_health(self.store)
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
         self._stop = threading.Event()
@@ -1255,7 +1241,7 @@ class HubServer:
         if port == 0:
             raise TillpointError(f"the hub cannot listen on {listen}: in use or not an address")
         latest = self.store.latest()
-        for note in getattr(self.store, "durability_notes", list)():
+        for note in self.store.durability_notes():
             log.warning("%s", note)
         self.notifier.update(latest)
         self.builder.start()

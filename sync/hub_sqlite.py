@@ -293,6 +293,9 @@ class SqliteHubStore(SqlHubStore):
     def read_tx(self) -> AbstractContextManager[HubTx]:
         return self._reading()
 
+    def durability_notes(self) -> list[str]:
+        return []  # every connection runs synchronous = FULL: a commit is on the disk
+
     def build_lock(self, name: str) -> AbstractContextManager[None]:
         return nullcontext()  # one machine: the snapshot directory's file locks suffice
 

@@ -335,4 +335,10 @@ class HubStore(Protocol):
         no-op where only one machine can open it: SQLite)."""
         ...
 
+    def durability_notes(self) -> list[str]:
+        """Warnings for settings under which the store can lose a commit the hub has
+        acknowledged (a till told "stored" never sends it again), said at `hub serve`;
+        [] when there are none."""
+        ...
+
     def close(self) -> None: ...

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.agent.server import build_server, follow_snapshot
+from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -197,7 +197,6 @@ def test_health_service_reports_serving_once_a_snapshot_is_loaded(tmp_path: Path
     agent = Agent(tmp_path, "till-1")
     server, port, servicer = build_server(agent, "127.0.0.1:0")
     server.start()
-    stop_following = follow_snapshot(servicer, every_s=0.05)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -221,7 +220,6 @@ def test_health_service_reports_serving_once_a_snapshot_is_loaded(tmp_path: Path
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watch.cancel()
     finally:
-        stop_following()
         server.stop(0).wait()
         agent.close()
 

@@ -1,0 +1,133 @@
+"""The standard gRPC health service (grpc.health.v1) of the till's and the hub's servers.
+
+`ReadinessHealth` answers for its service names (`""` and the server's own) from one
+`ready(wait_s)` function: `Check` reads it when asked; `Watch` streams SERVING or
+NOT_SERVING as it changes, read every `every_s` while at least one Watch stream is open
+(a thread of its own then, none while nobody watches). grpcio's `HealthServicer` alone
+streams only what `set` was last told: the hub's `Watch` said SERVING while `Check` said
+NOT_SERVING (its database stopped), and a load balancer or `grpc_health_probe -watch`
+kept sending calls to a server that could answer none. Other names are grpcio's (NOT_FOUND
+to a Check, SERVICE_UNKNOWN to a Watch); from `enter_graceful_shutdown` on, every name is
+NOT_SERVING for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+log = logging.getLogger("tillpoint.health")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+WATCH_EVERY_S = 1.0  # how often an open Watch re-reads the readiness
+WATCH_READ_S = 2.0  # the longest one reading may wait (a store that does not answer)
+
+# `ready(wait_s)`: True when the server can serve; `wait_s` is how long the reading may
+# take (None: as long as it likes). It must not raise: a failure to tell is "not ready".
+Ready = Callable[[float | None], bool]
+
+
+class ReadinessHealth(health.HealthServicer):
+    def __init__(
+        self,
+        names: Iterable[str],
+        ready: Ready,
+        *,
+        every_s: float = WATCH_EVERY_S,
+        read_s: float = WATCH_READ_S,
+        thread_name: str = "health-watch",
+    ) -> None:
+        super().__init__()
+        self._names = frozenset({"", *names})
+        self._ready = ready
+        self._every_s = every_s
+        self._read_s = read_s
+        self._thread_name = thread_name
+        self._guard = threading.Lock()
+        self._watchers = 0
+        self._follower: threading.Thread | None = None
+        self._stopping = False
+        self._wake = threading.Event()
+
+    # ------------------------------------------------------------ readiness
+
+    def ready(self, wait_s: float | None = None) -> bool:
+        try:
+            return bool(self._ready(wait_s))
+        except Exception:  # a reading that failed: not serving (logged, never raised)
+            log.warning("health: readiness unavailable", exc_info=True)
+            return False
+
+    def set_ready(self, ready: bool) -> None:
+        """Record the readiness: a Watch stream hears it if it changed (ignored once
+        shutdown has started)."""
+        status = SERVING if ready else NOT_SERVING
+        with self._lock:  # grpcio's (an RLock): `set` takes it too
+            for name in sorted(self._names):
+                if self._server_status.get(name) != status:
+                    self.set(name, status)
+
+    def enter_graceful_shutdown(self) -> None:
+        with self._guard:
+            self._stopping = True
+        self._wake.set()
+        super().enter_graceful_shutdown()
+
+    # ------------------------------------------------------------ the service
+
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in self._names or self._stopping:
+            return super().Check(request, context)
+        ready = self.ready(context.time_remaining())
+        self.set_ready(ready)  # a Watch stream hears it at once
+        return health_pb2.HealthCheckResponse(status=SERVING if ready else NOT_SERVING)
+
+    def Watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[[Any], None] | None = None,
+    ) -> Any:
+        if request.service in self._names and not self._stopping:
+            # the first answer is read now, not what the last reading said (bounded: a
+            # non-blocking Watch still runs this part in a worker thread)
+            self.set_ready(self.ready(_least(context.time_remaining(), self._read_s)))
+            with self._guard:
+                self._watchers += 1
+                if self._follower is None:
+                    self._follower = threading.Thread(
+                        target=self._follow, name=self._thread_name, daemon=True
+                    )
+                    self._follower.start()
+            if not context.add_callback(self._unwatched):  # the stream has ended already
+                self._unwatched()
+        return super().Watch(request, context, send_response_callback)
+
+    def _unwatched(self) -> None:
+        with self._guard:
+            self._watchers -= 1
+        self._wake.set()
+
+    def _follow(self) -> None:
+        """While a Watch stream of ours is open: read the readiness every `every_s`, and
+        stream a change. Ends when the last stream closes (a new one starts it again)."""
+        while True:
+            self._wake.wait(self._every_s)
+            self._wake.clear()
+            with self._guard:
+                if self._watchers <= 0 or self._stopping:
+                    self._follower = None
+                    return
+            self.set_ready(self.ready(self._read_s))
+
+
+def _least(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
