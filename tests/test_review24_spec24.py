@@ -3,9 +3,22 @@ each with the test that failed before its fix."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from .conftest import CLI, snapshot
+import pytest
+
+from .conftest import CLI, free_port, snapshot
+
+EXE = Path(sys.executable).parent / "tillpoint"
 
 EXPIRES = "2026-12-15T23:59:59+03:00"
 
@@ -60,3 +73,118 @@ def test_an_open_hold_takes_its_points_out_of_the_expiring_batches_too(cli: CLI)
         "pendingPoints": 0,
         "expiring": [{"points": 30, "expiresAt": EXPIRES}],
     }
+
+
+# ---------------------------------------------------------------- one receipt, two doors
+
+
+def _post(port: int, path: str, body: Any) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            path,
+            json.dumps(body, ensure_ascii=False).encode(),
+            {"Content-Type": "application/json"},
+        )
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def run_agent(tmp_path: Path) -> Iterator[Callable[[], int]]:
+    """`tillpoint run` on the `cli` fixture's data directory; answers its HTTP port."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> int:
+        http_port = free_port()
+        conf = tmp_path / "till.toml"
+        conf.write_text(
+            f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[metrics]\nenabled = false\n'
+            f'[http]\nlisten = "127.0.0.1:{http_port}"\n',
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        env["TILLPOINT_DEVICE_ID"] = "till-1"
+        proc = subprocess.Popen(
+            [EXE, "--config", conf, "--data-dir", tmp_path / "data", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return http_port
+                conn.close()
+            except OSError:
+                pass
+            assert proc.poll() is None, "tillpoint run stopped"
+            assert time.monotonic() < deadline, "tillpoint run never became healthy"
+            time.sleep(0.05)
+
+    yield start
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_receipt_committed_at_the_cli_is_retried_and_confirmed_over_http(
+    cli: CLI, run_agent: Callable[[], int]
+) -> None:
+    """§11 × §12: the same receipt through different doors. A checkout and a hold made with
+    the CLI before `tillpoint run` starts are answered over HTTP as the CLI answers them
+    (§12: the same document): a Checkout retried, a Confirm of the checked-out receipt
+    (what it returned the first time), a Confirm of the CLI's hold; a changed body is 409,
+    a Cancel of a confirmed receipt is refused, and a refund retried across doors is one."""
+    r1 = _receipt("door-1", "2026-12-10T10:00:00+03:00", 10)
+    r2 = _receipt("door-2", "2026-12-10T10:05:00+03:00", 5)
+    assert cli("snapshot", "load", snapshot(), "--json").code == 0
+    first = cli("checkout", r1, "--json")
+    held = cli("hold", r2, "--json")
+    assert first.code == 0 and held.json()["state"] == "HELD"
+    port = run_agent()
+
+    status, body = _post(port, "/v1/checkout", r1)
+    assert status == 200 and body.decode() == first.out
+    status, body = _post(port, "/v1/confirm", {"receiptId": "door-1"})
+    assert status == 200 and json.loads(body) == first.json()
+
+    status, body = _post(port, "/v1/confirm", {"receiptId": "door-2", "fiscalDocument": "FD-2"})
+    confirmed = json.loads(body)
+    assert status == 200 and confirmed["state"] == "CONFIRMED"
+    assert confirmed["lines"] == held.json()["lines"]
+    again = cli("confirm", "door-2", "--json")  # forwarded to the serving agent
+    assert again.code == 0 and again.out == body.decode()
+
+    status, _ = _post(port, "/v1/hold", dict(r2, redeemPoints=6))
+    assert status == 409
+    status, body = _post(port, "/v1/cancel", {"receiptId": "door-1"})
+    assert status == 412 and "use a refund" in body.decode()  # FAILED_PRECONDITION
+
+    refund = {
+        "refundId": "door-f1",
+        "receiptId": "door-1",
+        "at": "2026-12-11T10:00:00+03:00",
+        "lines": [{"sku": "4601234000055", "qty": "1"}],
+    }
+    status, body = _post(port, "/v1/refund", refund)
+    assert status == 200
+    assert cli("refund", refund, "--json").out == body.decode()
+    changed = dict(refund, lines=[{"sku": "4601234000055", "qty": "0.5"}])
+    assert cli("refund", changed, "--json").code == 2
+    assert _post(port, "/v1/refund", changed)[0] == 409
+    # the customer's points moved once: 100 - 10 - 5 + 29 + 29, the refund +10 - 29
+    balance = cli("balance", "2770000000024", "--at", "2026-12-11T10:00:00+03:00", "--json")
+    assert balance.json()["availablePoints"] == 80 - 10 - 5 + 29 + 29 + 10 - 29
