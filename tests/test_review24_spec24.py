@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -188,3 +189,75 @@ def test_a_receipt_committed_at_the_cli_is_retried_and_confirmed_over_http(
     # the customer's points moved once: 100 - 10 - 5 + 29 + 29, the refund +10 - 29
     balance = cli("balance", "2770000000024", "--at", "2026-12-11T10:00:00+03:00", "--json")
     assert balance.json()["availablePoints"] == 80 - 10 - 5 + 29 + 29 + 10 - 29
+
+
+# ---------------------------------------------------------------- holds beside receipts (seeded)
+
+
+def _expiring_problems(balance: dict[str, Any] | None, where: str) -> list[str]:
+    """§16: `expiring` lists at most 3 batches that still hold points, never more points
+    than are available (while a debt is owed, none)."""
+    if balance is None:
+        return []
+    listed = balance.get("expiring", [])
+    problems = []
+    if len(listed) > 3 or any(batch["points"] <= 0 for batch in listed):
+        problems.append(f"{where}: {listed}")
+    if sum(batch["points"] for batch in listed) > max(0, balance["availablePoints"]):
+        problems.append(f"{where}: more listed to expire than available: {balance}")
+    return problems
+
+
+def _life_of_holds(cli: CLI, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    days = ["2026-12-11T23:59:59+03:00", "2026-12-12T23:59:59+03:00", "2026-12-20T23:59:59+03:00"]
+    batches = [
+        {"points": rng.choice([10, 40, 100, 250]), "expiresAt": d}
+        for d in days[: rng.randint(1, 3)]
+    ]
+    snap = snapshot()
+    snap["program"] = dict(
+        snap["program"],
+        offlineRedeemLimitPoints=rng.choice([60, 100000]),
+        maxRedeemPercent=rng.choice([30, 100]),
+        activationDelayDays=rng.choice([0, 0, 1]),
+        pointsLifetimeDays=rng.choice([0, 2, 5]),
+    )
+    for customer in snap["customers"]:
+        if customer["id"] == "c-b":
+            customer["expiring"] = batches
+            customer["balancePoints"] = sum(b["points"] for b in batches) + rng.choice([0, 30])
+    assert cli("snapshot", "load", snap, "--json").code == 0
+    problems: list[str] = []
+    open_holds: list[str] = []
+    for step in range(rng.randint(4, 9)):
+        at = rng.choice(
+            ["2026-12-10T10:00:00+03:00", "2026-12-11T10:00:00+03:00", "2026-12-12T23:00:00+03:00"]
+        )
+        receipt = _receipt(f"r{step}", at, rng.choice([-1, 0, 20, 60, 150]))
+        receipt["lines"][0]["priceMinor"] = rng.choice([5000, 20000, 100000])
+        call = rng.choice(["hold", "hold", "checkout", "quote", "confirm", "cancel"])
+        if call in ("confirm", "cancel"):
+            if not open_holds:
+                continue
+            answer = cli(call, open_holds.pop(rng.randrange(len(open_holds))), "--json")
+        else:
+            answer = cli(call, receipt, "--json")
+            if call == "hold":
+                open_holds.append(receipt["receiptId"])
+        assert answer.code == 0, answer.err
+        problems += _expiring_problems(answer.json()["balance"], f"seed {seed} {call} r{step}")
+    return problems
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_holds_beside_receipts_never_list_reserved_points_to_expire(cli: CLI, seed: int) -> None:
+    assert _life_of_holds(cli, seed) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3, 60))
+def test_holds_beside_receipts_never_list_reserved_points_to_expire_long(
+    cli: CLI, seed: int
+) -> None:
+    assert _life_of_holds(cli, seed) == []
