@@ -261,3 +261,35 @@ def test_holds_beside_receipts_never_list_reserved_points_to_expire_long(
     cli: CLI, seed: int
 ) -> None:
     assert _life_of_holds(cli, seed) == []
+
+
+def test_a_debt_counted_at_once_is_not_listed_as_points_to_expire(cli: CLI) -> None:
+    """§16 with a debt (found by the seeded holds fuzz of review 24): a refund took back
+    points another sale had spent (a debt of 33, dated 13 December); asked at a time
+    before it (a receipt dated earlier, a Balance --at), the debt counts at once and the
+    balance was -23 while the 10 points expiring on 12 December were still listed: the
+    customer cannot spend them, the debt takes them first (soonest-expiring first)."""
+    snap = snapshot()
+    snap["program"] = dict(snap["program"], pointsLifetimeDays=5)
+    for customer in snap["customers"]:
+        if customer["id"] == "c-b":
+            customer["balancePoints"] = 10
+            customer["expiring"] = [{"points": 10, "expiresAt": "2026-12-12T23:59:59+03:00"}]
+    assert cli("snapshot", "load", snap, "--json").code == 0
+    # 13.12: the 10 have expired; r0 earns 50 (100000 * 5%... base 3%: 30)
+    r0 = _receipt("r0", "2026-12-13T10:00:00+03:00", 0)
+    assert cli("checkout", r0, "--json").json()["earnedPoints"] == 30
+    r1 = _receipt("r1", "2026-12-13T10:00:00+03:00", 30)  # spends r0's 30
+    assert cli("checkout", r1, "--json").json()["redeemedPoints"] == 30
+    refund = {
+        "refundId": "f0",
+        "receiptId": "r0",
+        "at": "2026-12-13T12:00:00+03:00",
+        "lines": [{"sku": "4601234000055", "qty": "1"}],
+    }
+    # r1 earned (100000 - 3000) * 3 / 10000 = 29.1 -> 29; r0's 30 go: 29 from r1's, 1 owed
+    assert cli("refund", refund, "--json").json()["balance"]["availablePoints"] == -1
+    # before the 10 expired: 10 spendable, the debt of 1 counts at once and takes them first
+    early = cli("balance", "2770000000024", "--at", "2026-12-10T12:00:00+03:00", "--json").json()
+    assert early["availablePoints"] == 10 + 29 - 29 - 1
+    assert early["expiring"] == [{"points": 9, "expiresAt": "2026-12-12T23:59:59+03:00"}]
