@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from .conftest import CLI, free_port, snapshot
+from .test_review23_cli23 import serve  # noqa: F401  (the fixture: `tillpoint run` on a data dir)
+from .test_scenarios import OWN_SCENARIOS, _argv, _check_step, _run_in_process
 
 EXE = Path(sys.executable).parent / "tillpoint"
 
@@ -293,3 +295,49 @@ def test_a_debt_counted_at_once_is_not_listed_as_points_to_expire(cli: CLI) -> N
     early = cli("balance", "2770000000024", "--at", "2026-12-10T12:00:00+03:00", "--json").json()
     assert early["availablePoints"] == 10 + 29 - 29 - 1
     assert early["expiring"] == [{"points": 9, "expiresAt": "2026-12-12T23:59:59+03:00"}]
+
+
+# ---------------------------------------------------------------- the scenarios, forwarded
+
+# pricing with explain and retries, a delta between Hold and Confirm, holds beside sales,
+# refunds into batches, a hold's TTL, int64 refusals, a debt dated later
+FORWARDED = [
+    "c24_quantity_price_personal_and_coupon_offer_split_lines",
+    "c24_hold_in_window_then_offer_and_coupon_removed_confirm_commits_held",
+    "c24_receipt_beside_open_hold_expiring_batches",
+    "c24_idempotency_hold_checkout_confirm_cancel_refund",
+    "c24_expiring_spend_then_refunds_in_parts_return_to_batches",
+    "c24_hold_ttl_expiry_releases_offline_limit_and_coupon",
+    "c24_int64_edges_through_pricing",
+    "c24_debt_dated_later_is_not_listed_to_expire",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FORWARDED)
+def test_review24_scenario_through_a_serving_agent(
+    name: str,
+    serve: Any,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The hand-worked scenarios again with `tillpoint run` serving the data directory: every
+    call after the first snapshot goes the forwarded way and prints what the local way does."""
+    scenario = json.loads((OWN_SCENARIOS / "review24" / f"{name}.json").read_text("utf-8"))
+    for key in list(os.environ):
+        if key.startswith("TILLPOINT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", scenario["deviceId"])
+    data = tmp_path / "data"
+    data.mkdir()
+    problems: list[str] = []
+    for index, step in enumerate(scenario["steps"]):
+        if index == 1:
+            serve(data)
+        if step["command"] == "wait":
+            time.sleep(float(step["seconds"]))
+            continue
+        code, out, err = _run_in_process(_argv(step, data, index), capsys)
+        problems.extend(_check_step(name, index, step, code, out, err))
+    assert not problems, "\n".join(problems)
