@@ -377,9 +377,20 @@ class Wallet:
 
     def expiring_at(self, at: datetime, limit: int = EXPIRING_SHOWN) -> list[tuple[int, datetime]]:
         """The next batches that expire and still hold spendable points, soonest first
-        (batches expiring at the same moment as one), the debts paid first."""
+        (batches expiring at the same moment as one), the debts paid first. A debt still
+        owed at `at` (one dated after it, counted at once, that the replay met after these
+        batches had expired) is netted off the soonest of them, as a spend takes them, so
+        the list never holds more than `points_at` says is available."""
+        wallet = self._settled(at)
+        owed = wallet.debt
         by_time: dict[datetime, int] = {}
-        for b in self._settled(at).batches:
-            if b.expires_at is not None and b.points > 0 and b.spendable(at):
-                by_time[b.expires_at] = by_time.get(b.expires_at, 0) + b.points
+        live = [b for b in wallet.batches if b.expires_at is not None and b.spendable(at)]
+        for b in sorted(live, key=lambda b: b.expires_at or at):
+            points = b.points
+            if owed and points > 0:
+                part = min(owed, points)
+                owed -= part
+                points -= part
+            if points > 0 and b.expires_at is not None:
+                by_time[b.expires_at] = by_time.get(b.expires_at, 0) + points
         return [(points, moment) for moment, points in sorted(by_time.items())[:limit]]

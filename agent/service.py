@@ -906,9 +906,8 @@ class Agent:
             int(figures["earned"]),
             datetime.fromisoformat(figures["activatesAt"]),
             datetime.fromisoformat(expires) if expires else None,
+            held_elsewhere,
         )
-        if held_elsewhere:
-            after = replace(after, available=after.available - held_elsewhere)
         _points_fit(after)  # before the commit: refused, nothing stored (a snapshot since)
         if after.as_json() == held["balance"]:
             return
@@ -1068,9 +1067,8 @@ class Agent:
                 priced.earned_points,
                 activates,
                 expires,
+                held_elsewhere,  # what the other open holds reserve is not available either
             )
-            if held_elsewhere:  # what the other open holds reserve is not available either
-                after = replace(after, available=after.available - held_elsewhere)
         tier = program.tier(customer.tier).code if customer else None
         verdicts = coupons.verdicts(checks, priced.applied_offers)
         if commit and customer is not None and after is not None:
@@ -1900,16 +1898,22 @@ def _balance_after(
     earned: int,
     activates: datetime,
     expires: datetime | None,
+    held: int = 0,
 ) -> ledger.Points:
-    """The balance `before` after a receipt's spending and earning, at its `at`."""
+    """The balance `before` after a receipt's spending and earning, at its `at`. `held`:
+    what this till's other open holds of the customer reserve (§11), spent first, so it
+    leaves the batches it would take (§16: soonest-expiring first) as well as the
+    available figure: `expiring` never lists points a hold has reserved."""
     moves = []
+    if held:  # no receipt id: nothing is remembered to route a refund by
+        moves.append(Movement("spend", -held, "", at, False))
     if redeemed:
         moves.append(Movement("spend", -redeemed, receipt_id, at, False))
     if earned:
         moves.append(Movement("earn", earned, receipt_id, at, False, activates, expires))
     pending_now = activates > at
     return before.after(program, at, *moves) or ledger.Points(
-        before.available - redeemed + (0 if pending_now else earned),
+        before.available - held - redeemed + (0 if pending_now else earned),
         before.pending + (earned if pending_now else 0),
     )
 
