@@ -14,12 +14,16 @@ the calling thread:
   and tuples instead of pydantic models, and the common path of the contract §5 over
   plain tuples in one loop a line: eligibility, a line's candidates by SKU and category
   lineage (the personal offers and the snapshot's mass offers, indexed once per run),
-  validity as integers, the best line money offer (percent, amount, fixed price, quantity
-  tiers) and the largest multiplier, receipt percent discounts and extra points,
-  redemption (balance, percent, capacity, requested, offline limit) and accrual split by
-  the largest remainder, the answer's lines as tuples. Left out: basket deals (MULTIBUY),
-  time windows and coupon-gated offers (taken as not applying), control groups, expiring
-  points, the display lines, the trace.
+  validity as integers, day-time windows, the best line money offer (percent, amount,
+  fixed price, quantity tiers over the receipt's qty of the SKU) and the largest
+  multiplier, basket deals (MULTIBUY, in priority order, when they beat the lines' best
+  offers), receipt percent discounts and extra points, redemption (balance, percent,
+  capacity, requested, offline limit), the birthday multiplier and accrual split by the
+  largest remainder, the answer's lines as tuples; the coupons' offers unlocked as the
+  bench's codes need (no issued codes, no normalising). Left out: favourite-weekday
+  offers (taken as not applying), control groups (their offers taken
+  as not applying: no twin pricing for `heldOut`), expiring points, the display lines, a
+  result object, the trace.
 
 It is a cost estimate, not a second engine: the share of receipts whose every line it
 prices as the agent does (discount, offer, redeemed, earned) is printed beside the
@@ -47,7 +51,7 @@ from zoneinfo import ZoneInfo
 from tillpoint.agent.ledger import QUOTE_LOOKUP, utc_text
 from tillpoint.agent.models import Receipt, micros
 from tillpoint.agent.money import round_half_up_ratio, split_integer
-from tillpoint.agent.pricing import in_birthday_window
+from tillpoint.agent.pricing import in_birthday_window, multibuy_free
 from tillpoint.agent.results import receipt_from_json
 
 from bench.generate import Scale, write_full
@@ -60,13 +64,13 @@ _LINE = frozenset(
 )
 # an offer as a tuple: the fields the common path reads
 ID, KIND, SKUS, CATS, VALUE, PRIORITY, LOW, HIGH = range(8)
-CUSTOMER, MIN_QTY, MIN_TOTAL, TIERS, SKIP, CAMPAIGN, WINDOW = range(8, 15)
+CUSTOMER, MIN_QTY, MIN_TOTAL, TIERS, SKIP, CAMPAIGN, WINDOW, BUY, FREE, COUPON = range(8, 18)
 
 
 def offer_record(d: dict[str, Any]) -> tuple[Any, ...]:
     low = micros(datetime.fromisoformat(d["validFrom"])) if d.get("validFrom") else -_OPEN
     high = micros(datetime.fromisoformat(d["validTo"])) if d.get("validTo") else _OPEN
-    gated = bool(d.get("couponRequired") or d.get("onFavoriteWeekday"))
+    gated = bool(d.get("onFavoriteWeekday"))
     days = frozenset(d.get("weekdays", ()))
     hours = tuple((_seconds(h["from"]), _seconds(h["to"])) for h in d.get("hours", ()))
     return (
@@ -82,9 +86,19 @@ def offer_record(d: dict[str, Any]) -> tuple[Any, ...]:
         Decimal(d.get("minQty") or 0),
         d.get("minTotalMinor", 0),
         tuple((Fraction(t["minQty"]), t["unitPriceMinor"]) for t in d.get("tiers", ())),
-        gated or d["kind"] == "MULTIBUY",
+        gated,
         d.get("campaignId") or None,
         (days, hours) if days or hours else None,
+        int(Decimal(d.get("buyQty") or 0)),
+        int(Decimal(d.get("freeQty") or 0)),
+        bool(d.get("couponRequired")),
+    )
+
+
+def _valid(coupon: dict[str, Any], at: datetime) -> bool:
+    low, high = coupon.get("validFrom"), coupon.get("validTo")
+    return (not low or datetime.fromisoformat(low) <= at) and (
+        not high or at <= datetime.fromisoformat(high)
     )
 
 
@@ -184,8 +198,14 @@ class Native:
             )
         }
         dict(c.execute("SELECT * FROM applied_through").fetchall())
+        unlocked: set[str] = set()  # the offers the receipt's coupons unlock (§13)
         for code in receipt.coupons:
-            c.execute("SELECT doc FROM coupons WHERE code = ?", (code,)).fetchone()
+            found = c.execute("SELECT doc FROM coupons WHERE code = ?", (code,)).fetchone()
+            coupon = json.loads(found[0]) if found is not None else None
+            if coupon is not None and coupon.get("customerId") in (None, cid):
+                used = led.execute("SELECT 1 FROM coupon_uses WHERE code = ?", (code,)).fetchone()
+                if used is None and _valid(coupon, receipt.at):
+                    unlocked.add(coupon["offerId"])
         p_sku: dict[str, list[tuple[Any, ...]]] = {}
         p_cat: dict[str, list[tuple[Any, ...]]] = {}
         p_receipt: list[tuple[Any, ...]] = []
@@ -219,6 +239,8 @@ class Native:
         groups = frozenset(customer.get("controlGroups", ()))
         local: datetime | None = None
         lines: list[list[Any]] = []  # [sku, amount, eligible, discount, offer, multiplier]
+        deals: dict[str, tuple[tuple[Any, ...], list[int]]] = {}  # a deal -> its lines
+        sku_qty: dict[str, Decimal] = {}  # the receipt's qty of a SKU (quantity prices)
         for line in receipt.lines:
             sku, amount = line.sku, line.amount
             product = products.get(sku)
@@ -246,6 +268,8 @@ class Native:
                     continue
                 if o[CAMPAIGN] in groups:  # held out (its twin pricing left out)
                     continue
+                if o[COUPON] and o[ID] not in unlocked:
+                    continue
                 if o[WINDOW] is not None:
                     if local is None:
                         local = receipt.at.astimezone(self.zone)
@@ -254,6 +278,10 @@ class Native:
                 if o[MIN_QTY] and qty < o[MIN_QTY]:
                     continue
                 kind, value = o[KIND], o[VALUE]
+                if kind == "MULTIBUY":
+                    if qty == qty.to_integral_value():  # only whole quantities take part
+                        deals.setdefault(o[ID], (o, []))[1].append(len(lines))
+                    continue
                 if kind == "BONUS_MULTIPLIER":
                     if value > 1 and (mult is None or (-value, o[PRIORITY], o[ID]) < mult):
                         mult = (-value, o[PRIORITY], o[ID])
@@ -262,7 +290,13 @@ class Native:
                 if kind == "PERCENT_OFF":
                     discount = amount * value.numerator // (100 * value.denominator)
                 elif kind == "QUANTITY_PRICE":
-                    reach = [u for q, u in o[TIERS] if q <= qty]
+                    if not sku_qty:
+                        for other in receipt.lines:
+                            row = products.get(other.sku)
+                            if row is not None and not row[2]:
+                                sku_qty[other.sku] = sku_qty.get(other.sku, 0) + other.qty
+                    total_qty = sku_qty[sku]
+                    reach = [u for q, u in o[TIERS] if q <= total_qty]
                     if not reach:
                         continue
                     discount = amount - round_half_up_ratio(reach[-1] * n, d)
@@ -282,6 +316,27 @@ class Native:
                     -mult[0] if mult else None,
                 ]
             )
+        # basket deals (§15), in (priority, id) order, over the lines no deal took yet
+        taken_by: dict[int, str] = {}
+        for deal, deal_lines in sorted(deals.values(), key=lambda d: (d[0][PRIORITY], d[0][ID])):
+            parts = [i for i in deal_lines if i not in taken_by]
+            if not parts:
+                continue
+            units = [int(receipt.lines[i].qty) for i in parts]
+            shares = multibuy_free(
+                [(lines[i][1], u) for i, u in zip(parts, units, strict=True)],
+                deal[BUY],
+                deal[FREE],
+            )
+            won = [
+                (i, lines[i][1] * free // u)
+                for i, u, (free, in_group) in zip(parts, units, shares, strict=True)
+                if in_group
+            ]
+            if sum(d for _, d in won) > sum(lines[i][3] for i, _ in won):
+                for i, d in won:
+                    lines[i][3], lines[i][4] = d, deal[ID]
+                    taken_by[i] = deal[ID]
         basket = sum(x[1] - x[3] for x in lines if x[2])
         extra = 0
         top: tuple[int, int, str, Fraction] | None = None
@@ -289,6 +344,8 @@ class Native:
             if o[SKIP] or not (o[LOW] <= at <= o[HIGH]) or basket < o[MIN_TOTAL]:
                 continue
             if o[CAMPAIGN] in groups or o[CUSTOMER] not in (None, cid):
+                continue
+            if o[COUPON] and o[ID] not in unlocked:
                 continue
             if o[KIND] == "EXTRA_POINTS":
                 extra += int(o[VALUE])

@@ -17,7 +17,7 @@ def test_the_native_prototype_runs_beside_the_quote_and_prices_most_receipts_ali
     out = capsys.readouterr().out
     for name in ("quote", "floor", "native"):
         assert re.search(rf"^  {name} +mean \d+\.\d+ ", out, re.MULTILINE), out
-    # a cost estimate of comparable work: it leaves basket deals and coupons out, but
+    # a cost estimate of comparable work: it leaves a few rules out (see its text), but
     # most receipts of the bench's mix get from it what the agent answers
     share = re.search(r"as the agent did on (\d+)% of them", out)
-    assert share is not None and int(share.group(1)) >= 50, out
+    assert share is not None and int(share.group(1)) >= 80, out
