@@ -435,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         bodies = [(b, receipt_from_json(b)) for b in known]
         same = 0
         for body, receipt in bodies[:40]:  # warm
-            agent.quote(receipt), floor(body), native(receipt)
+            agent.quote(receipt)
+            floor(body)
+            native(receipt)
         calls: dict[str, Callable[[dict[str, Any], Receipt], object]] = {
             "quote": lambda b, r: agent.quote(r),
             "floor": lambda b, r: floor(b),
