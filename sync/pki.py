@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tillpoint.agent.config import device_id_problem
+from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, TillpointError
 
 from . import ENROLLMENT_DIR, ENROLLMENT_FILE, RENEW_WARNING_DAYS, SET_JOURNAL
@@ -103,7 +104,7 @@ def _write_set(root: Path, files: list[tuple[str, bytes, bool]]) -> None:
     for name, data, private in files:
         (_write_private if private else _write_public)(root / f"{name}.next", data)
     _write_public(root / SET_JOURNAL, json.dumps([name for name, _, _ in files]).encode())
-    _fsync_dir(root)
+    fsync_path(root)
     finish_set(root)
 
 
@@ -123,22 +124,14 @@ def finish_set(root: Path) -> None:
             # FileNotFoundError: renamed already (before the crash, or by another reader)
             with contextlib.suppress(FileNotFoundError):
                 os.replace(root / f"{name}.next", root / str(name))
-        _fsync_dir(root)
+        fsync_path(root)
         journal.unlink(missing_ok=True)
-        _fsync_dir(root)
+        fsync_path(root)
     except OSError as exc:
         raise EnrollmentError(
             f"cannot finish replacing the keys in {root} ({exc}): run the command again as"
             " the user that owns them"
         ) from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
