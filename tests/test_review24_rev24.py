@@ -1,0 +1,66 @@
+"""rev24: second look at the session's changes (review24)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from tillpoint.agent.db import LiveCache, cache_file
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt, snapshot
+
+
+def _switch_in_a_later_generation(data_dir: Path) -> Path:
+    """A copy of the current generation marked with a migration this release does not
+    know (a later release's `snapshot load`), switched in as cache.db."""
+    current = cache_file(data_dir)
+    later = current.with_name("cache-2-0badcafe.db")
+    shutil.copy(current, later)
+    conn = sqlite3.connect(later)
+    conn.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+        " SELECT migration_set, 'm099_from_a_later_release', '2027-01-01'"
+        " FROM _sqlite_migrations LIMIT 1"
+    )
+    conn.commit()
+    conn.close()
+    os.symlink(later.name, data_dir / "next.link")
+    os.replace(data_dir / "next.link", data_dir / "cache.db")
+    return later
+
+
+def test_a_reader_started_on_the_fallback_tries_the_refused_generation_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader opened while the current generation is refused starts on the agent's
+    (the fallback). Once that generation can be read (the file replaced, the release
+    upgraded), the reader moves to it as the agent's own connection does, rather than
+    pricing from the old generation until the next snapshot switch."""
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        old = cache_file(data)
+        later = _switch_in_a_later_generation(data)
+        monkeypatch.setattr(LiveCache, "RETRY_S", 0.0)  # tried again at its next read
+        # a reader of its own, opened while `later` is refused: it starts on the fallback
+        reader = LiveCache(data, fallback=old)
+        try:
+            assert reader.path == old
+            # the refused generation becomes readable (the later migration gone)
+            conn = sqlite3.connect(later)
+            conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm099_from_a_later_release'")
+            conn.commit()
+            conn.close()
+            reader.connection()
+            assert reader.path == later
+        finally:
+            reader.close()
+        assert agent.quote(receipt_from_json(receipt("after-1"))).total_minor > 0
+    finally:
+        agent.close()
