@@ -403,8 +403,11 @@ class LiveCache:
             self._refuse(self._identity, exc)
             # what cache.db would be were it still the fallback: the refused one differs,
             # so `connection()` tries it again after `RETRY_S` as the agent's own does
-            st = os.stat(fallback)
-            self._identity = (fallback.name, st.st_dev, st.st_ino)
+            try:
+                st = os.stat(fallback)
+                self._identity = (fallback.name, st.st_dev, st.st_ino)
+            except OSError:  # removed since it was opened: any identity but the refused one
+                self._identity = (fallback.name, 0, 0)
         self.path = file_of(self._conn)
 
     def _open(self, path: Path | None = None) -> sqlite3.Connection:
