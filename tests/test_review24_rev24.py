@@ -19,7 +19,7 @@ def _switch_in_a_later_generation(data_dir: Path) -> Path:
     """A copy of the current generation marked with a migration this release does not
     know (a later release's `snapshot load`), switched in as cache.db."""
     current = cache_file(data_dir)
-    later = current.with_name("cache-2-0badcafe.db")
+    later = current.with_name("cache-2-0badbeef.db")
     shutil.copy(current, later)
     conn = sqlite3.connect(later)
     conn.execute(
