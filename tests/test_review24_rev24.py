@@ -64,3 +64,28 @@ def test_a_reader_started_on_the_fallback_tries_the_refused_generation_again(
         assert agent.quote(receipt_from_json(receipt("after-1"))).total_minor > 0
     finally:
         agent.close()
+
+
+def test_a_wrong_device_is_refused_when_a_crash_left_the_marker_as_next(
+    tmp_path: Path,
+) -> None:
+    """A first `sync install` killed after its commit point (the journal written, the
+    marker still `enrollment.json.next`) is an enrolment (`is_enrolled`); a till command
+    run as another device is refused then too, not let through because the marker's
+    rename had not happened yet."""
+    from tillpoint.sync import SET_JOURNAL, WrongDevice, is_enrolled, pki, require_device
+
+    keys = pki.HubKeys(tmp_path / "hub" / "keys")
+    assert pki.init_hub_keys(keys)
+    bundle = pki.make_bundle(keys, pki.issue_device(keys, "till-1"), "hub:7443")
+    till = tmp_path / "till"
+    pki.install_bundle(till, bundle, "till-1")
+    root = till / "enrollment"
+    # the state a SIGKILL before the marker's rename leaves (tests/test_key_sets.py)
+    os.replace(root / "enrollment.json", root / "enrollment.json.next")
+    (root / SET_JOURNAL).write_text('["enrollment.json"]')
+    assert is_enrolled(till)
+    with pytest.raises(WrongDevice):
+        require_device(till, "till-2")
+    require_device(till, "till-1")
+    assert (root / "enrollment.json").is_file() and not (root / SET_JOURNAL).exists()
