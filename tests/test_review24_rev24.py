@@ -89,3 +89,33 @@ def test_a_wrong_device_is_refused_when_a_crash_left_the_marker_as_next(
         require_device(till, "till-2")
     require_device(till, "till-1")
     assert (root / "enrollment.json").is_file() and not (root / SET_JOURNAL).exists()
+
+
+def test_the_new_files_names_are_on_disk_before_the_journal_that_commits_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut (not a SIGKILL: the kernel's unwritten directory entries are lost too)
+    must not keep the journal's rename and lose a `.next` file's: the journal would then
+    name a file that is not there, `finish_set` skip it, and the set end mixed (a new
+    certificate beside the old key). So the directory is fsynced once every `.next` is
+    in it and before the journal is renamed into place."""
+    from tillpoint.sync import SET_JOURNAL, pki
+
+    events: list[str] = []
+    real_replace, real_fsync_dir = os.replace, pki._fsync_dir
+
+    def replace(src: object, dst: object) -> None:
+        events.append(f"rename {Path(str(dst)).name}")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    def fsync_dir(path: Path) -> None:
+        events.append("fsync dir")
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(pki.os, "replace", replace)
+    monkeypatch.setattr(pki, "_fsync_dir", fsync_dir)
+    pki._write_set(tmp_path / "set", [("a.pem", b"a", False), ("a.key", b"k", True)])
+    journal = events.index(f"rename {SET_JOURNAL}")
+    last_next = max(i for i, e in enumerate(events) if e.endswith(".next"))
+    assert "fsync dir" in events[last_next:journal], events
+    assert (tmp_path / "set" / "a.key").read_bytes() == b"k"
