@@ -376,7 +376,8 @@ class LiveCache:
     upgrade in place, a file being replaced) leaves the connection on the one it reads,
     tried again after `RETRY_S`, and said once. A new connection given `fallback` (the
     generation the agent reads) starts there when the current one is refused, so every
-    call of the agent prices from the same data rather than some refused."""
+    call of the agent prices from the same data rather than some refused, and tries the
+    current one again after `RETRY_S` as well."""
 
     RETRY_S = 10.0
 
@@ -400,6 +401,13 @@ class LiveCache:
             except StorageError:
                 raise exc from None
             self._refuse(self._identity, exc)
+            # what cache.db would be were it still the fallback: the refused one differs,
+            # so `connection()` tries it again after `RETRY_S` as the agent's own does
+            try:
+                st = os.stat(fallback)
+                self._identity = (fallback.name, st.st_dev, st.st_ino)
+            except OSError:  # removed since it was opened: any identity but the refused one
+                self._identity = (fallback.name, 0, 0)
         self.path = file_of(self._conn)
 
     def _open(self, path: Path | None = None) -> sqlite3.Connection:

@@ -69,9 +69,16 @@ class WrongDevice(InputError):
 def require_device(data_dir: Path, device_id: str) -> None:
     """WrongDevice when the till is enrolled as another device than `device_id`, whether a
     hub address is set or not. The marker's JSON alone (`pki` and `cryptography` are a
-    tenth of a CLI call's start); a damaged marker is `pki.load_enrollment`'s to report."""
+    tenth of a CLI call's start); a damaged marker is `pki.load_enrollment`'s to report.
+    A set of key files a crash left committed but not renamed (`SET_JOURNAL`: the marker
+    may still be `enrollment.json.next`) is finished first, as `load_enrollment` does."""
+    root = Path(data_dir) / ENROLLMENT_DIR
+    if (root / SET_JOURNAL).is_file():
+        from .pki import finish_set  # rare: only after a crash
+
+        finish_set(root)
     try:
-        marker = Path(data_dir) / ENROLLMENT_DIR / ENROLLMENT_FILE
+        marker = root / ENROLLMENT_FILE
         enrolled = json.loads(marker.read_text(encoding="utf-8"))["deviceId"]
     except (OSError, ValueError, KeyError, TypeError):
         return
