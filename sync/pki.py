@@ -105,7 +105,7 @@ def _write_set(root: Path, files: list[tuple[str, bytes, bool]]) -> None:
         (_write_private if private else _write_public)(root / f"{name}.next", data)
     # every `.next` named on the disk before the journal that commits them: else a power
     # cut could keep the journal and lose one, and finish_set would leave that file old
-    _fsync_dir(root)
+    fsync_path(root)
     _write_public(root / SET_JOURNAL, json.dumps([name for name, _, _ in files]).encode())
     fsync_path(root)
     finish_set(root)

@@ -102,7 +102,7 @@ def test_the_new_files_names_are_on_disk_before_the_journal_that_commits_them(
     from tillpoint.sync import SET_JOURNAL, pki
 
     events: list[str] = []
-    real_replace, real_fsync_dir = os.replace, pki._fsync_dir
+    real_replace, real_fsync_dir = os.replace, pki.fsync_path
 
     def replace(src: object, dst: object) -> None:
         events.append(f"rename {Path(str(dst)).name}")
@@ -113,7 +113,7 @@ def test_the_new_files_names_are_on_disk_before_the_journal_that_commits_them(
         real_fsync_dir(path)
 
     monkeypatch.setattr(pki.os, "replace", replace)
-    monkeypatch.setattr(pki, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(pki, "fsync_path", fsync_dir)
     pki._write_set(tmp_path / "set", [("a.pem", b"a", False), ("a.key", b"k", True)])
     journal = events.index(f"rename {SET_JOURNAL}")
     last_next = max(i for i, e in enumerate(events) if e.endswith(".next"))
