@@ -302,6 +302,25 @@ def test_a_reader_on_a_deleted_generation_keeps_its_file_and_leaves_nothing(
     agent.close()
 
 
+def switch_in_a_later_generation(data_dir: Path, name: str) -> Path:
+    """A copy of the current generation, named `name`, marked with a migration this
+    release does not know (a later release's `snapshot load`), switched in as cache.db."""
+    current = cache_file(data_dir)
+    later = current.with_name(name)
+    shutil.copy(current, later)
+    conn = sqlite3.connect(later)
+    conn.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+        " SELECT migration_set, 'm099_from_a_later_release', '2027-01-01'"
+        " FROM _sqlite_migrations LIMIT 1"
+    )
+    conn.commit()
+    conn.close()
+    os.symlink(later.name, data_dir / "next.link")
+    os.replace(data_dir / "next.link", data_dir / "cache.db")
+    return later
+
+
 def test_a_generation_a_later_release_wrote_is_tried_again_only_after_a_while(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -312,19 +331,7 @@ def test_a_generation_a_later_release_wrote_is_tried_again_only_after_a_while(
     agent = Agent(tmp_path / "data", "till-1")
     try:
         agent.load_snapshot(snapshot())
-        current = cache_file(tmp_path / "data")
-        later = current.with_name("cache-2-0badcafe.db")
-        shutil.copy(current, later)
-        conn = sqlite3.connect(later)
-        conn.execute(
-            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
-            " SELECT migration_set, 'm099_from_a_later_release', '2027-01-01'"
-            " FROM _sqlite_migrations LIMIT 1"
-        )
-        conn.commit()
-        conn.close()
-        os.symlink(later.name, tmp_path / "data" / "next.link")
-        os.replace(tmp_path / "data" / "next.link", tmp_path / "data" / "cache.db")
+        switch_in_a_later_generation(tmp_path / "data", "cache-2-0badcafe.db")
         with caplog.at_level("WARNING", logger="tillpoint"):
             for i in range(50):
                 assert agent.quote(receipt_from_json(receipt(f"later-{i}"))).total_minor > 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -13,25 +12,11 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import receipt, snapshot
+from .test_cache_generations import switch_in_a_later_generation
 
 
 def _switch_in_a_later_generation(data_dir: Path) -> Path:
-    """A copy of the current generation marked with a migration this release does not
-    know (a later release's `snapshot load`), switched in as cache.db."""
-    current = cache_file(data_dir)
-    later = current.with_name("cache-2-0badbeef.db")
-    shutil.copy(current, later)
-    conn = sqlite3.connect(later)
-    conn.execute(
-        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
-        " SELECT migration_set, 'm099_from_a_later_release', '2027-01-01'"
-        " FROM _sqlite_migrations LIMIT 1"
-    )
-    conn.commit()
-    conn.close()
-    os.symlink(later.name, data_dir / "next.link")
-    os.replace(data_dir / "next.link", data_dir / "cache.db")
-    return later
+    return switch_in_a_later_generation(data_dir, "cache-2-0badbeef.db")
 
 
 def test_a_reader_started_on_the_fallback_tries_the_refused_generation_again(
