@@ -725,8 +725,7 @@ def enrollment_dir(data_dir: Path) -> Path:
 def load_enrollment(data_dir: Path) -> Enrollment | None:
     root = enrollment_dir(data_dir)
     marker = root / ENROLLMENT_FILE
-    if (root / SET_JOURNAL).is_file():
-        finish_set(root)
+    finish_set(root)  # nothing unless a crash left a committed set (its journal)
     if not marker.is_file():
         return None
     try:
