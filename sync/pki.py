@@ -120,8 +120,10 @@ def finish_set(root: Path) -> None:
         names = json.loads(journal.read_bytes())
     except FileNotFoundError:
         return
-    except (OSError, ValueError) as exc:  # written by rename: whole or absent
-        raise EnrollmentError(f"{journal} is unreadable ({exc}): install the keys again") from None
+    except (OSError, ValueError) as exc:  # written by rename: whole or absent (or by hand)
+        raise KeyMaterialRefused(
+            f"{journal} is unreadable ({exc}): install the keys again"
+        ) from None
     try:
         for name in names:
             # FileNotFoundError: renamed already (before the crash, or by another reader)
@@ -131,7 +133,7 @@ def finish_set(root: Path) -> None:
         journal.unlink(missing_ok=True)
         fsync_path(root)
     except OSError as exc:
-        raise EnrollmentError(
+        raise KeyMaterialRefused(
             f"cannot finish replacing the keys in {root} ({exc}): run the command again as"
             " the user that owns them"
         ) from None

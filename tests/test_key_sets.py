@@ -20,6 +20,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tillpoint.sync import is_enrolled, pki
 
+from .conftest import CLI
+
+RECEIPT = Path(__file__).resolve().parents[1] / "examples" / "receipt-card.json"
+
 
 def crashed_at(rename: int, work: Callable[[], object]) -> bool:
     """Run `work` in a forked child killed just before its `rename`-th os.replace; True
@@ -126,3 +130,21 @@ def test_the_hub_s_server_renewal_crashed_anywhere_leaves_a_matching_pair(
         if not killed:
             break
     assert outcomes[-1] == "new" and "old" in outcomes, outcomes
+
+
+def test_a_journal_mended_by_hand_wrongly_is_one_line_and_exit_2(
+    keys: pki.HubKeys, tmp_path: Path, cli: CLI
+) -> None:
+    """The journal is written by rename (whole or absent); one edited by hand is a key
+    problem the operator mends: one line, exit 2 (which the units do not restart in a
+    loop), nothing renamed."""
+    till = tmp_path / "data"  # the `cli` fixture's data directory
+    bundle = pki.make_bundle(keys, pki.issue_device(keys, "till-1"), "h:1")
+    pki.install_bundle(till, bundle, "till-1")
+    journal = till / "enrollment" / ".replacing.json"
+    journal.write_text("{half")
+    before = {p.name: p.read_bytes() for p in (till / "enrollment").iterdir()}
+    done = cli("quote", RECEIPT, "--json")
+    assert done.code == 2, done.err
+    assert done.err.count("\n") == 1 and ".replacing.json is unreadable" in done.err
+    assert {p.name: p.read_bytes() for p in (till / "enrollment").iterdir()} == before
