@@ -552,12 +552,20 @@ def _version(conn: sqlite3.Connection) -> int:
     return int(_get(conn, "version") or 0)
 
 
+def _stamp(stored: str | None) -> str | None:
+    """A stored time as the project prints times: UTC as `Z`, as the snapshot most likely
+    wrote it (`isoformat` keeps any other offset and spells UTC `+00:00`)."""
+    if stored and stored.endswith("+00:00"):
+        return stored[:-6] + "Z"
+    return stored or None
+
+
 def info(conn: sqlite3.Connection) -> CacheInfo:
     return CacheInfo(
         version=_version(conn),
-        issued_at=_get(conn, "issued_at") or None,
-        expires_at=_get(conn, "expires_at") or None,
-        loaded_at=_get(conn, "loaded_at") or None,
+        issued_at=_stamp(_get(conn, "issued_at")),
+        expires_at=_stamp(_get(conn, "expires_at")),
+        loaded_at=_stamp(_get(conn, "loaded_at")),
     )
 
 
