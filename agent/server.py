@@ -216,9 +216,7 @@ def build_server(
     # Server reflection: grpcurl and Postman call PosAgent without the .proto. grpcio's
     # Python package serves v1alpha only; v1 (what newer clients ask first) has the same
     # messages field for field, so the same servicer answers it under v1's name.
-    reflecting = reflection.ReflectionServicer(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    )
+    reflecting = _Reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME))
     # A reflection stream holds a thread while it is open (a GUI tool left connected):
     # its own few threads, so that open streams queue there and never take the workers
     # the POS's calls need (8 of them stopped every PosAgent call).
@@ -240,6 +238,25 @@ def build_server(
         )
     )
     return server, port, health_servicer
+
+
+class _Reflection(reflection.ReflectionServicer):
+    """grpcio's reflection, which also finds the file of a method: `grpcurl describe
+    tillpoint.v1.PosAgent.Hold` asks for the file containing `tillpoint.v1.PosAgent.Hold`,
+    and the Python protobuf pool looks up messages, services, enums and fields, not
+    methods ("not found" where a server in Go or Java answers)."""
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        service, _, method = fully_qualified_name.rpartition(".")
+        try:
+            self._pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            try:
+                if method in self._pool.FindServiceByName(service).methods_by_name:
+                    fully_qualified_name = service
+            except KeyError:
+                pass
+        return super()._file_containing_symbol(request, fully_qualified_name)
 
 
 def start_hold_sweeper(

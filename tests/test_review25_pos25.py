@@ -56,3 +56,59 @@ def test_grpc_request_over_4_mib_is_bad_input_as_through_the_other_doors(agent: 
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         ok = stub.Quote(json_format.ParseDict(receipt("small"), pb.Receipt()), timeout=TIMEOUT)
         assert ok.card.status == pb.FOUND
+
+
+def _reflect(channel: grpc.Channel, service: str, symbol: str) -> Any:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    info = channel.stream_stream(
+        f"/{service}/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+    return next(iter(info(iter([request]), timeout=TIMEOUT)))
+
+
+def test_reflection_finds_the_file_of_a_method_as_grpcurl_describe_asks(agent: Agent) -> None:
+    """docs/CONTRACT.md §12: reflection is on so grpcurl works without the .proto.
+    `grpcurl describe tillpoint.v1.PosAgent.Hold` asks for the file containing the symbol
+    `tillpoint.v1.PosAgent.Hold`: it was "not found" (the Python protobuf pool looks up
+    messages, services, enums and fields, not methods), where a service, a message and a
+    field were found."""
+    from google.protobuf import descriptor_pb2
+
+    with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        for service in (
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ):
+            for symbol in (
+                "tillpoint.v1.PosAgent",
+                "tillpoint.v1.PosAgent.Hold",
+                "tillpoint.v1.PosAgent.Confirm",
+                "grpc.health.v1.Health.Check",
+                "tillpoint.v1.Receipt",
+            ):
+                answer = _reflect(channel, service, symbol)
+                assert answer.WhichOneof("message_response") == "file_descriptor_response", (
+                    service,
+                    symbol,
+                    answer,
+                )
+                files = [
+                    descriptor_pb2.FileDescriptorProto.FromString(raw)
+                    for raw in answer.file_descriptor_response.file_descriptor_proto
+                ]
+                assert any(
+                    symbol.startswith(f"{f.package}.")
+                    and any(
+                        s.name == symbol.split(".")[len(f.package.split("."))]
+                        for s in (*f.service, *f.message_type)
+                    )
+                    for f in files
+                ), (symbol, [f.name for f in files])
+            for unknown in ("tillpoint.v1.PosAgent.Nope", "tillpoint.v1.Nope.Hold", "Hold"):
+                answer = _reflect(channel, service, unknown)
+                assert answer.WhichOneof("message_response") == "error_response", unknown
+                assert answer.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
