@@ -1145,8 +1145,37 @@ def describe(exc: ValidationError) -> str:
         message = CONTROLS_MESSAGE
     if first.get("type") == "string_too_long" and limit:
         message = f"is too long (at most {limit} characters)"
+    if first.get("type") == "extra_forbidden":
+        twin = _twin(first.get("loc", ()))
+        if twin is not None:
+            where, message = twin
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{where} {message}{more}".strip() if where else f"{message}{more}"
+
+
+def _twin(loc: Sequence[int | str]) -> tuple[str, str] | None:
+    """A field "not known" under its proto name (`price_minor`) while the model takes that
+    name: the field came under both its names (pydantic keeps the JSON name's value and
+    refuses the other as extra). Where and what to say then."""
+    name = loc[-1] if loc else None
+    if not isinstance(name, str) or "_" not in name:
+        return None
+    camel = to_camel(name)
+    if camel == name or camel not in _field_names():
+        return None
+    return _location((*loc[:-1], camel)), f"is given twice ({name} and {camel})"
+
+
+@functools.cache
+def _field_names() -> frozenset[str]:
+    """The JSON names of every model's fields."""
+    names: set[str] = set()
+    models: list[type[BaseModel]] = [Model]
+    while models:
+        model = models.pop()
+        models.extend(model.__subclasses__())
+        names.update(field.alias or name for name, field in model.model_fields.items())
+    return frozenset(names)
 
 
 def _one_per_field(errors: list[Any]) -> list[Any]:
