@@ -156,6 +156,9 @@ def test_a_field_under_both_its_names_is_said_so(cli: CLI, server: HttpServer) -
         run = cli("checkout" if what == "receipt" else "refund", doc, "--json")
         assert run.code == 2 and run.out == ""
         assert run.err == f"tillpoint: {what}: {expected}\n", run.err
+    # a proto-looking name that is no field here is still unknown (printText is an offer's)
+    status, answer = _post(server, "/v1/quote", {**receipt("other"), "print_text": "x"})
+    assert answer["error"]["message"] == "receipt: print_text is not a known field", answer
     # one name alone is taken, as before
     del body["lines"][0]["priceMinor"]
     status, answer = _post(server, "/v1/quote", body)
