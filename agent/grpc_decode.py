@@ -101,8 +101,13 @@ def _type_name(field: FieldDescriptor) -> str:
     return f"repeated {kind}" if field.is_repeated else kind
 
 
-def _keeping(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _keeping(deserializer: Callable[[bytes], Any], limit: int | None) -> Callable[[bytes], Any]:
     def read(data: bytes) -> Any:
+        if limit is not None and len(data) > limit:
+            return _Undecodable(
+                "",
+                f"request larger than {limit >> 20} MiB ({len(data)} bytes; at most {limit})",
+            )
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError, or a string field that is not UTF-8
@@ -165,10 +170,13 @@ else:
 class RefuseUndecodable(_Interceptor):
     """`exact`: the method prefix (a service) whose requests must carry no unknown field
     (the agent's `PosAgent`: the contract's bad input); the hub takes a newer till's
-    fields it does not know, as protobuf does, so a till can be upgraded first."""
+    fields it does not know, as protobuf does, so a till can be upgraded first.
+    `limit`: the largest request in bytes; a larger one is bad input (INVALID_ARGUMENT,
+    the contract §10), read by a server whose transport takes more than `limit`."""
 
-    def __init__(self, exact: str = "") -> None:
+    def __init__(self, exact: str = "", limit: int | None = None) -> None:
         self.exact = exact
+        self.limit = limit
 
     def intercept_service(
         self,
@@ -181,7 +189,7 @@ class RefuseUndecodable(_Interceptor):
         read = handler.request_deserializer
         if self.exact and handler_call_details.method.startswith(self.exact):
             read = _exact(read)
-        changes: dict[str, Any] = {"request_deserializer": _keeping(read)}
+        changes: dict[str, Any] = {"request_deserializer": _keeping(read, self.limit)}
         if handler.unary_unary is not None:
             changes["unary_unary"] = _one(handler.unary_unary)
         elif handler.unary_stream is not None:

@@ -991,10 +991,11 @@ def parse(model: type[M], data: Any, what: str, *, request: bool = False) -> M:
     null` is no ACTIVE card."""
     if not isinstance(data, dict):
         raise InputError(f"{what}: expected a JSON object")
+    document = _without_nulls(data) if request else data
     try:
-        return model.model_validate(_without_nulls(data) if request else data)
+        return model.model_validate(document)
     except ValidationError as exc:
-        raise InputError(f"{what}: {describe(exc)}") from None
+        raise InputError(f"{what}: {describe(exc, document)}") from None
 
 
 def parse_snapshot_part(model: type[M], data: Any, what: str, ignored: set[str]) -> M:
@@ -1129,7 +1130,9 @@ _PLAIN = {
 }
 
 
-def describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError, data: Any = None) -> str:
+    """The first problem of `exc` as one line; `data`, the document validated, lets it
+    say when a field came under both its names."""
     errors = _one_per_field(exc.errors(include_url=False))
     first = errors[0]
     where = _location(first.get("loc", ()))
@@ -1145,8 +1148,30 @@ def describe(exc: ValidationError) -> str:
         message = CONTROLS_MESSAGE
     if first.get("type") == "string_too_long" and limit:
         message = f"is too long (at most {limit} characters)"
+    if first.get("type") == "extra_forbidden":
+        twin = _twin(first.get("loc", ()), data)
+        if twin is not None:
+            where, message = twin
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{where} {message}{more}".strip() if where else f"{message}{more}"
+
+
+def _twin(loc: Sequence[int | str], data: Any) -> tuple[str, str] | None:
+    """A field "not known" under its proto name (`price_minor`) in an object of `data` that
+    also has its JSON name (`priceMinor`): the field came under both its names (pydantic
+    keeps the JSON name's value and refuses the other as extra). Where and what to say."""
+    name = loc[-1] if loc else None
+    if not isinstance(name, str) or "_" not in name:
+        return None
+    node = data
+    for part in loc[:-1]:
+        if not _holds(node, part):
+            return None
+        node = node[part]
+    camel = to_camel(name)
+    if camel == name or not isinstance(node, dict) or camel not in node:
+        return None
+    return _location((*loc[:-1], camel)), f"is given twice ({name} and {camel})"
 
 
 def _one_per_field(errors: list[Any]) -> list[Any]:

@@ -38,6 +38,9 @@ SERVICE_NAME = "tillpoint.v1.PosAgent"
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_THREADS = 2  # reflection streams served at once; more wait their turn
 MIN_PING_INTERVAL_MS = 10_000  # the shortest keepalive interval a POS may ping at
+# What gRPC reads of one request before refusing it itself (RESOURCE_EXHAUSTED): past the
+# 4 MiB a request may be, so the agent refuses those as bad input (INVALID_ARGUMENT).
+TRANSPORT_MAX_BYTES = 16 << 20
 M = TypeVar("M", bound=Message)
 
 
@@ -174,16 +177,21 @@ def build_server(
     if problem:
         raise InputError(problem)
     # bytes that are no request, or a field the contract lacks: INVALID_ARGUMENT
-    interceptors: list[Any] = [RefuseUndecodable(exact=f"/{SERVICE_NAME}/")]
+    # and a request over 4 MiB: INVALID_ARGUMENT, as the CLI's exit 2 and HTTP's 400
+    interceptors: list[Any] = [
+        RefuseUndecodable(exact=f"/{SERVICE_NAME}/", limit=REQUEST_MAX_BYTES)
+    ]
     if token:
         interceptors.insert(0, RequireToken(token))
-    # A request larger than 4 MiB is refused by gRPC itself (RESOURCE_EXHAUSTED) before
-    # it is read whole; the text fields inside are limited by the models.
+    # gRPC reads a request up to TRANSPORT_MAX_BYTES, so that one over 4 MiB reaches
+    # RefuseUndecodable and is refused as bad input (INVALID_ARGUMENT, the contract §10)
+    # like any other; only a larger one is refused by gRPC itself (RESOURCE_EXHAUSTED).
+    # The text fields inside are limited by the models.
     server = grpc.server(
         workers or futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", REQUEST_MAX_BYTES),
+            ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
             # a POS that keeps its channel alive with pings while the till is quiet (Java's
             # keepAliveWithoutCalls, Go's PermitWithoutStream): gRPC's server default (5
             # minutes between pings, two strikes) dropped it with GOAWAY "too_many_pings"
@@ -208,9 +216,7 @@ def build_server(
     # Server reflection: grpcurl and Postman call PosAgent without the .proto. grpcio's
     # Python package serves v1alpha only; v1 (what newer clients ask first) has the same
     # messages field for field, so the same servicer answers it under v1's name.
-    reflecting = reflection.ReflectionServicer(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    )
+    reflecting = _Reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME))
     # A reflection stream holds a thread while it is open (a GUI tool left connected):
     # its own few threads, so that open streams queue there and never take the workers
     # the POS's calls need (8 of them stopped every PosAgent call).
@@ -232,6 +238,25 @@ def build_server(
         )
     )
     return server, port, health_servicer
+
+
+class _Reflection(reflection.ReflectionServicer):
+    """grpcio's reflection, which also finds the file of a method: `grpcurl describe
+    tillpoint.v1.PosAgent.Hold` asks for the file containing `tillpoint.v1.PosAgent.Hold`,
+    and the Python protobuf pool looks up messages, services, enums and fields, not
+    methods ("not found" where a server in Go or Java answers)."""
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        service, _, method = fully_qualified_name.rpartition(".")
+        try:
+            self._pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            try:
+                if method in self._pool.FindServiceByName(service).methods_by_name:
+                    fully_qualified_name = service
+            except KeyError:
+                pass
+        return super()._file_containing_symbol(request, fully_qualified_name)
 
 
 def start_hold_sweeper(
