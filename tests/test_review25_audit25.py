@@ -27,7 +27,18 @@ from .conftest import CLI, PROGRAM, receipt, snapshot
 
 # docs/CONTRACT.md §4: "inner white space of any kind and dashes of any kind (hyphen, en/em
 # dash, minus sign) are dropped".
-DASHES = ["-", "\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "\u2015", "\u2212", "\ufe63", "\uff0d"]
+DASHES = [
+    "-",
+    "\u2010",
+    "\u2011",
+    "\u2012",
+    "\u2013",
+    "\u2014",
+    "\u2015",
+    "\u2212",
+    "\ufe63",
+    "\uff0d",
+]
 BLANKS = [" ", "\t", "\n", "\r", "\u00a0", "\u2007", "\u202f", "\u2009", "\u3000"]
 ANNA = {"status": "FOUND", "customerId": "c-a", "tier": "gold", "firstName": "Анна"}
 
@@ -59,7 +70,13 @@ def _three_cards() -> dict[str, Any]:
     ...048 BLOCKED, ...062 ACTIVE, ...055 ACTIVE. Her first active card by number is ...055."""
     snap = snapshot()
     snap["customers"].append(
-        {"id": "c-d", "firstName": "Дина", "tier": "base", "phone": "+79990001122", "balancePoints": 5000}
+        {
+            "id": "c-d",
+            "firstName": "Дина",
+            "tier": "base",
+            "phone": "+79990001122",
+            "balancePoints": 5000,
+        }
     )
     snap["cards"] += [
         {"number": "2770000000048", "customerId": "c-d", "status": "BLOCKED"},
@@ -78,15 +95,26 @@ def test_a_phone_spends_the_offline_limit_of_the_customers_first_active_card(cli
     lines = [{"sku": "4601234000055", "qty": "1", "priceMinor": 599000}]
     # caps: balance 5000, percent floor(599000 × 30 / 100 / 100) = 1797, capacity 5990,
     # offline 500, asked 300 -> 300; earned (599000 - 30000) × 3 / 10000 = 170.7 -> 170
-    sale = cli("checkout", receipt("p1", card="8 999 000-11-22", lines=lines, redeemPoints=300), "--json")
+    sale = cli(
+        "checkout", receipt("p1", card="8 999 000-11-22", lines=lines, redeemPoints=300), "--json"
+    )
     assert sale.code == 0, sale.err
-    assert sale.json()["card"] == {"status": "FOUND", "customerId": "c-d", "tier": "base", "firstName": "Дина"}
+    assert sale.json()["card"] == {
+        "status": "FOUND",
+        "customerId": "c-d",
+        "tier": "base",
+        "firstName": "Дина",
+    }
     assert (sale.json()["redeemedPoints"], sale.json()["earnedPoints"]) == (300, 170)
     # ...055 the same day: min(4870, 1797, 5990, 500 - 300 = 200) = 200
-    first = cli("quote", receipt("p2", card="2770000000055", lines=lines, redeemPoints=-1), "--json")
+    first = cli(
+        "quote", receipt("p2", card="2770000000055", lines=lines, redeemPoints=-1), "--json"
+    )
     assert first.json()["redeemedPoints"] == 200
     # ...062 the same day: its own 500 untouched
-    other = cli("quote", receipt("p3", card="2770000000062", lines=lines, redeemPoints=-1), "--json")
+    other = cli(
+        "quote", receipt("p3", card="2770000000062", lines=lines, redeemPoints=-1), "--json"
+    )
     assert other.json()["redeemedPoints"] == 500
 
 
@@ -103,12 +131,16 @@ def test_an_unknown_card_earns_at_the_first_listed_tier_not_the_lowest(cli: CLI)
         {"code": "base", "accrualPercent": "3"},
         {"code": "gold", "accrualPercent": "7.5"},
     ]
-    assert cli("snapshot", "load", snapshot(program={**PROGRAM, "tiers": tiers}), "--json").code == 0
+    assert (
+        cli("snapshot", "load", snapshot(program={**PROGRAM, "tiers": tiers}), "--json").code == 0
+    )
     lines = [
         {"sku": "4601234000017", "qty": "2", "priceMinor": 8990},
         {"sku": "4601234000031", "qty": "1", "priceMinor": 25000},
     ]
-    sale = cli("checkout", receipt("u1", card="2770000000086", lines=lines, redeemPoints=-1), "--json")
+    sale = cli(
+        "checkout", receipt("u1", card="2770000000086", lines=lines, redeemPoints=-1), "--json"
+    )
     assert sale.code == 0, sale.err
     doc = sale.json()
     assert doc["card"]["status"] == "UNKNOWN"
@@ -167,7 +199,7 @@ def _birthday_window(birthday: str | None, today: date, days: int) -> bool:
     return (upcoming - today).days <= days
 
 
-def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in one place
+def reference_price(  # the contract's steps, in one place
     snap: dict[str, Any],
     rec: dict[str, Any],
     offline_left: int,
@@ -182,7 +214,11 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
     parents = {c["code"]: c.get("parent") for c in snap["categories"]}
     card = {c["number"]: c for c in snap["cards"]}.get(rec["card"])
     customer = {c["id"]: c for c in snap["customers"]}[card["customerId"]] if card else None
-    control = set() if customer is None or ignore_control_groups else set(customer.get("controlGroups", []))
+    control = (
+        set()
+        if customer is None or ignore_control_groups
+        else set(customer.get("controlGroups", []))
+    )
     lines: list[dict[str, Any]] = []
     for raw in rec["lines"]:  # step 1
         qty = Fraction(raw["qty"])
@@ -195,9 +231,16 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
             category = parents.get(category)
         lines.append(
             {
-                "sku": raw["sku"], "qty": qty, "amount": amount, "ancestors": ancestors,
+                "sku": raw["sku"],
+                "qty": qty,
+                "amount": amount,
+                "ancestors": ancestors,
                 "eligible": product is not None and not product.get("excludedFromLoyalty", False),
-                "discount": 0, "offer": None, "deal": False, "multiplier": Fraction(1), "points": 0,
+                "discount": 0,
+                "offer": None,
+                "deal": False,
+                "multiplier": Fraction(1),
+                "points": 0,
             }
         )
     held: set[str] = set()
@@ -218,7 +261,9 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
         )
 
     def targets(o: dict[str, Any], line: dict[str, Any]) -> bool:
-        return line["sku"] in o.get("skus", []) or bool(set(line["ancestors"]) & set(o.get("categories", [])))
+        return line["sku"] in o.get("skus", []) or bool(
+            set(line["ancestors"]) & set(o.get("categories", []))
+        )
 
     def money(o: dict[str, Any], line: dict[str, Any]) -> int:
         value, amount, qty = Fraction(o.get("value", "0")), line["amount"], line["qty"]
@@ -238,8 +283,11 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
 
     def line_candidates(line: dict[str, Any], kinds: tuple[str, ...]) -> list[dict[str, Any]]:
         return [
-            o for o in snap["offers"]
-            if o["kind"] in kinds and targets(o, line) and offered(o)
+            o
+            for o in snap["offers"]
+            if o["kind"] in kinds
+            and targets(o, line)
+            and offered(o)
             and line["qty"] >= Fraction(o.get("minQty", "0"))
         ]
 
@@ -257,12 +305,18 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
         deals = [o for o in snap["offers"] if o["kind"] == "MULTIBUY" and offered(o)]
         for deal in sorted(deals, key=lambda o: (o.get("priority", 0), o["id"])):
             part = [
-                line for line in lines
-                if line["eligible"] and not line["deal"] and targets(deal, line)
-                and line["qty"] >= Fraction(deal.get("minQty", "0")) and line["qty"].denominator == 1
+                line
+                for line in lines
+                if line["eligible"]
+                and not line["deal"]
+                and targets(deal, line)
+                and line["qty"] >= Fraction(deal.get("minQty", "0"))
+                and line["qty"].denominator == 1
             ]
             units: list[int] = []
-            by_price = sorted(range(len(part)), key=lambda k: (-part[k]["amount"] / part[k]["qty"], k))
+            by_price = sorted(
+                range(len(part)), key=lambda k: (-part[k]["amount"] / part[k]["qty"], k)
+            )
             for k in by_price:
                 units += [k] * int(part[k]["qty"])
             buy, size = int(deal["buyQty"]), int(deal["buyQty"]) + int(deal["freeQty"])
@@ -273,7 +327,8 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
                     free[k] += position >= buy
             taken = [
                 (line, line["amount"] * free[k] // int(line["qty"]))
-                for k, line in enumerate(part) if grouped[k]
+                for k, line in enumerate(part)
+                if grouped[k]
             ]
             total = sum(d for _, d in taken)
             against = sum(-best[0] for line, _ in taken if (best := best_money(line)) is not None)
@@ -295,15 +350,13 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
                 line.update(discount=-best[0], offer=best[2])
                 applied.add(best[2])
             multipliers = [
-                (Fraction(o["value"]), o["id"]) for o in line_candidates(line, ("BONUS_MULTIPLIER",))
-                if Fraction(o["value"]) > 1
+                o for o in line_candidates(line, ("BONUS_MULTIPLIER",)) if Fraction(o["value"]) > 1
             ]
-            for value, offer_id in multipliers:
-                if any(o["id"] == offer_id and o.get("campaignId") in control for o in snap["offers"]):
-                    held.add(offer_id)
+            held.update(o["id"] for o in multipliers if o.get("campaignId") in control)
             usable = [
-                (v, i) for v, i in multipliers
-                if not any(o["id"] == i and o.get("campaignId") in control for o in snap["offers"])
+                (Fraction(o["value"]), o["id"])
+                for o in multipliers
+                if o.get("campaignId") not in control
             ]
             if usable:
                 line["multiplier"], line["multiplier_offer"] = max(usable, key=lambda m: m[0])
@@ -329,7 +382,9 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
                 held.add(o["id"])
             elif total > 0:
                 key = (-total, o.get("priority", 0), o["id"])
-                best_receipt = (key, o) if best_receipt is None or key < best_receipt[0] else best_receipt
+                best_receipt = (
+                    (key, o) if best_receipt is None or key < best_receipt[0] else best_receipt
+                )
         if best_receipt is not None:
             o = best_receipt[1]
             applied.add(o["id"])
@@ -339,7 +394,9 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
                     line.update(discount=discount, offer=o["id"])
         # step 4
         after = sum(line["amount"] - line["discount"] for line in lines if line["eligible"])
-        capacities = [(line["amount"] - line["discount"]) // pv if line["eligible"] else 0 for line in lines]
+        capacities = [
+            (line["amount"] - line["discount"]) // pv if line["eligible"] else 0 for line in lines
+        ]
         caps = [
             max(0, customer["balancePoints"]),
             math.floor(after * Fraction(program["maxRedeemPercent"]) / 100 / pv),
@@ -350,31 +407,44 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
             caps.append(rec["redeemPoints"])
         allowed = max(0, min(caps))
         if allowed:
-            shares = _largest_remainder([Fraction(allowed * c, sum(capacities)) for c in capacities], allowed)
+            shares = _largest_remainder(
+                [Fraction(allowed * c, sum(capacities)) for c in capacities], allowed
+            )
             for line, share in zip(lines, shares, strict=True):
                 line["points"] = share
         rates = {t["code"]: Fraction(t["accrualPercent"]) for t in program["tiers"]}
         rate = rates[customer["tier"]]
-        birthday = _birthday_window(customer.get("birthday"), local.date(), program["birthdayWindowDays"])
+        birthday = _birthday_window(
+            customer.get("birthday"), local.date(), program["birthdayWindowDays"]
+        )
         birthday_multiplier = Fraction(program["birthdayMultiplier"]) if birthday else Fraction(1)
     else:
         rate, birthday_multiplier = Fraction(program["tiers"][0]["accrualPercent"]), Fraction(1)
     # step 5
     exact = [
         Fraction(line["amount"] - line["discount"] - line["points"] * pv)
-        * rate * max(Fraction(1), line["multiplier"], birthday_multiplier) / (100 * pv)
-        if line["eligible"] else Fraction(0)
+        * rate
+        * max(Fraction(1), line["multiplier"], birthday_multiplier)
+        / (100 * pv)
+        if line["eligible"]
+        else Fraction(0)
         for line in lines
     ]
     for line in lines:
-        if "multiplier_offer" in line and line["multiplier"] > max(Fraction(1), birthday_multiplier):
+        if "multiplier_offer" in line and line["multiplier"] > max(
+            Fraction(1), birthday_multiplier
+        ):
             applied.add(line["multiplier_offer"])
     earned = math.floor(sum(exact))
     out: dict[str, Any] = {
         "lines": [
             {
-                "sku": line["sku"], "amountMinor": line["amount"], "discountMinor": line["discount"],
-                "offerId": line["offer"], "redeemedMinor": line["points"] * pv, "earnedPoints": share,
+                "sku": line["sku"],
+                "amountMinor": line["amount"],
+                "discountMinor": line["discount"],
+                "offerId": line["offer"],
+                "redeemedMinor": line["points"] * pv,
+                "earnedPoints": share,
             }
             for line, share in zip(lines, _largest_remainder(exact, earned), strict=True)
         ],
@@ -391,7 +461,14 @@ def reference_price(  # noqa: C901, PLR0912, PLR0915 - the contract's steps, in 
     return out
 
 
-SKUS = ["4601234000017", "4601234000024", "4601234000031", "4601234000055", "4601234000062", "4601234000099"]
+SKUS = [
+    "4601234000017",
+    "4601234000024",
+    "4601234000031",
+    "4601234000055",
+    "4601234000062",
+    "4601234000099",
+]
 CATEGORIES = [
     {"code": "food", "name": "Продукты"},
     {"code": "dairy", "parent": "food", "name": "Молочные"},
@@ -407,9 +484,14 @@ PRODUCTS = [  # ...099 is not in the catalogue
     {"sku": SKUS[4], "name": "Крупа", "category": "food"},
 ]
 TIMES = [  # the same instants written in other offsets, and the bounds around them
-    "2026-11-23T10:15:00+03:00", "2026-11-23T07:15:00Z", "2026-11-23T12:15:00+05:00",
-    "2026-11-23T10:14:59+03:00", "2026-11-23T10:15:01+03:00", "2026-11-01T00:00:00+03:00",
-    "2026-11-30T23:59:59+03:00", "2026-11-29T10:15:00+03:00",
+    "2026-11-23T10:15:00+03:00",
+    "2026-11-23T07:15:00Z",
+    "2026-11-23T12:15:00+05:00",
+    "2026-11-23T10:14:59+03:00",
+    "2026-11-23T10:15:01+03:00",
+    "2026-11-01T00:00:00+03:00",
+    "2026-11-30T23:59:59+03:00",
+    "2026-11-29T10:15:00+03:00",
 ]
 VALUES = {
     "PERCENT_OFF": ["1", "5", "10", "15", "33.3", "50", "100", "0"],
@@ -422,8 +504,14 @@ VALUES = {
 
 
 def _random_offer(r: random.Random, n: int) -> dict[str, Any]:
-    kind = r.choice([*VALUES, "PERCENT_OFF", "AMOUNT_OFF", "QUANTITY_PRICE", "MULTIBUY", "MULTIBUY"])
-    o: dict[str, Any] = {"id": f"o-{r.randint(1, 30)}x{n}", "kind": kind, "priority": r.choice([0, 1, 2, 5])}
+    kind = r.choice(
+        [*VALUES, "PERCENT_OFF", "AMOUNT_OFF", "QUANTITY_PRICE", "MULTIBUY", "MULTIBUY"]
+    )
+    o: dict[str, Any] = {
+        "id": f"o-{r.randint(1, 30)}x{n}",
+        "kind": kind,
+        "priority": r.choice([0, 1, 2, 5]),
+    }
     if kind in ("RECEIPT_PERCENT_OFF", "EXTRA_POINTS"):
         o["minTotalMinor"] = r.choice([0, 100, 1000, 5000, 20000])
     else:
@@ -434,8 +522,10 @@ def _random_offer(r: random.Random, n: int) -> dict[str, Any]:
         o["minQty"] = r.choice(["0", "1", "2", "0.5", "1.5"])
     if kind == "QUANTITY_PRICE":
         tiers = [
-            {"minQty": "2", "unitPriceMinor": 80}, {"minQty": "4", "unitPriceMinor": 50},
-            {"minQty": "1.5", "unitPriceMinor": 5000}, {"minQty": "3", "unitPriceMinor": 999},
+            {"minQty": "2", "unitPriceMinor": 80},
+            {"minQty": "4", "unitPriceMinor": 50},
+            {"minQty": "1.5", "unitPriceMinor": 5000},
+            {"minQty": "3", "unitPriceMinor": 999},
         ]
         o["tiers"] = r.sample(tiers, r.randint(1, 3))
     elif kind == "MULTIBUY":
@@ -453,7 +543,9 @@ def _random_offer(r: random.Random, n: int) -> dict[str, Any]:
     if r.random() < 0.1:
         o["weekdays"] = [r.randint(1, 7)]
     if r.random() < 0.1:
-        o["hours"] = [r.choice([{"from": "10:15", "to": "24:00"}, {"from": "00:00", "to": "10:15"}])]
+        o["hours"] = [
+            r.choice([{"from": "10:15", "to": "24:00"}, {"from": "00:00", "to": "10:15"}])
+        ]
     if r.random() < 0.05:
         o["onFavoriteWeekday"] = True
     return o
@@ -473,7 +565,9 @@ def _differences(seed: int, tmp_path: Path) -> list[str]:
     anna["controlGroups"] = r.sample(["camp-1", "camp-2"], r.randint(0, 1))
     anna["favoriteWeekday"] = r.randint(1, 7)
     anna["balancePoints"] = r.choice([0, 5, 1200, 100000])
-    anna["birthday"] = r.choice(["1990-11-25", "1990-11-23", "1990-11-22", "1990-11-30", "1992-02-29"])
+    anna["birthday"] = r.choice(
+        ["1990-11-25", "1990-11-23", "1990-11-22", "1990-11-30", "1992-02-29"]
+    )
     agent = Agent(tmp_path / f"data-{seed}", "till-1")
     found: list[str] = []
     try:
@@ -490,9 +584,13 @@ def _differences(seed: int, tmp_path: Path) -> list[str]:
                     line["amountMinor"] = r.choice([0, 1, 150, 10000])
                 lines.append(line)
             rec = {
-                "receiptId": f"r{seed}-{k}", "storeId": "s1", "tillId": "t1", "at": r.choice(TIMES),
+                "receiptId": f"r{seed}-{k}",
+                "storeId": "s1",
+                "tillId": "t1",
+                "at": r.choice(TIMES),
                 "card": r.choice(["2770000000017"] * 3 + ["2770000000086"]),
-                "lines": lines, "redeemPoints": r.choice([0, -1, 3, 50, 100000]),
+                "lines": lines,
+                "redeemPoints": r.choice([0, -1, 3, 50, 100000]),
             }
             got = agent.quote(Receipt.model_validate(rec)).to_json()
             explained = agent.quote(Receipt.model_validate({**rec, "explain": True})).to_json()
@@ -512,7 +610,9 @@ def _differences(seed: int, tmp_path: Path) -> list[str]:
             for i, (g, w) in enumerate(zip(got["lines"], want["lines"], strict=True)):
                 for key, value in w.items():
                     if g.get(key) != value:
-                        found.append(f"seed {seed}/{k}: lines[{i}].{key} {g.get(key)!r}, expected {value!r}")
+                        found.append(
+                            f"seed {seed}/{k}: lines[{i}].{key} {g.get(key)!r}, expected {value!r}"
+                        )
     finally:
         agent.close()
     return found
@@ -525,7 +625,36 @@ def test_pricing_agrees_with_an_independent_reading_of_the_contract(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_pricing_agrees_with_an_independent_reading_of_the_contract_at_length(tmp_path: Path) -> None:
+def test_pricing_agrees_with_an_independent_reading_of_the_contract_at_length(
+    tmp_path: Path,
+) -> None:
     """The same on 400 more seeds (about 40 s)."""
     found = [d for seed in range(20, 420) for d in _differences(seed, tmp_path)]
     assert not found, "\n".join(found[:20])
+
+
+# ---------------------------------------------------------------- §4 × §10: a leading dash
+
+
+@pytest.mark.parametrize(
+    "text", ["-277-000-000-0017", "--2770000000017", "-277 0000 000017-", "-7-916-123-45-67"]
+)
+def test_a_scanned_text_that_starts_with_a_dash_is_the_text_not_an_option(
+    cli: CLI, text: str
+) -> None:
+    """docs/CONTRACT.md §4: dashes of any kind are dropped, wherever they are; §10:
+    `identify TEXT --json`, `balance CARD --json`. `tillpoint identify -277-000-000-0017
+    --json` answered "the following arguments are required: text" (exit 2): the text was
+    taken for an unknown option (only "-2770000000017", which looks like a negative number,
+    got through). Now it is the text, before or after the options."""
+    assert cli("snapshot", "load", snapshot(), "--json").code == 0
+    for argv in (("identify", text, "--json"), ("identify", "--json", text)):
+        run = cli(*argv)
+        assert (run.code, run.err) == (0, ""), argv
+        assert run.json() == ANNA
+    run = cli("balance", text, "--at", "2026-11-23T10:00:00+03:00", "--json")
+    assert (run.code, run.err) == (0, "")
+    assert run.json()["availablePoints"] == 1200
+    # an option that is not one is still refused, in one line
+    wrong = cli("identify", "--jsn", "2770000000017")
+    assert wrong.code == 2 and wrong.err.count("\n") == 1
