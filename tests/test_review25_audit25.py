@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from tillpoint.agent.models import Receipt
+from tillpoint.agent.models import Receipt, Refund
 from tillpoint.agent.service import Agent
 
 from .conftest import CLI, PROGRAM, receipt, snapshot
@@ -658,3 +658,113 @@ def test_a_scanned_text_that_starts_with_a_dash_is_the_text_not_an_option(
     # an option that is not one is still refused, in one line
     wrong = cli("identify", "--jsn", "2770000000017")
     assert wrong.code == 2 and wrong.err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- §6 refunds in parts
+
+
+def _refund_differences(seed: int, tmp_path: Path) -> list[str]:
+    """One sale (random lines, the same SKU on several, an EXTRA_POINTS offer or none, an
+    activation delay or none), then refunds in random parts until all is returned, each
+    checked against docs/CONTRACT.md §6 worked from the sale's own line figures."""
+    r = random.Random(seed)
+    delay = r.choice([0, 0, 2, 5])
+    extra = r.choice([0, 40])
+    offers = [{"id": "o-x", "kind": "EXTRA_POINTS", "value": str(extra), "minTotalMinor": 0}]
+    snap = snapshot(offers=offers if extra else [])
+    snap["program"] = {**PROGRAM, "activationDelayDays": delay}
+    balance = snap["customers"][0]["balancePoints"] = r.choice([0, 30, 1200])
+    skus = ["4601234000017", "4601234000024", "4601234000031", "4601234000055"]
+    lines = [
+        {
+            "sku": r.choice(skus),
+            "qty": r.choice(["1", "2", "3", "0.5", "1.25", "7"]),
+            "priceMinor": r.choice([999, 8990, 12345, 100000]),
+        }
+        for _ in range(r.randint(1, 4))
+    ]
+    at = datetime.fromisoformat("2026-11-23T10:15:00+03:00")
+    activates = at + timedelta(days=delay)
+    agent = Agent(tmp_path / f"refunds-{seed}", "till-1")
+    found: list[str] = []
+    try:
+        agent.load_snapshot(snap)
+        sale = agent.checkout(
+            Receipt.model_validate(
+                receipt("r1", lines=lines, at=at.isoformat(), redeemPoints=r.choice([-1, 0, 20]))
+            )
+        ).to_json()
+        qty = [Fraction(line["qty"]) for line in lines]
+        redeemed = [line["redeemedMinor"] // 100 for line in sale["lines"]]
+        earned = [line["earnedPoints"] for line in sale["lines"]]
+        available = balance - sale["redeemedPoints"]
+        pending = sale["earnedPoints"]
+        if delay == 0:
+            available, pending = available + pending, 0
+        returned = [Fraction(0)] * len(lines)
+        when = at
+        for k in range(6):
+            left: dict[str, Fraction] = {}
+            for line, q, done in zip(lines, qty, returned, strict=True):
+                left[line["sku"]] = left.get(line["sku"], Fraction(0)) + q - done
+            open_skus = [sku for sku, q in left.items() if q > 0]
+            if not open_skus:
+                break
+            asked = []
+            for sku in r.sample(open_skus, r.randint(1, len(open_skus))):
+                parts = [left[sku]] + [p for p in (Fraction(1), Fraction(1, 4)) if p <= left[sku]]
+                asked.append((sku, r.choice(parts)))
+            when += timedelta(days=r.choice([0, 1, 3]))
+            if pending and when >= activates:
+                available, pending = available + pending, 0
+            before = list(returned)
+            for sku, q in asked:  # the first line of the SKU with qty left, then the next
+                for i, line in enumerate(lines):
+                    if line["sku"] == sku and q > 0:
+                        take = min(q, qty[i] - returned[i])
+                        returned[i] += take
+                        q -= take
+            back = sum(
+                math.floor(p * returned[i] / qty[i]) - math.floor(p * before[i] / qty[i])
+                for i, p in enumerate(redeemed)
+            )
+            lost = sum(
+                math.floor(e * returned[i] / qty[i]) - math.floor(e * before[i] / qty[i])
+                for i, e in enumerate(earned)
+            )
+            if returned == qty:  # the whole receipt: its EXTRA_POINTS too
+                lost += extra
+            from_pending = min(lost, pending) if when < activates else 0
+            pending -= from_pending
+            available += back - (lost - from_pending)
+            body = {
+                "refundId": f"f{k}",
+                "receiptId": "r1",
+                "at": when.isoformat(),
+                "lines": [{"sku": sku, "qty": money_text(q)} for sku, q in asked],
+            }
+            got = agent.refund(Refund.model_validate(body)).to_json()
+            want = {
+                "returnedPoints": back,
+                "takenBackPoints": lost,
+                "balance": {"availablePoints": available, "pendingPoints": pending},
+                "negativeBalance": available < 0,
+            }
+            got = {key: got[key] for key in want}
+            got["balance"] = {key: got["balance"][key] for key in want["balance"]}
+            if got != want:
+                found.append(f"seed {seed} refund {k} {asked}: {got}, expected {want}")
+                break
+    finally:
+        agent.close()
+    return found
+
+
+def money_text(q: Fraction) -> str:
+    return str(q.numerator) if q.denominator == 1 else str(q.numerator / q.denominator)
+
+
+def test_refunds_in_parts_agree_with_the_contract(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §6 (and §5.6's pending points) on 15 seeded sales."""
+    found = [d for seed in range(15) for d in _refund_differences(seed, tmp_path)]
+    assert not found, "\n".join(found[:20])
