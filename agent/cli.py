@@ -98,6 +98,52 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+# The commands whose one argument is a scanned text (§4), with the options each takes:
+# (options, the ones of them that take a value).
+_SCANNED_TEXT = {
+    "identify": ({"--data-dir", "--config", "--json", "--help", "-h"}, {"--data-dir", "--config"}),
+    "scan": ({"--data-dir", "--config", "--json", "--help", "-h"}, {"--data-dir", "--config"}),
+    "balance": (
+        {"--data-dir", "--config", "--json", "--at", "--help", "-h"},
+        {"--data-dir", "--config", "--at"},
+    ),
+}
+
+
+def _scanned_text_last(argv: Sequence[str]) -> list[str]:
+    """`identify -277-000-000-0017 --json`: dashes of any kind are dropped wherever they
+    are (§4), but argparse reads a text that starts with one as an unknown option (only
+    "-2770000000017", which looks like a negative number, got through) and then says the
+    text is missing. A word after identify, scan or balance that starts with a dash, has a
+    digit and names none of the command's options, when the command has no other text, is
+    its text: moved after `--` at the end. Anything else is left to argparse."""
+    command = _command_of(argv)
+    if command not in _SCANNED_TEXT or "--" in argv:
+        return list(argv)
+    options, with_value = _SCANNED_TEXT[command]
+    start = list(argv).index(command) + 1
+    dashed: list[int] = []
+    plain = 0
+    value_next = False
+    for i in range(start, len(argv)):
+        word = argv[i]
+        if value_next:
+            value_next = False
+        elif not word.startswith("-") or word == "-":
+            plain += 1
+        else:
+            name = word.split("=", 1)[0]
+            known = [o for o in options if o == name or (len(name) > 2 and o.startswith(name))]
+            if known:
+                value_next = "=" not in word and known[0] in with_value and len(known) == 1
+            elif any(ch.isdigit() for ch in word):
+                dashed.append(i)
+    if plain or len(dashed) != 1:
+        return list(argv)
+    text = argv[dashed[0]]
+    return [*argv[: dashed[0]], *argv[dashed[0] + 1 :], "--", text]
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; for an `argv` whose command is one of this module's own, without the
     other parts' commands (their modules' imports are a third of a `quote`'s start)."""
@@ -190,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reconfigure(encoding="utf-8")
     if argv is None:
         argv = sys.argv[1:]
+    argv = _scanned_text_last(argv)
     parser = build_parser(argv)
     vars(parser)["argv"] = list(argv)  # `--version --json` reads it
     try:
