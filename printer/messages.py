@@ -151,6 +151,24 @@ def birthday_lines(
 
 
 def fit_lines(lines: Sequence[str], width: int = WIDTH, rows: int = 2) -> list[str]:
-    """Exactly ``rows`` lines of at most ``width`` characters (the driver's last resort)."""
-    out = [fit(clean(line), width) for line in list(lines)[:rows]]
+    """Exactly ``rows`` lines of at most ``width`` characters (the driver's last resort, for
+    a display narrower than the 20 columns the messages are made for)."""
+    out = [_refit(clean(line), width) for line in list(lines)[:rows]]
     return out + [""] * (rows - len(out))
+
+
+def _refit(line: str, width: int) -> str:
+    """One line made shorter by rewording before any cut: "Итого: 1 234 567,89" loses its
+    label, then its spaces (a figure is never cut: a cut total reads as another total);
+    "Анна, добрый день!" loses the name ("Добрый день!")."""
+    line = " ".join(line.split())
+    if len(line) <= width:
+        return line
+    candidates: list[str] = []
+    _label, colon, value = line.partition(": ")
+    if colon and any(ch.isdigit() for ch in value):
+        candidates += [value, value.replace(" ", "")]
+    name, comma, rest = line.partition(", ")
+    if comma and rest and " " not in name:
+        candidates.append(rest[0].upper() + rest[1:])
+    return _first_fitting([*candidates, line], width)

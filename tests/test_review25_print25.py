@@ -8,8 +8,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import serial
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.printer.config import DisplayConfig
+from tillpoint.printer.display import CustomerDisplay
+from tillpoint.printer.virtual_display import DisplayScreen
 
 from .conftest import receipt, snapshot
 
@@ -69,3 +73,39 @@ def test_a_till_restored_from_a_backup_issues_no_code_it_issued_before(tmp_path:
     assert done.to_json()["seq"] == 7
     (new,) = set(_issued(data)) - {"TP5TILL11"}
     assert new not in issued
+
+
+def _shown(lines: list[str], columns: int) -> list[str]:
+    """What a real display driver, on a pyserial loop port, puts on a `columns` × 2 screen."""
+    config = DisplayConfig(kind="serial", device="loop://", columns=columns)
+    port = serial.serial_for_url("loop://", timeout=0.2, write_timeout=0.5)
+    display = CustomerDisplay(config, port_factory=lambda: port)
+    display.start()
+    try:
+        display.show(lines)
+        assert display.flush(2.0)
+        screen = DisplayScreen(columns=columns)
+        screen.feed(port.read(8192))
+        return screen.text
+    finally:
+        display.stop()
+
+
+def test_a_narrow_display_shows_the_whole_total_never_a_cut_figure(agent: Agent) -> None:
+    """docs/CONTRACT.md §8: messages fit the display, "reworded rather than cut". A
+    display configured with 16 columns (`[display] columns`, 8–40) got the 20-column
+    lines cut at a word: a basket of 12 345,67 showed "Итого: 12 345." and the
+    greeting "Анна, добрый." — a total the customer reads wrong. A line that does not
+    fit now drops its label (the figure is whole) or the name before the greeting."""
+    big = receipt("q1", lines=[{"sku": "4601234000017", "qty": "1", "priceMinor": 1234567}])
+    quoted = agent.quote(receipt_from_json(big)).to_json()["display"]
+    assert quoted == ["Итого: 12 345,67", ""]  # 16 characters: fits as it is
+    huge = receipt("q2", lines=[{"sku": "4601234000017", "qty": "1", "priceMinor": 123456789}])
+    quoted = agent.quote(receipt_from_json(huge)).to_json()["display"]
+    assert quoted == ["Итого: 1 234 567,89", ""]
+    assert _shown(quoted, 16) == ["1 234 567,89", ""]
+    assert _shown(quoted, 10) == ["1234567,89", ""]
+    assert _shown(["Анна, добрый день!", "Бонусы: 1192"], 16) == ["Добрый день!", "Бонусы: 1192"]
+    assert _shown(["Начислено: +1 234", "Бонусы: 123 456 789"], 12) == ["+1 234", "123 456 789"]
+    # the 20-column default shows the lines as they are
+    assert _shown(quoted, 20) == ["Итого: 1 234 567,89", ""]
