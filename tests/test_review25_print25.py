@@ -109,3 +109,34 @@ def test_a_narrow_display_shows_the_whole_total_never_a_cut_figure(agent: Agent)
     assert _shown(["Начислено: +1 234", "Бонусы: 123 456 789"], 12) == ["+1 234", "123 456 789"]
     # the 20-column default shows the lines as they are
     assert _shown(quoted, 20) == ["Итого: 1 234 567,89", ""]
+
+
+def _printed(agent: Agent, receipt_id: str, at: str) -> list[str]:
+    done = agent.checkout(receipt_from_json(receipt(receipt_id, at=at)))
+    return list(done.to_json()["printedOffers"])
+
+
+def test_print_days_are_the_stores_days_across_a_clock_change(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §7: "starting within 7 days" and "not printed within
+    offerPrintCooldownDays" are days of the store (§2: `at` is read in the store's local
+    date), as §5 step 6 counts its days: at the same local clock time, also across a
+    daylight-saving change. In a Berlin store they were 24-hour periods: an offer printed
+    on Wednesday 25 March at 10:00 was not printed again at 10:00 a week later (an hour
+    short, the clocks went forward), and on Wednesday 21 October an offer starting at 10:00
+    a week later (the clocks go back) was not printed."""
+    program = {**snapshot()["program"], "timezone": "Europe/Berlin", "offerPrintCooldownDays": 7}
+    offer = {**NEXT_VISIT, "issueCoupon": False, "couponRequired": False}
+    offer["validFrom"], offer["validTo"] = "2026-03-01T00:00:00+01:00", "2026-12-31T00:00:00+01:00"
+    spring = Agent(tmp_path / "spring", "till-1")
+    spring.load_snapshot(snapshot(program=program, offers=[offer]))
+    assert _printed(spring, "r1", "2026-03-25T10:00:00+01:00") == ["o-next"]
+    assert _printed(spring, "r2", "2026-04-01T09:59:59+02:00") == []  # still within 7 days
+    assert _printed(spring, "r3", "2026-04-01T10:00:00+02:00") == ["o-next"]  # 7 days on
+    spring.close()
+
+    soon = {**offer, "id": "o-soon", "validFrom": "2026-10-28T10:00:00+01:00"}
+    later = {**offer, "id": "o-later", "validFrom": "2026-10-28T10:00:01+01:00"}
+    autumn = Agent(tmp_path / "autumn", "till-1")
+    autumn.load_snapshot(snapshot(program=program, offers=[soon, later]))
+    assert _printed(autumn, "r1", "2026-10-21T10:00:00+02:00") == ["o-soon"]
+    autumn.close()
