@@ -3,19 +3,29 @@ display (§8) and till-issued coupons (§13), end to end."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import serial
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.config import DisplayConfig
 from tillpoint.printer.display import CustomerDisplay
+from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.printer.virtual_display import DisplayScreen
 
-from .conftest import receipt, snapshot
+from .conftest import free_port, receipt, snapshot
 
 NEXT_VISIT: dict[str, Any] = {
     "id": "o-next",
@@ -140,3 +150,121 @@ def test_print_days_are_the_stores_days_across_a_clock_change(tmp_path: Path) ->
     autumn.load_snapshot(snapshot(program=program, offers=[soon, later]))
     assert _printed(autumn, "r1", "2026-10-21T10:00:00+02:00") == ["o-soon"]
     autumn.close()
+
+
+class _Till:
+    """`tillpoint run` on a data dir with a network printer on `printer_port`, over HTTP."""
+
+    def __init__(self, tmp_path: Path, data: Path, printer_port: int) -> None:
+        self.port = free_port()
+        conf = tmp_path / "till.toml"
+        conf.write_text(
+            f'device_id = "till-1"\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+            f'[metrics]\nenabled = false\n[http]\nlisten = "127.0.0.1:{self.port}"\n'
+            f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer_port}\n'
+            "retry_base_s = 0.1\nretry_max_s = 0.5\nprobe_interval_s = 1\n",
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        exe = Path(sys.executable).parent / "tillpoint"
+        self.proc = subprocess.Popen(
+            [exe, "--config", conf, "--data-dir", data, "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, "tillpoint run stopped"
+            try:
+                if self.call("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "tillpoint run never served"
+            time.sleep(0.1)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            data = None if body is None else json.dumps(body)
+            conn.request(method, path, data, {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            return answer.status, json.loads(answer.read() or b"null")
+        finally:
+            conn.close()
+
+    def status_until(self, check: Any, timeout: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.call("GET", "/v1/status")[1]
+            if check(status) or time.monotonic() > deadline:
+                return dict(status)
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a hung agent
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def tills(tmp_path: Path) -> Iterator[list[_Till]]:
+    started: list[_Till] = []
+    yield started
+    for till in started:
+        if till.proc.poll() is None:
+            till.stop()
+
+
+@pytest.mark.slow
+def test_a_coupon_printed_while_the_printer_is_off_prints_after_a_restart_and_works(
+    tmp_path: Path, tills: list[_Till]
+) -> None:
+    """docs/CONTRACT.md §7 and §13 through `tillpoint run` and a port-9100 printer: the
+    sale is not held up by a printer that is off, status says so, the job outlives a
+    restart of the agent and prints, with the till-issued code, once the printer is on;
+    the code is this customer's at once (another's receipt: OTHER_CUSTOMER), and once."""
+    data = tmp_path / "data"
+    plain = {**NEXT_VISIT, "id": "o-plain", "issueCoupon": False, "couponRequired": False}
+    seed = Agent(data, "till-1")
+    seed.load_snapshot(snapshot(offers=[NEXT_VISIT, {**plain, "rank": 2}]))
+    seed.close()
+    printer_port = free_port()  # nothing listens: the printer is off
+    tills.append(_Till(tmp_path, data, printer_port))
+    started = time.monotonic()
+    code, sale = tills[0].call("POST", "/v1/checkout", receipt("r1"))
+    assert code == 200 and time.monotonic() - started < 5
+    assert sale["printedOffers"] == ["o-next", "o-plain"]
+    status = tills[0].status_until(lambda s: s["printerState"] == "OFFLINE")
+    assert (status["printerState"], status["printQueueDepth"]) == ("OFFLINE", 1)
+    assert "not reachable" in status["printerLastError"]
+    tills[0].stop()
+
+    with VirtualPrinter(port=printer_port) as printer:
+        tills.append(_Till(tmp_path, data, printer_port))
+        (paper,) = printer.wait_for(1, timeout_s=15)
+        assert paper.codes == ["TP5TILL11", "TP1-o-plain"]
+        assert "Анна, ждём вас снова!" in paper.text and "20% на молоко" in paper.text
+        assert "Действует с 23.11.2026 10:15 по 31.12.2026" in paper.text
+        status = tills[1].status_until(lambda s: s["printQueueDepth"] == 0)
+        assert (status["printerState"], status["printQueueDepth"]) == ("OK", 0)
+
+        till = tills[1]
+        other = receipt("r2", "2770000000024", coupons=["tp5-till-11"])
+        assert till.call("POST", "/v1/checkout", other)[1]["coupons"] == [
+            {"code": "TP5TILL11", "status": "REJECTED", "reason": "OTHER_CUSTOMER"}
+        ]
+        used = till.call("POST", "/v1/checkout", receipt("r3", coupons=["TP5TILL11"]))[1]
+        assert used["coupons"] == [{"code": "TP5TILL11", "status": "APPLIED", "reason": ""}]
+        assert (used["lines"][0]["offerId"], used["lines"][0]["discountMinor"]) == ("o-next", 3596)
+        assert used["printedOffers"] == []  # within the cooldown: nothing printed twice
+        again = till.call("POST", "/v1/checkout", receipt("r4", coupons=["TP5TILL11"]))[1]
+        assert again["coupons"] == [
+            {"code": "TP5TILL11", "status": "REJECTED", "reason": "ALREADY_USED"}
+        ]
+        time.sleep(0.5)
+        assert len(printer.documents) == 1  # the sales after it printed nothing
