@@ -23,7 +23,7 @@ from tillpoint.agent.service import Agent
 from tillpoint.printer.config import DisplayConfig
 from tillpoint.printer.display import CustomerDisplay
 from tillpoint.printer.virtual import VirtualPrinter
-from tillpoint.printer.virtual_display import DisplayScreen
+from tillpoint.printer.virtual_display import DisplayScreen, PtyPair
 
 from .conftest import free_port, receipt, snapshot
 
@@ -155,14 +155,14 @@ def test_print_days_are_the_stores_days_across_a_clock_change(tmp_path: Path) ->
 class _Till:
     """`tillpoint run` on a data dir with a network printer on `printer_port`, over HTTP."""
 
-    def __init__(self, tmp_path: Path, data: Path, printer_port: int) -> None:
+    def __init__(self, tmp_path: Path, data: Path, printer_port: int, extra: str = "") -> None:
         self.port = free_port()
         conf = tmp_path / "till.toml"
         conf.write_text(
             f'device_id = "till-1"\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
             f'[metrics]\nenabled = false\n[http]\nlisten = "127.0.0.1:{self.port}"\n'
             f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer_port}\n'
-            "retry_base_s = 0.1\nretry_max_s = 0.5\nprobe_interval_s = 1\n",
+            "retry_base_s = 0.1\nretry_max_s = 0.5\nprobe_interval_s = 1\n" + extra,
             encoding="utf-8",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
@@ -268,3 +268,64 @@ def test_a_coupon_printed_while_the_printer_is_off_prints_after_a_restart_and_wo
         ]
         time.sleep(0.5)
         assert len(printer.documents) == 1  # the sales after it printed nothing
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PtyPair.available(), reason="socat is not installed")
+def test_the_pole_display_through_run_shows_the_first_name_only_and_never_blocks(
+    tmp_path: Path, tills: list[_Till]
+) -> None:
+    """docs/CONTRACT.md §8 through `tillpoint run` and a serial display on a socat
+    pseudo-terminal: the greeting with the first word of the first name only (never the
+    patronymic, the phone or the card number), the running total and savings while the
+    basket is priced, the birthday line with the points earned and the balance after the
+    commit; unplugged, the sale goes on and status says so."""
+    import select
+
+    data = tmp_path / "data"
+    base = snapshot()
+    base["customers"][0]["firstName"] = "Анна Петровна"
+    offer = {"id": "o-1", "kind": "PERCENT_OFF", "skus": ["4601234000017"], "value": "15"}
+    seed = Agent(data, "till-1")
+    seed.load_snapshot({**base, "offers": [offer]})
+    seed.close()
+    pty = PtyPair(tmp_path / "pty").start()
+    try:
+        extra = f'[display]\nkind = "serial"\ndevice = "{pty.device}"\nreconnect_s = 0.2\n'
+        till = _Till(tmp_path, data, free_port(), extra)
+        tills.append(till)
+        peer = os.open(pty.peer, os.O_RDONLY | os.O_NONBLOCK)
+        screen = DisplayScreen()
+        seen: list[list[str]] = []
+
+        def shows(expected: list[str]) -> bool:
+            deadline = time.monotonic() + 10
+            while screen.text != expected and time.monotonic() < deadline:
+                if select.select([peer], [], [], 0.1)[0]:
+                    screen.feed(os.read(peer, 65536))
+                    seen.append(screen.text)
+            return screen.text == expected
+
+        try:
+            till.call("POST", "/v1/identify", {"text": "+7 916 123-45-67"})
+            assert shows(["Анна, добрый день!", ""])
+            till.call("POST", "/v1/quote", receipt("r1"))
+            assert shows(["Итого: 179,80", "Скидка: 26,97"])
+            code, sale = till.call("POST", "/v1/checkout", receipt("r1"))
+            assert code == 200 and sale["display"] == ["С днём рождения! +57", "Бонусы: 1257"]
+            assert shows(sale["display"])
+            shown = " ".join(" ".join(text) for text in seen)
+            for private in ("Петровна", "916", "4567", "2770000000017", "0017"):
+                assert private not in shown
+        finally:
+            os.close(peer)
+        pty.stop()  # unplugged
+        started = time.monotonic()
+        later = receipt("r2", at="2026-12-10T10:00:00+03:00")
+        code, sale = till.call("POST", "/v1/checkout", later)
+        assert code == 200 and time.monotonic() - started < 2
+        assert sale["display"] == ["Начислено: +11", "Бонусы: 1268"]
+        status = till.status_until(lambda s: s["displayState"] == "OFFLINE")
+        assert status["displayState"] == "OFFLINE" and status["displayLastError"]
+    finally:
+        pty.stop()
