@@ -165,8 +165,9 @@ def _refit(line: str, width: int) -> str:
     if len(line) <= width:
         return line
     candidates: list[str] = []
-    _label, colon, value = line.partition(": ")
-    if colon and any(ch.isdigit() for ch in value):
+    label, colon, value = line.partition(": ")
+    # a figure under a word ("Итого", "Бонусы"): not one the label dates ("Сгорят 31.12")
+    if colon and any(ch.isdigit() for ch in value) and not any(ch.isdigit() for ch in label):
         candidates += [value, value.replace(" ", "")]
     name, comma, rest = line.partition(", ")
     if comma and rest and " " not in name:
