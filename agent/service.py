@@ -1382,7 +1382,7 @@ class Agent:
             [
                 o
                 | (
-                    {"code": codes[o["id"]], "validFrom": figures["at"]}
+                    {"code": codes[o["id"]], "validFrom": _printed_from(figures["at"], o)}
                     if codes and o["id"] in codes
                     else {}
                 )
@@ -2169,6 +2169,16 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
 @functools.cache
 def _offers_adapter() -> TypeAdapter[list[Offer]]:
     return TypeAdapter(list[Offer])
+
+
+def _printed_from(at: str, offer: Mapping[str, Any]) -> str:
+    """Where a till-issued coupon's printed validity starts: its code is valid from the
+    sale (§13), its offer from `validFrom`, which for an offer that starts within 7 days
+    (§7) is later: the paper shows when the coupon gives something."""
+    start = offer.get("validFrom")
+    if start and datetime.fromisoformat(str(start)) > datetime.fromisoformat(at):
+        return str(start)
+    return at
 
 
 def _zone_or_none(name: Any) -> ZoneInfo | None:

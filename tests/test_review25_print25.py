@@ -20,8 +20,9 @@ import pytest
 import serial
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
-from tillpoint.printer.config import DisplayConfig
+from tillpoint.printer.config import DisplayConfig, PrinterConfig
 from tillpoint.printer.display import CustomerDisplay
+from tillpoint.printer.queue import PrintWorker
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.printer.virtual_display import DisplayScreen, PtyPair
 
@@ -331,3 +332,25 @@ def test_the_pole_display_through_run_shows_the_first_name_only_and_never_blocks
         assert status["displayState"] == "OFFLINE" and status["displayLastError"]
     finally:
         pty.stop()
+
+
+def test_a_coupon_for_an_offer_that_starts_later_prints_the_offers_start(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §7 prints each offer "with its text, validity"; §13 gives an offer
+    that starts within 7 days a code valid from `at`. The paper said the coupon was valid
+    from the sale ("Действует с 23.11.2026 10:15") for an offer that starts on 26 November:
+    a customer back on the 24th got nothing for it. The paper shows the later of the two."""
+    soon = {**NEXT_VISIT, "validFrom": "2026-11-26T00:00:00+03:00"}
+    till = Agent(tmp_path / "data", "till-1")
+    till.load_snapshot(snapshot(offers=[soon]))
+    assert till.checkout(receipt_from_json(receipt("r1"))).to_json()["printedOffers"] == ["o-next"]
+    till.close()
+    with VirtualPrinter() as printer:
+        config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
+        worker = PrintWorker(tmp_path / "data" / "ledger.db", config)
+        try:
+            assert worker.run_once() == 0
+        finally:
+            worker.close()
+        (paper,) = printer.wait_for(1)
+    assert paper.codes == ["TP5TILL11"]
+    assert "Действует с 26.11 по 31.12.2026" in paper.text
