@@ -118,6 +118,12 @@ def test_a_narrow_display_shows_the_whole_total_never_a_cut_figure(agent: Agent)
     assert _shown(quoted, 10) == ["1234567,89", ""]
     assert _shown(["Анна, добрый день!", "Бонусы: 1192"], 16) == ["Добрый день!", "Бонусы: 1192"]
     assert _shown(["Начислено: +1 234", "Бонусы: 123 456 789"], 12) == ["+1 234", "123 456 789"]
+    # the messages' shorter wordings before any cut
+    assert _shown(["С днём рождения! +57", "Ещё 520 ₽ до скидки 5%"], 16) == [
+        "С ДР! +57",
+        "Ещё 520 Р до -5%",  # ₽ and − as the display's code page has them
+    ]
+    assert _shown(["Итого: 179,80", "Ещё 520 ₽ до скидки 5%"], 14)[1] == "+520 Р до -5%"
     # a figure its label dates keeps the label: a bare "300" would say nothing
     assert _shown(["Сгорят 31.12: 300", "Бонусы: 1192"], 16)[0] == "Сгорят 31.12."
     # the 20-column default shows the lines as they are
