@@ -164,14 +164,22 @@ def test_print_days_are_the_stores_days_across_a_clock_change(tmp_path: Path) ->
 class _Till:
     """`tillpoint run` on a data dir with a network printer on `printer_port`, over HTTP."""
 
-    def __init__(self, tmp_path: Path, data: Path, printer_port: int, extra: str = "") -> None:
+    def __init__(
+        self, tmp_path: Path, data: Path, printer_port: int | None, extra: str = ""
+    ) -> None:
         self.port = free_port()
         conf = tmp_path / "till.toml"
+        printer = (
+            f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer_port}\n'
+            "retry_base_s = 0.1\nretry_max_s = 0.5\nprobe_interval_s = 1\n"
+            if printer_port is not None
+            else ""
+        )
         conf.write_text(
             f'device_id = "till-1"\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
             f'[metrics]\nenabled = false\n[http]\nlisten = "127.0.0.1:{self.port}"\n'
-            f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer_port}\n'
-            "retry_base_s = 0.1\nretry_max_s = 0.5\nprobe_interval_s = 1\n" + extra,
+            + printer
+            + extra,
             encoding="utf-8",
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
@@ -360,3 +368,47 @@ def test_a_coupon_for_an_offer_that_starts_later_prints_the_offers_start(tmp_pat
         (paper,) = printer.wait_for(1)
     assert paper.codes == ["TP5TILL11"]
     assert "Действует с 26.11 по 31.12.2026" in paper.text
+
+
+def test_checkout_says_queued_for_printing_only_when_a_printer_will_print(
+    cli: Any, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §7 with its decision for a till with no coupon printer (`[printer]
+    kind = "none"`, the default): the offers are picked, but no job is queued. The text
+    output told the cashier "offers queued for printing: o-1" all the same, and the
+    customer waited for a coupon that never came."""
+    offer = {**NEXT_VISIT, "issueCoupon": False, "couponRequired": False}
+    assert cli("snapshot", "load", snapshot(offers=[offer])).code == 0
+    done = cli("checkout", receipt("r1"))
+    assert done.code == 0
+    assert "offers picked, not printed (no coupon printer configured): o-next" in done.out
+    assert "queued for printing" not in done.out
+    assert cli("print", "queue", "--json").json() == {"jobs": []}
+
+    conf = tmp_path / "printer.toml"
+    conf.write_text('[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = 9100\n')
+    later = receipt("r2", at="2026-12-01T10:00:00+03:00")
+    done = cli("--config", conf, "checkout", later)
+    assert "offers queued for printing: o-next" in done.out
+    assert [job["receiptId"] for job in cli("print", "queue", "--json").json()["jobs"]] == ["r2"]
+
+
+@pytest.mark.slow
+def test_checkout_forwarded_to_run_says_what_its_printer_does(
+    cli: Any, tmp_path: Path, tills: list[_Till]
+) -> None:
+    """The same text through a serving `tillpoint run` (the CLI forwards the checkout to
+    it): a run with no coupon printer does not claim the offers are queued."""
+    offer = {**NEXT_VISIT, "issueCoupon": False, "couponRequired": False}
+    assert cli("snapshot", "load", snapshot(offers=[offer])).code == 0
+    tills.append(_Till(tmp_path, tmp_path / "data", None))
+    done = cli("checkout", receipt("r1"))
+    assert done.code == 0 and done.out.startswith("receipt r1")
+    assert "offers picked, not printed (no coupon printer configured): o-next" in done.out
+    assert tills[0].call("POST", "/v1/checkout", receipt("r1"))[1]["seq"] == 1  # it ran there
+    tills[0].stop()
+    with VirtualPrinter() as printer:
+        tills.append(_Till(tmp_path, tmp_path / "data", printer.port))
+        later = receipt("r2", at="2026-12-01T10:00:00+03:00")
+        assert "offers queued for printing: o-next" in cli("checkout", later).out
+        assert printer.wait_for(1, timeout_s=15)[0].codes == ["TP1-o-next"]
