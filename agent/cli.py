@@ -406,14 +406,19 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return emit(args, json_of(agent.identify(args.text)), _human_card)
         if command == "scan":
             return emit(args, json_of(agent.scan(args.text)), _human_scan)
+
+        # what a commit's text says of its offers: queued, or picked with no printer (§7)
+        def human(r: dict[str, Any]) -> str:
+            return _human_result(r, printer=agent.device_kinds.get("printer") != "none")
+
         if command in ("quote", "checkout", "hold"):
             call: Callable[[Receipt], CheckoutResult] = getattr(agent, command)
             receipt = read_json(args.file)
             if args.explain and isinstance(receipt, dict):
                 receipt = {**receipt, "explain": True}
-            return emit(args, json_of(call(receipt_from_json(receipt))), _human_result)
+            return emit(args, json_of(call(receipt_from_json(receipt))), human)
         if command == "confirm":
-            return emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), _human_result)
+            return emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), human)
         if command == "cancel":
             return emit(args, json_of(agent.cancel(args.receipt_id)), _human_result)
         if command == "refund":
@@ -735,7 +740,9 @@ def _human_card(card: dict[str, Any]) -> str:
     return str(card["status"])
 
 
-def _human_result(r: dict[str, Any]) -> str:
+def _human_result(r: dict[str, Any], printer: bool = True) -> str:
+    """A result as text; `printer`: the till has a coupon printer (else the offers the
+    commit picked are not printed: docs/CONTRACT.md §7, `[printer] kind = "none"`)."""
     from .money import format_minor
 
     out = [f"receipt {r['receiptId']}  card {_human_card(r['card'])}  mode {r['mode']}"]
@@ -758,9 +765,14 @@ def _human_result(r: dict[str, Any]) -> str:
     )
     if r["balance"]:
         out.append(_human_balance(r["balance"]))
-    if r["printedOffers"]:
+    if r["printedOffers"] and printer:
         # Committed with the receipt as a print job; the running agent prints it.
         out.append("offers queued for printing: " + ", ".join(r["printedOffers"]))
+    elif r["printedOffers"]:
+        out.append(
+            "offers picked, not printed (no coupon printer configured): "
+            + ", ".join(r["printedOffers"])
+        )
     if r["heldOut"]:
         out.append("held out (control group): " + ", ".join(r["heldOut"]))
     if r.get("trace"):

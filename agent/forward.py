@@ -328,7 +328,7 @@ def forward(args: Any) -> int:
     except ValueError:
         doc = None
     if status == 200 and isinstance(doc, dict):
-        return _print(args, doc)
+        return _print(args, doc, serving)
     error = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(error, dict):
         print(f"tillpoint: the running agent answered HTTP {status}", file=sys.stderr)
@@ -337,7 +337,7 @@ def forward(args: Any) -> int:
     return exit_code_of(str(error.get("code")))
 
 
-def _print(args: Any, doc: dict[str, Any]) -> int:
+def _print(args: Any, doc: dict[str, Any], serving: dict[str, Any] | None = None) -> int:
     """The answer as `emit` prints a local one (the agent sent `json_document` of it)."""
     from . import cli
 
@@ -347,4 +347,22 @@ def _print(args: Any, doc: dict[str, Any]) -> int:
         "status": cli._human_status,
         "refund": cli._human_refund,
     }
-    return cli.emit(args, doc, human.get(args.command, cli._human_result))
+    result = human.get(args.command, cli._human_result)
+    text = not getattr(args, "json", False)
+    if result is cli._human_result and doc.get("printedOffers") and text:
+        # The text says whether the offers print: the running agent's printer decides.
+        printer = _printer_state(serving) != "DISABLED"
+        return cli.emit(args, doc, lambda r: cli._human_result(r, printer=printer))
+    return cli.emit(args, doc, result)
+
+
+def _printer_state(serving: dict[str, Any] | None) -> str | None:
+    """The serving agent's `printerState`; None when it does not say."""
+    if serving is None:
+        return None
+    try:
+        status, raw = _exchange(serving, "GET", "/v1/status", None, False)
+        state = json.loads(raw.decode("utf-8")).get("printerState") if status == 200 else None
+    except (NotForwarded, ValueError, AttributeError):
+        return None
+    return state if isinstance(state, str) else None

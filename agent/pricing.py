@@ -7,6 +7,7 @@ stay at the edges. Amounts are integers; quantities, rates and shares are exact
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from fractions import Fraction
 from functools import cached_property
 from itertools import chain
 from typing import Any, NamedTuple, Protocol
+from zoneinfo import ZoneInfo
 
 from .expiry import days_later
 from .models import LINE_KINDS, LINE_MONEY_KINDS, Customer, Offer, Program, Receipt, micros
@@ -1065,7 +1067,7 @@ def offers_to_print(
     program: Program,
     printed_recently: Callable[[str], bool],
 ) -> list[Offer]:
-    horizon = at + timedelta(days=7)
+    horizon = store_days(at, PRINT_HORIZON_DAYS, program.zone)
     local = at.astimezone(program.zone)
     chosen = [
         o
@@ -1083,6 +1085,20 @@ def offers_to_print(
     ]
     chosen.sort(key=lambda o: (o.rank, o.id))
     return chosen[: min(program.max_offers_printed, OFFERS_PRINTED_MAX)]
+
+
+# "starting within 7 days" (the contract §7)
+PRINT_HORIZON_DAYS = 7
+
+
+def store_days(at: datetime, days: int, zone: ZoneInfo | None) -> datetime:
+    """`days` store days from `at` (negative: before it) at the same local clock time in
+    `zone`, as §5 step 6 counts days across a daylight-saving change: the §7 horizon and
+    print cooldown. With no zone, or past the calendar's end, `days` × 24 hours."""
+    if zone is not None:
+        with contextlib.suppress(OverflowError):
+            return days_later(at, days, zone)
+    return at + timedelta(days=days)
 
 
 # The most offers one receipt prints, whatever `maxOffersPrinted` says: what one print job

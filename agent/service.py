@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -87,6 +87,7 @@ from .pricing import (
     in_birthday_window,
     offers_to_print,
     price,
+    store_days,
 )
 from .refunds import SoldLine, apply_refund
 from .results import (
@@ -1049,7 +1050,7 @@ class Agent:
 
         printed: list[Offer] = []
         if commit and customer is not None:
-            since = receipt.at - timedelta(days=program.offer_print_cooldown_days)
+            since = store_days(receipt.at, -program.offer_print_cooldown_days, program.zone)
             recent = ledger.printed_since(conn, customer.id, since)
             # only the customer's own offers print (`offers_to_print`): not the mass ones
             own = view.personal_offers(customer.id)
@@ -1180,7 +1181,8 @@ class Agent:
         offers: list[dict[str, Any]] = figures["offers"]
         if offers and customer_id is not None:
             # Chosen at Hold; one printed to the customer since (another receipt) waits.
-            since = at - timedelta(days=int(figures["cooldownDays"]))
+            zone = _zone_or_none(figures.get("timezone"))
+            since = store_days(at, -int(figures["cooldownDays"]), zone)
             recent = ledger.printed_since(conn, customer_id, since)
             offers = [o for o in offers if o["id"] not in recent]
         if ready is not None and ready.offer_ids != tuple(o["id"] for o in offers):
@@ -1380,7 +1382,7 @@ class Agent:
             [
                 o
                 | (
-                    {"code": codes[o["id"]], "validFrom": figures["at"]}
+                    {"code": codes[o["id"]], "validFrom": _printed_from(figures["at"], o)}
                     if codes and o["id"] in codes
                     else {}
                 )
@@ -2169,7 +2171,17 @@ def _offers_adapter() -> TypeAdapter[list[Offer]]:
     return TypeAdapter(list[Offer])
 
 
-def _zone_or_none(name: Any) -> tzinfo | None:
+def _printed_from(at: str, offer: Mapping[str, Any]) -> str:
+    """Where a till-issued coupon's printed validity starts: its code is valid from the
+    sale (§13), its offer from `validFrom`, which for an offer that starts within 7 days
+    (§7) is later: the paper shows when the coupon gives something."""
+    start = offer.get("validFrom")
+    if start and datetime.fromisoformat(str(start)) > datetime.fromisoformat(at):
+        return str(start)
+    return at
+
+
+def _zone_or_none(name: Any) -> ZoneInfo | None:
     """The store's zone a held sale's figures name (checked when its snapshot loaded);
     None (the times as written) for a hold an older release placed."""
     if not isinstance(name, str):

@@ -151,6 +151,39 @@ def birthday_lines(
 
 
 def fit_lines(lines: Sequence[str], width: int = WIDTH, rows: int = 2) -> list[str]:
-    """Exactly ``rows`` lines of at most ``width`` characters (the driver's last resort)."""
-    out = [fit(clean(line), width) for line in list(lines)[:rows]]
+    """Exactly ``rows`` lines of at most ``width`` characters (the driver's last resort, for
+    a display narrower than the 20 columns the messages are made for)."""
+    out = [_refit(clean(line), width) for line in list(lines)[:rows]]
     return out + [""] * (rows - len(out))
+
+
+# Shorter wordings of this module's messages (and `tillpoint.agent.messages`' hint), for
+# a display narrower than they were made for; ASCII and Cyrillic only: the driver refits
+# lines already put in its code page (`display.message_bytes`).
+_SHORTER = (
+    ("С днём рождения!", "С ДР!"),
+    ("до скидки ", "до -"),
+    ("Ещё ", "+"),
+)
+
+
+def _refit(line: str, width: int) -> str:
+    """One line made shorter by rewording before any cut: "Итого: 1 234 567,89" loses its
+    label, then its spaces (a figure is never cut: a cut total reads as another total);
+    "Анна, добрый день!" loses the name ("Добрый день!")."""
+    line = " ".join(line.split())
+    if len(line) <= width:
+        return line
+    candidates: list[str] = []
+    for long, short in _SHORTER:  # the messages' own shorter wordings, one after another
+        if long in line:
+            line = line.replace(long, short)
+            candidates.append(line)
+    label, colon, value = line.partition(": ")
+    # a figure under a word ("Итого", "Бонусы"): not one the label dates ("Сгорят 31.12")
+    if colon and any(ch.isdigit() for ch in value) and not any(ch.isdigit() for ch in label):
+        candidates += [value, value.replace(" ", "")]
+    name, comma, rest = line.partition(", ")
+    if comma and rest and " " not in name:
+        candidates.append(rest[0].upper() + rest[1:])
+    return _first_fitting([*candidates, line], width)

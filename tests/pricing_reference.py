@@ -894,8 +894,9 @@ def offers_to_print(
     program: Program,
     printed_recently: Callable[[str], bool],
 ) -> list[Offer]:
-    horizon = at + timedelta(days=7)
     local = at.astimezone(program.zone)
+    # "starting within 7 days": store days, at the same local clock time (as §5 step 6)
+    horizon = (local.replace(tzinfo=None) + timedelta(days=7)).replace(tzinfo=program.zone)
     chosen = [
         o
         for o in offers

@@ -42,7 +42,9 @@ def test_identify_gives_the_reason_of_invalid_and_blocked(cli: CLI) -> None:
 def test_checkout_says_the_coupon_is_queued_not_printed(cli: CLI) -> None:
     cli("snapshot", "load", snapshot(offers=[OFFER]))
     out = cli("checkout", receipt()).out
-    assert "offers queued for printing: o-print" in out and "offers printed" not in out
+    # no coupon printer configured (the default): picked for the cooldown, no job queued
+    assert "offers picked, not printed (no coupon printer configured): o-print" in out
+    assert "queued" not in out and "offers printed" not in out
 
 
 def test_print_preview_of_a_result_without_offers_prints_nothing(cli: CLI) -> None:
