@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import InputError, LaterRelease, StorageError
+from .errors import DamagedCache, InputError, LaterRelease, StorageError
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -301,10 +301,10 @@ def is_damage(text: str) -> bool:
     return "malformed" in text or "not a database" in text
 
 
-def damaged_cache(data_dir: Path, what: str) -> StorageError:
+def damaged_cache(data_dir: Path, what: str) -> DamagedCache:
     """What a till says of a cache file SQLite finds damaged: the cache is only a copy of
     the hub's data, and the way out is to make it again."""
-    return StorageError(
+    return DamagedCache(
         f"the cache in {data_dir} is damaged ({what}); it is a copy of the hub's data:"
         f" stop tillpoint, delete {Path(data_dir) / 'cache'}*.db*, and load a full snapshot"
         " again (`tillpoint snapshot load FILE`, or start it enrolled: it pulls one)"
@@ -326,9 +326,11 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
         generation = path.name != CACHE
         try:
             conn = connect(path, create=not generation)
-        except StorageError:
+        except StorageError as exc:
             if generation and not path.exists():
                 continue
+            if is_damage(exc.message):  # its first page: "file is not a database"
+                raise damaged_cache(data_dir, exc.message) from None
             raise
         try:
             migrate(conn, cache_migrations)

@@ -116,6 +116,15 @@ class LaterRelease(StorageError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class DamagedCache(StorageError):
+    """A cache file SQLite finds damaged (`db.damaged_cache`). A call meeting it is still
+    UNAVAILABLE (503), but a command or `run` that cannot open it ends with exit 2: a
+    restart cannot mend it (the unit restarted `run` every 2 s for ever), deleting the
+    cache and loading a snapshot does, and the message says so."""
+
+    exit_code = 2
+
+
 class HubUnavailable(TillpointError):
     grpc_code = "UNAVAILABLE"
 

@@ -49,3 +49,48 @@ def test_a_data_dir_that_is_a_file_is_one_line_exit_2(
         assert "data directory" in run.err and "not a directory" in run.err.lower(), run.err
         assert run.out == ""
     assert (tmp_path / "data").read_text() == "not a directory\n"
+
+
+def _damage_header(data: Path) -> None:
+    from tillpoint.agent.db import cache_file
+
+    with cache_file(data).open("r+b") as cache:
+        cache.write(b"not a database at all" * 8)
+
+
+def test_a_cache_with_a_damaged_header_says_damaged_and_the_way_out(
+    tmp_path: Path, cli: CLI
+) -> None:
+    """A cache file whose first page is damaged said "cannot open …/cache-7-….db: file is
+    not a database", exit 1: no word that it is only a copy of the hub's data, nor what to
+    do (a damaged page further in said both). Now every command says it is damaged and how
+    to make it again, exit 2: no retry mends it."""
+    assert cli("snapshot", "load", str(EXAMPLES / "snapshot.json")).code == 0
+    _damage_header(tmp_path / "data")
+    for args in (["identify", "2770000000017", "--json"], ["status", "--json"]):
+        run = cli(*args)
+        assert run.code == 2, (args, run.code, run.err)
+        _one_line(run.err)
+        assert "is damaged" in run.err and "cache*.db*" in run.err, run.err
+
+
+def test_run_on_a_damaged_cache_stops_with_exit_2_not_restarted_in_a_loop(tmp_path: Path) -> None:
+    """README: the unit restarts the agent whatever ended it but exit 2, "a configuration
+    or data directory problem". `run` on a damaged cache ended with exit 1: systemd
+    started it again every 2 s for ever, the same line in the journal each time."""
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.close()
+    _damage_header(data)
+    env = {
+        **os.environ,
+        "TILLPOINT_DEVICE_ID": "till-1",
+        "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_METRICS__ENABLED": "false",
+    }
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert "is damaged" in run.stderr and "Traceback" not in run.stderr
