@@ -94,3 +94,59 @@ def test_run_on_a_damaged_cache_stops_with_exit_2_not_restarted_in_a_loop(tmp_pa
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
     assert "is damaged" in run.stderr and "Traceback" not in run.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_printer_found_unreachable_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A support engineer reads the journal: the display's "customer display offline" was
+    there, but a receipt printer found unplugged by the start-up probe (and every probe
+    after) left no line at all while `status` said OFFLINE. Now a WARNING when the probe
+    finds it so, once, and an INFO line when it answers again."""
+    ledger = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    ensure_schema(conn)
+    conn.close()
+    port = _closed_port()
+    config = PrinterConfig(kind="network", host="127.0.0.1", port=port, connect_timeout_s=1.0)
+    where = [config]
+    worker = PrintWorker(ledger, config, printer_factory=lambda: make_transport(where[0]))
+    caplog.set_level(logging.INFO, logger="tillpoint")
+    try:
+        assert worker.probe() == "OFFLINE"
+        assert worker.probe() == "OFFLINE"
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+        assert f"127.0.0.1:{port}" in warnings[0].getMessage()
+        assert "OFFLINE" in warnings[0].getMessage()
+        from tillpoint.printer.virtual import VirtualPrinter
+
+        with VirtualPrinter() as printer:
+            where[0] = config.model_copy(update={"port": printer.port})
+            caplog.clear()
+            assert worker.probe() == "OK"
+            assert [r.levelno for r in caplog.records] == [logging.INFO], caplog.records
+            assert "answers again" in caplog.records[0].getMessage()
+    finally:
+        worker.close()
+
+
+def test_a_checkout_logs_no_personal_data(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """README: logs carry no customer's phone, surname or birthday, and no full card."""
+    caplog.set_level(logging.DEBUG)
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        agent.checkout(receipt_from_json(receipt("p1", card="+7 916 123-45-67")))
+        agent.checkout(receipt_from_json(receipt("p2")))
+    finally:
+        agent.close()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in ("2770000000017", "9161234567", "1990-11-25"):
+        assert secret not in text
