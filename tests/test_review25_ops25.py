@@ -150,3 +150,19 @@ def test_a_checkout_logs_no_personal_data(tmp_path: Path, caplog: pytest.LogCapt
     text = "\n".join(r.getMessage() for r in caplog.records)
     for secret in ("2770000000017", "9161234567", "1990-11-25"):
         assert secret not in text
+
+
+@pytest.mark.parametrize("table", ["printer", "display", "scanner"])
+def test_a_typo_in_a_device_table_is_said_as_in_the_other_tables(
+    tmp_path: Path, cli: CLI, table: str
+) -> None:
+    """docs/CONTRACT.md §10: `[hub] adress` is "hub.adress is not a known field", but
+    `[printer] kindd` was "config [printer.kindd]: Extra inputs are not permitted"
+    (pydantic's words, to a person mending a file)."""
+    conf = tmp_path / "typo.toml"
+    conf.write_text(f'[{table}]\nkindd = "network"\n', encoding="utf-8")
+    run = cli("--config", str(conf), "config", "check")
+    assert run.code == 2, run.err
+    _one_line(run.err)
+    assert "kindd is not a known field" in run.err and f"[{table}]" in run.err, run.err
+    assert "Extra inputs" not in run.err
