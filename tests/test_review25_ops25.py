@@ -166,3 +166,41 @@ def test_a_typo_in_a_device_table_is_said_as_in_the_other_tables(
     _one_line(run.err)
     assert "kindd is not a known field" in run.err and f"[{table}]" in run.err, run.err
     assert "Extra inputs" not in run.err
+
+
+def test_an_outage_is_a_few_lines_in_the_log_not_one_per_retry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README (logs): sync errors are said once. During an outage every retry of the pull
+    and of the push wrote "pull failed: the hub is unreachable (…)" at INFO, 14 lines in
+    the first 25 s and 3–4 a minute for as long as the hub stayed away, after the WARNING
+    that already said the till sells OFFLINE. Now a failure is logged at INFO when its
+    words change; the same again is DEBUG."""
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+    from tillpoint.sync.loopback import receipt as hub_receipt
+    from tillpoint.sync.pull import cache_version
+
+    caplog.set_level(logging.INFO, logger="tillpoint")
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till")
+    service = till.service
+    assert service is not None
+    try:
+        wait_for(lambda: cache_version(till.data_dir) == 1 and till.link.online, timeout=20)
+        hub.stop()
+        wait_for(lambda: not service.link.online, timeout=10)
+        service.agent.checkout(receipt_from_json(hub_receipt("r-0", "2770000000017")))
+        service.trigger_pull()
+        wait_for(
+            lambda: service.pull_backoff.failures >= 4 and service.push_backoff.failures >= 4,
+            timeout=30,
+        )
+        said = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.INFO and "unreachable" in r.getMessage()
+        ]
+        assert len(said) <= 4, said  # OFFLINE once, the pull's and the push's first failure
+    finally:
+        till.stop()
+        hub.stop()
