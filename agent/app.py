@@ -190,13 +190,26 @@ def run(settings: Settings) -> int:
         log.info("HTTP interface on %s:%s", http_server.host, http_server.port)
         # The CLI forwards its calls to this agent while it serves (agent/forward.py).
         unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
+    from .cli import version_text
+
+    # The journal's first words for support: the release, and the snapshot served.
+    served = agent.status().to_json()
+    version, issued = served["cacheVersion"], served["cacheIssuedAt"]
     log.info(
-        "PosAgent serving on %s:%s (device %s, cache version %s)",
+        "PosAgent serving on %s:%s (device %s, cache version %s, %s; %s)",
         settings.server.listen.rpartition(":")[0],  # an IPv6 host keeps its brackets
         port,  # the port bound ("127.0.0.1:0" asks for any)
         settings.device_id,
-        agent.status().cache_version,
+        version,
+        f"snapshot version {version} issued {issued}" if version else "no snapshot",
+        version_text(),
     )
+    if not version:
+        log.warning(
+            "no snapshot loaded: quote, hold and checkout are refused until one is"
+            " (`tillpoint snapshot load FILE`%s)",
+            ", or the hub's first" if sync is not None else "",
+        )
     done = threading.Event()
 
     systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)

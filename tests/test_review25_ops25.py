@@ -168,6 +168,7 @@ def test_a_typo_in_a_device_table_is_said_as_in_the_other_tables(
     assert "Extra inputs" not in run.err
 
 
+@pytest.mark.slow
 def test_an_outage_is_a_few_lines_in_the_log_not_one_per_retry(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -204,3 +205,53 @@ def test_an_outage_is_a_few_lines_in_the_log_not_one_per_retry(
     finally:
         till.stop()
         hub.stop()
+
+
+def _run_briefly(data: Path) -> str:
+    """`tillpoint run` on `data` until it serves, then SIGTERM: its log (stderr)."""
+    import signal
+    import time
+
+    env = {
+        **os.environ,
+        "TILLPOINT_DEVICE_ID": "till-1",
+        "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_METRICS__ENABLED": "false",
+        "TILLPOINT_LOG__FORMAT": "text",
+    }
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"]
+    log = data.parent / "run.log"
+    with log.open("w") as err:
+        process = subprocess.Popen(command, env=env, stderr=err, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while "PosAgent serving" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+    return log.read_text()
+
+
+@pytest.mark.slow
+def test_run_logs_its_release_and_the_snapshot_it_serves_or_that_it_has_none(
+    tmp_path: Path,
+) -> None:
+    """A support engineer reading a till's journal learns from the start line which
+    release runs and which snapshot it serves: it said "cache version 7" only, and a
+    till with no snapshot (every sale refused: 412 "no snapshot loaded") started without
+    a word of warning."""
+    from tillpoint.agent.cli import version_text
+
+    data = tmp_path / "data"
+    empty = _run_briefly(data)
+    assert version_text() in empty
+    assert "WARNING" in empty and "no snapshot loaded" in empty, empty
+    agent = Agent(data, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.close()
+    served = _run_briefly(data)
+    assert version_text() in served
+    assert "snapshot version 1 issued 2026-11-23T03:00:00Z" in served, served
+    assert "no snapshot loaded" not in served
