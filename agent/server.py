@@ -160,6 +160,26 @@ def _in_background(
     return stop_it
 
 
+def _bind_problem(address: str) -> str:
+    """Why `address` cannot be bound, in the system's words ("Address already in use"),
+    as the HTTP and metrics servers say it: grpcio says only that it failed (and its own
+    line on stderr is no journal's JSON)."""
+    import socket
+
+    from .config import address_family, split_listen
+
+    try:
+        host, port = split_listen(address)
+        with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError as exc:
+        return str(exc)
+    return "the address is in use or not valid"
+
+
 def build_server(
     agent: Agent,
     address: str,
@@ -211,7 +231,9 @@ def build_server(
     except RuntimeError:  # grpcio's "Failed to bind": in use, or not an address here
         port = 0
     if port == 0:
-        raise TillpointError(f"cannot listen on {address}: the address is in use or not valid")
+        raise TillpointError(
+            f"cannot listen on {address} for gRPC: {_bind_problem(address)} (set [server] listen)"
+        )
     health_servicer.set_ready(health_servicer.ready())
     # Server reflection: grpcurl and Postman call PosAgent without the .proto. grpcio's
     # Python package serves v1alpha only; v1 (what newer clients ask first) has the same

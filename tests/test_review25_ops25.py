@@ -255,3 +255,28 @@ def test_run_logs_its_release_and_the_snapshot_it_serves_or_that_it_has_none(
     assert version_text() in served
     assert "snapshot version 1 issued 2026-11-23T03:00:00Z" in served, served
     assert "no snapshot loaded" not in served
+
+
+def test_a_grpc_listen_address_in_use_says_why_as_the_other_servers_do(tmp_path: Path) -> None:
+    """`run` on a gRPC port another program holds said "cannot listen on …: the address is
+    in use or not valid", where HTTP and /metrics say the system's reason and the key:
+    "… for HTTP: Address already in use". Now gRPC does too (and for an address that is
+    not this machine's, "Cannot assign requested address")."""
+    from tillpoint.agent.errors import TillpointError
+    from tillpoint.agent.server import build_server
+
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            with pytest.raises(TillpointError) as refused:
+                build_server(agent, f"127.0.0.1:{port}")
+            message = refused.value.message
+            assert f"cannot listen on 127.0.0.1:{port} for gRPC: Address already in use" in message
+            assert "[server] listen" in message
+        with pytest.raises(TillpointError, match="for gRPC: Cannot assign requested address"):
+            build_server(agent, "192.0.2.1:50061", token="t")  # TEST-NET-1: not this machine
+    finally:
+        agent.close()
