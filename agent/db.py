@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import DamagedCache, InputError, LaterRelease, StorageError
+from .errors import DamagedCache, InputError, LaterRelease, ReadOnlyData, StorageError
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -264,8 +264,27 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except (sqlite3.Error, OSError) as exc:
+        read_only = None if readonly else read_only_part(path)
+        if read_only is not None:
+            raise ReadOnlyData(
+                f"cannot open {path}: {exc}; {read_only} is read-only for this process"
+                f" (a file system mounted read-only, or its mode){owner_hint(path)}"
+            ) from None
         raise StorageError(f"cannot open {path}: {exc}{owner_hint(path)}") from None
     return conn
+
+
+def read_only_part(path: Path) -> Path | None:
+    """The file `path`, or the nearest directory it lies in (or would be made in), when this
+    process may not write it: SQLite said only "unable to open database file"."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not os.access(candidate, os.W_OK):
+                return candidate
+            if candidate == path:
+                continue  # the file is writable: its directory (for -wal and -shm)?
+            return None
+    return None
 
 
 def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:

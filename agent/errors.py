@@ -125,6 +125,14 @@ class DamagedCache(StorageError):
     exit_code = 2
 
 
+class ReadOnlyData(StorageError):
+    """A data directory (or a file in it) this process may not write: a file system
+    remounted read-only, a mode, another user's. An administrator's to mend: exit 2 (the
+    unit does not restart it); a call meeting it is still UNAVAILABLE (503)."""
+
+    exit_code = 2
+
+
 class HubUnavailable(TillpointError):
     grpc_code = "UNAVAILABLE"
 

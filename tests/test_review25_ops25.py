@@ -280,3 +280,38 @@ def test_a_grpc_listen_address_in_use_says_why_as_the_other_servers_do(tmp_path:
             build_server(agent, "192.0.2.1:50061", token="t")  # TEST-NET-1: not this machine
     finally:
         agent.close()
+
+
+def _without_root_powers(command: list[str]) -> list[str]:
+    """Root ignores file modes: drop the capabilities that let it (as test_review19)."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root ignores file modes, and setpriv is not here to drop that")
+    drop = "-dac_override,-dac_read_search,-fowner"
+    return [setpriv, "--bounding-set", drop, "--inh-caps", drop, *command]
+
+
+@pytest.mark.parametrize("where", ["data", "data/new"])
+def test_a_read_only_data_dir_is_said_so_exit_2(tmp_path: Path, where: str) -> None:
+    """A data directory this process cannot write (a file system remounted read-only, a
+    mode) said "cannot open …/cache.db: unable to open database file" (or "[Errno 13]
+    Permission denied"), exit 1: no word of what to mend, and the unit restarts it for
+    ever. Now the message says the directory is read-only for this process, exit 2."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o555)
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(tmp_path / where)]
+    env = {**os.environ, "TILLPOINT_DEVICE_ID": "till-1", "TILLPOINT_CLI_LOCAL": "1"}
+    run = subprocess.run(
+        _without_root_powers([*command, "status", "--json"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    _one_line(run.stderr)
+    assert f"{data} is read-only for this process" in run.stderr, run.stderr
