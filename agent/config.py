@@ -74,6 +74,22 @@ def address_family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def bind_problem(address: str) -> str:
+    """Why `address` cannot be bound, in the system's words ("Address already in use"),
+    as the HTTP and metrics servers say it: grpcio says only that it failed (the agent's
+    and the hub's gRPC servers ask this when it does)."""
+    try:
+        host, port = split_listen(address)
+        with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError as exc:
+        return str(exc)
+    return "the address is in use or not valid"
+
+
 def _listen(value: str) -> str:
     split_listen(value)
     return value

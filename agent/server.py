@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .config import token_problem
+from .config import bind_problem, token_problem
 from .errors import InputError, TillpointError, edge_of
 from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
@@ -160,26 +160,6 @@ def _in_background(
     return stop_it
 
 
-def _bind_problem(address: str) -> str:
-    """Why `address` cannot be bound, in the system's words ("Address already in use"),
-    as the HTTP and metrics servers say it: grpcio says only that it failed (and its own
-    line on stderr is no journal's JSON)."""
-    import socket
-
-    from .config import address_family, split_listen
-
-    try:
-        host, port = split_listen(address)
-        with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    except ValueError as exc:
-        return str(exc)
-    return "the address is in use or not valid"
-
-
 def build_server(
     agent: Agent,
     address: str,
@@ -232,7 +212,7 @@ def build_server(
         port = 0
     if port == 0:
         raise TillpointError(
-            f"cannot listen on {address} for gRPC: {_bind_problem(address)} (set [server] listen)"
+            f"cannot listen on {address} for gRPC: {bind_problem(address)} (set [server] listen)"
         )
     health_servicer.set_ready(health_servicer.ready())
     # Server reflection: grpcurl and Postman call PosAgent without the .proto. grpcio's

@@ -315,3 +315,17 @@ def test_a_read_only_data_dir_is_said_so_exit_2(tmp_path: Path, where: str) -> N
     assert run.returncode == 2, (run.returncode, run.stderr)
     _one_line(run.stderr)
     assert f"{data} is read-only for this process" in run.stderr, run.stderr
+
+
+def test_the_hub_s_listen_address_in_use_says_why(tmp_path: Path, cli: CLI) -> None:
+    """`hub serve` on a port in use said "the hub cannot listen on …: in use or not an
+    address"; now the system's reason, as the agent's servers say it."""
+    assert cli("hub", "import", str(EXAMPLES / "catalogue.json"), "--hub-dir", tmp_path / "hub")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        run = cli("hub", "serve", "--hub-dir", tmp_path / "hub", "--listen", f"127.0.0.1:{port}")
+    assert run.code != 0
+    _one_line(run.err)
+    assert f"the hub cannot listen on 127.0.0.1:{port}: Address already in use" in run.err
