@@ -117,12 +117,10 @@ class LaterRelease(StorageError):
 
 
 class DamagedCache(StorageError):
-    """A cache file SQLite finds damaged (`db.damaged_cache`). A call meeting it is still
-    UNAVAILABLE (503), but a command or `run` that cannot open it ends with exit 2: a
-    restart cannot mend it (the unit restarted `run` every 2 s for ever), deleting the
-    cache and loading a snapshot does, and the message says so."""
-
-    exit_code = 2
+    """A cache file SQLite finds damaged (`db.damaged_cache`): UNAVAILABLE (503) to a call,
+    exit 1 to a command, and exit 2 to `run` at start (`app.run`): a restart cannot mend
+    it (the unit restarted `run` every 2 s for ever), deleting the cache and loading a
+    snapshot does, and the message says so."""
 
 
 class ReadOnlyData(StorageError):
