@@ -143,18 +143,19 @@ def run(settings: Settings) -> int:
     for loose in loose_values():  # taken as pydantic reads it; `config check` refuses it
         log.warning("%s (taken for now: 'tillpoint config check' refuses it)", loose)
     lock = DataDirLock(settings.data_dir).acquire()
-    ledger.require_writable(settings.data_dir)  # a read-only ledger: refused, not 503s
-    # The collaborators first, then the agent they serve.
-    from .errors import DamagedCache, Refused
+    from .errors import DamagedCache, DamagedLedger, Refused
 
     try:
+        ledger.require_writable(settings.data_dir)  # a read-only ledger: refused, not 503s
+        # The collaborators first, then the agent they serve.
         sync = TillSync.for_till(settings)  # None: standalone (no hub, or cannot sync: logged)
         devices = build_devices(settings)  # printer, display, scanner (kind "none": idle)
         registry = Registry()
         agent = cli_agent(
             settings, hub=sync.authoriser if sync else None, devices=devices, metrics=registry
         )
-    except DamagedCache as exc:  # exit 2: the unit does not restart it in a loop
+    except (DamagedCache, DamagedLedger) as exc:  # exit 2: the unit does not restart it
+        # in a loop (no restart mends a damaged file)
         raise Refused(exc.message) from None
     greet_on_scan(agent.scan, devices)  # a scan: a coupon for the receipt, or a card
     register_gauges(registry, agent)

@@ -123,6 +123,12 @@ class DamagedCache(StorageError):
     snapshot does, and the message says so."""
 
 
+class DamagedLedger(StorageError):
+    """A ledger file SQLite finds damaged when it is opened (`ledger.open_ledger`): it holds
+    the till's sales, so the message says to keep a copy and check it; exit 2 to `run` at
+    start, as for `DamagedCache`."""
+
+
 class ReadOnlyData(StorageError):
     """A data directory (or a file in it) this process may not write: a file system
     remounted read-only, a mode, another user's. An administrator's to mend: exit 2 (the

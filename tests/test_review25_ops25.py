@@ -329,3 +329,44 @@ def test_the_hub_s_listen_address_in_use_says_why(tmp_path: Path, cli: CLI) -> N
     assert run.code != 0
     _one_line(run.err)
     assert f"the hub cannot listen on 127.0.0.1:{port}: Address already in use" in run.err
+
+
+def _damaged_ledger(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.checkout(receipt_from_json(receipt("r1")))
+    agent.close()
+    for side in ("ledger.db-wal", "ledger.db-shm"):
+        (data / side).unlink(missing_ok=True)
+    with (data / "ledger.db").open("r+b") as ledger:
+        ledger.write(b"not a database at all" * 8)
+    return data
+
+
+def test_a_damaged_ledger_says_so_and_what_to_keep(tmp_path: Path, cli: CLI) -> None:
+    """A ledger whose first page is damaged said "cannot open …/ledger.db: file is not a
+    database": no word that it holds the till's sales (not a copy, unlike the cache), nor
+    what to do first. Now it says it is damaged, to keep a copy and check it."""
+    data = _damaged_ledger(tmp_path)
+    run = cli("status", "--json", "--local")
+    assert run.code == 1, run.err
+    _one_line(run.err)
+    assert f"the ledger {data / 'ledger.db'} is damaged" in run.err, run.err
+    assert "copy" in run.err and "integrity_check" in run.err
+
+
+def test_run_on_a_damaged_ledger_stops_with_exit_2(tmp_path: Path) -> None:
+    """As for a damaged cache: `run` ended with exit 1, restarted by the unit every 2 s."""
+    data = _damaged_ledger(tmp_path)
+    env = {
+        **os.environ,
+        "TILLPOINT_DEVICE_ID": "till-1",
+        "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
+        "TILLPOINT_METRICS__ENABLED": "false",
+    }
+    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert "is damaged" in run.stderr and "Traceback" not in run.stderr
