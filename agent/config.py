@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -186,11 +187,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _cased(case: Any) -> Any:
+    """A word read in any case (`TILLPOINT_LOG__LEVEL=debug`): refused, it stopped `run`
+    with exit 2, which the unit does not restart, over a log level's case."""
+    return BeforeValidator(lambda value: case(value) if isinstance(value, str) else value)
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["auto", "json", "text"] = "auto"  # auto: JSON unless on a terminal
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], _cased(str.upper)] = "INFO"
+    # auto: JSON unless on a terminal
+    format: Annotated[Literal["auto", "json", "text"], _cased(str.lower)] = "auto"
 
 
 class MetricsSettings(BaseModel):

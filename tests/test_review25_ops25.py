@@ -370,3 +370,19 @@ def test_run_on_a_damaged_ledger_stops_with_exit_2(tmp_path: Path) -> None:
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
     assert "is damaged" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(("level", "form"), [("debug", "JSON"), ("Warning", "Text")])
+def test_the_log_level_and_format_are_taken_in_any_case(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch, level: str, form: str
+) -> None:
+    """`TILLPOINT_LOG__LEVEL=debug` (what a person types to see more) stopped every command
+    and `run` with exit 2, which the unit does not restart: a till without loyalty over a
+    log level's case. The level and the format are read in any case."""
+    monkeypatch.setenv("TILLPOINT_LOG__LEVEL", level)
+    conf = tmp_path / "tillpoint.toml"
+    conf.write_text(f'[log]\nformat = "{form}"\n', encoding="utf-8")
+    run = cli("--config", conf, "config", "check", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["log"] == {"level": level.upper(), "format": form.lower()}
+    assert cli("--config", conf, "status", "--json").code == 0
