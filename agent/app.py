@@ -143,14 +143,20 @@ def run(settings: Settings) -> int:
     for loose in loose_values():  # taken as pydantic reads it; `config check` refuses it
         log.warning("%s (taken for now: 'tillpoint config check' refuses it)", loose)
     lock = DataDirLock(settings.data_dir).acquire()
-    ledger.require_writable(settings.data_dir)  # a read-only ledger: refused, not 503s
-    # The collaborators first, then the agent they serve.
-    sync = TillSync.for_till(settings)  # None: standalone (no hub, or cannot sync: logged)
-    devices = build_devices(settings)  # printer, display, scanner (kind "none": idle)
-    registry = Registry()
-    agent = cli_agent(
-        settings, hub=sync.authoriser if sync else None, devices=devices, metrics=registry
-    )
+    from .errors import DamagedCache, DamagedLedger, Refused
+
+    try:
+        ledger.require_writable(settings.data_dir)  # a read-only ledger: refused, not 503s
+        # The collaborators first, then the agent they serve.
+        sync = TillSync.for_till(settings)  # None: standalone (no hub, or cannot sync: logged)
+        devices = build_devices(settings)  # printer, display, scanner (kind "none": idle)
+        registry = Registry()
+        agent = cli_agent(
+            settings, hub=sync.authoriser if sync else None, devices=devices, metrics=registry
+        )
+    except (DamagedCache, DamagedLedger) as exc:  # exit 2: the unit does not restart it
+        # in a loop (no restart mends a damaged file)
+        raise Refused(exc.message) from None
     greet_on_scan(agent.scan, devices)  # a scan: a coupon for the receipt, or a card
     register_gauges(registry, agent)
     register_collector_gauges(registry)
@@ -190,13 +196,26 @@ def run(settings: Settings) -> int:
         log.info("HTTP interface on %s:%s", http_server.host, http_server.port)
         # The CLI forwards its calls to this agent while it serves (agent/forward.py).
         unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
+    from .cli import version_text
+
+    # The journal's first words for support: the release, and the snapshot served.
+    served = agent.status().to_json()
+    version, issued = served["cacheVersion"], served["cacheIssuedAt"]
     log.info(
-        "PosAgent serving on %s:%s (device %s, cache version %s)",
+        "PosAgent serving on %s:%s (device %s, cache version %s, %s; %s)",
         settings.server.listen.rpartition(":")[0],  # an IPv6 host keeps its brackets
         port,  # the port bound ("127.0.0.1:0" asks for any)
         settings.device_id,
-        agent.status().cache_version,
+        version,
+        f"snapshot version {version} issued {issued}" if version else "no snapshot",
+        version_text(),
     )
+    if not version:
+        log.warning(
+            "no snapshot loaded: quote, hold and checkout are refused until one is"
+            " (`tillpoint snapshot load FILE`%s)",
+            ", or the hub's first" if sync is not None else "",
+        )
     done = threading.Event()
 
     systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)

@@ -313,8 +313,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if config_file is None and os.environ.get("TILLPOINT_CONFIG"):
         config_file = Path(os.environ["TILLPOINT_CONFIG"])
     settings = config_mod.load(config_file, data_dir=args.data_dir)
-    from .privileges import run_as_owner
+    from .privileges import check_data_dir, run_as_owner
 
+    check_data_dir(settings.data_dir)  # a file named as the data directory: one line, exit 2
     run_as_owner(settings.data_dir)  # as root on an installed till: become its owner
     command: str = args.command
     handler = getattr(args, "handler", None)

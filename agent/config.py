@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -72,6 +73,22 @@ def split_listen(listen: str) -> tuple[str, int]:
 def address_family(host: str) -> socket.AddressFamily:
     """The socket family of a host `split_listen` gave: IPv6 for "::1" and the like."""
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind_problem(address: str) -> str:
+    """Why `address` cannot be bound, in the system's words ("Address already in use"),
+    as the HTTP and metrics servers say it: grpcio says only that it failed (the agent's
+    and the hub's gRPC servers ask this when it does)."""
+    try:
+        host, port = split_listen(address)
+        with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError as exc:
+        return str(exc)
+    return "the address is in use or not valid"
 
 
 def _listen(value: str) -> str:
@@ -170,11 +187,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _cased(case: Any) -> Any:
+    """A word read in any case (`TILLPOINT_LOG__LEVEL=debug`): refused, it stopped `run`
+    with exit 2, which the unit does not restart, over a log level's case."""
+    return BeforeValidator(lambda value: case(value) if isinstance(value, str) else value)
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["auto", "json", "text"] = "auto"  # auto: JSON unless on a terminal
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], _cased(str.upper)] = "INFO"
+    # auto: JSON unless on a terminal
+    format: Annotated[Literal["auto", "json", "text"], _cased(str.lower)] = "auto"
 
 
 class MetricsSettings(BaseModel):

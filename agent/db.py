@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import InputError, LaterRelease, StorageError
+from .errors import DamagedCache, InputError, LaterRelease, ReadOnlyData, StorageError
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -264,8 +264,27 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except (sqlite3.Error, OSError) as exc:
+        read_only = None if readonly else read_only_part(path)
+        if read_only is not None:
+            raise ReadOnlyData(
+                f"cannot open {path}: {exc}; {read_only} is read-only for this process"
+                f" (a file system mounted read-only, or its mode){owner_hint(path)}"
+            ) from None
         raise StorageError(f"cannot open {path}: {exc}{owner_hint(path)}") from None
     return conn
+
+
+def read_only_part(path: Path) -> Path | None:
+    """The file `path`, or the nearest directory it lies in (or would be made in), when this
+    process may not write it: SQLite said only "unable to open database file"."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not os.access(candidate, os.W_OK):
+                return candidate
+            if candidate == path:
+                continue  # the file is writable: its directory (for -wal and -shm)?
+            return None
+    return None
 
 
 def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:
@@ -301,10 +320,10 @@ def is_damage(text: str) -> bool:
     return "malformed" in text or "not a database" in text
 
 
-def damaged_cache(data_dir: Path, what: str) -> StorageError:
+def damaged_cache(data_dir: Path, what: str) -> DamagedCache:
     """What a till says of a cache file SQLite finds damaged: the cache is only a copy of
     the hub's data, and the way out is to make it again."""
-    return StorageError(
+    return DamagedCache(
         f"the cache in {data_dir} is damaged ({what}); it is a copy of the hub's data:"
         f" stop tillpoint, delete {Path(data_dir) / 'cache'}*.db*, and load a full snapshot"
         " again (`tillpoint snapshot load FILE`, or start it enrolled: it pulls one)"
@@ -326,9 +345,11 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
         generation = path.name != CACHE
         try:
             conn = connect(path, create=not generation)
-        except StorageError:
+        except StorageError as exc:
             if generation and not path.exists():
                 continue
+            if is_damage(exc.message):  # its first page: "file is not a database"
+                raise damaged_cache(data_dir, exc.message) from None
             raise
         try:
             migrate(conn, cache_migrations)

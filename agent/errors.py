@@ -116,6 +116,27 @@ class LaterRelease(StorageError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class DamagedCache(StorageError):
+    """A cache file SQLite finds damaged (`db.damaged_cache`): UNAVAILABLE (503) to a call,
+    exit 1 to a command, and exit 2 to `run` at start (`app.run`): a restart cannot mend
+    it (the unit restarted `run` every 2 s for ever), deleting the cache and loading a
+    snapshot does, and the message says so."""
+
+
+class DamagedLedger(StorageError):
+    """A ledger file SQLite finds damaged when it is opened (`ledger.open_ledger`): it holds
+    the till's sales, so the message says to keep a copy and check it; exit 2 to `run` at
+    start, as for `DamagedCache`."""
+
+
+class ReadOnlyData(StorageError):
+    """A data directory (or a file in it) this process may not write: a file system
+    remounted read-only, a mode, another user's. An administrator's to mend: exit 2 (the
+    unit does not restart it); a call meeting it is still UNAVAILABLE (503)."""
+
+    exit_code = 2
+
+
 class HubUnavailable(TillpointError):
     grpc_code = "UNAVAILABLE"
 

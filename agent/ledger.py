@@ -25,8 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .db import MigrationSet, connect, migrate, owner_hint
-from .errors import InputError, StorageError
+from .db import MigrationSet, connect, is_damage, migrate, owner_hint
+from .errors import DamagedLedger, InputError, StorageError
 from .expiry import Movement, Tally, Wallet, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
@@ -360,14 +360,35 @@ def migrate_ledger(conn: sqlite3.Connection) -> None:
 
 def open_ledger(data_dir: Path) -> sqlite3.Connection:
     """The one way to open a till's ledger: `db.connect` settings (autocommit, WAL,
-    synchronous=FULL, busy timeout), migrated. StorageError when it cannot be opened."""
-    conn = connect(ledger_path(data_dir))
+    synchronous=FULL, busy timeout), migrated. StorageError when it cannot be opened;
+    DamagedLedger, with what to do, when SQLite finds it damaged (it said "cannot open
+    …/ledger.db: file is not a database", no word of what the file holds)."""
+    path = ledger_path(data_dir)
+    try:
+        conn = connect(path)
+    except StorageError as exc:
+        if is_damage(exc.message):
+            raise damaged_ledger(path, exc.message) from None
+        raise
     try:
         migrate_ledger(conn)
+    except StorageError as exc:
+        conn.close()
+        if is_damage(exc.message):
+            raise damaged_ledger(path, exc.message) from None
+        raise
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def damaged_ledger(path: Path, what: str) -> DamagedLedger:
+    return DamagedLedger(
+        f"the ledger {path} is damaged ({what}); it holds this till's sales, not all of them"
+        " at the hub yet: stop tillpoint, copy the data directory aside, and check it with"
+        f" `sqlite3 {path} 'PRAGMA integrity_check'` (`.recover` saves what it can)"
+    )
 
 
 def require_writable(data_dir: Path) -> None:

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .config import token_problem
+from .config import bind_problem, token_problem
 from .errors import InputError, TillpointError, edge_of
 from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
@@ -211,7 +211,9 @@ def build_server(
     except RuntimeError:  # grpcio's "Failed to bind": in use, or not an address here
         port = 0
     if port == 0:
-        raise TillpointError(f"cannot listen on {address}: the address is in use or not valid")
+        raise TillpointError(
+            f"cannot listen on {address} for gRPC: {bind_problem(address)} (set [server] listen)"
+        )
     health_servicer.set_ready(health_servicer.ready())
     # Server reflection: grpcurl and Postman call PosAgent without the .proto. grpcio's
     # Python package serves v1alpha only; v1 (what newer clients ask first) has the same

@@ -695,7 +695,27 @@ class PrintWorker:
     def probe(self) -> PrinterState:
         """Ask the printer how it is without printing (the thread does, while no job
         waits): otherwise a printer unplugged after its last job showed that job's OK
-        until the next sale found out. Connects, asks as a job does first, closes."""
+        until the next sale found out. Connects, asks as a job does first, closes.
+
+        What it finds is logged when it changes (the journal is where a support engineer
+        looks; a printer unplugged at start left no line while `status` said OFFLINE): a
+        WARNING once when it is not OK, an INFO line when it answers again."""
+        before, said = self._state, self._last_error
+        state = self._probe()
+        if state != before or (state != "OK" and self._last_error != said):
+            if state == "OK":
+                if before in ("OFFLINE", "ERROR"):
+                    log.info("receipt printer (%s) answers again", self.description)
+            elif state in ("OFFLINE", "ERROR"):
+                log.warning(
+                    "receipt printer (%s) %s: %s",
+                    self.description,
+                    state,
+                    self._last_error or "no answer",
+                )
+        return state
+
+    def _probe(self) -> PrinterState:
         if self.disabled:
             return self._state
         transport = self._factory()

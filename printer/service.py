@@ -50,6 +50,8 @@ def _validate(model: Any, table: str, values: Mapping[str, Any]) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
+        if err.get("type") == "extra_forbidden":  # the words of every other table's typo
+            raise PrinterConfigError(f"config [{table}] {where} is not a known field") from None
         key = f"{table}.{where}" if where else table
         raise PrinterConfigError(f"config [{key}]: {err.get('msg', 'invalid')}") from None
 

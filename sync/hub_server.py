@@ -33,6 +33,7 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2_grpc
+from tillpoint.agent.config import bind_problem
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
 from tillpoint.agent.grpc_decode import RefuseUndecodable
@@ -1239,7 +1240,7 @@ class HubServer:
         except RuntimeError:  # grpcio's "Failed to bind"
             port = 0
         if port == 0:
-            raise TillpointError(f"the hub cannot listen on {listen}: in use or not an address")
+            raise TillpointError(f"the hub cannot listen on {listen}: {bind_problem(listen)}")
         latest = self.store.latest()
         for note in self.store.durability_notes():
             log.warning("%s", note)

@@ -129,6 +129,8 @@ class SyncService:
         self._subscription: Any = None
         self._mode_written: str | None = None
         self._contact_written: datetime | None = None
+        # What the last failed pull and push said (`_say`): the same words again are DEBUG.
+        self._said: dict[str, str] = {}
         # The last pull that returned (for a look from a debugger or a test): one, not a
         # list of every pull for the life of `tillpoint run` (≈ 1,440 a day at the default
         # poll, ≈ 155 bytes each, kept for good).
@@ -233,15 +235,16 @@ class SyncService:
             self.pusher.know_mark()
             result = self.puller.pull()
         except grpc.RpcError as exc:
-            log.info("pull failed: %s", self.link.last_failure or exc)
+            self._say("pull", f"pull failed: {self.link.last_failure or exc}")
             return 1.0
         except (PullInterrupted, SyncBusy) as exc:
-            log.info("pull: %s", exc)
+            self._say("pull", f"pull: {exc}")
             return 1.0
         except TillpointError as exc:
             log.error("pull: %s", exc.message)
             state.set_error(self.pusher.conn, "pull", f"pull: {exc.message}")
             return 1.0
+        self._said.pop("pull", None)
         self.last_pull = result
         return None if result.status != "REFUSED" else 1.0
 
@@ -251,15 +254,25 @@ class SyncService:
             if self.pusher.pending() == 0:
                 return True
             self.pusher.drain()
+            self._said.pop("push", None)
             return True
         except grpc.RpcError as exc:
-            log.info("push failed, will retry: %s", self.link.last_failure or exc)
+            self._say("push", f"push failed, will retry: {self.link.last_failure or exc}")
             return False
         except SyncBusy:
             return False
         except TillpointError as exc:
             log.error("push: %s", exc.message)
             return False
+
+    def _say(self, kind: str, text: str) -> None:
+        """A failed pull or push, logged at INFO when its words change and at DEBUG when a
+        retry fails the same way: during an outage every retry wrote the same INFO line
+        (3-4 a minute for as long as it lasted) after the WARNING that the till sells
+        OFFLINE, which `_persist_mode` writes once."""
+        level = logging.DEBUG if self._said.get(kind) == text else logging.INFO
+        self._said[kind] = text
+        log.log(level, "%s", text)
 
     def _persist_mode(self) -> None:
         mode = "ONLINE" if self.link.online else "OFFLINE"
