@@ -52,6 +52,7 @@ from .hub_sql import (
     POSTGRES,
     SqlHubStore,
     SqlTx,
+    category_cycles,
     pg_array,
     publish_sql,
 )
@@ -828,6 +829,8 @@ class PostgresHubStore(SqlHubStore):
                 ).fetchone()
                 if orphan is not None:
                     raise _Fallback
+                if counts.get("category") and category_cycles(PgTx(conn)):
+                    raise _Fallback
         except _Fallback:
             return None
         return ImportReport(rows=n, by_kind=dict(counts), removed=removed)
@@ -914,6 +917,21 @@ class PostgresHubStore(SqlHubStore):
                             for key, where, customer in orphans[:MAX_PROBLEMS]
                         ],
                         len(orphans),
+                    )
+                imported = dict(
+                    conn.execute(
+                        "SELECT key, where_ FROM import_stage"
+                        " WHERE kind = 'category' AND doc IS NOT NULL"
+                    ).fetchall()
+                )
+                cycles = category_cycles(PgTx(conn)) if imported else []
+                if cycles:
+                    raise ImportRefused(
+                        [
+                            f"{imported.get(code, 'categories')}: {message}"
+                            for code, message in cycles[:MAX_PROBLEMS]
+                        ],
+                        len(cycles),
                     )
                 counts: dict[str, int] = defaultdict(int)
                 n = removed = 0

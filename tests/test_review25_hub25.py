@@ -1,0 +1,328 @@
+"""Review 25 (hub25): the reference hub as the retailer's central team uses it.
+
+- Seeded random histories of imports of every kind of row (products, categories,
+  customers, cards, offers, coupons, the program; added, changed, removed) and
+  publications: a till that applied every delta answers exactly what a till that loaded
+  the full snapshot of the same version answers (identify, quote with explain, balance of
+  every card) and holds the same cache rows (docs/CONTRACT.md §3), on both stores.
+- `hub import` of bad data: one line, exit 2, the hub's data unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent import cache as cache_mod
+from tillpoint.agent.db import open_cache
+from tillpoint.agent.errors import InputError
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_store import TxIn
+from tillpoint.sync.loopback import import_doc
+
+NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+WEEK = 7 * 86400.0
+AT = "2026-11-23T10:15:00+03:00"
+
+
+def ean13(body: str) -> str:
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(body))
+    return body + str((10 - total % 10) % 10)
+
+
+SKUS = [ean13(f"460123400{n:03d}") for n in range(1, 7)]
+CARDS = [ean13(f"277000000{n:03d}") for n in range(1, 8)]
+CUSTOMERS = [f"c-{n}" for n in range(5)]
+CATEGORIES = ["food", "dairy", "bakery", "cheese"]
+OFFERS = [f"o-{n}" for n in range(6)]
+COUPONS = ["SORRY-1", "SORRY-2", "SORRY-3"]
+KINDS = ["PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "BONUS_MULTIPLIER", "RECEIPT_PERCENT_OFF"]
+
+
+def _program(rng: random.Random) -> dict[str, Any]:
+    return {
+        "currency": "RUB",
+        "timezone": rng.choice(["Europe/Moscow", "Asia/Yekaterinburg"]),
+        "pointValueMinor": rng.choice([1, 100]),
+        "maxRedeemPercent": rng.choice([30, 50, 100]),
+        "offlineRedeemLimitPoints": rng.choice([0, 500, 100000]),
+        "birthdayMultiplier": rng.choice([1, 5]),
+        "pointsLifetimeDays": rng.choice([0, 30]),
+        "tiers": [
+            {"code": "base", "accrualPercent": rng.choice(["3", "1.5"])},
+            {"code": "gold", "accrualPercent": "7"},
+        ],
+    }
+
+
+def _row(rng: random.Random, kind: str, key: str) -> dict[str, Any]:
+    if kind == "products":
+        return {
+            "sku": key,
+            "name": f"товар {rng.randint(0, 9)}",
+            "category": rng.choice([*CATEGORIES, "none"]),
+            "excludedFromLoyalty": rng.random() < 0.2,
+        }
+    if kind == "categories":
+        parent = rng.choice([None, *CATEGORIES[: CATEGORIES.index(key)]])
+        return {"code": key, "name": key.upper(), **({"parent": parent} if parent else {})}
+    if kind == "customers":
+        row: dict[str, Any] = {
+            "id": key,
+            "firstName": rng.choice(["Анна", "Борис", ""]),
+            "tier": rng.choice(["base", "gold"]),
+            "balancePoints": rng.randint(0, 3000),
+            "segment": rng.choice(["NEW", "ACTIVE", "AT_RISK", "CHURNED"]),
+            "controlGroups": rng.sample(["camp-1", "camp-2"], rng.randint(0, 1)),
+        }
+        if rng.random() < 0.5:
+            row["phone"] = f"+7916{rng.randint(0, 2):07d}"
+        if rng.random() < 0.5:
+            row["birthday"] = rng.choice(["1990-11-25", "1985-03-10"])
+        if rng.random() < 0.3:
+            row["pending"] = [
+                {"points": rng.randint(1, 50), "activatesAt": "2026-11-30T00:00:00+03:00"}
+            ]
+        if rng.random() < 0.3:
+            pts = rng.randint(0, row["balancePoints"])
+            row["expiring"] = [{"points": pts, "expiresAt": "2026-12-31T23:59:59+03:00"}]
+        return row
+    if kind == "cards":
+        return {
+            "number": key,
+            "customerId": rng.choice(CUSTOMERS),
+            "status": rng.choice(["ACTIVE", "ACTIVE", "BLOCKED", "LOST"]),
+        }
+    if kind == "offers":
+        offer_kind = rng.choice(KINDS)
+        offer: dict[str, Any] = {
+            "id": key,
+            "campaignId": rng.choice(["camp-1", "camp-2", "camp-3"]),
+            "kind": offer_kind,
+            "value": str(rng.choice([2, 5, 15, 50])),
+            "priority": rng.randint(0, 3),
+            "rank": rng.randint(0, 3),
+            "printable": rng.random() < 0.5,
+            "printText": "скидка",
+            "validFrom": "2026-11-01T00:00:00+03:00",
+            "validTo": rng.choice(["2026-11-30T23:59:59+03:00", "2026-11-20T00:00:00+03:00"]),
+            "couponRequired": rng.random() < 0.2,
+        }
+        if offer_kind == "RECEIPT_PERCENT_OFF":
+            offer["minTotalMinor"] = rng.choice([0, 10000])
+        else:
+            offer["skus"] = rng.sample(SKUS, rng.randint(0, 2))
+            offer["categories"] = rng.sample(CATEGORIES, rng.randint(0, 1))
+        if rng.random() < 0.5:
+            offer["customerId"] = rng.choice(CUSTOMERS)
+        return offer
+    assert kind == "coupons"
+    coupon: dict[str, Any] = {"code": key, "offerId": rng.choice(OFFERS)}
+    if rng.random() < 0.5:
+        coupon["customerId"] = rng.choice(CUSTOMERS)
+    return coupon
+
+
+KEYS = {
+    "products": SKUS,
+    "categories": CATEGORIES,
+    "customers": CUSTOMERS,
+    "cards": CARDS,
+    "offers": OFFERS,
+    "coupons": COUPONS,
+}
+
+
+def _batch(rng: random.Random, first: bool) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    if first or rng.random() < 0.3:
+        doc["program"] = _program(rng)
+    removed: dict[str, list[str]] = {}
+    for kind, keys in KEYS.items():
+        chosen = keys if first else rng.sample(keys, rng.randint(0, 2))
+        doc[kind] = [_row(rng, kind, k) for k in chosen]
+        if not first and rng.random() < 0.3:
+            gone = [k for k in rng.sample(keys, 1) if k not in chosen]
+            if gone:
+                removed[kind] = gone
+    if removed:
+        doc["removed"] = removed
+    return doc
+
+
+def _tx(device: str, seq: int, customer: str, available: int) -> TxIn:
+    return TxIn(
+        device,
+        seq,
+        "CHECKOUT",
+        NOW.isoformat(),
+        customer,
+        "",
+        json.dumps({"receiptId": f"{device}-{seq}"}),
+        "{}",
+        available,
+        0,
+        "",
+    )
+
+
+def _dump(data_dir: Path) -> dict[str, Any]:
+    conn = open_cache(data_dir)
+    try:
+        rows = cache_mod.dump(conn)
+        rows["meta"] = [r for r in rows["meta"] if r[0] not in ("loaded_at",)]
+        rows["customers"] = [(r[0], *r[2:]) for r in rows["customers"]]  # per-till phone hash
+        return rows
+    finally:
+        conn.close()
+
+
+def _answer(call: Any) -> Any:
+    try:
+        result = call()
+    except Exception as exc:  # a refusal is an answer too: compare its words
+        return f"{type(exc).__name__}: {exc}"
+    return result.to_json() if hasattr(result, "to_json") else result
+
+
+def _answers(agent: Agent) -> dict[str, Any]:
+    at = datetime.fromisoformat(AT)
+    phones = [f"+7916{n:07d}" for n in range(3)]
+    out: dict[str, Any] = {}
+    for text in [*CARDS, *phones]:
+        out[f"identify {text}"] = _answer(lambda t=text: agent.identify(t))
+        out[f"balance {text}"] = _answer(lambda t=text: agent.balance(t, at))
+    for n, card in enumerate([*CARDS, "2770000000994"]):
+        doc = {
+            "receiptId": f"q-{n}",
+            "storeId": "s1",
+            "tillId": "t1",
+            "at": AT,
+            "card": card,
+            "lines": [
+                {"sku": sku, "qty": str(1 + i % 3), "priceMinor": 5000 + 100 * i}
+                for i, sku in enumerate(SKUS)
+            ],
+            "redeemPoints": -1,
+            "coupons": COUPONS,
+            "explain": True,
+        }
+        out[f"quote {card}"] = _answer(lambda d=doc: agent.quote(receipt_from_json(d)))
+    return out
+
+
+def _history(store: Any, root: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    follower = Agent(root / "follower", "till-1", clock=lambda: NOW)
+    seqs = {"a": 0, "b": 0}
+    try:
+        for step in range(8):
+            doc = _batch(rng, step == 0)
+            try:
+                import_doc(store, doc)
+            except InputError:
+                assert step > 0, "the first, complete import is refused"
+            for _ in range(rng.randint(0, 3)):
+                device = rng.choice(["a", "b"])
+                seqs[device] += 1
+                customer = rng.choice([*CUSTOMERS, "c-gone"])
+                store.ingest(
+                    device, "", [_tx(device, seqs[device], customer, rng.randint(-40, 40))], NOW
+                )
+            if step == 0 or rng.random() < 0.7:
+                latest = store.latest()
+                base = latest.version if latest else 0
+                pub = store.publish(NOW + timedelta(seconds=step), WEEK)
+                follower.load_snapshot(store.snapshot_doc(pub.version, base))
+        latest = store.latest()
+        pub = store.publish(NOW + timedelta(seconds=99), WEEK, min_version=0)
+        follower.load_snapshot(store.snapshot_doc(pub.version, latest.version))
+        fresh = Agent(root / "fresh", "till-1", clock=lambda: NOW)
+        try:
+            fresh.load_snapshot(store.snapshot_doc(pub.version, 0))
+            assert _answers(follower) == _answers(fresh), f"seed {seed}"
+        finally:
+            fresh.close()
+    finally:
+        follower.close()
+    assert _dump(root / "follower") == _dump(root / "fresh"), f"seed {seed}"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_till_that_followed_every_delta_answers_as_one_that_loaded_the_full_snapshot(
+    hub_store_factory: Any, seed: int
+) -> None:
+    """docs/CONTRACT.md §3: a row in a delta replaces the row with that key, `removed`
+    lists the keys that go, `program` replaces the program; every kind of row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = hub_store_factory()
+        _history(store, Path(tmp), seed)
+
+
+# ---------------------------------------------------------------- bad imports
+
+GOOD = {
+    "program": {"currency": "RUB", "tiers": [{"code": "base", "accrualPercent": "3"}]},
+    "categories": [
+        {"code": "food", "name": "Продукты"},
+        {"code": "dairy", "parent": "food", "name": "Молочные"},
+    ],
+    "products": [{"sku": SKUS[0], "name": "Молоко", "category": "dairy"}],
+    "customers": [{"id": "c-1", "tier": "base", "balancePoints": 100}],
+    "cards": [{"number": CARDS[0], "customerId": "c-1"}],
+}
+
+
+def _draft(store: Any) -> Any:
+    latest = store.latest()
+    return (store.draft_size(), latest.version if latest else 0)
+
+
+@pytest.mark.parametrize(
+    "categories",
+    [
+        [{"code": "a", "parent": "a"}],
+        [{"code": "a", "parent": "b"}, {"code": "b", "parent": "a"}],
+        [{"code": "food", "parent": "dairy", "name": "Продукты"}],  # with the stored tree
+    ],
+    ids=["itself", "two", "with-stored"],
+)
+def test_a_category_tree_with_a_cycle_is_refused_and_nothing_is_imported(
+    hub_store_factory: Any, categories: list[dict[str, Any]]
+) -> None:
+    """docs/CONTRACT.md §3 (categories form a tree: an offer on a category reaches its
+    descendants): a cycle would make every category of it the ancestor of the others, so
+    an offer on one priced the goods of all; the import is refused, nothing imported."""
+    store = hub_store_factory()
+    try:
+        import_doc(store, GOOD)
+        store.publish(NOW, WEEK)
+        before = _draft(store)
+        with pytest.raises(InputError, match="its own ancestor") as refused:
+            import_doc(store, {"categories": categories, "customers": [{"id": "c-9"}]})
+        assert "\n" not in str(refused.value)
+        assert _draft(store) == before
+        store.publish(NOW + timedelta(seconds=1), WEEK)
+        doc = store.snapshot_doc(store.latest().version, 0)
+        assert [c["id"] for c in doc["customers"]] == ["c-1"]
+        assert {c["code"]: c.get("parent") for c in doc["categories"]} == {
+            "food": None,
+            "dairy": "food",
+        }
+    finally:
+        store.close()
+
+
+def test_hub_import_of_a_category_cycle_is_one_line_exit_2(cli: Any, tmp_path: Path) -> None:
+    hub = ["--hub-dir", str(tmp_path / "hub")]
+    assert cli("hub", "import", GOOD, *hub, "--publish").code == 0
+    run = cli("hub", "import", {"categories": [{"code": "a", "parent": "a"}]}, *hub, "--json")
+    assert run.code == 2 and run.out == ""
+    assert run.err.count("\n") == 1 and "category 'a' is its own ancestor" in run.err, run.err
+    assert cli("hub", "status", *hub, "--json").json()["draftRows"] == 0
