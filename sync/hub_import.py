@@ -81,6 +81,9 @@ PLURAL = {
     "offers": "offer",
     "coupons": "coupon",
 }
+# The program's int64 figures a till's model reads as decimals: the hub takes whole
+# numbers only and writes them as JSON numbers, as every other int64 of the program.
+WHOLE_PROGRAM_FIGURES = ("max_redeem_percent", "birthday_multiplier")
 IGNORED_HEADER = ("version", "baseVersion", "issuedAt", "expiresAt", "appliedThrough")
 SNAPSHOT_JSONL = "tillpoint.snapshot/jsonl"
 
@@ -126,6 +129,12 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
         return RowProblem(where, describe(exc))
     if isinstance(row, Program) and row.repeated_tier() is not None:
         return RowProblem(where, f"tier {row.repeated_tier()!r} appears twice")
+    if isinstance(row, Program):
+        for name in WHOLE_PROGRAM_FIGURES:
+            value = getattr(row, name)
+            if value != value.to_integral_value():
+                field = Program.model_fields[name].alias or name
+                return RowProblem(where, f"{field} must be a whole number (got {value})")
     if isinstance(row, CardRecord):
         problem = _card_problem(row.number)
         if problem:
@@ -143,6 +152,9 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
     )
     if kind == "customer":
         doc.setdefault("balancePoints", 0)  # a snapshot's customer always says its points
+    elif kind == "program":  # int64 (the proto's Program), read as decimals by a till
+        for name in WHOLE_PROGRAM_FIGURES:
+            doc[Program.model_fields[name].alias or name] = int(getattr(row, name))
     return ImportRow(kind, _key(kind, row), doc, where)
 
 

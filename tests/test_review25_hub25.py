@@ -326,3 +326,38 @@ def test_hub_import_of_a_category_cycle_is_one_line_exit_2(cli: Any, tmp_path: P
     assert run.code == 2 and run.out == ""
     assert run.err.count("\n") == 1 and "category 'a' is its own ancestor" in run.err, run.err
     assert cli("hub", "status", *hub, "--json").json()["draftRows"] == 0
+
+
+@pytest.mark.parametrize("field", ["maxRedeemPercent", "birthdayMultiplier"])
+def test_a_program_figure_that_is_no_int64_is_refused_by_hub_import(
+    cli: Any, tmp_path: Path, field: str
+) -> None:
+    """docs/CONTRACT.md §3: the program's figures are int64 (the proto's `Program`): a
+    fraction there ("12.5") was imported and published, a snapshot no protobuf reader of
+    the program takes."""
+    hub = ["--hub-dir", str(tmp_path / "hub")]
+    doc = {**GOOD, "program": {**GOOD["program"], field: "12.5"}}
+    run = cli("hub", "import", doc, *hub, "--json")
+    assert run.code == 2 and run.out == "" and run.err.count("\n") == 1, run
+    assert f"{field} must be a whole number" in run.err, run.err
+    assert cli("hub", "status", *hub, "--json").json()["draftRows"] == 0
+
+
+def test_the_published_program_writes_its_int64_figures_as_numbers(hub_store_factory: Any) -> None:
+    """docs/CONTRACT.md §3: `"maxRedeemPercent": 30, "birthdayMultiplier": 5`, as every
+    other int64 of the program (they were the strings "30" and "5", given or defaulted)."""
+    from google.protobuf import json_format
+    from tillpoint.v1 import tillpoint_pb2
+
+    store = hub_store_factory()
+    try:
+        import_doc(store, {**GOOD, "program": {**GOOD["program"], "maxRedeemPercent": "50"}})
+        store.publish(NOW, WEEK)
+        program = store.snapshot_doc(1, 0)["program"]
+        assert program["maxRedeemPercent"] == 50 and program["birthdayMultiplier"] == 5
+        assert all(
+            not isinstance(v, str) for k, v in program.items() if k not in ("currency", "timezone")
+        )
+        json_format.ParseDict(program, tillpoint_pb2.Program())
+    finally:
+        store.close()
