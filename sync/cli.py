@@ -632,11 +632,17 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
             }
             for d in store.devices()
         ]
+        uploads = store.last_uploads([d["deviceId"] for d in devices])
+        for d in devices:
+            upload = uploads.get(d["deviceId"])
+            d["lastUploadAt"] = (pki.certificate_time(_utc(upload)) or upload) if upload else None
+        holds, held_points = store.holds_outstanding(_now())
         data = {
             "version": latest.version if latest else 0,
             "issuedAt": latest.issued_at.isoformat() if latest else "",
             "draftRows": store.draft_size(),
             "devices": devices,
+            "holdsOutstanding": {"holds": holds, "points": held_points},
             "couponConflicts": len(store.coupon_conflicts()),
             "setAside": len(store.set_aside_transactions()),
             "serverCertificateExpiresAt": pki.certificate_time(hub.keys.server_not_after()),
@@ -665,9 +671,12 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
             + f", {d['draftRows']} row(s) waiting to be published",
             *(
                 f"{x['deviceId']}: transactions through seq {x['ackedThroughSeq']}"
+                + (f", last upload {x['lastUploadAt']}" if x["lastUploadAt"] else ", no upload yet")
                 + (f", revoked {x['revokedAt']}" if x["revokedAt"] else ends(x))
                 for x in d["devices"]
             ),
+            f"{d['holdsOutstanding']['holds']} redemption hold(s) outstanding"
+            f" ({d['holdsOutstanding']['points']} points)",
             f"{d['couponConflicts']} coupon conflict(s) (hub coupon-conflicts),"
             f" {d['setAside']} set-aside transaction(s) (hub set-aside)",
         ]
@@ -676,6 +685,15 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     return _emit(args, data, human)
+
+
+def _utc(text: str) -> datetime | None:
+    """A store's UTC time text as an aware time (None if it is not one)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _enrolled_until(enrolled_at: str) -> datetime | None:

@@ -852,6 +852,28 @@ class SqlHubStore(HubRules):
         with self._reading() as tx:
             return tx.contiguous_through(device_id) or 0
 
+    def last_uploads(self, device_ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._reading() as tx:
+            for device_id in device_ids:  # each by the (device_id, seq) index: no scan
+                row = tx.execute(
+                    "SELECT ingested_at FROM transactions WHERE device_id = ?"
+                    " ORDER BY seq DESC LIMIT 1",
+                    (device_id,),
+                ).fetchone()
+                if row is not None:
+                    found[device_id] = str(row[0])
+        return found
+
+    def holds_outstanding(self, now: datetime) -> tuple[int, int]:
+        with self._reading() as tx:
+            count, points = tx.execute(
+                "SELECT count(*), coalesce(sum(points), 0) FROM holds"
+                " WHERE state = 'ACTIVE' AND expires_at > ?",
+                (utc_text(now),),
+            ).fetchone()
+        return int(count), int(points)
+
     def ingested_since(self, cut: int) -> int:
         with self._reading() as tx:
             return _one(tx.execute("SELECT count(*) FROM transactions WHERE ingest_id > ?", (cut,)))

@@ -361,3 +361,40 @@ def test_the_published_program_writes_its_int64_figures_as_numbers(hub_store_fac
         json_format.ParseDict(program, tillpoint_pb2.Program())
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- hub status
+
+
+def test_hub_status_says_when_each_till_last_uploaded_and_the_holds_outstanding(
+    cli: Any, tmp_path: Path
+) -> None:
+    """What the central team needs at a glance: which tills uploaded and when (one enrolled
+    and silent shows no upload), and the redemption holds tills placed online that are not
+    settled yet (points the hub keeps out of the customers' reach)."""
+    from tillpoint.sync.hub_server import HubDir
+
+    hub_dir = tmp_path / "hub"
+    hub = ["--hub-dir", str(hub_dir)]
+    assert cli("hub", "import", GOOD, *hub, "--publish").code == 0
+    for device in ("till-1", "till-2"):
+        assert cli("hub", "enroll", device, *hub, "--address", "127.0.0.1:50070").code == 0
+    now = datetime.now(UTC)
+    store = HubDir(hub_dir).open_store()
+    try:
+        store.ingest("till-1", "", [_tx("till-1", 1, "c-1", 3)], now)
+        granted = store.authorise("till-2", "r-9", "c-1", 40, now, [], now, 900.0)
+        assert granted.authorised == 40, granted
+    finally:
+        store.close()
+    run = cli("hub", "status", *hub, "--json")
+    assert run.code == 0, run
+    status = run.json()
+    devices = {d["deviceId"]: d for d in status["devices"]}
+    assert devices["till-1"]["ackedThroughSeq"] == 1
+    last = datetime.fromisoformat(devices["till-1"]["lastUploadAt"])
+    assert abs((last - now).total_seconds()) < 60
+    assert devices["till-2"]["lastUploadAt"] is None
+    assert status["holdsOutstanding"] == {"holds": 1, "points": 40}
+    human = cli("hub", "status", *hub).out
+    assert "last upload" in human and "1 redemption hold(s) outstanding (40 points)" in human
