@@ -617,7 +617,9 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
     hub = _existing_hub(settings, args)
     with closing(hub.open_store()) as store:
         latest = store.latest()
-        devices = [
+        records = store.devices()
+        uploads = store.last_uploads([d.device_id for d in records])
+        devices: list[dict[str, Any]] = [
             {
                 "deviceId": d.device_id,
                 "enrolledAt": d.enrolled_at,
@@ -629,13 +631,10 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
                     if d.revoked_at
                     else pki.certificate_time(_enrolled_until(d.enrolled_at)) or None
                 ),
+                "lastUploadAt": _upload_time(uploads.get(d.device_id)),
             }
-            for d in store.devices()
+            for d in records
         ]
-        uploads = store.last_uploads([d["deviceId"] for d in devices])
-        for d in devices:
-            upload = uploads.get(d["deviceId"])
-            d["lastUploadAt"] = (pki.certificate_time(_utc(upload)) or upload) if upload else None
         holds, held_points = store.holds_outstanding(_now())
         data = {
             "version": latest.version if latest else 0,
@@ -687,13 +686,17 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
     return _emit(args, data, human)
 
 
-def _utc(text: str) -> datetime | None:
-    """A store's UTC time text as an aware time (None if it is not one)."""
+def _upload_time(text: str | None) -> str | None:
+    """A store's UTC time text as RFC 3339 with a "Z" (None: no upload)."""
+    from . import pki
+
+    if not text:
+        return None
     try:
         moment = datetime.fromisoformat(text)
-    except (TypeError, ValueError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except ValueError:
+        return text
+    return pki.certificate_time(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
 def _enrolled_until(enrolled_at: str) -> datetime | None:
