@@ -398,3 +398,48 @@ def test_hub_status_says_when_each_till_last_uploaded_and_the_holds_outstanding(
     assert status["holdsOutstanding"] == {"holds": 1, "points": 40}
     human = cli("hub", "status", *hub).out
     assert "last upload" in human and "1 redemption hold(s) outstanding (40 points)" in human
+
+
+# ---------------------------------------------------------------- hub enroll
+
+
+def test_a_till_named_in_cyrillic_is_enrolled_and_syncs(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §9 (device_id, default the host name): a till's configuration takes
+    `касса-1`, so `hub enroll` must make its bundle: it was "internal error: ValueError:
+    URI values should be passed as an A-label string", exit 1."""
+    from tillpoint.sync.loopback import LoopbackHub
+
+    hub_dir = tmp_path / "hub"
+    hub = ["--hub-dir", str(hub_dir)]
+    assert cli("hub", "import", GOOD, *hub, "--publish").code == 0
+    server = LoopbackHub(hub_dir)
+    try:
+        bundle = tmp_path / "b.json"
+        run = cli("hub", "enroll", "касса-1", *hub, "--address", server.address, "--out", bundle)
+        assert run.code == 0, run
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "касса-1")
+        assert cli("sync", "install", bundle, "--json").code == 0
+        run = cli("sync", "now", "--json")
+        assert run.code == 0, run
+        assert run.json()["pull"]["version"] == 1
+    finally:
+        server.stop()
+
+
+def test_a_device_id_longer_than_a_certificate_name_is_refused_in_one_line(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate's common name (the device's id there) has at most 64 characters (a
+    host name too): `hub enroll` of 65 to 100 was "internal error: ValueError: Attribute's
+    length must be >= 1 and <= 64", exit 1; a till configured with one could never be
+    enrolled. Both refuse it now, exit 2; 64 is enrolled."""
+    hub = ["--hub-dir", str(tmp_path / "hub")]
+    assert cli("hub", "import", GOOD, *hub).code == 0
+    run = cli("hub", "enroll", "t" * 65, *hub)
+    assert run.code == 2 and run.err.count("\n") == 1 and "64" in run.err, run
+    assert cli("hub", "enroll", "t" * 64, *hub).code == 0
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "t" * 65)
+    run = cli("status", "--json")
+    assert run.code == 2 and "64" in run.err, run
