@@ -529,6 +529,14 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
                 f" {known.revoked_at or known.enrolled_at}): add --renew to issue it a new"
                 " certificate (the old one stops working at once)"
             )
+        if known is None and args.renew:
+            # a mistyped id enrolled a device nobody runs, and the till meant kept its
+            # old certificate
+            raise InputError(
+                f"device {identity.device_id} is not enrolled, so there is nothing to renew:"
+                " check the id ('tillpoint hub status' lists the devices), or enroll it"
+                " without --renew"
+            )
         store.enroll(identity.device_id, identity.fingerprint, _now())
     try:
         pki.write_bundle(out, bundle)

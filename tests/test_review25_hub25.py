@@ -472,3 +472,19 @@ def test_a_device_id_longer_than_a_certificate_name_is_refused_in_one_line(
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "t" * 65)
     run = cli("status", "--json")
     assert run.code == 2 and "64" in run.err, run
+
+
+def test_renewing_a_device_the_hub_never_enrolled_is_refused(cli: Any, tmp_path: Path) -> None:
+    """`hub enroll ID --renew` is for a till the hub knows (its certificate lost or
+    ending): with a mistyped id (`til-1`) it enrolled a new device nobody runs, silently,
+    and the till meant kept its old certificate. Refused in one line, nothing enrolled."""
+    hub = ["--hub-dir", str(tmp_path / "hub")]
+    assert cli("hub", "import", GOOD, *hub).code == 0
+    assert cli("hub", "enroll", "till-1", *hub).code == 0
+    run = cli("hub", "enroll", "til-1", "--renew", *hub, "--json")
+    assert run.code == 2 and run.out == "" and run.err.count("\n") == 1, run
+    assert "til-1 is not enrolled" in run.err and "without --renew" in run.err, run.err
+    status = cli("hub", "status", *hub, "--json").json()
+    assert [d["deviceId"] for d in status["devices"]] == ["till-1"]
+    assert not (tmp_path / "hub" / "bundles" / "til-1.json").exists()
+    assert cli("hub", "enroll", "till-1", "--renew", *hub).code == 0
