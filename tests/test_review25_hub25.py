@@ -488,3 +488,51 @@ def test_renewing_a_device_the_hub_never_enrolled_is_refused(cli: Any, tmp_path:
     assert [d["deviceId"] for d in status["devices"]] == ["till-1"]
     assert not (tmp_path / "hub" / "bundles" / "til-1.json").exists()
     assert cli("hub", "enroll", "till-1", "--renew", *hub).code == 0
+
+
+def test_two_imports_at_once_cannot_close_a_category_ring_between_them(
+    hub_store_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each import checks the tree it leaves; two at once (PostgreSQL: two sessions, each
+    seeing only its own rows until it commits) must not each pass with one half of a ring
+    (a → b, b → a). The check is made slow (50 ms) so that the two overlap."""
+    import threading
+    import time
+
+    from tillpoint.sync import hub_postgres, hub_sqlite
+
+    store = hub_store_factory()
+    try:
+        import_doc(store, GOOD)
+        store.publish(NOW, WEEK)
+        for module in (hub_postgres, hub_sqlite):
+            real = module.category_cycles
+
+            def slow(tx: Any, real: Any = real) -> Any:
+                time.sleep(0.05)
+                return real(tx)
+
+            monkeypatch.setattr(module, "category_cycles", slow)
+        for round_ in range(3):
+            a, b = f"a{round_}", f"b{round_}"
+            start = threading.Barrier(2)
+            refused: list[str] = []
+
+            def load(code: str, parent: str, start: threading.Barrier, refused: list[str]) -> None:
+                start.wait(5)
+                try:
+                    import_doc(store, {"categories": [{"code": code, "parent": parent}]})
+                except InputError as exc:
+                    refused.append(str(exc))
+
+            threads = [
+                threading.Thread(target=load, args=(a, b, start, refused)),
+                threading.Thread(target=load, args=(b, a, start, refused)),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert len(refused) == 1 and "its own ancestor" in refused[0], refused
+    finally:
+        store.close()
