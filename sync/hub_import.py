@@ -86,6 +86,7 @@ PLURAL = {
 WHOLE_PROGRAM_FIGURES = ("max_redeem_percent", "birthday_multiplier")
 IGNORED_HEADER = ("version", "baseVersion", "issuedAt", "expiresAt", "appliedThrough")
 SNAPSHOT_JSONL = "tillpoint.snapshot/jsonl"
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark: skipped, as in every JSON input
 
 
 class _Fraction(ValueError):
@@ -215,7 +216,7 @@ def read_json(
     """A snapshot-shaped JSON document (read whole, once its first bytes could start one)."""
     head = stream.read(HEAD_BYTES)
     refuse_non_object(head, "import", "an import file")
-    raw = head + stream.read()
+    raw = (head + stream.read()).removeprefix(BOM)  # Windows tools write one
     try:
         doc = json.loads(raw.decode("utf-8"), parse_float=_no_float)
     except _Fraction as exc:
@@ -335,6 +336,7 @@ def _read_chunks(
     if first and not first.endswith(b"\n"):  # a long first line: the rest of it
         first += stream.readline()
     done = len(first)
+    first = first.removeprefix(BOM)  # Windows tools write one
     if first:
         rows, state = _line_rows(1, first, state, True)
         yield from first_line(rows)

@@ -536,3 +536,22 @@ def test_two_imports_at_once_cannot_close_a_category_ring_between_them(
             assert len(refused) == 1 and "its own ancestor" in refused[0], refused
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("name", ["master.json", "master.jsonl"])
+def test_an_import_file_with_a_byte_order_mark_is_imported(
+    cli: Any, tmp_path: Path, name: str
+) -> None:
+    """docs/CONTRACT.md (every JSON input is UTF-8; a leading byte order mark is skipped):
+    files saved by Windows tools (Excel's "CSV UTF-8", Notepad) start with one, and `hub
+    import` refused them as "not valid JSON (Unexpected UTF-8 BOM …)"."""
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        rows = [{"customer": GOOD["customers"][0]}, {"card": GOOD["cards"][0]}]
+        text = "\n".join(json.dumps(r) for r in rows) + "\n"
+    else:
+        text = json.dumps(GOOD, ensure_ascii=False)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    run = cli("hub", "import", path, "--hub-dir", str(tmp_path / "hub"), "--json")
+    assert run.code == 0, run
+    assert run.json()["byKind"]["customer"] == 1
