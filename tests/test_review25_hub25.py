@@ -283,7 +283,9 @@ def _history(store: Any, root: Path, seed: int) -> None:
     assert _dump(root / "skipper") == _dump(root / "fresh"), f"seed {seed}"
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(
+    "seed", [*range(3), *(pytest.param(n, marks=pytest.mark.slow) for n in range(3, 24))]
+)
 def test_a_till_that_followed_every_delta_answers_as_one_that_loaded_the_full_snapshot(
     hub_store_factory: Any, seed: int
 ) -> None:
