@@ -227,6 +227,16 @@ def read_json(
         raise InputError(f"import: not valid JSON ({_beyond_json(exc)})") from None
     if not isinstance(doc, dict):
         raise InputError("import: expected a JSON object with the snapshot's sections")
+    fmt = doc.get("format")
+    if isinstance(fmt, str) and fmt.startswith(
+        ("tillpoint-signed-snapshot/", "tillpoint-enrollment/")
+    ):
+        what = (
+            "a signed snapshot (what 'hub export' writes for 'snapshot load')"
+            if fmt.startswith("tillpoint-signed")
+            else "an enrolment bundle (a till's secret: keep it for 'sync install')"
+        )
+        raise InputError(f"import: the file is {what}, not master data")
     unknown = set(doc) - {"program", "removed", *PLURAL, *IGNORED_HEADER}
     if unknown:
         raise InputError(f"import: {sorted(unknown)[0]} is not a known section")

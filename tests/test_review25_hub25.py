@@ -557,3 +557,25 @@ def test_an_import_file_with_a_byte_order_mark_is_imported(
     run = cli("hub", "import", path, "--hub-dir", str(tmp_path / "hub"), "--json")
     assert run.code == 0, run
     assert run.json()["byKind"]["customer"] == 1
+
+
+def test_importing_a_signed_snapshot_or_a_bundle_says_what_the_file_is(
+    cli: Any, tmp_path: Path
+) -> None:
+    """`hub import` of the hub's own `hub export` file, or of a till's enrolment bundle,
+    said "format is not a known section" / "caCertificate is not a known section": one
+    line that names what the file is, exit 2, nothing imported."""
+    hub_dir = tmp_path / "hub"
+    hub = ["--hub-dir", str(hub_dir)]
+    assert cli("hub", "import", GOOD, *hub, "--publish").code == 0
+    assert cli("hub", "enroll", "till-1", *hub).code == 0
+    signed = tmp_path / "signed.json"
+    assert cli("hub", "export", "till-1", *hub, "--out", signed).code == 0
+    for path, words in (
+        (signed, "a signed snapshot"),
+        (hub_dir / "bundles" / "till-1.json", "an enrolment bundle"),
+    ):
+        run = cli("hub", "import", path, *hub, "--json")
+        assert run.code == 2 and run.err.count("\n") == 1 and words in run.err, run
+        assert "not master data" in run.err, run.err
+    assert cli("hub", "status", *hub, "--json").json()["draftRows"] == 0
