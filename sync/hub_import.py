@@ -93,6 +93,23 @@ class _Fraction(ValueError):
     pass
 
 
+class _Twice(ValueError):
+    pass
+
+
+def _sections(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of a JSON import; a section (or a `removed` list) named twice is refused:
+    the reader kept the last one, and the rows of the first were silently not imported."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen and (key in PLURAL or key in ("program", "removed")):
+                raise _Twice(f"{key} is given twice in one object: merge them into one")
+            seen.add(key)
+    return doc
+
+
 def _no_float(text: str) -> Any:
     raise _Fraction(f"the number {text} has a fraction: use minor units or decimal strings")
 
@@ -218,8 +235,8 @@ def read_json(
     refuse_non_object(head, "import", "an import file")
     raw = (head + stream.read()).removeprefix(BOM)  # Windows tools write one
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_float=_no_float)
-    except _Fraction as exc:
+        doc = json.loads(raw.decode("utf-8"), parse_float=_no_float, object_pairs_hook=_sections)
+    except (_Fraction, _Twice) as exc:
         raise InputError(f"import: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"import: not valid JSON ({exc})") from None

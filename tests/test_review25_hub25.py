@@ -579,3 +579,17 @@ def test_importing_a_signed_snapshot_or_a_bundle_says_what_the_file_is(
         assert run.code == 2 and run.err.count("\n") == 1 and words in run.err, run
         assert "not master data" in run.err, run.err
     assert cli("hub", "status", *hub, "--json").json()["draftRows"] == 0
+
+
+def test_a_section_given_twice_in_an_import_file_is_refused(cli: Any, tmp_path: Path) -> None:
+    """A JSON import with `"customers"` twice (two exports pasted together) imported only
+    the last one, silently: the customers of the first were simply not there. Refused,
+    one line, exit 2, nothing imported."""
+    path = tmp_path / "twice.json"
+    first = json.dumps(GOOD["customers"])
+    path.write_text('{"customers": ' + first + ', "customers": [{"id": "c-2"}]}', encoding="utf-8")
+    hub = ["--hub-dir", str(tmp_path / "hub")]
+    run = cli("hub", "import", path, *hub, "--json")
+    assert run.code == 2 and run.err.count("\n") == 1, run
+    assert "customers is given twice" in run.err, run.err
+    assert cli("hub", "status", *hub, "--json").json()["draftRows"] == 0
