@@ -208,13 +208,18 @@ class MetricsSettings(BaseModel):
     listen: Listen = "127.0.0.1:9464"  # Prometheus text at http://<listen>/metrics
 
 
+# The hub's certificate of a device names it in its common name, at most 64 characters
+# (X.509's upper bound; a host name, the default id, has at most 64 too).
+DEVICE_ID_MAX = 64
+
+
 def device_id_problem(device_id: str) -> str | None:
     """Why `device_id` cannot name a till, or None. The hub enrols no id with blanks,
     slashes or control characters (it is its certificate's name and a file name of its
     bundle), so the till's configuration refuses them too: a till journalling its sales
     under "till 3" or "a\\nb" could never be enrolled under that id."""
-    if not device_id or len(device_id) > 100:
-        return "a device id has 1 to 100 characters"
+    if not device_id or len(device_id) > DEVICE_ID_MAX:
+        return f"a device id has 1 to {DEVICE_ID_MAX} characters"
     if any(c.isspace() or c in "/\\" or not c.isprintable() for c in device_id):
         return "a device id has no blanks, slashes or control characters (the hub enrols no other)"
     return None

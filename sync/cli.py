@@ -529,6 +529,14 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
                 f" {known.revoked_at or known.enrolled_at}): add --renew to issue it a new"
                 " certificate (the old one stops working at once)"
             )
+        if known is None and args.renew:
+            # a mistyped id enrolled a device nobody runs, and the till meant kept its
+            # old certificate
+            raise InputError(
+                f"device {identity.device_id} is not enrolled, so there is nothing to renew:"
+                " check the id ('tillpoint hub status' lists the devices), or enroll it"
+                " without --renew"
+            )
         store.enroll(identity.device_id, identity.fingerprint, _now())
     try:
         pki.write_bundle(out, bundle)
@@ -617,7 +625,9 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
     hub = _existing_hub(settings, args)
     with closing(hub.open_store()) as store:
         latest = store.latest()
-        devices = [
+        records = store.devices()
+        uploads = store.last_uploads([d.device_id for d in records])
+        devices: list[dict[str, Any]] = [
             {
                 "deviceId": d.device_id,
                 "enrolledAt": d.enrolled_at,
@@ -629,14 +639,17 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
                     if d.revoked_at
                     else pki.certificate_time(_enrolled_until(d.enrolled_at)) or None
                 ),
+                "lastUploadAt": _upload_time(uploads.get(d.device_id)),
             }
-            for d in store.devices()
+            for d in records
         ]
+        holds, held_points = store.holds_outstanding(_now())
         data = {
             "version": latest.version if latest else 0,
             "issuedAt": latest.issued_at.isoformat() if latest else "",
             "draftRows": store.draft_size(),
             "devices": devices,
+            "holdsOutstanding": {"holds": holds, "points": held_points},
             "couponConflicts": len(store.coupon_conflicts()),
             "setAside": len(store.set_aside_transactions()),
             "serverCertificateExpiresAt": pki.certificate_time(hub.keys.server_not_after()),
@@ -665,9 +678,12 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
             + f", {d['draftRows']} row(s) waiting to be published",
             *(
                 f"{x['deviceId']}: transactions through seq {x['ackedThroughSeq']}"
+                + (f", last upload {x['lastUploadAt']}" if x["lastUploadAt"] else ", no upload yet")
                 + (f", revoked {x['revokedAt']}" if x["revokedAt"] else ends(x))
                 for x in d["devices"]
             ),
+            f"{d['holdsOutstanding']['holds']} redemption hold(s) outstanding"
+            f" ({d['holdsOutstanding']['points']} points)",
             f"{d['couponConflicts']} coupon conflict(s) (hub coupon-conflicts),"
             f" {d['setAside']} set-aside transaction(s) (hub set-aside)",
         ]
@@ -676,6 +692,19 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     return _emit(args, data, human)
+
+
+def _upload_time(text: str | None) -> str | None:
+    """A store's UTC time text as RFC 3339 with a "Z" (None: no upload)."""
+    from . import pki
+
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return pki.certificate_time(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
 def _enrolled_until(enrolled_at: str) -> datetime | None:

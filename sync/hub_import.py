@@ -81,12 +81,33 @@ PLURAL = {
     "offers": "offer",
     "coupons": "coupon",
 }
+# The program's int64 figures a till's model reads as decimals: the hub takes whole
+# numbers only and writes them as JSON numbers, as every other int64 of the program.
+WHOLE_PROGRAM_FIGURES = ("max_redeem_percent", "birthday_multiplier")
 IGNORED_HEADER = ("version", "baseVersion", "issuedAt", "expiresAt", "appliedThrough")
 SNAPSHOT_JSONL = "tillpoint.snapshot/jsonl"
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark: skipped, as in every JSON input
 
 
 class _Fraction(ValueError):
     pass
+
+
+class _Twice(ValueError):
+    pass
+
+
+def _sections(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of a JSON import; a section (or a `removed` list) named twice is refused:
+    the reader kept the last one, and the rows of the first were silently not imported."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen and (key in PLURAL or key in ("program", "removed")):
+                raise _Twice(f"{key} is given twice in one object: merge them into one")
+            seen.add(key)
+    return doc
 
 
 def _no_float(text: str) -> Any:
@@ -126,6 +147,12 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
         return RowProblem(where, describe(exc))
     if isinstance(row, Program) and row.repeated_tier() is not None:
         return RowProblem(where, f"tier {row.repeated_tier()!r} appears twice")
+    if isinstance(row, Program):
+        for name in WHOLE_PROGRAM_FIGURES:
+            value = getattr(row, name)
+            if value != value.to_integral_value():
+                field = Program.model_fields[name].alias or name
+                return RowProblem(where, f"{field} must be a whole number (got {value})")
     if isinstance(row, CardRecord):
         problem = _card_problem(row.number)
         if problem:
@@ -143,6 +170,9 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
     )
     if kind == "customer":
         doc.setdefault("balancePoints", 0)  # a snapshot's customer always says its points
+    elif kind == "program":  # int64 (the proto's Program), read as decimals by a till
+        for name in WHOLE_PROGRAM_FIGURES:
+            doc[Program.model_fields[name].alias or name] = int(getattr(row, name))
     return ImportRow(kind, _key(kind, row), doc, where)
 
 
@@ -203,10 +233,10 @@ def read_json(
     """A snapshot-shaped JSON document (read whole, once its first bytes could start one)."""
     head = stream.read(HEAD_BYTES)
     refuse_non_object(head, "import", "an import file")
-    raw = head + stream.read()
+    raw = (head + stream.read()).removeprefix(BOM)  # Windows tools write one
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_float=_no_float)
-    except _Fraction as exc:
+        doc = json.loads(raw.decode("utf-8"), parse_float=_no_float, object_pairs_hook=_sections)
+    except (_Fraction, _Twice) as exc:
         raise InputError(f"import: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"import: not valid JSON ({exc})") from None
@@ -214,6 +244,16 @@ def read_json(
         raise InputError(f"import: not valid JSON ({_beyond_json(exc)})") from None
     if not isinstance(doc, dict):
         raise InputError("import: expected a JSON object with the snapshot's sections")
+    fmt = doc.get("format")
+    if isinstance(fmt, str) and fmt.startswith(
+        ("tillpoint-signed-snapshot/", "tillpoint-enrollment/")
+    ):
+        what = (
+            "a signed snapshot (what 'hub export' writes for 'snapshot load')"
+            if fmt.startswith("tillpoint-signed")
+            else "an enrolment bundle (a till's secret: keep it for 'sync install')"
+        )
+        raise InputError(f"import: the file is {what}, not master data")
     unknown = set(doc) - {"program", "removed", *PLURAL, *IGNORED_HEADER}
     if unknown:
         raise InputError(f"import: {sorted(unknown)[0]} is not a known section")
@@ -323,6 +363,7 @@ def _read_chunks(
     if first and not first.endswith(b"\n"):  # a long first line: the rest of it
         first += stream.readline()
     done = len(first)
+    first = first.removeprefix(BOM)  # Windows tools write one
     if first:
         rows, state = _line_rows(1, first, state, True)
         yield from first_line(rows)

@@ -52,6 +52,7 @@ from .hub_sql import (
     POSTGRES,
     SqlHubStore,
     SqlTx,
+    category_cycles,
     pg_array,
     publish_sql,
 )
@@ -103,6 +104,9 @@ LOCK_MARGIN_MS = 50
 LOCK_FLOOR_MS = 50
 PUBLISH_LOCK = 7_301_401  # advisory lock keys of the hub (any fixed bigints)
 MIGRATE_LOCK = 7_301_402
+# One import at a time: each checks the master data it leaves (the cards' owners, the
+# category tree), which another import's uncommitted rows would change unseen.
+IMPORT_LOCK = 7_301_403
 FETCH = 4096  # rows per round trip of a server-side cursor
 
 # The schema, one numbered step each; a step is never edited once released, only added.
@@ -791,6 +795,9 @@ class PostgresHubStore(SqlHubStore):
                     conn.execute("LOCK TABLE draft IN ACCESS EXCLUSIVE MODE NOWAIT")
                 except psycopg.errors.LockNotAvailable:
                     raise _Fallback from None
+                alone = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (IMPORT_LOCK,))
+                if alone.fetchone() != (True,):
+                    raise _Fallback  # another import runs: the staged path waits for it
                 if conn.execute("SELECT 1 FROM draft LIMIT 1").fetchone() is not None:
                     raise _Fallback
                 conn.execute(  # the key's sort: at least 512 MB (a larger setting stays)
@@ -828,6 +835,8 @@ class PostgresHubStore(SqlHubStore):
                 ).fetchone()
                 if orphan is not None:
                     raise _Fallback
+                if counts.get("category") and category_cycles(PgTx(conn)):
+                    raise _Fallback
         except _Fallback:
             return None
         return ImportReport(rows=n, by_kind=dict(counts), removed=removed)
@@ -838,6 +847,7 @@ class PostgresHubStore(SqlHubStore):
         problems: list[tuple[int, str]] = []  # (row number, message), the first ones
         total_problems = 0
         with self._write() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPORT_LOCK,))
             conn.execute(
                 'CREATE TEMP TABLE import_stage (n BIGINT NOT NULL, kind TEXT COLLATE "C",'
                 ' key TEXT COLLATE "C", where_ TEXT, doc TEXT) ON COMMIT DROP'
@@ -914,6 +924,21 @@ class PostgresHubStore(SqlHubStore):
                             for key, where, customer in orphans[:MAX_PROBLEMS]
                         ],
                         len(orphans),
+                    )
+                imported = dict(
+                    conn.execute(
+                        "SELECT key, where_ FROM import_stage"
+                        " WHERE kind = 'category' AND doc IS NOT NULL"
+                    ).fetchall()
+                )
+                cycles = category_cycles(PgTx(conn)) if imported else []
+                if cycles:
+                    raise ImportRefused(
+                        [
+                            f"{imported.get(code, 'categories')}: {message}"
+                            for code, message in cycles[:MAX_PROBLEMS]
+                        ],
+                        len(cycles),
                     )
                 counts: dict[str, int] = defaultdict(int)
                 n = removed = 0

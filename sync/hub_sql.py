@@ -26,6 +26,7 @@ pipelined ingest (its transactions buffered into one ``unnest`` insert), ``COPY`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
@@ -224,6 +225,36 @@ def publish_sql(dialect: Dialect, include_draft: bool) -> str:
         f" SELECT d.kind, d.key, ?, {_PUBLISHED_DOC} FROM draft d WHERE {taken}"
         f" AND {dialect.differs.format(a=latest, b=_PUBLISHED_DOC)}"
     )
+
+
+def category_cycles(tx: SqlTx) -> list[tuple[str, str]]:
+    """The cycles of the category tree the next publication would hold (the draft over
+    the latest version): (a category of each cycle, its words), one a cycle. A tree has
+    none; `hub import` refuses one (an offer on a category of a cycle would reach every
+    category of it). Categories are few (thousands in a chain): read whole."""
+    parents: dict[str, str | None] = {
+        key: json.loads(doc).get("parent")
+        for key, doc in tx.texts_as_of("category", tx.latest_version())
+    }
+    for key, doc in tx.execute("SELECT key, doc FROM draft WHERE kind = 'category'").fetchall():
+        if doc is None:
+            parents.pop(str(key), None)
+        else:
+            parents[str(key)] = json.loads(doc).get("parent")
+    done: set[str] = set()
+    cycles: list[tuple[str, str]] = []
+    for start in sorted(parents):
+        path: list[str] = []
+        code: str | None = start
+        while code is not None and code in parents and code not in done and code not in path:
+            path.append(code)
+            code = parents[code]
+        if code is not None and code in path:
+            ring = path[path.index(code) :]
+            words = " → ".join([*ring, code])
+            cycles.append((code, f"category {code!r} is its own ancestor ({words})"))
+        done.update(path)
+    return cycles
 
 
 class SqlTx:
@@ -820,6 +851,28 @@ class SqlHubStore(HubRules):
     def applied_through(self, device_id: str) -> int:
         with self._reading() as tx:
             return tx.contiguous_through(device_id) or 0
+
+    def last_uploads(self, device_ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._reading() as tx:
+            for device_id in device_ids:  # each by the (device_id, seq) index: no scan
+                row = tx.execute(
+                    "SELECT ingested_at FROM transactions WHERE device_id = ?"
+                    " ORDER BY seq DESC LIMIT 1",
+                    (device_id,),
+                ).fetchone()
+                if row is not None:
+                    found[device_id] = str(row[0])
+        return found
+
+    def holds_outstanding(self, now: datetime) -> tuple[int, int]:
+        with self._reading() as tx:
+            count, points = tx.execute(
+                "SELECT count(*), coalesce(sum(points), 0) FROM holds"
+                " WHERE state = 'ACTIVE' AND expires_at > ?",
+                (utc_text(now),),
+            ).fetchone()
+        return int(count), int(points)
 
     def ingested_since(self, cut: int) -> int:
         with self._reading() as tx:

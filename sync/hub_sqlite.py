@@ -23,7 +23,15 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import HubTx, Texts, canon
-from .hub_sql import CLEARED, MOVE_ORDER, SQLITE, SqlHubStore, SqlTx, publish_sql
+from .hub_sql import (
+    CLEARED,
+    MOVE_ORDER,
+    SQLITE,
+    SqlHubStore,
+    SqlTx,
+    category_cycles,
+    publish_sql,
+)
 from .hub_store import (
     ImportRefused,
     ImportReport,
@@ -371,7 +379,8 @@ class SqliteHubStore(SqlHubStore):
         return ImportReport(rows=n, by_kind=dict(counts), removed=removed)
 
     def _reference_problems(self, conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
-        """Cards of this import must point at a customer that will exist."""
+        """Cards of this import must point at a customer that will exist; the categories
+        must stay a tree."""
         latest = _latest_version(conn)
         for key, where, customer in conn.execute(
             "SELECT s.key, s.where_, json_extract(d.doc, '$.customerId')"
@@ -380,6 +389,14 @@ class SqliteHubStore(SqlHubStore):
         ).fetchall():
             if self._current_doc(conn, "customer", str(customer), latest) is None:
                 yield where, f"card {key} belongs to customer {customer!r}, who is not known"
+        imported = dict(
+            conn.execute(
+                "SELECT key, where_ FROM temp.import_seen WHERE kind = 'category'"
+            ).fetchall()
+        )
+        if imported:
+            for code, message in category_cycles(SqliteTx(conn)):
+                yield imported.get(code, "categories"), message
 
     def _current_doc(
         self, conn: sqlite3.Connection, kind: str, key: str, latest: int

@@ -317,6 +317,16 @@ class HubStore(Protocol):
 
     def applied_through(self, device_id: str) -> int: ...
 
+    def last_uploads(self, device_ids: list[str]) -> dict[str, str]:
+        """When each device's newest transaction (highest seq) came in (UTC text); a
+        device that has stored nothing is left out."""
+        ...
+
+    def holds_outstanding(self, now: datetime) -> tuple[int, int]:
+        """The redemption holds placed online and neither settled nor expired at `now`:
+        (how many, their points)."""
+        ...
+
     def ingested_since(self, cut: int) -> int: ...
 
     # devices

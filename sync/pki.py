@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from tillpoint.agent.config import device_id_problem
+from tillpoint.agent.config import DEVICE_ID_MAX, device_id_problem
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, TillpointError
 
@@ -569,7 +570,8 @@ def _issue(
 def check_device_id(device_id: str) -> str:
     if device_id_problem(device_id):  # the till's configuration asks the same
         raise InputError(
-            f"device id {device_id!r} is not usable: 1 to 100 characters, no blanks or slashes"
+            f"device id {device_id!r} is not usable: 1 to {DEVICE_ID_MAX} characters, no blanks"
+            " or slashes"
         )
     return device_id
 
@@ -584,6 +586,12 @@ class DeviceIdentity:
     not_after: datetime
 
 
+def _uri_part(device_id: str) -> str:
+    """The id as a URI takes it: ASCII as it is, other characters (`касса-1`) and `%`
+    percent-encoded as UTF-8 (the common name, which the hub reads, keeps the id)."""
+    return "".join(c if c.isascii() and c != "%" else quote(c, safe="") for c in device_id)
+
+
 def issue_device(keys: HubKeys, device_id: str, *, now: datetime | None = None) -> DeviceIdentity:
     """A new key pair and a certificate for `device_id`, signed by the hub's CA."""
     check_device_id(device_id)
@@ -594,7 +602,7 @@ def issue_device(keys: HubKeys, device_id: str, *, now: datetime | None = None) 
     ca_cert = _load_cert(keys.ca_cert)
     key = ec.generate_private_key(ec.SECP256R1())
     san = x509.SubjectAlternativeName(
-        [x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)]
+        [x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + _uri_part(device_id))]
     )
     cert = _issue(
         ca_key,
