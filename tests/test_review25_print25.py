@@ -27,22 +27,10 @@ from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.printer.virtual_display import DisplayScreen, PtyPair
 
 from .conftest import free_port, receipt, snapshot
+from .test_review1 import NEXT_VISIT as REVIEW1_NEXT_VISIT
 
-NEXT_VISIT: dict[str, Any] = {
-    "id": "o-next",
-    "campaignId": "camp-n",
-    "customerId": "c-a",
-    "kind": "PERCENT_OFF",
-    "skus": ["4601234000017"],
-    "value": "20",
-    "couponRequired": True,
-    "issueCoupon": True,
-    "printable": True,
-    "printText": "−20% на молоко в следующий раз",
-    "validFrom": "2026-11-01T00:00:00+03:00",
-    "validTo": "2026-12-31T23:59:59+03:00",
-    "rank": 1,
-}
+# test_review1's next-visit offer, ranked
+NEXT_VISIT: dict[str, Any] = {**REVIEW1_NEXT_VISIT, "rank": 1}
 
 
 def _issued(data: Path) -> list[str]:
