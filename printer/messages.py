@@ -18,6 +18,7 @@ numbers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from tillpoint.printer.text import clean, fit, format_money
@@ -165,6 +166,8 @@ _SHORTER = (
     ("до скидки ", "до -"),
     ("Ещё ", "+"),
 )
+# the expiry warning's own shorter wording (`tillpoint.agent.messages.expiry_line`)
+_EXPIRING = re.compile(r"Сгорят (\d\d\.\d\d): (\d+)")
 
 
 def _refit(line: str, width: int) -> str:
@@ -179,6 +182,9 @@ def _refit(line: str, width: int) -> str:
         if long in line:
             line = line.replace(long, short)
             candidates.append(line)
+    expiring = _EXPIRING.fullmatch(line)
+    if expiring:  # "31.12: -300": the date and the points, never one without the other
+        candidates.append(f"{expiring[1]}: -{expiring[2]}")
     label, colon, value = line.partition(": ")
     # a figure under a word ("Итого", "Бонусы"): not one the label dates ("Сгорят 31.12")
     if colon and any(ch.isdigit() for ch in value) and not any(ch.isdigit() for ch in label):

@@ -83,6 +83,19 @@ def test_run_on_a_damaged_cache_stops_with_exit_2_not_restarted_in_a_loop(tmp_pa
     agent.load_snapshot(snapshot())
     agent.close()
     _damage_header(data)
+    _run_refused_as_damaged(data)
+
+
+def _run_refused_as_damaged(data: Path) -> None:
+    """`tillpoint run` on `data` stops at start with exit 2 and says the file is damaged."""
+    command, env = _run_command(data)
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
+    assert "is damaged" in run.stderr and "Traceback" not in run.stderr
+
+
+def _run_command(data: Path) -> tuple[list[str], dict[str, str]]:
+    """`tillpoint run` on `data` as till-1 on free ports, without /metrics: argv, env."""
     env = {
         **os.environ,
         "TILLPOINT_DEVICE_ID": "till-1",
@@ -90,10 +103,7 @@ def test_run_on_a_damaged_cache_stops_with_exit_2_not_restarted_in_a_loop(tmp_pa
         "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
         "TILLPOINT_METRICS__ENABLED": "false",
     }
-    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
-    assert "is damaged" in run.stderr and "Traceback" not in run.stderr
+    return [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"], env
 
 
 def _closed_port() -> int:
@@ -212,15 +222,8 @@ def _run_briefly(data: Path) -> str:
     import signal
     import time
 
-    env = {
-        **os.environ,
-        "TILLPOINT_DEVICE_ID": "till-1",
-        "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
-        "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
-        "TILLPOINT_METRICS__ENABLED": "false",
-        "TILLPOINT_LOG__FORMAT": "text",
-    }
-    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"]
+    command, env = _run_command(data)
+    env["TILLPOINT_LOG__FORMAT"] = "text"
     log = data.parent / "run.log"
     with log.open("w") as err:
         process = subprocess.Popen(command, env=env, stderr=err, stdout=subprocess.DEVNULL)
@@ -359,17 +362,7 @@ def test_a_damaged_ledger_says_so_and_what_to_keep(tmp_path: Path, cli: CLI) -> 
 def test_run_on_a_damaged_ledger_stops_with_exit_2(tmp_path: Path) -> None:
     """As for a damaged cache: `run` ended with exit 1, restarted by the unit every 2 s."""
     data = _damaged_ledger(tmp_path)
-    env = {
-        **os.environ,
-        "TILLPOINT_DEVICE_ID": "till-1",
-        "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
-        "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
-        "TILLPOINT_METRICS__ENABLED": "false",
-    }
-    command = [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])
-    assert "is damaged" in run.stderr and "Traceback" not in run.stderr
+    _run_refused_as_damaged(data)
 
 
 @pytest.mark.parametrize(("level", "form"), [("debug", "JSON"), ("Warning", "Text")])

@@ -27,22 +27,10 @@ from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.printer.virtual_display import DisplayScreen, PtyPair
 
 from .conftest import free_port, receipt, snapshot
+from .test_review1 import NEXT_VISIT as REVIEW1_NEXT_VISIT
 
-NEXT_VISIT: dict[str, Any] = {
-    "id": "o-next",
-    "campaignId": "camp-n",
-    "customerId": "c-a",
-    "kind": "PERCENT_OFF",
-    "skus": ["4601234000017"],
-    "value": "20",
-    "couponRequired": True,
-    "issueCoupon": True,
-    "printable": True,
-    "printText": "−20% на молоко в следующий раз",
-    "validFrom": "2026-11-01T00:00:00+03:00",
-    "validTo": "2026-12-31T23:59:59+03:00",
-    "rank": 1,
-}
+# test_review1's next-visit offer, ranked
+NEXT_VISIT: dict[str, Any] = {**REVIEW1_NEXT_VISIT, "rank": 1}
 
 
 def _issued(data: Path) -> list[str]:
@@ -124,8 +112,9 @@ def test_a_narrow_display_shows_the_whole_total_never_a_cut_figure(agent: Agent)
         "Ещё 520 Р до -5%",  # ₽ and − as the display's code page has them
     ]
     assert _shown(["Итого: 179,80", "Ещё 520 ₽ до скидки 5%"], 14)[1] == "+520 Р до -5%"
-    # a figure its label dates keeps the label: a bare "300" would say nothing
-    assert _shown(["Сгорят 31.12: 300", "Бонусы: 1192"], 16)[0] == "Сгорят 31.12."
+    # a figure its label dates keeps the date: a bare "300" would say nothing (the
+    # warning's own shorter wording, test_review25_rev25.py)
+    assert _shown(["Сгорят 31.12: 300", "Бонусы: 1192"], 16)[0] == "31.12: -300"
     # the 20-column default shows the lines as they are
     assert _shown(quoted, 20) == ["Итого: 1 234 567,89", ""]
 
