@@ -1,0 +1,90 @@
+"""Review 25 (sync25): snapshots (docs/CONTRACT.md §3) and sync (§9) with a real hub and tills.
+
+Real parts only: the reference hub (its store, gRPC over loopback mTLS), enrolled tills
+with their SQLite cache and ledger.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.loopback import (
+    LoopbackHub,
+    Till,
+    receipt,
+    sample_master_data,
+    timings,
+    wait_for,
+)
+from tillpoint.sync.pull import Puller, cache_version
+
+CARD = "2770000000017"  # c-1: 1200 points at the hub
+BIG = [{"sku": "4601234000017", "qty": "1", "amountMinor": 500_000}]  # 30 %: 1500 points
+
+
+def no_accrual_data() -> dict[str, Any]:
+    """Anna earns nothing, so every point she spends comes out of her 1200."""
+    data = sample_master_data()
+    data["program"]["tiers"].append({"code": "none", "accrualPercent": "0"})
+    data["customers"][0]["tier"] = "none"
+    return data
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    hub = LoopbackHub(tmp_path / "hub", data=no_accrual_data())
+    yield hub
+    hub.stop()
+
+
+def enrolled(hub: LoopbackHub, tmp_path: Path, name: str, **kw: Any) -> Till:
+    till = hub.till(name, tmp_path / name, start=False, **kw)
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    wait_for(lambda: cache_version(till.data_dir) == 1)
+    return till
+
+
+def held_at_hub(hub: LoopbackHub) -> int:
+    return int(hub.store.balance("c-1", datetime.now(UTC)).held)
+
+
+@pytest.mark.slow
+def test_a_hold_the_hub_grants_after_the_deadline_is_not_kept(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §9, §11: past the 300 ms the till prices OFFLINE; a hold the slow
+    hub places afterwards would reserve the customer's points for every other till for the
+    hold's whole time (31 minutes), even once the till cancelled the receipt (its release
+    can reach the hub before the late hold). The hub's live balance after hold + cancel is
+    what it was."""
+    till = enrolled(hub, tmp_path, "till-1")  # the 300 ms deadline
+    other = enrolled(hub, tmp_path, "till-2", timings=timings(redeem_timeout_s=3.0))
+    late = threading.Event()
+
+    def slow(where: str) -> None:
+        if where == "authorize" and not late.is_set():
+            time.sleep(0.8)
+
+    hub.server.servicer.failpoint = slow
+    try:
+        held = till.agent.hold(receipt_from_json(receipt("h-1", CARD, redeem=1000, lines=BIG)))
+        assert (held.mode, held.redeemed_points) == ("OFFLINE", 500)
+        till.agent.cancel("h-1")  # at once: the release overtakes the late hold
+        time.sleep(1.0)  # the hub has finished the late call
+        late.set()
+        assert held_at_hub(hub) == 0
+        sold = other.agent.checkout(
+            receipt_from_json(receipt("o-1", CARD, redeem=1200, lines=BIG))
+        )
+        assert (sold.mode, sold.redeemed_points) == ("ONLINE", 1200)
+    finally:
+        late.set()
+        till.stop()
+        other.stop()
