@@ -18,6 +18,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import (
     LoopbackHub,
     Till,
+    import_doc,
     receipt,
     sample_master_data,
     timings,
@@ -26,6 +27,8 @@ from tillpoint.sync.loopback import (
 from tillpoint.sync.pull import Puller, cache_version
 
 CARD = "2770000000017"  # c-1: 1200 points at the hub
+NEW_CUSTOMER = {"id": "c-9", "firstName": "Вера", "tier": "base", "balancePoints": 10}
+NEW_CARD = {"number": "2770000000031", "customerId": "c-9", "status": "ACTIVE"}
 BIG = [{"sku": "4601234000017", "qty": "1", "amountMinor": 500_000}]  # 30 %: 1500 points
 
 
@@ -80,11 +83,47 @@ def test_a_hold_the_hub_grants_after_the_deadline_is_not_kept(
         time.sleep(1.0)  # the hub has finished the late call
         late.set()
         assert held_at_hub(hub) == 0
-        sold = other.agent.checkout(
-            receipt_from_json(receipt("o-1", CARD, redeem=1200, lines=BIG))
-        )
+        sold = other.agent.checkout(receipt_from_json(receipt("o-1", CARD, redeem=1200, lines=BIG)))
         assert (sold.mode, sold.redeemed_points) == ("ONLINE", 1200)
     finally:
         late.set()
         till.stop()
         other.stop()
+
+
+@pytest.mark.slow
+def test_a_delta_on_another_base_makes_the_till_ask_for_a_full_snapshot(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §3: a delta whose baseVersion is not the cache's is refused and the
+    agent asks for a full one (and ends up right). A hub that answers a till at version 1
+    with the delta 2 → 3 (a hub's bug, a store restored under it) had the till refuse it,
+    remember it, and refuse it again at every pull: the till stayed at version 1."""
+    till = enrolled(hub, tmp_path, "till-1")
+    try:
+        import_doc(hub.store, {"customers": [NEW_CUSTOMER], "cards": [NEW_CARD]})
+        assert hub.publish() == 2
+        import_doc(hub.store, {"removed": {"cards": [CARD]}})
+        assert hub.publish() == 3
+        builder = hub.server.builder
+        choose = builder.choose
+        asked: list[int] = []
+
+        def wrong_base(have: int, want: int) -> Any:
+            asked.append(have)
+            chosen = choose(have, want)
+            if chosen is not None and chosen[1] != 0:
+                return chosen[0], chosen[0].version - 1  # the delta 2 -> 3 to a till at 1
+            return chosen
+
+        builder.choose = wrong_base  # type: ignore[method-assign]
+        puller = Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2)
+        result = puller.pull()
+        assert (result.status, result.version, result.base_version) == ("APPLIED", 3, 0)
+        assert asked == [1, 0]  # then a full one
+        assert cache_version(till.data_dir) == 3
+        assert till.agent.identify(CARD).status == "UNKNOWN"  # removed in 3
+        assert till.agent.identify(NEW_CARD["number"]).status == "FOUND"  # added in 2
+        assert puller.pull().status == "UP_TO_DATE"
+    finally:
+        till.stop()
