@@ -742,13 +742,15 @@ def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -
 def take_coupon_number(conn: sqlite3.Connection, device_id: str, applied_through: int = 0) -> int:
     """The next number of a coupon this till issues: never reused, like `seq`.
 
-    A till with no number of its own yet (new, or re-imaged with its ledger lost) starts
-    above what the hub counted of it (`appliedThrough`): each code went to the hub in a
-    transaction whose seq is at least its number, so none the hub has seen is made again.
+    Always above what the hub counted of the device (`appliedThrough`), as `take_seq` is:
+    each code went to the hub in a transaction whose seq is at least its number, so none
+    the hub has seen is made again, by a new till, a re-imaged one, or one whose ledger
+    is older than the device's history (a data directory restored from a backup: its own
+    counter was behind, and it issued codes the hub had again until 2026-12-03).
     """
     key = f"last_coupon:{device_id}"
     row = conn.execute("SELECT value FROM device WHERE key = ?", (key,)).fetchone()
-    number = (int(row[0]) if row else applied_through) + 1
+    number = max(int(row[0]) if row else 0, applied_through) + 1
     conn.execute("INSERT OR REPLACE INTO device VALUES (?, ?)", (key, str(number)))
     return number
 

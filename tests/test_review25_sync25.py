@@ -127,3 +127,55 @@ def test_a_delta_on_another_base_makes_the_till_ask_for_a_full_snapshot(
         assert puller.pull().status == "UP_TO_DATE"
     finally:
         till.stop()
+
+
+def test_a_till_issued_coupon_number_continues_above_applied_through(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §13, §9: a till-issued code is built from a per-device counter that
+    is never reused, like seq. A ledger older than the device's history (a data directory
+    restored from a backup) numbered its next sale above the snapshot's appliedThrough,
+    but its next code from its own old counter: a code the hub already had (another
+    customer's, in every till's snapshot) was issued again."""
+    from tillpoint.agent.service import Agent
+
+    from .test_coupons import NEXT_VISIT
+
+    agent = Agent(tmp_path / "till", "till-1")
+    try:
+        first = sample_master_data() | {"offers": [NEXT_VISIT]}
+        first |= {"version": 1, "baseVersion": 0, "issuedAt": "2026-11-23T03:00:00Z"}
+        agent.load_snapshot(first)
+        at = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
+        agent.checkout(receipt_from_json(receipt("s-1", CARD, at=at)))
+        assert issued_codes(tmp_path / "till") == [("TP5TILL11", 2)]
+        # the hub counted this device's sales up to seq 50 (codes up to 50 among them)
+        agent.load_snapshot(
+            {
+                "version": 2,
+                "baseVersion": 1,
+                "issuedAt": "2026-11-24T03:00:00Z",
+                "appliedThrough": {"till-1": 50},
+            }
+        )
+        later = datetime(2026, 12, 2, 7, 15, tzinfo=UTC)  # past the print cooldown
+        done = agent.checkout(receipt_from_json(receipt("s-2", CARD, at=later)))
+        assert done.to_json()["printedOffers"] == ["o-next"]
+        codes = issued_codes(tmp_path / "till")
+        assert codes[0] == ("TP5TILL11", 2)
+        code, seq = codes[1]
+        assert seq == 52  # the checkout took 51
+        assert int(code.removeprefix("TP5TILL1")) > 50, code
+    finally:
+        agent.close()
+
+
+def issued_codes(data_dir: Path) -> list[tuple[str, int]]:
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        return [
+            (str(c), int(s))
+            for c, s in conn.execute("SELECT code, seq FROM issued_coupons ORDER BY seq")
+        ]
+    finally:
+        conn.close()
