@@ -179,3 +179,102 @@ def issued_codes(data_dir: Path) -> list[tuple[str, int]]:
         ]
     finally:
         conn.close()
+
+
+@pytest.mark.slow
+def test_a_snapshot_counting_part_of_the_tills_sales_counts_nothing_twice(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3, §9: the hub publishes while some of the till's transactions are
+    in and others still in its outbox (pending points, refunds of counted and uncounted
+    receipts among them): the till's balance never moves for it, and ends as the hub's."""
+    from datetime import timedelta
+
+    from tillpoint.agent.results import refund_from_json
+    from tillpoint.sync.push import Pusher
+
+    data = sample_master_data()
+    data["program"]["activationDelayDays"] = 14
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    till = enrolled(hub, tmp_path, "till-1", timings=timings(redeem_timeout_s=3.0))
+
+    def local() -> tuple[int, int]:
+        b = till.agent.balance(CARD)
+        return b.available_points, b.pending_points
+
+    def at_hub() -> tuple[int, int]:
+        b = hub.store.balance("c-1", datetime.now(UTC))
+        return b.available, b.pending
+
+    def push(batch: int | None = None) -> None:
+        pusher = Pusher(
+            till.data_dir, "till-1", till.link, call_timeout_s=2, batch_size=batch or 200
+        )
+        try:
+            pusher.push_batch() if batch else pusher.drain()
+        finally:
+            pusher.close()
+
+    def publish_and_pull() -> None:
+        version = hub.publish()
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        assert cache_version(till.data_dir) == version
+
+    try:
+        t0 = datetime.now(UTC) - timedelta(minutes=10)
+        lines = [{"sku": "4601234000017", "qty": "3", "amountMinor": 30000}]
+        for i in range(3):
+            sold = till.agent.checkout(
+                receipt_from_json(
+                    receipt(f"r-{i}", CARD, at=t0 + timedelta(seconds=i), redeem=20, lines=lines)
+                )
+            )
+            assert (sold.mode, sold.redeemed_points, sold.earned_points) == ("ONLINE", 20, 19)
+        assert local() == (1140, 57)
+        push(batch=2)  # seq 1 and 2 in, 3 still in the outbox
+        publish_and_pull()
+        assert hub.store.applied_through("till-1") == 2
+        assert local() == (1140, 57)
+        for refund_id, receipt_id in (("f-0", "r-0"), ("f-2", "r-2")):  # counted, not counted
+            till.agent.refund(
+                refund_from_json(
+                    {
+                        "refundId": refund_id,
+                        "receiptId": receipt_id,
+                        "at": (t0 + timedelta(seconds=30)).isoformat(),
+                        "lines": [{"sku": "4601234000017", "qty": "1"}],
+                    }
+                )
+            )
+        assert local() == (1152, 45)
+        push(batch=1)  # seq 3 in; the refunds (4, 5) still out
+        publish_and_pull()
+        assert at_hub() == (1140, 57)
+        assert local() == (1152, 45)
+        push()
+        publish_and_pull()
+        assert at_hub() == local() == (1152, 45)
+    finally:
+        till.stop()
+        hub.stop()
+
+
+@pytest.mark.slow
+def test_without_notifications_the_till_polls(hub: LoopbackHub, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §9: a notification makes the till pull at once; otherwise it polls
+    (here: a hub whose notifications never reach the till, every 2 s)."""
+    from tillpoint.sync.service import SyncService
+
+    every = timings(poll_interval_s=2.0)
+    till = hub.till("till-1", tmp_path / "till-1", start=False, timings=every)
+    service = SyncService(till.agent, till.link, till.link.enrollment, every)
+    service._subscribe = lambda: None  # type: ignore[method-assign]
+    service.start()
+    till.service = service
+    try:
+        wait_for(lambda: cache_version(till.data_dir) == 1)
+        import_doc(hub.store, {"customers": [NEW_CUSTOMER], "cards": [NEW_CARD]})
+        version = hub.publish()
+        started = time.monotonic()
+        wait_for(lambda: cache_version(till.data_dir) == version, timeout=10)
+        assert time.monotonic() - started < 4.0  # within one poll interval (and a pull)
+    finally:
+        till.stop()
