@@ -81,10 +81,15 @@ def test_a_hold_the_hub_grants_after_the_deadline_is_not_kept(
         assert (held.mode, held.redeemed_points) == ("OFFLINE", 500)
         till.agent.cancel("h-1")  # at once: the release overtakes the late hold
         time.sleep(1.0)  # the hub has finished the late call
+        assert held_at_hub(hub) == 0
+        # a checkout priced OFFLINE by the deadline: nothing held until its upload either
+        sold = till.agent.checkout(receipt_from_json(receipt("c-1", CARD, redeem=1000, lines=BIG)))
+        assert (sold.mode, sold.redeemed_points) == ("OFFLINE", 500)
+        time.sleep(1.0)
         late.set()
         assert held_at_hub(hub) == 0
         sold = other.agent.checkout(receipt_from_json(receipt("o-1", CARD, redeem=1200, lines=BIG)))
-        assert (sold.mode, sold.redeemed_points) == ("ONLINE", 1200)
+        assert (sold.mode, sold.redeemed_points) == ("ONLINE", 1200)  # c-1 not sent yet
     finally:
         late.set()
         till.stop()
