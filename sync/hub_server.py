@@ -846,6 +846,10 @@ class HubServicer(pb_grpc.HubServicer):
                 return
             pub, base = chosen
             bundle = self.builder.bundle(pub.version, base)
+            # a delta says which version `base` it is made on (its issuedAt): a till that
+            # holds another version under that number asks for a full snapshot instead
+            base_pub = self.store.publication(bundle.base_version) if bundle.base_version else None
+            base_issued_at = base_pub.issued_at.isoformat() if base_pub is not None else ""
         except StillBuilding as exc:
             # The hub is there and answering: not UNAVAILABLE (which a till takes as "the
             # hub is down" and prices OFFLINE); the till retries with its pull backoff.
@@ -895,6 +899,7 @@ class HubServicer(pb_grpc.HubServicer):
                     sha256=sha256,
                     offset=start,
                     data=data,
+                    base_issued_at=base_issued_at,
                 )
                 if self.rate_limit_bytes_s > 0 and context.is_active():
                     time.sleep(len(data) / self.rate_limit_bytes_s)

@@ -466,6 +466,15 @@ class Puller:
                 f"snapshot {chunk.version} refused: it is a delta from version"
                 f" {chunk.base_version}, and this till's cache is at version {current}"
             )
+        elif chunk.base_version and not self._holds_base(chunk.base_issued_at):
+            message = (
+                f"snapshot {chunk.version} refused: it is a delta from the hub's version"
+                f" {chunk.base_version} of {chunk.base_issued_at}, and this till's version"
+                f" {current} is another (the hub was restored from a backup?)"
+            )
+        else:
+            message = ""
+        if message:
             if not full:
                 return _OtherBase(message)
             # Asked for a full one and sent a delta again: not remembered (the hub's
@@ -485,6 +494,22 @@ class Puller:
             raise PullInterrupted("the hub's bundle changed; starting over")
         self._check_space(incoming.total_size, 0)
         return _Download.fresh(self, incoming)
+
+    def _holds_base(self, base_issued_at: str) -> bool:
+        """Whether the cache's version is the hub's version a delta is made on: the same
+        issuedAt (a hub that does not say, or a time that does not parse: taken as so)."""
+        if not base_issued_at:
+            return True
+        conn = open_cache(self.agent.data_dir)
+        try:
+            mine = cache_mod.info(conn).issued_at
+        finally:
+            conn.close()
+        try:
+            theirs = datetime.fromisoformat(base_issued_at)
+            return mine is None or datetime.fromisoformat(mine) == theirs
+        except ValueError:
+            return True
 
     @staticmethod
     def _complete(download: _Download | None, partial: _Partial | None) -> _Received:

@@ -283,3 +283,52 @@ def test_without_notifications_the_till_polls(hub: LoopbackHub, tmp_path: Path) 
         assert time.monotonic() - started < 4.0  # within one poll interval (and a pull)
     finally:
         till.stop()
+
+
+@pytest.mark.slow
+def test_a_hub_restored_from_a_backup_is_not_taken_for_the_tills_base(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §3: a delta applies only on top of exactly its base. A hub restored
+    from a backup numbers its next publications again from the backup's (its balance
+    refreshes do so by themselves as the tills push again): its version 2 is not the 2 a
+    till took before the restore. The till took the restored hub's delta 2 -> 3 on top of
+    its own 2, and kept for good what only the lost 2 had (a card removed) and never got
+    what only the new 2 has (a new customer)."""
+    import shutil
+    import sqlite3
+
+    if hub.dir.on_postgres:
+        pytest.skip("the backup here is a copy of the SQLite store")
+    till = enrolled(hub, tmp_path, "till-1")
+    try:
+        backup = tmp_path / "hub-backup.db"
+        source = sqlite3.connect(hub.dir.sqlite_path)
+        target = sqlite3.connect(backup)
+        try:
+            source.backup(target)  # version 1
+        finally:
+            source.close()
+            target.close()
+        import_doc(hub.store, {"removed": {"cards": [CARD]}})
+        assert hub.publish() == 2
+        puller = Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2)
+        assert puller.pull().status == "APPLIED"
+        assert till.agent.identify(CARD).status == "UNKNOWN"
+
+        hub.stop()  # the hub's disk is lost; last night's backup comes back
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{hub.dir.sqlite_path}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(backup, hub.dir.sqlite_path)
+        hub.restart()
+        import_doc(hub.store, {"customers": [NEW_CUSTOMER], "cards": [NEW_CARD]})
+        assert hub.publish() == 2  # another version 2
+        import_doc(hub.store, {"customers": [NEW_CUSTOMER | {"balancePoints": 20}]})
+        assert hub.publish() == 3
+
+        result = puller.pull()
+        assert (result.status, result.version, result.base_version) == ("APPLIED", 3, 0)
+        assert till.agent.identify(CARD).status == "FOUND"  # the hub's data, not the lost 2
+        assert till.agent.balance(NEW_CARD["number"]).available_points == 20
+    finally:
+        till.stop()
