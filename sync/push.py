@@ -20,6 +20,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -155,6 +156,7 @@ class Pusher:
             {"last_push_at": now, "acked_through": str(ack.acked_through_seq)},
             now,
             ack.acked_through_seq,
+            kept_since=state.now_text(datetime.now(UTC) - timedelta(days=ledger.SENT_KEPT_DAYS)),
         )
         for seq, outcome, reason in aside:
             log.error("hub set aside transaction %d: %s %s", seq, outcome, reason)
@@ -182,6 +184,8 @@ class Pusher:
         mark = int(reply.acked_through_seq)
         with write_transaction(self.conn, "ledger") as conn:
             ledger.keep_seq_above(conn, self.device_id, mark)
+            # a hub restored from a backup: what it acknowledged since is sent again
+            ledger.requeue_lost(conn, self.device_id, mark)
         self.mark_known = True
         return mark
 

@@ -332,3 +332,66 @@ def test_a_hub_restored_from_a_backup_is_not_taken_for_the_tills_base(
         assert till.agent.balance(NEW_CARD["number"]).available_points == 20
     finally:
         till.stop()
+
+
+@pytest.mark.slow
+def test_what_a_hub_restored_from_a_backup_lost_is_sent_again(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §9 (loses nothing; exactly once in effect), docs/HUB.md (Backups):
+    a hub restored from a backup has lost the transactions it acknowledged since. The till
+    had deleted them on the acknowledgement and never sent them again: the hub's mark for
+    the device stopped below the gap for good, so none of the till's later sales ever
+    reached a published balance either. The till now sends them again (the hub stores
+    each once) once the hub's mark for it goes back."""
+    import shutil
+    import sqlite3
+
+    from tillpoint.sync.push import Pusher
+
+    if hub.dir.on_postgres:
+        pytest.skip("the backup here is a copy of the SQLite store")
+    till = enrolled(hub, tmp_path, "till-1", timings=timings(redeem_timeout_s=3.0))
+
+    def push() -> None:
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2)
+        try:
+            pusher.drain()
+        finally:
+            pusher.close()
+
+    def sell(*numbers: int) -> None:
+        for n in numbers:
+            till.agent.checkout(receipt_from_json(receipt(f"r-{n}", CARD, redeem=10)))
+
+    try:
+        sell(1, 2)
+        push()
+        backup = tmp_path / "hub-backup.db"
+        source, target = sqlite3.connect(hub.dir.sqlite_path), sqlite3.connect(backup)
+        try:
+            source.backup(target)  # seq 1 and 2
+        finally:
+            source.close()
+            target.close()
+        sell(3, 4)
+        push()  # acknowledged, then lost with the hub's disk
+        hub.stop()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{hub.dir.sqlite_path}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(backup, hub.dir.sqlite_path)
+        hub.restart()
+        sell(5, 6)
+        push()
+        push()  # what the answer showed lost
+        assert [e.seq for e in hub.store.ledger("till-1")] == [1, 2, 3, 4, 5, 6]
+        assert hub.store.applied_through("till-1") == 6
+        version = hub.publish()
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        assert cache_version(till.data_dir) == version
+        hub_anna = hub.store.balance("c-1", datetime.now(UTC)).available
+        assert till.agent.balance(CARD).available_points == hub_anna
+        push()
+        assert [e.seq for e in hub.store.ledger("till-1")] == [1, 2, 3, 4, 5, 6]  # once
+    finally:
+        till.stop()
