@@ -363,6 +363,16 @@ def m002_sync_sent(db: Database) -> None:
     db.execute("CREATE INDEX sync_sent_at ON sync_sent (sent_at)")
 
 
+@sync_migrations()
+def m003_sync_discarded(db: Database) -> None:
+    # sync_discarded: the seqs `tillpoint reset --force` discarded unsent, to be told to
+    # the hub (`queue_discarded`); each leaves once the hub answered for it.
+    db.execute(
+        "CREATE TABLE sync_discarded (device_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " at TEXT NOT NULL, PRIMARY KEY (device_id, seq)) WITHOUT ROWID"
+    )
+
+
 # How long an acknowledged transaction is kept to be sent again to a hub restored from a
 # backup (a restore of an older backup loses what it acknowledged before that, for good).
 SENT_KEPT_DAYS = 35
@@ -852,7 +862,7 @@ def outbox_depth(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
 
-KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations"})
+KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations", "sync_discarded"})
 
 
 def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
@@ -865,6 +875,60 @@ def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
             " AND state IN ('HELD', 'CANCELLED', 'EXPIRED')"
         )
     ]
+
+
+def outbox_seqs(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    """Every (device, seq) still in the outbox."""
+    return [
+        (str(d), int(s))
+        for d, s in conn.execute("SELECT device_id, seq FROM outbox ORDER BY device_id, seq")
+    ]
+
+
+def queue_discarded(conn: sqlite3.Connection, seqs: Sequence[tuple[str, int]], now: str) -> None:
+    """Inside the caller's write transaction (`tillpoint reset --force`): the seqs
+    discarded unsent, to be told to the hub as DISCARDED transactions (`discarded_batch`):
+    it sets them aside, nothing counted, and the device's progress goes on past them.
+    Without it the hub waited for them for good, and counted none of the device's later
+    sales in any snapshot. Kept by a later reset (`KEPT_BY_RESET`); not in the outbox,
+    whose depth and reset's refusal are about sales."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO sync_discarded (device_id, seq, at) VALUES (?,?,?)",
+        [(device_id, seq, now) for device_id, seq in seqs],
+    )
+
+
+def discarded_pending(conn: sqlite3.Connection, device_id: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM sync_discarded WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def discarded_batch(conn: sqlite3.Connection, device_id: str, limit: int) -> list[OutboxRow]:
+    """The oldest `limit` DISCARDED transactions still to tell the hub, as outbox rows."""
+    return [
+        OutboxRow(
+            int(seq),
+            json.dumps(
+                {
+                    "deviceId": device_id,
+                    "seq": int(seq),
+                    "kind": DISCARDED,
+                    "at": str(at),
+                    "requestJson": "{}",
+                    "resultJson": "{}",
+                }
+            ),
+        )
+        for seq, at in conn.execute(
+            "SELECT seq, at FROM sync_discarded WHERE device_id = ? ORDER BY seq LIMIT ?",
+            (device_id, limit),
+        )
+    ]
+
+
+DISCARDED = "DISCARDED"  # the Transaction kind of a seq discarded unsent
 
 
 def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
@@ -1117,6 +1181,10 @@ def settle_push(
         gone = [*done, *(item.seq for item in aside)]
         conn.executemany(
             "DELETE FROM outbox WHERE device_id = ? AND seq = ?",
+            [(device_id, seq) for seq in gone],
+        )
+        conn.executemany(
+            "DELETE FROM sync_discarded WHERE device_id = ? AND seq = ?",
             [(device_id, seq) for seq in gone],
         )
         requeue_lost(conn, device_id, hub_mark, but=done)

@@ -395,3 +395,54 @@ def test_what_a_hub_restored_from_a_backup_lost_is_sent_again(
         assert [e.seq for e in hub.store.ledger("till-1")] == [1, 2, 3, 4, 5, 6]  # once
     finally:
         till.stop()
+
+
+@pytest.mark.slow
+def test_after_reset_force_the_tills_later_sales_still_reach_the_snapshots(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §9: `tillpoint reset --force` discards the transactions the hub has
+    not got; their seqs never reached it, so the hub's mark for the device stopped below
+    them for good and none of the till's later sales reached a published balance (every
+    other till went on without them, and the hub's snapshots never counted them). The
+    till now tells the hub which seqs it discarded: the hub sets them aside (nothing to
+    count) and the device's progress goes on."""
+    from tillpoint.sync import sync_status
+    from tillpoint.sync.push import Pusher
+
+    till = enrolled(hub, tmp_path, "till-1", timings=timings(redeem_timeout_s=3.0))
+
+    def push() -> None:
+        pusher = Pusher(till.data_dir, "till-1", till.link, call_timeout_s=2)
+        try:
+            pusher.drain()
+            assert pusher.set_aside == []
+        finally:
+            pusher.close()
+
+    try:
+        till.agent.checkout(receipt_from_json(receipt("r-1", CARD)))
+        push()
+        till.agent.checkout(receipt_from_json(receipt("r-2", CARD)))  # seq 2, never sent
+        assert till.agent.reset(force=True).discarded == 1
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        sold = till.agent.checkout(receipt_from_json(receipt("r-3", CARD)))
+        push()
+        assert hub.store.applied_through("till-1") == 3
+        assert [(e.seq, e.ref_id) for e in hub.store.ledger("till-1")] == [(1, "r-1"), (3, "r-3")]
+        version = hub.publish()
+        doc = hub.store.snapshot_doc(version, 0)
+        assert doc["appliedThrough"] == {"till-1": 3}  # r-3 is in the published balances
+        listed = [(r["seq"], r["outcome"]) for r in hub.store.set_aside_transactions("till-1")]
+        assert listed == [(2, "REJECTED")]  # `hub set-aside`: what the till discarded
+        from tillpoint.agent.ledger import open_ledger
+
+        conn = open_ledger(till.data_dir)
+        try:
+            assert sync_status(conn)["setAside"] == 0  # nothing for the till's support to do
+        finally:
+            conn.close()
+        assert till.agent.status().to_json()["outboxDepth"] == 0
+        assert sold.mode == "ONLINE"
+    finally:
+        till.stop()

@@ -150,6 +150,11 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     """A one-time code the till issued on a printed offer (§13): request_json is
     {"receiptId", "coupon": Coupon}, result_json "{}", no points.
     """
+    DISCARDED: _TransactionKind.ValueType  # 14
+    """A seq the till discarded unsent (`tillpoint reset --force`): nothing to count. The hub
+    sets it aside (REJECTED) so the device's later transactions are counted; the till
+    takes that answer as done.
+    """
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper): ...
 
@@ -159,6 +164,11 @@ REFUND: TransactionKind.ValueType  # 2
 COUPON_ISSUED: TransactionKind.ValueType  # 13
 """A one-time code the till issued on a printed offer (§13): request_json is
 {"receiptId", "coupon": Coupon}, result_json "{}", no points.
+"""
+DISCARDED: TransactionKind.ValueType  # 14
+"""A seq the till discarded unsent (`tillpoint reset --force`): nothing to count. The hub
+sets it aside (REJECTED) so the device's later transactions are counted; the till
+takes that answer as done.
 """
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
