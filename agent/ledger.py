@@ -18,6 +18,7 @@ connections. Rows that cross a module boundary are frozen dataclasses.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
 LEDGER = "ledger.db"
+log = logging.getLogger("tillpoint.sync")
 
 ledger_migrations = MigrationSet("tillpoint.ledger", "ledger")
 # The sync client's tables: a set of their own, as older tills recorded them.
@@ -346,6 +348,64 @@ def m001_sync_state(db: Database) -> None:
         );
         """
     )
+
+
+@sync_migrations()
+def m002_sync_sent(db: Database) -> None:
+    # sync_sent: the outbox rows the hub acknowledged, kept a while (`SENT_KEPT_DAYS`) as
+    # they were: a hub restored from a backup has lost those it acknowledged since, and
+    # they are sent again from here (`requeue_lost`) when its mark for the device goes back.
+    db.execute(
+        "CREATE TABLE sync_sent (device_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " payload TEXT NOT NULL, created_at TEXT NOT NULL, texts TEXT,"
+        " sent_at TEXT NOT NULL, PRIMARY KEY (device_id, seq)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX sync_sent_at ON sync_sent (sent_at)")
+
+
+@sync_migrations()
+def m003_sync_discarded(db: Database) -> None:
+    # sync_discarded: the seqs `tillpoint reset --force` discarded unsent, to be told to
+    # the hub (`queue_discarded`); each leaves once the hub answered for it.
+    db.execute(
+        "CREATE TABLE sync_discarded (device_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " at TEXT NOT NULL, PRIMARY KEY (device_id, seq)) WITHOUT ROWID"
+    )
+
+
+# How long an acknowledged transaction is kept to be sent again to a hub restored from a
+# backup (a restore of an older backup loses what it acknowledged before that, for good).
+SENT_KEPT_DAYS = 35
+
+
+def requeue_lost(
+    conn: sqlite3.Connection, device_id: str, hub_mark: int, but: Sequence[int] = ()
+) -> int:
+    """Inside the caller's write transaction: when the hub's contiguous mark for the
+    device went back below the last one it answered (`sync_state` 'acked_through': the
+    hub was restored from a backup and lost what it acknowledged since), the acknowledged
+    transactions above it go back into the outbox, as they were (the hub stores each one
+    it lost, and answers DUPLICATE for the others), but those in `but` (just answered).
+    Returns how many."""
+    row = conn.execute("SELECT value FROM sync_state WHERE key = 'acked_through'").fetchone()
+    if row is None or hub_mark >= int(row[0] or 0):
+        return 0
+    answered = json.dumps(sorted(set(but)))
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO outbox (device_id, seq, payload, created_at, texts)"
+        " SELECT device_id, seq, payload, created_at, texts FROM sync_sent"
+        " WHERE device_id = ? AND seq > ? AND seq NOT IN (SELECT value FROM json_each(?))",
+        (device_id, hub_mark, answered),
+    )
+    conn.execute("INSERT OR REPLACE INTO sync_state VALUES ('acked_through', ?)", (str(hub_mark),))
+    if cur.rowcount:
+        log.warning(
+            "the hub has this till's transactions only through seq %d, below what it"
+            " acknowledged before (restored from a backup?): %d sent again",
+            hub_mark,
+            cur.rowcount,
+        )
+    return int(cur.rowcount)
 
 
 def ledger_path(data_dir: Path) -> Path:
@@ -822,7 +882,7 @@ def outbox_depth(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
 
-KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations"})
+KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations", "sync_discarded"})
 
 
 def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
@@ -835,6 +895,60 @@ def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
             " AND state IN ('HELD', 'CANCELLED', 'EXPIRED')"
         )
     ]
+
+
+def outbox_seqs(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    """Every (device, seq) still in the outbox."""
+    return [
+        (str(d), int(s))
+        for d, s in conn.execute("SELECT device_id, seq FROM outbox ORDER BY device_id, seq")
+    ]
+
+
+def queue_discarded(conn: sqlite3.Connection, seqs: Sequence[tuple[str, int]], now: str) -> None:
+    """Inside the caller's write transaction (`tillpoint reset --force`): the seqs
+    discarded unsent, to be told to the hub as DISCARDED transactions (`discarded_batch`):
+    it sets them aside, nothing counted, and the device's progress goes on past them.
+    Without it the hub waited for them for good, and counted none of the device's later
+    sales in any snapshot. Kept by a later reset (`KEPT_BY_RESET`); not in the outbox,
+    whose depth and reset's refusal are about sales."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO sync_discarded (device_id, seq, at) VALUES (?,?,?)",
+        [(device_id, seq, now) for device_id, seq in seqs],
+    )
+
+
+def discarded_pending(conn: sqlite3.Connection, device_id: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM sync_discarded WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def discarded_batch(conn: sqlite3.Connection, device_id: str, limit: int) -> list[OutboxRow]:
+    """The oldest `limit` DISCARDED transactions still to tell the hub, as outbox rows."""
+    return [
+        OutboxRow(
+            int(seq),
+            json.dumps(
+                {
+                    "deviceId": device_id,
+                    "seq": int(seq),
+                    "kind": DISCARDED,
+                    "at": str(at),
+                    "requestJson": "{}",
+                    "resultJson": "{}",
+                }
+            ),
+        )
+        for seq, at in conn.execute(
+            "SELECT seq, at FROM sync_discarded WHERE device_id = ? ORDER BY seq LIMIT ?",
+            (device_id, limit),
+        )
+    ]
+
+
+DISCARDED = "DISCARDED"  # the Transaction kind of a seq discarded unsent
 
 
 def forget_all_but_numbering(conn: sqlite3.Connection) -> None:
@@ -1058,6 +1172,7 @@ def settle_push(
     sync_values: Mapping[str, str],
     now: str,
     hub_mark: int = 0,
+    kept_since: str | None = None,
 ) -> None:
     """The hub's answer to a push, in one write transaction: acknowledged rows leave the
     outbox, set-aside ones move to ``sync_set_aside``, `sync_values` go to ``sync_state``
@@ -1066,6 +1181,18 @@ def settle_push(
     conn.execute("BEGIN IMMEDIATE")
     try:
         keep_seq_above(conn, device_id, hub_mark)
+        # kept a while, to be sent again to a hub restored from a backup (`requeue_lost`)
+        conn.executemany(
+            "INSERT OR REPLACE INTO sync_sent (device_id, seq, payload, created_at, texts,"
+            " sent_at) SELECT device_id, seq, payload, created_at, texts, ? FROM outbox"
+            " WHERE device_id = ? AND seq = ?",
+            [(now, device_id, seq) for seq in done],
+        )
+        if kept_since is not None:
+            conn.execute(
+                "DELETE FROM sync_sent WHERE device_id = ? AND sent_at < ?",
+                (device_id, kept_since),
+            )
         for item in aside:
             conn.execute(
                 "INSERT OR REPLACE INTO sync_set_aside VALUES (?, ?, ?, ?, ?, ?)",
@@ -1076,6 +1203,11 @@ def settle_push(
             "DELETE FROM outbox WHERE device_id = ? AND seq = ?",
             [(device_id, seq) for seq in gone],
         )
+        conn.executemany(
+            "DELETE FROM sync_discarded WHERE device_id = ? AND seq = ?",
+            [(device_id, seq) for seq in gone],
+        )
+        requeue_lost(conn, device_id, hub_mark, but=done)
         for key, value in sync_values.items():
             conn.execute("INSERT OR REPLACE INTO sync_state VALUES (?, ?)", (key, value))
         conn.execute("DELETE FROM sync_state WHERE key = 'error:push'")

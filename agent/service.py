@@ -1584,7 +1584,10 @@ class Agent:
                 )
             with self._write() as conn:
                 hub_holds = ledger.open_hub_holds(conn)
+                # the seqs discarded unsent are told to the hub, or it waits for them
+                discarded = ledger.outbox_seqs(conn) if depth else []
                 ledger.forget_all_but_numbering(conn)
+                ledger.queue_discarded(conn, discarded, ledger.utc_text(self.clock()))
             self._live.close()
             self._memo.clear()
             remove_cache(self.data_dir)  # cache.db and every generation

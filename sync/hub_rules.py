@@ -407,6 +407,10 @@ class HubRules:
         """Check a transaction and work out the points it moves, as the hub counts them."""
         if t.seq < 1:
             raise ValueError("seq must be 1 or more")
+        if t.kind == "DISCARDED":
+            raise ValueError(
+                "discarded unsent at the till (`tillpoint reset --force`): nothing to count"
+            )
         if t.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
             raise ValueError(f"unknown kind {t.kind!r}")
         _storable(t)

@@ -847,6 +847,10 @@ class HubServicer(pb_grpc.HubServicer):
                 return
             pub, base = chosen
             bundle = self.builder.bundle(pub.version, base)
+            # a delta says which version `base` it is made on (its issuedAt): a till that
+            # holds another version under that number asks for a full snapshot instead
+            base_pub = self.store.publication(bundle.base_version) if bundle.base_version else None
+            base_issued_at = base_pub.issued_at.isoformat() if base_pub is not None else ""
         except StillBuilding as exc:
             # The hub is there and answering: not UNAVAILABLE (which a till takes as "the
             # hub is down" and prices OFFLINE); the till retries with its pull backoff.
@@ -896,6 +900,7 @@ class HubServicer(pb_grpc.HubServicer):
                     sha256=sha256,
                     offset=start,
                     data=data,
+                    base_issued_at=base_issued_at,
                 )
                 if self.rate_limit_bytes_s > 0 and context.is_active():
                     time.sleep(len(data) / self.rate_limit_bytes_s)
@@ -993,6 +998,10 @@ class HubServicer(pb_grpc.HubServicer):
                 f"couponCodes: at most {MAX_AUTH_COUPONS} codes of 1 to 128 characters",
             )
         self._fail("authorize")
+        if _past_deadline(context):
+            # The till has priced the receipt OFFLINE already (queued behind a busy hub):
+            # a hold placed now would reserve points no one uses.
+            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         ttl_s = self.config.hold_ttl_s
         if request.hold_ttl_seconds > 0:  # the till's program says how long its holds live
             ttl_s = float(min(request.hold_ttl_seconds, MAX_HOLD_TTL_S))
@@ -1019,6 +1028,14 @@ class HubServicer(pb_grpc.HubServicer):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
+        if _past_deadline(context):
+            # The till stopped waiting while the store worked: it priced the receipt
+            # OFFLINE, and its release (a cancel, an expiry) may have come before this
+            # hold. Kept, it would take the points from every other till for the hold's
+            # whole time, after a cancel too. Dropped now (its coupon holds with it).
+            with contextlib.suppress(StorageError):
+                self.store.release(device, request.receipt_id)
+            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         return pb.AuthorizeRedemptionReply(
             authorized_points=granted.authorised,
             hold_id=granted.hold_id,
@@ -1115,6 +1132,14 @@ def hub_health(store: HubStore) -> ReadinessHealth:
         return True
 
     return ReadinessHealth((HUB_SERVICE,), ready, thread_name="hub-health-watch")
+
+
+def _past_deadline(context: grpc.ServicerContext) -> bool:
+    """Whether the caller's deadline has passed (it has given up on the answer). The hub's
+    deadline is the till's timeout counted from the request's arrival: it ends after the
+    till's, never before."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

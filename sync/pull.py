@@ -136,6 +136,14 @@ class _Partial:
 
 
 @dataclass(frozen=True)
+class _OtherBase:
+    """The hub offered a delta that does not apply on this till's version (the contract
+    §3): refused before any of it is downloaded, and a full snapshot is asked for."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class _Received:
     """A bundle whose declared bytes are all in pull.part: next, verify and apply it."""
 
@@ -365,22 +373,37 @@ class Puller:
         current = cache_version(self.agent.data_dir)
         partial = self._load_partial(current)
         received = self._receive(current, partial, progress)
+        if isinstance(received, _OtherBase):
+            # The contract §3: a delta that does not apply on this till's version is
+            # refused, and the till asks for a full snapshot (have_version 0) at once.
+            log.warning("%s; asking for a full snapshot", received.message)
+            partial = self._load_partial(current)
+            if partial is not None and partial.base_version != 0:
+                partial = None  # a full one is asked for: a delta's download is no use
+            received = self._receive(current, partial, progress, full=True)
+            assert not isinstance(received, _OtherBase)  # a full one is refused, not retried
         if isinstance(received, PullResult):
             return received
         self._downloaded = time.monotonic()
         return self._apply(received.bundle, current, received.resumed_from)
 
     def _receive(
-        self, current: int, partial: _Partial | None, progress: Progress | None
-    ) -> _Received | PullResult:
+        self,
+        current: int,
+        partial: _Partial | None,
+        progress: Progress | None,
+        *,
+        full: bool = False,
+    ) -> _Received | PullResult | _OtherBase:
         """Stream the bundle into pull.part: the rest of `partial` when the hub still
         serves that bundle, else a new one from byte 0. A watchdog cancels a stream that
         delivers nothing for a while (the link is dead even if TCP has not noticed); the
         first chunk may take longer, since the hub may wait for a full snapshot being built.
+        `full`: ask for a full snapshot (have_version 0) whatever the cache's version.
         """
         request = pb.PullSnapshotRequest(
             device_id=self.device_id,
-            have_version=current,
+            have_version=0 if full else current,
             offset=partial.offset if partial else 0,
             want_version=partial.version if partial else 0,
         )
@@ -393,8 +416,8 @@ class Puller:
                 watchdog.feed()
                 self.link.ok()
                 if download is None:
-                    started = self._start(chunk, current, partial)
-                    if isinstance(started, PullResult):
+                    started = self._start(chunk, current, partial, full)
+                    if isinstance(started, PullResult | _OtherBase):
                         return started
                     download = started
                 refusal = download.refusal(chunk)
@@ -429,13 +452,34 @@ class Puller:
         return self._complete(download, partial)
 
     def _start(
-        self, chunk: pb.SnapshotChunk, current: int, partial: _Partial | None
-    ) -> _Download | PullResult:
+        self, chunk: pb.SnapshotChunk, current: int, partial: _Partial | None, full: bool
+    ) -> _Download | PullResult | _OtherBase:
         """The first chunk carries the bundle's header: nothing newer, a bundle refused
-        before it is downloaded, the rest of the partial download, or a new download."""
+        before it is downloaded (a delta on another base than this till's version: not
+        downloaded either, a full snapshot is asked for), the rest of the partial
+        download, or a new download."""
         if chunk.total_size == 0:
             return self._nothing_newer(chunk.version, current)
         incoming = _Partial.of(chunk)
+        if chunk.base_version not in (0, current) or (full and chunk.base_version != 0):
+            message = (
+                f"snapshot {chunk.version} refused: it is a delta from version"
+                f" {chunk.base_version}, and this till's cache is at version {current}"
+            )
+        elif chunk.base_version and not self._holds_base(chunk.base_issued_at):
+            message = (
+                f"snapshot {chunk.version} refused: it is a delta from the hub's version"
+                f" {chunk.base_version} of {chunk.base_issued_at}, and this till's version"
+                f" {current} is another (the hub was restored from a backup?)"
+            )
+        else:
+            message = ""
+        if message:
+            if not full:
+                return _OtherBase(message)
+            # Asked for a full one and sent a delta again: not remembered (the hub's
+            # answer, not the bundle, is wrong); the next pull asks again.
+            return replace(self._refused(incoming, message, discard=False), remembered=False)
         refusal = self._header_refusal(chunk)
         if refusal is not None:
             # Kept: a partial download of another bundle may still be resumed later.
@@ -450,6 +494,22 @@ class Puller:
             raise PullInterrupted("the hub's bundle changed; starting over")
         self._check_space(incoming.total_size, 0)
         return _Download.fresh(self, incoming)
+
+    def _holds_base(self, base_issued_at: str) -> bool:
+        """Whether the cache's version is the hub's version a delta is made on: the same
+        issuedAt (a hub that does not say, or a time that does not parse: taken as so)."""
+        if not base_issued_at:
+            return True
+        conn = open_cache(self.agent.data_dir)
+        try:
+            mine = cache_mod.info(conn).issued_at
+        finally:
+            conn.close()
+        try:
+            theirs = datetime.fromisoformat(base_issued_at)
+            return mine is None or datetime.fromisoformat(mine) == theirs
+        except ValueError:
+            return True
 
     @staticmethod
     def _complete(download: _Download | None, partial: _Partial | None) -> _Received:

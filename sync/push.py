@@ -20,6 +20,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -45,6 +46,12 @@ class BatchResult:
     duplicates: int
     set_aside: int
     acked_through: int
+    settled: int = 0  # rows that left the outbox (or the discarded seqs) with this answer
+
+
+def _discarded(payload: str) -> bool:
+    """Whether an outbox row tells the hub of a seq discarded unsent (`reset --force`)."""
+    return ledger.DISCARDED in payload and json.loads(payload).get("kind") == ledger.DISCARDED
 
 
 class Pusher:
@@ -80,12 +87,17 @@ class Pusher:
             self._conn = None
 
     def pending(self) -> int:
-        return ledger.outbox_pending(self.conn, self.device_id)
+        """Transactions still to send: the outbox, and the seqs a reset discarded."""
+        return ledger.outbox_pending(self.conn, self.device_id) + ledger.discarded_pending(
+            self.conn, self.device_id
+        )
 
     def _batch(self) -> list[tuple[int, str]]:
         rows: list[tuple[int, str]] = []
         size = 0
-        for row in ledger.outbox_batch(self.conn, self.device_id, self.batch_size):
+        # the seqs a `reset --force` discarded first: they come before every sale in the outbox
+        told = ledger.discarded_batch(self.conn, self.device_id, self.batch_size)
+        for row in told or ledger.outbox_batch(self.conn, self.device_id, self.batch_size):
             if rows and size + len(row.payload) > MAX_BATCH_BYTES:
                 break
             rows.append((row.seq, row.payload))
@@ -138,8 +150,10 @@ class Pusher:
             for result in ack.results:
                 if result.seq not in payloads:
                     continue
-                if result.outcome in (pb.TX_STORED, pb.TX_DUPLICATE):
-                    done.append(result.seq)
+                if result.outcome in (pb.TX_STORED, pb.TX_DUPLICATE) or _discarded(
+                    payloads[result.seq]
+                ):
+                    done.append(result.seq)  # a DISCARDED seq: set aside there, as meant
                 elif result.outcome in (pb.TX_CONFLICT, pb.TX_REJECTED):
                     name = pb.TransactionOutcome.Name(result.outcome).removeprefix("TX_")
                     aside.append((result.seq, name, result.reason))
@@ -155,12 +169,18 @@ class Pusher:
             {"last_push_at": now, "acked_through": str(ack.acked_through_seq)},
             now,
             ack.acked_through_seq,
+            kept_since=state.now_text(datetime.now(UTC) - timedelta(days=ledger.SENT_KEPT_DAYS)),
         )
         for seq, outcome, reason in aside:
             log.error("hub set aside transaction %d: %s %s", seq, outcome, reason)
         self.set_aside.extend(aside)
         return BatchResult(
-            len(rows), ack.accepted, ack.duplicates, len(aside), ack.acked_through_seq
+            len(rows),
+            ack.accepted,
+            ack.duplicates,
+            len(aside),
+            ack.acked_through_seq,
+            len(done) + len(aside),
         )
 
     def learn_mark(self) -> int:
@@ -182,6 +202,8 @@ class Pusher:
         mark = int(reply.acked_through_seq)
         with write_transaction(self.conn, "ledger") as conn:
             ledger.keep_seq_above(conn, self.device_id, mark)
+            # a hub restored from a backup: what it acknowledged since is sent again
+            ledger.requeue_lost(conn, self.device_id, mark)
         self.mark_known = True
         return mark
 
@@ -207,7 +229,7 @@ class Pusher:
                     sent += result.sent
                     if progress is not None:
                         progress(min(sent, total), max(total, sent))
-                    if result.stored + result.duplicates + result.set_aside == 0:
+                    if result.settled == 0:
                         return sent  # the hub took nothing: do not spin
             except grpc.RpcError as exc:
                 message = self.link.failed(exc)

@@ -150,6 +150,11 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     """A one-time code the till issued on a printed offer (§13): request_json is
     {"receiptId", "coupon": Coupon}, result_json "{}", no points.
     """
+    DISCARDED: _TransactionKind.ValueType  # 14
+    """A seq the till discarded unsent (`tillpoint reset --force`): nothing to count. The hub
+    sets it aside (REJECTED) so the device's later transactions are counted; the till
+    takes that answer as done.
+    """
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper): ...
 
@@ -159,6 +164,11 @@ REFUND: TransactionKind.ValueType  # 2
 COUPON_ISSUED: TransactionKind.ValueType  # 13
 """A one-time code the till issued on a printed offer (§13): request_json is
 {"receiptId", "coupon": Coupon}, result_json "{}", no points.
+"""
+DISCARDED: TransactionKind.ValueType  # 14
+"""A seq the till discarded unsent (`tillpoint reset --force`): nothing to count. The hub
+sets it aside (REJECTED) so the device's later transactions are counted; the till
+takes that answer as done.
 """
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
@@ -1869,6 +1879,7 @@ class SnapshotChunk(_message.Message):
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    BASE_ISSUED_AT_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     base_version: _builtins.int
     total_size: _builtins.int
@@ -1881,6 +1892,11 @@ class SnapshotChunk(_message.Message):
     expires_at: _builtins.str
     sha256: _builtins.bytes
     """of the whole payload: identifies the bundle when a pull resumes"""
+    base_issued_at: _builtins.str
+    """A delta's base: the issuedAt of version base_version at this hub. A till whose cache
+    holds that version with another issuedAt (a hub restored from a backup numbers its
+    versions again) refuses the delta and asks for a full snapshot (have_version 0).
+    """
     def __init__(
         self,
         *,
@@ -1893,10 +1909,11 @@ class SnapshotChunk(_message.Message):
         issued_at: _builtins.str = ...,
         expires_at: _builtins.str = ...,
         sha256: _builtins.bytes = ...,
+        base_issued_at: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "data", b"data", "expires_at", b"expires_at", "issued_at", b"issued_at", "offset", b"offset", "sha256", b"sha256", "signature", b"signature", "total_size", b"total_size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_issued_at", b"base_issued_at", "base_version", b"base_version", "data", b"data", "expires_at", b"expires_at", "issued_at", b"issued_at", "offset", b"offset", "sha256", b"sha256", "signature", b"signature", "total_size", b"total_size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
