@@ -131,10 +131,12 @@ class DamagedLedger(StorageError):
 
 class ReadOnlyData(StorageError):
     """A data directory (or a file in it) this process may not write: a file system
-    remounted read-only, a mode, another user's. An administrator's to mend: exit 2 (the
-    unit does not restart it); a call meeting it is still UNAVAILABLE (503)."""
+    remounted read-only, a mode, another user's. An administrator's to mend, as a later
+    release's data is: exit 2 (the unit does not restart it) and FAILED_PRECONDITION (412)
+    to a call, so that a CLI forwarded to `run` exits as a local one does."""
 
     exit_code = 2
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class HubUnavailable(TillpointError):

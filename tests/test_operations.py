@@ -153,7 +153,8 @@ def test_a_data_directory_that_is_a_file_is_named(tmp_path: Path) -> None:
     with contextlib.redirect_stderr(err):
         code = main(["--config", str(conf), "--data-dir", str(taken), "run"])
     assert code == 2 and "internal error" not in err.getvalue()  # not retried by the unit
-    assert err.getvalue().startswith(f"tillpoint: cannot use the data directory {taken}")
+    # every command says it before the lock is taken (privileges.check_data_dir)
+    assert err.getvalue().startswith(f"tillpoint: the data directory {taken} is not a directory")
 
 
 def test_status_says_why_an_idle_printer_is_offline(tmp_path: Path) -> None:
