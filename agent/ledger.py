@@ -408,6 +408,16 @@ def requeue_lost(
     return int(cur.rowcount)
 
 
+def forget_acknowledged(conn: sqlite3.Connection) -> None:
+    """Inside the caller's write transaction (`tillpoint sync install` of another hub's
+    bundle): what the previous hub acknowledged is its own, kept to be sent again to it
+    were it restored from a backup (`requeue_lost`). Another hub's mark for the device
+    (0: it has none of its sales) is not that hub's going back: without this the till
+    sent the new hub every sale of its last 35 days, counted there a second time."""
+    conn.execute("DELETE FROM sync_sent")
+    conn.execute("DELETE FROM sync_state WHERE key = 'acked_through'")
+
+
 def ledger_path(data_dir: Path) -> Path:
     return Path(data_dir) / LEDGER
 

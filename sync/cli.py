@@ -832,15 +832,22 @@ def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> in
 def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import read_json
     from tillpoint.agent.errors import Refused
-    from tillpoint.agent.ledger import open_ledger, outbox_depth
+    from tillpoint.agent.db import write_transaction
+    from tillpoint.agent.ledger import (
+        forget_acknowledged,
+        ledger_path,
+        open_ledger,
+        outbox_depth,
+    )
 
     from .pki import certificate_time, install_bundle, is_enrolled, load_enrollment
 
     bundle = read_json(args.bundle)
     _refuse_another_devices_ledger(settings)
-    if is_enrolled(settings.data_dir) and not _same_hub_and_device(
+    another = is_enrolled(settings.data_dir) and not _same_hub_and_device(
         load_enrollment(settings.data_dir), bundle
-    ):
+    )
+    if another:
         conn = open_ledger(settings.data_dir)
         try:
             depth = outbox_depth(conn)
@@ -853,6 +860,14 @@ def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
                 " drain the outbox first)"
             )
     enrollment = install_bundle(settings.data_dir, bundle, settings.device_id)
+    if another and ledger_path(settings.data_dir).exists():
+        # the previous hub's acknowledgements are not this hub's (`forget_acknowledged`)
+        conn = open_ledger(settings.data_dir)
+        try:
+            with write_transaction(conn, "ledger") as tx:
+                forget_acknowledged(tx)
+        finally:
+            conn.close()
     running = _agent_running(settings)
     data = {
         "deviceId": enrollment.device_id,

@@ -1,0 +1,73 @@
+"""Review 25b: a second look at sync25 (sync after a hub restore) and hub25.
+
+Real parts only: reference hubs (their stores, gRPC over loopback mTLS), an enrolled till
+with its SQLite cache and ledger, the CLI in-process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync import pki
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
+from tillpoint.sync.pull import Puller, cache_version
+from tillpoint.sync.push import Pusher
+
+CARD = "2770000000017"
+
+
+def drain(data_dir: Path, device_id: str, link: Any) -> None:
+    pusher = Pusher(data_dir, device_id, link, call_timeout_s=2)
+    try:
+        pusher.drain()
+    finally:
+        pusher.close()
+
+
+@pytest.mark.slow
+def test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(
+    tmp_path: Path, cli: Any
+) -> None:
+    """docs/CONTRACT.md §9 (exactly once in effect): the sales the old hub acknowledged are
+    kept 35 days to be sent again to *that* hub if it is restored from a backup. A till
+    enrolled with another hub (`sync install` of its bundle, once the outbox drained)
+    took the new hub's mark for the device (0) for the old hub's going back and sent it
+    every sale of the last 35 days, which the new hub counted in its live balances a
+    second time (its customers were imported with the old hub's balances)."""
+    from tillpoint.sync.client import HubLink
+
+    data_dir = tmp_path / "data"
+    old = LoopbackHub(tmp_path / "old", data=sample_master_data())
+    new = LoopbackHub(tmp_path / "new", data=sample_master_data())
+    till = old.till("till-1", data_dir, start=False)
+    link = None
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        wait_for(lambda: cache_version(data_dir) == 1)
+        for n in (1, 2, 3):
+            till.agent.checkout(receipt_from_json(receipt(f"r-{n}", CARD)))
+        drain(data_dir, "till-1", till.link)
+        assert old.store.applied_through("till-1") == 3
+        till.stop()
+
+        identity = pki.issue_device(new.dir.keys, "till-1")
+        from datetime import UTC, datetime
+
+        new.store.enroll("till-1", identity.fingerprint, datetime.now(UTC))
+        bundle = pki.make_bundle(new.dir.keys, identity, new.address)
+        run = cli("sync", "install", bundle)
+        assert run.code == 0, run.err
+
+        link = HubLink(new.address, pki.load_enrollment(data_dir))
+        drain(data_dir, "till-1", link)
+        assert new.store.ledger("till-1") == []  # nothing of the old hub's sent here
+        run = cli("status", "--json")
+        assert run.code == 0, run.err
+    finally:
+        if link is not None:
+            link.close()
+        old.stop()
+        new.stop()
