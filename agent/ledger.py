@@ -391,21 +391,33 @@ def requeue_lost(
     if row is None or hub_mark >= int(row[0] or 0):
         return 0
     answered = json.dumps(sorted(set(but)))
+    lost = (
+        " FROM sync_sent WHERE device_id = ? AND seq > ?"
+        " AND seq NOT IN (SELECT value FROM json_each(?))"
+        " AND coalesce(json_extract(payload, '$.kind'), '') {} ?"
+    )
     cur = conn.execute(
         "INSERT OR IGNORE INTO outbox (device_id, seq, payload, created_at, texts)"
-        " SELECT device_id, seq, payload, created_at, texts FROM sync_sent"
-        " WHERE device_id = ? AND seq > ? AND seq NOT IN (SELECT value FROM json_each(?))",
-        (device_id, hub_mark, answered),
+        " SELECT device_id, seq, payload, created_at, texts" + lost.format("!="),
+        (device_id, hub_mark, answered, DISCARDED),
     )
+    count = int(cur.rowcount)
+    # a seq discarded unsent (`reset --force`) is told again as such, not as a sale
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO sync_discarded (device_id, seq, at)"
+        " SELECT device_id, seq, json_extract(payload, '$.at')" + lost.format("="),
+        (device_id, hub_mark, answered, DISCARDED),
+    )
+    count += int(cur.rowcount)
     conn.execute("INSERT OR REPLACE INTO sync_state VALUES ('acked_through', ?)", (str(hub_mark),))
-    if cur.rowcount:
+    if count:
         log.warning(
             "the hub has this till's transactions only through seq %d, below what it"
             " acknowledged before (restored from a backup?): %d sent again",
             hub_mark,
-            cur.rowcount,
+            count,
         )
-    return int(cur.rowcount)
+    return count
 
 
 def forget_acknowledged(conn: sqlite3.Connection) -> None:
@@ -1191,12 +1203,21 @@ def settle_push(
     conn.execute("BEGIN IMMEDIATE")
     try:
         keep_seq_above(conn, device_id, hub_mark)
-        # kept a while, to be sent again to a hub restored from a backup (`requeue_lost`)
+        # kept a while, to be sent again to a hub restored from a backup (`requeue_lost`):
+        # what it stored, and what it decided otherwise (set aside, a discarded seq),
+        # without which its mark for the device would stop there after a restore
+        decided = [*done, *(item.seq for item in aside)]
         conn.executemany(
             "INSERT OR REPLACE INTO sync_sent (device_id, seq, payload, created_at, texts,"
             " sent_at) SELECT device_id, seq, payload, created_at, texts, ? FROM outbox"
             " WHERE device_id = ? AND seq = ?",
-            [(now, device_id, seq) for seq in done],
+            [(now, device_id, seq) for seq in decided],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO sync_sent (device_id, seq, payload, created_at, texts,"
+            " sent_at) SELECT device_id, seq, ?, at, NULL, ? FROM sync_discarded"
+            " WHERE device_id = ? AND seq = ?",
+            [(payloads[seq], now, device_id, seq) for seq in decided if seq in payloads],
         )
         if kept_since is not None:
             conn.execute(
@@ -1208,7 +1229,7 @@ def settle_push(
                 "INSERT OR REPLACE INTO sync_set_aside VALUES (?, ?, ?, ?, ?, ?)",
                 (device_id, item.seq, payloads[item.seq], item.outcome, item.reason, now),
             )
-        gone = [*done, *(item.seq for item in aside)]
+        gone = decided
         conn.executemany(
             "DELETE FROM outbox WHERE device_id = ? AND seq = ?",
             [(device_id, seq) for seq in gone],
@@ -1217,7 +1238,7 @@ def settle_push(
             "DELETE FROM sync_discarded WHERE device_id = ? AND seq = ?",
             [(device_id, seq) for seq in gone],
         )
-        requeue_lost(conn, device_id, hub_mark, but=done)
+        requeue_lost(conn, device_id, hub_mark, but=gone)
         for key, value in sync_values.items():
             conn.execute("INSERT OR REPLACE INTO sync_state VALUES (?, ?)", (key, value))
         conn.execute("DELETE FROM sync_state WHERE key = 'error:push'")

@@ -71,3 +71,62 @@ def test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(
             link.close()
         old.stop()
         new.stop()
+
+
+@pytest.mark.slow
+def test_a_hub_restored_from_a_backup_gets_the_discarded_seqs_again(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §9 (loses nothing), docs/HUB.md (Backups): a hub restored from a
+    backup is sent again what it acknowledged since, so that the device's mark goes on.
+    A seq the till discarded (`reset --force`), which the hub had set aside, was not kept
+    with the rest: the restored hub never had it again, its mark for the device stopped
+    below it for good, and none of the till's later sales reached a published balance."""
+    import shutil
+    import sqlite3
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    if hub.dir.on_postgres:
+        hub.stop()
+        pytest.skip("the backup here is a copy of the SQLite store")
+    data_dir = tmp_path / "till-1"
+    till = hub.till("till-1", data_dir, start=False)
+
+    def pull() -> None:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+
+    try:
+        pull()
+        wait_for(lambda: cache_version(data_dir) >= 1)
+        till.agent.checkout(receipt_from_json(receipt("r-1", CARD)))
+        drain(data_dir, "till-1", till.link)
+        backup = tmp_path / "hub-backup.db"
+        source, target = sqlite3.connect(hub.dir.sqlite_path), sqlite3.connect(backup)
+        try:
+            source.backup(target)  # seq 1
+        finally:
+            source.close()
+            target.close()
+        till.agent.checkout(receipt_from_json(receipt("r-2", CARD)))  # seq 2, never sent
+        assert till.agent.reset(force=True).discarded == 1
+        pull()
+        till.agent.checkout(receipt_from_json(receipt("r-3", CARD)))
+        drain(data_dir, "till-1", till.link)
+        assert hub.store.applied_through("till-1") == 3
+        hub.stop()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{hub.dir.sqlite_path}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(backup, hub.dir.sqlite_path)
+        hub.restart()
+        assert hub.store.applied_through("till-1") == 1
+        till.agent.checkout(receipt_from_json(receipt("r-4", CARD)))
+        drain(data_dir, "till-1", till.link)
+        drain(data_dir, "till-1", till.link)  # what the answer showed lost
+        assert hub.store.applied_through("till-1") == 4
+        assert [(e.seq, e.ref_id) for e in hub.store.ledger("till-1")] == [
+            (1, "r-1"),
+            (3, "r-3"),
+            (4, "r-4"),
+        ]
+        assert till.agent.status().to_json()["outboxDepth"] == 0
+    finally:
+        till.stop()
+        hub.stop()
