@@ -40,13 +40,14 @@ def test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(
     from tillpoint.sync.client import HubLink
 
     data_dir = tmp_path / "data"
-    old = LoopbackHub(tmp_path / "old", data=sample_master_data())
-    new = LoopbackHub(tmp_path / "new", data=sample_master_data())
+    # two hubs, each its own store (the till side is what is checked here)
+    old = LoopbackHub(tmp_path / "old", data=sample_master_data(), store=str(tmp_path / "o.db"))
+    new = LoopbackHub(tmp_path / "new", data=sample_master_data(), store=str(tmp_path / "n.db"))
     till = old.till("till-1", data_dir, start=False)
     link = None
     try:
         Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-        wait_for(lambda: cache_version(data_dir) == 1)
+        wait_for(lambda: cache_version(data_dir) >= 1)
         for n in (1, 2, 3):
             till.agent.checkout(receipt_from_json(receipt(f"r-{n}", CARD)))
         drain(data_dir, "till-1", till.link)
