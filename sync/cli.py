@@ -831,8 +831,8 @@ def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> in
 
 def _sync_install(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import read_json
-    from tillpoint.agent.errors import Refused
     from tillpoint.agent.db import write_transaction
+    from tillpoint.agent.errors import Refused
     from tillpoint.agent.ledger import (
         forget_acknowledged,
         ledger_path,
