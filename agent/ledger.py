@@ -420,6 +420,22 @@ def requeue_lost(
     return count
 
 
+def answered_by(conn: sqlite3.Connection, hub: str) -> None:
+    """Inside the caller's write transaction, before a hub's answer is taken: `hub` (its
+    CA's fingerprint, `HubLink.hub_id`) answered. The acknowledgements of another hub
+    are forgotten (`forget_acknowledged`): only the hub that gave them, restored from a
+    backup, gets them again. A running agent keeps the enrolment it started with after
+    `sync install` of another hub's bundle: what it pushed to the old hub meanwhile was
+    sent to the new one after the restart, and counted there a second time."""
+    if not hub:
+        return
+    row = conn.execute("SELECT value FROM sync_state WHERE key = 'acked_hub'").fetchone()
+    if row is not None and str(row[0]) != hub:
+        forget_acknowledged(conn)
+    if row is None or str(row[0]) != hub:
+        conn.execute("INSERT OR REPLACE INTO sync_state VALUES ('acked_hub', ?)", (hub,))
+
+
 def forget_acknowledged(conn: sqlite3.Connection) -> None:
     """Inside the caller's write transaction (`tillpoint sync install` of another hub's
     bundle): what the previous hub acknowledged is its own, kept to be sent again to it
@@ -1195,6 +1211,7 @@ def settle_push(
     now: str,
     hub_mark: int = 0,
     kept_since: str | None = None,
+    hub: str = "",
 ) -> None:
     """The hub's answer to a push, in one write transaction: acknowledged rows leave the
     outbox, set-aside ones move to ``sync_set_aside``, `sync_values` go to ``sync_state``
@@ -1203,6 +1220,7 @@ def settle_push(
     conn.execute("BEGIN IMMEDIATE")
     try:
         keep_seq_above(conn, device_id, hub_mark)
+        answered_by(conn, hub)
         # kept a while, to be sent again to a hub restored from a backup (`requeue_lost`):
         # what it stored, and what it decided otherwise (set aside, a discarded seq),
         # without which its mark for the device would stop there after a restore

@@ -8,6 +8,7 @@ certificates). Every call is made with an explicit deadline by its caller.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -76,6 +77,8 @@ class HubLink:
         self.enrollment = enrollment
         ca, key, cert = enrollment.channel_material()
         self.certificate_pem = cert  # the one this link presents until `run` restarts
+        # the hub it talks to, as long as it lives: its CA's fingerprint (`ledger.answered_by`)
+        self.hub_id = hashlib.sha256(ca).hexdigest()[:32]
         creds = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )

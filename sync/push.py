@@ -76,6 +76,11 @@ class Pusher:
         self.mark_known = False  # `learn_mark` done by this pusher
 
     @property
+    def hub_id(self) -> str:
+        """The hub this pusher's link talks to (its CA), `ledger.answered_by`."""
+        return str(getattr(self.link, "hub_id", ""))
+
+    @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = ledger.open_ledger(self.data_dir)
@@ -170,6 +175,7 @@ class Pusher:
             now,
             ack.acked_through_seq,
             kept_since=state.now_text(datetime.now(UTC) - timedelta(days=ledger.SENT_KEPT_DAYS)),
+            hub=self.hub_id,
         )
         for seq, outcome, reason in aside:
             log.error("hub set aside transaction %d: %s %s", seq, outcome, reason)
@@ -202,6 +208,7 @@ class Pusher:
         mark = int(reply.acked_through_seq)
         with write_transaction(self.conn, "ledger") as conn:
             ledger.keep_seq_above(conn, self.device_id, mark)
+            ledger.answered_by(conn, self.hub_id)
             # a hub restored from a backup: what it acknowledged since is sent again
             ledger.requeue_lost(conn, self.device_id, mark)
         self.mark_known = True

@@ -36,7 +36,8 @@ def test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(
     enrolled with another hub (`sync install` of its bundle, once the outbox drained)
     took the new hub's mark for the device (0) for the old hub's going back and sent it
     every sale of the last 35 days, which the new hub counted in its live balances a
-    second time (its customers were imported with the old hub's balances)."""
+    second time (its customers were imported with the old hub's balances). The same for
+    a sale a running agent pushed to the old hub before it was restarted."""
     from tillpoint.sync.client import HubLink
 
     data_dir = tmp_path / "data"
@@ -52,7 +53,6 @@ def test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(
             till.agent.checkout(receipt_from_json(receipt(f"r-{n}", CARD)))
         drain(data_dir, "till-1", till.link)
         assert old.store.applied_through("till-1") == 3
-        till.stop()
 
         identity = pki.issue_device(new.dir.keys, "till-1")
         from datetime import UTC, datetime
@@ -61,6 +61,12 @@ def test_a_till_enrolled_with_another_hub_does_not_send_it_the_old_hubs_sales(
         bundle = pki.make_bundle(new.dir.keys, identity, new.address)
         run = cli("sync", "install", bundle)
         assert run.code == 0, run.err
+        # a running agent keeps its enrolment until restarted: a sale meanwhile goes to the
+        # old hub, which acknowledges it
+        till.agent.checkout(receipt_from_json(receipt("r-4", CARD)))
+        drain(data_dir, "till-1", till.link)
+        assert old.store.applied_through("till-1") == 4
+        till.stop()
 
         link = HubLink(new.address, pki.load_enrollment(data_dir))
         drain(data_dir, "till-1", link)
