@@ -373,6 +373,16 @@ def m003_sync_discarded(db: Database) -> None:
     )
 
 
+@sync_migrations()
+def m004_sync_sent_by_device(db: Database) -> None:
+    # The prune at each push's answer (`settle_push`: the device's rows sent before 35
+    # days) by an index it can range over: on (sent_at) alone SQLite took the primary key
+    # for `device_id = ?` and walked every kept row of the device, in the write
+    # transaction every checkout waits for (about 200 ms a batch at 60,000 rows).
+    db.execute("DROP INDEX IF EXISTS sync_sent_at")
+    db.execute("CREATE INDEX sync_sent_by_device ON sync_sent (device_id, sent_at)")
+
+
 # How long an acknowledged transaction is kept to be sent again to a hub restored from a
 # backup (a restore of an older backup loses what it acknowledged before that, for good).
 SENT_KEPT_DAYS = 35
