@@ -934,11 +934,19 @@ def _same_hub_and_device(current: Any, bundle: Any) -> bool:
     not with a revoked one)."""
     if current is None or not isinstance(bundle, dict):
         return False
+    from .pki import ca_identity
+
     try:
-        ca = current.ca_cert.read_text(encoding="utf-8")
+        ca = current.ca_cert.read_bytes()
     except OSError:
         return False
-    return bool(bundle.get("deviceId") == current.device_id and bundle.get("caCertificate") == ca)
+    theirs = bundle.get("caCertificate")
+    # the same CA however its PEM is written (`ca_identity`): line endings are no new hub
+    return bool(
+        bundle.get("deviceId") == current.device_id
+        and isinstance(theirs, str)
+        and ca_identity(theirs.encode()) == ca_identity(ca)
+    )
 
 
 def _sync_now(settings: Settings, args: argparse.Namespace) -> int:

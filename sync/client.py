@@ -8,7 +8,6 @@ certificates). Every call is made with an explicit deadline by its caller.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from datetime import UTC, datetime
 import grpc
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .pki import HUB_TLS_NAME, Enrollment
+from .pki import HUB_TLS_NAME, Enrollment, ca_identity
 
 log = logging.getLogger("tillpoint.sync")
 
@@ -78,7 +77,7 @@ class HubLink:
         ca, key, cert = enrollment.channel_material()
         self.certificate_pem = cert  # the one this link presents until `run` restarts
         # the hub it talks to, as long as it lives: its CA's fingerprint (`ledger.answered_by`)
-        self.hub_id = hashlib.sha256(ca).hexdigest()[:32]
+        self.hub_id = ca_identity(ca)
         creds = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )

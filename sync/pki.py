@@ -158,6 +158,18 @@ def fingerprint(cert_pem: bytes) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
+def ca_identity(ca_pem: bytes) -> str:
+    """Which hub a till trusts: the SHA-256 of its CA certificate's DER (hex, 32 digits),
+    the same for every PEM text of it (line endings, blank lines, a trailing newline: a
+    ca.pem copied to another hub server, a bundle through another tool). A text that is
+    no certificate is told by its bytes (never the same as a certificate's)."""
+    try:
+        der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        return "pem:" + hashlib.sha256(ca_pem).hexdigest()[:28]
+    return hashlib.sha256(der).hexdigest()[:32]
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
         [
