@@ -82,3 +82,57 @@ def test_a_renewed_bundle_of_the_same_hub_keeps_what_it_acknowledged(
         if link is not None:
             link.close()
         hub.stop()
+
+
+def acked_hub(data_dir: Path) -> str | None:
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        row = conn.execute("SELECT value FROM sync_state WHERE key = 'acked_hub'").fetchone()
+        return None if row is None else str(row[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_a_long_lived_till_of_one_hub_keeps_what_it_acknowledged(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §9: what the hub acknowledged is kept for that hub. A ledger of the
+    release before (no 'acked_hub') forgets nothing at its first answer; nor does a hub
+    restarted with a renewed server certificate (`hub init --renew-server`: the same CA)
+    or a till restarted (its link built again from the same ca.pem)."""
+    from tillpoint.sync.client import HubLink
+
+    data_dir = tmp_path / "data"
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", data_dir, start=False)
+    link = None
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        wait_for(lambda: cache_version(data_dir) >= 1)
+        for n in (1, 2):
+            till.agent.checkout(receipt_from_json(receipt(f"r-{n}", CARD)))
+        drain(data_dir, "till-1", till.link)
+        assert acked_hub(data_dir) == till.link.hub_id
+        conn = sqlite3.connect(data_dir / "ledger.db")
+        with conn:
+            conn.execute("DELETE FROM sync_state WHERE key = 'acked_hub'")  # the release before
+        conn.close()
+        till.agent.checkout(receipt_from_json(receipt("r-3", CARD)))
+        drain(data_dir, "till-1", till.link)
+        assert kept(data_dir) == [1, 2, 3]
+        assert acked_hub(data_dir) == till.link.hub_id
+
+        hub.stop()
+        hub.dir.keys.renew_server()
+        hub.restart()
+        link = HubLink(hub.address, pki.load_enrollment(data_dir))  # the till restarted
+        assert link.hub_id == till.link.hub_id
+        till.agent.checkout(receipt_from_json(receipt("r-4", CARD)))
+        drain(data_dir, "till-1", link)
+        assert hub.store.applied_through("till-1") == 4
+        assert kept(data_dir) == [1, 2, 3, 4]
+        assert [e.seq for e in hub.store.ledger("till-1")] == [1, 2, 3, 4]
+    finally:
+        if link is not None:
+            link.close()
+        till.stop()
+        hub.stop()
