@@ -14,19 +14,19 @@ from typing import Any
 import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync import pki
-from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
+from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import Puller, cache_version
-from tillpoint.sync.push import Pusher
 
-CARD = "2770000000017"
+from .test_review25_rev25b import CARD, drain
 
 
-def drain(data_dir: Path, device_id: str, link: Any) -> None:
-    pusher = Pusher(data_dir, device_id, link, call_timeout_s=2)
-    try:
-        pusher.drain()
-    finally:
-        pusher.close()
+def sell_two_and_drain(till: Till, data_dir: Path) -> None:
+    """The till takes the hub's snapshot, sells r-1 and r-2, and the hub acknowledges them."""
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    wait_for(lambda: cache_version(data_dir) >= 1)
+    for n in (1, 2):
+        till.agent.checkout(receipt_from_json(receipt(f"r-{n}", CARD)))
+    drain(data_dir, "till-1", till.link)
 
 
 def kept(data_dir: Path) -> list[int]:
@@ -55,11 +55,7 @@ def test_a_renewed_bundle_of_the_same_hub_keeps_what_it_acknowledged(
     till = hub.till("till-1", data_dir, start=False)
     link = None
     try:
-        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-        wait_for(lambda: cache_version(data_dir) >= 1)
-        for n in (1, 2):
-            till.agent.checkout(receipt_from_json(receipt(f"r-{n}", CARD)))
-        drain(data_dir, "till-1", till.link)
+        sell_two_and_drain(till, data_dir)
         assert kept(data_dir) == [1, 2]
         till.agent.checkout(receipt_from_json(receipt("r-3", CARD)))  # waits in the outbox
         first = till.link.hub_id
@@ -106,11 +102,7 @@ def test_a_long_lived_till_of_one_hub_keeps_what_it_acknowledged(tmp_path: Path)
     till = hub.till("till-1", data_dir, start=False)
     link = None
     try:
-        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-        wait_for(lambda: cache_version(data_dir) >= 1)
-        for n in (1, 2):
-            till.agent.checkout(receipt_from_json(receipt(f"r-{n}", CARD)))
-        drain(data_dir, "till-1", till.link)
+        sell_two_and_drain(till, data_dir)
         assert acked_hub(data_dir) == till.link.hub_id
         conn = sqlite3.connect(data_dir / "ledger.db")
         with conn:
