@@ -940,6 +940,13 @@ def openapi() -> dict[str, Any]:
                                         "description": "present while the ledger cannot be"
                                         " written: sales answer 503, quotes work",
                                     },
+                                    "certificateExpiresAt": {
+                                        "type": "string",
+                                        "description": "RFC 3339: when the till's"
+                                        " certificate ends, present from 30 days before"
+                                        " (and after): renew it (tillpoint hub enroll"
+                                        " --renew)",
+                                    },
                                 },
                             }
                         }

@@ -1,0 +1,671 @@
+"""Review 26 (doc26): what a POS integrator and a support engineer read — README.md,
+docs/INTEGRATION.md, `GET /openapi.json`, gRPC reflection, the example configuration —
+held to what the agent does.
+
+The first part walks openapi.json as a generated client would: for every path and
+method it sends requests made from the schema (valid ones, and each kind of value the
+schema forbids) to a real HTTP server, and checks every answer against the statuses
+and response schemas the document declares (docs/CONTRACT.md §12: "describes every
+call")."""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
+
+from .conftest import RECEIPT_AT, receipt, snapshot
+
+TIMEOUT = 15
+INT64_MAX = (1 << 63) - 1
+INT32_MAX = (1 << 31) - 1
+
+
+# ---------------------------------------------------------------- a JSON Schema reader
+
+# The keywords openapi.json uses; a new one must be taught to `problems` before it counts.
+KEYWORDS = {
+    "$ref",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "anyOf",
+    "not",
+    "enum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "format",
+    "description",
+}
+
+
+def problems(
+    schema: dict[str, Any], value: Any, schemas: dict[str, Any], at: str = "$"
+) -> list[str]:
+    """Where `value` breaks `schema` (JSON Schema 2020-12, the keywords of KEYWORDS; the
+    formats int32 and int64 as their ranges), as `at: why` lines; [] when it holds."""
+    unknown = set(schema) - KEYWORDS
+    assert not unknown, f"{at}: keywords this reader does not know: {unknown}"
+    if "$ref" in schema:
+        return problems(schemas[schema["$ref"].rsplit("/", 1)[1]], value, schemas, at)
+    out: list[str] = []
+    if "anyOf" in schema:
+        tried = [problems(s, value, schemas, at) for s in schema["anyOf"]]
+        if all(tried):
+            out.append(f"{at}: matches none of anyOf ({'; '.join(t[0] for t in tried)})")
+    if "not" in schema and not problems(schema["not"], value, schemas, at):
+        out.append(f"{at}: matches what `not` forbids")
+    kinds = {
+        "null": value is None,
+        "boolean": isinstance(value, bool),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "string": isinstance(value, str),
+        "array": isinstance(value, list),
+        "object": isinstance(value, dict),
+    }
+    kind = schema.get("type")
+    if kind is not None and not kinds[kind]:
+        return [*out, f"{at}: {type(value).__name__} {value!r:.60} is not {kind}"]
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(f"{at}: {value!r} not in {schema['enum']}")
+    if kinds["integer"]:
+        low = schema.get(
+            "minimum",
+            {"int32": -INT32_MAX - 1, "int64": -INT64_MAX - 1}.get(schema.get("format", ""), value),
+        )
+        high = schema.get(
+            "maximum", {"int32": INT32_MAX, "int64": INT64_MAX}.get(schema.get("format", ""), value)
+        )
+        if not low <= value <= high:
+            out.append(f"{at}: {value} outside [{low}, {high}]")
+    if isinstance(value, str):
+        if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+            out.append(f"{at}: length {len(value)} outside the limits")
+        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+            out.append(f"{at}: {value!r:.60} does not match the pattern")
+    if isinstance(value, list):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            out.append(f"{at}: {len(value)} items outside the limits")
+        for i, item in enumerate(value):
+            if "items" in schema:
+                out += problems(schema["items"], item, schemas, f"{at}[{i}]")
+    if isinstance(value, dict):
+        out += [f"{at}: no {key}" for key in schema.get("required", []) if key not in value]
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in schema.get("properties", {}):
+                out += problems(schema["properties"][key], item, schemas, f"{at}.{key}")
+            elif extra is False:
+                out.append(f"{at}: {key} is not a property")
+            elif isinstance(extra, dict):
+                out += problems(extra, item, schemas, f"{at}.{key}")
+    return out
+
+
+# ---------------------------------------------------------------- values made from a schema
+
+
+def resolve(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def unwrap(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """A field's own schema: `anyOf [X, null]` (a field that may be left out) read as X."""
+    schema = resolve(schema, schemas)
+    options = [s for s in schema.get("anyOf", []) if s != {"type": "null"}]
+    if "anyOf" in schema and len(options) == 1 and "type" not in schema:
+        return resolve(options[0], schemas)
+    return schema
+
+
+def candidates(schema: dict[str, Any], seed: Any) -> list[Any]:
+    """Values to try in a field of `schema` whose example value is `seed`: its bounds and
+    one past them, each other JSON type, texts a pattern or a length refuses. Which are
+    valid is left to the schema itself (`problems`)."""
+    out: list[Any] = [None, True, 1.5, [], {}]
+    kind = schema.get("type")
+    if kind == "string":
+        top = int(schema.get("maxLength", 128))
+        low = int(schema.get("minLength", 0))
+        out += [
+            "",
+            " ",
+            "a",
+            "\x00",
+            "a\nb",
+            "\u202e",
+            "Молоко",
+            "a" * top,
+            "a" * (top + 1),
+            "7" * top,
+            "1.2345",
+            "0",
+            "-1",
+            "0.001",
+            "1e3",
+            "2026-11-23",
+            "2026-11-23T10:15:00",
+            "2026-11-23T10:15+03:00",
+            "2026-11-23t10:15:00z",
+            "2026-11-23 10:15:00.123456789+03:00",
+            "1899-12-31T23:59:59Z",
+            "9001-01-01T00:00:00Z",
+            7,
+        ]
+        if low > 1:
+            out.append("a" * (low - 1))
+        out += list(schema.get("enum", []))
+    elif kind == "integer":
+        low = schema.get("minimum", -INT64_MAX - 1)
+        high = schema.get("maximum", INT64_MAX)
+        out += [low, high, low - 1, high + 1, 0, 1, 8990.0, "x", "1.5"]
+    elif kind == "boolean":
+        out += [False, "true", 1, 0]
+    elif kind == "array":
+        out += [[], "x", [None], [7]]
+        if isinstance(seed, list) and seed and "maxItems" in schema:
+            out.append([seed[0]] * (int(schema["maxItems"]) + 1))
+    elif kind == "object":
+        out += ["x", 7]
+    return out
+
+
+@dataclass
+class Variant:
+    where: str  # the field changed, as a path ($.lines[0].qty)
+    body: Any
+    valid: bool  # what openapi.json says of it
+
+
+def variants(schema: dict[str, Any], seed: Any, schemas: dict[str, Any]) -> Iterator[Variant]:
+    """Bodies made from `seed` by changing one field (or the body) to each candidate, each
+    with the schema's verdict; then each required field left out and an unknown one added."""
+
+    def walk(s: dict[str, Any], value: Any, at: str, put: Any) -> Iterator[Variant]:
+        own = unwrap(s, schemas)
+        for candidate in candidates(own, value):
+            body = put(copy.deepcopy(candidate))
+            yield Variant(at, body, not problems(schema, body, schemas))
+        if own.get("type") == "object" and isinstance(value, dict):
+            for key, sub in own.get("properties", {}).items():
+                if key in value:
+
+                    def put_key(v: Any, key: str = key) -> Any:
+                        return put({**value, key: v})
+
+                    yield from walk(sub, value[key], f"{at}.{key}", put_key)
+            for key in [*own.get("required", []), *value]:
+                body = put({k: v for k, v in value.items() if k != key})
+                yield Variant(f"{at} without {key}", body, not problems(schema, body, schemas))
+            body = put({**value, "colour": "red"})
+            yield Variant(f"{at}.colour", body, not problems(schema, body, schemas))
+        if own.get("type") == "array" and isinstance(value, list) and value:
+
+            def put_first(v: Any) -> Any:
+                return put([v, *copy.deepcopy(value[1:])])
+
+            yield from walk(own["items"], value[0], f"{at}[0]", put_first)
+
+    yield from walk(schema, seed, "$", lambda v: v)
+
+
+# ---------------------------------------------------------------- the served agent
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """One keep-alive connection, as a POS holds it; a new one after the agent closed it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Answer:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+            self.conn.connect()
+            assert self.conn.sock is not None
+            self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = raw if body is None else json.dumps(body, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        self.conn.request(method, path, body=data, headers=headers)
+        response = self.conn.getresponse()
+        answer = Answer(
+            response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        )
+        if answer.headers.get("connection", "").lower() == "close":
+            self.conn.close()
+            self.conn = None
+        return answer
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+OFFERS = [
+    {
+        "id": "o-1",
+        "campaignId": "camp-3",
+        "customerId": "c-a",
+        "kind": "PERCENT_OFF",
+        "skus": ["4601234000017"],
+        "value": "15",
+        "validFrom": "2026-11-01T00:00:00+03:00",
+        "validTo": "2026-11-30T23:59:59+03:00",
+        "priority": 10,
+        "rank": 1,
+        "printable": True,
+        "printText": "−15% на молоко",
+    }
+]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Client]:
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot(offers=OFFERS))
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    client = Client(server.port)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+        agent.close()
+
+
+MILK, BREAD = "4601234000017", "4601234000024"
+
+
+def seeds() -> dict[str, dict[str, Any]]:
+    """A valid body of each request message, as the walkthrough's (explain on: the trace's
+    schemas are walked too)."""
+    return {
+        "IdentifyRequest": {"text": "2770000000017"},
+        "Receipt": receipt(
+            "seed",
+            lines=[
+                {"sku": MILK, "qty": "2", "priceMinor": 8990},
+                {"sku": BREAD, "qty": "1", "amountMinor": 5990},
+            ],
+            redeemPoints=-1,
+            coupons=["SORRY-1"],
+            explain=True,
+        ),
+        "ConfirmRequest": {"receiptId": "seed", "fiscalDocument": "FD-1"},
+        "CancelRequest": {"receiptId": "seed"},
+        "Refund": {
+            "refundId": "seed",
+            "receiptId": "sold-1",
+            "at": "2026-11-24T12:00:00+03:00",
+            "lines": [{"sku": MILK, "qty": "1"}],
+        },
+        "BalanceRequest": {"card": "2770000000017", "at": "2026-11-24T12:00:00+03:00"},
+    }
+
+
+def beyond_64_bits(body: Any) -> bool:
+    """A receipt whose line amount or total does not fit in 64 bits: the schema cannot say
+    so, the agent refuses it (docs/INTEGRATION.md, "what it cannot say")."""
+    if not isinstance(body, dict) or not isinstance(body.get("lines"), list):
+        return False
+    total = 0
+    for line in body["lines"]:
+        try:
+            amount = line.get("amountMinor")
+            if amount is None:
+                amount = int(line["priceMinor"] * float(line["qty"]) + 1)
+            total += amount
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return False
+        if amount > INT64_MAX:
+            return True
+    return total > INT64_MAX
+
+
+def blank_id(body: Any) -> bool:
+    """An id of blanks: the schema cannot say it, the agent refuses it (the same words)."""
+    return isinstance(body, dict) and any(
+        isinstance(body.get(key), str) and body[key] and not body[key].strip()
+        for key in ("receiptId", "refundId")
+    )
+
+
+def documented_400(body: Any) -> bool:
+    return beyond_64_bits(body) or blank_id(body)
+
+
+def test_every_call_answers_what_openapi_declares_for_what_its_schema_allows_and_forbids(
+    served: Client,
+) -> None:
+    """docs/CONTRACT.md §12: openapi.json "describes every call". For every path and
+    method: a body its schema accepts is not refused as bad input (400) but for what
+    docs/INTEGRATION.md lists it cannot say; a body it forbids is a 400 INVALID_ARGUMENT
+    with a one-line message; every answer's status is one the operation declares, a 200's
+    body holds to the declared schema and an error's to `Error`, with the code of its
+    status; every answer is JSON."""
+    doc = served.call("GET", "/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    wrong: list[str] = []
+    assert (
+        served.call(
+            "POST",
+            "/v1/checkout",
+            receipt("sold-1", lines=[{"sku": MILK, "qty": "1000", "priceMinor": 8990}]),
+        ).status
+        == 200
+    )
+    counter = iter(range(10**6))
+
+    def check(
+        method: str, path: str, operation: dict[str, Any], answer: Answer, what: str, body: Any
+    ) -> None:
+        said = f"{method.upper()} {path} {what}: {answer.status} {answer.body[:300]!r}"
+        if not answer.headers.get("content-type", "").startswith("application/json"):
+            wrong.append(f"{said}: not JSON ({answer.headers.get('content-type')})")
+            return
+        declared = operation["responses"].get(str(answer.status))
+        if declared is None:
+            wrong.append(f"{said}: status not declared")
+            return
+        schema = declared["content"]["application/json"]["schema"]
+        found = problems(schema, answer.json(), schemas)
+        if found:
+            wrong.append(f"{said}: {found[:3]}")
+        if answer.status != 200:
+            error = answer.json().get("error", {})
+            expected = "FAILED_PRECONDITION" if answer.status == 421 else None
+            code = error.get("code")
+            from tillpoint.agent.errors import HTTP_STATUS
+
+            if (expected or code) != code or (
+                expected is None and HTTP_STATUS.get(code) != answer.status
+            ):
+                wrong.append(f"{said}: code {code} is not that of {answer.status}")
+            if "\n" in error.get("message", "\n"):
+                wrong.append(f"{said}: the message is not one line")
+
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" not in operation:
+                check(method, path, operation, served.call(method.upper(), path), "", None)
+                continue
+            ref = operation["requestBody"]["content"]["application/json"]["schema"]
+            name = ref["$ref"].rsplit("/", 1)[1]
+            for variant in variants(ref, seeds()[name], schemas):
+                body = variant.body
+                n = next(counter)
+                if isinstance(body, dict):  # each variant its own sale
+                    own = "receiptId" in body and "receiptId" not in variant.where
+                    if name == "Receipt" and own:
+                        body["receiptId"] = f"w{n}"
+                    if name in ("ConfirmRequest", "CancelRequest") and own:
+                        held = served.call("POST", "/v1/hold", receipt(f"h{n}"))
+                        assert held.status == 200, held.body
+                        body["receiptId"] = f"h{n}"
+                    if name == "Refund" and "refundId" in body and "refundId" not in variant.where:
+                        body["refundId"] = f"f{n}"
+                answer = served.call(method.upper(), path, body)
+                what = f"{variant.where} = {json.dumps(body, ensure_ascii=False)[:200]}"
+                check(method, path, operation, answer, what, body)
+                if variant.valid and answer.status == 400 and not documented_400(body):
+                    wrong.append(f"{path} {what}: valid by openapi.json, refused: {answer.body!r}")
+                if not variant.valid and answer.status != 400:
+                    wrong.append(
+                        f"{path} {what}: invalid by openapi.json, answered {answer.status}: {answer.body[:200]!r}"
+                    )
+    assert not wrong, "\n".join(wrong)
+
+
+# ---------------------------------------------------------------- gRPC through reflection
+
+
+def _same(http: Any, grpc_: Any, at: str, out: list[str]) -> None:
+    """`http` (the HTTP answer) and `grpc_` (the gRPC answer as proto3 JSON with its
+    defaults printed) say the same: each HTTP field is a field of the message with the
+    same value (an int64 is a string in proto3 JSON), and a field HTTP leaves out or
+    writes as null holds its default over gRPC."""
+    if isinstance(http, dict) and isinstance(grpc_, dict):
+        for key, value in http.items():
+            if key not in grpc_:
+                if value is not None:
+                    out.append(f"{at}.{key}: in the HTTP answer, not a field of the gRPC one")
+                continue
+            _same(value, grpc_[key], f"{at}.{key}", out)
+        for key, value in grpc_.items():
+            if (
+                http.get(key) is None
+                and value not in (0, "0", "", [], {}, False, None)
+                and not (isinstance(value, str) and value.endswith("_UNSPECIFIED"))
+            ):
+                out.append(f"{at}.{key}: {value!r} over gRPC, left out over HTTP")
+    elif isinstance(http, list) and isinstance(grpc_, list) and len(http) == len(grpc_):
+        for i, (a, b) in enumerate(zip(http, grpc_, strict=True)):
+            _same(a, b, f"{at}[{i}]", out)
+    elif isinstance(http, int) and not isinstance(http, bool) and isinstance(grpc_, str):
+        if str(http) != grpc_:
+            out.append(f"{at}: {http} over HTTP, {grpc_!r} over gRPC")
+    elif http != grpc_:
+        out.append(f"{at}: {http!r:.80} over HTTP, {grpc_!r:.80} over gRPC")
+
+
+def test_grpc_reflection_names_the_calls_and_fields_of_the_http_interface(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §12: HTTP serves "the same PosAgent calls" and gRPC reflection
+    describes them. With nothing but reflection (no .proto, no generated code), every
+    PosAgent method is an HTTP call of openapi.json (its operationId), its request and
+    answer messages have the fields of the HTTP schemas under the same JSON names, and
+    the same request over gRPC and HTTP, on one agent, answers the same document."""
+    import grpc
+    from google.protobuf import json_format, message_factory
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    from .conftest import grpc_served
+
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot(offers=OFFERS))
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    http = Client(server.port)
+    try:
+        with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+            service = pool.FindServiceByName("tillpoint.v1.PosAgent")
+            doc = http.call("GET", "/openapi.json").json()
+            schemas = doc["components"]["schemas"]
+            operations = {
+                op["operationId"]: (path, method, op)
+                for path, ops in doc["paths"].items()
+                for method, op in ops.items()
+            }
+            wrong: list[str] = []
+
+            def fields(descriptor: Any) -> set[str]:
+                return {f.json_name for f in descriptor.fields}
+
+            for method in service.methods:
+                operation_id = method.name[0].lower() + method.name[1:]
+                if operation_id not in operations:
+                    wrong.append(f"PosAgent.{method.name} has no HTTP call in openapi.json")
+                    continue
+                path, verb, op = operations[operation_id]
+                answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+                answered = resolve(answer, schemas)
+                if fields(method.output_type) != set(answered["properties"]):
+                    wrong.append(
+                        f"{method.name}: answer fields {sorted(fields(method.output_type))}"
+                        f" over gRPC, {sorted(answered['properties'])} over HTTP"
+                    )
+                if "requestBody" in op:
+                    request = op["requestBody"]["content"]["application/json"]["schema"]
+                    asked = resolve(request, schemas)
+                    if fields(method.input_type) != set(asked["properties"]):
+                        wrong.append(
+                            f"{method.name}: request fields {sorted(fields(method.input_type))}"
+                            f" over gRPC, {sorted(asked['properties'])} over HTTP"
+                        )
+                elif fields(method.input_type):
+                    wrong.append(f"{method.name}: a GET over HTTP, fields over gRPC")
+
+            def both(name: str, body: dict[str, Any]) -> None:
+                method = service.methods_by_name[name]
+                path, verb, _ = operations[name[0].lower() + name[1:]]
+                request_cls = message_factory.GetMessageClass(method.input_type)
+                answer_cls = message_factory.GetMessageClass(method.output_type)
+                stub = channel.unary_unary(
+                    f"/tillpoint.v1.PosAgent/{name}",
+                    request_serializer=request_cls.SerializeToString,
+                    response_deserializer=answer_cls.FromString,
+                )
+                over_http = http.call(verb.upper(), path, body if verb == "post" else None)
+                assert over_http.status == 200, (name, over_http.body)
+                request = json_format.Parse(json.dumps(body), request_cls())
+                over_grpc = json_format.MessageToDict(
+                    stub(request, timeout=TIMEOUT), always_print_fields_with_no_presence=True
+                )
+                _same(over_http.json(), over_grpc, name, wrong)
+
+            sale = receipt("g-1", redeemPoints=-1, coupons=["SORRY-1"], explain=True)
+            both("Identify", {"text": "2770000000017"})
+            both("Identify", {"text": "2770000000093"})  # UNKNOWN: status alone
+            both("Identify", {"text": "2770000000031"})  # BLOCKED, with its reason
+            both("Quote", sale)
+            both("Checkout", sale)  # committed over HTTP, answered again over gRPC
+            both("Hold", receipt("g-2", card="2770000000093"))  # UNKNOWN: balance null
+            both("Confirm", {"receiptId": "g-2", "fiscalDocument": "FD-2"})
+            both("Hold", receipt("g-3"))
+            both("Cancel", {"receiptId": "g-3"})
+            refund = {
+                "refundId": "g-r",
+                "receiptId": "g-1",
+                "at": "2026-11-24T12:00:00+03:00",
+                "lines": [{"sku": MILK, "qty": "1"}],
+            }
+            both("Refund", refund)
+            both("Balance", {"card": "2770000000017", "at": "2026-11-24T12:00:00+03:00"})
+            both("Status", {})
+            assert not wrong, "\n".join(wrong)
+    finally:
+        http.close()
+        server.stop()
+        agent.close()
+
+
+# ---------------------------------------------------------------- /healthz
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_openapi_describes_every_field_integration_says_healthz_adds() -> None:
+    """docs/INTEGRATION.md: "the 200's body may add `storageError` and, from 30 days
+    before the till's certificate ends, `certificateExpiresAt`"; openapi.json (docs/
+    CONTRACT.md §12: "describes every call") described `storageError` only, so a client
+    generated from it dropped the one field a monitor reads to renew a till in time."""
+    from tillpoint.agent.http_api import openapi
+
+    guide = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
+    row = next(line for line in guide.splitlines() if line.startswith("| `GET /healthz`"))
+    named = set(re.findall(r"`([a-z][A-Za-z]+)`", row))
+    assert named == {"storageError", "certificateExpiresAt"}, row
+    answer = openapi()["paths"]["/healthz"]["get"]["responses"]["200"]
+    properties = answer["content"]["application/json"]["schema"]["properties"]
+    assert named <= set(properties), sorted(properties)
+    assert properties["certificateExpiresAt"]["type"] == "string"
+
+
+@pytest.mark.slow  # a hub, `tillpoint run` and its first pull: 3-6 s
+def test_healthz_of_a_till_whose_certificate_ends_soon_holds_to_openapi(tmp_path: Path) -> None:
+    """The answer itself: every field of a real `tillpoint run`'s /healthz is one its
+    openapi.json describes, with the type it says."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+    from .test_review22_left22 import enrol_ending
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till"
+    data.mkdir()
+    proc = None
+    try:
+        enrol_ending(hub, "till-h", data, days=7)
+        env = {
+            **os.environ,
+            "TILLPOINT_DEVICE_ID": "till-h",
+            "TILLPOINT_DATA_DIR": str(data),
+            "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
+            "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
+            "TILLPOINT_LOG__FORMAT": "text",
+            "TILLPOINT_METRICS__ENABLED": "false",
+        }
+        exe = Path(sys.executable).parent / "tillpoint"
+        proc = subprocess.Popen(
+            [exe, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stderr is not None
+        port, body, lines = None, {}, []
+        deadline = time.monotonic() + 60
+        while port is None:
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "HTTP interface on" in line:
+                port = int(line.rsplit(":", 1)[1])
+        while not body.get("cacheVersion"):
+            assert time.monotonic() < deadline
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5) as r:
+            doc = json.loads(r.read())
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        hub.stop()
+    assert "certificateExpiresAt" in body, body
+    ok = doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert set(body) <= set(ok["schema"]["properties"]), body
+    assert not problems(ok["schema"], body, doc["components"]["schemas"])
