@@ -718,3 +718,72 @@ def test_healthz_of_a_till_whose_certificate_ends_soon_holds_to_openapi(tmp_path
     ok = doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]
     assert set(body) <= set(ok["schema"]["properties"]), body
     assert not problems(ok["schema"], body, doc["components"]["schemas"])
+
+
+# ---------------------------------------------------------------- the example configuration
+
+EXAMPLE = REPO / "packaging" / "tillpoint.example.toml"
+
+
+def _config_tables() -> dict[str, Any]:
+    from tillpoint.agent.config import Settings
+    from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+
+    tables: dict[str, Any] = {
+        "": Settings,
+        "printer": PrinterConfig,
+        "display": DisplayConfig,
+        "scanner": ScannerConfig,
+    }
+    for name in ("hub", "server", "http", "log", "metrics"):
+        tables[name] = Settings.model_fields[name].annotation
+    return tables
+
+
+def _example_blocks() -> Iterator[tuple[str, str, bool, str, str]]:
+    """(table, key, set (not commented out), value as written, the block's text) of each
+    key line of the example: a block is the lines since the last blank line or table."""
+    table, block = "", []
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^\[(\w+)\]", line):
+            table, block = m.group(1), []
+            continue
+        if not line.strip():
+            block = []
+            continue
+        block.append(line)
+        if m := re.match(r"^(#\s?)?(\w+)\s*=\s*(.*?)(\s+#.*)?$", line):
+            yield table, m.group(2), m.group(1) is None, m.group(3), " ".join(block)
+
+
+def _choices(annotation: Any) -> list[Any]:
+    import typing
+
+    found: list[Any] = []
+    for part in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(part) is typing.Literal:
+            found += typing.get_args(part)
+        elif typing.get_origin(part) is typing.Annotated:
+            found += _choices(typing.get_args(part)[0])
+    return found
+
+
+def test_the_example_config_says_each_default_and_each_choice() -> None:
+    """packaging/tillpoint.example.toml: "Every key is shown with its default". A key
+    set in it holds the agent's real default (a till installed from the package behaves
+    as one with no file), and a key with a closed set of values lists them beside it:
+    `cut` showed "partial" alone, and an installer learnt `full` and `none` from a
+    refusal of `config check`."""
+    import tomllib
+
+    tables = _config_tables()
+    for table, key, is_set, written, block in _example_blocks():
+        field = tables[table].model_fields[key]
+        default = field.get_default(call_default_factory=True)
+        value = tomllib.loads(f"x = {written}")["x"]
+        if is_set:
+            assert value == (list(default) if isinstance(default, tuple) else default), (
+                f"[{table}] {key} = {written}: the default is {default!r}"
+            )
+        missing = [c for c in _choices(field.annotation) if str(c) not in block]
+        assert not missing, f"[{table}] {key}: the example does not name {missing}"
