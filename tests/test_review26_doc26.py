@@ -787,3 +787,52 @@ def test_the_example_config_says_each_default_and_each_choice() -> None:
             )
         missing = [c for c in _choices(field.annotation) if str(c) not in block]
         assert not missing, f"[{table}] {key}: the example does not name {missing}"
+
+
+# ---------------------------------------------------------------- what HTTP answers leave out
+
+
+def test_http_answers_leave_out_what_integration_says_and_nothing_else(served: Client) -> None:
+    """docs/INTEGRATION.md, "gRPC and JSON": HTTP answers write every field that has a
+    value and leave out only the fields a call does not fill: `deviceId` and `seq` before
+    a receipt is committed, `holdExpiresAt` outside a hold, `state` of a quote, `trace`
+    unless the receipt asks to explain (it was missing from the list), all but `status`
+    of an UNKNOWN card; null only for a line's `offerId` without an offer and an UNKNOWN
+    card's `balance`."""
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    result = {f.json_name for f in pb.CheckoutResult.DESCRIPTOR.fields}
+    refund = {
+        "refundId": "lo-f",
+        "receiptId": "lo-c",
+        "at": "2026-11-24T12:00:00+03:00",
+        "lines": [{"sku": MILK, "qty": "1"}],
+    }
+    calls: list[tuple[str, dict[str, Any], set[str]]] = [
+        ("/v1/quote", receipt("lo-q"), {"deviceId", "seq", "holdExpiresAt", "state", "trace"}),
+        ("/v1/hold", receipt("lo-h"), {"deviceId", "seq", "trace"}),
+        ("/v1/confirm", {"receiptId": "lo-h"}, {"holdExpiresAt", "trace"}),
+        ("/v1/checkout", receipt("lo-c"), {"holdExpiresAt", "trace"}),
+        ("/v1/hold", receipt("lo-x"), {"deviceId", "seq", "trace"}),
+        ("/v1/cancel", {"receiptId": "lo-x"}, {"deviceId", "seq", "holdExpiresAt", "trace"}),
+        ("/v1/quote", receipt("lo-e", explain=True), {"deviceId", "seq", "holdExpiresAt", "state"}),
+    ]
+    for path, body, left_out in calls:
+        answer = served.call("POST", path, body)
+        assert answer.status == 200, (path, answer.body)
+        doc = answer.json()
+        assert result - set(doc) == left_out, (path, sorted(result - set(doc)))
+        assert [k for k, v in doc.items() if v is None] == [], path
+        assert set(doc["card"]) == {"status", "customerId", "tier", "firstName"}
+        offers = [line["offerId"] for line in doc["lines"]]
+        assert offers == ["o-1"], (path, offers)  # milk's 15 %, by name (null without one)
+    bread = [{"sku": BREAD, "qty": "1", "priceMinor": 5990}]
+    unknown = served.call(
+        "POST", "/v1/checkout", receipt("lo-u", card="2770000000093", lines=bread)
+    ).json()
+    assert unknown["card"] == {"status": "UNKNOWN"} and unknown["balance"] is None
+    assert unknown["lines"][0]["offerId"] is None
+    answer = served.call("POST", "/v1/refund", refund).json()
+    assert set(answer) == {f.json_name for f in pb.RefundResult.DESCRIPTOR.fields}
+    balance = served.call("POST", "/v1/balance", {"card": "2770000000017"}).json()
+    assert set(balance) == {"availablePoints", "pendingPoints"}  # nothing expires here
