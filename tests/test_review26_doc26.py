@@ -572,7 +572,11 @@ def test_grpc_reflection_names_the_calls_and_fields_of_the_http_interface(
                 if operation_id not in operations:
                     wrong.append(f"PosAgent.{method.name} has no HTTP call in openapi.json")
                     continue
-                op = operations[operation_id][2]
+                path, verb, op = operations[operation_id]
+                if path != f"/v1/{method.name.lower()}":  # the paths §12 lists
+                    wrong.append(f"PosAgent.{method.name} is served at {path}")
+                if verb != ("get" if method.name == "Status" else "post"):
+                    wrong.append(f"PosAgent.{method.name} is a {verb.upper()}")
                 answer = op["responses"]["200"]["content"]["application/json"]["schema"]
                 answered = resolve(answer, schemas)
                 if fields(method.output_type) != set(answered["properties"]):
