@@ -840,3 +840,87 @@ def test_http_answers_leave_out_what_integration_says_and_nothing_else(served: C
     assert set(answer) == {f.json_name for f in pb.RefundResult.DESCRIPTOR.fields}
     balance = served.call("POST", "/v1/balance", {"card": "2770000000017"}).json()
     assert set(balance) == {"availablePoints", "pendingPoints"}  # nothing expires here
+
+
+def _plain(value: Any) -> bool:
+    """A JSON value protobuf's JSON reader reads as the agent does: objects where messages
+    are, no fraction (json_format takes 8990.0 for an int64 the agent refuses)."""
+    if isinstance(value, float):
+        return False
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    return True
+
+
+@pytest.mark.slow  # about 500 calls over each door: 5-10 s
+def test_grpc_answers_each_schema_variant_with_the_code_http_answers(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §10 and §12: one error, one code, whichever door. Each body of the
+    openapi walk that protobuf can carry, sent over HTTP and (as the message reflection
+    describes) over gRPC to the same agent, gets the same outcome: 200 and OK, 400 and
+    INVALID_ARGUMENT, 404 and NOT_FOUND, 412 and FAILED_PRECONDITION."""
+    import grpc
+    from google.protobuf import json_format, message_factory
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    from .conftest import grpc_served
+
+    codes = {
+        200: "OK",
+        400: "INVALID_ARGUMENT",
+        404: "NOT_FOUND",
+        409: "ALREADY_EXISTS",
+        412: "FAILED_PRECONDITION",
+    }
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snapshot(offers=OFFERS))
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    http = Client(server.port)
+    wrong: list[str] = []
+    try:
+        with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            pool = DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+            service = pool.FindServiceByName("tillpoint.v1.PosAgent")
+            doc = http.call("GET", "/openapi.json").json()
+            schemas = doc["components"]["schemas"]
+            sold = receipt("sold-1", lines=[{"sku": MILK, "qty": "1000", "priceMinor": 8990}])
+            assert http.call("POST", "/v1/checkout", sold).status == 200
+            # the reads and the calls that answer the same however often they are sent
+            for name in ("Identify", "Quote", "Balance", "Refund", "Confirm", "Cancel"):
+                method = service.methods_by_name[name]
+                request_cls = message_factory.GetMessageClass(method.input_type)
+                answer_cls = message_factory.GetMessageClass(method.output_type)
+                stub = channel.unary_unary(
+                    f"/tillpoint.v1.PosAgent/{name}",
+                    request_serializer=request_cls.SerializeToString,
+                    response_deserializer=answer_cls.FromString,
+                )
+                ref = {"$ref": f"#/components/schemas/{method.input_type.name}"}
+                for variant in variants(ref, seeds()[method.input_type.name], schemas):
+                    if not isinstance(variant.body, dict) or not _plain(variant.body):
+                        continue
+                    try:
+                        request = json_format.Parse(json.dumps(variant.body), request_cls())
+                    except json_format.ParseError:
+                        continue  # not a message protobuf can carry
+                    over_http = http.call("POST", f"/v1/{name.lower()}", variant.body)
+                    try:
+                        stub(request, timeout=TIMEOUT)
+                        over_grpc = "OK"
+                    except grpc.RpcError as exc:
+                        over_grpc = exc.code().name
+                    if codes.get(over_http.status) != over_grpc:
+                        wrong.append(
+                            f"{name} {variant.where} {json.dumps(variant.body)[:160]}:"
+                            f" HTTP {over_http.status}, gRPC {over_grpc}"
+                        )
+    finally:
+        http.close()
+        server.stop()
+        agent.close()
+    assert not wrong, "\n".join(wrong)
