@@ -242,6 +242,9 @@ class Answer:
         return json.loads(self.body)
 
 
+NO_BODY: Any = object()  # a call without a body (a JSON null is a body)
+
+
 class Client:
     """One keep-alive connection, as a POS holds it; a new one after the agent closed it."""
 
@@ -249,13 +252,13 @@ class Client:
         self.port = port
         self.conn: http.client.HTTPConnection | None = None
 
-    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Answer:
+    def call(self, method: str, path: str, body: Any = NO_BODY, raw: bytes | None = None) -> Answer:
         if self.conn is None:
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
             self.conn.connect()
             assert self.conn.sock is not None
             self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        data = raw if body is None else json.dumps(body, ensure_ascii=False).encode()
+        data = raw if body is NO_BODY else json.dumps(body, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
         self.conn.request(method, path, body=data, headers=headers)
         response = self.conn.getresponse()
@@ -605,7 +608,7 @@ def test_grpc_reflection_names_the_calls_and_fields_of_the_http_interface(
                     request_serializer=request_cls.SerializeToString,
                     response_deserializer=answer_cls.FromString,
                 )
-                over_http = http.call(verb.upper(), path, body if verb == "post" else None)
+                over_http = http.call(verb.upper(), path, body if verb == "post" else NO_BODY)
                 assert over_http.status == 200, (name, over_http.body)
                 request = json_format.Parse(json.dumps(body), request_cls())
                 over_grpc = json_format.MessageToDict(
@@ -923,4 +926,47 @@ def test_grpc_answers_each_schema_variant_with_the_code_http_answers(tmp_path: P
         http.close()
         server.stop()
         agent.close()
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.slow  # about 650 CLI runs beside as many HTTP calls: 15-25 s
+def test_the_cli_answers_each_receipt_and_refund_of_the_walk_as_http_does(
+    served: Client, cli: Any, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §12: "the receipt calls over HTTP accept and refuse exactly what
+    the CLI's input parsing does, with the same messages", and the answers are "byte-for-
+    byte the same document the CLI prints with --json". Each receipt of the openapi walk
+    as `quote FILE --json` and each refund as `refund FILE --json` (on a till of its own
+    with the same snapshot and sale): exit 0 and the same document for a 200, exit 2 and
+    the same words for a refusal."""
+    doc = served.call("GET", "/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    sold = receipt("sold-1", lines=[{"sku": MILK, "qty": "1000", "priceMinor": 8990}])
+    assert cli("snapshot", "load", snapshot(offers=OFFERS)).code == 0
+    assert cli("checkout", sold, "--json").code == 0
+    assert served.call("POST", "/v1/checkout", sold).status == 200
+    wrong: list[str] = []
+    counter = iter(range(10**6))
+    for command, name in (("quote", "Receipt"), ("refund", "Refund")):
+        ref = {"$ref": f"#/components/schemas/{name}"}
+        for variant in variants(ref, seeds()[name], schemas):
+            body = variant.body
+            refund = command == "refund" and isinstance(body, dict) and "refundId" in body
+            if refund and "refundId" not in variant.where:  # each its own, at both tills
+                body["refundId"] = f"c{next(counter)}"
+            path = tmp_path / f"walk-{next(counter)}.json"
+            path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+            ran = cli(command, path, "--json")
+            answer = served.call("POST", f"/v1/{command}", body)
+            said = f"{command} {variant.where} {json.dumps(body, ensure_ascii=False)[:120]}"
+            if answer.status == 200:
+                if ran.code != 0 or ran.out != answer.body.decode():
+                    wrong.append(f"{said}: HTTP 200, CLI exit {ran.code} {ran.err.strip()}")
+                continue
+            message = answer.json()["error"]["message"]
+            if ran.code != 2 or ran.err != f"tillpoint: {message}\n":
+                wrong.append(
+                    f"{said}: HTTP {answer.status} {message!r}, CLI exit {ran.code}"
+                    f" {ran.err.strip()!r}"
+                )
     assert not wrong, "\n".join(wrong)
