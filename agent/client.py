@@ -2,8 +2,11 @@
 
 Requests and answers are the proto3 JSON documents of docs/CONTRACT.md (lowerCamelCase
 keys, enums as strings), the same shapes the CLI reads and prints with `--json`; int64
-fields come back as Python ints and every field is present (zeros, empty lists), so a
-result reads like the CLI's. Every call has an explicit deadline. A call that fails
+fields come back as Python ints and every field is present (zeros, empty lists), as
+gRPC has it: a quote's `deviceId` "", `seq` 0 and `state` "RECEIPT_STATE_UNSPECIFIED",
+where the CLI leaves them out, and an optional field left unset (a line's `offerId`
+without an offer, an UNKNOWN card's `balance`) is absent where the CLI writes null: read
+those with `.get()` (docs/INTEGRATION.md, "gRPC and JSON"). Every call has an explicit deadline. A call that fails
 with `UNAVAILABLE` (the agent is restarting, nothing listens yet) or `DEADLINE_EXCEEDED`
 (no answer in time) is sent again, the same request with the same `receiptId` or
 `refundId`, after a growing delay with jitter: the agent is idempotent on those ids, so
