@@ -6,13 +6,13 @@ fields come back as Python ints and every field is present (zeros, empty lists),
 gRPC has it: a quote's `deviceId` "", `seq` 0 and `state` "RECEIPT_STATE_UNSPECIFIED",
 where the CLI leaves them out, and an optional field left unset (a line's `offerId`
 without an offer, an UNKNOWN card's `balance`) is absent where the CLI writes null: read
-those with `.get()` (docs/INTEGRATION.md, "gRPC and JSON"). Every call has an explicit deadline. A call that fails
-with `UNAVAILABLE` (the agent is restarting, nothing listens yet) or `DEADLINE_EXCEEDED`
-(no answer in time) is sent again, the same request with the same `receiptId` or
-`refundId`, after a growing delay with jitter: the agent is idempotent on those ids, so
-a checkout that did commit before the answer was lost returns the stored result and
-nothing is counted twice. Other errors are not retried and raise `ClientError` with the
-gRPC status and the agent's one-line message.
+those with `.get()` (docs/INTEGRATION.md, "gRPC and JSON"). Every call has an explicit
+deadline. A call that fails with `UNAVAILABLE` (the agent is restarting, nothing listens
+yet) or `DEADLINE_EXCEEDED` (no answer in time) is sent again, the same request with the
+same `receiptId` or `refundId`, after a growing delay with jitter: the agent is idempotent
+on those ids, so a checkout that did commit before the answer was lost returns the stored
+result and nothing is counted twice. Other errors are not retried and raise `ClientError`
+with the gRPC status and the agent's one-line message.
 
     from tillpoint.agent.client import PosAgentClient
 
