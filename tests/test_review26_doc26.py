@@ -970,3 +970,30 @@ def test_the_cli_answers_each_receipt_and_refund_of_the_walk_as_http_does(
                     f" {ran.err.strip()!r}"
                 )
     assert not wrong, "\n".join(wrong)
+
+
+def test_each_path_answers_another_method_with_the_405_integration_describes(
+    served: Client,
+) -> None:
+    """docs/INTEGRATION.md's 405 row said every call is a POST but `/healthz` and
+    `/openapi.json`, and told a POS to "send a POST": `/v1/status` is a GET too, and a
+    POST of it is the 405. Each path of openapi.json answers each other method with 405
+    METHOD_NOT_ALLOWED, declared, and `Allow` naming its own method; the guide's row
+    names every GET path."""
+    doc = served.call("GET", "/openapi.json").json()
+    guide = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
+    row = next(line for line in guide.splitlines() if line.startswith("| 405 |"))
+    gets = {"/openapi.json"}
+    for path, operations in doc["paths"].items():
+        (own,) = operations
+        if own == "get":
+            gets.add(path)
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            if method.lower() == own:
+                continue
+            answer = served.call(method, path, {} if method != "GET" else NO_BODY)
+            assert answer.status == 405, (method, path, answer.body)
+            assert answer.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+            assert answer.headers["allow"] == own.upper(), (method, path)
+            assert "405" in operations[own]["responses"], path
+    assert {f"`{path}`" for path in gets} <= set(re.findall(r"`/[\w./]+`", row)), row
