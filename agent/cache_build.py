@@ -74,9 +74,12 @@ Chunk = tuple[str | None, int, int]
 
 
 def default_workers() -> int:
-    env = os.environ.get("TILLPOINT_BUILD_WORKERS")
-    if env:
-        return max(1, int(env))
+    """`TILLPOINT_BUILD_WORKERS` (the `build_workers` setting from the environment) when it
+    names a count; else, and for its 0 ("auto", as in the file), one per CPU, at most
+    MAX_WORKERS."""
+    env = os.environ.get("TILLPOINT_BUILD_WORKERS", "").strip()
+    if env and int(env) > 0:
+        return int(env)
     return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
