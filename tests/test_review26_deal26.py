@@ -1,0 +1,103 @@
+"""Review 26 (deal26): the offer features in combination (coupons, windows, basket deals,
+explain), through the CLI with `--json` and HTTP on a real server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .conftest import CLI, receipt, snapshot
+
+MILK, BREAD, CHEESE = "4601234000017", "4601234000024", "4601234000055"
+
+
+def _load(cli: CLI, **changes: Any) -> None:
+    done = cli("snapshot", "load", snapshot(**changes))
+    assert done.code == 0, done.err
+
+
+def _quote(cli: CLI, body: dict[str, Any], *more: str, command: str = "quote") -> dict[str, Any]:
+    done = cli(command, body, "--json", *more)
+    assert done.code == 0, done.err
+    answer: dict[str, Any] = done.json()
+    return answer
+
+
+FIGURES = ("lines", "totalMinor", "discountMinor", "redeemedPoints", "payableMinor", "earnedPoints")
+
+
+def _outcomes(trace: dict[str, Any], line: int) -> dict[str, str]:
+    return {row["offerId"]: row["outcome"] for row in trace["lines"][line]["offers"]}
+
+
+def test_why_this_price_after_a_sale_that_used_a_coupon(cli: CLI) -> None:
+    """docs/CONTRACT.md §17 with §13: `quote --explain` of a committed receipt is support's
+    "why this price?" after the sale. A sale that used a coupon got no trace: priced again,
+    its own use of the code made the code ALREADY_USED, the coupon's offer did not apply,
+    the figures differed and the trace was left out. The receipt's own use is no other
+    receipt's: the trace names the coupon's offer (a deal here) as the sale applied it."""
+    offers = [
+        {"id": "o-sorry", "kind": "PERCENT_OFF", "skus": [MILK], "value": "20",
+         "couponRequired": True},
+        {"id": "o-2for1", "kind": "MULTIBUY", "skus": [CHEESE], "buyQty": "1", "freeQty": "1",
+         "couponRequired": True},
+        {"id": "o-5", "kind": "PERCENT_OFF", "skus": [MILK, CHEESE], "value": "5"},
+    ]  # fmt: skip
+    coupons = [
+        {"code": "SORRY1", "offerId": "o-sorry", "customerId": "c-a"},
+        {"code": "DEAL1", "offerId": "o-2for1"},
+    ]
+    _load(cli, offers=offers, coupons=coupons)
+    body = receipt(
+        "r-coupon",
+        lines=[
+            {"sku": MILK, "qty": "2", "priceMinor": 8990},
+            {"sku": CHEESE, "qty": "2", "priceMinor": 30000},
+        ],
+        coupons=["sorry-1", "DEAL 1"],
+    )
+    before = _quote(cli, body, "--explain")
+    sold = _quote(cli, body, command="checkout")
+    assert [v["status"] for v in sold["coupons"]] == ["APPLIED", "APPLIED"]
+    assert [line["offerId"] for line in sold["lines"]] == ["o-sorry", "o-2for1"]
+    after = _quote(cli, body, "--explain")
+    assert {k: after[k] for k in FIGURES} == {k: sold[k] for k in FIGURES}
+    assert after["coupons"] == sold["coupons"]
+    assert "trace" in after, "no trace for the sale's own coupons"
+    assert after["trace"]["lines"] == before["trace"]["lines"]
+    assert _outcomes(after["trace"], 0) == {"o-sorry": "APPLIED", "o-5": "BEATEN"}
+    assert _outcomes(after["trace"], 1) == {"o-2for1": "APPLIED", "o-5": "TAKEN_BY_DEAL"}
+    # another receipt may not use the codes: the sale used them
+    other = _quote(cli, {**body, "receiptId": "r-other"}, "--explain")
+    assert [v["reason"] for v in other["coupons"]] == ["ALREADY_USED", "ALREADY_USED"]
+    assert _outcomes(other["trace"], 0) == {"o-sorry": "COUPON_MISSING", "o-5": "APPLIED"}
+
+
+def test_why_this_price_names_the_caps_the_sale_was_priced_with(cli: CLI) -> None:
+    """docs/CONTRACT.md §17: the redemption part of the trace names every cap and which one
+    bound. Priced again after the sale, the caps were the ledger's after it: a sale that
+    spent the whole balance, or the day's whole offline limit, got no trace at all (its
+    own spending left nothing to spend), and one that spent part of it showed a balance
+    cap the sale never saw. The sale's own points and offline use are left out: the trace
+    shows the caps the sale was priced with."""
+    _load(cli)
+    whole_balance = receipt(  # Борис has 80 points; 30 % of 1000.00 is 300
+        "r-balance", card="2770000000024", redeemPoints=-1,
+        lines=[{"sku": MILK, "qty": "10", "priceMinor": 10000}],
+    )  # fmt: skip
+    day_limit = receipt(  # Анна has 1200 points; the offline limit is 500 a day
+        "r-limit", redeemPoints=-1, lines=[{"sku": MILK, "qty": "100", "priceMinor": 10000}]
+    )
+    part = receipt("r-part", redeemPoints=10, at="2026-11-24T09:00:00+03:00")  # another day
+    for body, cap, points in (
+        (whole_balance, "BALANCE", 80),
+        (day_limit, "OFFLINE_LIMIT", 500),
+        (part, "REQUESTED", 10),
+    ):
+        before = _quote(cli, body, "--explain")
+        sold = _quote(cli, body, command="checkout")
+        assert sold["redeemedPoints"] == points
+        after = _quote(cli, body, "--explain")
+        assert {k: after[k] for k in FIGURES} == {k: sold[k] for k in FIGURES}
+        assert "trace" in after, f"{body['receiptId']}: no trace after the sale"
+        assert after["trace"] == before["trace"]
+        assert after["trace"]["redemption"]["boundBy"] == cap
