@@ -1045,10 +1045,22 @@ class Agent:
             cap, mode, used = self._redeem_cap(
                 receipt, ident, priced, program, commit, codes, conn, sold_id
             )
-            if used:  # the hub says another receipt used or holds them: priced without
+            while used:  # the hub says another receipt used or holds them: priced without
                 checks = coupons.mark_used(checks, used)
                 ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
                 priced = price(receipt, ctx)
+                # Without them another code's offer may win a line: the codes applied now
+                # are authorised in their turn (the receipt's hold at the hub is replaced),
+                # so no code is used online that the hub did not hold (§13).
+                again = coupons.applied_codes(
+                    {"coupons": coupons.verdicts(checks, priced.applied_offers)}
+                )
+                if mode != "ONLINE" or set(again) == set(codes):
+                    break
+                codes = again
+                cap, mode, used = self._redeem_cap(
+                    receipt, ident, priced, program, commit, codes, conn, sold_id
+                )
             if cap < priced.redeem_allowed_without_cap or receipt.explain:  # §17: every cap
                 source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
                 priced = price(receipt, _with_cap(ctx, cap, source))

@@ -3,7 +3,14 @@ explain), through the CLI with `--json` and HTTP on a real server."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, wait_for
+from tillpoint.sync.pull import Puller, cache_version
 
 from .conftest import CLI, receipt, snapshot
 
@@ -101,3 +108,75 @@ def test_why_this_price_names_the_caps_the_sale_was_priced_with(cli: CLI) -> Non
         assert "trace" in after, f"{body['receiptId']}: no trace after the sale"
         assert after["trace"] == before["trace"]
         assert after["trace"]["redemption"]["boundBy"] == cap
+
+
+@pytest.fixture()
+def two_offer_hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    """A hub whose snapshot has two coupon offers on milk: 50 % off (code BIG1) and 20.00
+    off a unit (code SMALL1), both for any identified customer."""
+    offers = [
+        {"id": "o-big", "kind": "PERCENT_OFF", "skus": [MILK], "value": "50",
+         "couponRequired": True},
+        {"id": "o-small", "kind": "AMOUNT_OFF", "skus": [MILK], "value": "2000",
+         "couponRequired": True},
+    ]  # fmt: skip
+    codes = [{"code": "BIG1", "offerId": "o-big"}, {"code": "SMALL1", "offerId": "o-small"}]
+    hub = LoopbackHub(
+        tmp_path / "hub", data=sample_master_data() | {"offers": offers, "coupons": codes}
+    )
+    yield hub
+    hub.stop()
+
+
+def _enrolled(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
+    till = hub.till(name, tmp_path / name, start=False)
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    wait_for(lambda: cache_version(till.data_dir) == 1)
+    return till
+
+
+def _sale(receipt_id: str, *codes: str) -> Any:
+    return receipt_from_json(
+        {
+            "receiptId": receipt_id,
+            "at": "2026-11-23T10:15:00+03:00",
+            "card": "2770000000017",
+            "lines": [{"sku": MILK, "qty": "2", "priceMinor": 8990}],
+            "coupons": list(codes),
+        }
+    )
+
+
+def _verdicts(result: Any) -> list[tuple[str, str, str]]:
+    return [(v.code, v.status, v.reason) for v in result.coupons]
+
+
+@pytest.mark.slow
+def test_a_code_that_wins_after_the_hub_refused_another_is_authorised_too(
+    two_offer_hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §13: online, the hub authorises each applied code (two tills cannot
+    use one code). A receipt with two codes: the hub says the first (the better offer) is
+    used, the receipt is priced again without it, and the second code's offer now applies.
+    That second code was APPLIED and consumed without the hub ever holding it (only the
+    codes applied before the hub answered were asked about), so another till, online,
+    used it too. A code that comes to apply after the hub's answer is authorised as well."""
+    a, b = (_enrolled(two_offer_hub, tmp_path, name) for name in ("a", "b"))
+    try:
+        first = b.agent.checkout(_sale("b-1", "BIG1"))
+        assert (first.mode, _verdicts(first)) == ("ONLINE", [("BIG1", "APPLIED", "")])
+        both = a.agent.checkout(_sale("a-1", "BIG1", "SMALL1"))
+        assert both.mode == "ONLINE"
+        assert _verdicts(both) == [
+            ("BIG1", "REJECTED", "ALREADY_USED"),
+            ("SMALL1", "APPLIED", ""),
+        ]
+        assert both.payable_minor == 17980 - 4000  # 20.00 off each unit
+        # the hub holds SMALL1 for a-1 now: till b, online, may not use it
+        third = b.agent.checkout(_sale("b-2", "SMALL1"))
+        assert third.mode == "ONLINE"
+        assert _verdicts(third) == [("SMALL1", "REJECTED", "ALREADY_USED")]
+        assert third.payable_minor == 17980
+    finally:
+        for till in (a, b):
+            till.stop()
