@@ -4,6 +4,7 @@ explain), through the CLI with `--json` and HTTP on a real server."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ def _enrolled(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
     return till
 
 
-def _sale(receipt_id: str, *codes: str) -> Any:
+def _sale(receipt_id: str, *codes: str, redeem: int = 0) -> Any:
     return receipt_from_json(
         {
             "receiptId": receipt_id,
@@ -143,6 +144,7 @@ def _sale(receipt_id: str, *codes: str) -> Any:
             "card": "2770000000017",
             "lines": [{"sku": MILK, "qty": "2", "priceMinor": 8990}],
             "coupons": list(codes),
+            "redeemPoints": redeem,
         }
     )
 
@@ -165,13 +167,15 @@ def test_a_code_that_wins_after_the_hub_refused_another_is_authorised_too(
     try:
         first = b.agent.checkout(_sale("b-1", "BIG1"))
         assert (first.mode, _verdicts(first)) == ("ONLINE", [("BIG1", "APPLIED", "")])
-        both = a.agent.checkout(_sale("a-1", "BIG1", "SMALL1"))
+        both = a.agent.checkout(_sale("a-1", "BIG1", "SMALL1", redeem=10))
         assert both.mode == "ONLINE"
         assert _verdicts(both) == [
             ("BIG1", "REJECTED", "ALREADY_USED"),
             ("SMALL1", "APPLIED", ""),
         ]
-        assert both.payable_minor == 17980 - 4000  # 20.00 off each unit
+        assert both.payable_minor == 17980 - 4000 - 1000  # 20.00 off each unit, 10 points
+        # asked twice, the hub holds the receipt's points once
+        assert two_offer_hub.store.holds_outstanding(datetime.now(UTC)) == (1, 10)
         # the hub holds SMALL1 for a-1 now: till b, online, may not use it
         third = b.agent.checkout(_sale("b-2", "SMALL1"))
         assert third.mode == "ONLINE"
