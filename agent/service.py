@@ -1049,13 +1049,15 @@ class Agent:
                 checks = coupons.mark_used(checks, used)
                 ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
                 priced = price(receipt, ctx)
-                # Without them another code's offer may win a line: the codes applied now
-                # are authorised in their turn (the receipt's hold at the hub is replaced),
-                # so no code is used online that the hub did not hold (§13).
+                # Without them another code's offer may win a line: a code applied now that
+                # the hub was not asked about is authorised in its turn, with the others
+                # applied now (the receipt's hold at the hub is replaced), so no code is
+                # used online that the hub did not hold (§13). Codes it holds that apply no
+                # more are let go when the receipt's transaction reaches it.
                 again = coupons.applied_codes(
                     {"coupons": coupons.verdicts(checks, priced.applied_offers)}
                 )
-                if mode != "ONLINE" or set(again) == set(codes):
+                if mode != "ONLINE" or set(again) <= set(codes):
                     break
                 codes = again
                 cap, mode, used = self._redeem_cap(
