@@ -3,6 +3,8 @@ explain), through the CLI with `--json` and HTTP on a real server."""
 
 from __future__ import annotations
 
+import http.client
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,3 +186,131 @@ def test_a_code_that_wins_after_the_hub_refused_another_is_authorised_too(
     finally:
         for till in (a, b):
             till.stop()
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        answer: dict[str, Any] = json.loads(response.read())
+        assert response.status == 200, answer
+        return answer
+    finally:
+        conn.close()
+
+
+def test_windows_weekdays_and_the_favourite_day_over_http_at_their_edges(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §14 with §17, over HTTP: a Friday night window (22:00-02:00: the
+    morning part is Friday's night), a favourite-weekday night window, an hour the autumn
+    clock change repeats (Berlin, 25 October 2026: both 02:30s are inside 02:00-03:00), the
+    exact edges (from inclusive, to exclusive); each answer with and without `explain` the
+    same but for the trace, which names the winner and why the others lost."""
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.agent.service import Agent
+
+    offers = [
+        {"id": "o-night", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10",
+         "weekdays": [5], "hours": [{"from": "22:00", "to": "02:00"}]},
+        {"id": "o-fav", "kind": "AMOUNT_OFF", "skus": [MILK], "value": "1500",
+         "onFavoriteWeekday": True, "hours": [{"from": "23:00", "to": "01:00"}]},
+        {"id": "o-dst", "kind": "FIXED_PRICE", "skus": [MILK], "value": "1000",
+         "hours": [{"from": "02:00", "to": "03:00"}]},
+    ]  # fmt: skip
+    snap = snapshot(offers=offers)
+    snap["program"]["timezone"] = "Europe/Berlin"
+    snap["customers"][0]["favoriteWeekday"] = 5  # Friday
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snap)
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    cases = [  # at (Berlin), the offer that applies, the others' outcomes
+        ("2026-11-27T21:59:59+01:00", None, {}),  # Friday, a second before the night
+        ("2026-11-27T22:00:00+01:00", "o-night", {}),
+        ("2026-11-27T23:00:00+01:00", "o-fav", {"o-night": "BEATEN"}),
+        ("2026-11-28T00:59:59+01:00", "o-fav", {"o-night": "BEATEN"}),  # still Friday's
+        ("2026-11-28T01:00:00+01:00", "o-night", {"o-fav": "OUTSIDE_WINDOW"}),
+        ("2026-11-28T02:00:00+01:00", "o-dst", {"o-night": "OUTSIDE_WINDOW"}),  # Saturday
+        ("2026-11-27T01:30:00+01:00", None, {}),  # Friday morning: Thursday's night
+        ("2026-10-25T02:30:00+02:00", "o-dst", {}),  # summer time's 02:30
+        ("2026-10-25T02:30:00+01:00", "o-dst", {}),  # the same clock time an hour later
+        ("2026-10-25T03:00:00+01:00", None, {}),
+    ]
+    try:
+        for n, (at, winner, others) in enumerate(cases):
+            body = receipt(f"w-{n}", at=at, lines=[{"sku": MILK, "qty": "1", "priceMinor": 10000}])
+            plain = _post(server.port, "/v1/quote", body)
+            explained = _post(server.port, "/v1/quote", {**body, "explain": True})
+            trace = explained.pop("trace")
+            assert explained == plain, at
+            assert plain["lines"][0]["offerId"] == winner, at
+            outcomes = _outcomes(trace, 0)
+            expected = {o["id"]: "OUTSIDE_WINDOW" for o in offers} | others
+            if winner is not None:
+                expected[winner] = "APPLIED"
+            assert outcomes == expected, at
+    finally:
+        server.stop()
+        agent.close()
+
+
+def test_a_coupon_deal_in_a_control_group_beside_a_second_deal_and_weighed_lines(
+    cli: CLI,
+) -> None:
+    """docs/CONTRACT.md §13, §15, §5 step 7, §17 together: a coupon unlocks a 3-for-2 of
+    the customer's control group (it would have won: held out, its code NOT_APPLICABLE and
+    not used up); the next deal (2-for-1 on dairy, priority 6) takes the whole-quantity
+    lines from a personal 10 % and a quantity price; the weighed cheese line takes part in
+    no deal and gets the quantity price (the SKU's 3.5 reaches its tier); the trace names
+    each line's winner and why every other offer lost, and changes no figure."""
+    offers = [
+        {"id": "mb", "kind": "MULTIBUY", "skus": [MILK, CHEESE], "buyQty": "2",
+         "freeQty": "1", "couponRequired": True, "priority": 5, "campaignId": "k"},
+        {"id": "mb2", "kind": "MULTIBUY", "categories": ["dairy"], "buyQty": "1",
+         "freeQty": "1", "priority": 6},
+        {"id": "p10", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10",
+         "customerId": "c-a"},
+        {"id": "qp", "kind": "QUANTITY_PRICE", "skus": [CHEESE],
+         "tiers": [{"minQty": "2", "unitPriceMinor": 9000}]},
+    ]  # fmt: skip
+    snap = snapshot(offers=offers, coupons=[{"code": "MB-1", "offerId": "mb"}])
+    snap["customers"][0]["controlGroups"] = ["k"]
+    _load(cli, **snap)
+    body = receipt(
+        lines=[
+            {"sku": MILK, "qty": "2", "priceMinor": 8990},
+            {"sku": CHEESE, "qty": "2.5", "priceMinor": 10000},
+            {"sku": CHEESE, "qty": "1", "priceMinor": 10000},
+            {"sku": BREAD, "qty": "1", "priceMinor": 5000},
+        ],
+        coupons=["mb-1"],
+    )
+    plain = _quote(cli, body)
+    explained = _quote(cli, body, "--explain")
+    trace = explained.pop("trace")
+    assert explained == plain
+    assert [(x["offerId"], x["discountMinor"]) for x in plain["lines"]] == [
+        ("mb2", 8990),  # cheese 100.00, milk 89.90 | milk 89.90: the second unit free
+        ("qp", 2500),  # 2.5 × 100.00 − 2.5 × 90.00
+        ("mb2", 0),  # in the deal's group, no free unit
+        (None, 0),
+    ]
+    assert plain["heldOut"] == ["mb"]
+    assert plain["coupons"] == [{"code": "MB1", "status": "REJECTED", "reason": "NOT_APPLICABLE"}]
+    assert _outcomes(trace, 0) == {"mb": "CONTROL_GROUP", "mb2": "APPLIED", "p10": "TAKEN_BY_DEAL"}
+    assert _outcomes(trace, 1) == {"mb": "ZERO_DISCOUNT", "mb2": "ZERO_DISCOUNT", "qp": "APPLIED"}
+    assert _outcomes(trace, 2) == {"mb": "CONTROL_GROUP", "mb2": "APPLIED", "qp": "TAKEN_BY_DEAL"}
+    assert [
+        (d["offerId"], d["outcome"], d["discountMinor"], d["lineOffersMinor"])
+        for d in trace["deals"]
+    ] == [
+        ("mb", "CONTROL_GROUP", 8990, 2798),
+        ("mb2", "APPLIED", 8990, 2798),
+    ]
+    # the code was not used up: the next receipt may take it
+    sold = _quote(cli, body, command="checkout")
+    assert sold["coupons"] == plain["coupons"]
+    again = _quote(cli, {**body, "receiptId": "r-next"})
+    assert again["coupons"] == plain["coupons"]  # still NOT_APPLICABLE, not ALREADY_USED
