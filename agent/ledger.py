@@ -571,6 +571,7 @@ def balance(
     program: Program | None = None,
     *,
     moved: bool = True,
+    sold: str | None = None,
 ) -> Points:
     """The customer's points at `at` (the contract §3, §5.6, §16).
 
@@ -579,7 +580,9 @@ def balance(
     `appliedThrough` of the device that wrote them). Spending counts at once; earned
     points count from their activation time and are pending before. When points expire
     (`program.pointsLifetimeDays`, a customer's `expiring`, an earned batch with an
-    expiry), they are counted batch by batch instead (`expiry.Wallet`).
+    expiry), they are counted batch by batch instead (`expiry.Wallet`). `sold`: a committed
+    receipt priced again for its trace, its own point rows (its sale's, its refunds')
+    left out, as before it was sold.
     """
     lifetime = program.points_lifetime_days if program is not None else 0
     # `moved=False`: the caller read that this till holds no point rows of the customer
@@ -596,8 +599,9 @@ def balance(
                 "SELECT coalesce(sum(CASE WHEN kind = 'spend' OR activates_at <= ?3"
                 " THEN points END), 0), coalesce(sum(CASE WHEN kind = 'spend'"
                 " OR activates_at <= ?3 THEN NULL ELSE points END), 0), count(expires_at)"
-                " FROM points WHERE customer_id = ?1 AND device_id = ?2 AND seq > ?4",
-                (customer.id, device_id, cutoff, seq),
+                " FROM points WHERE customer_id = ?1 AND device_id = ?2 AND seq > ?4"
+                " AND receipt_id IS NOT ?5",
+                (customer.id, device_id, cutoff, seq, sold),
             ).fetchone()
             available, pending, expiring_rows = available + a, pending + p, expiring_rows + e
         if program is None or not expiring_rows:
@@ -616,8 +620,9 @@ def balance(
             " p.receipt_id, r.seq IS NOT NULL AND r.seq <> p.seq, j.at FROM points p"
             " LEFT JOIN receipts r ON r.receipt_id = p.receipt_id"
             " LEFT JOIN journal j ON j.device_id = p.device_id AND j.seq = p.seq"
-            " WHERE p.customer_id = ? AND p.device_id = ? AND p.seq > ?",
-            (customer.id, device_id, seq),
+            " WHERE p.customer_id = ? AND p.device_id = ? AND p.seq > ?"
+            " AND p.receipt_id IS NOT ?",
+            (customer.id, device_id, seq, sold),
         ).fetchall()
     # In time order, then as written (a refund is always written after its sale): the
     # order the hub replays the same transactions in (`sync.hub_rules._wallet`), so which
@@ -740,14 +745,16 @@ def offline_redeemed(
     local_day: str,
     now: datetime | None = None,
     but: str | None = None,
+    sold: str | None = None,
 ) -> int:
-    """Points this till let the card spend offline on this store-day: committed receipts,
-    and, given `now`, the offline holds still open then (the contract §11: a hold reserves)
-    but receipt `but`'s own (priced again, it must not count against itself)."""
+    """Points this till let the card spend offline on this store-day: committed receipts
+    (but `sold`, a committed receipt priced again for its trace), and, given `now`, the
+    offline holds still open then (the contract §11: a hold reserves) but receipt `but`'s
+    own (priced again, it must not count against itself)."""
     row = conn.execute(
         "SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
-        " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE'",
-        (card, local_day),
+        " WHERE card = ? AND local_day = ? AND mode = 'OFFLINE' AND receipt_id IS NOT ?",
+        (card, local_day, sold),
     ).fetchone()
     used = int(row[0])
     if now is not None:
@@ -763,7 +770,8 @@ def offline_redeemed(
 
 
 # The parts of `quote_reads` and `pricing_marks` (parameters ?1 customer, ?2 now, ?3 the
-# receipt left out, ?4 card, ?5 store-day): what the customer's other open holds reserve,
+# receipt left out, ?4 card, ?5 store-day, ?6 a committed receipt priced again for its
+# trace, whose own use is left out too): what the customer's other open holds reserve,
 # and the card's offline redemption that day, committed and held.
 _HELD_BY_OTHERS = (
     "(SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
@@ -772,7 +780,7 @@ _HELD_BY_OTHERS = (
 )
 _OFFLINE_USE = (
     "(SELECT coalesce(sum(redeemed_points), 0) FROM receipts"
-    " WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE'),"
+    " WHERE card = ?4 AND local_day = ?5 AND mode = 'OFFLINE' AND receipt_id IS NOT ?6),"
     " (SELECT coalesce(sum(redeemed_points), 0) FROM receipt_life"
     " WHERE card = ?4 AND local_day = ?5 AND state = 'HELD' AND mode = 'OFFLINE'"
     " AND expires_at > ?2 AND receipt_id IS NOT ?3)"  # its own hold: not another's use
@@ -794,10 +802,12 @@ def quote_reads(
     local_day: str | None,
     now: datetime,
     but: str | None,
+    sold: str | None = None,
 ) -> QuoteReads:
     """`held_points(conn, customer_id, now, but)`, `offline_redeemed(conn, card, local_day,
     now)` (0 without a `local_day`: not asked) and whether `balance` has point rows to
-    read, in one statement instead of four (the statements of `pricing_marks`)."""
+    read, in one statement instead of four (the statements of `pricing_marks`). `sold`: a
+    committed receipt priced again for its trace, its own offline use left out."""
     now_text = utc_text(now)
     if local_day is None:
         moved, held = conn.execute(
@@ -805,12 +815,12 @@ def quote_reads(
             (customer_id, now_text, but),
         ).fetchone()
         return QuoteReads(bool(moved), int(held), 0)
-    moved, held, sold, open_ = conn.execute(
+    moved, held, spent, open_ = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM points WHERE customer_id = ?1),"
         f" {_HELD_BY_OTHERS}, {_OFFLINE_USE}",
-        (customer_id, now_text, but, card, local_day),
+        (customer_id, now_text, but, card, local_day, sold),
     ).fetchone()
-    return QuoteReads(bool(moved), int(held), int(sold) + int(open_))
+    return QuoteReads(bool(moved), int(held), int(spent) + int(open_))
 
 
 def held_points(
@@ -848,7 +858,7 @@ def pricing_marks(
             conn.execute(
                 "SELECT (SELECT max(id) FROM points WHERE customer_id = ?1),"
                 f" {_HELD_BY_OTHERS}, {_OFFLINE_USE}",
-                (customer_id, now_text, but, card, local_day),
+                (customer_id, now_text, but, card, local_day, None),
             ).fetchone()
         )
     for code in codes:
@@ -907,12 +917,18 @@ def issued_coupon(conn: sqlite3.Connection, code: str, counted_through: int) -> 
 
 
 def coupon_used(
-    conn: sqlite3.Connection, code: str, now: datetime | None = None, but: str | None = None
+    conn: sqlite3.Connection,
+    code: str,
+    now: datetime | None = None,
+    but: str | None = None,
+    sold: str | None = None,
 ) -> bool:
     """Whether a commit on this till used the coupon code (the contract §13), or an open
     hold reserves it; given `now`, a hold expired by then (not yet swept) reserves nothing,
     nor does the open hold of receipt `but` (the receipt being priced: a quote of a held
-    receipt is priced with its own hold left out, as its points are)."""
+    receipt is priced with its own hold left out, as its points are), nor the commit of
+    receipt `sold` (a committed receipt priced again for its trace: its own use of a code
+    did not make the code used for itself)."""
     args: tuple[str | None, ...] = (code,)
     if now is None:
         sql = "SELECT 1 FROM coupon_uses WHERE code = ?"
@@ -920,9 +936,9 @@ def coupon_used(
         sql = (
             "SELECT 1 FROM coupon_uses u LEFT JOIN receipt_life l ON l.receipt_id = u.receipt_id"
             " WHERE u.code = ? AND NOT (coalesce(l.state, '') = 'HELD'"
-            " AND (l.expires_at <= ? OR u.receipt_id IS ?))"
+            " AND (l.expires_at <= ? OR u.receipt_id IS ?)) AND u.receipt_id IS NOT ?"
         )
-        args = (code, utc_text(now), but)
+        args = (code, utc_text(now), but, sold)
     return conn.execute(sql, args).fetchone() is not None
 
 

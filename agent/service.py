@@ -469,7 +469,7 @@ class Agent:
                 # support's "why this price?" after the sale: priced again for its trace;
                 # what pricing now refuses (a card blocked since) leaves the answer as is
                 with contextlib.suppress(TillpointError):
-                    retrace = self._price(receipt, view, commit=False, reads=conn).result
+                    retrace = self._price(receipt, view, commit=False, reads=conn, sold=True).result
             if stored is None:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which
@@ -932,13 +932,18 @@ class Agent:
         commit: bool,
         reads: sqlite3.Connection | None = None,
         own_hold: bool = True,
+        sold: bool = False,
     ) -> _Priced:
         """Price `receipt`; ledger reads on `reads` (a reader's own connection, `_read`) or,
         by default, on the writer's (with `_lock` held). `own_hold`: the receipt's own
         hold, if any, is left out of what other holds reserve (points, coupons, the day's
-        offline limit); False for a quote of another body under a held receiptId."""
+        offline limit); False for a quote of another body under a held receiptId. `sold`:
+        the committed receipt priced again for its trace (`quote`): its own commit (its
+        points, its coupon uses, its offline redemption) is left out of the ledger's
+        answers, as it was not there when the receipt was priced for the sale."""
         conn = self._ledger if reads is None else reads
         own_id = receipt.receipt_id if own_hold else None
+        sold_id = receipt.receipt_id if sold else None
         _require_snapshot(view)
         program = view.program()
         ident = _require_card(identify(receipt.card, view))
@@ -965,7 +970,7 @@ class Agent:
                 view.coupon(code)
                 or ledger.issued_coupon(conn, code, applied.get(self.device_id, 0))
             ),
-            lambda code: ledger.coupon_used(conn, code, self.clock(), own_id),
+            lambda code: ledger.coupon_used(conn, code, self.clock(), own_id, sold_id),
         )
         personal: list[Offer] = []
         lines_categories: Callable[[str], frozenset[str]] = categories_of
@@ -995,8 +1000,11 @@ class Agent:
                 _local_day(receipt, program) if capped else None,
                 self.clock(),
                 own_id,
+                sold_id,
             )
-            before = ledger.balance(conn, customer, applied, receipt.at, program, moved=marks.moved)
+            before = ledger.balance(
+                conn, customer, applied, receipt.at, program, moved=marks.moved, sold=sold_id
+            )
             # This till's other open holds reserve their points (the contract §11).
             held_elsewhere = marks.held
             if capped:
@@ -1034,18 +1042,34 @@ class Agent:
             and (priced.redeem_allowed_without_cap > 0 or codes)
         ):
             asked_hub = commit
-            cap, mode, used = self._redeem_cap(receipt, ident, priced, program, commit, codes, conn)
-            if used:  # the hub says another receipt used or holds them: priced without
+            cap, mode, used = self._redeem_cap(
+                receipt, ident, priced, program, commit, codes, conn, sold_id
+            )
+            while used:  # the hub says another receipt used or holds them: priced without
                 checks = coupons.mark_used(checks, used)
                 ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
                 priced = price(receipt, ctx)
+                # Without them another code's offer may win a line: a code applied now that
+                # the hub was not asked about is authorised in its turn, with the others
+                # applied now (the receipt's hold at the hub is replaced), so no code is
+                # used online that the hub did not hold (§13). Codes it holds that apply no
+                # more are let go when the receipt's transaction reaches it.
+                again = coupons.applied_codes(
+                    {"coupons": coupons.verdicts(checks, priced.applied_offers)}
+                )
+                if mode != "ONLINE" or set(again) <= set(codes):
+                    break
+                codes = again
+                cap, mode, used = self._redeem_cap(
+                    receipt, ident, priced, program, commit, codes, conn, sold_id
+                )
             if cap < priced.redeem_allowed_without_cap or receipt.explain:  # §17: every cap
                 source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
                 priced = price(receipt, _with_cap(ctx, cap, source))
         elif self.hub is not None and customer is not None and receipt.explain and mode != "ONLINE":
             # §17: every cap, as a standalone till lists it when nothing is asked: a till
             # whose hub is away prices with the offline limit (nothing to ask the hub)
-            cap = self._offline_remaining(receipt, ident, program, conn)
+            cap = self._offline_remaining(receipt, ident, program, conn, sold_id)
             priced = price(receipt, _with_cap(ctx, cap, "OFFLINE_LIMIT"))
 
         printed: list[Offer] = []
@@ -1114,6 +1138,7 @@ class Agent:
         commit: bool,
         codes: Sequence[str] = (),
         conn: sqlite3.Connection | None = None,
+        sold: str | None = None,
     ) -> tuple[int, str, frozenset[str]]:
         """(points the receipt may redeem, mode, coupon codes the hub says are used)."""
         wanted = priced.redeem_allowed_without_cap
@@ -1140,7 +1165,8 @@ class Agent:
             except HubUnavailable:
                 pass
         # Offline the till's own rules stand: a code at most once here (§13).
-        return self._offline_remaining(receipt, ident, program, conn), "OFFLINE", frozenset()
+        remaining = self._offline_remaining(receipt, ident, program, conn, sold)
+        return remaining, "OFFLINE", frozenset()
 
     def _offline_remaining(
         self,
@@ -1148,14 +1174,17 @@ class Agent:
         ident: Identification,
         program: Program,
         conn: sqlite3.Connection | None = None,
+        sold: str | None = None,
     ) -> int:
-        """What is left of the offline limit for this card on the receipt's store-day."""
+        """What is left of the offline limit for this card on the receipt's store-day
+        (`sold`: a committed receipt priced again for its trace, its own use left out)."""
         used = ledger.offline_redeemed(
             self._ledger if conn is None else conn,
             ident.card_number or "",
             _local_day(receipt, program),
             self.clock(),
             receipt.receipt_id,
+            sold,
         )
         return max(0, program.offline_redeem_limit_points - used)
 

@@ -51,9 +51,9 @@ def test_quote_explain_of_a_committed_receipt_carries_a_trace(tmp_path: Path) ->
     first, now = before["trace"], after["trace"]
     assert isinstance(first, dict) and isinstance(now, dict)
     assert now["lines"] == first["lines"]  # why each line got what it got
-    # the caps are the ledger's now: the balance and the day's offline limit after the
-    # sale (what was committed stays as it was; the same cap bound it)
+    # the caps are the sale's: its own points and offline use are left out (review 26)
     assert now["redemption"]["boundBy"] == first["redemption"]["boundBy"] == "PERCENT"
+    assert now["redemption"] == first["redemption"]
     assert now["redemption"]["allowedPoints"] == sold["redeemedPoints"]
     for key in ("lines", "totalMinor", "discountMinor", "redeemedPoints", "payableMinor"):
         assert after[key] == sold[key]
@@ -61,9 +61,11 @@ def test_quote_explain_of_a_committed_receipt_carries_a_trace(tmp_path: Path) ->
 
 
 def test_no_trace_when_pricing_again_gives_other_figures(tmp_path: Path) -> None:
-    """A committed receipt that spent the whole balance: priced again, the balance is what
-    it earned, the figures differ, and a trace of that pricing would explain another
-    price: none is added (a checkout with explain keeps its own)."""
+    """A committed receipt priced again after the snapshot changed its offer: the figures
+    differ, and a trace of that pricing would explain another price: none is added (a
+    checkout with explain keeps its own). A sale that spent the whole balance is priced
+    again with its own points left out (review 26: it got no trace, its own spending had
+    emptied the balance it was priced with), so its trace is added."""
     agent = Agent(tmp_path / "till", "till-1")
     try:
         snapshot = _load("snapshot.json")
@@ -79,9 +81,17 @@ def test_no_trace_when_pricing_again_gives_other_figures(tmp_path: Path) -> None
         assert sold.redeemed_points == 30
         again = agent.quote(receipt_from_json({**body, "explain": True}))
         assert (again.lines, again.redeemed_points) == (sold.lines, sold.redeemed_points)
+        assert again.trace is not None
+        assert again.trace["redemption"]["boundBy"] == "BALANCE"
+        assert again.trace["redemption"]["caps"][0] == {"name": "BALANCE", "points": 30}
+        offers = snapshot["offers"]
+        assert isinstance(offers, list)
+        agent.load_snapshot({**snapshot, "version": 8, "offers": offers[1:]})  # o-1 went
+        again = agent.quote(receipt_from_json({**body, "explain": True}))
+        assert (again.lines, again.redeemed_points) == (sold.lines, sold.redeemed_points)
         assert again.trace is None
         fresh = agent.quote(receipt_from_json({**body, "receiptId": "new", "explain": True}))
-        assert fresh.trace is not None and fresh.redeemed_points != sold.redeemed_points
+        assert fresh.trace is not None and fresh.lines != sold.lines
     finally:
         agent.close()
 
