@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -36,6 +37,50 @@ from .models import (
 )
 
 FORMAT = "tillpoint.snapshot/jsonl"
+
+# A snapshot's names a JSON reader would silently take the last of when one is given twice
+# in an object: the sections (the rows of the first list were not loaded), the program,
+# `removed` (and each of its lists) and the header's fields. A row's own field given twice
+# still counts its last (docs/CONTRACT.md §3, the phone decision).
+GIVEN_ONCE = frozenset(
+    {*ROW_MODELS, "program", "removed", "appliedThrough", "version", "baseVersion"}
+    | {"issuedAt", "expiresAt", "format"}
+)
+
+
+class _Repeated(dict):  # type: ignore[type-arg]
+    """A JSON object with a key given twice (`keep_repeats`): which keys."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def keep_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for a snapshot's JSON: a dict, which remembers the keys given
+    twice in it (the last value counts, as in any reader) for `refuse_repeats`."""
+    doc = dict(pairs)
+    if len(doc) == len(pairs):
+        return doc
+    marked = _Repeated(doc)
+    seen: set[str] = set()
+    repeated = []
+    for key, _ in pairs:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    marked.repeated = tuple(repeated)
+    return marked
+
+
+def refuse_repeats(doc: Any, where: str) -> None:
+    """Refuse a snapshot (read with `keep_repeats`) that gives one of `GIVEN_ONCE` twice
+    in its own object or in `removed`: "snapshot: products is given twice in one object"."""
+    for part in (doc, doc.get("removed") if isinstance(doc, dict) else None):
+        for key in getattr(part, "repeated", ()):
+            if key in GIVEN_ONCE:
+                raise InputError(
+                    f"{where}: {key} is given twice in one object: merge them into one"
+                )
+
 
 # Enough of a file to tell a JSON object from anything else before reading it whole.
 HEAD_BYTES = 4096
@@ -68,9 +113,10 @@ def read_lines(
     if not n:
         raise InputError("snapshot: the file is empty")
     try:
-        head = json.loads(first)
+        head = json.loads(first, object_pairs_hook=keep_repeats)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+    refuse_repeats(head, f"snapshot line {n}")
     if not isinstance(head, dict) or head.pop("format", None) != FORMAT:
         raise InputError(f'snapshot line {n}: the first line must have "format": "{FORMAT}"')
     header = parse_snapshot_part(SnapshotHeader, head, f"snapshot line {n}", ignored)

@@ -1,0 +1,123 @@
+"""Review 26 (snap26): snapshots made by people and scripts, as hostile or sloppy input
+(docs/CONTRACT.md §3, §10's `snapshot load`).
+
+Each refused snapshot is answered in one line (exit 2) naming what is wrong, and the
+cache is exactly as it was: every row of the cache and the ledger compared before and
+after, and a quote answering as before. Real parts: the CLI in-process on a real data
+directory, the reference hub's import on its SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CLI, receipt, snapshot
+
+V2 = {"version": 2, "issuedAt": "2026-11-24T03:00:00Z"}
+
+
+def rows(data_dir: Path) -> dict[tuple[str, str], list[str]]:
+    """Every row of the cache and the ledger, by table."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for name in ("cache.db", "ledger.db"):
+        conn = sqlite3.connect(data_dir / name)
+        try:
+            tables = [
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            for table in tables:
+                found[(name, table)] = sorted(map(repr, conn.execute(f"SELECT * FROM {table}")))
+        finally:
+            conn.close()
+    return found
+
+
+def refused_and_unchanged(cli: CLI, tmp_path: Path, text: str, *words: str) -> str:
+    """Load `text` as a snapshot file over the base snapshot: exit 2, one line naming
+    `words`, and nothing changed (rows and a quote). The message is returned."""
+    assert cli("snapshot", "load", snapshot(), "--json").code == 0
+    quoted = cli("quote", receipt(), "--json")
+    assert quoted.code == 0
+    before = rows(tmp_path / "data")
+    bad = tmp_path / "bad.json"
+    bad.write_text(text, encoding="utf-8")
+    run = cli("snapshot", "load", bad, "--json")
+    assert run.code == 2, run
+    assert run.out == ""
+    message = run.err.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "Traceback" not in run.err
+    for word in words:
+        assert word in message, message
+    assert rows(tmp_path / "data") == before
+    assert cli("quote", receipt(), "--json").out == quoted.out
+    return message
+
+
+# ------------------------------------------------- a key given twice in one JSON object
+
+
+def test_a_section_given_twice_is_refused_not_half_loaded(cli: CLI, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3: a script that wrote `"products"` twice (a second, empty list
+    appended) loaded the second one only: every product of the first was silently gone,
+    and the milk earned nothing. Refused now, as the hub's import refuses it."""
+    text = json.dumps(snapshot(**V2), ensure_ascii=False)[:-1] + ', "products": []}'
+    message = refused_and_unchanged(cli, tmp_path, text, "products", "twice")
+    assert message.startswith("tillpoint: snapshot: products is given twice in one object")
+
+
+@pytest.mark.parametrize(
+    ("name", "twice"),
+    [
+        ("version", '"version": 2, "version": 3'),
+        ("program", '"program": {}, "program": {"pointValueMinor": 50}'),
+        ("removed", '"removed": {}, "removed": {"cards": ["2770000000017"]}'),
+        ("appliedThrough", '"appliedThrough": {}, "appliedThrough": {"till-1": 5}'),
+    ],
+)
+def test_a_header_field_given_twice_is_refused(
+    cli: CLI, tmp_path: Path, name: str, twice: str
+) -> None:
+    """docs/CONTRACT.md §3: `"version": 2, "version": 3` loaded version 3; which of two
+    programs or two `appliedThrough` maps a till takes is no guess to make silently."""
+    doc = snapshot(**V2)
+    doc.pop(name, None)
+    text = json.dumps(doc, ensure_ascii=False)[:-1] + ", " + twice + "}"
+    refused_and_unchanged(cli, tmp_path, text, f"{name} is given twice")
+
+
+def test_a_list_of_removed_given_twice_is_refused(cli: CLI, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3: `removed.cards` named twice kept the second list only: the
+    cards of the first stayed on the till."""
+    delta: dict[str, Any] = {"version": 2, "baseVersion": 1, "issuedAt": V2["issuedAt"]}
+    text = json.dumps(delta)[:-1] + ', "removed": {"cards": ["2770000000017"], "cards": []}}'
+    refused_and_unchanged(cli, tmp_path, text, "cards is given twice")
+
+
+def test_a_json_lines_header_with_a_field_twice_is_refused(cli: CLI, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3: the JSON Lines form's header line reads the same way."""
+    head = '{"format": "tillpoint.snapshot/jsonl", "version": 2, "version": 3, "baseVersion": 0,'
+    head += ' "issuedAt": "2026-11-24T03:00:00Z"}'
+    lines = [head, '{"section": "products"}', '{"sku": "4601234000017", "name": "Молоко"}']
+    message = refused_and_unchanged(
+        cli, tmp_path, "\n".join(lines) + "\n", "version is given twice"
+    )
+    assert "line 1" in message
+
+
+def test_a_field_of_a_row_given_twice_still_counts_its_last(cli: CLI, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3 (the phone decision): a row's own field given twice is not
+    refused (the last one counts), as before; only sections and header fields are."""
+    text = json.dumps(snapshot(**V2), ensure_ascii=False).replace(
+        '"firstName": "Анна"', '"firstName": "Аня", "firstName": "Анна"'
+    )
+    assert cli("snapshot", "load", snapshot(), "--json").code == 0
+    bad = tmp_path / "twice.json"
+    bad.write_text(text, encoding="utf-8")
+    assert cli("snapshot", "load", bad, "--json").code == 0
+    assert cli("identify", "2770000000017", "--json").json()["firstName"] == "Анна"
