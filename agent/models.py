@@ -784,6 +784,14 @@ class Coupon(Model):
     def _normal(cls, value: str) -> str:
         return normal_coupon_code(value)
 
+    @model_validator(mode="after")
+    def _window(self, info: ValidationInfo) -> Coupon:
+        # as an offer's (docs/CONTRACT.md §3); a coupon an earlier release stored reads back
+        reversed_ = self.valid_from and self.valid_to and self.valid_from > self.valid_to
+        if reversed_ and not _stored(info):
+            raise ValueError(f"coupon {self.code}: validFrom is after validTo")
+        return self
+
 
 def normal_coupon_code(value: str) -> str:
     """A coupon's code as the cache and the hub key it; one with no letter or digit is

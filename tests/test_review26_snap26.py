@@ -121,3 +121,40 @@ def test_a_field_of_a_row_given_twice_still_counts_its_last(cli: CLI, tmp_path: 
     bad.write_text(text, encoding="utf-8")
     assert cli("snapshot", "load", bad, "--json").code == 0
     assert cli("identify", "2770000000017", "--json").json()["firstName"] == "Анна"
+
+
+# ------------------------------------------------- a coupon that ends before it starts
+
+REVERSED_COUPON = {
+    "code": "SORRY-7K2Q9",
+    "offerId": "o-77",
+    "validFrom": "2026-12-20T00:00:00+03:00",
+    "validTo": "2026-11-20T23:59:59+03:00",
+}
+
+
+def test_a_coupon_that_ends_before_it_starts_is_refused(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §3 and §13: validity windows that end before they start are
+    refused when the snapshot is loaded; a coupon's was loaded (a code no receipt could
+    ever use, the hub's typo unseen) while an offer's was refused. The hub's import
+    refuses it as well, naming the row."""
+    doc = snapshot(**V2, coupons=[REVERSED_COUPON])
+    message = refused_and_unchanged(cli, tmp_path, json.dumps(doc), "coupons[0]", "validTo")
+    assert "SORRY7K2Q9" in message
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    run = cli("hub", "import", {"coupons": [REVERSED_COUPON]})
+    assert run.code == 2 and "validFrom is after validTo" in run.err, run.err
+
+
+def test_a_coupon_stored_with_one_still_reads_back(tmp_path: Path) -> None:
+    """A rule of input: a coupon an earlier release stored (in the cache) still reads."""
+    from pydantic import ValidationError
+    from tillpoint.agent.models import STORED, Coupon
+
+    text = json.dumps(REVERSED_COUPON)
+    with pytest.raises(ValidationError):
+        Coupon.model_validate_json(text)
+    assert Coupon.model_validate_json(text, context=STORED).code == "SORRY7K2Q9"
