@@ -389,10 +389,25 @@ def _merge(conn: sqlite3.Connection, part: Path, settle: cache_mod.Settle) -> No
                         (low, low + _MERGE_STEP),
                     )
                 except sqlite3.IntegrityError:
-                    raise InputError(f"snapshot: two {table} rows have the same key") from None
+                    key = _twice(conn, table, low, low + _MERGE_STEP)
+                    raise InputError(
+                        f"snapshot: two {table} rows have the same key, {key!r}"
+                    ) from None
                 settle()
     finally:
         conn.execute("DETACH DATABASE part")
+
+
+def _twice(conn: sqlite3.Connection, table: str, low: int, high: int) -> str:
+    """A key of the attached part's `table` (its rows `low` < rowid <= `high`, the step
+    refused) that the main build holds too (a table's first column is its key)."""
+    key = conn.execute(f"PRAGMA main.table_info({table})").fetchone()[1]
+    row = conn.execute(
+        f"SELECT {key} FROM part.{table} WHERE rowid > ? AND rowid <= ?"
+        f" AND {key} IN (SELECT {key} FROM main.{table}) ORDER BY rowid LIMIT 1",
+        (low, high),
+    ).fetchone()
+    return "?" if row is None else str(row[0])
 
 
 def _run_workers(

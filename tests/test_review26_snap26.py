@@ -158,3 +158,45 @@ def test_a_coupon_stored_with_one_still_reads_back(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         Coupon.model_validate_json(text)
     assert Coupon.model_validate_json(text, context=STORED).code == "SORRY7K2Q9"
+
+
+# ------------------------------------------------- a key twice in a JSON Lines snapshot
+
+
+def test_a_key_twice_in_a_json_lines_snapshot_is_named(cli: CLI, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3: a full JSON Lines snapshot (built by child processes) with a
+    card given twice said "two cards rows have the same key" and not which: in a file of
+    millions of rows the support engineer had nothing to search for. It names the key."""
+    from tests.test_snapshot_stream import to_jsonl
+
+    text = to_jsonl(snapshot(**V2)).rstrip("\n")
+    extra = '{"number": "2770000000024", "customerId": "c-a", "status": "ACTIVE"}'
+    text += '\n{"section": "cards"}\n' + extra + "\n"
+    message = refused_and_unchanged(cli, tmp_path, text, "cards", "'2770000000024'")
+    assert "same key" in message
+
+
+@pytest.mark.slow
+def test_a_key_twice_across_build_workers_is_named(tmp_path: Path) -> None:
+    """The same when the two rows are read by different build processes (the merge)."""
+    from tillpoint.agent.errors import InputError
+    from tillpoint.agent.service import Agent
+
+    from tests.test_snapshot_stream import to_jsonl
+
+    doc = snapshot(**V2)
+    doc["offers"] = [
+        {"id": f"o-{i:03}", "kind": "PERCENT_OFF", "skus": ["4601234000017"], "value": "1"}
+        for i in range(40)
+    ]
+    again = json.dumps(doc["offers"][39])
+    text = to_jsonl(doc).rstrip("\n") + '\n{"section": "offers"}\n' + again + "\n"
+    path = tmp_path / "dup.jsonl"
+    path.write_text(text, encoding="utf-8")
+    agent = Agent(tmp_path / "till", "till-1")
+    agent.build_workers, agent.build_min_chunk = 2, 256
+    try:
+        with pytest.raises(InputError, match="same key, 'o-039'"):
+            agent.load_snapshot_file(path)
+    finally:
+        agent.close()
