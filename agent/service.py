@@ -1808,7 +1808,7 @@ def balance_of(points: ledger.Points) -> Balance:
     )
 
 
-_BALANCE_HINT = "check the customer's balancePoints in the snapshot"
+_BALANCE_HINT = "check the customer's balancePoints and pending in the snapshot"
 
 
 def _points_fit(points: ledger.Points) -> None:

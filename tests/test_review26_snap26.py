@@ -200,3 +200,24 @@ def test_a_key_twice_across_build_workers_is_named(tmp_path: Path) -> None:
             agent.load_snapshot_file(path)
     finally:
         agent.close()
+
+
+# ------------------------------------------------- pending parts past int64
+
+
+def test_pending_parts_past_int64_name_the_pending_field(cli: CLI) -> None:
+    """docs/CONTRACT.md §3, §10: two `pending` parts that each fit in int64 load (one
+    customer does not stop a snapshot), and that customer's receipts are refused in one
+    line. The line sent the support engineer to `balancePoints` (1200, nothing wrong
+    with it); it names `pending` now."""
+    doc = snapshot(**V2)
+    part = {"points": 2**63 - 1, "activatesAt": "2026-11-30T00:00:00+03:00"}
+    doc["customers"][0]["pending"] = [part, part]
+    assert cli("snapshot", "load", doc, "--json").code == 0
+    run = cli("quote", receipt(), "--json")
+    assert run.code == 2 and len(run.err.strip().splitlines()) == 1
+    assert "does not fit in a signed 64-bit integer" in run.err
+    hint = run.err.split("64-bit integer", 1)[1]  # what to check
+    assert "pending" in hint, run.err
+    other = cli("quote", receipt(card="2770000000024"), "--json")
+    assert other.code == 0, other.err
