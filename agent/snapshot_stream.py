@@ -117,6 +117,12 @@ def read_lines(
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
     refuse_repeats(head, f"snapshot line {n}")
+    inline = next((name for name in ROW_MODELS if name in head), None)
+    if inline is not None:  # not a newer hub's field: rows that would be left out, all of them
+        raise InputError(
+            f"snapshot line {n}: {inline} in the header line: in JSON Lines a section's rows"
+            f' follow a {{"section": "{inline}"}} line, one row a line'
+        )
     if not isinstance(head, dict) or head.pop("format", None) != FORMAT:
         raise InputError(f'snapshot line {n}: the first line must have "format": "{FORMAT}"')
     header = parse_snapshot_part(SnapshotHeader, head, f"snapshot line {n}", ignored)

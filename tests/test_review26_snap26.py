@@ -221,3 +221,19 @@ def test_pending_parts_past_int64_name_the_pending_field(cli: CLI) -> None:
     assert "pending" in hint, run.err
     other = cli("quote", receipt(card="2770000000024"), "--json")
     assert other.code == 0, other.err
+
+
+# ------------------------------------------------- rows in a JSON Lines header line
+
+
+def test_rows_in_a_json_lines_header_line_refuse_the_snapshot(cli: CLI, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3: a snapshot written on one line with the JSON Lines `format`
+    (a plain snapshot a script stamped with it) was read as a header whose `products`,
+    `customers`, ... were fields a newer hub adds: left out with a warning, and the full
+    snapshot with no rows replaced the cache (exit 0, every product and customer gone).
+    Rows in the header line are refused, naming the section."""
+    doc = {"format": "tillpoint.snapshot/jsonl", **snapshot(**V2)}
+    message = refused_and_unchanged(
+        cli, tmp_path, json.dumps(doc, ensure_ascii=False), "line 1", "categories"
+    )
+    assert '{"section": "categories"}' in message
