@@ -688,6 +688,16 @@ class Offer(Model):
             raise ValueError(f"offer {self.id}: value is required for {self.kind}")
         if self.kind == "QUANTITY_PRICE" and not self.tiers:
             raise ValueError(f"offer {self.id}: QUANTITY_PRICE needs tiers")
+        if len(self.tiers) > 1 and not _stored(info):
+            prices: dict[Decimal, int] = {}
+            for tier in self.tiers:
+                price = prices.setdefault(tier.min_qty, tier.unit_price_minor)
+                if price != tier.unit_price_minor:
+                    raise ValueError(
+                        f"offer {self.id}: two tiers with minQty {tier.min_qty.normalize():f}"
+                        f" and two unit prices ({price} and {tier.unit_price_minor}): which"
+                        " applies would depend on their order"
+                    )
         if self.kind == "MULTIBUY":
             for name, qty in (("buyQty", self.buy_qty), ("freeQty", self.free_qty)):
                 if qty is None or qty != qty.to_integral_value():

@@ -237,3 +237,52 @@ def test_rows_in_a_json_lines_header_line_refuse_the_snapshot(cli: CLI, tmp_path
         cli, tmp_path, json.dumps(doc, ensure_ascii=False), "line 1", "categories"
     )
     assert '{"section": "categories"}' in message
+
+
+# ------------------------------------------------- QUANTITY_PRICE tiers with one minQty
+
+
+def _quantity_price(*tiers: tuple[str, int]) -> dict[str, Any]:
+    return {
+        "id": "q-1",
+        "kind": "QUANTITY_PRICE",
+        "skus": ["4601234000017"],
+        "tiers": [{"minQty": q, "unitPriceMinor": p} for q, p in tiers],
+    }
+
+
+def test_quantity_price_tiers_with_one_min_qty_and_two_prices_are_refused(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §15: "the highest tier whose minQty it reaches" is no one tier
+    when two have that minQty ("2" and "2.000") at two prices: the discount depended on
+    the list's order (a tier code given twice in the program is refused for the same
+    reason). Refused with the snapshot and by the hub's import, naming the offer."""
+    offer = _quantity_price(("2", 5000), ("2.000", 4000))
+    doc = snapshot(**V2, offers=[offer])
+    message = refused_and_unchanged(cli, tmp_path, json.dumps(doc), "offers[0]", "minQty 2")
+    assert "q-1" in message
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    run = cli("hub", "import", {"offers": [offer]})
+    assert run.code == 2 and "minQty 2" in run.err, run.err
+
+
+def test_quantity_price_tiers_said_twice_at_one_price_still_load(cli: CLI) -> None:
+    """The same tier written twice is no ambiguity: it loads and prices as one."""
+    doc = snapshot(**V2, offers=[_quantity_price(("2", 5000), ("2", 5000), ("4", 4000))])
+    assert cli("snapshot", "load", doc, "--json").code == 0
+    line = cli("quote", receipt(), "--json").json()["lines"][0]
+    assert (line["offerId"], line["discountMinor"]) == ("q-1", 17980 - 2 * 5000)
+
+
+def test_an_offer_stored_with_them_still_reads_back() -> None:
+    """A rule of input: an offer an earlier release stored keeps pricing (its first tier
+    of that minQty, as before)."""
+    from pydantic import ValidationError
+    from tillpoint.agent.models import STORED, Offer
+
+    text = json.dumps(_quantity_price(("2", 5000), ("2", 4000)))
+    with pytest.raises(ValidationError):
+        Offer.model_validate_json(text)
+    assert len(Offer.model_validate_json(text, context=STORED).tiers) == 2
