@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -514,10 +515,27 @@ def load_snapshot(agent: Any, name: str) -> Any:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
-    from .snapshot_stream import keep_repeats, refuse_repeats
+    from .snapshot_stream import keep_repeats, refuse_non_object, refuse_repeats
 
-    # a snapshot, not a request: no request limit; a section given twice is refused
-    doc = read_json(name, limit=None, pairs_hook=keep_repeats)
+    if name == "-":
+        # standard input: JSON Lines streamed as from a file (`zcat snap.jsonl.gz | ...`)
+        stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)
+        try:
+            first = stdin.readline(HEAD_BYTES)
+            head = first.encode("utf-8") if isinstance(first, str) else first
+            if is_jsonl(head):
+                from tillpoint.sync import refuse_plain_if_enrolled
+
+                refuse_plain_if_enrolled(agent.data_dir)
+                return agent.load_snapshot_lines(itertools.chain([first], stdin))
+            refuse_non_object(head, name)  # not `/dev/zero` read whole
+            rest = stdin.read()
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read it ({exc})") from None
+        raw = head + (rest.encode("utf-8") if isinstance(rest, str) else rest)
+        doc = parse_json(raw, name, keep_repeats)
+    else:  # a snapshot, not a request: no request limit; a section given twice is refused
+        doc = read_json(name, limit=None, pairs_hook=keep_repeats)
     refuse_repeats(doc, "snapshot")
     from tillpoint.sync import load_snapshot_file
 

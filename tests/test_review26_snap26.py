@@ -286,3 +286,35 @@ def test_an_offer_stored_with_them_still_reads_back() -> None:
     with pytest.raises(ValidationError):
         Offer.model_validate_json(text)
     assert len(Offer.model_validate_json(text, context=STORED).tiers) == 2
+
+
+# ------------------------------------------------- JSON Lines on standard input
+
+
+def test_a_json_lines_snapshot_on_stdin_loads_as_from_a_file(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §3, §10: `snapshot load` takes the JSON Lines form; given on
+    standard input (`zcat snap.jsonl.gz | tillpoint snapshot load -`) it was read as one
+    JSON document and refused as "not valid JSON (Extra data at line 2 column 1)". It
+    loads as the same file does, and a bad row is named by its line."""
+    import io
+    import sys
+
+    from tests.test_snapshot_stream import to_jsonl
+
+    assert cli("snapshot", "load", snapshot(), "--json").code == 0
+    text = to_jsonl(snapshot(**V2, customers=snapshot()["customers"][:1]))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    run = cli("snapshot", "load", "-", "--json")
+    assert run.code == 0 and run.json()["version"] == 2, run.err
+    assert cli("identify", "2770000000024", "--json").json()["status"] == "UNKNOWN"
+    before = rows(tmp_path / "data")
+    bad = text.replace('"balancePoints": 1200', '"balancePoints": "x"').replace(
+        '"version": 2', '"version": 3'
+    )
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(bad.encode())))
+    run = cli("snapshot", "load", "-", "--json")
+    assert run.code == 2 and "snapshot line" in run.err and "balancePoints" in run.err, run.err
+    assert len(run.err.strip().splitlines()) == 1
+    assert rows(tmp_path / "data") == before
