@@ -301,7 +301,7 @@ def _section_of(mm: mmap.mmap, at: int, end: int) -> str | None:
     stop = mm.find(b"\n", at, end)
     try:
         doc = json.loads(mm[at : end if stop < 0 else stop])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     name = doc.get("section") if isinstance(doc, dict) else None
     # one this version does not know too: its rows are left out (`snapshot_stream._rows`)

@@ -112,10 +112,7 @@ def read_lines(
     n, first = next(((n, line) for n, line in numbered if line.strip()), (0, ""))
     if not n:
         raise InputError("snapshot: the file is empty")
-    try:
-        head = json.loads(first, object_pairs_hook=keep_repeats)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+    head = _line_json(first, n, keep_repeats)
     refuse_repeats(head, f"snapshot line {n}")
     inline = next((name for name in ROW_MODELS if name in head), None)
     if inline is not None:  # not a newer hub's field: rows that would be left out, all of them
@@ -127,6 +124,24 @@ def read_lines(
         raise InputError(f'snapshot line {n}: the first line must have "format": "{FORMAT}"')
     header = parse_snapshot_part(SnapshotHeader, head, f"snapshot line {n}", ignored)
     return header, _rows(numbered, ignored=ignored)
+
+
+def _line_json(
+    text: bytes | str, n: int, hook: Callable[[list[tuple[str, Any]]], Any] | None = None
+) -> Any:
+    """A header or section line read with Python's reader; what it cannot take (nesting
+    past its recursion limit, an integer past 4,300 digits) is bad input like any other,
+    not an internal error (a row's own reader, pydantic's, says so itself)."""
+    try:
+        return json.loads(text, object_pairs_hook=hook)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"snapshot line {n}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # Python's limit on an integer's digits
+        raise InputError(
+            f"snapshot line {n}: not valid JSON (a number with too many digits)"
+        ) from None
 
 
 def _rows(
@@ -158,10 +173,7 @@ def _rows(
         if not text:
             continue
         if text.startswith('{"section"'):
-            try:
-                marker = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+            marker = _line_json(text, n)
             section = marker.get("section")
             if not isinstance(section, str) or not section or len(marker) != 1:
                 raise InputError(

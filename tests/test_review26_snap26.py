@@ -318,3 +318,33 @@ def test_a_json_lines_snapshot_on_stdin_loads_as_from_a_file(
     assert run.code == 2 and "snapshot line" in run.err and "balancePoints" in run.err, run.err
     assert len(run.err.strip().splitlines()) == 1
     assert rows(tmp_path / "data") == before
+
+
+# ------------------------------------------------- what Python's JSON reader cannot take
+
+HEADER = '{"format": "tillpoint.snapshot/jsonl", "version": 2, "baseVersion": 0,'
+HEADER += ' "issuedAt": "2026-11-24T03:00:00Z"'
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (HEADER + ', "x": ' + DEEP + "}\n", ("line 1", "nested too deeply")),
+        (
+            '{"format": "tillpoint.snapshot/jsonl", "version": ' + "9" * 5000 + "}\n",
+            ("line 1", "too many digits"),
+        ),
+        (HEADER + '}\n{"section": ' + DEEP + "}\n", ("line 2", "nested too deeply")),
+    ],
+    ids=["header-nested", "header-digits", "section-line-nested"],
+)
+def test_json_lines_python_cannot_read_is_bad_input_not_an_internal_error(
+    cli: CLI, tmp_path: Path, text: str, words: tuple[str, ...]
+) -> None:
+    """docs/CONTRACT.md §10: a JSON Lines snapshot whose header or section line nests
+    past Python's recursion limit, or holds an integer of more than 4,300 digits, was
+    "internal error: RecursionError" / "ValueError: Exceeds the limit" (exit 1) or "the
+    cache build failed" (exit 1). It is bad input (exit 2), with its line, as the same
+    in a plain snapshot or in a row already was."""
+    refused_and_unchanged(cli, tmp_path, text, *words)
