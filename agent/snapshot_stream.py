@@ -114,7 +114,11 @@ def read_lines(
         raise InputError("snapshot: the file is empty")
     head = _line_json(first, n, keep_repeats)
     refuse_repeats(head, f"snapshot line {n}")
-    inline = next((name for name in ROW_MODELS if name in head), None)
+    inline = (
+        next((name for name in ROW_MODELS if name in head), None)
+        if isinstance(head, dict)
+        else None
+    )
     if inline is not None:  # not a newer hub's field: rows that would be left out, all of them
         raise InputError(
             f"snapshot line {n}: {inline} in the header line: in JSON Lines a section's rows"
