@@ -1016,6 +1016,24 @@ def parse(model: type[M], data: Any, what: str, *, request: bool = False) -> M:
         raise InputError(f"{what}: {describe(exc, document)}") from None
 
 
+def refuse_wrapped_sections(data: Any, what: str = "snapshot") -> None:
+    """A field the contract does not define is left out as a newer hub's, but not one
+    whose object holds a section (`"data": {"products": [...]}`): left out, the full
+    snapshot had no rows and emptied the cache. InputError naming both."""
+    if not isinstance(data, dict):
+        return
+    known = {field.alias or name for name, field in Snapshot.model_fields.items()}
+    for key, value in data.items():
+        if key in known or not isinstance(value, dict):
+            continue
+        inside = next((name for name in ROW_MODELS if name in value), None)
+        if inside is not None:
+            raise InputError(
+                f"{what}: {key} holds {inside}: a snapshot's sections are at its top level"
+                f" (not a newer hub's field: its rows would not be loaded)"
+            )
+
+
 def parse_snapshot_part(model: type[M], data: Any, what: str, ignored: set[str]) -> M:
     """`parse` for a snapshot or a part of one, where a field the contract does not define
     is left out instead of refused: a hub (or a CRM export) newer than this till may send

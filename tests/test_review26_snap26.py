@@ -348,3 +348,22 @@ def test_json_lines_python_cannot_read_is_bad_input_not_an_internal_error(
     cache build failed" (exit 1). It is bad input (exit 2), with its line, as the same
     in a plain snapshot or in a row already was."""
     refused_and_unchanged(cli, tmp_path, text, *words)
+
+
+# ------------------------------------------------- sections wrapped in another object
+
+
+def test_sections_wrapped_in_an_unknown_object_refuse_the_snapshot(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §3: an export that put the sections under `"data"` (or any name
+    the contract does not define) had that field left out as a newer hub's, with a
+    warning, and the full snapshot with no rows replaced the cache (exit 0: every
+    product and customer gone). A field of the top level holding a section's name is
+    not a newer hub's field: the snapshot is refused, naming both."""
+    doc = snapshot(**V2)
+    data = {name: doc.pop(name) for name in ("categories", "products", "customers", "cards")}
+    doc["data"] = data
+    refused_and_unchanged(
+        cli, tmp_path, json.dumps(doc, ensure_ascii=False), "data holds categories"
+    )
