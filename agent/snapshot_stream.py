@@ -199,16 +199,28 @@ def _rows(
         if skipping:
             continue
         if section is None or validate is None:
+            _spelt_section_line(text, n)
             raise InputError(f'snapshot line {n}: a row before any {{"section": ...}} line')
         if "." in text and _has_float(text):
             raise InputError(f"snapshot line {n}: numbers with a fraction are not allowed")
         try:
             row = validate(text)
         except ValidationError as exc:
+            _spelt_section_line(text, n)
             row, text = _known_fields_only(
                 validate, text, exc, f"snapshot line {n}", section, ignored
             )
         yield section, row, text
+
+
+def _spelt_section_line(text: str, n: int) -> None:
+    """A section line written otherwise than `{"section": NAME}` (`{ "section": ... }`):
+    refused as what it is, not as a row (only when a row's reading has failed)."""
+    if text.startswith("{") and text[1:].lstrip().startswith('"section"'):
+        raise InputError(
+            f'snapshot line {n}: a section line is written {{"section": NAME}} exactly'
+            ' (no blank after its "{")'
+        )
 
 
 def _known_fields_only(

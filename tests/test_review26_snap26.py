@@ -367,3 +367,17 @@ def test_sections_wrapped_in_an_unknown_object_refuse_the_snapshot(
     refused_and_unchanged(
         cli, tmp_path, json.dumps(doc, ensure_ascii=False), "data holds categories"
     )
+
+
+def test_a_section_line_with_a_blank_in_it_is_named_as_one(cli: CLI, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3: `{ "section": "cards" }` (a writer that puts a blank after
+    the brace) was "a row before any section line" (it is one) or a row's error. The
+    line is refused (the form is `{"section": NAME}`) in words that say what to mend."""
+    from tests.test_snapshot_stream import to_jsonl
+
+    text = to_jsonl(snapshot(**V2)).replace('{"section": "cards"}', '{ "section": "cards" }')
+    refused_and_unchanged(cli, tmp_path, text, "is written", '{"section": NAME}')
+    text = to_jsonl(snapshot(**V2)).replace(
+        '{"section": "categories"}', '{ "section": "categories"}'
+    )
+    refused_and_unchanged(cli, tmp_path, text, "line 2", "is written")
