@@ -502,10 +502,13 @@ def _write_rows(
     def flush(section: str) -> None:
         batch = batches[section]
         marks = ", ".join("?" * _COLUMNS[section])
+        done = conn.total_changes
         try:
             conn.executemany(f"{verb} INTO {section} VALUES ({marks})", batch)
         except sqlite3.IntegrityError:
-            raise InputError(f"snapshot: two {section} rows have the same key") from None
+            # the rows before the one refused went in: their count is its place in the batch
+            key = batch[min(conn.total_changes - done, len(batch) - 1)][0]
+            raise InputError(f"snapshot: two {section} rows have the same key, {key!r}") from None
         batch.clear()
         if after_batch is not None:
             after_batch()

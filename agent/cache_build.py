@@ -304,7 +304,7 @@ def _section_of(mm: mmap.mmap, at: int, end: int) -> str | None:
     stop = mm.find(b"\n", at, end)
     try:
         doc = json.loads(mm[at : end if stop < 0 else stop])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     name = doc.get("section") if isinstance(doc, dict) else None
     # one this version does not know too: its rows are left out (`snapshot_stream._rows`)
@@ -392,10 +392,25 @@ def _merge(conn: sqlite3.Connection, part: Path, settle: cache_mod.Settle) -> No
                         (low, low + _MERGE_STEP),
                     )
                 except sqlite3.IntegrityError:
-                    raise InputError(f"snapshot: two {table} rows have the same key") from None
+                    key = _twice(conn, table, low, low + _MERGE_STEP)
+                    raise InputError(
+                        f"snapshot: two {table} rows have the same key, {key!r}"
+                    ) from None
                 settle()
     finally:
         conn.execute("DETACH DATABASE part")
+
+
+def _twice(conn: sqlite3.Connection, table: str, low: int, high: int) -> str:
+    """A key of the attached part's `table` (its rows `low` < rowid <= `high`, the step
+    refused) that the main build holds too (a table's first column is its key)."""
+    key = conn.execute(f"PRAGMA main.table_info({table})").fetchone()[1]
+    row = conn.execute(
+        f"SELECT {key} FROM part.{table} WHERE rowid > ? AND rowid <= ?"
+        f" AND {key} IN (SELECT {key} FROM main.{table}) ORDER BY rowid LIMIT 1",
+        (low, high),
+    ).fetchone()
+    return "?" if row is None else str(row[0])
 
 
 def _run_workers(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -514,13 +515,38 @@ def load_snapshot(agent: Any, name: str) -> Any:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
-    doc = read_json(name, limit=None)  # a snapshot, not a request: no request limit
+    from .snapshot_stream import keep_repeats, refuse_non_object, refuse_repeats
+
+    if name == "-":
+        # standard input: JSON Lines streamed as from a file (`zcat snap.jsonl.gz | ...`)
+        stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)
+        try:
+            first = stdin.readline(HEAD_BYTES)
+            head = first.encode("utf-8") if isinstance(first, str) else first
+            if is_jsonl(head):
+                from tillpoint.sync import refuse_plain_if_enrolled
+
+                refuse_plain_if_enrolled(agent.data_dir)
+                return agent.load_snapshot_lines(itertools.chain([first], stdin))
+            refuse_non_object(head, name)  # not `/dev/zero` read whole
+            rest = stdin.read()
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read it ({exc})") from None
+        raw = head + (rest.encode("utf-8") if isinstance(rest, str) else rest)
+        doc = parse_json(raw, name, keep_repeats)
+    else:  # a snapshot, not a request: no request limit; a section given twice is refused
+        doc = read_json(name, limit=None, pairs_hook=keep_repeats)
+    refuse_repeats(doc, "snapshot")
     from tillpoint.sync import load_snapshot_file
 
     return load_snapshot_file(agent, doc)
 
 
-def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
+def read_json(
+    name: str,
+    limit: int | None = REQUEST_MAX_BYTES,
+    pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+) -> Any:
     """A JSON document from a file or stdin (`-`). A request (the default `limit`) larger
     than 4 MiB is refused before it is read whole or parsed; a snapshot passes None, and
     is read whole only once its first bytes could start one (not `/dev/zero`)."""
@@ -551,7 +577,7 @@ def read_json(name: str, limit: int | None = REQUEST_MAX_BYTES) -> Any:
         raise InputError(f"{name}: no such file") from None
     except OSError as exc:
         raise InputError(f"{name}: cannot read it ({exc})") from None
-    return parse_json(raw, name)  # the bytes, read as an HTTP body is
+    return parse_json(raw, name, pairs_hook)  # the bytes, read as an HTTP body is
 
 
 def _data_dir(text: str) -> Path:
@@ -561,7 +587,11 @@ def _data_dir(text: str) -> Path:
     return Path(text)
 
 
-def parse_json(text: str | bytes, name: str) -> Any:
+def parse_json(
+    text: str | bytes,
+    name: str,
+    pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+) -> Any:
     """A JSON document as every input of tillpoint is read (files, stdin, HTTP bodies):
     UTF-8 (a byte order mark, which Windows tools write, is skipped; UTF-16 is not JSON
     between systems, RFC 8259), no floats (money is minor units, quantities decimal
@@ -570,7 +600,10 @@ def parse_json(text: str | bytes, name: str) -> Any:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
         doc = json.loads(
-            text.removeprefix("\ufeff"), parse_float=_no_float, parse_constant=_no_constant
+            text.removeprefix("\ufeff"),
+            parse_float=_no_float,
+            parse_constant=_no_constant,
+            object_pairs_hook=pairs_hook,
         )
         if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _lone_surrogate(doc):
             raise InputError(

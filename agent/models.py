@@ -688,6 +688,16 @@ class Offer(Model):
             raise ValueError(f"offer {self.id}: value is required for {self.kind}")
         if self.kind == "QUANTITY_PRICE" and not self.tiers:
             raise ValueError(f"offer {self.id}: QUANTITY_PRICE needs tiers")
+        if len(self.tiers) > 1 and not _stored(info):
+            prices: dict[Decimal, int] = {}
+            for tier in self.tiers:
+                price = prices.setdefault(tier.min_qty, tier.unit_price_minor)
+                if price != tier.unit_price_minor:
+                    raise ValueError(
+                        f"offer {self.id}: two tiers with minQty {tier.min_qty.normalize():f}"
+                        f" and two unit prices ({price} and {tier.unit_price_minor}): which"
+                        " applies would depend on their order"
+                    )
         if self.kind == "MULTIBUY":
             for name, qty in (("buyQty", self.buy_qty), ("freeQty", self.free_qty)):
                 if qty is None or qty != qty.to_integral_value():
@@ -783,6 +793,14 @@ class Coupon(Model):
     @classmethod
     def _normal(cls, value: str) -> str:
         return normal_coupon_code(value)
+
+    @model_validator(mode="after")
+    def _window(self, info: ValidationInfo) -> Coupon:
+        # as an offer's (docs/CONTRACT.md §3); a coupon an earlier release stored reads back
+        reversed_ = self.valid_from and self.valid_to and self.valid_from > self.valid_to
+        if reversed_ and not _stored(info):
+            raise ValueError(f"coupon {self.code}: validFrom is after validTo")
+        return self
 
 
 def normal_coupon_code(value: str) -> str:
@@ -996,6 +1014,24 @@ def parse(model: type[M], data: Any, what: str, *, request: bool = False) -> M:
         return model.model_validate(document)
     except ValidationError as exc:
         raise InputError(f"{what}: {describe(exc, document)}") from None
+
+
+def refuse_wrapped_sections(data: Any, what: str = "snapshot") -> None:
+    """A field the contract does not define is left out as a newer hub's, but not one
+    whose object holds a section (`"data": {"products": [...]}`): left out, the full
+    snapshot had no rows and emptied the cache. InputError naming both."""
+    if not isinstance(data, dict):
+        return
+    known = {field.alias or name for name, field in Snapshot.model_fields.items()}
+    for key, value in data.items():
+        if key in known or not isinstance(value, dict):
+            continue
+        inside = next((name for name in ROW_MODELS if name in value), None)
+        if inside is not None:
+            raise InputError(
+                f"{what}: {key} holds {inside}: a snapshot's sections are at its top level"
+                f" (not a newer hub's field: its rows would not be loaded)"
+            )
 
 
 def parse_snapshot_part(model: type[M], data: Any, what: str, ignored: set[str]) -> M:

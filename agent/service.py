@@ -77,6 +77,7 @@ from .models import (
     fits_int64,
     has_controls,
     parse_snapshot_part,
+    refuse_wrapped_sections,
 )
 from .money import decimal_text, frac
 from .pricing import (
@@ -320,6 +321,7 @@ class Agent:
         """Apply a snapshot given as one JSON document (a dict). Fields the contract does
         not define are left out and named in the answer's `ignored`."""
         ignored: set[str] = set()
+        refuse_wrapped_sections(data)
         snap = parse_snapshot_part(Snapshot, data, "snapshot", ignored)
         return self._apply(snap.header, cache_mod.rows_of(snap)).naming(ignored)
 
@@ -1837,7 +1839,7 @@ def balance_of(points: ledger.Points) -> Balance:
     )
 
 
-_BALANCE_HINT = "check the customer's balancePoints in the snapshot"
+_BALANCE_HINT = "check the customer's balancePoints and pending in the snapshot"
 
 
 def _points_fit(points: ledger.Points) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -36,6 +37,50 @@ from .models import (
 )
 
 FORMAT = "tillpoint.snapshot/jsonl"
+
+# A snapshot's names a JSON reader would silently take the last of when one is given twice
+# in an object: the sections (the rows of the first list were not loaded), the program,
+# `removed` (and each of its lists) and the header's fields. A row's own field given twice
+# still counts its last (docs/CONTRACT.md §3, the phone decision).
+GIVEN_ONCE = frozenset(
+    {*ROW_MODELS, "program", "removed", "appliedThrough", "version", "baseVersion"}
+    | {"issuedAt", "expiresAt", "format"}
+)
+
+
+class _Repeated(dict):  # type: ignore[type-arg]
+    """A JSON object with a key given twice (`keep_repeats`): which keys."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def keep_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` for a snapshot's JSON: a dict, which remembers the keys given
+    twice in it (the last value counts, as in any reader) for `refuse_repeats`."""
+    doc = dict(pairs)
+    if len(doc) == len(pairs):
+        return doc
+    marked = _Repeated(doc)
+    seen: set[str] = set()
+    repeated = []
+    for key, _ in pairs:
+        if key in seen:
+            repeated.append(key)
+        seen.add(key)
+    marked.repeated = tuple(repeated)
+    return marked
+
+
+def refuse_repeats(doc: Any, where: str) -> None:
+    """Refuse a snapshot (read with `keep_repeats`) that gives one of `GIVEN_ONCE` twice
+    in its own object or in `removed`: "snapshot: products is given twice in one object"."""
+    for part in (doc, doc.get("removed") if isinstance(doc, dict) else None):
+        for key in getattr(part, "repeated", ()):
+            if key in GIVEN_ONCE:
+                raise InputError(
+                    f"{where}: {key} is given twice in one object: merge them into one"
+                )
+
 
 # Enough of a file to tell a JSON object from anything else before reading it whole.
 HEAD_BYTES = 4096
@@ -67,14 +112,40 @@ def read_lines(
     n, first = next(((n, line) for n, line in numbered if line.strip()), (0, ""))
     if not n:
         raise InputError("snapshot: the file is empty")
-    try:
-        head = json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+    head = _line_json(first, n, keep_repeats)
+    refuse_repeats(head, f"snapshot line {n}")
+    inline = (
+        next((name for name in ROW_MODELS if name in head), None)
+        if isinstance(head, dict)
+        else None
+    )
+    if inline is not None:  # not a newer hub's field: rows that would be left out, all of them
+        raise InputError(
+            f"snapshot line {n}: {inline} in the header line: in JSON Lines a section's rows"
+            f' follow a {{"section": "{inline}"}} line, one row a line'
+        )
     if not isinstance(head, dict) or head.pop("format", None) != FORMAT:
         raise InputError(f'snapshot line {n}: the first line must have "format": "{FORMAT}"')
     header = parse_snapshot_part(SnapshotHeader, head, f"snapshot line {n}", ignored)
     return header, _rows(numbered, ignored=ignored)
+
+
+def _line_json(
+    text: bytes | str, n: int, hook: Callable[[list[tuple[str, Any]]], Any] | None = None
+) -> Any:
+    """A header or section line read with Python's reader; what it cannot take (nesting
+    past its recursion limit, an integer past 4,300 digits) is bad input like any other,
+    not an internal error (a row's own reader, pydantic's, says so itself)."""
+    try:
+        return json.loads(text, object_pairs_hook=hook)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"snapshot line {n}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # Python's limit on an integer's digits
+        raise InputError(
+            f"snapshot line {n}: not valid JSON (a number with too many digits)"
+        ) from None
 
 
 def _rows(
@@ -106,10 +177,7 @@ def _rows(
         if not text:
             continue
         if text.startswith('{"section"'):
-            try:
-                marker = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+            marker = _line_json(text, n)
             section = marker.get("section")
             if not isinstance(section, str) or not section or len(marker) != 1:
                 raise InputError(
@@ -131,16 +199,28 @@ def _rows(
         if skipping:
             continue
         if section is None or validate is None:
+            _spelt_section_line(text, n)
             raise InputError(f'snapshot line {n}: a row before any {{"section": ...}} line')
         if "." in text and _has_float(text):
             raise InputError(f"snapshot line {n}: numbers with a fraction are not allowed")
         try:
             row = validate(text)
         except ValidationError as exc:
+            _spelt_section_line(text, n)
             row, text = _known_fields_only(
                 validate, text, exc, f"snapshot line {n}", section, ignored
             )
         yield section, row, text
+
+
+def _spelt_section_line(text: str, n: int) -> None:
+    """A section line written otherwise than `{"section": NAME}` (`{ "section": ... }`):
+    refused as what it is, not as a row (only when a row's reading has failed)."""
+    if text.startswith("{") and text[1:].lstrip().startswith('"section"'):
+        raise InputError(
+            f'snapshot line {n}: a section line is written {{"section": NAME}} exactly'
+            ' (no blank after its "{")'
+        )
 
 
 def _known_fields_only(

@@ -63,12 +63,10 @@ def deal_offers(draw: st.DrawFn) -> list[dict[str, Any]]:
         if draw(st.booleans()):
             row["customerId"] = "c-a"
         if kind == "QUANTITY_PRICE":
+            # one tier a minQty: two prices for one minQty are refused (docs/CONTRACT.md §15)
+            reaches = draw(st.lists(st.integers(1, 6), min_size=1, max_size=3, unique=True))
             row["tiers"] = [
-                {
-                    "minQty": str(draw(st.integers(1, 6))),
-                    "unitPriceMinor": draw(st.integers(0, 9000)),
-                }
-                for _ in range(draw(st.integers(1, 3)))
+                {"minQty": str(q), "unitPriceMinor": draw(st.integers(0, 9000))} for q in reaches
             ]
         elif kind == "MULTIBUY":
             row["buyQty"] = str(draw(st.integers(1, 4)))
