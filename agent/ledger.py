@@ -590,15 +590,7 @@ def balance(
         available, pending, expiring_rows = 0, 0, 0
         cutoff = utc_text(at)
         for device_id, seq in devices:
-            a, p, e = conn.execute(
-                # The one rule of `expiry.Tally`, summed by SQLite: spending counts at
-                # once, earned points from their activation time (never without one).
-                "SELECT coalesce(sum(CASE WHEN kind = 'spend' OR activates_at <= ?3"
-                " THEN points END), 0), coalesce(sum(CASE WHEN kind = 'spend'"
-                " OR activates_at <= ?3 THEN NULL ELSE points END), 0), count(expires_at)"
-                " FROM points WHERE customer_id = ?1 AND device_id = ?2 AND seq > ?4",
-                (customer.id, device_id, cutoff, seq),
-            ).fetchone()
+            a, p, e = _summed_moves(conn, customer.id, device_id, cutoff, seq)
             available, pending, expiring_rows = available + a, pending + p, expiring_rows + e
         if program is None or not expiring_rows:
             tally = Tally(at, customer.balance_points + available, pending)
@@ -631,6 +623,39 @@ def balance(
     moves = tuple(_movement(row, at) for row in rows)
     points = _points(_wallet(customer, moves, program), at, program)
     return replace(points, made_of=(customer, moves))
+
+
+def _summed_moves(
+    conn: sqlite3.Connection, customer_id: str, device_id: str, cutoff: str, seq: int
+) -> tuple[int, int, int]:
+    """A device's unsynced point rows of the customer: (available, pending, rows that
+    expire), by the one rule of `expiry.Tally`: spending counts at once, earned points
+    from their activation time (never without one). Summed by SQLite; when its 64-bit
+    sum overflows (movements past int64 whose balance fits: a customer at the int64
+    floor earning), in Python, exactly."""
+    where = " FROM points WHERE customer_id = ?1 AND device_id = ?2 AND seq > ?4"
+    args = (customer_id, device_id, cutoff, seq)
+    try:
+        a, p, e = conn.execute(
+            "SELECT coalesce(sum(CASE WHEN kind = 'spend' OR activates_at <= ?3"
+            " THEN points END), 0), coalesce(sum(CASE WHEN kind = 'spend'"
+            " OR activates_at <= ?3 THEN NULL ELSE points END), 0), count(expires_at)" + where,
+            args,
+        ).fetchone()
+        return int(a), int(p), int(e)
+    except sqlite3.OperationalError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+    available = pending = expiring = 0
+    for kind, points, activates_at, expires_at in conn.execute(
+        "SELECT kind, points, activates_at, expires_at" + where, args
+    ):
+        if kind == "spend" or (activates_at is not None and activates_at <= cutoff):
+            available += points
+        else:
+            pending += points
+        expiring += expires_at is not None
+    return available, pending, expiring
 
 
 def _moved_at(tx_at: str | None, at: datetime) -> datetime:

@@ -51,3 +51,31 @@ def test_a_quantity_of_many_digits_is_returned_to_the_last_thousandth(cli: CLI) 
         f" ({bought} bought, {bought} returned before, 0 left to return;"
         " this refund asks 0.001)\n"
     )
+
+
+# ---------------------------------------------------------------- §2 × §3: int64 balances
+
+I64 = 2**63 - 1
+
+
+def test_a_balance_that_fits_is_answered_whatever_its_movements_add_up_to(cli: CLI) -> None:
+    """docs/CONTRACT.md §2 and §3: points are whole numbers, int64 in the contract; the
+    local balance is `balancePoints` plus this till's movements. A customer at the int64
+    floor (a hub's correction) who earns 3.46e18 points three times has 1.15e18: the sum
+    of the movements alone passes int64, the balance does not. (The till summed the
+    movements in SQLite, which said "integer overflow": the fourth checkout and every
+    `balance` of the customer were "internal error", exit 1.)"""
+    snap = snapshot()
+    snap["program"]["pointValueMinor"] = 1
+    snap["customers"][0]["balancePoints"] = -I64 - 1
+    assert cli("snapshot", "load", snap).code == 0
+    line = {"sku": MILK, "qty": "1", "priceMinor": I64}
+    earned = I64 * 75 * 5 // 1000  # 7.5 % × the birthday's 5 of I64 minor units, 1 each
+    for k in range(4):
+        run = cli("checkout", receipt(f"r{k}", lines=[line]), "--json")
+        assert run.code == 0, run.err
+        assert run.json()["earnedPoints"] == earned
+        assert run.json()["balance"]["availablePoints"] == -I64 - 1 + (k + 1) * earned
+    balance = cli("balance", CARD, "--at", "2026-11-23T12:00:00+03:00", "--json")
+    assert balance.code == 0, balance.err
+    assert balance.json() == {"availablePoints": -I64 - 1 + 4 * earned, "pendingPoints": 0}
