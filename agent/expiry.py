@@ -229,6 +229,12 @@ class Wallet:
             own = self.earned.get(m.receipt_id)
             if m.points < 0 and own is not None:
                 own.points += m.points  # taken back while pending: off its own batch
+            elif m.points < 0 and m.activates_at is not None:
+                # A sale the snapshot counted: its pending points are the snapshot's
+                # `pending` entry that activates when they do.
+                left = self._off_counted(-m.points, m.activates_at, m.expires_at, pending=True)
+                if left:
+                    self._add(Batch(-left, m.activates_at, m.expires_at))
             else:
                 batch = self._add(Batch(m.points, m.activates_at, m.expires_at))
                 if m.points > 0 and m.receipt_id:
@@ -238,7 +244,10 @@ class Wallet:
             if m.receipt_id:
                 self.taken.setdefault(m.receipt_id, []).extend(took)
         elif m.points < 0:
-            self._take_back(-m.points, m.receipt_id, m.at)
+            # A take-back's row names when the sale's earned points activate and expire
+            # (rows written before review 26 do not: `activates_at` None).
+            sale = (m.expires_at,) if m.activates_at is not None else None
+            self._take_back(-m.points, m.receipt_id, m.at, sale)
         else:
             self._give_back(m.points, m.receipt_id, m.at)
 
@@ -293,17 +302,61 @@ class Wallet:
             took.append((debt, points))
         return took
 
-    def _take_back(self, points: int, receipt_id: str, at: datetime) -> None:
+    def _take_back(
+        self,
+        points: int,
+        receipt_id: str,
+        at: datetime,
+        sale: tuple[datetime | None] | None = None,
+    ) -> None:
+        """Points a refund takes back: off the sale's own earned batch while it counts,
+        the rest as a spend. A sale the snapshot counted has no batch of its own here:
+        its points are in the snapshot's batches that expire when they do (`sale`: the
+        expiry of its earned points, None: never, as the refund's row says), and come
+        off those first, as the hub takes them off that sale's batch."""
         own = self.earned.get(receipt_id)
-        counts = own is not None and own.spendable(at)
-        if own is not None and counts and own.points > 0:
-            part = min(points, own.points)
-            own.points -= part
-            points -= part
+        if own is None and sale is not None:
+            points = self._off_counted(points, at, sale[0], pending=False)
+            owner = self._counted_batch(at, sale[0])
+        else:
+            owner = own if own is not None and own.spendable(at) else None
+            if owner is not None and owner.points > 0:
+                part = min(points, owner.points)
+                owner.points -= part
+                points -= part
         if points:
             took = self._spend(points, at)
-            if own is not None and counts:  # spent by another sale, not expired
-                own.covered.extend(took)
+            if owner is not None:  # spent by another sale, not expired
+                owner.covered.extend(took)
+
+    def _counted_batch(self, at: datetime, expires_at: datetime | None) -> Batch | None:
+        """The first batch spendable at `at` that expires at `expires_at`."""
+        return next(
+            (b for b in self.batches if b.expires_at == expires_at and b.spendable(at)), None
+        )
+
+    def _off_counted(
+        self, points: int, when: datetime, expires_at: datetime | None, *, pending: bool
+    ) -> int:
+        """Takes up to `points` off the batches that hold a counted sale's points: pending
+        ones that activate at `when` (those expiring at `expires_at` first), or ones
+        spendable at `when` that expire at `expires_at`. Returns what is left."""
+        if pending:
+            found = [b for b in self.batches if b.active_from == when and b.points > 0]
+            found.sort(key=lambda b: b.expires_at != expires_at)  # stable: the older first
+        else:
+            found = [
+                b
+                for b in self.batches
+                if b.expires_at == expires_at and b.points > 0 and b.spendable(when)
+            ]
+        for batch in found:
+            part = min(points, batch.points)
+            batch.points -= part
+            points -= part
+            if not points:
+                break
+        return points
 
     def _give_back(self, points: int, receipt_id: str, at: datetime) -> None:
         points = self._undo(self.taken.get(receipt_id, []), points, at)

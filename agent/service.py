@@ -1498,9 +1498,12 @@ class Agent:
                     moves.append(ledger.PointMove("spend", outcome.returned_points))
                     delta_available += outcome.returned_points
                 taken = outcome.taken_back_points
+                # The receipt's earned points left, and when they expire.
+                pending_left, expires = (
+                    ledger.earned_left(conn, refund.receipt_id) if taken else (0, None)
+                )
                 if taken and refund.at < activates:
                     # Taken-back points come off the receipt's own pending points first.
-                    pending_left, expires = ledger.earned_left(conn, refund.receipt_id)
                     from_pending = max(0, min(taken, pending_left))
                     if from_pending:
                         moves.append(
@@ -1511,7 +1514,10 @@ class Agent:
                         delta_pending -= from_pending
                         taken -= from_pending
                 if taken:
-                    moves.append(ledger.PointMove("spend", -taken))
+                    # The row names when the sale's points activate and expire (never:
+                    # None), for a sale the hub has counted (`expiry.Wallet._take_back`).
+                    sale_activates = ledger.utc_text(activates)
+                    moves.append(ledger.PointMove("spend", -taken, sale_activates, expires))
                     delta_available -= taken
                 ledger.insert_points(
                     conn, self.device_id, seq, customer_id, refund.receipt_id, moves

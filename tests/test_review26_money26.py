@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.models import Receipt, Refund
@@ -188,3 +189,174 @@ def test_a_sale_returned_in_any_parts_leaves_every_batch_as_it_was(
             assert [agent.balance(CARD, t).to_json() for t in later] == before
         finally:
             agent.close()
+
+
+# ---------------------------------------------------------------- §16: a sale the hub counted
+
+
+def _counted(cli: CLI, program: dict[str, Any], customer: dict[str, Any]) -> None:
+    """Version 2 of the snapshot: the hub has counted the till's first transaction (the
+    sale r1) and shows its points as `customer` says."""
+    snap = snapshot(version=2, appliedThrough={"till-1": 1})
+    snap["program"].update(program)
+    snap["customers"][0].update(customer)
+    assert cli("snapshot", "load", snap).code == 0
+
+
+def test_points_taken_back_for_a_counted_sale_come_off_that_sales_own_batch(cli: CLI) -> None:
+    """docs/CONTRACT.md §16 (its decisions): points a refund takes back come off the
+    sale's own earned batch first, also once the hub has counted the sale and lists its
+    points as an `expiring` batch of the snapshot. (The till took them as a spend, the
+    soonest-expiring first: the customer's other 50 points expiring on the 25th went,
+    and 50 of the refunded sale's points stayed listed to expire on the 28th; on the
+    26th the till said 1000 where the hub says 950.)"""
+    program = {"pointsLifetimeDays": 5}
+    snap = snapshot()
+    snap["program"].update(program)
+    snap["customers"][0].update(
+        balancePoints=1000, expiring=[{"points": 50, "expiresAt": "2026-11-25T23:59:59+03:00"}]
+    )
+    assert cli("snapshot", "load", snap).code == 0
+    line = {"sku": MILK, "qty": "1", "priceMinor": 100000}
+    sale = cli("checkout", receipt(lines=[line]), "--json").json()
+    earned = sale["earnedPoints"]
+    assert earned == 375  # 1000 ₽ × 7.5 % × 5 (the birthday window)
+    own = {"points": earned, "expiresAt": "2026-11-28T10:15:00+03:00"}  # 5 days after
+    assert sale["balance"]["expiring"] == [
+        {"points": 50, "expiresAt": "2026-11-25T23:59:59+03:00"},
+        own,
+    ]
+    _counted(
+        cli,
+        program,
+        {
+            "balancePoints": 1000 + earned,
+            "expiring": [{"points": 50, "expiresAt": "2026-11-25T23:59:59+03:00"}, own],
+        },
+    )
+    back = cli("refund", _refund("f1", (MILK, "1")), "--json")
+    assert back.code == 0, back.err
+    assert back.json()["takenBackPoints"] == earned
+    assert back.json()["balance"] == {
+        "availablePoints": 1000,
+        "pendingPoints": 0,
+        "expiring": [{"points": 50, "expiresAt": "2026-11-25T23:59:59+03:00"}],
+    }
+    later = cli("balance", CARD, "--at", "2026-11-26T10:00:00+03:00", "--json")
+    assert later.json() == {"availablePoints": 950, "pendingPoints": 0}
+
+
+def test_pending_points_taken_back_for_a_counted_sale_leave_its_pending_entry(cli: CLI) -> None:
+    """docs/CONTRACT.md §6: points taken back come off the receipt's own pending points
+    while they are pending; §16: `expiring` lists what is left of each batch. The hub has
+    counted the sale and lists its 375 points as a `pending` entry; half the sale goes
+    back while they are pending, so 188 become spendable and expire. (The till kept the
+    187 taken back as a batch of its own, below zero, which `expiring` skipped: it listed
+    all 375 points to expire on the 30th, with 188 of them available.)"""
+    program = {"pointsLifetimeDays": 5, "activationDelayDays": 2}
+    snap = snapshot()
+    snap["program"].update(program)
+    snap["customers"][0]["balancePoints"] = 1000
+    assert cli("snapshot", "load", snap).code == 0
+    line = {"sku": MILK, "qty": "1", "priceMinor": 100000}
+    sale = cli("checkout", receipt(lines=[line]), "--json").json()
+    assert sale["balance"] == {"availablePoints": 1000, "pendingPoints": 375}
+    activates = "2026-11-25T10:15:00+03:00"
+    entry = {"points": 375, "activatesAt": activates}
+    _counted(cli, program, {"balancePoints": 1000, "pending": [entry]})
+    back = cli("refund", _refund("f1", (MILK, "0.5")), "--json")
+    assert back.code == 0, back.err
+    assert back.json()["takenBackPoints"] == 187
+    assert back.json()["balance"] == {"availablePoints": 1000, "pendingPoints": 188}
+    later = cli("balance", CARD, "--at", "2026-11-26T10:00:00+03:00", "--json")
+    assert later.json() == {
+        "availablePoints": 1188,
+        "pendingPoints": 0,
+        "expiring": [{"points": 188, "expiresAt": "2026-11-30T10:15:00+03:00"}],
+    }
+    gone = cli("balance", CARD, "--at", "2026-12-01T10:00:00+03:00", "--json")
+    assert gone.json() == {"availablePoints": 1000, "pendingPoints": 0}
+
+
+def test_points_taken_back_for_a_counted_sale_that_never_expire_leave_the_batch_that_does(
+    cli: CLI,
+) -> None:
+    """The same where the till's points never expire (`pointsLifetimeDays` 0) and the hub
+    imported 50 that do: the sale's 375 are in the never-expiring rest of the snapshot,
+    and come off it. (The till took the 50 expiring on the 25th first: from the 26th on
+    it said 1000 where the hub says 950, until the next snapshot took the 50 back.)"""
+    snap = snapshot()
+    soon = {"points": 50, "expiresAt": "2026-11-25T23:59:59+03:00"}
+    snap["customers"][0].update(balancePoints=1000, expiring=[soon])
+    assert cli("snapshot", "load", snap).code == 0
+    line = {"sku": MILK, "qty": "1", "priceMinor": 100000}
+    assert cli("checkout", receipt(lines=[line]), "--json").json()["earnedPoints"] == 375
+    _counted(cli, {}, {"balancePoints": 1375, "expiring": [soon]})
+    back = cli("refund", _refund("f1", (MILK, "1")), "--json")
+    assert back.json()["balance"] == {
+        "availablePoints": 1000,
+        "pendingPoints": 0,
+        "expiring": [soon],
+    }
+    later = cli("balance", CARD, "--at", "2026-11-26T10:00:00+03:00", "--json")
+    assert later.json() == {"availablePoints": 950, "pendingPoints": 0}
+
+
+@pytest.mark.parametrize(("lifetime", "delay", "qty"), [(5, 0, "1"), (0, 0, "1"), (5, 2, "0.5")])
+def test_the_till_and_the_hub_agree_on_a_refund_of_a_sale_the_hub_counted(
+    lifetime: int, delay: int, qty: str
+) -> None:
+    """docs/CONTRACT.md §16 (its decisions: the till and the hub replay by one rule): a
+    sale, the hub's snapshot that counted it loaded on the till, then a refund of it; the
+    till and the hub that counted the refund say the same balance and the same batches
+    to expire, day after day. Real parts: an Agent on SQLite files, the hub's SQLite
+    store, the till's outbox as its push sends it."""
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.loopback import import_doc
+
+    from .test_hub_till_agree import CARD as BORIS
+    from .test_hub_till_agree import NOW, SKU, WEEK, _master, pushed
+
+    start = datetime.fromisoformat("2026-11-23T10:00:00+03:00")
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = SqliteHubStore(Path(tmp) / "hub.db")
+        agent = Agent(Path(tmp) / "till", "till-1")
+        try:
+            import_doc(hub, _master(1000, [(50, start + timedelta(days=2))], lifetime, delay))
+            agent.load_snapshot(hub.snapshot_doc(hub.publish(NOW, WEEK).version, 0))
+            at = start + timedelta(minutes=15)
+            line = {"sku": SKU, "qty": "1", "priceMinor": 1_000_000}
+            sale = receipt("r1", card=BORIS, at=at.isoformat(), lines=[line])
+            agent.checkout(Receipt.model_validate(sale))
+            hub.ingest("till-1", "", pushed(Path(tmp) / "till"), NOW)
+            counted = hub.snapshot_doc(hub.publish(NOW + timedelta(hours=5), WEEK).version, 0)
+            assert counted["appliedThrough"] == {"till-1": 1}
+            agent.load_snapshot(counted)
+            body = {"refundId": "f1", "receiptId": "r1", "at": (at + timedelta(days=1))}
+            body["lines"] = [{"sku": SKU, "qty": qty}]
+            body["at"] = body["at"].isoformat()
+            agent.refund(Refund.model_validate(body))
+            hub.ingest("till-1", "", pushed(Path(tmp) / "till"), NOW)
+            for hours in range(25, 24 * 12, 6):
+                moment = at + timedelta(hours=hours)
+                till = agent.balance(BORIS, moment).to_json()
+                there = hub.balance("c-b", moment)
+                row = next(
+                    c
+                    for c in hub.snapshot_doc(hub.publish(moment, WEEK).version, 0)["customers"]
+                    if c["id"] == "c-b"
+                )
+                assert (till["availablePoints"], till["pendingPoints"]) == (
+                    there.available,
+                    there.pending,
+                ), moment
+                assert [
+                    (e["points"], datetime.fromisoformat(e["expiresAt"]))
+                    for e in till.get("expiring", [])
+                ] == [
+                    (e["points"], datetime.fromisoformat(e["expiresAt"]))
+                    for e in row.get("expiring", [])
+                ], moment
+        finally:
+            agent.close()
+            hub.close()
