@@ -53,6 +53,11 @@ def test_a_quantity_of_many_digits_is_returned_to_the_last_thousandth(cli: CLI) 
     assert cli("checkout", sale, "--json").code == 0
     first = cli("refund", _refund("f1", (MILK, "12345678901234567890123456789012.344")), "--json")
     assert first.code == 0, first.err
+    # §6: idempotent on refundId, quantities compared by value, to the last digit
+    again = cli("refund", _refund("f1", (MILK, "12345678901234567890123456789012.344")), "--json")
+    assert (again.code, again.out) == (0, first.out)
+    other = cli("refund", _refund("f1", (MILK, "12345678901234567890123456789013.344")), "--json")
+    assert other.code == 2 and "already stored with another body" in other.err
     last = cli("refund", _refund("f2", (MILK, "0.001")), "--json")
     assert last.code == 0, last.err
     more = cli("refund", _refund("f3", (MILK, "0.001")), "--json")
