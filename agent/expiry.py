@@ -34,7 +34,7 @@ receipt's id), so a refund's points go back to its sale's batches there too.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -158,6 +158,12 @@ class Movement(NamedTuple):
     expires_at: datetime | None = None
 
 
+# A sale the snapshot counted, for the refunds of it the snapshot has not: what its spending
+# took, batch by batch as it was taken ((points, the batch's expiry; None: never expires or
+# a debt)), and how many of those points refunds the snapshot counted gave back already.
+Counted = tuple[list[tuple[int, datetime | None]], int]
+
+
 def wallet_of(
     balance_points: int,
     expiring: Iterable[tuple[int, datetime]],
@@ -165,11 +171,15 @@ def wallet_of(
     moves: Iterable[Movement],
     lifetime_days: int,
     zone: ZoneInfo,
+    counted: Mapping[str, Counted] | None = None,
 ) -> Wallet:
     """A customer's batches: a snapshot's figures (`balancePoints`, its `expiring` parts,
     its `pending` entries), then the movements not counted in them, in order. The one
-    replay of the till (`ledger.balance`) and of the hub (`hub_rules`)."""
+    replay of the till (`ledger.balance`) and of the hub (`hub_rules`). `counted`: the
+    till's sales the snapshot counted that refunds in `moves` give points back for."""
     wallet = Wallet.of(balance_points, expiring, pending, lifetime_days, zone)
+    for receipt_id, (parts, given) in (counted or {}).items():
+        wallet.counted_sale(receipt_id, parts, given)
     for move in moves:
         wallet.apply(move)
     return wallet
@@ -211,6 +221,29 @@ class Wallet:
         for points, activates_at in pending:
             wallet._add(Batch(points, activates_at, expiry_time(activates_at, lifetime_days, zone)))
         return wallet
+
+    def counted_sale(
+        self, receipt_id: str, parts: Iterable[tuple[int, datetime | None]], given: int
+    ) -> None:
+        """A sale the snapshot counted: what its spending took, so that points a refund
+        gives back go to batches that expire when those did (§16), an expired one staying
+        expired, not to the part that never expires. `given`: what counted refunds gave
+        back already, the last taken first."""
+        assert self.rest is not None
+        took: Taken = [
+            (self.rest if expires_at is None else self._add(Batch(0, None, expires_at)), points)
+            for points, expires_at in parts
+            if points > 0
+        ]
+        while given > 0 and took:
+            batch, part = took[-1]
+            back = min(given, part)
+            given -= back
+            if back == part:
+                took.pop()
+            else:
+                took[-1] = (batch, part - back)
+        self.taken[receipt_id] = took
 
     def _add(self, batch: Batch) -> Batch:
         batch.order = len(self.batches)
@@ -317,7 +350,8 @@ class Wallet:
         own = self.earned.get(receipt_id)
         if own is None and sale is not None:
             points = self._off_counted(points, at, sale[0], pending=False)
-            owner = self._counted_batch(at, sale[0])
+            # (the part that never expires holds every sale's points: no owner to pay back)
+            owner = self._counted_batch(at, sale[0]) if sale[0] is not None else None
         else:
             owner = own if own is not None and own.spendable(at) else None
             if owner is not None and owner.points > 0:
@@ -360,7 +394,7 @@ class Wallet:
 
     def _give_back(self, points: int, receipt_id: str, at: datetime) -> None:
         points = self._undo(self.taken.get(receipt_id, []), points, at)
-        if points:  # taken before the snapshot counted it: the hub settles the batches
+        if points:  # a sale counted before its rows named their batches (`counted_sale`)
             assert self.rest is not None
             self.rest.points += points
 
