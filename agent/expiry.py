@@ -34,7 +34,7 @@ receipt's id), so a refund's points go back to its sale's batches there too.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -158,6 +158,12 @@ class Movement(NamedTuple):
     expires_at: datetime | None = None
 
 
+# A sale the snapshot counted, for the refunds of it the snapshot has not: what its spending
+# took, batch by batch as it was taken ((points, the batch's expiry; None: never expires or
+# a debt)), and how many of those points refunds the snapshot counted gave back already.
+Counted = tuple[list[tuple[int, datetime | None]], int]
+
+
 def wallet_of(
     balance_points: int,
     expiring: Iterable[tuple[int, datetime]],
@@ -165,11 +171,15 @@ def wallet_of(
     moves: Iterable[Movement],
     lifetime_days: int,
     zone: ZoneInfo,
+    counted: Mapping[str, Counted] | None = None,
 ) -> Wallet:
     """A customer's batches: a snapshot's figures (`balancePoints`, its `expiring` parts,
     its `pending` entries), then the movements not counted in them, in order. The one
-    replay of the till (`ledger.balance`) and of the hub (`hub_rules`)."""
+    replay of the till (`ledger.balance`) and of the hub (`hub_rules`). `counted`: the
+    till's sales the snapshot counted that refunds in `moves` give points back for."""
     wallet = Wallet.of(balance_points, expiring, pending, lifetime_days, zone)
+    for receipt_id, (parts, given) in (counted or {}).items():
+        wallet.counted_sale(receipt_id, parts, given)
     for move in moves:
         wallet.apply(move)
     return wallet
@@ -212,6 +222,29 @@ class Wallet:
             wallet._add(Batch(points, activates_at, expiry_time(activates_at, lifetime_days, zone)))
         return wallet
 
+    def counted_sale(
+        self, receipt_id: str, parts: Iterable[tuple[int, datetime | None]], given: int
+    ) -> None:
+        """A sale the snapshot counted: what its spending took, so that points a refund
+        gives back go to batches that expire when those did (§16), an expired one staying
+        expired, not to the part that never expires. `given`: what counted refunds gave
+        back already, the last taken first."""
+        assert self.rest is not None
+        took: Taken = [
+            (self.rest if expires_at is None else self._add(Batch(0, None, expires_at)), points)
+            for points, expires_at in parts
+            if points > 0
+        ]
+        while given > 0 and took:
+            batch, part = took[-1]
+            back = min(given, part)
+            given -= back
+            if back == part:
+                took.pop()
+            else:
+                took[-1] = (batch, part - back)
+        self.taken[receipt_id] = took
+
     def _add(self, batch: Batch) -> Batch:
         batch.order = len(self.batches)
         self.batches.append(batch)
@@ -229,6 +262,12 @@ class Wallet:
             own = self.earned.get(m.receipt_id)
             if m.points < 0 and own is not None:
                 own.points += m.points  # taken back while pending: off its own batch
+            elif m.points < 0 and m.activates_at is not None:
+                # A sale the snapshot counted: its pending points are the snapshot's
+                # `pending` entry that activates when they do.
+                left = self._off_counted(-m.points, m.activates_at, m.expires_at, pending=True)
+                if left:
+                    self._add(Batch(-left, m.activates_at, m.expires_at))
             else:
                 batch = self._add(Batch(m.points, m.activates_at, m.expires_at))
                 if m.points > 0 and m.receipt_id:
@@ -238,7 +277,10 @@ class Wallet:
             if m.receipt_id:
                 self.taken.setdefault(m.receipt_id, []).extend(took)
         elif m.points < 0:
-            self._take_back(-m.points, m.receipt_id, m.at)
+            # A take-back's row names when the sale's earned points activate and expire
+            # (rows written before review 26 do not: `activates_at` None).
+            sale = (m.expires_at,) if m.activates_at is not None else None
+            self._take_back(-m.points, m.receipt_id, m.at, sale)
         else:
             self._give_back(m.points, m.receipt_id, m.at)
 
@@ -293,21 +335,66 @@ class Wallet:
             took.append((debt, points))
         return took
 
-    def _take_back(self, points: int, receipt_id: str, at: datetime) -> None:
+    def _take_back(
+        self,
+        points: int,
+        receipt_id: str,
+        at: datetime,
+        sale: tuple[datetime | None] | None = None,
+    ) -> None:
+        """Points a refund takes back: off the sale's own earned batch while it counts,
+        the rest as a spend. A sale the snapshot counted has no batch of its own here:
+        its points are in the snapshot's batches that expire when they do (`sale`: the
+        expiry of its earned points, None: never, as the refund's row says), and come
+        off those first, as the hub takes them off that sale's batch."""
         own = self.earned.get(receipt_id)
-        counts = own is not None and own.spendable(at)
-        if own is not None and counts and own.points > 0:
-            part = min(points, own.points)
-            own.points -= part
-            points -= part
+        if own is None and sale is not None:
+            points = self._off_counted(points, at, sale[0], pending=False)
+            # (the part that never expires holds every sale's points: no owner to pay back)
+            owner = self._counted_batch(at, sale[0]) if sale[0] is not None else None
+        else:
+            owner = own if own is not None and own.spendable(at) else None
+            if owner is not None and owner.points > 0:
+                part = min(points, owner.points)
+                owner.points -= part
+                points -= part
         if points:
             took = self._spend(points, at)
-            if own is not None and counts:  # spent by another sale, not expired
-                own.covered.extend(took)
+            if owner is not None:  # spent by another sale, not expired
+                owner.covered.extend(took)
+
+    def _counted_batch(self, at: datetime, expires_at: datetime | None) -> Batch | None:
+        """The first batch spendable at `at` that expires at `expires_at`."""
+        return next(
+            (b for b in self.batches if b.expires_at == expires_at and b.spendable(at)), None
+        )
+
+    def _off_counted(
+        self, points: int, when: datetime, expires_at: datetime | None, *, pending: bool
+    ) -> int:
+        """Takes up to `points` off the batches that hold a counted sale's points: pending
+        ones that activate at `when` (those expiring at `expires_at` first), or ones
+        spendable at `when` that expire at `expires_at`. Returns what is left."""
+        if pending:
+            found = [b for b in self.batches if b.active_from == when and b.points > 0]
+            found.sort(key=lambda b: b.expires_at != expires_at)  # stable: the older first
+        else:
+            found = [
+                b
+                for b in self.batches
+                if b.expires_at == expires_at and b.points > 0 and b.spendable(when)
+            ]
+        for batch in found:
+            part = min(points, batch.points)
+            batch.points -= part
+            points -= part
+            if not points:
+                break
+        return points
 
     def _give_back(self, points: int, receipt_id: str, at: datetime) -> None:
         points = self._undo(self.taken.get(receipt_id, []), points, at)
-        if points:  # taken before the snapshot counted it: the hub settles the batches
+        if points:  # a sale counted before its rows named their batches (`counted_sale`)
             assert self.rest is not None
             self.rest.points += points
 

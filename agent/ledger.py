@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .db import MigrationSet, connect, is_damage, migrate, owner_hint
 from .errors import DamagedLedger, InputError, StorageError
-from .expiry import Movement, Tally, Wallet, wallet_of
+from .expiry import Counted, Movement, Tally, Wallet, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
 
@@ -533,7 +533,7 @@ class Points:
     # receipt's balance after it (`after`), and what they were replayed from: the
     # snapshot's customer and the unsynced moves, in their order.
     wallet: Wallet | None = field(default=None, compare=False, repr=False)
-    made_of: tuple[Customer, tuple[Movement, ...]] | None = field(
+    made_of: tuple[Customer, tuple[Movement, ...], Mapping[str, Counted]] | None = field(
         default=None, compare=False, repr=False
     )
 
@@ -553,10 +553,11 @@ class Points:
             return None
         wallet = self.wallet
         if self.made_of is not None and moves:
-            customer, replayed = self.made_of
+            customer, replayed, counted = self.made_of
             cut = sum(1 for m in replayed if (m.at, m.by_refund) <= (at, False))
             if cut < len(replayed):  # some happened later: the whole replay again
-                wallet = _wallet(customer, [*replayed[:cut], *moves, *replayed[cut:]], program)
+                again = [*replayed[:cut], *moves, *replayed[cut:]]
+                wallet = _wallet(customer, again, program, counted)
                 return _points(wallet, at, program)
         for move in moves:
             wallet.apply(move)
@@ -593,16 +594,7 @@ def balance(
         available, pending, expiring_rows = 0, 0, 0
         cutoff = utc_text(at)
         for device_id, seq in devices:
-            a, p, e = conn.execute(
-                # The one rule of `expiry.Tally`, summed by SQLite: spending counts at
-                # once, earned points from their activation time (never without one).
-                "SELECT coalesce(sum(CASE WHEN kind = 'spend' OR activates_at <= ?3"
-                " THEN points END), 0), coalesce(sum(CASE WHEN kind = 'spend'"
-                " OR activates_at <= ?3 THEN NULL ELSE points END), 0), count(expires_at)"
-                " FROM points WHERE customer_id = ?1 AND device_id = ?2 AND seq > ?4"
-                " AND receipt_id IS NOT ?5",
-                (customer.id, device_id, cutoff, seq, sold),
-            ).fetchone()
+            a, p, e = _summed_moves(conn, customer.id, device_id, cutoff, seq, sold)
             available, pending, expiring_rows = available + a, pending + p, expiring_rows + e
         if program is None or not expiring_rows:
             tally = Tally(at, customer.balance_points + available, pending)
@@ -634,8 +626,79 @@ def balance(
     rows.sort(key=lambda row: (_moved_at(row[7], at), int(row[0])))
     assert program is not None
     moves = tuple(_movement(row, at) for row in rows)
-    points = _points(_wallet(customer, moves, program), at, program)
-    return replace(points, made_of=(customer, moves))
+    counted = _counted_sales(conn, customer.id, rows)
+    points = _points(_wallet(customer, moves, program, counted), at, program)
+    return replace(points, made_of=(customer, moves, counted))
+
+
+def _counted_sales(
+    conn: sqlite3.Connection, customer_id: str, rows: Sequence[Any]
+) -> dict[str, Counted]:
+    """The sales the snapshot counted that the replayed refund rows give points back for:
+    what each sale's spending took, batch by batch (its rows, each with the expiry of the
+    batch it took: `Agent._commit`), and what refunds the snapshot counted gave back."""
+    in_replay = {str(row[5]) for row in rows if not row[6]}
+    giving = {str(row[5]) for row in rows if row[6] and row[1] == "spend" and row[2] > 0}
+    replayed = {int(row[0]) for row in rows}
+    counted: dict[str, Counted] = {}
+    for receipt_id in sorted(giving - in_replay):
+        parts: list[tuple[int, datetime | None]] = []
+        given = 0
+        for row_id, points, expires_at, own in conn.execute(
+            "SELECT p.id, p.points, p.expires_at, r.seq = p.seq AND r.device_id = p.device_id"
+            " FROM points p JOIN receipts r ON r.receipt_id = p.receipt_id"
+            " WHERE p.customer_id = ? AND p.receipt_id = ? AND p.kind = 'spend' ORDER BY p.id",
+            (customer_id, receipt_id),
+        ):
+            if own and points < 0:
+                parts.append(
+                    (-int(points), datetime.fromisoformat(expires_at) if expires_at else None)
+                )
+            elif not own and points > 0 and int(row_id) not in replayed:
+                given += int(points)
+        counted[receipt_id] = (parts, given)
+    return counted
+
+
+def _summed_moves(
+    conn: sqlite3.Connection,
+    customer_id: str,
+    device_id: str,
+    cutoff: str,
+    seq: int,
+    sold: str | None,
+) -> tuple[int, int, int]:
+    """A device's unsynced point rows of the customer (but receipt `sold`'s, `balance`):
+    (available, pending, rows that expire), by the one rule of `expiry.Tally`: spending
+    counts at once, earned points from their activation time (never without one). Summed
+    by SQLite; when its 64-bit sum overflows (movements past int64 whose balance fits: a
+    customer at the int64 floor earning), in Python, exactly."""
+    where = (
+        " FROM points WHERE customer_id = ?1 AND device_id = ?2 AND seq > ?4"
+        " AND receipt_id IS NOT ?5"
+    )
+    args = (customer_id, device_id, cutoff, seq, sold)
+    try:
+        a, p, e = conn.execute(
+            "SELECT coalesce(sum(CASE WHEN kind = 'spend' OR activates_at <= ?3"
+            " THEN points END), 0), coalesce(sum(CASE WHEN kind = 'spend'"
+            " OR activates_at <= ?3 THEN NULL ELSE points END), 0), count(expires_at)" + where,
+            args,
+        ).fetchone()
+        return int(a), int(p), int(e)
+    except sqlite3.OperationalError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+    available = pending = expiring = 0
+    for kind, points, activates_at, expires_at in conn.execute(
+        "SELECT kind, points, activates_at, expires_at" + where, args
+    ):
+        if kind == "spend" or (activates_at is not None and activates_at <= cutoff):
+            available += points
+        else:
+            pending += points
+        expiring += expires_at is not None
+    return available, pending, expiring
 
 
 def _moved_at(tx_at: str | None, at: datetime) -> datetime:
@@ -673,7 +736,12 @@ def _movement(row: Sequence[Any], at: datetime) -> Movement:
     )
 
 
-def _wallet(customer: Customer, moves: Sequence[Movement], program: Program) -> Wallet:
+def _wallet(
+    customer: Customer,
+    moves: Sequence[Movement],
+    program: Program,
+    counted: Mapping[str, Counted] | None = None,
+) -> Wallet:
     return wallet_of(
         customer.balance_points,
         [(e.points, e.expires_at) for e in customer.expiring],
@@ -681,6 +749,7 @@ def _wallet(customer: Customer, moves: Sequence[Movement], program: Program) -> 
         moves,
         program.points_lifetime_days,
         program.zone,
+        counted,
     )
 
 
@@ -1709,13 +1778,30 @@ def set_returned(
     )
 
 
-def earned_left(conn: sqlite3.Connection, receipt_id: str) -> tuple[int, str | None]:
-    """The points a receipt earned, less those taken back since, and their expiry."""
-    points, expires = conn.execute(
-        "SELECT coalesce(sum(points), 0), max(expires_at) FROM points"
-        " WHERE receipt_id = ? AND kind = 'earn'",
-        (receipt_id,),
+def spent_expiry(conn: sqlite3.Connection, customer_id: str, receipt_id: str) -> str | None:
+    """When the last-expiring batch a sale's redemption took expires (None: it took none
+    that expires): a refund's give-back row carries it, so that a balance replays it batch
+    by batch (an expired batch stays expired) also once nothing else expires."""
+    row = conn.execute(
+        "SELECT max(p.expires_at) FROM points p JOIN receipts r"
+        " ON r.receipt_id = p.receipt_id AND r.seq = p.seq AND r.device_id = p.device_id"
+        " WHERE p.customer_id = ? AND p.receipt_id = ? AND p.kind = 'spend' AND p.points < 0",
+        (customer_id, receipt_id),
     ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def earned_left(
+    conn: sqlite3.Connection, receipt_id: str, customer_id: str | None = None
+) -> tuple[int, str | None]:
+    """The points a receipt earned, less those taken back since, and their expiry (read
+    through the customer's rows when `customer_id` is given: an index seek)."""
+    query = "SELECT coalesce(sum(points), 0), max(expires_at) FROM points"
+    query += " WHERE receipt_id = ? AND kind = 'earn'"
+    args: tuple[str, ...] = (receipt_id,)
+    if customer_id is not None:
+        query, args = query + " AND customer_id = ?", (receipt_id, customer_id)
+    points, expires = conn.execute(query, args).fetchone()
     return int(points), expires
 
 

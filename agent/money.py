@@ -72,9 +72,30 @@ def split_integer(numerators: Sequence[int], denominator: int, total: int) -> li
 
 
 def decimal_text(value: Fraction) -> str:
-    """A quantity (at most 3 decimals, so an exact decimal) as text: 3/2 -> "1.5"."""
-    text = str(Decimal(value.numerator) / Decimal(value.denominator))
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    """A quantity (at most 3 decimals, so an exact decimal) as text: 3/2 -> "1.5".
+
+    Exact at any length, in integers: a Decimal division keeps 28 digits, and a
+    quantity may have more (a text field holds 128 characters; the POS may send the
+    amount, so the quantity need not fit in a price × qty).
+    """
+    numerator, denominator = value.numerator, value.denominator
+    places = 0
+    while denominator % 10 == 0 or denominator % 2 == 0 or denominator % 5 == 0:
+        if denominator % 10 == 0:
+            denominator //= 10
+        elif denominator % 2 == 0:
+            denominator //= 2
+            numerator *= 5
+        else:
+            denominator //= 5
+            numerator *= 2
+        places += 1
+    if denominator != 1:
+        raise ValueError(f"{value} is not a finite decimal")
+    sign = "-" if numerator < 0 else ""
+    whole, part = divmod(abs(numerator), 10**places)
+    decimals = f"{part:0{places}d}".rstrip("0") if places else ""
+    return f"{sign}{whole}.{decimals}" if decimals else f"{sign}{whole}"
 
 
 def format_minor(amount_minor: int) -> str:

@@ -16,7 +16,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -186,6 +186,8 @@ class _Priced:
     # a commit's pricing asked the hub to hold its redemption or coupons (answered or
     # not: a request past its deadline may still have placed the hold there)
     asked_hub: bool = False
+    # what its redemption takes, batch by batch (`_spent_from`)
+    spent_from: list[list[Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -912,6 +914,7 @@ class Agent:
             held_elsewhere,
         )
         _points_fit(after)  # before the commit: refused, nothing stored (a snapshot since)
+        figures["spentFrom"] = _spent_from(after, receipt_id)
         if after.as_json() == held["balance"]:
             return
         held["balance"] = after.as_json()
@@ -1129,6 +1132,7 @@ class Agent:
             applied,
             checks,
             asked_hub,
+            _spent_from(after, receipt.receipt_id),
         )
 
     def _redeem_cap(
@@ -1253,7 +1257,12 @@ class Agent:
             moves: list[ledger.PointMove] = []
             redeemed, earned = int(figures["redeemed"]), int(figures["earned"])
             if redeemed:
-                moves.append(ledger.PointMove("spend", -redeemed))
+                # One row per batch the redemption takes (its expiry on it), so that a
+                # refund once the hub has counted the sale gives them back there (§16).
+                parts = figures.get("spentFrom") or []
+                if sum(int(points) for points, _ in parts) != redeemed:
+                    parts = [[redeemed, None]]
+                moves += [ledger.PointMove("spend", -int(p), None, e) for p, e in parts]
                 delta_available -= redeemed
             if earned:
                 moves.append(
@@ -1526,12 +1535,16 @@ class Agent:
             if customer_id:
                 moves: list[ledger.PointMove] = []
                 if outcome.returned_points:
-                    moves.append(ledger.PointMove("spend", outcome.returned_points))
+                    spent = ledger.spent_expiry(conn, customer_id, refund.receipt_id)
+                    moves.append(ledger.PointMove("spend", outcome.returned_points, None, spent))
                     delta_available += outcome.returned_points
                 taken = outcome.taken_back_points
+                # The receipt's earned points left, and when they expire.
+                pending_left, expires = (
+                    ledger.earned_left(conn, refund.receipt_id, customer_id) if taken else (0, None)
+                )
                 if taken and refund.at < activates:
                     # Taken-back points come off the receipt's own pending points first.
-                    pending_left, expires = ledger.earned_left(conn, refund.receipt_id)
                     from_pending = max(0, min(taken, pending_left))
                     if from_pending:
                         moves.append(
@@ -1542,7 +1555,10 @@ class Agent:
                         delta_pending -= from_pending
                         taken -= from_pending
                 if taken:
-                    moves.append(ledger.PointMove("spend", -taken))
+                    # The row names when the sale's points activate and expire (never:
+                    # None), for a sale the hub has counted (`expiry.Wallet._take_back`).
+                    sale_activates = ledger.utc_text(activates)
+                    moves.append(ledger.PointMove("spend", -taken, sale_activates, expires))
                     delta_available -= taken
                 ledger.insert_points(
                     conn, self.device_id, seq, customer_id, refund.receipt_id, moves
@@ -1954,6 +1970,23 @@ def _balance_after(
     )
 
 
+def _spent_from(after: ledger.Points | None, receipt_id: str) -> list[list[Any]]:
+    """What a receipt's redemption takes, batch by batch as the replay took it: [points,
+    the batch's expiry as stored (None: it never expires, or a debt)]; empty when nothing
+    expires (the caller writes one row)."""
+    if after is None or after.wallet is None:
+        return []
+    parts: list[list[Any]] = []
+    for batch, points in after.wallet.taken.get(receipt_id, []):
+        expires = getattr(batch, "expires_at", None)
+        text = ledger.utc_text(expires) if expires is not None else None
+        if parts and parts[-1][1] == text:
+            parts[-1][0] += points
+        else:
+            parts.append([points, text])
+    return parts
+
+
 def _require_snapshot(view: CacheView) -> None:
     """Quote, hold and checkout price nothing against an empty cache: it would be a guess."""
     if view.version == 0:
@@ -2193,6 +2226,7 @@ def _figures(done: _Priced, program: Program) -> dict[str, Any]:
             for i, line in enumerate(priced.lines)
         ],
         "offers": _offers_json(done.offers),
+        "spentFrom": done.spent_from,
         "cooldownDays": program.offer_print_cooldown_days,
         # the coupons show the sale's time and the offers' validity in the store's time
         "timezone": program.timezone,
