@@ -640,6 +640,41 @@ class Agent:
         if not due or released == len(due):
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
+            released += self._release_unstored(cutoff)
+        return released
+
+    def _release_unstored(self, cutoff: str) -> int:
+        """Release at the hub the holds it may have placed for receipts this till asked
+        for and never stored (killed between the request and the commit, or a commit that
+        failed after the grant): nobody else would, and the hub kept the customer's points
+        and codes held from every till for the hold's whole time. Asks older than a day
+        have run out at the hub. Stops at the first the hub does not answer."""
+        with self._lock:
+            asks = ledger.unstored_hub_asks(self._ledger)
+        released = 0
+        for rid, asked_at in asks:
+            if asked_at <= cutoff:
+                with self._lock, self._write() as conn:
+                    ledger.forget_hub_ask(conn, rid, asked_at)
+                continue
+            with self._lock:
+                # still not stored, and no hold of it on its way (its turn: `HubTurns`)
+                if ledger.unstored_hub_asks(self._ledger, rid) != [(rid, asked_at)]:
+                    continue
+                if not self._hub_turns.start_release(rid):
+                    continue
+            try:
+                assert self.hub is not None
+                self.hub.release(rid)
+            except TillpointError as exc:
+                log.info("hold of %s not released at the hub yet: %s", rid, exc)
+                return released
+            finally:
+                self._hub_turns.end_release(rid)
+            log.info("hold of receipt %s, never stored here, released at the hub", rid)
+            with self._lock, self._write() as conn:
+                ledger.forget_hub_ask(conn, rid, asked_at)
+            released += 1
         return released
 
     def _life(self, receipt_id: str) -> ledger.ReceiptLife | None:
@@ -721,6 +756,8 @@ class Agent:
         now_at, expires, figures, held = ready.now, ready.expires, ready.figures, ready.held
         hub_hold = ready.hub_hold or owed
         request_text = request.text
+        # The receipt's own rows say from now on what the hub holds for it.
+        ledger.forget_hub_ask(self._ledger, rid)
         if confirm_now:
             # Checkout: the receipt's own rows keep request and result, and are its record
             # (no life row: that is for receipts held first; a retry compares with the
@@ -1128,6 +1165,7 @@ class Agent:
                 customer_id = ident.customer.id
                 # The hub keeps the hold a minute beyond the till's, which releases it.
                 ttl = program.hold_ttl_seconds + HUB_HOLD_MARGIN_S
+                self._note_hub_ask(receipt.receipt_id, conn)
                 grant = self.hub.authorise(
                     customer_id,
                     receipt.receipt_id,
@@ -1141,6 +1179,19 @@ class Agent:
                 pass
         # Offline the till's own rules stand: a code at most once here (§13).
         return self._offline_remaining(receipt, ident, program, conn), "OFFLINE", frozenset()
+
+    def _note_hub_ask(self, receipt_id: str, conn: sqlite3.Connection | None) -> None:
+        """Before a hold's or checkout's request to the hub: written down (committed) so
+        that a till killed before it stores the receipt, or whose commit fails, releases
+        what the hub holds for it (`retry_hub_releases`); the receipt's own rows take
+        over in its commit. Priced inside the write transaction (`conn` the writer's), the
+        note is part of it: an early pricing of the receipt already wrote its own."""
+        now = ledger.utc_text(self.clock())
+        if conn is None or conn is self._ledger:
+            ledger.note_hub_ask(self._ledger, receipt_id, now)
+            return
+        with self._lock, self._write() as writes:
+            ledger.note_hub_ask(writes, receipt_id, now)
 
     def _offline_remaining(
         self,

@@ -1,0 +1,209 @@
+"""Review 26 (life26): the receipt's life under crashes, races and a flaky hub
+(docs/CONTRACT.md §11, §9, §12, §6), with a real hub on 127.0.0.1 and real tills.
+
+- A till killed while the hub was placing a receipt's hold (or after the hub granted it,
+  before the till stored the receipt) knew nothing of that hold after its restart: the
+  hub kept the customer's points held for the hold's whole time (31 minutes), from every
+  till, this one too (a new basket could spend 1147 of 1200 points, not 1200).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from tillpoint.agent.app import till_agent
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent, HubGrant
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
+from tillpoint.sync.pull import Puller, cache_version
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .conftest import free_port
+
+CARD = "2770000000017"  # c-1: 1200 points at the hub
+DEVICE = "till-1"
+BIG = [{"sku": "4601234000017", "qty": "1", "amountMinor": 1_000_000}]  # 30 %: 3000 points
+TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
+
+
+def held_at_hub(hub: LoopbackHub) -> int:
+    return int(hub.store.balance("c-1", datetime.now(UTC)).held)
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    yield hub
+    hub.stop()
+
+
+def enrolled(hub: LoopbackHub, tmp_path: Path) -> Till:
+    till = hub.till(DEVICE, tmp_path / "till", start=False)
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    wait_for(lambda: cache_version(till.data_dir) == 1)
+    return till
+
+
+class Crash(BaseException):
+    """The till's process dying right after the hub answered (nothing after it runs)."""
+
+
+class DiesAfterTheGrant:
+    """The till's real hub authoriser; the process 'dies' once the hub has granted."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def authorise(
+        self,
+        customer_id: str,
+        receipt_id: str,
+        points: int,
+        at: datetime,
+        hold_ttl_s: int | None = None,
+        coupon_codes: Sequence[str] = (),
+    ) -> HubGrant:
+        self.inner.authorise(customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes)
+        raise Crash
+
+    def release(self, receipt_id: str) -> bool:
+        return bool(self.inner.release(receipt_id))
+
+    def reachable(self) -> bool:
+        return bool(self.inner.reachable())
+
+
+@pytest.mark.parametrize("what", ["hold", "checkout"])
+def test_a_hold_the_hub_placed_for_a_receipt_the_till_never_stored_is_released_at_restart(
+    hub: LoopbackHub, tmp_path: Path, what: str
+) -> None:
+    """docs/CONTRACT.md §11, §9: the till dies between the hub's grant and its commit;
+    the restarted till's hold timer releases what the hub holds for that receipt."""
+    till = enrolled(hub, tmp_path)
+    real = till.agent.hub
+    till.agent.hub = DiesAfterTheGrant(real)
+    with pytest.raises(Crash):
+        getattr(till.agent, what)(receipt_from_json(receipt("r-lost", CARD, redeem=100, lines=BIG)))
+    till.agent.close()  # what a SIGKILL leaves: the ledger as committed
+    assert held_at_hub(hub) == 100
+    again = till_agent(till.data_dir, DEVICE, hub=real)
+    try:
+        assert again.retry_hub_releases() == 1  # the hold timer's round, at start too
+        assert held_at_hub(hub) == 0
+        assert again.retry_hub_releases() == 0  # once
+        # the POS retrying the receipt after the restart is served as a new one
+        done = again.checkout(receipt_from_json(receipt("r-next", CARD, redeem=-1, lines=BIG)))
+        assert done.redeemed_points == 1200
+    finally:
+        again.close()
+        till.link.close()
+        till.authoriser.close()
+
+
+def test_a_stored_receipt_leaves_nothing_to_release(hub: LoopbackHub, tmp_path: Path) -> None:
+    """A hold and a checkout that reach the ledger leave no release owed for a receipt
+    the till never stored: the hold's own record says what the hub holds."""
+    till = enrolled(hub, tmp_path)
+    try:
+        till.agent.hold(receipt_from_json(receipt("r-held", CARD, redeem=30)))
+        till.agent.checkout(receipt_from_json(receipt("r-sold", CARD, redeem=20)))
+        assert till.agent.retry_hub_releases() == 0
+        assert held_at_hub(hub) == 50  # the hold's 30, the sale's 20 until it is pushed
+    finally:
+        till.stop()
+
+
+def run_config(tmp_path: Path, data_dir: Path, hub: LoopbackHub, port: int) -> Path:
+    path = tmp_path / "till.toml"
+    path.write_text(
+        f'device_id = "{DEVICE}"\ndata_dir = "{data_dir}"\n'
+        f'[hub]\naddress = "{hub.address}"\ncall_timeout_ms = 2000\npoll_interval_s = 30\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n'
+        '[http]\nlisten = "127.0.0.1:0"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def start_run(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [TILLPOINT, "--config", str(cfg), "run"], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+
+
+@pytest.mark.slow  # two starts of `tillpoint run`: about 8 s
+@pytest.mark.parametrize("what", ["Hold", "Checkout"])
+def test_sigkill_while_the_hub_places_the_hold_leaves_no_hold_at_the_hub(
+    hub: LoopbackHub, tmp_path: Path, what: str
+) -> None:
+    """docs/CONTRACT.md §11, §9: `tillpoint run` SIGKILLed while the hub is placing a
+    receipt's hold; the hub places it all the same. Restarted, the till releases it at
+    once, and the customer can spend all their points again."""
+    data_dir = tmp_path / "till"
+    enrollment = hub.enroll(DEVICE, data_dir)
+    seed = Agent(data_dir, DEVICE)
+    Puller(seed, HubLink(hub.address, enrollment), enrollment, call_timeout_s=5).pull()
+    seed.close()
+    port = free_port()
+    cfg = run_config(tmp_path, data_dir, hub, port)
+    log = tmp_path / "agent.log"
+    placing, go = threading.Event(), threading.Event()
+
+    def slow_hub(where: str) -> None:
+        if where == "authorize":
+            placing.set()
+            go.wait(20)
+
+    hub.server.servicer.failpoint = slow_hub
+    proc = start_run(cfg, log)
+    procs = [proc]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.PosAgentStub(channel)
+            body = json_format.ParseDict(
+                receipt("r-lost", CARD, redeem=100, lines=BIG), pb.Receipt()
+            )
+            call = getattr(stub, what).future(body, timeout=30)
+            assert placing.wait(20), log.read_text()
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+            with pytest.raises(grpc.RpcError):
+                call.result()
+        hub.server.servicer.failpoint = None
+        go.set()
+        wait_for(lambda: held_at_hub(hub) == 100)  # the hub placed it after all
+        procs.append(start_run(cfg, log))
+        wait_for(lambda: held_at_hub(hub) == 0, timeout=30)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.PosAgentStub(channel)
+            body = json_format.ParseDict(receipt("r-new", CARD, redeem=-1, lines=BIG), pb.Receipt())
+            assert stub.Checkout(body, timeout=30).redeemed_points == 1200
+        conn = sqlite3.connect(data_dir / "ledger.db")
+        try:
+            assert conn.execute("SELECT count(*) FROM hub_asks").fetchone() == (0,)
+            assert conn.execute("SELECT ref_id FROM journal").fetchall() == [("r-new",)]
+        finally:
+            conn.close()
+    finally:
+        go.set()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
