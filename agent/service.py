@@ -1505,7 +1505,11 @@ class Agent:
                 return RefundResult.from_json(answer)
             sale = ledger.sold_receipt(conn, refund.receipt_id)
             if sale is None:
-                raise NotFound(f"receipt {refund.receipt_id} was never committed at this till")
+                life = self._life(refund.receipt_id)
+                moment = ledger.utc_text(self.clock())
+                if life is not None and life.state == "HELD" and life.expires_at <= moment:
+                    life = replace(life, state="EXPIRED")  # past its time, not swept yet
+                raise NotFound(_not_committed(refund.receipt_id, life))
             sold_at = datetime.fromisoformat(sale.at)
             card, customer_id = sale.card, sale.customer_id
             # Fixed at commit (the delay in force then), never today's program.
@@ -2125,6 +2129,22 @@ def _held_earlier(conn: sqlite3.Connection, receipt_id: str, request: _Request) 
     release held it, `Agent._stored_earlier`), is this request by its stored text."""
     row = ledger.receipt_life(conn, receipt_id)
     return row is not None and bool(row.request) and _same_body(row.request, request.data)
+
+
+def _not_committed(receipt_id: str, life: ledger.ReceiptLife | None) -> str:
+    """Why a refund of a receipt this till never committed is refused (§6), in the words
+    of its life here (§11): held and not confirmed yet, cancelled, expired, or unknown."""
+    state = life.state if life is not None else None
+    if state == "HELD":
+        return (
+            f"receipt {receipt_id} is held here, not confirmed: nothing to refund"
+            " (confirm it, or cancel the hold)"
+        )
+    if state == "CANCELLED":
+        return f"receipt {receipt_id} was cancelled here, never committed: nothing to refund"
+    if state == "EXPIRED":
+        return f"receipt {receipt_id}: its hold expired here, never committed: nothing to refund"
+    return f"receipt {receipt_id} was never committed at this till"
 
 
 def _conflict(receipt_id: str) -> Conflict:

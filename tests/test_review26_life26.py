@@ -207,3 +207,86 @@ def test_sigkill_while_the_hub_places_the_hold_leaves_no_hold_at_the_hub(
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
             p.wait(timeout=30)
+
+
+def _post(port: int, path: str, body: Any) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_refund_of_a_receipt_only_held_or_cancelled_says_what_it_is(
+    agent: Agent, server: Any
+) -> None:
+    """docs/CONTRACT.md §6, §11: a receipt this till never committed is refused (404
+    NOT_FOUND, exit 2), nothing changes; for one held or cancelled here, the words say so
+    (it said "was never committed at this till", as for a receipt it never saw, and the
+    cashier holding a paid, unconfirmed receipt did not know to confirm it)."""
+    from .conftest import receipt as till_receipt
+
+    agent.hold(receipt_from_json(till_receipt("r-held", redeemPoints=20)))
+    agent.hold(receipt_from_json(till_receipt("r-gone")))
+    agent.cancel("r-gone")
+    before = agent.status()
+    words = {
+        "r-held": "receipt r-held is held here, not confirmed: nothing to refund"
+        " (confirm it, or cancel the hold)",
+        "r-gone": "receipt r-gone was cancelled here, never committed: nothing to refund",
+        "r-none": "receipt r-none was never committed at this till",
+    }
+    for rid, message in words.items():
+        refund = {
+            "refundId": f"rf-{rid}",
+            "receiptId": rid,
+            "at": "2026-11-23T12:00:00+03:00",
+            "lines": [{"sku": "4601234000017", "qty": "1"}],
+        }
+        assert _post(server.port, "/v1/refund", refund) == (
+            404,
+            {"error": {"code": "NOT_FOUND", "message": message}},
+        )
+    status = agent.status()
+    assert (
+        (status.last_seq, status.outbox_depth) == (before.last_seq, before.outbox_depth) == (0, 0)
+    )
+    assert agent.confirm("r-held").state == "CONFIRMED"
+
+
+def test_a_refund_of_a_receipt_whose_hold_expired_says_so_before_the_sweep(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §6, §11: a hold past its time is expired even before a sweep."""
+    from datetime import timedelta
+
+    from tillpoint.agent.errors import NotFound
+
+    from .conftest import receipt as till_receipt
+    from .conftest import receipt_time, snapshot
+
+    now = [receipt_time()]
+    till = Agent(tmp_path / "data", "till-1", clock=lambda: now[0])
+    try:
+        till.load_snapshot(snapshot())
+        till.hold(receipt_from_json(till_receipt("r-old")))
+        now[0] += timedelta(seconds=1800)
+        refund = {
+            "refundId": "rf-1",
+            "receiptId": "r-old",
+            "at": "2026-11-23T12:00:00+03:00",
+            "lines": [{"sku": "4601234000017", "qty": "1"}],
+        }
+        from tillpoint.agent.results import refund_from_json
+
+        with pytest.raises(NotFound, match="r-old: its hold expired here, never committed"):
+            till.refund(refund_from_json(refund))
+    finally:
+        till.close()
