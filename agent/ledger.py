@@ -1499,10 +1499,12 @@ def unstored_hub_asks(
     conn: sqlite3.Connection, receipt_id: str | None = None
 ) -> list[tuple[str, str]]:
     """(receiptId, asked_at) of the asks to the hub whose receipt the ledger has not
-    stored (no hold, no commit), oldest first; `receipt_id`: that one only."""
+    stored (no open hold, no commit: a cancelled or expired hold priced afresh and lost
+    leaves its closed row), oldest first; `receipt_id`: that one only."""
     sql = (
         "SELECT a.receipt_id, a.asked_at FROM hub_asks AS a"
-        " WHERE NOT EXISTS (SELECT 1 FROM receipt_life AS l WHERE l.receipt_id = a.receipt_id)"
+        " WHERE NOT EXISTS (SELECT 1 FROM receipt_life AS l WHERE l.receipt_id = a.receipt_id"
+        " AND l.state IN ('HELD', 'CONFIRMED'))"
         " AND NOT EXISTS (SELECT 1 FROM receipts AS r WHERE r.receipt_id = a.receipt_id)"
     )
     args: tuple[str, ...] = ()
@@ -1584,6 +1586,17 @@ def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
     """An expired hold priced again: its row and its coupons go."""
     conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))
     conn.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
+
+
+def hold_lapsed(conn: sqlite3.Connection, receipt_id: str, now: str) -> bool:
+    """Whether the receipt's hold expired by `now` (swept or not): a Hold or Checkout of
+    it prices it afresh."""
+    row = conn.execute(
+        "SELECT 1 FROM receipt_life WHERE receipt_id = ?"
+        " AND (state = 'EXPIRED' OR (state = 'HELD' AND expires_at <= ?))",
+        (receipt_id, now),
+    ).fetchone()
+    return row is not None
 
 
 def receipt_known(conn: sqlite3.Connection, receipt_id: str) -> bool:

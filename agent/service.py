@@ -794,6 +794,11 @@ class Agent:
         pricing a commit waits for its grant, and quotes do not wait for that."""
         with self._read(alone=False) as (view, conn):
             if ledger.receipt_known(conn, receipt.receipt_id):
+                now = ledger.utc_text(self.clock())
+                if self.hub is not None and ledger.hold_lapsed(conn, receipt.receipt_id, now):
+                    # held afresh inside the write transaction, asking the hub there: noted
+                    # now, where a note outlives a till killed before that commit
+                    self._note_hub_ask(receipt.receipt_id, conn)
                 return None
             done = self._price(receipt, view, commit=True, reads=conn)
             program = view.program()

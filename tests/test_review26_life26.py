@@ -114,6 +114,39 @@ def test_a_hold_the_hub_placed_for_a_receipt_the_till_never_stored_is_released_a
         till.authoriser.close()
 
 
+def test_a_lapsed_hold_priced_again_and_lost_after_the_grant_is_released(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §11: a Hold of a receipt whose hold expired is priced and held
+    afresh (inside the write transaction, asking the hub again); the till dying after
+    the hub's new grant leaves the expired hold in the ledger, and the new hold at the hub
+    is released at restart too."""
+    now = [datetime.now(UTC)]
+    till = hub.till(DEVICE, tmp_path / "till", start=False, clock=lambda: now[0])
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    wait_for(lambda: cache_version(till.data_dir) == 1)
+    body = receipt("r-again", CARD, redeem=100, lines=BIG)
+    till.agent.hold(receipt_from_json(body))
+    assert held_at_hub(hub) == 100
+    now[0] = now[0].replace(year=now[0].year + 1)  # long past the hold's time (1800 s)
+    till.agent.sweep_holds()  # expired, released at the hub
+    assert held_at_hub(hub) == 0
+    real = till.agent.hub
+    till.agent.hub = DiesAfterTheGrant(real)
+    with pytest.raises(Crash):
+        till.agent.hold(receipt_from_json(body))
+    till.agent.close()
+    assert held_at_hub(hub) == 100  # the new grant, for a hold the ledger does not have
+    again = till_agent(till.data_dir, DEVICE, hub=real, clock=lambda: now[0])
+    try:
+        again.retry_hub_releases()
+        assert held_at_hub(hub) == 0
+    finally:
+        again.close()
+        till.link.close()
+        till.authoriser.close()
+
+
 def test_a_stored_receipt_leaves_nothing_to_release(hub: LoopbackHub, tmp_path: Path) -> None:
     """A hold and a checkout that reach the ledger leave no release owed for a receipt
     the till never stored: the hold's own record says what the hub holds."""
