@@ -292,7 +292,9 @@ class Agent:
         self._lock = threading.RLock()
         # (at, message) of the last ledger write that failed; None once one works (`_write`)
         self._storage_problem: tuple[str, str] | None = None
-        self._hub_turns = HubTurns()  # a receipt's hub hold: placed or released, not both
+        # a receipt's hub hold: placed or released, not both; a release put off for a
+        # hold in its turn is sent when that turn ends (the hold may not have replaced it)
+        self._hub_turns = HubTurns(on_put_off=self._release_put_off)
         # Quotes, identification and balances read on connections of their own, outside
         # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
         # reader connections are reused, the most recent first; at most READERS_KEPT stay.
@@ -620,6 +622,17 @@ class Agent:
         with self._lock, self._write() as conn:
             ledger.released_at_hub(conn, receipt_id)
         return True
+
+    def _release_put_off(self, receipt_id: str) -> None:
+        """A release put off while a hold or checkout of the receipt was in its turn: sent
+        now unless that call held the receipt again (its hold replaced the hub's) or
+        confirmed it (its transaction settles it); a hub away leaves it to the retries."""
+        try:
+            self._release_at_hub(receipt_id)
+        except Exception:  # a busy or full disk: the hold timer's next round
+            log.warning(
+                "the release of receipt %s is left to the retries", receipt_id, exc_info=True
+            )
 
     def retry_hub_releases(self) -> int:
         """Send again the releases of cancelled and expired holds that did not reach the

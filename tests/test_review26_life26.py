@@ -147,6 +147,38 @@ def test_a_lapsed_hold_priced_again_and_lost_after_the_grant_is_released(
         till.authoriser.close()
 
 
+def test_a_release_put_off_by_a_call_in_its_turn_is_sent_when_that_call_ends(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §11: a Cancel whose release meets a Hold or Checkout of the same
+    receiptId still in its turn (a POS retrying at the hold's expiry, two clients) puts
+    the release off; when that call ends without holding the receipt again (it found it
+    cancelled), the release goes at once, not at the hold timer's next round (15 s
+    during which the hub held the cancelled receipt's points from every till)."""
+    till = enrolled(hub, tmp_path)
+    try:
+        till.agent.hold(receipt_from_json(receipt("r-turn", CARD, redeem=100, lines=BIG)))
+        assert held_at_hub(hub) == 100
+        in_turn, done = threading.Event(), threading.Event()
+
+        def a_call_in_its_turn() -> None:
+            with till.agent._hub_turns.holding("r-turn"):
+                in_turn.set()
+                done.wait(10)
+
+        other = threading.Thread(target=a_call_in_its_turn)
+        other.start()
+        assert in_turn.wait(10)
+        assert till.agent.cancel("r-turn").state == "CANCELLED"
+        assert held_at_hub(hub) == 100  # put off: that call may hold the receipt again
+        done.set()
+        other.join(10)
+        assert held_at_hub(hub) == 0
+    finally:
+        done.set()
+        till.stop()
+
+
 def test_a_stored_receipt_leaves_nothing_to_release(hub: LoopbackHub, tmp_path: Path) -> None:
     """A hold and a checkout that reach the ledger leave no release owed for a receipt
     the till never stored: the hold's own record says what the hub holds."""
