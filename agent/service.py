@@ -1208,8 +1208,16 @@ class Agent:
         if conn is None or conn is self._ledger:
             ledger.note_hub_ask(self._ledger, receipt_id, now)
             return
-        with self._lock, self._write() as writes:
-            ledger.note_hub_ask(writes, receipt_id, now)
+        with self._lock:
+            # Without its own fsync (0.05 ms, not 0.7-4 ms): it guards against the process
+            # dying, whose writes the OS keeps; the sale's commit (FULL) fsyncs it with its
+            # own. A power cut that loses it leaves the hub's hold to run out there.
+            self._ledger.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with self._write() as writes:
+                    ledger.note_hub_ask(writes, receipt_id, now)
+            finally:
+                self._ledger.execute("PRAGMA synchronous = FULL")
 
     def _offline_remaining(
         self,
