@@ -9,12 +9,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -275,10 +280,6 @@ def test_sigkill_while_the_hub_places_the_hold_leaves_no_hold_at_the_hub(
 
 
 def _post(port: int, path: str, body: Any) -> tuple[int, Any]:
-    import json
-    import urllib.error
-    import urllib.request
-
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST"
     )
@@ -355,3 +356,133 @@ def test_a_refund_of_a_receipt_whose_hold_expired_says_so_before_the_sweep(
             till.refund(refund_from_json(refund))
     finally:
         till.close()
+
+
+class Doors:
+    """A POS's two doors to a running `tillpoint run`: HTTP/JSON and gRPC."""
+
+    def __init__(self, http_port: int, grpc_port: int) -> None:
+        self.http_port = http_port
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        grpc.channel_ready_future(self.channel).result(timeout=60)
+        self.stub = pb_grpc.PosAgentStub(self.channel)
+
+    def call(self, door: str, name: str, body: dict[str, Any]) -> str:
+        """The answer's status: an HTTP status or a gRPC code name; "gone" when the agent
+        is not there (killed, restarting)."""
+        try:
+            if door == "http":
+                return str(_post(self.http_port, f"/v1/{name.lower()}", body)[0])
+            kind = {
+                "Hold": pb.Receipt,
+                "Checkout": pb.Receipt,
+                "Confirm": pb.ConfirmRequest,
+                "Cancel": pb.CancelRequest,
+                "Refund": pb.Refund,
+            }[name]
+            getattr(self.stub, name)(json_format.ParseDict(body, kind()), timeout=10)
+            return "OK"
+        except grpc.RpcError as exc:
+            code = exc.code()
+            return "gone" if code == grpc.StatusCode.UNAVAILABLE else str(code.name)
+        except OSError:
+            return "gone"
+
+
+@pytest.mark.slow  # about 25 s: a busy till, killed and restarted
+def test_a_busy_till_killed_mid_day_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §9, §11, §12, §6: four POS threads hold, confirm, cancel, check out
+    and refund 20 receipts (each id with one body) through HTTP and gRPC at random, holds
+    expiring every 2 s, and `tillpoint run` is SIGKILLed mid-way and restarted. Every
+    answer is one of the contract's (never INTERNAL); the journal numbers each sale and
+    refund once; the hub ends with exactly the till's journal, no hold left, and the
+    customer's balance the till shows."""
+    data = sample_master_data()
+    data["program"]["holdTtlSeconds"] = 2
+    hub2 = LoopbackHub(tmp_path / "hub", data=data)  # holds of 2 s
+    data_dir = tmp_path / "till"
+    enrollment = hub2.enroll(DEVICE, data_dir)
+    seed = Agent(data_dir, DEVICE)
+    Puller(seed, HubLink(hub2.address, enrollment), enrollment, call_timeout_s=5).pull()
+    seed.close()
+    grpc_port, http_port = free_port(), free_port()
+    cfg = run_config(tmp_path, data_dir, hub2, grpc_port)
+    cfg.write_text(cfg.read_text().replace("127.0.0.1:0", f"127.0.0.1:{http_port}"))
+    log = tmp_path / "agent.log"
+    rng = random.Random(26)
+    bodies = {
+        f"z{i}": receipt(
+            f"z{i}",
+            CARD,
+            redeem=rng.choice([0, 5, 20, -1]),
+            lines=[{"sku": "4601234000017", "qty": "3", "amountMinor": rng.choice([5000, 90000])}],
+        )
+        for i in range(20)
+    }
+    allowed = {"200", "OK", "404", "NOT_FOUND", "412", "FAILED_PRECONDITION", "gone", "503"}
+    answers: list[str] = []
+    stop = threading.Event()
+    procs = [start_run(cfg, log)]
+    doors = Doors(http_port, grpc_port)
+
+    def pos(n: int) -> None:
+        mine = random.Random(n)
+        while not stop.is_set():
+            rid = f"z{mine.randrange(20)}"
+            name = mine.choice(["Hold", "Confirm", "Cancel", "Checkout", "Refund"])
+            body: dict[str, Any] = {"receiptId": rid}
+            if name in ("Hold", "Checkout"):
+                body = bodies[rid]
+            elif name == "Refund":
+                body = {
+                    "refundId": f"rf-{rid}-{mine.randrange(2)}",
+                    "receiptId": rid,
+                    "at": "2030-01-01T00:00:00+03:00",
+                    "lines": [{"sku": "4601234000017", "qty": "1"}],
+                }
+            answers.append(doors.call(mine.choice(["http", "grpc"]), name, body))
+            time.sleep(mine.random() * 0.05)
+
+    threads = [threading.Thread(target=pos, args=(n,)) for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(5)
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=10)
+        procs.append(start_run(cfg, log))
+        wait_for(lambda: doors.call("http", "Cancel", {"receiptId": "none"}) == "404", 60)
+        time.sleep(5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert set(answers) <= allowed, sorted(set(answers) - allowed)
+        assert answers.count("200") + answers.count("OK") > 50
+
+        def ledger_rows(sql: str) -> list[tuple[Any, ...]]:
+            conn = sqlite3.connect(data_dir / "ledger.db")
+            try:
+                return conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+
+        wait_for(lambda: ledger_rows("SELECT count(*) FROM outbox") == [(0,)], 60)
+        wait_for(lambda: held_at_hub(hub2) == 0, 40)  # every hold expired by now
+        journal = ledger_rows("SELECT device_id, seq, kind, ref_id FROM journal ORDER BY seq")
+        assert [row[1] for row in journal] == list(range(1, len(journal) + 1))
+        assert len({(row[2], row[3]) for row in journal}) == len(journal)  # each once
+        at_hub = [(e.device_id, e.seq, e.kind, e.ref_id) for e in hub2.store.ledger(DEVICE)]
+        assert at_hub == journal
+        assert ledger_rows("SELECT count(*) FROM hub_asks") == [(0,)]
+        status, balance = _post(http_port, "/v1/balance", {"card": CARD})
+        assert status == 200
+        hub_balance = hub2.store.balance("c-1", datetime.now(UTC))
+        assert balance["availablePoints"] == hub_balance.available, json.dumps(balance)
+    finally:
+        stop.set()
+        doors.channel.close()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
+        hub2.stop()
