@@ -74,8 +74,9 @@ class HubTurns:
                 self._on_put_off(receipt_id)
 
     def start_release(self, receipt_id: str) -> bool:
-        """False: a hold of this receipt is in progress; its own request replaces the
-        hub's hold, and what is left to release (if it fails) is retried later."""
+        """False: a hold of this receipt is in progress (its own request replaces the
+        hub's hold; the release is handed to `on_put_off` when its turn ends, for a call
+        that did not hold the receipt again), or a release of it is already on its way."""
         with self._changed:
             if receipt_id in self._holding:
                 self._put_off.add(receipt_id)  # asked again when that hold's turn ends
