@@ -4,7 +4,13 @@
 - A till killed while the hub was placing a receipt's hold (or after the hub granted it,
   before the till stored the receipt) knew nothing of that hold after its restart: the
   hub kept the customer's points held for the hold's whole time (31 minutes), from every
-  till, this one too (a new basket could spend 1147 of 1200 points, not 1200).
+  till, this one too (a new basket could spend 1147 of 1200 points, not 1200). The same
+  for a lapsed hold priced afresh (asking the hub inside the write transaction).
+- A release put off because a Hold or Checkout of the receipt was in its turn waited for
+  the hold timer's next round (up to 15 s) when that call did not hold it again.
+- A refund of a receipt only held here said "was never committed at this till", as for
+  a receipt the till never saw.
+- A busy till killed mid-day through both doors loses and doubles nothing (slow).
 """
 
 from __future__ import annotations
