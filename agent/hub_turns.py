@@ -25,17 +25,25 @@ a release or another hold still on its way.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .errors import HubUnavailable
 
 
 class HubTurns:
-    def __init__(self, wait_s: float = 90.0) -> None:
+    def __init__(
+        self, wait_s: float = 90.0, on_put_off: Callable[[str], object] | None = None
+    ) -> None:
+        """`on_put_off(receipt_id)`: called when a hold's turn ends after a release of its
+        receipt was put off for it (`start_release`), outside any lock: the call may have
+        ended without holding the receipt again (it found it cancelled, or failed), and
+        then nothing else sends that release before the next retry round."""
         self._changed = threading.Condition()
         self._holding: set[str] = set()
         self._releasing: set[str] = set()
+        self._put_off: set[str] = set()
+        self._on_put_off = on_put_off
         self._wait_s = wait_s
 
     @contextmanager
@@ -59,13 +67,21 @@ class HubTurns:
         finally:
             with self._changed:
                 self._holding.discard(receipt_id)
+                owed = receipt_id in self._put_off
+                self._put_off.discard(receipt_id)
                 self._changed.notify_all()
+            if owed and self._on_put_off is not None:
+                self._on_put_off(receipt_id)
 
     def start_release(self, receipt_id: str) -> bool:
-        """False: a hold of this receipt is in progress; its own request replaces the
-        hub's hold, and what is left to release (if it fails) is retried later."""
+        """False: a hold of this receipt is in progress (its own request replaces the
+        hub's hold; the release is handed to `on_put_off` when its turn ends, for a call
+        that did not hold the receipt again), or a release of it is already on its way."""
         with self._changed:
-            if receipt_id in self._holding or receipt_id in self._releasing:
+            if receipt_id in self._holding:
+                self._put_off.add(receipt_id)  # asked again when that hold's turn ends
+                return False
+            if receipt_id in self._releasing:
                 return False
             self._releasing.add(receipt_id)
             return True

@@ -329,6 +329,17 @@ def m014_issued_coupons_seq(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m015_hub_asks(db: Database) -> None:
+    # The receipts whose hold the till is asking the hub for, written before the request
+    # and gone with the receipt's own rows (one transaction): one left behind is a receipt
+    # the till never stored (killed while the hub placed its hold, or a commit that failed
+    # after the grant), whose hold at the hub no one else releases (`unstored_hub_asks`).
+    db.execute(
+        "CREATE TABLE hub_asks (receipt_id TEXT PRIMARY KEY, asked_at TEXT NOT NULL) WITHOUT ROWID"
+    )
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
@@ -1019,15 +1030,17 @@ KEPT_BY_RESET = frozenset({"device", "sqlite_sequence", "_sqlite_migrations", "s
 
 
 def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
-    """The receipts for which the hub may hold points or coupon codes: the open holds, and
-    the cancelled or expired ones whose release has not reached it yet."""
-    return [
+    """The receipts for which the hub may hold points or coupon codes: the open holds, the
+    cancelled or expired ones whose release has not reached it yet, and those asked for
+    that the till never stored."""
+    closed = [
         str(rid)
         for (rid,) in conn.execute(
             "SELECT receipt_id FROM receipt_life WHERE hub_hold != 0"
             " AND state IN ('HELD', 'CANCELLED', 'EXPIRED')"
         )
     ]
+    return closed + [rid for rid, _ in unstored_hub_asks(conn)]
 
 
 def outbox_seqs(conn: sqlite3.Connection) -> list[tuple[str, int]]:
@@ -1549,6 +1562,43 @@ def hub_releases_due(conn: sqlite3.Connection, since: str) -> list[str]:
     ]
 
 
+def note_hub_ask(conn: sqlite3.Connection, receipt_id: str, at: str) -> None:
+    """Before a hold's or checkout's request to the hub: it may hold this receipt's
+    redemption or coupons from now on (`m015_hub_asks`)."""
+    conn.execute("INSERT OR REPLACE INTO hub_asks VALUES (?, ?)", (receipt_id, at))
+
+
+def forget_hub_ask(conn: sqlite3.Connection, receipt_id: str, asked_at: str | None = None) -> None:
+    """Inside the transaction that stores the receipt (its own record says what the hub
+    holds from then on), or once the hub released it; `asked_at`: only that ask (not one
+    made again since)."""
+    if asked_at is None:
+        conn.execute("DELETE FROM hub_asks WHERE receipt_id = ?", (receipt_id,))
+    else:
+        conn.execute(
+            "DELETE FROM hub_asks WHERE receipt_id = ? AND asked_at = ?", (receipt_id, asked_at)
+        )
+
+
+def unstored_hub_asks(
+    conn: sqlite3.Connection, receipt_id: str | None = None
+) -> list[tuple[str, str]]:
+    """(receiptId, asked_at) of the asks to the hub whose receipt the ledger has not
+    stored (no open hold, no commit: a cancelled or expired hold priced afresh and lost
+    leaves its closed row), oldest first; `receipt_id`: that one only."""
+    sql = (
+        "SELECT a.receipt_id, a.asked_at FROM hub_asks AS a"
+        " WHERE NOT EXISTS (SELECT 1 FROM receipt_life AS l WHERE l.receipt_id = a.receipt_id"
+        " AND l.state IN ('HELD', 'CONFIRMED'))"
+        " AND NOT EXISTS (SELECT 1 FROM receipts AS r WHERE r.receipt_id = a.receipt_id)"
+    )
+    args: tuple[str, ...] = ()
+    if receipt_id is not None:
+        sql += " AND a.receipt_id = ?"
+        args = (receipt_id,)
+    return [(str(r), str(a)) for r, a in conn.execute(sql + " ORDER BY a.asked_at", args)]
+
+
 def released_at_hub(conn: sqlite3.Connection, receipt_id: str) -> None:
     """The hub released the hold of this closed receipt: nothing left to send."""
     conn.execute(
@@ -1621,6 +1671,17 @@ def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
     """An expired hold priced again: its row and its coupons go."""
     conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))
     conn.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
+
+
+def hold_lapsed(conn: sqlite3.Connection, receipt_id: str, now: str) -> bool:
+    """Whether the receipt's hold expired by `now` (swept or not): a Hold or Checkout of
+    it prices it afresh."""
+    row = conn.execute(
+        "SELECT 1 FROM receipt_life WHERE receipt_id = ?"
+        " AND (state = 'EXPIRED' OR (state = 'HELD' AND expires_at <= ?))",
+        (receipt_id, now),
+    ).fetchone()
+    return row is not None
 
 
 def receipt_known(conn: sqlite3.Connection, receipt_id: str) -> bool:
