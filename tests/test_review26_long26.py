@@ -2,10 +2,13 @@
 
 A POS calls one agent thousands of times a day, through snapshot deltas, hold expiries and
 the clock crossing hours and midnights (docs/CONTRACT.md §5, §9, §11, §13, §14, §16). The
-differential below drives ONE agent, behind its HTTP interface (`HttpServer`, as `tillpoint
-run` serves it), with its clock moved by the test, through a seeded random sequence; before
-each call the data directory is copied and a FRESH agent on the copy, with the same clock,
-answers the same call: the two answers must be equal, every field of them.
+differential below drives ONE agent, behind its HTTP and gRPC servers (`HttpServer`,
+`build_server`, as `tillpoint run` serves it; a quarter of the calls over gRPC), with its
+clock moved by the test, through a seeded random sequence; before each call the data
+directory is copied and a FRESH agent on the copy, with the same clock, answers the same
+call: the two answers must be equal, every field of them. At one moment, with nothing
+between them, a quote must also equal the Hold, Checkout or Confirm made right after it
+(§5, §11), and a commit's `balance` the `Balance` at its `at` (§5 step 6).
 
 What it varies that `bench/difflong.py` (review 21) does not: deltas that change a
 customer's tier, birthday, favourite weekday, control groups, expiring and pending points,
@@ -14,9 +17,13 @@ to another category or a category under another parent, change the program (tier
 birthday multiplier, the TTL, the activation delay, the lifetime), and raise
 `appliedThrough`; receipts quoted again under the same receiptId after such a delta, with
 their `at` moved, with `explain` and then without; Hold, delta, Confirm; a receiptId
-reused after a cancel or an expiry; and the agent's clock crossing hold TTLs, hours and
-midnights (deterministic: both agents read the same moved clock, `holdExpiresAt`
-included).
+reused after a cancel or an expiry; the codes the till printed scanned back; snapshots
+applied by the agent, from a JSON Lines file (a hub pull) or by another process; and the
+agent's clock crossing hold TTLs, hours and midnights (deterministic: both agents read the
+same moved clock, `holdExpiresAt` included).
+
+`python -m tests.test_review26_long26 SEED STEPS` runs one sequence and prints its counts
+and mismatches (`LONG26_TRACE=1`: every call and delta).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import os
 import random
 import shutil
 import time
@@ -131,6 +139,19 @@ def fresh_answer(
         agent.close()
 
 
+def jsonl(doc: dict[str, Any]) -> str:
+    """The snapshot as JSON Lines (agent/snapshot_stream.py): a header, then sections."""
+    from tillpoint.agent.models import ROW_MODELS
+    from tillpoint.agent.snapshot_stream import FORMAT
+
+    header = {"format": FORMAT, **{k: v for k, v in doc.items() if k not in ROW_MODELS}}
+    lines = [header]
+    for section in ROW_MODELS:
+        if doc.get(section):
+            lines += [{"section": section}, *doc[section]]
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
 class Long:
     """The long-lived agent behind its HTTP interface."""
 
@@ -211,6 +232,15 @@ class Sequence:
         dl.copy_state(self.data, copy_dir)
         via = via or self.door()
         got = self.long.call(call, body, via)
+        if os.environ.get("LONG26_TRACE"):
+            print(
+                "CALL",
+                call,
+                via,
+                json.dumps(body, ensure_ascii=False),
+                "->",
+                json.dumps(got, ensure_ascii=False)[:600],
+            )
         if call not in ("quote", "identify", "balance"):
             self.moves += 1
         want = fresh_answer(copy_dir, self.clock(), call, body, via)
@@ -260,6 +290,32 @@ class Sequence:
                         "invariant": what,
                         "clock": self.clock().isoformat(),
                         "diff": dl.diff(left, right),
+                    },
+                    ensure_ascii=False,
+                    default=str,
+                )
+            )
+
+    def balance_after(self, body: dict[str, Any], done: tuple[str, Any], via: str) -> None:
+        """§5 step 6: a commit's `balance` is the customer's balance at `at` after the
+        receipt; the Balance call at that `at` says the same while no other hold of this
+        till reserves points (a result leaves those out, Balance does not)."""
+        if self.held or done[1].get("balance") is None or via != "http":
+            return
+        got = self.compare("balance", {"card": body["card"], "at": body["at"]}, via)
+        if got[0] != "ok":
+            return
+        shown = {k: v for k, v in done[1]["balance"].items()}
+        if shown != got[1]:
+            if os.environ.get("LONG26_TRACE"):
+                print("INVARIANT commit then balance", body["receiptId"], shown, got[1])
+            self.mismatches.append(
+                json.dumps(
+                    {
+                        "invariant": "commit then balance",
+                        "clock": self.clock().isoformat(),
+                        "diff": dl.diff(shown, got[1]),
+                        "body": body,
                     },
                     ensure_ascii=False,
                     default=str,
@@ -385,9 +441,10 @@ class Sequence:
             got = self.compare("confirm", {"receiptId": rid}, via)
             if untouched:  # nothing happened since the Hold: its quote is what it commits
                 self.same_figures("quote then confirm", quoted, got)
+            self.held.discard(rid)
             if got[0] == "ok":
                 self.committed[rid] = self.bodies[rid]
-            self.held.discard(rid)
+                self.balance_after(self.bodies[rid], got, via)
         elif action == "cancel" and (self.held or self.closed):
             rid = self.pick(self.held | self.closed)
             self.compare("cancel", {"receiptId": rid})
@@ -403,6 +460,9 @@ class Sequence:
                 self.same_figures("quote then checkout", quoted, got)
             if got[0] == "ok" and got[1].get("state") == "CONFIRMED":
                 self.committed[rid] = self.bodies[rid]
+                self.held.discard(rid)  # a Checkout of a held receipt confirms it
+                if not known:  # committed now, not a stored answer
+                    self.balance_after(self.bodies[rid], got, via)
         elif action == "refund" and self.committed:
             rid = self.pick(self.committed)
             pick = r.choice(self.committed[rid]["lines"])
@@ -427,6 +487,9 @@ class Sequence:
             rid = self.pick(self.closed)
             body = self.bodies[rid] if r.random() < 0.6 else self.changed(self.bodies[rid])
             got = self.compare(r.choice(["hold", "checkout", "quote"]), body)
+            if got[0] == "ok" and got[1].get("state") == "CONFIRMED":
+                self.committed[rid] = body
+                self.closed.discard(rid)
             if got[0] == "ok" and got[1].get("state") == "HELD":
                 self.held.add(rid)
                 self.held_at[rid] = (self.version, self.moves)
@@ -471,8 +534,13 @@ class Sequence:
     def load(self, doc: dict[str, Any]) -> None:
         """A delta or full snapshot: applied by the long-lived agent (its sync pull) or
         by another process (`tillpoint snapshot load`: another Agent on the directory)."""
-        if self.rng.random() < 0.5:
+        roll = self.rng.random()
+        if roll < 0.35:
             self.long.agent.load_snapshot(doc)
+        elif roll < 0.65:  # as a hub's pull applies it: JSON Lines from a file
+            path = self.work / f"snap-{doc['version']}.jsonl"
+            path.write_text(jsonl(doc), encoding="utf-8")
+            self.long.agent.load_snapshot_file(path)
         else:
             other = Agent(self.data, DEVICE, clock=self.clock)
             try:
@@ -639,6 +707,8 @@ class Sequence:
             doc["offers"] = [o]
         else:
             doc["appliedThrough"] = {DEVICE: r.randint(0, 8), "till-9": 3}
+        if os.environ.get("LONG26_TRACE"):
+            print("DELTA", json.dumps(doc, ensure_ascii=False))
         self.load(doc)
         self.counts[f"delta/{what}"] = self.counts.get(f"delta/{what}", 0) + 1
 
