@@ -119,6 +119,10 @@ def fresh_answer(
     dl.clear_module_caches()
     agent = Agent(copy_dir, DEVICE, clock=lambda: clock)
     try:
+        if call == "status":  # the document `tillpoint status --json` prints
+            from tillpoint.agent.wire import status_json
+
+            return "ok", status_json(agent.status())
         if call == "balance" and "at" not in body:
             from tillpoint.agent.errors import TillpointError, edge_of
 
@@ -167,6 +171,11 @@ class Long:
 
         self.grpc_server, port, _ = build_server(self.agent, "127.0.0.1:0")
         self.grpc_server.start()
+        # the run's hold timer, its rounds quick (expired holds swept by the moved clock
+        # between calls, as much as by the calls themselves)
+        from tillpoint.agent.server import start_hold_sweeper
+
+        self.stop_sweeper = start_hold_sweeper(self.agent, every_s=0.05)
         self.grpc = PosAgentClient(f"127.0.0.1:{port}", timeout=30, attempts=1)
 
     def call(self, call: str, body: Any, via: str = "http") -> tuple[str, Any]:
@@ -179,8 +188,11 @@ class Long:
                 except ClientError as exc:
                     return "error", (exc.code.name, exc.message)
             return dl.long_answer(cast(Any, self), call, body, "grpc")  # reads `.grpc` only
-        raw = json.dumps(body, ensure_ascii=False).encode()
-        self.conn.request("POST", f"/v1/{call}", raw, {"Content-Type": "application/json"})
+        if call == "status":
+            self.conn.request("GET", "/v1/status")
+        else:
+            raw = json.dumps(body, ensure_ascii=False).encode()
+            self.conn.request("POST", f"/v1/{call}", raw, {"Content-Type": "application/json"})
         resp = self.conn.getresponse()
         doc = json.loads(resp.read())
         if resp.status != 200:
@@ -188,6 +200,7 @@ class Long:
         return "ok", doc
 
     def close(self) -> None:
+        self.stop_sweeper()
         self.grpc.close()
         self.grpc_server.stop(0).wait()
         self.conn.close()
@@ -299,9 +312,13 @@ class Sequence:
     def balance_after(self, body: dict[str, Any], done: tuple[str, Any], via: str) -> None:
         """§5 step 6: a commit's `balance` is the customer's balance at `at` after the
         receipt; the Balance call at that `at` says the same while no other hold of this
-        till reserves points (a result leaves those out, Balance does not)."""
+        till reserves points (a result leaves those out, Balance does not) and the card is
+        still that customer's."""
         if self.held or done[1].get("balance") is None or via != "http":
             return
+        holder = self.compare("identify", {"text": body["card"]}, via)
+        if holder[0] != "ok" or holder[1].get("customerId") != done[1]["card"]["customerId"]:
+            return  # the card moved to another customer since the Hold (a delta)
         got = self.compare("balance", {"card": body["card"], "at": body["at"]}, via)
         if got[0] != "ok":
             return
@@ -398,6 +415,7 @@ class Sequence:
         ("refund", 0.04),
         ("identify", 0.04),
         ("balance", 0.04),
+        ("status", 0.02),
         ("reuse", 0.04),
         ("delta", 0.09),
         ("full", 0.02),
@@ -418,7 +436,23 @@ class Sequence:
             rid = self.pick(self.bodies)
             if rid not in self.held and rid not in self.committed:
                 self.bodies[rid] = self.changed(self.bodies[rid])
-            self.compare("quote", self.bodies[rid])
+            via = self.door()
+            first = self.compare("quote", self.bodies[rid], via)
+            if r.random() < 0.5:  # §17: with a trace or without, the same figures
+                other = copy.deepcopy(self.bodies[rid])
+                if other.pop("explain", False) is False:
+                    other["explain"] = True
+                second = self.compare("quote", other, via)
+                if first[0] == second[0] == "ok":
+                    a = {k: v for k, v in first[1].items() if k != "trace"}
+                    b = {k: v for k, v in second[1].items() if k != "trace"}
+                    if a != b:
+                        self.mismatches.append(
+                            json.dumps(
+                                {"invariant": "explain", "diff": dl.diff(a, b), "body": other},
+                                ensure_ascii=False,
+                            )
+                        )
         elif action == "hold":
             rid = self.pick(self.bodies)
             known = rid in self.held or rid in self.closed or rid in self.committed
@@ -476,6 +510,8 @@ class Sequence:
                     "lines": [{"sku": pick["sku"], "qty": qty}],
                 },
             )
+        elif action == "status":  # cache version, last seq, outbox (§9, §10)
+            self.compare("status", {}, "http")
         elif action == "identify":
             self.compare("identify", {"text": r.choice(dl.CARDS)})
         elif action == "balance":
