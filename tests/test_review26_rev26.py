@@ -1,0 +1,158 @@
+"""Review 26 (rev26): a second look at the session's merged change, with a real hub on
+127.0.0.1 and real tills (docs/CONTRACT.md §9, §11, §13).
+
+- The hold timer's release of "asks the till never stored" released a hold another
+  process on the same data directory was placing: a `tillpoint hold` run locally beside
+  `tillpoint run` (`--local`, or an HTTP token) notes its ask, the hub grants, and
+  `run`'s round, seeing no stored receipt yet, released the grant; the receipt was then
+  stored HELD while the hub held nothing for it (another till could spend the points).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.ledger import unstored_hub_asks, utc_text
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import HUB_ASK_GRACE_S, HubGrant
+from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
+from tillpoint.sync.pull import Puller, cache_version
+
+CARD = "2770000000017"  # c-1: 1200 points at the hub
+DEVICE = "till-1"
+BIG = [{"sku": "4601234000017", "qty": "1", "amountMinor": 1_000_000}]
+
+
+def held_at_hub(hub: LoopbackHub) -> int:
+    return int(hub.store.balance("c-1", datetime.now(UTC)).held)
+
+
+@pytest.fixture()
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    yield hub
+    hub.stop()
+
+
+def enrolled(hub: LoopbackHub, tmp_path: Path, clock: Any = None) -> Till:
+    till = hub.till(DEVICE, tmp_path / "till", start=False, clock=clock)
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    wait_for(lambda: cache_version(till.data_dir) == 1)
+    return till
+
+
+# `tillpoint run`'s hold timer having one round, in a process of its own.
+ROUND = """
+import sys
+from pathlib import Path
+from tillpoint.agent.app import till_agent
+from tillpoint.sync.authoriser import HubAuthoriser
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.pki import load_enrollment
+data_dir, address = Path(sys.argv[1]), sys.argv[2]
+enrollment = load_enrollment(data_dir)
+link = HubLink(address, enrollment)
+authoriser = HubAuthoriser(link, data_dir, "till-1", 2.0)
+agent = till_agent(data_dir, "till-1", hub=authoriser)
+print(agent.retry_hub_releases())
+agent.close(); authoriser.close(); link.close()
+"""
+
+
+def hold_timer_round(data_dir: Path, hub: LoopbackHub) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", ROUND, str(data_dir), hub.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return int(done.stdout.split()[-1])
+
+
+class RoundMeanwhile:
+    """The CLI process's real hub authoriser; `run`'s hold timer has its round while the
+    hub's answer is on its way back (after the hub placed the hold)."""
+
+    def __init__(self, inner: Any, data_dir: Path, hub: LoopbackHub) -> None:
+        self.inner, self.data_dir, self.hub = inner, data_dir, hub
+
+    def authorise(
+        self,
+        customer_id: str,
+        receipt_id: str,
+        points: int,
+        at: datetime,
+        hold_ttl_s: int | None = None,
+        coupon_codes: Sequence[str] = (),
+    ) -> HubGrant:
+        grant = self.inner.authorise(customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes)
+        hold_timer_round(self.data_dir, self.hub)
+        return grant  # type: ignore[no-any-return]
+
+    def release(self, receipt_id: str) -> bool:
+        return bool(self.inner.release(receipt_id))
+
+    def reachable(self) -> bool:
+        return bool(self.inner.reachable())
+
+
+@pytest.mark.parametrize("what", ["hold", pytest.param("checkout", marks=pytest.mark.slow)])
+def test_the_hold_timer_leaves_alone_an_ask_another_process_is_still_making(
+    hub: LoopbackHub, tmp_path: Path, what: str
+) -> None:
+    """docs/CONTRACT.md §11, §9: a hold placed by a call run in another process on the
+    same data directory stays held at the hub while that call stores its receipt."""
+    till = enrolled(hub, tmp_path)
+    try:
+        till.agent.hub = RoundMeanwhile(till.authoriser, till.data_dir, hub)
+        body = receipt("r-local", CARD, redeem=100, lines=BIG)
+        done = getattr(till.agent, what)(receipt_from_json(body))
+        assert done.redeemed_points == 100
+        assert done.state == ("HELD" if what == "hold" else "CONFIRMED")
+        # the hub keeps the stored receipt's points held (a checkout's until its
+        # transaction reaches the hub), and a later round leaves them too
+        assert held_at_hub(hub) == 100
+        assert hold_timer_round(till.data_dir, hub) == 0
+        assert held_at_hub(hub) == 100
+    finally:
+        till.agent.close()
+        till.link.close()
+        till.authoriser.close()
+
+
+def test_an_ask_of_a_process_gone_is_released_at_once_one_of_a_running_one_after_the_grace(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §11: what a till killed mid-request left at the hub is released at
+    the restarted till's first round; an ask of another process still running (here pid
+    1) waits until no call of it can still be storing its receipt."""
+    now = [datetime.now(UTC)]
+    till = enrolled(hub, tmp_path, clock=lambda: now[0])
+    try:
+        gone = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        asked = utc_text(now[0])
+        with sqlite3.connect(till.data_dir / "ledger.db") as conn:
+            conn.execute("INSERT INTO hub_asks VALUES ('r-gone', ?, ?)", (asked, int(gone.stdout)))
+            conn.execute("INSERT INTO hub_asks VALUES ('r-busy', ?, 1)", (asked,))
+        assert till.agent.retry_hub_releases() == 1
+        assert [r for r, _, _ in unstored_hub_asks(till.agent._ledger)] == ["r-busy"]
+        now[0] += timedelta(seconds=HUB_ASK_GRACE_S + 1)
+        assert till.agent.retry_hub_releases() == 1
+        assert unstored_hub_asks(till.agent._ledger) == []
+    finally:
+        till.agent.close()
+        till.link.close()
+        till.authoriser.close()
