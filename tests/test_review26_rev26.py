@@ -156,3 +156,31 @@ def test_an_ask_of_a_process_gone_is_released_at_once_one_of_a_running_one_after
         till.agent.close()
         till.link.close()
         till.authoriser.close()
+
+
+def test_the_note_of_an_ask_leaves_the_ledger_writing_sales_with_full_sync(
+    hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §11 (a receipt, its journal entry and its outbox row are one
+    transaction, synchronous=FULL): the note of an ask is written without an fsync of its
+    own; the sale's commit after it, and after a note that failed, is FULL (2) again.
+    Pins what review 26's second look found right."""
+    till = enrolled(hub, tmp_path)
+    writer = till.agent._ledger
+    try:
+        done = till.agent.hold(receipt_from_json(receipt("r-sync", CARD, redeem=10, lines=BIG)))
+        assert done.state == "HELD"
+        assert writer.execute("PRAGMA synchronous").fetchone() == (2,)
+
+        def no_room(*_: Any) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr("tillpoint.agent.ledger.note_hub_ask", no_room)
+        with pytest.raises(Exception, match="full"):
+            till.agent.checkout(receipt_from_json(receipt("r-full", CARD, redeem=10, lines=BIG)))
+        assert writer.execute("PRAGMA synchronous").fetchone() == (2,)
+        assert not writer.in_transaction
+    finally:
+        till.agent.close()
+        till.link.close()
+        till.authoriser.close()
