@@ -527,6 +527,8 @@ def load_snapshot(agent: Any, name: str) -> Any:
                 from tillpoint.sync import refuse_plain_if_enrolled
 
                 refuse_plain_if_enrolled(agent.data_dir)
+                if not head.endswith(b"\n"):  # a header line past HEAD_BYTES: all of it
+                    first += stdin.readline()
                 return agent.load_snapshot_lines(itertools.chain([first], stdin))
             refuse_non_object(head, name)  # not `/dev/zero` read whole
             rest = stdin.read()

@@ -6,6 +6,8 @@
   `tillpoint run` (`--local`, or an HTTP token) notes its ask, the hub grants, and
   `run`'s round, seeing no stored receipt yet, released the grant; the receipt was then
   stored HELD while the hub held nothing for it (another till could spend the points).
+- `snapshot load -` read a JSON Lines header line 4 KiB at a time: a full snapshot of a
+  hub with ~200 tills (every device's `appliedThrough`) was "not valid JSON".
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import HUB_ASK_GRACE_S, HubGrant
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import Puller, cache_version
+
+from .conftest import CLI, snapshot
 
 CARD = "2770000000017"  # c-1: 1200 points at the hub
 DEVICE = "till-1"
@@ -184,3 +188,25 @@ def test_the_note_of_an_ask_leaves_the_ledger_writing_sales_with_full_sync(
         till.agent.close()
         till.link.close()
         till.authoriser.close()
+
+
+def test_a_json_lines_snapshot_with_a_long_header_line_loads_from_stdin(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §3, §10: a full snapshot of a hub with some 200 tills carries every
+    device's `appliedThrough` in its header line (past 4 KiB). From a file it loads; on
+    standard input (`snapshot load -`) the header line was read 4 KiB at a time and the
+    rest of it taken for the next line: "snapshot line 1: not valid JSON"."""
+    import io
+
+    from tests.test_snapshot_stream import to_jsonl
+
+    doc = snapshot()
+    doc["appliedThrough"] = {f"till-{n:04d}": 1000 + n for n in range(300)}
+    text = to_jsonl(doc)
+    assert len(text.splitlines()[0]) > 4096
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    run = cli("snapshot", "load", "-", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["version"] == doc["version"]
+    assert cli("identify", "2770000000017", "--json").json()["status"] == "FOUND"
