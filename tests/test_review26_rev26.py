@@ -8,10 +8,13 @@
   stored HELD while the hub held nothing for it (another till could spend the points).
 - `snapshot load -` read a JSON Lines header line 4 KiB at a time: a full snapshot of a
   hub with ~200 tills (every device's `appliedThrough`) was "not valid JSON".
+- A hub-written JSON Lines file (keys sorted: `format` after `appliedThrough`) of a hub
+  with ~250 tills was taken for one JSON document ("Extra data"), from a file or stdin.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -207,6 +210,37 @@ def test_a_json_lines_snapshot_with_a_long_header_line_loads_from_stdin(
     assert len(text.splitlines()[0]) > 4096
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
     run = cli("snapshot", "load", "-", "--json")
+    assert run.code == 0, run.err
+    assert run.json()["version"] == doc["version"]
+    assert cli("identify", "2770000000017", "--json").json()["status"] == "FOUND"
+
+
+@pytest.mark.parametrize("where", ["file", "stdin"])
+def test_a_hub_written_json_lines_snapshot_of_many_tills_is_told_from_plain_json(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """docs/CONTRACT.md §3: the hub writes its JSON Lines header in canonical JSON, keys
+    sorted, so `appliedThrough` (every till of the hub) comes before `format`. With some
+    250 tills `format` lay past the first 4 KiB the till looks at to tell the forms
+    apart: the file was read as one JSON document, "not valid JSON (Extra data ...)"."""
+    import io
+
+    from tests.test_snapshot_stream import to_jsonl
+
+    doc = snapshot()
+    doc["appliedThrough"] = {f"till-{n:04d}": 1000 + n for n in range(300)}
+    lines = to_jsonl(doc).splitlines()
+    header = json.loads(lines[0])
+    lines[0] = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    assert lines[0].index('"format"') > 4096
+    text = "\n".join(lines) + "\n"
+    if where == "file":
+        path = tmp_path / "snap.jsonl"
+        path.write_text(text)
+        run = cli("snapshot", "load", str(path), "--json")
+    else:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+        run = cli("snapshot", "load", "-", "--json")
     assert run.code == 0, run.err
     assert run.json()["version"] == doc["version"]
     assert cli("identify", "2770000000017", "--json").json()["status"] == "FOUND"
