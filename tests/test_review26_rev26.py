@@ -31,6 +31,7 @@ from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_da
 from tillpoint.sync.pull import Puller, cache_version
 
 from .conftest import CLI, snapshot
+from .conftest import receipt as till_receipt
 
 CARD = "2770000000017"  # c-1: 1200 points at the hub
 DEVICE = "till-1"
@@ -244,3 +245,42 @@ def test_a_hub_written_json_lines_snapshot_of_many_tills_is_told_from_plain_json
     assert run.code == 0, run.err
     assert run.json()["version"] == doc["version"]
     assert cli("identify", "2770000000017", "--json").json()["status"] == "FOUND"
+
+
+def test_a_refund_of_a_counted_sale_an_earlier_release_stored_gives_back_as_it_did(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §16 (its decisions): a sale stored by an earlier release has one
+    spend row with no batch named; once the hub has counted it, a refund of it after the
+    upgrade gives its points back to the part that never expires (as that release did,
+    until the next snapshot), and the balance is read without error. Pins what review
+    26's second look found right (an upgrade stops no refund)."""
+    milk = "4601234000017"
+    soon = {"points": 300, "expiresAt": "2026-11-25T23:59:59+03:00"}
+    snap = snapshot()
+    snap["customers"][0].update(balancePoints=1000, expiring=[soon])
+    assert cli("snapshot", "load", snap).code == 0
+    line = {"sku": milk, "qty": "1", "priceMinor": 100000}
+    sale = cli("checkout", till_receipt(lines=[line], redeemPoints=50), "--json").json()
+    earned = sale["earnedPoints"]
+    with sqlite3.connect(tmp_path / "data" / "ledger.db") as conn:  # as the earlier release
+        rows = conn.execute(
+            "SELECT count(*), sum(points) FROM points WHERE kind = 'spend'"
+        ).fetchone()
+        assert rows == (1, -50)
+        conn.execute("UPDATE points SET expires_at = NULL WHERE kind = 'spend'")
+    counted = snapshot(version=2, appliedThrough={"till-1": 1})
+    counted["customers"][0].update(balancePoints=950 + earned, expiring=[{**soon, "points": 250}])
+    assert cli("snapshot", "load", counted).code == 0
+    refund = {
+        "refundId": "f1",
+        "receiptId": "r1",
+        "at": "2026-11-24T12:00:00+03:00",
+        "lines": [{"sku": milk, "qty": "0.5"}],
+    }
+    half = cli("refund", refund, "--json")
+    assert half.code == 0, half.err
+    assert half.json()["returnedPoints"] == 25
+    assert half.json()["balance"]["expiring"] == [{**soon, "points": 250}]
+    later = cli("balance", "2770000000017", "--at", "2026-11-26T10:00:00+03:00", "--json")
+    assert later.json() == {"availablePoints": 700 + 25 + 178, "pendingPoints": 0}
