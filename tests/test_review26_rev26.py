@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from tillpoint.agent.ledger import unstored_hub_asks, utc_text
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.agent.service import HUB_ASK_GRACE_S, HubGrant
+from tillpoint.agent.service import HUB_ASK_GRACE_S, Agent, HubGrant
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
 from tillpoint.sync.pull import Puller, cache_version
 
@@ -284,3 +284,81 @@ def test_a_refund_of_a_counted_sale_an_earlier_release_stored_gives_back_as_it_d
     assert half.json()["balance"]["expiring"] == [{**soon, "points": 250}]
     later = cli("balance", "2770000000017", "--at", "2026-11-26T10:00:00+03:00", "--json")
     assert later.json() == {"availablePoints": 700 + 25 + 178, "pendingPoints": 0}
+
+
+class ScriptedHub:
+    """A hub that answers each authorisation from a script: (used codes) or None (it does
+    not answer: HubUnavailable). Counts the requests."""
+
+    def __init__(self, *answers: frozenset[str] | None) -> None:
+        self.answers, self.asked = list(answers), []  # type: list[frozenset[str] | None], list[list[str]]
+
+    def authorise(
+        self,
+        customer_id: str,
+        receipt_id: str,
+        points: int,
+        at: datetime,
+        hold_ttl_s: int | None = None,
+        coupon_codes: Sequence[str] = (),
+    ) -> HubGrant:
+        from tillpoint.agent.errors import HubUnavailable
+
+        self.asked.append(list(coupon_codes))
+        answer = self.answers.pop(0) if self.answers else frozenset()
+        if answer is None:
+            raise HubUnavailable("the hub is not answering")
+        return HubGrant(points, answer & frozenset(coupon_codes))
+
+    def release(self, receipt_id: str) -> bool:
+        return True
+
+    def reachable(self) -> bool:
+        return True
+
+
+CODES = ["C1", "C2", "C3", "C4"]
+
+
+def _coupon_agent(tmp_path: Path, hub: ScriptedHub) -> Agent:
+    offers = [
+        {"id": f"o-{n}", "kind": "AMOUNT_OFF", "skus": ["4601234000017"],
+         "value": str(1000 - 100 * n), "couponRequired": True}
+        for n in range(len(CODES))
+    ]  # fmt: skip
+    coupons = [{"code": code, "offerId": f"o-{n}"} for n, code in enumerate(CODES)]
+    agent = Agent(tmp_path / "data", "till-1", hub=hub)
+    agent.load_snapshot(snapshot(offers=offers, coupons=coupons))
+    return agent
+
+
+def test_online_codes_are_asked_again_at_most_once_a_code_and_a_hub_gone_mid_way_prices_offline(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §13, §9: each time the hub says the winning code is used, the next
+    one comes to apply and is asked about: one request more per such code, never more;
+    a hub that stops answering mid-way prices the receipt OFFLINE, the codes the hub
+    said used staying ALREADY_USED. Pins what review 26's second look found right."""
+    body = till_receipt("r-codes", lines=[{"sku": "4601234000017", "qty": "1", "priceMinor": 5000}])
+    body["coupons"] = CODES
+    every = ScriptedHub(*[frozenset(CODES)] * 10)
+    agent = _coupon_agent(tmp_path / "a", every)
+    try:
+        done = agent.checkout(receipt_from_json(body))
+        assert len(every.asked) == len(CODES)  # C1, then C2, C3, C4 as each comes to apply
+        assert every.asked[0] == ["C1"] and every.asked[-1] == ["C4"]
+        assert {v.code: v.reason for v in done.coupons} == dict.fromkeys(CODES, "ALREADY_USED")
+        assert done.mode == "ONLINE"
+    finally:
+        agent.close()
+    gone = ScriptedHub(frozenset({"C1"}), None)
+    agent = _coupon_agent(tmp_path / "b", gone)
+    try:
+        done = agent.checkout(receipt_from_json(body))
+        assert len(gone.asked) == 2
+        assert done.mode == "OFFLINE"
+        verdicts = {v.code: (v.status, v.reason) for v in done.coupons}
+        assert verdicts["C1"] == ("REJECTED", "ALREADY_USED")
+        assert verdicts["C2"] == ("APPLIED", "")
+    finally:
+        agent.close()
