@@ -340,6 +340,14 @@ def m015_hub_asks(db: Database) -> None:
     )
 
 
+@ledger_migrations()
+def m016_hub_asks_pid(db: Database) -> None:
+    # The process that asked (`os.getpid()`): an ask of a process still running (a
+    # `tillpoint hold` run locally beside `tillpoint run`) may be on its way to its commit;
+    # one of a process gone is released at once (`Agent._release_unstored`).
+    db.execute("ALTER TABLE hub_asks ADD COLUMN pid INTEGER")
+
+
 @sync_migrations()
 def m001_sync_state(db: Database) -> None:
     # sync_state(key, value): last pull, last push, last contact, mode, outstanding errors
@@ -1040,7 +1048,7 @@ def open_hub_holds(conn: sqlite3.Connection) -> list[str]:
             " AND state IN ('HELD', 'CANCELLED', 'EXPIRED')"
         )
     ]
-    return closed + [rid for rid, _ in unstored_hub_asks(conn)]
+    return closed + [rid for rid, _, _ in unstored_hub_asks(conn)]
 
 
 def outbox_seqs(conn: sqlite3.Connection) -> list[tuple[str, int]]:
@@ -1562,10 +1570,13 @@ def hub_releases_due(conn: sqlite3.Connection, since: str) -> list[str]:
     ]
 
 
-def note_hub_ask(conn: sqlite3.Connection, receipt_id: str, at: str) -> None:
-    """Before a hold's or checkout's request to the hub: it may hold this receipt's
-    redemption or coupons from now on (`m015_hub_asks`)."""
-    conn.execute("INSERT OR REPLACE INTO hub_asks VALUES (?, ?)", (receipt_id, at))
+def note_hub_ask(conn: sqlite3.Connection, receipt_id: str, at: str, pid: int) -> None:
+    """Before a hold's or checkout's request to the hub (made by process `pid`): it may
+    hold this receipt's redemption or coupons from now on (`m015_hub_asks`)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO hub_asks (receipt_id, asked_at, pid) VALUES (?, ?, ?)",
+        (receipt_id, at, pid),
+    )
 
 
 def forget_hub_ask(conn: sqlite3.Connection, receipt_id: str, asked_at: str | None = None) -> None:
@@ -1582,12 +1593,12 @@ def forget_hub_ask(conn: sqlite3.Connection, receipt_id: str, asked_at: str | No
 
 def unstored_hub_asks(
     conn: sqlite3.Connection, receipt_id: str | None = None
-) -> list[tuple[str, str]]:
-    """(receiptId, asked_at) of the asks to the hub whose receipt the ledger has not
-    stored (no open hold, no commit: a cancelled or expired hold priced afresh and lost
-    leaves its closed row), oldest first; `receipt_id`: that one only."""
+) -> list[tuple[str, str, int | None]]:
+    """(receiptId, asked_at, the asking process's id) of the asks to the hub whose receipt
+    the ledger has not stored (no open hold, no commit: a cancelled or expired hold priced
+    afresh and lost leaves its closed row), oldest first; `receipt_id`: that one only."""
     sql = (
-        "SELECT a.receipt_id, a.asked_at FROM hub_asks AS a"
+        "SELECT a.receipt_id, a.asked_at, a.pid FROM hub_asks AS a"
         " WHERE NOT EXISTS (SELECT 1 FROM receipt_life AS l WHERE l.receipt_id = a.receipt_id"
         " AND l.state IN ('HELD', 'CONFIRMED'))"
         " AND NOT EXISTS (SELECT 1 FROM receipts AS r WHERE r.receipt_id = a.receipt_id)"
@@ -1596,7 +1607,8 @@ def unstored_hub_asks(
     if receipt_id is not None:
         sql += " AND a.receipt_id = ?"
         args = (receipt_id,)
-    return [(str(r), str(a)) for r, a in conn.execute(sql + " ORDER BY a.asked_at", args)]
+    rows = conn.execute(sql + " ORDER BY a.asked_at", args)
+    return [(str(r), str(a), None if p is None else int(p)) for r, a, p in rows]
 
 
 def released_at_hub(conn: sqlite3.Connection, receipt_id: str) -> None:

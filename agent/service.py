@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -110,6 +111,12 @@ MAX_RECEIPT_ID = 128
 HUB_HOLD_MARGIN_S = 60
 # The longest a hub keeps a hold (sync/hub_server.py MAX_HOLD_TTL_S): an older one has run out.
 HUB_HOLD_MAX_S = 86_400
+# How long a request to the hub noted in `hub_asks` may still be on its way to its commit
+# (its hub requests, each within the redemption deadline, a busy ledger's 5 s wait): a
+# younger ask of a receipt not stored yet, made by another process still running (a
+# `tillpoint hold` run locally beside `tillpoint run`), may be a call in progress whose
+# hold is not released before then.
+HUB_ASK_GRACE_S = 120
 MAX_SCANNED_COUPONS = 100  # a receipt carries at most 100 codes
 
 
@@ -665,18 +672,24 @@ class Agent:
         for and never stored (killed between the request and the commit, or a commit that
         failed after the grant): nobody else would, and the hub kept the customer's points
         and codes held from every till for the hold's whole time. Asks older than a day
-        have run out at the hub. Stops at the first the hub does not answer."""
+        have run out at the hub. One made by another process still running and younger
+        than `HUB_ASK_GRACE_S` may still be stored (a call between its request and its
+        commit, whose turn is not this agent's `HubTurns`): a later round. Stops at the
+        first the hub does not answer."""
+        young = ledger.utc_text(self.clock() - timedelta(seconds=HUB_ASK_GRACE_S))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
-        for rid, asked_at in asks:
+        for rid, asked_at, pid in asks:
+            if asked_at > young and _running_elsewhere(pid):
+                continue
             if asked_at <= cutoff:
                 with self._lock, self._write() as conn:
                     ledger.forget_hub_ask(conn, rid, asked_at)
                 continue
             with self._lock:
                 # still not stored, and no hold of it on its way (its turn: `HubTurns`)
-                if ledger.unstored_hub_asks(self._ledger, rid) != [(rid, asked_at)]:
+                if ledger.unstored_hub_asks(self._ledger, rid) != [(rid, asked_at, pid)]:
                     continue
                 if not self._hub_turns.start_release(rid):
                     continue
@@ -1238,7 +1251,7 @@ class Agent:
         note is part of it: an early pricing of the receipt already wrote its own."""
         now = ledger.utc_text(self.clock())
         if conn is None or conn is self._ledger:
-            ledger.note_hub_ask(self._ledger, receipt_id, now)
+            ledger.note_hub_ask(self._ledger, receipt_id, now, os.getpid())
             return
         with self._lock:
             # Without its own fsync (0.05 ms, not 0.7-4 ms): it guards against the process
@@ -1247,7 +1260,7 @@ class Agent:
             self._ledger.execute("PRAGMA synchronous = NORMAL")
             try:
                 with self._write() as writes:
-                    ledger.note_hub_ask(writes, receipt_id, now)
+                    ledger.note_hub_ask(writes, receipt_id, now, os.getpid())
             finally:
                 self._ledger.execute("PRAGMA synchronous = FULL")
 
@@ -2049,6 +2062,20 @@ def _balance_after(
         before.available - held - redeemed + (0 if pending_now else earned),
         before.pending + (earned if pending_now else 0),
     )
+
+
+def _running_elsewhere(pid: int | None) -> bool:
+    """Whether process `pid` is another process still running (an ask of its own process
+    takes turns with its release, `HubTurns`; one of a process gone is nobody's call)."""
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: running
+        return True
+    return True
 
 
 def _spent_from(after: ledger.Points | None, receipt_id: str) -> list[list[Any]]:

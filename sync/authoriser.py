@@ -5,7 +5,10 @@ hub places a hold against the customer's live balance (every till's ingested
 transactions, minus the other tills' active holds), so two tills cannot spend the same
 points. The call has a hard deadline (``hub.redeem_timeout_ms``, 300 ms by default); when
 the hub does not answer within it, `HubUnavailable` makes the agent price OFFLINE with
-the offline limit (§5 step 4), so a checkout never waits longer than that on the network.
+the offline limit (§5 step 4), so no request of a checkout waits longer than that on the
+network. A checkout asks once, and once more for each coupon code that comes to apply
+after the hub said another is used (`Agent._price`, review 26): each request within the
+deadline, so a checkout waits at most one deadline per such code beyond the first.
 
 The request also carries this till's own point movements that are still in its outbox
 (the hub has not seen them), so the hub does not authorise points this till already

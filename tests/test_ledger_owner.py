@@ -68,9 +68,9 @@ def test_a_ledger_written_by_the_old_code_upgrades_in_place(tmp_path: Path) -> N
     try:
         applied = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
         assert {s for s, _ in applied} == before
-        # Nothing re-ran: each migration recorded once, under its old name (m008-m015 new,
+        # Nothing re-ran: each migration recorded once, under its old name (m008-m016 new,
         # and the sync set's m002-m004).
-        assert len(applied) == len(set(applied)) == 19
+        assert len(applied) == len(set(applied)) == 20
         # the commit's appended tables are clustered on their keys, their rows kept
         for table in ("receipt_lines", "journal", "outbox"):
             sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,))
