@@ -22,7 +22,7 @@ import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -1638,6 +1638,18 @@ def due_holds(conn: sqlite3.Connection, now: str) -> list[tuple[str, bool]]:
             (now,),
         )
     ]
+
+
+def shift_open_holds(conn: sqlite3.Connection, step: timedelta) -> int:
+    """Move the expiry of every open hold by `step` (the wall clock was stepped by it)."""
+    rows = conn.execute(
+        "SELECT receipt_id, expires_at FROM receipt_life WHERE state = 'HELD'"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE receipt_life SET expires_at = ? WHERE receipt_id = ? AND state = 'HELD'",
+        [(utc_text(datetime.fromisoformat(at) + step), rid) for rid, at in rows],
+    )
+    return len(rows)
 
 
 def close_holds(

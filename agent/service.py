@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -122,6 +123,18 @@ MAX_SCANNED_COUPONS = 100  # a receipt carries at most 100 codes
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+def steady_clock() -> float:
+    """Seconds that pass, whatever NTP does to the wall clock; a suspended till's sleep
+    counts too (CLOCK_BOOTTIME on Linux; elsewhere the monotonic clock)."""
+    boot = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boot) if boot is not None else time.monotonic()
+
+
+# A wall clock that moved this much more (or less) than the time that passed was stepped
+# (NTP, a wrong RTC set right, an operator): open holds are moved with it (§11).
+CLOCK_STEP_S = 2.0
 
 
 class RedemptionAuthoriser(Protocol):
@@ -258,15 +271,20 @@ class Agent:
         status_sources: Sequence[StatusSource] = (),
         device_kinds: Mapping[str, str] | None = None,
         build_workers: int | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         """Collaborators are given here (`agent/app.py` wires a till's): the hub's
         redemption authoriser (None: standalone, the offline limit applies), the devices
         told after each sale, the metrics the edges record into, the parts that add
         fields to `status`, and the configured kind of each device (for `status` in a
-        process that does not drive them: the CLI)."""
+        process that does not drive them: the CLI). `monotonic` counts the seconds that
+        pass, to tell a step of the wall clock from time passing (default: the system's
+        with the system clock; none with another clock: that clock is taken as steady)."""
         self.data_dir = Path(data_dir)
         self.device_id = device_id
         self.clock = clock
+        self._steady = monotonic or (steady_clock if clock is system_clock else None)
+        self._clock_mark: tuple[datetime, float] | None = None
         self.hub = hub
         self.devices = devices
         # The receipt whose figures the display shows now: a Cancel clears only its own
@@ -592,6 +610,7 @@ class Agent:
 
         Called by every hold, confirm, cancel and checkout, and by `tillpoint run`'s timer;
         one indexed read when nothing is due."""
+        self._follow_clock_step()
         now = ledger.utc_text(self.clock())
         with self._lock:
             due = ledger.due_holds(self._ledger, now)
@@ -604,6 +623,29 @@ class Agent:
             if hub_hold:
                 self._release_at_hub(rid)
         return len(due)
+
+    def _follow_clock_step(self) -> None:
+        """A hold lives `holdTtlSeconds` of time that passes (the contract §11), but its
+        expiry is stored as a wall-clock time: when the wall clock was stepped since the
+        last reading (NTP set it an hour back or forward), move the open holds' expiry by
+        the step, so that a step back does not stretch a hold past the hub's copy of it
+        and a step forward does not expire at once a hold whose payment is being taken."""
+        steady = self._steady
+        if steady is None:
+            return
+        with self._lock:
+            wall, passed = self.clock(), steady()
+            mark, self._clock_mark = self._clock_mark, (wall, passed)
+            if mark is None:
+                return
+            step = (wall - mark[0]).total_seconds() - (passed - mark[1])
+            if abs(step) < CLOCK_STEP_S:
+                return
+            log.warning(
+                "the wall clock was stepped by %+.0f s: open holds keep their time left", step
+            )
+            with self._write() as conn:
+                ledger.shift_open_holds(conn, timedelta(seconds=step))
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
         """True: released. False: the hub was not reached (or there is none);

@@ -1,0 +1,108 @@
+"""Review 26 (clock26): the till's wall clock is not steady.
+
+NTP corrects a till that drifted, a till boots with a wrong RTC and is set right later:
+the wall clock steps, backwards or forwards, while one long-lived agent keeps serving.
+A hold lives `holdTtlSeconds` after it was placed (docs/CONTRACT.md §11): that is time
+that passes, not a wall-clock reading, so a step of the clock neither stretches a hold
+(the hub's copy of it, TTL + 60 s on the hub's clock, would have run out: two tills could
+spend the same points) nor kills it at once (the payment was taken: Confirm refused).
+
+The agent's wall clock and its steady (monotonic) clock are both injected here, as
+`tillpoint run` has them from the system.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.errors import TillpointError
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from tests.conftest import receipt, snapshot
+
+START = datetime.fromisoformat("2026-11-23T10:00:00+03:00")
+TTL = 1800
+
+
+class Clocks:
+    """A wall clock the test steps and a steady clock that only counts time passing."""
+
+    def __init__(self) -> None:
+        self.wall = START
+        self.steady = 1000.0
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def mono(self) -> float:
+        return self.steady
+
+    def passes(self, seconds: float) -> None:
+        self.wall += timedelta(seconds=seconds)
+        self.steady += seconds
+
+    def steps(self, seconds: float) -> None:  # NTP: the wall clock alone moves
+        self.wall += timedelta(seconds=seconds)
+
+
+def _agent(tmp_path: Path, clocks: Clocks) -> Agent:
+    a = Agent(tmp_path / "data", "till-1", clock=clocks.now, monotonic=clocks.mono)
+    a.load_snapshot(snapshot(program={**snapshot()["program"], "holdTtlSeconds": TTL}))
+    return a
+
+
+def _held(a: Agent, rid: str, **changes: Any) -> dict[str, Any]:
+    return a.hold(receipt_from_json(receipt(rid, **changes))).to_json()
+
+
+def test_a_clock_stepped_forward_does_not_kill_a_fresh_hold(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §11: placed, paid 5 minutes later; meanwhile NTP set the clock an
+    hour forward. The hold has lived 5 of its 30 minutes: Confirm commits it."""
+    clocks = Clocks()
+    a = _agent(tmp_path, clocks)
+    try:
+        _held(a, "r-fwd")
+        clocks.passes(120)
+        clocks.steps(3600)
+        clocks.passes(180)
+        done = a.confirm("r-fwd", None).to_json()
+        assert done["state"] == "CONFIRMED"
+    finally:
+        a.close()
+
+
+def test_a_clock_stepped_back_does_not_stretch_a_hold(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §11: NTP set the clock an hour back after the hold was placed; 31
+    minutes later the hold has run out (as the hub's copy of it has), not 1.5 h later."""
+    clocks = Clocks()
+    a = _agent(tmp_path, clocks)
+    try:
+        _held(a, "r-back")
+        clocks.passes(60)
+        clocks.steps(-3600)
+        clocks.passes(TTL)  # 31 minutes since the hold
+        assert a.sweep_holds() == 1
+        with pytest.raises(TillpointError, match="hold expired"):
+            a.confirm("r-back", None)
+    finally:
+        a.close()
+
+
+def test_time_passing_without_a_step_expires_a_hold_as_before(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §11: no step, the TTL as it always was (29:59 held, 30:00 gone)."""
+    clocks = Clocks()
+    a = _agent(tmp_path, clocks)
+    try:
+        _held(a, "r-a")
+        _held(a, "r-b", at="2026-11-23T10:15:01+03:00")
+        clocks.passes(TTL - 1)
+        assert a.confirm("r-a", None).to_json()["state"] == "CONFIRMED"
+        clocks.passes(1)
+        with pytest.raises(TillpointError, match="hold expired"):
+            a.confirm("r-b", None)
+    finally:
+        a.close()
