@@ -288,7 +288,8 @@ class SyncService:
         if contact is not None and (
             values
             or self._contact_written is None
-            or (contact - self._contact_written).total_seconds() >= CONTACT_EVERY_S
+            # abs: a wall clock stepped back (NTP) froze the old, future time for the step
+            or abs((contact - self._contact_written).total_seconds()) >= CONTACT_EVERY_S
         ):
             values["last_contact_at"] = state.now_text(contact)
         if values:

@@ -106,3 +106,27 @@ def test_time_passing_without_a_step_expires_a_hold_as_before(tmp_path: Path) ->
             a.confirm("r-b", None)
     finally:
         a.close()
+
+
+def test_last_contact_follows_a_clock_stepped_back(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §9/status: `lastContactAt` is written at most every 30 s; after NTP
+    set the clock an hour back it stayed at the old (now future) time for an hour, while
+    the hub answered every poll: a support engineer read "no contact" for the hour."""
+    from tillpoint.sync import state
+    from tillpoint.sync.loopback import FAST, LoopbackHub, sample_master_data
+    from tillpoint.sync.service import SyncService
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    service = SyncService(till.agent, till.link, till.link.enrollment, FAST)
+    try:
+        before = datetime.fromisoformat("2026-11-23T10:00:00+00:00")
+        till.link.last_contact = before
+        service._persist_mode()
+        till.link.last_contact = before - timedelta(seconds=3600 - 60)  # stepped back 1 h
+        service._persist_mode()
+        written = state.sync_status(service.pusher.conn)["lastContactAt"]
+        assert written == state.now_text(before - timedelta(seconds=3540))
+    finally:
+        service.pusher.close()
+        hub.stop()
