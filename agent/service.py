@@ -490,6 +490,7 @@ class Agent:
         only); under a held receiptId, beside that hold (its points and coupons stay
         reserved)."""
         retrace: CheckoutResult | None = None
+        self._follow_clock_step()  # the open holds it counts, as they stand after a step
         with self._read() as (view, conn):
             stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self.clock())
             # the receipt as stored, made only for a receiptId this till knows

@@ -26,6 +26,7 @@ from tests.conftest import receipt, snapshot
 
 START = datetime.fromisoformat("2026-11-23T10:00:00+03:00")
 TTL = 1800
+B_CARD = "2770000000024"  # c-b, 80 points
 
 
 class Clocks:
@@ -130,3 +131,23 @@ def test_last_contact_follows_a_clock_stepped_back(tmp_path: Path) -> None:
     finally:
         service.pusher.close()
         hub.stop()
+
+
+def test_a_quote_right_after_a_step_forward_still_sees_the_hold(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §11: an open hold counts against the customer's points for every
+    other receipt, quotes included. A quote that came first after NTP set the clock an
+    hour forward saw the hold as expired (nothing had followed the step yet): it offered
+    points the held receipt will spend."""
+    clocks = Clocks()
+    a = _agent(tmp_path, clocks)
+    try:
+        _held(a, "r-held", card=B_CARD, redeemPoints=50)  # of her 80 points
+        clocks.passes(60)
+        clocks.steps(3600)
+        other = receipt("r-other", card=B_CARD, redeemPoints=50)
+        quoted = a.quote(receipt_from_json(other)).to_json()
+        clocks.passes(1)
+        held = a.hold(receipt_from_json(other)).to_json()
+        assert quoted["redeemedPoints"] == held["redeemedPoints"] == 30
+    finally:
+        a.close()
