@@ -1294,8 +1294,11 @@ class HubServer:
                 # Due `every` after the store's latest version, not after this process
                 # started: a hub restarted more often than that published no refresh, and
                 # used codes stayed in every till's snapshot.
-                due = latest is not None and self.clock() >= latest.issued_at + timedelta(
-                    seconds=every
+                # A latest version issued "in the future" is from a clock set back since
+                # (NTP): due now, or nothing was refreshed for the size of the step.
+                now = self.clock()
+                due = latest is not None and (
+                    now >= latest.issued_at + timedelta(seconds=every) or now < latest.issued_at
                 )
                 if every and due and time.monotonic() >= next_try:
                     next_try = time.monotonic() + every

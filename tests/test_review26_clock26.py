@@ -151,3 +151,27 @@ def test_a_quote_right_after_a_step_forward_still_sees_the_hold(tmp_path: Path) 
         assert quoted["redeemedPoints"] == held["redeemedPoints"] == 30
     finally:
         a.close()
+
+
+def test_the_hub_refreshes_balances_after_its_clock_went_back(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §9: the hub publishes a balance refresh `publish_every_s` after its
+    latest version. Its clock set an hour back made the latest version's `issuedAt` an
+    hour ahead: no refresh for the hour (every till's offline balances stale meanwhile)."""
+    from tillpoint.sync.hub_server import HubConfig
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+    from tillpoint.sync.loopback import receipt as sample_receipt
+
+    clocks = Clocks()
+    config = HubConfig(heartbeat_s=1.0, watch_interval_s=0.05, publish_every_s=0.2)
+    hub = LoopbackHub(tmp_path / "hub", config, clock=clocks.now, data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", clock=clocks.now)
+    try:
+        first = hub.store.latest().version
+        wait_for(lambda: till.agent.status().cache_version == first)
+        clocks.steps(-3600)
+        sale = sample_receipt("r-1", "2770000000017", at=clocks.wall)
+        till.agent.checkout(receipt_from_json(sale))
+        wait_for(lambda: hub.store.latest().version > first, timeout=5)
+    finally:
+        till.stop()
+        hub.stop()
