@@ -642,11 +642,15 @@ class Agent:
             step = (wall - mark[0]).total_seconds() - (passed - mark[1])
             if abs(step) < CLOCK_STEP_S:
                 return
+            try:
+                with self._write() as conn:
+                    ledger.shift_open_holds(conn, timedelta(seconds=step))
+            except StorageError:  # logged by `_write`; the next call tries again
+                self._clock_mark = mark
+                return
             log.warning(
                 "the wall clock was stepped by %+.0f s: open holds keep their time left", step
             )
-            with self._write() as conn:
-                ledger.shift_open_holds(conn, timedelta(seconds=step))
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
         """True: released. False: the hub was not reached (or there is none);

@@ -175,3 +175,32 @@ def test_the_hub_refreshes_balances_after_its_clock_went_back(tmp_path: Path) ->
     finally:
         till.stop()
         hub.stop()
+
+
+def test_a_ledger_that_cannot_be_written_still_quotes_after_a_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §11/status: while the ledger cannot be written quotes still work;
+    moving the holds after a step is a write: it is tried again at the next call."""
+    from tillpoint.agent import ledger
+    from tillpoint.agent.errors import StorageError
+
+    clocks = Clocks()
+    a = _agent(tmp_path, clocks)
+    shift = ledger.shift_open_holds
+    try:
+        _held(a, "r-held", card=B_CARD, redeemPoints=50)
+        clocks.passes(60)
+        clocks.steps(3600)
+
+        def full(*_: object) -> int:
+            raise StorageError("database or disk is full")
+
+        monkeypatch.setattr(ledger, "shift_open_holds", full)
+        other = receipt("r-other", card=B_CARD, redeemPoints=50)
+        assert a.quote(receipt_from_json(other)).to_json()["receiptId"] == "r-other"
+        monkeypatch.setattr(ledger, "shift_open_holds", shift)  # the disk has room again
+        clocks.passes(60)
+        assert a.confirm("r-held", None).to_json()["state"] == "CONFIRMED"
+    finally:
+        a.close()
