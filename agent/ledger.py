@@ -22,7 +22,7 @@ import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -1641,15 +1641,24 @@ def due_holds(conn: sqlite3.Connection, now: str) -> list[tuple[str, bool]]:
 
 
 def shift_open_holds(conn: sqlite3.Connection, step: timedelta) -> int:
-    """Move the expiry of every open hold by `step` (the wall clock was stepped by it)."""
-    rows = conn.execute(
-        "SELECT receipt_id, expires_at FROM receipt_life WHERE state = 'HELD'"
-    ).fetchall()
+    """Move the expiry of every open hold by `step` (the wall clock was stepped by it),
+    and the `holdExpiresAt` its held result answers a retried Hold with."""
+    moved = []
+    for rid, at, text in conn.execute(
+        "SELECT receipt_id, expires_at, held_result FROM receipt_life WHERE state = 'HELD'"
+    ).fetchall():
+        held = json.loads(text)
+        if held.get("holdExpiresAt"):
+            then = datetime.fromisoformat(held["holdExpiresAt"]) + step
+            held["holdExpiresAt"] = then.astimezone(UTC).isoformat()
+        text = json.dumps(held, ensure_ascii=False)
+        moved.append((utc_text(datetime.fromisoformat(at) + step), text, rid))
     conn.executemany(
-        "UPDATE receipt_life SET expires_at = ? WHERE receipt_id = ? AND state = 'HELD'",
-        [(utc_text(datetime.fromisoformat(at) + step), rid) for rid, at in rows],
+        "UPDATE receipt_life SET expires_at = ?, held_result = ?"
+        " WHERE receipt_id = ? AND state = 'HELD'",
+        moved,
     )
-    return len(rows)
+    return len(moved)
 
 
 def close_holds(

@@ -204,3 +204,23 @@ def test_a_ledger_that_cannot_be_written_still_quotes_after_a_step(
         assert a.confirm("r-held", None).to_json()["state"] == "CONFIRMED"
     finally:
         a.close()
+
+
+def test_a_hold_asked_again_after_a_step_says_when_it_now_expires(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §11: `holdExpiresAt` is when the hold runs out. After NTP set the
+    clock an hour back, a retried Hold still said the old time, an hour after the hold
+    will have run out by the till's (and the POS's) clock."""
+    clocks = Clocks()
+    a = _agent(tmp_path, clocks)
+    try:
+        first = _held(a, "r-h")
+        clocks.passes(60)
+        clocks.steps(-3600)
+        again = _held(a, "r-h")
+        moved = datetime.fromisoformat(first["holdExpiresAt"]) - timedelta(seconds=3600)
+        assert datetime.fromisoformat(again["holdExpiresAt"]) == moved
+        assert {k: v for k, v in again.items() if k != "holdExpiresAt"} == {
+            k: v for k, v in first.items() if k != "holdExpiresAt"
+        }
+    finally:
+        a.close()
