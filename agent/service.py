@@ -285,6 +285,7 @@ class Agent:
         self.clock = clock
         self._steady = monotonic or (steady_clock if clock is system_clock else None)
         self._clock_mark: tuple[datetime, float] | None = None
+        self._mark_lock = threading.Lock()
         self.hub = hub
         self.devices = devices
         # The receipt whose figures the display shows now: a Cancel clears only its own
@@ -634,23 +635,22 @@ class Agent:
         steady = self._steady
         if steady is None:
             return
-        with self._lock:
+        with self._mark_lock:  # not the agent's lock: a quote does not wait for a commit
             wall, passed = self.clock(), steady()
             mark, self._clock_mark = self._clock_mark, (wall, passed)
-            if mark is None:
-                return
-            step = (wall - mark[0]).total_seconds() - (passed - mark[1])
-            if abs(step) < CLOCK_STEP_S:
-                return
-            try:
-                with self._write() as conn:
-                    ledger.shift_open_holds(conn, timedelta(seconds=step))
-            except StorageError:  # logged by `_write`; the next call tries again
+        if mark is None:
+            return
+        step = (wall - mark[0]).total_seconds() - (passed - mark[1])
+        if abs(step) < CLOCK_STEP_S:
+            return
+        try:
+            with self._lock, self._write() as conn:
+                ledger.shift_open_holds(conn, timedelta(seconds=step))
+        except StorageError:  # logged by `_write`; the next call tries again
+            with self._mark_lock:
                 self._clock_mark = mark
-                return
-            log.warning(
-                "the wall clock was stepped by %+.0f s: open holds keep their time left", step
-            )
+            return
+        log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
         """True: released. False: the hub was not reached (or there is none);
