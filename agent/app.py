@@ -239,14 +239,38 @@ def run(settings: Settings) -> int:
     # agent under them failed their sale as "the ledger is busy or unavailable" and left
     # at the hub the hold they had just been granted. Their hub and lock waits are bounded.
     grpc_workers.shutdown(wait=True)
-    for stop_background in reversed(stops):
-        stop_background()
+    stop_side_by_side(stops, log)
     if metrics_server is not None:
         metrics_server.shutdown()
     agent.close()
     lock.release()
     log.info("stopped")
     return 0
+
+
+def stop_side_by_side(stops: list[Callable[[], None]], log: Any) -> None:
+    """Run the background parts' stops at once and wait for all of them. Each has its
+    own bound (the print worker waits for a job's confirmation: confirm_timeout_s +
+    status_timeout_s + 5 s; the sync threads for the hub call on its way: 10 s), and one
+    after another they added up past the unit's TimeoutStopSec (30 s): systemd then
+    killed the agent with the coupon it was confirming left SENDING. Side by side the
+    stop takes the longest of them."""
+    import threading
+
+    def stop_one(stop: Callable[[], None]) -> None:
+        try:
+            stop()
+        except Exception:
+            log.exception("stopping a background part failed")
+
+    threads = [
+        threading.Thread(target=stop_one, args=(stop,), name=f"tillpoint-stop-{i}", daemon=True)
+        for i, stop in enumerate(reversed(stops))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 # glibc's malloc arenas of a serving agent (its default: up to 8 per CPU, one for each
