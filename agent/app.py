@@ -178,6 +178,10 @@ def run(settings: Settings) -> int:
     metrics_server = None
     if settings.metrics.enabled:  # bound before anything starts, as the two servers are
         metrics_server, _ = serve(registry, *split_listen(settings.metrics.listen))
+    # From here on a SIGTERM is a graceful stop: the parts start and the servers answer
+    # below, and the default action (set until now) would cut them wherever they were.
+    done = threading.Event()
+    systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)
     # What runs beside the servers, stopped in reverse order.
     stops: list[Callable[[], None]] = []
     if sync is not None:
@@ -216,9 +220,6 @@ def run(settings: Settings) -> int:
             " (`tillpoint snapshot load FILE`%s)",
             ", or the hub's first" if sync is not None else "",
         )
-    done = threading.Event()
-
-    systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)
     settle_collector()
     systemd.notify("READY=1")
     systemd.start_watchdog(done)

@@ -168,3 +168,52 @@ def test_a_stop_with_a_stalled_printer_and_a_silent_hub_ends_within_timeout_stop
     finally:
         hub.server.servicer.failpoint = None
         hub.stop()
+
+
+def _run_env(http: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env.update(
+        TILLPOINT_DEVICE_ID="till-1",
+        TILLPOINT_SERVER__LISTEN="127.0.0.1:0",
+        TILLPOINT_HTTP__LISTEN=f"127.0.0.1:{http}",
+        TILLPOINT_METRICS__ENABLED="false",
+    )
+    return env
+
+
+@pytest.mark.slow
+def test_sigterm_as_soon_as_the_agent_answers_is_a_graceful_stop(tmp_path: Path) -> None:
+    """packaging/tillpoint.service, docs/CONTRACT.md §12: from the moment `run` answers
+    (`/healthz` 200, a POS may send a checkout) a SIGTERM drains and exits 0. The handler
+    was set only after the servers had started and the start-up lines were logged: a
+    `systemctl stop` (or restart) in that window killed the agent outright, exit -15, no
+    drain, the print worker and the sync threads cut wherever they were, the journal's
+    last line "HTTP interface on …"."""
+    from .conftest import snapshot
+
+    data = tmp_path / "data"
+    Agent(data, "till-1").load_snapshot(snapshot())
+    http = _free_port()
+    proc = subprocess.Popen(
+        [TILLPOINT, "--data-dir", str(data), "run"],
+        env=_run_env(http),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", http)) == 0:
+                    break  # it listens: a POS may call now
+            assert proc.poll() is None
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert json.loads(err.strip().splitlines()[-1])["msg"] == "stopped", err[-2000:]
