@@ -178,14 +178,18 @@ def run(settings: Settings) -> int:
     metrics_server = None
     if settings.metrics.enabled:  # bound before anything starts, as the two servers are
         metrics_server, _ = serve(registry, *split_listen(settings.metrics.listen))
-    # What runs beside the servers, stopped in reverse order.
-    stops: list[Callable[[], None]] = []
+    # From here on a SIGTERM is a graceful stop: the parts start and the servers answer
+    # below, and the default action (set until now) would cut them wherever they were.
+    done = threading.Event()
+    systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)
+    # What runs beside the servers. Stopped in two lines side by side: the devices; and
+    # the hold sweeper, then sync (the sweeper's releases use the sync's hub link).
+    hub_side: list[Callable[[], None]] = []
     if sync is not None:
-        stops.append(sync.start(agent))  # pull, push, Subscribe threads
+        hub_side.append(sync.start(agent))  # pull, push, Subscribe threads
     devices.start()  # print worker, display, scanner threads
-    stops.append(devices.stop)
     # expires holds on time; sends the releases owed as soon as the hub answers again
-    stops.append(start_hold_sweeper(agent, on_recovery=sync.link.on_recovery if sync else None))
+    hub_side.append(start_hold_sweeper(agent, on_recovery=sync.link.on_recovery if sync else None))
     server.start()
     from . import forward
 
@@ -216,9 +220,6 @@ def run(settings: Settings) -> int:
             " (`tillpoint snapshot load FILE`%s)",
             ", or the hub's first" if sync is not None else "",
         )
-    done = threading.Event()
-
-    systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)
     settle_collector()
     systemd.notify("READY=1")
     systemd.start_watchdog(done)
@@ -239,14 +240,39 @@ def run(settings: Settings) -> int:
     # agent under them failed their sale as "the ledger is busy or unavailable" and left
     # at the hub the hold they had just been granted. Their hub and lock waits are bounded.
     grpc_workers.shutdown(wait=True)
-    for stop_background in reversed(stops):
-        stop_background()
+    stop_side_by_side([[devices.stop], list(reversed(hub_side))], log)
     if metrics_server is not None:
         metrics_server.shutdown()
     agent.close()
     lock.release()
     log.info("stopped")
     return 0
+
+
+def stop_side_by_side(lines: list[list[Callable[[], None]]], log: Any) -> None:
+    """Run each line of stops (in its order) beside the others, and wait for all of them.
+    Each stop has its own bound (the print worker waits for a job's confirmation:
+    confirm_timeout_s + status_timeout_s + 5 s; the hold sweeper 5 s; the sync threads for
+    the hub call on its way: 10 s), and one after another they added up past the unit's
+    TimeoutStopSec (30 s): systemd then killed the agent with the coupon it was confirming
+    left SENDING. Side by side the stop takes the longest line."""
+    import threading
+
+    def stop_line(stops: list[Callable[[], None]]) -> None:
+        for stop in stops:
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping a background part failed")
+
+    threads = [
+        threading.Thread(target=stop_line, args=(line,), name=f"tillpoint-stop-{i}", daemon=True)
+        for i, line in enumerate(lines)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 # glibc's malloc arenas of a serving agent (its default: up to 8 per CPU, one for each

@@ -157,8 +157,9 @@ class SyncService:
         sub = self._subscription
         if sub is not None:
             sub.cancel()
+        deadline = time.monotonic() + 10  # one bound for all of them, not 10 s each
         for thread in self._threads:
-            thread.join(timeout=10)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._persist_mode()
         self.pusher.close()
         self.link.close()
