@@ -283,7 +283,7 @@ class Agent:
         self.data_dir = Path(data_dir)
         self.device_id = device_id
         self.clock = clock
-        self._steady = monotonic or (steady_clock if clock is system_clock else None)
+        self._monotonic = monotonic
         self._clock_mark: tuple[datetime, float] | None = None
         self._mark_lock = threading.Lock()
         self.hub = hub
@@ -632,7 +632,10 @@ class Agent:
         last reading (NTP set it an hour back or forward), move the open holds' expiry by
         the step, so that a step back does not stretch a hold past the hub's copy of it
         and a step forward does not expire at once a hold whose payment is being taken."""
-        steady = self._steady
+        # The system's steady clock goes with the system's wall clock only: a clock set in
+        # its place (a test's, moved to make time pass) is taken as steady unless it
+        # comes with its own `monotonic`.
+        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
         if steady is None:
             return
         with self._mark_lock:  # not the agent's lock: a quote does not wait for a commit

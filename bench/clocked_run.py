@@ -8,7 +8,9 @@ is this: the real `tillpoint` command line (`run`: its gRPC and HTTP servers, sw
 everything) in its own process, the agent's clock (`service.system_clock`, what
 `app.build` gives every `Agent`) being the real clock plus the offset in seconds written
 in FILE, read at each call. Only the clock the agent prices and holds by moves; the
-process's monotonic timers run as ever.
+process's monotonic timers run as ever. The agent's steady clock (`service.steady_clock`,
+by which it tells an NTP step of the wall clock from time passing, §11) moves with the
+offset: here a move of the clock is time passing, not a step.
 """
 
 from __future__ import annotations
@@ -21,13 +23,22 @@ from pathlib import Path
 def main() -> int:
     path = Path(sys.argv[1])
 
+    def offset() -> int:
+        return int(path.read_text(encoding="utf-8"))
+
     def clock() -> datetime:
-        return datetime.now(UTC) + timedelta(seconds=int(path.read_text(encoding="utf-8")))
+        return datetime.now(UTC) + timedelta(seconds=offset())
 
     from tillpoint.agent import service
     from tillpoint.agent.cli import main as cli
 
+    real_steady = service.steady_clock
+
+    def steady() -> float:
+        return real_steady() + offset()
+
     service.system_clock = clock
+    service.steady_clock = steady
     return cli(sys.argv[2:])
 
 
