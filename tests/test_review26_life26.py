@@ -62,8 +62,8 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
     hub.stop()
 
 
-def enrolled(hub: LoopbackHub, tmp_path: Path) -> Till:
-    till = hub.till(DEVICE, tmp_path / "till", start=False)
+def enrolled(hub: LoopbackHub, tmp_path: Path, clock: Any = None) -> Till:
+    till = hub.till(DEVICE, tmp_path / "till", start=False, clock=clock)
     Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
     wait_for(lambda: cache_version(till.data_dir) == 1)
     return till

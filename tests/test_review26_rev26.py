@@ -27,19 +27,11 @@ import pytest
 from tillpoint.agent.ledger import unstored_hub_asks, utc_text
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import HUB_ASK_GRACE_S, Agent, HubGrant
-from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
-from tillpoint.sync.pull import Puller, cache_version
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 
 from .conftest import CLI, snapshot
 from .conftest import receipt as till_receipt
-
-CARD = "2770000000017"  # c-1: 1200 points at the hub
-DEVICE = "till-1"
-BIG = [{"sku": "4601234000017", "qty": "1", "amountMinor": 1_000_000}]
-
-
-def held_at_hub(hub: LoopbackHub) -> int:
-    return int(hub.store.balance("c-1", datetime.now(UTC)).held)
+from .test_review26_life26 import BIG, CARD, enrolled, held_at_hub
 
 
 @pytest.fixture()
@@ -47,13 +39,6 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     yield hub
     hub.stop()
-
-
-def enrolled(hub: LoopbackHub, tmp_path: Path, clock: Any = None) -> Till:
-    till = hub.till(DEVICE, tmp_path / "till", start=False, clock=clock)
-    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-    wait_for(lambda: cache_version(till.data_dir) == 1)
-    return till
 
 
 # `tillpoint run`'s hold timer having one round, in a process of its own.
