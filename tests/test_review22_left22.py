@@ -3,6 +3,7 @@ loopback, real `tillpoint` processes, real HTTP; no mocks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -186,20 +187,16 @@ def test_a_serving_hub_repeats_that_its_server_certificate_ends_soon(
     assert "hub init --renew-server" in message and "restart every 'hub serve'" in message
 
 
-def test_healthz_says_when_the_certificate_ends_within_the_warning_window(
-    hub: LoopbackHub, tmp_path: Path
-) -> None:
-    """`/healthz` is what a monitoring system reads; Status field 46 says the date always,
-    `/healthz` adds it only when it is time to act (and a certificate far from its end
-    changes nothing there)."""
+@contextlib.contextmanager
+def serving_till(data: Path, device_id: str) -> Iterator[tuple[int, dict[str, Any], list[str]]]:
+    """`tillpoint run` of an enrolled till's data directory, once its `/healthz` names a
+    cache version: (its HTTP port, that `/healthz` answer, the log lines up to its HTTP
+    line). Stopped (SIGTERM) on leaving."""
     import urllib.request
 
-    data = tmp_path / "till"
-    data.mkdir()
-    enrol_ending(hub, "till-h", data, days=7)
     env = {
         **os.environ,
-        "TILLPOINT_DEVICE_ID": "till-h",
+        "TILLPOINT_DEVICE_ID": device_id,
         "TILLPOINT_DATA_DIR": str(data),
         "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
         "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
@@ -226,9 +223,23 @@ def test_healthz_says_when_the_certificate_ends_within_the_warning_window(
                     body = json.loads(r.read())
             except OSError:
                 time.sleep(0.1)
+        yield port, body, lines
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_healthz_says_when_the_certificate_ends_within_the_warning_window(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """`/healthz` is what a monitoring system reads; Status field 46 says the date always,
+    `/healthz` adds it only when it is time to act (and a certificate far from its end
+    changes nothing there)."""
+    data = tmp_path / "till"
+    data.mkdir()
+    enrol_ending(hub, "till-h", data, days=7)
+    with serving_till(data, "till-h") as (_, body, lines):
+        pass
     assert any("this till's certificate expires at" in line for line in lines), lines
     expires = datetime.fromisoformat(body["certificateExpiresAt"])
     assert abs(expires - (datetime.now(UTC) + timedelta(days=7))) < timedelta(minutes=10)

@@ -674,57 +674,22 @@ def test_openapi_describes_every_field_integration_says_healthz_adds() -> None:
 def test_healthz_of_a_till_whose_certificate_ends_soon_holds_to_openapi(tmp_path: Path) -> None:
     """The answer itself: every field of a real `tillpoint run`'s /healthz is one its
     openapi.json describes, with the type it says."""
-    import os
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
     from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
-    from .test_review22_left22 import enrol_ending
+    from .test_review22_left22 import enrol_ending, serving_till
 
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     data = tmp_path / "till"
     data.mkdir()
-    proc = None
     try:
         enrol_ending(hub, "till-h", data, days=7)
-        env = {
-            **os.environ,
-            "TILLPOINT_DEVICE_ID": "till-h",
-            "TILLPOINT_DATA_DIR": str(data),
-            "TILLPOINT_SERVER__LISTEN": "127.0.0.1:0",
-            "TILLPOINT_HTTP__LISTEN": "127.0.0.1:0",
-            "TILLPOINT_LOG__FORMAT": "text",
-            "TILLPOINT_METRICS__ENABLED": "false",
-        }
-        exe = Path(sys.executable).parent / "tillpoint"
-        proc = subprocess.Popen(
-            [exe, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        assert proc.stderr is not None
-        port, body, lines = None, {}, []
-        deadline = time.monotonic() + 60
-        while port is None:
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            line = proc.stderr.readline()
-            lines.append(line)
-            if "HTTP interface on" in line:
-                port = int(line.rsplit(":", 1)[1])
-        while not body.get("cacheVersion"):
-            assert time.monotonic() < deadline
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-                    body = json.loads(r.read())
-            except OSError:
-                time.sleep(0.1)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5) as r:
-            doc = json.loads(r.read())
+        with serving_till(data, "till-h") as (port, body, _):
+            url = f"http://127.0.0.1:{port}/openapi.json"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                doc = json.loads(r.read())
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
         hub.stop()
     assert "certificateExpiresAt" in body, body
     ok = doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]
