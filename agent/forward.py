@@ -151,13 +151,21 @@ def _serving(data_dir: Path) -> dict[str, Any]:
         raise NotForwarded
     if not isinstance(host, str) or not isinstance(instance, str):
         raise NotForwarded
+    if not process_running(pid):
+        raise NotForwarded
+    return dict(doc)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` is running (another user's too: signal 0 is refused, not
+    unknown)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        raise NotForwarded from None
+        return False
     except PermissionError:
-        pass  # alive, another user's
-    return dict(doc)
+        return True  # alive, another user's
+    return True
 
 
 def _text_ok(*values: str | None) -> bool:

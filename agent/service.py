@@ -54,6 +54,7 @@ from .errors import (
     UnreadableFile,
 )
 from .expiry import WARN_DAYS, Movement, expiry_time
+from .forward import process_running
 from .hub_turns import HubTurns
 from .identify import Identification, identify, normalise
 from .messages import (
@@ -2117,15 +2118,7 @@ def _balance_after(
 def _running_elsewhere(pid: int | None) -> bool:
     """Whether process `pid` is another process still running (an ask of its own process
     takes turns with its release, `HubTurns`; one of a process gone is nobody's call)."""
-    if pid is None or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: running
-        return True
-    return True
+    return pid is not None and pid != os.getpid() and process_running(pid)
 
 
 def _spent_from(after: ledger.Points | None, receipt_id: str) -> list[list[Any]]:
