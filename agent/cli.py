@@ -499,26 +499,11 @@ def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
 
 
 def load_snapshot(agent: Any, name: str) -> Any:
-    """`snapshot load FILE`: a JSON document, a signed bundle, or JSON Lines (streamed)."""
-    from .snapshot_stream import is_jsonl
-
-    if name != "-":
-        try:
-            with open(name, "rb") as f:
-                first = _head_line(f)
-                if is_jsonl(first):
-                    from tillpoint.sync import refuse_plain_if_enrolled
-
-                    refuse_plain_if_enrolled(agent.data_dir)  # the one rule, sync's
-                    return agent.load_snapshot_file(Path(name))  # a full one: child processes
-        except FileNotFoundError:
-            raise InputError(f"{name}: no such file") from None
-        except OSError as exc:
-            raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
-    from .snapshot_stream import keep_repeats, refuse_non_object, refuse_repeats
+    """`snapshot load FILE`: a JSON document, a signed bundle, or JSON Lines (streamed);
+    FILE `-` is standard input (`zcat snap.jsonl.gz | ...`)."""
+    from .snapshot_stream import is_jsonl, keep_repeats, refuse_non_object, refuse_repeats
 
     if name == "-":
-        # standard input: JSON Lines streamed as from a file (`zcat snap.jsonl.gz | ...`)
         stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)
         try:
             first = _head_line(stdin)
@@ -536,7 +521,19 @@ def load_snapshot(agent: Any, name: str) -> Any:
             raise InputError(f"{name}: cannot read it ({exc})") from None
         raw = head + (rest.encode("utf-8") if isinstance(rest, str) else rest)
         doc = parse_json(raw, name, keep_repeats)
-    else:  # a snapshot, not a request: no request limit; a section given twice is refused
+    else:
+        try:
+            with open(name, "rb") as f:
+                if is_jsonl(_head_line(f)):
+                    from tillpoint.sync import refuse_plain_if_enrolled
+
+                    refuse_plain_if_enrolled(agent.data_dir)  # the one rule, sync's
+                    return agent.load_snapshot_file(Path(name))  # a full one: child processes
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
+        # a snapshot, not a request: no request limit; a section given twice is refused
         doc = read_json(name, limit=None, pairs_hook=keep_repeats)
     refuse_repeats(doc, "snapshot")
     from tillpoint.sync import load_snapshot_file
