@@ -67,6 +67,14 @@ def _env(name: str) -> str | None:
     return None
 
 
+def _local_env() -> bool:
+    """TILLPOINT_CLI_LOCAL read as the environment's booleans are (docs/CONTRACT.md §10):
+    empty, `0`, `false`, `no` and `off` (any case) are false, as is its absence; anything
+    else is true (`1`, `true`, `yes`, `on`). `false` ran the command here, as `1` does."""
+    value = _env(LOCAL_ENV)
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def data_dir_of(args: Any) -> Path | None:
     """The data directory by the configuration's precedence (flag, TILLPOINT_DATA_DIR, the
     TOML file's data_dir, the default), without loading the configuration; None when the
@@ -306,7 +314,7 @@ def _unchunk(data: bytes) -> bytes:
 def forward(args: Any) -> int:
     """Run the command on the agent serving its data directory and print its answer as
     the local run would; NotForwarded to run it locally."""
-    if getattr(args, "local", False) or _env(LOCAL_ENV) not in (None, "", "0"):
+    if getattr(args, "local", False) or _local_env():
         raise NotForwarded
     data_dir = data_dir_of(args)
     if data_dir is None:
