@@ -247,6 +247,8 @@ class Settings(BaseSettings):
         # an empty TILLPOINT_DATA_DIR (or data_dir = "") is not the current directory
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty")
+        if not isinstance(value, str | Path):  # `data_dir = 5`: not "<class 'pathlib.Path'>"
+            raise ValueError(f"must be a string, a directory's path (got {value!r})")
         return value
 
     build_workers: int = Field(0, ge=0, le=16)  # full-snapshot build processes; 0: auto
@@ -485,6 +487,32 @@ def _is_json(text: str) -> bool:
     return True
 
 
+def _source_of(exc: ValidationError, config_file: Path | None) -> str:
+    """Where the setting `describe` names came from, for the message: the TILLPOINT_*
+    variables that set it (or its table), else the file; "" for a flag or a default. A
+    bad value set in a unit's `Environment=` was reported as if the TOML file held it."""
+    from .models import _one_per_field
+
+    errors = _one_per_field(exc.errors(include_url=False))
+    loc = [str(part) for part in errors[0].get("loc", ()) if isinstance(part, str)]
+    if not loc:
+        return ""
+    names = ["TILLPOINT_" + "__".join(loc[: n + 1]).upper() for n in range(len(loc))]
+    table = "TILLPOINT_" + "__".join(loc).upper() + "__"
+    found = sorted(
+        key
+        for key in os.environ
+        if key.upper() in names or (key.upper().startswith(table) and len(loc) == 1)
+    )
+    if found and len(loc) == 1 and config_file is not None:  # a table's own check: both
+        return f" (set by {', '.join(found)} and {config_file})"
+    if found:
+        return f" (set by {', '.join(found)})"
+    if config_file is not None:
+        return f" (in {config_file})"
+    return ""
+
+
 def load(config_file: Path | None = None, **flags: Any) -> Settings:
     """Read and validate the configuration; a problem names the key and what is wrong.
 
@@ -496,7 +524,8 @@ def load(config_file: Path | None = None, **flags: Any) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as exc:
-        raise InputError(f"config: {describe(exc)}") from None
+        where = _source_of(exc, config_file)
+        raise InputError(f"config: {describe(exc)}{where}") from None
     except SettingsError as exc:  # an environment variable that is not what it should be
         raise InputError(f"config: {_env_problem(exc)}") from None
     finally:

@@ -143,7 +143,9 @@ def test_an_empty_data_directory_is_refused_not_the_current_one(
     monkeypatch.setenv("TILLPOINT_DATA_DIR", " ")
     assert main(["status", "--json"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.strip() == "tillpoint: config: data_dir must not be empty"
+    assert out == "" and err.strip() == (
+        "tillpoint: config: data_dir must not be empty (set by TILLPOINT_DATA_DIR)"
+    )
     monkeypatch.setenv("TILLPOINT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("TILLPOINT_HUB", "notjson")  # not the JSON a nested setting is
     assert main(["status", "--json"]) == 2

@@ -80,7 +80,9 @@ def test_a_device_id_the_hub_could_never_enrol_is_refused_by_the_configuration(
     run = cli("--config", config, "config", "check")
     assert run.code == 2, run.out
     assert run.err.startswith("tillpoint: config: device_id ")
-    assert run.err.endswith("no blanks, slashes or control characters (the hub enrols no other)\n")
+    assert run.err.endswith(  # and where it was set (review 27)
+        f"no blanks, slashes or control characters (the hub enrols no other) (in {config})\n"
+    )
     assert run.err.count("\n") == 1
     config.write_text('device_id = "касса-3"\n', encoding="utf-8")
     assert cli("--config", config, "config", "check").code == 0
