@@ -82,7 +82,9 @@ def _common(json_flag: bool = True) -> _Parser:
     parent.add_argument(
         "--data-dir", type=_data_dir, default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
-    parent.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parent.add_argument(
+        "--config", type=_config_file, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     if json_flag:
         parent.add_argument("--json", action="store_true", help="print one JSON document")
     return parent
@@ -153,9 +155,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Loyalty edge agent for retail checkouts.",
         epilog="Docs: README.md and docs/ in the source tree (/opt/tillpoint on a packaged till).",
     )
-    parser.add_argument("--data-dir", type=_data_dir, help="the till's data directory")
     parser.add_argument(
-        "--config", type=Path, help="configuration file (TOML; default: $TILLPOINT_CONFIG)"
+        "--data-dir", type=_data_dir, metavar="DIR", help="the till's data directory"
+    )
+    parser.add_argument(
+        "--config",
+        type=_config_file,
+        metavar="FILE",
+        help="configuration file (TOML; default: $TILLPOINT_CONFIG)",
     )
     parser.add_argument(
         "--version", action=_Version, help="the version and the contract it implements"
@@ -168,14 +175,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         dest="snapshot_command", metavar="ACTION", parser_class=_Parser
     )
     load = snap_sub.add_parser("load", parents=[common], help="apply a snapshot JSON file")
-    load.add_argument("file", help="snapshot JSON file, or - for standard input")
+    load.add_argument(
+        "file",
+        metavar="FILE",
+        help="snapshot JSON file (or JSON Lines, a signed bundle), or - for standard input",
+    )
 
     p = sub.add_parser("identify", parents=[common], help="identify a card, phone or barcode")
-    p.add_argument("text")
+    p.add_argument("text", metavar="TEXT", help="what was scanned or typed: a card or a phone")
     p = sub.add_parser(
         "scan", parents=[common], help="route a scanned text: a coupon code or a card"
     )
-    p.add_argument("text")
+    p.add_argument("text", metavar="TEXT", help="what was scanned: a coupon code or a card")
     for name, what in (
         ("quote", "price a receipt JSON without storing it"),
         ("checkout", "commit a receipt JSON"),
@@ -183,7 +194,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         ("hold", "price a receipt JSON and reserve its redemption until confirm or cancel"),
     ):
         p = sub.add_parser(name, parents=[common], help=what)
-        p.add_argument("file", help="JSON file, or - for standard input")
+        p.add_argument("file", metavar="FILE", help="JSON file, or - for standard input")
         if name != "refund":
             p.add_argument(
                 "--explain",
@@ -191,13 +202,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                 help="add the calculation trace: each line's offers and why they applied or not",
             )
     p = sub.add_parser("confirm", parents=[common], help="commit a held receipt")
-    p.add_argument("receipt_id", metavar="RECEIPT_ID")
-    p.add_argument("--fiscal", help="the fiscal document number (at most 64 characters)")
+    p.add_argument("receipt_id", metavar="RECEIPT_ID", help="the receiptId of the hold")
+    p.add_argument(
+        "--fiscal", metavar="DOC", help="the fiscal document number (at most 64 characters)"
+    )
     p = sub.add_parser("cancel", parents=[common], help="release a held receipt")
-    p.add_argument("receipt_id", metavar="RECEIPT_ID")
+    p.add_argument("receipt_id", metavar="RECEIPT_ID", help="the receiptId of the hold")
     p = sub.add_parser("balance", parents=[common], help="available and pending points")
-    p.add_argument("card")
-    p.add_argument("--at", help="RFC 3339 time with offset (default: now)")
+    p.add_argument("card", metavar="CARD", help="a card number or a phone")
+    p.add_argument("--at", metavar="TIME", help="an RFC 3339 time with an offset (default: now)")
     sub.add_parser("status", parents=[common], help="cache version, queues, last sync")
     sub.add_parser("run", parents=[_common(json_flag=False)], help="run the agent service")
     cfg = sub.add_parser("config", help="configuration commands")
@@ -243,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # `--version` writes its line while the arguments are read: inside the handlers
         # below, so a closed or full stdout is worded, not a traceback.
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         if args.command is None:  # a usage error: the help on stderr, as argparse's own are
             parser.print_help(sys.stderr)
             return EXIT_INPUT
@@ -278,6 +291,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`parser.parse_args`, with the errors argparse leaves to the top parser said by the
+    command's own (its `--help` is the page that helps), before anything is opened: an
+    extra argument ("see `tillpoint quote --help`", not the list of commands), and a
+    `snapshot` or `config` without its action (it made the data directory and read the
+    configuration first)."""
+    args, extras = parser.parse_known_args(argv)
+    chosen = parser
+    while True:
+        found = next(
+            (a for a in chosen._actions if isinstance(a, argparse._SubParsersAction)), None
+        )
+        if found is None:
+            break
+        value = getattr(args, found.dest, None)
+        if value is None or value not in found.choices:
+            if chosen is not parser and found.dest in _ACTIONS and not extras:
+                chosen.error(f"{args.command} needs an action: {', '.join(found.choices)}")
+            break
+        chosen = found.choices[value]
+    if extras:
+        chosen.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+# The commands of this module that take an action (`hub`, `sync` and `print` say their own).
+_ACTIONS = frozenset({"snapshot_command", "config_command"})
 
 
 def _stdout_gone() -> bool:
@@ -593,13 +635,21 @@ def read_json(
             raise InputError(_too_large(name, limit))
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read it ({exc})") from None
+    except OSError as exc:  # "Is a directory", not "[Errno 21] Is a directory: 'adir'"
+        raise InputError(f"{name}: cannot read it ({exc.strerror or exc})") from None
     return parse_json(raw, name, pairs_hook)  # the bytes, read as an HTTP body is
 
 
 def _data_dir(text: str) -> Path:
     """`--data-dir`: an empty one is refused, not taken for the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
+
+
+def _config_file(text: str) -> Path:
+    """`--config`: an empty one (a script's unset variable) is refused, as `--data-dir`'s
+    is; it was read as the current directory ("cannot read config .: Is a directory")."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return Path(text)
@@ -877,7 +927,11 @@ def _human_refund(r: dict[str, Any]) -> str:
 
 
 def _human_balance(b: dict[str, Any]) -> str:
-    return f"balance: {b['availablePoints']} pts available, {b['pendingPoints']} pending"
+    text = f"balance: {b['availablePoints']} pts available, {b['pendingPoints']} pending"
+    expiring = b.get("expiring") or []  # §16: the next batches that expire
+    if expiring:
+        text += "; " + ", ".join(f"{e['points']} expire {e['expiresAt']}" for e in expiring)
+    return text
 
 
 def _human_status(s: dict[str, Any]) -> str:
