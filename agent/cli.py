@@ -244,6 +244,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # gRPC's C core logs connection events to stderr; ours go through `logging`.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if sys.stderr is None:  # `2>&-`: print(file=None) wrote the error lines to stdout
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
@@ -527,7 +529,8 @@ def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
     depth = int(agent.status().outbox_depth)
     if args.yes or (depth and not args.force):
         return  # (the second: `Agent.reset` refuses, saying why)
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+    terminal = sys.stdin is not None and sys.stderr is not None  # `<&-`: no one to ask
+    if not (terminal and sys.stdin.isatty() and sys.stderr.isatty()):
         raise InputError("reset forgets the cache and the ledger: add --yes to confirm")
     unsent = f" and discard {depth} unsent transaction(s)" if depth and args.force else ""
     print(
@@ -546,7 +549,7 @@ def load_snapshot(agent: Any, name: str) -> Any:
     from .snapshot_stream import is_jsonl, keep_repeats, refuse_non_object, refuse_repeats
 
     if name == "-":
-        stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)
+        stdin: Any = standard_input()
         try:
             first = _head_line(stdin)
             head = first.encode("utf-8") if isinstance(first, str) else first
@@ -622,7 +625,7 @@ def read_json(
 
     try:
         if name == "-":
-            stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)  # bytes, or text if replaced
+            stdin: Any = standard_input()  # bytes, or text if replaced
             got = whole(stdin)
             raw = got.encode("utf-8") if isinstance(got, str) else got
         else:
@@ -638,6 +641,15 @@ def read_json(
     except OSError as exc:  # "Is a directory", not "[Errno 21] Is a directory: 'adir'"
         raise InputError(f"{name}: cannot read it ({exc.strerror or exc})") from None
     return parse_json(raw, name, pairs_hook)  # the bytes, read as an HTTP body is
+
+
+def standard_input() -> Any:
+    """Standard input to read a file `-` from: its bytes (or text, if replaced). A closed
+    one (`tillpoint quote - <&-`: Python's sys.stdin is None) is bad input, exit 2; it
+    was "internal error: AttributeError"."""
+    if sys.stdin is None:
+        raise InputError("-: standard input is closed: name the file instead")
+    return getattr(sys.stdin, "buffer", sys.stdin)
 
 
 def _data_dir(text: str) -> Path:
@@ -796,6 +808,11 @@ class OutputLost(TillpointError):
 
 def write_out(text: str) -> None:
     """Write `text` to stdout, now (a closed pipe stays a BrokenPipeError, `main` words it)."""
+    if sys.stdout is None:  # `>&-`: it said "internal error: AttributeError"
+        raise OutputLost(
+            "the output could not be written: standard output is closed"
+            " (what the command did stands)"
+        )
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

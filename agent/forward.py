@@ -188,9 +188,10 @@ def _keep_stdin(args: Any) -> Callable[[], None]:
         return lambda: None
     import io
 
+    from .cli import standard_input
     from .limits import REQUEST_MAX_BYTES
 
-    stdin: Any = getattr(sys.stdin, "buffer", sys.stdin)
+    stdin: Any = standard_input()  # a closed one: bad input, as a local run says
     got = stdin.read(REQUEST_MAX_BYTES + 1)
     raw = got.encode("utf-8") if isinstance(got, str) else got
 

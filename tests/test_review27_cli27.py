@@ -170,3 +170,90 @@ def test_the_text_balance_shows_the_points_that_expire(cli: CLI) -> None:
     assert len(text.out.strip().splitlines()) == 1
     plain = json.loads(json.dumps(doc))
     assert plain["availablePoints"] > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("quote", "-", "--json"),
+        ("checkout", "-", "--json"),
+        ("hold", "-", "--json"),
+        ("refund", "-", "--json"),
+        ("quote", "-", "--json", "--local"),
+        ("snapshot", "load", "-", "--json"),
+    ],
+)
+def test_standard_input_closed_is_bad_input_not_an_internal_error(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """docs/CONTRACT.md §10: `tillpoint quote - <&-` (a script or a service with standard
+    input closed: Python's sys.stdin is None) said "internal error: AttributeError:
+    'NoneType' object has no attribute 'read'", exit 1, forwarded to a running agent too."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    _silent_agent(tmp_path / "data")  # an agent serves: the forwarded path reads it first
+    monkeypatch.setattr("sys.stdin", None)
+    run = cli(*args)
+    assert run.code == 2 and run.out == ""
+    assert run.err == "tillpoint: -: standard input is closed: name the file instead\n", run.err
+    (tmp_path / "data" / "serving.json").unlink()
+    assert cli("status", "--json").json()["outboxDepth"] == 0
+
+
+def test_reset_without_yes_and_standard_input_closed_asks_for_yes(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tillpoint reset <&-` said "internal error: AttributeError", exit 1."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    monkeypatch.setattr("sys.stdin", None)
+    run = cli("reset")
+    assert run.code == 2 and "add --yes to confirm" in run.err, run.err
+    assert cli("status", "--json").json()["cacheVersion"] == snapshot()["version"]
+
+
+def _main_with(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str, stdout: object, stderr: object
+) -> int:
+    from tillpoint.agent.cli import main
+
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setattr("sys.stderr", stderr)
+    return main(["--data-dir", str(tmp_path / "data"), *args])
+
+
+@pytest.mark.parametrize("args", [("status", "--json"), ("--version",), ("identify", "1")])
+def test_a_closed_standard_output_is_worded_as_a_full_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """docs/CONTRACT.md §10: `tillpoint status --json >&-` (stdout closed: sys.stdout is
+    None) said "internal error: AttributeError: 'NoneType' object has no attribute
+    'write'"; a full stdout says "the output could not be written"."""
+    import io
+
+    err = io.StringIO()
+    code = _main_with(monkeypatch, tmp_path, *args, stdout=None, stderr=err)
+    assert code == 1
+    assert err.getvalue() == (
+        "tillpoint: the output could not be written: standard output is closed"
+        " (what the command did stands)\n"
+    ), err.getvalue()
+
+
+def test_a_closed_standard_error_keeps_stdout_for_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tillpoint quote missing.json --json 2>&-`: with stderr closed (None), print() wrote
+    the error line to stdout, where a script reads the one JSON document."""
+    import io
+
+    out = io.StringIO()
+    code = _main_with(
+        monkeypatch,
+        tmp_path,
+        "quote",
+        str(tmp_path / "missing.json"),
+        "--json",
+        stdout=out,
+        stderr=None,
+    )
+    assert code == 2 and out.getvalue() == ""
