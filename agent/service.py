@@ -474,7 +474,14 @@ class Agent:
         with self._read() as (view, conn):
             ident = _require_card(identify(card, view))
             if ident.customer is None:
-                raise NotFound(f"card {card.strip()} is not known to this till")
+                # on an empty cache every card is unknown: say why (it read as a wrong card)
+                empty = (
+                    ": no snapshot is loaded yet (tillpoint snapshot load FILE, or let the"
+                    " till reach its hub)"
+                    if view.version == 0
+                    else ""
+                )
+                raise NotFound(f"card {card.strip()} is not known to this till{empty}")
             return balance_of(
                 ledger.balance(conn, ident.customer, view.applied_through(), moment, view.program())
             )

@@ -257,3 +257,21 @@ def test_a_closed_standard_error_keeps_stdout_for_the_answer(
         stderr=None,
     )
     assert code == 2 and out.getvalue() == ""
+
+
+def test_balance_on_a_till_with_no_snapshot_says_so(cli: CLI) -> None:
+    """docs/CONTRACT.md §10: on a till with no snapshot loaded, `balance` of the chain's
+    card said "card … is not known to this till" (as if the card were wrong); it is still
+    refused (exit 2, HTTP 404) and now says why every card is unknown here."""
+    card = snapshot()["cards"][0]["number"]
+    run = cli("balance", card, "--json")
+    assert run.code == 2 and run.out == ""
+    assert run.err == (
+        f"tillpoint: card {card} is not known to this till: no snapshot is loaded yet"
+        " (tillpoint snapshot load FILE, or let the till reach its hub)\n"
+    ), run.err
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("balance", card, "--json").code == 0
+    assert cli("balance", "2770000000093").err == (
+        "tillpoint: card 2770000000093 is not known to this till\n"
+    )
