@@ -316,7 +316,14 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
             break
         chosen = found.choices[value]
     if extras:
-        chosen.error(f"unrecognized arguments: {' '.join(extras)}")
+        # `tillpoint --json status`: an option of the command given before it
+        known = [w for w in extras if w.split("=", 1)[0] in chosen._option_string_actions]
+        where = (
+            f"; {known[0]} goes after the command: {chosen.prog} ... {known[0]}"
+            if known and chosen is not parser
+            else ""
+        )
+        chosen.error(f"unrecognized arguments: {' '.join(extras)}{where}")
     return args
 
 

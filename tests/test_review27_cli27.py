@@ -275,3 +275,17 @@ def test_balance_on_a_till_with_no_snapshot_says_so(cli: CLI) -> None:
     assert cli("balance", "2770000000093").err == (
         "tillpoint: card 2770000000093 is not known to this till\n"
     )
+
+
+def test_an_option_of_the_command_given_before_it_says_where_it_goes(cli: CLI) -> None:
+    """`tillpoint --json status` (the usage line reads `tillpoint [--data-dir DIR] ...
+    COMMAND`, and a script writer puts --json first) said only "unrecognized arguments:
+    --json", though status takes it."""
+    run = cli("--json", "status")
+    assert run.code == 2 and run.out == ""
+    assert "--json goes after the command: tillpoint status ... --json" in run.err, run.err
+    assert "(see `tillpoint status --help`)" in run.err
+    run = cli("--local", "identify", "1")
+    assert "--local goes after the command: tillpoint identify ... --local" in run.err
+    run = cli("status", "--frobnicate")
+    assert "goes after" not in run.err and "unrecognized arguments: --frobnicate" in run.err
