@@ -860,7 +860,8 @@ def _human_scan(routed: dict[str, Any]) -> str:
 
 def _human_card(card: dict[str, Any]) -> str:
     if card["status"] == "FOUND":
-        return f"FOUND {card['firstName']} (customer {card['customerId']}, tier {card['tier']})"
+        name = f"{card['firstName']} " if card.get("firstName") else ""  # a row may lack one
+        return f"FOUND {name}(customer {card['customerId']}, tier {card['tier']})"
     if card.get("reason"):
         return f"{card['status']} ({card['reason']})"
     return str(card["status"])

@@ -289,3 +289,12 @@ def test_an_option_of_the_command_given_before_it_says_where_it_goes(cli: CLI) -
     assert "--local goes after the command: tillpoint identify ... --local" in run.err
     run = cli("status", "--frobnicate")
     assert "goes after" not in run.err and "unrecognized arguments: --frobnicate" in run.err
+
+
+def test_a_found_card_without_a_first_name_reads_cleanly(cli: CLI) -> None:
+    """A customer row without `firstName` printed "FOUND  (customer c-1, tier gold)"."""
+    snap = snapshot()
+    snap["customers"][0].pop("firstName", None)
+    assert cli("snapshot", "load", snap).code == 0
+    run = cli("identify", snap["cards"][0]["number"])
+    assert run.code == 0 and run.out.startswith("FOUND (customer "), run.out
