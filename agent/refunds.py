@@ -77,6 +77,8 @@ def apply_refund(
     returned = taken = 0
     for line, new in zip(sold, after, strict=True):
         old = line.returned_qty
+        if new == old:  # a line this refund did not return: no points move
+            continue
         returned += _share(line.redeemed_points, new, line.qty) - _share(
             line.redeemed_points, old, line.qty
         )
