@@ -26,12 +26,12 @@ CARD = "2770000000017"
 MILK, BREAD, CHEESE = "4601234000017", "4601234000024", "4601234000055"
 
 
-def _refund(refund_id: str, lines: list[dict[str, Any]], **changes: Any) -> dict[str, Any]:
+def _refund(refund_id: str, back: list[dict[str, Any]], **changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "refundId": refund_id,
         "receiptId": "r1",
         "at": "2026-11-24T12:00:00+03:00",
-        "lines": lines,
+        "lines": back,
     }
     body.update(changes)
     return body
