@@ -40,17 +40,27 @@ def apply_refund(
     receipt_id: str,
 ) -> RefundOutcome:
     after = [line.returned_qty for line in sold]
+    # Each SKU's lines in order, and where its first line with qty left may be: a line
+    # before it is returned in full (every return fills the lines in this order), so no
+    # return looks at it again: a refund's work grows with its lines and the receipt's,
+    # not with their product (a 2,000-line receipt returned line by line took ~40 s).
+    lines_of: dict[str, list[int]] = {}
+    for i, line in enumerate(sold):
+        lines_of.setdefault(line.sku, []).append(i)
+    first_left: dict[str, int] = {}
     for sku, qty in returns:
         left = qty
-        for i, line in enumerate(sold):
-            if left <= 0:
-                break
-            if line.sku != sku:
-                continue
-            take = min(left, line.qty - after[i])
+        indices = lines_of.get(sku, [])
+        k = first_left.get(sku, 0)
+        while left > 0 and k < len(indices):
+            i = indices[k]
+            take = min(left, sold[i].qty - after[i])
             if take > 0:
                 after[i] += take
                 left -= take
+            if after[i] >= sold[i].qty:
+                k += 1
+        first_left[sku] = k
         if left > 0:
             bought = sum((line.qty for line in sold if line.sku == sku), Fraction(0))
             if bought == 0:
@@ -67,6 +77,8 @@ def apply_refund(
     returned = taken = 0
     for line, new in zip(sold, after, strict=True):
         old = line.returned_qty
+        if new == old:  # a line this refund did not return: no points move
+            continue
         returned += _share(line.redeemed_points, new, line.qty) - _share(
             line.redeemed_points, old, line.qty
         )
