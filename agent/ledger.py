@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 from .db import MigrationSet, connect, is_damage, migrate, owner_hint
 from .errors import DamagedLedger, InputError, StorageError
@@ -775,10 +776,18 @@ def _wallet(
 def _points(wallet: Wallet, at: datetime, program: Program) -> Points:
     available, pending = wallet.points_at(at)
     expiring = tuple(
-        (points, moment.astimezone(program.zone).isoformat())
-        for points, moment in wallet.expiring_at(at)
+        (points, _local_text(moment, program.zone)) for points, moment in wallet.expiring_at(at)
     )
     return Points(available, pending, expiring, wallet)
+
+
+def _local_text(moment: datetime, zone: ZoneInfo) -> str:
+    """`moment` in the store's zone (docs/CONTRACT.md §16); a moment with no local time there
+    (an ERP's "never", `9999-12-31T23:59:59Z`, is in the year 10000 in Moscow) as written."""
+    try:
+        return moment.astimezone(zone).isoformat()
+    except OverflowError:
+        return moment.isoformat()
 
 
 def other_device(conn: sqlite3.Connection, device_id: str) -> str | None:
