@@ -84,3 +84,67 @@ def test_a_batch_that_never_expires_written_in_utc_over_http(
     assert body["expiring"] == [{"points": 300, "expiresAt": "9999-12-31T23:59:59+00:00"}]
     status, body = _http(server, "/v1/checkout", receipt("r1", redeemPoints=-1))
     assert status == 200, body
+
+
+# ---------------------------------------------------------------- §16 with §11: a hold open
+
+
+def _batch_then_hold(cli: CLI) -> None:
+    """200 points, 100 of them expiring at 10:20; a hold at 10:15 reserves 50 of those."""
+    snap = snapshot()
+    snap["customers"][0].update(
+        {
+            "balancePoints": 200,
+            "birthday": None,
+            "expiring": [{"points": 100, "expiresAt": "2026-11-23T10:20:00+03:00"}],
+        }
+    )
+    assert cli("snapshot", "load", snap).code == 0
+    held = cli("hold", receipt("h1", at="2026-11-23T10:15:00+03:00", redeemPoints=50), "--json")
+    assert held.code == 0, held.err
+    assert held.json()["redeemedPoints"] == 50
+    assert held.json()["balance"]["expiring"] == [
+        {"points": 50, "expiresAt": "2026-11-23T10:20:00+03:00"}
+    ]
+
+
+BIG = [{"sku": MILK, "qty": "10", "priceMinor": 8990}]
+
+
+def test_a_hold_reserves_points_of_a_batch_that_has_expired_by_the_next_sale(cli: CLI) -> None:
+    """docs/CONTRACT.md §16, §11: the open hold's 50 points come out of the batch that
+    expires at 10:20 (soonest first, at the hold's `at`), as its Confirm will take them.
+    A sale at 10:25 has the 100 that never expire: it was capped at 50 (the hold's points
+    were taken at 10:25, when only the never-expiring part was left) and its balance said
+    50 less than after the hold's Confirm."""
+    _batch_then_hold(cli)
+    sale = receipt("r2", at="2026-11-23T10:25:00+03:00", redeemPoints=-1, lines=BIG)
+    quoted = cli("quote", sale, "--json").json()
+    assert quoted["redeemedPoints"] == 100
+    assert quoted["balance"]["availablePoints"] == quoted["earnedPoints"]
+    done = cli("checkout", sale, "--json").json()
+    assert done["redeemedPoints"] == 100
+    confirmed = cli("confirm", "h1", "--json").json()
+    assert confirmed["state"] == "CONFIRMED"
+    balance = cli("balance", CARD, "--at", "2026-11-23T10:30:00+03:00", "--json").json()
+    assert balance["availablePoints"] == done["earnedPoints"] + confirmed["earnedPoints"]
+
+
+def test_a_quote_beside_a_hold_of_expired_points_shows_no_debt(cli: CLI) -> None:
+    """Only the expiring batch: its 50 held points would have gone at 10:20 anyway. A
+    quote at 10:25 said -37 (the hold's 50 taken as a debt) where the customer, once the
+    hold is confirmed, has the quote's own 13 and the hold's points earned."""
+    snap = snapshot()
+    snap["customers"][0].update(
+        {
+            "balancePoints": 100,
+            "birthday": None,
+            "expiring": [{"points": 100, "expiresAt": "2026-11-23T10:20:00+03:00"}],
+        }
+    )
+    assert cli("snapshot", "load", snap).code == 0
+    assert cli("hold", receipt("h1", redeemPoints=50), "--json").code == 0
+    later = receipt("q2", at="2026-11-23T10:25:00+03:00", redeemPoints=-1)
+    quoted = cli("quote", later, "--json").json()
+    assert (quoted["redeemedPoints"], quoted["earnedPoints"]) == (0, 13)
+    assert quoted["balance"] == {"availablePoints": 13, "pendingPoints": 0}
