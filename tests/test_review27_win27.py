@@ -148,3 +148,22 @@ def test_a_quote_beside_a_hold_of_expired_points_shows_no_debt(cli: CLI) -> None
     quoted = cli("quote", later, "--json").json()
     assert (quoted["redeemedPoints"], quoted["earnedPoints"]) == (0, 13)
     assert quoted["balance"] == {"availablePoints": 13, "pendingPoints": 0}
+
+
+def test_a_confirm_beside_a_hold_of_expired_points_shows_no_debt(cli: CLI) -> None:
+    """The same through Confirm (its balance is worked out again as the ledger stands)."""
+    snap = snapshot()
+    snap["customers"][0].update(
+        {
+            "balancePoints": 100,
+            "birthday": None,
+            "expiring": [{"points": 100, "expiresAt": "2026-11-23T10:20:00+03:00"}],
+        }
+    )
+    assert cli("snapshot", "load", snap).code == 0
+    assert cli("hold", receipt("h1", redeemPoints=50), "--json").code == 0
+    later = receipt("h2", at="2026-11-23T10:25:00+03:00")
+    assert cli("hold", later, "--json").json()["balance"]["availablePoints"] == 13
+    confirmed = cli("confirm", "h2", "--json").json()
+    assert confirmed["balance"] == {"availablePoints": 13, "pendingPoints": 0}
+    assert confirmed["display"][-1] == "Бонусы: 13"
