@@ -9,10 +9,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import grpc
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, receipt, snapshot
+from .conftest import CLI, grpc_served, receipt, snapshot
 
 CARD = "2770000000017"
 MILK = "4601234000017"
@@ -84,6 +87,16 @@ def test_a_batch_that_never_expires_written_in_utc_over_http(
     assert body["expiring"] == [{"points": 300, "expiresAt": "9999-12-31T23:59:59+00:00"}]
     status, body = _http(server, "/v1/checkout", receipt("r1", redeemPoints=-1))
     assert status == 200, body
+
+
+def test_a_batch_that_never_expires_written_in_utc_over_grpc(agent: Agent) -> None:
+    agent.load_snapshot({**_never_in_utc(), "version": 2})
+    with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.PosAgentStub(channel)
+        answer = stub.Balance(pb.BalanceRequest(card=CARD, at="2026-11-23T10:00:00Z"), timeout=10)
+    assert [(e.points, e.expires_at) for e in answer.expiring] == [
+        (300, "9999-12-31T23:59:59+00:00")
+    ]
 
 
 # ---------------------------------------------------------------- §16 with §11: a hold open
