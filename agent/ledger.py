@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 from .db import MigrationSet, connect, is_damage, migrate, owner_hint
 from .errors import DamagedLedger, InputError, StorageError
@@ -573,11 +574,20 @@ class Points:
         wallet = self.wallet
         if self.made_of is not None and moves:
             customer, replayed, counted = self.made_of
-            cut = sum(1 for m in replayed if (m.at, m.by_refund) <= (at, False))
-            if cut < len(replayed):  # some happened later: the whole replay again
-                again = [*replayed[:cut], *moves, *replayed[cut:]]
+            # Each move at its own time (another open hold's spending, dated before or
+            # after this receipt's: its points leave the batches they will at its Confirm).
+            again, later = list(replayed), False
+            for move in moves:
+                cut = sum(1 for m in again if (m.at, m.by_refund) <= (move.at, False))
+                later = later or cut < len(again)
+                again.insert(cut, move)
+            made_of = (customer, tuple(again), counted)
+            if later:  # some happened later: the whole replay again
                 wallet = _wallet(customer, again, program, counted)
-                return _points(wallet, at, program)
+            else:
+                for move in moves:
+                    wallet.apply(move)
+            return replace(_points(wallet, at, program), made_of=made_of)
         for move in moves:
             wallet.apply(move)
         return _points(wallet, at, program)
@@ -775,10 +785,18 @@ def _wallet(
 def _points(wallet: Wallet, at: datetime, program: Program) -> Points:
     available, pending = wallet.points_at(at)
     expiring = tuple(
-        (points, moment.astimezone(program.zone).isoformat())
-        for points, moment in wallet.expiring_at(at)
+        (points, _local_text(moment, program.zone)) for points, moment in wallet.expiring_at(at)
     )
     return Points(available, pending, expiring, wallet)
+
+
+def _local_text(moment: datetime, zone: ZoneInfo) -> str:
+    """`moment` in the store's zone (docs/CONTRACT.md §16); a moment with no local time there
+    (an ERP's "never", `9999-12-31T23:59:59Z`, is in the year 10000 in Moscow) as written."""
+    try:
+        return moment.astimezone(zone).isoformat()
+    except OverflowError:
+        return moment.isoformat()
 
 
 def other_device(conn: sqlite3.Connection, device_id: str) -> str | None:
@@ -909,6 +927,22 @@ def quote_reads(
         (customer_id, now_text, but, card, local_day, sold),
     ).fetchone()
     return QuoteReads(bool(moved), int(held), int(spent) + int(open_))
+
+
+def held_spends(
+    conn: sqlite3.Connection, customer_id: str, now: datetime, but: str | None = None
+) -> list[Movement]:
+    """The spending of this till's open holds of the customer (but receipt `but`), each at
+    its receipt's `at`, in time order: where it takes its points from (§16) when they expire."""
+    rows = conn.execute(
+        "SELECT redeemed_points, json_extract(figures, '$.at') FROM receipt_life"
+        " WHERE state = 'HELD' AND expires_at > ? AND receipt_id IS NOT ?"
+        " AND json_extract(figures, '$.customerId') = ? AND redeemed_points > 0"
+        " ORDER BY rowid",
+        (utc_text(now), but, customer_id),
+    ).fetchall()
+    moves = [Movement("spend", -int(p), "", datetime.fromisoformat(str(t)), False) for p, t in rows]
+    return sorted(moves, key=lambda m: m.at)
 
 
 def held_points(

@@ -1028,6 +1028,9 @@ class Agent:
         before = ledger.balance(self._ledger, customer, view.applied_through(), at, program)
         expires = figures.get("expiresAt")
         held_elsewhere = ledger.held_points(self._ledger, customer.id, self.clock(), receipt_id)
+        before, held_elsewhere = _with_holds(
+            before, held_elsewhere, self._ledger, customer.id, self.clock(), receipt_id, at, program
+        )
         after = _balance_after(
             before,
             program,
@@ -1138,6 +1141,9 @@ class Agent:
             )
             # This till's other open holds reserve their points (the contract §11).
             held_elsewhere = marks.held
+            before, held_elsewhere = _with_holds(
+                before, held_elsewhere, conn, customer.id, self.clock(), own_id, receipt.at, program
+            )
             if capped:
                 offline_used = marks.offline
         # Shared by every receipt of this snapshot version: built from the cache's mass
@@ -2091,6 +2097,27 @@ def _expiring_soon(
     if moment - at > timedelta(days=WARN_DAYS):
         return None
     return count, moment.astimezone(program.zone).date()
+
+
+def _with_holds(
+    before: ledger.Points,
+    held: int,
+    conn: sqlite3.Connection,
+    customer_id: str,
+    now: datetime,
+    but: str | None,
+    at: datetime,
+    program: Program,
+) -> tuple[ledger.Points, int]:
+    """`before` with the spending of this till's other open holds of the customer (`held`
+    points, §11) when points expire (§16): each hold's at its own `at`, from the batches
+    its Confirm will take them from (a batch that has expired by this receipt's `at` took
+    them, not the points left now). Returns the points and what is left to take off at
+    `at` (0, or `held` when nothing expires: the figures simply add up)."""
+    if not held or before.wallet is None:
+        return before, held
+    spent = before.after(program, at, *ledger.held_spends(conn, customer_id, now, but))
+    return (before, held) if spent is None else (spent, 0)
 
 
 def _balance_after(
