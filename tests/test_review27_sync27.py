@@ -1,0 +1,104 @@
+"""Review 27 (sync27): what a long-running till lives through with its hub (docs/CONTRACT.md
+§3, §9): real hub on 127.0.0.1 (its store, gRPC over mTLS), enrolled tills with their SQLite
+cache and ledger, the same `SyncService` `tillpoint run` starts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
+from tillpoint.sync.pull import cache_version
+
+CARD = "2770000000017"
+SKU = "4601234000017"
+
+
+def many_offers(count: int, id_length: int) -> list[dict[str, Any]]:
+    """`count` mass offers on the milk, each with a long id: an explain trace lists every
+    one of them on every milk line (docs/CONTRACT.md §17)."""
+    return [
+        {
+            "id": f"o-{i:04d}-" + "x" * (id_length - 7),
+            "campaignId": "camp-1",
+            "kind": "PERCENT_OFF",
+            "skus": [SKU],
+            "value": str(1 + i % 9),
+            "minQty": "1",
+            "validFrom": "2026-01-01T00:00:00+03:00",
+            "validTo": "2027-12-31T23:59:59+03:00",
+            "priority": 10,
+            "rank": 1,
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture()
+def offers_hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    data = sample_master_data()
+    data["offers"] = many_offers(40, 190)
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    yield hub
+    hub.stop()
+
+
+def synced_till(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
+    till = hub.till(name, tmp_path / name)
+    wait_for(lambda: cache_version(till.data_dir) >= 1)
+    return till
+
+
+def stored_at_hub(hub: LoopbackHub, device: str) -> list[str]:
+    return [t.receipt_id for t in hub.store.transactions(device)]
+
+
+# ---------------------------------------------------------------- 1. a poison row
+
+
+@pytest.mark.slow
+def test_a_sale_with_a_huge_explain_trace_does_not_block_the_outbox(
+    offers_hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §9, §17: `checkout --explain` keeps the trace with the result, and
+    the till sent that result to the hub whole. A big basket with many offers made one
+    transaction larger than the hub takes in one message (16 MiB): the hub answered every
+    push RESOURCE_EXHAUSTED, the till took it for "the hub is unreachable", and that sale
+    and every later one stayed in the outbox for good. The trace changes no figure and is
+    not the hub's business: the hub gets the sale without it, and both sales arrive."""
+    till = synced_till(offers_hub, tmp_path, "till-1")
+    try:
+        lines = [{"sku": SKU, "qty": "1", "priceMinor": 100 + i} for i in range(1000)]
+        big = receipt("big-1", CARD, lines=lines)
+        big["explain"] = True
+        sold = till.agent.checkout(receipt_from_json(big))
+        assert sold.trace is not None
+        till.agent.checkout(receipt_from_json(receipt("next-1", CARD)))
+        wait_for(lambda: len(stored_at_hub(offers_hub, "till-1")) == 2, timeout=20)
+        assert stored_at_hub(offers_hub, "till-1") == ["big-1", "next-1"]
+        # the till's own copy keeps its trace: a replay answers what the first call did
+        again = till.agent.checkout(receipt_from_json(big))
+        assert again.trace == sold.trace
+    finally:
+        till.stop()
+
+
+def test_a_result_without_a_trace_goes_to_the_hub_byte_for_byte() -> None:
+    """docs/CONTRACT.md §9: the hub tells a duplicate from a conflict by the transaction's
+    bytes, so dropping the trace must leave every other result text as it was stored
+    (spaced texts of older agents, key order, non-ASCII), and a traced one always the same."""
+    from tillpoint.sync.push import without_trace
+
+    for text in (
+        '{"receiptId": "r1", "display": ["Анна"], "earnedPoints": 3}',
+        '{"receiptId":"r1","display":["Анна"],"lines":[{"offerId":"trace"}]}',
+    ):
+        assert without_trace(text) == text
+    traced = '{"receiptId":"r1","trace":{"lines":[]},"display":["Анна"]}'
+    assert without_trace(traced) == '{"receiptId":"r1","display":["Анна"]}'
+    assert without_trace(without_trace(traced)) == without_trace(traced)
