@@ -127,6 +127,7 @@ class SyncService:
         link.on_recovery(self._hub_answers_again)
         self._threads: list[threading.Thread] = []
         self._subscription: Any = None
+        self._announced = 0  # the newest version the hub's last notification named
         self._mode_written: str | None = None
         self._contact_written: datetime | None = None
         # What the last failed pull and push said (`_say`): the same words again are DEBUG.
@@ -247,7 +248,10 @@ class SyncService:
             return 1.0
         self._said.pop("pull", None)
         self.last_pull = result
-        return None if result.status != "REFUSED" else 1.0
+        # A bundle refused for what it is (its signature, version, content) is the hub's
+        # word until it publishes another, which its notification announces: the next
+        # poll asks again. What went wrong on the way is retried with the backoff.
+        return None if result.status != "REFUSED" or result.remembered else 1.0
 
     def _push_once(self) -> bool:
         try:
@@ -329,7 +333,7 @@ class SyncService:
                         self.link.ok()
                         backoff.reset()
                         silence.reset(3 * max(1, note.heartbeat_s))
-                        if note.latest_version > cache_version(self.agent.data_dir):
+                        if self._news(note.latest_version):
                             self.trigger_pull()
                         self._wake.set()  # also refreshes the recorded mode
                 finally:
@@ -348,6 +352,17 @@ class SyncService:
             finally:
                 self._subscription = None
             self._back_off(backoff)
+
+    def _news(self, version: int) -> bool:
+        """Whether a notification announces a version to pull at once: above the cache and
+        not announced before. Every heartbeat (and each new stream's first message)
+        repeats the hub's newest version: taken for news, a version the till refused (a
+        snapshot key replaced on the hub) was pulled again, and its refusal logged at
+        ERROR, at every heartbeat until the hub published another; a pull that failed is
+        retried by its backoff and the polls."""
+        news = version != self._announced and version > cache_version(self.agent.data_dir)
+        self._announced = version
+        return news
 
     def _back_off(self, backoff: Backoff) -> None:
         """Subscribe's wait before it reopens: its backoff, cut short (after a jitter) when

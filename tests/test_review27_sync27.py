@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
+from tillpoint.sync.loopback import (
+    LoopbackHub,
+    Till,
+    receipt,
+    sample_master_data,
+    timings,
+    wait_for,
+)
 from tillpoint.sync.pull import cache_version
 
 CARD = "2770000000017"
@@ -48,8 +55,8 @@ def offers_hub(tmp_path: Path) -> Iterator[LoopbackHub]:
     hub.stop()
 
 
-def synced_till(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
-    till = hub.till(name, tmp_path / name)
+def synced_till(hub: LoopbackHub, tmp_path: Path, name: str, **kw: Any) -> Till:
+    till = hub.till(name, tmp_path / name, **kw)
     wait_for(lambda: cache_version(till.data_dir) >= 1)
     return till
 
@@ -102,3 +109,66 @@ def test_a_result_without_a_trace_goes_to_the_hub_byte_for_byte() -> None:
     traced = '{"receiptId":"r1","trace":{"lines":[]},"display":["Анна"]}'
     assert without_trace(traced) == '{"receiptId":"r1","display":["Анна"]}'
     assert without_trace(without_trace(traced)) == without_trace(traced)
+
+
+# ---------------------------------------------------------------- 2. a refused snapshot
+
+
+def new_snapshot_key(hub: LoopbackHub) -> None:
+    """The hub's snapshot key replaced (docs/PROTOCOL.md §1: no rotation command; every
+    till refuses what it signs until it gets a renewed bundle), and the hub restarted."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    keys = hub.dir.keys
+    keys.snapshot_key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    keys.snapshot_pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    hub.restart()
+
+
+@pytest.mark.slow
+def test_a_refused_version_is_not_pulled_again_at_every_heartbeat(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/CONTRACT.md §3, §9: a refused snapshot is refused once and the till keeps its
+    cache; a notification makes the till pull a *new* version at once. Every Subscribe
+    heartbeat (15 s by default) repeats the hub's newest version, and the till took each
+    one for news: it pulled the version it had refused again (the first chunk, up to
+    1 MiB of a chain's snapshot, from every till) and logged the refusal at ERROR, four
+    times a minute for as long as the hub published nothing newer (days, with a snapshot
+    key replaced). Now the heartbeats of a version already announced wake nothing; the
+    polls go on at their own pace (60 s by default)."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())  # heartbeat 1 s
+    # the shipped backoff (a refused pull waits 0.5 s, 1 s, 2 s, ... up to 60 s)
+    till = synced_till(
+        hub, tmp_path, "till-1", timings=timings(backoff_base_s=0.5, backoff_cap_s=60)
+    )
+    try:
+        new_snapshot_key(hub)
+        hub.publish()  # version 2, signed with a key the till does not hold
+        wait_for(lambda: hub.server.servicer.stats.pulls >= 1, timeout=10)
+        time.sleep(0.5)  # the refusal recorded
+        pulls = hub.server.servicer.stats.pulls
+        time.sleep(2.5)  # two heartbeats
+        assert hub.server.servicer.stats.pulls == pulls, "pulled again at a heartbeat"
+        assert cache_version(till.data_dir) == 1
+        status = till.agent.status().to_json()
+        assert "signature" in status["lastError"]
+        assert status["lastRefusedSnapshot"]["version"] == 2
+        hub.publish()  # a new version is news: pulled at once (and refused: the same key)
+        wait_for(lambda: hub.server.servicer.stats.pulls > pulls, timeout=3)
+        wait_for(lambda: till.agent.status().to_json()["lastRefusedSnapshot"]["version"] == 3)
+    finally:
+        till.stop()
+        hub.stop()
