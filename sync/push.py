@@ -90,6 +90,10 @@ class Pusher:
         # What the hub set aside during the last `drain`: (seq, CONFLICT|REJECTED, reason).
         self.set_aside: list[tuple[int, str, str]] = []
         self.mark_known = False  # `learn_mark` done by this pusher
+        # The batch's bounds now: halved after a push that ran out of time (an uplink too
+        # thin for a whole batch within the deadline), doubled back after each success.
+        self.rows_limit = batch_size
+        self.bytes_limit = MAX_BATCH_BYTES
 
     @property
     def hub_id(self) -> str:
@@ -117,9 +121,9 @@ class Pusher:
         rows: list[tuple[int, str]] = []
         size = 0
         # the seqs a `reset --force` discarded first: they come before every sale in the outbox
-        told = ledger.discarded_batch(self.conn, self.device_id, self.batch_size)
-        for row in told or ledger.outbox_batch(self.conn, self.device_id, self.batch_size):
-            if rows and size + len(row.payload) > MAX_BATCH_BYTES:
+        told = ledger.discarded_batch(self.conn, self.device_id, self.rows_limit)
+        for row in told or ledger.outbox_batch(self.conn, self.device_id, self.rows_limit):
+            if rows and size + len(row.payload) > self.bytes_limit:
                 break
             rows.append((row.seq, row.payload))
             size += len(row.payload)
@@ -152,11 +156,31 @@ class Pusher:
         seqs = [seq for seq, _ in rows]
         try:
             ack = self.link.stub.PushTransactions(request, timeout=self.call_timeout_s)
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
             self._count_attempt(seqs)
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._narrow(len(rows), sum(len(p) for _, p in rows))
             raise
         self.link.ok()
+        self.rows_limit = min(self.batch_size, self.rows_limit * 2)
+        self.bytes_limit = min(MAX_BATCH_BYTES, self.bytes_limit * 2)
         return self._acknowledged(rows, ack)
+
+    def _narrow(self, rows: int, size: int) -> None:
+        """A push ran out of time: the next batch is half as big (down to one sale). The
+        deadline is the same for every push, and an uplink too thin to carry a whole batch
+        within it (a store's backup 3G link after an outage) saw every push time out with
+        the same batch: the backlog never drained (the contract §9: every sale reaches
+        the hub once the link is back). Each success doubles them back: a hub that did
+        not answer at all (packets lost on the way) is back to whole batches in a few
+        pushes."""
+        self.rows_limit = max(1, rows // 2)
+        self.bytes_limit = max(1, size // 2)
+        log.info(
+            "push of %d transaction(s) ran out of time: the next batches are at most %d",
+            rows,
+            self.rows_limit,
+        )
 
     def _count_attempt(self, seqs: list[int]) -> None:
         try:

@@ -5,13 +5,19 @@ cache and ledger, the same `SyncService` `tillpoint run` starts.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.app import till_agent
 from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.authoriser import HubAuthoriser
+from tillpoint.sync.client import HubLink
 from tillpoint.sync.loopback import (
     LoopbackHub,
     Till,
@@ -20,7 +26,8 @@ from tillpoint.sync.loopback import (
     timings,
     wait_for,
 )
-from tillpoint.sync.pull import cache_version
+from tillpoint.sync.pull import Puller, cache_version
+from tillpoint.sync.service import SyncService
 
 CARD = "2770000000017"
 SKU = "4601234000017"
@@ -80,7 +87,7 @@ def test_a_sale_with_a_huge_explain_trace_does_not_block_the_outbox(
     not the hub's business: the hub gets the sale without it, and both sales arrive."""
     till = synced_till(offers_hub, tmp_path, "till-1")
     try:
-        lines = [{"sku": SKU, "qty": "1", "priceMinor": 100 + i} for i in range(1000)]
+        lines = [{"sku": SKU, "qty": "1", "priceMinor": 100 + i} for i in range(880)]
         big = receipt("big-1", CARD, lines=lines)
         big["explain"] = True
         sold = till.agent.checkout(receipt_from_json(big))
@@ -171,4 +178,91 @@ def test_a_refused_version_is_not_pulled_again_at_every_heartbeat(
         wait_for(lambda: till.agent.status().to_json()["lastRefusedSnapshot"]["version"] == 3)
     finally:
         till.stop()
+        hub.stop()
+
+
+# ---------------------------------------------------------------- 3. a thin uplink
+
+
+class ThinLink:
+    """A TCP relay on 127.0.0.1 that carries the till's bytes to the hub at `rate` bytes a
+    second (a store's backup 3G uplink); the hub's answers go back at full speed."""
+
+    def __init__(self, target_port: int, rate: int) -> None:
+        self.rate = rate
+        self.target_port = target_port
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.port = self.server.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for src, dst, rate in ((client, upstream, self.rate), (upstream, client, 0)):
+                threading.Thread(target=self._pipe, args=(src, dst, rate), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: Any, dst: Any, rate: int) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = src.recv(1024 if rate else 65536)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.close()
+
+
+SALES = 40
+
+
+@pytest.mark.slow
+def test_a_backlog_drains_over_an_uplink_too_thin_for_a_whole_batch(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §9: the till keeps its sales until the hub acknowledges them, and
+    they reach it once the link is back. A push had one deadline (5 s by default) whatever
+    its size, and a batch of up to 200 sales and 1 MiB: over an uplink too thin to carry a
+    whole batch in time (a store on its backup 3G link after an outage), every push ran
+    out of time with the same batch, and the backlog never drained. A push that runs out
+    of time is tried again with a smaller batch, down to one sale."""
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till-1"
+    slow = timings(call_timeout_s=1.0, backoff_base_s=0.1, backoff_cap_s=0.5)
+    till = hub.till("till-1", data, start=False, timings=slow)
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    # sold while the hub was away: more than a gRPC stream's window (64 KiB) in all, so
+    # the hub cannot take a batch of them all from its socket's buffers once it ran late
+    basket = [{"sku": SKU, "qty": "1", "priceMinor": 100 + i} for i in range(12)]
+    for i in range(SALES):
+        till.agent.checkout(receipt_from_json(receipt(f"r-{i:03d}", CARD, lines=basket)))
+    till.stop()
+    thin = ThinLink(hub.port, rate=50_000)
+    enrollment = till.link.enrollment
+    link = HubLink(f"127.0.0.1:{thin.port}", enrollment)
+    authoriser = HubAuthoriser(link, data, "till-1", slow.redeem_timeout_s)
+    agent = till_agent(data, "till-1", hub=authoriser)
+    service = SyncService(agent, link, enrollment, slow)
+    service.start()
+    try:
+        wait_for(lambda: len(stored_at_hub(hub, "till-1")) == SALES, timeout=30)
+        assert stored_at_hub(hub, "till-1") == [f"r-{i:03d}" for i in range(SALES)]
+    finally:
+        service.stop()
+        authoriser.close()
+        agent.close()
+        thin.close()
         hub.stop()
