@@ -27,6 +27,7 @@ from tillpoint.sync.loopback import (
     wait_for,
 )
 from tillpoint.sync.pull import Puller, cache_version
+from tillpoint.sync.push import Pusher
 from tillpoint.sync.service import SyncService
 
 CARD = "2770000000017"
@@ -265,4 +266,52 @@ def test_a_backlog_drains_over_an_uplink_too_thin_for_a_whole_batch(tmp_path: Pa
         authoriser.close()
         agent.close()
         thin.close()
+        hub.stop()
+
+
+# ---------------------------------------------------------------- 4. two tills, one id
+
+
+@pytest.mark.slow
+def test_two_tills_running_as_one_device_are_told_apart_in_words(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §9: (deviceId, seq) is one sale. Two tills running as one device
+    (one enrolment bundle installed on both, a cloned disk) number their sales alike: the
+    hub keeps the first of each seq and sets the other aside (nothing counted twice,
+    nothing dropped unseen). The second till's status said only "seq 1 of till-x is
+    already stored with other content"; it now names the likely causes, for the person
+    who must sort it out."""
+    from datetime import UTC, datetime
+
+    from tillpoint.sync import pki
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    identity = pki.issue_device(hub.dir.keys, "till-x")
+    hub.store.enroll("till-x", identity.fingerprint, datetime.now(UTC))
+    bundle = pki.make_bundle(hub.dir.keys, identity, hub.address)
+    parts: list[tuple[Any, Any, Any]] = []
+    try:
+        for name in ("a", "b"):
+            data = tmp_path / name
+            enrollment = pki.install_bundle(data, bundle, "till-x")
+            link = HubLink(hub.address, enrollment)
+            authoriser = HubAuthoriser(link, data, "till-x", 0.3)
+            agent = till_agent(data, "till-x", hub=authoriser)
+            parts.append((agent, link, authoriser))
+            Puller(agent, link, enrollment, call_timeout_s=2).pull()
+            sale = receipt(f"{name}-1", CARD)
+            sale["tillId"] = name
+            assert agent.checkout(receipt_from_json(sale)).seq == 1
+            pusher = Pusher(data, "till-x", link, call_timeout_s=2)
+            pusher.drain()
+            pusher.close()
+        assert stored_at_hub(hub, "till-x") == ["a-1"]
+        status = parts[1][0].status().to_json()
+        assert (status["setAside"], status["outboxDepth"]) == (1, 0)
+        assert "two tills may be running as till-x" in status["syncError"]
+        assert parts[0][0].status().to_json()["syncError"] == ""
+    finally:
+        for agent, link, authoriser in parts:
+            link.close()
+            authoriser.close()
+            agent.close()
         hub.stop()
