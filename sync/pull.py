@@ -66,6 +66,10 @@ DEFAULT_MAX_BYTES = 8 * 1024 * MIB
 SYNC_EVERY_BYTES = 32 * MIB
 SYNC_EVERY_S = 1.0
 SPACE_MARGIN = 64 * MIB
+# The slowest link a snapshot chunk is waited for (bytes a second, 256 kbit/s): a 1 MiB
+# chunk may take 32 s before the stream counts as stalled (a dead link is noticed sooner
+# by the channel's keepalive, 20 s + 10 s).
+SLOWEST_LINK = 32 * 1024
 LAYOUT = 3  # pull.part holds the payload alone; the signature covers its manifest (v3)
 
 
@@ -413,7 +417,7 @@ class Puller:
         download: _Download | None = None
         try:
             for chunk in call:
-                watchdog.feed()
+                watchdog.feed(len(chunk.data))
                 self.link.ok()
                 if download is None:
                     started = self._start(chunk, current, partial, full)
@@ -673,9 +677,13 @@ class _Watchdog:
     def limit(self) -> float:
         return self._limit
 
-    def feed(self) -> None:
+    def feed(self, size: int = 0) -> None:
+        """A chunk of `size` bytes arrived: the next may take as long as a thin link needs
+        for one as big (`SLOWEST_LINK`), and at least `idle_s`. A chunk is one message of up
+        to 1 MiB that arrives whole: with `idle_s` (5 s) alone, a link below ~1.7 Mbit/s
+        had every pull cancelled as stalled after its first chunk."""
         self._last = time.monotonic()
-        self._limit = self.idle_s
+        self._limit = max(self.idle_s, size / SLOWEST_LINK)
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.idle_s / 4)):

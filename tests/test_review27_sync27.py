@@ -187,10 +187,11 @@ def test_a_refused_version_is_not_pulled_again_at_every_heartbeat(
 
 class ThinLink:
     """A TCP relay on 127.0.0.1 that carries the till's bytes to the hub at `rate` bytes a
-    second (a store's backup 3G uplink); the hub's answers go back at full speed."""
+    second (a store's backup 3G uplink), and the hub's back at `down` (0: full speed)."""
 
-    def __init__(self, target_port: int, rate: int) -> None:
+    def __init__(self, target_port: int, rate: int, down: int = 0) -> None:
         self.rate = rate
+        self.down = down
         self.target_port = target_port
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
@@ -206,7 +207,7 @@ class ThinLink:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for src, dst, rate in ((client, upstream, self.rate), (upstream, client, 0)):
+            for src, dst, rate in ((client, upstream, self.rate), (upstream, client, self.down)):
                 threading.Thread(target=self._pipe, args=(src, dst, rate), daemon=True).start()
 
     @staticmethod
@@ -314,4 +315,38 @@ def test_two_tills_running_as_one_device_are_told_apart_in_words(tmp_path: Path)
             link.close()
             authoriser.close()
             agent.close()
+        hub.stop()
+
+
+@pytest.mark.slow
+def test_a_snapshot_comes_down_a_thin_link_in_one_pull(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3, §9: a pull gives up on a stream that delivers nothing for
+    `hub.call_timeout_ms` (5 s), a dead link TCP has not noticed. A chunk is one gRPC
+    message of up to 1 MiB, which arrives whole or not at all: below about 1.7 Mbit/s a
+    chunk takes longer than that, so every pull after the first chunk (which may take
+    120 s) was cancelled as stalled, and a store's snapshot came one chunk per pull, each
+    after the backoff (up to a minute). A chunk now has the time a link of 256 kbit/s
+    needs for one as big as the last, and at least the call timeout."""
+    from tillpoint.sync.hub_server import HubConfig
+
+    data = sample_master_data()
+    data["customers"] += [
+        {"id": f"c-{i:05d}", "firstName": "Имя", "tier": "base", "balancePoints": i}
+        for i in range(3, 2500)
+    ]
+    config = HubConfig(
+        heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0, chunk_size=64 * 1024
+    )
+    hub = LoopbackHub(tmp_path / "hub", config, data=data)
+    till = hub.till("till-1", tmp_path / "till-1", start=False)
+    thin = ThinLink(hub.port, rate=0, down=100_000)  # ~0.65 s a 64 KiB chunk
+    link = HubLink(f"127.0.0.1:{thin.port}", till.link.enrollment)
+    try:
+        result = Puller(till.agent, link, link.enrollment, call_timeout_s=0.3).pull()
+        assert result.status == "APPLIED" and result.size > 2 * 64 * 1024
+        assert result.resumed_from == 0
+    finally:
+        link.close()
+        till.stop()
+        thin.close()
         hub.stop()
