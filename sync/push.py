@@ -27,6 +27,7 @@ import grpc
 from google.protobuf import json_format
 from tillpoint.agent import ledger
 from tillpoint.agent.db import write_transaction
+from tillpoint.agent.errors import TillpointError
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import state
@@ -47,6 +48,10 @@ class BatchResult:
     set_aside: int
     acked_through: int
     settled: int = 0  # rows that left the outbox (or the discarded seqs) with this answer
+
+
+class UnreadableRow(TillpointError):
+    """An outbox row whose text does not read as a transaction."""
 
 
 def without_trace(result_json: str) -> str:
@@ -130,9 +135,17 @@ class Pusher:
         return rows
 
     def _transaction(self, seq: int, payload: str) -> pb.Transaction:
-        tx = json_format.ParseDict(
-            json.loads(payload), pb.Transaction(), ignore_unknown_fields=True
-        )
+        try:
+            tx = json_format.ParseDict(
+                json.loads(payload), pb.Transaction(), ignore_unknown_fields=True
+            )
+        except (ValueError, TypeError, json_format.ParseError) as exc:
+            # A damaged ledger or a hand edit: the row is kept (nothing is sent in its
+            # place, and the hub must get every seq), and `status` says which it is.
+            raise UnreadableRow(
+                f"outbox row seq {seq} of {self.device_id} cannot be read ({exc}): the ledger is"
+                " damaged; this sale and those after it are not sent until it is mended"
+            ) from None
         tx.result_json = without_trace(tx.result_json)
         if tx.points_delta_pending and not tx.pending_activates_at:
             activates_at = ledger.earn_activation(self.conn, self.device_id, seq)

@@ -22,6 +22,7 @@ own short deadline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -208,7 +209,7 @@ class SyncService:
                 next_push = min(next_push, now + self._jitter())
             if self._pull_now.is_set() or now >= next_pull:
                 self._pull_now.clear()
-                delay = self._pull_once()
+                delay = self._guarded("pull", self._pull_once, 1.0)
                 if delay is None:
                     pull_backoff.reset()
                     next_pull = time.monotonic() + t.poll_interval_s
@@ -216,7 +217,7 @@ class SyncService:
                     pull_failed_at = self._recoveries
                     next_pull = time.monotonic() + pull_backoff.next()
             if time.monotonic() >= next_push:
-                if self._push_once():
+                if self._guarded("push", self._push_once, False):
                     push_backoff.reset()
                     next_push = time.monotonic() + t.push_check_s
                 else:
@@ -227,6 +228,19 @@ class SyncService:
             wait = max(0.0, min(next_pull, next_push) - time.monotonic())
             self._wake.wait(timeout=wait)
             self._wake.clear()
+
+    def _guarded(self, area: str, step: Callable[[], Any], failed: Any) -> Any:
+        """A pull or push step that never ends the sync thread: anything it did not expect
+        (a bug, a damaged file) is logged with its trace, recorded for `status`, and
+        backed off like a failure. An exception used to end the thread: no pull or push
+        again until `tillpoint run` was restarted, and nothing in `status` said so."""
+        try:
+            return step()
+        except Exception as exc:
+            log.exception("%s failed unexpectedly; will retry", area)
+            with contextlib.suppress(Exception):
+                state.set_error(self.pusher.conn, area, f"{area}: unexpected error: {exc!r}")
+            return failed
 
     def _pull_once(self) -> float | None:
         """None on success; otherwise "back off"."""
@@ -267,7 +281,10 @@ class SyncService:
         except SyncBusy:
             return False
         except TillpointError as exc:
-            log.error("push: %s", exc.message)
+            if self._said.get("push") != exc.message:  # once, not at every retry
+                log.error("push: %s", exc.message)
+            self._said["push"] = exc.message
+            state.set_error(self.pusher.conn, "push", f"push: {exc.message}")
             return False
 
     def _say(self, kind: str, text: str) -> None:

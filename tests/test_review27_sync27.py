@@ -350,3 +350,43 @@ def test_a_snapshot_comes_down_a_thin_link_in_one_pull(tmp_path: Path) -> None:
         till.stop()
         thin.close()
         hub.stop()
+
+
+# ---------------------------------------------------------------- 5. a row the till cannot send
+
+
+@pytest.mark.slow
+def test_an_outbox_row_the_till_cannot_read_stops_neither_pulls_nor_status(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §9 (a long-running till keeps syncing) and §12 (status says what is
+    wrong): an outbox row whose text no longer reads as JSON (a damaged ledger, a hand
+    edit) raised out of the sync thread, which died: no push or pull ever again until a
+    restart, while `status` said nothing was wrong. The row is kept (nothing is sent in
+    its place), the thread goes on pulling, and `status` names the row."""
+    import sqlite3
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till-1", start=False)
+    service = None
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        till.agent.checkout(receipt_from_json(receipt("r-1", CARD)))
+        with sqlite3.connect(tmp_path / "till-1" / "ledger.db") as conn:
+            conn.execute("UPDATE outbox SET payload = '{broken' WHERE seq = 1")
+        service = SyncService(till.agent, till.link, till.link.enrollment, timings())
+        service.start()
+        wait_for(lambda: "seq 1" in till.agent.status().to_json()["syncError"], timeout=5)
+        hub.publish()  # a new version still comes down
+        wait_for(lambda: cache_version(till.data_dir) == 2, timeout=5)
+        status = till.agent.status().to_json()
+        assert status["outboxDepth"] == 1
+        assert "outbox row" in status["syncError"], status["syncError"]
+    finally:
+        if service is not None:
+            service.stop()
+            till.authoriser.close()
+            till.agent.close()
+        else:
+            till.stop()
+        hub.stop()
