@@ -66,6 +66,7 @@ DEFAULT_MAX_BYTES = 8 * 1024 * MIB
 SYNC_EVERY_BYTES = 32 * MIB
 SYNC_EVERY_S = 1.0
 SPACE_MARGIN = 64 * MIB
+EXPIRED_WORDS = " expired at "  # in `signing`'s refusal of an expired snapshot
 # The slowest link a snapshot chunk is waited for (bytes a second, 256 kbit/s): a 1 MiB
 # chunk may take 32 s before the stream counts as stalled (a dead link is noticed sooner
 # by the channel's keepalive, 20 s + 10 s).
@@ -574,8 +575,21 @@ class Puller:
         except ValueError:
             return None
         if seen.get("version") == chunk.version and seen.get("sha256") == chunk.sha256.hex():
-            return str(seen.get("reason", "refused before"))
+            reason = str(seen.get("reason", "refused before"))
+            if EXPIRED_WORDS in reason and self._still_valid(chunk.expires_at):
+                # expired by the clock of that pull, not by this one: a clock that ran
+                # days ahead and was set right refused the hub's bundle from memory
+                # until the hub published another
+                return None
+            return reason
         return None
+
+    def _still_valid(self, expires_at: str) -> bool:
+        """Whether a header's `expiresAt` is still ahead by this till's clock now."""
+        try:
+            return datetime.fromisoformat(expires_at) > self.clock()
+        except (ValueError, TypeError):
+            return False
 
     def _key_id(self) -> str:
         """The hub's snapshot key this till holds now (its enrolment's `snapshot.pub`)."""

@@ -390,3 +390,38 @@ def test_an_outbox_row_the_till_cannot_read_stops_neither_pulls_nor_status(
         else:
             till.stop()
         hub.stop()
+
+
+# ---------------------------------------------------------------- 6. the till's clock
+
+
+def test_a_snapshot_refused_by_a_clock_days_ahead_is_taken_once_the_clock_is_right(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §3, §9: a till refuses an expired snapshot, and a bundle refused
+    for what it is is remembered and not downloaded again. Expired is not what the bundle
+    is but what the till's clock says: a till whose clock ran days ahead (a flat RTC
+    battery, a wrong manual setting) refused the hub's snapshot as expired, and once NTP
+    had set its clock right it still refused the same bundle from memory until the hub
+    published another (up to half the snapshot's validity, 84 h by default, in a quiet
+    hub). The remembered expiry is checked again against the clock of the next pull."""
+    from datetime import UTC, datetime, timedelta
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till-1", start=False)
+    try:
+        ahead = Puller(
+            till.agent,
+            till.link,
+            till.link.enrollment,
+            call_timeout_s=2,
+            clock=lambda: datetime.now(UTC) + timedelta(days=8),
+        ).pull()
+        assert ahead.status == "REFUSED" and "expired" in ahead.message
+        right = Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        assert (right.status, right.version) == ("APPLIED", 1)
+        assert cache_version(till.data_dir) == 1
+        assert "lastRefusedSnapshot" not in till.agent.status().to_json()
+    finally:
+        till.stop()
+        hub.stop()
