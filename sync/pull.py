@@ -281,6 +281,7 @@ class Puller:
         self.part = self.dir / "pull.part"
         self._started = self._downloaded = time.monotonic()  # the last pull's phases
         self.meta = self.dir / "pull.json"
+        self._said: tuple[int, str, str] | None = None  # the last refusal logged
 
     # ------------------------------------------------------------ partial download
 
@@ -663,7 +664,12 @@ class Puller:
         if discard:
             self._discard()
         version = partial.version if partial else 0
-        log.error("%s (version %d); the cache keeps its current version", reason, version)
+        # Once at ERROR; the same refusal of the same bundle again (the next polls, up to
+        # 1,440 a day while the hub publishes nothing newer) at DEBUG: `status` keeps it.
+        said = (version, partial.sha256 if partial else "", reason)
+        level = logging.DEBUG if said == self._said else logging.ERROR
+        self._said = said
+        log.log(level, "%s (version %d); the cache keeps its current version", reason, version)
         return PullResult(
             "REFUSED",
             version,

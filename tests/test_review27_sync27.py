@@ -174,6 +174,17 @@ def test_a_refused_version_is_not_pulled_again_at_every_heartbeat(
         status = till.agent.status().to_json()
         assert "signature" in status["lastError"]
         assert status["lastRefusedSnapshot"]["version"] == 2
+        # asked again (the polls): logged at ERROR once, `status` keeps saying it
+        assert till.service is not None
+        for _ in range(2):
+            till.service.trigger_pull()
+            wait_for(lambda p=pulls: hub.server.servicer.stats.pulls > p)
+            pulls = hub.server.servicer.stats.pulls
+        time.sleep(0.3)
+        errors = [
+            r for r in caplog.records if r.levelname == "ERROR" and "(version 2)" in r.message
+        ]
+        assert len(errors) == 1, [r.message for r in errors]
         hub.publish()  # a new version is news: pulled at once (and refused: the same key)
         wait_for(lambda: hub.server.servicer.stats.pulls > pulls, timeout=3)
         wait_for(lambda: till.agent.status().to_json()["lastRefusedSnapshot"]["version"] == 3)
