@@ -347,7 +347,11 @@ class HubRules:
         if existing is not None:
             if existing == content:
                 return TxResult(t.seq, "DUPLICATE")
-            reason = f"seq {t.seq} of {t.device_id} is already stored with other content"
+            reason = (
+                f"seq {t.seq} of {t.device_id} is already stored with other content: two"
+                f" tills may be running as {t.device_id} (one enrolment bundle installed on"
+                " both, a cloned disk), or its ledger was restored from an old backup"
+            )
             self._set_aside(tx, t, "CONFLICT", reason, content, now)
             return TxResult(t.seq, "CONFLICT", reason)
         try:

@@ -66,6 +66,11 @@ DEFAULT_MAX_BYTES = 8 * 1024 * MIB
 SYNC_EVERY_BYTES = 32 * MIB
 SYNC_EVERY_S = 1.0
 SPACE_MARGIN = 64 * MIB
+EXPIRED_WORDS = " expired at "  # in `signing`'s refusal of an expired snapshot
+# The slowest link a snapshot chunk is waited for (bytes a second, 256 kbit/s): a 1 MiB
+# chunk may take 32 s before the stream counts as stalled (a dead link is noticed sooner
+# by the channel's keepalive, 20 s + 10 s).
+SLOWEST_LINK = 32 * 1024
 LAYOUT = 3  # pull.part holds the payload alone; the signature covers its manifest (v3)
 
 
@@ -276,6 +281,7 @@ class Puller:
         self.part = self.dir / "pull.part"
         self._started = self._downloaded = time.monotonic()  # the last pull's phases
         self.meta = self.dir / "pull.json"
+        self._said: tuple[int, str, str] | None = None  # the last refusal logged
 
     # ------------------------------------------------------------ partial download
 
@@ -413,7 +419,7 @@ class Puller:
         download: _Download | None = None
         try:
             for chunk in call:
-                watchdog.feed()
+                watchdog.feed(len(chunk.data))
                 self.link.ok()
                 if download is None:
                     started = self._start(chunk, current, partial, full)
@@ -570,8 +576,21 @@ class Puller:
         except ValueError:
             return None
         if seen.get("version") == chunk.version and seen.get("sha256") == chunk.sha256.hex():
-            return str(seen.get("reason", "refused before"))
+            reason = str(seen.get("reason", "refused before"))
+            if EXPIRED_WORDS in reason and self._still_valid(chunk.expires_at):
+                # expired by the clock of that pull, not by this one: a clock that ran
+                # days ahead and was set right refused the hub's bundle from memory
+                # until the hub published another
+                return None
+            return reason
         return None
+
+    def _still_valid(self, expires_at: str) -> bool:
+        """Whether a header's `expiresAt` is still ahead by this till's clock now."""
+        try:
+            return datetime.fromisoformat(expires_at) > self.clock()
+        except (ValueError, TypeError):
+            return False
 
     def _key_id(self) -> str:
         """The hub's snapshot key this till holds now (its enrolment's `snapshot.pub`)."""
@@ -645,7 +664,12 @@ class Puller:
         if discard:
             self._discard()
         version = partial.version if partial else 0
-        log.error("%s (version %d); the cache keeps its current version", reason, version)
+        # Once at ERROR; the same refusal of the same bundle again (the next polls, up to
+        # 1,440 a day while the hub publishes nothing newer) at DEBUG: `status` keeps it.
+        said = (version, partial.sha256 if partial else "", reason)
+        level = logging.DEBUG if said == self._said else logging.ERROR
+        self._said = said
+        log.log(level, "%s (version %d); the cache keeps its current version", reason, version)
         return PullResult(
             "REFUSED",
             version,
@@ -673,9 +697,13 @@ class _Watchdog:
     def limit(self) -> float:
         return self._limit
 
-    def feed(self) -> None:
+    def feed(self, size: int = 0) -> None:
+        """A chunk of `size` bytes arrived: the next may take as long as a thin link needs
+        for one as big (`SLOWEST_LINK`), and at least `idle_s`. A chunk is one message of up
+        to 1 MiB that arrives whole: with `idle_s` (5 s) alone, a link below ~1.7 Mbit/s
+        had every pull cancelled as stalled after its first chunk."""
         self._last = time.monotonic()
-        self._limit = self.idle_s
+        self._limit = max(self.idle_s, size / SLOWEST_LINK)
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.idle_s / 4)):

@@ -27,6 +27,7 @@ import grpc
 from google.protobuf import json_format
 from tillpoint.agent import ledger
 from tillpoint.agent.db import write_transaction
+from tillpoint.agent.errors import TillpointError
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import state
@@ -47,6 +48,26 @@ class BatchResult:
     set_aside: int
     acked_through: int
     settled: int = 0  # rows that left the outbox (or the discarded seqs) with this answer
+
+
+class UnreadableRow(TillpointError):
+    """An outbox row whose text does not read as a transaction."""
+
+
+def without_trace(result_json: str) -> str:
+    """A committed result as the hub gets it: without the explain trace (the contract §17)
+    kept with it at the till. The trace changes no figure and is the till's support view;
+    a big basket's with many offers ran past what the hub takes in one message (16 MiB),
+    and the hub refused every push of that sale, and of every sale after it, for good.
+    A result without a trace is sent as it is stored, byte for byte (the hub tells a
+    duplicate from a conflict by those bytes)."""
+    if '"trace"' not in result_json:
+        return result_json
+    result = json.loads(result_json)
+    if not isinstance(result, dict) or "trace" not in result:
+        return result_json
+    del result["trace"]
+    return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
 
 
 def _discarded(payload: str) -> bool:
@@ -74,6 +95,10 @@ class Pusher:
         # What the hub set aside during the last `drain`: (seq, CONFLICT|REJECTED, reason).
         self.set_aside: list[tuple[int, str, str]] = []
         self.mark_known = False  # `learn_mark` done by this pusher
+        # The batch's bounds now: halved after a push that ran out of time (an uplink too
+        # thin for a whole batch within the deadline), doubled back after each success.
+        self.rows_limit = batch_size
+        self.bytes_limit = MAX_BATCH_BYTES
 
     @property
     def hub_id(self) -> str:
@@ -101,18 +126,27 @@ class Pusher:
         rows: list[tuple[int, str]] = []
         size = 0
         # the seqs a `reset --force` discarded first: they come before every sale in the outbox
-        told = ledger.discarded_batch(self.conn, self.device_id, self.batch_size)
-        for row in told or ledger.outbox_batch(self.conn, self.device_id, self.batch_size):
-            if rows and size + len(row.payload) > MAX_BATCH_BYTES:
+        told = ledger.discarded_batch(self.conn, self.device_id, self.rows_limit)
+        for row in told or ledger.outbox_batch(self.conn, self.device_id, self.rows_limit):
+            if rows and size + len(row.payload) > self.bytes_limit:
                 break
             rows.append((row.seq, row.payload))
             size += len(row.payload)
         return rows
 
     def _transaction(self, seq: int, payload: str) -> pb.Transaction:
-        tx = json_format.ParseDict(
-            json.loads(payload), pb.Transaction(), ignore_unknown_fields=True
-        )
+        try:
+            tx = json_format.ParseDict(
+                json.loads(payload), pb.Transaction(), ignore_unknown_fields=True
+            )
+        except (ValueError, TypeError, json_format.ParseError) as exc:
+            # A damaged ledger or a hand edit: the row is kept (nothing is sent in its
+            # place, and the hub must get every seq), and `status` says which it is.
+            raise UnreadableRow(
+                f"outbox row seq {seq} of {self.device_id} cannot be read ({exc}): the ledger is"
+                " damaged; this sale and those after it are not sent until it is mended"
+            ) from None
+        tx.result_json = without_trace(tx.result_json)
         if tx.points_delta_pending and not tx.pending_activates_at:
             activates_at = ledger.earn_activation(self.conn, self.device_id, seq)
             if activates_at is not None:
@@ -135,11 +169,31 @@ class Pusher:
         seqs = [seq for seq, _ in rows]
         try:
             ack = self.link.stub.PushTransactions(request, timeout=self.call_timeout_s)
-        except grpc.RpcError:
+        except grpc.RpcError as exc:
             self._count_attempt(seqs)
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._narrow(len(rows), sum(len(p) for _, p in rows))
             raise
         self.link.ok()
+        self.rows_limit = min(self.batch_size, self.rows_limit * 2)
+        self.bytes_limit = min(MAX_BATCH_BYTES, self.bytes_limit * 2)
         return self._acknowledged(rows, ack)
+
+    def _narrow(self, rows: int, size: int) -> None:
+        """A push ran out of time: the next batch is half as big (down to one sale). The
+        deadline is the same for every push, and an uplink too thin to carry a whole batch
+        within it (a store's backup 3G link after an outage) saw every push time out with
+        the same batch: the backlog never drained (the contract §9: every sale reaches
+        the hub once the link is back). Each success doubles them back: a hub that did
+        not answer at all (packets lost on the way) is back to whole batches in a few
+        pushes."""
+        self.rows_limit = max(1, rows // 2)
+        self.bytes_limit = max(1, size // 2)
+        log.info(
+            "push of %d transaction(s) ran out of time: the next batches are at most %d",
+            rows,
+            self.rows_limit,
+        )
 
     def _count_attempt(self, seqs: list[int]) -> None:
         try:

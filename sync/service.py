@@ -22,6 +22,7 @@ own short deadline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -127,6 +128,7 @@ class SyncService:
         link.on_recovery(self._hub_answers_again)
         self._threads: list[threading.Thread] = []
         self._subscription: Any = None
+        self._announced = 0  # the newest version the hub's last notification named
         self._mode_written: str | None = None
         self._contact_written: datetime | None = None
         # What the last failed pull and push said (`_say`): the same words again are DEBUG.
@@ -207,7 +209,7 @@ class SyncService:
                 next_push = min(next_push, now + self._jitter())
             if self._pull_now.is_set() or now >= next_pull:
                 self._pull_now.clear()
-                delay = self._pull_once()
+                delay = self._guarded("pull", self._pull_once, 1.0)
                 if delay is None:
                     pull_backoff.reset()
                     next_pull = time.monotonic() + t.poll_interval_s
@@ -215,7 +217,7 @@ class SyncService:
                     pull_failed_at = self._recoveries
                     next_pull = time.monotonic() + pull_backoff.next()
             if time.monotonic() >= next_push:
-                if self._push_once():
+                if self._guarded("push", self._push_once, False):
                     push_backoff.reset()
                     next_push = time.monotonic() + t.push_check_s
                 else:
@@ -226,6 +228,19 @@ class SyncService:
             wait = max(0.0, min(next_pull, next_push) - time.monotonic())
             self._wake.wait(timeout=wait)
             self._wake.clear()
+
+    def _guarded(self, area: str, step: Callable[[], Any], failed: Any) -> Any:
+        """A pull or push step that never ends the sync thread: anything it did not expect
+        (a bug, a damaged file) is logged with its trace, recorded for `status`, and
+        backed off like a failure. An exception used to end the thread: no pull or push
+        again until `tillpoint run` was restarted, and nothing in `status` said so."""
+        try:
+            return step()
+        except Exception as exc:
+            log.exception("%s failed unexpectedly; will retry", area)
+            with contextlib.suppress(Exception):
+                state.set_error(self.pusher.conn, area, f"{area}: unexpected error: {exc!r}")
+            return failed
 
     def _pull_once(self) -> float | None:
         """None on success; otherwise "back off"."""
@@ -247,7 +262,10 @@ class SyncService:
             return 1.0
         self._said.pop("pull", None)
         self.last_pull = result
-        return None if result.status != "REFUSED" else 1.0
+        # A bundle refused for what it is (its signature, version, content) is the hub's
+        # word until it publishes another, which its notification announces: the next
+        # poll asks again. What went wrong on the way is retried with the backoff.
+        return None if result.status != "REFUSED" or result.remembered else 1.0
 
     def _push_once(self) -> bool:
         try:
@@ -263,7 +281,10 @@ class SyncService:
         except SyncBusy:
             return False
         except TillpointError as exc:
-            log.error("push: %s", exc.message)
+            if self._said.get("push") != exc.message:  # once, not at every retry
+                log.error("push: %s", exc.message)
+            self._said["push"] = exc.message
+            state.set_error(self.pusher.conn, "push", f"push: {exc.message}")
             return False
 
     def _say(self, kind: str, text: str) -> None:
@@ -329,7 +350,7 @@ class SyncService:
                         self.link.ok()
                         backoff.reset()
                         silence.reset(3 * max(1, note.heartbeat_s))
-                        if note.latest_version > cache_version(self.agent.data_dir):
+                        if self._news(note.latest_version):
                             self.trigger_pull()
                         self._wake.set()  # also refreshes the recorded mode
                 finally:
@@ -348,6 +369,17 @@ class SyncService:
             finally:
                 self._subscription = None
             self._back_off(backoff)
+
+    def _news(self, version: int) -> bool:
+        """Whether a notification announces a version to pull at once: above the cache and
+        not announced before. Every heartbeat (and each new stream's first message)
+        repeats the hub's newest version: taken for news, a version the till refused (a
+        snapshot key replaced on the hub) was pulled again, and its refusal logged at
+        ERROR, at every heartbeat until the hub published another; a pull that failed is
+        retried by its backoff and the polls."""
+        news = version != self._announced and version > cache_version(self.agent.data_dir)
+        self._announced = version
+        return news
 
     def _back_off(self, backoff: Backoff) -> None:
         """Subscribe's wait before it reopens: its backoff, cut short (after a jitter) when

@@ -383,7 +383,7 @@ def check_header(
         expires_at = _timestamp(expires)
     except ValueError as exc:
         raise SnapshotRefused(f"snapshot refused: expiresAt {exc}") from None
-    if expires_at <= now:
+    if expires_at <= now:  # the words " expired at " are pull.EXPIRED_WORDS: keep them
         raise SnapshotRefused(
             f"snapshot refused: version {version} expired at {expires_at.isoformat()}"
         )
