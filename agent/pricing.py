@@ -395,6 +395,14 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                         tr.beaten_by_birthday(i, w.multiplier_offer)
                     w.multiplier_offer = None
                 w.multiplier = base_multiplier
+    # A multiplier on a line that earns on nothing (paid in full by its discounts, or a
+    # tier whose rate is 0) gave the receipt nothing: its code is not used up (§13). Read
+    # before redemption, so a smaller hub grant never turns a code's verdict round.
+    for i, w in enumerate(work):
+        if w.multiplier_offer is not None and (w.amount <= w.discount or not rate):
+            if tr is not None:
+                tr.multiplied_nothing(i)
+            w.multiplier_offer = None
     # Most lines keep the shared 1 (compared by identity: Fraction comparisons are slow).
     lcm = math.lcm(*{w.multiplier.denominator for w in work if w.multiplier is not _ONE})
     denominator = 100 * pv * rate.denominator * lcm
@@ -953,6 +961,15 @@ class _Trace:
                 row.update(outcome="BEATEN", beatenBy=BIRTHDAY, beatenByDiscountMinor=0)
             elif row["outcome"] == "BEATEN" and row.get("beatenBy") == offer_id:
                 row.update(beatenBy=BIRTHDAY, beatenByDiscountMinor=0)
+
+    def multiplied_nothing(self, i: int) -> None:
+        """The line earns on nothing: its multiplier offers, the one it got and those that
+        one beat, give nothing (ZERO_DISCOUNT, as a money offer whose discount is 0)."""
+        for row in self.lines[i]:
+            if row["kind"] == "BONUS_MULTIPLIER" and row["outcome"] in ("APPLIED", "BEATEN"):
+                row.pop("beatenBy", None)
+                row.pop("beatenByDiscountMinor", None)
+                row["outcome"] = "ZERO_DISCOUNT"
 
     def usable(self, i: int, targeting: Iterable[Offer], usable: _Usable) -> list[Offer]:
         out = []

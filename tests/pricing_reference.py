@@ -311,6 +311,18 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                                 row.update(beatenBy="birthdayMultiplier", beatenByDiscountMinor=0)
                     w.multiplier_offer = None
                 w.multiplier = base_multiplier
+    # A line that earns on nothing (free after its discounts, or a rate of 0): its
+    # multiplier offers gave nothing (review 27).
+    for i, w in enumerate(work):
+        if w.multiplier_offer is not None and (w.amount - w.discount <= 0 or rate == 0):
+            if tr is not None:
+                for row in tr.lines[i]:
+                    gave = row["outcome"] in ("APPLIED", "BEATEN")
+                    if row["kind"] == "BONUS_MULTIPLIER" and gave:
+                        row.pop("beatenBy", None)
+                        row.pop("beatenByDiscountMinor", None)
+                        row["outcome"] = "ZERO_DISCOUNT"
+            w.multiplier_offer = None
     # Most lines keep the shared 1 (compared by identity: Fraction comparisons are slow).
     lcm = math.lcm(*{w.multiplier.denominator for w in work if w.multiplier is not _ONE})
     denominator = 100 * pv * rate.denominator * lcm

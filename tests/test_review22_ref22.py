@@ -515,6 +515,7 @@ class RefTill:
                 offer_of[i] = o["id"]
                 gave.add(o["id"])
         mult = [Fraction(1)] * n
+        bonus_of: list[tuple[int, str]] = []  # (line, the multiplier offer it got)
         bmult = self.birthday_mult(cust, at) if cust else Fraction(1)
         for i in range(n):
             if not eligible[i]:
@@ -534,7 +535,7 @@ class RefTill:
                     break
             if cust is not None:
                 if best_bonus is not None and m > max(bmult, Fraction(1)):
-                    gave.add(best_bonus["id"])
+                    bonus_of.append((i, best_bonus["id"]))
                 mult[i] = max(m, bmult)
 
         # step 3: receipt offers
@@ -573,6 +574,12 @@ class RefTill:
                     if d > 0:  # docs/CONTRACT.md §5: such lines report its id
                         offer_of[i] = best_r_o["id"]
             gave.add(best_r_o["id"])
+        # docs/CONTRACT.md §13 (review 27): a multiplier on a line that earns on nothing
+        # (free after steps 2-3, or a tier rate of 0) gave the receipt nothing
+        rate_now = self.tiers[cust["tier"]] if cust is not None else self.first_rate
+        for i, oid in bonus_of:
+            if amount[i] - discount[i] > 0 and rate_now > 0:
+                gave.add(oid)
 
         # step 4: redemption
         redeemed_pts = [0] * n
