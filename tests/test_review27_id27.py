@@ -1,0 +1,82 @@
+"""Review 27 (id27): identifying a card (docs/CONTRACT.md §4), the offers printed on the
+receipt (§7) and the customer display (§8), through the CLI, HTTP and the display driver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import CLI, receipt, snapshot
+from .test_review25_print25 import _shown
+
+# ---------------------------------------------------------------- §4 a phone two customers share
+
+
+def _moved_account() -> dict[str, Any]:
+    """Глеб's old account (c-0, its card BLOCKED) and his new one (c-z, an ACTIVE card):
+    the same phone on both, written two ways, as a hub re-registering a customer leaves it."""
+    snap = snapshot()
+    snap["customers"] += [
+        {"id": "c-0", "firstName": "Глеб", "tier": "base", "phone": "+79267770011"},
+        {"id": "c-z", "firstName": "Глеб", "tier": "silver", "phone": "8 926 777-00-11"},
+    ]
+    snap["cards"] += [
+        {"number": "2770000000048", "customerId": "c-0", "status": "BLOCKED"},
+        {"number": "2770000000055", "customerId": "c-z", "status": "ACTIVE"},
+    ]
+    return snap
+
+
+def test_a_phone_shared_with_an_old_blocked_account_finds_the_active_one(cli: CLI) -> None:
+    """docs/CONTRACT.md §4: "A phone that matches a customer identifies them through their
+    first active card (by card number; BLOCKED if they have none)". A phone on two customers
+    (an old account whose card was blocked, the new one the customer uses) took the one whose
+    id sorts first and refused the sale as BLOCKED ("the customer has no active card"),
+    though the phone's owner has an active card: the cashier sold without loyalty."""
+    assert cli("snapshot", "load", _moved_account(), "--json").code == 0
+    gleb = {"status": "FOUND", "customerId": "c-z", "tier": "silver", "firstName": "Глеб"}
+    for text in ("+79267770011", "89267770011", "926 777 00 11"):
+        run = cli("identify", text, "--json")
+        assert (run.code, run.json()) == (0, gleb), (text, run.err)
+    done = cli("checkout", receipt("r1", card="+7 926 777-00-11"), "--json")
+    assert done.code == 0, done.err
+    assert done.json()["card"] == gleb
+    # the blocked card itself is still refused, by number
+    assert cli("identify", "2770000000048", "--json").json()["status"] == "BLOCKED"
+
+
+def test_a_phone_whose_every_owner_has_no_active_card_is_blocked(cli: CLI) -> None:
+    snap = _moved_account()
+    snap["cards"][-1]["status"] = "LOST"
+    assert cli("snapshot", "load", snap, "--json").code == 0
+    run = cli("identify", "89267770011", "--json")
+    assert run.json() == {"status": "BLOCKED", "reason": "the customer has no active card"}
+
+
+def test_a_phone_two_customers_with_active_cards_share_finds_the_first_by_id(cli: CLI) -> None:
+    """docs/CONTRACT.md §4's decision, kept: the customer whose id sorts first."""
+    snap = _moved_account()
+    snap["cards"][-2]["status"] = "ACTIVE"
+    assert cli("snapshot", "load", snap, "--json").code == 0
+    assert cli("identify", "89267770011", "--json").json()["customerId"] == "c-0"
+
+
+# ---------------------------------------------------------------- §8 a narrow display
+
+
+def test_a_birthday_customers_points_stay_on_a_narrow_display(agent: Agent) -> None:
+    """docs/CONTRACT.md §8: a display configured narrower rewords a line before it cuts
+    one ("С ДР! +57"). Анна (gold 7.5 %, birthday 25 November: ×5 on 23 November) buys for
+    4 000,00 and earns 1 500 points: the 20-column line is "С днём рожд.! +1500", which a
+    16-column display cut to "С днём рожд.!." and a 12-column one to "С днём." — the
+    points earned, the one figure of the line, were gone."""
+    big = receipt("r1", lines=[{"sku": "4601234000017", "qty": "1", "priceMinor": 400000}])
+    shown = agent.checkout(receipt_from_json(big)).to_json()["display"]
+    assert shown == ["С днём рожд.! +1500", "Бонусы: 2700"]
+    assert _shown(shown, 16) == ["С ДР! +1500", "Бонусы: 2700"]
+    assert _shown(shown, 12) == ["С ДР! +1500", "Бонусы: 2700"]
+    assert _shown(shown, 8) == ["+1500", "2700"]
+    # the short wish on the narrowest display: its figure, not "С ДР!."
+    assert _shown(["С днём рождения! +37", "Бонусы: 1192"], 8) == ["+37", "1192"]
