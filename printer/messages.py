@@ -163,11 +163,14 @@ def fit_lines(lines: Sequence[str], width: int = WIDTH, rows: int = 2) -> list[s
 # lines already put in its code page (`display.message_bytes`).
 _SHORTER = (
     ("С днём рождения!", "С ДР!"),
+    ("С днём рожд.!", "С ДР!"),  # `birthday_earned_line`'s wording for larger figures
     ("до скидки ", "до -"),
     ("Ещё ", "+"),
 )
 # the expiry warning's own shorter wording (`tillpoint.agent.messages.expiry_line`)
 _EXPIRING = re.compile(r"Сгорят (\d\d\.\d\d): (\d+)")
+# the birthday wish beside the points earned (`birthday_earned_line`): the points alone last
+_WISHED = re.compile(r"С ДР! ([+-]?\d+)")
 
 
 def _refit(line: str, width: int) -> str:
@@ -182,6 +185,9 @@ def _refit(line: str, width: int) -> str:
         if long in line:
             line = line.replace(long, short)
             candidates.append(line)
+    wished = _WISHED.fullmatch(line)
+    if wished:  # "+1500": the figure of the line, never "С ДР!." without it
+        candidates.append(wished[1])
     expiring = _EXPIRING.fullmatch(line)
     if expiring:  # "31.12: -300": the date and the points, never one without the other
         candidates.append(f"{expiring[1]}: -{expiring[2]}")
