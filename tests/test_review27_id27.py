@@ -80,3 +80,22 @@ def test_a_birthday_customers_points_stay_on_a_narrow_display(agent: Agent) -> N
     assert _shown(shown, 8) == ["+1500", "2700"]
     # the short wish on the narrowest display: its figure, not "С ДР!."
     assert _shown(["С днём рождения! +37", "Бонусы: 1192"], 8) == ["+37", "1192"]
+
+
+def test_a_name_the_display_cannot_show_is_left_out_not_shown_as_question_marks(
+    agent: Agent,
+) -> None:
+    """docs/CONTRACT.md §8: the greeting with the first name. The display speaks one code
+    page (CP866): a name in letters it lacks (Chinese, Greek) was shown as "???, добрый
+    день!" — question marks for the customer's name. The greeting now leaves such a name
+    out ("Добрый день!"), as it does a name that does not fit; a Latin name with an accent
+    still shows without it ("Zoe")."""
+    from tillpoint.printer.messages import greeting
+
+    assert _shown(greeting("王小明"), 20) == ["Добрый день!", ""]
+    assert _shown(greeting("Άννα"), 20) == ["Добрый день!", ""]
+    assert _shown(greeting("Άλεξάνδρα-Μαρία"), 20) == ["Добрый день!", ""]  # the long-name form
+    assert _shown(greeting("Zoë"), 20) == ["Zoe, добрый день!", ""]
+    assert _shown(greeting("Ольга", 12), 20) == ["Ольга, добрый день!", "Бонусы: 12"]
+    # the rest of a line keeps its question mark
+    assert _shown(["Итого: 179,80", "Что? Скидка!"], 20) == ["Итого: 179,80", "Что? Скидка!"]
