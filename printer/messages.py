@@ -169,6 +169,8 @@ _SHORTER = (
 )
 # the expiry warning's own shorter wording (`tillpoint.agent.messages.expiry_line`)
 _EXPIRING = re.compile(r"Сгорят (\d\d\.\d\d): (\d+)")
+# §17's hint once shortened ("+520 ₽ до -5%", in the code page's signs)
+_HINT = re.compile(r"\+([\d ]+) (\S) до (\S+%)")
 # the birthday wish beside the points earned (`birthday_earned_line`): the points alone last
 _WISHED = re.compile(r"С ДР! ([+-]?\d+)")
 
@@ -185,6 +187,10 @@ def _refit(line: str, width: int) -> str:
         if long in line:
             line = line.replace(long, short)
             candidates.append(line)
+    hint = _HINT.fullmatch(line)
+    if hint:  # money without what it is for reads as money: without spaces, else nothing
+        candidates.append(f"+{hint[1].replace(' ', '')}{hint[2]} до {hint[3]}")
+        return next((text for text in candidates if len(text) <= width), "")
     wished = _WISHED.fullmatch(line)
     if wished:  # "+1500": the figure of the line, never "С ДР!." without it
         candidates.append(wished[1])

@@ -99,3 +99,31 @@ def test_a_name_the_display_cannot_show_is_left_out_not_shown_as_question_marks(
     assert _shown(greeting("Ольга", 12), 20) == ["Ольга, добрый день!", "Бонусы: 12"]
     # the rest of a line keeps its question mark
     assert _shown(["Итого: 179,80", "Что? Скидка!"], 20) == ["Итого: 179,80", "Что? Скидка!"]
+
+
+def test_a_discount_hint_too_long_for_a_narrow_display_is_left_out_not_cut(agent: Agent) -> None:
+    """docs/CONTRACT.md §8 ("reworded rather than cut") and §17's hint "Ещё 520 ₽ до
+    скидки 5%": on 12 columns the hint showed "+400 Р до." and on 8 "+400 Р." — money
+    without what it is for, read as "+400 roubles". It is written without its spaces when
+    that fits ("+400Р до -5%"), else the row stays empty."""
+    snap = snapshot(
+        offers=[
+            {
+                "id": "o-r",
+                "kind": "RECEIPT_PERCENT_OFF",
+                "value": "5",
+                "minTotalMinor": 50000,
+                "validFrom": "2026-11-01T00:00:00+03:00",
+                "validTo": "2026-11-30T23:59:59+03:00",
+            }
+        ]
+    )
+    agent.load_snapshot({**snap, "version": 2})
+    small = receipt("q1", lines=[{"sku": "4601234000017", "qty": "1", "priceMinor": 10000}])
+    shown = agent.quote(receipt_from_json(small)).to_json()["display"]
+    assert shown == ["Итого: 100,00", "Ещё 400 ₽ до −5%"]
+    assert _shown(shown, 14) == ["Итого: 100,00", "+400 Р до -5%"]
+    assert _shown(shown, 12) == ["100,00", "+400Р до -5%"]
+    assert _shown(shown, 8) == ["100,00", ""]
+    assert _shown(["Итого: 100,00", "Ещё 12 400 ₽ до −7,5%"], 16) == ["Итого: 100,00", "+12400Р до -7,5%"]
+    assert _shown(["Итого: 100,00", "Ещё 12 400 ₽ до −7,5%"], 12) == ["100,00", ""]
