@@ -204,4 +204,6 @@ def _refit(line: str, width: int) -> str:
     name, comma, rest = line.partition(", ")
     if comma and rest and " " not in name:
         candidates.append(rest[0].upper() + rest[1:])
+    if not candidates and " " not in line and line.endswith("!"):
+        return ""  # a name on its own row ("Александра!"): left out, never cut
     return _first_fitting([*candidates, line], width)

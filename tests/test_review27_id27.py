@@ -127,3 +127,14 @@ def test_a_discount_hint_too_long_for_a_narrow_display_is_left_out_not_cut(agent
     assert _shown(shown, 8) == ["100,00", ""]
     assert _shown(["Итого: 100,00", "Ещё 12 400 ₽ до −7,5%"], 16) == ["Итого: 100,00", "+12400Р до -7,5%"]
     assert _shown(["Итого: 100,00", "Ещё 12 400 ₽ до −7,5%"], 12) == ["100,00", ""]
+
+
+def test_a_long_name_is_left_out_on_a_narrow_display_never_cut() -> None:
+    """docs/CONTRACT.md §8 ("reworded rather than cut"; the messages leave out a name that
+    does not fit rather than cut it): Александра's greeting, "Добрый день," over
+    "Александра!", showed "Алексан." on an 8-column display."""
+    from tillpoint.printer.messages import greeting
+
+    assert greeting("Александра") == ["Добрый день,", "Александра!"]
+    assert _shown(greeting("Александра"), 10)[1] == ""
+    assert _shown(greeting("Александра"), 11)[1] == "Александра!"
