@@ -125,7 +125,10 @@ def test_a_discount_hint_too_long_for_a_narrow_display_is_left_out_not_cut(agent
     assert _shown(shown, 14) == ["Итого: 100,00", "+400 Р до -5%"]
     assert _shown(shown, 12) == ["100,00", "+400Р до -5%"]
     assert _shown(shown, 8) == ["100,00", ""]
-    assert _shown(["Итого: 100,00", "Ещё 12 400 ₽ до −7,5%"], 16) == ["Итого: 100,00", "+12400Р до -7,5%"]
+    assert _shown(["Итого: 100,00", "Ещё 12 400 ₽ до −7,5%"], 16) == [
+        "Итого: 100,00",
+        "+12400Р до -7,5%",
+    ]
     assert _shown(["Итого: 100,00", "Ещё 12 400 ₽ до −7,5%"], 12) == ["100,00", ""]
 
 
