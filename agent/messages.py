@@ -1,7 +1,8 @@
 """Which customer-display message a result carries (the contract §8); the wording and the fitting
 to 2 × 20 characters live in `tillpoint.printer.messages`.
 
-- identify (FOUND): the greeting with the first name;
+- identify: the greeting with the first name (FOUND), without one (UNKNOWN), or
+  "Карта не принята" (BLOCKED, INVALID);
 - quote: the running total and the savings;
 - checkout: points earned and the balance, the birthday wish beside the points earned in
   the birthday window; when points expire within 14 days (§16), the first batch's points
@@ -18,11 +19,23 @@ from datetime import date
 from fractions import Fraction
 
 from tillpoint.printer import messages
+
+from .identify import Identification
 from tillpoint.printer.text import format_decimal
 
 
-def identify_display(first_name: str) -> list[str]:
-    return messages.greeting(first_name)
+def identify_display(ident: Identification) -> list[str]:
+    """The greeting with the first name; an UNKNOWN card's without one (its sale earns
+    points, §4); a blocked or invalid card is not accepted (the kiosk's scanner says the
+    same): never the last customer's balance left in front of the next one."""
+    if ident.status == "FOUND" and ident.customer is not None:
+        return messages.greeting(ident.customer.first_name)
+    if ident.status == "UNKNOWN":
+        return messages.greeting(None)
+    return [REFUSED_CARD, ""]
+
+
+REFUSED_CARD = "Карта не принята"
 
 
 def unknown_card_display(total_minor: int, earned: int) -> list[str]:

@@ -431,8 +431,8 @@ class Agent:
             card = card_of(
                 ident, view.program().tier(ident.customer.tier).code if ident.customer else None
             )
-        if self.devices is not None and ident.customer is not None and ident.found:
-            self._tell_devices("show", identify_display(ident.customer.first_name))
+        if self.devices is not None:  # the last customer's balance does not stay (§8)
+            self._tell_devices("show", identify_display(ident))
         return card
 
     def scan(self, text: str) -> ScanResult:

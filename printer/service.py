@@ -137,7 +137,8 @@ class Devices:
 def greet_on_scan(scan: Callable[[str], ScanResult], devices: Devices) -> None:
     """What a scan from the kiosk's scanner does by default: route it (`scan`, the
     agent's): a known coupon is taken for the receipt, a printed offer's `TP1-` code is
-    only logged, a card greets the customer."""
+    only logged, a card greets the customer (by name when it is known; an UNKNOWN card
+    without one, since its sale earns points), a blocked or invalid one is not accepted."""
 
     def on_scan(text: str) -> None:
         try:
@@ -154,6 +155,9 @@ def greet_on_scan(scan: Callable[[str], ScanResult], devices: Devices) -> None:
         card = routed.card
         if card is not None and card.status == "FOUND":
             devices.show(greeting(card.first_name))
+        elif card is not None and card.status == "UNKNOWN":
+            # a card this till does not know yet earns its points (§4): no refusal
+            devices.show(greeting(None))
         else:
             devices.show(["Карта не принята", ""])
 

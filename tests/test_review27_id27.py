@@ -3,10 +3,15 @@ receipt (§7) and the customer display (§8), through the CLI, HTTP and the disp
 
 from __future__ import annotations
 
+import queue
+from pathlib import Path
 from typing import Any
 
+import serial
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.printer.scanner import ScannerReader
+from tillpoint.printer.service import Devices, greet_on_scan, load_configs
 
 from .conftest import CLI, receipt, snapshot
 from .test_review25_print25 import _shown
@@ -141,3 +146,76 @@ def test_a_long_name_is_left_out_on_a_narrow_display_never_cut() -> None:
     assert greeting("Александра") == ["Добрый день,", "Александра!"]
     assert _shown(greeting("Александра"), 10)[1] == ""
     assert _shown(greeting("Александра"), 11)[1] == "Александра!"
+
+
+def test_the_kiosk_tells_a_new_card_it_is_welcome_and_a_blocked_one_it_is_not(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §4: an `UNKNOWN` card (a valid number this till does not know yet:
+    a card issued at the service desk this morning) is no refusal: its sale earns base-tier
+    points the hub settles. At a kiosk its scan showed "Карта не принята" ("card not
+    accepted") and the customer walked away from points they would have had. It greets
+    them now without a name; a blocked or invalid card still says it is not accepted."""
+    agent = Agent(tmp_path / "till", "till-1")
+    agent.load_snapshot(snapshot())
+    p, d, s = load_configs({"kind": "none"}, {"kind": "serial", "device": "loop://"}, {})
+    devices = Devices(tmp_path / "ledger-devices.db", p, d, s)
+    port = serial.serial_for_url("loop://", timeout=0.05)
+    seen: queue.Queue[str] = queue.Queue()
+    greet_on_scan(agent.scan, devices)  # as agent/app.py wires `tillpoint run`
+    route = devices.on_scan
+    assert route is not None
+
+    def on_scan(text: str) -> None:
+        route(text)
+        seen.put(text)
+
+    reader = ScannerReader("loop://", on_scan, read_timeout_s=0.05, port_factory=lambda: port)
+    reader.start()
+    try:
+        for text, lines in (
+            ("2770000000093", ["Добрый день!", ""]),  # UNKNOWN
+            ("2770000000017", ["Анна, добрый день!", ""]),  # FOUND
+            ("2770000000031", ["Карта не принята", ""]),  # BLOCKED
+            ("2770000000018", ["Карта не принята", ""]),  # INVALID: its check digit
+        ):
+            port.write(text.encode() + b"\r\n")
+            assert seen.get(timeout=5) == text
+            assert devices.status()["display"]["lines"] == lines, text
+    finally:
+        reader.stop()
+        devices.stop()
+        agent.close()
+
+
+def test_identify_over_http_replaces_the_last_customers_balance_on_the_display(
+    agent: Agent, server: Any, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §8 (never more than the customer's first name) and §4. After Анна's
+    sale the display shows her points and balance; the next customer's card identified
+    by the POS (`POST /v1/identify`) greeted a FOUND card only: for a new card (UNKNOWN) or
+    a refused one her balance stayed in front of the next customer. Identify now shows what
+    the kiosk's scanner shows: the greeting (no name for an UNKNOWN card) or "Карта не
+    принята"."""
+    from .test_http_api import Client
+
+    p, d, s = load_configs({"kind": "none"}, {"kind": "serial", "device": "loop://"}, {})
+    devices = Devices(tmp_path / "ledger-devices.db", p, d, s)
+    agent.devices = devices
+    client = Client(server.port)
+    try:
+        assert client.post("/v1/checkout", receipt("r1")).status == 200
+        assert devices.status()["display"]["lines"] == ["С днём рождения! +67", "Бонусы: 1267"]
+        for text, lines in (
+            ("2770000000093", ["Добрый день!", ""]),  # UNKNOWN
+            ("2770000000017", ["Анна, добрый день!", ""]),  # FOUND
+            ("+7 999 000-00-00", ["Добрый день!", ""]),  # a phone of no one: UNKNOWN
+            ("2770000000031", ["Карта не принята", ""]),  # BLOCKED
+            ("27700000000１7", ["Карта не принята", ""]),  # INVALID
+        ):
+            answer = client.post("/v1/identify", {"text": text})
+            assert answer.status == 200
+            assert devices.status()["display"]["lines"] == lines, text
+    finally:
+        client.close()
+        devices.stop()
