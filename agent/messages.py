@@ -19,9 +19,9 @@ from datetime import date
 from fractions import Fraction
 
 from tillpoint.printer import messages
+from tillpoint.printer.text import format_decimal
 
 from .identify import Identification
-from tillpoint.printer.text import format_decimal
 
 
 def identify_display(ident: Identification) -> list[str]:
