@@ -14,6 +14,7 @@ from tillpoint.printer.scanner import ScannerReader
 from tillpoint.printer.service import Devices, greet_on_scan, load_configs
 
 from .conftest import CLI, receipt, snapshot
+from .test_review1 import NEXT_VISIT
 from .test_review25_print25 import _shown
 
 # ---------------------------------------------------------------- §4 a phone two customers share
@@ -219,3 +220,29 @@ def test_identify_over_http_replaces_the_last_customers_balance_on_the_display(
     finally:
         client.close()
         devices.stop()
+
+
+# ---------------------------------------------------------------- §7 the coupon's greeting
+
+
+def test_a_coupon_leaves_out_a_name_the_printer_cannot_print(cli: CLI) -> None:
+    """docs/CONTRACT.md §7 (each offer printed with its text) and §8's first name: the
+    coupon's greeting "Анна, ждём вас снова!" came out "???, ждём вас снова!" for a name in
+    letters the printer's code page (CP866) lacks. It prints "Ждём вас снова!" then, as it
+    does for a customer with no name; a Cyrillic name prints as before."""
+    snap = snapshot(offers=[{**NEXT_VISIT, "customerId": "c-c", "rank": 1}])
+    snap["customers"][2]["firstName"] = "王小明"
+    snap["cards"][2]["status"] = "ACTIVE"
+    assert cli("snapshot", "load", snap, "--json").code == 0
+    done = cli("checkout", receipt("r1", card="2770000000031"), "--json")
+    assert done.code == 0 and done.json()["printedOffers"] == ["o-next"], done.err
+    shown = cli("print", "preview", done.json(), "--offers", snap, "--json")
+    assert shown.code == 0, shown.err
+    assert "Ждём вас снова!" in shown.json()["text"] and "?" not in shown.json()["text"]
+    anna = cli("checkout", receipt("r2"), "--json").json()
+    assert anna["printedOffers"] == []  # Анна has no offer of her own here
+    snap["offers"].append({**NEXT_VISIT, "id": "o-anna", "rank": 1})
+    assert cli("snapshot", "load", {**snap, "version": 2}, "--json").code == 0
+    anna = cli("checkout", receipt("r3"), "--json").json()
+    text = cli("print", "preview", anna, "--offers", snap, "--json").json()["text"]
+    assert "Анна, ждём вас снова!" in text
