@@ -47,14 +47,18 @@ def cancelled_display() -> list[str]:
 
 
 def quote_display(
-    total_minor: int, savings_minor: int, reach: tuple[int, str, str] | None = None
+    total_minor: int,
+    savings_minor: int,
+    reach: tuple[int, str, str] | None = None,
+    points_minor: int = 0,
 ) -> list[str]:
     """The running total and the savings (§8). With no savings yet and a receipt discount
     within reach (`Priced.reach`), the second line says how much more the basket needs
-    ("Ещё 520 ₽ до скидки 5%", §17's example) instead of staying empty. Worked out from
+    ("Ещё 520 ₽ до скидки 5%", §17's example) instead of staying empty. The points paid
+    (`points_minor`) count in the savings row (`messages.quote_lines`). Worked out from
     the pricing, not from a trace: `explain` never changes the display (§17)."""
-    lines = messages.quote_lines(total_minor, savings_minor)
-    if savings_minor > 0 or reach is None:
+    lines = messages.quote_lines(total_minor, savings_minor, points_minor=points_minor)
+    if savings_minor > 0 or points_minor > 0 or reach is None:
         return lines
     hint = reach_line(reach[0], reach[2])
     return [lines[0], hint] if hint else lines

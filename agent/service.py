@@ -927,7 +927,12 @@ class Agent:
         held["display"] = (
             []
             if confirm_now
-            else quote_display(done.priced.total, done.priced.discount, done.priced.reach)
+            else quote_display(
+                done.priced.total,
+                done.priced.discount,
+                done.priced.reach,
+                done.priced.redeemed_points * program.point_value_minor,
+            )
         )
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
@@ -1236,7 +1241,12 @@ class Agent:
         elif commit and ident.status == "UNKNOWN":  # §8: the points earned after a commit
             display = unknown_card_display(priced.total, priced.earned_points)
         else:
-            display = quote_display(priced.total, priced.discount, priced.reach)
+            display = quote_display(
+                priced.total,
+                priced.discount,
+                priced.reach,
+                priced.redeemed_points * program.point_value_minor,
+            )
         result = checkout_result(
             receipt, ident, tier, priced, mode, after, printed, verdicts, display
         )
@@ -2334,7 +2344,9 @@ def _as_quote(committed: dict[str, Any], explain: bool = False) -> dict[str, Any
     result = {k: v for k, v in committed.items() if k not in drop}
     result["printedOffers"] = []
     result.setdefault("coupons", [])  # stored by an agent older than coupons
-    result["display"] = quote_display(int(result["totalMinor"]), int(result["discountMinor"]))
+    total, discount = int(result["totalMinor"]), int(result["discountMinor"])
+    paid = total - discount - int(result["payableMinor"])  # the points' money
+    result["display"] = quote_display(total, discount, None, paid)
     return result
 
 

@@ -91,16 +91,26 @@ def greeting(
     return [line1, ""]
 
 
-def quote_lines(total_minor: int, savings_minor: int, width: int = WIDTH) -> list[str]:
+def quote_lines(
+    total_minor: int, savings_minor: int, width: int = WIDTH, points_minor: int = 0
+) -> list[str]:
     """The running total and the savings while the basket is priced.
 
     ``quote_lines(1234567, 2697) == ["Итого: 12 345,67", "Скидка: 26,97"]``; without savings
-    the second line is empty.
+    the second line is empty. The points the customer pays with (`points_minor`, their
+    money) count in the second line, so the total less it is what the customer pays:
+    ``quote_lines(17980, 0, points_minor=5300) == ["Итого: 179,80", "Бонусами: 53,00"]``,
+    with a discount too "Выгода: 71,97".
     """
     total = _labelled(["Итого", "Сумма"], format_money(total_minor), width)
-    if savings_minor <= 0:
+    points = max(points_minor, 0)
+    if savings_minor <= 0 and points == 0:
         return [total, ""]
-    return [total, _labelled(["Скидка", "Выгода"], format_money(savings_minor), width)]
+    labels = ["Скидка", "Выгода"] if points == 0 else ["Выгода"]
+    if savings_minor <= 0:
+        labels = ["Бонусами", "Выгода"]
+    value = format_money(max(savings_minor, 0) + points)
+    return [total, _labelled(labels, value, width)]
 
 
 def after_commit_lines(earned: int, balance: int, width: int = WIDTH) -> list[str]:

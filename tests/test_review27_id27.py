@@ -246,3 +246,29 @@ def test_a_coupon_leaves_out_a_name_the_printer_cannot_print(cli: CLI) -> None:
     anna = cli("checkout", receipt("r3"), "--json").json()
     text = cli("print", "preview", anna, "--offers", snap, "--json").json()["text"]
     assert "Анна, ждём вас снова!" in text
+
+
+# ---------------------------------------------------------------- §8 points paid, on the display
+
+
+def test_the_display_shows_the_points_paid_while_the_basket_is_priced(agent: Agent) -> None:
+    """docs/CONTRACT.md §8: "running total and savings while the basket is priced". Анна
+    pays 53 points (53,00) of 179,80: the quote and the hold showed "Итого: 179,80" over
+    an empty row, and the card terminal asked for 126,80, a difference the display never
+    explained. The second row now counts the points paid: the total less that row is
+    what the customer pays (`payableMinor`)."""
+    spend = receipt("q1", redeemPoints=53)
+    quoted = agent.quote(receipt_from_json(spend)).to_json()
+    assert (quoted["redeemedPoints"], quoted["payableMinor"]) == (53, 12680)
+    assert quoted["display"] == ["Итого: 179,80", "Бонусами: 53,00"]
+    held = agent.hold(receipt_from_json(receipt("h1", redeemPoints=53))).to_json()
+    assert held["display"] == ["Итого: 179,80", "Бонусами: 53,00"]
+    # with an offer too: 15 % off (26,97) and 45 points (30 % of the rest): 71,97 in all
+    offer = {"id": "o-1", "kind": "PERCENT_OFF", "skus": ["4601234000017"], "value": "15"}
+    agent.load_snapshot(snapshot(version=2, offers=[offer]))
+    both = agent.quote(receipt_from_json(receipt("q2", redeemPoints=-1))).to_json()
+    assert both["payableMinor"] == 17980 - 7197
+    assert both["display"] == ["Итого: 179,80", "Выгода: 71,97"]
+    # no points: as before
+    plain = agent.quote(receipt_from_json(receipt("q3"))).to_json()
+    assert plain["display"] == ["Итого: 179,80", "Скидка: 26,97"]
