@@ -106,9 +106,12 @@ def quote_lines(
     points = max(points_minor, 0)
     if savings_minor <= 0 and points == 0:
         return [total, ""]
-    labels = ["Скидка", "Выгода"] if points == 0 else ["Выгода"]
-    if savings_minor <= 0:
+    if points == 0:
+        labels = ["Скидка", "Выгода"]
+    elif savings_minor <= 0:
         labels = ["Бонусами", "Выгода"]
+    else:  # the discount and the points together
+        labels = ["Выгода"]
     value = format_money(max(savings_minor, 0) + points)
     return [total, _labelled(labels, value, width)]
 
