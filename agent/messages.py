@@ -32,10 +32,7 @@ def identify_display(ident: Identification) -> list[str]:
         return messages.greeting(ident.customer.first_name)
     if ident.status == "UNKNOWN":
         return messages.greeting(None)
-    return [REFUSED_CARD, ""]
-
-
-REFUSED_CARD = "Карта не принята"
+    return [messages.REFUSED_CARD, ""]
 
 
 def unknown_card_display(total_minor: int, earned: int) -> list[str]:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from tillpoint.printer.text import clean, fit, format_money
 
 __all__ = [
+    "REFUSED_CARD",
     "WIDTH",
     "after_commit_lines",
     "birthday_earned_line",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 WIDTH = 20
+# what the display says to a card that is not accepted (BLOCKED, INVALID), §4
+REFUSED_CARD = "Карта не принята"
 
 
 def first_name_only(name: str | None) -> str:

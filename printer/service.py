@@ -29,7 +29,7 @@ from tillpoint.agent.results import CheckoutResult, ScanResult
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
 from tillpoint.printer.errors import PrinterConfigError
-from tillpoint.printer.messages import fit_lines, greeting
+from tillpoint.printer.messages import REFUSED_CARD, fit_lines, greeting
 from tillpoint.printer.queue import PrinterStatus, PrintWorker
 from tillpoint.printer.scanner import ScannerReader, ScannerStatus
 
@@ -159,7 +159,7 @@ def greet_on_scan(scan: Callable[[str], ScanResult], devices: Devices) -> None:
             # a card this till does not know yet earns its points (§4): no refusal
             devices.show(greeting(None))
         else:
-            devices.show(["Карта не принята", ""])
+            devices.show([REFUSED_CARD, ""])
 
     devices.on_scan = on_scan
 
