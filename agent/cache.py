@@ -641,8 +641,12 @@ class CacheView:
         return None if row is None else Customer.model_validate_json(row[0], context=STORED)
 
     def customer_by_phone(self, phone: str) -> Customer | None:
+        """The customer the phone identifies (§4). A phone two customers share (the hub's
+        data should not have it; an old account with a blocked card and the new one, say)
+        identifies the first by id of those with an active card, else the first by id."""
         row = self.conn.execute(
-            "SELECT doc FROM customers WHERE phone = ? ORDER BY id LIMIT 1",
+            "SELECT doc FROM customers AS c WHERE phone = ? ORDER BY NOT EXISTS"
+            " (SELECT 1 FROM cards WHERE customer_id = c.id AND status = 'ACTIVE'), id LIMIT 1",
             (phone_index(phone, self.secret),),
         ).fetchone()
         return None if row is None else Customer.model_validate_json(row[0], context=STORED)

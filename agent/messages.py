@@ -1,7 +1,8 @@
 """Which customer-display message a result carries (the contract §8); the wording and the fitting
 to 2 × 20 characters live in `tillpoint.printer.messages`.
 
-- identify (FOUND): the greeting with the first name;
+- identify: the greeting with the first name (FOUND), without one (UNKNOWN), or
+  "Карта не принята" (BLOCKED, INVALID);
 - quote: the running total and the savings;
 - checkout: points earned and the balance, the birthday wish beside the points earned in
   the birthday window; when points expire within 14 days (§16), the first batch's points
@@ -20,9 +21,18 @@ from fractions import Fraction
 from tillpoint.printer import messages
 from tillpoint.printer.text import format_decimal
 
+from .identify import Identification
 
-def identify_display(first_name: str) -> list[str]:
-    return messages.greeting(first_name)
+
+def identify_display(ident: Identification) -> list[str]:
+    """The greeting with the first name; an UNKNOWN card's without one (its sale earns
+    points, §4); a blocked or invalid card is not accepted (the kiosk's scanner says the
+    same): never the last customer's balance left in front of the next one."""
+    if ident.status == "FOUND" and ident.customer is not None:
+        return messages.greeting(ident.customer.first_name)
+    if ident.status == "UNKNOWN":
+        return messages.greeting(None)
+    return [messages.REFUSED_CARD, ""]
 
 
 def unknown_card_display(total_minor: int, earned: int) -> list[str]:
@@ -34,14 +44,18 @@ def cancelled_display() -> list[str]:
 
 
 def quote_display(
-    total_minor: int, savings_minor: int, reach: tuple[int, str, str] | None = None
+    total_minor: int,
+    savings_minor: int,
+    reach: tuple[int, str, str] | None = None,
+    points_minor: int = 0,
 ) -> list[str]:
     """The running total and the savings (§8). With no savings yet and a receipt discount
     within reach (`Priced.reach`), the second line says how much more the basket needs
-    ("Ещё 520 ₽ до скидки 5%", §17's example) instead of staying empty. Worked out from
+    ("Ещё 520 ₽ до скидки 5%", §17's example) instead of staying empty. The points paid
+    (`points_minor`) count in the savings row (`messages.quote_lines`). Worked out from
     the pricing, not from a trace: `explain` never changes the display (§17)."""
-    lines = messages.quote_lines(total_minor, savings_minor)
-    if savings_minor > 0 or reach is None:
+    lines = messages.quote_lines(total_minor, savings_minor, points_minor=points_minor)
+    if savings_minor > 0 or points_minor > 0 or reach is None:
         return lines
     hint = reach_line(reach[0], reach[2])
     return [lines[0], hint] if hint else lines

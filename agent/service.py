@@ -431,8 +431,8 @@ class Agent:
             card = card_of(
                 ident, view.program().tier(ident.customer.tier).code if ident.customer else None
             )
-        if self.devices is not None and ident.customer is not None and ident.found:
-            self._tell_devices("show", identify_display(ident.customer.first_name))
+        if self.devices is not None:  # the last customer's balance does not stay (§8)
+            self._tell_devices("show", identify_display(ident))
         return card
 
     def scan(self, text: str) -> ScanResult:
@@ -934,7 +934,12 @@ class Agent:
         held["display"] = (
             []
             if confirm_now
-            else quote_display(done.priced.total, done.priced.discount, done.priced.reach)
+            else quote_display(
+                done.priced.total,
+                done.priced.discount,
+                done.priced.reach,
+                done.priced.redeemed_points * program.point_value_minor,
+            )
         )
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
@@ -1249,7 +1254,12 @@ class Agent:
         elif commit and ident.status == "UNKNOWN":  # §8: the points earned after a commit
             display = unknown_card_display(priced.total, priced.earned_points)
         else:
-            display = quote_display(priced.total, priced.discount, priced.reach)
+            display = quote_display(
+                priced.total,
+                priced.discount,
+                priced.reach,
+                priced.redeemed_points * program.point_value_minor,
+            )
         result = checkout_result(
             receipt, ident, tier, priced, mode, after, printed, verdicts, display
         )
@@ -2368,7 +2378,9 @@ def _as_quote(committed: dict[str, Any], explain: bool = False) -> dict[str, Any
     result = {k: v for k, v in committed.items() if k not in drop}
     result["printedOffers"] = []
     result.setdefault("coupons", [])  # stored by an agent older than coupons
-    result["display"] = quote_display(int(result["totalMinor"]), int(result["discountMinor"]))
+    total, discount = int(result["totalMinor"]), int(result["discountMinor"])
+    paid = total - discount - int(result["payableMinor"])  # the points' money
+    result["display"] = quote_display(total, discount, None, paid)
     return result
 
 

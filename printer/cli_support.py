@@ -194,7 +194,7 @@ def preview_payload(
     prof = _profile(profile)
     if heading is None:
         heading = profile.heading if isinstance(profile, PrinterConfig) else "ВАШИ ПРЕДЛОЖЕНИЯ"
-    data = render_escpos(offers_blocks(payload, heading=heading), prof)
+    data = render_escpos(offers_blocks(payload, heading=heading, codepage=prof.codepage), prof)
     docs = decode(data, columns=prof.columns, codepages={prof.codepage_table: prof.codepage})
     doc = docs[0]
     if out_png is not None:

@@ -124,11 +124,38 @@ def init_bytes(config: DisplayConfig, brightness: int | None = None) -> bytes:
     return c.init() + c.overwrite() + c.charset() + c.brightness(level) + c.clear()
 
 
+def _unshowable(text: str, codec: str) -> bool:
+    """True when the code page shows `text` with a "?" it lacks (no look-alike for it)."""
+    return degrade(text, codec).count("?") > text.count("?")
+
+
+def showable(lines: Sequence[str], codec: str) -> list[str]:
+    """`lines` in the code page, a greeting's name it cannot show left out (§8): "王小明,
+    добрый день!" showed "???, добрый день!"; it shows "Добрый день!", as a greeting does
+    a name too long for the display. The long-name form ("Добрый день," over "Name!")
+    becomes "Добрый день!" over an empty row."""
+    out = list(lines)
+    for i, line in enumerate(out):
+        name, comma, rest = line.partition(", ")
+        if comma and rest and " " not in name and _unshowable(name, codec):
+            out[i] = rest[0].upper() + rest[1:]
+        word = line.strip()
+        if (
+            i > 0
+            and out[i - 1].endswith(",")
+            and word.endswith("!")
+            and " " not in word
+            and _unshowable(word, codec)
+        ):
+            out[i - 1], out[i] = out[i - 1][:-1] + "!", ""
+    return [degrade(line, codec) for line in out]
+
+
 def message_bytes(lines: Sequence[str], config: DisplayConfig) -> bytes:
     """The bytes that show ``lines`` (one per row; missing rows are blanked)."""
     c = command_set(config)
     codec = config.codepage
-    rows = fit_lines([degrade(line, codec) for line in lines], config.columns, config.rows)
+    rows = fit_lines(showable(lines, codec), config.columns, config.rows)
     out = bytearray(c.charset() + c.overwrite())
     for y, text in enumerate(rows, start=1):
         out += c.cursor(1, y) + text.ljust(config.columns).encode(codec)

@@ -126,10 +126,16 @@ def _first_name(name: str | None) -> str:
     return parts[0] if parts else ""
 
 
-def offers_blocks(payload: PrintPayload, *, heading: str = "ВАШИ ПРЕДЛОЖЕНИЯ") -> list[Block]:
-    """The offers block for one committed receipt, ending in a cut."""
+def offers_blocks(
+    payload: PrintPayload, *, heading: str = "ВАШИ ПРЕДЛОЖЕНИЯ", codepage: str | None = None
+) -> list[Block]:
+    """The offers block for one committed receipt, ending in a cut. With the printer's
+    `codepage`, a first name in letters it lacks is left out ("Ждём вас снова!"), never
+    printed as "???"."""
     blocks: list[Block] = [Text(heading, align="center", bold=True, tall=True)]
     name = _first_name(payload.first_name)
+    if codepage is not None and degrade(name, codepage).count("?") > name.count("?"):
+        name = ""
     blocks.append(Text(f"{name}, ждём вас снова!" if name else "Ждём вас снова!", align="center"))
     blocks.append(Rule("="))
     for i, offer in enumerate(payload.offers):

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from tillpoint.printer.text import clean, fit, format_money
 
 __all__ = [
+    "REFUSED_CARD",
     "WIDTH",
     "after_commit_lines",
     "birthday_earned_line",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 WIDTH = 20
+# what the display says to a card that is not accepted (BLOCKED, INVALID), §4
+REFUSED_CARD = "Карта не принята"
 
 
 def first_name_only(name: str | None) -> str:
@@ -91,16 +94,29 @@ def greeting(
     return [line1, ""]
 
 
-def quote_lines(total_minor: int, savings_minor: int, width: int = WIDTH) -> list[str]:
+def quote_lines(
+    total_minor: int, savings_minor: int, width: int = WIDTH, points_minor: int = 0
+) -> list[str]:
     """The running total and the savings while the basket is priced.
 
     ``quote_lines(1234567, 2697) == ["Итого: 12 345,67", "Скидка: 26,97"]``; without savings
-    the second line is empty.
+    the second line is empty. The points the customer pays with (`points_minor`, their
+    money) count in the second line, so the total less it is what the customer pays:
+    ``quote_lines(17980, 0, points_minor=5300) == ["Итого: 179,80", "Бонусами: 53,00"]``,
+    with a discount too "Выгода: 71,97".
     """
     total = _labelled(["Итого", "Сумма"], format_money(total_minor), width)
-    if savings_minor <= 0:
+    points = max(points_minor, 0)
+    if savings_minor <= 0 and points == 0:
         return [total, ""]
-    return [total, _labelled(["Скидка", "Выгода"], format_money(savings_minor), width)]
+    if points == 0:
+        labels = ["Скидка", "Выгода"]
+    elif savings_minor <= 0:
+        labels = ["Бонусами", "Выгода"]
+    else:  # the discount and the points together
+        labels = ["Выгода"]
+    value = format_money(max(savings_minor, 0) + points)
+    return [total, _labelled(labels, value, width)]
 
 
 def after_commit_lines(earned: int, balance: int, width: int = WIDTH) -> list[str]:
@@ -163,11 +179,16 @@ def fit_lines(lines: Sequence[str], width: int = WIDTH, rows: int = 2) -> list[s
 # lines already put in its code page (`display.message_bytes`).
 _SHORTER = (
     ("С днём рождения!", "С ДР!"),
+    ("С днём рожд.!", "С ДР!"),  # `birthday_earned_line`'s wording for larger figures
     ("до скидки ", "до -"),
     ("Ещё ", "+"),
 )
 # the expiry warning's own shorter wording (`tillpoint.agent.messages.expiry_line`)
 _EXPIRING = re.compile(r"Сгорят (\d\d\.\d\d): (\d+)")
+# §17's hint once shortened ("+520 ₽ до -5%", in the code page's signs)
+_HINT = re.compile(r"\+([\d ]+) (\S) до (\S+%)")
+# the birthday wish beside the points earned (`birthday_earned_line`): the points alone last
+_WISHED = re.compile(r"С ДР! ([+-]?\d+)")
 
 
 def _refit(line: str, width: int) -> str:
@@ -182,6 +203,13 @@ def _refit(line: str, width: int) -> str:
         if long in line:
             line = line.replace(long, short)
             candidates.append(line)
+    hint = _HINT.fullmatch(line)
+    if hint:  # money without what it is for reads as money: without spaces, else nothing
+        candidates.append(f"+{hint[1].replace(' ', '')}{hint[2]} до {hint[3]}")
+        return next((text for text in candidates if len(text) <= width), "")
+    wished = _WISHED.fullmatch(line)
+    if wished:  # "+1500": the figure of the line, never "С ДР!." without it
+        candidates.append(wished[1])
     expiring = _EXPIRING.fullmatch(line)
     if expiring:  # "31.12: -300": the date and the points, never one without the other
         candidates.append(f"{expiring[1]}: -{expiring[2]}")
@@ -192,4 +220,6 @@ def _refit(line: str, width: int) -> str:
     name, comma, rest = line.partition(", ")
     if comma and rest and " " not in name:
         candidates.append(rest[0].upper() + rest[1:])
+    if not candidates and " " not in line and line.endswith("!"):
+        return ""  # a name on its own row ("Александра!"): left out, never cut
     return _first_fitting([*candidates, line], width)

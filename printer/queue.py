@@ -480,7 +480,8 @@ class PrintWorker:
     # ------------------------------------------------------------------ printing
     def _render(self, payload: PrintPayload) -> bytes:
         assert self.profile is not None
-        return render_escpos(offers_blocks(payload, heading=self.config.heading), self.profile)
+        blocks = offers_blocks(payload, heading=self.config.heading, codepage=self.profile.codepage)
+        return render_escpos(blocks, self.profile)
 
     def run_once(self) -> float | None:
         """Handle the oldest pending job if it is due.

@@ -29,7 +29,7 @@ from tillpoint.agent.results import CheckoutResult, ScanResult
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
 from tillpoint.printer.errors import PrinterConfigError
-from tillpoint.printer.messages import fit_lines, greeting
+from tillpoint.printer.messages import REFUSED_CARD, fit_lines, greeting
 from tillpoint.printer.queue import PrinterStatus, PrintWorker
 from tillpoint.printer.scanner import ScannerReader, ScannerStatus
 
@@ -137,7 +137,8 @@ class Devices:
 def greet_on_scan(scan: Callable[[str], ScanResult], devices: Devices) -> None:
     """What a scan from the kiosk's scanner does by default: route it (`scan`, the
     agent's): a known coupon is taken for the receipt, a printed offer's `TP1-` code is
-    only logged, a card greets the customer."""
+    only logged, a card greets the customer (by name when it is known; an UNKNOWN card
+    without one, since its sale earns points), a blocked or invalid one is not accepted."""
 
     def on_scan(text: str) -> None:
         try:
@@ -154,8 +155,11 @@ def greet_on_scan(scan: Callable[[str], ScanResult], devices: Devices) -> None:
         card = routed.card
         if card is not None and card.status == "FOUND":
             devices.show(greeting(card.first_name))
+        elif card is not None and card.status == "UNKNOWN":
+            # a card this till does not know yet earns its points (§4): no refusal
+            devices.show(greeting(None))
         else:
-            devices.show(["Карта не принята", ""])
+            devices.show([REFUSED_CARD, ""])
 
     devices.on_scan = on_scan
 
