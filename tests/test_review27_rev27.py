@@ -95,3 +95,36 @@ def test_an_outbox_row_whose_result_does_not_read_is_named_not_an_internal_error
         else:
             till.stop()
         hub.stop()
+
+
+@pytest.mark.slow  # a hub, a till and its sync thread's retries: ~3 s
+def test_an_unexpected_error_of_the_sync_thread_is_logged_with_its_trace_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §9, §12: the sync thread of `tillpoint run` outlives an error it did
+    not expect (a bug: here one put in the pull), which `status` records and the thread
+    retries with its backoff. Its traceback was logged at ERROR at every retry (up to a
+    minute apart, for as long as the bug lasts: a journal full of the same trace, where
+    the same refusal of a snapshot is logged once); once, then one DEBUG line a retry."""
+
+    def broken(self: Puller, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the pull")
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till-1", start=False)
+    monkeypatch.setattr(Puller, "pull", broken)
+    fast = timings(backoff_base_s=0.02, backoff_cap_s=0.05)
+    caplog.set_level(logging.DEBUG, logger="tillpoint")
+    service = SyncService(till.agent, till.link, till.link.enrollment, fast)
+    service.start()
+    try:
+        wait_for(lambda: "a bug in the pull" in till.agent.status().to_json()["syncError"])
+        wait_for(lambda: sum("again" in r.getMessage() for r in caplog.records) >= 3)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert errors[0].exc_info is not None  # with its trace
+    finally:
+        service.stop()
+        till.authoriser.close()
+        till.agent.close()
+        hub.stop()
