@@ -586,9 +586,13 @@ class Puller:
         return None
 
     def _still_valid(self, expires_at: str) -> bool:
-        """Whether a header's `expiresAt` is still ahead by this till's clock now."""
+        """Whether a header's `expiresAt` is still ahead by this till's clock now, read as
+        the bundle's own check reads it (`signing.check_header`: RFC 3339, "t" and "z" in
+        either case)."""
+        from tillpoint.agent.models import _timestamp
+
         try:
-            return datetime.fromisoformat(expires_at) > self.clock()
+            return _timestamp(expires_at) > self.clock()
         except (ValueError, TypeError):
             return False
 

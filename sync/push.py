@@ -139,6 +139,7 @@ class Pusher:
             tx = json_format.ParseDict(
                 json.loads(payload), pb.Transaction(), ignore_unknown_fields=True
             )
+            tx.result_json = without_trace(tx.result_json)  # reads it when it has one
         except (ValueError, TypeError, json_format.ParseError) as exc:
             # A damaged ledger or a hand edit: the row is kept (nothing is sent in its
             # place, and the hub must get every seq), and `status` says which it is.
@@ -146,7 +147,6 @@ class Pusher:
                 f"outbox row seq {seq} of {self.device_id} cannot be read ({exc}): the ledger is"
                 " damaged; this sale and those after it are not sent until it is mended"
             ) from None
-        tx.result_json = without_trace(tx.result_json)
         if tx.points_delta_pending and not tx.pending_activates_at:
             activates_at = ledger.earn_activation(self.conn, self.device_id, seq)
             if activates_at is not None:

@@ -233,13 +233,20 @@ class SyncService:
         """A pull or push step that never ends the sync thread: anything it did not expect
         (a bug, a damaged file) is logged with its trace, recorded for `status`, and
         backed off like a failure. An exception used to end the thread: no pull or push
-        again until `tillpoint run` was restarted, and nothing in `status` said so."""
+        again until `tillpoint run` was restarted, and nothing in `status` said so. The
+        trace is logged once; the same error again at each retry (every backoff, up to a
+        minute apart, for as long as it lasts) is one DEBUG line, as a refusal is."""
         try:
             return step()
         except Exception as exc:
-            log.exception("%s failed unexpectedly; will retry", area)
+            text = f"{area}: unexpected error: {exc!r}"
+            if self._said.get(area) != text:
+                log.exception("%s failed unexpectedly; will retry", area)
+            else:
+                log.debug("%s failed unexpectedly again; will retry: %r", area, exc)
+            self._said[area] = text
             with contextlib.suppress(Exception):
-                state.set_error(self.pusher.conn, area, f"{area}: unexpected error: {exc!r}")
+                state.set_error(self.pusher.conn, area, text)
             return failed
 
     def _pull_once(self) -> float | None:
