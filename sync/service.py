@@ -264,7 +264,7 @@ class SyncService:
             self._say("pull", f"pull: {exc}")
             return 1.0
         except TillpointError as exc:
-            log.error("pull: %s", exc.message)
+            self._say("pull", f"pull: {exc.message}", logging.ERROR)
             state.set_error(self.pusher.conn, "pull", f"pull: {exc.message}")
             return 1.0
         self._said.pop("pull", None)
@@ -288,20 +288,20 @@ class SyncService:
         except SyncBusy:
             return False
         except TillpointError as exc:
-            if self._said.get("push") != exc.message:  # once, not at every retry
-                log.error("push: %s", exc.message)
-            self._said["push"] = exc.message
+            self._say("push", f"push: {exc.message}", logging.ERROR)
             state.set_error(self.pusher.conn, "push", f"push: {exc.message}")
             return False
 
-    def _say(self, kind: str, text: str) -> None:
-        """A failed pull or push, logged at INFO when its words change and at DEBUG when a
-        retry fails the same way: during an outage every retry wrote the same INFO line
+    def _say(self, kind: str, text: str, level: int = logging.INFO) -> None:
+        """A failed pull or push, logged at `level` when its words change and at DEBUG when
+        a retry fails the same way: during an outage every retry wrote the same INFO line
         (3-4 a minute for as long as it lasted) after the WARNING that the till sells
-        OFFLINE, which `_persist_mode` writes once."""
-        level = logging.DEBUG if self._said.get(kind) == text else logging.INFO
+        OFFLINE, which `_persist_mode` writes once; a pull that failed on the till's side
+        (a full disk, a damaged cache) wrote the same ERROR at every retry. `status`
+        keeps saying it."""
+        said = logging.DEBUG if self._said.get(kind) == text else level
         self._said[kind] = text
-        log.log(level, "%s", text)
+        log.log(said, "%s", text)
 
     def _persist_mode(self) -> None:
         mode = "ONLINE" if self.link.online else "OFFLINE"

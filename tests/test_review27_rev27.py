@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tillpoint.agent.errors import TillpointError
+from tillpoint.agent.errors import StorageError, TillpointError
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, timings, wait_for
 from tillpoint.sync.pull import Puller
@@ -123,6 +123,38 @@ def test_an_unexpected_error_of_the_sync_thread_is_logged_with_its_trace_once(
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1, [r.getMessage() for r in errors]
         assert errors[0].exc_info is not None  # with its trace
+    finally:
+        service.stop()
+        till.authoriser.close()
+        till.agent.close()
+        hub.stop()
+
+
+@pytest.mark.slow  # a hub, a till and its sync thread's retries: ~3 s
+def test_a_pull_that_fails_on_the_tills_side_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §9: a pull that fails on the till's own side (a full disk or a
+    damaged cache while a snapshot is applied: a `StorageError`) wrote the same ERROR
+    line at every retry, as push refusals and unexpected errors no longer do; once, then
+    one DEBUG line a retry, and `status` keeps saying it."""
+
+    def full(self: Puller, *args: object, **kwargs: object) -> None:
+        raise StorageError("the cache cannot be written: disk full")
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till-1", start=False)
+    monkeypatch.setattr(Puller, "pull", full)
+    fast = timings(backoff_base_s=0.02, backoff_cap_s=0.05)
+    caplog.set_level(logging.DEBUG, logger="tillpoint")
+    service = SyncService(till.agent, till.link, till.link.enrollment, fast)
+    service.start()
+    try:
+        wait_for(lambda: "disk full" in till.agent.status().to_json()["syncError"])
+        wait_for(lambda: sum("disk full" in r.getMessage() for r in caplog.records) >= 4)
+        said = [r for r in caplog.records if "disk full" in r.getMessage()]
+        assert [r.levelno for r in said][:1] == [logging.ERROR]
+        assert all(r.levelno == logging.DEBUG for r in said[1:]), [r.levelname for r in said]
     finally:
         service.stop()
         till.authoriser.close()
