@@ -923,6 +923,12 @@ def _human_trace(t: dict[str, Any]) -> list[str]:
                 else ""
             )
             out.append(f"    {o['offerId']} {o['kind']}: {o['outcome']}{figure}{by}")
+    for d in t.get("deals", []):  # a basket deal weighed against its lines' offers (§15)
+        lines = ", ".join(str(i + 1) for i in d["lines"])
+        out.append(
+            f"  deal {d['offerId']}: {d['outcome']} −{format_minor(d['discountMinor'])}"
+            f" (line offers −{format_minor(d['lineOffersMinor'])}; lines {lines})"
+        )
     given = {o["offerId"]: o.get("discountMinor", 0) for o in t["receiptOffers"]}
     for o in t["receiptOffers"]:
         missing = o.get("missingMinor", 0)

@@ -39,3 +39,26 @@ def test_the_text_trace_tells_what_each_receipt_offer_gave_and_what_beat_it(cli:
     assert "  receipt offer o-far: BELOW_MIN_TOTAL (from 500,00, 320,20 more needed)" in lines
     (redemption,) = [line for line in lines if line.startswith("  redemption:")]
     assert redemption.startswith("  redemption: asked as much as allowed, allowed ")
+
+
+def test_the_text_trace_shows_a_deal_weighed_against_the_line_offers(cli: CLI) -> None:
+    """docs/CONTRACT.md §15, §17: a MULTIBUY takes its lines only when its total beats the
+    line offers of the same lines; the JSON trace has both totals (`trace.deals`), the text
+    trace showed neither, so "why did 3 for 2 not apply?" had no answer there."""
+    offers = [
+        {"id": "o-3for2", "kind": "MULTIBUY", "skus": [MILK], "buyQty": "2", "freeQty": "1"},
+        {"id": "o-40", "kind": "PERCENT_OFF", "skus": [MILK], "value": "40"},
+    ]
+    offers = [{**o, **VALID, "priority": 1} for o in offers]
+    assert cli("snapshot", "load", snapshot(offers=offers)).code == 0
+    body = receipt("r-1", lines=[{"sku": MILK, "qty": "3", "priceMinor": 8990}])
+    (deal,) = cli("quote", body, "--explain", "--json").json()["trace"]["deals"]
+    # one milk free: 89,90; 40 % of 269,70: 107,88
+    assert (deal["outcome"], deal["discountMinor"], deal["lineOffersMinor"]) == (
+        "BEATEN",
+        8990,
+        10788,
+    )
+    text = cli("quote", body, "--explain")
+    assert text.code == 0, text.err
+    assert "  deal o-3for2: BEATEN −89,90 (line offers −107,88; lines 1)" in text.out.splitlines()
