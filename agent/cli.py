@@ -947,12 +947,13 @@ def _human_trace(t: dict[str, Any]) -> list[str]:
             f" (from {format_minor(o['minTotalMinor'])}{more})"
         )
     red = t["redemption"]
-    caps = ", ".join(f"{c['name'].lower()} {c['points']}" for c in red["caps"])
+    caps = [f"{c['name'].lower()} {c['points']}" for c in red["caps"]]
+    bound = f"bound by {red['boundBy'].lower() or 'nothing'}"  # an unknown card has no caps
     asked = red["requestedPoints"]
     out.append(
         f"  redemption: asked {'as much as allowed' if asked == -1 else asked},"
         f" allowed {red['allowedPoints']}"
-        f" ({caps}; bound by {red['boundBy'].lower() or 'nothing'})"
+        f" ({'; '.join(filter(None, [', '.join(caps), bound]))})"
     )
     return out
 

@@ -62,3 +62,14 @@ def test_the_text_trace_shows_a_deal_weighed_against_the_line_offers(cli: CLI) -
     text = cli("quote", body, "--explain")
     assert text.code == 0, text.err
     assert "  deal o-3for2: BEATEN −89,90 (line offers −107,88; lines 1)" in text.out.splitlines()
+
+
+def test_the_text_trace_of_an_unknown_card_says_why_it_redeems_nothing(cli: CLI) -> None:
+    """docs/CONTRACT.md §5 step 4: unknown cards redeem nothing; the trace lists no caps
+    and is bound by UNKNOWN_CARD. The text read "allowed 0 (; bound by unknown_card)"."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    body = receipt("r-1", card="2770000000048", redeemPoints=50)
+    redemption = cli("quote", body, "--explain", "--json").json()["trace"]["redemption"]
+    assert (redemption["caps"], redemption["boundBy"]) == ([], "UNKNOWN_CARD")
+    text = cli("quote", body, "--explain")
+    assert "  redemption: asked 50, allowed 0 (bound by unknown_card)" in text.out.splitlines()
