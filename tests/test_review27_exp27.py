@@ -3,6 +3,13 @@ redemption caps of §5 step 4, as a cashier or support engineer reads it at the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+from tillpoint.sync.loopback import receipt as hub_receipt
+
 from .conftest import CLI, receipt, snapshot
 
 MILK, BREAD = "4601234000017", "4601234000024"
@@ -73,3 +80,63 @@ def test_the_text_trace_of_an_unknown_card_says_why_it_redeems_nothing(cli: CLI)
     assert (redemption["caps"], redemption["boundBy"]) == ([], "UNKNOWN_CARD")
     text = cli("quote", body, "--explain")
     assert "  redemption: asked 50, allowed 0 (bound by unknown_card)" in text.out.splitlines()
+
+
+@pytest.mark.slow
+def test_why_a_sale_got_only_what_the_hub_granted(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §17: `quote --explain` after the sale answers support's "why only
+    50 points?" with the caps the sale was priced with, the hub grant included. Борис has
+    300 points; another till holds 250 of them at the hub, so the hub grants this till 50.
+    Priced again for its trace, the sale was priced as a quote (no grant: 300 points), the
+    figures differed and the answer carried no trace at all."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till, other = hub.till("till-1", tmp_path / "t1"), hub.till("till-2", tmp_path / "t2")
+    try:
+        card, big = "2770000000024", [{"sku": MILK, "qty": "100", "priceMinor": 10000}]
+        wait_for(lambda: min(t.agent.status().cache_version for t in (till, other)) >= 1)
+        wait_for(
+            lambda: till.agent.quote(receipt_from_json(hub_receipt("q", card))).mode == "ONLINE"
+        )
+        held = other.agent.hold(receipt_from_json(hub_receipt("h-2", card, redeem=250, lines=big)))
+        assert (held.mode, held.redeemed_points) == ("ONLINE", 250)
+        body = hub_receipt("r-1", card, redeem=-1, lines=big)
+        sold = till.agent.checkout(receipt_from_json(body))
+        assert (sold.mode, sold.redeemed_points) == ("ONLINE", 50)
+        why = till.agent.quote(receipt_from_json({**body, "explain": True}))
+        assert why.redeemed_points == 50 and why.trace is not None, "no trace after the sale"
+        redemption = why.trace["redemption"]
+        assert (redemption["allowedPoints"], redemption["boundBy"]) == (50, "HUB_GRANT")
+        assert {"name": "HUB_GRANT", "points": 50} in redemption["caps"]
+        assert {"name": "BALANCE", "points": 300} in redemption["caps"]
+    finally:
+        till.stop()
+        other.stop()
+        hub.stop()
+
+
+@pytest.mark.slow
+def test_why_a_sale_made_while_the_hub_was_away_got_the_offline_limit(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §5 step 4, §17: a sale made while the hub did not answer is capped
+    by the day's offline limit (500). Asked "why this price?" once the hub answers again,
+    it was priced again online (no offline limit: 1200 points, not the 500 sold), the
+    figures differed and the answer carried no trace."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "t1")
+    try:
+        card, big = "2770000000017", [{"sku": MILK, "qty": "100", "priceMinor": 10000}]
+        wait_for(lambda: till.agent.status().cache_version >= 1)
+        hub.stop()
+        body = hub_receipt("r-1", card, redeem=-1, lines=big)
+        sold = till.agent.checkout(receipt_from_json(body))
+        assert (sold.mode, sold.redeemed_points) == ("OFFLINE", 500)
+        hub.restart()
+        probe = receipt_from_json(hub_receipt("q", card))
+        wait_for(lambda: till.agent.quote(probe).mode == "ONLINE", timeout=15)
+        why = till.agent.quote(receipt_from_json({**body, "explain": True}))
+        assert why.redeemed_points == 500 and why.trace is not None, "no trace after the sale"
+        redemption = why.trace["redemption"]
+        assert (redemption["allowedPoints"], redemption["boundBy"]) == (500, "OFFLINE_LIMIT")
+        assert {"name": "OFFLINE_LIMIT", "points": 500} in redemption["caps"]
+    finally:
+        till.stop()
+        hub.stop()
