@@ -521,8 +521,16 @@ class Agent:
                     request is not None
                     and (request.matches(held) or _held_earlier(conn, receipt.receipt_id, request))
                 )
+                # the same basket as its open hold, on a till with a hub: priced in the
+                # hold's mode with the points the hub granted it, as Confirm commits them
+                # (a quote asks the hub nothing; §11)
+                hold = (
+                    ledger.held_redemption(conn, receipt.receipt_id)
+                    if self.hub is not None and held is not None and request and request.matches(held)
+                    else None
+                )
                 result = self._price(
-                    receipt, view, commit=False, reads=conn, own_hold=own_hold
+                    receipt, view, commit=False, reads=conn, own_hold=own_hold, sale=hold
                 ).result
         if stored is not None:
             answer = _as_quote(stored[1], receipt.explain)
@@ -1078,8 +1086,8 @@ class Agent:
         the committed receipt priced again for its trace (`quote`): its own commit (its
         points, its coupon uses, its offline redemption) is left out of the ledger's
         answers, as it was not there when the receipt was priced for the sale; `sale`, its
-        committed result, says how the hub capped it (its mode, the points it was granted),
-        as the hub is not asked again."""
+        committed result (or its open hold's `mode` and `redeemedPoints`), says how the
+        hub capped it (its mode, the points it was granted), as the hub is not asked again."""
         conn = self._ledger if reads is None else reads
         own_id = receipt.receipt_id if own_hold else None
         sold_id = receipt.receipt_id if sold else None

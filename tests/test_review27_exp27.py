@@ -140,3 +140,32 @@ def test_why_a_sale_made_while_the_hub_was_away_got_the_offline_limit(tmp_path: 
     finally:
         till.stop()
         hub.stop()
+
+
+@pytest.mark.slow
+def test_a_quote_of_a_held_receipt_answers_the_points_the_hub_granted_it(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §11, §17: a quote of a held receipt (the same body) answers what its
+    Confirm commits. Online, the hub granted the hold 50 of Борис's 300 points (another
+    till holds 250); the quote asked the hub nothing and answered 300 points and 25.00
+    less to pay than the Confirm then committed, its trace a HUB_GRANT of 300."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till, other = hub.till("till-1", tmp_path / "t1"), hub.till("till-2", tmp_path / "t2")
+    try:
+        card, big = "2770000000024", [{"sku": MILK, "qty": "100", "priceMinor": 10000}]
+        wait_for(lambda: min(t.agent.status().cache_version for t in (till, other)) >= 1)
+        probe = receipt_from_json(hub_receipt("q", card))
+        wait_for(lambda: till.agent.quote(probe).mode == "ONLINE")
+        other.agent.hold(receipt_from_json(hub_receipt("h-2", card, redeem=250, lines=big)))
+        body = hub_receipt("r-1", card, redeem=-1, lines=big)
+        held = till.agent.hold(receipt_from_json(body))
+        assert (held.mode, held.redeemed_points) == ("ONLINE", 50)
+        quoted = till.agent.quote(receipt_from_json({**body, "explain": True}))
+        assert (quoted.redeemed_points, quoted.payable_minor) == (50, held.payable_minor)
+        assert quoted.trace is not None
+        assert quoted.trace["redemption"]["boundBy"] == "HUB_GRANT"
+        confirmed = till.agent.confirm("r-1")
+        assert (confirmed.redeemed_points, confirmed.payable_minor) == (50, held.payable_minor)
+    finally:
+        till.stop()
+        other.stop()
+        hub.stop()
