@@ -524,9 +524,10 @@ class Agent:
                 # the same basket as its open hold, on a till with a hub: priced in the
                 # hold's mode with the points the hub granted it, as Confirm commits them
                 # (a quote asks the hub nothing; §11)
+                same_hold = held is not None and request is not None and request.matches(held)
                 hold = (
                     ledger.held_redemption(conn, receipt.receipt_id)
-                    if self.hub is not None and held is not None and request and request.matches(held)
+                    if self.hub is not None and same_hold
                     else None
                 )
                 result = self._price(

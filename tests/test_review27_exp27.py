@@ -146,7 +146,7 @@ def test_why_a_sale_made_while_the_hub_was_away_got_the_offline_limit(tmp_path: 
 def test_a_quote_of_a_held_receipt_answers_the_points_the_hub_granted_it(tmp_path: Path) -> None:
     """docs/CONTRACT.md §11, §17: a quote of a held receipt (the same body) answers what its
     Confirm commits. Online, the hub granted the hold 50 of Борис's 300 points (another
-    till holds 250); the quote asked the hub nothing and answered 300 points and 25.00
+    till holds 250); the quote asked the hub nothing and answered 300 points and 250.00
     less to pay than the Confirm then committed, its trace a HUB_GRANT of 300."""
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     till, other = hub.till("till-1", tmp_path / "t1"), hub.till("till-2", tmp_path / "t2")
