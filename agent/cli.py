@@ -923,18 +923,37 @@ def _human_trace(t: dict[str, Any]) -> list[str]:
                 else ""
             )
             out.append(f"    {o['offerId']} {o['kind']}: {o['outcome']}{figure}{by}")
+    for d in t.get("deals", []):  # a basket deal weighed against its lines' offers (§15)
+        lines = ", ".join(str(i + 1) for i in d["lines"])
+        out.append(
+            f"  deal {d['offerId']}: {d['outcome']} −{format_minor(d['discountMinor'])}"
+            f" (line offers −{format_minor(d['lineOffersMinor'])}; lines {lines})"
+        )
+    given = {o["offerId"]: o.get("discountMinor", 0) for o in t["receiptOffers"]}
     for o in t["receiptOffers"]:
         missing = o.get("missingMinor", 0)
         more = f", {format_minor(missing)} more needed" if missing else ""
+        # what it gives (or would give): a discount, or EXTRA_POINTS' points
+        figure = f" −{format_minor(o['discountMinor'])}" if o.get("discountMinor") else ""
+        figure += f" +{o['points']} pts" if o.get("points") else ""
+        won = given.get(o.get("beatenBy") or "", 0)
+        by = (
+            f" by {o['beatenBy']}" + (f" (−{format_minor(won)})" if won else "")
+            if o.get("beatenBy")
+            else ""
+        )
         out.append(
-            f"  receipt offer {o['offerId']}: {o['outcome']}"
+            f"  receipt offer {o['offerId']}: {o['outcome']}{figure}{by}"
             f" (from {format_minor(o['minTotalMinor'])}{more})"
         )
     red = t["redemption"]
-    caps = ", ".join(f"{c['name'].lower()} {c['points']}" for c in red["caps"])
+    caps = [f"{c['name'].lower()} {c['points']}" for c in red["caps"]]
+    bound = f"bound by {red['boundBy'].lower() or 'nothing'}"  # an unknown card has no caps
+    asked = red["requestedPoints"]
     out.append(
-        f"  redemption: asked {red['requestedPoints']}, allowed {red['allowedPoints']}"
-        f" ({caps}; bound by {red['boundBy'].lower() or 'nothing'})"
+        f"  redemption: asked {'as much as allowed' if asked == -1 else asked},"
+        f" allowed {red['allowedPoints']}"
+        f" ({'; '.join(filter(None, [', '.join(caps), bound]))})"
     )
     return out
 

@@ -1780,6 +1780,16 @@ def quote_lookup(
     return (None if row[0] is None else (str(row[0]), _stored_result(row))), row[4]
 
 
+def held_redemption(conn: sqlite3.Connection, receipt_id: str) -> dict[str, Any] | None:
+    """The mode an open hold was priced in and the points it redeemed (what the hub
+    granted it, online), as a result's `mode` and `redeemedPoints`; None without one."""
+    row = conn.execute(
+        "SELECT mode, redeemed_points FROM receipt_life WHERE receipt_id = ? AND state = 'HELD'",
+        (receipt_id,),
+    ).fetchone()
+    return None if row is None else {"mode": str(row[0]), "redeemedPoints": int(row[1])}
+
+
 def stored_receipt(conn: sqlite3.Connection, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
     """(request text, result) of a committed receipt."""
     row = conn.execute(

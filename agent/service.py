@@ -510,7 +510,9 @@ class Agent:
                 # support's "why this price?" after the sale: priced again for its trace;
                 # what pricing now refuses (a card blocked since) leaves the answer as is
                 with contextlib.suppress(TillpointError):
-                    retrace = self._price(receipt, view, commit=False, reads=conn, sold=True).result
+                    retrace = self._price(
+                        receipt, view, commit=False, reads=conn, sold=True, sale=stored[1]
+                    ).result
             if stored is None:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which
@@ -519,8 +521,17 @@ class Agent:
                     request is not None
                     and (request.matches(held) or _held_earlier(conn, receipt.receipt_id, request))
                 )
+                # the same basket as its open hold, on a till with a hub: priced in the
+                # hold's mode with the points the hub granted it, as Confirm commits them
+                # (a quote asks the hub nothing; §11)
+                same_hold = held is not None and request is not None and request.matches(held)
+                hold = (
+                    ledger.held_redemption(conn, receipt.receipt_id)
+                    if self.hub is not None and same_hold
+                    else None
+                )
                 result = self._price(
-                    receipt, view, commit=False, reads=conn, own_hold=own_hold
+                    receipt, view, commit=False, reads=conn, own_hold=own_hold, sale=hold
                 ).result
         if stored is not None:
             answer = _as_quote(stored[1], receipt.explain)
@@ -1072,6 +1083,7 @@ class Agent:
         reads: sqlite3.Connection | None = None,
         own_hold: bool = True,
         sold: bool = False,
+        sale: dict[str, Any] | None = None,
     ) -> _Priced:
         """Price `receipt`; ledger reads on `reads` (a reader's own connection, `_read`) or,
         by default, on the writer's (with `_lock` held). `own_hold`: the receipt's own
@@ -1079,7 +1091,9 @@ class Agent:
         offline limit); False for a quote of another body under a held receiptId. `sold`:
         the committed receipt priced again for its trace (`quote`): its own commit (its
         points, its coupon uses, its offline redemption) is left out of the ledger's
-        answers, as it was not there when the receipt was priced for the sale."""
+        answers, as it was not there when the receipt was priced for the sale; `sale`, its
+        committed result (or its open hold's `mode` and `redeemedPoints`), says how the
+        hub capped it (its mode, the points it was granted), as the hub is not asked again."""
         conn = self._ledger if reads is None else reads
         own_id = receipt.receipt_id if own_hold else None
         sold_id = receipt.receipt_id if sold else None
@@ -1178,7 +1192,19 @@ class Agent:
             if commit and customer is not None and self.hub is not None
             else []
         )
-        if (
+        if sale is not None and self.hub is not None and customer is not None:
+            # §17 after the sale: the caps it was priced with, not the hub's answer now.
+            # Online, the hub granted what the sale redeemed when that is less than the
+            # rules allowed (else at least what they allowed); offline, the day's limit.
+            wanted = priced.redeem_allowed_without_cap
+            if sale.get("mode") == "ONLINE" and wanted > 0:
+                redeemed = int(sale.get("redeemedPoints") or 0)
+                priced = price(receipt, _with_cap(ctx, min(wanted, redeemed), "HUB_GRANT"))
+            elif sale.get("mode") != "ONLINE":
+                cap = self._offline_remaining(receipt, ident, program, conn, sold_id)
+                priced = price(receipt, _with_cap(ctx, cap, "OFFLINE_LIMIT"))
+            mode = str(sale.get("mode") or mode)
+        elif (
             self.hub is not None
             and customer is not None
             and (priced.redeem_allowed_without_cap > 0 or codes)
