@@ -3,16 +3,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from tillpoint.agent.errors import StorageError, TillpointError
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, timings, wait_for
+from tillpoint.sync.loopback import (
+    LoopbackHub,
+    Till,
+    receipt,
+    sample_master_data,
+    timings,
+    wait_for,
+)
 from tillpoint.sync.pull import Puller
 from tillpoint.sync.push import Pusher
 from tillpoint.sync.service import SyncService
@@ -97,6 +106,30 @@ def test_an_outbox_row_whose_result_does_not_read_is_named_not_an_internal_error
         hub.stop()
 
 
+@contextlib.contextmanager
+def _pulls_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> Iterator[Till]:
+    """A till's sync thread (fast backoffs) whose every pull raises `error`."""
+
+    def failing(self: Puller, *args: object, **kwargs: object) -> None:
+        raise error
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till-1", start=False)
+    monkeypatch.setattr(Puller, "pull", failing)
+    fast = timings(backoff_base_s=0.02, backoff_cap_s=0.05)
+    service = SyncService(till.agent, till.link, till.link.enrollment, fast)
+    service.start()
+    try:
+        yield till
+    finally:
+        service.stop()
+        till.authoriser.close()
+        till.agent.close()
+        hub.stop()
+
+
 @pytest.mark.slow  # a hub, a till and its sync thread's retries: ~3 s
 def test_an_unexpected_error_of_the_sync_thread_is_logged_with_its_trace_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -106,28 +139,13 @@ def test_an_unexpected_error_of_the_sync_thread_is_logged_with_its_trace_once(
     retries with its backoff. Its traceback was logged at ERROR at every retry (up to a
     minute apart, for as long as the bug lasts: a journal full of the same trace, where
     the same refusal of a snapshot is logged once); once, then one DEBUG line a retry."""
-
-    def broken(self: Puller, *args: object, **kwargs: object) -> None:
-        raise RuntimeError("a bug in the pull")
-
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    till = hub.till("till-1", tmp_path / "till-1", start=False)
-    monkeypatch.setattr(Puller, "pull", broken)
-    fast = timings(backoff_base_s=0.02, backoff_cap_s=0.05)
     caplog.set_level(logging.DEBUG, logger="tillpoint")
-    service = SyncService(till.agent, till.link, till.link.enrollment, fast)
-    service.start()
-    try:
+    with _pulls_failing(tmp_path, monkeypatch, RuntimeError("a bug in the pull")) as till:
         wait_for(lambda: "a bug in the pull" in till.agent.status().to_json()["syncError"])
         wait_for(lambda: sum("again" in r.getMessage() for r in caplog.records) >= 3)
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1, [r.getMessage() for r in errors]
         assert errors[0].exc_info is not None  # with its trace
-    finally:
-        service.stop()
-        till.authoriser.close()
-        till.agent.close()
-        hub.stop()
 
 
 @pytest.mark.slow  # a hub, a till and its sync thread's retries: ~3 s
@@ -138,25 +156,11 @@ def test_a_pull_that_fails_on_the_tills_side_is_logged_once(
     damaged cache while a snapshot is applied: a `StorageError`) wrote the same ERROR
     line at every retry, as push refusals and unexpected errors no longer do; once, then
     one DEBUG line a retry, and `status` keeps saying it."""
-
-    def full(self: Puller, *args: object, **kwargs: object) -> None:
-        raise StorageError("the cache cannot be written: disk full")
-
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    till = hub.till("till-1", tmp_path / "till-1", start=False)
-    monkeypatch.setattr(Puller, "pull", full)
-    fast = timings(backoff_base_s=0.02, backoff_cap_s=0.05)
     caplog.set_level(logging.DEBUG, logger="tillpoint")
-    service = SyncService(till.agent, till.link, till.link.enrollment, fast)
-    service.start()
-    try:
+    full = StorageError("the cache cannot be written: disk full")
+    with _pulls_failing(tmp_path, monkeypatch, full) as till:
         wait_for(lambda: "disk full" in till.agent.status().to_json()["syncError"])
         wait_for(lambda: sum("disk full" in r.getMessage() for r in caplog.records) >= 4)
         said = [r for r in caplog.records if "disk full" in r.getMessage()]
         assert [r.levelno for r in said][:1] == [logging.ERROR]
         assert all(r.levelno == logging.DEBUG for r in said[1:]), [r.levelname for r in said]
-    finally:
-        service.stop()
-        till.authoriser.close()
-        till.agent.close()
-        hub.stop()
