@@ -102,17 +102,22 @@ def test_a_batch_that_never_expires_written_in_utc_over_grpc(agent: Agent) -> No
 # ---------------------------------------------------------------- §16 with §11: a hold open
 
 
-def _batch_then_hold(cli: CLI) -> None:
-    """200 points, 100 of them expiring at 10:20; a hold at 10:15 reserves 50 of those."""
+def _load_expiring(cli: CLI, balance: int) -> None:
+    """The customer with `balance` points, 100 of them expiring at 10:20 (no birthday)."""
     snap = snapshot()
     snap["customers"][0].update(
         {
-            "balancePoints": 200,
+            "balancePoints": balance,
             "birthday": None,
             "expiring": [{"points": 100, "expiresAt": "2026-11-23T10:20:00+03:00"}],
         }
     )
     assert cli("snapshot", "load", snap).code == 0
+
+
+def _batch_then_hold(cli: CLI) -> None:
+    """200 points, 100 of them expiring at 10:20; a hold at 10:15 reserves 50 of those."""
+    _load_expiring(cli, 200)
     held = cli("hold", receipt("h1", at="2026-11-23T10:15:00+03:00", redeemPoints=50), "--json")
     assert held.code == 0, held.err
     assert held.json()["redeemedPoints"] == 50
@@ -147,15 +152,7 @@ def test_a_quote_beside_a_hold_of_expired_points_shows_no_debt(cli: CLI) -> None
     """Only the expiring batch: its 50 held points would have gone at 10:20 anyway. A
     quote at 10:25 said -37 (the hold's 50 taken as a debt) where the customer, once the
     hold is confirmed, has the quote's own 13 and the hold's points earned."""
-    snap = snapshot()
-    snap["customers"][0].update(
-        {
-            "balancePoints": 100,
-            "birthday": None,
-            "expiring": [{"points": 100, "expiresAt": "2026-11-23T10:20:00+03:00"}],
-        }
-    )
-    assert cli("snapshot", "load", snap).code == 0
+    _load_expiring(cli, 100)
     assert cli("hold", receipt("h1", redeemPoints=50), "--json").code == 0
     later = receipt("q2", at="2026-11-23T10:25:00+03:00", redeemPoints=-1)
     quoted = cli("quote", later, "--json").json()
@@ -165,15 +162,7 @@ def test_a_quote_beside_a_hold_of_expired_points_shows_no_debt(cli: CLI) -> None
 
 def test_a_confirm_beside_a_hold_of_expired_points_shows_no_debt(cli: CLI) -> None:
     """The same through Confirm (its balance is worked out again as the ledger stands)."""
-    snap = snapshot()
-    snap["customers"][0].update(
-        {
-            "balancePoints": 100,
-            "birthday": None,
-            "expiring": [{"points": 100, "expiresAt": "2026-11-23T10:20:00+03:00"}],
-        }
-    )
-    assert cli("snapshot", "load", snap).code == 0
+    _load_expiring(cli, 100)
     assert cli("hold", receipt("h1", redeemPoints=50), "--json").code == 0
     later = receipt("h2", at="2026-11-23T10:25:00+03:00")
     assert cli("hold", later, "--json").json()["balance"]["availablePoints"] == 13
