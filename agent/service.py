@@ -942,16 +942,7 @@ class Agent:
         held["printedOffers"] = []  # chosen again at Confirm: nothing prints before
         # What a held receipt shows; a checkout's result shows the figures' display instead
         # (`_confirmed`), so it is not worked out for one.
-        held["display"] = (
-            []
-            if confirm_now
-            else quote_display(
-                done.priced.total,
-                done.priced.discount,
-                done.priced.reach,
-                done.priced.redeemed_points * program.point_value_minor,
-            )
-        )
+        held["display"] = [] if confirm_now else _priced_display(done.priced, program)
         held["state"] = "HELD"
         held["holdExpiresAt"] = expires.astimezone(UTC).isoformat()
         # Points or coupon codes the hub may hold for this receipt (released at cancel or
@@ -1280,12 +1271,7 @@ class Agent:
         elif commit and ident.status == "UNKNOWN":  # §8: the points earned after a commit
             display = unknown_card_display(priced.total, priced.earned_points)
         else:
-            display = quote_display(
-                priced.total,
-                priced.discount,
-                priced.reach,
-                priced.redeemed_points * program.point_value_minor,
-            )
+            display = _priced_display(priced, program)
         result = checkout_result(
             receipt, ident, tier, priced, mode, after, printed, verdicts, display
         )
@@ -2133,6 +2119,17 @@ def _expiring_soon(
     if moment - at > timedelta(days=WARN_DAYS):
         return None
     return count, moment.astimezone(program.zone).date()
+
+
+def _priced_display(priced: Priced, program: Program) -> list[str]:
+    """The display while a basket is priced (a quote, a hold): its total, the discount and
+    the points' money paid (§8), and the hint of a receipt discount within reach."""
+    return quote_display(
+        priced.total,
+        priced.discount,
+        priced.reach,
+        priced.redeemed_points * program.point_value_minor,
+    )
 
 
 def _with_holds(
