@@ -339,14 +339,17 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
     """A connection to the current generation of the cache (migrated).
 
     The symlink is resolved here and the generation opened by its own name, without
-    creating it: if a switch and a clean-up removed it in between, resolve again."""
+    creating it: if a switch and a clean-up removed it in between, resolve again. The
+    same when an older install's plain ``cache.db`` (or a fresh till's empty one) was
+    opened by name just as the first full apply switched it to a generation and removed
+    its -wal and -shm: SQLite says "unable to open database file", and the cache is fine."""
     for _ in range(5):
         path = cache_file(data_dir)
         generation = path.name != CACHE
         try:
             conn = connect(path, create=not generation)
         except StorageError as exc:
-            if generation and not path.exists():
+            if _switched(data_dir, path):
                 continue
             if is_damage(exc.message):  # its first page: "file is not a database"
                 raise damaged_cache(data_dir, exc.message) from None
@@ -355,6 +358,8 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
             migrate(conn, cache_migrations)
         except StorageError as exc:
             conn.close()
+            if _switched(data_dir, path):
+                continue
             if is_damage(exc.message):
                 raise damaged_cache(data_dir, exc.message) from None
             raise
@@ -368,6 +373,13 @@ def open_cache(data_dir: Path) -> sqlite3.Connection:
         # without it), and every call said "it keeps being replaced", the way out untold
         raise damaged_cache(data_dir, f"{CACHE} points to {os.readlink(link)}, which is missing")
     raise StorageError(f"cannot open the cache in {data_dir}: it keeps being replaced")
+
+
+def _switched(data_dir: Path, path: Path) -> bool:
+    """Whether `path`, resolved a moment ago, is no longer the current cache (a switch came
+    between): a failure to open it says nothing of the cache."""
+    generation = path.name != CACHE
+    return (generation and not path.exists()) or cache_file(data_dir) != path
 
 
 def cache_identity(data_dir: Path | str) -> tuple[str | None, int, int]:
