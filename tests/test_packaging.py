@@ -139,7 +139,8 @@ def deb() -> Path:
         text=True,
         timeout=600,
         check=True,
-        env=dict(os.environ, PY=str(REPO / ".venv" / "bin" / "python")),
+        # gzip, not the shipped xz: the same files, ~45-90 s less of CI (build-deb.sh)
+        env=dict(os.environ, PY=str(REPO / ".venv" / "bin" / "python"), DEB_COMPRESSION="gzip"),
     )
     return REPO / out.stdout.strip().splitlines()[-1]
 
