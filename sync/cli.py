@@ -970,7 +970,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     try:
         bar = ProgressBar("pushing", unit="rows")
         try:
-            pushed = pusher.drain(progress=bar, lock_wait_s=args.wait)
+            pushed = pusher.drain(progress=bar, lock_wait_s=args.wait, narrow_on_timeout=True)
         finally:
             bar.close()
         puller = Puller(
