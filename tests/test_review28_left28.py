@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,63 @@ def test_sync_now_drains_a_backlog_over_an_uplink_too_thin_for_a_whole_batch(
         if thin is not None:
             thin.close()
         hub.stop()
+
+
+# ---------------------------------------------------------------- 2. hub import -
+
+
+def _stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def _as_lines(doc: dict[str, Any]) -> bytes:
+    """The catalogue as JSON Lines rows, `{"<kind>": {...}}` one a line."""
+    from tillpoint.sync.hub_import import PLURAL
+
+    rows = [{"program": doc["program"]}] if "program" in doc else []
+    for section, kind in PLURAL.items():
+        rows += [{kind: row} for row in doc.get(section, [])]
+    return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows)
+
+
+@pytest.mark.parametrize("form", ["json", "json-one-line", "jsonl"])
+def test_hub_import_reads_standard_input_for_a_dash(
+    form: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §10: a file argument `-` reads standard input (`snapshot load -`,
+    `quote -`, ...). `hub import -` said "-: no such file" (exit 2), so a chain's export
+    could not be piped in (`zcat chain.jsonl.gz | tillpoint hub import -`). Both forms are
+    told apart by their first line, as `snapshot load -` does."""
+    data = sample_master_data()
+    body = {
+        "json": json.dumps(data, indent=2, ensure_ascii=False).encode(),
+        "json-one-line": json.dumps(data, ensure_ascii=False).encode(),
+        "jsonl": _as_lines(data),
+    }[form]
+    _stdin(monkeypatch, body)
+    hub_dir = tmp_path / "hub"
+    code, doc, err = run(capsys, "hub", "import", "-", "--hub-dir", str(hub_dir), "--json")
+    assert code == 0, err
+    assert doc["byKind"]["customer"] == 2 and doc["draftRows"] == 10
+    assert sorted(p.name for p in hub_dir.iterdir() if p.name.startswith(".")) == []
+    # the same rows from a file: nothing more to publish
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps(data), encoding="utf-8")
+    code, doc, err = run(
+        capsys, "hub", "import", str(catalogue), "--hub-dir", str(hub_dir), "--json"
+    )
+    assert code == 0 and doc["draftRows"] == 10, err
+
+
+def test_hub_import_dash_with_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §10: bad input is exit 2 and one line, nothing stored; a closed
+    standard input names the way out."""
+    _stdin(monkeypatch, b'{"customer": {"id": "c-1", "balancePoints": "x"}}\n{oops\n')
+    code, out, err = run(capsys, "hub", "import", "-", "--hub-dir", str(tmp_path / "h"))
+    assert code == 2 and out == ""
+    assert "line 1: balancePoints must be a whole number" in err and err.count("\n") == 1
+    monkeypatch.setattr("sys.stdin", None)
+    code, out, err = run(capsys, "hub", "import", "-", "--hub-dir", str(tmp_path / "h"))
+    assert code == 2 and "standard input is closed" in err and err.count("\n") == 1
