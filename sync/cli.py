@@ -612,6 +612,9 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with args.out.open("w", encoding="utf-8") as out:
             write_signed_file(out, bundle)
+        # the file's size, what `ls -l` and a copy's check read: it was the signed
+        # payload's (`bundle.size`), which the file wraps with its format and signature
+        size = args.out.stat().st_size
     except OSError as exc:
         raise InputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     return _emit(
@@ -620,9 +623,12 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
             "deviceId": args.device,
             "version": bundle.version,
             "file": str(args.out),
-            "bytes": bundle.size,
+            "bytes": size,
         },
-        lambda d: f"signed snapshot {d['version']} for {d['deviceId']} in {d['file']}",
+        lambda d: (
+            f"signed snapshot {d['version']} for {d['deviceId']} in {d['file']}"
+            f" ({d['bytes']} bytes)"
+        ),
     )
 
 

@@ -122,3 +122,28 @@ def test_hub_import_dash_with_bad_input_is_one_line_and_exit_2(
     monkeypatch.setattr("sys.stdin", None)
     code, out, err = run(capsys, "hub", "import", "-", "--hub-dir", str(tmp_path / "h"))
     assert code == 2 and "standard input is closed" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- 3. hub export --json bytes
+
+
+def test_hub_export_json_says_the_size_of_the_file_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/CONTRACT.md §10: `--json` prints what the command did. `hub export --out F
+    --json` said "bytes": the signed payload's size, not the file's (the file wraps the
+    payload with its signature and format), so a script that checked the copy it moved
+    to a till against it found a mismatch."""
+    hub_dir = tmp_path / "hub"
+    catalogue = tmp_path / "c.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    h = ("--hub-dir", str(hub_dir))
+    assert run(capsys, "hub", "import", str(catalogue), "--publish", *h)[0] == 0
+    assert run(capsys, "hub", "enroll", "till-1", *h, "--out", str(tmp_path / "b.json"))[0] == 0
+    out = tmp_path / "snap.json"
+    code, doc, err = run(capsys, "hub", "export", "till-1", *h, "--out", str(out), "--json")
+    assert code == 0, err
+    assert doc["bytes"] == out.stat().st_size
+    # the same bytes as `hub export` to standard output
+    code, printed, _ = run(capsys, "hub", "export", "till-1", *h)
+    assert code == 0 and printed.encode("utf-8") == out.read_bytes()
