@@ -147,3 +147,64 @@ def test_hub_export_json_says_the_size_of_the_file_it_wrote(
     # the same bytes as `hub export` to standard output
     code, printed, _ = run(capsys, "hub", "export", "till-1", *h)
     assert code == 0 and printed.encode("utf-8") == out.read_bytes()
+
+
+# ---------------------------------------------------------------- 5. narrow displays
+
+
+def _shown(lines: list[str], columns: int) -> list[str]:
+    """What the display driver writes for `lines` on a `columns` × 2 screen (its bytes, as
+    `CustomerDisplay` sends them to the port, read back by the virtual screen)."""
+    from tillpoint.printer.config import DisplayConfig
+    from tillpoint.printer.display import message_bytes
+    from tillpoint.printer.virtual_display import DisplayScreen
+
+    config = DisplayConfig(kind="serial", device="loop://", columns=columns)
+    screen = DisplayScreen(columns=columns)
+    screen.feed(message_bytes(lines, config))
+    return list(screen.text)
+
+
+def _whole_words(shown: list[str], said: list[str]) -> None:
+    """No word on the screen is cut ("Сгорят." or "Добр."): a row is reworded, wrapped or
+    left out, never cut."""
+    for row in shown:
+        for word in row.split():
+            assert not word.endswith(".") or word[:-1].isdigit(), (shown, said)
+
+
+@pytest.mark.parametrize("columns", [8, 9, 10, 11])
+def test_a_narrow_display_never_cuts_the_greeting_or_the_expiry_warning(columns: int) -> None:
+    """docs/CONTRACT.md §8 ("messages fit the display ... reworded rather than cut"), §16's
+    warning: on a display of 8–11 columns the greeting showed "Анна." or "Добрый." and
+    the expiry warning "Сгорят." (its date and points gone), the refused card "Карта
+    не." and a cancel "Чек отм.". A row now takes a shorter wording, or is wrapped into
+    the row below when that one is empty, or (the warning, which needs its date and its
+    points together) stays empty as the discount hint does; never cut mid-word."""
+    width = columns
+    greeting = _shown(["Анна, добрый день!", ""], width)
+    assert greeting == (["Добрый день", "Анна!"] if width == 11 else ["Добрый", "день!"])
+    assert _shown(["Добрый день!", ""], width) == ["Добрый", "день!"]
+    assert _shown(["Добрый день,", "Александра!"], width) == (
+        ["Добрый день", "Александра!"] if width == 11 else ["Добрый", "день!"]
+    )
+    assert _shown(["Карта не принята", ""], width) == ["Карта не", "принята"]
+    assert _shown(["Чек отменён", ""], width) == (
+        ["Чек отменён", ""] if width == 11 else ["Чек", "отменён"]
+    )
+    warning = _shown(["Сгорят 31.12: 300", "Бонусы: 1192"], width)
+    assert warning == [
+        {8: "", 9: "", 10: "31.12:-300", 11: "31.12: -300"}[width],
+        "1192",
+    ]
+    for said in (
+        ["Сгорят 31.12: 12300", "Бонусы: 1192"],
+        ["С днём рождения!", "Оля, бонусы x5"],
+        ["С днём рождения! +37", "Бонусы: 1192"],
+        ["Итого: 12 345,67", "Скидка: 26,97"],
+        ["Начислено: +37", "Бонусы: 1192"],
+        ["Купон принят", "TP1ABCD"],
+    ):
+        shown = _shown(said, width)
+        assert all(len(row) <= width for row in shown)
+        _whole_words(shown, said)
