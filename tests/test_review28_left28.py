@@ -208,3 +208,28 @@ def test_a_narrow_display_never_cuts_the_greeting_or_the_expiry_warning(columns:
         shown = _shown(said, width)
         assert all(len(row) <= width for row in shown)
         _whole_words(shown, said)
+
+
+# ---------------------------------------------------------------- 6. issued codes, no printer
+
+
+def test_a_till_with_no_coupon_printer_still_issues_the_code_for_the_hub(cli: Any) -> None:
+    """docs/CONTRACT.md §7, §13 and their decisions: on a till with no coupon printer
+    (`[printer] kind = "none"`, the default) an `issueCoupon` offer is still picked
+    (`printedOffers`), and its one-time code is still issued: it reaches the hub as a
+    transaction (two rows in the outbox: the sale and the code), which puts it in later
+    snapshots as the customer's coupon, where an app or another till's paper can carry
+    it. The result has no field for the code (the contract's `CheckoutResult`), so the
+    till itself shows it nowhere."""
+    from tests.conftest import receipt, snapshot
+    from tests.test_review1 import NEXT_VISIT
+
+    assert cli("snapshot", "load", snapshot(offers=[NEXT_VISIT])).code == 0
+    done = cli("checkout", receipt("r1"), "--json")
+    assert done.code == 0, done.err
+    result = json.loads(done.out)
+    assert result["printedOffers"] == ["o-next"]
+    assert "TP5TILL1" not in done.out  # no code in the answer (TP + 5 + TILL1 + number)
+    status = json.loads(cli("status", "--json").out)
+    assert status["outboxDepth"] == 2
+    assert status["printerState"] == "DISABLED"
