@@ -825,13 +825,19 @@ def read_stdin(
     read the rows twice (`ImportFile`), and a pipe is read once. `fmt` None: `sniff_format`."""
     if fmt not in (None, "json", "jsonl"):
         raise InputError(f"unknown import format {fmt!r}: json or jsonl")
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".import-stdin-") as spool:
+    try:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        spooled = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".import-stdin-")  # noqa: SIM115
+    except OSError as exc:
+        raise InputError(
+            f"-: cannot keep a copy of standard input in {spool_dir} ({exc.strerror or exc})"
+        ) from None
+    with spooled as spool:
         try:
             shutil.copyfileobj(stream, spool, 1 << 20)
             spool.flush()
-        except OSError as exc:
-            raise InputError(f"-: cannot read standard input ({exc.strerror or exc})") from None
+        except OSError as exc:  # a read error, or the hub's disk full
+            raise InputError(f"-: cannot copy standard input ({exc.strerror or exc})") from None
         path = Path(spool.name)
         if fmt is None:
             with path.open("rb") as head:
