@@ -19,6 +19,7 @@ numbers.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 
 from tillpoint.printer.text import clean, fit, format_money
@@ -169,9 +170,54 @@ def birthday_lines(
 
 def fit_lines(lines: Sequence[str], width: int = WIDTH, rows: int = 2) -> list[str]:
     """Exactly ``rows`` lines of at most ``width`` characters (the driver's last resort, for
-    a display narrower than the 20 columns the messages are made for)."""
-    out = [_refit(clean(line), width) for line in list(lines)[:rows]]
-    return out + [""] * (rows - len(out))
+    a display narrower than the 20 columns the messages are made for).
+
+    A row is reworded (`_reworded`); one that no wording fits is wrapped into the row
+    below when that row is empty or only a name that would be left out ("Добрый" over
+    "день!", "Карта не" over "принята" on 8 columns); only then cut at a word."""
+    given = [clean(line) for line in list(lines)[:rows]]
+    given += [""] * (rows - len(given))
+    out = [_reworded(line, width) for line in given]
+    for i, line in enumerate(given):
+        if out[i] is not None:
+            continue
+        below = given[i + 1] if i + 1 < rows else None
+        free = below is not None and (not below.strip() or out[i + 1] == "")
+        pair = _two_rows(line, below, width) if free else None
+        if pair is not None:
+            out[i], out[i + 1] = pair
+            continue
+        if below is not None and out[i + 1] == "" and line.endswith(","):
+            line = line[:-1] + "!"  # "Добрый день," over a name left out
+        out[i] = _reworded(line, width)
+        if out[i] is None:  # the last resort
+            out[i] = fit(line, width)
+    return [line or "" for line in out]
+
+
+def _two_rows(line: str, below: str | None, width: int) -> tuple[str, str] | None:
+    """`line` over two rows of `width` (the row below it empty, or a name on its own that
+    does not fit), whole words only; None when it takes more.
+
+    A greeting keeps the name while it fits ("Добрый день" over "Анна!" on 11 columns),
+    else goes without it ("Добрый" over "день!")."""
+    forms: list[tuple[str, ...]] = []
+    name, comma, rest = line.partition(", ")
+    if comma and rest and " " not in name:  # "Анна, добрый день!"
+        greeting = rest[0].upper() + rest[1:]
+        forms += [(greeting.rstrip("!"), f"{name}!"), tuple(_wrap(greeting, width))]
+    elif line.endswith(",") and below is not None and below.strip():  # over "Александра!"
+        forms += [(line[:-1], below.strip()), tuple(_wrap(line[:-1] + "!", width))]
+    forms.append(tuple(_wrap(line, width)))
+    for form in forms:
+        if len(form) <= 2 and all(len(row) <= width for row in form):
+            padded = (*form, "", "")
+            return padded[0], padded[1]
+    return None
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
 
 
 # Shorter wordings of this module's messages (and `tillpoint.agent.messages`' hint), for
@@ -182,6 +228,7 @@ _SHORTER = (
     ("С днём рожд.!", "С ДР!"),  # `birthday_earned_line`'s wording for larger figures
     ("до скидки ", "до -"),
     ("Ещё ", "+"),
+    ("Купон принят", "Принят"),  # over the code (`printer.service`)
 )
 # the expiry warning's own shorter wording (`tillpoint.agent.messages.expiry_line`)
 _EXPIRING = re.compile(r"Сгорят (\d\d\.\d\d): (\d+)")
@@ -189,12 +236,15 @@ _EXPIRING = re.compile(r"Сгорят (\d\d\.\d\d): (\d+)")
 _HINT = re.compile(r"\+([\d ]+) (\S) до (\S+%)")
 # the birthday wish beside the points earned (`birthday_earned_line`): the points alone last
 _WISHED = re.compile(r"С ДР! ([+-]?\d+)")
+# the birthday multiplier under the wish (`birthday_lines`), with or without the name
+_MULTIPLIED = re.compile(r"(?:\S+, )?[Бб]онусы x(\d+)!?")
 
 
-def _refit(line: str, width: int) -> str:
-    """One line made shorter by rewording before any cut: "Итого: 1 234 567,89" loses its
-    label, then its spaces (a figure is never cut: a cut total reads as another total);
-    "Анна, добрый день!" loses the name ("Добрый день!")."""
+def _reworded(line: str, width: int) -> str | None:
+    """One line made shorter by rewording: "Итого: 1 234 567,89" loses its label, then its
+    spaces (a figure is never cut: a cut total reads as another total); "Анна, добрый
+    день!" loses the name ("Добрый день!"). None when only a cut would fit it; "" when the
+    line is rather left out (a name alone, a hint or a warning without its figure)."""
     line = " ".join(line.split())
     if len(line) <= width:
         return line
@@ -212,7 +262,11 @@ def _refit(line: str, width: int) -> str:
         candidates.append(wished[1])
     expiring = _EXPIRING.fullmatch(line)
     if expiring:  # "31.12: -300": the date and the points, never one without the other
-        candidates.append(f"{expiring[1]}: -{expiring[2]}")
+        candidates += [f"{expiring[1]}: -{expiring[2]}", f"{expiring[1]}:-{expiring[2]}"]
+        return next((text for text in candidates if len(text) <= width), "")
+    multiplied = _MULTIPLIED.fullmatch(line)
+    if multiplied:  # "Оля, бонусы x5": "Бонусы x5", then "x5", as `birthday_lines` words it
+        candidates += [f"Бонусы x{multiplied[1]}", f"x{multiplied[1]}"]
     label, colon, value = line.partition(": ")
     # a figure under a word ("Итого", "Бонусы"): not one the label dates ("Сгорят 31.12")
     if colon and any(ch.isdigit() for ch in value) and not any(ch.isdigit() for ch in label):
@@ -220,6 +274,8 @@ def _refit(line: str, width: int) -> str:
     name, comma, rest = line.partition(", ")
     if comma and rest and " " not in name:
         candidates.append(rest[0].upper() + rest[1:])
+    if line.endswith(","):  # "Добрый день," over a name: "Добрый день"
+        candidates.append(line[:-1])
     if not candidates and " " not in line and line.endswith("!"):
         return ""  # a name on its own row ("Александра!"): left out, never cut
-    return _first_fitting([*candidates, line], width)
+    return next((text for text in [*candidates, line] if len(text) <= width), None)

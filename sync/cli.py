@@ -122,8 +122,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=parents,
         help="load master data from a snapshot-shaped JSON or JSON Lines file",
     )
-    p.add_argument("file", type=Path)
-    p.add_argument("--format", choices=("json", "jsonl"), help="default: from the file name")
+    p.add_argument("file", type=Path, help="the file; - reads standard input")
+    p.add_argument(
+        "--format",
+        choices=("json", "jsonl"),
+        help="default: from the file name (standard input: from its first line)",
+    )
     p.add_argument("--publish", action="store_true", help="publish a new version afterwards")
     p.add_argument("--ttl-hours", type=float, default=168.0, help=argparse.SUPPRESS)
     p.set_defaults(handler=_hub_import)
@@ -386,17 +390,24 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
-    from .hub_import import read_file
+    from tillpoint.agent.cli import standard_input
+
+    from .hub_import import read_file, read_stdin
     from .progress import ProgressBar
 
     ttl_s = _ttl_hours(args.ttl_hours) * 3600 if args.publish else 0.0  # before importing
     hub = _hub(settings, args)
     if hub.on_postgres:
         hub.init()  # the database is shared: the keys make the hub here (as hub.db does)
+    stdin = standard_input() if str(args.file) == "-" else None  # closed: exit 2 first
     with closing(hub.open_store(migrate=True)) as store:
-        bar = ProgressBar(f"importing {args.file.name}")
+        bar = ProgressBar(f"importing {'standard input' if stdin else args.file.name}")
         try:
-            report = store.import_rows(read_file(args.file, args.format, bar))
+            if stdin is not None:
+                with read_stdin(stdin, hub.root, args.format, bar) as rows:
+                    report = store.import_rows(rows)
+            else:
+                report = store.import_rows(read_file(args.file, args.format, bar))
         finally:
             bar.close()
         data: dict[str, Any] = {
@@ -601,6 +612,9 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with args.out.open("w", encoding="utf-8") as out:
             write_signed_file(out, bundle)
+        # the file's size, what `ls -l` and a copy's check read: it was the signed
+        # payload's (`bundle.size`), which the file wraps with its format and signature
+        size = args.out.stat().st_size
     except OSError as exc:
         raise InputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     return _emit(
@@ -609,9 +623,12 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
             "deviceId": args.device,
             "version": bundle.version,
             "file": str(args.out),
-            "bytes": bundle.size,
+            "bytes": size,
         },
-        lambda d: f"signed snapshot {d['version']} for {d['deviceId']} in {d['file']}",
+        lambda d: (
+            f"signed snapshot {d['version']} for {d['deviceId']} in {d['file']}"
+            f" ({d['bytes']} bytes)"
+        ),
     )
 
 
@@ -970,7 +987,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     try:
         bar = ProgressBar("pushing", unit="rows")
         try:
-            pushed = pusher.drain(progress=bar, lock_wait_s=args.wait)
+            pushed = pusher.drain(progress=bar, lock_wait_s=args.wait, narrow_on_timeout=True)
         finally:
             bar.close()
         puller = Puller(

@@ -27,7 +27,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -794,3 +797,49 @@ def read_file(path: Path, fmt: str | None = None, progress: Progress | None = No
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
     return ImportFile(path, fmt, total, progress)
+
+
+def sniff_format(first_line: bytes) -> str:
+    """The form of an import read from standard input, which has no name to tell it by:
+    "jsonl" when its first line is a JSON Lines snapshot's header or, whole on its own, a
+    row `{"<kind>": {...}}` (a kind, `program` or `removed`: the last two mean the same in
+    either form); else "json" (a document, however it is laid out)."""
+    line = first_line.removeprefix(BOM).strip()
+    if SNAPSHOT_JSONL.encode() in line.replace(b" ", b""):
+        return "jsonl"
+    try:
+        doc = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "json"
+    if isinstance(doc, dict) and len(doc) == 1 and next(iter(doc)) in (*MODELS, "removed"):
+        return "jsonl"
+    return "json"
+
+
+@contextmanager
+def read_stdin(
+    stream: IO[bytes], spool_dir: Path, fmt: str | None = None, progress: Progress | None = None
+) -> Iterator[ImportFile]:
+    """`hub import -`: standard input, copied whole into a file in `spool_dir` (the hub's
+    directory, on disk: a chain's export is GBs) that is removed afterwards. A store may
+    read the rows twice (`ImportFile`), and a pipe is read once. `fmt` None: `sniff_format`."""
+    if fmt not in (None, "json", "jsonl"):
+        raise InputError(f"unknown import format {fmt!r}: json or jsonl")
+    try:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        spooled = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".import-stdin-")  # noqa: SIM115
+    except OSError as exc:
+        raise InputError(
+            f"-: cannot keep a copy of standard input in {spool_dir} ({exc.strerror or exc})"
+        ) from None
+    with spooled as spool:
+        try:
+            shutil.copyfileobj(stream, spool, 1 << 20)
+            spool.flush()
+        except OSError as exc:  # a read error, or the hub's disk full
+            raise InputError(f"-: cannot copy standard input ({exc.strerror or exc})") from None
+        path = Path(spool.name)
+        if fmt is None:
+            with path.open("rb") as head:
+                fmt = sniff_format(head.readline(HEAD_BYTES))
+        yield ImportFile(path, fmt, path.stat().st_size, progress)

@@ -75,6 +75,10 @@ def _discarded(payload: str) -> bool:
     return ledger.DISCARDED in payload and json.loads(payload).get("kind") == ledger.DISCARDED
 
 
+def _timed_out(exc: grpc.RpcError) -> bool:
+    return isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Pusher:
     def __init__(
         self,
@@ -98,6 +102,7 @@ class Pusher:
         # The batch's bounds now: halved after a push that ran out of time (an uplink too
         # thin for a whole batch within the deadline), doubled back after each success.
         self.rows_limit = batch_size
+        self.last_rows = 0  # the size of the last batch sent
         self.bytes_limit = MAX_BATCH_BYTES
 
     @property
@@ -167,11 +172,12 @@ class Pusher:
             batch_id=batch_id,
         )
         seqs = [seq for seq, _ in rows]
+        self.last_rows = len(rows)
         try:
             ack = self.link.stub.PushTransactions(request, timeout=self.call_timeout_s)
         except grpc.RpcError as exc:
             self._count_attempt(seqs)
-            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if _timed_out(exc):
                 self._narrow(len(rows), sum(len(p) for _, p in rows))
             raise
         self.link.ok()
@@ -273,10 +279,24 @@ class Pusher:
         if not self.mark_known:
             self.learn_mark()
 
-    def drain(self, progress: Progress | None = None, lock_wait_s: float = 0.0) -> int:
+    def drain(
+        self,
+        progress: Progress | None = None,
+        lock_wait_s: float = 0.0,
+        narrow_on_timeout: bool = False,
+    ) -> int:
         """Push until the outbox is empty; returns how many rows left it (`set_aside`
         lists those of them the hub set aside instead of storing). The first drain of a
-        pusher learns the hub's mark first (`learn_mark`)."""
+        pusher learns the hub's mark first (`learn_mark`).
+
+        `narrow_on_timeout` (`tillpoint sync now`): a push of more than one sale that
+        runs out of time is tried again at once with half the batch (`_narrow`), inside
+        this call, down to one sale; only one sale running out of time ends the call. A
+        pusher that lives for one call never saw its narrowed bounds again, and a backlog
+        over an uplink too thin for a whole batch never drained by hand. The hub answered
+        `learn_mark` just before, so a timeout here is a thin link, not a hub gone (which
+        ends the call at `learn_mark`). `tillpoint run` narrows between its rounds, with
+        its back-off."""
         self.set_aside = []
         self.know_mark()
         with file_lock(self.lock_path, lock_wait_s):
@@ -284,7 +304,12 @@ class Pusher:
             sent = 0
             try:
                 while True:
-                    result = self.push_batch()
+                    try:
+                        result = self.push_batch()
+                    except grpc.RpcError as exc:
+                        if narrow_on_timeout and self.last_rows > 1 and _timed_out(exc):
+                            continue  # the next batch is half as big (`_narrow`)
+                        raise
                     if result is None:
                         return sent
                     sent += result.sent
