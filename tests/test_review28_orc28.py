@@ -28,7 +28,7 @@ from .oracle28 import Oracle
 BASE_AT = datetime(2026, 11, 23, 7, 15, tzinfo=timezone.utc)
 ZONES = ["Europe/Moscow", "Europe/Berlin", "Asia/Vladivostok", "America/New_York"]
 OFFSETS = [timezone.utc, timezone(timedelta(hours=3)), timezone(timedelta(hours=-5, minutes=-30))]
-SKUS = ["p1", "p2", "p3", "p4", "p5", "p6"]
+SKUS = ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"]
 CATEGORIES = [
     {"code": "food", "name": "Food"},
     {"code": "dairy", "parent": "food", "name": "Dairy"},
@@ -36,6 +36,10 @@ CATEGORIES = [
     {"code": "bakery", "parent": "food", "name": "Bakery"},
     {"code": "drinks", "name": "Drinks"},
     {"code": "tobacco", "name": "Tobacco"},
+    # a ring a hub would refuse, given to a till as a plain file: the walk up stops
+    {"code": "ring-a", "parent": "ring-b", "name": "Ring A"},
+    {"code": "ring-b", "parent": "ring-a", "name": "Ring B"},
+    {"code": "orphan", "parent": "nowhere", "name": "Orphan"},
 ]
 SKU_CATEGORY = {
     "p1": "dairy",
@@ -44,6 +48,8 @@ SKU_CATEGORY = {
     "p4": "drinks",
     "p5": "food",
     "p6": "cheese",
+    "p7": "ring-a",
+    "p8": "orphan",
 }
 CAMPAIGNS = ["k1", "k2", "k3"]
 
@@ -205,12 +211,14 @@ def gen_offer(rng: random.Random, n: int) -> dict[str, Any]:
     )
     o: dict[str, Any] = {"id": f"o-{n}", "kind": kind, "priority": rng.randint(0, 2)}
     if rng.random() < 0.6:
-        o["campaignId"] = rng.choice(CAMPAIGNS)
+        o["campaignId"] = rng.choice([*CAMPAIGNS, ""])
     if rng.random() < 0.3:
-        o["customerId"] = rng.choice(["c1", "c2", "c3"])
+        o["customerId"] = rng.choice(["c1", "c2", "c3", ""])
     if kind not in ("RECEIPT_PERCENT_OFF", "EXTRA_POINTS"):
         o["skus"] = rng.sample(SKUS, rng.randint(0, 3))
-        o["categories"] = rng.sample(["food", "dairy", "cheese", "bakery", "drinks"], rng.randint(0, 1))
+        o["categories"] = rng.sample(
+            ["food", "dairy", "cheese", "bakery", "drinks", "ring-b", "nowhere"], rng.randint(0, 1)
+        )
     if kind == "PERCENT_OFF":
         o["value"] = rng.choice(["5", "10", "15", "12.5", "33.333", "100", "50"])
     elif kind == "AMOUNT_OFF":
@@ -226,7 +234,7 @@ def gen_offer(rng: random.Random, n: int) -> dict[str, Any]:
         o["buyQty"] = str(rng.randint(1, 3))
         o["freeQty"] = str(rng.randint(1, 2))
     elif kind == "BONUS_MULTIPLIER":
-        o["value"] = rng.choice(["2", "3", "1.5", "10"])
+        o["value"] = rng.choice(["2", "3", "1.5", "10", "0.5", "1"])
     elif kind == "RECEIPT_PERCENT_OFF":
         o["value"] = rng.choice(["5", "10", "3.5"])
         o["minTotalMinor"] = rng.choice([0, 1000, 10000, 50000])
@@ -283,6 +291,8 @@ def gen_receipt(rng: random.Random, snap: dict[str, Any], n: int) -> dict[str, A
             line["priceMinor"] = price
         lines.append(line)
     at = _time_near(rng).astimezone(rng.choice(OFFSETS))
+    if rng.random() < 0.1:
+        at += timedelta(microseconds=rng.choice([1, 500000, 999999]))
     codes = [c["code"] for c in snap["coupons"]]
     scanned: list[str] = []
     for _ in range(rng.randint(0, 3)):
@@ -460,3 +470,35 @@ def test_quote_explain_and_checkout_agree_over_a_till_day(tmp_path: Path) -> Non
     for seed in range(12):
         problems += run_sequence(tmp_path, seed)
     assert not problems, "\n".join(problems[:5])
+
+
+# ------------------------------------------------------------------ what the oracle found
+
+
+def test_an_offer_or_coupon_whose_customer_id_is_empty_is_for_every_customer(
+    cli: Any,
+) -> None:
+    """docs/CONTRACT.md §3: `customerId` absent on an offer is a mass offer, on a coupon
+    any identified customer's; proto3 JSON writes an unset string as `""` (a hub or a CRM
+    export that writes every field), which is that field left out. Until review 28 such
+    an offer applied to nobody and such a code was OTHER_CUSTOMER for everyone."""
+    from .conftest import receipt, snapshot
+
+    snap = snapshot(
+        offers=[
+            {"id": "o-m", "kind": "PERCENT_OFF", "customerId": "", "campaignId": "",
+             "skus": ["4601234000017"], "value": "10"},
+            {"id": "o-x", "kind": "EXTRA_POINTS", "customerId": "", "value": "25",
+             "couponRequired": True},
+        ],
+        coupons=[{"code": "ALL-1", "offerId": "o-x", "customerId": ""}],
+    )
+    assert cli("snapshot", "load", snap).code == 0
+    run = cli("quote", receipt(coupons=["ALL-1"]), "--json")
+    assert run.code == 0, run.err
+    result = run.json()
+    assert result["lines"][0]["offerId"] == "o-m"
+    assert result["lines"][0]["discountMinor"] == 1798  # 10 % of 179.80
+    assert result["coupons"] == [{"code": "ALL1", "status": "APPLIED", "reason": ""}]
+    # 161.82 × 7.5 % = 12.13 (×5: 23 November is in Анна's birthday window) + 25
+    assert result["earnedPoints"] == 60 + 25
