@@ -166,7 +166,7 @@ def gen_snapshot(rng: random.Random, version: int) -> dict[str, Any]:
             "offerId": rng.choice([o["id"] for o in offers] + ["o-missing"]),
         }
         if rng.random() < 0.3:
-            cp["customerId"] = rng.choice(["c1", "c2", "c3"])
+            cp["customerId"] = rng.choice(["c1", "c2", "c3", ""])
         if rng.random() < 0.3:
             cp["validFrom"] = rfc(_time_near(rng))
         if rng.random() < 0.3:
@@ -268,6 +268,9 @@ def gen_offer(rng: random.Random, n: int) -> dict[str, Any]:
             del o["hours"]
     if rng.random() < 0.15:
         o["onFavoriteWeekday"] = True
+    for name in ("validFrom", "validTo", "minQty"):
+        if name not in o and rng.random() < 0.05:
+            o[name] = ""  # proto3 JSON's unset (docs/CONTRACT.md §3)
     if rng.random() < 0.2:
         o["couponRequired"] = True
     return o
@@ -383,12 +386,27 @@ def compare(agent: Agent, snap: dict[str, Any], rec: dict[str, Any]) -> list[str
     return [f"{k}: product {got.get(k)!r} oracle {want.get(k)!r}" for k in want if got.get(k) != want.get(k)]
 
 
+def jsonl(snap: dict[str, Any]) -> list[str]:
+    """The snapshot in its JSON Lines form (docs/PROTOCOL.md: a header line, then a
+    `{"section": ...}` line before each section's rows), as a hub's payload."""
+    head = {"format": "tillpoint.snapshot/jsonl"}
+    head |= {k: v for k, v in snap.items() if not isinstance(v, list)}
+    out = [json.dumps(head, sort_keys=True, ensure_ascii=False)]
+    for name in ("categories", "products", "customers", "cards", "offers", "coupons"):
+        out.append(json.dumps({"section": name}))
+        out += [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in snap.get(name, [])]
+    return out
+
+
 def run_seed(tmp_path: Path, seed: int, count: int) -> list[str]:
     agent = Agent(tmp_path / f"data-{seed}", "till-1")
     problems: list[str] = []
     try:
-        for snap, rec in cases(seed, count):
-            agent.load_snapshot(snap)
+        for n, (snap, rec) in enumerate(cases(seed, count)):
+            if n % 2:  # every other one as a hub's JSON Lines payload, streamed row by row
+                agent.load_snapshot_lines(line.encode() + b"\n" for line in jsonl(snap))
+            else:
+                agent.load_snapshot(snap)
             diff = compare(agent, snap, rec)
             if diff:
                 problems.append(
@@ -402,9 +420,47 @@ def run_seed(tmp_path: Path, seed: int, count: int) -> list[str]:
 
 
 def test_quote_matches_the_reference_model(tmp_path: Path) -> None:
-    """docs/CONTRACT.md §5, §13–§16: 150 seeded snapshots and receipts, every figure."""
-    problems = run_seed(tmp_path, 28, 150)
+    """docs/CONTRACT.md §5, §13–§16: 300 seeded snapshots and receipts, every figure."""
+    problems = run_seed(tmp_path, 28, 300)
     assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
+
+
+@pytest.mark.slow
+def test_quote_matches_the_reference_model_longer(tmp_path: Path) -> None:
+    """As above, on more seeds (about 10 s)."""
+    problems: list[str] = []
+    for seed in (1, 2):
+        problems += run_seed(tmp_path, seed, 150)
+    assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
+
+
+def test_quote_over_http_matches_the_reference_model(tmp_path: Path) -> None:
+    """The same comparison through `POST /v1/quote` of the HTTP interface `tillpoint run`
+    serves (docs/CONTRACT.md §12: the same document the CLI prints)."""
+    from tillpoint.agent.http_api import HttpServer
+
+    agent = Agent(tmp_path / "data", "till-1")
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    problems: list[str] = []
+    try:
+        for snap, rec in cases(2028, 40):
+            agent.load_snapshot(snap)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{server.port}/v1/quote",
+                data=json.dumps(rec).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                got = product_figures(json.loads(reply.read()), balance=True)
+            want = expected(snap, rec)
+            if "balance" not in want:
+                got.pop("balance", None)
+            problems += [f"{rec['receiptId']} {k}" for k in want if got.get(k) != want.get(k)]
+    finally:
+        server.stop()
+        agent.close()
+    assert not problems, problems
 
 
 def sequence(seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
