@@ -558,3 +558,30 @@ def test_an_offer_or_coupon_whose_customer_id_is_empty_is_for_every_customer(
     assert result["coupons"] == [{"code": "ALL1", "status": "APPLIED", "reason": ""}]
     # 161.82 × 7.5 % = 12.13 (×5: 23 November is in Анна's birthday window) + 25
     assert result["earnedPoints"] == 60 + 25
+
+
+def test_quote_over_grpc_matches_the_reference_model(tmp_path: Path) -> None:
+    """The same comparison through the gRPC `PosAgent.Quote` a POS calls (the agent's
+    own client, proto3 JSON in and out)."""
+    from tillpoint.agent.client import PosAgentClient
+
+    from .conftest import grpc_served
+
+    agent = Agent(tmp_path / "data", "till-1")
+    problems: list[str] = []
+    try:
+        with grpc_served(agent) as port, PosAgentClient(f"127.0.0.1:{port}") as client:
+            for snap, rec in cases(2029, 40):
+                agent.load_snapshot(snap)
+                got = product_figures(client.quote(rec), balance=True)
+                want = expected(snap, rec)
+                if "balance" not in want:
+                    got.pop("balance", None)
+                problems += [
+                    f"{rec['receiptId']} {k}: {got.get(k)} != {want.get(k)}"
+                    for k in want
+                    if got.get(k) != want.get(k)
+                ]
+    finally:
+        agent.close()
+    assert not problems, problems
