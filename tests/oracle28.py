@@ -116,47 +116,86 @@ class Wallet:
     life: int  # program.pointsLifetimeDays
     start: list[Batch] = field(default_factory=list)  # spendable from the start
     debt: int = 0  # owed from the start
-    events: list[tuple[datetime, int, str, int, Batch | None]] = field(default_factory=list)
+    events: list[list[Any]] = field(default_factory=list)  # [when, n, what, points, batch]
 
     def add(self, points: int, activates: datetime) -> None:
         """Points spendable from `activates`, expiring pointsLifetimeDays after (§16)."""
         expires = days_later(activates, self.life, self.tz) if self.life else None
-        self.events.append((activates, len(self.events), "earn", points, Batch(points, activates, expires)))
+        batch = Batch(points, activates, expires)
+        self.events.append([activates, len(self.events), "earn", points, batch])
 
-    def spend(self, points: int, at: datetime) -> None:
-        self.events.append((at, len(self.events), "spend", points, None))
+    def spend(self, points: int, at: datetime) -> list[Any]:
+        event = [at, len(self.events), "spend", points, None]
+        self.events.append(event)
+        return event
 
-    def replay(self, at: datetime) -> tuple[list[Batch], int]:
-        batches = [Batch(b.points, b.activates, b.expires) for b in self.start]
+    def replay(
+        self, at: datetime | None
+    ) -> tuple[dict[Any, Batch], int, dict[int, tuple[list[tuple[Any, int]], int]]]:
+        """The movements up to `at` (all when None) in time order, then the order
+        written: the batches by key, the debt owed, and what each spend took."""
+        batches: dict[Any, Batch] = {
+            ("s", i): Batch(b.points, b.activates, b.expires) for i, b in enumerate(self.start)
+        }
         debt = self.debt
-        for when, _, what, points, batch in sorted(self.events, key=lambda e: (e[0], e[1])):
-            if when > at:
+        took: dict[int, tuple[list[tuple[Any, int]], int]] = {}
+        for when, n, what, points, batch in sorted(self.events, key=lambda e: (e[0], e[1])):
+            if at is not None and when > at:
                 continue
             if what == "earn":
-                assert batch is not None
                 fresh = Batch(points, batch.activates, batch.expires)
                 pay = min(debt, max(fresh.points, 0))
                 fresh.points -= pay
                 debt -= pay
-                batches.append(fresh)
+                batches[("e", n)] = fresh
             else:
                 order = sorted(
-                    (b for b in batches if b.spendable(when) and b.points > 0),
-                    key=lambda b: (b.expires is None, b.expires or when),
+                    ((k, b) for k, b in batches.items() if b.spendable(when) and b.points > 0),
+                    key=lambda kb: (kb[1].expires is None, kb[1].expires or when),
                 )
-                for b in order:
+                takes = []
+                for k, b in order:
                     take = min(points, b.points)
-                    b.points -= take
-                    points -= take
+                    if take:
+                        b.points -= take
+                        points -= take
+                        takes.append((k, take))
                 debt += points
-        return batches, debt
+                took[n] = (takes, points)
+        return batches, debt, took
+
+    def balance(self, at: datetime) -> tuple[int, int]:
+        """(available, pending) at `at`. CONTRACT §5: spending counts at once, whatever
+        the receipt's `at`; §16: available at T is what is left of the batches at T. So a
+        spend dated after `at` counts at `at` off the batches it took at its own time
+        (points it took from a batch still pending at `at` leave the pending points).
+        Points that become spendable after `at` pay a debt only when they do."""
+        batches, debt, _ = self.replay(at)
+        _, _, took = self.replay(None)
+        pending_taken: dict[Any, int] = {}
+        for when, n, what, _points, _b in self.events:
+            if what != "spend" or when <= at:
+                continue
+            takes, owed = took[n]
+            debt += owed
+            for k, pts in takes:
+                if k in batches:
+                    batches[k].points -= pts
+                else:
+                    pending_taken[k] = pending_taken.get(k, 0) + pts
+        available = sum(b.points for b in batches.values() if b.spendable(at)) - debt
+        pending = sum(
+            p - pending_taken.get(("e", n), 0)
+            for when, n, what, p, _b in self.events
+            if what == "earn" and when > at
+        )
+        return available, pending
 
     def available(self, at: datetime) -> int:
-        batches, debt = self.replay(at)
-        return sum(b.points for b in batches if b.spendable(at)) - debt
+        return self.balance(at)[0]
 
     def pending(self, at: datetime) -> int:
-        return sum(p for when, _, what, p, _b in self.events if what == "earn" and when > at)
+        return self.balance(at)[1]
 
 
 @dataclass
@@ -199,6 +238,7 @@ class Priced:
     held_out: list[str]
     coupons: list[dict[str, str]]
     gave: set[str] = field(default_factory=set)
+    record: dict[str, Any] = field(default_factory=dict)  # what a hold reserved (§11)
 
     def figures(self) -> dict[str, Any]:
         """The result's figures in the shape of `CheckoutResult` JSON."""
@@ -267,33 +307,27 @@ class Oracle:
         is a night window belonging to the day it starts."""
         loc = self.local(at)
         secs = loc.hour * 3600 + loc.minute * 60 + loc.second
-        day = loc.date()
-        hours = offer.get("hours", [])
-        if hours:
-            day_of_window = None
-            for h in hours:
+        days = [loc.date()]
+        if offer.get("hours"):
+            days = []
+            for h in offer["hours"]:
                 start, end = _clock(h["from"]), _clock(h["to"])
                 if start < end:
                     if start <= secs < end:
-                        day_of_window = day
-                else:  # night window
-                    if secs >= start:
-                        day_of_window = day
-                    elif secs < end:
-                        day_of_window = day - timedelta(days=1)
-                if day_of_window is not None:
-                    break
-            if day_of_window is None:
-                return False
-            day = day_of_window
-        weekday = day.isoweekday()
-        if offer.get("weekdays") and weekday not in offer["weekdays"]:
-            return False
-        if offer.get("onFavoriteWeekday"):
-            fav = customer.get("favoriteWeekday")
-            if not fav or fav != weekday:
-                return False
-        return True
+                        days.append(loc.date())
+                elif secs >= start:  # a night window, on the day it starts
+                    days.append(loc.date())
+                elif secs < end:
+                    days.append(loc.date() - timedelta(days=1))
+        # inside any of its windows whose day is one of its weekdays (and the favourite)
+        for day in days:
+            weekday = day.isoweekday()
+            if offer.get("weekdays") and weekday not in offer["weekdays"]:
+                continue
+            if offer.get("onFavoriteWeekday") and customer.get("favoriteWeekday") != weekday:
+                continue
+            return True
+        return False
 
     def valid(self, offer_or_coupon: dict[str, Any], at: datetime) -> bool:
         """§5 step 2: valid at `at`, inclusive bounds."""
@@ -332,7 +366,10 @@ class Oracle:
         they pay, soonest-expiring first (a balance below zero is a debt too)."""
         balance = int(customer.get("balancePoints", 0))
         parts = sorted(
-            (Batch(int(e["points"]), None, ts(e["expiresAt"])) for e in customer.get("expiring", [])),
+            (
+                Batch(int(e["points"]), None, ts(e["expiresAt"]))
+                for e in customer.get("expiring", [])
+            ),
             key=lambda b: b.expires or datetime.max,
         )
         rest = balance - sum(b.points for b in parts)
@@ -363,7 +400,11 @@ class Oracle:
         for cust in self.customers.values():
             if (cust.get("phone") or "").endswith(digits) and cust.get("phone"):
                 active = sorted(
-                    (c for c in self.cards.values() if c["customerId"] == cust["id"] and c.get("status", "ACTIVE") == "ACTIVE"),
+                    (
+                        c
+                        for c in self.cards.values()
+                        if c["customerId"] == cust["id"] and c.get("status", "ACTIVE") == "ACTIVE"
+                    ),
                     key=lambda c: c["number"],
                 )
                 return active[0] if active else None
@@ -377,7 +418,7 @@ class Oracle:
         *,
         control: bool = True,
         state: TillState | None = None,
-        commit: bool = False,
+        commit: bool | str = False,
     ) -> Priced:
         """Price `receipt` on a till in `state` (a fresh till when None); with `commit`,
         the state then holds the receipt (a checkout), else nothing changes (a quote)."""
@@ -402,7 +443,14 @@ class Oracle:
             product = self.products.get(raw["sku"])
             eligible = product is not None and not product.get("excludedFromLoyalty", False)
             lines.append(
-                Line(i, raw["sku"], qty, amount, eligible, product.get("category") if product else None)
+                Line(
+                    i,
+                    raw["sku"],
+                    qty,
+                    amount,
+                    eligible,
+                    product.get("category") if product else None,
+                )
             )
         eligible = [ln for ln in lines if ln.eligible]
 
@@ -518,7 +566,11 @@ class Oracle:
                 and min_qty_ok(o, ln)
             ]
             units = sorted(
-                ((Fraction(ln.amount, 1) / ln.qty, k, ln) for k, ln in enumerate(cands) for _ in range(int(ln.qty))),
+                (
+                    (Fraction(ln.amount, 1) / ln.qty, k, ln)
+                    for k, ln in enumerate(cands)
+                    for _ in range(int(ln.qty))
+                ),
                 key=lambda u: (-u[0], u[1]),
             )
             complete = len(units) // group
@@ -663,16 +715,33 @@ class Oracle:
 
         # §5 step 6: the balance after the receipt, at `at`; spending counts at once, the
         # earned points from activationDelayDays after `at` (same local clock time)
+        # A hold (§11) reserves the points, the offline limit and the codes, earns nothing
+        # yet; its result shows the balance as the checkout would.
+        record: dict[str, Any] = {}
         if wallet is not None:
-            wallet.spend(allowed, at)
+            shown = copy.deepcopy(wallet) if commit == "hold" else wallet
+            spent = shown.spend(allowed, at)
+            activates = self.days_later(at, int(self.program["activationDelayDays"]))
             if earned:
-                wallet.add(earned, self.days_later(at, int(self.program["activationDelayDays"])))
-            available, pending = wallet.available(at), wallet.pending(at)
+                shown.add(earned, activates)
+            available, pending = shown.available(at), shown.pending(at)
+            if commit == "hold":
+                spent = wallet.spend(allowed, at)
+            record = {
+                "customer": customer["id"],
+                "spent": spent,
+                "earned": earned,  # type: ignore[index]
+                "activates": activates,
+                "at": at,
+            }
             if commit and allowed:
                 key = (card["number"], day)  # type: ignore[index]
                 state.offline_used[key] = state.offline_used.get(key, 0) + allowed
+                record["offline"] = (key, allowed)
         if commit:
-            state.used_codes |= {v["code"] for v in verdicts if v["status"] == "APPLIED"}
+            codes = {v["code"] for v in verdicts if v["status"] == "APPLIED"}
+            state.used_codes |= codes
+            record["codes"] = codes
 
         total = sum(ln.amount for ln in lines)
         discount = sum(ln.discount for ln in lines)
@@ -688,6 +757,7 @@ class Oracle:
             held_out=[],
             coupons=verdicts,
             gave=gave,
+            record=record,
         )
         for ln in lines:
             ln.redeemed_points *= self.pv  # the figure the result carries: redeemedMinor
@@ -705,7 +775,26 @@ class Oracle:
         return priced
 
 
+def confirm(state: TillState, record: dict[str, Any]) -> tuple[int, int] | None:
+    """§11 Confirm: the held figures committed; the balance at the receipt's `at`, after
+    it, as the ledger stands now (CONTRACT §11)."""
+    if "customer" not in record:
+        return None
+    wallet = state.wallets[record["customer"]]
+    if record["earned"]:
+        wallet.add(record["earned"], record["activates"])
+    return wallet.available(record["at"]), wallet.pending(record["at"])
+
+
+def cancel(state: TillState, record: dict[str, Any]) -> None:
+    """§11 Cancel: the hold's reservations released."""
+    if "customer" in record:
+        record["spent"][3] = 0
+    if "offline" in record:
+        key, points = record["offline"]
+        state.offline_used[key] -= points
+    state.used_codes -= record.get("codes", set())
+
+
 def oracle_figures(snap: dict[str, Any], receipt: dict[str, Any]) -> dict[str, Any]:
     return Oracle(snap).price(receipt).figures()
-
-

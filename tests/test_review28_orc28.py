@@ -69,10 +69,28 @@ def card_text(rng: random.Random, number: str) -> str:
     """A card or a phone as a cashier or a scanner may send it (§4)."""
     if number in CARDS and rng.random() < 0.3:
         phone = PHONES[CARDS.index(number)]
-        return rng.choice([phone, "8" + phone[2:], phone[1:], phone[2:], f"+7 ({phone[2:5]}) {phone[5:8]}-{phone[8:]}"][:4] + [f"+7 {phone[2:5]} {phone[5:8]} {phone[8:]}"])
+        return rng.choice(
+            [
+                phone,
+                "8" + phone[2:],
+                phone[1:],
+                phone[2:],
+                f"+7 ({phone[2:5]}) {phone[5:8]}-{phone[8:]}",
+            ][:4]
+            + [f"+7 {phone[2:5]} {phone[5:8]} {phone[8:]}"]
+        )
     if rng.random() < 0.2:
-        return rng.choice([f" {number} ", f"{number[:4]}-{number[4:8]}-{number[8:]}", f"{number[:6]} {number[6:]}", f"{number[:6]}\u2013{number[6:]}"])
+        return rng.choice(
+            [
+                f" {number} ",
+                f"{number[:4]}-{number[4:8]}-{number[8:]}",
+                f"{number[:6]} {number[6:]}",
+                f"{number[:6]}\u2013{number[6:]}",
+            ]
+        )
     return number
+
+
 UNKNOWN_CARD = ean13("277000000999")
 
 
@@ -120,9 +138,9 @@ def gen_snapshot(rng: random.Random, version: int) -> dict[str, Any]:
         "pointsLifetimeDays": rng.choice([0, 0, 0, 30, 2]),
         "tiers": tiers,
     }
-    products = [
-        {"sku": sku, "name": sku, "category": SKU_CATEGORY[sku]} for sku in SKUS
-    ] + [{"sku": "tob", "name": "Tobacco", "category": "tobacco", "excludedFromLoyalty": True}]
+    products = [{"sku": sku, "name": sku, "category": SKU_CATEGORY[sku]} for sku in SKUS] + [
+        {"sku": "tob", "name": "Tobacco", "category": "tobacco", "excludedFromLoyalty": True}
+    ]
     customers = []
     for n in range(1, 4):
         c: dict[str, Any] = {
@@ -153,11 +171,11 @@ def gen_snapshot(rng: random.Random, version: int) -> dict[str, Any]:
                 for _ in range(rng.randint(1, 2))
             ]
         customers.append(c)
-    cards = [
-        {"number": CARDS[i], "customerId": f"c{i + 1}", "status": "ACTIVE"} for i in range(3)
-    ]
+    cards = [{"number": CARDS[i], "customerId": f"c{i + 1}", "status": "ACTIVE"} for i in range(3)]
     # c1 has a second card: active (the phone's card) or blocked (the phone finds CARDS[0])
-    cards.append({"number": SECOND_CARD, "customerId": "c1", "status": rng.choice(["ACTIVE", "BLOCKED"])})
+    cards.append(
+        {"number": SECOND_CARD, "customerId": "c1", "status": rng.choice(["ACTIVE", "BLOCKED"])}
+    )
     offers = [gen_offer(rng, i) for i in range(1, rng.randint(1, 11))]
     coupons = []
     for n in range(rng.randint(0, 4)):
@@ -228,7 +246,9 @@ def gen_offer(rng: random.Random, n: int) -> dict[str, Any]:
     elif kind == "QUANTITY_PRICE":
         tiers = [{"minQty": "2", "unitPriceMinor": rng.randint(100, 3000)}]
         if rng.random() < 0.5:
-            tiers.append({"minQty": rng.choice(["4", "1.5", "3"]), "unitPriceMinor": rng.randint(50, 2500)})
+            tiers.append(
+                {"minQty": rng.choice(["4", "1.5", "3"]), "unitPriceMinor": rng.randint(50, 2500)}
+            )
         o["tiers"] = tiers
     elif kind == "MULTIBUY":
         o["buyQty"] = str(rng.randint(1, 3))
@@ -331,7 +351,9 @@ FIGURES = (
 
 
 def product_figures(result: dict[str, Any], *, balance: bool) -> dict[str, Any]:
-    out = {k: copy.deepcopy(result.get(k, [] if k in ("heldOut", "coupons") else 0)) for k in FIGURES}
+    out = {
+        k: copy.deepcopy(result.get(k, [] if k in ("heldOut", "coupons") else 0)) for k in FIGURES
+    }
     out["lines"] = [
         {
             "sku": ln["sku"],
@@ -383,7 +405,11 @@ def compare(agent: Agent, snap: dict[str, Any], rec: dict[str, Any]) -> list[str
         got.pop("balance", None)
     if got == want:
         return []
-    return [f"{k}: product {got.get(k)!r} oracle {want.get(k)!r}" for k in want if got.get(k) != want.get(k)]
+    return [
+        f"{k}: product {got.get(k)!r} oracle {want.get(k)!r}"
+        for k in want
+        if got.get(k) != want.get(k)
+    ]
 
 
 def jsonl(snap: dict[str, Any]) -> list[str]:
@@ -472,11 +498,26 @@ def sequence(seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     times = sorted(
         CENTRE[0] + timedelta(seconds=rng.randint(-2 * 86400, 4 * 86400)) for _ in receipts
     )
+    snap["cards"][-1]["status"] = "ACTIVE"  # c1's phone: its second card (§4)
     for rec, moment in zip(receipts, times):
         rec["at"] = rfc(moment.astimezone(rng.choice(OFFSETS)))
         if rng.random() < 0.5:
             rec["redeemPoints"] = -1
+        if rng.random() < 0.5:  # the same customer, often: its points and its day's limit
+            rec["card"] = card_text(rng, rng.choice([CARDS[0], SECOND_CARD]))
         rec["receiptId"] = f"s{seed}-{rec['receiptId']}"
+    # receipts dated before those sold already (a POS sending a sale late); not for a
+    # customer who starts in debt: what a later movement settled of it counts at an
+    # earlier time (CONTRACT §16, `Wallet.points_at`), which the oracle does not model
+    in_debt = any(
+        c["balancePoints"] < sum(e["points"] for e in c.get("expiring", []))
+        for c in snap["customers"]
+    )
+    for n in range(0 if in_debt else rng.choice([0, 0, 1, 2])):
+        late = copy.deepcopy(rng.choice(receipts))
+        late["receiptId"] += f"-late{n}"
+        late["at"] = rfc(datetime.fromisoformat(late["at"]) - timedelta(hours=rng.randint(1, 30)))
+        receipts.append(late)
     return snap, receipts
 
 
@@ -501,7 +542,9 @@ def run_sequence(tmp_path: Path, seed: int) -> list[str]:
             where = f"seed {seed} receipt {rec['receiptId']}"
             for k in want:
                 if got.get(k) != want.get(k):
-                    problems.append(f"{where} quote {k}: product {got.get(k)!r} oracle {want.get(k)!r}")
+                    problems.append(
+                        f"{where} quote {k}: product {got.get(k)!r} oracle {want.get(k)!r}"
+                    )
             explained = quote_json(agent, {**rec, "explain": True})
             assert "trace" in explained
             if product_figures(explained, balance=True) != product_figures(quoted, balance=True):
@@ -542,10 +585,21 @@ def test_an_offer_or_coupon_whose_customer_id_is_empty_is_for_every_customer(
 
     snap = snapshot(
         offers=[
-            {"id": "o-m", "kind": "PERCENT_OFF", "customerId": "", "campaignId": "",
-             "skus": ["4601234000017"], "value": "10"},
-            {"id": "o-x", "kind": "EXTRA_POINTS", "customerId": "", "value": "25",
-             "couponRequired": True},
+            {
+                "id": "o-m",
+                "kind": "PERCENT_OFF",
+                "customerId": "",
+                "campaignId": "",
+                "skus": ["4601234000017"],
+                "value": "10",
+            },
+            {
+                "id": "o-x",
+                "kind": "EXTRA_POINTS",
+                "customerId": "",
+                "value": "25",
+                "couponRequired": True,
+            },
         ],
         coupons=[{"code": "ALL-1", "offerId": "o-x", "customerId": ""}],
     )
@@ -585,3 +639,125 @@ def test_quote_over_grpc_matches_the_reference_model(tmp_path: Path) -> None:
     finally:
         agent.close()
     assert not problems, problems
+
+
+def run_holds(tmp_path: Path, seed: int) -> list[str]:
+    """`sequence(seed)` sold through Hold, then Confirm or Cancel later (some holds left
+    open), mixed with checkouts: each quote against the oracle on what the till holds
+    and has sold, each Hold's figures against its quote, each Confirm's figures against
+    its Hold's and its balance against the oracle's (docs/CONTRACT.md §11)."""
+    from .oracle28 import TillState, cancel, confirm
+
+    rng = random.Random(seed + 1000)
+    snap, receipts = sequence(seed)
+    oracle, state = Oracle(snap), TillState()
+    agent = Agent(tmp_path / f"holds-{seed}", "till-1")
+    problems: list[str] = []
+    open_holds: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = []
+
+    def differ(where: str, got: dict[str, Any], want: dict[str, Any]) -> None:
+        for k in want:
+            if got.get(k) != want.get(k):
+                problems.append(
+                    f"seed {seed} {where} {k}: product {got.get(k)!r} oracle {want.get(k)!r}"
+                )
+
+    try:
+        agent.load_snapshot(snap)
+        for rec in receipts:
+            while open_holds and rng.random() < 0.5:
+                held_rec, held, record = open_holds.pop(rng.randrange(len(open_holds)))
+                if rng.random() < 0.6:
+                    done = agent.confirm(held_rec["receiptId"]).to_json()
+                    balance = confirm(state, record)
+                    want = {**held}
+                    if balance is not None:
+                        want["balance"] = {
+                            "availablePoints": balance[0],
+                            "pendingPoints": balance[1],
+                        }
+                    differ(
+                        f"confirm {held_rec['receiptId']}",
+                        product_figures(done, balance=True),
+                        want,
+                    )
+                else:
+                    agent.cancel(held_rec["receiptId"])
+                    cancel(state, record)
+            quoted = product_figures(quote_json(agent, rec), balance=True)
+            priced = oracle.price(rec, state=state, commit=False)
+            want = priced.figures()
+            if "balance" not in want:
+                quoted.pop("balance", None)
+            differ(f"quote {rec['receiptId']}", quoted, want)
+            if rng.random() < 0.5:
+                held = product_figures(agent.hold(receipt_from_json(rec)).to_json(), balance=True)
+                if "balance" not in want:
+                    held.pop("balance", None)
+                differ(f"hold {rec['receiptId']}", held, quoted)
+                record = oracle.price(rec, state=state, commit="hold").record
+                open_holds.append((rec, held, record))
+            else:
+                done = product_figures(
+                    agent.checkout(receipt_from_json(rec)).to_json(), balance=True
+                )
+                if "balance" not in want:
+                    done.pop("balance", None)
+                differ(f"checkout {rec['receiptId']}", done, quoted)
+                oracle.price(rec, state=state, commit=True)
+    finally:
+        agent.close()
+    return problems
+
+
+def test_holds_confirms_and_cancels_match_the_reference_model(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §11 with §5 step 4 and §13, §16: an open hold counts against the
+    day's offline limit, the customer's points and its coupons for every other receipt;
+    a cancel gives them back; Confirm commits the held figures."""
+    problems: list[str] = []
+    for seed in range(10):
+        problems += run_holds(tmp_path, seed)
+    assert not problems, "\n".join(problems[:5])
+
+
+@pytest.mark.parametrize("lifetime", [0, 30])
+def test_a_later_sale_that_spent_points_pending_at_an_earlier_time(cli: Any, lifetime: int) -> None:
+    """docs/CONTRACT.md §16: available at T is what is left of the batches at T. Sale a
+    (20 November) spends 100 and earns 67, pending until the 21st; sale b (22 November)
+    spends those 67. Asked at 20 November 12:00 (a `balance --at`, a receipt sent late),
+    a's batch is pending and b took it: 0 available, 69 pending (b's own). Whether points
+    expire (pointsLifetimeDays 30, nothing expiring by then) changes no figure. Until
+    review 28 a till whose points never expire answered -67 available and 136 pending
+    there (b's spend as a debt, a's batch as if whole)."""
+    from .conftest import BASE_SNAPSHOT, receipt, snapshot
+
+    program = dict(
+        BASE_SNAPSHOT["program"],
+        activationDelayDays=1,
+        pointsLifetimeDays=lifetime,
+        maxRedeemPercent=100,
+        birthdayMultiplier=1,
+    )
+    customers = copy.deepcopy(BASE_SNAPSHOT["customers"])
+    customers[0].update(balancePoints=100, birthday=None)
+    assert cli("snapshot", "load", snapshot(program=program, customers=customers)).code == 0
+    line = [{"sku": "4601234000017", "qty": "1", "priceMinor": 100000}]
+    a = cli(
+        "checkout",
+        receipt("a", at="2026-11-20T10:00:00+03:00", lines=line, redeemPoints=-1),
+        "--json",
+    )
+    assert (a.json()["redeemedPoints"], a.json()["earnedPoints"]) == (100, 67)
+    b = cli(
+        "checkout",
+        receipt("b", at="2026-11-22T10:00:00+03:00", lines=line, redeemPoints=-1),
+        "--json",
+    )
+    assert (b.json()["redeemedPoints"], b.json()["earnedPoints"]) == (67, 69)
+    at = "2026-11-20T12:00:00+03:00"
+    asked = cli("balance", "2770000000017", "--at", at, "--json").json()
+    assert (asked["availablePoints"], asked["pendingPoints"]) == (0, 69)
+    late = cli("quote", receipt("late", at=at, lines=line, redeemPoints=-1), "--json").json()
+    assert late["redeemedPoints"] == 0
+    assert late["balance"]["availablePoints"] == 0
+    assert late["balance"]["pendingPoints"] == 69 + late["earnedPoints"]
