@@ -640,10 +640,10 @@ class Oracle:
             gave.add(best_ro["id"])
         extra = 0
         for o in offers:
-            if o["kind"] == "EXTRA_POINTS" and after2 >= int(o.get("minTotalMinor", 0)):
-                if int(frac(o["value"])) > 0:
-                    extra += int(frac(o["value"]))
-                    gave.add(o["id"])
+            met = after2 >= int(o.get("minTotalMinor", 0))
+            if o["kind"] == "EXTRA_POINTS" and met and int(frac(o["value"])) > 0:
+                extra += int(frac(o["value"]))
+                gave.add(o["id"])
 
         # §5 step 4: redemption (OFFLINE; a fresh till has the whole offline limit)
         after = sum(ln.amount - ln.discount for ln in eligible)
@@ -669,7 +669,9 @@ class Oracle:
             if requested != -1:
                 limits.append(requested)
             allowed = max(0, min(limits))
-        for ln, pts in zip(eligible, largest_remainder(allowed, [Fraction(c) for c in caps])):
+        for ln, pts in zip(
+            eligible, largest_remainder(allowed, [Fraction(c) for c in caps]), strict=False
+        ):
             ln.redeemed_points = pts
 
         # §5 step 5: accrual
@@ -701,7 +703,7 @@ class Oracle:
         order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - shares[i]), i))
         for i in order[:rest]:
             shares[i] += 1
-        for ln, s in zip(eligible, shares):
+        for ln, s in zip(eligible, shares, strict=False):
             ln.earned = s
         earned = whole + extra
 
