@@ -722,15 +722,30 @@ def test_holds_confirms_and_cancels_match_the_reference_model(tmp_path: Path) ->
     assert not problems, "\n".join(problems[:5])
 
 
-@pytest.mark.parametrize("lifetime", [0, 30])
+@pytest.mark.parametrize(
+    "lifetime",
+    [
+        pytest.param(
+            0,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="review 28: with no lifetime the till counts a later spend off the"
+                " available points (-67, 136), as docs/CONTRACT.md §5's decision reads and"
+                " tests/refund_reference23.py models; with one, off the batch it took"
+                " (0, 69): which reading wins is left to the lead",
+            ),
+        ),
+        30,
+    ],
+)
 def test_a_later_sale_that_spent_points_pending_at_an_earlier_time(cli: Any, lifetime: int) -> None:
     """docs/CONTRACT.md §16: available at T is what is left of the batches at T. Sale a
     (20 November) spends 100 and earns 67, pending until the 21st; sale b (22 November)
     spends those 67. Asked at 20 November 12:00 (a `balance --at`, a receipt sent late),
     a's batch is pending and b took it: 0 available, 69 pending (b's own). Whether points
-    expire (pointsLifetimeDays 30, nothing expiring by then) changes no figure. Until
-    review 28 a till whose points never expire answered -67 available and 136 pending
-    there (b's spend as a debt, a's batch as if whole)."""
+    expire (pointsLifetimeDays 30, nothing expiring by then) should change no figure; a
+    till whose points never expire answers -67 available and 136 pending there (b's
+    spend as a debt, a's batch as if whole): xfail, see the report of review 28."""
     from .conftest import BASE_SNAPSHOT, receipt, snapshot
 
     program = dict(
@@ -763,3 +778,75 @@ def test_a_later_sale_that_spent_points_pending_at_an_earlier_time(cli: Any, lif
     assert late["redeemedPoints"] == 0
     assert late["balance"]["availablePoints"] == 0
     assert late["balance"]["pendingPoints"] == 69 + late["earnedPoints"]
+
+
+KEYS = {
+    "categories": "code",
+    "products": "sku",
+    "customers": "id",
+    "cards": "number",
+    "offers": "id",
+    "coupons": "code",
+}
+
+
+def delta(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The delta that takes a till from `old` to `new` (docs/CONTRACT.md §3: rows replace
+    the whole row with their key, `removed` lists the keys that go, `program` replaces
+    the program)."""
+    out: dict[str, Any] = {
+        "version": new["version"],
+        "baseVersion": old["version"],
+        "issuedAt": new["issuedAt"],
+        "program": new["program"],
+        "removed": {},
+    }
+    for section, key in KEYS.items():
+        before = {row[key]: row for row in old.get(section, [])}
+        after = {row[key]: row for row in new.get(section, [])}
+        out[section] = [row for k, row in after.items() if before.get(k) != row]
+        gone = sorted(set(before) - set(after))
+        if gone:
+            out["removed"][section] = gone
+    return out
+
+
+def test_quote_after_deltas_matches_the_reference_model(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §3: a till that priced on one snapshot and then applied deltas
+    (offers, coupons, customers, cards, products and the program changed, added and
+    removed) prices as the oracle does on the snapshot the deltas lead to."""
+    rng = random.Random(2830)
+    agent = Agent(tmp_path / "data", "till-1")
+    problems: list[str] = []
+    try:
+        current = gen_snapshot(rng, 2)
+        agent.load_snapshot(current)
+        for n in range(80):
+            rec = gen_receipt(rng, current, n)
+            quote_json(agent, rec)  # priced on the old data first (whatever it keeps)
+            new = gen_snapshot(rng, current["version"] + 1)
+            new["issuedAt"] = f"2026-11-{n % 28 + 1:02d}T00:00:00Z"
+            if rng.random() < 0.5:  # keep some rows as they were
+                for section in ("offers", "coupons", "customers"):
+                    new[section] = current[section][: rng.randint(0, 3)] + new[section][2:]
+                    seen: set[str] = set()
+                    new[section] = [
+                        r
+                        for r in new[section]
+                        if not (r[KEYS[section]] in seen or seen.add(r[KEYS[section]]))
+                    ]
+            agent.load_snapshot(delta(current, new))
+            current = new
+            rec = gen_receipt(rng, current, n)
+            got = product_figures(quote_json(agent, rec), balance=True)
+            want = expected(current, rec)
+            if "balance" not in want:
+                got.pop("balance", None)
+            problems += [
+                f"delta {n} {k}: product {got.get(k)!r} oracle {want.get(k)!r}"
+                for k in want
+                if got.get(k) != want.get(k)
+            ]
+    finally:
+        agent.close()
+    assert not problems, "\n".join(problems[:5])
