@@ -448,8 +448,8 @@ def run_seed(tmp_path: Path, seed: int, count: int) -> list[str]:
 
 
 def test_quote_matches_the_reference_model(tmp_path: Path) -> None:
-    """docs/CONTRACT.md §5, §13–§16: 200 seeded snapshots and receipts, every figure."""
-    problems = run_seed(tmp_path, 28, 200)
+    """docs/CONTRACT.md §5, §13–§16: 150 seeded snapshots and receipts, every figure."""
+    problems = run_seed(tmp_path, 28, 150)
     assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
 
 
