@@ -659,7 +659,9 @@ class Offer(Model):
     free_qty: Qty | None = None
 
     # not `value`: required for most kinds, where "" is refused as a missing value is
-    @field_validator("min_qty", "valid_from", "valid_to", "buy_qty", "free_qty", mode="before")
+    @field_validator(
+        "customer_id", "min_qty", "valid_from", "valid_to", "buy_qty", "free_qty", mode="before"
+    )
     @classmethod
     def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
         return _unset_if_empty(cls, value, info)
@@ -784,7 +786,7 @@ class Coupon(Model):
     valid_from: Timestamp | None = None
     valid_to: Timestamp | None = None
 
-    @field_validator("valid_from", "valid_to", mode="before")
+    @field_validator("customer_id", "valid_from", "valid_to", mode="before")
     @classmethod
     def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
         return _unset_if_empty(cls, value, info)
