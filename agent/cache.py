@@ -616,7 +616,14 @@ class CacheView:
         return program
 
     def applied_through(self) -> dict[str, int]:
-        return {str(d): int(s) for d, s in self.conn.execute("SELECT * FROM applied_through")}
+        """Each device's last seq the snapshot's balances include. Written only with the
+        snapshot's version (`_write_meta`), so read once per version, as the program is
+        (a statement a quote saved); a copy, the memo's own is never handed out."""
+        applied: dict[str, int] = self.remembered(
+            "applied-through",
+            lambda: {str(d): int(s) for d, s in self.conn.execute("SELECT * FROM applied_through")},
+        )
+        return dict(applied)
 
     # CardLookup
     def card(self, number: str) -> CardRecord | None:

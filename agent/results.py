@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # the gRPC client maps replies without importing pydantic
@@ -167,11 +167,8 @@ class CheckoutResult(_Result):
     def to_json(self) -> dict[str, Any]:
         if self.stored is not None:
             return dict(self.stored)
-        out: dict[str, Any] = {
-            "receiptId": self.receipt_id,
-            "card": self.card.to_json(),
-            "mode": self.mode,
-            "lines": [
+        return self.document(
+            [
                 {
                     "sku": sku,
                     "amountMinor": amount,
@@ -181,7 +178,17 @@ class CheckoutResult(_Result):
                     "earnedPoints": earned,
                 }
                 for sku, amount, discount, offer_id, redeemed, earned in self.lines
-            ],
+            ]
+        )
+
+    def document(self, lines: list[Any]) -> dict[str, Any]:
+        """A fresh result's document with `lines` as its lines (`json_text` writes the
+        lines' text itself and asks for the rest with none)."""
+        out: dict[str, Any] = {
+            "receiptId": self.receipt_id,
+            "card": self.card.to_json(),
+            "mode": self.mode,
+            "lines": lines,
             "totalMinor": self.total_minor,
             "discountMinor": self.discount_minor,
             "redeemedPoints": self.redeemed_points,
@@ -399,7 +406,7 @@ def json_text(
     )
     # The key "lines" is the first `"lines": []` of the text: in a JSON string every `"` is
     # escaped, so an unescaped `"lines": [` can only be a key; receiptId, card, mode come first.
-    text = _DUMPS(replace(result, lines=()).to_json())
+    text = _DUMPS(result.document([]))  # the rest, not a copy of the result without lines
     return text.replace('"lines": []', f'"lines": [{lines}]', 1) + "\n"
 
 

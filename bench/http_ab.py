@@ -1,11 +1,13 @@
 """An A/B of the HTTP interface's own code (issue 11), at quick scale.
 
-    python -m bench.http_ab [--calls N] [--rounds R] [--base REV] [--data DIR]
+    python -m bench.http_ab [--calls N] [--rounds R] [--base REV] [--agent] [--data DIR]
 
 Three servers, each in a process of its own on its own copy of the same quick-scale data
 directory, each an `Agent` behind uvicorn as `tillpoint run` serves it, the collector
 settled as `run` does (`app.settle_collector`): "old", `agent/http_api.py` as it was at
-git revision REV (loaded from `git show`, over today's agent), "new", the code here, and
+git revision REV (loaded from `git show`, over today's agent; with `--agent`, the whole
+`agent/` of REV, imported as the package `tillpoint_ab_old` as `bench.known_card --ab`
+does, so a change anywhere on the quote's path is compared), "new", the code here, and
 the bare echo of `bench.run._http_echo_app`. One client (this process) sends every
 50-line mixed receipt (`bench.run.mixed_receipt`) to the three, in a fresh random order
 per receipt (`bench.run.interleave`), over a keep-alive connection each; every answer of
@@ -41,7 +43,11 @@ if kind == "echo":
     from tillpoint.agent.http_api import AsgiThread
     server = AsgiThread(_http_echo_app(), "127.0.0.1", 0)
 else:
-    if kind == "old":
+    if kind == "old" and Path(old_source).is_dir():  # --agent: the whole agent/ of REV
+        sys.path.insert(0, old_source)
+        import tillpoint_ab_old.http_api as module
+        from tillpoint_ab_old.service import Agent
+    elif kind == "old":
         spec = importlib.util.spec_from_file_location("tillpoint.agent._http_api_old", old_source)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
@@ -93,11 +99,25 @@ def _inside(proc: subprocess.Popen[bytes]) -> dict[str, list[float]]:
     return found
 
 
+def _old_agent(rev: str, work: Path) -> Path:
+    """A directory holding the `agent/` of `rev` as the package `tillpoint_ab_old` (it
+    shares `tillpoint.printer` and `tillpoint.v1` with this tree)."""
+    root = work / "old"
+    root.mkdir()
+    tar = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "agent"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(root)], input=tar, check=True)
+    (root / "agent").rename(root / "tillpoint_ab_old")
+    return root
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1000, help="50-line receipts a round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--base", default="d9e4ee2", help="git revision of the old code")
+    parser.add_argument("--agent", action="store_true", help="old: the whole agent/ of --base")
     parser.add_argument("--data", type=Path, help="a quick-scale data directory to reuse")
     args = parser.parse_args()
     scale = Scale.named("quick")
@@ -114,15 +134,16 @@ def main() -> int:
                 env={**os.environ, "TILLPOINT_DEVICE_ID": "bench-till"},
                 stdout=subprocess.DEVNULL,
             )
-        old_source = work / "http_api_old.py"
-        old_source.write_bytes(
-            subprocess.run(
-                ["git", "show", f"{args.base}:agent/http_api.py"],
-                cwd=REPO,
-                check=True,
-                capture_output=True,
-            ).stdout
-        )
+        old_source = _old_agent(args.base, work) if args.agent else work / "http_api_old.py"
+        if not args.agent:
+            old_source.write_bytes(
+                subprocess.run(
+                    ["git", "show", f"{args.base}:agent/http_api.py"],
+                    cwd=REPO,
+                    check=True,
+                    capture_output=True,
+                ).stdout
+            )
         conns = {}
         for kind in ("old", "new", "echo"):
             data = work / f"data-{kind}"
