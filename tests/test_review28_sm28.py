@@ -1271,3 +1271,36 @@ def test_a_sale_after_a_refund_in_the_same_minute_answers_the_balance_the_till_h
         ],
     }
     assert new["balance"] == after
+
+
+def test_a_cancel_of_a_hold_that_ran_out_cancels_the_receipt(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §11 (Decisions): a POS that gives up on a basket whose hold ran
+    out is answered CANCELLED; from then on the receipt is a cancelled one, over HTTP as
+    in process: a Hold of its body answers that result, a Checkout is refused."""
+    from tillpoint.agent.http_api import HttpServer
+
+    clock = [datetime.fromisoformat("2026-11-23T10:15:00+03:00")]
+    agent = Agent(tmp_path / "data", "till-1", clock=lambda: clock[0])
+    agent.load_snapshot(snapshot(program={**PROGRAM, "holdTtlSeconds": 600}))
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    try:
+        doors = Doors.__new__(Doors)
+        doors.agent, doors.http = agent, server
+        body = receipt("r1", ANNA, redeemPoints=40)
+        kind, held = doors.call("hold", body, "http")
+        assert (kind, held["state"], held["redeemedPoints"]) == ("ok", "HELD", 40)
+        clock[0] += timedelta(seconds=601)
+        kind, cancelled = doors.call("cancel", {"receiptId": "r1"}, "http")
+        assert (kind, cancelled["state"], cancelled["redeemedPoints"]) == ("ok", "CANCELLED", 40)
+        assert doors.call("hold", body, "http") == ("ok", cancelled)
+        kind, refused = doors.call("checkout", body, "http")
+        assert (kind, refused[0]) == ("error", "FAILED_PRECONDITION")
+        assert "price it under a new receiptId" in refused[1]
+        assert doors.call("balance", {"card": ANNA, "at": body["at"]}, "http") == (
+            "ok",
+            {"availablePoints": 1200, "pendingPoints": 0},
+        )
+    finally:
+        server.stop()
+        agent.close()
