@@ -201,6 +201,7 @@ class Wallet:
         self.n = 0
         self.batches: list[Batch] = []
         self.debt = 0
+        self.debt_paid: list[tuple[Batch, int]] = []  # what paid debts, in the order it did
         for pts, exp in base.expiring:
             self.add(pts, None, exp, live=True)
         rest = base.balance - sum(p for p, _ in base.expiring)
@@ -231,6 +232,7 @@ class Wallet:
                 paid = min(self.debt, b.pts)
                 b.pts -= paid
                 self.debt -= paid
+                self.debt_paid.append((b, paid))
 
     def spend(self, t: datetime, n: int) -> list[tuple[Batch | None, int]]:
         self.advance(t)
@@ -268,10 +270,17 @@ class Wallet:
             self.put(t, b, y)
 
     def put(self, t: datetime, b: Batch | None, y: int) -> None:
-        if b is None:  # a debt that spend made: paid back
-            paid = min(self.debt, y)
+        if b is None:  # a debt that spend made: what is still owed first, then into the
+            paid = min(self.debt, y)  # batches that paid it, the last first (§16)
             self.debt -= paid
             y -= paid
+            while y and self.debt_paid:
+                pb, k = self.debt_paid.pop()
+                z = min(k, y)
+                if z < k:
+                    self.debt_paid.append((pb, k - z))
+                pb.pts += z
+                y -= z
             if y:
                 self.add(y, None, None, live=True)
             return
@@ -290,6 +299,7 @@ class Wallet:
             paid = min(self.debt, b.pts)
             b.pts -= paid
             self.debt -= paid
+            self.debt_paid.append((b, paid))
 
     def figures(self, t: datetime) -> tuple[int, int, list[tuple[int, datetime]]]:
         self.advance(t)
