@@ -566,9 +566,11 @@ class Points:
     def after(self, program: Program, at: datetime, *moves: Movement) -> Points | None:
         """These points after `moves` (a receipt's spending and earning, at `at`); None
         when nothing expires (the caller adds the figures up). The receipt's moves take
-        their place in the replay's order (`balance`): after what happened before or at
-        `at` (refunds at `at` after them), so a receipt dated before others the till
-        holds (a hold confirmed after later sales) answers what `balance` says next."""
+        their place in the replay's order (`balance`: in time order, then as written):
+        after everything at or before their time, refunds at that time included (they
+        were written first), so a receipt dated before others the till holds (a hold
+        confirmed after later sales), or a sale in the minute of a refund, answers what
+        `balance` says next."""
         if self.wallet is None:
             return None
         wallet = self.wallet
@@ -578,7 +580,7 @@ class Points:
             # after this receipt's: its points leave the batches they will at its Confirm).
             again, later = list(replayed), False
             for move in moves:
-                cut = sum(1 for m in again if (m.at, m.by_refund) <= (move.at, False))
+                cut = sum(1 for m in again if m.at <= move.at)
                 later = later or cut < len(again)
                 again.insert(cut, move)
             made_of = (customer, tuple(again), counted)
