@@ -58,6 +58,7 @@ def test_show_returns_while_the_displays_write_hangs() -> None:
         display.stop()
 
 
+@pytest.mark.slow  # a hub, an enrolment, a sync and a CLI call or more: 3-5 s
 def test_a_one_shot_cli_call_connects_to_its_hub_within_a_short_deadline(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -67,7 +68,7 @@ def test_a_one_shot_cli_call_connects_to_its_hub_within_a_short_deadline(
     connect: with the 300 ms default, the TLS handshake had 100 ms left, and a busy till
     priced OFFLINE with its hub on the same switch (test_cli_local_hub had ~50 ms to spare).
     With a 150 ms deadline no call was ever ONLINE; now the question waits for the
-    connection alone (one call of five is asked to make it, for a loaded machine)."""
+    connection alone (one call of five must make it, for a loaded machine)."""
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     try:
         till = tmp_path / "till-1"
@@ -82,6 +83,8 @@ def test_a_one_shot_cli_call_connects_to_its_hub_within_a_short_deadline(
             body.write_text(json.dumps(receipt(f"q{n}", "2770000000017")), encoding="utf-8")
             assert main(["quote", str(body), "--data-dir", str(till), "--json"]) == 0
             modes.append(json.loads(capsys.readouterr().out)["mode"])
+            if modes[-1] == "ONLINE":
+                break
         assert "ONLINE" in modes, modes
     finally:
         hub.stop()
