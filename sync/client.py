@@ -105,7 +105,11 @@ class HubLink:
         self.changed = threading.Event()  # set whenever `online` flips
         self._listeners: list[Callable[[], None]] = []
         self._connectivity: grpc.ChannelConnectivity | None = None
-        self.channel.subscribe(self._watch, try_to_connect=False)
+        # Connect now: every user of a link talks to the hub at once. gRPC's watch of the
+        # channel, once started not to connect, only turns to connecting at its next poll
+        # (200 ms on): `probe` waited that long before its handshake began, most of the
+        # 300 ms a one-shot CLI call gives it, and a busy till priced OFFLINE.
+        self.channel.subscribe(self._watch, try_to_connect=True)
 
     def on_recovery(self, listener: Callable[[], None]) -> None:
         """Call `listener` (quickly, from any thread) whenever the hub answers again."""

@@ -110,9 +110,17 @@ def test_refusals_raise_client_error_without_retrying(served: str) -> None:
 def test_unavailable_is_retried_until_the_agent_listens(agent: Agent) -> None:
     port = free_port()
     started: list[grpc.Server] = []
+    # attempts: room for a busy machine's slow server start (the backoff is 0.4 s at most)
+    till = PosAgentClient(
+        f"127.0.0.1:{port}", timeout=2, attempts=30, backoff=0.05, backoff_cap=0.4
+    )
 
     def start_late() -> None:
-        time.sleep(0.5)
+        # the agent listens once the client was refused (a fixed 0.5 s from here could
+        # pass, on a busy machine, before the client's first call: no retry to see)
+        deadline = time.monotonic() + 30
+        while till.retries < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         server, _, _ = build_server(agent, f"127.0.0.1:{port}")
         server.start()
         started.append(server)
@@ -120,9 +128,7 @@ def test_unavailable_is_retried_until_the_agent_listens(agent: Agent) -> None:
     thread = threading.Thread(target=start_late)
     thread.start()
     try:
-        with PosAgentClient(
-            f"127.0.0.1:{port}", timeout=2, attempts=10, backoff=0.05, backoff_cap=0.4
-        ) as till:
+        with till:
             result = till.checkout(receipt())
             assert result["receiptId"] == "r1"
             assert till.retries >= 1

@@ -89,7 +89,9 @@ def test_missing_display_never_blocks_and_is_reported(tmp_path: Path) -> None:
         started = time.monotonic()
         for _ in range(100):
             display.show(LINES)
-        assert time.monotonic() - started < 0.05
+        # a show that waited for the thread's next open (reconnect_s) would take 10 s; the
+        # bound leaves a loaded machine room (test_review28_flake28 proves it with no clock)
+        assert time.monotonic() - started < 0.5
         assert not display.flush(0.3)
         status = display.status()
         assert status["state"] == "OFFLINE" and "no such file" in (status["last_error"] or "")
@@ -150,7 +152,10 @@ def test_unplugged_mid_sale_then_back_shows_the_current_message(
         pair.stop()  # the USB-serial adapter is pulled out
         started = time.monotonic()
         display.show(["Итого: 179,80", "Скидка: 26,97"])
-        assert time.monotonic() - started < 0.01  # the checkout does not wait
+        # the checkout does not wait (for a write's 0.5 s timeout, say); 10 ms was missed on
+        # a busy machine (22 ms, once in 15), and test_review28_flake28 proves the point
+        # with no clock, against a write that hangs
+        assert time.monotonic() - started < 0.25
         deadline = time.monotonic() + 3
         while display.status()["state"] != "OFFLINE" and time.monotonic() < deadline:
             time.sleep(0.02)

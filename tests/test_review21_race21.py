@@ -190,12 +190,23 @@ def test_a_call_still_running_when_the_http_grace_ends_is_a_json_503_and_keeps_i
     other = sqlite3.connect(tmp_path / "data" / "ledger.db", isolation_level=None)
     answers: list[Any] = []
     client = Client(srv.port)
+    # The server's call has begun (the HTTP layer looks the agent's method up at each call).
+    # A fixed 0.3 s for it to get there could end, on a busy machine, before the request
+    # had reached the server: the stop then refused the connection and there was no answer.
+    in_pool = threading.Event()
+    checkout = agent.checkout
+
+    def entered(request: Any) -> Any:
+        in_pool.set()
+        return checkout(request)
+
+    agent.checkout = entered  # type: ignore[method-assign]
     try:
         other.execute("BEGIN IMMEDIATE")  # another writer: the checkout's write waits
         sale = local_receipt("r-grace")
         sender = threading.Thread(target=lambda: answers.append(client.post("/v1/checkout", sale)))
         sender.start()
-        time.sleep(0.3)  # the call is in the pool, waiting for the ledger
+        assert in_pool.wait(10)  # the call is in the pool, about to wait for the ledger
         stopper = threading.Thread(target=srv.stop)
         stopper.start()
         sender.join(10)  # the grace ends first
