@@ -191,8 +191,21 @@ def fit_lines(lines: Sequence[str], width: int = WIDTH, rows: int = 2) -> list[s
             line = line[:-1] + "!"  # "Добрый день," over a name left out
         out[i] = _reworded(line, width)
         if out[i] is None:  # the last resort
-            out[i] = fit(line, width)
+            out[i] = _cut(line, width)
     return [line or "" for line in out]
+
+
+def _cut(line: str, width: int) -> str:
+    """`fit`'s cut at a word, but never inside a figure: a row that would show part of one
+    ("Итого: 1." for "Итого: 1 234 567,89" on 9 columns, another total) stays empty."""
+    text = fit(line, width)
+    whole = " ".join(line.split())
+    body = text if whole.startswith(text) else text[:-1]
+    for part in _FIGURE.finditer(body):
+        full = _FIGURE.match(whole, part.start())
+        if full is None or full.group() != part.group():
+            return ""
+    return text
 
 
 def _two_rows(line: str, below: str | None, width: int) -> tuple[str, str] | None:
@@ -210,6 +223,8 @@ def _two_rows(line: str, below: str | None, width: int) -> tuple[str, str] | Non
         forms += [(line[:-1], below.strip()), tuple(_wrap(line[:-1] + "!", width))]
     forms.append(tuple(_wrap(line, width)))
     for form in forms:
+        if len(form) == 2 and form[0][-1:].isdigit() and form[1][:1].isdigit():
+            continue  # a figure over two rows ("123 456" over "789,01") reads as two
         if len(form) <= 2 and all(len(row) <= width for row in form):
             padded = (*form, "", "")
             return padded[0], padded[1]
@@ -237,6 +252,9 @@ _HINT = re.compile(r"\+([\d ]+) (\S) до (\S+%)")
 # the birthday wish beside the points earned (`birthday_earned_line`): the points alone last
 _WISHED = re.compile(r"С ДР! ([+-]?\d+)")
 # the birthday multiplier under the wish (`birthday_lines`), with or without the name
+# a figure as the messages write it ("1 234 567,89", "+37"), and the spaces inside one
+_FIGURE = re.compile(r"\d[\d ,]*\d|\d")
+_GROUPED = re.compile(r"(?<=\d) (?=\d)")
 _MULTIPLIED = re.compile(r"(?:\S+, )?[Бб]онусы x(\d+)!?")
 
 
@@ -271,6 +289,9 @@ def _reworded(line: str, width: int) -> str | None:
     # a figure under a word ("Итого", "Бонусы"): not one the label dates ("Сгорят 31.12")
     if colon and any(ch.isdigit() for ch in value) and not any(ch.isdigit() for ch in label):
         candidates += [value, value.replace(" ", "")]
+    despaced = _GROUPED.sub("", line)  # "123 456 789,01", the label already left out
+    if despaced != line:
+        candidates.append(despaced)
     name, comma, rest = line.partition(", ")
     if comma and rest and " " not in name:
         candidates.append(rest[0].upper() + rest[1:])

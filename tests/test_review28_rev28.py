@@ -1,0 +1,49 @@
+"""Review 28 (rev28): a second look at the session's merged change."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from tillpoint.printer.config import DisplayConfig
+from tillpoint.printer.display import message_bytes
+from tillpoint.printer.messages import fit_lines, quote_lines
+
+_FIGURE = re.compile(r"\d[\d ,]*\d|\d")
+
+
+def _figures(text: str) -> list[str]:
+    return [m.replace(" ", "") for m in _FIGURE.findall(text)]
+
+
+@pytest.mark.parametrize("width", range(8, 21))
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["Итого: 12 345 678,90", ""],
+        quote_lines(12_345_678_901, 0),  # "123 456 789,01": the label left out at 20
+        ["Итого: 1 234 567,89", ""],
+        ["Итого: 123 456,78", ""],
+    ],
+)
+def test_a_total_is_never_split_over_two_rows_nor_cut(lines: list[str], width: int) -> None:
+    """docs/CONTRACT.md §8: a figure is never cut (a cut total reads as another total). On 10
+    columns "Итого: 12 345 678,90" showed "Итого: 12" over "345 678,90"; "123 456 789,01"
+    showed "123 456" over "789,01" up to 13 columns (12 fit it without its spaces); on 9
+    columns "Итого: 1 234 567,89" showed "Итого: 1.". The figure is whole on one row or not
+    shown at all."""
+    rows = fit_lines(lines, width)
+    assert all(len(row) <= width for row in rows)
+    whole = _figures(lines[0])
+    for row in rows:
+        for figure in _figures(row):
+            assert figure in whole, (width, rows)
+    if width >= len(whole[0]):
+        assert any(whole[0] in _figures(row) for row in rows), (width, rows)
+
+
+def test_the_display_shows_the_total_without_its_spaces_rather_than_over_two_rows() -> None:
+    """docs/CONTRACT.md §8, through the driver's bytes: a 12-column display."""
+    config = DisplayConfig(columns=12, rows=2)
+    shown = message_bytes(quote_lines(12_345_678_901, 0), config).decode(config.codepage)
+    assert "123456789,01" in shown
