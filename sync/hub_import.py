@@ -28,7 +28,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -832,7 +834,7 @@ def read_stdin(
         raise InputError(
             f"-: cannot keep a copy of standard input in {spool_dir} ({exc.strerror or exc})"
         ) from None
-    with spooled as spool:
+    with spooled as spool, _exit_on_stop():
         try:
             shutil.copyfileobj(stream, spool, 1 << 20)
             spool.flush()
@@ -843,3 +845,25 @@ def read_stdin(
             with path.open("rb") as head:
                 fmt = sniff_format(head.readline(HEAD_BYTES))
         yield ImportFile(path, fmt, path.stat().st_size, progress)
+
+
+@contextmanager
+def _exit_on_stop() -> Iterator[None]:
+    """SIGTERM (`timeout`, a job runner, systemd) and SIGHUP (the terminal closed) end the
+    process as Python's own exit does, so the copy of standard input is removed on the way
+    out: by default they end it at once, and the copy, as large as the chain's export,
+    stayed in the hub's directory for good. Only on the main thread (where signals are
+    handled); the handlers before are put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

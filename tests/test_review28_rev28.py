@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from tillpoint.printer.config import DisplayConfig
@@ -47,3 +53,35 @@ def test_the_display_shows_the_total_without_its_spaces_rather_than_over_two_row
     config = DisplayConfig(columns=12, rows=2)
     shown = message_bytes(quote_lines(12_345_678_901, 0), config).decode(config.codepage)
     assert "123456789,01" in shown
+
+
+@pytest.mark.slow
+def test_hub_import_from_stdin_stopped_leaves_no_copy_behind(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §10 (`hub import -` copies standard input into the hub's directory,
+    removed afterwards): an import stopped by SIGTERM (`timeout`, a job runner, systemd) or
+    SIGHUP (its terminal closed) while it reads left its hidden copy, as large as the chain's
+    export, in the hub's directory for good."""
+    hub_dir = tmp_path / "hub"
+    env = {**os.environ, "TILLPOINT_DATA_DIR": str(tmp_path / "data")}
+    hub = str(hub_dir)
+    for sig in (signal.SIGTERM,):  # SIGHUP the same (one process: this test is slow)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tillpoint.agent.cli", "hub", "import", "-", "--hub-dir", hub],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(b'{"customer": {"id": "c-1", "balancePoints": 10}}\n')
+        proc.stdin.flush()
+        deadline = time.monotonic() + 20
+        while not list(hub_dir.glob(".import-stdin-*")) and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.02)
+        assert list(hub_dir.glob(".import-stdin-*")), "the copy was never made"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode != 0
+        assert b"Traceback" not in err, err
+        assert list(hub_dir.glob(".import-stdin-*")) == [], sig
