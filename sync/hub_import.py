@@ -818,6 +818,19 @@ def sniff_format(first_line: bytes) -> str:
     return "json"
 
 
+def _first_line(stream: IO[bytes]) -> bytes:
+    """The first line that is not blank (JSON Lines may begin with blank lines, which
+    `read_jsonl` skips), within `HEAD_BYTES`."""
+    left = HEAD_BYTES
+    line = b""
+    while left > 0:
+        line = stream.readline(left)
+        left -= len(line)
+        if not line or line.removeprefix(BOM).strip():
+            break
+    return line
+
+
 @contextmanager
 def read_stdin(
     stream: IO[bytes], spool_dir: Path, fmt: str | None = None, progress: Progress | None = None
@@ -843,7 +856,7 @@ def read_stdin(
         path = Path(spool.name)
         if fmt is None:
             with path.open("rb") as head:
-                fmt = sniff_format(head.readline(HEAD_BYTES))
+                fmt = sniff_format(_first_line(head))
         yield ImportFile(path, fmt, path.stat().st_size, progress)
 
 

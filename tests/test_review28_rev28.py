@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import signal
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.cli import main
 from tillpoint.printer.config import DisplayConfig
 from tillpoint.printer.display import message_bytes
 from tillpoint.printer.messages import fit_lines, quote_lines
@@ -85,3 +88,21 @@ def test_hub_import_from_stdin_stopped_leaves_no_copy_behind(tmp_path: Path) -> 
         assert proc.returncode != 0
         assert b"Traceback" not in err, err
         assert list(hub_dir.glob(".import-stdin-*")) == [], sig
+
+
+@pytest.mark.parametrize("head", [b"\n", b"\r\n\n", b"  \n"])
+def test_hub_import_from_stdin_reads_json_lines_that_begin_with_a_blank_line(
+    head: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §10: `hub import -` tells JSON Lines from its first line. A JSON
+    Lines export that begins with a blank line imports by its name, but from standard
+    input it was taken for one JSON document and refused ("customer is not a known
+    section", exit 2): the first line that is not blank tells."""
+    rows = b'{"customer": {"id": "c-1", "balancePoints": 10}}\n'
+    rows += b'{"customer": {"id": "c-2", "balancePoints": 20}}\n'
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(head + rows)))
+    argv = ["hub", "import", "-", "--hub-dir", str(tmp_path / "hub"), "--json"]
+    code = main([*argv, "--data-dir", str(tmp_path / "data")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["byKind"]["customer"] == 2
