@@ -326,7 +326,7 @@ class ReadFloor:
             read.update(skus)
         while len(self.products_read) > RECEIPTS_KEPT:
             del self.products_read[next(iter(self.products_read))]
-        cache.execute("SELECT * FROM applied_through").fetchall()
+        # (appliedThrough is kept per snapshot version, as the program is: not read here)
         for code in receipt.get("coupons", ()):  # (the bench's codes are in their normal form)
             doc = cache.execute("SELECT doc FROM coupons WHERE code = ?", (code,)).fetchone()
             if doc is None:
