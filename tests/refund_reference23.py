@@ -341,11 +341,16 @@ class Ledger:
         earned batch); returns the part taken from the pending batch."""
         from_pending = 0
         if b is not None and b.activates is not None and t < b.activates:
-            # pending at the refund's `at` (a refund dated back, in a world where nothing
-            # expires, may find the batch spent since it activated: a debt in a sum)
+            # pending at the refund's `at`. A refund dated back (in a world where nothing
+            # expires) may find the batch spent since it activated by a later sale: replayed
+            # in time order (§16) that sale found the points gone and ran into a debt, which
+            # counts at once; taken here as a spend at `at` the batch remembers.
             from_pending = min(points, b.pend)
-            b.points -= from_pending
+            k = min(from_pending, max(b.points, 0))
+            b.points -= k
             points -= from_pending
+            if from_pending > k:
+                b.owed.append(self.spend(from_pending - k, t))
         elif b is not None and b.spendable(t):
             k = min(points, b.points)
             b.points -= k
@@ -361,14 +366,16 @@ class Ledger:
 
     def balance(self, t: datetime) -> dict[str, Any]:
         if t < self.clock:
-            # a time before the last movement (CONTRACT §10: every movement committed
-            # counts, whatever its `at`; which points are pending is read at T): only
-            # asked in worlds where nothing expires, where the figures are sums
-            total = sum(b.points for b in self.batches) - self.debt()
+            # a time before the last movement (CONTRACT §5's decision: every movement
+            # committed counts, whatever its `at`; only asked in worlds where nothing
+            # expires): what is left of the batches (§16), read at T. A spend dated after
+            # T that took a batch still pending at T leaves the pending points, not the
+            # available ones (until review 28: the available ones, -67 where 0 is left).
+            avail = sum(b.points for b in self.batches if b.spendable(t)) - self.debt()
             pending = sum(
-                b.pend for b in self.batches if b.activates is not None and t < b.activates
+                b.points for b in self.batches if b.activates is not None and t < b.activates
             )
-            return {"availablePoints": total - pending, "pendingPoints": pending}
+            return {"availablePoints": avail, "pendingPoints": pending}
         self.advance(t)
         avail = sum(b.points for b in self.batches if b.spendable(t)) - self.debt()
         pending = sum(b.points for b in self.batches if b.activates is not None and t < b.activates)
