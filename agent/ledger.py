@@ -627,7 +627,9 @@ def balance(
         for device_id, seq in devices:
             a, p, e = _summed_moves(conn, customer.id, device_id, cutoff, seq, sold)
             available, pending, expiring_rows = available + a, pending + p, expiring_rows + e
-        if program is None or not expiring_rows:
+        if program is None or not (
+            expiring_rows or _moved_later(conn, customer.id, devices, at, sold)
+        ):
             tally = Tally(at, customer.balance_points + available, pending)
             for entry in customer.pending:
                 tally.add("earn", entry.points, entry.activates_at)
@@ -660,6 +662,32 @@ def balance(
     counted = _counted_sales(conn, customer.id, rows)
     points = _points(_wallet(customer, moves, program, counted), at, program)
     return replace(points, made_of=(customer, moves, counted))
+
+
+def _moved_later(
+    conn: sqlite3.Connection,
+    customer_id: str,
+    devices: Sequence[tuple[str, int]],
+    at: datetime,
+    sold: str | None,
+) -> bool:
+    """Whether a point movement the snapshot has not counted is dated after `at` (a
+    balance asked for an earlier time, a receipt sent late). A spend (a take-back) dated
+    so took the batches spendable at its own time, some of which may be pending at `at`:
+    the points are then counted batch by batch (docs/CONTRACT.md §16: available at T is
+    what is left of the batches at T), as when points expire, so that whether points
+    expire changes no figure. The journal keeps each transaction's `at` as sent."""
+    for device_id, seq in devices:
+        for (tx_at,) in conn.execute(
+            "SELECT DISTINCT j.at FROM points p JOIN journal j"
+            " ON j.device_id = p.device_id AND j.seq = p.seq"
+            " WHERE p.customer_id = ? AND p.device_id = ? AND p.seq > ?"
+            " AND p.receipt_id IS NOT ?",
+            (customer_id, device_id, seq, sold),
+        ):
+            if datetime.fromisoformat(tx_at) > at:
+                return True
+    return False
 
 
 def _counted_sales(

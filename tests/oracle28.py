@@ -117,7 +117,6 @@ class Wallet:
     start: list[Batch] = field(default_factory=list)  # spendable from the start
     debt: int = 0  # owed from the start
     events: list[list[Any]] = field(default_factory=list)  # [when, n, what, points, batch]
-    summed: int | None = None  # balancePoints, when nothing can expire (see `balance`)
 
     def add(self, points: int, activates: datetime) -> None:
         """Points spendable from `activates`, expiring pointsLifetimeDays after (§16)."""
@@ -171,16 +170,6 @@ class Wallet:
         spend dated after `at` counts at `at` off the batches it took at its own time
         (points it took from a batch still pending at `at` leave the pending points).
         Points that become spendable after `at` pay a debt only when they do."""
-        if self.summed is not None:
-            # CONTRACT §5's rule as it reads, when no point can expire (no lifetime, no
-            # `expiring`): balancePoints, plus what became spendable by `at`, less every
-            # spend at once. (A spend dated after `at` of points pending at `at` then
-            # counts off the available points, not off the pending ones as the batches
-            # do when points expire: tests/test_review28_orc28.py pins the difference.)
-            spent = sum(e[3] for e in self.events if e[2] == "spend")
-            come = sum(e[3] for e in self.events if e[2] == "earn" and e[0] <= at)
-            later = sum(e[3] for e in self.events if e[2] == "earn" and e[0] > at)
-            return self.summed + come - spent, later
         batches, debt, _ = self.replay(at)
         _, _, took = self.replay(None)
         pending_taken: dict[Any, int] = {}
@@ -392,8 +381,6 @@ class Oracle:
         w = Wallet(self.tz, int(self.program.get("pointsLifetimeDays", 0)))
         w.start = [*parts, Batch(max(rest, 0), None, None)]
         w.debt = debt
-        if not w.life and not customer.get("expiring"):
-            w.summed = balance
         for p in customer.get("pending", []):
             w.add(int(p["points"]), ts(p["activatesAt"]))
         return w

@@ -15,6 +15,7 @@ no deals, no coupons): single-receipt arithmetic is checked by tests/test_review
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
@@ -216,6 +217,9 @@ class Sale:
     request: dict[str, Any]
     result: dict[str, Any]
     unknown: bool = False  # an UNKNOWN card: earned for the hub, nothing in this ledger
+    # The same sale in the ledger with open holds (`RefTill.held`): its takes and batch there.
+    htakes: list[Take] = field(default_factory=list)
+    hbatch: Batch | None = None
 
 
 class Ledger:
@@ -332,17 +336,21 @@ class Ledger:
                     k -= j
                     self.give_back(takes, j, t)
 
-    def take_back(self, sale: Sale, points: int, t: datetime) -> int:
-        """§6: taken back off the receipt's own pending points first; returns the part
-        taken from the pending batch."""
-        b = sale.earned_batch
+    def take_back(self, b: Batch | None, points: int, t: datetime) -> int:
+        """§6: taken back off the receipt's own pending points first (`b`, the sale's
+        earned batch); returns the part taken from the pending batch."""
         from_pending = 0
         if b is not None and b.activates is not None and t < b.activates:
-            # pending at the refund's `at` (a refund dated back, in a world where nothing
-            # expires, may find the batch spent since it activated: a debt in a sum)
+            # pending at the refund's `at`. A refund dated back (in a world where nothing
+            # expires) may find the batch spent since it activated by a later sale: replayed
+            # in time order (§16) that sale found the points gone and ran into a debt, which
+            # counts at once; taken here as a spend at `at` the batch remembers.
             from_pending = min(points, b.pend)
-            b.points -= from_pending
+            k = min(from_pending, max(b.points, 0))
+            b.points -= k
             points -= from_pending
+            if from_pending > k:
+                b.owed.append(self.spend(from_pending - k, t))
         elif b is not None and b.spendable(t):
             k = min(points, b.points)
             b.points -= k
@@ -358,14 +366,16 @@ class Ledger:
 
     def balance(self, t: datetime) -> dict[str, Any]:
         if t < self.clock:
-            # a time before the last movement (CONTRACT §10: every movement committed
-            # counts, whatever its `at`; which points are pending is read at T): only
-            # asked in worlds where nothing expires, where the figures are sums
-            total = sum(b.points for b in self.batches) - self.debt()
+            # a time before the last movement (CONTRACT §5's decision: every movement
+            # committed counts, whatever its `at`; only asked in worlds where nothing
+            # expires): what is left of the batches (§16), read at T. A spend dated after
+            # T that took a batch still pending at T leaves the pending points, not the
+            # available ones (until review 28: the available ones, -67 where 0 is left).
+            avail = sum(b.points for b in self.batches if b.spendable(t)) - self.debt()
             pending = sum(
-                b.pend for b in self.batches if b.activates is not None and t < b.activates
+                b.points for b in self.batches if b.activates is not None and t < b.activates
             )
-            return {"availablePoints": total - pending, "pendingPoints": pending}
+            return {"availablePoints": avail, "pendingPoints": pending}
         self.advance(t)
         avail = sum(b.points for b in self.batches if b.spendable(t)) - self.debt()
         pending = sum(b.points for b in self.batches if b.activates is not None and t < b.activates)
@@ -391,6 +401,11 @@ class RefTill:
         self.world = world
         self.cust = cust
         self.ledger = Ledger(world, cust)
+        # The same movements with the spending of the open holds in their time's place
+        # (CONTRACT §11: each hold's points leave the batches at the hold's own `at`, from
+        # the batches spendable then): what a receipt may redeem and the balance its result
+        # shows, other open holds left out. A cancelled hold gives its points back.
+        self.held = Ledger(world, cust)
         self.sales: dict[str, Sale] = {}
         self.holds: dict[str, Sale] = {}  # open holds
         self.cancelled: dict[str, dict[str, Any]] = {}
@@ -429,9 +444,7 @@ class RefTill:
         caps = [(x["amount"] - x["discount"]) // w.pv if x["eligible"] else 0 for x in lines]
         req = receipt.get("redeemPoints", 0)
         req = INF if req == -1 else req
-        avail = self.ledger.balance(at)["availablePoints"] - sum(
-            h.result["redeemedPoints"] for h in self.holds.values()
-        )
+        avail = self._now(at)["availablePoints"]
         day = at.date().isoformat()
         offline_left = max(0, w.offline_limit - self.offline_used.get(day, 0))
         if unknown:
@@ -486,34 +499,49 @@ class RefTill:
         result: dict[str, Any],
         mlines: list[dict[str, Any]],
         extra: int,
-        spent_already: bool = False,
+        htakes: list[Take] | None = None,
     ) -> Sale:
+        """`htakes`: what its hold took in `self.held` (None: not held, spent now)."""
+        takes, batch = self._book(self.ledger, at, result)
+        hspent, hbatch = self._book(self.held, at, result, htakes is None)
+        sale = Sale(receipt["receiptId"], at, mlines, extra, False, batch, takes, receipt, result)
+        sale.htakes = hspent if htakes is None else htakes
+        sale.hbatch = hbatch
+        self.sales[sale.rid] = sale
+        return sale
+
+    def _book(
+        self, ledger: Ledger, at: datetime, result: dict[str, Any], spend: bool = True
+    ) -> tuple[list[Take], Batch | None]:
         w = self.world
-        takes = self.ledger.spend(result["redeemedPoints"], at)
+        takes = ledger.spend(result["redeemedPoints"], at) if spend else []
         earned = result["earnedPoints"]
         batch = None
         if earned:
             act = at + timedelta(days=w.delay)
-            batch = self.ledger._new(
+            batch = ledger._new(
                 earned,
                 act if w.delay else at,
                 act + timedelta(days=w.lifetime) if w.lifetime else None,
             )
             if not w.delay:
-                self.ledger._pay_debts(at)
-        sale = Sale(receipt["receiptId"], at, mlines, extra, False, batch, takes, receipt, result)
-        self.sales[sale.rid] = sale
-        return sale
+                ledger._pay_debts(at)
+        return takes, batch
 
-    def _view(
-        self, result: dict[str, Any], at: datetime, exclude_holds: bool = True
-    ) -> dict[str, Any]:
-        bal = self.ledger.balance(at)
-        held = sum(h.result["redeemedPoints"] for h in self.holds.values()) if exclude_holds else 0
+    def _now(self, at: datetime) -> dict[str, Any]:
+        """Time passes to `at` (activations pay debts, §16) in both ledgers; the balance at
+        `at` with the open holds' spending in it."""
+        self.ledger.advance(at)
+        return self.held.balance(at)
+
+    def _view(self, result: dict[str, Any], at: datetime) -> dict[str, Any]:
+        """A receipt's result: the balance at its `at` after it, the points other open
+        holds reserve left out (CONTRACT §11), each from the batches of its own `at`."""
+        bal = self._now(at)
         return {
             **result,
             "balance": {
-                "availablePoints": bal["availablePoints"] - held,
+                "availablePoints": bal["availablePoints"],
                 "pendingPoints": bal["pendingPoints"],
             },
         }
@@ -559,6 +587,7 @@ class RefTill:
         # and earn), other holds left out
         view = self._held_view(receipt, at, result, mlines, extra)
         s = Sale(receipt["receiptId"], at, mlines, extra, False, None, [], receipt, view)
+        s.htakes = self.held.spend(result["redeemedPoints"], at)  # reserved from here on
         self.holds[s.rid] = s
         return 0, view
 
@@ -570,8 +599,6 @@ class RefTill:
         mlines: list[dict[str, Any]],
         extra: int,
     ) -> dict[str, Any]:
-        import copy
-
         shadow = copy.deepcopy(self)
         shadow._commit(receipt, at, result, mlines, extra)
         return shadow._view(result, at)
@@ -588,6 +615,7 @@ class RefTill:
             {k: h.result[k] for k in ("redeemedPoints", "earnedPoints", "lines")},
             h.lines,
             h.extra,
+            htakes=h.htakes,
         )
         sale.result = self._view(sale.result, h.at)
         return 0, sale.result
@@ -598,6 +626,7 @@ class RefTill:
         if rid not in self.holds:
             return 404, None
         h = self.holds.pop(rid)
+        self.held.give_back(h.htakes, h.result["redeemedPoints"], self.held.clock)
         day = h.at.date().isoformat()
         self.offline_used[day] -= h.result["redeemedPoints"]
         self.cancelled[rid] = h.result
@@ -654,9 +683,13 @@ class RefTill:
             }
             self.refunds[fid] = (body, res)
             return 0, res
-        self.ledger.advance(at)
-        self.ledger.give_back(sale.takes, returned, at)
-        self.ledger.take_back(sale, taken, at)
+        for ledger, takes, batch in (
+            (self.ledger, sale.takes, sale.earned_batch),
+            (self.held, sale.htakes, sale.hbatch),
+        ):
+            ledger.advance(at)
+            ledger.give_back(takes, returned, at)
+            ledger.take_back(batch, taken, at)
         bal = self.ledger.balance(at)
         res = {
             "refundId": fid,
@@ -673,8 +706,6 @@ class RefTill:
         return 0, res
 
     def balance(self, at: datetime) -> dict[str, Any]:
-        import copy
-
         shadow = copy.deepcopy(self.ledger)  # asking changes nothing
         return shadow.balance(at)
 

@@ -722,30 +722,16 @@ def test_holds_confirms_and_cancels_match_the_reference_model(tmp_path: Path) ->
     assert not problems, "\n".join(problems[:5])
 
 
-@pytest.mark.parametrize(
-    "lifetime",
-    [
-        pytest.param(
-            0,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="review 28: with no lifetime the till counts a later spend off the"
-                " available points (-67, 136), as docs/CONTRACT.md §5's decision reads and"
-                " tests/refund_reference23.py models; with one, off the batch it took"
-                " (0, 69): which reading wins is left to the lead",
-            ),
-        ),
-        30,
-    ],
-)
+@pytest.mark.parametrize("lifetime", [0, 30])
 def test_a_later_sale_that_spent_points_pending_at_an_earlier_time(cli: Any, lifetime: int) -> None:
     """docs/CONTRACT.md §16: available at T is what is left of the batches at T. Sale a
     (20 November) spends 100 and earns 67, pending until the 21st; sale b (22 November)
     spends those 67. Asked at 20 November 12:00 (a `balance --at`, a receipt sent late),
     a's batch is pending and b took it: 0 available, 69 pending (b's own). Whether points
-    expire (pointsLifetimeDays 30, nothing expiring by then) should change no figure; a
-    till whose points never expire answers -67 available and 136 pending there (b's
-    spend as a debt, a's batch as if whole): xfail, see the report of review 28."""
+    expire (pointsLifetimeDays 30, nothing expiring by then) changes no figure: until
+    review 28 a till whose points never expire answered -67 available and 136 pending
+    there (b's spend off the available points, a's batch as if whole), §5's decision now
+    reads the batches too. The redemption allowed is the same either way (0)."""
     from .conftest import BASE_SNAPSHOT, receipt, snapshot
 
     program = dict(
