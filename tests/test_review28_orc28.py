@@ -399,19 +399,22 @@ def cases(seed: int, count: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return out
 
 
-def compare(agent: Agent, snap: dict[str, Any], rec: dict[str, Any]) -> list[str]:
-    """The differences between the product's quote and the oracle (empty when none)."""
-    got = product_figures(quote_json(agent, rec), balance=True)
-    want = expected(snap, rec)
+def differences(where: str, got: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """Each figure the product answered otherwise than the oracle, named `where` (the
+    balance only where the oracle has one)."""
     if "balance" not in want:
         got.pop("balance", None)
-    if got == want:
-        return []
     return [
-        f"{k}: product {got.get(k)!r} oracle {want.get(k)!r}"
+        f"{where}{k}: product {got.get(k)!r} oracle {want.get(k)!r}"
         for k in want
         if got.get(k) != want.get(k)
     ]
+
+
+def compare(agent: Agent, snap: dict[str, Any], rec: dict[str, Any]) -> list[str]:
+    """The differences between the product's quote and the oracle (empty when none)."""
+    got = product_figures(quote_json(agent, rec), balance=True)
+    return differences("", got, expected(snap, rec))
 
 
 def jsonl(snap: dict[str, Any]) -> list[str]:
@@ -481,10 +484,7 @@ def test_quote_over_http_matches_the_reference_model(tmp_path: Path) -> None:
             )
             with urllib.request.urlopen(request, timeout=10) as reply:
                 got = product_figures(json.loads(reply.read()), balance=True)
-            want = expected(snap, rec)
-            if "balance" not in want:
-                got.pop("balance", None)
-            problems += [f"{rec['receiptId']} {k}" for k in want if got.get(k) != want.get(k)]
+            problems += differences(f"{rec['receiptId']} ", got, expected(snap, rec))
     finally:
         server.stop()
         agent.close()
@@ -538,15 +538,10 @@ def run_sequence(tmp_path: Path, seed: int) -> list[str]:
         for rec in receipts:
             quoted = quote_json(agent, rec)
             got = product_figures(quoted, balance=True)
-            want = oracle.price(rec, state=state).figures()
-            if "balance" not in want:
-                got.pop("balance", None)
             where = f"seed {seed} receipt {rec['receiptId']}"
-            for k in want:
-                if got.get(k) != want.get(k):
-                    problems.append(
-                        f"{where} quote {k}: product {got.get(k)!r} oracle {want.get(k)!r}"
-                    )
+            problems += differences(
+                f"{where} quote ", got, oracle.price(rec, state=state).figures()
+            )
             explained = quote_json(agent, {**rec, "explain": True})
             assert "trace" in explained
             if product_figures(explained, balance=True) != product_figures(quoted, balance=True):
@@ -630,14 +625,7 @@ def test_quote_over_grpc_matches_the_reference_model(tmp_path: Path) -> None:
             for snap, rec in cases(2029, 40):
                 agent.load_snapshot(snap)
                 got = product_figures(client.quote(rec), balance=True)
-                want = expected(snap, rec)
-                if "balance" not in want:
-                    got.pop("balance", None)
-                problems += [
-                    f"{rec['receiptId']} {k}: {got.get(k)} != {want.get(k)}"
-                    for k in want
-                    if got.get(k) != want.get(k)
-                ]
+                problems += differences(f"{rec['receiptId']} ", got, expected(snap, rec))
     finally:
         agent.close()
     assert not problems, problems
@@ -825,14 +813,7 @@ def test_quote_after_deltas_matches_the_reference_model(tmp_path: Path) -> None:
             current = new
             rec = gen_receipt(rng, current, n)
             got = product_figures(quote_json(agent, rec), balance=True)
-            want = expected(current, rec)
-            if "balance" not in want:
-                got.pop("balance", None)
-            problems += [
-                f"delta {n} {k}: product {got.get(k)!r} oracle {want.get(k)!r}"
-                for k in want
-                if got.get(k) != want.get(k)
-            ]
+            problems += differences(f"delta {n} ", got, expected(current, rec))
     finally:
         agent.close()
     assert not problems, "\n".join(problems[:5])
