@@ -30,6 +30,7 @@ from typing import Any
 
 from bench.generate import Scale, write_full
 from bench.http_split import _proc_cpu
+from bench.known_card import old_agent_dir
 from bench.run import EXE, REPO, http_connect, interleave, mixed_receipt, stats
 
 SERVER = """
@@ -99,19 +100,6 @@ def _inside(proc: subprocess.Popen[bytes]) -> dict[str, list[float]]:
     return found
 
 
-def _old_agent(rev: str, work: Path) -> Path:
-    """A directory holding the `agent/` of `rev` as the package `tillpoint_ab_old` (it
-    shares `tillpoint.printer` and `tillpoint.v1` with this tree)."""
-    root = work / "old"
-    root.mkdir()
-    tar = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev, "agent"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(root)], input=tar, check=True)
-    (root / "agent").rename(root / "tillpoint_ab_old")
-    return root
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1000, help="50-line receipts a round")
@@ -134,7 +122,7 @@ def main() -> int:
                 env={**os.environ, "TILLPOINT_DEVICE_ID": "bench-till"},
                 stdout=subprocess.DEVNULL,
             )
-        old_source = _old_agent(args.base, work) if args.agent else work / "http_api_old.py"
+        old_source = old_agent_dir(args.base, work) if args.agent else work / "http_api_old.py"
         if not args.agent:
             old_source.write_bytes(
                 subprocess.run(

@@ -79,9 +79,9 @@ def load(work: Path, name: str, snap: Path, agent_type: type[Any] = Agent) -> An
     return agent
 
 
-def old_package(rev: str, work: Path) -> tuple[type[Any], Callable[[Any], Any]]:
-    """The `agent/` of `rev` as the package `tillpoint_ab_old`: (its Agent, its
-    receipt_from_json). It shares `tillpoint.printer` and `tillpoint.v1` with this tree."""
+def old_agent_dir(rev: str, work: Path) -> Path:
+    """A directory holding the `agent/` of `rev` as the package `tillpoint_ab_old` (it
+    shares `tillpoint.printer` and `tillpoint.v1` with this tree)."""
     root = work / "old"
     root.mkdir()
     tar = subprocess.run(
@@ -89,7 +89,13 @@ def old_package(rev: str, work: Path) -> tuple[type[Any], Callable[[Any], Any]]:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(root)], input=tar, check=True)
     (root / "agent").rename(root / "tillpoint_ab_old")
-    sys.path.insert(0, str(root))
+    return root
+
+
+def old_package(rev: str, work: Path) -> tuple[type[Any], Callable[[Any], Any]]:
+    """The `agent/` of `rev` as the package `tillpoint_ab_old` (`old_agent_dir`): (its
+    Agent, its receipt_from_json)."""
+    sys.path.insert(0, str(old_agent_dir(rev, work)))
     service = importlib.import_module("tillpoint_ab_old.service")
     results = importlib.import_module("tillpoint_ab_old.results")
     return service.Agent, results.receipt_from_json
