@@ -91,14 +91,19 @@ def _common(json_flag: bool = True) -> _Parser:
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
-    """The command word of `argv` when its options before it are plain ones, else None."""
+    """The command word of `argv` when its options before it are plain ones (or the commands'
+    on/off flags, `tillpoint --json identify ...`: `_parse` reads them), else None."""
     words = iter(argv)
     for word in words:
         if word in ("--data-dir", "--config"):
             next(words, None)
-        elif not word.startswith(("--data-dir=", "--config=")):
+        elif word not in _FLAGS_BEFORE and not word.startswith(("--data-dir=", "--config=")):
             return None if word.startswith("-") else word
     return None
+
+
+# The commands' on/off flags, which `_parse` reads before the command as after it.
+_FLAGS_BEFORE = frozenset({"--json", "--explain", "--local"})
 
 
 # The commands whose one argument is a scanned text (§4), with the options each takes:
@@ -315,8 +320,15 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
                 chosen.error(f"{args.command} needs an action: {', '.join(found.choices)}")
             break
         chosen = found.choices[value]
+    if extras and chosen is not parser and all(_is_flag_of(chosen, w) for w in extras):
+        # `tillpoint --data-dir D --json status`: a flag of the command given before it
+        # means what it means after it (as --data-dir is taken on either side)
+        for word in extras:
+            action = chosen._option_string_actions[word]
+            setattr(args, action.dest, action.const)
+        return args
     if extras:
-        # `tillpoint --json status`: an option of the command given before it
+        # `tillpoint --at=T balance CARD`: an option with a value given before the command
         known = [w for w in extras if w.split("=", 1)[0] in chosen._option_string_actions]
         where = (
             f"; {known[0]} goes after the command: {chosen.prog} ... {known[0]}"
@@ -325,6 +337,12 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         )
         chosen.error(f"unrecognized arguments: {' '.join(extras)}{where}")
     return args
+
+
+def _is_flag_of(parser: argparse.ArgumentParser, word: str) -> bool:
+    """Whether `word` is an on/off option of `parser` (`--json`, `--explain`, `--local`)."""
+    action = parser._option_string_actions.get(word)
+    return isinstance(action, argparse._StoreTrueAction)
 
 
 # The commands of this module that take an action (`hub`, `sync` and `print` say their own).

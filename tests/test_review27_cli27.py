@@ -278,15 +278,16 @@ def test_balance_on_a_till_with_no_snapshot_says_so(cli: CLI) -> None:
 
 
 def test_an_option_of_the_command_given_before_it_says_where_it_goes(cli: CLI) -> None:
-    """`tillpoint --json status` (the usage line reads `tillpoint [--data-dir DIR] ...
-    COMMAND`, and a script writer puts --json first) said only "unrecognized arguments:
-    --json", though status takes it."""
-    run = cli("--json", "status")
+    """`tillpoint --at=T balance CARD` (the usage line reads `tillpoint [--data-dir DIR] ...
+    COMMAND`, and a script writer puts options first) said only "unrecognized arguments:
+    --at=T", though balance takes it. (Review 29: a flag such as `--json` or `--local`
+    given before the command is now read as after it, tests/test_review29_spec29.py.)"""
+    run = cli("--at=2026-11-23T10:15:00+03:00", "balance", "2770000000017")
     assert run.code == 2 and run.out == ""
-    assert "--json goes after the command: tillpoint status ... --json" in run.err, run.err
-    assert "(see `tillpoint status --help`)" in run.err
+    assert "goes after the command: tillpoint balance ... --at=" in run.err, run.err
+    assert "(see `tillpoint balance --help`)" in run.err
     run = cli("--local", "identify", "1")
-    assert "--local goes after the command: tillpoint identify ... --local" in run.err
+    assert run.code == 0 and run.out.startswith("UNKNOWN"), (run.out, run.err)
     run = cli("status", "--frobnicate")
     assert "goes after" not in run.err and "unrecognized arguments: --frobnicate" in run.err
 
