@@ -7,7 +7,12 @@ CLI as a script or a POS host calls it."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import CLI, receipt, snapshot
 
@@ -55,3 +60,29 @@ def test_a_flag_the_command_does_not_have_is_still_refused(cli: CLI) -> None:
         run = cli(*argv)
         assert run.code == 2 and run.out == "", argv
         assert run.err.count("\n") == 1 and "unrecognized arguments" in run.err, run.err
+
+
+# ---------------------------------------------------------------- §9: the device id
+
+
+def test_the_device_id_defaults_to_the_host_name(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §9: the device id comes from the configuration (`device_id`,
+    environment TILLPOINT_DEVICE_ID), default the host name: with neither, a sale is
+    journaled under the host's name and `status` says so."""
+    for key in [k for k in os.environ if k.startswith("TILLPOINT_")]:
+        if key != "TILLPOINT_HTTP__LISTEN":
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)  # no tillpoint.toml of a working directory
+    assert cli("snapshot", "load", snapshot()).code == 0
+    host = socket.gethostname()
+    run = cli("checkout", receipt("r1"), "--json")
+    assert run.code == 0, run.err
+    assert _one_document(run.out)["deviceId"] == host and json.loads(run.out)["seq"] == 1
+    assert _one_document(cli("status", "--json").out)["deviceId"] == host
+    # and that name is the ledger's from then on: another device id is refused in one line
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-9")
+    run = cli("status", "--json")
+    assert run.code == 2 and run.out == "" and run.err.count("\n") == 1
+    assert f"'{host}'" in run.err and "'till-9'" in run.err, run.err
