@@ -766,14 +766,17 @@ def coupon_code(text: str) -> str:
 
 
 # "Dashes of any kind (hyphen, en/em dash, minus sign)" (the contract §4, §13): Unicode's
-# dash punctuation (category Pd: the full-width, small, Armenian, two-em... dashes) and
-# the minus signs (U+2212, superscript and subscript minus). Written out, not computed
-# from `unicodedata` at import (a scan of every code point costs a CLI call 0.3 s);
-# tests/test_review14.py holds it to the category.
+# dash punctuation (category Pd: the full-width, small, Armenian, two-em... dashes), the
+# minus signs (U+2212, superscript and subscript minus), the swung dash (U+2053, the one
+# character of Unicode's Dash property outside those) and the soft hyphen (U+00AD: a
+# hyphen that shows only at a line break, which a number copied from a web page or a
+# document carries unseen). Written out, not computed from `unicodedata` at import (a
+# scan of every code point costs a CLI call 0.3 s); tests/test_review14.py holds it to
+# the category.
 DASHES = frozenset(
     "\u002d\u058a\u05be\u1400\u1806\u2010\u2011\u2012\u2013\u2014\u2015\u2e17\u2e1a"
     "\u2e3a\u2e3b\u2e40\u2e5d\u301c\u3030\u30a0\ufe31\ufe32\ufe58\ufe63\uff0d\U00010ead"
-    "\u2212\u207b\u208b"
+    "\u2212\u207b\u208b\u2053\u00ad"
 )
 
 
