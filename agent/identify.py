@@ -9,11 +9,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .models import DASHES, CardRecord, Customer
+from .models import DASHES, ZERO_WIDTH_SPACES, CardRecord, Customer
 
 Outcome = Literal["FOUND", "BLOCKED", "UNKNOWN", "INVALID"]
 
-_DROP = re.compile(f"[\\s{re.escape(''.join(sorted(DASHES)))}]")  # blanks, dashes of every kind
+# blanks (the zero-width ones too), dashes of every kind
+_DROP = re.compile(f"[\\s{re.escape(''.join(sorted(DASHES | ZERO_WIDTH_SPACES)))}]")
 
 
 class CardLookup(Protocol):

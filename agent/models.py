@@ -762,7 +762,9 @@ def coupon_code(text: str) -> str:
     """A scanned coupon code as it is looked up: blanks, dashes and control characters
     (a scanner's GS separator \\x1d, a NUL) dropped, upper case."""
     text = CONTROL_CHARACTER.sub("", text)
-    return "".join(ch for ch in text if not ch.isspace() and ch not in DASHES).upper()
+    return "".join(
+        ch for ch in text if not ch.isspace() and ch not in DASHES and ch not in ZERO_WIDTH_SPACES
+    ).upper()
 
 
 # "Dashes of any kind (hyphen, en/em dash, minus sign)" (the contract §4, §13): Unicode's
@@ -778,6 +780,12 @@ DASHES = frozenset(
     "\u2e3a\u2e3b\u2e40\u2e5d\u301c\u3030\u30a0\ufe31\ufe32\ufe58\ufe63\uff0d\U00010ead"
     "\u2212\u207b\u208b\u2053\u00ad"
 )
+
+# "White space of any kind" (the contract §4, §13) beside what `str.isspace` (and `\s`)
+# call so: the zero-width spaces, U+200B and U+FEFF (ZERO WIDTH NO-BREAK SPACE, a byte
+# order mark at the start of a pasted text), and U+180E (MONGOLIAN VOWEL SEPARATOR, a
+# space until Unicode 6.3): invisible, so a cashier cannot see why a number is refused.
+ZERO_WIDTH_SPACES = frozenset("\u200b\ufeff\u180e")
 
 
 class Coupon(Model):
