@@ -48,8 +48,9 @@ deps-system:
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
 
+# PYTEST_ARGS: more arguments for pytest (.ci/run deselects what its faults-quick stage runs).
 test: $(STAMP) deps-system
-	$(BIN)/python -m pytest -q $(XDIST)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-all: $(STAMP) deps-system
 	$(BIN)/python -m pytest -q -m '' $(XDIST)
