@@ -1277,6 +1277,41 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+# Seconds each scenario took at CI size (`--quick`, a busy 2-core machine): how
+# `--jobs` shares them out, the longest first to the least loaded process.
+QUICK_SECONDS = {
+    "malformed": 43,
+    "agent-kill": 30,
+    "outage": 24,
+    "hub-kill": 16,
+    "proxy": 7,
+    "snapshots": 3,
+    "coupons": 3,
+    "full-disk": 1,
+}
+
+
+def side_by_side(args: argparse.Namespace) -> int:
+    """The scenarios in `args.jobs` child processes of this command (each `--only` its
+    group, the same seed and options); exit 1 when any of them broke a promise."""
+    import subprocess
+
+    loads: list[tuple[float, list[str]]] = [(0.0, []) for _ in range(args.jobs)]
+    for name in sorted(args.only or SCENARIOS, key=lambda n: -QUICK_SECONDS.get(n, 10)):
+        least = min(range(len(loads)), key=lambda i: loads[i][0])
+        loads[least] = (loads[least][0] + QUICK_SECONDS.get(name, 10), [*loads[least][1], name])
+    common = [sys.executable, "-m", "bench.faults", "--seed", str(args.seed)]
+    common += ["--hub-store", args.hub_store]
+    common += ["--quick"] * args.quick + ["--keep"] * args.keep
+    procs = [
+        subprocess.Popen([*common, *(x for n in group for x in ("--only", n))])
+        for _, group in loads
+        if group
+    ]
+    codes = [p.wait() for p in procs]
+    return 0 if all(code == 0 for code in codes) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1286,12 +1321,21 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run the scenarios in this many processes side by side (each a group of"
+        " --only; most of a scenario's time is waiting on its processes and clocks)",
+    )
+    parser.add_argument(
         "--hub-store",
         choices=("sqlite", "postgresql"),
         default="sqlite",
         help="the hub's store (postgresql: a throwaway cluster, a database per scenario)",
     )
     args = parser.parse_args()
+    if args.jobs > 1:
+        return side_by_side(args)
     work = Path(tempfile.mkdtemp(prefix="tillpoint-faults-"))
     cluster = None
     if args.hub_store == "postgresql":
@@ -1323,7 +1367,8 @@ def main() -> int:
             for o in outcomes
         ],
     }
-    name = f"faults-{doc['when'].replace(':', '')}{'-quick' if args.quick else ''}.json"
+    group = f"-{args.only[0]}" if args.only else ""  # side by side: a file each
+    name = f"faults-{doc['when'].replace(':', '')}{'-quick' if args.quick else ''}{group}.json"
     (RESULTS / name).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     return 0 if all(o.ok for o in outcomes) else 1
 

@@ -107,37 +107,75 @@ def _in_process(data: Path, *args: str) -> tuple[int, str, list[str]]:
     return run.returncode, run.stdout, [m for m in heavy.split(",") if m]
 
 
-def test_forwarded_answers_are_the_local_ones_byte_for_byte(running: Path, tmp_path: Path) -> None:
+def _forwarded_spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Wraps agent/forward.py's `forward` (it still runs): one entry a call, True when
+    the running agent answered it, False when the CLI ran it locally."""
+    from tillpoint.agent import forward
+
+    real = forward.forward
+    seen: list[bool] = []
+
+    def spy(args: Any) -> int:
+        try:
+            code = real(args)
+        except forward.NotForwarded:
+            seen.append(False)
+            raise
+        seen.append(True)
+        return code
+
+    monkeypatch.setattr(forward, "forward", spy)
+    return seen
+
+
+def test_forwarded_answers_are_the_local_ones_byte_for_byte(
+    running: Path, tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each command forwarded to the running agent prints what `--local` prints. The CLI
+    runs in this process (`main`, as the entry point calls it) against the real `tillpoint
+    run`; the entry point itself, its exit codes and standard input are run as processes
+    below."""
     data = running
+    monkeypatch.delenv("TILLPOINT_CLI_LOCAL", raising=False)
+    forwarded = _forwarded_spy(monkeypatch)
     r = _write(tmp_path / "r.json", receipt("f-1", redeemPoints=100))
     blocked = _write(tmp_path / "b.json", receipt("f-2", card="2770000000031"))
     floats = tmp_path / "f.json"
     floats.write_text('{"receiptId": "x", "lines": [{"priceMinor": 1.5}]}', encoding="utf-8")
-    cases: list[tuple[Any, ...]] = [
-        ("quote", r, "--json"),
-        ("quote", r),
-        ("quote", r, "--explain", "--json"),
-        ("identify", "+7 916 123-45-67", "--json"),
-        ("identify", "2770000000031"),
-        ("balance", "2770000000017", "--json"),
-        ("balance", "2770000000017"),
-        ("status", "--json"),
-        ("quote", blocked, "--json"),  # refused: exit 2, one line
-        ("quote", floats),  # refused before sending: exit 2
-        ("quote", tmp_path / "missing.json"),
-        ("confirm", "never-held"),  # NOT_FOUND: exit 2
-        ("balance", "2770000000017", "--at", "yesterday"),  # worded by the CLI: local
+    cases: list[tuple[tuple[Any, ...], bool]] = [  # (arguments, answered by the agent)
+        (("quote", r, "--json"), True),
+        (("quote", r), True),
+        (("quote", r, "--explain", "--json"), True),
+        (("identify", "+7 916 123-45-67", "--json"), True),
+        (("identify", "2770000000031"), True),
+        (("balance", "2770000000017", "--json"), True),
+        (("balance", "2770000000017"), True),
+        (("status", "--json"), True),
+        (("quote", blocked, "--json"), True),  # refused: exit 2, one line
+        (("quote", floats), False),  # refused before sending: exit 2
+        (("quote", tmp_path / "missing.json"), False),
+        (("confirm", "never-held"), True),  # NOT_FOUND: exit 2
+        (("balance", "2770000000017", "--at", "yesterday"), False),  # worded by the CLI
     ]
-    for case in cases:
+    for case, by_agent in cases:
+        forwarded.clear()
+        fwd = cli(*case)
+        assert (True in forwarded) is by_agent, case
+        local = cli(*case, "--local")
+        assert forwarded.count(True) == by_agent, case  # `--local`: run here
+        assert (fwd.code, fwd.out, fwd.err) == (local.code, local.out, local.err), case
+        if fwd.code:
+            assert fwd.out == "" and len(fwd.err.splitlines()) == 1, case
+    # The installed entry point, as a POS runs it: forwarded and local the same bytes and
+    # exit codes (an answer, a refusal), and standard input forwarded.
+    for case in (("quote", r, "--json"), ("quote", blocked, "--json")):
         fwd, local = _tp(data, *case), _tp(data, *case, "--local")
         assert (fwd.returncode, fwd.stdout, fwd.stderr) == (
             local.returncode,
             local.stdout,
             local.stderr,
         ), case
-        if fwd.returncode:
-            assert fwd.stdout == "" and len(fwd.stderr.splitlines()) == 1, case
-    # Standard input, forwarded.
+    assert fwd.returncode == 2 and fwd.stdout == "" and len(fwd.stderr.splitlines()) == 1
     stdin = json.dumps(receipt("f-9"))
     fwd = subprocess.run(
         [EXE, "--data-dir", data, "quote", "-", "--json"],
@@ -159,19 +197,23 @@ def test_forwarded_answers_are_the_local_ones_byte_for_byte(running: Path, tmp_p
     # answer, another body under its id the same refusal as locally.
     first = _tp(data, "checkout", r, "--json")
     assert first.returncode == 0, first.stderr
-    assert _tp(data, "checkout", r, "--json").stdout == first.stdout
-    assert json.loads(_tp(data, "status", "--json", "--local").stdout)["outboxDepth"] == 1
+    forwarded.clear()
+    assert cli("checkout", r, "--json").out == first.stdout
+    assert cli("status", "--json", "--local").json()["outboxDepth"] == 1
     other = _write(tmp_path / "o.json", receipt("f-1", redeemPoints=0))
-    fwd, local = _tp(data, "checkout", other), _tp(data, "checkout", other, "--local")
-    assert fwd.returncode == local.returncode == 2 and fwd.stderr == local.stderr
+    fwd_run, local_run = cli("checkout", other), cli("checkout", other, "--local")
+    assert fwd_run.code == local_run.code == 2 and fwd_run.err == local_run.err
+    assert forwarded == [True, False, True, False]
+    forwarded.clear()
     # Hold, then confirm and cancel by id.
-    held = _tp(data, "hold", _write(tmp_path / "h.json", receipt("f-3")), "--json")
-    assert held.returncode == 0 and json.loads(held.stdout)["state"] == "HELD", held.stderr
-    done = _tp(data, "confirm", "f-3", "--fiscal", "FD-1", "--json")
-    assert done.returncode == 0 and json.loads(done.stdout)["state"] == "CONFIRMED", done.stderr
-    assert _tp(data, "hold", _write(tmp_path / "h4.json", receipt("f-4")), "--json").returncode == 0
-    gone = _tp(data, "cancel", "f-4", "--json")
-    assert gone.returncode == 0 and json.loads(gone.stdout)["state"] == "CANCELLED", gone.stdout
+    held = cli("hold", _write(tmp_path / "h.json", receipt("f-3")), "--json")
+    assert held.code == 0 and held.json()["state"] == "HELD", held.err
+    done = cli("confirm", "f-3", "--fiscal", "FD-1", "--json")
+    assert done.code == 0 and done.json()["state"] == "CONFIRMED", done.err
+    assert cli("hold", _write(tmp_path / "h4.json", receipt("f-4")), "--json").code == 0
+    gone = cli("cancel", "f-4", "--json")
+    assert gone.code == 0 and gone.json()["state"] == "CANCELLED", gone.out
+    assert forwarded == [True] * 4  # the hold's life: the agent's
 
 
 def test_another_agents_port_is_not_used(running: Path, tmp_path: Path) -> None:

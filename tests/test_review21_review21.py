@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from tillpoint.sync.loopback import LoopbackHub, Till, receipt
 
 from .conftest import CLI
 from .test_review21_race21 import CARD, Interleave, hub, hub_holds, race, till
-from .test_review21_sec21 import EXE
 
 __all__ = ["hub", "till"]  # the fixtures, shared with race21's tests
 
@@ -71,25 +69,19 @@ def test_the_same_call_twice_at_once_asks_the_hub_once_and_answers_the_same(
 
 @pytest.mark.parametrize("address", ["hub.example:99999"])  # every case: test_review22_rev22
 def test_enroll_refuses_an_address_whose_port_no_till_can_dial(
-    tmp_path: Path, address: str
+    tmp_path: Path, address: str, cli: CLI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`hub enroll --address` was checked for a ':' only: an empty port, one past 65535
     or 0 wrote a bundle the till dials in vain (and the device was enrolled: a retry
-    needed --renew). HOST:PORT is read as every listen address is (`split_listen`)."""
-    root = tmp_path / "hub"
-    env = {**os.environ, "TILLPOINT_HUB_DIR": str(root)}
-    subprocess.run([EXE, "hub", "init"], env=env, check=True, capture_output=True)
-    done = subprocess.run(
-        [EXE, "hub", "enroll", "till-1", "--address", address],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "port" in done.stderr and "Traceback" not in done.stderr, done.stderr
-    status = subprocess.run([EXE, "hub", "status"], env=env, capture_output=True, text=True)
-    assert "till-1" not in status.stdout  # nothing enrolled
+    needed --renew). HOST:PORT is read as every listen address is (`split_listen`).
+    In this process (the end-to-end run of the command: test_review22_rev22)."""
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    done = cli("hub", "enroll", "till-1", "--address", address)
+    assert done.code == 2, done.err
+    assert "port" in done.err and "Traceback" not in done.err, done.err
+    status = cli("hub", "status")
+    assert status.code == 0 and "till-1" not in status.out  # nothing enrolled
 
 
 def test_sync_install_asks_whether_an_agent_runs_without_taking_its_lock(
@@ -110,7 +102,6 @@ def test_sync_install_asks_whether_an_agent_runs_without_taking_its_lock(
 
 def test_the_lock_holder_is_read_from_the_kernels_list_of_locks(tmp_path: Path) -> None:
     """A real flock held by another process is found by its pid, and no lock is taken."""
-    import subprocess
     import sys
 
     from tillpoint.agent.lock import DataDirLock

@@ -298,22 +298,20 @@ def test_a_till_facing_an_expired_hub_certificate_says_it_is_the_handshake(
 # ---------------------------------------------------------------- key files
 
 
-def test_hub_refuses_a_private_key_other_users_can_read(tmp_path: Path) -> None:
+def test_hub_refuses_a_private_key_other_users_can_read(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hub enroll` in this process (main()), `hub serve` as the process a unit starts."""
     root = tmp_path / "hub"
     env = {**os.environ, "TILLPOINT_HUB_DIR": str(root)}
-    subprocess.run([EXE, "hub", "init"], env=env, check=True, capture_output=True)
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(root))
+    assert cli("hub", "init").code == 0
     keys = HubDir(root).keys
     keys.ca_key.chmod(0o644)  # copied to another server without keeping its mode
-    enrolled = subprocess.run(
-        [EXE, "hub", "enroll", "till-1", "--address", "127.0.0.1:1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert enrolled.returncode == 2
-    assert f"chmod 600 {keys.ca_key}" in enrolled.stderr
-    assert len(enrolled.stderr.strip().splitlines()) == 1
+    enrolled = cli("hub", "enroll", "till-1", "--address", "127.0.0.1:1")
+    assert enrolled.code == 2
+    assert f"chmod 600 {keys.ca_key}" in enrolled.err
+    assert len(enrolled.err.strip().splitlines()) == 1
     keys.ca_key.chmod(0o600)
     keys.server_key.chmod(0o640)
     served = subprocess.run(
@@ -450,15 +448,19 @@ def test_a_clock_a_few_minutes_off_leaves_a_new_certificate_valid(hub: LoopbackH
     assert late is not None and "set the clock right" in late
 
 
-def test_a_snapshot_key_pair_that_does_not_match_is_refused(tmp_path: Path) -> None:
+def test_a_snapshot_key_pair_that_does_not_match_is_refused(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`snapshot.pub` restored from another backup than `snapshot.key`: the hub served and
-    enrolled with them, and every till enrolled since refused every snapshot."""
+    enrolled with them, and every till enrolled since refused every snapshot. (`hub serve`
+    as a process; init, enroll and status in this process.)"""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     root = tmp_path / "hub"
     env = {**os.environ, "TILLPOINT_HUB_DIR": str(root)}
-    subprocess.run([EXE, "hub", "init"], env=env, check=True, capture_output=True)
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(root))
+    assert cli("hub", "init").code == 0
     keys = HubDir(root).keys
     other = ed25519.Ed25519PrivateKey.generate().public_key()
     keys.snapshot_pub.write_bytes(
@@ -466,15 +468,15 @@ def test_a_snapshot_key_pair_that_does_not_match_is_refused(tmp_path: Path) -> N
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    for command in (
-        ["hub", "serve", "--listen", "127.0.0.1:0"],
-        ["hub", "enroll", "till-1", "--address", "127.0.0.1:1"],
-    ):
-        done = subprocess.run([EXE, *command], env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 2, (command, done.stderr)
-        assert "is not the public half of" in done.stderr
-    status = subprocess.run([EXE, "hub", "status"], env=env, capture_output=True, text=True)
-    assert "till-1" not in status.stdout  # refused before it was enrolled: no --renew needed
+    serve = ["hub", "serve", "--listen", "127.0.0.1:0"]
+    done = subprocess.run([EXE, *serve], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "is not the public half of" in done.stderr
+    enrolled = cli("hub", "enroll", "till-1", "--address", "127.0.0.1:1")
+    assert enrolled.code == 2, enrolled.err
+    assert "is not the public half of" in enrolled.err
+    status = cli("hub", "status")
+    assert status.code == 0 and "till-1" not in status.out  # refused before it was enrolled
 
 
 def test_a_certificate_that_expires_on_an_open_connection_is_refused_at_the_next_call(
@@ -504,17 +506,12 @@ def test_a_certificate_that_expires_on_an_open_connection_is_refused_at_the_next
         link.close()
 
 
-def test_enroll_refuses_an_address_without_a_port(tmp_path: Path) -> None:
-    root = tmp_path / "hub"
-    env = {**os.environ, "TILLPOINT_HUB_DIR": str(root)}
-    subprocess.run([EXE, "hub", "init"], env=env, check=True, capture_output=True)
-    done = subprocess.run(
-        [EXE, "hub", "enroll", "till-1", "--address", "hub.example"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2 and "hub.example:50070" in done.stderr, done.stderr
-    status = subprocess.run([EXE, "hub", "status"], env=env, capture_output=True, text=True)
-    assert "till-1" not in status.stdout  # nothing enrolled: no --renew needed to retry
+def test_enroll_refuses_an_address_without_a_port(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TILLPOINT_HUB_DIR", str(tmp_path / "hub"))
+    assert cli("hub", "init").code == 0
+    done = cli("hub", "enroll", "till-1", "--address", "hub.example")
+    assert done.code == 2 and "hub.example:50070" in done.err, done.err
+    status = cli("hub", "status")
+    assert status.code == 0 and "till-1" not in status.out  # nothing enrolled: no --renew

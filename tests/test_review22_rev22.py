@@ -12,7 +12,7 @@ import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
-from .conftest import receipt, snapshot
+from .conftest import CLI, receipt, snapshot
 from .test_review22_out22 import PRINTED, _printed_text, _tillpoint
 
 # "never ends", as a hub may write it: the last second RFC 3339 can name, in UTC
@@ -166,7 +166,7 @@ def test_a_long_lived_run_warns_of_its_certificate_again_not_only_at_start(
 
 
 def test_a_signed_file_whose_payload_is_json_python_cannot_read_is_refused(
-    tmp_path: Path,
+    tmp_path: Path, cli: CLI
 ) -> None:
     """`snapshot load` of a signed file on an enrolled till reads the payload's header
     before the signature is checked (1b3e8d1: "the same bundle again is unchanged"): a
@@ -186,7 +186,7 @@ def test_a_signed_file_whose_payload_is_json_python_cannot_read_is_refused(
         ["hub", "export", "till-1", "--hub-dir", hub, "--out", str(tmp_path / "v1.json")],
     ]
     for step in steps:
-        assert _tillpoint(step, subprocess.PIPE).returncode == 0, step
+        assert cli(*step).code == 0, step
     good = json.loads((tmp_path / "v1.json").read_text(encoding="utf-8"))
     bad = {
         "deep.json": b"[" * 200_000,
@@ -200,17 +200,17 @@ def test_a_signed_file_whose_payload_is_json_python_cannot_read_is_refused(
         ["--data-dir", str(tmp_path / "plain"), "snapshot", "load", str(tmp_path / n)] for n in bad
     ]  # a till not enrolled
     install = ["--data-dir", data, "sync", "install", str(tmp_path / "e.json")]
-    assert _tillpoint(install, subprocess.PIPE).returncode == 0
+    assert cli(*install).code == 0
     loads += [["--data-dir", data, "snapshot", "load", str(tmp_path / n)] for n in bad]
     first = ["--data-dir", data, "snapshot", "load", str(tmp_path / "v1.json")]
-    assert _tillpoint(first, subprocess.PIPE).returncode == 0  # a cache to compare
+    assert cli(*first).code == 0  # a cache to compare
     for args in loads:
-        run = _tillpoint(args, subprocess.PIPE)
-        assert run.returncode == 2, (args, run.stderr)
-        assert "internal error" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+        run = cli(*args)
+        assert run.code == 2, (args, run.err)
+        assert "internal error" not in run.err and run.err.count("\n") == 1, run.err
 
 
-def test_hub_enroll_and_export_refuse_an_out_that_is_not_a_file(tmp_path: Path) -> None:
+def test_hub_enroll_and_export_refuse_an_out_that_is_not_a_file(tmp_path: Path, cli: CLI) -> None:
     """`hub enroll --out` writes the bundle beside it and renames it over the path: a
     directory was "internal error: IsADirectoryError" after the device was enrolled (a
     retry then needed --renew), and a pipe or a device was replaced by a regular file
@@ -222,28 +222,22 @@ def test_hub_enroll_and_export_refuse_an_out_that_is_not_a_file(tmp_path: Path) 
     hub = str(tmp_path / "hub")
     catalogue = tmp_path / "c.json"
     catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
-    made = _tillpoint(
-        ["hub", "import", str(catalogue), "--publish", "--hub-dir", hub], subprocess.PIPE
-    )
-    assert made.returncode == 0, made.stderr
+    made = cli("hub", "import", str(catalogue), "--publish", "--hub-dir", hub)
+    assert made.code == 0, made.err
     folder, pipe = tmp_path / "folder", tmp_path / "pipe"
     folder.mkdir()
     os.mkfifo(pipe)
     for out in (folder, pipe):
-        run = _tillpoint(
-            ["hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(out)], subprocess.PIPE
-        )
-        assert run.returncode == 2, run.stderr
-        assert "internal error" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+        run = cli("hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(out))
+        assert run.code == 2, run.err
+        assert "internal error" not in run.err and run.err.count("\n") == 1, run.err
     assert folder.is_dir() and stat.S_ISFIFO(pipe.stat().st_mode)
     # nothing was enrolled: the same id goes in without --renew
     bundle = tmp_path / "e.json"
     enrol = ["hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(bundle)]
-    assert _tillpoint(enrol, subprocess.PIPE).returncode == 0
+    assert cli(*enrol).code == 0
     for out in (folder, pipe, tmp_path / "missing" / "v1.json"):
-        run = _tillpoint(
-            ["hub", "export", "till-1", "--hub-dir", hub, "--out", str(out)], subprocess.PIPE
-        )
-        assert run.returncode == 2, run.stderr
-        assert "internal error" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+        run = cli("hub", "export", "till-1", "--hub-dir", hub, "--out", str(out))
+        assert run.code == 2, run.err
+        assert "internal error" not in run.err and run.err.count("\n") == 1, run.err
     assert folder.is_dir() and stat.S_ISFIFO(pipe.stat().st_mode)
