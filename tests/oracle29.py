@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
@@ -584,3 +585,172 @@ def normal_trace(trace: dict[str, Any]) -> dict[str, Any]:
         "boundBy": red.get("boundBy", ""),
     }
     return out
+
+
+# ---------------------------------------------------------------- §7 printed offers
+
+
+@dataclass
+class PrintBook:
+    """What a till remembers of its prints (CONTRACT §7: the cooldown is this till's):
+    (customer id, offer id) -> the `at` of the receipt that last printed it."""
+
+    last: dict[tuple[str, str], datetime] = field(default_factory=dict)
+
+
+def printed_offers(
+    oracle: Oracle, receipt: dict[str, Any], book: PrintBook, *, commit: bool = True
+) -> list[str]:
+    """§7: after a commit with a FOUND card, up to `maxOffersPrinted` (at most 50, CONTRACT
+    §7) personal `printable` offers of this customer, valid at `at` (and inside their
+    window, §14) or starting within 7 days (store days, same local clock time), not of a
+    campaign whose control group the customer is in, not printed to this customer within
+    `offerPrintCooldownDays` (one printed exactly that long ago may be printed again),
+    ordered by `rank` then `id`. With `commit`, the book records them."""
+    card = oracle.identify(receipt.get("card", ""))
+    customer = oracle.customers.get(card["customerId"]) if card else None
+    if customer is None:
+        return []
+    at = ts(receipt["at"])
+    program = oracle.program
+    cooldown = int(program.get("offerPrintCooldownDays", 7))
+    most = min(int(program.get("maxOffersPrinted", 5)), 50)
+    soon = oracle.days_later(at, 7)
+    controls = set(customer.get("controlGroups", []))
+    picked = []
+    for o in oracle.offers.values():
+        if o.get("customerId") != customer["id"] or not o.get("printable"):
+            continue
+        if o.get("campaignId") and o["campaignId"] in controls:
+            continue
+        now = oracle.valid(o, at) and oracle.in_window(o, at, customer)
+        start = ts(o["validFrom"]) if o.get("validFrom") else None
+        starting = start is not None and at < start <= soon
+        if not (now or starting):
+            continue
+        last = book.last.get((customer["id"], o["id"]))
+        if last is not None and at < oracle.days_later(last, cooldown):
+            continue
+        picked.append(o)
+    picked.sort(key=lambda o: (int(o.get("rank", 0)), o["id"]))
+    out = [o["id"] for o in picked[:most]]
+    if commit:
+        for oid in out:
+            book.last[(customer["id"], oid)] = at
+    return out
+
+
+# ---------------------------------------------------------------- §8 the display
+
+WIDTH = 20
+
+
+def money(minor: int, spaces: bool = True) -> str:
+    """CONTRACT §8: roubles with a comma, spaces between thousands (`12 345,67`)."""
+    sign = "-" if minor < 0 else ""
+    whole, kop = divmod(abs(minor), 100)
+    rub = f"{whole:,}".replace(",", " " if spaces else "")
+    return f"{sign}{rub},{kop:02d}"
+
+
+def fit(*wordings: str) -> str:
+    """The first wording that fits the row (CONTRACT §8: reworded rather than cut)."""
+    return next((w for w in wordings if len(w) <= WIDTH), "")
+
+
+def figure(label: str, minor: int) -> str:
+    """A figure: with its word label, then without it, then without its spaces."""
+    return fit(f"{label}: {money(minor)}", money(minor), money(minor, spaces=False))
+
+
+def percent_text(value: str) -> str:
+    text = str(frac(value))
+    if "/" in text:
+        text = str(float(frac(value)))  # the percents the tests use are short decimals
+    return text.replace(".", ",")
+
+
+def reach_hint(oracle: Explainer, receipt: dict[str, Any], trace: dict[str, Any]) -> str:
+    """DECISIONS "Explain": with no savings yet, the nearest RECEIPT_PERCENT_OFF the customer
+    would get (not of a campaign whose control group they are in) that needs a larger
+    basket: "Ещё 520 ₽ до скидки 5%", in whole roubles rounded up; shorter wordings next
+    (CONTRACT §8)."""
+    card = oracle.identify(receipt.get("card", ""))
+    customer = oracle.customers.get(card["customerId"]) if card else None
+    controls = set(customer.get("controlGroups", [])) if customer else set()
+    best: tuple[int, str] | None = None
+    for ro in trace.get("receiptOffers", []):
+        if ro["kind"] != "RECEIPT_PERCENT_OFF" or ro["outcome"] != "BELOW_MIN_TOTAL":
+            continue
+        if oracle.offers[ro["offerId"]].get("campaignId", "") in controls:
+            continue
+        key = (int(ro["missingMinor"]), ro["offerId"])
+        if best is None or key < best:
+            best = key
+    if best is None:
+        return ""
+    value = percent_text(oracle.offers[best[1]]["value"])
+    rub = f"{-(-best[0] // 100):,}".replace(",", " ")
+    return fit(
+        f"Ещё {rub} ₽ до скидки {value}%",
+        f"Ещё {rub} ₽ до \u2212{value}%",
+        f"+{rub} ₽ до \u2212{value}%",
+        f"+{rub}₽ до \u2212{value}%",
+    )
+
+
+def quote_display(
+    oracle: Explainer, receipt: dict[str, Any], result: dict[str, Any], trace: dict[str, Any]
+) -> list[str]:
+    """CONTRACT §8 + decisions: a quote shows the running total and the savings (the points
+    paid counted in them), else the discount within reach."""
+    total, discount = int(result["totalMinor"]), int(result["discountMinor"])
+    paid = int(result["redeemedPoints"]) * oracle.pv
+    if discount and paid:
+        second = figure("Выгода", discount + paid)
+    elif discount:
+        second = figure("Скидка", discount)
+    elif paid:  # the product's shorter word for it first, then the figure alone
+        second = fit(f"Бонусами: {money(paid)}", figure("Выгода", paid))
+    else:
+        second = reach_hint(oracle, receipt, trace)
+    return [figure("Итого", total), second]
+
+
+def checkout_display(
+    oracle: Explainer, receipt: dict[str, Any], result: dict[str, Any]
+) -> list[str]:
+    """CONTRACT §8 + decisions: after a commit, the points earned and the balance; in the
+    birthday window the wish on the points' line; the expiry warning in place of the points
+    earned when the first batch expires within 14 days of `at` (DECISIONS, expiring points);
+    an UNKNOWN card's total and points earned."""
+    earned = int(result["earnedPoints"])
+    if result["card"]["status"] != "FOUND":
+        return [
+            figure("Итого", int(result["totalMinor"])),
+            fit(f"Начислено: +{earned}", f"Начисл.: +{earned}", f"+{earned}"),
+        ]
+    at = ts(receipt["at"])
+    customer = oracle.customers[result["card"]["customerId"]]
+    balance = result.get("balance") or {}
+    first = fit(f"Начислено: +{earned}", f"Начисл.: +{earned}", f"+{earned}")
+    available = int(balance.get("availablePoints", 0))
+    expiring = balance.get("expiring") or []
+    if expiring:
+        when = ts(expiring[0]["expiresAt"])
+        if when <= oracle.days_later(at, 14):
+            day = when.astimezone(oracle.tz).strftime("%d.%m")
+            pts = int(expiring[0]["points"])
+            # the warning whole, else the points earned stay (CONTRACT §8 decisions)
+            first = fit(f"Сгорят {day}: {pts}", f"{day}: -{pts}", f"{day}:-{pts}") or first
+    if oracle.birthday_in_window(customer, oracle.local(at).date()):
+        first = fit(
+            f"С днём рождения! +{earned}",
+            f"С днём рожд.! +{earned}",
+            f"С ДР! +{earned}",
+            f"+{earned}",
+        )
+    return [
+        first,
+        fit(f"Бонусы: {available}", f"Б: {available}", str(available)),
+    ]
