@@ -184,6 +184,7 @@ class Explainer(Oracle):
 
         # §15: the deals in (priority, id) order, each on the lines left
         deals: list[DealRun] = []
+        self.before_turn: dict[str, dict[int, str]] = {}
         taken: dict[int, str] = {}  # line index -> the deal that took it
         ordered = sorted(
             (o for o in mine if o["kind"] == "MULTIBUY" and usable(o)),
@@ -193,6 +194,7 @@ class Explainer(Oracle):
             targeted = [ln for ln in eligible if self.targets(o, ln)]
             if not targeted:
                 continue
+            self.before_turn[o["id"]] = dict(taken)  # the lines earlier deals took
             run = self.run_deal(o, eligible, taken, min_qty_ok, best_line_offer)
             if not run.cands:
                 continue  # DECISIONS "Explain": `deals` lists each MULTIBUY that had lines
@@ -437,9 +439,10 @@ class Explainer(Oracle):
             run = by_deal.get(o["id"])
             if ln.qty.denominator != 1:
                 return out("ZERO_DISCOUNT")
-            if ln.index in taken and taken[ln.index] != o["id"]:
+            earlier = self.before_turn.get(o["id"], {})
+            if ln.index in earlier:
                 # an earlier deal took the line before this one's turn
-                return out("TAKEN_BY_DEAL", 0, taken[ln.index], ln.discount)
+                return out("TAKEN_BY_DEAL", 0, earlier[ln.index], ln.discount)
             if run is None:
                 return out("ZERO_DISCOUNT")
             if ln not in run.lines:
@@ -471,7 +474,7 @@ class Explainer(Oracle):
             return out("ZERO_DISCOUNT")
         if control:
             return out("CONTROL_GROUP")
-        if value <= bday:
+        if ln.multiplier <= bday:  # the line's largest is no larger than the birthday's
             return out("BEATEN", 0, "birthdayMultiplier", 0)
         if ln.multiplier_offer == o["id"]:
             return out("APPLIED")
