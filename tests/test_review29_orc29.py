@@ -32,7 +32,7 @@ from .oracle29 import (
     printed_offers,
     quote_display,
 )
-from .test_review28_orc28 import CENTRE, gen_receipt, gen_snapshot, sequence
+from .test_review28_orc28 import CENTRE, SECOND_CARD, gen_receipt, gen_snapshot, sequence
 
 MILK, BREAD, CHEESE = "4601234000017", "4601234000024", "4601234000055"
 ANNA, BORIS = "2770000000017", "2770000000024"  # Анна is in her birthday window on 23.11
@@ -234,6 +234,8 @@ def print_case(rng: random.Random, n: int) -> tuple[dict[str, Any], list[dict[st
         rec["receiptId"] = f"p{n}-{k}"
         rec["at"] = at.isoformat()
         rec["coupons"] = []
+        if snap["cards"][-1]["status"] == "ACTIVE" and rng.random() < 0.25:
+            rec["card"] = SECOND_CARD  # c1's other card: the cooldown is the customer's
         starts = [o["validFrom"] for o in snap["offers"] if o.get("validFrom")]
         if starts and rng.random() < 0.25:  # exactly 7 days (or a second less) before one
             first = datetime.fromisoformat(rng.choice(starts))
@@ -245,6 +247,10 @@ def print_case(rng: random.Random, n: int) -> tuple[dict[str, Any], list[dict[st
 
 
 def run_prints(tmp_path: Path, seed: int, count: int) -> list[str]:
+    """Each till's receipts in time order, each checked out, or held and confirmed once
+    the next receipt is done, or held and cancelled (§11: a hold prints nothing, a
+    confirm picks the offers then, a cancel prints nothing and starts no cooldown); every
+    result's `printedOffers`, and a hold's, a confirm's and a cancel's `display`."""
     rng = random.Random(seed)
     problems: list[str] = []
     for n in range(count):
@@ -253,31 +259,59 @@ def run_prints(tmp_path: Path, seed: int, count: int) -> list[str]:
         try:
             agent.load_snapshot(snap)
             oracle, book = Explainer(snap), PrintBook()
-            for rec in receipts:
-                want = printed_offers(oracle, rec, book)
-                quoted = quote(agent, rec)
-                got = agent.checkout(receipt_from_json(rec)).to_json()
-                again = agent.checkout(receipt_from_json(rec)).to_json()
-                if quoted.get("printedOffers"):
-                    problems.append(
-                        f"{rec['receiptId']}: a quote printed {quoted['printedOffers']}"
-                    )
-                if again.get("printedOffers", []) != got.get("printedOffers", []):
-                    problems.append(f"{rec['receiptId']}: a replay printed otherwise")
+            waiting: list[dict[str, Any]] = []
+
+            case = json.dumps({"snapshot": snap, "receipts": receipts}, ensure_ascii=False)
+
+            def check(
+                rec: dict[str, Any], got: dict[str, Any], want: list[str], case: str = case
+            ) -> None:
                 if got.get("printedOffers", []) != want:
                     problems.append(
-                        json.dumps({"snapshot": snap, "receipts": receipts}, ensure_ascii=False)
-                        + f"\n  {rec['receiptId']}: product {got.get('printedOffers')} model {want}"
+                        f"{case}\n  {rec['receiptId']}: product {got.get('printedOffers')}"
+                        f" model {want}"
                     )
+
+            for rec in [*receipts, None]:
+                for held in waiting:  # the POS confirms once the next sale is done
+                    got = agent.confirm(held["receiptId"]).to_json()
+                    check(held, got, printed_offers(oracle, held, book))
+                    if got.get("display") != checkout_display(oracle, held, got):
+                        problems.append(f"{held['receiptId']}: confirm shows {got['display']}")
+                waiting = []
+                if rec is None:
                     break
+                quoted = quote(agent, rec)
+                if quoted.get("printedOffers"):
+                    problems.append(f"{rec['receiptId']}: a quote printed")
+                life = rng.random()
+                if life < 0.6:
+                    got = agent.checkout(receipt_from_json(rec)).to_json()
+                    check(rec, got, printed_offers(oracle, rec, book))
+                    again = agent.checkout(receipt_from_json(rec)).to_json()
+                    if again.get("printedOffers", []) != got.get("printedOffers", []):
+                        problems.append(f"{rec['receiptId']}: a replay printed otherwise")
+                    continue
+                held_result = agent.hold(receipt_from_json(rec)).to_json()
+                if held_result.get("printedOffers") or held_result.get("display") != quoted.get(
+                    "display"
+                ):
+                    problems.append(f"{rec['receiptId']}: a hold printed or showed otherwise")
+                if life < 0.85:
+                    waiting.append(rec)
+                else:
+                    got = agent.cancel(rec["receiptId"]).to_json()
+                    if got.get("printedOffers") or got.get("display") != ["Чек отменён", ""]:
+                        problems.append(f"{rec['receiptId']}: cancel {got.get('display')}")
         finally:
             agent.close()
     return problems
 
 
 def test_printed_offers_match_the_reference_model(tmp_path: Path) -> None:
-    """docs/CONTRACT.md §7: seeded tills, each a few days of checkouts; every receipt's
-    `printedOffers` (which, how many, in which order, the cooldown per customer)."""
+    """docs/CONTRACT.md §7 with §11: seeded tills, each a few days of checkouts, holds
+    confirmed and cancelled; every receipt's `printedOffers` (which, how many, in which
+    order, the cooldown per customer)."""
     problems = run_prints(tmp_path, 29, 15)
     assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
 
