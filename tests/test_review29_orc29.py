@@ -124,6 +124,33 @@ def test_an_expiry_warning_that_does_not_fit_never_drops_its_points(
     assert got["display"] == [first_row, f"Б: {got['balance']['availablePoints']}"]
 
 
+@pytest.mark.parametrize(
+    ("expires", "warned"),
+    [
+        ("2026-04-03T10:00:00+02:00", True),  # 14 store days to the minute (335 hours)
+        ("2026-04-03T10:30:00+02:00", False),  # within 14 × 24 hours, after 14 store days
+    ],
+)
+def test_the_expiry_warning_counts_store_days_across_a_clock_change(
+    cli: CLI, expires: str, warned: bool
+) -> None:
+    """docs/CONTRACT.md §8/§16 decisions: the warning replaces the points earned when the
+    first batch expires within 14 days of `at`; days are the store's (§2), at the same local
+    clock time also across a daylight-saving change, as the activation delay (§5 step 6),
+    the lifetime (§16) and the print cooldown (§7) count them. In a Berlin store on 20 March
+    at 10:00, a batch expiring on 3 April at 10:30 (summer time) is after those 14 days:
+    it counted 14 × 24 hours and warned."""
+    snap = snapshot()
+    snap["program"] = {**snap["program"], "timezone": "Europe/Berlin"}
+    snap["customers"][1]["balancePoints"] = 500
+    snap["customers"][1]["expiring"] = [{"points": 300, "expiresAt": expires}]
+    assert cli("snapshot", "load", snap).code == 0
+    rec = receipt(card=BORIS, at="2026-03-20T10:00:00+01:00")
+    got = cli("checkout", rec, "--json").json()
+    first = "Сгорят 03.04: 300" if warned else f"Начислено: +{got['earnedPoints']}"
+    assert got["display"][0] == first
+
+
 # ---------------------------------------------------------------- the differential run
 
 
