@@ -455,7 +455,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
             + [w.multiplier_offer for w in work if w.multiplier_offer]
             + extra_offers
         ),
-        reach=min(reach) if reach else None,
+        reach=min(reach, key=_nearest) if reach else None,
     )
 
 
@@ -916,6 +916,13 @@ def _spread_redemption(work: list[_Work], allowed: int, pv: int) -> None:
 
 
 # ---------------------------------------------------------------- explain (§17)
+
+
+def _nearest(within: tuple[int, str, str]) -> tuple[int, Fraction, str]:
+    """The receipt discount the display names (`Priced.reach`): the nearest threshold, and
+    at one threshold the largest percent, which step 3 would give there (§5: the best)."""
+    missing, offer_id, percent = within
+    return missing, -Fraction(percent), offer_id
 
 
 def _entry(

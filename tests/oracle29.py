@@ -681,18 +681,21 @@ def reach_hint(oracle: Explainer, receipt: dict[str, Any], trace: dict[str, Any]
     card = oracle.identify(receipt.get("card", ""))
     customer = oracle.customers.get(card["customerId"]) if card else None
     controls = set(customer.get("controlGroups", [])) if customer else set()
-    best: tuple[int, str] | None = None
+    best: tuple[int, Fraction, str] | None = None
     for ro in trace.get("receiptOffers", []):
         if ro["kind"] != "RECEIPT_PERCENT_OFF" or ro["outcome"] != "BELOW_MIN_TOTAL":
             continue
         if oracle.offers[ro["offerId"]].get("campaignId", "") in controls:
             continue
-        key = (int(ro["missingMinor"]), ro["offerId"])
+        if frac(oracle.offers[ro["offerId"]]["value"]) <= 0:
+            continue
+        # at one threshold, the largest percent: step 3 gives the best one there
+        key = (int(ro["missingMinor"]), -frac(ro["percent"]), ro["offerId"])
         if best is None or key < best:
             best = key
     if best is None:
         return ""
-    value = percent_text(oracle.offers[best[1]]["value"])
+    value = percent_text(oracle.offers[best[2]]["value"])
     rub = f"{-(-best[0] // 100):,}".replace(",", " ")
     return fit(
         f"Ещё {rub} ₽ до скидки {value}%",

@@ -151,6 +151,23 @@ def test_the_expiry_warning_counts_store_days_across_a_clock_change(
     assert got["display"][0] == first
 
 
+def test_the_discount_within_reach_is_the_one_the_customer_would_get_there(cli: CLI) -> None:
+    """docs/CONTRACT.md §17/§8 decisions: with no savings yet a quote's display shows how
+    much more the basket needs for the nearest receipt discount the customer would get.
+    Two receipt discounts at one threshold: reaching it, step 3 gives the larger (§5: the
+    best one), so the display names 10 %; it named the 3 % offer, the smaller id."""
+    offers = [
+        {"id": "r-a", "kind": "RECEIPT_PERCENT_OFF", "value": "3", "minTotalMinor": 100000},
+        {"id": "r-b", "kind": "RECEIPT_PERCENT_OFF", "value": "10", "minTotalMinor": 100000},
+        {"id": "r-c", "kind": "RECEIPT_PERCENT_OFF", "value": "15", "minTotalMinor": 100001},
+    ]
+    assert cli("snapshot", "load", snapshot(offers=offers)).code == 0
+    got = cli("quote", receipt(card=BORIS), "--json").json()
+    assert got["display"] == ["Итого: 179,80", "Ещё 821 ₽ до −10%"]
+    bigger = receipt(card=BORIS, lines=[{"sku": MILK, "qty": "10", "priceMinor": 10000}])
+    assert cli("quote", bigger, "--json").json()["lines"][0]["offerId"] == "r-b"
+
+
 # ---------------------------------------------------------------- the differential run
 
 
