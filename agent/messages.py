@@ -70,6 +70,7 @@ def reach_line(missing_minor: int, percent: str, width: int = messages.WIDTH) ->
         f"Ещё {money} до скидки {percent}%",
         f"Ещё {money} до −{percent}%",
         f"+{money} до −{percent}%",
+        f"+{roubles}₽ до −{percent}%",  # the narrow display's last wording (its spaces out)
     ):
         if len(text) <= width:
             return text

@@ -701,7 +701,7 @@ def reach_hint(oracle: Explainer, receipt: dict[str, Any], trace: dict[str, Any]
         f"Ещё {rub} ₽ до скидки {value}%",
         f"Ещё {rub} ₽ до \u2212{value}%",
         f"+{rub} ₽ до \u2212{value}%",
-        f"+{rub}₽ до \u2212{value}%",
+        f"+{rub.replace(' ', '')}₽ до \u2212{value}%",
     )
 
 

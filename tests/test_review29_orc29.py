@@ -168,6 +168,21 @@ def test_the_discount_within_reach_is_the_one_the_customer_would_get_there(cli: 
     assert cli("quote", bigger, "--json").json()["lines"][0]["offerId"] == "r-b"
 
 
+def test_a_long_hint_takes_the_narrow_displays_last_wording_before_it_is_left_out(
+    cli: CLI,
+) -> None:
+    """docs/CONTRACT.md §8 decisions: the discount hint is never cut: `+520 ₽ до −5%`, then
+    without its spaces (`+520₽ до −5%`), else the row stays empty. The result's 2 × 20
+    display stopped one wording short: "+19 821 ₽ до −99,999%" (21) left the row empty
+    where "+19821₽ до −99,999%" (19) fits."""
+    offers = [
+        {"id": "r", "kind": "RECEIPT_PERCENT_OFF", "value": "99.999", "minTotalMinor": 2000017}
+    ]
+    assert cli("snapshot", "load", snapshot(offers=offers)).code == 0
+    got = cli("quote", receipt(card=BORIS), "--json").json()
+    assert got["display"] == ["Итого: 179,80", "+19821₽ до \u221299,999%"]
+
+
 # ---------------------------------------------------------------- the differential run
 
 
