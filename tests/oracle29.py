@@ -7,6 +7,13 @@ basket deals, the receipt offers with their thresholds, the redemption's caps an
 one bound), the offers §7 prints after a commit across several commits (the cooldown,
 per customer), and the §8 display texts. The figures come from tests/oracle28.py (review
 28's model of them). The differential test is tests/test_review29_orc29.py.
+
+Where the contract leaves a choice open the model follows the product's, each now written
+beside its rule in docs/CONTRACT.md (§8, §17): a receipt offer set aside before it is
+weighed tells no discount nor points (a percent-off below its threshold its percent); a
+money offer on a deal's line is TAKEN_BY_DEAL before anything else; a control-group deal
+that would have lost is BEATEN; `deals` lists the MULTIBUYs that had lines; the display's
+shorter labels ("Начисл.:", "Б:", "Выгода:" for points paid alone).
 """
 
 from __future__ import annotations

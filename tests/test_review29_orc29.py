@@ -3,9 +3,12 @@
 tests/oracle29.py models, from docs/CONTRACT.md §5, §7, §8, §13–§17 and their decisions
 alone, the §17 trace of a priced receipt (every offer of each line with its outcome, the
 basket deals, the receipt offers with their thresholds, the redemption's caps and which
-one bound); here seeded random snapshots and baskets (review 28's generators) are priced
-by the product through a public door and every field of the trace is compared with the
-model. The first tests pin what the model found the product telling wrong.
+one bound), the offers §7 prints after each commit over a till's weeks (holds confirmed
+and cancelled, the per-customer cooldown), and the §8 display rows of a quote, a hold, a
+checkout, a confirm and a cancel. Seeded random snapshots and baskets (review 28's
+generators) go through a public door (the agent's calls, HTTP) and every field is compared
+with the model. The first tests pin what the model found the product telling wrong.
+Slow: the `_longer` runs (about 15 s together on one worker).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .oracle29 import (
 )
 from .test_review28_orc28 import CENTRE, SECOND_CARD, gen_receipt, gen_snapshot, sequence
 
-MILK, BREAD, CHEESE = "4601234000017", "4601234000024", "4601234000055"
+MILK = "4601234000017"
 ANNA, BORIS = "2770000000017", "2770000000024"  # Анна is in her birthday window on 23.11
 
 
