@@ -428,13 +428,16 @@ class Explainer(Oracle):
             return out("OUTSIDE_WINDOW")
         if not coupon:
             return out("COUPON_MISSING")
-        if not min_qty or (kind == "QUANTITY_PRICE" and not reaches):
+        if not min_qty:
             return out("BELOW_MIN_QTY")
         if kind in MONEY_KINDS:
             if ln.index in taken and not control:
-                # the product's order: a deal's line first, whatever the offer gives
+                # the product's order: a deal's line first, whatever the offer gives (a
+                # QUANTITY_PRICE that reaches no tier too)
                 deal = taken[ln.index]
                 return out("TAKEN_BY_DEAL", discount, deal, ln.discount)
+            if kind == "QUANTITY_PRICE" and not reaches:
+                return out("BELOW_MIN_QTY")
             if discount <= 0:
                 return out("ZERO_DISCOUNT")
             if control:

@@ -509,3 +509,73 @@ def test_the_trace_over_a_till_day_matches_the_reference_model(tmp_path: Path) -
     for seed in range(12):
         problems += run_day(tmp_path, seed)
     assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
+
+
+# ---------------------------------------------------------------- basket deals, densely
+
+
+def deal_case(rng: random.Random, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Several MULTIBUYs and line offers over three goods, whole quantities, equal unit
+    prices often (§15's ties, a deal line with no free unit, a group won by another line)."""
+    goods = [MILK, "4601234000024", "4601234000055"]
+    offers: list[dict[str, Any]] = []
+    for k in range(rng.randint(1, 3)):
+        offers.append(
+            {
+                "id": f"m{k}",
+                "kind": "MULTIBUY",
+                "skus": rng.sample(goods, rng.randint(1, 3)),
+                "buyQty": str(rng.randint(1, 3)),
+                "freeQty": str(rng.randint(1, 2)),
+                "priority": rng.randint(0, 1),
+                **({"campaignId": "k1"} if rng.random() < 0.2 else {}),
+            }
+        )
+    for k in range(rng.randint(0, 4)):
+        kind = rng.choice(["PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "QUANTITY_PRICE"])
+        o: dict[str, Any] = {
+            "id": f"l{k}",
+            "kind": kind,
+            "skus": rng.sample(goods, rng.randint(1, 2)),
+            "priority": rng.randint(0, 1),
+        }
+        if kind == "QUANTITY_PRICE":
+            o["tiers"] = [{"minQty": "2", "unitPriceMinor": rng.randint(100, 5000)}]
+        elif kind == "PERCENT_OFF":
+            o["value"] = rng.choice(["10", "30", "50", "60"])
+        else:
+            o["value"] = rng.choice(["10", "300", "500", "1500", "3000"])
+        if rng.random() < 0.2:
+            o["campaignId"] = "k1"
+        offers.append(o)
+    snap = snapshot(version=n + 1, offers=offers)
+    snap["customers"][1]["controlGroups"] = ["k1"] if rng.random() < 0.5 else []
+    lines = [
+        {
+            "sku": rng.choice(goods),
+            "qty": str(rng.randint(1, 4)),
+            "priceMinor": rng.choice([1000, 2500, 5000, 999]),
+        }
+        for _ in range(rng.randint(1, 5))
+    ]
+    return snap, receipt(f"m{n}", card=BORIS, lines=lines, explain=True)
+
+
+def test_the_trace_of_basket_deals_matches_the_reference_model(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §15/§17: 100 seeded baskets of deals and line offers, every field
+    of the trace (who took each line, who beat whom and by how much, `trace.deals`)."""
+    rng = random.Random(29)
+    agent = Agent(tmp_path / "deals", "till-1")
+    problems: list[str] = []
+    try:
+        for n in range(100):
+            snap, rec = deal_case(rng, n)
+            agent.load_snapshot(snap)
+            diff = trace_differences(quote(agent, rec)["trace"], Explainer(snap).explain(rec).trace)
+            if diff:
+                problems.append(
+                    json.dumps({"offers": snap["offers"], "receipt": rec}) + f"\n  {diff}"
+                )
+    finally:
+        agent.close()
+    assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
