@@ -246,8 +246,8 @@ def run_traces(tmp_path: Path, seed: int, count: int) -> list[str]:
 
 
 def test_the_trace_matches_the_reference_model(tmp_path: Path) -> None:
-    """docs/CONTRACT.md §17: 120 seeded snapshots and receipts, every field of the trace."""
-    problems = run_traces(tmp_path, 29, 120)
+    """docs/CONTRACT.md §17: 100 seeded snapshots and receipts, every field of the trace."""
+    problems = run_traces(tmp_path, 29, 100)
     assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
 
 
@@ -374,7 +374,7 @@ def test_printed_offers_match_the_reference_model(tmp_path: Path) -> None:
     """docs/CONTRACT.md §7 with §11: seeded tills, each a few days of checkouts, holds
     confirmed and cancelled; every receipt's `printedOffers` (which, how many, in which
     order, the cooldown per customer)."""
-    problems = run_prints(tmp_path, 29, 15)
+    problems = run_prints(tmp_path, 29, 12)
     assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
 
 
@@ -422,8 +422,8 @@ def run_displays(tmp_path: Path, seed: int, count: int, post: Any = None) -> lis
 
 
 def test_the_display_matches_the_reference_model(tmp_path: Path) -> None:
-    """docs/CONTRACT.md §8: 80 seeded quotes and checkouts, each `display` row."""
-    problems = run_displays(tmp_path, 29, 80)
+    """docs/CONTRACT.md §8: 60 seeded quotes and checkouts, each `display` row."""
+    problems = run_displays(tmp_path, 29, 60)
     assert not problems, f"{len(problems)} disagreements:\n" + "\n".join(problems[:3])
 
 
@@ -454,9 +454,9 @@ def test_trace_and_display_over_http_match_the_reference_model(tmp_path: Path) -
             return json.loads(reply.read())
 
     try:
-        problems = run_displays(tmp_path, 2029, 15, post)
+        problems = run_displays(tmp_path, 2029, 10, post)
         rng = random.Random(2029)
-        for n in range(15):
+        for n in range(10):
             snap = gen_snapshot(rng, n + 2)
             rec = {**gen_receipt(rng, snap, n), "explain": True, "receiptId": f"h{n}"}
             agent = Agent(tmp_path / f"http-{n}", "till-1")
