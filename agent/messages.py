@@ -70,6 +70,7 @@ def reach_line(missing_minor: int, percent: str, width: int = messages.WIDTH) ->
         f"Ещё {money} до скидки {percent}%",
         f"Ещё {money} до −{percent}%",
         f"+{money} до −{percent}%",
+        f"+{roubles}₽ до −{percent}%",  # the narrow display's last wording (its spaces out)
     ):
         if len(text) <= width:
             return text
@@ -90,13 +91,20 @@ def checkout_display(
         ]
     lines = messages.after_commit_lines(earned, available)
     if expiring_soon is not None:  # §16: the warning takes the place of the points earned
-        lines[0] = expiry_line(*expiring_soon)
+        # ... when it can be said whole; else the points earned stay (§8 asks for them)
+        lines[0] = expiry_line(*expiring_soon) or lines[0]
     return lines
 
 
 def expiry_line(points: int, day: date, width: int = messages.WIDTH) -> str:
-    """``expiry_line(300, date(2026, 12, 31)) == "Сгорят 31.12: 300"``."""
-    for text in (f"Сгорят {day:%d.%m}: {points}", f"{day:%d.%m}: -{points}"):
+    """``expiry_line(300, date(2026, 12, 31)) == "Сгорят 31.12: 300"``; the shorter
+    wordings the narrow display's driver uses too, and "" when none holds the date and the
+    points together (never the date alone: "Сгорят 31.12" told no figure)."""
+    for text in (
+        f"Сгорят {day:%d.%m}: {points}",
+        f"{day:%d.%m}: -{points}",
+        f"{day:%d.%m}:-{points}",
+    ):
         if len(text) <= width:
             return text
-    return f"Сгорят {day:%d.%m}"[:width]
+    return ""

@@ -398,8 +398,10 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
     # A multiplier on a line that earns on nothing (paid in full by its discounts, or a
     # tier whose rate is 0) gave the receipt nothing: its code is not used up (§13). Read
     # before redemption, so a smaller hub grant never turns a code's verdict round.
+    # The trace says so of every multiplier offer of such a line: the one the birthday's
+    # beat and a control-group one too (neither would have given it anything).
     for i, w in enumerate(work):
-        if w.multiplier_offer is not None and (w.amount <= w.discount or not rate):
+        if w.eligible and (w.amount <= w.discount or not rate):
             if tr is not None:
                 tr.multiplied_nothing(i)
             w.multiplier_offer = None
@@ -453,7 +455,7 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
             + [w.multiplier_offer for w in work if w.multiplier_offer]
             + extra_offers
         ),
-        reach=min(reach) if reach else None,
+        reach=min(reach, key=_nearest) if reach else None,
     )
 
 
@@ -753,13 +755,15 @@ def _line_offers(
                 if tr is not None:
                     competing.append((offer, 0))
             continue
+        discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if w.deal is not None and not _in_control_group(offer, customer):
-            if tr is not None:
-                tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
+            if tr is not None:  # what it would give the line, as a BEATEN offer tells (§17)
+                tr.append(
+                    _entry(offer, "TAKEN_BY_DEAL", discount, beaten_by=w.deal, beaten=w.discount)
+                )
             continue
         # A control-group offer on a deal's line goes on as on any line: held out when it
         # would give something (it may have beaten the deal: the receipt priced again says).
-        discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if discount <= 0:
             if tr is not None:
                 below = offer.kind == "QUANTITY_PRICE" and (
@@ -914,6 +918,13 @@ def _spread_redemption(work: list[_Work], allowed: int, pv: int) -> None:
 # ---------------------------------------------------------------- explain (§17)
 
 
+def _nearest(within: tuple[int, str, str]) -> tuple[int, Fraction, str]:
+    """The receipt discount the display names (`Priced.reach`): the nearest threshold, and
+    at one threshold the largest percent, which step 3 would give there (§5: the best)."""
+    missing, offer_id, percent = within
+    return missing, -Fraction(percent), offer_id
+
+
 def _entry(
     offer: Offer,
     outcome: str,
@@ -963,10 +974,15 @@ class _Trace:
                 row.update(beatenBy=BIRTHDAY, beatenByDiscountMinor=0)
 
     def multiplied_nothing(self, i: int) -> None:
-        """The line earns on nothing: its multiplier offers, the one it got and those that
-        one beat, give nothing (ZERO_DISCOUNT, as a money offer whose discount is 0)."""
+        """The line earns on nothing: its multiplier offers, the one it got, those that
+        one or the birthday's beat and a control-group one, give nothing (ZERO_DISCOUNT, as
+        a money offer whose discount is 0)."""
         for row in self.lines[i]:
-            if row["kind"] == "BONUS_MULTIPLIER" and row["outcome"] in ("APPLIED", "BEATEN"):
+            if row["kind"] == "BONUS_MULTIPLIER" and row["outcome"] in (
+                "APPLIED",
+                "BEATEN",
+                "CONTROL_GROUP",
+            ):
                 row.pop("beatenBy", None)
                 row.pop("beatenByDiscountMinor", None)
                 row["outcome"] = "ZERO_DISCOUNT"

@@ -53,7 +53,7 @@ from .errors import (
     TillpointError,
     UnreadableFile,
 )
-from .expiry import WARN_DAYS, Movement, expiry_time
+from .expiry import WARN_DAYS, Movement, days_later, expiry_time
 from .forward import process_running
 from .hub_turns import HubTurns
 from .identify import Identification, identify, normalise
@@ -2111,12 +2111,18 @@ def checkout_result(
 def _expiring_soon(
     points: ledger.Points, at: datetime, program: Program
 ) -> tuple[int, date] | None:
-    """The first batch that expires within `WARN_DAYS` of `at`: its points and local day."""
+    """The first batch that expires within `WARN_DAYS` of `at`: its points and local day.
+    The days are the store's, at the same local clock time across a clock change (§5 step
+    6, §7 and §16 count days so)."""
     if not points.expiring:
         return None
     count, expires_at = points.expiring[0]
     moment = datetime.fromisoformat(expires_at)
-    if moment - at > timedelta(days=WARN_DAYS):
+    try:
+        soon = days_later(at, WARN_DAYS, program.zone)
+    except OverflowError:  # `at` within 14 days of the calendar's end: every batch is soon
+        soon = None
+    if soon is not None and moment > soon:
         return None
     return count, moment.astimezone(program.zone).date()
 

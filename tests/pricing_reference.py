@@ -607,13 +607,15 @@ def _line_offers(
                 if tr is not None:
                     competing.append((offer, 0))
             continue
+        discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if w.deal is not None and not _in_control_group(offer, customer):
-            if tr is not None:
-                tr.append(_entry(offer, "TAKEN_BY_DEAL", beaten_by=w.deal, beaten=w.discount))
+            if tr is not None:  # what it would give the line (review 29)
+                tr.append(
+                    _entry(offer, "TAKEN_BY_DEAL", discount, beaten_by=w.deal, beaten=w.discount)
+                )
             continue
         # A control-group offer on a deal's line goes on as on any line: held out when it
         # would give something (it may have beaten the deal: the receipt priced again says).
-        discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if discount <= 0:
             if tr is not None:
                 below = offer.kind == "QUANTITY_PRICE" and (
