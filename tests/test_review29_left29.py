@@ -1,0 +1,92 @@
+"""Review 29 (left29): items earlier sessions left open, each through a public door
+(the CLI with --json, HTTP to a real server, gRPC on 127.0.0.1, a real hub)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.cli import main
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, timings
+from tillpoint.sync.pull import Puller
+
+CARD = "2770000000017"
+SKU = "4601234000017"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's refusals
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    doc = json.loads(out) if out.strip() and "--json" in argv else out
+    return code, doc, err
+
+
+# ---------------------------------------------------------------- 1. sync now, a deadline
+
+
+@pytest.mark.slow  # ~3.5 s: 20 sales, a hub restart, then the 1.5 s deadline
+def test_sync_now_over_a_link_that_keeps_timing_out_ends_at_its_deadline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §9 (`sync now` has one deadline): a hub that answers the first
+    call but never a push in time made `tillpoint sync now` halve its batch and try again
+    at every timeout, down to one sale: about 8 × `hub.call_timeout_ms` before it said
+    anything. The whole command now ends by `--timeout` seconds with one line saying so
+    and exit 1; the sales stay in the outbox."""
+    released = threading.Event()
+    real_push = HubServicer.PushTransactions
+
+    def slow_push(self: HubServicer, request: Any, context: Any) -> Any:
+        released.wait(10)  # longer than the till waits for any call
+        return real_push(self, request, context)
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "till-1"
+    till = hub.till("till-1", data, start=False, timings=timings(call_timeout_s=2.0))
+    try:
+        Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        for i in range(20):
+            till.agent.checkout(receipt_from_json(receipt(f"r-{i:03d}", CARD)))
+        till.stop()
+        monkeypatch.setattr(HubServicer, "PushTransactions", slow_push)
+        hub.restart()
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+        monkeypatch.setenv("TILLPOINT_HUB__ADDRESS", f"127.0.0.1:{hub.port}")
+        monkeypatch.setenv("TILLPOINT_HUB__CALL_TIMEOUT_MS", "600")
+        started = time.monotonic()
+        code, out, err = run(
+            capsys, "sync", "now", "--data-dir", str(data), "--timeout", "1.5", "--json"
+        )
+        took = time.monotonic() - started
+        assert code == 1, err
+        assert out == ""
+        assert took < 2.5, took  # 8 pushes of 0.6 s took 4.8 s
+        assert err.count("\n") == 1 and err.startswith("tillpoint: "), err
+        assert "1.5 s" in err and "--timeout" in err, err
+        assert "20 transaction(s) still in the outbox" in err, err
+        released.set()
+        code, doc, err = run(capsys, "status", "--data-dir", str(data), "--json")
+        assert code == 0, err
+        assert doc["outboxDepth"] == 20, doc
+    finally:
+        released.set()
+        hub.stop()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "abc"])
+def test_sync_now_refuses_a_timeout_that_is_not_a_positive_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """docs/CONTRACT.md §10: bad input is exit 2 and one line, before anything is asked."""
+    code, _, err = run(capsys, "sync", "now", "--data-dir", str(tmp_path), "--timeout", value)
+    assert code == 2
+    assert err.count("\n") == 1 and "--timeout" in err, err
