@@ -149,8 +149,11 @@ class RedemptionAuthoriser(Protocol):
         at: datetime,
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
+        since: float | None = None,
     ) -> HubGrant:
-        """Hold `points` (at most) and the receipt's applied coupon codes at the hub."""
+        """Hold `points` (at most) and the receipt's applied coupon codes at the hub.
+        `since`: when (`time.monotonic`) the Hold or Checkout asking made its first request;
+        all its requests share one deadline from then (the contract §9)."""
         ...
 
     def release(self, receipt_id: str) -> bool:
@@ -325,6 +328,8 @@ class Agent:
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
         self._hub_turns = HubTurns(on_put_off=self._release_put_off)
+        # `_one_hub_deadline`: when this thread's Hold or Checkout first asked the hub
+        self._asks = threading.local()
         # Quotes, identification and balances read on connections of their own, outside
         # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
         # reader connections are reused, the most recent first; at most READERS_KEPT stay.
@@ -547,7 +552,7 @@ class Agent:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
         request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
-        with self._hub_turns.holding(receipt.receipt_id):
+        with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._price_early(receipt, confirm_now=True)
             with self._lock, self._write(), self._view() as view:
                 state, result, typed = self._hold(
@@ -573,7 +578,7 @@ class Agent:
         another body is a Conflict; a hold that expired is priced and held afresh."""
         request = _Request.of(receipt)
         self.sweep_holds()
-        with self._hub_turns.holding(receipt.receipt_id):
+        with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._price_early(receipt, confirm_now=False)
             with self._lock, self._write(), self._view() as view:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
@@ -1321,6 +1326,7 @@ class Agent:
                     receipt.at,
                     hold_ttl_s=ttl,
                     coupon_codes=codes,
+                    since=self._first_ask(),
                 )
                 return grant.points, "ONLINE", grant.used_coupons
             except HubUnavailable:
@@ -1328,6 +1334,29 @@ class Agent:
         # Offline the till's own rules stand: a code at most once here (§13).
         remaining = self._offline_remaining(receipt, ident, program, conn, sold)
         return remaining, "OFFLINE", frozenset()
+
+    @contextlib.contextmanager
+    def _one_hub_deadline(self) -> Iterator[None]:
+        """The hub requests of one Hold or Checkout (its early pricing, a pricing again in
+        the write transaction, a request again for each coupon code that comes to apply
+        after the hub said another is used) share one deadline, `hub.redeem_timeout_ms`
+        from the first (the contract §9: a sale never waits on the hub longer)."""
+        self._asks.since = None
+        self._asks.active = True
+        try:
+            yield
+        finally:
+            self._asks.active = False
+            self._asks.since = None
+
+    def _first_ask(self) -> float:
+        """When this Hold's or Checkout's first hub request was made (now, for the first)."""
+        since: float | None = getattr(self._asks, "since", None)
+        if since is None:
+            since = time.monotonic()
+            if getattr(self._asks, "active", False):
+                self._asks.since = since
+        return since
 
     def _note_hub_ask(self, receipt_id: str, conn: sqlite3.Connection | None) -> None:
         """Before a hold's or checkout's request to the hub: written down (committed) so

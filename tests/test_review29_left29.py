@@ -90,3 +90,85 @@ def test_sync_now_refuses_a_timeout_that_is_not_a_positive_number(
     code, _, err = run(capsys, "sync", "now", "--data-dir", str(tmp_path), "--timeout", value)
     assert code == 2
     assert err.count("\n") == 1 and "--timeout" in err, err
+
+
+# ---------------------------------------------------------------- 2. coupon re-asks, one deadline
+
+MILK = SKU
+CODES = ["C1", "C2", "C3", "C4"]
+
+
+def _coupon_sale(receipt_id: str, *codes: str) -> Any:
+    return receipt_from_json(
+        {
+            "receiptId": receipt_id,
+            "at": "2026-11-23T10:15:00+03:00",
+            "card": CARD,
+            "lines": [{"sku": MILK, "qty": "1", "priceMinor": 5000}],
+            "coupons": list(codes),
+        }
+    )
+
+
+@pytest.mark.slow  # ~3.4 s: a hub, two tills, three sales, then the slow hub
+def test_a_checkout_asking_the_hub_again_for_each_code_waits_one_deadline_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §9, §13: the hub authorises a checkout's coupon codes within
+    `hub.redeem_timeout_ms`, otherwise the till's offline rules apply. Each time the hub
+    said the winning code was used, the receipt was priced again and the next code asked
+    about, each request with a deadline of its own: a hub answering just within it made a
+    checkout with four codes wait four deadlines. All the requests of one checkout now
+    share one deadline; when it is spent the receipt is priced OFFLINE."""
+    delay = [0.0]
+    real_authorize = HubServicer.AuthorizeRedemption
+
+    def slow_authorize(self: HubServicer, request: Any, context: Any) -> Any:
+        time.sleep(delay[0])
+        return real_authorize(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "AuthorizeRedemption", slow_authorize)
+    offers = [
+        {"id": f"o-{n}", "kind": "AMOUNT_OFF", "skus": [MILK], "value": str(1000 - 100 * n),
+         "couponRequired": True}
+        for n in range(len(CODES))
+    ]  # fmt: skip
+    coupons = [{"code": code, "offerId": f"o-{n}"} for n, code in enumerate(CODES)]
+    hub = LoopbackHub(
+        tmp_path / "hub", data=sample_master_data() | {"offers": offers, "coupons": coupons}
+    )
+    tills = []
+    try:
+        for name in ("a", "b"):
+            till = hub.till(
+                name, tmp_path / name, start=False, timings=timings(redeem_timeout_s=0.5)
+            )
+            tills.append(till)
+            Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        a, b = tills
+        for n, code in enumerate(CODES[:3]):  # till b, online, uses C1, C2, C3
+            used = b.agent.checkout(_coupon_sale(f"b-{n}", code))
+            assert (used.mode, used.coupons[0].status) == ("ONLINE", "APPLIED")
+        delay[0] = 0.3  # the hub answers each request in 0.3 s, within the 0.5 s deadline
+        started = time.monotonic()
+        done = a.agent.checkout(_coupon_sale("a-1", *CODES))
+        took = time.monotonic() - started
+        assert took < 0.9, took  # four requests of 0.3 s each took 1.2 s
+        # C1: the hub said used (0.3 s); C2 came to apply, and the 0.2 s left ran out
+        assert done.mode == "OFFLINE"
+        verdicts = {v.code: (v.status, v.reason) for v in done.coupons}
+        assert verdicts["C1"] == ("REJECTED", "ALREADY_USED")
+        assert verdicts["C2"] == ("APPLIED", "")
+        # a hub within the deadline for all its answers: ONLINE, as before
+        delay[0] = 0.05
+        online = a.agent.checkout(_coupon_sale("a-2", "C3", "C4"))
+        assert online.mode == "ONLINE"
+        assert [(v.code, v.status) for v in online.coupons] == [
+            ("C3", "REJECTED"),
+            ("C4", "APPLIED"),
+        ]
+    finally:
+        for till in tills:
+            till.stop()
+        hub.stop()
+
