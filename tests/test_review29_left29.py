@@ -172,3 +172,41 @@ def test_a_checkout_asking_the_hub_again_for_each_code_waits_one_deadline_in_all
             till.stop()
         hub.stop()
 
+
+# ---------------------------------------------------------------- 3. the greeting, narrow
+
+
+def _shown(lines: list[str], columns: int) -> list[str]:
+    """What the display driver writes for `lines` on a `columns` × 2 screen, read back."""
+    from tillpoint.printer.config import DisplayConfig
+    from tillpoint.printer.display import message_bytes
+    from tillpoint.printer.virtual_display import DisplayScreen
+
+    config = DisplayConfig(kind="serial", device="loop://", columns=columns)
+    screen = DisplayScreen(columns=columns)
+    screen.feed(message_bytes(lines, config))
+    return list(screen.text)
+
+
+@pytest.mark.parametrize("columns", [8, 9, 10, 11, 12, 16])
+def test_the_greeting_on_a_narrow_display_never_cuts_a_word(columns: int) -> None:
+    """docs/CONTRACT.md §8: messages fit the display, reworded or wrapped, never cut.
+    `greeting(name, balance, width)` on 8–11 columns gave "Добрый." over "Анна!" and
+    "Здравст." over "Б: 1192", and the display driver showed the 20-column greeting over
+    its balance as "Анна." over "1192". Both now give whole words: the greeting row keeps
+    "Добрый день" (11 columns) or the name alone ("Анна!"), or stays empty; `greeting`
+    for a width is what the driver shows."""
+    from tillpoint.printer.messages import greeting
+
+    for name in ("Анна", "Александра", None, "Zoe"):
+        for balance in (None, 1192, 5):
+            made = greeting(name, balance, width=columns)
+            assert made == _shown(greeting(name, balance), columns), (name, balance, made)
+            assert all(len(row) <= columns for row in made)
+            assert not any(w.endswith(".") for row in made for w in row.split()), made
+    assert greeting("Анна", width=11) == ["Добрый день", "Анна!"]
+    assert greeting("Анна", width=8) == ["Добрый", "день!"]
+    assert greeting("Анна", 1192, width=columns)[0] == (
+        "Добрый день" if columns == 11 else "Анна!" if columns < 11 else "Добрый день!"
+    )
+    assert greeting("Анна", 1192) == ["Анна, добрый день!", "Бонусы: 1192"]
