@@ -1209,27 +1209,32 @@ class Agent:
             cap, mode, used = self._redeem_cap(
                 receipt, ident, priced, program, commit, codes, conn, sold_id
             )
-            while used:  # the hub says another receipt used or holds them: priced without
-                checks = coupons.mark_used(checks, used)
-                ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
-                priced = price(receipt, ctx)
-                # Without them another code's offer may win a line: a code applied now that
-                # the hub was not asked about is authorised in its turn, with the others
-                # applied now (the receipt's hold at the hub is replaced), so no code is
-                # used online that the hub did not hold (§13). Codes it holds that apply no
-                # more are let go when the receipt's transaction reaches it.
+            while True:
+                if used:  # the hub says another receipt used or holds them: priced without
+                    checks = coupons.mark_used(checks, used)
+                    ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
+                    priced = price(receipt, ctx)
+                final = priced
+                if cap < priced.redeem_allowed_without_cap or receipt.explain:  # §17: every cap
+                    source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
+                    final = price(receipt, _with_cap(ctx, cap, source))
+                # Without a used code another code's offer may win a line, and with a
+                # smaller grant a points multiplier may come to give something (its line
+                # no longer paid in full by points): a code applied now that the hub was
+                # not asked about is authorised in its turn, with the others applied now
+                # (the receipt's hold at the hub is replaced), so no code is used online
+                # that the hub did not hold (§13). Codes it holds that apply no more are
+                # let go when the receipt's transaction reaches it.
                 again = coupons.applied_codes(
-                    {"coupons": coupons.verdicts(checks, priced.applied_offers)}
+                    {"coupons": coupons.verdicts(checks, final.applied_offers)}
                 )
-                if mode != "ONLINE" or set(again) <= set(codes):
+                if not commit or mode != "ONLINE" or set(again) <= set(codes):
                     break
                 codes = again
                 cap, mode, used = self._redeem_cap(
                     receipt, ident, priced, program, commit, codes, conn, sold_id
                 )
-            if cap < priced.redeem_allowed_without_cap or receipt.explain:  # §17: every cap
-                source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
-                priced = price(receipt, _with_cap(ctx, cap, source))
+            priced = final
         elif self.hub is not None and customer is not None and receipt.explain and mode != "ONLINE":
             # §17: every cap, as a standalone till lists it when nothing is asked: a till
             # whose hub is away prices with the offline limit (nothing to ask the hub)

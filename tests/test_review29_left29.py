@@ -210,3 +210,117 @@ def test_the_greeting_on_a_narrow_display_never_cuts_a_word(columns: int) -> Non
         "Добрый день" if columns == 11 else "Анна!" if columns < 11 else "Добрый день!"
     )
     assert greeting("Анна", 1192) == ["Анна, добрый день!", "Бонусы: 1192"]
+
+
+# ---------------------------------------------------------------- 4. points that pay a whole line
+
+MULTIPLIER = {
+    "id": "o-m",
+    "kind": "BONUS_MULTIPLIER",
+    "skus": [MILK],
+    "value": "3",
+    "couponRequired": True,
+}
+BEFORE_BIRTHDAY = "2026-11-10T10:00:00+03:00"  # outside the customer's birthday window
+
+
+def _multiplier_snapshot() -> dict[str, Any]:
+    from tests.conftest import snapshot
+
+    snap = snapshot(offers=[MULTIPLIER], coupons=[{"code": "MULT1", "offerId": "o-m"}])
+    snap["program"] = {**snap["program"], "maxRedeemPercent": 100}
+    return snap
+
+
+def _milk(receipt_id: str, redeem: int) -> dict[str, Any]:
+    from tests.conftest import receipt as till_receipt
+
+    return till_receipt(
+        receipt_id,
+        at=BEFORE_BIRTHDAY,
+        lines=[{"sku": MILK, "qty": "1", "priceMinor": 1000}],
+        redeemPoints=redeem,
+        coupons=["MULT1"],
+    )
+
+
+def test_a_multiplier_coupon_on_a_line_paid_in_full_by_points_is_not_used_up(cli: Any) -> None:
+    """docs/CONTRACT.md §13: a code whose offer gave the receipt nothing is `NOT_APPLICABLE`
+    and stays good. A points multiplier on a line the customer paid in full with points
+    multiplies nothing (§5 step 5 earns on what is paid in money), yet its code was
+    `APPLIED` and used up; the next visit's sale, paid in money, had it `ALREADY_USED`."""
+    assert cli("snapshot", "load", _multiplier_snapshot()).code == 0
+    paid = cli("checkout", _milk("r-points", -1), "--json", "--explain")
+    assert paid.code == 0, paid.err
+    doc = paid.json()
+    assert (doc["redeemedPoints"], doc["earnedPoints"]) == (10, 0)
+    assert doc["coupons"] == [{"code": "MULT1", "status": "REJECTED", "reason": "NOT_APPLICABLE"}]
+    (row,) = doc["trace"]["lines"][0]["offers"]
+    assert (row["offerId"], row["outcome"]) == ("o-m", "ZERO_DISCOUNT")
+    later = cli("checkout", _milk("r-money", 0), "--json")
+    assert later.code == 0, later.err
+    assert later.json()["coupons"] == [{"code": "MULT1", "status": "APPLIED", "reason": ""}]
+    # 10.00 × 7 % (gold) × 3 = 2.1 points
+    assert later.json()["earnedPoints"] == 2
+
+
+def test_extra_points_with_no_threshold_on_a_receipt_of_excluded_products_only(cli: Any) -> None:
+    """docs/CONTRACT.md §5 step 3 (pinned, the contract is literal here): an `EXTRA_POINTS`
+    offer adds its points once when the eligible total after step 2 is ≥ `minTotalMinor`;
+    with `minTotalMinor` 0 that holds for a receipt whose lines are all excluded (0 ≥ 0).
+    The lines themselves earn nothing (step 1)."""
+    from tests.conftest import receipt as till_receipt
+    from tests.conftest import snapshot
+
+    extra = {"id": "o-x", "kind": "EXTRA_POINTS", "value": "50", "minTotalMinor": 0}
+    at_least = {"id": "o-y", "kind": "EXTRA_POINTS", "value": "7", "minTotalMinor": 1}
+    assert cli("snapshot", "load", snapshot(offers=[extra, at_least])).code == 0
+    tobacco = [{"sku": "4601234000031", "qty": "1", "priceMinor": 20000}]
+    run_ = cli("quote", till_receipt("r-x", lines=tobacco), "--json")
+    assert run_.code == 0, run_.err
+    doc = run_.json()
+    assert doc["earnedPoints"] == 50
+    assert [line["earnedPoints"] for line in doc["lines"]] == [0]
+
+
+@pytest.mark.slow  # ~3 s: a hub and two tills
+def test_a_multiplier_code_that_applies_only_with_the_hubs_smaller_grant_is_held_by_the_hub(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §13 with §9: no code is used online that the hub did not hold. The
+    till priced the receipt paying its milk in full with points (the multiplier code then
+    gives nothing: not asked about); the hub granted 5 of the 10 points (another till
+    holds the rest), so the milk is half paid in money and the code applies: the hub is
+    asked about it in its turn, and another till, online, gets it `ALREADY_USED`."""
+    data = sample_master_data() | {
+        "offers": [MULTIPLIER],
+        "coupons": [{"code": "MULT1", "offerId": "o-m"}],
+    }
+    data["program"] = {**data["program"], "maxRedeemPercent": 100}
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    tills = []
+    try:
+        for name in ("a", "b"):
+            till = hub.till(name, tmp_path / name, start=False)
+            tills.append(till)
+            Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+        a, b = tills
+        big = receipt(
+            "b-1", CARD, lines=[{"sku": "4601234000024", "qty": "1", "priceMinor": 200000}]
+        )
+        big["redeemPoints"] = 1195
+        big["at"] = BEFORE_BIRTHDAY
+        spent = b.agent.hold(receipt_from_json(big))  # b holds 1195 of the 1200 points
+        assert (spent.mode, spent.redeemed_points) == ("ONLINE", 1195)
+        done = a.agent.checkout(receipt_from_json(_milk("a-1", -1)))
+        assert (done.mode, done.redeemed_points) == ("ONLINE", 5)
+        assert [(v.code, v.status) for v in done.coupons] == [("MULT1", "APPLIED")]
+        again = b.agent.checkout(receipt_from_json(_milk("b-2", 0)))
+        assert again.mode == "ONLINE"
+        assert [(v.code, v.status, v.reason) for v in again.coupons] == [
+            ("MULT1", "REJECTED", "ALREADY_USED")
+        ]
+    finally:
+        for till in tills:
+            till.stop()
+        hub.stop()
