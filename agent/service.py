@@ -589,7 +589,7 @@ class Agent:
 
     def confirm(self, receipt_id: str, fiscal_document: str | None = None) -> CheckoutResult:
         """Commit exactly the held figures (no pricing again): the CONFIRMED result."""
-        receipt_id = _receipt_id(receipt_id)
+        receipt_id = _receipt_id(receipt_id, "confirm")
         if fiscal_document is not None and len(fiscal_document) > MAX_FISCAL_DOCUMENT:
             raise InputError(
                 f"fiscalDocument: at most {MAX_FISCAL_DOCUMENT} characters"
@@ -608,7 +608,7 @@ class Agent:
     def cancel(self, receipt_id: str) -> CheckoutResult:
         """Release a hold: the held figures with `"state": "CANCELLED"` (none of them
         happened). Cancelling again returns the same; a confirmed receipt needs a refund."""
-        receipt_id = _receipt_id(receipt_id)
+        receipt_id = _receipt_id(receipt_id, "cancel")
         self.sweep_holds()
         with self._lock, self._write():
             row = self._life(receipt_id)
@@ -2450,11 +2450,13 @@ def _cancelled(held: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _receipt_id(value: Any) -> str:
+def _receipt_id(value: Any, what: str) -> str:
+    """The receiptId of a Confirm or Cancel (`what`), refused in the words the HTTP door
+    uses for the same body (`http_api`), so every door says the same (the contract §10)."""
     if not isinstance(value, str) or not value.strip():
-        raise InputError("receiptId: a non-empty text is required")
+        raise InputError(f"{what}: receiptId must not be empty")
     if len(value) > MAX_RECEIPT_ID:
-        raise InputError(f"receiptId: at most {MAX_RECEIPT_ID} characters (got {len(value)})")
+        raise InputError(f"{what}: receiptId is too long (at most {MAX_RECEIPT_ID} characters)")
     return value
 
 

@@ -324,3 +324,81 @@ def test_a_multiplier_code_that_applies_only_with_the_hubs_smaller_grant_is_held
         for till in tills:
             till.stop()
         hub.stop()
+
+
+# ---------------------------------------------------------------- 5. an empty receiptId, every door
+
+SALE_AT = "2026-11-24T12:00:00+03:00"
+EMPTY_IDS: list[tuple[str, dict[str, Any], str]] = [
+    ("quote", {"receiptId": ""}, "receipt: receiptId must not be empty"),
+    ("hold", {"receiptId": ""}, "receipt: receiptId must not be empty"),
+    ("checkout", {"receiptId": ""}, "receipt: receiptId must not be empty"),
+    ("confirm", {"receiptId": ""}, "confirm: receiptId must not be empty"),
+    ("cancel", {"receiptId": ""}, "cancel: receiptId must not be empty"),
+    ("refund", {"receiptId": ""}, "refund: receiptId must not be empty"),
+    ("refund", {"refundId": ""}, "refund: refundId must not be empty"),
+]
+
+
+def _body(call: str, change: dict[str, Any]) -> dict[str, Any]:
+    from tests.conftest import receipt as till_receipt
+
+    if call in ("confirm", "cancel"):
+        return dict(change)
+    if call == "refund":
+        refund = {"refundId": "f1", "receiptId": "r1", "at": SALE_AT}
+        return {**refund, "lines": [{"sku": MILK, "qty": "1"}], **change}
+    return {**till_receipt("r1"), **change}
+
+
+def test_an_empty_receipt_id_is_refused_in_the_same_words_by_every_door(
+    agent: Any, server: Any, cli: Any
+) -> None:
+    """docs/CONTRACT.md §10, §12: the same bad request gets the same one-line message over
+    the CLI (exit 2), HTTP (400 INVALID_ARGUMENT) and gRPC (INVALID_ARGUMENT). An empty
+    receiptId was "receipt: receiptId must not be empty" over HTTP and the CLI but
+    "receipt: receiptId is required" over gRPC (proto3 sends an empty text as none), and
+    Confirm and Cancel said "confirm: receiptId must not be empty" over HTTP but
+    "receiptId: a non-empty text is required" over the CLI and gRPC."""
+    import http.client
+
+    import grpc
+    from google.protobuf import json_format
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    from tests.conftest import grpc_served
+
+    messages = {
+        "quote": ("Quote", pb.Receipt),
+        "hold": ("Hold", pb.Receipt),
+        "checkout": ("Checkout", pb.Receipt),
+        "confirm": ("Confirm", pb.ConfirmRequest),
+        "cancel": ("Cancel", pb.CancelRequest),
+        "refund": ("Refund", pb.Refund),
+    }
+    with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.PosAgentStub(channel)
+        for call, change, said in EMPTY_IDS:
+            body = _body(call, change)
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request(
+                "POST", f"/v1/{call}", json.dumps(body), {"Content-Type": "application/json"}
+            )
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+            conn.close()
+            assert (response.status, answer["error"]) == (
+                400,
+                {"code": "INVALID_ARGUMENT", "message": said},
+            ), call
+            method, kind = messages[call]
+            with pytest.raises(grpc.RpcError) as refused:
+                getattr(stub, method)(json_format.ParseDict(body, kind()), timeout=10)
+            assert (refused.value.code(), refused.value.details()) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                said,
+            ), call
+            argv = [call, body["receiptId"]] if call in ("confirm", "cancel") else [call, body]
+            run_ = cli(*argv, "--json")
+            assert (run_.code, run_.out, run_.err) == (2, "", f"tillpoint: {said}\n"), call
