@@ -402,3 +402,118 @@ def test_an_empty_receipt_id_is_refused_in_the_same_words_by_every_door(
             argv = [call, body["receiptId"]] if call in ("confirm", "cancel") else [call, body]
             run_ = cli(*argv, "--json")
             assert (run_.code, run_.out, run_.err) == (2, "", f"tillpoint: {said}\n"), call
+
+
+# ---------------------------------------------------------------- 6. a null in a snapshot
+
+OFFER_ROW = {
+    "id": "o-1", "kind": "PERCENT_OFF", "customerId": "c-a", "skus": [MILK], "value": "15",
+    "printable": True, "printText": "−15% на молоко", "campaignId": "camp-3", "rank": 1,
+    "weekdays": [1, 2, 3, 4, 5, 6, 7], "couponRequired": False, "minTotalMinor": 0,
+}  # fmt: skip
+# (where, field): optional fields of every kind of row, some of which were refused as null
+NULLS = [
+    ("program", "maxRedeemPercent"),
+    ("program", "tiers"),
+    ("customer", "tier"),
+    ("customer", "pending"),
+    ("customer", "birthday"),
+    ("offer", "printText"),
+    ("offer", "campaignId"),
+    ("offer", "weekdays"),
+    ("offer", "couponRequired"),
+    ("offer", "customerId"),
+    ("product", "category"),
+    ("product", "excludedFromLoyalty"),
+    ("category", "name"),
+    ("card", "status"),
+    ("top", "removed"),
+    ("top", "coupons"),
+    ("top", "appliedThrough"),
+]
+
+
+def _with(null: bool) -> dict[str, Any]:
+    """The snapshot with every field of `NULLS` set to null, or left out."""
+    from tests.conftest import snapshot
+
+    snap = snapshot(offers=[dict(OFFER_ROW)], coupons=[], removed={}, appliedThrough={})
+    rows = {
+        "program": snap["program"],
+        "customer": snap["customers"][0],
+        "offer": snap["offers"][0],
+        "product": snap["products"][0],
+        "category": snap["categories"][1],
+        "card": snap["cards"][0],
+        "top": snap,
+    }
+    for where, field in NULLS:
+        if null:
+            rows[where][field] = None
+        else:
+            rows[where].pop(field, None)
+    return snap
+
+
+def _as_jsonl(snap: dict[str, Any]) -> str:
+    sections = ("categories", "products", "customers", "cards", "offers", "coupons")
+    rows = {k: snap.pop(k, None) or [] for k in sections}
+    lines = [json.dumps({"format": "tillpoint.snapshot/jsonl", **snap}, ensure_ascii=False)]
+    for section, items in rows.items():
+        lines.append(json.dumps({"section": section}))
+        lines += [json.dumps(item, ensure_ascii=False) for item in items]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_null_in_a_json_snapshot_prices_as_the_field_left_out(cli: Any) -> None:
+    """docs/CONTRACT.md §3: the short form of the test below (a JSON snapshot only)."""
+    from tests.conftest import receipt as till_receipt
+
+    assert cli("snapshot", "load", _with(False)).code == 0
+    absent = cli("quote", till_receipt("r1"), "--json").json()
+    again = _with(True) | {"version": 2}
+    loaded = cli("snapshot", "load", again)
+    assert loaded.code == 0, loaded.err
+    assert cli("quote", till_receipt("r1"), "--json").json() == absent
+
+
+@pytest.mark.slow  # ~5 s: six snapshots loaded and two hub imports
+def test_a_null_in_a_snapshot_is_the_field_left_out(
+    cli: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/CONTRACT.md §3 (its JSON is proto3 JSON, where null is a field's default): a
+    `null` was the field left out for some optional fields (a customer's birthday, an
+    offer's customerId) and refused for others of the same rows (an offer's printText,
+    weekdays or campaignId, a product's category, a card's status, `removed`). Every
+    optional field's null is now the field left out: in a JSON and a JSON Lines snapshot,
+    in a delta, and in `hub import`."""
+    from tests.conftest import receipt as till_receipt
+
+    quotes = []
+    for null in (False, True):
+        for form in ("json", "jsonl"):
+            snap = _with(null)
+            path = tmp_path / f"{null}.{form}"
+            text = json.dumps(snap, ensure_ascii=False) if form == "json" else _as_jsonl(snap)
+            path.write_text(text, encoding="utf-8")
+            (tmp_path / "data").mkdir(exist_ok=True)
+            for part in (tmp_path / "data").glob("cache*"):
+                part.unlink()  # a full snapshot of the same version again, from nothing
+            loaded = cli("snapshot", "load", str(path), "--json")
+            assert loaded.code == 0, (form, null, loaded.err)
+            quote = cli("quote", till_receipt("r1"), "--json")
+            assert quote.code == 0, quote.err
+            quotes.append(quote.json())
+        delta = _with(null) | {"version": 2, "baseVersion": 1}  # the same rows in a delta
+        assert cli("snapshot", "load", delta).code == 0
+        quotes.append(cli("quote", till_receipt("r1"), "--json").json())
+        catalogue = tmp_path / f"catalogue-{null}.json"
+        catalogue.write_text(json.dumps(_with(null), ensure_ascii=False), encoding="utf-8")
+        hub_dir = tmp_path / f"hub-{null}"
+        code, doc, err = run(
+            capsys, "hub", "import", str(catalogue), "--hub-dir", str(hub_dir), "--json"
+        )
+        assert code == 0, err
+        quotes.append(doc["byKind"])
+    assert quotes[4:] == quotes[:4]
+    assert all(q == quotes[0] for q in quotes[:3] + quotes[4:7])
