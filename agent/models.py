@@ -1018,8 +1018,7 @@ def parse(model: type[M], data: Any, what: str, *, request: bool = False) -> M:
     In a `request` (a receipt, a refund) a field set to `null` is a field left out (proto3
     JSON: "null is accepted for every field and means its default"), so `"redeemPoints":
     null` is 0 and `"card": null` is no card; a `null` inside a list is still refused. A
-    snapshot's rows keep their nulls (refused where a value is needed): a card's `"status":
-    null` is no ACTIVE card."""
+    snapshot's are too (`parse_snapshot_part`, `without_nulls`)."""
     if not isinstance(data, dict):
         raise InputError(f"{what}: expected a JSON object")
     document = _without_nulls(data) if request else data
@@ -1053,12 +1052,22 @@ def parse_snapshot_part(model: type[M], data: Any, what: str, ignored: set[str])
     one, and a till must keep loading its snapshots (proto3's own rule for unknown fields).
     Each such field's path goes into `ignored` ("customers[].lastName"), for the warning
     the caller gives; nothing of it is stored. Validation runs once more only when some
-    field was unknown. Receipts and refunds still refuse them (§10)."""
+    field was unknown. Receipts and refunds still refuse them (§10).
+
+    A field set to `null` is the field left out, as in a request (proto3 JSON; review 29:
+    a null was left out where the field may be null, a customer's `birthday`, and refused
+    in the same row where it may not, an offer's `printText`)."""
     if not isinstance(data, dict):
         raise InputError(f"{what}: expected a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
+        if any(error.get("input", 0) is None for error in exc.errors(include_url=False)):
+            data = without_nulls(data)  # copied only when a null was refused: no cost else
+            try:
+                return model.model_validate(data)
+            except ValidationError as again:
+                exc = again
         unknown = unknown_fields(exc)
         if not unknown:
             raise InputError(f"{what}: {describe(exc)}") from None
@@ -1154,12 +1163,17 @@ def _holds(node: Any, part: int | str) -> bool:
     return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
-def _without_nulls(value: Any) -> Any:
+def without_nulls(value: Any) -> Any:
+    """`value` without the object fields set to `null` (proto3 JSON: a field left out),
+    at every depth; a `null` item of a list stays (and is refused)."""
     if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
+        return [without_nulls(v) for v in value]
     return value
+
+
+_without_nulls = without_nulls
 
 
 # pydantic-core's own messages, said the way the rest of the refusals are.

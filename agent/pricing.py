@@ -395,13 +395,14 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                         tr.beaten_by_birthday(i, w.multiplier_offer)
                     w.multiplier_offer = None
                 w.multiplier = base_multiplier
-    # A multiplier on a line that earns on nothing (paid in full by its discounts, or a
-    # tier whose rate is 0) gave the receipt nothing: its code is not used up (§13). Read
-    # before redemption, so a smaller hub grant never turns a code's verdict round.
-    # The trace says so of every multiplier offer of such a line: the one the birthday's
-    # beat and a control-group one too (neither would have given it anything).
+    # A multiplier on a line that earns on nothing (paid in full by its discounts and the
+    # points it redeems, or a tier whose rate is 0) gave the receipt nothing: its code is
+    # not used up (§13). A smaller hub grant may turn such a code round (the points pay
+    # less of the line): the agent asks the hub about it then (`Agent._price`). The trace
+    # says so of every multiplier offer of such a line: the one the birthday's beat and a
+    # control-group one too (neither would have given it anything).
     for i, w in enumerate(work):
-        if w.eligible and (w.amount <= w.discount or not rate):
+        if w.eligible and (w.amount - w.discount - w.redeemed * pv <= 0 or not rate):
             if tr is not None:
                 tr.multiplied_nothing(i)
             w.multiplier_offer = None

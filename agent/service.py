@@ -149,8 +149,11 @@ class RedemptionAuthoriser(Protocol):
         at: datetime,
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
+        since: float | None = None,
     ) -> HubGrant:
-        """Hold `points` (at most) and the receipt's applied coupon codes at the hub."""
+        """Hold `points` (at most) and the receipt's applied coupon codes at the hub.
+        `since`: when (`time.monotonic`) the Hold or Checkout asking made its first request;
+        all its requests share one deadline from then (the contract §9)."""
         ...
 
     def release(self, receipt_id: str) -> bool:
@@ -325,6 +328,8 @@ class Agent:
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
         self._hub_turns = HubTurns(on_put_off=self._release_put_off)
+        # `_one_hub_deadline`: when this thread's Hold or Checkout first asked the hub
+        self._asks = threading.local()
         # Quotes, identification and balances read on connections of their own, outside
         # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
         # reader connections are reused, the most recent first; at most READERS_KEPT stay.
@@ -547,7 +552,7 @@ class Agent:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
         request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
-        with self._hub_turns.holding(receipt.receipt_id):
+        with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._price_early(receipt, confirm_now=True)
             with self._lock, self._write(), self._view() as view:
                 state, result, typed = self._hold(
@@ -573,7 +578,7 @@ class Agent:
         another body is a Conflict; a hold that expired is priced and held afresh."""
         request = _Request.of(receipt)
         self.sweep_holds()
-        with self._hub_turns.holding(receipt.receipt_id):
+        with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._price_early(receipt, confirm_now=False)
             with self._lock, self._write(), self._view() as view:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
@@ -584,7 +589,7 @@ class Agent:
 
     def confirm(self, receipt_id: str, fiscal_document: str | None = None) -> CheckoutResult:
         """Commit exactly the held figures (no pricing again): the CONFIRMED result."""
-        receipt_id = _receipt_id(receipt_id)
+        receipt_id = _receipt_id(receipt_id, "confirm")
         if fiscal_document is not None and len(fiscal_document) > MAX_FISCAL_DOCUMENT:
             raise InputError(
                 f"fiscalDocument: at most {MAX_FISCAL_DOCUMENT} characters"
@@ -603,7 +608,7 @@ class Agent:
     def cancel(self, receipt_id: str) -> CheckoutResult:
         """Release a hold: the held figures with `"state": "CANCELLED"` (none of them
         happened). Cancelling again returns the same; a confirmed receipt needs a refund."""
-        receipt_id = _receipt_id(receipt_id)
+        receipt_id = _receipt_id(receipt_id, "cancel")
         self.sweep_holds()
         with self._lock, self._write():
             row = self._life(receipt_id)
@@ -1204,27 +1209,32 @@ class Agent:
             cap, mode, used = self._redeem_cap(
                 receipt, ident, priced, program, commit, codes, conn, sold_id
             )
-            while used:  # the hub says another receipt used or holds them: priced without
-                checks = coupons.mark_used(checks, used)
-                ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
-                priced = price(receipt, ctx)
-                # Without them another code's offer may win a line: a code applied now that
-                # the hub was not asked about is authorised in its turn, with the others
-                # applied now (the receipt's hold at the hub is replaced), so no code is
-                # used online that the hub did not hold (§13). Codes it holds that apply no
-                # more are let go when the receipt's transaction reaches it.
+            while True:
+                if used:  # the hub says another receipt used or holds them: priced without
+                    checks = coupons.mark_used(checks, used)
+                    ctx = replace(ctx, coupon_offers=coupons.unlocked(checks))
+                    priced = price(receipt, ctx)
+                final = priced
+                if cap < priced.redeem_allowed_without_cap or receipt.explain:  # §17: every cap
+                    source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
+                    final = price(receipt, _with_cap(ctx, cap, source))
+                # Without a used code another code's offer may win a line, and with a
+                # smaller grant a points multiplier may come to give something (its line
+                # no longer paid in full by points): a code applied now that the hub was
+                # not asked about is authorised in its turn, with the others applied now
+                # (the receipt's hold at the hub is replaced), so no code is used online
+                # that the hub did not hold (§13). Codes it holds that apply no more are
+                # let go when the receipt's transaction reaches it.
                 again = coupons.applied_codes(
-                    {"coupons": coupons.verdicts(checks, priced.applied_offers)}
+                    {"coupons": coupons.verdicts(checks, final.applied_offers)}
                 )
-                if mode != "ONLINE" or set(again) <= set(codes):
+                if not commit or mode != "ONLINE" or set(again) <= set(codes):
                     break
                 codes = again
                 cap, mode, used = self._redeem_cap(
                     receipt, ident, priced, program, commit, codes, conn, sold_id
                 )
-            if cap < priced.redeem_allowed_without_cap or receipt.explain:  # §17: every cap
-                source = "HUB_GRANT" if mode == "ONLINE" else "OFFLINE_LIMIT"
-                priced = price(receipt, _with_cap(ctx, cap, source))
+            priced = final
         elif self.hub is not None and customer is not None and receipt.explain and mode != "ONLINE":
             # §17: every cap, as a standalone till lists it when nothing is asked: a till
             # whose hub is away prices with the offline limit (nothing to ask the hub)
@@ -1321,6 +1331,7 @@ class Agent:
                     receipt.at,
                     hold_ttl_s=ttl,
                     coupon_codes=codes,
+                    since=self._first_ask(),
                 )
                 return grant.points, "ONLINE", grant.used_coupons
             except HubUnavailable:
@@ -1328,6 +1339,29 @@ class Agent:
         # Offline the till's own rules stand: a code at most once here (§13).
         remaining = self._offline_remaining(receipt, ident, program, conn, sold)
         return remaining, "OFFLINE", frozenset()
+
+    @contextlib.contextmanager
+    def _one_hub_deadline(self) -> Iterator[None]:
+        """The hub requests of one Hold or Checkout (its early pricing, a pricing again in
+        the write transaction, a request again for each coupon code that comes to apply
+        after the hub said another is used) share one deadline, `hub.redeem_timeout_ms`
+        from the first (the contract §9: a sale never waits on the hub longer)."""
+        self._asks.since = None
+        self._asks.active = True
+        try:
+            yield
+        finally:
+            self._asks.active = False
+            self._asks.since = None
+
+    def _first_ask(self) -> float:
+        """When this Hold's or Checkout's first hub request was made (now, for the first)."""
+        since: float | None = getattr(self._asks, "since", None)
+        if since is None:
+            since = time.monotonic()
+            if getattr(self._asks, "active", False):
+                self._asks.since = since
+        return since
 
     def _note_hub_ask(self, receipt_id: str, conn: sqlite3.Connection | None) -> None:
         """Before a hold's or checkout's request to the hub: written down (committed) so
@@ -2422,11 +2456,13 @@ def _cancelled(held: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _receipt_id(value: Any) -> str:
+def _receipt_id(value: Any, what: str) -> str:
+    """The receiptId of a Confirm or Cancel (`what`), refused in the words the HTTP door
+    uses for the same body (`http_api`), so every door says the same (the contract §10)."""
     if not isinstance(value, str) or not value.strip():
-        raise InputError("receiptId: a non-empty text is required")
+        raise InputError(f"{what}: receiptId must not be empty")
     if len(value) > MAX_RECEIPT_ID:
-        raise InputError(f"receiptId: at most {MAX_RECEIPT_ID} characters (got {len(value)})")
+        raise InputError(f"{what}: receiptId is too long (at most {MAX_RECEIPT_ID} characters)")
     return value
 
 

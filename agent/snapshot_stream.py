@@ -33,6 +33,7 @@ from .models import (
     near_miss,
     parse_snapshot_part,
     unknown_fields,
+    without_nulls,
     without_unknown,
 )
 
@@ -207,8 +208,20 @@ def _rows(
             row = validate(text)
         except ValidationError as exc:
             _spelt_section_line(text, n)
+            problem = exc
+            if "null" in text:  # a field set to null is the field left out (proto3 JSON)
+                text = json.dumps(
+                    without_nulls(json.loads(text)), ensure_ascii=False, separators=(",", ":")
+                )
+                try:
+                    row = validate(text)
+                except ValidationError as again:
+                    problem = again
+                else:
+                    yield section, row, text
+                    continue
             row, text = _known_fields_only(
-                validate, text, exc, f"snapshot line {n}", section, ignored
+                validate, text, problem, f"snapshot line {n}", section, ignored
             )
         yield section, row, text
 

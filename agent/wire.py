@@ -206,11 +206,20 @@ def receipt_dict(message: pb.Receipt) -> dict[str, Any]:
 
 
 def receipt_of(message: pb.Receipt) -> Receipt:
-    return receipt_from_json(receipt_dict(message))
+    return receipt_from_json(_ids(receipt_dict(message), "receiptId"))
 
 
 def refund_of(message: pb.Refund) -> Refund:
-    return refund_from_json(to_dict(message))
+    return refund_from_json(_ids(to_dict(message), "refundId", "receiptId"))
+
+
+def _ids(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The message's ids as sent: proto3 sends an empty text as none, and the receipt was
+    refused as "receiptId is required" over gRPC, "receiptId must not be empty" over HTTP
+    and the CLI for the same empty id (the contract §10: one message for one request)."""
+    for key in keys:
+        data.setdefault(key, "")
+    return data
 
 
 # ---------------------------------------------------------------- results → proto

@@ -85,14 +85,20 @@ def greeting(
 
     ``greeting("Анна", 1192) == ["Анна, добрый день!", "Бонусы: 1192"]`` (contract §5).
     Without a balance a long name moves to the second line: ``["Добрый день,", "Александра!"]``.
+    Narrower than 20 columns it is what the display driver shows (`fit_lines`), never a
+    word cut: ``greeting("Анна", width=8) == ["Добрый", "день!"]``, ``greeting("Анна",
+    1192, 10) == ["Анна!", "1192"]``. (Until review 29 a narrow width cut it: "Добрый." over
+    "Анна!", "Здравст." over "Б: 1192"; through the driver "Анна." over "1192".)
     """
-    line1 = greeting_line(first_name, width)
-    if balance_points is not None:
-        return [line1, _labelled(["Бонусы", "Б"], _points(balance_points), width)]
+    line1 = greeting_line(first_name)
     name = first_name_only(first_name)
-    if name and name not in line1 and len(name) + 1 <= width:
-        return [_first_fitting(["Добрый день,"], width), f"{name}!"]
-    return [line1, ""]
+    if balance_points is not None:
+        lines = [line1, _labelled(["Бонусы", "Б"], _points(balance_points), WIDTH)]
+    elif name and name not in line1 and len(name) + 1 <= WIDTH:
+        lines = [_first_fitting(["Добрый день,"], WIDTH), f"{name}!"]
+    else:
+        lines = [line1, ""]
+    return lines if width >= WIDTH else fit_lines(lines, width)
 
 
 def quote_lines(
@@ -190,6 +196,8 @@ def fit_lines(lines: Sequence[str], width: int = WIDTH, rows: int = 2) -> list[s
         if below is not None and out[i + 1] == "" and line.endswith(","):
             line = line[:-1] + "!"  # "Добрый день," over a name left out
         out[i] = _reworded(line, width)
+        if out[i] is None:
+            out[i] = _greeting_in_one_row(line, width)
         if out[i] is None:  # the last resort
             out[i] = _cut(line, width)
     return [line or "" for line in out]
@@ -206,6 +214,21 @@ def _cut(line: str, width: int) -> str:
         if full is None or full.group() != part.group():
             return ""
     return text
+
+
+# a greeting as `greeting_line` words it, with or without the name
+_GREETING = re.compile(r"(?:(\S+), )?(?:[Дд]обрый день|[Зз]дравствуйте)!")
+
+
+def _greeting_in_one_row(line: str, width: int) -> str | None:
+    """A greeting that must keep to its row (the row below is taken, by the balance): "Добрый
+    день" (11 columns), else the name alone ("Анна!"), else nothing; never "Анна." or
+    "Добрый.". None for a line that is not a greeting."""
+    found = _GREETING.fullmatch(line)
+    if found is None:
+        return None
+    candidates = ["Добрый день"] + ([f"{found[1]}!"] if found[1] else [])
+    return next((text for text in candidates if len(text) <= width), "")
 
 
 def _two_rows(line: str, below: str | None, width: int) -> tuple[str, str] | None:

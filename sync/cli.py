@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,10 @@ if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from .hub_server import HubDir
 
 EXIT_OK, EXIT_ERROR = 0, 1
+# `sync now`'s deadline for the whole command (docs/CONTRACT.md §9): over a link that keeps
+# timing out it halved its batch at each timeout, about 8 × hub.call_timeout_ms in all.
+SYNC_NOW_TIMEOUT_S = 60.0
+SYNC_NOW_TIMEOUT_MAX_S = 86_400.0
 Handler = Callable[["Settings", argparse.Namespace], int]
 
 
@@ -226,6 +231,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default=30.0,
         metavar="S",
         help="wait this long for a sync the service is running (default %(default)s)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=SYNC_NOW_TIMEOUT_S,
+        metavar="S",
+        help="give up once this many seconds have gone by, what is not sent staying in the"
+        " outbox (default %(default)g)",
     )
     p.set_defaults(handler=_sync_now)
 
@@ -972,8 +985,17 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
 
     from . import state
     from .progress import ProgressBar
-    from .pull import Puller, PullInterrupted
-    from .push import Pusher
+    from .pull import FIRST_CHUNK_S, Puller, PullInterrupted
+    from .push import OutOfTime, Pusher
+
+    limit = _in_range("--timeout", args.timeout, 0, SYNC_NOW_TIMEOUT_MAX_S, above=True)
+    deadline = time.monotonic() + limit
+
+    def left() -> float:
+        return deadline - time.monotonic()
+
+    def gave_up(what: str) -> HubUnavailable:
+        return HubUnavailable(f"sync now gave up at its deadline of {limit:g} s (--timeout) {what}")
 
     enrollment, link, timings = sync_link(settings)  # `run`'s rules for the hub
     try:
@@ -984,10 +1006,20 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     pusher = Pusher(
         settings.data_dir, settings.device_id, link, call_timeout_s=timings.call_timeout_s
     )
+    pusher.deadline = deadline
     try:
         bar = ProgressBar("pushing", unit="rows")
         try:
-            pushed = pusher.drain(progress=bar, lock_wait_s=args.wait, narrow_on_timeout=True)
+            pushed = pusher.drain(
+                progress=bar, lock_wait_s=max(0.0, min(args.wait, left())), narrow_on_timeout=True
+            )
+        except OutOfTime as exc:
+            state.put(pusher.conn, {"mode": "OFFLINE"})
+            raise gave_up(
+                f"with the hub not taking the transactions in time (pushed {exc.sent});"
+                f" {pusher.pending()} transaction(s) still in the outbox, sent by"
+                " `tillpoint run` or the next `sync now`"
+            ) from None
         finally:
             bar.close()
         puller = Puller(
@@ -998,13 +1030,34 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             max_bytes=timings.max_snapshot_bytes,
         )
         for attempt in range(3):
+            if left() <= 0:
+                raise gave_up(
+                    f"before the snapshot was pulled (pushed {pushed}; nothing of the"
+                    " snapshot is lost: the next pull resumes it)"
+                )
+            # no hub call outlives the deadline; the first chunk may come late (a full
+            # snapshot being built), but not later than the deadline
+            puller.call_timeout_s = min(timings.call_timeout_s, left())
+            puller.stream_timeout_s = min(timings.stream_timeout_s, left())
+            puller.first_chunk_timeout_s = min(FIRST_CHUNK_S, left())
             bar = ProgressBar("snapshot")
             try:
-                result = puller.pull(progress=bar, lock_wait_s=args.wait)
+                result = puller.pull(progress=bar, lock_wait_s=max(0.0, min(args.wait, left())))
                 break
             except PullInterrupted:
                 if attempt == 2:
                     raise
+            except grpc.RpcError as exc:
+                timed_out = isinstance(exc, grpc.Call) and (
+                    exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                )
+                if timed_out and left() <= 0:
+                    state.put(pusher.conn, {"mode": "OFFLINE"})
+                    raise gave_up(
+                        f"while pulling the snapshot (pushed {pushed}; what arrived is"
+                        " kept, and the next pull resumes it)"
+                    ) from None
+                raise
             finally:
                 bar.close()
         aside = list(pusher.set_aside)

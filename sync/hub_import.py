@@ -55,6 +55,7 @@ from tillpoint.agent.models import (
     describe,
     fits_int64,
     normal_coupon_code,
+    without_nulls,
 )
 from tillpoint.agent.snapshot_stream import HEAD_BYTES, refuse_non_object
 
@@ -147,7 +148,7 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
     if not isinstance(data, dict):
         return RowProblem(where, "expected a JSON object")
     try:
-        row = model.model_validate(data)
+        row = model.model_validate(without_nulls(data))  # null: the field left out
     except ValidationError as exc:
         return RowProblem(where, describe(exc))
     if isinstance(row, Program) and row.repeated_tier() is not None:
@@ -215,6 +216,8 @@ def _removed(data: Any, where: str) -> Iterator[ImportRow | RowProblem]:
         yield RowProblem(where, "expected an object of key lists")
         return
     for section, keys in data.items():
+        if keys is None:  # null: the list left out
+            continue
         kind = PLURAL.get(section)
         if kind is None:
             yield RowProblem(f"{where}.{section}", "is not a known section")
@@ -249,6 +252,7 @@ def read_json(
         raise InputError(f"import: not valid JSON ({_beyond_json(exc)})") from None
     if not isinstance(doc, dict):
         raise InputError("import: expected a JSON object with the snapshot's sections")
+    doc = {k: v for k, v in doc.items() if v is not None}  # null: the section left out
     fmt = doc.get("format")
     if isinstance(fmt, str) and fmt.startswith(
         ("tillpoint-signed-snapshot/", "tillpoint-enrollment/")

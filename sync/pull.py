@@ -78,6 +78,10 @@ class SyncBusy(TillpointError):
     pass
 
 
+# How long the first chunk of a pull may take: the hub may be building a full snapshot.
+FIRST_CHUNK_S = 120.0
+
+
 class PullInterrupted(TillpointError):
     """The stream broke or ended early; what arrived is kept and the next pull resumes."""
 
@@ -258,7 +262,7 @@ class Puller:
         *,
         call_timeout_s: float,
         stream_timeout_s: float = 600.0,
-        first_chunk_timeout_s: float = 120.0,
+        first_chunk_timeout_s: float = FIRST_CHUNK_S,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], datetime] | None = None,
         sync_every_bytes: int = SYNC_EVERY_BYTES,

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,6 +53,15 @@ class BatchResult:
 
 class UnreadableRow(TillpointError):
     """An outbox row whose text does not read as a transaction."""
+
+
+class OutOfTime(Exception):
+    """`drain`'s deadline came with transactions still to send; `sent` left the outbox
+    before it."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(sent)
+        self.sent = sent
 
 
 def without_trace(result_json: str) -> str:
@@ -104,6 +114,18 @@ class Pusher:
         self.rows_limit = batch_size
         self.last_rows = 0  # the size of the last batch sent
         self.bytes_limit = MAX_BATCH_BYTES
+        # `tillpoint sync now --timeout`: a time.monotonic() by which `drain` ends; no
+        # call to the hub is given longer than what is left of it.
+        self.deadline: float | None = None
+
+    def call_timeout(self) -> float:
+        """A call's deadline: `call_timeout_s`, or what is left of `deadline` if less."""
+        if self.deadline is None:
+            return self.call_timeout_s
+        return max(0.001, min(self.call_timeout_s, self.deadline - time.monotonic()))
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     @property
     def hub_id(self) -> str:
@@ -174,7 +196,7 @@ class Pusher:
         seqs = [seq for seq, _ in rows]
         self.last_rows = len(rows)
         try:
-            ack = self.link.stub.PushTransactions(request, timeout=self.call_timeout_s)
+            ack = self.link.stub.PushTransactions(request, timeout=self.call_timeout())
         except grpc.RpcError as exc:
             self._count_attempt(seqs)
             if _timed_out(exc):
@@ -257,7 +279,7 @@ class Pusher:
         had stored already, and the hub set them aside (the contract §9: never reused)."""
         request = pb.ListTransactionsRequest(device_id=self.device_id, since_seq=2**62, limit=1)
         try:
-            reply = self.link.stub.ListTransactions(request, timeout=self.call_timeout_s)
+            reply = self.link.stub.ListTransactions(request, timeout=self.call_timeout())
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.mark_known = True  # a hub without the call: appliedThrough alone
@@ -296,7 +318,11 @@ class Pusher:
         over an uplink too thin for a whole batch never drained by hand. The hub answered
         `learn_mark` just before, so a timeout here is a thin link, not a hub gone (which
         ends the call at `learn_mark`). `tillpoint run` narrows between its rounds, with
-        its back-off."""
+        its back-off.
+
+        `deadline` (a time.monotonic(); `sync now --timeout`) bounds the whole drain: each
+        push gets at most what is left of it, and a drain that reaches it with rows still
+        to send raises `OutOfTime` (the rows stay in the outbox)."""
         self.set_aside = []
         self.know_mark()
         with file_lock(self.lock_path, lock_wait_s):
@@ -304,9 +330,17 @@ class Pusher:
             sent = 0
             try:
                 while True:
+                    if self.out_of_time() and self.pending():
+                        raise OutOfTime(sent)
                     try:
                         result = self.push_batch()
                     except grpc.RpcError as exc:
+                        if _timed_out(exc) and self.out_of_time():
+                            message = self.link.failed(exc)
+                            state.put(
+                                self.conn, {"error:push": state.error_value(f"push: {message}")}
+                            )
+                            raise OutOfTime(sent) from None
                         if narrow_on_timeout and self.last_rows > 1 and _timed_out(exc):
                             continue  # the next batch is half as big (`_narrow`)
                         raise

@@ -311,10 +311,12 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                                 row.update(beatenBy="birthdayMultiplier", beatenByDiscountMinor=0)
                     w.multiplier_offer = None
                 w.multiplier = base_multiplier
-    # A line that earns on nothing (free after its discounts, or a rate of 0): its
-    # multiplier offers gave nothing (review 27).
+    # A line that earns on nothing (free after its discounts and the points it redeems, or
+    # a rate of 0): its multiplier offers gave nothing (review 27; the points, review 29).
     for i, w in enumerate(work):
-        if w.multiplier_offer is not None and (w.amount - w.discount <= 0 or rate == 0):
+        if w.multiplier_offer is not None and (
+            w.amount - w.discount - w.redeemed * pv <= 0 or rate == 0
+        ):
             if tr is not None:
                 for row in tr.lines[i]:
                     gave = row["outcome"] in ("APPLIED", "BEATEN")

@@ -70,6 +70,7 @@ class Interleave:
         at: datetime,
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
+        since: float | None = None,
     ) -> HubGrant:
         with self._lock:
             self.calls += 1

@@ -87,6 +87,7 @@ class DiesAfterTheGrant:
         at: datetime,
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
+        since: float | None = None,
     ) -> HubGrant:
         self.inner.authorise(customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes)
         raise Crash

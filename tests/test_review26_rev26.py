@@ -85,6 +85,7 @@ class RoundMeanwhile:
         at: datetime,
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
+        since: float | None = None,
     ) -> HubGrant:
         grant = self.inner.authorise(customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes)
         hold_timer_round(self.data_dir, self.hub)
@@ -286,6 +287,7 @@ class ScriptedHub:
         at: datetime,
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
+        since: float | None = None,
     ) -> HubGrant:
         from tillpoint.agent.errors import HubUnavailable
 
