@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tillpoint.agent.http_api import HttpServer
+
 from .conftest import CLI, receipt
-from .test_http_api import Client, client, error_of  # noqa: F401  (the fixture)
+from .test_http_api import Client, error_of
 
 AT = "2026-11-24T12:00:00+03:00"
 
@@ -23,16 +25,20 @@ def _refund(refund_id: str, lines: list[tuple[str, str]], at: str = AT) -> dict[
     }
 
 
-def test_refused_refunds_answer_their_codes_and_change_nothing(client: Client, cli: CLI) -> None:
+def test_refused_refunds_answer_their_codes_and_change_nothing(
+    server: HttpServer, cli: CLI
+) -> None:
     """docs/CONTRACT.md §6 and §12: more than was bought is a precondition the till's own
     ledger decides (412 FAILED_PRECONDITION: the same body was fine before the earlier
     refund), a receipt the till never committed 404, a refundId reused with another body
     409, a refund dated before its sale 400; each one JSON line, the balance untouched."""
+    client = Client(server.port)
     assert client.post("/v1/checkout", receipt("r1")).status == 200
     milk = "4601234000017"
     first = client.post("/v1/refund", _refund("f1", [(milk, "1")]))
     assert first.status == 200, first.body
-    before = client.post("/v1/balance", {"card": "2770000000017", "at": "2026-11-25T00:00:00+03:00"})
+    asked = {"card": "2770000000017", "at": "2026-11-25T00:00:00+03:00"}
+    before = client.post("/v1/balance", asked)
     assert before.status == 200
 
     status, code, message = error_of(client.post("/v1/refund", _refund("f2", [(milk, "2")])))
@@ -50,8 +56,7 @@ def test_refused_refunds_answer_their_codes_and_change_nothing(client: Client, c
     status, code, message = error_of(client.post("/v1/refund", early))
     assert (status, code) == (400, "INVALID_ARGUMENT") and "before the sale" in message
 
-    after = client.post("/v1/balance", {"card": "2770000000017", "at": "2026-11-25T00:00:00+03:00"})
-    assert after.body == before.body
+    assert client.post("/v1/balance", asked).body == before.body
     # The CLI refuses the same refund with exit 2 and one line, as every door does.
     run = cli("refund", _refund("f2", [(milk, "2")]), "--json")
     assert run.code == 2 and run.out == "" and len(run.err.strip().splitlines()) == 1
@@ -59,3 +64,4 @@ def test_refused_refunds_answer_their_codes_and_change_nothing(client: Client, c
     # What was left is still there to return.
     last = client.post("/v1/refund", _refund("f6", [(milk, "1")]))
     assert last.status == 200 and last.json()["refundId"] == "f6"
+    client.close()
