@@ -1021,7 +1021,7 @@ def parse(model: type[M], data: Any, what: str, *, request: bool = False) -> M:
     snapshot's are too (`parse_snapshot_part`, `without_nulls`)."""
     if not isinstance(data, dict):
         raise InputError(f"{what}: expected a JSON object")
-    document = _without_nulls(data) if request else data
+    document = without_nulls(data) if request else data
     try:
         return model.model_validate(document)
     except ValidationError as exc:
@@ -1171,9 +1171,6 @@ def without_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [without_nulls(v) for v in value]
     return value
-
-
-_without_nulls = without_nulls
 
 
 # pydantic-core's own messages, said the way the rest of the refusals are.

@@ -986,7 +986,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     from . import state
     from .progress import ProgressBar
     from .pull import FIRST_CHUNK_S, Puller, PullInterrupted
-    from .push import OutOfTime, Pusher
+    from .push import OutOfTime, Pusher, timed_out
 
     limit = _in_range("--timeout", args.timeout, 0, SYNC_NOW_TIMEOUT_MAX_S, above=True)
     deadline = time.monotonic() + limit
@@ -1048,10 +1048,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
                 if attempt == 2:
                     raise
             except grpc.RpcError as exc:
-                timed_out = isinstance(exc, grpc.Call) and (
-                    exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                )
-                if timed_out and left() <= 0:
+                if timed_out(exc) and left() <= 0:
                     state.put(pusher.conn, {"mode": "OFFLINE"})
                     raise gave_up(
                         f"while pulling the snapshot (pushed {pushed}; what arrived is"

@@ -85,7 +85,8 @@ def _discarded(payload: str) -> bool:
     return ledger.DISCARDED in payload and json.loads(payload).get("kind") == ledger.DISCARDED
 
 
-def _timed_out(exc: grpc.RpcError) -> bool:
+def timed_out(exc: grpc.RpcError) -> bool:
+    """The call ran out of its deadline (a thin or slow link, not a hub that refused)."""
     return isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -199,7 +200,7 @@ class Pusher:
             ack = self.link.stub.PushTransactions(request, timeout=self.call_timeout())
         except grpc.RpcError as exc:
             self._count_attempt(seqs)
-            if _timed_out(exc):
+            if timed_out(exc):
                 self._narrow(len(rows), sum(len(p) for _, p in rows))
             raise
         self.link.ok()
@@ -335,13 +336,13 @@ class Pusher:
                     try:
                         result = self.push_batch()
                     except grpc.RpcError as exc:
-                        if _timed_out(exc) and self.out_of_time():
+                        if timed_out(exc) and self.out_of_time():
                             message = self.link.failed(exc)
                             state.put(
                                 self.conn, {"error:push": state.error_value(f"push: {message}")}
                             )
                             raise OutOfTime(sent) from None
-                        if narrow_on_timeout and self.last_rows > 1 and _timed_out(exc):
+                        if narrow_on_timeout and self.last_rows > 1 and timed_out(exc):
                             continue  # the next batch is half as big (`_narrow`)
                         raise
                     if result is None:

@@ -411,6 +411,12 @@ def differences(where: str, got: dict[str, Any], want: dict[str, Any]) -> list[s
     ]
 
 
+def disagreement(snap: dict[str, Any], rec: dict[str, Any], diff: list[str]) -> str:
+    """One case the product and a model disagree on: its data (to replay it) and each
+    difference on a line of its own."""
+    return "\n  ".join([json.dumps({"snapshot": snap, "receipt": rec}, ensure_ascii=False), *diff])
+
+
 def compare(agent: Agent, snap: dict[str, Any], rec: dict[str, Any]) -> list[str]:
     """The differences between the product's quote and the oracle (empty when none)."""
     got = product_figures(quote_json(agent, rec), balance=True)
@@ -440,11 +446,7 @@ def run_seed(tmp_path: Path, seed: int, count: int) -> list[str]:
                 agent.load_snapshot(snap)
             diff = compare(agent, snap, rec)
             if diff:
-                problems.append(
-                    json.dumps({"snapshot": snap, "receipt": rec}, ensure_ascii=False)
-                    + "\n  "
-                    + "\n  ".join(diff)
-                )
+                problems.append(disagreement(snap, rec, diff))
     finally:
         agent.close()
     return problems

@@ -35,7 +35,14 @@ from .oracle29 import (
     printed_offers,
     quote_display,
 )
-from .test_review28_orc28 import CENTRE, SECOND_CARD, gen_receipt, gen_snapshot, sequence
+from .test_review28_orc28 import (
+    CENTRE,
+    SECOND_CARD,
+    disagreement,
+    gen_receipt,
+    gen_snapshot,
+    sequence,
+)
 
 MILK = "4601234000017"
 ANNA, BORIS = "2770000000017", "2770000000024"  # Анна is in her birthday window on 23.11
@@ -235,11 +242,7 @@ def run_traces(tmp_path: Path, seed: int, count: int) -> list[str]:
                 problems.append(f"case {n}: explain changed the result")
             diff = trace_differences(got["trace"], Explainer(snap).explain(rec).trace)
             if diff:
-                problems.append(
-                    json.dumps({"snapshot": snap, "receipt": rec}, ensure_ascii=False)
-                    + "\n  "
-                    + "\n  ".join(diff)
-                )
+                problems.append(disagreement(snap, rec, diff))
     finally:
         agent.close()
     return problems
@@ -413,8 +416,7 @@ def run_displays(tmp_path: Path, seed: int, count: int, post: Any = None) -> lis
                 shown = got.get("display", [])
                 if shown != want or any(len(row) > 20 for row in shown):
                     problems.append(
-                        json.dumps({"snapshot": snap, "receipt": rec}, ensure_ascii=False)
-                        + f"\n  {what}: product {shown} model {want}"
+                        disagreement(snap, rec, [f"{what}: product {shown} model {want}"])
                     )
     finally:
         agent.close()
