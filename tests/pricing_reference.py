@@ -312,14 +312,13 @@ def price(receipt: Receipt, ctx: PricingContext) -> Priced:
                     w.multiplier_offer = None
                 w.multiplier = base_multiplier
     # A line that earns on nothing (free after its discounts and the points it redeems, or
-    # a rate of 0): its multiplier offers gave nothing (review 27; the points, review 29).
+    # a rate of 0): its multiplier offers gave nothing (review 27; the points, review 29),
+    # a control-group one included, which would have given nothing either (review 29).
     for i, w in enumerate(work):
-        if w.multiplier_offer is not None and (
-            w.amount - w.discount - w.redeemed * pv <= 0 or rate == 0
-        ):
+        if w.eligible and (w.amount - w.discount - w.redeemed * pv <= 0 or rate == 0):
             if tr is not None:
                 for row in tr.lines[i]:
-                    gave = row["outcome"] in ("APPLIED", "BEATEN")
+                    gave = row["outcome"] in ("APPLIED", "BEATEN", "CONTROL_GROUP")
                     if row["kind"] == "BONUS_MULTIPLIER" and gave:
                         row.pop("beatenBy", None)
                         row.pop("beatenByDiscountMinor", None)
