@@ -288,13 +288,18 @@ def _pb_receipts(draw: st.DrawFn) -> pb.Receipt:
 @settings(max_examples=300, deadline=None)
 @given(message=_pb_receipts())
 def test_the_fast_receipt_reader_validates_like_json_format(message: pb.Receipt) -> None:
-    """receipt_dict (the hot path) and MessageToDict give the same receipt or the same refusal."""
+    """receipt_dict (the hot path) and MessageToDict give the same receipt or the same refusal,
+    once the receipt's needed texts and lines that proto3 leaves out when empty are given
+    as sent (review 30: one refusal's words at every door, docs/CONTRACT.md §12)."""
     from tillpoint.agent.errors import InputError
     from tillpoint.agent.models import Receipt, parse
     from tillpoint.agent.wire import receipt_dict, to_dict
 
+    as_sent = to_dict(message)
+    as_sent.setdefault("at", "")
+    as_sent["lines"] = [{"sku": "", "qty": "", **line} for line in as_sent.get("lines", [])]
     outcomes = []
-    for data in (receipt_dict(message), to_dict(message)):
+    for data in (receipt_dict(message), as_sent):
         try:
             outcomes.append(parse(Receipt, data, "receipt"))
         except InputError as exc:
