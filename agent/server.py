@@ -29,6 +29,7 @@ from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
 from .grpc_health import ReadinessHealth
 from .limits import REQUEST_MAX_BYTES
+from .models import check_text
 from .service import Agent
 from .wire import checkout_message, message_of, receipt_of, refund_of, status_message
 
@@ -118,7 +119,9 @@ class PosAgentServicer(pb_grpc.PosAgentServicer):
         def run() -> pb.Balance:
             from .cli import parse_time
 
-            at = parse_time(request.at, "balance: at") if request.HasField("at") else None
+            at = None
+            if request.HasField("at"):  # a too long one said as HTTP says it (§10)
+                at = parse_time(check_text("balance: at", request.at), "balance: at")
             return message_of(self.agent.balance(request.card, at))
 
         return self._call(context, run)

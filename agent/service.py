@@ -430,7 +430,7 @@ class Agent:
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
 
     def identify(self, text: str) -> Card:
-        check_text("text", text)
+        check_text("identify: text", text)
         with self._read() as (view, _):
             ident = identify(text, view)
             card = card_of(
@@ -474,7 +474,7 @@ class Agent:
         return codes
 
     def balance(self, card: str, at: datetime | None = None) -> Balance:
-        check_text("card", card)
+        check_text("balance: card", card)
         moment = at or self.clock()
         with self._read() as (view, conn):
             ident = _require_card(identify(card, view))

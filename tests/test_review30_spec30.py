@@ -208,3 +208,43 @@ def test_an_empty_field_is_refused_in_the_same_words_by_every_door(
         getattr(grpc_client, call)(sent)
     assert refused.value.code.name == "INVALID_ARGUMENT"
     assert refused.value.message == words
+
+
+LONG = "1" * 129
+TOO_LONG = [
+    ("identify", {"text": LONG}, ("identify", LONG), "identify: text is too long"),
+    ("balance", {"card": LONG}, ("balance", LONG), "balance: card is too long"),
+    ("balance", {"card": "2770000000017", "at": LONG}, None, "balance: at is too long"),
+]
+
+
+@pytest.mark.parametrize(("call", "body", "argv", "words"), TOO_LONG, ids=["text", "card", "at"])
+def test_a_text_over_128_characters_is_said_alike_by_every_door(
+    doors: tuple[Agent, Client, PosAgentClient],
+    cli: CLI,
+    call: str,
+    body: dict[str, str],
+    argv: tuple[str, ...] | None,
+    words: str,
+) -> None:
+    """docs/CONTRACT.md §10: a text field longer than 128 characters is bad input, said in
+    one sentence whichever door it came through. identify's text and balance's card were
+    "text is too long" and "card is too long" over gRPC and the CLI but "identify: text
+    is too long" and "balance: card is too long" over HTTP; a too long `at` was "balance:
+    at: is too long" over gRPC. (The CLI names its own option: `--at: ...`.)"""
+    _, http, grpc_client = doors
+    expected = f"{words} (at most 128 characters)"
+    answer = http.post(f"/v1/{call}", body)
+    assert (answer.status, answer.json()["error"]) == (
+        400,
+        {"code": "INVALID_ARGUMENT", "message": expected},
+    )
+    with pytest.raises(ClientError) as refused:
+        if call == "identify":
+            grpc_client.identify(body["text"])
+        else:
+            grpc_client.balance(body["card"], body.get("at"))
+    assert (refused.value.code.name, refused.value.message) == ("INVALID_ARGUMENT", expected)
+    if argv is not None:
+        run = cli(*argv, "--json")
+        assert (run.code, run.out, run.err) == (2, "", f"tillpoint: {expected}\n")
