@@ -107,6 +107,18 @@ REFUND = {
 }
 
 
+# the whole of an UNKNOWN card's sale back: its result's balance is null (§4: settled by the hub)
+UNKNOWN_REFUND = {
+    "refundId": "fu",
+    "receiptId": "u",
+    "at": AT_NEXT_DAY,
+    "lines": [
+        {"sku": sku, "qty": qty}
+        for sku, qty in (("4601234000017", "2"), ("4601234000024", "1.5"), ("4601234000055", "1"))
+    ],
+}
+
+
 @pytest.mark.parametrize("explain", [False, True], ids=["plain", "explain"])
 def test_one_receipts_life_answers_alike_through_the_cli_http_and_grpc(
     doors: tuple[Agent, Client, PosAgentClient], cli: CLI, explain: bool
@@ -114,7 +126,8 @@ def test_one_receipts_life_answers_alike_through_the_cli_http_and_grpc(
     """docs/CONTRACT.md §12: the HTTP answer is byte for byte the CLI's `--json` document,
     and the gRPC answer carries the same figures (§1: one proto3 message), for every call
     of one receipt's life: a quote, a hold and its confirm, a checkout, a hold cancelled,
-    a refund, a balance with expiring points, and identify's four outcomes."""
+    a refund, an UNKNOWN card's sale and its refund (balance null), a balance with
+    expiring points, and identify's four outcomes."""
     _, http, grpc_client = doors
     extra = {"explain": True} if explain else {}
     calls: list[tuple[str, Callable[[], Any], tuple[str, Any], tuple[Any, ...]]] = [
@@ -132,6 +145,11 @@ def test_one_receipts_life_answers_alike_through_the_cli_http_and_grpc(
         ("cancel", lambda: grpc_client.cancel("h2"),
          ("/v1/cancel", {"receiptId": "h2"}), ("cancel", "h2")),
         ("refund", lambda: grpc_client.refund(REFUND), ("/v1/refund", REFUND), ("refund", REFUND)),
+        ("unknown card", lambda: grpc_client.checkout(rich_receipt("u", card="2770000000093")),
+         ("/v1/checkout", rich_receipt("u", card="2770000000093")),
+         ("checkout", rich_receipt("u", card="2770000000093"))),
+        ("its refund", lambda: grpc_client.refund(UNKNOWN_REFUND), ("/v1/refund", UNKNOWN_REFUND),
+         ("refund", UNKNOWN_REFUND)),
         ("balance", lambda: grpc_client.balance("2770000000017", AT_NEXT_DAY),
          ("/v1/balance", {"card": "2770000000017", "at": AT_NEXT_DAY}),
          ("balance", "2770000000017", "--at", AT_NEXT_DAY)),
