@@ -466,6 +466,21 @@ class Agent:
             return ScanResult("OFFER", code=text.strip(), offer_id=offer)
         return ScanResult("CARD", card=self.identify(text))
 
+    def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, datetime | None] | None:
+        """Of the offers a queued coupon job holds, those the snapshot still lets print
+        (there and `printable`: a delta may have withdrawn them since the sale), each with
+        its `validTo` now (None: no end); None when no snapshot is loaded (nothing to tell
+        by). The print worker of `tillpoint run` asks before it prints a job (§7)."""
+        with self._read() as (view, _):
+            if view.version == 0:
+                return None
+            found: dict[str, datetime | None] = {}
+            for offer_id in dict.fromkeys(offer_ids):
+                offer = view.offer(offer_id)
+                if offer is not None and offer.printable:
+                    found[offer_id] = offer.valid_to
+            return found
+
     def take_scanned_coupons(self) -> list[str]:
         """The coupon codes scanned since the last call, oldest first (the POS puts them in
         `Receipt.coupons`); the list is empty afterwards."""

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from bench import difflong as dl
@@ -294,6 +296,7 @@ def test_a_receipt_scanned_through_deltas_is_priced_as_a_fresh_till_prices_it(
         scan(BREAD)
         scan("4601234099999")  # no product (yet)
         delta(removed={"products": [MILK]})
+        till.compare("status", None)
         scan(CHEESE)
         delta(
             products=[
@@ -418,3 +421,127 @@ def test_a_store_through_its_autumn_clock_change_is_answered_as_a_fresh_till_ans
         till.check()
     finally:
         till.close()
+
+
+# ---------------------------------------------------------------- a printer coming back
+
+
+def _next_visit(offer_id: str, rank: int, **changes: Any) -> dict[str, Any]:
+    offer: dict[str, Any] = {
+        "id": offer_id,
+        "campaignId": f"camp-{offer_id}",
+        "customerId": "c-a",
+        "kind": "PERCENT_OFF",
+        "skus": [CHEESE],
+        "value": "20",
+        "validFrom": "2026-11-20T00:00:00+03:00",
+        "validTo": "2026-12-31T23:59:59+03:00",
+        "rank": rank,
+        "printable": True,
+        "printText": f"Предложение {offer_id}",
+    }
+    offer.update(changes)
+    return offer
+
+
+def test_a_coupon_waiting_for_the_printer_leaves_off_what_a_delta_withdrew(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §3, §7: a sale picks the customer's printable offers for the next
+    visit, and a job waits in the queue while the printer is off. The hub withdrew one of
+    them meanwhile (a delta removes it), stopped another from printing (`printable`
+    false) and ended a third earlier: when the printer came back the coupon still
+    printed all three as the sale saw them, offers this till no longer gives, with the
+    old end date. Now the worker of `tillpoint run` prints what the snapshot still offers,
+    to the earlier of the two ends; a job left with nothing is not printed, and says why."""
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.queue import PrintWorker
+    from tillpoint.printer.virtual import VirtualPrinter
+
+    from .conftest import receipt
+
+    now = datetime.fromisoformat("2026-11-23T10:20:00+03:00")
+    data = tmp_path / "data"
+    agent = Agent(data, DEVICE, clock=lambda: now)
+    offers = [
+        _next_visit("o-keep", 1),
+        _next_visit("o-gone", 2),
+        _next_visit("o-quiet", 3),
+        _next_visit("o-short", 4),
+    ]
+    try:
+        agent.load_snapshot(snapshot(offers=offers))
+        sale = agent.checkout(receipt_from_json(receipt("r1"))).to_json()
+        assert sale["printedOffers"] == ["o-keep", "o-gone", "o-quiet", "o-short"]
+        lone = {**offers[0], "id": "o-lone", "customerId": "c-b", "rank": 1}
+        agent.load_snapshot(snapshot(version=2, offers=[*offers, lone]))  # Борис's
+        other = agent.checkout(receipt_from_json(receipt("r2", card=BORIS)))
+        assert other.to_json()["printedOffers"] == ["o-lone"]
+        # the printer is off; the hub's delta arrives
+        quiet = {**offers[2], "printable": False}
+        short = {**offers[3], "validTo": "2026-11-30T23:59:59+03:00"}
+        agent.load_snapshot(
+            {
+                "version": 3,
+                "baseVersion": 2,
+                "offers": [quiet, short],
+                "removed": {"offers": ["o-gone", "o-lone"]},
+            }
+        )
+        with VirtualPrinter() as printer:
+            config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
+            worker = PrintWorker(
+                data / "ledger.db", config, clock=lambda: now, offers_now=agent.offers_on_paper
+            )
+            try:
+                assert worker.run_once() == 0
+                assert worker.run_once() == 0
+                (paper,) = printer.wait_for(1)
+                assert paper.codes == ["TP1-o-keep", "TP1-o-short"]
+                assert "по 30.11.2026" in paper.text and "по 31.12.2026" in paper.text
+                lone_job = worker.job("r2")
+                assert lone_job is not None and lone_job["state"] == "FAILED"
+                assert lone_job["last_error"] == (
+                    "every offer was withdrawn by the hub or ended before the printer was"
+                    " back: not printed"
+                )
+            finally:
+                worker.close()
+    finally:
+        agent.close()
+
+
+@pytest.mark.slow
+def test_run_prints_a_waiting_coupon_without_the_offer_a_delta_withdrew(tmp_path: Path) -> None:
+    """docs/CONTRACT.md §7 through `tillpoint run` and a port-9100 printer that is off at
+    the sale: a delta withdraws one of the two offers picked (another process loads it),
+    the printer comes on, and the coupon prints the other one only."""
+    from tillpoint.printer.virtual import VirtualPrinter
+
+    from .conftest import free_port, receipt
+    from .test_review25_print25 import _Till
+
+    data = tmp_path / "data"
+    seed = Agent(data, DEVICE)
+    seed.load_snapshot(snapshot(offers=[_next_visit("o-keep", 1), _next_visit("o-gone", 2)]))
+    seed.close()
+    printer_port = free_port()  # nothing listens: the printer is off
+    till = _Till(tmp_path, data, printer_port)
+    try:
+        code, sale = till.call("POST", "/v1/checkout", receipt("r1"))
+        assert (code, sale["printedOffers"]) == (200, ["o-keep", "o-gone"])
+        status = till.status_until(lambda s: s["printerState"] == "OFFLINE")
+        assert status["printQueueDepth"] == 1
+        other = Agent(data, DEVICE)  # `tillpoint snapshot load` beside `run`
+        try:
+            other.load_snapshot({"version": 2, "baseVersion": 1, "removed": {"offers": ["o-gone"]}})
+        finally:
+            other.close()
+        with VirtualPrinter(port=printer_port) as printer:
+            (paper,) = printer.wait_for(1, timeout_s=15)
+            assert paper.codes == ["TP1-o-keep"]
+            assert "Предложение o-gone" not in paper.text
+            status = till.status_until(lambda s: s["printQueueDepth"] == 0)
+            assert (status["printerState"], status["printQueueDepth"]) == ("OK", 0)
+    finally:
+        till.stop()
