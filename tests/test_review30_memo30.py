@@ -348,6 +348,38 @@ def test_a_receipt_scanned_through_deltas_is_priced_as_a_fresh_till_prices_it(
         till.close()
 
 
+def test_after_a_reset_the_same_version_number_is_priced_from_the_new_data(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §3, §9: versions only grow, so the agent's memos are keyed by the
+    version; a reset (the one way back to version 0) forgets the cache, and the next
+    snapshot may carry a version number the agent has seen with other data. Quotes on
+    the same agent (its reader connections kept) after the reset price from the new data,
+    as a fresh agent does."""
+    clock = Clock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    first = snapshot(offers=[{"id": "m-1", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10"}])
+    till = Till(tmp_path, clock, first)
+    try:
+        body = sale("z-1", clock(), lines=[{"sku": MILK, "qty": "2", "priceMinor": 8990}])
+        before = till.compare("quote", body)
+        assert before[1]["lines"][0]["discountMinor"] == 1798
+        till.agent.reset(force=True)
+        again = snapshot(
+            issuedAt="2026-11-23T05:00:00Z",
+            offers=[{"id": "m-1", "kind": "PERCENT_OFF", "categories": ["food"], "value": "30"}],
+            products=[{"sku": MILK, "name": "Молоко", "category": "bakery"}],
+        )
+        till.load(again)  # version 1 again, other data
+        after = till.compare("quote", body)
+        assert after[1]["lines"][0]["discountMinor"] == 5394
+        till.compare("quote", {**body, "receiptId": "z-2", "explain": True})
+        till.compare("checkout", body)
+        till.compare("status", None)
+        till.check()
+    finally:
+        till.close()
+
+
 # ---------------------------------------------------------------- a daylight-saving store
 
 
