@@ -426,9 +426,8 @@ def test_a_store_through_its_autumn_clock_change_is_answered_as_a_fresh_till_ans
         nonlocal n
         n += 1
         now = clock().astimezone(ZoneInfo(zone))  # as the store's POS stamps it
-        for card in (ANNA, BORIS):
-            till.compare("quote", sale(f"q-{n}-{card[-2:]}", now, card=card, redeemPoints=-1))
-            till.compare("balance", {"card": card, "at": now.isoformat()})
+        till.compare("quote", sale(f"q-{n}", now, card=BORIS, redeemPoints=-1))
+        till.compare("balance", {"card": ANNA, "at": now.isoformat()})
         till.compare("checkout", sale(f"c-{n}", now, redeemPoints=25))
         till.compare("hold", sale(f"h-{n}", now, card=BORIS, redeemPoints=-1))
 
@@ -445,7 +444,7 @@ def test_a_store_through_its_autumn_clock_change_is_answered_as_a_fresh_till_ans
         till.compare("cancel", {"receiptId": "h-4"})
         clock.passes(24 * 3600)  # Monday 02:10: the first sales' points are spendable
         round_of_calls()
-        for day in (23, 25, 26, 27):  # balances through the night, and after the expiry
+        for day in (25, 27):  # balances through the night, and after the expiry
             for hour in ("01:30:00+02:00", "02:30:00+02:00", "02:30:00+01:00", "03:30:00+01:00"):
                 moment = f"2026-10-{day}T{hour}"
                 till.compare("balance", {"card": ANNA, "at": moment})
