@@ -172,17 +172,17 @@ def _as_offered_now(payload: PrintPayload, offers_now: OffersNow | None) -> Prin
     if offers_now is None or not payload.offers:
         return payload
     try:
-        now = offers_now([o.id for o in payload.offers])
+        current = offers_now([o.id for o in payload.offers])
     except Exception:  # the cache unreadable now: printed as queued, never held up
         log.warning("the offers of a print job could not be read from the snapshot", exc_info=True)
         return payload
-    if now is None:
+    if current is None:
         return payload
     kept = []
     for offer in payload.offers:
-        if offer.id not in now:
+        if offer.id not in current:
             continue
-        end = now[offer.id]
+        end = current[offer.id]
         if end is not None and (offer.valid_to is None or end < offer.valid_to):
             offer = offer.model_copy(update={"valid_to": end})
         kept.append(offer)
