@@ -576,3 +576,56 @@ def test_run_prints_a_waiting_coupon_without_the_offer_a_delta_withdrew(tmp_path
             assert (status["printerState"], status["printQueueDepth"]) == ("OK", 0)
     finally:
         till.stop()
+
+
+def test_a_hold_placed_while_the_wall_clock_is_stepped_keeps_its_whole_time(
+    tmp_path: Path,
+) -> None:
+    """docs/CONTRACT.md §11: a hold lives `holdTtlSeconds` of time that passes. A till with
+    a hub asks it for the points while it prices a Hold (up to 300 ms); NTP set the clock
+    an hour back during that request. The hold's expiry was worked out on the new clock,
+    and the till followed the step at its next call, moving the open holds, this one too:
+    an hour off, it had expired at once ("hold expired" at Confirm, the payment taken).
+    Now the step is followed before the hold's times are made, so they keep its TTL."""
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+    clock = Clock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = sample_master_data()
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    enrollment = hub.enroll(DEVICE, tmp_path / "till")
+    link = HubLink(hub.address, enrollment)
+    steps = [-3600.0]
+
+    class SteppedDuringTheRequest(HubAuthoriser):
+        """The hub's real authoriser; the wall clock is set back while it asks."""
+
+        def authorise(self, *args: Any, **kwargs: Any) -> Any:
+            if steps:
+                clock.stepped(steps.pop())
+            return super().authorise(*args, **kwargs)
+
+    authoriser = SteppedDuringTheRequest(link, tmp_path / "till", DEVICE, 3.0)
+    agent = Agent(tmp_path / "till", DEVICE, clock=clock, monotonic=clock.steady, hub=authoriser)
+    try:
+        program = {**data["program"], "holdTtlSeconds": 1800}
+        agent.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
+        lines = [{"sku": MILK, "qty": "1", "amountMinor": 500_000}]
+        body = sale("h-1", clock(), card="2770000000017", redeemPoints=100, lines=lines)
+        held = agent.hold(receipt_from_json(body)).to_json()
+        assert (held["state"], held["mode"], held["redeemedPoints"]) == ("HELD", "ONLINE", 100)
+        expires = datetime.fromisoformat(held["holdExpiresAt"])
+        assert expires == clock() + timedelta(seconds=1800)  # on the stepped clock
+
+        clock.passes(60)
+        agent.quote(receipt_from_json(sale("q-1", clock())))  # no step since: nothing moves
+        again = agent.hold(receipt_from_json(body)).to_json()
+        assert (again["state"], again["holdExpiresAt"]) == ("HELD", held["holdExpiresAt"])
+        confirmed = agent.confirm("h-1").to_json()
+        assert (confirmed["state"], confirmed["redeemedPoints"]) == ("CONFIRMED", 100)
+    finally:
+        agent.close()
+        authoriser.close()
+        link.close()
+        hub.stop()
