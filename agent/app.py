@@ -158,6 +158,8 @@ def run(settings: Settings) -> int:
         # in a loop (no restart mends a damaged file)
         raise Refused(exc.message) from None
     greet_on_scan(agent.scan, devices)  # a scan: a coupon for the receipt, or a card
+    # a coupon job prints what the snapshot still offers when the printer takes it (§7)
+    devices.worker.offers_now = agent.offers_on_paper
     register_gauges(registry, agent)
     register_collector_gauges(registry)
     grpc_workers = ThreadPoolExecutor(settings.server.max_workers)

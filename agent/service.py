@@ -245,6 +245,7 @@ class _Early:
     version: int
     marks: tuple[Any, ...]
     ready: _Ready
+    program: Program
 
 
 @dataclass(frozen=True)
@@ -466,6 +467,21 @@ class Agent:
             return ScanResult("OFFER", code=text.strip(), offer_id=offer)
         return ScanResult("CARD", card=self.identify(text))
 
+    def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, datetime | None] | None:
+        """Of the offers a queued coupon job holds, those the snapshot still lets print
+        (there and `printable`: a delta may have withdrawn them since the sale), each with
+        its `validTo` now (None: no end); None when no snapshot is loaded (nothing to tell
+        by). The print worker of `tillpoint run` asks before it prints a job (§7)."""
+        with self._read() as (view, _):
+            if view.version == 0:
+                return None
+            found: dict[str, datetime | None] = {}
+            for offer_id in dict.fromkeys(offer_ids):
+                offer = view.offer(offer_id)
+                if offer is not None and offer.printable:
+                    found[offer_id] = offer.valid_to
+            return found
+
     def take_scanned_coupons(self) -> list[str]:
         """The coupon codes scanned since the last call, oldest first (the POS puts them in
         `Receipt.coupons`); the list is empty afterwards."""
@@ -553,7 +569,7 @@ class Agent:
         request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
-            early = self._price_early(receipt, confirm_now=True)
+            early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
             with self._lock, self._write(), self._view() as view:
                 state, result, typed = self._hold(
                     receipt, view, confirm_now=True, request=request, early=early
@@ -579,7 +595,7 @@ class Agent:
         request = _Request.of(receipt)
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
-            early = self._price_early(receipt, confirm_now=False)
+            early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
             with self._lock, self._write(), self._view() as view:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
@@ -650,34 +666,46 @@ class Agent:
                 self._release_at_hub(rid)
         return len(due)
 
-    def _follow_clock_step(self) -> None:
+    def _clock_followed(self, early: _Early | None, confirm_now: bool) -> _Early | None:
+        """`early` with its times made again when the wall clock was stepped while it was
+        priced (a hub request takes up to its deadline): the open holds are moved by the
+        step here, and a hold made on one side of the step and stored after the holds
+        were moved on the other would be off by the step (expired at once after a step
+        back). Its figures stand; only its times (`_ready`) are read again."""
+        if early is None or not self._follow_clock_step():
+            return early
+        return replace(early, ready=self._ready(early.done, early.program, confirm_now))
+
+    def _follow_clock_step(self) -> bool:
         """A hold lives `holdTtlSeconds` of time that passes (the contract §11), but its
         expiry is stored as a wall-clock time: when the wall clock was stepped since the
         last reading (NTP set it an hour back or forward), move the open holds' expiry by
         the step, so that a step back does not stretch a hold past the hub's copy of it
-        and a step forward does not expire at once a hold whose payment is being taken."""
+        and a step forward does not expire at once a hold whose payment is being taken.
+        True when it moved them (a step was followed)."""
         # The system's steady clock goes with the system's wall clock only: a clock set in
         # its place (a test's, moved to make time pass) is taken as steady unless it
         # comes with its own `monotonic`.
         steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
         if steady is None:
-            return
+            return False
         with self._mark_lock:  # not the agent's lock: a quote does not wait for a commit
             wall, passed = self.clock(), steady()
             mark, self._clock_mark = self._clock_mark, (wall, passed)
         if mark is None:
-            return
+            return False
         step = (wall - mark[0]).total_seconds() - (passed - mark[1])
         if abs(step) < CLOCK_STEP_S:
-            return
+            return False
         try:
             with self._lock, self._write() as conn:
                 ledger.shift_open_holds(conn, timedelta(seconds=step))
         except StorageError:  # logged by `_write`; the next call tries again
             with self._mark_lock:
                 self._clock_mark = mark
-            return
+            return False
         log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
+        return True
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
         """True: released. False: the hub was not reached (or there is none);
@@ -911,6 +939,7 @@ class Agent:
                 view.version,
                 self._marks(conn, done, program),
                 self._ready(done, program, confirm_now),
+                program,
             )
 
     def _still(self, early: _Early, view: CacheView) -> bool:

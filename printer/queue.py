@@ -56,7 +56,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,6 +157,38 @@ def _receipt_now(job: _Job, payload: PrintPayload, now: datetime) -> datetime:
     if payload.at is None or job.created_at is None:
         return now
     return payload.at + max(now - job.created_at, timedelta(0))
+
+
+# What the snapshot offers now of a job's offers (`PrintWorker.offers_now`): given their
+# ids, the ones still there and printable, each with its `validTo` now (None: no end);
+# None when it cannot tell (no snapshot loaded): the job prints as it was queued.
+OffersNow = Callable[[Sequence[str]], Mapping[str, datetime | None] | None]
+
+
+def _as_offered_now(payload: PrintPayload, offers_now: OffersNow | None) -> PrintPayload:
+    """The job without the offers the hub withdrew while it waited (removed by a delta, or
+    no longer printable), each of the others to the earlier of its two ends (a coupon
+    never promises more than the snapshot gives now, nor more than the sale gave)."""
+    if offers_now is None or not payload.offers:
+        return payload
+    try:
+        current = offers_now([o.id for o in payload.offers])
+    except Exception:  # the cache unreadable now: printed as queued, never held up
+        log.warning("the offers of a print job could not be read from the snapshot", exc_info=True)
+        return payload
+    if current is None:
+        return payload
+    kept = []
+    for offer in payload.offers:
+        if offer.id not in current:
+            continue
+        end = current[offer.id]
+        if end is not None and (offer.valid_to is None or end < offer.valid_to):
+            offer = offer.model_copy(update={"valid_to": end})
+        kept.append(offer)
+    if kept == payload.offers:
+        return payload
+    return payload.model_copy(update={"offers": kept})
 
 
 def _still_valid(job: _Job, payload: PrintPayload, now: datetime) -> PrintPayload:
@@ -327,8 +359,12 @@ class PrintWorker:
         *,
         rng: random.Random | None = None,
         create_schema: bool = True,
+        offers_now: OffersNow | None = None,
     ) -> None:
         self.db_path = Path(db_path)
+        # `tillpoint run` gives the agent's look-up (`Agent.offers_on_paper`): a job prints
+        # only what the snapshot still offers when the printer takes it (`_as_offered_now`)
+        self.offers_now = offers_now
         self.config = config
         self.disabled = config.kind == "none"
         self._factory = printer_factory or (lambda: make_transport(config))
@@ -508,8 +544,9 @@ class PrintWorker:
         except InputError as exc:
             self._fail(job, str(exc))
             return 0.0
-        kept = _still_valid(job, payload, now)  # without the offers that ended meanwhile
-        stale = self._stale(job, payload, kept, now)
+        offered = _as_offered_now(payload, self.offers_now)  # without those withdrawn since
+        kept = _still_valid(job, offered, now)  # without the offers that ended meanwhile
+        stale = self._stale(job, payload, kept, now, withdrawn=offered != payload)
         if stale:
             self._fail(job, stale)
             return 0.0
@@ -526,11 +563,22 @@ class PrintWorker:
         return 0.0
 
     def _stale(
-        self, job: _Job, payload: PrintPayload, kept: PrintPayload, now: datetime
+        self,
+        job: _Job,
+        payload: PrintPayload,
+        kept: PrintPayload,
+        now: datetime,
+        *,
+        withdrawn: bool = False,
     ) -> str | None:
         """Why the job is not printed at all (`kept`: the payload without the offers that
-        ended while it waited), or None."""
+        ended or were withdrawn while it waited), or None."""
         if payload.offers and not kept.offers:
+            if withdrawn:
+                return (
+                    "every offer was withdrawn by the hub or ended before the printer was"
+                    " back: not printed"
+                )
             return "every offer expired before the printer was back: not printed"
         max_age = self.config.max_job_age_s
         if (
