@@ -1,0 +1,81 @@
+"""Review 30 (left30): what earlier sessions left open — a phone at rest, the explain
+trace's shape, fractional seconds at a validity bound, coupons without a printer, and
+over-long identifiers."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from .conftest import CLI, receipt, snapshot
+
+# ------------------------------------------------------------ 1. a phone at rest (§4)
+
+PHONES = ("9991112233", "9161234567")  # nobody's; Анна's (c-a)
+
+
+def _ledger_text(data_dir: Path) -> str:
+    """Every value of every table of the till's SQLite files, as one text."""
+    seen: list[str] = []
+    for name in ("ledger.db", "cache.db"):
+        conn = sqlite3.connect(data_dir / name)
+        try:
+            tables = [
+                t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            for table in tables:
+                seen += [repr(row) for row in conn.execute(f'SELECT * FROM "{table}"')]
+        finally:
+            conn.close()
+    return "\n".join(seen)
+
+
+def _rows(data_dir: Path, sql: str) -> list[Any]:
+    conn = sqlite3.connect(data_dir / "ledger.db")
+    try:
+        return list(conn.execute(sql))
+    finally:
+        conn.close()
+
+
+def test_a_phone_is_never_kept_by_the_till(cli: CLI, tmp_path: Path) -> None:
+    """docs/CONTRACT.md §4: a phone's digits land nowhere at rest — not in the receipt's
+    row, the journal, the outbox the hub reads, nor the stored request — whether it found
+    its customer or nobody; a retry is still a retry and another body still a conflict."""
+    data = tmp_path / "data"
+    assert cli("snapshot", "load", snapshot()).code == 0
+    nobody = cli("checkout", receipt("r-1", "+7 999 111-22-33"), "--json")
+    assert nobody.code == 0, nobody.err
+    assert nobody.json()["card"] == {"status": "UNKNOWN"}
+    assert nobody.json()["earnedPoints"] == 5  # accrued all the same (§4's table)
+    typed = cli("checkout", receipt("r-2", "8 999 111 22 33"), "--json")
+    assert typed.code == 0, typed.err
+    anna = cli("checkout", receipt("r-3", "8-916-123-45-67"), "--json")
+    assert anna.json()["card"]["customerId"] == "c-a"
+    assert cli("hold", receipt("r-4", "+79161234567"), "--json").code == 0
+    held_text = _ledger_text(data)
+    assert cli("confirm", "r-4", "--json").code == 0
+    refund = {
+        "refundId": "f-1",
+        "receiptId": "r-1",
+        "at": "2026-11-24T12:00:00+03:00",
+        "lines": [{"sku": "4601234000017", "qty": "1"}],
+    }
+    assert cli("refund", refund, "--json").code == 0
+    for text in (held_text, _ledger_text(data)):
+        for phone in PHONES:
+            assert phone not in text
+    # the sale to a phone of nobody is journalled and sent under one keyed form of the
+    # phone, the same for both spellings and for its refund (the hub settles by it)
+    cards = _rows(data, "SELECT card FROM journal ORDER BY seq")
+    assert cards[0] == cards[1] == cards[-1]
+    assert cards[0][0].startswith("phone:") and len(cards[0][0]) == len("phone:") + 64
+    assert ("2770000000017",) in cards  # Анна's sales: her card, as before
+    # a retry (spelt another way) answers the stored result; another body is a conflict
+    again = cli("checkout", receipt("r-1", "+7999 1112233"), "--json")
+    assert again.code == 0, again.err
+    assert again.json() == nobody.json()
+    other = cli("checkout", receipt("r-1", "+79991112234"), "--json")
+    assert other.code == 2 and "another body" in other.err
+    assert cli("checkout", receipt("r-3", "+79161234567"), "--json").json() == anna.json()
