@@ -79,3 +79,74 @@ def test_a_phone_is_never_kept_by_the_till(cli: CLI, tmp_path: Path) -> None:
     other = cli("checkout", receipt("r-1", "+79991112234"), "--json")
     assert other.code == 2 and "another body" in other.err
     assert cli("checkout", receipt("r-3", "+79161234567"), "--json").json() == anna.json()
+
+
+# ------------------------------------------------------------ 2. the trace's figures (§17)
+
+WINDOW = {"validFrom": "2026-11-01T00:00:00+03:00", "validTo": "2026-11-30T23:59:59+03:00"}
+SUNDAYS = {"weekdays": [7], **WINDOW}  # 2026-11-23 is a Monday
+BREAD = "4601234000024"
+
+
+def test_every_trace_row_tells_its_terms_and_a_figure_only_when_weighed(cli: CLI) -> None:
+    """docs/CONTRACT.md §17: a receipt offer always tells its terms (`percent`, `points`:
+    what it gives once its threshold is met), and `discountMinor` only when it was weighed;
+    a money line offer that was weighed tells its `discountMinor`, 0 included; one set aside
+    before (outside its window, below its minimum qty) tells none."""
+    offers = [
+        {"id": "x-far", "kind": "EXTRA_POINTS", "value": "50", "minTotalMinor": 100000, **WINDOW},
+        {"id": "x-sun", "kind": "EXTRA_POINTS", "value": "20", "minTotalMinor": 100, **SUNDAYS},
+        {"id": "x-ok", "kind": "EXTRA_POINTS", "value": "10", "minTotalMinor": 100, **WINDOW},
+        {
+            "id": "p-far",
+            "kind": "RECEIPT_PERCENT_OFF",
+            "value": "5",
+            "minTotalMinor": 100000,
+            **WINDOW,
+        },
+        {
+            "id": "p-sun",
+            "kind": "RECEIPT_PERCENT_OFF",
+            "value": "2",
+            "minTotalMinor": 100,
+            **SUNDAYS,
+        },
+        {"id": "l-zero", "kind": "AMOUNT_OFF", "skus": [BREAD], "value": "0", **WINDOW},
+        {
+            "id": "l-qty",
+            "kind": "PERCENT_OFF",
+            "skus": [BREAD],
+            "value": "5",
+            "minQty": "5",
+            **WINDOW,
+        },
+        {"id": "l-ten", "kind": "PERCENT_OFF", "skus": [BREAD], "value": "10", **WINDOW},
+    ]
+    assert cli("snapshot", "load", snapshot(offers=offers)).code == 0
+    lines = [{"sku": BREAD, "qty": "1", "priceMinor": 5000}]
+    got = cli("quote", receipt("q-1", lines=lines), "--explain", "--json")
+    assert got.code == 0, got.err
+    trace = got.json()["trace"]
+    rows = {r["offerId"]: r for r in trace["receiptOffers"]}
+    assert rows["x-far"]["outcome"] == "BELOW_MIN_TOTAL" and rows["x-far"]["points"] == 50
+    assert rows["x-sun"]["outcome"] == "OUTSIDE_WINDOW" and rows["x-sun"]["points"] == 20
+    assert rows["x-ok"]["outcome"] == "APPLIED" and rows["x-ok"]["points"] == 10
+    assert rows["p-far"]["outcome"] == "BELOW_MIN_TOTAL" and rows["p-far"]["percent"] == "5"
+    assert rows["p-sun"]["outcome"] == "OUTSIDE_WINDOW" and rows["p-sun"]["percent"] == "2"
+    weighed = {"x-ok"}
+    for row in rows.values():
+        told = "discountMinor" in row
+        assert told == (row["kind"] == "RECEIPT_PERCENT_OFF" and row["offerId"] in weighed)
+        assert list(row)[3:6] == ["minTotalMinor", "basketMinor", "missingMinor"]
+    line = {r["offerId"]: r for r in trace["lines"][0]["offers"]}
+    assert line["l-zero"]["outcome"] == "ZERO_DISCOUNT" and line["l-zero"]["discountMinor"] == 0
+    assert line["l-qty"]["outcome"] == "BELOW_MIN_QTY" and "discountMinor" not in line["l-qty"]
+    assert line["l-ten"] == {
+        "offerId": "l-ten",
+        "kind": "PERCENT_OFF",
+        "outcome": "APPLIED",
+        "discountMinor": 500,
+    }
+    # the trace changes no figure (§17)
+    plain = cli("quote", receipt("q-1", lines=lines), "--json").json()
+    assert {k: v for k, v in got.json().items() if k != "trace"} == plain
