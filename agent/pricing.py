@@ -19,7 +19,7 @@ from itertools import chain
 from typing import Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
-from .expiry import days_later
+from .expiry import days_later, last_instant
 from .models import LINE_KINDS, LINE_MONEY_KINDS, Customer, Offer, Program, Receipt, micros
 from .money import frac, round_half_up_ratio, split_integer
 
@@ -1130,7 +1130,7 @@ def offers_to_print(
         for o in offers
         if o.printable
         and o.customer_id == customer.id
-        and (o.valid_to is None or o.valid_to >= at)
+        and (o.valid_to is None or last_instant(o.valid_to) >= at)
         and (o.valid_from is None or o.valid_from <= horizon)
         # valid now but outside its window (§14): not printed for this visit
         and not (

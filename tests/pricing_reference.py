@@ -930,7 +930,11 @@ def offers_to_print(
         for o in offers
         if o.printable
         and o.customer_id == customer.id
-        and (o.valid_to is None or o.valid_to >= at)
+        # an end in whole seconds holds through that second (CONTRACT §2, review 30)
+        and (
+            o.valid_to is None
+            or o.valid_to + timedelta(microseconds=999_999) * (not o.valid_to.microsecond) >= at
+        )
         and (o.valid_from is None or o.valid_from <= horizon)
         # valid now but outside its window (§14): not printed for this visit
         and not (

@@ -150,3 +150,80 @@ def test_every_trace_row_tells_its_terms_and_a_figure_only_when_weighed(cli: CLI
     # the trace changes no figure (§17)
     plain = cli("quote", receipt("q-1", lines=lines), "--json").json()
     assert {k: v for k, v in got.json().items() if k != "trace"} == plain
+
+
+# ------------------------------------------------- 3. a bound's last second (§2, §5, §14)
+
+LAST_DAY = "2026-11-30T23:59:59+03:00"
+CHEESE, MILK = "4601234000055", "4601234000017"
+
+
+def _last_second_snapshot() -> dict[str, Any]:
+    til = {"validFrom": "2026-11-01T00:00:00+03:00", "validTo": LAST_DAY}
+    later = {"validFrom": "2026-11-01T00:00:00+03:00", "validTo": "2026-12-31T23:59:59+03:00"}
+    offers = [
+        {
+            "id": "l-bread",
+            "kind": "PERCENT_OFF",
+            "skus": [BREAD],
+            "value": "10",
+            "customerId": "c-a",
+            "printable": True,
+            "printText": "−10% на хлеб",
+            **til,
+        },
+        {
+            "id": "m-cheese",
+            "kind": "MULTIBUY",
+            "skus": [CHEESE],
+            "buyQty": "1",
+            "freeQty": "1",
+            **til,
+        },
+        {"id": "r-5", "kind": "RECEIPT_PERCENT_OFF", "value": "5", "minTotalMinor": 100, **til},
+        {"id": "x-10", "kind": "EXTRA_POINTS", "value": "10", "minTotalMinor": 100, **til},
+        {
+            "id": "x-coupon",
+            "kind": "EXTRA_POINTS",
+            "value": "7",
+            "minTotalMinor": 100,
+            "couponRequired": True,
+            **later,
+        },
+    ]
+    snap = snapshot(offers=offers)
+    snap["coupons"] = [{"code": "LAST1", "offerId": "x-coupon", **til}]
+    snap["customers"][0]["expiring"] = [{"points": 300, "expiresAt": LAST_DAY}]
+    return snap
+
+
+def test_a_bound_in_whole_seconds_holds_through_its_last_second(cli: CLI) -> None:
+    """docs/CONTRACT.md §2, §5: a `validTo` (or `expiresAt`) written in whole seconds,
+    "23:59:59", holds through that second: a sale at 23:59:59.000, .500 or .999 gets the
+    line offer, the deal, the receipt offers, the coupon and the printed offer, and the
+    expiring points still count; at 00:00:00.000 none of them does."""
+    assert cli("snapshot", "load", _last_second_snapshot()).code == 0
+    lines = [
+        {"sku": BREAD, "qty": "1", "priceMinor": 5000},
+        {"sku": CHEESE, "qty": "2", "priceMinor": 30000},
+        {"sku": MILK, "qty": "1", "priceMinor": 10000},
+    ]
+    for n, (at, valid) in enumerate(
+        [
+            ("2026-12-01T00:00:00.000+03:00", False),  # first: nothing printed before it
+            ("2026-11-30T23:59:59+03:00", True),
+            ("2026-11-30T23:59:59.500+03:00", True),
+            ("2026-11-30T20:59:59.999999Z", True),
+            ("2026-11-30T23:59:59.999+03:00", True),
+        ]
+    ):
+        body = receipt(f"s-{n}", at=at, lines=lines, coupons=["LAST1"])
+        got = cli("quote", body, "--json").json()
+        offers = [line["offerId"] for line in got["lines"]]
+        assert offers == (["l-bread", "m-cheese", "r-5"] if valid else [None] * 3), at
+        assert got["coupons"][0]["status"] == ("APPLIED" if valid else "REJECTED"), at
+        balance = cli("balance", "2770000000017", "--at", at, "--json").json()
+        assert balance["availablePoints"] == (1200 if valid else 900), at
+        if n in (0, 4):  # committed (the coupon used last): the offer printed for the next visit
+            sold = cli("checkout", body, "--json").json()
+            assert sold["printedOffers"] == (["l-bread"] if valid else []), at
