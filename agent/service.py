@@ -430,7 +430,7 @@ class Agent:
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
 
     def identify(self, text: str) -> Card:
-        check_text("text", text)
+        check_text("identify: text", text)
         with self._read() as (view, _):
             ident = identify(text, view)
             card = card_of(
@@ -450,7 +450,7 @@ class Agent:
         (its dashes dropped, it read as an INVALID one)."""
         from tillpoint.printer.codes import parse_offer_code
 
-        check_text("text", text)
+        check_text("scan: text", text)
         code = coupon_code(text)
         if code:
             with self._lock, self._view() as view:
@@ -474,7 +474,7 @@ class Agent:
         return codes
 
     def balance(self, card: str, at: datetime | None = None) -> Balance:
-        check_text("card", card)
+        check_text("balance: card", card)
         moment = at or self.clock()
         with self._read() as (view, conn):
             ident = _require_card(identify(card, view))
@@ -598,8 +598,7 @@ class Agent:
         receipt_id = _receipt_id(receipt_id, "confirm")
         if fiscal_document is not None and len(fiscal_document) > MAX_FISCAL_DOCUMENT:
             raise InputError(
-                f"fiscalDocument: at most {MAX_FISCAL_DOCUMENT} characters"
-                f" (got {len(fiscal_document)})"
+                f"confirm: fiscalDocument is too long (at most {MAX_FISCAL_DOCUMENT} characters)"
             )
         if fiscal_document is not None and has_controls(fiscal_document):
             # A NUL is stored, pushed and then refused by the hub's PostgreSQL for good.

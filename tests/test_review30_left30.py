@@ -227,3 +227,142 @@ def test_a_bound_in_whole_seconds_holds_through_its_last_second(cli: CLI) -> Non
         if n in (0, 4):  # committed (the coupon used last): the offer printed for the next visit
             sold = cli("checkout", body, "--json").json()
             assert sold["printedOffers"] == (["l-bread"] if valid else []), at
+
+
+# --------------------------------------------------- 5. over-long identifiers (§10, §11)
+
+
+def test_an_over_long_identifier_gets_the_same_words_at_every_door(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §10, §11, §12: a receiptId, refundId, coupon code, identify's text or
+    balance's card over 128 characters, a fiscalDocument over 64, is refused with the same
+    one-line message by the CLI (exit 2), HTTP (400) and gRPC (INVALID_ARGUMENT), nothing
+    stored; the fiscal document's words are those of every other field ("is too long")."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    import grpc
+    from google.protobuf import json_format
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    from .conftest import grpc_served
+
+    long, refund_id = "r" * 129, "f" * 129
+    refund = {
+        "refundId": refund_id,
+        "receiptId": "h-1",
+        "at": "2026-11-24T12:00:00+03:00",
+        "lines": [{"sku": MILK, "qty": "1"}],
+    }
+    cases: list[tuple[str, list[Any], str, dict[str, Any], str, Any]] = [
+        (
+            "receipt: receiptId is too long (at most 128 characters)",
+            ["checkout", receipt(long), "--json"],
+            "/v1/checkout",
+            receipt(long),
+            "Checkout",
+            json_format.ParseDict(receipt(long), pb.Receipt()),
+        ),
+        (
+            "receipt: coupons[0] is too long (at most 128 characters)",
+            ["hold", receipt("c-1", coupons=["C" * 129]), "--json"],
+            "/v1/hold",
+            receipt("c-1", coupons=["C" * 129]),
+            "Hold",
+            json_format.ParseDict(receipt("c-1", coupons=["C" * 129]), pb.Receipt()),
+        ),
+        (
+            "confirm: fiscalDocument is too long (at most 64 characters)",
+            ["confirm", "h-1", "--fiscal", "F" * 65, "--json"],
+            "/v1/confirm",
+            {"receiptId": "h-1", "fiscalDocument": "F" * 65},
+            "Confirm",
+            pb.ConfirmRequest(receipt_id="h-1", fiscal_document="F" * 65),
+        ),
+        (
+            "confirm: receiptId is too long (at most 128 characters)",
+            ["confirm", long, "--json"],
+            "/v1/confirm",
+            {"receiptId": long},
+            "Confirm",
+            pb.ConfirmRequest(receipt_id=long),
+        ),
+        (
+            "cancel: receiptId is too long (at most 128 characters)",
+            ["cancel", long, "--json"],
+            "/v1/cancel",
+            {"receiptId": long},
+            "Cancel",
+            pb.CancelRequest(receipt_id=long),
+        ),
+        (
+            "refund: refundId is too long (at most 128 characters)",
+            ["refund", refund, "--json"],
+            "/v1/refund",
+            refund,
+            "Refund",
+            json_format.ParseDict(refund, pb.Refund()),
+        ),
+        (
+            "identify: text is too long (at most 128 characters)",
+            ["identify", "1" * 129, "--json"],
+            "/v1/identify",
+            {"text": "1" * 129},
+            "Identify",
+            pb.IdentifyRequest(text="1" * 129),
+        ),
+        (
+            "balance: card is too long (at most 128 characters)",
+            ["balance", "1" * 129, "--json"],
+            "/v1/balance",
+            {"card": "1" * 129},
+            "Balance",
+            pb.BalanceRequest(card="1" * 129),
+        ),
+    ]
+    assert cli("snapshot", "load", snapshot()).code == 0
+    assert cli("hold", receipt("h-1"), "--json").code == 0
+    agent = Agent(tmp_path / "doors", "till-1")
+    agent.load_snapshot(snapshot())
+    agent.hold(receipt_from_json(receipt("h-1")))
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    before = {d: _ledger_text(d) for d in (tmp_path / "data", tmp_path / "doors")}
+    try:
+        with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.PosAgentStub(channel)
+            for words, argv, path, body, rpc, message in cases:
+                run = cli(*argv)
+                assert (run.code, run.out, run.err) == (2, "", f"tillpoint: {words}\n"), words
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{server.port}{path}",
+                    data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                try:
+                    urllib.request.urlopen(request, timeout=10)
+                    raise AssertionError(f"{path} took {words}")
+                except urllib.error.HTTPError as exc:
+                    error = json.loads(exc.read())["error"]
+                    assert (exc.code, error) == (
+                        400,
+                        {"code": "INVALID_ARGUMENT", "message": words},
+                    ), words
+                try:
+                    getattr(stub, rpc)(message, timeout=10)
+                    raise AssertionError(f"{rpc} took {words}")
+                except grpc.RpcError as exc:
+                    assert (exc.code(), exc.details()) == (
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        words,
+                    ), words
+    finally:
+        server.stop()
+        agent.close()
+    assert before == {d: _ledger_text(d) for d in (tmp_path / "data", tmp_path / "doors")}
