@@ -67,7 +67,7 @@ def test_a_phone_is_never_kept_by_the_till(cli: CLI, tmp_path: Path) -> None:
         for phone in PHONES:
             assert phone not in text
     # the sale to a phone of nobody is journalled and sent under one keyed form of the
-    # phone, the same for both spellings and for its refund (the hub settles by it)
+    # phone, the same for both spellings and for its refund (one key at the hub)
     cards = _rows(data, "SELECT card FROM journal ORDER BY seq")
     assert cards[0] == cards[1] == cards[-1]
     assert cards[0][0].startswith("phone:") and len(cards[0][0]) == len("phone:") + 64
@@ -97,6 +97,14 @@ def test_every_trace_row_tells_its_terms_and_a_figure_only_when_weighed(cli: CLI
         {"id": "x-far", "kind": "EXTRA_POINTS", "value": "50", "minTotalMinor": 100000, **WINDOW},
         {"id": "x-sun", "kind": "EXTRA_POINTS", "value": "20", "minTotalMinor": 100, **SUNDAYS},
         {"id": "x-ok", "kind": "EXTRA_POINTS", "value": "10", "minTotalMinor": 100, **WINDOW},
+        # weighed, and gives nothing: the only line has its line offer
+        {
+            "id": "p-zero",
+            "kind": "RECEIPT_PERCENT_OFF",
+            "value": "3",
+            "minTotalMinor": 100,
+            **WINDOW,
+        },
         {
             "id": "p-far",
             "kind": "RECEIPT_PERCENT_OFF",
@@ -133,7 +141,8 @@ def test_every_trace_row_tells_its_terms_and_a_figure_only_when_weighed(cli: CLI
     assert rows["x-ok"]["outcome"] == "APPLIED" and rows["x-ok"]["points"] == 10
     assert rows["p-far"]["outcome"] == "BELOW_MIN_TOTAL" and rows["p-far"]["percent"] == "5"
     assert rows["p-sun"]["outcome"] == "OUTSIDE_WINDOW" and rows["p-sun"]["percent"] == "2"
-    weighed = {"x-ok"}
+    assert rows["p-zero"]["outcome"] == "ZERO_DISCOUNT" and rows["p-zero"]["discountMinor"] == 0
+    weighed = {"x-ok", "p-zero"}
     for row in rows.values():
         told = "discountMinor" in row
         assert told == (row["kind"] == "RECEIPT_PERCENT_OFF" and row["offerId"] in weighed)
