@@ -2307,14 +2307,19 @@ class _Request:
     @property
     def digest(self) -> str:
         if self._digest is None:
-            self._digest = request_digest(self.data)
+            # over the request as kept (a phone in its keyed form): a digest of the body as
+            # sent would give a phone back to whoever tries them all (docs/CONTRACT.md §4)
+            kept = self.data if self.text is self._sent else dict(json.loads(self.text))
+            self._digest = request_digest(kept)
         return self._digest
 
     def matches(self, digest: str) -> bool:
         """Whether a hold stored under `digest` is this request (a retry): by today's digest
-        or, for a hold an earlier release stored, by the digest that release made."""
+        or, for a hold an earlier release stored, by the digest that release made (over the
+        body as sent, the phone as typed, before review 30)."""
         return digest == self.digest or any(
-            digest == request_digest(self.data, looked_up=earlier) for earlier in EARLIER_DIGESTS
+            digest == request_digest(self.data, looked_up=earlier)
+            for earlier in (*EARLIER_DIGESTS, _LOOKED_UP)
         )
 
 
@@ -2332,9 +2337,10 @@ def phone_at_rest(card: str, secret: bytes) -> str | None:
 EARLIER_DIGESTS: tuple[tuple[str, ...], ...] = ((), ("card", "coupons"))
 
 
-def request_digest(
-    request: dict[str, Any], *, looked_up: tuple[str, ...] = ("card", "coupons", "at")
-) -> str:
+_LOOKED_UP = ("card", "coupons", "at")
+
+
+def request_digest(request: dict[str, Any], *, looked_up: tuple[str, ...] = _LOOKED_UP) -> str:
     """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
     stored with, to tell a retry (the same body) from a conflict (another body).
     Quantities count by value: "2" and "2.000" are the same, and `explain` asks for a

@@ -375,3 +375,42 @@ def test_an_over_long_identifier_gets_the_same_words_at_every_door(
         server.stop()
         agent.close()
     assert before == {d: _ledger_text(d) for d in (tmp_path / "data", tmp_path / "doors")}
+
+
+def test_a_held_phone_receipts_retry_digest_is_not_made_of_the_phone(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §4: the digest a hold is stored with (to tell a retry from another
+    body) is taken over the request as kept, the phone in its keyed form: a SHA-256 of the
+    body as sent would give the phone back to whoever tries 10^10 of them. A retry spelt
+    another way is still a retry, another body a conflict, and a hold stored before review
+    30 (its digest over the body as sent) is still retried."""
+    import json
+
+    from tillpoint.agent.service import request_digest
+
+    data = tmp_path / "data"
+    assert cli("snapshot", "load", snapshot()).code == 0
+    body = receipt("h-1", "+7 999 111-22-33")
+    held = cli("hold", body, "--json")
+    assert held.code == 0, held.err
+    sent = json.loads(json.dumps(receipt("h-1", "+7 999 111-22-33", explain=False, coupons=[])))
+    (digest,) = _rows(data, "SELECT digest FROM receipt_life WHERE receipt_id = 'h-1'")[0]
+    assert digest not in {request_digest(sent), request_digest(body)}
+    assert cli("hold", receipt("h-1", "89991112233"), "--json").json() == held.json()
+    other = cli("hold", receipt("h-1", "+79991112234"), "--json")
+    assert other.code == 2 and "another body" in other.err
+    # a hold an earlier release stored: its digest over the body as sent
+    conn = sqlite3.connect(data / "ledger.db")
+    with conn:
+        conn.execute(
+            "UPDATE receipt_life SET digest = ? WHERE receipt_id = 'h-1'",
+            (
+                request_digest(
+                    json.loads(_rows(data, "SELECT request FROM receipt_life")[0][0])
+                    | {"card": "+7 999 111-22-33"}
+                ),
+            ),
+        )
+    conn.close()
+    assert cli("hold", body, "--json").json() == held.json()
