@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .expiry import last_instant
 from .models import Coupon, Customer, coupon_code
 
 
@@ -52,7 +53,7 @@ def check(
             out.append(CouponCheck(code, reason="OTHER_CUSTOMER"))
         elif coupon.valid_from is not None and at < coupon.valid_from:
             out.append(CouponCheck(code, reason="NOT_YET_VALID"))
-        elif coupon.valid_to is not None and at > coupon.valid_to:
+        elif coupon.valid_to is not None and at > last_instant(coupon.valid_to):
             out.append(CouponCheck(code, reason="EXPIRED"))
         elif used(code):
             out.append(CouponCheck(code, reason="ALREADY_USED"))

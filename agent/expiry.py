@@ -51,6 +51,17 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
+_LAST_MICROSECOND = timedelta(microseconds=999_999)
+
+
+def last_instant(end: datetime) -> datetime:
+    """The last moment an inclusive end counts (an offer's or coupon's `validTo`, a batch's
+    `expiresAt`; docs/CONTRACT.md §2): an end written in whole seconds ("23:59:59") holds
+    through that second, to 23:59:59.999999, so a sale stamped 23:59:59.5 is inside it;
+    an end with a fraction of a second is that moment."""
+    return end + _LAST_MICROSECOND if end.microsecond == 0 else end
+
+
 @dataclass
 class Tally:
     """Available and pending points at one moment, by the one rule (the contract §3,
@@ -120,9 +131,10 @@ class Batch:
     def spendable(self, at: datetime) -> bool:
         """Spendable at `at`: active, and not past its expiry. `expiresAt` is the last
         moment the points count, as an offer's `validTo` is (inclusive): the contract's
-        "expiresAt": "...T23:59:59+03:00" is spendable at that instant, gone after it."""
+        "expiresAt": "...T23:59:59+03:00" is spendable through that second (`last_instant`),
+        gone at the next."""
         return (self.active_from is None or self.active_from <= at) and (
-            self.expires_at is None or at <= self.expires_at
+            self.expires_at is None or at <= last_instant(self.expires_at)
         )
 
     def pending(self, at: datetime) -> bool:
@@ -303,7 +315,7 @@ class Wallet:
             start = b.active_from
             if since is not None and (start is None or start < since):
                 start = since
-            if start is None or b.expires_at is None or start <= b.expires_at:
+            if start is None or b.expires_at is None or start <= last_instant(b.expires_at):
                 payers.append((start is not None, start, b.key(), b))
         payers.sort(key=lambda p: p[:3])
         for *_, batch in payers:

@@ -36,6 +36,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticUseDefault, core_schema
 
 from .errors import InputError
+from .expiry import last_instant
 from .limits import TEXT_MAX
 from .money import line_amount, round_half_up_ratio
 
@@ -713,7 +714,7 @@ class Offer(Model):
     def valid_at(self, moment: datetime) -> bool:
         if self.valid_from is not None and moment < self.valid_from:
             return False
-        return not (self.valid_to is not None and moment > self.valid_to)
+        return not (self.valid_to is not None and moment > last_instant(self.valid_to))
 
     @cached_property
     def valid_span(self) -> tuple[int, int]:
@@ -721,7 +722,7 @@ class Offer(Model):
         any moment): pricing compares a receipt's one `micros(at)` with them, integers
         instead of aware datetimes (≈ 1 µs a comparison, 20-odd offers a receipt)."""
         low = micros(self.valid_from) if self.valid_from is not None else -_OPEN_END
-        high = micros(self.valid_to) if self.valid_to is not None else _OPEN_END
+        high = micros(last_instant(self.valid_to)) if self.valid_to is not None else _OPEN_END
         return low, high
 
     @cached_property

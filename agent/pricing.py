@@ -19,7 +19,7 @@ from itertools import chain
 from typing import Any, NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
-from .expiry import days_later
+from .expiry import days_later, last_instant
 from .models import LINE_KINDS, LINE_MONEY_KINDS, Customer, Offer, Program, Receipt, micros
 from .money import frac, round_half_up_ratio, split_integer
 
@@ -665,7 +665,7 @@ def _multibuy(
                 tr.add(i, deal, "BELOW_MIN_QTY")
         elif w.qty != w.qty.to_integral_value():
             if tr is not None:
-                tr.add(i, deal, "ZERO_DISCOUNT")  # only whole quantities take part
+                tr.add(i, deal, "ZERO_DISCOUNT", discount=0)  # only whole quantities take part
         else:
             parts.append(i)
     if not parts:
@@ -679,7 +679,7 @@ def _multibuy(
         if in_group:
             taken.append((i, work[i].amount * free_units // int(work[i].qty)))
         elif tr is not None:
-            tr.add(i, deal, "ZERO_DISCOUNT")  # not in a complete group
+            tr.add(i, deal, "ZERO_DISCOUNT", discount=0)  # not in a complete group
     total = sum(d for _, d in taken)
     bests = [_best_line_offer(work[i], found[i], customer, sku_qty) for i, _ in taken]
     line_offers = sum(best for best, _ in bests)
@@ -731,7 +731,7 @@ def _line_offers(
 ) -> None:
     best: tuple[int, int, str] | None = None  # (-discount, priority, id)
     best_multiplier: tuple[Fraction, int, str] | None = None  # (-multiplier, priority, id)
-    competing: list[tuple[Offer, int]] = []  # for the trace
+    competing: list[tuple[Offer, int | None]] = []  # for the trace (None: a multiplier)
     for offer in offers:  # every one targets this line's sku or one of its categories
         if offer.kind == "MULTIBUY":
             continue  # decided before this step (_multibuy)
@@ -754,7 +754,7 @@ def _line_offers(
                 if best_multiplier is None or mkey < best_multiplier:
                     best_multiplier = mkey
                 if tr is not None:
-                    competing.append((offer, 0))
+                    competing.append((offer, None))
             continue
         discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if w.deal is not None and not _in_control_group(offer, customer):
@@ -770,7 +770,11 @@ def _line_offers(
                 below = offer.kind == "QUANTITY_PRICE" and (
                     quantity_tier(offer, sku_qty.get(w.sku, Fraction(0))) is None
                 )
-                tr.append(_entry(offer, "BELOW_MIN_QTY" if below else "ZERO_DISCOUNT"))
+                tr.append(
+                    _entry(offer, "BELOW_MIN_QTY")
+                    if below
+                    else _entry(offer, "ZERO_DISCOUNT", discount=0)
+                )
             continue
         if _in_control_group(offer, customer):
             held.add(offer.id)
@@ -789,17 +793,17 @@ def _line_offers(
         w.multiplier = -best_multiplier[0]
         w.multiplier_offer = best_multiplier[2]
     if tr is not None:
-        for offer, discount in competing:
+        for offer, figure in competing:
             if offer.kind == "BONUS_MULTIPLIER":
                 assert best_multiplier is not None
                 won_id, beaten = best_multiplier[2], 0
             else:
-                assert best is not None
+                assert best is not None and figure is not None
                 won_id, beaten = best[2], -best[0]
             if offer.id == won_id:
-                tr.append(_entry(offer, "APPLIED", discount=discount))
+                tr.append(_entry(offer, "APPLIED", discount=figure))
             else:
-                tr.append(_entry(offer, "BEATEN", discount, beaten_by=won_id, beaten=beaten))
+                tr.append(_entry(offer, "BEATEN", figure, beaten_by=won_id, beaten=beaten))
 
 
 def _receipt_offers(
@@ -878,14 +882,23 @@ def _receipt_offers(
                 "minTotalMinor": offer.min_total_minor,
                 "basketMinor": eligible_total,
                 "missingMinor": max(0, offer.min_total_minor - eligible_total),
+                **_receipt_terms(offer),
             }
-            row["points" if offer.kind == "EXTRA_POINTS" else "discountMinor"] = figure
-            if offer.kind == "RECEIPT_PERCENT_OFF":
-                row["percent"] = str(offer.value)
+            if offer.kind == "RECEIPT_PERCENT_OFF" and outcome != "BELOW_MIN_TOTAL":
+                row["discountMinor"] = figure  # weighed: what it gives, 0 included
             if outcome == "BEATEN" and best is not None:
                 row["beatenBy"] = best[2]
             tr.receipt.append(row)
     return extra
+
+
+def _receipt_terms(offer: Offer) -> dict[str, Any]:
+    """What a receipt offer's trace row always tells of its terms (§17's decisions): a
+    percent-off its `percent`, an EXTRA_POINTS its `points` (what it adds once the basket
+    reaches its threshold), whatever its outcome."""
+    if offer.kind == "EXTRA_POINTS":
+        return {"points": max(0, int(offer.value))}
+    return {"percent": str(offer.value)}
 
 
 def _redeem_allowed(
@@ -929,13 +942,16 @@ def _nearest(within: tuple[int, str, str]) -> tuple[int, Fraction, str]:
 def _entry(
     offer: Offer,
     outcome: str,
-    discount: int = 0,
+    discount: int | None = None,
     *,
     beaten_by: str | None = None,
     beaten: int = 0,
 ) -> dict[str, Any]:
+    """A line's trace row. `discount`: what a money offer that was weighed gives (or would
+    give) the line, 0 included; None for an offer set aside before it was weighed and for
+    a multiplier, which gives no money (§17's decisions: one rule for every row)."""
     row: dict[str, Any] = {"offerId": offer.id, "kind": offer.kind, "outcome": outcome}
-    if discount:
+    if discount is not None:
         row["discountMinor"] = discount
     if beaten_by is not None:
         row["beatenBy"] = beaten_by
@@ -1016,6 +1032,7 @@ class _Trace:
                         "kind": offer.kind,
                         "outcome": why,
                         "minTotalMinor": offer.min_total_minor,
+                        **_receipt_terms(offer),
                     }
                 )
         return out
@@ -1024,10 +1041,15 @@ class _Trace:
         """The basket a receipt offer set aside (outside its window, its coupon missing, ...)
         was judged against, and how much more its threshold needs: §17 asks it of every
         receipt offer (and proto3's 0 would read "met")."""
-        for row in self.receipt:
+        for i, row in enumerate(self.receipt):
             if "basketMinor" not in row:
-                row["basketMinor"] = eligible_total
-                row["missingMinor"] = max(0, row["minTotalMinor"] - eligible_total)
+                head = {k: row.pop(k) for k in ("offerId", "kind", "outcome", "minTotalMinor")}
+                self.receipt[i] = {
+                    **head,
+                    "basketMinor": eligible_total,
+                    "missingMinor": max(0, head["minTotalMinor"] - eligible_total),
+                    **row,  # its terms (`_receipt_terms`), in the order a weighed row has
+                }
 
     def redemption_done(
         self, requested: int, ctx: PricingContext, allowed_uncapped: int, known: bool
@@ -1108,7 +1130,7 @@ def offers_to_print(
         for o in offers
         if o.printable
         and o.customer_id == customer.id
-        and (o.valid_to is None or o.valid_to >= at)
+        and (o.valid_to is None or last_instant(o.valid_to) >= at)
         and (o.valid_from is None or o.valid_from <= horizon)
         # valid now but outside its window (§14): not printed for this visit
         and not (

@@ -31,7 +31,7 @@ from pydantic import TypeAdapter
 
 from . import cache as cache_mod
 from . import coupons, ledger
-from .cache import CacheView, ancestors
+from .cache import CacheView, ancestors, phone_index
 from .db import (
     Checkpointer,
     LiveCache,
@@ -56,7 +56,7 @@ from .errors import (
 from .expiry import WARN_DAYS, Movement, days_later, expiry_time
 from .forward import process_running
 from .hub_turns import HubTurns
-from .identify import Identification, identify, normalise
+from .identify import Identification, identify, normalise, phone_key
 from .messages import (
     cancelled_display,
     checkout_display,
@@ -451,7 +451,7 @@ class Agent:
         (its dashes dropped, it read as an INVALID one)."""
         from tillpoint.printer.codes import parse_offer_code
 
-        check_text("text", text)
+        check_text("scan: text", text)
         code = coupon_code(text)
         if code:
             with self._lock, self._view() as view:
@@ -524,8 +524,12 @@ class Agent:
         with self._read() as (view, conn):
             stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self.clock())
             # the receipt as stored, made only for a receiptId this till knows
-            request = _Request.of(receipt) if stored is not None or held is not None else None
-            if stored is not None and request and not _same_body(stored[0], request.data):
+            request = (
+                _Request.of(receipt, self._secret)
+                if stored is not None or held is not None
+                else None
+            )
+            if stored is not None and request and not request.same_as(stored[0]):
                 stored = None
             if stored is not None and receipt.explain and "trace" not in stored[1]:
                 # support's "why this price?" after the sale: priced again for its trace;
@@ -566,7 +570,9 @@ class Agent:
 
     def checkout(self, receipt: Receipt) -> CheckoutResult:
         """Hold and Confirm in one transaction (the contract §11): the CONFIRMED result."""
-        request = _Request.of(receipt)  # before the transaction: nothing in it waits for this
+        request = _Request.of(
+            receipt, self._secret
+        )  # before the transaction: nothing in it waits for this
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
@@ -592,7 +598,7 @@ class Agent:
 
         The same body under the same receiptId returns what is stored (whatever the state),
         another body is a Conflict; a hold that expired is priced and held afresh."""
-        request = _Request.of(receipt)
+        request = _Request.of(receipt, self._secret)
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
@@ -608,8 +614,7 @@ class Agent:
         receipt_id = _receipt_id(receipt_id, "confirm")
         if fiscal_document is not None and len(fiscal_document) > MAX_FISCAL_DOCUMENT:
             raise InputError(
-                f"fiscalDocument: at most {MAX_FISCAL_DOCUMENT} characters"
-                f" (got {len(fiscal_document)})"
+                f"confirm: fiscalDocument is too long (at most {MAX_FISCAL_DOCUMENT} characters)"
             )
         if fiscal_document is not None and has_controls(fiscal_document):
             # A NUL is stored, pushed and then refused by the hub's PostgreSQL for good.
@@ -822,7 +827,7 @@ class Agent:
         if not stored:
             found = self._stored_receipt(row.receipt_id)
             stored = found[0] if found is not None else ""
-        return bool(stored) and _same_body(stored, request.data)
+        return bool(stored) and request.same_as(stored)
 
     def _stored_receipt(self, receipt_id: str) -> tuple[str, dict[str, Any]] | None:
         """(request text, result) of a committed receipt."""
@@ -846,14 +851,14 @@ class Agent:
         receipt priced before the transaction (`_price_early`), taken when nothing it read
         has changed since, else priced again here."""
         rid = receipt.receipt_id
-        request = request or _Request.of(receipt)
+        request = request or _Request.of(receipt, self._secret)
         row = self._life(rid)
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
             if stored is not None:
                 # Stored by an older agent, whose Receipt had fewer fields: compared
                 # without the fields left at their defaults on either side.
-                if not _same_body(stored[0], request.data):
+                if not request.same_as(stored[0]):
                     raise _conflict(rid)
                 return "CONFIRMED", stored[1], None
         else:
@@ -971,7 +976,7 @@ class Agent:
         the checkout's result and coupon print job for the offers chosen at pricing."""
         now = self.clock()
         expires = now + timedelta(seconds=program.hold_ttl_seconds)
-        figures = _figures(done, program)
+        figures = _figures(done, program, self._secret)
         held = done.result.to_json()
         held["printedOffers"] = []  # chosen again at Confirm: nothing prints before
         # What a held receipt shows; a checkout's result shows the figures' display instead
@@ -2296,37 +2301,64 @@ class _Request:
     digest that tells a retry from a conflict, worked out when first asked for (the
     checkout of a new receiptId needs neither)."""
 
-    __slots__ = ("_data", "_digest", "text")
+    __slots__ = ("_data", "_digest", "_sent", "text")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, text: str, sent: str | None = None) -> None:
+        self.text = text  # as stored: a phone in `card` is in its keyed form
+        self._sent = text if sent is None else sent  # as sent: the digest's
         self._data: dict[str, Any] | None = None
         self._digest: str | None = None
 
     @classmethod
-    def of(cls, receipt: Receipt) -> _Request:
+    def of(cls, receipt: Receipt, secret: bytes | None = None) -> _Request:
         # pydantic's own JSON of the parsed receipt: what model_dump(mode="json") holds,
         # written in one native call (compact; readers parse it)
-        return cls(receipt.model_dump_json(by_alias=True, exclude_none=True))
+        sent = receipt.model_dump_json(by_alias=True, exclude_none=True)
+        phone = None if secret is None else phone_at_rest(receipt.card, secret)
+        if phone is None:
+            return cls(sent)
+        kept = receipt.model_copy(update={"card": phone})
+        return cls(kept.model_dump_json(by_alias=True, exclude_none=True), sent)
 
     @property
     def data(self) -> dict[str, Any]:
         if self._data is None:
-            self._data = dict(json.loads(self.text))
+            self._data = dict(json.loads(self._sent))
         return self._data
+
+    def same_as(self, stored: str) -> bool:
+        """Whether the request stored under this receiptId (its text: a phone in its keyed
+        form since review 30, as sent before) is this body (`_same_body`)."""
+        return _same_body(stored, self.data) or (
+            self.text is not self._sent and _same_body(stored, json.loads(self.text))
+        )
 
     @property
     def digest(self) -> str:
         if self._digest is None:
-            self._digest = request_digest(self.data)
+            # over the request as kept (a phone in its keyed form): a digest of the body as
+            # sent would give a phone back to whoever tries them all (docs/CONTRACT.md §4)
+            kept = self.data if self.text is self._sent else dict(json.loads(self.text))
+            self._digest = request_digest(kept)
         return self._digest
 
     def matches(self, digest: str) -> bool:
         """Whether a hold stored under `digest` is this request (a retry): by today's digest
-        or, for a hold an earlier release stored, by the digest that release made."""
+        or, for a hold an earlier release stored, by the digest that release made (over the
+        body as sent, the phone as typed, before review 30)."""
         return digest == self.digest or any(
-            digest == request_digest(self.data, looked_up=earlier) for earlier in EARLIER_DIGESTS
+            digest == request_digest(self.data, looked_up=earlier)
+            for earlier in (*EARLIER_DIGESTS, _LOOKED_UP)
         )
+
+
+def phone_at_rest(card: str, secret: bytes) -> str | None:
+    """What the till keeps of a scanned text that is a phone's (docs/CONTRACT.md §4): its
+    keyed hash, `phone:` + 64 hex digits (HMAC-SHA256 of the canonical +7 phone with the
+    till's `phone.key`, as the cache keeps customers' phones), the same for every
+    spelling of the phone; None for a text that is no phone (a card number, ...)."""
+    phone = phone_key(normalise(card))
+    return None if phone is None else "phone:" + phone_index(phone, secret)
 
 
 # What `request_digest` read as it is looked up, in the digests earlier releases stored:
@@ -2334,9 +2366,10 @@ class _Request:
 EARLIER_DIGESTS: tuple[tuple[str, ...], ...] = ((), ("card", "coupons"))
 
 
-def request_digest(
-    request: dict[str, Any], *, looked_up: tuple[str, ...] = ("card", "coupons", "at")
-) -> str:
+_LOOKED_UP = ("card", "coupons", "at")
+
+
+def request_digest(request: dict[str, Any], *, looked_up: tuple[str, ...] = _LOOKED_UP) -> str:
     """SHA-256 of the canonical JSON of a parsed request: what a receiptId was first
     stored with, to tell a retry (the same body) from a conflict (another body).
     Quantities count by value: "2" and "2.000" are the same, and `explain` asks for a
@@ -2424,7 +2457,7 @@ def _held_earlier(conn: sqlite3.Connection, receipt_id: str, request: _Request) 
     """Whether the open hold of `receipt_id`, whose digest is not today's (an earlier
     release held it, `Agent._stored_earlier`), is this request by its stored text."""
     row = ledger.receipt_life(conn, receipt_id)
-    return row is not None and bool(row.request) and _same_body(row.request, request.data)
+    return row is not None and bool(row.request) and request.same_as(row.request)
 
 
 def _not_committed(receipt_id: str, life: ledger.ReceiptLife | None) -> str:
@@ -2513,14 +2546,18 @@ def _points_dates(at: datetime, program: Program) -> dict[str, Any]:
     }
 
 
-def _figures(done: _Priced, program: Program) -> dict[str, Any]:
+def _figures(done: _Priced, program: Program, secret: bytes) -> dict[str, Any]:
     """What Confirm commits, fixed at Hold: the sale's figures as JSON (no pricing again),
-    but for its points' dates, which Confirm sets with the program then (`_points_dates`)."""
+    but for its points' dates, which Confirm sets with the program then (`_points_dates`).
+    The card is the one identified, or the scanned number; a phone of nobody's is kept
+    and sent only as its keyed form (`phone_at_rest`)."""
     receipt, priced, customer = done.receipt, done.priced, done.customer
     return {
         "at": receipt.at.isoformat(),
         "localDay": receipt.at.astimezone(program.zone).date().isoformat(),
-        "card": done.ident.card_number or normalise(receipt.card),
+        "card": done.ident.card_number
+        or phone_at_rest(receipt.card, secret)
+        or normalise(receipt.card),
         "customerId": customer.id if customer else None,
         "firstName": customer.first_name if customer else None,
         "mode": done.mode,

@@ -64,6 +64,7 @@ from typing import Any, Literal, TypedDict
 
 from tillpoint.agent.db import connect
 from tillpoint.agent.errors import InputError
+from tillpoint.agent.expiry import last_instant
 from tillpoint.agent.ledger import (
     PRINT_UNCONFIRMED,
     insert_print_job,
@@ -195,7 +196,7 @@ def _still_valid(job: _Job, payload: PrintPayload, now: datetime) -> PrintPayloa
     """The job without the offers that ended while it waited (none left of some: `_stale`
     fails the job)."""
     moment = _receipt_now(job, payload, now)
-    kept = [o for o in payload.offers if o.valid_to is None or o.valid_to >= moment]
+    kept = [o for o in payload.offers if o.valid_to is None or last_instant(o.valid_to) >= moment]
     if len(kept) == len(payload.offers):
         return payload
     return payload.model_copy(update={"offers": kept})

@@ -53,6 +53,16 @@ def ts(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def end_of(text: str) -> datetime:
+    """An inclusive end (`validTo`, `expiresAt`) as the last moment it counts: written in
+    whole seconds it holds through that second (CONTRACT §2's decisions, review 30)."""
+    return through(ts(text))
+
+
+def through(end: datetime) -> datetime:
+    return end if end.microsecond else end.replace(microsecond=999_999)
+
+
 def normal_code(text: str) -> str:
     """§13: scanned codes: blanks and dashes dropped, letters upper-cased."""
     drop = set(" \t\r\n-\u2010\u2011\u2012\u2013\u2014\u2212")
@@ -101,7 +111,7 @@ class Batch:
 
     def spendable(self, at: datetime) -> bool:
         return (self.activates is None or self.activates <= at) and (
-            self.expires is None or at <= self.expires
+            self.expires is None or at <= through(self.expires)
         )
 
 
@@ -334,7 +344,7 @@ class Oracle:
         vf, vt = offer_or_coupon.get("validFrom"), offer_or_coupon.get("validTo")
         if vf and at < ts(vf):
             return False
-        return not (vt and at > ts(vt))
+        return not (vt and at > end_of(vt))
 
     def birthday_in_window(self, customer: dict[str, Any], day: date) -> bool:
         """§5 step 5: the local date is on the next birthday or at most birthdayWindowDays
@@ -474,7 +484,7 @@ class Oracle:
                 v["reason"] = "OTHER_CUSTOMER"
             elif coupon.get("validFrom") and at < ts(coupon["validFrom"]):
                 v["reason"] = "NOT_YET_VALID"
-            elif coupon.get("validTo") and at > ts(coupon["validTo"]):
+            elif coupon.get("validTo") and at > end_of(coupon["validTo"]):
                 v["reason"] = "EXPIRED"
             elif code in state.used_codes:
                 v["reason"] = "ALREADY_USED"

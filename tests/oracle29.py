@@ -10,7 +10,7 @@ per customer), and the §8 display texts. The figures come from tests/oracle28.p
 
 Where the contract leaves a choice open the model follows the product's, each now written
 beside its rule in docs/CONTRACT.md (§8, §17): a receipt offer set aside before it is
-weighed tells no discount nor points (a percent-off below its threshold its percent); a
+weighed tells no discount, and every receipt offer its terms (percent, points; review 30); a
 money offer on a deal's line is TAKEN_BY_DEAL before anything else; a control-group deal
 that would have lost is BEATEN; `deals` lists the MULTIBUYs that had lines; the display's
 shorter labels ("Начисл.:", "Б:", "Выгода:" for points paid alone).
@@ -301,8 +301,11 @@ class Explainer(Oracle):
                     if not coupon_ok(o)
                     else "BELOW_MIN_TOTAL"
                 )
-                if entry["outcome"] == "BELOW_MIN_TOTAL" and o["kind"] == "RECEIPT_PERCENT_OFF":
-                    entry["percent"] = o["value"]  # the product tells the percent within reach
+                # its terms, whatever the outcome (review 30): the percent, the points
+                if o["kind"] == "RECEIPT_PERCENT_OFF":
+                    entry["percent"] = o["value"]
+                else:
+                    entry["points"] = d
                 receipt_offers.append(entry)
                 continue
             if o["kind"] == "RECEIPT_PERCENT_OFF":

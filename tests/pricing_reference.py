@@ -533,7 +533,7 @@ def _multibuy(
                 tr.add(i, deal, "BELOW_MIN_QTY")
         elif w.qty != w.qty.to_integral_value():
             if tr is not None:
-                tr.add(i, deal, "ZERO_DISCOUNT")  # only whole quantities take part
+                tr.add(i, deal, "ZERO_DISCOUNT", discount=0)  # only whole quantities take part
         else:
             parts.append(i)
     if not parts:
@@ -547,7 +547,7 @@ def _multibuy(
         if in_group:
             taken.append((i, work[i].amount * free_units // int(work[i].qty)))
         elif tr is not None:
-            tr.add(i, deal, "ZERO_DISCOUNT")  # not in a complete group
+            tr.add(i, deal, "ZERO_DISCOUNT", discount=0)  # not in a complete group
     total = sum(d for _, d in taken)
     line_offers = sum(_best_line_discount(work[i], found[i], customer, sku_qty) for i, _ in taken)
     outcome = "APPLIED" if total > line_offers else "ZERO_DISCOUNT" if total == 0 else "BEATEN"
@@ -583,7 +583,7 @@ def _line_offers(
 ) -> None:
     best: tuple[int, int, str] | None = None  # (-discount, priority, id)
     best_multiplier: tuple[Fraction, int, str] | None = None  # (-multiplier, priority, id)
-    competing: list[tuple[Offer, int]] = []  # for the trace
+    competing: list[tuple[Offer, int | None]] = []  # for the trace (None: a multiplier)
     for offer in offers:  # every one targets this line's sku or one of its categories
         if offer.kind == "MULTIBUY":
             continue  # decided before this step (_multibuy)
@@ -606,7 +606,7 @@ def _line_offers(
                 if best_multiplier is None or mkey < best_multiplier:
                     best_multiplier = mkey
                 if tr is not None:
-                    competing.append((offer, 0))
+                    competing.append((offer, None))
             continue
         discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
         if w.deal is not None and not _in_control_group(offer, customer):
@@ -622,7 +622,11 @@ def _line_offers(
                 below = offer.kind == "QUANTITY_PRICE" and (
                     quantity_tier(offer, sku_qty.get(w.sku, Fraction(0))) is None
                 )
-                tr.append(_entry(offer, "BELOW_MIN_QTY" if below else "ZERO_DISCOUNT"))
+                tr.append(
+                    _entry(offer, "BELOW_MIN_QTY")
+                    if below
+                    else _entry(offer, "ZERO_DISCOUNT", discount=0)
+                )
             continue
         if _in_control_group(offer, customer):
             held.add(offer.id)
@@ -723,9 +727,13 @@ def _receipt_offers(
                 "basketMinor": eligible_total,
                 "missingMinor": max(0, offer.min_total_minor - eligible_total),
             }
-            row["points" if offer.kind == "EXTRA_POINTS" else "discountMinor"] = figure
-            if offer.kind == "RECEIPT_PERCENT_OFF":
+            # review 30: its terms always, a discount once weighed (CONTRACT §17)
+            if offer.kind == "EXTRA_POINTS":
+                row["points"] = max(0, int(offer.value))
+            else:
                 row["percent"] = str(offer.value)
+                if outcome != "BELOW_MIN_TOTAL":
+                    row["discountMinor"] = figure
             if outcome == "BEATEN" and best is not None:
                 row["beatenBy"] = best[2]
             tr.receipt.append(row)
@@ -767,13 +775,13 @@ def _spread_redemption(work: list[_Work], allowed: int, pv: int) -> None:
 def _entry(
     offer: Offer,
     outcome: str,
-    discount: int = 0,
+    discount: int | None = None,
     *,
     beaten_by: str | None = None,
     beaten: int = 0,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"offerId": offer.id, "kind": offer.kind, "outcome": outcome}
-    if discount:
+    if discount is not None:  # weighed money offers, 0 included (review 30)
         row["discountMinor"] = discount
     if beaten_by is not None:
         row["beatenBy"] = beaten_by
@@ -825,6 +833,11 @@ class _Trace:
                         "kind": offer.kind,
                         "outcome": why,
                         "minTotalMinor": offer.min_total_minor,
+                        **(
+                            {"points": max(0, int(offer.value))}
+                            if offer.kind == "EXTRA_POINTS"
+                            else {"percent": str(offer.value)}
+                        ),
                     }
                 )
         return out
@@ -917,7 +930,11 @@ def offers_to_print(
         for o in offers
         if o.printable
         and o.customer_id == customer.id
-        and (o.valid_to is None or o.valid_to >= at)
+        # an end in whole seconds holds through that second (CONTRACT §2, review 30)
+        and (
+            o.valid_to is None
+            or o.valid_to + timedelta(microseconds=999_999) * (not o.valid_to.microsecond) >= at
+        )
         and (o.valid_from is None or o.valid_from <= horizon)
         # valid now but outside its window (§14): not printed for this visit
         and not (
