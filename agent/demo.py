@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from .demo_data import chain
 from .errors import InputError, TillpointError
+from .files import write_whole
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from .config import Settings
@@ -107,9 +108,7 @@ def export(directory: Path, *, seed: int = 7, out: Out = print) -> list[Path]:
         written = []
         for name, doc in example_files(datetime.now(ZONE).date(), seed=seed).items():
             path = directory / name
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-            tmp.replace(path)
+            write_whole(path, (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode())
             written.append(path)
     except OSError as exc:
         raise InputError(f"{directory}: cannot write the files ({exc.strerror})") from None

@@ -622,8 +622,10 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
 
         write_signed_file(Stdout(), bundle)
         return EXIT_OK
-    try:
-        with args.out.open("w", encoding="utf-8") as out:
+    from tillpoint.agent.files import replacing
+
+    try:  # written whole: a failed export leaves the file it was to replace as it was
+        with replacing(args.out, encoding="utf-8") as out:
             write_signed_file(out, bundle)
         # the file's size, what `ls -l` and a copy's check read: it was the signed
         # payload's (`bundle.size`), which the file wraps with its format and signature
