@@ -389,9 +389,9 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     server = HubServer(hub, config)  # its store too: --store or $TILLPOINT_HUB_STORE
     port = server.start(args.listen)
     if args.port_file is not None:
-        tmp = Path(str(args.port_file) + ".tmp")
-        tmp.write_text(f"{port}\n", encoding="utf-8")
-        os.replace(tmp, args.port_file)
+        from tillpoint.agent.files import write_whole
+
+        write_whole(args.port_file, f"{port}\n".encode())
     logging.getLogger("tillpoint.hub").info(
         "hub %s listening on %s (port %d)", server.dir.root, args.listen, port
     )
