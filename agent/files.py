@@ -11,7 +11,6 @@ a full disk included, removes the temporary file and leaves ``NAME`` as it was.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,11 +29,12 @@ def replacing(path: Path, *, mode: int = 0o644, encoding: str | None = None) -> 
     of what it was given and say so only in its count)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # Always a new file: one a crash left (its mode maybe wider than `mode`), or a link
+    # someone put there (in a folder others may write), is removed, never written
+    # through; a name taken again meanwhile fails (O_EXCL) instead of being followed.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        # O_CREAT's mode applies only to a new file: a temporary file a crash left (or one
-        # made by hand) keeps its own, so take away what `mode` does not give
-        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & mode)
         with os.fdopen(fd, "w" if encoding else "wb", encoding=encoding) as out:
             fd = -1  # the file object closes it
             yield out

@@ -105,3 +105,27 @@ def test_a_secret_the_disk_cannot_hold_whole_is_refused_not_written_in_part(
     assert done.stdout.startswith("refused:"), done.stdout
     assert path.read_text(encoding="utf-8") == '{"old": true}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["till-1.json"]
+
+
+def test_an_export_never_writes_through_a_link_found_at_its_temporary_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/CONTRACT.md §3 (`hub export`, files written whole): `--out` in a folder others
+    may write (/tmp): a link another user put at the temporary name (`NAME.tmp`) is not
+    followed: the file it points to stays as it was, and `NAME` is the export itself,
+    not that link."""
+    hub = str(tmp_path / "hub")
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+    cli_json(capsys, "hub", "import", str(catalogue), "--publish", "--hub-dir", hub)
+    cli_json(capsys, "hub", "enroll", "till-1", "--hub-dir", hub, "--out", str(tmp_path / "b"))
+    victim = tmp_path / "someone-elses.txt"
+    victim.write_text("theirs\n", encoding="utf-8")
+    out = tmp_path / "signed.json"
+    out.with_name("signed.json.tmp").symlink_to(victim)
+
+    cli_json(capsys, "hub", "export", "till-1", "--hub-dir", hub, "--out", str(out))
+    assert victim.read_text(encoding="utf-8") == "theirs\n"
+    assert not out.is_symlink()
+    assert json.loads(out.read_text(encoding="utf-8"))["format"].startswith("tillpoint-signed")
+    assert not out.with_name("signed.json.tmp").exists()
