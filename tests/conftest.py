@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,17 @@ def grpc_served(agent: Agent, **settings: Any) -> Iterator[int]:
         server.stop(0).wait()
 
 
+@contextlib.contextmanager
+def posagent_stub(agent: Agent) -> Iterator[Any]:
+    """A `PosAgent` stub on a channel to `agent`'s gRPC server (`grpc_served`), for the
+    block (the agent stays open: its owner closes it)."""
+    import grpc
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield pb_grpc.PosAgentStub(channel)
+
+
 class ChannelStates:
     """The connectivity states a gRPC channel goes through, from READY on: a link a
     server drops (GOAWAY) shows a state after READY."""
@@ -167,6 +178,12 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A till's wall clock at the receipts' time (`RECEIPT_AT`), moved by the test."""
+    return ManualClock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
 
 
 def snapshot(**changes: Any) -> dict[str, Any]:

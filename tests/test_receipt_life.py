@@ -14,13 +14,13 @@ from google.protobuf import json_format
 from tillpoint.agent import ledger
 from tillpoint.agent.errors import Conflict, InputError, NotFound, Refused
 from tillpoint.agent.results import receipt_from_json, refund_from_json
-from tillpoint.agent.server import build_server, start_hold_sweeper
+from tillpoint.agent.server import start_hold_sweeper
 from tillpoint.agent.service import Agent
 from tillpoint.agent.wire import checkout_message, json_of, to_message
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, PROGRAM, ManualClock, receipt, snapshot
+from .conftest import CLI, PROGRAM, ManualClock, posagent_stub, receipt, snapshot
 
 TIMEOUT = 5
 BORIS = "2770000000024"  # 80 points, base tier
@@ -38,11 +38,6 @@ OFFER = {
     "printable": True,
     "printText": "−20% на хлеб",
 }
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -280,14 +275,8 @@ def test_cli_hold_confirm_cancel(cli: CLI) -> None:
 
 @pytest.fixture
 def stub(till: Agent) -> Iterator[pb_grpc.PosAgentStub]:
-    server, port, _ = build_server(till, "127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield pb_grpc.PosAgentStub(channel)
-    finally:
-        channel.close()
-        server.stop(0).wait()
+    with posagent_stub(till) as stub:
+        yield stub
 
 
 def test_grpc_hold_confirm_cancel(stub: pb_grpc.PosAgentStub, clock: ManualClock) -> None:

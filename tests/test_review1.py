@@ -5,29 +5,22 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.errors import Conflict, Refused
 from tillpoint.agent.results import receipt_from_json, refund_from_json
-from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, PROGRAM, ManualClock, receipt, snapshot
+from .conftest import CLI, PROGRAM, ManualClock, posagent_stub, receipt, snapshot
 
 ANNA = "2770000000017"  # 1200 points, gold
 TIMEOUT = 5
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
 
 
 @pytest.fixture
@@ -131,14 +124,10 @@ def stub(tmp_path: Path, clock: ManualClock) -> Iterator[pb_grpc.PosAgentStub]:
     snap = snapshot(program={**PROGRAM, "holdTtlSeconds": 600, "pointsLifetimeDays": 365})
     snap["customers"][0]["expiring"] = EXPIRING
     agent.load_snapshot(snap)
-    server, port, _ = build_server(agent, "127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield pb_grpc.PosAgentStub(channel)
+        with posagent_stub(agent) as stub:
+            yield stub
     finally:
-        channel.close()
-        server.stop(0).wait()
         agent.close()
 
 
