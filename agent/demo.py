@@ -31,7 +31,6 @@ from zoneinfo import ZoneInfo
 
 from .demo_data import chain
 from .errors import InputError, TillpointError
-from .files import write_whole
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from .config import Settings
@@ -100,6 +99,7 @@ def _pause(text: str) -> float:
 def export(directory: Path, *, seed: int = 7, out: Out = print) -> list[Path]:
     """`demo --export DIR`: the demo's chain and day as example files, dated today."""
     from .demo_data import example_files
+    from .files import write_whole
 
     if directory.exists() and not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
