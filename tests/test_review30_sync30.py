@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, timings, wait_for
+from tillpoint.sync.loopback import (
+    LoopbackHub,
+    Till,
+    import_doc,
+    sample_master_data,
+    timings,
+    wait_for,
+)
 from tillpoint.sync.loopback import receipt as hub_receipt
 from tillpoint.sync.pull import Puller, cache_version
 
@@ -56,11 +63,6 @@ def sale(receipt_id: str, at: str, redeem: int) -> Any:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the hub subtracts held points flat from the balance at the request's time; it "
-    "keeps no hold's receipt time to replay it as a spend (left by review 30, see its report)",
-)
 def test_a_hold_before_midnight_does_not_take_points_that_expired_at_midnight(
     hub: LoopbackHub, tmp_path: Path
 ) -> None:
@@ -68,25 +70,30 @@ def test_a_hold_before_midnight_does_not_take_points_that_expired_at_midnight(
     250 of Boris's 300 points: the 200 that expire at the end of the day first, then 50 of
     the 100 that never expire. At 00:10 on 1 December till B asks for as many as allowed.
     Its own snapshot says 100 (the 200 have expired); the live balance, with A's sale in
-    it, is 100 − 50 = 50, and A's hold cannot take more than that from B: the hub granted
-    0, counting all of A's 250 held points against the 100 left after midnight, as if A's
-    sale had spent points that expired at midnight after midnight."""
+    it, is 100 − 50 = 50, and A's hold must not take more than that from B. Until review 30
+    the hub granted 0: it took all of A's 250 held points off the 100 left after midnight,
+    as if A's sale could spend points that had expired. And nothing is spent twice: with A
+    confirmed and B sold (neither sent to the hub yet, both still held there), till C at
+    00:20 gets nothing."""
     a = enrolled(hub, tmp_path, "till-a")
     b = enrolled(hub, tmp_path, "till-b")
+    c = enrolled(hub, tmp_path, "till-c")
     try:
         held = a.agent.hold(sale("a-1", "2026-11-30T23:50:00+03:00", 250))
         assert (held.mode, held.redeemed_points) == ("ONLINE", 250)
         done = b.agent.checkout(sale("b-1", "2026-12-01T00:10:00+03:00", -1))
         assert done.mode == "ONLINE"
         assert done.redeemed_points == 50
-        # The hub never lets the two spend more than there was: A confirms its 250.
-        confirmed = a.agent.confirm("a-1")
-        assert confirmed.redeemed_points == 250
+        assert a.agent.confirm("a-1").redeemed_points == 250
+        late = c.agent.checkout(sale("c-1", "2026-12-01T00:20:00+03:00", -1))
+        assert (late.mode, late.redeemed_points) == ("ONLINE", 0)
     finally:
         a.stop()
         b.stop()
+        c.stop()
 
 
+@pytest.mark.slow
 def test_points_held_by_one_till_are_not_spent_by_another_before_they_expire(
     hub: LoopbackHub, tmp_path: Path
 ) -> None:
@@ -103,3 +110,34 @@ def test_points_held_by_one_till_are_not_spent_by_another_before_they_expire(
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.fixture()
+def store(hub_store_factory: Any) -> Any:
+    """The hub's store alone (a real SQLite file, and a real PostgreSQL database)."""
+    store = hub_store_factory()
+    import_doc(store, expiring_data())
+    store.publish(HUB_NOW, 7 * 86400.0)
+    return store
+
+
+def authorise(store: Any, device: str, receipt_id: str, points: int, at: str) -> int:
+    moment = datetime.fromisoformat(at)
+    return int(
+        store.authorise(device, receipt_id, "c-2", points, moment, [], HUB_NOW, 1800).authorised
+    )
+
+
+def test_the_hub_replays_another_tills_hold_at_its_receipts_time(store: Any) -> None:
+    """docs/CONTRACT.md §9, §16, at the hub's store: the hold of a receipt at 23:50 on
+    30 November for 250 of Boris's points takes the 200 that expire at midnight and 50 of
+    the 100 that never do; a receipt at 00:10 may have the other 50 (until review 30 the
+    hub said 0), and then nothing is left at any time: at 23:55 all 300 count, A takes 250
+    and B's 50 are held; at 00:20 both are spent."""
+    assert authorise(store, "till-a", "a-1", 250, "2026-11-30T23:50:00+03:00") == 250
+    assert authorise(store, "till-b", "b-1", 100, "2026-12-01T00:10:00+03:00") == 50
+    assert authorise(store, "till-c", "c-1", 300, "2026-11-30T23:55:00+03:00") == 0
+    assert authorise(store, "till-c", "c-2", 100, "2026-12-01T00:20:00+03:00") == 0
+    # A hold of a receipt later than the one asking is taken off as it is: its sale will
+    # spend what counts at its own time. At 23:40 with A's 250 and B's 50 held: 0 left.
+    assert authorise(store, "till-c", "c-3", 300, "2026-11-30T23:40:00+03:00") == 0
