@@ -1455,16 +1455,29 @@ class UnsyncedMove:
     kind: str
     points: int
     activates_at: str | None
+    sold_at: str = ""  # a sale's `at` (a refund's: ""), for the hub's replay (§16)
+    redeemed: int = 0  # the points the sale redeemed (a refund: 0)
 
 
 def unsynced_moves(
     conn: sqlite3.Connection, device_id: str, customer_id: str
 ) -> list[UnsyncedMove]:
     return [
-        UnsyncedMove(int(seq), str(receipt_id), str(kind), int(points), activates_at)
-        for seq, receipt_id, kind, points, activates_at in conn.execute(
-            "SELECT p.seq, p.receipt_id, p.kind, p.points, p.activates_at FROM points p"
+        UnsyncedMove(
+            int(seq),
+            str(receipt_id),
+            str(kind),
+            int(points),
+            activates_at,
+            at or "",
+            int(spent or 0),
+        )
+        for seq, receipt_id, kind, points, activates_at, at, spent in conn.execute(
+            "SELECT p.seq, p.receipt_id, p.kind, p.points, p.activates_at, r.at,"
+            " r.redeemed_points FROM points p"
             " JOIN outbox o ON o.device_id = p.device_id AND o.seq = p.seq"
+            " LEFT JOIN receipts r ON r.receipt_id = p.receipt_id AND r.seq = p.seq"
+            " AND r.device_id = p.device_id"
             " WHERE p.device_id = ? AND p.customer_id = ? ORDER BY p.seq",
             (device_id, customer_id),
         )

@@ -71,7 +71,13 @@ class HubAuthoriser:
         by_seq: dict[int, pb.UnsyncedPoints] = {}
         for move in rows:
             item = by_seq.setdefault(
-                move.seq, pb.UnsyncedPoints(seq=move.seq, receipt_id=move.receipt_id)
+                move.seq,
+                pb.UnsyncedPoints(
+                    seq=move.seq,
+                    receipt_id=move.receipt_id,
+                    at=move.sold_at,  # the hub replays the sale's redemption at its time
+                    spent=move.redeemed,
+                ),
             )
             if tally.active(move.kind, move.activates_at):
                 item.points += move.points

@@ -627,6 +627,7 @@ class HubRules:
             tx.expire_holds(customer_id, utc_text(now))
             inputs = self._live_inputs(tx, customer_id, marked=False)
             spendable = 0
+            spends: list[Move] = []  # spends replayed at their times (§16)
             expires = now + timedelta(seconds=hold_ttl_s)
             mine = {receipt_id}
             for item in unsynced:
@@ -634,8 +635,17 @@ class HubRules:
                     continue
                 # The till's own movement the hub has not received: it counts now, and a
                 # spend is held for the other tills until the transaction arrives (its
-                # receipt's own hold, if any, is replaced so nothing is held twice).
-                spendable += item.points
+                # receipt's own hold, if any, is replaced so nothing is held twice). A
+                # sale's redemption at or before `at` is replayed at its time, as the hub
+                # will once the sale arrives: soonest-expiring first (§16).
+                sold = _aware(item.at)
+                if sold is not None and sold <= at and item.spent > 0:
+                    spends.append(
+                        (-item.spent, None, 0, utc_text(sold), 0, f"seq:{item.seq}", "CHECKOUT", 0)
+                    )
+                    spendable += item.points + item.spent
+                else:
+                    spendable += item.points
                 key = f"seq:{item.seq}"
                 mine.add(key)
                 tx.settle_holds(device_id, [item.receipt_id])
@@ -648,12 +658,12 @@ class HubRules:
                         -item.points,
                         utc_text(now),
                         utc_text(expires),
+                        "" if sold is None else utc_text(sold),
                     )
             # The other receipts' holds: one of a receipt at or before `at` is replayed as
             # that receipt's spend at its time (soonest-expiring first, §16: what it takes
             # from a batch that has expired by `at` is gone from `at`'s balance already);
             # one of a later or unknown time is taken off the balance as it is.
-            spends: list[Move] = []
             held = 0
             for dev, rid, pts, when in tx.active_holds_at(customer_id):
                 if dev == device_id and rid in mine:
@@ -1010,6 +1020,15 @@ def conflict(
         "firstDeviceId": first_device,
         "firstReceiptId": first_receipt,
     }
+
+
+def _aware(text: str) -> datetime | None:
+    """A till's time stamp (RFC 3339 with an offset), or None: empty, or not one."""
+    try:
+        moment = _when(text) if text else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.utcoffset() is not None else None
 
 
 def _when(text: str) -> datetime:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.hub_store import Unsynced
 from tillpoint.sync.loopback import (
     LoopbackHub,
     Till,
@@ -121,11 +122,12 @@ def store(hub_store_factory: Any) -> Any:
     return store
 
 
-def authorise(store: Any, device: str, receipt_id: str, points: int, at: str) -> int:
+def authorise(
+    store: Any, device: str, receipt_id: str, points: int, at: str, unsent: Any = ()
+) -> int:
     moment = datetime.fromisoformat(at)
-    return int(
-        store.authorise(device, receipt_id, "c-2", points, moment, [], HUB_NOW, 1800).authorised
-    )
+    found = store.authorise(device, receipt_id, "c-2", points, moment, list(unsent), HUB_NOW, 1800)
+    return int(found.authorised)
 
 
 def test_the_hub_replays_another_tills_hold_at_its_receipts_time(store: Any) -> None:
@@ -141,3 +143,43 @@ def test_the_hub_replays_another_tills_hold_at_its_receipts_time(store: Any) -> 
     # A hold of a receipt later than the one asking is taken off as it is: its sale will
     # spend what counts at its own time. At 23:40 with A's 250 and B's 50 held: 0 left.
     assert authorise(store, "till-c", "c-3", 300, "2026-11-30T23:40:00+03:00") == 0
+
+
+def test_a_tills_unsent_sale_is_replayed_at_its_time(store: Any) -> None:
+    """docs/CONTRACT.md §9, §16: a till's sale at 23:50 that spent 250 points (the 200
+    expiring at midnight first) and earned 1 has not reached the hub when the same till
+    asks at 00:10: it sends the sale as unsent points (−249), with its time and the 250 it
+    redeemed. The live balance at 00:10 is 50 + 1 = 51, as the till's own balance says;
+    the hub took −249 off the 100 left after midnight and granted 0. A till that sends no
+    time (an older release) is answered as before: 100 − 249, nothing."""
+    sale_a1 = Unsynced(1, "a-1", -249, "2026-11-30T23:50:00+03:00", 250)
+    assert authorise(store, "till-a", "a-2", 100, "2026-12-01T00:10:00+03:00", [sale_a1]) == 51
+    old = Unsynced(1, "a-1", -249)
+    assert authorise(store, "till-a", "a-3", 100, "2026-12-01T00:10:00+03:00", [old]) == 0
+    # Another till meanwhile: a-2's hold of 51 and the unsent sale leave nothing at 00:20.
+    assert authorise(store, "till-b", "b-1", 100, "2026-12-01T00:20:00+03:00") == 0
+
+
+@pytest.mark.slow
+def test_a_second_sale_across_midnight_before_the_first_is_sent(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §9, §16, end to end: one till, online, its outbox not yet pushed.
+    A sale at 23:50 spends 250 (200 expiring at midnight, then 50 of the 100 that never
+    do) and earns 1 (3 % of 50,00); at 00:10 the next sale asks for as many as allowed.
+    The till's balance says 51, and so must the hub (until review 30 it granted 0 and
+    the customer lost 51 points at the till for as long as the outbox took to drain)."""
+    a = enrolled(hub, tmp_path, "till-a")
+    try:
+        one = a.agent.checkout(sale("a-1", "2026-11-30T23:50:00+03:00", 250))
+        assert (one.mode, one.redeemed_points, one.earned_points) == ("ONLINE", 250, 1)
+        assert (
+            a.agent.balance(
+                BORIS, datetime.fromisoformat("2026-12-01T00:10:00+03:00")
+            ).available_points
+            == 51
+        )
+        two = a.agent.checkout(sale("a-2", "2026-12-01T00:10:00+03:00", -1))
+        assert (two.mode, two.redeemed_points) == ("ONLINE", 51)
+    finally:
+        a.stop()
