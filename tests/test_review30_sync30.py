@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.sync.hub_store import Unsynced
 from tillpoint.sync.loopback import (
     LoopbackHub,
@@ -183,3 +183,41 @@ def test_a_second_sale_across_midnight_before_the_first_is_sent(
         assert (two.mode, two.redeemed_points) == ("ONLINE", 51)
     finally:
         a.stop()
+
+
+@pytest.mark.slow
+def test_points_a_refund_gives_back_into_an_expired_batch_are_not_spent_at_another_till(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §9, §16: points given back into a batch that has expired stay
+    expired, at the hub too. Till A's sale at 23:50 spends 250 (the 200 expiring at
+    midnight, then 50 of the 100 that never do) and earns 1; A refunds it at 00:10: 50
+    go back to the 100, the 200 to their batch, expired, and the 1 is taken back. Till B
+    at 00:12 gets the 50 left when A's sale is replayed (it knows nothing of the refund),
+    which leaves 50 at 00:15 for A's next sale, as the hub will count it. Neither A's sale
+    nor its refund has reached the hub: A sends them with its request, and sent the
+    refund as +249 (the 200 back into the expired batch included), so the hub granted A
+    100: B and A spent 150 of the 100 there were."""
+    a = enrolled(hub, tmp_path, "till-a")
+    b = enrolled(hub, tmp_path, "till-b")
+    try:
+        one = a.agent.checkout(sale("a-1", "2026-11-30T23:50:00+03:00", 250))
+        assert (one.mode, one.redeemed_points, one.earned_points) == ("ONLINE", 250, 1)
+        back = a.agent.refund(
+            refund_from_json(
+                {
+                    "refundId": "a-1-r",
+                    "receiptId": "a-1",
+                    "at": "2026-12-01T00:10:00+03:00",
+                    "lines": [{"sku": MILK, "qty": "1"}],
+                }
+            )
+        )
+        assert (back.returned_points, back.taken_back_points) == (250, 1)
+        other = b.agent.checkout(sale("b-1", "2026-12-01T00:12:00+03:00", -1))
+        assert (other.mode, other.redeemed_points) == ("ONLINE", 50)
+        two = a.agent.checkout(sale("a-2", "2026-12-01T00:15:00+03:00", -1))
+        assert (two.mode, two.redeemed_points) == ("ONLINE", 50)
+    finally:
+        a.stop()
+        b.stop()
