@@ -976,7 +976,7 @@ class Agent:
         the checkout's result and coupon print job for the offers chosen at pricing."""
         now = self.clock()
         expires = now + timedelta(seconds=program.hold_ttl_seconds)
-        figures = _figures(done, program, self._secret)
+        figures = _figures(done, program)
         held = done.result.to_json()
         held["printedOffers"] = []  # chosen again at Confirm: nothing prints before
         # What a held receipt shows; a checkout's result shows the figures' display instead
@@ -2546,18 +2546,17 @@ def _points_dates(at: datetime, program: Program) -> dict[str, Any]:
     }
 
 
-def _figures(done: _Priced, program: Program, secret: bytes) -> dict[str, Any]:
+def _figures(done: _Priced, program: Program) -> dict[str, Any]:
     """What Confirm commits, fixed at Hold: the sale's figures as JSON (no pricing again),
     but for its points' dates, which Confirm sets with the program then (`_points_dates`).
-    The card is the one identified, or the scanned number; a phone of nobody's is kept
-    and sent only as its keyed form (`phone_at_rest`)."""
+    The card is the one identified, or the scanned digits (blanks and dashes dropped):
+    an UNKNOWN number's points go to the hub under it, to be settled when the hub knows
+    the card (docs/CONTRACT.md §4), a phone of nobody's included."""
     receipt, priced, customer = done.receipt, done.priced, done.customer
     return {
         "at": receipt.at.isoformat(),
         "localDay": receipt.at.astimezone(program.zone).date().isoformat(),
-        "card": done.ident.card_number
-        or phone_at_rest(receipt.card, secret)
-        or normalise(receipt.card),
+        "card": done.ident.card_number or normalise(receipt.card),
         "customerId": customer.id if customer else None,
         "firstName": customer.first_name if customer else None,
         "mode": done.mode,
