@@ -77,3 +77,73 @@ def test_a_fiscal_document_over_64_characters_is_said_alike_by_every_door(
         agent.close()
     again = cli("hold", receipt("h-1"), "--json")
     assert again.code == 0 and again.json()["state"] == "HELD"
+
+
+# ------------------------------------------- a till-issued coupon in its offer's last second
+
+ENDS_AT = "2026-11-30T23:59:59+03:00"  # the offer's end, in whole seconds
+LAST_SECOND = "2026-11-30T23:59:59.500+03:00"  # a POS that stamps milliseconds
+
+
+def _issuing(offer_id: str = "o-next") -> dict[str, Any]:
+    return {
+        "id": offer_id,
+        "customerId": "c-a",
+        "kind": "PERCENT_OFF",
+        "skus": ["4601234000024"],
+        "value": "10",
+        "validFrom": "2026-11-01T00:00:00+03:00",
+        "validTo": ENDS_AT,
+        "priority": 1,
+        "rank": 1,
+        "printable": True,
+        "printText": "−10% на хлеб",
+        "issueCoupon": True,
+    }
+
+
+def test_a_sale_in_the_last_second_of_an_issuing_offer_is_committed(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """docs/CONTRACT.md §2, §7, §13: an end written in whole seconds holds through that
+    second, so a sale stamped 23:59:59.500 picks a printable offer ending 23:59:59, and an
+    `issueCoupon` offer is printed with a new code valid from the sale's `at` to the
+    offer's end. That code's validFrom (23:59:59.500) is after its validTo (23:59:59) by
+    the instant, and the till refused its own coupon: the checkout failed (exit 1,
+    "internal error") and the POS sold without loyalty, for an offer meant for the next
+    visit. Now the code's window is read by the same rule (it holds through 23:59:59):
+    the sale stands, the offer is printed and its code is issued; the hub takes the
+    code's transaction (it checks a coupon with the same model) and puts the code in its
+    next snapshot, which a till loads."""
+    from datetime import UTC, datetime
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.loopback import import_doc
+
+    from .test_coupons import outbox
+
+    assert cli("snapshot", "load", snapshot(offers=[_issuing()])).code == 0
+    sale = cli("checkout", receipt("r-last", at=LAST_SECOND), "--json")
+    assert sale.code == 0, sale.err
+    assert sale.json()["printedOffers"] == ["o-next"]
+    assert sale.json()["state"] == "CONFIRMED"
+    # the code's transaction at the hub, and the hub's next snapshot at a till
+    txs = outbox(tmp_path / "data")
+    assert [t.kind for t in txs] == ["CHECKOUT", "COUPON_ISSUED"]
+    coupon = json.loads(txs[1].request_json)["coupon"]
+    assert (coupon["validFrom"], coupon["validTo"]) == ("2026-11-30T23:59:59.500000+03:00", ENDS_AT)
+    hub = SqliteHubStore(tmp_path / "hub.db")
+    try:
+        now = datetime(2026, 11, 30, 21, 0, tzinfo=UTC)
+        master = {k: v for k, v in snapshot(offers=[_issuing()]).items() if "ersion" not in k}
+        import_doc(hub, master)
+        hub.publish(now, 7 * 86400.0)
+        hub.ingest("till-1", "", txs, now)
+        assert [t.seq for t in hub.transactions("till-1")] == [1, 2]
+        hub.publish(now.replace(hour=22), 7 * 86400.0)
+        delta = hub.snapshot_doc(2, 1)
+        assert [c["code"] for c in delta["coupons"]] == [coupon["code"]]
+    finally:
+        hub.close()
+    loaded = cli("snapshot", "load", delta)
+    assert loaded.code == 0, loaded.err
