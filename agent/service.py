@@ -1051,12 +1051,36 @@ class Agent:
         # committed now: the points' dates with the program in force now (§5 step 6)
         figures.update(_points_dates(datetime.fromisoformat(figures["at"]), view.program()))
         self._balance_now(receipt_id, held, figures, view)
+        self._pick_offers_now(figures, view)
         result, _ = self._commit(
             receipt_id, request_text, held, figures, fiscal_document, view.applied_through(), now
         )
         # The receipt's own rows keep the request and the result from now on.
         ledger.confirm_life(self._ledger, receipt_id, ledger.utc_text(now), fiscal_document)
         return result
+
+    def _pick_offers_now(self, figures: dict[str, Any], view: CacheView) -> None:
+        """Confirm: §7 picks the offers to print after the commit, so from the offers the
+        till has now, with the cooldown as the ledger stands now: an offer the hub removed
+        since the Hold, or of a campaign whose control group the customer has joined since,
+        is not printed (nor given a code, §13), and one printed to the customer meanwhile
+        leaves its place to the next by rank. A customer no longer in the cache gets none."""
+        customer_id = figures.get("customerId")
+        if customer_id is None:
+            return
+        customer = view.customer(customer_id)
+        if customer is None:
+            figures["offers"] = []
+            return
+        program = view.program()
+        at = datetime.fromisoformat(figures["at"])
+        since = store_days(at, -program.offer_print_cooldown_days, program.zone)
+        recent = ledger.printed_since(self._ledger, customer.id, since)
+        own = view.personal_offers(customer.id)
+        printed = offers_to_print(customer, own, at, program, recent.__contains__)
+        figures["offers"] = _offers_json(printed)
+        figures["cooldownDays"] = program.offer_print_cooldown_days
+        figures["timezone"] = program.timezone
 
     def _balance_now(
         self, receipt_id: str, held: dict[str, Any], figures: dict[str, Any], view: CacheView
@@ -1459,7 +1483,8 @@ class Agent:
         at = datetime.fromisoformat(figures["at"])
         offers: list[dict[str, Any]] = figures["offers"]
         if offers and customer_id is not None:
-            # Chosen at Hold; one printed to the customer since (another receipt) waits.
+            # Picked with the pricing (a Checkout) or at Confirm (`_pick_offers_now`); one
+            # printed to the customer since (another receipt) waits.
             zone = _zone_or_none(figures.get("timezone"))
             since = store_days(at, -int(figures["cooldownDays"]), zone)
             recent = ledger.printed_since(conn, customer_id, since)
