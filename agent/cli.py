@@ -888,7 +888,7 @@ def _human_card(card: dict[str, Any]) -> str:
 def _human_result(r: dict[str, Any], printer: bool = True) -> str:
     """A result as text; `printer`: the till has a coupon printer (else the offers the
     commit picked are not printed: docs/CONTRACT.md §7, `[printer] kind = "none"`)."""
-    from .money import format_minor
+    from tillpoint.printer.text import format_money
 
     out = [f"receipt {r['receiptId']}  card {_human_card(r['card'])}  mode {r['mode']}"]
     if r.get("state"):
@@ -898,14 +898,14 @@ def _human_result(r: dict[str, Any], printer: bool = True) -> str:
     for line in r["lines"]:
         offer = f"  offer {line['offerId']}" if line["offerId"] else ""
         out.append(
-            f"  {line['sku']:<16} {format_minor(line['amountMinor']):>12}"
-            f"  −{format_minor(line['discountMinor'])}{offer}"
-            f"  paid by points {format_minor(line['redeemedMinor'])}"
+            f"  {line['sku']:<16} {format_money(line['amountMinor']):>12}"
+            f"  −{format_money(line['discountMinor'])}{offer}"
+            f"  paid by points {format_money(line['redeemedMinor'])}"
             f"  +{line['earnedPoints']} pts"
         )
     out.append(
-        f"total {format_minor(r['totalMinor'])}  discount {format_minor(r['discountMinor'])}"
-        f"  redeemed {r['redeemedPoints']} pts  to pay {format_minor(r['payableMinor'])}"
+        f"total {format_money(r['totalMinor'])}  discount {format_money(r['discountMinor'])}"
+        f"  redeemed {r['redeemedPoints']} pts  to pay {format_money(r['payableMinor'])}"
         f"  earned {r['earnedPoints']} pts"
     )
     if r["balance"]:
@@ -926,17 +926,17 @@ def _human_result(r: dict[str, Any], printer: bool = True) -> str:
 
 
 def _human_trace(t: dict[str, Any]) -> list[str]:
-    from .money import format_minor
+    from tillpoint.printer.text import format_money
 
     out = ["why:"]
     for line in t["lines"]:
         out.append(f"  line {line['index'] + 1} {line['sku']}")
         for o in line["offers"]:
-            figure = f" −{format_minor(o['discountMinor'])}" if o.get("discountMinor") else ""
+            figure = f" −{format_money(o['discountMinor'])}" if o.get("discountMinor") else ""
             won = o.get("beatenByDiscountMinor")
             # a multiplier beaten by another (or by the birthday's) gives no money: no "(−0,00)"
             by = (
-                f" by {o['beatenBy']}" + (f" (−{format_minor(won)})" if won else "")
+                f" by {o['beatenBy']}" + (f" (−{format_money(won)})" if won else "")
                 if o.get("beatenBy")
                 else ""
             )
@@ -944,25 +944,25 @@ def _human_trace(t: dict[str, Any]) -> list[str]:
     for d in t.get("deals", []):  # a basket deal weighed against its lines' offers (§15)
         lines = ", ".join(str(i + 1) for i in d["lines"])
         out.append(
-            f"  deal {d['offerId']}: {d['outcome']} −{format_minor(d['discountMinor'])}"
-            f" (line offers −{format_minor(d['lineOffersMinor'])}; lines {lines})"
+            f"  deal {d['offerId']}: {d['outcome']} −{format_money(d['discountMinor'])}"
+            f" (line offers −{format_money(d['lineOffersMinor'])}; lines {lines})"
         )
     given = {o["offerId"]: o.get("discountMinor", 0) for o in t["receiptOffers"]}
     for o in t["receiptOffers"]:
         missing = o.get("missingMinor", 0)
-        more = f", {format_minor(missing)} more needed" if missing else ""
+        more = f", {format_money(missing)} more needed" if missing else ""
         # what it gives (or would give): a discount, or EXTRA_POINTS' points
-        figure = f" −{format_minor(o['discountMinor'])}" if o.get("discountMinor") else ""
+        figure = f" −{format_money(o['discountMinor'])}" if o.get("discountMinor") else ""
         figure += f" +{o['points']} pts" if o.get("points") else ""
         won = given.get(o.get("beatenBy") or "", 0)
         by = (
-            f" by {o['beatenBy']}" + (f" (−{format_minor(won)})" if won else "")
+            f" by {o['beatenBy']}" + (f" (−{format_money(won)})" if won else "")
             if o.get("beatenBy")
             else ""
         )
         out.append(
             f"  receipt offer {o['offerId']}: {o['outcome']}{figure}{by}"
-            f" (from {format_minor(o['minTotalMinor'])}{more})"
+            f" (from {format_money(o['minTotalMinor'])}{more})"
         )
     red = t["redemption"]
     caps = [f"{c['name'].lower()} {c['points']}" for c in red["caps"]]

@@ -35,7 +35,7 @@ from .errors import InputError, TillpointError
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from .config import Settings
     from .results import CheckoutResult, TillStatus
-from .money import format_minor
+from tillpoint.printer.text import format_money
 
 ZONE = ZoneInfo("Europe/Moscow")
 Out = Callable[[str], None]
@@ -99,6 +99,7 @@ def _pause(text: str) -> float:
 def export(directory: Path, *, seed: int = 7, out: Out = print) -> list[Path]:
     """`demo --export DIR`: the demo's chain and day as example files, dated today."""
     from .demo_data import example_files
+    from .files import write_whole
 
     if directory.exists() and not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
@@ -107,9 +108,7 @@ def export(directory: Path, *, seed: int = 7, out: Out = print) -> list[Path]:
         written = []
         for name, doc in example_files(datetime.now(ZONE).date(), seed=seed).items():
             path = directory / name
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-            tmp.replace(path)
+            write_whole(path, (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode())
             written.append(path)
     except OSError as exc:
         raise InputError(f"{directory}: cannot write the files ({exc.strerror})") from None
@@ -457,7 +456,7 @@ def _day(
                 )
             )
             story.say(
-                f"  {bread['name']}: 60,00 → {format_minor(quote.payable_minor)} "
+                f"  {bread['name']}: 60,00 → {format_money(quote.payable_minor)} "
                 f"(offer {quote.lines[0].offer_id})"
             )
             story.check(quote.lines[0].offer_id == "m-bread-25", "new offer not applied")
@@ -511,8 +510,8 @@ def _sales(
         basket.append(_line(product, qty, price))
         quote = agent.quote(receipt_from_json(_receipt("d-1", anna_card, at(10, 15), basket, 0)))
         story.say(
-            f"  scan {product['name']} × {qty}: total {format_minor(quote.total_minor)},"
-            f" savings {format_minor(quote.discount_minor)}"
+            f"  scan {product['name']} × {qty}: total {format_money(quote.total_minor)},"
+            f" savings {format_money(quote.discount_minor)}"
         )
         if watcher is not None:
             watcher.settle(0.6)
@@ -676,7 +675,7 @@ def _afternoon(
     for row in (early.trace or {})["lines"][0]["offers"]:
         story.say(f"  {row['offerId']}: {row['outcome']}")
     for row in (early.trace or {})["receiptOffers"]:
-        missing = f", {format_minor(row['missingMinor'])} more" if row.get("missingMinor") else ""
+        missing = f", {format_money(row['missingMinor'])} more" if row.get("missingMinor") else ""
         story.say(f"  {row['offerId']}: {row['outcome']}{missing}")
     story.say(f"  the display while it is priced: {' / '.join(early.display or ())}")
     outcomes = {r["offerId"]: r["outcome"] for r in (early.trace or {})["lines"][0]["offers"]}
@@ -785,12 +784,12 @@ def _tell(story: Story, r: CheckoutResult, products: dict[str, Any]) -> None:
         name = products[line.sku]["name"]
         extra = f"  offer {line.offer_id}" if line.offer_id else ""
         story.say(
-            f"  {name:<40.40} {format_minor(line.amount_minor):>9}"
-            f"  −{format_minor(line.discount_minor)}{extra}  +{line.earned_points} pts"
+            f"  {name:<40.40} {format_money(line.amount_minor):>9}"
+            f"  −{format_money(line.discount_minor)}{extra}  +{line.earned_points} pts"
         )
     story.say(
-        f"  total {format_minor(r.total_minor)}, discounts {format_minor(r.discount_minor)},"
-        f" points spent {r.redeemed_points}, to pay {format_minor(r.payable_minor)};"
+        f"  total {format_money(r.total_minor)}, discounts {format_money(r.discount_minor)},"
+        f" points spent {r.redeemed_points}, to pay {format_money(r.payable_minor)};"
         f" earned {r.earned_points} points ({r.mode})"
     )
     if r.balance is not None:

@@ -96,11 +96,3 @@ def decimal_text(value: Fraction) -> str:
     whole, part = divmod(abs(numerator), 10**places)
     decimals = f"{part:0{places}d}".rstrip("0") if places else ""
     return f"{sign}{whole}.{decimals}" if decimals else f"{sign}{whole}"
-
-
-def format_minor(amount_minor: int) -> str:
-    """12345678 -> '123 456,78' (the way a Russian receipt writes roubles)."""
-    sign = "-" if amount_minor < 0 else ""
-    whole, cents = divmod(abs(amount_minor), 100)
-    grouped = f"{whole:,}".replace(",", " ")
-    return f"{sign}{grouped},{cents:02d}"

@@ -118,6 +118,15 @@ def _check_host(host: str) -> None:
         )
 
 
+def _check_serial(what: str, kind: str, device: str | None) -> None:
+    """A serial device (`kind` "serial") names its port, a valid one (`_check_device`)."""
+    if kind != "serial":
+        return
+    if not device:
+        raise ValueError(f'{what} kind "serial" needs device')
+    _check_device(what, device)
+
+
 def _check_device(what: str, device: str) -> None:
     """A pyserial network URL needs HOST:PORT; pyserial's own words for a bad one are
     "'debug|info|warning|error'" (it reads a bad port as a bad option)."""
@@ -194,10 +203,9 @@ class PrinterConfig(_Model):
             raise ValueError('printer kind "network" needs host')
         if self.kind == "network" and self.host:
             _check_host(self.host)
-        if self.kind in ("serial", "file") and not self.device:
-            raise ValueError(f'printer kind "{self.kind}" needs device')
-        if self.kind == "serial" and self.device:
-            _check_device("printer", self.device)
+        if self.kind == "file" and not self.device:
+            raise ValueError('printer kind "file" needs device')
+        _check_serial("printer", self.kind, self.device)
         if self.kind == "usb" and (self.usb_vendor_id is None or self.usb_product_id is None):
             raise ValueError('printer kind "usb" needs usb_vendor_id and usb_product_id')
         check_single_byte_codec(self.codepage)
@@ -228,10 +236,7 @@ class DisplayConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> DisplayConfig:
-        if self.kind == "serial" and not self.device:
-            raise ValueError('display kind "serial" needs device')
-        if self.kind == "serial" and self.device:
-            _check_device("display", self.device)
+        _check_serial("display", self.kind, self.device)
         check_single_byte_codec(self.codepage)
         if not self.cd5220_charset.isascii():
             raise ValueError("cd5220_charset must be one ASCII letter")
@@ -253,10 +258,7 @@ class ScannerConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> ScannerConfig:
-        if self.kind == "serial" and not self.device:
-            raise ValueError('scanner kind "serial" needs device')
-        if self.kind == "serial" and self.device:
-            _check_device("scanner", self.device)
+        _check_serial("scanner", self.kind, self.device)
         try:
             codecs.lookup(self.encoding)
         except LookupError:

@@ -56,10 +56,15 @@ __all__ = [
 log = logging.getLogger("tillpoint.display")
 
 
-class EpsonCommands:
-    """Epson ESC/POS customer display commands (DM-D series and compatibles)."""
+class _Commands:
+    """What the two command sets share: reset (``1B 40``) and clear (``0C``), and the
+    shape of the others; a set gives the prefixes of its overwrite, cursor and brightness
+    commands (the table above) and its character set command."""
 
-    name = "epson"
+    name: str
+    overwrite_bytes: bytes
+    cursor_prefix: bytes
+    brightness_prefix: bytes
 
     def __init__(self, config: DisplayConfig) -> None:
         self.config = config
@@ -71,40 +76,34 @@ class EpsonCommands:
         return b"\x0c"
 
     def overwrite(self) -> bytes:
-        return b"\x1f\x01"
+        return self.overwrite_bytes
 
     def cursor(self, col: int, row: int) -> bytes:
-        return b"\x1f\x24" + bytes([col, row])
+        return self.cursor_prefix + bytes([col, row])
 
     def brightness(self, level: int) -> bytes:
-        return b"\x1f\x58" + bytes([level])
+        return self.brightness_prefix + bytes([level])
+
+
+class EpsonCommands(_Commands):
+    """Epson ESC/POS customer display commands (DM-D series and compatibles)."""
+
+    name = "epson"
+    overwrite_bytes = b"\x1f\x01"
+    cursor_prefix = b"\x1f\x24"
+    brightness_prefix = b"\x1f\x58"
 
     def charset(self) -> bytes:
         return b"\x1b\x74" + bytes([self.config.codepage_table])
 
 
-class CD5220Commands:
+class CD5220Commands(_Commands):
     """CD5220 command set (most unbranded pole displays)."""
 
     name = "cd5220"
-
-    def __init__(self, config: DisplayConfig) -> None:
-        self.config = config
-
-    def init(self) -> bytes:
-        return b"\x1b\x40"
-
-    def clear(self) -> bytes:
-        return b"\x0c"
-
-    def overwrite(self) -> bytes:
-        return b"\x1b\x11"
-
-    def cursor(self, col: int, row: int) -> bytes:
-        return b"\x1b\x6c" + bytes([col, row])
-
-    def brightness(self, level: int) -> bytes:
-        return b"\x1b\x2a" + bytes([level])
+    overwrite_bytes = b"\x1b\x11"
+    cursor_prefix = b"\x1b\x6c"
+    brightness_prefix = b"\x1b\x2a"
 
     def charset(self) -> bytes:
         return b"\x1b\x66" + self.config.cd5220_charset.encode("ascii")

@@ -186,5 +186,8 @@ def render_png(
         paper.paste(img, (x, y))
         y += img.height + 4
     if path is not None:
-        paper.save(path, format="PNG")
+        from tillpoint.agent.files import replacing
+
+        with replacing(path) as out:  # written whole: a failed save leaves the old file
+            paper.save(out, format="PNG")
     return paper

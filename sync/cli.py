@@ -389,9 +389,9 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     server = HubServer(hub, config)  # its store too: --store or $TILLPOINT_HUB_STORE
     port = server.start(args.listen)
     if args.port_file is not None:
-        tmp = Path(str(args.port_file) + ".tmp")
-        tmp.write_text(f"{port}\n", encoding="utf-8")
-        os.replace(tmp, args.port_file)
+        from tillpoint.agent.files import write_whole
+
+        write_whole(args.port_file, f"{port}\n".encode())
     logging.getLogger("tillpoint.hub").info(
         "hub %s listening on %s (port %d)", server.dir.root, args.listen, port
     )
@@ -622,8 +622,10 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
 
         write_signed_file(Stdout(), bundle)
         return EXIT_OK
-    try:
-        with args.out.open("w", encoding="utf-8") as out:
+    from tillpoint.agent.files import replacing
+
+    try:  # written whole: a failed export leaves the file it was to replace as it was
+        with replacing(args.out, encoding="utf-8") as out:
             write_signed_file(out, bundle)
         # the file's size, what `ls -l` and a copy's check read: it was the signed
         # payload's (`bundle.size`), which the file wraps with its format and signature

@@ -60,13 +60,7 @@ from tillpoint.agent.models import (
 from tillpoint.agent.snapshot_stream import HEAD_BYTES, refuse_non_object
 
 from .hub_rules import canon
-from .hub_store import ImportRow, RowProblem
-
-
-def canonical(doc: dict[str, Any]) -> str:
-    """A row's canonical JSON text (as `hub_rules.canon` makes it)."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
+from .hub_store import SECTIONS, ImportRow, RowProblem
 
 Progress = Callable[[int, int], None]  # (done, total) in bytes
 
@@ -78,14 +72,6 @@ MODELS: dict[str, type[Model]] = {
     "card": CardRecord,
     "offer": Offer,
     "coupon": Coupon,
-}
-PLURAL = {
-    "products": "product",
-    "categories": "category",
-    "customers": "customer",
-    "cards": "card",
-    "offers": "offer",
-    "coupons": "coupon",
 }
 # The program's int64 figures a till's model reads as decimals: the hub takes whole
 # numbers only and writes them as JSON numbers, as every other int64 of the program.
@@ -110,7 +96,7 @@ def _sections(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(doc) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
-            if key in seen and (key in PLURAL or key in ("program", "removed")):
+            if key in seen and (key in SECTIONS or key in ("program", "removed")):
                 raise _Twice(f"{key} is given twice in one object: merge them into one")
             seen.add(key)
     return doc
@@ -218,7 +204,7 @@ def _removed(data: Any, where: str) -> Iterator[ImportRow | RowProblem]:
     for section, keys in data.items():
         if keys is None:  # null: the list left out
             continue
-        kind = PLURAL.get(section)
+        kind = SECTIONS.get(section)
         if kind is None:
             yield RowProblem(f"{where}.{section}", "is not a known section")
             continue
@@ -263,15 +249,15 @@ def read_json(
             else "an enrolment bundle (a till's secret: keep it for 'sync install')"
         )
         raise InputError(f"import: the file is {what}, not master data")
-    unknown = set(doc) - {"program", "removed", *PLURAL, *IGNORED_HEADER}
+    unknown = set(doc) - {"program", "removed", *SECTIONS, *IGNORED_HEADER}
     if unknown:
         raise InputError(f"import: {sorted(unknown)[0]} is not a known section")
-    rows = sum(len(v) for k, v in doc.items() if k in PLURAL and isinstance(v, list))
+    rows = sum(len(v) for k, v in doc.items() if k in SECTIONS and isinstance(v, list))
     rows = max(rows, 1)
     done = 0
     if "program" in doc:
         yield validate_row("program", doc["program"], "program")
-    for section, kind in PLURAL.items():
+    for section, kind in SECTIONS.items():
         values = doc.get(section, [])
         if not isinstance(values, list):
             yield RowProblem(section, "expected a list")
@@ -321,7 +307,7 @@ def _line_rows(
         return out, (True, section)
     if snapshot_stream:
         if set(item) == {"section"}:
-            kind = PLURAL.get(str(item["section"]))
+            kind = SECTIONS.get(str(item["section"]))
             if kind is None:
                 return [RowProblem(where, f"unknown section {item['section']!r}")], (True, None)
             return [], (True, kind)
@@ -335,9 +321,9 @@ def _line_rows(
         return list(_removed(data, where)), state
     if name in MODELS:
         return [validate_row(name, data, where)], state
-    if name in PLURAL:
+    if name in SECTIONS:
         return [
-            RowProblem(where, f'write one row per line as {{"{PLURAL[name]}": {{...}}}}')
+            RowProblem(where, f'write one row per line as {{"{SECTIONS[name]}": {{...}}}}')
         ], state
     return [RowProblem(where, f"{name!r} is not a known kind of row")], state
 
@@ -429,7 +415,7 @@ def _chunk(
             found, state = _line_rows(number + n, lines[n], state, False)
             for row in found:
                 if isinstance(row, ImportRow) and row.doc is not None:  # the text made here
-                    row = ImportRow(row.kind, row.key, None, row.where, canonical(row.doc))
+                    row = ImportRow(row.kind, row.key, None, row.where, canon(row.doc))
                 out.append(row)
         i = max(end, i + 1)
     return out, state

@@ -34,8 +34,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2_grpc
 from tillpoint.agent.config import bind_problem
-from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
+from tillpoint.agent.files import write_whole
 from tillpoint.agent.grpc_decode import RefuseUndecodable
 from tillpoint.agent.grpc_health import ReadinessHealth
 from tillpoint.agent.models import _timestamp, coupon_code
@@ -468,12 +468,7 @@ class SnapshotBuilder:
             size=size,
             build_s=time.monotonic() - started,
         )
-        meta_tmp = self.dir / f"{name}.json.tmp"
-        meta_tmp.write_text(json.dumps(snap.meta()), encoding="utf-8")
-        with open(meta_tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(meta_tmp, self.dir / f"{name}.json")
-        fsync_path(self.dir)
+        write_whole(self.dir / f"{name}.json", json.dumps(snap.meta()).encode())
         return snap
 
     def _prune(self) -> None:

@@ -40,6 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tillpoint.agent.config import DEVICE_ID_MAX, device_id_problem
 from tillpoint.agent.db import fsync_path
 from tillpoint.agent.errors import InputError, TillpointError
+from tillpoint.agent.files import write_whole
 
 from . import ENROLLMENT_DIR, ENROLLMENT_FILE, RENEW_WARNING_DAYS, SET_JOURNAL
 from . import is_enrolled as is_enrolled  # the marker, for this module's users
@@ -69,26 +70,12 @@ class KeyMaterialRefused(EnrollmentError):
 def _write_private(path: Path, data: bytes) -> None:
     """Write a secret: mode 0600 from the start, fsynced, replaced atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        # O_CREAT's mode applies only to a new file: a temporary file a crash left (or
-        # one made by hand) keeps its own mode, so set it
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_whole(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_whole(path, data)
 
 
 def _write_set(root: Path, files: list[tuple[str, bytes, bool]]) -> None:

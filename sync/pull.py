@@ -45,6 +45,7 @@ import grpc
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import InputError, SnapshotCorrupted, TillpointError, UnreadableFile
+from tillpoint.agent.files import write_whole
 from tillpoint.agent.ledger import open_ledger
 from tillpoint.agent.lock import flock_within
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -308,11 +309,7 @@ class Puller:
         return partial
 
     def _save_meta(self, partial: _Partial) -> None:
-        tmp = self.meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps(partial.__dict__), encoding="utf-8")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.meta)
+        write_whole(self.meta, json.dumps(partial.__dict__).encode())
 
     def _discard(self) -> None:
         for path in (self.meta, self.part):

@@ -8,18 +8,19 @@ import io
 import json
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from tillpoint.agent.cli import main
-from tillpoint.agent.service import Agent
+from tillpoint.agent.service import Agent, HubGrant
 
 if TYPE_CHECKING:
     from tillpoint.agent.http_api import HttpServer
+    from tillpoint.sync.loopback import LoopbackHub, Till
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,6 +113,17 @@ def grpc_served(agent: Agent, **settings: Any) -> Iterator[int]:
         server.stop(0).wait()
 
 
+@contextlib.contextmanager
+def posagent_stub(agent: Agent) -> Iterator[Any]:
+    """A `PosAgent` stub on a channel to `agent`'s gRPC server (`grpc_served`), for the
+    block (the agent stays open: its owner closes it)."""
+    import grpc
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield pb_grpc.PosAgentStub(channel)
+
+
 class ChannelStates:
     """The connectivity states a gRPC channel goes through, from READY on: a link a
     server drops (GOAWAY) shows a state after READY."""
@@ -147,6 +159,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def ean13(stem12: str) -> str:
+    """`stem12` with its EAN-13 check digit (a card number or a SKU a test makes up)."""
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(stem12))
+    return stem12 + str((10 - total % 10) % 10)
+
+
+class ManualClock:
+    """A wall clock the test moves (an `Agent`'s `clock`, a print worker's)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A till's wall clock at the receipts' time (`RECEIPT_AT`), moved by the test."""
+    return ManualClock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
 
 
 def snapshot(**changes: Any) -> dict[str, Any]:
@@ -236,6 +273,70 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CLI:
         return Run(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+# ---------------------------------------------------------------- a hub and its tills
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
+    """The reference hub with the sample master data (`sync.loopback`) on a free loopback
+    port; a module that needs other data defines its own `hub`."""
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    yield hub
+    hub.stop()
+
+
+def enrolled_till(hub: LoopbackHub, data_dir: Path, name: str, **kw: Any) -> Till:
+    """A till of `hub` (its sync loop not started) that has pulled the hub's first
+    snapshot, as `tillpoint sync now` does."""
+    from tillpoint.sync.loopback import wait_for
+    from tillpoint.sync.pull import Puller, cache_version
+
+    till = hub.till(name, data_dir, start=False, **kw)
+    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
+    wait_for(lambda: cache_version(till.data_dir) == 1)
+    return till
+
+
+class PassThroughHub:
+    """A till's hub authoriser that hands every call to `inner` (the till's real one): a
+    test subclasses it to act before the hub is asked (`asking`) or once it has granted
+    (`granted`), or overrides `authorise`."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def authorise(
+        self,
+        customer_id: str,
+        receipt_id: str,
+        points: int,
+        at: datetime,
+        hold_ttl_s: int | None = None,
+        coupon_codes: Sequence[str] = (),
+        since: float | None = None,
+    ) -> HubGrant:
+        self.asking()
+        grant: HubGrant = self.inner.authorise(
+            customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes
+        )
+        self.granted(grant)
+        return grant
+
+    def asking(self) -> None:
+        """Before the hub is asked."""
+
+    def granted(self, grant: HubGrant) -> None:
+        """Once the hub has answered with `grant`."""
+
+    def release(self, receipt_id: str) -> bool:
+        return bool(self.inner.release(receipt_id))
+
+    def reachable(self) -> bool:
+        return bool(self.inner.reachable())
 
 
 # ---------------------------------------------------------------- PostgreSQL (the hub's)

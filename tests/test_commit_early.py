@@ -20,7 +20,7 @@ from tillpoint.agent.money import decimal_text
 from tillpoint.agent.results import CheckoutResult, receipt_from_json
 from tillpoint.agent.service import Agent
 
-from .conftest import PROGRAM, snapshot
+from .conftest import PROGRAM, ManualClock, snapshot
 from .conftest import receipt as receipt_json
 
 BORIS = "2770000000024"  # 80 points, base tier
@@ -32,17 +32,11 @@ def receipt(*args: Any, **fields: Any) -> Receipt:
     return receipt_from_json(receipt_json(*args, **fields))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def till(tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(tmp_path / "data", "till-1", clock=Clock())
+    a = Agent(
+        tmp_path / "data", "till-1", clock=ManualClock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
+    )
     program = {**PROGRAM, "holdTtlSeconds": 600, "offlineRedeemLimitPoints": 100_000}
     a.load_snapshot(snapshot(program=program))
     yield a
@@ -214,7 +208,9 @@ def test_a_coupon_used_between_pricing_and_commit_is_not_used_twice(tmp_path: Pa
         "value": "2000",
         "couponRequired": True,
     }
-    till = Agent(tmp_path / "data", "till-1", clock=Clock())
+    till = Agent(
+        tmp_path / "data", "till-1", clock=ManualClock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
+    )
     try:
         till.load_snapshot(
             snapshot(offers=[sorry], coupons=[{"code": "APP555", "offerId": "o-sorry"}])

@@ -13,10 +13,10 @@ import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.hub_sqlite import SqliteHubStore
 from tillpoint.sync.hub_store import TxIn
-from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, sample_master_data, wait_for
-from tillpoint.sync.pull import Puller, cache_version
+from tillpoint.sync.loopback import LoopbackHub, Till, import_doc, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
 
+from .conftest import enrolled_till
 from .test_coupons import COUPONS, SORRY, receipt, verdicts
 
 APPLIED = ("APP555", "APPLIED", "")
@@ -32,10 +32,7 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
 
 
 def enrolled(hub: LoopbackHub, tmp_path: Path, name: str) -> Till:
-    till = hub.till(name, tmp_path / name, start=False)
-    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-    wait_for(lambda: cache_version(till.data_dir) == 1)
-    return till
+    return enrolled_till(hub, tmp_path / name, name)
 
 
 def test_two_tills_one_code_online_the_second_gets_already_used(

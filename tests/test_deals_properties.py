@@ -16,13 +16,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tillpoint.agent.models import Customer, Offer, Product, Program, Receipt, ReceiptLine
+from tillpoint.agent.models import Offer, Receipt, ReceiptLine
 from tillpoint.agent.pricing import PricingContext, line_discount, multibuy_free, price
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import snapshot
-from .test_properties import CATEGORIES, SKUS, lines
+from .test_properties import SKUS, lines, pricing_context
 
 KINDS = [
     "PERCENT_OFF",
@@ -91,37 +91,7 @@ def deal_offers(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 def _context(offer_rows: list[dict[str, Any]], cap: int | None) -> PricingContext:
-    customer = Customer(
-        id="c-a",
-        first_name="Анна",
-        tier="gold",
-        balance_points=5000,
-        control_groups=("camp-held",),
-        favorite_weekday=5,
-    )
-    products = {
-        sku: Product(
-            sku=sku,
-            category=CATEGORIES.get(sku, "tobacco"),
-            excluded_from_loyalty=sku == "4601234000031",
-        )
-        for sku in SKUS[:4]
-    }
-    parents = {"dairy": "food", "bakery": "food"}
-
-    def categories_of(sku: str) -> frozenset[str]:
-        cat = CATEGORIES.get(sku)
-        return frozenset({cat, parents[cat]}) if cat else frozenset()
-
-    return PricingContext(
-        program=Program(),
-        products=products,
-        categories_of=categories_of,
-        customer=customer,
-        offers=[Offer.model_validate(o) for o in offer_rows],
-        available_points=5000,
-        redeem_cap=cap,
-    )
+    return pricing_context(offer_rows, 5000, cap, "gold", favorite_weekday=5)
 
 
 def _receipt(line_rows: list[dict[str, Any]], at: str, requested: int, explain: bool) -> Receipt:

@@ -17,7 +17,7 @@ from tillpoint.sync import hub_import
 from tillpoint.sync.hub_import import BULK, Bulk, read_file, read_jsonl
 from tillpoint.sync.hub_rules import canon
 from tillpoint.sync.hub_sqlite import SqliteHubStore
-from tillpoint.sync.hub_store import ImportRefused, ImportRow
+from tillpoint.sync.hub_store import SECTIONS, ImportRefused, ImportRow
 
 from bench.generate import Scale, write_full
 
@@ -89,7 +89,7 @@ def test_odd_texts_and_times_read_the_same(monkeypatch: Any) -> None:
         "coupons": [{"code": " ab–12 cd ", "offerId": "o1"}],
     }
     for name, rows in sections.items():  # each run is taken by the bulk path
-        kind = hub_import.PLURAL[name]
+        kind = SECTIONS[name]
         lines = [
             (r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)).encode() for r in rows
         ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,13 +19,6 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 TIMEOUT = 5.0
-
-
-@pytest.fixture()
-def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    yield hub
-    hub.stop()
 
 
 def stub(

@@ -19,12 +19,11 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.limits import REQUEST_MAX_BYTES, TEXT_MAX
-from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, Run, receipt, snapshot
+from .conftest import CLI, Run, posagent_stub, receipt, snapshot
 
 TIMEOUT = 5
 LONG = "7" * (TEXT_MAX + 1)
@@ -149,14 +148,10 @@ def _served(tmp_path: Path, snap: dict[str, Any]) -> Iterator[pb_grpc.PosAgentSt
     """A real PosAgent server on loopback over an agent with `snap` loaded."""
     agent = Agent(tmp_path, "till-1")
     agent.load_snapshot(snap)
-    server, port, _ = build_server(agent, "127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield pb_grpc.PosAgentStub(channel)
+        with posagent_stub(agent) as stub:
+            yield stub
     finally:
-        channel.close()
-        server.stop(0).wait()
         agent.close()
 
 

@@ -19,7 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -30,6 +30,8 @@ from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.errors import PrinterError
 from tillpoint.printer.queue import PrintWorker, enqueue, ensure_schema, list_jobs, requeue
 from tillpoint.printer.virtual import VirtualPrinter
+
+from .conftest import ManualClock
 
 NOW = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
 
@@ -50,17 +52,6 @@ def payload(receipt: str = "s1-t1-000123", **extra: Any) -> dict[str, Any]:
         ],
         **extra,
     }
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -102,8 +93,12 @@ def add_job(ledger: Path, data: dict[str, Any] | None = None) -> None:
     conn.close()
 
 
-def worker(ledger: Path, port: int, clock: Clock | None = None, **overrides: Any) -> PrintWorker:
-    return PrintWorker(ledger, config(port, **overrides), clock=clock or Clock(), rng=Random(7))
+def worker(
+    ledger: Path, port: int, clock: ManualClock | None = None, **overrides: Any
+) -> PrintWorker:
+    return PrintWorker(
+        ledger, config(port, **overrides), clock=clock or ManualClock(NOW), rng=Random(7)
+    )
 
 
 def coupons(vp: VirtualPrinter, receipt: str = "s1-t1-000123") -> list[Any]:
@@ -143,7 +138,7 @@ def test_refused_connections_back_off_with_jitter_then_print(ledger: Path) -> No
     port = vp.start()
     vp.stop()  # switched off: connections are refused
     add_job(ledger)
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, port, clock)
     delays = []
     for _ in range(5):
@@ -172,7 +167,7 @@ def test_printer_closing_the_connection_early_gets_the_job_again_in_full(
 ) -> None:
     printer.close_after_bytes = 40  # 6 bytes of status requests, 34 of the job
     add_job(ledger)
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, printer.port, clock)
     w.run_once()
     assert len(printer.documents) == 1 and not printer.documents[0].complete
@@ -192,7 +187,7 @@ def test_printer_switched_off_mid_job_prints_it_once_when_back(ledger: Path) -> 
     port = vp.start()
     vp.stop_after_bytes = 100
     add_job(ledger)
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, port, clock)
     w.run_once()  # dropped mid-job
     w.run_once()  # not due
@@ -220,7 +215,7 @@ def test_paper_out_or_cover_open_holds_the_job_and_reports_it(
     else:
         printer.cover_open = True
     add_job(ledger)
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, printer.port, clock)
     w.run_once()
     status = w.status()
@@ -277,7 +272,7 @@ def test_a_printer_that_answers_nothing_keeps_the_job_and_holds_the_queue(
     printer.answer_status = False
     add_job(ledger)
     add_job(ledger, payload("s1-t1-000124"))
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, printer.port, clock, confirm_timeout_s=0.3)
     started = time.monotonic()
     with caplog.at_level("INFO", logger="tillpoint.printer"):
@@ -325,7 +320,7 @@ def test_print_retry_sends_a_held_job_at_once(ledger: Path, printer: VirtualPrin
 
     printer.answer_status = False
     add_job(ledger)
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, printer.port, clock, confirm_timeout_s=0.3)
     w.run_once()
     assert w.job("s1-t1-000123")["last_error"].startswith("sent, not confirmed")  # type: ignore[index]
@@ -347,7 +342,7 @@ def test_a_wedged_printer_loses_no_coupon_and_is_not_reported_ok(ledger: Path) -
     for the printer, and prints once when a working printer is back on the port."""
     hole = BlackHole()
     port = hole.port
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, port, clock, confirm_timeout_s=0.3)
     try:
         assert w.probe() == "ERROR"
@@ -373,7 +368,7 @@ def test_a_wedged_printer_loses_no_coupon_and_is_not_reported_ok(ledger: Path) -
 def test_a_held_job_stays_held_across_a_restart(ledger: Path, printer: VirtualPrinter) -> None:
     printer.answer_status = False
     add_job(ledger)
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, printer.port, clock, confirm_timeout_s=0.3)
     w.run_once()
     w.close()
@@ -466,7 +461,7 @@ def test_a_job_the_printer_always_drops_fails_and_the_queue_moves_on(
     add_job(ledger, payload("s1-t1-000123", offers=five))  # about 1 KB
     add_job(ledger, payload("s1-t1-000124"))  # about 330 bytes
     printer.close_after_bytes = 800
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, printer.port, clock, max_send_failures=3)
     for _ in range(2):
         w.run_once()
@@ -505,7 +500,7 @@ def test_a_wall_clock_stepped_back_does_not_hold_the_queue(ledger: Path) -> None
     port = vp.start()
     vp.stop()  # off: the first attempt is refused and backs off
     add_job(ledger)
-    clock = Clock()
+    clock = ManualClock(NOW)
     w = worker(ledger, port, clock)
     w.run_once()
     wait = w.run_once()
@@ -650,7 +645,7 @@ def test_expired_offers_and_bad_payloads_fail_without_blocking_the_queue(
 
 def test_max_job_age_drops_stale_coupons(ledger: Path, printer: VirtualPrinter) -> None:
     add_job(ledger)
-    clock = Clock()
+    clock = ManualClock(NOW)
     clock.advance(7200)
     w = worker(ledger, printer.port, clock, max_job_age_s=3600)
     w.run_once()
@@ -661,7 +656,7 @@ def test_max_job_age_drops_stale_coupons(ledger: Path, printer: VirtualPrinter) 
 def test_the_worker_thread_prints_in_order_and_holds_the_ledger_lock(
     ledger: Path, printer: VirtualPrinter
 ) -> None:
-    w = PrintWorker(ledger, config(printer.port, poll_interval_s=5), clock=Clock())
+    w = PrintWorker(ledger, config(printer.port, poll_interval_s=5), clock=ManualClock(NOW))
     w.start()
     try:
         with pytest.raises(PrinterError, match="already running"):

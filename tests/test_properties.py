@@ -97,15 +97,22 @@ def offers(draw: st.DrawFn) -> list[dict[str, Any]]:
     return [{k: v for k, v in o.items() if v is not None} for o in out]
 
 
-def _context(
-    offer_rows: list[dict[str, Any]], balance: int, cap: int | None, tier: str
+def pricing_context(
+    offer_rows: list[dict[str, Any]],
+    balance: int,
+    cap: int | None,
+    tier: str,
+    favorite_weekday: int | None = None,
 ) -> PricingContext:
+    """The pure core's input: customer c-a (in the control group of camp-held) with
+    `balance` points, the SKUS and CATEGORIES catalogue, these offers."""
     customer = Customer(
         id="c-a",
         first_name="Анна",
         tier=tier,
         balance_points=balance,
         control_groups=("camp-held",),
+        favorite_weekday=favorite_weekday,
     )
     products = {
         sku: Product(
@@ -156,7 +163,7 @@ def test_discounts_and_redemption_stay_within_every_cap(
         lines=tuple(ReceiptLine.model_validate(line) for line in line_rows),
         redeem_points=requested,
     )
-    ctx = _context(offer_rows, balance, cap, tier)
+    ctx = pricing_context(offer_rows, balance, cap, tier)
     priced = price(receipt, ctx)
     pv = ctx.program.point_value_minor
 

@@ -14,13 +14,13 @@ from google.protobuf import json_format
 from tillpoint.agent import ledger
 from tillpoint.agent.errors import Conflict, InputError, NotFound, Refused
 from tillpoint.agent.results import receipt_from_json, refund_from_json
-from tillpoint.agent.server import build_server, start_hold_sweeper
+from tillpoint.agent.server import start_hold_sweeper
 from tillpoint.agent.service import Agent
 from tillpoint.agent.wire import checkout_message, json_of, to_message
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, PROGRAM, receipt, snapshot
+from .conftest import CLI, PROGRAM, ManualClock, posagent_stub, receipt, snapshot
 
 TIMEOUT = 5
 BORIS = "2770000000024"  # 80 points, base tier
@@ -40,24 +40,8 @@ OFFER = {
 }
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
-
-
-@pytest.fixture
-def till(tmp_path: Path, clock: Clock) -> Iterator[Agent]:
+def till(tmp_path: Path, clock: ManualClock) -> Iterator[Agent]:
     a = Agent(tmp_path / "data", "till-1", clock=clock)
     program = {**PROGRAM, "holdTtlSeconds": 600, "offlineRedeemLimitPoints": 50}
     a.load_snapshot(snapshot(program=program, offers=[OFFER]))
@@ -78,7 +62,7 @@ def outbox(agent: Agent) -> list[dict[str, Any]]:
 
 
 def test_hold_reserves_and_confirm_commits_exactly_the_held_figures(
-    till: Agent, clock: Clock
+    till: Agent, clock: ManualClock
 ) -> None:
     before = till.balance("2770000000017")
     held = till.hold(receipt_from_json(receipt(redeemPoints=40)))
@@ -199,7 +183,9 @@ def test_unknown_receipt_and_bad_input(till: Agent) -> None:
     assert count(till, "outbox") == 0
 
 
-def test_holds_expire_release_their_points_and_can_be_held_again(till: Agent, clock: Clock) -> None:
+def test_holds_expire_release_their_points_and_can_be_held_again(
+    till: Agent, clock: ManualClock
+) -> None:
     first = till.hold(receipt_from_json(receipt(card=BORIS, redeemPoints=30, lines=BIG)))
     assert first.redeemed_points == 30
     # the offline limit (50) counts the open hold; so does the balance (80)
@@ -235,7 +221,7 @@ def test_holds_expire_release_their_points_and_can_be_held_again(till: Agent, cl
     assert count(till, "outbox") == 1
 
 
-def test_expired_hold_is_refused_even_before_a_sweep(till: Agent, clock: Clock) -> None:
+def test_expired_hold_is_refused_even_before_a_sweep(till: Agent, clock: ManualClock) -> None:
     till.hold(receipt_from_json(receipt()))
     clock.advance(601)
     with pytest.raises(Refused, match="hold expired"):
@@ -244,7 +230,7 @@ def test_expired_hold_is_refused_even_before_a_sweep(till: Agent, clock: Clock) 
 
 
 def test_tillpoint_run_sweeps_expired_holds_without_anyone_asking(
-    till: Agent, clock: Clock
+    till: Agent, clock: ManualClock
 ) -> None:
     from tillpoint.sync.loopback import wait_for
 
@@ -289,17 +275,11 @@ def test_cli_hold_confirm_cancel(cli: CLI) -> None:
 
 @pytest.fixture
 def stub(till: Agent) -> Iterator[pb_grpc.PosAgentStub]:
-    server, port, _ = build_server(till, "127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield pb_grpc.PosAgentStub(channel)
-    finally:
-        channel.close()
-        server.stop(0).wait()
+    with posagent_stub(till) as stub:
+        yield stub
 
 
-def test_grpc_hold_confirm_cancel(stub: pb_grpc.PosAgentStub, clock: Clock) -> None:
+def test_grpc_hold_confirm_cancel(stub: pb_grpc.PosAgentStub, clock: ManualClock) -> None:
     request = json_format.ParseDict(receipt(redeemPoints=10), pb.Receipt())
     held = stub.Hold(request, timeout=TIMEOUT)
     assert held.state == pb.HELD and held.hold_expires_at
@@ -357,7 +337,7 @@ def test_hub_holds_follow_the_receipt(tmp_path: Path) -> None:
     data = sample_master_data()
     data["program"]["holdTtlSeconds"] = 120
     hub = LoopbackHub(tmp_path / "hub", data=data)
-    clock = Clock(datetime.now(UTC))
+    clock = ManualClock(datetime.now(UTC))
     slow_ok = timings(redeem_timeout_s=3.0)
     till = hub.till("till-1", tmp_path / "till", start=False, clock=clock, timings=slow_ok)
     other = hub.till("till-2", tmp_path / "till2", start=False, timings=slow_ok)
@@ -409,7 +389,7 @@ def test_hub_holds_follow_the_receipt(tmp_path: Path) -> None:
 
 
 def test_a_holds_balance_leaves_out_what_the_cards_other_open_holds_reserve(
-    till: Agent, clock: Clock
+    till: Agent, clock: ManualClock
 ) -> None:
     """Two holds on one card offline: together they never redeem more than the balance, and
     each one's `availablePoints` (and Confirm's) leaves out what the other still reserves."""

@@ -5,44 +5,26 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.errors import Conflict, Refused
 from tillpoint.agent.results import receipt_from_json, refund_from_json
-from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, PROGRAM, receipt, snapshot
+from .conftest import CLI, PROGRAM, ManualClock, posagent_stub, receipt, snapshot
 
 ANNA = "2770000000017"  # 1200 points, gold
 TIMEOUT = 5
 
 
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(datetime(2026, 11, 23, 7, 15, tzinfo=UTC))
-
-
-@pytest.fixture
-def till(tmp_path: Path, clock: Clock) -> Iterator[Agent]:
+def till(tmp_path: Path, clock: ManualClock) -> Iterator[Agent]:
     a = Agent(tmp_path / "data", "till-1", clock=clock)
     a.load_snapshot(snapshot(program={**PROGRAM, "holdTtlSeconds": 600}))
     yield a
@@ -136,20 +118,16 @@ EXPIRING = [{"points": 300, "expiresAt": "2026-12-31T23:59:59+03:00"}]
 
 
 @pytest.fixture
-def stub(tmp_path: Path, clock: Clock) -> Iterator[pb_grpc.PosAgentStub]:
+def stub(tmp_path: Path, clock: ManualClock) -> Iterator[pb_grpc.PosAgentStub]:
     """A real PosAgent server over a till where Anna has points that expire."""
     agent = Agent(tmp_path / "grpc", "till-1", clock=clock)
     snap = snapshot(program={**PROGRAM, "holdTtlSeconds": 600, "pointsLifetimeDays": 365})
     snap["customers"][0]["expiring"] = EXPIRING
     agent.load_snapshot(snap)
-    server, port, _ = build_server(agent, "127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield pb_grpc.PosAgentStub(channel)
+        with posagent_stub(agent) as stub:
+            yield stub
     finally:
-        channel.close()
-        server.stop(0).wait()
         agent.close()
 
 
@@ -212,7 +190,7 @@ def _old_ledger(data_dir: Path) -> None:
 
 
 def test_a_ledger_of_the_previous_release_upgrades_and_keeps_its_meaning(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path, clock: ManualClock
 ) -> None:
     """m003-m005 on a ledger written before hold/confirm, refund activation and expiry."""
     data_dir = tmp_path / "old"
@@ -289,7 +267,9 @@ def _issued(agent: Agent) -> list[str]:
     return [str(c) for (c,) in agent._ledger.execute("SELECT code FROM issued_coupons")]
 
 
-def test_a_reimaged_till_never_issues_a_coupon_code_again(tmp_path: Path, clock: Clock) -> None:
+def test_a_reimaged_till_never_issues_a_coupon_code_again(
+    tmp_path: Path, clock: ManualClock
+) -> None:
     """Till-issued codes use a per-device number "never reused, like seq" (docs/CONTRACT.md
     §13): a till whose disk was replaced continues above what the hub counted of it
     (appliedThrough), as its seq does, instead of printing its first codes again."""
@@ -333,7 +313,7 @@ COUPON = {"code": "SORRY7K2Q9", "offerId": "o-sorry", "customerId": "c-a"}
 
 
 def test_a_quote_sees_the_coupon_of_an_expired_hold_as_free_again(
-    till: Agent, clock: Clock
+    till: Agent, clock: ManualClock
 ) -> None:
     """A hold reserves its coupon until it expires (docs/CONTRACT.md §11, §13); a quote after
     the expiry, before any sweep (a CLI till has no sweeper), finds the code free, as it

@@ -22,8 +22,8 @@ from tillpoint.agent.errors import Conflict
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import HubGrant
 from tillpoint.sync.loopback import LoopbackHub, Till, receipt, sample_master_data, wait_for
-from tillpoint.sync.pull import Puller, cache_version
 
+from .conftest import PassThroughHub, enrolled_till
 from .test_coupons import SORRY
 
 CARD = "2770000000017"  # Anna, 1200 points
@@ -43,20 +43,18 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
 
 @pytest.fixture()
 def till(hub: LoopbackHub, tmp_path: Path) -> Iterator[Till]:
-    till = hub.till(DEVICE, tmp_path / "till", start=False)
-    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-    wait_for(lambda: cache_version(till.data_dir) == 1)
+    till = enrolled_till(hub, tmp_path / "till", DEVICE)
     yield till
     till.stop()
 
 
-class Interleave:
+class Interleave(PassThroughHub):
     """The till's real hub authoriser, whose first authorisation waits (up to `wait_s`)
     until a second one has started: the order two calls at once may take on a busy till
     (the first's request answered, the second's sent before the first commits)."""
 
     def __init__(self, inner: Any, wait_s: float = 1.5) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.calls = 0
         self.second = threading.Event()
         self.wait_s = wait_s
@@ -83,12 +81,6 @@ class Interleave:
         if first:
             self.second.wait(self.wait_s)
         return grant
-
-    def release(self, receipt_id: str) -> bool:
-        return bool(self.inner.release(receipt_id))
-
-    def reachable(self) -> bool:
-        return bool(self.inner.reachable())
 
 
 def hub_holds(hub: LoopbackHub, receipt_id: str) -> tuple[int, list[str]]:

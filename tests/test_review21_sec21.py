@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,13 +26,6 @@ from .conftest import CLI
 
 TIMEOUT = 5.0
 EXE = Path(sys.executable).parent / "tillpoint"
-
-
-@pytest.fixture()
-def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    yield hub
-    hub.stop()
 
 
 def enrol_expired(hub: LoopbackHub, device: str, data_dir: Path) -> pki.Enrollment:

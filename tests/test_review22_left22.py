@@ -29,13 +29,6 @@ from tillpoint.sync.service import SyncService
 EXE = Path(sys.executable).parent / "tillpoint"
 
 
-@pytest.fixture()
-def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    yield hub
-    hub.stop()
-
-
 def enrol_ending(hub: LoopbackHub, device: str, data_dir: Path, days: float) -> pki.Enrollment:
     """Enrol `device` with a certificate that ends `days` from now (issued that much less
     than five years ago), installed from its bundle as `sync install` does."""

@@ -31,6 +31,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from tillpoint.agent.cli import main
 
+from .conftest import ean13
+
 # ----------------------------------------------------------------------------------------
 # the independent reference
 # ----------------------------------------------------------------------------------------
@@ -868,11 +870,6 @@ class RefTill:
 # ----------------------------------------------------------------------------------------
 # random snapshots and receipt sequences
 # ----------------------------------------------------------------------------------------
-
-
-def ean13(stem12: str) -> str:
-    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(stem12))
-    return stem12 + str((10 - total % 10) % 10)
 
 
 DEVICE = "till-r22"

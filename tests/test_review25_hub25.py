@@ -26,14 +26,11 @@ from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_store import TxIn
 from tillpoint.sync.loopback import import_doc
 
+from .conftest import ean13
+
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 WEEK = 7 * 86400.0
 AT = "2026-11-23T10:15:00+03:00"
-
-
-def ean13(body: str) -> str:
-    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(body))
-    return body + str((10 - total % 10) % 10)
 
 
 SKUS = [ean13(f"460123400{n:03d}") for n in range(1, 7)]

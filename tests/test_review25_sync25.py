@@ -26,6 +26,8 @@ from tillpoint.sync.loopback import (
 )
 from tillpoint.sync.pull import Puller, cache_version
 
+from .conftest import enrolled_till
+
 CARD = "2770000000017"  # c-1: 1200 points at the hub
 NEW_CUSTOMER = {"id": "c-9", "firstName": "Вера", "tier": "base", "balancePoints": 10}
 NEW_CARD = {"number": "2770000000031", "customerId": "c-9", "status": "ACTIVE"}
@@ -48,10 +50,7 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
 
 
 def enrolled(hub: LoopbackHub, tmp_path: Path, name: str, **kw: Any) -> Till:
-    till = hub.till(name, tmp_path / name, start=False, **kw)
-    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-    wait_for(lambda: cache_version(till.data_dir) == 1)
-    return till
+    return enrolled_till(hub, tmp_path / name, name, **kw)
 
 
 def held_at_hub(hub: LoopbackHub) -> int:

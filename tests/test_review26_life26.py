@@ -26,7 +26,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from tillpoint.sync.pull import Puller, cache_version
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import free_port
+from .conftest import PassThroughHub, enrolled_till, free_port
 
 CARD = "2770000000017"  # c-1: 1200 points at the hub
 DEVICE = "till-1"
@@ -55,48 +54,19 @@ def held_at_hub(hub: LoopbackHub) -> int:
     return int(hub.store.balance("c-1", datetime.now(UTC)).held)
 
 
-@pytest.fixture()
-def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    yield hub
-    hub.stop()
-
-
 def enrolled(hub: LoopbackHub, tmp_path: Path, clock: Any = None) -> Till:
-    till = hub.till(DEVICE, tmp_path / "till", start=False, clock=clock)
-    Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
-    wait_for(lambda: cache_version(till.data_dir) == 1)
-    return till
+    return enrolled_till(hub, tmp_path / "till", DEVICE, clock=clock)
 
 
 class Crash(BaseException):
     """The till's process dying right after the hub answered (nothing after it runs)."""
 
 
-class DiesAfterTheGrant:
+class DiesAfterTheGrant(PassThroughHub):
     """The till's real hub authoriser; the process 'dies' once the hub has granted."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def authorise(
-        self,
-        customer_id: str,
-        receipt_id: str,
-        points: int,
-        at: datetime,
-        hold_ttl_s: int | None = None,
-        coupon_codes: Sequence[str] = (),
-        since: float | None = None,
-    ) -> HubGrant:
-        self.inner.authorise(customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes)
+    def granted(self, grant: HubGrant) -> None:
         raise Crash
-
-    def release(self, receipt_id: str) -> bool:
-        return bool(self.inner.release(receipt_id))
-
-    def reachable(self) -> bool:
-        return bool(self.inner.reachable())
 
 
 @pytest.mark.parametrize("what", ["hold", "checkout"])

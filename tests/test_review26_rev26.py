@@ -18,7 +18,7 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,19 +27,11 @@ import pytest
 from tillpoint.agent.ledger import unstored_hub_asks, utc_text
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import HUB_ASK_GRACE_S, Agent, HubGrant
-from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, receipt
 
-from .conftest import CLI, snapshot
+from .conftest import CLI, PassThroughHub, snapshot
 from .conftest import receipt as till_receipt
 from .test_review26_life26 import BIG, CARD, enrolled, held_at_hub
-
-
-@pytest.fixture()
-def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    yield hub
-    hub.stop()
-
 
 # `tillpoint run`'s hold timer having one round, in a process of its own.
 ROUND = """
@@ -70,32 +62,16 @@ def hold_timer_round(data_dir: Path, hub: LoopbackHub) -> int:
     return int(done.stdout.split()[-1])
 
 
-class RoundMeanwhile:
+class RoundMeanwhile(PassThroughHub):
     """The CLI process's real hub authoriser; `run`'s hold timer has its round while the
     hub's answer is on its way back (after the hub placed the hold)."""
 
     def __init__(self, inner: Any, data_dir: Path, hub: LoopbackHub) -> None:
-        self.inner, self.data_dir, self.hub = inner, data_dir, hub
+        super().__init__(inner)
+        self.data_dir, self.hub = data_dir, hub
 
-    def authorise(
-        self,
-        customer_id: str,
-        receipt_id: str,
-        points: int,
-        at: datetime,
-        hold_ttl_s: int | None = None,
-        coupon_codes: Sequence[str] = (),
-        since: float | None = None,
-    ) -> HubGrant:
-        grant = self.inner.authorise(customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes)
+    def granted(self, grant: HubGrant) -> None:
         hold_timer_round(self.data_dir, self.hub)
-        return grant  # type: ignore[no-any-return]
-
-    def release(self, receipt_id: str) -> bool:
-        return bool(self.inner.release(receipt_id))
-
-    def reachable(self) -> bool:
-        return bool(self.inner.reachable())
 
 
 @pytest.mark.parametrize("what", ["hold", pytest.param("checkout", marks=pytest.mark.slow)])

@@ -73,10 +73,10 @@ def _stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
 
 def _as_lines(doc: dict[str, Any]) -> bytes:
     """The catalogue as JSON Lines rows, `{"<kind>": {...}}` one a line."""
-    from tillpoint.sync.hub_import import PLURAL
+    from tillpoint.sync.hub_store import SECTIONS
 
     rows = [{"program": doc["program"]}] if "program" in doc else []
-    for section, kind in PLURAL.items():
+    for section, kind in SECTIONS.items():
         rows += [{kind: row} for row in doc.get(section, [])]
     return b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows)
 

@@ -23,6 +23,7 @@ import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
+from .conftest import ean13
 from .oracle28 import Oracle
 
 BASE_AT = datetime(2026, 11, 23, 7, 15, tzinfo=UTC)
@@ -52,12 +53,6 @@ SKU_CATEGORY = {
     "p8": "orphan",
 }
 CAMPAIGNS = ["k1", "k2", "k3"]
-
-
-def ean13(stem: str) -> str:
-    digits = [int(d) for d in stem]
-    total = sum(d * (3 if i % 2 else 1) for i, d in enumerate(digits))
-    return stem + str((10 - total % 10) % 10)
 
 
 CARDS = [ean13(f"277000000{n:03d}") for n in range(1, 4)]

@@ -1,0 +1,55 @@
+"""Files written whole, for other people and programs: a reader (a person copying an
+export, the till's next start, another process) finds the old content or the new, never
+a part of the new one.
+
+A file is written under a temporary name beside it (``NAME.tmp``), with its mode from the
+start (a secret is never readable by others, not even half written), fsynced, renamed over
+``NAME``, and the rename made durable (the directory fsynced). Anything raised on the way,
+a full disk included, removes the temporary file and leaves ``NAME`` as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from .db import fsync_path
+
+__all__ = ["replacing", "write_whole"]
+
+
+@contextmanager
+def replacing(path: Path, *, mode: int = 0o644, encoding: str | None = None) -> Iterator[IO[Any]]:
+    """A file to write `path`'s new content to (text in `encoding`, else bytes); it
+    becomes `path` when the block ends without an error (see the module). Buffered:
+    every byte given is written, or the write raises (a bare `os.write` may write part
+    of what it was given and say so only in its count)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    # Always a new file: one a crash left (its mode maybe wider than `mode`), or a link
+    # someone put there (in a folder others may write), is removed, never written
+    # through; a name taken again meanwhile fails (O_EXCL) instead of being followed.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "w" if encoding else "wb", encoding=encoding) as out:
+            fd = -1  # the file object closes it
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def write_whole(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """`data` as the whole of `path` (`replacing`)."""
+    with replacing(path, mode=mode) as out:
+        out.write(data)
