@@ -85,10 +85,10 @@ ENDS_AT = "2026-11-30T23:59:59+03:00"  # the offer's end, in whole seconds
 LAST_SECOND = "2026-11-30T23:59:59.500+03:00"  # a POS that stamps milliseconds
 
 
-def _issuing(offer_id: str = "o-next") -> dict[str, Any]:
+def _issuing(offer_id: str = "o-next", customer_id: str = "c-a") -> dict[str, Any]:
     return {
         "id": offer_id,
-        "customerId": "c-a",
+        "customerId": customer_id,
         "kind": "PERCENT_OFF",
         "skus": ["4601234000024"],
         "value": "10",
@@ -122,27 +122,35 @@ def test_a_sale_in_the_last_second_of_an_issuing_offer_is_committed(
 
     from .test_coupons import outbox
 
-    assert cli("snapshot", "load", snapshot(offers=[_issuing()])).code == 0
+    offers = [_issuing(), _issuing("o-boris", "c-b")]
+    assert cli("snapshot", "load", snapshot(offers=offers)).code == 0
     sale = cli("checkout", receipt("r-last", at=LAST_SECOND), "--json")
     assert sale.code == 0, sale.err
     assert sale.json()["printedOffers"] == ["o-next"]
     assert sale.json()["state"] == "CONFIRMED"
+    # a Hold in that second, confirmed: Confirm picks the offers and issues the code then
+    held = cli("hold", receipt("r-held", "2770000000024", at=LAST_SECOND), "--json")
+    assert held.code == 0, held.err
+    confirmed = cli("confirm", "r-held", "--json")
+    assert confirmed.code == 0, confirmed.err
+    assert confirmed.json()["printedOffers"] == ["o-boris"]
     # the code's transaction at the hub, and the hub's next snapshot at a till
     txs = outbox(tmp_path / "data")
-    assert [t.kind for t in txs] == ["CHECKOUT", "COUPON_ISSUED"]
+    assert [t.kind for t in txs] == ["CHECKOUT", "COUPON_ISSUED", "CHECKOUT", "COUPON_ISSUED"]
     coupon = json.loads(txs[1].request_json)["coupon"]
+    other = json.loads(txs[3].request_json)["coupon"]
     assert (coupon["validFrom"], coupon["validTo"]) == ("2026-11-30T23:59:59.500000+03:00", ENDS_AT)
     hub = SqliteHubStore(tmp_path / "hub.db")
     try:
         now = datetime(2026, 11, 30, 21, 0, tzinfo=UTC)
-        master = {k: v for k, v in snapshot(offers=[_issuing()]).items() if "ersion" not in k}
+        master = {k: v for k, v in snapshot(offers=offers).items() if "ersion" not in k}
         import_doc(hub, master)
         hub.publish(now, 7 * 86400.0)
         hub.ingest("till-1", "", txs, now)
-        assert [t.seq for t in hub.transactions("till-1")] == [1, 2]
+        assert [t.seq for t in hub.transactions("till-1")] == [1, 2, 3, 4]
         hub.publish(now.replace(hour=22), 7 * 86400.0)
         delta = hub.snapshot_doc(2, 1)
-        assert [c["code"] for c in delta["coupons"]] == [coupon["code"]]
+        assert sorted(c["code"] for c in delta["coupons"]) == [coupon["code"], other["code"]]
     finally:
         hub.close()
     loaded = cli("snapshot", "load", delta)
