@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from .db import MigrationSet, connect, is_damage, migrate, owner_hint
 from .errors import DamagedLedger, InputError, StorageError
-from .expiry import Counted, Movement, Tally, Wallet, wallet_of
+from .expiry import Counted, Movement, Tally, Wallet, last_instant, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
 
@@ -1455,16 +1455,31 @@ class UnsyncedMove:
     kind: str
     points: int
     activates_at: str | None
+    sold_at: str = ""  # a sale's `at` (a refund's: ""), for the hub's replay (§16)
+    redeemed: int = 0  # the points the sale redeemed (a refund: 0)
+    expires_at: str | None = None  # the batch's expiry (UTC text), None: never
 
 
 def unsynced_moves(
     conn: sqlite3.Connection, device_id: str, customer_id: str
 ) -> list[UnsyncedMove]:
     return [
-        UnsyncedMove(int(seq), str(receipt_id), str(kind), int(points), activates_at)
-        for seq, receipt_id, kind, points, activates_at in conn.execute(
-            "SELECT p.seq, p.receipt_id, p.kind, p.points, p.activates_at FROM points p"
+        UnsyncedMove(
+            int(seq),
+            str(receipt_id),
+            str(kind),
+            int(points),
+            activates_at,
+            at or "",
+            int(spent or 0),
+            expires_at,
+        )
+        for seq, receipt_id, kind, points, activates_at, at, spent, expires_at in conn.execute(
+            "SELECT p.seq, p.receipt_id, p.kind, p.points, p.activates_at, r.at,"
+            " r.redeemed_points, p.expires_at FROM points p"
             " JOIN outbox o ON o.device_id = p.device_id AND o.seq = p.seq"
+            " LEFT JOIN receipts r ON r.receipt_id = p.receipt_id AND r.seq = p.seq"
+            " AND r.device_id = p.device_id"
             " WHERE p.device_id = ? AND p.customer_id = ? ORDER BY p.seq",
             (device_id, customer_id),
         )
@@ -1944,6 +1959,43 @@ def set_returned(
         "UPDATE receipt_lines SET returned_qty = ? WHERE receipt_id = ? AND idx = ?",
         [(qty, receipt_id, idx) for idx, qty in returned],
     )
+
+
+def given_back_alive(
+    conn: sqlite3.Connection, device_id: str, receipt_id: str, seq: int, points: int, at: datetime
+) -> int:
+    """Of the `points` a refund (its `seq`) gave back, those in batches that still count at
+    `at`: they go back to the batches the sale took them from, the last taken first, after
+    what the refunds before it gave back; into a batch expired by then they stay expired
+    (the contract §16). What the sale's rows do not account for counts as it is."""
+    taken = conn.execute(
+        "SELECT -p.points, p.expires_at FROM points p JOIN receipts r"
+        " ON r.receipt_id = p.receipt_id AND r.seq = p.seq AND r.device_id = p.device_id"
+        " WHERE p.receipt_id = ? AND p.device_id = ? AND p.kind = 'spend' AND p.points < 0"
+        " ORDER BY p.id",
+        (receipt_id, device_id),
+    ).fetchall()
+    (before,) = conn.execute(
+        "SELECT coalesce(sum(p.points), 0) FROM points p LEFT JOIN receipts r"
+        " ON r.receipt_id = p.receipt_id AND r.seq = p.seq AND r.device_id = p.device_id"
+        " WHERE p.receipt_id = ? AND p.device_id = ? AND p.kind = 'spend' AND p.points > 0"
+        " AND p.seq < ? AND r.receipt_id IS NULL",
+        (receipt_id, device_id, seq),
+    ).fetchone()
+    skip, left, alive = int(before), points, 0
+    for amount, expires in reversed(taken):
+        room = int(amount) - min(int(amount), skip)
+        skip -= int(amount) - room
+        part = min(room, left)
+        left -= part
+        if part and (
+            expires is None
+            or at <= last_instant(datetime.fromisoformat(str(expires).replace("Z", "+00:00")))
+        ):
+            alive += part
+        if left <= 0:
+            break
+    return alive + max(0, left)
 
 
 def spent_expiry(conn: sqlite3.Connection, customer_id: str, receipt_id: str) -> str | None:

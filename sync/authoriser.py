@@ -32,19 +32,28 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import grpc
 from tillpoint.agent.errors import HubUnavailable, StorageError
-from tillpoint.agent.expiry import Tally
-from tillpoint.agent.ledger import open_ledger, unsynced_moves
+from tillpoint.agent.expiry import Tally, last_instant
+from tillpoint.agent.ledger import UnsyncedMove, given_back_alive, open_ledger, unsynced_moves
 from tillpoint.agent.models import HubGrant
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .client import HubLink
 
 log = logging.getLogger("tillpoint.sync")
+
+
+def _gone(move: UnsyncedMove, at: datetime) -> bool:
+    """Points a sale earned that have expired by `at` (§16): not the hub's to count at
+    `at` (counted, another till could spend them)."""
+    if move.kind != "earn" or move.points <= 0 or not move.expires_at:
+        return False
+    return at > last_instant(datetime.fromisoformat(move.expires_at.replace("Z", "+00:00")))
 
 
 class HubAuthoriser:
@@ -67,13 +76,31 @@ class HubAuthoriser:
             if self._conn is None:
                 raise StorageError("the authoriser is closed")
             rows = unsynced_moves(self._conn, self.device_id, customer_id)
+            # A refund's points given back count at `at` only in batches that still do.
+            rows = [
+                replace(
+                    move,
+                    points=given_back_alive(
+                        self._conn, self.device_id, move.receipt_id, move.seq, move.points, at
+                    ),
+                )
+                if move.kind == "spend" and move.points > 0 and not move.sold_at
+                else move
+                for move in rows
+            ]
         tally = Tally(at)  # only what counts at `at`: the hub adds it to its balance
         by_seq: dict[int, pb.UnsyncedPoints] = {}
         for move in rows:
             item = by_seq.setdefault(
-                move.seq, pb.UnsyncedPoints(seq=move.seq, receipt_id=move.receipt_id)
+                move.seq,
+                pb.UnsyncedPoints(
+                    seq=move.seq,
+                    receipt_id=move.receipt_id,
+                    at=move.sold_at,  # the hub replays the sale's redemption at its time
+                    spent=move.redeemed,
+                ),
             )
-            if tally.active(move.kind, move.activates_at):
+            if tally.active(move.kind, move.activates_at) and not _gone(move, at):
                 item.points += move.points
         return list(by_seq.values())
 

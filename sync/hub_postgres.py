@@ -369,6 +369,57 @@ MIGRATIONS.append(
         """,
     )
 )
+MIGRATIONS.append(
+    (
+        9,
+        "hold_at",
+        # The time of the receipt a hold is for (review 30): the hub replays an active hold
+        # as a spend at that time, so points it takes from a batch that expires before
+        # another till's receipt are not taken from that receipt's balance a second time.
+        """
+        ALTER TABLE holds ADD COLUMN receipt_at TEXT NOT NULL DEFAULT '';
+        DROP FUNCTION hub_claim_hold(TEXT, TEXT, TEXT, BIGINT, BIGINT, TEXT[], TEXT, TEXT,
+            TEXT, TEXT);
+        CREATE FUNCTION hub_claim_hold(
+            p_device TEXT, p_receipt TEXT, p_customer TEXT, p_points BIGINT,
+            p_spendable BIGINT, p_cards TEXT[], p_mark TEXT, p_hold_id TEXT,
+            p_now TEXT, p_expires TEXT, p_at TEXT
+        ) RETURNS TABLE (granted BIGINT, live_balance BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_held BIGINT;
+            v_live BIGINT;
+            v_granted BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended('customer:' || p_customer, 0));
+            IF hub_ledger_mark(p_customer, p_cards) <> p_mark THEN
+                RETURN;
+            END IF;
+            UPDATE holds SET state = 'EXPIRED' WHERE customer_id = p_customer
+                AND state = 'ACTIVE' AND expires_at <= p_now;
+            SELECT coalesce(sum(h.points), 0) INTO v_held FROM holds h
+                WHERE h.customer_id = p_customer AND h.state = 'ACTIVE'
+                AND NOT (h.device_id = p_device AND h.receipt_id = p_receipt);
+            v_live := p_spendable - v_held;
+            IF EXISTS (SELECT 1 FROM transactions t WHERE t.device_id = p_device
+                    AND t.receipt_id = p_receipt AND t.kind = 'CHECKOUT')
+                OR EXISTS (SELECT 1 FROM holds h WHERE h.device_id = p_device
+                    AND h.receipt_id = p_receipt AND h.state = 'SETTLED') THEN
+                RETURN QUERY SELECT 0::bigint, v_live;
+                RETURN;
+            END IF;
+            v_granted := greatest(0, least(p_points, v_live));
+            DELETE FROM holds h WHERE h.device_id = p_device AND h.receipt_id = p_receipt;
+            IF v_granted > 0 THEN
+                INSERT INTO holds VALUES (p_hold_id, p_device, p_receipt, p_customer,
+                    v_granted, p_now, p_expires, 'ACTIVE', p_at);
+            END IF;
+            RETURN QUERY SELECT v_granted, v_live;
+        END
+        $$;
+        """,
+    )
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -715,13 +766,14 @@ class PostgresHubStore(SqlHubStore):
         hold_id: str,
         now: str,
         expires: str,
+        at: str = "",
     ) -> tuple[int, int, str] | None:
         """`HubRules.claim_hold` in one round trip: one statement, its own transaction,
         the customer's lock held for the function's few statements only."""
         with self._conn() as conn:
             row = conn.execute(
                 "SELECT granted, live_balance FROM hub_claim_hold(%s, %s, %s, %s, %s,"
-                " %s::text[], %s, %s, %s, %s)",
+                " %s::text[], %s, %s, %s, %s, %s)",
                 (
                     device_id,
                     receipt_id,
@@ -733,6 +785,7 @@ class PostgresHubStore(SqlHubStore):
                     hold_id,
                     now,
                     expires,
+                    at,
                 ),
             ).fetchone()
         if row is None:

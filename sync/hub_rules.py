@@ -26,7 +26,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
@@ -226,6 +226,11 @@ class HubTx(Protocol):
         """(device_id, receipt_id, points) of the customer's ACTIVE holds."""
         ...
 
+    def active_holds_at(self, customer_id: str) -> list[tuple[str, str, int, str]]:
+        """(device_id, receipt_id, points, the receipt's time in UTC text or "" when not
+        known) of the customer's ACTIVE holds."""
+        ...
+
     def held(self, customer_id: str, now: str) -> int: ...
 
     def settle_holds(self, device_id: str, receipt_ids: list[str]) -> None: ...
@@ -239,9 +244,10 @@ class HubTx(Protocol):
         points: int,
         now: str,
         expires: str,
+        at: str = "",
     ) -> None:
         """Insert the hold, or make the device's hold of that receipt ACTIVE with these
-        points and expiry."""
+        points and expiry; `at`: the receipt's time (UTC text), "" when not known."""
         ...
 
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int: ...
@@ -607,14 +613,21 @@ class HubRules:
                 claimed = self._authorise_optimistic(
                     device_id, receipt_id, customer_id, points, at, now, hold_ttl_s
                 )
-                if claimed is not None:
+                if claimed is not None and (
+                    claimed.authorised >= points
+                    or not self._holds_before(customer_id, device_id, receipt_id, at)
+                ):
                     return claimed
-        # The till's unsynced movements (or a ledger that kept moving): all under the lock.
+                if claimed is not None:
+                    break  # other receipts' holds to replay at their times: under the lock
+        # The till's unsynced movements (or a ledger that kept moving, or other receipts'
+        # holds of known times before this one): all under the lock.
         with self.write_tx() as tx:
             tx.lock_customers([customer_id])
             tx.expire_holds(customer_id, utc_text(now))
-            live = self.live(tx, customer_id, at)
-            spendable = 0 if live is None else live[0]
+            inputs = self._live_inputs(tx, customer_id, marked=False)
+            spendable = 0
+            spends: list[Move] = []  # spends replayed at their times (§16)
             expires = now + timedelta(seconds=hold_ttl_s)
             mine = {receipt_id}
             for item in unsynced:
@@ -622,8 +635,17 @@ class HubRules:
                     continue
                 # The till's own movement the hub has not received: it counts now, and a
                 # spend is held for the other tills until the transaction arrives (its
-                # receipt's own hold, if any, is replaced so nothing is held twice).
-                spendable += item.points
+                # receipt's own hold, if any, is replaced so nothing is held twice). A
+                # sale's redemption at or before `at` is replayed at its time, as the hub
+                # will once the sale arrives: soonest-expiring first (§16).
+                sold = _aware(item.at)
+                if sold is not None and sold <= at and item.spent > 0:
+                    spends.append(
+                        (-item.spent, None, 0, utc_text(sold), 0, f"seq:{item.seq}", "CHECKOUT", 0)
+                    )
+                    spendable += item.points + item.spent
+                else:
+                    spendable += item.points
                 key = f"seq:{item.seq}"
                 mine.add(key)
                 tx.settle_holds(device_id, [item.receipt_id])
@@ -636,13 +658,23 @@ class HubRules:
                         -item.points,
                         utc_text(now),
                         utc_text(expires),
+                        "" if sold is None else utc_text(sold),
                     )
-            _spendable_fits(customer_id, spendable)  # else rolled back: no hold written
+            # The other receipts' holds: one of a receipt at or before `at` is replayed as
+            # that receipt's spend at its time (soonest-expiring first, §16: what it takes
+            # from a batch that has expired by `at` is gone from `at`'s balance already);
+            # one of a later or unknown time is taken off the balance as it is.
             held = 0
-            for dev, rid, pts in tx.active_holds(customer_id):
+            for dev, rid, pts, when in tx.active_holds_at(customer_id):
                 if dev == device_id and rid in mine:
                     continue  # this receipt, or a movement counted through `unsynced`
-                held += int(pts)
+                if when and _when(when) <= at:
+                    spends.append((-int(pts), None, 0, when, 0, f"hold:{rid}", "CHECKOUT", 0))
+                else:
+                    held += int(pts)
+            live = _live_points(replace(inputs, moves=[*inputs.moves, *spends]), at)
+            spendable += 0 if live is None else live[0]
+            _spendable_fits(customer_id, spendable)  # else rolled back: no hold written
             live_balance = spendable - held
             granted = max(0, min(points, live_balance))
             hold_id = ""
@@ -660,8 +692,20 @@ class HubRules:
                     granted,
                     utc_text(now),
                     utc_text(expires),
+                    utc_text(at),
                 )
         return Authorisation(granted, hold_id, expires, live_balance)
+
+    def _holds_before(
+        self, customer_id: str, device_id: str, receipt_id: str, at: datetime
+    ) -> bool:
+        """Whether the customer has other receipts' active holds of a known time at or
+        before `at` (which `authorise` replays at their times under the lock)."""
+        with self.read_tx() as tx:
+            return any(
+                when and _when(when) <= at and not (dev == device_id and rid == receipt_id)
+                for dev, rid, _, when in tx.active_holds_at(customer_id)
+            )
 
     def _authorise_optimistic(
         self,
@@ -693,6 +737,7 @@ class HubRules:
             uuid.uuid4().hex,
             utc_text(now),
             utc_text(expires),
+            utc_text(at),
         )
         if found is None:
             return None
@@ -711,6 +756,7 @@ class HubRules:
         hold_id: str,
         now: str,
         expires: str,
+        at: str = "",
     ) -> tuple[int, int, str] | None:
         """Under the customer's lock, if its ledger mark is still `mark`: the other
         receipts' active holds are taken from `spendable`, the receipt's hold is replaced
@@ -737,7 +783,9 @@ class HubRules:
             granted = max(0, min(points, live_balance))
             tx.delete_hold(device_id, receipt_id, only_active=False)
             if granted > 0:
-                tx.upsert_hold(hold_id, device_id, receipt_id, customer_id, granted, now, expires)
+                tx.upsert_hold(
+                    hold_id, device_id, receipt_id, customer_id, granted, now, expires, at
+                )
         return granted, live_balance, hold_id if granted > 0 else ""
 
     def release(self, device_id: str, receipt_id: str) -> bool:
@@ -972,6 +1020,15 @@ def conflict(
         "firstDeviceId": first_device,
         "firstReceiptId": first_receipt,
     }
+
+
+def _aware(text: str) -> datetime | None:
+    """A till's time stamp (RFC 3339 with an offset), or None: empty, or not one."""
+    try:
+        moment = _when(text) if text else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.utcoffset() is not None else None
 
 
 def _when(text: str) -> datetime:

@@ -1007,7 +1007,7 @@ class HubServicer(pb_grpc.HubServicer):
                 request.customer_id,
                 request.points,
                 at,
-                [Unsynced(u.seq, u.receipt_id, u.points) for u in request.unsynced],
+                [Unsynced(u.seq, u.receipt_id, u.points, u.at, u.spent) for u in request.unsynced],
                 self.clock(),
                 ttl_s,
             )

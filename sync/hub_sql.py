@@ -653,10 +653,13 @@ class SqlTx:
         )
 
     def active_holds(self, customer_id: str) -> list[tuple[str, str, int]]:
+        return [(d, r, p) for d, r, p, _ in self.active_holds_at(customer_id)]
+
+    def active_holds_at(self, customer_id: str) -> list[tuple[str, str, int, str]]:
         return [
-            (str(d), str(r), int(p))
-            for d, r, p in self.execute(
-                "SELECT device_id, receipt_id, points FROM holds WHERE customer_id = ?"
+            (str(d), str(r), int(p), str(a or ""))
+            for d, r, p, a in self.execute(
+                "SELECT device_id, receipt_id, points, receipt_at FROM holds WHERE customer_id = ?"
                 " AND state = 'ACTIVE'",
                 (customer_id,),
             )
@@ -694,12 +697,14 @@ class SqlTx:
         points: int,
         now: str,
         expires: str,
+        at: str = "",
     ) -> None:
         self.execute(
-            "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, 'ACTIVE')"
+            "INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, 'ACTIVE', ?)"
             " ON CONFLICT (device_id, receipt_id) DO UPDATE SET"
-            " points = excluded.points, expires_at = excluded.expires_at, state = 'ACTIVE'",
-            (hold_id, device_id, receipt_id, customer_id, points, now, expires),
+            " points = excluded.points, expires_at = excluded.expires_at, state = 'ACTIVE',"
+            " receipt_at = excluded.receipt_at",
+            (hold_id, device_id, receipt_id, customer_id, points, now, expires, at),
         )
 
     def receipt_settled(self, device_id: str, receipt_id: str) -> bool:

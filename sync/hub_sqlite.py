@@ -198,6 +198,14 @@ def m004_till_coupons(db: Database) -> None:
     )
 
 
+@migrations()
+def m005_hold_at(db: Database) -> None:
+    # The time of the receipt a hold is for (review 30): the hub replays an active hold as
+    # a spend at that time, so points it takes from a batch that expires before another
+    # till's receipt are not taken from that receipt's balance a second time (§9, §16).
+    db.execute("ALTER TABLE holds ADD COLUMN receipt_at TEXT NOT NULL DEFAULT ''")
+
+
 class SqliteTx(SqlTx):
     """`HubTx` on an open SQLite transaction: the shared primitives (`hub_sql.SqlTx`),
     SQLite's snapshot row streams, and no locks (BEGIN IMMEDIATE already serialises

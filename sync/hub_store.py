@@ -176,6 +176,8 @@ class Unsynced:
     seq: int
     receipt_id: str
     points: int
+    at: str = ""  # a sale's business time (UTC text), "" when not sent
+    spent: int = 0  # the points the sale redeemed (part of `points`)
 
 
 @dataclass(frozen=True)

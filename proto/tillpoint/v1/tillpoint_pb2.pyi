@@ -2129,20 +2129,30 @@ class UnsyncedPoints(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     RECEIPT_ID_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    SPENT_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     receipt_id: _builtins.str
     points: _builtins.int
     """effect on the available balance at `at` of the request"""
+    at: _builtins.str
+    """A sale's business time (UTC, RFC 3339) and the points it redeemed (part of `points`):
+    the hub replays that spend at its time, soonest-expiring first (the contract §16).
+    Empty and 0 for a refund, and from tills before review 30: `points` counts as it is.
+    """
+    spent: _builtins.int
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
         receipt_id: _builtins.str = ...,
         points: _builtins.int = ...,
+        at: _builtins.str = ...,
+        spent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "receipt_id", b"receipt_id", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "points", b"points", "receipt_id", b"receipt_id", "seq", b"seq", "spent", b"spent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
