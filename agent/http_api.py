@@ -142,8 +142,10 @@ def _fields(
             raise InputError(f"{what}: {key} must be a string")
         if key in required and not value.strip():
             raise InputError(f"{what}: {key} must not be empty")
-        if len(value) > TEXT_MAX:
-            raise InputError(f"{what}: {key} is too long (at most {TEXT_MAX} characters)")
+        # a fiscal document's own limit, as the agent says it at every door (§11)
+        limit = MAX_FISCAL_DOCUMENT if key == "fiscalDocument" else TEXT_MAX
+        if len(value) > limit:
+            raise InputError(f"{what}: {key} is too long (at most {limit} characters)")
         out[key] = value
     return out
 

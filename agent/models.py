@@ -810,8 +810,12 @@ class Coupon(Model):
 
     @model_validator(mode="after")
     def _window(self, info: ValidationInfo) -> Coupon:
-        # as an offer's (docs/CONTRACT.md §3); a coupon an earlier release stored reads back
-        reversed_ = self.valid_from and self.valid_to and self.valid_from > self.valid_to
+        # as an offer's (docs/CONTRACT.md §3); a coupon an earlier release stored reads back.
+        # Its end holds through its last second (§2's decisions): a code a till issues at
+        # 23:59:59.5 for an offer that ends 23:59:59 is valid from the sale to that end.
+        reversed_ = (
+            self.valid_from and self.valid_to and self.valid_from > last_instant(self.valid_to)
+        )
         if reversed_ and not _stored(info):
             raise ValueError(f"coupon {self.code}: validFrom is after validTo")
         return self
