@@ -1023,12 +1023,16 @@ def conflict(
 
 
 def _aware(text: str) -> datetime | None:
-    """A till's time stamp (RFC 3339 with an offset), or None: empty, or not one."""
+    """A till's time stamp (RFC 3339 with an offset), or None: empty, or not one (no
+    offset, or no UTC instant: "9999-12-31T23:59:59-10:00" is in the year 10000 in UTC)."""
     try:
         moment = _when(text) if text else None
-    except ValueError:
+        if moment is None or moment.utcoffset() is None:
+            return None
+        moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return moment if moment is not None and moment.utcoffset() is not None else None
+    return moment
 
 
 def _when(text: str) -> datetime:
