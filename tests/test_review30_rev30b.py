@@ -5,6 +5,7 @@ from a hub database whose holds carry no receipt time, and both stores' answers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,85 @@ def test_an_unsent_sales_time_out_of_range_is_not_a_failure_of_the_hub(
     assert (reply.authorized_points, reply.live_balance) == (90, 90)
     # held: the 90 and the unsent 10; nothing is left for the next receipt
     assert s.AuthorizeRedemption(ask("r-2", 300), timeout=TIMEOUT).authorized_points == 0
+
+
+# ------------------------------------------------- a hub database of the previous release
+
+OLD_HOLD = (  # a hold the previous release wrote: till A's 250 at 23:50, no receipt time
+    "h-old",
+    "till-a",
+    "a-1",
+    "c-2",
+    250,
+    "2026-11-30T17:55:00.000000Z",
+    "2026-11-30T18:25:00.000000Z",
+    "ACTIVE",
+)
+
+
+def old_sqlite_hub(path: Path) -> Any:
+    """A SQLite hub database as the release before review 30 left it (no m005: holds
+    without `receipt_at`), with master data published and an open hold."""
+    import sqlite3
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+    from tillpoint.sync.loopback import import_doc
+
+    made = SqliteHubStore(path)
+    import_doc(made, expiring_data())
+    made.publish(HUB_NOW, 7 * 86400.0)
+    made.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE holds DROP COLUMN receipt_at")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm005_hold_at'")
+        conn.execute("INSERT INTO holds VALUES (?, ?, ?, ?, ?, ?, ?, ?)", OLD_HOLD)
+    conn.close()
+    return SqliteHubStore(path)
+
+
+def old_postgres_hub(url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A PostgreSQL hub database at schema 8 (before migration 9), its hold written by
+    the previous release, then migrated by this one (as `hub migrate` does)."""
+    import psycopg
+    from tillpoint.sync import hub_postgres
+    from tillpoint.sync.loopback import import_doc
+
+    with monkeypatch.context() as m:
+        before = hub_postgres.MIGRATIONS[:-1]  # up to 8 (this release's last: 9, hold_at)
+        m.setattr(hub_postgres, "MIGRATIONS", before)
+        m.setattr(hub_postgres, "SCHEMA_VERSION", before[-1][0])
+        made = hub_postgres.PostgresHubStore(url, migrate_schema=True)
+        import_doc(made, expiring_data())
+        made.publish(HUB_NOW, 7 * 86400.0)
+        made.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO holds VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", OLD_HOLD)
+    return hub_postgres.PostgresHubStore(url, migrate_schema=True)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_hold_the_previous_release_wrote_still_holds_after_the_upgrade(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/CONTRACT.md §9: two tills cannot spend the same points, across the upgrade
+    too. Till A's hold of 250 (written before the hub recorded a hold's receipt time) is
+    taken off as it is, its time unknown: till B at 23:55 gets the 50 left, at 00:10
+    nothing (100 − 250); A asking again for its receipt is answered by the new rule (its
+    own hold replaced, 250), and then B at 00:10 gets the 50 the replay leaves."""
+    if kind == "sqlite":
+        store = old_sqlite_hub(tmp_path / "hub.db")
+    else:
+        store = old_postgres_hub(request.getfixturevalue("pg_cluster").new_database(), monkeypatch)
+    try:
+
+        def authorise(device: str, receipt_id: str, points: int, at: str) -> int:
+            moment = datetime.fromisoformat(at)
+            found = store.authorise(device, receipt_id, "c-2", points, moment, [], HUB_NOW, 1800)
+            return int(found.authorised)
+
+        assert authorise("till-b", "b-1", 300, "2026-11-30T23:55:00+03:00") == 50
+        assert authorise("till-b", "b-1", 300, AFTER_MIDNIGHT) == 0
+        assert authorise("till-a", "a-1", 250, "2026-11-30T23:50:00+03:00") == 250
+        assert authorise("till-b", "b-1", 300, AFTER_MIDNIGHT) == 50
+    finally:
+        store.close()
