@@ -143,3 +143,45 @@ def test_a_hold_the_previous_release_wrote_still_holds_after_the_upgrade(
         assert authorise("till-b", "b-1", 300, AFTER_MIDNIGHT) == 50
     finally:
         store.close()
+
+
+# ------------------------------------------------------------- two tills at one moment
+
+
+def test_tills_asking_at_once_around_midnight_never_get_more_than_is_left(
+    hub_store_factory: Any,
+) -> None:
+    """docs/CONTRACT.md §9: two tills cannot spend the same points, when holds are
+    replayed at their times too. Till A holds 250 at 23:50 (the 200 that expire at
+    midnight, then 50 of the 100 that never do); then six tills ask at once for 100 each,
+    three at 23:55 and three at 00:10. In any order only 50 are left: a till at 23:55
+    replays A's hold and sees the 50; one at 00:10 replays A's and any earlier one's; one
+    at 23:55 after a grant at 00:10 takes that later hold off as it is. Same on SQLite and
+    PostgreSQL (the optimistic claim, then the locked redo)."""
+    import threading
+
+    from tillpoint.sync.loopback import import_doc
+
+    store = hub_store_factory()
+    import_doc(store, expiring_data())
+    store.publish(HUB_NOW, 7 * 86400.0)
+    first = datetime.fromisoformat("2026-11-30T23:50:00+03:00")
+    assert store.authorise("till-a", "a-1", "c-2", 250, first, [], HUB_NOW, 1800).authorised == 250
+    times = ["2026-11-30T23:55:00+03:00", AFTER_MIDNIGHT] * 3
+    granted: list[int] = []
+    start = threading.Barrier(len(times))
+
+    def ask_at(n: int, at: str) -> None:
+        start.wait()
+        found = store.authorise(
+            f"till-{n}", f"r-{n}", "c-2", 100, datetime.fromisoformat(at), [], HUB_NOW, 1800
+        )
+        granted.append(int(found.authorised))
+
+    threads = [threading.Thread(target=ask_at, args=(n, at)) for n, at in enumerate(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(granted) == len(times)
+    assert sum(granted) == 50, granted
