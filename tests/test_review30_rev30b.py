@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.v1 import tillpoint_pb2 as pb
