@@ -608,6 +608,12 @@ class HubRules:
         now: datetime,
         hold_ttl_s: float,
     ) -> Authorisation:
+        for item in unsynced:  # an unsent spend is held as its negation: it must fit int64
+            if item.points < -INT64_MAX:
+                raise InputError(
+                    f"unsynced seq {item.seq}: points {item.points} is out of range"
+                    f" (at least {-INT64_MAX})"
+                )
         if not unsynced:  # the common case: the customer's lock held for one short step
             for _ in range(CLAIM_TRIES):
                 claimed = self._authorise_optimistic(

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.v1 import tillpoint_pb2 as pb
@@ -184,3 +185,20 @@ def test_tills_asking_at_once_around_midnight_never_get_more_than_is_left(
         thread.join(30)
     assert len(granted) == len(times)
     assert sum(granted) == 50, granted
+
+
+def test_unsent_points_past_int64_are_refused_as_bad_input(hub: LoopbackHub) -> None:
+    """docs/CONTRACT.md §9 (bad input: INVALID_ARGUMENT, one line, nothing written): an
+    unsent spend of −9223372036854775808 points (int64's least, which has no positive
+    twin) is held for the other tills as its negation, past int64: the hub failed
+    (OverflowError, gRPC UNKNOWN, a traceback in its log). Refused now, and nothing is
+    held: the next ask gets the 100 points that count after midnight."""
+    me = identity(hub, "till-1", enroll=True)
+    s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+    unsent = pb.UnsyncedPoints(seq=1, receipt_id="s-1", points=-(2**63))
+    with pytest.raises(grpc.RpcError) as err:
+        s.AuthorizeRedemption(ask("r-1", 300, unsent), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "\n" not in (err.value.details() or "")
+    assert "unsynced seq 1" in (err.value.details() or "")
+    assert s.AuthorizeRedemption(ask("r-2", 300), timeout=TIMEOUT).authorized_points == 100
