@@ -700,6 +700,13 @@ class HubRules:
                     utc_text(expires),
                     utc_text(at),
                 )
+            if unsynced:  # the till's unsent spends are held: all of them must still fit
+                total = sum(int(pts) for _, _, pts in tx.active_holds(customer_id))
+                if not (fits_int64(total) and fits_int64(live_balance)):
+                    raise InputError(  # rolled back: nothing held for this request
+                        f"unsynced: customer {customer_id}'s held points ({total}) and live"
+                        f" balance ({live_balance}) must fit in a signed 64-bit integer"
+                    )
         return Authorisation(granted, hold_id, expires, live_balance)
 
     def _holds_before(

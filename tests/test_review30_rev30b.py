@@ -28,9 +28,11 @@ def hub(tmp_path: Path) -> Iterator[LoopbackHub]:
     hub.stop()
 
 
-def ask(receipt_id: str, points: int, *unsent: pb.UnsyncedPoints) -> pb.AuthorizeRedemptionRequest:
+def ask(
+    receipt_id: str, points: int, *unsent: pb.UnsyncedPoints, device: str = "till-1"
+) -> pb.AuthorizeRedemptionRequest:
     return pb.AuthorizeRedemptionRequest(
-        device_id="till-1",
+        device_id=device,
         receipt_id=receipt_id,
         customer_id="c-2",
         points=points,
@@ -202,3 +204,25 @@ def test_unsent_points_past_int64_are_refused_as_bad_input(hub: LoopbackHub) -> 
     assert "\n" not in (err.value.details() or "")
     assert "unsynced seq 1" in (err.value.details() or "")
     assert s.AuthorizeRedemption(ask("r-2", 300), timeout=TIMEOUT).authorized_points == 100
+
+
+def test_unsent_spends_that_would_hold_past_int64_are_refused(hub: LoopbackHub) -> None:
+    """docs/CONTRACT.md §9 (bad input: INVALID_ARGUMENT, one line, nothing written): two
+    tills each send an unsent spend of 9223372036854775807 points for one customer. The
+    second was held beside the first, past int64 together: its reply's live balance
+    (−18446744073709551514) could not be sent (gRPC UNKNOWN, a traceback in the hub's log),
+    and every till asking for that customer failed the same way until the holds expired.
+    The second is refused now, nothing held for it: a third till is answered (0 granted,
+    the first's hold stands)."""
+    one, two, three = (identity(hub, f"till-{n}", enroll=True) for n in (1, 2, 3))
+    huge = pb.UnsyncedPoints(seq=1, receipt_id="s-1", points=-(2**63 - 1))
+    first = stub(hub, key=one.key_pem, cert=one.cert_pem)
+    assert first.AuthorizeRedemption(ask("r-1", 300, huge), timeout=TIMEOUT).authorized_points == 0
+    second = stub(hub, key=two.key_pem, cert=two.cert_pem)
+    with pytest.raises(grpc.RpcError) as err:
+        second.AuthorizeRedemption(ask("r-2", 300, huge, device="till-2"), timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert "64-bit" in (err.value.details() or "")
+    third = stub(hub, key=three.key_pem, cert=three.cert_pem)
+    reply = third.AuthorizeRedemption(ask("r-3", 300, device="till-3"), timeout=TIMEOUT)
+    assert (reply.authorized_points, reply.live_balance) == (0, 100 - (2**63 - 1))
