@@ -887,7 +887,8 @@ def _receipt_offers(
             if offer.kind == "RECEIPT_PERCENT_OFF" and outcome != "BELOW_MIN_TOTAL":
                 row["discountMinor"] = figure  # weighed: what it gives, 0 included
             if outcome == "BEATEN" and best is not None:
-                row["beatenBy"] = best[2]
+                row["beatenBy"] = best[2]  # ... and its discount (§17), as a line's row says
+                row["beatenByDiscountMinor"] = -best[0]
             tr.receipt.append(row)
     return extra
 

@@ -324,6 +324,10 @@ class Explainer(Oracle):
             else:
                 entry["outcome"] = "BEATEN"
                 entry["beatenBy"] = applied_r
+                # ... and its discount (review 30, spec30b): what the winner gave the receipt
+                entry["beatenByDiscountMinor"] = sum(
+                    ln.discount for ln in eligible if ln.offer_id == applied_r
+                )
             receipt_offers.append(entry)
 
         trace = {

@@ -736,6 +736,7 @@ def _receipt_offers(
                     row["discountMinor"] = figure
             if outcome == "BEATEN" and best is not None:
                 row["beatenBy"] = best[2]
+                row["beatenByDiscountMinor"] = -best[0]
             tr.receipt.append(row)
     return extra
 

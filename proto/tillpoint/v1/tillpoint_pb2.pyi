@@ -1315,6 +1315,7 @@ class TraceReceiptOffer(_message.Message):
     POINTS_FIELD_NUMBER: _builtins.int
     BEATEN_BY_FIELD_NUMBER: _builtins.int
     PERCENT_FIELD_NUMBER: _builtins.int
+    BEATEN_BY_DISCOUNT_MINOR_FIELD_NUMBER: _builtins.int
     offer_id: _builtins.str
     kind: Global___OfferKind.ValueType
     outcome: _builtins.str
@@ -1329,6 +1330,8 @@ class TraceReceiptOffer(_message.Message):
     beaten_by: _builtins.str
     percent: _builtins.str
     """RECEIPT_PERCENT_OFF: its value (decimal string)"""
+    beaten_by_discount_minor: _builtins.int
+    """BEATEN: what beaten_by gives the receipt"""
     def __init__(
         self,
         *,
@@ -1342,10 +1345,11 @@ class TraceReceiptOffer(_message.Message):
         points: _builtins.int = ...,
         beaten_by: _builtins.str = ...,
         percent: _builtins.str = ...,
+        beaten_by_discount_minor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["basket_minor", b"basket_minor", "beaten_by", b"beaten_by", "discount_minor", b"discount_minor", "kind", b"kind", "min_total_minor", b"min_total_minor", "missing_minor", b"missing_minor", "offer_id", b"offer_id", "outcome", b"outcome", "percent", b"percent", "points", b"points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basket_minor", b"basket_minor", "beaten_by", b"beaten_by", "beaten_by_discount_minor", b"beaten_by_discount_minor", "discount_minor", b"discount_minor", "kind", b"kind", "min_total_minor", b"min_total_minor", "missing_minor", b"missing_minor", "offer_id", b"offer_id", "outcome", b"outcome", "percent", b"percent", "points", b"points"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
