@@ -8,7 +8,6 @@ replace as it was, and says so in one line.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -21,20 +20,31 @@ from tillpoint.sync.loopback import sample_master_data
 LIMIT = 128 * 1024  # bytes a process may write into one file (RLIMIT_FSIZE)
 
 
-def _limited() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+# The limit is set by the child itself before it runs the code (a bootstrap that execs),
+# not by `preexec_fn`: that forces a plain fork of this multi-threaded pytest process, and
+# grpc's fork handlers (grpc is loaded here by earlier tests) abort the child now and then
+# ("epoll_wait error: Bad file descriptor", exit -6) before it ever execs.
+_BOOTSTRAP = (
+    "import os, resource, sys\n"
+    f"resource.setrlimit(resource.RLIMIT_FSIZE, ({LIMIT}, {LIMIT}))\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+)
 
 
-def run_limited(*argv: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a process that may not write more than `LIMIT` bytes into a file (a
-    disk that fills up on the way: Python ignores SIGXFSZ, a write fails with EFBIG)."""
+def run_limited_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python *args` in a process that may not write more than `LIMIT` bytes into a file
+    (a disk that fills up on the way: Python ignores SIGXFSZ, a write fails with EFBIG)."""
     return subprocess.run(
-        [sys.executable, "-m", "tillpoint.agent.cli", *argv],
+        [sys.executable, "-c", _BOOTSTRAP, *args],
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=_limited,  # setrlimit only: safe between fork and exec
     )
+
+
+def run_limited(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The CLI under the file-size limit (`run_limited_python`)."""
+    return run_limited_python("-m", "tillpoint.agent.cli", *argv)
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
@@ -94,13 +104,7 @@ def test_a_secret_the_disk_cannot_hold_whole_is_refused_not_written_in_part(
         "else:\n"
         "    print('written')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=_limited,
-    )
+    done = run_limited_python("-c", script, str(path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("refused:"), done.stdout
     assert path.read_text(encoding="utf-8") == '{"old": true}\n'
