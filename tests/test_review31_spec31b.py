@@ -1,0 +1,228 @@
+"""Review 31 (spec31b): the receipt's life (CONTRACT §11) through the real doors — HTTP/JSON
+(§12) and gRPC on one `Agent`, as `tillpoint run` serves them — with a basket deal (§15),
+a coupon (§13) and redemption against the day's offline limit (§5 step 4, §9).
+
+Every figure is worked out by hand from the contract, not read back from the code. The
+snapshot: Анна gold 10 %, 1000 points, offline limit 500 a day, holds of 600 s;
+m-1 "3 for 2" on bread; cp-1 20 % off milk with a coupon (K1).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .conftest import PROGRAM, ManualClock, grpc_served, snapshot
+
+TIMEOUT = 10
+ANNA = "2770000000017"
+MILK, BREAD = "4601234000017", "4601234000024"
+AT = "2026-11-25T12:00:00+03:00"
+VALID = {"validFrom": "2026-11-01T00:00:00+03:00", "validTo": "2026-12-31T23:59:59+03:00"}
+TIERS = [{"code": "base", "accrualPercent": "5"}, {"code": "gold", "accrualPercent": "10"}]
+OFFERS = [
+    {"id": "m-1", "campaignId": "camp-m", "kind": "MULTIBUY", "skus": [BREAD], "buyQty": "2",
+     "freeQty": "1", **VALID},
+    {"id": "cp-1", "campaignId": "camp-c", "kind": "PERCENT_OFF", "skus": [MILK], "value": "20",
+     "couponRequired": True, **VALID},
+]  # fmt: skip
+
+
+def sale(receipt_id: str, lines: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
+    return {"receiptId": receipt_id, "at": AT, "card": ANNA, "lines": lines, **more}
+
+
+def line(sku: str, qty: str, price: int) -> dict[str, Any]:
+    return {"sku": sku, "qty": qty, "priceMinor": price}
+
+
+@dataclass
+class Doors:
+    """One agent behind its HTTP and gRPC doors, on a wall clock the test moves."""
+
+    agent: Agent
+    http_port: int
+    stub: pb_grpc.PosAgentStub
+    clock: ManualClock
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=data, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def grpc(self, call: str, request: Any) -> Any:
+        """The answer as its proto3 JSON (the HTTP door's document), or the status code."""
+        if isinstance(request, dict):
+            kind = {"Confirm": pb.ConfirmRequest, "Cancel": pb.CancelRequest}.get(call)
+            kind = kind or (pb.Refund if call == "Refund" else pb.Receipt)
+            request = json_format.ParseDict(request, kind())
+        try:
+            answer = getattr(self.stub, call)(request, timeout=TIMEOUT)
+        except grpc.RpcError as err:
+            return err.code(), err.details()
+        return json_format.MessageToDict(answer)
+
+
+@pytest.fixture
+def doors(tmp_path: Path) -> Iterator[Doors]:
+    from tillpoint.agent.http_api import HttpServer
+
+    clock = ManualClock(datetime(2026, 11, 25, 9, 0, tzinfo=UTC))
+    agent = Agent(tmp_path / "data", "till-1", clock=clock)
+    program = {**PROGRAM, "tiers": TIERS, "holdTtlSeconds": 600}
+    customers = [
+        {"id": "c-a", "firstName": "Анна", "tier": "gold", "birthday": "1990-06-15",
+         "balancePoints": 1000},
+    ]  # fmt: skip
+    cards = [{"number": ANNA, "customerId": "c-a", "status": "ACTIVE"}]
+    coupons = [{"code": "K1", "offerId": "cp-1", **VALID}]
+    agent.load_snapshot(
+        snapshot(program=program, customers=customers, cards=cards, offers=OFFERS, coupons=coupons)
+    )
+    http = HttpServer(agent, "127.0.0.1:0")
+    http.start()
+    try:
+        with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield Doors(agent, http.port, pb_grpc.PosAgentStub(channel), clock)
+    finally:
+        http.stop()
+        agent.close()
+
+
+FIGURES = ("lines", "totalMinor", "discountMinor", "redeemedPoints", "payableMinor")
+
+
+def figures(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """The money and points of a result, in proto3 JSON as HTTP writes it (int64 figures as
+    numbers; gRPC's MessageToDict writes them as strings and leaves zeros out)."""
+    return tuple(json.dumps(doc.get(k), sort_keys=True) for k in FIGURES)
+
+
+def test_a_held_deal_is_answered_alike_at_both_doors_and_a_conflict_at_each(doors: Doors) -> None:
+    """§11: Hold at one door, the same body at the other answers the stored hold; another
+    body under the id is a conflict at both (409, ALREADY_EXISTS), for Hold and Checkout;
+    Checkout of the held body confirms it; Confirm and Hold again answer the confirmed
+    result; Cancel of it is refused at both ("use a refund")."""
+    body = sale("h1", [line(BREAD, "3", 6000)], redeemPoints=-1)
+    status, held = doors.post("/v1/hold", body)
+    # m-1: one complete group of 3, the last unit free: floor(18000 × 1 / 3) = 6000;
+    # 12000 left, 30 % → 36 points (capacity 120, offline 500, balance 1000); 8400 paid → 8
+    assert status == 200 and held["state"] == "HELD"
+    assert held["lines"] == [
+        {"sku": BREAD, "amountMinor": 18000, "discountMinor": 6000, "offerId": "m-1",
+         "redeemedMinor": 3600, "earnedPoints": 8},
+    ]  # fmt: skip
+    assert (held["redeemedPoints"], held["payableMinor"], held["printedOffers"]) == (36, 8400, [])
+    again = doors.grpc("Hold", body)
+    assert again["state"] == "HELD" and again["holdExpiresAt"] == held["holdExpiresAt"]
+    assert again["lines"][0]["offerId"] == "m-1" and again["redeemedPoints"] == "36"
+
+    other = {**body, "redeemPoints": 10}
+    for call, path in (("Hold", "/v1/hold"), ("Checkout", "/v1/checkout")):
+        assert doors.grpc(call, other)[0] == grpc.StatusCode.ALREADY_EXISTS, call
+        status, doc = doors.post(path, other)
+        assert status == 409 and doc["error"]["code"] == "ALREADY_EXISTS", path
+
+    status, done = doors.post("/v1/checkout", body)  # Checkout = Hold + Confirm: confirms h1
+    assert status == 200 and (done["state"], done["seq"]) == ("CONFIRMED", 1)
+    assert figures(done) == figures(held) and "holdExpiresAt" not in done
+    # the balance at at: 1000 − 36 + 8
+    assert done["balance"] == {"availablePoints": 972, "pendingPoints": 0}
+    confirmed = doors.grpc("Confirm", {"receiptId": "h1", "fiscalDocument": "ФД-1"})
+    assert confirmed["state"] == "CONFIRMED" and confirmed["seq"] == "1"
+    assert doors.post("/v1/hold", body) == (200, done)
+    assert doors.post("/v1/confirm", {"receiptId": "h1"}) == (200, done)
+    code, message = doors.grpc("Cancel", {"receiptId": "h1"})
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "use a refund" in message
+    status, doc = doors.post("/v1/cancel", {"receiptId": "h1"})
+    assert status == 412 and "use a refund" in doc["error"]["message"]
+
+
+def test_a_hold_reserves_until_exactly_its_ttl_then_confirm_is_refused(doors: Doors) -> None:
+    """§11: a hold expires holdTtlSeconds after it was placed: at 599 s it still reserves
+    its points (the day's offline limit and the balance) and can be confirmed; at exactly
+    600 s it reserves nothing and Confirm is refused at both doors; a Cancel then answers
+    CANCELLED, and Confirm says it was cancelled."""
+    small = sale("h2", [line(MILK, "1", 10000)], redeemPoints=10)
+    status, h2 = doors.post("/v1/hold", small)
+    # 10 points asked ≤ 30 % of 10000 (30): 10; 9000 paid → 9
+    assert status == 200 and (h2["redeemedPoints"], h2["earnedPoints"]) == (10, 9)
+    doors.clock.advance(599)
+    done = doors.grpc("Confirm", {"receiptId": "h2"})
+    assert done["state"] == "CONFIRMED" and done["seq"] == "1"
+    assert done["balance"] == {"availablePoints": "999"}  # 1000 − 10 + 9; zeros left out
+
+    big = [line(MILK, "1", 100000)]
+    status, h3 = doors.post("/v1/hold", sale("h3", big, redeemPoints=-1))
+    # 30 % of 100000 → 300; balance 999; the day's offline limit 500 − 10 = 490: 300
+    assert status == 200 and h3["redeemedPoints"] == 300
+    quote = sale("q4", big, redeemPoints=-1)
+    doors.clock.advance(599)
+    # beside the open hold: balance 999 − 300 = 699, offline limit 490 − 300 = 190: 190
+    assert doors.post("/v1/quote", quote)[1]["redeemedPoints"] == 190
+    assert doors.grpc("Quote", quote)["redeemedPoints"] == "190"
+    doors.clock.advance(1)  # exactly holdTtlSeconds after the hold: it has run out
+    assert doors.post("/v1/quote", quote)[1]["redeemedPoints"] == 300
+    assert doors.grpc("Quote", quote)["redeemedPoints"] == "300"
+    code, message = doors.grpc("Confirm", {"receiptId": "h3"})
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "hold expired" in message
+    status, doc = doors.post("/v1/confirm", {"receiptId": "h3"})
+    assert status == 412 and doc["error"]["code"] == "FAILED_PRECONDITION"
+    status, cancelled = doors.post("/v1/cancel", {"receiptId": "h3"})
+    assert status == 200 and cancelled["state"] == "CANCELLED"
+    assert doors.grpc("Cancel", {"receiptId": "h3"})["state"] == "CANCELLED"
+    code, message = doors.grpc("Confirm", {"receiptId": "h3"})
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "cancelled" in message
+
+
+def test_a_coupon_held_at_one_door_is_used_at_the_other_until_the_cancel(doors: Doors) -> None:
+    """§13 with §11: the hold uses K1 on this till at once (ALREADY_USED for any other
+    receipt, at either door); its cancel gives it back; a refund of a receipt never
+    confirmed, and a Confirm of a receipt never held, are NOT_FOUND at both doors."""
+    milk = [line(MILK, "1", 10000)]
+    held = doors.grpc("Hold", sale("h5", milk, coupons=["k-1"]))
+    # 20 % of 10000 = 2000; 8000 → 8
+    assert held["coupons"] == [{"code": "K1", "status": "APPLIED"}]
+    assert held["discountMinor"] == "2000" and held["earnedPoints"] == "8"
+    status, other = doors.post("/v1/checkout", sale("r6", milk, coupons=["K1"]))
+    assert status == 200
+    assert other["coupons"] == [{"code": "K1", "status": "REJECTED", "reason": "ALREADY_USED"}]
+    assert (other["discountMinor"], other["earnedPoints"], other["seq"]) == (0, 10, 1)
+
+    refund = {"refundId": "f5", "receiptId": "h5", "at": AT, "lines": [{"sku": MILK, "qty": "1"}]}
+    status, doc = doors.post("/v1/refund", refund)
+    assert status == 404 and doc["error"]["code"] == "NOT_FOUND"
+    assert doors.grpc("Refund", refund)[0] == grpc.StatusCode.NOT_FOUND
+    status, doc = doors.post("/v1/confirm", {"receiptId": "nope"})
+    assert status == 404 and doc["error"]["code"] == "NOT_FOUND"
+    assert doors.grpc("Confirm", {"receiptId": "nope"})[0] == grpc.StatusCode.NOT_FOUND
+
+    status, cancelled = doors.post("/v1/cancel", {"receiptId": "h5"})
+    assert status == 200 and cancelled["state"] == "CANCELLED"
+    used = doors.grpc("Checkout", sale("r7", milk, coupons=["K1"]))
+    assert used["coupons"] == [{"code": "K1", "status": "APPLIED"}] and used["seq"] == "2"
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{doors.http_port}/v1/status", timeout=TIMEOUT
+    ) as answer:
+        status_doc = json.loads(answer.read())
+    # r6 and r7 only: a hold, its cancel, a refused refund or confirm are no transactions
+    assert (status_doc["lastSeq"], status_doc["outboxDepth"]) == (2, 2)
