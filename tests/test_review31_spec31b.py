@@ -226,3 +226,173 @@ def test_a_coupon_held_at_one_door_is_used_at_the_other_until_the_cancel(doors: 
         status_doc = json.loads(answer.read())
     # r6 and r7 only: a hold, its cancel, a refused refund or confirm are no transactions
     assert (status_doc["lastSeq"], status_doc["outboxDepth"]) == (2, 2)
+
+
+# ------------------------------------------------------------ a real `tillpoint run`
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int, int]]:
+    """`tillpoint run` on a data directory seeded with a snapshot (m-1, holds of 600 s):
+    (data dir, the environment, HTTP port, gRPC port)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import free_port
+
+    exe = Path(sys.executable).with_name("tillpoint")
+    if not exe.exists():
+        pytest.skip("the tillpoint entry point is not installed")
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    http_port, grpc_port = free_port(), free_port()
+    env.update(
+        TILLPOINT_DEVICE_ID="till-1",
+        TILLPOINT_HTTP__LISTEN=f"127.0.0.1:{http_port}",
+        TILLPOINT_SERVER__LISTEN=f"127.0.0.1:{grpc_port}",
+        TILLPOINT_METRICS__ENABLED="false",
+    )
+    program = {**PROGRAM, "tiers": TIERS, "holdTtlSeconds": 600}
+    customers = [{"id": "c-a", "firstName": "Анна", "tier": "gold", "balancePoints": 1000}]
+    cards = [{"number": ANNA, "customerId": "c-a", "status": "ACTIVE"}]
+    seed = tmp_path / "snapshot.json"
+    seed.write_text(
+        json.dumps(snapshot(program=program, customers=customers, cards=cards, offers=OFFERS[:1])),
+        encoding="utf-8",
+    )
+    loaded = subprocess.run(
+        [str(exe), "--data-dir", str(data), "snapshot", "load", str(seed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    proc = subprocess.Popen(
+        [str(exe), "--data-dir", str(data), "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{http_port}/healthz", timeout=TIMEOUT
+                ) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, "tillpoint run ended"
+            assert time.monotonic() < deadline, "tillpoint run never became healthy"
+            time.sleep(0.1)
+        yield data, {**env, "EXE": str(exe)}, http_port, grpc_port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_one_receipts_life_across_the_cli_http_and_grpc_of_a_running_agent(
+    running: tuple[Path, dict[str, str], int, int], tmp_path: Path
+) -> None:
+    """§11 at the three doors of one `tillpoint run`: a hold made with the CLI is the
+    same document over HTTP (byte for byte, §12); another body under its id is a conflict
+    at each door (exit 2, ALREADY_EXISTS, 409); Confirm at one door is the same answer at
+    the others; Cancel of the confirmed receipt, Confirm of an unknown id and a refund of a
+    receipt never committed are refused at each (exit 2; FAILED_PRECONDITION / NOT_FOUND;
+    412 / 404)."""
+    import subprocess
+
+    data, env, http_port, grpc_port = running
+    files = iter(range(100))
+
+    def cli(*args: Any) -> subprocess.CompletedProcess[str]:
+        argv = []
+        for arg in args:
+            if isinstance(arg, dict):
+                path = tmp_path / f"in-{next(files)}.json"
+                path.write_text(json.dumps(arg, ensure_ascii=False), encoding="utf-8")
+                arg = str(path)
+            argv.append(arg)
+        run_env = {k: v for k, v in env.items() if k != "EXE"}
+        return subprocess.run(
+            [env["EXE"], "--data-dir", str(data), *argv],
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def http(path: str, body: Any) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{http_port}{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    body = sale("h1", [line(BREAD, "3", 6000)], redeemPoints=-1)
+    held = cli("hold", body, "--json")
+    assert held.returncode == 0, held.stderr
+    doc = json.loads(held.stdout)
+    # 3 for 2: 6000 off; 30 % of 12000 → 36 points; 8400 paid → 8
+    assert (doc["state"], doc["discountMinor"], doc["redeemedPoints"]) == ("HELD", 6000, 36)
+    assert http("/v1/hold", body) == (200, held.stdout.encode())
+
+    other = {**body, "redeemPoints": 1}
+    refused = cli("checkout", other, "--json")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "another body" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert http("/v1/hold", other)[0] == 409
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        stub = pb_grpc.PosAgentStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Hold(json_format.ParseDict(other, pb.Receipt()), timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+        status, confirmed = http("/v1/confirm", {"receiptId": "h1", "fiscalDocument": "ФД-7"})
+        assert status == 200
+        done = json.loads(confirmed)
+        assert (done["state"], done["seq"], done["earnedPoints"]) == ("CONFIRMED", 1, 8)
+        again = cli("confirm", "h1", "--json")
+        assert again.returncode == 0 and again.stdout.encode() == confirmed
+        answer = stub.Confirm(pb.ConfirmRequest(receipt_id="h1"), timeout=TIMEOUT)
+        assert (answer.state, answer.seq, answer.earned_points) == (pb.CONFIRMED, 1, 8)
+
+        cancel = cli("cancel", "h1", "--json")
+        assert cancel.returncode == 2 and "use a refund" in cancel.stderr
+        assert http("/v1/cancel", {"receiptId": "h1"})[0] == 412
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Cancel(pb.CancelRequest(receipt_id="h1"), timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        assert cli("confirm", "nope", "--json").returncode == 2
+        assert http("/v1/confirm", {"receiptId": "nope"})[0] == 404
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Confirm(pb.ConfirmRequest(receipt_id="nope"), timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+        never = {
+            "refundId": "f1",
+            "receiptId": "h9",
+            "at": AT,
+            "lines": [{"sku": BREAD, "qty": "1"}],
+        }
+        assert cli("refund", never, "--json").returncode == 2
+        assert http("/v1/refund", never)[0] == 404
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Refund(json_format.ParseDict(never, pb.Refund()), timeout=TIMEOUT)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
