@@ -396,3 +396,83 @@ def test_one_receipts_life_across_the_cli_http_and_grpc_of_a_running_agent(
         with pytest.raises(grpc.RpcError) as err:
             stub.Refund(json_format.ParseDict(never, pb.Refund()), timeout=TIMEOUT)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ------------------------------------------------------------ §9: what the outbox holds
+
+
+def test_the_outbox_holds_one_transaction_per_commit_and_per_issued_code(tmp_path: Path) -> None:
+    """§9 with §11 and §13: what the push sends, seq by seq. A hold and its cancel are
+    nothing; a confirmed hold is a CHECKOUT with its fiscal document and the held figures;
+    the code its printed offer issued is a COUPON_ISSUED of its own seq; a checkout asked
+    with `explain` is sent without its trace; a refund is a REFUND. Each carries the
+    points it moves (spendable at once: activationDelayDays 0)."""
+    from tillpoint.agent.results import receipt_from_json, refund_from_json
+    from tillpoint.sync.push import Pusher
+
+    cheese = "4601234000055"
+    printed = {
+        "id": "pr-1", "campaignId": "camp-p", "customerId": "c-a", "kind": "PERCENT_OFF",
+        "skus": [cheese], "value": "20", "printable": True, "issueCoupon": True,
+        "couponRequired": True, "printText": "−20% на сыр", "rank": 1, **VALID,
+    }  # fmt: skip
+    program = {**PROGRAM, "tiers": TIERS, "holdTtlSeconds": 600}
+    customers = [{"id": "c-a", "firstName": "Анна", "tier": "gold", "balancePoints": 1000}]
+    cards = [{"number": ANNA, "customerId": "c-a", "status": "ACTIVE"}]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(
+            snapshot(program=program, customers=customers, cards=cards, offers=[*OFFERS, printed])
+        )
+        agent.hold(receipt_from_json(sale("h1", [line(MILK, "1", 10000)], redeemPoints=10)))
+        agent.cancel("h1")
+        bread = sale("h2", [line(BREAD, "3", 6000)], redeemPoints=-1)
+        agent.hold(receipt_from_json(bread))
+        done = agent.confirm("h2", "ФД-0002")
+        # 3 for 2: 6000 off; 30 % of 12000 → 36 points; 8400 paid → 8
+        assert (done.seq, done.redeemed_points, done.earned_points) == (1, 36, 8)
+        assert list(done.printed_offers) == ["pr-1"]
+        explained = sale("r3", [line(MILK, "1", 10000)], explain=True)
+        assert agent.checkout(receipt_from_json(explained)).seq == 3  # 10000 → 10 points
+        back = {
+            "refundId": "f4",
+            "receiptId": "h2",
+            "at": AT,
+            "lines": [{"sku": BREAD, "qty": "1"}],
+        }
+        refunded = agent.refund(refund_from_json(back))
+        # one of three: floor(36 × 1/3) = 12 back, floor(8 × 1/3) = 2 taken back
+        assert (refunded.returned_points, refunded.taken_back_points) == (12, 2)
+    finally:
+        agent.close()
+
+    pusher = Pusher(tmp_path / "data", "till-1", None, call_timeout_s=1.0)  # type: ignore[arg-type]
+    try:
+        txs = [pusher._transaction(seq, payload) for seq, payload in pusher._batch()]
+    finally:
+        pusher.close()
+    assert [(t.device_id, t.seq, t.kind) for t in txs] == [
+        ("till-1", 1, pb.CHECKOUT),
+        ("till-1", 2, pb.COUPON_ISSUED),
+        ("till-1", 3, pb.CHECKOUT),
+        ("till-1", 4, pb.REFUND),
+    ]
+    sold, issued, explained_tx, refund_tx = txs
+    assert (sold.customer_id, sold.card, sold.fiscal_document) == ("c-a", ANNA, "ФД-0002")
+    assert json.loads(sold.request_json)["receiptId"] == "h2"
+    result = json.loads(sold.result_json)
+    assert (result["redeemedPoints"], result["earnedPoints"], result["payableMinor"]) == (
+        36,
+        8,
+        8400,
+    )
+    assert result["lines"][0]["offerId"] == "m-1"
+    assert (sold.points_delta_available, sold.points_delta_pending) == (8 - 36, 0)
+    coupon = json.loads(issued.request_json)
+    # TP + the length of TILL1 + TILL1 + the device's first coupon number
+    assert coupon["receiptId"] == "h2" and coupon["coupon"]["code"] == "TP5TILL11"
+    assert coupon["coupon"]["offerId"] == "pr-1" and coupon["coupon"]["customerId"] == "c-a"
+    assert issued.points_delta_available == 0 and issued.result_json == "{}"
+    assert "trace" not in json.loads(explained_tx.result_json)
+    assert explained_tx.points_delta_available == 10 and explained_tx.fiscal_document == ""
+    assert refund_tx.points_delta_available == 12 - 2
