@@ -492,9 +492,10 @@ class Api:
     async def _no_such_call(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if status == 405:
-            allowed = ", ".join(
-                sorted(c.method for c in CALLS if c.path == request.url.path) or ["GET"]
-            )
+            methods = {c.method for c in CALLS if c.path == request.url.path} or {"GET"}
+            if "GET" in methods:  # served with it (Starlette), as RFC 9110 asks
+                methods.add("HEAD")
+            allowed = ", ".join(sorted(methods))
             return error_response(  # RFC 9110: a 405 says what is allowed
                 "METHOD_NOT_ALLOWED",
                 f"{request.method} {request.url.path}: use {allowed}",
@@ -869,7 +870,11 @@ def openapi() -> dict[str, Any]:
         return {"description": what, "content": {JSON: {"schema": error}}}
 
     errors = {
-        "400": answer("bad input: malformed JSON, unknown field, out-of-range value, over 4 MiB"),
+        "400": answer(
+            "bad input: malformed JSON, unknown field, out-of-range value, over 4 MiB; or a"
+            " request that is not HTTP the agent can read (no Host, two Content-Length, a"
+            " garbage request line, a head over 16 KiB), on any path"
+        ),
         "401": answer("a token is set and the request has none or another"),
         "403": answer("a web page's request: its Origin is not in [http] allowed_origins"),
         "404": answer("unknown receipt, a card this till does not know (balance)"),
@@ -883,9 +888,10 @@ def openapi() -> dict[str, Any]:
         "503": answer("not ready, or the call timed out: retry with the same receiptId"),
         "505": answer("a request line of another HTTP major version than 1 (HTTP/2.0, 9.9)"),
     }
-    # What any request may meet; a body's own; then each call's (agent/service.py's).
-    anywhere = ("401", "403", "405", "421", "500", "503", "505")
-    of_a_body = ("400", "408", "415")
+    # What any request may meet (a request head the agent cannot read is a 400 on any
+    # path, GETs too); a body's own; then each call's (agent/service.py's).
+    anywhere = ("400", "401", "403", "405", "421", "500", "503", "505")
+    of_a_body = ("408", "415")
     of_the_call = {
         "Quote": ("412",),
         "Hold": ("409", "412"),
@@ -954,14 +960,37 @@ def openapi() -> dict[str, Any]:
                         }
                     },
                 },
-                "401": errors["401"],
-                "403": errors["403"],
-                "405": errors["405"],
-                "421": errors["421"],
+                **{status: errors[status] for status in anywhere},
                 "503": answer("no snapshot loaded, or shutting down"),
             },
         }
     }
+    paths["/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document: the calls, their bodies and answers",
+            "responses": {
+                "200": {
+                    "description": "the OpenAPI 3.1 document",
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                },
+                **{status: errors[status] for status in anywhere},
+            },
+        }
+    }
+    # Each GET path answers HEAD as GET without the body (RFC 9110 §9.3.2), served by
+    # Starlette for every GET route: described the same, its answers with no content.
+    for operations in paths.values():
+        get = operations.get("get")
+        if get is not None:
+            operations["head"] = {
+                "operationId": get["operationId"] + "Head",
+                "summary": get["summary"] + " (the headers of GET's answer, no body)",
+                "responses": {
+                    status: {"description": response["description"]}
+                    for status, response in get["responses"].items()
+                },
+            }
     return {
         "openapi": "3.1.0",
         "info": {
