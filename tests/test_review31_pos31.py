@@ -28,6 +28,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -367,3 +372,264 @@ def test_a_405_of_a_get_path_allows_head_too(till: Till) -> None:
     guide = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
     row = next(line for line in guide.splitlines() if line.startswith("| 405 |"))
     assert "HEAD" in row, row
+
+
+# ---------------------------------------------------------------- 2. a POS from the guide
+
+
+def lost_answer(till: Till, path: str, body: dict[str, Any]) -> None:
+    """The request goes out whole and the POS never reads its answer (a timeout, a cable
+    pulled): the guide says to send the same body again."""
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", till.http), timeout=TIMEOUT) as sock:
+        sock.sendall(head + data)
+        sock.shutdown(socket.SHUT_WR)  # then gone, unread
+    time.sleep(0.2)  # the agent ran it (or not): the POS cannot know
+
+
+def shown(answer: dict[str, Any]) -> list[str]:
+    """The guide: `display` is fitted to a 2 x 20 pole display, shown as it is."""
+    display = answer["display"]
+    assert isinstance(display, list) and len(display) <= 2, display
+    assert all(isinstance(line, str) and len(line) <= 20 for line in display), display
+    return list(display)
+
+
+def test_a_pos_written_from_the_guide_alone_prices_holds_confirms_cancels_and_refunds(
+    till: Till,
+) -> None:
+    """Issue 11's "done when", over HTTP: the life of a sale as docs/INTEGRATION.md tells
+    it (CONTRACT §11, §12), each answer validated against openapi.json, each lost answer
+    retried with the same body and answered as the first, nothing charged or earned
+    twice."""
+    api = OpenApi(call(till, "GET", "/openapi.json").json())
+
+    def post(path: str, body: dict[str, Any]) -> Answer:
+        return api.check(call(till, "POST", path, body))
+
+    def ok(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = post(path, body)
+        assert answer.status == 200, answer
+        return dict(answer.json())
+
+    assert api.check(call(till, "GET", "/healthz")).status == 200  # before the first sale
+    card = ok("/v1/identify", {"text": CARD})
+    assert card["status"] == "FOUND" and card["firstName"] and "display" not in card
+    before = ok("/v1/balance", {"card": CARD})
+
+    # scanning: a quote of the whole basket after each scan; it stores nothing
+    sale = receipt("p-000001", lines=[], redeemPoints=0)
+    for sku, qty, price in ((MILK, "2", 8990), (BREAD, "1", 5990), (CHEESE, "0.350", 69000)):
+        sale["lines"].append({"sku": sku, "qty": qty, "priceMinor": price})
+        quote = ok("/v1/quote", sale)
+        assert "state" not in quote and "seq" not in quote and shown(quote)
+    assert ok("/v1/balance", {"card": CARD}) == before
+
+    # before payment: hold with points; the answer is lost, sent again: the same hold
+    sale["redeemPoints"] = -1
+    lost_answer(till, "/v1/hold", sale)
+    held = ok("/v1/hold", sale)
+    assert held["state"] == "HELD" and held["holdExpiresAt"] and held["redeemedPoints"] > 0
+    assert ok("/v1/hold", sale) == held  # "its holdExpiresAt unchanged"
+    assert held["payableMinor"] == held["totalMinor"] - held["discountMinor"] - sum(
+        line["redeemedMinor"] for line in held["lines"]
+    )
+    # paid, fiscal receipt printed: confirm; its answer lost too
+    lost_answer(till, "/v1/confirm", {"receiptId": "p-000001", "fiscalDocument": "FD-1"})
+    done = ok("/v1/confirm", {"receiptId": "p-000001", "fiscalDocument": "FD-1"})
+    assert done["state"] == "CONFIRMED" and shown(done)
+    assert ok("/v1/confirm", {"receiptId": "p-000001", "fiscalDocument": "FD-other"}) == done
+    for figure in ("totalMinor", "discountMinor", "payableMinor", "redeemedPoints"):
+        assert done[figure] == held[figure], figure  # what the hold said is what is charged
+    after = ok("/v1/balance", {"card": CARD})
+    assert after["availablePoints"] == done["balance"]["availablePoints"]
+    spent = before["availablePoints"] + before["pendingPoints"]
+    assert after["availablePoints"] + after["pendingPoints"] == (
+        spent - done["redeemedPoints"] + done["earnedPoints"]
+    )  # once, for the three holds and the three confirms
+    assert ok("/v1/hold", sale)["state"] == "CONFIRMED"  # a resumed POS: do not charge
+    assert post("/v1/cancel", {"receiptId": "p-000001"}).status == 412  # use a refund
+
+    # another basket whose payment fails: cancel (lost, then again); the id is spent
+    basket = receipt("p-000002")
+    ok("/v1/hold", basket)
+    lost_answer(till, "/v1/cancel", {"receiptId": "p-000002"})
+    cancelled = ok("/v1/cancel", {"receiptId": "p-000002"})
+    assert cancelled["state"] == "CANCELLED" and cancelled["display"] == ["Чек отменён", ""]
+    assert ok("/v1/hold", basket)["state"] == "CANCELLED"  # sell under a new receiptId
+    assert post("/v1/confirm", {"receiptId": "p-000002"}).status == 412
+    assert post("/v1/hold", receipt("p-000002", redeemPoints=0)).status == 409
+    assert ok("/v1/balance", {"card": CARD}) == after  # nothing happened
+
+    # the basket changed after the hold: cancel it, hold the new one under a new id
+    ok("/v1/hold", receipt("p-000003"))
+    changed = receipt("p-000003", lines=[*receipt("x")["lines"], {"sku": MILK, "qty": "1"}])
+    changed["lines"][-1]["priceMinor"] = 8990
+    conflict = post("/v1/hold", changed)
+    assert conflict.status == 409 and conflict.json()["error"]["code"] == "ALREADY_EXISTS"
+    ok("/v1/cancel", {"receiptId": "p-000003"})
+    assert ok("/v1/hold", {**changed, "receiptId": "p-000004"})["state"] == "HELD"
+    ok("/v1/cancel", {"receiptId": "p-000004"})
+
+    # checkout (hold and confirm in one call), its answer lost: one sale
+    unknown = ok("/v1/identify", {"text": UNKNOWN_CARD})
+    assert unknown == {"status": "UNKNOWN"}  # base-tier points, settled by the hub
+    one = receipt("p-000005", UNKNOWN_CARD)
+    lost_answer(till, "/v1/checkout", one)
+    sold = ok("/v1/checkout", one)
+    assert sold["state"] == "CONFIRMED" and sold["balance"] is None and sold["earnedPoints"] > 0
+    assert ok("/v1/checkout", one) == sold
+    # a blocked card: no call for that sale; were it sent, 412 with a reason
+    blocked = ok("/v1/identify", {"text": BLOCKED_CARD})
+    assert blocked["status"] == "BLOCKED" and blocked["reason"]
+    assert post("/v1/checkout", receipt("p-000006", BLOCKED_CARD)).status == 412
+
+    # the next day, one bottle of milk comes back: a refund, its answer lost
+    back = refund("p-r-0001", "p-000001")
+    lost_answer(till, "/v1/refund", back)
+    returned = ok("/v1/refund", back)
+    assert ok("/v1/refund", back) == returned
+    assert "display" not in returned and returned["negativeBalance"] is False
+    now = ok("/v1/balance", {"card": CARD})
+    assert returned["balance"]["availablePoints"] == now["availablePoints"]
+    assert now["availablePoints"] == (
+        after["availablePoints"] + returned["returnedPoints"] - returned["takenBackPoints"]
+    )
+    assert post("/v1/refund", refund("p-r-0001", "p-000001", "2")).status == 409
+    assert post("/v1/refund", refund("p-r-0002", "p-000002")).status == 404  # cancelled
+    assert post("/v1/refund", refund("p-r-0003", "p-000001", "9")).status == 412
+    assert not api.wrong, "\n".join(api.wrong)
+
+
+# ---------------------------------------------------------------- 3. gRPC, reflection only
+
+
+class Reflected:
+    """A gRPC client that knows nothing but the server's reflection: no tillpoint_pb2."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.database = ProtoReflectionDescriptorDatabase(channel)
+        self.pool = DescriptorPool(self.database)
+
+    def method(self, service: str, name: str) -> Any:
+        return self.pool.FindServiceByName(service).methods_by_name[name]
+
+    def raw(self, service: str, name: str, request: bytes) -> Any:
+        method = self.method(service, name)
+        answer_cls = message_factory.GetMessageClass(method.output_type)
+        call = self.channel.unary_unary(
+            f"/{service}/{name}",
+            request_serializer=lambda data: data,
+            response_deserializer=answer_cls.FromString,
+        )
+        return call(request, timeout=TIMEOUT)
+
+    def __call__(
+        self, name: str, body: dict[str, Any], service: str = "tillpoint.v1.PosAgent"
+    ) -> dict[str, Any]:
+        method = self.method(service, name)
+        request = json_format.Parse(
+            json.dumps(body), message_factory.GetMessageClass(method.input_type)()
+        )
+        answer = self.raw(service, name, request.SerializeToString())
+        return dict(json_format.MessageToDict(answer))
+
+    def refused(self, name: str, body: dict[str, Any]) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as caught:
+            self(name, body)
+        error: Any = caught.value
+        details = str(error.details())
+        assert details and "\n" not in details and len(details) <= 1000, details
+        return error.code(), details
+
+
+def test_a_pos_over_grpc_knows_only_reflection(till: Till) -> None:
+    """Issue 11's "done when", over gRPC: a client with the server's reflection and no
+    `.proto` calls every PosAgent method and the health service; the errors are the
+    codes the guide and CONTRACT §11/§12 name (INVALID_ARGUMENT with a readable message,
+    ALREADY_EXISTS for a reused id, FAILED_PRECONDITION for what the rules refuse,
+    NOT_FOUND for a receipt or card this till does not know)."""
+    with grpc.insecure_channel(f"127.0.0.1:{till.grpc}") as channel:
+        pos = Reflected(channel)
+        services = set(pos.database.get_services())
+        assert {"tillpoint.v1.PosAgent", "grpc.health.v1.Health"} <= services
+        agent = pos.pool.FindServiceByName("tillpoint.v1.PosAgent")
+        called = {m.name for m in agent.methods}
+        # every method is called below: one the agent gains is a test to add here
+        assert called == {
+            "Identify",
+            "Quote",
+            "Hold",
+            "Confirm",
+            "Cancel",
+            "Checkout",
+            "Refund",
+            "Balance",
+            "Status",
+        }
+        assert pos("Check", {}, "grpc.health.v1.Health") == {"status": "SERVING"}
+        health = {"service": "tillpoint.v1.PosAgent"}
+        assert pos("Check", health, "grpc.health.v1.Health") == {"status": "SERVING"}
+        assert pos("Status", {})["cacheVersion"] == "7"  # proto3 JSON: int64 as a string
+
+        assert pos("Identify", {"text": CARD})["status"] == "FOUND"
+        assert pos("Identify", {"text": "SORRY-7K2Q9"})["status"] == "INVALID"
+        quote = pos("Quote", receipt("g-000001"))
+        assert "state" not in quote and quote["display"]
+        held = pos("Hold", receipt("g-000001"))
+        assert held["state"] == "HELD" and pos("Hold", receipt("g-000001")) == held
+        code, _ = pos.refused("Hold", receipt("g-000001", redeemPoints=0))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        done = pos("Confirm", {"receiptId": "g-000001", "fiscalDocument": "FD-1"})
+        assert done["state"] == "CONFIRMED" and pos("Confirm", {"receiptId": "g-000001"}) == done
+        assert pos.refused("Cancel", {"receiptId": "g-000001"})[0] == (
+            grpc.StatusCode.FAILED_PRECONDITION
+        )
+        assert pos.refused("Confirm", {"receiptId": "g-none"})[0] == grpc.StatusCode.NOT_FOUND
+        assert pos.refused("Cancel", {"receiptId": "g-none"})[0] == grpc.StatusCode.NOT_FOUND
+        pos("Hold", receipt("g-000002"))
+        assert pos("Cancel", {"receiptId": "g-000002"})["state"] == "CANCELLED"
+        code, details = pos.refused("Confirm", {"receiptId": "g-000002"})
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "new receiptId" in details
+        sold = pos("Checkout", receipt("g-000003"))
+        assert sold["state"] == "CONFIRMED" and pos("Checkout", receipt("g-000003")) == sold
+        code, details = pos.refused("Checkout", receipt("g-000004", BLOCKED_CARD))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "blocked" in details
+        back = pos("Refund", refund("g-r-1", "g-000003"))
+        assert back["refundId"] == "g-r-1" and pos("Refund", refund("g-r-1", "g-000003")) == back
+        code, _ = pos.refused("Refund", refund("g-r-1", "g-000003", "2"))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert pos.refused("Refund", refund("g-r-2", "g-none"))[0] == grpc.StatusCode.NOT_FOUND
+        code, _ = pos.refused("Refund", refund("g-r-3", "g-000003", "9"))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert int(pos("Balance", {"card": CARD})["availablePoints"]) > 0
+        assert pos.refused("Balance", {"card": UNKNOWN_CARD})[0] == grpc.StatusCode.NOT_FOUND
+        code, _ = pos.refused("Balance", {"card": BLOCKED_CARD})
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+        # bad input: INVALID_ARGUMENT, one readable line naming what is wrong
+        for body, said in (
+            (receipt("g-bad", lines=[]), "lines"),
+            (receipt("g-bad", lines=[{"sku": MILK, "qty": "0", "priceMinor": 1}]), "qty"),
+            (receipt("g-bad", at="yesterday"), "RFC 3339"),
+            (receipt("g-bad", redeemPoints=-2), "redeemPoints"),
+        ):
+            code, details = pos.refused("Quote", body)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and said in details, details
+        # a field of a newer contract (number 100): refused, as the guide says
+        request = json_format.Parse(
+            json.dumps(receipt("g-new")),
+            message_factory.GetMessageClass(
+                pos.method("tillpoint.v1.PosAgent", "Quote").input_type
+            )(),
+        ).SerializeToString() + bytes([0xA0, 0x06, 0x01])  # field 100, varint 1
+        with pytest.raises(grpc.RpcError) as caught:
+            pos.raw("tillpoint.v1.PosAgent", "Quote", request)
+        error: Any = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "field number 100 is not a field of Receipt" in error.details()
