@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -633,3 +634,60 @@ def test_a_pos_over_grpc_knows_only_reflection(till: Till) -> None:
         error: Any = caught.value
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "field number 100 is not a field of Receipt" in error.details()
+
+
+# ---------------------------------------------------------------- 4. the guide itself
+
+GUIDE = REPO / "docs" / "INTEGRATION.md"
+
+
+def test_the_guide_names_every_field_a_sale_call_sends_or_answers(till: Till) -> None:
+    """A POS written from the guide alone meets every field of the bodies and answers of
+    the sale calls (CONTRACT §12); the guide says what each is for or what to do with it.
+    It never named `mode` nor `heldOut` (offers this customer was held out of for a
+    control group: never to be shown), nor the fields of a balance's `expiring`, and a
+    refund's body was only in the examples. `explain`'s trace is CONTRACT §17's."""
+    doc = call(till, "GET", "/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    text = GUIDE.read_text(encoding="utf-8")
+    named = set(re.findall(r"`([\w.]+)`", text)) | set(re.findall(r'"(\w+)":', text))
+    named |= {part for name in named for part in name.split(".")}
+    missing: list[str] = []
+    seen: set[str] = set()
+
+    def walk(schema: Any) -> None:
+        for ref in re.findall(r"#/components/schemas/(\w+)", json.dumps(schema)):
+            if ref in seen or ref.startswith("Trace") or ref == "Error":
+                continue
+            seen.add(ref)
+            for key, value in schemas[ref].get("properties", {}).items():
+                if key not in named:
+                    missing.append(f"{ref}.{key}")
+                walk(value)
+
+    for path, operations in doc["paths"].items():
+        if path.startswith("/v1/") and path != "/v1/status":
+            for operation in operations.values():
+                walk(operation["responses"]["200"])
+                walk(operation.get("requestBody", {}))
+    assert {"Receipt", "CheckoutResult", "Refund", "RefundResult", "Balance"} <= seen
+    assert not missing, missing
+    # a refund's body is given as a receipt's is, before the life of a sale
+    assert re.search(r"A refund:\n\n```json\n\{\"refundId\"", text), "no refund body block"
+
+
+def test_the_paths_the_guide_names_on_a_packaged_till_are_in_the_package() -> None:
+    """The guide said the programs' files are in /opt/tillpoint/examples/ on a till with
+    the Debian package: it ships the JSON examples there (packaging/build-deb.sh) and the
+    guide in /opt/tillpoint/docs, never till.sh, till.py or TillExample.java, which are on
+    the page only. Each /opt/tillpoint path the guide names is one the package installs."""
+    text = GUIDE.read_text(encoding="utf-8")
+    build = (REPO / "packaging" / "build-deb.sh").read_text(encoding="utf-8")
+    assert 'install -m 0644 examples/*.json "$STAGE/opt/tillpoint/examples/"' in build
+    assert 'install -m 0644 docs/*.md "$STAGE/opt/tillpoint/docs/"' in build
+    named = re.findall(r"/opt/tillpoint/(examples|docs)/([\w.-]*)", text)
+    assert ("examples", "snapshot.json") in named and ("docs", "INTEGRATION.md") in named
+    for folder, name in named:
+        assert name, f"the guide points at the folder /opt/tillpoint/{folder}/ for its files"
+        suffix = ".json" if folder == "examples" else ".md"
+        assert name.endswith(suffix) and (REPO / folder / name).is_file(), (folder, name)
