@@ -691,3 +691,34 @@ def test_the_paths_the_guide_names_on_a_packaged_till_are_in_the_package() -> No
         assert name, f"the guide points at the folder /opt/tillpoint/{folder}/ for its files"
         suffix = ".json" if folder == "examples" else ".md"
         assert name.endswith(suffix) and (REPO / folder / name).is_file(), (folder, name)
+
+
+def test_an_answer_stored_by_an_earlier_release_is_why_no_answer_field_is_required(
+    tmp_path: Path,
+) -> None:
+    """A decision (docs/DECISIONS.md, CONTRACT §12's openapi.json): the answers' schemas
+    list no `required`. A retry of a receipt the oldest release in tests/fixtures/upgrade
+    committed is answered as it was stored, without `coupons` (added since): a schema
+    that required every field written today would fail it; the served one holds."""
+    import tarfile
+
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.agent.service import Agent
+
+    fixture = sorted((REPO / "tests" / "fixtures" / "upgrade").glob("2026-11-30-*.tar.gz"))[0]
+    with tarfile.open(fixture) as tar:
+        tar.extractall(tmp_path, filter="tar")
+    agent = Agent(tmp_path / "till", "till-1")
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    try:
+        old = Till(server.port, 0)
+        api = OpenApi(call(old, "GET", "/openapi.json").json())
+        sent = json.loads((tmp_path / "work" / "r1.json").read_text(encoding="utf-8"))
+        answer = api.check(call(old, "POST", "/v1/checkout", sent))
+        assert answer.status == 200 and answer.json()["state"] == "CONFIRMED"
+        assert "coupons" not in answer.json() and not api.wrong, api.wrong
+        assert "required" not in api.doc["components"]["schemas"]["CheckoutResult"]
+    finally:
+        server.stop()
+        agent.close()
