@@ -576,6 +576,15 @@ def test_a_pos_over_grpc_knows_only_reflection(till: Till) -> None:
         assert pos("Check", {}, "grpc.health.v1.Health") == {"status": "SERVING"}
         health = {"service": "tillpoint.v1.PosAgent"}
         assert pos("Check", health, "grpc.health.v1.Health") == {"status": "SERVING"}
+        watch = pos.method("grpc.health.v1.Health", "Watch")
+        watched = channel.unary_stream(
+            "/grpc.health.v1.Health/Watch",
+            request_serializer=lambda data: data,
+            response_deserializer=message_factory.GetMessageClass(watch.output_type).FromString,
+        )(b"", timeout=TIMEOUT)  # client-side health checking's one Watch a channel
+        first = json_format.MessageToDict(next(watched))
+        watched.cancel()
+        assert first == {"status": "SERVING"}
         assert pos("Status", {})["cacheVersion"] == "7"  # proto3 JSON: int64 as a string
 
         assert pos("Identify", {"text": CARD})["status"] == "FOUND"
