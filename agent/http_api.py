@@ -44,6 +44,7 @@ import uvicorn
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from pydantic.alias_generators import to_snake
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -101,6 +102,15 @@ def error_body(code: str, message: str) -> tuple[int, bytes]:
 def error_response(code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     status, body = error_body(code, message)
     return Response(body, status, headers=headers, media_type=JSON)
+
+
+def page_refused(origin: bytes) -> Response:
+    """A web page's request from an origin not in `[http] allowed_origins`: 403."""
+    return error_response(
+        "PERMISSION_DENIED",
+        f"requests from web pages are refused (Origin: {_shown(origin)}):"
+        " list the page's origin in [http] allowed_origins",
+    )
 
 
 def _shown(value: bytes, limit: int = 100) -> str:
@@ -403,11 +413,7 @@ class Api:
             elif name == b"x-tillpoint-instance":
                 instance = value
         if origin is not None and bytes(origin) not in self.origins:
-            return error_response(
-                "PERMISSION_DENIED",
-                f"requests from web pages are refused (Origin: {_shown(bytes(origin))}):"
-                " list the page's origin in [http] allowed_origins",
-            )
+            return page_refused(bytes(origin))
         if self.token and (
             authorization is None or not bearer_matches(bytes(authorization), self.token)
         ):
@@ -1010,6 +1016,29 @@ def openapi() -> dict[str, Any]:
 # ---------------------------------------------------------------- the server
 
 
+class _Cors(CORSMiddleware):
+    """Starlette's CORS layer (with `[http] allowed_origins`), whose refused preflight is
+    answered as every refusal of a web page is: 403 PERMISSION_DENIED as the JSON error,
+    not its 400 text/plain "Disallowed CORS origin" (review 31)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code == 200:
+            return answer
+        origin = request_headers["origin"]
+        if not self.is_allowed_origin(origin=origin):
+            return page_refused(origin.encode("latin-1"))
+        failed = bytes(answer.body).decode().removeprefix("Disallowed CORS ")  # "method", …
+        method = request_headers["access-control-request-method"].encode("latin-1")
+        headers = request_headers.get("access-control-request-headers", "").encode("latin-1")
+        return error_response(
+            "PERMISSION_DENIED",
+            f"a web page's preflight was refused ({failed}): it asked for"
+            f" {_shown(method, 20)} with the headers {_shown(headers)!r}; the agent takes"
+            " GET and POST with the headers Authorization and Content-Type",
+        )
+
+
 async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     status, body = error_body(
         "UNAVAILABLE", "the agent has too many HTTP connections open: retry in a moment"
@@ -1190,7 +1219,7 @@ class HttpServer:
         self.api = Api(agent, token=token, max_workers=max_workers, allowed_origins=origins)
         app: Any = self.api
         if origins:  # a browser's preflight (OPTIONS) and the answers' CORS headers
-            app = CORSMiddleware(
+            app = _Cors(
                 self.api,
                 allow_origins=origins,
                 allow_methods=["GET", "POST"],

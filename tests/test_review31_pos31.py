@@ -731,3 +731,58 @@ def test_an_answer_stored_by_an_earlier_release_is_why_no_answer_field_is_requir
     finally:
         server.stop()
         agent.close()
+
+
+# ---------------------------------------------------------------- a kiosk's web page
+
+
+def test_a_refused_preflight_is_the_403_the_guide_promises(tmp_path: Path) -> None:
+    """docs/INTEGRATION.md (CONTRACT §12's decision on `Origin`): with `[http]
+    allowed_origins` set, a request from another page is 403 PERMISSION_DENIED, as JSON
+    like every error. Its browser's preflight (OPTIONS) was answered by Starlette's CORS
+    layer as 400 text/plain "Disallowed CORS origin": not the guide's status, code, nor
+    even JSON; so was a preflight of the kiosk's own page for a method or header the agent
+    does not take. Both are now the JSON 403; the listed page's preflight stays 200."""
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.agent.service import Agent
+
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(json.loads((REPO / "examples" / "snapshot.json").read_text("utf-8")))
+    server = HttpServer(agent, "127.0.0.1:0", allowed_origins=["http://localhost:3000"])
+    server.start()
+    try:
+        kiosk = Till(server.port, 0)
+        api = OpenApi(call(kiosk, "GET", "/openapi.json").json())
+        error = Draft202012Validator(
+            {"$ref": "urn:openapi#/components/schemas/Error"}, registry=api.registry
+        )
+
+        def preflight(origin: str, method: str = "POST", headers: str = "content-type") -> Answer:
+            asked = {
+                "Origin": origin,
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": headers,
+            }
+            return call(kiosk, "OPTIONS", "/v1/quote", headers=asked)
+
+        listed = preflight("http://localhost:3000")
+        assert listed.status == 200
+        assert listed.headers["access-control-allow-origin"] == "http://localhost:3000"
+        for answer, said in (
+            (preflight("http://evil.example"), "allowed_origins"),
+            (preflight("http://localhost:3000", "DELETE"), "DELETE"),
+            (preflight("http://localhost:3000", headers="x-till"), "x-till"),
+        ):
+            assert answer.status == 403, (answer.status, answer.body)
+            assert answer.headers["content-type"] == "application/json", answer.headers
+            body = answer.json()
+            error.validate(body)
+            assert body["error"]["code"] == "PERMISSION_DENIED" and said in body["error"]["message"]
+        page = call(
+            kiosk, "POST", "/v1/quote", receipt("k-1"), headers={"Origin": "http://x.example"}
+        )
+        assert page.status == 403 and api.check(page).json()["error"]["code"] == "PERMISSION_DENIED"
+        assert not api.wrong, api.wrong
+    finally:
+        server.stop()
+        agent.close()
