@@ -44,6 +44,7 @@ import uvicorn
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from pydantic.alias_generators import to_snake
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -101,6 +102,15 @@ def error_body(code: str, message: str) -> tuple[int, bytes]:
 def error_response(code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     status, body = error_body(code, message)
     return Response(body, status, headers=headers, media_type=JSON)
+
+
+def page_refused(origin: bytes) -> Response:
+    """A web page's request from an origin not in `[http] allowed_origins`: 403."""
+    return error_response(
+        "PERMISSION_DENIED",
+        f"requests from web pages are refused (Origin: {_shown(origin)}):"
+        " list the page's origin in [http] allowed_origins",
+    )
 
 
 def _shown(value: bytes, limit: int = 100) -> str:
@@ -403,11 +413,7 @@ class Api:
             elif name == b"x-tillpoint-instance":
                 instance = value
         if origin is not None and bytes(origin) not in self.origins:
-            return error_response(
-                "PERMISSION_DENIED",
-                f"requests from web pages are refused (Origin: {_shown(bytes(origin))}):"
-                " list the page's origin in [http] allowed_origins",
-            )
+            return page_refused(bytes(origin))
         if self.token and (
             authorization is None or not bearer_matches(bytes(authorization), self.token)
         ):
@@ -492,9 +498,10 @@ class Api:
     async def _no_such_call(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if status == 405:
-            allowed = ", ".join(
-                sorted(c.method for c in CALLS if c.path == request.url.path) or ["GET"]
-            )
+            methods = {c.method for c in CALLS if c.path == request.url.path} or {"GET"}
+            if "GET" in methods:  # served with it (Starlette), as RFC 9110 asks
+                methods.add("HEAD")
+            allowed = ", ".join(sorted(methods))
             return error_response(  # RFC 9110: a 405 says what is allowed
                 "METHOD_NOT_ALLOWED",
                 f"{request.method} {request.url.path}: use {allowed}",
@@ -869,7 +876,11 @@ def openapi() -> dict[str, Any]:
         return {"description": what, "content": {JSON: {"schema": error}}}
 
     errors = {
-        "400": answer("bad input: malformed JSON, unknown field, out-of-range value, over 4 MiB"),
+        "400": answer(
+            "bad input: malformed JSON, unknown field, out-of-range value, over 4 MiB; or a"
+            " request that is not HTTP the agent can read (no Host, two Content-Length, a"
+            " garbage request line, a head over 16 KiB), on any path"
+        ),
         "401": answer("a token is set and the request has none or another"),
         "403": answer("a web page's request: its Origin is not in [http] allowed_origins"),
         "404": answer("unknown receipt, a card this till does not know (balance)"),
@@ -883,9 +894,10 @@ def openapi() -> dict[str, Any]:
         "503": answer("not ready, or the call timed out: retry with the same receiptId"),
         "505": answer("a request line of another HTTP major version than 1 (HTTP/2.0, 9.9)"),
     }
-    # What any request may meet; a body's own; then each call's (agent/service.py's).
-    anywhere = ("401", "403", "405", "421", "500", "503", "505")
-    of_a_body = ("400", "408", "415")
+    # What any request may meet (a request head the agent cannot read is a 400 on any
+    # path, GETs too); a body's own; then each call's (agent/service.py's).
+    anywhere = ("400", "401", "403", "405", "421", "500", "503", "505")
+    of_a_body = ("408", "415")
     of_the_call = {
         "Quote": ("412",),
         "Hold": ("409", "412"),
@@ -954,14 +966,37 @@ def openapi() -> dict[str, Any]:
                         }
                     },
                 },
-                "401": errors["401"],
-                "403": errors["403"],
-                "405": errors["405"],
-                "421": errors["421"],
+                **{status: errors[status] for status in anywhere},
                 "503": answer("no snapshot loaded, or shutting down"),
             },
         }
     }
+    paths["/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document: the calls, their bodies and answers",
+            "responses": {
+                "200": {
+                    "description": "the OpenAPI 3.1 document",
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                },
+                **{status: errors[status] for status in anywhere},
+            },
+        }
+    }
+    # Each GET path answers HEAD as GET without the body (RFC 9110 §9.3.2), served by
+    # Starlette for every GET route: described the same, its answers with no content.
+    for operations in paths.values():
+        get = operations.get("get")
+        if get is not None:
+            operations["head"] = {
+                "operationId": get["operationId"] + "Head",
+                "summary": get["summary"] + " (the headers of GET's answer, no body)",
+                "responses": {
+                    status: {"description": response["description"]}
+                    for status, response in get["responses"].items()
+                },
+            }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -979,6 +1014,29 @@ def openapi() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the server
+
+
+class _Cors(CORSMiddleware):
+    """Starlette's CORS layer (with `[http] allowed_origins`), whose refused preflight is
+    answered as every refusal of a web page is: 403 PERMISSION_DENIED as the JSON error,
+    not its 400 text/plain "Disallowed CORS origin" (review 31)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code == 200:
+            return answer
+        origin = request_headers["origin"]
+        if not self.is_allowed_origin(origin=origin):
+            return page_refused(origin.encode("latin-1"))
+        failed = bytes(answer.body).decode().removeprefix("Disallowed CORS ")  # "method", …
+        method = request_headers["access-control-request-method"].encode("latin-1")
+        headers = request_headers.get("access-control-request-headers", "").encode("latin-1")
+        return error_response(
+            "PERMISSION_DENIED",
+            f"a web page's preflight was refused ({failed}): it asked for"
+            f" {_shown(method, 20)} with the headers {_shown(headers)!r}; the agent takes"
+            " GET and POST with the headers Authorization and Content-Type",
+        )
 
 
 async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
@@ -1161,7 +1219,7 @@ class HttpServer:
         self.api = Api(agent, token=token, max_workers=max_workers, allowed_origins=origins)
         app: Any = self.api
         if origins:  # a browser's preflight (OPTIONS) and the answers' CORS headers
-            app = CORSMiddleware(
+            app = _Cors(
                 self.api,
                 allow_origins=origins,
                 allow_methods=["GET", "POST"],
