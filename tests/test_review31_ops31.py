@@ -1,0 +1,96 @@
+"""Review 31 (ops31): installing and running a till as a retailer's IT team does it, and a
+support engineer's day (README "Running it on a till", docs/CONTRACT.md §10, §12) — each
+finding with the test that failed before its fix. Real processes (`tillpoint run`,
+`tillpoint hub serve`) on real loopback ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, free_port
+
+TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This process's environment without its TILLPOINT_* settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture()
+def held_port() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+def _run_config(tmp_path: Path, grpc: int, http: int, metrics: int) -> Path:
+    conf = tmp_path / "tillpoint.toml"
+    conf.write_text(
+        'device_id = "till-1"\n'
+        f'[server]\nlisten = "127.0.0.1:{grpc}"\n'
+        f'[http]\nlisten = "127.0.0.1:{http}"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n',
+        encoding="utf-8",
+    )
+    return conf
+
+
+def _start_refused(command: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, env=_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+# ---------------------------------------------------------------- a port in use: one line
+
+
+@pytest.mark.parametrize("server", ["gRPC", "HTTP", "/metrics"])
+def test_a_port_in_use_is_one_line_naming_the_key_to_set(
+    tmp_path: Path, held_port: int, server: str
+) -> None:
+    """CONTRACT §10 (bad configuration: one clear line). `run` on a gRPC port another
+    program holds wrote gRPC's own log line first ("E1204 … add_port.cc:83] Failed to
+    add port to server: …", not JSON, not for a person) and then its own; and on an HTTP
+    port it said the reason but not which key to change, where gRPC and /metrics name
+    theirs ("(set [server] listen)")."""
+    ports = {name: free_port() for name in ("gRPC", "HTTP", "/metrics")}
+    ports[server] = held_port
+    conf = _run_config(tmp_path, ports["gRPC"], ports["HTTP"], ports["/metrics"])
+    run = _start_refused([TILLPOINT, "--config", str(conf), "--data-dir", str(tmp_path / "d"), "run"])
+    assert run.returncode == 1, (run.returncode, run.stderr)
+    key = {"gRPC": "[server] listen", "HTTP": "[http] listen", "/metrics": "[metrics] listen"}
+    assert run.stderr.count("\n") == 1, run.stderr  # one line: no gRPC core log before it
+    assert run.stderr.startswith(
+        f"tillpoint: cannot listen on 127.0.0.1:{held_port} for {server}: Address already in use"
+    ), run.stderr
+    assert key[server] in run.stderr, run.stderr
+
+
+def test_the_hub_on_a_port_in_use_is_one_line(tmp_path: Path, held_port: int) -> None:
+    """`hub serve` on a port in use: gRPC's own log line came before the hub's."""
+    hub = tmp_path / "hub"
+    imported = _start_refused(
+        [TILLPOINT, "hub", "import", str(REPO / "examples" / "catalogue.json"), "--hub-dir", str(hub)]
+    )
+    assert imported.returncode == 0, imported.stderr
+    run = _start_refused(
+        [TILLPOINT, "hub", "serve", "--hub-dir", str(hub), "--listen", f"127.0.0.1:{held_port}"]
+    )
+    assert run.returncode == 1, (run.returncode, run.stderr)
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert f"cannot listen on 127.0.0.1:{held_port}: Address already in use" in run.stderr
