@@ -94,3 +94,68 @@ def test_the_hub_on_a_port_in_use_is_one_line(tmp_path: Path, held_port: int) ->
     assert run.returncode == 1, (run.returncode, run.stderr)
     assert run.stderr.count("\n") == 1, run.stderr
     assert f"cannot listen on 127.0.0.1:{held_port}: Address already in use" in run.stderr
+
+
+# ---------------------------------------------------------------- a full disk, really full
+
+_FULL_DISK = r"""
+set -u
+mount -t tmpfs -o size=3m tmpfs "$FULL" || exit 90
+"$TP" snapshot load "$EXAMPLES/snapshot.json" >/dev/null || exit 91
+"$TP" checkout "$EXAMPLES/receipt-card.json" >/dev/null || exit 92
+head -c 10000000 /dev/zero > "$FULL/fill" 2>/dev/null
+for c in "status" "identify 2770000000017" "quote $EXAMPLES/receipt-redemption.json" \
+         "checkout $EXAMPLES/receipt-redemption.json" "print queue"; do
+    echo "== $c"; "$TP" $c 2>&1 >/dev/null; echo "rc=$?"
+done
+"""
+
+
+def _in_own_mount_namespace(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`script` (sh) in a mount namespace of its own (`unshare`: root's, or a user
+    namespace's), where it may mount a small tmpfs; skips where neither is allowed."""
+    for unshare in (["unshare", "--mount"], ["unshare", "--mount", "--map-root-user"]):
+        probe = subprocess.run(
+            [*unshare, "true"], capture_output=True, text=True, timeout=30, check=False
+        )
+        if probe.returncode == 0:
+            return subprocess.run(
+                [*unshare, "sh", "-c", script],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+    pytest.skip("no mount namespace here (unshare refused): cannot make a small file system")
+
+
+def test_a_full_disk_is_said_full_not_a_disk_i_o_error(tmp_path: Path) -> None:
+    """CONTRACT §12 (storage faults are said with the way out). A till's disk full: every
+    command said "cannot open …/cache-7-….db: disk I/O error" (SQLite's words when it
+    cannot make the WAL's shared memory), which sends support after a broken disk, and
+    `print queue` said "…/ledger.db: no print queue in it (disk I/O error)" with exit 2,
+    as of a ledger without a queue. Now each says the file system is full, exit 1."""
+    full = tmp_path / "full"
+    full.mkdir()
+    env = _env(
+        FULL=str(full),
+        TP=TILLPOINT,
+        EXAMPLES=str(REPO / "examples"),
+        TILLPOINT_DEVICE_ID="till-1",
+        TILLPOINT_DATA_DIR=str(full / "d"),
+        TILLPOINT_CLI_LOCAL="1",
+    )
+    run = _in_own_mount_namespace(_FULL_DISK, env)
+    if run.returncode == 90:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stdout}{run.stderr}")
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr)
+    answers = re.findall(r"== (.*)\n(.*)\nrc=(\d+)", run.stdout)
+    assert len(answers) == 5, run.stdout
+    for command, line, code in answers:
+        assert code == "1", (command, line, code)
+        assert "disk I/O error; the file system of" in line and " is full (" in line, (
+            command,
+            line,
+        )
+        assert "no print queue" not in line
