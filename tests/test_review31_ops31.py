@@ -159,3 +159,119 @@ def test_a_full_disk_is_said_full_not_a_disk_i_o_error(tmp_path: Path) -> None:
             line,
         )
         assert "no print queue" not in line
+
+
+# ---------------------------------------------------------------- the README's commands
+
+
+def _readme_commands() -> tuple[list[str], list[str]]:
+    """The README's `tillpoint …` commands: (the lines of its shell blocks, the code spans
+    in its text), without a trailing comment, a redirection or `&`."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.removeprefix("$ ").split("  #")[0].split(" 2>")[0].rstrip(" &")
+            if line.startswith("tillpoint "):
+                lines.append(line)
+    spans = re.findall(r"`(?:sudo )?(tillpoint [^`]+)`", text.replace("\n", " "))
+    return lines, spans
+
+
+def _parse(command: str) -> str:
+    """"" when `tillpoint`'s parser takes `command`, else what it says."""
+    import contextlib
+    import io
+
+    from tillpoint.agent.cli import build_parser
+
+    words = shlex.split(re.sub(r"\$\([^)]*\)", "1", command))
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(words[1:])
+    except SystemExit as exc:
+        return err.getvalue().strip() if exc.code else ""
+    return ""
+
+
+def test_every_command_the_readme_names_is_one_tillpoint_takes() -> None:
+    """README: "Every command below works when pasted". tests/test_readme.py runs the
+    walkthrough's `$` lines; the README names more (`hub status`, `hub receipts`, `sync
+    receipts`, `print preview … --png`, `hub enroll --renew`, `config check` of the
+    packaged file, `demo --export`, …), which nothing checked: each is a command and
+    options the CLI takes (a command named alone in the text, `tillpoint quote`, only
+    misses its arguments), and each `make` target the README names is the Makefile's."""
+    lines, spans = _readme_commands()
+    assert len(lines) > 30 and len(spans) > 20
+    refused = [(c, why) for c in lines if (why := _parse(c))]
+    for span in spans:
+        why = _parse(span)
+        if why and "the following arguments are required" not in why:
+            refused.append((span, why))
+    assert not refused, refused
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"(?m)^([a-z][\w-]*):", makefile))
+    named = set(re.findall(r"\bmake ([a-z][\w-]*)", text))
+    assert {"demo", "test", "deb", "venv", "test-all", "lint"} <= named
+    assert named <= targets, named - targets
+    # the package the README describes is the one `make deb` builds
+    assert re.search(r"(?m)^deb:.*\n\t.*packaging/build-deb\.sh", makefile)
+    assert re.search(r"(?m)^wheel:.*\n\t.*-m build --wheel", makefile)
+
+
+# ---------------------------------------------------------------- the example configuration
+
+EXAMPLE = REPO / "packaging" / "tillpoint.example.toml"
+# Keys a device's kind needs (config check refuses the kind without them): no default.
+NEEDED_BY_A_KIND = {"host", "device", "usb_vendor_id", "usb_product_id"}
+
+
+def _commented_keys() -> Iterator[tuple[str, str, str, str]]:
+    """(table, key, value as written, the comment lines just above it and its own line)
+    of each key the example shows commented out."""
+    table, above = "", []
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^\[(\w+)\]", line):
+            table, above = m.group(1), []
+            continue
+        m = re.match(r"^(#\s?)?(\w+)\s*=\s*(.*?)(\s+#.*)?$", line)
+        if m is None:
+            above = [*above, line] if line.startswith("#") else []
+            continue
+        if m.group(1) is not None:
+            yield table, m.group(2), m.group(3), " ".join([*above, line])
+        above = []
+
+
+def test_a_key_shown_commented_out_shows_its_default_or_says_it() -> None:
+    """packaging/tillpoint.example.toml: "Every key is shown with its default" — the keys
+    set in it are checked (tests/test_review26_doc26.py), the ones commented out were not.
+    Each of those now shows its default as its value (`# port = 9100`) or, when it has
+    none (a value, not a setting, is unset by default), says what unset means beside it
+    (`Default: no limit`, the profile's): `# idle_flush_s = 0.1` read as a default of
+    0.1 s, where unset it waits for the scanner's CR/LF."""
+    from tillpoint.agent.config import Settings
+    from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+
+    models: dict[str, type] = {
+        "": Settings,
+        "printer": PrinterConfig,
+        "display": DisplayConfig,
+        "scanner": ScannerConfig,
+    }
+    wrong = []
+    seen = 0
+    for table, key, written, text in _commented_keys():
+        seen += 1
+        if table not in models or (table == "" and key in ("device_id", "data_dir")):
+            continue  # the host name, and the data directory by user: said in words
+        default = models[table].model_fields[key].get_default(call_default_factory=True)  # type: ignore[attr-defined]
+        if default is not None:
+            if tomllib.loads(f"x = {written}")["x"] != default:
+                wrong.append(f"[{table}] {key} = {written}: the default is {default!r}")
+        elif key not in NEEDED_BY_A_KIND and "Default" not in text and "profile's" not in text:
+            wrong.append(f"[{table}] {key} = {written}: unset by default, and not said")
+    assert seen > 20
+    assert not wrong, wrong
