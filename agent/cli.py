@@ -394,7 +394,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if command == "run":
         from .app import run
 
-        return run(settings)
+        return run(settings, config_file)
     if command == "config":
         if args.config_command != "check":
             parser.error("config needs an action: check")

@@ -38,10 +38,10 @@ def held_port() -> Iterator[int]:
         yield int(holder.getsockname()[1])
 
 
-def _run_config(tmp_path: Path, grpc: int, http: int, metrics: int) -> Path:
+def _run_config(tmp_path: Path, grpc: int, http: int, metrics: int, top: str = "") -> Path:
     conf = tmp_path / "tillpoint.toml"
     conf.write_text(
-        'device_id = "till-1"\n'
+        f'device_id = "till-1"\n{top}'
         f'[server]\nlisten = "127.0.0.1:{grpc}"\n'
         f'[http]\nlisten = "127.0.0.1:{http}"\n'
         f'[metrics]\nlisten = "127.0.0.1:{metrics}"\n',
@@ -275,3 +275,45 @@ def test_a_key_shown_commented_out_shows_its_default_or_says_it() -> None:
             wrong.append(f"[{table}] {key} = {written}: unset by default, and not said")
     assert seen > 20
     assert not wrong, wrong
+
+
+# ---------------------------------------------------------------- what the journal says
+
+
+def _serve_briefly(command: list[str], env: dict[str, str], log: Path) -> str:
+    """`command` (a `tillpoint run`) until it logs that it serves, then SIGTERM: its log."""
+    import signal
+    import time
+
+    with log.open("w") as err:
+        process = subprocess.Popen(command, env=env, stderr=err, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while "PosAgent serving" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0, log.read_text()
+    return log.read_text()
+
+
+def test_run_logs_the_data_directory_and_the_configuration_file_it_uses(tmp_path: Path) -> None:
+    """Under the unit TILLPOINT_DATA_DIR wins over the file's `data_dir` (the example
+    configuration says so), and `tillpoint run` said neither which data directory nor
+    which configuration file it used: a support engineer reading the journal of a till
+    whose sales "vanished" could not tell it served another directory."""
+    import json
+
+    ports = [free_port() for _ in range(3)]
+    conf = _run_config(tmp_path, *ports, top=f"data_dir = {str(tmp_path / 'from-the-file')!r}\n")
+    data = tmp_path / "from-the-environment"
+    env = _env(TILLPOINT_DATA_DIR=str(data), TILLPOINT_LOG__FORMAT="json")
+    log = _serve_briefly([TILLPOINT, "--config", str(conf), "run"], env, tmp_path / "run.log")
+    lines = [json.loads(line)["msg"] for line in log.splitlines() if line.startswith("{")]
+    said = [m for m in lines if m.startswith("data directory ")]
+    assert said == [f"data directory {data}; configuration {conf}"], lines
+    env.pop("TILLPOINT_DATA_DIR")
+    for key, port in zip(("SERVER", "HTTP", "METRICS"), ports, strict=True):
+        env[f"TILLPOINT_{key}__LISTEN"] = f"127.0.0.1:{port}"
+    log = _serve_briefly([TILLPOINT, "--data-dir", str(data), "run"], env, tmp_path / "run2.log")
+    assert f"data directory {data}; configuration file: none" in log, log
