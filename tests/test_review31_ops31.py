@@ -317,3 +317,51 @@ def test_run_logs_the_data_directory_and_the_configuration_file_it_uses(tmp_path
         env[f"TILLPOINT_{key}__LISTEN"] = f"127.0.0.1:{port}"
     log = _serve_briefly([TILLPOINT, "--data-dir", str(data), "run"], env, tmp_path / "run2.log")
     assert f"data directory {data}; configuration file: none" in log, log
+
+
+# ---------------------------------------------------------------- `status` with no agent
+
+
+@pytest.mark.slow  # a `tillpoint run` and six CLI processes: ~6 s
+def test_status_says_when_no_agent_serves_the_data_directory(tmp_path: Path) -> None:
+    """A till whose service is stopped (crashed, `systemctl stop`, the exit 2 the unit
+    does not restart): `tillpoint status` read the data directory itself and printed
+    `mode: OFFLINE`, the last sync error of hours ago and `printerState: UNKNOWN`, with
+    not a word that no agent runs — support went looking for the hub. The text now ends
+    with one line that says so; `--json` stays the Status message; with `run` serving,
+    the answer is the agent's and has no such line."""
+    import json
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    data = tmp_path / "d"
+    ports = [free_port() for _ in range(3)]
+    conf = _run_config(tmp_path, *ports)
+    base = [TILLPOINT, "--config", str(conf), "--data-dir", str(data)]
+    loaded = _start_refused([*base, "snapshot", "load", str(REPO / "examples" / "snapshot.json")])
+    assert loaded.returncode == 0, loaded.stderr
+    stopped = _start_refused([*base, "status"])
+    assert stopped.returncode == 0, stopped.stderr
+    last = stopped.stdout.rstrip("\n").splitlines()[-1]
+    assert last.startswith("agent: not running (no `tillpoint run` serves"), stopped.stdout
+    assert str(data) in last
+    as_json = _start_refused([*base, "status", "--json"])
+    assert as_json.returncode == 0 and "agent" not in json.loads(as_json.stdout)
+    process = subprocess.Popen([*base, "run"], env=_env(), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/healthz", timeout=1)
+                break
+            except (urllib.error.URLError, OSError):
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        served = _start_refused([*base, "status"])
+        assert served.returncode == 0 and "agent: not running" not in served.stdout
+        assert "deviceId: till-1" in served.stdout
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
