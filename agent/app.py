@@ -222,7 +222,9 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     log.info(
         "data directory %s; configuration %s",
         settings.data_dir.absolute(),
-        config_file.absolute() if config_file is not None else "file: none (defaults and TILLPOINT_*)",
+        config_file.absolute()
+        if config_file is not None
+        else "file: none (defaults and TILLPOINT_*)",
     )
     if not version:
         log.warning(

@@ -204,7 +204,7 @@ FULL_DISK_BYTES = 1 << 20
 
 
 def full_disk_hint(path: Path) -> str:
-    """"; the file system of DIR is full (N KiB free)" when the file system holding
+    """ "; the file system of DIR is full (N KiB free)" when the file system holding
     `path` (or the nearest directory of it that exists) has almost no space left for this
     process, else "". SQLite reports a full disk as "disk I/O error" when the file it
     could not grow is the WAL's shared memory, which every open of the cache and the

@@ -14,6 +14,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,7 +72,9 @@ def test_a_port_in_use_is_one_line_naming_the_key_to_set(
     ports = {name: free_port() for name in ("gRPC", "HTTP", "/metrics")}
     ports[server] = held_port
     conf = _run_config(tmp_path, ports["gRPC"], ports["HTTP"], ports["/metrics"])
-    run = _start_refused([TILLPOINT, "--config", str(conf), "--data-dir", str(tmp_path / "d"), "run"])
+    run = _start_refused(
+        [TILLPOINT, "--config", str(conf), "--data-dir", str(tmp_path / "d"), "run"]
+    )
     assert run.returncode == 1, (run.returncode, run.stderr)
     key = {"gRPC": "[server] listen", "HTTP": "[http] listen", "/metrics": "[metrics] listen"}
     assert run.stderr.count("\n") == 1, run.stderr  # one line: no gRPC core log before it
@@ -85,7 +88,14 @@ def test_the_hub_on_a_port_in_use_is_one_line(tmp_path: Path, held_port: int) ->
     """`hub serve` on a port in use: gRPC's own log line came before the hub's."""
     hub = tmp_path / "hub"
     imported = _start_refused(
-        [TILLPOINT, "hub", "import", str(REPO / "examples" / "catalogue.json"), "--hub-dir", str(hub)]
+        [
+            TILLPOINT,
+            "hub",
+            "import",
+            str(REPO / "examples" / "catalogue.json"),
+            "--hub-dir",
+            str(hub),
+        ]
     )
     assert imported.returncode == 0, imported.stderr
     run = _start_refused(
@@ -179,7 +189,7 @@ def _readme_commands() -> tuple[list[str], list[str]]:
 
 
 def _parse(command: str) -> str:
-    """"" when `tillpoint`'s parser takes `command`, else what it says."""
+    """ "" when `tillpoint`'s parser takes `command`, else what it says."""
     import contextlib
     import io
 
@@ -255,7 +265,7 @@ def test_a_key_shown_commented_out_shows_its_default_or_says_it() -> None:
     from tillpoint.agent.config import Settings
     from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 
-    models: dict[str, type] = {
+    models: dict[str, Any] = {
         "": Settings,
         "printer": PrinterConfig,
         "display": DisplayConfig,
@@ -267,7 +277,7 @@ def test_a_key_shown_commented_out_shows_its_default_or_says_it() -> None:
         seen += 1
         if table not in models or (table == "" and key in ("device_id", "data_dir")):
             continue  # the host name, and the data directory by user: said in words
-        default = models[table].model_fields[key].get_default(call_default_factory=True)  # type: ignore[attr-defined]
+        default = models[table].model_fields[key].get_default(call_default_factory=True)
         if default is not None:
             if tomllib.loads(f"x = {written}")["x"] != default:
                 wrong.append(f"[{table}] {key} = {written}: the default is {default!r}")
