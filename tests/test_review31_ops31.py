@@ -375,3 +375,50 @@ def test_status_says_when_no_agent_serves_the_data_directory(tmp_path: Path) -> 
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+# ---------------------------------------------------------------- the hub's port file
+
+
+@pytest.mark.slow  # two `hub serve` processes: ~6 s
+def test_the_hub_s_port_file_never_names_a_dead_hub_s_port(tmp_path: Path) -> None:
+    """README: `hub serve --port-file F &` then `until [ -s F ]` waits for the hub. The
+    file of a hub SIGKILLed (or stopped: it was never removed) stayed, so the next
+    start's waiter read the dead port at once — and kept it when that start failed.
+    Now a start removes it before binding and a stop removes its own."""
+    import signal
+    import time
+
+    hub = tmp_path / "hub"
+    imported = _start_refused(
+        [
+            TILLPOINT,
+            "hub",
+            "import",
+            str(REPO / "examples" / "catalogue.json"),
+            "--hub-dir",
+            str(hub),
+        ]
+    )
+    assert imported.returncode == 0, imported.stderr
+    port_file = tmp_path / "hub.port"
+    serve = [TILLPOINT, "hub", "serve", "--hub-dir", str(hub), "--port-file", str(port_file)]
+    process = subprocess.Popen(
+        [*serve, "--listen", "127.0.0.1:0"], env=_env(), stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert not port_file.exists()  # a stopped hub leaves no port behind
+    port_file.write_text("4242\n")  # as a SIGKILLed one leaves it
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        refused = _start_refused([*serve, "--listen", f"127.0.0.1:{holder.getsockname()[1]}"])
+    assert refused.returncode == 1, refused.stderr
+    assert not port_file.exists(), port_file.read_text()
