@@ -422,3 +422,125 @@ def test_the_hub_s_port_file_never_names_a_dead_hub_s_port(tmp_path: Path) -> No
         refused = _start_refused([*serve, "--listen", f"127.0.0.1:{holder.getsockname()[1]}"])
     assert refused.returncode == 1, refused.stderr
     assert not port_file.exists(), port_file.read_text()
+
+
+# ---------------------------------------------------------------- SIGTERM and SIGINT drain
+
+
+@pytest.mark.slow  # a hub, `tillpoint run`, a 2 s hub answer: ~7 s each
+@pytest.mark.parametrize(
+    ("signum", "door"), [("SIGTERM", "http"), ("SIGTERM", "grpc"), ("SIGINT", "http")]
+)
+def test_a_stop_lets_a_sale_in_flight_finish_online_and_exits_0(
+    tmp_path: Path, signum: str, door: str
+) -> None:
+    """packaging/tillpoint.service, CONTRACT §12: `systemctl stop` (SIGTERM) and Ctrl-C on
+    a `tillpoint run` in a terminal (SIGINT) drain: a checkout (HTTP or gRPC) waiting for
+    the hub's redemption answer when the signal comes finishes as a sale (200 / OK,
+    ONLINE, the hub's grant used), the process exits 0, and the ledger holds it once: the
+    journal and the outbox agree, and the same receiptId sent again answers the stored
+    sale. (The hub answers authorisations one at a time: one sale in flight a case.)"""
+    import json
+    import signal
+    import threading
+    import time
+    import urllib.request
+
+    import grpc
+    from google.protobuf import json_format
+    from tillpoint.agent.app import till_agent
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
+    from tillpoint.sync.pull import Puller
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = tmp_path / "till"
+    enrollment = hub.enroll("till-1", till)
+    asked = threading.Event()
+    try:
+        agent = Agent(till, "till-1")
+        Puller(agent, HubLink(hub.address, enrollment), enrollment, call_timeout_s=5).pull()
+        agent.close()
+
+        def slow_hub(where: str) -> None:
+            if where == "authorize":
+                asked.set()
+                time.sleep(2.0)  # the answer comes, 2 s later (the grace is 5 s)
+
+        hub.server.servicer.failpoint = slow_hub
+        grpc_port, http_port = free_port(), free_port()
+        config = tmp_path / "till.toml"
+        config.write_text(
+            f'device_id = "till-1"\ndata_dir = "{till}"\n'
+            f'[hub]\naddress = "{hub.address}"\nredeem_timeout_ms = 4000\n'
+            f'[server]\nlisten = "127.0.0.1:{grpc_port}"\n[metrics]\nenabled = false\n'
+            f'[http]\nlisten = "127.0.0.1:{http_port}"\n[log]\nformat = "json"\n',
+            encoding="utf-8",
+        )
+        proc = subprocess.Popen(
+            [TILLPOINT, "--config", str(config), "run"],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        body = receipt(f"drain-{door}", "2770000000017", redeem=40)
+        answers: list[dict[str, Any]] = []
+
+        def sell() -> None:
+            if door == "http":
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{http_port}/v1/checkout", data=json.dumps(body).encode()
+                )
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    assert answer.status == 200
+                    answers.append(json.loads(answer.read()))
+                return
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                stub = pb_grpc.PosAgentStub(channel)
+                sold = stub.Checkout(json_format.ParseDict(body, pb.Receipt()), timeout=30)
+                answers.append(json_format.MessageToDict(sold))
+
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=1)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.1)
+            call = threading.Thread(target=sell)
+            call.start()
+            assert asked.wait(20)  # the sale waits for the hub's answer now
+            proc.send_signal(getattr(signal, signum))
+            call.join(30)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert proc.returncode == 0, err[-3000:]
+        assert json.loads(err.strip().splitlines()[-1])["msg"] == "stopped", err[-3000:]
+        assert len(answers) == 1, err[-3000:]
+        (sold,) = answers
+        assert sold["mode"] == "ONLINE", (sold, err[-3000:])
+        assert int(sold["redeemedPoints"]) == 40, sold
+        assert int(sold["seq"]) == 1
+        agent = till_agent(till, "till-1")  # with the sync's status fields
+        try:
+            shown = agent.status().to_json()
+            assert shown["lastSeq"] == 1
+            assert shown["outboxDepth"] + shown["hubAckedThroughSeq"] == 1  # in it once
+            again = agent.checkout(receipt_from_json(body)).to_json()
+            assert again["seq"] == 1 and again["redeemedPoints"] == 40
+            assert agent.status().to_json()["lastSeq"] == 1  # nothing sold twice
+        finally:
+            agent.close()
+    finally:
+        hub.server.servicer.failpoint = None
+        hub.stop()
