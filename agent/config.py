@@ -500,6 +500,19 @@ def _is_json(text: str) -> bool:
     return True
 
 
+def env_source(*loc: str) -> str:
+    """ " (set by TILLPOINT_A__B)" when TILLPOINT_* variables set the key `loc` (a table
+    and a key), or, for a table alone, any key of it; "" when none does (the file or a
+    default): the device tables are checked after `load`, with the same words."""
+    name = "TILLPOINT_" + "__".join(loc).upper()
+    found = sorted(
+        key
+        for key in os.environ
+        if key.upper() == name or (len(loc) == 1 and key.upper().startswith(name + "__"))
+    )
+    return f" (set by {', '.join(found)})" if found else ""
+
+
 def _source_of(exc: ValidationError, config_file: Path | None) -> str:
     """Where the setting `describe` names came from, for the message: the TILLPOINT_*
     variables that set it (or its table), else the file; "" for a flag or a default. A

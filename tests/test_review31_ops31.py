@@ -544,3 +544,45 @@ def test_a_stop_lets_a_sale_in_flight_finish_online_and_exits_0(
     finally:
         hub.server.servicer.failpoint = None
         hub.stop()
+
+
+# ---------------------------------------------------------------- a device setting's source
+
+
+@pytest.mark.parametrize("command", [["run"], ["config", "check"]])
+def test_a_bad_device_setting_from_the_environment_names_its_variable(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """CONTRACT §10: a bad value is exit 2 with its key. A core key set wrong in the
+    unit's `Environment=` says "(set by TILLPOINT_SERVER__MAX_WORKERS)"; a device key said
+    only "config [printer.port]: Input should be a valid integer", and the engineer read a
+    configuration file that has no `port` at all. Now it names the variable too."""
+    ports = [free_port() for _ in range(3)]
+    conf = _run_config(tmp_path, *ports)
+    env = _env(
+        TILLPOINT_PRINTER__KIND="network",
+        TILLPOINT_PRINTER__HOST="127.0.0.1",
+        TILLPOINT_PRINTER__PORT="abc",
+    )
+    run = subprocess.run(
+        [TILLPOINT, "--config", str(conf), "--data-dir", str(tmp_path / "d"), *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert "printer.port" in run.stderr and "(set by TILLPOINT_PRINTER__PORT)" in run.stderr
+    del env["TILLPOINT_PRINTER__HOST"]  # a table's own check: the variables that set it
+    run = subprocess.run(
+        [TILLPOINT, "--config", str(conf), "--data-dir", str(tmp_path / "d"), *command],
+        env={**env, "TILLPOINT_PRINTER__PORT": "9100"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2 and 'kind "network" needs host' in run.stderr, run.stderr
+    assert "(set by TILLPOINT_PRINTER__KIND, TILLPOINT_PRINTER__PORT)" in run.stderr
