@@ -140,6 +140,7 @@ def _in_own_mount_namespace(script: str, env: dict[str, str]) -> subprocess.Comp
     pytest.skip("no mount namespace here (unshare refused): cannot make a small file system")
 
 
+@pytest.mark.slow  # a tmpfs filled and six CLI processes: ~5 s
 def test_a_full_disk_is_said_full_not_a_disk_i_o_error(tmp_path: Path) -> None:
     """CONTRACT §12 (storage faults are said with the way out). A till's disk full: every
     command said "cannot open …/cache-7-….db: disk I/O error" (SQLite's words when it
