@@ -117,8 +117,9 @@ def till_agent(
     )
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, config_file: Path | None = None) -> int:
     """`tillpoint run`: lock the data dir, build the till, serve, wait for SIGTERM, stop.
+    `config_file`: the file the settings were read from (None: none), for the log.
 
     systemd (Type=notify) hears READY=1 once the server listens, WATCHDOG=1 while the
     process runs (`systemd.start_watchdog`), STOPPING=1 on SIGTERM; in-flight RPCs get 5 s
@@ -215,6 +216,15 @@ def run(settings: Settings) -> int:
         version,
         f"snapshot version {version} issued {issued}" if version else "no snapshot",
         version_text(),
+    )
+    # Where this agent's data and settings come from: under the unit the environment's
+    # TILLPOINT_DATA_DIR wins over the file's data_dir, and support asked which was used.
+    log.info(
+        "data directory %s; configuration %s",
+        settings.data_dir.absolute(),
+        config_file.absolute()
+        if config_file is not None
+        else "file: none (defaults and TILLPOINT_*)",
     )
     if not version:
         log.warning(

@@ -394,7 +394,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if command == "run":
         from .app import run
 
-        return run(settings)
+        return run(settings, config_file)
     if command == "config":
         if args.config_command != "check":
             parser.error("config needs an action: check")
@@ -501,7 +501,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if command == "status":
             from .wire import status_json
 
-            return emit(args, status_json(agent.status()), _human_status)
+            note = _not_served_note(settings.data_dir)
+            return emit(args, status_json(agent.status()), lambda s: _human_status(s) + note)
     finally:
         agent.close()
         if hub is not None:
@@ -994,6 +995,20 @@ def _human_balance(b: dict[str, Any]) -> str:
     if expiring:
         text += "; " + ", ".join(f"{e['points']} expire {e['expiresAt']}" for e in expiring)
     return text
+
+
+def _not_served_note(data_dir: Path) -> str:
+    """The last line of a `status` read in this process when no `tillpoint run` serves
+    the data directory ("" while one does, or a `reset` holds it): the mode, the devices
+    and the last error are then what the stopped agent left, and said nothing of it."""
+    from .lock import DataDirLock
+
+    if DataDirLock(data_dir).holder() is not None:
+        return ""
+    return (
+        f"\nagent: not running (no `tillpoint run` serves {data_dir}: mode, devices and"
+        " errors are as it last left them; `systemctl status tillpoint` says why)"
+    )
 
 
 def _human_status(s: dict[str, Any]) -> str:

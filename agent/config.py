@@ -75,10 +75,12 @@ def address_family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def bind_problem(address: str) -> str:
-    """Why `address` cannot be bound, in the system's words ("Address already in use"),
-    as the HTTP and metrics servers say it: grpcio says only that it failed (the agent's
-    and the hub's gRPC servers ask this when it does)."""
+def bind_refusal(address: str) -> str | None:
+    """Why `address` cannot be bound now, in the system's words ("Address already in
+    use"), or None when a probe binds it (or it is not HOST:PORT: the caller's own bind
+    says why). The gRPC servers ask it before grpcio binds: grpcio's failed bind writes
+    its own log line on stderr ("E… add_port.cc:83] Failed to add port …") before the
+    agent's one line, on a terminal and in the journal alike."""
     try:
         host, port = split_listen(address)
         with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
@@ -86,9 +88,20 @@ def bind_problem(address: str) -> str:
             probe.bind((host, port))
     except OSError as exc:
         return exc.strerror or str(exc)
+    except ValueError:
+        return None
+    return None
+
+
+def bind_problem(address: str) -> str:
+    """Why `address` cannot be bound, in the system's words ("Address already in use"),
+    as the HTTP and metrics servers say it: grpcio says only that it failed (the agent's
+    and the hub's gRPC servers ask this when it does)."""
+    try:
+        split_listen(address)
     except ValueError as exc:
         return str(exc)
-    return "the address is in use or not valid"
+    return bind_refusal(address) or "the address is in use or not valid"
 
 
 def _listen(value: str) -> str:
@@ -485,6 +498,19 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def env_source(*loc: str) -> str:
+    """ " (set by TILLPOINT_A__B)" when TILLPOINT_* variables set the key `loc` (a table
+    and a key), or, for a table alone, any key of it; "" when none does (the file or a
+    default): the device tables are checked after `load`, with the same words."""
+    name = "TILLPOINT_" + "__".join(loc).upper()
+    found = sorted(
+        key
+        for key in os.environ
+        if key.upper() == name or (len(loc) == 1 and key.upper().startswith(name + "__"))
+    )
+    return f" (set by {', '.join(found)})" if found else ""
 
 
 def _source_of(exc: ValidationError, config_file: Path | None) -> str:

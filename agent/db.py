@@ -198,6 +198,30 @@ def owner_hint(path: Path) -> str:
     return ""
 
 
+# Below this much free space a file system is said to be full: SQLite needs a page or
+# a shared-memory file (32 KiB) more than is left, and says only "disk I/O error".
+FULL_DISK_BYTES = 1 << 20
+
+
+def full_disk_hint(path: Path) -> str:
+    """ "; the file system of DIR is full (N KiB free)" when the file system holding
+    `path` (or the nearest directory of it that exists) has almost no space left for this
+    process, else "". SQLite reports a full disk as "disk I/O error" when the file it
+    could not grow is the WAL's shared memory, which every open of the cache and the
+    ledger makes: support went looking for a broken disk."""
+    for candidate in (path, *path.parents):
+        try:
+            fs = os.statvfs(candidate)
+        except OSError:
+            continue
+        free = fs.f_bavail * fs.f_frsize
+        if free >= FULL_DISK_BYTES:
+            return ""
+        where = candidate if candidate.is_dir() else candidate.parent
+        return f"; the file system of {where} is full ({free // 1024} KiB free)"
+    return ""
+
+
 def file_of(conn: sqlite3.Connection) -> Path:
     """The file a connection has open (SQLite reports it with symlinks resolved)."""
     return Path(os.path.realpath(conn.execute("PRAGMA database_list").fetchone()[2]))
@@ -208,6 +232,9 @@ def _storage_error(conn: sqlite3.Connection, message: str, exc: sqlite3.Error) -
     if "readonly" in str(exc):  # SQLITE_READONLY: the file's owner or mode, or a read-only mount
         with contextlib.suppress(sqlite3.Error):
             hint = owner_hint(file_of(conn))
+    else:  # a full disk, said as "database or disk is full" or as "disk I/O error"
+        with contextlib.suppress(sqlite3.Error):
+            hint = full_disk_hint(file_of(conn))
     return StorageError(f"{message}: {exc}{hint}")
 
 
@@ -270,7 +297,9 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
                 f"cannot open {path}: {exc}; {read_only} is read-only for this process"
                 f" (a file system mounted read-only, or its mode){owner_hint(path)}"
             ) from None
-        raise StorageError(f"cannot open {path}: {exc}{owner_hint(path)}") from None
+        raise StorageError(
+            f"cannot open {path}: {exc}{full_disk_hint(path)}{owner_hint(path)}"
+        ) from None
     return conn
 
 

@@ -1153,7 +1153,8 @@ class AsgiThread:
         except OSError as exc:
             self.sock.close()
             raise TillpointError(
-                f"cannot listen on {host}:{port} for HTTP: {exc.strerror}"
+                f"cannot listen on {host}:{port} for HTTP: {exc.strerror or exc}"
+                " (set [http] listen)"  # as gRPC's and /metrics' name their key
             ) from None
         self.host = host
         self.port = int(self.sock.getsockname()[1])

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .config import bind_problem, token_problem
+from .config import bind_problem, bind_refusal, token_problem
 from .errors import InputError, TillpointError, edge_of
 from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
@@ -209,13 +209,18 @@ def build_server(
     pb_grpc.add_PosAgentServicer_to_server(PosAgentServicer(agent), server)
     health_servicer = _health(agent)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:  # grpcio's "Failed to bind": in use, or not an address here
-        port = 0
+    # asked first: grpcio's own failed bind logs a line of its own on stderr before ours
+    refusal = bind_refusal(address)
+    port = 0
+    if refusal is None:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio's "Failed to bind": in use, or not an address here
+            port = 0
     if port == 0:
         raise TillpointError(
-            f"cannot listen on {address} for gRPC: {bind_problem(address)} (set [server] listen)"
+            f"cannot listen on {address} for gRPC: {refusal or bind_problem(address)}"
+            " (set [server] listen)"
         )
     health_servicer.set_ready(health_servicer.ready())
     # Server reflection: grpcurl and Postman call PosAgent without the .proto. grpcio's

@@ -62,8 +62,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-from tillpoint.agent.db import connect
-from tillpoint.agent.errors import InputError
+from tillpoint.agent.db import connect, full_disk_hint
+from tillpoint.agent.errors import InputError, StorageError
 from tillpoint.agent.expiry import last_instant
 from tillpoint.agent.ledger import (
     PRINT_UNCONFIRMED,
@@ -206,12 +206,19 @@ def _connect(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
     path = Path(db_path)
     if not path.exists():
         raise InputError(f"{path}: no ledger here (has this till committed a receipt?)")
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("SELECT 1 FROM print_jobs LIMIT 1")
     except sqlite3.Error as exc:
-        raise InputError(f"{path}: no print queue in it ({exc})") from None
+        if conn is not None:
+            conn.close()
+        if "no such table" in str(exc):
+            raise InputError(f"{path}: no print queue in it ({exc})") from None
+        # a full disk ("disk I/O error" opening the WAL's shared memory), a busy or
+        # unreadable file: the queue is there, this process cannot read it now (exit 1)
+        raise StorageError(f"cannot open {path}: {exc}{full_disk_hint(path)}") from None
     return conn
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from pydantic import ValidationError
+from tillpoint.agent.config import env_source
 from tillpoint.agent.results import CheckoutResult, ScanResult
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
@@ -53,7 +54,9 @@ def _validate(model: Any, table: str, values: Mapping[str, Any]) -> Any:
         if err.get("type") == "extra_forbidden":  # the words of every other table's typo
             raise PrinterConfigError(f"config [{table}] {where} is not a known field") from None
         key = f"{table}.{where}" if where else table
-        raise PrinterConfigError(f"config [{key}]: {err.get('msg', 'invalid')}") from None
+        # where a unit's Environment= set it, as the other tables' problems say it
+        source = env_source(*key.split("."))
+        raise PrinterConfigError(f"config [{key}]: {err.get('msg', 'invalid')}{source}") from None
 
 
 def load_configs(

@@ -7,6 +7,7 @@ Importing this module also adds the sync loop to `tillpoint run`'s background se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -386,6 +387,11 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if args.port_file is not None:
+        # A file a hub killed before (SIGKILL, power loss) left names its dead port: gone
+        # before this one binds, so that a script waiting for the file reads this hub's.
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            args.port_file.unlink()
     server = HubServer(hub, config)  # its store too: --store or $TILLPOINT_HUB_STORE
     port = server.start(args.listen)
     if args.port_file is not None:
@@ -399,6 +405,10 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     systemd.on_signals(done.set, logging.getLogger("tillpoint.hub"))  # SIGHUP: ignored
     done.wait()
     server.stop(grace=5)
+    if args.port_file is not None:  # no port once stopped (unless another hub wrote it)
+        with contextlib.suppress(OSError):
+            if args.port_file.read_text(encoding="ascii").strip() == str(port):
+                args.port_file.unlink()
     return EXIT_OK
 
 

@@ -33,7 +33,7 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2_grpc
-from tillpoint.agent.config import bind_problem
+from tillpoint.agent.config import bind_problem, bind_refusal
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.grpc_decode import RefuseUndecodable
@@ -1255,12 +1255,18 @@ class HubServer:
         )
         pb_grpc.add_HubServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        try:
-            port = server.add_secure_port(listen, creds)
-        except RuntimeError:  # grpcio's "Failed to bind"
-            port = 0
+        # asked first: grpcio's own failed bind logs a line of its own on stderr
+        refusal = bind_refusal(listen)
+        port = 0
+        if refusal is None:
+            try:
+                port = server.add_secure_port(listen, creds)
+            except RuntimeError:  # grpcio's "Failed to bind"
+                port = 0
         if port == 0:
-            raise TillpointError(f"the hub cannot listen on {listen}: {bind_problem(listen)}")
+            raise TillpointError(
+                f"the hub cannot listen on {listen}: {refusal or bind_problem(listen)}"
+            )
         latest = self.store.latest()
         for note in self.store.durability_notes():
             log.warning("%s", note)

@@ -189,10 +189,16 @@ def test_package_contents_and_control(deb: Path) -> None:
     pinned = lock_pins()
     assert runtime and all(pinned[name] == version for name, version in runtime.items())
     assert runtime["pyyaml"] == "6.0.3" and runtime["pyusb"] == pinned["pyusb"]
-    conffiles = subprocess.run(
+    package = subprocess.run(
         ["dpkg-deb", "-f", deb, "Package"], capture_output=True, text=True, check=True
     ).stdout
-    assert conffiles.strip() == "tillpoint"
+    assert package.strip() == "tillpoint"
+    # the configuration is a conffile: an upgrade keeps the till's edits (this read the
+    # Package field under the name `conffiles` and never looked at them, until review 31)
+    conffiles = subprocess.run(
+        ["dpkg-deb", "-I", deb, "conffiles"], capture_output=True, text=True, check=True
+    ).stdout
+    assert conffiles.split() == ["/etc/tillpoint/tillpoint.toml"]
 
 
 def dpkg_install(deb: Path, root: Path, python: str | None = None) -> None:
@@ -313,6 +319,17 @@ def test_installed_agent_starts_and_answers(installed: Path, tmp_path: Path) -> 
     snap = tmp_path / "snap.json"
     snap.write_text(json.dumps(snapshot(), ensure_ascii=False))
     env = dict(os.environ, TILLPOINT_DEVICE_ID="till-9")
+    # the README's check of the installed configuration, as it is shipped
+    shipped = installed / "etc/tillpoint/tillpoint.toml"
+    check = subprocess.run(
+        [exe, "--config", shipped, "config", "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0 and "configuration is valid" in check.stdout, check.stderr
     subprocess.run([exe, "--data-dir", data, "snapshot", "load", snap], check=True, env=env)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
