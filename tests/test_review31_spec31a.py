@@ -8,8 +8,8 @@ multipliers (minQty, SKU or ancestor category, personal or mass, validity to the
 `at` in any offset with a fraction), receipt percent-offs and EXTRA_POINTS at their
 thresholds, every redemption cap at once (balance, percent, capacity, offline limit) and the
 largest-remainder spread, accrual with tiers, multipliers, the birthday window (29 February
-too) and any point value; then refunds in random parts, and the balance at each receipt's
-`at` with an activation delay. Every receipt goes through the CLI on a real cache and
+too) and any point value; then refunds in random parts, the balance at each receipt's
+`at` with an activation delay, and refunds in parts of sales whose points are still pending. Every receipt goes through the CLI on a real cache and
 ledger. Nothing here found a fault: the product and the reading agree on every basket.
 """
 
@@ -536,3 +536,121 @@ def test_balance_at_each_receipts_at_with_an_activation_delay(cli: CLI) -> None:
 @pytest.mark.slow
 def test_balance_at_each_receipts_at_with_an_activation_delay_longer(cli: CLI) -> None:
     _pending(cli, seed=3103, rounds=25)
+
+
+@dataclass
+class _Sale:
+    receipt_id: str
+    activates: datetime
+    pending: int  # what is left of its own earned points while they are pending
+    extra: int
+    # per line: sku, qty, redeemed points, earned points, returned so far
+    lines: list[tuple[str, Fraction, int, int, Fraction]]
+
+
+def _refund_points(sale: _Sale, sku: str, part: Fraction) -> tuple[int, int]:
+    """§6 for one returned (sku, qty): the points given back and taken back."""
+    back = lost = 0
+    after = []
+    for s, q, p, e, r in sale.lines:
+        take = min(part, q - r) if s == sku else Fraction(0)
+        part -= take
+        back += math.floor(p * (r + take) / q) - math.floor(p * r / q)
+        lost += math.floor(e * (r + take) / q) - math.floor(e * r / q)
+        after.append((s, q, p, e, r + take))
+    if all(r == q for _, q, _, _, r in after) and not all(r == q for _, q, _, _, r in sale.lines):
+        lost += sale.extra
+    sale.lines = after
+    return back, lost
+
+
+def _now(start: int, moved: int, sales: list[_Sale], moment: datetime) -> tuple[int, int]:
+    """(available, pending) at `moment` after the sales and refunds so far."""
+    available = start + moved + sum(s.pending for s in sales if s.activates <= moment)
+    return available, sum(s.pending for s in sales if s.activates > moment)
+
+
+def _pending_refunds(cli: CLI, seed: int, rounds: int) -> None:
+    """§5 step 6 and §6 together: sales with an activation delay and refunds of them in
+    parts, in time order: points taken back come off the sale's own pending points while
+    they are pending (the rest, and everything after the activation, off the available
+    balance, which may go below zero), points given back are available at once."""
+    rng = random.Random(seed)
+    for k in range(rounds):
+        card = ean13(f"27734{seed % 1000:03d}{k:04d}")
+        snap = gen_snapshot(rng, k + 1, card)
+        program = snap["program"]
+        program.update(
+            timezone="Europe/Moscow",
+            activationDelayDays=rng.choice([1, 2]),
+            offlineRedeemLimitPoints=10**9,
+        )
+        pv = program["pointValueMinor"]
+        start = snap["customers"][0]["balancePoints"]
+        _load(cli, snap)
+        t = when("2026-12-04T09:00:00+03:00")
+        sales: list[_Sale] = []
+        moved = 0  # spends, points given back and taken back off the available balance
+
+        for i in range(10):
+            t += timedelta(hours=rng.choice([1, 5, 20, 30]))
+            open_sales = [s for s in sales if any(r < q for _, q, _, _, r in s.lines)]
+            if open_sales and rng.random() < 0.5:
+                sale = rng.choice(open_sales)
+                sku, q, _, _, r = rng.choice([x for x in sale.lines if x[4] < x[1]])
+                part = min(q - r, Fraction(rng.choice([1, 500, 1000, 2000]), 1000))
+                back, lost = _refund_points(sale, sku, part)
+                refund = {
+                    "refundId": f"{sale.receipt_id}-f{i}",
+                    "receiptId": sale.receipt_id,
+                    "at": t.isoformat(),
+                    "lines": [{"sku": sku, "qty": decimal_text(part)}],
+                }
+                run = cli("refund", refund, "--json")
+                assert run.code == 0, run.err
+                got = run.json()
+                moved += back
+                off_pending = min(lost, sale.pending) if sale.activates > t else 0
+                sale.pending -= off_pending
+                moved -= lost - off_pending
+                assert (got["returnedPoints"], got["takenBackPoints"]) == (back, lost), refund
+                balance = got["balance"]
+                assert (balance["availablePoints"], balance["pendingPoints"]) == _now(
+                    start, moved, sales, t
+                ), refund
+                continue
+            rec = gen_receipt(rng, f"pr-{seed}-{k}-{i}", card)
+            rec["at"] = t.isoformat()
+            run = cli("checkout", rec, "--json")
+            assert run.code == 0, run.err
+            result = run.json()
+            assert result["redeemedPoints"] <= max(0, _now(start, moved, sales, t)[0])
+            moved -= result["redeemedPoints"]
+            activates = t + timedelta(days=program["activationDelayDays"])
+            lines = [
+                (line["sku"], Fraction(given["qty"]), line["redeemedMinor"] // pv)
+                for line, given in zip(result["lines"], rec["lines"], strict=True)
+            ]
+            earned = [line["earnedPoints"] for line in result["lines"]]
+            sales.append(
+                _Sale(
+                    rec["receiptId"],
+                    activates,
+                    result["earnedPoints"],
+                    result["earnedPoints"] - sum(earned),
+                    [(s, q, p, e, Fraction(0)) for (s, q, p), e in zip(lines, earned, strict=True)],
+                )
+            )
+            balance = result["balance"]
+            assert (balance["availablePoints"], balance["pendingPoints"]) == _now(
+                start, moved, sales, t
+            )
+
+
+def test_refunds_of_pending_points_in_parts(cli: CLI) -> None:
+    _pending_refunds(cli, seed=31, rounds=4)
+
+
+@pytest.mark.slow
+def test_refunds_of_pending_points_in_parts_longer(cli: CLI) -> None:
+    _pending_refunds(cli, seed=3104, rounds=30)
