@@ -2,15 +2,16 @@
 
 The scenarios in tests/scenarios/review31/ work receipts out by hand (CONTRACT §2, §3, §5,
 §6, §16). This file checks the same rules over seeded random baskets against a plain reading
-of CONTRACT §2 and §5 steps 1-5 and §6, written for this review without the product's
-pricing code nor the earlier models (tests/oracle28.py): line offers of every money kind and
+of CONTRACT §2, §5 steps 1-6 and §6, written for this review without the product's pricing
+code nor the earlier models (tests/oracle28.py): line offers of every money kind and
 multipliers (minQty, SKU or ancestor category, personal or mass, validity to the second,
 `at` in any offset with a fraction), receipt percent-offs and EXTRA_POINTS at their
 thresholds, every redemption cap at once (balance, percent, capacity, offline limit) and the
 largest-remainder spread, accrual with tiers, multipliers, the birthday window (29 February
-too) and any point value; then refunds in random parts, the balance at each receipt's
-`at` with an activation delay, and refunds in parts of sales whose points are still pending. Every receipt goes through the CLI on a real cache and
-ledger. Nothing here found a fault: the product and the reading agree on every basket.
+too) and any point value; then refunds in random parts, the balance at each receipt's `at`
+with an activation delay, and refunds in parts of sales whose points are still pending.
+Every receipt goes through the CLI on a real cache and ledger. Nothing here found a fault:
+the product and the reading agree on every basket.
 """
 
 from __future__ import annotations
