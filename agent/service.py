@@ -290,6 +290,9 @@ class Agent:
         self.clock = clock
         self._monotonic = monotonic
         self._clock_mark: tuple[datetime, float] | None = None
+        # The mark a step followed inside the current write transaction replaced (one
+        # transaction at a time: under `_lock`), put back if it rolls back (`_write`).
+        self._unfollowed_mark: tuple[tuple[datetime, float] | None] | None = None
         self._mark_lock = threading.Lock()
         self.hub = hub
         self.devices = devices
@@ -688,20 +691,10 @@ class Agent:
         the step, so that a step back does not stretch a hold past the hub's copy of it
         and a step forward does not expire at once a hold whose payment is being taken.
         True when it moved them (a step was followed)."""
-        # The system's steady clock goes with the system's wall clock only: a clock set in
-        # its place (a test's, moved to make time pass) is taken as steady unless it
-        # comes with its own `monotonic`.
-        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
-        if steady is None:
+        taken = self._take_clock_step()
+        if taken is None:
             return False
-        with self._mark_lock:  # not the agent's lock: a quote does not wait for a commit
-            wall, passed = self.clock(), steady()
-            mark, self._clock_mark = self._clock_mark, (wall, passed)
-        if mark is None:
-            return False
-        step = (wall - mark[0]).total_seconds() - (passed - mark[1])
-        if abs(step) < CLOCK_STEP_S:
-            return False
+        step, mark = taken
         try:
             with self._lock, self._write() as conn:
                 ledger.shift_open_holds(conn, timedelta(seconds=step))
@@ -711,6 +704,42 @@ class Agent:
             return False
         log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
         return True
+
+    def _take_clock_step(self) -> tuple[float, tuple[datetime, float] | None] | None:
+        """Read the wall clock beside the steady one and mark it: (the step since the
+        last reading, the mark it replaced) when the wall clock was stepped by
+        `CLOCK_STEP_S` or more, else None. The caller moves the open holds by the step,
+        or puts the mark it replaced back when it cannot."""
+        # The system's steady clock goes with the system's wall clock only: a clock set in
+        # its place (a test's, moved to make time pass) is taken as steady unless it
+        # comes with its own `monotonic`.
+        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
+        if steady is None:
+            return None
+        with self._mark_lock:  # not the agent's lock: a quote does not wait for a commit
+            wall, passed = self.clock(), steady()
+            mark, self._clock_mark = self._clock_mark, (wall, passed)
+        if mark is None:
+            return None
+        step = (wall - mark[0]).total_seconds() - (passed - mark[1])
+        if abs(step) < CLOCK_STEP_S:
+            return None
+        return step, mark
+
+    def _follow_clock_step_here(self) -> None:
+        """`_follow_clock_step` inside the write transaction the caller holds (a receipt
+        priced there, asking the hub, up to its deadline): the open holds are moved by a
+        step made meanwhile in this transaction, before the new hold's times are made on
+        the stepped clock (moved at the next call with the others, it was off by the
+        step: an hour back, expired at once). Should the transaction not commit, the
+        mark is put back (`_write`), so the next call moves them."""
+        taken = self._take_clock_step()
+        if taken is None:
+            return
+        step, mark = taken
+        ledger.shift_open_holds(self._ledger, timedelta(seconds=step))
+        self._unfollowed_mark = (mark,)
+        log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
         """True: released. False: the hub was not reached (or there is none);
@@ -886,6 +915,7 @@ class Agent:
         else:
             owed = owed or (early is not None and early.ready.hub_hold)
             done = self._price(receipt, view, commit=True)
+            self._follow_clock_step_here()  # stepped while the hub was asked: times below
             ready = self._ready(done, view.program(), confirm_now)
         # A hold reserves its applied coupons (the contract §11, §13): used here from now
         # on; a cancel or an expiry gives them back, a confirm keeps them.
@@ -2049,14 +2079,23 @@ class Agent:
         files) refuses every sale while quotes still work, and the POS hears only
         UNAVAILABLE: it is logged at ERROR when it starts and shown in `status`
         (`storageError`) and the metrics until a write works again."""
+        self._unfollowed_mark = None
         try:
             with write_transaction(self._ledger, "ledger") as conn:
                 yield conn
-        except StorageError as exc:
-            if self._storage_problem is None or self._storage_problem[1] != exc.message:
-                log.error("sales are refused: %s", exc.message)
-            self._storage_problem = (ledger.utc_text(self.clock()), exc.message)
+        except BaseException as exc:
+            if self._unfollowed_mark is not None:
+                # a clock step followed in this transaction was rolled back with it: the
+                # next reading sees the step again (`_follow_clock_step_here`)
+                with self._mark_lock:
+                    self._clock_mark = self._unfollowed_mark[0]
+                self._unfollowed_mark = None
+            if isinstance(exc, StorageError):
+                if self._storage_problem is None or self._storage_problem[1] != exc.message:
+                    log.error("sales are refused: %s", exc.message)
+                self._storage_problem = (ledger.utc_text(self.clock()), exc.message)
             raise
+        self._unfollowed_mark = None
         self._checkpoints.committed()
         if self._storage_problem is not None:
             self._storage_problem = None
