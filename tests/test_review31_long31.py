@@ -120,3 +120,73 @@ def test_a_receipt_held_again_after_expiry_keeps_its_whole_time_across_a_clock_s
         authoriser.close()
         link.close()
         hub.stop()
+
+
+# ---------------------------------------------------------------- leftover 2: a waiting coupon
+
+
+def _next_visit(offer_id: str, rank: int, **changes: Any) -> dict[str, Any]:
+    offer: dict[str, Any] = {
+        "id": offer_id,
+        "campaignId": f"camp-{offer_id}",
+        "customerId": "c-a",
+        "kind": "PERCENT_OFF",
+        "skus": ["4601234000055"],
+        "value": "20",
+        "validFrom": "2026-11-20T00:00:00+03:00",
+        "validTo": "2026-12-31T23:59:59+03:00",
+        "rank": rank,
+        "printable": True,
+        "printText": f"Предложение {offer_id}",
+    }
+    offer.update(changes)
+    return offer
+
+
+def test_a_waiting_coupon_prints_what_a_fresh_pick_would_give_after_a_delta(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7: a sale picks the customer's printable offers "not of a campaign where
+    the customer is in the control group", each "printed with its text"; a job waits while
+    the printer is off, and it prints what the snapshot still offers when the printer takes
+    it. Meanwhile the hub put the customer in the control group of one offer's campaign and
+    reworded another (`printText`). The coupon still printed the control-group offer (what
+    the hub holds back from that customer to measure the campaign) and the old words; a
+    Confirm after the same delta (review 30) already picked neither. Now the worker leaves
+    the control-group offer off and prints the words the snapshot has now."""
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.queue import PrintWorker
+    from tillpoint.printer.virtual import VirtualPrinter
+
+    from .conftest import receipt, snapshot
+
+    now = datetime.fromisoformat("2026-11-23T10:20:00+03:00")
+    data = tmp_path / "data"
+    agent = Agent(data, DEVICE, clock=lambda: now)
+    offers = [_next_visit("o-keep", 1), _next_visit("o-ctl", 2), _next_visit("o-new", 3)]
+    try:
+        first = snapshot(offers=offers)
+        agent.load_snapshot(first)
+        sale = agent.checkout(receipt_from_json(receipt("r1"))).to_json()
+        assert sale["printedOffers"] == ["o-keep", "o-ctl", "o-new"]
+        anna = {**first["customers"][0], "controlGroups": ["camp-o-ctl"]}
+        reworded = {**offers[2], "printText": "Новые слова"}
+        agent.load_snapshot(
+            {"version": 2, "baseVersion": 1, "customers": [anna], "offers": [reworded]}
+        )
+        with VirtualPrinter() as printer:
+            config = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port)
+            worker = PrintWorker(
+                data / "ledger.db", config, clock=lambda: now, offers_now=agent.offers_on_paper
+            )
+            try:
+                assert worker.run_once() == 0
+                (paper,) = printer.wait_for(1)
+                assert paper.codes == ["TP1-o-keep", "TP1-o-new"]
+                assert "Новые слова" in paper.text
+                assert "Предложение o-new" not in paper.text
+                assert "Предложение o-ctl" not in paper.text
+            finally:
+                worker.close()
+    finally:
+        agent.close()
