@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic_core
@@ -89,6 +89,7 @@ from .pricing import (
     PricingContext,
     activation_time,
     in_birthday_window,
+    in_control_group,
     offers_to_print,
     price,
     store_days,
@@ -105,6 +106,9 @@ from .results import (
     ScanResult,
     TillStatus,
 )
+
+if TYPE_CHECKING:
+    from tillpoint.printer.payload import OfferNow
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("tillpoint.agent")
@@ -470,19 +474,27 @@ class Agent:
             return ScanResult("OFFER", code=text.strip(), offer_id=offer)
         return ScanResult("CARD", card=self.identify(text))
 
-    def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, datetime | None] | None:
+    def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, OfferNow] | None:
         """Of the offers a queued coupon job holds, those the snapshot still lets print
-        (there and `printable`: a delta may have withdrawn them since the sale), each with
-        its `validTo` now (None: no end); None when no snapshot is loaded (nothing to tell
-        by). The print worker of `tillpoint run` asks before it prints a job (§7)."""
+        (there and `printable`: a delta may have withdrawn them since the sale; not of a
+        campaign whose control group the customer has joined since, §7), each with its
+        `validTo` (None: no end) and its words now (`printText`, reworded by a delta);
+        None when no snapshot is loaded (nothing to tell by). The print worker of
+        `tillpoint run` asks before it prints a job (§7)."""
+        from tillpoint.printer.payload import OfferNow, offer_text
+
         with self._read() as (view, _):
             if view.version == 0:
                 return None
-            found: dict[str, datetime | None] = {}
+            found: dict[str, OfferNow] = {}
             for offer_id in dict.fromkeys(offer_ids):
                 offer = view.offer(offer_id)
-                if offer is not None and offer.printable:
-                    found[offer_id] = offer.valid_to
+                if offer is None or not offer.printable:
+                    continue
+                customer = view.customer(offer.customer_id) if offer.customer_id else None
+                if customer is not None and in_control_group(offer, customer):
+                    continue
+                found[offer_id] = OfferNow(offer.valid_to, offer_text(_offers_json([offer])[0]))
             return found
 
     def take_scanned_coupons(self) -> list[str]:
