@@ -1788,6 +1788,9 @@ class Agent:
     # ------------------------------------------------------------ refund
 
     def refund(self, refund: Refund) -> RefundResult:
+        # A refund of a receipt held here reads the hold's time (why it is refused): a
+        # step of the wall clock is followed first, as by every call that reads holds.
+        self._follow_clock_step()
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
             stored = ledger.stored_refund(conn, refund.refund_id)
