@@ -733,6 +733,8 @@ class HubSequence:
             self.step_clock()
         elif action == "steplive":
             self.step_during_request()
+        elif action == "rehold":  # held, run out, held again while NTP sets the clock back
+            self.step_during_request(forced=True)
         elif action == "down" and self.hub_up:
             self.hub.stop()
             self.hub_up = False
@@ -784,18 +786,24 @@ class HubSequence:
         self.agent.sweep_holds()
         self.count(f"stepped/{step:+.0f}")
 
-    def step_during_request(self) -> None:
+    def step_during_request(self, forced: bool = False) -> None:
         """A Hold (a new receipt, or an expired or cancelled one's id again) during whose
         request to the hub NTP steps the wall clock. That call is made on the long-lived
         agent alone (it follows the step while it runs; a fresh agent cannot see it); the
         calls after it are compared as ever."""
-        step = self.rng.choice([-3600.0, -300.0, 300.0, 3600.0])
-        if self.closed and self.rng.random() < 0.6:
-            rid = self.pick(self.closed)
+        step = -3600.0 if forced else self.rng.choice([-3600.0, -3600.0, -300.0, 3600.0])
+        asking = {rid for rid in self.closed if self.bodies[rid]["redeemPoints"]}
+        if asking and self.rng.random() < 0.7 and not forced:  # held again: priced inside
+            rid = self.pick(asking)  # its transaction
         else:
             rid = self.new_receipt()
             self.bodies[rid]["redeemPoints"] = 100
             self.bodies[rid]["card"] = "2770000000017"
+            if forced or self.rng.random() < 0.6:  # held, run out, and held again below
+                self.track(rid, self.compare("hold", self.bodies[rid]))
+                self.clock.passes(self.TTL + 1)
+                self.closed |= self.held
+                self.held = set()
         self.recorder.meanwhile = lambda: self.clock.stepped(step)
         try:
             got = self.long("hold", self.bodies[rid], "http")
@@ -806,6 +814,13 @@ class HubSequence:
         self.count(f"steplive/{'stepped' if stepped else 'not asked'}")
         if self.trace:
             print("STEPLIVE", rid, step, stepped, json.dumps(got, ensure_ascii=False)[:300])
+        if rid in self.held:  # the POS took the payment: Confirm
+            got = self.compare("confirm", {"receiptId": rid})
+            self.held.discard(rid)
+            if got[0] == "ok":
+                self.committed[rid] = self.bodies[rid]
+            else:
+                self.closed.add(rid)
 
     # ------------------------------------------------------------ the hub's data
 
@@ -942,7 +957,7 @@ SCRIPT31 = tuple(
             "new hold again down tick reuse hold confirm up hold step again confirm checkout",
             "delta hold delta confirm push delta again refund refund balance identify timer",
             "hold step tick reuse down checkout cancel up reuse status step hold confirm",
-            "steplive again confirm tick steplive again hold confirm timer",
+            "up rehold hold tick steplive again confirm tick steplive again hold confirm timer",
             "checkout refund delta delta again balance status",
         ]
     ).split(" ")
