@@ -128,7 +128,6 @@ def test_a_receipt_held_again_after_expiry_keeps_its_whole_time_across_a_clock_s
         hub.stop()
 
 
-
 def test_a_refund_of_a_held_receipt_after_a_clock_step_names_the_hold_it_has(
     tmp_path: Path,
 ) -> None:
@@ -166,6 +165,7 @@ def test_a_refund_of_a_held_receipt_after_a_clock_step_names_the_hold_it_has(
         assert agent.confirm("h-1").to_json()["state"] == "CONFIRMED"
     finally:
         agent.close()
+
 
 # ---------------------------------------------------------------- leftover 2: a waiting coupon
 
@@ -561,10 +561,10 @@ class HubSequence:
         got = self.long(call, body, via)
         hub = Replay(self.recorder.asked, online, self.recorder.seen)
         want = self.fresh(copy_dir, call, body, via, hub)
-        if via == "http" and call != "status" and got == want and got[0] == "ok":
-            if self.long_text != self.fresh_text:  # byte for byte, as HTTP sends it
-                want = ("bytes", self.fresh_text)
-                got = ("bytes", self.long_text)
+        http_ok = via == "http" and call != "status" and got == want and got[0] == "ok"
+        if http_ok and self.long_text != self.fresh_text:  # byte for byte, as HTTP sends it
+            want = ("bytes", self.fresh_text)
+            got = ("bytes", self.long_text)
         self.compared += 1
         key = f"{call}/{got[0]}" + (f"/{got[1][0]}" if got[0] == "error" else "")
         if got[0] == "ok" and isinstance(got[1], dict) and got[1].get("mode"):
@@ -825,14 +825,16 @@ class HubSequence:
     # ------------------------------------------------------------ the hub's data
 
     def delta(self) -> None:
-        from tillpoint.sync.loopback import import_doc
         import grpc
+        from tillpoint.sync.loopback import import_doc
         from tillpoint.sync.pull import PullInterrupted
 
         from bench import difflong as dl
 
         r = self.rng
-        what = r.choice(["customer", "customer", "card", "offer", "offer", "product", "category", "program"])
+        what = r.choice(
+            ["customer", "customer", "card", "offer", "offer", "product", "category", "program"]
+        )
         doc: dict[str, Any] = {}
         now = self.clock().astimezone(dl.ZONE)
         if what == "customer":
@@ -891,7 +893,9 @@ class HubSequence:
             ]
         elif what == "category":
             code = r.choice(["dairy", "bakery", "sweets"])
-            doc["categories"] = [{"code": code, "parent": r.choice(["food", "tobacco"]), "name": code}]
+            doc["categories"] = [
+                {"code": code, "parent": r.choice(["food", "tobacco"]), "name": code}
+            ]
         else:
             program = copy.deepcopy(self.master["program"])
             program.update(
@@ -906,7 +910,13 @@ class HubSequence:
             if section == "program":
                 self.master["program"] = rows
                 continue
-            keys = {"customers": "id", "cards": "number", "offers": "id", "products": "sku", "categories": "code"}
+            keys = {
+                "customers": "id",
+                "cards": "number",
+                "offers": "id",
+                "products": "sku",
+                "categories": "code",
+            }
             key = keys[section]
             kept = [row for row in self.master[section] if row[key] != rows[0][key]]
             self.master[section] = [*kept, *rows]
@@ -1002,6 +1012,7 @@ def test_a_long_lived_synced_till_answers_as_a_fresh_one(tmp_path: Path, seed: i
     """As `tillpoint run` runs: its sync loops (pull, push, Subscribe, the shipped backoffs
     of `SyncTimings()`) and its 15 s hold timer beside the calls."""
     _hub_differential(tmp_path, seed, 300, synced=True)
+
 
 if __name__ == "__main__":  # python -m tests.test_review31_long31 SEED STEPS
     import shutil
