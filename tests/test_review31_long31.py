@@ -833,7 +833,18 @@ class HubSequence:
 
         r = self.rng
         what = r.choice(
-            ["customer", "customer", "card", "offer", "offer", "product", "category", "program"]
+            [
+                "customer",
+                "customer",
+                "card",
+                "offer",
+                "offer",
+                "added",
+                "withdrawn",
+                "product",
+                "category",
+                "program",
+            ]
         )
         doc: dict[str, Any] = {}
         now = self.clock().astimezone(dl.ZONE)
@@ -882,6 +893,25 @@ class HubSequence:
             else:
                 o["printText"] = r.choice(["Новые слова", "", "-1% всё"])
             doc["offers"] = [o]
+        elif what == "added":  # a new offer, personal (printable) or for everyone
+            self.added = getattr(self, "added", 0) + 1
+            offer: dict[str, Any] = {
+                "id": f"n-{self.added}",
+                "kind": r.choice(["PERCENT_OFF", "BONUS_MULTIPLIER"]),
+                "skus": [r.choice([dl.MILK, dl.BREAD, dl.CHEESE, dl.KEFIR])],
+                "value": r.choice(["2", "10"]),
+                "campaignId": r.choice(["camp-1", "camp-2", "camp-3"]),
+            }
+            if r.random() < 0.7:
+                offer.update(
+                    customerId=r.choice(["c-a", "c-b", "c-d"]),
+                    printable=True,
+                    printText=f"Новое {self.added}",
+                    rank=r.randint(0, 4),
+                )
+            doc["offers"] = [offer]
+        elif what == "withdrawn":
+            doc["removed"] = {"offers": [r.choice(self.master["offers"])["id"]]}
         elif what == "product":
             doc["products"] = [
                 {
@@ -909,6 +939,10 @@ class HubSequence:
         for section, rows in doc.items():  # the hub's master data from now on
             if section == "program":
                 self.master["program"] = rows
+                continue
+            if section == "removed":
+                gone = set(rows["offers"])
+                self.master["offers"] = [o for o in self.master["offers"] if o["id"] not in gone]
                 continue
             keys = {
                 "customers": "id",
