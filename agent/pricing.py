@@ -508,7 +508,7 @@ def _held_out(
     candidates may apply there (a deal another took the line from, a threshold met)."""
     customer = ctx.customer
     assert customer is not None
-    ids = {o.id for o in candidates if _in_control_group(o, customer)}
+    ids = {o.id for o in candidates if in_control_group(o, customer)}
     twin = price(
         receipt.model_copy(update={"explain": False}) if receipt.explain else receipt,
         replace(ctx, customer=customer.model_copy(update={"control_groups": ()})),
@@ -516,7 +516,8 @@ def _held_out(
     return tuple(sorted(ids & twin.applied_offers))
 
 
-def _in_control_group(offer: Offer, customer: Customer) -> bool:
+def in_control_group(offer: Offer, customer: Customer) -> bool:
+    """Whether `customer` is in the control group of `offer`'s campaign (§5.7, §7)."""
     return bool(offer.campaign_id) and offer.campaign_id in customer.control_groups
 
 
@@ -612,7 +613,7 @@ def _best_line_offer(
         if offer.kind not in LINE_MONEY_KINDS or (offer.min_qty and w.qty < offer.min_qty):
             continue
         discount = line_discount(offer, w.amount, qty, sku_qty.get(w.sku))
-        if discount > 0 and not _in_control_group(offer, customer):
+        if discount > 0 and not in_control_group(offer, customer):
             key = (-discount, offer.priority, offer.id)
             if not best[2] or key < best:
                 best = key
@@ -684,7 +685,7 @@ def _multibuy(
     bests = [_best_line_offer(work[i], found[i], customer, sku_qty) for i, _ in taken]
     line_offers = sum(best for best, _ in bests)
     outcome = "APPLIED" if total > line_offers else "ZERO_DISCOUNT" if total == 0 else "BEATEN"
-    if outcome == "APPLIED" and _in_control_group(deal, customer):
+    if outcome == "APPLIED" and in_control_group(deal, customer):
         held.add(deal.id)
         outcome = "CONTROL_GROUP"
     if outcome == "APPLIED":
@@ -741,7 +742,7 @@ def _line_offers(
             continue
         if offer.kind == "BONUS_MULTIPLIER":
             multiplier = frac(offer.value)
-            if _in_control_group(offer, customer):
+            if in_control_group(offer, customer):
                 if multiplier > 1:
                     held.add(offer.id)
                 if tr is not None:
@@ -757,7 +758,7 @@ def _line_offers(
                     competing.append((offer, None))
             continue
         discount = line_discount(offer, w.amount, frac(w.qty), sku_qty.get(w.sku))
-        if w.deal is not None and not _in_control_group(offer, customer):
+        if w.deal is not None and not in_control_group(offer, customer):
             if tr is not None:  # what it would give the line, as a BEATEN offer tells (§17)
                 tr.append(
                     _entry(offer, "TAKEN_BY_DEAL", discount, beaten_by=w.deal, beaten=w.discount)
@@ -776,7 +777,7 @@ def _line_offers(
                     else _entry(offer, "ZERO_DISCOUNT", discount=0)
                 )
             continue
-        if _in_control_group(offer, customer):
+        if in_control_group(offer, customer):
             held.add(offer.id)
             if tr is not None:
                 tr.append(_entry(offer, "CONTROL_GROUP", discount=discount))
@@ -831,7 +832,7 @@ def _receipt_offers(
                 reach is not None
                 and offer.kind == "RECEIPT_PERCENT_OFF"
                 and offer.value > 0
-                and not _in_control_group(offer, customer)
+                and not in_control_group(offer, customer)
             ):
                 reach.append((offer.min_total_minor - eligible_total, offer.id, str(offer.value)))
             continue
@@ -840,7 +841,7 @@ def _receipt_offers(
             if points <= 0:
                 outcomes[offer.id] = ("ZERO_DISCOUNT", 0)
                 continue
-            if _in_control_group(offer, customer):
+            if in_control_group(offer, customer):
                 held.add(offer.id)
                 outcomes[offer.id] = ("CONTROL_GROUP", points)
             else:
@@ -854,7 +855,7 @@ def _receipt_offers(
         if total <= 0:
             outcomes[offer.id] = ("ZERO_DISCOUNT", 0)
             continue
-        if _in_control_group(offer, customer):
+        if in_control_group(offer, customer):
             held.add(offer.id)
             outcomes[offer.id] = ("CONTROL_GROUP", total)
             continue
@@ -1137,7 +1138,7 @@ def offers_to_print(
         and not (
             o.has_window and o.valid_at(at) and not o.in_window(local, customer.favorite_weekday)
         )
-        and not _in_control_group(o, customer)
+        and not in_control_group(o, customer)
         and not printed_recently(o.id)
     ]
     chosen.sort(key=lambda o: (o.rank, o.id))

@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic_core
@@ -89,6 +89,7 @@ from .pricing import (
     PricingContext,
     activation_time,
     in_birthday_window,
+    in_control_group,
     offers_to_print,
     price,
     store_days,
@@ -105,6 +106,9 @@ from .results import (
     ScanResult,
     TillStatus,
 )
+
+if TYPE_CHECKING:
+    from tillpoint.printer.payload import OfferNow
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("tillpoint.agent")
@@ -290,6 +294,9 @@ class Agent:
         self.clock = clock
         self._monotonic = monotonic
         self._clock_mark: tuple[datetime, float] | None = None
+        # The mark a step followed inside the current write transaction replaced (one
+        # transaction at a time: under `_lock`), put back if it rolls back (`_write`).
+        self._unfollowed_mark: tuple[tuple[datetime, float] | None] | None = None
         self._mark_lock = threading.Lock()
         self.hub = hub
         self.devices = devices
@@ -467,19 +474,27 @@ class Agent:
             return ScanResult("OFFER", code=text.strip(), offer_id=offer)
         return ScanResult("CARD", card=self.identify(text))
 
-    def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, datetime | None] | None:
+    def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, OfferNow] | None:
         """Of the offers a queued coupon job holds, those the snapshot still lets print
-        (there and `printable`: a delta may have withdrawn them since the sale), each with
-        its `validTo` now (None: no end); None when no snapshot is loaded (nothing to tell
-        by). The print worker of `tillpoint run` asks before it prints a job (§7)."""
+        (there and `printable`: a delta may have withdrawn them since the sale; not of a
+        campaign whose control group the customer has joined since, §7), each with its
+        `validTo` (None: no end) and its words now (`printText`, reworded by a delta);
+        None when no snapshot is loaded (nothing to tell by). The print worker of
+        `tillpoint run` asks before it prints a job (§7)."""
+        from tillpoint.printer.payload import OfferNow, offer_text
+
         with self._read() as (view, _):
             if view.version == 0:
                 return None
-            found: dict[str, datetime | None] = {}
+            found: dict[str, OfferNow] = {}
             for offer_id in dict.fromkeys(offer_ids):
                 offer = view.offer(offer_id)
-                if offer is not None and offer.printable:
-                    found[offer_id] = offer.valid_to
+                if offer is None or not offer.printable:
+                    continue
+                customer = view.customer(offer.customer_id) if offer.customer_id else None
+                if customer is not None and in_control_group(offer, customer):
+                    continue
+                found[offer_id] = OfferNow(offer.valid_to, offer_text(_offers_json([offer])[0]))
             return found
 
     def take_scanned_coupons(self) -> list[str]:
@@ -688,20 +703,10 @@ class Agent:
         the step, so that a step back does not stretch a hold past the hub's copy of it
         and a step forward does not expire at once a hold whose payment is being taken.
         True when it moved them (a step was followed)."""
-        # The system's steady clock goes with the system's wall clock only: a clock set in
-        # its place (a test's, moved to make time pass) is taken as steady unless it
-        # comes with its own `monotonic`.
-        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
-        if steady is None:
+        taken = self._take_clock_step()
+        if taken is None:
             return False
-        with self._mark_lock:  # not the agent's lock: a quote does not wait for a commit
-            wall, passed = self.clock(), steady()
-            mark, self._clock_mark = self._clock_mark, (wall, passed)
-        if mark is None:
-            return False
-        step = (wall - mark[0]).total_seconds() - (passed - mark[1])
-        if abs(step) < CLOCK_STEP_S:
-            return False
+        step, mark = taken
         try:
             with self._lock, self._write() as conn:
                 ledger.shift_open_holds(conn, timedelta(seconds=step))
@@ -711,6 +716,42 @@ class Agent:
             return False
         log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
         return True
+
+    def _take_clock_step(self) -> tuple[float, tuple[datetime, float] | None] | None:
+        """Read the wall clock beside the steady one and mark it: (the step since the
+        last reading, the mark it replaced) when the wall clock was stepped by
+        `CLOCK_STEP_S` or more, else None. The caller moves the open holds by the step,
+        or puts the mark it replaced back when it cannot."""
+        # The system's steady clock goes with the system's wall clock only: a clock set in
+        # its place (a test's, moved to make time pass) is taken as steady unless it
+        # comes with its own `monotonic`.
+        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
+        if steady is None:
+            return None
+        with self._mark_lock:  # not the agent's lock: a quote does not wait for a commit
+            wall, passed = self.clock(), steady()
+            mark, self._clock_mark = self._clock_mark, (wall, passed)
+        if mark is None:
+            return None
+        step = (wall - mark[0]).total_seconds() - (passed - mark[1])
+        if abs(step) < CLOCK_STEP_S:
+            return None
+        return step, mark
+
+    def _follow_clock_step_here(self) -> None:
+        """`_follow_clock_step` inside the write transaction the caller holds (a receipt
+        priced there, asking the hub, up to its deadline): the open holds are moved by a
+        step made meanwhile in this transaction, before the new hold's times are made on
+        the stepped clock (moved at the next call with the others, it was off by the
+        step: an hour back, expired at once). Should the transaction not commit, the
+        mark is put back (`_write`), so the next call moves them."""
+        taken = self._take_clock_step()
+        if taken is None:
+            return
+        step, mark = taken
+        ledger.shift_open_holds(self._ledger, timedelta(seconds=step))
+        self._unfollowed_mark = (mark,)
+        log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
         """True: released. False: the hub was not reached (or there is none);
@@ -886,6 +927,7 @@ class Agent:
         else:
             owed = owed or (early is not None and early.ready.hub_hold)
             done = self._price(receipt, view, commit=True)
+            self._follow_clock_step_here()  # stepped while the hub was asked: times below
             ready = self._ready(done, view.program(), confirm_now)
         # A hold reserves its applied coupons (the contract §11, §13): used here from now
         # on; a cancel or an expiry gives them back, a confirm keeps them.
@@ -1746,6 +1788,9 @@ class Agent:
     # ------------------------------------------------------------ refund
 
     def refund(self, refund: Refund) -> RefundResult:
+        # A refund of a receipt held here reads the hold's time (why it is refused): a
+        # step of the wall clock is followed first, as by every call that reads holds.
+        self._follow_clock_step()
         with self._lock, self._write(), self._view() as view:
             conn = self._ledger
             stored = ledger.stored_refund(conn, refund.refund_id)
@@ -2049,14 +2094,23 @@ class Agent:
         files) refuses every sale while quotes still work, and the POS hears only
         UNAVAILABLE: it is logged at ERROR when it starts and shown in `status`
         (`storageError`) and the metrics until a write works again."""
+        self._unfollowed_mark = None
         try:
             with write_transaction(self._ledger, "ledger") as conn:
                 yield conn
-        except StorageError as exc:
-            if self._storage_problem is None or self._storage_problem[1] != exc.message:
-                log.error("sales are refused: %s", exc.message)
-            self._storage_problem = (ledger.utc_text(self.clock()), exc.message)
+        except BaseException as exc:
+            if self._unfollowed_mark is not None:
+                # a clock step followed in this transaction was rolled back with it: the
+                # next reading sees the step again (`_follow_clock_step_here`)
+                with self._mark_lock:
+                    self._clock_mark = self._unfollowed_mark[0]
+                self._unfollowed_mark = None
+            if isinstance(exc, StorageError):
+                if self._storage_problem is None or self._storage_problem[1] != exc.message:
+                    log.error("sales are refused: %s", exc.message)
+                self._storage_problem = (ledger.utc_text(self.clock()), exc.message)
             raise
+        self._unfollowed_mark = None
         self._checkpoints.committed()
         if self._storage_problem is not None:
             self._storage_problem = None

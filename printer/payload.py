@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tillpoint.agent.errors import InputError
@@ -27,9 +27,11 @@ from tillpoint.printer.codes import offer_code
 from tillpoint.printer.text import format_decimal, format_money
 
 __all__ = [
+    "OfferNow",
     "PrintOffer",
     "PrintPayload",
     "default_text",
+    "offer_text",
     "parse_payload",
     "payload_for_checkout",
     "payload_source_for_checkout",
@@ -101,6 +103,21 @@ def parse_payload(raw: str | bytes | Mapping[str, Any]) -> PrintPayload:
         return PrintPayload.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"bad print job payload: {_one_line(exc)}") from None
+
+
+class OfferNow(NamedTuple):
+    """What the snapshot offers now of an offer a queued coupon holds (the print worker
+    asks before it prints, §7): its end (None: none) and its words (`offer_text`)."""
+
+    valid_to: datetime | None
+    text: str
+
+
+def offer_text(offer: Mapping[str, Any]) -> str:
+    """The words a snapshot offer prints with: its ``printText``, else what it gives
+    (`default_text`), cut to ``TEXT_MAX``: what a sale's payload holds for it."""
+    text = _offer_dict(offer)["text"]
+    return text if isinstance(text, str) else ""
 
 
 def _offer_dict(offer: Mapping[str, Any]) -> dict[str, Any]:

@@ -76,7 +76,7 @@ from tillpoint.printer import _escpos
 from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.errors import ConnectionLost, PrinterError
 from tillpoint.printer.layout import offers_blocks, render_escpos
-from tillpoint.printer.payload import PrintPayload, parse_payload
+from tillpoint.printer.payload import OfferNow, PrintPayload, parse_payload
 from tillpoint.printer.profiles import Profile, resolve_profile
 from tillpoint.printer.transport import Transport, make_transport
 
@@ -161,15 +161,18 @@ def _receipt_now(job: _Job, payload: PrintPayload, now: datetime) -> datetime:
 
 
 # What the snapshot offers now of a job's offers (`PrintWorker.offers_now`): given their
-# ids, the ones still there and printable, each with its `validTo` now (None: no end);
-# None when it cannot tell (no snapshot loaded): the job prints as it was queued.
-OffersNow = Callable[[Sequence[str]], Mapping[str, datetime | None] | None]
+# ids, the ones it would still print (there, `printable`, and not of a campaign whose
+# control group the customer has joined since), each with its `validTo` and its words
+# now; None when it cannot tell (no snapshot loaded): the job prints as it was queued.
+OffersNow = Callable[[Sequence[str]], Mapping[str, OfferNow] | None]
 
 
 def _as_offered_now(payload: PrintPayload, offers_now: OffersNow | None) -> PrintPayload:
-    """The job without the offers the hub withdrew while it waited (removed by a delta, or
-    no longer printable), each of the others to the earlier of its two ends (a coupon
-    never promises more than the snapshot gives now, nor more than the sale gave)."""
+    """The job without the offers the hub withdrew while it waited (removed by a delta, no
+    longer printable, or held back from the customer now in the campaign's control
+    group), each of the others with the words the snapshot has now and to the earlier of
+    its two ends (a coupon never promises more than the snapshot gives now, nor more than
+    the sale gave)."""
     if offers_now is None or not payload.offers:
         return payload
     try:
@@ -183,9 +186,11 @@ def _as_offered_now(payload: PrintPayload, offers_now: OffersNow | None) -> Prin
     for offer in payload.offers:
         if offer.id not in current:
             continue
-        end = current[offer.id]
+        end, text = current[offer.id]
         if end is not None and (offer.valid_to is None or end < offer.valid_to):
             offer = offer.model_copy(update={"valid_to": end})
+        if text != offer.text:
+            offer = offer.model_copy(update={"text": text})
         kept.append(offer)
     if kept == payload.offers:
         return payload
