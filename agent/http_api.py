@@ -492,9 +492,9 @@ class Api:
     async def _no_such_call(self, request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         if status == 405:
-            allowed = ", ".join(
-                sorted(c.method for c in CALLS if c.path == request.url.path) or ["GET"]
-            )
+            # a GET path answers HEAD too (Starlette's GET routes do): RFC 9110 §10.2.1
+            methods = sorted(c.method for c in CALLS if c.path == request.url.path) or ["GET"]
+            allowed = ", ".join(m for g in methods for m in ((g, "HEAD") if g == "GET" else (g,)))
             return error_response(  # RFC 9110: a 405 says what is allowed
                 "METHOD_NOT_ALLOWED",
                 f"{request.method} {request.url.path}: use {allowed}",
