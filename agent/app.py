@@ -192,7 +192,13 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
         hub_side.append(sync.start(agent))  # pull, push, Subscribe threads
     devices.start()  # print worker, display, scanner threads
     # expires holds on time; sends the releases owed as soon as the hub answers again
-    hub_side.append(start_hold_sweeper(agent, on_recovery=sync.link.on_recovery if sync else None))
+    hub_side.append(
+        start_hold_sweeper(
+            agent, on_recovery=sync.link.on_recovery, jitter_s=sync.timings.backoff_base_s
+        )
+        if sync is not None
+        else start_hold_sweeper(agent)
+    )
     server.start()
     from . import forward
 

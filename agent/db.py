@@ -593,8 +593,7 @@ def remove_cache(data_dir: Path) -> None:
 
 
 def phone_secret(data_dir: Path) -> bytes:
-    """The till's key for phone hashes, made once (0600, written temp-then-rename)."""
-    import os
+    """The till's key for phone hashes, made once (0600, `files.create_once`)."""
     import secrets
 
     path = data_dir / "phone.key"
@@ -604,16 +603,13 @@ def phone_secret(data_dir: Path) -> bytes:
         pass
     except (OSError, ValueError) as exc:
         raise StorageError(f"cannot read {path}: {exc}") from None
+    from .files import create_once
+
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-        f.flush()
-        os.fsync(f.fileno())
-    with contextlib.suppress(FileExistsError):
-        os.link(tmp, path)  # never replaces a key another process made meanwhile
-    tmp.unlink(missing_ok=True)
+    # made whole under a name of its own and linked: a key another process made meanwhile
+    # stands, and both read that one (review 31: the shared "phone.tmp" was truncated and
+    # linked by both, and one process could read a key the other was still writing)
+    create_once(path, secrets.token_hex(32).encode(), mode=0o600)
     return bytes.fromhex(path.read_text().strip())
 
 

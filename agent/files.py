@@ -11,6 +11,7 @@ a full disk included, removes the temporary file and leaves ``NAME`` as it was.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import IO, Any
 
 from .db import fsync_path
 
-__all__ = ["replacing", "write_whole"]
+__all__ = ["create_once", "replacing", "write_whole"]
 
 
 @contextmanager
@@ -53,3 +54,33 @@ def write_whole(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """`data` as the whole of `path` (`replacing`)."""
     with replacing(path, mode=mode) as out:
         out.write(data)
+
+
+def create_once(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
+    """`data` as `path` unless `path` exists: False when another writer (another process
+    starting at the same moment) made it first, whose content then stands. Written whole
+    under a temporary name of its own (never one another writer shares: `replacing`'s
+    `NAME.tmp` would be truncated and linked by both), fsynced, and linked to `path`, which
+    never replaces a file there; the link made durable. A reader finds no `path` or all of
+    it (review 31: two agents starting on a new data directory could make two phone keys,
+    or one of them read the other's half-written key)."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            fd = -1
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+    fsync_path(path.parent)
+    return True

@@ -10,6 +10,7 @@ readable message, and nothing is stored.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -273,13 +274,19 @@ def start_hold_sweeper(
     agent: Agent,
     every_s: float = 15.0,
     on_recovery: Callable[[Callable[[], None]], None] | None = None,
+    jitter_s: float = 0.5,
+    rng: random.Random | None = None,
 ) -> Callable[[], None]:
     """Expire held receipts on time even when no POS calls (the contract §11); returns the stop.
 
     `on_recovery` (the hub link's, `HubLink.on_recovery`): the releases the hub did not get
     while it was away are sent as soon as it answers again, not at the next round (up to
-    `every_s` later, while the hub kept the customer's points held for every till)."""
+    `every_s` later, while the hub kept the customer's points held for every till), after
+    a jitter of up to `jitter_s` (the sync's `backoff_base_s`, as its own retries wait
+    then): a hub back from an outage is not met by every till's releases at one instant
+    (review 31; the timer's own rounds are spread by when each till started)."""
     wake = threading.Event()
+    draw = rng or random.Random()
     if on_recovery is not None:
         on_recovery(wake.set)  # quick, from any thread: the round runs here
 
@@ -290,8 +297,10 @@ def start_hold_sweeper(
                 agent.retry_hub_releases()  # those the hub did not get while it was away
             except Exception:  # a busy or full disk: the next round tries again
                 log.warning("sweeping expired holds failed", exc_info=True)
-            wake.wait(every_s)
+            woken = wake.wait(every_s)
             wake.clear()
+            if woken and jitter_s > 0 and not stop.is_set():
+                stop.wait(draw.uniform(0, jitter_s))  # the hub answers again: spread out
             if stop.is_set():
                 return
 

@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
+from textwrap import shorten
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -303,6 +304,9 @@ class Agent:
         # The receipt whose figures the display shows now: a Cancel clears only its own
         # (a POS tidying an old hold must not blank the next customer's total).
         self._on_display: str | None = None
+        # results the printer/display service did not take (`_tell_devices`), in `status`
+        self._device_misses = 0
+        self._device_miss_error = ""
         self.metrics = metrics
         self.status_sources = tuple(status_sources)
         # The configured `kind` of "printer", "display", "scanner" (absent: "none").
@@ -434,8 +438,10 @@ class Agent:
         self._on_display = result.receipt_id if hook != "show" else None
         try:
             getattr(devices, hook)(result)
-        except Exception:
+        except Exception as exc:  # counted in `status`; the sale stands (review 31)
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
+            self._device_misses += 1
+            self._device_miss_error = shorten(f"{hook}: {type(exc).__name__}: {exc}", 200)
 
     def identify(self, text: str) -> Card:
         check_text("identify: text", text)
@@ -633,7 +639,7 @@ class Agent:
             )
         if fiscal_document is not None and has_controls(fiscal_document):
             # A NUL is stored, pushed and then refused by the hub's PostgreSQL for good.
-            raise InputError(f"fiscalDocument: {CONTROLS_MESSAGE}")
+            raise InputError(f"confirm: fiscalDocument {CONTROLS_MESSAGE}")
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
             stored = self._confirm(receipt_id, fiscal_document or None, view)
@@ -2015,6 +2021,9 @@ class Agent:
         # the display's reason beside its OFFLINE, as the printer's (it said OFFLINE only)
         display = live.get("display") if live is not None else None
         status["displayLastError"] = str((display or {}).get("last_error") or "")
+        # the results the printer/display service did not take since this process started
+        status["deviceHandoffFailures"] = self._device_misses
+        status["deviceHandoffLastError"] = self._device_miss_error
         return TillStatus.from_json(status)
 
     # ------------------------------------------------------------ plumbing

@@ -222,10 +222,6 @@ class HubTx(Protocol):
 
     def expire_holds(self, customer_id: str, now: str) -> None: ...
 
-    def active_holds(self, customer_id: str) -> list[tuple[str, str, int]]:
-        """(device_id, receipt_id, points) of the customer's ACTIVE holds."""
-        ...
-
     def active_holds_at(self, customer_id: str) -> list[tuple[str, str, int, str]]:
         """(device_id, receipt_id, points, the receipt's time in UTC text or "" when not
         known) of the customer's ACTIVE holds."""
@@ -701,7 +697,7 @@ class HubRules:
                     utc_text(at),
                 )
             if unsynced:  # the till's unsent spends are held: all of them must still fit
-                total = sum(int(pts) for _, _, pts in tx.active_holds(customer_id))
+                total = sum(int(pts) for _, _, pts, _ in tx.active_holds_at(customer_id))
                 if not (fits_int64(total) and fits_int64(live_balance)):
                     raise InputError(  # rolled back: nothing held for this request
                         f"unsynced: customer {customer_id}'s held points ({total}) and live"
@@ -784,7 +780,7 @@ class HubRules:
             tx.expire_holds(customer_id, now)
             held = sum(
                 int(pts)
-                for dev, rid, pts in tx.active_holds(customer_id)
+                for dev, rid, pts, _ in tx.active_holds_at(customer_id)
                 if not (dev == device_id and rid == receipt_id)
             )
             live_balance = spendable - held

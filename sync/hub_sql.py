@@ -652,9 +652,6 @@ class SqlTx:
             (customer_id, now),
         )
 
-    def active_holds(self, customer_id: str) -> list[tuple[str, str, int]]:
-        return [(d, r, p) for d, r, p, _ in self.active_holds_at(customer_id)]
-
     def active_holds_at(self, customer_id: str) -> list[tuple[str, str, int, str]]:
         return [
             (str(d), str(r), int(p), str(a or ""))

@@ -1629,6 +1629,8 @@ class Status(_message.Message):
     DISPLAY_LAST_ERROR_FIELD_NUMBER: _builtins.int
     CACHE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    DEVICE_HANDOFF_FAILURES_FIELD_NUMBER: _builtins.int
+    DEVICE_HANDOFF_LAST_ERROR_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     cache_version: _builtins.int
     cache_issued_at: _builtins.str
@@ -1683,6 +1685,13 @@ class Status(_message.Message):
     it the hub refuses the till (it sells OFFLINE): renew it before with
     `tillpoint hub enroll DEVICE --renew` and `tillpoint sync install`.
     """
+    device_handoff_failures: _builtins.int
+    """Results (a quote's, a sale's, an identification's) the printer/display service
+    failed to take since the agent started (its hand-off raised: a bug, or a device
+    driver's fault); the sale itself stands. 0 when every one was taken.
+    """
+    device_handoff_last_error: _builtins.str
+    """The last such failure in one line ("after_checkout: OSError: ..."), "" when none."""
     @_builtins.property
     def last_refused_snapshot(self) -> Global___StatusRefusedSnapshot: ...
     def __init__(
@@ -1716,10 +1725,12 @@ class Status(_message.Message):
         display_last_error: _builtins.str = ...,
         cache_expires_at: _builtins.str = ...,
         certificate_expires_at: _builtins.str = ...,
+        device_handoff_failures: _builtins.int = ...,
+        device_handoff_last_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_refused_snapshot", b"last_refused_snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_expires_at", b"cache_expires_at", "cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "certificate_expires_at", b"certificate_expires_at", "device_id", b"device_id", "display_last_error", b"display_last_error", "display_state", b"display_state", "enrolled", b"enrolled", "hub_acked_through_seq", b"hub_acked_through_seq", "hub_address", b"hub_address", "last_contact_at", b"last_contact_at", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_refused_snapshot", b"last_refused_snapshot", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_last_error", b"printer_last_error", "printer_state", b"printer_state", "scanner_state", b"scanner_state", "set_aside", b"set_aside", "set_aside_transactions", b"set_aside_transactions", "storage_error", b"storage_error", "storage_error_at", b"storage_error_at", "sync_error", b"sync_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_expires_at", b"cache_expires_at", "cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "certificate_expires_at", b"certificate_expires_at", "device_handoff_failures", b"device_handoff_failures", "device_handoff_last_error", b"device_handoff_last_error", "device_id", b"device_id", "display_last_error", b"display_last_error", "display_state", b"display_state", "enrolled", b"enrolled", "hub_acked_through_seq", b"hub_acked_through_seq", "hub_address", b"hub_address", "last_contact_at", b"last_contact_at", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_refused_snapshot", b"last_refused_snapshot", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_last_error", b"printer_last_error", "printer_state", b"printer_state", "scanner_state", b"scanner_state", "set_aside", b"set_aside", "set_aside_transactions", b"set_aside_transactions", "storage_error", b"storage_error", "storage_error_at", b"storage_error_at", "sync_error", b"sync_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
