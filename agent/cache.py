@@ -901,19 +901,12 @@ def _offer_id(offer: Offer) -> str:
 
 
 def ancestors(category: str, parents: Mapping[str, str | None]) -> frozenset[str]:
-    """The category and all its ancestors (a cycle in bad data stops the walk).
-
-    `parents` holds the cache's categories: a `parent` naming a category the cache does
-    not hold (a delta removed it, or the hub never sent it) ends the walk, as any name of
-    a row the till does not hold applies to nothing (docs/CONTRACT.md §3, review 31). The
-    category itself always counts: the product's row names it."""
+    """The category and all its ancestors (a cycle in bad data stops the walk)."""
     seen: list[str] = []
     code: str | None = category
     while code and code not in seen:
         seen.append(code)
         code = parents.get(code)
-        if code is not None and code not in parents:
-            break
     return frozenset(seen)
 
 

@@ -294,14 +294,11 @@ class Oracle:
     # ----------------------------------------------------------------- helpers
 
     def ancestors(self, category: str | None) -> set[str]:
-        """§5 step 2: the line's category and every ancestor (a ring stops the walk); a
-        parent the snapshot does not list is no ancestor (CONTRACT §3, review 31)."""
+        """§5 step 2: the line's category and every ancestor (a ring stops the walk)."""
         seen: set[str] = set()
         while category and category not in seen:
             seen.add(category)
             category = self.parents.get(category)
-            if category is not None and category not in self.parents:
-                break
         return seen
 
     def targets(self, offer: dict[str, Any], line: Line) -> bool:
