@@ -1,6 +1,6 @@
 """Review 31 (left31): the leftovers of the last sessions, each decided and pinned.
 
-1. a category a snapshot no longer holds (a delta removed it) ends its children's lineage;
+1. a category a delta removed stays in its children's lineage (CONTRACT §3's example);
 2. an offer window inside one second is a real one-second window;
 3. a snapshot refused for an enum or a bound says so in the project's words;
 4. fiscalDocument's control characters are refused naming the call, at every door;
@@ -68,15 +68,12 @@ def _cache_rows(data_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- 1. a removed category
 
 
-def test_a_delta_that_removes_a_category_takes_it_out_of_its_childrens_lineage(
-    cli: CLI,
-) -> None:
+def test_a_removed_category_stays_in_its_childrens_lineage_until_they_move(cli: CLI) -> None:
     """CONTRACT §3: `removed` lists the keys that go, and a delta replaces only the rows it
     gives: the children of a removed category keep their rows (`dairy`'s parent still
-    reads `food`). Until review 31 the walk up the tree followed that name, so an offer
-    on the removed `food` still discounted every dairy product; now a category the cache
-    does not hold ends the walk (as any name of a row the till does not hold applies to
-    nothing, CONTRACT §3)."""
+    reads `food`), so an offer on `food` keeps reaching milk, as on a till that took the
+    full snapshot of that version (next test). The hub moves the goods by sending
+    `dairy` with a new parent: then the offer on `food` stops reaching them."""
     offers = [_offer("o-food", categories=["food"])]
     assert cli("snapshot", "load", snapshot(offers=offers)).code == 0
     assert _quote(cli)["lines"][0]["offerId"] == "o-food"  # milk is dairy, under food
@@ -87,30 +84,28 @@ def test_a_delta_that_removes_a_category_takes_it_out_of_its_childrens_lineage(
         "removed": {"categories": ["food"]},
     }
     assert cli("snapshot", "load", delta).code == 0
-    line = _quote(cli)["lines"][0]
-    assert line["discountMinor"] == 0 and not line.get("offerId"), line
-    # the hub hangs dairy elsewhere: the new parent's offers reach it
-    again = {
+    assert _quote(cli)["lines"][0]["offerId"] == "o-food"  # dairy still names food
+    moved = {
         "version": 3,
         "baseVersion": 2,
         "issuedAt": "2026-11-23T05:00:00Z",
-        "categories": [{"code": "food", "name": "Еда"}],
+        "categories": [{"code": "dairy", "name": "Молочные продукты"}],
     }
-    assert cli("snapshot", "load", again).code == 0
-    assert _quote(cli)["lines"][0]["offerId"] == "o-food"  # the row is back: so is the walk
+    assert cli("snapshot", "load", moved).code == 0
+    line = _quote(cli)["lines"][0]
+    assert line["discountMinor"] == 0 and not line.get("offerId"), line
 
 
-def test_a_parent_the_snapshot_does_not_hold_is_no_ancestor_in_a_full_one_either(
+def test_a_parent_the_snapshot_does_not_list_is_an_ancestor_as_in_the_contracts_example(
     cli: CLI,
 ) -> None:
-    """The rule reads the cache as it stands, not how it got there: a full snapshot whose
-    `dairy` names a parent it does not list prices as the delta above (a till that took
-    the delta and one that took the full snapshot of that version agree). A line's own
-    category always counts, listed or not."""
+    """CONTRACT §3's example lists `dairy` with `"parent": "food"` and no `food` row: an
+    offer on `food` reaches a dairy product all the same (§5 step 2: "any ancestor
+    category"). A line's own category counts, listed or not."""
     snap = snapshot(offers=[_offer("o-food", categories=["food"])])
     snap["categories"] = [c for c in snap["categories"] if c["code"] != "food"]
     assert cli("snapshot", "load", snap).code == 0
-    assert _quote(cli)["lines"][0]["discountMinor"] == 0
+    assert _quote(cli)["lines"][0]["offerId"] == "o-food"
     snap = snapshot(version=2, offers=[_offer("o-dairy", categories=["dairy"])])
     snap["categories"] = []
     assert cli("snapshot", "load", snap).code == 0
