@@ -19,6 +19,7 @@ import pytest
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+from tillpoint.printer.decode import Decoder
 from tillpoint.printer.service import Devices
 from tillpoint.printer.transport import open_serial
 from tillpoint.printer.virtual import VirtualPrinter
@@ -409,3 +410,111 @@ def test_display_lines_fit_and_speak_cyrillic_in_the_code_page(tmp_path: Path) -
 
 def _printer_none() -> PrinterConfig:
     return PrinterConfig()
+
+
+# ----------------------------------------------------------------- a stop while a job is stuck
+
+LONG_OFFERS = [
+    {**OFFERS[0], "id": f"o-{n:02d}", "rank": n, "printText": ("Скидка на хлеб " * 70)[:1000]}
+    for n in range(50)
+]
+
+
+class SerialPrinterPeer:
+    """The printer's end of a socat pty pair: it answers `DLE EOT` (on line, paper fine)
+    and `GS r` (printed), decoding what it takes; with `stall_on_job`, once a job's first
+    bytes arrive it reads no more (its buffer full), so the till's writes block."""
+
+    def __init__(self, peer: Path, *, stall_on_job: bool) -> None:
+        self.port = open_serial(str(peer), read_timeout_s=0.05)
+        self.stall_on_job = stall_on_job
+        self.stalled = threading.Event()
+        self.decoder = Decoder()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.port.read(4096)
+            except Exception:
+                return
+            if not data:
+                continue
+            jobs = data.replace(b"\x10\x04\x02", b"").replace(b"\x10\x04\x04", b"")
+            if self.stall_on_job and jobs:
+                self.stalled.set()
+                self._stop.wait()  # never reads again
+                return
+            for req in self.decoder.feed(data):
+                with contextlib.suppress(Exception):
+                    self.port.write(b"\x00" if req.command == "GS r" else b"\x12")
+
+    def receipts(self) -> list[str]:
+        out = []
+        for doc in self.decoder.documents:
+            if doc.complete:
+                out += [
+                    line.text.split()[1].rstrip(",")
+                    for line in doc.lines
+                    if line.text.strip().startswith("Чек r-")
+                ]
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.port.close()
+
+
+@needs_socat
+def test_a_stop_while_a_coupon_is_stuck_in_the_printer_keeps_it_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7 (at least once across printer faults): a serial printer stops taking
+    bytes in the middle of a 50-offer coupon (its write may take minutes at 9600 baud by
+    the line-time allowance), and the agent is stopped (`systemctl restart`): the stop
+    breaks off the stuck send, and the job stays PENDING, printed in full once by the next
+    start. It was left SENDING when the stop gave up waiting, and the next start failed it
+    as a crash's ("interrupted while printing": the coupon never printed by itself)."""
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(
+        snapshot(
+            program={**PROGRAM, "offerPrintCooldownDays": 0, "maxOffersPrinted": 50},
+            offers=LONG_OFFERS,
+        )
+    )
+    agent.close()
+    serial = PrinterConfig(
+        kind="serial",
+        device=str(tmp_path / "pty" / "device"),
+        baudrate=921600,
+        write_timeout_s=60.0,
+        status_timeout_s=0.3,
+        confirm_timeout_s=1.0,
+        retry_base_s=0.05,
+        retry_max_s=0.2,
+        poll_interval_s=0.1,
+    )
+    with PtyPair(tmp_path / "pty") as pair:
+        peer = SerialPrinterPeer(pair.peer, stall_on_job=True)
+        try:
+            with till(tmp_path, serial) as (agent, _):
+                assert len(_sale(agent, 0).printed_offers) == 50
+                assert peer.stalled.wait(10)
+                assert _until(lambda: _jobs(agent) == [("r-000", "SENDING")])
+                assert len(_sale(agent, 1).printed_offers) == 50  # the sale never waits
+            ledger = Agent(tmp_path, "till-1")
+            assert _jobs(ledger) == [("r-000", "PENDING"), ("r-001", "PENDING")]
+            ledger.close()
+        finally:
+            peer.close()
+    with PtyPair(tmp_path / "pty") as pair:  # the printer mended, the agent started again
+        peer = SerialPrinterPeer(pair.peer, stall_on_job=False)
+        try:
+            with till(tmp_path, serial) as (agent, _):
+                assert _until(lambda: all(s == "DONE" for _, s in _jobs(agent)), 20)
+            assert peer.receipts() == ["r-000", "r-001"]
+        finally:
+            peer.close()
