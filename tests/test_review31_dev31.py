@@ -518,3 +518,115 @@ def test_a_stop_while_a_coupon_is_stuck_in_the_printer_keeps_it_for_the_next_sta
             assert peer.receipts() == ["r-000", "r-001"]
         finally:
             peer.close()
+
+
+def test_paper_out_then_cover_open_hold_the_coupons_never_the_sales(tmp_path: Path) -> None:
+    """CONTRACT §7: out of paper, then the cover open while the roll is changed: the sales
+    (checkouts, a hold and its Confirm) return, status says ERROR with the reason and the
+    paper OUT; closed with a new roll, each coupon is cut once, in the order of the sales."""
+    _prime(tmp_path)
+    with VirtualPrinter() as vp, till(tmp_path, _printer(vp.port)) as (agent, devices):
+        vp.paper = "out"
+        _sale(agent, 0)
+        assert _until(lambda: devices.worker.status()["paper"] == "OUT")
+        status = agent.status().to_json()
+        assert status["printerState"] == "ERROR"
+        assert "out of paper" in status["printerLastError"]
+        vp.paper, vp.cover_open = "ok", True
+        _sale(agent, 1)
+        agent.hold(receipt_from_json(receipt("r-002")))
+        confirmed = agent.confirm("r-002")
+        assert list(confirmed.printed_offers) == ["o-1", "o-2", "o-3"]
+        _sale(agent, 3)
+        assert _until(lambda: "cover is open" in str(devices.worker.status()["last_error"]))
+        assert vp.complete == []
+        vp.cover_open = False
+        assert _until(lambda: all(s == "DONE" for _, s in _jobs(agent)), 20)
+        assert _coupons(vp) == ["r-000", "r-001", "r-002", "r-003"]
+        assert _until(lambda: agent.status().to_json()["printerState"] == "OK")
+
+
+def test_a_printer_that_accepts_and_reads_nothing_holds_no_sale(tmp_path: Path) -> None:
+    """CONTRACT §7: a printer that takes the TCP connection and never reads a byte (nor
+    answers `DLE EOT`): the sales return with their offers, the coupons wait, and status
+    is ERROR with the reason, never OK."""
+    _prime(tmp_path)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel accepts; nobody reads
+    try:
+        port = hole.getsockname()[1]
+        with till(tmp_path, _printer(port)) as (agent, devices):
+            for n in range(15):
+                assert len(_sale(agent, n).printed_offers) == 3
+            assert _until(lambda: devices.worker.status()["state"] == "ERROR")
+            status = agent.status().to_json()
+            assert status["printerState"] == "ERROR"
+            assert status["printQueueDepth"] == 15
+            assert not any(s == "DONE" for _, s in _jobs(agent))
+    finally:
+        hole.close()
+
+
+def _blocked_write(transport: Any) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            transport.write(b"\x00" * 32_000_000)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_a_network_write_stuck_on_a_full_printer_is_broken_off_by_abort() -> None:
+    """CONTRACT §7: what the print worker's stop does to a job's write stuck on a printer
+    that stopped reading (its send buffer full): `abort` ends it with ConnectionLost, not
+    after `write_timeout_s`, so the job is kept for the next start."""
+    from tillpoint.printer.errors import ConnectionLost
+    from tillpoint.printer.transport import NetworkTransport
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    t = NetworkTransport("127.0.0.1", listener.getsockname()[1], 1.0, write_timeout_s=120.0)
+    t.open()
+    try:
+        thread, errors = _blocked_write(t)
+        thread.join(0.5)
+        assert thread.is_alive()  # stuck: the printer takes nothing
+        t.abort()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert isinstance(errors[0], ConnectionLost)
+    finally:
+        t.close()
+        listener.close()
+
+
+@needs_socat
+def test_a_serial_write_stuck_on_a_full_printer_is_broken_off_by_abort(tmp_path: Path) -> None:
+    """CONTRACT §7: the same on a serial line (a socat pty nobody reads): pyserial's
+    `cancel_write` ends the write early and the transport says it did not finish (pyserial
+    returns the bytes written so far, no error: the job passed for sent)."""
+    from tillpoint.printer.errors import ConnectionLost
+    from tillpoint.printer.transport import SerialTransport
+
+    with PtyPair(tmp_path / "pty") as pair:
+        t = SerialTransport(
+            PrinterConfig(kind="serial", device=str(pair.device), write_timeout_s=120.0)
+        )
+        t.open()
+        try:
+            thread, errors = _blocked_write(t)
+            thread.join(0.5)
+            assert thread.is_alive()
+            t.abort()
+            thread.join(10)
+            assert not thread.is_alive()
+            assert isinstance(errors[0], ConnectionLost)
+        finally:
+            t.close()
