@@ -408,6 +408,11 @@ class PrintWorker:
         self._drops: dict[int, int] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # The transport a job's bytes are being written to: `stop` breaks that write off
+        # (a printer that stopped taking bytes held a graceful stop past its wait, and the
+        # job, left SENDING, was failed at the next start as a crash's)
+        self._sending: Transport | None = None
+        self._send_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self.description = "none" if self.disabled else self._factory_description()
@@ -625,7 +630,7 @@ class PrintWorker:
                 return  # someone requeued or finished it meanwhile
             claimed = True
             phase = "send"
-            transport.write(data)
+            self._send(transport, data)
             phase = "confirm"
             paper = health.paper
             if transport.readable and cfg.confirm:
@@ -658,6 +663,9 @@ class PrintWorker:
             self._hold(job, claimed)
             return
         except Exception as exc:
+            if phase == "send" and self._stop.is_set():
+                self._stopped_sending(job, exc)
+                return
             if not isinstance(exc, PrinterError):  # a bug in a transport: keep the job
                 log.exception("unexpected error printing %s", job.receipt_id)
             if phase == "connect":
@@ -700,6 +708,42 @@ class PrintWorker:
             log.warning("print job %s sent, printer did not confirm: %s", job.receipt_id, note)
         else:
             log.info("printed offers for receipt %s", job.receipt_id)
+
+    def _send(self, transport: Transport, data: bytes) -> None:
+        """Write a job's bytes where `stop` can break the write off (`abort`, which the
+        transports have: the socket shut down, the serial write cancelled)."""
+        with self._send_lock:
+            if self._stop.is_set():
+                raise ConnectionLost("the agent is stopping: the job was not sent")
+            self._sending = transport
+        try:
+            transport.write(data)
+        finally:
+            with self._send_lock:
+                self._sending = None
+        if self._stop.is_set() and getattr(transport, "aborted", False):
+            raise ConnectionLost("the agent stopped while the job was sent")
+
+    def _abort_send(self) -> None:
+        with self._send_lock:
+            transport = self._sending
+            abort = getattr(transport, "abort", None)
+            if abort is not None:
+                with contextlib.suppress(Exception):
+                    abort()
+
+    def _stopped_sending(self, job: _Job, exc: BaseException) -> None:
+        """The agent stopped while the job's bytes were written (the write broken off, or
+        the printer had stopped taking them): no cut went out, so the job is PENDING again
+        and printed in full by the next start, neither left SENDING (failed at the next
+        start as interrupted by a crash) nor counted as a printer's drop."""
+        message = (
+            f"the agent stopped while the job was sent ({exc}); no cut went out: it is "
+            "printed again in full"
+        )
+        log.warning("print job %s: %s", job.receipt_id, message)
+        self._set(job.id, "state = 'PENDING', next_attempt_at = NULL, last_error = ?", message)
+        self._drops.pop(job.id, None)
 
     def _dropped(self, job: _Job, message: str) -> bool:
         """Count a failure while the job was sent or confirmed (the printer took the
@@ -863,6 +907,7 @@ class PrintWorker:
         (it may or may not be on paper), and the customer's coupon was lost."""
         self._stop.set()
         self._wake.set()
+        self._abort_send()  # a job's bytes stuck on the way: PENDING again, not SENDING
         if timeout_s is None:
             timeout_s = self.config.confirm_timeout_s + self.config.status_timeout_s + 5.0
         if self._thread is not None:

@@ -94,6 +94,7 @@ class NetworkTransport:
         self.write_timeout_s = write_timeout_s
         self.description = f"{host}:{port}"
         self._sock: socket.socket | None = None
+        self.aborted = False
 
     def open(self) -> None:
         try:
@@ -139,6 +140,14 @@ class NetworkTransport:
         if not data:
             raise ConnectionLost(f"printer {self.description} closed the connection")
         return data
+
+    def abort(self) -> None:
+        """Break off a write blocked in another thread (the print worker's stop)."""
+        self.aborted = True
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def discard_input(self) -> None:
         sock = self._s()
@@ -202,6 +211,17 @@ class SerialTransport:
         self.config = config
         self.description = config.device
         self._port: Any = None
+        self.aborted = False
+
+    def abort(self) -> None:
+        """Break off a write blocked in another thread (the print worker's stop): pyserial's
+        `cancel_write` ends it early, and `write` says it did not finish."""
+        self.aborted = True
+        port = self._port
+        cancel = getattr(port, "cancel_write", None)
+        if cancel is not None:
+            with contextlib.suppress(Exception):
+                cancel()
 
     def open(self) -> None:
         c = self.config
@@ -231,6 +251,8 @@ class SerialTransport:
             ) from None
         except (serial.SerialException, OSError) as exc:
             raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
+        if self.aborted:  # cancel_write returns what went out so far, without an error
+            raise ConnectionLost(f"printer {self.description}: the write was broken off")
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         import serial
@@ -267,6 +289,11 @@ class FileTransport:
         self.description = path
         self.write_timeout_s = write_timeout_s
         self._fd: int | None = None
+        self.aborted = False
+
+    def abort(self) -> None:
+        """Break off a write waiting in another thread (the print worker's stop)."""
+        self.aborted = True
 
     def open(self) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY
@@ -285,10 +312,12 @@ class FileTransport:
         deadline = time.monotonic() + self.write_timeout_s
         while view:
             left = deadline - time.monotonic()
+            if self.aborted:
+                raise ConnectionLost(f"printer {self.path}: the write was broken off")
             if left <= 0:
                 raise TransportError(f"printer {self.path} stopped taking data")
             try:
-                _, ready, _ = select.select([], [fd], [], left)
+                _, ready, _ = select.select([], [fd], [], min(left, 0.2))
                 if not ready:
                     continue
                 n = os.write(fd, view)
