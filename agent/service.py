@@ -483,10 +483,10 @@ class Agent:
     def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, OfferNow] | None:
         """Of the offers a queued coupon job holds, those the snapshot still lets print
         (there and `printable`: a delta may have withdrawn them since the sale; not of a
-        campaign whose control group the customer has joined since, §7), each with its
-        `validTo` (None: no end) and its words now (`printText`, reworded by a delta);
-        None when no snapshot is loaded (nothing to tell by). The print worker of
-        `tillpoint run` asks before it prints a job (§7)."""
+        campaign whose control group the customer has joined since, nor of a customer no
+        longer in the cache, §7), each with its `validTo` (None: no end) and its words
+        now (`printText`, reworded by a delta); None when no snapshot is loaded (nothing
+        to tell by). The print worker of `tillpoint run` asks before it prints a job."""
         from tillpoint.printer.payload import OfferNow, offer_text
 
         with self._read() as (view, _):
@@ -497,9 +497,12 @@ class Agent:
                 offer = view.offer(offer_id)
                 if offer is None or not offer.printable:
                     continue
-                customer = view.customer(offer.customer_id) if offer.customer_id else None
-                if customer is not None and in_control_group(offer, customer):
-                    continue
+                if offer.customer_id:  # a coupon's offers are its customer's (§7)
+                    customer = view.customer(offer.customer_id)
+                    # a customer the hub removed since (card closed, data erased): no
+                    # card brings them to a till, and no one else may use the offer
+                    if customer is None or in_control_group(offer, customer):
+                        continue
                 found[offer_id] = OfferNow(offer.valid_to, offer_text(_offers_json([offer])[0]))
             return found
 
