@@ -276,3 +276,56 @@ def test_the_hub_on_any_address_listens_or_says_its_port_is_in_use(tmp_path: Pat
         served.terminate()
         _, err = served.communicate(timeout=30)
     assert served.returncode == 0, err
+
+
+# ------------------------------------------------- a listen host name of IPv6 addresses only
+
+_V6_ONLY_NAME = r"""
+set -u
+mount --bind "$HOSTS" /etc/hosts || exit 90
+"$TP" hub serve --hub-dir "$HUB" --listen v6only-tillpoint:0 --port-file "$PF" 2>"$ERR" &
+pid=$!
+i=0
+while [ ! -s "$PF" ] && kill -0 "$pid" 2>/dev/null && [ "$i" -lt 300 ]; do
+    sleep 0.1; i=$((i + 1))
+done
+if [ ! -s "$PF" ]; then cat "$ERR"; kill -TERM "$pid" 2>/dev/null; exit 91; fi
+echo "port=$(cat "$PF")"
+kill -TERM "$pid"; wait "$pid"; echo "rc=$?"
+"""
+
+
+@pytest.mark.slow  # a hub started and stopped in a mount namespace of its own: ~5 s
+def test_a_listen_name_of_ipv6_addresses_only_is_served(tmp_path: Path) -> None:
+    """CONTRACT §10: `listen` is HOST:PORT, a host name too. A name whose addresses are
+    IPv6 only (an IPv6-only site's own name in /etc/hosts) was bound by grpcio until the
+    bind probe came before it: the probe made an IPv4 socket for every name and refused
+    "Name or service not known" (the hub's and the agent's gRPC server alike). The probe
+    now binds each address the name has, as grpcio does."""
+    from .test_review31_ops31 import _env, _in_own_mount_namespace
+
+    hub = tmp_path / "hub"
+    imported = subprocess.run(
+        [TILLPOINT, "hub", "import", str(REPO / "examples" / "catalogue.json"), "--hub-dir", str(hub)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    hosts = tmp_path / "hosts"
+    # "::" (every IPv6 address): glibc answers an IPv4 lookup of a name for ::1 with
+    # 127.0.0.1, and no other IPv6 address is on every test machine
+    hosts.write_text("127.0.0.1 localhost\n:: v6only-tillpoint\n", encoding="ascii")
+    env = _env(
+        HOSTS=str(hosts),
+        TP=TILLPOINT,
+        HUB=str(hub),
+        PF=str(tmp_path / "port"),
+        ERR=str(tmp_path / "err"),
+    )
+    run = _in_own_mount_namespace(_V6_ONLY_NAME, env)
+    if run.returncode == 90:
+        pytest.skip(f"cannot bind-mount /etc/hosts here: {run.stdout}{run.stderr}")
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr)
+    assert "port=" in run.stdout and "rc=0" in run.stdout, run.stdout
