@@ -224,6 +224,21 @@ def test_a_file_system_that_reports_no_size_is_not_said_full() -> None:
 # ------------------------------------------------- hub serve --listen :PORT in use
 
 
+def _imported_hub(tmp_path: Path) -> Path:
+    """A hub directory with the examples' catalogue imported (`hub import`)."""
+    hub = tmp_path / "hub"
+    catalogue = str(REPO / "examples" / "catalogue.json")
+    imported = subprocess.run(
+        [TILLPOINT, "hub", "import", catalogue, "--hub-dir", str(hub)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr
+    return hub
+
+
 def test_the_hub_on_any_address_listens_or_says_its_port_is_in_use(tmp_path: Path) -> None:
     """CONTRACT §10 (one clear line). `hub serve --listen :PORT` (any address; the
     `--port-file` help names `--listen :0`) was taken by the hub's check and never bound:
@@ -231,15 +246,7 @@ def test_the_hub_on_any_address_listens_or_says_its_port_is_in_use(tmp_path: Pat
     gRPC's own log line "cannot listen on :0: ':0': expected HOST:PORT", refusing as
     malformed what it had accepted. ":PORT" is now any IPv4 address, as the default
     0.0.0.0:50070 is: a free port is served, a port in use is said so in one line."""
-    hub = tmp_path / "hub"
-    imported = subprocess.run(
-        [TILLPOINT, "hub", "import", str(REPO / "examples" / "catalogue.json"), "--hub-dir", str(hub)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert imported.returncode == 0, imported.stderr
+    hub = _imported_hub(tmp_path)
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
@@ -257,8 +264,17 @@ def test_the_hub_on_any_address_listens_or_says_its_port_is_in_use(tmp_path: Pat
 
     port_file = tmp_path / "port"
     served = subprocess.Popen(
-        [TILLPOINT, "hub", "serve", "--hub-dir", str(hub), "--listen", ":0"]
-        + ["--port-file", str(port_file)],
+        [
+            TILLPOINT,
+            "hub",
+            "serve",
+            "--hub-dir",
+            str(hub),
+            "--listen",
+            ":0",
+            "--port-file",
+            str(port_file),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -304,15 +320,7 @@ def test_a_listen_name_of_ipv6_addresses_only_is_served(tmp_path: Path) -> None:
     now binds each address the name has, as grpcio does."""
     from .test_review31_ops31 import _env, _in_own_mount_namespace
 
-    hub = tmp_path / "hub"
-    imported = subprocess.run(
-        [TILLPOINT, "hub", "import", str(REPO / "examples" / "catalogue.json"), "--hub-dir", str(hub)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert imported.returncode == 0, imported.stderr
+    hub = _imported_hub(tmp_path)
     hosts = tmp_path / "hosts"
     # "::" (every IPv6 address): glibc answers an IPv4 lookup of a name for ::1 with
     # 127.0.0.1, and no other IPv6 address is on every test machine
