@@ -83,13 +83,24 @@ def bind_refusal(address: str) -> str | None:
     agent's one line, on a terminal and in the journal alike."""
     try:
         host, port = split_listen(address)
-        with socket.socket(address_family(host), socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
+        # each address the host is, as grpcio binds them: a name of IPv6 addresses only
+        # too (an IPv4 socket for every name refused it "Name or service not known")
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         return exc.strerror or str(exc)
     except ValueError:
         return None
+    for family, kind, proto, _, where in found:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # a family this host has no stack for (IPv6 off): grpcio's to say
+            continue
+        with probe:
+            try:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(where)
+            except OSError as exc:
+                return exc.strerror or str(exc)
     return None
 
 

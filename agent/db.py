@@ -215,8 +215,8 @@ def full_disk_hint(path: Path) -> str:
         except OSError:
             continue
         free = fs.f_bavail * fs.f_frsize
-        if free >= FULL_DISK_BYTES:
-            return ""
+        if free >= FULL_DISK_BYTES or fs.f_blocks == 0:  # 0 blocks: it tells no size
+            return ""  # (procfs, sysfs, some FUSE and network mounts), so not "full"
         where = candidate if candidate.is_dir() else candidate.parent
         return f"; the file system of {where} is full ({free // 1024} KiB free)"
     return ""

@@ -295,9 +295,9 @@ class Agent:
         self.clock = clock
         self._monotonic = monotonic
         self._clock_mark: tuple[datetime, float] | None = None
-        # The mark a step followed inside the current write transaction replaced (one
-        # transaction at a time: under `_lock`), put back if it rolls back (`_write`).
-        self._unfollowed_mark: tuple[tuple[datetime, float] | None] | None = None
+        # The step followed inside the current write transaction (one transaction at a
+        # time: under `_lock`), taken off the mark again if it rolls back (`_write`).
+        self._followed_step: float | None = None
         self._mark_lock = threading.Lock()
         self.hub = hub
         self.devices = devices
@@ -483,10 +483,10 @@ class Agent:
     def offers_on_paper(self, offer_ids: Sequence[str]) -> dict[str, OfferNow] | None:
         """Of the offers a queued coupon job holds, those the snapshot still lets print
         (there and `printable`: a delta may have withdrawn them since the sale; not of a
-        campaign whose control group the customer has joined since, §7), each with its
-        `validTo` (None: no end) and its words now (`printText`, reworded by a delta);
-        None when no snapshot is loaded (nothing to tell by). The print worker of
-        `tillpoint run` asks before it prints a job (§7)."""
+        campaign whose control group the customer has joined since, nor of a customer no
+        longer in the cache, §7), each with its `validTo` (None: no end) and its words
+        now (`printText`, reworded by a delta); None when no snapshot is loaded (nothing
+        to tell by). The print worker of `tillpoint run` asks before it prints a job."""
         from tillpoint.printer.payload import OfferNow, offer_text
 
         with self._read() as (view, _):
@@ -497,9 +497,12 @@ class Agent:
                 offer = view.offer(offer_id)
                 if offer is None or not offer.printable:
                     continue
-                customer = view.customer(offer.customer_id) if offer.customer_id else None
-                if customer is not None and in_control_group(offer, customer):
-                    continue
+                if offer.customer_id:  # a coupon's offers are its customer's (§7)
+                    customer = view.customer(offer.customer_id)
+                    # a customer the hub removed since (card closed, data erased): no
+                    # card brings them to a till, and no one else may use the offer
+                    if customer is None or in_control_group(offer, customer):
+                        continue
                 found[offer_id] = OfferNow(offer.valid_to, offer_text(_offers_json([offer])[0]))
             return found
 
@@ -709,25 +712,23 @@ class Agent:
         the step, so that a step back does not stretch a hold past the hub's copy of it
         and a step forward does not expire at once a hold whose payment is being taken.
         True when it moved them (a step was followed)."""
-        taken = self._take_clock_step()
-        if taken is None:
+        step = self._take_clock_step()
+        if step is None:
             return False
-        step, mark = taken
         try:
             with self._lock, self._write() as conn:
                 ledger.shift_open_holds(conn, timedelta(seconds=step))
         except StorageError:  # logged by `_write`; the next call tries again
-            with self._mark_lock:
-                self._clock_mark = mark
+            self._unfollow(step)
             return False
         log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
         return True
 
-    def _take_clock_step(self) -> tuple[float, tuple[datetime, float] | None] | None:
-        """Read the wall clock beside the steady one and mark it: (the step since the
-        last reading, the mark it replaced) when the wall clock was stepped by
-        `CLOCK_STEP_S` or more, else None. The caller moves the open holds by the step,
-        or puts the mark it replaced back when it cannot."""
+    def _take_clock_step(self) -> float | None:
+        """Read the wall clock beside the steady one and mark it: the step since the last
+        reading when the wall clock was stepped by `CLOCK_STEP_S` or more, else None. The
+        caller moves the open holds by the step, or gives it back (`_unfollow`) when it
+        cannot."""
         # The system's steady clock goes with the system's wall clock only: a clock set in
         # its place (a test's, moved to make time pass) is taken as steady unless it
         # comes with its own `monotonic`.
@@ -742,7 +743,17 @@ class Agent:
         step = (wall - mark[0]).total_seconds() - (passed - mark[1])
         if abs(step) < CLOCK_STEP_S:
             return None
-        return step, mark
+        return step
+
+    def _unfollow(self, step: float) -> None:
+        """A step taken (`_take_clock_step`) whose move of the open holds was not stored:
+        taken off the mark, so that the next reading finds it again. Not the mark from
+        before it put back: another thread may have read the clock since and taken a later
+        step (moving the holds by it), which that mark would count a second time."""
+        with self._mark_lock:
+            if self._clock_mark is not None:
+                wall, passed = self._clock_mark
+                self._clock_mark = (wall - timedelta(seconds=step), passed)
 
     def _follow_clock_step_here(self) -> None:
         """`_follow_clock_step` inside the write transaction the caller holds (a receipt
@@ -750,13 +761,12 @@ class Agent:
         step made meanwhile in this transaction, before the new hold's times are made on
         the stepped clock (moved at the next call with the others, it was off by the
         step: an hour back, expired at once). Should the transaction not commit, the
-        mark is put back (`_write`), so the next call moves them."""
-        taken = self._take_clock_step()
-        if taken is None:
+        step is given back (`_write`, `_unfollow`), so the next call moves them."""
+        step = self._take_clock_step()
+        if step is None:
             return
-        step, mark = taken
         ledger.shift_open_holds(self._ledger, timedelta(seconds=step))
-        self._unfollowed_mark = (mark,)
+        self._followed_step = step
         log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
@@ -2103,23 +2113,22 @@ class Agent:
         files) refuses every sale while quotes still work, and the POS hears only
         UNAVAILABLE: it is logged at ERROR when it starts and shown in `status`
         (`storageError`) and the metrics until a write works again."""
-        self._unfollowed_mark = None
+        self._followed_step = None
         try:
             with write_transaction(self._ledger, "ledger") as conn:
                 yield conn
         except BaseException as exc:
-            if self._unfollowed_mark is not None:
+            if self._followed_step is not None:
                 # a clock step followed in this transaction was rolled back with it: the
                 # next reading sees the step again (`_follow_clock_step_here`)
-                with self._mark_lock:
-                    self._clock_mark = self._unfollowed_mark[0]
-                self._unfollowed_mark = None
+                self._unfollow(self._followed_step)
+                self._followed_step = None
             if isinstance(exc, StorageError):
                 if self._storage_problem is None or self._storage_problem[1] != exc.message:
                     log.error("sales are refused: %s", exc.message)
                 self._storage_problem = (ledger.utc_text(self.clock()), exc.message)
             raise
-        self._unfollowed_mark = None
+        self._followed_step = None
         self._checkpoints.committed()
         if self._storage_problem is not None:
             self._storage_problem = None

@@ -364,8 +364,12 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     from .hub_server import HubConfig, HubServer
 
     hub = _existing_hub(settings, args)  # refused before anything is set up
-    try:  # ":0" (any address) as grpc reads it; a port past 65535 grpc took modulo 65536
-        split_listen(f"0.0.0.0{args.listen}" if args.listen.startswith(":") else args.listen)
+    # ":PORT" is any address (IPv4), as the default 0.0.0.0:50070: grpcio refuses an
+    # empty host ("host must not be empty"), and the bind probe could not read it either
+    if args.listen.startswith(":"):
+        args.listen = f"0.0.0.0{args.listen}"
+    try:  # a port past 65535 grpc took modulo 65536
+        split_listen(args.listen)
     except ValueError as exc:
         raise InputError(f"--listen {exc}") from None
     _ttl_hours(args.ttl_hours)
