@@ -1003,7 +1003,7 @@ def _not_served_note(data_dir: Path) -> str:
     and the last error are then what the stopped agent left, and said nothing of it."""
     from .lock import DataDirLock
 
-    if DataDirLock(data_dir).holder() is not None:
+    if not DataDirLock(data_dir).unheld():  # held, or no telling: say nothing
         return ""
     return (
         f"\nagent: not running (no `tillpoint run` serves {data_dir}: mode, devices and"

@@ -80,6 +80,18 @@ class DataDirLock:
             written = ""
         return flock_holder(locks, os.major(st.st_dev), os.minor(st.st_dev), st.st_ino, written)
 
+    def unheld(self) -> bool:
+        """True only when the kernel's list of locks could be read and no process holds
+        this lock (`holder`'s None also means "cannot tell": /proc/locks unreadable)."""
+        try:
+            self.path.stat()
+            Path("/proc/locks").read_bytes()
+        except FileNotFoundError:
+            return self.path.parent.is_dir() and Path("/proc/locks").is_file()
+        except OSError:
+            return False
+        return self.holder() is None
+
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

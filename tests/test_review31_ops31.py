@@ -585,3 +585,18 @@ def test_a_bad_device_setting_from_the_environment_names_its_variable(
     )
     assert run.returncode == 2 and 'kind "network" needs host' in run.stderr, run.stderr
     assert "(set by TILLPOINT_PRINTER__KIND, TILLPOINT_PRINTER__PORT)" in run.stderr
+
+
+def test_the_lock_says_unheld_only_when_it_can_tell(tmp_path: Path) -> None:
+    """`status`'s "agent: not running" line rests on `DataDirLock.unheld`: True for a data
+    directory no process locks (made or not yet), False while one holds it. `holder`'s
+    None also means "cannot tell" (/proc/locks unreadable), where the line would have
+    said "not running" beside a serving agent; `unheld` is then False (no line)."""
+    from tillpoint.agent.lock import DataDirLock
+
+    data = tmp_path / "d"
+    data.mkdir()
+    assert DataDirLock(data).unheld()  # no lock file yet
+    with DataDirLock(data):
+        assert not DataDirLock(data).unheld()
+    assert DataDirLock(data).unheld()
