@@ -306,6 +306,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
     extra argument ("see `tillpoint quote --help`", not the list of commands), and a
     `snapshot` or `config` without its action (it made the data directory and read the
     configuration first)."""
+    _refuse_valued_option_before_command(parser, argv)
     args, extras = parser.parse_known_args(argv)
     chosen = parser
     while True:
@@ -337,6 +338,42 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         )
         chosen.error(f"unrecognized arguments: {' '.join(extras)}{where}")
     return args
+
+
+def _refuse_valued_option_before_command(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> None:
+    """`tillpoint --at T balance CARD`: an option of the command that takes a value, given
+    before it with the value as the next word, is said to go after the command, as
+    `--at=T` before it is (argparse took the value for the command's name: "invalid
+    choice: 'T'"). The words before the command are read as the top parser reads them:
+    its own options' values (`--data-dir balance`) are skipped."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return
+    top = parser._option_string_actions
+    words = list(argv)
+    i = 0
+    while i < len(words) and words[i] != "--":
+        word = words[i]
+        if word in top:
+            if top[word].nargs == 0:  # `--version`, `--help`: they answer first
+                return
+            i += 2
+            continue
+        if word in sub.choices:
+            command = sub.choices[word]
+            for before in words[:i]:
+                action = command._option_string_actions.get(before)
+                if action is not None and before not in top and action.nargs != 0:
+                    at = words.index(before)
+                    given = " ".join(words[at : at + 2])
+                    command.error(
+                        f"unrecognized arguments: {given}; {before} goes after the command:"
+                        f" {command.prog} ... {before}"
+                    )
+            return
+        i += 1
 
 
 def _is_flag_of(parser: argparse.ArgumentParser, word: str) -> bool:

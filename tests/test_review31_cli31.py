@@ -1,0 +1,73 @@
+"""Review 31 (cli31): CONTRACT §10, the command line as a test writer drives it — a real
+`tillpoint` process on a real data directory, every command and option in the ways a
+script writes them; the forwarded path (a `tillpoint run` serving the directory) answers
+with the same bytes, exit codes and stderr as the local one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import snapshot
+
+EXE = Path(sys.executable).parent / "tillpoint"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env.update(TILLPOINT_DEVICE_ID="till-1", TILLPOINT_CLI_LOCAL="1", **extra)
+    return env
+
+
+def _tp(*args: Any, stdin: bytes | None = None, env: dict[str, str] | None = None) -> Any:
+    return subprocess.run(
+        [EXE, *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        env=env or _env(),
+        timeout=60,
+        check=False,
+    )
+
+
+def _one_line(err: bytes) -> str:
+    text = err.decode("utf-8")
+    assert text.startswith("tillpoint: ") and text.endswith("\n") and text.count("\n") == 1
+    assert "Traceback" not in text
+    return text
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps(snapshot(), ensure_ascii=False), encoding="utf-8")
+    assert _tp("--data-dir", data, "snapshot", "load", snap).returncode == 0
+    return data
+
+
+@pytest.mark.parametrize(
+    ("before", "command", "option"),
+    [
+        (["--at", "2026-11-24T00:00:00Z"], ["balance", "2770000000017"], "--at"),
+        (["--fiscal", "F-1"], ["confirm", "r1"], "--fiscal"),
+    ],
+)
+def test_an_option_with_its_value_before_the_command_is_said_to_go_after_it(
+    data: Path, before: list[str], command: list[str], option: str
+) -> None:
+    """CONTRACT §10: an option with a value given before the command is a usage error,
+    exit 2, naming where it goes. `--at=T balance CARD` said so; `--at T balance CARD`
+    (the form a script writes) said "invalid choice: '2026-11-24T00:00:00Z' (choose from
+    'snapshot', …)", as if the time were a misspelt command."""
+    run = _tp("--data-dir", data, *before, *command, "--json")
+    assert run.returncode == 2 and run.stdout == b""
+    err = _one_line(run.stderr)
+    assert "invalid choice" not in err
+    assert f"{option} goes after the command: tillpoint {command[0]} ... {option}" in err
