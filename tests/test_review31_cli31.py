@@ -71,3 +71,26 @@ def test_an_option_with_its_value_before_the_command_is_said_to_go_after_it(
     err = _one_line(run.stderr)
     assert "invalid choice" not in err
     assert f"{option} goes after the command: tillpoint {command[0]} ... {option}" in err
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["snapshot", "load", "-"]])
+def test_a_data_directory_whose_name_is_not_utf8_is_refused_in_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """CONTRACT §10: a data directory an operator must mend is exit 2, one line. A name
+    that is not UTF-8 (bytes a Latin-1 shell wrote) said "internal error: OperationalError:
+    Could not decode to UTF-8 column 'file' …", exit 1, after making the directory and a
+    cache in it that no later call could open."""
+    data = os.fsencode(tmp_path) + b"/till-\xff"
+    run = subprocess.run(
+        [os.fsencode(EXE), b"--data-dir", data, *(w.encode() for w in command)],
+        input=json.dumps(snapshot()).encode(),
+        capture_output=True,
+        env=_env(),
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2 and run.stdout == b""
+    err = _one_line(run.stderr)
+    assert "internal error" not in err and "UTF-8" in err
+    assert not os.path.exists(data)  # refused before it was made
