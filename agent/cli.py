@@ -71,7 +71,13 @@ class _Parser(argparse.ArgumentParser):
         # argparse reads a scanned "-2770000000017-" as an unknown option and then says
         # only that the text is missing: say how to give it
         dashed = [w for w in sys.argv[1:] if w[:1] == "-" and w[1:2].isdigit()]
-        if dashed:
+        # only where argparse did not take the word: a value it refused (`--speed -1`,
+        # out of range) is not helped by `-- -1`
+        unplaced = message.startswith("the following arguments are required") or (
+            message.startswith("unrecognized arguments:")
+            and any(w in message.split() for w in dashed)
+        )
+        if dashed and unplaced:
             message += f"; a text that starts with a dash goes after --: -- {dashed[0]}"
         self.exit(EXIT_INPUT, f"tillpoint: {message} (see `{self.prog} --help`)\n")
 

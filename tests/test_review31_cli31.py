@@ -94,3 +94,21 @@ def test_a_data_directory_whose_name_is_not_utf8_is_refused_in_one_line(
     err = _one_line(run.stderr)
     assert "internal error" not in err and "UTF-8" in err
     assert not os.path.exists(data)  # refused before it was made
+
+
+def test_a_negative_value_an_option_refuses_gets_no_hint_to_put_it_after_dashes(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10: a usage error is one line a person understands. `demo --speed -1`
+    (an option's value argparse took, then refused as out of range) ended "a text that
+    starts with a dash goes after --: -- -1", and `demo --speed -- -1` is no better: the
+    hint is for a scanned text argparse took for an option, which still gets it."""
+    run = _tp("--data-dir", tmp_path / "data", "demo", "--speed", "-1")
+    assert run.returncode == 2 and run.stdout == b""
+    err = _one_line(run.stderr)
+    assert "a pause from 0 to 60 seconds" in err and "goes after --" not in err
+    scanned = _tp("--data-dir", tmp_path / "data", "confirm", "-2770000000017-", "--json")
+    assert scanned.returncode == 2
+    assert "a text that starts with a dash goes after --: -- -2770000000017-" in (
+        _one_line(scanned.stderr)
+    )
