@@ -618,7 +618,7 @@ class Agent:
             )
         if fiscal_document is not None and has_controls(fiscal_document):
             # A NUL is stored, pushed and then refused by the hub's PostgreSQL for good.
-            raise InputError(f"fiscalDocument: {CONTROLS_MESSAGE}")
+            raise InputError(f"confirm: fiscalDocument {CONTROLS_MESSAGE}")
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
             stored = self._confirm(receipt_id, fiscal_document or None, view)

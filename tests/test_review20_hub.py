@@ -53,7 +53,7 @@ def test_confirm_refuses_a_fiscal_document_with_control_characters(agent: Agent)
     and the till's outbox was blocked."""
     agent.hold(receipt_from_json(receipt("h-1")))
     for bad in ("FD\u00001", "FD\n1", "FD\x1d1"):
-        with pytest.raises(InputError, match="fiscalDocument: must not contain control"):
+        with pytest.raises(InputError, match="confirm: fiscalDocument must not contain control"):
             agent.confirm("h-1", bad)
     assert agent.confirm("h-1", "FD 1").state == "CONFIRMED"
 

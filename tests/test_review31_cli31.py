@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from .conftest import receipt as receipt_doc
 from .conftest import snapshot
 
 EXE = Path(sys.executable).parent / "tillpoint"
@@ -112,3 +113,22 @@ def test_a_negative_value_an_option_refuses_gets_no_hint_to_put_it_after_dashes(
     assert "a text that starts with a dash goes after --: -- -2770000000017-" in (
         _one_line(scanned.stderr)
     )
+
+
+def test_a_fiscal_document_with_a_control_character_is_refused_naming_the_call(
+    data: Path, tmp_path: Path
+) -> None:
+    """CONTRACT §10/§11: a text confirm refuses names the call and the field, as its
+    length is ("confirm: fiscalDocument is too long …"); a line break in it said
+    "fiscalDocument: must not contain …", with no call. The hold stays open."""
+    held = tmp_path / "h.json"
+    held.write_text(json.dumps(receipt_doc("h-1")), encoding="utf-8")
+    assert _tp("--data-dir", data, "hold", held, "--json").returncode == 0
+    run = _tp("--data-dir", data, "confirm", "h-1", "--fiscal", "FD\n1", "--json")
+    assert run.returncode == 2 and run.stdout == b""
+    assert _one_line(run.stderr) == (
+        "tillpoint: confirm: fiscalDocument must not contain control characters"
+        " (a line break, a tab, a NUL, ...)\n"
+    )
+    done = _tp("--data-dir", data, "confirm", "h-1", "--fiscal", "FD 1", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["state"] == "CONFIRMED"
