@@ -132,3 +132,35 @@ def test_a_fiscal_document_with_a_control_character_is_refused_naming_the_call(
     )
     done = _tp("--data-dir", data, "confirm", "h-1", "--fiscal", "FD 1", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["state"] == "CONFIRMED"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("latin.jsonl", b'{"customer": {"id": "c-\xe9", "balancePoints": 1}}\n', "not UTF-8 text"),
+        ("latin.json", b'{"customers": [{"id": "c-\xe9"}]}', "not UTF-8 text"),
+        ("comma.jsonl", b'{"customer": {"id": "c-1",}}\n', "at line 1 column 27"),
+        ("open.json", b'{"customers": [}', "at line 1 column 16"),
+        ("empty.json", b"", "at line 1 column 1"),
+    ],
+)
+def test_hub_import_says_what_is_wrong_with_a_file_that_is_not_json(
+    tmp_path: Path, name: str, content: bytes, said: str
+) -> None:
+    """CONTRACT §10: a one-line message a person understands. `hub import` of a JSON Lines
+    file with a Latin-1 byte said "line 1: not valid JSON (utf-8)" (the codec's name), a
+    JSON file "('utf-8' codec can't decode byte 0xe9 in position 23: invalid continuation
+    byte)", and a syntax error json's "(char 25)"; the agent's reader says "not UTF-8
+    text" and "… at line L column C": the hub says the same. Nothing is imported."""
+    hub = ["--data-dir", tmp_path / "data", "hub"]
+    where = ["--hub-dir", tmp_path / "hub"]
+    assert _tp(*hub, "init", *where).returncode == 0
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    run = _tp(*hub, "import", *where, bad, "--json")
+    assert run.returncode == 2 and run.stdout == b""
+    err = _one_line(run.stderr)
+    assert "not valid JSON (" in err and said in err
+    assert "codec" not in err and "(char " not in err
+    status = _tp(*hub, "status", *where, "--json")
+    assert json.loads(status.stdout)["draftRows"] == 0
