@@ -164,3 +164,24 @@ def test_hub_import_says_what_is_wrong_with_a_file_that_is_not_json(
     assert "codec" not in err and "(char " not in err
     status = _tp(*hub, "status", *where, "--json")
     assert json.loads(status.stdout)["draftRows"] == 0
+
+
+def test_an_option_given_twice_counts_the_last_time_and_a_long_one_may_be_shortened(
+    data: Path,
+) -> None:
+    """CONTRACT §10 (decided in review 31, the contract being silent): an option given
+    twice counts the last time, a flag twice is given, a long option may be shortened
+    while it names one option (argparse's reading); `tillpoint` with no command is a usage
+    error whose help goes to stderr (exit 2)."""
+    card = "2770000000017"
+    good, bad = "2026-11-24T00:00:00Z", "yesterday"
+    last_good = _tp("--data-dir", data, "balance", card, "--at", bad, "--at", good, "--json")
+    assert last_good.returncode == 0 and last_good.stderr == b""
+    assert set(json.loads(last_good.stdout)) >= {"availablePoints", "pendingPoints"}
+    last_bad = _tp("--data-dir", data, "balance", card, "--at", good, "--at", bad, "--json")
+    assert last_bad.returncode == 2 and b'"yesterday"' in last_bad.stderr
+    short = _tp("--data-dir", data, "balance", card, "--a", good, "--js", "--json")
+    assert short.returncode == 0 and short.stdout == last_good.stdout
+    bare = _tp("--data-dir", data)
+    assert bare.returncode == 2 and bare.stdout == b"" and bare.stderr.startswith(b"usage:")
+    assert b"Traceback" not in bare.stderr
