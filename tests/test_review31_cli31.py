@@ -5,17 +5,23 @@ with the same bytes, exit codes and stderr as the local one."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.forward import SERVING
 
+from .conftest import free_port, snapshot
 from .conftest import receipt as receipt_doc
-from .conftest import snapshot
 
 EXE = Path(sys.executable).parent / "tillpoint"
 
@@ -185,3 +191,85 @@ def test_an_option_given_twice_counts_the_last_time_and_a_long_one_may_be_shorte
     bare = _tp("--data-dir", data)
     assert bare.returncode == 2 and bare.stdout == b"" and bare.stderr.startswith(b"usage:")
     assert b"Traceback" not in bare.stderr
+
+
+def _ledger(data: Path) -> str:
+    """The ledger's content (its SQL dump): equal before and after a refused call."""
+    with contextlib.closing(sqlite3.connect(f"file:{data / 'ledger.db'}?mode=ro", uri=True)) as db:
+        return hashlib.sha256("\n".join(db.iterdump()).encode()).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_refused_call_reads_the_same_forwarded_and_local(data: Path, tmp_path: Path) -> None:
+    """CONTRACT §10: while `tillpoint run` serves the data directory, a call is forwarded
+    to it and answered with the same exit code, the same one line on stderr and nothing on
+    stdout as the same call run locally (`TILLPOINT_CLI_LOCAL=1`); the ledger is left as
+    it was either way. Each way a test writer gives bad input, once each way."""
+    files = tmp_path / "in"
+    files.mkdir()
+
+    def put(name: str, content: bytes | dict[str, Any]) -> Path:
+        path = files / name
+        raw = content if isinstance(content, bytes) else json.dumps(content).encode()
+        path.write_bytes(raw)
+        return path
+
+    good = receipt_doc("r-1")
+    cases: list[list[Any]] = [
+        ["quote", files / "missing.json", "--json"],
+        ["checkout", files, "--json"],
+        ["hold", put("empty.json", b""), "--json"],
+        ["quote", put("latin.json", b'{"receiptId": "\xe9"}'), "--json"],
+        ["checkout", put("extra.json", {**good, "extra": 1}), "--json"],
+        ["hold", put("long.json", {**good, "receiptId": "x" * 129}), "--json"],
+        ["checkout", put("nolines.json", {**good, "lines": []}), "--json"],
+        ["quote", put("array.json", b"[]"), "--json"],
+        ["refund", put("refund.json", {"refundId": "f", "receiptId": "nope", "lines": []})],
+        ["confirm", "nope", "--fiscal", "F" * 65, "--json"],
+        ["confirm", "nope", "--json"],
+        ["cancel", "nope", "--json"],
+        ["identify", "7" * 129, "--json"],
+        ["balance", "123", "--json"],
+        ["balance", "2770000000017", "--at", "", "--json"],
+        ["--at", "2026-11-24T00:00:00Z", "balance", "2770000000017", "--json"],
+        ["quote", put("good.json", good), "--jsn"],
+    ]
+    local = [_tp("--data-dir", data, *case) for case in cases]
+    before = _ledger(data)
+    conf = tmp_path / "till.toml"
+    conf.write_text(
+        f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[metrics]\nenabled = false\n',
+        encoding="utf-8",
+    )
+    env = _env(TILLPOINT_HTTP__LISTEN="127.0.0.1:0")
+    del env["TILLPOINT_CLI_LOCAL"]
+    agent = subprocess.Popen(
+        [EXE, "--config", conf, "--data-dir", data, "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (data / SERVING).exists():
+            assert agent.poll() is None and time.monotonic() < deadline, "run never served"
+            time.sleep(0.05)
+        shown = _tp("--data-dir", data, "status", env=env).stdout.decode()
+        assert "agent: not running" not in shown  # the calls below are forwarded
+        for case, alone in zip(cases, local, strict=True):
+            served = _tp("--data-dir", data, *case, env=env)
+            assert (served.returncode, served.stdout, served.stderr) == (
+                alone.returncode,
+                alone.stdout,
+                alone.stderr,
+            ), case
+            assert served.returncode == 2 and served.stdout == b"", case
+            _one_line(served.stderr)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+    assert _ledger(data) == before
