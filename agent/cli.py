@@ -760,6 +760,8 @@ def parse_json(
                 " is not a character)"
             )
         return doc
+    except _ConstantInJson as exc:  # NaN, Infinity: Python's reader takes them, JSON has none
+        raise InputError(f"{name}: not valid JSON ({exc})") from None
     except _FloatInJson as exc:  # said again with where the number is: one read more
         where = _float_path(text) if isinstance(text, str) else ""
         raise InputError(f"{where}: {exc}" if where else str(exc)) from None
@@ -838,8 +840,12 @@ def _no_float(text: str) -> Any:
     )
 
 
+class _ConstantInJson(InputError):
+    pass
+
+
 def _no_constant(text: str) -> Any:
-    raise InputError(f"{text} is not a valid JSON number")
+    raise _ConstantInJson(f"{text} is not a JSON number")
 
 
 def parse_time(text: str, name: str = "--at") -> Any:

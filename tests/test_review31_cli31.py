@@ -273,3 +273,25 @@ def test_a_refused_call_reads_the_same_forwarded_and_local(data: Path, tmp_path:
             agent.kill()
             agent.wait()
     assert _ledger(data) == before
+
+
+@pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])
+def test_nan_or_infinity_in_a_file_is_not_valid_json_naming_the_file(
+    data: Path, tmp_path: Path, word: str
+) -> None:
+    """CONTRACT §10: malformed JSON is exit 2 and a clear message. A `NaN` (Python's reader
+    takes it; JSON has no such number) said "NaN is not a valid JSON number", naming
+    neither the file nor "not valid JSON" as every other malformed file is said
+    ("r.json: not valid JSON (…)")."""
+    bad = tmp_path / "r.json"
+    bad.write_text(
+        json.dumps(receipt_doc("r-nan", redeemPoints=0)).replace(
+            '"redeemPoints": 0', f'"redeemPoints": {word}'
+        ),
+        encoding="utf-8",
+    )
+    run = _tp("--data-dir", data, "quote", bad, "--json")
+    assert run.returncode == 2 and run.stdout == b""
+    assert _one_line(run.stderr) == (
+        f"tillpoint: {bad}: not valid JSON ({word} is not a JSON number)\n"
+    )
