@@ -71,7 +71,13 @@ class _Parser(argparse.ArgumentParser):
         # argparse reads a scanned "-2770000000017-" as an unknown option and then says
         # only that the text is missing: say how to give it
         dashed = [w for w in sys.argv[1:] if w[:1] == "-" and w[1:2].isdigit()]
-        if dashed:
+        # only where argparse did not take the word: a value it refused (`--speed -1`,
+        # out of range) is not helped by `-- -1`
+        unplaced = message.startswith("the following arguments are required") or (
+            message.startswith("unrecognized arguments:")
+            and any(w in message.split() for w in dashed)
+        )
+        if dashed and unplaced:
             message += f"; a text that starts with a dash goes after --: -- {dashed[0]}"
         self.exit(EXIT_INPUT, f"tillpoint: {message} (see `{self.prog} --help`)\n")
 
@@ -306,6 +312,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
     extra argument ("see `tillpoint quote --help`", not the list of commands), and a
     `snapshot` or `config` without its action (it made the data directory and read the
     configuration first)."""
+    _refuse_valued_option_before_command(parser, argv)
     args, extras = parser.parse_known_args(argv)
     chosen = parser
     while True:
@@ -337,6 +344,42 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         )
         chosen.error(f"unrecognized arguments: {' '.join(extras)}{where}")
     return args
+
+
+def _refuse_valued_option_before_command(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> None:
+    """`tillpoint --at T balance CARD`: an option of the command that takes a value, given
+    before it with the value as the next word, is said to go after the command, as
+    `--at=T` before it is (argparse took the value for the command's name: "invalid
+    choice: 'T'"). The words before the command are read as the top parser reads them:
+    its own options' values (`--data-dir balance`) are skipped."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return
+    top = parser._option_string_actions
+    words = list(argv)
+    i = 0
+    while i < len(words) and words[i] != "--":
+        word = words[i]
+        if word in top:
+            if top[word].nargs == 0:  # `--version`, `--help`: they answer first
+                return
+            i += 2
+            continue
+        if word in sub.choices:
+            command = sub.choices[word]
+            for before in words[:i]:
+                action = command._option_string_actions.get(before)
+                if action is not None and before not in top and action.nargs != 0:
+                    at = words.index(before)
+                    given = " ".join(words[at : at + 2])
+                    command.error(
+                        f"unrecognized arguments: {given}; {before} goes after the command:"
+                        f" {command.prog} ... {before}"
+                    )
+            return
+        i += 1
 
 
 def _is_flag_of(parser: argparse.ArgumentParser, word: str) -> bool:
@@ -717,6 +760,8 @@ def parse_json(
                 " is not a character)"
             )
         return doc
+    except _ConstantInJson as exc:  # NaN, Infinity: Python's reader takes them, JSON has none
+        raise InputError(f"{name}: not valid JSON ({exc})") from None
     except _FloatInJson as exc:  # said again with where the number is: one read more
         where = _float_path(text) if isinstance(text, str) else ""
         raise InputError(f"{where}: {exc}" if where else str(exc)) from None
@@ -795,8 +840,12 @@ def _no_float(text: str) -> Any:
     )
 
 
+class _ConstantInJson(InputError):
+    pass
+
+
 def _no_constant(text: str) -> Any:
-    raise InputError(f"{text} is not a valid JSON number")
+    raise _ConstantInJson(f"{text} is not a JSON number")
 
 
 def parse_time(text: str, name: str = "--at") -> Any:

@@ -25,6 +25,15 @@ def check_data_dir(data_dir: Path) -> None:
     exists" with exit 1 (`run` alone said it with exit 2). A missing one is made later."""
     hint = "(--data-dir, TILLPOINT_DATA_DIR or data_dir in the configuration names it)"
     try:
+        os.fsdecode(os.fsencode(data_dir)).encode("utf-8")
+    except UnicodeError:
+        # bytes a Latin-1 shell wrote: SQLite keeps the path as UTF-8 text, and the cache
+        # made there could not be opened again ("internal error: OperationalError", exit 1)
+        shown = os.fsencode(data_dir).decode("utf-8", "backslashreplace")  # ".../till-\xff"
+        raise InputError(
+            f"the data directory {shown} has a name that is not UTF-8 text: name it in UTF-8 {hint}"
+        ) from None
+    try:
         info = os.stat(data_dir)
     except NotADirectoryError:
         raise InputError(

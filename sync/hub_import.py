@@ -233,7 +233,7 @@ def read_json(
     except (_Fraction, _Twice) as exc:
         raise InputError(f"import: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"import: not valid JSON ({exc})") from None
+        raise InputError(f"import: not valid JSON ({_not_json(exc)})") from None
     except (RecursionError, ValueError) as exc:
         raise InputError(f"import: not valid JSON ({_beyond_json(exc)})") from None
     if not isinstance(doc, dict):
@@ -273,6 +273,16 @@ def read_json(
         progress(total, total)
 
 
+def _not_json(exc: UnicodeDecodeError | json.JSONDecodeError, line: int | None = None) -> str:
+    """What is wrong, in the words the agent's reader uses (`cli.parse_json`): "not UTF-8
+    text" (not the codec's "'utf-8' codec can't decode byte 0xe9 in position 23", nor, on
+    a JSON Lines line, its bare name "utf-8"), "… at line L column C" (not json's
+    "(char N)"); `line`: the file's line a JSON Lines row was read from."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"{exc.msg.removesuffix(' at')} at line {line or exc.lineno} column {exc.colno}"
+
+
 State = tuple[bool, str | None]  # (a JSON Lines snapshot?, its current section's kind)
 PARALLEL_WORKERS = 1  # the reading processes by default (see read_jsonl)
 CHUNK_LINES = 2000
@@ -293,7 +303,7 @@ def _line_rows(
     except _Fraction as exc:
         return [RowProblem(where, str(exc))], state
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return [RowProblem(where, f"not valid JSON ({exc.args[0] if exc.args else exc})")], state
+        return [RowProblem(where, f"not valid JSON ({_not_json(exc, number)})")], state
     except (RecursionError, ValueError) as exc:
         return [RowProblem(where, f"not valid JSON ({_beyond_json(exc)})")], state
     if not isinstance(item, dict):
