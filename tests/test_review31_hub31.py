@@ -1,0 +1,131 @@
+"""Review 31 (hub31): the hub's doors and its two stores (docs/CONTRACT.md §9): a pushed
+transaction the hub cannot read is set aside alone, never a failure of the whole push on
+either store, and what the hub trusts of an enrolled till's unsent sales."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tillpoint.sync.loopback import LoopbackHub
+from tillpoint.v1 import tillpoint_pb2 as pb
+
+from .test_hub_security import identity, stub
+from .test_review30_rev30b import ask
+from .test_review30_sync30 import HUB_NOW, expiring_data
+
+TIMEOUT = 10
+BEFORE_MIDNIGHT = "2026-11-30T23:50:00+03:00"  # Boris's 200 expiring points still count
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)],
+)
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LoopbackHub]:
+    store = None
+    if request.param == "postgresql":
+        store = str(request.getfixturevalue("pg_url"))
+    hub = LoopbackHub(tmp_path / "hub", data=expiring_data(), clock=lambda: HUB_NOW, store=store)
+    yield hub
+    hub.stop()
+
+
+def pushed(hub: LoopbackHub, *txs: pb.Transaction) -> Any:
+    me = identity(hub, "till-1", enroll=True)
+    s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+    ack = s.PushTransactions(
+        pb.TransactionBatch(device_id="till-1", transactions=list(txs)), timeout=TIMEOUT
+    )
+    listed = s.ListTransactions(pb.ListTransactionsRequest(device_id="till-1"), timeout=TIMEOUT)
+    return ack, listed
+
+
+def checkout(seq: int, request_json: str) -> pb.Transaction:
+    return pb.Transaction(
+        device_id="till-1",
+        seq=seq,
+        kind=pb.CHECKOUT,
+        at="2026-11-30T20:00:00Z",
+        request_json=request_json,
+        result_json="{}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("request_json", "reason"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"receiptId": "\\ud800"}', "lone UTF-16 surrogate"),
+        ('{"receiptId": "r-1", "refundId": "x", "lines": [{"sku": "\\udc00"}]}', "surrogate"),
+    ],
+    ids=["nested", "surrogate-id", "surrogate-deep"],
+)
+def test_a_transaction_the_hub_cannot_read_is_set_aside_alone(
+    hub: LoopbackHub, request_json: str, reason: str
+) -> None:
+    """docs/CONTRACT.md §9: a transaction the hub cannot read is REJECTED and set aside,
+    and the device's progress goes on. A request nested too deeply for Python's reader
+    (RecursionError) and one holding an escaped lone UTF-16 surrogate (no UTF-8 text, so
+    no store's text column, holds one) made the whole push fail: gRPC UNKNOWN with a
+    traceback in the hub's log, the batch and every later one refused for good (the
+    till's outbox blocked behind it)."""
+    ack, listed = pushed(hub, checkout(1, request_json))
+    assert [(r.seq, r.outcome) for r in ack.results] == [(1, pb.TX_REJECTED)]
+    assert reason in ack.results[0].reason
+    assert "\n" not in ack.results[0].reason
+    assert (ack.acked_through_seq, ack.rejected) == (1, 1)
+    assert list(listed.transactions) == []  # nothing stored, nothing counted
+
+
+def test_an_emoji_written_as_a_surrogate_pair_is_welcome(hub: LoopbackHub) -> None:
+    """docs/CONTRACT.md §10: an escaped pair ("\\ud83d\\ude00") is one character."""
+    ack, listed = pushed(hub, checkout(1, '{"receiptId": "r-\\ud83d\\ude00"}'))
+    assert [(r.seq, r.outcome) for r in ack.results] == [(1, pb.TX_STORED)]
+    assert [t.receipt_id for t in listed.transactions] == ["r-\U0001f600"]
+
+
+@pytest.mark.parametrize(
+    ("spent", "live"),
+    [
+        (10, 100),  # earned 0: the 10 came out of the 200 gone at midnight
+        (250, 290),  # earned 240: 50 of the 100 left, then the 240 earned
+        (301, 290),  # one point over the 300: the wallet is -1 at 23:50, then +291
+    ],
+)
+def test_an_unsent_sales_spent_is_counted_as_the_sale_will_be_not_capped(
+    hub: LoopbackHub, spent: int, live: int
+) -> None:
+    """docs/CONTRACT.md §9, docs/DECISIONS.md (review 31): an enrolled till's unsent
+    sale (`UnsyncedPoints`: its net `points` and the `spent` part of them) counts at the
+    hub as the sale itself will once pushed, its spend replayed at its time: no cap by
+    what the customer had then. A spend over the balance (two tills offline on the same
+    points) is what the pushed sale's result says too, and the hub counts that as it
+    stands; capping it here alone would grant more before the push than after it."""
+    me = identity(hub, "till-1", enroll=True)
+    s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+    unsent = pb.UnsyncedPoints(seq=1, receipt_id="s-1", points=-10, at=BEFORE_MIDNIGHT, spent=spent)
+    reply = s.AuthorizeRedemption(ask("r-1", 1000, unsent), timeout=TIMEOUT)
+    assert (reply.authorized_points, reply.live_balance) == (live, live)
+
+
+def test_hub_rpcs_with_bad_input_answer_invalid_argument_not_unknown(hub: LoopbackHub) -> None:
+    """docs/CONTRACT.md §9: bad input at the hub's doors is INVALID_ARGUMENT with one line."""
+    me = identity(hub, "till-1", enroll=True)
+    s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+    bad = [
+        lambda: s.ListTransactions(
+            pb.ListTransactionsRequest(device_id="till-1", since_seq=-(2**63)), timeout=TIMEOUT
+        ),
+        lambda: s.ReleaseRedemption(
+            pb.ReleaseRedemptionRequest(device_id="till-1", receipt_id=""), timeout=TIMEOUT
+        ),
+        lambda: s.AuthorizeRedemption(ask("r-1", -(2**63)), timeout=TIMEOUT),
+    ]
+    for call in bad:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "\n" not in err.value.details()  # type: ignore[attr-defined]
