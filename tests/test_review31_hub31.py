@@ -129,3 +129,72 @@ def test_hub_rpcs_with_bad_input_answer_invalid_argument_not_unknown(hub: Loopba
             call()
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert "\n" not in err.value.details()  # type: ignore[attr-defined]
+
+
+NUL_OR_HUGE = {
+    "receipt-nul": {"receipt_id": "r\x001"},
+    "receipt-huge": {"receipt_id": "r" * 100_000},
+    "customer-nul": {"customer_id": "c-2\x00"},
+    "customer-huge": {"customer_id": "c" * 100_000},
+    "unsent-receipt-nul": {"unsynced": [pb.UnsyncedPoints(seq=1, receipt_id="s\x001", points=-5)]},
+    "unsent-receipt-huge": {
+        "unsynced": [pb.UnsyncedPoints(seq=1, receipt_id="s" * 100_000, points=-5)]
+    },
+}
+
+
+@pytest.mark.parametrize("fields", NUL_OR_HUGE.values(), ids=NUL_OR_HUGE.keys())
+def test_an_authorisation_with_an_id_no_store_keeps_is_invalid_argument(
+    hub: LoopbackHub, fields: dict[str, Any]
+) -> None:
+    """docs/CONTRACT.md §9, §10: an id a till never sends (a NUL, which PostgreSQL's text
+    refuses; more than the 128 characters a till's ids have, more than a PostgreSQL index
+    entry holds) is refused at the hub's door, INVALID_ARGUMENT in one line, nothing
+    held: the next request for the customer is granted the whole balance."""
+    me = identity(hub, "till-1", enroll=True)
+    s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+    request = ask("r-1", 50)
+    for name, value in fields.items():
+        if name == "unsynced":
+            request.unsynced.extend(value)
+        else:
+            setattr(request, name, value)
+    with pytest.raises(grpc.RpcError) as err:
+        s.AuthorizeRedemption(request, timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "\n" not in err.value.details()  # type: ignore[attr-defined]
+    reply = s.AuthorizeRedemption(ask("r-2", 1000), timeout=TIMEOUT)
+    assert reply.live_balance == 100  # after midnight: the 100 that never expire
+
+
+@pytest.mark.parametrize("receipt_id", ["r\x001", "r" * 100_000], ids=["nul", "huge"])
+def test_a_release_of_an_id_no_store_keeps_is_invalid_argument(
+    hub: LoopbackHub, receipt_id: str
+) -> None:
+    """docs/CONTRACT.md §9: as for AuthorizeRedemption."""
+    me = identity(hub, "till-1", enroll=True)
+    s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+    with pytest.raises(grpc.RpcError) as err:
+        s.ReleaseRedemption(
+            pb.ReleaseRedemptionRequest(device_id="till-1", receipt_id=receipt_id),
+            timeout=TIMEOUT,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("batch_id", ["b\x001", "b" * 100_000], ids=["nul", "huge"])
+def test_a_push_with_a_batch_id_no_store_keeps_is_invalid_argument(
+    hub: LoopbackHub, batch_id: str
+) -> None:
+    """docs/CONTRACT.md §9: a till's batch id is a short hash; another is refused whole
+    (INVALID_ARGUMENT, nothing stored), never a failure of the store (UNKNOWN)."""
+    me = identity(hub, "till-1", enroll=True)
+    s = stub(hub, key=me.key_pem, cert=me.cert_pem)
+    batch = pb.TransactionBatch(
+        device_id="till-1", batch_id=batch_id, transactions=[checkout(1, '{"receiptId": "r-1"}')]
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        s.PushTransactions(batch, timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    listed = s.ListTransactions(pb.ListTransactionsRequest(device_id="till-1"), timeout=TIMEOUT)
+    assert list(listed.transactions) == []
