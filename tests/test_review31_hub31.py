@@ -198,3 +198,31 @@ def test_a_push_with_a_batch_id_no_store_keeps_is_invalid_argument(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     listed = s.ListTransactions(pb.ListTransactionsRequest(device_id="till-1"), timeout=TIMEOUT)
     assert list(listed.transactions) == []
+
+
+@pytest.mark.slow
+def test_hub_migrate_refuses_while_a_hub_has_the_database_open(pg_url: str) -> None:
+    """docs/HUB.md, Migrations: a hub is stopped before `hub migrate`. A migrate run
+    while a hub (or any hub command) has the PostgreSQL database open changed the schema
+    under it (the running hub checked the schema only at its start, and went on with its
+    own release's SQL); it is refused now, in one line naming the cause, and applies
+    nothing (here the last step's DDL ran under the open store). A migrate with nothing
+    to apply is not refused (it changes nothing)."""
+    import psycopg
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.sync.hub_postgres import SCHEMA_VERSION, PostgresHubStore, migrate
+
+    store = PostgresHubStore(pg_url, migrate_schema=True)
+    try:
+        assert migrate(pg_url) == []  # up to date: nothing to apply, nothing refused
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # a release behind
+            conn.execute("DELETE FROM schema_migrations WHERE version = %s", (SCHEMA_VERSION,))
+        with pytest.raises(StorageError) as err:
+            migrate(pg_url)
+        assert "\n" not in err.value.message
+        assert "is open" in err.value.message and "stop" in err.value.message
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            top = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        assert top is not None and top[0] == SCHEMA_VERSION - 1  # nothing applied
+    finally:
+        store.close()
