@@ -25,6 +25,7 @@ only a database whose schema is current.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -75,6 +76,7 @@ except ImportError:  # pragma: no cover - the optional extra is not installed
 # log when one is set up (`hub serve`); a one-shot command (`hub import`, `hub publish`)
 # has none, and Python printed them on stderr before its one-line error.
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
+log = logging.getLogger(__name__)
 
 MAX_PROBLEMS = 10
 CONNECT_TIMEOUT_S = 10
@@ -107,6 +109,10 @@ MIGRATE_LOCK = 7_301_402
 # One import at a time: each checks the master data it leaves (the cards' owners, the
 # category tree), which another import's uncommitted rows would change unseen.
 IMPORT_LOCK = 7_301_403
+# Held shared by every open store (a connection of its own, for the store's life: `hub
+# serve`, and each hub command while it runs); `hub migrate` with steps to apply takes it
+# exclusive or refuses (docs/HUB.md: a hub is stopped before its schema changes).
+OPEN_LOCK = 7_301_404
 FETCH = 4096  # rows per round trip of a server-side cursor
 
 # The schema, one numbered step each; a step is never edited once released, only added.
@@ -460,6 +466,14 @@ def migrate(url: str) -> list[int]:
             found = row.fetchone()
             if found is not None and int(found[0]) > SCHEMA_VERSION:
                 raise _later_release(url, int(found[0]))
+            if found is not None and int(found[0]) < SCHEMA_VERSION:
+                alone = conn.execute("SELECT pg_try_advisory_lock(%s)", (OPEN_LOCK,)).fetchone()
+                if alone is None or not alone[0]:
+                    raise StorageError(
+                        f"cannot migrate the hub database {_redacted(url)}: it is open in a"
+                        " hub (`hub serve`, or another hub command): stop every hub on it"
+                        " first, then migrate (nothing was applied)"
+                    )
             for number, name, sql in MIGRATIONS:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
@@ -551,6 +565,27 @@ class PostgresHubStore(SqlHubStore):
             self.pool.open(wait=True, timeout=POOL_TIMEOUT_S)
         except PoolTimeout as exc:
             raise StorageError(f"cannot connect to {_redacted(url)}: {_line(exc)}") from None
+        self._open_lock = self._hold_open_lock()
+
+    def _hold_open_lock(self) -> psycopg.Connection[Any] | None:
+        """A connection of the store's own holding OPEN_LOCK shared while the store is
+        open, so that `hub migrate` refuses instead of changing the schema under it. Best
+        effort: lost with the connection (a PostgreSQL restart), never a reason not to
+        serve."""
+        try:
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, keepalives=1
+            )
+        except psycopg.Error as exc:
+            log.warning("the hub database's open-lock connection failed: %s", _line(exc))
+            return None
+        try:
+            conn.execute("SELECT pg_advisory_lock_shared(%s)", (OPEN_LOCK,))
+        except psycopg.Error as exc:
+            log.warning("the hub database's open lock was not taken: %s", _line(exc))
+            conn.close()
+            return None
+        return conn
 
     # ------------------------------------------------------------ plumbing
 
@@ -817,6 +852,10 @@ class PostgresHubStore(SqlHubStore):
 
     def close(self) -> None:
         self.pool.close()
+        if self._open_lock is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._open_lock.close()  # the session's lock goes with it
+            self._open_lock = None
 
     # ------------------------------------------------------------ master data
 

@@ -426,6 +426,19 @@ class HubRules:
             result = json.loads(t.result_json)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"unreadable transaction: {exc}") from None
+        except RecursionError:  # a failure of the whole push (UNKNOWN) until review 31
+            raise ValueError("unreadable transaction: JSON nested too deeply") from None
+        for name, text, doc in (
+            ("request", t.request_json, request),
+            ("result", t.result_json, result),
+        ):
+            if "\\u" in text and _lone_surrogate(doc):
+                # no UTF-8 text holds one: a store's text column refused it, and the
+                # whole push failed (UNKNOWN) until review 31 (docs/CONTRACT.md §10)
+                raise ValueError(
+                    f"unreadable transaction: {name}Json holds a lone UTF-16 surrogate"
+                    " (\\ud800 to \\udfff, not half of a pair)"
+                )
         if not isinstance(request, dict) or not isinstance(result, dict):
             raise ValueError("requestJson and resultJson must be JSON objects")
         receipt_id = str(request.get("receiptId") or "")
@@ -1229,6 +1242,15 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
 
 def _default_program() -> dict[str, Any]:
     return Program().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _lone_surrogate(doc: Any) -> bool:
+    """Whether a JSON document read from escapes holds a lone UTF-16 surrogate."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _storable(t: TxIn) -> None:

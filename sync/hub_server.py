@@ -65,6 +65,22 @@ SNAPSHOTS = "snapshots"
 RETRY_BUILD_S = 30.0
 MAX_HOLD_TTL_S = 86_400  # a till may ask for holds of its program's TTL, up to a day
 MAX_AUTH_COUPONS = 100  # codes one authorisation may carry (a receipt has a handful)
+# The longest ids a till sends (docs/CONTRACT.md §10): a receipt's (and a batch's, a hash
+# of 32 characters) 128, a customer's 200 (an imported key). A longer one, or one with a
+# NUL (PostgreSQL's text refuses it: UNAVAILABLE, read by the till as the hub away), is
+# refused at the door, INVALID_ARGUMENT, before the store is touched (review 31).
+ID_LIMITS = {"receiptId": 128, "batchId": 128, "customerId": 200}
+
+
+def _id_problem(name: str, value: str, limit_of: str | None = None) -> str | None:
+    limit = ID_LIMITS[limit_of or name]
+    if len(value) > limit:
+        return f"{name} is too long (at most {limit} characters)"
+    if "\x00" in value:
+        return f"{name} must not contain a NUL character"
+    return None
+
+
 # What a snapshot file's signature covers (its .json says so): a file built before the
 # manifest signature (v2: PREFIX + payload in the file) is deleted and built again.
 SIGNED = MANIFEST_PREFIX.rstrip(b"\x00").decode()
@@ -907,6 +923,8 @@ class HubServicer(pb_grpc.HubServicer):
         device = self._device(context, request.device_id)
         if len(request.transactions) > MAX_BATCH:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH} per batch")
+        if problem := _id_problem("batchId", request.batch_id):
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"PushTransactions: {problem}")
         txs = []
         for tx in request.transactions:
             if tx.device_id != device:
@@ -981,6 +999,13 @@ class HubServicer(pb_grpc.HubServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "receiptId, customerId and points >= 0 are required",
             )
+        problem = _id_problem("receiptId", request.receipt_id) or _id_problem(
+            "customerId", request.customer_id
+        )
+        for i, u in enumerate(request.unsynced):
+            problem = problem or _id_problem(f"unsynced[{i}].receiptId", u.receipt_id, "receiptId")
+        if problem:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"AuthorizeRedemption: {problem}")
         try:
             at = _timestamp(request.at)
         except ValueError as exc:
@@ -1059,6 +1084,8 @@ class HubServicer(pb_grpc.HubServicer):
         device = self._device(context, request.device_id)
         if not request.receipt_id:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "receiptId is required")
+        if problem := _id_problem("receiptId", request.receipt_id):
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"ReleaseRedemption: {problem}")
         try:
             released = self.store.release(device, request.receipt_id)
         except StorageError as exc:
