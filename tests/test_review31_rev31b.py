@@ -1,0 +1,85 @@
+"""Review 31, second read (rev31b) of left31's and dev31's merged changes.
+
+Each test reproduces a fault found in them (it failed before the fix that follows it):
+
+1. a stop that reaches a coupon's write the moment it finished (every byte, the cut
+   included, handed to the network printer) kept the job PENDING, "no cut went out", and
+   the next start printed it again: one coupon cut twice (CONTRACT §7, §12);
+2. the same on a serial line: a write that pyserial finished whole was said broken off
+   because the stop had come (the `aborted` flag, not what the write did), and printed
+   again at the next start (CONTRACT §7).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.transport import NetworkTransport, SerialTransport
+from tillpoint.printer.virtual import VirtualPrinter
+
+from .test_review31_dev31 import _coupons, _jobs, _prime, _printer, _sale, _until, till
+
+# ---------------------------------------------------------------- 1. network: stop after the cut
+
+
+def test_a_stop_right_after_a_coupon_went_out_whole_does_not_print_it_again(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7 (at most once across agent stops, as across crashes) and §12's stop: a
+    stop breaks off a coupon's write still under way, "no cut went out". One that comes
+    as the write has just returned (every byte, the cut last, is the printer's) found the
+    transport still marked as sending: the socket was shut down, the job put back PENDING
+    saying no cut went out, and the next start cut the coupon a second time."""
+    _prime(tmp_path)
+    with VirtualPrinter() as vp:
+        config = _printer(vp.port)
+        with till(tmp_path, config) as (agent, devices):
+            worker = devices.worker
+
+            class StopAsTheWriteEnds(NetworkTransport):
+                """The printer's own transport; the agent's stop comes (as `stop` does:
+                the stop flag, then the abort) the moment the job's write returns."""
+
+                def write(self, data: bytes) -> None:
+                    super().write(data)
+                    if len(data) > 64:  # the job's bytes, not a status question
+                        worker._stop.set()
+                        worker._wake.set()
+                        worker._abort_send()
+
+            worker._factory = lambda: StopAsTheWriteEnds(
+                "127.0.0.1", vp.port, 1.0, write_timeout_s=1.0
+            )
+            _sale(agent, 0)
+            assert _until(lambda: _coupons(vp) == ["r-000"])
+            assert _until(lambda: worker._thread is not None and not worker._thread.is_alive())
+            assert _jobs(agent) == [("r-000", "DONE")]
+            job = worker.job("r-000")
+            assert job is not None and "no cut went out" not in (job["last_error"] or "")
+        with till(tmp_path, config) as (agent, _):
+            _sale(agent, 1)
+            assert _until(lambda: _coupons(vp) == ["r-000", "r-001"], 10)
+            assert _until(lambda: all(s == "DONE" for _, s in _jobs(agent)))
+        assert _coupons(vp) == ["r-000", "r-001"]  # r-000 once
+
+
+# ---------------------------------------------------------------- 2. serial: a whole write
+
+
+def test_a_serial_write_that_went_out_whole_is_not_said_broken_off() -> None:
+    """CONTRACT §7: `SerialTransport.write` said "the write was broken off" whenever the
+    stop's abort had come, even when pyserial wrote every byte (the abort a moment before
+    or after the write: pyserial's loop and a write that needs no wait ignore a
+    `cancel_write` that finds no write waiting). The job, on the printer whole, was put
+    back PENDING and printed again at the next start. A write broken off is one pyserial
+    says it did not finish (fewer bytes than the job's)."""
+    t = SerialTransport(PrinterConfig(kind="serial", device="loop://", write_timeout_s=1.0))
+    t.open()
+    try:
+        job = b"\x1b@coupon r-000\n\x1dV\x00"  # ends with the cut
+        t.abort()  # the stop came as the write began
+        t.write(job)
+        assert t.read(len(job), 1.0) == job  # every byte went out: the cut too
+    finally:
+        t.close()
