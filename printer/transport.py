@@ -215,7 +215,8 @@ class SerialTransport:
 
     def abort(self) -> None:
         """Break off a write blocked in another thread (the print worker's stop): pyserial's
-        `cancel_write` ends it early, and `write` says it did not finish."""
+        `cancel_write` ends it early, and `write` says it did not finish (by pyserial's
+        count: a write it finished whole stands)."""
         self.aborted = True
         port = self._port
         cancel = getattr(port, "cancel_write", None)
@@ -244,15 +245,27 @@ class SerialTransport:
         # at 9600 baud a byte takes ~1 ms: allow twice the line time on top of the timeout
         port.write_timeout = self.config.write_timeout_s + 2 * len(data) * 10 / self.config.baudrate
         try:
-            port.write(data)
+            written = port.write(data)
         except serial.SerialTimeoutException:
             raise TransportError(
                 f"printer {self.description} stopped taking data (flow control held)"
             ) from None
         except (serial.SerialException, OSError) as exc:
             raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
-        if self.aborted:  # cancel_write returns what went out so far, without an error
-            raise ConnectionLost(f"printer {self.description}: the write was broken off")
+        if written is not None and written < len(data):
+            # `cancel_write` (the stop's abort) ends a write early without an error, and
+            # says so only by the count. What the kernel still queues for the line is
+            # dropped: pyserial counts a chunk it queued whole as not written when the
+            # cancel comes while it waits, and that chunk may hold the cut. A write that
+            # went out whole is one, whether or not an abort came (review 31, rev31b: the
+            # flag alone said "broken off" of a whole job, printed again at the next start)
+            if self.aborted:
+                with contextlib.suppress(Exception):
+                    port.reset_output_buffer()
+            raise ConnectionLost(
+                f"printer {self.description}: the write was broken off "
+                f"({written} of {len(data)} bytes went out)"
+            )
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         import serial
