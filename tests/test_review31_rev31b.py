@@ -13,8 +13,14 @@ Each test reproduces a fault found in them (it failed before the fix that follow
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
+from tillpoint.agent import config as config_mod
+from tillpoint.agent.errors import InputError
 from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.errors import PrinterConfigError
+from tillpoint.printer.service import load_configs
 from tillpoint.printer.transport import NetworkTransport, SerialTransport
 from tillpoint.printer.virtual import VirtualPrinter
 
@@ -83,3 +89,40 @@ def test_a_serial_write_that_went_out_whole_is_not_said_broken_off() -> None:
         assert t.read(len(job), 1.0) == job  # every byte went out: the cut too
     finally:
         t.close()
+
+
+# ---------------------------------------------------------------- 3. plain words of the config
+
+
+def test_a_bound_of_a_decimal_setting_is_said_as_written(tmp_path: Path) -> None:
+    """The configuration's refusals in the project's words (review 31): a bound is the
+    number the setting's rule says, not pydantic's float of it."""
+    path = tmp_path / "tillpoint.toml"
+    path.write_text("[hub]\npoll_interval_s = 0\n")
+    with pytest.raises(InputError) as refused:
+        config_mod.load(path)
+    assert "hub.poll_interval_s must be more than 0 " in str(refused.value), refused.value
+    assert "0.0" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("tables", "said"),
+    [
+        (({"kind": "network", "host": "p", "status_timeout_s": 0}, {}, {}),
+         "[printer.status_timeout_s]: must be more than 0"),
+        (({"kind": "network", "host": "p", "probe_interval_s": -1}, {}, {}),
+         "[printer.probe_interval_s]: must be 0 or more"),
+        (({"kind": "parallel"}, {}, {}), '[printer.kind]: "parallel" is not one of'),
+        (({}, {"kind": "vfd"}, {}), '[display.kind]: "vfd" is not one of'),
+    ],
+)  # fmt: skip
+def test_the_device_tables_say_their_refusals_in_plain_words(
+    tables: tuple[dict[str, Any], dict[str, Any], dict[str, Any]], said: str
+) -> None:
+    """The [printer], [display] and [scanner] tables are refused in the words of every
+    other table (review 31 made them plain there; the device tables still showed pydantic's
+    "Input should be greater than 0" to the engineer at `config check` and at start)."""
+    with pytest.raises(PrinterConfigError) as refused:
+        load_configs(*tables)
+    assert said in str(refused.value), refused.value
+    assert "Input should" not in str(refused.value)
