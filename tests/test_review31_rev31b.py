@@ -12,6 +12,7 @@ Each test reproduces a fault found in them (it failed before the fix that follow
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,39 @@ def test_a_serial_write_that_went_out_whole_is_not_said_broken_off() -> None:
         assert t.read(len(job), 1.0) == job  # every byte went out: the cut too
     finally:
         t.close()
+
+
+
+def test_a_serial_write_broken_off_leaves_nothing_queued_for_the_line() -> None:
+    """CONTRACT §7: a write the stop broke off sent no cut, so the job is printed again in
+    full. pyserial queues a chunk with the kernel and then waits; a `cancel_write` met
+    then ends the write saying that chunk was not written, while the kernel still had it
+    to send, the cut too for a coupon that fits the line's buffer: the printer would cut
+    it, and the next start again. What the line still queues is dropped (the printer is
+    the far end of a real pty that has read nothing yet)."""
+    from tillpoint.printer.errors import ConnectionLost
+
+    far, near = os.openpty()
+    try:
+        t = SerialTransport(
+            PrinterConfig(kind="serial", device=os.ttyname(near), write_timeout_s=5.0)
+        )
+        t.open()
+        try:
+            t.abort()  # the stop, as the write begins
+            with pytest.raises(ConnectionLost, match="broken off"):
+                t.write(b"\x1b@coupon r-000\n\x1dV\x00")
+        finally:
+            t.close()
+        os.set_blocking(far, False)
+        try:
+            queued = os.read(far, 4096)
+        except BlockingIOError:
+            queued = b""
+        assert b"\x1dV" not in queued, queued  # no cut reaches the printer
+    finally:
+        os.close(far)
+        os.close(near)
 
 
 # ---------------------------------------------------------------- 3. plain words of the config
