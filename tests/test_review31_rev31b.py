@@ -7,7 +7,12 @@ Each test reproduces a fault found in them (it failed before the fix that follow
    the next start printed it again: one coupon cut twice (CONTRACT §7, §12);
 2. the same on a serial line: a write that pyserial finished whole was said broken off
    because the stop had come (the `aborted` flag, not what the write did), and printed
-   again at the next start (CONTRACT §7).
+   again at the next start; and a write the stop broke off as it began was counted 0
+   bytes by pyserial while the kernel had taken the whole coupon, cut included (§7);
+3. the plain words of a bound (review 31) said a whole-number bound of a decimal setting
+   as pydantic's float ("hub.poll_interval_s must be more than 0.0"), and the device
+   tables ([printer], [display], [scanner]) still said pydantic's own ("Input should be
+   greater than 0", "Input should be 'network', 'serial' ...") (CONTRACT §10).
 """
 
 from __future__ import annotations
@@ -90,7 +95,6 @@ def test_a_serial_write_that_went_out_whole_is_not_said_broken_off() -> None:
         assert t.read(len(job), 1.0) == job  # every byte went out: the cut too
     finally:
         t.close()
-
 
 
 def test_a_serial_write_broken_off_leaves_nothing_queued_for_the_line() -> None:
