@@ -260,12 +260,14 @@ class SerialTransport:
             raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
         if written is not None and written < len(data):
             # the stop's abort ended the write early (`cancel_write` of a URL port says so
-            # only by the count): the cut never went out; what the kernel still queues
-            # for the line is dropped, so no torn part of it prints when the line moves
-            # again. A write that went out whole is one, whether or not an abort came
-            # (review 31, rev31b: the flag alone said "broken off" of a whole job, which
-            # the next start printed again)
-            if self.aborted:
+            # only by the count): the cut never went out; what the kernel still queues of
+            # this write's part is dropped, so no torn part of it prints when the line
+            # moves again. Only when it took a part: a write that took nothing (`GS r`
+            # after a job the abort met as it ended) leaves the queue to the job before
+            # it, whose tail, the cut last, may still be in it. A write that went out
+            # whole is one, whether or not an abort came (review 31, rev31b: the flag
+            # alone said "broken off" of a whole job, which the next start printed again)
+            if self.aborted and written > 0:
                 with contextlib.suppress(Exception):
                     port.reset_output_buffer()
             raise ConnectionLost(
