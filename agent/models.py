@@ -1266,6 +1266,8 @@ def _plain_bound(error: Any) -> str | None:
     than or equal to 7")."""
     bound = _BOUNDS.get(str(error.get("type")))
     limit = (error.get("ctx") or {}).get(bound[0]) if bound else None
+    if isinstance(limit, float) and limit.is_integer():
+        limit = int(limit)  # a decimal setting's `gt=0`: "more than 0", not pydantic's 0.0
     return None if bound is None or limit is None else bound[1].format(limit)
 
 
@@ -1281,6 +1283,17 @@ def _plain_choice(error: Any) -> str | None:
     if isinstance(given, str) and len(given) <= 40 and not has_controls(given):
         return f'"{given}" is not one of {choices}'
     return f"must be one of {choices}"
+
+
+def plain_message(error: Any) -> str:
+    """One pydantic error's message in the project's words where it says "Input should be"
+    (a bound, a choice, a type), as `describe` says it: for the tables validated on their own
+    (the device tables; review 31, rev31b: they still said "Input should be greater than
+    0" and "Input should be 'network', 'serial' ...")."""
+    message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
+    if message.startswith("Input should be"):
+        return _plain_bound(error) or _plain_choice(error) or _should(message)
+    return message
 
 
 def _should(message: str) -> str:

@@ -666,22 +666,37 @@ class PrintWorker:
             if phase == "send" and self._stop.is_set():
                 self._stopped_sending(job, exc)
                 return
-            if not isinstance(exc, PrinterError):  # a bug in a transport: keep the job
-                log.exception("unexpected error printing %s", job.receipt_id)
-            if phase == "connect":
-                message = str(exc)
-            elif phase == "send":
-                message = f"{exc} (while sending; the job is printed again in full)"
+            if phase == "confirm" and self._stop.is_set() and getattr(transport, "aborted", False):
+                # the stop's abort came as the job's write returned: every byte, the cut
+                # last, is the printer's, and only the confirmation was cut short. Done,
+                # not sent again (review 31, rev31b: it was printed twice)
+                note = (
+                    "sent in full; the agent stopped before the printer confirmed it "
+                    f"({exc}): not printed again"
+                )
             else:
-                message = f"{exc} (before the printer confirmed; the job is printed again)"
-            lost = isinstance(exc, ConnectionLost) or phase == "connect"
-            state: PrinterState = "OFFLINE" if lost else "ERROR"
-            if phase != "connect" and self._dropped(job, f"{exc} (while {phase}ing)"):
+                self._failed_attempt(job, exc, phase, claimed)
                 return
-            self._retry(job, message, state, claimed)
-            return
         finally:
             transport.close()
+        self._printed(job, note, paper, health)
+
+    def _failed_attempt(self, job: _Job, exc: Exception, phase: str, claimed: bool) -> None:
+        if not isinstance(exc, PrinterError):  # a bug in a transport: keep the job
+            log.exception("unexpected error printing %s", job.receipt_id)
+        if phase == "connect":
+            message = str(exc)
+        elif phase == "send":
+            message = f"{exc} (while sending; the job is printed again in full)"
+        else:
+            message = f"{exc} (before the printer confirmed; the job is printed again)"
+        lost = isinstance(exc, ConnectionLost) or phase == "connect"
+        state: PrinterState = "OFFLINE" if lost else "ERROR"
+        if phase != "connect" and self._dropped(job, f"{exc} (while {phase}ing)"):
+            return
+        self._retry(job, message, state, claimed)
+
+    def _printed(self, job: _Job, note: str | None, paper: PaperState, health: Health) -> None:
         # The job is on its way to paper: from here on it is never sent again.
         self._drops.pop(job.id, None)
         self._mark_done(job, note)
@@ -717,12 +732,13 @@ class PrintWorker:
                 raise ConnectionLost("the agent is stopping: the job was not sent")
             self._sending = transport
         try:
-            transport.write(data)
+            transport.write(data)  # raises unless every byte went out (an abort included)
         finally:
             with self._send_lock:
                 self._sending = None
-        if self._stop.is_set() and getattr(transport, "aborted", False):
-            raise ConnectionLost("the agent stopped while the job was sent")
+        # A write that returned took the whole job, the cut last, whether or not the stop's
+        # abort came meanwhile: it is not "broken off" (review 31, rev31b: a stop that came
+        # as the write ended put it back PENDING, and the next start printed it twice)
 
     def _abort_send(self) -> None:
         with self._send_lock:

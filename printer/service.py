@@ -26,6 +26,7 @@ from typing import Any, TypedDict
 
 from pydantic import ValidationError
 from tillpoint.agent.config import env_source
+from tillpoint.agent.models import plain_message
 from tillpoint.agent.results import CheckoutResult, ScanResult
 from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
 from tillpoint.printer.display import CustomerDisplay, DisplayStatus
@@ -56,7 +57,7 @@ def _validate(model: Any, table: str, values: Mapping[str, Any]) -> Any:
         key = f"{table}.{where}" if where else table
         # where a unit's Environment= set it, as the other tables' problems say it
         source = env_source(*key.split("."))
-        raise PrinterConfigError(f"config [{key}]: {err.get('msg', 'invalid')}{source}") from None
+        raise PrinterConfigError(f"config [{key}]: {plain_message(err)}{source}") from None
 
 
 def load_configs(

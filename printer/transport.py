@@ -214,8 +214,10 @@ class SerialTransport:
         self.aborted = False
 
     def abort(self) -> None:
-        """Break off a write blocked in another thread (the print worker's stop): pyserial's
-        `cancel_write` ends it early, and `write` says it did not finish."""
+        """Break off a write blocked in another thread (the print worker's stop): a device
+        node's write (`_write_fd`) ends within 0.2 s, a URL port's by pyserial's
+        `cancel_write`; `write` says it did not finish when it did not (by the count of
+        bytes that went out: a write that went out whole stands)."""
         self.aborted = True
         port = self._port
         cancel = getattr(port, "cancel_write", None)
@@ -242,17 +244,61 @@ class SerialTransport:
         if port is None:
             raise TransportError(f"printer {self.description}: port not open")
         # at 9600 baud a byte takes ~1 ms: allow twice the line time on top of the timeout
-        port.write_timeout = self.config.write_timeout_s + 2 * len(data) * 10 / self.config.baudrate
+        timeout_s = self.config.write_timeout_s + 2 * len(data) * 10 / self.config.baudrate
+        port.write_timeout = timeout_s
+        fd = getattr(port, "fd", None)  # a device node (pyserial's POSIX port), not a URL
         try:
-            port.write(data)
+            if isinstance(fd, int):
+                written = self._write_fd(fd, data, timeout_s)
+            else:
+                written = port.write(data)
         except serial.SerialTimeoutException:
             raise TransportError(
                 f"printer {self.description} stopped taking data (flow control held)"
             ) from None
         except (serial.SerialException, OSError) as exc:
             raise ConnectionLost(f"printer {self.description} went away: {_reason(exc)}") from None
-        if self.aborted:  # cancel_write returns what went out so far, without an error
-            raise ConnectionLost(f"printer {self.description}: the write was broken off")
+        if written is not None and written < len(data):
+            # the stop's abort ended the write early (`cancel_write` of a URL port says so
+            # only by the count): the cut never went out; what the kernel still queues of
+            # this write's part is dropped, so no torn part of it prints when the line
+            # moves again. Only when it took a part: a write that took nothing (`GS r`
+            # after a job the abort met as it ended) leaves the queue to the job before
+            # it, whose tail, the cut last, may still be in it. A write that went out
+            # whole is one, whether or not an abort came (review 31, rev31b: the flag
+            # alone said "broken off" of a whole job, which the next start printed again)
+            if self.aborted and written > 0:
+                with contextlib.suppress(Exception):
+                    port.reset_output_buffer()
+            raise ConnectionLost(
+                f"printer {self.description}: the write was broken off "
+                f"({written} of {len(data)} bytes went out)"
+            )
+
+    def _write_fd(self, fd: int, data: bytes, timeout_s: float) -> int:
+        """`data` to the port's own descriptor (pyserial opens it non-blocking), counting
+        what the kernel took, until all of it, the abort or the timeout: pyserial's write,
+        cancelled (`cancel_write`) while it waits, counts the chunk the kernel already
+        took as not written, and a cancel that found no write waiting ends the next one
+        after its first chunk, saying 0 bytes (a whole coupon, cut included, went to
+        the printer and was printed again at the next start; review 31, rev31b)."""
+        import serial
+
+        view = memoryview(data)
+        sent = 0
+        deadline = time.monotonic() + timeout_s
+        while sent < len(data) and not self.aborted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise serial.SerialTimeoutException("Write timeout")
+            _, ready, _ = select.select([], [fd], [], min(left, 0.2))  # the abort: 0.2 s
+            if not ready:
+                continue
+            try:
+                sent += os.write(fd, view[sent:])
+            except (BlockingIOError, InterruptedError):
+                continue
+        return sent
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         import serial
