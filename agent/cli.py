@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import InputError, TillpointError, edge_of, one_line
-from .limits import REQUEST_MAX_BYTES
+from .limits import REQUEST_MAX_BYTES, has_lone_surrogate
 
 if TYPE_CHECKING:
     from .models import Receipt
@@ -754,7 +754,7 @@ def parse_json(
             parse_constant=_no_constant,
             object_pairs_hook=pairs_hook,
         )
-        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _lone_surrogate(doc):
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text) and has_lone_surrogate(doc):
             raise InputError(
                 f"{name}: not valid JSON (a lone UTF-16 surrogate, \\ud800 to \\udfff,"
                 " is not a character)"
@@ -787,14 +787,6 @@ def _too_large(name: str, limit: int) -> str:
 # character once read), or alone, which no UTF-8 text can hold: every answer, log line and
 # SQLite text that echoed it would fail to encode.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _lone_surrogate(doc: Any) -> bool:
-    try:
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 class _FloatInJson(InputError):

@@ -3,7 +3,21 @@ the models. A module of its own, without imports, so the CLI can read it at star
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 # Every text field of a request (receipt, refund, identify, balance), in characters.
 TEXT_MAX = 128
 # One request (a receipt or refund file, a gRPC message to the PosAgent server), in bytes.
 REQUEST_MAX_BYTES = 4 << 20  # 4 MiB
+
+
+def has_lone_surrogate(doc: Any) -> bool:
+    """Whether a JSON document read from escapes holds a lone UTF-16 surrogate (`\\ud800`
+    not half of a pair), which no UTF-8 text holds: the CLI's and HTTP's reader refuses
+    such a request, the hub sets such a pushed transaction aside."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -37,6 +37,7 @@ from tillpoint.agent.coupons import issued_by, issued_prefix
 from tillpoint.agent.errors import InputError, NotFound
 from tillpoint.agent.expiry import Movement, Wallet, expiry_time, wallet_of
 from tillpoint.agent.ledger import utc_text
+from tillpoint.agent.limits import has_lone_surrogate
 from tillpoint.agent.models import (
     INT64_MAX,
     INT64_MIN,
@@ -432,7 +433,7 @@ class HubRules:
             ("request", t.request_json, request),
             ("result", t.result_json, result),
         ):
-            if "\\u" in text and _lone_surrogate(doc):
+            if "\\u" in text and has_lone_surrogate(doc):
                 # no UTF-8 text holds one: a store's text column refused it, and the
                 # whole push failed (UNKNOWN) until review 31 (docs/CONTRACT.md §10)
                 raise ValueError(
@@ -1242,15 +1243,6 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
 
 def _default_program() -> dict[str, Any]:
     return Program().model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def _lone_surrogate(doc: Any) -> bool:
-    """Whether a JSON document read from escapes holds a lone UTF-16 surrogate."""
-    try:
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _storable(t: TxIn) -> None:
