@@ -6,6 +6,7 @@ under a hub that has checked it."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,7 +64,7 @@ def test_ids_at_a_tills_own_limits_are_welcome_counted_in_characters(
     batch = pb.TransactionBatch(
         device_id="till-1",
         batch_id="b" * 128,
-        transactions=[checkout(1, '{"receiptId": "%s"}' % receipt)],
+        transactions=[checkout(1, json.dumps({"receiptId": receipt}, ensure_ascii=False))],
     )
     ack = s.PushTransactions(batch, timeout=TIMEOUT)
     assert [(r.seq, r.outcome) for r in ack.results] == [(1, pb.TX_STORED)]
