@@ -458,6 +458,11 @@ def migrate(url: str) -> list[int]:
     applied: list[int] = []
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            # One migrate at a time, for the session: a second (two hubs started together
+            # with `migrate_schema`, the demo) waits here for the first and then finds
+            # nothing to apply. It read the version beside the first and took the first's
+            # exclusive open lock for a serving hub's: refused (review 31, rev31d).
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                 " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -527,14 +532,22 @@ class PostgresHubStore(SqlHubStore):
         self.url = url
         if migrate_schema:
             migrate(url)
-        found = schema_version(url)
-        if found > SCHEMA_VERSION:
-            raise _later_release(url, found)
-        if found != SCHEMA_VERSION:
-            raise StorageError(
-                f"the hub database {_redacted(url)} has schema {found}, this hub needs"
-                f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
-            )
+        # The open lock before the schema is checked: a migrate that held it exclusive
+        # meanwhile has finished, and its schema is the one checked (the check came first
+        # until rev31d, and a hub went on over a later release's schema).
+        self._open_lock = self._hold_open_lock()
+        try:
+            found = schema_version(url)
+            if found > SCHEMA_VERSION:
+                raise _later_release(url, found)
+            if found != SCHEMA_VERSION:
+                raise StorageError(
+                    f"the hub database {_redacted(url)} has schema {found}, this hub needs"
+                    f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
+                )
+        except BaseException:
+            self._release_open_lock()
+            raise
         self._pinned = threading.local()
         self._probe_lock = threading.Lock()  # held for a few lines, never across the attempt
         self._probed_at = float("-inf")
@@ -564,8 +577,8 @@ class PostgresHubStore(SqlHubStore):
         try:
             self.pool.open(wait=True, timeout=POOL_TIMEOUT_S)
         except PoolTimeout as exc:
+            self._release_open_lock()
             raise StorageError(f"cannot connect to {_redacted(url)}: {_line(exc)}") from None
-        self._open_lock = self._hold_open_lock()
 
     def _hold_open_lock(self) -> psycopg.Connection[Any] | None:
         """A connection of the store's own holding OPEN_LOCK shared while the store is
@@ -850,12 +863,15 @@ class PostgresHubStore(SqlHubStore):
             finally:
                 conn.execute("RESET lock_timeout")
 
-    def close(self) -> None:
-        self.pool.close()
+    def _release_open_lock(self) -> None:
         if self._open_lock is not None:
             with contextlib.suppress(psycopg.Error):
                 self._open_lock.close()  # the session's lock goes with it
             self._open_lock = None
+
+    def close(self) -> None:
+        self.pool.close()
+        self._release_open_lock()
 
     # ------------------------------------------------------------ master data
 
