@@ -268,3 +268,47 @@ def test_a_hub_whose_open_lock_connection_is_killed_serves_and_stops_clean(
         finally:
             hub.stop()
         _until(lambda: _hub_backends(admin, pg_url) == 0, "the hub's connections to close")
+
+
+def _open_locks(admin: Any) -> list[int]:
+    from tillpoint.sync.hub_postgres import OPEN_LOCK
+
+    rows = admin.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND granted"
+        " AND mode = 'ShareLock'",
+        (OPEN_LOCK,),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+@pytest.mark.slow
+def test_a_hub_takes_its_open_lock_again_once_its_connection_is_gone(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/HUB.md, Migrations: `hub migrate` refuses while a hub has the database open.
+    A PostgreSQL restart (here `pg_terminate_backend` of the lock's connection) took the
+    hub's lock with it for good, and a migrate afterwards changed the schema under the
+    serving hub; the hub now checks its lock every OPEN_LOCK_CHECK_S (30 s; a tenth of a
+    second here) and takes it again on a new connection, and the migrate is refused."""
+    import psycopg
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.sync import hub_postgres
+
+    monkeypatch.setattr(hub_postgres, "OPEN_LOCK_CHECK_S", 0.1, raising=False)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        hub = LoopbackHub(
+            tmp_path / "hub", data=expiring_data(), clock=lambda: HUB_NOW, store=pg_url
+        )
+        try:
+            (first,) = _open_locks(admin)
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+            _until(lambda: _open_locks(admin) not in ([], [first]), "the lock taken again")
+            admin.execute(
+                "DELETE FROM schema_migrations WHERE version = %s", (hub_postgres.SCHEMA_VERSION,)
+            )
+            with pytest.raises(StorageError) as err:
+                hub_postgres.migrate(pg_url)
+            assert "is open" in err.value.message
+        finally:
+            hub.stop()
+        _until(lambda: _hub_backends(admin, pg_url) == 0, "the hub's connections to close")
