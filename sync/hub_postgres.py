@@ -113,6 +113,9 @@ IMPORT_LOCK = 7_301_403
 # serve`, and each hub command while it runs); `hub migrate` with steps to apply takes it
 # exclusive or refuses (docs/HUB.md: a hub is stopped before its schema changes).
 OPEN_LOCK = 7_301_404
+# How often an open store checks that its open lock is still held (its connection gone
+# with a PostgreSQL restart or `pg_terminate_backend`), and takes it again if not.
+OPEN_LOCK_CHECK_S = 30.0
 FETCH = 4096  # rows per round trip of a server-side cursor
 
 # The schema, one numbered step each; a step is never edited once released, only added.
@@ -535,6 +538,8 @@ class PostgresHubStore(SqlHubStore):
         # The open lock before the schema is checked: a migrate that held it exclusive
         # meanwhile has finished, and its schema is the one checked (the check came first
         # until rev31d, and a hub went on over a later release's schema).
+        self._open_lock_mutex = threading.Lock()
+        self._closing = threading.Event()
         self._open_lock = self._hold_open_lock()
         try:
             found = schema_version(url)
@@ -579,21 +584,66 @@ class PostgresHubStore(SqlHubStore):
         except PoolTimeout as exc:
             self._release_open_lock()
             raise StorageError(f"cannot connect to {_redacted(url)}: {_line(exc)}") from None
+        threading.Thread(target=self._keep_open_lock, name="hub-open-lock", daemon=True).start()
 
-    def _hold_open_lock(self) -> psycopg.Connection[Any] | None:
+    def _keep_open_lock(self) -> None:
+        """The open lock again on a new connection when its own is gone (a PostgreSQL
+        restart ends the session and its lock: a `hub migrate` then ran under the serving
+        hub until rev31d). Not waiting for a migrate that holds it exclusive meanwhile
+        (`pg_try_advisory_lock_shared`): the hub serves on, and says so in its log. The
+        mutex is held only to swap the connection, never across a round trip (`close`
+        never waits for one)."""
+        while not self._closing.wait(OPEN_LOCK_CHECK_S):
+            with self._open_lock_mutex:
+                conn = self._open_lock
+            if conn is not None:
+                try:
+                    conn.execute("SELECT 1")
+                    continue  # held: the session is alive
+                except psycopg.Error:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+            again = self._hold_open_lock(wait=False)
+            with self._open_lock_mutex:
+                if self._closing.is_set():  # closed meanwhile: this one goes too
+                    if again is not None:
+                        with contextlib.suppress(psycopg.Error):
+                            again.close()
+                    return
+                self._open_lock = again
+            if again is not None:
+                log.info("the hub database's open lock is held again")
+
+    def _hold_open_lock(self, *, wait: bool = True) -> psycopg.Connection[Any] | None:
         """A connection of the store's own holding OPEN_LOCK shared while the store is
         open, so that `hub migrate` refuses instead of changing the schema under it. Best
         effort: lost with the connection (a PostgreSQL restart), never a reason not to
         serve."""
         try:
             conn = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, keepalives=1
+                self.url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                keepalives=1,
+                keepalives_idle=30,  # a dead link found as the pool's are, not in 2 hours
             )
         except psycopg.Error as exc:
             log.warning("the hub database's open-lock connection failed: %s", _line(exc))
             return None
         try:
-            conn.execute("SELECT pg_advisory_lock_shared(%s)", (OPEN_LOCK,))
+            if wait:
+                conn.execute("SELECT pg_advisory_lock_shared(%s)", (OPEN_LOCK,))
+            else:
+                got = conn.execute(
+                    "SELECT pg_try_advisory_lock_shared(%s)", (OPEN_LOCK,)
+                ).fetchone()
+                if got is None or not got[0]:
+                    log.warning(
+                        "the hub database's open lock is held by a `hub migrate`: its"
+                        " schema may change under this hub (docs/HUB.md, Migrations)"
+                    )
+                    conn.close()
+                    return None
         except psycopg.Error as exc:
             log.warning("the hub database's open lock was not taken: %s", _line(exc))
             conn.close()
@@ -864,10 +914,12 @@ class PostgresHubStore(SqlHubStore):
                 conn.execute("RESET lock_timeout")
 
     def _release_open_lock(self) -> None:
-        if self._open_lock is not None:
+        self._closing.set()
+        with self._open_lock_mutex:
+            conn, self._open_lock = self._open_lock, None
+        if conn is not None:
             with contextlib.suppress(psycopg.Error):
-                self._open_lock.close()  # the session's lock goes with it
-            self._open_lock = None
+                conn.close()  # the session's lock goes with it
 
     def close(self) -> None:
         self.pool.close()
