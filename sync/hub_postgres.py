@@ -540,6 +540,7 @@ class PostgresHubStore(SqlHubStore):
         # until rev31d, and a hub went on over a later release's schema).
         self._open_lock_mutex = threading.Lock()
         self._closing = threading.Event()
+        self._open_lock_why: str | None = None  # why the last attempt failed
         self._open_lock = self._hold_open_lock()
         try:
             found = schema_version(url)
@@ -553,6 +554,8 @@ class PostgresHubStore(SqlHubStore):
         except BaseException:
             self._release_open_lock()
             raise
+        if self._open_lock is None and self._open_lock_why:
+            log.warning("%s", self._open_lock_why)
         self._pinned = threading.local()
         self._probe_lock = threading.Lock()  # held for a few lines, never across the attempt
         self._probed_at = float("-inf")
@@ -618,7 +621,9 @@ class PostgresHubStore(SqlHubStore):
         """A connection of the store's own holding OPEN_LOCK shared while the store is
         open, so that `hub migrate` refuses instead of changing the schema under it. Best
         effort: lost with the connection (a PostgreSQL restart), never a reason not to
-        serve."""
+        serve. At the store's open (`wait`) a failure is logged only once the schema is
+        checked: a database that cannot be reached is that check's one-line error."""
+        self._open_lock_why = None
         try:
             conn = psycopg.connect(
                 self.url,
@@ -628,7 +633,9 @@ class PostgresHubStore(SqlHubStore):
                 keepalives_idle=30,  # a dead link found as the pool's are, not in 2 hours
             )
         except psycopg.Error as exc:
-            log.warning("the hub database's open-lock connection failed: %s", _line(exc))
+            self._open_lock_why = f"the hub database's open-lock connection failed: {_line(exc)}"
+            if not wait:
+                log.warning("%s", self._open_lock_why)
             return None
         try:
             if wait:
@@ -645,7 +652,9 @@ class PostgresHubStore(SqlHubStore):
                     conn.close()
                     return None
         except psycopg.Error as exc:
-            log.warning("the hub database's open lock was not taken: %s", _line(exc))
+            self._open_lock_why = f"the hub database's open lock was not taken: {_line(exc)}"
+            if not wait:
+                log.warning("%s", self._open_lock_why)
             conn.close()
             return None
         return conn
