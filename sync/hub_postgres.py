@@ -634,8 +634,8 @@ class PostgresHubStore(SqlHubStore):
             )
         except psycopg.Error as exc:
             self._open_lock_why = f"the hub database's open-lock connection failed: {_line(exc)}"
-            if not wait:
-                log.warning("%s", self._open_lock_why)
+            if not wait:  # the database away: its calls say so, this every 30 s would not
+                log.info("%s", self._open_lock_why)
             return None
         try:
             if wait:
