@@ -113,6 +113,9 @@ IMPORT_LOCK = 7_301_403
 # serve`, and each hub command while it runs); `hub migrate` with steps to apply takes it
 # exclusive or refuses (docs/HUB.md: a hub is stopped before its schema changes).
 OPEN_LOCK = 7_301_404
+# How often an open store checks that its open lock is still held (its connection gone
+# with a PostgreSQL restart or `pg_terminate_backend`), and takes it again if not.
+OPEN_LOCK_CHECK_S = 30.0
 FETCH = 4096  # rows per round trip of a server-side cursor
 
 # The schema, one numbered step each; a step is never edited once released, only added.
@@ -458,6 +461,11 @@ def migrate(url: str) -> list[int]:
     applied: list[int] = []
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            # One migrate at a time, for the session: a second (two hubs started together
+            # with `migrate_schema`, the demo) waits here for the first and then finds
+            # nothing to apply. It read the version beside the first and took the first's
+            # exclusive open lock for a serving hub's: refused (review 31, rev31d).
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                 " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -527,14 +535,27 @@ class PostgresHubStore(SqlHubStore):
         self.url = url
         if migrate_schema:
             migrate(url)
-        found = schema_version(url)
-        if found > SCHEMA_VERSION:
-            raise _later_release(url, found)
-        if found != SCHEMA_VERSION:
-            raise StorageError(
-                f"the hub database {_redacted(url)} has schema {found}, this hub needs"
-                f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
-            )
+        # The open lock before the schema is checked: a migrate that held it exclusive
+        # meanwhile has finished, and its schema is the one checked (the check came first
+        # until rev31d, and a hub went on over a later release's schema).
+        self._open_lock_mutex = threading.Lock()
+        self._closing = threading.Event()
+        self._open_lock_why: str | None = None  # why the last attempt failed
+        self._open_lock = self._hold_open_lock()
+        try:
+            found = schema_version(url)
+            if found > SCHEMA_VERSION:
+                raise _later_release(url, found)
+            if found != SCHEMA_VERSION:
+                raise StorageError(
+                    f"the hub database {_redacted(url)} has schema {found}, this hub needs"
+                    f" {SCHEMA_VERSION}: run 'tillpoint hub migrate --store URL'"
+                )
+        except BaseException:
+            self._release_open_lock()
+            raise
+        if self._open_lock is None and self._open_lock_why:
+            log.warning("%s", self._open_lock_why)
         self._pinned = threading.local()
         self._probe_lock = threading.Lock()  # held for a few lines, never across the attempt
         self._probed_at = float("-inf")
@@ -564,25 +585,76 @@ class PostgresHubStore(SqlHubStore):
         try:
             self.pool.open(wait=True, timeout=POOL_TIMEOUT_S)
         except PoolTimeout as exc:
+            self._release_open_lock()
             raise StorageError(f"cannot connect to {_redacted(url)}: {_line(exc)}") from None
-        self._open_lock = self._hold_open_lock()
+        threading.Thread(target=self._keep_open_lock, name="hub-open-lock", daemon=True).start()
 
-    def _hold_open_lock(self) -> psycopg.Connection[Any] | None:
+    def _keep_open_lock(self) -> None:
+        """The open lock again on a new connection when its own is gone (a PostgreSQL
+        restart ends the session and its lock: a `hub migrate` then ran under the serving
+        hub until rev31d). Not waiting for a migrate that holds it exclusive meanwhile
+        (`pg_try_advisory_lock_shared`): the hub serves on, and says so in its log. The
+        mutex is held only to swap the connection, never across a round trip (`close`
+        never waits for one)."""
+        while not self._closing.wait(OPEN_LOCK_CHECK_S):
+            with self._open_lock_mutex:
+                conn = self._open_lock
+            if conn is not None:
+                try:
+                    conn.execute("SELECT 1")
+                    continue  # held: the session is alive
+                except psycopg.Error:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+            again = self._hold_open_lock(wait=False)
+            with self._open_lock_mutex:
+                if self._closing.is_set():  # closed meanwhile: this one goes too
+                    if again is not None:
+                        with contextlib.suppress(psycopg.Error):
+                            again.close()
+                    return
+                self._open_lock = again
+            if again is not None:
+                log.info("the hub database's open lock is held again")
+
+    def _hold_open_lock(self, *, wait: bool = True) -> psycopg.Connection[Any] | None:
         """A connection of the store's own holding OPEN_LOCK shared while the store is
         open, so that `hub migrate` refuses instead of changing the schema under it. Best
         effort: lost with the connection (a PostgreSQL restart), never a reason not to
-        serve."""
+        serve. At the store's open (`wait`) a failure is logged only once the schema is
+        checked: a database that cannot be reached is that check's one-line error."""
+        self._open_lock_why = None
         try:
             conn = psycopg.connect(
-                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, keepalives=1
+                self.url,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                keepalives=1,
+                keepalives_idle=30,  # a dead link found as the pool's are, not in 2 hours
             )
         except psycopg.Error as exc:
-            log.warning("the hub database's open-lock connection failed: %s", _line(exc))
+            self._open_lock_why = f"the hub database's open-lock connection failed: {_line(exc)}"
+            if not wait:  # the database away: its calls say so, this every 30 s would not
+                log.info("%s", self._open_lock_why)
             return None
         try:
-            conn.execute("SELECT pg_advisory_lock_shared(%s)", (OPEN_LOCK,))
+            if wait:
+                conn.execute("SELECT pg_advisory_lock_shared(%s)", (OPEN_LOCK,))
+            else:
+                got = conn.execute(
+                    "SELECT pg_try_advisory_lock_shared(%s)", (OPEN_LOCK,)
+                ).fetchone()
+                if got is None or not got[0]:
+                    log.warning(
+                        "the hub database's open lock is held by a `hub migrate`: its"
+                        " schema may change under this hub (docs/HUB.md, Migrations)"
+                    )
+                    conn.close()
+                    return None
         except psycopg.Error as exc:
-            log.warning("the hub database's open lock was not taken: %s", _line(exc))
+            self._open_lock_why = f"the hub database's open lock was not taken: {_line(exc)}"
+            if not wait:
+                log.warning("%s", self._open_lock_why)
             conn.close()
             return None
         return conn
@@ -850,12 +922,17 @@ class PostgresHubStore(SqlHubStore):
             finally:
                 conn.execute("RESET lock_timeout")
 
+    def _release_open_lock(self) -> None:
+        self._closing.set()
+        with self._open_lock_mutex:
+            conn, self._open_lock = self._open_lock, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()  # the session's lock goes with it
+
     def close(self) -> None:
         self.pool.close()
-        if self._open_lock is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._open_lock.close()  # the session's lock goes with it
-            self._open_lock = None
+        self._release_open_lock()
 
     # ------------------------------------------------------------ master data
 
