@@ -75,7 +75,8 @@ class _Parser(argparse.ArgumentParser):
         # out of range) is not helped by `-- -1`
         unplaced = message.startswith("the following arguments are required") or (
             message.startswith("unrecognized arguments:")
-            and any(w in message.split() for w in dashed)
+            # the words argparse left, up to a "; --at goes after the command" said after them
+            and any(w in message.split(";", 1)[0].split() for w in dashed)
         )
         if dashed and unplaced:
             message += f"; a text that starts with a dash goes after --: -- {dashed[0]}"
@@ -335,6 +336,10 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
             setattr(args, action.dest, action.const)
         return args
     if extras:
+        # a flag of the command given before it is taken (above): the others are the fault
+        # (`tillpoint --json status extra` blamed --json, "--json goes after the command")
+        if chosen is not parser:
+            extras = [w for w in extras if not _is_flag_of(chosen, w)]
         # `tillpoint --at=T balance CARD`: an option with a value given before the command
         known = [w for w in extras if w.split("=", 1)[0] in chosen._option_string_actions]
         where = (
@@ -357,29 +362,60 @@ def _refuse_valued_option_before_command(
     sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
     if sub is None:
         return
-    top = parser._option_string_actions
     words = list(argv)
+    free: list[str] = []  # the words before the command that are not the top's own
     i = 0
     while i < len(words) and words[i] != "--":
         word = words[i]
-        if word in top:
-            if top[word].nargs == 0:  # `--version`, `--help`: they answer first
+        action = _top_option(parser, word)
+        if action is not None:
+            if action.nargs == 0:  # `--version`, `--help`: they answer first
                 return
-            i += 2
+            if "=" not in word:
+                if i + 1 == len(words) or _not_a_value(parser, words[i + 1]):
+                    return  # `--data-dir $UNSET --at T ...`: argparse says it has no value
+                i += 1
+            i += 1
             continue
         if word in sub.choices:
             command = sub.choices[word]
-            for before in words[:i]:
-                action = command._option_string_actions.get(before)
-                if action is not None and before not in top and action.nargs != 0:
-                    at = words.index(before)
+            for at, before in enumerate(words[:i]):
+                if before not in free:
+                    continue
+                found = command._option_string_actions.get(before)
+                if found is not None and found.nargs != 0:
                     given = " ".join(words[at : at + 2])
                     command.error(
                         f"unrecognized arguments: {given}; {before} goes after the command:"
                         f" {command.prog} ... {before}"
                     )
             return
+        free.append(word)
         i += 1
+
+
+def _top_option(parser: argparse.ArgumentParser, word: str) -> argparse.Action | None:
+    """The top parser's option `word` names as argparse reads it: whole, shortened while it
+    names one (`--data`), or with its value after `=`."""
+    if not word.startswith("-"):
+        return None
+    name = word.split("=", 1)[0] if word.startswith("--") else word
+    options = parser._option_string_actions
+    if name in options:
+        return options[name]
+    named = {options[o] for o in options if o.startswith("--") and o.startswith(name)}
+    return named.pop() if len(name) > 2 and len(named) == 1 else None
+
+
+def _not_a_value(parser: argparse.ArgumentParser, word: str) -> bool:
+    """Whether argparse refuses `word` as an option's value: a dashed word (`--at`), not
+    `-` and not a negative number."""
+    return (
+        word[:1] == "-"
+        and word != "-"
+        and " " not in word
+        and not parser._negative_number_matcher.match(word)
+    )
 
 
 def _is_flag_of(parser: argparse.ArgumentParser, word: str) -> bool:
