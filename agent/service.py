@@ -23,7 +23,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from textwrap import shorten
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -53,6 +52,7 @@ from .errors import (
     StorageError,
     TillpointError,
     UnreadableFile,
+    one_line,
 )
 from .expiry import WARN_DAYS, Movement, days_later, expiry_time
 from .forward import process_running
@@ -441,7 +441,9 @@ class Agent:
         except Exception as exc:  # counted in `status`; the sale stands (review 31)
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
             self._device_misses += 1
-            self._device_miss_error = shorten(f"{hook}: {type(exc).__name__}: {exc}", 200)
+            said = one_line(f"{hook}: {type(exc).__name__}: {exc}")
+            # cut, not `textwrap.shorten`: a long path or token had left only "[...]"
+            self._device_miss_error = said if len(said) <= 200 else said[:199] + "…"
 
     def identify(self, text: str) -> Card:
         check_text("identify: text", text)

@@ -436,3 +436,31 @@ def test_the_hub_store_reads_active_holds_one_way() -> None:
 
     for kind in (HubTx, SqlTx):
         assert not hasattr(kind, "active_holds") and hasattr(kind, "active_holds_at"), kind
+
+
+def test_a_long_device_error_keeps_its_start(tmp_path: Path) -> None:
+    """`deviceHandoffLastError` is cut at 200 characters keeping its start: the call, the
+    error's type and the start of its words (a long unbroken path had left only
+    "after_checkout: OSError: [...]"), on one line."""
+    from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+    from tillpoint.printer.service import Devices
+
+    path = "/dev/serial/by-id/" + "x" * 300
+
+    class FailingHandoff(Devices):
+        def after_checkout(self, result: Any) -> None:
+            raise OSError(f"cannot open {path}\nline two")
+
+    data = tmp_path / "data"
+    agent = Agent(data, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.devices = FailingHandoff(
+        data / "ledger.db", PrinterConfig(), DisplayConfig(), ScannerConfig()
+    )
+    try:
+        agent.checkout(receipt_from_json(receipt("s-long")))
+        said = agent.status().to_json()["deviceHandoffLastError"]
+        assert said.startswith("after_checkout: OSError: cannot open /dev/serial/by-id/xxx")
+        assert len(said) == 200 and said.endswith("…") and "\n" not in said
+    finally:
+        agent.close()
