@@ -241,7 +241,7 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     settle_collector()
     systemd.notify("READY=1")
     systemd.start_watchdog(done)
-    done.wait()
+    systemd.wait_for_stop(done)  # a SIGTERM taken by any thread ends it
     systemd.notify("STOPPING=1")
     if unpublish is not None:
         unpublish()  # new CLI calls run locally from now on

@@ -65,3 +65,13 @@ def on_signals(stop: Callable[[], None], log: logging.Logger) -> None:
     signal.signal(signal.SIGTERM, stopping)
     signal.signal(signal.SIGINT, stopping)
     signal.signal(signal.SIGHUP, hang_up)
+
+
+def wait_for_stop(done: threading.Event) -> None:
+    """Wait in the main thread until `done` is set (by `on_signals`' handler), waking twice
+    a second. Python runs a signal's handler in the main thread, but the kernel gives a
+    process's SIGTERM to any thread that takes it (gRPC's, uvicorn's, the sync's): one
+    taken by another thread did not wake a main thread blocked in `Event.wait()` with no
+    timeout, and `systemctl stop` waited for a second signal or its SIGKILL (review 31)."""
+    while not done.wait(0.5):
+        pass

@@ -407,7 +407,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     done = threading.Event()
     systemd.on_signals(done.set, logging.getLogger("tillpoint.hub"))  # SIGHUP: ignored
-    done.wait()
+    systemd.wait_for_stop(done)  # a SIGTERM taken by any thread ends it
     server.stop(grace=5)
     if args.port_file is not None:  # no port once stopped (unless another hub wrote it)
         with contextlib.suppress(OSError):
