@@ -180,6 +180,30 @@ class ManualClock:
         self.now += timedelta(seconds=seconds)
 
 
+class SteppingClock:
+    """A wall clock and the seconds that pass beside it (what `tillpoint run` reads: the
+    system clock and CLOCK_BOOTTIME), both moved by the test: an `Agent`'s `clock` and
+    `monotonic` (`clock.steady`), to step the wall clock as NTP does."""
+
+    def __init__(self, t: datetime) -> None:
+        self.t = t
+        self.s = 1000.0
+
+    def __call__(self) -> datetime:
+        return self.t
+
+    def steady(self) -> float:
+        return self.s
+
+    def passes(self, seconds: float) -> None:
+        self.t += timedelta(seconds=seconds)
+        self.s += seconds
+
+    def stepped(self, seconds: float) -> None:
+        """The wall clock set (NTP, an operator) by `seconds`; no time passes."""
+        self.t += timedelta(seconds=seconds)
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     """A till's wall clock at the receipts' time (`RECEIPT_AT`), moved by the test."""

@@ -39,40 +39,17 @@ from tillpoint.agent.service import Agent
 
 from bench import difflong as dl
 
-from .conftest import snapshot
+from .conftest import SteppingClock, snapshot
 
 DEVICE = "till-1"
 MILK, BREAD, CHEESE = "4601234000017", "4601234000024", "4601234000055"
 ANNA, BORIS = "2770000000017", "2770000000024"
 
 
-class Clock:
-    """A wall clock and the seconds that pass beside it (what `tillpoint run` reads: the
-    system clock and CLOCK_BOOTTIME), both moved by the test."""
-
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-        self.s = 1000.0
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def steady(self) -> float:
-        return self.s
-
-    def passes(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-        self.s += seconds
-
-    def stepped(self, seconds: float) -> None:
-        """The wall clock set (NTP, an operator) by `seconds`; no time passes."""
-        self.t += timedelta(seconds=seconds)
-
-
 class Till:
     """The long-lived agent behind its HTTP interface, and a fresh one on a copy."""
 
-    def __init__(self, work: Path, clock: Clock, first: dict[str, Any]) -> None:
+    def __init__(self, work: Path, clock: SteppingClock, first: dict[str, Any]) -> None:
         from tillpoint.agent.http_api import HttpServer
 
         self.work = work
@@ -180,7 +157,7 @@ def test_after_the_wall_clock_is_stepped_the_till_answers_as_a_fresh_one(tmp_pat
     `holdExpiresAt`, Balance, status, Confirm, Cancel, a new Checkout) is a fresh agent's
     on the same data, back and forward, across the store's midnight."""
     start = datetime.fromisoformat("2026-11-23T23:40:00+03:00")
-    clock = Clock(start)
+    clock = SteppingClock(start)
     till = Till(tmp_path, clock, snapshot(program={**snapshot()["program"], "holdTtlSeconds": 600}))
     try:
         a = sale("h-1", start, redeemPoints=30)
@@ -266,7 +243,7 @@ def test_a_receipt_scanned_through_deltas_is_priced_as_a_fresh_till_prices_it(
     snapshot switched in by another process while idle reader connections wait) is a
     fresh agent's."""
     start = datetime.fromisoformat("2026-11-23T10:00:00+03:00")
-    clock = Clock(start)
+    clock = SteppingClock(start)
     first = snapshot()
     first["offers"] = [
         *_personal(15),
@@ -356,7 +333,7 @@ def test_after_a_reset_the_same_version_number_is_priced_from_the_new_data(
     snapshot may carry a version number the agent has seen with other data. Quotes on
     the same agent (its reader connections kept) after the reset price from the new data,
     as a fresh agent does."""
-    clock = Clock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     first = snapshot(offers=[{"id": "m-1", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10"}])
     till = Till(tmp_path, clock, first)
     try:
@@ -393,7 +370,7 @@ def test_a_store_through_its_autumn_clock_change_is_answered_as_a_fresh_till_ans
     after, an offer of the hours 02:00-03:00 and one of Sundays) answer as a fresh till."""
     zone = "Europe/Berlin"
     start = datetime.fromisoformat("2026-10-24T23:50:00+02:00")
-    clock = Clock(start)
+    clock = SteppingClock(start)
     program = {
         **snapshot()["program"],
         "timezone": zone,
@@ -591,7 +568,7 @@ def test_a_hold_placed_while_the_wall_clock_is_stepped_keeps_its_whole_time(
     from tillpoint.sync.client import HubLink
     from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
-    clock = Clock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     data = sample_master_data()
     hub = LoopbackHub(tmp_path / "hub", data=data)
     enrollment = hub.enroll(DEVICE, tmp_path / "till")

@@ -26,32 +26,11 @@ import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
+from .conftest import SteppingClock
+
 DEVICE = "till-1"
 MILK = "4601234000017"
 ANNA = "2770000000017"
-
-
-class Clock:
-    """A wall clock and the seconds that pass beside it (what `tillpoint run` reads: the
-    system clock and CLOCK_BOOTTIME), both moved by the test."""
-
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-        self.s = 1000.0
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def steady(self) -> float:
-        return self.s
-
-    def passes(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-        self.s += seconds
-
-    def stepped(self, seconds: float) -> None:
-        """The wall clock set (NTP, an operator) by `seconds`; no time passes."""
-        self.t += timedelta(seconds=seconds)
 
 
 def _sale(rid: str, at: datetime, **changes: Any) -> dict[str, Any]:
@@ -86,7 +65,7 @@ def test_a_receipt_held_again_after_expiry_keeps_its_whole_time_across_a_clock_s
     from tillpoint.sync.client import HubLink
     from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
-    clock = Clock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     data = sample_master_data()
     hub = LoopbackHub(tmp_path / "hub", data=data)
     enrollment = hub.enroll(DEVICE, tmp_path / "till")
@@ -143,7 +122,7 @@ def test_a_refund_of_a_held_receipt_after_a_clock_step_names_the_hold_it_has(
 
     from .conftest import snapshot
 
-    clock = Clock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     agent = Agent(tmp_path / "data", DEVICE, clock=clock, monotonic=clock.steady)
     try:
         agent.load_snapshot(snapshot())
@@ -402,7 +381,7 @@ class HubSequence:
         self.rng = random.Random(seed)
         self.work = work
         self.data = work / "till"
-        self.clock = Clock(datetime.fromisoformat("2026-11-23T09:40:00+03:00"))
+        self.clock = SteppingClock(datetime.fromisoformat("2026-11-23T09:40:00+03:00"))
         self.master = _hub_master(self.TTL)
         self.hub = LoopbackHub(work / "hub", data=self.master)
         self.hub_up = True

@@ -23,8 +23,8 @@ import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
-from .conftest import REPO
-from .test_review31_long31 import ANNA, DEVICE, Clock, _next_visit, _sale
+from .conftest import REPO, SteppingClock
+from .test_review31_long31 import ANNA, DEVICE, _next_visit, _sale
 
 TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
 
@@ -54,7 +54,7 @@ def test_a_step_followed_in_a_hold_that_rolls_back_is_followed_by_the_next_call(
     from tillpoint.sync.client import HubLink
     from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
-    clock = Clock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     data = sample_master_data()
     hub = LoopbackHub(tmp_path / "hub", data=data)
     enrollment = hub.enroll(DEVICE, tmp_path / "till")
@@ -118,7 +118,7 @@ def test_a_rolled_back_step_is_not_counted_twice_when_another_thread_took_a_late
     twice, the hour lost). Undoing only the rolled-back step keeps them right."""
     from .conftest import snapshot
 
-    clock = Clock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     agent = Agent(tmp_path / "data", DEVICE, clock=clock, monotonic=clock.steady)
     try:
         agent.load_snapshot(snapshot())
