@@ -545,7 +545,7 @@ class Agent:
         like any quote (the contract refuses a reused receiptId for Hold and Checkout
         only); under a held receiptId, beside that hold (its points and coupons stay
         reserved)."""
-        retrace: CheckoutResult | None = None
+        trace: dict[str, Any] | None = None
         self._follow_clock_step()  # the open holds it counts, as they stand after a step
         with self._read() as (view, conn):
             stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self.clock())
@@ -558,12 +558,7 @@ class Agent:
             if stored is not None and request and not request.same_as(stored[0]):
                 stored = None
             if stored is not None and receipt.explain and "trace" not in stored[1]:
-                # support's "why this price?" after the sale: priced again for its trace;
-                # what pricing now refuses (a card blocked since) leaves the answer as is
-                with contextlib.suppress(TillpointError):
-                    retrace = self._price(
-                        receipt, view, commit=False, reads=conn, sold=True, sale=stored[1]
-                    ).result
+                trace = self._sold_trace(receipt, stored[1], view, conn)
             if stored is None:
                 # another basket under a held receiptId is no retry of that hold: its
                 # Hold would be refused (409), so it is priced beside the hold, which
@@ -586,10 +581,8 @@ class Agent:
                 ).result
         if stored is not None:
             answer = _as_quote(stored[1], receipt.explain)
-            if retrace is not None and retrace.trace is not None:
-                again = retrace.to_json()
-                if all(again.get(k) == answer.get(k) for k in _FIGURES):
-                    answer["trace"] = again["trace"]
+            if trace is not None:
+                answer["trace"] = trace
             result = CheckoutResult.from_json(answer)
         self._tell_devices("after_quote", result)
         return result
@@ -613,9 +606,34 @@ class Agent:
                     )
                 if state == "HELD":
                     result = self._confirm(receipt.receipt_id, None, view)
+        if receipt.explain and "trace" not in result:
+            # a retry, or the open hold it met, asked no trace: §17's `checkout --explain`
+            # still answers one (the stored result stays as committed)
+            with self._read() as (view, conn):
+                trace = self._sold_trace(receipt, result, view, conn)
+            if trace is not None:
+                typed = CheckoutResult.from_json({**result, "trace": trace})
         done = typed if typed is not None else CheckoutResult.from_json(result)
         self._tell_devices("after_checkout", done)  # committed first; devices never block
         return done
+
+    def _sold_trace(
+        self, receipt: Receipt, sale: dict[str, Any], view: CacheView, conn: sqlite3.Connection
+    ) -> dict[str, Any] | None:
+        """The trace of a committed receipt stored without one (support's "why this price?"
+        after the sale, or a `checkout --explain` retried): priced again without its own
+        commit, and kept only when that gives the committed figures (§17: a trace never
+        changes a figure). What pricing now refuses (a card blocked since) gives none."""
+        try:
+            again = self._price(
+                receipt, view, commit=False, reads=conn, sold=True, sale=sale
+            ).result.to_json()
+        except TillpointError:
+            return None
+        if "trace" not in again or any(again.get(k) != sale.get(k) for k in _FIGURES):
+            return None
+        trace: dict[str, Any] = again["trace"]
+        return trace
 
     # ------------------------------------------------------------ hold, confirm, cancel
 

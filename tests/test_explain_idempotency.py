@@ -26,7 +26,12 @@ def test_a_checkout_sent_again_with_explain_returns_the_stored_result(tmp_path: 
         receipt = _load("receipt-card.json")
         first = agent.checkout(receipt_from_json(receipt))
         again = agent.checkout(receipt_from_json({**receipt, "explain": True}))
-        assert again == first  # the stored result, no conflict, nothing counted twice
+        # the stored result, no conflict, nothing counted twice; with the trace asked for
+        # (priced again without its own commit, §17), which changes no figure
+        answered = again.to_json()
+        assert "trace" in answered and "trace" not in first.to_json()
+        del answered["trace"]
+        assert answered == first.to_json()
         assert agent.status().last_seq == first.seq
         held = agent.hold(receipt_from_json({**receipt, "receiptId": "h-1", "explain": True}))
         assert agent.hold(receipt_from_json({**receipt, "receiptId": "h-1"})) == held
