@@ -118,9 +118,7 @@ def test_a_hold_lives_1800_seconds_when_the_program_does_not_say(
     try:
         with posagent_stub(agent) as stub:
             first = stub.Hold(json_format.ParseDict(receipt("h-1"), pb.Receipt()), timeout=TIMEOUT)
-            second = stub.Hold(
-                json_format.ParseDict(receipt("h-2"), pb.Receipt()), timeout=TIMEOUT
-            )
+            second = stub.Hold(json_format.ParseDict(receipt("h-2"), pb.Receipt()), timeout=TIMEOUT)
             for held in (first, second):
                 assert held.state == pb.HELD
                 expires = datetime.fromisoformat(held.hold_expires_at)
@@ -236,3 +234,38 @@ def test_http_listens_on_127_0_0_1_8061_unless_told_otherwise(
     from_env = cli("--config", str(conf), "config", "check", "--json")
     assert from_env.json()["http"]["listen"] == "127.0.0.1:28061"  # §10: env wins over file
 
+
+# ---------------------------------------------------------------- the table itself
+
+REPO = Path(__file__).resolve().parents[1]
+MARK = "<!-- §10–§17 below -->"
+
+
+def _section_10_to_17() -> str:
+    text = (REPO / "docs" / "TRACEABILITY.md").read_text(encoding="utf-8")
+    assert MARK in text, "docs/TRACEABILITY.md lost the line its §10–§17 part starts after"
+    part = text.split(MARK, 1)[1]
+    assert "\n## §10–§17\n" in part
+    return part
+
+
+def test_the_traceability_table_names_tests_that_exist() -> None:
+    """docs/TRACEABILITY.md (§10–§17): every file it names exists, and every
+    `file.py::test_name` is a test of that file; each of CONTRACT §10–§17 has its table."""
+    import re
+
+    part = _section_10_to_17()
+    for n in range(10, 18):
+        assert f"\n### CONTRACT §{n} " in part, f"no table for CONTRACT §{n}"
+    refs = re.findall(r"`(tests/[^`\s]+)`", part)
+    assert len(refs) > 150, len(refs)
+    missing = []
+    for ref in refs:
+        path, _, name = ref.partition("::")
+        file = REPO / path
+        defined = rf"(?m)^(async )?def {re.escape(name)}\("
+        if not file.is_file() or (
+            name and not re.search(defined, file.read_text(encoding="utf-8"))
+        ):
+            missing.append(ref)
+    assert not missing, "\n".join(missing)
