@@ -269,3 +269,19 @@ def test_the_traceability_table_names_tests_that_exist() -> None:
         ):
             missing.append(ref)
     assert not missing, "\n".join(missing)
+
+
+def test_scenario_text_cites_the_contract_never_the_input_document() -> None:
+    """House rule: scenario text cites "CONTRACT §N". The repository's own check
+    (tests/test_readme.py) catches the input document's file name and "…§" only; seven
+    scenarios of review 24 wrote it as a bare word with a section number in their `why`."""
+    import re
+
+    word = re.compile(r"\b" + "SP" + r"EC\b")
+    found = [
+        f"{path.relative_to(REPO)}:{n}"
+        for path in sorted((REPO / "tests" / "scenarios").rglob("*.json"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if word.search(line)
+    ]
+    assert not found, "\n".join(found)
