@@ -1,5 +1,5 @@
 """Review 22 (out22): the output surfaces (§7 printed offers, §8 display, §10 CLI, §17 trace)
-checked against the SPEC's text with real parts."""
+checked against the contract's text (docs/CONTRACT.md) with real parts."""
 
 from __future__ import annotations
 

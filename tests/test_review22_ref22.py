@@ -262,7 +262,7 @@ class RefTill:
         hours = offer.get("hours") or []
         t = loc.time()
         # a night window (from > to) runs over midnight: its after-midnight part belongs to the
-        # day it started on (docs/CONTRACT.md, §14; the SPEC is silent)
+        # day it started on (docs/CONTRACT.md §14's decisions: its own text is silent)
         day_of_window = wd
         hour_ok = not hours
         for h in hours:
@@ -343,7 +343,7 @@ class RefTill:
             code = "".join(ch for ch in raw if not ch.isspace() and ch not in "-‐‑‒–—―−").upper()
             reason = None
             c = self.coupons.get(code)
-            # the order of the checks: docs/CONTRACT.md §13 (the SPEC lists no precedence)
+            # the order of the checks: CONTRACT §13's decisions (its text gives no precedence)
             if code in seen:
                 reason = "DUPLICATE"
             elif c is None:
