@@ -1,0 +1,338 @@
+"""Review 32 (hub32): the hub's doors under the faults a chain really has (docs/CONTRACT.md
+§6, §9, §10; docs/HUB.md). Real parts: `tillpoint hub serve` and `tillpoint run` as
+processes killed with SIGKILL, the hub on SQLite and on PostgreSQL (a throwaway cluster),
+enrolled tills over mTLS on 127.0.0.1, their SQLite ledgers read as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.results import receipt_from_json, refund_from_json
+from tillpoint.agent.service import Agent
+from tillpoint.sync import pki
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.hub_server import HubDir
+from tillpoint.sync.loopback import import_doc, receipt, sample_master_data, wait_for
+from tillpoint.sync.pull import Puller
+
+from bench.pgfaults import clean_env
+from tests.conftest import free_port
+
+EXE = str(Path(sys.executable).with_name("tillpoint"))
+CARD = "2770000000017"  # c-1's card in the sample data
+MILK = "4601234000017"
+
+
+# ---------------------------------------------------------------- a hub as a process
+
+
+class HubProcess:
+    """A hub in `root` (SQLite, or the PostgreSQL database `url`) with the sample master
+    data published, its tills enrolled (their bundles installed under `work/DEVICE`), and
+    `tillpoint hub serve` started and SIGKILLed as a process."""
+
+    def __init__(self, work: Path, url: str | None, devices: list[str]) -> None:
+        self.work = work
+        self.url = url
+        self.dir = HubDir(work / "hub", url)
+        self.dir.init()
+        store = self.dir.open_store(migrate=True)
+        import_doc(store, sample_master_data())
+        store.publish(datetime.now(UTC), 7 * 86400.0)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.enrollments: dict[str, pki.Enrollment] = {}
+        for device in devices:
+            identity = pki.issue_device(self.dir.keys, device)
+            store.enroll(device, identity.fingerprint, datetime.now(UTC))
+            bundle = pki.make_bundle(self.dir.keys, identity, self.address)
+            self.enrollments[device] = pki.install_bundle(work / device, bundle, device)
+        store.close()
+        self.log = work / "hub.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def store_args(self) -> list[str]:
+        return ["--hub-dir", str(self.dir.root), *(["--store", self.url] if self.url else [])]
+
+    def serve(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [EXE, "hub", "serve", *self.store_args(), "--listen", self.address],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
+            )
+        self.procs.append(self.proc)
+        wait_for(self.listening, 30, every=0.05)
+
+    def listening(self) -> bool:
+        import socket
+
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def sigkill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(timeout=10) == -signal.SIGKILL
+
+    def open_store(self) -> Any:
+        return self.dir.open_store()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_url(request: pytest.FixtureRequest) -> str | None:
+    """The hub's store: None (SQLite in the hub's directory) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("pg_cluster").new_database())
+
+
+@pytest.fixture()
+def procs() -> Iterator[list[Any]]:
+    """Processes and hubs the test started, stopped at its end."""
+    started: list[Any] = []
+    yield started
+    for item in reversed(started):
+        if isinstance(item, HubProcess):
+            item.stop()
+        elif item.poll() is None:
+            item.kill()
+            item.wait(timeout=10)
+
+
+def till_config(work: Path, device: str, address: str) -> Path:
+    """A till's configuration with the shipped sync settings (nothing under [hub] but its
+    address); its own ports."""
+    path = work / f"{device}.toml"
+    path.write_text(
+        f'device_id = "{device}"\n'
+        f'data_dir = "{work / device}"\n'
+        f'[hub]\naddress = "{address}"\n'
+        '[server]\nlisten = "127.0.0.1:0"\n'
+        "[metrics]\nenabled = false\n"
+        '[http]\nlisten = "127.0.0.1:0"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def start_till(procs: list[Any], work: Path, device: str, address: str) -> None:
+    with open(work / f"{device}.log", "ab") as out:
+        proc = subprocess.Popen(
+            [EXE, "--config", str(till_config(work, device, address)), "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )
+    procs.append(proc)
+
+
+def ledger_rows(data_dir: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(data_dir / "ledger.db", timeout=10)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def outbox(data_dir: Path) -> int:
+    return int(ledger_rows(data_dir, "SELECT count(*) FROM outbox")[0][0])
+
+
+def sell_offline(hub: HubProcess, device: str, count: int) -> list[str]:
+    """`count` sales (every fifth refunded in part, one redeeming) in `device`'s ledger,
+    with no sync running: its outbox holds them all. Returns the ids committed."""
+    data_dir = hub.work / device
+    enrollment = hub.enrollments[device]
+    agent = Agent(data_dir, device)
+    link = HubLink(hub.address, enrollment)
+    committed: list[str] = []
+    try:
+        Puller(agent, link, enrollment, call_timeout_s=10).pull()
+        for i in range(count):
+            rid = f"{device}-{i}"
+            agent.checkout(receipt_from_json(receipt(rid, CARD, redeem=1 if i == 0 else 0)))
+            committed.append(rid)
+            if i % 5 == 4:
+                ref = f"{rid}-r"
+                agent.refund(
+                    refund_from_json(
+                        {
+                            "refundId": ref,
+                            "receiptId": rid,
+                            "at": datetime.now(UTC).isoformat(),
+                            "lines": [{"sku": MILK, "qty": "1"}],
+                        }
+                    )
+                )
+                committed.append(ref)
+    finally:
+        link.close()
+        agent.close()
+    return committed
+
+
+def hub_books(store: Any, device: str) -> list[tuple[str, int, str, str, int, int]]:
+    return [
+        (e.device_id, e.seq, e.kind, e.ref_id, e.delta_available, e.delta_pending)
+        for e in store.ledger(device)
+    ]
+
+
+def till_books(data_dir: Path, device: str) -> list[tuple[str, int, str, str, int, int]]:
+    """What the till sent, as the hub should hold it: its journal with the points each
+    transaction moved (the acknowledged rows are kept in `sync_sent` as they were sent)."""
+    rows = ledger_rows(
+        data_dir,
+        "SELECT j.device_id, j.seq, j.kind, j.ref_id,"
+        " coalesce(json_extract(s.payload, '$.pointsDeltaAvailable'), 0),"
+        " coalesce(json_extract(s.payload, '$.pointsDeltaPending'), 0)"
+        " FROM journal j LEFT JOIN sync_sent s ON s.device_id = j.device_id AND s.seq = j.seq"
+        " WHERE j.device_id = ? ORDER BY j.seq",
+        device,
+    )
+    return [(str(a), int(b), str(c), str(d), int(e), int(f)) for a, b, c, d, e, f in rows]
+
+
+# ---------------------------------------------------------------- 1. SIGKILL of the hub
+
+
+@pytest.mark.slow
+def test_hub_serve_killed_mid_push_of_hundreds_stores_each_once_and_the_outbox_drains(
+    tmp_path: Path, hub_url: str | None, procs: list[Any]
+) -> None:
+    """CONTRACT §9 (exactly once in effect): a till comes back with 600 sales and their
+    refunds in its outbox; `tillpoint hub serve` is SIGKILLed while the till's `run`
+    uploads them (batches of 200). After a restart of the hub, the till's outbox drains by
+    itself with the shipped settings, and the hub holds every receipt and refund once,
+    each with the points the till sent, the device's mark at the last seq: no batch half
+    applied, nothing counted twice."""
+    device = "till-k"
+    hub = HubProcess(tmp_path, hub_url, [device])
+    procs.append(hub)
+    hub.serve()
+    committed = sell_offline(hub, device, 600)
+    total = len(committed)
+    assert outbox(tmp_path / device) == total
+
+    watch = hub.open_store()
+    try:
+        start_till(procs, tmp_path, device, hub.address)
+        wait_for(lambda: len(watch.ledger(device)) > 0, 60, every=0.005)
+        hub.sigkill()  # a push is on its way: 200 stored, the rest still to come
+        at_kill = len(watch.ledger(device))
+        assert 0 < at_kill < total
+        assert outbox(tmp_path / device) >= total - at_kill  # nothing left unacknowledged
+
+        hub.serve()
+        wait_for(lambda: outbox(tmp_path / device) == 0, 120, every=0.1)
+        books = hub_books(watch, device)
+        assert books == till_books(tmp_path / device, device)
+        assert sorted(ref for _, _, _, ref, _, _ in books) == sorted(committed)
+        assert watch.applied_through(device) == total
+        assert watch.set_aside_transactions(device) == []
+    finally:
+        watch.close()
+    log = hub.log.read_text(errors="replace")
+    assert "Traceback" not in log
+
+
+def write_customers(path: Path, count: int) -> None:
+    """A JSON Lines import of `count` customers (about 100 bytes a line)."""
+    with open(path, "w", encoding="utf-8") as out:
+        for i in range(count):
+            row = {"id": f"imp-{i:08d}", "firstName": "Мария", "tier": "base"}
+            out.write(json.dumps({"customer": {**row, "balancePoints": i % 997}}) + "\n")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_hub_import_killed_midway_changes_nothing_and_the_next_import_goes_through(
+    tmp_path: Path, hub_url: str | None, procs: list[Any]
+) -> None:
+    """docs/HUB.md: `tillpoint hub import` of a file big enough for its reading workers
+    (over 16 MiB), SIGKILLed midway while `hub serve` serves: the hub's draft and
+    published data are as before (one transaction: nothing half imported), no worker is
+    left running, the server goes on answering, and the same import run again goes
+    through and publishes."""
+    hub = HubProcess(tmp_path, hub_url, ["till-i"])
+    procs.append(hub)
+    hub.serve()
+    big = tmp_path / "customers.jsonl"
+    write_customers(big, 220_000)
+    assert big.stat().st_size > 16 << 20
+    store = hub.open_store()
+    try:
+        before = (store.draft_size(), store.latest().version)
+        with open(tmp_path / "import.log", "ab") as out:
+            proc = subprocess.Popen(
+                [EXE, "hub", "import", *hub.store_args(), str(big), "--publish"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
+            )
+        procs.append(proc)
+        workers: set[int] = set()
+        until = time.monotonic() + 2.5  # reading, and writing into the draft
+        while time.monotonic() < until:
+            workers |= set(children(proc.pid))
+            time.sleep(0.01)
+        assert proc.poll() is None, (tmp_path / "import.log").read_text()
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        wait_for(lambda: not any(alive(p) for p in workers), 20, every=0.1)
+
+        assert (store.draft_size(), store.latest().version) == before
+        assert hub.listening() and hub.proc is not None and hub.proc.poll() is None
+
+        done = subprocess.run(
+            [EXE, "hub", "import", *hub.store_args(), str(big), "--publish"],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert store.latest().version == before[1] + 1
+        assert store.balance("imp-00000998", datetime.now(UTC)).available == 1
+    finally:
+        store.close()
