@@ -336,3 +336,134 @@ def test_hub_import_killed_midway_changes_nothing_and_the_next_import_goes_throu
         assert store.balance("imp-00000998", datetime.now(UTC)).available == 1
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- 2, 3. refunds and tills
+
+
+def refund_body(refund_id: str, receipt_id: str, qty: str = "1") -> dict[str, Any]:
+    return {
+        "refundId": refund_id,
+        "receiptId": receipt_id,
+        "at": datetime.now(UTC).isoformat(),
+        "lines": [{"sku": MILK, "qty": qty}],
+    }
+
+
+def push_all(till: Any) -> int:
+    from tillpoint.sync.push import Pusher
+
+    pusher = Pusher(till.data_dir, till.device_id, till.link, call_timeout_s=5)
+    try:
+        return pusher.drain()
+    finally:
+        pusher.close()
+
+
+def hub_points(hub: Any, customer: str = "c-1") -> tuple[int, int]:
+    found = hub.store.balance(customer, datetime.now(UTC))
+    return found.available, found.pending
+
+
+def till_points(till: Any) -> tuple[int, int]:
+    found = till.agent.balance(CARD)
+    return found.available_points, found.pending_points
+
+
+def test_a_refund_at_another_till_is_refused_there_and_leaves_the_hub_as_it_was(
+    hub: Any, tmp_path: Path
+) -> None:
+    """CONTRACT §6: a receipt this till never committed is refused. Anna buys at till A
+    (redeeming 10 points) and comes back to till B of the same store with the milk: B
+    answers NOT_FOUND "receipt … was never committed at this till" (HTTP 404, exit 2),
+    whether A's sale is still in A's outbox or already at the hub, and writes nothing: its
+    outbox and journal stay empty, the hub's books hold A's sale alone, Anna's balance at
+    the hub is the sale's. The refund is taken at till A, whose push brings the hub to the
+    till's own balance."""
+    from tillpoint.agent.errors import NotFound
+
+    from tests.conftest import enrolled_till
+
+    till_a = enrolled_till(hub, tmp_path / "a", "till-a")
+    till_b = enrolled_till(hub, tmp_path / "b", "till-b")
+    try:
+        start = hub_points(hub)
+        till_a.agent.checkout(receipt_from_json(receipt("a-1", CARD, redeem=10)))
+        for queued in (True, False):  # A's sale still queued, then at the hub
+            if not queued:
+                assert push_all(till_a) == 1
+            with pytest.raises(NotFound, match="receipt a-1 was never committed at this till"):
+                till_b.agent.refund(refund_from_json(refund_body("b-r1", "a-1")))
+            assert outbox(till_b.data_dir) == 0
+            assert ledger_rows(till_b.data_dir, "SELECT count(*) FROM journal")[0][0] == 0
+        assert [(e.device_id, e.kind, e.ref_id) for e in hub.store.ledger()] == [
+            ("till-a", "CHECKOUT", "a-1")
+        ]
+        after_sale = hub_points(hub)
+        assert after_sale == till_points(till_a) and after_sale != start
+
+        done = till_a.agent.refund(refund_from_json(refund_body("a-r1", "a-1", qty="2")))
+        assert done.returned_points == 10 and not done.negative_balance
+        assert push_all(till_a) == 1
+        assert [(e.device_id, e.kind, e.ref_id) for e in hub.store.ledger()] == [
+            ("till-a", "CHECKOUT", "a-1"),
+            ("till-a", "REFUND", "a-r1"),
+        ]
+        assert hub_points(hub) == till_points(till_a) == start  # all returned: as before
+    finally:
+        till_a.stop()
+        till_b.stop()
+
+
+def test_a_refund_that_reaches_the_hub_before_its_sale_is_counted_once_the_sale_is_in(
+    hub: Any, tmp_path: Path
+) -> None:
+    """CONTRACT §6, §9. Anna's sale at till A waits in A's outbox (the hub away) when she
+    returns the milk at A: the till refunds it from its own ledger (its answer counts the
+    sale it has not sent). When the link comes back the outbox goes in seq order, sale
+    first; and should the refund reach the hub alone first (a batch of it only), the hub
+    stores it but its contiguous mark for A stays below it until the sale is in, so neither
+    a published snapshot nor the live balance counts the refund without its sale; then
+    both count once and the hub's balance is the till's."""
+    from tillpoint.sync.push import Pusher
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    from tests.conftest import enrolled_till
+
+    till = enrolled_till(hub, tmp_path / "a", "till-a")
+    try:
+        start = hub_points(hub)
+        sold = till.agent.checkout(receipt_from_json(receipt("q-1", CARD, redeem=10)))
+        done = till.agent.refund(refund_from_json(refund_body("q-r1", "q-1")))
+        assert (sold.seq, done.seq) == (1, 2)
+        assert done.returned_points == 5 and done.balance is not None
+        assert (done.balance.available_points, done.balance.pending_points) == till_points(till)
+        assert hub_points(hub) == start  # the hub has seen neither
+
+        pusher = Pusher(till.data_dir, till.device_id, till.link, call_timeout_s=5)
+        try:
+            rows = dict(pusher._batch())
+            alone = pb.TransactionBatch(
+                device_id="till-a", transactions=[pusher._transaction(2, rows[2])]
+            )
+            ack = till.link.stub.PushTransactions(alone, timeout=5)
+            assert [r.outcome for r in ack.results] == [pb.TX_STORED]
+            assert ack.acked_through_seq == 0  # the refund waits for its sale
+            assert hub.store.applied_through("till-a") == 0
+            assert hub_points(hub) == start  # nor in the live balance other tills spend
+            doc = hub.store.snapshot_doc(hub.publish(), 0)
+            assert doc.get("appliedThrough", {}).get("till-a", 0) == 0
+            anna = next(c for c in doc["customers"] if c["id"] == "c-1")
+            assert anna["balancePoints"] == start[0]  # the refund alone is not counted
+
+            assert pusher.drain() == 2  # the sale, and the refund again: DUPLICATE
+        finally:
+            pusher.close()
+        assert hub.store.applied_through("till-a") == 2
+        assert [(e.kind, e.ref_id) for e in hub.store.ledger("till-a")] == [
+            ("CHECKOUT", "q-1"),
+            ("REFUND", "q-r1"),
+        ]
+        assert hub_points(hub) == till_points(till)
+    finally:
+        till.stop()
