@@ -7,6 +7,7 @@ enrolled tills over mTLS on 127.0.0.1, their SQLite ledgers read as they are.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -467,3 +468,121 @@ def test_a_refund_that_reaches_the_hub_before_its_sale_is_counted_once_the_sale_
         assert hub_points(hub) == till_points(till)
     finally:
         till.stop()
+
+
+# ---------------------------------------------------------------- 4, 5. one device id, two ledgers
+
+
+def test_a_wiped_till_that_sells_before_reaching_its_hub_has_its_sales_stored(
+    hub: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CONTRACT §9 (a seq is never reused; exactly once in effect). Till W pushed its
+    sales 1-3; the hub has not published since. W's disk is wiped and W re-enrolled under
+    the same device id; a technician loads the hub's last snapshot from a file (its
+    appliedThrough knows none of W's sales) and W sells before it reaches the hub: its
+    seqs start at 1 again. The hub, holding other sales under 1 and 2, answered CONFLICT
+    and the till set both aside for good: two sales of the customer never counted
+    anywhere. Now the hub says the seq is taken (`seqTaken`), the till numbers each such
+    sale above the hub's mark and sends it again, and the hub stores it: every sale once."""
+    from tests.conftest import enrolled_till
+
+    data_dir = tmp_path / "w"
+    till = enrolled_till(hub, data_dir, "till-w")
+    for i in (1, 2, 3):
+        till.agent.checkout(receipt_from_json(receipt(f"w-{i}", CARD)))
+    assert push_all(till) == 3
+    till.stop()
+    shutil.rmtree(data_dir)
+
+    hub.enroll("till-w", data_dir)  # `hub enroll till-w --renew`, `sync install`
+    agent = Agent(data_dir, "till-w")
+    try:
+        agent.load_snapshot(hub.store.snapshot_doc(1, 0))  # the file the technician had
+        for i in (4, 5):
+            agent.checkout(receipt_from_json(receipt(f"w-{i}", CARD)))
+    finally:
+        agent.close()
+    assert [r[0] for r in ledger_rows(data_dir, "SELECT seq FROM journal")] == [1, 2]
+
+    till = hub.till("till-w", data_dir, start=False)
+    try:
+        with caplog.at_level("WARNING"):
+            push_all(till)
+            push_all(till)  # what was numbered again, if not sent in the same call
+        assert outbox(data_dir) == 0
+        assert sorted(e.ref_id for e in hub.store.ledger("till-w")) == [
+            "w-1",
+            "w-2",
+            "w-3",
+            "w-4",
+            "w-5",
+        ]
+        status = till.agent.status().to_json()
+        assert status["setAside"] == 0 and status["syncError"] == "", status
+        assert hub.store.applied_through("till-w") == 5
+        assert [r[0] for r in ledger_rows(data_dir, "SELECT seq FROM journal")] == [4, 5]
+        assert hub_points(hub) == till_points(till)
+        said = [r.getMessage() for r in caplog.records if r.name == "tillpoint.sync"]
+        assert any("numbered again" in m and "seq 1" in m for m in said), said
+    finally:
+        till.stop()
+
+
+def test_two_live_tills_under_one_device_id_lose_and_double_nothing_and_say_so(
+    hub: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CONTRACT §9, a real support case: one disk image cloned onto two tills, both
+    running as till-x with the same bundle. Their sales and pushes interleave; each number
+    collides with the other's now and then. Every sale of each reaches the hub once (a
+    colliding one numbered again above the hub's mark and sent again); a receipt id both
+    used (their POS cloned too) is stored once and the other set aside, never doubled;
+    and the hub's log says, at each collision, that two tills may be running as till-x."""
+    from tillpoint.agent.app import till_agent
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.loopback import Till
+
+    identity = pki.issue_device(hub.dir.keys, "till-x")
+    hub.store.enroll("till-x", identity.fingerprint, datetime.now(UTC))
+    bundle = pki.make_bundle(hub.dir.keys, identity, hub.address)
+    tills: dict[str, Any] = {}
+    try:
+        for name in ("a", "b"):
+            enrollment = pki.install_bundle(tmp_path / name, bundle, "till-x")
+            link = HubLink(hub.address, enrollment)
+            authoriser = HubAuthoriser(link, tmp_path / name, "till-x", 0.3)
+            agent = till_agent(tmp_path / name, "till-x", hub=authoriser)
+            tills[name] = Till("till-x", tmp_path / name, agent, link, None, authoriser)
+            Puller(agent, link, enrollment, call_timeout_s=5).pull()
+
+        sold: list[str] = []
+
+        def sell(name: str, n: int) -> None:
+            sale = receipt(f"{name}-{n}", CARD)
+            sale["tillId"] = name
+            tills[name].agent.checkout(receipt_from_json(sale))
+            sold.append(f"{name}-{n}")
+
+        with caplog.at_level("WARNING"):
+            for n in range(1, 6):  # interleaved: each sells, then each pushes
+                sell("a", n)
+                sell("b", n)
+                if n % 2:
+                    push_all(tills["a"])
+                push_all(tills["b"])
+            same = receipt("pos-1", CARD)  # both POS number their receipts alike
+            tills["a"].agent.checkout(receipt_from_json(same))
+            same["lines"] = [{"sku": MILK, "qty": "1", "priceMinor": 8990}]
+            tills["b"].agent.checkout(receipt_from_json(same))
+            for _ in range(3):
+                push_all(tills["a"])
+                push_all(tills["b"])
+        stored = sorted(e.ref_id for e in hub.store.ledger("till-x"))
+        assert stored == sorted([*sold, "pos-1"])  # each once
+        assert outbox(tmp_path / "a") == outbox(tmp_path / "b") == 0
+        aside = [tills[n].agent.status().to_json()["setAside"] for n in ("a", "b")]
+        assert sorted(aside) == [0, 1]  # pos-1 of the second: another request, one id
+        hub_said = [r.getMessage() for r in caplog.records if r.name == "tillpoint.hub"]
+        assert any("two tills may be running as till-x" in m for m in hub_said), hub_said
+    finally:
+        for till in tills.values():
+            till.stop()
