@@ -588,3 +588,64 @@ def test_two_live_tills_under_one_device_id_lose_and_double_nothing_and_say_so(
     finally:
         for till in tills.values():
             till.stop()
+
+
+# ---------------------------------------------------------------- 6. the largest receipt
+
+
+def test_the_largest_receipt_reaches_the_hub_and_one_just_over_stops_at_the_till(
+    hub: Any, tmp_path: Path
+) -> None:
+    """CONTRACT §5, §10 (limits: 10,000 lines, 128 characters a text, 4 MiB a request) and
+    §9. The largest receipt the limits allow (10,000 lines, ids and half the SKUs 128
+    characters, quantities and amounts at their widest: 1.5 MB of request, 3.3 MB of
+    transaction) is committed, pushed alone and stored at the hub, and the outbox drains.
+    One line more is refused at the till's door with one line (exit 2, HTTP 400,
+    INVALID_ARGUMENT), nothing journalled. A push larger than the hub takes in one message
+    (16 MiB, only a hand-made client sends one) is refused by gRPC (RESOURCE_EXHAUSTED)
+    before the hub reads it; the hub goes on and takes the till's next push."""
+    import grpc
+    from tillpoint.agent.errors import InputError
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    from tests.conftest import enrolled_till
+
+    till = enrolled_till(hub, tmp_path / "t", "till-1")
+    try:
+        lines = [
+            {
+                "sku": MILK if i % 2 else "9" * 120 + f"{i:08d}",
+                "qty": "999.999",
+                "priceMinor": 999_999_999,
+                "amountMinor": 999_999_999_999,
+            }
+            for i in range(10_000)
+        ]
+        big = receipt("b" * 128, CARD, lines=lines)
+        big["storeId"], big["tillId"] = "s" * 128, "t" * 128
+        over = {**big, "receiptId": "over", "lines": [*lines, lines[0]]}
+        with pytest.raises(InputError, match="lines") as refused:
+            till.agent.checkout(receipt_from_json(over))
+        assert "\n" not in str(refused.value) and refused.value.exit_code == 2
+        assert outbox(till.data_dir) == 0
+
+        sold = till.agent.checkout(receipt_from_json(big))
+        sizes = ledger_rows(till.data_dir, "SELECT length(request) + length(result) FROM receipts")
+        assert sizes[0][0] > 3_000_000
+        assert push_all(till) == 1 and outbox(till.data_dir) == 0
+        [stored] = hub.store.transactions("till-1")
+        assert (stored.receipt_id, stored.seq) == ("b" * 128, sold.seq)
+        assert hub.store.applied_through("till-1") == 1
+
+        huge = pb.Transaction(
+            device_id="till-1", seq=2, kind=pb.CHECKOUT, request_json="x" * (17 << 20)
+        )
+        with pytest.raises(grpc.RpcError) as too_big:
+            till.link.stub.PushTransactions(
+                pb.TransactionBatch(device_id="till-1", transactions=[huge]), timeout=30
+            )
+        assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        till.agent.checkout(receipt_from_json(receipt("after", CARD)))
+        assert push_all(till) == 1 and hub.store.applied_through("till-1") == 2
+    finally:
+        till.stop()
