@@ -112,6 +112,19 @@ def hub_url(request: pytest.FixtureRequest) -> str | None:
     return str(request.getfixturevalue("pg_cluster").new_database())
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def both_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The reference hub with the sample data, in process, on SQLite and on PostgreSQL."""
+    from tillpoint.sync.loopback import LoopbackHub
+
+    url = None
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("pg_cluster").new_database())
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), store=url)
+    yield hub
+    hub.stop()
+
+
 @pytest.fixture()
 def procs() -> Iterator[list[Any]]:
     """Processes and hubs the test started, stopped at its end."""
@@ -474,7 +487,7 @@ def test_a_refund_that_reaches_the_hub_before_its_sale_is_counted_once_the_sale_
 
 
 def test_a_wiped_till_that_sells_before_reaching_its_hub_has_its_sales_stored(
-    hub: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    both_hub: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """CONTRACT §9 (a seq is never reused; exactly once in effect). Till W pushed its
     sales 1-3; the hub has not published since. W's disk is wiped and W re-enrolled under
@@ -484,6 +497,7 @@ def test_a_wiped_till_that_sells_before_reaching_its_hub_has_its_sales_stored(
     and the till set both aside for good: two sales of the customer never counted
     anywhere. Now the hub says the seq is taken (`seqTaken`), the till numbers each such
     sale above the hub's mark and sends it again, and the hub stores it: every sale once."""
+    hub = both_hub
     from tests.conftest import enrolled_till
 
     data_dir = tmp_path / "w"
@@ -531,7 +545,7 @@ def test_a_wiped_till_that_sells_before_reaching_its_hub_has_its_sales_stored(
 
 
 def test_two_live_tills_under_one_device_id_lose_and_double_nothing_and_say_so(
-    hub: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    both_hub: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """CONTRACT §9, a real support case: one disk image cloned onto two tills, both
     running as till-x with the same bundle. Their sales and pushes interleave; each number
@@ -539,6 +553,7 @@ def test_two_live_tills_under_one_device_id_lose_and_double_nothing_and_say_so(
     colliding one numbered again above the hub's mark and sent again); a receipt id both
     used (their POS cloned too) is stored once and the other set aside, never doubled;
     and the hub's log says, at each collision, that two tills may be running as till-x."""
+    hub = both_hub
     from tillpoint.agent.app import till_agent
     from tillpoint.sync.authoriser import HubAuthoriser
     from tillpoint.sync.loopback import Till
