@@ -1381,6 +1381,68 @@ class SetAside:
     reason: str
 
 
+def _with_seq(text: str, old: int, new: int) -> str:
+    """A stored result (or a payload) with its "seq" `new`: the key the commit appends
+    last (`service._with_seq`) replaced as it is, else the document written again."""
+    tail = f',"seq":{old}}}'
+    if text.endswith(tail):
+        return f'{text[: -len(tail)]},"seq":{new}}}'
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        return text
+    doc["seq"] = new
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def renumber(conn: sqlite3.Connection, device_id: str, old: int, hub_mark: int) -> int | None:
+    """Inside the caller's write transaction: the sale or refund journalled as `old`, whose
+    seq the hub holds with another transaction of this device (two tills under one device
+    id, a wiped or restored ledger: `TransactionResult.seq_taken`), takes the next seq
+    above everything this ledger and the hub have numbered, in every row that names it
+    (journal, receipt or refund, its points, its outbox row), and stays in the outbox to
+    be sent again. Returns the new seq; None when `old` is not such a row (left as it is).
+    The hub's dedupe on the receipt or refund id decides it then: stored once, or set
+    aside if the hub holds that id already (docs/CONTRACT.md §9)."""
+    row = conn.execute(
+        "SELECT kind, ref_id, customer_id FROM journal WHERE device_id = ? AND seq = ?",
+        (device_id, old),
+    ).fetchone()
+    box = conn.execute(
+        "SELECT payload FROM outbox WHERE device_id = ? AND seq = ?", (device_id, old)
+    ).fetchone()
+    if row is None or box is None or row[0] not in ("CHECKOUT", "REFUND"):
+        return None
+    kind, ref_id, customer_id = str(row[0]), str(row[1]), row[2]
+    new = take_seq(conn, device_id, hub_mark)
+    conn.execute(
+        "UPDATE journal SET seq = ? WHERE device_id = ? AND seq = ?", (new, device_id, old)
+    )
+    table, key = ("receipts", "receipt_id") if kind == "CHECKOUT" else ("refunds", "refund_id")
+    found = conn.execute(
+        f"SELECT result FROM {table} WHERE {key} = ? AND device_id = ? AND seq = ?",
+        (ref_id, device_id, old),
+    ).fetchone()
+    if found is not None:
+        conn.execute(
+            f"UPDATE {table} SET seq = ?, result = ? WHERE {key} = ?",
+            (new, _with_seq(str(found[0]), old, new), ref_id),
+        )
+    if customer_id is not None:
+        conn.execute(
+            "UPDATE points SET seq = ? WHERE customer_id = ? AND device_id = ? AND seq = ?",
+            (new, customer_id, device_id, old),
+        )
+    payload = json.loads(str(box[0]))
+    payload["seq"] = new
+    if isinstance(payload.get("resultJson"), str):
+        payload["resultJson"] = _with_seq(payload["resultJson"], old, new)
+    conn.execute(
+        "UPDATE outbox SET seq = ?, payload = ?, attempts = 0 WHERE device_id = ? AND seq = ?",
+        (new, json.dumps(payload, ensure_ascii=False), device_id, old),
+    )
+    return new
+
+
 def settle_push(
     conn: sqlite3.Connection,
     device_id: str,
@@ -1392,14 +1454,25 @@ def settle_push(
     hub_mark: int = 0,
     kept_since: str | None = None,
     hub: str = "",
-) -> None:
+    again: Sequence[SetAside] = (),
+) -> dict[int, int]:
     """The hub's answer to a push, in one write transaction: acknowledged rows leave the
     outbox, set-aside ones move to ``sync_set_aside``, `sync_values` go to ``sync_state``
     and the push's error clears. `hub_mark`, the hub's contiguous mark for the device:
-    numbering continues above it (`keep_seq_above`)."""
+    numbering continues above it (`keep_seq_above`). `again`: those the hub set aside
+    because another transaction holds their seq (`renumber`): each sale or refund of them
+    is numbered again and stays in the outbox; any other is set aside. Returns the seqs
+    numbered again, old to new."""
+    moved: dict[int, int] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
         keep_seq_above(conn, device_id, hub_mark)
+        for item in sorted(again, key=lambda item: item.seq):
+            new = renumber(conn, device_id, item.seq, hub_mark)
+            if new is None:
+                aside = [*aside, item]
+            else:
+                moved[item.seq] = new
         answered_by(conn, hub)
         # kept a while, to be sent again to a hub restored from a backup (`requeue_lost`):
         # what it stored, and what it decided otherwise (set aside, a discarded seq),
@@ -1444,6 +1517,7 @@ def settle_push(
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+    return moved
 
 
 @dataclass(frozen=True)

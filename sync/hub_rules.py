@@ -295,7 +295,9 @@ class HubRules:
                     return IngestResult(
                         acked_through=int(answer["ackedThrough"]),
                         results=tuple(
-                            TxResult(int(s), str(o), str(r)) for s, o, r in answer["results"]
+                            # [seq, outcome, reason] and, since review 32, seq_taken
+                            TxResult(int(r[0]), str(r[1]), str(r[2]), bool(r[3:] and r[3]))
+                            for r in answer["results"]
                         ),
                         replayed=True,
                     )
@@ -322,7 +324,9 @@ class HubRules:
             through = self._advance(tx, device_id)
             ack = {
                 "ackedThrough": through,
-                "results": [[r.seq, r.outcome, r.reason] for r in results],
+                "results": [
+                    [r.seq, r.outcome, r.reason, *([True] if r.seq_taken else [])] for r in results
+                ],
             }
             if batch_id:
                 tx.save_batch_answer(
@@ -356,7 +360,9 @@ class HubRules:
                 " both, a cloned disk), or its ledger was restored from an old backup"
             )
             self._set_aside(tx, t, "CONFLICT", reason, content, now)
-            return TxResult(t.seq, "CONFLICT", reason)
+            # the till numbers it again and sends it again (review 32): then the dedupe
+            # on its receipt or refund id (`_booked_before`) decides
+            return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
         try:
             fields = self.settle(tx, t, program)
         except ValueError as exc:

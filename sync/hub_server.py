@@ -948,7 +948,8 @@ class HubServicer(pb_grpc.HubServicer):
         }
         for r in result.results:
             if r.outcome in ("CONFLICT", "REJECTED"):
-                log.warning("device %s seq %d set aside: %s", device, r.seq, r.reason)
+                again = " (the till numbers it again and sends it again)" if r.seq_taken else ""
+                log.warning("device %s seq %d set aside: %s%s", device, r.seq, r.reason, again)
         return pb.PushAck(
             acked_through_seq=result.acked_through,
             accepted=result.count("STORED"),
@@ -956,7 +957,9 @@ class HubServicer(pb_grpc.HubServicer):
             conflicts=result.count("CONFLICT"),
             rejected=result.count("REJECTED"),
             results=[
-                pb.TransactionResult(seq=r.seq, outcome=outcome[r.outcome], reason=r.reason)
+                pb.TransactionResult(
+                    seq=r.seq, outcome=outcome[r.outcome], reason=r.reason, seq_taken=r.seq_taken
+                )
                 for r in result.results
             ],
         )

@@ -143,6 +143,9 @@ class TxResult:
     seq: int
     outcome: str  # STORED, DUPLICATE, CONFLICT, REJECTED
     reason: str = ""
+    # CONFLICT because another transaction holds the seq (not the receipt or refund id):
+    # the till may number it again and send it again (TransactionResult.seq_taken)
+    seq_taken: bool = False
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,7 @@ class Pusher:
         payloads = dict(rows)
         done: list[int] = []
         aside: list[tuple[int, str, str]] = []
+        again: list[ledger.SetAside] = []
         if ack.results:
             for result in ack.results:
                 if result.seq not in payloads:
@@ -242,13 +243,17 @@ class Pusher:
                     payloads[result.seq]
                 ):
                     done.append(result.seq)  # a DISCARDED seq: set aside there, as meant
+                elif result.outcome == pb.TX_CONFLICT and result.seq_taken:
+                    # another transaction of this device holds the seq at the hub: this
+                    # one is numbered again and sent again (`ledger.renumber`)
+                    again.append(ledger.SetAside(result.seq, "CONFLICT", result.reason))
                 elif result.outcome in (pb.TX_CONFLICT, pb.TX_REJECTED):
                     name = pb.TransactionOutcome.Name(result.outcome).removeprefix("TX_")
                     aside.append((result.seq, name, result.reason))
         else:  # a hub without per-transaction results: trust the contiguous mark
             done = [seq for seq in payloads if seq <= ack.acked_through_seq]
         now = state.now_text()
-        ledger.settle_push(
+        moved = ledger.settle_push(
             self.conn,
             self.device_id,
             done,
@@ -259,7 +264,21 @@ class Pusher:
             ack.acked_through_seq,
             kept_since=state.now_text(datetime.now(UTC) - timedelta(days=ledger.SENT_KEPT_DAYS)),
             hub=self.hub_id,
+            again=again,
         )
+        for item in again:
+            if item.seq in moved:
+                log.warning(
+                    "the hub holds seq %d of %s with another transaction (two tills may be"
+                    " running as %s, or this ledger was wiped or restored): numbered again"
+                    " as seq %d and sent again",
+                    item.seq,
+                    self.device_id,
+                    self.device_id,
+                    moved[item.seq],
+                )
+            else:  # not a sale or refund (a till-issued coupon): set aside, as before
+                aside.append((item.seq, item.outcome, item.reason))
         for seq, outcome, reason in aside:
             log.error("hub set aside transaction %d: %s %s", seq, outcome, reason)
         self.set_aside.extend(aside)
@@ -269,7 +288,7 @@ class Pusher:
             ack.duplicates,
             len(aside),
             ack.acked_through_seq,
-            len(done) + len(aside),
+            len(done) + len(aside) + len(moved),  # one numbered again moved on too
         )
 
     def learn_mark(self) -> int:

@@ -53,7 +53,9 @@ def test_a_conflicting_transaction_is_set_aside_and_reported(tmp_path: Path) -> 
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     till = hub.till("till-1", tmp_path / "till", start=False)
     try:
-        # the hub already holds another transaction under till-1's seq 1 (an old disk)
+        # the hub already holds till-1's receipt r-1 with another request (an old disk's).
+        # A seq the hub holds with another transaction is numbered again since review 32
+        # (tests/test_review32_hub32.py); the receipt id still decides.
         now = datetime.now(UTC)
         hub.store.ingest(
             "till-1",
@@ -61,12 +63,12 @@ def test_a_conflicting_transaction_is_set_aside_and_reported(tmp_path: Path) -> 
             [
                 TxIn(
                     "till-1",
-                    1,
+                    5,
                     "CHECKOUT",
                     now.isoformat(),
                     "c-2",
                     "",
-                    '{"receiptId": "old"}',
+                    '{"receiptId": "r-1"}',
                     "{}",
                     1,
                     0,

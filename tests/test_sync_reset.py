@@ -133,17 +133,19 @@ def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
     monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
     try:
         assert run(capsys, "sync", "now", "--data-dir", str(data))[0] == 0
-        # then the hub gets other content under till-1's seq 1 (what a reused seq meets:
-        # after the till learnt the hub's mark, say a restored old disk's sale)
+        # then the hub gets till-1's receipt r-1 with another request (after the till
+        # learnt the hub's mark, say a restored old disk's sale). A seq the hub holds with
+        # another transaction is numbered again since review 32 (test_review32_hub32.py):
+        # the receipt id decides
         now = datetime.now(UTC)
         old = TxIn(
             "till-1",
-            1,
+            5,
             "CHECKOUT",
             now.isoformat(),
             "c-2",
             "",
-            '{"receiptId": "old"}',
+            '{"receiptId": "r-1"}',
             "{}",
             1,
             0,
@@ -172,7 +174,7 @@ def test_a_transaction_the_hub_sets_aside_fails_sync_now_status_and_metrics(
             ("till-1", 1, "CONFLICT")
         ]
         code, out, _ = run(capsys, "hub", "set-aside", *hub_dir, "--device", "till-1")
-        assert code == 0 and out.startswith("till-1 seq 1: CONFLICT seq 1 of till-1 is already")
+        assert code == 0 and out.startswith("till-1 seq 1: CONFLICT receipt r-1 is already")
 
         agent = Agent(data, "till-1", status_sources=(sync_status,))  # as agent/app.py wires it
         server, port, _ = build_server(agent, "127.0.0.1:0")

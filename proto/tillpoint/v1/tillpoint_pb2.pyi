@@ -2028,19 +2028,28 @@ class TransactionResult(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SEQ_TAKEN_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     outcome: Global___TransactionOutcome.ValueType
     reason: _builtins.str
+    seq_taken: _builtins.bool
+    """With TX_CONFLICT: the seq is taken by another transaction of the device (two tills
+    under one device id, a ledger wiped or restored), not this one's receipt or refund
+    id. The till numbers it again above ack's acked_through_seq and sends it again; the
+    hub's dedupe on the receipt or refund id keeps it from counting twice. A till that
+    does not read it sets the transaction aside, as before.
+    """
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
         outcome: Global___TransactionOutcome.ValueType = ...,
         reason: _builtins.str = ...,
+        seq_taken: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "reason", b"reason", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "reason", b"reason", "seq", b"seq", "seq_taken", b"seq_taken"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
