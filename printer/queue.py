@@ -614,6 +614,7 @@ class PrintWorker:
     def _attempt(self, job: _Job, data: bytes) -> None:
         cfg = self.config
         claimed = False
+        settled = False  # the job is the printer's: DONE, every byte of it to go out
         phase = "connect"
         note: str | None = None
         transport = self._factory()
@@ -655,6 +656,7 @@ class PrintWorker:
                     )
                 elif not reply[0] & 0x90:  # GS r 1 reply: bits 4 and 7 are 0
                     paper = "OUT" if reply[0] & 0x0C else "LOW" if reply[0] & 0x03 else "OK"
+            settled = True
         except _Blocked as blocked:
             self._paper = blocked.health.paper
             self._retry(job, str(blocked), "ERROR", claimed)
@@ -674,10 +676,21 @@ class PrintWorker:
                     "sent in full; the agent stopped before the printer confirmed it "
                     f"({exc}): not printed again"
                 )
+                settled = True
             else:
                 self._failed_attempt(job, exc, phase, claimed)
                 return
         finally:
+            if claimed and not settled:
+                # The job is sent again in full (held, retried, broken off): what of it
+                # the connection still holds is thrown away, not delivered after the
+                # close. A printer that stopped reading mid-job got every copy the
+                # retries sent once it read again, and printed the coupon that often
+                # (review 32). What it had already taken has no cut: a torn part.
+                drop = getattr(transport, "drop_output", None)
+                if drop is not None:
+                    with contextlib.suppress(Exception):
+                        drop()
             transport.close()
         self._printed(job, note, paper, health)
 

@@ -1,0 +1,372 @@
+"""Review 32 (dev32): the printer and the customer display when they misbehave for real.
+
+A printer or display fault never blocks or undoes a sale, never prints twice, never loses a
+coupon that was due (CONTRACT §7, §8). Real parts only: a raw port-9100 listener on
+127.0.0.1 with small socket buffers (one that stops reading mid-coupon, one that resets
+the connection mid-coupon), pseudo-terminals (`os.openpty`, socat pairs) and pyserial
+`loop://` for serial devices, the project's ESC/POS decoder on what the printer took.
+Sales are asserted to answer while a device is stuck (ordering and generous bounds, no
+timings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from tillpoint.agent.service import Agent
+from tillpoint.printer.decode import Decoder, Document
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+from .conftest import PROGRAM, grpc_served, receipt, snapshot
+from .test_review31_dev31 import (
+    LONG_OFFERS,
+    _prime,
+    _printer,
+    _sale,
+    _until,
+    till,
+)
+
+# ----------------------------------------------------------------- a raw port-9100 printer
+
+
+def _receipts_of(docs: list[Document]) -> list[str]:
+    """The receipts of the complete (cut) coupons among `docs`, in order."""
+    out = []
+    for doc in docs:
+        if doc.complete:
+            out += [
+                line.text.split()[1].rstrip(",")
+                for line in doc.lines
+                if line.text.strip().startswith("Чек r-")
+            ]
+    return out
+
+
+class Printer9100:
+    """A port-9100 printer on 127.0.0.1 with small socket buffers (so a sender's writes
+    really block once it stops reading). It answers `DLE EOT` (on line, paper fine) and
+    `GS r` (printed) and decodes each connection's bytes. `mode`:
+
+    - "ok": reads and prints everything;
+    - "stall": once a job's first bytes arrive it reads no more on that connection (its
+      buffer full: a jammed mechanism, a wedged print server) until `mend()`;
+    - "reset": after `reset_after` bytes of a job it resets the connection (RST) and is
+      off (connections refused) until `back()`.
+    """
+
+    def __init__(self, mode: str = "ok", *, reset_after: int = 400) -> None:
+        self.mode = mode
+        self.reset_after = reset_after
+        self.port = 0
+        self.documents: list[Document] = []
+        self.stalled = threading.Event()
+        self.was_reset = threading.Event()
+        self._mended = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listen()
+
+    def _listen(self) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2048)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(8)
+        self.port = sock.getsockname()[1]
+        self.sock = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def _accept(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        decoder = Decoder()
+        job_bytes = 0
+        try:
+            while True:
+                data = conn.recv(512)
+                if not data:
+                    return
+                job = data.replace(b"\x10\x04\x02", b"").replace(b"\x10\x04\x04", b"")
+                if job and self.mode == "stall":
+                    self.stalled.set()
+                    self._mended.wait()  # reads no more until mended
+                if job and self.mode == "reset" and job_bytes + len(job) >= self.reset_after:
+                    decoder.feed(data[: max(0, self.reset_after - job_bytes)])
+                    self.mode = "off"
+                    self._off()  # refused until back()
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.close()  # RST mid-coupon
+                    self.was_reset.set()
+                    return
+                job_bytes += len(job)
+                for req in decoder.feed(data):
+                    conn.sendall(b"\x00" if req.command == "GS r" else b"\x12")
+        except OSError:
+            pass
+        finally:
+            decoder.finish()
+            with self._lock:
+                self.documents += decoder.documents
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _off(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept: no longer listening
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def mend(self) -> None:
+        self.mode = "ok"
+        self._mended.set()
+
+    def back(self) -> None:
+        self.mode = "ok"
+        self._listen()
+
+    def coupons(self) -> list[str]:
+        with self._lock:
+            return _receipts_of(self.documents)
+
+    def close(self) -> None:
+        self._mended.set()
+        self._off()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+def _long_snapshot() -> dict[str, Any]:
+    """Fifty long offers: a coupon of some 50 KB, far more than the socket buffers hold."""
+    return snapshot(
+        program={**PROGRAM, "offerPrintCooldownDays": 0, "maxOffersPrinted": 50},
+        offers=LONG_OFFERS,
+    )
+
+
+def _http(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        data = None if body is None else json.dumps(body)
+        conn.request(method, path, data, {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        raw = answer.read()
+        try:
+            return answer.status, json.loads(raw or b"null")
+        except ValueError:
+            return answer.status, raw.decode()
+    finally:
+        conn.close()
+
+
+def _job_rows(data: Path) -> list[tuple[str, str, int, str | None]]:
+    conn = sqlite3.connect(data / "ledger.db", timeout=10)
+    try:
+        return list(
+            conn.execute(
+                "SELECT receipt_id, state, attempts, last_error FROM print_jobs ORDER BY id"
+            )
+        )
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def served(agent: Agent) -> Iterator[tuple[int, Any, int]]:
+    """The till's HTTP server, a gRPC `PosAgent` stub and its /metrics, as `run` serves
+    them: (HTTP port, stub, metrics port)."""
+    from tillpoint.agent import metrics
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.agent.server import register_gauges
+
+    registry = metrics.Registry()
+    register_gauges(registry, agent)
+    scrape, scrape_port = metrics.serve(registry, "127.0.0.1", 0)
+    web = HttpServer(agent, "127.0.0.1:0")
+    web.start()
+    try:
+        with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield web.port, pb_grpc.PosAgentStub(channel), scrape_port
+    finally:
+        web.stop()
+        scrape.shutdown()
+
+
+def _metrics(port: int) -> dict[str, float]:
+    status, text = _http(port, "GET", "/metrics")
+    assert status == 200
+    out = {}
+    for line in str(text).splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def _answers_while_stuck(http_port: int, stub: Any, n: int) -> None:
+    """A quote and a checkout over HTTP, and over gRPC, each answered in full (a generous
+    bound: the printer's write timeout is 1 s, its stuck write far longer)."""
+    for kind, call in (
+        ("http quote", lambda: _http(http_port, "POST", "/v1/quote", receipt(f"hq-{n}"))),
+        ("http checkout", lambda: _http(http_port, "POST", "/v1/checkout", receipt(f"r-h{n}"))),
+    ):
+        started = time.monotonic()
+        code, body = call()
+        assert code == 200, (kind, body)
+        assert body["earnedPoints"] > 0
+        assert time.monotonic() - started < 20, kind
+    for name in ("Quote", "Checkout"):
+        started = time.monotonic()
+        request = json_format.ParseDict(
+            receipt(f"r-g{n}" if name == "Checkout" else f"gq-{n}"), pb.Receipt()
+        )
+        result = getattr(stub, name)(request, timeout=20)
+        assert result.earned_points > 0
+        assert time.monotonic() - started < 20, name
+
+
+# ----------------------------------------------------------------- 1. stops reading mid-coupon
+
+
+@pytest.mark.slow
+def test_a_printer_that_stops_reading_mid_coupon_holds_it_and_prints_it_once(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7: a network printer takes the first part of a 50 KB coupon and stops
+    reading (on loopback the kernel takes the whole job: the write returns, and neither
+    `GS r` nor `DLE EOT` is answered after it). Meanwhile the till's HTTP and gRPC quotes
+    and checkouts answer; status and /metrics say ERROR with the reason ("sent, not
+    confirmed"), the coupons wait. Mended, each coupon is cut once, in order: the copies
+    the worker sent while the printer did not read (every retry, as the printer answered
+    `DLE EOT` on a fresh connection) were left in the kernel by a graceful close and all
+    came out when it read again."""
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(_long_snapshot())
+    agent.close()
+    jam = Printer9100("stall")
+    try:
+        with (
+            till(tmp_path, _printer(jam.port)) as (agent, _),
+            served(agent) as (
+                web,
+                stub,
+                scrape,
+            ),
+        ):
+            code, first = _http(web, "POST", "/v1/checkout", receipt("r-000"))
+            assert code == 200 and len(first["printedOffers"]) == 50
+            assert jam.stalled.wait(10)
+            for n in range(3):
+                _answers_while_stuck(web, stub, n)
+            status = _until(
+                lambda: (s := _http(web, "GET", "/v1/status")[1])["printerState"] == "ERROR" and s,
+                15,
+            )
+            assert status and "not confirmed" in status["printerLastError"]
+            assert status["printQueueDepth"] == 7
+            assert _until(
+                lambda: _metrics(scrape).get('tillpoint_printer_ok{state="ERROR"}') == 0, 10
+            )
+            # the worker tries again meanwhile (the printer answers DLE EOT when asked)
+            assert _until(lambda: _job_rows(tmp_path)[0][2] >= 3, 30), _job_rows(tmp_path)
+            assert jam.coupons() == []
+            jam.mend()
+            assert _until(lambda: {s for _, s, _, _ in _job_rows(tmp_path)} == {"DONE"}, 60)
+            sales = [r for r, _, _, _ in _job_rows(tmp_path)]
+            assert _until(lambda: jam.coupons() == sales, 10), jam.coupons()
+            time.sleep(1.0)
+            assert jam.coupons() == sales  # once each
+            status = _until(
+                lambda: (s := _http(web, "GET", "/v1/status")[1])["printerState"] == "OK" and s,
+                10,
+            )
+            assert status and status["printQueueDepth"] == 0
+    finally:
+        jam.close()
+
+
+# ----------------------------------------------------------------- 2. resets mid-coupon
+
+
+def test_a_printer_that_resets_mid_coupon_prints_it_once_in_full_when_back(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7: the printer resets the connection (RST) 400 bytes into a coupon and is
+    off a while: the job is PENDING, never DONE on a half coupon; status and /metrics say
+    OFFLINE with the reason and the coupon waiting. Back, the coupon is printed again in
+    full, once, and the job is DONE; status and /metrics say OK and nothing waits."""
+    _prime(tmp_path)
+    printer = Printer9100("reset", reset_after=400)
+    try:
+        with (
+            till(tmp_path, _printer(printer.port)) as (agent, _),
+            served(agent) as (
+                web,
+                _stub,
+                scrape,
+            ),
+        ):
+            assert len(_sale(agent, 0).printed_offers) == 3
+            assert printer.was_reset.wait(10)
+            status = _until(
+                lambda: (
+                    (s := _http(web, "GET", "/v1/status")[1])["printerState"] == "OFFLINE" and s
+                ),
+                10,
+            )
+            assert status, _http(web, "GET", "/v1/status")[1]
+            assert status["printQueueDepth"] == 1
+            assert status["printerLastError"]
+            assert _job_rows(tmp_path)[0][1] == "PENDING"
+            assert printer.coupons() == []  # the torn part was not cut
+            assert _until(
+                lambda: (
+                    (m := _metrics(scrape)).get('tillpoint_printer_ok{state="OFFLINE"}') == 0
+                    and m["tillpoint_print_queue_depth"] == 1
+                ),
+                10,
+            )
+            _sale(agent, 1)  # a sale while it is off
+            printer.back()
+            assert _until(lambda: [s for _, s, _, _ in _job_rows(tmp_path)] == ["DONE"] * 2, 20)
+            assert _until(lambda: printer.coupons() == ["r-000", "r-001"], 10)
+            time.sleep(0.5)
+            assert printer.coupons() == ["r-000", "r-001"]  # once each
+            status = _until(
+                lambda: (s := _http(web, "GET", "/v1/status")[1])["printerState"] == "OK" and s,
+                10,
+            )
+            assert status and status["printQueueDepth"] == 0
+            # a scrape reads a status at most a second old
+            assert _until(
+                lambda: (
+                    (m := _metrics(scrape)).get('tillpoint_printer_ok{state="OK"}') == 1
+                    and m["tillpoint_print_queue_depth"] == 0
+                ),
+                10,
+            )
+    finally:
+        printer.close()
