@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
+import re
 import socket
 import sqlite3
 import struct
@@ -27,7 +29,10 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.service import Agent
+from tillpoint.printer.config import DisplayConfig
 from tillpoint.printer.decode import Decoder, Document
+from tillpoint.printer.display import CustomerDisplay
+from tillpoint.printer.transport import open_serial
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
@@ -370,3 +375,115 @@ def test_a_printer_that_resets_mid_coupon_prints_it_once_in_full_when_back(
             )
     finally:
         printer.close()
+
+
+# ----------------------------------------------------------------- 3. a display that reads slowly
+
+
+def _totals(data: bytes) -> list[int]:
+    return [int(n) for n in re.findall(r"Итого: (\d+)", data.decode("cp866", "replace"))]
+
+
+class LoopDisplay:
+    """A pole display on pyserial's `loop://` (a 4 KB line): what the driver writes, the
+    test reads as the display would, when it chooses to."""
+
+    def __init__(self) -> None:
+        self.port = open_serial("loop://", read_timeout_s=0.05, write_timeout_s=0.5)
+
+    def factory(self) -> Any:
+        if not self.port.is_open:  # reconnected: the same line again
+            self.port.open()
+        return self.port
+
+    def take(self, settle_s: float = 0.5) -> bytes:
+        """Everything on the line until it stays quiet `settle_s`."""
+        out = b""
+        quiet = time.monotonic() + settle_s
+        while time.monotonic() < quiet:
+            with contextlib.suppress(Exception):
+                chunk = self.port.read(4096)
+                if chunk:
+                    out += chunk
+                    quiet = time.monotonic() + settle_s
+        return out
+
+
+def test_a_display_that_stops_reading_is_reported_and_shows_the_current_message_after() -> None:
+    """CONTRACT §8: a pole display that stops taking bytes while the cashier scans a
+    hundred items: each `show` returns at once; the display's writer survives (pyserial's
+    `loop://` raised `queue.Full`, which killed the thread: the display stayed "OK" and
+    was never written again) and says OFFLINE with the reason; when the display reads
+    again it is shown the current total, not the backlog of stale ones (a 4 KB line:
+    some eighty of them)."""
+    line = LoopDisplay()
+    config = DisplayConfig(
+        kind="serial", device="loop://", reconnect_s=0.1, refresh_s=60, write_timeout_s=0.5
+    )
+    display = CustomerDisplay(config, port_factory=line.factory)
+    display.start()
+    try:
+        for n in range(100):
+            started = time.monotonic()
+            display.show([f"Итого: {n},00", ""])
+            assert time.monotonic() - started < 0.5
+            time.sleep(0.005)
+        assert _until(lambda: display.status()["state"] == "OFFLINE", 10), display.status()
+        assert "loop://" in str(display.status()["last_error"])
+        got = line.take()
+        shown = _totals(got)
+        assert shown and shown[-1] == 99
+        # at most the few messages the line held when it stopped, then the current one
+        assert len([n for n in shown if n != 99]) <= 4, shown
+        assert _until(lambda: display.status()["state"] == "OK", 10)
+        display.show(["Итого: 100,00", ""])
+        assert display.flush(5)
+        assert _totals(line.take()) == [100]
+    finally:
+        display.stop()
+
+
+def test_a_display_on_a_pty_that_reads_nothing_is_queued_no_more_than_its_line_carries(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §8: a pole display on a pseudo-terminal that reads nothing while the
+    cashier scans six hundred items (a pty cannot say what it still queues): each `show`
+    returns at once, and the driver queues no more than the line (9600 baud) carries
+    meanwhile, the newest message last. It wrote every message as it came, and the
+    terminal queued some 19 KB of stale totals: the display, reading again, showed them
+    all in turn (20 s of them at 9600 baud) before the current one."""
+    master, slave = os.openpty()
+    try:
+        device = os.ttyname(slave)
+        config = DisplayConfig(kind="serial", device=device, reconnect_s=0.1, refresh_s=60)
+        display = CustomerDisplay(config)
+        display.start()
+        try:
+            started = time.monotonic()
+            for n in range(600):
+                before = time.monotonic()
+                display.show([f"Итого: {n},00", ""])
+                assert time.monotonic() - before < 0.5
+                time.sleep(0.002)
+            assert display.flush(5)
+            elapsed = time.monotonic() - started
+            os.set_blocking(master, False)
+            got = b""
+            quiet = time.monotonic() + 0.5
+            while time.monotonic() < quiet:
+                try:
+                    chunk = os.read(master, 65536)
+                except BlockingIOError:
+                    time.sleep(0.02)
+                    continue
+                got += chunk
+                quiet = time.monotonic() + 0.5
+            shown = _totals(got)
+            assert shown and shown[-1] == 599
+            carried = elapsed * 9600 / 10
+            assert len(got) <= carried + 200, (len(got), carried, len(shown))
+        finally:
+            display.stop()
+    finally:
+        os.close(master)
+        os.close(slave)
