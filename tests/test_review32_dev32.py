@@ -16,9 +16,12 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +39,7 @@ from tillpoint.printer.transport import open_serial
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import PROGRAM, grpc_served, receipt, snapshot
+from .conftest import PROGRAM, free_port, grpc_served, receipt, snapshot
 from .test_review31_dev31 import (
     LONG_OFFERS,
     _prime,
@@ -485,5 +488,109 @@ def test_a_display_on_a_pty_that_reads_nothing_is_queued_no_more_than_its_line_c
         finally:
             display.stop()
     finally:
+        os.close(master)
+        os.close(slave)
+
+
+# ----------------------------------------------------------------- 4. SIGTERM while stuck
+
+
+class RunTill:
+    """`tillpoint run` on `data` with a network printer and a serial display, over HTTP."""
+
+    def __init__(self, tmp_path: Path, data: Path, printer_port: int, display: str) -> None:
+        self.port = free_port()
+        conf = tmp_path / "till.toml"
+        conf.write_text(
+            f'device_id = "till-1"\n[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+            f'[metrics]\nenabled = false\n[http]\nlisten = "127.0.0.1:{self.port}"\n'
+            f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer_port}\n'
+            "connect_timeout_s = 1\nstatus_timeout_s = 0.3\nconfirm_timeout_s = 2\n"
+            "retry_base_s = 0.1\nretry_max_s = 0.5\npoll_interval_s = 0.1\n"
+            f'[display]\nkind = "serial"\ndevice = "{display}"\nreconnect_s = 0.2\n',
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        exe = Path(sys.executable).parent / "tillpoint"
+        self.log = (tmp_path / "run.log").open("ab")
+        self.proc = subprocess.Popen(
+            [exe, "--config", conf, "--data-dir", data, "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, "tillpoint run stopped"
+            with contextlib.suppress(OSError):
+                if _http(self.port, "GET", "/healthz")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, "tillpoint run never served"
+            time.sleep(0.1)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return _http(self.port, method, path, body)
+
+    def terminate(self) -> float:
+        """SIGTERM; the seconds until it exited (0 status asserted)."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:  # pragma: no cover - a hung agent
+                self.proc.kill()
+                self.proc.wait()
+            self.log.close()
+        assert code == 0
+        return time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_run_stopped_while_the_printer_and_the_display_are_stuck_loses_and_doubles_nothing(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7, §8: `tillpoint run` with a network printer that stopped reading in the
+    middle of a 50 KB coupon and a pole display nobody reads (a pty) is stopped with
+    SIGTERM: it stops within its documented bound (the worker's `confirm_timeout_s` +
+    `status_timeout_s` + 5 s beside the 5 s grace, well inside the unit's
+    `TimeoutStopSec` of 30 s), with status 0, no job left SENDING or FAILED. The printer
+    mended and the agent started again, each coupon is cut once, in the order of the
+    sales: the copy the first agent had left in the kernel is not delivered as well."""
+    data = tmp_path / "data"
+    seed = Agent(data, "till-1")
+    seed.load_snapshot(_long_snapshot())
+    seed.close()
+    jam = Printer9100("stall")
+    master, slave = os.openpty()
+    try:
+        tty = os.ttyname(slave)
+        run = RunTill(tmp_path, data, jam.port, tty)
+        try:
+            for n in range(3):
+                code, sale = run.call("POST", "/v1/checkout", receipt(f"r-00{n}"))
+                assert code == 200 and len(sale["printedOffers"]) == 50
+                assert run.call("POST", "/v1/quote", receipt(f"q-{n}"))[0] == 200
+            assert jam.stalled.wait(10)
+            for n in range(40):  # the display's line fills: nobody reads it
+                assert run.call("POST", "/v1/quote", receipt(f"q-x{n}"))[0] == 200
+        finally:
+            took = run.terminate()
+        assert took < 25, took
+        rows = _job_rows(data)
+        assert [(r, s) for r, s, _, _ in rows] == [(f"r-00{n}", "PENDING") for n in range(3)]
+        jam.mend()  # reads again: the stalled connections too
+        time.sleep(1.0)
+        assert jam.coupons() == []  # nothing of the first agent's was cut
+        again = RunTill(tmp_path, data, jam.port, tty)
+        try:
+            assert _until(lambda: {s for _, s, _, _ in _job_rows(data)} == {"DONE"}, 60)
+            assert _until(lambda: jam.coupons() == ["r-000", "r-001", "r-002"], 10)
+            time.sleep(1.0)
+            assert jam.coupons() == ["r-000", "r-001", "r-002"]
+        finally:
+            again.terminate()
+    finally:
+        jam.close()
         os.close(master)
         os.close(slave)
