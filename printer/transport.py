@@ -239,6 +239,16 @@ class SerialTransport:
             with contextlib.suppress(Exception):
                 cancel()
 
+    def drop_output(self) -> None:
+        """Throw away what the line still queues of this connection's bytes before the
+        close (a job the printer did not acknowledge is sent again in full: the queued
+        copy reached a printer that read again, and the coupon printed twice; a real
+        port's close also waited up to 30 s for it)."""
+        port = self._port
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.reset_output_buffer()
+
     def open(self) -> None:
         c = self.config
         assert c.device is not None

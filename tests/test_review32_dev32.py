@@ -32,20 +32,23 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.service import Agent
-from tillpoint.printer.config import DisplayConfig
+from tillpoint.printer.config import DisplayConfig, PrinterConfig
 from tillpoint.printer.decode import Decoder, Document
 from tillpoint.printer.display import CustomerDisplay
 from tillpoint.printer.transport import open_serial
+from tillpoint.printer.virtual_display import PtyPair
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import PROGRAM, free_port, grpc_served, receipt, snapshot
 from .test_review31_dev31 import (
     LONG_OFFERS,
+    _jobs,
     _prime,
     _printer,
     _sale,
     _until,
+    needs_socat,
     till,
 )
 
@@ -594,3 +597,112 @@ def test_run_stopped_while_the_printer_and_the_display_are_stuck_loses_and_doubl
         jam.close()
         os.close(master)
         os.close(slave)
+
+
+# ----------------------------------------------------------------- 5. a serial printer's line
+
+
+class SerialLine:
+    """The printer's end of a socat pty pair, one ESC/POS stream as a printer reads it (a
+    torn part and the next job in one decoder, as on paper). It answers `DLE EOT` (on
+    line, paper fine) and `GS r` (printed). Stalled, once a job's first bytes arrive it
+    reads no more (its buffer full) until `mend()`; then it reads what the line held."""
+
+    def __init__(self, peer: Path, *, stall: bool) -> None:
+        self.port = open_serial(str(peer), read_timeout_s=0.05)
+        self.stall = stall
+        self.stalled = threading.Event()
+        self._mended = threading.Event()
+        self.decoder = Decoder()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.port.read(4096)
+            except Exception:
+                return
+            if not data:
+                continue
+            job = data.replace(b"\x10\x04\x02", b"").replace(b"\x10\x04\x04", b"")
+            if self.stall and job:
+                self.stalled.set()
+                self._mended.wait()
+            with self._lock:
+                requests = self.decoder.feed(data)
+            for req in requests:
+                with contextlib.suppress(Exception):
+                    self.port.write(b"\x00" if req.command == "GS r" else b"\x12")
+
+    def mend(self) -> None:
+        self.stall = False
+        self._mended.set()
+
+    def documents(self) -> list[Document]:
+        with self._lock:
+            return list(self.decoder.documents)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._mended.set()
+        self._thread.join(2)
+        self.port.close()
+
+
+def _serial_printer(device: Path) -> PrinterConfig:
+    return PrinterConfig(
+        kind="serial",
+        device=str(device),
+        baudrate=921600,
+        write_timeout_s=60.0,
+        status_timeout_s=0.3,
+        confirm_timeout_s=1.0,
+        retry_base_s=0.05,
+        retry_max_s=0.2,
+        poll_interval_s=0.1,
+    )
+
+
+@needs_socat
+@pytest.mark.slow
+def test_a_serial_write_broken_off_leaves_the_line_sane_for_the_next_job(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7: a serial printer stops reading in the middle of a 50-offer coupon and
+    the agent is stopped (the write broken off, the line's queue dropped as the code
+    intends). Mended on the same line and the agent started again: the printer cuts that
+    coupon and the next once each, complete (all fifty codes, the Cyrillic in its code
+    page); the torn part of the first attempt that reached it is cut off as a piece of
+    its own (it was glued on: the coupon came out with its first offers twice)."""
+    agent = Agent(tmp_path, "till-1")
+    agent.load_snapshot(_long_snapshot())
+    agent.close()
+    config = _serial_printer(tmp_path / "pty" / "device")
+    codes = [f"TP1-o-{n:02d}" for n in range(50)]
+    with PtyPair(tmp_path / "pty") as pair:
+        line = SerialLine(pair.peer, stall=True)
+        try:
+            with till(tmp_path, config) as (agent, _):
+                assert len(_sale(agent, 0).printed_offers) == 50
+                assert line.stalled.wait(10)
+                assert _until(lambda: _jobs(agent) == [("r-000", "SENDING")])
+                assert len(_sale(agent, 1).printed_offers) == 50
+            assert [s for _, s, _, _ in _job_rows(tmp_path)] == ["PENDING", "PENDING"]
+            line.mend()
+            time.sleep(1.0)
+            with till(tmp_path, config) as (agent, _):
+                assert _until(lambda: all(s == "DONE" for _, s in _jobs(agent)), 30)
+                time.sleep(0.5)
+            complete = [d for d in line.documents() if d.complete]
+            assert _receipts_of(complete) == ["r-000", "r-001"]
+            coupons = [d for d in complete if "Чек r-" in d.text]
+            assert len(coupons) == 2
+            for doc in coupons:  # each whole: the torn part is a piece of its own
+                assert doc.codes == codes
+                assert "Скидка на хлеб" in doc.text
+            assert len(complete) <= 3
+        finally:
+            line.close()
