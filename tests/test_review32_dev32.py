@@ -706,3 +706,27 @@ def test_a_serial_write_broken_off_leaves_the_line_sane_for_the_next_job(
             assert len(complete) <= 3
         finally:
             line.close()
+
+
+def test_the_cut_before_a_resend_is_blank_paper_when_nothing_was_torn() -> None:
+    """CONTRACT §7: what a job sent after a torn attempt begins with ends a command the
+    torn part broke off and cuts that part off; with nothing torn before it, it is a
+    blank strip, never a document of its own (the decoder counts it in `blank_cuts`),
+    and the coupon after it decodes whole; after a torn text it is that text's piece."""
+    from tillpoint.printer.config import PrinterConfig as Config
+    from tillpoint.printer.layout import separator_bytes
+    from tillpoint.printer.profiles import resolve_profile
+
+    profile = resolve_profile(Config(kind="file", device="/tmp/unused-dev32"))
+    job = b"\x1b@\x1bt\x11" + "Скидка".encode("cp866") + b"\n\x1bd\x06\x1dV\x01"
+    clean = Decoder()
+    clean.feed(separator_bytes(profile) + job)
+    assert [d.text.strip() for d in clean.documents] == ["Скидка"]
+    assert clean.blank_cuts == 1
+    # torn in the middle of a QR code's data (`GS ( k`, 20 bytes announced, 5 sent)
+    torn = b"\x1b@\x1bt\x11" + "Обрыв".encode("cp866") + b"\n\x1d(k\x17\x001P0TP1-o"
+    after = Decoder()
+    after.feed(torn + separator_bytes(profile) + job)
+    assert [d.complete for d in after.documents] == [True, True]
+    assert "Обрыв" in after.documents[0].text
+    assert after.documents[1].text.strip() == "Скидка"
