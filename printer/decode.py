@@ -216,6 +216,10 @@ class Decoder:
         self.documents: list[Document] = []
         self.requests: list[StatusRequest] = []
         self.bytes_seen = 0
+        # cuts of blank paper (nothing but feeds since the last cut: the cut a job sent
+        # after a torn attempt begins with, when nothing torn came before it): counted,
+        # not documents
+        self.blank_cuts = 0
         self._buf = bytearray()
         self._qr_data = b""
         self._qr_module = 3
@@ -272,6 +276,10 @@ class Decoder:
 
     def _cut(self, partial: bool) -> None:
         self._flush_partial_line()
+        if self._doc.empty:  # a blank strip, nothing printed on it: not a document
+            self.blank_cuts += 1
+            self._doc = Document()
+            return
         self._emit(Cut(partial))
         self._doc.complete = True
         self.documents.append(self._doc)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypedDict
 
@@ -54,6 +55,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("tillpoint.display")
+
+# Bytes a message may find still waiting in the port's queue (where the port tells: a
+# real serial port, pyserial's loop://) and be written behind: a reset and a message or
+# two (about 0.25 s at 9600 baud). More, and the driver waits for the display to take them
+# (`write_timeout_s`, then OFFLINE, the queue dropped) instead of queueing a backlog.
+QUEUED_MAX = 256
 
 
 class _Commands:
@@ -188,6 +195,7 @@ class CustomerDisplay:
         self._gen = 0  # bumps with every change
         self._written = 0  # the generation last written
         self._port: Any = None
+        self._line_free_at = 0.0  # monotonic: when the line has carried the last write
         self._stop = False
         self._thread: threading.Thread | None = None
         self._state: Literal["OK", "OFFLINE", "DISABLED"] = (
@@ -266,12 +274,19 @@ class CustomerDisplay:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
-        self._close()
+        self._close(drop=True)
 
     # ------------------------------------------------------------------ the thread
-    def _close(self) -> None:
+    def _close(self, *, drop: bool = False) -> None:
+        """Close the port; with `drop`, what the line still queues is thrown away first: a
+        message replaces the last one whole, so the stale ones are of no use to the
+        display when it reads again (it replayed every one: a backlog of stale totals), and
+        a real serial port's close waits up to 30 s (closing_wait) for them to go out."""
         port, self._port = self._port, None
         if port is not None:
+            if drop:
+                with contextlib.suppress(Exception):
+                    port.reset_output_buffer()
             with contextlib.suppress(Exception):
                 port.close()
 
@@ -280,8 +295,8 @@ class CustomerDisplay:
             return self._cmds.clear()
         return message_bytes(self._lines, self.config)
 
-    def _offline(self, message: str) -> None:
-        self._close()
+    def _offline(self, message: str, *, drop: bool = False) -> None:
+        self._close(drop=drop)
         with self._cond:
             if self._state != "OFFLINE" or self._last_error != message:
                 log.warning("customer display offline: %s", message)
@@ -296,6 +311,68 @@ class CustomerDisplay:
         except (serial.SerialException, OSError, TransportError) as exc:
             self._offline(f"{self.config.device}: {exc}")
             return False
+        except Exception as exc:  # any port's fault: the display's, never the thread's end
+            # (pyserial's loop:// raised queue.Full: the thread died, the display stayed
+            # "OK" and was never written again)
+            log.warning("customer display write failed", exc_info=True)
+            self._offline(f"{self.config.device}: {type(exc).__name__} {exc}".rstrip())
+            return False
+        # the line carries it in this long at the configured speed (start, 8 bits, stop)
+        self._line_free_at = time.monotonic() + len(data) * 10 / self.config.baudrate
+        return True
+
+    def _ready(self) -> None:
+        """The display takes data: OK (logged when it was not)."""
+        with self._cond:
+            if self._port is None or self._state == "OK":
+                return
+            self._state, self._last_error = "OK", None
+        log.info("customer display on %s ready", self.config.device)
+
+    def _line_waiting(self) -> int:
+        """Bytes the port has not sent yet (0 when it cannot tell: a pseudo-terminal)."""
+        try:
+            return int(self._port.out_waiting or 0)
+        except Exception:
+            return 0
+
+    def _wait_for_line(self, *, most: int = 0, until_new: bool = False) -> bool | None:
+        """Wait until the line has carried what was written (its line time at the
+        configured speed, and the port's queue down to `most` bytes where the port tells:
+        a pseudo-terminal does not), so that messages coming faster than the display
+        takes them replace each other here instead of queueing in the line (a display that
+        read slowly or not at all was then shown every stale total in turn). Messages
+        shown meanwhile are taken after the wait.
+
+        True: the line is free (or the driver stops). False: the queue did not empty
+        within `write_timeout_s`: the display takes no data; what waits is dropped, the
+        display is OFFLINE and reconnected. None (with `until_new`): a newer message
+        came first."""
+        cfg = self.config
+
+        def woken() -> bool:
+            return self._stop or (until_new and (self._dirty or self._brightness_dirty))
+
+        with self._cond:
+            self._cond.wait_for(woken, max(0.0, self._line_free_at - time.monotonic()))
+            if self._stop:
+                return True
+        deadline = time.monotonic() + cfg.write_timeout_s
+        while (waiting := self._line_waiting()) > most:
+            with self._cond:
+                if self._stop:
+                    return True
+                if woken():
+                    return None
+            if time.monotonic() >= deadline:
+                self._offline(
+                    f"{cfg.device}: the display takes no data ({waiting} bytes still waiting "
+                    f"after {cfg.write_timeout_s:g} s: write timeout)",
+                    drop=True,
+                )
+                return False
+            with self._cond:
+                self._cond.wait_for(woken, 0.02)
         return True
 
     def _run(self) -> None:
@@ -320,15 +397,24 @@ class CustomerDisplay:
                     self._dirty = self._brightness_dirty = False
                 if self._write(data):
                     with self._cond:
-                        self._state, self._last_error = "OK", None
                         self._written = max(self._written, gen)
                         self._cond.notify_all()
-                    log.info("customer display on %s ready", cfg.device)
+                    # OK once the display took it, where the port tells: one that reads
+                    # nothing was "OK" again after each reconnect (its port had queued
+                    # the bytes). A newer message first: its write decides.
+                    if self._wait_for_line(until_new=True):
+                        self._ready()
                 continue
             with self._cond:
                 self._cond.wait_for(
                     lambda: self._stop or self._dirty or self._brightness_dirty, cfg.refresh_s
                 )
+                if self._stop:
+                    return
+            # at most a few messages behind (QUEUED_MAX bytes waiting), never a backlog
+            if not self._wait_for_line(most=QUEUED_MAX):
+                continue
+            with self._cond:
                 if self._stop:
                     return
                 gen = self._gen
@@ -341,3 +427,4 @@ class CustomerDisplay:
                 with self._cond:
                     self._written = max(self._written, gen)
                     self._cond.notify_all()
+                self._ready()

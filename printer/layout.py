@@ -235,6 +235,31 @@ def render_escpos(blocks: Sequence[Block], profile: Profile) -> bytes:
     return out
 
 
+def separator_bytes(profile: Profile) -> bytes:
+    """What a job sent after a torn attempt starts with: NULs that end a command the torn
+    part broke off (its parameters or a QR code's data: the printer ignores a NUL as
+    text), the init (it clears the torn part's unprinted line), then a feed and the cut.
+    The torn part comes off as its own piece of paper, the coupon after it whole: glued
+    on, the fragment's offers were printed twice above the coupon's own, and a command it
+    broke off ate the coupon's first bytes (review 32)."""
+    escpos = _escpos.load()
+    p = escpos.printer.Dummy(profile=profile.base)
+    p.profile = profile.escpos_profile()
+    p._raw(b"\x00" * TORN_COMMAND_MAX)
+    p.hw("INIT")
+    if profile.cut == "none":
+        p.print_and_feed(6)
+    else:
+        p.cut(mode="PART" if profile.cut == "partial" else "FULL")
+    out: bytes = p.output
+    return out
+
+
+# The longest command a coupon holds besides a raster image: a QR code's data (the offer
+# code, at most some 60 bytes) with its header; a torn part never leaves more unread.
+TORN_COMMAND_MAX = 96
+
+
 def _render_code(p: Any, data: str, profile: Profile) -> None:
     mode = _code_mode(data, profile)
     if mode == "qr":

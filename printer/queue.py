@@ -75,7 +75,7 @@ from tillpoint.agent.ledger import (
 from tillpoint.printer import _escpos
 from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.errors import ConnectionLost, PrinterError
-from tillpoint.printer.layout import offers_blocks, render_escpos
+from tillpoint.printer.layout import offers_blocks, render_escpos, separator_bytes
 from tillpoint.printer.payload import OfferNow, PrintPayload, parse_payload
 from tillpoint.printer.profiles import Profile, resolve_profile
 from tillpoint.printer.transport import Transport, make_transport
@@ -324,6 +324,21 @@ def query_health(transport: Transport, timeout_s: float) -> Health:
 UNCONFIRMED = PRINT_UNCONFIRMED
 
 
+# What a job's `last_error` says when an earlier attempt may have left a torn part of it
+# on the printer (sent in part, or sent and never acknowledged): its next send begins by
+# cutting that part off (`layout.separator_bytes`).
+_TORN_MARKS = (
+    "(while sending;",
+    "(before the printer confirmed;",
+    "the agent stopped while the job was sent",
+)
+
+
+def _torn_before(job: _Job) -> bool:
+    error = job.last_error or ""
+    return error.startswith(UNCONFIRMED) or any(mark in error for mark in _TORN_MARKS)
+
+
 class _Unconfirmed(Exception):
     """The printer took a job and answered nothing after it."""
 
@@ -406,6 +421,9 @@ class PrintWorker:
         # per job id: how often the printer dropped it while it was sent or confirmed
         # (connect failures not counted); `max_send_failures` of them fail the job
         self._drops: dict[int, int] = {}
+        # an attempt ended with part of a job maybe on the printer and no cut after it:
+        # the next job sent begins by cutting it off (`separator_bytes`)
+        self._torn = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         # The transport a job's bytes are being written to: `stop` breaks that write off
@@ -614,6 +632,7 @@ class PrintWorker:
     def _attempt(self, job: _Job, data: bytes) -> None:
         cfg = self.config
         claimed = False
+        settled = False  # the job is the printer's: DONE, every byte of it to go out
         phase = "connect"
         note: str | None = None
         transport = self._factory()
@@ -630,7 +649,11 @@ class PrintWorker:
                 return  # someone requeued or finished it meanwhile
             claimed = True
             phase = "send"
+            if self._torn or _torn_before(job):
+                assert self.profile is not None
+                data = separator_bytes(self.profile) + data
             self._send(transport, data)
+            self._torn = False
             phase = "confirm"
             paper = health.paper
             if transport.readable and cfg.confirm:
@@ -655,6 +678,7 @@ class PrintWorker:
                     )
                 elif not reply[0] & 0x90:  # GS r 1 reply: bits 4 and 7 are 0
                     paper = "OUT" if reply[0] & 0x0C else "LOW" if reply[0] & 0x03 else "OK"
+            settled = True
         except _Blocked as blocked:
             self._paper = blocked.health.paper
             self._retry(job, str(blocked), "ERROR", claimed)
@@ -674,10 +698,22 @@ class PrintWorker:
                     "sent in full; the agent stopped before the printer confirmed it "
                     f"({exc}): not printed again"
                 )
+                settled = True
             else:
                 self._failed_attempt(job, exc, phase, claimed)
                 return
         finally:
+            if claimed and not settled:
+                self._torn = True
+                # The job is sent again in full (held, retried, broken off): what of it
+                # the connection still holds is thrown away, not delivered after the
+                # close. A printer that stopped reading mid-job got every copy the
+                # retries sent once it read again, and printed the coupon that often
+                # (review 32). What it had already taken has no cut: a torn part.
+                drop = getattr(transport, "drop_output", None)
+                if drop is not None:
+                    with contextlib.suppress(Exception):
+                        drop()
             transport.close()
         self._printed(job, note, paper, health)
 

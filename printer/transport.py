@@ -29,6 +29,7 @@ import errno
 import os
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -95,8 +96,10 @@ class NetworkTransport:
         self.description = f"{host}:{port}"
         self._sock: socket.socket | None = None
         self.aborted = False
+        self._drop = False
 
     def open(self) -> None:
+        self._drop = False
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         except OSError as exc:
@@ -149,6 +152,13 @@ class NetworkTransport:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
+    def drop_output(self) -> None:
+        """Make the close a reset: what the kernel still holds of this connection's bytes is
+        thrown away instead of delivered after the close (a job the printer did not
+        acknowledge is sent again in full; a graceful close let each unacknowledged copy
+        reach a printer that read again, and it printed the coupon that often)."""
+        self._drop = True
+
     def discard_input(self) -> None:
         sock = self._s()
         sock.setblocking(False)
@@ -164,8 +174,12 @@ class NetworkTransport:
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
+        if self._drop:  # a reset (RST): unsent bytes are discarded, not delivered
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
         sock.close()
 
 
@@ -224,6 +238,16 @@ class SerialTransport:
         if cancel is not None:
             with contextlib.suppress(Exception):
                 cancel()
+
+    def drop_output(self) -> None:
+        """Throw away what the line still queues of this connection's bytes before the
+        close (a job the printer did not acknowledge is sent again in full: the queued
+        copy reached a printer that read again, and the coupon printed twice; a real
+        port's close also waited up to 30 s for it)."""
+        port = self._port
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.reset_output_buffer()
 
     def open(self) -> None:
         c = self.config
