@@ -72,7 +72,7 @@ def _env() -> dict[str, str]:
 class DoorsSequence(HubSequence):
     """Review 31's seeded sequence, its long-lived agent a `tillpoint run` process."""
 
-    ACTIONS = [*HubSequence.ACTIONS, "restart"]
+    ACTIONS = [*HubSequence.ACTIONS, "restart", "burst"]
 
     def __init__(self, seed: int, work: Path) -> None:  # noqa: PLR0915 (one set-up)
         from tillpoint.sync.loopback import LoopbackHub, wait_for
@@ -268,11 +268,47 @@ class DoorsSequence(HubSequence):
             self.count("action/restart")
             self.restart()
             return
+        if action == "burst":
+            self.count("action/burst")
+            self.burst()
+            return
         if action in ("steplive", "rehold"):  # (a step inside a hub request: review 31's)
             action = "step"
         if action == "timer":  # the process's own 15 s round runs beside the calls
             action = "tick"
         super().do(action)
+
+    def burst(self, versions: int = 5) -> None:
+        """The hub publishes several versions while the till cannot reach it; when it comes
+        back the till pulls them (a delta chain, or a full snapshot: a new generation of
+        its cache, switched in under the running process's memos and reader connections)."""
+        from tillpoint.sync.loopback import wait_for
+        from tillpoint.sync.pull import cache_version
+
+        if self.hub_up:
+            self.hub.stop()
+            self.hub_up = False
+        generation = os.readlink(self.data / "cache.db") if (self.data / "cache.db").is_symlink() else ""
+
+        class Unpulled:
+            def pull(self) -> None:  # the till's own sync loop pulls, once the hub is back
+                pass
+
+        self.synced, self.puller = False, Unpulled()
+        try:
+            for _ in range(versions):
+                self.delta()
+        finally:
+            self.synced = True
+        latest = self.hub.store.latest()
+        self.hub.restart()
+        self.hub_up = True
+        try:
+            wait_for(lambda: cache_version(self.data) >= latest.version, timeout=120)
+        except TimeoutError:
+            self.count("pull/late")
+        now = os.readlink(self.data / "cache.db") if (self.data / "cache.db").is_symlink() else ""
+        self.count("burst/full" if now != generation else "burst/deltas")
 
     def step_clock(self) -> None:
         """NTP sets the wall clock; one uncompared quote and the process has followed it."""
@@ -364,3 +400,117 @@ def _fresh_status(data: Path) -> dict[str, Any]:
     finally:
         agent.close()
 
+
+
+def _full_from_another_process(data: Path, doc: dict[str, Any], work: Path) -> None:
+    """`tillpoint snapshot load` in a process of its own: a new generation of the cache
+    switched in beside the long-lived agent."""
+    path = work / f"full-{doc['version']}.json"
+    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    done = subprocess.run(
+        [EXE, "--data-dir", str(data), "snapshot", "load", str(path)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _answers(agent: Any, bodies: list[dict[str, Any]]) -> list[Any]:
+    from tillpoint.agent.errors import TillpointError, edge_of
+    from tillpoint.agent.results import receipt_from_json
+
+    out: list[Any] = []
+    for body in bodies:
+        try:
+            out.append(agent.quote(receipt_from_json(body)).to_json())
+        except TillpointError as exc:
+            out.append(edge_of(exc).code)
+    for text in ("2770000000017", "+79161234567", "2770000000024", "2770000000031"):
+        out.append(agent.identify(text).to_json())
+    out.append(agent.balance("2770000000017", None).to_json())
+    return out
+
+
+def test_memos_and_reader_connections_follow_a_full_snapshot_another_process_switched_in(
+    tmp_path: Path,
+) -> None:
+    """ARCHITECTURE's state table, `Agent._memo` and the cache connections (the writer's,
+    the idle reader pairs): a full snapshot loaded by another process (a new generation
+    of the cache, a higher version) ends them. After it the long-lived agent, whose memo
+    holds the program, the category tree, the mass offers and their candidate tables,
+    the personal offers and product rows of the receipts it just priced, answers every
+    quote, identify and balance (and a hold) as a fresh agent on the same directory."""
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+
+    from bench import difflong as dl
+
+    from .conftest import receipt, snapshot
+
+    milk, bread, cheese = "4601234000017", "4601234000024", "4601234000055"
+    offers = [
+        {"id": "m-dairy", "kind": "PERCENT_OFF", "categories": ["dairy"], "value": "10"},
+        {"id": "p-bread", "customerId": "c-a", "kind": "PERCENT_OFF", "skus": [bread],
+         "value": "15"},
+    ]  # fmt: skip
+    first = snapshot(offers=offers)
+    lines = [
+        {"sku": milk, "qty": "2", "priceMinor": 8990},
+        {"sku": bread, "qty": "1", "priceMinor": 5490},
+        {"sku": cheese, "qty": "0.350", "priceMinor": 89900},
+    ]
+    bodies = [
+        receipt(f"q-{i}", card=card, lines=lines[: 1 + i % 3], redeemPoints=rp)
+        for i, (card, rp) in enumerate(
+            [("2770000000017", 0), ("2770000000024", 10), ("+79161234567", 100), ("", 0)]
+        )
+    ]
+    for body in bodies:
+        if not body["card"]:
+            del body["card"]
+    second = snapshot(version=2, issuedAt="2026-11-23T05:00:00Z")
+    second["program"] = {**second["program"], "maxRedeemPercent": 10}
+    second["categories"][2] = {"code": "bakery", "parent": "tobacco", "name": "Хлеб"}
+    second["products"][3] = {**second["products"][3], "excludedFromLoyalty": True}
+    second["customers"][0] = {**second["customers"][0], "tier": "base", "balancePoints": 90}
+    second["cards"][2] = {**second["cards"][2], "status": "ACTIVE"}
+    second["offers"] = [
+        {"id": "m-dairy", "kind": "PERCENT_OFF", "categories": ["dairy"], "value": "25"},
+        {"id": "p-bread", "customerId": "c-b", "kind": "PERCENT_OFF", "skus": [bread],
+         "value": "5"},
+        {"id": "m-bakery", "kind": "BONUS_MULTIPLIER", "categories": ["food"], "value": "3"},
+    ]  # fmt: skip
+
+    data = tmp_path / "data"
+    moment = datetime.fromisoformat("2026-11-23T10:15:30+03:00")
+    long = Agent(data, DEVICE, clock=lambda: moment)
+    try:
+        long.load_snapshot(first)
+        for _ in range(2):  # the memo, the candidate tables and a reader pair all warm
+            before = _answers(long, bodies)
+        held = long.hold(receipt_from_json(receipt("h-1", redeemPoints=50))).to_json()
+        assert held["state"] == "HELD"
+        _full_from_another_process(data, second, tmp_path)
+        got = _answers(long, bodies)
+        copy_dir = tmp_path / "copy"
+        dl.copy_state(data, copy_dir)
+        hold = long.hold(receipt_from_json(receipt("h-2", redeemPoints=50))).to_json()
+        assert long.status().cache_version == 2
+    finally:
+        long.close()
+    dl.clear_module_caches()
+    fresh = Agent(copy_dir, DEVICE, clock=lambda: moment)
+    try:
+        want = _answers(fresh, bodies)
+        fresh_hold = fresh.hold(receipt_from_json(receipt("h-2", redeemPoints=50))).to_json()
+    finally:
+        fresh.close()
+    assert got != before  # the new data reached the answers at all
+    assert dl.diff(got, want) == []
+    assert dl.diff(hold, fresh_hold) == []
+    # the hold as a fresh agent placed it: priced from version 2 (its redemption capped
+    # at 10 % of the receipt, c-a's 90 points)
+    assert hold["redeemedPoints"] <= 90 and hold["redeemedPoints"] < held["redeemedPoints"]
