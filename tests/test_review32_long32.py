@@ -72,18 +72,16 @@ def _env() -> dict[str, str]:
 class DoorsSequence(HubSequence):
     """Review 31's seeded sequence, its long-lived agent a `tillpoint run` process."""
 
-    ACTIONS = [*HubSequence.ACTIONS, "restart", "burst"]
+    ACTIONS = HubSequence.ACTIONS + ["restart", "burst"]  # noqa: RUF005 (a list, as its base)
 
-    def __init__(self, seed: int, work: Path) -> None:  # noqa: PLR0915 (one set-up)
+    def __init__(self, seed: int, work: Path) -> None:
         from tillpoint.sync.loopback import LoopbackHub, wait_for
         from tillpoint.sync.pull import cache_version
 
         self.rng = random.Random(seed)
         self.work = work
         self.data = work / "till"
-        self.clock = FileClock(
-            datetime.fromisoformat("2026-11-23T09:40:00+03:00"), work / "clock"
-        )
+        self.clock = FileClock(datetime.fromisoformat("2026-11-23T09:40:00+03:00"), work / "clock")
         self.record = work / "hub-answers.jsonl"
         self.record.touch()
         self.master = _hub_master(self.TTL)
@@ -288,7 +286,7 @@ class DoorsSequence(HubSequence):
         if self.hub_up:
             self.hub.stop()
             self.hub_up = False
-        generation = os.readlink(self.data / "cache.db") if (self.data / "cache.db").is_symlink() else ""
+        generation = self.generation()
 
         class Unpulled:
             def pull(self) -> None:  # the till's own sync loop pulls, once the hub is back
@@ -307,8 +305,12 @@ class DoorsSequence(HubSequence):
             wait_for(lambda: cache_version(self.data) >= latest.version, timeout=120)
         except TimeoutError:
             self.count("pull/late")
-        now = os.readlink(self.data / "cache.db") if (self.data / "cache.db").is_symlink() else ""
-        self.count("burst/full" if now != generation else "burst/deltas")
+        self.count("burst/full" if self.generation() != generation else "burst/deltas")
+
+    def generation(self) -> str:
+        """The cache file `cache.db` names now (a full snapshot switches in another)."""
+        link = self.data / "cache.db"
+        return os.readlink(link) if link.is_symlink() else ""
 
     def step_clock(self) -> None:
         """NTP sets the wall clock; one uncompared quote and the process has followed it."""
@@ -365,7 +367,7 @@ def test_a_long_lived_run_answers_as_a_fresh_process_through_every_door(tmp_path
 def test_a_long_lived_run_answers_as_a_fresh_process_through_a_long_sequence(
     tmp_path: Path, seed: int
 ) -> None:
-    seq = run_doors(seed, 150, tmp_path / "work")
+    seq = run_doors(seed, 120, tmp_path / "work")
     assert not seq.mismatches, "\n".join(seq.mismatches[:3])
     assert all(code == 0 for code in seq.stops), seq.stops
 
@@ -377,7 +379,8 @@ if __name__ == "__main__":  # python -m tests.test_review32_long32 SEED STEPS
     t0 = time.monotonic()
     where = Path("/tmp") / f"long32-{sys.argv[1]}"
     shutil.rmtree(where, ignore_errors=True)
-    s = run_doors(int(sys.argv[1]), int(sys.argv[2]), where, SCRIPT32 if "script" in sys.argv else ())
+    script = SCRIPT32 if "script" in sys.argv else ()
+    s = run_doors(int(sys.argv[1]), int(sys.argv[2]), where, script)
     print(f"{s.compared} compared, {len(s.mismatches)} mismatches, {time.monotonic() - t0:.1f} s")
     print(json.dumps(s.counts, sort_keys=True), s.stops)
     for m in s.mismatches[:10]:
@@ -399,7 +402,6 @@ def _fresh_status(data: Path) -> dict[str, Any]:
         return dict(agent.status().to_json())
     finally:
         agent.close()
-
 
 
 def _full_from_another_process(data: Path, doc: dict[str, Any], work: Path) -> None:
