@@ -62,6 +62,25 @@ class FileClock(SteppingClock):
         self.write()
 
 
+# The `tillpoint` command line, except that a call it would run locally instead of
+# forwarding it (agent/forward.py's `NotForwarded`) is exit 3: the CLI door is the
+# running agent's, never a one-shot process of its own.
+FORWARDED_ONLY = """
+import sys
+from tillpoint.agent import forward
+from tillpoint.agent.cli import main
+real = forward.forward
+def forwarded_only(args):
+    try:
+        return real(args)
+    except forward.NotForwarded:
+        print("tillpoint: NOT FORWARDED", file=sys.stderr)
+        raise SystemExit(3) from None
+forward.forward = forwarded_only
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
     env["TILLPOINT_DEVICE_ID"] = DEVICE
@@ -167,7 +186,7 @@ class DoorsSequence(HubSequence):
         elif call == "balance":
             args.append(body["card"])  # (`--at` is run locally, not forwarded)
         done = subprocess.run(
-            [EXE, "--data-dir", str(self.data), *args, "--json"],
+            [sys.executable, "-c", FORWARDED_ONLY, "--data-dir", str(self.data), *args, "--json"],
             capture_output=True,
             text=True,
             env=_env(),
@@ -352,6 +371,7 @@ SCRIPT32 = tuple(
 )
 
 
+@pytest.mark.timeout(600)  # about 20 s alone; a few processes a call on a busy machine
 def test_a_long_lived_run_answers_as_a_fresh_process_through_every_door(tmp_path: Path) -> None:
     """CONTRACT §5, §6, §9, §11, §13, §16: the script above and a few seeded steps."""
     seq = run_doors(32, 6, tmp_path / "work", SCRIPT32)
@@ -363,6 +383,7 @@ def test_a_long_lived_run_answers_as_a_fresh_process_through_every_door(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 1-2 minutes alone, 5-8 on a busy machine
 @pytest.mark.parametrize("seed", [3201, 3202, 3203])
 def test_a_long_lived_run_answers_as_a_fresh_process_through_a_long_sequence(
     tmp_path: Path, seed: int
