@@ -796,6 +796,26 @@ def coupon_code(text: str) -> str:
     ).upper()
 
 
+# A code's normal form may be longer than the text given ("ß" upper-cases to "SS", "ﬃ"
+# to "FFI"); the hub takes codes of at most TEXT_MAX characters (the contract §13), so
+# the limit holds on the code as it is looked up, at every door (review 32: "ß" × 128
+# was taken, and the hub refused the receipt's whole AuthorizeRedemption).
+CODE_TOO_LONG = (
+    f'is too long once upper-cased (at most {TEXT_MAX} characters as it is looked up: "ß"'
+    ' is "SS")'
+)
+
+
+def _looked_up_fits(value: str) -> str:
+    if len(coupon_code(value)) > TEXT_MAX:
+        raise ValueError(CODE_TOO_LONG)
+    return value
+
+
+# A scanned code of a receipt (§13): as given, and within the limit once normalised.
+ScannedCode = Annotated[RequestKey, AfterValidator(_looked_up_fits)]
+
+
 # "Dashes of any kind (hyphen, en/em dash, minus sign)" (the contract §4, §13): Unicode's
 # dash punctuation (category Pd: the full-width, small, Armenian, two-em... dashes), the
 # minus signs (U+2212, superscript and subscript minus), the swung dash (U+2053, the one
@@ -833,8 +853,11 @@ class Coupon(Model):
 
     @field_validator("code")
     @classmethod
-    def _normal(cls, value: str) -> str:
-        return normal_coupon_code(value)
+    def _normal(cls, value: str, info: ValidationInfo) -> str:
+        code = normal_coupon_code(value)
+        if len(code) > TEXT_MAX and not _stored(info):  # one stored before still reads
+            raise ValueError(CODE_TOO_LONG)
+        return code
 
     @model_validator(mode="after")
     def _window(self, info: ValidationInfo) -> Coupon:
@@ -991,7 +1014,7 @@ class Receipt(Model):
     # add the calculation trace (the contract §17); never changes a figure. Strict: "yes"
     # or 1 is bad input, not a lax true
     explain: StrictBool = False
-    coupons: Annotated[tuple[RequestKey, ...], Field(max_length=100)] = ()  # scanned (§13)
+    coupons: Annotated[tuple[ScannedCode, ...], Field(max_length=100)] = ()  # scanned (§13)
 
     @field_validator("redeem_points")
     @classmethod

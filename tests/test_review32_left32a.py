@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import sqlite3
@@ -34,6 +35,7 @@ from tillpoint.agent.errors import StorageError
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_import import RowProblem, read_json
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.loopback import receipt as hub_receipt
 from tillpoint.sync.push import Pusher
@@ -147,7 +149,7 @@ LONG_ONCE_UPPER = "ß" * 128  # 128 characters as scanned, "SS" × 128 = 256 as 
 def _cache_version(cli: CLI) -> int:
     run = cli("status", "--json")
     assert run.code == 0, run.err
-    return int(run.json()["snapshotVersion"])
+    return int(run.json()["cacheVersion"])
 
 
 def test_a_coupon_code_over_128_characters_once_upper_cased_is_refused_at_every_door(
@@ -192,6 +194,11 @@ def test_a_coupon_code_over_128_characters_once_upper_cased_is_refused_at_every_
     assert _cache_version(cli) == version  # the cache unchanged
     coupon = {"code": "ß" * 64, "offerId": "o-1"}
     assert cli("snapshot", "load", snapshot(version=version + 1, coupons=[coupon])).code == 0
+    # and the hub's import, which reads its rows with the same models
+    raw = json.dumps({"coupons": [{"code": LONG_ONCE_UPPER, "offerId": "o-1"}]}).encode()
+    (problem,) = read_json(io.BytesIO(raw), len(raw), None)
+    assert isinstance(problem, RowProblem) and problem.where == "coupons[0]"
+    assert "at most 128 characters" in problem.message
 
 
 # ---------------------------------------------------------------- 3. no hard links
