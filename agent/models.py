@@ -179,6 +179,9 @@ def _timestamp(value: Any, *, stored: bool = False) -> datetime:
         text = value.strip()
         if _NO_OFFSET_RE.match(text):  # the user's own time, with the offset it lacks
             raise ValueError(f'"{value}" has no offset: add one, as in "{text}+03:00"')
+        if leap := _LEAP_NO_OFFSET_RE.match(text):  # as any time without one (review 32)
+            if _NO_OFFSET_RE.match(f"{leap[1]}:59{leap[3] or ''}"):
+                raise ValueError(f'"{value}" has no offset: add one, as in "{_leap_example(leap)}"')
         if not stored and not _RFC3339_RE.match(text):
             raise ValueError(
                 f'"{value}" is not an RFC 3339 time with an offset, '
@@ -205,6 +208,24 @@ def _timestamp(value: Any, *, stored: bool = False) -> datetime:
 _LEAP_RE = re.compile(
     r"^(.*[Tt ][0-9]{2}:[0-9]{2}):60((\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
 )
+
+
+# A leap second's time without an offset: the "has no offset" message, as for any time.
+_LEAP_NO_OFFSET_RE = re.compile(r"^(.*[Tt ]([0-9]{2}):[0-9]{2}):60(\.[0-9]{1,9})?$")
+
+
+def _leap_example(found: re.Match[str]) -> str:
+    """The time `found` with an offset the till takes: the whole hours that make it
+    23:59:60 in UTC when it is a minute's 59th ("23:59:60Z", "02:59:60+03:00",
+    "18:59:60-05:00"), else "+03:00" as for any time (the leap-second rule then says
+    why second 60 is refused there)."""
+    text, hour = found[0], int(found[2])
+    if not found[1].endswith(":59"):
+        return f"{text}+03:00"
+    if hour == 23:
+        return f"{text}Z"
+    ahead = hour + 1 if hour + 1 <= 14 else hour - 23  # UTC offsets go from -12 to +14
+    return f"{text}{'+' if ahead > 0 else '-'}{abs(ahead):02d}:00"
 
 
 def _leap_second(value: str, *, stored: bool) -> datetime:
