@@ -305,8 +305,10 @@ class Agent:
         # (a POS tidying an old hold must not blank the next customer's total).
         self._on_display: str | None = None
         # results the printer/display service did not take (`_tell_devices`), in `status`
+        # (both under `_device_miss_lock`: sales on many threads write them, `status` reads)
         self._device_misses = 0
         self._device_miss_error = ""
+        self._device_miss_lock = threading.Lock()
         self.metrics = metrics
         self.status_sources = tuple(status_sources)
         # The configured `kind` of "printer", "display", "scanner" (absent: "none").
@@ -440,10 +442,12 @@ class Agent:
             getattr(devices, hook)(result)
         except Exception as exc:  # counted in `status`; the sale stands (review 31)
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
-            self._device_misses += 1
-            said = one_line(f"{hook}: {type(exc).__name__}: {exc}")
+            said = one_line(f"{hook}: {type(exc).__name__}: {exc}")  # any code: not locked
             # cut, not `textwrap.shorten`: a long path or token had left only "[...]"
-            self._device_miss_error = said if len(said) <= 200 else said[:199] + "…"
+            said = said if len(said) <= 200 else said[:199] + "…"
+            with self._device_miss_lock:  # the count and its error change together
+                self._device_misses += 1
+                self._device_miss_error = said
 
     def identify(self, text: str) -> Card:
         check_text("identify: text", text)
@@ -2034,8 +2038,9 @@ class Agent:
         display = live.get("display") if live is not None else None
         status["displayLastError"] = str((display or {}).get("last_error") or "")
         # the results the printer/display service did not take since this process started
-        status["deviceHandoffFailures"] = self._device_misses
-        status["deviceHandoffLastError"] = self._device_miss_error
+        with self._device_miss_lock:
+            status["deviceHandoffFailures"] = self._device_misses
+            status["deviceHandoffLastError"] = self._device_miss_error
         return TillStatus.from_json(status)
 
     # ------------------------------------------------------------ plumbing
