@@ -392,3 +392,20 @@ def test_device_misses_from_many_threads_are_all_counted(tmp_path: Path) -> None
         assert agent._device_misses == 8 * 200
     finally:
         agent.close()
+
+
+def test_a_phone_key_cut_short_is_refused_in_one_line(tmp_path: Path, cli: CLI) -> None:
+    """A file system without a journal (vfat) may keep a renamed file cut short after a
+    power cut. An empty `phone.key` read as an empty key until review 32: every phone
+    hashed with it, silently finding nobody. Now refused saying what to do."""
+    from tillpoint.agent import db
+
+    data = tmp_path / "data"
+    assert cli("snapshot", "load", snapshot()).code == 0
+    (data / "phone.key").write_text("")
+    with pytest.raises(StorageError) as refused:
+        db.phone_secret(data)
+    assert "phone.key: 0 bytes, not a key's 32" in str(refused.value)
+    run = cli("status", "--json")
+    assert run.code != 0 and run.err.count("\n") == 1 and "phone.key" in run.err, run.err
+    assert "internal error" not in run.err
