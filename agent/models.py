@@ -179,9 +179,9 @@ def _timestamp(value: Any, *, stored: bool = False) -> datetime:
         text = value.strip()
         if _NO_OFFSET_RE.match(text):  # the user's own time, with the offset it lacks
             raise ValueError(f'"{value}" has no offset: add one, as in "{text}+03:00"')
-        if leap := _LEAP_NO_OFFSET_RE.match(text):  # as any time without one (review 32)
-            if _NO_OFFSET_RE.match(f"{leap[1]}:59{leap[3] or ''}"):
-                raise ValueError(f'"{value}" has no offset: add one, as in "{_leap_example(leap)}"')
+        leap = _LEAP_NO_OFFSET_RE.match(text)  # as any time without one (review 32)
+        if leap and _NO_OFFSET_RE.match(f"{leap[1]}:59{leap[3] or ''}"):
+            raise ValueError(f'"{value}" has no offset: add one, as in "{_leap_example(leap)}"')
         if not stored and not _RFC3339_RE.match(text):
             raise ValueError(
                 f'"{value}" is not an RFC 3339 time with an offset, '
@@ -822,8 +822,7 @@ def coupon_code(text: str) -> str:
 # the limit holds on the code as it is looked up, at every door (review 32: "ß" × 128
 # was taken, and the hub refused the receipt's whole AuthorizeRedemption).
 CODE_TOO_LONG = (
-    f'is too long once upper-cased (at most {TEXT_MAX} characters as it is looked up: "ß"'
-    ' is "SS")'
+    f'is too long once upper-cased (at most {TEXT_MAX} characters as it is looked up: "ß" is "SS")'
 )
 
 
