@@ -90,7 +90,7 @@ from .pricing import (
     PricingContext,
     activation_time,
     in_birthday_window,
-    in_control_group,
+    may_go_on_paper,
     offers_to_print,
     price,
     store_days,
@@ -501,14 +501,12 @@ class Agent:
             found: dict[str, OfferNow] = {}
             for offer_id in dict.fromkeys(offer_ids):
                 offer = view.offer(offer_id)
-                if offer is None or not offer.printable:
+                if offer is None:
                     continue
-                if offer.customer_id:  # a coupon's offers are its customer's (§7)
-                    customer = view.customer(offer.customer_id)
-                    # a customer the hub removed since (card closed, data erased): no
-                    # card brings them to a till, and no one else may use the offer
-                    if customer is None or in_control_group(offer, customer):
-                        continue
+                # a coupon's offers are its customer's (§7): as the cache has them now
+                customer = view.customer(offer.customer_id) if offer.customer_id else None
+                if not may_go_on_paper(offer, customer):
+                    continue
                 found[offer_id] = OfferNow(offer.valid_to, offer_text(_offers_json([offer])[0]))
             return found
 
