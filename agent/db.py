@@ -598,19 +598,42 @@ def phone_secret(data_dir: Path) -> bytes:
 
     path = data_dir / "phone.key"
     try:
-        return bytes.fromhex(path.read_text().strip())
+        return _read_key(path)
     except FileNotFoundError:
         pass
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot read {path}: {exc}") from None
     from .files import create_once
 
     data_dir.mkdir(parents=True, exist_ok=True)
     # made whole under a name of its own and linked: a key another process made meanwhile
     # stands, and both read that one (review 31: the shared "phone.tmp" was truncated and
     # linked by both, and one process could read a key the other was still writing)
-    create_once(path, secrets.token_hex(32).encode(), mode=0o600)
-    return bytes.fromhex(path.read_text().strip())
+    try:
+        create_once(path, secrets.token_hex(PHONE_KEY_BYTES).encode(), mode=0o600)
+    except OSError as exc:  # one line, not "internal error: PermissionError ..." (review 32)
+        raise StorageError(f"cannot make {path}: {exc.strerror or exc}") from None
+    return _read_key(path)
+
+
+PHONE_KEY_BYTES = 32
+
+
+def _read_key(path: Path) -> bytes:
+    """The key `path` holds (FileNotFoundError passes). One of another length (an empty
+    file: a power cut while a file system without a journal renamed it in) is refused: a
+    phone hashed with it would find nobody, silently."""
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from None
+    if len(key) != PHONE_KEY_BYTES:
+        raise StorageError(
+            f"cannot read {path}: {len(key)} bytes, not a key's {PHONE_KEY_BYTES} (cut short"
+            " when it was made?): remove it, and phone look-ups find nobody until the next"
+            " full snapshot"
+        )
+    return key
 
 
 class Checkpointer:

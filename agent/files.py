@@ -10,8 +10,11 @@ a full disk included, removes the temporary file and leaves ``NAME`` as it was.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +59,13 @@ def write_whole(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         out.write(data)
 
 
+# What `link` says on a file system without hard links: vfat (EPERM: it has no link
+# operation), some FUSE and network file systems (EOPNOTSUPP, ENOSYS).
+NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+# How long a maker waits for another's lock: the other holds it for one rename.
+LOCK_WAIT_S = 10.0
+
+
 def create_once(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
     """`data` as `path` unless `path` exists: False when another writer (another process
     starting at the same moment) made it first, whose content then stands. Written whole
@@ -63,12 +73,19 @@ def create_once(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
     `NAME.tmp` would be truncated and linked by both), fsynced, and linked to `path`, which
     never replaces a file there; the link made durable. A reader finds no `path` or all of
     it (review 31: two agents starting on a new data directory could make two phone keys,
-    or one of them read the other's half-written key)."""
+    or one of them read the other's half-written key).
+
+    A file system without hard links (vfat, some FUSE: `NO_LINKS`) renames the whole
+    file in instead, under an exclusive lock of the directory, taken by every maker there,
+    and only if `path` is still missing: still made once, and never seen half written
+    (review 32: it failed with a raw PermissionError). Without locks either, an OSError
+    saying so."""
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
     try:
-        os.fchmod(fd, mode)
+        if mode != 0o600:  # mkstemp's own; a chmod is EPERM on vfat (its modes are the mount's)
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as out:
             fd = -1
             out.write(data)
@@ -78,9 +95,44 @@ def create_once(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno not in NO_LINKS:
+                raise
+            if not _rename_in_once(tmp, path):
+                return False
     finally:
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)
     fsync_path(path.parent)
     return True
+
+
+def _rename_in_once(tmp: Path, path: Path) -> bool:
+    """`tmp` renamed to `path` unless `path` exists, under an exclusive flock of their
+    directory (a rename replaces a file: without the lock, a second maker's key would
+    replace the one the first had read)."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise OSError(
+                        errno.ETIMEDOUT, f"{path.parent} stayed locked by another maker"
+                    ) from None
+                time.sleep(0.01)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"the file system has no hard links and no file locks ({exc.strerror})",
+                ) from None
+        if os.path.lexists(path):
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        os.close(folder)  # the lock with it

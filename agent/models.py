@@ -179,6 +179,9 @@ def _timestamp(value: Any, *, stored: bool = False) -> datetime:
         text = value.strip()
         if _NO_OFFSET_RE.match(text):  # the user's own time, with the offset it lacks
             raise ValueError(f'"{value}" has no offset: add one, as in "{text}+03:00"')
+        leap = _LEAP_NO_OFFSET_RE.match(text)  # as any time without one (review 32)
+        if leap and _NO_OFFSET_RE.match(f"{leap[1]}:59{leap[3] or ''}"):
+            raise ValueError(f'"{value}" has no offset: add one, as in "{_leap_example(leap)}"')
         if not stored and not _RFC3339_RE.match(text):
             raise ValueError(
                 f'"{value}" is not an RFC 3339 time with an offset, '
@@ -205,6 +208,24 @@ def _timestamp(value: Any, *, stored: bool = False) -> datetime:
 _LEAP_RE = re.compile(
     r"^(.*[Tt ][0-9]{2}:[0-9]{2}):60((\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
 )
+
+
+# A leap second's time without an offset: the "has no offset" message, as for any time.
+_LEAP_NO_OFFSET_RE = re.compile(r"^(.*[Tt ]([0-9]{2}):[0-9]{2}):60(\.[0-9]{1,9})?$")
+
+
+def _leap_example(found: re.Match[str]) -> str:
+    """The time `found` with an offset the till takes: the whole hours that make it
+    23:59:60 in UTC when it is a minute's 59th ("23:59:60Z", "02:59:60+03:00",
+    "18:59:60-05:00"), else "+03:00" as for any time (the leap-second rule then says
+    why second 60 is refused there)."""
+    text, hour = found[0], int(found[2])
+    if not found[1].endswith(":59"):
+        return f"{text}+03:00"
+    if hour == 23:
+        return f"{text}Z"
+    ahead = hour + 1 if hour + 1 <= 14 else hour - 23  # UTC offsets go from -12 to +14
+    return f"{text}{'+' if ahead > 0 else '-'}{abs(ahead):02d}:00"
 
 
 def _leap_second(value: str, *, stored: bool) -> datetime:
@@ -796,6 +817,25 @@ def coupon_code(text: str) -> str:
     ).upper()
 
 
+# A code's normal form may be longer than the text given ("ß" upper-cases to "SS", "ﬃ"
+# to "FFI"); the hub takes codes of at most TEXT_MAX characters (the contract §13), so
+# the limit holds on the code as it is looked up, at every door (review 32: "ß" × 128
+# was taken, and the hub refused the receipt's whole AuthorizeRedemption).
+CODE_TOO_LONG = (
+    f'is too long once upper-cased (at most {TEXT_MAX} characters as it is looked up: "ß" is "SS")'
+)
+
+
+def _looked_up_fits(value: str) -> str:
+    if len(coupon_code(value)) > TEXT_MAX:
+        raise ValueError(CODE_TOO_LONG)
+    return value
+
+
+# A scanned code of a receipt (§13): as given, and within the limit once normalised.
+ScannedCode = Annotated[RequestKey, AfterValidator(_looked_up_fits)]
+
+
 # "Dashes of any kind (hyphen, en/em dash, minus sign)" (the contract §4, §13): Unicode's
 # dash punctuation (category Pd: the full-width, small, Armenian, two-em... dashes), the
 # minus signs (U+2212, superscript and subscript minus), the swung dash (U+2053, the one
@@ -833,8 +873,11 @@ class Coupon(Model):
 
     @field_validator("code")
     @classmethod
-    def _normal(cls, value: str) -> str:
-        return normal_coupon_code(value)
+    def _normal(cls, value: str, info: ValidationInfo) -> str:
+        code = normal_coupon_code(value)
+        if len(code) > TEXT_MAX and not _stored(info):  # one stored before still reads
+            raise ValueError(CODE_TOO_LONG)
+        return code
 
     @model_validator(mode="after")
     def _window(self, info: ValidationInfo) -> Coupon:
@@ -991,7 +1034,7 @@ class Receipt(Model):
     # add the calculation trace (the contract §17); never changes a figure. Strict: "yes"
     # or 1 is bad input, not a lax true
     explain: StrictBool = False
-    coupons: Annotated[tuple[RequestKey, ...], Field(max_length=100)] = ()  # scanned (§13)
+    coupons: Annotated[tuple[ScannedCode, ...], Field(max_length=100)] = ()  # scanned (§13)
 
     @field_validator("redeem_points")
     @classmethod

@@ -1130,19 +1130,36 @@ def offers_to_print(
     chosen = [
         o
         for o in offers
-        if o.printable
-        and o.customer_id == customer.id
+        if o.customer_id == customer.id  # the customer's own offers (§7), not the mass ones
+        and may_go_on_paper(o, customer)
         and (o.valid_to is None or last_instant(o.valid_to) >= at)
         and (o.valid_from is None or o.valid_from <= horizon)
         # valid now but outside its window (§14): not printed for this visit
         and not (
             o.has_window and o.valid_at(at) and not o.in_window(local, customer.favorite_weekday)
         )
-        and not in_control_group(o, customer)
         and not printed_recently(o.id)
     ]
     chosen.sort(key=lambda o: (o.rank, o.id))
     return chosen[: min(program.max_offers_printed, OFFERS_PRINTED_MAX)]
+
+
+def may_go_on_paper(offer: Offer, customer: Customer | None) -> bool:
+    """Whether the snapshot lets `offer` go on paper (§7), whatever the moment: it is
+    `printable`, and an offer of a customer's own is for `customer`, who is still in the
+    cache (None: removed since, card closed or data erased, so no card brings them to a
+    till and no one else may use the offer) and not in its campaign's control group. The
+    one test of both `offers_to_print` (which adds the time, the window and the cooldown)
+    and `Agent.offers_on_paper` (a queued coupon job, asked again before it prints)."""
+    if not offer.printable:
+        return False
+    if not offer.customer_id:
+        return True
+    return (
+        customer is not None
+        and customer.id == offer.customer_id
+        and not in_control_group(offer, customer)
+    )
 
 
 # "starting within 7 days" (the contract §7)

@@ -90,7 +90,7 @@ from .pricing import (
     PricingContext,
     activation_time,
     in_birthday_window,
-    in_control_group,
+    may_go_on_paper,
     offers_to_print,
     price,
     store_days,
@@ -305,8 +305,10 @@ class Agent:
         # (a POS tidying an old hold must not blank the next customer's total).
         self._on_display: str | None = None
         # results the printer/display service did not take (`_tell_devices`), in `status`
+        # (both under `_device_miss_lock`: sales on many threads write them, `status` reads)
         self._device_misses = 0
         self._device_miss_error = ""
+        self._device_miss_lock = threading.Lock()
         self.metrics = metrics
         self.status_sources = tuple(status_sources)
         # The configured `kind` of "printer", "display", "scanner" (absent: "none").
@@ -440,10 +442,12 @@ class Agent:
             getattr(devices, hook)(result)
         except Exception as exc:  # counted in `status`; the sale stands (review 31)
             log.warning("the customer display or printer did not take %s", hook, exc_info=True)
-            self._device_misses += 1
-            said = one_line(f"{hook}: {type(exc).__name__}: {exc}")
+            said = one_line(f"{hook}: {type(exc).__name__}: {exc}")  # any code: not locked
             # cut, not `textwrap.shorten`: a long path or token had left only "[...]"
-            self._device_miss_error = said if len(said) <= 200 else said[:199] + "…"
+            said = said if len(said) <= 200 else said[:199] + "…"
+            with self._device_miss_lock:  # the count and its error change together
+                self._device_misses += 1
+                self._device_miss_error = said
 
     def identify(self, text: str) -> Card:
         check_text("identify: text", text)
@@ -497,14 +501,12 @@ class Agent:
             found: dict[str, OfferNow] = {}
             for offer_id in dict.fromkeys(offer_ids):
                 offer = view.offer(offer_id)
-                if offer is None or not offer.printable:
+                if offer is None:
                     continue
-                if offer.customer_id:  # a coupon's offers are its customer's (§7)
-                    customer = view.customer(offer.customer_id)
-                    # a customer the hub removed since (card closed, data erased): no
-                    # card brings them to a till, and no one else may use the offer
-                    if customer is None or in_control_group(offer, customer):
-                        continue
+                # a coupon's offers are its customer's (§7): as the cache has them now
+                customer = view.customer(offer.customer_id) if offer.customer_id else None
+                if not may_go_on_paper(offer, customer):
+                    continue
                 found[offer_id] = OfferNow(offer.valid_to, offer_text(_offers_json([offer])[0]))
             return found
 
@@ -2052,8 +2054,9 @@ class Agent:
         display = live.get("display") if live is not None else None
         status["displayLastError"] = str((display or {}).get("last_error") or "")
         # the results the printer/display service did not take since this process started
-        status["deviceHandoffFailures"] = self._device_misses
-        status["deviceHandoffLastError"] = self._device_miss_error
+        with self._device_miss_lock:
+            status["deviceHandoffFailures"] = self._device_misses
+            status["deviceHandoffLastError"] = self._device_miss_error
         return TillStatus.from_json(status)
 
     # ------------------------------------------------------------ plumbing

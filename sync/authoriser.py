@@ -40,6 +40,7 @@ import grpc
 from tillpoint.agent.errors import HubUnavailable, StorageError
 from tillpoint.agent.expiry import Tally, last_instant
 from tillpoint.agent.ledger import UnsyncedMove, given_back_alive, open_ledger, unsynced_moves
+from tillpoint.agent.limits import TEXT_MAX
 from tillpoint.agent.models import HubGrant
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -54,6 +55,15 @@ def _gone(move: UnsyncedMove, at: datetime) -> bool:
     if move.kind != "earn" or move.points <= 0 or not move.expires_at:
         return False
     return at > last_instant(datetime.fromisoformat(move.expires_at.replace("Z", "+00:00")))
+
+
+def _sendable(receipt_id: str) -> str:
+    """An unsent movement's receiptId as the hub takes it: "" for one it refuses (a NUL,
+    over TEXT_MAX characters: a sale an earlier release committed), which made the whole
+    request INVALID_ARGUMENT, so its customer priced OFFLINE until the push (review 32).
+    The hub counts the movement by its seq; the id only settles the hold of that receipt,
+    and the hub never placed one under an id it refuses."""
+    return "" if len(receipt_id) > TEXT_MAX or "\x00" in receipt_id else receipt_id
 
 
 class HubAuthoriser:
@@ -95,7 +105,7 @@ class HubAuthoriser:
                 move.seq,
                 pb.UnsyncedPoints(
                     seq=move.seq,
-                    receipt_id=move.receipt_id,
+                    receipt_id=_sendable(move.receipt_id),
                     at=move.sold_at,  # the hub replays the sale's redemption at its time
                     spent=move.redeemed,
                 ),
