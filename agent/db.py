@@ -471,6 +471,7 @@ class LiveCache:
             except OSError:  # removed since it was opened: any identity but the refused one
                 self._identity = (fallback.name, 0, 0)
         self.path = file_of(self._conn)
+        remove_replaced_plain_wal(self.data_dir)  # an earlier release's leftovers
 
     def _open(self, path: Path | None = None) -> sqlite3.Connection:
         if path is None:
@@ -495,9 +496,11 @@ class LiveCache:
                 self._refuse(now, exc)
                 return self._conn
             old, self._conn, self._identity = self._conn, fresh, now
-            self.path, self._refused = file_of(fresh), None
+            replaced, self.path, self._refused = self.path, file_of(fresh), None
             with contextlib.suppress(sqlite3.Error):
                 old.close()
+            if replaced.name == CACHE:  # the plain cache.db the first full apply replaced
+                remove_replaced_plain_wal(self.data_dir)
         return self._conn
 
     def _refuse(self, identity: tuple[str | None, int, int], exc: StorageError) -> None:
@@ -514,6 +517,8 @@ class LiveCache:
 
     def close(self) -> None:
         self._conn.close()
+        if self.path.name == CACHE:  # perhaps the last connection to a replaced plain file
+            remove_replaced_plain_wal(self.data_dir)
 
 
 # The refused generations already said in the log (`LiveCache._refuse`), by identity.
@@ -583,6 +588,31 @@ def remove_old_generations(data_dir: Path, keep: set[Path]) -> None:
         base = path.name.removesuffix("-wal").removesuffix("-shm").removesuffix("-journal")
         if base not in kept:
             path.unlink(missing_ok=True)
+
+
+def remove_replaced_plain_wal(data_dir: Path) -> None:
+    """The ``cache.db-wal`` and ``cache.db-shm`` of a plain ``cache.db`` (a fresh till's
+    first, an older install's) that a full apply has replaced by the symlink: SQLite does
+    not remove them when the last connection to a file no longer under its name closes
+    (it checkpoints and empties the -wal, 0 bytes), and no new connection can reach them
+    (it opens the generation by its own name). Removed once the -wal is empty: a non-empty
+    one may still hold frames a connection opened before the switch reads (it waits for
+    that connection's close, or for the next full apply). Call it after closing the
+    connection to the replaced file; anything that fails leaves them for the next call."""
+    data_dir = Path(data_dir)
+    if not (data_dir / CACHE).is_symlink():
+        return  # the plain file is the cache: its -wal and -shm are in use
+    wal = data_dir / f"{CACHE}-wal"
+    try:
+        if wal.stat().st_size:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        wal.unlink(missing_ok=True)
+        (data_dir / f"{CACHE}-shm").unlink(missing_ok=True)
 
 
 def remove_cache(data_dir: Path) -> None:

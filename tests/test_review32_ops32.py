@@ -1,0 +1,180 @@
+"""Review 32 (ops32): the support engineer's and the integrator's last rough edges
+(docs/CONTRACT.md §10, §12) — each finding with the test that failed before its fix.
+Real processes (`tillpoint run`, the CLI), real files and real loopback sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, free_port
+
+TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
+SNAPSHOT = REPO / "examples" / "snapshot.json"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This process's environment without its TILLPOINT_* settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env.update({"TILLPOINT_DEVICE_ID": "till-1", **extra})
+    return env
+
+
+def _tp(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TILLPOINT, *args], env=_env(**env), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+# ------------------------------------------ §10: no -wal/-shm left by a replaced cache.db
+
+
+def _cache_clutter(data: Path) -> list[str]:
+    return sorted(p.name for p in data.iterdir() if p.name.startswith("cache.db-"))
+
+
+def test_the_first_full_snapshot_leaves_no_wal_or_shm_of_the_first_cache_db(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (a till's data directory). A fresh till's `cache.db` is a plain empty
+    file until the first full snapshot switches it to a generation (a symlink): the apply's
+    connection to the plain file, closed after the switch, left `cache.db-wal` (0 bytes)
+    and `cache.db-shm` behind (SQLite does not remove them for a file that is no longer
+    under its name), which no connection can ever reach again."""
+    data = tmp_path / "d"
+    assert _tp("--data-dir", str(data), "status").returncode == 0
+    loaded = _tp("--data-dir", str(data), "snapshot", "load", str(SNAPSHOT))
+    assert loaded.returncode == 0, loaded.stderr
+    assert (data / "cache.db").is_symlink()
+    assert _cache_clutter(data) == []
+    assert _tp("--data-dir", str(data), "identify", "2770000000017").returncode == 0
+
+
+def test_an_install_that_has_the_leftovers_loses_them_at_the_next_open(tmp_path: Path) -> None:
+    """The same leftovers an earlier release left go at the next command's open of the
+    cache; a non-empty -wal of the replaced file is left alone (a connection opened before
+    the switch may still read its frames)."""
+    data = tmp_path / "d"
+    assert _tp("--data-dir", str(data), "snapshot", "load", str(SNAPSHOT)).returncode == 0
+    (data / "cache.db-wal").write_bytes(b"")
+    (data / "cache.db-shm").write_bytes(b"\0" * 32768)
+    assert _tp("--data-dir", str(data), "--local", "status").returncode == 0
+    assert _cache_clutter(data) == []
+    (data / "cache.db-wal").write_bytes(b"x" * 100)
+    (data / "cache.db-shm").write_bytes(b"\0" * 32768)
+    assert _tp("--data-dir", str(data), "--local", "status").returncode == 0
+    assert _cache_clutter(data) == ["cache.db-shm", "cache.db-wal"]
+
+
+def _start_run(data: Path, log: Path, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`tillpoint run` on `data` (gRPC, HTTP and /metrics on free ports), once its HTTP
+    interface answers; its HTTP port."""
+    http = free_port()
+    env = {
+        "TILLPOINT_SERVER__LISTEN": f"127.0.0.1:{free_port()}",
+        "TILLPOINT_HTTP__LISTEN": f"127.0.0.1:{http}",
+        "TILLPOINT_METRICS__LISTEN": f"127.0.0.1:{free_port()}",
+        **env,
+    }
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [TILLPOINT, "--data-dir", str(data), "run"],
+            env=_env(**env),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1).close()
+            return proc, http
+        except urllib.error.HTTPError:  # 503 with no snapshot: it answers
+            return proc, http
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(timeout=10)
+                raise AssertionError(log.read_text()) from None
+            time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=40) == 0, log.read_text()
+
+
+@pytest.mark.slow  # a `tillpoint run` and three CLI processes: ~5 s
+def test_a_first_snapshot_loaded_beside_a_serving_agent_leaves_no_leftovers(
+    tmp_path: Path,
+) -> None:
+    """The same with `tillpoint run` serving a fresh data directory: its own connection to
+    the plain `cache.db` moves to the new generation and closes the old one, the last."""
+    data = tmp_path / "d"
+    log = tmp_path / "run.log"
+    proc, http = _start_run(data, log)
+    try:
+        loaded = _tp("--data-dir", str(data), "snapshot", "load", str(SNAPSHOT))
+        assert loaded.returncode == 0, loaded.stderr
+        ident = _tp("--data-dir", str(data), "identify", "2770000000017", "--json")
+        assert ident.returncode == 0 and json.loads(ident.stdout)["status"] == "FOUND"
+    finally:
+        _stop(proc, log)
+    assert _cache_clutter(data) == []
+
+
+# ------------------------------------------ §10: the CLI's bad input in its own words
+
+
+def test_an_option_of_the_command_shortened_before_it_is_said_to_go_after(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (an option with a value given before the command is said to go after
+    it; a long option may be shortened). Shortened, it said "argument COMMAND: invalid
+    choice: 'F'", its value taken for a misspelt command; a shortened flag of the command
+    given before it (`--js`) was "unrecognized arguments", where `--json` is taken."""
+    data = str(tmp_path / "d")
+    for words, option in (
+        (["--fisc", "F", "confirm", "R1"], "--fiscal"),
+        (["--fisc=F", "confirm", "R1"], "--fiscal"),
+        (["--a", "2026-12-04T10:00:00+03:00", "balance", "2770000000017"], "--at"),
+    ):
+        run = _tp("--data-dir", data, *words)
+        assert run.returncode == 2, (words, run.stderr)
+        assert run.stderr.count("\n") == 1, run.stderr
+        assert "invalid choice" not in run.stderr, run.stderr
+        assert f"goes after the command" in run.stderr and option in run.stderr, run.stderr
+    assert _tp("--data-dir", data, "snapshot", "load", str(SNAPSHOT)).returncode == 0
+    shortened = _tp("--data-dir", data, "--js", "identify", "2770000000017", "--local")
+    assert shortened.returncode == 0, shortened.stderr
+    assert json.loads(shortened.stdout)["status"] == "FOUND"
+
+
+def test_a_damaged_phone_key_is_said_damaged_with_the_way_out(tmp_path: Path) -> None:
+    """CONTRACT §10 (a damaged file met by a command: exit 1, one line). A `phone.key` that
+    is not the key tillpoint wrote said Python's words, "cannot read …/phone.key:
+    non-hexadecimal number found in fromhex() arg at position 0"; a key of another length
+    (cut short) was taken and hashed phones with it, finding nobody."""
+    data = tmp_path / "d"
+    assert _tp("--data-dir", str(data), "snapshot", "load", str(SNAPSHOT)).returncode == 0
+    key = data / "phone.key"
+    good = key.read_text()
+    for damaged in ("zz\n", good[:20], "", good + "00"):
+        key.write_text(damaged)
+        run = _tp("--data-dir", str(data), "identify", "2770000000017", "--local")
+        assert run.returncode == 1, (damaged, run.stderr)
+        assert run.stderr.count("\n") == 1, run.stderr
+        line = run.stderr
+        assert f"{key} is damaged" in line and "fromhex" not in line, line
+        assert "load a full snapshot" in line, line
+    key.write_text(good)
+    assert _tp("--data-dir", str(data), "identify", "2770000000017", "--local").returncode == 0
