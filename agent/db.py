@@ -628,11 +628,9 @@ def phone_secret(data_dir: Path) -> bytes:
 
     path = data_dir / "phone.key"
     try:
-        return bytes.fromhex(path.read_text().strip())
+        return _phone_key_of(path)
     except FileNotFoundError:
         pass
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot read {path}: {exc}") from None
     from .files import create_once
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -640,7 +638,32 @@ def phone_secret(data_dir: Path) -> bytes:
     # stands, and both read that one (review 31: the shared "phone.tmp" was truncated and
     # linked by both, and one process could read a key the other was still writing)
     create_once(path, secrets.token_hex(32).encode(), mode=0o600)
-    return bytes.fromhex(path.read_text().strip())
+    return _phone_key_of(path)
+
+
+_PHONE_KEY = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _phone_key_of(path: Path) -> bytes:
+    """The key `phone_secret` wrote at `path`: 64 hexadecimal digits (32 bytes; a blank
+    around them is taken). Anything else is a damaged file, said as one (exit 1 to a
+    command, exit 2 to `run` at start: no restart mends it): until review 32 it said
+    `bytes.fromhex`'s words ("non-hexadecimal number found in fromhex() arg at position
+    0"), and a key cut short was taken and found no phone. FileNotFoundError: none yet."""
+    try:
+        text = path.read_bytes().decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not _PHONE_KEY.fullmatch(text):
+        raise DamagedCache(
+            f"{path} is damaged (not the 64 hexadecimal digits tillpoint wrote); it keys the"
+            " cache's phone look-ups only: stop tillpoint, delete it, and load a full"
+            " snapshot again (`tillpoint snapshot load FILE`, or start it enrolled: it"
+            " pulls one)"
+        )
+    return bytes.fromhex(text)
 
 
 class Checkpointer:

@@ -178,3 +178,54 @@ def test_a_damaged_phone_key_is_said_damaged_with_the_way_out(tmp_path: Path) ->
         assert "load a full snapshot" in line, line
     key.write_text(good)
     assert _tp("--data-dir", str(data), "identify", "2770000000017", "--local").returncode == 0
+
+
+def _jsonl_snapshot(row_of_customers: bytes | None = None) -> tuple[bytes, int]:
+    """examples/snapshot.json as JSON Lines, its first customer's row replaced by
+    `row_of_customers`; the file and that row's line number."""
+    doc = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
+    head = {k: v for k, v in doc.items() if not isinstance(v, list)}
+    lines = [json.dumps({**head, "format": "tillpoint.snapshot/jsonl"}).encode()]
+    at = 0
+    for section, rows in doc.items():
+        if isinstance(rows, list):
+            lines.append(json.dumps({"section": section}).encode())
+            if section == "customers":
+                at = len(lines) + 1
+            lines += [json.dumps(r, ensure_ascii=False).encode() for r in rows]
+    if row_of_customers is not None:
+        lines[at - 1] = row_of_customers
+    return b"\n".join(lines) + b"\n", at
+
+
+@pytest.mark.slow  # five CLI processes: ~5 s
+def test_a_json_lines_row_that_is_not_json_is_said_in_the_agent_s_words(tmp_path: Path) -> None:
+    """CONTRACT §10 (JSON that cannot be read is "not valid JSON", in the words `hub import`
+    says it). A JSON Lines snapshot's row with a bad byte said pydantic's words after the
+    section's name: "snapshot line 13: customers: Invalid JSON: control character
+    (\\u0000-\\u001F) found while parsing a string at line 1 column 3"; with a Latin-1
+    byte "not valid UTF-8 (invalid continuation byte)", the codec's; a row cut short that
+    held a `null` failed the build, exit 1 ("the cache build failed (exit 1:
+    json.decoder.JSONDecodeError: …)")."""
+    good, at = _jsonl_snapshot()
+    row = good.split(b"\n")[at - 1]
+    cases = {
+        row.replace(b'"', b'"\x01', 1): "(Invalid control character at column 3)",
+        row.replace(b'"', b'\xe9', 1): "(not UTF-8 text)",
+        row[:5] + b"\x07" + row[5:]: "(Expecting ':' delimiter at column 6)",
+        row[:-1] + b', "x": null, "y": ': "(Expecting value at column",
+    }
+    for n, (bad, words) in enumerate(cases.items()):
+        text, _ = _jsonl_snapshot(bad)
+        file = tmp_path / f"s{n}.jsonl"
+        file.write_bytes(text)
+        run = _tp("--data-dir", str(tmp_path / f"d{n}"), "snapshot", "load", str(file))
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.startswith(f"tillpoint: snapshot line {at}: not valid JSON {words}"), (
+            run.stderr
+        )
+        assert run.stderr.count("\n") == 1 and "Invalid JSON" not in run.stderr, run.stderr
+    file = tmp_path / "good.jsonl"
+    file.write_bytes(good)
+    loaded = _tp("--data-dir", str(tmp_path / "d"), "snapshot", "load", str(file))
+    assert loaded.returncode == 0, loaded.stderr
