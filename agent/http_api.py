@@ -54,7 +54,14 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from uvicorn.protocols.http import h11_impl
 
 from .cli import json_document, parse_json, parse_time
-from .config import address_family, bearer_matches, shorten, split_listen, token_problem
+from .config import (
+    bearer_matches,
+    bind_listeners,
+    not_resolved,
+    shorten,
+    split_listen,
+    token_problem,
+)
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
@@ -1143,19 +1150,17 @@ class AsgiThread:
     (so a port in use is an error now, and port 0 picks a free one)."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        family = address_family(host)
-        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and
+        # Each address of `host`, as gRPC and /metrics bind them (`config.bind_listeners`);
+        # IPPROTO_TCP named there: asyncio sets TCP_NODELAY only on sockets that say so, and
         # without it each answer's body waits for the client's delayed ACK (40 ms).
-        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind((host, port))
+            self.socks = bind_listeners(host, port)
         except OSError as exc:
-            self.sock.close()
             raise TillpointError(
-                f"cannot listen on {host}:{port} for HTTP: {exc.strerror or exc}"
+                f"cannot listen on {host}:{port} for HTTP: {not_resolved(host, exc)}"
                 " (set [http] listen)"  # as gRPC's and /metrics' name their key
             ) from None
+        self.sock = self.socks[0]
         self.host = host
         self.port = int(self.sock.getsockname()[1])
         config = uvicorn.Config(
@@ -1178,7 +1183,7 @@ class AsgiThread:
 
     def _run(self) -> None:
         try:
-            self.server.run(sockets=[self.sock])
+            self.server.run(sockets=self.socks)
         except BaseException:  # the thread's last line: say it, the agent goes on with gRPC
             log.exception("the HTTP interface stopped")
 
@@ -1194,7 +1199,8 @@ class AsgiThread:
         """Finish in-flight requests (GRACE_S at most), then close."""
         self.server.should_exit = True
         self.thread.join(GRACE_S + 5)
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
 
 class HttpServer:

@@ -229,3 +229,128 @@ def test_a_json_lines_row_that_is_not_json_is_said_in_the_agent_s_words(tmp_path
     file.write_bytes(good)
     loaded = _tp("--data-dir", str(tmp_path / "d"), "snapshot", "load", str(file))
     assert loaded.returncode == 0, loaded.stderr
+
+
+# ------------------------------------------ §12: every listener resolves a name alike
+
+_IPV6_NAME = "tp-ip6-only.test"
+
+_SERVE_IN_NAMESPACE = r"""
+set -u
+mount --bind "$HOSTS" /etc/hosts || exit 90
+exec "$TP" --data-dir "$DATA" run
+"""
+
+
+def _mount_namespace() -> list[str] | None:
+    """`unshare`'s words for a mount namespace of its own (root's, or a user namespace's),
+    where /etc/hosts may be replaced for one process; None where neither is allowed."""
+    for unshare in (["unshare", "--mount"], ["unshare", "--mount", "--map-root-user"]):
+        try:
+            probe = subprocess.run(
+                [*unshare, "sh", "-c", "mount --bind /etc/hosts /etc/hosts"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+        except OSError:
+            return None
+        if probe.returncode == 0:
+            return unshare
+    return None
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _free_port6() -> int:
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow  # a `tillpoint run` in a namespace of its own: ~5 s
+def test_a_name_of_ipv6_addresses_only_is_served_by_all_three_listeners(tmp_path: Path) -> None:
+    """CONTRACT §12 (the listen addresses). gRPC binds every address a name resolves to;
+    the HTTP interface and /metrics took an IPv4 socket for any name, so a name that
+    resolves to IPv6 only (`ip6-localhost` on many systems) stopped `run` with "cannot
+    listen on …: Name or service not known" where gRPC would have served it. Here such a
+    name is made with a hosts file of this process's own (a mount namespace)."""
+    unshare = _mount_namespace()
+    if unshare is None or not _ipv6_loopback():
+        pytest.skip("no mount namespace (unshare refused) or no IPv6 loopback here")
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"::1 {_IPV6_NAME}\n", encoding="ascii")
+    ports = {key: _free_port6() for key in ("SERVER", "HTTP", "METRICS")}
+    env = _env(
+        HOSTS=str(hosts),
+        TP=TILLPOINT,
+        DATA=str(tmp_path / "d"),
+        # a name other than localhost is not taken for loopback: a token is asked
+        TILLPOINT_SERVER__TOKEN="t0ken",
+        TILLPOINT_HTTP__TOKEN="t0ken",
+        **{f"TILLPOINT_{key}__LISTEN": f"{_IPV6_NAME}:{p}" for key, p in ports.items()},
+    )
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*unshare, "sh", "-c", _SERVE_IN_NAMESPACE], env=env, stdout=err, stderr=err
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while b"PosAgent serving" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        for key in ("HTTP", "METRICS"):
+            path = "/healthz" if key == "HTTP" else "/metrics"
+            try:
+                asked = urllib.request.Request(
+                    f"http://[::1]:{ports[key]}{path}", headers={"Authorization": "Bearer t0ken"}
+                )
+                answer = urllib.request.urlopen(asked, timeout=5)
+                status = answer.status
+                answer.close()
+            except urllib.error.HTTPError as exc:  # 503: no snapshot yet, but it answers
+                status = exc.code
+            assert status in (200, 503), (key, status)
+        with socket.create_connection(("::1", ports["SERVER"]), timeout=5):
+            pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0, log.read_text()
+
+
+@pytest.mark.slow  # three `tillpoint run` refused at start: ~5 s
+@pytest.mark.parametrize(
+    ("key", "what"), [("SERVER", "gRPC"), ("HTTP", "HTTP"), ("METRICS", "/metrics")]
+)
+def test_a_listen_name_that_does_not_resolve_is_one_line_saying_so(
+    tmp_path: Path, key: str, what: str
+) -> None:
+    """CONTRACT §12. A listen whose name resolves to nothing says so in one line, the same
+    words for the three listeners, with the key to set (it said the resolver's bare "Name
+    or service not known", or for HTTP "[Errno -2] …")."""
+    listens = {k: f"127.0.0.1:{free_port()}" for k in ("SERVER", "HTTP", "METRICS")}
+    listens[key] = "tp-nowhere.invalid:8061"
+    run = _tp(
+        "--data-dir",
+        str(tmp_path / "d"),
+        "run",
+        TILLPOINT_SERVER__TOKEN="t0ken",
+        TILLPOINT_HTTP__TOKEN="t0ken",
+        **{f"TILLPOINT_{k}__LISTEN": v for k, v in listens.items()},
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith(
+        f"tillpoint: cannot listen on tp-nowhere.invalid:8061 for {what}: the name"
+        " tp-nowhere.invalid does not resolve ("
+    ), run.stderr
+    section = {"SERVER": "server", "HTTP": "http", "METRICS": "metrics"}[key]
+    assert f"(set [{section}] listen" in run.stderr, run.stderr
