@@ -32,7 +32,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -542,7 +542,7 @@ class Api:
 
     async def _openapi(self, request: Request) -> Response:
         if not self._openapi_body:
-            self._openapi_body = json_document(openapi())
+            self._openapi_body = json_document(openapi(preflights=bool(self.origins)))
         return Response(self._openapi_body, media_type=JSON)
 
 
@@ -849,8 +849,17 @@ def _field_schema(
     return dict(_SCALARS[field.type])
 
 
-def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every call `PosAgent` has, from its proto descriptors."""
+# What a web page of `[http] allowed_origins` may ask in its preflight (`_Cors`), read by
+# the CORS layer that answers it and by /openapi.json that declares it.
+CORS_METHODS = ("GET", "POST")
+CORS_HEADERS = ("authorization", "content-type")
+CORS_MAX_AGE_S = 600
+
+
+def openapi(*, preflights: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every call `PosAgent` has, from its proto descriptors;
+    `preflights` (`[http] allowed_origins` set): each path's OPTIONS, a web page's CORS
+    preflight, as `_Cors` answers it."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -1004,6 +1013,9 @@ def openapi() -> dict[str, Any]:
                     for status, response in get["responses"].items()
                 },
             }
+    if preflights:
+        for operations in paths.values():
+            operations["options"] = _preflight(operations, errors, anywhere)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1017,6 +1029,55 @@ def openapi() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{}, {"bearer": []}],
+    }
+
+
+def _preflight(
+    operations: dict[str, Any], errors: dict[str, Any], anywhere: Sequence[str]
+) -> dict[str, Any]:
+    """A path's OPTIONS with `[http] allowed_origins` set, from what `_Cors` is given
+    (`CORS_METHODS`, `CORS_HEADERS`, `CORS_MAX_AGE_S`): a page's preflight it allows (200,
+    "OK" as text with the CORS headers), or refuses (403, the JSON error); an OPTIONS that
+    is no preflight (no `Access-Control-Request-Method`) reaches the call, which answers
+    405 (and what any request may meet). Until review 32 they were no operation at all."""
+    first = next(iter(operations.values()))
+    methods = ", ".join(CORS_METHODS)
+
+    def header(what: str, const: str | None = None) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string"}
+        if const is not None:
+            schema["const"] = const
+        return {"description": what, "schema": schema}
+
+    refused = errors["403"]
+    return {
+        "operationId": first["operationId"] + "Preflight",
+        "summary": f"A web page's CORS preflight: {methods} with the headers"
+        f" {', '.join(CORS_HEADERS)}, from an origin in [http] allowed_origins",
+        "security": [{}],  # a browser sends no Authorization with a preflight
+        "responses": {
+            **{status: errors[status] for status in anywhere},
+            "200": {
+                "description": f"allowed: the page may send its request (for {CORS_MAX_AGE_S} s)",
+                "headers": {
+                    "Access-Control-Allow-Origin": header("the page's origin"),
+                    "Access-Control-Allow-Methods": header("the methods", methods),
+                    "Access-Control-Allow-Headers": header("the headers it may send"),
+                    "Access-Control-Max-Age": header("seconds", str(CORS_MAX_AGE_S)),
+                },
+                "content": {"text/plain": {"schema": {"type": "string", "const": "OK"}}},
+            },
+            "403": {
+                "description": "the preflight is refused: its origin is not in [http]"
+                " allowed_origins, or it asks for another method or header",
+                "content": refused["content"],
+            },
+            "405": {
+                "description": "an OPTIONS that is no preflight (no"
+                " Access-Control-Request-Method): the path's methods are in Allow",
+                "content": errors["405"]["content"],
+            },
+        },
     }
 
 
@@ -1042,7 +1103,8 @@ class _Cors(CORSMiddleware):
             "PERMISSION_DENIED",
             f"a web page's preflight was refused ({failed}): it asked for"
             f" {_shown(method, 20)} with the headers {_shown(headers)!r}; the agent takes"
-            " GET and POST with the headers Authorization and Content-Type",
+            f" {' and '.join(CORS_METHODS)} with the headers"
+            f" {' and '.join(h.title() for h in CORS_HEADERS)}",
         )
 
 
@@ -1229,9 +1291,9 @@ class HttpServer:
             app = _Cors(
                 self.api,
                 allow_origins=origins,
-                allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type"],
-                max_age=600,
+                allow_methods=list(CORS_METHODS),  # what /openapi.json declares
+                allow_headers=list(CORS_HEADERS),
+                max_age=CORS_MAX_AGE_S,
             )
         self.serve = AsgiThread(app, host, port)
         self.host, self.port = host, self.serve.port

@@ -354,3 +354,53 @@ def test_a_listen_name_that_does_not_resolve_is_one_line_saying_so(
     ), run.stderr
     section = {"SERVER": "server", "HTTP": "http", "METRICS": "metrics"}[key]
     assert f"(set [{section}] listen" in run.stderr, run.stderr
+
+
+# ------------------------------------------ §12: a web page's preflight, declared
+
+
+def test_every_path_s_preflight_is_declared_in_openapi_json_as_answered(tmp_path: Path) -> None:
+    """CONTRACT §12 (/openapi.json describes every call). With `[http] allowed_origins`
+    set, the CORS layer answers a web page's preflight (OPTIONS) on every path: allowed,
+    200 "OK" with the CORS headers; refused, the JSON 403; an OPTIONS that is no preflight,
+    the call's 405. None of them was in /openapi.json, which a page's generated client
+    and the schema check below read. Without allowed origins nothing answers a preflight,
+    and nothing is declared."""
+    from tillpoint.agent.http_api import CORS_HEADERS, CORS_METHODS, HttpServer
+    from tillpoint.agent.service import Agent
+
+    from .test_review31_pos31 import OpenApi, Till, call
+
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(json.loads(SNAPSHOT.read_text("utf-8")))
+    page = "http://localhost:3000"
+    server = HttpServer(agent, "127.0.0.1:0", allowed_origins=[page])
+    bare = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    bare.start()
+    try:
+        kiosk = Till(server.port, 0)
+        api = OpenApi(call(kiosk, "GET", "/openapi.json").json())
+        paths = api.doc["paths"]
+        assert all("options" in ops for ops in paths.values()), sorted(paths)
+        for path, ops in paths.items():
+            method = "GET" if "get" in ops else "POST"
+            asked = {
+                "Origin": page,
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": ", ".join(CORS_HEADERS),
+            }
+            allowed = api.check(call(kiosk, "OPTIONS", path, headers=asked, why="preflight"))
+            assert allowed.status == 200, (path, allowed.body)
+            assert allowed.headers["access-control-allow-methods"] == ", ".join(CORS_METHODS)
+            other = {**asked, "Origin": "http://evil.example"}
+            assert api.check(call(kiosk, "OPTIONS", path, headers=other, why="other")).status == 403
+            plain = api.check(call(kiosk, "OPTIONS", path, headers={"Origin": page}, why="plain"))
+            assert plain.status == 405, (path, plain.status)
+        assert not api.wrong, api.wrong
+        doc = call(Till(bare.port, 0), "GET", "/openapi.json").json()
+        assert not any("options" in ops for ops in doc["paths"].values())
+    finally:
+        server.stop()
+        bare.stop()
+        agent.close()
