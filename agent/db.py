@@ -22,6 +22,7 @@ holding the ledger's: checkouts keep committing while a snapshot loads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -222,12 +223,34 @@ def full_disk_hint(path: Path) -> str:
     return ""
 
 
+def no_space_hint(path: Path, exc: OSError) -> str:
+    """What a write refused for space (ENOSPC, EDQUOT) adds to the system's words: the
+    file system of `path` is full and where (`full_disk_hint`), or, with space left by
+    its count, that it has no room for this write (its inodes, the blocks kept for root)
+    or that the user's quota is used up; "" for any other error. `run` on a full disk said
+    "cannot use the data directory …: No space left on device" (review 32): support asked
+    which disk."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    where = next((p for p in (path, *path.parents) if p.is_dir()), path)
+    if exc.errno == errno.EDQUOT:
+        return f"; the disk quota of this user on {where} is used up"
+    return full_disk_hint(path) or f"; the file system of {where} is full (no room for a file)"
+
+
 def file_of(conn: sqlite3.Connection) -> Path:
     """The file a connection has open (SQLite reports it with symlinks resolved)."""
     return Path(os.path.realpath(conn.execute("PRAGMA database_list").fetchone()[2]))
 
 
-def _storage_error(conn: sqlite3.Connection, message: str, exc: sqlite3.Error) -> StorageError:
+def _storage_error(
+    conn: sqlite3.Connection, message: str, exc: sqlite3.Error, *, named: bool = False
+) -> StorageError:
+    """`message: exc` and what explains it (a file's owner, a full disk); `named`: the
+    database's file named after `message` ("… of …/ledger.db")."""
+    if named:
+        with contextlib.suppress(sqlite3.Error):
+            message = f"{message} of {file_of(conn)}"
     hint = ""
     if "readonly" in str(exc):  # SQLITE_READONLY: the file's owner or mode, or a read-only mount
         with contextlib.suppress(sqlite3.Error):
@@ -340,7 +363,9 @@ def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:
             raise
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        raise StorageError(f"cannot migrate the database schema: {exc}") from None
+        # the file named, and a full disk said as one (a fresh till's first start on a
+        # full disk said "cannot migrate the database schema: database or disk is full")
+        raise _storage_error(conn, "cannot migrate the database schema", exc, named=True) from None
 
 
 def is_damage(text: str) -> bool:
@@ -637,7 +662,12 @@ def phone_secret(data_dir: Path) -> bytes:
     # made whole under a name of its own and linked: a key another process made meanwhile
     # stands, and both read that one (review 31: the shared "phone.tmp" was truncated and
     # linked by both, and one process could read a key the other was still writing)
-    create_once(path, secrets.token_hex(32).encode(), mode=0o600)
+    try:
+        create_once(path, secrets.token_hex(32).encode(), mode=0o600)
+    except OSError as exc:  # a full disk at a fresh till's start: one line, not a trace
+        raise StorageError(
+            f"cannot make {path}: {exc.strerror or exc}{no_space_hint(path, exc)}"
+        ) from None
     return _phone_key_of(path)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -404,3 +405,64 @@ def test_every_path_s_preflight_is_declared_in_openapi_json_as_answered(tmp_path
         server.stop()
         bare.stop()
         agent.close()
+
+
+# ------------------------------------------ §10: a full disk at start
+
+
+_FULL_AT_START = r"""
+set -u
+mount -t tmpfs -o size=3m tmpfs "$FULL" || exit 90
+"$TP" --data-dir "$FULL/old" snapshot load "$SNAPSHOT" >/dev/null || exit 91
+for free in 0 64; do
+    rm -f "$FULL/fill"
+    avail=$(df -k --output=avail "$FULL" | tail -1)
+    head -c $(( (avail - free) * 1024 )) /dev/zero > "$FULL/fill" 2>/dev/null
+    for d in "new$free" old; do
+        echo "== $FULL/$d"; "$TP" --data-dir "$FULL/$d" run 2>&1 >/dev/null; echo "rc=$?"
+    done
+done
+"""
+
+
+@pytest.mark.slow  # a tmpfs filled and five CLI processes: ~5 s
+def test_run_on_a_full_disk_says_the_disk_is_full_and_where_exit_1(tmp_path: Path) -> None:
+    """CONTRACT §10 (exit codes). `run` on a full disk: a fresh data directory said
+    "cannot use the data directory …: No space left on device" (not which disk), or with
+    a few KiB free "cannot migrate the database schema: database or disk is full" (no file,
+    no directory). Each now says the file system of the data directory is full, exit 1:
+    the unit starts it again (no start limit) and it serves once space is freed."""
+    full = tmp_path / "full"
+    full.mkdir()
+    env = _env(
+        FULL=str(full),
+        TP=TILLPOINT,
+        SNAPSHOT=str(SNAPSHOT),
+        TILLPOINT_SERVER__LISTEN="127.0.0.1:0",
+        TILLPOINT_HTTP__LISTEN="127.0.0.1:0",
+        TILLPOINT_METRICS__LISTEN="127.0.0.1:0",
+    )
+    unshare = _mount_namespace()
+    if unshare is None:
+        pytest.skip("no mount namespace here (unshare refused): cannot make a small disk")
+    run = subprocess.run(
+        [*unshare, "sh", "-c", _FULL_AT_START],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if run.returncode == 90:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr}")
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr)
+    answers = re.findall(r"== (.*)\n(.*)\nrc=(\d+)", run.stdout)
+    assert len(answers) == 4, run.stdout
+    for data, line, code in answers:
+        assert code == "1", (data, line)
+        assert line.startswith("tillpoint: ") and f"the file system of {data} is full" in line, (
+            data,
+            line,
+        )
+    unit = (REPO / "packaging" / "tillpoint.service").read_text(encoding="utf-8")
+    assert "StartLimitIntervalSec=0" in unit and "RestartPreventExitStatus=2" in unit
