@@ -1257,6 +1257,11 @@ class AsgiThread:
                 raise TillpointError(f"the HTTP interface did not start on {self.host}")
             time.sleep(0.01)
 
+    def stop_unstarted(self) -> None:
+        """Close the sockets of a server never started (`run` stopped during start-up)."""
+        for sock in self.socks:
+            sock.close()
+
     def stop(self) -> None:
         """Finish in-flight requests (GRACE_S at most), then close."""
         self.server.should_exit = True
