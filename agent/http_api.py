@@ -28,7 +28,6 @@ import functools
 import hmac
 import logging
 import re
-import socket
 import sys
 import threading
 import time

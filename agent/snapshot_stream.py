@@ -242,8 +242,8 @@ def _refuse_invalid_json(exc: ValidationError, text: str, n: int) -> None:
     a header line's is: "snapshot line 13: not valid JSON (Invalid control character at
     column 3)". Until review 32 it said pydantic's words after the section's name,
     "customers: Invalid JSON: control character (\\u0000-\\u001F) found while parsing a string
-    at line 1 column 3", and a line cut short that held a `null` failed the build ("the cache build failed
-    (exit 1: json.decoder.JSONDecodeError: …)")."""
+    at line 1 column 3", and a line cut short that held a `null` failed the build ("the
+    cache build failed (exit 1: json.decoder.JSONDecodeError: …)")."""
     if exc.errors(include_url=False)[0].get("type") != "json_invalid":
         return
     try:

@@ -122,7 +122,7 @@ def test_a_first_snapshot_loaded_beside_a_serving_agent_leaves_no_leftovers(
     the plain `cache.db` moves to the new generation and closes the old one, the last."""
     data = tmp_path / "d"
     log = tmp_path / "run.log"
-    proc, http = _start_run(data, log)
+    proc, _ = _start_run(data, log)
     try:
         loaded = _tp("--data-dir", str(data), "snapshot", "load", str(SNAPSHOT))
         assert loaded.returncode == 0, loaded.stderr
@@ -153,7 +153,7 @@ def test_an_option_of_the_command_shortened_before_it_is_said_to_go_after(
         assert run.returncode == 2, (words, run.stderr)
         assert run.stderr.count("\n") == 1, run.stderr
         assert "invalid choice" not in run.stderr, run.stderr
-        assert f"goes after the command" in run.stderr and option in run.stderr, run.stderr
+        assert "goes after the command" in run.stderr and option in run.stderr, run.stderr
     assert _tp("--data-dir", data, "snapshot", "load", str(SNAPSHOT)).returncode == 0
     shortened = _tp("--data-dir", data, "--js", "identify", "2770000000017", "--local")
     assert shortened.returncode == 0, shortened.stderr
@@ -212,7 +212,7 @@ def test_a_json_lines_row_that_is_not_json_is_said_in_the_agent_s_words(tmp_path
     row = good.split(b"\n")[at - 1]
     cases = {
         row.replace(b'"', b'"\x01', 1): "(Invalid control character at column 3)",
-        row.replace(b'"', b'\xe9', 1): "(not UTF-8 text)",
+        row.replace(b'"', b"\xe9", 1): "(not UTF-8 text)",
         row[:5] + b"\x07" + row[5:]: "(Expecting ':' delimiter at column 6)",
         row[:-1] + b', "x": null, "y": ': "(Expecting value at column",
     }
@@ -499,9 +499,7 @@ def test_a_sigterm_at_any_moment_of_start_up_leaves_a_clean_data_directory(
     chance = random.Random(32)
     loaded = tmp_path / "loaded"
     assert _tp("--data-dir", str(loaded), "snapshot", "load", str(SNAPSHOT)).returncode == 0
-    listen = {
-        f"TILLPOINT_{k}__LISTEN": "127.0.0.1:0" for k in ("SERVER", "HTTP", "METRICS")
-    }
+    listen = {f"TILLPOINT_{k}__LISTEN": "127.0.0.1:0" for k in ("SERVER", "HTTP", "METRICS")}
     for n in range(8):
         data = loaded if n % 3 == 2 else tmp_path / f"fresh{n}"
         if n % 3 == 2:  # the loaded one: already there, so any moment of its start
