@@ -99,28 +99,38 @@ def not_resolved(host: str, exc: OSError) -> str:
 
 
 def bind_listeners(host: str, port: int) -> list[socket.socket]:
-    """Listening-ready TCP sockets bound to each address of `host` (`listen_addresses`)
-    on `port` (0: a free one, the same for every address, as grpcio picks it), not yet
-    listening. OSError (closed all): the first that fails, a name that does not resolve
-    included; a family this machine has no stack for is left out while another binds."""
+    """TCP sockets bound to each address of `host` (`listen_addresses`) on `port` (0: a
+    free one, the same for every address, as grpcio picks it), not yet listening. OSError
+    (all closed): a name that does not resolve, or the first bind that fails; an address
+    of a name of several that this machine cannot take (no IPv6 stack, `::1` with IPv6
+    off: "Cannot assign requested address") is left out while another binds, as grpcio
+    leaves it out; an address in use never is."""
     bound: list[socket.socket] = []
+    skipped: OSError | None = None
     try:
         addresses = listen_addresses(host, port)
         for family, where in addresses:
+            sock = None
             try:
                 sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            except OSError:  # IPv6 off, say: the other family serves
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and len(addresses) > 1:
+                    # `::` beside `0.0.0.0`: each family on its own socket
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and bound:  # the port the first one got
+                    where = (where[0], bound[0].getsockname()[1], *where[2:])
+                sock.bind(where)
+            except OSError as exc:
+                if sock is not None:
+                    sock.close()
+                unusable = exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+                if not unusable or len(addresses) == 1:
+                    raise
+                skipped = skipped or exc
                 continue
             bound.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and len(addresses) > 1:
-                # `::` beside `0.0.0.0`: each family on its own socket
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(bound) > 1:  # the port the first one got
-                where = (where[0], bound[0].getsockname()[1], *where[2:])
-            sock.bind(where)
         if not bound:
-            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+            raise skipped or OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
     except OSError:
         for sock in bound:
             sock.close()
