@@ -164,7 +164,8 @@ def test_a_damaged_phone_key_is_said_damaged_with_the_way_out(tmp_path: Path) ->
     """CONTRACT §10 (a damaged file met by a command: exit 1, one line). A `phone.key` that
     is not the key tillpoint wrote said Python's words, "cannot read …/phone.key:
     non-hexadecimal number found in fromhex() arg at position 0"; a key of another length
-    (cut short) was taken and hashed phones with it, finding nobody."""
+    (cut short) was taken and hashed phones with it, finding nobody. `run` at start on it
+    is exit 2, as on a damaged cache (the unit does not restart it in a loop)."""
     data = tmp_path / "d"
     assert _tp("--data-dir", str(data), "snapshot", "load", str(SNAPSHOT)).returncode == 0
     key = data / "phone.key"
@@ -177,6 +178,9 @@ def test_a_damaged_phone_key_is_said_damaged_with_the_way_out(tmp_path: Path) ->
         line = run.stderr
         assert f"{key} is damaged" in line and "fromhex" not in line, line
         assert "load a full snapshot" in line, line
+    listen = {f"TILLPOINT_{k}__LISTEN": "127.0.0.1:0" for k in ("SERVER", "HTTP", "METRICS")}
+    run = _tp("--data-dir", str(data), "run", **listen)  # no restart mends it: exit 2
+    assert run.returncode == 2 and f"{key} is damaged" in run.stderr, run.stderr
     key.write_text(good)
     assert _tp("--data-dir", str(data), "identify", "2770000000017", "--local").returncode == 0
 
