@@ -139,6 +139,12 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     from .server import build_server, register_gauges, start_hold_sweeper
 
     log = logging.getLogger("tillpoint.server")
+    # A SIGTERM is a graceful stop from here on, before anything is written: while the
+    # agent opens its data it is taken when that is done (below), not wherever the
+    # default action cut it (review 32: a fresh till stopped then kept a hot
+    # `cache.db-journal`, or `phone.key`'s temporary file, beside the data).
+    done = threading.Event()
+    systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)
     limit_malloc_arenas()  # before any thread of ours starts
     logs.setup(settings.log.level, settings.log.format)
     for loose in loose_values():  # taken as pydantic reads it; `config check` refuses it
@@ -181,10 +187,18 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     metrics_server = None
     if settings.metrics.enabled:  # bound before anything starts, as the two servers are
         metrics_server, _ = serve(registry, *split_listen(settings.metrics.listen))
-    # From here on a SIGTERM is a graceful stop: the parts start and the servers answer
-    # below, and the default action (set until now) would cut them wherever they were.
-    done = threading.Event()
-    systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)
+    if done.is_set():  # stopped while the agent opened its data: nothing to serve
+        log.info("stopped during start-up: nothing was served")
+        server.stop(grace=None)
+        if http_server is not None:
+            http_server.serve.stop_unstarted()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if sync is not None:
+            sync.close()
+        agent.close()
+        lock.release()
+        return 0
     # What runs beside the servers. Stopped in two lines side by side: the devices; and
     # the hold sweeper, then sync (the sweeper's releases use the sync's hub link).
     hub_side: list[Callable[[], None]] = []

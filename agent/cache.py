@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 
 from .db import (
     BUILDING,
+    CACHE,
     cache_file,
     cache_migrations,
     file_of,
@@ -29,6 +30,7 @@ from .db import (
     new_generation,
     open_cache,
     remove_old_generations,
+    remove_replaced_plain_wal,
     remove_stale_builds,
     switch_cache,
     write_transaction,
@@ -174,6 +176,12 @@ def apply(
     for _ in range(5):
         conn = open_cache(data_dir)
         try:
+            if header.is_full and file_of(conn).name == CACHE:
+                # a plain cache.db (a fresh till's, an older install's) this apply replaces:
+                # its -wal emptied first, so that its names can go after the switch while
+                # another process still has the file open (`remove_replaced_plain_wal`)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             with write_transaction(conn, "cache"):
                 current = file_of(conn)
                 if current != cache_file(data_dir):
@@ -200,6 +208,9 @@ def apply(
                 return loaded
         finally:
             conn.close()
+            # the -wal and -shm of a plain cache.db this apply replaced (the first full
+            # snapshot of a fresh till): its connection, just closed, was the last
+            remove_replaced_plain_wal(data_dir)
     raise StorageError("the cache is busy: it kept being replaced while this waited")
 
 

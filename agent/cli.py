@@ -332,7 +332,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         # `tillpoint --data-dir D --json status`: a flag of the command given before it
         # means what it means after it (as --data-dir is taken on either side)
         for word in extras:
-            action = chosen._option_string_actions[word]
+            action = _top_option(chosen, word)
+            assert action is not None  # `_is_flag_of` found it
             setattr(args, action.dest, action.const)
         return args
     if extras:
@@ -341,7 +342,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         if chosen is not parser:
             extras = [w for w in extras if not _is_flag_of(chosen, w)]
         # `tillpoint --at=T balance CARD`: an option with a value given before the command
-        known = [w for w in extras if w.split("=", 1)[0] in chosen._option_string_actions]
+        # as given (`--at=T`), a shortened name written whole (`--fisc=F`: `--fiscal=F`)
+        known = [_spelt_whole(chosen, w) for w in extras if _top_option(chosen, w)]
         where = (
             f"; {known[0]} goes after the command: {chosen.prog} ... {known[0]}"
             if known and chosen is not parser
@@ -380,14 +382,17 @@ def _refuse_valued_option_before_command(
         if word in sub.choices:
             command = sub.choices[word]
             for at, before in enumerate(words[:i]):
-                if before not in free:
+                if before not in free or "=" in before:  # `--at=T`: `_parse` says it
                     continue
-                found = command._option_string_actions.get(before)
+                # shortened too (`--fisc F confirm ID`: argparse took F for the command's
+                # name, "invalid choice: 'F'", until review 32)
+                found = _top_option(command, before)
                 if found is not None and found.nargs != 0:
                     given = " ".join(words[at : at + 2])
+                    name = _long_name(found)
                     command.error(
-                        f"unrecognized arguments: {given}; {before} goes after the command:"
-                        f" {command.prog} ... {before}"
+                        f"unrecognized arguments: {given}; {name} goes after the command:"
+                        f" {command.prog} ... {name}"
                     )
             return
         free.append(word)
@@ -395,8 +400,9 @@ def _refuse_valued_option_before_command(
 
 
 def _top_option(parser: argparse.ArgumentParser, word: str) -> argparse.Action | None:
-    """The top parser's option `word` names as argparse reads it: whole, shortened while it
-    names one (`--data`), or with its value after `=`."""
+    """The option of `parser` (the top parser's, or a command's) `word` names as argparse
+    reads it: whole, shortened while it names one (`--data`, `--fisc`), or with its value
+    after `=`."""
     if not word.startswith("-"):
         return None
     name = word.split("=", 1)[0] if word.startswith("--") else word
@@ -405,6 +411,20 @@ def _top_option(parser: argparse.ArgumentParser, word: str) -> argparse.Action |
         return options[name]
     named = {options[o] for o in options if o.startswith("--") and o.startswith(name)}
     return named.pop() if len(name) > 2 and len(named) == 1 else None
+
+
+def _long_name(action: argparse.Action) -> str:
+    """An option's whole long name (`--fiscal` for a `--fisc` given)."""
+    return max(action.option_strings, key=len)
+
+
+def _spelt_whole(parser: argparse.ArgumentParser, word: str) -> str:
+    """`word` with the option it names written whole (`--fisc=F`: `--fiscal=F`)."""
+    name, sep, value = word.partition("=")
+    action = _top_option(parser, word)
+    if action is None or name in action.option_strings:
+        return word
+    return f"{_long_name(action)}{sep}{value}"
 
 
 def _not_a_value(parser: argparse.ArgumentParser, word: str) -> bool:
@@ -419,8 +439,9 @@ def _not_a_value(parser: argparse.ArgumentParser, word: str) -> bool:
 
 
 def _is_flag_of(parser: argparse.ArgumentParser, word: str) -> bool:
-    """Whether `word` is an on/off option of `parser` (`--json`, `--explain`, `--local`)."""
-    action = parser._option_string_actions.get(word)
+    """Whether `word` is an on/off option of `parser` (`--json`, `--explain`, `--local`),
+    whole or shortened as argparse takes it after the command (`--js`)."""
+    action = _top_option(parser, word) if "=" not in word else None
     return isinstance(action, argparse._StoreTrueAction)
 
 

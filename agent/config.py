@@ -7,6 +7,7 @@ Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_I
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
@@ -70,9 +71,71 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def address_family(host: str) -> socket.AddressFamily:
-    """The socket family of a host `split_listen` gave: IPv6 for "::1" and the like."""
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+def listen_addresses(host: str, port: int) -> list[tuple[socket.AddressFamily, Any]]:
+    """Each address a listen's host is, as every server of tillpoint binds them (gRPC,
+    HTTP, /metrics, the bind probe): an address as it is (`::1`, `127.0.0.1`), a name as
+    the system resolves it, IPv4 and IPv6 alike (`localhost` may be both; a name of IPv6
+    addresses only, `ip6-localhost`, is bound too: the HTTP interface and /metrics took
+    an IPv4 socket for any name, and such a name failed there while gRPC bound it, until
+    review 32). (family, socket address) pairs, each once, in the resolver's order.
+    OSError: a name that does not resolve, said by `not_resolved`."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    out: list[tuple[socket.AddressFamily, Any]] = []
+    for family, _, _, _, where in found:
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, where) not in out:
+            out.append((family, where))
+    if not out:
+        raise socket.gaierror(socket.EAI_FAMILY, "no IPv4 or IPv6 address")
+    return out
+
+
+def not_resolved(host: str, exc: OSError) -> str:
+    """The one line of a listen whose host cannot be used, in plain words: a name that does
+    not resolve ("the name till-x.invalid does not resolve (Name or service not known)"),
+    else the system's words."""
+    if isinstance(exc, socket.gaierror):
+        return f"the name {host} does not resolve ({exc.strerror or exc})"
+    return exc.strerror or str(exc)
+
+
+def bind_listeners(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets bound to each address of `host` (`listen_addresses`) on `port` (0: a
+    free one, the same for every address, as grpcio picks it), not yet listening. OSError
+    (all closed): a name that does not resolve, or the first bind that fails; an address
+    of a name of several that this machine cannot take (no IPv6 stack, `::1` with IPv6
+    off: "Cannot assign requested address") is left out while another binds, as grpcio
+    leaves it out; an address in use never is."""
+    bound: list[socket.socket] = []
+    skipped: OSError | None = None
+    try:
+        addresses = listen_addresses(host, port)
+        for family, where in addresses:
+            sock = None
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and len(addresses) > 1:
+                    # `::` beside `0.0.0.0`: each family on its own socket
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and bound:  # the port the first one got
+                    where = (where[0], bound[0].getsockname()[1], *where[2:])
+                sock.bind(where)
+            except OSError as exc:
+                if sock is not None:
+                    sock.close()
+                unusable = exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+                if not unusable or len(addresses) == 1:
+                    raise
+                skipped = skipped or exc
+                continue
+            bound.append(sock)
+        if not bound:
+            raise skipped or OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
 
 
 def bind_refusal(address: str) -> str | None:
@@ -83,24 +146,16 @@ def bind_refusal(address: str) -> str | None:
     agent's one line, on a terminal and in the journal alike."""
     try:
         host, port = split_listen(address)
-        # each address the host is, as grpcio binds them: a name of IPv6 addresses only
-        # too (an IPv4 socket for every name refused it "Name or service not known")
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        return exc.strerror or str(exc)
     except ValueError:
         return None
-    for family, kind, proto, _, where in found:
-        try:
-            probe = socket.socket(family, kind, proto)
-        except OSError:  # a family this host has no stack for (IPv6 off): grpcio's to say
-            continue
-        with probe:
-            try:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(where)
-            except OSError as exc:
-                return exc.strerror or str(exc)
+    try:
+        # each address the host is, as grpcio binds them and the HTTP and metrics servers
+        # do (`bind_listeners`): a name of IPv6 addresses only too
+        probes = bind_listeners(host, port)
+    except OSError as exc:
+        return not_resolved(host, exc)
+    for probe in probes:
+        probe.close()
     return None
 
 

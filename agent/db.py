@@ -22,6 +22,7 @@ holding the ledger's: checkouts keep committing while a snapshot loads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -222,12 +223,34 @@ def full_disk_hint(path: Path) -> str:
     return ""
 
 
+def no_space_hint(path: Path, exc: OSError) -> str:
+    """What a write refused for space (ENOSPC, EDQUOT) adds to the system's words: the
+    file system of `path` is full and where (`full_disk_hint`), or, with space left by
+    its count, that it has no room for this write (its inodes, the blocks kept for root)
+    or that the user's quota is used up; "" for any other error. `run` on a full disk said
+    "cannot use the data directory …: No space left on device" (review 32): support asked
+    which disk."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    where = next((p for p in (path, *path.parents) if p.is_dir()), path)
+    if exc.errno == errno.EDQUOT:
+        return f"; the disk quota of this user on {where} is used up"
+    return full_disk_hint(path) or f"; the file system of {where} is full (no room for a file)"
+
+
 def file_of(conn: sqlite3.Connection) -> Path:
     """The file a connection has open (SQLite reports it with symlinks resolved)."""
     return Path(os.path.realpath(conn.execute("PRAGMA database_list").fetchone()[2]))
 
 
-def _storage_error(conn: sqlite3.Connection, message: str, exc: sqlite3.Error) -> StorageError:
+def _storage_error(
+    conn: sqlite3.Connection, message: str, exc: sqlite3.Error, *, named: bool = False
+) -> StorageError:
+    """`message: exc` and what explains it (a file's owner, a full disk); `named`: the
+    database's file named after `message` ("… of …/ledger.db")."""
+    if named:
+        with contextlib.suppress(sqlite3.Error):
+            message = f"{message} of {file_of(conn)}"
     hint = ""
     if "readonly" in str(exc):  # SQLITE_READONLY: the file's owner or mode, or a read-only mount
         with contextlib.suppress(sqlite3.Error):
@@ -340,7 +363,9 @@ def migrate(conn: sqlite3.Connection, migrations: MigrationSet) -> None:
             raise
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        raise StorageError(f"cannot migrate the database schema: {exc}") from None
+        # the file named, and a full disk said as one (a fresh till's first start on a
+        # full disk said "cannot migrate the database schema: database or disk is full")
+        raise _storage_error(conn, "cannot migrate the database schema", exc, named=True) from None
 
 
 def is_damage(text: str) -> bool:
@@ -471,6 +496,7 @@ class LiveCache:
             except OSError:  # removed since it was opened: any identity but the refused one
                 self._identity = (fallback.name, 0, 0)
         self.path = file_of(self._conn)
+        remove_replaced_plain_wal(self.data_dir)  # an earlier release's leftovers
 
     def _open(self, path: Path | None = None) -> sqlite3.Connection:
         if path is None:
@@ -495,9 +521,11 @@ class LiveCache:
                 self._refuse(now, exc)
                 return self._conn
             old, self._conn, self._identity = self._conn, fresh, now
-            self.path, self._refused = file_of(fresh), None
+            replaced, self.path, self._refused = self.path, file_of(fresh), None
             with contextlib.suppress(sqlite3.Error):
                 old.close()
+            if replaced.name == CACHE:  # the plain cache.db the first full apply replaced
+                remove_replaced_plain_wal(self.data_dir)
         return self._conn
 
     def _refuse(self, identity: tuple[str | None, int, int], exc: StorageError) -> None:
@@ -514,6 +542,8 @@ class LiveCache:
 
     def close(self) -> None:
         self._conn.close()
+        if self.path.name == CACHE:  # perhaps the last connection to a replaced plain file
+            remove_replaced_plain_wal(self.data_dir)
 
 
 # The refused generations already said in the log (`LiveCache._refuse`), by identity.
@@ -585,6 +615,31 @@ def remove_old_generations(data_dir: Path, keep: set[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+def remove_replaced_plain_wal(data_dir: Path) -> None:
+    """The ``cache.db-wal`` and ``cache.db-shm`` of a plain ``cache.db`` (a fresh till's
+    first, an older install's) that a full apply has replaced by the symlink: SQLite does
+    not remove them when the last connection to a file no longer under its name closes
+    (it checkpoints and empties the -wal, 0 bytes), and no new connection can reach them
+    (it opens the generation by its own name). Removed once the -wal is empty: a non-empty
+    one may still hold frames a connection opened before the switch reads (it waits for
+    that connection's close, or for the next full apply). Call it after closing the
+    connection to the replaced file; anything that fails leaves them for the next call."""
+    data_dir = Path(data_dir)
+    if not (data_dir / CACHE).is_symlink():
+        return  # the plain file is the cache: its -wal and -shm are in use
+    wal = data_dir / f"{CACHE}-wal"
+    try:
+        if wal.stat().st_size:
+            return
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return
+    with contextlib.suppress(OSError):
+        wal.unlink(missing_ok=True)
+        (data_dir / f"{CACHE}-shm").unlink(missing_ok=True)
+
+
 def remove_cache(data_dir: Path) -> None:
     """Every cache file: ``cache.db`` (a link or a file) and all generations."""
     for path in _cache_files(data_dir):
@@ -598,7 +653,7 @@ def phone_secret(data_dir: Path) -> bytes:
 
     path = data_dir / "phone.key"
     try:
-        return _read_key(path)
+        return _phone_key_of(path)
     except FileNotFoundError:
         pass
     from .files import create_once
@@ -608,32 +663,37 @@ def phone_secret(data_dir: Path) -> bytes:
     # stands, and both read that one (review 31: the shared "phone.tmp" was truncated and
     # linked by both, and one process could read a key the other was still writing)
     try:
-        create_once(path, secrets.token_hex(PHONE_KEY_BYTES).encode(), mode=0o600)
-    except OSError as exc:  # one line, not "internal error: PermissionError ..." (review 32)
-        raise StorageError(f"cannot make {path}: {exc.strerror or exc}") from None
-    return _read_key(path)
+        create_once(path, secrets.token_hex(32).encode(), mode=0o600)
+    except OSError as exc:  # a full disk at a fresh till's start: one line, not a trace
+        raise StorageError(
+            f"cannot make {path}: {exc.strerror or exc}{no_space_hint(path, exc)}"
+        ) from None
+    return _phone_key_of(path)
 
 
-PHONE_KEY_BYTES = 32
+_PHONE_KEY = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def _read_key(path: Path) -> bytes:
-    """The key `path` holds (FileNotFoundError passes). One of another length (an empty
-    file: a power cut while a file system without a journal renamed it in) is refused: a
-    phone hashed with it would find nobody, silently."""
+def _phone_key_of(path: Path) -> bytes:
+    """The key `phone_secret` wrote at `path`: 64 hexadecimal digits (32 bytes; a blank
+    around them is taken). Anything else is a damaged file, said as one (exit 1 to a
+    command, exit 2 to `run` at start: no restart mends it): until review 32 it said
+    `bytes.fromhex`'s words ("non-hexadecimal number found in fromhex() arg at position
+    0"), and a key cut short was taken and found no phone. FileNotFoundError: none yet."""
     try:
-        key = bytes.fromhex(path.read_text().strip())
+        text = path.read_bytes().decode("ascii", "replace").strip()
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot read {path}: {exc}") from None
-    if len(key) != PHONE_KEY_BYTES:
-        raise StorageError(
-            f"cannot read {path}: {len(key)} bytes, not a key's {PHONE_KEY_BYTES} (cut short"
-            " when it was made?): remove it, and phone look-ups find nobody until the next"
-            " full snapshot"
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not _PHONE_KEY.fullmatch(text):
+        raise DamagedCache(
+            f"{path} is damaged (not the 64 hexadecimal digits tillpoint wrote); it keys the"
+            " cache's phone look-ups only: stop tillpoint, delete it, and load a full"
+            " snapshot again (`tillpoint snapshot load FILE`, or start it enrolled: it"
+            " pulls one)"
         )
-    return key
+    return bytes.fromhex(text)
 
 
 class Checkpointer:

@@ -28,11 +28,10 @@ import functools
 import hmac
 import logging
 import re
-import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,7 +53,14 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from uvicorn.protocols.http import h11_impl
 
 from .cli import json_document, parse_json, parse_time
-from .config import address_family, bearer_matches, shorten, split_listen, token_problem
+from .config import (
+    bearer_matches,
+    bind_listeners,
+    not_resolved,
+    shorten,
+    split_listen,
+    token_problem,
+)
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
 from .models import Receipt, _time_of_a_sale
@@ -535,7 +541,7 @@ class Api:
 
     async def _openapi(self, request: Request) -> Response:
         if not self._openapi_body:
-            self._openapi_body = json_document(openapi())
+            self._openapi_body = json_document(openapi(preflights=bool(self.origins)))
         return Response(self._openapi_body, media_type=JSON)
 
 
@@ -842,8 +848,17 @@ def _field_schema(
     return dict(_SCALARS[field.type])
 
 
-def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every call `PosAgent` has, from its proto descriptors."""
+# What a web page of `[http] allowed_origins` may ask in its preflight (`_Cors`), read by
+# the CORS layer that answers it and by /openapi.json that declares it.
+CORS_METHODS = ("GET", "POST")
+CORS_HEADERS = ("authorization", "content-type")
+CORS_MAX_AGE_S = 600
+
+
+def openapi(*, preflights: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every call `PosAgent` has, from its proto descriptors;
+    `preflights` (`[http] allowed_origins` set): each path's OPTIONS, a web page's CORS
+    preflight, as `_Cors` answers it."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -997,6 +1012,9 @@ def openapi() -> dict[str, Any]:
                     for status, response in get["responses"].items()
                 },
             }
+    if preflights:
+        for operations in paths.values():
+            operations["options"] = _preflight(operations, errors, anywhere)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1010,6 +1028,55 @@ def openapi() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{}, {"bearer": []}],
+    }
+
+
+def _preflight(
+    operations: dict[str, Any], errors: dict[str, Any], anywhere: Sequence[str]
+) -> dict[str, Any]:
+    """A path's OPTIONS with `[http] allowed_origins` set, from what `_Cors` is given
+    (`CORS_METHODS`, `CORS_HEADERS`, `CORS_MAX_AGE_S`): a page's preflight it allows (200,
+    "OK" as text with the CORS headers), or refuses (403, the JSON error); an OPTIONS that
+    is no preflight (no `Access-Control-Request-Method`) reaches the call, which answers
+    405 (and what any request may meet). Until review 32 they were no operation at all."""
+    first = next(iter(operations.values()))
+    methods = ", ".join(CORS_METHODS)
+
+    def header(what: str, const: str | None = None) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string"}
+        if const is not None:
+            schema["const"] = const
+        return {"description": what, "schema": schema}
+
+    refused = errors["403"]
+    return {
+        "operationId": first["operationId"] + "Preflight",
+        "summary": f"A web page's CORS preflight: {methods} with the headers"
+        f" {', '.join(CORS_HEADERS)}, from an origin in [http] allowed_origins",
+        "security": [{}],  # a browser sends no Authorization with a preflight
+        "responses": {
+            **{status: errors[status] for status in anywhere},
+            "200": {
+                "description": f"allowed: the page may send its request (for {CORS_MAX_AGE_S} s)",
+                "headers": {
+                    "Access-Control-Allow-Origin": header("the page's origin"),
+                    "Access-Control-Allow-Methods": header("the methods", methods),
+                    "Access-Control-Allow-Headers": header("the headers it may send"),
+                    "Access-Control-Max-Age": header("seconds", str(CORS_MAX_AGE_S)),
+                },
+                "content": {"text/plain": {"schema": {"type": "string", "const": "OK"}}},
+            },
+            "403": {
+                "description": "the preflight is refused: its origin is not in [http]"
+                " allowed_origins, or it asks for another method or header",
+                "content": refused["content"],
+            },
+            "405": {
+                "description": "an OPTIONS that is no preflight (no"
+                " Access-Control-Request-Method): the path's methods are in Allow",
+                "content": errors["405"]["content"],
+            },
+        },
     }
 
 
@@ -1035,7 +1102,8 @@ class _Cors(CORSMiddleware):
             "PERMISSION_DENIED",
             f"a web page's preflight was refused ({failed}): it asked for"
             f" {_shown(method, 20)} with the headers {_shown(headers)!r}; the agent takes"
-            " GET and POST with the headers Authorization and Content-Type",
+            f" {' and '.join(CORS_METHODS)} with the headers"
+            f" {' and '.join(h.title() for h in CORS_HEADERS)}",
         )
 
 
@@ -1143,19 +1211,17 @@ class AsgiThread:
     (so a port in use is an error now, and port 0 picks a free one)."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        family = address_family(host)
-        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and
+        # Each address of `host`, as gRPC and /metrics bind them (`config.bind_listeners`);
+        # IPPROTO_TCP named there: asyncio sets TCP_NODELAY only on sockets that say so, and
         # without it each answer's body waits for the client's delayed ACK (40 ms).
-        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind((host, port))
+            self.socks = bind_listeners(host, port)
         except OSError as exc:
-            self.sock.close()
             raise TillpointError(
-                f"cannot listen on {host}:{port} for HTTP: {exc.strerror or exc}"
+                f"cannot listen on {host}:{port} for HTTP: {not_resolved(host, exc)}"
                 " (set [http] listen)"  # as gRPC's and /metrics' name their key
             ) from None
+        self.sock = self.socks[0]
         self.host = host
         self.port = int(self.sock.getsockname()[1])
         config = uvicorn.Config(
@@ -1178,7 +1244,7 @@ class AsgiThread:
 
     def _run(self) -> None:
         try:
-            self.server.run(sockets=[self.sock])
+            self.server.run(sockets=self.socks)
         except BaseException:  # the thread's last line: say it, the agent goes on with gRPC
             log.exception("the HTTP interface stopped")
 
@@ -1190,11 +1256,17 @@ class AsgiThread:
                 raise TillpointError(f"the HTTP interface did not start on {self.host}")
             time.sleep(0.01)
 
+    def stop_unstarted(self) -> None:
+        """Close the sockets of a server never started (`run` stopped during start-up)."""
+        for sock in self.socks:
+            sock.close()
+
     def stop(self) -> None:
         """Finish in-flight requests (GRACE_S at most), then close."""
         self.server.should_exit = True
         self.thread.join(GRACE_S + 5)
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
 
 class HttpServer:
@@ -1223,9 +1295,9 @@ class HttpServer:
             app = _Cors(
                 self.api,
                 allow_origins=origins,
-                allow_methods=["GET", "POST"],
-                allow_headers=["authorization", "content-type"],
-                max_age=600,
+                allow_methods=list(CORS_METHODS),  # what /openapi.json declares
+                allow_headers=list(CORS_HEADERS),
+                max_age=CORS_MAX_AGE_S,
             )
         self.serve = AsgiThread(app, host, port)
         self.host, self.port = host, self.serve.port

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .db import owner_hint
+from .db import no_space_hint, owner_hint
 from .errors import InputError, Refused, StorageError
 
 
@@ -41,9 +41,9 @@ class DataDirLock:
             # (exit 2, as privileges.py's "cannot read the data directory"; the unit does
             # not restart it). A full disk or an I/O error may pass: exit 1.
             transient = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+            hint = no_space_hint(self.path.parent, exc) or owner_hint(self.path)
             raise (StorageError if transient else InputError)(
-                f"cannot use the data directory {self.path.parent}:"
-                f" {exc.strerror or exc}{owner_hint(self.path)}"
+                f"cannot use the data directory {self.path.parent}: {exc.strerror or exc}{hint}"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,6 +60,7 @@ class DataDirLock:
             os.close(fd)
             raise StorageError(
                 f"cannot use the data directory {self.path.parent}: {exc.strerror or exc}"
+                f"{no_space_hint(self.path.parent, exc)}"
             ) from None
         self._fd = fd
         return self

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .config import address_family as family_of
+from .config import bind_listeners, not_resolved
 from .errors import TillpointError
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -105,8 +105,21 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
-def serve(registry: Registry, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
-    """Serve /metrics on host:port in a daemon thread; returns the server and bound port."""
+class Servers:
+    """The /metrics servers of one listen, one for each address of its host (as gRPC and
+    the HTTP interface bind them: `config.bind_listeners`), each in its daemon thread."""
+
+    def __init__(self, servers: list[ThreadingHTTPServer]) -> None:
+        self.servers = servers
+
+    def shutdown(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+def serve(registry: Registry, host: str, port: int) -> tuple[Servers, int]:
+    """Serve /metrics on host:port in daemon threads; returns the servers and bound port."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = 5
@@ -125,18 +138,22 @@ def serve(registry: Registry, host: str, port: int) -> tuple[ThreadingHTTPServer
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    class Server(ThreadingHTTPServer):
-        # an IPv6 listen ("[::1]:9464") needs its family: the default is IPv4 only
-        address_family = family_of(host)
-
     try:
-        server = Server((host, port), Handler)
-    except OSError as exc:  # in use, or not an address of this machine
+        socks = bind_listeners(host, port)
+    except OSError as exc:  # in use, not an address of this machine, a name unknown
         raise TillpointError(
-            f"cannot listen on {host}:{port} for /metrics: {exc.strerror or exc}"
+            f"cannot listen on {host}:{port} for /metrics: {not_resolved(host, exc)}"
             " (set [metrics] listen, or [metrics] enabled = false)"
         ) from None
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
-    thread.start()
-    return server, int(server.server_address[1])
+    servers = []
+    for sock in socks:
+        server = ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket, server.address_family = sock, sock.family
+        server.server_address = sock.getsockname()
+        server.daemon_threads = True
+        server.server_activate()  # listen
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
+        servers.append(server)
+    return Servers(servers), int(socks[0].getsockname()[1])

@@ -140,7 +140,7 @@ def _line_json(
     try:
         return json.loads(text, object_pairs_hook=hook)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"snapshot line {n}: not valid JSON ({exc})") from None
+        raise InputError(f"snapshot line {n}: not valid JSON ({_not_json(exc)})") from None
     except RecursionError:
         raise InputError(f"snapshot line {n}: not valid JSON (nested too deeply)") from None
     except ValueError:  # Python's limit on an integer's digits
@@ -174,7 +174,7 @@ def _rows(
         try:
             text = (line.decode("utf-8") if isinstance(line, bytes) else line).strip()
         except UnicodeDecodeError as exc:
-            raise InputError(f"snapshot line {n}: not valid UTF-8 ({exc.reason})") from None
+            raise InputError(f"snapshot line {n}: not valid JSON ({_not_json(exc)})") from None
         if not text:
             continue
         if text.startswith('{"section"'):
@@ -208,6 +208,7 @@ def _rows(
             row = validate(text)
         except ValidationError as exc:
             _spelt_section_line(text, n)
+            _refuse_invalid_json(exc, text, n)
             problem = exc
             if "null" in text:  # a field set to null is the field left out (proto3 JSON)
                 text = json.dumps(
@@ -224,6 +225,39 @@ def _rows(
                 validate, text, problem, f"snapshot line {n}", section, ignored
             )
         yield section, row, text
+
+
+def _not_json(exc: UnicodeDecodeError | json.JSONDecodeError) -> str:
+    """What is wrong with a line, in the words `hub import` says it (sync/hub_import.py):
+    "not UTF-8 text" (not the codec's "invalid continuation byte"), "Expecting value at
+    column 5" (not json's "Expecting value: line 1 column 5 (char 4)": a line is one line,
+    the file's line number is said before)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
+def _refuse_invalid_json(exc: ValidationError, text: str, n: int) -> None:
+    """A row that is not JSON at all (a control byte in a string, a line cut short), said as
+    a header line's is: "snapshot line 13: not valid JSON (Invalid control character at
+    column 3)". Until review 32 it said pydantic's words after the section's name,
+    "customers: Invalid JSON: control character (\\u0000-\\u001F) found while parsing a string
+    at line 1 column 3", and a line cut short that held a `null` failed the build ("the
+    cache build failed (exit 1: json.decoder.JSONDecodeError: …)")."""
+    if exc.errors(include_url=False)[0].get("type") != "json_invalid":
+        return
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as bad:
+        raise InputError(f"snapshot line {n}: not valid JSON ({_not_json(bad)})") from None
+    except (RecursionError, ValueError):
+        pass
+    # what Python's reader takes and pydantic's does not (nesting past pydantic's limit, a
+    # NaN): pydantic's own reason, without its "Invalid JSON: " and its "line 1"
+    reason = str(exc.errors(include_url=False)[0].get("msg", "")).removeprefix("Invalid JSON: ")
+    raise InputError(
+        f"snapshot line {n}: not valid JSON ({reason.replace(' at line 1 column ', ' at column ')})"
+    ) from None
 
 
 def _spelt_section_line(text: str, n: int) -> None:

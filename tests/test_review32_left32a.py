@@ -405,7 +405,7 @@ def test_a_phone_key_cut_short_is_refused_in_one_line(tmp_path: Path, cli: CLI) 
     (data / "phone.key").write_text("")
     with pytest.raises(StorageError) as refused:
         db.phone_secret(data)
-    assert "phone.key: 0 bytes, not a key's 32" in str(refused.value)
+    assert "phone.key is damaged" in str(refused.value)
     run = cli("status", "--json")
     assert run.code != 0 and run.err.count("\n") == 1 and "phone.key" in run.err, run.err
     assert "internal error" not in run.err

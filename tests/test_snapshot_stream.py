@@ -92,5 +92,5 @@ def test_empty_files_and_bad_bytes_are_refused_with_their_line(tmp_path: Path) -
         ]
     )
     assert header.version == 3
-    with pytest.raises(InputError, match="line 5: not valid UTF-8"):
+    with pytest.raises(InputError, match=r"line 5: not valid JSON \(not UTF-8 text\)"):
         list(rows)
