@@ -89,10 +89,12 @@ def test_a_push_sends_the_texts_and_a_set_aside_row_keeps_them(tmp_path: Path) -
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     till = hub.till("till-1", tmp_path / "till", start=False)
     try:
-        # the hub already holds another transaction under till-1's seq 1 (an old disk)
+        # the hub already holds till-1's receipt r-0 with another request (an old disk's).
+        # A seq the hub holds with another transaction is numbered again since review 32
+        # (tests/test_review32_hub32.py); the receipt id still decides
         now = datetime.now(UTC)
-        old = '{"receiptId": "old"}'
-        other = TxIn("till-1", 1, "CHECKOUT", now.isoformat(), "c-2", "", old, "{}", 1, 0, "")
+        old = '{"receiptId": "r-0"}'
+        other = TxIn("till-1", 5, "CHECKOUT", now.isoformat(), "c-2", "", old, "{}", 1, 0, "")
         hub.store.ingest("till-1", "", [other], now)
         Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
         for i in range(3):
@@ -101,9 +103,9 @@ def test_a_push_sends_the_texts_and_a_set_aside_row_keeps_them(tmp_path: Path) -
         assert pusher.drain() == 3
         stored = hub.store.transactions("till-1")
         assert [(t.seq, t.kind, t.receipt_id) for t in stored] == [
-            (1, "CHECKOUT", "old"),
             (2, "CHECKOUT", "r-1"),
             (3, "CHECKOUT", "r-2"),
+            (5, "CHECKOUT", "r-0"),
         ]
         pusher.close()
     finally:
