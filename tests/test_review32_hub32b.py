@@ -42,7 +42,7 @@ FISCAL = "ФД 0004 №17"
 
 def hub_cli(hub: Any, *args: str) -> subprocess.CompletedProcess[str]:
     """`tillpoint hub ARGS` as a process over `hub`'s directory (and store)."""
-    store = ["--store", hub.dir.url] if getattr(hub.dir, "url", None) else []
+    store = ["--store", hub.dir.store_url] if hub.dir.store_url else []
     return subprocess.run(
         [EXE, "hub", *args, "--hub-dir", str(hub.root), *store],
         capture_output=True,
@@ -130,7 +130,7 @@ def test_a_wiped_till_running_says_what_it_numbered_again_at_every_door_and_the_
     resolved, stored as seq 4 or 5 (they read as needing review for ever); and
     `hub receipts` and ListTransactions (`sync receipts`) show w-4's fiscal document."""
     hub = both_hub
-    data_dir = wipe_and_sell_again(hub, tmp_path)
+    wipe_and_sell_again(hub, tmp_path)
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
     config = till_config(tmp_path, "till-w", hub.address, ports)
     with open(tmp_path / "till-w.log", "ab") as log:
@@ -207,7 +207,7 @@ def test_a_wiped_till_running_says_what_it_numbered_again_at_every_door_and_the_
     assert all(r["resolvedAt"] for r in aside)
     lines = hub_cli(hub, "set-aside").stdout.splitlines()
     assert len(lines) == 2 and "two tills may be running as till-w" in lines[0]
-    assert lines[0].endswith("resolved: numbered again by the till, stored as seq 4"), lines
+    assert " — resolved: numbered again by the till, stored as seq 4 (" in lines[0], lines
     state = hub_cli(hub, "status", "--json")
     assert state.returncode == 0, state.stderr
     counts = json.loads(state.stdout)
@@ -390,3 +390,73 @@ def test_a_till_counts_what_it_numbered_again_across_pushes_and_restarts(
         )
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def test_an_entry_set_aside_before_the_upgrade_is_known_as_a_seq_taken_and_resolves(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/HUB.md, Migrations: a hub that set seq 2 aside as taken before this release
+    (its reason says so; no column did) is migrated: the entry is a seq taken, open, and
+    reads resolved once the till's sale numbered again is stored."""
+    import sqlite3
+
+    if kind == "sqlite":
+        from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+        path = tmp_path / "hub.db"
+        old: Any = SqliteHubStore(path)
+        import_doc(old, sample_master_data())
+        old.close()
+        with sqlite3.connect(path) as conn:  # the schema before m006, as it was
+            conn.execute("DROP INDEX set_aside_open_taken")
+            for column in ("seq_taken", "stored_seq", "resolved_at"):
+                conn.execute(f"ALTER TABLE set_aside DROP COLUMN {column}")
+            conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm006_set_aside_resolved'")
+            conn.execute(
+                "INSERT INTO set_aside (device_id, seq, outcome, reason, content_sha256,"
+                " payload, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                old_entry(),
+            )
+        conn.close()
+        store: Any = SqliteHubStore(path)
+    else:
+        import psycopg
+        from tillpoint.sync import hub_postgres
+
+        url = request.getfixturevalue("pg_cluster").new_database()
+        with monkeypatch.context() as m:
+            before = [step for step in hub_postgres.MIGRATIONS if step[0] < 10]
+            m.setattr(hub_postgres, "MIGRATIONS", before)
+            m.setattr(hub_postgres, "SCHEMA_VERSION", before[-1][0])
+            old = hub_postgres.PostgresHubStore(url, migrate_schema=True)
+            import_doc(old, sample_master_data())
+            old.close()
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute(
+                "INSERT INTO set_aside (device_id, seq, outcome, reason, content_sha256,"
+                " payload, received_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                old_entry(),
+            )
+        store = hub_postgres.PostgresHubStore(url, migrate_schema=True)
+    try:
+        row = store.set_aside_transactions("till-x")[0]
+        assert (row["seq"], row["seqTaken"], row["resolved"]) == (2, True, False)
+        # what the hub held (seq 2: r-1), then the sale numbered again
+        store.ingest("till-x", "", [sale(1, "r-0"), sale(2, "r-1"), sale(3, "r-9")], NOW)
+        row = store.set_aside_transactions("till-x")[0]
+        assert (row["resolved"], row["storedAsSeq"]) == (True, 3)
+    finally:
+        store.close()
+
+
+def old_entry() -> tuple[Any, ...]:
+    """Seq 2 of till-x set aside as taken by the release before (hub32's reason)."""
+    t = sale(2, "r-9")
+    reason = (
+        "seq 2 of till-x is already stored with other content: two tills may be running as"
+        " till-x (one enrolment bundle installed on both, a cloned disk), or its ledger was"
+        " restored from an old backup"
+    )
+    payload = json.dumps(t.__dict__, ensure_ascii=False)
+    return ("till-x", 2, "CONFLICT", reason, t.content(), payload, NOW.isoformat())
