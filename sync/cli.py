@@ -878,6 +878,7 @@ def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> in
         + (f" of {t.receipt_id}" if t.refund_id else "")
         + f" at {t.at}, {t.customer_id or 'card ' + t.card}:"
         f" {t.points_delta_available:+d} available, {t.points_delta_pending:+d} pending"
+        + (f", fiscal document {t.fiscal_document}" if t.fiscal_document else "")
         for t in reply.transactions
     ]
     more = " (more: --since the last seq)" if reply.more else ""

@@ -821,8 +821,8 @@ class SqlHubStore(HubRules):
     ) -> list[StoredTx]:
         sql = (
             "SELECT device_id, seq, kind, receipt_id, ref_id, at, customer_id, card,"
-            " delta_available, delta_pending, coalesce(pending_activates_at, ''), ingested_at"
-            " FROM transactions WHERE device_id = ? AND seq > ?"
+            " delta_available, delta_pending, coalesce(pending_activates_at, ''), ingested_at,"
+            " fiscal_document FROM transactions WHERE device_id = ? AND seq > ?"
         )
         params: list[Any] = [device_id, since_seq]
         if receipt_id:
@@ -848,6 +848,7 @@ class SqlHubStore(HubRules):
                 delta_pending=int(r[9]),
                 pending_activates_at=str(r[10]),
                 ingested_at=str(r[11]),
+                fiscal_document=str(r[12] or ""),
             )
             for r in rows
         ]

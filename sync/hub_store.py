@@ -221,6 +221,7 @@ class StoredTx:
     delta_pending: int
     pending_activates_at: str
     ingested_at: str
+    fiscal_document: str = ""  # a confirmed receipt's, as the till sent it (§11)
 
 
 @dataclass
