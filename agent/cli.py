@@ -1110,7 +1110,20 @@ def _not_served_note(data_dir: Path) -> str:
 
 
 def _human_status(s: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {_human_value(v)}" for k, v in s.items())
+    return "\n".join(
+        f"{k}: {_renumbered(v) if k == 'lastRenumbered' and v else _human_value(v)}"
+        for k, v in s.items()
+    )
+
+
+def _renumbered(last: dict[str, Any]) -> str:
+    """Status's `lastRenumbered` for a person: "seq 2 → 5 (receipt r-5) at …"."""
+    what = (
+        f"refund {last.get('refundId')} of receipt {last.get('receiptId')}"
+        if last.get("refundId")
+        else f"receipt {last.get('receiptId')}"
+    )
+    return f"seq {last.get('oldSeq')} → {last.get('newSeq')} ({what}) at {last.get('at')}"
 
 
 def _human_value(value: Any) -> str:

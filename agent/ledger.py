@@ -1443,6 +1443,36 @@ def renumber(conn: sqlite3.Connection, device_id: str, old: int, hub_mark: int) 
     return new
 
 
+def _count_renumbered(
+    conn: sqlite3.Connection, device_id: str, moved: Mapping[int, int], now: str
+) -> None:
+    """Inside `settle_push`'s transaction: `sync_state` keeps how many sales and refunds
+    were numbered again since the ledger began ('renumbered') and the last one
+    ('renumbered_last': old and new seq, when, its receipt and refund id), for `status`
+    (`sync.state.sync_status`): a support engineer had a log line only (review 32)."""
+    row = conn.execute("SELECT value FROM sync_state WHERE key = 'renumbered'").fetchone()
+    count = (int(row[0]) if row is not None and str(row[0]).isdigit() else 0) + len(moved)
+    old = max(moved)
+    new = moved[old]
+    found = conn.execute(
+        "SELECT j.kind, j.ref_id, f.receipt_id FROM journal j LEFT JOIN refunds f"
+        " ON j.kind = 'REFUND' AND f.refund_id = j.ref_id WHERE j.device_id = ? AND j.seq = ?",
+        (device_id, new),
+    ).fetchone()
+    kind, ref_id, refunded = found if found is not None else ("", "", None)
+    last = {
+        "oldSeq": old,
+        "newSeq": new,
+        "at": now,
+        "receiptId": str(refunded or "") if kind == "REFUND" else str(ref_id or ""),
+        "refundId": str(ref_id or "") if kind == "REFUND" else "",
+    }
+    conn.executemany(
+        "INSERT OR REPLACE INTO sync_state VALUES (?, ?)",
+        [("renumbered", str(count)), ("renumbered_last", json.dumps(last, ensure_ascii=False))],
+    )
+
+
 def settle_push(
     conn: sqlite3.Connection,
     device_id: str,
@@ -1473,6 +1503,8 @@ def settle_push(
                 aside = [*aside, item]
             else:
                 moved[item.seq] = new
+        if moved:
+            _count_renumbered(conn, device_id, moved, now)
         answered_by(conn, hub)
         # kept a while, to be sent again to a hub restored from a backup (`requeue_lost`):
         # what it stored, and what it decided otherwise (set aside, a discarded seq),

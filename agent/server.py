@@ -372,6 +372,12 @@ def register_gauges(registry: Any, agent: Agent) -> None:
         lambda: {"": float(status().get("setAside", 0))},
     )
     registry.gauge(
+        "tillpoint_sync_renumbered",
+        "Sales and refunds numbered again because the hub held their seq with another"
+        " transaction of this device (two tills under one id?); sent again, not an error.",
+        lambda: {"": float(status().get("renumberedTransactions", 0))},
+    )
+    registry.gauge(
         "tillpoint_print_queue_depth",
         "Coupon print jobs not yet printed.",
         lambda: {"": float(status()["printQueueDepth"])},

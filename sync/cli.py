@@ -690,6 +690,7 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
             for d in records
         ]
         holds, held_points = store.holds_outstanding(_now())
+        aside = store.set_aside_transactions()
         data = {
             "version": latest.version if latest else 0,
             "issuedAt": latest.issued_at.isoformat() if latest else "",
@@ -697,7 +698,10 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
             "devices": devices,
             "holdsOutstanding": {"holds": holds, "points": held_points},
             "couponConflicts": len(store.coupon_conflicts()),
-            "setAside": len(store.set_aside_transactions()),
+            "setAside": len(aside),
+            # of them, seqs taken whose sale the till numbered again and the hub stored
+            # (review 32): resolved, still listed (two tills may share a device id)
+            "setAsideResolved": sum(1 for r in aside if r["resolved"]),
             "serverCertificateExpiresAt": pki.certificate_time(hub.keys.server_not_after()),
         }
     now = _now()
@@ -731,7 +735,14 @@ def _hub_status(settings: Settings, args: argparse.Namespace) -> int:
             f"{d['holdsOutstanding']['holds']} redemption hold(s) outstanding"
             f" ({d['holdsOutstanding']['points']} points)",
             f"{d['couponConflicts']} coupon conflict(s) (hub coupon-conflicts),"
-            f" {d['setAside']} set-aside transaction(s) (hub set-aside)",
+            f" {d['setAside']} set-aside transaction(s)"
+            + (
+                f", {d['setAsideResolved']} of them resolved (numbered again by their till"
+                " and stored: two tills may share a device id)"
+                if d["setAsideResolved"]
+                else ""
+            )
+            + " (hub set-aside)",
         ]
         if server:
             lines.append(f"the hub's server certificate expires {server}")
@@ -794,6 +805,12 @@ def _hub_set_aside(settings: Settings, args: argparse.Namespace) -> int:
         "nothing was set aside",
         lambda r: (
             f"{r['deviceId']} seq {r['seq']}: {r['outcome']} {r['reason']} ({r['receivedAt']})"
+            + (
+                " — resolved: numbered again by the till, stored as seq"
+                f" {r['storedAsSeq']} ({r['resolvedAt']})"
+                if r["resolved"]
+                else ""
+            )
         ),
     )
 
@@ -861,6 +878,7 @@ def _print_transactions(args: argparse.Namespace, reply: Any, device: str) -> in
         + (f" of {t.receipt_id}" if t.refund_id else "")
         + f" at {t.at}, {t.customer_id or 'card ' + t.card}:"
         f" {t.points_delta_available:+d} available, {t.points_delta_pending:+d} pending"
+        + (f", fiscal document {t.fiscal_document}" if t.fiscal_document else "")
         for t in reply.transactions
     ]
     more = " (more: --since the last seq)" if reply.more else ""

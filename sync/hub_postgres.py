@@ -51,6 +51,7 @@ from .hub_sql import (
     CLEARED,
     MOVE_ORDER,
     POSTGRES,
+    SET_ASIDE_RESOLVED,
     SqlHubStore,
     SqlTx,
     category_cycles,
@@ -427,6 +428,16 @@ MIGRATIONS.append(
         END
         $$;
         """,
+    )
+)
+MIGRATIONS.append(
+    (
+        10,
+        "set_aside_resolved",
+        # Review 32 (hub32b): a set-aside entry of a seq taken reads resolved once its
+        # sale or refund is stored under the seq the till numbered it again with (SQLite's
+        # m006_set_aside_resolved: the same statements).
+        SET_ASIDE_RESOLVED,
     )
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -18,6 +18,7 @@ circle.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -131,8 +132,24 @@ class HubTx(Protocol):
         ...
 
     def set_aside(
-        self, tx: TxIn, outcome: str, reason: str, content: str, payload: str, now: str
+        self,
+        tx: TxIn,
+        outcome: str,
+        reason: str,
+        content: str,
+        payload: str,
+        now: str,
+        seq_taken: bool = False,
     ) -> None: ...
+
+    def open_seq_taken(self, device_id: str) -> list[tuple[int, str]]:
+        """(id, payload) of the device's set-aside entries of a seq taken (`seq_taken`)
+        not resolved yet."""
+        ...
+
+    def resolve_set_aside(self, entry_id: int, stored_seq: int, now: str) -> None:
+        """The entry's sale or refund is stored under `stored_seq` (review 32)."""
+        ...
 
     def booked(
         self, device_id: str, kind: str, receipt_id: str, ref_id: str
@@ -315,6 +332,7 @@ class HubRules:
                 self._ingest_one(tx, t, content, program, now, stored, settled, sold)
                 for t, content in zip(txs, contents, strict=True)
             ]
+            self._resolve_taken(tx, txs, results, now)
             # The holds these transactions make real: their receipts', and those of
             # their seqs (nothing in between reads the holds: settled once, at the end).
             for dev, keys in settled.items():
@@ -353,13 +371,13 @@ class HubRules:
         existing = stored.get((t.device_id, t.seq))
         if existing is not None:
             if existing == content:
-                return TxResult(t.seq, "DUPLICATE")
+                return TxResult(t.seq, "DUPLICATE", stored_as=t.seq)
             reason = (
                 f"seq {t.seq} of {t.device_id} is already stored with other content: two"
                 f" tills may be running as {t.device_id} (one enrolment bundle installed on"
                 " both, a cloned disk), or its ledger was restored from an old backup"
             )
-            self._set_aside(tx, t, "CONFLICT", reason, content, now)
+            self._set_aside(tx, t, "CONFLICT", reason, content, now, seq_taken=True)
             # the till numbers it again and sends it again (review 32): then the dedupe
             # on its receipt or refund id (`_booked_before`) decides
             return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
@@ -387,7 +405,7 @@ class HubRules:
         if t.kind == "CHECKOUT":
             settled[t.device_id].append(fields["receipt_id"])
             sold[t.device_id].append(fields["receipt_id"])
-        return TxResult(t.seq, "STORED")
+        return TxResult(t.seq, "STORED", stored_as=t.seq)
 
     @staticmethod
     def _booked_before(tx: HubTx, t: TxIn, fields: dict[str, Any]) -> TxResult | None:
@@ -405,16 +423,54 @@ class HubRules:
         what = f"{'receipt' if t.kind == 'CHECKOUT' else 'refund'} {fields['ref_id']}"
         if json.loads(request_json) == json.loads(t.request_json):
             reason = f"{what} is already stored as seq {seq} of {t.device_id}: sent again"
-            return TxResult(t.seq, "DUPLICATE", reason)
+            return TxResult(t.seq, "DUPLICATE", reason, stored_as=seq)
         reason = f"{what} is already stored as seq {seq} of {t.device_id} with another request"
         return TxResult(t.seq, "CONFLICT", reason)
 
     @staticmethod
     def _set_aside(
-        tx: HubTx, t: TxIn, outcome: str, reason: str, content: str, now: datetime
+        tx: HubTx,
+        t: TxIn,
+        outcome: str,
+        reason: str,
+        content: str,
+        now: datetime,
+        seq_taken: bool = False,
     ) -> None:
         payload = json.dumps(t.__dict__, ensure_ascii=False)
-        tx.set_aside(t, outcome, reason, content, payload, utc_text(now))
+        tx.set_aside(t, outcome, reason, content, payload, utc_text(now), seq_taken)
+
+    @staticmethod
+    def _resolve_taken(tx: HubTx, txs: list[TxIn], results: list[TxResult], now: datetime) -> None:
+        """The set-aside entries of a seq taken (`seq_taken`) whose sale or refund this
+        batch stored, or found stored (the same request under another seq), read resolved
+        from now on, with that seq: the till numbered it again and it counts once. An
+        entry whose id the hub holds with another request stays to be reviewed (review
+        32, docs/CONTRACT.md §9)."""
+        landed: dict[str, list[tuple[TxIn, int]]] = defaultdict(list)
+        for t, r in zip(txs, results, strict=True):
+            if r.stored_as and t.kind in ("CHECKOUT", "REFUND"):
+                landed[t.device_id].append((t, r.stored_as))
+        for device_id, items in landed.items():
+            entries = tx.open_seq_taken(device_id)
+            if not entries:
+                continue
+            waiting: dict[tuple[str, str], list[tuple[int, Any]]] = defaultdict(list)
+            for entry_id, payload in entries:
+                with contextlib.suppress(ValueError, TypeError, KeyError, RecursionError):
+                    doc = json.loads(payload)
+                    request = json.loads(doc["request_json"])
+                    waiting[(str(doc["kind"]), _ref_of(str(doc["kind"]), request))].append(
+                        (entry_id, request)
+                    )
+            for t, seq in items:
+                try:
+                    request = json.loads(t.request_json)
+                except (ValueError, RecursionError):
+                    continue
+                for entry_id, asked in waiting.get((t.kind, _ref_of(t.kind, request)), []):
+                    if asked == request:
+                        tx.resolve_set_aside(entry_id, seq, utc_text(now))
 
     def settle(self, tx: HubTx, t: TxIn, program: Program) -> dict[str, Any]:
         """Check a transaction and work out the points it moves, as the hub counts them."""
@@ -1261,6 +1317,14 @@ def _storable_id(name: str, value: str) -> None:
 
 def _default_program() -> dict[str, Any]:
     return Program().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _ref_of(kind: str, request: Any) -> str:
+    """The id a sale or refund is known by at the hub (`settle`'s ref_id): a CHECKOUT's
+    receiptId, a REFUND's refundId; "" for anything else."""
+    if not isinstance(request, dict):
+        return ""
+    return str(request.get("receiptId" if kind == "CHECKOUT" else "refundId") or "")
 
 
 def _storable(t: TxIn) -> None:

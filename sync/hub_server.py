@@ -1110,6 +1110,7 @@ def stored_transaction(tx: StoredTx) -> pb.StoredTransaction:
         points_delta_pending=tx.delta_pending,
         pending_activates_at=tx.pending_activates_at,
         ingested_at=tx.ingested_at,
+        fiscal_document=tx.fiscal_document,
     )
 
 

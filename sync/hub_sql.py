@@ -64,6 +64,19 @@ def _moves(earned: str, returned: str) -> str:
     )
 
 
+# The set_aside columns and index of review 32 (hub32b): SQLite's m006_set_aside_resolved
+# and PostgreSQL's migration 10 run the same statements.
+SET_ASIDE_RESOLVED = """
+    ALTER TABLE set_aside ADD COLUMN seq_taken INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE set_aside ADD COLUMN stored_seq BIGINT;
+    ALTER TABLE set_aside ADD COLUMN resolved_at TEXT;
+    UPDATE set_aside SET seq_taken = 1 WHERE outcome = 'CONFLICT'
+        AND reason LIKE 'seq % of % is already stored with other content%';
+    CREATE INDEX set_aside_open_taken ON set_aside (device_id)
+        WHERE seq_taken = 1 AND stored_seq IS NULL;
+"""
+
+
 class Dialect:
     """What differs between the engines in the statements of `SqlTx` and `SqlHubStore`."""
 
@@ -444,12 +457,34 @@ class SqlTx:
         )
 
     def set_aside(
-        self, tx: TxIn, outcome: str, reason: str, content: str, payload: str, now: str
+        self,
+        tx: TxIn,
+        outcome: str,
+        reason: str,
+        content: str,
+        payload: str,
+        now: str,
+        seq_taken: bool = False,
     ) -> None:
         self.execute(
             "INSERT INTO set_aside (device_id, seq, outcome, reason, content_sha256, payload,"
-            " received_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-            (tx.device_id, tx.seq, outcome, reason, content, payload, now),
+            " received_at, seq_taken) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (tx.device_id, tx.seq, outcome, reason, content, payload, now, int(seq_taken)),
+        )
+
+    def open_seq_taken(self, device_id: str) -> list[tuple[int, str]]:
+        # by the partial index set_aside_open_taken: nothing to read on most pushes
+        rows = self.execute(
+            "SELECT id, payload FROM set_aside WHERE device_id = ? AND seq_taken = 1"
+            " AND stored_seq IS NULL ORDER BY id",
+            (device_id,),
+        ).fetchall()
+        return [(int(i), str(p)) for i, p in rows]
+
+    def resolve_set_aside(self, entry_id: int, stored_seq: int, now: str) -> None:
+        self.execute(
+            "UPDATE set_aside SET stored_seq = ?, resolved_at = ? WHERE id = ?",
+            (stored_seq, now, entry_id),
         )
 
     def booked(
@@ -786,8 +821,8 @@ class SqlHubStore(HubRules):
     ) -> list[StoredTx]:
         sql = (
             "SELECT device_id, seq, kind, receipt_id, ref_id, at, customer_id, card,"
-            " delta_available, delta_pending, coalesce(pending_activates_at, ''), ingested_at"
-            " FROM transactions WHERE device_id = ? AND seq > ?"
+            " delta_available, delta_pending, coalesce(pending_activates_at, ''), ingested_at,"
+            " fiscal_document FROM transactions WHERE device_id = ? AND seq > ?"
         )
         params: list[Any] = [device_id, since_seq]
         if receipt_id:
@@ -813,6 +848,7 @@ class SqlHubStore(HubRules):
                 delta_pending=int(r[9]),
                 pending_activates_at=str(r[10]),
                 ingested_at=str(r[11]),
+                fiscal_document=str(r[12] or ""),
             )
             for r in rows
         ]
@@ -830,13 +866,15 @@ class SqlHubStore(HubRules):
 
     def set_aside_transactions(self, device_id: str = "") -> list[dict[str, Any]]:
         """What the hub set aside instead of storing (CONFLICT, REJECTED, a DUPLICATE of a
-        receipt stored under another seq), for review: by device, then seq."""
+        receipt stored under another seq), for review: by device, then seq. An entry of a
+        seq taken (`seqTaken`) whose sale or refund the till numbered again and the hub
+        then stored reads `resolved`, with the seq it is stored under (review 32)."""
         order = self.tx_class.dialect.code_points("device_id")
         where, params = (" WHERE device_id = ?", (device_id,)) if device_id else ("", ())
         with self._reading() as tx:
             rows = tx.execute(
-                "SELECT device_id, seq, outcome, reason, received_at FROM set_aside"
-                f"{where} ORDER BY {order}, seq, id",
+                "SELECT device_id, seq, outcome, reason, received_at, seq_taken, stored_seq,"
+                f" resolved_at FROM set_aside{where} ORDER BY {order}, seq, id",
                 params,
             ).fetchall()
         return [
@@ -846,8 +884,14 @@ class SqlHubStore(HubRules):
                 "outcome": str(o),
                 "reason": str(r),
                 "receivedAt": str(a),
+                # a seq the device held with another transaction (review 32): the till
+                # numbers it again; resolved once stored, under `storedAsSeq`
+                "seqTaken": bool(taken),
+                "resolved": stored is not None,
+                "storedAsSeq": None if stored is None else int(stored),
+                "resolvedAt": None if when is None else str(when),
             }
-            for d, s, o, r, a in rows
+            for d, s, o, r, a, taken, stored, when in rows
         ]
 
     def applied_through(self, device_id: str) -> int:

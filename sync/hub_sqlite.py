@@ -26,6 +26,7 @@ from .hub_rules import HubTx, Texts, canon
 from .hub_sql import (
     CLEARED,
     MOVE_ORDER,
+    SET_ASIDE_RESOLVED,
     SQLITE,
     SqlHubStore,
     SqlTx,
@@ -204,6 +205,16 @@ def m005_hold_at(db: Database) -> None:
     # a spend at that time, so points it takes from a batch that expires before another
     # till's receipt are not taken from that receipt's balance a second time (§9, §16).
     db.execute("ALTER TABLE holds ADD COLUMN receipt_at TEXT NOT NULL DEFAULT ''")
+
+
+@migrations()
+def m006_set_aside_resolved(db: Database) -> None:
+    # Review 32 (hub32b): a set-aside entry of a seq the device held with another
+    # transaction (`seq_taken`: the till numbers that sale or refund again and sends it
+    # again) reads resolved once its sale or refund is stored, under the seq it went to
+    # (`stored_seq`, `resolved_at`); the entry stays, the sign that two tills may share
+    # the device's id. Entries set aside before are recognised by their reason.
+    db.executescript(SET_ASIDE_RESOLVED)
 
 
 class SqliteTx(SqlTx):

@@ -146,6 +146,9 @@ class TxResult:
     # CONFLICT because another transaction holds the seq (not the receipt or refund id):
     # the till may number it again and send it again (TransactionResult.seq_taken)
     seq_taken: bool = False
+    # the seq the transaction is stored under (STORED: its own; a DUPLICATE: the one that
+    # holds it), 0 otherwise: resolves a set-aside entry of a seq taken (review 32)
+    stored_as: int = 0
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ class StoredTx:
     delta_pending: int
     pending_activates_at: str
     ingested_at: str
+    fiscal_document: str = ""  # a confirmed receipt's, as the till sent it (§11)
 
 
 @dataclass

@@ -4,7 +4,8 @@ Their schema is in `tillpoint.agent.ledger` (the migration set ``tillpoint.sync`
 owns the file and opens it (`open_ledger`):
 
 - ``sync_state(key, value)``: last pull, last push, last contact, mode, outstanding
-  errors (one per area, cleared when that area works again), last refused snapshot;
+  errors (one per area, cleared when that area works again), last refused snapshot, how
+  many sales and refunds were numbered again and the last one (`ledger.settle_push`);
 - ``sync_set_aside(device_id, seq, payload, outcome, reason, at)``: transactions the hub
   answered CONFLICT or REJECTED. They leave the outbox (so it does not block), stay in
   the journal, and are reported in `status` until someone reviews them.
@@ -126,6 +127,13 @@ def sync_status(ledger_conn: sqlite3.Connection) -> dict[str, Any]:
     if values.get("refused"):
         with contextlib.suppress(ValueError):
             out["lastRefusedSnapshot"] = json.loads(values["refused"])
+    # Status fields 49, 50: the sales and refunds numbered again (`ledger.renumber`: the
+    # hub held their seq with another transaction of this device) and the last one
+    renumbered = values.get("renumbered", "0")
+    out["renumberedTransactions"] = int(renumbered) if renumbered.isdigit() else 0
+    if values.get("renumbered_last"):
+        with contextlib.suppress(ValueError):
+            out["lastRenumbered"] = json.loads(values["renumbered_last"])
     return out
 
 

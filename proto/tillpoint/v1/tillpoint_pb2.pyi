@@ -1631,6 +1631,8 @@ class Status(_message.Message):
     CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     DEVICE_HANDOFF_FAILURES_FIELD_NUMBER: _builtins.int
     DEVICE_HANDOFF_LAST_ERROR_FIELD_NUMBER: _builtins.int
+    RENUMBERED_TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    LAST_RENUMBERED_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     cache_version: _builtins.int
     cache_issued_at: _builtins.str
@@ -1692,8 +1694,19 @@ class Status(_message.Message):
     """
     device_handoff_last_error: _builtins.str
     """The last such failure in one line ("after_checkout: OSError: ..."), "" when none."""
+    renumbered_transactions: _builtins.int
+    """Sales and refunds this till numbered again because the hub held their seq with
+    another transaction of this device (TransactionResult.seq_taken: two tills running
+    under one device id, a wiped or restored ledger), counted in the ledger since it
+    began. Each was sent again and is not an error; above 0, a person checks that no
+    other till runs under this id (docs/CONTRACT.md §9).
+    """
     @_builtins.property
     def last_refused_snapshot(self) -> Global___StatusRefusedSnapshot: ...
+    @_builtins.property
+    def last_renumbered(self) -> Global___StatusRenumbered:
+        """The last one numbered again; unset (null in JSON) while renumbered_transactions is 0."""
+
     def __init__(
         self,
         *,
@@ -1727,14 +1740,54 @@ class Status(_message.Message):
         certificate_expires_at: _builtins.str = ...,
         device_handoff_failures: _builtins.int = ...,
         device_handoff_last_error: _builtins.str = ...,
+        renumbered_transactions: _builtins.int = ...,
+        last_renumbered: Global___StatusRenumbered | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_refused_snapshot", b"last_refused_snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_refused_snapshot", b"last_refused_snapshot", "last_renumbered", b"last_renumbered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_expires_at", b"cache_expires_at", "cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "certificate_expires_at", b"certificate_expires_at", "device_handoff_failures", b"device_handoff_failures", "device_handoff_last_error", b"device_handoff_last_error", "device_id", b"device_id", "display_last_error", b"display_last_error", "display_state", b"display_state", "enrolled", b"enrolled", "hub_acked_through_seq", b"hub_acked_through_seq", "hub_address", b"hub_address", "last_contact_at", b"last_contact_at", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_refused_snapshot", b"last_refused_snapshot", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_last_error", b"printer_last_error", "printer_state", b"printer_state", "scanner_state", b"scanner_state", "set_aside", b"set_aside", "set_aside_transactions", b"set_aside_transactions", "storage_error", b"storage_error", "storage_error_at", b"storage_error_at", "sync_error", b"sync_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_expires_at", b"cache_expires_at", "cache_issued_at", b"cache_issued_at", "cache_version", b"cache_version", "certificate_expires_at", b"certificate_expires_at", "device_handoff_failures", b"device_handoff_failures", "device_handoff_last_error", b"device_handoff_last_error", "device_id", b"device_id", "display_last_error", b"display_last_error", "display_state", b"display_state", "enrolled", b"enrolled", "hub_acked_through_seq", b"hub_acked_through_seq", "hub_address", b"hub_address", "last_contact_at", b"last_contact_at", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_pull_at", b"last_pull_at", "last_push_at", b"last_push_at", "last_refused_snapshot", b"last_refused_snapshot", "last_renumbered", b"last_renumbered", "last_seq", b"last_seq", "mode", b"mode", "outbox_depth", b"outbox_depth", "print_queue_depth", b"print_queue_depth", "printer_last_error", b"printer_last_error", "printer_state", b"printer_state", "renumbered_transactions", b"renumbered_transactions", "scanner_state", b"scanner_state", "set_aside", b"set_aside", "set_aside_transactions", b"set_aside_transactions", "storage_error", b"storage_error", "storage_error_at", b"storage_error_at", "sync_error", b"sync_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Status: _TypeAlias = Status  # noqa: Y015
+
+@_typing.final
+class StatusRenumbered(_message.Message):
+    """A sale or refund the till numbered again (Status.last_renumbered)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SEQ_FIELD_NUMBER: _builtins.int
+    NEW_SEQ_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    REFUND_ID_FIELD_NUMBER: _builtins.int
+    old_seq: _builtins.int
+    """the seq the hub holds with another transaction"""
+    new_seq: _builtins.int
+    """the seq it was given and sent again under"""
+    at: _builtins.str
+    """when (RFC 3339 UTC)"""
+    receipt_id: _builtins.str
+    """the sold receipt (a refund's: the receipt it refunds)"""
+    refund_id: _builtins.str
+    """REFUND only"""
+    def __init__(
+        self,
+        *,
+        old_seq: _builtins.int = ...,
+        new_seq: _builtins.int = ...,
+        at: _builtins.str = ...,
+        receipt_id: _builtins.str = ...,
+        refund_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "new_seq", b"new_seq", "old_seq", b"old_seq", "receipt_id", b"receipt_id", "refund_id", b"refund_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusRenumbered: _TypeAlias = StatusRenumbered  # noqa: Y015
 
 @_typing.final
 class PrintQueueList(_message.Message):
@@ -2313,6 +2366,7 @@ class StoredTransaction(_message.Message):
     POINTS_DELTA_PENDING_FIELD_NUMBER: _builtins.int
     PENDING_ACTIVATES_AT_FIELD_NUMBER: _builtins.int
     INGESTED_AT_FIELD_NUMBER: _builtins.int
+    FISCAL_DOCUMENT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     seq: _builtins.int
     kind: Global___TransactionKind.ValueType
@@ -2332,6 +2386,8 @@ class StoredTransaction(_message.Message):
     """UTC, when points_delta_pending != 0"""
     ingested_at: _builtins.str
     """when the hub stored it (UTC)"""
+    fiscal_document: _builtins.str
+    """the POS's fiscal document of a confirmed receipt"""
     def __init__(
         self,
         *,
@@ -2347,10 +2403,11 @@ class StoredTransaction(_message.Message):
         points_delta_pending: _builtins.int = ...,
         pending_activates_at: _builtins.str = ...,
         ingested_at: _builtins.str = ...,
+        fiscal_document: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "ingested_at", b"ingested_at", "kind", b"kind", "pending_activates_at", b"pending_activates_at", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "receipt_id", b"receipt_id", "refund_id", b"refund_id", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "fiscal_document", b"fiscal_document", "ingested_at", b"ingested_at", "kind", b"kind", "pending_activates_at", b"pending_activates_at", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "receipt_id", b"receipt_id", "refund_id", b"refund_id", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
