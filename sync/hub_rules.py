@@ -368,6 +368,10 @@ class HubRules:
         except ValueError as exc:
             reason = str(exc)
             self._set_aside(tx, t, "REJECTED", reason, content, now)
+            # never counted: the hold `authorise` placed for it while it was unsent (its
+            # "seq:N") goes with it, or the hub held its spend from the other tills for
+            # the hold's whole time (review 32: an earlier release's NUL receiptId)
+            settled[t.device_id].append(f"seq:{t.seq}")
             return TxResult(t.seq, "REJECTED", reason)
         twin = self._booked_before(tx, t, fields)
         if twin is not None:  # DUPLICATE or CONFLICT: never counted twice
