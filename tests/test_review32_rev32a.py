@@ -128,3 +128,196 @@ def test_a_rejected_unsent_sale_holds_nothing_at_the_hub_once_pushed(
     finally:
         other.stop()
         till.stop()
+
+
+# ---------------------------------------------------------------- a sale numbered again
+
+
+def lost_ack_push(till: Any) -> None:
+    """The till's next push as `Pusher.push_batch` sends it (the same batch id), whose
+    answer never reaches the till (the link dropped on the way back): the hub decided it."""
+    import hashlib
+
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    pusher = Pusher(till.data_dir, till.device_id, till.link, call_timeout_s=5)
+    try:
+        pusher.know_mark()
+        rows = pusher._batch()
+        batch_id = hashlib.sha256(
+            "\n".join(f"{seq}:{hashlib.sha256(p.encode()).hexdigest()}" for seq, p in rows).encode()
+        ).hexdigest()[:32]
+        request = pb.TransactionBatch(
+            device_id=till.device_id,
+            transactions=[pusher._transaction(seq, p) for seq, p in rows],
+            batch_id=batch_id,
+        )
+        till.link.stub.PushTransactions(request, timeout=5)  # the answer is lost
+    finally:
+        pusher.close()
+
+
+def test_a_sale_numbered_again_answers_its_replays_and_refunds_with_its_new_seq(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §9 (a seq the hub holds with another transaction is numbered again), §11,
+    §6. Till W pushed sales 1 and 2; its disk is wiped, it is enrolled again and sells from
+    the hub's first snapshot file before it reaches its hub: n-1 held and confirmed (10
+    points redeemed), n-2 sold and refunded in part, under seqs 1 to 3. Its first push's
+    answer is lost on the way back: the hub set 1 and 2 aside (taken) and stored the refund,
+    and a snapshot passing them reaches the till before the push is tried again. Pinned:
+    the till and the hub then agree (neither counts n-1 nor n-2 yet: nothing twice); the
+    retried push is answered as the hub decided (its stored answer), the two sales are
+    numbered 4 and 5 and stored once; the POS's retries (Checkout, Hold, Confirm, Quote,
+    the refund) answer the figures as committed, the sales under their new seqs; a refund
+    after the renumbering goes through; the hub's books and balance are the till's."""
+    data_dir = tmp_path / "w"
+    till = enrolled_till(hub, data_dir, "till-w")
+    for i in (1, 2):
+        till.agent.checkout(receipt_from_json(hub_receipt(f"w-{i}", ANNA)))
+    assert drain(till) == 2
+    till.stop()
+    shutil.rmtree(data_dir)
+
+    hub.enroll("till-w", data_dir)  # `hub enroll till-w --renew`, `sync install`
+    bodies = {rid: hub_receipt(rid, ANNA, redeem=10 if rid == "n-1" else 0) for rid in ("n-1", "n-2")}
+    agent = Agent(data_dir, "till-w")
+    try:
+        agent.load_snapshot(hub.store.snapshot_doc(1, 0))  # the file the technician had
+        held = agent.hold(receipt_from_json(bodies["n-1"]))
+        first = {"n-1": agent.confirm("n-1"), "n-2": agent.checkout(receipt_from_json(bodies["n-2"]))}
+        refund = refund_body("n-2-r", "n-2")
+        returned = agent.refund(refund_from_json(refund))
+    finally:
+        agent.close()
+    assert held.state == "HELD" and first["n-1"].redeemed_points == 10
+    assert (first["n-1"].seq, first["n-2"].seq, returned.seq) == (1, 2, 3)
+
+    till = hub.till("till-w", data_dir, start=False)
+    try:
+        lost_ack_push(till)
+        assert hub.store.applied_through("till-w") == 3
+        hub.publish()
+        pull(till)
+        # the snapshot passes seqs 1-3 before the till has numbered its sales again: the
+        # hub counts neither sale yet, nor does the till (nothing counted twice)
+        assert till_points(till.agent) == hub_points(hub)
+
+        drain(till)  # the hub's stored answer: both numbered again, then sent and stored
+        assert ledger_rows(data_dir, "SELECT count(*) FROM outbox") == [(0,)]
+        journal = ledger_rows(data_dir, "SELECT seq, ref_id FROM journal ORDER BY seq")
+        assert journal == [(3, "n-2-r"), (4, "n-1"), (5, "n-2")]
+        assert ledger_rows(data_dir, "SELECT count(*) FROM sync_set_aside") == [(0,)]
+        books = [(e.seq, e.ref_id) for e in hub.store.ledger("till-w")]
+        assert books == [(1, "w-1"), (2, "w-2"), (3, "n-2-r"), (4, "n-1"), (5, "n-2")]
+        hub.publish()
+        pull(till)
+        assert till_points(till.agent) == hub_points(hub)
+
+        # the POS retries: the figures as committed, each sale under the seq it goes by now
+        for rid, seq in (("n-1", 4), ("n-2", 5)):
+            again = till.agent.checkout(receipt_from_json(bodies[rid]))
+            assert again.to_json() == {**first[rid].to_json(), "seq": seq}
+            assert till.agent.hold(receipt_from_json(bodies[rid])).seq == seq
+            quoted = till.agent.quote(receipt_from_json(bodies[rid])).to_json()
+            assert quoted["totalMinor"] == first[rid].total_minor
+            assert quoted["redeemedPoints"] == first[rid].redeemed_points
+        assert till.agent.confirm("n-1").seq == 4
+        assert till.agent.refund(refund_from_json(refund)) == returned
+
+        later = till.agent.refund(refund_from_json(refund_body("n-1-r", "n-1", qty="2")))
+        assert later.seq == 6 and later.returned_points == 10  # all it redeemed, back
+        assert drain(till) == 1
+        hub.publish()
+        pull(till)
+        assert till_points(till.agent) == hub_points(hub)
+        assert hub.store.applied_through("till-w") == 6
+    finally:
+        till.stop()
+
+
+def expiring_data() -> dict[str, Any]:
+    """The sample data with points that expire (CONTRACT §16): a year after they are
+    earned; 200 of Anna's 1,200 at the end of January."""
+    data = sample_master_data()
+    data["program"]["pointsLifetimeDays"] = 365
+    data["customers"][0]["expiring"] = [{"points": 200, "expiresAt": "2027-01-31T20:59:59Z"}]
+    return data
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def expiring_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LoopbackHub]:
+    store = None
+    if request.param == "postgresql":
+        store = str(request.getfixturevalue("pg_url"))
+    hub = LoopbackHub(tmp_path / "hub", data=expiring_data(), store=store)
+    yield hub
+    hub.stop()
+
+
+def test_a_refund_pushed_with_its_sale_numbered_again_is_numbered_again_after_it(
+    expiring_hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §9, §16 (a refund gives its points back to the batches its sale took them
+    from). Till W, wiped and enrolled again, sells from the hub's first snapshot file
+    before it reaches its hub: n-1 redeems 50 of Anna's points (the 200 that expire at the
+    end of January go first) and is refunded in part (25 back into that batch), seqs 1
+    and 2; the hub holds seq 1 of W's old disk. In the first push the hub answered the
+    sale's seq taken and stored the refund: the refund counted without its sale, and the
+    snapshot published then said 200 - 4 points expire in January (the refund's take-back
+    off them, its give-back in no batch), so the till, adding its own sale to it, told
+    Anna 146 of her points expire in January where 175 do, until a snapshot after the
+    sale. A refund of a sale numbered again in the same push is now answered the same
+    (`seqTaken`): the till numbers it again after its sale, and the hub never counts it
+    without the sale; the till's figures stay its own all along."""
+    hub = expiring_hub
+    data_dir = tmp_path / "w"
+    till = enrolled_till(hub, data_dir, "till-w")
+    till.agent.checkout(receipt_from_json(hub_receipt("w-1", ANNA)))
+    assert drain(till) == 1
+    till.stop()
+    shutil.rmtree(data_dir)
+
+    hub.enroll("till-w", data_dir)
+    agent = Agent(data_dir, "till-w")
+    try:
+        agent.load_snapshot(hub.store.snapshot_doc(1, 0))
+        sold = agent.checkout(receipt_from_json(hub_receipt("n-1", ANNA, redeem=50)))
+        returned = agent.refund(refund_from_json(refund_body("n-1-r", "n-1")))
+        own = agent.balance(ANNA)
+    finally:
+        agent.close()
+    assert (sold.seq, returned.seq, returned.returned_points) == (1, 2, 25)
+    assert own.expiring[0].points == 175
+
+    till = hub.till("till-w", data_dir, start=False)
+    pusher = Pusher(till.data_dir, "till-w", till.link, call_timeout_s=5)
+    try:
+        pusher.know_mark()
+        pusher.push_batch()  # the first push alone, then a snapshot before the next one
+        assert [e.ref_id for e in hub.store.ledger("till-w")] == ["w-1"]
+        assert hub.store.applied_through("till-w") == 2
+        hub.publish()
+        pull(till)
+        mid = till.agent.balance(ANNA)
+        assert mid.expiring[0].points == 175  # was 146
+        assert mid.available_points == own.available_points + 12  # w-1's, now in
+
+        assert pusher.drain() == 2
+        journal = ledger_rows(data_dir, "SELECT seq, ref_id FROM journal ORDER BY seq")
+        assert journal == [(3, "n-1"), (4, "n-1-r")]  # the refund after its sale
+        assert [(e.seq, e.ref_id) for e in hub.store.ledger("till-w")] == [
+            (1, "w-1"),
+            (3, "n-1"),
+            (4, "n-1-r"),
+        ]
+        words = {a["seq"]: a["reason"] for a in hub.store.set_aside_transactions("till-w")}
+        assert "two tills may be running as till-w" in words[1]
+        assert "its sale n-1 is numbered again" in words[2]
+        hub.publish()
+        pull(till)
+        assert till.agent.balance(ANNA) == mid
+        assert till_points(till.agent) == hub_points(hub)
+    finally:
+        pusher.close()
+        till.stop()
