@@ -311,8 +311,10 @@ class HubRules:
                 stored.update({(dev, seq): content for seq, content in known.items()})
             settled: dict[str, list[str]] = defaultdict(list)  # device -> hold receipt keys
             sold: dict[str, list[str]] = defaultdict(list)  # device -> receipts sold
+            # (device, receipt) of the batch's sales whose seq is taken: numbered again
+            renumbered: set[tuple[str, str]] = set()
             results = [
-                self._ingest_one(tx, t, content, program, now, stored, settled, sold)
+                self._ingest_one(tx, t, content, program, now, stored, settled, sold, renumbered)
                 for t, content in zip(txs, contents, strict=True)
             ]
             # The holds these transactions make real: their receipts', and those of
@@ -349,6 +351,7 @@ class HubRules:
         stored: dict[tuple[str, int], str],
         settled: dict[str, list[str]],
         sold: dict[str, list[str]],
+        renumbered: set[tuple[str, str]],
     ) -> TxResult:
         existing = stored.get((t.device_id, t.seq))
         if existing is not None:
@@ -362,7 +365,22 @@ class HubRules:
             self._set_aside(tx, t, "CONFLICT", reason, content, now)
             # the till numbers it again and sends it again (review 32): then the dedupe
             # on its receipt or refund id (`_booked_before`) decides
+            if t.kind == "CHECKOUT" and _request_receipt(t):
+                renumbered.add((t.device_id, _request_receipt(t)))
             return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
+        if t.kind == "REFUND" and renumbered:
+            receipt_id = _request_receipt(t)
+            if (t.device_id, receipt_id) in renumbered:
+                # its sale, earlier in this batch, comes back under a seq above this one:
+                # stored now, the refund would count without its sale (its points given
+                # back into no batch, §16) until the sale came; numbered again after it
+                reason = (
+                    f"its sale {receipt_id} is numbered again at the till (the hub holds its"
+                    f" seq with another transaction of {t.device_id}): the refund is numbered"
+                    " again after it, never counted without its sale"
+                )
+                self._set_aside(tx, t, "CONFLICT", reason, content, now)
+                return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
         try:
             fields = self.settle(tx, t, program)
         except ValueError as exc:
@@ -1251,6 +1269,16 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
     else:
         row.pop("expiring", None)
     return str(canon(row))
+
+
+def _request_receipt(t: TxIn) -> str:
+    """The receiptId of a transaction's request (a refund's: its sale's), "" when it has
+    none it can read (`settle` says what is wrong with it then)."""
+    try:
+        request = json.loads(t.request_json)
+    except (ValueError, TypeError, RecursionError):
+        return ""
+    return str(request.get("receiptId") or "") if isinstance(request, dict) else ""
 
 
 def _storable_id(name: str, value: str) -> None:

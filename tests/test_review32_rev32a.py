@@ -8,7 +8,6 @@ refund id aside as REJECTED. Real parts: the reference hub on SQLite and on Post
 
 from __future__ import annotations
 
-import random
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -164,13 +163,14 @@ def test_a_sale_numbered_again_answers_its_replays_and_refunds_with_its_new_seq(
     §6. Till W pushed sales 1 and 2; its disk is wiped, it is enrolled again and sells from
     the hub's first snapshot file before it reaches its hub: n-1 held and confirmed (10
     points redeemed), n-2 sold and refunded in part, under seqs 1 to 3. Its first push's
-    answer is lost on the way back: the hub set 1 and 2 aside (taken) and stored the refund,
-    and a snapshot passing them reaches the till before the push is tried again. Pinned:
-    the till and the hub then agree (neither counts n-1 nor n-2 yet: nothing twice); the
-    retried push is answered as the hub decided (its stored answer), the two sales are
-    numbered 4 and 5 and stored once; the POS's retries (Checkout, Hold, Confirm, Quote,
-    the refund) answer the figures as committed, the sales under their new seqs; a refund
-    after the renumbering goes through; the hub's books and balance are the till's."""
+    answer is lost on the way back: the hub set 1 and 2 aside (taken) and 3 with them (the
+    refund of a sale numbered again goes after it), and a snapshot passing them reaches
+    the till before the push is tried again. Pinned: the till and the hub then agree
+    (neither counts n-1, n-2 nor the refund yet: nothing twice); the retried push is
+    answered as the hub decided (its stored answer), the three are numbered 4 to 6 and
+    stored once; the POS's retries (Checkout, Hold, Confirm, Quote, the refund) answer
+    the figures as committed, under the seqs they go by now; a refund after the
+    renumbering goes through; the hub's books and balance are the till's."""
     data_dir = tmp_path / "w"
     till = enrolled_till(hub, data_dir, "till-w")
     for i in (1, 2):
@@ -180,12 +180,17 @@ def test_a_sale_numbered_again_answers_its_replays_and_refunds_with_its_new_seq(
     shutil.rmtree(data_dir)
 
     hub.enroll("till-w", data_dir)  # `hub enroll till-w --renew`, `sync install`
-    bodies = {rid: hub_receipt(rid, ANNA, redeem=10 if rid == "n-1" else 0) for rid in ("n-1", "n-2")}
+    bodies = {
+        rid: hub_receipt(rid, ANNA, redeem=10 if rid == "n-1" else 0) for rid in ("n-1", "n-2")
+    }
     agent = Agent(data_dir, "till-w")
     try:
         agent.load_snapshot(hub.store.snapshot_doc(1, 0))  # the file the technician had
         held = agent.hold(receipt_from_json(bodies["n-1"]))
-        first = {"n-1": agent.confirm("n-1"), "n-2": agent.checkout(receipt_from_json(bodies["n-2"]))}
+        first = {
+            "n-1": agent.confirm("n-1"),
+            "n-2": agent.checkout(receipt_from_json(bodies["n-2"])),
+        }
         refund = refund_body("n-2-r", "n-2")
         returned = agent.refund(refund_from_json(refund))
     finally:
@@ -199,17 +204,17 @@ def test_a_sale_numbered_again_answers_its_replays_and_refunds_with_its_new_seq(
         assert hub.store.applied_through("till-w") == 3
         hub.publish()
         pull(till)
-        # the snapshot passes seqs 1-3 before the till has numbered its sales again: the
-        # hub counts neither sale yet, nor does the till (nothing counted twice)
+        # the snapshot passes seqs 1-3 before the till has numbered them again: the hub
+        # counts none of them yet, nor does the till (nothing counted twice)
         assert till_points(till.agent) == hub_points(hub)
 
         drain(till)  # the hub's stored answer: both numbered again, then sent and stored
         assert ledger_rows(data_dir, "SELECT count(*) FROM outbox") == [(0,)]
         journal = ledger_rows(data_dir, "SELECT seq, ref_id FROM journal ORDER BY seq")
-        assert journal == [(3, "n-2-r"), (4, "n-1"), (5, "n-2")]
+        assert journal == [(4, "n-1"), (5, "n-2"), (6, "n-2-r")]
         assert ledger_rows(data_dir, "SELECT count(*) FROM sync_set_aside") == [(0,)]
         books = [(e.seq, e.ref_id) for e in hub.store.ledger("till-w")]
-        assert books == [(1, "w-1"), (2, "w-2"), (3, "n-2-r"), (4, "n-1"), (5, "n-2")]
+        assert books == [(1, "w-1"), (2, "w-2"), (4, "n-1"), (5, "n-2"), (6, "n-2-r")]
         hub.publish()
         pull(till)
         assert till_points(till.agent) == hub_points(hub)
@@ -223,15 +228,16 @@ def test_a_sale_numbered_again_answers_its_replays_and_refunds_with_its_new_seq(
             assert quoted["totalMinor"] == first[rid].total_minor
             assert quoted["redeemedPoints"] == first[rid].redeemed_points
         assert till.agent.confirm("n-1").seq == 4
-        assert till.agent.refund(refund_from_json(refund)) == returned
+        again_refund = till.agent.refund(refund_from_json(refund)).to_json()
+        assert again_refund == {**returned.to_json(), "seq": 6}
 
         later = till.agent.refund(refund_from_json(refund_body("n-1-r", "n-1", qty="2")))
-        assert later.seq == 6 and later.returned_points == 10  # all it redeemed, back
+        assert later.seq == 7 and later.returned_points == 10  # all it redeemed, back
         assert drain(till) == 1
         hub.publish()
         pull(till)
         assert till_points(till.agent) == hub_points(hub)
-        assert hub.store.applied_through("till-w") == 6
+        assert hub.store.applied_through("till-w") == 7
     finally:
         till.stop()
 
@@ -256,7 +262,7 @@ def expiring_hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Loo
 
 
 def test_a_refund_pushed_with_its_sale_numbered_again_is_numbered_again_after_it(
-    expiring_hub: LoopbackHub, tmp_path: Path
+    expiring_hub: LoopbackHub, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """CONTRACT §9, §16 (a refund gives its points back to the batches its sale took them
     from). Till W, wiped and enrolled again, sells from the hub's first snapshot file
@@ -294,7 +300,11 @@ def test_a_refund_pushed_with_its_sale_numbered_again_is_numbered_again_after_it
     pusher = Pusher(till.data_dir, "till-w", till.link, call_timeout_s=5)
     try:
         pusher.know_mark()
-        pusher.push_batch()  # the first push alone, then a snapshot before the next one
+        with caplog.at_level("WARNING"):
+            pusher.push_batch()  # the first push alone, then a snapshot before the next one
+        said = [r.getMessage() for r in caplog.records if r.name == "tillpoint.sync"]
+        assert any("seq 2 of till-w numbered again as seq 4" in m for m in said), said
+        assert any("its sale n-1 is numbered again" in m for m in said), said
         assert [e.ref_id for e in hub.store.ledger("till-w")] == ["w-1"]
         assert hub.store.applied_through("till-w") == 2
         hub.publish()
