@@ -331,3 +331,59 @@ def test_a_refund_pushed_with_its_sale_numbered_again_is_numbered_again_after_it
     finally:
         pusher.close()
         till.stop()
+
+
+def test_an_unsent_sale_under_a_taken_seq_is_held_for_the_other_tills(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §9: an enrolled till's unsent sale counts at the hub as the sale will once
+    pushed, and its spend is held for the other tills. Till W, wiped and enrolled again,
+    sold n-1 to Anna from the hub's first snapshot file (50 points redeemed, 9 earned)
+    under seq 1, which the hub holds with W's old disk's sale. W, online again before its
+    push, asks the hub for n-2's redemption with n-1 among its unsent movements: the hub
+    took n-1 for counted (a transaction is stored under its seq) and held nothing for it,
+    so till B was granted all of Anna's live balance but n-2's hold, and once W's push
+    brought n-1 (numbered again since review 32, and counted) Anna's points, but what B's
+    own sale earned, were below zero. A movement whose seq the hub holds with another
+    receipt is unsent: counted and held as any."""
+    data_dir = tmp_path / "w"
+    till = enrolled_till(hub, data_dir, "till-w")
+    till.agent.checkout(receipt_from_json(hub_receipt("w-1", ANNA)))
+    assert drain(till) == 1
+    till.stop()
+    shutil.rmtree(data_dir)
+
+    hub.enroll("till-w", data_dir)
+    agent = Agent(data_dir, "till-w")
+    try:
+        agent.load_snapshot(hub.store.snapshot_doc(1, 0))  # the file the technician had
+        sold = agent.checkout(receipt_from_json(hub_receipt("n-1", ANNA, redeem=50)))
+    finally:
+        agent.close()
+    assert (sold.seq, sold.redeemed_points, sold.earned_points) == (1, 50, 9)
+
+    till = hub.till("till-w", data_dir, start=False)
+    other = enrolled_till(hub, tmp_path / "b", "till-b")
+    try:
+        hub.publish()
+        pull(other)  # till B knows W's old sale
+        asked = till.agent.checkout(receipt_from_json(hub_receipt("n-2", ANNA, redeem=10)))
+        assert (asked.mode, asked.redeemed_points) == ("ONLINE", 10)
+        assert hub_held(hub) == 41 + 10  # n-1's net spend (was 0) and n-2's hold
+
+        live = hub_points(hub)[0]
+        assert live == 1200 + 12  # the hub has W's old sale, neither of the new ones
+        lines = [{"sku": MILK, "qty": "1000", "priceMinor": 8990}]
+        big = other.agent.checkout(
+            receipt_from_json(hub_receipt("b-1", ANNA, redeem=live, lines=lines))
+        )
+        assert (big.mode, big.redeemed_points) == ("ONLINE", live - 51)  # was live - 10
+
+        drain(till)
+        assert drain(other) == 1
+        assert sorted(e.ref_id for e in hub.store.ledger("till-w")) == ["n-1", "n-2", "w-1"]
+        assert hub_points(hub)[0] - big.earned_points >= 0  # was -30
+        assert hub_held(hub) == 0
+    finally:
+        other.stop()
+        till.stop()
