@@ -115,7 +115,10 @@ class HubTx(Protocol):
         ...
 
     # -- the ledger
-    def stored_content(self, device_id: str, seq: int) -> str | None: ...
+    def stored_receipt(self, device_id: str, seq: int) -> str | None:
+        """The receiptId of the transaction stored under (device, seq) (a refund's: its
+        sale's); None when none is."""
+        ...
 
     def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
         """The content hashes of those of `seqs` the device has stored (one round trip)."""
@@ -367,6 +370,9 @@ class HubRules:
             # on its receipt or refund id (`_booked_before`) decides
             if t.kind == "CHECKOUT" and _request_receipt(t):
                 renumbered.add((t.device_id, _request_receipt(t)))
+            # what was held for it unsent under this seq goes: the till sends it (and
+            # asks with it) under its new seq from now on
+            settled[t.device_id].append(f"seq:{t.seq}")
             return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
         if t.kind == "REFUND" and renumbered:
             receipt_id = _request_receipt(t)
@@ -380,6 +386,7 @@ class HubRules:
                     " again after it, never counted without its sale"
                 )
                 self._set_aside(tx, t, "CONFLICT", reason, content, now)
+                settled[t.device_id].append(f"seq:{t.seq}")  # as for its sale, above
                 return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
         try:
             fields = self.settle(tx, t, program)
@@ -677,8 +684,12 @@ class HubRules:
             expires = now + timedelta(seconds=hold_ttl_s)
             mine = {receipt_id}
             for item in unsynced:
-                if tx.stored_content(device_id, item.seq) is not None:
-                    continue
+                stored = tx.stored_receipt(device_id, item.seq)
+                if stored is not None and stored == (item.receipt_id or stored):
+                    continue  # received (an id the hub refuses is sent as "": by its seq)
+                # Another receipt under its seq (two tills under one device id, a wiped
+                # till's sales) is not this movement: the till numbers it again and sends
+                # it (review 32), and it counts and is held until then as any unsent one
                 # The till's own movement the hub has not received: it counts now, and a
                 # spend is held for the other tills until the transaction arrives (its
                 # receipt's own hold, if any, is replaced so nothing is held twice). A
