@@ -495,3 +495,93 @@ def test_two_cloned_tills_racing_for_many_rounds_converge(
         for till in tills.values():
             till.stop()
         hub.stop()
+
+
+# ---------------------------------------------------------------- a hub restored from a backup
+
+
+def test_a_hub_restored_from_a_backup_after_a_renumbering_counts_the_tills_later_sales(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §9 (a hub restored from a backup: what it acknowledged since is sent again;
+    its mark for the device goes on). Till W's old disk sold w-1 and w-2 and pushed them;
+    the hub's nightly backup is older. W's disk is wiped, W enrolled again; it sells n-1
+    and n-2 from a snapshot file under seqs 1 and 2, which the hub holds with the old
+    disk's sales: numbered again as 3 and 4, stored. Then the hub's disk is lost and the
+    backup comes back: the old disk's two sales are gone for good (nobody has them), and
+    so are W's seqs 1 and 2 for the hub. W sent 3 and 4 again, but nothing for 1 and 2
+    (what it numbered again left no trace of its old seqs; until review 32 they were kept,
+    set aside, and filled the gap): the hub's mark for W stopped at 0 for good, and none
+    of W's later sales reached a snapshot. An old seq now stays kept as one discarded here,
+    and a hub that lost it is told so (DISCARDED: nothing counted)."""
+    from tillpoint.agent.app import till_agent
+    from tillpoint.sync import pki
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import Till
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data_dir = tmp_path / "w"
+    till = enrolled_till(hub, data_dir, "till-w")
+    backup = tmp_path / "hub-backup.db"
+    source, target = sqlite3.connect(hub.dir.sqlite_path), sqlite3.connect(backup)
+    try:
+        source.backup(target)  # last night's: nothing of till-w's yet
+    finally:
+        source.close()
+        target.close()
+    try:
+        for i in (1, 2):
+            till.agent.checkout(receipt_from_json(hub_receipt(f"w-{i}", ANNA)))
+        assert drain(till) == 2
+    finally:
+        till.stop()
+    shutil.rmtree(data_dir)
+
+    identity = pki.issue_device(hub.dir.keys, "till-w")  # `hub enroll till-w --renew`
+    hub.store.enroll("till-w", identity.fingerprint, datetime.now(UTC))
+    enrollment = pki.install_bundle(
+        data_dir, pki.make_bundle(hub.dir.keys, identity, hub.address), "till-w"
+    )
+    agent = Agent(data_dir, "till-w")
+    try:
+        agent.load_snapshot(hub.store.snapshot_doc(1, 0))  # the file the technician had
+        for i in (1, 2):
+            agent.checkout(receipt_from_json(hub_receipt(f"n-{i}", ANNA)))
+    finally:
+        agent.close()
+    link = HubLink(hub.address, enrollment)
+    authoriser = HubAuthoriser(link, data_dir, "till-w", 0.3)
+    till = Till(
+        "till-w", data_dir, till_agent(data_dir, "till-w", hub=authoriser), link, None, authoriser
+    )
+    try:
+        drain(till)
+        assert [(e.seq, e.ref_id) for e in hub.store.ledger("till-w")] == [
+            (1, "w-1"),
+            (2, "w-2"),
+            (3, "n-1"),
+            (4, "n-2"),
+        ]
+
+        hub.stop()  # the hub's disk is lost; last night's backup comes back
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{hub.dir.sqlite_path}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(backup, hub.dir.sqlite_path)
+        hub.restart()
+        hub.store.enroll("till-w", identity.fingerprint, datetime.now(UTC))  # enrolled again
+        till.agent.checkout(receipt_from_json(hub_receipt("n-3", ANNA)))
+        drain(till)
+        drain(till)  # what the answer showed lost
+        assert [(e.seq, e.ref_id) for e in hub.store.ledger("till-w")] == [
+            (3, "n-1"),
+            (4, "n-2"),
+            (5, "n-3"),
+        ]
+        assert hub.store.applied_through("till-w") == 5  # was 0, for good
+        hub.publish()
+        pull(till)
+        assert till_points(till.agent) == hub_points(hub) == (1200 + 3 * 12, 0)
+    finally:
+        till.stop()
+        hub.stop()
