@@ -451,7 +451,8 @@ class HubRules:
             raise ValueError("seq must be 1 or more")
         if t.kind == "DISCARDED":
             raise ValueError(
-                "discarded unsent at the till (`tillpoint reset --force`): nothing to count"
+                "discarded unsent at the till (`tillpoint reset --force`, or a seq it"
+                " numbered again and a hub restored from a backup lost): nothing to count"
             )
         if t.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
             raise ValueError(f"unknown kind {t.kind!r}")
