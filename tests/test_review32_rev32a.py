@@ -585,3 +585,54 @@ def test_a_hub_restored_from_a_backup_after_a_renumbering_counts_the_tills_later
     finally:
         till.stop()
         hub.stop()
+
+
+def test_a_hold_asked_between_a_lost_answer_and_its_retry_holds_nothing_for_good(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §9, §11. Till W, wiped and enrolled again, sold n-1 to Anna from a snapshot
+    file (50 points redeemed, 9 earned) under seq 1, which the hub holds with W's old
+    disk's sale. W's push is answered seq taken, but the answer is lost on the way back;
+    then Anna's next basket is held at W (n-2, 10 points): W asks the hub with n-1 still
+    unsent, and the hub holds n-1's 41 points under its seq for the other tills. W's
+    retried push got the hub's stored answer, and n-1 numbered again and stored: the hold
+    under its old seq stayed, 41 of Anna's points held from every till for 30 minutes
+    over a sale already counted. The stored answer, given again, lets go of the holds of
+    the seqs it set aside, as it did the first time."""
+    data_dir = tmp_path / "w"
+    till = enrolled_till(hub, data_dir, "till-w")
+    till.agent.checkout(receipt_from_json(hub_receipt("w-1", ANNA)))
+    assert drain(till) == 1
+    till.stop()
+    shutil.rmtree(data_dir)
+
+    hub.enroll("till-w", data_dir)
+    agent = Agent(data_dir, "till-w")
+    try:
+        agent.load_snapshot(hub.store.snapshot_doc(1, 0))  # the file the technician had
+        sold = agent.checkout(receipt_from_json(hub_receipt("n-1", ANNA, redeem=50)))
+    finally:
+        agent.close()
+    assert (sold.seq, sold.redeemed_points, sold.earned_points) == (1, 50, 9)
+
+    till = hub.till("till-w", data_dir, start=False)
+    try:
+        lost_ack_push(till)
+        held = till.agent.hold(receipt_from_json(hub_receipt("n-2", ANNA, redeem=10)))
+        assert (held.mode, held.redeemed_points) == ("ONLINE", 10)
+        assert hub_held(hub) == 41 + 10  # n-1's net spend, unsent, and n-2's hold
+
+        drain(till)  # the stored answer: n-1 numbered again as 2, sent, stored
+        assert [(e.seq, e.ref_id) for e in hub.store.ledger("till-w")] == [
+            (1, "w-1"),
+            (2, "n-1"),
+        ]
+        assert hub_held(hub) == 10  # n-2's alone (was 51: n-1's spend held twice)
+        assert till.agent.confirm("n-2").seq == 3
+        drain(till)
+        assert hub_held(hub) == 0
+        hub.publish()
+        pull(till)
+        assert till_points(till.agent) == hub_points(hub)
+    finally:
+        till.stop()
