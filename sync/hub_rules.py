@@ -295,7 +295,7 @@ class HubRules:
                 found = tx.batch_answer(device_id, batch_id)
                 if found is not None and found[0] == batch_hash:
                     answer = json.loads(found[1])
-                    results = tuple(
+                    answered = tuple(
                         # [seq, outcome, reason] and, since review 32, seq_taken
                         TxResult(int(r[0]), str(r[1]), str(r[2]), bool(r[3:] and r[3]))
                         for r in answer["results"]
@@ -304,12 +304,12 @@ class HubRules:
                     # aside (the answer lost, the sale still unsent there) goes, as it did
                     # the first time (`_ingest_one`): the till sends it under its new seq
                     gone = [
-                        f"seq:{r.seq}" for r in results if r.seq_taken or r.outcome == "REJECTED"
+                        f"seq:{r.seq}" for r in answered if r.seq_taken or r.outcome == "REJECTED"
                     ]
                     if gone:
                         tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
                         tx.settle_holds(device_id, gone)
-                    return IngestResult(int(answer["ackedThrough"]), results, replayed=True)
+                    return IngestResult(int(answer["ackedThrough"]), answered, replayed=True)
             # The customers whose holds this batch settles, before anything is read.
             tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
             program = self.program(tx)
