@@ -1143,22 +1143,24 @@ def discarded_pending(conn: sqlite3.Connection, device_id: str) -> int:
     return int(row[0])
 
 
+def _discarded_payload(device_id: str, seq: int, at: str) -> str:
+    """The DISCARDED transaction that tells the hub of seq `seq` discarded unsent."""
+    return json.dumps(
+        {
+            "deviceId": device_id,
+            "seq": seq,
+            "kind": DISCARDED,
+            "at": at,
+            "requestJson": "{}",
+            "resultJson": "{}",
+        }
+    )
+
+
 def discarded_batch(conn: sqlite3.Connection, device_id: str, limit: int) -> list[OutboxRow]:
     """The oldest `limit` DISCARDED transactions still to tell the hub, as outbox rows."""
     return [
-        OutboxRow(
-            int(seq),
-            json.dumps(
-                {
-                    "deviceId": device_id,
-                    "seq": int(seq),
-                    "kind": DISCARDED,
-                    "at": str(at),
-                    "requestJson": "{}",
-                    "resultJson": "{}",
-                }
-            ),
-        )
+        OutboxRow(int(seq), _discarded_payload(device_id, int(seq), str(at)))
         for seq, at in conn.execute(
             "SELECT seq, at FROM sync_discarded WHERE device_id = ? ORDER BY seq LIMIT ?",
             (device_id, limit),
@@ -1506,6 +1508,17 @@ def settle_push(
         if moved:
             _count_renumbered(conn, device_id, moved, now)
         answered_by(conn, hub)
+        # the old seq of one numbered again is decided at the hub (set aside: another
+        # transaction holds it), and kept with the acknowledged ones as a seq discarded
+        # here: a hub restored from a backup that lost it is told so (`requeue_lost`:
+        # DISCARDED, nothing counted), or its mark for the device stopped there for good
+        # (a wiped till's old disk, whose sale held it, is gone). It replaces any row kept
+        # under it (one sent again to a restored hub, then numbered again).
+        conn.executemany(
+            "INSERT OR REPLACE INTO sync_sent (device_id, seq, payload, created_at, texts,"
+            " sent_at) VALUES (?, ?, ?, ?, NULL, ?)",
+            [(device_id, old, _discarded_payload(device_id, old, now), now, now) for old in moved],
+        )
         # kept a while, to be sent again to a hub restored from a backup (`requeue_lost`):
         # what it stored, and what it decided otherwise (set aside, a discarded seq),
         # without which its mark for the device would stop there after a restore

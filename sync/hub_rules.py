@@ -116,7 +116,10 @@ class HubTx(Protocol):
         ...
 
     # -- the ledger
-    def stored_content(self, device_id: str, seq: int) -> str | None: ...
+    def stored_receipt(self, device_id: str, seq: int) -> str | None:
+        """The receiptId of the transaction stored under (device, seq) (a refund's: its
+        sale's); None when none is."""
+        ...
 
     def stored_contents(self, device_id: str, seqs: list[int]) -> dict[int, str]:
         """The content hashes of those of `seqs` the device has stored (one round trip)."""
@@ -309,15 +312,21 @@ class HubRules:
                 found = tx.batch_answer(device_id, batch_id)
                 if found is not None and found[0] == batch_hash:
                     answer = json.loads(found[1])
-                    return IngestResult(
-                        acked_through=int(answer["ackedThrough"]),
-                        results=tuple(
-                            # [seq, outcome, reason] and, since review 32, seq_taken
-                            TxResult(int(r[0]), str(r[1]), str(r[2]), bool(r[3:] and r[3]))
-                            for r in answer["results"]
-                        ),
-                        replayed=True,
+                    answered = tuple(
+                        # [seq, outcome, reason] and, since review 32, seq_taken
+                        TxResult(int(r[0]), str(r[1]), str(r[2]), bool(r[3:] and r[3]))
+                        for r in answer["results"]
                     )
+                    # what the till's requests held since under a seq this answer set
+                    # aside (the answer lost, the sale still unsent there) goes, as it did
+                    # the first time (`_ingest_one`): the till sends it under its new seq
+                    gone = [
+                        f"seq:{r.seq}" for r in answered if r.seq_taken or r.outcome == "REJECTED"
+                    ]
+                    if gone:
+                        tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
+                        tx.settle_holds(device_id, gone)
+                    return IngestResult(int(answer["ackedThrough"]), answered, replayed=True)
             # The customers whose holds this batch settles, before anything is read.
             tx.lock_customers(sorted({t.customer_id for t in txs if t.customer_id}))
             program = self.program(tx)
@@ -328,8 +337,10 @@ class HubRules:
                 stored.update({(dev, seq): content for seq, content in known.items()})
             settled: dict[str, list[str]] = defaultdict(list)  # device -> hold receipt keys
             sold: dict[str, list[str]] = defaultdict(list)  # device -> receipts sold
+            # (device, receipt) of the batch's sales whose seq is taken: numbered again
+            renumbered: set[tuple[str, str]] = set()
             results = [
-                self._ingest_one(tx, t, content, program, now, stored, settled, sold)
+                self._ingest_one(tx, t, content, program, now, stored, settled, sold, renumbered)
                 for t, content in zip(txs, contents, strict=True)
             ]
             self._resolve_taken(tx, txs, results, now)
@@ -367,6 +378,7 @@ class HubRules:
         stored: dict[tuple[str, int], str],
         settled: dict[str, list[str]],
         sold: dict[str, list[str]],
+        renumbered: set[tuple[str, str]],
     ) -> TxResult:
         existing = stored.get((t.device_id, t.seq))
         if existing is not None:
@@ -380,12 +392,35 @@ class HubRules:
             self._set_aside(tx, t, "CONFLICT", reason, content, now, seq_taken=True)
             # the till numbers it again and sends it again (review 32): then the dedupe
             # on its receipt or refund id (`_booked_before`) decides
+            if t.kind == "CHECKOUT" and _request_receipt(t):
+                renumbered.add((t.device_id, _request_receipt(t)))
+            # what was held for it unsent under this seq goes: the till sends it (and
+            # asks with it) under its new seq from now on
+            settled[t.device_id].append(f"seq:{t.seq}")
             return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
+        if t.kind == "REFUND" and renumbered:
+            receipt_id = _request_receipt(t)
+            if (t.device_id, receipt_id) in renumbered:
+                # its sale, earlier in this batch, comes back under a seq above this one:
+                # stored now, the refund would count without its sale (its points given
+                # back into no batch, §16) until the sale came; numbered again after it
+                reason = (
+                    f"its sale {receipt_id} is numbered again at the till (the hub holds its"
+                    f" seq with another transaction of {t.device_id}): the refund is numbered"
+                    " again after it, never counted without its sale"
+                )
+                self._set_aside(tx, t, "CONFLICT", reason, content, now)
+                settled[t.device_id].append(f"seq:{t.seq}")  # as for its sale, above
+                return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
         try:
             fields = self.settle(tx, t, program)
         except ValueError as exc:
             reason = str(exc)
             self._set_aside(tx, t, "REJECTED", reason, content, now)
+            # never counted: the hold `authorise` placed for it while it was unsent (its
+            # "seq:N") goes with it, or the hub held its spend from the other tills for
+            # the hold's whole time (review 32: an earlier release's NUL receiptId)
+            settled[t.device_id].append(f"seq:{t.seq}")
             return TxResult(t.seq, "REJECTED", reason)
         twin = self._booked_before(tx, t, fields)
         if twin is not None:  # DUPLICATE or CONFLICT: never counted twice
@@ -478,7 +513,8 @@ class HubRules:
             raise ValueError("seq must be 1 or more")
         if t.kind == "DISCARDED":
             raise ValueError(
-                "discarded unsent at the till (`tillpoint reset --force`): nothing to count"
+                "discarded unsent at the till (`tillpoint reset --force`, or a seq it"
+                " numbered again and a hub restored from a backup lost): nothing to count"
             )
         if t.kind not in ("CHECKOUT", "REFUND", "COUPON_ISSUED"):
             raise ValueError(f"unknown kind {t.kind!r}")
@@ -711,8 +747,12 @@ class HubRules:
             expires = now + timedelta(seconds=hold_ttl_s)
             mine = {receipt_id}
             for item in unsynced:
-                if tx.stored_content(device_id, item.seq) is not None:
-                    continue
+                stored = tx.stored_receipt(device_id, item.seq)
+                if stored is not None and stored == (item.receipt_id or stored):
+                    continue  # received (an id the hub refuses is sent as "": by its seq)
+                # Another receipt under its seq (two tills under one device id, a wiped
+                # till's sales) is not this movement: the till numbers it again and sends
+                # it (review 32), and it counts and is held until then as any unsent one
                 # The till's own movement the hub has not received: it counts now, and a
                 # spend is held for the other tills until the transaction arrives (its
                 # receipt's own hold, if any, is replaced so nothing is held twice). A
@@ -1303,6 +1343,16 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
     else:
         row.pop("expiring", None)
     return str(canon(row))
+
+
+def _request_receipt(t: TxIn) -> str:
+    """The receiptId of a transaction's request (a refund's: its sale's), "" when it has
+    none it can read (`settle` says what is wrong with it then)."""
+    try:
+        request = json.loads(t.request_json)
+    except (ValueError, TypeError, RecursionError):
+        return ""
+    return str(request.get("receiptId") or "") if isinstance(request, dict) else ""
 
 
 def _storable_id(name: str, value: str) -> None:

@@ -384,9 +384,9 @@ class SqlTx:
 
     # -- the ledger
 
-    def stored_content(self, device_id: str, seq: int) -> str | None:
+    def stored_receipt(self, device_id: str, seq: int) -> str | None:
         row = self.execute(
-            "SELECT content_sha256 FROM transactions WHERE device_id = ? AND seq = ?",
+            "SELECT receipt_id FROM transactions WHERE device_id = ? AND seq = ?",
             (device_id, seq),
         ).fetchone()
         return None if row is None else str(row[0])

@@ -268,14 +268,14 @@ class Pusher:
         )
         for item in again:
             if item.seq in moved:
+                # the hub's words: its seq taken (two tills may be running as this
+                # device, or this ledger was wiped or restored), or its sale's (a refund)
                 log.warning(
-                    "the hub holds seq %d of %s with another transaction (two tills may be"
-                    " running as %s, or this ledger was wiped or restored): numbered again"
-                    " as seq %d and sent again",
+                    "seq %d of %s numbered again as seq %d and sent again: the hub said %s",
                     item.seq,
                     self.device_id,
-                    self.device_id,
                     moved[item.seq],
+                    item.reason,
                 )
             else:  # not a sale or refund (a till-issued coupon): set aside, as before
                 aside.append((item.seq, item.outcome, item.reason))
