@@ -90,6 +90,39 @@ def test_a_word_after_double_dash_is_never_taken_or_placed_as_an_option(
     assert (code, err) == (2, said)
 
 
+COMMAND_AS_VALUE: list[tuple[list[str], str]] = [
+    (
+        ["--at", "balance", "2770000000017"],
+        "tillpoint: unrecognized arguments: --at; --at goes after the command:"
+        " tillpoint balance ... --at (see `tillpoint balance --help`)\n",
+    ),
+    (
+        ["--exp", "demo"],
+        "tillpoint: unrecognized arguments: --exp; --export goes after the command:"
+        " tillpoint demo ... --export (see `tillpoint demo --help`)\n",
+    ),
+    (  # the value given: named with it, as before
+        ["--at", "T", "balance", "2770000000017"],
+        "tillpoint: unrecognized arguments: --at T; --at goes after the command:"
+        " tillpoint balance ... --at (see `tillpoint balance --help`)\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"), COMMAND_AS_VALUE, ids=[" ".join(a) for a, _ in COMMAND_AS_VALUE]
+)
+def test_an_option_with_no_value_before_the_command_is_named_without_the_command(
+    argv: list[str], said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10: an option with a value given before the command is named with its
+    value; when the next word is the command itself (`tillpoint --at balance CARD`), the
+    command is no value of it: "unrecognized arguments: --at balance" named the command
+    as the wrong word (since rev31c, and for the shortened names of review 32)."""
+    code, err = _parse(argv, monkeypatch)
+    assert (code, err) == (2, said)
+
+
 @pytest.mark.parametrize(
     ("argv", "held"),
     [
