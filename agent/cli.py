@@ -416,7 +416,9 @@ def _refuse_valued_option_before_command(
                 # name, "invalid choice: 'F'", until review 32)
                 found = _top_option(command, before)
                 if found is not None and found.nargs != 0:
-                    given = " ".join(words[at : at + 2])
+                    # its value, the next word, unless that is the command itself
+                    # (`--at balance CARD` said "unrecognized arguments: --at balance")
+                    given = " ".join(words[at : min(at + 2, i)])
                     name = _long_name(found)
                     command.error(
                         f"unrecognized arguments: {given}; {name} goes after the command:"
