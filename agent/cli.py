@@ -328,7 +328,18 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
                 chosen.error(f"{args.command} needs an action: {', '.join(found.choices)}")
             break
         chosen = found.choices[value]
-    if extras and chosen is not parser and all(_is_flag_of(chosen, w) for w in extras):
+    # The words left over that were written after `--` (operands, never options): a flag's
+    # whole name there is taken as at the session's start (`identify -- -5x --json`), but
+    # not a shortened one, and none is said to go after the command, where it is already
+    # (review 32, rev32c: `checkout -- r.json --exp` ran with explain, and `confirm ID --
+    # --fisc F` was told "--fiscal goes after the command").
+    operands = _after_dashes(argv, extras)
+    flags = [w not in operands or w in chosen._option_string_actions for w in extras]
+    if (
+        extras
+        and chosen is not parser
+        and all(ok and _is_flag_of(chosen, w) for ok, w in zip(flags, extras, strict=True))
+    ):
         # `tillpoint --data-dir D --json status`: a flag of the command given before it
         # means what it means after it (as --data-dir is taken on either side)
         for word in extras:
@@ -340,10 +351,17 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         # a flag of the command given before it is taken (above): the others are the fault
         # (`tillpoint --json status extra` blamed --json, "--json goes after the command")
         if chosen is not parser:
-            extras = [w for w in extras if not _is_flag_of(chosen, w)]
+            extras = [
+                w
+                for ok, w in zip(flags, extras, strict=True)
+                if not (ok and _is_flag_of(chosen, w))
+            ]
         # `tillpoint --at=T balance CARD`: an option with a value given before the command
         # as given (`--at=T`), a shortened name written whole (`--fisc=F`: `--fiscal=F`)
-        known = [_spelt_whole(chosen, w) for w in extras if _top_option(chosen, w)]
+        operands = _after_dashes(argv, extras)
+        known = [
+            _spelt_whole(chosen, w) for w in extras if w not in operands and _top_option(chosen, w)
+        ]
         where = (
             f"; {known[0]} goes after the command: {chosen.prog} ... {known[0]}"
             if known and chosen is not parser
@@ -351,6 +369,16 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
         )
         chosen.error(f"unrecognized arguments: {' '.join(extras)}{where}")
     return args
+
+
+def _after_dashes(argv: Sequence[str], extras: list[str]) -> set[str]:
+    """The words of `extras` that `argv` has only after its first `--` (operands there,
+    whatever they spell); a word also written before it is not one of them."""
+    if "--" not in argv:
+        return set()
+    at = list(argv).index("--")
+    before, after = set(argv[:at]), set(argv[at + 1 :])
+    return {w for w in extras if w in after and w not in before}
 
 
 def _refuse_valued_option_before_command(
@@ -388,7 +416,9 @@ def _refuse_valued_option_before_command(
                 # name, "invalid choice: 'F'", until review 32)
                 found = _top_option(command, before)
                 if found is not None and found.nargs != 0:
-                    given = " ".join(words[at : at + 2])
+                    # its value, the next word, unless that is the command itself
+                    # (`--at balance CARD` said "unrecognized arguments: --at balance")
+                    given = " ".join(words[at : min(at + 2, i)])
                     name = _long_name(found)
                     command.error(
                         f"unrecognized arguments: {given}; {name} goes after the command:"
