@@ -1,0 +1,159 @@
+"""Review 32 (rev32b): the printer and display changes of review 32 (dev32), on the normal
+path and at its edges, with real parts.
+
+A printer that is merely slow is not one that dropped the job; a healthy printer over a long
+day gets each coupon once, whole, with no extra cut or blank strip and no reset connection;
+a customer display fed faster than its line carries ends on the latest message (CONTRACT
+§7, §8). Real parts: a raw port-9100 listener on 127.0.0.1 with a small receive buffer
+(reading at a few KB/s, or at full speed), pyserial `loop://` and socat pseudo-terminals
+for serial lines, the project's ESC/POS decoder on what the printer took, one decoder per
+printer (its paper: a torn part and the next job meet on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.service import Agent
+from tillpoint.printer.decode import Decoder, Document
+
+from .conftest import PROGRAM, snapshot
+from .test_review31_dev31 import LONG_OFFERS, _printer, _sale, _until, till
+from .test_review32_dev32 import _job_rows, _receipts_of
+
+# ----------------------------------------------------------------- a port-9100 printer's paper
+
+
+class PaperPrinter:
+    """A port-9100 printer on 127.0.0.1 that takes one connection at a time onto one roll
+    of paper (one decoder for all of them, as a printer prints: a torn part and the next
+    job meet on it). It reads `rate` bytes a second at most (0: as fast as it can), with a
+    small receive buffer so that a sender's data really waits for it, and answers
+    `DLE EOT` (on line, paper fine) and `GS r` (printed) in the order it reads them. It
+    notes how each connection ended: "eof" (a graceful close) or "reset"."""
+
+    def __init__(self, rate: int = 0) -> None:
+        self.rate = rate
+        self.decoder = Decoder()
+        self.endings: list[str] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.settimeout(0.2)
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        chunk = 256 if self.rate else 4096
+        ending = "eof"
+        while True:
+            try:
+                data = conn.recv(chunk)
+            except ConnectionResetError:
+                ending = "reset"
+                break
+            except OSError:
+                ending = "error"
+                break
+            if not data:
+                break
+            with self._lock:
+                requests = self.decoder.feed(data)
+            try:
+                for req in requests:
+                    conn.sendall(b"\x00" if req.command == "GS r" else b"\x12")
+            except OSError:
+                ending = "reset"
+                break
+            if self.rate:
+                time.sleep(len(data) / self.rate)
+        with self._lock:
+            self.endings.append(ending)
+
+    def documents(self) -> list[Document]:
+        with self._lock:
+            return list(self.decoder.documents)
+
+    def blank_cuts(self) -> int:
+        with self._lock:
+            return self.decoder.blank_cuts
+
+    def coupons(self) -> list[str]:
+        return _receipts_of(self.documents())
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _offers_snapshot(n: int) -> dict[str, Any]:
+    """`n` long offers (about 1 KB of coupon each), every sale printing them."""
+    return snapshot(
+        program={**PROGRAM, "offerPrintCooldownDays": 0, "maxOffersPrinted": n},
+        offers=LONG_OFFERS[:n],
+    )
+
+
+def _seed(data: Path, offers: int) -> None:
+    agent = Agent(data, "till-1")
+    agent.load_snapshot(_offers_snapshot(offers))
+    agent.close()
+
+
+# ----------------------------------------------------------------- a slow network printer
+
+
+@pytest.mark.slow
+def test_a_slow_network_printer_prints_a_long_coupon_once_whole_without_a_cut_before_it(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7: a printer that reads a coupon slowly (4 KB/s: an old mechanism, a busy
+    print server) but steadily is not one that stopped taking the job's bytes: a coupon
+    that takes it three times `write_timeout_s` and `confirm_timeout_s` to read is sent
+    once, printed once, whole, with no cut before it, and the connection is closed, not
+    reset. (`write_timeout_s` was the limit of the whole write, and the confirmation was
+    awaited `confirm_timeout_s` from its end: the printer still reading, the attempt was
+    declared unacknowledged, the connection reset under the job's tail, and the coupon
+    sent again behind a cut.)"""
+    _seed(tmp_path, 12)
+    printer = PaperPrinter(rate=4096)
+    try:
+        config = _printer(printer.port, confirm_timeout_s=2.0, retry_base_s=0.5, retry_max_s=1.0)
+        with till(tmp_path, config) as (agent, _):
+            assert len(_sale(agent, 0).printed_offers) == 12
+            assert _until(lambda: _job_rows(tmp_path)[0][1] in ("DONE", "FAILED"), 60)
+            time.sleep(1.0)
+            rows = _job_rows(tmp_path)
+        assert [(r, s, a) for r, s, a, _ in rows] == [("r-000", "DONE", 1)], rows
+        docs = printer.documents()
+        assert printer.coupons() == ["r-000"]
+        assert [d.complete for d in docs] == [True], [d.text[:80] for d in docs]
+        assert docs[0].codes == [f"TP1-o-{n:02d}" for n in range(12)]
+        assert printer.blank_cuts() == 0
+        assert printer.endings == ["eof"] * len(printer.endings)
+    finally:
+        printer.close()
