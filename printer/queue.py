@@ -769,6 +769,11 @@ class PrintWorker:
             self._sending = transport
         try:
             transport.write(data)  # raises unless every byte went out (an abort included)
+            # and the printer took them, where the transport can tell (a network printer):
+            # its confirmation is awaited from there, not while it still reads the job
+            wait_taken = getattr(transport, "wait_taken", None)
+            if wait_taken is not None:
+                wait_taken()
         finally:
             with self._send_lock:
                 self._sending = None

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import select
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -116,10 +118,15 @@ class NetworkTransport:
         return self._sock
 
     def write(self, data: bytes) -> None:
+        """Every byte into the connection; `write_timeout_s` is how long the printer may
+        take no byte of it (a printer that reads slowly but steadily is not one that
+        stopped: `sendall`'s timeout was the limit of the whole write, review 32)."""
         sock = self._s()
-        sock.settimeout(self.write_timeout_s)  # since 3.5: a total limit for sendall
+        sock.settimeout(self.write_timeout_s)  # each send: room within the timeout
+        view = memoryview(data)
         try:
-            sock.sendall(data)
+            while view:
+                view = view[sock.send(view) :]
         except TimeoutError:
             raise TransportError(
                 f"printer {self.description} stopped taking data ({self.write_timeout_s:g} s)"
@@ -128,6 +135,50 @@ class NetworkTransport:
             raise ConnectionLost(
                 f"printer {self.description} dropped the connection: {_reason(exc)}"
             ) from None
+
+    def unsent(self) -> int | None:
+        """Bytes written the printer has not taken yet (the kernel's queue for the
+        connection: not yet acknowledged by the printer's end), or None where the system
+        cannot tell (SIOCOUTQ is Linux's)."""
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+        except (OSError, ValueError):
+            return None
+        count: int = struct.unpack("i", out)[0]
+        return count
+
+    def wait_taken(self) -> None:
+        """Wait until the printer has taken every byte written, as long as it keeps taking
+        them: a write returns once the kernel holds the bytes, and a printer reading a
+        long coupon slowly was asked for its confirmation while most of the coupon still
+        waited here; unanswered, the attempt counted as unacknowledged and was reset under
+        the coupon's tail, again at every retry (review 32, rev32b). No byte taken for
+        `write_timeout_s` is a printer that stopped taking data; the abort breaks it off."""
+        last = self.unsent()
+        if last is None:
+            return
+        deadline = time.monotonic() + self.write_timeout_s
+        while last > 0:
+            if self.aborted:
+                raise ConnectionLost(
+                    f"printer {self.description}: the write was broken off "
+                    f"({last} bytes not taken by the printer)"
+                )
+            if time.monotonic() >= deadline:
+                raise TransportError(
+                    f"printer {self.description} stopped taking data ({self.write_timeout_s:g} s; "
+                    f"{last} bytes not taken)"
+                )
+            time.sleep(0.01)
+            now = self.unsent()
+            if now is None:
+                return
+            if now < last:
+                deadline = time.monotonic() + self.write_timeout_s
+            last = now
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         sock = self._s()
