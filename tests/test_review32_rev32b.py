@@ -12,7 +12,6 @@ printer (its paper: a torn part and the next job meet on it).
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -22,10 +21,19 @@ from typing import Any
 import pytest
 from tillpoint.agent.service import Agent
 from tillpoint.printer.decode import Decoder, Document
+from tillpoint.printer.virtual_display import PtyPair
 
 from .conftest import PROGRAM, snapshot
-from .test_review31_dev31 import LONG_OFFERS, _printer, _sale, _until, till
-from .test_review32_dev32 import _job_rows, _receipts_of
+from .test_review31_dev31 import (
+    LONG_OFFERS,
+    _prime,
+    _printer,
+    _sale,
+    _until,
+    needs_socat,
+    till,
+)
+from .test_review32_dev32 import SerialLine, _job_rows, _receipts_of, _serial_printer
 
 # ----------------------------------------------------------------- a port-9100 printer's paper
 
@@ -157,3 +165,67 @@ def test_a_slow_network_printer_prints_a_long_coupon_once_whole_without_a_cut_be
         assert printer.endings == ["eof"] * len(printer.endings)
     finally:
         printer.close()
+
+
+# ----------------------------------------------------------------- a healthy printer, a long day
+
+
+@pytest.mark.slow
+def test_a_healthy_network_printer_over_a_long_day_cuts_each_coupon_once_and_nothing_more(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7: two hundred sales, each with a coupon, on a healthy network printer that
+    is asked its status between them (`probe_interval_s`): on its one roll of paper each
+    coupon is cut once, whole, in the order of the sales; no blank strip (the cut a job
+    sent after a torn attempt begins with: nothing was torn), no piece without a cut, and
+    every connection closed gracefully (a reset may throw away the tail of a job the
+    printer has not read yet). Status says OK, nothing waits."""
+    _prime(tmp_path)
+    printer = PaperPrinter()
+    sales = [f"r-{n:03d}" for n in range(200)]
+    try:
+        config = _printer(printer.port, probe_interval_s=0.05)
+        with till(tmp_path, config) as (agent, devices):
+            for n in range(len(sales)):
+                assert len(_sale(agent, n).printed_offers) == 3
+            assert _until(lambda: {s for _, s, _, _ in _job_rows(tmp_path)} == {"DONE"}, 120)
+            assert _until(lambda: printer.coupons() == sales, 10), printer.coupons()[-3:]
+            status = devices.worker.status()
+        assert all(a == 1 and e is None for _, _, a, e in _job_rows(tmp_path))
+        assert [d.complete for d in printer.documents()] == [True] * len(sales)
+        assert printer.blank_cuts() == 0
+        assert set(printer.endings) == {"eof"}, printer.endings.count("reset")
+        assert status["state"] == "OK" and status["queue_depth"] == 0, status
+    finally:
+        printer.close()
+
+
+@needs_socat
+@pytest.mark.slow
+def test_a_healthy_serial_printer_over_a_long_day_cuts_each_coupon_once_and_nothing_more(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7: a hundred sales on a healthy serial printer (a socat pty pair, the
+    printer's end read as it comes): each coupon cut once, whole, in order, no blank strip
+    and no piece without a cut; the line's queue is never dropped under a job."""
+    _prime(tmp_path)
+    sales = [f"r-{n:03d}" for n in range(100)]
+    with PtyPair(tmp_path / "pty") as pair:
+        line = SerialLine(pair.peer, stall=False)
+        try:
+            config = _serial_printer(tmp_path / "pty" / "device")
+            with till(tmp_path, config) as (agent, devices):
+                for n in range(len(sales)):
+                    assert len(_sale(agent, n).printed_offers) == 3
+                assert _until(
+                    lambda: {s for _, s, _, _ in _job_rows(tmp_path)} == {"DONE"}, 120
+                )
+                status = devices.worker.status()
+            assert all(a == 1 and e is None for _, _, a, e in _job_rows(tmp_path))
+            docs = line.documents()
+            assert _receipts_of(docs) == sales
+            assert [d.complete for d in docs] == [True] * len(sales)
+            assert line.decoder.blank_cuts == 0
+            assert status["state"] == "OK" and status["queue_depth"] == 0, status
+        finally:
+            line.close()
