@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.service import Agent
+from tillpoint.printer.config import DisplayConfig
 from tillpoint.printer.decode import Decoder, Document
+from tillpoint.printer.display import CustomerDisplay
 from tillpoint.printer.virtual_display import PtyPair
 
 from .conftest import PROGRAM, snapshot
@@ -33,7 +35,14 @@ from .test_review31_dev31 import (
     needs_socat,
     till,
 )
-from .test_review32_dev32 import SerialLine, _job_rows, _receipts_of, _serial_printer
+from .test_review32_dev32 import (
+    LoopDisplay,
+    SerialLine,
+    _job_rows,
+    _receipts_of,
+    _serial_printer,
+    _totals,
+)
 
 # ----------------------------------------------------------------- a port-9100 printer's paper
 
@@ -217,9 +226,7 @@ def test_a_healthy_serial_printer_over_a_long_day_cuts_each_coupon_once_and_noth
             with till(tmp_path, config) as (agent, devices):
                 for n in range(len(sales)):
                     assert len(_sale(agent, n).printed_offers) == 3
-                assert _until(
-                    lambda: {s for _, s, _, _ in _job_rows(tmp_path)} == {"DONE"}, 120
-                )
+                assert _until(lambda: {s for _, s, _, _ in _job_rows(tmp_path)} == {"DONE"}, 120)
                 status = devices.worker.status()
             assert all(a == 1 and e is None for _, _, a, e in _job_rows(tmp_path))
             docs = line.documents()
@@ -229,3 +236,54 @@ def test_a_healthy_serial_printer_over_a_long_day_cuts_each_coupon_once_and_noth
             assert status["state"] == "OK" and status["queue_depth"] == 0, status
         finally:
             line.close()
+
+
+# ----------------------------------------------------------------- the display, scanned quickly
+
+
+def _scan_quickly(display: CustomerDisplay, count: int, every_s: float = 0.05) -> None:
+    """A POS scanning `count` items, a quote every `every_s`: each `show` returns at once."""
+    for n in range(count):
+        before = time.monotonic()
+        display.show([f"Итого: {n},00", ""])
+        assert time.monotonic() - before < 0.5
+        time.sleep(every_s)
+
+
+def test_a_display_that_reads_nothing_is_never_ok_while_the_pos_scans_quickly() -> None:
+    """CONTRACT §8: a pole display on pyserial's `loop://` (a port that tells what it still
+    queues) that takes no data while the cashier scans, a quote every 50 ms: once it is
+    OFFLINE, status never says OK again until it takes data. (A message that came while a
+    reconnect's first bytes waited was written and the display called OK at once: status
+    flapped OK/OFFLINE about once a second, each logged, for a display that read
+    nothing.)"""
+    line = LoopDisplay()
+    config = DisplayConfig(
+        kind="serial", device="loop://", reconnect_s=0.1, refresh_s=60, write_timeout_s=0.3
+    )
+    display = CustomerDisplay(config, port_factory=line.factory)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(display.status()["state"])
+            time.sleep(0.005)
+
+    display.start()
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        _scan_quickly(display, 20)  # fills the line: OFFLINE
+        assert _until(lambda: display.status()["state"] == "OFFLINE", 10), display.status()
+        seen.clear()
+        watcher.start()
+        _scan_quickly(display, 60)
+        stop.set()
+        watcher.join(5)
+        assert "OK" not in seen, seen.count("OK")
+        # it reads again: the current message, and OK
+        assert _totals(line.take())[-1:] == [59]
+        assert _until(lambda: display.status()["state"] == "OK", 10)
+    finally:
+        stop.set()
+        display.stop()
