@@ -23,6 +23,7 @@ from tillpoint.agent.service import Agent
 from tillpoint.printer.config import DisplayConfig
 from tillpoint.printer.decode import Decoder, Document
 from tillpoint.printer.display import CustomerDisplay
+from tillpoint.printer.transport import open_serial
 from tillpoint.printer.virtual_display import PtyPair
 
 from .conftest import PROGRAM, snapshot
@@ -287,3 +288,89 @@ def test_a_display_that_reads_nothing_is_never_ok_while_the_pos_scans_quickly() 
     finally:
         stop.set()
         display.stop()
+
+
+class _Reader:
+    """The display's end of a line, read as it comes (a display that keeps up), with when
+    each total arrived."""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.got = b""
+        self.seen_at: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                chunk = self.port.read(4096)
+            except Exception:
+                time.sleep(0.01)
+                continue
+            if chunk:
+                self.got += chunk
+                for n in _totals(self.got[-600:]):
+                    self.seen_at.setdefault(n, time.monotonic())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def _scanned_quickly_and_shown_last(display: CustomerDisplay, reader: _Reader) -> None:
+    states: set[str] = set()
+    display.start()
+    try:
+        assert _until(lambda: display.status()["state"] == "OK", 10), display.status()
+        for n in range(60):
+            display.show([f"Итого: {n},00", ""])
+            states.add(display.status()["state"])
+            time.sleep(0.05)
+        last = time.monotonic()
+        assert _until(lambda: 59 in reader.seen_at, 5), _totals(reader.got)[-3:]
+        assert reader.seen_at[59] - last < 1.0  # promptly: not behind a backlog
+        time.sleep(0.3)
+        assert _totals(reader.got)[-1] == 59  # ends on the latest
+        assert states == {"OK"}, states
+        assert display.status()["state"] == "OK"
+    finally:
+        display.stop()
+        reader.close()
+
+
+@pytest.mark.parametrize("baudrate", [9600, 115200])
+def test_a_display_that_keeps_up_on_loop_ends_on_the_latest_quote_promptly(baudrate: int) -> None:
+    """CONTRACT §8: a pole display on `loop://` that reads what comes, the POS quoting every
+    50 ms (a cashier scanning quickly): the display stays OK, is shown the latest total
+    last and within a second of it (at 9600 baud a message takes some 50 ms of line: the
+    driver paces, never queues a backlog)."""
+    port = open_serial("loop://", baudrate=baudrate, read_timeout_s=0.05, write_timeout_s=0.5)
+    config = DisplayConfig(
+        kind="serial", device="loop://", baudrate=baudrate, reconnect_s=0.1, refresh_s=60
+    )
+    display = CustomerDisplay(config, port_factory=lambda: port)
+    _scanned_quickly_and_shown_last(display, _Reader(port))
+
+
+@needs_socat
+@pytest.mark.parametrize("baudrate", [9600, 115200])
+def test_a_display_that_keeps_up_on_a_pty_ends_on_the_latest_quote_promptly(
+    tmp_path: Path, baudrate: int
+) -> None:
+    """CONTRACT §8: the same on a socat pseudo-terminal pair (a port that cannot tell what
+    it still queues: the driver paces by the configured line speed alone)."""
+    with PtyPair(tmp_path / "pty") as pair:
+        peer = open_serial(str(pair.peer), baudrate=baudrate, read_timeout_s=0.05)
+        try:
+            config = DisplayConfig(
+                kind="serial",
+                device=str(tmp_path / "pty" / "device"),
+                baudrate=baudrate,
+                reconnect_s=0.1,
+                refresh_s=60,
+            )
+            _scanned_quickly_and_shown_last(CustomerDisplay(config), _Reader(peer))
+        finally:
+            peer.close()
