@@ -12,6 +12,7 @@ printer (its paper: a torn part and the next job meet on it).
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -26,7 +27,7 @@ from tillpoint.printer.display import CustomerDisplay
 from tillpoint.printer.transport import open_serial
 from tillpoint.printer.virtual_display import PtyPair
 
-from .conftest import PROGRAM, snapshot
+from .conftest import PROGRAM, receipt, snapshot
 from .test_review31_dev31 import (
     LONG_OFFERS,
     _prime,
@@ -38,8 +39,10 @@ from .test_review31_dev31 import (
 )
 from .test_review32_dev32 import (
     LoopDisplay,
+    RunTill,
     SerialLine,
     _job_rows,
+    _long_snapshot,
     _receipts_of,
     _serial_printer,
     _totals,
@@ -374,3 +377,56 @@ def test_a_display_that_keeps_up_on_a_pty_ends_on_the_latest_quote_promptly(
             _scanned_quickly_and_shown_last(CustomerDisplay(config), _Reader(peer))
         finally:
             peer.close()
+
+
+# ----------------------------------------------------------------- `run` stopped, slow printer
+
+
+@pytest.mark.slow
+def test_run_stopped_while_a_slow_printer_still_reads_a_coupon_prints_it_once_after(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7: `tillpoint run` is stopped (SIGTERM) while a slow printer (2 KB/s)
+    still reads a 50 KB coupon (the worker waits for it to take the job before it asks
+    for the confirmation): it stops well within its bound, the job is PENDING (the
+    connection reset: the coupon's tail the printer had not taken is thrown away, never
+    delivered after the stop). Started again with the printer at full speed, the coupon
+    is printed once, whole, the torn part cut off above it as a piece of its own."""
+    data = tmp_path / "data"
+    seed = Agent(data, "till-1")
+    seed.load_snapshot(_long_snapshot())
+    seed.close()
+    printer = PaperPrinter(rate=2048)
+    master, slave = os.openpty()
+    codes = [f"TP1-o-{n:02d}" for n in range(50)]
+    try:
+        tty = os.ttyname(slave)
+        run = RunTill(tmp_path, data, printer.port, tty)
+        try:
+            code, sale = run.call("POST", "/v1/checkout", receipt("r-000"))
+            assert code == 200 and len(sale["printedOffers"]) == 50
+            time.sleep(3.0)  # the printer has read some 4 KB of it
+        finally:
+            took = run.terminate()
+        assert took < 15, took
+        assert [(r, s) for r, s, _, _ in _job_rows(data)] == [("r-000", "PENDING")]
+        # the job's connection (the one after the start's status question) was reset
+        assert _until(lambda: len(printer.endings) >= 2, 30), printer.endings
+        assert printer.endings[1:] == ["reset"], printer.endings
+        printer.rate = 0
+        again = RunTill(tmp_path, data, printer.port, tty)
+        try:
+            assert _until(lambda: [s for _, s, _, _ in _job_rows(data)] == ["DONE"], 30)
+            time.sleep(0.5)
+        finally:
+            again.terminate()
+        docs = printer.documents()
+        whole = [d for d in docs if d.complete and d.codes == codes]
+        assert len(whole) == 1, [d.codes[:2] for d in docs]
+        assert docs[-1] is whole[0]  # the coupon last, after the torn part's piece
+        assert all(d.complete for d in docs)
+        assert printer.blank_cuts() == 0  # the cut cut off the torn part: not blank
+    finally:
+        printer.close()
+        os.close(master)
+        os.close(slave)
