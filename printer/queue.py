@@ -340,7 +340,12 @@ def _torn_before(job: _Job) -> bool:
 
 
 class _Unconfirmed(Exception):
-    """The printer took a job and answered nothing after it."""
+    """The printer took a job and answered nothing after it (`stalled`: it stopped taking
+    the job's bytes, the rest of them in the kernel)."""
+
+    def __init__(self, *, stalled: bool = False) -> None:
+        super().__init__()
+        self.stalled = stalled
 
 
 class _Blocked(Exception):
@@ -683,8 +688,8 @@ class PrintWorker:
             self._paper = blocked.health.paper
             self._retry(job, str(blocked), "ERROR", claimed)
             return
-        except _Unconfirmed:
-            self._hold(job, claimed)
+        except _Unconfirmed as unconfirmed:
+            self._hold(job, claimed, stalled=unconfirmed.stalled)
             return
         except Exception as exc:
             if phase == "send" and self._stop.is_set():
@@ -770,10 +775,12 @@ class PrintWorker:
         try:
             transport.write(data)  # raises unless every byte went out (an abort included)
             # and the printer took them, where the transport can tell (a network printer):
-            # its confirmation is awaited from there, not while it still reads the job
+            # its confirmation is awaited from there, not while it still reads the job (a
+            # slow printer is not an unacknowledged one; review 32, rev32b). One that
+            # takes no byte for `write_timeout_s` took the job and answered nothing: held
             wait_taken = getattr(transport, "wait_taken", None)
-            if wait_taken is not None:
-                wait_taken()
+            if wait_taken is not None and not wait_taken():
+                raise _Unconfirmed(stalled=True)
         finally:
             with self._send_lock:
                 self._sending = None
@@ -825,12 +832,18 @@ class PrintWorker:
         self._state, self._retry_at = "OK", None
         return True
 
-    def _hold(self, job: _Job, claimed: bool) -> None:
+    def _hold(self, job: _Job, claimed: bool, *, stalled: bool = False) -> None:
         """The job was sent and the printer answered nothing after it (or it was sent so
         before and the printer still answers nothing): PENDING, held with the jobs behind
         it until the printer answers `DLE EOT`, then sent again."""
         cfg = self.config
-        if claimed:
+        if stalled:
+            message = (
+                f"{UNCONFIRMED}: the printer stopped taking the job ({cfg.write_timeout_s:g} s "
+                "without a byte taken); held, with the jobs behind it, until the printer "
+                "answers, then printed again in full"
+            )
+        elif claimed:
             message = (
                 f"{UNCONFIRMED}: the printer took the job and answered neither GS r "
                 f"({cfg.confirm_timeout_s:g} s) nor DLE EOT ({cfg.status_timeout_s:g} s) after "
