@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from tillpoint.agent.service import Agent
 from tillpoint.printer.config import DisplayConfig
-from tillpoint.printer.decode import Decoder, Document
+from tillpoint.printer.decode import Decoder, Document, Image, QRCode
 from tillpoint.printer.display import CustomerDisplay
 from tillpoint.printer.transport import open_serial
 from tillpoint.printer.virtual_display import PtyPair
@@ -430,3 +430,48 @@ def test_run_stopped_while_a_slow_printer_still_reads_a_coupon_prints_it_once_af
         printer.close()
         os.close(master)
         os.close(slave)
+
+
+# ----------------------------------------------------------------- the cut before a resend
+
+
+def _images(doc: Document) -> list[Image]:
+    return [i for i in doc.items if isinstance(i, Image)]
+
+
+@pytest.mark.parametrize(
+    ("code", "offer_id"),
+    [("raster-qr", "o-07"), ("qr", "о" * 200)],  # a raster QR; a native QR of a 200-letter id
+)
+def test_the_cut_before_a_resend_ends_a_torn_code_of_any_length(code: str, offer_id: str) -> None:
+    """CONTRACT §7: a torn attempt broke off inside an offer's code: a raster QR (a printer
+    with no native QR and no room for CODE128: `GS v 0`, some 2 KB of dots), or a native
+    QR of a long offer id (1,200 bytes once escaped; ids may have 200 characters). What
+    the resend begins with must end that command, or the printer reads the cut and the
+    coupon's first bytes as the code's data: the coupon after it decodes whole, its
+    heading and its code. (96 NULs ended only a QR of some 60 bytes: the raster's dots
+    ate the cut, the heading and most of the coupon.)"""
+    from tillpoint.printer.codes import offer_code
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.layout import Code, Cut, Text, render_escpos, separator_bytes
+    from tillpoint.printer.profiles import resolve_profile
+
+    profile = resolve_profile(PrinterConfig(kind="file", device="/tmp/unused-rev32b", code=code))
+    data = offer_code(offer_id)
+    coupon = render_escpos([Text("Скидка 20%"), Code(data), Text("До встречи"), Cut()], profile)
+    whole = Decoder()
+    whole.feed(coupon)
+    kind = Image if code == "raster-qr" else QRCode
+    assert [type(i) for i in whole.documents[0].items if isinstance(i, Image | QRCode)] == [kind]
+    start = coupon.index(b"\x1dv0" if code == "raster-qr" else b"\x1d(k")
+    torn = coupon[: start + 40]  # broken off 40 bytes into the code's command
+    paper = Decoder()
+    paper.feed(torn + separator_bytes(profile) + coupon)
+    paper.finish()
+    docs = paper.documents
+    assert [d.complete for d in docs] == [True, True], [d.text for d in docs]
+    assert "Скидка 20%" in docs[1].text and "До встречи" in docs[1].text
+    if code == "raster-qr":
+        assert _images(docs[1]) == _images(whole.documents[0])
+    else:
+        assert docs[1].codes == [data]
