@@ -427,8 +427,10 @@ class PrintWorker:
         # (connect failures not counted); `max_send_failures` of them fail the job
         self._drops: dict[int, int] = {}
         # an attempt ended with part of a job maybe on the printer and no cut after it:
-        # the next job sent begins by cutting it off (`separator_bytes`)
+        # the next job sent begins by cutting it off (`separator_bytes`), its NULs as long
+        # as the longest command of that job's codes (`_torn_codes`)
         self._torn = False
+        self._torn_codes: tuple[str, ...] = ()
         self._stop = threading.Event()
         self._wake = threading.Event()
         # The transport a job's bytes are being written to: `stop` breaks that write off
@@ -600,7 +602,7 @@ class PrintWorker:
         except Exception as exc:  # a layout bug must not wedge the queue
             self._fail(job, f"could not lay out the coupon: {exc}")
             return 0.0
-        self._attempt(job, data)
+        self._attempt(job, data, tuple(offer.scan_code for offer in payload.offers))
         return 0.0
 
     def _stale(
@@ -634,7 +636,7 @@ class PrintWorker:
         """Whether the printer is asked `DLE EOT` over this transport."""
         return transport.readable and self.config.query_status
 
-    def _attempt(self, job: _Job, data: bytes) -> None:
+    def _attempt(self, job: _Job, data: bytes, codes: tuple[str, ...] = ()) -> None:
         cfg = self.config
         claimed = False
         settled = False  # the job is the printer's: DONE, every byte of it to go out
@@ -656,9 +658,10 @@ class PrintWorker:
             phase = "send"
             if self._torn or _torn_before(job):
                 assert self.profile is not None
-                data = separator_bytes(self.profile) + data
+                # the torn part is this job's (sent before) or the last torn one's
+                data = separator_bytes(self.profile, self._torn_codes + codes) + data
             self._send(transport, data)
-            self._torn = False
+            self._torn, self._torn_codes = False, ()
             phase = "confirm"
             paper = health.paper
             if transport.readable and cfg.confirm:
@@ -709,7 +712,7 @@ class PrintWorker:
                 return
         finally:
             if claimed and not settled:
-                self._torn = True
+                self._torn, self._torn_codes = True, codes
                 # The job is sent again in full (held, retried, broken off): what of it
                 # the connection still holds is thrown away, not delivered after the
                 # close. A printer that stopped reading mid-job got every copy the

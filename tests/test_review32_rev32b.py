@@ -466,7 +466,7 @@ def test_the_cut_before_a_resend_ends_a_torn_code_of_any_length(code: str, offer
     start = coupon.index(b"\x1dv0" if code == "raster-qr" else b"\x1d(k")
     torn = coupon[: start + 40]  # broken off 40 bytes into the code's command
     paper = Decoder()
-    paper.feed(torn + separator_bytes(profile) + coupon)
+    paper.feed(torn + separator_bytes(profile, [data]) + coupon)
     paper.finish()
     docs = paper.documents
     assert [d.complete for d in docs] == [True, True], [d.text for d in docs]
