@@ -269,18 +269,36 @@ def _valid_realtime(b: int) -> bool:
     return (b & 0x93) == 0x12
 
 
-def _gs_r_reply(transport: Transport, timeout_s: float) -> bytes:
+def _gs_r_reply(
+    transport: Transport, timeout_s: float, stopping: Callable[[], bool] = lambda: False
+) -> bytes:
     """The answer to `GS r 1` within `timeout_s`, or b"". A status byte of another kind (a
     `DLE EOT` answer or an automatic status: bit 4 set, bit 7 clear; GS r keeps bit 4 at
     0) that came late, or that the printer sent by itself, was taken for the confirmation
-    of a job never printed. Any other byte counts, as before (printers differ)."""
+    of a job never printed. Any other byte counts, as before (printers differ).
+
+    `timeout_s` runs from the printer's last progress through the job where the transport
+    tells what it has not taken yet (`unsent`: a network printer): a printer reading a
+    long coupon slowly answers once it has read it all, and was asked while most of it
+    still waited in the agent's kernel; unanswered, the attempt was held as
+    unacknowledged, reset under the coupon's tail and sent again behind a cut, at every
+    retry, for ever (review 32, rev32b). Not once the agent is `stopping`: its stop waits
+    for one `timeout_s` at most."""
+    unsent: Callable[[], int | None] | None = getattr(transport, "unsent", None)
+    waiting = unsent() if unsent is not None else None
     deadline = time.monotonic() + timeout_s
     while (left := deadline - time.monotonic()) > 0:
-        byte = transport.read(1, left)
-        if not byte:
-            return b""
-        if byte[0] & 0x90 != 0x10:
-            return byte
+        byte = transport.read(1, min(left, 0.1) if waiting else left)
+        if byte:
+            if byte[0] & 0x90 != 0x10:
+                return byte
+            continue
+        if not waiting or unsent is None:  # all of it taken (or no telling): plain wait
+            continue
+        now_waiting = unsent()
+        if now_waiting is not None and now_waiting < waiting and not stopping():
+            deadline = time.monotonic() + timeout_s  # it still reads the job
+        waiting = now_waiting
     return b""
 
 
@@ -340,12 +358,7 @@ def _torn_before(job: _Job) -> bool:
 
 
 class _Unconfirmed(Exception):
-    """The printer took a job and answered nothing after it (`stalled`: it stopped taking
-    the job's bytes, the rest of them in the kernel)."""
-
-    def __init__(self, *, stalled: bool = False) -> None:
-        super().__init__()
-        self.stalled = stalled
+    """The printer took a job and answered nothing after it."""
 
 
 class _Blocked(Exception):
@@ -669,7 +682,7 @@ class PrintWorker:
                 # sends by itself) must not pass for the answer to this question
                 transport.discard_input()
                 transport.write(GS_R_PAPER)
-                reply = _gs_r_reply(transport, cfg.confirm_timeout_s)
+                reply = _gs_r_reply(transport, cfg.confirm_timeout_s, self._stop.is_set)
                 if not reply and self._asks(transport):
                     # no GS r: does the printer answer anything after the job? One that
                     # answers DLE EOT reads its input (it lacks GS r, or holds the job for
@@ -691,8 +704,8 @@ class PrintWorker:
             self._paper = blocked.health.paper
             self._retry(job, str(blocked), "ERROR", claimed)
             return
-        except _Unconfirmed as unconfirmed:
-            self._hold(job, claimed, stalled=unconfirmed.stalled)
+        except _Unconfirmed:
+            self._hold(job, claimed)
             return
         except Exception as exc:
             if phase == "send" and self._stop.is_set():
@@ -777,13 +790,6 @@ class PrintWorker:
             self._sending = transport
         try:
             transport.write(data)  # raises unless every byte went out (an abort included)
-            # and the printer took them, where the transport can tell (a network printer):
-            # its confirmation is awaited from there, not while it still reads the job (a
-            # slow printer is not an unacknowledged one; review 32, rev32b). One that
-            # takes no byte for `write_timeout_s` took the job and answered nothing: held
-            wait_taken = getattr(transport, "wait_taken", None)
-            if wait_taken is not None and not wait_taken():
-                raise _Unconfirmed(stalled=True)
         finally:
             with self._send_lock:
                 self._sending = None
@@ -835,18 +841,12 @@ class PrintWorker:
         self._state, self._retry_at = "OK", None
         return True
 
-    def _hold(self, job: _Job, claimed: bool, *, stalled: bool = False) -> None:
+    def _hold(self, job: _Job, claimed: bool) -> None:
         """The job was sent and the printer answered nothing after it (or it was sent so
         before and the printer still answers nothing): PENDING, held with the jobs behind
         it until the printer answers `DLE EOT`, then sent again."""
         cfg = self.config
-        if stalled:
-            message = (
-                f"{UNCONFIRMED}: the printer stopped taking the job ({cfg.write_timeout_s:g} s "
-                "without a byte taken); held, with the jobs behind it, until the printer "
-                "answers, then printed again in full"
-            )
-        elif claimed:
+        if claimed:
             message = (
                 f"{UNCONFIRMED}: the printer took the job and answered neither GS r "
                 f"({cfg.confirm_timeout_s:g} s) nor DLE EOT ({cfg.status_timeout_s:g} s) after "

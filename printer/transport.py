@@ -80,11 +80,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-# How long a stop's abort still lets a printer take the job's last bytes already written
-# (a coupon that had just gone out whole is the printer's: review 31).
-ABORT_GRACE_S = 0.5
-
-
 class NetworkTransport:
     """Raw TCP to a network printer (JetDirect/AppSocket, port 9100)."""
 
@@ -154,43 +149,6 @@ class NetworkTransport:
             return None
         count: int = struct.unpack("i", out)[0]
         return count
-
-    def wait_taken(self) -> bool:
-        """Wait until the printer has taken every byte written, as long as it keeps taking
-        them: a write returns once the kernel holds the bytes, and a printer reading a
-        long coupon slowly was asked for its confirmation while most of the coupon still
-        waited here; unanswered, the attempt counted as unacknowledged and was reset under
-        the coupon's tail, again at every retry (review 32, rev32b). False: no byte taken
-        for `write_timeout_s` (a printer that stopped reading: the job is held as one it
-        took and never answered after). The stop's abort gives the printer
-        `ABORT_GRACE_S` more: all taken, the job went out whole (review 31); else the
-        write is broken off (ConnectionLost): the rest is thrown away by the reset, not
-        left to a kernel's orphaned socket that may deliver it or not."""
-        last = self.unsent()
-        if last is None:
-            return True
-        deadline = time.monotonic() + self.write_timeout_s
-        grace_end: float | None = None
-        while last > 0:
-            now = time.monotonic()
-            if self.aborted:
-                if grace_end is None:
-                    grace_end = now + ABORT_GRACE_S
-                elif now >= grace_end:
-                    raise ConnectionLost(
-                        f"printer {self.description}: the write was broken off "
-                        f"({last} bytes not taken by the printer)"
-                    )
-            elif now >= deadline:
-                return False
-            time.sleep(0.01)
-            left = self.unsent()
-            if left is None:
-                return True
-            if left < last:
-                deadline = time.monotonic() + self.write_timeout_s
-            last = left
-        return True
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         sock = self._s()
