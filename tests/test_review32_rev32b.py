@@ -387,11 +387,12 @@ def test_run_stopped_while_a_slow_printer_still_reads_a_coupon_prints_it_once_af
     tmp_path: Path,
 ) -> None:
     """CONTRACT §7: `tillpoint run` is stopped (SIGTERM) while a slow printer (2 KB/s)
-    still reads a 50 KB coupon (the worker waits for it to take the job before it asks
-    for the confirmation): it stops well within its bound, the job is PENDING (the
-    connection reset: the coupon's tail the printer had not taken is thrown away, never
-    delivered after the stop). Started again with the printer at full speed, the coupon
-    is printed once, whole, the torn part cut off above it as a piece of its own."""
+    still reads a 50 KB coupon (the worker awaits the confirmation while the printer
+    still takes the job, but no longer once the agent stops): it stops well within its
+    bound, the job is PENDING (the connection reset: the coupon's tail the printer had
+    not taken is thrown away, never delivered after the stop). Started again with the
+    printer at full speed, the coupon is printed once, whole, the torn part cut off
+    above it as a piece of its own."""
     data = tmp_path / "data"
     seed = Agent(data, "till-1")
     seed.load_snapshot(_long_snapshot())
