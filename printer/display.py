@@ -344,7 +344,8 @@ class CustomerDisplay:
         read slowly or not at all was then shown every stale total in turn). Messages
         shown meanwhile are taken after the wait.
 
-        True: the line is free (or the driver stops). False: the queue did not empty
+        True: the line is free (or the driver stops); a queue seen empty makes the display
+        OK (it took what was written). False: the queue did not empty
         within `write_timeout_s`: the display takes no data; what waits is dropped, the
         display is OFFLINE and reconnected. None (with `until_new`): a newer message
         came first."""
@@ -373,6 +374,8 @@ class CustomerDisplay:
                 return False
             with self._cond:
                 self._cond.wait_for(woken, 0.02)
+        if waiting == 0:  # what was written went out: the display takes data
+            self._ready()
         return True
 
     def _run(self) -> None:
@@ -427,4 +430,10 @@ class CustomerDisplay:
                 with self._cond:
                     self._written = max(self._written, gen)
                     self._cond.notify_all()
-                self._ready()
+                    ok = self._state == "OK"
+                # not OK yet (a newer message came while a reconnect's first bytes
+                # waited): OK once the display took them, where the port tells, as after a
+                # reconnect. It was OK at once: a display that read nothing, fed a quote
+                # every 50 ms, flapped OK/OFFLINE about once a second (review 32, rev32b)
+                if not ok and self._wait_for_line(until_new=True):
+                    self._ready()

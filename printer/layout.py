@@ -27,7 +27,7 @@ print queue relies on (a job whose cut was not handed over did not print complet
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -235,17 +235,20 @@ def render_escpos(blocks: Sequence[Block], profile: Profile) -> bytes:
     return out
 
 
-def separator_bytes(profile: Profile) -> bytes:
+def separator_bytes(profile: Profile, codes: Iterable[str] = ()) -> bytes:
     """What a job sent after a torn attempt starts with: NULs that end a command the torn
-    part broke off (its parameters or a QR code's data: the printer ignores a NUL as
-    text), the init (it clears the torn part's unprinted line), then a feed and the cut.
-    The torn part comes off as its own piece of paper, the coupon after it whole: glued
-    on, the fragment's offers were printed twice above the coupon's own, and a command it
-    broke off ate the coupon's first bytes (review 32)."""
+    part broke off (its parameters or a code's data: the printer ignores a NUL as text),
+    the init (it clears the torn part's unprinted line), then a feed and the cut. The
+    torn part comes off as its own piece of paper, the coupon after it whole: glued on,
+    the fragment's offers were printed twice above the coupon's own, and a command it
+    broke off ate the coupon's first bytes (review 32). `codes`: the offer codes of the
+    torn job: the NULs outlast the longest command any of them is drawn with (a raster
+    QR's dots, some 2 KB and more; a native QR of a long id: 96 NULs ended only a QR of
+    some 60 bytes, and the rest ate the cut and the coupon's first lines; rev32b)."""
     escpos = _escpos.load()
     p = escpos.printer.Dummy(profile=profile.base)
     p.profile = profile.escpos_profile()
-    p._raw(b"\x00" * TORN_COMMAND_MAX)
+    p._raw(b"\x00" * torn_command_max(profile, codes))
     p.hw("INIT")
     if profile.cut == "none":
         p.print_and_feed(6)
@@ -255,9 +258,22 @@ def separator_bytes(profile: Profile) -> bytes:
     return out
 
 
-# The longest command a coupon holds besides a raster image: a QR code's data (the offer
-# code, at most some 60 bytes) with its header; a torn part never leaves more unread.
+# The longest command a coupon holds besides its codes: a style's parameters, a feed's;
+# a code's is measured (`torn_command_max`).
 TORN_COMMAND_MAX = 96
+
+
+def torn_command_max(profile: Profile, codes: Iterable[str]) -> int:
+    """At least the length of the longest command a coupon with these codes holds: each
+    code drawn alone (its QR, barcode or raster image, all its commands together)."""
+    escpos = _escpos.load()
+    longest = TORN_COMMAND_MAX
+    for data in dict.fromkeys(codes):
+        p = escpos.printer.Dummy(profile=profile.base)
+        p.profile = profile.escpos_profile()
+        _render_code(p, data, profile)
+        longest = max(longest, len(p.output))
+    return longest
 
 
 def _render_code(p: Any, data: str, profile: Profile) -> None:

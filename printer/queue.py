@@ -269,18 +269,36 @@ def _valid_realtime(b: int) -> bool:
     return (b & 0x93) == 0x12
 
 
-def _gs_r_reply(transport: Transport, timeout_s: float) -> bytes:
+def _gs_r_reply(
+    transport: Transport, timeout_s: float, stopping: Callable[[], bool] = lambda: False
+) -> bytes:
     """The answer to `GS r 1` within `timeout_s`, or b"". A status byte of another kind (a
     `DLE EOT` answer or an automatic status: bit 4 set, bit 7 clear; GS r keeps bit 4 at
     0) that came late, or that the printer sent by itself, was taken for the confirmation
-    of a job never printed. Any other byte counts, as before (printers differ)."""
+    of a job never printed. Any other byte counts, as before (printers differ).
+
+    `timeout_s` runs from the printer's last progress through the job where the transport
+    tells what it has not taken yet (`unsent`: a network printer): a printer reading a
+    long coupon slowly answers once it has read it all, and was asked while most of it
+    still waited in the agent's kernel; unanswered, the attempt was held as
+    unacknowledged, reset under the coupon's tail and sent again behind a cut, at every
+    retry, for ever (review 32, rev32b). Not once the agent is `stopping`: its stop waits
+    for one `timeout_s` at most."""
+    unsent: Callable[[], int | None] | None = getattr(transport, "unsent", None)
+    waiting = unsent() if unsent is not None else None
     deadline = time.monotonic() + timeout_s
     while (left := deadline - time.monotonic()) > 0:
-        byte = transport.read(1, left)
-        if not byte:
-            return b""
-        if byte[0] & 0x90 != 0x10:
-            return byte
+        byte = transport.read(1, min(left, 0.1) if waiting else left)
+        if byte:
+            if byte[0] & 0x90 != 0x10:
+                return byte
+            continue
+        if not waiting or unsent is None:  # all of it taken (or no telling): plain wait
+            continue
+        now_waiting = unsent()
+        if now_waiting is not None and now_waiting < waiting and not stopping():
+            deadline = time.monotonic() + timeout_s  # it still reads the job
+        waiting = now_waiting
     return b""
 
 
@@ -422,8 +440,10 @@ class PrintWorker:
         # (connect failures not counted); `max_send_failures` of them fail the job
         self._drops: dict[int, int] = {}
         # an attempt ended with part of a job maybe on the printer and no cut after it:
-        # the next job sent begins by cutting it off (`separator_bytes`)
+        # the next job sent begins by cutting it off (`separator_bytes`), its NULs as long
+        # as the longest command of that job's codes (`_torn_codes`)
         self._torn = False
+        self._torn_codes: tuple[str, ...] = ()
         self._stop = threading.Event()
         self._wake = threading.Event()
         # The transport a job's bytes are being written to: `stop` breaks that write off
@@ -595,7 +615,7 @@ class PrintWorker:
         except Exception as exc:  # a layout bug must not wedge the queue
             self._fail(job, f"could not lay out the coupon: {exc}")
             return 0.0
-        self._attempt(job, data)
+        self._attempt(job, data, tuple(offer.scan_code for offer in payload.offers))
         return 0.0
 
     def _stale(
@@ -629,7 +649,7 @@ class PrintWorker:
         """Whether the printer is asked `DLE EOT` over this transport."""
         return transport.readable and self.config.query_status
 
-    def _attempt(self, job: _Job, data: bytes) -> None:
+    def _attempt(self, job: _Job, data: bytes, codes: tuple[str, ...] = ()) -> None:
         cfg = self.config
         claimed = False
         settled = False  # the job is the printer's: DONE, every byte of it to go out
@@ -651,9 +671,10 @@ class PrintWorker:
             phase = "send"
             if self._torn or _torn_before(job):
                 assert self.profile is not None
-                data = separator_bytes(self.profile) + data
+                # the torn part is this job's (sent before) or the last torn one's
+                data = separator_bytes(self.profile, self._torn_codes + codes) + data
             self._send(transport, data)
-            self._torn = False
+            self._torn, self._torn_codes = False, ()
             phase = "confirm"
             paper = health.paper
             if transport.readable and cfg.confirm:
@@ -661,7 +682,7 @@ class PrintWorker:
                 # sends by itself) must not pass for the answer to this question
                 transport.discard_input()
                 transport.write(GS_R_PAPER)
-                reply = _gs_r_reply(transport, cfg.confirm_timeout_s)
+                reply = _gs_r_reply(transport, cfg.confirm_timeout_s, self._stop.is_set)
                 if not reply and self._asks(transport):
                     # no GS r: does the printer answer anything after the job? One that
                     # answers DLE EOT reads its input (it lacks GS r, or holds the job for
@@ -704,7 +725,7 @@ class PrintWorker:
                 return
         finally:
             if claimed and not settled:
-                self._torn = True
+                self._torn, self._torn_codes = True, codes
                 # The job is sent again in full (held, retried, broken off): what of it
                 # the connection still holds is thrown away, not delivered after the
                 # close. A printer that stopped reading mid-job got every copy the

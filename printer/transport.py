@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import select
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -116,10 +118,15 @@ class NetworkTransport:
         return self._sock
 
     def write(self, data: bytes) -> None:
+        """Every byte into the connection; `write_timeout_s` is how long the printer may
+        take no byte of it (a printer that reads slowly but steadily is not one that
+        stopped: `sendall`'s timeout was the limit of the whole write, review 32)."""
         sock = self._s()
-        sock.settimeout(self.write_timeout_s)  # since 3.5: a total limit for sendall
+        sock.settimeout(self.write_timeout_s)  # each send: room within the timeout
+        view = memoryview(data)
         try:
-            sock.sendall(data)
+            while view:
+                view = view[sock.send(view) :]
         except TimeoutError:
             raise TransportError(
                 f"printer {self.description} stopped taking data ({self.write_timeout_s:g} s)"
@@ -128,6 +135,20 @@ class NetworkTransport:
             raise ConnectionLost(
                 f"printer {self.description} dropped the connection: {_reason(exc)}"
             ) from None
+
+    def unsent(self) -> int | None:
+        """Bytes written the printer has not taken yet (the kernel's queue for the
+        connection: not yet acknowledged by the printer's end), or None where the system
+        cannot tell (SIOCOUTQ is Linux's)."""
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+        except (OSError, ValueError):
+            return None
+        count: int = struct.unpack("i", out)[0]
+        return count
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         sock = self._s()

@@ -434,7 +434,10 @@ def test_a_display_that_stops_reading_is_reported_and_shows_the_current_message_
             display.show([f"Итого: {n},00", ""])
             assert time.monotonic() - started < 0.5
             time.sleep(0.005)
-        assert _until(lambda: display.status()["state"] == "OFFLINE", 10), display.status()
+        # OFFLINE with the reason (never OK meanwhile: it took nothing, review 32, rev32b)
+        assert _until(
+            lambda: (s := display.status())["state"] == "OFFLINE" and s["last_error"], 10
+        ), display.status()
         assert "loop://" in str(display.status()["last_error"])
         got = line.take()
         shown = _totals(got)
