@@ -227,10 +227,7 @@ def render_escpos(blocks: Sequence[Block], profile: Profile) -> bytes:
             restyle("center")
             _render_code(p, block.data, profile)
         elif isinstance(block, Cut):
-            if profile.cut == "none":
-                p.print_and_feed(6)
-            else:
-                p.cut(mode="PART" if profile.cut == "partial" else "FULL")
+            _cut(p, profile)
     out: bytes = p.output
     return out
 
@@ -250,12 +247,17 @@ def separator_bytes(profile: Profile, codes: Iterable[str] = ()) -> bytes:
     p.profile = profile.escpos_profile()
     p._raw(b"\x00" * torn_command_max(profile, codes))
     p.hw("INIT")
+    _cut(p, profile)
+    out: bytes = p.output
+    return out
+
+
+def _cut(p: Any, profile: Profile) -> None:
+    """The profile's cut; a printer without a cutter gets six lines of feed instead."""
     if profile.cut == "none":
         p.print_and_feed(6)
     else:
         p.cut(mode="PART" if profile.cut == "partial" else "FULL")
-    out: bytes = p.output
-    return out
 
 
 # The longest command a coupon holds besides its codes: a style's parameters, a feed's;
