@@ -1711,14 +1711,22 @@ def confirm_life(
 
 def hub_releases_due(conn: sqlite3.Connection, since: str) -> list[str]:
     """The cancelled or expired holds closed after `since` whose release has not reached
-    the hub yet, oldest first."""
-    return [
+    the hub yet, oldest first; then the open holds priced OFFLINE that the hub may hold
+    all the same (a grant that came past the deadline), by when they were placed."""
+    closed = [
         str(rid)
         for (rid,) in conn.execute(
             "SELECT receipt_id FROM receipt_life INDEXED BY receipt_life_release"
             " WHERE hub_hold != 0 AND state IN ('CANCELLED', 'EXPIRED') AND closed_at > ?"
             " ORDER BY closed_at",
             (since,),
+        )
+    ]
+    return closed + [
+        str(rid)
+        for (rid,) in conn.execute(
+            "SELECT receipt_id FROM receipt_life INDEXED BY receipt_life_open"
+            " WHERE state = 'HELD' AND hub_hold != 0 AND mode = 'OFFLINE' ORDER BY held_at"
         )
     ]
 
@@ -1765,9 +1773,11 @@ def unstored_hub_asks(
 
 
 def released_at_hub(conn: sqlite3.Connection, receipt_id: str) -> None:
-    """The hub released the hold of this closed receipt: nothing left to send."""
+    """The hub released the hold of this closed receipt (or of an open one priced
+    OFFLINE): nothing left to send."""
     conn.execute(
-        "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ? AND state != 'HELD'",
+        "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ?"
+        " AND (state != 'HELD' OR mode = 'OFFLINE')",
         (receipt_id,),
     )
 
