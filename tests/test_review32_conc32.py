@@ -35,6 +35,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from tillpoint.agent.service import Agent
+from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
@@ -103,7 +104,14 @@ class Answer:
 class Till:
     """A real `tillpoint run` on `data` (seeded before), with its three doors."""
 
-    def __init__(self, work: Path, data: Path, hub: LoopbackHub | None = None, hub_conf: str = ""):
+    def __init__(
+        self,
+        work: Path,
+        data: Path,
+        hub: LoopbackHub | None = None,
+        hub_conf: str = "",
+        printer: VirtualPrinter | None = None,
+    ):
         self.work, self.data = work, data
         self.grpc_port, self.http_port = free_port(), free_port()
         self.conf = work / "till.toml"
@@ -112,9 +120,12 @@ class Till:
             f'[server]\nlisten = "127.0.0.1:{self.grpc_port}"\n[metrics]\nenabled = false\n'
             f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n'
         )
+        if printer is not None:  # a real ESC/POS printer on TCP
+            text += f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer.port}\n'
         if hub is not None:
             text += f'[hub]\naddress = "{hub.address}"\npoll_interval_s = 30\n{hub_conf}'
         self.conf.write_text(text, encoding="utf-8")
+        self.printer: VirtualPrinter | None = None
         self.log = work / "run.log"
         self.files = iter(range(10**6))
         with self.log.open("ab") as out:
@@ -273,12 +284,45 @@ def receipt(rid: str, card: str = ANNA, **changes: Any) -> dict[str, Any]:
     return receipt_json(rid, card, **changes)
 
 
+# Anna's printable offer: each of her commits queues one print job (CONTRACT §7).
+PRINTABLE = {
+    "id": "o-next",
+    "customerId": "c-a",
+    "kind": "PERCENT_OFF",
+    "skus": ["4601234000024"],
+    "value": "10",
+    "validFrom": "2026-11-01T00:00:00+03:00",
+    "validTo": "2026-12-31T23:59:59+03:00",
+    "printable": True,
+    "printText": "-10% на хлеб",
+}
+
+
 @pytest.fixture
 def till(tmp_path: Path) -> Iterator[Till]:
-    program = {**PROGRAM, "holdTtlSeconds": 600, "offlineRedeemLimitPoints": 100_000}
-    t = Till(tmp_path, seeded(tmp_path / "till", snapshot(program=program)))
-    yield t
-    t.stop()
+    program = {
+        **PROGRAM,
+        "holdTtlSeconds": 600,
+        "offlineRedeemLimitPoints": 100_000,
+        "offerPrintCooldownDays": 0,
+    }
+    snap = snapshot(program=program, offers=[PRINTABLE])
+    with VirtualPrinter() as printer:
+        t = Till(tmp_path, seeded(tmp_path / "till", snap), printer=printer)
+        t.printer = printer
+        yield t
+        t.stop()
+
+
+def printed_once(t: Till) -> None:
+    """Each committed receipt's print job printed once, and nothing else (CONTRACT §7)."""
+    assert t.printer is not None
+    jobs = t.count("print_jobs")
+    assert jobs == t.count("journal", "kind = 'CHECKOUT'")
+    wait_for(lambda: t.count("print_jobs", "state != 'DONE'") == 0, TIMEOUT)
+    assert len(t.printer.wait_for(jobs, 10)) == jobs
+    time.sleep(0.3)
+    assert len(t.printer.complete) == jobs
 
 
 DOORS = ("http", "grpc", "cli")
@@ -346,9 +390,10 @@ def test_hold_and_checkout_of_one_receipt_at_once_commit_it_once(till: Till) -> 
     seqs = {int(a.doc["seq"]) for a in answers if a.doc["state"] == "CONFIRMED"}
     assert seqs == {1}
     assert till.count("journal") == till.count("outbox") == 1
-    assert till.count("print_jobs") <= 1
+    assert till.count("print_jobs", "receipt_id = 'hc-1'") == 1
     earned = answers[1].figure("earnedPoints")
     assert till.balance(ANNA) == before - 50 + earned
+    printed_once(till)
 
 
 def test_confirm_and_cancel_at_once_one_wins(till: Till) -> None:
@@ -370,6 +415,7 @@ def test_confirm_and_cancel_at_once_one_wins(till: Till) -> None:
         documented([confirm, cancel])
         assert [confirm.ok, cancel.ok].count(True) == 1, (confirm, cancel)
         committed = till.count("journal", "ref_id = ?", rid)
+        assert till.count("print_jobs", "receipt_id = ?", rid) == committed
         if confirm.ok:
             assert confirm.doc["state"] == "CONFIRMED" and committed == 1
             assert cancel.kind == "precondition" and "use a refund" in str(cancel.doc)
@@ -377,6 +423,7 @@ def test_confirm_and_cancel_at_once_one_wins(till: Till) -> None:
             assert cancel.doc["state"] == "CANCELLED" and committed == 0
             assert confirm.kind == "precondition" and "hold expired" in str(confirm.doc)
     assert till.count("journal") == till.count("outbox")
+    printed_once(till)
 
 
 def test_two_confirms_with_different_fiscal_documents_commit_one(till: Till) -> None:
@@ -407,6 +454,8 @@ def test_two_confirms_with_different_fiscal_documents_commit_one(till: Till) -> 
     stored = till.rows("SELECT fiscal_document FROM receipt_life WHERE receipt_id = 'fd-1'")
     assert len(stored) == 1 and stored[0][0] in {f"FD-{d}" for d in DOORS}, stored
     assert till.count("receipts", "receipt_id = 'fd-1'") == 1
+    assert till.count("print_jobs", "receipt_id = 'fd-1'") == 1
+    printed_once(till)
     # the hub gets the stored one: the outbox's transaction names it
     payload = till.rows("SELECT payload FROM outbox")[0][0]
     assert [f"FD-{d}" in payload for d in DOORS].count(True) <= 1
