@@ -527,6 +527,24 @@ def test_refunds_of_one_sale_from_three_doors_never_return_more_than_sold(till: 
     # the same refunds retried: the winner's answer again, the losers still refused
     again = [till.call(d, "refund", b) for d, b in zip(DOORS, refunds, strict=True)]
     assert [a.kind for a in again] == [a.kind for a in answers], again
+    # one refundId from three doors at once (a POS retrying through another door): one
+    # refund, the same answer to each
+    sale = till.http("checkout", receipt("rr-2", redeemPoints=60, lines=BIG))
+    assert sale.ok, sale
+    one = {
+        "refundId": "rr-2-once",
+        "receiptId": "rr-2",
+        "at": "2026-11-24T12:00:00+03:00",
+        "lines": [{"sku": "4601234000017", "qty": "1"}],
+    }
+    answers = at_once([partial(till.call, d, "refund", one) for d in DOORS])
+    documented(answers)
+    assert all(a.ok for a in answers), answers
+    assert {(a.figure("returnedPoints"), a.figure("takenBackPoints")) for a in answers} == {
+        (60, sale.figure("earnedPoints"))
+    }
+    assert till.count("refunds", "receipt_id = 'rr-2'") == 1
+    assert till.count("journal") == till.count("outbox") == 4
 
 
 # ---------------------------------------------------------------- one customer, one coupon
@@ -591,6 +609,31 @@ def test_one_coupon_on_receipts_from_three_doors_at_once_is_used_once(tmp_path: 
         assert t.count("coupon_uses", "code = 'ONCE7'") == 1
     finally:
         t.stop()
+
+
+def test_till_issued_coupons_of_commits_at_once_are_never_the_same_code(tmp_path: Path) -> None:
+    """CONTRACT §13: a printed offer with issueCoupon gets a new one-time code built from
+    the device id and a counter never reused: six commits at once through three doors
+    (checkouts, and holds confirmed at once) issue six different codes, one print job each."""
+    program = {**PROGRAM, "holdTtlSeconds": 600, "offerPrintCooldownDays": 0}
+    snap = snapshot(program=program, offers=[dict(PRINTABLE, issueCoupon=True)])
+    with VirtualPrinter() as printer:
+        t = Till(tmp_path, seeded(tmp_path / "till", snap), printer=printer)
+        try:
+            for n in range(3):
+                assert t.http("hold", receipt(f"ih-{n}")).ok
+            calls = [partial(t.call, d, "checkout", receipt(f"ic-{d}")) for d in DOORS]
+            calls += [
+                partial(t.call, d, "confirm", {"receiptId": f"ih-{n}"}) for n, d in enumerate(DOORS)
+            ]
+            answers = at_once(calls)
+            documented(answers)
+            assert all(a.ok for a in answers), answers
+            codes = [c for (c,) in t.rows("SELECT code FROM issued_coupons")]
+            assert len(codes) == len(set(codes)) == 6, codes
+            assert t.count("print_jobs") == 6
+        finally:
+            t.stop()
 
 
 # ---------------------------------------------------------------- a hold at its TTL edge
