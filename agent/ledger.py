@@ -1772,13 +1772,14 @@ def unstored_hub_asks(
     return [(str(r), str(a), None if p is None else int(p)) for r, a, p in rows]
 
 
-def released_at_hub(conn: sqlite3.Connection, receipt_id: str) -> None:
+def released_at_hub(conn: sqlite3.Connection, receipt_id: str, held_at: str) -> None:
     """The hub released the hold of this closed receipt (or of an open one priced
-    OFFLINE): nothing left to send."""
+    OFFLINE) placed at `held_at`: nothing left to send. A hold of the receipt placed
+    since (an expired one held afresh while the release was on its way) keeps its mark."""
     conn.execute(
-        "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ?"
+        "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ? AND held_at = ?"
         " AND (state != 'HELD' OR mode = 'OFFLINE')",
-        (receipt_id,),
+        (receipt_id, held_at),
     )
 
 

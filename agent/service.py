@@ -817,8 +817,9 @@ class Agent:
             return False
         finally:
             self._hub_turns.end_release(receipt_id)
-        with self._lock, self._write() as conn:
-            ledger.released_at_hub(conn, receipt_id)
+        if life is not None:  # (a forgotten receipt has no row to mark)
+            with self._lock, self._write() as conn:
+                ledger.released_at_hub(conn, receipt_id, life.held_at)
         return True
 
     def on_release_owed(self, listener: Callable[[], None]) -> None:
