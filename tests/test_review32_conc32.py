@@ -941,3 +941,36 @@ def test_a_hold_priced_offline_after_a_late_grant_leaves_no_hold_at_the_hub(
     finally:
         t.stop()
         hub.stop()
+
+
+def test_confirm_and_cancel_at_once_with_a_hub_leave_it_holding_nothing(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §9, §11: online holds (the hub holds their points); Confirm ∥ Cancel of
+    each from two doors: whichever wins, once the outbox is drained the hub holds nothing
+    (a confirmed one settled by its transaction, a cancelled one released), has exactly
+    the till's journal, and the customer's balance the till shows."""
+    t = enrolled_run(hub, tmp_path)
+    try:
+        pairs = [("http", "grpc"), ("grpc", "cli"), ("cli", "http"), ("grpc", "http")]
+        for n, (confirm_door, cancel_door) in enumerate(pairs):
+            rid = f"hc-{n}"
+            held = t.http("hold", receipt(rid, "2770000000017", redeemPoints=50, lines=BIG))
+            assert held.ok, held
+            confirm, cancel = at_once(
+                [
+                    partial(t.call, confirm_door, "confirm", {"receiptId": rid}),
+                    partial(t.call, cancel_door, "cancel", {"receiptId": rid}),
+                ]
+            )
+            documented([confirm, cancel])
+            assert [confirm.ok, cancel.ok].count(True) == 1, (confirm, cancel)
+        wait_for(lambda: t.count("outbox") == 0, TIMEOUT)
+        wait_for(lambda: hub_held(hub) == 0, 20)  # within the hold timer's round
+        assert [e.ref_id for e in hub.store.ledger(DEVICE)] == [
+            r for (r,) in t.rows("SELECT ref_id FROM journal ORDER BY seq")
+        ]
+        hub_available = int(hub.store.balance("c-1", datetime.now(UTC)).available)
+        assert t.balance(ANNA) == hub_available
+    finally:
+        t.stop()
