@@ -1756,22 +1756,14 @@ def confirm_life(
 
 def hub_releases_due(conn: sqlite3.Connection, since: str) -> list[str]:
     """The cancelled or expired holds closed after `since` whose release has not reached
-    the hub yet, oldest first; then the open holds priced OFFLINE that the hub may hold
-    all the same (a grant that came past the deadline), by when they were placed."""
-    closed = [
+    the hub yet, oldest first."""
+    return [
         str(rid)
         for (rid,) in conn.execute(
             "SELECT receipt_id FROM receipt_life INDEXED BY receipt_life_release"
             " WHERE hub_hold != 0 AND state IN ('CANCELLED', 'EXPIRED') AND closed_at > ?"
             " ORDER BY closed_at",
             (since,),
-        )
-    ]
-    return closed + [
-        str(rid)
-        for (rid,) in conn.execute(
-            "SELECT receipt_id FROM receipt_life INDEXED BY receipt_life_open"
-            " WHERE state = 'HELD' AND hub_hold != 0 AND mode = 'OFFLINE' ORDER BY held_at"
         )
     ]
 
@@ -1817,14 +1809,11 @@ def unstored_hub_asks(
     return [(str(r), str(a), None if p is None else int(p)) for r, a, p in rows]
 
 
-def released_at_hub(conn: sqlite3.Connection, receipt_id: str, held_at: str) -> None:
-    """The hub released the hold of this closed receipt (or of an open one priced
-    OFFLINE) placed at `held_at`: nothing left to send. A hold of the receipt placed
-    since (an expired one held afresh while the release was on its way) keeps its mark."""
+def released_at_hub(conn: sqlite3.Connection, receipt_id: str) -> None:
+    """The hub released the hold of this closed receipt: nothing left to send."""
     conn.execute(
-        "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ? AND held_at = ?"
-        " AND (state != 'HELD' OR mode = 'OFFLINE')",
-        (receipt_id, held_at),
+        "UPDATE receipt_life SET hub_hold = 0 WHERE receipt_id = ? AND state != 'HELD'",
+        (receipt_id,),
     )
 
 

@@ -289,8 +289,6 @@ def start_hold_sweeper(
     draw = rng or random.Random()
     if on_recovery is not None:
         on_recovery(wake.set)  # quick, from any thread: the round runs here
-    # a hold priced OFFLINE that the hub may hold all the same: released in the next round
-    agent.on_release_owed(wake.set)
 
     def run(stop: threading.Event) -> None:
         while True:  # at once too: holds that expired while the agent was down

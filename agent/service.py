@@ -342,9 +342,6 @@ class Agent:
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
         self._hub_turns = HubTurns(on_put_off=self._release_put_off)
-        # who sends the releases owed (`tillpoint run`'s hold timer): told when a hold
-        # priced OFFLINE may be held at the hub all the same (`on_release_owed`)
-        self._release_listeners: list[Callable[[], None]] = []
         # `_one_hub_deadline`: when this thread's Hold or Checkout first asked the hub
         self._asks = threading.local()
         # Quotes, identification and balances read on connections of their own, outside
@@ -806,7 +803,9 @@ class Agent:
             return False
         with self._lock:
             life = None if forgotten else self._life(receipt_id)
-            if not forgotten and (life is None or not _owes_release(life)):
+            if not forgotten and (
+                life is None or life.state not in ("CANCELLED", "EXPIRED") or not life.hub_hold
+            ):
                 return None  # held again, or confirmed since: its transaction settles it
             if not self._hub_turns.start_release(receipt_id):
                 return None
@@ -817,25 +816,9 @@ class Agent:
             return False
         finally:
             self._hub_turns.end_release(receipt_id)
-        if life is not None:  # (a forgotten receipt has no row to mark)
-            with self._lock, self._write() as conn:
-                ledger.released_at_hub(conn, receipt_id, life.held_at)
+        with self._lock, self._write() as conn:
+            ledger.released_at_hub(conn, receipt_id)
         return True
-
-    def on_release_owed(self, listener: Callable[[], None]) -> None:
-        """`listener` (quick, from any thread) is told when a release is owed at once: a
-        hold priced OFFLINE whose request to the hub may have placed a hold there (the
-        grant came after the deadline). `tillpoint run`'s hold timer wakes on it and
-        sends the release (`retry_hub_releases`), so the hub does not keep the customer's
-        points and codes held from every till for a receipt that does not use them."""
-        self._release_listeners.append(listener)
-
-    def _release_owed(self) -> None:
-        for listener in self._release_listeners:
-            try:
-                listener()
-            except Exception:  # the hold timer's next round sends it
-                log.warning("waking the hold timer failed", exc_info=True)
 
     def _release_put_off(self, receipt_id: str) -> None:
         """A release put off while a hold or checkout of the receipt was in its turn: sent
@@ -1018,10 +1001,6 @@ class Agent:
                 ledger.utc_text(expires),
             ),
         )
-        if hub_hold and done.mode == "OFFLINE":
-            # priced without the hub, whose hold (a grant past the deadline) is of no use
-            # to it: let it go now (the timer waits for this transaction's lock)
-            self._release_owed()
         return "HELD", held, None
 
     def _price_early(self, receipt: Receipt, *, confirm_now: bool) -> _Early | None:
@@ -2648,17 +2627,6 @@ def _as_quote(committed: dict[str, Any], explain: bool = False) -> dict[str, Any
     paid = total - discount - int(result["payableMinor"])  # the points' money
     result["display"] = quote_display(total, discount, None, paid)
     return result
-
-
-def _owes_release(life: ledger.ReceiptLife) -> bool:
-    """What the hub may hold for this receipt is to be released: a cancelled or expired
-    hold's, and an open hold's priced OFFLINE (the hub's answer came too late for it: the
-    receipt redeems by the offline limit, and its Confirm settles at the hub as offline)."""
-    if not life.hub_hold:
-        return False
-    return life.state in ("CANCELLED", "EXPIRED") or (
-        life.state == "HELD" and life.mode == "OFFLINE"
-    )
 
 
 def _cancelled(held: dict[str, Any]) -> dict[str, Any]:

@@ -147,8 +147,9 @@ class TxResult:
     # the till may number it again and send it again (TransactionResult.seq_taken)
     seq_taken: bool = False
     # the seq the transaction is stored under (STORED: its own; a DUPLICATE: the one that
-    # holds it), 0 otherwise: resolves a set-aside entry of a seq taken (review 32)
-    stored_as: int = 0
+    # holds it), 0 otherwise: resolves a set-aside entry of a seq taken (review 32). The
+    # push's own work, no part of its answer: a retried batch's stored answer has none
+    stored_as: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
