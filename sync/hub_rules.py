@@ -409,7 +409,8 @@ class HubRules:
                     f" seq with another transaction of {t.device_id}): the refund is numbered"
                     " again after it, never counted without its sale"
                 )
-                self._set_aside(tx, t, "CONFLICT", reason, content, now)
+                # a seq taken as its sale's is (hub32b): resolved once stored again
+                self._set_aside(tx, t, "CONFLICT", reason, content, now, seq_taken=True)
                 settled[t.device_id].append(f"seq:{t.seq}")  # as for its sale, above
                 return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
         try:
