@@ -9,7 +9,15 @@ PostgreSQL (a throwaway cluster), `tillpoint` processes of both releases.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +25,7 @@ from typing import Any
 
 import pytest
 from tillpoint.sync.hub_store import TxIn
-from tillpoint.sync.loopback import import_doc, sample_master_data
+from tillpoint.sync.loopback import import_doc, receipt, sample_master_data, wait_for
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -79,3 +87,227 @@ def test_a_refund_numbered_again_with_its_sale_reads_resolved_once_stored(store:
         (True, 3),
         (True, 4),
     ]
+
+
+# ------------------------------------------------ two releases as processes (CONTRACT §9)
+
+REPO = Path(__file__).resolve().parent.parent
+OLD_REV = "4362ba0"  # the release before review 32's sync changes (no seq_taken)
+NEW = [str(Path(sys.executable).with_name("tillpoint"))]
+CARD = "2770000000017"  # c-1's card in the sample data
+
+
+@pytest.fixture(scope="module")
+def old_release(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """`tillpoint` of the release before (its own code, read from this repository's
+    history with `git archive`), run by this interpreter with the same installed
+    dependencies (`-S`: this checkout's editable install stays out of its path)."""
+    root = tmp_path_factory.mktemp("old32")
+    try:
+        made = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", OLD_REV]
+            + ["agent", "sync", "printer", "proto"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except OSError as exc:
+        pytest.skip(f"git is needed to make the release before ({OLD_REV}): {exc}")
+    if made.returncode != 0:
+        pytest.skip(f"{OLD_REV} is not in this repository's history: {made.stderr[:200]!r}")
+    with tarfile.open(fileobj=io.BytesIO(made.stdout)) as tar:
+        tar.extractall(root / "src", filter="tar")
+    package = root / "site" / "tillpoint"
+    package.mkdir(parents=True)
+    for name, folder in {
+        "agent": "agent",
+        "sync": "sync",
+        "printer": "printer",
+        "v1": "proto/tillpoint/v1",
+        "client": "agent/tillpoint_client",
+    }.items():
+        (package / name).symlink_to(root / "src" / folder)
+    deps = sysconfig.get_paths()["purelib"]
+    script = root / "tillpoint_old.py"
+    script.write_text(
+        f"import sys\nsys.path[:0] = [{str(root / 'site')!r}, {deps!r}]\n"
+        "from tillpoint.agent.cli import main\nraise SystemExit(main(sys.argv[1:]))\n",
+        encoding="utf-8",
+    )
+    return [sys.executable, "-S", str(script)]
+
+
+class Chain:
+    """A hub directory served by one release's `hub serve` and tills run by either
+    release's `tillpoint`, every one a process; the hub's store SQLite (or `store`)."""
+
+    def __init__(self, work: Path, hub_exe: list[str], store: str = "") -> None:
+        self.work = work
+        self.hub_exe = hub_exe
+        self.hub_dir = work / "hub"
+        self.store = ["--store", store] if store else []
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        self.env["TILLPOINT_DEVICE_ID"] = "till-w"
+        self.env["TILLPOINT_HUB__REDEEM_TIMEOUT_MS"] = "3000"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        master = work / "master.json"
+        master.write_text(json.dumps(sample_master_data()), encoding="utf-8")
+        if store:
+            self.hub("migrate", "--json")
+        self.hub("init", "--json")
+        self.hub("import", str(master), "--json")
+        self.hub("publish", "--ttl-hours", "8760", "--json")
+
+    def run(self, exe: list[str], *args: str, ok: bool = True) -> tuple[int, Any, str]:
+        p = subprocess.run(
+            [*exe, *args], capture_output=True, text=True, env=self.env, timeout=90, check=False
+        )
+        if ok:
+            assert p.returncode == 0, (args, p.stdout, p.stderr)
+        try:
+            doc = json.loads(p.stdout)
+        except json.JSONDecodeError:
+            doc = p.stdout
+        return p.returncode, doc, p.stderr
+
+    def hub(self, *args: str, exe: list[str] | None = None, ok: bool = True) -> Any:
+        return self.run(
+            exe or self.hub_exe,
+            "hub",
+            *args,
+            "--hub-dir",
+            str(self.hub_dir),
+            *self.store,
+            ok=ok,
+        )[1]
+
+    def serve(self, exe: list[str] | None = None) -> None:
+        """`hub serve` of `exe` (default: the hub's release) on the port it had, if any."""
+        port_file = self.work / "hub.port"
+        port_file.unlink(missing_ok=True)
+        log = (self.work / "hub.log").open("ab")
+        self.proc = subprocess.Popen(
+            [*(exe or self.hub_exe), "hub", "serve", "--hub-dir", str(self.hub_dir)]
+            + [*self.store, "--listen", f"127.0.0.1:{self.port}", "--port-file", str(port_file)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        log.close()
+        self.port = int(wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 30))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def enrol(self, exe: list[str], till: Path, *, renew: bool = False) -> None:
+        """`hub enroll till-w` (`--renew`: again) and the till's `sync install` and its
+        first `sync now`."""
+        bundle = self.work / "bundle.json"
+        address = f"127.0.0.1:{self.port}"
+        again = ["--renew"] if renew else []
+        self.hub("enroll", "till-w", "--address", address, "--out", str(bundle), *again)
+        self.till(exe, till, "sync", "install", str(bundle), "--json")
+        self.till(exe, till, "sync", "now", "--json")
+
+    def till(self, exe: list[str], till: Path, *args: str, ok: bool = True) -> Any:
+        return self.run(exe, "--data-dir", str(till), *args, ok=ok)[1]
+
+    def sell(self, exe: list[str], till: Path, receipt_id: str, redeem: int = 0) -> Any:
+        path = self.work / f"{receipt_id}.json"
+        path.write_text(json.dumps(receipt(receipt_id, CARD, redeem=redeem)), encoding="utf-8")
+        return self.till(exe, till, "checkout", str(path), "--json")
+
+    def refund(self, exe: list[str], till: Path, refund_id: str, receipt_id: str) -> Any:
+        path = self.work / f"{refund_id}.json"
+        doc = {
+            "refundId": refund_id,
+            "receiptId": receipt_id,
+            "at": datetime.now(UTC).isoformat(),
+            "lines": [{"sku": "4601234000017", "qty": "1"}],
+        }
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        return self.till(exe, till, "refund", str(path), "--json")
+
+
+@pytest.fixture()
+def chains() -> Iterator[list[Chain]]:
+    made: list[Chain] = []
+    yield made
+    for chain in made:
+        chain.stop()
+
+
+def releases(old: list[str]) -> dict[str, list[str]]:
+    return {"old": old, "new": NEW}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("hub_is", "till_is"), [("new", "old"), ("old", "new"), ("new", "new")])
+def test_two_cloned_tills_of_either_release_against_a_hub_of_the_other(
+    hub_is: str, till_is: str, old_release: list[str], tmp_path: Path, chains: list[Chain]
+) -> None:
+    """CONTRACT §9 across releases. Till A and its disk's clone B, both `till-w`, each
+    sell c-1 a receipt under seq 1 (B refunds one milk of its own as seq 2); A pushes
+    first. A hub of this release answers B's two CONFLICT `seqTaken` (the refund: its sale
+    is numbered again); a till of the release before sets both aside for good (neither
+    counted anywhere), one of this release numbers them again and both count once. A hub
+    of the release before answers CONFLICT alone: the sale is set aside at either till,
+    and its refund stored (the behaviour before review 32). Whatever the pair: nothing
+    counted twice, the hub's balance of c-1 equals what its ledger holds, the outbox
+    drains, and B's status and `sync receipts` answer."""
+    exe = releases(old_release)
+    hub_exe, till_exe = exe[hub_is], exe[till_is]
+    chain = Chain(tmp_path, hub_exe)
+    chains.append(chain)
+    chain.serve()
+    a, b = tmp_path / "a", tmp_path / "b"
+    chain.enrol(till_exe, a)
+    shutil.copytree(a, b)
+    chain.sell(till_exe, a, "a-1")
+    chain.sell(till_exe, b, "b-1")
+    chain.refund(till_exe, b, "b-1-r", "b-1")
+    chain.till(till_exe, a, "sync", "now", "--json")
+    code, pushed, said = chain.run(
+        till_exe, "--data-dir", str(b), "sync", "now", "--json", ok=False
+    )
+    chain.till(till_exe, b, "sync", "now", "--json", ok=False)  # what was numbered again
+
+    status = chain.till(till_exe, b, "status", "--json")
+    assert status["outboxDepth"] == 0, status
+    stored = chain.hub("receipts", "--device", "till-w", "--json")["transactions"]
+    got = sorted((t["receiptId"], t["refundId"]) for t in stored)
+    aside = {r["seq"]: r for r in chain.hub("set-aside", "--json")["setAside"]}
+    if hub_is == "new" and till_is == "new":
+        assert code == 0 and pushed["setAside"] == 0, (pushed, said)  # numbered again
+        assert got == [("a-1", ""), ("b-1", ""), ("b-1", "b-1-r")]
+        assert status["setAside"] == 0 and status["renumberedTransactions"] == 2
+        assert [(aside[s]["resolved"], aside[s]["storedAsSeq"]) for s in (1, 2)] == [
+            (True, 3),
+            (True, 4),
+        ]
+    elif hub_is == "new":
+        assert got == [("a-1", "")]  # neither b-1 nor its refund: never one without the other
+        assert code == 1 and status["setAside"] == 2, (pushed, said)
+        assert [(aside[s]["seqTaken"], aside[s]["resolved"]) for s in (1, 2)] == [(True, False)] * 2
+        # the words the till shows are true of it: it numbers nothing again (CONTRACT §9)
+        assert "numbered again at the till (" not in status["syncError"], status["syncError"]
+        assert "a till of an earlier release sets both aside" in status["syncError"]
+    else:
+        assert got == [("a-1", ""), ("b-1", "b-1-r")]  # the release before: the refund alone
+        assert code == 1 and status["setAside"] == 1, (pushed, said)
+        assert status["renumberedTransactions"] == 0 and status["lastRenumbered"] is None
+    # nothing counted twice: the hub's c-1 is its ledger's sum over what it stored
+    balance = chain.hub("balance", "c-1", "--json")
+    (tmp_path / "fresh").mkdir()
+    fresh = Chain(tmp_path / "fresh", NEW)
+    opening = fresh.hub("balance", "c-1", "--json")["availablePoints"]
+    moved = sum(t["pointsDeltaAvailable"] for t in stored)
+    assert balance["availablePoints"] == opening + moved, (balance, opening, stored)
