@@ -404,10 +404,13 @@ class HubRules:
                 # its sale, earlier in this batch, comes back under a seq above this one:
                 # stored now, the refund would count without its sale (its points given
                 # back into no batch, §16) until the sale came; numbered again after it
+                # words true of a till of either release (rev32d): one before review 32
+                # reads no seq_taken and sets both aside for good, numbering nothing
                 reason = (
-                    f"its sale {receipt_id} is numbered again at the till (the hub holds its"
-                    f" seq with another transaction of {t.device_id}): the refund is numbered"
-                    " again after it, never counted without its sale"
+                    f"its sale {receipt_id} is numbered again at the till if it can (the hub"
+                    f" holds the sale's seq with another transaction of {t.device_id}), and"
+                    " the refund after it; a till of an earlier release sets both aside:"
+                    " the refund is never counted without its sale"
                 )
                 # a seq taken as its sale's is (hub32b): resolved once stored again
                 self._set_aside(tx, t, "CONFLICT", reason, content, now, seq_taken=True)

@@ -95,6 +95,7 @@ REPO = Path(__file__).resolve().parent.parent
 OLD_REV = "4362ba0"  # the release before review 32's sync changes (no seq_taken)
 NEW = [str(Path(sys.executable).with_name("tillpoint"))]
 CARD = "2770000000017"  # c-1's card in the sample data
+FOLDERS = ("agent", "sync", "printer", "proto")
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,7 @@ def old_release(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     root = tmp_path_factory.mktemp("old32")
     try:
         made = subprocess.run(
-            ["git", "-C", str(REPO), "archive", "--format=tar", OLD_REV]
-            + ["agent", "sync", "printer", "proto"],
+            ["git", "-C", str(REPO), "archive", "--format=tar", OLD_REV, *FOLDERS],
             capture_output=True,
             timeout=60,
             check=False,
@@ -159,7 +159,7 @@ class Chain:
         self.hub("import", str(master), "--json")
         self.hub("publish", "--ttl-hours", "8760", "--json")
 
-    def run(self, exe: list[str], *args: str, ok: bool = True) -> tuple[int, Any, str]:
+    def run(self, exe: list[str], *args: str, ok: bool | int = True) -> tuple[int, Any, str]:
         p = subprocess.run(
             [*exe, *args], capture_output=True, text=True, env=self.env, timeout=90, check=False
         )
@@ -187,9 +187,10 @@ class Chain:
         port_file = self.work / "hub.port"
         port_file.unlink(missing_ok=True)
         log = (self.work / "hub.log").open("ab")
+        serve = [*(exe or self.hub_exe), "hub", "serve", "--hub-dir", str(self.hub_dir)]
+        listen = ["--listen", f"127.0.0.1:{self.port}", "--port-file", str(port_file)]
         self.proc = subprocess.Popen(
-            [*(exe or self.hub_exe), "hub", "serve", "--hub-dir", str(self.hub_dir)]
-            + [*self.store, "--listen", f"127.0.0.1:{self.port}", "--port-file", str(port_file)],
+            [*serve, *self.store, *listen],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=log,
