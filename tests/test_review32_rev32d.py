@@ -312,3 +312,79 @@ def test_two_cloned_tills_of_either_release_against_a_hub_of_the_other(
     opening = fresh.hub("balance", "c-1", "--json")["availablePoints"]
     moved = sum(t["pointsDeltaAvailable"] for t in stored)
     assert balance["availablePoints"] == opening + moved, (balance, opening, stored)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_hub_and_its_tills_upgraded_in_place_keep_set_aside_entries_holds_and_outboxes(
+    kind: str, old_release: list[str], tmp_path: Path, chains: list[Chain], request: Any
+) -> None:
+    """docs/HUB.md, Migrations; CONTRACT §9, §10, §11. A hub of the release before (SQLite,
+    or PostgreSQL through that release's `hub migrate`) has set aside the clone's seq 1
+    (its reason only: no column said "seq taken" then) and holds the points of c-1 for
+    till A's open hold h-1; A's outbox holds a-2 and a-3 (the hub was away). Upgraded:
+    on PostgreSQL this release's `hub serve` refuses the schema with one line naming
+    `hub migrate` (no traceback), which applies step 10 alone; the entry reads as a seq
+    taken, unresolved; the hold is still outstanding. A, upgraded too, drains its outbox
+    once, confirms h-1 (the hub's hold settled by it) and its status answers the new
+    fields (renumberedTransactions 0, lastRenumbered null)."""
+    old = old_release
+    store = request.getfixturevalue("pg_url") if kind == "postgresql" else ""
+    chain = Chain(tmp_path, old, store)
+    chains.append(chain)
+    chain.serve()
+    a, b = tmp_path / "a", tmp_path / "b"
+    chain.enrol(old, a)
+    shutil.copytree(a, b)
+    chain.sell(old, a, "a-1")
+    chain.sell(old, b, "b-1")
+    chain.till(old, a, "sync", "now", "--json")
+    chain.till(old, b, "sync", "now", "--json", ok=False)  # b-1: set aside
+    hold = tmp_path / "h-1.json"
+    hold.write_text(json.dumps(receipt("h-1", CARD, redeem=300)), encoding="utf-8")
+    held = chain.till(old, a, "hold", str(hold), "--json")
+    spent = held["redeemedPoints"]
+    assert held["state"] == "HELD" and spent > 0, held
+    assert chain.hub("status", "--json")["holdsOutstanding"]["points"] == spent
+    chain.stop()
+    chain.sell(old, a, "a-2")  # the hub away: stays in the outbox
+    chain.sell(old, a, "a-3")
+    assert chain.till(old, a, "status", "--json")["outboxDepth"] == 2
+
+    if kind == "postgresql":
+        port_file = tmp_path / "hub.port"
+        port_file.unlink(missing_ok=True)
+        refused = subprocess.run(
+            [*NEW, "hub", "serve", "--hub-dir", str(chain.hub_dir), "--store", store]
+            + ["--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+            capture_output=True,
+            text=True,
+            env=chain.env,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode in (1, 2), refused.stderr
+        assert "hub migrate" in refused.stderr and "Traceback" not in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert chain.hub("migrate", "--json", exe=NEW)["applied"] == [10]
+    chain.hub_exe = NEW
+    chain.serve()
+    entry = chain.hub("set-aside", "--json")["setAside"][0]
+    assert (entry["seq"], entry["seqTaken"], entry["resolved"]) == (1, True, False), entry
+    assert chain.hub("status", "--json")["holdsOutstanding"]["points"] == spent
+
+    pushed = chain.till(NEW, a, "sync", "now", "--json")
+    assert pushed["pushed"] == 2 and pushed["outboxDepth"] == 0, pushed
+    assert chain.till(NEW, a, "sync", "now", "--json")["pushed"] == 0
+    confirmed = chain.till(NEW, a, "confirm", "h-1", "--fiscal", "FD-7", "--json")
+    assert confirmed["state"] == "CONFIRMED", confirmed
+    chain.till(NEW, a, "sync", "now", "--json")
+    hub_status = chain.hub("status", "--json")
+    assert hub_status["holdsOutstanding"]["points"] == 0, hub_status
+    assert (hub_status["setAside"], hub_status["setAsideResolved"]) == (1, 0)
+    stored = chain.hub("receipts", "--device", "till-w", "--json")["transactions"]
+    assert sorted(t["receiptId"] for t in stored) == ["a-1", "a-2", "a-3", "h-1"]
+    assert [t["fiscalDocument"] for t in stored if t["receiptId"] == "h-1"] == ["FD-7"]
+    status = chain.till(NEW, a, "status", "--json")
+    assert status["outboxDepth"] == 0 and status["setAside"] == 0, status
+    assert (status["renumberedTransactions"], status["lastRenumbered"]) == (0, None)
