@@ -305,6 +305,10 @@ def test_two_cloned_tills_of_either_release_against_a_hub_of_the_other(
         assert got == [("a-1", ""), ("b-1", "b-1-r")]  # the release before: the refund alone
         assert code == 1 and status["setAside"] == 1, (pushed, said)
         assert status["renumberedTransactions"] == 0 and status["lastRenumbered"] is None
+    # the till asks the hub what it stored (ListTransactions: field 13 unknown to the
+    # release before, absent from its hub): the same list at either
+    listed = chain.till(till_exe, b, "sync", "receipts", "--json")["transactions"]
+    assert sorted((t["receiptId"], t["refundId"]) for t in listed) == got
     # nothing counted twice: the hub's c-1 is its ledger's sum over what it stored
     balance = chain.hub("balance", "c-1", "--json")
     (tmp_path / "fresh").mkdir()
