@@ -392,3 +392,32 @@ def test_a_hub_and_its_tills_upgraded_in_place_keep_set_aside_entries_holds_and_
     status = chain.till(NEW, a, "status", "--json")
     assert status["outboxDepth"] == 0 and status["setAside"] == 0, status
     assert (status["renumberedTransactions"], status["lastRenumbered"]) == (0, None)
+
+
+@pytest.mark.parametrize("kind", ["COUPON_ISSUED", "DISCARDED"])
+def test_what_a_till_never_numbers_again_is_no_seq_taken(store: Any, kind: str) -> None:
+    """CONTRACT §9: only a sale or refund is numbered again. A till-issued coupon under a
+    seq the hub holds with another transaction is set aside for a person (two clones
+    issue the same codes), and a seq a till discarded (`reset --force`, or the old seq of
+    one it numbered again, told again to a hub restored from a backup while its clone's
+    transaction holds it there) has nothing to send again: neither is answered or kept as
+    a seq taken, which said "the till numbers it again" and left an entry that could never
+    read resolved (one to review, as any CONFLICT)."""
+    store.ingest("till-x", "", [tx(1, "a-1")], NOW)
+    other = TxIn(
+        "till-x",
+        1,
+        kind,
+        NOW.isoformat(),
+        "",
+        "",
+        json.dumps({"receiptId": "b-1"}) if kind == "COUPON_ISSUED" else "{}",
+        "{}",
+        0,
+        0,
+        "",
+    )
+    answer = store.ingest("till-x", "", [other], NOW).results[0]
+    assert (answer.outcome, answer.seq_taken) == ("CONFLICT", False)
+    entry = store.set_aside_transactions("till-x")[0]
+    assert (entry["seq"], entry["seqTaken"], entry["resolved"]) == (1, False, False)
