@@ -421,3 +421,78 @@ def test_what_a_till_never_numbers_again_is_no_seq_taken(store: Any, kind: str) 
     assert (answer.outcome, answer.seq_taken) == ("CONFLICT", False)
     entry = store.set_aside_transactions("till-x")[0]
     assert (entry["seq"], entry["seqTaken"], entry["resolved"]) == (1, False, False)
+
+
+@pytest.mark.slow
+def test_an_upgraded_till_whose_old_outbox_meets_taken_seqs_numbers_them_again_once(
+    tmp_path: Path, chains: list[Chain]
+) -> None:
+    """CONTRACT §9, §5; tests/fixtures/upgrade. The till the oldest release left (5342b18:
+    r1, r2, r3, refund f1 of r1 and h2 in its outbox, seqs 1-5), its ledger restored from
+    a backup: the hub holds seqs 1 and 2 of till-1 with other sales (a clone's, no
+    points). Upgraded, its `sync now` numbers r1 and r2 again, and f1 after r1 (its
+    batch's sale is numbered again); every receipt and refund is stored once, the hub's
+    balances are the ones the old code printed, retries of r1 and f1 answer their new
+    seqs, and the till's status names what it numbered again."""
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    from tests.test_review23_upgrade23 import OLDEST, Old
+
+    old = Old(OLDEST, tmp_path)
+    hub_store = SqliteHubStore(Path(old.store))
+    try:
+        clone = [
+            TxIn(
+                "till-1",
+                seq,
+                "CHECKOUT",
+                NOW.isoformat(),
+                "",
+                "",
+                json.dumps({"receiptId": f"x-{seq}"}),
+                "{}",
+                0,
+                0,
+                "",
+            )
+            for seq in (1, 2)
+        ]
+        assert [r.outcome for r in hub_store.ingest("till-1", "", clone, NOW).results] == [
+            "STORED"
+        ] * 2
+    finally:
+        hub_store.close()
+    chain = Chain.__new__(Chain)
+    chain.work, chain.hub_exe, chain.hub_dir, chain.store = tmp_path, NEW, old.hub, []
+    chain.env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    chain.env["TILLPOINT_DEVICE_ID"] = "till-1"
+    chain.proc, chain.port = None, 0
+    chains.append(chain)
+    chain.serve()
+    chain.env["TILLPOINT_HUB__ADDRESS"] = f"127.0.0.1:{chain.port}"
+    code, pushed, said = chain.run(NEW, "--data-dir", str(old.till), "sync", "now", "--json")
+    assert pushed["setAside"] == 0 and pushed["outboxDepth"] == 0, (pushed, said)
+    stored = chain.hub("receipts", "--device", "till-1", "--json")["transactions"]
+    mine = [(t["seq"], t["receiptId"], t["refundId"]) for t in stored if t["seq"] > 2]
+    assert sorted((r, f) for _, r, f in mine) == [
+        ("h2", ""),
+        ("r1", ""),
+        ("r1", "f1"),
+        ("r2", ""),
+        ("r3", ""),
+    ], mine
+    seq_of = {f or r: s for s, r, f in mine}
+    assert seq_of["r1"] < seq_of["f1"]  # the refund after its sale
+    customers = {"2770000000017": "c-a", "2770000000024": "c-b", "2770000000079": "c-h"}
+    for card, customer in customers.items():
+        live = chain.hub("balance", customer, "--json")
+        assert live["availablePoints"] == old.expect["balances"][card]["availablePoints"]
+    chain.env.pop("TILLPOINT_HUB__ADDRESS")
+    chain.env["TILLPOINT_HUB__REDEEM_TIMEOUT_MS"] = "50"
+    again = chain.till(NEW, old.till, "checkout", str(old.work / "r1.json"), "--json")
+    assert again["seq"] == seq_of["r1"], again
+    refund = chain.till(NEW, old.till, "refund", str(old.work / "f1.json"), "--json")
+    assert refund["seq"] == seq_of["f1"], refund
+    status = chain.till(NEW, old.till, "status", "--json")
+    assert status["renumberedTransactions"] == 3, status
+    assert status["outboxDepth"] == 0 and status["setAside"] == 0, status
