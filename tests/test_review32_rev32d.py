@@ -358,9 +358,9 @@ def test_a_hub_and_its_tills_upgraded_in_place_keep_set_aside_entries_holds_and_
     if kind == "postgresql":
         port_file = tmp_path / "hub.port"
         port_file.unlink(missing_ok=True)
+        listen = ["--listen", "127.0.0.1:0", "--port-file", str(port_file)]
         refused = subprocess.run(
-            [*NEW, "hub", "serve", "--hub-dir", str(chain.hub_dir), "--store", store]
-            + ["--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+            [*NEW, "hub", "serve", "--hub-dir", str(chain.hub_dir), "--store", store, *listen],
             capture_output=True,
             text=True,
             env=chain.env,
@@ -470,7 +470,7 @@ def test_an_upgraded_till_whose_old_outbox_meets_taken_seqs_numbers_them_again_o
     chains.append(chain)
     chain.serve()
     chain.env["TILLPOINT_HUB__ADDRESS"] = f"127.0.0.1:{chain.port}"
-    code, pushed, said = chain.run(NEW, "--data-dir", str(old.till), "sync", "now", "--json")
+    _, pushed, said = chain.run(NEW, "--data-dir", str(old.till), "sync", "now", "--json")
     assert pushed["setAside"] == 0 and pushed["outboxDepth"] == 0, (pushed, said)
     stored = chain.hub("receipts", "--device", "till-1", "--json")["transactions"]
     mine = [(t["seq"], t["receiptId"], t["refundId"]) for t in stored if t["seq"] > 2]
