@@ -251,31 +251,46 @@ def releases(old: list[str]) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("hub_is", "till_is"), [("new", "old"), ("old", "new"), ("new", "new")])
+@pytest.mark.parametrize(
+    ("hub_is", "a_is", "b_is"),
+    [
+        ("new", "old", "old"),
+        ("old", "new", "new"),
+        ("new", "new", "new"),
+        ("new", "old", "new"),  # one clone upgraded, the other not
+        ("new", "new", "old"),
+    ],
+)
 def test_two_cloned_tills_of_either_release_against_a_hub_of_the_other(
-    hub_is: str, till_is: str, old_release: list[str], tmp_path: Path, chains: list[Chain]
+    hub_is: str,
+    a_is: str,
+    b_is: str,
+    old_release: list[str],
+    tmp_path: Path,
+    chains: list[Chain],
 ) -> None:
     """CONTRACT §9 across releases. Till A and its disk's clone B, both `till-w`, each
     sell c-1 a receipt under seq 1 (B refunds one milk of its own as seq 2); A pushes
     first. A hub of this release answers B's two CONFLICT `seqTaken` (the refund: its sale
-    is numbered again); a till of the release before sets both aside for good (neither
+    is numbered again); a till B of the release before sets both aside for good (neither
     counted anywhere), one of this release numbers them again and both count once. A hub
     of the release before answers CONFLICT alone: the sale is set aside at either till,
     and its refund stored (the behaviour before review 32). Whatever the pair: nothing
     counted twice, the hub's balance of c-1 equals what its ledger holds, the outbox
     drains, and B's status and `sync receipts` answer."""
     exe = releases(old_release)
-    hub_exe, till_exe = exe[hub_is], exe[till_is]
+    hub_exe, a_exe, till_exe = exe[hub_is], exe[a_is], exe[b_is]
+    till_is = b_is
     chain = Chain(tmp_path, hub_exe)
     chains.append(chain)
     chain.serve()
     a, b = tmp_path / "a", tmp_path / "b"
-    chain.enrol(till_exe, a)
+    chain.enrol(a_exe, a)
     shutil.copytree(a, b)
-    chain.sell(till_exe, a, "a-1")
+    chain.sell(a_exe, a, "a-1")
     chain.sell(till_exe, b, "b-1")
     chain.refund(till_exe, b, "b-1-r", "b-1")
-    chain.till(till_exe, a, "sync", "now", "--json")
+    chain.till(a_exe, a, "sync", "now", "--json")
     code, pushed, said = chain.run(
         till_exe, "--data-dir", str(b), "sync", "now", "--json", ok=False
     )
