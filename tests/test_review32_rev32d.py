@@ -511,3 +511,60 @@ def test_an_upgraded_till_whose_old_outbox_meets_taken_seqs_numbers_them_again_o
     status = chain.till(NEW, old.till, "status", "--json")
     assert status["renumberedTransactions"] == 3, status
     assert status["outboxDepth"] == 0 and status["setAside"] == 0, status
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("restored_is", ["old", "new"])
+def test_a_hub_restored_from_its_backup_before_the_upgrade_after_a_renumbering(
+    restored_is: str, old_release: list[str], tmp_path: Path, chains: list[Chain]
+) -> None:
+    """CONTRACT §9 (a restored hub; the old seqs of what was numbered again). A hub of
+    the release before is backed up and upgraded; clones A and B of this release sell
+    (B: b-1 and its refund under seqs A's a-1 and nothing hold) and B numbers both again.
+    The upgrade is rolled back (the backup, under the release before) or the hub is
+    restored from that backup (this release): the tills send again what it lost, B its
+    old seqs as DISCARDED. Every sale and refund is stored once, nothing is left in an
+    outbox or set aside at a till, and the hub's balance of c-1 is its ledger's sum."""
+    exe = releases(old_release)
+    chain = Chain(tmp_path, exe["old"])
+    chains.append(chain)
+    chain.serve()
+    a, b = tmp_path / "a", tmp_path / "b"
+    chain.enrol(NEW, a)
+    shutil.copytree(a, b)
+    chain.stop()
+    backup = tmp_path / "backup"
+    shutil.copytree(chain.hub_dir, backup)
+    chain.hub_exe = NEW
+    chain.serve()
+    chain.sell(NEW, a, "a-1")
+    chain.sell(NEW, b, "b-1")
+    chain.refund(NEW, b, "b-1-r", "b-1")
+    chain.till(NEW, a, "sync", "now", "--json")
+    chain.till(NEW, b, "sync", "now", "--json")
+    chain.till(NEW, b, "sync", "now", "--json")
+    assert chain.till(NEW, b, "status", "--json")["renumberedTransactions"] == 2
+    want = [("a-1", ""), ("b-1", ""), ("b-1", "b-1-r")]
+
+    def stored() -> list[tuple[str, str]]:
+        got = chain.hub("receipts", "--device", "till-w", "--json")["transactions"]
+        return sorted((t["receiptId"], t["refundId"]) for t in got)
+
+    assert stored() == want
+    chain.stop()
+    shutil.rmtree(chain.hub_dir)
+    shutil.copytree(backup, chain.hub_dir)
+    chain.hub_exe = exe[restored_is]
+    chain.serve()
+    assert stored() == []
+    for till in (a, b, a, b):
+        chain.till(NEW, till, "sync", "now", "--json")
+    assert stored() == want
+    for till in (a, b):
+        status = chain.till(NEW, till, "status", "--json")
+        assert status["outboxDepth"] == 0 and status["setAside"] == 0, status
+    balance = chain.hub("balance", "c-1", "--json")["availablePoints"]
+    got = chain.hub("receipts", "--device", "till-w", "--json")["transactions"]
+    (tmp_path / "fresh").mkdir()
+    opening = Chain(tmp_path / "fresh", NEW).hub("balance", "c-1", "--json")["availablePoints"]
+    assert balance == opening + sum(t["pointsDeltaAvailable"] for t in got)
