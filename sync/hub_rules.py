@@ -389,27 +389,35 @@ class HubRules:
                 f" tills may be running as {t.device_id} (one enrolment bundle installed on"
                 " both, a cloned disk), or its ledger was restored from an old backup"
             )
-            self._set_aside(tx, t, "CONFLICT", reason, content, now, seq_taken=True)
-            # the till numbers it again and sends it again (review 32): then the dedupe
-            # on its receipt or refund id (`_booked_before`) decides
+            # a sale or refund: the till numbers it again and sends it again (review
+            # 32), then the dedupe on its receipt or refund id (`_booked_before`)
+            # decides. A till-issued coupon (a person decides between two clones' codes)
+            # or a discarded seq (nothing to send again) is no seq taken (rev32d): it
+            # said "the till numbers it again" and its entry could never read resolved
+            taken = t.kind in ("CHECKOUT", "REFUND")
+            self._set_aside(tx, t, "CONFLICT", reason, content, now, seq_taken=taken)
             if t.kind == "CHECKOUT" and _request_receipt(t):
                 renumbered.add((t.device_id, _request_receipt(t)))
             # what was held for it unsent under this seq goes: the till sends it (and
             # asks with it) under its new seq from now on
             settled[t.device_id].append(f"seq:{t.seq}")
-            return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
+            return TxResult(t.seq, "CONFLICT", reason, seq_taken=taken)
         if t.kind == "REFUND" and renumbered:
             receipt_id = _request_receipt(t)
             if (t.device_id, receipt_id) in renumbered:
                 # its sale, earlier in this batch, comes back under a seq above this one:
                 # stored now, the refund would count without its sale (its points given
                 # back into no batch, §16) until the sale came; numbered again after it
+                # words true of a till of either release (rev32d): one before review 32
+                # reads no seq_taken and sets both aside for good, numbering nothing
                 reason = (
-                    f"its sale {receipt_id} is numbered again at the till (the hub holds its"
-                    f" seq with another transaction of {t.device_id}): the refund is numbered"
-                    " again after it, never counted without its sale"
+                    f"its sale {receipt_id} is numbered again at the till if it can (the hub"
+                    f" holds the sale's seq with another transaction of {t.device_id}), and"
+                    " the refund after it; a till of an earlier release sets both aside:"
+                    " the refund is never counted without its sale"
                 )
-                self._set_aside(tx, t, "CONFLICT", reason, content, now)
+                # a seq taken as its sale's is (hub32b): resolved once stored again
+                self._set_aside(tx, t, "CONFLICT", reason, content, now, seq_taken=True)
                 settled[t.device_id].append(f"seq:{t.seq}")  # as for its sale, above
                 return TxResult(t.seq, "CONFLICT", reason, seq_taken=True)
         try:

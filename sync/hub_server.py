@@ -948,7 +948,13 @@ class HubServicer(pb_grpc.HubServicer):
         }
         for r in result.results:
             if r.outcome in ("CONFLICT", "REJECTED"):
-                again = " (the till numbers it again and sends it again)" if r.seq_taken else ""
+                again = (
+                    # a till of an earlier release reads no seq_taken (rev32d)
+                    " (the till numbers it again and sends it again; one of an earlier"
+                    " release keeps it set aside)"
+                    if r.seq_taken
+                    else ""
+                )
                 log.warning("device %s seq %d set aside: %s%s", device, r.seq, r.reason, again)
         return pb.PushAck(
             acked_through_seq=result.acked_through,
