@@ -288,11 +288,11 @@ def _uploads_once(old: Old, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     port_file = tmp_path / "hub.port"
     hub_log, run_log = (tmp_path / "hub.log").open("wb"), (tmp_path / "run.log").open("wb")
     serve = ["hub", "serve", "--hub-dir", str(old.hub), "--store", old.store]
-    # no balance refresh of its own: the old hub's version 1 may be more than the
-    # refresh's 300 s old by now (its fixture is built once), and the delta below must be 2
+    # no balance refresh of its own: the fixture's version 1 (made 2026-11-30, valid 7
+    # days) is past half its life from 2026-12-04 on, and the delta below must be 2
+    serve += ["--publish-every", "0", "--listen", "127.0.0.1:0", "--port-file", str(port_file)]
     hub = subprocess.Popen(
-        [TILLPOINT, *serve, "--publish-every", "0", "--listen", "127.0.0.1:0"]
-        + ["--port-file", str(port_file)],
+        [TILLPOINT, *serve],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=hub_log,
