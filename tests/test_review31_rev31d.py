@@ -162,15 +162,18 @@ def test_two_hubs_starting_at_once_on_an_older_schema_both_serve(
     one starting meanwhile waits for that migration and then finds nothing to apply. Since
     review 31 the second took the first's exclusive open lock for a serving hub's and
     refused to start ("it is open in a hub … stop every hub on it first"), though no hub
-    was serving. Here the first's migration is kept waiting (a reader of `holds`) until
-    the second has started."""
+    was serving. Here the first's migration is kept waiting (a reader of `holds` and
+    `set_aside`) until the second has started."""
     import psycopg
     from tillpoint.sync.hub_postgres import SCHEMA_VERSION, PostgresHubStore, schema_version
 
     _older(pg_url, monkeypatch)
     stores: list[Any] = []
     with psycopg.connect(pg_url, autocommit=True) as admin, psycopg.connect(pg_url) as reader:
-        reader.execute("SELECT count(*) FROM holds")  # its transaction stays open
+        # its transaction stays open, holding the tables the last steps alter (9: holds;
+        # 10, review 32: set_aside) so the first's migration waits
+        reader.execute("SELECT count(*) FROM holds")
+        reader.execute("SELECT count(*) FROM set_aside")
         first, first_out = _in_thread(lambda: PostgresHubStore(pg_url, migrate_schema=True))
         _until(lambda: _someone_waits_for_a_lock(admin), "the first migration to wait")
         second, second_out = _in_thread(lambda: PostgresHubStore(pg_url, migrate_schema=True))
