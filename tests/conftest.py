@@ -8,6 +8,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -430,3 +431,19 @@ def _hub_store_choice(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
         url = cluster.new_database()
         migrate(url)  # provisioned, as `tillpoint hub migrate` does before a hub starts
         monkeypatch.setenv("TILLPOINT_HUB_STORE", url)
+
+
+@pytest.fixture()
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The processes a test started (append them): each still running at the end is
+    asked to stop (SIGTERM), then killed if it has not within 20 s."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,17 +42,9 @@ def big_line() -> list[dict[str, Any]]:
 
 
 @pytest.fixture()
-def servers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+def servers(procs: list[subprocess.Popen[bytes]]) -> list[subprocess.Popen[bytes]]:
+    """The hub processes a test started, stopped at its end (conftest's `procs`)."""
+    return procs
 
 
 def serve(

@@ -73,20 +73,6 @@ def http_get(port: int, path: str) -> str:
         return str(answer.read().decode("utf-8"))
 
 
-@pytest.fixture()
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
 def wipe_and_sell_again(hub: Any, work: Path) -> Path:
     """Till W pushed w-1..w-3 (seqs 1-3); its disk is wiped, it is enrolled again under
     the same id, and sells w-4 (a hold confirmed with a fiscal document) and w-5 from the
