@@ -40,13 +40,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("psycopg")
-
-from bench import pgcluster
-
-if pgcluster.unavailable_reason() is not None:  # pragma: no cover - no server here
-    pytest.skip(str(pgcluster.unavailable_reason()), allow_module_level=True)
-
 from .conftest import free_port
 
 EXE = str(Path(sys.executable).with_name("tillpoint"))
@@ -865,4 +858,33 @@ def test_a_store_of_three_tills_on_one_postgresql_hub_through_outages(
     tmp_path: Path, pg_cluster: Any
 ) -> None:
     """CONTRACT §9, §11, §13, §6: nothing lost, nothing doubled, every balance agrees."""
+    pytest.importorskip("psycopg")
     soak(tmp_path, pg_cluster.new_database(), seconds=55, lanes=3)
+
+
+# ---------------------------------------------------------------- what the soak's logs showed
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "snapshot file v0000000002-from-0000000001.snap deleted (older than those kept)",
+            "snapshot file v0000000002-from-0000000001.snap deleted (older than those kept)",
+        ),
+        ("wrote v0000000007-from-0000000006.json", "wrote v0000000007-from-0000000006.json"),
+        # a card or a phone is still masked, at the end of a sentence too
+        ("card 2770000000017.", "card *********0017."),
+        ("receipt r-2770000000017 refused", "receipt r-*********0017 refused"),
+        ("card 2770000000017. Next", "card *********0017. Next"),
+    ],
+)
+def test_a_snapshot_file_named_in_the_hubs_log_is_not_masked_as_a_card(
+    text: str, expected: str
+) -> None:
+    """CONTRACT §5 (logs mask cards and phones): the hub's log named a delta file it
+    deleted as `v0000000002-from-******0001.snap`, a file that does not exist (the base
+    version's ten digits read as a phone number), so an operator could not find it."""
+    from tillpoint.agent.logs import mask
+
+    assert mask(text) == expected
