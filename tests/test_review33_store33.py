@@ -26,6 +26,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -249,10 +251,11 @@ class Store:
     the driver's own record of what the POS was answered."""
 
     def __init__(self, work: Path, url: str, seed: int) -> None:
-        from bench.faults import ChaosProxy
         from tillpoint.sync import pki
         from tillpoint.sync.hub_server import HubDir
         from tillpoint.sync.loopback import import_doc
+
+        from bench.faults import ChaosProxy
 
         self.work, self.url, self.seed = work, url, seed
         self.hub = HubDir(work / "hub", url)
@@ -277,7 +280,9 @@ class Store:
         self.sales: dict[str, Sale] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
         self.expected: Counter[str] = Counter()
-        self.coupon_sales: dict[str, list[tuple[str, str]]] = defaultdict(list)  # code -> (rid, mode)
+        self.coupon_sales: dict[str, list[tuple[str, str]]] = defaultdict(
+            list
+        )  # code -> (rid, mode)
         self.problems: list[str] = []
         self.counts: Counter[str] = Counter()
         self.ids = iter(range(10**9))
@@ -298,13 +303,21 @@ class Store:
     def start_hub(self) -> None:
         with self.hub_log.open("ab") as log:
             self.hub_proc = subprocess.Popen(
-                [EXE, "hub", "serve", "--hub-dir", str(self.hub.root), "--store", self.url]
-                + ["--listen", f"127.0.0.1:{self.hub_port}"],
+                [
+                    EXE,
+                    "hub",
+                    "serve",
+                    "--hub-dir",
+                    str(self.hub.root),
+                    "--store",
+                    self.url,
+                    "--listen",
+                    f"127.0.0.1:{self.hub_port}",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=clean_env(),
             )
-        import socket
 
         def listening() -> bool:
             with socket.socket() as s:
@@ -321,9 +334,12 @@ class Store:
 
     def stop(self) -> None:
         self.proxy.close()
-        for till in self.tills.values():
-            if till.proc is not None and till.proc.poll() is None:
-                till.proc.terminate()
+        running = [t for t in self.tills.values() if t.proc is not None and t.proc.poll() is None]
+        for till in running:  # all asked at once: each takes up to ~23 s (CONTRACT §12)
+            assert till.proc is not None
+            till.proc.terminate()
+        for till in running:
+            if till.proc is not None:
                 try:
                     till.proc.wait(40)
                 except subprocess.TimeoutExpired:
@@ -379,7 +395,9 @@ class Store:
             if body["receiptId"] in self.sales:
                 self.problems.append(f"{body['receiptId']} answered as committed twice")
                 return
-            self.sales[body["receiptId"]] = Sale(body["receiptId"], till, customer, dict(lines), doc)
+            self.sales[body["receiptId"]] = Sale(
+                body["receiptId"], till, customer, dict(lines), doc
+            )
             self.expected[customer] += int(doc.get("earnedPoints", 0)) - int(
                 doc.get("redeemedPoints", 0)
             )
@@ -440,7 +458,7 @@ class Store:
             else:
                 sku = rng.choice(sorted(left))
                 back = {sku: 1}
-            body = {
+            body: dict[str, Any] = {
                 "refundId": self.new_id(sale.till, "f"),
                 "receiptId": sale.receipt_id,
                 "at": now_text(),
@@ -492,7 +510,7 @@ class Store:
             (b, "c-3", self.receipt(rng, b, "c-3", coupons=[code], redeemPoints=0)),
         ]
         self.counts["coupon_race"] += 1
-        self.at_once([lambda t=t, c=c, body=body: self.checkout(t, body, c) for t, c, body in bodies])
+        self.at_once([partial(self.checkout, t, body, c) for t, c, body in bodies])
 
     def points_race(self, rng: random.Random) -> None:
         """c-2's points redeemed at two tills at once (CONTRACT §9: the hub's holds never
@@ -500,9 +518,7 @@ class Store:
         a, b = rng.sample(DEVICES, 2)
         big = [{"sku": CHEESE, "qty": "4", "priceMinor": PRICES[CHEESE]}]  # 30 %: 540 points
         ask = rng.choice([300, 400, 540])
-        bodies = [
-            (t, self.receipt(rng, t, "c-2", lines=big, redeemPoints=ask)) for t in (a, b)
-        ]
+        bodies = [(t, self.receipt(rng, t, "c-2", lines=big, redeemPoints=ask)) for t in (a, b)]
         # The hub must know every spend of c-2 made OFFLINE (a till may overspend so,
         # CONTRACT §5): then what it grants two tills at once fits c-2's balance.
         at_hub = {str(r) for (r,) in self.sql("SELECT ref_id FROM transactions")}
@@ -516,15 +532,15 @@ class Store:
                 and int(s.result.get("redeemedPoints", 0)) > 0
                 and s.receipt_id not in at_hub
             ]
-        results = self.at_once(
-            [lambda t=t, body=body: self.checkout(t, body, "c-2") for t, body in bodies]
-        )
+        results = self.at_once([partial(self.checkout, t, body, "c-2") for t, body in bodies])
         self.counts["points_race"] += 1
         if all(r is not None and r.get("mode") == "ONLINE" for r in results) and synced:
             self.counts["points_race_checked"] += 1
             spent = sum(int(r.get("redeemedPoints", 0)) for r in results)
             if spent > max(before, 0):
-                self.problem(f"c-2 redeemed {spent} ONLINE at two tills with {before} (CONTRACT §9)")
+                self.problem(
+                    f"c-2 redeemed {spent} ONLINE at two tills with {before} (CONTRACT §9)"
+                )
 
     def lane(self, rng: random.Random, until: float) -> None:
         """One POS lane: random calls to random tills until `until`."""
@@ -643,7 +659,9 @@ def check_store(store: Store) -> list[str]:
     bad: list[str] = []
     tills = list(store.tills.values())
     # 1. drained: every till's outbox empty, nothing set aside, no sync error
-    drained = wait_for(lambda: all(t.status().get("outboxDepth", 0) in (0, "0") for t in tills), 120, 0.5)
+    drained = wait_for(
+        lambda: all(t.status().get("outboxDepth", 0) in (0, "0") for t in tills), 120, 0.5
+    )
     for till in tills:
         status = till.status()
         if not drained or status.get("setAside", 0) not in (0, "0"):
@@ -749,9 +767,7 @@ def coupons_once(store: Store) -> list[str]:
     uses = {str(c): str(r) for c, r in store.sql("SELECT code, receipt_id FROM coupon_uses")}
     conflicts = {str(c) for (c,) in store.sql("SELECT code FROM coupon_conflicts")}
     for code, sold in store.coupon_sales.items():
-        if len(sold) > 1 and not (
-            any(mode == "OFFLINE" for _, mode in sold) and code in conflicts
-        ):
+        if len(sold) > 1 and not (any(mode == "OFFLINE" for _, mode in sold) and code in conflicts):
             bad.append(f"coupon {code} used twice: {sold} (conflict recorded: {code in conflicts})")
         if uses.get(code) not in {rid for rid, _ in sold}:
             bad.append(f"coupon {code}: the hub's use {uses.get(code)}, the sales {sold}")
@@ -789,6 +805,10 @@ def same_quotes(store: Store, rng: random.Random) -> list[str]:
     return bad
 
 
+def has_snapshot(till: TillProc) -> bool:
+    return till.status().get("cacheVersion", 0) not in (0, "0")
+
+
 @contextlib.contextmanager
 def store_of(work: Path, url: str, seed: int) -> Iterator[Store]:
     store = Store(work, url, seed)
@@ -797,7 +817,7 @@ def store_of(work: Path, url: str, seed: int) -> Iterator[Store]:
         for till in store.tills.values():
             till.start()
         for till in store.tills.values():
-            if not wait_for(lambda t=till: t.status().get("cacheVersion", 0) not in (0, "0"), 60):
+            if not wait_for(partial(has_snapshot, till), 60):
                 raise RuntimeError(f"{till.device} got no snapshot")
         yield store
     finally:
@@ -825,7 +845,7 @@ def soak(work: Path, url: str, seconds: float, lanes: int) -> None:
         def faults() -> None:
             try:
                 store.faults(fault_rng, t0)
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads.append(threading.Thread(target=faults))
@@ -838,7 +858,7 @@ def soak(work: Path, url: str, seconds: float, lanes: int) -> None:
         bad += coupons_once(store)
         bad += same_quotes(store, random.Random(seed))
         bad += store.problems  # the driver's (answers the contract does not give)
-        sizes = dict(store.counts)
+        sizes: dict[str, Any] = dict(store.counts)
         sizes["sales"], sizes["refunds"] = len(store.sales), len(store.refunds)
         modes = Counter(
             (s.result.get("mode"), int(s.result.get("redeemedPoints", 0)) > 0)
