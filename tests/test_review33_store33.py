@@ -55,6 +55,10 @@ CARDS = {"c-1": "2770000000017", "c-2": "2770000000024", "c-3": "2770000000031"}
 CARDS["c-4"] = "2770000000048"
 BASE = {"c-1": 100_000, "c-2": 600, "c-3": 2_000, "c-4": 0}
 COUPONS = [f"STORE33-{i:02d}" for i in range(12)]
+# What the deltas turn between, together: the milk's percent off, c-3's tier and name.
+STATES = {"A": (10, "gold", "Вера"), "B": (20, "base", "Вера Б.")}
+MILK_OFFER = {"id": "o-milk", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10"}
+C3 = {"id": "c-3", "firstName": "Вера", "tier": "gold", "balancePoints": 2_000}
 
 MASTER: dict[str, Any] = {
     "program": {
@@ -81,14 +85,14 @@ MASTER: dict[str, Any] = {
     "customers": [
         {"id": "c-1", "firstName": "Анна", "tier": "gold", "balancePoints": BASE["c-1"]},
         {"id": "c-2", "firstName": "Борис", "tier": "base", "balancePoints": BASE["c-2"]},
-        {"id": "c-3", "firstName": "Вера", "tier": "gold", "balancePoints": BASE["c-3"]},
+        C3,
         {"id": "c-4", "firstName": "Глеб", "tier": "base", "balancePoints": BASE["c-4"]},
     ],
     "cards": [
         {"number": number, "customerId": cid, "status": "ACTIVE"} for cid, number in CARDS.items()
     ],
     "offers": [
-        {"id": "o-milk", "kind": "PERCENT_OFF", "skus": [MILK], "value": "10"},
+        MILK_OFFER,
         {
             "id": "o-coupon",
             "kind": "AMOUNT_OFF",
@@ -388,6 +392,7 @@ class Store:
         return body
 
     def record_sale(self, till: str, customer: str, body: dict[str, Any], doc: Any) -> None:
+        self.seen(doc)
         lines: Counter[str] = Counter()
         for line in body["lines"]:
             lines[line["sku"]] += int(line["qty"])
@@ -420,6 +425,7 @@ class Store:
         if code != 200:
             self.problem(f"hold {body['receiptId']} at {till}: {code} {held}")
             return
+        self.seen(held)
         rid = body["receiptId"]
         if confirm:
             code, doc = self.tills[till].call("confirm", {"receiptId": rid})
@@ -552,7 +558,9 @@ class Store:
                 if pick < 0.15:
                     code, doc = self.tills[till].call("quote", self.receipt(rng, till, customer))
                     self.counts["quote"] += 1
-                    if code != 200:
+                    if code == 200:
+                        self.seen(doc)
+                    else:
                         self.problem(f"quote at {till}: {code} {doc}")
                 elif pick < 0.45:
                     self.checkout(till, self.receipt(rng, till, customer), customer)
@@ -606,18 +614,6 @@ class Store:
         time.sleep(4)
         self.proxy.mode = "pass"
         self.proxy.cut_all()
-        at(22)
-        # an offer changed while the tills price with it: the milk's 10 % becomes 20 %,
-        # and c-3 (priced at that moment) goes from gold to base
-        self.publish_delta(
-            {
-                "offers": [{"id": "o-milk", "kind": "PERCENT_OFF", "skus": [MILK], "value": "20"}],
-                "customers": [
-                    {"id": "c-3", "firstName": "Вера", "tier": "base", "balancePoints": BASE["c-3"]}
-                ],
-            },
-            "delta1",
-        )
         at(27)
         self.stop_hub(signal.SIGTERM)
         time.sleep(3)
@@ -631,16 +627,38 @@ class Store:
         self.proxy.mode = "reset"
         time.sleep(2)
         self.proxy.mode = "pass"
-        at(46)
-        self.publish_delta(
-            {
-                "offers": [{"id": "o-milk", "kind": "PERCENT_OFF", "skus": [MILK], "value": "5"}],
-                "customers": [
-                    {"id": "c-1", "firstName": "Анна", "tier": "base", "balancePoints": BASE["c-1"]}
-                ],
-            },
-            "delta2",
-        )
+
+    def deltas(self, rng: random.Random, until: float) -> None:
+        """Deltas published (`hub import --publish`, straight into the database, the hub
+        server up or not) every 2-4 s while the tills sell: each turns the milk's offer
+        and c-3's tier and name together to the other of `STATES`."""
+        now = "A"
+        while time.monotonic() < until - 4:
+            time.sleep(rng.uniform(2.0, 4.0))
+            now = "B" if now == "A" else "A"
+            percent, tier, name = STATES[now]
+            self.publish_delta(
+                {
+                    "offers": [{**MILK_OFFER, "value": str(percent)}],
+                    "customers": [{**C3, "tier": tier, "firstName": name}],
+                },
+                f"delta-{now}-{next(self.ids)}",
+            )
+            self.counts["deltas"] += 1
+
+    def seen(self, doc: Any) -> None:
+        """An answer priced for c-3 reads one snapshot version: its milk discount, tier and
+        name are those of one of `STATES` (a torn read mixes two deltas; CONTRACT §3)."""
+        card = doc.get("card") or {}
+        if card.get("customerId") != "c-3":
+            return
+        for line in doc.get("lines", []):
+            if line.get("sku") == MILK and line.get("offerId") == "o-milk":
+                percent = int(line["discountMinor"]) * 100 // int(line["amountMinor"])
+                state = (percent, card.get("tier"), card.get("firstName"))
+                self.counts[f"c3_priced_{percent}%"] += 1
+                if state not in STATES.values():
+                    self.problem(f"{doc.get('receiptId')} priced from two versions: {state}")
 
     def races(self, rng: random.Random, until: float) -> None:
         codes = iter(COUPONS[:-1])
@@ -838,6 +856,9 @@ def soak(work: Path, url: str, seconds: float, lanes: int) -> None:
         ]
         threads.append(
             threading.Thread(target=store.races, args=(random.Random(rng.random()), until))
+        )
+        threads.append(
+            threading.Thread(target=store.deltas, args=(random.Random(rng.random()), until))
         )
         fault_rng = random.Random(rng.random())
         errors: list[BaseException] = []
