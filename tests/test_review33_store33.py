@@ -8,12 +8,26 @@ defaults: poll 60 s, redeem timeout 300 ms, call timeout 5 s). A driver, from a 
 random plan, sends quotes, holds, confirms, cancels, checkouts and refunds (partial, full,
 and of another till's sale: refused, CONTRACT §6) to random tills, races one-time coupons
 between two tills (CONTRACT §13) and one customer's points on two tills at once (CONTRACT
-§9, §11), while a fault thread SIGKILLs and SIGTERMs the hub, cuts it at the proxy, kills
-a till between Hold and Confirm, and publishes deltas (`hub import --publish`) that change
-an offer and the tier of a customer being priced at that moment.
+§9, §11), while a fault thread SIGKILLs and SIGTERMs the hub, makes the proxy drop then
+reset its traffic, SIGKILLs a till between Hold and Confirm and runs `hub publish`, and a
+delta thread publishes (`hub import --publish`) every 2-4 s a delta that turns the milk's
+offer and the tier and name of c-3, a customer being priced at that moment, together.
 
-At the end (hub back, tills drained, waited for with a bound through `/v1/status`) it checks
-that nothing was lost or doubled and that every balance agrees (see `check_store`).
+While it runs: every call gets a documented answer (200; 404 for a refund at another
+till), retried with the same body while a till restarts; every answer for c-3 is priced
+from one snapshot version; a Confirm commits what its Hold answered; two ONLINE
+redemptions of one customer at once never exceed what the hub knew. At the end (hub back,
+tills drained, waited for with a bound through `/v1/status`): outboxes empty, nothing set
+aside, no hold or coupon hold left at the hub; the hub's transactions are the tills'
+journals, each once, and every one the POS was answered 200 for; each customer's hub
+balance = imported + the tills' ledgers = the driver's sum of the answers; after a publish
+(and a delta re-importing every customer) every till says the hub's balance; a coupon used
+twice only OFFLINE and recorded as a conflict; a fresh local `tillpoint quote` process on
+each till's data answers as the running till (`check_store`, `coupons_once`,
+`same_quotes`).
+
+Shortened: nothing on the tills or the hub (their shipped defaults); the soak's own pace
+(55 s of calls, the fault times) is what a test can wait.
 
 `TILLPOINT_SOAK_SEED=N` replays a plan; the seed is printed and named in every failure.
 """
