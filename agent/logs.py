@@ -6,7 +6,8 @@ handed to support without leaking customers' identifiers.
 
 What looks like one by its digits alone but is not, by its context, is left as it is
 (`is_not_a_card`): digits glued to a letter, `_` or a decimal point (a snapshot file's
-name `v0000000001-full.snap`, a hex digest, `1.23456789`), a size or a time (`12345678
+name `v0000000001-full.snap`, a hex digest, `1.23456789`), or to a file name's extension
+(a delta's `v0000000002-from-0000000001.snap`), a size or a time (`12345678
 bytes`, `… ms`), and a number named by what it counts (`seq 12345678`, `version …`,
 `port …`, `at byte …`, `balancePoints …`). A card or a phone is a token of its own.
 """
@@ -46,6 +47,8 @@ def is_not_a_card(text: str, start: int, end: int) -> bool:
         return True
     if after.isalpha() or after == "_" or (after == "." and text[end + 1 : end + 2].isdigit()):
         return True
+    if after == "." and text[end + 1 : end + 2].isalpha():
+        return True  # a file name's stem (`v0000000002-from-0000000001.snap`, review 33)
     return bool(_UNIT.match(text, end) or _COUNTED.search(text, 0, start))
 
 
