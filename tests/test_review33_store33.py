@@ -931,6 +931,7 @@ def soak(work: Path, url: str, seconds: float, lanes: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_a_store_of_three_tills_on_one_postgresql_hub_through_outages(
     tmp_path: Path, pg_cluster: Any
 ) -> None:
