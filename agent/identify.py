@@ -9,12 +9,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .models import DASHES, ZERO_WIDTH_SPACES, CardRecord, Customer
+from .models import DROPPED, CardRecord, Customer
 
 Outcome = Literal["FOUND", "BLOCKED", "UNKNOWN", "INVALID"]
 
-# blanks (the zero-width ones too), dashes of every kind
-_DROP = re.compile(f"[\\s{re.escape(''.join(sorted(DASHES | ZERO_WIDTH_SPACES)))}]")
+# blanks (the zero-width ones too), dashes of every kind, invisible format characters
+_DROP = re.compile(f"[\\s{re.escape(''.join(sorted(DROPPED)))}]")
 
 
 class CardLookup(Protocol):

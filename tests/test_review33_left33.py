@@ -130,3 +130,93 @@ def test_a_whole_batch_sends_a_refund_after_its_sale_numbered_again(
     finally:
         pusher.close()
         till.stop()
+
+
+# ---------------------------------------------------------------- 5. invisible format characters
+
+# Unicode's format characters (category Cf) that show nothing (Default_Ignorable_Code_Point):
+# what a number copied from a phone's contacts, a messenger or a web page carries unseen
+# (Android and iOS wrap a phone number in U+202A…U+202C or U+2068…U+2069; U+200E/U+200F
+# in a right-to-left text; U+2060 the WORD JOINER a word processor puts for a no-break).
+INVISIBLE = [
+    "\u00ad", "\u061c", "\u180e", "\u200b", "\u200c", "\u200d", "\u200e", "\u200f",
+    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2060", "\u2061", "\u2062",
+    "\u2063", "\u2064", "\u2066", "\u2067", "\u2068", "\u2069", "\u206a", "\u206f",
+    "\ufeff", "\U0001bca0", "\U0001d173", "\U000e0001", "\U000e0041", "\U000e007f",
+]  # fmt: skip
+# The format characters that show a sign (Arabic and Syriac number and year signs, the
+# Kaithi and Egyptian format controls, the interlinear annotation marks): a number with
+# one is written with another character, INVALID as §4 says.
+VISIBLE_FORMAT = ["\u0600", "\u0605", "\u06dd", "\u070f", "\u08e2", "\ufff9", "\ufffb", "\U000110bd"]
+
+
+def _format_characters() -> list[str]:
+    import unicodedata
+
+    return [chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+
+
+def test_the_invisible_format_characters_are_every_default_ignorable_format_character() -> None:
+    """CONTRACT §4's decisions: the set dropped is Unicode's format characters (Cf) that
+    are default-ignorable (show nothing), written out (a scan of every code point costs
+    a CLI call 0.3 s), held here to this Python's Unicode data."""
+    from tillpoint.agent.models import INVISIBLE_FORMAT
+
+    cf = set(_format_characters())
+    visible = {
+        ch
+        for ch in cf
+        if "\u0600" <= ch <= "\u08ff"  # Arabic, Syriac prepended marks (but U+061C)
+        and ch != "\u061c"
+        or "\ufff9" <= ch <= "\ufffb"  # interlinear annotation
+        or "\U000110bd" <= ch <= "\U000110cd"  # Kaithi number signs
+        or "\U00013430" <= ch <= "\U0001345f"  # Egyptian hieroglyph format controls
+    }
+    assert INVISIBLE_FORMAT == cf - visible
+    assert set(INVISIBLE) <= INVISIBLE_FORMAT and not set(VISIBLE_FORMAT) & INVISIBLE_FORMAT
+
+
+@pytest.mark.parametrize("sign", INVISIBLE, ids=lambda s: f"U+{ord(s):04X}")
+def test_an_invisible_format_character_inside_a_card_or_phone_is_dropped(
+    agent: Agent, sign: str
+) -> None:
+    """CONTRACT §4: U+FEFF was dropped as a zero-width space while U+2060 (the WORD JOINER,
+    its successor in that role), U+200D, U+200E and the bidi marks a phone's contacts
+    wrap a number in made the same number INVALID ("digits only"): a cashier saw a right
+    number refused for a sign she could not see. Every invisible format character is
+    now dropped, as white space is; coupon codes drop the same set (§13)."""
+    from tillpoint.agent.models import coupon_code
+
+    for text in (
+        f"{sign}277{sign}0000000017{sign}",
+        f"+7{sign}916{sign}1234567",
+        f"\u202a+7 916 123-45-67\u202c",
+        f"\u2068+7 916 123-45-67\u2069",
+    ):
+        found = agent.identify(text)
+        assert (found.status, found.customer_id) == ("FOUND", "c-a"), (text, found)
+    assert coupon_code(f"ab{sign}c-1") == "ABC1"
+
+
+@pytest.mark.parametrize("sign", VISIBLE_FORMAT, ids=lambda s: f"U+{ord(s):04X}")
+def test_a_format_character_that_shows_a_sign_keeps_a_number_invalid(
+    agent: Agent, sign: str
+) -> None:
+    """CONTRACT §4: "anything with other characters is INVALID": a format character
+    that shows (the Arabic number sign, the interlinear annotation marks) is one."""
+    for text in (f"{sign}2770000000017", f"+7916{sign}1234567"):
+        found = agent.identify(text)
+        assert found.status == "INVALID", (text, found)
+
+
+def test_a_receipt_whose_card_carries_invisible_format_characters_is_priced_for_its_customer(
+    agent: Agent,
+) -> None:
+    """CONTRACT §4, §5: the checkout identifies as identify does; its stored card is the
+    card identified, the marks gone (a replay spelling it without them is a retry)."""
+    from .conftest import receipt
+
+    wrapped = agent.checkout(receipt_from_json(receipt("r-wj", card="277\u20600000000017\u200e")))
+    assert wrapped.to_json()["card"]["status"] == "FOUND"
+    again = agent.checkout(receipt_from_json(receipt("r-wj", card="2770000000017")))
+    assert again.to_json() == wrapped.to_json()
