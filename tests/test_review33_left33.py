@@ -6,18 +6,23 @@ over mTLS on 127.0.0.1, their SQLite ledgers, `tillpoint` processes, a TCP print
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.printer.decode import Decoder
+from tillpoint.printer.queue import ensure_schema
+from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.sync.loopback import receipt as hub_receipt
 from tillpoint.sync.pull import Puller
 from tillpoint.sync.push import Pusher
 
 from .conftest import enrolled_till
+from .test_printer_queue import add_job, payload, worker
 from .test_review32_rev32a import ANNA, drain, expiring_data, ledger_rows, refund_body
 
 # ---------------------------------------------------------------- 1. a refund after its sale
@@ -220,3 +225,82 @@ def test_a_receipt_whose_card_carries_invisible_format_characters_is_priced_for_
     assert wrapped.to_json()["card"]["status"] == "FOUND"
     again = agent.checkout(receipt_from_json(receipt("r-wj", card="2770000000017")))
     assert again.to_json() == wrapped.to_json()
+
+
+# ---------------------------------------------------------------- 2. a torn job across a restart
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-run", "after-restart"])
+def test_a_job_after_a_torn_job_that_failed_is_cut_off_from_it_across_a_restart(
+    tmp_path: Path, restart: bool
+) -> None:
+    """CONTRACT §7. A printer drops a five-offer coupon 800 bytes in (its buffer): the job
+    FAILED (`max_send_failures` 1), its torn part on the printer with no cut after it.
+    The next job must begin with the cut that takes that part off (`separator_bytes`).
+    The "torn" mark lived in the worker's memory only: after `run` restarted, the next
+    coupon was glued onto the torn part (one piece of paper, the first offers of the
+    failed coupon on top of the next customer's). Read as one stream, as the paper is,
+    the next coupon is a piece of its own."""
+    ledger = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    ensure_schema(conn)
+    conn.close()
+    offer = payload()["offers"][0]
+    five = [dict(offer, id=f"o-{i}", code=f"TP1-o-{i}") for i in range(1, 6)]
+    with VirtualPrinter() as printer:
+        add_job(ledger, payload("s1-t1-000123", offers=five))
+        printer.close_after_bytes = 800
+        w = worker(ledger, printer.port, max_send_failures=1)
+        try:
+            w.run_once()
+            job = w.job("s1-t1-000123")
+            assert job is not None and job["state"] == "FAILED", job
+            if restart:
+                w.close()
+                w = worker(ledger, printer.port, max_send_failures=1)
+            printer.close_after_bytes = None
+            add_job(ledger, payload("s1-t1-000124"))
+            w.run_once()
+            job = w.job("s1-t1-000124")
+            assert job is not None and job["state"] == "DONE", job
+        finally:
+            w.close()
+        paper = Decoder()
+        paper.feed(bytes(printer.received))
+    pieces = [d for d in paper.documents if d.complete]
+    after = [d for d in pieces if "Чек s1-t1-000124" in d.text]
+    assert len(after) == 1
+    assert after[0].text.count("ВАШИ ПРЕДЛОЖЕНИЯ") == 1, after[0].text  # not glued on
+    assert after[0].codes == ["TP1-o-1"]
+
+
+def test_a_job_after_one_a_crash_left_sending_is_cut_off_from_it(tmp_path: Path) -> None:
+    """CONTRACT §7: `run` killed while a coupon was sent (its row left SENDING, failed at
+    the next start as "interrupted while printing", not reprinted): the part of it on
+    the printer has no cut. The mark is written with the claim, in the same transaction,
+    so the next start's first coupon begins with the cut that takes that part off."""
+    ledger = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    ensure_schema(conn)
+    conn.close()
+    with VirtualPrinter() as printer:
+        add_job(ledger, payload("s1-t1-000123"))
+        w = worker(ledger, printer.port)
+        job = w._head()
+        assert job is not None and w._claim(job.id, ("TP1-o-1",))  # then the kill
+        w._conn.close()
+        w = worker(ledger, printer.port)
+        try:
+            assert w.recover() == 1
+            add_job(ledger, payload("s1-t1-000124"))
+            before = len(printer.received)
+            w.run_once()
+            assert w.job("s1-t1-000124")["state"] == "DONE"  # type: ignore[index]
+            again = worker(ledger, printer.port)  # settled: no mark left for the next start
+            assert again._torn is False
+            again.close()
+        finally:
+            w.close()
+        sent = bytes(printer.received[before:]).replace(b"\x10\x04\x02", b"").replace(b"\x10\x04\x04", b"")
+    assert sent.startswith(b"\x00" * 8), sent[:40]  # the NULs that end a torn command, then the cut
