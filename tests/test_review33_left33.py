@@ -5,8 +5,13 @@ over mTLS on 127.0.0.1, their SQLite ledgers, `tillpoint` processes, a TCP print
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +26,7 @@ from tillpoint.sync.loopback import receipt as hub_receipt
 from tillpoint.sync.pull import Puller
 from tillpoint.sync.push import Pusher
 
-from .conftest import enrolled_till
+from .conftest import enrolled_till, free_port, snapshot
 from .test_printer_queue import add_job, payload, worker
 from .test_review32_rev32a import ANNA, drain, expiring_data, ledger_rows, refund_body
 
@@ -304,3 +309,48 @@ def test_a_job_after_one_a_crash_left_sending_is_cut_off_from_it(tmp_path: Path)
             w.close()
         sent = bytes(printer.received[before:]).replace(b"\x10\x04\x02", b"").replace(b"\x10\x04\x04", b"")
     assert sent.startswith(b"\x00" * 8), sent[:40]  # the NULs that end a torn command, then the cut
+
+
+# ---------------------------------------------------------------- 7. confirm_timeout_s above 17 s
+
+
+def test_run_asks_systemd_for_the_stop_time_a_long_printer_confirmation_needs(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §10 (a graceful stop) and §7: a stop waits for a coupon the printer is
+    confirming (`confirm_timeout_s` + `status_timeout_s` + 5 s, beside the display's 2 s,
+    after the in-flight calls' 5 s). The docs said a `confirm_timeout_s` above 17 s needs
+    a longer `TimeoutStopSec`: the unit's 30 s ran out and systemd killed the agent
+    mid-confirmation (the coupon left SENDING, failed at the next start). Such a value is
+    valid: `run` now tells systemd, with STOPPING=1, how long its stop may take
+    (`EXTEND_TIMEOUT_USEC`, which never shortens the unit's own)."""
+    data = tmp_path / "data"
+    Agent(data, "till-1").load_snapshot(snapshot())
+    conf = tmp_path / "tillpoint.toml"
+    conf.write_text(
+        f'device_id = "till-1"\ndata_dir = "{data}"\n'
+        f'[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'
+        f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        "confirm_timeout_s = 40\nstatus_timeout_s = 0.5\n"
+    )
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+    env.pop("TILLPOINT_DEVICE_ID", None)
+    exe = Path(sys.executable).parent / "tillpoint"
+    proc = subprocess.Popen([exe, "--config", conf, "run"], env=env, stderr=subprocess.DEVNULL)
+    procs.append(proc)
+    try:
+        assert notify.recv(200).decode() == "READY=1"
+        proc.send_signal(signal.SIGTERM)
+        said = notify.recv(200).decode().split("\n")
+        assert said[0] == "STOPPING=1"
+        extend = dict(line.split("=", 1) for line in said[1:])
+        # 5 s of calls, then the display's 2 s and the coupon's 40 + 0.5 + 5 s, and a margin
+        assert int(extend["EXTEND_TIMEOUT_USEC"]) >= (5 + 2 + 40 + 0.5 + 5) * 1_000_000
+        assert proc.wait(timeout=30) == 0
+    finally:
+        notify.close()
