@@ -651,12 +651,17 @@ def phone_secret(data_dir: Path) -> bytes:
     """The till's key for phone hashes, made once (0600, `files.create_once`)."""
     import secrets
 
+    from .files import create_once, remove_stale_temps
+
     path = data_dir / "phone.key"
+    # a maker killed while it wrote (SIGKILL, power loss) left its temporary file: removed
+    # when no live process writes it (review 33)
+    if remove_stale_temps(path):
+        log.info("removed a temporary file of %s a stopped process had left", path)
     try:
         return _phone_key_of(path)
     except FileNotFoundError:
         pass
-    from .files import create_once
 
     data_dir.mkdir(parents=True, exist_ok=True)
     # made whole under a name of its own and linked: a key another process made meanwhile

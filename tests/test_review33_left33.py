@@ -354,3 +354,52 @@ def test_run_asks_systemd_for_the_stop_time_a_long_printer_confirmation_needs(
         assert proc.wait(timeout=30) == 0
     finally:
         notify.close()
+
+
+# ---------------------------------------------------------------- 4. phone.key's temporary files
+
+
+def test_a_phone_key_temporary_file_a_killed_writer_left_is_removed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §4's decisions (the phone key), §10. `phone.key` is written whole under a
+    name of its own (`phone.key.XXXX.tmp`) and linked; a SIGKILL in between left that file
+    for good, a copy of a key that never became the till's (or of one that did, readable
+    as a secret beside it). The next start removes those no live process is writing: a
+    writer holds a lock on its file while it writes; one just made is left too (its
+    maker may not hold the lock yet)."""
+    import fcntl
+    import tempfile
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    old = time.time() - 3600
+
+    def temp() -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(prefix="phone.key.", suffix=".tmp", dir=data)
+        os.write(fd, b"0" * 64)
+        return fd, Path(name)
+
+    killed_fd, killed = temp()
+    os.close(killed_fd)
+    os.utime(killed, (old, old))
+    live_fd, live = temp()
+    fcntl.flock(live_fd, fcntl.LOCK_EX)  # a writer at work
+    os.utime(live, (old, old))
+    fresh_fd, fresh = temp()
+    os.close(fresh_fd)
+    other = data / "cache.db.tmp"  # not the key's: not this clean-up's business
+    other.write_bytes(b"x")
+    os.utime(other, (old, old))
+    try:
+        Agent(data, "till-1").close()
+        assert not killed.exists()
+        assert live.exists() and fresh.exists() and other.exists()
+        assert (data / "phone.key").exists()
+    finally:
+        os.close(live_fd)
+    os.utime(fresh, (old, old))
+    Agent(data, "till-1").close()  # an agent opened again (a CLI command) cleans too
+    assert not live.exists() and not fresh.exists()
+    assert sorted(p.name for p in data.glob("phone.key*")) == ["phone.key"]
