@@ -403,3 +403,56 @@ def test_a_phone_key_temporary_file_a_killed_writer_left_is_removed_at_the_next_
     Agent(data, "till-1").close()  # an agent opened again (a CLI command) cleans too
     assert not live.exists() and not fresh.exists()
     assert sorted(p.name for p in data.glob("phone.key*")) == ["phone.key"]
+
+
+# ---------------------------------------------------------------- 3. the replaced plain cache's -wal
+
+
+def test_a_reset_between_the_check_and_the_unlink_keeps_its_fresh_caches_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (`reset`). `db.remove_replaced_plain_wal` (every open of the cache
+    calls it) checked that `cache.db` is the symlink a full apply made and that the
+    replaced plain file's `cache.db-wal` is empty, then unlinked it and `-shm`. A `reset`
+    in another process in between removes the symlink and makes a fresh plain `cache.db`,
+    open in WAL mode with its own `-wal` and `-shm`: those were unlinked from under it
+    (the next opener makes new ones beside the live connection's: two WAL indexes of one
+    database). Here the reset runs in a thread at that moment, as another process's
+    would (the interleaving forced, the files real). The check and the unlink now hold
+    the lock the reset takes around its switch, so the reset waits for them."""
+    import threading
+
+    from tillpoint.agent import db as db_mod
+
+    data = tmp_path / "data"
+    Agent(data, "till-1").load_snapshot(snapshot())
+    assert (data / "cache.db").is_symlink()
+    other = Agent(data, "till-1")  # the process that resets
+    done = threading.Event()
+    real_stat = Path.stat
+    forced = []
+
+    def stat(self: Path, *args: object, **kw: object) -> os.stat_result:
+        try:
+            seen: os.stat_result | OSError = real_stat(self, *args, **kw)  # type: ignore[arg-type]
+        except FileNotFoundError as exc:  # none (emptied and removed before): as good
+            seen = exc
+        if self.name == "cache.db-wal" and not forced and threading.current_thread() is main:
+            forced.append(1)  # checked: empty or none; now the reset, before the unlink
+            threading.Thread(target=lambda: (other.reset(), done.set()), daemon=True).start()
+            done.wait(2)  # the reset's whole switch, unless it waits for this check
+        if isinstance(seen, OSError):
+            raise seen
+        return seen
+
+    main = threading.current_thread()
+    monkeypatch.setattr(Path, "stat", stat)
+    db_mod.remove_replaced_plain_wal(data)
+    assert forced and done.wait(30)
+    monkeypatch.undo()
+    try:
+        assert not (data / "cache.db").is_symlink()  # the reset's fresh plain cache
+        other.status()  # its live connection reads
+        assert (data / "cache.db-wal").exists() and (data / "cache.db-shm").exists()
+    finally:
+        other.close()
