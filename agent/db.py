@@ -694,7 +694,7 @@ def phone_secret(data_dir: Path) -> bytes:
     path = data_dir / "phone.key"
     # a maker killed while it wrote (SIGKILL, power loss) left its temporary file: removed
     # when no live process writes it (review 33)
-    if remove_stale_temps(path):
+    if remove_stale_temps(data_dir, path.name + ".", ".tmp"):
         log.info("removed a temporary file of %s a stopped process had left", path)
     try:
         return _phone_key_of(path)

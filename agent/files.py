@@ -120,25 +120,30 @@ def create_once(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
 STALE_TEMP_S = 60.0
 
 
-def remove_stale_temps(path: Path, *, older_than_s: float = STALE_TEMP_S) -> int:
-    """Remove the temporary files `create_once(path, ...)` left when its process was
-    killed while it wrote (`NAME.XXXXXXXX.tmp` beside `path`; review 33: a SIGKILL
-    between the write and the unlink left a copy of a phone key for good): those no live
-    process writes (no one holds its lock) and older than `older_than_s`. Returns how many;
+def remove_stale_temps(
+    folder: Path, prefix: str, suffix: str = "", *, older_than_s: float = STALE_TEMP_S
+) -> int:
+    """Remove the temporary files (`prefix`…`suffix` in `folder`) a process left when it
+    was killed while it wrote them: `create_once`'s `NAME.XXXXXXXX.tmp` (review 33: a
+    SIGKILL between the write and the unlink left a copy of a phone key for good), `hub
+    import -`'s copy of standard input. Only those no live process writes (its writer
+    holds an exclusive flock on it) and older than `older_than_s`. Returns how many;
     never raises (a file it cannot open or remove is left)."""
-    path = Path(path)
+    folder = Path(folder)
     removed = 0
     try:
         names = [
             entry.name
-            for entry in os.scandir(path.parent)
-            if entry.name.startswith(path.name + ".") and entry.name.endswith(".tmp")
+            for entry in os.scandir(folder)
+            if entry.name.startswith(prefix)
+            and entry.name.endswith(suffix)
+            and len(entry.name) > len(prefix) + len(suffix)
         ]
     except OSError:
         return 0
     now = time.time()
     for name in names:
-        tmp = path.parent / name
+        tmp = folder / name
         try:
             fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:

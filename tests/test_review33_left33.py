@@ -456,3 +456,90 @@ def test_a_reset_between_the_check_and_the_unlink_keeps_its_fresh_caches_wal(
         assert (data / "cache.db-wal").exists() and (data / "cache.db-shm").exists()
     finally:
         other.close()
+
+
+# ---------------------------------------------------------------- 8. `hub import -`'s copy
+
+
+def _import_from_stdin(hub_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    import time
+
+    before = set(hub_dir.glob(".import-stdin-*"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tillpoint.agent.cli", "hub", "import", "-", "--hub-dir", str(hub_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b'{"customer": {"id": "c-1", "balancePoints": 10}}\n')
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while set(hub_dir.glob(".import-stdin-*")) == before and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.slow
+def test_hub_import_killed_leaves_a_copy_the_next_import_and_serve_remove(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CONTRACT §10 (`hub import -` keeps a copy of standard input in the hub's directory,
+    removed afterwards). SIGTERM and SIGHUP remove it since review 28; SIGKILL (the OOM
+    killer, `kill -9`, a power cut) left it for good, as large as the chain's export. The
+    next `hub import` and `hub serve` remove such copies, but never one a live import
+    reads (it holds a lock on it)."""
+    import time
+
+    from tillpoint.agent.cli import main
+
+    hub_dir = tmp_path / "hub"
+    env = {**os.environ, "TILLPOINT_DATA_DIR": str(tmp_path / "data")}
+    killed = _import_from_stdin(hub_dir, env)
+    procs.append(killed)
+    (left,) = hub_dir.glob(".import-stdin-*")
+    killed.kill()
+    killed.wait(20)
+    assert left.exists()  # SIGKILL: nothing runs on the way out
+    live = _import_from_stdin(hub_dir, env)
+    procs.append(live)
+    (reading,) = set(hub_dir.glob(".import-stdin-*")) - {left}
+    old = time.time() - 3600
+    for path in (left, reading):
+        os.utime(path, (old, old))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"customer": {"id": "c-2", "balancePoints": 5}}\n', encoding="utf-8")
+    assert main(["hub", "import", str(rows), "--hub-dir", str(hub_dir)]) == 0
+    capsys.readouterr()
+    assert not left.exists()
+    assert reading.exists()  # a live import's: left alone
+    assert live.stdin is not None
+    live.stdin.close()
+    assert live.wait(60) == 0
+    assert list(hub_dir.glob(".import-stdin-*")) == []
+
+    again = _import_from_stdin(hub_dir, env)  # killed again; then the hub is served
+    procs.append(again)
+    (left,) = hub_dir.glob(".import-stdin-*")
+    again.kill()
+    again.wait(20)
+    os.utime(left, (old, old))
+    port_file = tmp_path / "hub.port"
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "tillpoint.agent.cli", "hub", "serve", "--hub-dir", str(hub_dir),
+         "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )  # fmt: skip
+    procs.append(serve)
+    deadline = time.monotonic() + 60
+    while not port_file.exists() and time.monotonic() < deadline:
+        assert serve.poll() is None
+        time.sleep(0.05)
+    assert port_file.exists()
+    assert not left.exists()
+    serve.terminate()
+    assert serve.wait(30) == 0
