@@ -812,9 +812,7 @@ def coupon_code(text: str) -> str:
     """A scanned coupon code as it is looked up: blanks, dashes and control characters
     (a scanner's GS separator \\x1d, a NUL) dropped, upper case."""
     text = CONTROL_CHARACTER.sub("", text)
-    return "".join(
-        ch for ch in text if not ch.isspace() and ch not in DROPPED
-    ).upper()
+    return "".join(ch for ch in text if not ch.isspace() and ch not in DROPPED).upper()
 
 
 # A code's normal form may be longer than the text given ("ß" upper-cases to "SS", "ﬃ"

@@ -157,7 +157,16 @@ INVISIBLE = [
 # The format characters that show a sign (Arabic and Syriac number and year signs, the
 # Kaithi and Egyptian format controls, the interlinear annotation marks): a number with
 # one is written with another character, INVALID as §4 says.
-VISIBLE_FORMAT = ["\u0600", "\u0605", "\u06dd", "\u070f", "\u08e2", "\ufff9", "\ufffb", "\U000110bd"]
+VISIBLE_FORMAT = [
+    "\u0600",
+    "\u0605",
+    "\u06dd",
+    "\u070f",
+    "\u08e2",
+    "\ufff9",
+    "\ufffb",
+    "\U000110bd",
+]
 
 
 def _format_characters() -> list[str]:
@@ -176,13 +185,15 @@ def test_the_invisible_format_characters_are_every_default_ignorable_format_char
     visible = {
         ch
         for ch in cf
-        if "\u0600" <= ch <= "\u08ff"  # Arabic, Syriac prepended marks (but U+061C)
-        and ch != "\u061c"
+        if (
+            "\u0600" <= ch <= "\u08ff"  # Arabic, Syriac prepended marks (but U+061C)
+            and ch != "\u061c"
+        )
         or "\ufff9" <= ch <= "\ufffb"  # interlinear annotation
         or "\U000110bd" <= ch <= "\U000110cd"  # Kaithi number signs
         or "\U00013430" <= ch <= "\U0001345f"  # Egyptian hieroglyph format controls
     }
-    assert INVISIBLE_FORMAT == cf - visible
+    assert cf - visible == INVISIBLE_FORMAT
     assert set(INVISIBLE) <= INVISIBLE_FORMAT and not set(VISIBLE_FORMAT) & INVISIBLE_FORMAT
 
 
@@ -200,8 +211,8 @@ def test_an_invisible_format_character_inside_a_card_or_phone_is_dropped(
     for text in (
         f"{sign}277{sign}0000000017{sign}",
         f"+7{sign}916{sign}1234567",
-        f"\u202a+7 916 123-45-67\u202c",
-        f"\u2068+7 916 123-45-67\u2069",
+        "\u202a+7 916 123-45-67\u202c",
+        "\u2068+7 916 123-45-67\u2069",
     ):
         found = agent.identify(text)
         assert (found.status, found.customer_id) == ("FOUND", "c-a"), (text, found)
@@ -307,7 +318,11 @@ def test_a_job_after_one_a_crash_left_sending_is_cut_off_from_it(tmp_path: Path)
             again.close()
         finally:
             w.close()
-        sent = bytes(printer.received[before:]).replace(b"\x10\x04\x02", b"").replace(b"\x10\x04\x04", b"")
+        sent = (
+            bytes(printer.received[before:])
+            .replace(b"\x10\x04\x02", b"")
+            .replace(b"\x10\x04\x04", b"")
+        )
     assert sent.startswith(b"\x00" * 8), sent[:40]  # the NULs that end a torn command, then the cut
 
 
@@ -405,7 +420,7 @@ def test_a_phone_key_temporary_file_a_killed_writer_left_is_removed_at_the_next_
     assert sorted(p.name for p in data.glob("phone.key*")) == ["phone.key"]
 
 
-# ---------------------------------------------------------------- 3. the replaced plain cache's -wal
+# ---------------------------------------------------------------- 3. the replaced cache's -wal
 
 
 def test_a_reset_between_the_check_and_the_unlink_keeps_its_fresh_caches_wal(
@@ -466,7 +481,16 @@ def _import_from_stdin(hub_dir: Path, env: dict[str, str]) -> subprocess.Popen[b
 
     before = set(hub_dir.glob(".import-stdin-*"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tillpoint.agent.cli", "hub", "import", "-", "--hub-dir", str(hub_dir)],
+        [
+            sys.executable,
+            "-m",
+            "tillpoint.agent.cli",
+            "hub",
+            "import",
+            "-",
+            "--hub-dir",
+            str(hub_dir),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
