@@ -13,8 +13,24 @@ from .models import DROPPED, CardRecord, Customer
 
 Outcome = Literal["FOUND", "BLOCKED", "UNKNOWN", "INVALID"]
 
+
+def _char_class(chars: frozenset[str]) -> str:
+    """`chars` as a regular expression's character class body, runs written as ranges
+    (the tag characters one by one made every normalisation four times slower)."""
+    points = sorted(map(ord, chars))
+    out: list[str] = []
+    start = 0
+    for i, point in enumerate(points):
+        if i + 1 < len(points) and points[i + 1] == point + 1:
+            continue
+        first, last = chr(points[start]), chr(point)
+        out.append(re.escape(first) if first == last else f"{re.escape(first)}-{re.escape(last)}")
+        start = i + 1
+    return "".join(out)
+
+
 # blanks (the zero-width ones too), dashes of every kind, invisible format characters
-_DROP = re.compile(f"[\\s{re.escape(''.join(sorted(DROPPED)))}]")
+_DROP = re.compile(f"[\\s{_char_class(DROPPED)}]")
 
 
 class CardLookup(Protocol):
