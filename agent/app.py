@@ -256,7 +256,10 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     systemd.notify("READY=1")
     systemd.start_watchdog(done)
     systemd.wait_for_stop(done)  # a SIGTERM taken by any thread ends it
-    systemd.notify("STOPPING=1")
+    # and how long the stop may take: a printer's long `confirm_timeout_s` no longer needs
+    # the unit's TimeoutStopSec edited (systemd ≥ 236; it never shortens the unit's own)
+    usec = int(stop_time_s(devices.worker.config) * 1_000_000)
+    systemd.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={usec}")
     if unpublish is not None:
         unpublish()  # new CLI calls run locally from now on
     log.info("stopping: draining in-flight requests")
@@ -279,6 +282,28 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     lock.release()
     log.info("stopped")
     return 0
+
+
+# The bounds of a graceful stop's parts, seconds (see `run` and `stop_side_by_side`): the
+# in-flight calls' grace; the customer display's stop before the print worker's; the
+# hold sweeper and the sync threads' hub calls; and a margin for closing the files.
+STOP_GRACE_S = 5.0
+STOP_DISPLAY_S = 2.0
+STOP_HUB_SIDE_S = 15.0
+STOP_MARGIN_S = 5.0
+
+
+def stop_time_s(printer: Any) -> float:
+    """How long `run`'s graceful stop may take with this printer configuration: the
+    calls' grace, then the longer of the devices' line (the display, then a coupon's
+    confirmation, `confirm_timeout_s` + `status_timeout_s` + 5 s) and the hub side.
+    Told to systemd with STOPPING=1 (`EXTEND_TIMEOUT_USEC`): a `confirm_timeout_s`
+    above 17 s ran past the unit's TimeoutStopSec (30 s), and systemd killed the agent
+    mid-confirmation, the coupon left SENDING and failed at the next start (review 33)."""
+    devices = STOP_DISPLAY_S
+    if getattr(printer, "kind", "none") != "none":
+        devices += float(printer.confirm_timeout_s) + float(printer.status_timeout_s) + 5.0
+    return STOP_GRACE_S + max(devices, STOP_HUB_SIDE_S) + STOP_MARGIN_S
 
 
 def stop_side_by_side(lines: list[list[Callable[[], None]]], log: Any) -> None:

@@ -615,6 +615,39 @@ def remove_old_generations(data_dir: Path, keep: set[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
+# How long a reset waits for `cache_switch_lock` (its other holders hold it for a check
+# and two unlinks) before it goes on without it.
+CACHE_SWITCH_WAIT_S = 10.0
+
+
+@contextlib.contextmanager
+def cache_switch_lock(data_dir: Path, wait_s: float) -> Iterator[bool]:
+    """An exclusive flock of the data directory while the plain ``cache.db`` changes hands:
+    `reset` holds it while it removes the cache and makes a fresh plain one, and
+    `remove_replaced_plain_wal` while it checks and unlinks the replaced file's -wal and
+    -shm (review 33: a reset between that check and the unlink had its fresh cache's
+    -wal and -shm unlinked from under its live connection). Yields whether it was taken
+    within `wait_s` (0: one try); not taken, the caller decides (the removal skips, a reset
+    goes on). The holders are short: one directory check and two unlinks, or a reset's
+    switch. (`files.create_once` locks the directory too, on a file system without hard
+    links, around one rename.)"""
+    from .lock import flock_within
+
+    try:
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            taken = flock_within(fd, wait_s)
+        except OSError:  # a file system without locks
+            taken = False
+        yield taken
+    finally:
+        os.close(fd)  # the lock with it
+
+
 def remove_replaced_plain_wal(data_dir: Path) -> None:
     """The ``cache.db-wal`` and ``cache.db-shm`` of a plain ``cache.db`` (a fresh till's
     first, an older install's) that a full apply has replaced by the symlink: SQLite does
@@ -623,21 +656,26 @@ def remove_replaced_plain_wal(data_dir: Path) -> None:
     (it opens the generation by its own name). Removed once the -wal is empty: a non-empty
     one may still hold frames a connection opened before the switch reads (it waits for
     that connection's close, or for the next full apply). Call it after closing the
-    connection to the replaced file; anything that fails leaves them for the next call."""
+    connection to the replaced file; anything that fails leaves them for the next call.
+    The check and the unlink hold `cache_switch_lock` (one try: a reset at work has it,
+    and then they are left for the next call)."""
     data_dir = Path(data_dir)
     if not (data_dir / CACHE).is_symlink():
         return  # the plain file is the cache: its -wal and -shm are in use
-    wal = data_dir / f"{CACHE}-wal"
-    try:
-        if wal.stat().st_size:
+    with cache_switch_lock(data_dir, 0) as taken:
+        if not taken or not (data_dir / CACHE).is_symlink():
             return
-    except FileNotFoundError:
-        pass
-    except OSError:
-        return
-    with contextlib.suppress(OSError):
-        wal.unlink(missing_ok=True)
-        (data_dir / f"{CACHE}-shm").unlink(missing_ok=True)
+        wal = data_dir / f"{CACHE}-wal"
+        try:
+            if wal.stat().st_size:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        with contextlib.suppress(OSError):
+            wal.unlink(missing_ok=True)
+            (data_dir / f"{CACHE}-shm").unlink(missing_ok=True)
 
 
 def remove_cache(data_dir: Path) -> None:
@@ -651,12 +689,17 @@ def phone_secret(data_dir: Path) -> bytes:
     """The till's key for phone hashes, made once (0600, `files.create_once`)."""
     import secrets
 
+    from .files import create_once, remove_stale_temps
+
     path = data_dir / "phone.key"
+    # a maker killed while it wrote (SIGKILL, power loss) left its temporary file: removed
+    # when no live process writes it (review 33)
+    if remove_stale_temps(data_dir, path.name + ".", ".tmp"):
+        log.info("removed a temporary file of %s a stopped process had left", path)
     try:
         return _phone_key_of(path)
     except FileNotFoundError:
         pass
-    from .files import create_once
 
     data_dir.mkdir(parents=True, exist_ok=True)
     # made whole under a name of its own and linked: a key another process made meanwhile

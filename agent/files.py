@@ -10,9 +10,11 @@ a full disk included, removes the temporary file and leaves ``NAME`` as it was.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from typing import IO, Any
 
 from .db import fsync_path
 
-__all__ = ["create_once", "replacing", "write_whole"]
+__all__ = ["create_once", "remove_stale_temps", "replacing", "write_whole"]
 
 
 @contextmanager
@@ -84,6 +86,9 @@ def create_once(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
     fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
     try:
+        # held while it is written: `remove_stale_temps` leaves a file someone writes
+        with contextlib.suppress(OSError):  # a file system without locks: the age alone
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if mode != 0o600:  # mkstemp's own; a chmod is EPERM on vfat (its modes are the mount's)
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as out:
@@ -106,6 +111,62 @@ def create_once(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
         tmp.unlink(missing_ok=True)
     fsync_path(path.parent)
     return True
+
+
+# How old a temporary file of `create_once` must be for `remove_stale_temps` to take it
+# for a killed writer's, besides being unlocked: its writer locks it just after making it,
+# and writes a few bytes; a minute covers the moment between, and an older release's
+# writer, which took no lock.
+STALE_TEMP_S = 60.0
+
+
+def remove_stale_temps(
+    folder: Path, prefix: str, suffix: str = "", *, older_than_s: float = STALE_TEMP_S
+) -> int:
+    """Remove the temporary files (`prefix`…`suffix` in `folder`) a process left when it
+    was killed while it wrote them: `create_once`'s `NAME.XXXXXXXX.tmp` (review 33: a
+    SIGKILL between the write and the unlink left a copy of a phone key for good), `hub
+    import -`'s copy of standard input. Only those no live process writes (its writer
+    holds an exclusive flock on it) and older than `older_than_s`. Returns how many;
+    never raises (a file it cannot open or remove is left)."""
+    folder = Path(folder)
+    removed = 0
+    try:
+        names = [
+            entry.name
+            for entry in os.scandir(folder)
+            if entry.name.startswith(prefix)
+            and entry.name.endswith(suffix)
+            and len(entry.name) > len(prefix) + len(suffix)
+        ]
+    except OSError:
+        return 0
+    now = time.time()
+    for name in names:
+        tmp = folder / name
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            seen = os.fstat(fd)
+            if not stat.S_ISREG(seen.st_mode) or now - seen.st_mtime < older_than_s:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its writer is at work
+            except OSError:
+                pass  # no locks here: the age alone
+            now_there = os.lstat(tmp)
+            if (now_there.st_dev, now_there.st_ino) == (seen.st_dev, seen.st_ino):
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _rename_in_once(tmp: Path, path: Path) -> bool:

@@ -9,12 +9,28 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .models import DASHES, ZERO_WIDTH_SPACES, CardRecord, Customer
+from .models import DROPPED, CardRecord, Customer
 
 Outcome = Literal["FOUND", "BLOCKED", "UNKNOWN", "INVALID"]
 
-# blanks (the zero-width ones too), dashes of every kind
-_DROP = re.compile(f"[\\s{re.escape(''.join(sorted(DASHES | ZERO_WIDTH_SPACES)))}]")
+
+def _char_class(chars: frozenset[str]) -> str:
+    """`chars` as a regular expression's character class body, runs written as ranges
+    (the tag characters one by one made every normalisation four times slower)."""
+    points = sorted(map(ord, chars))
+    out: list[str] = []
+    start = 0
+    for i, point in enumerate(points):
+        if i + 1 < len(points) and points[i + 1] == point + 1:
+            continue
+        first, last = chr(points[start]), chr(point)
+        out.append(re.escape(first) if first == last else f"{re.escape(first)}-{re.escape(last)}")
+        start = i + 1
+    return "".join(out)
+
+
+# blanks (the zero-width ones too), dashes of every kind, invisible format characters
+_DROP = re.compile(f"[\\s{_char_class(DROPPED)}]")
 
 
 class CardLookup(Protocol):

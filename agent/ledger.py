@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -1320,9 +1321,16 @@ def outbox_pending(conn: sqlite3.Connection, device_id: str) -> int:
 
 
 def outbox_batch(conn: sqlite3.Connection, device_id: str, limit: int) -> list[OutboxRow]:
-    """The oldest `limit` rows of the device's outbox, in seq order, each payload whole:
-    the request and result texts kept in the receipt's or refund's row are put back
-    (`insert_journal`)."""
+    """The oldest `limit` rows of the device's outbox, in seq order but for a refund of a
+    sale numbered again (`_sales_first`), each payload whole: the request and result
+    texts kept in the receipt's or refund's row are put back (`insert_journal`)."""
+    return _sales_first(conn, device_id, _outbox_rows(conn, device_id, 0, limit))
+
+
+def _outbox_rows(
+    conn: sqlite3.Connection, device_id: str, since: int, limit: int
+) -> list[OutboxRow]:
+    """The first `limit` rows of the device's outbox from seq `since` on, in seq order."""
     rows: list[OutboxRow] = []
     for seq, payload, texts, request, result in conn.execute(
         "SELECT o.seq, o.payload, o.texts, coalesce(r.request, f.request),"
@@ -1331,8 +1339,8 @@ def outbox_batch(conn: sqlite3.Connection, device_id: str, limit: int) -> list[O
         " AND j.seq = o.seq"
         " LEFT JOIN receipts r ON o.texts = 'receipt' AND r.receipt_id = j.ref_id"
         " LEFT JOIN refunds f ON o.texts = 'refund' AND f.refund_id = j.ref_id"
-        " WHERE o.device_id = ? ORDER BY o.seq LIMIT ?",
-        (device_id, limit),
+        " WHERE o.device_id = ? AND o.seq >= ? ORDER BY o.seq LIMIT ?",
+        (device_id, since, limit),
     ):
         text = str(payload)
         if texts is not None:
@@ -1343,6 +1351,44 @@ def outbox_batch(conn: sqlite3.Connection, device_id: str, limit: int) -> list[O
             text = _with_texts(text, str(request), str(result))
         rows.append(OutboxRow(int(seq), text))
     return rows
+
+
+def _sales_first(
+    conn: sqlite3.Connection, device_id: str, rows: list[OutboxRow]
+) -> list[OutboxRow]:
+    """`rows` with every refund whose sale is still in the outbox under a higher seq (the
+    sale numbered again, `renumber`, while the refund waited) put right after its sale;
+    one whose sale is not among `rows` waits for a later batch, and a batch left with
+    nothing but such refunds is the sale of the first (the contract §9: the hub stored a
+    refund without its sale, whose points it gave back into no batch, §16, and a snapshot
+    published then told the till a wrong expiry, until the sale came; review 33)."""
+    if not rows:
+        return rows
+    marks = ",".join("?" * len(rows))
+    later = dict(
+        conn.execute(
+            "SELECT j.seq, s.seq FROM journal j JOIN refunds f ON f.refund_id = j.ref_id"
+            " JOIN receipts s ON s.receipt_id = f.receipt_id"
+            " JOIN outbox x ON x.device_id = j.device_id AND x.seq = s.seq"
+            f" WHERE j.device_id = ? AND j.kind = 'REFUND' AND j.seq IN ({marks})"
+            " AND s.seq > j.seq",
+            (device_id, *(row.seq for row in rows)),
+        ).fetchall()
+    )
+    if not later:
+        return rows
+    waiting: dict[int, list[OutboxRow]] = defaultdict(list)
+    for row in rows:
+        if row.seq in later:
+            waiting[int(later[row.seq])].append(row)
+    ordered: list[OutboxRow] = []
+    for row in rows:
+        if row.seq not in later:
+            ordered.append(row)
+            ordered.extend(waiting.pop(row.seq, ()))
+    if not ordered:  # the sale of the first, alone (its refund comes in the next one)
+        ordered = _outbox_rows(conn, device_id, min(later.values()), 1)
+    return ordered
 
 
 def _with_texts(payload: str, request: str, result: str) -> str:

@@ -812,9 +812,7 @@ def coupon_code(text: str) -> str:
     """A scanned coupon code as it is looked up: blanks, dashes and control characters
     (a scanner's GS separator \\x1d, a NUL) dropped, upper case."""
     text = CONTROL_CHARACTER.sub("", text)
-    return "".join(
-        ch for ch in text if not ch.isspace() and ch not in DASHES and ch not in ZERO_WIDTH_SPACES
-    ).upper()
+    return "".join(ch for ch in text if not ch.isspace() and ch not in DROPPED).upper()
 
 
 # A code's normal form may be longer than the text given ("ß" upper-cases to "SS", "ﬃ"
@@ -855,6 +853,26 @@ DASHES = frozenset(
 # order mark at the start of a pasted text), and U+180E (MONGOLIAN VOWEL SEPARATOR, a
 # space until Unicode 6.3): invisible, so a cashier cannot see why a number is refused.
 ZERO_WIDTH_SPACES = frozenset("\u200b\ufeff\u180e")
+
+# The invisible format characters (the contract §4's decisions, review 33): Unicode's
+# category Cf less those that show a sign (the Arabic, Syriac and Kaithi number and year
+# signs, the interlinear annotation marks, the Egyptian hieroglyph format controls), i.e.
+# the default-ignorable ones: the soft hyphen, the Arabic letter mark, the zero-width
+# spaces, joiners and marks (U+200B…U+200F), the bidi embeddings and isolates a phone's
+# contacts or a messenger wrap a copied number in (U+202A…U+202E, U+2066…U+2069), the
+# WORD JOINER and the invisible operators (U+2060…U+2064), the deprecated format
+# characters (U+206A…U+206F), U+FEFF, the shorthand and musical format controls and the
+# tag characters. A number carrying one looks right to the cashier; U+FEFF was dropped
+# and U+2060 (its successor as the zero-width no-break) made the number INVALID. Written
+# out (tests/test_review33_left33.py holds it to the category), not computed at import.
+INVISIBLE_FORMAT = frozenset(
+    "\u00ad\u061c\u180e\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    "\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069\u206a\u206b\u206c\u206d"
+    "\u206e\u206f\ufeff\U0001bca0\U0001bca1\U0001bca2\U0001bca3\U0001d173\U0001d174"
+    "\U0001d175\U0001d176\U0001d177\U0001d178\U0001d179\U0001d17a\U000e0001"
+) | frozenset(map(chr, range(0xE0020, 0xE0080)))
+# What §4 and §13 drop from a scanned text besides white space (`str.isspace`).
+DROPPED = DASHES | ZERO_WIDTH_SPACES | INVISIBLE_FORMAT
 
 
 class Coupon(Model):

@@ -33,8 +33,10 @@ from . import cache as cache_mod
 from . import coupons, ledger
 from .cache import CacheView, ancestors, phone_index
 from .db import (
+    CACHE_SWITCH_WAIT_S,
     Checkpointer,
     LiveCache,
+    cache_switch_lock,
     connect,
     is_damage,
     phone_secret,
@@ -1993,9 +1995,14 @@ class Agent:
                 ledger.queue_discarded(conn, discarded, ledger.utc_text(self.clock()))
             self._live.close()
             self._memo.clear()
-            remove_cache(self.data_dir)  # cache.db and every generation
-            self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
-            self._cache = self._live.connection()
+            # under the lock `remove_replaced_plain_wal` checks and unlinks under: one
+            # another process ran between its check and its unlink removed the fresh
+            # plain cache's -wal and -shm (review 33); not taken (another holder for
+            # 10 s), the reset goes on
+            with cache_switch_lock(self.data_dir, CACHE_SWITCH_WAIT_S):
+                remove_cache(self.data_dir)  # cache.db and every generation
+                self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
+                self._cache = self._live.connection()
         released = 0
         for rid in hub_holds:  # a hub that did not answer one is not asked for the rest
             if not self._release_at_hub(rid, forgotten=True):

@@ -352,6 +352,13 @@ _TORN_MARKS = (
 )
 
 
+# The ledger's `device` row (kept by `tillpoint reset`: the paper is the printer's) that
+# says a job may have left a torn part on the printer with no cut after it: the JSON list
+# of the codes of what was on its way (`separator_bytes` outlasts their longest command).
+# Written when a job is claimed, so a crash mid-send leaves it; gone once a job is settled.
+_TORN_KEY = "print_torn"
+
+
 def _torn_before(job: _Job) -> bool:
     error = job.last_error or ""
     return error.startswith(UNCONFIRMED) or any(mark in error for mark in _TORN_MARKS)
@@ -441,9 +448,10 @@ class PrintWorker:
         self._drops: dict[int, int] = {}
         # an attempt ended with part of a job maybe on the printer and no cut after it:
         # the next job sent begins by cutting it off (`separator_bytes`), its NULs as long
-        # as the longest command of that job's codes (`_torn_codes`)
-        self._torn = False
-        self._torn_codes: tuple[str, ...] = ()
+        # as the longest command of that job's codes (`_torn_codes`). Kept in the ledger
+        # too (`_TORN_KEY`): after a restart following a torn job that FAILED (or a crash
+        # while one was sent), the next coupon was glued onto the torn part (review 33)
+        self._torn, self._torn_codes = self._torn_kept()
         self._stop = threading.Event()
         self._wake = threading.Event()
         # The transport a job's bytes are being written to: `stop` breaks that write off
@@ -522,14 +530,58 @@ class PrintWorker:
         with self._tx() as conn:
             conn.execute(f"UPDATE print_jobs SET {sql} WHERE id = ?", (*args, job_id))
 
-    def _claim(self, job_id: int) -> bool:
+    def _claim(self, job_id: int, codes: tuple[str, ...] = ()) -> bool:
+        """The job SENDING; and, in the same transaction, the printer marked as maybe
+        holding a torn part of it (or of the torn one before it) until it is settled:
+        a crash while it is sent leaves the mark for the next start."""
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE print_jobs SET state = 'SENDING', attempts = attempts + 1 "
                 "WHERE id = ? AND state = 'PENDING'",
                 (job_id,),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            self._write_torn(conn, (*self._torn_codes, *codes) if self._torn else codes)
+            return True
+
+    @staticmethod
+    def _write_torn(conn: sqlite3.Connection, codes: tuple[str, ...] | None) -> None:
+        if codes is None:
+            conn.execute("DELETE FROM device WHERE key = ?", (_TORN_KEY,))
+        else:
+            conn.execute(
+                "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
+                (_TORN_KEY, json.dumps(list(codes), ensure_ascii=False)),
+            )
+
+    def _torn_kept(self) -> tuple[bool, tuple[str, ...]]:
+        """What the ledger says of a torn part on the printer (`_TORN_KEY`)."""
+        try:
+            with self._db_lock:
+                row = self._conn.execute(
+                    "SELECT value FROM device WHERE key = ?", (_TORN_KEY,)
+                ).fetchone()
+        except sqlite3.Error:  # no ledger schema yet (`create_schema=False`): nothing torn
+            return False, ()
+        if row is None:
+            return False, ()
+        try:
+            codes = json.loads(str(row[0]))
+        except ValueError:
+            codes = []
+        if not isinstance(codes, list):
+            codes = []
+        return True, tuple(str(code) for code in codes)
+
+    def _keep_torn(self) -> None:
+        """The in-memory torn mark written to the ledger (a failed write is logged: the
+        mark still holds for this run)."""
+        try:
+            with self._tx() as conn:
+                self._write_torn(conn, self._torn_codes if self._torn else None)
+        except sqlite3.Error as exc:
+            log.warning("cannot keep the printer's torn-job mark in the ledger: %s", exc)
 
     def _fail(self, job: _Job, message: str) -> None:
         log.error("print job %s failed: %s", job.receipt_id, message)
@@ -537,13 +589,16 @@ class PrintWorker:
         self._last_error, self._job_error = f"job {job.receipt_id}: {message}", True
 
     def _done(self, job: _Job, note: str | None) -> None:
+        """DONE, and, in the same transaction, the printer's torn mark gone: the job went
+        out whole with its cut (and the cut before it of a torn part)."""
         now = rfc3339(self._clock())
-        self._set(
-            job.id,
-            "state = 'DONE', printed_at = ?, last_error = ?, next_attempt_at = NULL",
-            now,
-            note,
-        )
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE print_jobs SET state = 'DONE', printed_at = ?, last_error = ?,"
+                " next_attempt_at = NULL WHERE id = ?",
+                (now, note, job.id),
+            )
+            self._write_torn(conn, None)
         self._last_printed_at = now
 
     def _retry(self, job: _Job, message: str, state: PrinterState, claimed: bool) -> None:
@@ -665,7 +720,7 @@ class PrintWorker:
                 # until the printer answers, or a printer that prints and never answers
                 # would print it at every retry
                 raise _Unconfirmed()
-            if not self._claim(job.id):
+            if not self._claim(job.id, codes):
                 return  # someone requeued or finished it meanwhile
             claimed = True
             phase = "send"
@@ -726,6 +781,7 @@ class PrintWorker:
         finally:
             if claimed and not settled:
                 self._torn, self._torn_codes = True, codes
+                self._keep_torn()
                 # The job is sent again in full (held, retried, broken off): what of it
                 # the connection still holds is thrown away, not delivered after the
                 # close. A printer that stopped reading mid-job got every copy the

@@ -361,6 +361,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent import logs, systemd
     from tillpoint.agent.config import split_listen
 
+    from .hub_import import remove_stale_spools
     from .hub_server import HubConfig, HubServer
 
     hub = _existing_hub(settings, args)  # refused before anything is set up
@@ -379,6 +380,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     _in_range("--workers", args.workers, 1, WORKERS_MAX)
     _in_range("--rate-kib", args.rate_kib, 0, 2**40)
     logs.setup(settings.log.level, settings.log.format)
+    remove_stale_spools(hub.root)  # what an import killed by SIGKILL left (review 33)
     try:
         config = HubConfig(
             chunk_size=args.chunk_kib * 1024,
@@ -419,11 +421,12 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
 def _hub_import(settings: Settings, args: argparse.Namespace) -> int:
     from tillpoint.agent.cli import standard_input
 
-    from .hub_import import read_file, read_stdin
+    from .hub_import import read_file, read_stdin, remove_stale_spools
     from .progress import ProgressBar
 
     ttl_s = _ttl_hours(args.ttl_hours) * 3600 if args.publish else 0.0  # before importing
     hub = _hub(settings, args)
+    remove_stale_spools(hub.root)  # what an import killed by SIGKILL left (review 33)
     if hub.on_postgres:
         hub.init()  # the database is shared: the keys make the hub here (as hub.db does)
     stdin = standard_input() if str(args.file) == "-" else None  # closed: exit 2 first

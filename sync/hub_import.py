@@ -24,7 +24,10 @@ section and index) and the whole import is refused.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -61,6 +64,8 @@ from tillpoint.agent.snapshot_stream import HEAD_BYTES, refuse_non_object
 
 from .hub_rules import canon
 from .hub_store import SECTIONS, ImportRow, RowProblem
+
+log = logging.getLogger("tillpoint.hub")
 
 Progress = Callable[[int, int], None]  # (done, total) in bytes
 
@@ -831,6 +836,28 @@ def _first_line(stream: IO[bytes]) -> bytes:
     return line
 
 
+# The name `hub import -`'s copy of standard input starts with, in the hub's directory.
+SPOOL_PREFIX = ".import-stdin-"
+
+
+def remove_stale_spools(spool_dir: Path) -> int:
+    """Remove the copies of standard input a `hub import -` killed by SIGKILL (the OOM
+    killer, `kill -9`, a power cut: nothing runs on the way out) left in the hub's
+    directory, as large as the chain's export (review 33): those no live import holds
+    (it locks its copy) and older than a minute. At the start of `hub import` and `hub
+    serve`; returns how many."""
+    from tillpoint.agent.files import remove_stale_temps
+
+    removed = remove_stale_temps(spool_dir, SPOOL_PREFIX)
+    if removed:
+        log.warning(
+            "removed %d copy(ies) of standard input a killed `hub import -` left in %s",
+            removed,
+            spool_dir,
+        )
+    return removed
+
+
 @contextmanager
 def read_stdin(
     stream: IO[bytes], spool_dir: Path, fmt: str | None = None, progress: Progress | None = None
@@ -842,7 +869,11 @@ def read_stdin(
         raise InputError(f"unknown import format {fmt!r}: json or jsonl")
     try:
         spool_dir.mkdir(parents=True, exist_ok=True)
-        spooled = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".import-stdin-")  # noqa: SIM115
+        spooled = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=SPOOL_PREFIX)  # noqa: SIM115
+        # held while the import runs: the next import or serve (`remove_stale_spools`)
+        # removes a copy only when no live import holds it
+        with contextlib.suppress(OSError):  # a file system without locks: the age alone
+            fcntl.flock(spooled.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         raise InputError(
             f"-: cannot keep a copy of standard input in {spool_dir} ({exc.strerror or exc})"
