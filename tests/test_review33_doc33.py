@@ -181,3 +181,24 @@ def test_the_error_hierarchy_drawn_in_errors_py_is_every_class_with_its_codes() 
     for name, cls in classes.items():
         parent = cls.__mro__[1].__name__ if cls is not errors.TillpointError else None
         assert drawn[name] == (parent, cls.exit_code, cls.grpc_code), name
+
+
+# Edges and harnesses of sync/ and printer/ that may reach the till application.
+EDGES = {"tillpoint.sync.cli", "tillpoint.sync.loopback", "tillpoint.printer.cli"}
+HELPERS = ("config", "lock", "snapshot_stream", "grpc_decode", "grpc_health")
+
+
+def test_sync_and_printer_import_of_agent_only_the_core_storage_and_the_named_helpers() -> None:
+    """ARCHITECTURE.md: sync/ and printer/ import the core, storage and the helpers it
+    names; tests/test_layers.py forbade only the application's modules, so an import of
+    `wire`, `metrics` or `forward` from sync/ would have passed unsaid."""
+    graph = _graph()
+    allowed = {f"tillpoint.agent.{m}" for m in (*CORE, *STORAGE, *HELPERS)}
+    wrong = [
+        f"{module} imports {name}"
+        for module, names in sorted(graph.items())
+        if module.startswith(("tillpoint.sync.", "tillpoint.printer.")) and module not in EDGES
+        for name in sorted(names)
+        if name.startswith("tillpoint.agent.") and name not in allowed
+    ]
+    assert wrong == []
