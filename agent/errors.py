@@ -3,6 +3,7 @@
     TillpointError                exit 1  INTERNAL
     ├── InputError                exit 2  INVALID_ARGUMENT     malformed or out-of-range input
     │   ├── SnapshotRefused       exit 2  FAILED_PRECONDITION  wrong base, older, bad signature
+    │   │   └── SnapshotCorrupted exit 2  FAILED_PRECONDITION  bytes not the bundle declared
     │   └── UnreadableFile        exit 2  INVALID_ARGUMENT     a file named to read: missing, I/O
     ├── Refused                   exit 2  FAILED_PRECONDITION  valid input the rules refuse
     │   ├── CardRefused           exit 2  FAILED_PRECONDITION  BLOCKED or INVALID card
@@ -10,7 +11,10 @@
     │   └── NotFound              exit 2  NOT_FOUND            a receipt never committed here
     ├── Conflict                  exit 2  ALREADY_EXISTS       a known receiptId with another body
     ├── StorageError              exit 1  UNAVAILABLE          disk full, database locked
-    │   └── LaterRelease          exit 2  FAILED_PRECONDITION  data a later release migrated
+    │   ├── LaterRelease          exit 2  FAILED_PRECONDITION  data a later release migrated
+    │   ├── DamagedCache          exit 1  UNAVAILABLE          a damaged cache.db (run: exit 2)
+    │   ├── DamagedLedger         exit 1  UNAVAILABLE          a damaged ledger.db (run: exit 2)
+    │   └── ReadOnlyData          exit 2  FAILED_PRECONDITION  a data directory it may not write
     └── HubUnavailable            exit 1  UNAVAILABLE          the hub did not answer in time
 
 Every message is one line a cashier or a support engineer can act on; nothing below the
