@@ -18,6 +18,7 @@ tills with their hub links; the hub's own AuthorizeRedemption, answering late.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -32,11 +33,15 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import start_hold_sweeper
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, wait_for
+from tillpoint.sync.loopback import receipt as loopback_receipt
 from tillpoint.sync.service import SyncService
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import ManualClock, enrolled_till
 from .test_coupons import COUPONS, SORRY
+from .test_review32_rev32d import NEW, Chain, chains, old_release
+
+__all__ = ["chains", "old_release"]  # the fixtures, shared with rev32d
 
 ANNA = "2770000000017"  # c-1: 1200 points at the hub
 BIG = [{"sku": "4601234000017", "qty": "1", "priceMinor": 1_000_000}]  # wants all 1200
@@ -363,3 +368,50 @@ def test_the_hub_refuses_a_bad_shrink(hub: LoopbackHub, tmp_path: Path) -> None:
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         a.stop()
+
+
+@pytest.mark.slow
+def test_a_hub_of_the_release_before_answers_unimplemented_and_keeps_the_hold(
+    old_release: list[str],  # the fixtures imported above (`__all__`)
+    chains: list[Chain],
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §9, §11: the hub process of the release before (built from git, as
+    tests/test_review32_rev32d.py does), a till of this release: the till's hold is placed
+    there (ONLINE); a shrink asked of that hub is UNIMPLEMENTED, which the till's
+    authoriser reads as "keep it whole" (None: not retried), and the hub's hold is as it
+    was."""
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.pki import load_enrollment
+
+    chain = Chain(tmp_path, old_release)
+    chains.append(chain)
+    chain.serve()
+    till = tmp_path / "till"
+    chain.enrol(NEW, till)
+    path = tmp_path / "h-1.json"
+    path.write_text(json.dumps(loopback_receipt("h-1", ANNA, redeem=-1)), encoding="utf-8")
+    held = chain.till(NEW, till, "hold", str(path), "--json")
+    assert (held["state"], held["mode"]) == ("HELD", "ONLINE"), held
+    points = int(held["redeemedPoints"])
+    assert points > 0
+
+    def holds() -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(chain.hub_dir / "hub.db")
+        try:
+            return conn.execute("SELECT receipt_id, points, state FROM holds").fetchall()
+        finally:
+            conn.close()
+
+    assert holds() == [("h-1", points, "ACTIVE")]
+    enrollment = load_enrollment(till)
+    assert enrollment is not None
+    link = HubLink(f"127.0.0.1:{chain.port}", enrollment)
+    asking = HubAuthoriser(link, till, "till-w", 5.0)
+    try:
+        assert asking.shrink("h-1", 0, []) is None
+    finally:
+        asking.close()
+        link.close()
+    assert holds() == [("h-1", points, "ACTIVE")]
