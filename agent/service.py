@@ -659,8 +659,20 @@ class Agent:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
+            if result.mode == "OFFLINE" and self.hub is not None and not self._owed_listeners:
+                # no hold timer in this process (a one-shot CLI call, a library's agent):
+                # the late grant's shrink is sent here, after the hold's turn
+                self._shrink_now(receipt.receipt_id)
             self._tell_devices("after_quote", result)
         return result
+
+    def _shrink_now(self, receipt_id: str) -> None:
+        try:
+            self._shrink_at_hub(receipt_id)
+        except Exception:  # the hold is stored: a later round (`tillpoint run`) sends it
+            log.warning(
+                "the shrink of receipt %s is left to the retries", receipt_id, exc_info=True
+            )
 
     def confirm(self, receipt_id: str, fiscal_document: str | None = None) -> CheckoutResult:
         """Commit exactly the held figures (no pricing again): the CONFIRMED result."""
@@ -898,7 +910,9 @@ class Agent:
         """Send again the releases of cancelled and expired holds that did not reach the
         hub (it was away): until then the hub kept the customer's points held for every
         till, up to a day. `tillpoint run`'s hold timer calls it; stops at the first the
-        hub does not answer. Holds closed more than a day ago have run out at the hub."""
+        hub does not answer. Holds closed more than a day ago have run out at the hub.
+        When every release went, the hub's holds of open OFFLINE holds granted too late
+        are shrunk to what they use (`_shrink_at_hub`). Answers how many were released."""
         if self.hub is None:
             return 0
         cutoff = ledger.utc_text(self.clock() - timedelta(seconds=HUB_HOLD_MAX_S))
@@ -914,7 +928,7 @@ class Agent:
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
             released += self._release_unstored(cutoff)
-            released += self._send_shrinks()
+            self._send_shrinks()  # then the open OFFLINE holds' late grants (not counted)
         return released
 
     def _send_shrinks(self) -> int:

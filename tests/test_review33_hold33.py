@@ -93,8 +93,27 @@ def hub(
     data["program"]["holdTtlSeconds"] = TTL_S
     data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
     h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    h.server.servicer.failpoint = refusing
     yield h
     h.stop()
+
+
+# Set: the hub answers ShrinkRedemption UNAVAILABLE (its store busy), as a hub away does.
+REFUSED = threading.Event()
+
+
+def refusing(where: str) -> None:
+    if where == "shrink" and REFUSED.is_set():
+        from tillpoint.agent.errors import StorageError
+
+        raise StorageError("the hub's store is busy")
+
+
+@pytest.fixture
+def refused() -> Iterator[threading.Event]:
+    REFUSED.clear()
+    yield REFUSED
+    REFUSED.clear()
 
 
 def held_at_hub(hub: LoopbackHub) -> int:
@@ -131,18 +150,24 @@ def offline_after_late_grant(till: Till, late: threading.Event, rid: str, *codes
 
 
 def test_the_late_grant_is_shrunk_to_what_the_offline_hold_uses(
-    hub: LoopbackHub, tmp_path: Path, late: threading.Event
+    hub: LoopbackHub, tmp_path: Path, late: threading.Event, refused: threading.Event
 ) -> None:
     """CONTRACT §11: the hub granted 1200 points past the deadline; the OFFLINE hold
-    redeems 200 (the offline limit). The hold timer's round shrinks the hub's hold to
-    200: another till's receipt of the customer redeems the other 1000 at once (until
-    review 33 it got nothing for up to 31 minutes). The 200 stay held."""
+    redeems 200 (the offline limit). The hub's hold is shrunk to 200: another till's
+    receipt of the customer redeems the other 1000 at once (until review 33 it got
+    nothing for up to 31 minutes). The 200 stay held. A hub that cannot take the shrink
+    keeps the whole grant held (never released) until the hold timer's round gets it."""
     a = enrolled_till(hub, tmp_path / "a", "a")
     b = enrolled_till(hub, tmp_path / "b", "b")
     try:
+        refused.set()
         offline_after_late_grant(a, late, "late-1")
-        assert held_at_hub(hub) == 1200  # the late grant, placed at the hub
-        a.agent.retry_hub_releases()  # the hold timer's round (`tillpoint run`: at once)
+        assert held_at_hub(hub) == 1200  # the late grant, placed at the hub, kept whole
+        assert life(a, "late-1") == ("HELD", "OFFLINE", OFFLINE_LIMIT, 2)  # shrink owed
+        a.agent.retry_hub_releases()  # the hold timer's round: refused again, still owed
+        assert held_at_hub(hub) == 1200 and life(a, "late-1")[3] == 2
+        refused.clear()
+        a.agent.retry_hub_releases()  # the round after the hub is back
         assert held_at_hub(hub) == OFFLINE_LIMIT
         assert life(a, "late-1") == ("HELD", "OFFLINE", OFFLINE_LIMIT, 1)  # shrunk, still held
         other = b.agent.hold(a_receipt("b-1"))
@@ -169,7 +194,7 @@ def test_the_coupon_the_offline_hold_applied_stays_one_time(
     try:
         held = offline_after_late_grant(a, late, "late-c", "APP555")
         assert [(v.code, v.status) for v in held.coupons] == [("APP555", "APPLIED")]
-        a.agent.retry_hub_releases()
+        # no hold timer in this process: the Hold's call sent the shrink itself
         assert held_at_hub(hub) == OFFLINE_LIMIT
         assert coupon_holds(hub) == [("APP555", "late-c")]
         other = b.agent.checkout(a_receipt("b-c", "APP555"))
@@ -200,18 +225,21 @@ def test_a_code_the_offline_hold_does_not_apply_is_let_go(hub: LoopbackHub) -> N
 
 
 def test_cancel_of_the_offline_hold_frees_the_hub_at_once(
-    hub: LoopbackHub, tmp_path: Path, late: threading.Event
+    hub: LoopbackHub, tmp_path: Path, late: threading.Event, refused: threading.Event
 ) -> None:
     """CONTRACT §11: a Cancel of an OFFLINE hold whose receipt the hub holds releases it as
     an online one's does: at once, the points and the code, shrunk or not yet."""
     a = enrolled_till(hub, tmp_path / "a", "a")
     b = enrolled_till(hub, tmp_path / "b", "b")
     try:
+        refused.set()
         offline_after_late_grant(a, late, "late-x", "APP555")
+        assert held_at_hub(hub) == 1200
         a.agent.cancel("late-x")  # before the shrink: the whole grant goes
         assert held_at_hub(hub) == 0 and coupon_holds(hub) == []
+        assert life(a, "late-x") == ("CANCELLED", "OFFLINE", OFFLINE_LIMIT, 0)
+        refused.clear()
         offline_after_late_grant(a, late, "late-y", "APP555")
-        a.agent.retry_hub_releases()
         assert held_at_hub(hub) == OFFLINE_LIMIT
         a.agent.cancel("late-y")  # after it: what is left goes
         assert held_at_hub(hub) == 0 and coupon_holds(hub) == []
@@ -225,55 +253,40 @@ def test_cancel_of_the_offline_hold_frees_the_hub_at_once(
 
 
 def test_expiry_of_the_offline_hold_releases_it_and_a_later_hold_is_not_shrunk(
-    hub: LoopbackHub, tmp_path: Path, late: threading.Event
+    hub: LoopbackHub, tmp_path: Path, late: threading.Event, refused: threading.Event
 ) -> None:
-    """CONTRACT §11: an OFFLINE hold whose shrink did not reach the hub (it refused it as
+    """CONTRACT §11: an OFFLINE hold whose shrink did not reach the hub (refused as
     unavailable) expires: its release frees the hub. Held again under the same receiptId
-    (ONLINE, 1200 granted), the shrink owed by the old hold is never sent for the new
-    one: the hub keeps holding all the new hold redeems."""
+    (ONLINE, 1200 granted), the shrink the old hold owed is never sent for the new one:
+    the hub keeps holding all the new hold redeems."""
     clock = ManualClock(datetime.now(UTC))
     a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
-    real = hub.server.servicer.failpoint
-    down = threading.Event()
-
-    def failpoint(where: str) -> None:
-        if where == "shrink" and down.is_set():
-            raise_unavailable()
-
-    hub.server.servicer.failpoint = failpoint
     try:
-        down.set()
+        refused.set()
         late.set()
         try:
             first = a.agent.hold(a_receipt("late-e", at=clock()))
         finally:
             late.clear()
         assert (first.mode, first.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
-        a.agent.retry_hub_releases()  # the shrink fails: owed still, the grant held whole
+        a.agent.retry_hub_releases()  # the shrink refused: owed still, the grant held whole
         assert held_at_hub(hub) == 1200
         assert life(a, "late-e")[3] == 2
         clock.advance(TTL_S + 1)
         assert a.agent.sweep_holds() == 1  # expired: released at the hub
         assert held_at_hub(hub) == 0
-        down.clear()
+        refused.clear()
         again = a.agent.hold(a_receipt("late-e", at=first_at(first)))
         assert (again.state, again.mode, again.redeemed_points) == ("HELD", "ONLINE", 1200)
         a.agent.retry_hub_releases()
         assert held_at_hub(hub) == 1200  # the new hold's, not shrunk
         assert life(a, "late-e") == ("HELD", "ONLINE", 1200, 1)
     finally:
-        hub.server.servicer.failpoint = real
         a.stop()
 
 
 def first_at(result: Any) -> datetime:
     return datetime.fromisoformat(str(result.to_json()["holdExpiresAt"])) - timedelta(seconds=TTL_S)
-
-
-def raise_unavailable() -> None:
-    from tillpoint.agent.errors import StorageError
-
-    raise StorageError("the hub's store is busy")
 
 
 def test_the_confirmed_offline_hold_is_settled_by_its_transaction_as_before(
@@ -286,7 +299,7 @@ def test_the_confirmed_offline_hold_is_settled_by_its_transaction_as_before(
     b = enrolled_till(hub, tmp_path / "b", "b")
     try:
         offline_after_late_grant(a, late, "late-s", "APP555")
-        a.agent.retry_hub_releases()
+        assert held_at_hub(hub) == OFFLINE_LIMIT  # shrunk
         done = a.agent.confirm("late-s")
         assert (done.state, done.redeemed_points) == ("CONFIRMED", OFFLINE_LIMIT)
         a.service = SyncService(a.agent, a.link, a.link.enrollment, timings_fast())
@@ -314,8 +327,8 @@ def test_an_old_hub_without_the_call_keeps_the_grant_as_before(
 ) -> None:
     """CONTRACT §11, §9: a hub before review 33 has no ShrinkRedemption (UNIMPLEMENTED, as
     the generated servicer answers a call it does not implement): the till leaves the
-    whole grant held, as before (never released while the hold is open), stays ONLINE,
-    asks once (not every round), and a Cancel still releases it at once."""
+    whole grant held, as before (never released while the hold is open), asks once (not
+    every round), and a Cancel still releases it at once."""
     monkeypatch.delattr(HubServicer, "ShrinkRedemption")
     hub.restart()  # served without it
     a = enrolled_till(hub, tmp_path / "a", "a")
@@ -327,7 +340,7 @@ def test_an_old_hub_without_the_call_keeps_the_grant_as_before(
             )
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert a.authoriser.shrink("late-o", 0, []) is None  # taken as "keep it whole"
-        a.agent.retry_hub_releases()
+        a.agent.retry_hub_releases()  # the Hold's own call asked once: not again
         assert held_at_hub(hub) == 1200 and coupon_holds(hub) == [("APP555", "late-o")]
         assert life(a, "late-o") == ("HELD", "OFFLINE", OFFLINE_LIMIT, 1)  # not asked again
         a.agent.cancel("late-o")
