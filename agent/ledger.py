@@ -1715,6 +1715,10 @@ def print_jobs(
 # ---------------------------------------------------------------- the receipt's life
 
 
+# `receipt_life.hub_hold` of an open hold whose hold at the hub is to be shrunk (§11).
+HUB_SHRINK_OWED = 2
+
+
 @dataclass(frozen=True)
 class ReceiptLife:
     """A receiptId held or committed through hold/confirm (table ``receipt_life``).
@@ -1736,6 +1740,11 @@ class ReceiptLife:
     held_at: str
     expires_at: str
     closed_at: str | None = None
+    # An open hold priced OFFLINE whose hub grant (it came past the deadline) may hold more
+    # than it uses: its hold at the hub is to be shrunk to what it uses (`hub_shrinks_due`).
+    # Stored as `hub_hold` = 2 (no new column: a release before review 33 reads it as 1,
+    # "the hub may hold something", and sends its release at cancel or expiry as before).
+    shrink_owed: bool = False
 
 
 def receipt_life(conn: sqlite3.Connection, receipt_id: str) -> ReceiptLife | None:
@@ -1762,6 +1771,7 @@ def receipt_life(conn: sqlite3.Connection, receipt_id: str) -> ReceiptLife | Non
         str(row[11]),
         str(row[12]),
         None if row[13] is None else str(row[13]),
+        int(row[10]) == HUB_SHRINK_OWED,
     )
 
 
@@ -1781,7 +1791,7 @@ def insert_life(conn: sqlite3.Connection, life: ReceiptLife) -> None:
             life.local_day,
             life.mode,
             life.redeemed_points,
-            int(life.hub_hold),
+            HUB_SHRINK_OWED if life.hub_hold and life.shrink_owed else int(life.hub_hold),
             life.held_at,
             life.expires_at,
             life.closed_at,
@@ -1812,6 +1822,29 @@ def hub_releases_due(conn: sqlite3.Connection, since: str) -> list[str]:
             (since,),
         )
     ]
+
+
+def hub_shrinks_due(conn: sqlite3.Connection, now: str) -> list[str]:
+    """The open holds priced OFFLINE, not expired by `now`, whose hold at the hub (a grant
+    that came past the deadline) is still to be shrunk to what they use, oldest first."""
+    return [
+        str(rid)
+        for (rid,) in conn.execute(
+            "SELECT receipt_id FROM receipt_life WHERE state = 'HELD' AND expires_at > ?"
+            " AND hub_hold = ? ORDER BY held_at",
+            (now, HUB_SHRINK_OWED),
+        )
+    ]
+
+
+def shrunk_at_hub(conn: sqlite3.Connection, receipt_id: str, held_at: str) -> None:
+    """The hub shrank the hold of this receipt placed at `held_at` (or will not: a hub
+    before review 33): nothing left to shrink; a release at its cancel or expiry still."""
+    conn.execute(
+        "UPDATE receipt_life SET hub_hold = 1 WHERE receipt_id = ? AND held_at = ?"
+        " AND hub_hold = ?",
+        (receipt_id, held_at, HUB_SHRINK_OWED),
+    )
 
 
 def note_hub_ask(conn: sqlite3.Connection, receipt_id: str, at: str, pid: int) -> None:

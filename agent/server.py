@@ -289,6 +289,8 @@ def start_hold_sweeper(
     draw = rng or random.Random()
     if on_recovery is not None:
         on_recovery(wake.set)  # quick, from any thread: the round runs here
+    # an OFFLINE hold's late grant at the hub, to be shrunk to what it uses: the next round
+    agent.on_hub_call_owed(wake.set)
 
     def run(stop: threading.Event) -> None:
         while True:  # at once too: holds that expired while the agent was down

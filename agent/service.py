@@ -167,6 +167,10 @@ class RedemptionAuthoriser(Protocol):
         """Drop the hub's hold for a receipt cancelled or expired here (the contract §11)."""
         ...
 
+    # Optional (`Agent._shrink_at_hub` asks with getattr; an authoriser without it is taken
+    # as a hub before review 33): `shrink(receipt_id, points, coupon_codes) -> bool | None`
+    # keeps the hub's hold of a receipt priced OFFLINE after a late grant for what it uses.
+
     def reachable(self) -> bool:
         """Whether the hub is answering, as the last exchanges with it say."""
         ...
@@ -344,6 +348,9 @@ class Agent:
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
         self._hub_turns = HubTurns(on_put_off=self._release_put_off)
+        # who sends the hub calls owed (`tillpoint run`'s hold timer): told when an OFFLINE
+        # hold's grant at the hub is to be shrunk (`on_hub_call_owed`)
+        self._owed_listeners: list[Callable[[], None]] = []
         # `_one_hub_deadline`: when this thread's Hold or Checkout first asked the hub
         self._asks = threading.local()
         # Quotes, identification and balances read on connections of their own, outside
@@ -654,8 +661,20 @@ class Agent:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
+            if result.mode == "OFFLINE" and self.hub is not None and not self._owed_listeners:
+                # no hold timer in this process (a one-shot CLI call, a library's agent):
+                # the late grant's shrink is sent here, after the hold's turn
+                self._shrink_now(receipt.receipt_id)
             self._tell_devices("after_quote", result)
         return result
+
+    def _shrink_now(self, receipt_id: str) -> None:
+        try:
+            self._shrink_at_hub(receipt_id)
+        except Exception:  # the hold is stored: a later round (`tillpoint run`) sends it
+            log.warning(
+                "the shrink of receipt %s is left to the retries", receipt_id, exc_info=True
+            )
 
     def confirm(self, receipt_id: str, fiscal_document: str | None = None) -> CheckoutResult:
         """Commit exactly the held figures (no pricing again): the CONFIRMED result."""
@@ -822,6 +841,62 @@ class Agent:
             ledger.released_at_hub(conn, receipt_id)
         return True
 
+    def on_hub_call_owed(self, listener: Callable[[], None]) -> None:
+        """`listener` (quick, from any thread) is told when a call to the hub is owed at
+        once: a hold priced OFFLINE whose request placed a hold there all the same (its
+        grant came past the deadline). `tillpoint run`'s hold timer wakes on it and shrinks
+        that hold to what the receipt uses (`retry_hub_releases`)."""
+        self._owed_listeners.append(listener)
+
+    def _hub_call_owed(self) -> None:
+        for listener in self._owed_listeners:
+            try:
+                listener()
+            except Exception:  # the hold timer's next round sends it
+                log.warning("waking the hold timer failed", exc_info=True)
+
+    def _shrink_at_hub(self, receipt_id: str) -> bool | None:
+        """Shrink the hub's hold of an open hold priced OFFLINE (its grant came past the
+        deadline) to what the hold uses: its redeemed points and the coupon codes it
+        applied (the contract §11). Not a release: the hold redeems those points and uses
+        those codes, which no other till may take until its Confirm's transaction settles
+        them or its Cancel or expiry releases them. True: done (shrunk, nothing to shrink,
+        or a hub that does not know the call: it keeps the whole grant, as before review
+        33). False: the hub was not reached (`retry_hub_releases` sends it again). None:
+        nothing to send now (the hold closed, confirmed or held again since, or a call of
+        the receipt to the hub is in its turn: the next round)."""
+        hub = self.hub
+        if hub is None:
+            return False
+        now = ledger.utc_text(self.clock())
+        with self._lock:
+            life = self._life(receipt_id)
+            if (
+                life is None
+                or life.state != "HELD"
+                or not life.shrink_owed
+                or life.expires_at <= now
+            ):
+                return None
+            if not self._hub_turns.start_release(receipt_id):
+                return None
+        shrink = getattr(hub, "shrink", None)
+        try:
+            codes = coupons.applied_codes(json.loads(life.held_result))
+            done = None if shrink is None else shrink(receipt_id, life.redeemed_points, codes)
+        except TillpointError as exc:
+            log.info("hold of %s not shrunk at the hub yet: %s", receipt_id, exc)
+            return False
+        finally:
+            self._hub_turns.end_release(receipt_id)
+        if done is None:
+            log.info("hold of receipt %s left whole at the hub (it does not shrink)", receipt_id)
+        with self._lock, self._write() as conn:
+            ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
+        # a Cancel or an expiry while the shrink was on its way found the turn taken
+        self._release_at_hub(receipt_id)
+        return True
+
     def _release_put_off(self, receipt_id: str) -> None:
         """A release put off while a hold or checkout of the receipt was in its turn: sent
         now unless that call held the receipt again (its hold replaced the hub's) or
@@ -837,7 +912,9 @@ class Agent:
         """Send again the releases of cancelled and expired holds that did not reach the
         hub (it was away): until then the hub kept the customer's points held for every
         till, up to a day. `tillpoint run`'s hold timer calls it; stops at the first the
-        hub does not answer. Holds closed more than a day ago have run out at the hub."""
+        hub does not answer. Holds closed more than a day ago have run out at the hub.
+        When every release went, the hub's holds of open OFFLINE holds granted too late
+        are shrunk to what they use (`_shrink_at_hub`). Answers how many were released."""
         if self.hub is None:
             return 0
         cutoff = ledger.utc_text(self.clock() - timedelta(seconds=HUB_HOLD_MAX_S))
@@ -853,7 +930,21 @@ class Agent:
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
             released += self._release_unstored(cutoff)
+            self._send_shrinks()  # then the open OFFLINE holds' late grants (not counted)
         return released
+
+    def _send_shrinks(self) -> int:
+        """Shrink at the hub the holds of open OFFLINE holds that it granted too late
+        (`_shrink_at_hub`); stops at the first the hub does not answer."""
+        with self._lock:
+            due = ledger.hub_shrinks_due(self._ledger, ledger.utc_text(self.clock()))
+        sent = 0
+        for rid in due:
+            done = self._shrink_at_hub(rid)
+            if done is False:
+                break
+            sent += bool(done)
+        return sent
 
     def _release_unstored(self, cutoff: str) -> int:
         """Release at the hub the holds it may have placed for receipts this till asked
@@ -1001,8 +1092,14 @@ class Agent:
                 hub_hold,
                 ledger.utc_text(now_at),
                 ledger.utc_text(expires),
+                # priced OFFLINE while the hub may hold a grant for it (one that came past
+                # the deadline, or an earlier pricing's): that hold is shrunk to what this
+                # one uses (`_shrink_at_hub`), never released while it is open (§11)
+                shrink_owed=hub_hold and done.mode == "OFFLINE",
             ),
         )
+        if hub_hold and done.mode == "OFFLINE":
+            self._hub_call_owed()  # the hold timer sends the shrink (after this commit)
         return "HELD", held, None
 
     def _price_early(self, receipt: Receipt, *, confirm_now: bool) -> _Early | None:

@@ -44,7 +44,7 @@ from tillpoint.agent.limits import TEXT_MAX
 from tillpoint.agent.models import HubGrant
 from tillpoint.v1 import tillpoint_pb2 as pb
 
-from .client import HubLink
+from .client import REFUSED, UNREACHABLE, HubLink
 
 log = logging.getLogger("tillpoint.sync")
 
@@ -170,6 +170,33 @@ class HubAuthoriser:
             raise HubUnavailable(message) from None
         self.link.ok()
         return bool(reply.released)
+
+    def shrink(self, receipt_id: str, points: int, coupon_codes: Sequence[str]) -> bool | None:
+        """Keep the hub's hold of a receipt priced OFFLINE after a late grant for what it
+        uses: at most `points` and the coupon holds of `coupon_codes` (the contract §11).
+        True: made smaller; False: nothing to shrink (no active hold, or no more than
+        that); None: the hub does not take it (a hub before review 33 answers UNIMPLEMENTED,
+        or it refused the request): the whole grant stays held, as before, until the
+        receipt's transaction settles it or the till releases it. HubUnavailable when the
+        hub is not reached (sent again later)."""
+        request = pb.ShrinkRedemptionRequest(
+            device_id=self.device_id,
+            receipt_id=receipt_id,
+            points=max(0, points),
+            coupon_codes=list(coupon_codes),
+        )
+        try:
+            reply = self.link.stub.ShrinkRedemption(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            message = self.link.failed(exc)
+            if code in UNREACHABLE or code in REFUSED:
+                log.info("hold of %s not shrunk at the hub yet: %s", receipt_id, message)
+                raise HubUnavailable(message) from None
+            log.info("hold of %s left whole at the hub: %s", receipt_id, message)
+            return None
+        self.link.ok()
+        return bool(reply.shrunk)
 
     def reachable(self) -> bool:
         """What the last exchanges with the hub say: a receipt that needs no authorisation

@@ -228,6 +228,10 @@ class HubTx(Protocol):
         """`drop_coupon_holds` of several receipts, in one statement."""
         ...
 
+    def keep_coupon_holds(self, device_id: str, receipt_id: str, codes: list[str]) -> int:
+        """Drop the receipt's coupon holds of codes not in `codes`; how many were dropped."""
+        ...
+
     def coupon_held(self, code: str) -> bool: ...
 
     def hold_coupon(
@@ -265,6 +269,11 @@ class HubTx(Protocol):
     ) -> None:
         """Insert the hold, or make the device's hold of that receipt ACTIVE with these
         points and expiry; `at`: the receipt's time (UTC text), "" when not known."""
+        ...
+
+    def shrink_hold(self, device_id: str, receipt_id: str, points: int) -> int:
+        """The device's ACTIVE hold of the receipt made `points` when it holds more (0:
+        dropped); never grown, a SETTLED one left as it is. How many holds changed."""
         ...
 
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int: ...
@@ -930,6 +939,17 @@ class HubRules:
             gone = tx.delete_hold(device_id, receipt_id, only_active=True)
             gone += tx.drop_coupon_holds(device_id, receipt_id)
         return bool(gone)
+
+    def shrink(self, device_id: str, receipt_id: str, points: int, codes: list[str]) -> bool:
+        """A hold the till priced OFFLINE after the hub granted it (the grant came past the
+        till's deadline, the contract §11): kept for what the receipt uses, at most
+        `points` and the coupon holds of `codes`; the rest is spendable at once by the
+        customer's other receipts. Never grows a hold nor places one; a settled hold (its
+        transaction) stays as it is. True when something was made smaller."""
+        with self.write_tx() as tx:
+            changed = tx.shrink_hold(device_id, receipt_id, max(0, points))
+            changed += tx.keep_coupon_holds(device_id, receipt_id, codes)
+        return bool(changed)
 
     def hold_coupons(
         self,

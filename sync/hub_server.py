@@ -1101,6 +1101,34 @@ class HubServicer(pb_grpc.HubServicer):
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         return pb.ReleaseRedemptionReply(released=released)
 
+    @_one_connection
+    def ShrinkRedemption(
+        self, request: pb.ShrinkRedemptionRequest, context: grpc.ServicerContext
+    ) -> pb.ShrinkRedemptionReply:
+        """A hold the till priced OFFLINE after this hub granted it too late (the contract
+        §11): kept for what the receipt uses, the rest spendable by the customer's other
+        receipts at once (it was held from them up to the hold's expiry)."""
+        device = self._device(context, request.device_id)
+        if not request.receipt_id or request.points < 0:
+            _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "receiptId and points >= 0 are required"
+            )
+        if problem := _id_problem("receiptId", request.receipt_id):
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"ShrinkRedemption: {problem}")
+        codes = [coupon_code(c) for c in request.coupon_codes]
+        if len(codes) > MAX_AUTH_COUPONS or not all(0 < len(c) <= 128 for c in codes):
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"couponCodes: at most {MAX_AUTH_COUPONS} codes of 1 to 128 characters",
+            )
+        try:
+            self._fail("shrink")
+            shrunk = self.store.shrink(device, request.receipt_id, request.points, codes)
+        except StorageError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
+        return pb.ShrinkRedemptionReply(shrunk=shrunk)
+
 
 def stored_transaction(tx: StoredTx) -> pb.StoredTransaction:
     return pb.StoredTransaction(

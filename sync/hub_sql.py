@@ -659,6 +659,27 @@ class SqlTx:
             "DELETE FROM coupon_holds WHERE device_id = ? AND {}", device_id, receipt_ids
         )
 
+    def keep_coupon_holds(self, device_id: str, receipt_id: str, codes: list[str]) -> int:
+        keep = set(codes)
+        held = [
+            str(code)
+            for (code,) in self.execute(
+                "SELECT code FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
+                (device_id, receipt_id),
+            ).fetchall()
+        ]
+        gone = 0
+        for code in held:
+            if code not in keep:
+                gone += self._count(
+                    self.execute(
+                        "DELETE FROM coupon_holds WHERE code = ? AND device_id = ?"
+                        " AND receipt_id = ?",
+                        (code, device_id, receipt_id),
+                    )
+                )
+        return gone
+
     def coupon_held(self, code: str) -> bool:
         return (
             self.execute("SELECT 1 FROM coupon_holds WHERE code = ?", (code,)).fetchone()
@@ -747,6 +768,17 @@ class SqlTx:
             (device_id, receipt_id, device_id, receipt_id),
         ).fetchone()
         return row is not None
+
+    def shrink_hold(self, device_id: str, receipt_id: str, points: int) -> int:
+        if points <= 0:
+            return self.delete_hold(device_id, receipt_id, only_active=True)
+        return self._count(
+            self.execute(
+                "UPDATE holds SET points = ? WHERE device_id = ? AND receipt_id = ?"
+                " AND state = 'ACTIVE' AND points > ?",
+                (points, device_id, receipt_id, points),
+            )
+        )
 
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int:
         active = " AND state = 'ACTIVE'" if only_active else ""

@@ -292,6 +292,12 @@ class HubStore(Protocol):
         """Drop the device's active hold for the receipt; False when there is none."""
         ...
 
+    def shrink(self, device_id: str, receipt_id: str, points: int, codes: list[str]) -> bool:
+        """Keep the device's active hold of the receipt for at most `points` and the coupon
+        holds of `codes` only (an OFFLINE hold after a late grant, the contract §11);
+        never grows or places one. False when nothing was made smaller."""
+        ...
+
     def hold_coupons(
         self,
         device_id: str,

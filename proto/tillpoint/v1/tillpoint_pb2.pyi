@@ -2484,3 +2484,65 @@ class ReleaseRedemptionReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseRedemptionReply: _TypeAlias = ReleaseRedemptionReply  # noqa: Y015
+
+@_typing.final
+class ShrinkRedemptionRequest(_message.Message):
+    """Shrinks the device's active hold for a receipt to what the receipt uses (the contract
+    §11): a Hold priced OFFLINE because the hub's grant came after the till's deadline
+    redeems by the day's offline limit, often less than the hub granted, and applies some
+    of the coupon codes the hub holds. The hub keeps at most `points` of the hold and only
+    the coupon holds of `coupon_codes` (normal form); it never grows a hold, never places
+    one, and leaves a settled hold as it is. The rest stays held until the receipt's
+    transaction settles it or the till releases it (ReleaseRedemption). A hub without this
+    call answers UNIMPLEMENTED: the till then leaves the whole grant held, as before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    COUPON_CODES_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    receipt_id: _builtins.str
+    points: _builtins.int
+    """keep at most this many points held (>= 0)"""
+    @_builtins.property
+    def coupon_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """keep these coupon holds; the others are dropped"""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        receipt_id: _builtins.str = ...,
+        points: _builtins.int = ...,
+        coupon_codes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_codes", b"coupon_codes", "device_id", b"device_id", "points", b"points", "receipt_id", b"receipt_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShrinkRedemptionRequest: _TypeAlias = ShrinkRedemptionRequest  # noqa: Y015
+
+@_typing.final
+class ShrinkRedemptionReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHRUNK_FIELD_NUMBER: _builtins.int
+    shrunk: _builtins.bool
+    """false: no active hold or coupon hold of the receipt was made smaller"""
+    def __init__(
+        self,
+        *,
+        shrunk: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shrunk", b"shrunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShrinkRedemptionReply: _TypeAlias = ShrinkRedemptionReply  # noqa: Y015

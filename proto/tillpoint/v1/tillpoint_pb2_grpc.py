@@ -480,6 +480,11 @@ class HubStub:
                 request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsRequest.SerializeToString,
                 response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsReply.FromString,
                 _registered_method=True)
+        self.ShrinkRedemption = channel.unary_unary(
+                '/tillpoint.v1.Hub/ShrinkRedemption',
+                request_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ShrinkRedemptionRequest.SerializeToString,
+                response_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ShrinkRedemptionReply.FromString,
+                _registered_method=True)
 
 
 class HubServicer:
@@ -521,6 +526,13 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShrinkRedemption(self, request, context):
+        """Since review 33 (older hubs answer UNIMPLEMENTED; see ShrinkRedemptionRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -553,6 +565,11 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.ListTransactions,
                     request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsRequest.FromString,
                     response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsReply.SerializeToString,
+            ),
+            'ShrinkRedemption': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShrinkRedemption,
+                    request_deserializer=tillpoint_dot_v1_dot_tillpoint__pb2.ShrinkRedemptionRequest.FromString,
+                    response_serializer=tillpoint_dot_v1_dot_tillpoint__pb2.ShrinkRedemptionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -717,6 +734,33 @@ class Hub:
             '/tillpoint.v1.Hub/ListTransactions',
             tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsRequest.SerializeToString,
             tillpoint_dot_v1_dot_tillpoint__pb2.ListTransactionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShrinkRedemption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tillpoint.v1.Hub/ShrinkRedemption',
+            tillpoint_dot_v1_dot_tillpoint__pb2.ShrinkRedemptionRequest.SerializeToString,
+            tillpoint_dot_v1_dot_tillpoint__pb2.ShrinkRedemptionReply.FromString,
             options,
             channel_credentials,
             insecure,

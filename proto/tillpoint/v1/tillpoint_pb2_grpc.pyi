@@ -137,6 +137,8 @@ class HubStub:
     AuthorizeRedemption: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.AuthorizeRedemptionRequest, _tillpoint_pb2.AuthorizeRedemptionReply]
     ReleaseRedemption: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.ReleaseRedemptionRequest, _tillpoint_pb2.ReleaseRedemptionReply]
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.ListTransactionsRequest, _tillpoint_pb2.ListTransactionsReply]
+    ShrinkRedemption: _grpc.UnaryUnaryMultiCallable[_tillpoint_pb2.ShrinkRedemptionRequest, _tillpoint_pb2.ShrinkRedemptionReply]
+    """Since review 33 (older hubs answer UNIMPLEMENTED; see ShrinkRedemptionRequest)."""
 
 @_typing.type_check_only
 class HubAsyncStub(HubStub):
@@ -147,6 +149,8 @@ class HubAsyncStub(HubStub):
     AuthorizeRedemption: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.AuthorizeRedemptionRequest, _tillpoint_pb2.AuthorizeRedemptionReply]  # type: ignore[assignment]
     ReleaseRedemption: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.ReleaseRedemptionRequest, _tillpoint_pb2.ReleaseRedemptionReply]  # type: ignore[assignment]
     ListTransactions: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.ListTransactionsRequest, _tillpoint_pb2.ListTransactionsReply]  # type: ignore[assignment]
+    ShrinkRedemption: _aio.UnaryUnaryMultiCallable[_tillpoint_pb2.ShrinkRedemptionRequest, _tillpoint_pb2.ShrinkRedemptionReply]  # type: ignore[assignment]
+    """Since review 33 (older hubs answer UNIMPLEMENTED; see ShrinkRedemptionRequest)."""
 
 class HubServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -190,5 +194,13 @@ class HubServicer(metaclass=_abc_1.ABCMeta):
         request: _tillpoint_pb2.ListTransactionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tillpoint_pb2.ListTransactionsReply, _abc.Awaitable[_tillpoint_pb2.ListTransactionsReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ShrinkRedemption(
+        self,
+        request: _tillpoint_pb2.ShrinkRedemptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tillpoint_pb2.ShrinkRedemptionReply, _abc.Awaitable[_tillpoint_pb2.ShrinkRedemptionReply]]:
+        """Since review 33 (older hubs answer UNIMPLEMENTED; see ShrinkRedemptionRequest)."""
 
 def add_HubServicer_to_server(servicer: HubServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
