@@ -1,0 +1,117 @@
+"""Review 33 (rev33a): a second pair of eyes on left33's changes (CONTRACT §4, §7, §9,
+§10, §12). Each test here failed before the fix beside it. Real parts: `tillpoint`
+processes of this release and of the release before (built from git), real pipes and
+files, the hub's directory on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tillpoint.agent.files import remove_stale_temps
+from tillpoint.sync.hub_import import SPOOL_PREFIX, remove_stale_spools
+from tillpoint.sync.loopback import sample_master_data, wait_for
+
+from .test_review32_rev32d import Chain, old_release
+
+__all__ = ["old_release"]  # a fixture, used by name
+
+# ---------------------------------------------------------------- 4. stale temporary files
+
+
+def holder(path: Path) -> subprocess.Popen[bytes]:
+    """A live process that has `path` open for writing and takes no lock on it (as a
+    writer of a release before review 33 does), until its standard input closes."""
+    code = (
+        "import sys\n"
+        f"f = open({str(path)!r}, 'ab')\n"
+        "print('open', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"open\n"
+    return proc
+
+
+def aged(path: Path, seconds: float) -> None:
+    """`path` last written `seconds` ago (a writer whose input has been quiet that long)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_temporary_file_a_live_process_holds_open_without_a_lock_is_kept(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §12 (review 33's stale temporary files). A writer of the release before
+    (no lock) whose file has not changed for two minutes (a slow standard input, or an
+    import past its copy, reading it) is alive: its file is not stale. It was removed
+    on the age alone, under the live writer. Once that writer is gone it is removed."""
+    spool = tmp_path / f"{SPOOL_PREFIX}abcd1234"
+    spool.write_bytes(b'{"customers": [')
+    proc = holder(spool)
+    try:
+        aged(spool, 120)
+        assert remove_stale_spools(tmp_path) == 0
+        assert spool.exists()
+        key_tmp = tmp_path / "phone.key.x1y2z3.tmp"
+        key_tmp.write_bytes(b"")
+        with key_tmp.open("ab"):  # this very process writes it, without a lock
+            aged(key_tmp, 120)
+            assert remove_stale_temps(tmp_path, "phone.key.", ".tmp") == 0
+        assert key_tmp.exists()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=10)
+    assert remove_stale_spools(tmp_path) == 1
+    assert not spool.exists()
+    assert remove_stale_temps(tmp_path, "phone.key.", ".tmp") == 1
+
+
+@pytest.mark.slow
+def test_an_older_releases_slow_hub_import_from_stdin_survives_the_next_hub_start(
+    old_release: list[str], tmp_path: Path
+) -> None:
+    """CONTRACT §12. During an upgrade in place, the release before (which takes no lock
+    on its copy of standard input) runs `hub import -` of a catalogue whose standard
+    input is slow (a chain's export piped from its own system, GBs over minutes): its
+    copy has not changed for two minutes when the new release's `hub serve` or `hub
+    import` starts and cleans what killed imports left. The copy was taken for a dead
+    one's and removed under the live import, which then failed (its copy read back by
+name). It is kept, and the
+    import ends well."""
+    chain = Chain(tmp_path, old_release)  # its hub, not yet upgraded
+    master = json.dumps(sample_master_data()).encode()
+    proc = subprocess.Popen(
+        [*old_release, "hub", "import", "-", "--hub-dir", str(chain.hub_dir), "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=chain.env,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(master[: len(master) // 2])
+        proc.stdin.flush()
+        spool = wait_for(lambda: next(chain.hub_dir.glob(f"{SPOOL_PREFIX}*"), None), 30)
+        aged(spool, 120)  # its standard input quiet for two minutes
+        # what the new release's `hub import` and `hub serve` do first
+        remove_stale_spools(chain.hub_dir)
+        assert spool.exists()
+        out, err = proc.communicate(master[len(master) // 2 :], timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)
+    assert not list(chain.hub_dir.glob(f"{SPOOL_PREFIX}*"))  # its own, gone with it
