@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import pytest
 from tillpoint.agent.files import remove_stale_temps
+from tillpoint.printer.queue import ensure_schema
+from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.hub_import import SPOOL_PREFIX, remove_stale_spools
 from tillpoint.sync.loopback import sample_master_data, wait_for
 
+from .test_printer_queue import add_job, payload, worker
 from .test_review32_rev32d import Chain, old_release
 
 __all__ = ["old_release"]  # a fixture, used by name
@@ -115,3 +119,31 @@ name). It is kept, and the
     assert proc.returncode == 0, err.decode()
     assert json.loads(out)
     assert not list(chain.hub_dir.glob(f"{SPOOL_PREFIX}*"))  # its own, gone with it
+
+
+# ---------------------------------------------------------------- 2. the printer's torn mark
+
+
+def test_the_torn_mark_holds_each_code_once_through_a_crash_loop(tmp_path: Path) -> None:
+    """CONTRACT §7. `run` killed again and again while the same coupon was sent (a crash
+    loop under systemd's Restart=): each claim wrote the mark's codes and the kept ones
+    again, [c], [c, c], [c, c, c]..., a row that grew by a job's codes at every start and
+    that every later separator measured code by code. The codes are a set: each once."""
+    ledger = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger, isolation_level=None)
+    ensure_schema(conn)
+    conn.close()
+    with VirtualPrinter() as printer:
+        for n in range(20):
+            add_job(ledger, payload(f"s1-t1-{n:06d}"))
+            w = worker(ledger, printer.port)
+            w.recover()  # the job the last one left SENDING: failed
+            job = w._head()
+            assert job is not None and w._claim(job.id, ("TP1-o-1", "TP1-o-2"))  # the kill
+            w._conn.close()
+        w = worker(ledger, printer.port)
+        try:
+            assert w._torn is True
+            assert w._torn_codes == ("TP1-o-1", "TP1-o-2")
+        finally:
+            w.close()
