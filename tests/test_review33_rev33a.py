@@ -33,10 +33,7 @@ def holder(path: Path) -> subprocess.Popen[bytes]:
     """A live process that has `path` open for writing and takes no lock on it (as a
     writer of a release before review 33 does), until its standard input closes."""
     code = (
-        "import sys\n"
-        f"f = open({str(path)!r}, 'ab')\n"
-        "print('open', flush=True)\n"
-        "sys.stdin.read()\n"
+        f"import sys\nf = open({str(path)!r}, 'ab')\nprint('open', flush=True)\nsys.stdin.read()\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -91,8 +88,7 @@ def test_an_older_releases_slow_hub_import_from_stdin_survives_the_next_hub_star
     copy has not changed for two minutes when the new release's `hub serve` or `hub
     import` starts and cleans what killed imports left. The copy was taken for a dead
     one's and removed under the live import, which then failed (its copy read back by
-name). It is kept, and the
-    import ends well."""
+    name). It is kept, and the import ends well."""
     chain = Chain(tmp_path, old_release)  # its hub, not yet upgraded
     master = json.dumps(sample_master_data()).encode()
     proc = subprocess.Popen(
