@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,8 +21,9 @@ from tillpoint.agent.files import remove_stale_temps
 from tillpoint.printer.queue import ensure_schema
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.hub_import import SPOOL_PREFIX, remove_stale_spools
-from tillpoint.sync.loopback import sample_master_data, wait_for
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 
+from .conftest import enrolled_till, free_port
 from .test_printer_queue import add_job, payload, worker
 from .test_review32_rev32d import Chain, old_release
 
@@ -143,3 +146,51 @@ def test_the_torn_mark_holds_each_code_once_through_a_crash_loop(tmp_path: Path)
             assert w._torn_codes == ("TP1-o-1", "TP1-o-2")
         finally:
             w.close()
+
+
+# ---------------------------------------------------------------- 6. the stop time told to systemd
+
+
+def test_run_counts_a_sales_hub_wait_in_the_stop_time_it_tells_systemd(
+    hub: LoopbackHub, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §10 (a graceful stop), §9, §11. A stop waits for the calls in flight
+    before it stops the printer: past the 5 s grace, a Hold or Checkout still waiting
+    for the hub's answer on the redemption (`hub.redeem_timeout_ms`, up to 60 s; a hold
+    may first wait for a release of its receipt, with the same deadline) and then for
+    the ledger (5 s) ends first. `EXTEND_TIMEOUT_USEC` counted 5 s for them: with a 60 s
+    redemption deadline and a 40 s printer confirmation the stop could run 60 s past
+    what systemd was told, and systemd killed the agent mid-confirmation, the coupon
+    left SENDING (the very case the extension is for)."""
+    data = tmp_path / "data"
+    enrolled_till(hub, data, "till-1").stop()
+    conf = tmp_path / "tillpoint.toml"
+    conf.write_text(
+        f'device_id = "till-1"\ndata_dir = "{data}"\n'
+        f'[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'
+        "[hub]\nredeem_timeout_ms = 60000\n"
+        f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        "confirm_timeout_s = 40\nstatus_timeout_s = 0.5\n"
+    )
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+    env.pop("TILLPOINT_DEVICE_ID", None)
+    exe = Path(sys.executable).parent / "tillpoint"
+    proc = subprocess.Popen([exe, "--config", conf, "run"], env=env, stderr=subprocess.DEVNULL)
+    procs.append(proc)
+    try:
+        assert notify.recv(200).decode() == "READY=1"
+        proc.send_signal(signal.SIGTERM)
+        said = notify.recv(200).decode().split("\n")
+        assert said[0] == "STOPPING=1"
+        extend = dict(line.split("=", 1) for line in said[1:])
+        # the calls: a release's 60 s and the hold's own 60 s, then the ledger's 5 s;
+        # then the display's 2 s and the coupon's 40 + 0.5 + 5 s
+        assert int(extend["EXTEND_TIMEOUT_USEC"]) >= (120 + 5 + 2 + 40 + 0.5 + 5) * 1_000_000
+        assert proc.wait(timeout=30) == 0
+    finally:
+        notify.close()
