@@ -258,7 +258,8 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     systemd.wait_for_stop(done)  # a SIGTERM taken by any thread ends it
     # and how long the stop may take: a printer's long `confirm_timeout_s` no longer needs
     # the unit's TimeoutStopSec edited (systemd ≥ 236; it never shortens the unit's own)
-    usec = int(stop_time_s(devices.worker.config) * 1_000_000)
+    hub_wait_s = sync.timings.redeem_timeout_s if sync is not None else 0.0
+    usec = int(stop_time_s(devices.worker.config, hub_wait_s) * 1_000_000)
     systemd.notify(f"STOPPING=1\nEXTEND_TIMEOUT_USEC={usec}")
     if unpublish is not None:
         unpublish()  # new CLI calls run locally from now on
@@ -293,17 +294,26 @@ STOP_HUB_SIDE_S = 15.0
 STOP_MARGIN_S = 5.0
 
 
-def stop_time_s(printer: Any) -> float:
-    """How long `run`'s graceful stop may take with this printer configuration: the
-    calls' grace, then the longer of the devices' line (the display, then a coupon's
-    confirmation, `confirm_timeout_s` + `status_timeout_s` + 5 s) and the hub side.
-    Told to systemd with STOPPING=1 (`EXTEND_TIMEOUT_USEC`): a `confirm_timeout_s`
-    above 17 s ran past the unit's TimeoutStopSec (30 s), and systemd killed the agent
-    mid-confirmation, the coupon left SENDING and failed at the next start (review 33)."""
+def stop_time_s(printer: Any, redeem_timeout_s: float = 0.0) -> float:
+    """How long `run`'s graceful stop may take with this printer configuration and this
+    hub's redemption deadline (`hub.redeem_timeout_ms`; 0: standalone): the calls in
+    flight (the grace, or longer: a Hold or Checkout waiting for the hub's answer, after
+    a release of its receipt in flight with the same deadline, then for the ledger),
+    then the longer of the devices' line (the display, then a coupon's confirmation,
+    `confirm_timeout_s` + `status_timeout_s` + 5 s) and the hub side. Told to systemd
+    with STOPPING=1 (`EXTEND_TIMEOUT_USEC`): a `confirm_timeout_s` above 17 s ran past
+    the unit's TimeoutStopSec (30 s), and systemd killed the agent mid-confirmation, the
+    coupon left SENDING and failed at the next start (review 33); the calls' hub wait
+    counted as the 5 s grace let a long `redeem_timeout_ms` do the same (rev33a)."""
+    from .db import BUSY_TIMEOUT_MS
+
+    calls = STOP_GRACE_S
+    if redeem_timeout_s > 0:
+        calls = max(calls, 2 * redeem_timeout_s + BUSY_TIMEOUT_MS / 1000)
     devices = STOP_DISPLAY_S
     if getattr(printer, "kind", "none") != "none":
         devices += float(printer.confirm_timeout_s) + float(printer.status_timeout_s) + 5.0
-    return STOP_GRACE_S + max(devices, STOP_HUB_SIDE_S) + STOP_MARGIN_S
+    return calls + max(devices, STOP_HUB_SIDE_S) + STOP_MARGIN_S
 
 
 def stop_side_by_side(lines: list[list[Callable[[], None]]], log: Any) -> None:

@@ -127,8 +127,9 @@ def remove_stale_temps(
     was killed while it wrote them: `create_once`'s `NAME.XXXXXXXX.tmp` (review 33: a
     SIGKILL between the write and the unlink left a copy of a phone key for good), `hub
     import -`'s copy of standard input. Only those no live process writes (its writer
-    holds an exclusive flock on it) and older than `older_than_s`. Returns how many;
-    never raises (a file it cannot open or remove is left)."""
+    holds an exclusive flock on it), older than `older_than_s`, and open in no live
+    process /proc shows (a writer of an earlier release takes no lock: `_open_elsewhere`).
+    Returns how many; never raises (a file it cannot open or remove is left)."""
     folder = Path(folder)
     removed = 0
     try:
@@ -158,6 +159,8 @@ def remove_stale_temps(
                 continue  # its writer is at work
             except OSError:
                 pass  # no locks here: the age alone
+            if _open_elsewhere(seen, fd):
+                continue  # a live writer that takes no lock (a release before review 33)
             now_there = os.lstat(tmp)
             if (now_there.st_dev, now_there.st_ino) == (seen.st_dev, seen.st_ino):
                 tmp.unlink()
@@ -167,6 +170,35 @@ def remove_stale_temps(
         finally:
             os.close(fd)
     return removed
+
+
+def _open_elsewhere(seen: os.stat_result, mine: int) -> bool:
+    """Whether a live process (this one through another descriptor than `mine`) has the
+    file `seen` open, read from Linux's /proc/PID/fd (review 33, rev33a: a `hub import -`
+    of the release before takes no lock on its copy of standard input, and one whose
+    input was quiet for a minute, or that read its copy back for minutes, had it removed
+    from under it on the age alone). A process /proc does not show (another user's) or no
+    /proc: False, the lock and the age decide. Only asked of a file that looks stale."""
+    me = str(os.getpid())
+    try:
+        pids = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        try:
+            fds = [entry.name for entry in os.scandir(f"/proc/{pid}/fd")]
+        except OSError:  # gone, or not ours to read
+            continue
+        for name in fds:
+            if pid == me and name == str(mine):
+                continue
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{name}")  # the open file itself
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino):
+                return True
+    return False
 
 
 def _rename_in_once(tmp: Path, path: Path) -> bool:

@@ -550,9 +550,12 @@ class PrintWorker:
         if codes is None:
             conn.execute("DELETE FROM device WHERE key = ?", (_TORN_KEY,))
         else:
+            # each code once: the separator outlasts the longest of them, and a crash loop
+            # while one coupon was sent wrote the kept codes and its own again at every
+            # start (rev33a: a row growing by a job's codes per restart)
             conn.execute(
                 "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
-                (_TORN_KEY, json.dumps(list(codes), ensure_ascii=False)),
+                (_TORN_KEY, json.dumps(list(dict.fromkeys(codes)), ensure_ascii=False)),
             )
 
     def _torn_kept(self) -> tuple[bool, tuple[str, ...]]:
@@ -572,7 +575,7 @@ class PrintWorker:
             codes = []
         if not isinstance(codes, list):
             codes = []
-        return True, tuple(str(code) for code in codes)
+        return True, tuple(dict.fromkeys(str(code) for code in codes))
 
     def _keep_torn(self) -> None:
         """The in-memory torn mark written to the ledger (a failed write is logged: the
