@@ -1,0 +1,122 @@
+"""Review 33 (rev33b): the hub's `ShrinkRedemption` of a late grant (CONTRACT §11, §13).
+
+hold33 made a till that priced a Hold OFFLINE after the hub's grant came past its
+deadline ask the hub to shrink that grant to what the OFFLINE hold uses. The hub keeps
+one hold a (till, receiptId) and the shrink names only the receipt, so a shrink that
+reaches the hub's store after the till gave up on it (its 300 ms deadline) could shrink
+a hold placed since under the same receiptId: the till, its call timed out, takes the
+receipt's next turn (the old hold expired, the POS holds the receipt again, ONLINE) and
+the hub's hold of the new Hold is then cut to the old one's points and codes, so another
+till can spend the points the new Hold redeems.
+
+Real parts: the reference hub on 127.0.0.1 (SQLite, and PostgreSQL in the slow pass),
+tills with their hub links; the hub's own ShrinkRedemption, held back in the server
+before it runs, as a hub whose store is busy does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+from .conftest import ManualClock, enrolled_till
+from .test_coupons import COUPONS, SORRY
+from .test_review33_hold33 import (
+    OFFLINE_LIMIT,
+    TTL_S,
+    a_receipt,
+    first_at,
+    held_at_hub,
+    late,
+    life,
+)
+
+__all__ = ["late"]  # the fixture, shared with hold33
+
+
+class Stall:
+    """While `on` is set, the hub's ShrinkRedemption waits for `go` before it runs (the
+    server thread has the call; the store has not seen it), as a busy hub's does."""
+
+    def __init__(self) -> None:
+        self.on = threading.Event()
+        self.go = threading.Event()
+        self.done = threading.Event()
+
+
+@pytest.fixture
+def stall(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stall]:
+    s = Stall()
+    shrink = HubServicer.ShrinkRedemption
+
+    def stalled(self: Any, request: Any, context: Any) -> Any:
+        held_back = s.on.is_set()
+        try:
+            if held_back:
+                assert s.go.wait(10)
+            return shrink(self, request, context)
+        finally:
+            if held_back:
+                s.done.set()
+
+    monkeypatch.setattr(HubServicer, "ShrinkRedemption", stalled)
+    yield s
+    s.go.set()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def hub(
+    request: pytest.FixtureRequest, tmp_path: Path, late: threading.Event, stall: Stall
+) -> Iterator[LoopbackHub]:
+    """hold33's hub (a coupon offer, a 600 s hold TTL, an offline limit of 200 points a
+    day): AuthorizeRedemption answers late while `late` is set, ShrinkRedemption is held
+    back while `stall.on` is (the servicer's methods are taken when it starts)."""
+    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
+    data["program"]["holdTtlSeconds"] = TTL_S
+    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
+    h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    yield h
+    h.stop()
+
+
+def test_a_shrink_the_till_gave_up_on_never_shrinks_the_next_hold_of_the_receipt(
+    hub: LoopbackHub, tmp_path: Path, late: threading.Event, stall: Stall
+) -> None:
+    """CONTRACT §11: hold H1 of receipt R is priced OFFLINE after a late grant; its shrink
+    is held up at the hub past the till's deadline (the till counts it as not sent). H1
+    expires, is released, and R is held again ONLINE (H2: 1200 points held at the hub). The old shrink then reaches the hub's store: it must leave
+    H2's hold whole (before the fix it cut it to H1's 200 points, and another till's
+    receipt got 1000 of the points H2 redeems)."""
+    clock = ManualClock(datetime.now(UTC))
+    a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
+    b = enrolled_till(hub, tmp_path / "b", "b")
+    try:
+        stall.on.set()
+        late.set()
+        try:
+            first = a.agent.hold(a_receipt("late-r", at=clock()))
+        finally:
+            late.clear()
+        assert (first.mode, first.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
+        assert life(a, "late-r")[3] == 2  # the shrink timed out at the till: still owed
+        stall.on.clear()
+        clock.advance(TTL_S + 1)
+        assert a.agent.sweep_holds() == 1  # H1 expired: released at the hub
+        again = a.agent.hold(a_receipt("late-r", at=first_at(first)))
+        assert (again.state, again.mode, again.redeemed_points) == ("HELD", "ONLINE", 1200)
+        assert held_at_hub(hub) == 1200
+        stall.go.set()  # H1's shrink reaches the hub's store now
+        assert stall.done.wait(10)
+        assert held_at_hub(hub) == 1200  # H2's hold, whole
+        assert b.agent.checkout(a_receipt("b-r")).redeemed_points == 0
+    finally:
+        a.stop()
+        b.stop()
