@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -292,10 +292,21 @@ class HubStore(Protocol):
         """Drop the device's active hold for the receipt; False when there is none."""
         ...
 
-    def shrink(self, device_id: str, receipt_id: str, points: int, codes: list[str]) -> bool:
+    def shrink(
+        self,
+        device_id: str,
+        receipt_id: str,
+        points: int,
+        codes: list[str],
+        *,
+        placed_by: datetime | None = None,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> bool:
         """Keep the device's active hold of the receipt for at most `points` and the coupon
         holds of `codes` only (an OFFLINE hold after a late grant, the contract §11);
-        never grows or places one. False when nothing was made smaller."""
+        never grows or places one. False when nothing was made smaller. Only holds placed
+        at or before `placed_by`; nothing (`hub_rules.CallerGone`) when `still_wanted()`
+        is false inside the write transaction."""
         ...
 
     def hold_coupons(

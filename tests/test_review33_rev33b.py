@@ -92,9 +92,10 @@ def test_a_shrink_the_till_gave_up_on_never_shrinks_the_next_hold_of_the_receipt
 ) -> None:
     """CONTRACT §11: hold H1 of receipt R is priced OFFLINE after a late grant; its shrink
     is held up at the hub past the till's deadline (the till counts it as not sent). H1
-    expires, is released, and R is held again ONLINE (H2: 1200 points held at the hub). The old shrink then reaches the hub's store: it must leave
-    H2's hold whole (before the fix it cut it to H1's 200 points, and another till's
-    receipt got 1000 of the points H2 redeems)."""
+    expires, is released, and R is held again ONLINE (H2: 1200 points held at the hub).
+    The old shrink then reaches the hub's store: it must leave H2's hold whole (before
+    the fix it cut it to H1's 200 points, and another till's receipt got 1000 of the
+    points H2 redeems)."""
     clock = ManualClock(datetime.now(UTC))
     a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
     b = enrolled_till(hub, tmp_path / "b", "b")
