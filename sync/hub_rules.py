@@ -67,6 +67,8 @@ log = logging.getLogger("tillpoint.hub")
 
 class CallerGone(Exception):
     """The call's caller stopped waiting before its write: nothing was written."""
+
+
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
 # One counted transaction's points (the contract §16): (points available,
 # pending_activates_at, pending points, its `at` when it moves available points or is a
