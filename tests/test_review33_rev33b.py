@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .test_review33_hold33 import (
     OFFLINE_LIMIT,
     TTL_S,
     a_receipt,
+    coupon_holds,
     first_at,
     held_at_hub,
     late,
@@ -121,3 +122,23 @@ def test_a_shrink_the_till_gave_up_on_never_shrinks_the_next_hold_of_the_receipt
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_shrink_touches_only_holds_placed_before_it_came(hub: LoopbackHub) -> None:
+    """CONTRACT §11, §13: the hub shrinks only the hold and coupon holds of the receipt
+    placed before the shrink came (`placed_by`), the second of its two guards against a
+    late shrink. A hold placed again under the receiptId after that (the receipt held
+    again, its hold at the hub replaced in place) is left whole, points and codes."""
+    rules = hub.store
+    t0 = datetime.now(UTC)
+    rules.authorise("a", "r-1", "c-1", 1000, t0, [], t0, 600)  # H1
+    shrink_came = t0 + timedelta(seconds=1)
+    t2 = t0 + timedelta(seconds=2)
+    rules.authorise("a", "r-1", "c-1", 900, t2, [], t2, 600)  # H2, the same row replaced
+    assert rules.hold_coupons("a", "r-1", "c-1", ["APP555"], t2, 600) == []
+    assert rules.shrink("a", "r-1", 200, [], placed_by=shrink_came) is False
+    assert held_at_hub(hub) == 900
+    assert coupon_holds(hub) == [("APP555", "r-1")]
+    # one placed before it came is shrunk
+    assert rules.shrink("a", "r-1", 200, [], placed_by=t2) is True
+    assert held_at_hub(hub) == 200 and coupon_holds(hub) == []
