@@ -46,7 +46,15 @@ from . import pki
 from .hub_postgres import is_postgres_url
 from .hub_rules import CallerGone
 from .hub_sqlite import SqliteHubStore
-from .hub_store import HubStats, HubStore, Publication, StoredTx, TxIn, Unsynced
+from .hub_store import (
+    SHRINK_MARGIN_S,
+    HubStats,
+    HubStore,
+    Publication,
+    StoredTx,
+    TxIn,
+    Unsynced,
+)
 from .signing import (
     MANIFEST_PREFIX,
     MAX_CHUNK,
@@ -66,10 +74,6 @@ SNAPSHOTS = "snapshots"
 RETRY_BUILD_S = 30.0
 MAX_HOLD_TTL_S = 86_400  # a till may ask for holds of its program's TTL, up to a day
 MAX_AUTH_COUPONS = 100  # codes one authorisation may carry (a receipt has a handful)
-# A ShrinkRedemption is worked on only while its till still waits this long at least (the
-# link's jitter: the hub's deadline runs from the request's arrival, the till's from its
-# sending): a till that gave up may have held the receipt again since (review 33, rev33b).
-SHRINK_MARGIN_S = 0.1
 # The longest ids a till sends (docs/CONTRACT.md §10): a receipt's (and a batch's, a hash
 # of 32 characters) 128, a customer's 200 (an imported key). A longer one, or one with a
 # NUL (PostgreSQL's text refuses it: UNAVAILABLE, read by the till as the hub away), is

@@ -43,6 +43,14 @@ SECTIONS = {  # snapshot section -> kind
 }
 
 
+# A ShrinkRedemption is worked on only while its till still waits this long at least (the
+# link's jitter: the hub's deadline runs from the request's arrival, the till's from its
+# sending): a till that gave up may have held the receipt again since (review 33, rev33b).
+# The till gives the call this much on top of its `hub.redeem_timeout_ms`, which may be
+# shorter (sync/authoriser.py).
+SHRINK_MARGIN_S = 0.1
+
+
 class ImportRefused(InputError):
     """An import with bad rows; nothing of it was stored."""
 

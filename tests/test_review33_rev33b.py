@@ -142,3 +142,19 @@ def test_a_shrink_touches_only_holds_placed_before_it_came(hub: LoopbackHub) -> 
     # one placed before it came is shrunk
     assert rules.shrink("a", "r-1", 200, [], placed_by=t2) is True
     assert held_at_hub(hub) == 200 and coupon_holds(hub) == []
+
+
+def test_a_till_with_a_short_hub_deadline_still_shrinks(hub: LoopbackHub, tmp_path: Path) -> None:
+    """CONTRACT §11: `hub.redeem_timeout_ms` may be set below the hub's 100 ms margin (80
+    ms here, a hub on the same LAN): the shrink still reaches a hub that answers at once
+    (the till gives the call its deadline plus that margin), rather than being refused as
+    late every round while the grant stays held whole."""
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    try:
+        now = datetime.now(UTC)
+        hub.store.authorise(a.authoriser.device_id, "r-f", "c-1", 1000, now, [], now, 600)
+        a.authoriser.timeout_s = 0.08
+        assert a.authoriser.shrink("r-f", 200, []) is True
+        assert held_at_hub(hub) == 200
+    finally:
+        a.stop()
