@@ -158,3 +158,44 @@ def test_a_till_with_a_short_hub_deadline_still_shrinks(hub: LoopbackHub, tmp_pa
         assert held_at_hub(hub) == 200
     finally:
         a.stop()
+
+
+def test_hub_calls_still_owed_are_on_metrics(
+    hub: LoopbackHub, tmp_path: Path, late: threading.Event
+) -> None:
+    """CONTRACT §11: a shrink (or a release) the hub has not taken yet keeps the
+    customer's points held from every till until it goes: support sees how many are
+    owed on /metrics (`tillpoint_hub_calls_owed`), not only in an INFO log line."""
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.agent.metrics import Registry
+    from tillpoint.agent.server import register_gauges
+
+    refusing = threading.Event()
+
+    def failpoint(where: str) -> None:
+        if where == "shrink" and refusing.is_set():
+            raise StorageError("the hub's store is busy")
+
+    hub.server.servicer.failpoint = failpoint
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    registry = Registry()
+    register_gauges(registry, a.agent)
+    try:
+        assert 'tillpoint_hub_calls_owed{call="shrink"} 0' in registry.render()
+        refusing.set()
+        late.set()
+        try:
+            held = a.agent.hold(a_receipt("late-m"))
+        finally:
+            late.clear()
+        assert (held.mode, life(a, "late-m")[3]) == ("OFFLINE", 2)
+        assert a.agent.hub_calls_owed() == {"release": 0, "shrink": 1}
+        assert 'tillpoint_hub_calls_owed{call="shrink"} 1' in registry.render()
+        refusing.clear()
+        a.agent.retry_hub_releases()
+        assert a.agent.hub_calls_owed() == {"release": 0, "shrink": 0}
+        hub.stop()  # away: the Cancel's release is owed
+        a.agent.cancel("late-m")
+        assert a.agent.hub_calls_owed() == {"release": 1, "shrink": 0}
+    finally:
+        a.stop()
