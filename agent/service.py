@@ -933,6 +933,17 @@ class Agent:
             self._send_shrinks()  # then the open OFFLINE holds' late grants (not counted)
         return released
 
+    def hub_calls_owed(self) -> dict[str, int]:
+        """How many releases and shrinks the hub has not taken yet (`/metrics`'s
+        `tillpoint_hub_calls_owed`): each keeps points held there from every till."""
+        if self.hub is None:
+            return {"release": 0, "shrink": 0}
+        now = self.clock()
+        cutoff = ledger.utc_text(now - timedelta(seconds=HUB_HOLD_MAX_S))
+        with self._lock:
+            releases, shrinks = ledger.hub_calls_owed(self._ledger, cutoff, ledger.utc_text(now))
+        return {"release": releases, "shrink": shrinks}
+
     def _send_shrinks(self) -> int:
         """Shrink at the hub the holds of open OFFLINE holds that it granted too late
         (`_shrink_at_hub`); stops at the first the hub does not answer."""
