@@ -199,3 +199,33 @@ def test_hub_calls_still_owed_are_on_metrics(
         assert a.agent.hub_calls_owed() == {"release": 1, "shrink": 0}
     finally:
         a.stop()
+
+
+def test_a_shrink_that_finds_the_hold_in_its_turn_is_asked_again_when_the_turn_ends(
+    hub: LoopbackHub, tmp_path: Path, late: threading.Event
+) -> None:
+    """CONTRACT §11: the Hold wakes `run`'s hold timer from inside its write transaction;
+    a round that gets to the shrink before the Hold's turn has ended (the Hold's thread
+    has not left `HubTurns.holding` yet) finds the turn taken and sends nothing. The
+    turn's end then asked for a release only (none is owed: the hold is open), so the
+    shrink waited for the next round, 15 s, while the hub held the whole grant. Now the
+    turn's end wakes the timer again."""
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    woken = threading.Event()
+    a.agent.on_hub_call_owed(woken.set)  # as `run`'s hold timer does
+    try:
+        late.set()
+        try:
+            held = a.agent.hold(a_receipt("late-p"))
+        finally:
+            late.clear()
+        assert held.mode == "OFFLINE" and woken.is_set()
+        woken.clear()
+        with a.agent._hub_turns.holding("late-p"):  # the Hold's turn, not ended yet
+            assert a.agent._shrink_at_hub("late-p") is None  # the round: turn taken
+        assert woken.is_set()  # asked again at once
+        a.agent.retry_hub_releases()  # that round
+        assert held_at_hub(hub) == OFFLINE_LIMIT
+        assert life(a, "late-p")[3] == 1
+    finally:
+        a.stop()
