@@ -900,9 +900,18 @@ class Agent:
     def _release_put_off(self, receipt_id: str) -> None:
         """A release put off while a hold or checkout of the receipt was in its turn: sent
         now unless that call held the receipt again (its hold replaced the hub's) or
-        confirmed it (its transaction settles it); a hub away leaves it to the retries."""
+        confirmed it (its transaction settles it); a hub away leaves it to the retries.
+        A shrink put off so (the receipt's open OFFLINE hold owes one) wakes the hold
+        timer again."""
         try:
-            self._release_at_hub(receipt_id)
+            if self._release_at_hub(receipt_id) is None:
+                # a shrink put off for that turn (the Hold woke the hold timer from inside
+                # its transaction and the round came before the turn ended): the timer
+                # again, not this call, which is the POS's (rev33b)
+                with self._lock:
+                    life = self._life(receipt_id)
+                if life is not None and life.state == "HELD" and life.shrink_owed:
+                    self._hub_call_owed()
         except Exception:  # a busy or full disk: the hold timer's next round
             log.warning(
                 "the release of receipt %s is left to the retries", receipt_id, exc_info=True
