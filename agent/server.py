@@ -380,6 +380,12 @@ def register_gauges(registry: Any, agent: Agent) -> None:
         lambda: {"": float(status().get("renumberedTransactions", 0))},
     )
     registry.gauge(
+        "tillpoint_hub_calls_owed",
+        "Releases and shrinks of hub holds not yet taken by the hub (retried every 15 s):"
+        " the customer's points stay held there for every till meanwhile.",
+        lambda: {f'call="{k}"': float(n) for k, n in agent.hub_calls_owed().items()},
+    )
+    registry.gauge(
         "tillpoint_print_queue_depth",
         "Coupon print jobs not yet printed.",
         lambda: {"": float(status()["printQueueDepth"])},

@@ -900,9 +900,18 @@ class Agent:
     def _release_put_off(self, receipt_id: str) -> None:
         """A release put off while a hold or checkout of the receipt was in its turn: sent
         now unless that call held the receipt again (its hold replaced the hub's) or
-        confirmed it (its transaction settles it); a hub away leaves it to the retries."""
+        confirmed it (its transaction settles it); a hub away leaves it to the retries.
+        A shrink put off so (the receipt's open OFFLINE hold owes one) wakes the hold
+        timer again."""
         try:
-            self._release_at_hub(receipt_id)
+            if self._release_at_hub(receipt_id) is None:
+                # a shrink put off for that turn (the Hold woke the hold timer from inside
+                # its transaction and the round came before the turn ended): the timer
+                # again, not this call, which is the POS's (rev33b)
+                with self._lock:
+                    life = self._life(receipt_id)
+                if life is not None and life.state == "HELD" and life.shrink_owed:
+                    self._hub_call_owed()
         except Exception:  # a busy or full disk: the hold timer's next round
             log.warning(
                 "the release of receipt %s is left to the retries", receipt_id, exc_info=True
@@ -932,6 +941,17 @@ class Agent:
             released += self._release_unstored(cutoff)
             self._send_shrinks()  # then the open OFFLINE holds' late grants (not counted)
         return released
+
+    def hub_calls_owed(self) -> dict[str, int]:
+        """How many releases and shrinks the hub has not taken yet (`/metrics`'s
+        `tillpoint_hub_calls_owed`): each keeps points held there from every till."""
+        if self.hub is None:
+            return {"release": 0, "shrink": 0}
+        now = self.clock()
+        cutoff = ledger.utc_text(now - timedelta(seconds=HUB_HOLD_MAX_S))
+        with self._lock:
+            releases, shrinks = ledger.hub_calls_owed(self._ledger, cutoff, ledger.utc_text(now))
+        return {"release": releases, "shrink": shrinks}
 
     def _send_shrinks(self) -> int:
         """Shrink at the hub the holds of open OFFLINE holds that it granted too late

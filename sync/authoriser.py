@@ -45,6 +45,7 @@ from tillpoint.agent.models import HubGrant
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .client import REFUSED, UNREACHABLE, HubLink
+from .hub_store import SHRINK_MARGIN_S
 
 log = logging.getLogger("tillpoint.sync")
 
@@ -186,7 +187,11 @@ class HubAuthoriser:
             coupon_codes=list(coupon_codes),
         )
         try:
-            reply = self.link.stub.ShrinkRedemption(request, timeout=self.timeout_s)
+            # the hub works on it only while this much is left (`SHRINK_MARGIN_S`): a
+            # deadline of `hub.redeem_timeout_ms` alone, when that is as short, never would
+            reply = self.link.stub.ShrinkRedemption(
+                request, timeout=self.timeout_s + SHRINK_MARGIN_S
+            )
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             message = self.link.failed(exc)

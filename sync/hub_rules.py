@@ -25,7 +25,7 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -63,6 +63,12 @@ from .hub_store import (
 )
 
 log = logging.getLogger("tillpoint.hub")
+
+
+class CallerGone(Exception):
+    """The call's caller stopped waiting before its write: nothing was written."""
+
+
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
 # One counted transaction's points (the contract §16): (points available,
 # pending_activates_at, pending points, its `at` when it moves available points or is a
@@ -228,8 +234,11 @@ class HubTx(Protocol):
         """`drop_coupon_holds` of several receipts, in one statement."""
         ...
 
-    def keep_coupon_holds(self, device_id: str, receipt_id: str, codes: list[str]) -> int:
-        """Drop the receipt's coupon holds of codes not in `codes`; how many were dropped."""
+    def keep_coupon_holds(
+        self, device_id: str, receipt_id: str, codes: list[str], placed_by: str
+    ) -> int:
+        """Drop the receipt's coupon holds of codes not in `codes` placed at or before
+        `placed_by` (UTC text); how many were dropped."""
         ...
 
     def coupon_held(self, code: str) -> bool: ...
@@ -271,9 +280,10 @@ class HubTx(Protocol):
         points and expiry; `at`: the receipt's time (UTC text), "" when not known."""
         ...
 
-    def shrink_hold(self, device_id: str, receipt_id: str, points: int) -> int:
-        """The device's ACTIVE hold of the receipt made `points` when it holds more (0:
-        dropped); never grown, a SETTLED one left as it is. How many holds changed."""
+    def shrink_hold(self, device_id: str, receipt_id: str, points: int, placed_by: str) -> int:
+        """The device's ACTIVE hold of the receipt, placed at or before `placed_by` (UTC
+        text), made `points` when it holds more (0: dropped); never grown, a SETTLED one
+        or one placed later left as it is. How many holds changed."""
         ...
 
     def delete_hold(self, device_id: str, receipt_id: str, *, only_active: bool) -> int: ...
@@ -940,15 +950,32 @@ class HubRules:
             gone += tx.drop_coupon_holds(device_id, receipt_id)
         return bool(gone)
 
-    def shrink(self, device_id: str, receipt_id: str, points: int, codes: list[str]) -> bool:
+    def shrink(
+        self,
+        device_id: str,
+        receipt_id: str,
+        points: int,
+        codes: list[str],
+        *,
+        placed_by: datetime | None = None,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> bool:
         """A hold the till priced OFFLINE after the hub granted it (the grant came past the
         till's deadline, the contract §11): kept for what the receipt uses, at most
         `points` and the coupon holds of `codes`; the rest is spendable at once by the
         customer's other receipts. Never grows a hold nor places one; a settled hold (its
-        transaction) stays as it is. True when something was made smaller."""
+        transaction) stays as it is. True when something was made smaller.
+        Only holds placed at or before `placed_by` (when the shrink came) are touched, and
+        nothing is when `still_wanted()` says no inside the write transaction (the till
+        gave up on the call: `CallerGone`): a till whose shrink timed out takes the
+        receipt's next turn, and a hold placed since under the receiptId is not the one
+        the shrink was owed by (review 33, rev33b)."""
+        stamp = utc_text(placed_by) if placed_by is not None else "9999"
         with self.write_tx() as tx:
-            changed = tx.shrink_hold(device_id, receipt_id, max(0, points))
-            changed += tx.keep_coupon_holds(device_id, receipt_id, codes)
+            if still_wanted is not None and not still_wanted():
+                raise CallerGone("the till stopped waiting")
+            changed = tx.shrink_hold(device_id, receipt_id, max(0, points), stamp)
+            changed += tx.keep_coupon_holds(device_id, receipt_id, codes, stamp)
         return bool(changed)
 
     def hold_coupons(

@@ -44,8 +44,17 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from . import pki
 from .hub_postgres import is_postgres_url
+from .hub_rules import CallerGone
 from .hub_sqlite import SqliteHubStore
-from .hub_store import HubStats, HubStore, Publication, StoredTx, TxIn, Unsynced
+from .hub_store import (
+    SHRINK_MARGIN_S,
+    HubStats,
+    HubStore,
+    Publication,
+    StoredTx,
+    TxIn,
+    Unsynced,
+)
 from .signing import (
     MANIFEST_PREFIX,
     MAX_CHUNK,
@@ -1108,6 +1117,9 @@ class HubServicer(pb_grpc.HubServicer):
         """A hold the till priced OFFLINE after this hub granted it too late (the contract
         §11): kept for what the receipt uses, the rest spendable by the customer's other
         receipts at once (it was held from them up to the hold's expiry)."""
+        started = self.clock()  # holds placed later are not the one this shrink is for
+        if _past_deadline(context, SHRINK_MARGIN_S):
+            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         device = self._device(context, request.device_id)
         if not request.receipt_id or request.points < 0:
             _abort(
@@ -1124,7 +1136,23 @@ class HubServicer(pb_grpc.HubServicer):
             )
         try:
             self._fail("shrink")
-            shrunk = self.store.shrink(device, request.receipt_id, request.points, codes)
+            # Only while the till still waits (review 33, rev33b): a till whose shrink
+            # timed out counts it as not sent and takes the receipt's next turn, so its
+            # hold may have expired, and the receipt been held again (the hub's one hold
+            # a receipt is then that new Hold's) by the time a late shrink is worked on.
+            # The deadline is checked with a margin for the link's jitter (the hub's runs
+            # from the request's arrival: after the till's) inside the write transaction,
+            # and only holds placed before this call started are shrunk.
+            shrunk = self.store.shrink(
+                device,
+                request.receipt_id,
+                request.points,
+                codes,
+                placed_by=started,
+                still_wanted=lambda: not _past_deadline(context, SHRINK_MARGIN_S),
+            )
+        except CallerGone:
+            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         return pb.ShrinkRedemptionReply(shrunk=shrunk)
@@ -1194,12 +1222,12 @@ def hub_health(store: HubStore) -> ReadinessHealth:
     return ReadinessHealth((HUB_SERVICE,), ready, thread_name="hub-health-watch")
 
 
-def _past_deadline(context: grpc.ServicerContext) -> bool:
-    """Whether the caller's deadline has passed (it has given up on the answer). The hub's
-    deadline is the till's timeout counted from the request's arrival: it ends after the
-    till's, never before."""
+def _past_deadline(context: grpc.ServicerContext, margin_s: float = 0.0) -> bool:
+    """Whether the caller's deadline has passed (it has given up on the answer), or is
+    less than `margin_s` away. The hub's deadline is the till's timeout counted from the
+    request's arrival: it ends after the till's, never before."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= margin_s
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

@@ -659,13 +659,16 @@ class SqlTx:
             "DELETE FROM coupon_holds WHERE device_id = ? AND {}", device_id, receipt_ids
         )
 
-    def keep_coupon_holds(self, device_id: str, receipt_id: str, codes: list[str]) -> int:
+    def keep_coupon_holds(
+        self, device_id: str, receipt_id: str, codes: list[str], placed_by: str
+    ) -> int:
         keep = set(codes)
         held = [
             str(code)
             for (code,) in self.execute(
-                "SELECT code FROM coupon_holds WHERE device_id = ? AND receipt_id = ?",
-                (device_id, receipt_id),
+                "SELECT code FROM coupon_holds WHERE device_id = ? AND receipt_id = ?"
+                " AND created_at <= ?",
+                (device_id, receipt_id, placed_by),
             ).fetchall()
         ]
         gone = 0
@@ -674,8 +677,8 @@ class SqlTx:
                 gone += self._count(
                     self.execute(
                         "DELETE FROM coupon_holds WHERE code = ? AND device_id = ?"
-                        " AND receipt_id = ?",
-                        (code, device_id, receipt_id),
+                        " AND receipt_id = ? AND created_at <= ?",
+                        (code, device_id, receipt_id, placed_by),
                     )
                 )
         return gone
@@ -769,14 +772,20 @@ class SqlTx:
         ).fetchone()
         return row is not None
 
-    def shrink_hold(self, device_id: str, receipt_id: str, points: int) -> int:
+    def shrink_hold(self, device_id: str, receipt_id: str, points: int, placed_by: str) -> int:
         if points <= 0:
-            return self.delete_hold(device_id, receipt_id, only_active=True)
+            return self._count(
+                self.execute(
+                    "DELETE FROM holds WHERE device_id = ? AND receipt_id = ?"
+                    " AND state = 'ACTIVE' AND created_at <= ?",
+                    (device_id, receipt_id, placed_by),
+                )
+            )
         return self._count(
             self.execute(
                 "UPDATE holds SET points = ? WHERE device_id = ? AND receipt_id = ?"
-                " AND state = 'ACTIVE' AND points > ?",
-                (points, device_id, receipt_id, points),
+                " AND state = 'ACTIVE' AND points > ? AND created_at <= ?",
+                (points, device_id, receipt_id, points, placed_by),
             )
         )
 

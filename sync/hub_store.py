@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +41,14 @@ SECTIONS = {  # snapshot section -> kind
     "offers": "offer",
     "coupons": "coupon",
 }
+
+
+# A ShrinkRedemption is worked on only while its till still waits this long at least (the
+# link's jitter: the hub's deadline runs from the request's arrival, the till's from its
+# sending): a till that gave up may have held the receipt again since (review 33, rev33b).
+# The till gives the call this much on top of its `hub.redeem_timeout_ms`, which may be
+# shorter (sync/authoriser.py).
+SHRINK_MARGIN_S = 0.1
 
 
 class ImportRefused(InputError):
@@ -292,10 +300,21 @@ class HubStore(Protocol):
         """Drop the device's active hold for the receipt; False when there is none."""
         ...
 
-    def shrink(self, device_id: str, receipt_id: str, points: int, codes: list[str]) -> bool:
+    def shrink(
+        self,
+        device_id: str,
+        receipt_id: str,
+        points: int,
+        codes: list[str],
+        *,
+        placed_by: datetime | None = None,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> bool:
         """Keep the device's active hold of the receipt for at most `points` and the coupon
         holds of `codes` only (an OFFLINE hold after a late grant, the contract §11);
-        never grows or places one. False when nothing was made smaller."""
+        never grows or places one. False when nothing was made smaller. Only holds placed
+        at or before `placed_by`; nothing (`hub_rules.CallerGone`) when `still_wanted()`
+        is false inside the write transaction."""
         ...
 
     def hold_coupons(
