@@ -15,10 +15,11 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.demo_data import chain, example_files
 
 from .conftest import REPO
 from .test_review23_upgrade23 import FIXTURES, Old, _uploads_once
@@ -120,3 +121,20 @@ def test_the_suite_s_dated_parts_pass_a_year_ahead(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("today", [date(2028, 2, 27), date(2027, 11, 1), date(2028, 2, 29)])
+def test_the_demo_s_chain_is_made_on_any_day_of_a_leap_year(today: date) -> None:
+    """`tillpoint demo` on 27 February 2028: the heroine's birthday is in two days, on
+    29 February, and it was written into the year 1990, which has none: the demo (and
+    `tillpoint demo --export`) stopped with "day is out of range for month" (CONTRACT §4's
+    birthday window is what it shows). Her birthday is now in a leap year."""
+    snap = chain(today)
+    anna = snap["customers"][0]
+    born = date.fromisoformat(anna["birthday"])
+    assert (born.month, born.day) == (
+        (today + timedelta(days=2)).month,
+        (today + timedelta(days=2)).day,
+    )
+    files = example_files(today)
+    assert "snapshot.json" in files
