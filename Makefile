@@ -26,13 +26,17 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
-# Debian packages the device tests need (pseudo-terminals through socat), a JDK for
+# Debian packages the device tests need (pseudo-terminals through socat), faketime for
+# the run of the suite's dated parts a year ahead (tests/test_review33_date33.py), a JDK for
 # the Java example of docs/INTEGRATION.md, and PostgreSQL's server for the hub's store
 # (the tests start their own throwaway cluster, never the system's).
 deps-system:
 	@command -v socat >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq socat >/dev/null; \
 	  else echo "socat missing: tests that need it will be skipped"; fi; }
+	@command -v faketime >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq faketime >/dev/null; \
+	  else echo "faketime missing: the run of the dated tests a year ahead will be skipped"; fi; }
 	@command -v javac >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    apt-get install -y -qq default-jdk-headless >/dev/null; \

@@ -156,8 +156,8 @@ def chain(today: date, seed: int = 7, customers: int = 40) -> dict[str, Any]:
     for i in range(customers):
         cid = f"c-{i + 1:04d}"
         birthday = date(1970 + rng.randrange(35), rng.randrange(1, 13), rng.randrange(1, 28))
-        if i == 0:  # the demo's heroine has her birthday in two days
-            birthday = (today + timedelta(days=2)).replace(year=1990)
+        if i == 0:  # the demo's heroine has her birthday in two days (maybe 29 February:
+            birthday = (today + timedelta(days=2)).replace(year=1992)  # born in a leap year)
         customer: dict[str, Any] = {
             "id": cid,
             "firstName": FIRST_NAMES[i % len(FIRST_NAMES)],

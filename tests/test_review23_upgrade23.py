@@ -279,7 +279,40 @@ def _pending_print_jobs(ledger_db: Path) -> int:
         conn.close()
 
 
-def _uploads_once(old: Old, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def renew_expiring_certificates(old: Old, *, force: bool = False) -> bool:
+    """The fixtures' server and till certificates were issued for five years (the ones made
+    2026-12-03 end 2031-12-02; their CA in 2046): a run after that (or within a day of it)
+    renews them first as an operator would, with this release's commands (`hub init
+    --renew-server`, `hub enroll --renew`, `sync install` on the old till), so what the
+    test proves does not depend on the day it runs (docs/ARCHITECTURE.md, "Tests and the
+    calendar"). True when it renewed them."""
+    from datetime import UTC, datetime, timedelta
+
+    from tillpoint.sync.pki import certificate_not_after
+
+    soon = datetime.now(UTC) + timedelta(days=1)
+    ends = [
+        certificate_not_after(pem.read_bytes())
+        for pem in (old.hub / "keys" / "server.pem", old.till / "enrollment" / "device.pem")
+    ]
+    if not force and all(end is not None and end > soon for end in ends):
+        return False
+    code, _, err = old.hub_cli("init", "--renew-server")
+    assert code == 0, err
+    bundle = old.work / "till-1-renewed.json"
+    code, _, err = old.hub_cli(
+        "enroll", "till-1", "--renew", "--address", "127.0.0.1:9", "--out", str(bundle)
+    )
+    assert code == 0, err
+    code, _, err = old.cli("sync", "install", str(bundle))
+    assert code == 0, err
+    return True
+
+
+def _uploads_once(
+    old: Old, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, renew: bool = False
+) -> None:
+    renew_expiring_certificates(old, force=renew)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
     # coupons the old code queued and never printed (5342b18 queued them with no printer)
     # print once a printer is there
@@ -288,8 +321,8 @@ def _uploads_once(old: Old, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     port_file = tmp_path / "hub.port"
     hub_log, run_log = (tmp_path / "hub.log").open("wb"), (tmp_path / "run.log").open("wb")
     serve = ["hub", "serve", "--hub-dir", str(old.hub), "--store", old.store]
-    # no balance refresh of its own: the fixture's version 1 (made 2026-11-30, valid 7
-    # days) is past half its life from 2026-12-04 on, and the delta below must be 2
+    # no balance refresh of its own, whatever the date: the delta below must be 2 (the
+    # fixtures' version 1 is published for ten years, to 2036, and was once for 7 days)
     serve += ["--publish-every", "0", "--listen", "127.0.0.1:0", "--port-file", str(port_file)]
     hub = subprocess.Popen(
         [TILLPOINT, *serve],
@@ -373,7 +406,10 @@ def _uploads_once(old: Old, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert issued == (["r2"] if "issue" in old.expect["features"] else [])
     customers = {"2770000000017": "c-a", "2770000000024": "c-b", "2770000000079": "c-h"}
     for card, customer in customers.items():
-        code, live, err = old.hub_cli("balance", customer, "--json")
+        # at the old till's time, not today's: the points it earned on 2026-11-30 have a
+        # lifetime of 365 days (pointsLifetimeDays), and from 2027-11-30 on a balance
+        # "now" is short of them
+        code, live, err = old.hub_cli("balance", customer, "--at", old.expect["at"], "--json")
         assert code == 0, err
         assert live["availablePoints"] == old.expect["balances"][card]["availablePoints"]
     code, status, err = old.cli("status", "--json")

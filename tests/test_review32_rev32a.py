@@ -14,7 +14,7 @@ import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -247,10 +247,17 @@ def test_a_sale_numbered_again_answers_its_replays_and_refunds_with_its_new_seq(
 
 def expiring_data() -> dict[str, Any]:
     """The sample data with points that expire (CONTRACT §16): a year after they are
-    earned; 200 of Anna's 1,200 at the end of January."""
+    earned; 200 of Anna's 1,200 in about two months ("the end of January" below: the
+    date was 2027-01-31 when the test was written, and from February 2027 those points had
+    expired before the sales; now it is counted from the day the test runs)."""
     data = sample_master_data()
     data["program"]["pointsLifetimeDays"] = 365
-    data["customers"][0]["expiring"] = [{"points": 200, "expiresAt": "2027-01-31T20:59:59Z"}]
+    end = (datetime.now(UTC) + timedelta(days=58)).replace(
+        hour=20, minute=59, second=59, microsecond=0
+    )
+    data["customers"][0]["expiring"] = [
+        {"points": 200, "expiresAt": end.isoformat().replace("+00:00", "Z")}
+    ]
     return data
 
 
