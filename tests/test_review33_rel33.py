@@ -1,0 +1,155 @@
+"""Review 33 (rel33): a late `ReleaseRedemption` never drops a hold placed since (CONTRACT §11).
+
+The hub keeps one hold a (till, receiptId) and a release names only the receipt. A
+release the till gave up on (its deadline passed while the call was held up at a busy
+hub: the till counts it as not sent, owed) could still reach the hub's store later,
+after the POS held the receipt again ONLINE, and drop that new hold: the till's new
+Hold redeems points the hub no longer holds, and another till can spend them. The hub
+now guards releases as it guards shrinks (rev33b): worked on only while the till still
+waits, and only on holds placed before the call came.
+
+Real parts: the reference hub on 127.0.0.1 (SQLite, and PostgreSQL in the slow pass),
+tills with their hub links; the hub's own ReleaseRedemption, held back in the server
+before it runs, as a hub whose store is busy does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+from .conftest import ManualClock, enrolled_till
+from .test_coupons import COUPONS, SORRY
+from .test_review33_hold33 import (
+    OFFLINE_LIMIT,
+    TTL_S,
+    a_receipt,
+    coupon_holds,
+    first_at,
+    held_at_hub,
+    life,
+)
+
+
+class Stall:
+    """While `on` is set, the hub's ReleaseRedemption waits for `go` before it runs (the
+    server thread has the call; the store has not seen it), as a busy hub's does."""
+
+    def __init__(self) -> None:
+        self.on = threading.Event()
+        self.go = threading.Event()
+        self.done = threading.Event()
+
+
+@pytest.fixture
+def stall(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stall]:
+    s = Stall()
+    release = HubServicer.ReleaseRedemption
+
+    def stalled(self: Any, request: Any, context: Any) -> Any:
+        held_back = s.on.is_set()
+        try:
+            if held_back:
+                assert s.go.wait(10)
+            return release(self, request, context)
+        finally:
+            if held_back:
+                s.done.set()
+
+    monkeypatch.setattr(HubServicer, "ReleaseRedemption", stalled)
+    yield s
+    s.go.set()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def hub(request: pytest.FixtureRequest, tmp_path: Path, stall: Stall) -> Iterator[LoopbackHub]:
+    """The reference hub (SQLite or PostgreSQL) with a coupon offer and a 600 s hold TTL;
+    its ReleaseRedemption is held back while `stall.on` is set (the servicer's methods
+    are taken when it starts)."""
+    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
+    data["program"]["holdTtlSeconds"] = TTL_S
+    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
+    h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    yield h
+    h.stop()
+
+
+def test_a_release_the_till_gave_up_on_never_drops_the_next_hold_of_the_receipt(
+    hub: LoopbackHub, tmp_path: Path, stall: Stall
+) -> None:
+    """CONTRACT §11: hold H1 of receipt R (ONLINE, 1200 points held at the hub) expires;
+    its release is held up at the hub past the till's deadline (the till counts it as
+    not sent: owed). R is held again ONLINE (H2: 1200 points held at the hub). The old
+    release then reaches the hub's store: it must leave H2's hold whole (before the fix
+    it dropped it, and another till's receipt got the 1200 points H2 redeems)."""
+    clock = ManualClock(datetime.now(UTC))
+    a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
+    b = enrolled_till(hub, tmp_path / "b", "b")
+    try:
+        first = a.agent.hold(a_receipt("rel-r", at=clock()))
+        assert (first.state, first.mode, first.redeemed_points) == ("HELD", "ONLINE", 1200)
+        stall.on.set()
+        clock.advance(TTL_S + 1)
+        a.agent.sweep_holds()  # H1 expired; its release times out at the till
+        assert life(a, "rel-r")[3] == 1  # still owed
+        stall.on.clear()
+        again = a.agent.hold(a_receipt("rel-r", at=first_at(first)))
+        assert (again.state, again.mode, again.redeemed_points) == ("HELD", "ONLINE", 1200)
+        assert held_at_hub(hub) == 1200
+        stall.go.set()  # H1's release reaches the hub's store now
+        assert stall.done.wait(10)
+        assert held_at_hub(hub) == 1200  # H2's hold, whole
+        assert b.agent.checkout(a_receipt("b-r")).redeemed_points == 0
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_release_touches_only_holds_placed_before_it_came(hub: LoopbackHub) -> None:
+    """CONTRACT §11, §13: the hub releases only the hold and coupon holds of the receipt
+    placed before the release came (`placed_by`), the second of the two guards it shares
+    with the shrink. A hold placed again under the receiptId after that is left whole,
+    points and codes; nothing at all when the till stopped waiting."""
+    rules = hub.store
+    t0 = datetime.now(UTC)
+    rules.authorise("a", "r-1", "c-1", 1000, t0, [], t0, 600)  # H1
+    release_came = t0 + timedelta(seconds=1)
+    t2 = t0 + timedelta(seconds=2)
+    rules.authorise("a", "r-1", "c-1", 900, t2, [], t2, 600)  # H2, the same row replaced
+    assert rules.hold_coupons("a", "r-1", "c-1", ["APP555"], t2, 600) == []
+    assert rules.release("a", "r-1", placed_by=release_came) is False
+    assert held_at_hub(hub) == 900
+    assert coupon_holds(hub) == [("APP555", "r-1")]
+    from tillpoint.sync.hub_rules import CallerGone
+
+    with pytest.raises(CallerGone):
+        rules.release("a", "r-1", placed_by=t2, still_wanted=lambda: False)
+    assert held_at_hub(hub) == 900 and coupon_holds(hub) == [("APP555", "r-1")]
+    # one placed before it came is released, its coupon holds with it
+    assert rules.release("a", "r-1", placed_by=t2) is True
+    assert held_at_hub(hub) == 0 and coupon_holds(hub) == []
+
+
+def test_a_till_with_a_short_hub_deadline_still_releases(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §11: with `hub.redeem_timeout_ms` under the hub's 100 ms margin (80 ms
+    here) the release still reaches a hub that answers at once: the till gives the call
+    its deadline plus that margin."""
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    try:
+        now = datetime.now(UTC)
+        hub.store.authorise(a.authoriser.device_id, "r-f", "c-1", 1000, now, [], now, 600)
+        a.authoriser.timeout_s = 0.08
+        assert a.authoriser.release("r-f") is True
+        assert held_at_hub(hub) == 0
+    finally:
+        a.stop()
