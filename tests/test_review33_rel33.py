@@ -138,9 +138,7 @@ def test_a_release_touches_only_holds_placed_before_it_came(hub: LoopbackHub) ->
     assert held_at_hub(hub) == 0 and coupon_holds(hub) == []
 
 
-def test_a_till_with_a_short_hub_deadline_still_releases(
-    hub: LoopbackHub, tmp_path: Path
-) -> None:
+def test_a_till_with_a_short_hub_deadline_still_releases(hub: LoopbackHub, tmp_path: Path) -> None:
     """CONTRACT §11: with `hub.redeem_timeout_ms` under the hub's 100 ms margin (80 ms
     here) the release still reaches a hub that answers at once: the till gives the call
     its deadline plus that margin."""
