@@ -162,9 +162,15 @@ class HubAuthoriser:
     def release(self, receipt_id: str) -> bool:
         """Drop this till's hold for the receipt at the hub (HubUnavailable if the hub does
         not answer in time: the hold then simply expires there)."""
-        request = pb.ReleaseRedemptionRequest(device_id=self.device_id, receipt_id=receipt_id)
+        request = pb.ReleaseRedemptionRequest(
+            device_id=self.device_id, receipt_id=receipt_id, with_margin=True
+        )
         try:
-            reply = self.link.stub.ReleaseRedemption(request, timeout=self.timeout_s)
+            # as the shrink's: the hub works on it only while `SHRINK_MARGIN_S` is left,
+            # so a late release never drops the receipt's next hold (review 33, rel33)
+            reply = self.link.stub.ReleaseRedemption(
+                request, timeout=self.timeout_s + SHRINK_MARGIN_S
+            )
         except grpc.RpcError as exc:
             message = self.link.failed(exc)
             log.info("hold of %s not released at the hub: %s", receipt_id, message)

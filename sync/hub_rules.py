@@ -942,13 +942,22 @@ class HubRules:
                 )
         return granted, live_balance, hold_id if granted > 0 else ""
 
-    def release(self, device_id: str, receipt_id: str) -> bool:
-        """A hold the till gave up (its receipt cancelled or expired there): dropped, so the
-        points are spendable at once. A settled hold stays: its transaction is the truth."""
-        with self.write_tx() as tx:
-            gone = tx.delete_hold(device_id, receipt_id, only_active=True)
-            gone += tx.drop_coupon_holds(device_id, receipt_id)
-        return bool(gone)
+    def release(
+        self,
+        device_id: str,
+        receipt_id: str,
+        *,
+        placed_by: datetime | None = None,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """A hold the till gave up (its receipt cancelled or expired there): dropped, its
+        coupon holds with it, so the points are spendable at once. A settled hold stays:
+        its transaction is the truth. The shrink to nothing, under the shrink's two guards
+        (`placed_by`, `still_wanted`): a release the till gave up on never drops a hold
+        placed since under the receiptId (review 33, rel33)."""
+        return self.shrink(
+            device_id, receipt_id, 0, [], placed_by=placed_by, still_wanted=still_wanted
+        )
 
     def shrink(
         self,
@@ -969,7 +978,7 @@ class HubRules:
         nothing is when `still_wanted()` says no inside the write transaction (the till
         gave up on the call: `CallerGone`): a till whose shrink timed out takes the
         receipt's next turn, and a hold placed since under the receiptId is not the one
-        the shrink was owed by (review 33, rev33b)."""
+        the shrink was owed by (review 33, rev33b). `release` is the shrink to nothing."""
         stamp = utc_text(placed_by) if placed_by is not None else "9999"
         with self.write_tx() as tx:
             if still_wanted is not None and not still_wanted():

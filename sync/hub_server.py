@@ -1099,16 +1099,43 @@ class HubServicer(pb_grpc.HubServicer):
     def ReleaseRedemption(
         self, request: pb.ReleaseRedemptionRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseRedemptionReply:
+        """A hold the till gave up (its receipt cancelled or expired there): dropped, under
+        the shrink's two guards (review 33, rel33): a till whose release timed out counts
+        it as not sent and may hold the receipt again ONLINE at once, and that new hold
+        is not the one the release was for. A till before rel33 gave the call no margin:
+        worked on while it waits at all, as before (it saw nothing else)."""
+        started, still_wanted = self._while_waiting(
+            context, SHRINK_MARGIN_S if request.with_margin else 0.0
+        )
         device = self._device(context, request.device_id)
         if not request.receipt_id:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "receiptId is required")
         if problem := _id_problem("receiptId", request.receipt_id):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"ReleaseRedemption: {problem}")
         try:
-            released = self.store.release(device, request.receipt_id)
+            released = self.store.release(
+                device, request.receipt_id, placed_by=started, still_wanted=still_wanted
+            )
+        except CallerGone:
+            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         return pb.ReleaseRedemptionReply(released=released)
+
+    def _while_waiting(
+        self, context: grpc.ServicerContext, margin_s: float
+    ) -> tuple[datetime, Callable[[], bool]]:
+        """The two guards of a call that names only a receipt, whose till may take the
+        receipt's next turn once it stops waiting (ShrinkRedemption, ReleaseRedemption;
+        review 33, rev33b and rel33): when the call started (the store touches only holds
+        placed at or before it), and whether the till still waits with `margin_s` left
+        (asked again inside the write transaction: `CallerGone`). DEADLINE_EXCEEDED now,
+        nothing changed, when it does not. The margin is the link's jitter: the hub's
+        deadline runs from the request's arrival, the till's from its sending."""
+        started = self.clock()
+        if _past_deadline(context, margin_s):
+            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
+        return started, lambda: not _past_deadline(context, margin_s)
 
     @_one_connection
     def ShrinkRedemption(
@@ -1117,9 +1144,8 @@ class HubServicer(pb_grpc.HubServicer):
         """A hold the till priced OFFLINE after this hub granted it too late (the contract
         §11): kept for what the receipt uses, the rest spendable by the customer's other
         receipts at once (it was held from them up to the hold's expiry)."""
-        started = self.clock()  # holds placed later are not the one this shrink is for
-        if _past_deadline(context, SHRINK_MARGIN_S):
-            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
+        # holds placed later are not the one this shrink is for; only while the till waits
+        started, still_wanted = self._while_waiting(context, SHRINK_MARGIN_S)
         device = self._device(context, request.device_id)
         if not request.receipt_id or request.points < 0:
             _abort(
@@ -1149,7 +1175,7 @@ class HubServicer(pb_grpc.HubServicer):
                 request.points,
                 codes,
                 placed_by=started,
-                still_wanted=lambda: not _past_deadline(context, SHRINK_MARGIN_S),
+                still_wanted=still_wanted,
             )
         except CallerGone:
             _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")

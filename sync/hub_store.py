@@ -43,11 +43,11 @@ SECTIONS = {  # snapshot section -> kind
 }
 
 
-# A ShrinkRedemption is worked on only while its till still waits this long at least (the
-# link's jitter: the hub's deadline runs from the request's arrival, the till's from its
-# sending): a till that gave up may have held the receipt again since (review 33, rev33b).
-# The till gives the call this much on top of its `hub.redeem_timeout_ms`, which may be
-# shorter (sync/authoriser.py).
+# A ShrinkRedemption or ReleaseRedemption is worked on only while its till still waits
+# this long at least (the link's jitter: the hub's deadline runs from the request's
+# arrival, the till's from its sending): a till that gave up may have held the receipt
+# again since (review 33, rev33b and rel33). The till gives either call this much on top
+# of its `hub.redeem_timeout_ms`, which may be shorter (sync/authoriser.py).
 SHRINK_MARGIN_S = 0.1
 
 
@@ -296,8 +296,16 @@ class HubStore(Protocol):
         hold_ttl_s: float,
     ) -> Authorisation: ...
 
-    def release(self, device_id: str, receipt_id: str) -> bool:
-        """Drop the device's active hold for the receipt; False when there is none."""
+    def release(
+        self,
+        device_id: str,
+        receipt_id: str,
+        *,
+        placed_by: datetime | None = None,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Drop the device's active hold for the receipt and its coupon holds; False when
+        there is none. The guards of `shrink` (it is the shrink to nothing)."""
         ...
 
     def shrink(

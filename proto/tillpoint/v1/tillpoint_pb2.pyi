@@ -2449,17 +2449,25 @@ class ReleaseRedemptionRequest(_message.Message):
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     RECEIPT_ID_FIELD_NUMBER: _builtins.int
+    WITH_MARGIN_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     receipt_id: _builtins.str
+    with_margin: _builtins.bool
+    """Since review 33 (rel33): the till gave the call its hub deadline plus the hub's 100 ms
+    margin, so the hub works on it only while 100 ms of it are left. False (a till
+    before): only while the till waits at all. Either way only on holds placed before
+    the call came: a release the till gave up on never drops a hold placed since.
+    """
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         receipt_id: _builtins.str = ...,
+        with_margin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "receipt_id", b"receipt_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "receipt_id", b"receipt_id", "with_margin", b"with_margin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
