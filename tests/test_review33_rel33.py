@@ -15,6 +15,7 @@ before it runs, as a hub whose store is busy does.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,11 +24,13 @@ from typing import Any
 
 import pytest
 from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 
 from .conftest import ManualClock, enrolled_till
 from .test_coupons import COUPONS, SORRY
+from .test_review32_rev32d import CARD, NEW, Chain, chains, old_release
 from .test_review33_hold33 import (
+    BIG,
     OFFLINE_LIMIT,
     TTL_S,
     a_receipt,
@@ -36,6 +39,8 @@ from .test_review33_hold33 import (
     held_at_hub,
     life,
 )
+
+__all__ = ["chains", "old_release"]  # the fixtures, shared with rev32d
 
 
 class Stall:
@@ -151,3 +156,68 @@ def test_a_till_with_a_short_hub_deadline_still_releases(hub: LoopbackHub, tmp_p
         assert held_at_hub(hub) == 0
     finally:
         a.stop()
+
+
+def test_a_release_of_a_till_before_is_guarded_without_the_margin(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §11: a till before rel33 sends ReleaseRedemption without `with_margin`,
+    with its bare `hub.redeem_timeout_ms` (80 ms here): the hub works on it while that
+    till waits at all, so it releases as before (the 100 ms margin would refuse every
+    release of such a till, its hold then held at the hub up to its expiry). A call that
+    says it carries the margin and has less than 100 ms left is refused
+    DEADLINE_EXCEEDED, nothing changed (the till counts it as not sent, and retries)."""
+    import grpc
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    try:
+        device = a.authoriser.device_id
+        now = datetime.now(UTC)
+        hub.store.authorise(device, "r-o", "c-1", 1000, now, [], now, 600)
+        stub = a.authoriser.link.stub
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ReleaseRedemption(
+                pb.ReleaseRedemptionRequest(device_id=device, receipt_id="r-o", with_margin=True),
+                timeout=0.08,
+            )
+        assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert held_at_hub(hub) == 1000
+        old = stub.ReleaseRedemption(
+            pb.ReleaseRedemptionRequest(device_id=device, receipt_id="r-o"), timeout=0.08
+        )
+        assert old.released is True
+        assert held_at_hub(hub) == 0
+    finally:
+        a.stop()
+
+
+@pytest.mark.slow
+def test_a_till_of_the_release_before_releases_through_this_hub(
+    old_release: list[str], tmp_path: Path, chains: list[Chain]
+) -> None:
+    """CONTRACT §11 across releases: a till of the release before (4362ba0, processes)
+    holds a receipt ONLINE through a hub of this release and cancels it: the hub drops
+    the hold (its release carries no margin), and the points are spendable at once."""
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    chain = Chain(tmp_path, NEW)
+    chains.append(chain)
+    chain.serve()
+    till = tmp_path / "old-till"
+    chain.enrol(old_release, till)
+    body = tmp_path / "r-old.json"
+    body.write_text(json.dumps(receipt("r-old", CARD, redeem=100, lines=BIG)), encoding="utf-8")
+    held = chain.till(old_release, till, "hold", str(body), "--json")
+    assert (held["state"], held["mode"]) == ("HELD", "ONLINE")
+
+    def held_there() -> int:
+        store = SqliteHubStore(chain.hub_dir / "hub.db")
+        try:
+            return int(store.balance("c-1", datetime.now(UTC)).held)
+        finally:
+            store.close()
+
+    assert held_there() == 100
+    chain.till(old_release, till, "cancel", "r-old", "--json")
+    assert held_there() == 0
