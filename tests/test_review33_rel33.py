@@ -221,3 +221,16 @@ def test_a_till_of_the_release_before_releases_through_this_hub(
     assert held_there() == 100
     chain.till(old_release, till, "cancel", "r-old", "--json")
     assert held_there() == 0
+
+
+def test_the_stop_budget_counts_the_release_margin() -> None:
+    """CONTRACT §11 (`tillpoint run`'s stop, told to systemd with EXTEND_TIMEOUT_USEC): a
+    Hold in flight at the stop may wait for a release of its receipt in flight first,
+    which now takes `hub.redeem_timeout_ms` plus the hub's 100 ms margin, then for its
+    own authorisation and the ledger: the calls' part counts that margin too."""
+    from tillpoint.agent.app import STOP_HUB_SIDE_S, STOP_MARGIN_S, stop_time_s
+    from tillpoint.agent.db import BUSY_TIMEOUT_MS
+    from tillpoint.sync.hub_store import SHRINK_MARGIN_S
+
+    calls = 60.0 + (60.0 + SHRINK_MARGIN_S) + BUSY_TIMEOUT_MS / 1000
+    assert stop_time_s(object(), 60.0) >= calls + STOP_HUB_SIDE_S + STOP_MARGIN_S
