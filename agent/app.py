@@ -298,18 +298,23 @@ def stop_time_s(printer: Any, redeem_timeout_s: float = 0.0) -> float:
     """How long `run`'s graceful stop may take with this printer configuration and this
     hub's redemption deadline (`hub.redeem_timeout_ms`; 0: standalone): the calls in
     flight (the grace, or longer: a Hold or Checkout waiting for the hub's answer, after
-    a release of its receipt in flight with the same deadline, then for the ledger),
-    then the longer of the devices' line (the display, then a coupon's confirmation,
-    `confirm_timeout_s` + `status_timeout_s` + 5 s) and the hub side. Told to systemd
+    a release of its receipt in flight with that deadline plus the hub's 100 ms margin,
+    then for the ledger), then the longer of the devices' line (the display, then a
+    coupon's confirmation, `confirm_timeout_s` + `status_timeout_s` + 5 s) and the hub
+    side. Told to systemd
     with STOPPING=1 (`EXTEND_TIMEOUT_USEC`): a `confirm_timeout_s` above 17 s ran past
     the unit's TimeoutStopSec (30 s), and systemd killed the agent mid-confirmation, the
     coupon left SENDING and failed at the next start (review 33); the calls' hub wait
     counted as the 5 s grace let a long `redeem_timeout_ms` do the same (rev33a)."""
+    from tillpoint.sync.hub_store import SHRINK_MARGIN_S
+
     from .db import BUSY_TIMEOUT_MS
 
     calls = STOP_GRACE_S
     if redeem_timeout_s > 0:
-        calls = max(calls, 2 * redeem_timeout_s + BUSY_TIMEOUT_MS / 1000)
+        # the release in flight has the hub's margin on top of its deadline (rel33)
+        release_s = redeem_timeout_s + SHRINK_MARGIN_S
+        calls = max(calls, release_s + redeem_timeout_s + BUSY_TIMEOUT_MS / 1000)
     devices = STOP_DISPLAY_S
     if getattr(printer, "kind", "none") != "none":
         devices += float(printer.confirm_timeout_s) + float(printer.status_timeout_s) + 5.0
