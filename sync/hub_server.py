@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -1028,13 +1028,7 @@ class HubServicer(pb_grpc.HubServicer):
             at = _timestamp(request.at)
         except ValueError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"at: {exc}")
-        codes = [coupon_code(c) for c in request.coupon_codes]
-        if len(codes) > MAX_AUTH_COUPONS or not all(0 < len(c) <= 128 for c in codes):
-            _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"couponCodes: at most {MAX_AUTH_COUPONS} codes of 1 to 128 characters",
-            )
+        codes = _coupon_codes(context, request.coupon_codes)
         self._fail("authorize")
         if _past_deadline(context):
             # The till has priced the receipt OFFLINE already (queued behind a busy hub):
@@ -1153,13 +1147,7 @@ class HubServicer(pb_grpc.HubServicer):
             )
         if problem := _id_problem("receiptId", request.receipt_id):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"ShrinkRedemption: {problem}")
-        codes = [coupon_code(c) for c in request.coupon_codes]
-        if len(codes) > MAX_AUTH_COUPONS or not all(0 < len(c) <= 128 for c in codes):
-            _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"couponCodes: at most {MAX_AUTH_COUPONS} codes of 1 to 128 characters",
-            )
+        codes = _coupon_codes(context, request.coupon_codes)
         try:
             self._fail("shrink")
             # Only while the till still waits (review 33, rev33b): a till whose shrink
@@ -1182,6 +1170,18 @@ class HubServicer(pb_grpc.HubServicer):
         except StorageError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
         return pb.ShrinkRedemptionReply(shrunk=shrunk)
+
+
+def _coupon_codes(context: grpc.ServicerContext, given: Iterable[str]) -> list[str]:
+    """A request's coupon codes in normal form (§13); INVALID_ARGUMENT past the bounds."""
+    codes = [coupon_code(c) for c in given]
+    if len(codes) > MAX_AUTH_COUPONS or not all(0 < len(c) <= 128 for c in codes):
+        _abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"couponCodes: at most {MAX_AUTH_COUPONS} codes of 1 to 128 characters",
+        )
+    return codes
 
 
 def stored_transaction(tx: StoredTx) -> pb.StoredTransaction:
