@@ -16,14 +16,11 @@ before it runs, as a hub whose store is busy does.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 
 from .conftest import ManualClock, enrolled_till
@@ -39,38 +36,15 @@ from .test_review33_hold33 import (
     held_at_hub,
     life,
 )
+from .test_review33_rev33b import Stall, stalled_hub_call
 
 __all__ = ["chains", "old_release"]  # the fixtures, shared with rev32d
 
 
-class Stall:
-    """While `on` is set, the hub's ReleaseRedemption waits for `go` before it runs (the
-    server thread has the call; the store has not seen it), as a busy hub's does."""
-
-    def __init__(self) -> None:
-        self.on = threading.Event()
-        self.go = threading.Event()
-        self.done = threading.Event()
-
-
 @pytest.fixture
 def stall(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stall]:
-    s = Stall()
-    release = HubServicer.ReleaseRedemption
-
-    def stalled(self: Any, request: Any, context: Any) -> Any:
-        held_back = s.on.is_set()
-        try:
-            if held_back:
-                assert s.go.wait(10)
-            return release(self, request, context)
-        finally:
-            if held_back:
-                s.done.set()
-
-    monkeypatch.setattr(HubServicer, "ReleaseRedemption", stalled)
-    yield s
-    s.go.set()
+    """The hub's ReleaseRedemption held back while `stall.on` is set."""
+    yield from stalled_hub_call(monkeypatch, "ReleaseRedemption")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])

@@ -39,12 +39,13 @@ from .test_review33_hold33 import (
     life,
 )
 
-__all__ = ["late"]  # the fixture, shared with hold33
+__all__ = ["late", "stalled_hub_call"]  # shared with hold33 and rel33
 
 
 class Stall:
-    """While `on` is set, the hub's ShrinkRedemption waits for `go` before it runs (the
-    server thread has the call; the store has not seen it), as a busy hub's does."""
+    """While `on` is set, the hub's stalled call (`stalled_hub_call`) waits for `go` before
+    it runs (the server thread has the call; the store has not seen it), as a busy hub's
+    does."""
 
     def __init__(self) -> None:
         self.on = threading.Event()
@@ -52,24 +53,30 @@ class Stall:
         self.done = threading.Event()
 
 
-@pytest.fixture
-def stall(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stall]:
+def stalled_hub_call(monkeypatch: pytest.MonkeyPatch, method: str) -> Iterator[Stall]:
+    """`HubServicer.<method>` held back while the yielded Stall's `on` is set (a fixture's
+    body: rel33 stalls ReleaseRedemption as this file stalls ShrinkRedemption)."""
     s = Stall()
-    shrink = HubServicer.ShrinkRedemption
+    call = getattr(HubServicer, method)
 
     def stalled(self: Any, request: Any, context: Any) -> Any:
         held_back = s.on.is_set()
         try:
             if held_back:
                 assert s.go.wait(10)
-            return shrink(self, request, context)
+            return call(self, request, context)
         finally:
             if held_back:
                 s.done.set()
 
-    monkeypatch.setattr(HubServicer, "ShrinkRedemption", stalled)
+    monkeypatch.setattr(HubServicer, method, stalled)
     yield s
     s.go.set()
+
+
+@pytest.fixture
+def stall(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stall]:
+    yield from stalled_hub_call(monkeypatch, "ShrinkRedemption")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
