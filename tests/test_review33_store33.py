@@ -56,6 +56,8 @@ from typing import Any
 
 import pytest
 
+from bench.faults import wait_for
+
 from .conftest import free_port
 
 EXE = str(Path(sys.executable).with_name("tillpoint"))
@@ -131,15 +133,6 @@ def clean_env() -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
     out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), out.get("PYTHONPATH")]))
     return out
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(every)
 
 
 def now_text() -> str:
@@ -721,7 +714,9 @@ def check_store(store: Store) -> list[str]:
         if not drained or status.get("setAside", 0) not in (0, "0"):
             bad.append(f"{till.device} not drained: {json.dumps(status)[:400]}")
     # 2. no hold left at the hub (the tills' releases retried every 15 s)
-    wait_for(lambda: store.sql("SELECT count(*) FROM holds WHERE state = 'ACTIVE'")[0][0] == 0, 40)
+    wait_for(
+        lambda: store.sql("SELECT count(*) FROM holds WHERE state = 'ACTIVE'")[0][0] == 0, 40, 0.1
+    )
     active = store.sql("SELECT device_id, receipt_id, points FROM holds WHERE state = 'ACTIVE'")
     if active:
         bad.append(f"holds left at the hub: {active}")
@@ -871,7 +866,7 @@ def store_of(work: Path, url: str, seed: int) -> Iterator[Store]:
         for till in store.tills.values():
             till.start()
         for till in store.tills.values():
-            if not wait_for(partial(has_snapshot, till), 60):
+            if not wait_for(partial(has_snapshot, till), 60, 0.1):
                 raise RuntimeError(f"{till.device} got no snapshot")
         yield store
     finally:
