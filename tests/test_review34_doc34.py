@@ -1,0 +1,109 @@
+"""Review 34, doc34: a new POS integrator with an afternoon and the docs only (issue 11's
+"done when"). A POS written from docs/INTEGRATION.md and `GET /openapi.json` alone (over
+HTTP, and over gRPC with server reflection only) ran its whole flow as the guide says;
+tests/test_review31_pos31.py already runs an equivalent of both against a real
+`tillpoint run`, so the clients are not kept twice. What the guide or openapi.json did
+not tell the integrator, and what the agent did other than they said, is here.
+
+Real parts: an agent's HTTP interface on a free loopback port, real sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from typing import Any
+
+import pytest
+from tillpoint.agent.http_api import HttpServer
+
+TIMEOUT = 10.0
+
+
+def exchange(port: int, request: bytes) -> tuple[int, bytes]:
+    """One request on its own connection, written at once; its status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        answer = b""
+        while True:
+            head, _, body = answer.partition(b"\r\n\r\n")
+            if _:
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                if length is not None and len(body) >= int(length.group(1)):
+                    break
+            part = sock.recv(65536)
+            if not part:
+                break
+            answer += part
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+# ------------------------------------------------ a request head over 16 KiB (CONTRACT §12)
+
+
+def status_get(target_pad: int = 0, header_pad: int = 0) -> bytes:
+    head = b"GET /v1/status" + (b"?" + b"a" * target_pad if target_pad else b"")
+    head += b" HTTP/1.1\r\nHost: till\r\n"
+    if header_pad:
+        head += b"X-Pad: " + b"a" * header_pad + b"\r\n"
+    return head + b"Connection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("shape", "build"),
+    [
+        ("a long header", lambda size: status_get(header_pad=size)),
+        ("a long request line", lambda size: status_get(target_pad=size)),
+    ],
+    ids=["header", "request-line"],
+)
+def test_a_whole_request_head_over_16_kib_sent_at_once_is_refused_with_400(
+    server: HttpServer, shape: str, build: Any
+) -> None:
+    """CONTRACT §12 (and the guide's 400 row, and openapi.json's 400): "a request head over
+    16 KiB" is 400 INVALID_ARGUMENT "invalid HTTP request: its head is larger than 16 KiB".
+    It was so only for a head that came in pieces (h11 limits an incomplete head only): a
+    whole head of 20 KiB (or 100 KiB) written at once was served, and one of 128 KiB
+    refused as "larger than 16 KiB", so a POS could not know which of its requests the
+    agent would take."""
+
+    def sized(size: int) -> bytes:
+        request: bytes = build(size - (len(build(1)) - 1))
+        assert len(request) == size
+        return request
+
+    fits = sized(16 * 1024)
+    assert exchange(server.port, fits)[0] == 200, f"a head of exactly 16 KiB ({shape})"
+    for size in (16 * 1024 + 1, 20 * 1024, 48 * 1024):
+        status, body = exchange(server.port, sized(size))
+        assert status == 400, f"a head of {size} bytes ({shape}) was answered {status}"
+        error = json.loads(body)["error"]
+        assert error["code"] == "INVALID_ARGUMENT"
+        assert error["message"] == "invalid HTTP request: its head is larger than 16 KiB"
+    # and the server serves the next POS as before
+    assert exchange(server.port, status_get())[0] == 200
+
+
+def test_a_post_whose_head_is_over_16_kib_runs_nothing(server: HttpServer) -> None:
+    """The refused request is not run: a checkout behind a 20 KiB head stores nothing."""
+    body = json.dumps(
+        {
+            "receiptId": "big-head-1",
+            "at": "2026-11-23T10:15:00+03:00",
+            "card": "2770000000017",
+            "lines": [{"sku": "4601234000017", "qty": "1", "priceMinor": 8990}],
+        }
+    ).encode()
+    head = (
+        b"POST /v1/checkout HTTP/1.1\r\nHost: till\r\nContent-Type: application/json\r\n"
+        b"X-Pad: " + b"a" * (20 * 1024) + b"\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    )
+    assert exchange(server.port, head + body)[0] == 400
+    status, answer = exchange(
+        server.port,
+        b"GET /v1/status HTTP/1.1\r\nHost: till\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 200 and json.loads(answer)["lastSeq"] == 0, answer
