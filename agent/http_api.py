@@ -898,38 +898,80 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         ),
         "401": answer("a token is set and the request has none or another"),
         "403": answer("a web page's request: its Origin is not in [http] allowed_origins"),
-        "404": answer("unknown receipt, a card this till does not know (balance)"),
         "405": answer("another method than the call's"),
         "408": answer("the body did not arrive within 10 s"),
-        "409": answer("conflict: another body under a known receiptId"),
-        "412": answer("refused: no snapshot, blocked card, expired hold"),
         "415": answer("the body has a Content-Encoding (gzip, …): send it uncompressed"),
         "421": answer("X-Tillpoint-Instance names another agent (the CLI's header): nothing run"),
         "500": answer("a bug in tillpoint: the agent's log has the trace"),
-        "503": answer("not ready, or the call timed out: retry with the same receiptId"),
+        "503": answer(
+            "not ready, the call timed out, or the ledger cannot be written: retry the same request"
+        ),
         "505": answer("a request line of another HTTP major version than 1 (HTTP/2.0, 9.9)"),
     }
     # What any request may meet (a request head the agent cannot read is a 400 on any
-    # path, GETs too); a body's own; then each call's (agent/service.py's).
+    # path, GETs too); a body's own; then each call's (agent/service.py's), in the words of
+    # docs/INTEGRATION.md's table of errors for that call: a generated client documents
+    # each response by its description (review 34, doc34: every call had the same words,
+    # a refund's 412 "blocked card, expired hold", a balance's 404 "unknown receipt").
     anywhere = ("400", "401", "403", "405", "421", "500", "503", "505")
     of_a_body = ("408", "415")
-    of_the_call = {
-        "Quote": ("412",),
-        "Hold": ("409", "412"),
-        "Confirm": ("404", "412"),
-        "Cancel": ("404", "412"),
-        "Checkout": ("409", "412"),
-        "Refund": ("404", "409", "412"),
-        "Balance": ("404", "412"),  # 412: a blocked or invalid card
+    unpriced = (
+        "refused: no snapshot loaded yet, or the receipt's card is empty, blocked or"
+        " invalid: sell without loyalty"
+    )
+    reused = "this receiptId was used with another body: a changed basket needs a new receiptId"
+    of_the_call: dict[str, dict[str, str]] = {
+        "Quote": {"412": unpriced},
+        "Hold": {"409": reused, "412": unpriced},
+        "Confirm": {
+            "404": "this receiptId is not held at this till: hold it again",
+            "412": "the hold expired (hold the same body again: it is priced again) or was"
+            " cancelled (sell under a new receiptId)",
+        },
+        "Cancel": {
+            "404": "this receiptId is not held at this till",
+            "412": "the receipt is confirmed: use a refund",
+        },
+        "Checkout": {
+            "409": reused,
+            "412": unpriced + "; or this receiptId was cancelled: sell under a new one",
+        },
+        "Refund": {
+            "404": "the receipt was not sold on this till, or is only held there, not"
+            " confirmed (confirm it if it was paid, else cancel it)",
+            "409": "this refundId was used with another body: a new return needs a new refundId",
+            "412": "more than was sold comes back (returns before this one counted), or a"
+            " SKU not on the receipt",
+        },
+        "Balance": {
+            "404": "a card this till does not know (identify says UNKNOWN): show no balance",
+            "412": "the card is empty, blocked or invalid",
+        },
+    }
+    # 503: a sale's call is retried with the same id; the others have none
+    retried = {
+        "Quote": "receiptId",
+        "Hold": "receiptId",
+        "Confirm": "receiptId",
+        "Cancel": "receiptId",
+        "Checkout": "receiptId",
+        "Refund": "refundId",
     }
     paths: dict[str, Any] = {}
     for call in CALLS:
         rpc = service.methods_by_name.get(call.rpc)
         if rpc is None:  # not in this build's PosAgent: not described
             continue
-        met = {*anywhere, *of_the_call.get(call.rpc, ())}
+        own = of_the_call.get(call.rpc, {})
+        met = {*anywhere, *own}
         if call.method == "POST":
             met.update(of_a_body)
+        if call.rpc in retried:
+            own = {
+                **own,
+                "503": f"not ready, the call timed out, or the ledger cannot be written:"
+                f" retry with the same body and {retried[call.rpc]}",
+            }
         operation: dict[str, Any] = {
             "operationId": call.rpc[0].lower() + call.rpc[1:],
             "summary": call.summary,
@@ -938,7 +980,10 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
                     "description": f"{rpc.output_type.name} as proto3 JSON",
                     "content": {JSON: {"schema": _message_schema(rpc.output_type, schemas)}},
                 },
-                **{status: errors[status] for status in sorted(met)},
+                **{
+                    status: answer(own[status]) if status in own else errors[status]
+                    for status in sorted(met)
+                },
             },
         }
         if call.method == "POST":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -107,3 +108,72 @@ def test_a_post_whose_head_is_over_16_kib_runs_nothing(server: HttpServer) -> No
         b"GET /v1/status HTTP/1.1\r\nHost: till\r\nConnection: close\r\n\r\n",
     )
     assert status == 200 and json.loads(answer)["lastSeq"] == 0, answer
+
+
+# ------------------------------------------- openapi.json: each call's own refusals (§12)
+
+
+@pytest.fixture
+def served_openapi(server: HttpServer) -> Iterator[dict[str, Any]]:
+    status, body = exchange(
+        server.port, b"GET /openapi.json HTTP/1.1\r\nHost: till\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 200
+    yield json.loads(body)
+
+
+def described(doc: dict[str, Any], path: str, status: str) -> str:
+    operations = doc["paths"][path]
+    operation = operations.get("post") or operations["get"]
+    return str(operation["responses"][status]["description"])
+
+
+# What the guide's error table says each call's refusal means (docs/INTEGRATION.md, "Errors",
+# CONTRACT §11, §12): words the call's own description must carry, and words of another
+# call's that it must not.
+OWN_REFUSALS: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
+    ("/v1/quote", "412"): (("no snapshot", "blocked", "invalid"), ("hold expired", "refund")),
+    ("/v1/hold", "412"): (("no snapshot", "blocked", "invalid"), ("hold expired", "refund")),
+    ("/v1/checkout", "412"): (("no snapshot", "blocked", "cancelled"), ("hold expired",)),
+    ("/v1/confirm", "412"): (("expired", "cancelled", "hold"), ("blocked", "snapshot")),
+    ("/v1/cancel", "412"): (("confirmed", "refund"), ("blocked", "snapshot", "expired")),
+    ("/v1/refund", "412"): (("more than", "not on the receipt"), ("blocked", "hold expired")),
+    ("/v1/balance", "412"): (("blocked", "invalid"), ("snapshot", "hold")),
+    ("/v1/confirm", "404"): (("not held", "hold it again"), ("card",)),
+    ("/v1/cancel", "404"): (("not held",), ("card",)),
+    ("/v1/refund", "404"): (("not sold", "held"), ("card",)),
+    ("/v1/balance", "404"): (("card", "UNKNOWN"), ("receipt",)),
+    ("/v1/hold", "409"): (("receiptId", "another body"), ("refundId",)),
+    ("/v1/checkout", "409"): (("receiptId", "another body"), ("refundId",)),
+    ("/v1/refund", "409"): (("refundId", "another body"), ()),
+}
+
+
+def test_openapi_describes_each_calls_own_refusals(served_openapi: dict[str, Any]) -> None:
+    """A generated client documents each response by its description. openapi.json gave
+    every call the same words: a refund's 412 read "refused: no snapshot, blocked card,
+    expired hold" (a refund's 412 is more returned than was sold, or a SKU not on the
+    receipt), a balance's 404 "unknown receipt", a refund's 409 "another body under a
+    known receiptId" (it is the refundId), a cancel's 412 named no confirmed receipt.
+    Each call's 404, 409 and 412 now say what they mean for that call, as the guide does."""
+    wrong = []
+    for (path, status), (must, must_not) in OWN_REFUSALS.items():
+        text = described(served_openapi, path, status)
+        missing = [w for w in must if w.lower() not in text.lower()]
+        foreign = [w for w in must_not if w.lower() in text.lower()]
+        if missing or foreign:
+            wrong.append(f"{path} {status} {text!r}: lacks {missing}, names {foreign}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_a_503_of_a_call_without_an_id_does_not_ask_for_its_receipt_id(
+    served_openapi: dict[str, Any],
+) -> None:
+    """identify, balance, status and openapi.json have no receiptId; their 503 told the
+    POS to "retry with the same receiptId". The sale calls' 503 still says so."""
+    for path in ("/v1/identify", "/v1/balance", "/v1/status", "/openapi.json"):
+        text = described(served_openapi, path, "503")
+        assert "retry" in text and "receiptId" not in text, (path, text)
+    for path in ("/v1/quote", "/v1/hold", "/v1/confirm", "/v1/cancel", "/v1/checkout"):
+        assert "receiptId" in described(served_openapi, path, "503"), path
+    assert "refundId" in described(served_openapi, "/v1/refund", "503")
