@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from tillpoint.agent.http_api import HttpServer
 
+from .conftest import REPO
+
 TIMEOUT = 10.0
 
 
@@ -177,3 +179,34 @@ def test_a_503_of_a_call_without_an_id_does_not_ask_for_its_receipt_id(
     for path in ("/v1/quote", "/v1/hold", "/v1/confirm", "/v1/cancel", "/v1/checkout"):
         assert "receiptId" in described(served_openapi, path, "503"), path
     assert "refundId" in described(served_openapi, "/v1/refund", "503")
+
+
+# ------------------------------------------------------- the guide's table of the calls
+
+
+def test_the_guides_table_marks_confirms_fiscal_document_optional(
+    served_openapi: dict[str, Any],
+) -> None:
+    """CONTRACT §11: `fiscalDocument` is optional, openapi.json does not require it and the
+    agent confirms without one; the guide's table wrote `{"receiptId", "fiscalDocument"}`
+    where it marks balance's optional `at` with `?`. Every field a table body marks
+    optional is optional in openapi.json, and every field openapi.json leaves optional in
+    a `{"a", "b"?}` body is marked so."""
+    guide = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `POST (/v1/\w+)` \| `(\{[^`]*\})` \|", guide, re.M)
+    bodies = {path: body for path, body in rows if not re.search(r'": ', body)}
+    assert set(bodies) == {"/v1/confirm", "/v1/cancel", "/v1/balance"}, bodies
+    schemas = served_openapi["components"]["schemas"]
+    for path, body in bodies.items():
+        ref = served_openapi["paths"][path]["post"]["requestBody"]["content"]["application/json"][
+            "schema"
+        ]["$ref"]
+        schema = schemas[ref.rsplit("/", 1)[1]]
+        fields = dict(re.findall(r'"(\w+)"(\??)', body))
+        assert set(fields) == set(schema["properties"]), (path, body)
+        required = set(schema.get("required", ()))
+        for name, optional in fields.items():
+            if name in required:
+                assert not optional, f"{path}: {name} is required, the guide marks it '?'"
+            elif name != "card":  # balance's card: none is a 412, not a 400 (see the table)
+                assert optional, f"{path}: {name} is optional, the guide's {body} does not say"
