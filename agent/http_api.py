@@ -18,7 +18,8 @@ written without a dict per line (docs/DECISIONS.md, "The HTTP interface's own ov
 Starlette routes the rest: the GET calls, 404 and 405.
 
 `GET /openapi.json` is generated from the proto descriptors of `PosAgent` (the same
-messages the gRPC server speaks and the proto3 JSON of the bodies), never written by hand.
+messages the gRPC server speaks and the proto3 JSON of the bodies), its descriptions from
+the comments of the `.proto` the package ships, never written by hand.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -755,6 +757,56 @@ def _limits(name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+# A field of a message in tillpoint.proto: its type, name and number, and its comment.
+_PROTO_FIELD = re.compile(
+    r"^\s*(?:optional\s+|repeated\s+)?[\w.]+(?:<[^>]*>)?\s+(\w+)\s*=\s*\d+\s*(?:\[[^\]]*\])?;"
+    r"\s*(?://\s?(.*))?$"
+)
+_PROTO_BLOCK = re.compile(r"^\s*(message|enum|service|oneof)\s+(\w+)\s*\{")
+
+
+@functools.cache
+def _proto_comments() -> dict[str, str]:
+    """The comments of tillpoint.proto, the package's own copy beside its generated code:
+    "Message" for the comment above a message, "Message.field" for the comment above a
+    field and the one after it on its line. /openapi.json gives them as descriptions, so a
+    POS written from it reads what the proto says of each field (reflection carries no
+    comments); review 34, doc34. A comment set apart by a blank line (a section's heading)
+    describes nothing."""
+    path = Path(pb.__file__).with_name("tillpoint.proto")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:  # pragma: no cover - a package without its .proto: no descriptions
+        return {}
+    found: dict[str, str] = {}
+    above: list[str] = []
+    blocks: list[str] = []  # the enclosing message (or enum, service), innermost last
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("//"):
+            above.append(stripped[2:].strip())
+            continue
+        block = _PROTO_BLOCK.match(line)
+        field = _PROTO_FIELD.match(line) if blocks and blocks[-1] else None
+        if block is not None:
+            name = block.group(2) if block.group(1) == "message" else ""
+            if name and not blocks and above:
+                found[name] = " ".join(above)
+            blocks.append(name)
+        elif field is not None:
+            words = [*above, *([field.group(2).strip()] if field.group(2) else [])]
+            if words:
+                found[f"{blocks[-1]}.{field.group(1)}"] = " ".join(words)
+        elif stripped.startswith("}") and blocks:
+            blocks.pop()
+        above = []
+    return found
+
+
+def _described(schema: dict[str, Any], words: str | None) -> dict[str, Any]:
+    return {**schema, "description": words} if words else schema
+
+
 def _message_schema(
     desc: Descriptor, schemas: dict[str, Any], *, request: bool = False
 ) -> dict[str, Any]:
@@ -791,11 +843,16 @@ def _message_schema(
         if (field.has_presence or request) and field.json_name not in required:
             schema = {"anyOf": [schema, {"type": "null"}]}
         properties[field.json_name] = schema
-    described: dict[str, Any] = {"type": "object", "properties": properties}
+    described: dict[str, Any] = _described(
+        {"type": "object", "properties": properties}, _proto_comments().get(desc.name)
+    )
     if request:
         described.update(_request_rules(desc.name, required))
     for name, values in _STRING_ENUMS.get(desc.name, {}).items():
         properties[name] = {"type": "string", "enum": list(values)}
+    for field in desc.fields:
+        words = _proto_comments().get(f"{desc.name}.{field.name}")
+        properties[field.json_name] = _described(properties[field.json_name], words)
     schemas[desc.name] = described
     return ref
 

@@ -210,3 +210,67 @@ def test_the_guides_table_marks_confirms_fiscal_document_optional(
                 assert not optional, f"{path}: {name} is required, the guide marks it '?'"
             elif name != "card":  # balance's card: none is a 412, not a 400 (see the table)
                 assert optional, f"{path}: {name} is optional, the guide's {body} does not say"
+
+
+# --------------------------------------- openapi.json: what each field means (the proto's words)
+
+
+def test_openapi_describes_the_fields_in_the_protos_own_words(
+    served_openapi: dict[str, Any],
+) -> None:
+    """openapi.json said of `redeemPoints` only "an integer, -1 or more", of `card` "a
+    string", of `holdExpiresAt` "a string": what -1 means, what text goes in `card` and in
+    which form the hold's end comes were in the proto's comments (tillpoint.proto, which a
+    POS written from openapi.json and reflection never sees: reflection carries no
+    comments) and in the guide. Every field commented in the proto now carries the
+    comment as its description, generated from the .proto the package ships."""
+    schemas = served_openapi["components"]["schemas"]
+
+    def words(message: str, field: str) -> str:
+        return str(schemas[message]["properties"][field].get("description", ""))
+
+    assert "-1" in words("Receipt", "redeemPoints") and "allowed" in words(
+        "Receipt", "redeemPoints"
+    )
+    assert "scanned text" in words("Receipt", "card")
+    assert "RFC 3339" in words("Receipt", "at")
+    assert "RFC 3339" in words("CheckoutResult", "holdExpiresAt")
+    assert "HELD" in words("CheckoutResult", "holdExpiresAt")
+    assert "64" in words("ConfirmRequest", "fiscalDocument")
+    assert "cashier" in words("CardOutcome", "reason")
+    assert "RFC 3339" in words("ExpiringPoints", "expiresAt")
+    assert "quote" in words("CheckoutResult", "deviceId")  # a comment above the field
+    assert "explain" in words("CheckoutResult", "trace")
+    # a message's own comment describes its schema
+    assert "§4" in str(schemas["CardOutcome"].get("description", ""))
+    # the fields of a sale the proto did not comment, now commented in the guide's words
+    assert "every call" in words("Receipt", "receiptId")
+    assert "retry" in words("Refund", "refundId")
+    assert "prints itself" in words("CheckoutResult", "printedOffers")
+    assert "never shown" in words("CheckoutResult", "heldOut")
+    assert "2 x 20" in words("CheckoutResult", "display")
+    assert "what to charge" in words("CheckoutResult", "payableMinor")
+    assert "null" in words("CheckoutResult", "balance") and "FOUND" in words(
+        "RefundResult", "balance"
+    )
+    assert "null" in words("ResultLine", "offerId")
+    for device in ("printerState", "displayState", "scannerState"):
+        assert "DISABLED" in words("Status", device) and "OK" in words("Status", device)
+    # a field the proto does not comment has no description made up for it
+    assert "description" not in schemas["CheckoutResult"]["properties"]["receiptId"]
+    # the descriptions change no rule: a $ref or a nullable field keeps its shape
+    assert schemas["CheckoutResult"]["properties"]["balance"]["anyOf"][1] == {"type": "null"}
+
+
+def test_the_proto_the_descriptions_come_from_ships_with_the_package() -> None:
+    """The agent reads the comments from the installed `tillpoint.v1` package, beside its
+    generated code (a till's Debian package has no source tree): pyproject's package
+    data names the .proto."""
+    from pathlib import Path
+
+    from tillpoint.v1 import tillpoint_pb2
+
+    proto = Path(tillpoint_pb2.__file__).with_name("tillpoint.proto")
+    assert "message Receipt {" in proto.read_text(encoding="utf-8")
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'"tillpoint\.v1" = \[[^\]]*"\*\.proto"', pyproject)
