@@ -274,3 +274,36 @@ def test_the_proto_the_descriptions_come_from_ships_with_the_package() -> None:
     assert "message Receipt {" in proto.read_text(encoding="utf-8")
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert re.search(r'"tillpoint\.v1" = \[[^\]]*"\*\.proto"', pyproject)
+
+
+# ----------------------------------------------- the card text a POS sends (CONTRACT §4)
+
+
+def identify(port: int, text: str) -> dict[str, Any]:
+    body = json.dumps({"text": text}).encode()
+    status, answer = exchange(
+        port,
+        b"POST /v1/identify HTTP/1.1\r\nHost: till\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body),
+    )
+    assert status == 200, answer
+    return dict(json.loads(answer))
+
+
+def test_the_guide_tells_the_pos_to_strip_a_phones_brackets(server: HttpServer) -> None:
+    """CONTRACT §4: blanks and dashes are dropped, brackets are not: `+7 (916) 123-45-67`,
+    the way a Russian POS writes a phone, is INVALID ("POS software should strip
+    formatting"). The guide said only that `card` is "the text the customer showed (card
+    number, phone, barcode)", so a POS that sent its phone field as formatted told the
+    cashier the card was invalid. The guide now says which forms are read and that
+    brackets are not; each of its examples answers as it says."""
+    guide = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
+    said = re.search(r"A phone is read as `([^`]+)`,\s+`([^`]+)`\s+or\s+`([^`]+)`", guide)
+    assert said is not None, "the guide names the phone forms the agent reads"
+    for text in said.groups():
+        assert identify(server.port, text)["status"] == "FOUND", text
+    refused = re.search(r"`([^`]*\([^`]*)`\s+is\s+`INVALID`", guide)
+    assert refused is not None, "the guide says a phone with brackets is INVALID"
+    answer = identify(server.port, refused.group(1))
+    assert answer["status"] == "INVALID" and "brackets" in answer["reason"], answer
+    assert "strip" in guide[refused.start() - 300 : refused.end() + 300]

@@ -1590,7 +1590,9 @@ class IdentifyRequest(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """what was scanned or typed: a card number, a phone, a barcode"""
+    """What was scanned or typed: a card number, a phone, a barcode. Blanks and dashes are
+    dropped, nothing else: a phone with brackets, "+7 (916) 123-45-67", is INVALID.
+    """
     def __init__(
         self,
         *,
