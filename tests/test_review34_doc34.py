@@ -307,3 +307,14 @@ def test_the_guide_tells_the_pos_to_strip_a_phones_brackets(server: HttpServer) 
     answer = identify(server.port, refused.group(1))
     assert answer["status"] == "INVALID" and "brackets" in answer["reason"], answer
     assert "strip" in guide[refused.start() - 300 : refused.end() + 300]
+
+
+def test_the_guide_says_where_a_pos_gets_an_offers_name(served_openapi: dict[str, Any]) -> None:
+    """The guide's "What to print" asked for "its `offerId` if you print offer names", and
+    no call answers a name: an integrator looked for one in openapi.json. The guide now
+    says the agent serves none and where the names are."""
+    guide = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
+    at = guide.index("if you print offer names")
+    near = " ".join(guide[at : at + 600].split())
+    assert "serves no offer names" in near and "master data" in near, near
+    assert not [p for p in served_openapi["paths"] if "offer" in p.lower()]
