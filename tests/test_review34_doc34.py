@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from tillpoint.agent.http_api import HttpServer
 
-from .conftest import REPO
+from .conftest import CLI, REPO
 
 TIMEOUT = 10.0
 
@@ -318,3 +318,25 @@ def test_the_guide_says_where_a_pos_gets_an_offers_name(served_openapi: dict[str
     near = " ".join(guide[at : at + 600].split())
     assert "serves no offer names" in near and "master data" in near, near
     assert not [p for p in served_openapi["paths"] if "offer" in p.lower()]
+
+
+# ------------------------------------------------ where `tillpoint run` serves (README)
+
+
+def test_run_help_says_where_the_agent_serves_and_how_to_move_it(cli: CLI) -> None:
+    """Following the README, an integrator whose machine had 8061 taken asked `tillpoint
+    run --help`, which said "run the agent service" and nothing more: the addresses and
+    the keys that move them were in docs/INTEGRATION.md only. It now names each server's
+    default address (the configuration's own), its key and its environment variable."""
+    from tillpoint.agent.config import HttpSettings, MetricsSettings, ServerSettings
+
+    run = cli("run", "--help")
+    assert run.code == 0, run.err
+    text = " ".join(run.out.split())
+    for default, key, env in (
+        (ServerSettings().listen, "[server] listen", "TILLPOINT_SERVER__LISTEN"),
+        (HttpSettings().listen, "[http] listen", "TILLPOINT_HTTP__LISTEN"),
+        (MetricsSettings().listen, "[metrics] listen", "TILLPOINT_METRICS__LISTEN"),
+    ):
+        assert default in text and key in text and env in text, (default, text)
+    assert "docs/INTEGRATION.md" in text
