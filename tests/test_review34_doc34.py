@@ -11,17 +11,23 @@ Real parts: an agent's HTTP interface on a free loopback port, real sockets.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tillpoint.agent.http_api import HttpServer
 
-from .conftest import CLI, REPO
+from .conftest import CLI, REPO, free_port
 
 TIMEOUT = 10.0
+TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
 
 
 def exchange(port: int, request: bytes) -> tuple[int, bytes]:
@@ -340,3 +346,43 @@ def test_run_help_says_where_the_agent_serves_and_how_to_move_it(cli: CLI) -> No
     ):
         assert default in text and key in text and env in text, (default, text)
     assert "docs/INTEGRATION.md" in text
+
+
+# ------------------------------------- a rollback's data directory: no 412, no agent (§12)
+
+
+def test_a_later_releases_data_directory_stops_the_agent_it_answers_no_412(
+    tmp_path: Path,
+) -> None:
+    """The guide's 412 row said a data directory written by a later release answers every
+    call 412 "… written by another tillpoint release …". The agent never answers it: `run`
+    refuses such a directory at start (exit 2, which the unit does not restart), so a POS
+    meets a refused connection, which the guide's timeouts section covers. The row no
+    longer promises the 412; the guide says what a POS sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    data = tmp_path / "data"
+    env.update(
+        TILLPOINT_DATA_DIR=str(data),
+        TILLPOINT_HTTP__LISTEN=f"127.0.0.1:{free_port()}",
+        TILLPOINT_SERVER__LISTEN=f"127.0.0.1:{free_port()}",
+        TILLPOINT_METRICS__ENABLED="false",
+    )
+    snapshot = str(REPO / "examples" / "snapshot.json")
+    subprocess.run([TILLPOINT, "snapshot", "load", snapshot], env=env, check=True, timeout=60)
+    with sqlite3.connect(data / "ledger.db") as ledger:  # a step a later release made
+        ledger.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+            " VALUES ('tillpoint.ledger', 'm999_later', '2027-01-01')"
+        )
+    ledger.close()
+    run = subprocess.run([TILLPOINT, "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "written by another tillpoint release" in run.stderr
+
+    guide = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
+    row = next(line for line in guide.splitlines() if line.startswith("| 412 |"))
+    assert "another tillpoint release" not in row, row
+    said = " ".join(guide.split())
+    assert "written by another tillpoint release" in said
+    at = said.index("written by another tillpoint release")
+    assert "does not start" in said[at - 400 : at + 400], said[at - 400 : at + 400]
