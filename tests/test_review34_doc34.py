@@ -386,3 +386,42 @@ def test_a_later_releases_data_directory_stops_the_agent_it_answers_no_412(
     assert "written by another tillpoint release" in said
     at = said.index("written by another tillpoint release")
     assert "does not start" in said[at - 400 : at + 400], said[at - 400 : at + 400]
+
+
+# ------------------------------------------- a gRPC POS's "before the first sale" (§12)
+
+
+def test_a_grpc_pos_checks_the_health_service_as_the_guide_says(tmp_path: Path) -> None:
+    """The guide told an HTTP POS to check `GET /healthz` before the first sale (200 with
+    a snapshot, 503 without) and a gRPC POS nothing: reflection lists
+    `grpc.health.v1.Health`, but what it answers on a till with no snapshot was not said.
+    The guide now says it, and the agent answers as it says: NOT_SERVING before the first
+    snapshot, SERVING after, for the server ("") and for PosAgent alike."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tillpoint.agent.service import Agent
+
+    from .conftest import grpc_served, snapshot
+
+    guide = " ".join((REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8").split())
+    said = re.search(r"`grpc\.health\.v1\.Health/Check` answers `(\w+)`[^.]*?`(\w+)`", guide)
+    assert said is not None, "the guide says what the gRPC health service answers"
+    loaded, empty = said.groups()
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+
+            def health() -> set[str]:
+                return {
+                    health_pb2.HealthCheckResponse.ServingStatus.Name(
+                        stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+                    )
+                    for name in ("", "tillpoint.v1.PosAgent")
+                }
+
+            assert health() == {empty}
+            agent.load_snapshot(snapshot())
+            assert health() == {loaded}
+    finally:
+        agent.close()
