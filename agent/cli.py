@@ -224,7 +224,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("card", metavar="CARD", help="a card number or a phone")
     p.add_argument("--at", metavar="TIME", help="an RFC 3339 time with an offset (default: now)")
     sub.add_parser("status", parents=[common], help="cache version, queues, last sync")
-    sub.add_parser("run", parents=[_common(json_flag=False)], help="run the agent service")
+    sub.add_parser(
+        "run",
+        parents=[_common(json_flag=False)],
+        help="run the agent service",
+        # where it serves (the configuration's defaults, tests/test_review34_doc34.py):
+        # an integrator whose port is taken looked here first (review 34)
+        description="Serve the till: gRPC PosAgent on 127.0.0.1:50061 ([server] listen,"
+        " TILLPOINT_SERVER__LISTEN), HTTP/JSON on 127.0.0.1:8061 ([http] listen,"
+        " TILLPOINT_HTTP__LISTEN), metrics on 127.0.0.1:9464 ([metrics] listen,"
+        " TILLPOINT_METRICS__LISTEN); and the sync loop, the printer and the display."
+        " A POS's guide: docs/INTEGRATION.md.",
+    )
     cfg = sub.add_parser("config", help="configuration commands")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
     cfg_sub.add_parser("check", parents=[common], help="validate the configuration and show it")

@@ -18,7 +18,8 @@ written without a dict per line (docs/DECISIONS.md, "The HTTP interface's own ov
 Starlette routes the rest: the GET calls, 404 and 405.
 
 `GET /openapi.json` is generated from the proto descriptors of `PosAgent` (the same
-messages the gRPC server speaks and the proto3 JSON of the bodies), never written by hand.
+messages the gRPC server speaks and the proto3 JSON of the bodies), its descriptions from
+the comments of the `.proto` the package ships, never written by hand.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -755,6 +757,56 @@ def _limits(name: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+# A field of a message in tillpoint.proto: its type, name and number, and its comment.
+_PROTO_FIELD = re.compile(
+    r"^\s*(?:optional\s+|repeated\s+)?[\w.]+(?:<[^>]*>)?\s+(\w+)\s*=\s*\d+\s*(?:\[[^\]]*\])?;"
+    r"\s*(?://\s?(.*))?$"
+)
+_PROTO_BLOCK = re.compile(r"^\s*(message|enum|service|oneof)\s+(\w+)\s*\{")
+
+
+@functools.cache
+def _proto_comments() -> dict[str, str]:
+    """The comments of tillpoint.proto, the package's own copy beside its generated code:
+    "Message" for the comment above a message, "Message.field" for the comment above a
+    field and the one after it on its line. /openapi.json gives them as descriptions, so a
+    POS written from it reads what the proto says of each field (reflection carries no
+    comments); review 34, doc34. A comment set apart by a blank line (a section's heading)
+    describes nothing."""
+    path = Path(pb.__file__).with_name("tillpoint.proto")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:  # pragma: no cover - a package without its .proto: no descriptions
+        return {}
+    found: dict[str, str] = {}
+    above: list[str] = []
+    blocks: list[str] = []  # the enclosing message (or enum, service), innermost last
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("//"):
+            above.append(stripped[2:].strip())
+            continue
+        block = _PROTO_BLOCK.match(line)
+        field = _PROTO_FIELD.match(line) if blocks and blocks[-1] else None
+        if block is not None:
+            name = block.group(2) if block.group(1) == "message" else ""
+            if name and not blocks and above:
+                found[name] = " ".join(above)
+            blocks.append(name)
+        elif field is not None:
+            words = [*above, *([field.group(2).strip()] if field.group(2) else [])]
+            if words:
+                found[f"{blocks[-1]}.{field.group(1)}"] = " ".join(words)
+        elif stripped.startswith("}") and blocks:
+            blocks.pop()
+        above = []
+    return found
+
+
+def _described(schema: dict[str, Any], words: str | None) -> dict[str, Any]:
+    return {**schema, "description": words} if words else schema
+
+
 def _message_schema(
     desc: Descriptor, schemas: dict[str, Any], *, request: bool = False
 ) -> dict[str, Any]:
@@ -791,11 +843,16 @@ def _message_schema(
         if (field.has_presence or request) and field.json_name not in required:
             schema = {"anyOf": [schema, {"type": "null"}]}
         properties[field.json_name] = schema
-    described: dict[str, Any] = {"type": "object", "properties": properties}
+    described: dict[str, Any] = _described(
+        {"type": "object", "properties": properties}, _proto_comments().get(desc.name)
+    )
     if request:
         described.update(_request_rules(desc.name, required))
     for name, values in _STRING_ENUMS.get(desc.name, {}).items():
         properties[name] = {"type": "string", "enum": list(values)}
+    for field in desc.fields:
+        words = _proto_comments().get(f"{desc.name}.{field.name}")
+        properties[field.json_name] = _described(properties[field.json_name], words)
     schemas[desc.name] = described
     return ref
 
@@ -898,38 +955,80 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         ),
         "401": answer("a token is set and the request has none or another"),
         "403": answer("a web page's request: its Origin is not in [http] allowed_origins"),
-        "404": answer("unknown receipt, a card this till does not know (balance)"),
         "405": answer("another method than the call's"),
         "408": answer("the body did not arrive within 10 s"),
-        "409": answer("conflict: another body under a known receiptId"),
-        "412": answer("refused: no snapshot, blocked card, expired hold"),
         "415": answer("the body has a Content-Encoding (gzip, …): send it uncompressed"),
         "421": answer("X-Tillpoint-Instance names another agent (the CLI's header): nothing run"),
         "500": answer("a bug in tillpoint: the agent's log has the trace"),
-        "503": answer("not ready, or the call timed out: retry with the same receiptId"),
+        "503": answer(
+            "not ready, the call timed out, or the ledger cannot be written: retry the same request"
+        ),
         "505": answer("a request line of another HTTP major version than 1 (HTTP/2.0, 9.9)"),
     }
     # What any request may meet (a request head the agent cannot read is a 400 on any
-    # path, GETs too); a body's own; then each call's (agent/service.py's).
+    # path, GETs too); a body's own; then each call's (agent/service.py's), in the words of
+    # docs/INTEGRATION.md's table of errors for that call: a generated client documents
+    # each response by its description (review 34, doc34: every call had the same words,
+    # a refund's 412 "blocked card, expired hold", a balance's 404 "unknown receipt").
     anywhere = ("400", "401", "403", "405", "421", "500", "503", "505")
     of_a_body = ("408", "415")
-    of_the_call = {
-        "Quote": ("412",),
-        "Hold": ("409", "412"),
-        "Confirm": ("404", "412"),
-        "Cancel": ("404", "412"),
-        "Checkout": ("409", "412"),
-        "Refund": ("404", "409", "412"),
-        "Balance": ("404", "412"),  # 412: a blocked or invalid card
+    unpriced = (
+        "refused: no snapshot loaded yet, or the receipt's card is empty, blocked or"
+        " invalid: sell without loyalty"
+    )
+    reused = "this receiptId was used with another body: a changed basket needs a new receiptId"
+    of_the_call: dict[str, dict[str, str]] = {
+        "Quote": {"412": unpriced},
+        "Hold": {"409": reused, "412": unpriced},
+        "Confirm": {
+            "404": "this receiptId is not held at this till: hold it again",
+            "412": "the hold expired (hold the same body again: it is priced again) or was"
+            " cancelled (sell under a new receiptId)",
+        },
+        "Cancel": {
+            "404": "this receiptId is not held at this till",
+            "412": "the receipt is confirmed: use a refund",
+        },
+        "Checkout": {
+            "409": reused,
+            "412": unpriced + "; or this receiptId was cancelled: sell under a new one",
+        },
+        "Refund": {
+            "404": "the receipt was not sold on this till, or is only held there, not"
+            " confirmed (confirm it if it was paid, else cancel it)",
+            "409": "this refundId was used with another body: a new return needs a new refundId",
+            "412": "more than was sold comes back (returns before this one counted), or a"
+            " SKU not on the receipt",
+        },
+        "Balance": {
+            "404": "a card this till does not know (identify says UNKNOWN): show no balance",
+            "412": "the card is empty, blocked or invalid",
+        },
+    }
+    # 503: a sale's call is retried with the same id; the others have none
+    retried = {
+        "Quote": "receiptId",
+        "Hold": "receiptId",
+        "Confirm": "receiptId",
+        "Cancel": "receiptId",
+        "Checkout": "receiptId",
+        "Refund": "refundId",
     }
     paths: dict[str, Any] = {}
     for call in CALLS:
         rpc = service.methods_by_name.get(call.rpc)
         if rpc is None:  # not in this build's PosAgent: not described
             continue
-        met = {*anywhere, *of_the_call.get(call.rpc, ())}
+        own = of_the_call.get(call.rpc, {})
+        met = {*anywhere, *own}
         if call.method == "POST":
             met.update(of_a_body)
+        if call.rpc in retried:
+            own = {
+                **own,
+                "503": f"not ready, the call timed out, or the ledger cannot be written:"
+                f" retry with the same body and {retried[call.rpc]}",
+            }
         operation: dict[str, Any] = {
             "operationId": call.rpc[0].lower() + call.rpc[1:],
             "summary": call.summary,
@@ -938,7 +1037,10 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
                     "description": f"{rpc.output_type.name} as proto3 JSON",
                     "content": {JSON: {"schema": _message_schema(rpc.output_type, schemas)}},
                 },
-                **{status: errors[status] for status in sorted(met)},
+                **{
+                    status: answer(own[status]) if status in own else errors[status]
+                    for status in sorted(met)
+                },
             },
         }
         if call.method == "POST":
@@ -1129,6 +1231,16 @@ setattr(h11_impl, "service_unavailable", _too_many_connections)  # noqa: B010
 
 
 _BYTES_REPR = re.compile(r"""bytearray\(b(['"])(.*)\1\)""")
+_HEAD_END = re.compile(rb"\n\r?\n")  # the blank line that ends a head, as h11 finds it
+
+
+def _head_too_large(buffered: bytes) -> bool:
+    """Whether the request head at the start of `buffered` (h11's unread bytes) is, or will
+    be, longer than `MAX_HEAD_BYTES`, its blank line included."""
+    if len(buffered) <= MAX_HEAD_BYTES:
+        return False
+    end = _HEAD_END.search(buffered, 0, MAX_HEAD_BYTES + 1)
+    return end is None or end.end() > MAX_HEAD_BYTES
 
 
 class _Protocol(h11_impl.H11Protocol):
@@ -1155,6 +1267,17 @@ class _Protocol(h11_impl.H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        """A request head over `MAX_HEAD_BYTES` is refused however it arrives: h11 limits
+        only a head still incomplete in its buffer, so a whole head of 20 KiB (or 100 KiB)
+        written at once was served, and the 400 "larger than 16 KiB" depended on how the
+        bytes were cut (review 34, doc34; docs/CONTRACT.md §12). Looked at before each new
+        request's head is read: on data, and after an answer for a pipelined request."""
+        if self.conn.their_state is h11.IDLE and _head_too_large(self.conn.trailing_data[0]):
+            self.send_400_response(f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB")
+            return
+        super().handle_events()
 
     _half_closed = False
 

@@ -420,6 +420,7 @@ def test_openapi_states_the_limits_the_agent_refuses_beyond(client: Client) -> N
 
     def field(message: str, name: str) -> dict[str, Any]:
         described: dict[str, Any] = schemas[message]["properties"][name]
+        described = {k: v for k, v in described.items() if k != "description"}  # review 34
         return described["anyOf"][0] if "anyOf" in described else described  # null: left out
 
     assert field("Receipt", "receiptId") == {

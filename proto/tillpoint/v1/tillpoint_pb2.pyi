@@ -831,9 +831,11 @@ class ReceiptLine(_message.Message):
     PRICE_MINOR_FIELD_NUMBER: _builtins.int
     AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
+    """the product's barcode or code, as in the snapshot"""
     qty: _builtins.str
     """decimal string, > 0, at most 3 decimals"""
     price_minor: _builtins.int
+    """the unit price, minor units (a line needs it or amount_minor)"""
     amount_minor: _builtins.int
     """when the POS sends it, it is the line's amount"""
     def __init__(
@@ -873,8 +875,14 @@ class Receipt(_message.Message):
     COUPONS_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
     receipt_id: _builtins.str
+    """The POS's own id of the sale: unique in the store, the same for every call about
+    it (quote, hold, confirm, cancel, their retries); hold and checkout refuse another
+    body under a known one.
+    """
     store_id: _builtins.str
+    """the POS's store"""
     till_id: _builtins.str
+    """the POS's till"""
     at: _builtins.str
     """RFC 3339 with offset: business time"""
     card: _builtins.str
@@ -971,9 +979,15 @@ class ResultLine(_message.Message):
     EARNED_POINTS_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     amount_minor: _builtins.int
+    """The line's amount before its discount: qty x price_minor rounded, or the POS's
+    amount_minor.
+    """
     discount_minor: _builtins.int
+    """the offer's discount on the line"""
     offer_id: _builtins.str
+    """the offer that gave it; absent (null in JSON): none"""
     redeemed_minor: _builtins.int
+    """the part of the line paid with points"""
     earned_points: _builtins.int
     def __init__(
         self,
@@ -1003,7 +1017,9 @@ class Balance(_message.Message):
     PENDING_POINTS_FIELD_NUMBER: _builtins.int
     EXPIRING_FIELD_NUMBER: _builtins.int
     available_points: _builtins.int
+    """spendable now (below 0 after a refund took back more)"""
     pending_points: _builtins.int
+    """earned, spendable later (the program's activation delay)"""
     @_builtins.property
     def expiring(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExpiringPoints]:
         """the next (at most 3) batches that expire"""
@@ -1049,9 +1065,15 @@ class CheckoutResult(_message.Message):
     receipt_id: _builtins.str
     mode: Global___Mode.ValueType
     total_minor: _builtins.int
+    """the lines' amounts"""
     discount_minor: _builtins.int
+    """the offers' discounts"""
     redeemed_points: _builtins.int
+    """points paying part of it"""
     payable_minor: _builtins.int
+    """What the customer pays: total_minor - discount_minor - the points' value. A hold's is
+    what to charge; its confirm commits the same.
+    """
     earned_points: _builtins.int
     device_id: _builtins.str
     """Set when the checkout is committed (the ledger's numbering, docs/PROTOCOL.md); a
@@ -1068,14 +1090,26 @@ class CheckoutResult(_message.Message):
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultLine]: ...
     @_builtins.property
     def balance(self) -> Global___Balance:
-        """absent unless the card is FOUND"""
+        """after this receipt; absent (null in JSON) unless the card is FOUND"""
 
     @_builtins.property
-    def held_out(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def held_out(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Offers that would have applied but for a campaign's control group: the hub's
+        measurement only, never shown or printed.
+        """
+
     @_builtins.property
-    def printed_offers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def printed_offers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The personal offers the agent prints itself on the coupon printer after a confirm;
+        the POS prints nothing for them.
+        """
+
     @_builtins.property
-    def display(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def display(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lines fitted to a 2 x 20 customer display: show them as they are, replacing the
+        previous ones ("" is an empty line).
+        """
+
     @_builtins.property
     def coupons(self) -> _containers.RepeatedCompositeFieldContainer[Global___CouponVerdict]:
         """one per scanned code, in the receipt's order"""
@@ -1474,10 +1508,15 @@ class Refund(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
     refund_id: _builtins.str
+    """The POS's own id of the return: unique in the store, the same for every retry of it."""
     receipt_id: _builtins.str
+    """the sale's, confirmed (or checked out) on this till"""
     at: _builtins.str
+    """RFC 3339 with offset: the return's time, not before the sale's"""
     @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefundLine]: ...
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefundLine]:
+        """a SKU of the sale and the quantity coming back"""
+
     def __init__(
         self,
         *,
@@ -1509,13 +1548,20 @@ class RefundResult(_message.Message):
     refund_id: _builtins.str
     receipt_id: _builtins.str
     returned_points: _builtins.int
+    """given back: the points the returned goods were paid with"""
     taken_back_points: _builtins.int
+    """taken back: the points they had earned"""
     negative_balance: _builtins.bool
+    """More was taken back than the customer had: the balance is below zero, later sales
+    earn it back; nothing is collected at the till.
+    """
     device_id: _builtins.str
     """The till and sequence number the refund was committed under (as in CheckoutResult)."""
     seq: _builtins.int
     @_builtins.property
-    def balance(self) -> Global___Balance: ...
+    def balance(self) -> Global___Balance:
+        """after the refund; absent (null in JSON) unless the card is FOUND"""
+
     def __init__(
         self,
         *,
@@ -1544,6 +1590,9 @@ class IdentifyRequest(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
+    """What was scanned or typed: a card number, a phone, a barcode. Blanks and dashes are
+    dropped, nothing else: a phone with brackets, "+7 (916) 123-45-67", is INVALID.
+    """
     def __init__(
         self,
         *,
@@ -1564,6 +1613,7 @@ class BalanceRequest(_message.Message):
     CARD_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     card: _builtins.str
+    """as a receipt's card: what the customer showed"""
     at: _builtins.str
     """default: now"""
     def __init__(
@@ -1643,8 +1693,12 @@ class Status(_message.Message):
     last_push_at: _builtins.str
     last_error: _builtins.str
     printer_state: _builtins.str
+    """DISABLED (not configured), OK, OFFLINE, ERROR, FAILED_JOBS, RETRYING, UNKNOWN (no
+    running agent drives it): docs/DECISIONS.md, "Device states".
+    """
     print_queue_depth: _builtins.int
     display_state: _builtins.str
+    """DISABLED, OK, OFFLINE, UNKNOWN (as printer_state)"""
     set_aside: _builtins.int
     """Transactions the hub set aside (TX_CONFLICT / TX_REJECTED) and kept out of its
     ledger; they stay in the till's journal until someone reviews them. Above 0 is an
@@ -1656,6 +1710,7 @@ class Status(_message.Message):
     """
     printer_last_error: _builtins.str
     scanner_state: _builtins.str
+    """DISABLED, OK, OFFLINE, UNKNOWN (as printer_state)"""
     last_error_at: _builtins.str
     last_contact_at: _builtins.str
     hub_address: _builtins.str
