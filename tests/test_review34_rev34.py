@@ -15,16 +15,30 @@ whose wall clock the test sets, tills with their hub links and ledgers.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, wait_for
 
 from .conftest import ManualClock, enrolled_till
 from .test_coupons import COUPONS, SORRY
-from .test_review33_hold33 import OFFLINE_LIMIT, TTL_S, a_receipt, coupon_holds, life
+from .test_review33_hold33 import (
+    BIG,
+    OFFLINE_LIMIT,
+    TTL_S,
+    a_receipt,
+    coupon_holds,
+    late,
+    life,
+)
+from .test_review33_rev33b import Stall, stalled_hub_call
+
+__all__ = ["late"]  # hold33's fixture
 
 STEP_S = 30.0  # the hub's wall clock set back by this much
 
@@ -129,3 +143,94 @@ def test_a_hold_placed_after_the_call_came_is_still_left_whole_after_a_step(
     assert rules.release("a", "r-1", placed_by=placed_by) is False
     assert held(hub) == 900
     assert rules.newest_hold_at("a", "r-none") is None
+
+
+# ---------------------------------------------------------------- reset beside a shrink
+
+
+@pytest.fixture
+def stall(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stall]:
+    """The hub's ShrinkRedemption held back while `stall.on` is set."""
+    yield from stalled_hub_call(monkeypatch, "ShrinkRedemption")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def slow_hub(
+    request: pytest.FixtureRequest, tmp_path: Path, late: threading.Event, stall: Stall
+) -> Iterator[LoopbackHub]:
+    """hold33's hub: AuthorizeRedemption answers late while `late` is set,
+    ShrinkRedemption is held back while `stall.on` is."""
+    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
+    data["program"]["holdTtlSeconds"] = TTL_S
+    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
+    h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    yield h
+    h.stop()
+
+
+def boris_receipt(rid: str) -> Any:
+    """A receipt of c-2 (300 points at the hub) that redeems all of them."""
+    return receipt_from_json(
+        {
+            "receiptId": rid,
+            "at": datetime.now(UTC).isoformat(),
+            "card": "2770000000024",
+            "lines": BIG,
+            "redeemPoints": -1,
+        }
+    )
+
+
+def held_for(hub: LoopbackHub, customer: str) -> int:
+    with hub.store.read_tx() as tx:
+        row = tx.execute(
+            "SELECT coalesce(sum(points), 0) FROM holds WHERE customer_id = ? AND state = 'ACTIVE'",
+            (customer,),
+        ).fetchone()
+    return int(row[0])
+
+
+def test_a_reset_beside_a_shrink_in_flight_releases_every_hub_hold(
+    slow_hub: LoopbackHub, tmp_path: Path, late: threading.Event, stall: Stall
+) -> None:
+    """CONTRACT §10, §11: `reset` releases at the hub what the till's open holds reserved
+    there. One of them (an OFFLINE hold after a late grant) is having its grant shrunk
+    by the hold timer at that moment, so its turn is taken. Before the fix the reset took
+    that for "the hub did not answer" and released none of the holds after it (c-2's 300
+    points stayed held at the hub from every till for 11 minutes), and the shrink, once
+    back, found the receipt gone from the ledger and never released the 200 points it
+    kept. Now the reset goes on with the others, and the shrink releases its receipt."""
+    hub = slow_hub
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    try:
+        a.agent.on_hub_call_owed(lambda: None)  # a hold timer sends shrinks, not the Hold
+        late.set()
+        try:
+            first = a.agent.hold(a_receipt("a-late"))
+        finally:
+            late.clear()
+        assert (first.mode, first.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
+        second = a.agent.hold(boris_receipt("b-online"))
+        assert (second.mode, second.redeemed_points) == ("ONLINE", 300)
+        assert (held_for(hub, "c-1"), held_for(hub, "c-2")) == (1200, 300)
+        a.authoriser.timeout_s = 5.0  # the shrink waits at the hub while the reset runs
+        stall.on.set()
+        timer = threading.Thread(target=a.agent.retry_hub_releases)  # the hold timer's round
+        timer.start()
+        wait_for(lambda: life(a, "a-late")[3] == 2 and stall_entered(a, "a-late"))
+        result = a.agent.reset(force=True)
+        assert result.hub_holds_released == 1  # b-online's; a-late's is the shrink's
+        assert held_for(hub, "c-2") == 0
+        stall.go.set()
+        timer.join(10)
+        assert not timer.is_alive()
+        assert held_for(hub, "c-1") == 0  # the shrink's turn released what it kept
+    finally:
+        stall.go.set()
+        a.stop()
+
+
+def stall_entered(till: Till, rid: str) -> bool:
+    """The till's shrink of `rid` is on its way (its turn taken)."""
+    return rid in till.agent._hub_turns._releasing
