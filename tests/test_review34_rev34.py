@@ -16,6 +16,7 @@ whose wall clock the test sets, tills with their hub links and ledgers.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,3 +235,57 @@ def test_a_reset_beside_a_shrink_in_flight_releases_every_hub_hold(
 def stall_entered(till: Till, rid: str) -> bool:
     """The till's shrink of `rid` is on its way (its turn taken)."""
     return rid in till.agent._hub_turns._releasing
+
+
+# ---------------------------------------------------------------- a grant late in the store
+
+
+def test_a_grant_the_store_made_past_the_deadline_keeps_what_the_offline_hold_uses(
+    slow_hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11, §13: the hub's store is slow (its coupon holds written 0.6 s into the
+    call), so its grant of 1200 points and APP555 is ready only after the till's 300 ms
+    deadline: the till prices the Hold OFFLINE, redeeming the offline limit (200) and
+    applying APP555. The hub, seeing the deadline passed, dropped the whole grant, coupon
+    hold included (2026-12-03): another till's receipt then took APP555 again and all 1200
+    points, 1400 from a balance of 1200, where the same grant late on the wire (hold33)
+    keeps APP555 one-time and gives the other till 1000. Now the hub keeps what an OFFLINE
+    pricing may use (at most the program's offline limit, and the coupon holds) and the
+    till's shrink or Cancel takes the rest, as for a grant late on the wire."""
+    hub = slow_hub
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    b = enrolled_till(hub, tmp_path / "b", "b")
+    store = hub.store
+    written = store.hold_coupons
+    slow = threading.Event()
+
+    def slow_coupon_holds(*args: Any, **kw: Any) -> Any:
+        out = written(*args, **kw)
+        if slow.is_set():
+            time.sleep(0.6)  # the store busy: the till's deadline passes meanwhile
+        return out
+
+    monkeypatch.setattr(store, "hold_coupons", slow_coupon_holds)
+    try:
+        a.agent.on_hub_call_owed(lambda: None)  # no shrink yet: what the hub kept itself
+        slow.set()
+        try:
+            held_a = a.agent.hold(a_receipt("slow-1", "APP555"))
+        finally:
+            slow.clear()
+        assert (held_a.mode, held_a.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
+        assert [(v.code, v.status) for v in held_a.coupons] == [("APP555", "APPLIED")]
+        wait_for(lambda: held_for(hub, "c-1") <= OFFLINE_LIMIT)  # the hub's call ended
+        assert held_for(hub, "c-1") == OFFLINE_LIMIT
+        assert coupon_holds(hub) == [("APP555", "slow-1")]
+        other = b.agent.checkout(a_receipt("b-1", "APP555"))
+        assert other.redeemed_points == 1200 - OFFLINE_LIMIT
+        assert [(v.code, v.status, v.reason) for v in other.coupons] == [
+            ("APP555", "REJECTED", "ALREADY_USED")
+        ]
+        assert a.agent.cancel("slow-1").state == "CANCELLED"  # its release takes the rest
+        assert coupon_holds(hub) == []
+        assert held_for(hub, "c-1") == 0
+    finally:
+        a.stop()
+        b.stop()
