@@ -947,6 +947,12 @@ class HubRules:
                 )
         return granted, live_balance, hold_id if granted > 0 else ""
 
+    def offline_limit(self) -> int:
+        """The published program's `offlineRedeemLimitPoints`: the most a receipt priced
+        OFFLINE redeems (the contract §5)."""
+        with self.read_tx() as tx:
+            return int(self.program(tx).offline_redeem_limit_points)
+
     def newest_hold_at(self, device_id: str, receipt_id: str) -> datetime | None:
         """When the newest of the device's active hold and coupon holds of the receipt was
         placed, by the stamp of the hub that placed it; None when there is none. Read by

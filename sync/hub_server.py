@@ -1063,10 +1063,15 @@ class HubServicer(pb_grpc.HubServicer):
         if _past_deadline(context):
             # The till stopped waiting while the store worked: it priced the receipt
             # OFFLINE, and its release (a cancel, an expiry) may have come before this
-            # hold. Kept, it would take the points from every other till for the hold's
-            # whole time, after a cancel too. Dropped now (its coupon holds with it).
+            # hold. Kept whole, it would take the points from every other till for the
+            # hold's whole time, after a cancel too; dropped (as until review 34), the
+            # OFFLINE receipt's redemption and its one-time coupon codes were free for
+            # another till to take again. Kept for what an OFFLINE pricing may use: at
+            # most the program's offline limit, and the coupon holds; the till's shrink
+            # (since review 33) cuts it to what the receipt uses, its Cancel or expiry
+            # releases it, its transaction settles it.
             with contextlib.suppress(StorageError):
-                self.store.release(device, request.receipt_id)
+                self.store.shrink(device, request.receipt_id, self.store.offline_limit(), codes)
             _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         return pb.AuthorizeRedemptionReply(
             authorized_points=granted.authorised,

@@ -283,9 +283,10 @@ def test_a_grant_the_store_made_past_the_deadline_keeps_what_the_offline_hold_us
         assert [(v.code, v.status, v.reason) for v in other.coupons] == [
             ("APP555", "REJECTED", "ALREADY_USED")
         ]
+        assert held_for(hub, "c-1") == 1200  # b-1's 1000 held until its push settles it
         assert a.agent.cancel("slow-1").state == "CANCELLED"  # its release takes the rest
         assert coupon_holds(hub) == []
-        assert held_for(hub, "c-1") == 0
+        assert held_for(hub, "c-1") == 1200 - OFFLINE_LIMIT
     finally:
         a.stop()
         b.stop()
