@@ -1037,6 +1037,7 @@ class HubServicer(pb_grpc.HubServicer):
         ttl_s = self.config.hold_ttl_s
         if request.hold_ttl_seconds > 0:  # the till's program says how long its holds live
             ttl_s = float(min(request.hold_ttl_seconds, MAX_HOLD_TTL_S))
+        placed = [self.clock()]  # the stamps of what this call places
         try:
             granted = self.store.authorise(
                 device,
@@ -1045,13 +1046,14 @@ class HubServicer(pb_grpc.HubServicer):
                 request.points,
                 at,
                 [Unsynced(u.seq, u.receipt_id, u.points, u.at, u.spent) for u in request.unsynced],
-                self.clock(),
+                placed[0],
                 ttl_s,
             )
             # Each code is held for this receipt with its redemption (the contract §13).
+            placed.append(self.clock())
             used = (
                 self.store.hold_coupons(
-                    device, request.receipt_id, request.customer_id, codes, self.clock(), ttl_s
+                    device, request.receipt_id, request.customer_id, codes, placed[-1], ttl_s
                 )
                 if codes
                 else []
@@ -1070,8 +1072,15 @@ class HubServicer(pb_grpc.HubServicer):
             # most the program's offline limit, and the coupon holds; the till's shrink
             # (since review 33) cuts it to what the receipt uses, its Cancel or expiry
             # releases it, its transaction settles it.
+            # (only what this call placed: a hold of the receipt placed since is not its)
             with contextlib.suppress(StorageError):
-                self.store.shrink(device, request.receipt_id, self.store.offline_limit(), codes)
+                self.store.shrink(
+                    device,
+                    request.receipt_id,
+                    self.store.offline_limit(),
+                    codes,
+                    placed_by=max(placed),
+                )
             _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         return pb.AuthorizeRedemptionReply(
             authorized_points=granted.authorised,
