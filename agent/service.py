@@ -893,8 +893,11 @@ class Agent:
             log.info("hold of receipt %s left whole at the hub (it does not shrink)", receipt_id)
         with self._lock, self._write() as conn:
             ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
-        # a Cancel or an expiry while the shrink was on its way found the turn taken
-        self._release_at_hub(receipt_id)
+            forgotten = self._life(receipt_id) is None
+        # a Cancel or an expiry while the shrink was on its way found the turn taken; so
+        # did a `reset`, which forgot the receipt: released as it is (review 34: what the
+        # shrink kept stayed held at the hub to its expiry)
+        self._release_at_hub(receipt_id, forgotten=forgotten)
         return True
 
     def _release_put_off(self, receipt_id: str) -> None:
@@ -2122,9 +2125,13 @@ class Agent:
                 self._cache = self._live.connection()
         released = 0
         for rid in hub_holds:  # a hub that did not answer one is not asked for the rest
-            if not self._release_at_hub(rid, forgotten=True):
+            done = self._release_at_hub(rid, forgotten=True)
+            if done is False:
                 break
-            released += 1
+            # None: a shrink or release of it is on its way (the hold timer's), which
+            # releases it when it is back (`_shrink_at_hub`); not "the hub is away" (review
+            # 34: the holds after it were left held at the hub to their expiry)
+            released += bool(done)
         return ResetResult(depth, released, len(hub_holds) - released)
 
     # ------------------------------------------------------------ status

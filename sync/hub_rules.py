@@ -280,6 +280,11 @@ class HubTx(Protocol):
         points and expiry; `at`: the receipt's time (UTC text), "" when not known."""
         ...
 
+    def newest_hold_stamp(self, device_id: str, receipt_id: str) -> str | None:
+        """The latest `created_at` (UTC text) of the device's ACTIVE hold and coupon holds
+        of the receipt; None when it has none."""
+        ...
+
     def shrink_hold(self, device_id: str, receipt_id: str, points: int, placed_by: str) -> int:
         """The device's ACTIVE hold of the receipt, placed at or before `placed_by` (UTC
         text), made `points` when it holds more (0: dropped); never grown, a SETTLED one
@@ -941,6 +946,23 @@ class HubRules:
                     hold_id, device_id, receipt_id, customer_id, granted, now, expires, at
                 )
         return granted, live_balance, hold_id if granted > 0 else ""
+
+    def offline_limit(self) -> int:
+        """The published program's `offlineRedeemLimitPoints`: the most a receipt priced
+        OFFLINE redeems (the contract §5)."""
+        with self.read_tx() as tx:
+            return int(self.program(tx).offline_redeem_limit_points)
+
+    def newest_hold_at(self, device_id: str, receipt_id: str) -> datetime | None:
+        """When the newest of the device's active hold and coupon holds of the receipt was
+        placed, by the stamp of the hub that placed it; None when there is none. Read by
+        a release or shrink as it starts (`HubServicer._while_waiting`): its `placed_by`
+        is the later of this and the hub's clock then, so that a wall clock set back (or
+        another server's clock ahead of this one's) never hides the hold the call is for
+        (review 34: such a release touched nothing and answered `released: false`)."""
+        with self.read_tx() as tx:
+            stamp = tx.newest_hold_stamp(device_id, receipt_id)
+        return _when(stamp) if stamp else None
 
     def release(
         self,

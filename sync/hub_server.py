@@ -1037,6 +1037,7 @@ class HubServicer(pb_grpc.HubServicer):
         ttl_s = self.config.hold_ttl_s
         if request.hold_ttl_seconds > 0:  # the till's program says how long its holds live
             ttl_s = float(min(request.hold_ttl_seconds, MAX_HOLD_TTL_S))
+        placed = [self.clock()]  # the stamps of what this call places
         try:
             granted = self.store.authorise(
                 device,
@@ -1045,13 +1046,14 @@ class HubServicer(pb_grpc.HubServicer):
                 request.points,
                 at,
                 [Unsynced(u.seq, u.receipt_id, u.points, u.at, u.spent) for u in request.unsynced],
-                self.clock(),
+                placed[0],
                 ttl_s,
             )
             # Each code is held for this receipt with its redemption (the contract §13).
+            placed.append(self.clock())
             used = (
                 self.store.hold_coupons(
-                    device, request.receipt_id, request.customer_id, codes, self.clock(), ttl_s
+                    device, request.receipt_id, request.customer_id, codes, placed[-1], ttl_s
                 )
                 if codes
                 else []
@@ -1063,10 +1065,22 @@ class HubServicer(pb_grpc.HubServicer):
         if _past_deadline(context):
             # The till stopped waiting while the store worked: it priced the receipt
             # OFFLINE, and its release (a cancel, an expiry) may have come before this
-            # hold. Kept, it would take the points from every other till for the hold's
-            # whole time, after a cancel too. Dropped now (its coupon holds with it).
+            # hold. Kept whole, it would take the points from every other till for the
+            # hold's whole time, after a cancel too; dropped (as until review 34), the
+            # OFFLINE receipt's redemption and its one-time coupon codes were free for
+            # another till to take again. Kept for what an OFFLINE pricing may use: at
+            # most the program's offline limit, and the coupon holds; the till's shrink
+            # (since review 33) cuts it to what the receipt uses, its Cancel or expiry
+            # releases it, its transaction settles it.
+            # (only what this call placed: a hold of the receipt placed since is not its)
             with contextlib.suppress(StorageError):
-                self.store.release(device, request.receipt_id)
+                self.store.shrink(
+                    device,
+                    request.receipt_id,
+                    self.store.offline_limit(),
+                    codes,
+                    placed_by=max(placed),
+                )
             _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         return pb.AuthorizeRedemptionReply(
             authorized_points=granted.authorised,
@@ -1098,14 +1112,17 @@ class HubServicer(pb_grpc.HubServicer):
         it as not sent and may hold the receipt again ONLINE at once, and that new hold
         is not the one the release was for. A till before rel33 gave the call no margin:
         worked on while it waits at all, as before (it saw nothing else)."""
-        started, still_wanted = self._while_waiting(
-            context, SHRINK_MARGIN_S if request.with_margin else 0.0
-        )
         device = self._device(context, request.device_id)
         if not request.receipt_id:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "receiptId is required")
         if problem := _id_problem("receiptId", request.receipt_id):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"ReleaseRedemption: {problem}")
+        started, still_wanted = self._while_waiting(
+            context,
+            SHRINK_MARGIN_S if request.with_margin else 0.0,
+            device,
+            request.receipt_id,
+        )
         try:
             released = self.store.release(
                 device, request.receipt_id, placed_by=started, still_wanted=still_wanted
@@ -1117,7 +1134,7 @@ class HubServicer(pb_grpc.HubServicer):
         return pb.ReleaseRedemptionReply(released=released)
 
     def _while_waiting(
-        self, context: grpc.ServicerContext, margin_s: float
+        self, context: grpc.ServicerContext, margin_s: float, device: str, receipt_id: str
     ) -> tuple[datetime, Callable[[], bool]]:
         """The two guards of a call that names only a receipt, whose till may take the
         receipt's next turn once it stops waiting (ShrinkRedemption, ReleaseRedemption;
@@ -1125,10 +1142,29 @@ class HubServicer(pb_grpc.HubServicer):
         placed at or before it), and whether the till still waits with `margin_s` left
         (asked again inside the write transaction: `CallerGone`). DEADLINE_EXCEEDED now,
         nothing changed, when it does not. The margin is the link's jitter: the hub's
-        deadline runs from the request's arrival, the till's from its sending."""
-        started = self.clock()
+        deadline runs from the request's arrival, the till's from its sending.
+        The start is the later of this hub's clock and the stamp of the receipt's newest
+        hold read just before it (review 34): the stamps are wall-clock times, and a
+        clock set back since the hold was placed (NTP, a resumed virtual machine), or
+        the clock of another server of the store ahead of this one's, put the hold the
+        call is for "after" the call: it touched nothing and answered false, and the till
+        took that as done while the hub held the points up to the hold's expiry."""
         if _past_deadline(context, margin_s):
             _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
+        try:
+            newest = self.store.newest_hold_at(device, receipt_id)
+        except StorageError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, exc.message)
+        started = self.clock()
+        if newest is not None and newest > started:
+            log.warning(
+                "the hold of receipt %s was placed %.3f s after this hub's clock says it is"
+                " now (a clock set back, or a server's clock ahead of this one's): released"
+                " or shrunk all the same",
+                receipt_id,
+                (newest - started).total_seconds(),
+            )
+            started = newest
         return started, lambda: not _past_deadline(context, margin_s)
 
     @_one_connection
@@ -1138,8 +1174,6 @@ class HubServicer(pb_grpc.HubServicer):
         """A hold the till priced OFFLINE after this hub granted it too late (the contract
         §11): kept for what the receipt uses, the rest spendable by the customer's other
         receipts at once (it was held from them up to the hold's expiry)."""
-        # holds placed later are not the one this shrink is for; only while the till waits
-        started, still_wanted = self._while_waiting(context, SHRINK_MARGIN_S)
         device = self._device(context, request.device_id)
         if not request.receipt_id or request.points < 0:
             _abort(
@@ -1148,6 +1182,10 @@ class HubServicer(pb_grpc.HubServicer):
         if problem := _id_problem("receiptId", request.receipt_id):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"ShrinkRedemption: {problem}")
         codes = _coupon_codes(context, request.coupon_codes)
+        # holds placed later are not the one this shrink is for; only while the till waits
+        started, still_wanted = self._while_waiting(
+            context, SHRINK_MARGIN_S, device, request.receipt_id
+        )
         try:
             self._fail("shrink")
             # Only while the till still waits (review 33, rev33b): a till whose shrink

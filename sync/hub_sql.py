@@ -772,6 +772,15 @@ class SqlTx:
         ).fetchone()
         return row is not None
 
+    def newest_hold_stamp(self, device_id: str, receipt_id: str) -> str | None:
+        row = self.execute(
+            "SELECT max(t) FROM (SELECT created_at AS t FROM holds WHERE device_id = ?"
+            " AND receipt_id = ? AND state = 'ACTIVE' UNION ALL SELECT created_at FROM"
+            " coupon_holds WHERE device_id = ? AND receipt_id = ?) AS placed",
+            (device_id, receipt_id, device_id, receipt_id),
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
     def shrink_hold(self, device_id: str, receipt_id: str, points: int, placed_by: str) -> int:
         if points <= 0:
             return self._count(

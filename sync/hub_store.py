@@ -296,6 +296,15 @@ class HubStore(Protocol):
         hold_ttl_s: float,
     ) -> Authorisation: ...
 
+    def offline_limit(self) -> int:
+        """The published program's `offlineRedeemLimitPoints`."""
+        ...
+
+    def newest_hold_at(self, device_id: str, receipt_id: str) -> datetime | None:
+        """When the newest of the device's active hold and coupon holds of the receipt was
+        placed (its stamp); None when there is none."""
+        ...
+
     def release(
         self,
         device_id: str,
