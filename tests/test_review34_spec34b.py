@@ -361,6 +361,7 @@ def _holds(expected: dict[str, Any], actual: Any, where: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # about 100 CLI processes: 40 s on an idle machine, minutes on a busy one
 def test_one_long_story_gives_the_same_answers_at_every_door(tmp_path: Path) -> None:
     """CONTRACT §10, §11, §12: the story above, step by step, at four fresh tills: the same
     outcome, the same words, the same document (CLI and HTTP byte for byte), and the hand
@@ -403,6 +404,15 @@ def test_one_long_story_gives_the_same_answers_at_every_door(tmp_path: Path) -> 
             document = json.loads(answers["cli"][1])
             assert _same_document(answers["grpc"][1]) == _same_document(document), where
             _holds(expected, document, where)
+        # every till journalled the same six transactions (r1, f1, f2, f3, r5, r2), and a
+        # served till's status is one document at the CLI and over HTTP
+        for till in [local, *tills]:
+            code, out, err = till.cli("status", "--json", *(["--local"] if till is local else []))
+            assert code == 0, err
+            status = json.loads(out)
+            assert (status["lastSeq"], status["outboxDepth"], status["cacheVersion"]) == (6, 6, 2)
+            if till is not local:
+                assert till.http("GET", "/v1/status")[1].decode() == out
     finally:
         for till in tills:
             till.close()
@@ -484,6 +494,7 @@ def _settle(till: Till, printer: Printer, jobs: int, display: Display, seen: int
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_what_is_printed_and_shown_at_each_step_of_a_story(tmp_path: Path) -> None:
     """CONTRACT §7 and §8 over r1's life at a served till with a TCP printer and a serial
     display: identify greets by first name; quote and hold show the total and the saving
