@@ -39,7 +39,6 @@ import time
 import tty
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,45 +128,80 @@ STORY: list[tuple[str, Any, Any]] = [
     ("snapshot", DELTA, None),
     # Confirm commits the held figures: o-c's 45.90 stays though the delta removed o-c;
     # printed: the two rank-1 offers, p-a1 then p-a2 (by id; p-a2 starts within 7 days)
-    ("confirm", {"receiptId": "r1", "fiscalDocument": "ФД-1"},
-     {**R1_FIGURES, "state": "CONFIRMED", "printedOffers": ["p-a1", "p-a2"], "seq": 1}),
+    (
+        "confirm",
+        {"receiptId": "r1", "fiscalDocument": "ФД-1"},
+        {**R1_FIGURES, "state": "CONFIRMED", "printedOffers": ["p-a1", "p-a2"], "seq": 1},
+    ),
     ("confirm", {"receiptId": "r1"}, {**R1_FIGURES, "state": "CONFIRMED", "seq": 1}),
     ("cancel", {"receiptId": "r1"}, "FAILED_PRECONDITION"),  # "use a refund"
     ("checkout", R1, {**R1_FIGURES, "state": "CONFIRMED", "seq": 1}),
     ("hold", R1, {**R1_FIGURES, "state": "CONFIRMED", "seq": 1}),
     ("checkout", {**R1, "redeemPoints": 100}, "ALREADY_EXISTS"),
     ("balance", {"card": ANNA, "at": AT}, {"availablePoints": 1180, "pendingPoints": 0}),
-    ("refund", refund("f1", "r1", [(CHEESE, "1")]),
-     {"returnedPoints": 124, "takenBackPoints": 108, "seq": 2,
-      "balance": {"availablePoints": 1196, "pendingPoints": 0}, "negativeBalance": False}),
+    (
+        "refund",
+        refund("f1", "r1", [(CHEESE, "1")]),
+        {
+            "returnedPoints": 124,
+            "takenBackPoints": 108,
+            "seq": 2,
+            "balance": {"availablePoints": 1196, "pendingPoints": 0},
+            "negativeBalance": False,
+        },
+    ),
     ("refund", refund("f1", "r1", [(CHEESE, "1")]), {"returnedPoints": 124, "seq": 2}),
     ("refund", refund("f1", "r1", [(BREAD, "1")]), "ALREADY_EXISTS"),
-    ("refund", refund("f2", "r1", [(BREAD, "1")]),
-     {"returnedPoints": 15, "takenBackPoints": 13, "balance": {"availablePoints": 1198}}),
-    ("refund", refund("f3", "r1", [(BREAD, "1")]),
-     {"returnedPoints": 16, "takenBackPoints": 14, "balance": {"availablePoints": 1200}}),
+    (
+        "refund",
+        refund("f2", "r1", [(BREAD, "1")]),
+        {"returnedPoints": 15, "takenBackPoints": 13, "balance": {"availablePoints": 1198}},
+    ),
+    (
+        "refund",
+        refund("f3", "r1", [(BREAD, "1")]),
+        {"returnedPoints": 16, "takenBackPoints": 14, "balance": {"availablePoints": 1200}},
+    ),
     ("refund", refund("f4", "r1", [(BREAD, "1")]), "FAILED_PRECONDITION"),  # none left
     ("balance", {"card": ANNA, "at": NEXT_DAY}, {"availablePoints": 1200}),
     # the next day: bread floor(5490 × 5 %) = 274; (5490 − 274) × 7.5 × 5 / 10000 = 19.56
     # → 19 (24.11 is in the birthday window); printed: p-a1 and p-a2 are in their cooldown,
     # o-c is gone, p-a3 now starts within 7 days (01.12 00:00 − 24.11 10:15 < 7 days)
-    ("quote", {**R5, "explain": True},
-     {"discountMinor": 274, "earnedPoints": 19, "printedOffers": [],
-      "balance": {"availablePoints": 1219}}),
+    (
+        "quote",
+        {**R5, "explain": True},
+        {
+            "discountMinor": 274,
+            "earnedPoints": 19,
+            "printedOffers": [],
+            "balance": {"availablePoints": 1219},
+        },
+    ),
     ("checkout", R5, {"earnedPoints": 19, "printedOffers": ["p-a3"], "seq": 5}),
     ("confirm", {"receiptId": "nope"}, "NOT_FOUND"),
     ("cancel", {"receiptId": "nope"}, "NOT_FOUND"),
     ("refund", refund("fx", "nope", [(BREAD, "1")]), "NOT_FOUND"),
     # a hold of 2 s (the delta's program) runs out: Confirm is refused at every door, the
     # points come back, and the same receipt is held afresh and sold
-    ("hold", R2, {"redeemedPoints": 70, "earnedPoints": 4, "state": "HELD",
-                  "balance": {"availablePoints": 14}}),
+    (
+        "hold",
+        R2,
+        {
+            "redeemedPoints": 70,
+            "earnedPoints": 4,
+            "state": "HELD",
+            "balance": {"availablePoints": 14},
+        },
+    ),
     ("wait", 3, None),
     ("confirm", {"receiptId": "r2"}, "FAILED_PRECONDITION"),  # "hold expired: …"
     ("balance", {"card": BORIS, "at": AT}, {"availablePoints": 80}),
     ("hold", R2, {"redeemedPoints": 70, "state": "HELD"}),
-    ("checkout", R2, {"redeemedPoints": 70, "state": "CONFIRMED", "seq": 6,
-                      "balance": {"availablePoints": 14}}),
+    (
+        "checkout",
+        R2,
+        {"redeemedPoints": 70, "state": "CONFIRMED", "seq": 6, "balance": {"availablePoints": 14}},
+    ),
     # a hold cancelled: a second Cancel answers the first; Confirm, a refund and a Checkout
     # of it are refused; a Hold of its body answers the cancelled receipt
     # r3: milk 89.90, as much as allowed: percent floor(8990 × 30 %/100) = 26, capacity 89,
@@ -179,8 +213,11 @@ STORY: list[tuple[str, Any, Any]] = [
     ("refund", refund("fr3", "r3", [(MILK, "1")]), "NOT_FOUND"),
     ("hold", R3, {"state": "CANCELLED"}),
     ("checkout", R3, "FAILED_PRECONDITION"),
-    ("identify", {"text": "+7 916 123-45-67"},
-     {"status": "FOUND", "customerId": "c-a", "tier": "gold", "firstName": "Анна"}),
+    (
+        "identify",
+        {"text": "+7 916 123-45-67"},
+        {"status": "FOUND", "customerId": "c-a", "tier": "gold", "firstName": "Анна"},
+    ),
     ("identify", {"text": "2770000000018"}, {"status": "INVALID"}),
     ("balance", {"card": VERA}, "FAILED_PRECONDITION"),  # blocked
     ("checkout", sale("rb", VERA, [(MILK, "1", 8990)], 0), "FAILED_PRECONDITION"),
@@ -488,7 +525,8 @@ def _settle(till: Till, printer: Printer, jobs: int, display: Display, seen: int
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         status = json.loads(till.http("GET", "/v1/status")[1])
-        if status["printQueueDepth"] == 0 and len(printer.jobs) >= jobs and len(display.data) > seen:
+        printed = status["printQueueDepth"] == 0 and len(printer.jobs) >= jobs
+        if printed and len(display.data) > seen:
             return
         time.sleep(0.1)
 
