@@ -1,0 +1,100 @@
+"""Review 34 (left34): small faults left by reviews 32 and 33, each shown first by a test
+here (CONTRACT §7, §10, §16). Real parts: SQLite ledgers, a TCP printer on the raw 9100
+protocol, `tillpoint` in-process and as processes, the hub on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from tillpoint.printer.decode import Decoder
+from tillpoint.printer.virtual import VirtualPrinter
+
+from .conftest import CLI
+from .test_printer_queue import add_job, payload, worker
+
+# ---------------------------------------------------------------- 1. the test page after a torn job
+
+
+def test_the_test_page_after_a_torn_job_is_cut_off_from_it_and_clears_the_mark(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """CONTRACT §7. A printer drops a five-offer coupon 800 bytes in: the job FAILED, its
+    torn part on the paper with no cut after it, the ledger's `print_torn` mark kept for
+    the next job. `tillpoint print test` sent its page without that mark: the page was
+    glued onto the torn part (one piece of paper, the coupon's first offers on top of
+    the test page). It now begins with the cut a job begins with, and, printed whole,
+    clears the mark as a job does (the next coupon starts without a needless cut)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    ledger = data_dir / "ledger.db"
+    offer = payload()["offers"][0]
+    five = [dict(offer, id=f"o-{i}", code=f"TP1-o-{i}") for i in range(1, 6)]
+    with VirtualPrinter() as printer:
+        w = worker(ledger, printer.port, max_send_failures=1)
+        try:
+            add_job(ledger, payload("s1-t1-000123", offers=five))
+            printer.close_after_bytes = 800
+            w.run_once()
+            job = w.job("s1-t1-000123")
+            assert job is not None and job["state"] == "FAILED", job
+        finally:
+            w.close()
+        printer.close_after_bytes = None
+        config = tmp_path / "tillpoint.toml"
+        config.write_text(
+            f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer.port}\n'
+        )
+        run = cli("--config", config, "print", "test")
+        assert run.code == 0, run.err
+        printer.wait_for(1)
+        paper = Decoder()
+        paper.feed(bytes(printer.received))
+    pieces = [d for d in paper.documents if d.complete]
+    [page] = [d for d in pieces if "ТЕСТОВАЯ СТРАНИЦА" in d.text]
+    assert "ВАШИ ПРЕДЛОЖЕНИЯ" not in page.text, page.text  # not glued on
+    assert page.codes == ["TP1-TEST"]
+    conn = sqlite3.connect(ledger)
+    try:
+        kept = conn.execute("SELECT value FROM device WHERE key = 'print_torn'").fetchall()
+    finally:
+        conn.close()
+    assert kept == []  # the page went out whole with its cut: nothing torn left
+
+
+def test_a_test_page_cut_short_leaves_the_mark_for_the_next_coupon(tmp_path: Path) -> None:
+    """CONTRACT §7: a test page the printer dropped mid-way is a torn part too: the mark is
+    set before its bytes go (with its code), and the next coupon begins with the cut."""
+    from tillpoint.printer.cli_support import print_test_page
+    from tillpoint.printer.errors import PrinterError
+
+    from .test_printer_queue import config as printer_config
+
+    ledger = tmp_path / "ledger.db"
+    with VirtualPrinter() as printer:
+        worker(ledger, printer.port).close()  # the agent ran here: a ledger
+        printer.close_after_bytes = 300
+        try:
+            print_test_page(printer_config(printer.port), ledger=ledger)
+        except PrinterError:
+            pass  # dropped while sent or before the confirmation: torn either way
+        conn = sqlite3.connect(ledger)
+        try:
+            [(kept,)] = conn.execute("SELECT value FROM device WHERE key = 'print_torn'")
+        finally:
+            conn.close()
+        assert json.loads(kept) == ["TP1-TEST"]
+        printer.close_after_bytes = None
+        before = len(printer.received)
+        add_job(ledger)
+        w = worker(ledger, printer.port)
+        try:
+            w.run_once()
+            assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+        finally:
+            w.close()
+        sent = bytes(printer.received[before:]).replace(b"\x10\x04\x02", b"")
+        sent = sent.replace(b"\x10\x04\x04", b"")
+    assert sent.startswith(b"\x00" * 96), sent[:40]  # the separator, then the coupon
