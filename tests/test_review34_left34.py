@@ -8,9 +8,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.results import receipt_from_json
 
 from tillpoint.printer.decode import Decoder
 from tillpoint.printer.virtual import VirtualPrinter
+from tillpoint.sync.loopback import LoopbackHub, receipt, wait_for
 
 from .conftest import CLI
 from .test_printer_queue import add_job, payload, worker
@@ -98,3 +103,60 @@ def test_a_test_page_cut_short_leaves_the_mark_for_the_next_coupon(tmp_path: Pat
         sent = bytes(printer.received[before:]).replace(b"\x10\x04\x02", b"")
         sent = sent.replace(b"\x10\x04\x04", b"")
     assert sent.startswith(b"\x00" * 96), sent[:40]  # the separator, then the coupon
+
+
+# ---------------------------------------------------------------- 2. the releases owed for hub_asks
+
+
+class Crash(BaseException):
+    """The till's process dying right after the hub answered (nothing after it runs)."""
+
+
+def test_the_release_of_a_hold_the_till_never_stored_is_counted_as_owed(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §11: `tillpoint_hub_calls_owed{call="release"}` counts the releases that
+    keep a customer's points held at the hub from every till. The till died between the
+    hub's grant and its commit (a `hub_asks` note, no stored receipt): the hub holds 100
+    of Anna's points until the hold timer's release reaches it, and the gauge said 0
+    owed while the hub was away. A hold on its way (its note written, its grant not yet
+    stored) is not owed: it is not counted."""
+    from tillpoint.agent.app import till_agent
+
+    from .conftest import PassThroughHub
+    from .test_review26_life26 import BIG, CARD, DEVICE, enrolled, held_at_hub
+
+    till = enrolled(hub, tmp_path)
+    real = till.agent.hub
+    seen: list[dict[str, int]] = []
+
+    class Looks(PassThroughHub):
+        def granted(self, grant: Any) -> None:
+            seen.append(till.agent.hub_calls_owed())  # on its way: owed nothing yet
+
+    class Dies(PassThroughHub):
+        def granted(self, grant: Any) -> None:
+            raise Crash
+
+    till.agent.hub = Looks(real)
+    till.agent.hold(receipt_from_json(receipt("r-fine", CARD, redeem=10, lines=BIG)))
+    assert seen == [{"release": 0, "shrink": 0}]
+    till.agent.cancel("r-fine")
+    till.agent.hub = Dies(real)
+    with pytest.raises(Crash):
+        till.agent.hold(receipt_from_json(receipt("r-lost", CARD, redeem=100, lines=BIG)))
+    till.agent.close()  # what a SIGKILL leaves: the ledger as committed
+    assert held_at_hub(hub) == 100
+    hub.stop()  # away when the restarted till's hold timer first tries
+    again = till_agent(till.data_dir, DEVICE, hub=real)
+    try:
+        assert again.retry_hub_releases() == 0
+        assert again.hub_calls_owed() == {"release": 1, "shrink": 0}
+        hub.start()  # back: the link's backoff may put the first round off a little
+        wait_for(lambda: again.retry_hub_releases() == 1, timeout=10.0, every=0.1)
+        assert again.hub_calls_owed() == {"release": 0, "shrink": 0}
+        assert held_at_hub(hub) == 0
+    finally:
+        again.close()
+        till.link.close()
+        till.authoriser.close()
