@@ -160,3 +160,61 @@ def test_the_release_of_a_hold_the_till_never_stored_is_counted_as_owed(
         again.close()
         till.link.close()
         till.authoriser.close()
+
+
+# ---------------------------------------------------------------- 3. a close with unread input
+
+
+def test_a_close_with_status_bytes_unread_still_delivers_the_tail_and_a_fin() -> None:
+    """CONTRACT §7. A network printer sent bytes the agent never read (status it sends by
+    itself, a late answer) and is still taking the job (busy printing: the job's tail in
+    the agent's send queue). The close, `shutdown(SHUT_WR)` then `close()`, became a
+    reset on Linux (data unread at the close): the tail was thrown away and the printer
+    got an RST. With `confirm = false` nothing noticed: a coupon without its end, no
+    cut. The close now drains the input (a short explicit bound) before it closes: the
+    printer gets every byte and a FIN."""
+    import socket
+    import threading
+
+    from tillpoint.printer.transport import NetworkTransport
+
+    job = bytes(range(256)) * 2048  # 512 KiB: more than both ends' buffers take at once
+    closed = threading.Event()
+    got: dict[str, Any] = {}
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(5.0)
+
+    def printer() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(5.0)
+        with conn:
+            conn.sendall(b"\x14\x00\x00\x0f")  # ASB-like status, never asked for
+            closed.wait(5.0)  # busy printing until the agent has closed
+            data = bytearray()
+            try:
+                while chunk := conn.recv(65536):
+                    data += chunk
+                got["end"] = "FIN"
+            except OSError as exc:
+                got["end"] = type(exc).__name__
+            got["data"] = bytes(data)
+
+    thread = threading.Thread(target=printer, daemon=True)
+    thread.start()
+    try:
+        transport = NetworkTransport(
+            "127.0.0.1", listener.getsockname()[1], 2.0, 5.0, close_drain_s=0.5
+        )
+        transport.open()
+        transport.write(job)
+        transport.close()
+        closed.set()
+        thread.join(10.0)
+    finally:
+        closed.set()
+        listener.close()
+    assert got.get("end") == "FIN", got.get("end")
+    assert got["data"] == job
