@@ -5,14 +5,17 @@ protocol, `tillpoint` in-process and as processes, the hub on PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
-
 from tillpoint.printer.decode import Decoder
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub, receipt, wait_for
@@ -81,10 +84,9 @@ def test_a_test_page_cut_short_leaves_the_mark_for_the_next_coupon(tmp_path: Pat
     with VirtualPrinter() as printer:
         worker(ledger, printer.port).close()  # the agent ran here: a ledger
         printer.close_after_bytes = 300
-        try:
+        # dropped while sent or before the confirmation: torn either way
+        with contextlib.suppress(PrinterError):
             print_test_page(printer_config(printer.port), ledger=ledger)
-        except PrinterError:
-            pass  # dropped while sent or before the confirmation: torn either way
         conn = sqlite3.connect(ledger)
         try:
             [(kept,)] = conn.execute("SELECT value FROM device WHERE key = 'print_torn'")
@@ -218,3 +220,148 @@ def test_a_close_with_status_bytes_unread_still_delivers_the_tail_and_a_fin() ->
         listener.close()
     assert got.get("end") == "FIN", got.get("end")
     assert got["data"] == job
+
+
+# ---------------------------------------------------------------- 4. port 0, a name of two
+
+# Run inside a user, network and mount namespace of its own (`unshare -rnm`): `localhost`
+# is 127.0.0.1 and ::1 (a hosts file of its own), IPv4 sorted first (a gai.conf of its
+# own), the ports the system picks for a door are 40000-40003, and [::1]:40000-40002 belong to another
+# program. A door asked for `localhost:0` that takes a port on 127.0.0.1 which is another
+# program's on ::1 listens on one address only (gRPC: a POS connecting to `localhost`
+# over ::1 reaches the other program; the hub's gRPC too) or fails to start (HTTP).
+PORT_ZERO_SCRIPT = r"""
+import json, socket, sys, tempfile
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tillpoint.agent.config import listen_addresses
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.server import build_server
+from tillpoint.agent.service import Agent
+
+assert [f for f, _ in listen_addresses("localhost", 0)] == [socket.AF_INET, socket.AF_INET6]
+held = []
+for port in (40000, 40001, 40002):
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::1", port))
+    s.listen()
+    held.append(s)
+agent = Agent(Path(tempfile.mkdtemp()) / "data", "till-1")
+out = {"grpc": [], "http": []}
+RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def picking(narrow):  # the doors pick from 40000-40003; a client's connect needs more
+    RANGE.write_text("40000 40003" if narrow else "30000 39999")
+for _ in range(8):
+    picking(True)
+    try:
+        server, port, _ = build_server(agent, "localhost:0")
+    except Exception as exc:
+        out["grpc"].append(str(exc))
+        continue
+    picking(False)
+    server.start()
+    answered = []
+    for host in ("127.0.0.1", "[::1]"):
+        with grpc.insecure_channel(f"{host}:{port}") as channel:
+            try:
+                stub = health_pb2_grpc.HealthStub(channel)
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                answered.append(host)
+            except grpc.RpcError as exc:
+                answered.append(exc.code().name)
+    out["grpc"].append(answered)
+    server.stop(None).wait(5)
+for _ in range(8):
+    picking(True)
+    try:
+        http = HttpServer(agent, "localhost:0")
+    except Exception as exc:
+        out["http"].append(str(exc))
+        continue
+    picking(False)
+    http.start()
+    answered = []
+    for host in ("127.0.0.1", "::1"):
+        # the client closes first: no TIME_WAIT left on the door's port for the next pick
+        try:
+            with socket.create_connection((host, http.port), timeout=2) as c:
+                c.sendall(b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                line = c.recv(64).split(b"\r\n")[0]
+            name = f"[{host}]" if ":" in host else host
+            answered.append(name if b" 200 " in line else line.decode("latin-1"))
+        except OSError as exc:
+            answered.append(type(exc).__name__)
+    out["http"].append(answered)
+    http.stop()
+agent.close()
+from tillpoint.sync.loopback import LoopbackHub
+
+hub = LoopbackHub(Path(tempfile.mkdtemp()) / "hub", start=False)
+out["hub"] = []
+for _ in range(3):
+    picking(True)
+    port = hub.server.start("localhost:0")
+    picking(False)
+    mine = socket.socket(socket.AF_INET6)
+    mine.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        mine.bind(("::1", port))
+        out["hub"].append("not on ::1")
+    except OSError:  # taken: the hub's, unless it is the other program's
+        out["hub"].append("another program's ::1" if 40000 <= port <= 40002 else "both")
+    finally:
+        mine.close()
+    hub.server.stop(grace=0)
+    hub.server = type(hub.server)(hub.dir, hub.config, clock=hub.clock)
+print(json.dumps(out))
+"""
+
+
+def _in_own_namespace(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
+    gai = tmp_path / "gai.conf"
+    gai.write_text("precedence ::ffff:0:0/96 100\nprecedence ::1/128 50\n")
+    (tmp_path / "script.py").write_text(script)
+    setup = (
+        f"mount --bind {hosts} /etc/hosts && touch /etc/gai.conf 2>/dev/null;"
+        f" mount --bind {gai} /etc/gai.conf && ip link set lo up"
+        f' && exec "{sys.executable}" {tmp_path / "script.py"}'
+    )
+    return subprocess.run(
+        ["unshare", "-rnm", "sh", "-c", setup],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_port_zero_on_localhost_binds_one_port_on_both_addresses(tmp_path: Path) -> None:
+    """CONTRACT §10: `[server] listen` / `[http] listen` = `localhost:0` (a free port) where
+    `localhost` is 127.0.0.1 and ::1. The port picked on the first address was bound on
+    the second as it came: gRPC, finding it another program's there, listened on
+    127.0.0.1 alone (grpcio's "Only 1 addresses added out of total 2", a log line), so a
+    POS connecting to localhost over ::1 reached the other program; the HTTP door
+    failed to start ("Address already in use"). A free port now binds on every address
+    of the name, or another is picked."""
+    probe = subprocess.run(
+        ["unshare", "-rnm", "sh", "-c", "ip link set lo up"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    if probe.returncode != 0 or shutil.which("ip") is None:
+        pytest.skip(f"no user and network namespaces here: {probe.stderr!r}")
+    run = _in_own_namespace(tmp_path, PORT_ZERO_SCRIPT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.splitlines()[-1])
+    both = ["127.0.0.1", "[::1]"]
+    assert out["grpc"] == [both] * 8, out
+    assert out["http"] == [both] * 8, out
+    assert out["hub"] == ["both"] * 3, out  # `hub serve`'s listen, the same way
