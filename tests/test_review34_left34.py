@@ -226,10 +226,11 @@ def test_a_close_with_status_bytes_unread_still_delivers_the_tail_and_a_fin() ->
 
 # Run inside a user, network and mount namespace of its own (`unshare -rnm`): `localhost`
 # is 127.0.0.1 and ::1 (a hosts file of its own), IPv4 sorted first (a gai.conf of its
-# own), the ports the system picks for a door are 40000-40003, and [::1]:40000-40002 belong to another
-# program. A door asked for `localhost:0` that takes a port on 127.0.0.1 which is another
-# program's on ::1 listens on one address only (gRPC: a POS connecting to `localhost`
-# over ::1 reaches the other program; the hub's gRPC too) or fails to start (HTTP).
+# own), the ports the system picks for a door are 40000-40003, and [::1]:40000-40002
+# belong to another program. A door asked for `localhost:0` that takes a port on
+# 127.0.0.1 which is another program's on ::1 listens on one address only (gRPC: a POS
+# connecting to `localhost` over ::1 reaches the other program; the hub's gRPC too) or
+# fails to start (HTTP).
 PORT_ZERO_SCRIPT = r"""
 import json, socket, sys, tempfile
 from pathlib import Path
@@ -365,3 +366,68 @@ def test_port_zero_on_localhost_binds_one_port_on_both_addresses(tmp_path: Path)
     assert out["grpc"] == [both] * 8, out
     assert out["http"] == [both] * 8, out
     assert out["hub"] == ["both"] * 3, out  # `hub serve`'s listen, the same way
+
+
+# ---------------------------------------------------------------- 5. renumber and a refund's points
+
+
+def test_a_refund_numbered_again_keeps_its_points_with_it_when_its_customer_had_left(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §9, §16. Anna buys (seq 1, 53 points redeemed); the hub drops her from
+    the snapshot; her refund (seq 2) still gives her points back (its point rows name her,
+    from the sale), but its journal row has no customer (she was not in the snapshot).
+    The hub holds seq 2 with another transaction of this device (a wiped till's old
+    disk): the refund is numbered again (seq 3). `renumber` moved the point rows of the
+    journal's customer only: none, so the refund's rows stayed under seq 2. Anna back
+    in the next snapshot, which counted the device up to seq 2 (the other transaction),
+    the till read the refund's rows as counted by the hub: her balance left out the 53
+    points given back (and kept the 47 earned ones taken back) until the hub published
+    past seq 3."""
+    from tillpoint.agent import ledger
+    from tillpoint.agent.results import refund_from_json
+    from tillpoint.agent.service import Agent
+
+    from .conftest import receipt, snapshot
+
+    base = snapshot()
+    anna_card = base["cards"][0]["number"]
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(base)
+        sold = agent.checkout(receipt_from_json(receipt("r-1", anna_card, redeemPoints=100)))
+        assert sold.redeemed_points > 0
+        gone = snapshot(
+            version=2,
+            customers=base["customers"][1:],
+            cards=base["cards"][1:],
+            appliedThrough={"till-1": 1},
+        )
+        agent.load_snapshot(gone)
+        refund = agent.refund(
+            refund_from_json(
+                {
+                    "refundId": "rf-1",
+                    "receiptId": "r-1",
+                    "at": "2026-11-23T11:00:00+03:00",
+                    "lines": [{"sku": "4601234000017", "qty": "2"}],
+                }
+            )
+        )
+        assert refund.returned_points == sold.redeemed_points
+        with agent._lock, agent._write() as conn:  # the hub's answer: seq 2 is taken
+            assert ledger.renumber(conn, "till-1", 2, 2) == 3
+        counted = 1200 - sold.redeemed_points + sold.earned_points  # the hub counted seq 1
+        back = snapshot(
+            version=3,
+            customers=[dict(base["customers"][0], balancePoints=counted), *base["customers"][1:]],
+            appliedThrough={"till-1": 2},
+        )
+        agent.load_snapshot(back)
+        balance = agent.balance(anna_card)
+        # the refund (seq 3, not counted by the hub yet): the redeemed points back, the
+        # earned ones taken back
+        expected = counted + refund.returned_points - refund.taken_back_points
+        assert balance.available_points + balance.pending_points == expected, balance
+    finally:
+        agent.close()
