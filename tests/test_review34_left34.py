@@ -21,6 +21,7 @@ from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.loopback import LoopbackHub, receipt, wait_for
 
 from .conftest import CLI
+from .test_hub_postgres import two_servers  # noqa: F401 (a fixture)
 from .test_printer_queue import add_job, payload, worker
 
 # ---------------------------------------------------------------- 1. the test page after a torn job
@@ -431,3 +432,70 @@ def test_a_refund_numbered_again_keeps_its_points_with_it_when_its_customer_had_
         assert balance.available_points + balance.pending_points == expected, balance
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------- 7. a shrink and an authorisation
+
+
+def test_a_shrink_and_another_tills_authorisation_interleaved_on_postgresql(
+    two_servers: Any,  # noqa: F811  (the fixture imported above)
+    pg_url: str,
+) -> None:
+    """CONTRACT §11 (a late grant shrunk to what the OFFLINE hold uses; the rest spendable
+    at once) on the PostgreSQL hub, two servers over one database. The shrink takes no
+    customer lock ("it only frees points"); shown here, not reasoned: (1) the shrink
+    waits on the hold's row (another transaction holds it) while another till's
+    authorisation of the same customer runs: that one sees the hold whole and is not
+    held up by it; (2) the authorisation waits on the customer's lock while the shrink
+    runs: the shrink is not held up, and the authorisation, let go, sees the hold shrunk.
+    Afterwards the balance's holds are the sum of the holds, never above the balance."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    a, b = two_servers
+    now = datetime.now(UTC)
+    assert a.authorise("till-a", "r-a", "c-1", 1000, now, [], now, 900.0).authorised == 1000
+    assert b.balance("c-1", now).held == 1000
+
+    def holds() -> dict[str, int]:
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute(
+                "SELECT receipt_id, points FROM holds WHERE customer_id = 'c-1'"
+                " AND state = 'ACTIVE' ORDER BY receipt_id"
+            ).fetchall()
+        return {str(r): int(p) for r, p in rows}
+
+    with ThreadPoolExecutor(max_workers=2) as pool, psycopg.connect(pg_url) as other:
+        # (1) the hold's row locked by another transaction: the shrink waits on it
+        other.execute(
+            "SELECT 1 FROM holds WHERE device_id = 'till-a' AND receipt_id = 'r-a' FOR UPDATE"
+        )
+        shrinking = pool.submit(a.shrink, "till-a", "r-a", 200, [], placed_by=now)
+        with pytest.raises(TimeoutError):
+            shrinking.result(timeout=0.5)  # waiting on the row
+        granted = b.authorise("till-b", "r-b", "c-1", 1200, now, [], now, 900.0)
+        assert granted.authorised == 200  # the hold still whole: 1200 - 1000, not more
+        other.commit()
+        assert shrinking.result(timeout=10) is True
+        assert holds() == {"r-a": 200, "r-b": 200}
+
+        # (2) the customer's lock held (what an authorisation takes): the shrink runs on
+        other.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("customer:c-1",))
+        started = threading.Event()
+
+        def authorise_c() -> int:
+            started.set()
+            return int(a.authorise("till-c", "r-c", "c-1", 1200, now, [], now, 900.0).authorised)
+
+        authorising = pool.submit(authorise_c)
+        assert started.wait(5)
+        with pytest.raises(TimeoutError):
+            authorising.result(timeout=0.5)  # waiting on the customer's lock
+        assert b.shrink("till-a", "r-a", 50, [], placed_by=now) is True  # not held up
+        other.commit()
+        assert authorising.result(timeout=10) == 1200 - 50 - 200  # it saw the shrink
+    assert holds() == {"r-a": 50, "r-b": 200, "r-c": 950}
+    assert a.balance("c-1", now).held == 1200  # all of it held, never more
