@@ -499,3 +499,60 @@ def test_a_shrink_and_another_tills_authorisation_interleaved_on_postgresql(
         assert authorising.result(timeout=10) == 1200 - 50 - 200  # it saw the shrink
     assert holds() == {"r-a": 50, "r-b": 200, "r-c": 950}
     assert a.balance("c-1", now).held == 1200  # all of it held, never more
+
+
+# ---------------------------------------------------------------- 6. what `hub serve` removed
+
+
+@pytest.mark.slow
+def test_hub_serve_says_at_start_which_copies_of_standard_input_it_removed(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §10: a copy of standard input a `hub import -` killed by SIGKILL left in
+    the hub's directory (as large as the chain's export) is removed at the next import or
+    `hub serve`, and the start says so on stderr (one JSON log line, WARNING): it said how
+    many, not which nor how large. One a live import holds is never removed (its lock;
+    tests/test_review33_left33.py with a real import)."""
+    import fcntl
+    import os
+    import time
+
+    from tillpoint.sync.hub_import import SPOOL_PREFIX
+    from tillpoint.sync.hub_server import HubDir
+
+    hub_dir = tmp_path / "hub"
+    HubDir(hub_dir).init()
+    HubDir(hub_dir).open_store(migrate=True).close()
+    left = hub_dir / f"{SPOOL_PREFIX}killed01"
+    left.write_bytes(b'{"customer": {"id": "c-1"}}\n' * 1000)
+    held = hub_dir / f"{SPOOL_PREFIX}running"
+    held.write_bytes(b"{}\n")
+    old = time.time() - 3600
+    for path in (left, held):
+        os.utime(path, (old, old))
+    port_file = tmp_path / "hub.port"
+    with held.open("rb") as reading:
+        fcntl.flock(reading.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live import's lock
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "tillpoint.agent.cli", "hub", "serve", "--hub-dir",
+             str(hub_dir), "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TILLPOINT_DATA_DIR": str(tmp_path / "data")},
+        )  # fmt: skip
+        procs.append(serve)
+        wait_for(lambda: port_file.exists() or serve.poll() is not None, timeout=60)
+        assert serve.poll() is None
+        assert not left.exists() and held.exists()
+    serve.terminate()
+    _, err = serve.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    said = [line for line in lines if "standard input" in line.get("msg", "")]
+    assert len(said) == 1, err.decode()[-2000:]
+    assert said[0]["level"] == "warning"
+    # how many, where, and which, with how much disk they held: the count alone said
+    # nothing of what the disk got back (a copy is as large as the chain's export)
+    assert said[0]["msg"] == (
+        f"removed 1 copy(ies) of standard input a killed `hub import -` left in {hub_dir},"
+        f" 28000 bytes in all: {left.name} (28000 bytes)"
+    )
