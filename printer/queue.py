@@ -574,6 +574,12 @@ class PrintWorker:
             )
             if cur.rowcount != 1:
                 return False
+            if not self._torn:
+                # a mark another process set since this worker started: `print test`'s
+                # page cut short while `run` served (review 34)
+                kept = read_torn(conn)
+                if kept is not None:
+                    self._torn, self._torn_codes = True, kept
             self._write_torn(conn, (*self._torn_codes, *codes) if self._torn else codes)
             return True
 

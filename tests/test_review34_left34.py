@@ -75,7 +75,9 @@ def test_the_test_page_after_a_torn_job_is_cut_off_from_it_and_clears_the_mark(
 
 def test_a_test_page_cut_short_leaves_the_mark_for_the_next_coupon(tmp_path: Path) -> None:
     """CONTRACT §7: a test page the printer dropped mid-way is a torn part too: the mark is
-    set before its bytes go (with its code), and the next coupon begins with the cut."""
+    set before its bytes go (with its code), and the next coupon begins with the cut,
+    also from the worker of a `run` started before the page (it reads the mark again
+    when it claims a job: it kept the mark in memory from its start only)."""
     from tillpoint.printer.cli_support import print_test_page
     from tillpoint.printer.errors import PrinterError
 
@@ -83,22 +85,21 @@ def test_a_test_page_cut_short_leaves_the_mark_for_the_next_coupon(tmp_path: Pat
 
     ledger = tmp_path / "ledger.db"
     with VirtualPrinter() as printer:
-        worker(ledger, printer.port).close()  # the agent ran here: a ledger
-        printer.close_after_bytes = 300
-        # dropped while sent or before the confirmation: torn either way
-        with contextlib.suppress(PrinterError):
-            print_test_page(printer_config(printer.port), ledger=ledger)
-        conn = sqlite3.connect(ledger)
+        w = worker(ledger, printer.port)  # `run` serving meanwhile: its worker started
         try:
-            [(kept,)] = conn.execute("SELECT value FROM device WHERE key = 'print_torn'")
-        finally:
-            conn.close()
-        assert json.loads(kept) == ["TP1-TEST"]
-        printer.close_after_bytes = None
-        before = len(printer.received)
-        add_job(ledger)
-        w = worker(ledger, printer.port)
-        try:
+            printer.close_after_bytes = 300
+            # dropped while sent or before the confirmation: torn either way
+            with contextlib.suppress(PrinterError):
+                print_test_page(printer_config(printer.port), ledger=ledger)
+            conn = sqlite3.connect(ledger)
+            try:
+                [(kept,)] = conn.execute("SELECT value FROM device WHERE key = 'print_torn'")
+            finally:
+                conn.close()
+            assert json.loads(kept) == ["TP1-TEST"]
+            printer.close_after_bytes = None
+            before = len(printer.received)
+            add_job(ledger)
             w.run_once()
             assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
         finally:
