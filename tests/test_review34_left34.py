@@ -545,8 +545,10 @@ def test_hub_serve_says_at_start_which_copies_of_standard_input_it_removed(
         wait_for(lambda: port_file.exists() or serve.poll() is not None, timeout=60)
         assert serve.poll() is None
         assert not left.exists() and held.exists()
-    serve.terminate()
+    serve.terminate()  # as soon as the port file is there: a graceful stop all the same
     _, err = serve.communicate(timeout=30)
+    assert serve.returncode == 0, err.decode()[-2000:]
+    assert not port_file.exists()
     lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
     said = [line for line in lines if "standard input" in line.get("msg", "")]
     assert len(said) == 1, err.decode()[-2000:]
