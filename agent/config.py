@@ -98,17 +98,54 @@ def not_resolved(host: str, exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+# How many free ports `bind_listeners` tries for port 0 on a name of several addresses
+# before it says none binds on all of them.
+PICK_TRIES = 32
+
+
+class _PortTaken(Exception):
+    """Port 0: the port the first address got is another program's on a later one."""
+
+    def __init__(self, first: socket.socket, exc: OSError) -> None:
+        super().__init__(str(exc))
+        self.first, self.exc = first, exc
+
+
 def bind_listeners(host: str, port: int) -> list[socket.socket]:
-    """TCP sockets bound to each address of `host` (`listen_addresses`) on `port` (0: a
-    free one, the same for every address, as grpcio picks it), not yet listening. OSError
-    (all closed): a name that does not resolve, or the first bind that fails; an address
-    of a name of several that this machine cannot take (no IPv6 stack, `::1` with IPv6
-    off: "Cannot assign requested address") is left out while another binds, as grpcio
-    leaves it out; an address in use never is."""
+    """TCP sockets bound to each address of `host` (`listen_addresses`) on `port`, not yet
+    listening. Port 0: a free port that binds on every address (the port the first
+    address got may be another program's on the next: `localhost` as 127.0.0.1 and ::1;
+    it was bound as it came, and the HTTP door failed to start while gRPC listened on
+    one address, review 34): another is picked, the ports tried held meanwhile so the
+    system does not give them again, `PICK_TRIES` at most. OSError (all closed): a name
+    that does not resolve, or the first bind that fails; an address of a name of several
+    that this machine cannot take (no IPv6 stack, `::1` with IPv6 off: "Cannot assign
+    requested address") is left out while another binds, as grpcio leaves it out; an
+    address in use never is."""
+    addresses = listen_addresses(host, port)
+    if port != 0 or len(addresses) == 1:
+        return _bind_each(addresses, port)
+    tried: list[socket.socket] = []
+    try:
+        for _ in range(PICK_TRIES):
+            try:
+                return _bind_each(addresses, 0)
+            except _PortTaken as taken:
+                tried.append(taken.first)
+                last = taken.exc
+        raise OSError(
+            errno.EADDRINUSE,
+            f"no free port binds on every address of {host} ({PICK_TRIES} tried; {last})",
+        )
+    finally:
+        for sock in tried:
+            sock.close()
+
+
+def _bind_each(addresses: list[tuple[socket.AddressFamily, Any]], port: int) -> list[socket.socket]:
     bound: list[socket.socket] = []
     skipped: OSError | None = None
     try:
-        addresses = listen_addresses(host, port)
         for family, where in addresses:
             sock = None
             try:
@@ -123,6 +160,9 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             except OSError as exc:
                 if sock is not None:
                     sock.close()
+                if port == 0 and bound and exc.errno == errno.EADDRINUSE:
+                    first = bound.pop(0)  # held by the caller: the next pick is another port
+                    raise _PortTaken(first, exc) from None
                 unusable = exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
                 if not unusable or len(addresses) == 1:
                     raise
@@ -131,11 +171,35 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             bound.append(sock)
         if not bound:
             raise skipped or OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
-    except OSError:
+    except BaseException:
         for sock in bound:
             sock.close()
         raise
     return bound
+
+
+def pinned_listen(address: str) -> str:
+    """`address` with port 0 made the free port `bind_listeners` finds on every address of
+    its host when it has several (`localhost`), for grpcio, which binds port 0 address by
+    address and leaves out one where the port it got first is another program's (only
+    a log line: a POS connecting over ::1 reached that program, review 34). Any other
+    address, or one that cannot be bound now, as it is (the caller's bind says why)."""
+    try:
+        host, port = split_listen(address)
+    except ValueError:
+        return address
+    if port != 0:
+        return address
+    try:
+        probes = bind_listeners(host, 0)
+    except OSError:
+        return address
+    picked = int(probes[0].getsockname()[1])
+    for probe in probes:
+        probe.close()
+    if len(probes) == 1:  # one address: grpcio's own pick cannot miss
+        return address
+    return f"[{host}]:{picked}" if ":" in host else f"{host}:{picked}"
 
 
 def bind_refusal(address: str) -> str | None:

@@ -121,7 +121,12 @@ STALE_TEMP_S = 60.0
 
 
 def remove_stale_temps(
-    folder: Path, prefix: str, suffix: str = "", *, older_than_s: float = STALE_TEMP_S
+    folder: Path,
+    prefix: str,
+    suffix: str = "",
+    *,
+    older_than_s: float = STALE_TEMP_S,
+    removed_files: list[tuple[str, int]] | None = None,
 ) -> int:
     """Remove the temporary files (`prefix`…`suffix` in `folder`) a process left when it
     was killed while it wrote them: `create_once`'s `NAME.XXXXXXXX.tmp` (review 33: a
@@ -129,7 +134,8 @@ def remove_stale_temps(
     import -`'s copy of standard input. Only those no live process writes (its writer
     holds an exclusive flock on it), older than `older_than_s`, and open in no live
     process /proc shows (a writer of an earlier release takes no lock: `_open_elsewhere`).
-    Returns how many; never raises (a file it cannot open or remove is left)."""
+    Returns how many, and adds (name, bytes) of each to `removed_files`; never raises (a
+    file it cannot open or remove is left)."""
     folder = Path(folder)
     removed = 0
     try:
@@ -165,6 +171,8 @@ def remove_stale_temps(
             if (now_there.st_dev, now_there.st_ino) == (seen.st_dev, seen.st_ino):
                 tmp.unlink()
                 removed += 1
+                if removed_files is not None:
+                    removed_files.append((name, int(seen.st_size)))
         except OSError:
             continue
         finally:

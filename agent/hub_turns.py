@@ -73,6 +73,12 @@ class HubTurns:
             if owed and self._on_put_off is not None:
                 self._on_put_off(receipt_id)
 
+    def busy_holding(self, receipt_id: str) -> bool:
+        """Whether a hold or checkout of this receipt is in its turn now (its request to
+        the hub on its way, or its grant not yet stored)."""
+        with self._changed:
+            return receipt_id in self._holding
+
     def start_release(self, receipt_id: str) -> bool:
         """False: a hold of this receipt is in progress (its own request replaces the
         hub's hold; the release is handed to `on_put_off` when its turn ends, for a call

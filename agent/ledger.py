@@ -1475,10 +1475,24 @@ def renumber(conn: sqlite3.Connection, device_id: str, old: int, hub_mark: int) 
             f"UPDATE {table} SET seq = ?, result = ? WHERE {key} = ?",
             (new, _with_seq(str(found[0]), old, new), ref_id),
         )
-    if customer_id is not None:
+    # Its point rows name the customer of the sale: a refund's journal row names the
+    # customer only if the snapshot still had them when it was made; left under the old
+    # seq, a snapshot that counted the device past it (the other transaction holding it)
+    # passed for having counted the refund, and the customer's balance left it out
+    # until the hub published past the new seq (review 34)
+    owners = {customer_id} if customer_id is not None else set()
+    if kind == "REFUND":
+        sale = conn.execute(
+            "SELECT r.customer_id FROM refunds f JOIN receipts r ON r.receipt_id = f.receipt_id"
+            " WHERE f.refund_id = ?",
+            (ref_id,),
+        ).fetchone()
+        if sale is not None and sale[0] is not None:
+            owners.add(str(sale[0]))
+    for owner in sorted(owners):
         conn.execute(
             "UPDATE points SET seq = ? WHERE customer_id = ? AND device_id = ? AND seq = ?",
-            (new, customer_id, device_id, old),
+            (new, owner, device_id, old),
         )
     payload = json.loads(str(box[0]))
     payload["seq"] = new

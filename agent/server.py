@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .config import bind_problem, bind_refusal, token_problem
+from .config import bind_problem, bind_refusal, pinned_listen, token_problem
 from .errors import InputError, TillpointError, edge_of
 from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
@@ -215,7 +215,8 @@ def build_server(
     port = 0
     if refusal is None:
         try:
-            port = server.add_insecure_port(address)
+            # port 0 on a name of several addresses: one free port on all of them
+            port = server.add_insecure_port(pinned_listen(address))
         except RuntimeError:  # grpcio's "Failed to bind": in use, or not an address here
             port = 0
     if port == 0:

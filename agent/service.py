@@ -947,13 +947,26 @@ class Agent:
 
     def hub_calls_owed(self) -> dict[str, int]:
         """How many releases and shrinks the hub has not taken yet (`/metrics`'s
-        `tillpoint_hub_calls_owed`): each keeps points held there from every till."""
+        `tillpoint_hub_calls_owed`): each keeps points held there from every till. The
+        releases include those of holds asked for and never stored (`hub_asks`, what
+        `_release_unstored` sends), but not an ask whose call may still store its receipt
+        (this process's hold in its turn; another process's, younger than
+        `HUB_ASK_GRACE_S`): that one is on its way, not owed."""
         if self.hub is None:
             return {"release": 0, "shrink": 0}
         now = self.clock()
         cutoff = ledger.utc_text(now - timedelta(seconds=HUB_HOLD_MAX_S))
+        young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
         with self._lock:
             releases, shrinks = ledger.hub_calls_owed(self._ledger, cutoff, ledger.utc_text(now))
+            asks = ledger.unstored_hub_asks(self._ledger)
+        releases += sum(
+            1
+            for rid, asked_at, pid in asks
+            if asked_at > cutoff
+            and not (asked_at > young and _running_elsewhere(pid))
+            and not self._hub_turns.busy_holding(rid)
+        )
         return {"release": releases, "shrink": shrinks}
 
     def _send_shrinks(self) -> int:

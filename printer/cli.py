@@ -87,7 +87,7 @@ def _test(settings: Any, args: argparse.Namespace) -> int:
     from tillpoint.printer.cli_support import print_test_page
 
     config = _printer_config(settings)
-    print_test_page(config)
+    print_test_page(config, ledger=_ledger(settings))
     where = f"{config.host}:{config.port}" if config.kind == "network" else config.device
     return _emit(
         args, {"printed": True, "printer": f"{config.kind} {where}"}, f"test page sent to {where}"

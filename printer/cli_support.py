@@ -1,9 +1,11 @@
 """What the ``tillpoint print ...`` commands call.
 
 ``tillpoint print test``
-    :func:`print_test_page` ``(config)``: prints a test page now, directly (not through the
-    queue): profile, columns, code page, Russian, Latin and Ukrainian sample text (showing how
-    missing letters degrade), a column ruler, a scannable code and a cut. Raises
+    :func:`print_test_page` ``(config, ledger=...)``: prints a test page now, directly (not
+    through the queue): profile, columns, code page, Russian, Latin and Ukrainian sample text
+    (showing how missing letters degrade), a column ruler, a scannable code and a cut. It
+    honours the ledger's torn mark as a queued job does: after a torn job the page begins
+    with the cut that takes the torn part off, and, sent whole, clears the mark. Raises
     ``PrinterConfigError`` (exit 2) for a configuration that cannot work and ``PrinterError``
     (exit 1) with a one-line reason when the printer cannot be reached or reports a problem.
 
@@ -23,21 +25,35 @@ quietly, see ``_escpos.py``).
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from tillpoint.agent.errors import InputError
+from tillpoint.agent.db import connect
+from tillpoint.agent.errors import InputError, StorageError
 from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.decode import decode
 from tillpoint.printer.errors import ConnectionLost, PrinterConfigError, PrinterError
-from tillpoint.printer.layout import Block, Code, Cut, Rule, Text, offers_blocks, render_escpos
+from tillpoint.printer.layout import (
+    Block,
+    Code,
+    Cut,
+    Rule,
+    Text,
+    offers_blocks,
+    render_escpos,
+    separator_bytes,
+)
 from tillpoint.printer.payload import PrintPayload, parse_payload, payload_for_checkout
 from tillpoint.printer.profiles import Profile, resolve_profile
-from tillpoint.printer.queue import GS_R_PAPER, query_health
+from tillpoint.printer.queue import GS_R_PAPER, query_health, read_torn, write_torn
 from tillpoint.printer.render import render_png, render_text
 from tillpoint.printer.transport import Transport, make_transport
+
+log = logging.getLogger("tillpoint.printer")
 
 __all__ = [
     "NothingToPrint",
@@ -82,8 +98,11 @@ def send_now(
     data: bytes,
     config: PrinterConfig,
     transport_factory: Callable[[], Transport] | None = None,
+    *,
+    before_write: Callable[[], None] | None = None,
 ) -> None:
-    """Send bytes to the printer now, with the same checks as the queue; raise PrinterError."""
+    """Send bytes to the printer now, with the same checks as the queue; raise PrinterError.
+    `before_write` is called once the printer is open and healthy, just before the bytes go."""
     transport = (transport_factory or (lambda: make_transport(config)))()
     try:
         transport.open()
@@ -91,6 +110,8 @@ def send_now(
             health = query_health(transport, config.status_timeout_s)
             if health.blocking:
                 raise PrinterError(f"{transport.description}: {health.problem}")
+        if before_write is not None:
+            before_write()
         transport.write(data)
         if transport.readable and config.confirm:
             transport.write(GS_R_PAPER)
@@ -102,18 +123,70 @@ def send_now(
         transport.close()
 
 
+# The codes the test page draws (`test_page_blocks`): a torn page's separator outlasts them.
+TEST_PAGE_CODES = ("TP1-TEST",)
+
+
+class _TornMark:
+    """The ledger's torn mark (`queue.read_torn`) as `print test` keeps it: read before the
+    page, set before its bytes go (a page cut short is a torn part too), gone once it went
+    whole. No ledger (the agent never ran here): nothing torn, and none is made. A ledger
+    that cannot be read or written is logged, and the page still printed."""
+
+    def __init__(self, ledger: Path | None) -> None:
+        self.codes: tuple[str, ...] | None = None
+        self._conn: sqlite3.Connection | None = None
+        if ledger is None or not ledger.exists():
+            return
+        try:
+            self._conn = connect(ledger, create=False)
+            self.codes = read_torn(self._conn)
+        except (sqlite3.Error, StorageError) as exc:
+            log.warning("cannot read the printer's torn-job mark in %s: %s", ledger, exc)
+            self.close()
+
+    def write(self, codes: tuple[str, ...] | None) -> None:
+        if self._conn is None:
+            return
+        try:
+            write_torn(self._conn, codes)
+        except sqlite3.Error as exc:
+            log.warning("cannot keep the printer's torn-job mark in the ledger: %s", exc)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 def print_test_page(
     config: PrinterConfig,
     *,
     transport_factory: Callable[[], Transport] | None = None,
+    ledger: Path | None = None,
 ) -> None:
-    """Print the test page on the configured printer now."""
+    """Print the test page on the configured printer now. `ledger`: the till's ledger,
+    whose torn mark the page honours and clears as a queued job does (CONTRACT §7)."""
     if config.kind == "none":
         raise PrinterConfigError("no printer configured: set [printer] kind in the configuration")
     profile = resolve_profile(config)
     where = config.host if config.kind == "network" else config.device or config.kind
     data = render_escpos(test_page_blocks(profile, f"{config.kind} {where}"), profile)
-    send_now(data, config, transport_factory)
+    mark = _TornMark(ledger)
+    try:
+        torn = mark.codes
+        if torn is not None:
+            # a job cut short left a part with no cut after it: the page is not glued on
+            data = separator_bytes(profile, torn + TEST_PAGE_CODES) + data
+        send_now(
+            data,
+            config,
+            transport_factory,
+            before_write=lambda: mark.write((*(torn or ()), *TEST_PAGE_CODES)),
+        )
+        mark.write(None)
+    finally:
+        mark.close()
 
 
 def _profile(profile: PrinterConfig | Profile | str | None) -> Profile:

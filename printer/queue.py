@@ -88,8 +88,10 @@ __all__ = [
     "ensure_schema",
     "list_jobs",
     "query_health",
+    "read_torn",
     "requeue",
     "rfc3339",
+    "write_torn",
 ]
 
 log = logging.getLogger("tillpoint.printer")
@@ -364,6 +366,36 @@ def _torn_before(job: _Job) -> bool:
     return error.startswith(UNCONFIRMED) or any(mark in error for mark in _TORN_MARKS)
 
 
+def read_torn(conn: sqlite3.Connection) -> tuple[str, ...] | None:
+    """The codes of the torn part the ledger says is on the printer (`_TORN_KEY`), each
+    once; None when nothing is torn. sqlite3.Error when the ledger has no schema yet."""
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (_TORN_KEY,)).fetchone()
+    if row is None:
+        return None
+    try:
+        codes = json.loads(str(row[0]))
+    except ValueError:
+        codes = []
+    if not isinstance(codes, list):
+        codes = []
+    return tuple(dict.fromkeys(str(code) for code in codes))
+
+
+def write_torn(conn: sqlite3.Connection, codes: tuple[str, ...] | None) -> None:
+    """The ledger's torn mark set to `codes` (the codes of what was on its way to the
+    printer), or gone (None): the paper's last piece was cut."""
+    if codes is None:
+        conn.execute("DELETE FROM device WHERE key = ?", (_TORN_KEY,))
+    else:
+        # each code once: the separator outlasts the longest of them, and a crash loop
+        # while one coupon was sent wrote the kept codes and its own again at every
+        # start (rev33a: a row growing by a job's codes per restart)
+        conn.execute(
+            "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
+            (_TORN_KEY, json.dumps(list(dict.fromkeys(codes)), ensure_ascii=False)),
+        )
+
+
 class _Unconfirmed(Exception):
     """The printer took a job and answered nothing after it."""
 
@@ -542,40 +574,27 @@ class PrintWorker:
             )
             if cur.rowcount != 1:
                 return False
+            if not self._torn:
+                # a mark another process set since this worker started: `print test`'s
+                # page cut short while `run` served (review 34)
+                kept = read_torn(conn)
+                if kept is not None:
+                    self._torn, self._torn_codes = True, kept
             self._write_torn(conn, (*self._torn_codes, *codes) if self._torn else codes)
             return True
 
     @staticmethod
     def _write_torn(conn: sqlite3.Connection, codes: tuple[str, ...] | None) -> None:
-        if codes is None:
-            conn.execute("DELETE FROM device WHERE key = ?", (_TORN_KEY,))
-        else:
-            # each code once: the separator outlasts the longest of them, and a crash loop
-            # while one coupon was sent wrote the kept codes and its own again at every
-            # start (rev33a: a row growing by a job's codes per restart)
-            conn.execute(
-                "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
-                (_TORN_KEY, json.dumps(list(dict.fromkeys(codes)), ensure_ascii=False)),
-            )
+        write_torn(conn, codes)
 
     def _torn_kept(self) -> tuple[bool, tuple[str, ...]]:
         """What the ledger says of a torn part on the printer (`_TORN_KEY`)."""
         try:
             with self._db_lock:
-                row = self._conn.execute(
-                    "SELECT value FROM device WHERE key = ?", (_TORN_KEY,)
-                ).fetchone()
+                codes = read_torn(self._conn)
         except sqlite3.Error:  # no ledger schema yet (`create_schema=False`): nothing torn
             return False, ()
-        if row is None:
-            return False, ()
-        try:
-            codes = json.loads(str(row[0]))
-        except ValueError:
-            codes = []
-        if not isinstance(codes, list):
-            codes = []
-        return True, tuple(dict.fromkeys(str(code) for code in codes))
+        return (False, ()) if codes is None else (True, codes)
 
     def _keep_torn(self) -> None:
         """The in-memory torn mark written to the ledger (a failed write is logged: the

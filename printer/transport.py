@@ -80,6 +80,12 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# How long a graceful close of a network printer's connection waits, at most, for the
+# printer to take the job's last bytes (or close its side), reading and dropping what it
+# sends meanwhile (`NetworkTransport.close`).
+CLOSE_DRAIN_S = 2.0
+
+
 class NetworkTransport:
     """Raw TCP to a network printer (JetDirect/AppSocket, port 9100)."""
 
@@ -91,10 +97,13 @@ class NetworkTransport:
         port: int = 9100,
         connect_timeout_s: float = 3.0,
         write_timeout_s: float = 10.0,
+        *,
+        close_drain_s: float = CLOSE_DRAIN_S,
     ) -> None:
         self.host, self.port = host, port
         self.connect_timeout_s = connect_timeout_s
         self.write_timeout_s = write_timeout_s
+        self.close_drain_s = close_drain_s
         self.description = f"{host}:{port}"
         self._sock: socket.socket | None = None
         self.aborted = False
@@ -199,9 +208,34 @@ class NetworkTransport:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         else:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
+            self._drain(sock)
         sock.close()
+
+    def _drain(self, sock: socket.socket) -> None:
+        """A graceful close's first half: the FIN after the job's last byte, then what the
+        printer sends read and dropped until it has taken every byte (or closed its side),
+        `close_drain_s` at most. Linux turns a close with unread input into a reset (RST):
+        the job's tail still in the send queue was thrown away, and the printer got an RST
+        before it had printed it (review 34; a printer's status bytes the agent never read,
+        with `confirm = false`). Whatever is unread at the end is read just before the
+        close; input that comes after it still resets the connection, by then taken."""
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + self.close_drain_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(min(left, 0.05))
+                try:
+                    if not sock.recv(4096):
+                        return  # the printer closed its side: it read our FIN, and all before it
+                except TimeoutError:
+                    if self.unsent() == 0:
+                        return  # every byte (and the FIN) acknowledged, nothing more sent
+            sock.setblocking(False)
+            while sock.recv(4096):
+                pass
+        except OSError:  # reset, or nothing left to read (BlockingIOError)
+            return
 
 
 def open_serial(

@@ -398,6 +398,11 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
         # before this one binds, so that a script waiting for the file reads this hub's.
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             args.port_file.unlink()
+    # SIGTERM is a graceful stop from before the port file says the hub serves: a script
+    # that stopped the hub as soon as it read the file ended it at once (exit -15, the
+    # file left) when the signal came before the handlers (review 34)
+    done = threading.Event()
+    systemd.on_signals(done.set, logging.getLogger("tillpoint.hub"))  # SIGHUP: ignored
     server = HubServer(hub, config)  # its store too: --store or $TILLPOINT_HUB_STORE
     port = server.start(args.listen)
     if args.port_file is not None:
@@ -407,8 +412,6 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     logging.getLogger("tillpoint.hub").info(
         "hub %s listening on %s (port %d)", server.dir.root, args.listen, port
     )
-    done = threading.Event()
-    systemd.on_signals(done.set, logging.getLogger("tillpoint.hub"))  # SIGHUP: ignored
     systemd.wait_for_stop(done)  # a SIGTERM taken by any thread ends it
     server.stop(grace=5)
     if args.port_file is not None:  # no port once stopped (unless another hub wrote it)

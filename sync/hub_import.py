@@ -848,12 +848,18 @@ def remove_stale_spools(spool_dir: Path) -> int:
     serve`; returns how many."""
     from tillpoint.agent.files import remove_stale_temps
 
-    removed = remove_stale_temps(spool_dir, SPOOL_PREFIX)
+    files: list[tuple[str, int]] = []
+    removed = remove_stale_temps(spool_dir, SPOOL_PREFIX, removed_files=files)
     if removed:
+        # which ones and how large (review 34): a copy is as large as the chain's export,
+        # and the count alone did not tell support what the disk got back
         log.warning(
-            "removed %d copy(ies) of standard input a killed `hub import -` left in %s",
+            "removed %d copy(ies) of standard input a killed `hub import -` left in %s,"
+            " %d bytes in all: %s",
             removed,
             spool_dir,
+            sum(size for _, size in files),
+            ", ".join(f"{name} ({size} bytes)" for name, size in files),
         )
     return removed
 

@@ -33,7 +33,7 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2_grpc
-from tillpoint.agent.config import bind_problem, bind_refusal
+from tillpoint.agent.config import bind_problem, bind_refusal, pinned_listen
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.grpc_decode import RefuseUndecodable
@@ -1417,7 +1417,8 @@ class HubServer:
         port = 0
         if refusal is None:
             try:
-                port = server.add_secure_port(listen, creds)
+                # port 0 on a name of several addresses: one free port on all of them
+                port = server.add_secure_port(pinned_listen(listen), creds)
             except RuntimeError:  # grpcio's "Failed to bind"
                 port = 0
         if port == 0:
