@@ -374,10 +374,22 @@ class Memo34Sequence(HubSequence):
 
     def person_delta(self) -> dict[str, Any]:
         """A customer's birthday (today or tomorrow in the store's zone, or none), favourite
-        weekday and points pending until about now."""
+        weekday, phone and points pending until about now; or the customer removed (their
+        cards stay: a card of no customer), or brought back."""
         r = self.rng
         now = self.clock().astimezone(self.zone())
-        c = copy.deepcopy(r.choice(self.master["customers"]))
+        gone: list[dict[str, Any]] = getattr(self, "gone", [])
+        self.gone = gone
+        roll = r.random()
+        if roll < 0.15 and len(self.master["customers"]) > 2:
+            c = r.choice(self.master["customers"])
+            gone.append(c)
+            return {"removed": {"customers": [c["id"]]}}
+        c = copy.deepcopy(
+            gone.pop() if roll < 0.35 and gone else r.choice(self.master["customers"])
+        )
+        if r.random() < 0.2:
+            c["phone"] = r.choice(["+79161234567", "+79035550001", "+79990000000"])
         day = (now + timedelta(days=r.choice([0, 1, 8]))).date()
         c["birthday"] = r.choice([f"1990-{day:%m-%d}", None])
         if c["birthday"] is None:
@@ -430,10 +442,9 @@ class Memo34Sequence(HubSequence):
             if section == "program":
                 self.master["program"] = rows
             elif section == "removed":
-                gone = set(rows["coupons"])
-                self.master["coupons"] = [
-                    c for c in self.master["coupons"] if c["code"] not in gone
-                ]
+                for part, key in (("coupons", "code"), ("customers", "id")):
+                    gone = set(rows.get(part, ()))
+                    self.master[part] = [c for c in self.master[part] if c[key] not in gone]
             else:
                 key = keys[section]
                 kept = [row for row in self.master[section] if row[key] != rows[0][key]]
