@@ -311,6 +311,82 @@ def test_the_store_midnight_in_a_zone_of_quarter_hours_is_answered_as_a_fresh_ti
         till.close()
 
 
+# ---------------------------------------------------------------- the clock's mark, taken by two
+
+
+def test_a_step_another_thread_saw_first_is_not_followed_twice_by_a_hold_in_its_transaction(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11: a hold lives `holdTtlSeconds` of time that passes; the till follows a
+    step of its wall clock by moving the open holds (docs/ARCHITECTURE.md, `_clock_mark`).
+    A hold that ran out is held again under its receiptId, priced inside its write
+    transaction and asking the hub there; NTP set the clock an hour back during that
+    request, and `run`'s 15 s hold timer (or a quote) read the clock meanwhile: it took
+    the step from the mark and waited for the agent's lock to move the open holds. The
+    Hold, finding no step left to follow, made its times on the stepped clock and
+    committed; then the timer moved every open hold by the hour, the new one too: it had
+    expired at once, and the POS's Confirm after the payment was refused ("hold
+    expired"), where a fresh agent's Confirm on the same files would have had it HELD a
+    moment before. A step is now taken from the mark only under the agent's lock, by
+    whoever moves the holds by it."""
+    import threading
+
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = sample_master_data()
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    enrollment = hub.enroll("till-1", tmp_path / "till")
+    link = HubLink(hub.address, enrollment)
+    timer: list[threading.Thread] = []
+    agent: Any = None
+
+    class SteppedWhileTheTimerRuns(HubAuthoriser):
+        """The hub's real authoriser; during the request the wall clock is set back an hour
+        and the hold timer's round starts (on its own thread, as `run`'s does)."""
+
+        def authorise(self, *args: Any, **kwargs: Any) -> Any:
+            if not timer:
+                clock.stepped(-3600)
+                clock.read_by = set()
+                timer.append(threading.Thread(target=agent.sweep_holds, daemon=True))
+                timer[0].start()
+                wait_for(lambda: timer[0].ident in clock.read_by, timeout=10)  # it read it
+            return super().authorise(*args, **kwargs)
+
+    authoriser = SteppedWhileTheTimerRuns(link, tmp_path / "till", "till-1", 3.0)
+    agent = Agent(tmp_path / "till", "till-1", clock=clock, monotonic=clock.steady, hub=authoriser)
+    try:
+        timer.append(threading.Thread())  # not during the first hold's request
+        program = {**data["program"], "holdTtlSeconds": 600}
+        agent.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
+        lines = [{"sku": MILK, "qty": "1", "amountMinor": 500_000}]
+        body = sale("h-1", clock(), card=ANNA, redeemPoints=100, lines=lines)
+        first = agent.hold(receipt_from_json(body)).to_json()
+        assert (first["state"], first["mode"]) == ("HELD", "ONLINE")
+        clock.passes(601)  # the hold ran out; the same receipt again
+        timer.clear()
+        held = agent.hold(receipt_from_json(body)).to_json()
+        timer[0].join(timeout=30)
+        assert not timer[0].is_alive()
+        assert (held["state"], held["redeemedPoints"]) == ("HELD", 100)
+        assert datetime.fromisoformat(held["holdExpiresAt"]) == clock() + timedelta(seconds=600)
+        clock.passes(60)  # the POS took the payment: Confirm
+        confirmed = agent.confirm("h-1").to_json()
+        assert (confirmed["state"], confirmed["redeemedPoints"]) == ("CONFIRMED", 100)
+        status = agent.status().to_json()
+        assert (status["outboxDepth"], status["lastSeq"]) == (1, 1)
+    finally:
+        agent.close()
+        authoriser.close()
+        link.close()
+        hub.stop()
+
+
 # ---------------------------------------------------------------- the seeded walk
 
 
