@@ -422,6 +422,18 @@ class Memo34Sequence(HubSequence):
             return
         super().do(action)
 
+    def delta(self) -> None:
+        """Review 31's delta of the hub's data; one that gives a card to a customer this
+        walk removed is refused by the hub (nothing imported): the master data as before."""
+        from tillpoint.sync.hub_store import ImportRefused
+
+        master = copy.deepcopy(self.master)
+        try:
+            super().delta()
+        except ImportRefused:
+            self.master = master
+            self.count("delta/refused")
+
     # ------------------------------------------------------------ the events
 
     def zone(self) -> ZoneInfo:
@@ -568,9 +580,9 @@ def test_a_long_lived_till_answers_as_a_fresh_one_through_settings_zones_and_mid
     birthdays, favourite weekdays and pending points, and snapshot coupons changed or
     withdrawn; every answer compared with a fresh agent's."""
     seed = int(os.environ.get("MEMO34_SEED") or 3401)
-    seq = _memo34_walk(tmp_path, seed, 160)
+    seq = _memo34_walk(tmp_path, seed, 300)
     assert not seq.mismatches, "\n".join(seq.mismatches[:3])
-    assert seq.compared > 80, seq.counts
+    assert seq.compared > 150, seq.counts
     for event in ("setting", "midnight", "person", "coupon"):
         assert seq.counts.get(f"action/{event}", 0) >= 2, seq.counts
 
