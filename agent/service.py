@@ -754,24 +754,37 @@ class Agent:
         last reading (NTP set it an hour back or forward), move the open holds' expiry by
         the step, so that a step back does not stretch a hold past the hub's copy of it
         and a step forward does not expire at once a hold whose payment is being taken.
-        True when it moved them (a step was followed)."""
-        step = self._take_clock_step()
-        if step is None:
+        True when it moved them (a step was followed).
+
+        The clock is read first without the agent's lock (a quote does not wait for a
+        commit when nothing was stepped), leaving a step it finds on the mark; the step is
+        taken under the lock, by whichever call then holds it. Taken before the lock, it
+        was this call's while it waited, and a Hold priced inside its write transaction
+        meanwhile (holding the lock, asking the hub) found no step to follow, made its
+        times on the stepped clock, and was moved by the step after its commit: an hour
+        back, expired at once (review 34)."""
+        if self._take_clock_step(peek=True) is None:
             return False
-        try:
-            with self._lock, self._write() as conn:
-                ledger.shift_open_holds(conn, timedelta(seconds=step))
-        except StorageError:  # logged by `_write`; the next call tries again
-            self._unfollow(step)
-            return False
+        with self._lock:
+            step = self._take_clock_step()
+            if step is None:  # followed meanwhile by the call that held the lock
+                return False
+            try:
+                with self._write() as conn:
+                    ledger.shift_open_holds(conn, timedelta(seconds=step))
+            except StorageError:  # logged by `_write`; the next call tries again
+                self._unfollow(step)
+                return False
         log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
         return True
 
-    def _take_clock_step(self) -> float | None:
+    def _take_clock_step(self, *, peek: bool = False) -> float | None:
         """Read the wall clock beside the steady one and mark it: the step since the last
         reading when the wall clock was stepped by `CLOCK_STEP_S` or more, else None. The
         caller moves the open holds by the step, or gives it back (`_unfollow`) when it
-        cannot."""
+        cannot; it holds the agent's lock (the step is the lock holder's to follow). With
+        `peek`, a step is said and left on the mark (no lock needed); a reading without
+        one is marked as ever."""
         # The system's steady clock goes with the system's wall clock only: a clock set in
         # its place (a test's, moved to make time pass) is taken as steady unless it
         # comes with its own `monotonic`.
@@ -780,12 +793,12 @@ class Agent:
             return None
         with self._mark_lock:  # not the agent's lock: a quote does not wait for a commit
             wall, passed = self.clock(), steady()
-            mark, self._clock_mark = self._clock_mark, (wall, passed)
-        if mark is None:
-            return None
-        step = (wall - mark[0]).total_seconds() - (passed - mark[1])
-        if abs(step) < CLOCK_STEP_S:
-            return None
+            mark = self._clock_mark
+            step = None if mark is None else (wall - mark[0]).total_seconds() - (passed - mark[1])
+            if step is not None and abs(step) < CLOCK_STEP_S:
+                step = None
+            if step is None or not peek:
+                self._clock_mark = (wall, passed)
         return step
 
     def _unfollow(self, step: float) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -189,8 +190,11 @@ class SteppingClock:
     def __init__(self, t: datetime) -> None:
         self.t = t
         self.s = 1000.0
+        # the threads that read the wall clock (a test empties it and waits for one)
+        self.read_by: set[int] = set()
 
     def __call__(self) -> datetime:
+        self.read_by.add(threading.get_ident())
         return self.t
 
     def steady(self) -> float:

@@ -130,12 +130,12 @@ def test_a_rolled_back_step_is_not_counted_twice_when_another_thread_took_a_late
             with agent._write():
                 clock.stepped(-3600.0)
                 agent._follow_clock_step_here()  # moved in this transaction
-                followed = agent._clock_mark
                 clock.stepped(+1800.0)
+                clock.read_by = set()
                 other = threading.Thread(target=agent._follow_clock_step, daemon=True)
-                other.start()  # takes the +30 min step, then waits for the lock
+                other.start()  # sees the +30 min step, then waits for the lock
                 deadline = time.monotonic() + 10.0
-                while agent._clock_mark == followed:
+                while other.ident not in clock.read_by:
                     assert time.monotonic() < deadline, "the other call never read the clock"
                     time.sleep(0.01)
                 raise RuntimeError("rolled back")  # the transaction fails after the step
