@@ -158,3 +158,273 @@ def test_a_body_cut_short_by_the_clients_end_is_408_at_once_not_after_the_body_t
     status, _, doc = one_answer(till.http_port, request("POST", "/v1/hold", body, CLOSE))
     assert (status, doc["state"]) == (200, "HELD")
     assert stored(till, "cut-1") == (1, 0)
+
+
+def test_a_body_that_trickles_is_408_after_the_body_timeout_while_other_calls_go_on(
+    till: Till,
+) -> None:
+    """CONTRACT §12's decision (408: a body slower than 10 s): a POS whose body stops
+    half-way and trickles a byte now and then (slowloris) is answered 408 once the body
+    timeout passes, with `Connection: close`, and the connection is closed (RFC 9110
+    §15.5.9); meanwhile the other tills' calls on other connections are answered as
+    ever; nothing is stored for the trickled receipt. Until review 34 the connection
+    stayed open after the 408, waiting for the rest of the body and then 75 s of
+    keep-alive: a trickling client held one of the 256 connections 85 s, not 10 s."""
+    body = body_of("trickle-1")
+    head = request("POST", "/v1/hold", b"", {"Content-Length": str(len(body))})
+    with socket.create_connection(("127.0.0.1", till.http_port), timeout=TIMEOUT) as slow:
+        slow.sendall(head + body[:10])
+        sent = 10
+        others = 0
+        deadline = time.monotonic() + BODY_TIMEOUT_S + 10
+        slow.setblocking(False)
+        got = b""
+        while time.monotonic() < deadline:
+            try:
+                got += slow.recv(65536)
+            except BlockingIOError:
+                pass
+            if got:
+                break
+            if sent < len(body) - 1:  # never the last byte
+                slow.sendall(body[sent : sent + 1])
+                sent += 1
+            # another till's checkout, answered while the slow body is still under way
+            rid = f"trickle-other-{others}"
+            status, _, doc = one_answer(
+                till.http_port, request("POST", "/v1/checkout", body_of(rid), CLOSE)
+            )
+            assert (status, doc["state"]) == (200, "CONFIRMED"), doc
+            others += 1
+            time.sleep(0.5)
+        # the client goes on trickling: the agent has closed the connection all the same
+        slow.settimeout(5.0)
+        try:
+            while chunk := slow.recv(65536):
+                got += chunk
+                slow.sendall(b" ")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    ((status, headers, raw),) = answers_of(got)
+    assert status == 408 and json.loads(raw)["error"]["code"] == "REQUEST_TIMEOUT"
+    assert headers.get("connection") == "close"
+    assert others >= BODY_TIMEOUT_S  # two a second went on while it trickled
+    assert stored(till, "trickle-1") == (0, 0)
+    assert till.count("journal", "ref_id LIKE 'trickle-other-%'") == others
+
+
+def test_pipelined_calls_on_one_connection_are_answered_in_order_and_committed_once(
+    till: Till,
+) -> None:
+    """A POS that pipelines (RFC 9112 §9.3.2: requests sent before the answers) gets its
+    answers in order on the connection: a Hold, the same Hold again (idempotent, §11),
+    its Confirm, a Quote, then the connection closes as the last one asked."""
+    confirm = json.dumps({"receiptId": "pipe-1", "fiscalDocument": "FD-1"}).encode()
+    data = (
+        request("POST", "/v1/hold", body_of("pipe-1"))
+        + request("POST", "/v1/hold", body_of("pipe-1"))
+        + request("POST", "/v1/confirm", confirm)
+        + request("POST", "/v1/quote", body_of("pipe-2"), CLOSE)
+    )
+    answers = answers_of(exchange(till.http_port, data))
+    assert [status for status, _, _ in answers] == [200] * 4
+    docs = [json.loads(body) for _, _, body in answers]
+    assert [(d["receiptId"], d.get("state")) for d in docs] == [
+        ("pipe-1", "HELD"),
+        ("pipe-1", "HELD"),
+        ("pipe-1", "CONFIRMED"),
+        ("pipe-2", None),
+    ]
+    assert docs[0] == docs[1]
+    assert answers[-1][1].get("connection") == "close"
+    assert stored(till, "pipe-1") == (1, 1) and stored(till, "pipe-2") == (0, 0)
+
+
+def test_expect_100_continue_is_answered_continue_then_the_call(till: Till) -> None:
+    """A client that asks `Expect: 100-continue` (curl for bodies over 1 KiB, .NET's
+    HttpWebRequest, Java's when set) hears `100 Continue` before it sends its body, then
+    the call's answer; a client that waits for it and then leaves without a body stores
+    nothing (the cut body of the test above)."""
+    body = body_of("cont-1")
+    head = request("POST", "/v1/checkout", b"", {"Expect": "100-continue", **CLOSE})
+    head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body))
+    with socket.create_connection(("127.0.0.1", till.http_port), timeout=TIMEOUT) as sock:
+        sock.sendall(head)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 100 "), first
+        sock.sendall(body)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    ((status, _, raw),) = answers_of(first.partition(b"\r\n\r\n")[2] + got)
+    assert (status, json.loads(raw)["state"]) == (200, "CONFIRMED")
+    assert stored(till, "cont-1") == (0, 1)  # a Checkout leaves no hold row (§11)
+
+
+def test_a_chunked_checkout_is_committed_once_and_its_retry_is_the_same_answer(
+    till: Till,
+) -> None:
+    """A body streamed in chunks (Transfer-Encoding: chunked, no Content-Length: Java's
+    and Go's clients for a body they stream) is the same receipt as sent whole: the retry
+    with a Content-Length answers the same bytes, committed once."""
+    body = body_of("chunk-1")
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 17]), body[i : i + 17])
+        for i in range(0, len(body), 17)
+    )
+    head = request("POST", "/v1/checkout", b"", {"Transfer-Encoding": "chunked", **CLOSE})
+    head = head.replace(b"Content-Length: 0\r\n", b"")
+    first = answers_of(exchange(till.http_port, head + chunks + b"0\r\n\r\n"))
+    again = answers_of(exchange(till.http_port, request("POST", "/v1/checkout", body, CLOSE)))
+    assert first[0][0] == again[0][0] == 200
+    assert first[0][2] == again[0][2]
+    assert stored(till, "chunk-1") == (0, 1)
+
+
+@pytest.mark.parametrize("connection", [None, "keep-alive"])
+def test_http_1_0_is_answered_then_the_connection_closes(
+    till: Till, connection: str | None
+) -> None:
+    """An HTTP/1.0 client (an old POS script, urllib of old) is answered, then the
+    connection closes (`Connection: close` said), with `Connection: keep-alive` too: the
+    agent keeps only HTTP/1.1 connections alive (docs/INTEGRATION.md)."""
+    rid = f"h10-{connection}"
+    data = request("POST", "/v1/checkout", body_of(rid), {"Connection": connection}, "1.0")
+    status, headers, doc = one_answer(till.http_port, data)
+    assert (status, doc["state"], headers.get("connection")) == (200, "CONFIRMED", "close")
+    assert stored(till, rid) == (0, 1)
+
+
+def test_any_content_type_or_none_is_read_as_utf8_json(till: Till) -> None:
+    """CONTRACT §12's decision (review 34): the body is JSON read as UTF-8 whatever
+    `Content-Type` says or if it says nothing (1C's HTTPRequest sends none unless told,
+    curl's `-d` says application/x-www-form-urlencoded): every one answers the same
+    quote. A `charset` parameter is not obeyed (RFC 8259 §11: application/json has none,
+    and JSON between systems is UTF-8): a body in windows-1251 is refused as not UTF-8
+    whatever it is labelled, and nothing is stored."""
+    body = body_of("ct-1")
+    answers = set()
+    for ctype in (
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json; charset=windows-1251",
+    ):
+        got = answers_of(
+            exchange(
+                till.http_port,
+                request("POST", "/v1/quote", body, {"Content-Type": ctype, **CLOSE}),
+            )
+        )
+        assert got[0][0] == 200, (ctype, got)
+        answers.add(got[0][2])
+    assert len(answers) == 1
+    cyrillic = json.dumps(
+        receipt_json("ct-2", storeId="Магазин 1"), ensure_ascii=False
+    ).encode("cp1251")
+    status, _, doc = one_answer(
+        till.http_port,
+        request(
+            "POST",
+            "/v1/hold",
+            cyrillic,
+            {"Content-Type": "application/json; charset=windows-1251", **CLOSE},
+        ),
+    )
+    assert (status, doc["error"]["code"]) == (400, "INVALID_ARGUMENT")
+    assert "UTF-8" in doc["error"]["message"]
+    assert stored(till, "ct-2") == (0, 0)
+
+
+def test_what_a_pos_may_spell_another_way_is_one_receipt_for_its_retry(till: Till) -> None:
+    """CONTRACT §11: a Hold retried with the same receipt is answered, never a 409 —
+    and the same receipt spelled another way is the same receipt: a UTF-8 BOM before the
+    body, int64 figures as JSON numbers or as proto3 JSON's digit strings, a key given
+    twice (the last counts, §12's decision: the retry without the first is the same), a
+    query string on the path (not read)."""
+    plain = receipt_json("spell-1", redeemPoints=10)
+    spellings = [
+        json.dumps(plain).encode(),
+        b"\xef\xbb\xbf" + json.dumps(plain).encode(),
+        json.dumps(
+            {
+                **plain,
+                "redeemPoints": "10",
+                "lines": [{**plain["lines"][0], "priceMinor": str(plain["lines"][0]["priceMinor"])}],
+            }
+        ).encode(),
+        json.dumps(plain).replace('"redeemPoints": 10', '"redeemPoints": 0, "redeemPoints": 10').encode(),
+    ]
+    assert b'"redeemPoints": 0, "redeemPoints": 10' in spellings[-1]
+    answers = []
+    for n, body in enumerate(spellings):
+        path = "/v1/hold" if n % 2 == 0 else "/v1/hold?receiptId=other&n=1"
+        status, _, doc = one_answer(till.http_port, request("POST", path, body, CLOSE))
+        assert status == 200, (n, doc)
+        answers.append(doc)
+    assert all(a == answers[0] for a in answers), answers
+    assert answers[0]["redeemedPoints"] == 10 and answers[0]["state"] == "HELD"
+    assert stored(till, "spell-1") == (1, 0)
+    assert stored(till, "other") == (0, 0)
+    # another body under that receiptId is the conflict, however spelled
+    other = json.dumps({**plain, "redeemPoints": "11"}).encode()
+    status, _, doc = one_answer(till.http_port, request("POST", "/v1/hold", other, CLOSE))
+    assert (status, doc["error"]["code"]) == (409, "ALREADY_EXISTS")
+
+
+def test_what_the_contract_refuses_is_a_400_that_stores_nothing(till: Till) -> None:
+    """CONTRACT §10, §12: a quantity is a decimal string (a JSON number is refused, as a
+    float figure is), a receiptId over 128 characters, a body of two JSON documents, a
+    NUL in an id: each a one-line 400 INVALID_ARGUMENT, nothing stored."""
+    line = receipt_json("bad")["lines"][0]
+    cases = {
+        "bad-qty": receipt_json("bad-qty", lines=[{**line, "qty": 2}]),
+        "bad-float": receipt_json("bad-float", lines=[{**line, "priceMinor": 8990.5}]),
+        "bad-id": receipt_json("bad-id" + "x" * 100_000),
+        "bad-nul": receipt_json("bad-nul\u0000"),
+    }
+    for rid, doc in cases.items():
+        status, _, answer = one_answer(
+            till.http_port, request("POST", "/v1/checkout", json.dumps(doc).encode(), CLOSE)
+        )
+        assert (status, answer["error"]["code"]) == (400, "INVALID_ARGUMENT"), (rid, answer)
+        assert "\n" not in answer["error"]["message"]
+        assert till.count("receipt_life", "receipt_id LIKE ?", rid + "%") == 0
+    two = body_of("bad-two") + body_of("bad-two")
+    status, _, answer = one_answer(till.http_port, request("POST", "/v1/checkout", two, CLOSE))
+    assert (status, answer["error"]["code"]) == (400, "INVALID_ARGUMENT")
+    assert stored(till, "bad-two") == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("HEAD", "/v1/checkout", 405, "POST"),
+        ("OPTIONS", "/v1/checkout", 405, "POST"),
+        ("GET", "/v1/checkout", 405, "POST"),
+        ("PUT", "/v1/checkout", 405, "POST"),
+        ("post", "/v1/checkout", 405, "POST"),  # methods are case-sensitive (RFC 9110 §9.1)
+        ("POST", "/V1/CHECKOUT", 404, None),  # so are paths (RFC 3986 §6.2.2.1)
+        ("POST", "/v1/checkout/", 404, None),
+        ("POST", "//v1/checkout", 404, None),
+    ],
+)
+def test_another_method_or_spelling_of_a_path_runs_nothing(
+    till: Till, method: str, path: str, status: int, allow: str | None
+) -> None:
+    """CONTRACT §12's decisions: a method a path does not take is a 405 naming the one it
+    does in `Allow` (a HEAD's without a body), a path spelled another way is the 404 "no
+    such call"; the JSON error document either way, and the checkout is not run."""
+    rid = f"verb-{method}-{len(path)}-{path.count('/')}-{path.isupper()}"
+    data = request(method, path, body_of(rid), CLOSE)
+    got = answers_of(exchange(till.http_port, data))
+    (answer_status, headers, raw) = got[0]
+    assert answer_status == status, got
+    assert headers.get("allow") == allow
+    if method != "HEAD":
+        code = json.loads(raw)["error"]["code"]
+        assert code == ("METHOD_NOT_ALLOWED" if status == 405 else "NOT_FOUND")
+    assert stored(till, rid) == (0, 0)
