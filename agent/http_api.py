@@ -93,6 +93,7 @@ ON_LOOP_MAX_BYTES = 64 << 10
 
 JSON = "application/json"
 _HEAD = (b"content-type", JSON.encode())  # after content-length, as Starlette's Response
+_CLOSE = (b"connection", b"close")
 
 
 class HttpError(Exception):
@@ -390,13 +391,14 @@ class Api:
             answer = await self._answer(call, scope, receive)
             if answer is not None:  # None: the client left before its body arrived
                 status, body = answer
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": [(b"content-length", b"%d" % len(body)), _HEAD],
-                    }
-                )
+                headers = [(b"content-length", b"%d" % len(body)), _HEAD]
+                if status == 408:
+                    # RFC 9110 §15.5.9: the connection ends with the 408 (h11 closes it
+                    # once the answer is out). Left open it waited for the rest of the
+                    # body, then 75 s of keep-alive: a client trickling its body held one
+                    # of the 256 connections 85 s, not 10 s (review 34).
+                    headers.append(_CLOSE)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
