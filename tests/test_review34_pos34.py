@@ -19,16 +19,32 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf import json_format
+from tillpoint.agent.service import Agent
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.loopback import LoopbackHub, wait_for
+from tillpoint.sync.pull import Puller
+from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .test_review32_conc32 import (
+    ANNA,
+    BIG,
+    DEVICE,
     PROGRAM,
+    Answer,
     Till,
+    at_once,
+    documented,
+    hub_holds,
     seeded,
     snapshot,
 )
@@ -428,3 +444,154 @@ def test_another_method_or_spelling_of_a_path_runs_nothing(
         code = json.loads(raw)["error"]["code"]
         assert code == ("METHOD_NOT_ALLOWED" if status == 405 else "NOT_FOUND")
     assert stored(till, rid) == (0, 0)
+
+
+# ---------------------------------------------------------------- a POS that gives up
+
+
+def hub_till(hub: LoopbackHub, work: Path, conf: str) -> Till:
+    """A real `tillpoint run` enrolled at `hub`, its first snapshot pulled."""
+    data = work / "till"
+    enrollment = hub.enroll(DEVICE, data)
+    seed = Agent(data, DEVICE)
+    Puller(seed, HubLink(hub.address, enrollment), enrollment, call_timeout_s=5).pull()
+    seed.close()
+    return Till(work, data, hub, conf)
+
+
+def slow_hub(hub: LoopbackHub, seconds: float) -> None:
+    """The hub answers each redemption `seconds` late (its store busy)."""
+
+    def failpoint(where: str) -> None:
+        if where == "authorize":
+            time.sleep(seconds)
+
+    hub.server.servicer.failpoint = failpoint
+
+
+def big(rid: str, points: int = 300) -> dict[str, Any]:
+    return receipt_json(rid, ANNA, redeemPoints=points, lines=BIG)
+
+
+def give_up_over_http(t: Till, name: str, body: dict[str, Any], after: float = 0.3) -> None:
+    """A POS that sends its call and closes the connection before the answer."""
+    data = request("POST", f"/v1/{name}", json.dumps(body).encode())
+    with socket.create_connection(("127.0.0.1", t.http_port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        time.sleep(after)
+
+
+def settled_alike(t: Till, hub: LoopbackHub) -> None:
+    """Once the outbox is pushed: the hub's ledger is the till's journal, one entry each;
+    the hub holds only what the till's open ONLINE holds redeem; the customer's balance
+    is the same at both."""
+    wait_for(lambda: t.count("outbox") == 0, TIMEOUT)
+    journal = [r for (r,) in t.rows("SELECT ref_id FROM journal ORDER BY seq")]
+    assert len(journal) == len(set(journal)), journal
+    assert [e.ref_id for e in hub.store.ledger(DEVICE)] == journal
+    open_online = {
+        rid: points
+        for rid, points in t.rows(
+            "SELECT receipt_id, redeemed_points FROM receipt_life"
+            " WHERE state = 'HELD' AND mode = 'ONLINE'"
+        )
+    }
+
+    def hub_active() -> dict[str, int]:
+        return {rid: points for rid, points, state in hub_holds(hub) if state == "ACTIVE"}
+
+    wait_for(lambda: hub_active() == open_online, TIMEOUT)
+    hub_balance = hub.store.balance("c-1", datetime.now(UTC))
+    assert t.balance(ANNA) == hub_balance.available
+
+
+def test_a_call_given_up_mid_way_and_retried_is_done_once(hub: LoopbackHub, tmp_path: Path) -> None:
+    """CONTRACT §11: Hold and Checkout are idempotent on receiptId, and a POS retries a
+    call it gave up on with the same receiptId. Here the hub answers each redemption a
+    second late, and the POS gives up after 0.3 s: over HTTP it closes the connection
+    after sending the body, over gRPC its deadline expires or it cancels the call. Its
+    retry (once, or from two connections at once) is answered with the one receipt the
+    agent stored — the same figures, ONLINE with the hub's grant — and nothing is
+    doubled: one hub hold a receipt, one journal entry a sale, the hub's ledger the
+    till's journal once pushed, the balance the same at both."""
+    slow_hub(hub, 1.0)
+    t = hub_till(hub, tmp_path, "redeem_timeout_ms = 5000\ncall_timeout_ms = 5000\n")
+    try:
+        # HTTP: a Hold given up, retried once (while the first still waits for the hub)
+        give_up_over_http(t, "hold", big("gu-hold"))
+        first = t.http("hold", big("gu-hold"))
+        assert first.ok and first.doc["state"] == "HELD" and first.doc["mode"] == "ONLINE"
+        assert first.figure("redeemedPoints") == 300
+        # HTTP: a Checkout given up, retried from two connections at once
+        give_up_over_http(t, "checkout", big("gu-checkout"))
+        checkouts = at_once([lambda: t.http("checkout", big("gu-checkout"))] * 2)
+        documented(checkouts)
+        assert [a.doc["state"] for a in checkouts] == ["CONFIRMED"] * 2
+        assert checkouts[0].doc == checkouts[1].doc
+        # gRPC: a Hold whose deadline passes mid-call, then retried
+        request_pb = json_format.ParseDict(big("gu-deadline"), pb.Receipt())
+        with pytest.raises(grpc.RpcError) as gone:
+            t.stub.Hold(request_pb, timeout=0.3)
+        assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        held = t.grpc("hold", big("gu-deadline"))
+        assert held.ok and held.doc["state"] == "HELD" and held.doc["mode"] == "ONLINE"
+        # gRPC: a Checkout cancelled by the client mid-call, then retried twice at once
+        future = t.stub.Checkout.future(
+            json_format.ParseDict(big("gu-cancel"), pb.Receipt()), timeout=TIMEOUT
+        )
+        time.sleep(0.3)
+        assert future.cancel()
+        both = at_once([lambda: t.grpc("checkout", big("gu-cancel"))] * 2)
+        documented(both)
+        assert [a.doc["state"] for a in both] == ["CONFIRMED"] * 2
+        # the stored receipts answer every retry alike, the hub asked nothing more
+        asked = hub.store.balance("c-1", datetime.now(UTC)).held
+        assert t.http("hold", big("gu-hold")).doc == first.doc
+        assert t.http("checkout", big("gu-checkout")).doc == checkouts[0].doc
+        again = t.grpc("checkout", big("gu-cancel"))
+        assert again.doc == both[0].doc
+        assert hub.store.balance("c-1", datetime.now(UTC)).held == asked
+        # a Confirm given up, then retried: committed once; a Cancel of the other hold
+        give_up_over_http(t, "confirm", {"receiptId": "gu-hold"}, after=0.0)
+        confirmed = t.http("confirm", {"receiptId": "gu-hold"})
+        assert confirmed.ok and confirmed.doc["state"] == "CONFIRMED"
+        assert confirmed.figure("redeemedPoints") == 300
+        assert t.grpc("cancel", {"receiptId": "gu-deadline"}).doc["state"] == "CANCELLED"
+        journal = [r for (r,) in t.rows("SELECT ref_id FROM journal ORDER BY seq")]
+        assert sorted(journal) == ["gu-cancel", "gu-checkout", "gu-hold"]
+        assert t.count("outbox") <= 3
+        settled_alike(t, hub)
+    finally:
+        t.stop()
+
+
+def test_two_checkouts_of_one_receipt_id_with_other_bodies_racing_a_slow_hub(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §11: a Checkout whose body differs from the one first stored under its
+    receiptId is refused with the conflict (409, ALREADY_EXISTS), never answered with
+    the other's result. Two POS doors send one receiptId with two bodies (300 and 100
+    points) at once while the hub takes a second to answer: one is committed with its
+    own figures, the other is the conflict; the hub settles the winner's points only."""
+    slow_hub(hub, 1.0)
+    t = hub_till(hub, tmp_path, "redeem_timeout_ms = 5000\ncall_timeout_ms = 5000\n")
+    try:
+        for n in range(3):
+            rid = f"race-{n}"
+            answers = at_once(
+                [
+                    lambda rid=rid: t.http("checkout", big(rid, 300)),  # type: ignore[misc]
+                    lambda rid=rid: t.grpc("checkout", big(rid, 100)),  # type: ignore[misc]
+                ]
+            )
+            documented(answers)
+            assert sorted(a.kind for a in answers) == ["conflict", "ok"], answers
+            (won,) = [a for a in answers if a.ok]
+            points = 300 if won.door == "http" else 100
+            assert won.figure("redeemedPoints") == points
+            assert t.rows("SELECT redeemed_points FROM receipts WHERE receipt_id = ?", rid) == [
+                (points,)
+            ]
+        settled_alike(t, hub)
+    finally:
+        t.stop()
