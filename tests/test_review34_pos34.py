@@ -760,3 +760,28 @@ def test_many_pos_clients_at_once_while_the_hub_goes_away_and_comes_back(
     finally:
         done.set()
         t.stop()
+
+
+def test_a_grpc_client_with_no_deadline_is_answered_within_the_tills_own(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """A gRPC client that sets no deadline (grpcurl's default, many generated clients')
+    while the hub is stalled is answered all the same: the till bounds its own wait for
+    the hub (`redeem_timeout_ms`, CONTRACT §9) and prices the receipt OFFLINE; the grant
+    that comes late is shrunk to what the hold redeems (§11's decision), and the retry
+    (now with a deadline) answers the stored hold."""
+    t = hub_till(hub, tmp_path, "redeem_timeout_ms = 300\ncall_timeout_ms = 1000\n")
+    slow_hub(hub, 3.0)
+    try:
+        request_pb = json_format.ParseDict(big("nodl-1"), pb.Receipt())
+        future = t.stub.Hold.future(request_pb)  # no timeout: no deadline at all
+        reply = future.result(timeout=TIMEOUT)  # (the test's own bound, not the call's)
+        answer = json_format.MessageToDict(reply)
+        assert (answer["state"], answer["mode"]) == ("HELD", "OFFLINE")
+        again = t.grpc("hold", big("nodl-1"))
+        assert again.ok and figures(again.doc) == figures(answer)
+        assert t.count("receipt_life", "receipt_id = 'nodl-1'") == 1
+        hub.server.servicer.failpoint = None
+        settled_alike(t, hub)
+    finally:
+        t.stop()
