@@ -17,6 +17,7 @@ half-closing client, 405's `Allow`, a trailing slash, a BOM on a quote) is not r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import random
@@ -41,8 +42,8 @@ from .test_review32_conc32 import (
     ANNA,
     BIG,
     BORIS,
-    DOCUMENTED,
     DEVICE,
+    DOCUMENTED,
     PROGRAM,
     Answer,
     Till,
@@ -96,7 +97,9 @@ def answers_of(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     return out
 
 
-def exchange(port: int, data: bytes, *, timeout: float = TIMEOUT, half_close: bool = False) -> bytes:
+def exchange(
+    port: int, data: bytes, *, timeout: float = TIMEOUT, half_close: bool = False
+) -> bytes:
     """Send `data` on a new connection and read until the agent closes it."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
@@ -200,10 +203,8 @@ def test_a_body_that_trickles_is_408_after_the_body_timeout_while_other_calls_go
         slow.setblocking(False)
         got = b""
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 got += slow.recv(65536)
-            except BlockingIOError:
-                pass
             if got:
                 break
             if sent < len(body) - 1:  # never the last byte
@@ -289,8 +290,7 @@ def test_a_chunked_checkout_is_committed_once_and_its_retry_is_the_same_answer(
     with a Content-Length answers the same bytes, committed once."""
     body = body_of("chunk-1")
     chunks = b"".join(
-        b"%x\r\n%s\r\n" % (len(body[i : i + 17]), body[i : i + 17])
-        for i in range(0, len(body), 17)
+        b"%x\r\n%s\r\n" % (len(body[i : i + 17]), body[i : i + 17]) for i in range(0, len(body), 17)
     )
     head = request("POST", "/v1/checkout", b"", {"Transfer-Encoding": "chunked", **CLOSE})
     head = head.replace(b"Content-Length: 0\r\n", b"")
@@ -342,9 +342,9 @@ def test_any_content_type_or_none_is_read_as_utf8_json(till: Till) -> None:
         assert got[0][0] == 200, (ctype, got)
         answers.add(got[0][2])
     assert len(answers) == 1
-    cyrillic = json.dumps(
-        receipt_json("ct-2", storeId="Магазин 1"), ensure_ascii=False
-    ).encode("cp1251")
+    cyrillic = json.dumps(receipt_json("ct-2", storeId="Магазин 1"), ensure_ascii=False).encode(
+        "cp1251"
+    )
     status, _, doc = one_answer(
         till.http_port,
         request(
@@ -366,17 +366,13 @@ def test_what_a_pos_may_spell_another_way_is_one_receipt_for_its_retry(till: Til
     twice (the last counts, §12's decision: the retry without the first is the same), a
     query string on the path (not read)."""
     plain = receipt_json("spell-1", redeemPoints=10)
+    as_strings = {**plain["lines"][0], "priceMinor": str(plain["lines"][0]["priceMinor"])}
+    once, twice = '"redeemPoints": 10', '"redeemPoints": 0, "redeemPoints": 10'
     spellings = [
         json.dumps(plain).encode(),
         b"\xef\xbb\xbf" + json.dumps(plain).encode(),
-        json.dumps(
-            {
-                **plain,
-                "redeemPoints": "10",
-                "lines": [{**plain["lines"][0], "priceMinor": str(plain["lines"][0]["priceMinor"])}],
-            }
-        ).encode(),
-        json.dumps(plain).replace('"redeemPoints": 10', '"redeemPoints": 0, "redeemPoints": 10').encode(),
+        json.dumps({**plain, "redeemPoints": "10", "lines": [as_strings]}).encode(),
+        json.dumps(plain).replace(once, twice).encode(),
     ]
     assert b'"redeemPoints": 0, "redeemPoints": 10' in spellings[-1]
     answers = []
@@ -593,8 +589,8 @@ def test_two_checkouts_of_one_receipt_id_with_other_bodies_racing_a_slow_hub(
             rid = f"race-{n}"
             answers = at_once(
                 [
-                    lambda rid=rid: t.http("checkout", big(rid, 300)),  # type: ignore[misc]
-                    lambda rid=rid: t.grpc("checkout", big(rid, 100)),  # type: ignore[misc]
+                    lambda rid=rid: t.http("checkout", big(rid, 300)),
+                    lambda rid=rid: t.grpc("checkout", big(rid, 100)),
                 ]
             )
             documented(answers)
@@ -750,7 +746,7 @@ def test_many_pos_clients_at_once_while_the_hub_goes_away_and_comes_back(
             if stored_doc is not None and sale:
                 assert sale[0] == figures(stored_doc), (rid, stored_doc, mine)
             # a conflict only for a body other than the stored one
-            for n, alt, a in mine:
+            for n, _, a in mine:
                 if a.kind == "conflict":
                     assert n in ("hold", "checkout"), (rid, mine)
                     assert held.get(rid) is not None or rid in committed, (rid, mine)
@@ -783,5 +779,42 @@ def test_a_grpc_client_with_no_deadline_is_answered_within_the_tills_own(
         assert t.count("receipt_life", "receipt_id = 'nodl-1'") == 1
         hub.server.servicer.failpoint = None
         settled_alike(t, hub)
+    finally:
+        t.stop()
+
+
+@pytest.mark.parametrize("door", ["http", "grpc"])
+def test_a_cancel_or_confirm_sent_while_its_hold_still_asks_the_hub_waits_for_it(
+    hub: LoopbackHub, tmp_path: Path, door: str
+) -> None:
+    """CONTRACT §11: Cancel releases a hold; Confirm commits it. A POS whose Hold timed
+    out (the hub a second late) and that abandons the basket sends Cancel — while that
+    Hold is still asking the hub. The Cancel was answered 404 "not held at this till",
+    then the Hold was stored HELD: the customer's 300 points stayed reserved, at the hub
+    too, for the hold's whole life (10 minutes here, 30 by default), though the POS had
+    cancelled and been told nothing was held. A Confirm sent so (a POS that does not
+    wait for the Hold's answer) was a 404 too, and the payment taken went unloyal. Now
+    each waits for the Hold of its receipt to end (the turns of §11's decision), then
+    answers: CANCELLED and released, CONFIRMED and committed once."""
+    slow_hub(hub, 1.0)
+    t = hub_till(hub, tmp_path, "redeem_timeout_ms = 5000\ncall_timeout_ms = 5000\n")
+    try:
+        give_up_over_http(t, "hold", big("late-cancel"), after=0.3)
+        cancelled = t.call(door, "cancel", {"receiptId": "late-cancel"})
+        assert cancelled.ok and cancelled.doc["state"] == "CANCELLED", cancelled
+        assert cancelled.figure("redeemedPoints") == 300
+        give_up_over_http(t, "hold", big("late-confirm"), after=0.3)
+        confirmed = t.call(door, "confirm", {"receiptId": "late-confirm"})
+        assert confirmed.ok and confirmed.doc["state"] == "CONFIRMED", confirmed
+        assert t.rows("SELECT receipt_id, state FROM receipt_life ORDER BY receipt_id") == [
+            ("late-cancel", "CANCELLED"),
+            ("late-confirm", "CONFIRMED"),
+        ]
+        # the retried Hold answers the cancelled receipt (§11: what is stored)
+        assert t.call(door, "hold", big("late-cancel")).doc["state"] == "CANCELLED"
+        hub.server.servicer.failpoint = None
+        settled_alike(t, hub)
+        held = {rid: state for rid, _, state in hub_holds(hub)}
+        assert held.get("late-cancel") != "ACTIVE"
     finally:
         t.stop()
