@@ -818,3 +818,45 @@ def test_a_cancel_or_confirm_sent_while_its_hold_still_asks_the_hub_waits_for_it
         assert held.get("late-cancel") != "ACTIVE"
     finally:
         t.stop()
+
+
+def test_grpc_requests_at_and_past_the_size_limit_and_with_unknown_fields_store_nothing(
+    till: Till,
+) -> None:
+    """CONTRACT §12's decisions, over a real `tillpoint run`'s gRPC port: a request over
+    4 MiB is bad input (INVALID_ARGUMENT "request larger than 4 MiB"), one over gRPC's
+    own 16 MiB is RESOURCE_EXHAUSTED; a field the contract does not have is refused
+    (INVALID_ARGUMENT naming its number); one just under 4 MiB is read and refused for
+    what it is (a storeId over 128 characters). Nothing is stored, and the next call of
+    the same client on the same channel is served."""
+    raw_call = till.channel.unary_unary(
+        "/tillpoint.v1.PosAgent/Checkout",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+
+    def code_of(data: bytes) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as refused:
+            raw_call(data, timeout=TIMEOUT)
+        return refused.value.code(), refused.value.details() or ""
+
+    def message(rid: str, store: str = "s1") -> bytes:
+        doc = receipt_json(rid, storeId=store)
+        return bytes(json_format.ParseDict(doc, pb.Receipt()).SerializeToString())
+
+    size = len(message("grpc-size", ""))
+    under = message("grpc-size", "s" * ((4 << 20) - size - 16))
+    assert len(under) < 4 << 20
+    code, details = code_of(under)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "storeId is too long" in details
+    code, details = code_of(message("grpc-size", "s" * (4 << 20)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "larger than 4 MiB" in details
+    code, _ = code_of(message("grpc-size", "s" * (17 << 20)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    unknown = message("grpc-size") + b"\xfa\x3f\x03abc"  # field 1023, length-delimited
+    code, details = code_of(unknown)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "1023" in details
+    assert stored(till, "grpc-size") == (0, 0)
+    sold = till.grpc("checkout", receipt_json("grpc-size"))
+    assert sold.ok and sold.doc["state"] == "CONFIRMED"
+    assert stored(till, "grpc-size") == (0, 1)
