@@ -230,7 +230,7 @@ def test_a_body_that_trickles_is_408_after_the_body_timeout_while_other_calls_go
     ((status, headers, raw),) = answers_of(got)
     assert status == 408 and json.loads(raw)["error"]["code"] == "REQUEST_TIMEOUT"
     assert headers.get("connection") == "close"
-    assert others >= BODY_TIMEOUT_S  # two a second went on while it trickled
+    assert others >= 3  # (about two a second) went on while it trickled
     assert stored(till, "trickle-1") == (0, 0)
     assert till.count("journal", "ref_id LIKE 'trickle-other-%'") == others
 
@@ -460,14 +460,18 @@ def hub_till(hub: LoopbackHub, work: Path, conf: str) -> Till:
     return Till(work, data, hub, conf)
 
 
-def slow_hub(hub: LoopbackHub, seconds: float) -> None:
-    """The hub answers each redemption `seconds` late (its store busy)."""
+def slow_hub(hub: LoopbackHub, seconds: float) -> threading.Event:
+    """The hub answers each redemption `seconds` late (its store busy); the event is set
+    each time a redemption reaches it (a test clears it first)."""
+    asked = threading.Event()
 
     def failpoint(where: str) -> None:
         if where == "authorize":
+            asked.set()
             time.sleep(seconds)
 
     hub.server.servicer.failpoint = failpoint
+    return asked
 
 
 def big(rid: str, points: int = 300) -> dict[str, Any]:
@@ -631,12 +635,12 @@ def test_many_pos_clients_at_once_while_the_hub_goes_away_and_comes_back(
     (a seeded mix of Hold, Checkout, Confirm, Cancel, Quote and Balance on 60
     receiptIds of two customers; one in ten a call given up mid-way: a socket closed, a
     gRPC deadline passed; one in twenty another body under a receiptId), while the hub
-    goes away and comes back every second or so. Every answer is a documented one, and consistent with the
-    final ledger: the answers of one receiptId all carry its stored figures; one answered
-    CONFIRMED is committed once, one answered CANCELLED never; a conflict only for a body
-    other than the stored one. Once the hub is back and the outbox pushed, the hub's
-    ledger is the till's journal, its holds the till's open holds, its balances the
-    till's."""
+    goes away and comes back every second or so. Every answer is a documented one, and
+    consistent with the final ledger: the answers of one receiptId all carry its stored
+    figures; one answered CONFIRMED is committed once, one answered CANCELLED never; a
+    conflict only for a body other than the stored one. Once the hub is back and the
+    outbox pushed, the hub's ledger is the till's journal, its holds the till's open
+    holds, its balances the till's."""
     rng = random.Random(seed)
     t = hub_till(hub, tmp_path, "redeem_timeout_ms = 300\ncall_timeout_ms = 1000\n")
     rids = [f"m{seed}-{n}" for n in range(60)]
@@ -802,14 +806,18 @@ def test_a_cancel_or_confirm_sent_while_its_hold_still_asks_the_hub_waits_for_it
     wait for the Hold's answer) was a 404 too, and the payment taken went unloyal. Now
     each waits for the Hold of its receipt to end (the turns of §11's decision), then
     answers: CANCELLED and released, CONFIRMED and committed once."""
-    slow_hub(hub, 1.0)
+    asked = slow_hub(hub, 1.0)
     t = hub_till(hub, tmp_path, "redeem_timeout_ms = 5000\ncall_timeout_ms = 5000\n")
     try:
-        give_up_over_http(t, "hold", big("late-cancel"), after=0.3)
+        asked.clear()
+        give_up_over_http(t, "hold", big("late-cancel"), after=0.1)
+        assert asked.wait(TIMEOUT)  # the Hold is asking the hub
         cancelled = t.call(door, "cancel", {"receiptId": "late-cancel"})
         assert cancelled.ok and cancelled.doc["state"] == "CANCELLED", cancelled
         assert cancelled.figure("redeemedPoints") == 300
-        give_up_over_http(t, "hold", big("late-confirm"), after=0.3)
+        asked.clear()
+        give_up_over_http(t, "hold", big("late-confirm"), after=0.1)
+        assert asked.wait(TIMEOUT)
         confirmed = t.call(door, "confirm", {"receiptId": "late-confirm"})
         assert confirmed.ok and confirmed.doc["state"] == "CONFIRMED", confirmed
         assert t.rows("SELECT receipt_id, state FROM receipt_life ORDER BY receipt_id") == [
