@@ -80,6 +80,9 @@ BODY_TIMEOUT_S = 10.0  # a body that takes longer to arrive gets 408
 # body (urllib, a POS script) gets "connection reset" instead of the answer.
 DRAIN_MAX_BYTES = 64 << 20
 DRAIN_IDLE_S = 1.0  # ... and while bytes of it keep coming: a second without any ends it
+# Set on uvicorn's request cycle (its `receive`'s object) when the client ends its side of
+# the connection before the request's body is whole: `_read_body` answers the 408 at once.
+CUT = "tillpoint_body_cut"
 MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h11's default)
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
@@ -92,6 +95,7 @@ ON_LOOP_MAX_BYTES = 64 << 10
 
 JSON = "application/json"
 _HEAD = (b"content-type", JSON.encode())  # after content-length, as Starlette's Response
+_CLOSE = (b"connection", b"close")
 
 
 class HttpError(Exception):
@@ -389,13 +393,14 @@ class Api:
             answer = await self._answer(call, scope, receive)
             if answer is not None:  # None: the client left before its body arrived
                 status, body = answer
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": [(b"content-length", b"%d" % len(body)), _HEAD],
-                    }
-                )
+                headers = [(b"content-length", b"%d" % len(body)), _HEAD]
+                if status == 408:
+                    # RFC 9110 §15.5.9: the connection ends with the 408 (h11 closes it
+                    # once the answer is out). Left open it waited for the rest of the
+                    # body, then 75 s of keep-alive: a client trickling its body held one
+                    # of the 256 connections 85 s, not 10 s (review 34).
+                    headers.append(_CLOSE)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
@@ -593,8 +598,10 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
     `asyncio.wait_for` makes), ClientDisconnect when the client leaves first."""
     too_large = f"request larger than {MAX_BODY_BYTES >> 20} MiB"
     encoded = b""
+    announced = b""
     for name, value in scope["headers"]:
         if name == b"content-length":
+            announced = value
             if value.isdigit() and int(value) > MAX_BODY_BYTES:
                 if int(value) <= DRAIN_MAX_BYTES:
                     await _drain_if_closing(scope, receive)
@@ -618,6 +625,15 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
+                if getattr(getattr(receive, "__self__", None), CUT, False):
+                    # the client ended its side (`_Protocol.eof_received`): no byte can
+                    # come, so the 408 goes out now, not after BODY_TIMEOUT_S
+                    of = f" of its {int(announced)}" if announced.isdigit() else ""
+                    raise HttpError(
+                        "REQUEST_TIMEOUT",
+                        f"the request body ended after {size}{of} bytes: the client"
+                        " closed its side of the connection before sending it whole",
+                    )
     except TimeoutError:
         raise HttpError(
             "REQUEST_TIMEOUT", f"the request body did not arrive within {BODY_TIMEOUT_S:.0f} s"
@@ -1289,6 +1305,13 @@ class _Protocol(h11_impl.H11Protocol):
         it closes; with none, it closes as before."""
         if self.cycle is not None and not self.cycle.response_complete:
             self._half_closed = True
+            if self.conn.their_state is h11.SEND_BODY:
+                # ... and before its body was whole: the reader hears it at once
+                # (`_read_body`: the 408 of a body cut short) instead of waiting
+                # BODY_TIMEOUT_S for bytes that cannot come, holding the request, a
+                # connection of `limit_concurrency` and a stop's grace (review 34)
+                setattr(self.cycle, CUT, True)
+                self.cycle.message_event.set()
             return True
         return None
 

@@ -16,6 +16,8 @@ the earlier one had just stored: with another body (then answered with a conflic
 hub held the loser's points and coupon codes for the winner's receipt, so another till
 could spend the points the stored receipt will spend. Taking turns, the second call finds
 the receipt stored and asks the hub nothing: the stored answer, or the conflict.
+A Confirm or a Cancel of a receiptId whose hold is in progress waits for it to end
+(`hold_ended`), then answers what it stored.
 A release's RPC has its deadline (`hub.redeem_timeout_ms`, at most 60 s), and so has a
 hold's request, so the wait ends; past `wait_s` (longer than any deadline) the call is
 refused as the hub being unavailable (retry with the same receiptId), never placed beside
@@ -78,6 +80,20 @@ class HubTurns:
         the hub on its way, or its grant not yet stored)."""
         with self._changed:
             return receipt_id in self._holding
+
+    def hold_ended(self, receipt_id: str) -> None:
+        """Wait until no hold or checkout of `receipt_id` is in progress (a Confirm or a
+        Cancel sent while its Hold still asks the hub: a POS that gave up on the Hold).
+        Answered before the Hold was stored, it was a 404 "not held", and the hold then
+        stored kept the customer's points reserved, at the hub too, until it expired,
+        though the POS had cancelled it (review 34). No turn is taken: a hold that starts
+        after this is another call, answered as it comes."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: receipt_id not in self._holding, self._wait_s):
+                raise HubUnavailable(
+                    f"receipt {receipt_id}: another call with this receiptId is still asking"
+                    " the hub: retry with the same receiptId"
+                )
 
     def start_release(self, receipt_id: str) -> bool:
         """False: a hold of this receipt is in progress (its own request replaces the

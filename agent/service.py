@@ -686,6 +686,7 @@ class Agent:
         if fiscal_document is not None and has_controls(fiscal_document):
             # A NUL is stored, pushed and then refused by the hub's PostgreSQL for good.
             raise InputError(f"confirm: fiscalDocument {CONTROLS_MESSAGE}")
+        self._hub_turns.hold_ended(receipt_id)  # its Hold still asking the hub: after it
         self.sweep_holds()
         with self._lock, self._write(), self._view() as view:
             stored = self._confirm(receipt_id, fiscal_document or None, view)
@@ -697,6 +698,7 @@ class Agent:
         """Release a hold: the held figures with `"state": "CANCELLED"` (none of them
         happened). Cancelling again returns the same; a confirmed receipt needs a refund."""
         receipt_id = _receipt_id(receipt_id, "cancel")
+        self._hub_turns.hold_ended(receipt_id)  # its Hold still asking the hub: after it
         self.sweep_holds()
         with self._lock, self._write():
             row = self._life(receipt_id)
