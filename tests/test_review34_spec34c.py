@@ -273,3 +273,46 @@ def test_points_earned_before_a_lifetime_was_set_never_expire_at_the_hub_either(
     hub = chain.ok(None, "hub", "balance", "c-2", "--at", later)["availablePoints"]
     assert hub == till
     assert after["earnedPoints"] > 0
+
+
+# ---------------------------------------------------------------- §3: what a till accepts
+
+
+def test_an_enrolled_till_takes_the_hubs_deltas_and_refuses_what_the_hub_did_not_sign(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """CONTRACT §3: after the first full snapshot a till pulls deltas (`baseVersion` its
+    version) whose rows replace and whose `removed` keys go; a plain JSON file, a bundle
+    whose payload was changed and an older signed version are each refused (exit 2, one
+    line) and the cache keeps its version and figures."""
+    import base64
+    import hashlib
+
+    change = {
+        "customers": [{"id": "c-2", "firstName": "Борис", "tier": "gold", "balancePoints": 300}],
+        "removed": {"cards": [ANNA]},
+    }
+    assert chain.ok(None, "hub", "import", change, "--publish")["publishedVersion"] == 2
+    pull = chain.ok("till-1", "sync", "now")["pull"]
+    assert (pull["status"], pull["version"], pull["baseVersion"]) == ("APPLIED", 2, 1)
+    assert chain.ok("till-1", "identify", BORIS)["tier"] == "gold"
+    assert chain.ok("till-1", "identify", ANNA) == {"status": "UNKNOWN"}
+
+    older = tmp_path / "v2.snap"
+    chain.ok(None, "hub", "export", "till-1", "--out", older)
+    bundle = json.loads(older.read_text(encoding="utf-8"))
+    payload = base64.b64decode(bundle["payload"])
+    forged = payload.replace(b'"balancePoints":300', b'"balancePoints":99999')
+    assert forged != payload
+    bundle.update(
+        payload=base64.b64encode(forged).decode(), sha256=hashlib.sha256(forged).hexdigest()
+    )
+    chain.ok(None, "hub", "publish")
+    assert chain.ok("till-1", "sync", "now")["pull"]["version"] == 3
+    plain = {"version": 9, "baseVersion": 0, "issuedAt": "2026-12-01T00:00:00Z", "program": {}}
+    for refused in (plain, bundle, older):
+        code, doc, err = chain.run("till-1", "snapshot", "load", refused)
+        assert (code, doc) == (2, None), err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert chain.ok("till-1", "status")["cacheVersion"] == 3
+    assert chain.ok("till-1", "balance", BORIS)["availablePoints"] == 300
