@@ -591,7 +591,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if command != "status":  # enrolled as another device: refused (status still answers)
         require_device(settings.data_dir, settings.device_id)
     # the calls that price or release: with the till's hub, as `run` would answer them
-    hub = local_hub(settings) if command in ("quote", "checkout", "hold", "cancel") else None
+    # (confirm too: the holds it finds expired are released there, the contract §11)
+    hub = (
+        local_hub(settings)
+        if command in ("quote", "checkout", "hold", "confirm", "cancel")
+        else None
+    )
     agent = agent_with_hub(settings, hub)
     try:
         if command == "snapshot":
