@@ -1,0 +1,96 @@
+"""Review 34 (rev34b): a second reading of the session's product changes, as a whole.
+
+Each test is a doubt about one of review 34's changes that could be made concrete, over
+real parts (the agent on real SQLite files, its HTTP door on a real server):
+
+- the clock-step rule (CONTRACT §11, docs/ARCHITECTURE.md `_clock_mark`): a Hold priced
+  before its write transaction made its times on one side of a wall-clock step, and the
+  step was taken (the open holds moved) by another call while the Hold waited for the
+  agent's lock: stored unmoved, off by the step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .conftest import SteppingClock, snapshot
+from .test_review30_memo30 import ANNA, MILK, sale
+
+
+def _waiting_for_the_lock(thread: threading.Thread, function: str, line: int) -> bool:
+    frame = sys._current_frames().get(thread.ident or -1)
+    return frame is not None and frame.f_code.co_name == function and frame.f_lineno == line
+
+
+def test_a_step_taken_while_a_hold_priced_early_waits_for_the_lock_moves_it_too(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11: a hold lives `holdTtlSeconds` of time that passes, and a step of the
+    till's wall clock moves the open holds by the step. A Hold is priced before its write
+    transaction (its times read from the clock then), and waits for the agent's lock
+    behind another call's commit (here the test's thread holds it, as a Checkout's
+    transaction does). NTP sets the clock an hour forward meanwhile, and `run`'s hold
+    timer gets the lock first: it takes the step and moves the open holds. The Hold then
+    stored the times it made before the step, unmoved: expired at once, its Confirm
+    after the payment refused ("hold expired"), the hub's copy still held. Its times
+    must be those of the clock it is stored on: a step taken since they were made is
+    followed by making them again."""
+    from tillpoint.agent import service
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    agent = Agent(tmp_path / "till", "till-1", clock=clock, monotonic=clock.steady)
+    try:
+        program = {**snapshot()["program"], "holdTtlSeconds": 600}
+        agent.load_snapshot({**snapshot(program=program), "version": 1, "baseVersion": 0})
+        other = sale(
+            "h-0", clock(), card=ANNA, lines=[{"sku": MILK, "qty": "1", "priceMinor": 100}]
+        )
+        assert agent.hold(receipt_from_json(other)).state == "HELD"  # an open hold, moved
+        agent.sweep_holds()  # the clock's mark made
+        body = sale("h-1", clock(), card=ANNA)
+        answers: list[dict[str, object]] = []
+        lines, first = inspect.getsourcelines(service.Agent.hold)
+        lock_line = first + next(i for i, text in enumerate(lines) if "with self._lock" in text)
+        priced, locked = threading.Event(), threading.Event()
+        price_early = agent._price_early
+
+        def priced_then_another_commit(*args: Any, **kwargs: Any) -> Any:
+            early = price_early(*args, **kwargs)
+            priced.set()  # another call's commit takes the agent's lock now
+            assert locked.wait(30)
+            return early
+
+        agent._price_early = priced_then_another_commit
+        hold = threading.Thread(
+            target=lambda: answers.append(agent.hold(receipt_from_json(body)).to_json())
+        )
+        hold.start()
+        assert priced.wait(30)
+        with agent._lock:  # another call's commit in progress
+            locked.set()
+            deadline = time.monotonic() + 30
+            while not _waiting_for_the_lock(hold, "hold", lock_line):
+                assert time.monotonic() < deadline and hold.is_alive(), "the Hold never waited"
+                threading.Event().wait(0.01)
+            clock.stepped(3600)  # NTP: an hour forward
+            assert agent.sweep_holds() == 0  # the hold timer's round: it takes the step
+        hold.join(timeout=30)
+        assert not hold.is_alive()
+        held = answers[0]
+        assert held["state"] == "HELD"
+        assert datetime.fromisoformat(str(held["holdExpiresAt"])) == clock() + timedelta(
+            seconds=600
+        )
+        clock.passes(60)  # the POS took the payment
+        assert agent.confirm("h-1").state == "CONFIRMED"
+        assert agent.confirm("h-0").state == "CONFIRMED"  # moved by the step: still held
+    finally:
+        agent.close()
