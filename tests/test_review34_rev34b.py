@@ -19,8 +19,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .conftest import SteppingClock, snapshot
+from tillpoint.sync.loopback import LoopbackHub, wait_for
+
+from .conftest import SteppingClock, enrolled_till, snapshot
 from .test_review30_memo30 import ANNA, MILK, sale
+from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, life
+from .test_review33_rev33b import Stall
+from .test_review34_rev34 import held_for, late, slow_hub, stall, stall_entered
+
+__all__ = ["late", "slow_hub", "stall"]  # rev34's fixtures
 
 
 def _waiting_for_the_lock(thread: threading.Thread, function: str, line: int) -> bool:
@@ -94,3 +101,74 @@ def test_a_step_taken_while_a_hold_priced_early_waits_for_the_lock_moves_it_too(
         assert agent.confirm("h-0").state == "CONFIRMED"  # moved by the step: still held
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------- a shrink back after a reset
+
+
+def test_a_shrink_back_after_a_reset_leaves_alone_a_checkout_sold_since_under_its_receipt_id(
+    slow_hub: LoopbackHub, tmp_path: Path, late: threading.Event, stall: Stall
+) -> None:
+    """CONTRACT §10, §11: a `reset` beside a shrink in flight leaves the receipt to the
+    shrink, which releases it at the hub once back, since the ledger forgot it (review
+    34). The till takes sales again after the reset (a snapshot pulled), and the POS
+    sells under that receiptId again with a Checkout, which waits for the shrink's turn
+    and is granted ONLINE: a committed receipt, with no life row. The shrink, once back,
+    took the missing life row for "forgotten" and released the receipt at the hub: the
+    Checkout's redemption, not yet pushed, was no longer held there, and another till
+    could spend the same 1200 points until the push. A receipt the ledger has committed
+    is not forgotten: its transaction settles it at the hub."""
+    from tillpoint.sync.pull import Puller, cache_version
+
+    hub = slow_hub
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    sold: list[Any] = []
+    try:
+        a.agent.on_hub_call_owed(lambda: None)  # a hold timer sends shrinks, not the Hold
+        late.set()
+        try:
+            first = a.agent.hold(a_receipt("a-late"))
+        finally:
+            late.clear()
+        assert (first.mode, first.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
+        a.authoriser.timeout_s = 20.0  # the shrink waits at the hub while the reset runs
+        stall.on.set()
+        timer = threading.Thread(target=a.agent.retry_hub_releases)  # the hold timer's round
+        timer.start()
+        wait_for(lambda: life(a, "a-late")[3] == 2 and stall_entered(a, "a-late"))
+        a.agent.reset(force=True)
+        Puller(a.agent, a.link, a.link.enrollment, call_timeout_s=2).pull()
+        wait_for(lambda: cache_version(a.data_dir) == 1)
+        turns = a.agent._hub_turns
+        end_release = turns.end_release
+        checkout_done = threading.Event()
+
+        def after_the_checkout(receipt_id: str) -> None:
+            end_release(receipt_id)
+            if receipt_id == "a-late":  # the Checkout waiting for this turn goes first
+                assert checkout_done.wait(20)
+
+        turns.end_release = after_the_checkout  # type: ignore[method-assign]
+
+        def checkout() -> None:
+            try:
+                sold.append(a.agent.checkout(a_receipt("a-late")))
+            finally:
+                checkout_done.set()
+
+        pos = threading.Thread(target=checkout)
+        pos.start()
+        wait_for(lambda: "a-late" in turns._releasing)  # the Checkout waits for the shrink
+        stall.go.set()
+        pos.join(30)
+        timer.join(30)
+        assert not pos.is_alive() and not timer.is_alive()
+        assert (sold[0].state, sold[0].mode, sold[0].redeemed_points) == (
+            "CONFIRMED",
+            "ONLINE",
+            1200,
+        )
+        assert held_for(hub, "c-1") == 1200  # held at the hub until the sale is pushed
+    finally:
+        stall.go.set()
+        a.stop()
