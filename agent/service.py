@@ -916,7 +916,9 @@ class Agent:
             log.info("hold of receipt %s left whole at the hub (it does not shrink)", receipt_id)
         with self._lock, self._write() as conn:
             ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
-            forgotten = self._life(receipt_id) is None
+            # (a receipt committed since under the receiptId, by a Checkout after the
+            # reset, has no life row either: not forgotten, its transaction settles it)
+            forgotten = self._life(receipt_id) is None and self._stored_receipt(receipt_id) is None
         # a Cancel or an expiry while the shrink was on its way found the turn taken; so
         # did a `reset`, which forgot the receipt: released as it is (review 34: what the
         # shrink kept stayed held at the hub to its expiry)
