@@ -172,3 +172,58 @@ def test_a_shrink_back_after_a_reset_leaves_alone_a_checkout_sold_since_under_it
     finally:
         stall.go.set()
         a.stop()
+
+
+# ---------------------------------------------------------------- a network printer's close
+
+
+def test_a_graceful_close_ends_once_the_printer_took_every_byte() -> None:
+    """CONTRACT §7: a graceful close of a network printer's connection sends the FIN after
+    the job's last byte and drains what the printer sends, `close_drain_s` at most, until
+    the printer has taken every byte (review 34). A printer that reads the whole job and
+    keeps its side open (it closes on its own timeout, as many AppSocket printers do)
+    held every close the whole bound: the check of what was still unsent read the
+    transport's socket after the close had let it go, found none, and never ended the
+    wait. Each coupon and each health probe cost the print worker 2 s more. With a bound
+    of 10 minutes, the close of a job the printer has read must end at once."""
+    import socket
+
+    from tillpoint.printer.transport import NetworkTransport
+
+    job = b"\x1b@" + b"coupon line\n" * 200 + b"\x1dV\x00"
+    got = bytearray()
+    eof = threading.Event()
+    let_go = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(10.0)
+
+    def printer() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(10.0)
+        with conn:
+            while chunk := conn.recv(65536):
+                got.extend(chunk)
+            eof.set()
+            let_go.wait(60.0)  # its own idle timeout: the side stays open until then
+
+    at_printer = threading.Thread(target=printer, daemon=True)
+    at_printer.start()
+    transport = NetworkTransport(
+        "127.0.0.1", listener.getsockname()[1], 2.0, 5.0, close_drain_s=600.0
+    )
+    closing = threading.Thread(target=transport.close, daemon=True)
+    try:
+        transport.open()
+        transport.write(job)
+        closing.start()
+        closing.join(15.0)
+        assert not closing.is_alive(), "the close waited for the printer to close its side"
+        assert eof.wait(10.0) and bytes(got) == job
+    finally:
+        let_go.set()
+        if closing.is_alive():
+            closing.join(60.0)
+        at_printer.join(10.0)
+        listener.close()
