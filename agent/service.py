@@ -257,6 +257,9 @@ class _Early:
     marks: tuple[Any, ...]
     ready: _Ready
     program: Program
+    # `Agent._steps_taken` before `ready`'s times were read: a step taken since moved the
+    # open holds, and this one's times are made again when it is stored (review 34)
+    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,9 @@ class Agent:
         # The step followed inside the current write transaction (one transaction at a
         # time: under `_lock`), taken off the mark again if it rolls back (`_write`).
         self._followed_step: float | None = None
+        # Steps taken from the mark so far (under `_mark_lock`): a Hold priced early whose
+        # times were read before another call took one is made again at its commit.
+        self._steps_taken = 0
         self._mark_lock = threading.Lock()
         self.hub = hub
         self.devices = devices
@@ -801,6 +807,8 @@ class Agent:
                 step = None
             if step is None or not peek:
                 self._clock_mark = (wall, passed)
+            if step is not None and not peek:
+                self._steps_taken += 1
         return step
 
     def _unfollow(self, step: float) -> None:
@@ -908,7 +916,9 @@ class Agent:
             log.info("hold of receipt %s left whole at the hub (it does not shrink)", receipt_id)
         with self._lock, self._write() as conn:
             ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
-            forgotten = self._life(receipt_id) is None
+            # (a receipt committed since under the receiptId, by a Checkout after the
+            # reset, has no life row either: not forgotten, its transaction settles it)
+            forgotten = self._life(receipt_id) is None and self._stored_receipt(receipt_id) is None
         # a Cancel or an expiry while the shrink was on its way found the turn taken; so
         # did a `reset`, which forgot the receipt: released as it is (review 34: what the
         # shrink kept stayed held at the hub to its expiry)
@@ -1106,6 +1116,13 @@ class Agent:
         owed = row is not None and row.hub_hold
         if early is not None and row is None and self._still(early, view):
             done, ready = early.done, early.ready
+            # Its times were read before this transaction; a step taken since (another
+            # call held the lock first: `run`'s hold timer, a quote) moved the open holds
+            # but not this one, which would be stored off by the step (review 34, rev34b:
+            # an hour forward, expired at once). A step not taken yet is taken here.
+            self._follow_clock_step_here()
+            if self._steps_taken != early.steps:
+                ready = self._ready(done, early.program, confirm_now)
         else:
             owed = owed or (early is not None and early.ready.hub_hold)
             done = self._price(receipt, view, commit=True)
@@ -1169,12 +1186,14 @@ class Agent:
                 return None
             done = self._price(receipt, view, commit=True, reads=conn)
             program = view.program()
+            steps = self._steps_taken  # before `_ready` reads the clock
             return _Early(
                 done,
                 view.version,
                 self._marks(conn, done, program),
                 self._ready(done, program, confirm_now),
                 program,
+                steps,
             )
 
     def _still(self, early: _Early, view: CacheView) -> bool:

@@ -80,6 +80,17 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _unsent(sock: socket.socket) -> int | None:
+    """`NetworkTransport.unsent` of `sock`: its send queue's bytes not yet acknowledged by
+    the other end (a FIN sent counts one), None where the system cannot tell."""
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except (OSError, ValueError):
+        return None
+    count: int = struct.unpack("i", out)[0]
+    return count
+
+
 # How long a graceful close of a network printer's connection waits, at most, for the
 # printer to take the job's last bytes (or close its side), reading and dropping what it
 # sends meanwhile (`NetworkTransport.close`).
@@ -149,15 +160,7 @@ class NetworkTransport:
         """Bytes written the printer has not taken yet (the kernel's queue for the
         connection: not yet acknowledged by the printer's end), or None where the system
         cannot tell (SIOCOUTQ is Linux's)."""
-        sock = self._sock
-        if sock is None:
-            return None
-        try:
-            out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
-        except (OSError, ValueError):
-            return None
-        count: int = struct.unpack("i", out)[0]
-        return count
+        return None if self._sock is None else _unsent(self._sock)
 
     def read(self, max_bytes: int, timeout_s: float) -> bytes:
         sock = self._s()
@@ -229,7 +232,9 @@ class NetworkTransport:
                     if not sock.recv(4096):
                         return  # the printer closed its side: it read our FIN, and all before it
                 except TimeoutError:
-                    if self.unsent() == 0:
+                    # (`sock`: the transport has let it go, `unsent()` no longer sees
+                    # it, and every close waited its whole bound, rev34b)
+                    if _unsent(sock) == 0:
                         return  # every byte (and the FIN) acknowledged, nothing more sent
             sock.setblocking(False)
             while sock.recv(4096):
