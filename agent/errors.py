@@ -4,9 +4,10 @@
     ├── InputError                exit 2  INVALID_ARGUMENT     malformed or out-of-range input
     │   ├── SnapshotRefused       exit 2  FAILED_PRECONDITION  wrong base, older, bad signature
     │   │   └── SnapshotCorrupted exit 2  FAILED_PRECONDITION  bytes not the bundle declared
-    │   └── UnreadableFile        exit 2  INVALID_ARGUMENT     a file named to read: missing, I/O
+    │   ├── UnreadableFile        exit 2  INVALID_ARGUMENT     a file named to read: missing, I/O
+    │   └── InvalidCard           exit 2  INVALID_ARGUMENT     an INVALID card (§4): malformed
     ├── Refused                   exit 2  FAILED_PRECONDITION  valid input the rules refuse
-    │   ├── CardRefused           exit 2  FAILED_PRECONDITION  BLOCKED or INVALID card
+    │   ├── CardRefused           exit 2  FAILED_PRECONDITION  BLOCKED or LOST card
     │   ├── NoSnapshot            exit 2  FAILED_PRECONDITION  no snapshot loaded: no pricing
     │   └── NotFound              exit 2  NOT_FOUND            a receipt never committed here
     ├── Conflict                  exit 2  ALREADY_EXISTS       a known receiptId with another body
@@ -83,13 +84,22 @@ class UnreadableFile(InputError):
     bundle whose content is refused is recorded and not fetched again."""
 
 
+class InvalidCard(InputError):
+    """A card whose text is INVALID (§4: a wrong check digit, empty, letters or other
+    signs, a `+` number that is not a Russian phone), in a quote, hold, checkout or
+    balance: malformed input, 400 / INVALID_ARGUMENT (until review 34 it was a refusal,
+    412 / FAILED_PRECONDITION, as a blocked card is). The message is the cashier's, "card
+    not accepted: <identify's reason>"."""
+
+
 class Refused(TillpointError):
     exit_code = 2
     grpc_code = "FAILED_PRECONDITION"
 
 
 class CardRefused(Refused):
-    pass
+    """A BLOCKED card (§4: its status BLOCKED or LOST, or a phone whose customer has no
+    active card): valid input the rules refuse; the POS sells without loyalty."""
 
 
 class NoSnapshot(Refused):

@@ -220,7 +220,7 @@ def _document(fn: Callable[[Agent, Any], dict[str, Any]]) -> Callable[[Agent, by
 # below and described by `openapi` (by the name of their proto message).
 _SMALL_BODIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "IdentifyRequest": ((), ("text",)),
-    # no card is an empty one: refused by the agent as the CLI and gRPC refuse it (412)
+    # no card is an empty one, INVALID: refused by the agent as the CLI and gRPC refuse it (400)
     "BalanceRequest": ((), ("card", "at")),
     "ConfirmRequest": (("receiptId",), ("fiscalDocument",)),
     "CancelRequest": (("receiptId",), ()),
@@ -989,13 +989,24 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
     anywhere = ("400", "401", "403", "405", "421", "500", "503", "505")
     of_a_body = ("408", "415")
     unpriced = (
-        "refused: no snapshot loaded yet, or the receipt's card is empty, blocked or"
-        " invalid: sell without loyalty"
+        "refused: no snapshot loaded yet, or the receipt's card is blocked or lost (identify"
+        " says BLOCKED): sell without loyalty"
+    )
+    # an INVALID card is bad input (§4, §12; until review 34, inv34, it was a 412)
+    invalid_card = (
+        "card is INVALID (identify says so: empty, a wrong check digit, letters or signs, a +"
+        ' number that is not a Russian phone): "card not accepted", scan it again'
+    )
+    sale_400 = (
+        "bad input: malformed JSON, unknown field, out-of-range value, over 4 MiB; or the"
+        f" receipt's {invalid_card} or sell without the card; or a request that is not HTTP"
+        " the agent can read (no Host, two Content-Length, a garbage request line, a head"
+        " over 16 KiB)"
     )
     reused = "this receiptId was used with another body: a changed basket needs a new receiptId"
     of_the_call: dict[str, dict[str, str]] = {
-        "Quote": {"412": unpriced},
-        "Hold": {"409": reused, "412": unpriced},
+        "Quote": {"400": sale_400, "412": unpriced},
+        "Hold": {"400": sale_400, "409": reused, "412": unpriced},
         "Confirm": {
             "404": "this receiptId is not held at this till: hold it again",
             "412": "the hold expired (hold the same body again: it is priced again) or was"
@@ -1006,6 +1017,7 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
             "412": "the receipt is confirmed: use a refund",
         },
         "Checkout": {
+            "400": sale_400,
             "409": reused,
             "412": unpriced + "; or this receiptId was cancelled: sell under a new one",
         },
@@ -1017,8 +1029,11 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
             " SKU not on the receipt",
         },
         "Balance": {
+            "400": "bad input: malformed JSON, unknown field, an at that is no RFC 3339 time,"
+            f" over 4 MiB; or the {invalid_card}; or a request that is not HTTP the agent can"
+            " read (no Host, two Content-Length, a garbage request line, a head over 16 KiB)",
             "404": "a card this till does not know (identify says UNKNOWN): show no balance",
-            "412": "the card is empty, blocked or invalid",
+            "412": "the card is blocked or lost (identify says BLOCKED): show no balance",
         },
     }
     # 503: a sale's call is retried with the same id; the others have none

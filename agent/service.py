@@ -48,6 +48,7 @@ from .errors import (
     Conflict,
     HubUnavailable,
     InputError,
+    InvalidCard,
     NoSnapshot,
     NotFound,
     Refused,
@@ -1400,9 +1401,12 @@ class Agent:
         conn = self._ledger if reads is None else reads
         own_id = receipt.receipt_id if own_hold else None
         sold_id = receipt.receipt_id if sold else None
+        # an INVALID card is decided without a look-up (§4): bad input, refused before the
+        # empty till's precondition as any bad input is (a cache with no snapshot holds no
+        # card, so no BLOCKED one either)
+        ident = _require_card(identify(receipt.card, view))
         _require_snapshot(view)
         program = view.program()
-        ident = _require_card(identify(receipt.card, view))
         customer = ident.customer
         products = view.products([line.sku for line in receipt.lines], receipt.receipt_id)
         lineage: dict[str, frozenset[str]] = view.remembered("ancestors", dict)
@@ -2587,8 +2591,10 @@ def _require_snapshot(view: CacheView) -> None:
 
 
 def _require_card(ident: Identification) -> Identification:
+    """A card a sale or a balance may use: an INVALID one is bad input (§4 "malformed
+    input", §12's 400), a BLOCKED one a refusal (§12's 412 "blocked card")."""
     if ident.status == "INVALID":
-        raise CardRefused(f"card not accepted: {ident.reason}")
+        raise InvalidCard(f"card not accepted: {ident.reason}")
     if ident.status == "BLOCKED":
         raise CardRefused(f"card refused: {ident.reason}; sell without loyalty")
     return ident

@@ -801,10 +801,11 @@ def test_a_trailing_slash_is_no_call(client: Client) -> None:
 def test_a_receipt_without_a_card_is_refused_alike_by_http_grpc_and_the_cli(
     agent: Agent, client: Client, cli: CLI
 ) -> None:
-    """§4: an empty card is INVALID, so its receipt is refused (FAILED_PRECONDITION, 412,
-    exit 2) with the cashier's message; an absent `card` is the same as "" (proto3), and
-    gRPC cannot tell them apart. gRPC said INVALID_ARGUMENT "card is required" and HTTP
-    400 for an absent card, 412 for an empty one."""
+    """§4: an empty card is INVALID, so its receipt is refused as bad input
+    (INVALID_ARGUMENT, 400, exit 2) with the cashier's message; an absent `card` is the
+    same as "" (proto3), and gRPC cannot tell them apart. gRPC said INVALID_ARGUMENT "card
+    is required" and HTTP 400 for an absent card, 412 for an empty one; then both were 412
+    until review 34 (inv34: an INVALID card is malformed input, §4, §12)."""
     import grpc
     from google.protobuf import json_format
     from tillpoint.agent.server import build_server
@@ -813,7 +814,7 @@ def test_a_receipt_without_a_card_is_refused_alike_by_http_grpc_and_the_cli(
     without = {k: v for k, v in receipt("nc-1").items() if k != "card"}
     for body in (without, receipt("nc-1", card="")):
         status, code, message = error_of(client.post("/v1/quote", body))
-        assert (status, code) == (412, "FAILED_PRECONDITION")
+        assert (status, code) == (400, "INVALID_ARGUMENT")
         assert message == "card not accepted: nothing was scanned"
         run = cli("quote", body)
         assert (run.code, run.err) == (2, f"tillpoint: {message}\n")
@@ -827,7 +828,7 @@ def test_a_receipt_without_a_card_is_refused_alike_by_http_grpc_and_the_cli(
             pb_grpc.PosAgentStub(channel).Quote(
                 json_format.ParseDict(without, pb.Receipt()), timeout=5
             )
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert caught.value.details() == "card not accepted: nothing was scanned"
     finally:
         server.stop(0).wait()
@@ -877,11 +878,12 @@ def test_a_null_field_is_a_field_left_out_as_proto3_json_says(client: Client, cl
 
 
 def test_balance_of_no_card_is_refused_as_the_cli_refuses_it(client: Client, cli: CLI) -> None:
-    """An empty or absent card is INVALID (§4): 412 "nothing was scanned", as the CLI's
-    exit 2 says; HTTP answered 400 "card must not be empty"."""
+    """An empty or absent card is INVALID (§4): bad input, 400 "card not accepted:
+    nothing was scanned", as the CLI's exit 2 says; HTTP answered 400 "card must not be
+    empty", then 412 with the CLI's words until review 34 (inv34)."""
     run = cli("balance", "", "--json")
     assert run.code == 2
     for body in ({"card": ""}, {}, {"card": None}):
         status, code, message = error_of(client.post("/v1/balance", body))
-        assert (status, code) == (412, "FAILED_PRECONDITION"), body
+        assert (status, code) == (400, "INVALID_ARGUMENT"), body
         assert run.err == f"tillpoint: {message}\n"

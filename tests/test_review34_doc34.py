@@ -140,13 +140,18 @@ def described(doc: dict[str, Any], path: str, status: str) -> str:
 # CONTRACT §11, §12): words the call's own description must carry, and words of another
 # call's that it must not.
 OWN_REFUSALS: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
-    ("/v1/quote", "412"): (("no snapshot", "blocked", "invalid"), ("hold expired", "refund")),
-    ("/v1/hold", "412"): (("no snapshot", "blocked", "invalid"), ("hold expired", "refund")),
-    ("/v1/checkout", "412"): (("no snapshot", "blocked", "cancelled"), ("hold expired",)),
+    # an INVALID card is bad input, a 400 (review 34, inv34: it was a 412 beside the blocked)
+    ("/v1/quote", "400"): (("bad input", "invalid", "card"), ("blocked", "snapshot")),
+    ("/v1/hold", "400"): (("bad input", "invalid", "card"), ("blocked", "snapshot")),
+    ("/v1/checkout", "400"): (("bad input", "invalid", "card"), ("blocked", "snapshot")),
+    ("/v1/balance", "400"): (("bad input", "invalid", "card"), ("blocked", "snapshot")),
+    ("/v1/quote", "412"): (("no snapshot", "blocked"), ("hold expired", "refund", "invalid")),
+    ("/v1/hold", "412"): (("no snapshot", "blocked"), ("hold expired", "refund", "invalid")),
+    ("/v1/checkout", "412"): (("no snapshot", "blocked", "cancelled"), ("hold expired", "invalid")),
     ("/v1/confirm", "412"): (("expired", "cancelled", "hold"), ("blocked", "snapshot")),
     ("/v1/cancel", "412"): (("confirmed", "refund"), ("blocked", "snapshot", "expired")),
     ("/v1/refund", "412"): (("more than", "not on the receipt"), ("blocked", "hold expired")),
-    ("/v1/balance", "412"): (("blocked", "invalid"), ("snapshot", "hold")),
+    ("/v1/balance", "412"): (("blocked",), ("snapshot", "hold", "invalid", "empty")),
     ("/v1/confirm", "404"): (("not held", "hold it again"), ("card",)),
     ("/v1/cancel", "404"): (("not held",), ("card",)),
     ("/v1/refund", "404"): (("not sold", "held"), ("card",)),
@@ -214,7 +219,7 @@ def test_the_guides_table_marks_confirms_fiscal_document_optional(
         for name, optional in fields.items():
             if name in required:
                 assert not optional, f"{path}: {name} is required, the guide marks it '?'"
-            elif name != "card":  # balance's card: none is a 412, not a 400 (see the table)
+            elif name != "card":  # balance's card: none is an INVALID card (400, the table)
                 assert optional, f"{path}: {name} is optional, the guide's {body} does not say"
 
 
