@@ -131,33 +131,57 @@ def _ledger(data: Path) -> list[str]:
     return rows
 
 
+def _refused_at_every_door(
+    agent: Agent,
+    http_port: int,
+    cli: CLI,
+    data: Path,
+    cards: Any,
+    status: str,
+    refusal: tuple[int, grpc.StatusCode],
+) -> None:
+    """Each card identifies with `status` and every sale call and balance of it is refused
+    with `refusal` (the HTTP status and the gRPC code; exit 2 on the CLI) and the same
+    message at the three doors; the ledger is left as it was."""
+    http_status, grpc_code = refusal
+    before = _ledger(data)
+    with posagent_stub(agent) as stub:
+        for card, words in cards:
+            answered, doc = _post(http_port, "/v1/identify", {"text": card})
+            assert answered == 200 and doc["status"] == status, (card, doc)
+            if status == "INVALID":
+                assert doc["reason"].startswith(words), (card, doc)
+                expected = f"card not accepted: {doc['reason']}"
+            else:
+                expected = words
+            for call in (*SALES, "balance"):
+                http = _http_refusal(http_port, call, card)
+                assert http == (http_status, grpc_code.name, expected), (call, card, http)
+                assert _grpc_refusal(stub, call, card) == (grpc_code, expected), (call, card)
+                args: tuple[Any, ...] = (
+                    ("balance", card) if call == "balance" else (call, receipt("c-x", card=card))
+                )
+                run = cli(*args, "--json")
+                assert (run.code, run.out, run.err) == (2, "", f"tillpoint: {expected}\n")
+    assert _ledger(data) == before
+    assert agent.status().to_json()["lastSeq"] == 0
+
+
 def test_an_invalid_card_is_bad_input_over_http_grpc_and_the_cli(
     agent: Agent, http_port: int, cli: CLI, tmp_path: Path
 ) -> None:
     """CONTRACT §4, §12: quote, hold, checkout and balance of an INVALID card answer 400
     INVALID_ARGUMENT over HTTP, INVALID_ARGUMENT over gRPC, exit 2 on the CLI, each with
     the cashier's "card not accepted: <identify's reason>"; nothing is stored."""
-    before = _ledger(tmp_path / "data")
-    with posagent_stub(agent) as stub:
-        for card, reason in INVALID:
-            status, doc = _post(http_port, "/v1/identify", {"text": card})
-            assert status == 200 and doc["status"] == "INVALID", (card, doc)
-            assert doc["reason"].startswith(reason), (card, doc)
-            expected = f"card not accepted: {doc['reason']}"
-            for call in (*SALES, "balance"):
-                http = _http_refusal(http_port, call, card)
-                assert http == (400, "INVALID_ARGUMENT", expected), (call, card, http)
-                assert _grpc_refusal(stub, call, card) == (
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    expected,
-                ), (call, card)
-                args: tuple[Any, ...] = (
-                    ("balance", card) if call == "balance" else (call, receipt("c-x", card=card))
-                )
-                run = cli(*args, "--json")
-                assert (run.code, run.out, run.err) == (2, "", f"tillpoint: {expected}\n")
-    assert _ledger(tmp_path / "data") == before
-    assert agent.status().to_json()["lastSeq"] == 0
+    _refused_at_every_door(
+        agent,
+        http_port,
+        cli,
+        tmp_path / "data",
+        INVALID,
+        "INVALID",
+        (400, grpc.StatusCode.INVALID_ARGUMENT),
+    )
 
 
 def test_a_blocked_or_lost_card_is_still_a_precondition(
@@ -166,25 +190,15 @@ def test_a_blocked_or_lost_card_is_still_a_precondition(
     """CONTRACT §4, §12: a BLOCKED or LOST card, or a phone whose customer has no active
     card, is valid input the rules refuse: 412 FAILED_PRECONDITION, gRPC
     FAILED_PRECONDITION, exit 2, "card refused: …; sell without loyalty"; nothing stored."""
-    before = _ledger(tmp_path / "data")
-    with posagent_stub(agent) as stub:
-        for card, expected in BLOCKED:
-            status, doc = _post(http_port, "/v1/identify", {"text": card})
-            assert status == 200 and doc["status"] == "BLOCKED", (card, doc)
-            for call in (*SALES, "balance"):
-                http = _http_refusal(http_port, call, card)
-                assert http == (412, "FAILED_PRECONDITION", expected), (call, card, http)
-                assert _grpc_refusal(stub, call, card) == (
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    expected,
-                ), (call, card)
-                args: tuple[Any, ...] = (
-                    ("balance", card) if call == "balance" else (call, receipt("c-x", card=card))
-                )
-                run = cli(*args, "--json")
-                assert (run.code, run.out, run.err) == (2, "", f"tillpoint: {expected}\n")
-    assert _ledger(tmp_path / "data") == before
-    assert agent.status().to_json()["lastSeq"] == 0
+    _refused_at_every_door(
+        agent,
+        http_port,
+        cli,
+        tmp_path / "data",
+        BLOCKED,
+        "BLOCKED",
+        (412, grpc.StatusCode.FAILED_PRECONDITION),
+    )
 
 
 def test_a_receipt_without_a_card_is_bad_input_over_grpc_and_http(
