@@ -19,6 +19,7 @@ through `tillpoint`'s command line (`tests/test_review34_spec34c.py`'s `Chain`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -70,17 +71,13 @@ def publish_lifetime(c: Chain, days: int) -> None:
     c.ok(None, "hub", "import", {"program": program}, "--publish")
 
 
-def figures(c: Chain, till: str, at: datetime) -> tuple[int, list[Any], int, list[Any]]:
-    """(available, expiring) at `at` on `till` and at the hub."""
+def figures(c: Chain, till: str, at: datetime) -> tuple[int, list[Any], int]:
+    """(available, expiring) at `at` on `till`, and available at the hub."""
     when = at.isoformat()
     mine = c.ok(till, "balance", BORIS, "--at", when)
-    hubs = c.ok(None, "hub", "balance", "c-2", "--at", when)
-    return (
-        int(mine["availablePoints"]),
-        [(int(e["points"]), e["expiresAt"]) for e in mine.get("expiring", [])],
-        int(hubs["availablePoints"]),
-        [(int(e["points"]), e["expiresAt"]) for e in hubs.get("expiring", [])],
-    )
+    hub = c.ok(None, "hub", "balance", "c-2", "--at", when)["availablePoints"]
+    listed = [(int(e["points"]), instant(e["expiresAt"])) for e in mine.get("expiring", [])]
+    return int(mine["availablePoints"]), listed, int(hub)
 
 
 def instant(text: str) -> datetime:
@@ -119,19 +116,20 @@ def test_points_earned_under_30_days_keep_that_expiry_when_the_lifetime_changes(
             c.ok(till, "sync", "now")
 
         soon = now + timedelta(days=20)
-        till, listed, hub, hub_listed = figures(c, "till-1", soon)
+        till, listed, hub = figures(c, "till-1", soon)
         assert till == hub == 300 + 2 * EARNED
-        first = [e for e in listed if e[0] == EARNED]
-        assert first and now + timedelta(days=29) < instant(first[0][1]) < now + timedelta(days=31)
-        assert [(p, instant(e)) for p, e in hub_listed] == [(p, instant(e)) for p, e in listed]
-        assert figures(c, "till-2", soon)[0] == till  # from the snapshot alone
+        expected = [30] + ([90] if new_lifetime == 90 else [])
+        assert [p for p, _ in listed] == [EARNED] * len(expected)
+        for (_, moment), days in zip(listed, expected, strict=True):
+            assert now + timedelta(days=days) <= moment <= now + timedelta(days=days, hours=1)
+        assert figures(c, "till-2", soon) == (till, listed, hub)  # the snapshot's alone
 
         later = now + timedelta(days=40)  # r-1's batch is gone; r-2's is not
         for name in ("till-1", "till-2"):
-            till, _, hub, _ = figures(c, name, later)
+            till, _, hub = figures(c, name, later)
             assert till == hub == 300 + EARNED, name
         if new_lifetime == 90:
-            assert figures(c, "till-1", now + timedelta(days=100))[2] == 300
+            assert figures(c, "till-2", now + timedelta(days=100))[::2] == (300, 300)
 
         # the live balance an online redemption is granted from, 40 days on
         sold = c.ok("till-2", "checkout", receipt("r-3", BORIS, at=later, redeem=-1, lines=BIG))
@@ -155,9 +153,171 @@ def test_points_earned_while_nothing_expired_never_expire_at_a_postgresql_hub_ei
         c.ok("till-1", "sync", "now")
         c.ok(None, "hub", "publish")
         c.ok("till-2", "sync", "now")
+        listed_at = []
         for name in ("till-1", "till-2"):
-            till, _, hub, _ = figures(c, name, now + timedelta(days=40))
+            till, _, hub = figures(c, name, now + timedelta(days=40))
             assert till == hub == 300 + EARNED, name
-            till, listed, hub, hub_listed = figures(c, name, now + timedelta(days=1))
+            till, listed, hub = figures(c, name, now + timedelta(days=1))
             assert till == hub == 300 + 2 * EARNED
-            assert [p for p, _ in listed] == [p for p, _ in hub_listed] == [EARNED]
+            listed_at.append(listed)
+        assert listed_at[0] == listed_at[1]  # r-2's batch alone, on both tills
+        assert [p for p, _ in listed_at[0]] == [EARNED]
+
+
+# ---------------------------------------------------------------- the hub's stores
+
+
+NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+WEEK = 7 * 86400.0
+SOLD = "2026-11-23T10:15:00+03:00"
+
+
+def sale(
+    seq: int,
+    earned: int,
+    expires: str = "",
+    *,
+    pending: str = "",
+    result: dict[str, Any] | None = None,
+) -> Any:
+    """A sale of c-1 at `SOLD` that earned `earned` points (at once, or pending until
+    `pending`), its till saying the batch expires at `expires` ("": an older till)."""
+    from tillpoint.sync.hub_store import TxIn
+
+    return TxIn(
+        "till-1",
+        seq,
+        "CHECKOUT",
+        SOLD,
+        "c-1",
+        "",
+        json.dumps({"receiptId": f"r-{seq}"}),
+        json.dumps(result if result is not None else {"earnedPoints": earned}),
+        0 if pending else earned,
+        earned if pending else 0,
+        pending,
+        earned_expires_at=expires,
+    )
+
+
+def hub_of(factory: Any, lifetime: int) -> Any:
+    from tillpoint.sync.loopback import import_doc
+
+    hub = factory()
+    data = sample_master_data()
+    data["program"]["pointsLifetimeDays"] = lifetime
+    import_doc(hub, data)  # c-1: 1,200 points that never expire
+    hub.publish(NOW - timedelta(days=1), WEEK)
+    return hub
+
+
+def lifetime_now(hub: Any, days: int) -> None:
+    from tillpoint.sync.loopback import import_doc
+
+    program = sample_master_data()["program"]
+    program["pointsLifetimeDays"] = days
+    import_doc(hub, {"program": program})
+
+
+def c1(hub: Any, at: datetime) -> tuple[int, list[tuple[int, datetime]]]:
+    """c-1's balancePoints and expiring in a snapshot published at `at`."""
+    version = hub.publish(at, WEEK).version
+    row = next(c for c in hub.snapshot_doc(version, 0)["customers"] if c["id"] == "c-1")
+    listed = [(e["points"], instant(e["expiresAt"])) for e in row.get("expiring", [])]
+    return int(row["balancePoints"]), listed
+
+
+def test_the_hub_dates_each_sale_with_the_expiry_its_till_sent_and_older_ones_by_its_rule(
+    hub_store_factory: Any,
+) -> None:
+    """CONTRACT §16: the hub holds 30 days. A sale whose till said "never" (committed
+    while nothing expired) never expires; one whose till said 3 December expires then
+    (committed under 10 days); one from an older till, which says nothing, expires 30
+    days after it by the hub's own rule, and once the hub holds 0 never, as before. A
+    refund taking back part of the "never" sale's points takes them off that batch."""
+    hub = hub_of(hub_store_factory, lifetime=30)
+    dec3 = "2026-12-03T10:15:00+03:00"
+    result = hub.ingest("till-1", "", [sale(1, 100, "never"), sale(2, 50, dec3), sale(3, 20)], NOW)
+    assert [r.outcome for r in result.results] == ["STORED"] * 3
+    day30 = instant("2026-12-23T10:15:00+03:00")
+    assert c1(hub, NOW + timedelta(days=1)) == (1370, [(50, instant(dec3)), (20, day30)])
+    assert hub.balance("c-1", instant(dec3) + timedelta(seconds=1)).available == 1320
+    assert hub.balance("c-1", day30 + timedelta(seconds=1)).available == 1300
+    assert hub.balance("c-1", NOW + timedelta(days=3650)).available == 1300
+
+    from tillpoint.sync.hub_store import TxIn
+
+    refund = TxIn(
+        "till-1",
+        4,
+        "REFUND",
+        "2026-11-24T10:00:00+03:00",
+        "c-1",
+        "",
+        json.dumps({"refundId": "f-1", "receiptId": "r-1"}),
+        json.dumps({"refundId": "f-1", "returnedPoints": 0}),
+        -40,
+        0,
+        "",
+    )
+    assert hub.ingest("till-1", "", [refund], NOW).results[0].outcome == "STORED"
+    assert c1(hub, NOW + timedelta(days=2)) == (1330, [(50, instant(dec3)), (20, day30)])
+    assert hub.balance("c-1", NOW + timedelta(days=3650)).available == 1260
+
+    lifetime_now(hub, 0)  # the older till's sale follows the hub's rule; the others do not
+    assert c1(hub, NOW + timedelta(days=3)) == (1330, [(50, instant(dec3))])
+    assert hub.balance("c-1", NOW + timedelta(days=3650)).available == 1280
+
+
+def test_pending_points_keep_the_expiry_their_sale_was_given(hub_store_factory: Any) -> None:
+    """CONTRACT §16 with `activationDelayDays`: a sale's points pending until the next day
+    keep the expiry its till sent ("never"), not `pointsLifetimeDays` (30) after their
+    activation; an older till's pending points follow the hub's rule."""
+    hub = hub_of(hub_store_factory, lifetime=30)
+    activates = "2026-11-24T10:15:00+03:00"
+    hub.ingest(
+        "till-1", "", [sale(1, 70, "never", pending=activates), sale(2, 30, pending=activates)], NOW
+    )
+    assert hub.balance("c-1", NOW).pending == 100
+    later = instant(activates) + timedelta(days=40)
+    assert hub.balance("c-1", later).available == 1270
+    assert c1(hub, instant(activates) + timedelta(days=1)) == (
+        1300,
+        [(30, instant("2026-12-24T10:15:00+03:00"))],
+    )
+
+
+def test_a_sale_sent_again_with_or_without_its_expiry_is_the_same_sale(
+    hub_store_factory: Any,
+) -> None:
+    """CONTRACT §9: the expiry is worked out from the till's ledger when a sale is sent,
+    no part of its content: a till of this release that sends again a sale an earlier
+    release had sent (its answer lost) gets DUPLICATE, not CONFLICT; the stored one
+    stands."""
+    hub = hub_of(hub_store_factory, lifetime=30)
+    assert hub.ingest("till-1", "", [sale(1, 100)], NOW).results[0].outcome == "STORED"
+    again = hub.ingest("till-1", "b-2", [sale(1, 100, "never")], NOW).results[0]
+    assert again.outcome == "DUPLICATE", again.reason
+    assert hub.balance("c-1", NOW + timedelta(days=40)).available == 1200  # the older rule
+
+
+@pytest.mark.parametrize(
+    ("expires", "result", "reason"),
+    [
+        ("2026-12-23T10:15:00", None, "earnedExpiresAt '2026-12-23T10:15:00' is neither"),
+        ("soon", None, "earnedExpiresAt 'soon' is neither 'never' nor an RFC 3339 time"),
+        ("never", {"earnedPoints": 5, "earnedExpiresAt": "never"}, "is the hub's own key"),
+    ],
+)
+def test_an_expiry_the_hub_cannot_read_sets_the_sale_aside(
+    hub_store_factory: Any, expires: str, result: dict[str, Any] | None, reason: str
+) -> None:
+    """A sale whose `earnedExpiresAt` is neither "never" nor a time with an offset (or
+    whose result carries the key the hub keeps it under) is REJECTED alone, saying why
+    in one line; nothing of it is counted."""
+    hub = hub_of(hub_store_factory, lifetime=30)
+    answer = hub.ingest("till-1", "", [sale(1, 5, expires, result=result), sale(2, 7)], NOW)
+    first, second = answer.results
+    assert (first.outcome, second.outcome) == ("REJECTED", "STORED")
+    assert reason in first.reason and "\n" not in first.reason
+    assert hub.balance("c-1", NOW + timedelta(days=1)).available == 1207
