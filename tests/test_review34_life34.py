@@ -34,7 +34,7 @@ from tests.test_review34_spec34c import BIG, BORIS, Chain
 EARNED = 269  # Boris (base, 3 %) on BIG: 899,000 minor × 3 % / 100 = 269.7
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The hub's store: its SQLite file, or a fresh database of the tests' cluster."""
     if request.param == "postgresql":
@@ -136,7 +136,7 @@ def test_points_earned_under_30_days_keep_that_expiry_when_the_lifetime_changes(
         assert (sold["mode"], sold["redeemedPoints"]) == ("ONLINE", 300 + EARNED)
 
 
-def test_points_earned_while_nothing_expired_never_expire_at_a_postgresql_hub_either(
+def test_points_earned_while_nothing_expired_never_expire_on_either_hub_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
     """CONTRACT §16 (the other direction, on both stores): points earned while
@@ -162,6 +162,79 @@ def test_points_earned_while_nothing_expired_never_expire_at_a_postgresql_hub_ei
             listed_at.append(listed)
         assert listed_at[0] == listed_at[1]  # r-2's batch alone, on both tills
         assert [p for p, _ in listed_at[0]] == [EARNED]
+
+
+def test_points_pending_at_their_sale_keep_the_expiry_their_commit_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CONTRACT §16 with `activationDelayDays` 1: two sales dated two days ago (spendable
+    since yesterday), the first while nothing expired, the second under 30 days. Both
+    reach the hub as pending points (`pendingActivatesAt`); the hub dates the first
+    "never" and the second 30 days after it became spendable, as the till did, in its
+    balance and in the snapshot the other till counts."""
+    with chain_of(tmp_path, monkeypatch, capsys, lifetime=0) as c:
+        program = sample_master_data()["program"]
+        program.update(holdTtlSeconds=1, activationDelayDays=1)
+        c.ok(None, "hub", "import", {"program": program}, "--publish")
+        c.ok("till-1", "sync", "now")
+        now = datetime.now(UTC)
+        sold = now - timedelta(days=2)
+        c.ok("till-1", "checkout", receipt("r-1", BORIS, at=sold, lines=BIG))
+        c.ok("till-1", "sync", "now")
+        program.update(pointsLifetimeDays=30)
+        c.ok(None, "hub", "import", {"program": program}, "--publish")
+        c.ok("till-1", "sync", "now")
+        c.ok("till-1", "checkout", receipt("r-2", BORIS, at=sold, lines=BIG))
+        c.ok("till-1", "sync", "now")
+        c.ok(None, "hub", "publish")
+        c.ok("till-2", "sync", "now")
+        till, listed, hub = figures(c, "till-2", now + timedelta(days=20))
+        assert till == hub == 300 + 2 * EARNED
+        assert [p for p, _ in listed] == [EARNED]
+        assert sold + timedelta(days=31) <= listed[0][1] <= sold + timedelta(days=31, hours=1)
+        assert figures(c, "till-1", now + timedelta(days=20)) == (till, listed, hub)
+        for name in ("till-1", "till-2"):
+            till, _, hub = figures(c, name, now + timedelta(days=40))
+            assert till == hub == 300 + EARNED, name
+
+
+def test_a_refund_gives_back_into_and_takes_back_from_the_batches_as_their_commit_dated_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CONTRACT §16: r-1 earns 269 under 30 days; the hub then holds 0. r-2 spends all of
+    Boris's points (r-1's batch first, it expires soonest) and earns 252 that never
+    expire; r-2's refund gives the 569 back to the batches they came from (269 into
+    r-1's, still expiring 30 days after r-1) and takes its 252 back off its own batch.
+    Forty days on, the tills and the hub agree: 300, r-1's points gone."""
+    with chain_of(tmp_path, monkeypatch, capsys, lifetime=30) as c:
+        now = datetime.now(UTC)
+        c.ok("till-1", "checkout", receipt("r-1", BORIS, lines=BIG))
+        c.ok("till-1", "sync", "now")
+        publish_lifetime(c, 0)
+        c.ok("till-1", "sync", "now")
+        spent = c.ok("till-1", "checkout", receipt("r-2", BORIS, redeem=-1, lines=BIG))
+        # it earns on what is paid in money: 842,100 minor × 3 % / 100 = 252.63
+        assert (spent["redeemedPoints"], spent["earnedPoints"]) == (300 + EARNED, 252)
+        back = {
+            "refundId": "f-2",
+            "receiptId": "r-2",
+            "at": (now + timedelta(minutes=1)).isoformat(),
+            "lines": [{"sku": BIG[0]["sku"], "qty": "100"}],
+        }
+        refunded = c.ok("till-1", "refund", back)
+        assert refunded["returnedPoints"] == 300 + EARNED
+        c.ok("till-1", "sync", "now")
+        c.ok(None, "hub", "publish")
+        c.ok("till-2", "sync", "now")
+        soon = now + timedelta(days=1)
+        till, listed, hub = figures(c, "till-1", soon)
+        assert till == hub == 300 + EARNED
+        assert [p for p, _ in listed] == [EARNED]
+        assert now + timedelta(days=30) <= listed[0][1] <= now + timedelta(days=30, hours=1)
+        assert figures(c, "till-2", soon) == (till, listed, hub)
+        for name in ("till-1", "till-2"):
+            till, _, hub = figures(c, name, now + timedelta(days=40))
+            assert till == hub == 300, name
 
 
 # ---------------------------------------------------------------- the hub's stores
