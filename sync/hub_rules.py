@@ -611,7 +611,7 @@ class HubRules:
             "pending": pending,
             "activates": activates,
         }
-        if t.kind == "CHECKOUT" and t.customer_id:
+        if t.kind == "CHECKOUT":
             stored = _with_earned_expiry(t, result)
             if stored is not None:
                 fields["result_json"] = stored
@@ -1469,10 +1469,11 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
 def _with_earned_expiry(t: TxIn, result: dict[str, Any]) -> str | None:
     """The result to store for a sale of a known customer whose till said when the batch
     it earned expires (`TxIn.earned_expires_at`): its text with `EARNED_EXPIRES_KEY`
-    added ("never" or UTC text), which the stores' moves read (`Move`); None: as sent."""
+    added ("never" or UTC text), which the stores' moves read (`Move`); None: as sent
+    (an UNKNOWN card's points are the hub's to settle: what its till says is not read)."""
     if EARNED_EXPIRES_KEY in result:
         raise ValueError(f"resultJson: {EARNED_EXPIRES_KEY} is the hub's own key")
-    said = t.earned_expires_at
+    said = t.earned_expires_at if t.customer_id else ""
     if not said:
         return None
     if said != NEVER:
