@@ -66,9 +66,11 @@ def _moves(earned: str, returned: str, fixed: str) -> str:
     )
 
 
-# A sale whose stored result holds `EARNED_EXPIRES_KEY` (only the hub writes it, after
-# checking it): its JSON is read for it; the rest (older tills' sales) are not.
-HAS_FIXED = f"t.kind = 'CHECKOUT' AND instr(t.result_json, '\"{EARNED_EXPIRES_KEY}\"') > 0"
+def _has_fixed(find: str) -> str:
+    """A sale whose stored result holds `EARNED_EXPIRES_KEY` (only the hub writes it, after
+    checking it), by the engine's substring function: its JSON is read for it; the rest
+    (older tills' sales) are not."""
+    return f"t.kind = 'CHECKOUT' AND {find}(t.result_json, '\"{EARNED_EXPIRES_KEY}\"') > 0"
 
 
 # The set_aside columns and index of review 32 (hub32b): SQLite's m006_set_aside_resolved
@@ -126,7 +128,10 @@ class SqliteDialect(Dialect):
         "CASE WHEN kind = 'REFUND' AND json_type(result_json, '$.returnedPoints')"
         " = 'integer' THEN json_extract(result_json, '$.returnedPoints') ELSE 0 END"
     )
-    fixed = f"CASE WHEN {HAS_FIXED} THEN json_extract(t.result_json, '$.{EARNED_EXPIRES_KEY}') END"
+    fixed = (
+        f"CASE WHEN {_has_fixed('instr')}"
+        f" THEN json_extract(t.result_json, '$.{EARNED_EXPIRES_KEY}') END"
+    )
     moves = _moves(earned, returned, fixed)
     CHUNK = 500  # well under SQLite's limit on the number of parameters
 
@@ -163,10 +168,7 @@ class PostgresDialect(Dialect):
         f" AND jsonb_typeof({_RESULT_JSONB} -> 'returnedPoints') = 'number'"
         f" THEN ({_RESULT_JSONB} ->> 'returnedPoints')::numeric::bigint ELSE 0 END"
     )
-    fixed = (
-        f"CASE WHEN {HAS_FIXED.replace('instr(t.result_json, ', 'strpos(t.result_json, ')}"
-        f" THEN {_RESULT_JSONB} ->> '{EARNED_EXPIRES_KEY}' END"
-    )
+    fixed = f"CASE WHEN {_has_fixed('strpos')} THEN {_RESULT_JSONB} ->> '{EARNED_EXPIRES_KEY}' END"
     moves = _moves(earned, returned, fixed)
 
     def sql(self, text: str) -> str:
