@@ -1420,6 +1420,25 @@ def earn_activation(conn: sqlite3.Connection, device_id: str, seq: int) -> str |
     return None if row is None else str(row[0])
 
 
+NEVER = "never"  # `Transaction.earned_expires_at` of a batch that never expires
+
+
+def earned_expiry(
+    conn: sqlite3.Connection, device_id: str, seq: int, customer_id: str
+) -> str | None:
+    """When the batch sale `seq` earned expires, as its commit fixed it (§16): UTC text,
+    or `NEVER` (no lifetime then, or a row written before expiry existed); None when the
+    sale earned nothing here (an UNKNOWN card's points are the hub's to settle)."""
+    row = conn.execute(
+        "SELECT expires_at FROM points WHERE customer_id = ? AND device_id = ? AND seq = ?"
+        " AND kind = 'earn' AND points > 0 LIMIT 1",
+        (customer_id, device_id, seq),
+    ).fetchone()
+    if row is None:
+        return None
+    return NEVER if row[0] is None else str(row[0])
+
+
 @dataclass(frozen=True)
 class SetAside:
     """A transaction the hub answered CONFLICT or REJECTED (table ``sync_set_aside``)."""

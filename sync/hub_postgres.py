@@ -845,7 +845,7 @@ class PostgresHubStore(SqlHubStore):
         " AND (doc::jsonb) ->> 'customerId' = %(c)s) c, v WHERE (SELECT r.doc::jsonb"
         " ->> 'customerId' FROM revisions r WHERE r.kind = 'card' AND r.key = c.key"
         " AND r.version <= v.v ORDER BY r.version DESC LIMIT 1) = %(c)s),"
-        " moves AS (SELECT coalesce(jsonb_agg(jsonb_build_array(a, w, d, s, e, r, k, b)"
+        " moves AS (SELECT coalesce(jsonb_agg(jsonb_build_array(a, w, d, s, e, r, k, b, x)"
         f" ORDER BY i), '[]') AS m FROM (SELECT {POSTGRES.moves}, {MOVE_ORDER} AS i"
         " FROM transactions t, cards"
         " WHERE customer_id = %(c)s OR (customer_id = '' AND card = ANY(cards.a))) x)"

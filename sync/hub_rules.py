@@ -73,11 +73,18 @@ Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a 
 # One counted transaction's points (the contract §16): (points available,
 # pending_activates_at, pending points, its `at` when it moves available points or is a
 # refund, the part of them earned at once at a checkout, its receipt (`RECEIPT_KEY`; a
-# refund's: the receipt it refunds), its kind, the points a refund gives back). The hub
-# replays them as the till replays its own movements: a spend takes the batches not expired
-# at its time, points earned at once expire `pointsLifetimeDays` after it, and a refund
-# gives points back to the batches its sale took them from.
-Move = tuple[int, str | None, int, str | None, int, str, str, int]
+# refund's: the receipt it refunds), its kind, the points a refund gives back, when a
+# sale's earned batch expires as its till's commit fixed it (`EARNED_EXPIRES_KEY`: "never"
+# or UTC text; None: not said, a till of an earlier release)). The hub replays them as the
+# till replays its own movements: a spend takes the batches not expired at its time, the
+# points a sale earned expire when its commit said (else `pointsLifetimeDays` after they
+# become spendable, the lifetime the hub holds), and a refund gives points back to the
+# batches its sale took them from.
+Move = tuple[int, str | None, int, str | None, int, str, str, int, str | None]
+# The key of a stored CHECKOUT's result that holds `TxIn.earned_expires_at` (the contract
+# §16: the expiry of earned points is fixed at commit), and its value for "never expires".
+EARNED_EXPIRES_KEY = "earnedExpiresAt"
+NEVER = "never"
 # A known customer's sale that earned its points at once: it moves available points even
 # when it spent as many as it earned (its delta 0). Such a sale was left out: the hub did
 # not take the spend from the soonest-expiring batch nor start the earned batch, and said
@@ -597,13 +604,18 @@ class HubRules:
             available, pending, activates = self._settle_unknown(
                 tx, t, at, result, receipt_id, program
             )
-        return {
+        fields: dict[str, Any] = {
             "receipt_id": receipt_id,
             "ref_id": ref_id,
             "available": available,
             "pending": pending,
             "activates": activates,
         }
+        if t.kind == "CHECKOUT":
+            stored = _with_earned_expiry(t, result)
+            if stored is not None:
+                fields["result_json"] = stored
+        return fields
 
     @staticmethod
     def _settle_issued(t: TxIn, request: dict[str, Any], receipt_id: str) -> dict[str, Any]:
@@ -793,7 +805,17 @@ class HubRules:
                 sold = _aware(item.at)
                 if sold is not None and sold <= at and item.spent > 0:
                     spends.append(
-                        (-item.spent, None, 0, utc_text(sold), 0, f"seq:{item.seq}", "CHECKOUT", 0)
+                        (
+                            -item.spent,
+                            None,
+                            0,
+                            utc_text(sold),
+                            0,
+                            f"seq:{item.seq}",
+                            "CHECKOUT",
+                            0,
+                            None,
+                        )
                     )
                     spendable += item.points + item.spent
                 else:
@@ -821,7 +843,7 @@ class HubRules:
                 if dev == device_id and rid in mine:
                     continue  # this receipt, or a movement counted through `unsynced`
                 if when and _when(when) <= at:
-                    spends.append((-int(pts), None, 0, when, 0, f"hold:{rid}", "CHECKOUT", 0))
+                    spends.append((-int(pts), None, 0, when, 0, f"hold:{rid}", "CHECKOUT", 0, None))
                 else:
                     held += int(pts)
             live = _live_points(replace(inputs, moves=[*inputs.moves, *spends]), at)
@@ -1260,7 +1282,7 @@ def canon(doc: dict[str, Any] | None) -> str | None:
 
 def move_of(row: Sequence[Any]) -> Move:
     """A `Move` from the columns a store reads (`hub_sql.Dialect.moves`)."""
-    points, when, due, moved_at, earned, receipt, kind, returned = row
+    points, when, due, moved_at, earned, receipt, kind, returned, fixed = row
     return (
         int(points),
         when,
@@ -1270,6 +1292,7 @@ def move_of(row: Sequence[Any]) -> Move:
         str(receipt),
         str(kind),
         int(returned or 0),
+        None if fixed is None else str(fixed),
     )
 
 
@@ -1301,15 +1324,27 @@ def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wal
     batch from its `at`), and each refund's points given back (to the batches its sale
     took them from, the last taken first), taken back while pending (off the sale's own
     batch) and taken back since (off that batch while it counts, else spent). A sale
-    without a time moves no available points (`MOVED_AT`)."""
+    without a time moves no available points (`MOVED_AT`). A sale's earned batch expires
+    when its till's commit said (`Move`, the contract §16: fixed at commit, so a lifetime
+    published later dates only the points earned after it); a sale of a till that did not
+    say, `pointsLifetimeDays` of `program` after its points became spendable."""
     lifetime, zone = program.points_lifetime_days, program.zone
+    moves = list(moves)
+    fixed_of = {m[5]: m[8] for m in moves if m[8] is not None and m[6] == "CHECKOUT"}
+
+    def expiry(receipt: str, start: datetime) -> datetime | None:
+        fixed = fixed_of.get(receipt)
+        if fixed is None:
+            return expiry_time(start, lifetime, zone)
+        return None if fixed == NEVER else _timestamp(fixed)
+
     pending: list[Movement] = []
     timed: list[tuple[datetime, bool, list[Movement]]] = []  # (at, a refund, its movements)
-    for points, when, due, moved_at, earned, receipt, kind, returned in moves:
+    for points, when, due, moved_at, earned, receipt, kind, returned, _ in moves:
         refund = kind == "REFUND"
         active = _when(when) if when and due else None
         if active is not None and not refund:
-            expires = expiry_time(active, lifetime, zone)
+            expires = expiry(receipt, active)
             pending.append(Movement("earn", due, receipt, active, False, active, expires))
         if moved_at is None:
             continue
@@ -1320,7 +1355,7 @@ def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wal
             if back:
                 out.append(Movement("spend", back, receipt, at, True))
             if active is not None:
-                expires = expiry_time(active, lifetime, zone)
+                expires = expiry(receipt, active)
                 out.append(Movement("earn", due, receipt, at, False, active, expires))
             if back != points:
                 out.append(Movement("spend", points - back, receipt, at, True))
@@ -1330,7 +1365,7 @@ def _wallet(doc: dict[str, Any], moves: Iterable[Move], program: Program) -> Wal
             if spent:
                 out.append(Movement("spend", -spent, receipt, at, spent < 0))
             if earned:
-                expires = expiry_time(at, lifetime, zone)
+                expires = expiry(receipt, at)
                 out.append(Movement("earn", earned, receipt, at, False, at, expires))
         timed.append((at, refund, out))
     # in time order, then as stored (a till's transactions in the order it wrote them)
@@ -1429,6 +1464,28 @@ def _balance_row(text: str, moves: list[Move], issued_at: datetime, program: Pro
     else:
         row.pop("expiring", None)
     return str(canon(row))
+
+
+def _with_earned_expiry(t: TxIn, result: dict[str, Any]) -> str | None:
+    """The result to store for a sale of a known customer whose till said when the batch
+    it earned expires (`TxIn.earned_expires_at`): its text with `EARNED_EXPIRES_KEY`
+    added ("never" or UTC text), which the stores' moves read (`Move`); None: as sent
+    (an UNKNOWN card's points are the hub's to settle: what its till says is not read)."""
+    if EARNED_EXPIRES_KEY in result:
+        raise ValueError(f"resultJson: {EARNED_EXPIRES_KEY} is the hub's own key")
+    said = t.earned_expires_at if t.customer_id else ""
+    if not said:
+        return None
+    if said != NEVER:
+        moment = _aware(said)
+        if moment is None:
+            raise ValueError(
+                f"earnedExpiresAt {said!r} is neither {NEVER!r} nor an RFC 3339 time with an offset"
+            )
+        said = utc_text(moment)
+    head = t.result_json.rstrip()[:-1].rstrip()  # a JSON object (`settle` read it)
+    comma = "" if head.endswith("{") else ","
+    return f"{head}{comma}{json.dumps(EARNED_EXPIRES_KEY)}:{json.dumps(said)}}}"
 
 
 def _request_receipt(t: TxIn) -> str:

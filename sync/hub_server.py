@@ -1317,6 +1317,7 @@ def tx_in_of(tx: pb.Transaction) -> TxIn:
         delta_pending=tx.points_delta_pending,
         pending_activates_at=tx.pending_activates_at,
         fiscal_document=tx.fiscal_document,
+        earned_expires_at=tx.earned_expires_at,
     )
 
 

@@ -38,6 +38,7 @@ from tillpoint.agent.ledger import utc_text
 from tillpoint.agent.models import coupon_code
 
 from .hub_rules import (
+    EARNED_EXPIRES_KEY,
     EARNED_WHEN,
     MOVED_AT,
     RECEIPT_KEY,
@@ -57,11 +58,19 @@ T = TypeVar("T")
 MOVE_ORDER = "t.ingest_id"
 
 
-def _moves(earned: str, returned: str) -> str:
+def _moves(earned: str, returned: str, fixed: str) -> str:
     return (
         "t.delta_available AS a, t.pending_activates_at AS w, t.delta_pending AS d,"
-        f" {MOVED_AT} AS s, {earned} AS e, {RECEIPT_KEY} AS r, t.kind AS k, {returned} AS b"
+        f" {MOVED_AT} AS s, {earned} AS e, {RECEIPT_KEY} AS r, t.kind AS k, {returned} AS b,"
+        f" {fixed} AS x"
     )
+
+
+def _has_fixed(find: str) -> str:
+    """A sale whose stored result holds `EARNED_EXPIRES_KEY` (only the hub writes it, after
+    checking it), by the engine's substring function: its JSON is read for it; the rest
+    (older tills' sales) are not."""
+    return f"t.kind = 'CHECKOUT' AND {find}(t.result_json, '\"{EARNED_EXPIRES_KEY}\"') > 0"
 
 
 # The set_aside columns and index of review 32 (hub32b): SQLite's m006_set_aside_resolved
@@ -85,6 +94,7 @@ class Dialect:
     card_owner: ClassVar[str]  # a card revision's customerId (the index's expression)
     earned: ClassVar[str]  # points earned at once at a checkout: see `hub_rules.Move`
     returned: ClassVar[str]  # points a refund gives back: see `hub_rules.Move`
+    fixed: ClassVar[str]  # when a sale's earned batch expires, as said: see `hub_rules.Move`
     # The columns of a `hub_rules.Move` of each transaction `t`
     moves: ClassVar[str]
 
@@ -118,7 +128,11 @@ class SqliteDialect(Dialect):
         "CASE WHEN kind = 'REFUND' AND json_type(result_json, '$.returnedPoints')"
         " = 'integer' THEN json_extract(result_json, '$.returnedPoints') ELSE 0 END"
     )
-    moves = _moves(earned, returned)
+    fixed = (
+        f"CASE WHEN {_has_fixed('instr')}"
+        f" THEN json_extract(t.result_json, '$.{EARNED_EXPIRES_KEY}') END"
+    )
+    moves = _moves(earned, returned, fixed)
     CHUNK = 500  # well under SQLite's limit on the number of parameters
 
     def any_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
@@ -154,7 +168,8 @@ class PostgresDialect(Dialect):
         f" AND jsonb_typeof({_RESULT_JSONB} -> 'returnedPoints') = 'number'"
         f" THEN ({_RESULT_JSONB} ->> 'returnedPoints')::numeric::bigint ELSE 0 END"
     )
-    moves = _moves(earned, returned)
+    fixed = f"CASE WHEN {_has_fixed('strpos')} THEN {_RESULT_JSONB} ->> '{EARNED_EXPIRES_KEY}' END"
+    moves = _moves(earned, returned, fixed)
 
     def sql(self, text: str) -> str:
         return _percent_s(text)
@@ -432,7 +447,7 @@ class SqlTx:
             fields["receipt_id"],
             fields["ref_id"],
             tx.request_json,
-            tx.result_json,
+            fields.get("result_json", tx.result_json),  # with the batch's expiry (§16)
             tx.delta_available,
             tx.delta_pending,
             fields["available"],

@@ -126,6 +126,11 @@ class TxIn:
     delta_pending: int
     pending_activates_at: str
     fiscal_document: str = ""  # the POS's fiscal document of a confirmed receipt
+    # When the batch a CHECKOUT earned expires, as the till's commit fixed it ("never", an
+    # RFC 3339 time; "": not said). Worked out from the till's ledger when it is sent, as
+    # `pending_activates_at` is: no part of the content. Stored as the key
+    # `EARNED_EXPIRES_KEY` of the stored result (the contract §16).
+    earned_expires_at: str = ""
 
     def content(self) -> str:
         """What identifies the transaction's content (for duplicates versus conflicts)."""

@@ -179,6 +179,12 @@ class Pusher:
             activates_at = ledger.earn_activation(self.conn, self.device_id, seq)
             if activates_at is not None:
                 tx.pending_activates_at = activates_at
+        if tx.kind == pb.CHECKOUT and tx.customer_id and not tx.earned_expires_at:
+            # the expiry its commit fixed (§16): the hub dates the batch with it, not with
+            # the lifetime it holds when it answers
+            expires_at = ledger.earned_expiry(self.conn, self.device_id, seq, tx.customer_id)
+            if expires_at is not None:
+                tx.earned_expires_at = expires_at
         return tx
 
     def push_batch(self) -> BatchResult | None:

@@ -245,11 +245,6 @@ def test_a_reimaged_till_numbers_above_the_hubs_applied_through(
 # ---------------------------------------------------------------- §16: lifetime at the hub
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (review 34, spec34c): the hub dates till-earned batches with the lifetime"
-    " in force when it answers; the transaction does not carry the one in force at commit",
-)
 def test_points_earned_before_a_lifetime_was_set_never_expire_at_the_hub_either(
     chain: Chain,
 ) -> None:

@@ -2058,6 +2058,7 @@ class Transaction(_message.Message):
     POINTS_DELTA_PENDING_FIELD_NUMBER: _builtins.int
     PENDING_ACTIVATES_AT_FIELD_NUMBER: _builtins.int
     FISCAL_DOCUMENT_FIELD_NUMBER: _builtins.int
+    EARNED_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     seq: _builtins.int
     kind: Global___TransactionKind.ValueType
@@ -2076,6 +2077,13 @@ class Transaction(_message.Message):
     """When points_delta_pending becomes spendable (RFC 3339); empty when it is 0."""
     fiscal_document: _builtins.str
     """The POS's fiscal document number of a confirmed receipt (§11); empty when none."""
+    earned_expires_at: _builtins.str
+    """A CHECKOUT that earned points: when the batch they make expires, as its commit fixed
+    it with the pointsLifetimeDays in force then (§16): RFC 3339, or "never". Empty: not
+    said (a till of an earlier release; a sale that earned nothing, or a refund): the hub
+    dates the batch with the lifetime it holds. Worked out from the till's ledger when
+    sent, as pending_activates_at is, and no part of the transaction's content.
+    """
     def __init__(
         self,
         *,
@@ -2091,10 +2099,11 @@ class Transaction(_message.Message):
         points_delta_pending: _builtins.int = ...,
         pending_activates_at: _builtins.str = ...,
         fiscal_document: _builtins.str = ...,
+        earned_expires_at: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "fiscal_document", b"fiscal_document", "kind", b"kind", "pending_activates_at", b"pending_activates_at", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "request_json", b"request_json", "result_json", b"result_json", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "card", b"card", "customer_id", b"customer_id", "device_id", b"device_id", "earned_expires_at", b"earned_expires_at", "fiscal_document", b"fiscal_document", "kind", b"kind", "pending_activates_at", b"pending_activates_at", "points_delta_available", b"points_delta_available", "points_delta_pending", b"points_delta_pending", "request_json", b"request_json", "result_json", b"result_json", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
