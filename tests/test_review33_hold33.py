@@ -22,7 +22,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import grpc
 import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import start_hold_sweeper
-from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.hub_server import HubServicer, system_clock
 from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, wait_for
 from tillpoint.sync.loopback import receipt as loopback_receipt
 from tillpoint.sync.service import SyncService
@@ -79,6 +79,19 @@ def late(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return event
 
 
+def hold33_hub(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Callable[[], datetime] = system_clock
+) -> LoopbackHub:
+    """The reference hub of the fixture's param (SQLite or PostgreSQL) with a coupon offer,
+    a 600 s hold TTL and an offline limit of 200 points a day, started on `clock`; the
+    hub fixtures of hold33 and of the reviews that followed it (rev33b, rel33, rev34)."""
+    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
+    data["program"]["holdTtlSeconds"] = TTL_S
+    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
+    return LoopbackHub(tmp_path / "hub", data=data, store=store, clock=clock)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def hub(
     request: pytest.FixtureRequest, tmp_path: Path, late: threading.Event
@@ -86,13 +99,7 @@ def hub(
     """The reference hub (SQLite or PostgreSQL) with a coupon offer, a 600 s hold TTL and
     an offline limit of 200 points a day; its AuthorizeRedemption answers late while
     `late` is set (its servicer's methods are taken when it starts)."""
-    store = None
-    if request.param == "postgresql":
-        store = request.getfixturevalue("pg_url")
-    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
-    data["program"]["holdTtlSeconds"] = TTL_S
-    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
-    h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    h = hold33_hub(request, tmp_path)
     h.server.servicer.failpoint = refusing
     yield h
     h.stop()

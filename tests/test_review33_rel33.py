@@ -21,19 +21,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, receipt
 
 from .conftest import ManualClock, enrolled_till
-from .test_coupons import COUPONS, SORRY
 from .test_review32_rev32d import CARD, NEW, Chain, chains, old_release
 from .test_review33_hold33 import (
     BIG,
-    OFFLINE_LIMIT,
     TTL_S,
     a_receipt,
     coupon_holds,
     first_at,
     held_at_hub,
+    hold33_hub,
     life,
 )
 from .test_review33_rev33b import Stall, stalled_hub_call
@@ -52,11 +51,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path, stall: Stall) -> Iterato
     """The reference hub (SQLite or PostgreSQL) with a coupon offer and a 600 s hold TTL;
     its ReleaseRedemption is held back while `stall.on` is set (the servicer's methods
     are taken when it starts)."""
-    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
-    data["program"]["holdTtlSeconds"] = TTL_S
-    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
-    h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    h = hold33_hub(request, tmp_path)
     yield h
     h.stop()
 

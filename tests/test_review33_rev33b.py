@@ -24,10 +24,9 @@ from typing import Any
 
 import pytest
 from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub
 
 from .conftest import ManualClock, enrolled_till
-from .test_coupons import COUPONS, SORRY
 from .test_review33_hold33 import (
     OFFLINE_LIMIT,
     TTL_S,
@@ -35,6 +34,7 @@ from .test_review33_hold33 import (
     coupon_holds,
     first_at,
     held_at_hub,
+    hold33_hub,
     late,
     life,
 )
@@ -86,11 +86,7 @@ def hub(
     """hold33's hub (a coupon offer, a 600 s hold TTL, an offline limit of 200 points a
     day): AuthorizeRedemption answers late while `late` is set, ShrinkRedemption is held
     back while `stall.on` is (the servicer's methods are taken when it starts)."""
-    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
-    data["program"]["holdTtlSeconds"] = TTL_S
-    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
-    h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    h = hold33_hub(request, tmp_path)
     yield h
     h.stop()
 

@@ -24,16 +24,16 @@ from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
-from tillpoint.sync.loopback import LoopbackHub, Till, sample_master_data, wait_for
+from tillpoint.sync.loopback import LoopbackHub, Till, wait_for
 
 from .conftest import ManualClock, enrolled_till
-from .test_coupons import COUPONS, SORRY
 from .test_review33_hold33 import (
     BIG,
     OFFLINE_LIMIT,
     TTL_S,
     a_receipt,
     coupon_holds,
+    hold33_hub,
     late,
     life,
 )
@@ -55,11 +55,7 @@ def hub(
 ) -> Iterator[LoopbackHub]:
     """hold33's hub (a coupon offer, a 600 s hold TTL, an offline limit of 200 points a
     day) on a wall clock the test sets (`hub_clock`)."""
-    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
-    data["program"]["holdTtlSeconds"] = TTL_S
-    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
-    h = LoopbackHub(tmp_path / "hub", data=data, store=store, clock=hub_clock)
+    h = hold33_hub(request, tmp_path, hub_clock)
     yield h
     h.stop()
 
@@ -161,11 +157,7 @@ def slow_hub(
 ) -> Iterator[LoopbackHub]:
     """hold33's hub: AuthorizeRedemption answers late while `late` is set,
     ShrinkRedemption is held back while `stall.on` is."""
-    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
-    data["program"]["holdTtlSeconds"] = TTL_S
-    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
-    h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    h = hold33_hub(request, tmp_path)
     yield h
     h.stop()
 
