@@ -963,12 +963,14 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
     def answer(what: str) -> dict[str, Any]:
         return {"description": what, "content": {JSON: {"schema": error}}}
 
+    # what any path may answer 400, and what a call adds to it (its own fields, a card)
+    unreadable = (
+        "a request that is not HTTP the agent can read (no Host, two Content-Length, a"
+        " garbage request line, a head over 16 KiB)"
+    )
+    malformed = "malformed JSON, unknown field, out-of-range value, over 4 MiB"
     errors = {
-        "400": answer(
-            "bad input: malformed JSON, unknown field, out-of-range value, over 4 MiB; or a"
-            " request that is not HTTP the agent can read (no Host, two Content-Length, a"
-            " garbage request line, a head over 16 KiB), on any path"
-        ),
+        "400": answer(f"bad input: {malformed}; or {unreadable}, on any path"),
         "401": answer("a token is set and the request has none or another"),
         "403": answer("a web page's request: its Origin is not in [http] allowed_origins"),
         "405": answer("another method than the call's"),
@@ -998,10 +1000,8 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         ' number that is not a Russian phone): "card not accepted", scan it again'
     )
     sale_400 = (
-        "bad input: malformed JSON, unknown field, out-of-range value, over 4 MiB; or the"
-        f" receipt's {invalid_card} or sell without the card; or a request that is not HTTP"
-        " the agent can read (no Host, two Content-Length, a garbage request line, a head"
-        " over 16 KiB)"
+        f"bad input: {malformed}; or the receipt's {invalid_card} or sell without the card;"
+        f" or {unreadable}"
     )
     reused = "this receiptId was used with another body: a changed basket needs a new receiptId"
     of_the_call: dict[str, dict[str, str]] = {
@@ -1030,8 +1030,7 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         },
         "Balance": {
             "400": "bad input: malformed JSON, unknown field, an at that is no RFC 3339 time,"
-            f" over 4 MiB; or the {invalid_card}; or a request that is not HTTP the agent can"
-            " read (no Host, two Content-Length, a garbage request line, a head over 16 KiB)",
+            f" over 4 MiB; or the {invalid_card}; or {unreadable}",
             "404": "a card this till does not know (identify says UNKNOWN): show no balance",
             "412": "the card is blocked or lost (identify says BLOCKED): show no balance",
         },
