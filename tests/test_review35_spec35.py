@@ -8,6 +8,9 @@ so a hold that runs out across a daylight-saving change needs a clock the test m
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +22,8 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import PROGRAM, ManualClock, snapshot
+from .test_review23_cli23 import serve  # noqa: F401  (the fixture: `tillpoint run` on a data dir)
+from .test_scenarios import OWN_SCENARIOS, _argv, _check_step, _run_in_process
 
 ANNA = "2770000000017"
 BREAD = "4601234000024"
@@ -122,3 +127,41 @@ def test_a_hold_placed_before_local_midnight_is_confirmed_after_it(
         assert saturday.redeemed_points == 0
     finally:
         till.close()
+
+
+DAYS = sorted((OWN_SCENARIOS / "review35").glob("d35_*.json"))
+
+
+def test_the_days_are_there() -> None:
+    assert len(DAYS) >= 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file", DAYS, ids=[f.stem for f in DAYS])
+def test_the_day_through_a_serving_agent(
+    file: Path,
+    serve: Any,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each day again with `tillpoint run` serving the data directory: every call after the
+    first snapshot goes the forwarded way (the same `PosAgent` calls the POS makes) and must
+    print what the local way prints."""
+    scenario = json.loads(file.read_text("utf-8"))
+    for key in list(os.environ):
+        if key.startswith("TILLPOINT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", scenario["deviceId"])
+    data = tmp_path / "data"
+    data.mkdir()
+    problems: list[str] = []
+    for index, step in enumerate(scenario["steps"]):
+        if index == 1:
+            serve(data)
+        if step["command"] == "wait":
+            time.sleep(float(step["seconds"]))
+            continue
+        code, out, err = _run_in_process(_argv(step, data, index), capsys)
+        problems.extend(_check_step(file.stem, index, step, code, out, err))
+    assert not problems, "\n".join(problems)
