@@ -1063,6 +1063,7 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         "Checkout": "receiptId",
         "Refund": "refundId",
     }
+    examples = _examples()
     paths: dict[str, Any] = {}
     for call in CALLS:
         rpc = service.methods_by_name.get(call.rpc)
@@ -1099,6 +1100,18 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
                     JSON: {"schema": _message_schema(rpc.input_type, schemas, request=True)}
                 },
             }
+        shown = examples.get(call.path, ())
+        if shown:  # named alike in the body and the answer: a reader pairs them
+            answered = operation["responses"]["200"]["content"][JSON]
+            answered["examples"] = {
+                name: {"summary": summary, "value": answer} for name, summary, _, answer in shown
+            }
+            if "requestBody" in operation:
+                operation["requestBody"]["content"][JSON]["examples"] = {
+                    name: {"summary": summary, "value": body}
+                    for name, summary, body, _ in shown
+                    if body is not None
+                }
         paths[call.path] = {call.method.lower(): operation}
     paths["/healthz"] = {
         "get": {
@@ -1180,6 +1193,21 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         },
         "security": [{}, {"bearer": []}],
     }
+
+
+@functools.cache
+def _examples() -> dict[str, list[tuple[str, str, Any, Any]]]:
+    """Each call's examples by its path: (name, summary, request, answer), from the file
+    `make openapi-examples` generates from examples/ and a real agent's answers
+    (agent/openapi_examples.py); read once."""
+    from .openapi_examples import load
+
+    found: dict[str, list[tuple[str, str, Any, Any]]] = {}
+    for step in load():
+        found.setdefault(step["path"], []).append(
+            (step["name"], step["summary"], step.get("request"), step["answer"])
+        )
+    return found
 
 
 def _preflight(

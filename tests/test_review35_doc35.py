@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +25,9 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from tillpoint.agent.http_api import HttpServer, openapi
+from tillpoint.agent.http_api import CALLS, HttpServer, openapi
 from tillpoint.agent.service import Agent
 from tillpoint.v1 import tillpoint_pb2 as pb
-
-from .conftest import snapshot
 
 TIMEOUT = 10.0
 
@@ -154,3 +153,133 @@ def test_enums_list_only_the_values_an_answer_carries_and_no_request_has_one() -
     assert found >= 5  # CardOutcome.status, CheckoutResult.mode and state, Status.mode, kinds
     text = json.dumps(doc)
     assert "_UNSPECIFIED" not in text
+
+
+# ---------------------------------------------------------------- 4. examples
+
+
+def _operation_examples(doc: dict[str, Any]) -> Iterator[tuple[str, str, str, Any, str]]:
+    """(path, where: request or answer, name, value, the pointer of its schema) of every
+    example the document gives."""
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            pointer = "/".join(
+                p.replace("~", "~0").replace("/", "~1") for p in ("paths", path, method)
+            )
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            for name, example in (body or {}).get("examples", {}).items():
+                schema = f"{pointer}/requestBody/content/application~1json/schema"
+                yield path, "request", name, example["value"], schema
+            for status, response in operation["responses"].items():
+                answer = response.get("content", {}).get("application/json", {})
+                for name, example in answer.get("examples", {}).items():
+                    schema = f"{pointer}/responses/{status}/content/application~1json/schema"
+                    yield path, "answer", name, example["value"], schema
+
+
+def test_the_examples_file_is_what_its_generator_makes_from_examples() -> None:
+    """The examples are generated, never hand-written: agent/openapi_examples.json is
+    what `make openapi-examples` writes from the repository's examples/ files and a real
+    agent's answers to them, byte for byte. A change of pricing, of an answer's shape or
+    of an example file that leaves it stale fails here (run `make openapi-examples`)."""
+    from tillpoint.agent import openapi_examples
+
+    made = openapi_examples.text(openapi_examples.build())
+    written = openapi_examples.EXAMPLES_FILE.read_text(encoding="utf-8")
+    assert made == written, "agent/openapi_examples.json is stale: run 'make openapi-examples'"
+    assert openapi_examples.main(["--check"]) == 0
+
+
+def test_every_call_has_examples_from_the_example_files_valid_by_its_schemas() -> None:
+    """CONTRACT §12: each call's request body and 200 answer carry examples (named alike,
+    so a reader pairs them), the receipts and the refund being the files of examples/
+    as they are, and every example is valid by the schema it stands beside (JSON Schema
+    2020-12, OpenAPI 3.1's dialect). Until review 35 the document had no example: a
+    generated client's documentation and a person reading it had the schemas only."""
+    from tillpoint.agent.http_api import CALLS
+    from tillpoint.agent.openapi_examples import EXAMPLES_DIR
+
+    doc = json.loads(json.dumps(openapi()))
+    resource = Resource.from_contents(doc, default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource("urn:openapi", resource)
+    files = {
+        json.dumps(json.loads(p.read_text(encoding="utf-8")), sort_keys=True)
+        for p in EXAMPLES_DIR.glob("*.json")
+    }
+    wrong: list[str] = []
+    named: dict[tuple[str, str], set[str]] = {}
+    for path, where, name, value, pointer in _operation_examples(doc):
+        named.setdefault((path, where), set()).add(name)
+        validator = Draft202012Validator({"$ref": f"urn:openapi#/{pointer}"}, registry=registry)
+        for error in validator.iter_errors(value):
+            wrong.append(f"{path} {where} {name}: {list(error.absolute_path)} {error.message}")
+        # a receipt or a refund: one of the files as it is
+        is_file = json.dumps(value, sort_keys=True) in files
+        if where == "request" and "lines" in value and not is_file:
+            wrong.append(f"{path} {name}: not a file of examples/")
+    assert not wrong, "\n".join(wrong)
+    for call in CALLS:
+        answers = named.get((call.path, "answer"), set())
+        assert answers, f"{call.path}: no example answer"
+        if call.method == "POST":
+            assert named.get((call.path, "request")) == answers, call.path
+
+
+def _shape(value: Any) -> Any:
+    """A JSON value's keys and types, its scalars' values left out."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return type(value).__name__
+
+
+def _masked(value: Any, keys: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: "…" if k in keys else _masked(v, keys) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, keys) for item in value]
+    return value
+
+
+def test_every_example_request_sent_to_a_real_run_is_answered_as_its_example(
+    tmp_path: Path,
+) -> None:
+    """Each example request of the served document, sent in the generator's order to a
+    real `tillpoint run` that loaded examples/snapshot.json (the guide's setup), is
+    answered 200 with its example answer: the same keys and types everywhere, and the
+    same values but for what depends on the till (its device id, its numbering, when
+    its clock ends a hold) and, in the status, on its moment and devices. An example
+    the agent would not answer so is a lie to the integrator."""
+    from tillpoint.agent.openapi_examples import VARIES_BY_TILL, load
+
+    from .test_review31_pos31 import OpenApi, call, tillpoint_run
+
+    steps = load()
+    with tillpoint_run(tmp_path / "data") as till:
+        doc = call(till, "GET", "/openapi.json").json()
+        api = OpenApi(doc)
+        served = {
+            (path, where, name): value for path, where, name, value, _ in _operation_examples(doc)
+        }
+        wrong: list[str] = []
+        for step in steps:
+            path, name = step["path"], step["name"]
+            assert served[(path, "answer", name)] == step["answer"], (path, name)
+            body = step.get("request")
+            if body is not None:
+                assert served[(path, "request", name)] == body, (path, name)
+            answer = api.check(call(till, "GET" if body is None else "POST", path, body, why=name))
+            if answer.status != 200:
+                wrong.append(f"{path} {name}: {answer.status} {answer.body!r}")
+                continue
+            got, example = answer.json(), step["answer"]
+            if path == "/v1/status":
+                same = _shape(got) == _shape(example)
+            else:
+                same = _masked(got, VARIES_BY_TILL) == _masked(example, VARIES_BY_TILL)
+                same = same and _shape(got) == _shape(example)
+            if not same:
+                wrong.append(f"{path} {name}: answered {got}\n  the example: {example}")
+    assert not wrong + api.wrong, "\n".join(wrong + api.wrong)
+    assert {s["path"] for s in steps} >= {c.path for c in CALLS}
