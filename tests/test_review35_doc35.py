@@ -13,7 +13,10 @@ process, real sockets; the generator and the validator as PyPI ships them.
 
 from __future__ import annotations
 
+import importlib
 import json
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,3 +286,161 @@ def test_every_example_request_sent_to_a_real_run_is_answered_as_its_example(
                 wrong.append(f"{path} {name}: answered {got}\n  the example: {example}")
     assert not wrong + api.wrong, "\n".join(wrong + api.wrong)
     assert {s["path"] for s in steps} >= {c.path for c in CALLS}
+
+
+# ---------------------------------------------------------------- 5. a generated client
+
+
+@pytest.mark.slow
+def test_a_client_generated_from_the_document_sells_holds_confirms_cancels_and_refunds(
+    tmp_path: Path,
+) -> None:
+    """Issue 11's "done when", with a generated client: openapi-python-client (PyPI, as a
+    POS team would run it) makes a Python client from the document a real `tillpoint run`
+    serves, with no warning, and that client (its typed models, no hand-made JSON)
+    identifies, quotes, holds, confirms, cancels, checks out, refunds and reads a
+    balance; an error comes back as the document's `Error`. Before review 35 its receipt
+    line was two classes neither of which had `sku` or `qty` (a line's typed model could
+    not be built), and every enum had an `*_UNSPECIFIED` member."""
+    from .test_review31_pos31 import BREAD, CARD, MILK, tillpoint_run
+
+    generator = Path(sys.executable).with_name("openapi-python-client")
+    config = tmp_path / "generator.yaml"
+    config.write_text("post_hooks: []\n", encoding="utf-8")  # no ruff run over the client
+    package = "tillpoint_http_client"
+    with tillpoint_run(tmp_path / "data") as till:
+        document = tmp_path / "openapi.json"
+        url = f"http://127.0.0.1:{till.http}/openapi.json"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as r:
+            document.write_bytes(r.read())
+        made = subprocess.run(
+            [
+                str(generator),
+                "generate",
+                "--path",
+                str(document),
+                "--config",
+                str(config),
+                "--meta",
+                "none",
+                "--output-path",
+                str(tmp_path / package),
+                "--fail-on-warning",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert "Warning" not in made.stdout + made.stderr, made.stdout + made.stderr
+        sys.path.insert(0, str(tmp_path))
+        try:
+            _sell_with_the_generated_client(package, till.http, CARD, MILK, BREAD)
+        finally:
+            sys.path.remove(str(tmp_path))
+            for name in [m for m in sys.modules if m.split(".")[0] == package]:
+                del sys.modules[name]
+
+
+def _sell_with_the_generated_client(
+    package: str, port: int, card: str, milk: str, bread: str
+) -> None:
+    import httpx
+
+    models = importlib.import_module(f"{package}.models")
+    client_module = importlib.import_module(f"{package}.client")
+    unset = importlib.import_module(f"{package}.types").UNSET
+    calls = {
+        name: importlib.import_module(f"{package}.api.default.{name}")
+        for name in (
+            *("identify", "quote", "hold", "confirm", "cancel", "checkout", "refund"),
+            *("balance", "status"),
+        )
+    }
+    client = client_module.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=httpx.Timeout(TIMEOUT)
+    )
+
+    def sale(receipt_id: str, **extra: Any) -> Any:
+        return models.Receipt(
+            receipt_id=receipt_id,
+            store_id="s1",
+            till_id="t1",
+            at="2026-11-23T10:15:00+03:00",
+            card=card,
+            lines=[
+                models.ReceiptLine(sku=milk, qty="2", price_minor=8990),
+                models.ReceiptLine(sku=bread, qty="1", amount_minor=5990),
+            ],
+            **extra,
+        )
+
+    with client:
+        found = calls["identify"].sync(client=client, body=models.IdentifyRequest(text=card))
+        assert isinstance(found, models.CardOutcome), found
+        assert found.status == models.CardOutcomeStatus.FOUND
+        assert {s.value for s in models.CardOutcomeStatus} == {
+            "FOUND",
+            "BLOCKED",
+            "UNKNOWN",
+            "INVALID",
+        }
+        assert "RECEIPT_STATE_UNSPECIFIED" not in [s.value for s in models.CheckoutResultState]
+
+        quoted = calls["quote"].sync(client=client, body=sale("g-1", redeem_points=-1))
+        assert isinstance(quoted, models.CheckoutResult), quoted
+        assert isinstance(quoted.payable_minor, int) and quoted.payable_minor > 0
+        assert quoted.state is unset  # a quote has no state
+
+        held = calls["hold"].sync(client=client, body=sale("g-1", redeem_points=-1))
+        assert isinstance(held, models.CheckoutResult), held
+        assert held.state == models.CheckoutResultState.HELD
+        assert isinstance(held.hold_expires_at, str)
+        assert held.payable_minor == quoted.payable_minor
+        confirmed = calls["confirm"].sync(
+            client=client,
+            body=models.ConfirmRequest(receipt_id="g-1", fiscal_document="F-0001"),
+        )
+        assert isinstance(confirmed, models.CheckoutResult), confirmed
+        assert confirmed.state == models.CheckoutResultState.CONFIRMED
+        assert confirmed.payable_minor == held.payable_minor
+
+        calls["hold"].sync(client=client, body=sale("g-2"))
+        cancelled = calls["cancel"].sync(client=client, body=models.CancelRequest(receipt_id="g-2"))
+        assert isinstance(cancelled, models.CheckoutResult), cancelled
+        assert cancelled.state == models.CheckoutResultState.CANCELLED
+
+        sold = calls["checkout"].sync(client=client, body=sale("g-3"))
+        assert isinstance(sold, models.CheckoutResult), sold
+        assert sold.state == models.CheckoutResultState.CONFIRMED
+
+        returned = calls["refund"].sync(
+            client=client,
+            body=models.Refund(
+                refund_id="g-r1",
+                receipt_id="g-1",
+                at="2026-11-24T12:00:00+03:00",
+                lines=[models.RefundLine(sku=milk, qty="1")],
+            ),
+        )
+        assert isinstance(returned, models.RefundResult), returned
+        assert returned.refund_id == "g-r1" and isinstance(returned.taken_back_points, int)
+
+        points = calls["balance"].sync(client=client, body=models.BalanceRequest(card=card))
+        assert isinstance(points, models.Balance), points
+        assert isinstance(points.available_points, int)
+        status = calls["status"].sync(client=client)
+        assert isinstance(status, models.Status), status
+        assert status.mode in (models.StatusMode.ONLINE, models.StatusMode.OFFLINE)
+
+        # an error is the document's Error, its code one of the listed
+        unknown = calls["confirm"].sync_detailed(
+            client=client, body=models.ConfirmRequest(receipt_id="g-none")
+        )
+        assert unknown.status_code == 404
+        assert isinstance(unknown.parsed, models.Error), unknown.parsed
+        assert unknown.parsed.error.code == models.ErrorErrorCode.NOT_FOUND
+        reused = calls["hold"].sync_detailed(client=client, body=sale("g-3", redeem_points=5))
+        assert reused.status_code == 409, reused.content
+        assert isinstance(reused.parsed, models.Error)
