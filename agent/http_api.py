@@ -933,11 +933,8 @@ def _enum_names(field: FieldDescriptor) -> list[str]:
     every other enum of an answer is always set) and which no request sends (no request
     of PosAgent has an enum field; one would leave the field out). Listed, a generated
     client made it a value every POS had to handle (review 35, doc35)."""
-    return [
-        v.name
-        for v in field.enum_type.values
-        if not (v.number == 0 and v.name.endswith("_UNSPECIFIED"))
-    ]
+    values = field.enum_type.values if field.enum_type is not None else ()
+    return [v.name for v in values if not (v.number == 0 and v.name.endswith("_UNSPECIFIED"))]
 
 
 # What a web page of `[http] allowed_origins` may ask in its preflight (`_Cors`), read by
