@@ -19,12 +19,14 @@ Starlette routes the rest: the GET calls, 404 and 405.
 
 `GET /openapi.json` is generated from the proto descriptors of `PosAgent` (the same
 messages the gRPC server speaks and the proto3 JSON of the bodies), its descriptions from
-the comments of the `.proto` the package ships, never written by hand.
+the comments of the `.proto` the package ships, its examples from the file
+`make openapi-examples` generates (agent/openapi_examples.py), never written by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hmac
 import logging
@@ -1060,7 +1062,7 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         "Checkout": "receiptId",
         "Refund": "refundId",
     }
-    examples = _examples()
+    examples = copy.deepcopy(_examples())  # the document is the caller's to change
     paths: dict[str, Any] = {}
     for call in CALLS:
         rpc = service.methods_by_name.get(call.rpc)

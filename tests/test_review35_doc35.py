@@ -444,3 +444,17 @@ def _sell_with_the_generated_client(
         reused = calls["hold"].sync_detailed(client=client, body=sale("g-3", redeem_points=5))
         assert reused.status_code == 409, reused.content
         assert isinstance(reused.parsed, models.Error)
+
+
+def test_the_document_with_its_examples_is_the_same_every_time() -> None:
+    """The document stays byte-identical from call to call (and a caller that changes the
+    one it got, an example's value too, changes no later one)."""
+    from tillpoint.agent.cli import json_document
+
+    first = json_document(openapi())
+    doc = openapi()
+    quote = doc["paths"]["/v1/quote"]["post"]
+    quote["requestBody"]["content"]["application/json"]["examples"]["receipt-card"]["value"][
+        "lines"
+    ].clear()
+    assert json_document(openapi()) == first
