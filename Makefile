@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := proto/tillpoint/v1/tillpoint.proto
 PROTO_OUT := proto
 
-.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check demo bench bench-quick profile faults faults-pg faults-quick clean deps-system
+.PHONY: deb wheel help venv test test-all test-pg lint typecheck proto proto-check openapi-examples demo bench bench-quick profile faults faults-pg faults-quick clean deps-system
 
 help:
 	@echo "make demo       run a whole store on one machine (embedded defaults)"
@@ -17,6 +17,7 @@ help:
 	@echo "make test-pg    the hub's suites with the hub on PostgreSQL"
 	@echo "make lint       ruff + mypy --strict + stale generated code check"
 	@echo "make proto      regenerate the protobuf/gRPC code from proto/"
+	@echo "make openapi-examples  regenerate /openapi.json's examples from examples/"
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +84,12 @@ proto: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I proto \
 	  --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
 	  --mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+
+# The request and answer examples of /openapi.json: the examples/ files sent to a throwaway
+# till, its answers recorded (agent/openapi_examples.py); a test fails when the committed
+# file is not what this writes.
+openapi-examples: $(STAMP)
+	$(BIN)/python -m tillpoint.agent.openapi_examples
 
 # Fails when the committed generated code is not what `make proto` writes.
 proto-check: $(STAMP)

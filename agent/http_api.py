@@ -19,12 +19,14 @@ Starlette routes the rest: the GET calls, 404 and 405.
 
 `GET /openapi.json` is generated from the proto descriptors of `PosAgent` (the same
 messages the gRPC server speaks and the proto3 JSON of the bodies), its descriptions from
-the comments of the `.proto` the package ships, never written by hand.
+the comments of the `.proto` the package ships, its examples from the file
+`make openapi-examples` generates (agent/openapi_examples.py), never written by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hmac
 import logging
@@ -876,7 +878,8 @@ def _message_schema(
 def _request_rules(name: str, required: list[str]) -> dict[str, Any]:
     """What a request message's schema says beyond its properties: its required fields,
     one of a model's `NEEDS_ONE_OF` fields (a line's `priceMinor` or `amountMinor`)
-    present and not null, nothing else. The fields' proto names (`receipt_id`), which
+    present and not null (a `not` of the object whose fields are each absent or null),
+    nothing else. The fields' proto names (`receipt_id`), which
     the agent reads too, are not described: a schema with both spellings of a required
     field could not list it as required, and generated clients would make it optional."""
     rules: dict[str, Any] = {}
@@ -885,9 +888,14 @@ def _request_rules(name: str, required: list[str]) -> dict[str, Any]:
     model = _model_of(name)
     needs = getattr(model, "NEEDS_ONE_OF", ()) if model is not None else ()
     if needs:
-        rules["anyOf"] = [
-            {"required": [key], "properties": {key: {"not": {"type": "null"}}}} for key in needs
-        ]
+        # Said as a `not` of "each absent or null", not as an `anyOf` of partial objects:
+        # a client generator reads an object's `anyOf` as a union of types, and
+        # openapi-python-client made a line two classes holding one price each, neither
+        # with `sku` or `qty` (review 35, doc35). Validators read the two alike.
+        rules["not"] = {
+            "description": f"a line needs {' or '.join(needs)} (not null)",
+            "properties": {key: {"type": "null"} for key in needs},
+        }
     rules["additionalProperties"] = False
     return rules
 
@@ -917,8 +925,18 @@ def _field_schema(
     if field.message_type is not None:
         return _message_schema(field.message_type, schemas, request=request)
     if field.enum_type is not None:
-        return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
+        return {"type": "string", "enum": _enum_names(field)}
     return dict(_SCALARS[field.type])
+
+
+def _enum_names(field: FieldDescriptor) -> list[str]:
+    """The names an enum field is written with, less its zero `*_UNSPECIFIED`: proto3's
+    "not set", which no HTTP answer carries (a quote leaves `state` out, as the CLI does;
+    every other enum of an answer is always set) and which no request sends (no request
+    of PosAgent has an enum field; one would leave the field out). Listed, a generated
+    client made it a value every POS had to handle (review 35, doc35)."""
+    values = field.enum_type.values if field.enum_type is not None else ()
+    return [v.name for v in values if not (v.number == 0 and v.name.endswith("_UNSPECIFIED"))]
 
 
 # What a web page of `[http] allowed_origins` may ask in its preflight (`_Cors`), read by
@@ -1044,6 +1062,7 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         "Checkout": "receiptId",
         "Refund": "refundId",
     }
+    examples = copy.deepcopy(_examples())  # the document is the caller's to change
     paths: dict[str, Any] = {}
     for call in CALLS:
         rpc = service.methods_by_name.get(call.rpc)
@@ -1080,6 +1099,18 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
                     JSON: {"schema": _message_schema(rpc.input_type, schemas, request=True)}
                 },
             }
+        shown = examples.get(call.path, ())
+        if shown:  # named alike in the body and the answer: a reader pairs them
+            answered = operation["responses"]["200"]["content"][JSON]
+            answered["examples"] = {
+                name: {"summary": summary, "value": answer} for name, summary, _, answer in shown
+            }
+            if "requestBody" in operation:
+                operation["requestBody"]["content"][JSON]["examples"] = {
+                    name: {"summary": summary, "value": body}
+                    for name, summary, body, _ in shown
+                    if body is not None
+                }
         paths[call.path] = {call.method.lower(): operation}
     paths["/healthz"] = {
         "get": {
@@ -1161,6 +1192,21 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         },
         "security": [{}, {"bearer": []}],
     }
+
+
+@functools.cache
+def _examples() -> dict[str, list[tuple[str, str, Any, Any]]]:
+    """Each call's examples by its path: (name, summary, request, answer), from the file
+    `make openapi-examples` generates from examples/ and a real agent's answers
+    (agent/openapi_examples.py); read once."""
+    from .openapi_examples import load
+
+    found: dict[str, list[tuple[str, str, Any, Any]]] = {}
+    for step in load():
+        found.setdefault(step["path"], []).append(
+            (step["name"], step["summary"], step.get("request"), step["answer"])
+        )
+    return found
 
 
 def _preflight(
