@@ -1,0 +1,647 @@
+"""Review 35 (shape35): the shape of every answer at every door, read black-box against the
+contract's data shapes (CONTRACT §1, §2, §5, §6, §10, §11, §12, §13, §16, §17).
+
+Three tills, each on its own data directory with the same snapshot, are told the same
+story: one through the CLI (in-process `main`, `--json`), one through a real HTTP server
+on a random loopback port, one through a real gRPC server on another. Their answers must be
+the same document: the HTTP body byte for byte the CLI's stdout (CONTRACT §12), the gRPC
+message the proto3 JSON the CLI prints read back into the call's message (CONTRACT §1).
+Errors are checked as a matrix (error kind × door): the CLI's exit code and one stderr line,
+the HTTP status and `{"error": {"code", "message"}}`, the gRPC status code and details, and
+the same message at each door.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from tillpoint.agent.cli import main
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.server import build_server
+from tillpoint.agent.service import Agent
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+TIMEOUT = 10
+
+# CONTRACT §3's snapshot, widened so that every field of an answer has something to say:
+# a pending batch and an expiring one, a control group (heldOut), a coupon, an excluded
+# product and a product not in the catalogue, a blocked card.
+SNAPSHOT: dict[str, Any] = {
+    "version": 7,
+    "baseVersion": 0,
+    "issuedAt": "2026-11-23T06:00:00Z",
+    "program": {
+        "currency": "RUB",
+        "timezone": "Europe/Moscow",
+        "pointValueMinor": 100,
+        "maxRedeemPercent": 30,
+        "activationDelayDays": 0,
+        "offlineRedeemLimitPoints": 500,
+        "birthdayMultiplier": 5,
+        "birthdayWindowDays": 7,
+        "maxOffersPrinted": 5,
+        "offerPrintCooldownDays": 7,
+        "tiers": [
+            {"code": "base", "accrualPercent": "3"},
+            {"code": "gold", "accrualPercent": "7"},
+        ],
+    },
+    "categories": [
+        {"code": "food", "name": "Еда"},
+        {"code": "dairy", "parent": "food", "name": "Молочные продукты"},
+    ],
+    "products": [
+        {"sku": "4601234000017", "name": "Молоко 3,2% 1 л", "category": "dairy"},
+        {"sku": "4601234000024", "name": "Хлеб", "category": "food"},
+        {
+            "sku": "4601234000031",
+            "name": "Сигареты",
+            "category": "food",
+            "excludedFromLoyalty": True,
+        },
+    ],
+    "customers": [
+        {
+            "id": "c-1",
+            "firstName": "Анна",
+            "tier": "gold",
+            "birthday": "1990-11-25",
+            "phone": "+79161234567",
+            "balancePoints": 1200,
+            "segment": "ACTIVE",
+            "controlGroups": ["camp-9"],
+            "favoriteWeekday": 5,
+            "pending": [{"points": 40, "activatesAt": "2026-11-30T00:00:00+03:00"}],
+            "expiring": [{"points": 300, "expiresAt": "2026-12-31T23:59:59+03:00"}],
+        },
+        {"id": "c-2", "firstName": "Борис", "tier": "base", "balancePoints": 0},
+        {"id": "c-3", "firstName": "Вера", "tier": "base", "balancePoints": 10},
+    ],
+    "cards": [
+        {"number": "2770000000017", "customerId": "c-1", "status": "ACTIVE"},
+        {"number": "2770000000024", "customerId": "c-2", "status": "BLOCKED"},
+        {"number": "2770000000031", "customerId": "c-3", "status": "ACTIVE"},
+    ],
+    "offers": [
+        {
+            "id": "o-1",
+            "campaignId": "camp-3",
+            "customerId": "c-1",
+            "kind": "PERCENT_OFF",
+            "skus": ["4601234000017"],
+            "categories": [],
+            "value": "15",
+            "minQty": "1",
+            "validFrom": "2026-11-01T00:00:00+03:00",
+            "validTo": "2026-11-30T23:59:59+03:00",
+            "priority": 10,
+            "rank": 1,
+            "printable": True,
+            "printText": "−15% на молоко",
+        },
+        {
+            "id": "o-9",
+            "campaignId": "camp-9",
+            "kind": "PERCENT_OFF",
+            "skus": ["4601234000024"],
+            "categories": [],
+            "value": "10",
+            "minQty": "1",
+            "validFrom": "2026-11-01T00:00:00+03:00",
+            "validTo": "2026-11-30T23:59:59+03:00",
+            "priority": 10,
+            "rank": 2,
+            "printable": False,
+            "printText": "−10% на хлеб",
+        },
+    ],
+    "coupons": [
+        {
+            "code": "SORRY-7K2Q9",
+            "offerId": "o-1",
+            "customerId": "c-1",
+            "validFrom": "2026-11-20T00:00:00+03:00",
+            "validTo": "2026-12-20T23:59:59+03:00",
+        }
+    ],
+    "removed": {"cards": [], "customers": [], "offers": [], "products": []},
+    "appliedThrough": {"till-1": 41},
+}
+
+AT = "2026-11-23T10:15:00+03:00"
+
+
+def _receipt(receipt_id: str, card: str = "2770000000017", **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "receiptId": receipt_id,
+        "storeId": "s1",
+        "tillId": "t1",
+        "at": AT,
+        "card": card,
+        "lines": [
+            {"sku": "4601234000017", "qty": "2", "priceMinor": 8990},
+            {"sku": "4601234000024", "qty": "1", "priceMinor": 5000},
+            {"sku": "4601234000031", "qty": "1", "priceMinor": 20000},
+            {"sku": "999", "qty": "1.5", "priceMinor": 333},
+        ],
+        "redeemPoints": 100,
+    }
+    data.update(changes)
+    return data
+
+
+def _refund(refund_id: str, receipt_id: str, qty: str = "1", **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "refundId": refund_id,
+        "receiptId": receipt_id,
+        "at": "2026-11-24T12:00:00+03:00",
+        "lines": [{"sku": "4601234000017", "qty": qty}],
+    }
+    data.update(changes)
+    return data
+
+
+# ---------------------------------------------------------------- the three doors
+
+
+@dataclass
+class Answer:
+    """One door's answer: ok (a JSON document) or an error (kind and one-line message)."""
+
+    door: str
+    ok: bool
+    text: str  # the document as printed (CLI, HTTP); the gRPC message's JSON reading
+    doc: Any
+    code: str  # the error's code: INVALID_ARGUMENT, ... (CLI: "exit N")
+    message: str
+    raw: Any = None  # the gRPC message, the HTTP status
+
+
+# what each call's gRPC request and answer are
+GRPC_CALLS: dict[str, tuple[str, type[Message], type[Message]]] = {
+    "quote": ("Quote", pb.Receipt, pb.CheckoutResult),
+    "hold": ("Hold", pb.Receipt, pb.CheckoutResult),
+    "checkout": ("Checkout", pb.Receipt, pb.CheckoutResult),
+    "confirm": ("Confirm", pb.ConfirmRequest, pb.CheckoutResult),
+    "cancel": ("Cancel", pb.CancelRequest, pb.CheckoutResult),
+    "refund": ("Refund", pb.Refund, pb.RefundResult),
+    "balance": ("Balance", pb.BalanceRequest, pb.Balance),
+    "identify": ("Identify", pb.IdentifyRequest, pb.CardOutcome),
+}
+
+
+class CliDoor:
+    name = "cli"
+
+    def __init__(self, data_dir: Path, files: Path) -> None:
+        self.data_dir = data_dir
+        self.files = files
+        self.n = 0
+
+    def _file(self, body: Any) -> str:
+        self.n += 1
+        path = self.files / f"in-{self.n}.json"
+        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def argv(self, call: str, body: Any) -> list[str]:
+        if call in ("quote", "hold", "checkout", "refund"):
+            return [call, self._file(body), "--json"]
+        if call == "confirm":
+            fiscal = body.get("fiscalDocument")
+            return [
+                "confirm",
+                body["receiptId"],
+                *(["--fiscal", fiscal] if fiscal else []),
+                "--json",
+            ]
+        if call == "cancel":
+            return ["cancel", body["receiptId"], "--json"]
+        if call == "balance":
+            return [
+                "balance",
+                body["card"],
+                *(["--at", body["at"]] if "at" in body else []),
+                "--json",
+            ]
+        if call == "identify":
+            return ["identify", body["text"], "--json"]
+        if call == "snapshot":
+            return ["snapshot", "load", self._file(body), "--json"]
+        raise AssertionError(call)
+
+    def __call__(self, call: str, body: Any) -> Answer:
+        argv = ["--data-dir", str(self.data_dir), *self.argv(call, body)]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+        if code == 0:
+            assert err.getvalue() == "", err.getvalue()
+            return Answer("cli", True, out.getvalue(), json.loads(out.getvalue()), "", "")
+        lines = err.getvalue().splitlines()
+        assert out.getvalue() == "", f"stdout of a refusal: {out.getvalue()!r}"
+        assert len(lines) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
+        message = lines[0].removeprefix("tillpoint: ")
+        return Answer("cli", False, err.getvalue(), None, f"exit {code}", message, code)
+
+
+class HttpDoor:
+    name = "http"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read(), resp.getheader("Content-Type")
+        finally:
+            conn.close()
+
+    def __call__(self, call: str, body: Any) -> Answer:
+        data = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        status, raw, ctype = self.request("POST", f"/v1/{call}", data.encode("utf-8"))
+        assert ctype is not None and ctype.startswith("application/json"), ctype
+        text = raw.decode("utf-8")
+        doc = json.loads(text)
+        if status == 200:
+            return Answer("http", True, text, doc, "", "", status)
+        assert set(doc) == {"error"} and set(doc["error"]) == {"code", "message"}, doc
+        assert isinstance(doc["error"]["message"], str) and "\n" not in doc["error"]["message"]
+        return Answer(
+            "http", False, text, doc, doc["error"]["code"], doc["error"]["message"], status
+        )
+
+
+class GrpcDoor:
+    name = "grpc"
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = pb_grpc.PosAgentStub(channel)
+
+    def __call__(self, call: str, body: Any) -> Answer:
+        method, request_type, _ = GRPC_CALLS[call]
+        request = json_format.ParseDict(body, request_type())
+        try:
+            reply = getattr(self.stub, method)(request, timeout=TIMEOUT)
+        except grpc.RpcError as exc:
+            code = exc.code().name  # type: ignore[attr-defined]
+            return Answer("grpc", False, "", None, code, exc.details() or "")  # type: ignore[attr-defined]
+        text = json_format.MessageToJson(reply)
+        return Answer("grpc", True, text, None, "", "", reply)
+
+
+@pytest.fixture
+def doors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Three tills with CONTRACT §3's snapshot: the CLI's, one behind HTTP, one behind gRPC."""
+    for key in [k for k in __import__("os").environ if k.startswith("TILLPOINT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    (tmp_path / "files").mkdir()
+    cli = CliDoor(tmp_path / "cli", tmp_path / "files")
+    assert cli("snapshot", SNAPSHOT).ok
+    http_agent = Agent(tmp_path / "http", "till-1")
+    grpc_agent = Agent(tmp_path / "grpc", "till-1")
+    http_agent.load_snapshot(json.loads(json.dumps(SNAPSHOT)))
+    grpc_agent.load_snapshot(json.loads(json.dumps(SNAPSHOT)))
+    server = HttpServer(http_agent, "127.0.0.1:0")
+    server.start()
+    gserver, port, _ = build_server(grpc_agent, "127.0.0.1:0")
+    gserver.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield {"cli": cli, "http": HttpDoor(server.port), "grpc": GrpcDoor(channel)}
+    finally:
+        channel.close()
+        gserver.stop(0).wait()
+        server.stop()
+        http_agent.close()
+        grpc_agent.close()
+
+
+def tell(doors: dict[str, Any], call: str, body: Any) -> dict[str, Answer]:
+    return {name: door(call, body) for name, door in doors.items()}
+
+
+# ---------------------------------------------------------------- shape checkers
+
+CAMEL = re.compile(r"^[a-z][a-zA-Z0-9]*$")
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+CARD_STATUSES = {"FOUND", "BLOCKED", "UNKNOWN", "INVALID"}
+RESULT_KEYS = [  # CONTRACT §5's CheckoutResult, every one present whatever its value
+    "receiptId", "card", "mode", "lines", "totalMinor", "discountMinor", "redeemedPoints",
+    "payableMinor", "earnedPoints", "balance", "heldOut", "printedOffers",
+]  # fmt: skip
+LINE_KEYS = ["sku", "amountMinor", "discountMinor", "offerId", "redeemedMinor", "earnedPoints"]
+
+
+def walk_keys_and_numbers(doc: Any, where: str = "$") -> list[str]:
+    """CONTRACT §1/§2: lowerCamelCase names; every number an integer (never a float, never
+    a bool standing for one); int64 written as a JSON number (the project's choice)."""
+    problems: list[str] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if not CAMEL.match(key):
+                problems.append(f"{where}.{key}: not a lowerCamelCase name")
+            problems += walk_keys_and_numbers(value, f"{where}.{key}")
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            problems += walk_keys_and_numbers(value, f"{where}[{i}]")
+    elif isinstance(doc, float):
+        problems.append(f"{where}: {doc!r} is a float")
+    elif (
+        isinstance(doc, str)
+        and re.fullmatch(r"-?\d+", doc)
+        and where.endswith(("Minor", "Points", "points", "seq", "Seq", "Version", "version"))
+    ):
+        problems.append(f"{where}: the integer {doc!r} is written as a string")
+    return problems
+
+
+def card_problems(card: Any) -> list[str]:
+    """CONTRACT §4/§10: `status`; for FOUND `customerId`, `tier`, `firstName`; no customer
+    for the others."""
+    if not isinstance(card, dict) or card.get("status") not in CARD_STATUSES:
+        return [f"card {card!r}: no status of {sorted(CARD_STATUSES)}"]
+    if card["status"] == "FOUND":
+        return [
+            f"card: FOUND without {k}"
+            for k in ("customerId", "tier", "firstName")
+            if not card.get(k)
+        ]
+    return [
+        f"card: {card['status']} names {k}"
+        for k in ("customerId", "tier", "firstName")
+        if k in card
+    ]
+
+
+def balance_problems(balance: Any) -> list[str]:
+    """CONTRACT §5/§16: `availablePoints`, `pendingPoints`; `expiring` at most 3 batches."""
+    if not isinstance(balance, dict):
+        return [f"balance {balance!r} is not an object"]
+    out = [f"balance.{k} missing" for k in ("availablePoints", "pendingPoints") if k not in balance]
+    expiring = balance.get("expiring", [])
+    if len(expiring) > 3:
+        out.append(f"balance.expiring has {len(expiring)} batches (at most 3)")
+    for batch in expiring:
+        if set(batch) != {"points", "expiresAt"} or not RFC3339.match(batch["expiresAt"]):
+            out.append(f"balance.expiring batch {batch!r}")
+        elif batch["points"] <= 0:
+            out.append(f"balance.expiring batch {batch!r} holds no points")
+    return out
+
+
+def result_problems(call: str, sent: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    """Every field of a `CheckoutResult` (CONTRACT §5, §11, §13, §17) against the receipt."""
+    out = walk_keys_and_numbers(doc)
+    out += [f"{k} missing" for k in RESULT_KEYS if k not in doc]
+    if out:
+        return out
+    out += card_problems(doc["card"])
+    if doc["receiptId"] != sent["receiptId"]:
+        out.append(f"receiptId {doc['receiptId']!r}")
+    if doc["mode"] not in ("ONLINE", "OFFLINE"):
+        out.append(f"mode {doc['mode']!r}")
+    # lines: one per receipt line, in the receipt's order, every field present
+    if [line["sku"] for line in doc["lines"]] != [line["sku"] for line in sent["lines"]]:
+        out.append("lines are not the receipt's lines in its order")
+    for i, line in enumerate(doc["lines"]):
+        out += [f"lines[{i}].{k} missing" for k in LINE_KEYS if k not in line]
+        if line.get("discountMinor") and not line.get("offerId"):
+            out.append(f"lines[{i}]: a discount without its offerId")
+        # (no MULTIBUY in SNAPSHOT, whose lines may report its id with no discount of their own)
+        if not line.get("discountMinor") and line.get("offerId") is not None:
+            out.append(f"lines[{i}]: offerId {line['offerId']!r} with no discount")
+    # the totals are the lines' sums (§5), the payable what is left
+    lines = doc["lines"]
+    if doc["totalMinor"] != sum(x["amountMinor"] for x in lines):
+        out.append("totalMinor is not the sum of the lines' amounts")
+    if doc["discountMinor"] != sum(x["discountMinor"] for x in lines):
+        out.append("discountMinor is not the sum of the lines' discounts")
+    redeemed_minor = sum(x["redeemedMinor"] for x in lines)
+    if redeemed_minor != doc["redeemedPoints"] * SNAPSHOT["program"]["pointValueMinor"]:
+        out.append("redeemedPoints × pointValueMinor is not the sum of redeemedMinor")
+    if doc["payableMinor"] != doc["totalMinor"] - doc["discountMinor"] - redeemed_minor:
+        out.append("payableMinor is not total − discount − redeemed")
+    if doc["earnedPoints"] != sum(x["earnedPoints"] for x in lines):
+        out.append("earnedPoints is not the sum of the lines' (no EXTRA_POINTS here)")
+    for key in ("heldOut", "printedOffers", "display"):
+        if not isinstance(doc.get(key, []), list):
+            out.append(f"{key} is not a list")
+    if len(doc["heldOut"]) != len(set(doc["heldOut"])):
+        out.append(f"heldOut {doc['heldOut']!r} names an offer twice")
+    # the balance: an object for FOUND, null otherwise (CONTRACT §5, docs/INTEGRATION.md)
+    if doc["card"]["status"] == "FOUND":
+        out += balance_problems(doc["balance"])
+    elif doc["balance"] is not None:
+        out.append(f"balance {doc['balance']!r} for a {doc['card']['status']} card")
+    # coupons: one verdict per scanned code, in the receipt's order (CONTRACT §13)
+    codes = sent.get("coupons", [])
+    verdicts = doc.get("coupons", [])
+    if len(verdicts) != len(codes):
+        out.append(f"{len(codes)} codes scanned, {len(verdicts)} verdicts")
+    for code, verdict in zip(codes, verdicts, strict=False):
+        if verdict.get("code") != re.sub(r"[\s\-‐‑‒–—―−]", "", code).upper():
+            out.append(f"verdict {verdict!r} for code {code!r}")
+        if verdict.get("status") == "APPLIED" and verdict.get("reason"):
+            out.append(f"verdict {verdict!r}: APPLIED with a reason")
+        if verdict.get("status") == "REJECTED" and verdict.get("reason") not in {
+            "UNKNOWN", "NOT_YET_VALID", "EXPIRED", "OTHER_CUSTOMER", "ALREADY_USED",
+            "DUPLICATE", "NOT_APPLICABLE",
+        }:  # fmt: skip
+            out.append(f"verdict {verdict!r}: no reason of CONTRACT §13")
+    # the receipt's life (CONTRACT §11): what each call fills
+    state = {"quote": None, "hold": "HELD", "cancel": "CANCELLED"}.get(call, "CONFIRMED")
+    if doc.get("state") != state:
+        out.append(f"state {doc.get('state')!r}, expected {state!r}")
+    if ("holdExpiresAt" in doc) != (call == "hold"):
+        out.append(f"holdExpiresAt {'present' if 'holdExpiresAt' in doc else 'absent'} in {call}")
+    committed = call in ("checkout", "confirm")
+    for key in ("deviceId", "seq"):
+        if (key in doc) != committed:
+            out.append(f"{key} {'present' if key in doc else 'absent'} in {call}")
+    if committed and doc["card"]["status"] != "FOUND" and doc["printedOffers"]:
+        out.append("printed offers for a card that is not FOUND")
+    if call != "checkout" and call != "confirm" and doc["printedOffers"]:
+        out.append(f"{call} printed offers")
+    if ("trace" in doc) != bool(sent.get("explain")):
+        out.append(
+            f"trace {'present' if 'trace' in doc else 'absent'}, explain {sent.get('explain')}"
+        )
+    return out
+
+
+def refund_problems(sent: dict[str, Any], doc: dict[str, Any], found: bool) -> list[str]:
+    """CONTRACT §6's RefundResult."""
+    out = walk_keys_and_numbers(doc)
+    keys = [
+        "refundId",
+        "receiptId",
+        "returnedPoints",
+        "takenBackPoints",
+        "balance",
+        "negativeBalance",
+    ]
+    out += [f"{k} missing" for k in keys if k not in doc]
+    if out:
+        return out
+    if (doc["refundId"], doc["receiptId"]) != (sent["refundId"], sent["receiptId"]):
+        out.append("refundId/receiptId are not the refund's")
+    if not isinstance(doc["negativeBalance"], bool):
+        out.append(f"negativeBalance {doc['negativeBalance']!r} is not a boolean")
+    if found:
+        out += balance_problems(doc["balance"])
+        if doc["negativeBalance"] != (doc["balance"]["availablePoints"] < 0):
+            out.append("negativeBalance does not say whether the balance is below zero")
+    elif doc["balance"] is not None:
+        out.append(f"balance {doc['balance']!r} for a card that is not FOUND")
+    if doc["returnedPoints"] < 0 or doc["takenBackPoints"] < 0:
+        out.append("points given or taken back below zero")
+    return out
+
+
+# ---------------------------------------------------------------- one story, three doors
+
+# (call, body): every command of CONTRACT §10 that a POS calls, every card outcome, every
+# state of §11, coupons (§13), a trace (§17), refunds of a FOUND and an UNKNOWN card (§6)
+STORY: list[tuple[str, dict[str, Any]]] = [
+    ("identify", {"text": "2770000000017"}),
+    ("identify", {"text": " 8 916 123-45-67 "}),
+    ("identify", {"text": "2770000000024"}),
+    ("identify", {"text": "2770000000994"}),
+    ("identify", {"text": "2770000000018"}),
+    ("identify", {"text": "abc"}),
+    ("quote", _receipt("r1", coupons=["sorry 7k2q9", "NOPE", "SORRY-7K2Q9"])),
+    ("hold", _receipt("r1", coupons=["sorry 7k2q9", "NOPE", "SORRY-7K2Q9"])),
+    ("hold", _receipt("r1", coupons=["sorry 7k2q9", "NOPE", "SORRY-7K2Q9"])),
+    ("confirm", {"receiptId": "r1", "fiscalDocument": "ФД 1234"}),
+    ("confirm", {"receiptId": "r1"}),
+    ("checkout", _receipt("r1", coupons=["sorry 7k2q9", "NOPE", "SORRY-7K2Q9"])),
+    ("quote", _receipt("r1", coupons=["sorry 7k2q9", "NOPE", "SORRY-7K2Q9"])),
+    ("checkout", _receipt("u1", card="2770000000994", coupons=["SORRY-7K2Q9"])),
+    ("quote", _receipt("q-phone", card="+7 916 123-45-67", redeemPoints=-1)),
+    ("checkout", _receipt("e1", explain=True, redeemPoints=-1)),
+    ("quote", _receipt("e2", card="2770000000994", explain=True)),
+    (
+        "checkout",
+        _receipt(
+            "x1",
+            card="2770000000031",
+            redeemPoints=-1,
+            lines=[
+                {"sku": "4601234000024", "qty": "0.512", "priceMinor": 999},
+                {"sku": "4601234000017", "qty": "1", "amountMinor": 7777, "priceMinor": 8990},
+            ],
+        ),
+    ),
+    ("hold", _receipt("h2")),
+    ("cancel", {"receiptId": "h2"}),
+    ("cancel", {"receiptId": "h2"}),
+    ("refund", _refund("f1", "r1")),
+    ("refund", _refund("f1", "r1")),
+    ("refund", _refund("fu", "u1")),
+    ("refund", _refund("fx", "x1", lines=[{"sku": "4601234000024", "qty": "0.512"}])),
+    ("balance", {"card": "2770000000017", "at": "2026-11-23T10:15:00+03:00"}),
+    ("balance", {"card": "89161234567", "at": "2026-12-01T10:15:00+03:00"}),
+    ("balance", {"card": "2770000000031", "at": "2026-11-23T10:15:00+03:00"}),
+]
+
+
+def _grpc_reads_as(cli_doc: Any, reply: Message) -> Message:
+    """The CLI's document read into the gRPC answer's message, strictly (an unknown name
+    is refused): equal to the gRPC answer when both say the same."""
+    return json_format.ParseDict(cli_doc, type(reply)(), ignore_unknown_fields=False)
+
+
+def test_every_answer_of_a_story_is_one_document_at_every_door(doors: dict[str, Any]) -> None:
+    """CONTRACT §12: HTTP answers the CLI's `--json` document byte for byte (its trailing
+    newline too); CONTRACT §1: gRPC answers the same message (the CLI's proto3 JSON read
+    into it); and every field of each answer has the shape the contract gives it."""
+    problems: list[str] = []
+    cards: dict[str, str] = {}  # receiptId → the card's status, for its refunds
+    for step, (call, body) in enumerate(STORY):
+        answers = tell(doors, call, body)
+        where = f"step {step} {call} {json.dumps(body, ensure_ascii=False)[:60]}"
+        cli, web, rpc = answers["cli"], answers["http"], answers["grpc"]
+        if not (cli.ok and web.ok and rpc.ok):
+            problems.append(
+                f"{where}: refused: {[(a.door, a.code, a.message) for a in answers.values()]}"
+            )
+            continue
+        cli_text, web_text = cli.text, web.text
+        cli_rpc = _grpc_reads_as(cli.doc, rpc.raw)
+        reply = rpc.raw
+        if call == "hold":  # the expiry is each till's own clock: compared apart
+            for doc in (cli.doc, web.doc):
+                problems += [f"{where}: {p}" for p in hold_expiry_problems(doc)]
+            cli_text = re.sub(r'"holdExpiresAt": "[^"]*"', "", cli_text)
+            web_text = re.sub(r'"holdExpiresAt": "[^"]*"', "", web_text)
+            cli_rpc.ClearField("hold_expires_at")
+            reply = type(reply)()
+            reply.CopyFrom(rpc.raw)
+            reply.ClearField("hold_expires_at")
+        if web_text != cli_text:
+            problems.append(f"{where}: HTTP {web_text!r} != CLI {cli_text!r}")
+        if not cli_text.endswith("}\n") or cli_text.count("\n") != 1:
+            problems.append(f"{where}: the CLI did not print one document on one line")
+        if cli_rpc != reply:
+            problems.append(f"{where}: gRPC {json_format.MessageToJson(reply)} != CLI {cli.text}")
+        doc = cli.doc
+        if call in ("quote", "hold", "checkout", "confirm", "cancel"):
+            sent = (
+                body
+                if "lines" in body
+                else next(
+                    b for c, b in STORY if c == "hold" and b["receiptId"] == body["receiptId"]
+                )
+            )
+            problems += [f"{where}: {p}" for p in result_problems(call, sent, doc)]
+            cards[doc["receiptId"]] = doc["card"]["status"]
+        elif call == "refund":
+            found = cards.get(body["receiptId"]) == "FOUND"
+            problems += [f"{where}: {p}" for p in refund_problems(body, doc, found)]
+        elif call == "balance":
+            problems += [
+                f"{where}: {p}" for p in walk_keys_and_numbers(doc) + balance_problems(doc)
+            ]
+            if set(doc) - {"availablePoints", "pendingPoints", "expiring"}:
+                problems.append(f"{where}: balance names {sorted(doc)}")
+        elif call == "identify":
+            problems += [f"{where}: {p}" for p in walk_keys_and_numbers(doc) + card_problems(doc)]
+            if doc["status"] in ("INVALID", "BLOCKED") and not doc.get("reason"):
+                problems.append(f"{where}: {doc['status']} without a reason the cashier reads")
+    assert not problems, "\n".join(problems)
+
+
+def hold_expiry_problems(doc: dict[str, Any]) -> list[str]:
+    """CONTRACT §2/§11: `holdExpiresAt` is an RFC 3339 time with an offset,
+    `holdTtlSeconds` (1800 by default) after the hold was placed."""
+    text = doc.get("holdExpiresAt")
+    if not isinstance(text, str) or not RFC3339.match(text):
+        return [f"holdExpiresAt {text!r} is not an RFC 3339 time with an offset"]
+    left = datetime.fromisoformat(text.replace("Z", "+00:00")) - datetime.now(UTC)
+    if not timedelta(seconds=1800 - 120) < left <= timedelta(seconds=1800):
+        return [f"holdExpiresAt {text!r} is {left} away, not the 1800 s of holdTtlSeconds"]
+    return []
