@@ -17,7 +17,9 @@ import contextlib
 import http.client
 import io
 import json
+import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -312,19 +314,19 @@ class GrpcDoor:
         return Answer("grpc", True, text, None, "", "", reply)
 
 
-@pytest.fixture
-def doors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Three tills with CONTRACT §3's snapshot: the CLI's, one behind HTTP, one behind gRPC."""
-    for key in [k for k in __import__("os").environ if k.startswith("TILLPOINT_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+@contextlib.contextmanager
+def three_tills(tmp_path: Path, snap: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """Three tills with `snap` loaded (none: no snapshot): the CLI's, one behind HTTP, one
+    behind gRPC, each on its own data directory."""
     (tmp_path / "files").mkdir()
     cli = CliDoor(tmp_path / "cli", tmp_path / "files")
-    assert cli("snapshot", SNAPSHOT).ok
+    if snap is not None:
+        assert cli("snapshot", snap).ok
     http_agent = Agent(tmp_path / "http", "till-1")
     grpc_agent = Agent(tmp_path / "grpc", "till-1")
-    http_agent.load_snapshot(json.loads(json.dumps(SNAPSHOT)))
-    grpc_agent.load_snapshot(json.loads(json.dumps(SNAPSHOT)))
+    if snap is not None:
+        http_agent.load_snapshot(json.loads(json.dumps(snap)))
+        grpc_agent.load_snapshot(json.loads(json.dumps(snap)))
     server = HttpServer(http_agent, "127.0.0.1:0")
     server.start()
     gserver, port, _ = build_server(grpc_agent, "127.0.0.1:0")
@@ -338,6 +340,20 @@ def doors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
         server.stop()
         http_agent.close()
         grpc_agent.close()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("TILLPOINT_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+
+
+@pytest.fixture
+def doors(tmp_path: Path, clean_env: None) -> Iterator[dict[str, Any]]:
+    """Three tills with CONTRACT §3's snapshot: the CLI's, one behind HTTP, one behind gRPC."""
+    with three_tills(tmp_path, SNAPSHOT) as tills:
+        yield tills
 
 
 def tell(doors: dict[str, Any], call: str, body: Any) -> dict[str, Answer]:
@@ -645,3 +661,188 @@ def hold_expiry_problems(doc: dict[str, Any]) -> list[str]:
     if not timedelta(seconds=1800 - 120) < left <= timedelta(seconds=1800):
         return [f"holdExpiresAt {text!r} is {left} away, not the 1800 s of holdTtlSeconds"]
     return []
+
+
+# ---------------------------------------------------------------- errors: kind × door
+
+# CONTRACT §10/§12: each kind of refusal, its HTTP status and its gRPC code (the CLI: exit 2)
+KINDS: dict[str, tuple[int, str]] = {
+    "bad input": (400, "INVALID_ARGUMENT"),
+    "unknown": (404, "NOT_FOUND"),
+    "conflict": (409, "ALREADY_EXISTS"),
+    "precondition": (412, "FAILED_PRECONDITION"),
+}
+
+_LIVE = SNAPSHOT | {"program": SNAPSHOT["program"] | {"holdTtlSeconds": 2}}
+
+# (kind, call, body, words the message must hold) after ERROR_SETUP
+ERRORS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("bad input", "checkout", _receipt("e-0", lines=[]), "lines"),
+    (
+        "bad input",
+        "quote",
+        _receipt("e-1", lines=[{"sku": "1", "qty": "0", "priceMinor": 1}]),
+        "qty",
+    ),
+    (
+        "bad input",
+        "hold",
+        _receipt("e-2", lines=[{"sku": "1", "qty": "0.0001", "priceMinor": 1}]),
+        "qty",
+    ),
+    (
+        "bad input",
+        "checkout",
+        _receipt("e-3", lines=[{"sku": "1", "qty": "1", "priceMinor": -1}]),
+        "priceMinor",
+    ),
+    (
+        "bad input",
+        "checkout",
+        _receipt("e-4", lines=[{"sku": "1", "qty": "1", "amountMinor": -5}]),
+        "amountMinor",
+    ),
+    ("bad input", "checkout", _receipt("e-5", tillId="t" * 129), "128"),
+    ("bad input", "checkout", _receipt("e-6", at="2026-11-23T10:15:00"), "offset"),
+    ("bad input", "checkout", _receipt("e-7", redeemPoints=-2), "redeemPoints"),
+    ("bad input", "checkout", _receipt("e-8", card="2770000000018"), "card"),
+    ("bad input", "hold", _receipt("e-9", card="ABC"), "card"),
+    ("bad input", "refund", _refund("e-f1", "ok-1", qty="-1"), "qty"),
+    ("bad input", "refund", _refund("e-f2", "ok-1", lines=[]), "lines"),
+    ("bad input", "confirm", {"receiptId": "held-1", "fiscalDocument": "Ф" * 65}, "64"),
+    ("bad input", "confirm", {"receiptId": ""}, "receiptId"),
+    ("bad input", "cancel", {"receiptId": ""}, "receiptId"),
+    ("bad input", "balance", {"card": "2770000000018"}, "card"),
+    ("bad input", "balance", {"card": "2770000000017", "at": "yesterday"}, "at"),
+    ("precondition", "checkout", _receipt("e-10", card="2770000000024"), "blocked"),
+    ("precondition", "quote", _receipt("e-11", card="2770000000024"), "blocked"),
+    ("conflict", "checkout", _receipt("ok-1", redeemPoints=0), "ok-1"),
+    ("conflict", "hold", _receipt("held-1", redeemPoints=0), "held-1"),
+    ("conflict", "refund", _refund("ok-f1", "ok-1", qty="2"), "ok-f1"),
+    ("unknown", "confirm", {"receiptId": "never"}, "never"),
+    ("unknown", "cancel", {"receiptId": "never"}, "never"),
+    ("unknown", "refund", _refund("e-f3", "never"), "never"),
+    ("unknown", "balance", {"card": "2770000000994"}, "2770000000994"),
+    ("precondition", "cancel", {"receiptId": "ok-1"}, "use a refund"),
+    ("precondition", "confirm", {"receiptId": "gone-1"}, "hold expired: price the receipt again"),
+    ("precondition", "confirm", {"receiptId": "late-1"}, "hold expired: price the receipt again"),
+]
+ERROR_SETUP: list[tuple[str, dict[str, Any]]] = [
+    ("hold", _receipt("late-1")),  # holdTtlSeconds 2: expired before the errors end
+    ("checkout", _receipt("ok-1")),
+    ("refund", _refund("ok-f1", "ok-1")),
+    ("hold", _receipt("held-1", redeemPoints=5)),
+    ("hold", _receipt("gone-1", redeemPoints=5)),
+    ("cancel", {"receiptId": "gone-1"}),
+]
+
+
+def test_every_refusal_is_the_same_at_every_door(tmp_path: Path, clean_env: None) -> None:
+    """CONTRACT §10/§11/§12, the matrix: each refusal is exit 2 with one stderr line at the
+    CLI, its status with `{"error": {"code", "message"}}` over HTTP, the matching gRPC code,
+    and the same one-line message at the three; nothing is stored by any of them."""
+    problems: list[str] = []
+    with three_tills(tmp_path, _LIVE) as tills:
+        started = time.monotonic()
+        for call, body in ERROR_SETUP:
+            assert all(a.ok for a in tell(tills, call, body).values()), (call, body)
+        before = {
+            n: tell({n: d}, "balance", {"card": "2770000000017", "at": AT})[n]
+            for n, d in tills.items()
+        }
+        time.sleep(max(0.0, 2.5 - (time.monotonic() - started)))  # late-1's hold has expired
+        for kind, call, body, words in ERRORS:
+            status, code = KINDS[kind]
+            answers = tell(tills, call, body)
+            where = f"{kind} {call} {json.dumps(body, ensure_ascii=False)[:70]}"
+            cli, web, rpc = answers["cli"], answers["http"], answers["grpc"]
+            if cli.ok or cli.code != "exit 2":
+                problems.append(
+                    f"{where}: CLI {cli.code or 'exit 0'} {cli.message or cli.text[:80]}"
+                )
+            if web.ok or web.raw != status or web.code != code:
+                problems.append(f"{where}: HTTP {web.raw} {web.code}, expected {status} {code}")
+            if rpc.ok or rpc.code != code:
+                problems.append(f"{where}: gRPC {rpc.code or 'OK'}, expected {code}")
+            # the CLI names its option where the others name the field (CONTRACT §12's decision)
+            messages = {cli.message.replace("--at: ", "balance: at: ", 1), web.message, rpc.message}
+            if len(messages) != 1:
+                problems.append(f"{where}: the doors word it differently: {messages}")
+            if not all(words.lower() in m.lower() for m in messages):
+                problems.append(f"{where}: {messages} do not say {words!r}")
+        after = {
+            n: tell({n: d}, "balance", {"card": "2770000000017", "at": AT})[n]
+            for n, d in tills.items()
+        }
+        for name in tills:
+            if name != "grpc" and after[name].text != before[name].text:
+                problems.append(
+                    f"{name}: the balance moved: {before[name].text} → {after[name].text}"
+                )
+    assert not problems, "\n".join(problems)
+
+
+def test_no_snapshot_is_412_failed_precondition_exit_2_at_every_door(
+    tmp_path: Path, clean_env: None
+) -> None:
+    """CONTRACT §10: a till with no snapshot refuses quote, hold and checkout with "no
+    snapshot loaded" (exit 2; gRPC FAILED_PRECONDITION; HTTP 412); an INVALID card is bad
+    input before it (400)."""
+    problems: list[str] = []
+    with three_tills(tmp_path, None) as tills:
+        for call in ("quote", "hold", "checkout"):
+            for card, (status, code, words) in {
+                "2770000000017": (412, "FAILED_PRECONDITION", "no snapshot loaded"),
+                "2770000000018": (400, "INVALID_ARGUMENT", "card"),
+            }.items():
+                answers = tell(tills, call, _receipt(f"n-{call}", card=card))
+                got = [
+                    (a.door, a.code, a.raw if a.door == "http" else "", a.message)
+                    for a in answers.values()
+                ]
+                if (
+                    answers["cli"].code != "exit 2"
+                    or (answers["http"].raw, answers["http"].code) != (status, code)
+                    or answers["grpc"].code != code
+                    or not all(words in a.message for a in answers.values())
+                ):
+                    problems.append(f"{call} {card}: {got}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("label", "body"),
+    [
+        ("malformed JSON", '{"receiptId": "m1", "lines": ['),
+        ("unknown field", json.dumps(_receipt("m2", discount=5))),
+        (
+            "int64 overflow",
+            json.dumps(_receipt("m3", lines=[{"sku": "1", "qty": "1", "priceMinor": 2**63}])),
+        ),
+        (
+            "money with a fraction",
+            json.dumps(_receipt("m4", lines=[{"sku": "1", "qty": "1", "priceMinor": 1.5}])),
+        ),
+        (
+            "a quantity as a number",
+            json.dumps(_receipt("m5", lines=[{"sku": "1", "qty": 2, "priceMinor": 1}])),
+        ),
+        ("not an object", "[]"),
+        ("larger than 4 MiB", json.dumps(_receipt("m6")) + " " * (4 * 1024 * 1024)),
+    ],
+)
+def test_json_only_bad_input_is_exit_2_and_400(
+    doors: dict[str, Any], label: str, body: str
+) -> None:
+    """CONTRACT §10's bad input that only JSON can carry (gRPC's message cannot): exit 2 and
+    one line at the CLI, 400 `INVALID_ARGUMENT` over HTTP; nothing stored (a quote of the
+    same id afterwards is priced, not a conflict)."""
+    for name in ("cli", "http"):
+        answer = doors[name]("checkout", body)
+        assert not answer.ok, (name, answer.text)
+        expected = "exit 2" if name == "cli" else "INVALID_ARGUMENT"
+        assert answer.code == expected and answer.message, (name, answer.code, answer.message)
+        if name == "http":
+            assert answer.raw == 400
+    for name in ("cli", "http", "grpc"):  # nothing stored under any of those ids
+        assert doors[name]("confirm", {"receiptId": "m1"}).code in ("exit 2", "NOT_FOUND")
