@@ -30,6 +30,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from tillpoint.agent.app import till_agent
 from tillpoint.agent.cli import main
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.server import build_server
@@ -326,8 +327,11 @@ def three_tills(
     cli = CliDoor(tmp_path / "cli", tmp_path / "files")
     if snap is not None:
         assert cli("snapshot", snap).ok
-    http_agent = Agent(tmp_path / "http", device_id)
-    grpc_agent = Agent(tmp_path / "grpc", device_id)
+    # as `tillpoint run` builds its till with the default configuration: no printer,
+    # display or scanner (a till's `kind = "none"`, so no coupon job is queued, CONTRACT §7)
+    kinds = {"printer": "none", "display": "none", "scanner": "none"}
+    http_agent = till_agent(tmp_path / "http", device_id, device_kinds=kinds)
+    grpc_agent = till_agent(tmp_path / "grpc", device_id, device_kinds=kinds)
     if snap is not None:
         http_agent.load_snapshot(json.loads(json.dumps(snap)))
         grpc_agent.load_snapshot(json.loads(json.dumps(snap)))
@@ -656,6 +660,16 @@ def test_every_answer_of_a_story_is_one_document_at_every_door(doors: dict[str, 
             problems += [f"{where}: {p}" for p in walk_keys_and_numbers(doc) + card_problems(doc)]
             if doc["status"] in ("INVALID", "BLOCKED") and not doc.get("reason"):
                 problems.append(f"{where}: {doc['status']} without a reason the cashier reads")
+    # and `status` after it: the same document at the three doors (CONTRACT §10, §12)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--data-dir", str(doors["cli"].data_dir), "status", "--json"]) == 0
+    code, raw, _ = doors["http"].request("GET", "/v1/status")
+    if (code, raw.decode("utf-8")) != (200, out.getvalue()):
+        problems.append(f"status: HTTP {code} {raw.decode('utf-8')} != CLI {out.getvalue()}")
+    status = doors["grpc"].stub.Status(pb.StatusRequest(), timeout=TIMEOUT)
+    if _grpc_reads_as(json.loads(out.getvalue()), status) != status:
+        problems.append(f"status: gRPC {json_format.MessageToJson(status)} != CLI {out.getvalue()}")
     assert not problems, "\n".join(problems)
 
 
