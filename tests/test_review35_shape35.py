@@ -459,8 +459,9 @@ def result_problems(call: str, sent: dict[str, Any], doc: dict[str, Any]) -> lis
         out += [f"lines[{i}].{k} missing" for k in LINE_KEYS if k not in line]
         if line.get("discountMinor") and not line.get("offerId"):
             out.append(f"lines[{i}]: a discount without its offerId")
-        # (no MULTIBUY in SNAPSHOT, whose lines may report its id with no discount of their own)
-        if not line.get("discountMinor") and line.get("offerId") is not None:
+        # (a MULTIBUY's line may report its id with no discount of its own, CONTRACT §15)
+        deal = line.get("offerId") in {d["offerId"] for d in doc.get("trace", {}).get("deals", [])}
+        if not line.get("discountMinor") and line.get("offerId") is not None and not deal:
             out.append(f"lines[{i}]: offerId {line['offerId']!r} with no discount")
     # the totals are the lines' sums (§5), the payable what is left
     lines = doc["lines"]
@@ -473,8 +474,13 @@ def result_problems(call: str, sent: dict[str, Any], doc: dict[str, Any]) -> lis
         out.append("redeemedPoints × pointValueMinor is not the sum of redeemedMinor")
     if doc["payableMinor"] != doc["totalMinor"] - doc["discountMinor"] - redeemed_minor:
         out.append("payableMinor is not total − discount − redeemed")
-    if doc["earnedPoints"] != sum(x["earnedPoints"] for x in lines):
-        out.append("earnedPoints is not the sum of the lines' (no EXTRA_POINTS here)")
+    extra = sum(  # EXTRA_POINTS (§5 step 3) are the receipt's, on no line: the trace names them
+        r.get("points", 0)
+        for r in doc.get("trace", {}).get("receiptOffers", [])
+        if r["kind"] == "EXTRA_POINTS" and r["outcome"] == "APPLIED"
+    )
+    if doc["earnedPoints"] != sum(x["earnedPoints"] for x in lines) + extra:
+        out.append("earnedPoints is not the sum of the lines' and the EXTRA_POINTS")
     for key in ("heldOut", "printedOffers", "display"):
         if not isinstance(doc.get(key, []), list):
             out.append(f"{key} is not a list")
@@ -1025,3 +1031,177 @@ def test_hold_expiry_is_written_in_the_stores_zone_as_other_answer_times(
     end with the store's clock across three hours."""
     held = doors["http"]("hold", _receipt("tz-1"))
     assert _offset(held.doc["holdExpiresAt"]) == timedelta(hours=3), held.doc["holdExpiresAt"]
+
+
+# ---------------------------------------------------------------- the trace (§17)
+
+LINE_OUTCOMES = {
+    "APPLIED", "BEATEN", "OUTSIDE_WINDOW", "BELOW_MIN_QTY", "CONTROL_GROUP",
+    "COUPON_MISSING", "ZERO_DISCOUNT", "EXCLUDED_PRODUCT", "TAKEN_BY_DEAL",
+}  # fmt: skip
+CAP_NAMES = {"REQUESTED", "BALANCE", "PERCENT", "CAPACITY", "OFFLINE_LIMIT", "HUB_GRANT"}
+
+
+def trace_problems(sent: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    """CONTRACT §17's trace against the result it explains: a line per receipt line (its
+    index and SKU), each offer once with an outcome of §17, the winner the line's `offerId`,
+    a beaten offer naming what beat it; receipt offers with their threshold and what is
+    missing; the redemption's ask, caps and the one that bound, equal to what was redeemed."""
+    trace = doc["trace"]
+    out: list[str] = []
+    if [(x["index"], x["sku"]) for x in trace["lines"]] != [
+        (i, line["sku"]) for i, line in enumerate(sent["lines"])
+    ]:
+        out.append("trace.lines are not the receipt's lines, indexed from 0")
+    for tl, line in zip(trace["lines"], doc["lines"], strict=False):
+        ids = [o["offerId"] for o in tl["offers"]]
+        if ids != sorted(set(ids)):
+            out.append(f"trace line {tl['index']}: offers {ids} not once each by id")
+        for o in tl["offers"]:
+            if o["outcome"] not in LINE_OUTCOMES:
+                out.append(f"trace line {tl['index']}: outcome {o['outcome']!r}")
+            if o["outcome"] in ("BEATEN", "TAKEN_BY_DEAL") and not o.get("beatenBy"):
+                out.append(f"trace line {tl['index']}: {o['offerId']} {o['outcome']} by nothing")
+        applied = [
+            o["offerId"]
+            for o in tl["offers"]
+            if o["outcome"] == "APPLIED" and o["kind"] != "BONUS_MULTIPLIER"
+        ]
+        if (
+            line["offerId"] is not None
+            and line["offerId"] not in applied
+            and not any(r["offerId"] == line["offerId"] for r in trace["receiptOffers"])
+        ):
+            out.append(
+                f"trace line {tl['index']}: offerId {line['offerId']} is not APPLIED in the trace"
+            )
+    for r in trace["receiptOffers"]:
+        if r["missingMinor"] != max(0, r["minTotalMinor"] - r["basketMinor"]):
+            out.append(f"receipt offer {r['offerId']}: missingMinor {r['missingMinor']}")
+        if (r["outcome"] == "BELOW_MIN_TOTAL") != (r["missingMinor"] > 0):
+            out.append(
+                f"receipt offer {r['offerId']}: {r['outcome']} with {r['missingMinor']} missing"
+            )
+    red = trace["redemption"]
+    if red["requestedPoints"] != sent.get("redeemPoints", 0):
+        out.append(
+            f"redemption asks {red['requestedPoints']}, the receipt {sent.get('redeemPoints')}"
+        )
+    if red["allowedPoints"] != doc["redeemedPoints"]:
+        out.append(
+            f"redemption allows {red['allowedPoints']}, the result redeems {doc['redeemedPoints']}"
+        )
+    names = [c["name"] for c in red["caps"]]
+    if set(names) - CAP_NAMES or len(names) != len(set(names)):
+        out.append(f"redemption caps {names}")
+    if doc["card"]["status"] != "FOUND":
+        if red["boundBy"] != "UNKNOWN_CARD":
+            out.append(f"an {doc['card']['status']} card bound by {red['boundBy']}")
+    else:
+        caps = {c["name"]: c["points"] for c in red["caps"]}
+        if (
+            caps.get(red["boundBy"]) != red["allowedPoints"]
+            or min(caps.values()) != red["allowedPoints"]
+        ):
+            out.append(
+                f"redemption bound by {red['boundBy']} {caps}, allowed {red['allowedPoints']}"
+            )
+    return out
+
+
+def _offer(offer_id: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": offer_id,
+        "campaignId": f"camp-{offer_id}",
+        "kind": "PERCENT_OFF",
+        "value": "10",
+        "skus": [],
+        "categories": [],
+        "minQty": "1",
+        "priority": 10,
+        "rank": 10,
+        "validFrom": "2026-11-01T00:00:00+03:00",
+        "validTo": "2026-11-30T23:59:59+03:00",
+    }
+    data.update(changes)
+    return data
+
+
+# every outcome of §17 on one receipt: a winner and a beaten offer, one outside its window,
+# one below its minQty, a control group's, one wanting a coupon, one of no discount, one on
+# an excluded product, a MULTIBUY deal and the line offer it took, receipt offers below and
+# above their threshold, EXTRA_POINTS, a multiplier the birthday beats
+TRACE_SNAPSHOT = SNAPSHOT | {
+    "products": [
+        *SNAPSHOT["products"],
+        {"sku": "4601234000079", "name": "Кроссовки", "category": "food"},
+        {"sku": "4601234000086", "name": "Мяч", "category": "food"},
+    ],
+    "offers": [
+        _offer("a-win", skus=["4601234000017"], value="20"),
+        _offer("b-lose", categories=["dairy"]),
+        _offer("c-window", categories=["food"], validFrom="2026-12-01T00:00:00+03:00",
+               validTo="2026-12-31T23:59:59+03:00"),
+        _offer("d-minqty", skus=["4601234000017"], minQty="5", value="50"),
+        _offer("e-cg", campaignId="camp-9", skus=["4601234000017"], value="90"),
+        _offer("f-coupon", skus=["4601234000017"], value="80", couponRequired=True),
+        _offer("g-zero", kind="AMOUNT_OFF", skus=["4601234000024"], value="0"),
+        _offer("h-tobacco", skus=["4601234000031"]),
+        _offer("i-deal", kind="MULTIBUY", skus=["4601234000079", "4601234000086"],
+               buyQty="2", freeQty="1", value="0"),
+        _offer("j-ball", skus=["4601234000086"], value="5"),
+        _offer("k-rcpt", kind="RECEIPT_PERCENT_OFF", value="5", minTotalMinor=10_000_000),
+        _offer("l-rcpt", kind="RECEIPT_PERCENT_OFF", value="3", minTotalMinor=100),
+        _offer("m-extra", kind="EXTRA_POINTS", value="50", minTotalMinor=100),
+        _offer("n-mult", kind="BONUS_MULTIPLIER", skus=["4601234000024"], value="2"),
+    ],
+}  # fmt: skip
+TRACE_LINES = [
+    {"sku": "4601234000017", "qty": "2", "priceMinor": 8990},
+    {"sku": "4601234000024", "qty": "1", "priceMinor": 5490},
+    {"sku": "4601234000031", "qty": "1", "priceMinor": 20000},
+    {"sku": "4601234000079", "qty": "2", "priceMinor": 500000},
+    {"sku": "4601234000086", "qty": "1", "priceMinor": 150000},
+    {"sku": "999", "qty": "1", "priceMinor": 100},
+]
+
+
+@pytest.mark.parametrize(
+    ("card", "redeem"),
+    [("2770000000017", -1), ("2770000000017", 0), ("2770000000017", 70), ("2770000000994", 100)],
+)
+def test_the_trace_has_every_part_and_changes_no_figure_at_every_door(
+    tmp_path: Path, clean_env: None, card: str, redeem: int
+) -> None:
+    """CONTRACT §17 at the three doors: the trace's shape against the result it explains
+    (`trace_problems`), the same answers at each door, and "the trace never changes a
+    figure": a quote with it is the quote without it plus `trace`, and the checkout with it
+    commits the quote's figures."""
+    plain = _receipt("t-1", card=card, lines=TRACE_LINES, redeemPoints=redeem)
+    asked = plain | {"explain": True}
+    figures = ("card", "mode", "lines", "totalMinor", "discountMinor", "redeemedPoints")
+    figures += ("payableMinor", "earnedPoints", "balance", "heldOut", "coupons")
+    problems: list[str] = []
+    with three_tills(tmp_path, TRACE_SNAPSHOT) as tills:
+        answers = {
+            name: [door(c, b) for c, b in (("quote", plain), ("quote", asked), ("checkout", asked))]
+            for name, door in tills.items()
+        }
+    for name in ("cli", "http"):
+        quoted, traced, committed = answers[name]
+        assert quoted.ok and traced.ok and committed.ok, name
+        for call, doc in (("quote", traced.doc), ("checkout", committed.doc)):
+            problems += [f"{name} {call}: {p}" for p in trace_problems(asked, doc)]
+            problems += [f"{name} {call}: {p}" for p in result_problems(call, asked, doc)]
+        if {k: v for k, v in traced.doc.items() if k != "trace"} != quoted.doc:
+            problems.append(f"{name}: the quote with a trace is not the quote without it")
+        if any(committed.doc[k] != quoted.doc[k] for k in figures):
+            problems.append(f"{name}: the checkout with a trace did not commit the quote's figures")
+        if committed.doc["trace"] != traced.doc["trace"]:
+            problems.append(f"{name}: the checkout's trace is not the quote's")
+    for cli, http_, rpc in zip(answers["cli"], answers["http"], answers["grpc"], strict=True):
+        if http_.text != cli.text:
+            problems.append(f"HTTP {http_.text} != CLI {cli.text}")
+        if _grpc_reads_as(cli.doc, rpc.raw) != rpc.raw:
+            problems.append(f"gRPC {json_format.MessageToJson(rpc.raw)} != CLI {cli.text}")
+    assert not problems, "\n".join(problems)
