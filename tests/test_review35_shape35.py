@@ -1205,3 +1205,73 @@ def test_the_trace_has_every_part_and_changes_no_figure_at_every_door(
         if _grpc_reads_as(cli.doc, rpc.raw) != rpc.raw:
             problems.append(f"gRPC {json_format.MessageToJson(rpc.raw)} != CLI {cli.text}")
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------- ONLINE answers
+
+
+@pytest.mark.slow
+def test_online_answers_have_the_same_shape_at_every_door(
+    tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §5/§9: a till whose hub answers prices `ONLINE`, the redemption granted by
+    the hub (§17's `HUB_GRANT` cap in the trace); every answer keeps the shape of the
+    offline ones, at the CLI (a one-shot call on an enrolled till asks its hub, CONTRACT
+    §10's decision), over HTTP and over gRPC (a served till of the same hub)."""
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+    from tillpoint.sync.loopback import receipt as hub_receipt
+
+    from .conftest import enrolled_till
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    problems: list[str] = []
+    try:
+        served = enrolled_till(hub, tmp_path / "served", "till-1")
+        enrolled_till(hub, tmp_path / "cli", "till-2").stop()  # its data for the CLI
+        monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-2")
+        cli = CliDoor(tmp_path / "cli", tmp_path)
+        server = HttpServer(served.agent, "127.0.0.1:0")
+        server.start()
+        gserver, port, _ = build_server(served.agent, "127.0.0.1:0")
+        gserver.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            doors = {"cli": cli, "http": HttpDoor(server.port, served.agent)}
+            doors["grpc"] = GrpcDoor(channel, served.agent)
+            for name, door in doors.items():
+                quote = hub_receipt(f"{name}-q", "2770000000017", redeem=100) | {"explain": True}
+                hold = hub_receipt(f"{name}-h", "2770000000017", redeem=50)
+                sale = hub_receipt(f"{name}-c", "2770000000024", redeem=-1) | {"explain": True}
+                story = [
+                    ("quote", quote, quote),
+                    ("hold", hold, hold),
+                    ("confirm", {"receiptId": f"{name}-h"}, hold),
+                    ("checkout", sale, sale),
+                ]
+                for call, body, sent in story:
+                    answer = door(call, body)
+                    if not answer.ok:
+                        problems.append(f"{name} {call}: {answer.code} {answer.message}")
+                        continue
+                    doc = answer.doc if name != "grpc" else None
+                    if doc is None:  # gRPC: the message as the CLI would print it
+                        doc = json.loads(json_format.MessageToJson(answer.raw))
+                        if doc.get("mode") != "ONLINE":
+                            problems.append(f"grpc {call}: mode {doc.get('mode')}")
+                        continue
+                    if doc["mode"] != "ONLINE":
+                        problems.append(f"{name} {call}: mode {doc['mode']}")
+                    problems += [f"{name} {call}: {p}" for p in result_problems(call, sent, doc)]
+                    if "trace" in doc:
+                        problems += [f"{name} {call}: {p}" for p in trace_problems(sent, doc)]
+                        caps = [c["name"] for c in doc["trace"]["redemption"]["caps"]]
+                        if "HUB_GRANT" not in caps or "OFFLINE_LIMIT" in caps:
+                            problems.append(f"{name} {call}: ONLINE caps {caps}")
+        finally:
+            channel.close()
+            gserver.stop(0).wait()
+            server.stop()
+            served.stop()
+    finally:
+        hub.stop()
+    assert not problems, "\n".join(problems)
