@@ -1018,8 +1018,8 @@ def test_times_of_an_answer_are_rfc3339_with_an_offset_at_every_door(doors: dict
 
 @pytest.mark.xfail(
     strict=True,
-    reason="judgement for the lead (review 35, shape35): holdExpiresAt is written in UTC "
-    "(+00:00, microseconds), every other time of an answer in the store's zone",
+    reason="the other reading, not taken: the lead kept holdExpiresAt in UTC (+00:00, "
+    "microseconds), a moment of the agent's clock (CONTRACT §11's decision, review 35)",
 )
 def test_hold_expiry_is_written_in_the_stores_zone_as_other_answer_times(
     doors: dict[str, Any],
