@@ -296,8 +296,11 @@ def start_hold_sweeper(
     def run(stop: threading.Event) -> None:
         while True:  # at once too: holds that expired while the agent was down
             try:
-                agent.sweep_holds()
-                agent.retry_hub_releases()  # those the hub did not get while it was away
+                # each looks at `stop` between its calls to the hub: a stop waits for the
+                # call on its way, not for all those owed to a slow hub (review 35)
+                agent.sweep_holds(stop)
+                if not stop.is_set():
+                    agent.retry_hub_releases(stop)  # those the hub did not get while away
             except Exception:  # a busy or full disk: the next round tries again
                 log.warning("sweeping expired holds failed", exc_info=True)
             woken = wake.wait(every_s)

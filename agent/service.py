@@ -728,11 +728,13 @@ class Agent:
             self._tell_devices("show", cancelled_display())
         return CheckoutResult.from_json(_cancelled(held))
 
-    def sweep_holds(self) -> int:
+    def sweep_holds(self, stop: threading.Event | None = None) -> int:
         """Expire the holds past their time and release what they reserved at the hub.
 
         Called by every hold, confirm, cancel and checkout, and by `tillpoint run`'s timer;
-        one indexed read when nothing is due."""
+        one indexed read when nothing is due. `stop` (the timer's, set by `run`'s stop):
+        no further release is sent once it is set; those left are owed, sent by
+        `retry_hub_releases` (here or at the next start)."""
         self._follow_clock_step()
         now = ledger.utc_text(self.clock())
         with self._lock:
@@ -743,7 +745,7 @@ class Agent:
                 ledger.close_holds(conn, [rid for rid, _ in due], "EXPIRED", now, only_held=True)
         for rid, hub_hold in due:
             log.info("hold of receipt %s expired", rid)
-            if hub_hold:
+            if hub_hold and not _stopping(stop):
                 self._release_at_hub(rid)
         return len(due)
 
@@ -946,13 +948,16 @@ class Agent:
                 "the release of receipt %s is left to the retries", receipt_id, exc_info=True
             )
 
-    def retry_hub_releases(self) -> int:
+    def retry_hub_releases(self, stop: threading.Event | None = None) -> int:
         """Send again the releases of cancelled and expired holds that did not reach the
         hub (it was away): until then the hub kept the customer's points held for every
         till, up to a day. `tillpoint run`'s hold timer calls it; stops at the first the
         hub does not answer. Holds closed more than a day ago have run out at the hub.
         When every release went, the hub's holds of open OFFLINE holds granted too late
-        are shrunk to what they use (`_shrink_at_hub`). Answers how many were released."""
+        are shrunk to what they use (`_shrink_at_hub`). Answers how many were released.
+        `stop` (the timer's, set by `run`'s stop): looked at before each call to the hub,
+        so a stop waits for the call on its way only, not for every call owed to a slow
+        hub (review 35); those not sent stay owed in the ledger, for the next start."""
         if self.hub is None:
             return 0
         cutoff = ledger.utc_text(self.clock() - timedelta(seconds=HUB_HOLD_MAX_S))
@@ -960,6 +965,8 @@ class Agent:
             due = ledger.hub_releases_due(self._ledger, cutoff)
         released = 0
         for rid in due:
+            if _stopping(stop):
+                return released
             done = self._release_at_hub(rid)
             if done is False:  # the hub is away: the next round
                 break
@@ -967,8 +974,9 @@ class Agent:
         if not due or released == len(due):
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
-            released += self._release_unstored(cutoff)
-            self._send_shrinks()  # then the open OFFLINE holds' late grants (not counted)
+            released += self._release_unstored(cutoff, stop)
+            if not _stopping(stop):
+                self._send_shrinks(stop)  # then the open OFFLINE holds' late grants (not counted)
         return released
 
     def hub_calls_owed(self) -> dict[str, int]:
@@ -995,20 +1003,23 @@ class Agent:
         )
         return {"release": releases, "shrink": shrinks}
 
-    def _send_shrinks(self) -> int:
+    def _send_shrinks(self, stop: threading.Event | None = None) -> int:
         """Shrink at the hub the holds of open OFFLINE holds that it granted too late
-        (`_shrink_at_hub`); stops at the first the hub does not answer."""
+        (`_shrink_at_hub`); stops at the first the hub does not answer, or once `stop` is
+        set (`retry_hub_releases`)."""
         with self._lock:
             due = ledger.hub_shrinks_due(self._ledger, ledger.utc_text(self.clock()))
         sent = 0
         for rid in due:
+            if _stopping(stop):
+                break
             done = self._shrink_at_hub(rid)
             if done is False:
                 break
             sent += bool(done)
         return sent
 
-    def _release_unstored(self, cutoff: str) -> int:
+    def _release_unstored(self, cutoff: str, stop: threading.Event | None = None) -> int:
         """Release at the hub the holds it may have placed for receipts this till asked
         for and never stored (killed between the request and the commit, or a commit that
         failed after the grant): nobody else would, and the hub kept the customer's points
@@ -1016,12 +1027,14 @@ class Agent:
         have run out at the hub. One made by another process still running and younger
         than `HUB_ASK_GRACE_S` may still be stored (a call between its request and its
         commit, whose turn is not this agent's `HubTurns`): a later round. Stops at the
-        first the hub does not answer."""
+        first the hub does not answer, or once `stop` is set (`retry_hub_releases`)."""
         young = ledger.utc_text(self.clock() - timedelta(seconds=HUB_ASK_GRACE_S))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
         for rid, asked_at, pid in asks:
+            if _stopping(stop):
+                break
             if asked_at > young and _running_elsewhere(pid):
                 continue
             if asked_at <= cutoff:
@@ -2556,6 +2569,11 @@ def _balance_after(
         before.available - held - redeemed + (0 if pending_now else earned),
         before.pending + (earned if pending_now else 0),
     )
+
+
+def _stopping(stop: threading.Event | None) -> bool:
+    """Whether `tillpoint run`'s stop asked the hold timer to end (`retry_hub_releases`)."""
+    return stop is not None and stop.is_set()
 
 
 def _running_elsewhere(pid: int | None) -> bool:

@@ -1,0 +1,127 @@
+"""Review 35 (left35): small faults left by review 34 (CONTRACT §7, §9, §10, §11, §16).
+Each test here failed before the fix beside it. Real parts: `tillpoint run` processes,
+the reference hub on 127.0.0.1 with its own gRPC handlers, real SQLite files, real
+sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent import ledger
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
+
+from .conftest import enrolled_till, free_port
+
+EXE = str(Path(sys.executable).parent / "tillpoint")
+ANNA = "2770000000017"
+
+# ---------------------------------------------------------------- 1. run's stop and the owed hub calls
+
+
+class SlowReleases:
+    """The hub's ReleaseRedemption, each call 0.2 s in the handler before it works (a busy
+    hub, still within the till's shipped deadline: 300 ms plus the hub's 100 ms margin);
+    `started` holds when each call came (time.monotonic())."""
+
+    def __init__(self) -> None:
+        self.started: list[float] = []
+
+
+@pytest.fixture
+def slow_releases(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowReleases]:
+    slow = SlowReleases()
+    release = HubServicer.ReleaseRedemption
+
+    def slowly(self: Any, request: Any, context: Any) -> Any:
+        slow.started.append(time.monotonic())
+        time.sleep(0.2)
+        return release(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "ReleaseRedemption", slowly)
+    yield slow
+
+
+def owed_releases(data: Path) -> int:
+    conn = sqlite3.connect(data / "ledger.db")
+    try:
+        closed = conn.execute(
+            "SELECT count(*) FROM receipt_life WHERE state = 'CANCELLED' AND hub_hold = 1"
+        ).fetchone()[0]
+        asks = conn.execute("SELECT count(*) FROM hub_asks").fetchone()[0]
+        return int(closed) + int(asks)
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
+    tmp_path: Path, slow_releases: SlowReleases, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §10 (a graceful stop), §11. A till comes back with many releases owed
+    (holds cancelled while the hub was away; holds asked for and never stored) to a hub
+    that is slow but answers within the shipped deadline. A SIGTERM to `tillpoint run`
+    while the hold timer sends them waited for the sweeper's 5 s bound, its thread still
+    sending while the agent closed. The loop now stops between calls: at most the call on
+    its way is sent after the signal, the stop is quick, and the rest stay owed for the
+    next start."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "data"
+    try:
+        till = enrolled_till(hub, data, "till-1")
+        n = 15
+        for i in range(n):
+            held = till.agent.hold(receipt_from_json(receipt(f"h-{i}", ANNA, redeem=10)))
+            assert (held.state, held.mode) == ("HELD", "ONLINE")
+        hub.stop()  # away: each cancel's release is owed
+        for i in range(n):
+            assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
+        till.stop()
+        conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+        now = ledger.utc_text(datetime.now(UTC))
+        conn.executemany(  # asked by a process gone, never stored
+            "INSERT INTO hub_asks (receipt_id, asked_at, pid) VALUES (?, ?, NULL)",
+            [(f"a-{i}", now) for i in range(n)],
+        )
+        conn.close()
+        assert owed_releases(data) == 2 * n
+        hub.restart()  # the slow one (its servicer's methods are taken when it starts)
+        conf = tmp_path / "tillpoint.toml"
+        conf.write_text(  # the shipped settings: hub.redeem_timeout_ms = 300
+            f'device_id = "till-1"\ndata_dir = "{data}"\n'
+            f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[http]\nlisten = "127.0.0.1:0"\n'
+        )
+        env = dict(os.environ)
+        env.pop("TILLPOINT_DEVICE_ID", None)
+        proc = subprocess.Popen([EXE, "--config", conf, "run"], env=env, stderr=subprocess.PIPE)
+        procs.append(proc)
+        deadline = time.monotonic() + 30
+        while len(slow_releases.started) < 3:  # the hold timer is sending them
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        took = time.monotonic() - signalled
+        after = [t for t in slow_releases.started if t > signalled]
+        assert len(after) <= 1, f"{len(after)} releases sent after the SIGTERM"
+        assert took < 3.0, f"the stop took {took:.1f} s"
+        left = owed_releases(data)
+        assert 0 < left < 2 * n  # some went; the rest wait for the next start
+        assert proc.stderr is not None
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        hub.stop()
