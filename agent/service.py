@@ -350,7 +350,8 @@ class Agent:
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
-        # (at, message) of the last ledger write that failed; None once one works (`_write`)
+        # (at, message) of the last ledger write that failed (or damaged file read); None
+        # once a sale is stored again (`_write`)
         self._storage_problem: tuple[str, str] | None = None
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
@@ -613,7 +614,7 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
-            with self._lock, self._write(), self._view() as view:
+            with self._lock, self._write(sale=True), self._view() as view:
                 state, result, typed = self._hold(
                     receipt, view, confirm_now=True, request=request, early=early
                 )
@@ -664,7 +665,7 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
-            with self._lock, self._write(), self._view() as view:
+            with self._lock, self._write(sale=True), self._view() as view:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
@@ -695,7 +696,7 @@ class Agent:
             raise InputError(f"confirm: fiscalDocument {CONTROLS_MESSAGE}")
         self._hub_turns.hold_ended(receipt_id)  # its Hold still asking the hub: after it
         self.sweep_holds()
-        with self._lock, self._write(), self._view() as view:
+        with self._lock, self._write(sale=True), self._view() as view:
             stored = self._confirm(receipt_id, fiscal_document or None, view)
         result = CheckoutResult.from_json(stored)
         self._tell_devices("after_checkout", result)
@@ -2015,7 +2016,7 @@ class Agent:
         # A refund of a receipt held here reads the hold's time (why it is refused): a
         # step of the wall clock is followed first, as by every call that reads holds.
         self._follow_clock_step()
-        with self._lock, self._write(), self._view() as view:
+        with self._lock, self._write(sale=True), self._view() as view:
             conn = self._ledger
             stored = ledger.stored_refund(conn, refund.refund_id)
             if stored is not None:
@@ -2324,14 +2325,20 @@ class Agent:
                     _close_reader(live, reads)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, sale: bool = False) -> Iterator[sqlite3.Connection]:
         """One ledger write transaction; anything raised inside rolls all of it back.
 
         A ledger that cannot be written (a full disk, a read-only mount, another user's
         files) refuses every sale while quotes still work, and the POS hears only
         UNAVAILABLE: it is logged at ERROR when it starts and shown in `status`
-        (`storageError`) and the metrics until a write works again."""
+        (`storageError`) and the metrics until a sale is stored again: a `sale`'s
+        transaction (Checkout, Hold, Confirm, Refund) that commits rows. Not any write
+        that works: on a full disk a cancel or the hold timer's mark rewrites a row in
+        place and commits while every sale, which adds rows, is still refused, and the
+        sign cleared then told support the till was well (review 35); nor a retry
+        answered from what is stored, which writes nothing."""
         self._followed_step = None
+        changes = self._ledger.total_changes
         try:
             with write_transaction(self._ledger, "ledger") as conn:
                 yield conn
@@ -2348,7 +2355,11 @@ class Agent:
             raise
         self._followed_step = None
         self._checkpoints.committed()
-        if self._storage_problem is not None:
+        if (
+            self._storage_problem is not None
+            and sale
+            and self._ledger.total_changes > changes
+        ):
             self._storage_problem = None
             log.warning("the ledger is written again: sales are stored")
 

@@ -125,3 +125,56 @@ def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
         assert b"Traceback" not in proc.stderr.read()
     finally:
         hub.stop()
+
+
+# ---------------------------------------------------------------- 2. storageError and the write that clears it
+
+
+def test_storage_error_stays_while_sales_are_refused_though_a_small_write_works(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (a ledger that cannot be written: `storageError`, `/healthz`,
+    `tillpoint_storage_error`). A ledger that cannot grow (SQLite's own "database or disk
+    is full") refuses every sale; a cancel, which only rewrites a row in place, still
+    commits. That cancel (as the hold timer's own small writes) cleared `storageError`
+    while every sale was still refused, and support saw a healthy till. It now stays
+    until a sale is stored again."""
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.agent.service import Agent
+
+    from .conftest import receipt as a_sale
+    from .conftest import snapshot
+
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        for i in range(3):
+            assert agent.hold(receipt_from_json(a_sale(f"held-{i}"))).state == "HELD"
+        pages = agent._ledger.execute("PRAGMA page_count").fetchone()[0]
+        agent._ledger.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow
+        refused = None
+        for i in range(500):
+            try:
+                agent.checkout(receipt_from_json(a_sale(f"full-{i}")))
+            except StorageError as exc:
+                assert "disk is full" in exc.message
+                refused = a_sale(f"full-{i}")
+                break
+        assert refused is not None
+        said = agent.status().to_json()["storageError"]
+        assert "disk is full" in said
+        assert agent.cancel("held-0").state == "CANCELLED"  # a write in place works
+        shown = agent.status().to_json()
+        assert shown["storageError"] == said and shown["storageErrorAt"]
+        with pytest.raises(StorageError):  # and sales are still refused
+            agent.checkout(receipt_from_json(refused))
+        # a sale answered again from what is stored proves nothing either
+        assert agent.hold(receipt_from_json(a_sale("held-1"))).state == "HELD"
+        assert agent.status().to_json()["storageError"] == said
+        # room again: the refused sale is stored, and the sign clears
+        agent._ledger.execute("PRAGMA max_page_count = 1073741823")
+        assert agent.checkout(receipt_from_json(refused)).state == "CONFIRMED"
+        shown = agent.status().to_json()
+        assert shown["storageError"] == "" and shown["storageErrorAt"] == ""
+    finally:
+        agent.close()
