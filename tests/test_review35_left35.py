@@ -178,3 +178,60 @@ def test_storage_error_stays_while_sales_are_refused_though_a_small_write_works(
         assert shown["storageError"] == "" and shown["storageErrorAt"] == ""
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------- 3. `print retry` and the drop count
+
+
+def test_print_retry_of_a_held_job_starts_its_drop_count_again(tmp_path: Path) -> None:
+    """CONTRACT §7 (docs/PRINTING.md: a job the printer drops `max_send_failures` times is
+    FAILED; `print retry` starts the count again). A job the printer dropped twice (3
+    allowed), then took and never confirmed (held: the paper ran out), is put back by the
+    cashier's `tillpoint print retry` once the paper is in: the worker kept its two drops,
+    and the first drop after the retry failed it for good. The retry starts the count."""
+    from tillpoint.printer.queue import ensure_schema, requeue
+
+    from .test_printer_queue import NOW, add_job, payload, worker
+
+    ledger_path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(ledger_path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    ensure_schema(conn)
+    conn.close()
+    from tillpoint.printer.virtual import VirtualPrinter
+
+    from .conftest import ManualClock
+
+    offer = payload()["offers"][0]
+    five = [dict(offer, id=f"o-{i}", code=f"TP1-o-{i}") for i in range(1, 6)]
+    rid = "s1-t1-000123"
+    add_job(ledger_path, payload(rid, offers=five))  # about 1 KB
+    with VirtualPrinter() as printer:
+        clock = ManualClock(NOW)
+        w = worker(
+            ledger_path, printer.port, clock, max_send_failures=3, confirm_timeout_s=0.5
+        )
+        try:
+            printer.close_after_bytes = 800
+            for _ in range(2):  # two drops of three
+                w.run_once()
+                assert w.job(rid)["state"] == "PENDING"  # type: ignore[index]
+                clock.advance(10)
+            printer.close_after_bytes = None
+            printer.answer_status = printer.answer_gs_r = False  # answers nothing: held
+            w.run_once()
+            held = w.job(rid)
+            assert held is not None and held["state"] == "PENDING"
+            assert held["last_error"].startswith("sent, not confirmed"), held
+            printer.answer_status = printer.answer_gs_r = True
+            assert requeue(ledger_path, rid)  # `tillpoint print retry`, its own process's
+            printer.close_after_bytes = 800  # and the printer drops it once more
+            w.run_once()
+            job = w.job(rid)
+            assert job is not None and job["state"] == "PENDING", job  # one drop of three
+            printer.close_after_bytes = None
+            clock.advance(10)
+            w.run_once()
+            assert w.job(rid)["state"] == "DONE"  # type: ignore[index]
+        finally:
+            w.close()
