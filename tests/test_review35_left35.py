@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +235,30 @@ def test_print_retry_of_a_held_job_starts_its_drop_count_again(tmp_path: Path) -
             assert w.job(rid)["state"] == "DONE"  # type: ignore[index]
         finally:
             w.close()
+
+
+# ---------------------------------------------------------------- 4. an expiry fixed while the hub was away
+
+
+def test_a_sale_committed_while_the_hub_was_away_carries_its_expiry_in_the_first_push(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CONTRACT §16, §9 (checked, not a fault). The expiry of the points a sale earns is
+    fixed at its commit and travels with the sale's CHECKOUT (`earned_expires_at`), filled
+    in by the one pusher `run`'s sync loop and the one-shot `tillpoint sync now` share;
+    nothing of it waits for `run`'s hold timer. A one-shot `checkout` while the hub is away
+    (OFFLINE, lifetime 30 days), the hub then publishing a lifetime of 0 (never): the first
+    push once the hub is back, a one-shot `sync now`, dates the hub's batch 30 days."""
+    from .test_review34_life34 import EARNED, chain_of, figures, publish_lifetime
+    from .test_review34_spec34c import BIG, BORIS
+
+    with chain_of(tmp_path, monkeypatch, capsys, lifetime=30) as c:
+        now = datetime.now(UTC)
+        c.hub.stop()
+        sold = c.ok("till-1", "checkout", receipt("away-1", BORIS, lines=BIG))
+        assert (sold["mode"], sold["earnedPoints"]) == ("OFFLINE", EARNED)
+        c.hub.restart()
+        publish_lifetime(c, 0)
+        assert c.ok("till-1", "sync", "now")["pushed"] == 1
+        assert figures(c, "till-1", now + timedelta(days=20))[2] == 300 + EARNED
+        assert figures(c, "till-1", now + timedelta(days=40))[2] == 300  # gone at the hub
