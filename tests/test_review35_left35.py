@@ -262,3 +262,95 @@ def test_a_sale_committed_while_the_hub_was_away_carries_its_expiry_in_the_first
         assert c.ok("till-1", "sync", "now")["pushed"] == 1
         assert figures(c, "till-1", now + timedelta(days=20))[2] == 300 + EARNED
         assert figures(c, "till-1", now + timedelta(days=40))[2] == 300  # gone at the hub
+
+
+# ---------------------------------------------------------------- 5. the HTTP head check, per read
+
+
+def status_head(size: int, *, close: bool = True) -> bytes:
+    """A GET /v1/status whose head (its blank line included) is `size` bytes."""
+    tail = b"Connection: close\r\n\r\n" if close else b"\r\n"
+    base = b"GET /v1/status HTTP/1.1\r\nHost: till\r\nX-Pad: \r\n" + tail
+    pad = size - len(base)
+    assert pad >= 0
+    head = b"GET /v1/status HTTP/1.1\r\nHost: till\r\nX-Pad: " + b"a" * pad + b"\r\n" + tail
+    assert len(head) == size
+    return head
+
+
+def answers(sock: socket.socket) -> list[int]:
+    """The statuses of the answers on `sock` until the server closes it."""
+    data = b""
+    while True:
+        part = sock.recv(65536)
+        if not part:
+            break
+        data += part
+    import re
+
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+
+
+def trickled(port: int, request: bytes, piece: int, pause_s: float = 0.0) -> list[int]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for at in range(0, len(request), piece):
+            sock.sendall(request[at : at + piece])
+            if pause_s:
+                time.sleep(pause_s)
+        return answers(sock)
+
+
+@pytest.fixture
+def copied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each copy of h11's receive buffer (`Connection.trailing_data`) made
+    while the test runs (the server runs in this process)."""
+    import h11
+
+    sizes: list[int] = []
+    original = h11.Connection.trailing_data
+
+    def counted(conn: Any) -> tuple[bytes, bool]:
+        data: tuple[bytes, bool] = original.fget(conn)  # type: ignore[attr-defined]
+        sizes.append(len(data[0]))
+        return data
+
+    monkeypatch.setattr(h11.Connection, "trailing_data", property(counted))
+    return sizes
+
+
+def test_a_trickled_head_is_not_copied_at_every_read(server: Any, copied: list[int]) -> None:
+    """CONTRACT §12 (a request head over 16 KiB is refused however it arrives). The check
+    copied h11's whole buffer at each read of a head still coming: a head of 16 KiB in
+    256-byte reads copied about 512 KiB, and a client trickling a byte at a time made the
+    agent copy 16 KiB per byte. It now counts the bytes seen: a copy only once per request
+    and once more should a head pass 16 KiB."""
+    head = status_head(16 * 1024)
+    assert trickled(server.port, head, 256, pause_s=0.005) == [200]
+    assert sum(copied) <= 2 * len(head), f"{len(copied)} copies, {sum(copied)} bytes"
+    copied.clear()
+    assert trickled(server.port, status_head(16 * 1024 + 1), 256, pause_s=0.005) == [400]
+    assert sum(copied) <= 3 * 16 * 1024, f"{len(copied)} copies, {sum(copied)} bytes"
+
+
+@pytest.mark.parametrize("size", [16 * 1024, 16 * 1024 + 1])
+@pytest.mark.parametrize("after_a_request", [False, True], ids=["first", "pipelined"])
+def test_the_head_limit_holds_across_reads_split_at_every_byte(
+    server: Any, size: int, after_a_request: bool
+) -> None:
+    """CONTRACT §12: a head of exactly 16 KiB is served, one byte more is refused, whether
+    it is sent a byte at a time (each byte its own write), split in two at each byte of
+    its end, or pipelined behind a request answered first (the count starts again after
+    that answer; its bytes already read count)."""
+    expected = 200 if size == 16 * 1024 else 400
+    first = status_head(100, close=False) if after_a_request else b""
+    want = ([200] if after_a_request else []) + [expected]
+    request = first + status_head(size)
+    assert trickled(server.port, request, 1) == want
+    for cut in range(len(request) - 40, len(request)):  # split at each byte of its end
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(request[:cut])
+            time.sleep(0.001)
+            sock.sendall(request[cut:])
+            assert answers(sock) == want, f"split at {cut}"
