@@ -354,3 +354,115 @@ def test_the_head_limit_holds_across_reads_split_at_every_byte(
             time.sleep(0.001)
             sock.sendall(request[cut:])
             assert answers(sock) == want, f"split at {cut}"
+
+
+# ---------------------------------------------------------------- 6. gRPC never half-bound
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+@needs_ipv6
+def test_grpc_refuses_a_localhost_port_another_program_takes_on_ipv6_in_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (`[server] listen`; a port another program holds). The agent probes the
+    listen address, closes the probes and lets grpcio bind it: another program that takes
+    the port on ::1 in that window (or holds it there while this machine's resolver says
+    `localhost` is 127.0.0.1 alone, which grpcio does not follow) left the agent listening
+    on 127.0.0.1 only, with a warning of grpcio's: a POS's gRPC client, which tries
+    `localhost` over ::1 first, reached that program. Now the start fails in one line
+    naming the address taken, and nothing of the agent stays bound."""
+    from tillpoint.agent import server as server_module
+    from tillpoint.agent.errors import TillpointError
+    from tillpoint.agent.service import Agent
+
+    port = free_port()
+    intruder = subprocess.Popen(  # the other program: takes [::1]:PORT when told
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys\nport = int(sys.stdin.readline())\n"
+            "s = socket.socket(socket.AF_INET6)\ns.bind(('::1', port))\ns.listen()\n"
+            "print('taken', flush=True)\nsys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    pinned = server_module.pinned_listen
+
+    def then_taken(address: str) -> str:
+        out = pinned(address)
+        assert intruder.stdin is not None and intruder.stdout is not None
+        intruder.stdin.write(f"{port}\n".encode())  # in the window
+        intruder.stdin.flush()
+        assert intruder.stdout.readline() == b"taken\n"
+        return out
+
+    monkeypatch.setattr(server_module, "pinned_listen", then_taken)
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        with pytest.raises(TillpointError) as refused:
+            server_module.build_server(agent, f"localhost:{port}")
+        message = refused.value.message
+        assert message.startswith(f"cannot listen on localhost:{port} for gRPC: "), message
+        assert f"[::1]:{port}" in message and "another program" in message, message
+        assert "[server] listen" in message
+        with socket.socket() as free:  # the agent holds nothing of it
+            free.bind(("127.0.0.1", port))
+    finally:
+        intruder.kill()
+        intruder.wait(timeout=10)
+        agent.close()
+
+
+@needs_ipv6
+def test_run_exits_with_one_line_when_its_grpc_port_is_another_programs_on_ipv6(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §10: `tillpoint run` on `localhost:PORT` while another program listens on
+    [::1]:PORT stops at start, exit 1 (a port another program holds: the unit tries
+    again), one line on stderr; it never serves on 127.0.0.1 alone."""
+    from .conftest import snapshot
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys\ns = socket.socket(socket.AF_INET6)\ns.bind(('::1', 0))\n"
+            "s.listen()\nprint(s.getsockname()[1], flush=True)\nsys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    procs.append(holder)
+    assert holder.stdout is not None
+    port = int(holder.stdout.readline())
+    data = tmp_path / "data"
+    from tillpoint.agent.service import Agent
+
+    agent = Agent(data, "till-1")
+    agent.load_snapshot(snapshot())
+    agent.close()
+    env = dict(os.environ, TILLPOINT_SERVER__LISTEN=f"localhost:{port}")
+    env["TILLPOINT_DEVICE_ID"] = "till-1"
+    run = subprocess.run(
+        [EXE, "--data-dir", str(data), "run"],
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    err = run.stderr.decode()
+    assert run.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("tillpoint: ")]
+    assert len(lines) == 1 and f"cannot listen on localhost:{port} for gRPC" in lines[0], err
+    assert "PosAgent serving" not in err
