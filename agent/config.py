@@ -258,7 +258,8 @@ def others_listening(address: str, port: int) -> list[str]:
 
 def half_bound(taken: list[str]) -> str:
     """The reason a gRPC server given a port others listen on (`others_listening`) said."""
-    return f"{' and '.join(taken)} {'is' if len(taken) == 1 else 'are'} another program's (Address already in use)"
+    verb = "is" if len(taken) == 1 else "are"
+    return f"{' and '.join(taken)} {verb} another program's (Address already in use)"
 
 
 def release_unserved(server: Any) -> None:

@@ -2355,11 +2355,7 @@ class Agent:
             raise
         self._followed_step = None
         self._checkpoints.committed()
-        if (
-            self._storage_problem is not None
-            and sale
-            and self._ledger.total_changes > changes
-        ):
+        if self._storage_problem is not None and sale and self._ledger.total_changes > changes:
             self._storage_problem = None
             log.warning("the ledger is written again: sales are stored")
 

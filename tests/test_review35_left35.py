@@ -29,7 +29,7 @@ from .conftest import enrolled_till, free_port
 EXE = str(Path(sys.executable).parent / "tillpoint")
 ANNA = "2770000000017"
 
-# ---------------------------------------------------------------- 1. run's stop and the owed hub calls
+# ---------------------------------------- 1. run's stop and the owed hub calls
 
 
 class SlowReleases:
@@ -127,7 +127,7 @@ def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
         hub.stop()
 
 
-# ---------------------------------------------------------------- 2. storageError and the write that clears it
+# ---------------------------------------- 2. storageError and the write that clears it
 
 
 def test_storage_error_stays_while_sales_are_refused_though_a_small_write_works(
@@ -180,7 +180,7 @@ def test_storage_error_stays_while_sales_are_refused_though_a_small_write_works(
         agent.close()
 
 
-# ---------------------------------------------------------------- 3. `print retry` and the drop count
+# ---------------------------------------- 3. `print retry` and the drop count
 
 
 def test_print_retry_of_a_held_job_starts_its_drop_count_again(tmp_path: Path) -> None:
@@ -208,9 +208,7 @@ def test_print_retry_of_a_held_job_starts_its_drop_count_again(tmp_path: Path) -
     add_job(ledger_path, payload(rid, offers=five))  # about 1 KB
     with VirtualPrinter() as printer:
         clock = ManualClock(NOW)
-        w = worker(
-            ledger_path, printer.port, clock, max_send_failures=3, confirm_timeout_s=0.5
-        )
+        w = worker(ledger_path, printer.port, clock, max_send_failures=3, confirm_timeout_s=0.5)
         try:
             printer.close_after_bytes = 800
             for _ in range(2):  # two drops of three
@@ -237,7 +235,7 @@ def test_print_retry_of_a_held_job_starts_its_drop_count_again(tmp_path: Path) -
             w.close()
 
 
-# ---------------------------------------------------------------- 4. an expiry fixed while the hub was away
+# ---------------------------------------- 4. an expiry fixed while the hub was away
 
 
 def test_a_sale_committed_while_the_hub_was_away_carries_its_expiry_in_the_first_push(
@@ -264,7 +262,7 @@ def test_a_sale_committed_while_the_hub_was_away_carries_its_expiry_in_the_first
         assert figures(c, "till-1", now + timedelta(days=40))[2] == 300  # gone at the hub
 
 
-# ---------------------------------------------------------------- 5. the HTTP head check, per read
+# ---------------------------------------- 5. the HTTP head check, per read
 
 
 def status_head(size: int, *, close: bool = True) -> bytes:
@@ -356,7 +354,7 @@ def test_the_head_limit_holds_across_reads_split_at_every_byte(
             assert answers(sock) == want, f"split at {cut}"
 
 
-# ---------------------------------------------------------------- 6. gRPC never half-bound
+# ---------------------------------------- 6. gRPC never half-bound
 
 
 def _ipv6_loopback() -> bool:
