@@ -67,7 +67,6 @@ def owed_releases(data: Path) -> int:
         conn.close()
 
 
-@pytest.mark.slow
 def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
     tmp_path: Path, slow_releases: SlowReleases, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -118,6 +117,8 @@ def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
         took = time.monotonic() - signalled
         after = [t for t in slow_releases.started if t > signalled]
         assert len(after) <= 1, f"{len(after)} releases sent after the SIGTERM"
+        # one call on its way at the shipped deadline (0.3 s + the hub's 0.1 s margin) and
+        # the rest of the stop, well under the sweeper's 5 s bound the stop waited out
         assert took < 3.0, f"the stop took {took:.1f} s"
         left = owed_releases(data)
         assert 0 < left < 2 * n  # some went; the rest wait for the next start
