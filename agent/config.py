@@ -7,6 +7,7 @@ Precedence (highest first): command-line flags, environment (`TILLPOINT_DEVICE_I
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import ipaddress
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import socket
+import sys
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -200,6 +202,86 @@ def pinned_listen(address: str) -> str:
     if len(probes) == 1:  # one address: grpcio's own pick cannot miss
         return address
     return f"[{host}]:{picked}" if ":" in host else f"{host}:{picked}"
+
+
+# The kernel's tables of TCP sockets (Linux), and the state of one that listens.
+_PROC_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
+_TCP_LISTEN = "0A"
+
+
+def others_listening(address: str, port: int) -> list[str]:
+    """The addresses of `address`'s host where another program listens on `port` (the
+    port a gRPC server was just given): "[::1]:50061". Asked once grpcio has bound it,
+    since grpcio binds a name address by address and, when one is taken, listens on the
+    rest with only a warning of its own: another program that took the port on one of
+    them between the probe (`bind_refusal`, `pinned_listen`, which close their sockets
+    before grpcio binds) and grpcio's bind, or on an address this machine's resolver does
+    not give for the name (grpcio takes `localhost` as 127.0.0.1 and ::1 whatever
+    /etc/hosts says), got the POS's calls that came that way (review 35). The host's
+    addresses are the resolver's, both loopbacks for `localhost`, and the wildcards.
+    Read from the kernel's tables and this process's descriptors (Linux); [] where they
+    cannot be read (another system: the probe alone, as before)."""
+    try:
+        host, _ = split_listen(address)
+        resolved = listen_addresses(host, port)
+        meant = {ipaddress.ip_address(where[0].split("%")[0]) for _, where in resolved}
+    except (ValueError, OSError):
+        return []
+    if host.lower() == "localhost":
+        meant |= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    meant |= {ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")}
+    try:
+        mine: set[str] = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # a descriptor closed meanwhile
+                link = os.readlink(f"/proc/self/fd/{fd}")
+                if link.startswith("socket:["):
+                    mine.add(link[8:-1])
+        taken: list[str] = []
+        for table in _PROC_TCP:
+            with open(table, encoding="ascii") as rows:
+                next(rows, None)  # the heading
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) < 10 or fields[3] != _TCP_LISTEN or fields[9] in mine:
+                        continue
+                    hex_address, _, hex_port = fields[1].partition(":")
+                    if int(hex_port, 16) != port:
+                        continue
+                    ip = _proc_address(hex_address)
+                    if ip in meant:
+                        taken.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    except (OSError, ValueError):
+        return []
+    return taken
+
+
+def half_bound(taken: list[str]) -> str:
+    """The reason a gRPC server given a port others listen on (`others_listening`) said."""
+    verb = "is" if len(taken) == 1 else "are"
+    return f"{' and '.join(taken)} {verb} another program's (Address already in use)"
+
+
+def release_unserved(server: Any) -> None:
+    """Close the listening sockets of a gRPC server that no service was added to yet:
+    grpcio closes them only once started (stopped unstarted, it held the port to the
+    process's end). Started so, it answers nothing but UNIMPLEMENTED meanwhile."""
+    server.start()
+    server.stop(None).wait(5)
+
+
+def _proc_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp* writes it (hex, each 32-bit word in host order; an
+    IPv4 address an IPv6 socket took, ::ffff:a.b.c.d, as that IPv4 address)."""
+    raw = bytes.fromhex(text)
+    words = b"".join(
+        int.from_bytes(raw[i : i + 4], sys.byteorder).to_bytes(4, "big")
+        for i in range(0, len(raw), 4)
+    )
+    ip = ipaddress.ip_address(words)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def bind_refusal(address: str) -> str | None:

@@ -1328,12 +1328,18 @@ class _Protocol(h11_impl.H11Protocol):
     POS out."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    # How many bytes h11 holds of the next request's head while it waits for one (IDLE):
+    # each read adds its own, as h11 takes none until the head is whole. None while a
+    # request is under way: measured (one copy) when the next head is waited for.
+    _head_bytes: int | None = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
 
     def data_received(self, data: bytes) -> None:
+        if self._head_bytes is not None:
+            self._head_bytes += len(data)
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # a whole head: the request's own limits
             self._disarm()
@@ -1349,11 +1355,22 @@ class _Protocol(h11_impl.H11Protocol):
         only a head still incomplete in its buffer, so a whole head of 20 KiB (or 100 KiB)
         written at once was served, and the 400 "larger than 16 KiB" depended on how the
         bytes were cut (review 34, doc34; docs/CONTRACT.md §12). Looked at before each new
-        request's head is read: on data, and after an answer for a pipelined request."""
-        if self.conn.their_state is h11.IDLE and _head_too_large(self.conn.trailing_data[0]):
-            self.send_400_response(f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB")
-            return
+        request's head is read: on data, and after an answer for a pipelined request.
+
+        The bytes of a head still coming are counted (`_head_bytes`), not copied out of
+        h11 at every read: a head trickled in small reads cost a copy of all of it so far
+        at each (16 KiB a byte for a client sending a byte at a time; review 35). h11's
+        buffer is copied once a request, when its head is first waited for (what a
+        pipelining client sent already), and once more should the head pass the limit."""
+        if self.conn.their_state is h11.IDLE:
+            if self._head_bytes is None:
+                self._head_bytes = len(self.conn.trailing_data[0])
+            if self._head_bytes > MAX_HEAD_BYTES and _head_too_large(self.conn.trailing_data[0]):
+                self.send_400_response(f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB")
+                return
         super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self._head_bytes = None  # a request under way: its body's bytes are not a head
 
     _half_closed = False
 

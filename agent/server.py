@@ -24,7 +24,15 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .config import bind_problem, bind_refusal, pinned_listen, token_problem
+from .config import (
+    bind_problem,
+    bind_refusal,
+    half_bound,
+    others_listening,
+    pinned_listen,
+    release_unserved,
+    token_problem,
+)
 from .errors import InputError, TillpointError, edge_of
 from .grpc_auth import RequireToken
 from .grpc_decode import RefuseUndecodable
@@ -207,9 +215,6 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_PosAgentServicer_to_server(PosAgentServicer(agent), server)
-    health_servicer = _health(agent)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # asked first: grpcio's own failed bind logs a line of its own on stderr before ours
     refusal = bind_refusal(address)
     port = 0
@@ -219,11 +224,19 @@ def build_server(
             port = server.add_insecure_port(pinned_listen(address))
         except RuntimeError:  # grpcio's "Failed to bind": in use, or not an address here
             port = 0
+    if port != 0 and (taken := others_listening(address, port)):
+        # grpcio listened on the host's other addresses alone: never half-bound (review 35)
+        release_unserved(server)
+        port, refusal = 0, half_bound(taken)
     if port == 0:
         raise TillpointError(
             f"cannot listen on {address} for gRPC: {refusal or bind_problem(address)}"
             " (set [server] listen)"
         )
+    # the services once the port is the agent's alone (`release_unserved` serves nothing)
+    pb_grpc.add_PosAgentServicer_to_server(PosAgentServicer(agent), server)
+    health_servicer = _health(agent)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set_ready(health_servicer.ready())
     # Server reflection: grpcurl and Postman call PosAgent without the .proto. grpcio's
     # Python package serves v1alpha only; v1 (what newer clients ask first) has the same
@@ -296,8 +309,11 @@ def start_hold_sweeper(
     def run(stop: threading.Event) -> None:
         while True:  # at once too: holds that expired while the agent was down
             try:
-                agent.sweep_holds()
-                agent.retry_hub_releases()  # those the hub did not get while it was away
+                # each looks at `stop` between its calls to the hub: a stop waits for the
+                # call on its way, not for all those owed to a slow hub (review 35)
+                agent.sweep_holds(stop)
+                if not stop.is_set():
+                    agent.retry_hub_releases(stop)  # those the hub did not get while away
             except Exception:  # a busy or full disk: the next round tries again
                 log.warning("sweeping expired holds failed", exc_info=True)
             woken = wake.wait(every_s)

@@ -350,7 +350,8 @@ class Agent:
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job
         self._lock = threading.RLock()
-        # (at, message) of the last ledger write that failed; None once one works (`_write`)
+        # (at, message) of the last ledger write that failed (or damaged file read); None
+        # once a sale is stored again (`_write`)
         self._storage_problem: tuple[str, str] | None = None
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
@@ -613,7 +614,7 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
-            with self._lock, self._write(), self._view() as view:
+            with self._lock, self._write(sale=True), self._view() as view:
                 state, result, typed = self._hold(
                     receipt, view, confirm_now=True, request=request, early=early
                 )
@@ -664,7 +665,7 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
-            with self._lock, self._write(), self._view() as view:
+            with self._lock, self._write(sale=True), self._view() as view:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
@@ -695,7 +696,7 @@ class Agent:
             raise InputError(f"confirm: fiscalDocument {CONTROLS_MESSAGE}")
         self._hub_turns.hold_ended(receipt_id)  # its Hold still asking the hub: after it
         self.sweep_holds()
-        with self._lock, self._write(), self._view() as view:
+        with self._lock, self._write(sale=True), self._view() as view:
             stored = self._confirm(receipt_id, fiscal_document or None, view)
         result = CheckoutResult.from_json(stored)
         self._tell_devices("after_checkout", result)
@@ -728,11 +729,13 @@ class Agent:
             self._tell_devices("show", cancelled_display())
         return CheckoutResult.from_json(_cancelled(held))
 
-    def sweep_holds(self) -> int:
+    def sweep_holds(self, stop: threading.Event | None = None) -> int:
         """Expire the holds past their time and release what they reserved at the hub.
 
         Called by every hold, confirm, cancel and checkout, and by `tillpoint run`'s timer;
-        one indexed read when nothing is due."""
+        one indexed read when nothing is due. `stop` (the timer's, set by `run`'s stop):
+        no further release is sent once it is set; those left are owed, sent by
+        `retry_hub_releases` (here or at the next start)."""
         self._follow_clock_step()
         now = ledger.utc_text(self.clock())
         with self._lock:
@@ -743,7 +746,7 @@ class Agent:
                 ledger.close_holds(conn, [rid for rid, _ in due], "EXPIRED", now, only_held=True)
         for rid, hub_hold in due:
             log.info("hold of receipt %s expired", rid)
-            if hub_hold:
+            if hub_hold and not _stopping(stop):
                 self._release_at_hub(rid)
         return len(due)
 
@@ -946,13 +949,16 @@ class Agent:
                 "the release of receipt %s is left to the retries", receipt_id, exc_info=True
             )
 
-    def retry_hub_releases(self) -> int:
+    def retry_hub_releases(self, stop: threading.Event | None = None) -> int:
         """Send again the releases of cancelled and expired holds that did not reach the
         hub (it was away): until then the hub kept the customer's points held for every
         till, up to a day. `tillpoint run`'s hold timer calls it; stops at the first the
         hub does not answer. Holds closed more than a day ago have run out at the hub.
         When every release went, the hub's holds of open OFFLINE holds granted too late
-        are shrunk to what they use (`_shrink_at_hub`). Answers how many were released."""
+        are shrunk to what they use (`_shrink_at_hub`). Answers how many were released.
+        `stop` (the timer's, set by `run`'s stop): looked at before each call to the hub,
+        so a stop waits for the call on its way only, not for every call owed to a slow
+        hub (review 35); those not sent stay owed in the ledger, for the next start."""
         if self.hub is None:
             return 0
         cutoff = ledger.utc_text(self.clock() - timedelta(seconds=HUB_HOLD_MAX_S))
@@ -960,6 +966,8 @@ class Agent:
             due = ledger.hub_releases_due(self._ledger, cutoff)
         released = 0
         for rid in due:
+            if _stopping(stop):
+                return released
             done = self._release_at_hub(rid)
             if done is False:  # the hub is away: the next round
                 break
@@ -967,8 +975,9 @@ class Agent:
         if not due or released == len(due):
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
-            released += self._release_unstored(cutoff)
-            self._send_shrinks()  # then the open OFFLINE holds' late grants (not counted)
+            released += self._release_unstored(cutoff, stop)
+            if not _stopping(stop):
+                self._send_shrinks(stop)  # then the open OFFLINE holds' late grants (not counted)
         return released
 
     def hub_calls_owed(self) -> dict[str, int]:
@@ -995,20 +1004,23 @@ class Agent:
         )
         return {"release": releases, "shrink": shrinks}
 
-    def _send_shrinks(self) -> int:
+    def _send_shrinks(self, stop: threading.Event | None = None) -> int:
         """Shrink at the hub the holds of open OFFLINE holds that it granted too late
-        (`_shrink_at_hub`); stops at the first the hub does not answer."""
+        (`_shrink_at_hub`); stops at the first the hub does not answer, or once `stop` is
+        set (`retry_hub_releases`)."""
         with self._lock:
             due = ledger.hub_shrinks_due(self._ledger, ledger.utc_text(self.clock()))
         sent = 0
         for rid in due:
+            if _stopping(stop):
+                break
             done = self._shrink_at_hub(rid)
             if done is False:
                 break
             sent += bool(done)
         return sent
 
-    def _release_unstored(self, cutoff: str) -> int:
+    def _release_unstored(self, cutoff: str, stop: threading.Event | None = None) -> int:
         """Release at the hub the holds it may have placed for receipts this till asked
         for and never stored (killed between the request and the commit, or a commit that
         failed after the grant): nobody else would, and the hub kept the customer's points
@@ -1016,12 +1028,14 @@ class Agent:
         have run out at the hub. One made by another process still running and younger
         than `HUB_ASK_GRACE_S` may still be stored (a call between its request and its
         commit, whose turn is not this agent's `HubTurns`): a later round. Stops at the
-        first the hub does not answer."""
+        first the hub does not answer, or once `stop` is set (`retry_hub_releases`)."""
         young = ledger.utc_text(self.clock() - timedelta(seconds=HUB_ASK_GRACE_S))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
         for rid, asked_at, pid in asks:
+            if _stopping(stop):
+                break
             if asked_at > young and _running_elsewhere(pid):
                 continue
             if asked_at <= cutoff:
@@ -2002,7 +2016,7 @@ class Agent:
         # A refund of a receipt held here reads the hold's time (why it is refused): a
         # step of the wall clock is followed first, as by every call that reads holds.
         self._follow_clock_step()
-        with self._lock, self._write(), self._view() as view:
+        with self._lock, self._write(sale=True), self._view() as view:
             conn = self._ledger
             stored = ledger.stored_refund(conn, refund.refund_id)
             if stored is not None:
@@ -2311,14 +2325,20 @@ class Agent:
                     _close_reader(live, reads)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, sale: bool = False) -> Iterator[sqlite3.Connection]:
         """One ledger write transaction; anything raised inside rolls all of it back.
 
         A ledger that cannot be written (a full disk, a read-only mount, another user's
         files) refuses every sale while quotes still work, and the POS hears only
         UNAVAILABLE: it is logged at ERROR when it starts and shown in `status`
-        (`storageError`) and the metrics until a write works again."""
+        (`storageError`) and the metrics until a sale is stored again: a `sale`'s
+        transaction (Checkout, Hold, Confirm, Refund) that commits rows. Not any write
+        that works: on a full disk a cancel or the hold timer's mark rewrites a row in
+        place and commits while every sale, which adds rows, is still refused, and the
+        sign cleared then told support the till was well (review 35); nor a retry
+        answered from what is stored, which writes nothing."""
         self._followed_step = None
+        changes = self._ledger.total_changes
         try:
             with write_transaction(self._ledger, "ledger") as conn:
                 yield conn
@@ -2335,7 +2355,7 @@ class Agent:
             raise
         self._followed_step = None
         self._checkpoints.committed()
-        if self._storage_problem is not None:
+        if self._storage_problem is not None and sale and self._ledger.total_changes > changes:
             self._storage_problem = None
             log.warning("the ledger is written again: sales are stored")
 
@@ -2556,6 +2576,11 @@ def _balance_after(
         before.available - held - redeemed + (0 if pending_now else earned),
         before.pending + (earned if pending_now else 0),
     )
+
+
+def _stopping(stop: threading.Event | None) -> bool:
+    """Whether `tillpoint run`'s stop asked the hold timer to end (`retry_hub_releases`)."""
+    return stop is not None and stop.is_set()
 
 
 def _running_elsewhere(pid: int | None) -> bool:

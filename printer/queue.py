@@ -606,6 +606,7 @@ class PrintWorker:
             log.warning("cannot keep the printer's torn-job mark in the ledger: %s", exc)
 
     def _fail(self, job: _Job, message: str) -> None:
+        self._drops.pop(job.id, None)  # a `print retry` counts afresh
         log.error("print job %s failed: %s", job.receipt_id, message)
         self._set(job.id, "state = 'FAILED', last_error = ?", message)
         self._last_error, self._job_error = f"job {job.receipt_id}: {message}", True
@@ -664,6 +665,12 @@ class PrintWorker:
         if job is None:
             self._retry_at = None
             return None
+        if job.last_error is None:
+            # never failed, or put back by `tillpoint print retry` (which clears the error;
+            # every drop counted wrote one): the count starts again. The retry may come
+            # from another process, so the worker reads it here (review 35: a held job
+            # put back after the paper was fixed kept its drops, and one more failed it)
+            self._drops.pop(job.id, None)
         now = self._clock()
         if job.next_attempt_at is not None and job.next_attempt_at > now:
             wait = (job.next_attempt_at - now).total_seconds()

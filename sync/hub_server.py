@@ -33,7 +33,14 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2_grpc
-from tillpoint.agent.config import bind_problem, bind_refusal, pinned_listen
+from tillpoint.agent.config import (
+    bind_problem,
+    bind_refusal,
+    half_bound,
+    others_listening,
+    pinned_listen,
+    release_unserved,
+)
 from tillpoint.agent.errors import InputError, StorageError, TillpointError, one_line
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.grpc_decode import RefuseUndecodable
@@ -1411,8 +1418,6 @@ class HubServer:
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ],
         )
-        pb_grpc.add_HubServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         # asked first: grpcio's own failed bind logs a line of its own on stderr
         refusal = bind_refusal(listen)
         port = 0
@@ -1422,10 +1427,16 @@ class HubServer:
                 port = server.add_secure_port(pinned_listen(listen), creds)
             except RuntimeError:  # grpcio's "Failed to bind"
                 port = 0
+        if port != 0 and (taken := others_listening(listen, port)):
+            release_unserved(server)  # never half-bound (review 35)
+            port, refusal = 0, half_bound(taken)
         if port == 0:
             raise TillpointError(
                 f"the hub cannot listen on {listen}: {refusal or bind_problem(listen)}"
             )
+        # the services once the port is the hub's alone (`release_unserved` serves nothing)
+        pb_grpc.add_HubServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         latest = self.store.latest()
         for note in self.store.durability_notes():
             log.warning("%s", note)

@@ -351,9 +351,9 @@ def test_the_hold_sweepers_round_after_the_hub_is_back_waits_a_jitter(agent: Age
     listeners: list[Any] = []
     real = agent.retry_hub_releases
 
-    def counted() -> int:
+    def counted(stop: threading.Event | None = None) -> int:
         try:
-            return real()
+            return real(stop)
         finally:
             rounds.release()
 
