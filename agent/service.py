@@ -833,7 +833,9 @@ class Agent:
         if step is None:
             return
         ledger.shift_open_holds(self._ledger, timedelta(seconds=step))
-        self._followed_step = step
+        # a transaction may follow two steps (a Checkout's hold, then its confirm): all
+        # are given back if it rolls back
+        self._followed_step = (self._followed_step or 0.0) + step
         log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
@@ -1086,6 +1088,11 @@ class Agent:
         has changed since, else priced again here."""
         rid = receipt.receipt_id
         request = request or _Request.of(receipt, self._secret)
+        # A step made while this call waited for the lock (behind another commit) is
+        # followed before the stored hold's expiry is read against the clock: unfollowed,
+        # an hour forward made a stored hold look expired, and its retry priced it afresh
+        # (review 35)
+        self._follow_clock_step_here()
         row = self._life(rid)
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
@@ -1273,6 +1280,10 @@ class Agent:
         self, receipt_id: str, fiscal_document: str | None, view: CacheView
     ) -> dict[str, Any]:
         """Inside the write transaction: commit the held figures, or return the commit."""
+        # A step made while the Confirm waited for the lock (after its `sweep_holds`) is
+        # followed before the hold's expiry is compared with the clock: an hour forward
+        # refused "hold expired" a hold with its minutes left, the payment taken (review 35)
+        self._follow_clock_step_here()
         row = self._life(receipt_id)
         if row is None:
             stored = self._stored_receipt(receipt_id)
