@@ -11,17 +11,21 @@ agent on real SQLite files, its HTTP door on a real server, a real hub on gRPC):
 from __future__ import annotations
 
 import inspect
+import socket
 import sys
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.sync.loopback import LoopbackHub, wait_for
 
-from .conftest import SteppingClock, snapshot
+from .conftest import PassThroughHub, SteppingClock, enrolled_till, snapshot
 from .test_review30_memo30 import ANNA, MILK, sale
+from .test_review33_hold33 import a_receipt
 
 
 def _waiting_at(thread: threading.Thread, function: str, line: int) -> bool:
@@ -145,3 +149,146 @@ def test_a_hold_sent_again_while_the_clock_is_stepped_answers_its_stored_hold(
         assert agent.confirm("r-1").state == "CONFIRMED"
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------- a Confirm waiting for its Hold
+
+
+class _Gate(PassThroughHub):
+    """The till's real hub authoriser, whose request waits for `go`, then ends as
+    `ending` says: "granted" (the hub's answer), "hub error" (the hub unreachable),
+    "raised" (an error after the grant, in the till's own pricing)."""
+
+    def __init__(self, inner: Any, ending: str) -> None:
+        super().__init__(inner)
+        self.ending = ending
+        self.asked, self.go = threading.Event(), threading.Event()
+
+    def asking(self) -> None:
+        self.asked.set()
+        assert self.go.wait(30)
+        if self.ending == "hub error":
+            from tillpoint.agent.errors import HubUnavailable
+
+            raise HubUnavailable("hub not reached: connection refused")
+
+    def granted(self, grant: Any) -> None:
+        if self.ending == "raised":
+            raise RuntimeError("the till's pricing failed after the grant")
+
+
+def _in_thread(call: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except Exception as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize("ending", ["granted", "hub error", "raised"])
+def test_two_confirms_and_a_cancel_waiting_for_a_hold_are_woken_however_it_ends(
+    hub: LoopbackHub, tmp_path: Path, ending: str
+) -> None:
+    """CONTRACT §11 (review 34's turns): a Confirm or Cancel sent while its receipt's Hold
+    still asks the hub waits for that Hold, then answers what it stored. Checked here:
+    two Confirms and a Cancel waiting at once are all woken, whichever way the Hold ends
+    (granted, the hub not reached, an error in the till after the grant), long before the
+    turns' 90 s; while they wait, the agent's lock is free (another customer's quote is
+    answered)."""
+    from tillpoint.agent.errors import NotFound
+    from tillpoint.agent.results import receipt_from_json
+
+    till = enrolled_till(hub, tmp_path / "till", "till-1")
+    gate = _Gate(till.agent.hub, ending)
+    till.agent.hub = gate
+    try:
+        receipt = a_receipt("w-1")
+        hold, held = _in_thread(lambda: till.agent.hold(receipt))
+        assert gate.asked.wait(30)
+        waiters = [
+            _in_thread(lambda: till.agent.confirm("w-1")),
+            _in_thread(lambda: till.agent.confirm("w-1")),
+            _in_thread(lambda: till.agent.cancel("w-1")),
+        ]
+        wait_for(lambda: len(till.agent._hub_turns._changed._waiters) >= 3)  # type: ignore[attr-defined]
+        # the lock is free while they wait: another customer's quote is answered
+        other = sale("q-1", datetime.now(UTC), card=ANNA)
+        quoted = _in_thread(lambda: till.agent.quote(receipt_from_json(other)))
+        quoted[0].join(timeout=10)
+        assert not quoted[0].is_alive() and not isinstance(quoted[1][0], Exception), quoted[1]
+        assert all(thread.is_alive() for thread, _ in waiters)  # still waiting for the Hold
+        gate.go.set()
+        hold.join(timeout=10)
+        for thread, _ in waiters:
+            thread.join(timeout=10)  # woken: not the turns' 90 s
+            assert not thread.is_alive()
+        answers = [out[0] for _, out in waiters]
+        if ending == "raised":
+            assert isinstance(held[0], RuntimeError)
+            assert all(isinstance(a, NotFound) for a in answers), answers
+            return
+        assert held[0].state == "HELD"
+        assert held[0].mode == ("ONLINE" if ending == "granted" else "OFFLINE")
+        # the two Confirms commit once and agree; the Cancel, after or before them, is
+        # refused (confirmed) or cancels (and the Confirms then refuse): never both
+        states = {type(a).__name__ if isinstance(a, Exception) else a.state for a in answers}
+        assert states in ({"CONFIRMED", "Refused"}, {"CANCELLED", "Refused"}), answers
+        assert answers[0].__class__ is answers[1].__class__
+    finally:
+        till.stop()
+
+
+# ---------------------------------------------------------------- a head in one-byte reads
+
+
+def test_a_head_sent_a_byte_at_a_time_costs_the_server_linear_work(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §12: a request head over 16 KiB is refused however its bytes arrive
+    (review 34). The check looked at the whole unread head (a copy of h11's buffer) at
+    every read: a client writing its head a byte at a time made the server copy n²/2
+    bytes for a head of n (134 MB for 16 KiB, per connection, on the event loop that
+    answers every POS). Counted, not timed: the bytes the check copies for a head of
+    4 KiB sent in 4,096 reads stay within a few times the head, and the request is
+    answered."""
+    import h11
+    from tillpoint.agent import http_api
+
+    reads = [0]
+    copied = [0]
+    received = http_api._Protocol.data_received
+    trailing = h11.Connection.trailing_data
+
+    def counted_read(self: Any, data: bytes) -> None:
+        received(self, data)
+        reads[0] += 1
+
+    def counted_copy(self: Any) -> tuple[bytes, bool]:
+        found: tuple[bytes, bool] = trailing.fget(self)  # type: ignore[attr-defined]
+        copied[0] += len(found[0])
+        return found
+
+    monkeypatch.setattr(http_api._Protocol, "data_received", counted_read)
+    monkeypatch.setattr(h11.Connection, "trailing_data", property(counted_copy))
+    head = b"GET /v1/status HTTP/1.1\r\nHost: till\r\nX-Pad: "
+    tail = b"\r\nConnection: close\r\n\r\n"
+    head += b"a" * (4096 - len(head) - len(tail)) + tail
+    assert len(head) == 4096
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(head)):
+            sock.sendall(head[i : i + 1])
+            deadline = time.monotonic() + 10
+            while reads[0] <= i:  # the server has read it: the next byte is a read of its own
+                assert time.monotonic() < deadline
+                time.sleep(0.0001)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert reads[0] == len(head)
+    assert copied[0] <= 4 * len(head), f"{copied[0]} bytes copied for a head of {len(head)}"
