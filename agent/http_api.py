@@ -1304,7 +1304,14 @@ class _Protocol(h11_impl.H11Protocol):
         written at once was served, and the 400 "larger than 16 KiB" depended on how the
         bytes were cut (review 34, doc34; docs/CONTRACT.md §12). Looked at before each new
         request's head is read: on data, and after an answer for a pipelined request."""
-        if self.conn.their_state is h11.IDLE and _head_too_large(self.conn.trailing_data[0]):
+        # h11's unread bytes are counted before they are looked at: `trailing_data` copies
+        # them all, and a head written a byte at a time made every read copy the whole of
+        # it, n²/2 bytes for a head of n on the loop that answers every POS (review 35)
+        if (
+            self.conn.their_state is h11.IDLE
+            and len(self.conn._receive_buffer) > MAX_HEAD_BYTES
+            and _head_too_large(self.conn.trailing_data[0])
+        ):
             self.send_400_response(f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB")
             return
         super().handle_events()
