@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,170 @@ def test_a_head_sent_a_byte_at_a_time_costs_the_server_linear_work(
     assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
     assert reads[0] == len(head)
     assert copied[0] <= 4 * len(head), f"{copied[0]} bytes copied for a head of {len(head)}"
+
+
+# ---------------------------------------------------------------- a step no call comes for
+
+
+@pytest.mark.parametrize("step_s", [3600, -3600])
+def test_after_a_step_a_till_no_pos_calls_expires_its_hold_on_time_by_the_timer_alone(
+    tmp_path: Path, step_s: int
+) -> None:
+    """CONTRACT §11: holds expire on time even when no POS calls. A step is taken only
+    under the agent's lock (review 34), and a reading without it only looks: checked
+    that `run`'s hold timer takes it by itself, so a hold keeps its time left over an
+    hour of no calls after NTP set the clock an hour forward or back, and expires when
+    that time has passed, with no call to take the step."""
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.server import start_hold_sweeper
+    from tillpoint.agent.service import Agent
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    agent = Agent(tmp_path / "till", "till-1", clock=clock, monotonic=clock.steady)
+    stop = None
+    try:
+        program = {**snapshot()["program"], "holdTtlSeconds": 3600}
+        agent.load_snapshot({**snapshot(program=program), "version": 1, "baseVersion": 0})
+        body = sale("t-1", clock(), card=ANNA, lines=[{"sku": MILK, "qty": "1", "priceMinor": 100}])
+        assert agent.hold(receipt_from_json(body)).state == "HELD"
+        rounds = [0]
+        sweep = agent.sweep_holds
+
+        def counted() -> int:
+            found = sweep()
+            rounds[0] += 1
+            return found
+
+        agent.sweep_holds = counted  # type: ignore[method-assign]
+        stop = start_hold_sweeper(agent, every_s=0.02, jitter_s=0)
+
+        def after_rounds(n: int) -> None:
+            target = rounds[0] + n
+            wait_for(lambda: rounds[0] >= target)
+
+        after_rounds(2)
+        clock.passes(60)
+        clock.stepped(step_s)  # NTP; no POS calls from now on
+        after_rounds(2)
+        assert agent._steps_taken == 1  # the timer took it
+        clock.passes(3600 - 60 - 1)  # 59 minutes of no calls: a second of the hold left
+        after_rounds(2)
+        assert _state(agent, "t-1") == "HELD"
+        clock.passes(2)
+        after_rounds(2)
+        assert _state(agent, "t-1") == "EXPIRED"
+    finally:
+        if stop is not None:
+            stop()
+        agent.close()
+
+
+def _state(agent: Any, rid: str) -> str:
+    row = agent._life(rid)
+    return str(row.state)
+
+
+# ---------------------------------------------------------------- the hub's late-grant cut
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def hub_store(request: pytest.FixtureRequest) -> str | None:
+    """The hub's store: SQLite (None) or a PostgreSQL database's URL."""
+    return str(request.getfixturevalue("pg_url")) if request.param == "postgresql" else None
+
+
+def limit_hub(tmp_path: Path, store: str | None, limit: int) -> LoopbackHub:
+    """hold33's hub (a coupon offer, a 600 s hold TTL) with an offline limit of `limit`
+    points (`offlineRedeemLimitPoints`)."""
+    from tillpoint.sync.loopback import sample_master_data
+
+    from .test_coupons import COUPONS, SORRY
+
+    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
+    data["program"]["holdTtlSeconds"] = 600
+    data["program"]["offlineRedeemLimitPoints"] = limit
+    return LoopbackHub(tmp_path / "hub", data=data, store=store)
+
+
+def _late_store(hub: LoopbackHub, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set: the hub's store finishes each grant 0.6 s after it placed it (the till's
+    deadline, 300 ms, passes meanwhile)."""
+    slow = threading.Event()
+    for name in ("authorise", "hold_coupons"):
+        placed = getattr(hub.store, name)
+
+        def late(*args: Any, _placed: Any = placed, _name: str = name, **kw: Any) -> Any:
+            out = _placed(*args, **kw)
+            if slow.is_set() and _name == "hold_coupons":
+                time.sleep(0.6)
+            return out
+
+        monkeypatch.setattr(hub.store, name, late)
+    return slow
+
+
+def test_a_late_grant_at_a_hub_with_no_offline_redemption_keeps_only_its_coupon(
+    hub_store: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11, §13 (review 34's decision): a grant the hub's store finished past the
+    till's deadline is cut to the program's offline limit, its coupon holds kept. With an
+    offline limit of 0 (no points redeemed OFFLINE) the cut leaves no points held: the
+    OFFLINE hold redeemed none, its one-time coupon is kept for it, and another till's
+    receipt gets every point but not the code."""
+    from .test_review33_hold33 import a_receipt, coupon_holds
+    from .test_review34_rev34 import held_for
+
+    hub = limit_hub(tmp_path, hub_store, 0)
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    b = enrolled_till(hub, tmp_path / "b", "b")
+    slow = _late_store(hub, monkeypatch)
+    try:
+        a.agent.on_hub_call_owed(lambda: None)  # no shrink: what the hub's cut kept
+        slow.set()
+        try:
+            held = a.agent.hold(a_receipt("zero-1", "APP555"))
+        finally:
+            slow.clear()
+        assert (held.mode, held.redeemed_points) == ("OFFLINE", 0)
+        assert [(v.code, v.status) for v in held.coupons] == [("APP555", "APPLIED")]
+        wait_for(lambda: held_for(hub, "c-1") == 0)  # the hub's call ended, its cut made
+        assert coupon_holds(hub) == [("APP555", "zero-1")]
+        other = b.agent.checkout(a_receipt("b-1", "APP555"))
+        assert other.redeemed_points == 1200
+        assert [(v.code, v.status) for v in other.coupons] == [("APP555", "REJECTED")]
+    finally:
+        a.stop()
+        b.stop()
+        hub.stop()
+
+
+def test_a_late_grant_under_the_offline_limit_is_kept_whole(
+    hub_store: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with an offline limit above the grant (5000 of a balance of 1200): no cut,
+    the OFFLINE hold redeems all 1200 and the hub keeps them held: another till's
+    receipt gets none of them (before the push settles them)."""
+    from .test_review33_hold33 import a_receipt, coupon_holds
+    from .test_review34_rev34 import held_for
+
+    hub = limit_hub(tmp_path, hub_store, 5000)
+    a = enrolled_till(hub, tmp_path / "a", "a")
+    b = enrolled_till(hub, tmp_path / "b", "b")
+    slow = _late_store(hub, monkeypatch)
+    try:
+        a.agent.on_hub_call_owed(lambda: None)
+        slow.set()
+        try:
+            held = a.agent.hold(a_receipt("whole-1", "APP555"))
+        finally:
+            slow.clear()
+        assert (held.mode, held.redeemed_points) == ("OFFLINE", 1200)
+        time.sleep(0.8)  # the hub's call ends (its store 0.6 s late)
+        assert held_for(hub, "c-1") == 1200
+        assert coupon_holds(hub) == [("APP555", "whole-1")]
+        other = b.agent.checkout(a_receipt("b-1"))
+        assert other.redeemed_points == 0
+    finally:
+        a.stop()
+        b.stop()
+        hub.stop()
