@@ -460,3 +460,48 @@ def test_a_late_grant_under_the_offline_limit_is_kept_whole(
         a.stop()
         b.stop()
         hub.stop()
+
+
+def test_an_http_confirm_waiting_for_its_hold_leaves_other_clients_served(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §11, §12: an HTTP Confirm that waits for its receipt's Hold (still asking
+    the hub) waits in the door's call pool, not on the event loop: another POS's quote
+    and status are answered meanwhile; the Confirm is answered once the Hold ends."""
+    import json
+    import urllib.request
+
+    till = enrolled_till(hub, tmp_path / "till", "till-1")
+    gate = _Gate(till.agent.hub, "granted")
+    till.agent.hub = gate
+    server = HttpServer(till.agent, "127.0.0.1:0")
+    server.start()
+
+    def post(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=20) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        hold, _ = _in_thread(lambda: till.agent.hold(a_receipt("h-1")))
+        assert gate.asked.wait(30)
+        confirm, confirmed = _in_thread(lambda: post("/v1/confirm", {"receiptId": "h-1"}))
+        wait_for(lambda: len(till.agent._hub_turns._changed._waiters) >= 1)  # type: ignore[attr-defined]
+        status, quoted = post("/v1/quote", sale("q-2", datetime.now(UTC), card=ANNA))
+        assert status == 200 and quoted["receiptId"] == "q-2", quoted
+        assert confirm.is_alive()  # still waiting for the Hold
+        gate.go.set()
+        confirm.join(timeout=20)
+        hold.join(timeout=20)
+        assert confirmed[0][0] == 200 and confirmed[0][1]["state"] == "CONFIRMED", confirmed
+    finally:
+        gate.go.set()
+        server.stop()
+        till.stop()
