@@ -505,3 +505,46 @@ def test_an_http_confirm_waiting_for_its_hold_leaves_other_clients_served(
         gate.go.set()
         server.stop()
         till.stop()
+
+
+def test_a_timer_round_waiting_for_the_lock_while_a_step_back_is_followed_expires_nothing(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11: a hold lives `holdTtlSeconds` of time that passes. `run`'s hold timer
+    read the clock, then waited for the agent's lock behind a Hold's transaction (asking
+    the hub); NTP set the clock an hour back meanwhile and that transaction followed the
+    step (the open holds moved an hour back, keeping their time left). The timer then
+    compared the moved holds with the time it had read before the step: a hold with 9
+    of its 10 minutes left was expired, released at the hub, and its Confirm after the
+    payment refused "hold expired". The round reads the clock under the lock."""
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    agent = Agent(tmp_path / "till", "till-1", clock=clock, monotonic=clock.steady)
+    try:
+        program = {**snapshot()["program"], "holdTtlSeconds": 600}
+        agent.load_snapshot({**snapshot(program=program), "version": 1, "baseVersion": 0})
+        body = sale("s-1", clock(), card=ANNA, lines=[{"sku": MILK, "qty": "1", "priceMinor": 100}])
+        assert agent.hold(receipt_from_json(body)).state == "HELD"
+        clock.passes(60)
+        agent.sweep_holds()  # the clock's mark made
+        line = _lock_line(Agent.sweep_holds)
+        swept: list[Any] = []
+        timer = threading.Thread(target=lambda: swept.append(agent.sweep_holds()))
+        with agent._lock:  # a Hold's transaction, asking the hub
+            timer.start()
+            deadline = time.monotonic() + 30
+            while not _waiting_at(timer, "sweep_holds", line):
+                assert time.monotonic() < deadline and timer.is_alive(), "the round never waited"
+                threading.Event().wait(0.01)
+            clock.stepped(-3600)  # NTP: an hour back, followed by that transaction
+            with agent._write():
+                agent._follow_clock_step_here()
+        timer.join(timeout=30)
+        assert not timer.is_alive()
+        assert swept == [0]
+        assert _state(agent, "s-1") == "HELD"
+        assert agent.confirm("s-1").state == "CONFIRMED"
+    finally:
+        agent.close()
