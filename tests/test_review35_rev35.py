@@ -15,7 +15,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -547,4 +546,79 @@ def test_a_timer_round_waiting_for_the_lock_while_a_step_back_is_followed_expire
         assert _state(agent, "s-1") == "HELD"
         assert agent.confirm("s-1").state == "CONFIRMED"
     finally:
+        agent.close()
+
+
+# ---------------------------------------------------------------- a printer that never reads
+
+
+def _in_printer_io() -> bool:
+    """Some thread is inside the network printer's transport (a write, a read, a close)."""
+    for frame in sys._current_frames().values():
+        f: Any = frame
+        while f is not None:
+            if f.f_code.co_filename.endswith("printer/transport.py"):
+                return True
+            f = f.f_back
+    return False
+
+
+def test_sales_go_on_while_the_printer_never_reads_a_byte(tmp_path: Path) -> None:
+    """CONTRACT §7: printing never holds up a sale. A network printer that accepts the
+    connection and never reads (its buffer full, its firmware hung) keeps the print
+    worker in its write, its status wait and its close's drain (review 34's
+    `CLOSE_DRAIN_S`); meanwhile Checkouts are committed and `status` answers, and the
+    worker's stop ends."""
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+    from tillpoint.printer.queue import PrintWorker
+
+    from .test_printer_queue import add_job, config, payload
+
+    deaf = socket.socket()
+    deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deaf.bind(("127.0.0.1", 0))
+    deaf.listen(8)
+    accepted: list[socket.socket] = []
+    stop_accepting = threading.Event()
+
+    def accept() -> None:
+        deaf.settimeout(0.1)
+        while not stop_accepting.is_set():
+            try:
+                accepted.append(deaf.accept()[0])  # and never recv()
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    agent = Agent(tmp_path / "till", "till-1")
+    worker = None
+    try:
+        agent.load_snapshot({**snapshot(), "version": 1, "baseVersion": 0})
+        ledger = tmp_path / "till" / "ledger.db"
+        big = payload("deaf-1", firstName="Анна " + "x" * 40)
+        for i in range(3):
+            add_job(ledger, {**big, "receiptId": f"deaf-{i}"})
+        worker = PrintWorker(ledger, config(deaf.getsockname()[1], write_timeout_s=30.0))
+        worker.start()
+        wait_for(_in_printer_io, 30)
+        for i in range(3):
+            body = sale(f"sale-{i}", datetime.now(UTC), card=ANNA)
+            done, answer = _in_thread(lambda b=body: agent.checkout(receipt_from_json(b)))
+            done.join(timeout=30)
+            assert not done.is_alive(), "a sale waited on the printer"
+            assert not isinstance(answer[0], Exception), answer[0]
+            assert answer[0].state == "CONFIRMED"
+        assert agent.status() is not None
+    finally:
+        if worker is not None:
+            stopping, _ = _in_thread(worker.close)
+            stopping.join(timeout=60)
+            assert not stopping.is_alive(), "the print worker's stop never ended"
+        stop_accepting.set()
+        acceptor.join(timeout=10)
+        for conn in accepted:
+            conn.close()
+        deaf.close()
         agent.close()
