@@ -733,11 +733,13 @@ class Agent:
 
         Called by every hold, confirm, cancel and checkout, and by `tillpoint run`'s timer;
         one indexed read when nothing is due."""
+        self._follow_clock_step()
         with self._lock:
-            # The clock is read under the lock, after the step is followed: read before
-            # it, while this round waited for the lock behind a Hold's transaction that
-            # followed a step back, the holds moved an hour back were compared with the
-            # time of before the step and expired with their minutes left (review 35)
+            # The clock is read under the lock, after a step made meanwhile is followed:
+            # read before it, while this round waited for the lock behind a Hold's
+            # transaction that followed a step back, the holds moved an hour back were
+            # compared with the time of before the step and expired with their minutes
+            # left (review 35)
             self._follow_clock_step()
             now = ledger.utc_text(self.clock())
             due = ledger.due_holds(self._ledger, now)
