@@ -737,8 +737,14 @@ class Agent:
         no further release is sent once it is set; those left are owed, sent by
         `retry_hub_releases` (here or at the next start)."""
         self._follow_clock_step()
-        now = ledger.utc_text(self.clock())
         with self._lock:
+            # The clock is read under the lock, after a step made meanwhile is followed:
+            # read before it, while this round waited for the lock behind a Hold's
+            # transaction that followed a step back, the holds moved an hour back were
+            # compared with the time of before the step and expired with their minutes
+            # left (review 35)
+            self._follow_clock_step()
+            now = ledger.utc_text(self.clock())
             due = ledger.due_holds(self._ledger, now)
             if not due:
                 return 0
@@ -836,7 +842,9 @@ class Agent:
         if step is None:
             return
         ledger.shift_open_holds(self._ledger, timedelta(seconds=step))
-        self._followed_step = step
+        # a transaction may follow two steps (a Checkout's hold, then its confirm): all
+        # are given back if it rolls back
+        self._followed_step = (self._followed_step or 0.0) + step
         log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
@@ -1100,6 +1108,11 @@ class Agent:
         has changed since, else priced again here."""
         rid = receipt.receipt_id
         request = request or _Request.of(receipt, self._secret)
+        # A step made while this call waited for the lock (behind another commit) is
+        # followed before the stored hold's expiry is read against the clock: unfollowed,
+        # an hour forward made a stored hold look expired, and its retry priced it afresh
+        # (review 35)
+        self._follow_clock_step_here()
         row = self._life(rid)
         if row is None:
             stored = self._stored_receipt(rid)  # committed before receipts had a life
@@ -1287,6 +1300,10 @@ class Agent:
         self, receipt_id: str, fiscal_document: str | None, view: CacheView
     ) -> dict[str, Any]:
         """Inside the write transaction: commit the held figures, or return the commit."""
+        # A step made while the Confirm waited for the lock (after its `sweep_holds`) is
+        # followed before the hold's expiry is compared with the clock: an hour forward
+        # refused "hold expired" a hold with its minutes left, the payment taken (review 35)
+        self._follow_clock_step_here()
         row = self._life(receipt_id)
         if row is None:
             stored = self._stored_receipt(receipt_id)
