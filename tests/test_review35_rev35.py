@@ -321,8 +321,8 @@ def test_after_a_step_a_till_no_pos_calls_expires_its_hold_on_time_by_the_timer_
         rounds = [0]
         sweep = agent.sweep_holds
 
-        def counted() -> int:
-            found = sweep()
+        def counted(stop: threading.Event | None = None) -> int:
+            found = sweep(stop)
             rounds[0] += 1
             return found
 
