@@ -184,3 +184,26 @@ def test_only_listening_rows_on_the_port_are_looked_at_among_many(
     monkeypatch.setattr(config, "_proc_address", counted)
     assert config.others_listening(f"127.0.0.1:{port}", port) == [f"127.0.0.1:{port}"]
     assert parsed == [lo]
+
+
+# ---------------------------------------- 2. storageError: what the document promises
+
+
+def test_the_document_says_storage_error_clears_when_a_sale_is_stored() -> None:
+    """CONTRACT §10, §12. Review 35 made `storageError` clear only when a sale is stored
+    (a cancel or the hold timer's small write that works proves nothing for sales), but
+    the .proto's comment, which is what /openapi.json and a generated client tell an
+    integrator, still said "until a write works again; "" when the last write worked",
+    and /healthz's said only "while the ledger cannot be written": a POS's support screen
+    built on them read a till that cancelled one receipt as well again."""
+    from tillpoint.agent.http_api import openapi
+
+    doc = openapi()
+    status = doc["components"]["schemas"]["Status"]["properties"]
+    healthz = doc["paths"]["/healthz"]["get"]["responses"]["200"]["content"]
+    for said in (
+        status["storageError"]["description"],
+        healthz["application/json"]["schema"]["properties"]["storageError"]["description"],
+    ):
+        assert "sale is stored" in said, said
+        assert "write works" not in said and "last write worked" not in said, said
