@@ -207,3 +207,53 @@ def test_the_document_says_storage_error_clears_when_a_sale_is_stored() -> None:
     ):
         assert "sale is stored" in said, said
         assert "write works" not in said and "last write worked" not in said, said
+
+
+def test_storage_error_stays_at_answers_from_what_is_stored_and_a_refund_stored_clears_it(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (kept right): on a ledger that cannot grow, a Checkout, Confirm or
+    Refund retried with its stored answer writes nothing and leaves `storageError`; with
+    room again, a refund stored is a sale stored and clears it."""
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.agent.results import receipt_from_json, refund_from_json
+    from tillpoint.agent.service import Agent
+
+    from .conftest import receipt as a_sale
+    from .conftest import snapshot
+
+    def refund(refund_id: str) -> Any:
+        return refund_from_json(
+            {
+                "refundId": refund_id,
+                "receiptId": "sold",
+                "at": "2026-11-23T11:00:00+03:00",
+                "lines": [{"sku": "4601234000017", "qty": "1"}],
+            }
+        )
+
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        agent.load_snapshot(snapshot())
+        assert agent.checkout(receipt_from_json(a_sale("sold"))).state == "CONFIRMED"
+        assert agent.hold(receipt_from_json(a_sale("held"))).state == "HELD"
+        assert agent.confirm("held").state == "CONFIRMED"
+        first = agent.refund(refund("ref-1"))
+        pages = agent._ledger.execute("PRAGMA page_count").fetchone()[0]
+        agent._ledger.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow
+        for i in range(500):
+            try:
+                agent.checkout(receipt_from_json(a_sale(f"full-{i}")))
+            except StorageError:
+                break
+        said = agent.status().to_json()["storageError"]
+        assert "disk is full" in said
+        assert agent.checkout(receipt_from_json(a_sale("sold"))).state == "CONFIRMED"
+        assert agent.confirm("held").state == "CONFIRMED"
+        assert agent.refund(refund("ref-1")) == first
+        assert agent.status().to_json()["storageError"] == said
+        agent._ledger.execute("PRAGMA max_page_count = 1073741823")
+        assert agent.refund(refund("ref-2")).refund_id == "ref-2"
+        assert agent.status().to_json()["storageError"] == ""
+    finally:
+        agent.close()
