@@ -233,6 +233,9 @@ def others_listening(address: str, port: int) -> list[str]:
         return []
     if host.lower() == "localhost":
         meant |= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    # an address this host does not have (::1 with IPv6 off on lo) is nobody's to take: it
+    # leaves its family out (grpcio leaves it out too, and a POS cannot connect there)
+    meant = {ip for ip in meant if ip.is_unspecified or _bindable(ip)}
     both = any(ip.is_unspecified for ip in meant)
     families = {4, 6} if both else {ip.version for ip in meant}
     meant |= {ip for ip in _WILDCARDS if ip.version in families}
@@ -266,6 +269,18 @@ def others_listening(address: str, port: int) -> list[str]:
 
 
 _WILDCARDS = (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::"))
+
+
+def _bindable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether `ip` is an address of this host (a socket binds it, on a port of the
+    system's choosing; in use is still this host's)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError as exc:
+        return exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+    return True
 
 
 def _unmapped(

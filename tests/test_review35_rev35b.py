@@ -257,3 +257,24 @@ def test_storage_error_stays_at_answers_from_what_is_stored_and_a_refund_stored_
         assert agent.status().to_json()["storageError"] == ""
     finally:
         agent.close()
+
+
+@needs_ipv6
+def test_localhost_without_ipv6_loopback_starts_beside_an_ipv6_only_wildcard(
+    holder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10. A till whose loopback has no ::1 (IPv6 off on `lo`, on a host that
+    has it elsewhere) listens on `localhost` as 127.0.0.1 alone, as grpcio does, and no
+    POS can reach it over ::1; another program on [::]:PORT IPv6-only takes none of its
+    connections, yet it was counted (`::1` was taken as the listen's whatever the host
+    had), and such a till never started. The test cannot take ::1 off this host's
+    loopback: the one kernel answer stubbed is "::1 does not bind here"."""
+    port = holder("::")
+    real = config._bindable
+
+    def no_ipv6_loopback(ip: Any) -> bool:
+        return ip.version != 6 and real(ip)
+
+    assert config.others_listening(f"localhost:{port}", port) == [f"[::]:{port}"]
+    monkeypatch.setattr(config, "_bindable", no_ipv6_loopback)
+    assert config.others_listening(f"localhost:{port}", port) == []
