@@ -157,7 +157,10 @@ def test_only_listening_rows_on_the_port_are_looked_at_among_many(
     pass: only the rows that listen on the port are parsed as addresses (counted, not
     timed); a connection on the port in TIME_WAIT or CLOSE_WAIT is nobody's listener."""
     port = 50061
-    head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    head = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+        "   uid  timeout inode\n"
+    )
 
     def row(n: int, address: str, state: str, inode: int) -> str:
         return (
@@ -167,7 +170,7 @@ def test_only_listening_rows_on_the_port_are_looked_at_among_many(
 
     lo = "0100007F"
     rows = [row(i, f"{lo}:{1024 + i % 40000:04X}", "01", 100000 + i) for i in range(30000)]
-    rows += [row(30000 + i, f"{lo}:{port:04X}", s, 200000 + i) for i, s in enumerate("06 08".split())]
+    rows += [row(30000 + i, f"{lo}:{port:04X}", s, 200000 + i) for i, s in enumerate(["06", "08"])]
     rows.append(row(30002, f"{lo}:{port:04X}", "0A", 300000))
     table = tmp_path / "tcp"
     table.write_text(head + "".join(rows), encoding="ascii")
