@@ -6,6 +6,7 @@ gRPC servers (the agent's and the hub's) on 127.0.0.1 and ::1, the kernel's own 
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -281,3 +282,48 @@ def test_localhost_without_ipv6_loopback_starts_beside_an_ipv6_only_wildcard(
     assert config.others_listening(f"localhost:{port}", port) == [f"[::]:{port}"]
     monkeypatch.setattr(config, "_bindable", no_ipv6_loopback)
     assert config.others_listening(f"localhost:{port}", port) == []
+
+
+# ---------------------------------------- 6. /openapi.json from an installed package
+
+
+@pytest.mark.slow  # a wheel built and read from outside the checkout: ~5 s
+def test_an_installed_wheel_serves_the_same_document_with_its_examples(tmp_path: Path) -> None:
+    """CONTRACT §12 (kept right): the examples file ships in the wheel, and a package
+    installed from it (not the checkout) gives the same document, examples and all,
+    byte for byte, whatever the interpreter's hash seed."""
+    import zipfile
+
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path, repo],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("tillpoint-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    show = (
+        "import sys, tillpoint.agent.http_api as h\n"
+        "from tillpoint.agent.cli import json_document\n"
+        "d = h.openapi()\n"
+        "assert h.__file__.startswith(sys.argv[1]), h.__file__\n"
+        "e = d['paths']['/v1/quote']['post']['requestBody']['content']['application/json']\n"
+        "assert e['examples'], 'no examples'\n"
+        "sys.stdout.write(json_document(d))\n"
+    )
+    documents = set()
+    for seed, where in (("0", site), ("12345", site), ("random", repo)):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(where)}
+        done = subprocess.run(
+            [sys.executable, "-c", show, str(where)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        documents.add(done.stdout)
+    assert len(documents) == 1
