@@ -218,18 +218,27 @@ def others_listening(address: str, port: int) -> list[str]:
     before grpcio binds) and grpcio's bind, or on an address this machine's resolver does
     not give for the name (grpcio takes `localhost` as 127.0.0.1 and ::1 whatever
     /etc/hosts says), got the POS's calls that came that way (review 35). The host's
-    addresses are the resolver's, both loopbacks for `localhost`, and the wildcards.
-    Read from the kernel's tables and this process's descriptors (Linux); [] where they
-    cannot be read (another system: the probe alone, as before)."""
+    addresses are the resolver's, both loopbacks for `localhost`, and the wildcard of
+    each family they are in (both for a wildcard, which grpcio binds dual-stack): a
+    program on another address, or on the other family's wildcard (`[::]` IPv6-only
+    beside 127.0.0.1), takes none of the agent's connections, and refusing the start
+    for it left a till that never starts (rev35b). Read from the kernel's tables and this
+    process's descriptors (Linux), each table on its own (no /proc/net/tcp6 on a kernel
+    without IPv6); [] where they cannot be read (another system: the probe alone)."""
     try:
         host, _ = split_listen(address)
         resolved = listen_addresses(host, port)
-        meant = {ipaddress.ip_address(where[0].split("%")[0]) for _, where in resolved}
+        meant = {_unmapped(ipaddress.ip_address(where[0].split("%")[0])) for _, where in resolved}
     except (ValueError, OSError):
         return []
     if host.lower() == "localhost":
         meant |= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
-    meant |= {ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")}
+    # an address this host does not have (::1 with IPv6 off on lo) is nobody's to take: it
+    # leaves its family out (grpcio leaves it out too, and a POS cannot connect there)
+    meant = {ip for ip in meant if ip.is_unspecified or _bindable(ip)}
+    both = any(ip.is_unspecified for ip in meant)
+    families = {4, 6} if both else {ip.version for ip in meant}
+    meant |= {ip for ip in _WILDCARDS if ip.version in families}
     try:
         mine: set[str] = set()
         for fd in os.listdir("/proc/self/fd"):
@@ -237,8 +246,11 @@ def others_listening(address: str, port: int) -> list[str]:
                 link = os.readlink(f"/proc/self/fd/{fd}")
                 if link.startswith("socket:["):
                     mine.add(link[8:-1])
-        taken: list[str] = []
-        for table in _PROC_TCP:
+    except OSError:
+        return []
+    taken: list[str] = []
+    for table in _PROC_TCP:
+        try:
             with open(table, encoding="ascii") as rows:
                 next(rows, None)  # the heading
                 for row in rows:
@@ -251,9 +263,33 @@ def others_listening(address: str, port: int) -> list[str]:
                     ip = _proc_address(hex_address)
                     if ip in meant:
                         taken.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
-    except (OSError, ValueError):
-        return []
+        except (OSError, ValueError):  # this table: none here (no IPv6), or unreadable
+            continue
     return taken
+
+
+_WILDCARDS = (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::"))
+
+
+def _bindable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether `ip` is an address of this host (a socket binds it, on a port of the
+    system's choosing; in use is still this host's)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(ip), 0))
+    except OSError as exc:
+        return exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+    return True
+
+
+def _unmapped(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4 address an IPv6 socket takes (::ffff:a.b.c.d) as that IPv4 address."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def half_bound(taken: list[str]) -> str:
@@ -278,10 +314,7 @@ def _proc_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         int.from_bytes(raw[i : i + 4], sys.byteorder).to_bytes(4, "big")
         for i in range(0, len(raw), 4)
     )
-    ip = ipaddress.ip_address(words)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+    return _unmapped(ipaddress.ip_address(words))
 
 
 def bind_refusal(address: str) -> str | None:

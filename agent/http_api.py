@@ -1130,7 +1130,8 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
                                     "storageError": {
                                         "type": "string",
                                         "description": "present while the ledger cannot be"
-                                        " written: sales answer 503, quotes work",
+                                        " written: sales answer 503, quotes work; it stays"
+                                        " until a sale is stored again",
                                     },
                                     "certificateExpiresAt": {
                                         "type": "string",

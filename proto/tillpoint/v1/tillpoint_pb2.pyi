@@ -1722,9 +1722,10 @@ class Status(_message.Message):
     """
     enrolled: _builtins.bool
     storage_error: _builtins.str
-    """The ledger could not be written at the last try (disk full, read-only, another
-    user's files): every sale is refused with UNAVAILABLE until a write works again.
-    "" when the last write worked.
+    """The ledger could not be written (disk full, read-only, another user's files): every
+    sale is refused with UNAVAILABLE, quotes still work. It stays until a sale is stored
+    again (a Checkout, Hold, Confirm or Refund that commits), not at a cancel or another
+    small write that works; "" since. `storage_error_at`: when it was last met.
     """
     storage_error_at: _builtins.str
     display_last_error: _builtins.str
