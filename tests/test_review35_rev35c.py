@@ -1,0 +1,194 @@
+"""Review 35, third pair of eyes (rev35c): the clock-step and listen changes merged in
+review 35 (CONTRACT §10, §11). Each test marked "failed before the fix" did; the others
+pin what was checked and found right. Real parts: the agent on real SQLite files (a
+ledger that cannot grow: SQLite's own "database or disk is full"), a stepped wall clock
+beside a steady one (`SteppingClock`), real gRPC servers (the agent's and the hub's)
+beside another program's real listening socket, the kernel's own tables.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.errors import StorageError
+
+from .conftest import SteppingClock, snapshot
+from .test_review30_memo30 import ANNA, MILK, sale
+
+# ---------------------------------------- 1, 2. steps followed inside one transaction
+
+
+def _agent(tmp_path: Path) -> tuple[Any, SteppingClock]:
+    """An agent on a stepped wall clock beside a steady one, a 600 s hold TTL, and one
+    open hold ("a-1") whose time the steps must keep."""
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    agent = Agent(tmp_path / "till", "till-1", clock=clock, monotonic=clock.steady)
+    program = {**snapshot()["program"], "holdTtlSeconds": 600}
+    agent.load_snapshot({**snapshot(program=program), "version": 1, "baseVersion": 0})
+    body = sale("a-1", clock(), card=ANNA, lines=[{"sku": MILK, "qty": "1", "priceMinor": 100}])
+    assert agent.hold(receipt_from_json(body)).state == "HELD"
+    agent.sweep_holds()  # the clock's mark made
+    return agent, clock
+
+
+def _expiry(agent: Any, rid: str) -> tuple[datetime, datetime]:
+    """(the ledger's expiry of the hold, the `holdExpiresAt` a retried Hold answers)."""
+    import json
+
+    row = agent._life(rid)
+    held = json.loads(row.held_result)
+    return datetime.fromisoformat(row.expires_at), datetime.fromisoformat(held["holdExpiresAt"])
+
+
+def _two_steps_in_the_checkout(agent: Any, clock: SteppingClock, first: int, second: int) -> None:
+    """The next Checkout meets a step of `first` s left for its transaction (made after
+    its pricing's own look at the clock), then one of `second` s made inside it, before
+    its early pricing is taken: it follows both in its one transaction."""
+    followed, still = agent._clock_followed, agent._still
+
+    def step_after_the_look(early: Any, confirm_now: bool) -> Any:
+        out = followed(early, confirm_now)
+        clock.stepped(first)  # NTP, while the Checkout waits for the agent's lock
+        return out
+
+    def step_inside(early: Any, view: Any) -> Any:
+        clock.stepped(second)  # NTP again, inside the transaction
+        return still(early, view)
+
+    agent._clock_followed = step_after_the_look
+    agent._still = step_inside
+
+
+def _steps_no_more(agent: Any) -> None:
+    for name in ("_clock_followed", "_still"):
+        agent.__dict__.pop(name, None)
+
+
+@pytest.mark.parametrize(("first", "second"), [(3600, -1800), (3600, -3600), (-3600, 7200)])
+def test_a_checkout_that_follows_two_steps_and_commits_moves_the_holds_by_both_once(
+    tmp_path: Path, first: int, second: int
+) -> None:
+    """CONTRACT §11: a hold lives `holdTtlSeconds` of time that passes; each step of the
+    wall clock moves the open holds by the step, once. A Checkout's one transaction
+    follows a step at its start and another before its early pricing is stored (review
+    35 summed them): committed, the open hold moved by both, its `holdExpiresAt` with it,
+    the sale's own time on the clock it is stored on, and no step left for the next call
+    (a step followed twice moved the hold again)."""
+    from tillpoint.agent.results import receipt_from_json
+
+    agent, clock = _agent(tmp_path)
+    try:
+        expires, answered = _expiry(agent, "a-1")
+        taken = agent._steps_taken
+        _two_steps_in_the_checkout(agent, clock, first, second)
+        body = sale("c-1", clock(), card=ANNA, lines=[{"sku": MILK, "qty": "1", "priceMinor": 90}])
+        done = agent.checkout(receipt_from_json(body))
+        _steps_no_more(agent)
+        assert done.state == "CONFIRMED"
+        assert agent._steps_taken == taken + 2
+        moved = timedelta(seconds=first + second)
+        assert _expiry(agent, "a-1") == (expires + moved, answered + moved)
+        agent.sweep_holds()  # nothing left to follow: not moved again
+        assert _expiry(agent, "a-1") == (expires + moved, answered + moved)
+        assert agent._steps_taken == taken + 2
+        # the hold keeps its time left by the clock it now lives on
+        left = (expires + moved) - clock()
+        assert timedelta(0) < left <= timedelta(seconds=600)
+        assert agent.confirm("a-1").state == "CONFIRMED"
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize(("first", "second"), [(3600, -1800), (3600, -3600), (-3600, 7200)])
+def test_a_checkout_refused_after_following_two_steps_gives_both_back_to_the_next_call(
+    tmp_path: Path, first: int, second: int
+) -> None:
+    """CONTRACT §11, §10 (a ledger that cannot be written refuses the sale, nothing
+    stored). A Checkout follows two steps inside its transaction, then its commit fails
+    (the ledger cannot grow: "database or disk is full"): the holds' move is rolled back
+    with it, and the steps are given back to the clock's mark, summed (review 35): the
+    next call (the hold timer's round) moves the open hold by both, once, and the hold's
+    `holdExpiresAt` with it; steps that cancel out leave it where it was."""
+    from tillpoint.agent.results import receipt_from_json
+
+    agent, clock = _agent(tmp_path)
+    try:
+        expires, answered = _expiry(agent, "a-1")
+        pages = agent._ledger.execute("PRAGMA page_count").fetchone()[0]
+        agent._ledger.execute(f"PRAGMA max_page_count = {pages}")  # the file cannot grow
+        refused = None
+        for i in range(500):  # the pages' free room filled by sales first
+            line = {"sku": MILK, "qty": "1", "priceMinor": 80}
+            body = sale(f"f-{i}", clock(), card=ANNA, lines=[line])
+            try:
+                agent.checkout(receipt_from_json(body))
+            except StorageError as exc:
+                assert "full" in exc.message
+                refused = body
+                break
+        assert refused is not None
+        assert _expiry(agent, "a-1") == (expires, answered)  # no step yet
+        _two_steps_in_the_checkout(agent, clock, first, second)
+        with pytest.raises(StorageError):
+            agent.checkout(receipt_from_json(refused))
+        _steps_no_more(agent)
+        assert _expiry(agent, "a-1") == (expires, answered)  # rolled back with the sale
+        agent._ledger.execute("PRAGMA max_page_count = 1073741823")
+        agent.sweep_holds()  # the hold timer's round: the steps given back, followed
+        moved = timedelta(seconds=first + second)
+        assert _expiry(agent, "a-1") == (expires + moved, answered + moved)
+        agent.sweep_holds()  # once
+        assert _expiry(agent, "a-1") == (expires + moved, answered + moved)
+        assert agent.confirm("a-1").state == "CONFIRMED"
+        assert agent.checkout(receipt_from_json(refused)).state == "CONFIRMED"
+    finally:
+        agent.close()
+
+
+def test_a_hold_priced_early_follows_a_step_once_and_is_stored_on_the_stepped_clock(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11: review 35 follows a step at the start of `_hold` as well as before
+    an early pricing is taken (review 34). A Hold priced before its transaction, with a
+    step taken by its own early path (`_clock_followed`) and another met inside its
+    transaction: the new hold is stored with its whole TTL on the clock it is stored on
+    (not moved again by a step it already made its times after), and the open hold moved
+    by both steps, once."""
+    from tillpoint.agent.results import receipt_from_json
+
+    agent, clock = _agent(tmp_path)
+    try:
+        expires, _ = _expiry(agent, "a-1")
+        price_early = agent._price_early
+
+        def step_after_pricing(*args: Any, **kwargs: Any) -> Any:
+            out = price_early(*args, **kwargs)
+            clock.stepped(3600)  # taken by the Hold's `_clock_followed`
+            return out
+
+        agent._price_early = step_after_pricing
+        still = agent._still
+
+        def step_inside(early: Any, view: Any) -> Any:
+            clock.stepped(-1800)  # taken inside the Hold's transaction
+            return still(early, view)
+
+        agent._still = step_inside
+        body = sale("h-1", clock(), card=ANNA, lines=[{"sku": MILK, "qty": "1", "priceMinor": 90}])
+        held = agent.hold(receipt_from_json(body))
+        for name in ("_price_early", "_still"):
+            agent.__dict__.pop(name)
+        assert held.state == "HELD"
+        new, answered = _expiry(agent, "h-1")
+        assert new == clock() + timedelta(seconds=600) == answered
+        assert _expiry(agent, "a-1")[0] == expires + timedelta(seconds=1800)
+        agent.sweep_holds()
+        assert _expiry(agent, "h-1")[0] == new  # no step left to move it again
+    finally:
+        agent.close()
