@@ -219,10 +219,13 @@ def others_listening(address: str, port: int) -> list[str]:
     not give for the name (grpcio takes `localhost` as 127.0.0.1 and ::1 whatever
     /etc/hosts says), got the POS's calls that came that way (review 35). The host's
     addresses are the resolver's, both loopbacks for `localhost`, and the wildcard of
-    each family they are in (both for a wildcard, which grpcio binds dual-stack): a
-    program on another address, or on the other family's wildcard (`[::]` IPv6-only
-    beside 127.0.0.1), takes none of the agent's connections, and refusing the start
-    for it left a till that never starts (rev35b). Read from the kernel's tables and this
+    each family they are in; for a wildcard listen, every address of both families
+    (grpcio binds it dual-stack, and falls back to IPv4 alone when another program holds
+    the port on an IPv6 address such as ::1: a POS coming over IPv6 reached that program,
+    rev35c). For a listen on an address or a name, a program on another address, or on
+    the other family's wildcard (`[::]` IPv6-only beside 127.0.0.1), takes none of the
+    agent's connections, and refusing the start for it left a till that never starts
+    (rev35b). Read from the kernel's tables and this
     process's descriptors (Linux), each table on its own (no /proc/net/tcp6 on a kernel
     without IPv6); [] where they cannot be read (another system: the probe alone)."""
     try:
@@ -261,7 +264,10 @@ def others_listening(address: str, port: int) -> list[str]:
                     if int(hex_port, 16) != port:
                         continue
                     ip = _proc_address(hex_address)
-                    if ip in meant:
+                    # a wildcard listen is every address of the host, in both families:
+                    # a program on any of them (::1 beside 0.0.0.0, where grpcio's
+                    # dual-stack bind then falls back to IPv4 alone) takes its calls
+                    if both or ip in meant:
                         taken.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
         except (OSError, ValueError):  # this table: none here (no IPv6), or unreadable
             continue

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tillpoint.agent.errors import StorageError
+from tillpoint.agent.errors import StorageError, TillpointError
 
 from .conftest import SteppingClock, snapshot
 from .test_review30_memo30 import ANNA, MILK, sale
+from .test_review35_rev35b import holder, needs_ipv6
+
+__all__ = ["holder"]  # rev35b's fixture: another program listening on a port of its own
 
 # ---------------------------------------- 1, 2. steps followed inside one transaction
 
@@ -192,3 +195,55 @@ def test_a_hold_priced_early_follows_a_step_once_and_is_stored_on_the_stepped_cl
         assert _expiry(agent, "h-1")[0] == new  # no step left to move it again
     finally:
         agent.close()
+
+
+# ---------------------------------------- 4. another program on the gRPC port
+
+
+@needs_ipv6
+@pytest.mark.parametrize("other", ["::1", "fd00::2"])
+def test_grpc_on_the_ipv4_wildcard_refuses_another_program_on_an_ipv6_address(
+    tmp_path: Path, holder: Any, other: str
+) -> None:
+    """CONTRACT §10 (`[server] listen`, "never half-bound"). A wildcard listen covers
+    every address of the host, in both families (grpcio binds `0.0.0.0:PORT` dual-stack
+    as `[::]`). Another program listening on [::1]:PORT (or any IPv6 address of the host)
+    makes grpcio's dual-stack bind fail; it falls back to 0.0.0.0 alone with a log line
+    of its own, and the agent started: a POS connecting over IPv6 (`localhost` as ::1)
+    reached that program. The other family's *wildcard* was refused already (rev35b); an
+    address of it takes a part of the same connections. Failed before the fix."""
+    import socket
+
+    from tillpoint.agent import server as server_module
+    from tillpoint.agent.service import Agent
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind((other, 0))
+    except OSError:
+        pytest.skip(f"{other} is not an address of this host")
+    port = holder(other)
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        with pytest.raises(TillpointError) as refused:
+            server, _, _ = server_module.build_server(agent, f"0.0.0.0:{port}", token="t" * 32)
+            server.stop(None).wait(5)
+        assert f"[{other}]:{port} is another program's" in str(refused.value)
+    finally:
+        agent.close()
+
+
+@needs_ipv6
+def test_the_hub_on_the_ipv4_wildcard_refuses_another_program_on_ipv6_loopback(
+    tmp_path: Path, holder: Any
+) -> None:
+    """CONTRACT §10: the same for `hub serve` (`HubServer.start`). Failed before the fix."""
+    from tillpoint.sync.loopback import LoopbackHub
+
+    port = holder("::1")
+    hub = LoopbackHub(tmp_path / "hub", start=False)
+    try:
+        with pytest.raises(TillpointError, match=rf"\[::1\]:{port} is another program's"):
+            hub.server.start(f"0.0.0.0:{port}")
+    finally:
+        hub.server.stop()
