@@ -2034,6 +2034,10 @@ class Agent:
         # step of the wall clock is followed first, as by every call that reads holds.
         self._follow_clock_step()
         with self._lock, self._write(sale=True), self._view() as view:
+            # and one made while it waited for the lock (behind another commit): an hour
+            # forward told the cashier "its hold expired" of a hold with its minutes
+            # left, as a Confirm's "hold expired" (rev35c)
+            self._follow_clock_step_here()
             conn = self._ledger
             stored = ledger.stored_refund(conn, refund.refund_id)
             if stored is not None:

@@ -197,6 +197,66 @@ def test_a_hold_priced_early_follows_a_step_once_and_is_stored_on_the_stepped_cl
         agent.close()
 
 
+# ---------------------------------------- 3. a call that waits for the lock while stepped
+
+
+def test_a_refund_waiting_for_the_lock_while_the_clock_is_stepped_says_the_receipt_is_held(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §6, §11: a refund of a receipt held here and not confirmed is refused in
+    the words of its life: "held here, not confirmed ... (confirm it, or cancel the
+    hold)". A Refund follows a step before it takes the agent's lock, then waits for it
+    behind another call's commit; NTP steps the clock an hour forward meanwhile. The
+    Refund compared the hold's unmoved expiry with the stepped clock and told the
+    cashier "its hold expired here" of a hold with 9 of its 10 minutes left (a cashier
+    who then prices the sale again reserves the points twice). As rev35 did for Confirm
+    and Hold: the step is followed inside the Refund's own transaction. Failed before
+    the fix."""
+    import threading
+    import time
+
+    from tillpoint.agent.errors import NotFound
+    from tillpoint.agent.results import refund_from_json
+    from tillpoint.agent.service import Agent
+
+    from .test_review35_rev35 import _lock_line, _waiting_at
+
+    agent, clock = _agent(tmp_path)
+    try:
+        clock.passes(60)  # the POS takes the payment
+        agent.sweep_holds()
+        refund = {
+            "refundId": "rf-1",
+            "receiptId": "a-1",
+            "at": clock().isoformat(),
+            "lines": [{"sku": MILK, "qty": "1"}],
+        }
+        answers: list[Any] = []
+
+        def run() -> None:
+            try:
+                answers.append(agent.refund(refund_from_json(refund)))
+            except Exception as exc:  # the answer the POS would get
+                answers.append(exc)
+
+        line = _lock_line(Agent.refund)
+        thread = threading.Thread(target=run)
+        with agent._lock:  # another call's commit in progress
+            thread.start()
+            deadline = time.monotonic() + 30
+            while not _waiting_at(thread, "refund", line):
+                assert time.monotonic() < deadline and thread.is_alive(), "never waited"
+                threading.Event().wait(0.01)
+            clock.stepped(3600)  # NTP, while the Refund waits for the lock
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert isinstance(answers[0], NotFound), answers
+        assert "a-1 is held here, not confirmed" in answers[0].message, answers[0].message
+        assert agent.confirm("a-1").state == "CONFIRMED"  # its time left kept
+    finally:
+        agent.close()
+
+
 # ---------------------------------------- 4. another program on the gRPC port
 
 
