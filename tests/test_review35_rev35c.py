@@ -307,3 +307,114 @@ def test_the_hub_on_the_ipv4_wildcard_refuses_another_program_on_ipv6_loopback(
             hub.server.start(f"0.0.0.0:{port}")
     finally:
         hub.server.stop()
+
+
+@needs_ipv6
+def test_an_ipv4_mapped_listener_in_the_ipv6_table_counts_as_its_ipv4_address(
+    holder: Any,
+) -> None:
+    """CONTRACT §10: another program's IPv6 socket bound to ::ffff:127.0.0.1 (as grpcio
+    itself binds 127.0.0.1) is written in /proc/net/tcp6; it takes the calls to
+    127.0.0.1 and counts as that address, not as another one."""
+    from tillpoint.agent import config
+
+    port = holder("::ffff:127.0.0.1", v6only=False)
+    assert config.others_listening(f"127.0.0.1:{port}", port) == [f"127.0.0.1:{port}"]
+    assert config.others_listening(f"[::1]:{port}", port) == []
+
+
+def test_a_name_of_a_non_loopback_address_of_the_host_counts_that_address_only(
+    holder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10: a listen on a host name the resolver gives as a non-loopback address
+    of this host: another program on that address counts, one on another address (the
+    loopback) does not."""
+    import socket
+
+    from tillpoint.agent import config
+
+    address = ""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # the route's source address: no packet is sent
+            address = probe.getsockname()[0]
+    except OSError:
+        pass
+    if not address or address.startswith("127."):
+        pytest.skip("no non-loopback IPv4 address here")
+    found = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return found(address if host == "till-host.example" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    port = holder(address)
+    assert config.others_listening(f"till-host.example:{port}", port) == [f"{address}:{port}"]
+    other = holder("127.0.0.1")
+    assert config.others_listening(f"till-host.example:{other}", other) == []
+
+
+@needs_ipv6
+def test_the_hub_on_port_0_is_checked_too(
+    tmp_path: Path, holder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10: `hub serve` on `localhost:0` is given one free port for both
+    loopbacks (`pinned_listen`); another program that takes it on ::1 before grpcio binds
+    (here: the picked port is one it holds already) is found as for a port written out:
+    the check is not skipped for port 0."""
+    from tillpoint.sync import hub_server
+    from tillpoint.sync.loopback import LoopbackHub
+
+    port = holder("::1")
+    monkeypatch.setattr(hub_server, "pinned_listen", lambda listen: f"localhost:{port}")
+    monkeypatch.setattr(hub_server, "bind_refusal", lambda listen: None)  # the probe's window
+    hub = LoopbackHub(tmp_path / "hub", start=False)
+    try:
+        with pytest.raises(TillpointError, match=rf"\[::1\]:{port} is another program's"):
+            hub.server.start("localhost:0")
+    finally:
+        hub.server.stop()
+
+
+_SHARER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind((sys.argv[1], 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("probed", [True, False], ids=["probe", "probe-window"])
+def test_grpc_on_the_wildcard_beside_a_port_sharing_program_on_loopback_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probed: bool
+) -> None:
+    """CONTRACT §10: another program holds 127.0.0.1:PORT with `SO_REUSEPORT` (it would
+    take the POS's calls to 127.0.0.1). The agent on 0.0.0.0:PORT does not start: its
+    probe says the port is in use, and past the probe (another program that came in its
+    window) grpcio's own bind fails too, since the agent's server shares no port
+    (`grpc.so_reuseport` 0): the kernel lets no wildcard bind beside it."""
+    import subprocess
+    import sys
+
+    from tillpoint.agent import server as server_module
+    from tillpoint.agent.service import Agent
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SHARER, "127.0.0.1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        if not probed:
+            monkeypatch.setattr(server_module, "bind_refusal", lambda address: None)
+        with pytest.raises(TillpointError, match=f"cannot listen on 0.0.0.0:{port} for gRPC"):
+            server, _, _ = server_module.build_server(agent, f"0.0.0.0:{port}", token="t" * 32)
+            server.stop(None).wait(5)
+    finally:
+        agent.close()
+        proc.kill()
+        proc.wait(timeout=10)
