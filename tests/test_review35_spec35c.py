@@ -604,3 +604,72 @@ def test_points_pending_at_a_are_pending_at_b_and_the_hub_until_they_activate(
         assert (doc["availablePoints"], doc["pendingPoints"]) == (529, 0)
     assert at_hub(chain, "c-2", day)[0] == 529
     assert at_hub(chain, "c-2")[0] == 0
+
+
+def test_a_refund_at_a_after_b_spent_the_points_it_earned_soonest_expiring_first(
+    chain: Chain,
+) -> None:
+    """CONTRACT §16: "Spending takes the points that expire soonest first (points that
+    never expire last)"; §6: returning everything "takes back exactly e". A's sale earns
+    points that expire in 30 days; B spends them first; A's refund then takes back what
+    its sale earned from what is left, and both tills and the hub agree now and later."""
+    now = datetime.now(UTC) - timedelta(minutes=5)  # both sales in the past
+    program = sample_master_data()["program"]
+    program["pointsLifetimeDays"] = 30
+    chain.ok(None, "hub", "import", {"program": program}, "--publish")
+    for till in ("till-a", "till-b"):
+        chain.ok(till, "sync", "now")
+    sale = chain.ok("till-a", "checkout", receipt("a-1", BORIS, at=now, lines=BIG))
+    assert sale["earnedPoints"] == 269  # 899,000 × 3 % → 269, expiring on day 30
+    chain.ok("till-a", "sync", "now")
+    publish_and_pull(chain, "till-b")
+    # B spends 400: the 269 that expire first, then 131 of the 300 that never do (169
+    # left); earned (899,000 − 40,000) × 3 % / 100 = 257.7 → 257, expiring on day 30
+    later = now + timedelta(minutes=1)
+    spent = chain.ok("till-b", "checkout", receipt("b-1", BORIS, at=later, redeem=400, lines=BIG))
+    assert (spent["mode"], spent["redeemedPoints"], spent["earnedPoints"]) == ("ONLINE", 400, 257)
+    chain.ok("till-b", "sync", "now")
+    publish_and_pull(chain, "till-a")
+    assert at_hub(chain, "c-2") == (426, 0)
+    assert at_till(chain, "till-a", BORIS) == 426  # 169 + 257
+    # A takes back 269: its sale's batch is spent, so the soonest-expiring first: all 257
+    # of B's batch, then 12 of the 169 that never expire → 157, none of it expiring
+    back = chain.ok("till-a", "refund", refund("a-r-1", "a-1", [{"sku": MILK, "qty": "100"}]))
+    assert (back["takenBackPoints"], back["balance"]["availablePoints"]) == (269, 157)
+    assert back["negativeBalance"] is False
+    chain.ok("till-a", "sync", "now")
+    publish_and_pull(chain, "till-a", "till-b")
+    day31 = (now + timedelta(days=31)).isoformat()
+    for till in ("till-a", "till-b"):
+        assert at_till(chain, till, BORIS) == 157
+        assert at_till(chain, till, BORIS, day31) == 157
+        assert "expiring" not in chain.ok(till, "balance", BORIS)
+    assert at_hub(chain, "c-2")[0] == 157
+    assert at_hub(chain, "c-2", day31)[0] == 157
+
+
+def test_a_hold_open_across_a_delta_is_journaled_at_its_confirm_and_counted_once(
+    chain: Chain,
+) -> None:
+    """CONTRACT §11: Confirm "journals it with (deviceId, seq)", so a hold placed before
+    a sale and confirmed after it takes the next seq; §3: a delta pulled while the hold
+    is open counts the sales before it, and the confirmed sale is counted once."""
+    # A holds 100 online; earned (899,000 − 10,000) × 7 % / 100 = 622.3 → 622
+    held = chain.ok("till-a", "hold", receipt("a-1", ANNA, redeem=100, lines=BIG))
+    assert (held["mode"], held["redeemedPoints"], held["earnedPoints"]) == ("ONLINE", 100, 622)
+    for till, rid in (("till-a", "a-2"), ("till-b", "b-1")):
+        sold = chain.ok(till, "checkout", receipt(rid, ANNA, lines=SMALL))
+        assert (sold["seq"], sold["earnedPoints"]) == (1, 12)  # 17,980 × 7 % → 12
+        assert chain.ok(till, "sync", "now")["pushed"] == 1
+    assert at_hub(chain, "c-1") == (1224, 100)  # A's hold still out of reach
+    publish_and_pull(chain, "till-a", "till-b")
+    done = chain.ok("till-a", "confirm", "a-1")
+    assert (done["state"], done["seq"]) == ("CONFIRMED", 2)
+    # the delta's 1,224 (a-2 and b-1 counted) − 100 + 622
+    assert done["balance"]["availablePoints"] == 1746
+    assert chain.ok("till-a", "sync", "now")["pushed"] == 1
+    assert at_hub(chain, "c-1") == (1746, 0)
+    publish_and_pull(chain, "till-a", "till-b")
+    assert at_till(chain, "till-a", ANNA) == at_till(chain, "till-b", ANNA) == 1746
+    stored = chain.ok(None, "hub", "receipts", "--device", "till-a")["transactions"]
+    assert [(t["seq"], t["receiptId"]) for t in stored] == [(1, "a-2"), (2, "a-1")]
