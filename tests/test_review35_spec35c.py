@@ -227,9 +227,6 @@ def test_a_code_printed_at_a_used_at_b_stays_used_after_the_refund_offered_again
     used = {**receipt("b-1", ANNA, at=t0 + timedelta(hours=1), lines=KEFIR), "coupons": [code]}
     doc = chain.ok("till-b", "checkout", used)
     assert (doc["mode"], *verdict(doc)) == ("ONLINE", "APPLIED", "", 2500)
-    # the print cooldown is each till's own (CONTRACT §7's decision: the hub does not share
-    # print histories), so B, which never printed o-9, prints it with a code of its own
-    assert doc["printedOffers"] == ["o-9"]
     chain.ok("till-b", "sync", "now")
     returned = chain.ok(
         "till-b", "refund", refund("b-r-1", "b-1", [{"sku": KEFIR_SKU, "qty": "1"}])
@@ -243,8 +240,7 @@ def test_a_code_printed_at_a_used_at_b_stays_used_after_the_refund_offered_again
     # ... and a day after the print the offer is inside its 7-day cooldown: not printed
     assert doc["printedOffers"] == []
     late = {**receipt("b-2", ANNA, at=t0 + timedelta(days=2), lines=KEFIR), "coupons": [code]}
-    doc = chain.ok("till-b", "checkout", late)
-    assert (verdict(doc)[:2], doc["printedOffers"]) == (("REJECTED", "ALREADY_USED"), [])
+    assert verdict(chain.ok("till-b", "checkout", late))[:2] == ("REJECTED", "ALREADY_USED")
     # ten days on (> 7) it is printed again at A, with a new code usable there at once
     fresh = chain.ok("till-a", "checkout", receipt("a-3", ANNA, at=now, lines=SMALL))
     assert fresh["printedOffers"] == ["o-9"]
@@ -252,7 +248,7 @@ def test_a_code_printed_at_a_used_at_b_stays_used_after_the_refund_offered_again
     chain.ok(None, "hub", "publish")
     # the used code is gone from the hub's snapshot; B's (unused) and A's new one are there
     codes = codes_published(chain, "c-1")
-    assert code not in codes and len(codes) == 2, codes
+    assert code not in codes, codes
     (new,) = (c for c in codes if c.startswith("TP5TILLA"))
     doc = chain.ok("till-a", "checkout", {**receipt("a-4", ANNA, lines=KEFIR), "coupons": [new]})
     assert verdict(doc) == ("APPLIED", "", 2500)
@@ -673,3 +669,63 @@ def test_a_hold_open_across_a_delta_is_journaled_at_its_confirm_and_counted_once
     assert at_till(chain, "till-a", ANNA) == at_till(chain, "till-b", ANNA) == 1746
     stored = chain.ok(None, "hub", "receipts", "--device", "till-a")["transactions"]
     assert [(t["seq"], t["receiptId"]) for t in stored] == [(1, "a-2"), (2, "a-1")]
+
+
+def test_an_unknown_card_sale_at_a_is_settled_by_the_hub_and_seen_at_b(chain: Chain) -> None:
+    """CONTRACT §4: an `UNKNOWN` card gets "no offers, no redemption; base-tier points are
+    accrued and sent to the hub, which settles them when it knows the card"."""
+    from .conftest import ean13
+
+    card = ean13("277000000009")
+    # base tier 3 %: 17,980 × 3 / 100 / 100 = 5.394 → 5; asked for 50, redeems nothing
+    sold = chain.ok("till-a", "checkout", receipt("a-1", card, redeem=50, lines=SMALL))
+    assert (sold["card"]["status"], sold["redeemedPoints"], sold["earnedPoints"]) == (
+        "UNKNOWN",
+        0,
+        5,
+    )
+    assert chain.ok("till-a", "sync", "now")["pushed"] == 1
+    # the retailer's system learns the card is Борис's
+    chain.ok(
+        None,
+        "hub",
+        "import",
+        {"cards": [{"number": card, "customerId": "c-2", "status": "ACTIVE"}]},
+        "--publish",
+    )
+    for till in ("till-a", "till-b"):
+        chain.ok(till, "sync", "now")
+    assert at_hub(chain, "c-2")[0] == 305
+    assert at_till(chain, "till-b", card) == at_till(chain, "till-a", BORIS) == 305
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="judgement call for the lead: CONTRACT §7's decision makes the print cooldown each"
+    " till's own; §7 says 'not printed to this customer within offerPrintCooldownDays'",
+)
+def test_an_issue_coupon_offer_printed_at_a_is_not_printed_again_at_b_within_the_cooldown(
+    chain: Chain,
+) -> None:
+    """CONTRACT §7 read chain-wide: A printed o-9 (with a one-time code, §13) to Анна; once
+    the hub's snapshot carries that code (issued to her for o-9 at the sale's `at`), B
+    knows o-9 was printed to her and, within the 7 days, does not print it with a second
+    code. The product prints it again at B (and at every other till) the same day."""
+    now = datetime.now(UTC) - timedelta(hours=2)
+    offer = {
+        "id": "o-9", "customerId": "c-1", "kind": "PERCENT_OFF", "skus": [KEFIR_SKU],
+        "value": "50", "validFrom": (now - timedelta(days=1)).isoformat(),
+        "validTo": (now + timedelta(days=60)).isoformat(), "rank": 1, "printable": True,
+        "printText": "−50% на кефир", "couponRequired": True, "issueCoupon": True,
+    }  # fmt: skip
+    chain.ok(None, "hub", "import", {"offers": [offer]}, "--publish")
+    chain.ok("till-b", "sync", "now")
+    chain.ok("till-a", "sync", "now")
+    sale = chain.ok("till-a", "checkout", receipt("a-1", ANNA, at=now, lines=SMALL))
+    assert sale["printedOffers"] == ["o-9"]
+    chain.ok("till-a", "sync", "now")
+    publish_and_pull(chain, "till-b")
+    assert len(codes_published(chain, "c-1")) == 1
+    next_visit = now + timedelta(hours=1)
+    doc = chain.ok("till-b", "checkout", receipt("b-1", ANNA, at=next_visit, lines=SMALL))
+    assert doc["printedOffers"] == []
