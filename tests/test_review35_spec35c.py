@@ -729,3 +729,53 @@ def test_an_issue_coupon_offer_printed_at_a_is_not_printed_again_at_b_within_the
     next_visit = now + timedelta(hours=1)
     doc = chain.ok("till-b", "checkout", receipt("b-1", ANNA, at=next_visit, lines=SMALL))
     assert doc["printedOffers"] == []
+
+
+def test_a_cancel_made_while_the_hub_is_away_releases_the_hold_there_when_it_returns(
+    chain: Chain,
+) -> None:
+    """CONTRACT §11: "Expired and cancelled holds release their reservations." A's POS
+    cancels a hold while the hub is away; once A's till reaches the hub again, B may spend
+    the points the hold had reserved there."""
+    held = chain.ok("till-a", "hold", receipt("a-1", BORIS, redeem=200, lines=BIG))
+    assert (held["mode"], held["redeemedPoints"]) == ("ONLINE", 200)
+    chain.hub.stop()
+    assert chain.ok("till-a", "cancel", "a-1")["state"] == "CANCELLED"
+    chain.hub.start()
+    chain.ok("till-a", "sync", "now")  # A meets its hub again: nothing to push
+    assert at_hub(chain, "c-2") == (300, 0)
+    other = chain.ok("till-b", "checkout", receipt("b-1", BORIS, redeem=-1, lines=BIG))
+    assert (other["mode"], other["redeemedPoints"]) == ("ONLINE", 300)
+
+
+def test_a_running_till_releases_at_the_hub_a_hold_cancelled_while_it_was_away(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11, the same as above with the till as `tillpoint run` runs it (its hold
+    timer, woken when the hub answers again) and the POS on its HTTP door."""
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.sync.loopback import wait_for
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    from tillpoint.agent.server import start_hold_sweeper
+
+    till = hub.till("till-a", tmp_path / "till-a")
+    # `run`'s hold timer, woken by the hub link's recovery as `run` wires it
+    stop_timer = start_hold_sweeper(till.agent, on_recovery=till.link.on_recovery, jitter_s=0.05)
+    door = HttpServer(till.agent, "127.0.0.1:0")
+    door.start()
+    try:
+        wait_for(lambda: _http(door.port, "/v1/status")[1].get("cacheVersion") == 1, timeout=15)
+        code, held = _http(door.port, "/v1/hold", receipt("a-1", BORIS, redeem=200, lines=BIG))
+        assert (code, held["mode"], held["redeemedPoints"]) == (200, "ONLINE", 200)
+        hub.stop()
+        code, cancelled = _http(door.port, "/v1/cancel", {"receiptId": "a-1"})
+        assert (code, cancelled["state"]) == (200, "CANCELLED")
+        assert hub.store.balance("c-2", datetime.now(UTC)).held == 200
+        hub.start()
+        wait_for(lambda: hub.store.balance("c-2", datetime.now(UTC)).held == 0, timeout=20)
+    finally:
+        stop_timer()
+        door.stop()
+        till.stop()
+        hub.stop()
