@@ -1037,10 +1037,19 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     def gave_up(what: str) -> HubUnavailable:
         return HubUnavailable(f"sync now gave up at its deadline of {limit:g} s (--timeout) {what}")
 
+    from .authoriser import HubAuthoriser
+
     enrollment, link, timings = sync_link(settings)  # `run`'s rules for the hub
+    # the agent with the hub's authoriser on the same link: the releases of holds closed
+    # while the hub was away are sent once it answers (the contract §11), as `run`'s hold
+    # timer sends them
+    authoriser = HubAuthoriser(
+        link, settings.data_dir, settings.device_id, timings.redeem_timeout_s
+    )
     try:
-        agent = cli_agent(settings)
+        agent = cli_agent(settings, hub=authoriser)
     except BaseException:
+        authoriser.close()
         link.close()
         raise
     pusher = Pusher(
@@ -1097,6 +1106,14 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
                 raise
             finally:
                 bar.close()
+        if left() > 0:
+            # what `run`'s hold timer does in each round: holds expired by now are closed
+            # and released at the hub, and the releases the hub did not get while it was
+            # away (a Cancel during an outage) are sent again; until review 35 only `run`
+            # sent them, so a till driven by one-shot commands left the hub holding the
+            # customer's points from every other till for `holdTtlSeconds` + 60 s
+            agent.sweep_holds()
+            agent.retry_hub_releases()
         aside = list(pusher.set_aside)
         data = {
             "pushed": pushed - len(aside),
@@ -1122,6 +1139,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         pusher.close()
         agent.close()
+        authoriser.close()
         link.close()
 
     def human(d: dict[str, Any]) -> str:
