@@ -1111,9 +1111,17 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             # and released at the hub, and the releases the hub did not get while it was
             # away (a Cancel during an outage) are sent again; until review 35 only `run`
             # sent them, so a till driven by one-shot commands left the hub holding the
-            # customer's points from every other till for `holdTtlSeconds` + 60 s
-            agent.sweep_holds()
-            agent.retry_hub_releases()
+            # customer's points from every other till for `holdTtlSeconds` + 60 s. Within
+            # --timeout: no call starts past it (those left stay owed for the next one)
+            past_deadline = threading.Event()
+            timer = threading.Timer(left(), past_deadline.set)
+            timer.daemon = True
+            timer.start()
+            try:
+                agent.sweep_holds(past_deadline)
+                agent.retry_hub_releases(past_deadline)
+            finally:
+                timer.cancel()
         aside = list(pusher.set_aside)
         data = {
             "pushed": pushed - len(aside),

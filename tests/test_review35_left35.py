@@ -128,6 +128,54 @@ def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
         hub.stop()
 
 
+@pytest.mark.slow  # two sync now processes against a slow hub: ~9 s
+def test_sync_now_sends_owed_releases_only_within_its_timeout(
+    tmp_path: Path, slow_releases: SlowReleases
+) -> None:
+    """CONTRACT §10 (`sync now --timeout`), §11. `sync now` sends the releases owed for
+    holds closed while the hub was away, as `run`'s hold timer does (review 35, spec35c);
+    to a slow hub it starts none past its --timeout: those left stay owed for the next
+    one. Counted, not timed: 15 owed at 0.2 s each is 3 s of calls, so a 1 s timeout
+    leaves some owed (all of them went before the bound)."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "data"
+    try:
+        till = enrolled_till(hub, data, "till-1")
+        n = 15
+        for i in range(n):
+            held = till.agent.hold(receipt_from_json(receipt(f"h-{i}", ANNA, redeem=10)))
+            assert (held.state, held.mode) == ("HELD", "ONLINE")
+        hub.stop()  # away: each cancel's release is owed
+        for i in range(n):
+            assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
+        till.stop()
+        assert owed_releases(data) == n
+        hub.restart()  # the slow one
+        conf = tmp_path / "tillpoint.toml"
+        conf.write_text(f'device_id = "till-1"\ndata_dir = "{data}"\n')
+        env = dict(os.environ)
+        env.pop("TILLPOINT_DEVICE_ID", None)
+        done = subprocess.run(
+            [EXE, "--config", conf, "sync", "now", "--timeout", "1"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert owed_releases(data) > 0, "every owed release was sent past the 1 s timeout"
+        # and the next one sends the rest
+        again = subprocess.run(
+            [EXE, "--config", conf, "sync", "now", "--timeout", "30"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert again.returncode == 0, again.stderr
+        assert owed_releases(data) == 0
+    finally:
+        hub.stop()
+
+
 # ---------------------------------------- 2. storageError and the write that clears it
 
 
