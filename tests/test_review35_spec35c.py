@@ -701,8 +701,8 @@ def test_an_unknown_card_sale_at_a_is_settled_by_the_hub_and_seen_at_b(chain: Ch
 
 @pytest.mark.xfail(
     strict=True,
-    reason="judgement call for the lead: CONTRACT §7's decision makes the print cooldown each"
-    " till's own; §7 says 'not printed to this customer within offerPrintCooldownDays'",
+    reason="the reading not taken (review 35): CONTRACT §7's decision keeps the print"
+    " cooldown each till's own (its print history is its ledger's; the hub shares none)",
 )
 def test_an_issue_coupon_offer_printed_at_a_is_not_printed_again_at_b_within_the_cooldown(
     chain: Chain,
