@@ -576,22 +576,6 @@ def test_a_shipped_run_with_a_postgresql_hub_answers_as_a_fresh_process(
     _check(seq)
 
 
-if __name__ == "__main__":  # python -m tests.test_review35_memo35 SEED STEPS [script]
-    import shutil
-
-    t0 = time.monotonic()
-    where = Path("/tmp") / f"memo35-{sys.argv[1]}"
-    shutil.rmtree(where, ignore_errors=True)
-    script = SCRIPT35 if "script" in sys.argv else ()
-    s = run_store_days(int(sys.argv[1]), int(sys.argv[2]), where, script)
-    print(f"{s.compared} compared, {len(s.mismatches)} mismatches, {time.monotonic() - t0:.1f} s")
-    print(json.dumps(s.counts, sort_keys=True), s.stops, "drains", s.drains)
-    for m in s.mismatches[:10]:
-        print("MISMATCH", m)
-    for p in s.problems:
-        print("PROBLEM", p)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_after_a_long_outage_the_outbox_drains_within_the_promised_seconds(
@@ -621,3 +605,19 @@ def test_after_a_long_outage_the_outbox_drains_within_the_promised_seconds(
     assert not seq.mismatches, "\n".join(seq.mismatches[:3])
     assert not seq.problems, "\n".join(seq.problems)
     assert len(seq.drains) == 1 and seq.drains[0] <= PROMISED_DRAIN_S, seq.drains
+
+
+if __name__ == "__main__":  # python -m tests.test_review35_memo35 SEED STEPS [script]
+    import shutil
+
+    t0 = time.monotonic()
+    where = Path("/tmp") / f"memo35-{sys.argv[1]}"
+    shutil.rmtree(where, ignore_errors=True)
+    script = SCRIPT35 if "script" in sys.argv else ()
+    s = run_store_days(int(sys.argv[1]), int(sys.argv[2]), where, script)
+    print(f"{s.compared} compared, {len(s.mismatches)} mismatches, {time.monotonic() - t0:.1f} s")
+    print(json.dumps(s.counts, sort_keys=True), s.stops, "drains", s.drains)
+    for m in s.mismatches[:10]:
+        print("MISMATCH", m)
+    for p in s.problems:
+        print("PROBLEM", p)
