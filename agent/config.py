@@ -225,9 +225,9 @@ def others_listening(address: str, port: int) -> list[str]:
     rev35c). For a listen on an address or a name, a program on another address, or on
     the other family's wildcard (`[::]` IPv6-only beside 127.0.0.1), takes none of the
     agent's connections, and refusing the start for it left a till that never starts
-    (rev35b). Read from the kernel's tables and this
-    process's descriptors (Linux), each table on its own (no /proc/net/tcp6 on a kernel
-    without IPv6); [] where they cannot be read (another system: the probe alone)."""
+    (rev35b). Read from the kernel's tables and this process's descriptors (Linux), each
+    table on its own (no /proc/net/tcp6 on a kernel without IPv6); [] where they cannot
+    be read (another system: the probe alone)."""
     try:
         host, _ = split_listen(address)
         resolved = listen_addresses(host, port)
