@@ -374,6 +374,9 @@ def clear_module_caches() -> None:
 
 
 class LongLived:
+    # how long `run` may take to write serving.json
+    START_S = 30.0
+
     def __init__(
         self, work: Path, data: Path, extra_config: str = "", command: list[str] | None = None
     ) -> None:
@@ -382,16 +385,7 @@ class LongLived:
         self.work, self.data = work, data
         self.grpc_port = free_port()
         self.cfg = work / "till.toml"
-        self.cfg.write_text(
-            f'device_id = "{DEVICE}"\n'
-            f'data_dir = "{data}"\n'
-            f"{extra_config}"
-            "[server]\n"
-            f'listen = "127.0.0.1:{self.grpc_port}"\n'
-            "[metrics]\nenabled = false\n"
-            '[http]\nlisten = "127.0.0.1:0"\n',
-            encoding="utf-8",
-        )
+        self.cfg.write_text(self.config(extra_config), encoding="utf-8")
         self.log = work / "run.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
         with open(self.log, "ab") as out:
@@ -401,7 +395,7 @@ class LongLived:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.START_S
         serving = data / "serving.json"
         while not serving.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -415,6 +409,19 @@ class LongLived:
         from tillpoint.agent.client import PosAgentClient
 
         self.grpc = PosAgentClient(f"127.0.0.1:{self.grpc_port}", timeout=10, attempts=1)
+
+    def config(self, extra_config: str) -> str:
+        """The till's settings file: its identity, its data, gRPC on `grpc_port`, HTTP on a
+        port of its choosing, no metrics."""
+        return (
+            f'device_id = "{DEVICE}"\n'
+            f'data_dir = "{self.data}"\n'
+            f"{extra_config}"
+            "[server]\n"
+            f'listen = "127.0.0.1:{self.grpc_port}"\n'
+            "[metrics]\nenabled = false\n"
+            '[http]\nlisten = "127.0.0.1:0"\n'
+        )
 
     def http(self, path: str, body: Any) -> tuple[str, Any]:
         raw = json.dumps(body, ensure_ascii=False).encode()

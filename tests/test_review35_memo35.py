@@ -79,44 +79,21 @@ class ShippedRun(dl.LongLived):
     """`tillpoint run` with the shipped settings: only its identity, its data directory,
     the ports it listens on and its printer's address are set."""
 
-    def __init__(self, work: Path, data: Path, command: list[str], printer_port: int) -> None:
-        import subprocess
+    START_S = 60.0
 
-        self.work, self.data = work, data
-        self.grpc_port = free_port()
-        self.cfg = work / "till.toml"
-        self.cfg.write_text(
+    def __init__(self, work: Path, data: Path, command: list[str], printer_port: int) -> None:
+        self.printer_port = printer_port
+        super().__init__(work, data, command=command)
+
+    def config(self, extra_config: str) -> str:
+        return (
             f'device_id = "{dl.DEVICE}"\n'
-            f'data_dir = "{data}"\n'
+            f'data_dir = "{self.data}"\n'
             f'[server]\nlisten = "127.0.0.1:{self.grpc_port}"\n'
             '[http]\nlisten = "127.0.0.1:0"\n'
             f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
-            f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {printer_port}\n',
-            encoding="utf-8",
+            f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {self.printer_port}\n'
         )
-        self.log = work / "run.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [*command, "--config", str(self.cfg), "run"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + 60
-        serving = data / "serving.json"
-        while not serving.exists():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("run did not start: " + self.log.read_text()[-2000:])
-            time.sleep(0.05)
-        time.sleep(0.1)
-        info = json.loads(serving.read_text())
-        self.http_port = int(info["port"])
-        self.instance = info.get("instance") or info.get("instanceId")
-        self.conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=40)
-        from tillpoint.agent.client import PosAgentClient
-
-        self.grpc = PosAgentClient(f"127.0.0.1:{self.grpc_port}", timeout=10, attempts=1)
 
 
 class StoreDaySequence(DoorsSequence):
