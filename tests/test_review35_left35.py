@@ -67,6 +67,19 @@ def owed_releases(data: Path) -> int:
         conn.close()
 
 
+def cancelled_while_away(hub: LoopbackHub, data: Path, n: int) -> None:
+    """`n` holds granted ONLINE, then cancelled while `hub` is stopped: each release owed
+    in the till's ledger. The hub is left stopped, the till closed."""
+    till = enrolled_till(hub, data, "till-1")
+    for i in range(n):
+        held = till.agent.hold(receipt_from_json(receipt(f"h-{i}", ANNA, redeem=10)))
+        assert (held.state, held.mode) == ("HELD", "ONLINE")
+    hub.stop()  # away: each cancel's release is owed
+    for i in range(n):
+        assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
+    till.stop()
+
+
 def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
     tmp_path: Path, slow_releases: SlowReleases, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -80,15 +93,8 @@ def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     data = tmp_path / "data"
     try:
-        till = enrolled_till(hub, data, "till-1")
         n = 15
-        for i in range(n):
-            held = till.agent.hold(receipt_from_json(receipt(f"h-{i}", ANNA, redeem=10)))
-            assert (held.state, held.mode) == ("HELD", "ONLINE")
-        hub.stop()  # away: each cancel's release is owed
-        for i in range(n):
-            assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
-        till.stop()
+        cancelled_while_away(hub, data, n)
         conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
         now = ledger.utc_text(datetime.now(UTC))
         conn.executemany(  # asked by a process gone, never stored
@@ -140,15 +146,8 @@ def test_sync_now_sends_owed_releases_only_within_its_timeout(
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     data = tmp_path / "data"
     try:
-        till = enrolled_till(hub, data, "till-1")
         n = 15
-        for i in range(n):
-            held = till.agent.hold(receipt_from_json(receipt(f"h-{i}", ANNA, redeem=10)))
-            assert (held.state, held.mode) == ("HELD", "ONLINE")
-        hub.stop()  # away: each cancel's release is owed
-        for i in range(n):
-            assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
-        till.stop()
+        cancelled_while_away(hub, data, n)
         assert owed_releases(data) == n
         hub.restart()  # the slow one
         conf = tmp_path / "tillpoint.toml"
