@@ -156,6 +156,19 @@ class ChannelStates:
         self.channel.unsubscribe(self._seen)
 
 
+def ipv6_loopback() -> bool:
+    """Whether this host has an IPv6 loopback (::1 binds)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on now (for a server started as a process)."""
     with socket.socket() as s:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, free_port
+from .conftest import REPO, free_port, ipv6_loopback
 
 TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
 SNAPSHOT = REPO / "examples" / "snapshot.json"
@@ -265,15 +265,6 @@ def _mount_namespace() -> list[str] | None:
     return None
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 def _free_port6() -> int:
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::1", 0))
@@ -288,7 +279,7 @@ def test_a_name_of_ipv6_addresses_only_is_served_by_all_three_listeners(tmp_path
     listen on …: Name or service not known" where gRPC would have served it. Here such a
     name is made with a hosts file of this process's own (a mount namespace)."""
     unshare = _mount_namespace()
-    if unshare is None or not _ipv6_loopback():
+    if unshare is None or not ipv6_loopback():
         pytest.skip("no mount namespace (unshare refused) or no IPv6 loopback here")
     hosts = tmp_path / "hosts"
     hosts.write_text(f"::1 {_IPV6_NAME}\n", encoding="ascii")

@@ -24,7 +24,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 
-from .conftest import enrolled_till, free_port
+from .conftest import enrolled_till, free_port, needs_ipv6
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
 ANNA = "2770000000017"
@@ -403,18 +403,6 @@ def test_the_head_limit_holds_across_reads_split_at_every_byte(
 
 
 # ---------------------------------------- 6. gRPC never half-bound
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
 
 
 @needs_ipv6

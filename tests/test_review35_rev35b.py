@@ -7,7 +7,6 @@ gRPC servers (the agent's and the hub's) on 127.0.0.1 and ::1, the kernel's own 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,19 +16,9 @@ from typing import Any
 import pytest
 from tillpoint.agent import config
 
+from .conftest import needs_ipv6
+
 # ---------------------------------------- 1. another program on the gRPC port
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
 
 # Another program: listens on HOST (IPv6 with V6ONLY as told) on a port of its own, says
 # the port, and holds it until its stdin closes.

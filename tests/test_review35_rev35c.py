@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from tillpoint.agent.errors import StorageError, TillpointError
 
-from .conftest import SteppingClock, snapshot
+from .conftest import SteppingClock, needs_ipv6, snapshot
 from .test_review30_memo30 import ANNA, MILK, sale
-from .test_review35_rev35b import holder, needs_ipv6
+from .test_review35_rev35b import holder
 
 __all__ = ["holder"]  # rev35b's fixture: another program listening on a port of its own
 
