@@ -80,7 +80,24 @@ def test_scenario_through_a_serving_agent(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    scenario = json.loads((OWN_SCENARIOS / "review23" / f"{name}.json").read_text("utf-8"))
+    problems = forwarded_problems(
+        OWN_SCENARIOS / "review23" / f"{name}.json", serve, tmp_path, monkeypatch, capsys
+    )
+    assert not problems, "\n".join(problems)
+
+
+def forwarded_problems(
+    file: Path,
+    serve: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> list[str]:
+    """A scenario's steps told to the CLI with `tillpoint run` (the `serve` fixture)
+    serving its data directory from the first step that is not its first snapshot load:
+    every call after it goes the forwarded way and must print what the local way does.
+    Answers the steps' problems (none: each as its `expect` says)."""
+    scenario = json.loads(file.read_text("utf-8"))
     for key in list(os.environ):
         if key.startswith("TILLPOINT_"):
             monkeypatch.delenv(key)
@@ -97,6 +114,6 @@ def test_scenario_through_a_serving_agent(
             time.sleep(float(step["seconds"]))
             continue
         code, out, err = _run_in_process(_argv(step, data, index), capsys)
-        problems.extend(_check_step(name, index, step, code, out, err))
+        problems.extend(_check_step(file.stem, index, step, code, out, err))
     assert served
-    assert not problems, "\n".join(problems)
+    return problems

@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 
 from .conftest import CLI, free_port, snapshot
-from .test_review23_cli23 import serve  # noqa: F401  (the fixture: `tillpoint run` on a data dir)
-from .test_scenarios import OWN_SCENARIOS, _argv, _check_step, _run_in_process
+from .test_review23_cli23 import (  # the fixture: `tillpoint run` on a data dir
+    forwarded_problems,
+    serve,  # noqa: F401
+)
+from .test_scenarios import OWN_SCENARIOS
 
 EXE = Path(sys.executable).parent / "tillpoint"
 
@@ -324,20 +327,7 @@ def test_review24_scenario_through_a_serving_agent(
 ) -> None:
     """The hand-worked scenarios again with `tillpoint run` serving the data directory: every
     call after the first snapshot goes the forwarded way and prints what the local way does."""
-    scenario = json.loads((OWN_SCENARIOS / "review24" / f"{name}.json").read_text("utf-8"))
-    for key in list(os.environ):
-        if key.startswith("TILLPOINT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("TILLPOINT_DEVICE_ID", scenario["deviceId"])
-    data = tmp_path / "data"
-    data.mkdir()
-    problems: list[str] = []
-    for index, step in enumerate(scenario["steps"]):
-        if index == 1:
-            serve(data)
-        if step["command"] == "wait":
-            time.sleep(float(step["seconds"]))
-            continue
-        code, out, err = _run_in_process(_argv(step, data, index), capsys)
-        problems.extend(_check_step(name, index, step, code, out, err))
+    problems = forwarded_problems(
+        OWN_SCENARIOS / "review24" / f"{name}.json", serve, tmp_path, monkeypatch, capsys
+    )
     assert not problems, "\n".join(problems)

@@ -8,9 +8,6 @@ so a hold that runs out across a daylight-saving change needs a clock the test m
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +19,11 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import PROGRAM, ManualClock, snapshot
-from .test_review23_cli23 import serve  # noqa: F401  (the fixture: `tillpoint run` on a data dir)
-from .test_scenarios import OWN_SCENARIOS, _argv, _check_step, _run_in_process
+from .test_review23_cli23 import (  # the fixture: `tillpoint run` on a data dir
+    forwarded_problems,
+    serve,  # noqa: F401
+)
+from .test_scenarios import OWN_SCENARIOS
 
 ANNA = "2770000000017"
 BREAD = "4601234000024"
@@ -148,20 +148,5 @@ def test_the_day_through_a_serving_agent(
     """Each day again with `tillpoint run` serving the data directory: every call after the
     first snapshot goes the forwarded way (the same `PosAgent` calls the POS makes) and must
     print what the local way prints."""
-    scenario = json.loads(file.read_text("utf-8"))
-    for key in list(os.environ):
-        if key.startswith("TILLPOINT_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("TILLPOINT_DEVICE_ID", scenario["deviceId"])
-    data = tmp_path / "data"
-    data.mkdir()
-    problems: list[str] = []
-    for index, step in enumerate(scenario["steps"]):
-        if index == 1:
-            serve(data)
-        if step["command"] == "wait":
-            time.sleep(float(step["seconds"]))
-            continue
-        code, out, err = _run_in_process(_argv(step, data, index), capsys)
-        problems.extend(_check_step(file.stem, index, step, code, out, err))
+    problems = forwarded_problems(file, serve, tmp_path, monkeypatch, capsys)
     assert not problems, "\n".join(problems)
