@@ -93,18 +93,25 @@ class DoorsSequence(HubSequence):
 
     ACTIONS = HubSequence.ACTIONS + ["restart", "burst"]  # noqa: RUF005 (a list, as its base)
 
-    def __init__(self, seed: int, work: Path) -> None:
+    # where the till's clock starts; whether the hub reads it too (else the machine's)
+    START_AT = "2026-11-23T09:40:00+03:00"
+    HUB_ON_TILL_CLOCK = False
+    TRACE_ENV = "LONG32_TRACE"
+
+    def __init__(self, seed: int, work: Path, store: str | None = None) -> None:
+        from tillpoint.sync.hub_server import system_clock
         from tillpoint.sync.loopback import LoopbackHub, wait_for
         from tillpoint.sync.pull import cache_version
 
         self.rng = random.Random(seed)
         self.work = work
         self.data = work / "till"
-        self.clock = FileClock(datetime.fromisoformat("2026-11-23T09:40:00+03:00"), work / "clock")
+        self.clock = FileClock(datetime.fromisoformat(self.START_AT), work / "clock")
         self.record = work / "hub-answers.jsonl"
         self.record.touch()
         self.master = _hub_master(self.TTL)
-        self.hub = LoopbackHub(work / "hub", data=self.master)
+        hub_clock = self.clock if self.HUB_ON_TILL_CLOCK else system_clock
+        self.hub = LoopbackHub(work / "hub", data=self.master, clock=hub_clock, store=store)
         self.hub_up = True
         self.hub.enroll(DEVICE, self.data)
         self.synced = True  # its own sync loops pull and push
@@ -116,7 +123,7 @@ class DoorsSequence(HubSequence):
         self.compared = 0
         self.counts: dict[str, int] = {}
         self.mismatches: list[str] = []
-        self.trace = bool(os.environ.get("LONG32_TRACE"))
+        self.trace = bool(os.environ.get(self.TRACE_ENV))
         self.stops: list[int] = []  # the exit codes of the SIGTERMs
         self.ll: Any = None
         self.start()

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import sqlite3
 import sys
 import time
@@ -110,15 +109,16 @@ class StoreDaySequence(DoorsSequence):
         "outage",
     ]
 
+    # review 32's set-up (DoorsSequence.__init__), but the store's evening (midnight comes
+    # within the first steps) and the hub on the till's clock: a hub publishes each
+    # customer's balance as at its `issuedAt`, which must not be in the till's future (a
+    # real hub and till agree on the time within seconds)
+    START_AT = "2026-11-23T23:10:00+03:00"
+    HUB_ON_TILL_CLOCK = True
+    TRACE_ENV = "MEMO35_TRACE"
+
     def __init__(self, seed: int, work: Path, store: str | None = None) -> None:
-        import random
-
         from tillpoint.printer.virtual import VirtualPrinter
-        from tillpoint.sync.loopback import LoopbackHub, wait_for
-        from tillpoint.sync.pull import cache_version
-
-        from .test_review31_long31 import _hub_master
-        from .test_review32_long32 import FileClock
 
         self.printer = VirtualPrinter()
         self.printer.start()
@@ -127,35 +127,8 @@ class StoreDaySequence(DoorsSequence):
         self.lost: list[str] = []  # problems that are not one answer's
         self.problems: list[str] = []
         self.backup: dict[str, Any] | None = None  # the hub's master data at its backup
-        # review 32's set-up (DoorsSequence.__init__), but the store's evening (midnight
-        # comes within the first steps) and the hub on the till's clock: a hub publishes
-        # each customer's balance as at its `issuedAt`, which must not be in the till's
-        # future (a real hub and till agree on the time within seconds)
-        self.rng = random.Random(seed)
-        self.work = work
-        self.data = work / "till"
-        self.clock = FileClock(datetime.fromisoformat("2026-11-23T23:10:00+03:00"), work / "clock")
-        self.record = work / "hub-answers.jsonl"
-        self.record.touch()
-        self.master = _hub_master(self.TTL)
         self.on_postgres = bool(store)
-        self.hub = LoopbackHub(work / "hub", data=self.master, clock=self.clock, store=store)
-        self.hub_up = True
-        self.hub.enroll(dl.DEVICE, self.data)
-        self.synced = True  # its own sync loops pull and push
-        self.bodies: dict[str, dict[str, Any]] = {}
-        self.held: set[str] = set()
-        self.closed: set[str] = set()
-        self.committed: dict[str, dict[str, Any]] = {}
-        self.n = 0
-        self.compared = 0
-        self.counts: dict[str, int] = {}
-        self.mismatches: list[str] = []
-        self.trace = bool(os.environ.get("MEMO35_TRACE"))
-        self.stops: list[int] = []
-        self.ll: Any = None
-        self.start()
-        wait_for(lambda: cache_version(self.data) >= 1, timeout=60)
+        super().__init__(seed, work, store)
 
     def start(self) -> None:
         command = [sys.executable, "-m", "bench.difflong_doors", "serve"]
