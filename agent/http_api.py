@@ -67,7 +67,7 @@ from .config import (
 )
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
-from .models import Receipt, _time_of_a_sale
+from .models import INT64_TEXT, Receipt, _time_of_a_sale
 from .results import CheckoutResult, json_text
 from .service import MAX_FISCAL_DOCUMENT, Agent
 from .wire import json_of, receipt_from_json, refund_from_json, status_json
@@ -705,6 +705,26 @@ _SCALARS: dict[int, dict[str, Any]] = {
 }
 
 
+_INT64_TYPES = frozenset(t for t, schema in _SCALARS.items() if schema.get("format") == "int64")
+
+
+def _int64_text(minimum: int | None) -> dict[str, Any]:
+    """An int64 written as a string (proto3 JSON), as the agent reads it (`models._int64`):
+    digits, a minus sign first if any, no blanks or `+`; its `minimum` said as a pattern
+    too (0: no minus; −1: `"-1"` the one negative), as a string has no minimum."""
+    pattern = f"^{INT64_TEXT}$"
+    if minimum == 0:
+        pattern = "^[0-9]+$"
+    elif minimum == -1:
+        pattern = "^(-1|[0-9]+)$"
+    return {
+        "type": "string",
+        "pattern": pattern,
+        "maxLength": TEXT_MAX,
+        "description": "the same integer as a string of digits (proto3 JSON's int64)",
+    }
+
+
 def _required(name: str) -> list[str]:
     """The fields a request message must carry, as the agent reads it: the models' own
     required fields (agent/models.py), or the small bodies' (`_SMALL_BODIES`)."""
@@ -853,14 +873,19 @@ def _message_schema(
         limit.pop("items", None)
         if field.is_repeated:
             schema = {"type": "array", "items": schema}
-        # a string's or a list's limits, an integer's range (an int64 the agent also reads
-        # as a digit string, proto3 JSON's, is described as the integer a client sends)
+        # a string's or a list's limits, an integer's range
         if limit and (field.is_repeated or schema.get("type") in ("string", "integer")):
             schema = {**schema, **limit}
+        # A request's int64 may also be a string of digits (proto3 JSON), which the agent
+        # reads as the number: described as the integer or that string (review 36, doc36).
+        # An answer's int64 is always a JSON integer (agent/wire.py): described so.
+        forms = [schema]
+        if request and not field.is_repeated and field.type in _INT64_TYPES:
+            forms.append(_int64_text(schema.get("minimum")))
         # null is a field left out (proto3 JSON): fine for any field but a required one
         if (field.has_presence or request) and field.json_name not in required:
-            schema = {"anyOf": [schema, {"type": "null"}]}
-        properties[field.json_name] = schema
+            forms.append({"type": "null"})
+        properties[field.json_name] = forms[0] if len(forms) == 1 else {"anyOf": forms}
     described: dict[str, Any] = _described(
         {"type": "object", "properties": properties}, _proto_comments().get(desc.name)
     )
@@ -1099,18 +1124,33 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
                     JSON: {"schema": _message_schema(rpc.input_type, schemas, request=True)}
                 },
             }
-        shown = examples.get(call.path, ())
+        shown = [e for e in examples.get(call.path, ()) if e[0] == 200]
         if shown:  # named alike in the body and the answer: a reader pairs them
             answered = operation["responses"]["200"]["content"][JSON]
             answered["examples"] = {
-                name: {"summary": summary, "value": answer} for name, summary, _, answer in shown
+                name: {"summary": summary, "value": answer} for _, name, summary, _, answer in shown
             }
             if "requestBody" in operation:
                 operation["requestBody"]["content"][JSON]["examples"] = {
                     name: {"summary": summary, "value": body}
-                    for name, summary, body, _ in shown
+                    for _, name, summary, body, _ in shown
                     if body is not None
                 }
+        # A refusal's example: the error a real agent answered (its body), and the request
+        # that met it in its description (not among the request's examples: it may be one
+        # the schema refuses).
+        for status, name, summary, body, refusal in examples.get(call.path, ()):
+            if status == 200:
+                continue
+            # its own copy: the shared answers (`errors`) stay without examples
+            response = operation["responses"][str(status)] = copy.deepcopy(
+                operation["responses"][str(status)]
+            )
+            response["content"][JSON].setdefault("examples", {})[name] = {
+                "summary": summary,
+                "description": f"The answer to {json_document(body).strip()}",
+                "value": refusal,
+            }
         paths[call.path] = {call.method.lower(): operation}
     paths["/healthz"] = {
         "get": {
@@ -1196,16 +1236,22 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
 
 
 @functools.cache
-def _examples() -> dict[str, list[tuple[str, str, Any, Any]]]:
-    """Each call's examples by its path: (name, summary, request, answer), from the file
-    `make openapi-examples` generates from examples/ and a real agent's answers
-    (agent/openapi_examples.py); read once."""
+def _examples() -> dict[str, list[tuple[int, str, str, Any, Any]]]:
+    """Each call's examples by its path: (HTTP status, name, summary, request, answer),
+    from the file `make openapi-examples` generates from examples/ and a real agent's
+    answers (agent/openapi_examples.py); read once."""
     from .openapi_examples import load
 
-    found: dict[str, list[tuple[str, str, Any, Any]]] = {}
+    found: dict[str, list[tuple[int, str, str, Any, Any]]] = {}
     for step in load():
         found.setdefault(step["path"], []).append(
-            (step["name"], step["summary"], step.get("request"), step["answer"])
+            (
+                step.get("status", 200),
+                step["name"],
+                step["summary"],
+                step.get("request"),
+                step["answer"],
+            )
         )
     return found
 

@@ -8,7 +8,8 @@ the way the HTTP interface runs them (`http_api.CALLS`: the same parsing, the sa
 answer, byte for byte), and writes each request and answer, in the order they were sent,
 to `agent/openapi_examples.json`, which the package ships beside this module.
 `http_api.openapi` reads that file and gives each call's examples in its request body
-and its 200 answer (named alike, so a reader pairs them). A test makes the file again
+and its 200 answer (named alike, so a reader pairs them), and each refusal's under its
+status (its request in its description). A test makes the file again
 and compares it byte for byte (tests/test_review35_doc35.py), as `make proto-check` does
 for the generated protobuf code: a change of the pricing, the answers' shape or the
 example files that leaves it stale fails there.
@@ -16,13 +17,21 @@ example files that leaves it stale fails there.
 The examples are a sale's life as docs/INTEGRATION.md tells it: identify the scanned
 texts; quote each receipt; hold the one that pays with points and confirm it; hold the
 weighed one and cancel it; check out the others; refund (`examples/refund.json`, a return
-of the confirmed receipt); the card's balance after it; the till's status.
+of the confirmed receipt); the card's balance after it; the till's status. Then each
+call's refusals the contract gives it (CONTRACT §12: 400, 404, 409, 412), sent to the
+same till after those (a bad card, a receiptId held nowhere, a reused id with another
+body, a blocked card, a cancelled or confirmed receipt, a return of more than was sold),
+and the 503 of a ledger that cannot be written (the throwaway till's ledger made unable
+to grow, as a full disk does, after the calls above): each answer the HTTP interface's
+own status and body for the error the agent raised (`errors.edge_of`, `http_api.error_body`),
+stored with its `status`; a step without one is a 200.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -52,8 +61,13 @@ def load(path: Path = EXAMPLES_FILE) -> list[dict[str, Any]]:
     return steps
 
 
-def _plan(examples: Path) -> list[tuple[str, str, str, dict[str, Any] | None]]:
-    """(path, example name, summary, request body) of each step, from the files."""
+Step = tuple[str, str, str, dict[str, Any] | None]  # path, example name, summary, body
+
+
+def _plan(examples: Path) -> tuple[list[Step], list[Step]]:
+    """(path, example name, summary, request body) of each step, from the files: the
+    answered ones, then the refused ones (`_refusals`); and the steps sent once the
+    ledger cannot grow (`_full_ledger`)."""
 
     def read(name: str) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads((examples / name).read_text(encoding="utf-8"))
@@ -72,7 +86,7 @@ def _plan(examples: Path) -> list[tuple[str, str, str, dict[str, Any] | None]]:
     refund = read("refund.json")
     paid_with_points = receipts["receipt-redemption"]
     weighed = receipts["receipt-weighed"]
-    plan: list[tuple[str, str, str, dict[str, Any] | None]] = []
+    plan: list[Step] = []
     for name in ("receipt-card", "receipt-phone", "receipt-unknown-card"):
         plan.append(
             (
@@ -124,35 +138,219 @@ def _plan(examples: Path) -> list[tuple[str, str, str, dict[str, Any] | None]]:
         ),
         ("/v1/status", "till", "The till after these calls", None),
     ]
-    return plan
+    return plan + _refusals(receipts, refund), _full_ledger(receipts, refund)
+
+
+def _refusals(receipts: dict[str, dict[str, Any]], refund: dict[str, Any]) -> list[Step]:
+    """The refusals each call may meet (CONTRACT §12), made from the example files after
+    the sale's life above: every one changes nothing at the till."""
+    card, phone = receipts["receipt-card"], receipts["receipt-phone"]
+    redemption, weighed = receipts["receipt-redemption"], receipts["receipt-weighed"]
+    bad_card = "2770000000025"  # receipt-card's card with a wrong check digit
+    blocked = "2770000000031"  # examples/snapshot.json's BLOCKED card
+    fresh = {**phone, "receiptId": "s1-t1-000130"}  # a receipt not sent before
+    changed = {**card, "lines": card["lines"][:1]}  # receipt-card with one line left
+    return [
+        ("/v1/identify", "text-not-a-string", "400: text is a number", {"text": 2770000000024}),
+        (
+            "/v1/quote",
+            "invalid-card",
+            "400: the card's check digit is wrong (identify says INVALID)",
+            {**fresh, "card": bad_card},
+        ),
+        ("/v1/quote", "blocked-card", "412: the card is blocked", {**fresh, "card": blocked}),
+        (
+            "/v1/hold",
+            "bad-quantity",
+            "400: a quantity with four decimals",
+            {**fresh, "lines": [{**phone["lines"][0], "qty": "0.5125"}]},
+        ),
+        (
+            "/v1/hold",
+            "receipt-id-reused",
+            "409: receipt-card's receiptId with another basket",
+            changed,
+        ),
+        ("/v1/hold", "blocked-card", "412: the card is blocked", {**fresh, "card": blocked}),
+        ("/v1/confirm", "no-receipt-id", "400: no receiptId", {"fiscalDocument": "F-0001"}),
+        (
+            "/v1/confirm",
+            "not-held",
+            "404: a receiptId never held at this till",
+            {"receiptId": fresh["receiptId"]},
+        ),
+        (
+            "/v1/confirm",
+            "cancelled",
+            "412: receipt-weighed's hold was cancelled",
+            {"receiptId": weighed["receiptId"]},
+        ),
+        ("/v1/cancel", "empty-receipt-id", "400: an empty receiptId", {"receiptId": ""}),
+        (
+            "/v1/cancel",
+            "not-held",
+            "404: a receiptId never held at this till",
+            {"receiptId": fresh["receiptId"]},
+        ),
+        (
+            "/v1/cancel",
+            "confirmed",
+            "412: receipt-redemption is confirmed: a refund takes it back",
+            {"receiptId": redemption["receiptId"]},
+        ),
+        (
+            "/v1/checkout",
+            "invalid-card",
+            "400: the card's check digit is wrong (identify says INVALID)",
+            {**fresh, "card": bad_card},
+        ),
+        (
+            "/v1/checkout",
+            "receipt-id-reused",
+            "409: receipt-card's receiptId with another basket",
+            changed,
+        ),
+        ("/v1/checkout", "cancelled", "412: receipt-weighed's receiptId was cancelled", weighed),
+        (
+            "/v1/refund",
+            "no-lines",
+            "400: a return of nothing",
+            {**refund, "refundId": "s1-t1-r-0008", "lines": []},
+        ),
+        (
+            "/v1/refund",
+            "not-sold",
+            "404: a return from a receipt this till never sold",
+            {**refund, "refundId": "s1-t1-r-0008", "receiptId": fresh["receiptId"]},
+        ),
+        (
+            "/v1/refund",
+            "refund-id-reused",
+            "409: examples/refund.json's refundId with another line",
+            {**refund, "lines": [{**refund["lines"][0], "qty": "2"}]},
+        ),
+        (
+            "/v1/refund",
+            "more-than-sold",
+            "412: two more of a line sold twice, one already returned",
+            {**refund, "refundId": "s1-t1-r-0008", "lines": [{**refund["lines"][0], "qty": "2"}]},
+        ),
+        ("/v1/balance", "invalid-card", "400: the card's check digit is wrong", {"card": bad_card}),
+        (
+            "/v1/balance",
+            "unknown-card",
+            "404: a card this till does not know",
+            {"card": receipts["receipt-unknown-card"]["card"]},
+        ),
+        ("/v1/balance", "blocked-card", "412: the card is blocked", {"card": blocked}),
+    ]
+
+
+def _full_ledger(receipts: dict[str, dict[str, Any]], refund: dict[str, Any]) -> list[Step]:
+    """The calls that write, sent once the ledger cannot grow: 503."""
+    fresh = {**receipts["receipt-phone"], "receiptId": "s1-t1-000131"}
+    summary = "503: the ledger cannot be written (a full disk): retry the same request"
+    return [
+        ("/v1/hold", "ledger-full", summary, fresh),
+        ("/v1/checkout", "ledger-full", summary, fresh),
+        ("/v1/refund", "ledger-full", summary, {**refund, "refundId": "s1-t1-r-0009"}),
+    ]
 
 
 def build(examples: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
-    """Each step's path, name, summary, request and the agent's answer to it."""
-    from .http_api import CALLS
+    """Each step's path, name, summary, request and the agent's answer to it (and its
+    HTTP status, an error's)."""
+    from .errors import TillpointError, edge_of
+    from .http_api import CALLS, error_body
     from .service import Agent
 
     calls = {call.path: call for call in CALLS}
     now = [datetime.fromisoformat("2000-01-01T00:00:00+00:00")]
     clock: Callable[[], datetime] = lambda: now[0]  # noqa: E731
     steps: list[dict[str, Any]] = []
+    plan, full = _plan(examples)
+
+    def send(agent: Agent, path: str, body: dict[str, Any] | None) -> tuple[int, Any]:
+        if body is not None and isinstance(body.get("at"), str):  # the till's clock then
+            now[0] = datetime.fromisoformat(body["at"])
+        raw = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        try:
+            return 200, json.loads(calls[path].run(agent, raw))
+        except TillpointError as exc:  # answered as the HTTP interface answers it
+            edge = edge_of(exc)
+            status, answer = error_body(edge.code, edge.message)
+            return status, json.loads(answer)
+
+    def record(agent: Agent, path: str, name: str, summary: str, body: Any) -> None:
+        status, answer = send(agent, path, body)
+        step: dict[str, Any] = {"path": path, "name": name, "summary": summary}
+        if body is not None:
+            step["request"] = body
+        if status != 200:
+            step["status"] = status
+        step["answer"] = answer
+        steps.append(step)
+
     with tempfile.TemporaryDirectory(prefix="tillpoint-examples-") as tmp:
         agent = Agent(Path(tmp) / "data", DEVICE_ID, clock=clock)
         try:
             agent.load_snapshot(json.loads((examples / "snapshot.json").read_text("utf-8")))
-            for path, name, summary, body in _plan(examples):
-                if body is not None and "at" in body:  # the till's clock at the request's time
-                    now[0] = datetime.fromisoformat(body["at"])
-                raw = None if body is None else json.dumps(body, ensure_ascii=False).encode()
-                answer = json.loads(calls[path].run(agent, raw))
-                step: dict[str, Any] = {"path": path, "name": name, "summary": summary}
-                if body is not None:
-                    step["request"] = body
-                step["answer"] = answer
-                steps.append(step)
+            for path, name, summary, body in plan:
+                record(agent, path, name, summary, body)
+            fill_ledger(agent, lambda path, body: send(agent, path, body)[0])
+            for path, name, summary, body in full:
+                record(agent, path, name, summary, body)
+                if steps[-1].get("status") != 503:  # pragma: no cover - the filler's fault
+                    raise RuntimeError(f"{path} was not refused by the full ledger")
         finally:
             agent.close()
     return steps
+
+
+FILLER: dict[str, Any] = {
+    "receiptId": "filler-0",
+    "storeId": "s1",
+    "tillId": "t1",
+    "at": "2026-11-25T10:00:00+03:00",
+    "card": "2770000000093",  # examples/receipt-unknown-card.json's: no customer's
+    "lines": [{"sku": "4601234000017", "qty": "1", "priceMinor": 8990}],
+}
+
+
+def fill_ledger(agent: Any, send: Callable[[str, dict[str, Any]], int]) -> None:
+    """Sell receipts of an unknown card (to take back later), make the agent's ledger
+    unable to grow (SQLite's `max_page_count` at the pages it has: its own "database or
+    disk is full", as on a full disk), and fill the pages there are: hold such receipts
+    until one is refused, then sell them, then take back those sold before, each until
+    refused (a smaller write fills what a larger one left). `send(path, body)` is the
+    status a call answers."""
+    sold = [{**FILLER, "receiptId": f"filler-sold-{i}"} for i in range(FILLER_RETURNS)]
+    for body in sold:
+        if send("/v1/checkout", body) != 200:  # pragma: no cover
+            raise RuntimeError("a filler was refused")
+    ledger = agent._ledger
+    pages = ledger.execute("PRAGMA page_count").fetchone()[0]
+    ledger.execute(f"PRAGMA max_page_count = {pages}")
+    for path in ("/v1/hold", "/v1/checkout", "/v1/refund"):
+        for i in range(FILLER_RETURNS if path == "/v1/refund" else 10_000):
+            body = {**FILLER, "receiptId": f"filler{path[3:]}-{i}"}
+            if path == "/v1/refund":
+                body = {
+                    "refundId": f"filler-refund-{i}",
+                    "receiptId": sold[i]["receiptId"],
+                    "at": FILLER["at"],
+                    "lines": [{"sku": line["sku"], "qty": "1"} for line in FILLER["lines"]],
+                }
+            status = send(path, body)
+            if status == 503:
+                break
+            if status != 200:  # pragma: no cover
+                raise RuntimeError(f"a filler was answered {status}")
+        else:  # pragma: no cover
+            raise RuntimeError("the ledger did not fill")
+
+
+FILLER_RETURNS = 100  # receipts sold before the ledger is full, to take back once it is
 
 
 def text(steps: Sequence[dict[str, Any]]) -> str:
@@ -170,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check", action="store_true", help="exit 1 when the file is not what it would write"
     )
     args = parser.parse_args(argv)
+    # the full ledger's warnings ("sales are refused") are the point, not news: not printed
+    logging.getLogger("tillpoint").addHandler(logging.NullHandler())
     made = text(build(args.examples))
     if args.check:
         try:
