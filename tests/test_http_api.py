@@ -649,9 +649,10 @@ def _accepts(schema: dict[str, Any], value: Any, schemas: dict[str, Any]) -> boo
 def test_openapi_states_the_limits_the_models_check(client: Client) -> None:
     """A request body openapi.json accepts is one the agent accepts, and the other way
     round (an integrator's audit: limits the models check were missing), but for what
-    proto3 JSON also allows, an int64 as a string and a proto field name: the agent
-    reads them, the schema describes the one form a client should send (a union of
-    spellings makes generated clients' fields optional or objects; `NOT_DESCRIBED`)."""
+    proto3 JSON also allows, a proto field name (a union of spellings would make a
+    generated client's required fields optional) and an int64 string the pattern does not
+    take (`"-0"`): the agent reads them, the schema does not describe them
+    (`NOT_DESCRIBED`). An int64 as its digit string is described since review 36 (doc36)."""
     doc = client.get("/openapi.json").json()
     schemas = doc["components"]["schemas"]
     line = {"sku": "4601234000017", "qty": "1"}
@@ -682,7 +683,8 @@ def test_openapi_states_the_limits_the_models_check(client: Client) -> None:
         ("/v1/quote", quote(14, redeemPoints=-2), False),
         ("/v1/quote", quote(15, redeem_points="-1"), NOT_DESCRIBED),
         ("/v1/quote", quote(16, redeemPoints="-2"), False),
-        ("/v1/quote", quote(17, redeemPoints="100"), NOT_DESCRIBED),
+        ("/v1/quote", quote(17, redeemPoints="100"), True),  # described (review 36)
+        ("/v1/quote", quote(24, [{**line, "priceMinor": "8990"}]), True),
         ("/v1/quote", quote(18, receipt_id="lim-18b"), NOT_DESCRIBED),
         ("/v1/quote", {**quote(19), "receipt_id": "lim-19b"}, False),  # under both names
         ("/v1/balance", {"card": "2770000000017", "at": at}, True),
