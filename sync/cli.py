@@ -1046,6 +1046,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     authoriser = HubAuthoriser(
         link, settings.data_dir, settings.device_id, timings.redeem_timeout_s
     )
+    authoriser.deadline = deadline  # no release or shrink given longer than what is left
     try:
         agent = cli_agent(settings, hub=authoriser)
     except BaseException:
