@@ -6,15 +6,26 @@ own gRPC handlers, real SQLite files, real sockets.
 
 from __future__ import annotations
 
+import http.client
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.v1 import tillpoint_pb2 as pb
+from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI
+from .conftest import CLI, free_port, snapshot
 from .test_review35_left35 import cancelled_while_away, owed_releases
+
+EXE = str(Path(sys.executable).parent / "tillpoint")
 
 # ---------------------------------------- 1. sync now's round of the hold timer
 
@@ -50,3 +61,170 @@ def test_sync_now_gives_an_owed_release_no_longer_than_its_timeout_has_left(
         assert all(left is not None and left <= 5.0 for left in given), given
     finally:
         hub.stop()
+
+
+# ---------------------------------------- 2. the half-bound check at a restart
+
+
+def _ours_closing(port: int) -> int:
+    """How many of the kernel's TCP sockets on local `port` are closing (FIN_WAIT1/2,
+    TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING): what a stopped process leaves."""
+    closing = {"04", "05", "06", "08", "09", "0B"}
+    found = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as rows:
+                next(rows, None)
+                for row in rows:
+                    fields = row.split()
+                    if int(fields[1].rpartition(":")[2], 16) == port and fields[3] in closing:
+                        found += 1
+        except OSError:
+            continue
+    return found
+
+
+def _grpc_status(address: str) -> str:
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        answer = pb_grpc.PosAgentStub(channel).Status(pb.StatusRequest(), timeout=10)
+        return str(answer.device_id)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="the kernel's tables (Linux)")
+def test_run_restarted_at_once_on_its_ports_starts_beside_its_closing_connections(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §10 (a graceful stop; a port another program holds). A systemd restart
+    right after a stop: the stopped `run` leaves its POS connections closing on its
+    ports (FIN_WAIT2 and TIME_WAIT on the agent's side, a POS that keeps its side open).
+    The start's half-bound check (review 35) reads the kernel's tables after grpcio's
+    bind: none of those sockets listens, and the till starts at once on the same ports,
+    `localhost` for gRPC (both loopbacks looked at). Found right."""
+    data = tmp_path / "data"
+    Agent(data, "till-1").load_snapshot(snapshot())
+    grpc_port, http_port = free_port(), free_port()
+    conf = tmp_path / "till.toml"
+    conf.write_text(
+        f'device_id = "till-1"\n[server]\nlisten = "localhost:{grpc_port}"\n'
+        f'[http]\nlisten = "127.0.0.1:{http_port}"\n[metrics]\nenabled = false\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [EXE, "--config", conf, "--data-dir", data, "run"], env=env, stderr=subprocess.PIPE
+        )
+        procs.append(proc)
+        return proc
+
+    first = start()
+    assert _grpc_status(f"127.0.0.1:{grpc_port}") == "till-1"
+    kept = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+    kept.request("GET", "/v1/status")  # a POS's keep-alive connection, left open
+    assert kept.getresponse().read()
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")  # and a channel, left open
+    try:
+        pb_grpc.PosAgentStub(channel).Status(pb.StatusRequest(), timeout=10)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        assert _ours_closing(grpc_port) + _ours_closing(http_port) > 0
+        second = start()  # at once, as `Restart=` does
+        assert _grpc_status(f"localhost:{grpc_port}") == "till-1", second.poll()
+        assert second.poll() is None
+        fresh = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+        fresh.request("GET", "/v1/status")
+        assert fresh.getresponse().status == 200
+        fresh.close()
+    finally:
+        channel.close()
+        kept.close()
+
+
+def _table_row(address_hex: str, port: int, inode: int) -> str:
+    """A LISTEN row of /proc/net/tcp as the kernel writes it."""
+    return (
+        f"   0: {address_hex}:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000"
+        f" 00000000  1000        0 {inode} 1 0000000000000000 100 0 0 10 0\n"
+    )
+
+
+_HEADING = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+    "   uid  timeout inode\n"
+)
+
+
+def test_a_till_whose_own_listener_the_tables_do_not_name_as_its_own_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (a port another program holds: exit 1). The half-bound check (review
+    35) takes a listening row of the kernel's tables whose inode is none of this
+    process's sockets for another program's. Where /proc does not give a socket's inode
+    as this process's descriptors name it (a sandboxed kernel such as gVisor writes 0
+    when it cannot stat a socket), the agent's own listener, grpcio's, read as another
+    program's: "127.0.0.1:PORT is another program's", exit 1, at every start, a till
+    that never starts. When no row on the port is this process's, the tables cannot
+    tell its socket from another's: the probe alone decides, as on another system."""
+    from tillpoint.agent import config
+    from tillpoint.agent import server as server_module
+
+    port = free_port()
+    tcp = tmp_path / "tcp"  # what such a /proc says once grpcio has bound the port
+    tcp.write_text(_HEADING + _table_row("0100007F", port, 0), encoding="ascii")
+    monkeypatch.setattr(config, "_PROC_TCP", (str(tcp), str(tmp_path / "tcp6-absent")))
+    agent = Agent(tmp_path / "data", "till-1")
+    try:
+        server, bound, _ = server_module.build_server(agent, f"127.0.0.1:{port}")
+        try:
+            assert bound == port
+        finally:
+            server.stop(None).wait(5)
+    finally:
+        agent.close()
+
+
+def test_a_hub_whose_own_listener_the_tables_do_not_name_as_its_own_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10: the same for `hub serve` (`HubServer.start` asks the same check)."""
+    from tillpoint.agent import config
+
+    port = free_port()
+    tcp = tmp_path / "tcp"
+    tcp.write_text(_HEADING + _table_row("0100007F", port, 0), encoding="ascii")
+    monkeypatch.setattr(config, "_PROC_TCP", (str(tcp), str(tmp_path / "tcp6-absent")))
+    hub = LoopbackHub(tmp_path / "hub", start=False)
+    try:
+        assert hub.server.start(f"127.0.0.1:{port}") == port
+    finally:
+        hub.server.stop()
+
+
+def test_another_program_is_still_found_beside_a_listener_the_tables_name_as_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10: where the tables do name this process's listener, another program's
+    row on an address of the listen still counts (review 35's `localhost` with ::1
+    taken): the self-check above leaves that finding as it was."""
+    import socket
+
+    from tillpoint.agent import config
+
+    with socket.socket() as ours:
+        ours.bind(("127.0.0.1", 0))
+        ours.listen()
+        port = ours.getsockname()[1]
+        inode = os.fstat(ours.fileno()).st_ino
+        tcp, tcp6 = tmp_path / "tcp", tmp_path / "tcp6"
+        tcp.write_text(_HEADING + _table_row("0100007F", port, inode), encoding="ascii")
+        tcp6.write_text(  # [::1]:PORT, another program's
+            _HEADING.replace("local_address", "local_address" + " " * 24)
+            + _table_row("00000000000000000000000001000000", port, 1),
+            encoding="ascii",
+        )
+        monkeypatch.setattr(config, "_PROC_TCP", (str(tcp), str(tcp6)))
+        monkeypatch.setattr(config, "_bindable", lambda ip: True)  # ::1 here or not
+        got = config.others_listening(f"localhost:{port}", port, ours=True)
+        assert got == [f"[::1]:{port}"]
