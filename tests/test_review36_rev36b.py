@@ -11,19 +11,30 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, free_port, snapshot
-from .test_review35_left35 import cancelled_while_away, owed_releases
+from .conftest import CLI, enrolled_till, free_port, snapshot
+from .test_review35_left35 import (
+    ANNA,
+    SlowReleases,
+    cancelled_while_away,
+    owed_releases,
+    slow_releases,
+)
+
+__all__ = ["slow_releases"]  # left35's fixture: a hub slow at releases
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
 
@@ -59,6 +70,67 @@ def test_sync_now_gives_an_owed_release_no_longer_than_its_timeout_has_left(
         assert owed_releases(data) == 0
         assert len(given) == 2
         assert all(left is not None and left <= 5.0 for left in given), given
+    finally:
+        hub.stop()
+
+
+@pytest.mark.slow  # a run and a sync now on one data directory, a slow hub: ~8 s
+def test_sync_now_beside_a_running_till_on_its_data_directory_doubles_nothing_at_the_hub(
+    tmp_path: Path, slow_releases: SlowReleases, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §9 (each transaction stored once), §11 (a release owed is sent until the
+    hub takes it). A till comes back from an outage with sales in its outbox and holds
+    cancelled while the hub was away; `tillpoint run` starts on its data directory and a
+    `sync now` is run beside it at once (an operator's habit), both pushing and both
+    sending the owed releases (review 35's round), to a hub slow at releases (their
+    sends overlap). Found right: each sale is stored once at the hub, every release is
+    taken (nothing held for the customer), `sync now` ends 0, neither says a Traceback."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "data"
+    try:
+        till = enrolled_till(hub, data, "till-1")
+        for i in range(8):
+            held = till.agent.hold(receipt_from_json(receipt(f"h-{i}", ANNA, redeem=10)))
+            assert (held.state, held.mode) == ("HELD", "ONLINE")
+        hub.stop()  # away: the cancels' releases are owed, the sales wait in the outbox
+        for i in range(8):
+            assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
+        for i in range(6):
+            sold = till.agent.checkout(receipt_from_json(receipt(f"s-{i}", ANNA)))
+            assert sold.state == "CONFIRMED"
+        till.stop()
+        assert owed_releases(data) == 8
+        hub.restart()  # the slow one
+        conf = tmp_path / "tillpoint.toml"
+        conf.write_text(
+            f'device_id = "till-1"\ndata_dir = "{data}"\n[server]\nlisten = "127.0.0.1:0"\n'
+            '[http]\nlisten = "127.0.0.1:0"\n[metrics]\nenabled = false\n',
+            encoding="utf-8",
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        run = subprocess.Popen([EXE, "--config", conf, "run"], env=env, stderr=subprocess.PIPE)
+        procs.append(run)
+        done = subprocess.run(
+            [EXE, "--config", conf, "sync", "now", "--timeout", "30", "--wait", "30"],
+            env=env,
+            capture_output=True,
+            timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+        assert b"Traceback" not in done.stderr
+        deadline = time.monotonic() + 30
+        while owed_releases(data) or len(hub.store.transactions("till-1")) < 6:
+            assert time.monotonic() < deadline, "the releases or the sales never all went"
+            assert run.poll() is None
+            time.sleep(0.1)
+        stored = hub.store.transactions("till-1")
+        assert sorted(tx.receipt_id for tx in stored) == [f"s-{i}" for i in range(6)]
+        assert len({tx.seq for tx in stored}) == 6
+        assert hub.store.balance("c-1", datetime.now(UTC)).held == 0
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 0
+        assert run.stderr is not None
+        assert b"Traceback" not in run.stderr.read()
     finally:
         hub.stop()
 
