@@ -201,7 +201,13 @@ def pinned_listen(address: str) -> str:
         probe.close()
     if len(probes) == 1:  # one address: grpcio's own pick cannot miss
         return address
-    return f"[{host}]:{picked}" if ":" in host else f"{host}:{picked}"
+    return listen_text(host, picked)
+
+
+def listen_text(host: str, port: int) -> str:
+    """HOST:PORT as a listen is written, an IPv6 host in brackets ("[::1]:8061"): the
+    address a "cannot listen on" line names (review 36: "::1:8061" for HTTP)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # The kernel's tables of TCP sockets (Linux), and the state of one that listens.

@@ -60,6 +60,7 @@ from .cli import json_document, parse_json, parse_time
 from .config import (
     bearer_matches,
     bind_listeners,
+    listen_text,
     not_resolved,
     shorten,
     split_listen,
@@ -1442,7 +1443,7 @@ class AsgiThread:
             self.socks = bind_listeners(host, port)
         except OSError as exc:
             raise TillpointError(
-                f"cannot listen on {host}:{port} for HTTP: {not_resolved(host, exc)}"
+                f"cannot listen on {listen_text(host, port)} for HTTP: {not_resolved(host, exc)}"
                 " (set [http] listen)"  # as gRPC's and /metrics' name their key
             ) from None
         self.sock = self.socks[0]

@@ -25,7 +25,7 @@ from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import CLI, enrolled_till, free_port, snapshot
+from .conftest import CLI, enrolled_till, free_port, needs_ipv6, snapshot
 from .test_review35_left35 import (
     ANNA,
     SlowReleases,
@@ -300,3 +300,33 @@ def test_another_program_is_still_found_beside_a_listener_the_tables_name_as_our
         monkeypatch.setattr(config, "_bindable", lambda ip: True)  # ::1 here or not
         got = config.others_listening(f"localhost:{port}", port, ours=True)
         assert got == [f"[::1]:{port}"]
+
+
+@needs_ipv6
+def test_a_taken_ipv6_listen_is_named_in_brackets_by_the_http_and_metrics_doors(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (a port another program holds: one line naming the address). The
+    HTTP door and /metrics named an IPv6 listen without its brackets, "cannot listen on
+    ::1:8061 for HTTP", an address that reads as a host and a port either way; gRPC's line
+    named it as written. Found while putting the HTTP and gRPC listeners on one port."""
+    import socket
+
+    from tillpoint.agent import metrics
+    from tillpoint.agent.errors import TillpointError
+    from tillpoint.agent.http_api import HttpServer
+
+    with socket.socket(socket.AF_INET6) as other:
+        other.bind(("::1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        agent = Agent(tmp_path / "data", "till-1")
+        try:
+            with pytest.raises(TillpointError) as http_refused:
+                HttpServer(agent, f"[::1]:{port}")
+            with pytest.raises(TillpointError) as metrics_refused:
+                metrics.serve(metrics.Registry(), "::1", port)
+        finally:
+            agent.close()
+    assert f"cannot listen on [::1]:{port} for HTTP: " in str(http_refused.value)
+    assert f"cannot listen on [::1]:{port} for /metrics: " in str(metrics_refused.value)
