@@ -330,3 +330,82 @@ def test_a_taken_ipv6_listen_is_named_in_brackets_by_the_http_and_metrics_doors(
             agent.close()
     assert f"cannot listen on [::1]:{port} for HTTP: " in str(http_refused.value)
     assert f"cannot listen on [::1]:{port} for /metrics: " in str(metrics_refused.value)
+
+
+# ---------------------------------------- 3. /openapi.json's examples, integers as strings
+
+
+def _as_strings(value: Any) -> Any:
+    """A request with each of its integers written as a JSON string, as proto3 JSON
+    allows for every integer field ("8990" for 8990) and a proto3 JSON printer writes an
+    int64 (Java's JsonFormat, protobuf-es)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _as_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_strings(item) for item in value]
+    return value
+
+
+def test_every_example_request_with_its_integers_as_strings_is_answered_as_its_example(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §12 (HTTP is proto3 JSON: an int64 as a number or a string). Each example
+    request of /openapi.json (agent/openapi_examples.json), its integers written as JSON
+    strings, sent over real HTTP to a till on the examples' snapshot and clock as the
+    generator runs them, is answered 200 with the example's answer, value for value; and
+    a Hold or Checkout retried in the other form is the same receipt (200, the same
+    answer), not another body (409). Found right (doc35 sent the integers only)."""
+    import json
+    from datetime import datetime
+
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.agent.openapi_examples import DEVICE_ID, load
+
+    steps = load()
+    now = [datetime.fromisoformat("2000-01-01T00:00:00+00:00")]
+    agent = Agent(tmp_path / "data", DEVICE_ID, clock=lambda: now[0])
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    agent.load_snapshot(json.loads((examples / "snapshot.json").read_text(encoding="utf-8")))
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+
+    def send(path: str, body: Any) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            if body is None:
+                conn.request("GET", path)
+            else:
+                raw = json.dumps(body, ensure_ascii=False).encode()
+                conn.request("POST", path, raw, {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            return answer.status, json.loads(answer.read())
+        finally:
+            conn.close()
+
+    try:
+        wrong: list[str] = []
+        strung = 0
+        for step in steps:
+            body = step.get("request")
+            if body is not None and "at" in body:
+                now[0] = datetime.fromisoformat(body["at"])
+            sent = None if body is None else _as_strings(body)
+            strung += sent != body
+            status, got = send(step["path"], sent)
+            if step["path"] == "/v1/status":  # its moment and devices are the till's own
+                continue
+            if (status, got) != (200, step["answer"]):
+                wrong.append(f"{step['path']} {step['name']}: {status} {got}")
+            if body is not None and step["path"] in ("/v1/hold", "/v1/checkout"):
+                again = send(step["path"], body)  # retried with its integers as numbers
+                if again != (200, got):
+                    wrong.append(f"{step['path']} {step['name']} retried: {again}")
+        assert not wrong, "\n".join(wrong)
+        assert strung >= 5  # the receipts' prices and points went as strings
+    finally:
+        server.stop()
+        agent.close()
