@@ -135,6 +135,37 @@ def test_sync_now_beside_a_running_till_on_its_data_directory_doubles_nothing_at
         hub.stop()
 
 
+def test_sync_now_that_reaches_its_timeout_before_the_hub_answers_says_it_gave_up(
+    tmp_path: Path, hub: LoopbackHub, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (`sync now --timeout`: the command that reaches its deadline ends with
+    exit 1 and one line, "sync now gave up at its deadline of S s (--timeout) …"). A
+    deadline spent before the hub answered the first call (the mark it asks before
+    pushing; a hub 0.5 s slow there, a --timeout of 0.3 s) said "the hub did not answer
+    in time", the words of a hub too slow for the till's own call deadline (5 s here),
+    not of the operator's --timeout."""
+    enrolled_till(hub, tmp_path / "data", "till-1").stop()
+    listed = HubServicer.ListTransactions
+
+    def slowly(self: Any, request: Any, context: Any) -> Any:
+        time.sleep(0.5)
+        return listed(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "ListTransactions", slowly)
+    hub.restart()  # with the slow handler
+    done = cli("sync", "now", "--timeout", "0.3")
+    assert done.code == 1
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1, done.err
+    assert lines[0] == (
+        "tillpoint: sync now gave up at its deadline of 0.3 s (--timeout) before the hub"
+        " answered (nothing pushed; 0 transaction(s) still in the outbox, sent by"
+        " `tillpoint run` or the next `sync now`)"
+    )
+    again = cli("sync", "now", "--timeout", "30")  # the hub was there all along
+    assert again.code == 0, again.err
+
+
 # ---------------------------------------- 2. the half-bound check at a restart
 
 
