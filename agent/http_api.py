@@ -987,7 +987,12 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         "a request that is not HTTP the agent can read (no Host, two Content-Length, a"
         " garbage request line, a head over 16 KiB)"
     )
-    malformed = "malformed JSON, unknown field, out-of-range value, over 4 MiB"
+    # a whole number with a decimal point or an exponent is JSON Schema's integer, not
+    # the agent's (CONTRACT §12): said here, where a reader of the document looks (review 36)
+    malformed = (
+        "malformed JSON, unknown field, out-of-range value, a whole number written with a"
+        " decimal point or an exponent (8990.0, 8.99e3: send 8990), over 4 MiB"
+    )
     errors = {
         "400": answer(f"bad input: {malformed}; or {unreadable}, on any path"),
         "401": answer("a token is set and the request has none or another"),

@@ -440,3 +440,50 @@ def test_every_example_request_with_its_integers_as_strings_is_answered_as_its_e
     finally:
         server.stop()
         agent.close()
+
+
+def test_a_whole_number_the_document_takes_and_the_agent_refuses_is_described(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §12 (the 400s: "a number with a decimal point or an exponent is refused
+    naming where it is"), /openapi.json. The document's integers are JSON Schema's, for
+    which 8990.0 and 8.99e3 are the integer 8990 (a validating client or proxy passes
+    them); the agent refuses them, 400. Each call with a whole number in its request now
+    says so in its 400, so a POS team reading the document (or a client generated from
+    it) learns it there, not from the till. Failed before: "malformed JSON, unknown
+    field, out-of-range value"."""
+    import json
+
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+    from tillpoint.agent.http_api import HttpServer, openapi
+
+    doc = json.loads(json.dumps(openapi()))
+    resource = Resource.from_contents(doc, default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource("urn:openapi", resource)
+    pointer = "paths/~1v1~1quote/post/requestBody/content/application~1json/schema"
+    validator = Draft202012Validator({"$ref": f"urn:openapi#/{pointer}"}, registry=registry)
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    body = json.loads((examples / "receipt-card.json").read_text(encoding="utf-8"))
+    body["lines"][0]["priceMinor"] = 5490.0
+    assert not list(validator.iter_errors(body))  # the document takes it
+
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(json.loads((examples / "snapshot.json").read_text(encoding="utf-8")))
+    server = HttpServer(agent, "127.0.0.1:0")
+    server.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", "/v1/quote", json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        assert answer.status == 400  # the agent does not
+        assert "decimal point" in json.loads(answer.read())["error"]["message"]
+        conn.close()
+    finally:
+        server.stop()
+        agent.close()
+    # the calls whose request has a whole number (prices, amounts, points)
+    for path in ("/v1/quote", "/v1/hold", "/v1/checkout", "/v1/refund"):
+        said = doc["paths"][path]["post"]["responses"]["400"]["description"]
+        assert "decimal point or an exponent" in said, (path, said)
