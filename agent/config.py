@@ -201,7 +201,13 @@ def pinned_listen(address: str) -> str:
         probe.close()
     if len(probes) == 1:  # one address: grpcio's own pick cannot miss
         return address
-    return f"[{host}]:{picked}" if ":" in host else f"{host}:{picked}"
+    return listen_text(host, picked)
+
+
+def listen_text(host: str, port: int) -> str:
+    """HOST:PORT as a listen is written, an IPv6 host in brackets ("[::1]:8061"): the
+    address a "cannot listen on" line names (review 36: "::1:8061" for HTTP)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # The kernel's tables of TCP sockets (Linux), and the state of one that listens.
@@ -209,7 +215,7 @@ _PROC_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
 _TCP_LISTEN = "0A"
 
 
-def others_listening(address: str, port: int) -> list[str]:
+def others_listening(address: str, port: int, *, ours: bool = False) -> list[str]:
     """The addresses of `address`'s host where another program listens on `port` (the
     port a gRPC server was just given): "[::1]:50061". Asked once grpcio has bound it,
     since grpcio binds a name address by address and, when one is taken, listens on the
@@ -227,7 +233,10 @@ def others_listening(address: str, port: int) -> list[str]:
     agent's connections, and refusing the start for it left a till that never starts
     (rev35b). Read from the kernel's tables and this process's descriptors (Linux), each
     table on its own (no /proc/net/tcp6 on a kernel without IPv6); [] where they cannot
-    be read (another system: the probe alone)."""
+    be read (another system: the probe alone). With `ours` (the caller listens on the
+    port now: grpcio bound it), [] too when the tables name none of this process's
+    listeners on it: their inodes are not this process's descriptors', and its own
+    listener would read as another program's (review 36)."""
     try:
         host, _ = split_listen(address)
         resolved = listen_addresses(host, port)
@@ -252,16 +261,20 @@ def others_listening(address: str, port: int) -> list[str]:
     except OSError:
         return []
     taken: list[str] = []
+    ours_seen = False
     for table in _PROC_TCP:
         try:
             with open(table, encoding="ascii") as rows:
                 next(rows, None)  # the heading
                 for row in rows:
                     fields = row.split()
-                    if len(fields) < 10 or fields[3] != _TCP_LISTEN or fields[9] in mine:
+                    if len(fields) < 10 or fields[3] != _TCP_LISTEN:
                         continue
                     hex_address, _, hex_port = fields[1].partition(":")
                     if int(hex_port, 16) != port:
+                        continue
+                    if fields[9] in mine:
+                        ours_seen = True
                         continue
                     ip = _proc_address(hex_address)
                     # a wildcard listen is every address of the host, in both families:
@@ -271,7 +284,10 @@ def others_listening(address: str, port: int) -> list[str]:
                         taken.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
         except (OSError, ValueError):  # this table: none here (no IPv6), or unreadable
             continue
-    return taken
+    # tables that name none of this process's listeners on the port (a sandboxed kernel
+    # writes inode 0 where it cannot stat a socket) cannot tell ours from another's: the
+    # agent's own listener read as another program's, a till that never starts (review 36)
+    return taken if ours_seen or not ours else []
 
 
 _WILDCARDS = (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::"))

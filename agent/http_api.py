@@ -60,6 +60,7 @@ from .cli import json_document, parse_json, parse_time
 from .config import (
     bearer_matches,
     bind_listeners,
+    listen_text,
     not_resolved,
     shorten,
     split_listen,
@@ -1011,7 +1012,12 @@ def openapi(*, preflights: bool = False) -> dict[str, Any]:
         "a request that is not HTTP the agent can read (no Host, two Content-Length, a"
         " garbage request line, a head over 16 KiB)"
     )
-    malformed = "malformed JSON, unknown field, out-of-range value, over 4 MiB"
+    # a whole number with a decimal point or an exponent is JSON Schema's integer, not
+    # the agent's (CONTRACT §12): said here, where a reader of the document looks (review 36)
+    malformed = (
+        "malformed JSON, unknown field, out-of-range value, a whole number written with a"
+        " decimal point or an exponent (8990.0, 8.99e3: send 8990), over 4 MiB"
+    )
     errors = {
         "400": answer(f"bad input: {malformed}; or {unreadable}, on any path"),
         "401": answer("a token is set and the request has none or another"),
@@ -1488,7 +1494,7 @@ class AsgiThread:
             self.socks = bind_listeners(host, port)
         except OSError as exc:
             raise TillpointError(
-                f"cannot listen on {host}:{port} for HTTP: {not_resolved(host, exc)}"
+                f"cannot listen on {listen_text(host, port)} for HTTP: {not_resolved(host, exc)}"
                 " (set [http] listen)"  # as gRPC's and /metrics' name their key
             ) from None
         self.sock = self.socks[0]

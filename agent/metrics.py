@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .config import bind_listeners, not_resolved
+from .config import bind_listeners, listen_text, not_resolved
 from .errors import TillpointError
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -142,7 +142,7 @@ def serve(registry: Registry, host: str, port: int) -> tuple[Servers, int]:
         socks = bind_listeners(host, port)
     except OSError as exc:  # in use, not an address of this machine, a name unknown
         raise TillpointError(
-            f"cannot listen on {host}:{port} for /metrics: {not_resolved(host, exc)}"
+            f"cannot listen on {listen_text(host, port)} for /metrics: {not_resolved(host, exc)}"
             " (set [metrics] listen, or [metrics] enabled = false)"
         ) from None
     servers = []

@@ -224,7 +224,7 @@ def build_server(
             port = server.add_insecure_port(pinned_listen(address))
         except RuntimeError:  # grpcio's "Failed to bind": in use, or not an address here
             port = 0
-    if port != 0 and (taken := others_listening(address, port)):
+    if port != 0 and (taken := others_listening(address, port, ours=True)):
         # grpcio listened on the host's other addresses alone: never half-bound (review 35)
         release_unserved(server)
         port, refusal = 0, half_bound(taken)

@@ -73,6 +73,9 @@ class HubAuthoriser:
         self.data_dir = Path(data_dir)
         self.device_id = device_id
         self.timeout_s = timeout_s
+        # (time.monotonic) a one-shot command's own deadline (`sync now --timeout`): no
+        # call is given longer than what is left of it, none starts once it has passed
+        self.deadline: float | None = None
         # Opened now, never inside a checkout: that holds the ledger's write lock.
         self._conn: sqlite3.Connection | None = open_ledger(self.data_dir)
         self._lock = threading.Lock()
@@ -159,18 +162,30 @@ class HubAuthoriser:
             frozenset(c for c in reply.used_coupons if c in asked),
         )
 
+    def _margined_timeout(self, what: str, receipt_id: str) -> float:
+        """The deadline of a release or a shrink: `hub.redeem_timeout_ms` plus the hub's
+        margin, cut to what is left of `deadline` (review 36: `sync now --timeout 5` with a
+        redeem deadline of 20 s gave each owed release 20.1 s). HubUnavailable, no call,
+        when no more than the margin is left: the hub would not work on it."""
+        timeout = self.timeout_s + SHRINK_MARGIN_S
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= SHRINK_MARGIN_S:
+                log.info("%s of %s left owed: the command's deadline is reached", what, receipt_id)
+                raise HubUnavailable("the command's deadline (--timeout) is reached")
+        return timeout
+
     def release(self, receipt_id: str) -> bool:
         """Drop this till's hold for the receipt at the hub (HubUnavailable if the hub does
         not answer in time: the hold then simply expires there)."""
         request = pb.ReleaseRedemptionRequest(
             device_id=self.device_id, receipt_id=receipt_id, with_margin=True
         )
+        timeout = self._margined_timeout("release", receipt_id)
         try:
             # as the shrink's: the hub works on it only while `SHRINK_MARGIN_S` is left,
             # so a late release never drops the receipt's next hold (review 33, rel33)
-            reply = self.link.stub.ReleaseRedemption(
-                request, timeout=self.timeout_s + SHRINK_MARGIN_S
-            )
+            reply = self.link.stub.ReleaseRedemption(request, timeout=timeout)
         except grpc.RpcError as exc:
             message = self.link.failed(exc)
             log.info("hold of %s not released at the hub: %s", receipt_id, message)
@@ -192,12 +207,11 @@ class HubAuthoriser:
             points=max(0, points),
             coupon_codes=list(coupon_codes),
         )
+        timeout = self._margined_timeout("shrink", receipt_id)
         try:
             # the hub works on it only while this much is left (`SHRINK_MARGIN_S`): a
             # deadline of `hub.redeem_timeout_ms` alone, when that is as short, never would
-            reply = self.link.stub.ShrinkRedemption(
-                request, timeout=self.timeout_s + SHRINK_MARGIN_S
-            )
+            reply = self.link.stub.ShrinkRedemption(request, timeout=timeout)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             message = self.link.failed(exc)

@@ -1046,6 +1046,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
     authoriser = HubAuthoriser(
         link, settings.data_dir, settings.device_id, timings.redeem_timeout_s
     )
+    authoriser.deadline = deadline  # no release or shrink given longer than what is left
     try:
         agent = cli_agent(settings, hub=authoriser)
     except BaseException:
@@ -1143,6 +1144,13 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         )
     except grpc.RpcError as exc:
         state.put(pusher.conn, {"mode": "OFFLINE"})
+        if timed_out(exc) and left() <= 0:
+            # the first call (the hub's mark, before the push) given what was left of
+            # --timeout: the operator's deadline, not a hub too slow (review 36)
+            raise gave_up(
+                f"before the hub answered (nothing pushed; {pusher.pending()} transaction(s)"
+                " still in the outbox, sent by `tillpoint run` or the next `sync now`)"
+            ) from None
         raise HubUnavailable(link.describe(exc)) from None
     finally:
         pusher.close()

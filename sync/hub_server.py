@@ -1427,7 +1427,7 @@ class HubServer:
                 port = server.add_secure_port(pinned_listen(listen), creds)
             except RuntimeError:  # grpcio's "Failed to bind"
                 port = 0
-        if port != 0 and (taken := others_listening(listen, port)):
+        if port != 0 and (taken := others_listening(listen, port, ours=True)):
             release_unserved(server)  # never half-bound (review 35)
             port, refusal = 0, half_bound(taken)
         if port == 0:
