@@ -387,7 +387,8 @@ def test_every_example_request_with_its_integers_as_strings_is_answered_as_its_e
     """CONTRACT §12 (HTTP is proto3 JSON: an int64 as a number or a string). Each example
     request of /openapi.json (agent/openapi_examples.json), its integers written as JSON
     strings, sent over real HTTP to a till on the examples' snapshot and clock as the
-    generator runs them, is answered 200 with the example's answer, value for value; and
+    generator runs them, is answered 200 with the example's answer, value for value (a
+    refusal's example, review 36's doc36, is sent as it is and answered as it says); and
     a Hold or Checkout retried in the other form is the same receipt (200, the same
     answer), not another body (409). Found right (doc35 sent the integers only)."""
     import json
@@ -422,15 +423,21 @@ def test_every_example_request_with_its_integers_as_strings_is_answered_as_its_e
         strung = 0
         for step in steps:
             body = step.get("request")
+            expected = step.get("status", 200)
+            if expected == 503:  # a full ledger's refusals: test_review36_doc36 sends them
+                continue
             if body is not None and "at" in body:
                 now[0] = datetime.fromisoformat(body["at"])
-            sent = None if body is None else _as_strings(body)
+            # A refusal's request is sent as it is (its fault may be a type's).
+            sent = body if body is None or expected != 200 else _as_strings(body)
             strung += sent != body
             status, got = send(step["path"], sent)
             if step["path"] == "/v1/status":  # its moment and devices are the till's own
                 continue
-            if (status, got) != (200, step["answer"]):
+            if (status, got) != (expected, step["answer"]):
                 wrong.append(f"{step['path']} {step['name']}: {status} {got}")
+            if expected != 200:
+                continue
             if body is not None and step["path"] in ("/v1/hold", "/v1/checkout"):
                 again = send(step["path"], body)  # retried with its integers as numbers
                 if again != (200, got):
