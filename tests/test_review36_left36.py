@@ -23,7 +23,7 @@ from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 from .test_review34_spec34c import Chain
 from .test_review35_left35 import cancelled_while_away, owed_releases
 from .test_review35_spec35c import ANNA, BIG, BORIS, at_hub
-from .test_review35_spec35c import chain as chain
+from .test_review35_spec35c import chain as chain  # a fixture
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
 
