@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -186,4 +187,73 @@ def test_a_one_shot_commands_answer_is_written_before_it_sends_what_it_owes(
         assert gated_releases.active_at_gate is True
         assert owed_releases(data) == 0
     finally:
+        hub.stop()
+
+
+# ---------------------------------------- 3. a Hold sent again across a clock step
+
+
+def test_a_hold_sent_again_across_a_step_leaves_no_ask_to_the_hub_owed(tmp_path: Path) -> None:
+    """CONTRACT §11: a hold lives `holdTtlSeconds` of time that passes; the same body
+    under the same receiptId returns what is stored. A Hold sent again (a POS's retry)
+    follows a step at its sweep, then waits for its receipt's turn; NTP steps the clock
+    an hour forward meanwhile. Its early look read the stored hold's unmoved expiry
+    against the stepped clock, took it for lapsed and noted an ask to the hub
+    (`hub_asks`) it never made: the transaction then followed the step and answered the
+    stored hold, and the note stayed. Once the hold was cancelled (its release sent),
+    `/metrics` counted one release still owed, and the hold timer sent the hub that
+    release again. Now the retry follows the step before it looks."""
+    import sqlite3
+
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+
+    from .conftest import SteppingClock
+    from .test_review30_memo30 import MILK, sale
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = sample_master_data()
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    till = tmp_path / "till"
+    link = HubLink(hub.address, hub.enroll("till-1", till))
+    authoriser = HubAuthoriser(link, till, "till-1", 3.0)
+    agent = Agent(till, "till-1", clock=clock, monotonic=clock.steady, hub=authoriser)
+    try:
+        program = {**data["program"], "holdTtlSeconds": 600}
+        agent.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
+        lines = [{"sku": MILK, "qty": "1", "amountMinor": 500_000}]
+        body = sale("h-1", clock(), card=ANNA, redeemPoints=100, lines=lines)
+        held = agent.hold(receipt_from_json(body)).to_json()
+        assert (held["state"], held["mode"], held["redeemedPoints"]) == ("HELD", "ONLINE", 100)
+        clock.passes(60)
+        agent.sweep_holds()  # the hold timer's round: the clock's mark made
+        sweep = agent.sweep_holds
+
+        def swept_then_stepped(stop: Any = None) -> int:
+            found = sweep(stop)
+            clock.stepped(3600)  # while the retry waits for its receipt's turn
+            return found
+
+        agent.sweep_holds = swept_then_stepped  # type: ignore[method-assign]
+        again = agent.hold(receipt_from_json(body)).to_json()
+        agent.sweep_holds = sweep  # type: ignore[method-assign]
+        assert again["state"] == "HELD"
+        assert datetime.fromisoformat(again["holdExpiresAt"]) == datetime.fromisoformat(
+            held["holdExpiresAt"]
+        ) + timedelta(seconds=3600)
+        assert agent.cancel("h-1").state == "CANCELLED"  # released at the hub
+        assert hub.store.balance("c-1", datetime.now(UTC)).held == 0
+        assert agent.hub_calls_owed() == {"release": 0, "shrink": 0}
+        conn = sqlite3.connect(till / "ledger.db")
+        try:
+            asks = conn.execute("SELECT receipt_id FROM hub_asks").fetchall()
+        finally:
+            conn.close()
+        assert asks == []
+    finally:
+        agent.close()
+        authoriser.close()
+        link.close()
         hub.stop()
