@@ -257,3 +257,69 @@ def test_a_hold_sent_again_across_a_step_leaves_no_ask_to_the_hub_owed(tmp_path:
         authoriser.close()
         link.close()
         hub.stop()
+
+
+# ---------------------------------------- 4. a network printer that keeps its side open
+
+
+def test_a_close_to_a_printer_that_keeps_its_side_open_ends_when_it_took_every_byte() -> None:
+    """CONTRACT §7 (a coupon's bytes reach the printer whole). A network printer that
+    reads each job and keeps its side of the connection open (AppSocket printers close
+    on their own idle timeout) cost every close at least 50 ms: the close's drain waited
+    a whole 50 ms read for the printer's input before it first looked whether the
+    printer had taken every byte (it had, within a round trip). Each coupon and each
+    health probe paid it. The close now looks after a short wait that grows (1 ms, then
+    doubling up to 50 ms), with the same rule: it ends once every byte and the FIN are
+    acknowledged, or the printer closed its side, `close_drain_s` at most.
+
+    Not a speed test: before, each close took at least 50 ms by construction (its first
+    read's timeout), so the median of nine is below 40 ms only when the close no longer
+    waits so; a loaded machine would have to stall five of the nine by 40 ms to fail it.
+    Every job still reaches the printer whole."""
+    import socket
+    import statistics
+
+    from tillpoint.printer.transport import NetworkTransport
+
+    job = b"\x1b@" + b"coupon line\n" * 200 + b"\x1dV\x00"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(10.0)
+    jobs: list[bytearray] = []
+    let_go = threading.Event()
+
+    def printer() -> None:
+        for _ in range(9):
+            conn, _ = listener.accept()
+            got = bytearray()
+            jobs.append(got)
+            threading.Thread(target=reads, args=(conn, got), daemon=True).start()
+
+    def reads(conn: socket.socket, got: bytearray) -> None:
+        conn.settimeout(30.0)
+        with conn:
+            while chunk := conn.recv(65536):  # up to the agent's FIN
+                got.extend(chunk)
+            let_go.wait(60.0)  # its side stays open until its own idle timeout
+
+    at_printer = threading.Thread(target=printer, daemon=True)
+    at_printer.start()
+    took: list[float] = []
+    try:
+        for _ in range(9):
+            transport = NetworkTransport("127.0.0.1", listener.getsockname()[1], 2.0, 5.0)
+            transport.open()
+            transport.write(job)
+            started = time.perf_counter()
+            transport.close()
+            took.append(time.perf_counter() - started)
+        at_printer.join(10.0)
+        deadline = time.monotonic() + 10
+        while not all(bytes(got) == job for got in jobs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(jobs) == 9 and all(bytes(got) == job for got in jobs)
+        assert statistics.median(took) < 0.040, [round(t * 1000, 1) for t in took]
+    finally:
+        let_go.set()
+        listener.close()
