@@ -114,6 +114,7 @@ def owed_till(
     return hub, data, conf, env
 
 
+@pytest.mark.slow  # 15 holds made and cancelled, then a `tillpoint` process: 2-5.5 s
 def test_a_one_shot_hold_sends_owed_releases_to_a_slow_hub_only_within_its_deadline(
     tmp_path: Path, gated_releases: GatedReleases
 ) -> None:
