@@ -543,8 +543,10 @@ class TillSync:
         timer.start()
         try:
             return agent.retry_hub_releases(past_deadline)
-        except Exception:  # a busy or full ledger: owed still, for the next command
-            log.warning("the releases owed to the hub are left for later", exc_info=True)
+        except Exception as exc:  # a busy or full ledger: owed still, for the next command
+            # one line (a one-shot command's stderr, logging not set up: no traceback)
+            why = exc.message if isinstance(exc, TillpointError) else repr(exc)
+            log.warning("the releases owed to the hub are left for later: %s", why)
             return 0
         finally:
             timer.cancel()
