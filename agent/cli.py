@@ -628,16 +628,23 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         def human(r: dict[str, Any]) -> str:
             return _human_result(r, printer=agent.device_kinds.get("printer") != "none")
 
-        if command in ("quote", "checkout", "hold"):
-            call: Callable[[Receipt], CheckoutResult] = getattr(agent, command)
-            receipt = read_json(args.file)
-            if args.explain and isinstance(receipt, dict):
-                receipt = {**receipt, "explain": True}
-            return emit(args, json_of(call(receipt_from_json(receipt))), human)
-        if command == "confirm":
-            return emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), human)
-        if command == "cancel":
-            return emit(args, json_of(agent.cancel(args.receipt_id)), _human_result)
+        if command in ("quote", "checkout", "hold", "confirm", "cancel"):
+            if command == "confirm":
+                code = emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), human)
+            elif command == "cancel":
+                code = emit(args, json_of(agent.cancel(args.receipt_id)), _human_result)
+            else:
+                call: Callable[[Receipt], CheckoutResult] = getattr(agent, command)
+                receipt = read_json(args.file)
+                if args.explain and isinstance(receipt, dict):
+                    receipt = {**receipt, "explain": True}
+                code = emit(args, json_of(call(receipt_from_json(receipt))), human)
+            if hub is not None and command != "quote":  # a quote writes nothing
+                # the answer is out: then the releases owed to the hub from earlier (holds
+                # closed while it was away), as `run`'s hold timer sends them, within the
+                # redemption deadline (the contract §11)
+                hub.send_owed(agent)
+            return code
         if command == "refund":
             refund = refund_from_json(read_json(args.file))
             return emit(args, json_of(agent.refund(refund)), _human_refund)

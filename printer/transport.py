@@ -95,6 +95,10 @@ def _unsent(sock: socket.socket) -> int | None:
 # printer to take the job's last bytes (or close its side), reading and dropping what it
 # sends meanwhile (`NetworkTransport.close`).
 CLOSE_DRAIN_S = 2.0
+# ... looking whether it has, first after this wait for its input, then after waits that
+# double up to the last (no input came: the receive queue is empty when it looks)
+CLOSE_FIRST_LOOK_S = 0.001
+CLOSE_LOOK_MAX_S = 0.01
 
 
 class NetworkTransport:
@@ -216,26 +220,40 @@ class NetworkTransport:
 
     def _drain(self, sock: socket.socket) -> None:
         """A graceful close's first half: the FIN after the job's last byte, then what the
-        printer sends read and dropped until it has taken every byte (or closed its side),
-        `close_drain_s` at most. Linux turns a close with unread input into a reset (RST):
-        the job's tail still in the send queue was thrown away, and the printer got an RST
-        before it had printed it (review 34; a printer's status bytes the agent never read,
-        with `confirm = false`). Whatever is unread at the end is read just before the
-        close; input that comes after it still resets the connection, by then taken."""
+        printer sends read and dropped until it has taken every byte (acknowledged them;
+        its ACK of the FIN is not awaited) or closed its side, `close_drain_s` at most.
+        Linux turns a close with unread input into a reset (RST): the job's tail still in
+        the send queue was thrown away, and the printer got an RST before it had printed
+        it (review 34; a printer's status bytes the agent never read, with `confirm =
+        false`). Whatever is unread at the end is read just before the close; input that
+        comes after it still resets the connection, by then taken."""
+        fin = 0  # the FIN counts one in the send queue until the printer acknowledges it
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
+            fin = 1
         deadline = time.monotonic() + self.close_drain_s
+        # Done when the printer has acknowledged every byte of the job, its ACK of our FIN
+        # not awaited: a printer that reads the job and keeps its side open (AppSocket
+        # printers close on their own idle timeout) delays that ACK (Linux's delayed ACK,
+        # 40 ms, to send it with an answer that never comes), and with the first look
+        # after a 50 ms read every close, each coupon's and each health probe's, cost at
+        # least 50 ms (review 36). The FIN is the kernel's to deliver after the close, as
+        # any graceful close's. Looks come after 1 ms, then after waits that double up to
+        # 10 ms (a late ACK of the data costs at most that much more).
+        wait = CLOSE_FIRST_LOOK_S
         try:
             while (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(min(left, 0.05))
+                sock.settimeout(min(left, wait))
                 try:
                     if not sock.recv(4096):
                         return  # the printer closed its side: it read our FIN, and all before it
                 except TimeoutError:
                     # (`sock`: the transport has let it go, `unsent()` no longer sees
                     # it, and every close waited its whole bound, rev34b)
-                    if _unsent(sock) == 0:
-                        return  # every byte (and the FIN) acknowledged, nothing more sent
+                    unsent = _unsent(sock)
+                    if unsent is not None and unsent <= fin:
+                        return  # every byte acknowledged, nothing more sent
+                    wait = min(wait * 2, CLOSE_LOOK_MAX_S)
             sock.setblocking(False)
             while sock.recv(4096):
                 pass

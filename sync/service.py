@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from tillpoint.agent.config import Settings
@@ -428,6 +428,12 @@ class _Silence:
 # ---------------------------------------------------------------- a till's hub, for agent/app.py
 
 
+class OwedCalls(Protocol):
+    """The calls a till owes its hub (`tillpoint.agent.service.Agent` is one)."""
+
+    def retry_hub_releases(self, stop: threading.Event | None = None) -> int: ...
+
+
 class NotSyncing(InputError):
     """A hub is set for this till but it cannot sync with it (not enrolled, or enrolled
     as another device)."""
@@ -516,6 +522,34 @@ class TillSync:
         sync = cls._linked(settings, address, enrollment)
         sync.link.probe(sync.timings.redeem_timeout_s)
         return sync
+
+    def send_owed(self, agent: OwedCalls) -> int:
+        """After a one-shot command's answer is written (`tillpoint hold`, `checkout`,
+        `confirm`, `cancel`, run in the CLI's own process): the releases the hub did not
+        get while it was away (a Cancel during an outage), and the late grants' shrinks,
+        as `run`'s hold timer sends them (`retry_hub_releases`). Until review 36 only
+        `run` and `sync now` sent them, so a till driven by one-shot commands left the hub
+        holding those points from every other till for `holdTtlSeconds` + 60 s (the
+        contract §11). Only while the hub answered this command (a hub away costs
+        nothing); no call starts past `hub.redeem_timeout_ms` after the answer (those
+        left stay owed for the next command), so the process ends at most that and one
+        call's deadline after it. What goes wrong is logged, never the command's: its
+        answer is given. Answers how many were released."""
+        if not self.link.online:
+            return 0
+        past_deadline = threading.Event()
+        timer = threading.Timer(self.timings.redeem_timeout_s, past_deadline.set)
+        timer.daemon = True
+        timer.start()
+        try:
+            return agent.retry_hub_releases(past_deadline)
+        except Exception as exc:  # a busy or full ledger: owed still, for the next command
+            # one line (a one-shot command's stderr, logging not set up: no traceback)
+            why = exc.message if isinstance(exc, TillpointError) else repr(exc)
+            log.warning("the releases owed to the hub are left for later: %s", why)
+            return 0
+        finally:
+            timer.cancel()
 
     def start(self, agent: TillAgent) -> Callable[[], None]:
         """Start syncing `agent` (built with `self.authoriser`); returns the stop."""
