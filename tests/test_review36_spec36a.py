@@ -127,20 +127,18 @@ def oracle_step2(
         return top[2], -top[0]
 
     taken: dict[int, tuple[str, int]] = {}
-    deals = sorted(
-        (o for o in offers if o["kind"] == "MULTIBUY"), key=lambda o: (o.get("priority", 0), o["id"])
-    )
+    deals = [o for o in offers if o["kind"] == "MULTIBUY"]
+    deals.sort(key=lambda o: (o.get("priority", 0), o["id"]))
     for deal in deals:
         part = [
             i
             for i, (sku, qty, _) in enumerate(lines)
-            if i not in taken
-            and targets(deal, sku)
-            and reaches(deal, qty)
-            and qty.denominator == 1
+            if i not in taken and targets(deal, sku) and reaches(deal, qty) and qty.denominator == 1
         ]
         # every unit on its own: (unit price, line), dearest first, ties to the earlier line
-        units = [(Fraction(lines[i][2], lines[i][1]), i) for i in part for _ in range(int(lines[i][1]))]
+        units = [
+            (Fraction(lines[i][2], lines[i][1]), i) for i in part for _ in range(int(lines[i][1]))
+        ]
         units.sort(key=lambda u: (-u[0], u[1]))
         size = int(deal["buyQty"]) + int(deal["freeQty"])
         complete = len(units) // size * size
@@ -243,18 +241,24 @@ def test_each_line_gets_the_offer_or_deal_the_contract_gives_it(
 def test_the_oracle_agrees_with_the_hand_worked_stories() -> None:
     """The oracle itself, on CONTRACT §15's cases worked by hand in the s15 scenario."""
     a, b, c, d = "A", "B", "C", "D"
-    offers = [
-        {"id": "d1", "kind": "MULTIBUY", "skus": [c, d], "buyQty": "1", "freeQty": "1", "priority": 1},
-        {"id": "mb", "kind": "MULTIBUY", "skus": [a, b, c], "buyQty": "2", "freeQty": "1", "priority": 5},
+    deal: dict[str, Any] = {"kind": "MULTIBUY", "freeQty": "1"}
+    offers: list[dict[str, Any]] = [
+        {**deal, "id": "d1", "skus": [c, d], "buyQty": "1", "priority": 1},
+        {**deal, "id": "mb", "skus": [a, b, c], "buyQty": "2", "priority": 5},
         {"id": "pc", "kind": "PERCENT_OFF", "skus": [a], "value": "25"},
     ]
     one = Fraction(1)
-    basket = [(c, one, 600), (d, one, 400), (a, Fraction(2), 600), (b, one, 900), (c, Fraction(2), 200)]
+    two = Fraction(2)
+    basket = [(c, one, 600), (d, one, 400), (a, two, 600), (b, one, 900), (c, two, 200)]
     assert oracle_step2(basket, offers) == [
-        ("d1", 0), ("d1", 400), ("mb", 300), ("mb", 0), ("d1", 100)
+        ("d1", 0),
+        ("d1", 400),
+        ("mb", 300),
+        ("mb", 0),
+        ("d1", 100),
     ]
-    assert oracle_step2([(b, one, 300), (a, Fraction(2), 1400)], offers) == [(None, 0), ("pc", 350)]
-    assert oracle_step2([(b, one, 350), (a, Fraction(2), 1400)], offers) == [(None, 0), ("pc", 350)]
+    assert oracle_step2([(b, one, 300), (a, two, 1400)], offers) == [(None, 0), ("pc", 350)]
+    assert oracle_step2([(b, one, 350), (a, two, 1400)], offers) == [(None, 0), ("pc", 350)]
 
 
 # ---------------------------------------------------------------- §14: an oracle of windows
@@ -324,8 +328,13 @@ def moments(draw: st.DrawFn, zone: str) -> datetime:
     hours, minutes = map(int, draw(st.sampled_from(CLOCKS[:-1])).split(":"))
     wall = datetime.combine(day, time(hours, minutes)) + draw(
         st.sampled_from(
-            [timedelta(0), timedelta(microseconds=-1), timedelta(microseconds=1)]
-            + [timedelta(seconds=-1), timedelta(minutes=30)]
+            [
+                timedelta(0),
+                timedelta(microseconds=-1),
+                timedelta(microseconds=1),
+                timedelta(seconds=-1),
+                timedelta(minutes=30),
+            ]
         )
     )
     return wall.replace(tzinfo=ZoneInfo(zone), fold=draw(st.integers(0, 1))).astimezone(UTC)
@@ -362,4 +371,5 @@ def test_an_offer_applies_exactly_inside_its_window_on_the_stores_clock(
     got = price(receipt_from_json(receipt), ctx)
     inside = oracle_in_window(offer, instant.astimezone(ZoneInfo(zone)), favorite)
     assert (got.lines[0].offer_id, got.lines[0].discount) == (("w", 1000) if inside else (None, 0))
-    assert Offer.model_validate(offer).in_window(instant.astimezone(ZoneInfo(zone)), favorite) == inside
+    local = instant.astimezone(ZoneInfo(zone))
+    assert Offer.model_validate(offer).in_window(local, favorite) == inside
