@@ -34,7 +34,7 @@ from tillpoint.agent.models import Offer
 from tillpoint.agent.pricing import price
 from tillpoint.agent.results import receipt_from_json
 
-from .test_properties import SKUS, pricing_context
+from .test_properties import CATEGORIES, SKUS, pricing_context
 from .test_review35_shape35 import clean_env  # noqa: F401  (the fixture)
 from .test_review35_shape35 import (
     test_each_example_says_the_same_at_every_door as _told_at_every_door,
@@ -67,7 +67,8 @@ def test_each_review36_story_says_the_same_at_every_door(
 
 # ---------------------------------------------------------------- §15: an oracle of step 2
 
-ELIGIBLE = [SKUS[0], SKUS[1], SKUS[3]]  # dairy, bakery, dairy (test_properties' catalogue)
+# dairy, bakery, dairy: test_properties' catalogue, whose dairy and bakery are in food
+ELIGIBLE = [SKUS[0], SKUS[1], SKUS[3]]
 MONEY_KINDS = ["PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "QUANTITY_PRICE", "MULTIBUY"]
 
 
@@ -101,10 +102,18 @@ def oracle_step2(
     lines: list[tuple[str, Fraction, int]], offers: list[dict[str, Any]]
 ) -> list[tuple[str | None, int]]:
     """(offerId, discount) per line, from CONTRACT §5 step 2 and §15 read literally (one
-    customer, mass offers targeting SKUs, no control group, window or coupon)."""
+    customer in the control group of `camp-held`, mass offers, no window or coupon).
+    Control groups and validity "work as for any offer" (CONTRACT §15): such an offer is
+    not there for the figures (what is held out is another question)."""
+    offers = [
+        o
+        for o in offers
+        if o.get("campaignId") != "camp-held" and o.get("validTo", "9") > "2026-11-23T10:15"
+    ]
 
     def targets(offer: dict[str, Any], sku: str) -> bool:
-        return sku in offer["skus"]
+        lineage = {CATEGORIES[sku], "food"}  # its category and that one's parent
+        return sku in offer["skus"] or bool(lineage & set(offer.get("categories", ())))
 
     def reaches(offer: dict[str, Any], qty: Fraction) -> bool:
         return qty >= Fraction(offer.get("minQty", "0"))
@@ -166,9 +175,15 @@ def deal_basket(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, A
         offer: dict[str, Any] = {
             "id": draw(st.sampled_from(["o-", "o-1", "p"])) + str(n),
             "kind": kind,
-            "skus": draw(st.lists(st.sampled_from(ELIGIBLE), min_size=1, max_size=3, unique=True)),
+            "skus": draw(st.lists(st.sampled_from(ELIGIBLE), max_size=3, unique=True)),
             "priority": draw(st.integers(0, 2)),
         }
+        if draw(st.integers(0, 4)) == 0:  # the customer is in this campaign's control group
+            offer["campaignId"] = "camp-held"
+        if draw(st.integers(0, 4)) == 0:  # over before the receipt (validity, CONTRACT §5)
+            offer["validTo"] = "2026-11-23T10:14:59+03:00"
+        if draw(st.integers(0, 2)) == 0:  # by category too: mix and match across SKUs
+            offer["categories"] = [draw(st.sampled_from(["dairy", "bakery", "food"]))]
         if draw(st.integers(0, 3)) == 0:
             offer["minQty"] = str(draw(st.integers(0, 3)))
         if kind == "PERCENT_OFF":
