@@ -112,7 +112,8 @@ def oracle_step2(
     ]
 
     def targets(offer: dict[str, Any], sku: str) -> bool:
-        lineage = {CATEGORIES[sku], "food"}  # its category and that one's parent
+        # its category and that one's parent (none for a SKU the catalogue does not place)
+        lineage = {CATEGORIES[sku], "food"} if sku in CATEGORIES else set()
         return sku in offer["skus"] or bool(lineage & set(offer.get("categories", ())))
 
     def reaches(offer: dict[str, Any], qty: Fraction) -> bool:
