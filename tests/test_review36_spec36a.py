@@ -28,7 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.models import Offer
 from tillpoint.agent.pricing import price
@@ -225,7 +225,25 @@ def _amount(row: dict[str, Any]) -> int:
     return _round_half_up(row["priceMinor"] * Fraction(row["qty"]))
 
 
-@settings(max_examples=600, deadline=None)
+# The edges a random draw meets seldom, always tried: a deal equal to its lines' best line
+# offer (CONTRACT §15's "strictly larger": the line offer keeps the line) and one a kopeck
+# above it; units at one unit price across lines (the earlier line first).
+_TIE = {"id": "m", "kind": "MULTIBUY", "skus": [SKUS[0]], "buyQty": "1", "freeQty": "1"}
+_HALF = {"id": "p", "kind": "PERCENT_OFF", "skus": [SKUS[0]], "value": "50"}
+
+
+@settings(max_examples=300, deadline=None)
+@example(basket=([_TIE, _HALF], [{"sku": SKUS[0], "qty": "2", "priceMinor": 100}]))
+@example(basket=([_TIE, _HALF], [{"sku": SKUS[0], "qty": "2", "amountMinor": 201}]))
+@example(
+    basket=(
+        [{**_TIE, "skus": [SKUS[0], SKUS[3]], "buyQty": "2"}],
+        [
+            {"sku": SKUS[3], "qty": "1", "priceMinor": 100},
+            {"sku": SKUS[0], "qty": "2", "priceMinor": 100},
+        ],
+    )
+)
 @given(basket=deal_basket())
 def test_each_line_gets_the_offer_or_deal_the_contract_gives_it(
     basket: tuple[list[dict[str, Any]], list[dict[str, Any]]],
@@ -356,7 +374,28 @@ def moments(draw: st.DrawFn, zone: str) -> datetime:
     return wall.replace(tzinfo=ZoneInfo(zone), fold=draw(st.integers(0, 1))).astimezone(UTC)
 
 
-@settings(max_examples=800, deadline=None)
+_MORNING = {"id": "w", "kind": "PERCENT_OFF", "skus": [SKUS[0]], "value": "10"}
+_MORNING["hours"] = [{"from": "08:00", "to": "11:00"}]
+_FRIDAY_NIGHT = {**_MORNING, "hours": [{"from": "22:00", "to": "02:00"}], "weekdays": [5]}
+_MOSCOW_AT = datetime(2026, 11, 27, 8, tzinfo=UTC)  # Friday 11:00 in Moscow
+
+
+@settings(max_examples=350, deadline=None)
+@example(
+    offer=_MORNING, zone_and_moment=("Europe/Moscow", _MOSCOW_AT), offset_hours=0, favorite=None
+)
+@example(
+    offer=_MORNING,
+    zone_and_moment=("Europe/Moscow", _MOSCOW_AT - timedelta(microseconds=1)),
+    offset_hours=-5,
+    favorite=None,
+)
+@example(
+    offer=_FRIDAY_NIGHT,  # Saturday 01:59:59 in Moscow, Friday's night
+    zone_and_moment=("Europe/Moscow", datetime(2026, 11, 27, 22, 59, 59, tzinfo=UTC)),
+    offset_hours=14,
+    favorite=None,
+)
 @given(
     offer=windowed(),
     zone_and_moment=st.sampled_from(ZONES).flatmap(lambda z: st.tuples(st.just(z), moments(z))),
