@@ -353,6 +353,9 @@ class Agent:
         # (at, message) of the last ledger write that failed (or damaged file read); None
         # once a sale is stored again (`_write`)
         self._storage_problem: tuple[str, str] | None = None
+        # whether the current write transaction (under `_lock`) committed a receipt's
+        # rows (`_commit`): only that clears `_storage_problem`
+        self._sale_in_write = False
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
         self._hub_turns = HubTurns(on_put_off=self._release_put_off)
@@ -614,7 +617,7 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
-            with self._lock, self._write(sale=True), self._view() as view:
+            with self._lock, self._write(), self._view() as view:
                 state, result, typed = self._hold(
                     receipt, view, confirm_now=True, request=request, early=early
                 )
@@ -665,7 +668,7 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
-            with self._lock, self._write(sale=True), self._view() as view:
+            with self._lock, self._write(), self._view() as view:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
@@ -696,7 +699,7 @@ class Agent:
             raise InputError(f"confirm: fiscalDocument {CONTROLS_MESSAGE}")
         self._hub_turns.hold_ended(receipt_id)  # its Hold still asking the hub: after it
         self.sweep_holds()
-        with self._lock, self._write(sale=True), self._view() as view:
+        with self._lock, self._write(), self._view() as view:
             stored = self._confirm(receipt_id, fiscal_document or None, view)
         result = CheckoutResult.from_json(stored)
         self._tell_devices("after_checkout", result)
@@ -1762,6 +1765,7 @@ class Agent:
         its typed form (else None). `ready`: the result, its text and the print job made
         before the transaction, used when the offers to print are still those (none
         printed to the customer meanwhile)."""
+        self._sale_in_write = True  # a sale stored if this commits (`_write`)
         conn = self._ledger
         customer_id: str | None = figures["customerId"]
         at = datetime.fromisoformat(figures["at"])
@@ -2033,7 +2037,7 @@ class Agent:
         # A refund of a receipt held here reads the hold's time (why it is refused): a
         # step of the wall clock is followed first, as by every call that reads holds.
         self._follow_clock_step()
-        with self._lock, self._write(sale=True), self._view() as view:
+        with self._lock, self._write(), self._view() as view:
             # and one made while it waited for the lock (behind another commit): an hour
             # forward told the cashier "its hold expired" of a hold with its minutes
             # left, as a Confirm's "hold expired" (rev35c)
@@ -2346,20 +2350,22 @@ class Agent:
                     _close_reader(live, reads)
 
     @contextlib.contextmanager
-    def _write(self, *, sale: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[sqlite3.Connection]:
         """One ledger write transaction; anything raised inside rolls all of it back.
 
         A ledger that cannot be written (a full disk, a read-only mount, another user's
         files) refuses every sale while quotes still work, and the POS hears only
         UNAVAILABLE: it is logged at ERROR when it starts and shown in `status`
-        (`storageError`) and the metrics until a sale is stored again: a `sale`'s
-        transaction (Checkout, Hold, Confirm, Refund) that commits rows. Not any write
+        (`storageError`) and the metrics until a sale is stored again: a transaction
+        that commits a receipt's rows (`_commit`: a Checkout, a Confirm). Not any write
         that works: on a full disk a cancel or the hold timer's mark rewrites a row in
         place and commits while every sale, which adds rows, is still refused, and the
-        sign cleared then told support the till was well (review 35); nor a retry
-        answered from what is stored, which writes nothing."""
+        sign cleared then told support the till was well (review 35); nor a Hold's one
+        row or a Refund's, which a ledger too full for a sale's still takes, nor a
+        retry answered from what is stored that moved the open holds by a clock step
+        (review 36)."""
         self._followed_step = None
-        changes = self._ledger.total_changes
+        self._sale_in_write = False
         try:
             with write_transaction(self._ledger, "ledger") as conn:
                 yield conn
@@ -2376,7 +2382,7 @@ class Agent:
             raise
         self._followed_step = None
         self._checkpoints.committed()
-        if self._storage_problem is not None and sale and self._ledger.total_changes > changes:
+        if self._storage_problem is not None and self._sale_in_write:
             self._storage_problem = None
             log.warning("the ledger is written again: sales are stored")
 
