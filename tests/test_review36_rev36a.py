@@ -168,3 +168,139 @@ def test_a_confirm_answered_from_storage_that_follows_a_step_leaves_storage_erro
             agent.checkout(receipt_from_json(refused))
     finally:
         agent.close()
+
+
+# ---------------------------------------- 2. run's stop mid-release, then a restart
+
+
+@pytest.mark.slow  # two `tillpoint run` processes against a slow hub: ~8 s
+def test_a_sigterm_mid_release_then_a_restart_sends_every_owed_release_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, procs: list[Any]
+) -> None:
+    """CONTRACT §10 (a graceful stop), §11 (a cancelled hold's points released at the
+    hub). Thirty releases owed to a slow hub (15 holds cancelled while it was away, 15
+    asked for by a process gone and never stored); a SIGTERM to `tillpoint run` while its
+    hold timer sends them (review 35: it stops between calls), then a second `run`: every
+    owed release reaches the hub and is done there once, none twice, none lost, and the
+    ledger owes nothing. Checked and found right."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    from datetime import UTC, datetime
+
+    from tillpoint.agent import ledger
+    from tillpoint.sync.hub_server import HubServicer
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+    from .conftest import free_port
+    from .test_review35_left35 import cancelled_while_away, owed_releases
+
+    done: list[str] = []
+    started: list[float] = []
+    release = HubServicer.ReleaseRedemption
+
+    def slowly(self: Any, request: Any, context: Any) -> Any:
+        started.append(time.monotonic())
+        time.sleep(0.2)  # a busy hub, within the till's shipped deadline
+        answer = release(self, request, context)
+        done.append(request.receipt_id)  # not reached when the call was refused
+        return answer
+
+    monkeypatch.setattr(HubServicer, "ReleaseRedemption", slowly)
+    exe = str(Path(sys.executable).parent / "tillpoint")
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "data"
+    try:
+        n = 15
+        cancelled_while_away(hub, data, n)
+        conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+        now = ledger.utc_text(datetime.now(UTC))
+        conn.executemany(  # asked by a process gone, never stored
+            "INSERT INTO hub_asks (receipt_id, asked_at, pid) VALUES (?, ?, NULL)",
+            [(f"a-{i}", now) for i in range(n)],
+        )
+        conn.close()
+        assert owed_releases(data) == 2 * n
+        hub.restart()  # the slow one
+        conf = tmp_path / "tillpoint.toml"
+        conf.write_text(
+            f'device_id = "till-1"\ndata_dir = "{data}"\n'
+            f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[http]\nlisten = "127.0.0.1:0"\n'
+        )
+        env = dict(os.environ)
+        env.pop("TILLPOINT_DEVICE_ID", None)
+
+        def run() -> Any:
+            proc = subprocess.Popen([exe, "--config", conf, "run"], env=env)
+            procs.append(proc)
+            return proc
+
+        first = run()
+        deadline = time.monotonic() + 30
+        while len(started) < 5:  # mid-way through the owed releases
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.02)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0
+        left = owed_releases(data)
+        assert 0 < left < 2 * n
+        assert len(set(done)) == len(done) == 2 * n - left  # each sent one is off the ledger
+        second = run()
+        deadline = time.monotonic() + 60
+        while owed_releases(data):
+            assert time.monotonic() < deadline and second.poll() is None
+            time.sleep(0.1)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+        assert sorted(done) == sorted([f"h-{i}" for i in range(n)] + [f"a-{i}" for i in range(n)])
+    finally:
+        hub.stop()
+
+
+# ---------------------------------------- 3. the 16 KiB head check, counted in bytes
+
+
+def _quote_post(body_size: int) -> bytes:
+    """A POST /v1/quote (kept alive) whose JSON body, padded with spaces, is `body_size`
+    bytes: a body larger than the head limit."""
+    body = json.dumps(receipt("q-1")).encode()
+    body += b" " * (body_size - len(body))
+    head = (
+        b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    return head + body
+
+
+@pytest.mark.parametrize("size", [16 * 1024, 16 * 1024 + 1])
+@pytest.mark.parametrize("piece", [0, 1, 1000], ids=["one-write", "bytes", "kib"])
+def test_a_body_larger_than_16_kib_in_the_heads_packet_then_a_pipelined_head(
+    server: HttpServer, size: int, piece: int
+) -> None:
+    """CONTRACT §12: the 16 KiB limit is the head's, not the connection's bytes. A quote
+    whose 20 KiB body comes in the same write as its head (the count reaches 20 KiB
+    before h11 has read the head), then, pipelined behind it, a head of exactly 16 KiB
+    (served) or one byte more (400): in the same write, a byte at a time, or in
+    1,000-byte writes that cut the body's end and the next head anywhere. Checked and
+    found right (the count is only a hint; the buffer decides, and starts again after
+    the answer)."""
+    import socket
+    import time
+
+    from .test_review35_left35 import answers, status_head
+
+    request = _quote_post(20 * 1024) + status_head(size)
+    want = [200, 200 if size == 16 * 1024 else 400]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not piece:
+            sock.sendall(request)
+        else:
+            for at in range(0, len(request), piece):
+                sock.sendall(request[at : at + piece])
+                if piece > 1:
+                    time.sleep(0.001)
+        assert answers(sock) == want
