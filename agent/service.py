@@ -570,7 +570,7 @@ class Agent:
         trace: dict[str, Any] | None = None
         self._follow_clock_step()  # the open holds it counts, as they stand after a step
         with self._read() as (view, conn):
-            stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self.clock())
+            stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self._now())
             # the receipt as stored, made only for a receiptId this till knows
             request = (
                 _Request.of(receipt, self._secret)
@@ -747,7 +747,7 @@ class Agent:
             # compared with the time of before the step and expired with their minutes
             # left (review 35)
             self._follow_clock_step()
-            now = ledger.utc_text(self.clock())
+            now = ledger.utc_text(self._now())
             due = ledger.due_holds(self._ledger, now)
             if not due:
                 return 0
@@ -823,6 +823,27 @@ class Agent:
             if step is not None and not peek:
                 self._steps_taken += 1
         return step
+
+    def _now(self) -> datetime:
+        """The wall clock on the time line the open holds live on: the clock as it reads,
+        less a step made since the last reading (`_take_clock_step`) that no call has
+        followed yet (the holds not moved by it). Read where a hold's time is compared
+        or made (the sweep's "now", a Confirm's, a new hold's expiry, the holds pricing
+        counts): `self.clock()` read just after a call looked for a step, a step made in
+        between (NTP at that instant) was compared with the unmoved holds, and an hour
+        forward expired a hold with its minutes left or refused its Confirm "hold
+        expired" (review 36). Once the step is followed, the clock as it reads. Marks
+        nothing (a reading, not a follow)."""
+        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
+        if steady is None:
+            return self.clock()
+        with self._mark_lock:
+            wall, passed = self.clock(), steady()
+            mark = self._clock_mark
+        if mark is None:
+            return wall
+        step = (wall - mark[0]).total_seconds() - (passed - mark[1])
+        return wall if abs(step) < CLOCK_STEP_S else wall - timedelta(seconds=step)
 
     def _unfollow(self, step: float) -> None:
         """A step taken (`_take_clock_step`) whose move of the open holds was not stored:
@@ -1129,7 +1150,7 @@ class Agent:
             state = row.state
             if not request.matches(row.digest) and not self._stored_earlier(row, request):
                 raise _conflict(rid)
-            now = ledger.utc_text(self.clock())
+            now = ledger.utc_text(self._now())
             if state == "HELD" and row.expires_at > now:
                 return "HELD", dict(json.loads(row.held_result)), None
             if state == "CONFIRMED":
@@ -1209,7 +1230,7 @@ class Agent:
         pricing a commit waits for its grant, and quotes do not wait for that."""
         with self._read(alone=False) as (view, conn):
             if ledger.receipt_known(conn, receipt.receipt_id):
-                now = ledger.utc_text(self.clock())
+                now = ledger.utc_text(self._now())
                 if self.hub is not None and ledger.hold_lapsed(conn, receipt.receipt_id, now):
                     # held afresh inside the write transaction, asking the hub there: noted
                     # now, where a note outlives a till killed before that commit
@@ -1246,7 +1267,7 @@ class Agent:
             done.ident.card_number or "",
             receipt.at.astimezone(program.zone).date().isoformat(),
             codes,
-            self.clock(),
+            self._now(),
             receipt.receipt_id,
         )
 
@@ -1254,7 +1275,7 @@ class Agent:
         """What a hold or checkout stores, made from its pricing (before the write
         transaction when priced early): the figures, the held result, the JSON texts, and
         the checkout's result and coupon print job for the offers chosen at pricing."""
-        now = self.clock()
+        now = self._now()
         expires = now + timedelta(seconds=program.hold_ttl_seconds)
         figures = _figures(done, program)
         held = done.result.to_json()
@@ -1318,7 +1339,7 @@ class Agent:
             found = self._stored_receipt(receipt_id)
             assert found is not None
             return found[1]
-        now = self.clock()
+        now = self._now()
         if state == "CANCELLED":
             # the contract's words for both (§11), then which of the two it was
             raise Refused(
@@ -1381,9 +1402,10 @@ class Agent:
         at = datetime.fromisoformat(figures["at"])
         before = ledger.balance(self._ledger, customer, view.applied_through(), at, program)
         expires = figures.get("expiresAt")
-        held_elsewhere = ledger.held_points(self._ledger, customer.id, self.clock(), receipt_id)
+        now = self._now()
+        held_elsewhere = ledger.held_points(self._ledger, customer.id, now, receipt_id)
         before, held_elsewhere = _with_holds(
-            before, held_elsewhere, self._ledger, customer.id, self.clock(), receipt_id, at, program
+            before, held_elsewhere, self._ledger, customer.id, now, receipt_id, at, program
         )
         after = _balance_after(
             before,
@@ -1464,7 +1486,7 @@ class Agent:
                 view.coupon(code)
                 or ledger.issued_coupon(conn, code, applied.get(self.device_id, 0))
             ),
-            lambda code: ledger.coupon_used(conn, code, self.clock(), own_id, sold_id),
+            lambda code: ledger.coupon_used(conn, code, self._now(), own_id, sold_id),
         )
         personal: list[Offer] = []
         lines_categories: Callable[[str], frozenset[str]] = categories_of
@@ -1492,7 +1514,7 @@ class Agent:
                 customer.id,
                 ident.card_number or "",
                 _local_day(receipt, program) if capped else None,
-                self.clock(),
+                self._now(),
                 own_id,
                 sold_id,
             )
@@ -1502,7 +1524,7 @@ class Agent:
             # This till's other open holds reserve their points (the contract §11).
             held_elsewhere = marks.held
             before, held_elsewhere = _with_holds(
-                before, held_elsewhere, conn, customer.id, self.clock(), own_id, receipt.at, program
+                before, held_elsewhere, conn, customer.id, self._now(), own_id, receipt.at, program
             )
             if capped:
                 offline_used = marks.offline
@@ -2059,7 +2081,7 @@ class Agent:
             sale = ledger.sold_receipt(conn, refund.receipt_id)
             if sale is None:
                 life = self._life(refund.receipt_id)
-                moment = ledger.utc_text(self.clock())
+                moment = ledger.utc_text(self._now())
                 if life is not None and life.state == "HELD" and life.expires_at <= moment:
                     life = replace(life, state="EXPIRED")  # past its time, not swept yet
                 raise NotFound(_not_committed(refund.receipt_id, life))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -304,3 +305,119 @@ def test_a_body_larger_than_16_kib_in_the_heads_packet_then_a_pipelined_head(
                 if piece > 1:
                     time.sleep(0.001)
         assert answers(sock) == want
+
+
+# ---------------------------------------- 4. a step just after a call looked for one
+
+
+class _StepsJustAfterALook:
+    """A `SteppingClock` whose wall clock is stepped (NTP) once, at the instant just after
+    the agent read it for the `nth` time inside `function` to look for a step (the agent
+    reads the wall clock, then the steady one: the step comes with that steady reading)."""
+
+    def __init__(self, clock: Any, function: str, step_s: float, nth: int = 1) -> None:
+        self.clock, self.function, self.step_s, self.nth = clock, function, step_s, nth
+        self.armed = False
+        self.done = False
+
+    def steady(self) -> float:
+        import sys
+
+        if self.armed and not self.done:
+            frame = sys._getframe(1)
+            while frame is not None:
+                if frame.f_code.co_name == self.function and frame.f_code.co_filename.endswith(
+                    "service.py"
+                ):
+                    self.nth -= 1
+                    if not self.nth:
+                        self.clock.stepped(self.step_s)
+                        self.done = True
+                    break
+                frame = frame.f_back  # type: ignore[assignment]
+        return float(self.clock.steady())
+
+
+def _stepping_agent(
+    tmp_path: Path, function: str, nth: int = 1
+) -> tuple[Agent, Any, _StepsJustAfterALook]:
+    from datetime import datetime
+
+    from tillpoint.agent.results import receipt_from_json
+
+    from .conftest import SteppingClock
+    from .test_review30_memo30 import ANNA, MILK, sale
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    look = _StepsJustAfterALook(clock, function, 3600, nth)
+    agent = Agent(tmp_path / "till", "till-1", clock=clock, monotonic=look.steady)
+    program = {**snapshot()["program"], "holdTtlSeconds": 600}
+    agent.load_snapshot({**snapshot(program=program), "version": 1, "baseVersion": 0})
+    line = {"sku": MILK, "qty": "1", "priceMinor": 100}
+    held = agent.hold(receipt_from_json(sale("h-1", clock(), card=ANNA, lines=[line])))
+    assert held.state == "HELD"
+    clock.passes(60)  # the POS takes the payment
+    agent.sweep_holds()  # the clock's mark made
+    return agent, clock, look
+
+
+def test_a_step_just_after_the_timers_look_expires_no_hold_with_time_left(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11: a hold lives `holdTtlSeconds` of time that passes. The hold timer's
+    round looks for a step under the agent's lock, then read the clock again for its
+    "now": NTP stepping an hour forward between the two (the round's look found none)
+    compared the hold's unmoved expiry with the stepped clock and expired it with 9 of
+    its 10 minutes left (released at the hub, its Confirm refused). Rare at a till
+    (microseconds each round), but a stress of steps met it in half the holds. "Now" is
+    the clock on the holds' time line (`Agent._now`). Failed before the fix."""
+    # its first look is before the lock, the second under it
+    agent, clock, look = _stepping_agent(tmp_path, "sweep_holds", nth=2)
+    try:
+        look.armed = True
+        assert agent.sweep_holds() == 0
+        assert look.done
+        assert agent._life("h-1").state == "HELD"
+        agent.sweep_holds()  # the next round follows the step: the hold moved with it
+        assert agent.confirm("h-1").state == "CONFIRMED"
+    finally:
+        agent.close()
+
+
+def test_a_step_just_after_a_confirms_look_confirms_the_hold(tmp_path: Path) -> None:
+    """CONTRACT §11. A Confirm looks for a step inside its transaction (review 35), then
+    read the clock again to compare the hold's expiry: NTP stepping an hour forward
+    between the two answered "hold expired" for a hold with 9 minutes left, the payment
+    taken. Failed before the fix."""
+    agent, clock, look = _stepping_agent(tmp_path, "_confirm")
+    try:
+        look.armed = True
+        assert agent.confirm("h-1").state == "CONFIRMED"
+        assert look.done
+    finally:
+        agent.close()
+
+
+def test_a_step_just_after_a_retried_holds_look_answers_the_stored_hold(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11 (a Hold sent again answers what is stored). The retry looks for a
+    step inside its transaction, then read the clock again: an hour forward between the
+    two made the stored hold look expired, and the retry priced it afresh (a new hold,
+    a new `holdExpiresAt` an hour later than the POS was told). Failed before the fix."""
+    from tillpoint.agent.results import receipt_from_json
+
+    from .test_review30_memo30 import ANNA, MILK, sale
+
+    agent, clock, look = _stepping_agent(tmp_path, "_hold")
+    try:
+        first = json.loads(agent._life("h-1").held_result)["holdExpiresAt"]
+        line = {"sku": MILK, "qty": "1", "priceMinor": 100}
+        body = sale("h-1", clock() - timedelta(seconds=60), card=ANNA, lines=[line])
+        look.armed = True
+        again = agent.hold(receipt_from_json(body))
+        assert look.done
+        assert again.state == "HELD"
+        assert again.hold_expires_at == first  # the stored hold, not a new one
+    finally:
+        agent.close()
