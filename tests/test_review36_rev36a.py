@@ -372,7 +372,7 @@ def test_a_step_just_after_the_timers_look_expires_no_hold_with_time_left(
     (microseconds each round), but a stress of steps met it in half the holds. "Now" is
     the clock on the holds' time line (`Agent._now`). Failed before the fix."""
     # its first look is before the lock, the second under it
-    agent, clock, look = _stepping_agent(tmp_path, "sweep_holds", nth=2)
+    agent, _, look = _stepping_agent(tmp_path, "sweep_holds", nth=2)
     try:
         look.armed = True
         assert agent.sweep_holds() == 0
@@ -389,7 +389,7 @@ def test_a_step_just_after_a_confirms_look_confirms_the_hold(tmp_path: Path) -> 
     read the clock again to compare the hold's expiry: NTP stepping an hour forward
     between the two answered "hold expired" for a hold with 9 minutes left, the payment
     taken. Failed before the fix."""
-    agent, clock, look = _stepping_agent(tmp_path, "_confirm")
+    agent, _, look = _stepping_agent(tmp_path, "_confirm")
     try:
         look.armed = True
         assert agent.confirm("h-1").state == "CONFIRMED"
@@ -419,5 +419,95 @@ def test_a_step_just_after_a_retried_holds_look_answers_the_stored_hold(
         assert look.done
         assert again.state == "HELD"
         assert again.hold_expires_at == first  # the stored hold, not a new one
+    finally:
+        agent.close()
+
+
+@pytest.mark.slow  # ~4 s of steps under five threads
+def test_steps_under_concurrent_sales_and_the_timer_keep_every_hold_its_time(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11: a hold lives `holdTtlSeconds` of time that passes. Four threads sell
+    (Checkout; Hold then Confirm, Cancel, or a quote and the Hold sent again) and one
+    runs the hold timer's round without pause, while the wall clock is stepped 300
+    times (±30 min to ±2 h, net +42.5 h) and no time passes: no hold may expire, no
+    Confirm be refused, and every open hold ends with its whole TTL left on the stepped
+    clock, `holdExpiresAt` with it (each step followed once, none lost across threads).
+    Before the fix half the holds expired (steps met between a look and a reading)."""
+    import random
+    import threading
+    import time
+    from datetime import datetime
+
+    from tillpoint.agent.errors import TillpointError
+    from tillpoint.agent.results import receipt_from_json
+
+    from .conftest import SteppingClock
+    from .test_review30_memo30 import ANNA, MILK, sale
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    agent = Agent(tmp_path / "till", "till-1", clock=clock, monotonic=clock.steady)
+    try:
+        program = {**snapshot()["program"], "holdTtlSeconds": 600}
+        agent.load_snapshot({**snapshot(program=program), "version": 1, "baseVersion": 0})
+        agent.sweep_holds()
+        at, line = clock(), {"sku": MILK, "qty": "1", "priceMinor": 100}
+        stop = threading.Event()
+        problems: list[str] = []
+
+        def sells(k: int) -> None:
+            rng = random.Random(k)
+            for i in range(10**6):
+                if stop.is_set():
+                    return
+                rid = f"w{k}-{i}"
+                body = receipt_from_json(sale(rid, at, card=ANNA, lines=[line]))
+                kind = rng.random()
+                try:
+                    if kind < 0.3:
+                        assert agent.checkout(body).state == "CONFIRMED"
+                        continue
+                    assert agent.hold(body).state == "HELD"
+                    if kind < 0.5:
+                        assert agent.confirm(rid).state == "CONFIRMED"
+                    elif kind < 0.6:
+                        assert agent.cancel(rid).state == "CANCELLED"
+                    elif kind < 0.7:
+                        agent.quote(body)
+                        assert agent.hold(body).state == "HELD"
+                except (TillpointError, AssertionError) as exc:
+                    problems.append(f"{rid}: {exc!r}")
+
+        def timer() -> None:
+            while not stop.is_set():
+                agent.sweep_holds()
+                stop.wait(0.003)
+
+        threads = [threading.Thread(target=sells, args=(k,)) for k in range(4)]
+        threads.append(threading.Thread(target=timer))
+        for thread in threads:
+            thread.start()
+        rng = random.Random(36)
+        try:
+            for _ in range(300):
+                clock.stepped(rng.choice([3600, -3600, 1800, -1800, 7200, -5400]))
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        agent.sweep_holds()  # the last step followed
+        assert problems == []
+        rows = agent._ledger.execute(
+            "SELECT state, expires_at, held_result FROM receipt_life WHERE state IN"
+            " ('HELD', 'EXPIRED')"
+        ).fetchall()
+        assert rows and all(state == "HELD" for state, _, _ in rows)
+        now = clock()
+        for _, expires, held in rows:
+            assert datetime.fromisoformat(expires) - now == timedelta(seconds=600)
+            assert datetime.fromisoformat(json.loads(held)["holdExpiresAt"]) - now == timedelta(
+                seconds=600
+            )
     finally:
         agent.close()
