@@ -353,6 +353,9 @@ class Agent:
         # (at, message) of the last ledger write that failed (or damaged file read); None
         # once a sale is stored again (`_write`)
         self._storage_problem: tuple[str, str] | None = None
+        # whether the current write transaction (under `_lock`) committed a receipt's
+        # rows (`_commit`): only that clears `_storage_problem`
+        self._sale_in_write = False
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
         self._hub_turns = HubTurns(on_put_off=self._release_put_off)
@@ -567,7 +570,7 @@ class Agent:
         trace: dict[str, Any] | None = None
         self._follow_clock_step()  # the open holds it counts, as they stand after a step
         with self._read() as (view, conn):
-            stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self.clock())
+            stored, held = ledger.quote_lookup(conn, receipt.receipt_id, self._now())
             # the receipt as stored, made only for a receiptId this till knows
             request = (
                 _Request.of(receipt, self._secret)
@@ -614,7 +617,7 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=True), True)
-            with self._lock, self._write(sale=True), self._view() as view:
+            with self._lock, self._write(), self._view() as view:
                 state, result, typed = self._hold(
                     receipt, view, confirm_now=True, request=request, early=early
                 )
@@ -665,7 +668,7 @@ class Agent:
         self.sweep_holds()
         with self._hub_turns.holding(receipt.receipt_id), self._one_hub_deadline():
             early = self._clock_followed(self._price_early(receipt, confirm_now=False), False)
-            with self._lock, self._write(sale=True), self._view() as view:
+            with self._lock, self._write(), self._view() as view:
                 _, stored, _ = self._hold(receipt, view, request=request, early=early)
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
@@ -696,7 +699,7 @@ class Agent:
             raise InputError(f"confirm: fiscalDocument {CONTROLS_MESSAGE}")
         self._hub_turns.hold_ended(receipt_id)  # its Hold still asking the hub: after it
         self.sweep_holds()
-        with self._lock, self._write(sale=True), self._view() as view:
+        with self._lock, self._write(), self._view() as view:
             stored = self._confirm(receipt_id, fiscal_document or None, view)
         result = CheckoutResult.from_json(stored)
         self._tell_devices("after_checkout", result)
@@ -744,7 +747,7 @@ class Agent:
             # compared with the time of before the step and expired with their minutes
             # left (review 35)
             self._follow_clock_step()
-            now = ledger.utc_text(self.clock())
+            now = ledger.utc_text(self._now())
             due = ledger.due_holds(self._ledger, now)
             if not due:
                 return 0
@@ -820,6 +823,27 @@ class Agent:
             if step is not None and not peek:
                 self._steps_taken += 1
         return step
+
+    def _now(self) -> datetime:
+        """The wall clock on the time line the open holds live on: the clock as it reads,
+        less a step made since the last reading (`_take_clock_step`) that no call has
+        followed yet (the holds not moved by it). Read where a hold's time is compared
+        or made (the sweep's "now", a Confirm's, a new hold's expiry, the holds pricing
+        counts): `self.clock()` read just after a call looked for a step, a step made in
+        between (NTP at that instant) was compared with the unmoved holds, and an hour
+        forward expired a hold with its minutes left or refused its Confirm "hold
+        expired" (review 36). Once the step is followed, the clock as it reads. Marks
+        nothing (a reading, not a follow)."""
+        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
+        if steady is None:
+            return self.clock()
+        with self._mark_lock:
+            wall, passed = self.clock(), steady()
+            mark = self._clock_mark
+        if mark is None:
+            return wall
+        step = (wall - mark[0]).total_seconds() - (passed - mark[1])
+        return wall if abs(step) < CLOCK_STEP_S else wall - timedelta(seconds=step)
 
     def _unfollow(self, step: float) -> None:
         """A step taken (`_take_clock_step`) whose move of the open holds was not stored:
@@ -1126,7 +1150,7 @@ class Agent:
             state = row.state
             if not request.matches(row.digest) and not self._stored_earlier(row, request):
                 raise _conflict(rid)
-            now = ledger.utc_text(self.clock())
+            now = ledger.utc_text(self._now())
             if state == "HELD" and row.expires_at > now:
                 return "HELD", dict(json.loads(row.held_result)), None
             if state == "CONFIRMED":
@@ -1212,7 +1236,7 @@ class Agent:
         self._follow_clock_step()
         with self._read(alone=False) as (view, conn):
             if ledger.receipt_known(conn, receipt.receipt_id):
-                now = ledger.utc_text(self.clock())
+                now = ledger.utc_text(self._now())
                 if self.hub is not None and ledger.hold_lapsed(conn, receipt.receipt_id, now):
                     # held afresh inside the write transaction, asking the hub there: noted
                     # now, where a note outlives a till killed before that commit
@@ -1249,7 +1273,7 @@ class Agent:
             done.ident.card_number or "",
             receipt.at.astimezone(program.zone).date().isoformat(),
             codes,
-            self.clock(),
+            self._now(),
             receipt.receipt_id,
         )
 
@@ -1257,7 +1281,7 @@ class Agent:
         """What a hold or checkout stores, made from its pricing (before the write
         transaction when priced early): the figures, the held result, the JSON texts, and
         the checkout's result and coupon print job for the offers chosen at pricing."""
-        now = self.clock()
+        now = self._now()
         expires = now + timedelta(seconds=program.hold_ttl_seconds)
         figures = _figures(done, program)
         held = done.result.to_json()
@@ -1321,7 +1345,7 @@ class Agent:
             found = self._stored_receipt(receipt_id)
             assert found is not None
             return found[1]
-        now = self.clock()
+        now = self._now()
         if state == "CANCELLED":
             # the contract's words for both (§11), then which of the two it was
             raise Refused(
@@ -1384,9 +1408,10 @@ class Agent:
         at = datetime.fromisoformat(figures["at"])
         before = ledger.balance(self._ledger, customer, view.applied_through(), at, program)
         expires = figures.get("expiresAt")
-        held_elsewhere = ledger.held_points(self._ledger, customer.id, self.clock(), receipt_id)
+        now = self._now()
+        held_elsewhere = ledger.held_points(self._ledger, customer.id, now, receipt_id)
         before, held_elsewhere = _with_holds(
-            before, held_elsewhere, self._ledger, customer.id, self.clock(), receipt_id, at, program
+            before, held_elsewhere, self._ledger, customer.id, now, receipt_id, at, program
         )
         after = _balance_after(
             before,
@@ -1467,7 +1492,7 @@ class Agent:
                 view.coupon(code)
                 or ledger.issued_coupon(conn, code, applied.get(self.device_id, 0))
             ),
-            lambda code: ledger.coupon_used(conn, code, self.clock(), own_id, sold_id),
+            lambda code: ledger.coupon_used(conn, code, self._now(), own_id, sold_id),
         )
         personal: list[Offer] = []
         lines_categories: Callable[[str], frozenset[str]] = categories_of
@@ -1495,7 +1520,7 @@ class Agent:
                 customer.id,
                 ident.card_number or "",
                 _local_day(receipt, program) if capped else None,
-                self.clock(),
+                self._now(),
                 own_id,
                 sold_id,
             )
@@ -1505,7 +1530,7 @@ class Agent:
             # This till's other open holds reserve their points (the contract §11).
             held_elsewhere = marks.held
             before, held_elsewhere = _with_holds(
-                before, held_elsewhere, conn, customer.id, self.clock(), own_id, receipt.at, program
+                before, held_elsewhere, conn, customer.id, self._now(), own_id, receipt.at, program
             )
             if capped:
                 offline_used = marks.offline
@@ -1768,6 +1793,7 @@ class Agent:
         its typed form (else None). `ready`: the result, its text and the print job made
         before the transaction, used when the offers to print are still those (none
         printed to the customer meanwhile)."""
+        self._sale_in_write = True  # a sale stored if this commits (`_write`)
         conn = self._ledger
         customer_id: str | None = figures["customerId"]
         at = datetime.fromisoformat(figures["at"])
@@ -2039,7 +2065,7 @@ class Agent:
         # A refund of a receipt held here reads the hold's time (why it is refused): a
         # step of the wall clock is followed first, as by every call that reads holds.
         self._follow_clock_step()
-        with self._lock, self._write(sale=True), self._view() as view:
+        with self._lock, self._write(), self._view() as view:
             # and one made while it waited for the lock (behind another commit): an hour
             # forward told the cashier "its hold expired" of a hold with its minutes
             # left, as a Confirm's "hold expired" (rev35c)
@@ -2061,7 +2087,7 @@ class Agent:
             sale = ledger.sold_receipt(conn, refund.receipt_id)
             if sale is None:
                 life = self._life(refund.receipt_id)
-                moment = ledger.utc_text(self.clock())
+                moment = ledger.utc_text(self._now())
                 if life is not None and life.state == "HELD" and life.expires_at <= moment:
                     life = replace(life, state="EXPIRED")  # past its time, not swept yet
                 raise NotFound(_not_committed(refund.receipt_id, life))
@@ -2352,20 +2378,22 @@ class Agent:
                     _close_reader(live, reads)
 
     @contextlib.contextmanager
-    def _write(self, *, sale: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[sqlite3.Connection]:
         """One ledger write transaction; anything raised inside rolls all of it back.
 
         A ledger that cannot be written (a full disk, a read-only mount, another user's
         files) refuses every sale while quotes still work, and the POS hears only
         UNAVAILABLE: it is logged at ERROR when it starts and shown in `status`
-        (`storageError`) and the metrics until a sale is stored again: a `sale`'s
-        transaction (Checkout, Hold, Confirm, Refund) that commits rows. Not any write
+        (`storageError`) and the metrics until a sale is stored again: a transaction
+        that commits a receipt's rows (`_commit`: a Checkout, a Confirm). Not any write
         that works: on a full disk a cancel or the hold timer's mark rewrites a row in
         place and commits while every sale, which adds rows, is still refused, and the
-        sign cleared then told support the till was well (review 35); nor a retry
-        answered from what is stored, which writes nothing."""
+        sign cleared then told support the till was well (review 35); nor a Hold's one
+        row or a Refund's, which a ledger too full for a sale's still takes, nor a
+        retry answered from what is stored that moved the open holds by a clock step
+        (review 36)."""
         self._followed_step = None
-        changes = self._ledger.total_changes
+        self._sale_in_write = False
         try:
             with write_transaction(self._ledger, "ledger") as conn:
                 yield conn
@@ -2382,7 +2410,7 @@ class Agent:
             raise
         self._followed_step = None
         self._checkpoints.committed()
-        if self._storage_problem is not None and sale and self._ledger.total_changes > changes:
+        if self._storage_problem is not None and self._sale_in_write:
             self._storage_problem = None
             log.warning("the ledger is written again: sales are stored")
 

@@ -420,16 +420,16 @@ if __name__ == "__main__":  # python -m tests.test_review32_long32 SEED STEPS
 # docs/ARCHITECTURE.md, "What a long-lived agent keeps between calls": for each entry not
 # already pinned by an earlier review's test, the event that ends it, and after it the
 # long-lived agent's answer compared with a fresh agent's on the same data directory.
-# Already pinned: the memo through deltas and a reset (test_review30_memo30.py), a reader
-# moved by another process's snapshot (test_cache_generations.py), `_clock_mark`
-# (test_review30_memo30.py, test_review31_long31.py), `_storage_problem` until a write
-# works (test_operations.py), `_on_display` (test_review31_pos31.py), the hub turns
-# (test_review26_life26.py), the backoffs ended by the hub answering again
-# (test_sync_recovery.py, test_review21_long21.py), the print queue and the worker
-# (test_review30_memo30.py, test_review31_dev31.py, test_printer_queue.py), `money.frac`
-# (test_long_lived_pricing.py); the sweeper, the data directory's lock and the hub link
-# across a SIGTERM and a start again: the differential above. Added here: the memo's
-# tables and the reader pairs after a full snapshot of another process.
+# Already pinned: the memo through deltas and a reset (test_review30_memo30.py), a reader moved by
+# another process's snapshot (test_cache_generations.py), `_clock_mark` (test_review30_memo30.py,
+# test_review31_long31.py), `_storage_problem` until a sale is stored again (test_operations.py,
+# test_review36_rev36a.py), `_on_display` (test_review31_pos31.py), the hub turns
+# (test_review26_life26.py), the backoffs ended by the hub answering again (test_sync_recovery.py,
+# test_review21_long21.py), the print queue and the worker (test_review30_memo30.py,
+# test_review31_dev31.py, test_printer_queue.py), `money.frac` (test_long_lived_pricing.py); the
+# sweeper, the data directory's lock and the hub link across a SIGTERM and a start again: the
+# differential above. Added here: the memo's tables and the reader pairs after a full snapshot of
+# another process.
 
 
 def _full_from_another_process(data: Path, doc: dict[str, Any], work: Path) -> None:

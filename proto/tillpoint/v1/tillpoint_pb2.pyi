@@ -1724,8 +1724,8 @@ class Status(_message.Message):
     storage_error: _builtins.str
     """The ledger could not be written (disk full, read-only, another user's files): every
     sale is refused with UNAVAILABLE, quotes still work. It stays until a sale is stored
-    again (a Checkout, Hold, Confirm or Refund that commits), not at a cancel or another
-    small write that works; "" since. `storage_error_at`: when it was last met.
+    again (a Checkout or Confirm that commits), not at a hold, a refund, a cancel or
+    another small write that works; "" since. `storage_error_at`: when it was last met.
     """
     storage_error_at: _builtins.str
     display_last_error: _builtins.str
