@@ -1065,9 +1065,20 @@ def _human_result(r: dict[str, Any], printer: bool = True) -> str:
         )
     if r["heldOut"]:
         out.append("held out (control group): " + ", ".join(r["heldOut"]))
+    if r.get("coupons"):  # each scanned code's verdict (§13), in the order scanned
+        out.append("coupons: " + "; ".join(_human_coupon(v) for v in r["coupons"]))
     if r.get("trace"):
         out.extend(_human_trace(r["trace"]))
     return "\n".join(out)
+
+
+def _human_coupon(verdict: dict[str, Any]) -> str:
+    """"SORRY7K2Q9 applied", "OLD1 rejected (EXPIRED)"; a code of blanks and dashes only
+    (its normal form "") shows as "\"\"" (§13's decisions)."""
+    code = verdict["code"] or '""'
+    if verdict["status"] == "APPLIED":
+        return f"{code} applied"
+    return f"{code} rejected ({verdict['reason']})"
 
 
 def _human_trace(t: dict[str, Any]) -> list[str]:
