@@ -1073,7 +1073,7 @@ def _human_result(r: dict[str, Any], printer: bool = True) -> str:
 
 
 def _human_coupon(verdict: dict[str, Any]) -> str:
-    """"SORRY7K2Q9 applied", "OLD1 rejected (EXPIRED)"; a code of blanks and dashes only
+    """ "SORRY7K2Q9 applied", "OLD1 rejected (EXPIRED)"; a code of blanks and dashes only
     (its normal form "") shows as "\"\"" (§13's decisions)."""
     code = verdict["code"] or '""'
     if verdict["status"] == "APPLIED":

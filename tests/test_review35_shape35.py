@@ -933,9 +933,7 @@ def test_each_example_says_the_same_at_every_door(
     assert not problems, "\n".join(problems)
 
 
-def said_at_every_door(
-    file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> list[str]:
+def said_at_every_door(file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What differs when scenario `file` is told at the three doors (the test above; review
     36's scenarios too). A `wait` step lets its seconds pass once for the three tills; a
     refused step may name its HTTP status (`httpStatus`) and gRPC code (`grpcCode`), which
