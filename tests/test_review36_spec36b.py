@@ -87,6 +87,14 @@ def test_the_text_of_a_sale_says_each_codes_verdict(cli: CLI) -> None:
     # no code scanned: no line about codes
     plain = cli("quote", {**sale, "receiptId": "q-plain", "coupons": []})
     assert plain.code == 0 and "coupons:" not in plain.out
+    # a cancelled hold's text says its code was given back (CONTRACT §13's decisions), not
+    # "applied", though the stored result it answers (--json) still says APPLIED
+    held = cli("hold", {**sale, "receiptId": "h-text", "coupons": ["ANY-1", "nope"]})
+    assert "coupons: ANY1 applied; NOPE rejected (UNKNOWN)" in held.out.splitlines()
+    cancelled = cli("cancel", "h-text")
+    assert cancelled.code == 0, cancelled.err
+    assert "coupons: ANY1 given back; NOPE rejected (UNKNOWN)" in cancelled.out.splitlines()
+    assert cli("cancel", "h-text", "--json").json()["coupons"][0]["status"] == "APPLIED"
 
 
 def test_quote_explain_in_words_and_its_exit_codes(cli: CLI) -> None:
