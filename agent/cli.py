@@ -1072,9 +1072,22 @@ def _human_result(r: dict[str, Any], printer: bool = True) -> str:
         )
     if r["heldOut"]:
         out.append("held out (control group): " + ", ".join(r["heldOut"]))
+    if r.get("coupons"):  # each scanned code's verdict (§13), in the order scanned
+        back = r.get("state") == "CANCELLED"  # a cancel gave the hold's codes back
+        out.append("coupons: " + "; ".join(_human_coupon(v, back) for v in r["coupons"]))
     if r.get("trace"):
         out.extend(_human_trace(r["trace"]))
     return "\n".join(out)
+
+
+def _human_coupon(verdict: dict[str, Any], given_back: bool = False) -> str:
+    """A code's verdict in words: "SORRY7K2Q9 applied", "OLD1 rejected (EXPIRED)"; a code of
+    blanks and dashes only (its normal form "") shows as "\"\"" (§13's decisions).
+    `given_back`: a cancelled hold's result, whose applied codes the cancel gave back."""
+    code = verdict["code"] or '""'
+    if verdict["status"] == "APPLIED":
+        return f"{code} given back" if given_back else f"{code} applied"
+    return f"{code} rejected ({verdict['reason']})"
 
 
 def _human_trace(t: dict[str, Any]) -> list[str]:

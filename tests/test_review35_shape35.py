@@ -929,6 +929,15 @@ def test_each_example_says_the_same_at_every_door(
     HTTP or gRPC (CONTRACT §12: the same calls, the same documents). Each step at the three
     doors: the same refusals (CLI exit code, an HTTP 4xx, a gRPC error), the HTTP document
     byte for byte the CLI's, the gRPC answer the same message, and the `expect` met."""
+    problems = said_at_every_door(file, tmp_path, monkeypatch)
+    assert not problems, "\n".join(problems)
+
+
+def said_at_every_door(file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What differs when scenario `file` is told at the three doors (the test above; review
+    36's scenarios too). A `wait` step lets its seconds pass once for the three tills; a
+    refused step may name its HTTP status (`httpStatus`) and gRPC code (`grpcCode`), which
+    are then checked too (CONTRACT §12's mapping), not only "a 4xx and an error"."""
     from tests.test_scenarios import _mismatches
 
     scenario = json.loads(file.read_text(encoding="utf-8"))
@@ -938,6 +947,9 @@ def test_each_example_says_the_same_at_every_door(
     with three_tills(tmp_path, None, device) as tills:
         for index, step in enumerate(scenario["steps"]):
             where = f"step {index} ({step['command']})"
+            if step["command"] == "wait":  # a hold's TTL (CONTRACT §11), at the three tills
+                time.sleep(float(step["seconds"]))
+                continue
             expect = step.get("expect")
             refused = isinstance(expect, dict) and set(expect) == {"exitCode"}
             if step["command"] == "snapshot load":
@@ -966,6 +978,10 @@ def test_each_example_says_the_same_at_every_door(
                     problems.append(
                         f"{where}: worded differently {[cli.message, web.message, rpc.message]}"
                     )
+                if step.get("httpStatus", web.raw) != web.raw:
+                    problems.append(f"{where}: HTTP {web.raw}, expected {step['httpStatus']}")
+                if step.get("grpcCode", rpc.code) != rpc.code:
+                    problems.append(f"{where}: gRPC {rpc.code}, expected {step['grpcCode']}")
                 continue
             if not (cli.ok and web.ok and rpc.ok):
                 problems.append(
@@ -989,7 +1005,7 @@ def test_each_example_says_the_same_at_every_door(
                     problems += [
                         f"{where} {name}: {m}" for m in _mismatches(expect, answers[name].doc)
                     ]
-    assert not problems, "\n".join(problems)
+    return problems
 
 
 # ---------------------------------------------------------------- times in answers
