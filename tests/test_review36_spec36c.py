@@ -28,6 +28,10 @@ from tillpoint.sync.loopback import import_doc
 from .conftest import CLI, PROGRAM, snapshot
 from .test_http_api import Client
 from .test_hub_till_agree import WEEK, _master, pushed
+from .test_review23_cli23 import (  # the fixture: `tillpoint run` on a data dir
+    forwarded_problems,
+    serve,  # noqa: F401
+)
 from .test_scenarios import OWN_SCENARIOS, _argv, _mismatches, _run_in_process
 
 BORIS = "2770000000024"  # c-b, base tier (3 %), 80 points that never expire
@@ -101,6 +105,21 @@ def test_each_scenario_over_http_answers_what_the_cli_prints(
         client.close()
         server.stop()
         agent.close()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file", SPEC36C, ids=[f.stem for f in SPEC36C])
+def test_each_scenario_through_a_serving_agent_over_grpc(
+    file: Path,
+    serve: Any,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same steps with `tillpoint run` serving the data directory: every call after the
+    snapshot goes to its `PosAgent` over gRPC and must print what the step expects."""
+    problems = forwarded_problems(file, serve, tmp_path, monkeypatch, capsys)
     assert not problems, "\n".join(problems)
 
 
