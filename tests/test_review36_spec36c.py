@@ -251,6 +251,9 @@ def test_a_refund_of_everything_in_any_parts_restores_the_balance_batch_by_batch
                         }
                     )
                 )
+                # the refund's balance is the customer's at its `at`, after it (CONTRACT §6's
+                # decision), as `Balance` at that time says
+                assert done.to_json()["balance"] == agent.balance(BORIS, at).to_json()
                 returned += done.returned_points
                 taken += done.taken_back_points
             assert returned == result.redeemed_points
