@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -423,3 +423,74 @@ def test_refunds_of_a_sale_the_hub_has_not_got_yet_agree_with_the_hub_once_sent(
             assert (end.available_points, end.pending_points, list(end.expiring)) == (949, 0, [])
         finally:
             agent.close()
+
+
+def test_an_online_sale_from_an_expiring_batch_refunded_before_it_is_sent(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §9 and §16 through a real hub over gRPC (mTLS): the hub authorises the
+    redemption against the live balance, which leaves out a batch that has ended; the sale
+    is refunded in part before the till has sent anything; once pushed, the hub says what
+    the till says, now and after each batch ends."""
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, timings
+    from tillpoint.sync.push import Pusher
+
+    from .conftest import enrolled_till
+
+    msk = timezone(timedelta(hours=3))  # Moscow: no clock change
+    now = datetime.now(UTC).replace(microsecond=0)
+    local = now.astimezone(msk)
+    gone, soon = now - timedelta(days=1), now + timedelta(days=10)
+    data = sample_master_data()
+    data["program"].update(pointsLifetimeDays=30, maxRedeemPercent=100)
+    boris = next(c for c in data["customers"] if c["id"] == "c-2")
+    # 300: 100 that ended yesterday, 150 that end in 10 days, 50 that never end
+    boris["expiring"] = [
+        {"points": 100, "expiresAt": gone.astimezone(msk).isoformat()},
+        {"points": 150, "expiresAt": soon.astimezone(msk).isoformat()},
+    ]
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    # a deadline a busy machine meets: the sale must be authorised by the hub (ONLINE)
+    till = enrolled_till(hub, tmp_path / "till", "till-1", timings=timings(redeem_timeout_s=10.0))
+    try:
+        sale = till.agent.checkout(
+            receipt_from_json(
+                {
+                    "receiptId": "r1",
+                    "at": local.isoformat(),
+                    "card": BORIS,
+                    "lines": [{"sku": "4601234000017", "qty": "2", "priceMinor": 50_000}],
+                    "redeemPoints": 180,
+                }
+            )
+        )
+        # ONLINE, 180 of the 200 live points: the 150 ending soonest, then 30 of the 50.
+        # Earned (100000 − 18000) × 3 % = 24.6 → 24, ending in 30 days.
+        assert (sale.mode, sale.redeemed_points, sale.earned_points) == ("ONLINE", 180, 24)
+        assert sale.balance.available_points == 200 - 180 + 24
+        back = till.agent.refund(
+            refund_from_json(
+                {
+                    "refundId": "f1",
+                    "receiptId": "r1",
+                    "at": local.isoformat(),
+                    "lines": [{"sku": "4601234000017", "qty": "1"}],
+                }
+            )
+        )
+        # half: 90 back (30 to the 50, 60 to the batch ending in 10 days), 12 taken back
+        assert (back.returned_points, back.taken_back_points) == (90, 12)
+        assert back.balance.available_points == 44 + 90 - 12 == 122
+        Pusher(till.data_dir, "till-1", till.link, call_timeout_s=5).drain()
+        for moment, points in (
+            (now + timedelta(minutes=1), 122),  # 50 + 60 + 12
+            (soon + timedelta(seconds=1), 62),  # the 60 have ended
+            (now + timedelta(days=30, seconds=1), 50),  # the sale's 12 too
+        ):
+            at_till = till.agent.balance(BORIS, moment)
+            at_hub = hub.store.balance("c-2", moment)
+            assert at_till.available_points == points, moment
+            assert (at_hub.available, at_hub.pending) == (points, 0), moment
+    finally:
+        till.stop()
+        hub.stop()
