@@ -16,6 +16,7 @@ import tempfile
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -499,6 +500,21 @@ def test_an_online_sale_from_an_expiring_batch_refunded_before_it_is_sent(
 # ---------------------------------------------------------------- a model written from §5, §6, §16
 
 
+PLACES = [
+    ("Europe/Moscow", START),
+    ("Europe/Berlin", datetime.fromisoformat("2026-03-26T20:00:00+01:00")),  # spring change
+    ("Europe/Berlin", datetime.fromisoformat("2026-10-23T20:00:00+02:00")),  # autumn change
+]
+
+
+def days_later(at: datetime, days: int, zone: ZoneInfo) -> datetime:
+    """CONTRACT §5 step 6 and §16: `days` later at the same local clock time; a clock time
+    the spring change skips is read on the clock before the change, one the autumn change
+    repeats is its first occurrence (§16's decision)."""
+    wall = at.astimezone(zone).replace(tzinfo=None) + timedelta(days=days)
+    return wall.replace(tzinfo=zone, fold=0).astimezone(UTC)  # the model counts in UTC
+
+
 class Wallet:
     """CONTRACT §5.4–§5.6, §6 and §16 written plainly, for one base-tier customer on a
     Moscow till (no clock change): batches with an activation and an end (inclusive), spent
@@ -551,6 +567,7 @@ class Wallet:
 @pytest.mark.slow  # ~15 s: 50 histories of up to 10 sales and refunds
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
+    where=st.sampled_from(PLACES),
     rest=st.integers(0, 300),
     batches=st.lists(st.tuples(st.integers(1, 300), st.integers(1, 24 * 30)), max_size=3),
     lifetime=st.sampled_from([0, 1, 3, 10]),
@@ -559,14 +576,14 @@ class Wallet:
         st.one_of(
             st.tuples(
                 st.just("sale"),
-                st.integers(1, 40),  # hours since the step before
+                st.integers(1, 40 * 60),  # minutes since the step before
                 st.integers(1, 4000),  # qty in thousandths
                 st.integers(100, 200_000),  # priceMinor
                 st.sampled_from([-1, 0, 30, 400]),
             ),
             st.tuples(
                 st.just("refund"),
-                st.integers(0, 40),
+                st.integers(0, 40 * 60),
                 st.integers(0, 9),  # which sale (modulo the sales so far)
                 st.integers(1, 1000),  # thousandths of the qty left (at most all)
                 st.just(0),
@@ -577,6 +594,7 @@ class Wallet:
     ),
 )
 def test_sales_and_refunds_over_the_days_follow_the_contracts_batches(
+    where: tuple[str, datetime],
     rest: int,
     batches: list[tuple[int, int]],
     lifetime: int,
@@ -585,19 +603,24 @@ def test_sales_and_refunds_over_the_days_follow_the_contracts_batches(
 ) -> None:
     """Each answer's figures and balance (available, pending, `expiring`), and `Balance`
     at later times, as the model above works them out from the contract's words."""
+    zone_name, start = where
+    zone = ZoneInfo(zone_name)
     program = {
         **PROGRAM,
+        "timezone": zone_name,
         "pointsLifetimeDays": lifetime,
         "activationDelayDays": delay,
         "maxRedeemPercent": 100,
         "offlineRedeemLimitPoints": 10**9,
     }
     snap = snapshot(program=program)
-    expiring = [(p, START + timedelta(hours=h)) for p, h in batches]
+    expiring = [(p, (start + timedelta(hours=h)).astimezone(UTC)) for p, h in batches]
     for customer in snap["customers"]:
         if customer["id"] == "c-b":
             customer["balancePoints"] = rest + sum(p for p, _ in expiring)
-            customer["expiring"] = [{"points": p, "expiresAt": e.isoformat()} for p, e in expiring]
+            customer["expiring"] = [
+                {"points": p, "expiresAt": e.astimezone(zone).isoformat()} for p, e in expiring
+            ]
     model = Wallet(rest, expiring)
     sales: list[dict[str, Any]] = []  # q, p, e, returned so far, took, own batch
 
@@ -615,16 +638,17 @@ def test_sales_and_refunds_over_the_days_follow_the_contracts_batches(
         agent = Agent(Path(tmp) / "data", "till-1")
         try:
             agent.load_snapshot(snap)
-            at = START
-            for n, (kind, hours, a, b, redeem) in enumerate(plan):
-                at += timedelta(hours=hours)
+            at = start.astimezone(UTC)  # the model's times are UTC (no wall-clock sums)
+            for n, (kind, minutes, a, b, redeem) in enumerate(plan):
+                at += timedelta(minutes=minutes)
+                local = at.astimezone(zone).isoformat()
                 if kind == "sale":
                     amount = (a * b + 500) // 1000  # round_half_up(priceMinor × qty), §2
                     result = agent.checkout(
                         receipt_from_json(
                             {
                                 "receiptId": f"r{n}",
-                                "at": at.isoformat(),
+                                "at": local,
                                 "card": BORIS,
                                 "lines": [{"sku": CHEESE, "qty": _qty(a), "priceMinor": b}],
                                 "redeemPoints": redeem,
@@ -637,8 +661,8 @@ def test_sales_and_refunds_over_the_days_follow_the_contracts_batches(
                     earned = (amount - red * 100) * 3 // 10_000
                     assert (result.redeemed_points, result.earned_points) == (red, earned)
                     took = model.spend(red, at)
-                    starts = at + timedelta(days=delay) if delay else None
-                    ends = (starts or at) + timedelta(days=lifetime) if lifetime else None
+                    starts = days_later(at, delay, zone) if delay else None
+                    ends = days_later(starts or at, lifetime, zone) if lifetime else None
                     model.batches.append([earned, starts, ends])
                     own = len(model.batches) - 1
                     sales.append(
@@ -667,7 +691,7 @@ def test_sales_and_refunds_over_the_days_follow_the_contracts_batches(
                             {
                                 "refundId": f"f{n}",
                                 "receiptId": sale["id"],
-                                "at": at.isoformat(),
+                                "at": local,
                                 "lines": [{"sku": CHEESE, "qty": _qty(back)}],
                             }
                         )
