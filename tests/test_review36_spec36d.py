@@ -14,7 +14,6 @@ Faults found (each test failed before its fix):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import http.client
 import json
@@ -255,9 +254,8 @@ def test_identify_answers_alike_at_the_cli_http_and_grpc(
                 got = json_format.MessageToDict(answer)
                 if not _same(expected, got):
                     problems.append(f"grpc {text!r}: {got!r}")
-                if expected["status"] != "FOUND" and got.get("reason", "") == "":
-                    if expected["status"] in ("BLOCKED", "INVALID"):
-                        problems.append(f"grpc {text!r}: no reason for the cashier")
+                if expected["status"] in ("BLOCKED", "INVALID") and not got.get("reason"):
+                    problems.append(f"grpc {text!r}: no reason for the cashier")
     finally:
         srv.stop()
     assert not problems, "\n".join(problems)
@@ -310,7 +308,7 @@ def test_a_quote_at_each_door_refuses_blocked_and_invalid_cards_and_sells_unknow
                     # 2 × 89,90 at the first tier's 3 %: 179,80 × 3 % = 5,394 -> 5 points
                     for got in (run.json(), doc, json_format.MessageToDict(answer)):
                         assert got["card"] == {"status": "UNKNOWN"}
-                        assert int(got["redeemedPoints"] if "redeemedPoints" in got else 0) == 0
+                        assert int(got.get("redeemedPoints", 0)) == 0
                         assert int(got["earnedPoints"]) == 5
                         assert got.get("balance") is None
     finally:
@@ -339,3 +337,39 @@ def test_display_never_shows_more_than_the_first_name_and_fits_two_by_twenty(cli
         assert "Викторовна" not in text and "Smith" not in text, display
         shown[card] = display
     assert all("Мария" not in " ".join(d) for d in shown.values())
+
+
+def test_identify_over_grpc_puts_each_outcome_on_a_real_display(tmp_path: Path) -> None:
+    """CONTRACT §8 with §4: identify over gRPC shows the greeting with the first name only
+    (a long double name on the row below), no name for an UNKNOWN card, "Карта не
+    принята" for a BLOCKED or INVALID one; the display is a real driver on pyserial's
+    `loop://`, and what reaches the wire for a Greek name leaves the name out."""
+    from tillpoint.printer.service import Devices, load_configs
+
+    from .test_review25_print25 import _shown
+
+    snap = snapshot()
+    snap["customers"][0]["firstName"] = "Анна-Мария Ивановна"
+    snap["customers"][1]["firstName"] = "Κώστας"
+    agent = Agent(tmp_path / "data", "till-1")
+    agent.load_snapshot(snap)
+    p, d, s = load_configs({"kind": "none"}, {"kind": "serial", "device": "loop://"}, {})
+    devices = Devices(tmp_path / "ledger-devices.db", p, d, s)
+    agent.devices = devices
+    try:
+        with posagent_stub(agent) as stub:
+            for text, lines in (
+                ("2770000000017", ["Добрый день,", "Анна-Мария!"]),  # FOUND, first word
+                ("2770000000024", ["Κώστας, добрый день!", ""]),  # FOUND
+                ("2770000000093", ["Добрый день!", ""]),  # UNKNOWN
+                ("2770000000031", ["Карта не принята", ""]),  # BLOCKED
+                ("2770000000010", ["Карта не принята", ""]),  # INVALID
+            ):
+                stub.Identify(pb.IdentifyRequest(text=text), timeout=TIMEOUT)
+                assert devices.status()["display"]["lines"] == lines, text
+                assert _shown(lines, 20) == (
+                    ["Добрый день!", ""] if lines[0].startswith("Κώστας") else lines
+                )
+    finally:
+        devices.stop()
+        agent.close()
