@@ -373,3 +373,62 @@ def test_identify_over_grpc_puts_each_outcome_on_a_real_display(tmp_path: Path) 
     finally:
         devices.stop()
         agent.close()
+
+
+def test_an_enrolled_till_refuses_unsigned_wrongly_signed_and_older_bundles_unchanged(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """CONTRACT §3: snapshots from the hub are signed (Ed25519); an agent refuses an
+    unsigned, wrongly signed or older-version snapshot and keeps what it has — here
+    through `snapshot load` on an enrolled till, the cache files compared byte for byte."""
+    import base64
+
+    hub_dir = str(tmp_path / "hub")
+    master = tmp_path / "master.json"
+    master.write_text(json.dumps(snapshot(), ensure_ascii=False), encoding="utf-8")
+    assert cli("hub", "import", str(master), "--publish", "--hub-dir", hub_dir).code == 0
+    enrolment, signed = tmp_path / "enrol.json", tmp_path / "signed.json"
+    assert cli("hub", "enroll", "till-1", "--hub-dir", hub_dir, "--out", str(enrolment)).code == 0
+    assert cli("hub", "export", "till-1", "--hub-dir", hub_dir, "--out", str(signed)).code == 0
+    assert cli("sync", "install", str(enrolment)).code == 0
+    loaded = cli("snapshot", "load", str(signed), "--json")
+    assert loaded.code == 0 and loaded.json()["version"] == 1, loaded.err
+    assert cli("identify", "2770000000017", "--json").json()["customerId"] == "c-a"
+    data_dir = tmp_path / "data"
+    before = _cache_files(data_dir)
+    bundle = json.loads(signed.read_text(encoding="utf-8"))
+
+    def payload_with(change: Any) -> dict[str, Any]:
+        text = base64.b64decode(bundle["payload"]).replace(b'"c-a"', b'"c-A"')
+        out = dict(bundle, payload=base64.b64encode(text).decode())
+        out.update(size=len(text), sha256=hashlib.sha256(text).hexdigest())
+        change(out)
+        return out
+
+    sig = base64.b64decode(bundle["signature"])
+    variants: dict[str, Any] = {
+        "unsigned (a plain JSON file)": snapshot(version=5),
+        "no signature": {k: v for k, v in bundle.items() if k != "signature"},
+        "a signature byte changed": dict(
+            bundle, signature=base64.b64encode(bytes([sig[0] ^ 1]) + sig[1:]).decode()
+        ),
+        "the payload changed, its checksum written again": payload_with(lambda b: None),
+    }
+    problems = []
+    for name, doc in variants.items():
+        run = cli("snapshot", "load", doc, "--json")
+        if run.code != 2 or run.out or len(run.err.strip().splitlines()) != 1:
+            problems.append(f"{name}: exit {run.code} out={run.out!r} err={run.err!r}")
+        if _cache_files(data_dir) != before:
+            problems.append(f"{name}: the cache changed")
+    assert not problems, "\n".join(problems)
+    # a newer version from the hub is taken; then the older bundle is a rollback
+    assert cli("hub", "publish", "--hub-dir", hub_dir).code == 0
+    newer = tmp_path / "newer.json"
+    assert cli("hub", "export", "till-1", "--hub-dir", hub_dir, "--out", str(newer)).code == 0
+    assert cli("snapshot", "load", str(newer), "--json").json()["version"] == 2
+    after = _cache_files(data_dir)
+    old = cli("snapshot", "load", str(signed), "--json")
+    assert old.code == 2 and "not newer" in old.err, old
+    assert _cache_files(data_dir) == after
+    assert cli("identify", "2770000000017", "--json").json()["customerId"] == "c-a"
