@@ -594,6 +594,13 @@ class CardRecord(Model):
     customer_id: Key
     status: CardStatus = "ACTIVE"
 
+    @field_validator("status", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # `CardRecord.status` is a proto `string`: `""` is the field unset, an active card
+        # as when it is left out (review 36: it refused the whole snapshot).
+        return _unset_if_empty(cls, value, info)
+
 
 OfferKind = Literal[
     "PERCENT_OFF",
@@ -945,6 +952,12 @@ class SnapshotHeader(Model):
     program: Program | None = None
     removed: Removed = Removed()
     applied_through: dict[str, NonNegative] = Field(default_factory=dict)
+
+    @field_validator("issued_at", "expires_at", mode="before")
+    @classmethod
+    def _proto3_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # proto `string`s: `""` is the time left out (review 36: it refused the snapshot)
+        return _unset_if_empty(cls, value, info)
 
     @model_validator(mode="after")
     def _tiers_once(self) -> SnapshotHeader:
