@@ -115,6 +115,7 @@ class Replay:
         hold_ttl_s: int | None = None,
         coupon_codes: Any = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> Any:
         from tillpoint.agent import errors
         from tillpoint.agent.models import HubGrant

@@ -1049,6 +1049,15 @@ class HubServicer(pb_grpc.HubServicer):
         except ValueError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"at: {exc}")
         codes = _coupon_codes(context, request.coupon_codes)
+        offline_limit: int | None = None  # the till's own (review 36); None: the hub's
+        if request.HasField("offline_redeem_limit_points"):
+            offline_limit = request.offline_redeem_limit_points
+            if offline_limit < 0:
+                _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "offlineRedeemLimitPoints must be >= 0",
+                )
         self._fail("authorize")
         if _past_deadline(context):
             # The till has priced the receipt OFFLINE already (queued behind a busy hub):
@@ -1089,15 +1098,18 @@ class HubServicer(pb_grpc.HubServicer):
             # hold's whole time, after a cancel too; dropped (as until review 34), the
             # OFFLINE receipt's redemption and its one-time coupon codes were free for
             # another till to take again. Kept for what an OFFLINE pricing may use: at
-            # most the program's offline limit, and the coupon holds; the till's shrink
-            # (since review 33) cuts it to what the receipt uses, its Cancel or expiry
-            # releases it, its transaction settles it.
+            # most the offline limit of the till's own snapshot (it says it; review 34
+            # took the hub's newest program's, and a till on an older snapshot with a
+            # higher one redeemed points another till was then granted: review 36; a
+            # till that does not say gets the hub's), and the coupon holds; the till's
+            # shrink (since review 33) cuts it to what the receipt uses, its Cancel or
+            # expiry releases it, its transaction settles it.
             # (only what this call placed: a hold of the receipt placed since is not its)
             with contextlib.suppress(StorageError):
                 self.store.shrink(
                     device,
                     request.receipt_id,
-                    self.store.offline_limit(),
+                    self.store.offline_limit() if offline_limit is None else offline_limit,
                     codes,
                     placed_by=max(placed),
                 )

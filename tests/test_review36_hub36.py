@@ -9,6 +9,13 @@
    `hub serve --keep-deltas-days` (30) and writes the floor; a till on one gets a full
    snapshot and ends with the cache a fresh till gets, a till at or above it keeps
    getting deltas, and the ledger (every transaction a till pushed) is never touched.
+2. A hold the hub granted past the till's deadline (its store slow) is kept for what the
+   till's OFFLINE pricing may use: review 34 cut it to the offline limit of the hub's
+   newest program. A till still on an older snapshot with a higher limit redeemed more
+   than that, and the rest of its points were free for another till until its
+   transaction came: two tills spent 1,600 of a customer's 1,200 points. The till now
+   says its own figure (`AuthorizeRedemptionRequest.offline_redeem_limit_points`) and
+   the hub keeps the grant up to it (CONTRACT §9: two tills cannot spend the same points).
 
 Real parts: the reference hub on 127.0.0.1 (SQLite, and PostgreSQL in the slow pass) on
 a wall clock the test moves, tills with their hub links, ledgers and caches.
@@ -16,11 +23,14 @@ a wall clock the test moves, tills with their hub links, ledgers and caches.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.hub_server import HubConfig
@@ -34,6 +44,7 @@ from tillpoint.sync.loopback import (
 )
 from tillpoint.sync.pull import Puller, PullResult, cache_version
 from tillpoint.sync.push import Pusher
+from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import ManualClock
 from .test_hub_store import dump
@@ -223,3 +234,112 @@ def test_the_retention_is_range_checked(
     out, err = capsys.readouterr()
     assert code == 2, err
     assert "--keep-deltas-days" in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+# ---------------------------------------------------------------- 2. a late grant
+
+
+def held_for(hub: LoopbackHub, customer: str) -> int:
+    with hub.store.read_tx() as tx:
+        row = tx.execute(
+            "SELECT coalesce(sum(points), 0) FROM holds WHERE customer_id = ? AND state = 'ACTIVE'",
+            (customer,),
+        ).fetchone()
+    return int(row[0])
+
+
+OLD_LIMIT, NEW_LIMIT = 600, 200
+BIG = [{"sku": "4601234000017", "qty": "1", "priceMinor": 1_000_000}]  # wants all 1200
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def two_programs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LoopbackHub]:
+    """The reference hub: version 1's program lets a till redeem 600 points offline a day,
+    version 2's (published once tills a and b took version 1) 200."""
+    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    data = sample_master_data()
+    data["program"]["offlineRedeemLimitPoints"] = OLD_LIMIT
+    h = LoopbackHub(tmp_path / "hub", data=data, store=store)
+    yield h
+    h.stop()
+
+
+def anna_redeems_all(rid: str) -> Any:
+    return receipt_from_json(
+        {
+            "receiptId": rid,
+            "at": datetime.now(UTC).isoformat(),
+            "card": ANNA,
+            "lines": BIG,
+            "redeemPoints": -1,
+        }
+    )
+
+
+def test_a_late_grant_is_kept_up_to_the_offline_limit_of_the_tills_own_snapshot(
+    two_programs: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §9, §11: till a still holds version 1 (offline limit 600) when the hub has
+    published version 2 (200). The hub's store is slow: its grant of Anna's 1200 points
+    is ready only after a's 300 ms deadline, so a prices the Hold OFFLINE and redeems 600,
+    its own snapshot's limit. The hub kept 200 of the grant (its newest program's limit),
+    and till b, on version 2, was then granted 1000: 1600 points of 1200 spent, the
+    customer's balance below zero once both sales arrive. Now the hub keeps the 600 a's
+    OFFLINE Hold uses, and b gets the 600 left."""
+    hub = two_programs
+    a = a_till(hub, tmp_path, "a")
+    b = a_till(hub, tmp_path, "b")
+    try:
+        assert (pull(a).version, pull(b).version) == (1, 1)
+        program = {**sample_master_data()["program"], "offlineRedeemLimitPoints": NEW_LIMIT}
+        import_doc(hub.store, {"program": program})
+        hub.publish()
+        assert (pull(b).version, cache_version(a.data_dir)) == (2, 1)
+
+        store = hub.store
+        granted = store.authorise
+        slow = threading.Event()
+
+        def slow_store(*args: Any, **kw: Any) -> Any:
+            out = granted(*args, **kw)
+            if slow.is_set():
+                time.sleep(0.6)  # the store busy: the till's deadline passes meanwhile
+            return out
+
+        monkeypatch.setattr(store, "authorise", slow_store)
+        a.agent.on_hub_call_owed(lambda: None)  # no shrink yet: what the hub kept itself
+        slow.set()
+        try:
+            held_a = a.agent.hold(anna_redeems_all("a-late"))
+        finally:
+            slow.clear()
+        assert (held_a.state, held_a.mode, held_a.redeemed_points) == ("HELD", "OFFLINE", 600)
+        wait_for(lambda: 0 < held_for(hub, "c-1") < 1200)  # the hub's call ended
+        assert held_for(hub, "c-1") == OLD_LIMIT  # was 200: the hub's newest limit
+        other = b.agent.checkout(anna_redeems_all("b-1"))
+        assert (other.mode, other.redeemed_points) == ("ONLINE", 1200 - OLD_LIMIT)  # was 1000
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_hub_refuses_a_negative_offline_limit(hub: LoopbackHub, tmp_path: Path) -> None:
+    """CONTRACT §9, §10: a till's offline limit below 0 is bad input (INVALID_ARGUMENT),
+    nothing held."""
+    a = a_till(hub, tmp_path, "a")
+    try:
+        request = pb.AuthorizeRedemptionRequest(
+            device_id="a",
+            receipt_id="r-1",
+            customer_id="c-1",
+            points=10,
+            at=datetime.now(UTC).isoformat(),
+            offline_redeem_limit_points=-1,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            a.link.stub.AuthorizeRedemption(request, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "offlineRedeemLimitPoints" in str(caught.value.details())
+        assert held_for(hub, "c-1") == 0
+    finally:
+        a.stop()
