@@ -343,3 +343,36 @@ def test_the_hub_refuses_a_negative_offline_limit(hub: LoopbackHub, tmp_path: Pa
         assert held_for(hub, "c-1") == 0
     finally:
         a.stop()
+
+
+def test_a_delta_whose_base_is_pruned_as_it_is_chosen_is_tried_again_as_a_full_snapshot(
+    hub: LoopbackHub, hub_clock: ManualClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §3, §9: till a holds version 1; the hub chooses a delta from it, and the
+    versions below 3 are pruned before the delta is built. The pull answers ABORTED (the
+    hub is there: the till keeps pricing ONLINE, as for a full snapshot still being
+    built), not UNAVAILABLE, which a till takes for "the hub is down"; the next pull gets
+    the full snapshot."""
+    a = a_till(hub, tmp_path, "a")
+    try:
+        assert pull(a).version == 1
+        publish_after(hub, hub_clock, 5, {"customers": [{"id": "c-3", "firstName": "Вера"}]})
+        assert publish_after(hub, hub_clock, 5, {"removed": {"customers": ["c-3"]}}) == 3
+        chosen = hub.server.builder.choose
+
+        def pruned_meanwhile(have: int, want: int) -> Any:
+            found = chosen(have, want)
+            hub_clock.advance(40 * DAY)
+            assert hub.server.prune_versions() == 3
+            return found
+
+        monkeypatch.setattr(hub.server.builder, "choose", pruned_meanwhile)
+        with pytest.raises(grpc.RpcError) as caught:
+            pull(a)
+        assert caught.value.code() == grpc.StatusCode.ABORTED  # was UNAVAILABLE
+        assert a.link.online
+        monkeypatch.setattr(hub.server.builder, "choose", chosen)
+        got = pull(a)
+        assert (got.status, got.version, got.base_version) == ("APPLIED", 3, 0)
+    finally:
+        a.stop()
