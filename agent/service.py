@@ -158,10 +158,13 @@ class RedemptionAuthoriser(Protocol):
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> HubGrant:
         """Hold `points` (at most) and the receipt's applied coupon codes at the hub.
         `since`: when (`time.monotonic`) the Hold or Checkout asking made its first request;
-        all its requests share one deadline from then (the contract §9)."""
+        all its requests share one deadline from then (the contract §9). `offline_limit`:
+        this till's `offlineRedeemLimitPoints`, what the hub keeps of a grant it makes past
+        the deadline (the contract §11, review 36)."""
         ...
 
     def release(self, receipt_id: str) -> bool:
@@ -1705,6 +1708,8 @@ class Agent:
                     hold_ttl_s=ttl,
                     coupon_codes=codes,
                     since=self._first_ask(),
+                    # what the hub keeps of a grant past the deadline (review 36)
+                    offline_limit=program.offline_redeem_limit_points,
                 )
                 return grant.points, "ONLINE", grant.used_coupons
             except HubUnavailable:

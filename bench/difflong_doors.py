@@ -74,11 +74,20 @@ def serve(argv: list[str]) -> int:
         hold_ttl_s: int | None = None,
         coupon_codes: Any = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> Any:
         key = _key(customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes)
         try:
             grant = authorise(
-                self, customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes, since
+                self,
+                customer_id,
+                receipt_id,
+                points,
+                at,
+                hold_ttl_s,
+                coupon_codes,
+                since,
+                offline_limit=offline_limit,
             )
         except TillpointError as exc:
             note({"authorise": key, "error": [type(exc).__name__, exc.message]})
@@ -115,6 +124,7 @@ class Replay:
         hold_ttl_s: int | None = None,
         coupon_codes: Any = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> Any:
         from tillpoint.agent import errors
         from tillpoint.agent.models import HubGrant

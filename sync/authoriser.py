@@ -127,7 +127,10 @@ class HubAuthoriser:
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> HubGrant:
+        """`offline_limit`: the till's own `offlineRedeemLimitPoints` (its snapshot's), what
+        the hub keeps of a grant it makes past the deadline (the contract §11, review 36)."""
         timeout = self.timeout_s
         if since is not None:  # a request of a checkout that asked already (`time.monotonic`)
             timeout -= time.monotonic() - since
@@ -148,6 +151,7 @@ class HubAuthoriser:
             unsynced=unsynced,
             hold_ttl_seconds=hold_ttl_s or 0,
             coupon_codes=list(coupon_codes),
+            offline_redeem_limit_points=offline_limit,
         )
         try:
             reply = self.link.stub.AuthorizeRedemption(request, timeout=timeout)

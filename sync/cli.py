@@ -95,6 +95,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="validity of published snapshots (default %(default)s)",
     )
     p.add_argument(
+        "--keep-deltas-days",
+        type=float,
+        default=30.0,
+        metavar="D",
+        help="make deltas from the versions of the last D days; older ones are pruned and"
+        " a till on one gets a full snapshot (0: keep every version; default %(default)s)",
+    )
+    p.add_argument(
         "--hold-ttl",
         type=float,
         default=900.0,
@@ -377,6 +385,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     _in_range("--hold-ttl", args.hold_ttl, 0, HOLD_TTL_MAX_S, above=True)
     _in_range("--heartbeat", args.heartbeat, 0, HEARTBEAT_MAX_S, above=True)
     _in_range("--publish-every", args.publish_every, 0, PUBLISH_EVERY_MAX_S)
+    _in_range("--keep-deltas-days", args.keep_deltas_days, 0, KEEP_DELTAS_MAX_DAYS)
     _in_range("--workers", args.workers, 1, WORKERS_MAX)
     _in_range("--rate-kib", args.rate_kib, 0, 2**40)
     logs.setup(settings.log.level, settings.log.format)
@@ -388,6 +397,7 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
             hold_ttl_s=args.hold_ttl,
             snapshot_ttl_s=args.ttl_hours * 3600,
             publish_every_s=args.publish_every,
+            delta_retention_s=args.keep_deltas_days * 86400,
             max_workers=args.workers,
             rate_limit_bytes_s=args.rate_kib * 1024,
         )
@@ -469,6 +479,7 @@ TTL_HOURS_MAX = 10 * 8766.0  # ten years: expiresAt stays a date every till read
 HOLD_TTL_MAX_S = 86400.0  # a day, as a till's hold_ttl_seconds
 HEARTBEAT_MAX_S = 3600.0
 PUBLISH_EVERY_MAX_S = 7 * 86400.0
+KEEP_DELTAS_MAX_DAYS = 36_600.0  # a hundred years, as the program's durations (§3)
 WORKERS_MAX = 10_000
 VERSION_MAX = 2**31 - 1  # a snapshot version: the stores' INTEGER column
 

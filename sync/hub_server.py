@@ -60,6 +60,7 @@ from .hub_store import (
     Publication,
     StoredTx,
     TxIn,
+    UnknownVersion,
     Unsynced,
 )
 from .signing import (
@@ -117,6 +118,10 @@ class HubConfig:
     watch_interval_s: float = 0.5  # how often the server looks for new versions
     max_workers: int = 64  # each connected till holds one for its Subscribe stream
     keep_versions: int = 3  # full snapshot files kept (and the deltas above the oldest)
+    # Deltas are made from the versions a till could have held within this long (the
+    # newest one issued at or before now minus this, and every later one); older versions
+    # are pruned from the store and a till on one gets a full snapshot (0: keep all).
+    delta_retention_s: float = 30 * 86400.0
     # A pull that needs a full snapshot while none newer than the till's is built waits
     # this long, then gets ABORTED and retries with its backoff (the till's first-chunk
     # deadline is 120 s: stay well under it).
@@ -138,7 +143,13 @@ class HubConfig:
             "snapshot_ttl_s",
             "certificate_reminder_s",
         )
-        others = ("publish_every_s", "watch_interval_s", "full_wait_s", "rate_limit_bytes_s")
+        others = (
+            "publish_every_s",
+            "watch_interval_s",
+            "full_wait_s",
+            "rate_limit_bytes_s",
+            "delta_retention_s",
+        )
         for name in (*positive, *others):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
@@ -661,7 +672,7 @@ class SnapshotBuilder:
                     " shortly"
                 )
             chosen = self.store.publication(found.version)
-            if chosen is None:  # pragma: no cover - publications are never deleted
+            if chosen is None:  # pragma: no cover - pruned since it was built (the floor)
                 raise StillBuilding(f"version {found.version} is gone")
             pub = chosen
         return pub, 0
@@ -878,9 +889,11 @@ class HubServicer(pb_grpc.HubServicer):
             # holds another version under that number asks for a full snapshot instead
             base_pub = self.store.publication(bundle.base_version) if bundle.base_version else None
             base_issued_at = base_pub.issued_at.isoformat() if base_pub is not None else ""
-        except StillBuilding as exc:
+        except (StillBuilding, UnknownVersion) as exc:
             # The hub is there and answering: not UNAVAILABLE (which a till takes as "the
             # hub is down" and prices OFFLINE); the till retries with its pull backoff.
+            # (UnknownVersion: the delta's base was pruned since it was chosen; the next
+            # pull gets a full snapshot.)
             _abort(context, grpc.StatusCode.ABORTED, exc.message)
         except (TillpointError, OSError) as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -1036,6 +1049,15 @@ class HubServicer(pb_grpc.HubServicer):
         except ValueError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"at: {exc}")
         codes = _coupon_codes(context, request.coupon_codes)
+        offline_limit: int | None = None  # the till's own (review 36); None: the hub's
+        if request.HasField("offline_redeem_limit_points"):
+            offline_limit = request.offline_redeem_limit_points
+            if offline_limit < 0:
+                _abort(
+                    context,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "offlineRedeemLimitPoints must be >= 0",
+                )
         self._fail("authorize")
         if _past_deadline(context):
             # The till has priced the receipt OFFLINE already (queued behind a busy hub):
@@ -1076,15 +1098,18 @@ class HubServicer(pb_grpc.HubServicer):
             # hold's whole time, after a cancel too; dropped (as until review 34), the
             # OFFLINE receipt's redemption and its one-time coupon codes were free for
             # another till to take again. Kept for what an OFFLINE pricing may use: at
-            # most the program's offline limit, and the coupon holds; the till's shrink
-            # (since review 33) cuts it to what the receipt uses, its Cancel or expiry
-            # releases it, its transaction settles it.
+            # most the offline limit of the till's own snapshot (it says it; review 34
+            # took the hub's newest program's, and a till on an older snapshot with a
+            # higher one redeemed points another till was then granted: review 36; a
+            # till that does not say gets the hub's), and the coupon holds; the till's
+            # shrink (since review 33) cuts it to what the receipt uses, its Cancel or
+            # expiry releases it, its transaction settles it.
             # (only what this call placed: a hold of the receipt placed since is not its)
             with contextlib.suppress(StorageError):
                 self.store.shrink(
                     device,
                     request.receipt_id,
-                    self.store.offline_limit(),
+                    self.store.offline_limit() if offline_limit is None else offline_limit,
                     codes,
                     placed_by=max(placed),
                 )
@@ -1374,6 +1399,7 @@ class HubServer:
         self._executor: futures.ThreadPoolExecutor | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._floor = 0  # the delta floor this server last saw (logged when it rises)
         self.port = 0
         self._served_not_after: datetime | None = None
         self.certificate = pki.CertificateReminder(
@@ -1455,11 +1481,15 @@ class HubServer:
     def _watch(self) -> None:
         every = self.config.publish_every_s
         next_try = 0.0  # (monotonic) a refresh that found nothing to publish waits `every`
+        pruned_at = -1  # the latest version when the versions were last pruned
         while not self._stop.wait(self.config.watch_interval_s):
             self.certificate.check()  # a look once a day (`certificate_reminder_s`)
             try:
                 latest = self.store.latest()
                 self.notifier.update(latest)
+                if latest is not None and latest.version != pruned_at:
+                    pruned_at = latest.version  # once a version, whoever published it
+                    self.prune_versions()
                 if latest is not None:
                     self.builder.request_full(latest.version)  # built once, for every till
                 # Due `every` after the store's latest version, not after this process
@@ -1476,6 +1506,18 @@ class HubServer:
                     self.refresh_balances()
             except TillpointError as exc:
                 log.warning("hub watcher: %s", exc.message)
+
+    def prune_versions(self) -> int:
+        """Forget the versions older than `delta_retention_s` (docs/CONTRACT.md §3): a
+        till on one gets a full snapshot. The floor (0: nothing pruned)."""
+        keep = self.config.delta_retention_s
+        if not keep:
+            return self.store.delta_floor()
+        floor = self.store.prune_versions(self.clock() - timedelta(seconds=keep))
+        if floor != self._floor:
+            log.info("versions before %d pruned: a till on one gets a full snapshot", floor)
+            self._floor = floor
+        return floor
 
     def refresh_balances(self) -> Publication | None:
         """Publish a balance-only version when transactions came in since the last one,

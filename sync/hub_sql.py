@@ -876,8 +876,45 @@ class SqlHubStore(HubRules):
             return tx.publication(version)
 
     def delta_floor(self) -> int:
+        """The lowest version the hub still makes a delta from (0: every one): below it
+        the versions are pruned (`prune_versions`), and a till there gets a full snapshot."""
         with self._reading() as tx:
             return _one(tx.execute("SELECT value FROM meta WHERE key = 'delta_floor'"))
+
+    def prune_versions(self, before: datetime) -> int:
+        """Forget the versions older than the one that was the newest at `before` (its
+        floor): their publications, their `appliedThrough` rows, and every revision no
+        version from the floor on reads (a row's revisions before its last one at or
+        below the floor; that one too when it removed the row). The floor's and every
+        later version's full snapshot, and the delta between any two of them, stay
+        exactly as they were; the ledger is never touched (balances are counted from
+        all of it). Returns the floor, which only ever rises (docs/CONTRACT.md §3)."""
+        with self._writing() as tx:
+            # The floor's row first: its lock puts two servers' prunes one after the other.
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('delta_floor', '0')"
+                " ON CONFLICT (key) DO UPDATE SET value = meta.value"
+            )
+            floor = _one(tx.execute("SELECT value FROM meta WHERE key = 'delta_floor'"))
+            new = _one(
+                tx.execute(
+                    "SELECT max(version) FROM publications WHERE issued_at <= ?",
+                    (utc_text(before),),
+                )
+            )
+            if new <= floor:
+                return floor
+            tx.execute(
+                "DELETE FROM revisions WHERE version < ? AND EXISTS (SELECT 1 FROM revisions n"
+                " WHERE n.kind = revisions.kind AND n.key = revisions.key"
+                " AND n.version > revisions.version AND n.version <= ?)",
+                (new, new),
+            )
+            tx.execute("DELETE FROM revisions WHERE version <= ? AND doc IS NULL", (new,))
+            tx.execute("DELETE FROM publication_progress WHERE version < ?", (new,))
+            tx.execute("DELETE FROM publications WHERE version < ?", (new,))
+            tx.execute("UPDATE meta SET value = ? WHERE key = 'delta_floor'", (str(new),))
+            return new
 
     # ------------------------------------------------------------ ledger
 

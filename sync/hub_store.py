@@ -9,9 +9,10 @@ module (each method is one database transaction).
 Data model (what an implementation must keep):
 
 - *master data* (program, products, categories, customers, cards, offers) as revisions
-  per published version, so that any published version, and the delta between two of
-  them, can be rebuilt exactly; imports go to a *draft* that `publish` turns into the
-  next version;
+  per published version, so that any published version from the *delta floor* on, and
+  the delta between two of them, can be rebuilt exactly (`prune_versions` forgets the
+  older ones: a till on one gets a full snapshot); imports go to a *draft* that
+  `publish` turns into the next version;
 - *publications*: version, issuedAt, expiresAt and the ledger *cut* (the last ingested
   transaction counted in that version) with every device's `appliedThrough` at that cut;
 - the *ledger* of ingested transactions, unique on (deviceId, seq), with each device's
@@ -272,7 +273,15 @@ class HubStore(Protocol):
 
     def publication(self, version: int) -> Publication | None: ...
 
-    def delta_floor(self) -> int: ...
+    def delta_floor(self) -> int:
+        """The lowest version a delta is made from (0: any); below it, a full snapshot."""
+        ...
+
+    def prune_versions(self, before: datetime) -> int:
+        """Forget the versions older than the newest one issued at or before `before`
+        (the new floor, returned): their deltas and full snapshots can no longer be made.
+        Versions from the floor on, and the ledger, stay whole."""
+        ...
 
     def snapshot_doc(self, version: int, base_version: int) -> dict[str, Any]: ...
 

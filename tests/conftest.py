@@ -360,10 +360,17 @@ class PassThroughHub:
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> HubGrant:
         self.asking()
         grant: HubGrant = self.inner.authorise(
-            customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes
+            customer_id,
+            receipt_id,
+            points,
+            at,
+            hold_ttl_s,
+            coupon_codes,
+            offline_limit=offline_limit,
         )
         self.granted(grant)
         return grant

@@ -69,6 +69,7 @@ class Interleave(PassThroughHub):
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> HubGrant:
         with self._lock:
             self.calls += 1
@@ -76,7 +77,13 @@ class Interleave(PassThroughHub):
         if not first:
             self.second.set()
         grant: HubGrant = self.inner.authorise(
-            customer_id, receipt_id, points, at, hold_ttl_s, coupon_codes
+            customer_id,
+            receipt_id,
+            points,
+            at,
+            hold_ttl_s,
+            coupon_codes,
+            offline_limit=offline_limit,
         )
         if first:
             self.second.wait(self.wait_s)

@@ -264,6 +264,7 @@ class ScriptedHub:
         hold_ttl_s: int | None = None,
         coupon_codes: Sequence[str] = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> HubGrant:
         from tillpoint.agent.errors import HubUnavailable
 

@@ -260,6 +260,7 @@ class Recorder:
         hold_ttl_s: int | None = None,
         coupon_codes: Any = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> Any:
         from tillpoint.agent.errors import TillpointError
 
@@ -311,6 +312,7 @@ class Replay:
         hold_ttl_s: int | None = None,
         coupon_codes: Any = (),
         since: float | None = None,
+        offline_limit: int | None = None,
     ) -> Any:
         from tillpoint.agent.errors import HubUnavailable
 

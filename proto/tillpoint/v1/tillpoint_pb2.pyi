@@ -2312,6 +2312,7 @@ class AuthorizeRedemptionRequest(_message.Message):
     UNSYNCED_FIELD_NUMBER: _builtins.int
     HOLD_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     COUPON_CODES_FIELD_NUMBER: _builtins.int
+    OFFLINE_REDEEM_LIMIT_POINTS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     receipt_id: _builtins.str
     customer_id: _builtins.str
@@ -2319,6 +2320,12 @@ class AuthorizeRedemptionRequest(_message.Message):
     at: _builtins.str
     hold_ttl_seconds: _builtins.int
     """How long the hold lives (the program's holdTtlSeconds); 0: the hub's default."""
+    offline_redeem_limit_points: _builtins.int
+    """The till's own offlineRedeemLimitPoints (its snapshot's program, the contract §5): the
+    most a receipt it prices OFFLINE redeems. A grant the hub makes past the till's
+    deadline is kept up to it (the contract §11, review 36); absent (a till before
+    review 36): the hub's newest published program's.
+    """
     @_builtins.property
     def unsynced(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnsyncedPoints]: ...
     @_builtins.property
@@ -2338,12 +2345,15 @@ class AuthorizeRedemptionRequest(_message.Message):
         unsynced: _abc.Iterable[Global___UnsyncedPoints] | None = ...,
         hold_ttl_seconds: _builtins.int = ...,
         coupon_codes: _abc.Iterable[_builtins.str] | None = ...,
+        offline_redeem_limit_points: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_offline_redeem_limit_points", b"_offline_redeem_limit_points", "offline_redeem_limit_points", b"offline_redeem_limit_points"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "coupon_codes", b"coupon_codes", "customer_id", b"customer_id", "device_id", b"device_id", "hold_ttl_seconds", b"hold_ttl_seconds", "points", b"points", "receipt_id", b"receipt_id", "unsynced", b"unsynced"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offline_redeem_limit_points", b"_offline_redeem_limit_points", "at", b"at", "coupon_codes", b"coupon_codes", "customer_id", b"customer_id", "device_id", b"device_id", "hold_ttl_seconds", b"hold_ttl_seconds", "offline_redeem_limit_points", b"offline_redeem_limit_points", "points", b"points", "receipt_id", b"receipt_id", "unsynced", b"unsynced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__offline_redeem_limit_points: _TypeAlias = _typing.Literal["offline_redeem_limit_points"]  # noqa: Y015
+    _WhichOneofArgType__offline_redeem_limit_points: _TypeAlias = _typing.Literal["_offline_redeem_limit_points", b"_offline_redeem_limit_points"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__offline_redeem_limit_points) -> _WhichOneofReturnType__offline_redeem_limit_points | None: ...
 
 Global___AuthorizeRedemptionRequest: _TypeAlias = AuthorizeRedemptionRequest  # noqa: Y015
 
