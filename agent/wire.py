@@ -20,6 +20,8 @@ messages (gRPC) or their JSON (CLI `--json`, HTTP).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -71,10 +73,61 @@ def to_message(data: dict[str, Any], message: M, *, ignore_unknown: bool = False
 
 
 def message_from_json(descriptor: Descriptor, data: Mapping[str, Any]) -> Message:
-    """A request message of any RPC from its proto3 JSON (json_format.ParseError if bad)."""
+    """A request message of any RPC from its proto3 JSON (json_format.ParseError if bad),
+    its whole numbers read as the agent reads them (`_whole_numbers`)."""
+    _whole_numbers(descriptor, data, "")
     message = message_factory.GetMessageClass(descriptor)()
     json_format.ParseDict(dict(data), message)
     return message
+
+
+# An integer written as a string, as the agent reads one (`models.INT64_TEXT`): ASCII
+# digits, a minus sign first if any, nothing else.
+_WHOLE_TEXT = re.compile(r"-?[0-9]+")
+_INTEGERS = _INT64 | {
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_SFIXED32,
+}
+
+
+def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
+    """Refuse (json_format.ParseError, in the agent's words) an integer field the agent's
+    JSON doors refuse (CONTRACT §2, §10): `ParseDict` reads one with Python's `int()`, so
+    the Python client sent "٣" as 3, full-width digits, "+5", "1_000", "8990.0" and the
+    float 8990.0 as numbers where HTTP and the CLI answer 400 (review 36, rev36c)."""
+    if not isinstance(data, Mapping):
+        return  # ParseDict says what is wrong with it
+    for key, value in data.items():
+        field = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+        if field is None or value is None:
+            continue
+        name = f"{where}.{field.json_name}" if where else field.json_name
+        values = enumerate(value) if field.is_repeated and isinstance(value, list) else None
+        items = [(f"{name}[{i}]", v) for i, v in values] if values is not None else [(name, value)]
+        for place, item in items:
+            if field.type in _INTEGERS:
+                _whole_number(place, item)
+            elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+                _whole_numbers(field.message_type, item, place)
+
+
+def _whole_number(place: str, value: Any) -> None:
+    if isinstance(value, bool):
+        raise json_format.ParseError(f"{place} must be a whole number, not true/false")
+    if isinstance(value, float) and math.isfinite(value):
+        text = repr(value)
+        what = "is written with an exponent" if "e" in text else "has a decimal point"
+        raise json_format.ParseError(
+            f"{place}: the number {text} {what}: write money in minor units (whole numbers)"
+            " and quantities as decimal strings"
+        )
+    if not isinstance(value, int) and not (
+        isinstance(value, str) and _WHOLE_TEXT.fullmatch(value)
+    ):
+        raise json_format.ParseError(f"{place} must be a whole number")
 
 
 def message_json(message: Message) -> dict[str, Any]:
