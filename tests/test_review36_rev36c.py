@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,14 @@ import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.client import ClientError, PosAgentClient
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.loopback import LoopbackHub
+from tillpoint.sync.loopback import receipt as hub_receipt
 
-from .conftest import receipt
+from .conftest import CLI, enrolled_till, receipt
+from .test_review35_left35 import ANNA, owed_releases
 
 # ---------------------------------------- 1. a request's int64 at every door
 
@@ -110,3 +116,58 @@ def test_the_python_client_refuses_the_int64_the_http_door_refuses(
             till.quote(largest)
         assert big.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert till.retries == 0
+
+
+# ---------------------------------------- 2. sync now's --timeout spent by the push
+
+
+def test_sync_now_whose_push_spends_its_timeout_sends_no_owed_release_after_it(
+    tmp_path: Path, hub: LoopbackHub, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (`sync now --timeout`: no call past it; one line, exit 1), §11 (a
+    release owed stays owed until the hub takes it). A till back from an outage with a
+    sale in its outbox and two releases owed; the hub answers its mark but is slower at
+    the push than all of --timeout. `sync now` gives up at its deadline naming the push,
+    and sends none of the owed releases after it (rev36b bounded each by what is left;
+    here nothing is left, so none is asked); they stay owed, and the next `sync now`
+    sends them and the sale. Found right."""
+    data = tmp_path / "data"
+    till = enrolled_till(hub, data, "till-1")
+    for i in range(2):
+        held = till.agent.hold(receipt_from_json(hub_receipt(f"h-{i}", ANNA, redeem=10)))
+        assert (held.state, held.mode) == ("HELD", "ONLINE")
+    hub.stop()  # away: the cancels' releases are owed, the sale waits in the outbox
+    for i in range(2):
+        assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
+    assert till.agent.checkout(receipt_from_json(hub_receipt("s-0", ANNA))).state == "CONFIRMED"
+    till.stop()
+    assert owed_releases(data) == 2
+    pushed, released = HubServicer.PushTransactions, HubServicer.ReleaseRedemption
+    asked: list[str] = []
+
+    def slow_push(self: Any, request: Any, context: Any) -> Any:
+        time.sleep(1.0)
+        return pushed(self, request, context)
+
+    def recording(self: Any, request: Any, context: Any) -> Any:
+        asked.append(request.receipt_id)
+        return released(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "PushTransactions", slow_push)
+    monkeypatch.setattr(HubServicer, "ReleaseRedemption", recording)
+    hub.restart()  # with these handlers
+    done = cli("sync", "now", "--timeout", "0.4")
+    assert done.code == 1
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1, done.err
+    assert lines[0].startswith(
+        "tillpoint: sync now gave up at its deadline of 0.4 s (--timeout) with the hub not"
+        " taking the transactions in time (pushed 0); 1 transaction(s) still in the outbox"
+    ), lines[0]
+    assert asked == [] and owed_releases(data) == 2
+    monkeypatch.setattr(HubServicer, "PushTransactions", pushed)
+    hub.restart()
+    again = cli("sync", "now", "--timeout", "30")
+    assert again.code == 0, again.err
+    assert sorted(asked) == ["h-0", "h-1"] and owed_releases(data) == 0
+    assert [tx.receipt_id for tx in hub.store.transactions("till-1")] == ["s-0"]
