@@ -100,21 +100,41 @@ def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
     float 8990.0 as numbers where HTTP and the CLI answer 400 (review 36, rev36c)."""
     if not isinstance(data, Mapping):
         return  # ParseDict says what is wrong with it
+    fields = _fields_of(descriptor)
     for key, value in data.items():
-        field = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+        field = fields.get(key)
         if field is None or value is None:
             continue
+        integer = field.type in _INTEGERS
+        inner = field.message_type
+        if not integer and (inner is None or inner.GetOptions().map_entry):
+            continue
         name = f"{where}.{field.json_name}" if where else field.json_name
-        values = enumerate(value) if field.is_repeated and isinstance(value, list) else None
-        items = [(f"{name}[{i}]", v) for i, v in values] if values is not None else [(name, value)]
-        for place, item in items:
-            if field.type in _INTEGERS:
-                _whole_number(place, item)
-            elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
-                _whole_numbers(field.message_type, item, place)
+        many = field.is_repeated and isinstance(value, list)
+        for i, item in enumerate(value if many else (value,)):
+            if integer:
+                if type(item) is not int and not (
+                    isinstance(item, str) and _WHOLE_TEXT.fullmatch(item)
+                ):
+                    _whole_number(f"{name}[{i}]" if many else name, item)
+            elif isinstance(item, Mapping):
+                _whole_numbers(inner, item, f"{name}[{i}]" if many else name)
+
+
+_FIELDS: dict[str, dict[str, FieldDescriptor]] = {}
+
+
+def _fields_of(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    """A message's fields by both names ParseDict reads (camelCase and the proto's)."""
+    found = _FIELDS.get(descriptor.full_name)
+    if found is None:
+        found = {**descriptor.fields_by_name, **descriptor.fields_by_camelcase_name}
+        _FIELDS[descriptor.full_name] = found
+    return found
 
 
 def _whole_number(place: str, value: Any) -> None:
+    """Raise the refusal of `value`, an integer field's value the agent would refuse."""
     if isinstance(value, bool):
         raise json_format.ParseError(f"{place} must be a whole number, not true/false")
     if isinstance(value, float) and math.isfinite(value):
@@ -124,9 +144,7 @@ def _whole_number(place: str, value: Any) -> None:
             f"{place}: the number {text} {what}: write money in minor units (whole numbers)"
             " and quantities as decimal strings"
         )
-    if not isinstance(value, int) and not (
-        isinstance(value, str) and _WHOLE_TEXT.fullmatch(value)
-    ):
+    if not isinstance(value, int):  # an int subclass (an IntEnum) is ParseDict's to read
         raise json_format.ParseError(f"{place} must be a whole number")
 
 

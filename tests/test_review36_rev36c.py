@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 import pytest
 from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
-from tillpoint.agent.results import receipt_from_json
 from tillpoint.client import ClientError, PosAgentClient
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
@@ -96,10 +96,22 @@ def test_the_python_client_refuses_the_int64_the_http_door_refuses(
             assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, price
             assert words in refused.value.message, (price, refused.value.message)
             assert refused.value.attempts == 1
-        points = receipt("r-bad", redeemPoints="٣")
-        with pytest.raises(ClientError) as refused:
-            till.quote(points)
-        assert "redeemPoints must be a whole number" in refused.value.message
+        for points, words in (
+            ("٣", "redeemPoints must be a whole number"),
+            (True, "redeemPoints must be a whole number, not true/false"),
+        ):
+            body = receipt("r-bad", redeemPoints=points)
+            status, answer = _http(http_port, "/v1/quote", body)
+            assert status == 400 and words in answer["error"]["message"], (points, answer)
+            with pytest.raises(ClientError) as refused:
+                till.quote(body)
+            assert words in refused.value.message, (points, refused.value.message)
+        proto_name = receipt(
+            "r-bad", lines=[{"sku": "4601234000017", "qty": "2", "price_minor": "٣"}]
+        )
+        with pytest.raises(ClientError) as refused:  # its proto name, which both read
+            till.quote(proto_name)
+        assert "lines[0].priceMinor must be a whole number" in refused.value.message
         for price in ("08990", "0008990", 8990):
             body = receipt("r-ok", lines=_line(price))
             status, answer = _http(http_port, "/v1/quote", body)
