@@ -25,7 +25,7 @@ from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.sync.loopback import receipt as hub_receipt
 
 from .conftest import CLI, enrolled_till, receipt
-from .test_review35_left35 import ANNA, owed_releases
+from .test_review35_left35 import ANNA, cancelled_while_away, owed_releases
 
 # ---------------------------------------- 1. a request's int64 at every door
 
@@ -183,3 +183,46 @@ def test_sync_now_whose_push_spends_its_timeout_sends_no_owed_release_after_it(
     assert again.code == 0, again.err
     assert sorted(asked) == ["h-0", "h-1"] and owed_releases(data) == 0
     assert [tx.receipt_id for tx in hub.store.transactions("till-1")] == ["s-0"]
+
+
+def test_sync_now_whose_own_deadline_cuts_an_owed_release_leaves_the_till_online(
+    tmp_path: Path, hub: LoopbackHub, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (`sync now --timeout`: no call past it; `status`'s mode: ONLINE when
+    the last exchange with the hub worked), §11. rev36b gives an owed release no longer
+    than what is left of --timeout; a release cut so (a hub answering within the till's
+    own redeem deadline, 20 s here, but not within what was left of a 1 s --timeout) was
+    taken for a hub that does not answer: the link marked away, and a `sync now` that
+    pushed and pulled and ended 0 left the till recorded OFFLINE ("the hub did not answer
+    in time"), `tillpoint status` saying so until the next contact. The operator's
+    deadline says nothing of the hub: the release stays owed, the till ONLINE."""
+    data = tmp_path / "data"
+    cancelled_while_away(hub, data, 1)
+    assert owed_releases(data) == 1
+    released = HubServicer.ReleaseRedemption
+
+    def slow_release(self: Any, request: Any, context: Any) -> Any:
+        time.sleep(2.0)  # within the till's 20 s, past what --timeout leaves
+        return released(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "ReleaseRedemption", slow_release)
+    hub.restart()  # with the slow handler
+    monkeypatch.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", "20000")
+    done = cli("sync", "now", "--timeout", "1")
+    assert done.code == 0, done.err
+    assert owed_releases(data) == 1  # owed still: the next sync now or `run` sends it
+    assert _recorded_mode(data) == "ONLINE"
+    status = cli("status", "--json")
+    assert status.code == 0, status.err
+    assert json.loads(status.out)["mode"] == "ONLINE", status.out
+
+
+def _recorded_mode(data: Path) -> str:
+    from tillpoint.agent.ledger import open_ledger
+    from tillpoint.sync import state
+
+    conn = open_ledger(data)
+    try:
+        return str(state.sync_status(conn)["mode"])
+    finally:
+        conn.close()
