@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +28,7 @@ from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.sync.loopback import receipt as hub_receipt
 
-from .conftest import CLI, enrolled_till, receipt
+from .conftest import CLI, enrolled_till, needs_ipv6, receipt
 from .test_review35_left35 import ANNA, cancelled_while_away, owed_releases
 
 # ---------------------------------------- 1. a request's int64 at every door
@@ -226,3 +230,78 @@ def _recorded_mode(data: Path) -> str:
         return str(state.sync_status(conn)["mode"])
     finally:
         conn.close()
+
+
+# ---------------------------------------- 3. the half-bound check's trust, real tables
+
+
+@needs_ipv6
+@pytest.mark.skipif(not Path("/proc/net/tcp6").exists(), reason="the kernel's tables (Linux)")
+@pytest.mark.parametrize(("ours", "theirs"), [("127.0.0.1", "::1"), ("::1", "127.0.0.1")])
+def test_the_trust_rule_on_real_tables_where_our_row_is_on_another_address(
+    ours: str, theirs: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §10 (a port another program holds, rev36b's trust rule). On this
+    kernel's real tables: this process listens on one loopback of `localhost:PORT` and
+    another program on the other, in the other table (tcp vs tcp6). Our row is seen (its
+    inode is one of our descriptors), so the tables are trusted and the other program's
+    row counts: "[::1]:PORT" or "127.0.0.1:PORT"; a listen on our address alone leaves it
+    out. Found right."""
+    from tillpoint.agent import config
+
+    family = socket.AF_INET6 if ":" in ours else socket.AF_INET
+    with socket.socket(family) as mine:
+        mine.bind((ours, 0))
+        mine.listen()
+        port = mine.getsockname()[1]
+        other_family = "AF_INET6" if ":" in theirs else "AF_INET"
+        other = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import socket, sys\n"
+                f"s = socket.socket(socket.{other_family}); s.bind(({theirs!r}, {port}))\n"
+                "s.listen(); print('up', flush=True); sys.stdin.read()",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        procs.append(other)
+        assert other.stdout is not None and other.stdout.readline() == b"up\n"
+        named = f"[{theirs}]:{port}" if ":" in theirs else f"{theirs}:{port}"
+        assert config.others_listening(f"localhost:{port}", port, ours=True) == [named]
+        alone = f"[{ours}]:{port}" if ":" in ours else f"{ours}:{port}"
+        assert config.others_listening(alone, port, ours=True) == []
+
+
+# ---------------------------------------- 4. make openapi-examples anywhere
+
+
+@pytest.mark.slow  # two runs of the generator in their own processes: ~5 s
+def test_the_examples_generator_writes_the_same_file_in_any_zone_locale_and_hash_seed(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §12 (`make openapi-examples`). The generator run in another time zone (a
+    day ahead of UTC, and one with a half-hour offset), locale and hash seed, with a
+    TILLPOINT_* setting in its environment, writes the committed file byte for byte
+    (`--check`), and leaves nothing in its temporary directory (its throwaway till, whose
+    ledger `fill_ledger` made unable to grow, goes with it). Found right."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    for zone, seed in (("Pacific/Kiritimati", "1"), ("America/St_Johns", "4242")):
+        scratch = tmp_path / zone.replace("/", "-")
+        scratch.mkdir()
+        done = subprocess.run(
+            [sys.executable, "-m", "tillpoint.agent.openapi_examples", "--check"],
+            env={
+                **env,
+                "TZ": zone,
+                "PYTHONHASHSEED": seed,
+                "LC_ALL": "C",
+                "TMPDIR": str(scratch),
+                "TILLPOINT_HOLD_TTL_SECONDS": "5",
+            },
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert list(scratch.iterdir()) == []
