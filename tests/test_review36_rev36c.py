@@ -126,6 +126,14 @@ def test_the_python_client_refuses_the_int64_the_http_door_refuses(
         assert free["totalMinor"] == 0
         assert _http(http_port, "/v1/quote", receipt("r-free", lines=_line("-0")))[0] == 200
         assert till.quote(receipt("r-all", redeemPoints="-1"))["redeemedPoints"] > 0
+        for beyond in (2**63, str(2**63), "-9223372036854775809"):
+            body = receipt("r-bad", redeemPoints=beyond)
+            status, answer = _http(http_port, "/v1/quote", body)
+            words = "redeemPoints does not fit in a signed 64-bit integer"
+            assert status == 400 and words in answer["error"]["message"], (beyond, answer)
+            with pytest.raises(ClientError) as refused:
+                till.quote(body)
+            assert words in refused.value.message, (beyond, refused.value.message)
         largest = receipt("r-big", lines=_line(str(2**63 - 1)))
         assert _http(http_port, "/v1/quote", largest)[0] == 400  # its total does not fit
         with pytest.raises(ClientError) as big:
