@@ -84,6 +84,10 @@ def message_from_json(descriptor: Descriptor, data: Mapping[str, Any]) -> Messag
 # An integer written as a string, as the agent reads one (`models.INT64_TEXT`): ASCII
 # digits, a minus sign first if any, nothing else.
 _WHOLE_TEXT = re.compile(r"-?[0-9]+")
+_SIGNED64 = frozenset(
+    {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64}
+)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # models.INT64_MIN, INT64_MAX
 _INTEGERS = _INT64 | {
     FieldDescriptor.TYPE_INT32,
     FieldDescriptor.TYPE_UINT32,
@@ -113,10 +117,14 @@ def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
         many = field.is_repeated and isinstance(value, list)
         for i, item in enumerate(value if many else (value,)):
             if integer:
-                if type(item) is not int and not (
-                    isinstance(item, str) and _WHOLE_TEXT.fullmatch(item)
-                ):
+                number = item if type(item) is int else None
+                if number is None and isinstance(item, str) and _WHOLE_TEXT.fullmatch(item):
+                    number = int(item)
+                if number is None:
                     _whole_number(f"{name}[{i}]" if many else name, item)
+                elif field.type in _SIGNED64 and not _INT64_MIN <= number <= _INT64_MAX:
+                    place = f"{name}[{i}]" if many else name
+                    raise json_format.ParseError(f"{place} does not fit in a signed 64-bit integer")
             elif isinstance(item, Mapping):
                 _whole_numbers(inner, item, f"{name}[{i}]" if many else name)
 
