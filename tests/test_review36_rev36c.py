@@ -134,6 +134,13 @@ def test_the_python_client_refuses_the_int64_the_http_door_refuses(
             with pytest.raises(ClientError) as refused:
                 till.quote(body)
             assert words in refused.value.message, (beyond, refused.value.message)
+        long = receipt("r-bad", redeemPoints="1" * 5000)  # past int()'s 4300 digits
+        status, answer = _http(http_port, "/v1/quote", long)
+        words = "redeemPoints is too long (at most 128 characters)"
+        assert status == 400 and words in answer["error"]["message"], answer
+        with pytest.raises(ClientError) as refused:  # not a ValueError's traceback
+            till.quote(long)
+        assert words in refused.value.message, refused.value.message
         largest = receipt("r-big", lines=_line(str(2**63 - 1)))
         assert _http(http_port, "/v1/quote", largest)[0] == 400  # its total does not fit
         with pytest.raises(ClientError) as big:
