@@ -30,6 +30,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from tillpoint.v1 import tillpoint_pb2 as pb
 
+from .limits import TEXT_MAX
 from .results import (
     Balance,
     Card,
@@ -118,6 +119,11 @@ def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
         for i, item in enumerate(value if many else (value,)):
             if integer:
                 number = item if type(item) is int else None
+                if isinstance(item, str) and len(item) > TEXT_MAX:  # before int(): 4300 digits
+                    place = f"{name}[{i}]" if many else name
+                    raise json_format.ParseError(
+                        f"{place} is too long (at most {TEXT_MAX} characters)"
+                    )
                 if number is None and isinstance(item, str) and _WHOLE_TEXT.fullmatch(item):
                     number = int(item)
                 if number is None:
