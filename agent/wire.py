@@ -131,7 +131,7 @@ def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
                 elif field.type in _SIGNED64 and not _INT64_MIN <= number <= _INT64_MAX:
                     place = f"{name}[{i}]" if many else name
                     raise json_format.ParseError(f"{place} does not fit in a signed 64-bit integer")
-            elif isinstance(item, Mapping):
+            elif inner is not None and isinstance(item, Mapping):
                 _whole_numbers(inner, item, f"{name}[{i}]" if many else name)
 
 
