@@ -28,7 +28,7 @@ from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 from tillpoint.sync.loopback import receipt as hub_receipt
 
-from .conftest import CLI, enrolled_till, needs_ipv6, receipt
+from .conftest import CLI, enrolled_till, needs_ipv6, receipt, snapshot
 from .test_review35_left35 import ANNA, cancelled_while_away, owed_releases
 
 # ---------------------------------------- 1. a request's int64 at every door
@@ -320,3 +320,25 @@ def test_the_examples_generator_writes_the_same_file_in_any_zone_locale_and_hash
         )
         assert done.returncode == 0, done.stderr
         assert list(scratch.iterdir()) == []
+
+
+def test_the_cli_reads_a_receipt_files_int64_as_http_does(cli: CLI) -> None:
+    """CONTRACT §1 ("the CLI reads and writes exactly these shapes"), §10, §12: a receipt
+    file's int64 as a digit string (leading zeros, "-0", "-1" for `redeemPoints`) is the
+    number, as over HTTP; what HTTP refuses (unicode or full-width digits, "+", a fraction,
+    beyond 64 bits) is exit 2 and one line in the same words, nothing stored. Found right."""
+    assert cli("snapshot", "load", snapshot()).code == 0
+    done = cli("quote", receipt("r-cli", lines=_line("08990"), redeemPoints="-1"), "--json")
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["totalMinor"] == 17980
+    assert (
+        json.loads(cli("quote", receipt("r-0", lines=_line("-0")), "--json").out)["totalMinor"] == 0
+    )
+    for price, words in (
+        *REFUSED_INT64.items(),
+        (str(2**63), "lines[0].priceMinor does not fit in a signed 64-bit integer"),
+    ):
+        refused = cli("checkout", receipt("r-bad", lines=_line(price)))
+        assert refused.code == 2, (price, refused.err)
+        assert refused.err.count("\n") == 1 and words in refused.err, (price, refused.err)
+    assert json.loads(cli("status", "--json").out)["lastSeq"] == 0
