@@ -20,6 +20,8 @@ messages (gRPC) or their JSON (CLI `--json`, HTTP).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -28,6 +30,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from tillpoint.v1 import tillpoint_pb2 as pb
 
+from .limits import TEXT_MAX
 from .results import (
     Balance,
     Card,
@@ -71,10 +74,92 @@ def to_message(data: dict[str, Any], message: M, *, ignore_unknown: bool = False
 
 
 def message_from_json(descriptor: Descriptor, data: Mapping[str, Any]) -> Message:
-    """A request message of any RPC from its proto3 JSON (json_format.ParseError if bad)."""
+    """A request message of any RPC from its proto3 JSON (json_format.ParseError if bad),
+    its whole numbers read as the agent reads them (`_whole_numbers`)."""
+    _whole_numbers(descriptor, data, "")
     message = message_factory.GetMessageClass(descriptor)()
     json_format.ParseDict(dict(data), message)
     return message
+
+
+# An integer written as a string, as the agent reads one (`models.INT64_TEXT`): ASCII
+# digits, a minus sign first if any, nothing else.
+_WHOLE_TEXT = re.compile(r"-?[0-9]+")
+_SIGNED64 = frozenset(
+    {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64}
+)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # models.INT64_MIN, INT64_MAX
+_INTEGERS = _INT64 | {
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_SFIXED32,
+}
+
+
+def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
+    """Refuse (json_format.ParseError, in the agent's words) an integer field the agent's
+    JSON doors refuse (CONTRACT §2, §10): `ParseDict` reads one with Python's `int()`, so
+    the Python client sent "٣" as 3, full-width digits, "+5", "1_000", "8990.0" and the
+    float 8990.0 as numbers where HTTP and the CLI answer 400 (review 36, rev36c)."""
+    if not isinstance(data, Mapping):
+        return  # ParseDict says what is wrong with it
+    fields = _fields_of(descriptor)
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        integer = field.type in _INTEGERS
+        inner = field.message_type
+        if not integer and (inner is None or inner.GetOptions().map_entry):
+            continue
+        name = f"{where}.{field.json_name}" if where else field.json_name
+        many = field.is_repeated and isinstance(value, list)
+        for i, item in enumerate(value if many else (value,)):
+            if integer:
+                number = item if type(item) is int else None
+                if isinstance(item, str) and len(item) > TEXT_MAX:  # before int(): 4300 digits
+                    place = f"{name}[{i}]" if many else name
+                    raise json_format.ParseError(
+                        f"{place} is too long (at most {TEXT_MAX} characters)"
+                    )
+                if number is None and isinstance(item, str) and _WHOLE_TEXT.fullmatch(item):
+                    number = int(item)
+                if number is None:
+                    _whole_number(f"{name}[{i}]" if many else name, item)
+                elif field.type in _SIGNED64 and not _INT64_MIN <= number <= _INT64_MAX:
+                    place = f"{name}[{i}]" if many else name
+                    raise json_format.ParseError(f"{place} does not fit in a signed 64-bit integer")
+            elif inner is not None and isinstance(item, Mapping):
+                _whole_numbers(inner, item, f"{name}[{i}]" if many else name)
+
+
+_FIELDS: dict[str, dict[str, FieldDescriptor]] = {}
+
+
+def _fields_of(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    """A message's fields by both names ParseDict reads (camelCase and the proto's)."""
+    found = _FIELDS.get(descriptor.full_name)
+    if found is None:
+        found = {**descriptor.fields_by_name, **descriptor.fields_by_camelcase_name}
+        _FIELDS[descriptor.full_name] = found
+    return found
+
+
+def _whole_number(place: str, value: Any) -> None:
+    """Raise the refusal of `value`, an integer field's value the agent would refuse."""
+    if isinstance(value, bool):
+        raise json_format.ParseError(f"{place} must be a whole number, not true/false")
+    if isinstance(value, float) and math.isfinite(value):
+        text = repr(value)
+        what = "is written with an exponent" if "e" in text else "has a decimal point"
+        raise json_format.ParseError(
+            f"{place}: the number {text} {what}: write money in minor units (whole numbers)"
+            " and quantities as decimal strings"
+        )
+    if not isinstance(value, int):  # an int subclass (an IntEnum) is ParseDict's to read
+        raise json_format.ParseError(f"{place} must be a whole number")
 
 
 def message_json(message: Message) -> dict[str, Any]:

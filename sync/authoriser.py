@@ -47,6 +47,8 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from .client import REFUSED, UNREACHABLE, HubLink
 from .hub_store import SHRINK_MARGIN_S
 
+_DEADLINE_REACHED = "the command's deadline (--timeout) is reached"
+
 log = logging.getLogger("tillpoint.sync")
 
 
@@ -176,8 +178,18 @@ class HubAuthoriser:
             timeout = min(timeout, self.deadline - time.monotonic())
             if timeout <= SHRINK_MARGIN_S:
                 log.info("%s of %s left owed: the command's deadline is reached", what, receipt_id)
-                raise HubUnavailable("the command's deadline (--timeout) is reached")
+                raise HubUnavailable(_DEADLINE_REACHED)
         return timeout
+
+    def _cut_short(self, exc: grpc.RpcError, timeout: float, what: str, receipt_id: str) -> None:
+        """HubUnavailable, the link left as it is, when a release or a shrink ran out of
+        the time `deadline` left it, shorter than its own: the command's deadline says
+        nothing of the hub. Taken for a hub away, it marked the link so, and a `sync now`
+        that pushed, pulled and ended 0 left the till recorded OFFLINE (review 36, rev36c)."""
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout < self.timeout_s + SHRINK_MARGIN_S:
+            log.info("%s of %s left owed: the command's deadline is reached", what, receipt_id)
+            raise HubUnavailable(_DEADLINE_REACHED) from None
 
     def release(self, receipt_id: str) -> bool:
         """Drop this till's hold for the receipt at the hub (HubUnavailable if the hub does
@@ -191,6 +203,7 @@ class HubAuthoriser:
             # so a late release never drops the receipt's next hold (review 33, rel33)
             reply = self.link.stub.ReleaseRedemption(request, timeout=timeout)
         except grpc.RpcError as exc:
+            self._cut_short(exc, timeout, "release", receipt_id)
             message = self.link.failed(exc)
             log.info("hold of %s not released at the hub: %s", receipt_id, message)
             raise HubUnavailable(message) from None
@@ -217,6 +230,7 @@ class HubAuthoriser:
             # deadline of `hub.redeem_timeout_ms` alone, when that is as short, never would
             reply = self.link.stub.ShrinkRedemption(request, timeout=timeout)
         except grpc.RpcError as exc:
+            self._cut_short(exc, timeout, "shrink", receipt_id)
             code = exc.code() if isinstance(exc, grpc.Call) else None
             message = self.link.failed(exc)
             if code in UNREACHABLE or code in REFUSED:
