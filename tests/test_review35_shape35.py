@@ -298,6 +298,11 @@ class HttpDoor:
         )
 
 
+# A body no gRPC message can carry (an int64 one past its largest value): a client's
+# protobuf refuses it before any call, so only the CLI's and HTTP's refusals are compared.
+UNSENDABLE = "UNSENDABLE"
+
+
 class GrpcDoor:
     name = "grpc"
 
@@ -307,7 +312,10 @@ class GrpcDoor:
 
     def __call__(self, call: str, body: Any) -> Answer:
         method, request_type, _ = GRPC_CALLS[call]
-        request = json_format.ParseDict(body, request_type())
+        try:
+            request = json_format.ParseDict(body, request_type())
+        except json_format.ParseError as exc:  # no gRPC request says it (one past int64)
+            return Answer("grpc", False, "", None, UNSENDABLE, str(exc))
         try:
             reply = getattr(self.stub, method)(request, timeout=TIMEOUT)
         except grpc.RpcError as exc:
@@ -974,13 +982,13 @@ def said_at_every_door(file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
                     problems.append(
                         f"{where}: HTTP {web.raw}, gRPC {rpc.code or 'OK'}: not refused"
                     )
-                elif len({cli.message, web.message, rpc.message}) != 1:
+                elif len({a.message for a in answers.values() if a.code != UNSENDABLE}) != 1:
                     problems.append(
                         f"{where}: worded differently {[cli.message, web.message, rpc.message]}"
                     )
                 if step.get("httpStatus", web.raw) != web.raw:
                     problems.append(f"{where}: HTTP {web.raw}, expected {step['httpStatus']}")
-                if step.get("grpcCode", rpc.code) != rpc.code:
+                if rpc.code != UNSENDABLE and step.get("grpcCode", rpc.code) != rpc.code:
                     problems.append(f"{where}: gRPC {rpc.code}, expected {step['grpcCode']}")
                 continue
             if not (cli.ok and web.ok and rpc.ok):
