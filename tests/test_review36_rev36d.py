@@ -1,0 +1,73 @@
+"""Review 36 (rev36d): this session's agent-side changes read again, adversarially
+(CONTRACT §5, §11). Each test marked "failed before the fix" did; the others pin what was
+checked and found right. Real parts: the reference hub on 127.0.0.1 (stopped: a hub
+away), the till's real hub authoriser, real SQLite files.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import SteppingClock
+from .test_review31_long31 import DEVICE, _sale
+
+# ---------------------------------------- 1. the offline limit's open holds, across a step
+
+
+def test_a_step_while_the_hub_is_asked_keeps_the_offline_limit_of_the_open_holds(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §5 step 4, §11: offline, a card redeems at most `offlineRedeemLimitPoints`
+    a store-day at this till, its open OFFLINE holds counted (a hold reserves). A Hold
+    asks the hub first; the hub is away, and NTP steps the wall clock an hour forward
+    while the request waits. The other open holds are still on the time line of before
+    the step (the call follows it after its pricing), but the offline limit's use was read
+    against the stepped clock (`self.clock()`, not `Agent._now()`): a hold with 9 of its
+    10 minutes left counted as expired, and the second hold redeemed the day's whole
+    limit again (1,000 points offline where 500 may go). Failed before the fix."""
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = sample_master_data()
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    enrollment = hub.enroll(DEVICE, tmp_path / "till")
+    link = HubLink(hub.address, enrollment)
+    steps: list[float] = []
+
+    class SteppedDuringTheRequest(HubAuthoriser):
+        """The till's real authoriser; the wall clock is stepped while it asks."""
+
+        def authorise(self, *args: Any, **kwargs: Any) -> Any:
+            if steps:
+                clock.stepped(steps.pop())
+            return super().authorise(*args, **kwargs)
+
+    authoriser = SteppedDuringTheRequest(link, tmp_path / "till", DEVICE, 1.0)
+    agent = Agent(tmp_path / "till", DEVICE, clock=clock, monotonic=clock.steady, hub=authoriser)
+    try:
+        limit = data["program"]["offlineRedeemLimitPoints"]  # 500; Anna has 1,200 points
+        program = {**data["program"], "holdTtlSeconds": 600}
+        agent.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
+        hub.stop()  # the hub away: every Hold prices OFFLINE
+        agent.sweep_holds()  # the clock's mark made (the hold timer's round)
+        first = agent.hold(receipt_from_json(_sale("h-1", clock(), redeemPoints=limit)))
+        assert (first.mode, first.redeemed_points) == ("OFFLINE", limit)
+        clock.passes(60)
+        steps.append(3600.0)  # NTP, while the next Hold asks the hub
+        second = agent.hold(receipt_from_json(_sale("h-2", clock(), redeemPoints=limit)))
+        assert not steps
+        assert (second.mode, second.redeemed_points) == ("OFFLINE", 0)  # the limit is h-1's
+        # h-1 kept its time left, and still confirms with its points
+        assert agent.confirm("h-1").redeemed_points == limit
+    finally:
+        agent.close()
+        authoriser.close()
+        link.close()
+        hub.stop()
