@@ -1771,7 +1771,10 @@ class Agent:
             self._ledger if conn is None else conn,
             ident.card_number or "",
             _local_day(receipt, program),
-            self.clock(),
+            # the open holds' time line (review 36: the stepped clock read while a step
+            # made during the hub's request was not followed yet took the card's open
+            # offline holds for expired, and the limit was spent again)
+            self._now(),
             receipt.receipt_id,
             sold,
         )
