@@ -6,9 +6,13 @@ away), the till's real hub authoriser, real SQLite files.
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
@@ -71,3 +75,61 @@ def test_a_step_while_the_hub_is_asked_keeps_the_offline_limit_of_the_open_holds
         authoriser.close()
         link.close()
         hub.stop()
+
+
+# ---------------------------------------- 2. the printer's close: a slow reader, late status
+
+
+@pytest.mark.parametrize("late_status", [False, True], ids=["quiet", "late-ASB"])
+def test_a_job_larger_than_the_socket_buffers_reaches_a_slow_printer_whole(
+    late_status: bool,
+) -> None:
+    """CONTRACT §7 (a coupon's bytes reach the printer whole). A job of 1 MiB, larger than
+    both sides' socket buffers, to a printer that reads 4 KiB every millisecond (the
+    close's first look comes while most of the job is still in the kernel's queue), and
+    one that, once it has the job, sends its status bytes (ASB) a few milliseconds
+    later, after the close had ended at the data's ACK (our kernel then answers them
+    with a reset): every byte reaches the printer, in order, and the close waits no
+    longer than the printer takes to read. Checked and found right (the close ends at
+    `unsent <= fin`: the data acknowledged; what the printer sends after the close
+    resets a connection whose bytes it has all taken)."""
+    import socket
+
+    from tillpoint.printer.transport import NetworkTransport
+
+    job = bytes(range(256)) * 4096  # 1 MiB, every byte's place checkable
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # the accepted one's
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(10.0)
+    got = bytearray()
+    ended: list[str] = []
+
+    def printer() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(30.0)
+        with conn:
+            try:
+                while chunk := conn.recv(4096):
+                    got.extend(chunk)
+                    if late_status and len(got) == len(job):
+                        time.sleep(0.005)
+                        conn.sendall(b"\x14\x00\x00\x0f")  # ASB: 4 status bytes
+                    time.sleep(0.001)
+                ended.append("EOF")
+            except ConnectionResetError:
+                ended.append("RST")
+
+    at_printer = threading.Thread(target=printer, daemon=True)
+    at_printer.start()
+    try:
+        transport = NetworkTransport("127.0.0.1", listener.getsockname()[1], 2.0, 30.0)
+        transport.open()
+        transport.write(job)
+        transport.close()
+        at_printer.join(30.0)
+        assert not at_printer.is_alive()
+        assert ended and bytes(got) == job
+    finally:
+        listener.close()
