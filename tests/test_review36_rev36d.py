@@ -133,3 +133,54 @@ def test_a_job_larger_than_the_socket_buffers_reaches_a_slow_printer_whole(
         assert ended and bytes(got) == job
     finally:
         listener.close()
+
+
+# ---------------------------------------- 3. the shrinks owed, on the holds' time line
+
+
+def test_the_shrinks_owed_gauge_reads_the_open_holds_on_their_time_line(tmp_path: Path) -> None:
+    """CONTRACT §10 (`tillpoint_hub_calls_owed`), §11: an open hold priced OFFLINE whose
+    grant came past the deadline owes the hub a shrink until it is sent or the hold
+    closes. NTP steps the wall clock an hour forward and no call has followed the step
+    yet (a quiet till between the hold timer's rounds): the hold still has 9 of its 10
+    minutes (`Agent._now`), but the gauge read its expiry against the stepped clock and
+    said no shrink was owed, and the owed shrinks' round took the hold for expired and
+    sent nothing. Failed before the fix."""
+    from tillpoint.agent import ledger
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = sample_master_data()
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    enrollment = hub.enroll(DEVICE, tmp_path / "till")
+    link = HubLink(hub.address, enrollment)
+    authoriser = HubAuthoriser(link, tmp_path / "till", DEVICE, 1.0)
+    agent = Agent(tmp_path / "till", DEVICE, clock=clock, monotonic=clock.steady, hub=authoriser)
+    try:
+        program = {**data["program"], "holdTtlSeconds": 600}
+        agent.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
+        hub.stop()  # away: the hold is priced OFFLINE
+        agent.sweep_holds()  # the clock's mark made
+        held = agent.hold(receipt_from_json(_sale("h-1", clock(), redeemPoints=100)))
+        assert held.mode == "OFFLINE"
+        # its grant came past the deadline (what `_hold` stores then): a shrink owed
+        agent._ledger.execute(
+            "UPDATE receipt_life SET hub_hold = ? WHERE receipt_id = 'h-1'",
+            (ledger.HUB_SHRINK_OWED,),
+        )
+        assert agent.hub_calls_owed() == {"release": 0, "shrink": 1}
+        clock.passes(60)
+        clock.stepped(3600.0)  # no call follows it yet
+        # the hub back: the owed shrink is sent, the step still not followed (the same
+        # comparison took the hold for expired and left its shrink for a later round)
+        hub.restart()
+        assert agent._send_shrinks() == 1
+        assert agent.hub_calls_owed() == {"release": 0, "shrink": 0}
+        assert agent.confirm("h-1").redeemed_points == 100  # it kept its time left
+    finally:
+        agent.close()
+        authoriser.close()
+        link.close()
+        hub.stop()
