@@ -1,7 +1,8 @@
 """Review 36 (rev36d): this session's agent-side changes read again, adversarially
-(CONTRACT §5, §11). Each test marked "failed before the fix" did; the others pin what was
-checked and found right. Real parts: the reference hub on 127.0.0.1 (stopped: a hub
-away), the till's real hub authoriser, real SQLite files.
+(CONTRACT §5, §7, §10, §11). Each test marked "failed before the fix" did; the others pin
+what was checked and found right. Real parts: the reference hub on 127.0.0.1 (stopped:
+a hub away, then started again), the till's real hub authoriser, real SQLite files, a
+real TCP printer listener.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
