@@ -930,7 +930,7 @@ class Agent:
         hub = self.hub
         if hub is None:
             return False
-        now = ledger.utc_text(self.clock())
+        now = ledger.utc_text(self._now())  # the holds' time line (review 36, rev36d)
         with self._lock:
             life = self._life(receipt_id)
             if (
@@ -1027,8 +1027,11 @@ class Agent:
         now = self.clock()
         cutoff = ledger.utc_text(now - timedelta(seconds=HUB_HOLD_MAX_S))
         young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
+        # the open holds' expiry compared on their time line: a step no call has followed
+        # yet took a hold with its minutes left for expired, its shrink not owed (rev36d)
+        open_now = ledger.utc_text(self._now())
         with self._lock:
-            releases, shrinks = ledger.hub_calls_owed(self._ledger, cutoff, ledger.utc_text(now))
+            releases, shrinks = ledger.hub_calls_owed(self._ledger, cutoff, open_now)
             asks = ledger.unstored_hub_asks(self._ledger)
         releases += sum(
             1
@@ -1044,7 +1047,7 @@ class Agent:
         (`_shrink_at_hub`); stops at the first the hub does not answer, or once `stop` is
         set (`retry_hub_releases`)."""
         with self._lock:
-            due = ledger.hub_shrinks_due(self._ledger, ledger.utc_text(self.clock()))
+            due = ledger.hub_shrinks_due(self._ledger, ledger.utc_text(self._now()))
         sent = 0
         for rid in due:
             if _stopping(stop):
@@ -1776,7 +1779,10 @@ class Agent:
             self._ledger if conn is None else conn,
             ident.card_number or "",
             _local_day(receipt, program),
-            self.clock(),
+            # the open holds' time line (review 36: the stepped clock read while a step
+            # made during the hub's request was not followed yet took the card's open
+            # offline holds for expired, and the limit was spent again)
+            self._now(),
             receipt.receipt_id,
             sold,
         )
