@@ -782,3 +782,17 @@ def test_the_same_bytes_told_to_a_served_till(till: Served, argv: list[bytes]) -
     assert done.stderr.count(b"\n") == 1
     again = call(till.http, "POST", "/v1/confirm", {"receiptId": rid})
     assert again.body["state"] == "CONFIRMED"
+
+
+@pytest.mark.parametrize("text", ["AB\udcff", "TP1-o\udcff", "2770000000017\udcff"])
+def test_a_scan_that_is_not_utf8_is_an_invalid_card(cli: Any, text: str) -> None:
+    """The same bytes at `tillpoint scan` (a kiosk's scanner script): exit 1 "internal
+    error: UnicodeEncodeError" before. Such a text is no coupon code and no printed
+    offer's code; it is read as a card, INVALID, as `identify` reads it (exit 0, CONTRACT
+    §4: a malformed card is the INVALID outcome)."""
+    assert cli("snapshot", "load", snapshot(), "--json").code == 0
+    run = cli("scan", text, "--json")
+    assert run.code == 0, run.err
+    doc = run.json()
+    assert doc["kind"] == "CARD" and doc["card"]["status"] == "INVALID"
+    assert cli("identify", text, "--json").json() == doc["card"]
