@@ -74,9 +74,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _start(
-    where: Path, *, ttl: int | None = 1800, load: bool = True, **env: str
-) -> Served:
+def _start(where: Path, *, ttl: int | None = 1800, load: bool = True, **env: str) -> Served:
     """`tillpoint run` on a data directory of its own (the test snapshot loaded, its
     `holdTtlSeconds` = `ttl`), its gRPC on a free loopback port, HTTP where `env` says."""
     where.mkdir(parents=True, exist_ok=True)
@@ -95,9 +93,7 @@ def _start(
         assert done.returncode == 0, done.stderr
     port = free_port()
     conf = where / "till.toml"
-    conf.write_text(
-        f'[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n', "utf-8"
-    )
+    conf.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n', "utf-8")
     proc = subprocess.Popen(
         [EXE, "--config", conf, "--data-dir", data, "run"],
         env=_env(**env),
@@ -247,9 +243,7 @@ def test_hold_confirm_cancel_answer_the_contracts_figures_and_codes_over_http(
         "use a refund",
     )
     for path in ("/v1/confirm", "/v1/cancel"):
-        refused(
-            call(port, "POST", path, {"receiptId": "f-unknown"}), 404, "NOT_FOUND", "f-unknown"
-        )
+        refused(call(port, "POST", path, {"receiptId": "f-unknown"}), 404, "NOT_FOUND", "f-unknown")
 
 
 def test_cancel_releases_and_answers_the_same_and_confirm_after_it_is_refused(
@@ -301,8 +295,19 @@ def test_cancel_releases_and_answers_the_same_and_confirm_after_it_is_refused(
         ("FD\t1", False),
         ("FD\x001", False),
     ],
-    ids=["empty", "64", "64-cyrillic", "64-astral", "64-blanks", "65", "65-cyrillic", "129",
-         "line-break", "tab", "nul"],
+    ids=[
+        "empty",
+        "64",
+        "64-cyrillic",
+        "64-astral",
+        "64-blanks",
+        "65",
+        "65-cyrillic",
+        "129",
+        "line-break",
+        "tab",
+        "nul",
+    ],
 )
 def test_fiscal_document_at_its_edges(till: Served, fiscal: str, ok: bool) -> None:
     """CONTRACT §11: `fiscalDocument` optional, at most 64 characters, no control
@@ -314,7 +319,9 @@ def test_fiscal_document_at_its_edges(till: Served, fiscal: str, ok: bool) -> No
     if ok:
         assert answer.status == 200 and answer.body["state"] == "CONFIRMED", answer.body
         return
-    words = "is too long (at most 64 characters)" if len(fiscal) > 64 else "must not contain control"
+    words = (
+        "is too long (at most 64 characters)" if len(fiscal) > 64 else "must not contain control"
+    )
     refused(answer, 400, "INVALID_ARGUMENT", f"confirm: fiscalDocument {words}")
     assert call(port, "POST", "/v1/confirm", {"receiptId": rid}).body["state"] == "CONFIRMED"
 
@@ -397,9 +404,7 @@ def test_a_hold_has_expired_at_its_hold_expires_at_and_not_a_microsecond_before(
     # ... the same body is priced and held afresh, a whole TTL from now
     again = agent.hold(receipt_from_json(milk("x-1", redeemPoints=40)))
     assert again.state == "HELD"
-    assert datetime.fromisoformat(again.hold_expires_at or "") == clock.now + timedelta(
-        seconds=1
-    )
+    assert datetime.fromisoformat(again.hold_expires_at or "") == clock.now + timedelta(seconds=1)
 
 
 def test_checkout_is_hold_and_confirm_the_same_figures_and_ledger_rows(tmp_path: Path) -> None:
@@ -454,9 +459,7 @@ def test_a_real_run_takes_the_ttl_from_the_snapshot_and_sweeps_without_a_call(
         before = datetime.now(UTC)
         held = call(served.http, "POST", "/v1/hold", milk("t-1", redeemPoints=30)).body
         expires = datetime.fromisoformat(held["holdExpiresAt"])
-        assert before + timedelta(seconds=1) <= expires <= datetime.now(UTC) + timedelta(
-            seconds=1
-        )
+        assert before + timedelta(seconds=1) <= expires <= datetime.now(UTC) + timedelta(seconds=1)
         time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
         held2 = call(served.http, "POST", "/v1/hold", milk("t-2", redeemPoints=30)).body
         refused(
@@ -634,17 +637,28 @@ def test_the_token_is_asked_of_every_request(tmp_path: Path, listen: str) -> Non
             {"Authorization": "Basic t0k-en"},
             {"Authorization": "t0k-en"},
         ):
-            for method, path in (("POST", "/v1/quote"), ("GET", "/healthz"),
-                                 ("GET", "/openapi.json"), ("GET", "/v1/status"),
-                                 ("POST", "/v1/nope")):
+            for method, path in (
+                ("POST", "/v1/quote"),
+                ("GET", "/healthz"),
+                ("GET", "/openapi.json"),
+                ("GET", "/v1/status"),
+                ("POST", "/v1/nope"),
+            ):
                 answer = call(port, method, path, milk("tk-1"), headers=headers)
                 refused(answer, 401, "UNAUTHENTICATED", "token")
                 assert answer.headers["WWW-Authenticate"] == "Bearer"
         for scheme in ("Bearer", "bearer", "BEARER"):
-            ok = call(port, "POST", "/v1/quote", milk("tk-1"),
-                      headers={"Authorization": f"{scheme} t0k-en"})
+            ok = call(
+                port,
+                "POST",
+                "/v1/quote",
+                milk("tk-1"),
+                headers={"Authorization": f"{scheme} t0k-en"},
+            )
             assert ok.status == 200, ok.body
-        assert call(port, "GET", "/healthz", headers={"Authorization": "Bearer t0k-en"}).status == 200
+        assert (
+            call(port, "GET", "/healthz", headers={"Authorization": "Bearer t0k-en"}).status == 200
+        )
     finally:
         _stop(served)
 
@@ -730,7 +744,6 @@ def test_the_receipts_life_over_grpc_with_reflection_alone(till: Served) -> None
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-
 # ---------------------------------------------------------------- the CLI's bytes
 
 
@@ -761,7 +774,11 @@ def test_a_command_line_text_that_is_not_utf8_is_bad_input(
 
 @pytest.mark.parametrize(
     "argv",
-    [[b"confirm", b"fb-1\xff"], [b"cancel", b"fb-1\xff"], [b"confirm", b"fb-1", b"--fiscal", b"FD\xcf"]],
+    [
+        [b"confirm", b"fb-1\xff"],
+        [b"cancel", b"fb-1\xff"],
+        [b"confirm", b"fb-1", b"--fiscal", b"FD\xcf"],
+    ],
     ids=["confirm-id", "cancel-id", "fiscal"],
 )
 def test_the_same_bytes_told_to_a_served_till(till: Served, argv: list[bytes]) -> None:
