@@ -181,13 +181,21 @@ def milk(receipt_id: str, card: str = ANNA, **changes: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- §11 over HTTP
 
 
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[Served]:
+    """A `tillpoint run` of the test's own (Анна's balance as the snapshot says)."""
+    served = _start(tmp_path)
+    yield served
+    _stop(served)
+
+
 def test_hold_confirm_cancel_answer_the_contracts_figures_and_codes_over_http(
-    till: Served,
+    fresh: Served,
 ) -> None:
     """CONTRACT §11 by hand. Анна: 1200 points, gold 7.5 %, her birthday window (x5);
     2 x 8990 = 17980, 30 % = 5394 -> at most 53 points. Holding 50: payable 12980, earned
     floor(12980 x 7.5 % / 100 x 5) = floor(48.675) = 48, balance 1200 - 50 + 48 = 1198."""
-    port = till.http
+    port = fresh.http
     held = call(port, "POST", "/v1/hold", milk("f-1", redeemPoints=50))
     assert held.status == 200, held.body
     doc = held.body
@@ -254,7 +262,7 @@ def test_cancel_releases_and_answers_the_same_and_confirm_after_it_is_refused(
     CANCELLED result, a Checkout of it is refused (its decision)."""
     port = till.http
     held = call(port, "POST", "/v1/hold", milk("c-1", BORIS, redeemPoints=80)).body
-    # Борис: 80 points, 53 at most on 179.80: all 53 held
+    # Борис: 80 points; 30 % of 179.80 allows 53: 53 held
     assert held["redeemedPoints"] == 53
     gone = call(port, "POST", "/v1/cancel", {"receiptId": "c-1"})
     assert gone.status == 200, gone.body
