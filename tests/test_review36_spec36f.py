@@ -4,8 +4,11 @@ with nothing but server reflection (no .proto, no generated code), and to the on
 the answers worked out by hand from the contract (the scenarios `s11_*` and `s12_*` of
 tests/scenarios/review36/ tell the CLI's side).
 
-No answer differed from the contract. Where it is silent, the readings the product takes
-(written in docs/CONTRACT.md §11 and §12):
+No answer of HTTP or gRPC differed from the contract. One fault, at the CLI (§10): a
+receiptId or `--fiscal` of `confirm`/`cancel` (and a `scan`'s text) in bytes that are not
+UTF-8 was exit 1 "internal error: UnicodeEncodeError", locally and forwarded to a served
+till; now bad input, exit 2 (a scan: the INVALID card). Where the contract is silent, the
+readings the product takes (written in docs/CONTRACT.md §10, §11 and §12):
 - "the body" of a Hold or Checkout is the receipt as parsed: key order, blanks, an int64
   written as a string, a quantity's trailing zeros, `at` in another offset, the card's
   blanks and `explain` make no other body; a field the POS sends that it left out the first
