@@ -824,3 +824,12 @@ def test_a_scan_that_is_not_utf8_is_an_invalid_card(cli: Any, text: str) -> None
     doc = run.json()
     assert doc["kind"] == "CARD" and doc["card"]["status"] == "INVALID"
     assert cli("identify", text, "--json").json() == doc["card"]
+
+
+def test_print_retry_of_an_id_that_is_not_utf8_is_bad_input(cli: Any) -> None:
+    """The same bytes at `tillpoint print retry RECEIPT_ID` (CONTRACT §7's queue, §10's
+    bad input): exit 1 "internal error: UnicodeEncodeError" before; exit 2 and one line."""
+    assert cli("snapshot", "load", snapshot(), "--json").code == 0
+    run = cli("print", "retry", "pr-1\udcff", "--json")
+    assert (run.code, run.out) == (2, ""), run.err
+    assert run.err == "tillpoint: print retry: receiptId is not UTF-8 text\n"
