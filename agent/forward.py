@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import exit_code_of
-from .limits import TEXT_MAX
+from .limits import TEXT_MAX, is_utf8_text
 from .paths import default_data_dir
 
 SERVING = "serving.json"
@@ -177,8 +177,9 @@ def process_running(pid: int) -> bool:
 
 
 def _text_ok(*values: str | None) -> bool:
-    """A text the HTTP edge passes as the CLI does (its own refusals are worded apart)."""
-    return all(v is None or (v.strip() and len(v) <= TEXT_MAX) for v in values)
+    """A text the HTTP edge passes as the CLI does (its own refusals are worded apart: a
+    text that is not UTF-8, a command line's other bytes, is refused here, exit 2)."""
+    return all(v is None or (v.strip() and len(v) <= TEXT_MAX and is_utf8_text(v)) for v in values)
 
 
 def _keep_stdin(args: Any) -> Callable[[], None]:

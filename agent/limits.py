@@ -21,3 +21,14 @@ def has_lone_surrogate(doc: Any) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def is_utf8_text(text: str) -> bool:
+    """Whether `text` can be written as UTF-8: a command-line argument in other bytes (a
+    POS script in windows-1251) reaches Python as lone surrogates (surrogateescape), which
+    no store, JSON body or log line can take (docs/CONTRACT.md §10: bad input, exit 2)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

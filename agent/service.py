@@ -61,6 +61,7 @@ from .expiry import WARN_DAYS, Movement, days_later, expiry_time
 from .forward import process_running
 from .hub_turns import HubTurns
 from .identify import Identification, identify, normalise, phone_key
+from .limits import is_utf8_text
 from .messages import (
     cancelled_display,
     checkout_display,
@@ -494,6 +495,8 @@ class Agent:
         from tillpoint.printer.codes import parse_offer_code
 
         check_text("scan: text", text)
+        if not is_utf8_text(text):  # a script's other bytes: no code, a card INVALID (§4)
+            return ScanResult("CARD", card=self.identify(text))
         code = coupon_code(text)
         if code:
             with self._lock, self._view() as view:
@@ -697,6 +700,8 @@ class Agent:
             raise InputError(
                 f"confirm: fiscalDocument is too long (at most {MAX_FISCAL_DOCUMENT} characters)"
             )
+        if fiscal_document is not None and not is_utf8_text(fiscal_document):
+            raise InputError("confirm: fiscalDocument is not UTF-8 text")
         if fiscal_document is not None and has_controls(fiscal_document):
             # A NUL is stored, pushed and then refused by the hub's PostgreSQL for good.
             raise InputError(f"confirm: fiscalDocument {CONTROLS_MESSAGE}")
@@ -2920,6 +2925,8 @@ def _receipt_id(value: Any, what: str) -> str:
         raise InputError(f"{what}: receiptId must not be empty")
     if len(value) > MAX_RECEIPT_ID:
         raise InputError(f"{what}: receiptId is too long (at most {MAX_RECEIPT_ID} characters)")
+    if not is_utf8_text(value):  # a command line's bytes in another encoding (§10)
+        raise InputError(f"{what}: receiptId is not UTF-8 text")
     return value
 
 

@@ -178,8 +178,11 @@ def _queue(settings: Any, args: argparse.Namespace) -> int:
 
 
 def _retry(settings: Any, args: argparse.Namespace) -> int:
+    from tillpoint.agent.limits import is_utf8_text
     from tillpoint.printer.queue import requeue
 
+    if not is_utf8_text(args.receipt_id):  # a script's other bytes: bad input (§10)
+        raise InputError("print retry: receiptId is not UTF-8 text")
     if not requeue(_ledger(settings), args.receipt_id):
         raise InputError(f"no failed, held or printed job for receipt {args.receipt_id}")
     return _emit(

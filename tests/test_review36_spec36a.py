@@ -7,8 +7,8 @@ contract.
   weekday, Berlin's two clock changes; two deals in (priority, id) order, a deal against
   the lines' best offers, ties on unit price, quantity tiers over weighed lines, redemption,
   accrual and refunds of deal lines, the trace of deals. `tests/test_scenarios.py` tells
-  them to the CLI; here each step is told to HTTP and gRPC as well, and must answer the
-  same document and meet the same `expect`.
+  them to the CLI, and `tests/test_review36_spec36b.py` tells every review 36 story to HTTP and
+  gRPC as well (the same document, the same `expect`).
 - Two oracles written from the contract's words alone, not from the product's code, and
   checked against the pure pricing core with hypothesis: which line offer or deal each line
   gets and what it takes off (CONTRACT §5 step 2 with §15: the units of a MULTIBUY listed one
@@ -23,11 +23,9 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.models import Offer
@@ -35,35 +33,14 @@ from tillpoint.agent.pricing import price
 from tillpoint.agent.results import receipt_from_json
 
 from .test_properties import CATEGORIES, SKUS, pricing_context
-from .test_review35_shape35 import (
-    clean_env,  # noqa: F401  (the fixture)
-    said_at_every_door,
-)
 from .test_scenarios import OWN_SCENARIOS
 
 REVIEW36 = OWN_SCENARIOS / "review36"
 
 
-def _review36_files() -> list[Any]:
-    return [pytest.param(path, id=path.stem) for path in sorted(REVIEW36.glob("s1[45]_*.json"))]
-
-
 def test_there_are_scenarios_of_both_sections() -> None:
     names = [path.name for path in REVIEW36.glob("*.json")]
     assert any(n.startswith("s14_") for n in names) and any(n.startswith("s15_") for n in names)
-
-
-@pytest.mark.parametrize("file", _review36_files())
-def test_each_review36_story_says_the_same_at_every_door(
-    file: Path,
-    tmp_path: Path,
-    clean_env: None,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """CONTRACT §12: the same calls over HTTP and gRPC; each step of the story at the CLI, over
-    HTTP and over gRPC answers one document, and the HTTP one meets the hand-worked `expect`."""
-    problems = said_at_every_door(file, tmp_path, monkeypatch)
-    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------- §15: an oracle of step 2

@@ -26,9 +26,12 @@ from .test_review35_shape35 import clean_env, said_at_every_door
 __all__ = ["clean_env"]  # the fixture, used by name below
 
 SCENARIOS = sorted((Path(__file__).resolve().parent / "scenarios" / "review36").glob("*.json"))
+# Told at every door: all but a story of a request's size in bytes (`padToBytes`: the CLI's
+# file and HTTP's body; a gRPC message has no such form), which spec36f tells over HTTP.
+AT_EVERY_DOOR = [p for p in SCENARIOS if "padToBytes" not in p.read_text(encoding="utf-8")]
 
 
-@pytest.mark.parametrize("file", SCENARIOS, ids=[path.stem for path in SCENARIOS])
+@pytest.mark.parametrize("file", AT_EVERY_DOOR, ids=[path.stem for path in AT_EVERY_DOOR])
 def test_each_story_is_the_same_at_every_door(
     file: Path, tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
