@@ -2279,6 +2279,10 @@ class Agent:
             status["printerLastError"] = last_error
             for source in self.status_sources:
                 status.update(source(conn))
+            if "lastPullAt" in status:  # a pull's data in the cache before it recorded its end
+                status["lastPullAt"] = max(
+                    str(status["lastPullAt"]), ledger.last_pull_at(conn, info.version)
+                )
             # With a hub, the mode the till prices in now (what a hold just answered), not
             # the sync loop's last recorded one, which lags it by up to a cycle.
             if self.hub is not None:
