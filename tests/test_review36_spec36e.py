@@ -8,6 +8,7 @@ The selection rule of §7 is in tests/scenarios/review36/s7_*.json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,7 +25,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from tillpoint.agent.cli import main
 from tillpoint.agent.service import Agent
 
 from .conftest import free_port, receipt, snapshot
@@ -432,3 +432,122 @@ def test_s9_status_never_shows_a_pulled_version_beside_the_last_sync_before_it(
         hub.stop()
     stale = [(v, at) for v, at in seen if v >= 1 and (not at or at < started[v])]
     assert not stale, f"{len(stale)} of {len(seen)} reads: {stale[:3]}"
+
+
+class HoldingProxy:
+    """A TCP forwarder to the hub. `hold_after(n)`: once the till sends a chunk of more
+    than `n` bytes (a push of a sale; the pulls, authorisations and heartbeats are
+    smaller), what the hub sends back is no longer passed on (its answers never reach the
+    till); `drop()`: every connection is closed at once and what was kept is thrown away
+    — a hub that answered and then lost the link."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.holding = False
+        self.hold_over: int | None = None
+        self.sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+            server.settimeout(None)
+            with self._lock:
+                self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if downstream and self.holding:
+                    continue  # the hub's answer, lost on the way
+                dst.sendall(data)
+                if not downstream and self.hold_over is not None and len(data) > self.hold_over:
+                    self.holding = True
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def hold_after(self, size: int) -> None:
+        self.hold_over = size
+
+    def drop(self) -> None:
+        with self._lock:
+            sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.holding = False
+        self.hold_over = None
+
+    def close(self) -> None:
+        self.drop()
+        self.listener.close()
+
+
+def test_s9_a_hub_that_stored_a_push_and_lost_the_link_before_its_answer_counts_it_once(
+    tmp_path: Path, hub_store: str | None
+) -> None:
+    """CONTRACT §9: "the agent deletes nothing until the hub acknowledges it; the hub
+    dedupes on (deviceId, seq)". The hub stores the till's sale, and its answer never
+    reaches the till (the link drops first): the sale stays in the outbox, is sent again
+    when the link is back, and the hub counts it once (DUPLICATE), on both stores:
+    Анна's balance at the hub is 1,200 − 100 redeemed + the points earned, once."""
+    from tillpoint.agent.app import till_agent
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import (
+        FAST,
+        LoopbackHub,
+        sample_master_data,
+        timings,
+        wait_for,
+    )
+    from tillpoint.sync.loopback import receipt as sample_receipt
+    from tillpoint.sync.service import SyncService
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), store=hub_store)
+    proxy = HoldingProxy(hub.port)
+    data_dir = tmp_path / "till"
+    enrollment = hub.enroll("till-1", data_dir)
+    link = HubLink(f"127.0.0.1:{proxy.port}", enrollment)
+    authoriser = HubAuthoriser(link, data_dir, "till-1", FAST.redeem_timeout_s)
+    agent = till_agent(data_dir, "till-1", hub=authoriser)
+    # pushes every 0.5 s: the proxy holds the hub's answers from the sale's return on
+    service = SyncService(agent, link, enrollment, timings(push_check_s=0.5))
+    service.start()
+    try:
+        wait_for(lambda: agent.status().to_json()["cacheVersion"] == 1)
+        lines = [{"sku": "4601234000017", "qty": "1", "priceMinor": 200000}] * 3
+        doc = sample_receipt("r1", "2770000000017", redeem=100, lines=lines)
+        sale = agent.checkout(receipt_from_json(doc)).to_json()
+        proxy.hold_after(0)  # the push that follows is stored, its answer lost
+        assert (sale["mode"], sale["redeemedPoints"]) == ("ONLINE", 100)
+        wait_for(lambda: [t.seq for t in hub.store.transactions("till-1")] == [1], timeout=20)
+        st = agent.status().to_json()
+        assert (st["outboxDepth"], st["hubAckedThroughSeq"]) == (1, 0)  # not acknowledged
+        proxy.drop()
+        wait_for(lambda: agent.status().to_json()["hubAckedThroughSeq"] == 1, timeout=20)
+        assert agent.status().to_json()["outboxDepth"] == 0
+        assert [t.seq for t in hub.store.transactions("till-1")] == [1]
+        balance = hub.store.balance("c-1", datetime.now(UTC))
+        assert balance.available == 1200 - 100 + sale["earnedPoints"]
+    finally:
+        service.stop()
+        authoriser.close()
+        agent.close()
+        proxy.close()
+        hub.stop()
