@@ -551,3 +551,49 @@ def test_s9_a_hub_that_stored_a_push_and_lost_the_link_before_its_answer_counts_
         agent.close()
         proxy.close()
         hub.stop()
+
+
+def test_s9_one_status_document_counts_the_outbox_and_the_hubs_mark_at_one_moment(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 `status --json` (queue depth, last sync) read while sales are
+    committed and pushed: in every document the transactions the hub acknowledged and
+    those still in the outbox add up to the till's last seq (every seq pushed in order,
+    none set aside), never a sale counted in both or in neither."""
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
+    from tillpoint.sync.loopback import receipt as sample_receipt
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till")
+    bad: list[dict[str, Any]] = []
+    reads = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            st = till.agent.status().to_json()
+            reads += 1
+            if st["hubAckedThroughSeq"] + st["outboxDepth"] != st["lastSeq"]:
+                bad.append(st)
+
+    try:
+        wait_for(lambda: till.agent.status().to_json()["cacheVersion"] == 1)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        for n in range(40):
+            doc = sample_receipt(f"r{n}", "2770000000024")
+            till.agent.checkout(receipt_from_json(doc))
+            time.sleep(0.02)
+        wait_for(lambda: till.agent.status().to_json()["hubAckedThroughSeq"] == 40)
+        stop.set()
+        watcher.join(timeout=10)
+    finally:
+        stop.set()
+        till.stop()
+        hub.stop()
+    assert reads > 100
+    assert not bad, f"{len(bad)} of {reads} reads, e.g. " + str(
+        {k: bad[0][k] for k in ("lastSeq", "outboxDepth", "hubAckedThroughSeq")}
+    )
