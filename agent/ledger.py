@@ -17,11 +17,12 @@ connections. Rows that cross a module boundary are frozen dataclasses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -475,6 +476,24 @@ def forget_acknowledged(conn: sqlite3.Connection) -> None:
     sent the new hub every sale of its last 35 days, counted there a second time."""
     conn.execute("DELETE FROM sync_sent")
     conn.execute("DELETE FROM sync_state WHERE key = 'acked_through'")
+
+
+@contextlib.contextmanager
+def one_read(conn: sqlite3.Connection) -> Iterator[None]:
+    """The reads inside see the ledger at one moment (one read transaction; inside the
+    caller's own transaction, that one). `status` reads the last seq, the outbox, the
+    print queue and the sync state in turn: a sale committed or a push settled between
+    two of them made one document count a transaction twice or not at all (the outbox
+    and the hub's mark for the device overlapping), review 36 (spec36e)."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # nothing was written: the read ends
 
 
 # `sync_state` 'pull_landing': the snapshot a pull is applying and when it began to
