@@ -17,11 +17,12 @@ connections. Rows that cross a module boundary are frozen dataclasses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -475,6 +476,52 @@ def forget_acknowledged(conn: sqlite3.Connection) -> None:
     sent the new hub every sale of its last 35 days, counted there a second time."""
     conn.execute("DELETE FROM sync_sent")
     conn.execute("DELETE FROM sync_state WHERE key = 'acked_through'")
+
+
+@contextlib.contextmanager
+def one_read(conn: sqlite3.Connection) -> Iterator[None]:
+    """The reads inside see the ledger at one moment (one read transaction; inside the
+    caller's own transaction, that one). `status` reads the last seq, the outbox, the
+    print queue and the sync state in turn: a sale committed or a push settled between
+    two of them made one document count a transaction twice or not at all (the outbox
+    and the hub's mark for the device overlapping), review 36 (spec36e)."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # nothing was written: the read ends
+
+
+# `sync_state` 'pull_landing': the snapshot a pull is applying and when it began to
+# (`{"version": V, "at": T}`), written by the sync client just before the apply.
+PULL_LANDING = "pull_landing"
+
+
+def last_pull_at(conn: sqlite3.Connection, cache_version: int) -> str:
+    """The last sync's time for `status` (UTC text, "" before the first): the pull's own
+    record ('last_pull_at', written once it ended), or, while a pull that already put its
+    snapshot in the cache (`cache_version` at or above the one it applies) has not
+    recorded its end yet, when it began to apply it. Read in one statement, so a pull
+    that ends between two reads is seen either way. Until review 36 (spec36e) a status
+    read in that moment showed the new version beside the sync before (or none at all, at
+    the first pull): one read in eight while a pull landed."""
+    rows = dict(
+        conn.execute(
+            "SELECT key, value FROM sync_state WHERE key IN ('last_pull_at', ?)",
+            (PULL_LANDING,),
+        ).fetchall()
+    )
+    recorded = str(rows.get("last_pull_at") or "")
+    try:
+        landing = json.loads(str(rows[PULL_LANDING]))
+        version, at = int(landing["version"]), str(landing["at"])
+    except (KeyError, ValueError, TypeError):
+        return recorded
+    return max(recorded, at) if cache_version >= version else recorded
 
 
 def ledger_path(data_dir: Path) -> Path:

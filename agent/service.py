@@ -2281,20 +2281,25 @@ class Agent:
                 self._damaged(exc)
                 info = cache_mod.CacheInfo(0, None, None, None)  # healthz: not serving
             conn = self._ledger
-            jobs = ledger.open_print_jobs(conn)
-            status: dict[str, Any] = {
-                "deviceId": self.device_id,
-                "cacheVersion": info.version,
-                "cacheIssuedAt": info.issued_at or "",
-                "cacheExpiresAt": info.expires_at or "",
-                "lastSeq": ledger.last_seq(conn, self.device_id),
-                "outboxDepth": ledger.outbox_depth(conn),
-                "printQueueDepth": int(jobs),
-            }
-            failed, retrying, last_error = ledger.print_queue_health(conn)
-            status["printerLastError"] = last_error
-            for source in self.status_sources:
-                status.update(source(conn))
+            with ledger.one_read(conn):  # every ledger figure of one moment
+                jobs = ledger.open_print_jobs(conn)
+                status: dict[str, Any] = {
+                    "deviceId": self.device_id,
+                    "cacheVersion": info.version,
+                    "cacheIssuedAt": info.issued_at or "",
+                    "cacheExpiresAt": info.expires_at or "",
+                    "lastSeq": ledger.last_seq(conn, self.device_id),
+                    "outboxDepth": ledger.outbox_depth(conn),
+                    "printQueueDepth": int(jobs),
+                }
+                failed, retrying, last_error = ledger.print_queue_health(conn)
+                status["printerLastError"] = last_error
+                for source in self.status_sources:
+                    status.update(source(conn))
+                if "lastPullAt" in status:  # a pull's data in the cache before it recorded its end
+                    status["lastPullAt"] = max(
+                        str(status["lastPullAt"]), ledger.last_pull_at(conn, info.version)
+                    )
             # With a hub, the mode the till prices in now (what a hold just answered), not
             # the sync loop's last recorded one, which lags it by up to a cycle.
             if self.hub is not None:

@@ -46,7 +46,7 @@ from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import InputError, SnapshotCorrupted, TillpointError, UnreadableFile
 from tillpoint.agent.files import write_whole
-from tillpoint.agent.ledger import open_ledger
+from tillpoint.agent.ledger import PULL_LANDING, open_ledger
 from tillpoint.agent.lock import flock_within
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -332,7 +332,7 @@ class Puller:
                 raise
             now = state.now_text()
             if result.status == "REFUSED" and not result.remembered:
-                self._record({"error:pull": state.error_value(result.message)})
+                self._record({"error:pull": state.error_value(result.message), PULL_LANDING: None})
             elif result.status == "REFUSED":
                 record = {
                     "version": result.version,
@@ -347,11 +347,13 @@ class Puller:
                         # the hub key it was checked with: a bundle installed since with
                         # another key (the hub's signing key replaced) checks it afresh
                         "refused_key": self._key_id(),
+                        PULL_LANDING: None,
                     }
                 )
             else:
                 values: dict[str, str | None] = {
                     "last_pull_at": now,
+                    PULL_LANDING: None,
                     "error:pull": state.error_value(result.message) if result.message else None,
                 }
                 if result.status == "APPLIED":
@@ -359,6 +361,12 @@ class Puller:
                     values["refused_key"] = None
                 self._record(values)
             return result
+
+    @staticmethod
+    def _landing(version: int) -> str:
+        from . import state
+
+        return json.dumps({"version": version, "at": state.now_text()})
 
     def _record(self, values: dict[str, str | None]) -> None:
         from . import state
@@ -629,6 +637,9 @@ class Puller:
                 declared_sha256=bytes.fromhex(partial.sha256),
             ) as verified:
                 verified_at = time.monotonic()
+                # `status` shows this as the last sync from the moment the data is in
+                # the cache until `pull` records its end (`ledger.last_pull_at`)
+                self._record({PULL_LANDING: self._landing(partial.version)})
                 loaded = verified.apply(self.agent)
         except UnreadableFile:
             raise  # the file, not the bundle (EMFILE, EIO): the next pull tries again
