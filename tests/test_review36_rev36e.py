@@ -14,14 +14,34 @@ Real parts: the hub stores on real SQLite files and on the throwaway PostgreSQL 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tillpoint.sync import hub_sql
-from tillpoint.sync.loopback import import_doc, sample_master_data
+from tillpoint.sync.hub_server import HubConfig
+from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
+
+from .conftest import ManualClock
+from .test_hub_store import dump
+from .test_review36_hub36 import (
+    ANNA,
+    BORIS,
+    LONG_TTL_S,
+    a_till,
+    hub_clock,
+    publish_after,
+    pull,
+    push,
+    sell,
+    stored,
+)
+
+__all__ = ["hub_clock"]  # review 36 (hub36)'s fixture
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -92,3 +112,120 @@ def test_a_prune_of_many_versions_climbs_to_its_floor_a_few_versions_a_transacti
     seen.clear()
     assert stepped.prune_versions(before) == 7  # nothing more to do: one look
     assert seen == [7]
+
+
+@pytest.mark.slow
+def test_two_servers_on_one_postgresql_store_prune_at_once_as_one(
+    pg_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §3: two hub servers on one PostgreSQL database each prune when they see a
+    new version: stepping at once, they take turns on the floor's row and end where one
+    prune ends (no step lost, none done twice, no serialisation failure)."""
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    url = pg_cluster.new_database()
+    one = PostgresHubStore(url, migrate_schema=True)
+    two = PostgresHubStore(url)
+    alone = PostgresHubStore(pg_cluster.new_database(), migrate_schema=True)
+    try:
+        seven_versions(one)
+        seven_versions(alone)
+        monkeypatch.setattr(hub_sql, "PRUNE_STEP", 1)
+        before = NOW + 6 * DAY
+        assert alone.prune_versions(before) == 7
+        floors: list[int] = []
+        errors: list[BaseException] = []
+
+        def prune(store: Any) -> None:
+            try:
+                floors.append(store.prune_versions(before))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=prune, args=(s,)) for s in (one, two)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == [] and floors == [7, 7]
+        assert pruned_state(one) == pruned_state(alone)
+    finally:
+        for store in (one, two, alone):
+            store.close()
+
+
+@pytest.fixture
+def lived_hub(tmp_path: Path, hub_clock: ManualClock) -> Iterator[LoopbackHub]:
+    """The reference hub with the shipped retention (30 days) whose program has points
+    that activate after 14 days and expire after 365 (CONTRACT §16), its version 1
+    published 50 days ago on its clock (`hub_clock`)."""
+    data = sample_master_data()
+    data["program"].update(activationDelayDays=14, pointsLifetimeDays=365)
+    h = LoopbackHub(
+        tmp_path / "hub",
+        HubConfig(heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0),
+        data=data,
+        publish=False,
+        clock=hub_clock,
+    )
+    h.publish(LONG_TTL_S)
+    yield h
+    h.stop()
+
+
+def test_a_till_away_40_days_with_sales_queued_counts_each_once_after_its_full_snapshot(
+    lived_hub: LoopbackHub, hub_clock: ManualClock, tmp_path: Path
+) -> None:
+    """CONTRACT §3, §9, §16: till a holds version 1 and queues three sales (nothing
+    pushed) while the hub publishes versions 40, 15 and 0 days ago and prunes version 1.
+    It pushes them: the full snapshot it then gets (version 4, built before the push,
+    appliedThrough without them) leaves its own sales counted once, on top of the hub's
+    rows, and the balance refresh that counts them (a delta from 4) does not count them
+    again. At each step its balances (available, pending, expiring batches) are the
+    hub's and a fresh till's; at the end its cache is the fresh till's, byte for byte."""
+    hub = lived_hub
+    a = a_till(hub, tmp_path, "a")
+    try:
+        assert pull(a).version == 1
+        for rid, card in (("a-1", ANNA), ("a-2", BORIS), ("a-3", ANNA)):
+            sell(a, rid, card)
+        publish_after(hub, hub_clock, 10, {"customers": [{"id": "c-3", "firstName": "Вера"}]})
+        publish_after(hub, hub_clock, 25, {"removed": {"customers": ["c-3"]}})
+        assert publish_after(hub, hub_clock, 15, {}) == 4
+        wait_for(lambda: hub.store.delta_floor() == 2)
+        wait_for(lambda: hub.server.builder.full_ready(4) is not None)
+        push(a)
+        assert stored(hub) == [("a", 1), ("a", 2), ("a", 3)]
+
+        def same_everywhere(version: int) -> None:
+            c = a_till(hub, tmp_path, f"c{version}")
+            try:
+                assert pull(c).version == version
+                for card, customer in ((ANNA, "c-1"), (BORIS, "c-2")):
+                    at_hub = hub.store.balance(customer, datetime.now(UTC))
+                    mine = a.agent.balance(card)
+                    assert (mine.available_points, mine.pending_points) == (
+                        at_hub.available,
+                        at_hub.pending,
+                    )
+                    assert mine.pending_points > 0  # the three sales' points, 14 days
+                    if version == 5:  # what c's snapshot counts, a counts too: the same
+                        assert mine == c.agent.balance(card)
+            finally:
+                c.stop()
+
+        got = pull(a)
+        assert (got.status, got.version, got.base_version) == ("APPLIED", 4, 0)
+        same_everywhere(4)
+        assert publish_after(hub, hub_clock, 0, {}) == 5  # the refresh counts a's sales
+        got = pull(a)
+        assert (got.status, got.version, got.base_version) == ("APPLIED", 5, 4)
+        same_everywhere(5)
+        c = a_till(hub, tmp_path, "c")
+        try:
+            assert pull(c).version == 5
+            assert dump(a.data_dir) == dump(c.data_dir)
+        finally:
+            c.stop()
+    finally:
+        a.stop()
