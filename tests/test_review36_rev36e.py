@@ -15,16 +15,19 @@ Real parts: the hub stores on real SQLite files and on the throwaway PostgreSQL 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from tillpoint.sync import hub_sql
 from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
+from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import ManualClock
 from .test_hub_store import dump
@@ -33,6 +36,7 @@ from .test_review36_hub36 import (
     BORIS,
     LONG_TTL_S,
     a_till,
+    held_for,
     hub_clock,
     publish_after,
     pull,
@@ -227,5 +231,76 @@ def test_a_till_away_40_days_with_sales_queued_counts_each_once_after_its_full_s
             assert dump(a.data_dir) == dump(c.data_dir)
         finally:
             c.stop()
+    finally:
+        a.stop()
+
+
+@pytest.fixture
+def lowered_limit(tmp_path: Path) -> Iterator[LoopbackHub]:
+    """The reference hub: version 1's program lets a till redeem 600 points offline,
+    version 2's 200 (the hub's newest)."""
+    data = sample_master_data()
+    data["program"]["offlineRedeemLimitPoints"] = 600
+    h = LoopbackHub(tmp_path / "hub", data=data)
+    import_doc(h.store, {"program": {**data["program"], "offlineRedeemLimitPoints": 200}})
+    h.publish()
+    yield h
+    h.stop()
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        (None, 200),  # a till before review 36: the hub's newest program's, as before
+        (600, 600),  # the till's own
+        (0, 0),  # a till that redeems nothing OFFLINE: the grant dropped, as a limit of 0
+        (10**15, 1200),  # a till saying more: the grant, never more than it
+    ],
+)
+def test_a_late_grant_keeps_what_the_till_says_up_to_the_grant(
+    lowered_limit: LoopbackHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sent: int | None,
+    kept: int,
+) -> None:
+    """CONTRACT §9, §11: a grant of Anna's 1200 points that the hub's slow store makes
+    past the till's 300 ms deadline is kept up to the till's offline limit (field 9):
+    absent, the hub's newest program's; 0 keeps nothing; a till that says more than the
+    grant gets the grant (a shrink never grows a hold), which it would have had on time."""
+    hub = lowered_limit
+    a = a_till(hub, tmp_path, "a")
+    store = hub.store
+    granted, shrunk = store.authorise, store.shrink
+    done = threading.Event()
+
+    def slow_store(*args: Any, **kw: Any) -> Any:
+        out = granted(*args, **kw)
+        time.sleep(0.6)  # the store busy: the till's deadline passes meanwhile
+        return out
+
+    def shrink(*args: Any, **kw: Any) -> Any:
+        try:
+            return shrunk(*args, **kw)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(store, "authorise", slow_store)
+    monkeypatch.setattr(store, "shrink", shrink)
+    try:
+        request = pb.AuthorizeRedemptionRequest(
+            device_id="a",
+            receipt_id="r-late",
+            customer_id="c-1",
+            points=1200,
+            at=datetime.now(UTC).isoformat(),
+        )
+        if sent is not None:
+            request.offline_redeem_limit_points = sent
+        with pytest.raises(grpc.RpcError) as caught:
+            a.link.stub.AuthorizeRedemption(request, timeout=0.3)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert done.wait(10)
+        assert held_for(hub, "c-1") == kept
     finally:
         a.stop()
