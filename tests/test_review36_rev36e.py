@@ -143,7 +143,7 @@ def test_two_servers_on_one_postgresql_store_prune_at_once_as_one(
         def prune(store: Any) -> None:
             try:
                 floors.append(store.prune_versions(before))
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:  # reported below
                 errors.append(exc)
 
         threads = [threading.Thread(target=prune, args=(s,)) for s in (one, two)]
