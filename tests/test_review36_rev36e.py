@@ -118,7 +118,6 @@ def test_a_prune_of_many_versions_climbs_to_its_floor_a_few_versions_a_transacti
     assert seen == [7]
 
 
-@pytest.mark.slow
 def test_two_servers_on_one_postgresql_store_prune_at_once_as_one(
     pg_cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,3 +303,39 @@ def test_a_late_grant_keeps_what_the_till_says_up_to_the_grant(
         assert held_for(hub, "c-1") == kept
     finally:
         a.stop()
+
+
+def test_a_hub_stopped_while_it_prunes_stops_between_steps_before_its_store_closes(
+    lived_hub: LoopbackHub, hub_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §3: a hub stopped (SIGTERM, a restart) during a long prune (its first
+    after an upgrade: a minute on a year of versions) waited 5 s for its watcher, then
+    closed the store under the prune's running statements (a SQLite connection closed
+    under a running statement crashes the process; here the watcher died on a closed
+    database). The prune stops between two steps, the floor where it got to."""
+    hub = lived_hub
+    for _ in range(39):  # versions 2..40, a day apart, none older than 30 days yet
+        publish_after(hub, hub_clock, 0.5, {})
+    monkeypatch.setattr(hub_sql, "PRUNE_STEP", 1)
+    step = hub.store._prune_step
+    started, stopped = threading.Event(), threading.Event()
+    late: list[int] = []
+
+    def slow_step(target: int) -> Any:
+        started.set()
+        if stopped.is_set():
+            late.append(target)
+        time.sleep(0.3)  # 40 steps: 12 s, a long prune
+        return step(target)
+
+    monkeypatch.setattr(hub.store, "_prune_step", slow_step)
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    publish_after(hub, hub_clock, 60, {})  # version 41: the watcher prunes up to 40
+    assert started.wait(10)
+    hub.server.stop()
+    stopped.set()
+    watcher = hub.server._watcher
+    assert watcher is not None and not watcher.is_alive()
+    assert late == [] and died == []
+    assert 0 < hub.store.delta_floor() < 40  # the steps done stay done
