@@ -27,7 +27,7 @@ pipelined ingest (its transactions buffered into one ``unnest`` insert), ``COPY`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from functools import lru_cache
@@ -884,7 +884,7 @@ class SqlHubStore(HubRules):
         with self._reading() as tx:
             return _one(tx.execute("SELECT value FROM meta WHERE key = 'delta_floor'"))
 
-    def prune_versions(self, before: datetime) -> int:
+    def prune_versions(self, before: datetime, stop: Callable[[], bool] | None = None) -> int:
         """Forget the versions older than the one that was the newest at `before` (its
         floor): their publications, their `appliedThrough` rows, and every revision no
         version from the floor on reads (a row's revisions before its last one at or
@@ -896,7 +896,9 @@ class SqlHubStore(HubRules):
         The floor climbs `PRUNE_STEP` versions a write transaction (each step is the
         prune to a version): the first prune of a hub that kept a year of versions would
         otherwise hold the write lock for a minute (SQLite: every push and authorisation
-        waited, then failed past the busy timeout; review 36)."""
+        waited, then failed past the busy timeout; review 36). `stop()` true between two
+        steps ends it there (a hub stopping: its store is closed next), the floor as far
+        as it got."""
         with self._reading() as tx:
             target = _one(
                 tx.execute(
@@ -906,7 +908,7 @@ class SqlHubStore(HubRules):
             )
         while True:
             floor, done = self._prune_step(target)
-            if done:
+            if done or (stop is not None and stop()):
                 return floor
 
     def _prune_step(self, target: int) -> tuple[int, bool]:
