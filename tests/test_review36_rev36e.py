@@ -339,3 +339,48 @@ def test_a_hub_stopped_while_it_prunes_stops_between_steps_before_its_store_clos
     assert watcher is not None and not watcher.is_alive()
     assert late == [] and died == []
     assert 0 < hub.store.delta_floor() < 40  # the steps done stay done
+
+
+def test_a_write_waiting_while_the_hub_prunes_gets_in_between_two_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §3: SQLite has no queue for its write lock: a waiting writer (a push, an
+    authorisation) polls it, up to 100 ms apart, and a prune that took the next step as
+    soon as it ended its last left it free for microseconds, so the writer waited for
+    several steps (4 s measured on a generated store of 30,000 versions, steps of 0.5 s).
+    The prune pauses between two steps, longer than a poll: the writer gets in."""
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    store = SqliteHubStore(tmp_path / "hub.db")
+    other = SqliteHubStore(tmp_path / "hub.db")  # a server thread's own connection
+    try:
+        seven_versions(store)
+        monkeypatch.setattr(hub_sql, "PRUNE_STEP", 1)
+        writing = store._writing
+        events: list[str] = []
+        first = threading.Event()
+
+        @contextmanager
+        def slow() -> Iterator[Any]:  # each step holds the write lock 0.3 s
+            with writing() as tx:
+                events.append("step")
+                first.set()
+                yield tx
+                time.sleep(0.3)
+
+        monkeypatch.setattr(store, "_writing", slow)
+
+        def push() -> None:
+            assert first.wait(10)
+            with other._writing() as tx:
+                tx.execute("INSERT INTO meta (key, value) VALUES ('probe', '1')")
+            events.append("write")
+
+        writer = threading.Thread(target=push)
+        writer.start()
+        assert store.prune_versions(NOW + 6 * DAY) == 7
+        writer.join(timeout=30)
+        assert events.index("write") <= 2, events  # was after all seven steps
+    finally:
+        store.close()
+        other.close()
