@@ -1513,7 +1513,10 @@ class HubServer:
         keep = self.config.delta_retention_s
         if not keep:
             return self.store.delta_floor()
-        floor = self.store.prune_versions(self.clock() - timedelta(seconds=keep))
+        # a stop ends it between two steps: the store is closed next (review 36, rev36e)
+        floor = self.store.prune_versions(
+            self.clock() - timedelta(seconds=keep), stop=self._stop.is_set
+        )
         if floor != self._floor:
             log.info("versions before %d pruned: a till on one gets a full snapshot", floor)
             self._floor = floor

@@ -27,7 +27,8 @@ pipelined ingest (its transactions buffered into one ``unnest`` insert), ``COPY`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from functools import lru_cache
@@ -56,6 +57,12 @@ T = TypeVar("T")
 
 # The order of a stream's moves after its own key (customer): the order they were stored.
 MOVE_ORDER = "t.ingest_id"
+# How many versions one write transaction of `prune_versions` forgets (240 tills: 48,000
+# appliedThrough rows, a fraction of a second of the SQLite hub's write lock).
+PRUNE_STEP = 200
+# The pause between two of its steps: a SQLite writer waiting for the lock polls it at
+# most 100 ms apart (there is no queue), and missed a lock free for microseconds.
+PRUNE_PAUSE_S = 0.15
 
 
 def _moves(earned: str, returned: str, fixed: str) -> str:
@@ -881,14 +888,38 @@ class SqlHubStore(HubRules):
         with self._reading() as tx:
             return _one(tx.execute("SELECT value FROM meta WHERE key = 'delta_floor'"))
 
-    def prune_versions(self, before: datetime) -> int:
+    def prune_versions(self, before: datetime, stop: Callable[[], bool] | None = None) -> int:
         """Forget the versions older than the one that was the newest at `before` (its
         floor): their publications, their `appliedThrough` rows, and every revision no
         version from the floor on reads (a row's revisions before its last one at or
         below the floor; that one too when it removed the row). The floor's and every
         later version's full snapshot, and the delta between any two of them, stay
         exactly as they were; the ledger is never touched (balances are counted from
-        all of it). Returns the floor, which only ever rises (docs/CONTRACT.md §3)."""
+        all of it). Returns the floor, which only ever rises (docs/CONTRACT.md §3).
+
+        The floor climbs `PRUNE_STEP` versions a write transaction (each step is the
+        prune to a version): the first prune of a hub that kept a year of versions would
+        otherwise hold the write lock for a minute (SQLite: every push and authorisation
+        waited, then failed past the busy timeout; review 36). `stop()` true between two
+        steps ends it there (a hub stopping: its store is closed next), the floor as far
+        as it got."""
+        with self._reading() as tx:
+            target = _one(
+                tx.execute(
+                    "SELECT max(version) FROM publications WHERE issued_at <= ?",
+                    (utc_text(before),),
+                )
+            )
+        while True:
+            floor, done = self._prune_step(target)
+            if done:
+                return floor
+            time.sleep(PRUNE_PAUSE_S)  # the writers waiting get in (review 36, rev36e)
+            if stop is not None and stop():
+                return floor
+
+    def _prune_step(self, target: int) -> tuple[int, bool]:
+        """One step of `prune_versions` towards `target`: (the floor, whether reached)."""
         with self._writing() as tx:
             # The floor's row first: its lock puts two servers' prunes one after the other.
             tx.execute(
@@ -896,14 +927,15 @@ class SqlHubStore(HubRules):
                 " ON CONFLICT (key) DO UPDATE SET value = meta.value"
             )
             floor = _one(tx.execute("SELECT value FROM meta WHERE key = 'delta_floor'"))
-            new = _one(
-                tx.execute(
-                    "SELECT max(version) FROM publications WHERE issued_at <= ?",
-                    (utc_text(before),),
-                )
-            )
-            if new <= floor:
-                return floor
+            if target <= floor:
+                return floor, True
+            # the version PRUNE_STEP publications above the floor (or the target)
+            row = tx.execute(
+                "SELECT version FROM publications WHERE version > ? AND version < ?"
+                " ORDER BY version LIMIT 1 OFFSET ?",
+                (floor, target, PRUNE_STEP - 1),
+            ).fetchone()
+            new = target if row is None else int(row[0])
             tx.execute(
                 "DELETE FROM revisions WHERE version < ? AND EXISTS (SELECT 1 FROM revisions n"
                 " WHERE n.kind = revisions.kind AND n.key = revisions.key"
@@ -914,7 +946,7 @@ class SqlHubStore(HubRules):
             tx.execute("DELETE FROM publication_progress WHERE version < ?", (new,))
             tx.execute("DELETE FROM publications WHERE version < ?", (new,))
             tx.execute("UPDATE meta SET value = ? WHERE key = 'delta_floor'", (str(new),))
-            return new
+            return new, new == target
 
     # ------------------------------------------------------------ ledger
 

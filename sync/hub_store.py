@@ -277,10 +277,11 @@ class HubStore(Protocol):
         """The lowest version a delta is made from (0: any); below it, a full snapshot."""
         ...
 
-    def prune_versions(self, before: datetime) -> int:
+    def prune_versions(self, before: datetime, stop: Callable[[], bool] | None = None) -> int:
         """Forget the versions older than the newest one issued at or before `before`
         (the new floor, returned): their deltas and full snapshots can no longer be made.
-        Versions from the floor on, and the ledger, stay whole."""
+        Versions from the floor on, and the ledger, stay whole. A few versions a
+        transaction; `stop()` true between two of them ends it there (the floor so far)."""
         ...
 
     def snapshot_doc(self, version: int, base_version: int) -> dict[str, Any]: ...
