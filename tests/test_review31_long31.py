@@ -13,11 +13,13 @@ the data directory made just before the call.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.client
 import json
 import os
 import random
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,43 @@ def _sale(rid: str, at: datetime, **changes: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- leftover 1: a re-held receipt
 
 
+@contextlib.contextmanager
+def stepped_while_it_asks(
+    tmp_path: Path, clock: SteppingClock, deadline_s: float
+) -> Iterator[tuple[Agent, dict[str, Any], list[float], Any]]:
+    """A till on a real loopback hub (`tmp_path / "till"`, `tmp_path / "hub"`) whose real
+    authoriser steps `clock` by the next of `steps` (popped, if any) while it asks the hub:
+    NTP setting the wall clock during a Hold's request. Yields the till, the hub's sample
+    data (not loaded: each test loads its own program), the steps to make and the hub."""
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+
+    data = sample_master_data()
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    enrollment = hub.enroll(DEVICE, tmp_path / "till")
+    link = HubLink(hub.address, enrollment)
+    steps: list[float] = []
+
+    class SteppedDuringTheRequest(HubAuthoriser):
+        """The till's real authoriser; the wall clock is stepped while it asks."""
+
+        def authorise(self, *args: Any, **kwargs: Any) -> Any:
+            if steps:
+                clock.stepped(steps.pop())
+            return super().authorise(*args, **kwargs)
+
+    authoriser = SteppedDuringTheRequest(link, tmp_path / "till", DEVICE, deadline_s)
+    agent = Agent(tmp_path / "till", DEVICE, clock=clock, monotonic=clock.steady, hub=authoriser)
+    try:
+        yield agent, data, steps, hub
+    finally:
+        agent.close()
+        authoriser.close()
+        link.close()
+        hub.stop()
+
+
 def test_a_receipt_held_again_after_expiry_keeps_its_whole_time_across_a_clock_step(
     tmp_path: Path,
 ) -> None:
@@ -61,28 +100,8 @@ def test_a_receipt_held_again_after_expiry_keeps_its_whole_time_across_a_clock_s
     hour off, it had expired at once, and the POS's Confirm after the payment was refused
     ("hold expired"). Review 30 fixed this for a receipt priced before its transaction
     only."""
-    from tillpoint.sync.authoriser import HubAuthoriser
-    from tillpoint.sync.client import HubLink
-    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
-
     clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
-    data = sample_master_data()
-    hub = LoopbackHub(tmp_path / "hub", data=data)
-    enrollment = hub.enroll(DEVICE, tmp_path / "till")
-    link = HubLink(hub.address, enrollment)
-    steps: list[float] = []
-
-    class SteppedDuringTheRequest(HubAuthoriser):
-        """The hub's real authoriser; the wall clock is set back while it asks."""
-
-        def authorise(self, *args: Any, **kwargs: Any) -> Any:
-            if steps:
-                clock.stepped(steps.pop())
-            return super().authorise(*args, **kwargs)
-
-    authoriser = SteppedDuringTheRequest(link, tmp_path / "till", DEVICE, 3.0)
-    agent = Agent(tmp_path / "till", DEVICE, clock=clock, monotonic=clock.steady, hub=authoriser)
-    try:
+    with stepped_while_it_asks(tmp_path, clock, 3.0) as (agent, data, steps, _):
         program = {**data["program"], "holdTtlSeconds": 600}
         agent.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
         body = _sale("h-1", clock())
@@ -100,11 +119,6 @@ def test_a_receipt_held_again_after_expiry_keeps_its_whole_time_across_a_clock_s
         assert (again["state"], again["holdExpiresAt"]) == ("HELD", held["holdExpiresAt"])
         confirmed = agent.confirm("h-1").to_json()
         assert (confirmed["state"], confirmed["redeemedPoints"]) == ("CONFIRMED", 100)
-    finally:
-        agent.close()
-        authoriser.close()
-        link.close()
-        hub.stop()
 
 
 def test_a_refund_of_a_held_receipt_after_a_clock_step_names_the_hold_it_has(

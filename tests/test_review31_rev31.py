@@ -24,7 +24,7 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import REPO, SteppingClock
-from .test_review31_long31 import ANNA, DEVICE, _next_visit, _sale
+from .test_review31_long31 import ANNA, DEVICE, _next_visit, _sale, stepped_while_it_asks
 
 TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
 
@@ -50,32 +50,13 @@ def test_a_step_followed_in_a_hold_that_rolls_back_is_followed_by_the_next_call(
     rolled back with it: the next call must see the step again and move them, or every
     open hold outlives its time here by an hour (past the hub's copy of it)."""
     from tillpoint.agent.errors import StorageError
-    from tillpoint.sync.authoriser import HubAuthoriser
-    from tillpoint.sync.client import HubLink
-    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
     clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
-    data = sample_master_data()
-    hub = LoopbackHub(tmp_path / "hub", data=data)
-    enrollment = hub.enroll(DEVICE, tmp_path / "till")
-    link = HubLink(hub.address, enrollment)
-    steps: list[float] = []
-
-    class SteppedDuringTheRequest(HubAuthoriser):
-        """The hub's real authoriser; the wall clock is set back while it asks."""
-
-        def authorise(self, *args: Any, **kwargs: Any) -> Any:
-            if steps:
-                clock.stepped(steps.pop())
-            return super().authorise(*args, **kwargs)
-
-    authoriser = SteppedDuringTheRequest(link, tmp_path / "till", DEVICE, 3.0)
-    agent = Agent(tmp_path / "till", DEVICE, clock=clock, monotonic=clock.steady, hub=authoriser)
     refuse = (
         "CREATE TRIGGER refuse_new_holds BEFORE INSERT ON receipt_life"
         " BEGIN SELECT RAISE(ABORT, 'the ledger refused the row'); END"
     )
-    try:
+    with stepped_while_it_asks(tmp_path, clock, 3.0) as (agent, data, steps, _):
         program = {**data["program"], "holdTtlSeconds": 600}
         agent.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
         again = _sale("h-1", clock())  # redeems: the hub is asked
@@ -98,11 +79,6 @@ def test_a_step_followed_in_a_hold_that_rolls_back_is_followed_by_the_next_call(
         # the next call follows the step the rolled-back transaction had followed
         assert _expires(agent, "h-0", other) == before - timedelta(hours=1)
         assert agent.confirm("h-0").to_json()["state"] == "CONFIRMED"
-    finally:
-        agent.close()
-        authoriser.close()
-        link.close()
-        hub.stop()
 
 
 def test_a_rolled_back_step_is_not_counted_twice_when_another_thread_took_a_later_one(

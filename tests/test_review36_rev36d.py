@@ -11,14 +11,13 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import SteppingClock
-from .test_review31_long31 import DEVICE, _sale
+from .test_review31_long31 import DEVICE, _sale, stepped_while_it_asks
 
 # ---------------------------------------- 1. the offline limit's open holds, across a step
 
@@ -34,28 +33,8 @@ def test_a_step_while_the_hub_is_asked_keeps_the_offline_limit_of_the_open_holds
     against the stepped clock (`self.clock()`, not `Agent._now()`): a hold with 9 of its
     10 minutes left counted as expired, and the second hold redeemed the day's whole
     limit again (1,000 points offline where 500 may go). Failed before the fix."""
-    from tillpoint.sync.authoriser import HubAuthoriser
-    from tillpoint.sync.client import HubLink
-    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
-
     clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
-    data = sample_master_data()
-    hub = LoopbackHub(tmp_path / "hub", data=data)
-    enrollment = hub.enroll(DEVICE, tmp_path / "till")
-    link = HubLink(hub.address, enrollment)
-    steps: list[float] = []
-
-    class SteppedDuringTheRequest(HubAuthoriser):
-        """The till's real authoriser; the wall clock is stepped while it asks."""
-
-        def authorise(self, *args: Any, **kwargs: Any) -> Any:
-            if steps:
-                clock.stepped(steps.pop())
-            return super().authorise(*args, **kwargs)
-
-    authoriser = SteppedDuringTheRequest(link, tmp_path / "till", DEVICE, 1.0)
-    agent = Agent(tmp_path / "till", DEVICE, clock=clock, monotonic=clock.steady, hub=authoriser)
-    try:
+    with stepped_while_it_asks(tmp_path, clock, 1.0) as (agent, data, steps, hub):
         limit = data["program"]["offlineRedeemLimitPoints"]  # 500; Anna has 1,200 points
         program = {**data["program"], "holdTtlSeconds": 600}
         agent.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
@@ -70,11 +49,6 @@ def test_a_step_while_the_hub_is_asked_keeps_the_offline_limit_of_the_open_holds
         assert (second.mode, second.redeemed_points) == ("OFFLINE", 0)  # the limit is h-1's
         # h-1 kept its time left, and still confirms with its points
         assert agent.confirm("h-1").redeemed_points == limit
-    finally:
-        agent.close()
-        authoriser.close()
-        link.close()
-        hub.stop()
 
 
 # ---------------------------------------- 2. the printer's close: a slow reader, late status
