@@ -272,7 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
-            reconfigure(encoding="utf-8")
+            # the error lines escape what is not UTF-8 text (a word of the command line in
+            # a script's other bytes, echoed by argparse's "unrecognized arguments"): with
+            # the encoding's strict default they said "internal error", exit 1 (rev36f)
+            errors = "backslashreplace" if stream is sys.stderr else None
+            reconfigure(encoding="utf-8", errors=errors)
     if argv is None:
         argv = sys.argv[1:]
     argv = _scanned_text_last(argv)
