@@ -70,3 +70,40 @@ def test_s10_a_non_utf8_word_left_over_on_the_command_line_is_bad_input_in_one_l
     assert "internal error" not in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert "unrecognized arguments" in err or "\\udccf" in err, err
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path) -> Path:
+    data = tmp_path / "hub"
+    for words in (("hub", "init"), ("hub", "import", str(EXAMPLE_SNAPSHOT))):
+        done = _tillpoint(data, *words)
+        assert done.returncode == 0, done.stderr
+    return data
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("hub", "receipts", "--device", NOT_UTF8),
+        ("hub", "receipts", "--device", "till-1", "--receipt", NOT_UTF8),
+        ("hub", "balance", NOT_UTF8),
+        ("hub", "revoke", NOT_UTF8),
+        ("hub", "export", NOT_UTF8),
+        ("hub", "set-aside", "--device", NOT_UTF8),
+        ("hub", "enroll", NOT_UTF8),
+    ],
+    ids=["receipts", "receipts-receipt", "balance", "revoke", "export", "set-aside", "enroll"],
+)
+def test_s10_a_hub_command_given_a_device_card_or_receipt_not_in_utf8_is_bad_input(
+    hub_dir: Path, words: tuple[str, ...]
+) -> None:
+    """CONTRACT §10: a device id, customer or receiptId in a script's other bytes given to
+    a `hub` command is bad input (exit 2, one line), not "internal error:
+    UnicodeEncodeError" (exit 1) from the hub's store; nothing is changed."""
+    before = sorted(p.name for p in hub_dir.rglob("*"))
+    done = _tillpoint(hub_dir, *words)
+    err = done.stderr.decode("utf-8")
+    assert done.returncode == 2, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in hub_dir.rglob("*")) == before
