@@ -322,6 +322,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+# A `hub` command's text operands, which reach the hub's store (a device id, a customer, a
+# receiptId); paths are not among them (a file's name is the bytes it has).
+HUB_TEXT_OPERANDS = ("device", "customer", "receipt")
+
+
+def _refuse_non_utf8(args: argparse.Namespace, what: str) -> None:
+    """Bad input (exit 2) for a text operand in a script's other bytes (surrogate-escaped):
+    the hub's store refused it with "internal error: UnicodeEncodeError", exit 1 (rev36f)."""
+    from .limits import is_utf8_text
+
+    for name in HUB_TEXT_OPERANDS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not is_utf8_text(value):
+            raise InputError(f"{what.strip()}: {name} is not UTF-8 text")
+
+
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
     """`parser.parse_args`, with the errors argparse leaves to the top parser said by the
     command's own (its `--help` is the page that helps), before anything is opened: an
@@ -535,6 +551,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     command: str = args.command
     handler = getattr(args, "handler", None)
     if handler is not None:
+        if command == "hub":  # the hub's store takes UTF-8 text only (§10, rev36f)
+            _refuse_non_utf8(args, "hub " + str(getattr(args, "hub_command", "") or ""))
         return int(handler(settings, args))
     if command == "run":
         from .app import run
