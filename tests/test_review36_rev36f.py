@@ -107,3 +107,46 @@ def test_s10_a_hub_command_given_a_device_card_or_receipt_not_in_utf8_is_bad_inp
     assert "internal error" not in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in hub_dir.rglob("*")) == before
+
+
+def test_s10_a_snapshot_loaded_from_a_file_after_a_pull_died_applying_it_is_no_sync(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 `status`: `lastPullAt` is when the till last synced with its hub. A
+    pull writes its `pull_landing` marker ({version, at}) just before it applies; killed
+    there (SIGKILL, the disk), the cache keeps its version and the marker stays. The same
+    snapshot then loaded from a file (`hub export` carried on a stick, `snapshot load`)
+    is no sync: status said the dead pull's start was the last sync."""
+    from tillpoint.agent.ledger import PULL_LANDING
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+    from tillpoint.sync.pull import Puller
+
+    hub = LoopbackHub(tmp_path / "hubs" / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        puller = Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5)
+        assert puller.pull().status == "APPLIED"
+        synced = till.agent.status().to_json()["lastPullAt"]
+        assert synced
+        assert hub.publish() == 2
+        # what a pull of version 2 leaves when it dies after its marker, before its apply
+        # commits (the ledger's row as `Puller._apply` writes it)
+        puller._record({PULL_LANDING: puller._landing(2)})
+        bundle = tmp_path / "till-1.snapshot"
+        done = _tillpoint(tmp_path / "hubs", "hub", "export", "till-1", "--out", str(bundle))
+        assert done.returncode == 0, done.stderr
+        env = {**os.environ, "TILLPOINT_DEVICE_ID": "till-1", "TILLPOINT_LOG_LEVEL": "warning"}
+        done = subprocess.run(
+            [EXE, "--data-dir", str(tmp_path / "till"), "snapshot", "load", str(bundle)],
+            capture_output=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        st = till.agent.status().to_json()
+        assert st["cacheVersion"] == 2
+        assert st["lastPullAt"] == synced, "a pull that never landed is not the last sync"
+    finally:
+        till.stop()
+        hub.stop()
