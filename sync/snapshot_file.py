@@ -40,15 +40,42 @@ def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
             # twice): its signature is checked all the same, then the cache answers
             # "unchanged", as for a plain file (§3 refuses an *older* version)
             current -= 1
-        return signing.verify(
+        loaded = signing.verify(
             public_key=enrollment.snapshot_public_key(),
             payload=payload,
             signature=signature,
             current_version=current,
             now=agent.clock(),
         ).apply(agent)
+        _forget_landing(agent.data_dir, loaded.version)
+        return loaded
     refuse_plain_if_enrolled(agent.data_dir)
     return agent.load_snapshot(doc)
+
+
+def _forget_landing(data_dir: Path, version: int) -> None:
+    """A pull's `pull_landing` marker for this version or an older one, left by a pull that
+    died applying it (SIGKILL, the disk): the version is in the cache now from a file, no
+    sync, and `status` took the dead pull's start for the last sync (`ledger.last_pull_at`,
+    review 36, rev36f). A pull of a newer version applying beside us keeps its own."""
+    import json
+
+    from tillpoint.agent.ledger import PULL_LANDING, open_ledger
+
+    conn = open_ledger(data_dir)
+    try:
+        with conn:
+            row = conn.execute(
+                "SELECT value FROM sync_state WHERE key = ?", (PULL_LANDING,)
+            ).fetchone()
+            try:
+                landing = int(json.loads(str(row[0]))["version"]) if row else None
+            except (ValueError, TypeError, KeyError):
+                landing = 0  # unreadable: no pull's any more
+            if landing is not None and landing <= version:
+                conn.execute("DELETE FROM sync_state WHERE key = ?", (PULL_LANDING,))
+    finally:
+        conn.close()
 
 
 def _held_already(data_dir: Path, payload: bytes, current: int) -> bool:
