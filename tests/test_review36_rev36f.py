@@ -15,7 +15,6 @@ Faults found (each shown failing first):
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
