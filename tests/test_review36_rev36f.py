@@ -149,3 +149,26 @@ def test_s10_a_snapshot_loaded_from_a_file_after_a_pull_died_applying_it_is_no_s
     finally:
         till.stop()
         hub.stop()
+
+
+@pytest.mark.parametrize("command", [("config", "check"), ("run",)], ids=["config-check", "run"])
+def test_s10_a_hub_address_not_in_utf8_is_a_configuration_error(
+    loaded_dir: Path, command: tuple[str, ...]
+) -> None:
+    """CONTRACT §10 exit codes: a configuration a unit's environment gives in a script's
+    other bytes (`TILLPOINT_HUB__ADDRESS`) is the operator's to mend: exit 2, one line
+    naming the setting. It was "internal error: UnicodeEncodeError", exit 1, at `config
+    check` and at `run`'s start (a unit restarting it for ever)."""
+    env = {**os.environ, "TILLPOINT_HUB__ADDRESS": "hub-" + NOT_UTF8 + ":8062"}
+    done = subprocess.run(
+        [EXE, "--data-dir", str(loaded_dir), *command],
+        capture_output=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    err = done.stderr.decode("utf-8")
+    assert done.returncode == 2, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tillpoint: config") and "hub.address" in last, err
