@@ -54,6 +54,17 @@ class HubSettings(BaseModel):
     poll_interval_s: float = Field(60, gt=0)
     max_snapshot_mib: int = Field(8192, gt=0)  # a bigger snapshot from the hub is refused
 
+    @field_validator("address")
+    @classmethod
+    def _utf8(cls, value: str) -> str:
+        # a unit's environment in a script's other bytes (surrogate-escaped): it reached
+        # the log line and gRPC's target and said "internal error", exit 1 (rev36f)
+        from .limits import is_utf8_text
+
+        if not is_utf8_text(value):
+            raise ValueError(f"{value!r}: not UTF-8 text")
+        return value
+
 
 # Sent in an HTTP header or gRPC metadata: printable ASCII, no spaces.
 Token = Annotated[str, Field(max_length=512, pattern=r"^[!-~]*$")]
