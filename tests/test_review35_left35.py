@@ -67,17 +67,35 @@ def owed_releases(data: Path) -> int:
         conn.close()
 
 
-def cancelled_while_away(hub: LoopbackHub, data: Path, n: int) -> None:
+def cancelled_while_away(hub: LoopbackHub, data: Path, n: int, sales: int = 0) -> None:
     """`n` holds granted ONLINE, then cancelled while `hub` is stopped: each release owed
-    in the till's ledger. The hub is left stopped, the till closed."""
+    in the till's ledger; then `sales` receipts sold, waiting in the outbox. The hub is
+    left stopped, the till closed."""
     till = enrolled_till(hub, data, "till-1")
     for i in range(n):
         held = till.agent.hold(receipt_from_json(receipt(f"h-{i}", ANNA, redeem=10)))
         assert (held.state, held.mode) == ("HELD", "ONLINE")
-    hub.stop()  # away: each cancel's release is owed
+    hub.stop()  # away: each cancel's release is owed, each sale waits in the outbox
     for i in range(n):
         assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
+    for i in range(sales):
+        sold = till.agent.checkout(receipt_from_json(receipt(f"s-{i}", ANNA)))
+        assert sold.state == "CONFIRMED"
     till.stop()
+
+
+def owed_for_cancels_and_asks(hub: LoopbackHub, data: Path, n: int) -> None:
+    """`cancelled_while_away` (`n` holds), and `n` holds asked of the hub by a process
+    gone that never stored them (`hub_asks`): 2 × `n` releases owed."""
+    cancelled_while_away(hub, data, n)
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    now = ledger.utc_text(datetime.now(UTC))
+    conn.executemany(  # asked by a process gone, never stored
+        "INSERT INTO hub_asks (receipt_id, asked_at, pid) VALUES (?, ?, NULL)",
+        [(f"a-{i}", now) for i in range(n)],
+    )
+    conn.close()
+    assert owed_releases(data) == 2 * n
 
 
 def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
@@ -94,15 +112,7 @@ def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
     data = tmp_path / "data"
     try:
         n = 15
-        cancelled_while_away(hub, data, n)
-        conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
-        now = ledger.utc_text(datetime.now(UTC))
-        conn.executemany(  # asked by a process gone, never stored
-            "INSERT INTO hub_asks (receipt_id, asked_at, pid) VALUES (?, ?, NULL)",
-            [(f"a-{i}", now) for i in range(n)],
-        )
-        conn.close()
-        assert owed_releases(data) == 2 * n
+        owed_for_cancels_and_asks(hub, data, n)
         hub.restart()  # the slow one (its servicer's methods are taken when it starts)
         conf = tmp_path / "tillpoint.toml"
         conf.write_text(  # the shipped settings: hub.redeem_timeout_ms = 300

@@ -186,18 +186,15 @@ def test_a_sigterm_mid_release_then_a_restart_sends_every_owed_release_once(
     ledger owes nothing. Checked and found right."""
     import os
     import signal
-    import sqlite3
     import subprocess
     import sys
     import time
-    from datetime import UTC, datetime
 
-    from tillpoint.agent import ledger
     from tillpoint.sync.hub_server import HubServicer
     from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
     from .conftest import free_port
-    from .test_review35_left35 import cancelled_while_away, owed_releases
+    from .test_review35_left35 import owed_for_cancels_and_asks, owed_releases
 
     done: list[str] = []
     started: list[float] = []
@@ -216,15 +213,7 @@ def test_a_sigterm_mid_release_then_a_restart_sends_every_owed_release_once(
     data = tmp_path / "data"
     try:
         n = 15
-        cancelled_while_away(hub, data, n)
-        conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
-        now = ledger.utc_text(datetime.now(UTC))
-        conn.executemany(  # asked by a process gone, never stored
-            "INSERT INTO hub_asks (receipt_id, asked_at, pid) VALUES (?, ?, NULL)",
-            [(f"a-{i}", now) for i in range(n)],
-        )
-        conn.close()
-        assert owed_releases(data) == 2 * n
+        owed_for_cancels_and_asks(hub, data, n)
         hub.restart()  # the slow one
         conf = tmp_path / "tillpoint.toml"
         conf.write_text(

@@ -18,16 +18,14 @@ from typing import Any
 
 import grpc
 import pytest
-from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import CLI, enrolled_till, free_port, needs_ipv6, snapshot
 from .test_review35_left35 import (
-    ANNA,
     SlowReleases,
     cancelled_while_away,
     owed_releases,
@@ -88,17 +86,7 @@ def test_sync_now_beside_a_running_till_on_its_data_directory_doubles_nothing_at
     hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
     data = tmp_path / "data"
     try:
-        till = enrolled_till(hub, data, "till-1")
-        for i in range(8):
-            held = till.agent.hold(receipt_from_json(receipt(f"h-{i}", ANNA, redeem=10)))
-            assert (held.state, held.mode) == ("HELD", "ONLINE")
-        hub.stop()  # away: the cancels' releases are owed, the sales wait in the outbox
-        for i in range(8):
-            assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
-        for i in range(6):
-            sold = till.agent.checkout(receipt_from_json(receipt(f"s-{i}", ANNA)))
-            assert sold.state == "CONFIRMED"
-        till.stop()
+        cancelled_while_away(hub, data, 8, sales=6)
         assert owed_releases(data) == 8
         hub.restart()  # the slow one
         conf = tmp_path / "tillpoint.toml"

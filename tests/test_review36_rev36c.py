@@ -20,16 +20,14 @@ from typing import Any
 import grpc
 import pytest
 from tillpoint.agent.http_api import HttpServer
-from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import build_server
 from tillpoint.agent.service import Agent
 from tillpoint.client import ClientError, PosAgentClient
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
-from tillpoint.sync.loopback import receipt as hub_receipt
 
-from .conftest import CLI, enrolled_till, needs_ipv6, receipt, snapshot
-from .test_review35_left35 import ANNA, cancelled_while_away, owed_releases
+from .conftest import CLI, needs_ipv6, receipt, snapshot
+from .test_review35_left35 import cancelled_while_away, owed_releases
 
 # ---------------------------------------- 1. a request's int64 at every door
 
@@ -163,15 +161,7 @@ def test_sync_now_whose_push_spends_its_timeout_sends_no_owed_release_after_it(
     here nothing is left, so none is asked); they stay owed, and the next `sync now`
     sends them and the sale. Found right."""
     data = tmp_path / "data"
-    till = enrolled_till(hub, data, "till-1")
-    for i in range(2):
-        held = till.agent.hold(receipt_from_json(hub_receipt(f"h-{i}", ANNA, redeem=10)))
-        assert (held.state, held.mode) == ("HELD", "ONLINE")
-    hub.stop()  # away: the cancels' releases are owed, the sale waits in the outbox
-    for i in range(2):
-        assert till.agent.cancel(f"h-{i}").state == "CANCELLED"
-    assert till.agent.checkout(receipt_from_json(hub_receipt("s-0", ANNA))).state == "CONFIRMED"
-    till.stop()
+    cancelled_while_away(hub, data, 2, sales=1)
     assert owed_releases(data) == 2
     pushed, released = HubServicer.PushTransactions, HubServicer.ReleaseRedemption
     asked: list[str] = []
