@@ -16,11 +16,7 @@ def has_lone_surrogate(doc: Any) -> bool:
     """Whether a JSON document read from escapes holds a lone UTF-16 surrogate (`\\ud800`
     not half of a pair), which no UTF-8 text holds: the CLI's and HTTP's reader refuses
     such a request, the hub sets such a pushed transaction aside."""
-    try:
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return not is_utf8_text(json.dumps(doc, ensure_ascii=False))
 
 
 def is_utf8_text(text: str) -> bool:
