@@ -17,10 +17,16 @@ byte for byte the CLI's document, the gRPC answer the same message.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.loopback import receipt as hub_receipt
 
+from .conftest import enrolled_till
 from .test_review35_shape35 import clean_env, said_at_every_door
 
 __all__ = ["clean_env"]  # the fixture, used by name below
@@ -45,3 +51,54 @@ def test_the_stories_cite_the_contract() -> None:
     for path in STORIES:
         text = path.read_text(encoding="utf-8")
         assert "SPEC" not in text and "CONTRACT §" in text, path.name
+
+
+# ---------------------------------------------------------------- online, then offline
+
+
+MILK = "4601234000017"
+ANNA = "2770000000017"  # c-1 of the reference hub's sample data: gold 7 %, 1200 points
+HUB_NOW = datetime(2026, 12, 5, 7, 0, tzinfo=UTC)
+
+
+def _sale(receipt_id: str) -> Any:
+    line = [{"sku": MILK, "qty": "1", "priceMinor": 300000}]  # capacity 3000, 30 % is 900
+    body = hub_receipt(receipt_id, ANNA, redeem=-1, lines=line)
+    body["at"] = "2026-12-05T10:15:00+03:00"
+    return receipt_from_json(body)
+
+
+def test_the_offline_limit_caps_only_offline_receipts(tmp_path: Path) -> None:
+    """CONTRACT §5 step 4: "when the hub is not reachable, also min with what is left of
+    `offlineRedeemLimitPoints` for this card on this store-day" (the project's decision: over
+    this till's OFFLINE receipts). A real reference hub on 127.0.0.1 and a till enrolled
+    with it (sample data: Анна gold 7 %, 1200 points, 30 %, offline limit 500).
+    1. ONLINE, all she may: min(1200, floor(300000 × 30 / 100 / 100) = 900, 3000) = 900,
+       no offline limit; (300000 − 90000) × 7 / 10000 = 147; balance 1200 − 900 + 147 = 447.
+    2. The hub stops: OFFLINE, the same store-day: min(447, 900, 3000, 500 − 0) = 447 (the
+       online sale used none of the offline limit); 255300 × 7 / 10000 = 178.71 → 178;
+       balance 447 − 447 + 178 = 178.
+    3. OFFLINE again: min(178, 900, 3000, 500 − 447 = 53) = 53; 294700 × 7 / 10000 =
+       206.29 → 206; balance 178 − 53 + 206 = 331."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data(), clock=lambda: HUB_NOW)
+    till = None
+    try:
+        till = enrolled_till(hub, tmp_path / "till", "till-1")
+        first = till.agent.checkout(_sale("on-1"))
+        assert (first.mode, first.redeemed_points, first.earned_points) == ("ONLINE", 900, 147)
+        assert first.balance is not None and first.balance.available_points == 447
+        hub.stop()
+        second = till.agent.checkout(_sale("off-1"))
+        assert (second.mode, second.redeemed_points, second.earned_points) == (
+            "OFFLINE",
+            447,
+            178,
+        )
+        assert second.balance is not None and second.balance.available_points == 178
+        third = till.agent.checkout(_sale("off-2"))
+        assert (third.mode, third.redeemed_points, third.earned_points) == ("OFFLINE", 53, 206)
+        assert third.balance is not None and third.balance.available_points == 331
+    finally:
+        if till is not None:
+            till.stop()
+        hub.stop()
