@@ -17,6 +17,7 @@ byte for byte the CLI's document, the gRPC answer the same message.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.loopback import receipt as hub_receipt
 
 from .conftest import enrolled_till
+from .test_scenarios import _argv, _run_in_process
 from .test_review35_shape35 import clean_env, said_at_every_door
 
 __all__ = ["clean_env"]  # the fixture, used by name below
@@ -51,6 +53,33 @@ def test_the_stories_cite_the_contract() -> None:
     for path in STORIES:
         text = path.read_text(encoding="utf-8")
         assert "SPEC" not in text and "CONTRACT §" in text, path.name
+
+
+
+@pytest.mark.parametrize("file", STORIES, ids=[path.stem for path in STORIES])
+def test_explain_changes_no_figure_of_any_quote(
+    file: Path,
+    tmp_path: Path,
+    clean_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """CONTRACT §17: "the trace never changes a figure": each story's quotes asked again with
+    `--explain` answer the same document but for `trace` (the stories' other steps run as
+    they are, so each quote sees the ledger it sees in the story)."""
+    steps = json.loads(file.read_text(encoding="utf-8"))["steps"]
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for index, step in enumerate(steps):
+        code, out, _ = _run_in_process(_argv(step, data_dir, index), capsys)
+        if step["command"] != "quote" or code != 0:
+            continue
+        explained = {**step, "explain": True}
+        again, text, err = _run_in_process(_argv(explained, data_dir, index), capsys)
+        assert again == 0, err
+        doc = json.loads(text)
+        assert "trace" in doc, f"step {index}: no trace"
+        del doc["trace"]
+        assert doc == json.loads(out), f"step {index}: a figure changed with --explain"
 
 
 # ---------------------------------------------------------------- online, then offline
