@@ -28,8 +28,8 @@ from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.loopback import receipt as hub_receipt
 
 from .conftest import enrolled_till
-from .test_scenarios import _argv, _run_in_process
 from .test_review35_shape35 import clean_env, said_at_every_door
+from .test_scenarios import _argv, _run_in_process
 
 __all__ = ["clean_env"]  # the fixture, used by name below
 
@@ -53,7 +53,6 @@ def test_the_stories_cite_the_contract() -> None:
     for path in STORIES:
         text = path.read_text(encoding="utf-8")
         assert "SPEC" not in text and "CONTRACT §" in text, path.name
-
 
 
 @pytest.mark.parametrize("file", STORIES, ids=[path.stem for path in STORIES])
