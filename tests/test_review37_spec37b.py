@@ -164,3 +164,19 @@ def test_an_empty_ledger_file_is_still_a_new_tills(tmp_path: Path, kind: str) ->
     done = tillpoint("--data-dir", data, "hold", rec, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"] == "HELD"
+
+
+def test_a_hub_store_that_is_another_programs_database_is_refused_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """The hub's SQLite store alike (`hub import --store FILE`): it was switched to WAL
+    before its schema steps were looked for, and took tillpoint's hub tables."""
+    store = tmp_path / "other.db"
+    digest = another_programs_database(store)
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps(snapshot()), encoding="utf-8")
+    done = tillpoint("hub", "import", "--hub-dir", tmp_path / "hub", "--store", store, snap)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    line = one_line(done.stderr)
+    assert line.count(str(store)) == 1 and "another program" in line and "--store" in line, line
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == digest
