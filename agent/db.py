@@ -302,10 +302,14 @@ def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.C
         raise _storage_error(conn, unwritten, exc) from None
 
 
-def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlite3.Connection:
+def connect(
+    path: Path, *, readonly: bool = False, create: bool = True, checked: bool = False
+) -> sqlite3.Connection:
     """An autocommit connection (explicit BEGIN/COMMIT), WAL, synchronous=FULL, busy timeout.
 
-    `create=False` refuses a missing file instead of making an empty database there."""
+    `create=False` refuses a missing file instead of making an empty database there.
+    Another program's database is refused (`refuse_foreign`) unless `checked`: a second
+    connection to a file an earlier one opened (the WAL's checkpointer)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if readonly or not create:
@@ -319,7 +323,7 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if not readonly:
+        if not readonly and not checked:
             refuse_foreign(conn, path)  # before WAL mode, tillpoint's first write to a file
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
@@ -830,7 +834,7 @@ class Checkpointer:
 
     def _run(self) -> None:
         try:
-            conn = connect(self.path)
+            conn = connect(self.path, checked=True)
         except StorageError:
             log.warning("ledger checkpoints: cannot open %s", self.path, exc_info=True)
             return
