@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import receipt, snapshot
+from .conftest import CLI, receipt, snapshot
 
 EXE = Path(sys.executable).parent / "tillpoint"
 TIMEOUT = 60.0
@@ -146,24 +146,20 @@ def test_run_does_not_start_on_another_programs_ledger(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["empty-file", "sqlite-without-tables"])
-def test_an_empty_ledger_file_is_still_a_new_tills(tmp_path: Path, kind: str) -> None:
+def test_an_empty_ledger_file_is_still_a_new_tills(tmp_path: Path, cli: CLI, kind: str) -> None:
     """What is refused is another program's data, not an empty file: a `touch ledger.db`
     (or an SQLite file with no table yet) is taken for a new till's, as before."""
-    data = tmp_path / "data"
+    data = tmp_path / "data"  # the `cli` fixture's data directory
     data.mkdir()
     ledger = data / "ledger.db"
     if kind == "empty-file":
         ledger.touch()
     else:
         sqlite3.connect(ledger).execute("PRAGMA user_version = 0").close()
-    snap = tmp_path / "snap.json"
-    snap.write_text(json.dumps(snapshot()), encoding="utf-8")
-    assert tillpoint("--data-dir", data, "snapshot", "load", snap).returncode == 0
-    rec = tmp_path / "r.json"
-    rec.write_text(json.dumps(receipt("h-1")), encoding="utf-8")
-    done = tillpoint("--data-dir", data, "hold", rec, "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["state"] == "HELD"
+    assert cli("snapshot", "load", snapshot()).code == 0
+    done = cli("hold", receipt("h-1"), "--json")
+    assert done.code == 0, done.err
+    assert done.json()["state"] == "HELD"
 
 
 def test_a_hub_store_that_is_another_programs_database_is_refused_and_left_as_it_was(
