@@ -35,7 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from .errors import DamagedCache, InputError, LaterRelease, ReadOnlyData, StorageError
+from .errors import (
+    DamagedCache,
+    ForeignDatabase,
+    InputError,
+    LaterRelease,
+    ReadOnlyData,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -86,6 +93,9 @@ class MigrationSet:
         try:
             rows = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
         except sqlite3.OperationalError:  # a new database: no table yet
+            # (or another program's, opened by a path `connect` did not: the hub's store)
+            path = conn.execute("PRAGMA database_list").fetchone()[2] or "this file"
+            refuse_foreign(conn, path, hub=self.file == "hub database")
             return False
         known = {(s.name, m.name) for s in self._of_file[self.file] for m in s._migrations}
         unknown = {f"{step} ({of})" for of, step in rows if (of, step) not in known}
@@ -292,10 +302,14 @@ def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.C
         raise _storage_error(conn, unwritten, exc) from None
 
 
-def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlite3.Connection:
+def connect(
+    path: Path, *, readonly: bool = False, create: bool = True, checked: bool = False
+) -> sqlite3.Connection:
     """An autocommit connection (explicit BEGIN/COMMIT), WAL, synchronous=FULL, busy timeout.
 
-    `create=False` refuses a missing file instead of making an empty database there."""
+    `create=False` refuses a missing file instead of making an empty database there.
+    Another program's database is refused (`refuse_foreign`) unless `checked`: a second
+    connection to a file an earlier one opened (the WAL's checkpointer)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if readonly or not create:
@@ -309,7 +323,8 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if not readonly:
+        if not readonly and not checked:
+            refuse_foreign(conn, path)  # before WAL mode, tillpoint's first write to a file
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -324,6 +339,50 @@ def connect(path: Path, *, readonly: bool = False, create: bool = True) -> sqlit
             f"cannot open {path}: {exc}{full_disk_hint(path)}{owner_hint(path)}"
         ) from None
     return conn
+
+
+def foreign_tables(conn: sqlite3.Connection) -> list[str]:
+    """The tables of `conn`'s file when it is another program's SQLite database: tables,
+    and no ``_sqlite_migrations`` (every file tillpoint has made since its first release
+    records its schema steps there, in the transaction that makes its first table). An
+    empty file, or one with no table yet, is a new one: []."""
+    names = sorted(
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        )
+    )
+    return [] if not names or "_sqlite_migrations" in names else names
+
+
+HUB_STORE_HINT = "name the hub's own store (--store, TILLPOINT_HUB_STORE or --hub-dir)"
+
+
+def refuse_foreign(conn: sqlite3.Connection, path: Path | str, *, hub: bool = False) -> None:
+    """ForeignDatabase (exit 2), `conn` closed, when `path` is another program's SQLite
+    database: tillpoint would write its own tables into it (review 37: it did, and a
+    snapshot's load replaced such a ``cache.db``, that program's data gone)."""
+    tables = foreign_tables(conn)
+    if not tables:
+        return
+    conn.close()
+    shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+    name = Path(path).name
+    if hub:
+        what, where = "hub database", HUB_STORE_HINT
+    elif name == "ledger.db" or name == CACHE or name.startswith("cache-"):
+        what = "ledger" if name == "ledger.db" else "cache"
+        where = (
+            "name a data directory of tillpoint's own"
+            " (--data-dir, TILLPOINT_DATA_DIR or data_dir in the configuration names it)"
+        )
+    else:
+        what, where = "database", "check the path"
+    raise ForeignDatabase(
+        f"{path} is another program's SQLite database (its tables: {shown}), not a tillpoint"
+        f" {what}: it is left as it was; {where}"
+    )
 
 
 def read_only_part(path: Path) -> Path | None:
@@ -775,7 +834,7 @@ class Checkpointer:
 
     def _run(self) -> None:
         try:
-            conn = connect(self.path)
+            conn = connect(self.path, checked=True)
         except StorageError:
             log.warning("ledger checkpoints: cannot open %s", self.path, exc_info=True)
             return

@@ -15,7 +15,8 @@
     │   ├── LaterRelease          exit 2  FAILED_PRECONDITION  data a later release migrated
     │   ├── DamagedCache          exit 1  UNAVAILABLE          a damaged cache.db (run: exit 2)
     │   ├── DamagedLedger         exit 1  UNAVAILABLE          a damaged ledger.db (run: exit 2)
-    │   └── ReadOnlyData          exit 2  FAILED_PRECONDITION  a data directory it may not write
+    │   ├── ReadOnlyData          exit 2  FAILED_PRECONDITION  a data directory it may not write
+    │   └── ForeignDatabase       exit 2  FAILED_PRECONDITION  another program's SQLite file
     └── HubUnavailable            exit 1  UNAVAILABLE          the hub did not answer in time
 
 Every message is one line a cashier or a support engineer can act on; nothing below the
@@ -148,6 +149,17 @@ class ReadOnlyData(StorageError):
     remounted read-only, a mode, another user's. An administrator's to mend, as a later
     release's data is: exit 2 (the unit does not restart it) and FAILED_PRECONDITION (412)
     to a call, so that a CLI forwarded to `run` exits as a local one does."""
+
+    exit_code = 2
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class ForeignDatabase(StorageError):
+    """A file where tillpoint keeps its own database (`ledger.db`, `cache.db`, the hub's
+    `hub.db`) that is another program's SQLite database: tables, none of tillpoint's schema
+    steps. A wrong path, an operator's to mend, as a data directory that is a file: exit 2,
+    FAILED_PRECONDITION, and that program's file left as it was (review 37: tillpoint wrote
+    its own tables into it, and `snapshot load` replaced such a `cache.db`)."""
 
     exit_code = 2
     grpc_code = "FAILED_PRECONDITION"

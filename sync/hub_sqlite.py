@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
-from tillpoint.agent.db import MigrationSet, migrate, write_transaction
-from tillpoint.agent.errors import StorageError
+from tillpoint.agent.db import MigrationSet, migrate, refuse_foreign, write_transaction
+from tillpoint.agent.errors import ForeignDatabase, StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_rules import HubTx, Texts, canon
@@ -281,6 +281,8 @@ class SqliteHubStore(SqlHubStore):
             # the till's files' mechanism: pending steps under the write lock, and a file
             # a later release migrated (steps this one does not know) refused
             migrate(self._conn(), migrations)
+        except ForeignDatabase:  # names the file already
+            raise
         except StorageError as exc:  # the same kind (LaterRelease: exit 2), the path added
             raise type(exc)(f"{path}: {exc.message}") from None
 
@@ -293,6 +295,7 @@ class SqliteHubStore(SqlHubStore):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                refuse_foreign(conn, self.path, hub=True)  # before WAL mode: left as it was
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
             except (sqlite3.Error, OSError) as exc:
