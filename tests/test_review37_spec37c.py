@@ -1,0 +1,133 @@
+"""Review 37, spec37c: a black-box walk of CONTRACT §12 (the local HTTP/JSON interface),
+§13 (coupons) and §17 (explain), from the contract, docs/INTEGRATION.md and a real
+server's /openapi.json alone, with a POS client written on the standard library.
+
+What it found, each shown here by a real HTTP interface on a loopback port (raw sockets,
+as a POS's HTTP stack writes the bytes):
+
+- A request with both `Transfer-Encoding: chunked` and `Content-Length` was answered and
+  its connection kept for the next request. RFC 9112 §6.1: such a message "might indicate
+  an attempt to perform request smuggling", and "regardless, the server MUST close the
+  connection after responding to such a request". It is now answered (Transfer-Encoding
+  wins, as before), with `Connection: close`, and the connection ends there.
+- A request with two `Authorization` fields was judged by the last one: the token then a
+  wrong one was refused, a wrong one then the token served. Authorization is no list field
+  (RFC 9110 §11.6.2: one credential); two are now the 401 whatever their order.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
+
+TIMEOUT = 10.0
+IDENTIFY = json.dumps({"text": "2770000000017"}).encode()
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send `data` on a new connection; read until the agent closes it (or TIMEOUT)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
+def answers_of(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The responses in `data` (status, headers, body), in order."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+        size = int(headers.get("content-length", "0"))
+        out.append((int(lines[0].split()[1]), headers, rest[:size]))
+        data = rest[size:]
+    return out
+
+
+def chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+# ---------------------------------------------------------------- CONTRACT §12: framing
+
+
+def test_a_request_with_transfer_encoding_and_content_length_is_answered_then_closed(
+    server: HttpServer,
+) -> None:
+    """RFC 9112 §6.1: Transfer-Encoding overrides Content-Length, and the server MUST close
+    the connection after answering such a request (a proxy in front could read the body
+    by the other header: the bytes after it are no request the agent should serve). Until
+    review 37 the agent answered it and served the next request on the same connection."""
+    head = (
+        b"POST /v1/identify HTTP/1.1\r\nHost: till\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 5\r\n\r\n"
+    )
+    pipelined = b"GET /healthz HTTP/1.1\r\nHost: till\r\n\r\n"
+    answers = answers_of(exchange(server.port, head + chunked(IDENTIFY) + pipelined))
+    assert [a[0] for a in answers] == [200], answers  # the identify, and nothing after it
+    status, headers, body = answers[0]
+    assert headers.get("connection") == "close"
+    assert json.loads(body)["status"] == "FOUND"  # the chunked body was read (TE wins)
+
+
+def test_a_chunked_request_alone_still_keeps_its_connection(server: HttpServer) -> None:
+    """The close is for the two framings together only: a chunked body without a
+    Content-Length (Java's and Go's clients streaming a body) keeps the connection."""
+    head = b"POST /v1/identify HTTP/1.1\r\nHost: till\r\nTransfer-Encoding: chunked\r\n\r\n"
+    last = b"GET /healthz HTTP/1.1\r\nHost: till\r\nConnection: close\r\n\r\n"
+    answers = answers_of(exchange(server.port, head + chunked(IDENTIFY) + last))
+    assert [a[0] for a in answers] == [200, 200], answers
+    assert "connection" not in answers[0][1]
+
+
+# ---------------------------------------------------------------- CONTRACT §12: the token
+
+
+@pytest.fixture
+def guarded(agent: Agent) -> Iterator[HttpServer]:
+    """The HTTP interface with a token (as it must have beyond loopback)."""
+    srv = HttpServer(agent, "127.0.0.1:0", token="s3cret-token")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def identify_with(port: int, *authorization: str) -> tuple[int, dict[str, str], Any]:
+    fields = "".join(f"Authorization: {a}\r\n" for a in authorization)
+    data = (
+        f"POST /v1/identify HTTP/1.1\r\nHost: till\r\n{fields}Connection: close\r\n"
+        f"Content-Length: {len(IDENTIFY)}\r\n\r\n"
+    ).encode() + IDENTIFY
+    ((status, headers, body),) = answers_of(exchange(port, data))
+    return status, headers, json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [("Bearer s3cret-token", "Bearer wrong"), ("Bearer wrong", "Bearer s3cret-token")],
+    ids=["token-then-wrong", "wrong-then-token"],
+)
+def test_two_authorization_fields_are_refused_whatever_their_order(
+    guarded: HttpServer, fields: tuple[str, str]
+) -> None:
+    """One credential a request (RFC 9110 §11.6.2); until review 37 the last field was
+    read, so the order of two decided whether the request ran."""
+    status, headers, doc = identify_with(guarded.port, *fields)
+    assert (status, doc["error"]["code"]) == (401, "UNAUTHENTICATED")
+    assert headers.get("www-authenticate") == "Bearer"
+
+
+def test_one_authorization_field_with_the_token_is_served(guarded: HttpServer) -> None:
+    assert identify_with(guarded.port, "Bearer s3cret-token")[0] == 200
+    assert identify_with(guarded.port, "bearer  s3cret-token ")[0] == 200
+    assert identify_with(guarded.port, "Bearer wrong")[0] == 401
+    assert identify_with(guarded.port)[0] == 401
