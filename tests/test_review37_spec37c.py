@@ -74,7 +74,7 @@ def test_a_request_with_transfer_encoding_and_content_length_is_answered_then_cl
     pipelined = b"GET /healthz HTTP/1.1\r\nHost: till\r\n\r\n"
     answers = answers_of(exchange(server.port, head + chunked(IDENTIFY) + pipelined))
     assert [a[0] for a in answers] == [200], answers  # the identify, and nothing after it
-    status, headers, body = answers[0]
+    _, headers, body = answers[0]
     assert headers.get("connection") == "close"
     assert json.loads(body)["status"] == "FOUND"  # the chunked body was read (TE wins)
 
