@@ -13,6 +13,13 @@ as a POS's HTTP stack writes the bytes):
 - A request with two `Authorization` fields was judged by the last one: the token then a
   wrong one was refused, a wrong one then the token served. Authorization is no list field
   (RFC 9110 §11.6.2: one credential); two are now the 401 whatever their order.
+
+And what it found right, kept as stories (tests/scenarios/review37/, run through the CLI
+by tests/test_scenarios.py, their `why` the hand arithmetic), told here again at the three
+doors at once (review 35's `said_at_every_door`: the CLI, HTTP/JSON and gRPC, each on its
+own till, the HTTP body byte for byte the CLI's document): every coupon verdict on one
+receipt, a hold that reserves its codes, a cancel that gives them back, a refund that does
+not (§13); a trace whose figures add up to the answer (§17).
 """
 
 from __future__ import annotations
@@ -20,11 +27,16 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
+
+from .test_review35_shape35 import clean_env, said_at_every_door
+
+__all__ = ["clean_env"]  # the fixture, used by name below
 
 TIMEOUT = 10.0
 IDENTIFY = json.dumps({"text": "2770000000017"}).encode()
@@ -131,3 +143,25 @@ def test_one_authorization_field_with_the_token_is_served(guarded: HttpServer) -
     assert identify_with(guarded.port, "bearer  s3cret-token ")[0] == 200
     assert identify_with(guarded.port, "Bearer wrong")[0] == 401
     assert identify_with(guarded.port)[0] == 401
+
+
+# ---------------------------------------------------------------- §13 and §17 at every door
+
+STORIES = sorted((Path(__file__).resolve().parent / "scenarios" / "review37").glob("*.json"))
+
+
+@pytest.mark.parametrize("file", STORIES, ids=[path.stem for path in STORIES])
+def test_each_story_is_the_same_at_every_door(
+    file: Path, tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §12: the same calls and documents as the CLI's, at every door."""
+    problems = said_at_every_door(file, tmp_path, monkeypatch)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_stories_cite_the_contract() -> None:
+    """Scenario text cites "CONTRACT §N" (the repository stands alone)."""
+    assert len(STORIES) >= 2
+    for path in STORIES:
+        text = path.read_text(encoding="utf-8")
+        assert "SPEC" not in text and "CONTRACT §" in text, path.name
