@@ -165,3 +165,59 @@ def test_the_stories_cite_the_contract() -> None:
     for path in STORIES:
         text = path.read_text(encoding="utf-8")
         assert "SPEC" not in text and "CONTRACT §" in text, path.name
+
+
+# ---------------------------------------------------------------- §17 for an integrator
+
+LINE_OUTCOMES = (
+    "APPLIED",
+    "BEATEN",
+    "OUTSIDE_WINDOW",
+    "BELOW_MIN_QTY",
+    "CONTROL_GROUP",
+    "COUPON_MISSING",
+    "ZERO_DISCOUNT",
+    "EXCLUDED_PRODUCT",
+    "TAKEN_BY_DEAL",
+)
+RECEIPT_OUTCOMES = (
+    "APPLIED",
+    "BEATEN",
+    "OUTSIDE_WINDOW",
+    "COUPON_MISSING",
+    "BELOW_MIN_TOTAL",
+    "CONTROL_GROUP",
+    "ZERO_DISCOUNT",
+)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_openapi_names_the_outcomes_a_trace_row_may_carry(server: HttpServer) -> None:
+    """An integrator who has only /openapi.json and docs/INTEGRATION.md (docs/INTEGRATION.md
+    says the document describes every field) must learn which `outcome` a trace row may
+    say. Until review 37 `TraceOffer.outcome` and `TraceReceiptOffer.outcome` were "a
+    string" and nothing more: the list was a .proto section comment, which describes no
+    field, while a deal's outcome, a cap's name and `boundBy` were described."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: till\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    ((status, _, body),) = answers_of(got)
+    assert status == 200
+    schemas = json.loads(body)["components"]["schemas"]
+    for name, outcomes in (("TraceOffer", LINE_OUTCOMES), ("TraceReceiptOffer", RECEIPT_OUTCOMES)):
+        said = schemas[name]["properties"]["outcome"].get("description", "")
+        missing = [o for o in outcomes if o not in said]
+        assert not missing, (name, missing, said)
+
+
+def test_the_integrators_guide_says_how_to_ask_why_and_what_each_outcome_means() -> None:
+    """docs/INTEGRATION.md is the integrator's whole guide: until review 37 it named
+    `explain` only as a reason for large gRPC answers, and no outcome at all."""
+    guide = (REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8")
+    assert '"explain": true' in guide
+    missing = [o for o in (*LINE_OUTCOMES, *RECEIPT_OUTCOMES) if f"`{o}`" not in guide]
+    assert not missing, missing
+    for words in ("missingMinor", "boundBy", "never changes a figure"):
+        assert words in guide, words
