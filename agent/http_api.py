@@ -1442,7 +1442,7 @@ class _Protocol(h11_impl.H11Protocol):
             # Said as the client's `Connection: close`: uvicorn answers it with one and
             # closes, and a refused body is read first (`_drain_if_closing`). Until
             # review 37 (spec37c) the next request on the connection was served.
-            cycle.scope["headers"].append(_CLOSE)
+            cycle.scope["headers"] = [*cycle.scope["headers"], _CLOSE]  # the app's scope too
             cycle.keep_alive = False
 
     _half_closed = False
