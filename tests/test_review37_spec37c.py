@@ -12,7 +12,9 @@ as a POS's HTTP stack writes the bytes):
   wins, as before), with `Connection: close`, and the connection ends there.
 - A request with two `Authorization` fields was judged by the last one: the token then a
   wrong one was refused, a wrong one then the token served. Authorization is no list field
-  (RFC 9110 §11.6.2: one credential); two are now the 401 whatever their order.
+  (RFC 9110 §11.6.2: one credential); two are now the 401 whatever their order. The gRPC
+  server's token (`[server] token`, CONTRACT §12's decision) read the first of two
+  `authorization` metadata values, the opposite order: two are UNAUTHENTICATED there too.
 
 And what it found right, kept as stories (tests/scenarios/review37/, run through the CLI
 by tests/test_scenarios.py, their `why` the hand arithmetic), told here again at the three
@@ -30,10 +32,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
+from .conftest import grpc_served
 from .test_review35_shape35 import clean_env, said_at_every_door
 
 __all__ = ["clean_env"]  # the fixture, used by name below
@@ -143,6 +147,41 @@ def test_one_authorization_field_with_the_token_is_served(guarded: HttpServer) -
     assert identify_with(guarded.port, "bearer  s3cret-token ")[0] == 200
     assert identify_with(guarded.port, "Bearer wrong")[0] == 401
     assert identify_with(guarded.port)[0] == 401
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        (),
+        ("Bearer wrong",),
+        ("Bearer s3cret-token", "Bearer wrong"),
+        ("Bearer wrong", "Bearer s3cret-token"),
+    ],
+    ids=["none", "wrong", "token-then-wrong", "wrong-then-token"],
+)
+def test_grpc_refuses_no_token_a_wrong_one_or_two_whatever_their_order(
+    agent: Agent, values: tuple[str, ...]
+) -> None:
+    """The gRPC door's token as the HTTP door's: until review 37 the first of two
+    `authorization` values counted (HTTP read the last)."""
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    metadata = [("authorization", v) for v in values]
+    with (
+        grpc_served(agent, token="s3cret-token") as port,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = pb_grpc.PosAgentStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Identify(pb.IdentifyRequest(text="2770000000017"), metadata=metadata, timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        answer = stub.Identify(
+            pb.IdentifyRequest(text="2770000000017"),
+            metadata=[("authorization", "Bearer s3cret-token")],
+            timeout=5,
+        )
+        assert answer.status == pb.FOUND
 
 
 # ---------------------------------------------------------------- §13 and §17 at every door
