@@ -260,3 +260,44 @@ def test_the_integrators_guide_says_how_to_ask_why_and_what_each_outcome_means()
     assert not missing, missing
     for words in ("missingMinor", "boundBy", "never changes a figure"):
         assert words in guide, words
+
+
+# ---------------------------------------------------------------- §12: /healthz while stopping
+
+
+def test_from_the_moment_shutdown_starts_answers_say_connection_close(server: HttpServer) -> None:
+    """CONTRACT §12: /healthz is 503 from the moment shutdown starts (`HttpServer.stop`
+    turns `serving` off first, then stops the server). Until review 37 those answers (the
+    503, a call still served in that moment) kept the connection alive, which the server
+    then closed unasked: a POS's next call on it met "connection closed without
+    response" (RFC 9112 §9.6: a server that will not keep the connection says `close`)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: till\r\n\r\n")
+        first = sock.recv(65536)
+        assert b" 200 " in first.split(b"\r\n", 1)[0] and b"onnection: close" not in first
+        server.api.serving = False  # the stop's first step
+        try:
+            sock.sendall(
+                b"POST /v1/identify HTTP/1.1\r\nHost: till\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(IDENTIFY), IDENTIFY)
+            )
+            got = b""
+            while chunk := sock.recv(65536):  # ... until the agent closes the connection
+                got += chunk
+        finally:
+            server.api.serving = True
+    ((status, headers, body),) = answers_of(got)
+    assert (status, headers.get("connection")) == (200, "close")
+    assert json.loads(body)["status"] == "FOUND"  # a call in that moment is still served
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        server.api.serving = False
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: till\r\n\r\n")
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+        finally:
+            server.api.serving = True
+    ((status, headers, body),) = answers_of(got)
+    assert (status, headers.get("connection")) == (503, "close")
+    assert json.loads(body)["error"]["code"] == "UNAVAILABLE"
