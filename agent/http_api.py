@@ -382,6 +382,14 @@ class Api:
                 )
                 await refused(scope, receive, send)
                 return
+            if not self.serving:
+                # stopping (`HttpServer.stop`): every answer says `Connection: close` and
+                # the connection ends after it (uvicorn answers the client's close so), as
+                # the server will not keep it (RFC 9112 §9.6). Until review 37 the 503 of
+                # /healthz, and a call served in that moment, kept it alive; the server
+                # then closed it unasked and the POS's next call met "closed without
+                # response".
+                scope["headers"] = [*scope["headers"], _CLOSE]
             path = scope["path"]
             if not path or path[0] != "/":  # not the usual origin form: one test, no more
                 scope = _origin_form(scope)
