@@ -52,8 +52,13 @@ class RequireToken(_Interceptor):
         return refused
 
     def authorised(self, metadata: Any) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else bytes(value)
-                return bearer_matches(given, self.token)
-        return False
+        """One `authorization` value with the token. Two are refused whichever is right
+        (one credential a call, as an HTTP request's one `Authorization` field): until
+        review 37 the first counted here and the last over HTTP."""
+        given = [value for key, value in metadata or () if key == "authorization"]
+        if len(given) != 1:
+            return False
+        value = given[0]
+        return bearer_matches(
+            value.encode() if isinstance(value, str) else bytes(value), self.token
+        )

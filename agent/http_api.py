@@ -382,6 +382,14 @@ class Api:
                 )
                 await refused(scope, receive, send)
                 return
+            if not self.serving:
+                # stopping (`HttpServer.stop`): every answer says `Connection: close` and
+                # the connection ends after it (uvicorn answers the client's close so), as
+                # the server will not keep it (RFC 9112 §9.6). Until review 37 the 503 of
+                # /healthz, and a call served in that moment, kept it alive; the server
+                # then closed it unasked and the POS's next call met "closed without
+                # response".
+                scope["headers"] = [*scope["headers"], _CLOSE]
             path = scope["path"]
             if not path or path[0] != "/":  # not the usual origin form: one test, no more
                 scope = _origin_form(scope)
@@ -423,7 +431,9 @@ class Api:
         origin = authorization = instance = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value
+                # one credential a request (RFC 9110 §11.6.2): a second field is no token,
+                # whichever of the two is right (until review 37 the last one counted)
+                authorization = value if authorization is None else b""
             elif name == b"origin":
                 origin = value
             elif name == b"x-tillpoint-instance":
@@ -1372,6 +1382,14 @@ def _head_too_large(buffered: bytes) -> bool:
     return end is None or end.end() > MAX_HEAD_BYTES
 
 
+def _two_framings(scope: Any) -> bool:
+    """Whether a request names both `Transfer-Encoding` and `Content-Length` (and is not
+    marked to close already)."""
+    headers = scope["headers"]
+    names = {name for name, _ in headers}
+    return {b"transfer-encoding", b"content-length"} <= names and _CLOSE not in headers
+
+
 class _Protocol(h11_impl.H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request's head: a connection that
     has sent nothing, or only part of a head, for `HEAD_TIMEOUT_S` is closed. uvicorn
@@ -1424,6 +1442,16 @@ class _Protocol(h11_impl.H11Protocol):
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:
             self._head_bytes = None  # a request under way: its body's bytes are not a head
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started and _two_framings(cycle.scope):
+            # RFC 9112 §6.1: Transfer-Encoding and Content-Length in one request (h11 reads
+            # the body by the first) "might indicate an attempt to perform request
+            # smuggling", and the server MUST close the connection after answering it.
+            # Said as the client's `Connection: close`: uvicorn answers it with one and
+            # closes, and a refused body is read first (`_drain_if_closing`). Until
+            # review 37 (spec37c) the next request on the connection was served.
+            cycle.scope["headers"] = [*cycle.scope["headers"], _CLOSE]  # the app's scope too
+            cycle.keep_alive = False
 
     _half_closed = False
 

@@ -1246,6 +1246,13 @@ class TraceOffer(_message.Message):
     offer_id: _builtins.str
     kind: Global___OfferKind.ValueType
     outcome: _builtins.str
+    """APPLIED (the line's offer; a BONUS_MULTIPLIER: its multiplier counted), BEATEN (by
+    beaten_by, which gives the line beaten_by_discount_minor), OUTSIDE_WINDOW (its dates,
+    weekdays or hours), BELOW_MIN_QTY, CONTROL_GROUP (the customer is in its campaign's
+    control group: held out), COUPON_MISSING (it needs a coupon the receipt does not carry),
+    ZERO_DISCOUNT (it would give this line nothing), EXCLUDED_PRODUCT (the product earns and
+    gets nothing), TAKEN_BY_DEAL (a basket deal took the line: beaten_by)
+    """
     discount_minor: _builtins.int
     """what it gives (or would give) this line"""
     beaten_by: _builtins.str
@@ -1353,6 +1360,9 @@ class TraceReceiptOffer(_message.Message):
     offer_id: _builtins.str
     kind: Global___OfferKind.ValueType
     outcome: _builtins.str
+    """APPLIED, BEATEN (by beaten_by), OUTSIDE_WINDOW, COUPON_MISSING, BELOW_MIN_TOTAL (the
+    basket needs missing_minor more), CONTROL_GROUP, ZERO_DISCOUNT
+    """
     min_total_minor: _builtins.int
     basket_minor: _builtins.int
     """eligible total after line offers"""
