@@ -1917,21 +1917,6 @@ def hub_shrinks_due(conn: sqlite3.Connection, now: str) -> list[str]:
     ]
 
 
-def hub_calls_owed(conn: sqlite3.Connection, since: str, now: str) -> tuple[int, int]:
-    """(releases, shrinks) still owed to the hub: the cancelled or expired holds closed
-    after `since` whose release has not reached it (`hub_releases_due`), and the open
-    OFFLINE holds not expired by `now` whose late grant it has not shrunk yet
-    (`hub_shrinks_due`). Both keep the customer's points held at the hub meanwhile."""
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM receipt_life INDEXED BY receipt_life_release"
-        " WHERE hub_hold != 0 AND state IN ('CANCELLED', 'EXPIRED') AND closed_at > ?),"
-        " (SELECT count(*) FROM receipt_life WHERE state = 'HELD' AND expires_at > ?"
-        " AND hub_hold = ?)",
-        (since, now, HUB_SHRINK_OWED),
-    ).fetchone()
-    return int(row[0]), int(row[1])
-
-
 def shrunk_at_hub(conn: sqlite3.Connection, receipt_id: str, held_at: str) -> None:
     """The hub shrank the hold of this receipt placed at `held_at` (or will not: a hub
     before review 33): nothing left to shrink; a release at its cancel or expiry still."""

@@ -1022,29 +1022,35 @@ class Agent:
 
     def hub_calls_owed(self) -> dict[str, int]:
         """How many releases and shrinks the hub has not taken yet (`/metrics`'s
-        `tillpoint_hub_calls_owed`): each keeps points held there from every till. The
-        releases include those of holds asked for and never stored (`hub_asks`, what
-        `_release_unstored` sends), but not an ask whose call may still store its receipt
-        (this process's hold in its turn; another process's, younger than
-        `HUB_ASK_GRACE_S`): that one is on its way, not owed."""
+        `tillpoint_hub_calls_owed`, `sync now`'s `hubCallsOwed`): `owed_hub_calls` counted."""
+        return {call: len(ids) for call, ids in self.owed_hub_calls().items()}
+
+    def owed_hub_calls(self) -> dict[str, list[str]]:
+        """The receiptIds whose release or shrink the hub has not taken yet, oldest first:
+        each keeps points held there from every till. The releases include those of holds
+        asked for and never stored (`hub_asks`, what `_release_unstored` sends), but not an
+        ask whose call may still store its receipt (this process's hold in its turn;
+        another process's, younger than `HUB_ASK_GRACE_S`): that one is on its way, not
+        owed. `sync now` names them (review 37: it said nothing of those its deadline left)."""
         if self.hub is None:
-            return {"release": 0, "shrink": 0}
+            return {"release": [], "shrink": []}
         now = self.clock()
         cutoff = ledger.utc_text(now - timedelta(seconds=HUB_HOLD_MAX_S))
         young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
         # the open holds' expiry compared on their time line: a step no call has followed
         # yet took a hold with its minutes left for expired, its shrink not owed (rev36d)
         open_now = ledger.utc_text(self._now())
-        with self._lock:
-            releases, shrinks = ledger.hub_calls_owed(self._ledger, cutoff, open_now)
+        with self._lock, ledger.one_read(self._ledger):  # the three lists of one moment
+            releases = ledger.hub_releases_due(self._ledger, cutoff)
+            shrinks = ledger.hub_shrinks_due(self._ledger, open_now)
             asks = ledger.unstored_hub_asks(self._ledger)
-        releases += sum(
-            1
+        releases += [
+            rid
             for rid, asked_at, pid in asks
             if asked_at > cutoff
             and not (asked_at > young and _running_elsewhere(pid))
             and not self._hub_turns.busy_holding(rid)
-        )
+        ]
         return {"release": releases, "shrink": shrinks}
 
     def _send_shrinks(self, stop: threading.Event | None = None) -> int:

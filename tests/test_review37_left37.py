@@ -1,0 +1,111 @@
+"""Review 37 (left37): items session 36 left (CONTRACT §7, §10, §11). Each test here that
+names a fault failed before the fix beside it; the others pin what was tried and found
+right. Real parts: the reference hub on 127.0.0.1 with its own gRPC handlers, real
+SQLite files, real sockets, `tillpoint` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.loopback import LoopbackHub
+
+from .conftest import CLI
+from .test_review35_left35 import cancelled_while_away, owed_releases
+
+# ---------------------------------------- 1. sync now names the releases still owed
+
+
+def _slow_releases(monkeypatch: pytest.MonkeyPatch, hub: LoopbackHub, seconds: float) -> None:
+    released = HubServicer.ReleaseRedemption
+
+    def slow_release(self: Any, request: Any, context: Any) -> Any:
+        time.sleep(seconds)  # within the till's redeem deadline, past what --timeout leaves
+        return released(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "ReleaseRedemption", slow_release)
+    hub.restart()  # with the slow handler
+    monkeypatch.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", "20000")
+
+
+def test_sync_now_names_the_releases_its_deadline_left_owed(
+    tmp_path: Path, hub: LoopbackHub, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (`sync now --timeout`: those left stay owed for the next), §11. A
+    till back from an outage owes the hub two releases; the hub is slower at them than
+    what --timeout leaves after the push and pull. `sync now` ended 0 saying "pushed 0
+    transaction(s), 0 waiting; snapshot N is the newest", nothing of the two releases
+    that stayed owed (the hub holding those points from every other till up to a day):
+    its text line and its --json now name them, counted as `/metrics`'s
+    `tillpoint_hub_calls_owed` counts them."""
+    data = tmp_path / "data"
+    cancelled_while_away(hub, data, 2)
+    _slow_releases(monkeypatch, hub, 2.0)
+    done = cli("sync", "now", "--timeout", "1", "--json")
+    assert done.code == 0, done.err
+    assert owed_releases(data) == 2
+    answer = json.loads(done.out)
+    assert answer["hubCallsOwed"] == {"release": 2, "shrink": 0}, answer
+    assert answer["owedReceiptIds"] == {"release": ["h-0", "h-1"], "shrink": []}, answer
+    text = cli("sync", "now", "--timeout", "1")
+    assert text.code == 0, text.err
+    lines = text.out.strip().splitlines()
+    assert len(lines) == 1, text.out  # CONTRACT §10's one line
+    assert lines[0].endswith(
+        "; 2 release(s) (h-0, h-1) still owed to the hub, sent by `tillpoint run` or the"
+        " next `sync now`"
+    ), lines[0]
+
+
+def test_sync_now_that_sends_every_release_says_none_is_owed(
+    tmp_path: Path, hub: LoopbackHub, cli: CLI
+) -> None:
+    """CONTRACT §10, §11: the same till, the hub answering: both releases go, and the
+    answer says so (0 owed; the text line as before, nothing added)."""
+    data = tmp_path / "data"
+    cancelled_while_away(hub, data, 2)
+    hub.restart()
+    done = cli("sync", "now", "--json")
+    assert done.code == 0, done.err
+    answer = json.loads(done.out)
+    assert answer["hubCallsOwed"] == {"release": 0, "shrink": 0}, answer
+    assert answer["owedReceiptIds"] == {"release": [], "shrink": []}, answer
+    assert owed_releases(data) == 0
+    text = cli("sync", "now")
+    assert text.code == 0, text.err
+    assert "owed" not in text.out, text.out
+
+
+def test_sync_now_that_gives_up_at_its_deadline_names_the_releases_still_owed(
+    tmp_path: Path, hub: LoopbackHub, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (`sync now gave up at its deadline …`, one line, exit 1), §11. A till
+    with a sale in its outbox and two releases owed; the hub slower at the push than all
+    of --timeout. The line said how many transactions stayed in the outbox, nothing of
+    the two releases left owed with them: it names them now, on the same one line."""
+    data = tmp_path / "data"
+    cancelled_while_away(hub, data, 2, sales=1)
+    pushed = HubServicer.PushTransactions
+
+    def slow_push(self: Any, request: Any, context: Any) -> Any:
+        time.sleep(1.0)
+        return pushed(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "PushTransactions", slow_push)
+    hub.restart()  # with the slow handler
+    done = cli("sync", "now", "--timeout", "0.4")
+    assert done.code == 1
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1, done.err
+    assert lines[0].startswith("tillpoint: sync now gave up at its deadline of 0.4 s"), lines[0]
+    assert "1 transaction(s) still in the outbox" in lines[0], lines[0]
+    assert lines[0].endswith(
+        "; 2 release(s) (h-0, h-1) still owed to the hub, sent by `tillpoint run` or the"
+        " next `sync now`"
+    ), lines[0]
+    assert owed_releases(data) == 2
