@@ -15,7 +15,7 @@ import pytest
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 
-from .conftest import CLI
+from .conftest import CLI, free_port
 from .test_review35_left35 import cancelled_while_away, owed_releases
 
 # ---------------------------------------- 1. sync now names the releases still owed
@@ -109,3 +109,75 @@ def test_sync_now_that_gives_up_at_its_deadline_names_the_releases_still_owed(
         " next `sync now`"
     ), lines[0]
     assert owed_releases(data) == 2
+
+
+# ---------------------------------------- 2. config check: two servers on one port
+
+
+def _listens(monkeypatch: pytest.MonkeyPatch, grpc: str, http: str, metrics: str) -> None:
+    monkeypatch.setenv("TILLPOINT_SERVER__LISTEN", grpc)
+    monkeypatch.setenv("TILLPOINT_HTTP__LISTEN", http)
+    monkeypatch.setenv("TILLPOINT_METRICS__LISTEN", metrics)
+    monkeypatch.setenv("TILLPOINT_SERVER__TOKEN", "t" * 32)  # for a listen beyond loopback
+
+
+@pytest.mark.parametrize(
+    ("grpc", "http", "metrics", "said"),
+    [
+        (
+            "127.0.0.1:{p}",
+            "127.0.0.1:{p}",
+            "127.0.0.1:0",
+            "[server] listen 127.0.0.1:{p} and [http] listen 127.0.0.1:{p}",
+        ),
+        (
+            "0.0.0.0:{p}",
+            "127.0.0.1:{p}",
+            "127.0.0.1:0",
+            "[server] listen 0.0.0.0:{p} and [http] listen 127.0.0.1:{p}",
+        ),
+        (
+            "127.0.0.1:0",
+            "localhost:{p}",
+            "127.0.0.1:{p}",
+            "[http] listen localhost:{p} and [metrics] listen 127.0.0.1:{p}",
+        ),
+    ],
+)
+def test_config_check_refuses_two_servers_on_one_port_as_run_does(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, grpc: str, http: str, metrics: str, said: str
+) -> None:
+    """CONTRACT §10 (`config check`: exit 2, one line naming the problem). gRPC and HTTP
+    (or /metrics) configured on one port: `config check` called the file valid, and `run`
+    then failed at start, exit 1, "cannot listen on 127.0.0.1:P for HTTP: Address already
+    in use", as if another program held the port. Both now refuse it, exit 2 (no restart
+    of the unit mends a configuration), with the same one line naming both settings."""
+    port = free_port()
+    _listens(monkeypatch, *(x.format(p=port) for x in (grpc, http, metrics)))
+    expected = said.format(p=port) + f": one port ({port}) for two servers; set another port"
+    for args in (("config", "check"), ("run",)):
+        done = cli(*args)
+        assert done.code == 2, (args, done.err)
+        lines = done.err.strip().splitlines()
+        assert len(lines) == 1, (args, done.err)
+        assert lines[0].endswith(expected), (args, lines[0])
+
+
+@pytest.mark.parametrize(
+    ("grpc", "http", "metrics", "enabled"),
+    [
+        ("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "true"),  # each a free port of its own
+        ("127.0.0.1:{p}", "127.0.0.1:{p}", "127.0.0.1:0", "false"),  # HTTP not served
+        ("127.0.0.1:{p}", "127.0.0.2:{p}", "[::1]:{p}", "true"),  # three addresses
+    ],
+)
+def test_config_check_takes_servers_that_share_no_address_and_port(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, grpc: str, http: str, metrics: str, enabled: str
+) -> None:
+    """CONTRACT §10: a port given twice is no clash where the servers cannot meet (port 0,
+    HTTP disabled, two specific addresses). Found right, kept so."""
+    port = free_port()
+    _listens(monkeypatch, *(x.format(p=port) for x in (grpc, http, metrics)))
+    monkeypatch.setenv("TILLPOINT_HTTP__ENABLED", enabled)
+    done = cli("config", "check")
+    assert done.code == 0, done.err
