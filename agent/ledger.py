@@ -1766,12 +1766,16 @@ PRINT_UNCONFIRMED = "sent, not confirmed"
 
 
 def requeue_print_job(conn: sqlite3.Connection, receipt_id: str) -> bool:
-    """A FAILED (or DONE) job back in the queue, or a held one (sent and not confirmed)
-    sent again now; False when there is no such job."""
+    """A FAILED (or DONE) job back in the queue, or a held one (sent and not confirmed), or
+    one waiting for its retry after a drop or a printer away (its backoff), sent again now;
+    False when there is no such job. A PENDING job is one row, taken by the worker alone
+    (`_claim`: PENDING to SENDING), so sooner is never twice; until review 37 a job
+    waiting for its retry was "no failed, held or printed job" (`print retry`, exit 2)."""
     cur = conn.execute(
         "UPDATE print_jobs SET state = 'PENDING', next_attempt_at = NULL, last_error = NULL "
         "WHERE receipt_id = ? AND (state IN ('FAILED', 'DONE')"
-        " OR (state = 'PENDING' AND substr(last_error, 1, ?) = ?))",
+        " OR (state = 'PENDING' AND (next_attempt_at IS NOT NULL"
+        " OR substr(last_error, 1, ?) = ?)))",
         (receipt_id, len(PRINT_UNCONFIRMED), PRINT_UNCONFIRMED),
     )
     return cur.rowcount == 1

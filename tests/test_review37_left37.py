@@ -7,15 +7,20 @@ SQLite files, real sockets, `tillpoint` processes.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.printer.queue import PrintWorker, ensure_schema
+from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 
-from .conftest import CLI, free_port
+from .conftest import CLI, ManualClock, free_port
+from .test_printer_queue import NOW, add_job, coupons, payload, worker
 from .test_review35_left35 import cancelled_while_away, owed_releases
 
 # ---------------------------------------- 1. sync now names the releases still owed
@@ -181,3 +186,84 @@ def test_config_check_takes_servers_that_share_no_address_and_port(
     monkeypatch.setenv("TILLPOINT_HTTP__ENABLED", enabled)
     done = cli("config", "check")
     assert done.code == 0, done.err
+
+
+# ---------------------------------------- 3. print retry of a job waiting to retry
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[tuple[Path, VirtualPrinter]]:
+    """The till's ledger (`cli`'s data directory) with its print queue, and a TCP printer."""
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    ensure_schema(conn)
+    conn.close()
+    with VirtualPrinter() as printer:
+        yield data / "ledger.db", printer
+
+
+def _dropped_once(ledger_path: Path, printer: VirtualPrinter) -> PrintWorker:
+    """A job the printer dropped mid-send: PENDING, waiting for its retry (backoff)."""
+    add_job(ledger_path, payload("s1-t1-000123"))
+    printer.close_after_bytes = 100
+    w = worker(ledger_path, printer.port, ManualClock(NOW), retry_base_s=30.0, retry_max_s=60.0)
+    w.run_once()
+    job = w.job("s1-t1-000123")
+    assert job is not None and job["state"] == "PENDING" and job["next_attempt_at"], job
+    assert w.run_once() is not None and coupons(printer) == []  # waiting: nothing sent
+    printer.close_after_bytes = None
+    return w
+
+
+def test_print_retry_of_a_job_waiting_after_a_drop_sends_it_now_once(
+    queue: tuple[Path, VirtualPrinter], cli: CLI
+) -> None:
+    """CONTRACT §7 (printed offers reach the paper; docs/PRINTING.md: `print retry` puts a
+    job back). A job the printer dropped waits for its retry (up to `retry_max_s`, 60 s):
+    the operator who fixed the printer and typed `print retry` got "no failed, held or
+    printed job for receipt …", exit 2, though the job was there. It is sent now, once:
+    the worker takes it at its next look, not at the end of its backoff."""
+    ledger_path, printer = queue
+    w = _dropped_once(ledger_path, printer)
+    try:
+        done = cli("print", "retry", "s1-t1-000123", "--json")
+        assert done.code == 0, done.err
+        assert json.loads(done.out) == {"requeued": "s1-t1-000123"}
+        assert w.run_once() == 0.0  # due now, the clock not moved
+        assert w.job("s1-t1-000123")["state"] == "DONE"  # type: ignore[index]
+        assert len(coupons(printer)) == 1
+        again = cli("print", "retry", "s1-t1-000123")  # printed: put back on purpose only
+        assert again.code == 0, again.err
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [
+        ("PENDING", "is queued and not tried yet: the running agent prints it"),
+        ("SENDING", "is being sent to the printer now: not queued again"),
+    ],
+)
+def test_print_retry_of_a_job_on_its_way_says_so_and_sends_nothing_twice(
+    queue: tuple[Path, VirtualPrinter], cli: CLI, state: str, said: str
+) -> None:
+    """CONTRACT §7, §10 (a clear one-line error, exit 2). A job queued and never tried, or
+    one being sent, is not put back (it would print twice, or jump the queue to no end):
+    the line says what the job is doing, not "no failed, held or printed job"."""
+    ledger_path, _ = queue
+    add_job(ledger_path, payload("s1-t1-000123"))
+    conn = sqlite3.connect(ledger_path, isolation_level=None)
+    conn.execute("UPDATE print_jobs SET state = ?", (state,))
+    conn.close()
+    done = cli("print", "retry", "s1-t1-000123")
+    assert done.code == 2
+    assert done.err.strip() == f"tillpoint: the print job of receipt s1-t1-000123 {said}"
+    conn = sqlite3.connect(ledger_path, isolation_level=None)
+    assert conn.execute("SELECT state FROM print_jobs").fetchone() == (state,)
+    conn.close()
+    assert cli("print", "retry", "nope").err.strip() == (
+        "tillpoint: no failed, held or printed job for receipt nope"
+    )
