@@ -59,7 +59,7 @@ from .errors import (
 )
 from .expiry import WARN_DAYS, Movement, days_later, expiry_time
 from .forward import process_running
-from .hub_turns import HubTurns
+from .hub_turns import HUB_TURNS_FILE, HubTurns
 from .identify import Identification, identify, normalise, phone_key
 from .limits import is_utf8_text
 from .messages import (
@@ -362,7 +362,12 @@ class Agent:
         self._sale_in_write = False
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
-        self._hub_turns = HubTurns(on_put_off=self._release_put_off)
+        # (and, with a hub, across the processes on this data directory: `hub_turns.lock`,
+        # review 37)
+        self._hub_turns = HubTurns(
+            on_put_off=self._release_put_off,
+            across=None if hub is None else self.data_dir / HUB_TURNS_FILE,
+        )
         # who sends the hub calls owed (`tillpoint run`'s hold timer): told when an OFFLINE
         # hold's grant at the hub is to be shrunk (`on_hub_call_owed`)
         self._owed_listeners: list[Callable[[], None]] = []
@@ -381,6 +386,7 @@ class Agent:
         self.scanned_coupons: list[str] = []
 
     def close(self) -> None:
+        self._hub_turns.close()
         self._checkpoints.close()
         self._live.close()
         self._ledger.close()
@@ -890,13 +896,17 @@ class Agent:
         if hub is None:
             return False
         with self._lock:
+            # the ledger read in the receipt's turn, which another process's hold takes too:
+            # read before it, a release owed reached the hub after that process held the
+            # receipt again, and dropped the new hold (review 37)
+            if not self._hub_turns.start_release(receipt_id):
+                return None
             life = None if forgotten else self._life(receipt_id)
             if not forgotten and (
                 life is None or life.state not in ("CANCELLED", "EXPIRED") or not life.hub_hold
             ):
+                self._hub_turns.end_release(receipt_id)
                 return None  # held again, or confirmed since: its transaction settles it
-            if not self._hub_turns.start_release(receipt_id):
-                return None
         try:
             hub.release(receipt_id)
         except TillpointError as exc:
@@ -937,15 +947,16 @@ class Agent:
             return False
         now = ledger.utc_text(self._now())  # the holds' time line (review 36, rev36d)
         with self._lock:
-            life = self._life(receipt_id)
+            if not self._hub_turns.start_release(receipt_id):
+                return None
+            life = self._life(receipt_id)  # in its turn, as a release's (review 37)
             if (
                 life is None
                 or life.state != "HELD"
                 or not life.shrink_owed
                 or life.expires_at <= now
             ):
-                return None
-            if not self._hub_turns.start_release(receipt_id):
+                self._hub_turns.end_release(receipt_id)
                 return None
         shrink = getattr(hub, "shrink", None)
         try:
@@ -1092,10 +1103,12 @@ class Agent:
                     ledger.forget_hub_ask(conn, rid, asked_at)
                 continue
             with self._lock:
-                # still not stored, and no hold of it on its way (its turn: `HubTurns`)
-                if ledger.unstored_hub_asks(self._ledger, rid) != [(rid, asked_at, pid)]:
-                    continue
+                # no hold of it on its way (its turn: `HubTurns`, across processes too),
+                # and, read in that turn, still not stored
                 if not self._hub_turns.start_release(rid):
+                    continue
+                if ledger.unstored_hub_asks(self._ledger, rid) != [(rid, asked_at, pid)]:
+                    self._hub_turns.end_release(rid)
                     continue
             try:
                 assert self.hub is not None

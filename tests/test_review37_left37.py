@@ -6,22 +6,34 @@ SQLite files, real sockets, `tillpoint` processes.
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from tillpoint.agent import ledger
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.printer.queue import PrintWorker, ensure_schema
 from tillpoint.printer.virtual import VirtualPrinter
+from tillpoint.sync.authoriser import HubAuthoriser
 from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub
+from tillpoint.sync.loopback import LoopbackHub, receipt
 
-from .conftest import CLI, ManualClock, free_port
+from .conftest import CLI, ManualClock, enrolled_till, free_port
 from .test_printer_queue import NOW, add_job, coupons, payload, worker
-from .test_review35_left35 import cancelled_while_away, owed_releases
+from .test_review35_left35 import ANNA, cancelled_while_away, owed_releases
+
+EXE = str(Path(sys.executable).parent / "tillpoint")
 
 # ---------------------------------------- 1. sync now names the releases still owed
 
@@ -267,3 +279,132 @@ def test_print_retry_of_a_job_on_its_way_says_so_and_sends_nothing_twice(
     assert cli("print", "retry", "nope").err.strip() == (
         "tillpoint: no failed, held or printed job for receipt nope"
     )
+
+
+# ---------------------------------------- 4. a release from one process, a hold from another
+
+
+def _expired_while_away(hub: LoopbackHub, data: Path, receipt_id: str) -> dict[str, Any]:
+    """A hold granted ONLINE (10 points held at the hub), then expired while `hub` was
+    stopped: its release owed in the ledger. The hub is left stopped, the till closed.
+    Answers the receipt, to be held again."""
+    body = receipt(receipt_id, ANNA, redeem=10)
+    till = enrolled_till(hub, data, "till-1")
+    held = till.agent.hold(receipt_from_json(body))
+    assert (held.state, held.mode) == ("HELD", "ONLINE")
+    hub.stop()  # away: the expiry's release is owed
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    past = ledger.utc_text(datetime.now(UTC) - timedelta(minutes=1))
+    conn.execute("UPDATE receipt_life SET expires_at = ? WHERE receipt_id = ?", (past, receipt_id))
+    conn.close()
+    till.agent.sweep_holds()
+    till.stop()
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    row = conn.execute(
+        "SELECT state, hub_hold FROM receipt_life WHERE receipt_id = ?", (receipt_id,)
+    ).fetchone()
+    conn.close()
+    assert row == ("EXPIRED", 1), row
+    return body
+
+
+def _post(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read() or b"null")
+    finally:
+        conn.close()
+
+
+def _serving(port: int, proc: subprocess.Popen[bytes], within_s: float = 60.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "tillpoint run ended"
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/v1/status")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise AssertionError("tillpoint run never served")
+
+
+@pytest.mark.slow  # a `tillpoint run` and a `sync now` on one data directory: ~10 s
+def test_sync_now_beside_run_never_releases_the_hold_run_placed_again(
+    tmp_path: Path,
+    hub: LoopbackHub,
+    cli: CLI,
+    monkeypatch: pytest.MonkeyPatch,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """CONTRACT §11 (a receipt's hold at the hub is placed or released one at a time; a
+    late release never drops the new hold). A hold expired while the hub was away: its
+    release is owed. `tillpoint run` serves the data directory and a `sync now` runs
+    beside it; `sync now` reads the release as owed and sends it, and in between (the
+    release on its way) the POS holds the same receiptId again through `run`, which asks
+    the hub for it anew. The release reached the hub after the new hold and dropped it:
+    the till held 10 points the hub no longer held for the customer (another till could
+    spend them). `HubTurns` ordered a receipt's hold and release in one process only; they
+    now take turns across the processes of one data directory too (a lock file), and a
+    release reads the ledger in its turn. The hub here refuses every release but the one
+    `sync now` sends (run's own hold timer would otherwise send it first)."""
+    data = tmp_path / "data"
+    body = _expired_while_away(hub, data, "r-1")
+    allowed = threading.Event()  # the hub takes a release only while `sync now` sends it
+    released = HubServicer.ReleaseRedemption
+
+    def release_for_sync_now_only(self: Any, request: Any, context: Any) -> Any:
+        if not allowed.is_set():
+            context.abort(grpc.StatusCode.ABORTED, "busy: later")  # the hub is there
+        return released(self, request, context)
+
+    monkeypatch.setattr(HubServicer, "ReleaseRedemption", release_for_sync_now_only)
+    hub.restart()
+    http_port = free_port()
+    conf = tmp_path / "tillpoint.toml"
+    conf.write_text(
+        f'device_id = "till-1"\ndata_dir = "{data}"\n[server]\nlisten = "127.0.0.1:0"\n'
+        f'[http]\nlisten = "127.0.0.1:{http_port}"\n[metrics]\nenabled = false\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    run = subprocess.Popen([EXE, "--config", conf, "run"], env=env, stderr=subprocess.PIPE)
+    procs.append(run)
+    _serving(http_port, run)
+    held_again: list[tuple[int, Any]] = []
+    pos = threading.Thread(
+        target=lambda: held_again.append(_post(http_port, "/v1/hold", body)), daemon=True
+    )
+    send = HubAuthoriser.release
+
+    def release_on_its_way(self: HubAuthoriser, receipt_id: str) -> bool:
+        # the release decided, on its way to the hub: the POS holds the receipt again
+        # through `run` meanwhile (waited for up to 2 s: a hold that takes its turn after
+        # this release is still waiting then, and goes once it is done)
+        pos.start()
+        pos.join(2.0)
+        allowed.set()
+        try:
+            return send(self, receipt_id)
+        finally:
+            allowed.clear()
+
+    monkeypatch.setattr(HubAuthoriser, "release", release_on_its_way)
+    done = cli("sync", "now", "--timeout", "30", "--wait", "30")
+    assert done.code == 0, done.err
+    pos.join(30.0)
+    [(status, answer)] = held_again
+    assert status == 200, answer
+    assert (answer["state"], answer["mode"]) == ("HELD", "ONLINE"), answer
+    assert answer["redeemedPoints"] == 10, answer
+    # the till holds the receipt's 10 points: so does the hub, for the customer
+    assert hub.store.balance("c-1", datetime.now(UTC)).held == 10
+    run.terminate()
+    assert run.wait(timeout=30) == 0
+    assert run.stderr is not None and b"Traceback" not in run.stderr.read()
