@@ -26,8 +26,8 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.printer.queue import PrintWorker, ensure_schema
 from tillpoint.printer.virtual import VirtualPrinter
 from tillpoint.sync.authoriser import HubAuthoriser
-from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub, receipt
+from tillpoint.sync.hub_server import HubConfig, HubServer, HubServicer
+from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wait_for
 
 from .conftest import CLI, ManualClock, enrolled_till, free_port
 from .test_printer_queue import NOW, add_job, coupons, payload, worker
@@ -408,3 +408,48 @@ def test_sync_now_beside_run_never_releases_the_hold_run_placed_again(
     run.terminate()
     assert run.wait(timeout=30) == 0
     assert run.stderr is not None and b"Traceback" not in run.stderr.read()
+
+
+# ---------------------------------------- 5. the hub's watcher: the refresh before the prune
+
+
+def test_the_hubs_watcher_publishes_a_due_refresh_before_it_prunes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §3 (balance refreshes keep the tills' snapshots fresh), §9. A hub started
+    with a balance refresh due (its latest version past half its validity) and a version
+    its watcher has not pruned for yet: the watcher pruned first and published the refresh
+    after it, and a prune of a year of versions (200 a step, 150 ms between steps, review
+    36) put the tills' refresh off by minutes. The refresh is published first now, then
+    the prune runs once, for the newest version. Counted, not timed: the order of the two
+    calls, each the hub's own, the prune as a real prune on the real store."""
+    clock = ManualClock(datetime(2026, 11, 23, 9, 0, tzinfo=UTC))
+    hub = LoopbackHub(
+        tmp_path / "hub",
+        HubConfig(heartbeat_s=1.0, watch_interval_s=0.05, publish_every_s=300),
+        clock=clock,
+        data=sample_master_data(),
+        start=False,
+    )  # version 1, valid 7 days
+    calls: list[tuple[str, int]] = []
+    prune, refresh = HubServer.prune_versions, HubServer.refresh_balances
+
+    def pruning(self: HubServer) -> int:
+        latest = self.store.latest()
+        calls.append(("prune", latest.version if latest else 0))
+        return prune(self)
+
+    def refreshing(self: HubServer) -> Any:
+        calls.append(("refresh", 0))
+        return refresh(self)
+
+    monkeypatch.setattr(HubServer, "prune_versions", pruning)
+    monkeypatch.setattr(HubServer, "refresh_balances", refreshing)
+    clock.advance(4 * 86400)  # past half of version 1's validity: a refresh is due
+    hub.start()
+    try:
+        wait_for(lambda: len(calls) >= 2)
+        assert calls[:2] == [("refresh", 0), ("prune", 2)], calls
+        assert hub.store.latest().version == 2
+    finally:
+        hub.stop()
