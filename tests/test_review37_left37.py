@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 from tillpoint.agent import ledger
+from tillpoint.agent.hub_turns import HubTurns
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.printer.queue import PrintWorker, ensure_schema
 from tillpoint.printer.virtual import VirtualPrinter
@@ -335,25 +336,29 @@ def _serving(port: int, proc: subprocess.Popen[bytes], within_s: float = 60.0) -
     raise AssertionError("tillpoint run never served")
 
 
-@pytest.mark.slow  # a `tillpoint run` and a `sync now` on one data directory: ~10 s
+@pytest.mark.slow  # a `tillpoint run` and a `sync now` on one data directory: ~6 s each
+@pytest.mark.parametrize("moment", ["on_the_wire", "before_its_turn"])
 def test_sync_now_beside_run_never_releases_the_hold_run_placed_again(
     tmp_path: Path,
     hub: LoopbackHub,
     cli: CLI,
     monkeypatch: pytest.MonkeyPatch,
     procs: list[subprocess.Popen[bytes]],
+    moment: str,
 ) -> None:
     """CONTRACT §11 (a receipt's hold at the hub is placed or released one at a time; a
     late release never drops the new hold). A hold expired while the hub was away: its
     release is owed. `tillpoint run` serves the data directory and a `sync now` runs
-    beside it; `sync now` reads the release as owed and sends it, and in between (the
-    release on its way) the POS holds the same receiptId again through `run`, which asks
-    the hub for it anew. The release reached the hub after the new hold and dropped it:
-    the till held 10 points the hub no longer held for the customer (another till could
-    spend them). `HubTurns` ordered a receipt's hold and release in one process only; they
-    now take turns across the processes of one data directory too (a lock file), and a
-    release reads the ledger in its turn. The hub here refuses every release but the one
-    `sync now` sends (run's own hold timer would otherwise send it first)."""
+    beside it; `sync now` reads the release as owed and sends it, and meanwhile the POS
+    holds the same receiptId again through `run`, which asks the hub for it anew: while
+    the release is on its way to the hub (`on_the_wire`), or between `sync now`'s read of
+    the ledger and its turn (`before_its_turn`). The release reached the hub after the new
+    hold and dropped it: the till held 10 points the hub no longer held for the customer
+    (another till could spend them). `HubTurns` ordered a receipt's hold and release in one
+    process only, and a release read the ledger before its turn; the turns are now taken
+    across the processes of one data directory (a lock file), and the ledger is read in
+    the turn. The hub here refuses every release but those `sync now` sends (run's own
+    hold timer would otherwise send it first)."""
     data = tmp_path / "data"
     body = _expired_while_away(hub, data, "r-1")
     allowed = threading.Event()  # the hub takes a release only while `sync now` sends it
@@ -381,21 +386,35 @@ def test_sync_now_beside_run_never_releases_the_hold_run_placed_again(
     pos = threading.Thread(
         target=lambda: held_again.append(_post(http_port, "/v1/hold", body)), daemon=True
     )
-    send = HubAuthoriser.release
+    if moment == "on_the_wire":
+        send = HubAuthoriser.release
 
-    def release_on_its_way(self: HubAuthoriser, receipt_id: str) -> bool:
-        # the release decided, on its way to the hub: the POS holds the receipt again
-        # through `run` meanwhile (waited for up to 2 s: a hold that takes its turn after
-        # this release is still waiting then, and goes once it is done)
-        pos.start()
-        pos.join(2.0)
-        allowed.set()
-        try:
-            return send(self, receipt_id)
-        finally:
-            allowed.clear()
+        def release_on_its_way(self: HubAuthoriser, receipt_id: str) -> bool:
+            # the release decided, on its way to the hub: the POS holds the receipt again
+            # through `run` meanwhile (waited for up to 2 s: a hold that takes its turn
+            # after this release is still waiting then, and goes once it is done)
+            pos.start()
+            pos.join(2.0)
+            allowed.set()
+            try:
+                return send(self, receipt_id)
+            finally:
+                allowed.clear()
 
-    monkeypatch.setattr(HubAuthoriser, "release", release_on_its_way)
+        monkeypatch.setattr(HubAuthoriser, "release", release_on_its_way)
+    else:
+        take = HubTurns.start_release
+
+        def turn_after_the_hold(self: HubTurns, receipt_id: str) -> bool:
+            # the ledger read as it was before the turn (where it was read until review
+            # 37), then the POS's new hold, whole, through `run`
+            if receipt_id == "r-1" and not pos.is_alive() and not held_again:
+                pos.start()
+                pos.join(30.0)
+                allowed.set()
+            return take(self, receipt_id)
+
+        monkeypatch.setattr(HubTurns, "start_release", turn_after_the_hold)
     done = cli("sync", "now", "--timeout", "30", "--wait", "30")
     assert done.code == 0, done.err
     pos.join(30.0)
