@@ -133,7 +133,8 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     from tillpoint.sync.service import TillSync
 
     from . import ledger, logs, systemd
-    from .config import loose_values, split_listen
+    from .config import listen_clash, loose_values, split_listen
+    from .errors import DamagedCache, DamagedLedger, Refused
     from .lock import DataDirLock
     from .metrics import Registry, serve
     from .server import build_server, register_gauges, start_hold_sweeper
@@ -149,9 +150,10 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     logs.setup(settings.log.level, settings.log.format)
     for loose in loose_values():  # taken as pydantic reads it; `config check` refuses it
         log.warning("%s (taken for now: 'tillpoint config check' refuses it)", loose)
+    clash = listen_clash(settings)  # two servers on one port: `config check`'s line, exit 2
+    if clash:
+        raise Refused(f"config: {clash}")
     lock = DataDirLock(settings.data_dir).acquire()
-    from .errors import DamagedCache, DamagedLedger, Refused
-
     try:
         ledger.require_writable(settings.data_dir)  # a read-only ledger: refused, not 503s
         # The collaborators first, then the agent they serve.

@@ -567,6 +567,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if loose:
             more = f" (and {len(loose) - 1} more problem(s))" if len(loose) > 1 else ""
             raise InputError(f"{loose[0]}{more}")
+        clash = config_mod.listen_clash(settings)  # what `run` refuses to start with
+        if clash:
+            raise InputError(f"config: {clash}")
 
         devices = load_configs(settings.printer, settings.display, settings.scanner)
         if devices[0].kind != "none":

@@ -448,6 +448,56 @@ class HttpSettings(BaseModel):
         return self
 
 
+def listen_clash(settings: Settings) -> str | None:
+    """Two of the agent's servers (gRPC, HTTP, /metrics; those enabled) configured on one
+    port of one address, or None. `run` binds gRPC first and the second then failed at
+    start, exit 1, "Address already in use", as if another program held the port, while
+    `config check` called the file valid (review 37). Port 0 is a free port each; a name
+    is its addresses (`listen_addresses`); a wildcard meets every address of its family,
+    `::` every address (a dual-stack socket); a name that does not resolve is said by
+    the bind, not here."""
+    servers = [("server", settings.server.listen)]
+    if settings.http.enabled:
+        servers.append(("http", settings.http.listen))
+    if settings.metrics.enabled:
+        servers.append(("metrics", settings.metrics.listen))
+    for i, (first, one) in enumerate(servers):
+        for second, other in servers[i + 1 :]:
+            port = _shared_port(one, other)
+            if port:
+                return (
+                    f"[{first}] listen {one} and [{second}] listen {other}: one port"
+                    f" ({port}) for two servers; set another port"
+                )
+    return None
+
+
+def _shared_port(one: str, other: str) -> int:
+    """The port two listens would both bind on one address, else 0."""
+    (host1, port), (host2, port2) = split_listen(one), split_listen(other)
+    if port == 0 or port != port2:
+        return 0
+    try:
+        first, second = listen_addresses(host1, port), listen_addresses(host2, port)
+    except OSError:  # a name that does not resolve: the bind says so
+        return 0
+    for family, where in first:
+        for family2, where2 in second:
+            if _meet(family, where[0], family2, where2[0]):
+                return port
+    return 0
+
+
+def _meet(family: int, address: str, family2: int, address2: str) -> bool:
+    """Whether sockets on these two addresses (one port) cannot both be bound."""
+    if "::" in (address, address2):  # IPv6's wildcard: both families (dual-stack)
+        return True
+    if family != family2:
+        return False
+    wildcard = any(ipaddress.ip_address(a).is_unspecified for a in (address, address2))
+    return address == address2 or wildcard
+
+
 def token_problem(section: str, listen: str, token: str) -> str | None:
     """A server bound beyond loopback answers anyone on the network: a holder of a card
     number could hold, confirm and refund. It needs a token, sent with every call (the

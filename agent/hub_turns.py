@@ -18,6 +18,12 @@ could spend the points the stored receipt will spend. Taking turns, the second c
 the receipt stored and asks the hub nothing: the stored answer, or the conflict.
 A Confirm or a Cancel of a receiptId whose hold is in progress waits for it to end
 (`hold_ended`), then answers what it stored.
+The turns are taken across the processes of one data directory too (`_AcrossProcesses`,
+review 37): a `tillpoint sync now` or a `--local` one-shot command beside `tillpoint run`
+sends the releases it reads as owed, and `run` may be holding that receiptId again at that
+moment. In-process turns alone, the release read as owed before the new hold was stored
+reached the hub after it and dropped it: the till held points the hub no longer held for
+the customer. A release now reads the ledger in its turn (`Agent._release_at_hub`).
 A release's RPC has its deadline (`hub.redeem_timeout_ms`, at most 60 s), and so has a
 hold's request, so the wait ends; past `wait_s` (longer than any deadline) the call is
 refused as the hub being unavailable (retry with the same receiptId), never placed beside
@@ -26,27 +32,120 @@ a release or another hold still on its way.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
+import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from .errors import HubUnavailable
+
+log = logging.getLogger(__name__)
+
+# How often a turn another process has is looked at again (`_AcrossProcesses.take`).
+ACROSS_POLL_S = 0.005
+# In the data directory: the receipts' turns among its processes (`_AcrossProcesses`).
+HUB_TURNS_FILE = "hub_turns.lock"
+
+
+class _AcrossProcesses:
+    """A receipt's turn across the processes of one data directory: a POSIX byte-range lock
+    (`fcntl.lockf`) on one byte of `hub_turns.lock`, the byte a hash of the receiptId (two
+    receipts on one byte only wait for each other). POSIX locks belong to the process, so
+    within it the byte is counted (two receipts of one byte, each in its in-process turn)
+    and unlocked when the last lets go. Without the file (a read-only data directory) the
+    turns are this process's only, as before review 37."""
+
+    SPAN = 1 << 40  # bytes a receiptId's hash is spread over
+
+    def __init__(self, path: Path | None) -> None:
+        self._fd: int | None = None
+        self._held: dict[int, int] = {}
+        self._mutex = threading.Lock()
+        if path is not None:
+            try:
+                self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                log.info("hub turns in this process only (%s: %s)", path, exc.strerror or exc)
+
+    def _byte(self, receipt_id: str) -> int:
+        digest = hashlib.blake2b(receipt_id.encode("utf-8", "surrogatepass"), digest_size=8)
+        return int.from_bytes(digest.digest(), "big") % self.SPAN
+
+    def take(self, receipt_id: str, wait_s: float) -> bool:
+        """The receipt's turn among processes: waited for up to `wait_s` (0: not at all);
+        False when another process keeps it that long."""
+        if self._fd is None:
+            return True
+        byte = self._byte(receipt_id)
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._mutex:
+                if self._held.get(byte):
+                    self._held[byte] += 1
+                    return True
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        log.warning("hub turn of %s in this process only: %s", receipt_id, exc)
+                        self._held[byte] = 1  # unlocking what was never locked is harmless
+                        return True
+                else:
+                    self._held[byte] = 1
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(ACROSS_POLL_S)
+
+    def give(self, receipt_id: str) -> None:
+        if self._fd is None:
+            return
+        byte = self._byte(receipt_id)
+        with self._mutex:
+            left = self._held.get(byte, 0) - 1
+            if left > 0:
+                self._held[byte] = left
+                return
+            self._held.pop(byte, None)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._fd is not None:
+                os.close(self._fd)  # every lock of this process on the file goes with it
+                self._fd = None
+                self._held.clear()
 
 
 class HubTurns:
     def __init__(
-        self, wait_s: float = 90.0, on_put_off: Callable[[str], object] | None = None
+        self,
+        wait_s: float = 90.0,
+        on_put_off: Callable[[str], object] | None = None,
+        across: Path | None = None,
     ) -> None:
         """`on_put_off(receipt_id)`: called when a hold's turn ends after a release of its
         receipt was put off for it (`start_release`), outside any lock: the call may have
         ended without holding the receipt again (it found it cancelled, or failed), and
-        then nothing else sends that release before the next retry round."""
+        then nothing else sends that release before the next retry round. `across`: the
+        data directory's lock file, whose turns the processes on it share (a release put
+        off for another process's hold is sent at the next round)."""
         self._changed = threading.Condition()
         self._holding: set[str] = set()
         self._releasing: set[str] = set()
         self._put_off: set[str] = set()
         self._on_put_off = on_put_off
         self._wait_s = wait_s
+        self._across = _AcrossProcesses(across)
+
+    def close(self) -> None:
+        self._across.close()
 
     @contextmanager
     def holding(self, receipt_id: str) -> Iterator[None]:
@@ -64,9 +163,20 @@ class HubTurns:
                 )
                 raise HubUnavailable(f"receipt {receipt_id}: {why}: retry with the same receiptId")
             self._holding.add(receipt_id)
+        taken = False
         try:
+            # then among the data directory's processes: another's release of it on its way
+            # (`sync now`, a one-shot command beside `run`), or another's hold of it
+            taken = self._across.take(receipt_id, self._wait_s)
+            if not taken:
+                raise HubUnavailable(
+                    f"receipt {receipt_id}: another tillpoint process on this data directory"
+                    " is still asking the hub about it: retry with the same receiptId"
+                )
             yield
         finally:
+            if taken:
+                self._across.give(receipt_id)
             with self._changed:
                 self._holding.discard(receipt_id)
                 owed = receipt_id in self._put_off
@@ -105,10 +215,15 @@ class HubTurns:
                 return False
             if receipt_id in self._releasing:
                 return False
+            # another process's hold or release of it on its way: the next round (not
+            # waited for: the caller may hold the agent's lock)
+            if not self._across.take(receipt_id, 0.0):
+                return False
             self._releasing.add(receipt_id)
             return True
 
     def end_release(self, receipt_id: str) -> None:
         with self._changed:
             self._releasing.discard(receipt_id)
+            self._across.give(receipt_id)
             self._changed.notify_all()

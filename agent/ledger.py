@@ -1766,12 +1766,16 @@ PRINT_UNCONFIRMED = "sent, not confirmed"
 
 
 def requeue_print_job(conn: sqlite3.Connection, receipt_id: str) -> bool:
-    """A FAILED (or DONE) job back in the queue, or a held one (sent and not confirmed)
-    sent again now; False when there is no such job."""
+    """A FAILED (or DONE) job back in the queue, or a held one (sent and not confirmed), or
+    one waiting for its retry after a drop or a printer away (its backoff), sent again now;
+    False when there is no such job. A PENDING job is one row, taken by the worker alone
+    (`_claim`: PENDING to SENDING), so sooner is never twice; until review 37 a job
+    waiting for its retry was "no failed, held or printed job" (`print retry`, exit 2)."""
     cur = conn.execute(
         "UPDATE print_jobs SET state = 'PENDING', next_attempt_at = NULL, last_error = NULL "
         "WHERE receipt_id = ? AND (state IN ('FAILED', 'DONE')"
-        " OR (state = 'PENDING' AND substr(last_error, 1, ?) = ?))",
+        " OR (state = 'PENDING' AND (next_attempt_at IS NOT NULL"
+        " OR substr(last_error, 1, ?) = ?)))",
         (receipt_id, len(PRINT_UNCONFIRMED), PRINT_UNCONFIRMED),
     )
     return cur.rowcount == 1
@@ -1915,21 +1919,6 @@ def hub_shrinks_due(conn: sqlite3.Connection, now: str) -> list[str]:
             (now, HUB_SHRINK_OWED),
         )
     ]
-
-
-def hub_calls_owed(conn: sqlite3.Connection, since: str, now: str) -> tuple[int, int]:
-    """(releases, shrinks) still owed to the hub: the cancelled or expired holds closed
-    after `since` whose release has not reached it (`hub_releases_due`), and the open
-    OFFLINE holds not expired by `now` whose late grant it has not shrunk yet
-    (`hub_shrinks_due`). Both keep the customer's points held at the hub meanwhile."""
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM receipt_life INDEXED BY receipt_life_release"
-        " WHERE hub_hold != 0 AND state IN ('CANCELLED', 'EXPIRED') AND closed_at > ?),"
-        " (SELECT count(*) FROM receipt_life WHERE state = 'HELD' AND expires_at > ?"
-        " AND hub_hold = ?)",
-        (since, now, HUB_SHRINK_OWED),
-    ).fetchone()
-    return int(row[0]), int(row[1])
 
 
 def shrunk_at_hub(conn: sqlite3.Connection, receipt_id: str, held_at: str) -> None:

@@ -59,7 +59,7 @@ from .errors import (
 )
 from .expiry import WARN_DAYS, Movement, days_later, expiry_time
 from .forward import process_running
-from .hub_turns import HubTurns
+from .hub_turns import HUB_TURNS_FILE, HubTurns
 from .identify import Identification, identify, normalise, phone_key
 from .limits import is_utf8_text
 from .messages import (
@@ -362,7 +362,12 @@ class Agent:
         self._sale_in_write = False
         # a receipt's hub hold: placed or released, not both; a release put off for a
         # hold in its turn is sent when that turn ends (the hold may not have replaced it)
-        self._hub_turns = HubTurns(on_put_off=self._release_put_off)
+        # (and, with a hub, across the processes on this data directory: `hub_turns.lock`,
+        # review 37)
+        self._hub_turns = HubTurns(
+            on_put_off=self._release_put_off,
+            across=None if hub is None else self.data_dir / HUB_TURNS_FILE,
+        )
         # who sends the hub calls owed (`tillpoint run`'s hold timer): told when an OFFLINE
         # hold's grant at the hub is to be shrunk (`on_hub_call_owed`)
         self._owed_listeners: list[Callable[[], None]] = []
@@ -381,6 +386,7 @@ class Agent:
         self.scanned_coupons: list[str] = []
 
     def close(self) -> None:
+        self._hub_turns.close()
         self._checkpoints.close()
         self._live.close()
         self._ledger.close()
@@ -890,13 +896,17 @@ class Agent:
         if hub is None:
             return False
         with self._lock:
+            # the ledger read in the receipt's turn, which another process's hold takes too:
+            # read before it, a release owed reached the hub after that process held the
+            # receipt again, and dropped the new hold (review 37)
+            if not self._hub_turns.start_release(receipt_id):
+                return None
             life = None if forgotten else self._life(receipt_id)
             if not forgotten and (
                 life is None or life.state not in ("CANCELLED", "EXPIRED") or not life.hub_hold
             ):
+                self._hub_turns.end_release(receipt_id)
                 return None  # held again, or confirmed since: its transaction settles it
-            if not self._hub_turns.start_release(receipt_id):
-                return None
         try:
             hub.release(receipt_id)
         except TillpointError as exc:
@@ -937,15 +947,16 @@ class Agent:
             return False
         now = ledger.utc_text(self._now())  # the holds' time line (review 36, rev36d)
         with self._lock:
-            life = self._life(receipt_id)
+            if not self._hub_turns.start_release(receipt_id):
+                return None
+            life = self._life(receipt_id)  # in its turn, as a release's (review 37)
             if (
                 life is None
                 or life.state != "HELD"
                 or not life.shrink_owed
                 or life.expires_at <= now
             ):
-                return None
-            if not self._hub_turns.start_release(receipt_id):
+                self._hub_turns.end_release(receipt_id)
                 return None
         shrink = getattr(hub, "shrink", None)
         try:
@@ -1022,29 +1033,35 @@ class Agent:
 
     def hub_calls_owed(self) -> dict[str, int]:
         """How many releases and shrinks the hub has not taken yet (`/metrics`'s
-        `tillpoint_hub_calls_owed`): each keeps points held there from every till. The
-        releases include those of holds asked for and never stored (`hub_asks`, what
-        `_release_unstored` sends), but not an ask whose call may still store its receipt
-        (this process's hold in its turn; another process's, younger than
-        `HUB_ASK_GRACE_S`): that one is on its way, not owed."""
+        `tillpoint_hub_calls_owed`, `sync now`'s `hubCallsOwed`): `owed_hub_calls` counted."""
+        return {call: len(ids) for call, ids in self.owed_hub_calls().items()}
+
+    def owed_hub_calls(self) -> dict[str, list[str]]:
+        """The receiptIds whose release or shrink the hub has not taken yet, oldest first:
+        each keeps points held there from every till. The releases include those of holds
+        asked for and never stored (`hub_asks`, what `_release_unstored` sends), but not an
+        ask whose call may still store its receipt (this process's hold in its turn;
+        another process's, younger than `HUB_ASK_GRACE_S`): that one is on its way, not
+        owed. `sync now` names them (review 37: it said nothing of those its deadline left)."""
         if self.hub is None:
-            return {"release": 0, "shrink": 0}
+            return {"release": [], "shrink": []}
         now = self.clock()
         cutoff = ledger.utc_text(now - timedelta(seconds=HUB_HOLD_MAX_S))
         young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
         # the open holds' expiry compared on their time line: a step no call has followed
         # yet took a hold with its minutes left for expired, its shrink not owed (rev36d)
         open_now = ledger.utc_text(self._now())
-        with self._lock:
-            releases, shrinks = ledger.hub_calls_owed(self._ledger, cutoff, open_now)
+        with self._lock, ledger.one_read(self._ledger):  # the three lists of one moment
+            releases = ledger.hub_releases_due(self._ledger, cutoff)
+            shrinks = ledger.hub_shrinks_due(self._ledger, open_now)
             asks = ledger.unstored_hub_asks(self._ledger)
-        releases += sum(
-            1
+        releases += [
+            rid
             for rid, asked_at, pid in asks
             if asked_at > cutoff
             and not (asked_at > young and _running_elsewhere(pid))
             and not self._hub_turns.busy_holding(rid)
-        )
+        ]
         return {"release": releases, "shrink": shrinks}
 
     def _send_shrinks(self, stop: threading.Event | None = None) -> int:
@@ -1086,10 +1103,12 @@ class Agent:
                     ledger.forget_hub_ask(conn, rid, asked_at)
                 continue
             with self._lock:
-                # still not stored, and no hold of it on its way (its turn: `HubTurns`)
-                if ledger.unstored_hub_asks(self._ledger, rid) != [(rid, asked_at, pid)]:
-                    continue
+                # no hold of it on its way (its turn: `HubTurns`, across processes too),
+                # and, read in that turn, still not stored
                 if not self._hub_turns.start_release(rid):
+                    continue
+                if ledger.unstored_hub_asks(self._ledger, rid) != [(rid, asked_at, pid)]:
+                    self._hub_turns.end_release(rid)
                     continue
             try:
                 assert self.hub is not None

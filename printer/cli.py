@@ -5,7 +5,7 @@
 ``tillpoint print preview RESULT [--offers FILE]``  the offers block as text (``--png FILE``:
 ``[--png FILE] [--profile NAME]``                   also as an image); no printer needed
 ``tillpoint print queue [--all]``                   the print jobs not yet done (or all)
-``tillpoint print retry RECEIPT_ID``                print a FAILED job again
+``tillpoint print retry RECEIPT_ID``                print a FAILED job again, a waiting one now
 =================================================== ==========================================
 
 ``RESULT`` is a ``CheckoutResult`` JSON file (or ``-``), or a print-job payload. The offers
@@ -49,7 +49,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     queue = actions.add_parser("queue", parents=[common], help="print jobs not yet done")
     queue.add_argument("--all", action="store_true", help="done jobs too")
     queue.set_defaults(handler=_queue)
-    retry = actions.add_parser("retry", parents=[common], help="print a FAILED job again")
+    retry = actions.add_parser(
+        "retry", parents=[common], help="print a FAILED job again, a waiting one now"
+    )
     retry.add_argument("receipt_id")
     retry.set_defaults(handler=_retry)
     p.set_defaults(handler=_no_action(p))
@@ -179,11 +181,22 @@ def _queue(settings: Any, args: argparse.Namespace) -> int:
 
 def _retry(settings: Any, args: argparse.Namespace) -> int:
     from tillpoint.agent.limits import is_utf8_text
-    from tillpoint.printer.queue import requeue
+    from tillpoint.printer.queue import list_jobs, requeue
 
     if not is_utf8_text(args.receipt_id):  # a script's other bytes: bad input (§10)
         raise InputError("print retry: receiptId is not UTF-8 text")
     if not requeue(_ledger(settings), args.receipt_id):
+        # the job on its way is not put back (review 37: "no failed, held or printed job"
+        # of a job that was there): what it is doing, in plain words
+        doing = {
+            "PENDING": "is queued and not tried yet: the running agent prints it",
+            "SENDING": "is being sent to the printer now: not queued again",
+        }
+        for job in list_jobs(_ledger(settings), args.receipt_id):
+            if job["state"] in doing:
+                raise InputError(
+                    f"the print job of receipt {args.receipt_id} {doing[job['state']]}"
+                )
         raise InputError(f"no failed, held or printed job for receipt {args.receipt_id}")
     return _emit(
         args,

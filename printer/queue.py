@@ -245,7 +245,8 @@ def list_jobs(
 
 
 def requeue(db_path: str | os.PathLike[str], receipt_id: str) -> bool:
-    """Put a FAILED (or DONE) job back in the queue; False when there is no such job."""
+    """Put a FAILED (or DONE) job back in the queue, or send a held one or one waiting for
+    its retry now (`requeue_print_job`); False when there is no such job."""
     conn = _connect(db_path)
     try:
         return requeue_print_job(conn, receipt_id)
@@ -551,7 +552,8 @@ class PrintWorker:
         return n
 
     def requeue(self, receipt_id: str) -> bool:
-        """Print a FAILED (or DONE) job again, or a held one now, on an operator's request."""
+        """Print a FAILED (or DONE) job again, or a held one or one waiting for its retry
+        now, on an operator's request (`requeue_print_job`)."""
         with self._tx() as conn:
             changed = requeue_print_job(conn, receipt_id)
         if changed:

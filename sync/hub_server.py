@@ -1487,9 +1487,6 @@ class HubServer:
             try:
                 latest = self.store.latest()
                 self.notifier.update(latest)
-                if latest is not None and latest.version != pruned_at:
-                    pruned_at = latest.version  # once a version, whoever published it
-                    self.prune_versions()
                 if latest is not None:
                     self.builder.request_full(latest.version)  # built once, for every till
                 # Due `every` after the store's latest version, not after this process
@@ -1503,7 +1500,13 @@ class HubServer:
                 )
                 if every and due and time.monotonic() >= next_try:
                     next_try = time.monotonic() + every
-                    self.refresh_balances()
+                    latest = self.refresh_balances() or latest
+                # then the prune, once a version, whoever published it: before the refresh,
+                # a prune of a year of versions (200 a step, 150 ms apart) put the tills'
+                # refresh off by minutes (review 37)
+                if latest is not None and latest.version != pruned_at:
+                    pruned_at = latest.version
+                    self.prune_versions()
             except TillpointError as exc:
                 log.warning("hub watcher: %s", exc.message)
 
