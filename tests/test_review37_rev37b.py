@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
 from .conftest import CLI, enrolled_till, receipt
+from .test_review35_left35 import cancelled_while_away, owed_releases
 from .test_review36_rev36c import _recorded_mode
 
 # ---------------------------------------- 1. sync now's deadline and the link state
@@ -88,3 +89,38 @@ def test_sync_now_cut_by_its_own_timeout_leaves_the_till_online(
     status = cli("status", "--json")
     assert status.code == 0, status.err
     assert json.loads(status.out)["mode"] == "ONLINE", status.out
+
+
+@pytest.mark.parametrize("form", ["--json", "text"])
+def test_sync_now_says_how_many_releases_its_deadline_left_owed(
+    tmp_path: Path, cli: CLI, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """CONTRACT §10 (`sync now --timeout`), §11 (`sync now` sends the releases owed within
+    its --timeout; those left stay owed for the next). Three holds cancelled while the hub
+    was away; the hub is back but 3 s slow at releases (within the till's own 20 s), and
+    `sync now --timeout 2` pushes, pulls and ends 0 with the three still owed: the hub
+    holds those customers' points from every other till. It said only "pushed 0
+    transaction(s), 0 waiting; snapshot 1 is the newest", as if nothing were left to
+    send; it now says how many releases (and shrinks) stayed owed, in the text and in
+    the JSON document (`releasesOwed`, `shrinksOwed`)."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "data"
+    try:
+        cancelled_while_away(hub, data, 3)
+        assert owed_releases(data) == 3
+        _slow(monkeypatch, "ReleaseRedemption", 3.0)
+        hub.restart()  # with the slow handler
+        monkeypatch.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", "20000")
+        done = cli("sync", "now", "--timeout", "2", *([form] if form == "--json" else []))
+        assert done.code == 0, done.err
+        assert owed_releases(data) == 3
+        if form == "--json":
+            doc = json.loads(done.out)
+            assert (doc["releasesOwed"], doc["shrinksOwed"]) == (3, 0), doc
+        else:
+            assert done.out.strip().endswith(
+                "; 3 release(s) still owed to the hub (sent by `tillpoint run` or the next"
+                " `sync now`)"
+            ), done.out
+    finally:
+        hub.stop()
