@@ -1142,12 +1142,18 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
                 agent.retry_hub_releases(past_deadline)
             finally:
                 timer.cancel()
+        # what the round left owed (its deadline, a hub slow at them): the hub holds those
+        # points from every other till until `run` or the next `sync now` sends them; it
+        # was not said, as if nothing were left to send (review 37, rev37b)
+        owed = agent.hub_calls_owed()
         aside = list(pusher.set_aside)
         data = {
             "pushed": pushed - len(aside),
             "setAside": len(aside),
             "setAsideTransactions": state.sync_status(pusher.conn)["setAside"],
             "outboxDepth": pusher.pending(),
+            "releasesOwed": owed["release"],
+            "shrinksOwed": owed["shrink"],
             "pull": {
                 "status": result.status,
                 "version": result.version,
@@ -1187,7 +1193,17 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         pushed = f"pushed {d['pushed']} transaction(s)"
         if d["setAside"]:
             pushed += f", {d['setAside']} SET ASIDE by the hub"
-        return f"{pushed}, {d['outboxDepth']} waiting; {what}"
+        owed = " and ".join(
+            f"{d[key]} {name}(s)"
+            for key, name in (("releasesOwed", "release"), ("shrinksOwed", "shrink"))
+            if d[key]
+        )
+        if owed:
+            owed = (
+                f"; {owed} still owed to the hub (sent by `tillpoint run` or the next"
+                " `sync now`)"
+            )
+        return f"{pushed}, {d['outboxDepth']} waiting; {what}{owed}"
 
     code = _emit(args, data, human)
     failed = False
