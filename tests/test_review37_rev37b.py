@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,11 @@ import pytest
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 
-from .conftest import CLI, enrolled_till, receipt
+from .conftest import CLI, enrolled_till, free_port, needs_ipv6, receipt
 from .test_review35_left35 import cancelled_while_away, owed_releases
 from .test_review36_rev36c import _recorded_mode
+
+EXE = str(Path(sys.executable).parent / "tillpoint")
 
 # ---------------------------------------- 1. sync now's deadline and the link state
 
@@ -124,3 +129,94 @@ def test_sync_now_says_how_many_releases_its_deadline_left_owed(
             ), done.out
     finally:
         hub.stop()
+
+
+# ---------------------------------------- 2. two of the till's servers on one port
+
+
+def _config(tmp_path: Path, server: str, http: str, metrics: str | None = None) -> Path:
+    conf = tmp_path / "tillpoint.toml"
+    shown = f'listen = "{metrics}"' if metrics else "enabled = false"
+    conf.write_text(
+        f'device_id = "till-1"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[server]\nlisten = "{server}"\n[http]\nlisten = "{http}"\n[metrics]\n{shown}\n',
+        encoding="utf-8",
+    )
+    return conf
+
+
+def _tillpoint(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    return subprocess.run(
+        [EXE, "--config", str(conf), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("server", "http", "metrics", "said"),
+    [
+        (
+            "127.0.0.1:{p}",
+            "127.0.0.1:{p}",
+            None,
+            "[server] listen 127.0.0.1:{p} and [http] listen 127.0.0.1:{p}",
+        ),
+        (
+            "localhost:{p}",
+            "127.0.0.1:{p}",
+            None,
+            "[server] listen localhost:{p} and [http] listen 127.0.0.1:{p}",
+        ),
+        (
+            "127.0.0.1:0",
+            "127.0.0.1:{p}",
+            "localhost:{p}",
+            "[http] listen 127.0.0.1:{p} and [metrics] listen localhost:{p}",
+        ),
+    ],
+)
+def test_config_check_and_run_refuse_two_servers_on_one_port(
+    tmp_path: Path, server: str, http: str, metrics: str | None, said: str
+) -> None:
+    """CONTRACT §10 (`config check` validates the configuration; exit 2 for a setting
+    refused; a port another program holds: one line, exit 1). The gRPC server and the
+    HTTP door (or /metrics) given one port on one address: `config check` said
+    "configuration is valid", and `run` exited 1 with "cannot listen on 127.0.0.1:P for
+    HTTP: Address already in use", the words of a port another program holds, so the
+    unit restarted it for ever and the operator looked for a program that was its own
+    gRPC server. Both now refuse the configuration in one line naming the two keys,
+    exit 2, as any setting that can never work."""
+    port = free_port()
+    conf = _config(
+        tmp_path,
+        server.format(p=port),
+        http.format(p=port),
+        metrics.format(p=port) if metrics else None,
+    )
+    expected = f"tillpoint: config: {said.format(p=port)} are one port: each server needs its own"
+    checked = _tillpoint(conf, "config", "check")
+    assert checked.returncode == 2, checked.stdout
+    assert checked.stderr.strip().startswith(expected), checked.stderr
+    run = _tillpoint(conf, "run")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [checked.stderr.strip()], run.stderr
+
+
+@needs_ipv6
+@pytest.mark.parametrize(
+    ("server", "http"),
+    [
+        ("127.0.0.1:{p}", "[::1]:{p}"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+        ("127.0.0.1:{p}", "127.0.0.2:{p}"),
+    ],
+)
+def test_config_check_takes_one_port_on_two_addresses(
+    tmp_path: Path, server: str, http: str
+) -> None:
+    """CONTRACT §10: the same port on two addresses (each its own listen, as the kernel
+    gives them), or port 0 for both (each picks its own), is not one port: found right."""
+    port = free_port()
+    conf = _config(tmp_path, server.format(p=port), http.format(p=port))
+    checked = _tillpoint(conf, "config", "check")
+    assert checked.returncode == 0, checked.stderr
