@@ -1200,8 +1200,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         )
         if owed:
             owed = (
-                f"; {owed} still owed to the hub (sent by `tillpoint run` or the next"
-                " `sync now`)"
+                f"; {owed} still owed to the hub (sent by `tillpoint run` or the next `sync now`)"
             )
         return f"{pushed}, {d['outboxDepth']} waiting; {what}{owed}"
 
