@@ -133,7 +133,7 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     from tillpoint.sync.service import TillSync
 
     from . import ledger, logs, systemd
-    from .config import loose_values, split_listen
+    from .config import loose_values, shared_port, split_listen
     from .lock import DataDirLock
     from .metrics import Registry, serve
     from .server import build_server, register_gauges, start_hold_sweeper
@@ -149,8 +149,12 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     logs.setup(settings.log.level, settings.log.format)
     for loose in loose_values():  # taken as pydantic reads it; `config check` refuses it
         log.warning("%s (taken for now: 'tillpoint config check' refuses it)", loose)
+    from .errors import DamagedCache, DamagedLedger, InputError, Refused
+
+    shared = shared_port(settings)  # two of our servers on one port: exit 2, as `config check`
+    if shared:
+        raise InputError(f"config: {shared}")
     lock = DataDirLock(settings.data_dir).acquire()
-    from .errors import DamagedCache, DamagedLedger, Refused
 
     try:
         ledger.require_writable(settings.data_dir)  # a read-only ledger: refused, not 503s

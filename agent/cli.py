@@ -568,6 +568,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             more = f" (and {len(loose) - 1} more problem(s))" if len(loose) > 1 else ""
             raise InputError(f"{loose[0]}{more}")
 
+        shared = config_mod.shared_port(settings)  # `run` refuses it the same way
+        if shared:
+            raise InputError(f"config: {shared}")
         devices = load_configs(settings.printer, settings.display, settings.scanner)
         if devices[0].kind != "none":
             # the profile as `run` resolves it (PrinterConfigError, exit 2): an unknown

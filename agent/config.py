@@ -461,6 +461,52 @@ def token_problem(section: str, listen: str, token: str) -> str | None:
     )
 
 
+def shared_port(settings: Settings) -> str | None:
+    """Why two of the till's servers (gRPC, the HTTP door, /metrics; those enabled) cannot
+    both listen as configured: one port on an address both are, said in one line, or None.
+    Until review 37 `config check` said such a file was valid and `run` exited 1 with the
+    words of a port another program holds ("Address already in use"), restarted by its
+    unit for ever (rev37b). Each listen's addresses as its server binds them (a name as
+    the system resolves it; one that does not resolve is left to the server to say); a
+    wildcard is each address of its family, `::` of both (bound dual-stack), and so is
+    gRPC's `0.0.0.0` (grpcio binds it as `[::]`). Port 0 picks a port each."""
+    listens = [("server", settings.server.listen)]
+    if settings.http.enabled:
+        listens.append(("http", settings.http.listen))
+    if settings.metrics.enabled:
+        listens.append(("metrics", settings.metrics.listen))
+    seen: list[tuple[str, str, int, set[ipaddress.IPv4Address | ipaddress.IPv6Address]]] = []
+    for key, listen in listens:
+        try:
+            host, port = split_listen(listen)
+            found = listen_addresses(host, port) if port else []
+            ips = {ipaddress.ip_address(str(where[0]).partition("%")[0]) for _, where in found}
+        except (OSError, ValueError):
+            continue
+        if key == "server" and ipaddress.ip_address("0.0.0.0") in ips:
+            ips.add(ipaddress.ip_address("::"))  # grpcio: dual-stack
+        for other, other_listen, other_port, other_ips in seen:
+            if port and port == other_port and _overlap(ips, other_ips):
+                return (
+                    f"[{other}] listen {other_listen} and [{key}] listen {listen} are one"
+                    f" port: each server needs its own (set [{key}] listen)"
+                )
+        seen.append((key, listen, port, ips))
+    return None
+
+
+def _overlap(
+    one: set[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    two: set[ipaddress.IPv4Address | ipaddress.IPv6Address],
+) -> bool:
+    def covers(a: ipaddress.IPv4Address | ipaddress.IPv6Address, b: Any) -> bool:
+        if a == b or str(a) == "::":
+            return True
+        return a.is_unspecified and a.version == b.version
+
+    return any(covers(a, b) or covers(b, a) for a in one for b in two)
+
+
 def bearer_matches(value: bytes, token: bytes) -> bool:
     """An `Authorization` header's (or gRPC metadata's) value against the token: the
     scheme "Bearer" in any case, compared in constant time."""
