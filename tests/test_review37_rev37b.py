@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -220,3 +222,31 @@ def test_config_check_takes_one_port_on_two_addresses(
     conf = _config(tmp_path, server.format(p=port), http.format(p=port))
     checked = _tillpoint(conf, "config", "check")
     assert checked.returncode == 0, checked.stderr
+
+
+@needs_ipv6
+def test_run_names_an_ipv6_http_listen_in_brackets_in_its_log(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """CONTRACT §12 (`[http] listen`), §10 (an IPv6 listen is named in brackets, as review
+    36 made the "cannot listen" lines). `run`'s start-up line for the HTTP door, the one
+    support reads to find where the POS should connect, said "HTTP interface on
+    ::1:43719", an address that reads as a host and a port either way (the gRPC line
+    keeps the brackets as written)."""
+    with socket.socket(socket.AF_INET6) as probe:  # a port free on ::1
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    conf = _config(tmp_path, "127.0.0.1:0", f"[::1]:{port}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    run = subprocess.Popen([EXE, "--config", str(conf), "run"], env=env, stderr=subprocess.PIPE)
+    procs.append(run)
+    assert run.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while not any("HTTP interface on" in line for line in lines):
+        assert time.monotonic() < deadline and run.poll() is None, lines
+        lines.append(run.stderr.readline().decode())
+    said = [json.loads(line)["msg"] for line in lines if "HTTP interface on" in line]
+    assert said == [f"HTTP interface on [::1]:{port}"], said
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=30) == 0
