@@ -250,3 +250,46 @@ def test_run_names_an_ipv6_http_listen_in_brackets_in_its_log(
     assert said == [f"HTTP interface on [::1]:{port}"], said
     run.send_signal(signal.SIGTERM)
     assert run.wait(timeout=30) == 0
+
+
+# ---------------------------------------- 3. status at one moment, a pull landing
+
+
+def test_status_never_pairs_the_old_version_with_the_pull_that_replaced_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (`status`'s fields agree at each moment: the version in the cache and
+    the last sync). `status` reads the cache's version, then the ledger's figures in one
+    read (review 36). A pull that lands between the two (its snapshot switched in, its
+    end recorded: a full snapshot is built by other processes, without the agent's lock)
+    made one document show the version before beside the time of the pull that replaced
+    it, a pair no moment had. Driven here by running the pull as status enters its
+    ledger read."""
+    from tillpoint.agent import ledger
+    from tillpoint.sync.pull import Puller
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    till = hub.till("till-1", tmp_path / "till", start=False)
+    try:
+        puller = Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=5)
+        assert puller.pull().status == "APPLIED"
+        first = till.agent.status().to_json()
+        assert hub.publish() == 2
+        one_read = ledger.one_read
+        landed: list[str] = []
+
+        def pull_lands_first(conn: Any) -> Any:
+            if not landed:
+                time.sleep(0.01)  # the pull's own time, after the one before
+                assert puller.pull().status == "APPLIED"
+                landed.append("v2")
+            return one_read(conn)
+
+        monkeypatch.setattr(ledger, "one_read", pull_lands_first)
+        seen = till.agent.status().to_json()
+        assert landed == ["v2"]
+        assert seen["lastPullAt"] > first["lastPullAt"], (first, seen)
+        assert seen["cacheVersion"] == 2, seen  # the pull whose time it shows
+    finally:
+        till.stop()
+        hub.stop()
