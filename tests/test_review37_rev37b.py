@@ -54,9 +54,13 @@ def _slow(monkeypatch: pytest.MonkeyPatch, call: str, seconds: float) -> None:
 @pytest.mark.parametrize(
     ("call", "said"),
     [
-        ("ListTransactions", "before the hub answered (nothing pushed; 1 transaction(s)"),
-        ("PushTransactions", "with the hub not taking the transactions in time (pushed 0)"),
-        ("PullSnapshot", "while pulling the snapshot (pushed 1;"),
+        ("ListTransactions", ("before the hub answered (nothing pushed; 1 transaction(s)",)),
+        ("PushTransactions", ("with the hub not taking the transactions in time (pushed 0)",)),
+        # (or, on a busy machine, cut between the push and the pull: the same fault)
+        (
+            "PullSnapshot",
+            ("while pulling the snapshot (pushed 1;", "before the snapshot was pulled (pushed 1;"),
+        ),
     ],
 )
 def test_sync_now_cut_by_its_own_timeout_leaves_the_till_online(
@@ -65,14 +69,14 @@ def test_sync_now_cut_by_its_own_timeout_leaves_the_till_online(
     cli: CLI,
     monkeypatch: pytest.MonkeyPatch,
     call: str,
-    said: str,
+    said: tuple[str, ...],
 ) -> None:
     """CONTRACT §10 (`sync now --timeout`: one line, exit 1; `status`'s mode: ONLINE when
     the last exchange with the hub worked), §11 (a call cut by sync now's own deadline
     says nothing of the hub: review 36's rev36c, for the owed releases). A till recorded
-    ONLINE by a `sync now` that worked sells once; the hub is then 0.6 s slow at one of
+    ONLINE by a `sync now` that worked sells once; the hub is then 2.5 s slow at one of
     its calls (its mark, the push, the snapshot), within the till's own 5 s, and the
-    operator runs `sync now --timeout 0.3`. It gives up at its deadline, as the contract
+    operator runs `sync now --timeout 1.5`. It gives up at its deadline, as the contract
     says, but recorded the till OFFLINE, and `tillpoint status` said so until the next
     contact, though the hub was there all along (it took the push, in the last case):
     the operator's deadline was taken for a hub away."""
@@ -83,15 +87,14 @@ def test_sync_now_cut_by_its_own_timeout_leaves_the_till_online(
     assert _recorded_mode(data) == "ONLINE"
     sold = cli("checkout", receipt("s-1"), "--json")
     assert sold.code == 0, sold.err
-    _slow(monkeypatch, call, 0.6)
+    _slow(monkeypatch, call, 2.5)
     hub.restart()  # with the slow handler
-    done = cli("sync", "now", "--timeout", "0.3")
+    done = cli("sync", "now", "--timeout", "1.5")
     assert done.code == 1
     lines = done.err.strip().splitlines()
     assert len(lines) == 1, done.err
-    assert lines[0].startswith(
-        f"tillpoint: sync now gave up at its deadline of 0.3 s (--timeout) {said}"
-    ), lines[0]
+    gave_up = "tillpoint: sync now gave up at its deadline of 1.5 s (--timeout) "
+    assert lines[0].startswith(tuple(gave_up + words for words in said)), lines[0]
     assert _recorded_mode(data) == "ONLINE"
     status = cli("status", "--json")
     assert status.code == 0, status.err
