@@ -133,7 +133,7 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     from tillpoint.sync.service import TillSync
 
     from . import ledger, logs, systemd
-    from .config import listen_clash, loose_values, split_listen
+    from .config import listen_clash, listen_text, loose_values, split_listen
     from .errors import DamagedCache, DamagedLedger, Refused
     from .lock import DataDirLock
     from .metrics import Registry, serve
@@ -222,7 +222,8 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     unpublish = None
     if http_server is not None:
         http_server.start()
-        log.info("HTTP interface on %s:%s", http_server.host, http_server.port)
+        # an IPv6 host in brackets, as the "cannot listen" lines name it (review 37)
+        log.info("HTTP interface on %s", listen_text(http_server.host, http_server.port))
         # The CLI forwards its calls to this agent while it serves (agent/forward.py).
         unpublish = forward.publish(settings.data_dir, http_server, token=bool(settings.http.token))
     from .cli import version_text

@@ -463,7 +463,7 @@ def listen_clash(settings: Settings) -> str | None:
         servers.append(("metrics", settings.metrics.listen))
     for i, (first, one) in enumerate(servers):
         for second, other in servers[i + 1 :]:
-            port = _shared_port(one, other)
+            port = _shared_port(one, other, dual=first == "server")
             if port:
                 return (
                     f"[{first}] listen {one} and [{second}] listen {other}: one port"
@@ -472,8 +472,9 @@ def listen_clash(settings: Settings) -> str | None:
     return None
 
 
-def _shared_port(one: str, other: str) -> int:
-    """The port two listens would both bind on one address, else 0."""
+def _shared_port(one: str, other: str, *, dual: bool = False) -> int:
+    """The port two listens would both bind on one address, else 0. `dual`: `one` is the
+    gRPC server's, which grpcio binds dual-stack at `0.0.0.0` (as `[::]`: rev37b)."""
     (host1, port), (host2, port2) = split_listen(one), split_listen(other)
     if port == 0 or port != port2:
         return 0
@@ -481,6 +482,8 @@ def _shared_port(one: str, other: str) -> int:
         first, second = listen_addresses(host1, port), listen_addresses(host2, port)
     except OSError:  # a name that does not resolve: the bind says so
         return 0
+    if dual:
+        first = [(f, ("::", *w[1:])) if w[0] == "0.0.0.0" else (f, w) for f, w in first]
     for family, where in first:
         for family2, where2 in second:
             if _meet(family, where[0], family2, where2[0]):

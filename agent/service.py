@@ -2289,36 +2289,50 @@ class Agent:
 
     # ------------------------------------------------------------ status
 
+    def _cache_info(self) -> cache_mod.CacheInfo:
+        """The cache's header for `status` (called with `_lock` held): a full snapshot
+        switched in since is picked up; a damaged cache is version 0 (status still answers,
+        saying so; healthz: not serving)."""
+        self._cache = self._live.connection()
+        try:
+            return cache_mod.info(self._cache)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(str(exc)):
+                raise
+            self._damaged(exc)
+            return cache_mod.CacheInfo(0, None, None, None)
+
     def status(self) -> TillStatus:
         with self._lock:
-            self._cache = self._live.connection()
-            try:
-                info = cache_mod.info(self._cache)
-            except sqlite3.DatabaseError as exc:  # status still answers, saying so
-                if not is_damage(str(exc)):
-                    raise
-                self._damaged(exc)
-                info = cache_mod.CacheInfo(0, None, None, None)  # healthz: not serving
-            conn = self._ledger
-            with ledger.one_read(conn):  # every ledger figure of one moment
-                jobs = ledger.open_print_jobs(conn)
-                status: dict[str, Any] = {
-                    "deviceId": self.device_id,
-                    "cacheVersion": info.version,
-                    "cacheIssuedAt": info.issued_at or "",
-                    "cacheExpiresAt": info.expires_at or "",
-                    "lastSeq": ledger.last_seq(conn, self.device_id),
-                    "outboxDepth": ledger.outbox_depth(conn),
-                    "printQueueDepth": int(jobs),
-                }
-                failed, retrying, last_error = ledger.print_queue_health(conn)
-                status["printerLastError"] = last_error
-                for source in self.status_sources:
-                    status.update(source(conn))
-                if "lastPullAt" in status:  # a pull's data in the cache before it recorded its end
-                    status["lastPullAt"] = max(
-                        str(status["lastPullAt"]), ledger.last_pull_at(conn, info.version)
-                    )
+            # The cache's version, then the ledger's figures; read again when a pull
+            # landed between the two (a full snapshot is switched in, and the pull records
+            # its end, without this lock): the version before beside the time of the pull
+            # that replaced it was a pair no moment had (review 37, rev37b)
+            for _ in range(3):
+                info = self._cache_info()
+                conn = self._ledger
+                with ledger.one_read(conn):  # every ledger figure of one moment
+                    jobs = ledger.open_print_jobs(conn)
+                    status: dict[str, Any] = {
+                        "deviceId": self.device_id,
+                        "cacheVersion": info.version,
+                        "cacheIssuedAt": info.issued_at or "",
+                        "cacheExpiresAt": info.expires_at or "",
+                        "lastSeq": ledger.last_seq(conn, self.device_id),
+                        "outboxDepth": ledger.outbox_depth(conn),
+                        "printQueueDepth": int(jobs),
+                    }
+                    failed, retrying, last_error = ledger.print_queue_health(conn)
+                    status["printerLastError"] = last_error
+                    for source in self.status_sources:
+                        status.update(source(conn))
+                    # a pull's data in the cache before it recorded its end
+                    if "lastPullAt" in status:
+                        status["lastPullAt"] = max(
+                            str(status["lastPullAt"]), ledger.last_pull_at(conn, info.version)
+                        )
+                if self._cache_info().version == info.version:
+                    break
             # With a hub, the mode the till prices in now (what a hold just answered), not
             # the sync loop's last recorded one, which lags it by up to a cycle.
             if self.hub is not None:

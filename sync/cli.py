@@ -1046,8 +1046,17 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         return deadline - time.monotonic()
 
     def gave_up(what: str) -> HubUnavailable:
-        # called once `agent` is made: the releases and shrinks left owed too (review
-        # 37), on the same line
+        """The one line of a command that reached its deadline. A call cut by it says
+        nothing of the hub (as an owed release cut so, rev36c): the till is recorded ONLINE
+        when the hub answered this command, else left as last recorded. Until review 37
+        each cut recorded it OFFLINE, `status` saying so until the next contact, though the
+        hub had answered the mark, taken the push (review 37, rev37b)."""
+        if link.last_contact is not None:
+            state.put(
+                pusher.conn,
+                {"mode": "ONLINE", "last_contact_at": state.now_text(link.last_contact)},
+            )
+        # the releases and shrinks left owed too (review 37, left37), on the same line
         owed = ""
         with contextlib.suppress(Exception):  # a ledger read: never the error itself
             owed = _owed_text(agent.owed_hub_calls())
@@ -1082,7 +1091,6 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
                 progress=bar, lock_wait_s=max(0.0, min(args.wait, left())), narrow_on_timeout=True
             )
         except OutOfTime as exc:
-            state.put(pusher.conn, {"mode": "OFFLINE"})
             raise gave_up(
                 f"with the hub not taking the transactions in time (pushed {exc.sent});"
                 f" {pusher.pending()} transaction(s) still in the outbox, sent by"
@@ -1117,7 +1125,6 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
                     raise
             except grpc.RpcError as exc:
                 if timed_out(exc) and left() <= 0:
-                    state.put(pusher.conn, {"mode": "OFFLINE"})
                     raise gave_up(
                         f"while pulling the snapshot (pushed {pushed}; what arrived is"
                         " kept, and the next pull resumes it)"
@@ -1166,7 +1173,6 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             {"mode": "ONLINE" if link.online else "OFFLINE", "last_contact_at": state.now_text()},
         )
     except grpc.RpcError as exc:
-        state.put(pusher.conn, {"mode": "OFFLINE"})
         if timed_out(exc) and left() <= 0:
             # the first call (the hub's mark, before the push) given what was left of
             # --timeout: the operator's deadline, not a hub too slow (review 36)
@@ -1174,6 +1180,7 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
                 f"before the hub answered (nothing pushed; {pusher.pending()} transaction(s)"
                 " still in the outbox, sent by `tillpoint run` or the next `sync now`)"
             ) from None
+        state.put(pusher.conn, {"mode": "OFFLINE"})
         raise HubUnavailable(link.describe(exc)) from None
     finally:
         pusher.close()
