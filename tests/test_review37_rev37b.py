@@ -227,6 +227,19 @@ def test_config_check_and_run_refuse_two_servers_on_one_port(
 
 
 @needs_ipv6
+def test_grpc_on_the_ipv4_wildcard_meets_an_ipv6_listen_of_its_port() -> None:
+    """CONTRACT §10: grpcio binds `0.0.0.0` dual-stack (as `[::]`), so the gRPC server
+    there and the HTTP door on `[::1]` of its port cannot both listen (rev37b's reading,
+    kept in left37's `listen_clash` at the merge); two HTTP-like servers on `0.0.0.0` and
+    `[::1]` (each its own family) can."""
+    from tillpoint.agent.config import _shared_port
+
+    port = free_port()
+    assert _shared_port(f"0.0.0.0:{port}", f"[::1]:{port}", dual=True) == port
+    assert _shared_port(f"0.0.0.0:{port}", f"[::1]:{port}") == 0
+
+
+@needs_ipv6
 @pytest.mark.parametrize(
     ("server", "http"),
     [
