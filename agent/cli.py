@@ -664,8 +664,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if hub is not None and command != "quote":  # a quote writes nothing
                 # the answer is out: then the releases owed to the hub from earlier (holds
                 # closed while it was away), as `run`'s hold timer sends them, within the
-                # redemption deadline (the contract §11)
-                hub.send_owed(agent)
+                # redemption deadline (the contract §11); a stop meanwhile ends only that
+                _send_owed_until_stopped(hub, agent)
             return code
         if command == "refund":
             refund = refund_from_json(read_json(args.file))
@@ -683,6 +683,38 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if hub is not None:
             hub.close()
     parser.error(f"unknown command {command}")
+
+
+class _StoppedSending(BaseException):
+    """SIGTERM while a one-shot command sends what it owes the hub after its answer."""
+
+
+def _send_owed_until_stopped(hub: Any, agent: Any) -> None:
+    """`TillSync.send_owed` after a one-shot command's answer, which a SIGTERM or a Ctrl-C
+    (SIGINT) cuts short without changing the command's exit code: its answer is written
+    and stands (a sale committed), so it exits as the answer said, and what was not sent
+    stays owed for the next command (the contract §10, §11). Until review 37 the process
+    died of the SIGTERM (-15, a shell's 143) or exited 130, and a POS that reads the exit
+    code first took a committed sale for a failed one. A BaseException, so that nothing
+    on the way (`except Exception` of a release's retries) takes it for the hub's error."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        hub.send_owed(agent)  # (a caller's thread: signals are the main thread's)
+        return
+
+    def stopping(signum: int, frame: Any) -> None:
+        raise _StoppedSending
+
+    before = signal.signal(signal.SIGTERM, stopping)
+    try:
+        hub.send_owed(agent)
+    except (_StoppedSending, KeyboardInterrupt):
+        pass  # stopped: what is owed to the hub is left for the next command
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _run_reset(args: argparse.Namespace, settings: Any) -> int:
