@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,99 @@ def test_a_one_shot_stopped_while_it_sends_what_it_owes_exits_as_its_answer_said
         assert owed_releases(data) >= 2  # those not sent stay owed, for the next command
     finally:
         hub.stop()
+
+
+# ---------------------------------------- 2. a network printer's close (checked, found right)
+
+
+def _printer(behaviour: str, job_len: int) -> tuple[int, bytearray, threading.Event, Any]:
+    """A network printer on 127.0.0.1 taking one connection: `reads-closes` reads the job
+    then closes its side (before the agent's FIN); `reads-resets` reads the whole job then
+    resets the connection (RST); `stalls` has the smallest receive buffer and reads
+    nothing until `go` is set (a printer whose buffer is full: it acknowledges no more
+    bytes), then reads the rest. Answers the port, what it read, `go` and its thread."""
+    import socket
+    import struct
+
+    listener = socket.socket()
+    if behaviour == "stalls":
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's least
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(10.0)
+    got = bytearray()
+    go = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        conn.settimeout(20.0)
+        try:
+            if behaviour == "stalls":
+                go.wait(20.0)
+            while len(got) < job_len and (chunk := conn.recv(65536)):
+                got.extend(chunk)
+            if behaviour == "reads-resets":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif behaviour == "stalls":
+                conn.recv(1)  # the agent's FIN
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], got, go, thread
+
+
+@pytest.mark.parametrize("behaviour", ["reads-closes", "reads-resets"])
+def test_a_close_to_a_printer_that_closes_or_resets_after_the_job_ends_quietly(
+    behaviour: str,
+) -> None:
+    """CONTRACT §7 (PRINTING: the close sends the FIN and drains until the printer took
+    every byte or closed its side). A printer that closes its side after the job, or
+    resets the connection after reading it: the close ends well before its bound, says
+    nothing (no error for a job the printer has), and the printer has every byte."""
+    from tillpoint.printer.transport import NetworkTransport
+
+    job = b"\x1b@" + b"coupon line\n" * 500 + b"\x1dV\x00"
+    port, got, _, thread = _printer(behaviour, len(job))
+    transport = NetworkTransport("127.0.0.1", port, 2.0, 5.0, close_drain_s=10.0)
+    transport.open()
+    transport.write(job)
+    thread.join(10.0)  # it read the job and closed (or reset) before the agent's close
+    transport.close()  # neither raises nor waits out its 10 s (the test's own timeout)
+    assert bytes(got) == job
+
+
+def test_a_close_to_a_printer_that_acknowledges_nothing_waits_its_bound_and_delivers_later() -> (
+    None
+):
+    """CONTRACT §7. A printer whose buffer is full acknowledges no byte more: the close's
+    drain must not take the FIN's one byte in the send queue for "all acknowledged"
+    (review 36's `unsent <= fin`): it waits its whole bound (the bytes still in the
+    agent's kernel), then closes gracefully (not a reset), so the printer gets the whole
+    job when it reads again: every byte arrives after the close."""
+    from tillpoint.printer.transport import NetworkTransport
+
+    job = b"\x1b@" + bytes(range(256)) * 64 + b"\x1dV\x00"  # 16 KiB: more than it takes
+    port, got, go, thread = _printer("stalls", len(job))
+    transport = NetworkTransport("127.0.0.1", port, 2.0, 5.0, close_drain_s=0.3)
+    transport.open()
+    transport.write(job)  # into the agent's kernel; the printer takes a few KiB of it
+    sock = transport._sock
+    assert sock is not None
+    from tillpoint.printer.transport import _unsent
+
+    waiting = _unsent(sock)
+    assert waiting is not None and waiting > 1, "the printer took the whole job"
+    import time
+
+    started = time.monotonic()
+    transport.close()
+    # its whole bound (a lower bound: a loaded machine only makes it longer); before
+    # review 36's `<= fin` counted the FIN alone, an early end is what a miscount gives
+    assert time.monotonic() - started >= 0.29
+    assert not got
+    go.set()
+    thread.join(20.0)
+    assert bytes(got) == job  # the tail delivered after the close, not reset away
