@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
+from .conftest import receipt
 from .test_review35_left35 import owed_releases
 from .test_review36_left36 import EXE, GatedReleases, owed_till
 from .test_review36_left36 import gated_releases as gated_releases  # a fixture
+from .test_review36_rev36a import full_till as full_till  # a fixture
 
 # ---------------------------------------- 1. a one-shot command stopped while it pays what it owes
 
@@ -36,6 +38,7 @@ def _answer_of(proc: subprocess.Popen[bytes]) -> tuple[str, dict[str, object]]:
             continue
 
 
+@pytest.mark.slow  # ~5 s of set-up (a hub stopped and started), then a `tillpoint` process
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_one_shot_stopped_while_it_sends_what_it_owes_exits_as_its_answer_said(
     tmp_path: Path, gated_releases: GatedReleases, sig: signal.Signals
@@ -186,3 +189,48 @@ def test_a_close_to_a_printer_that_acknowledges_nothing_waits_its_bound_and_deli
     go.set()
     thread.join(20.0)
     assert bytes(got) == job  # the tail delivered after the close, not reset away
+
+
+# ---------------------------------------- 3. storageError: a retry answered from storage
+
+
+def test_a_checkout_retried_on_a_freed_ledger_leaves_storage_error_until_a_sale_is_stored(
+    full_till: tuple[Any, Any],
+) -> None:
+    """CONTRACT §10 (`storageError`: "sales are refused for storage since
+    `storageErrorAt`", cleared when a sale is stored again; DECISIONS "Review 36: what
+    clears storageError"). The ledger is freed; the POS sends again a Checkout already
+    committed and a Confirm already confirmed (their answers come from what is stored,
+    nothing is committed): the sign stays, said alike by `/healthz`, `/v1/status` (what
+    `tillpoint status` prints when `run` serves) and the Status the gRPC door answers.
+    The next new sale clears it everywhere. Checked, found right."""
+    import urllib.request
+
+    from .test_review36_rev36a import _healthz, _post
+
+    agent, srv = full_till
+
+    def said() -> tuple[str | None, str, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/v1/status", timeout=10) as r:
+            http_status = json.loads(r.read())
+        grpc_status = agent.status().to_json()
+        return (
+            _healthz(srv.port).get("storageError"),
+            str(http_status.get("storageError", "")),
+            str(grpc_status["storageError"]),
+        )
+
+    sign = said()
+    assert sign[0] and "disk is full" in sign[0] and sign[0] == sign[1] == sign[2]
+    status, held = _post(srv.port, "/v1/hold", receipt("held-1"))
+    assert (status, held["state"]) == (200, "HELD")
+    agent._ledger.execute("PRAGMA max_page_count = 1073741823")  # room again
+    status, again = _post(srv.port, "/v1/checkout", receipt("sold-0"))  # the same body
+    assert (status, again["state"]) == (200, "CONFIRMED")
+    assert said() == sign  # nothing was committed: still the sign
+    status, done = _post(srv.port, "/v1/confirm", {"receiptId": "held-1"})
+    assert (status, done["state"]) == (200, "CONFIRMED")  # a sale stored
+    assert said() == (None, "", "")
+    status, again = _post(srv.port, "/v1/confirm", {"receiptId": "held-1"})
+    assert (status, again["state"]) == (200, "CONFIRMED")
+    assert said() == (None, "", "")
