@@ -6,7 +6,9 @@ processes, the reference hub on 127.0.0.1 with its own gRPC handlers, real SQLit
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -234,3 +236,53 @@ def test_a_checkout_retried_on_a_freed_ledger_leaves_storage_error_until_a_sale_
     status, again = _post(srv.port, "/v1/confirm", {"receiptId": "held-1"})
     assert (status, again["state"]) == (200, "CONFIRMED")
     assert said() == (None, "", "")
+
+
+@pytest.mark.slow  # a hub and a `tillpoint` process: ~4 s
+def test_a_one_shot_stopped_just_after_its_answer_exits_as_its_answer_said(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10, §11. Nothing owed: after its answer a one-shot `tillpoint hold`
+    looks for what it owes the hub, closes its hub link (up to half a second for gRPC's
+    watch of the channel) and its files, and exits. A SIGTERM in that time, the answer
+    read (a POS's supervisor ending the process it has its answer from), made it die
+    -15 after a HELD answer; here one every 20 ms from the answer on. Failed before the
+    fix (and with the sending alone guarded: its closes and exit)."""
+    from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+    from tillpoint.sync.loopback import receipt as hub_receipt
+
+    from .conftest import enrolled_till
+    from .test_review35_spec35c import ANNA, BIG
+
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    try:
+        data = tmp_path / "data"
+        enrolled_till(hub, data, "till-1").stop()
+        conf = tmp_path / "tillpoint.toml"
+        conf.write_text(f'device_id = "till-1"\ndata_dir = "{data}"\n')
+        (tmp_path / "sale.json").write_text(json.dumps(hub_receipt("s-1", ANNA, lines=BIG)))
+        env = {k: v for k, v in os.environ.items() if k != "TILLPOINT_DEVICE_ID"}
+        proc = subprocess.Popen(
+            [EXE, "--config", conf, "hold", tmp_path / "sale.json", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _, doc = _answer_of(proc)
+            assert (doc["state"], doc["mode"]) == ("HELD", "ONLINE")
+            for _ in range(1500):  # a SIGTERM every 20 ms from the answer to the exit
+                if proc.poll() is not None:
+                    break
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(0.02)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, (proc.returncode, err)
+        assert out == b""
+    finally:
+        hub.stop()
