@@ -286,3 +286,44 @@ def test_a_one_shot_stopped_just_after_its_answer_exits_as_its_answer_said(
         assert out == b""
     finally:
         hub.stop()
+
+
+# ---------------------------------------- 4. an owed release across a step of the wall clock
+
+
+def test_a_release_owed_across_a_step_forward_of_days_is_still_sent(
+    tmp_path: Path, gated_releases: GatedReleases
+) -> None:
+    """CONTRACT §11 ("expired and cancelled holds release their reservations"; a hold
+    lives `holdTtlSeconds` of time that passes). A hold granted ONLINE is cancelled while
+    the hub is away: its release is owed. Then NTP sets the till's wall clock right, two
+    days forward (an RTC that had lost them). The till follows the step for its open
+    holds, but read the closed hold's `closed_at` against the stepped clock: "closed more
+    than a day ago, run out at the hub" — the release was dropped, never sent, while the
+    hub (its own clock) still held the customer's points from every till for its copy's
+    whole time. The times an owed release or ask is judged by move with the step, as the
+    open holds' do. Failed before the fix (no release reached the hub)."""
+    from datetime import datetime, timedelta
+
+    from tillpoint.agent.results import receipt_from_json
+
+    from .conftest import SteppingClock
+    from .test_review31_long31 import _sale, stepped_while_it_asks
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    with stepped_while_it_asks(tmp_path, clock, 2.0) as (agent, data, _, hub):
+        agent.load_snapshot({**data, "version": 1, "baseVersion": 0})
+        agent.sweep_holds()  # the clock's mark made (the hold timer's round)
+        held = agent.hold(receipt_from_json(_sale("h-1", clock(), redeemPoints=100)))
+        assert (held.mode, held.redeemed_points) == ("ONLINE", 100)
+        hub.stop()
+        assert agent.cancel("h-1").state == "CANCELLED"  # its release owed
+        assert owed_releases(tmp_path / "till") == 1
+        hub.restart()
+        clock.passes(30)
+        clock.stepped(timedelta(days=2).total_seconds())  # NTP
+        agent.sweep_holds()  # the hold timer's round follows the step
+        assert agent.hub_calls_owed()["release"] == 1
+        agent.retry_hub_releases()
+        assert len(gated_releases.started) == 1, "the owed release was dropped unsent"
+        assert owed_releases(tmp_path / "till") == 0
