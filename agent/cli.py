@@ -277,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the encoding's strict default they said "internal error", exit 1 (rev36f)
             errors = "backslashreplace" if stream is sys.stderr else None
             reconfigure(encoding="utf-8", errors=errors)
+    process_ends = argv is None  # the `tillpoint` command: its exit follows (`_AfterAnswer`)
     if argv is None:
         argv = sys.argv[1:]
     argv = _scanned_text_last(argv)
@@ -286,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `--version` writes its line while the arguments are read: inside the handlers
         # below, so a closed or full stdout is worded, not a traceback.
         args = _parse(parser, argv)
+        args.process_ends = process_ends
         if args.command is None:  # a usage error: the help on stderr, as argparse's own are
             parser.print_help(sys.stderr)
             return EXIT_INPUT
@@ -623,6 +625,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         else None
     )
     agent = agent_with_hub(settings, hub)
+    after: _AfterAnswer | None = None  # from a committing call's answer on
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -667,8 +670,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if hub is not None and command != "quote":  # a quote writes nothing
                 # the answer is out: then the releases owed to the hub from earlier (holds
                 # closed while it was away), as `run`'s hold timer sends them, within the
-                # redemption deadline (the contract §11)
-                hub.send_owed(agent)
+                # redemption deadline (the contract §11); a stop from here on ends only that
+                after = _AfterAnswer(process_ends=bool(getattr(args, "process_ends", False)))
+                after.start().send_owed(hub, agent)
             return code
         if command == "refund":
             refund = refund_from_json(read_json(args.file))
@@ -685,7 +689,66 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         agent.close()
         if hub is not None:
             hub.close()
+        if after is not None:
+            after.end()
     parser.error(f"unknown command {command}")
+
+
+class _StoppedSending(BaseException):
+    """A stop (SIGTERM, SIGINT) while a one-shot command sends what it owes the hub after
+    its answer. A BaseException, so that nothing on the way (`except Exception` of a
+    release's retries) takes it for the hub's error."""
+
+
+class _AfterAnswer:
+    """From a one-shot command's answer to the end of its process: the releases owed to
+    the hub (`TillSync.send_owed`), then the hub link's and the files' closes and the
+    interpreter's exit (together up to a second). A SIGTERM or a Ctrl-C (SIGINT) then
+    ends the sending, which it cuts short (what was not sent stays owed for the next
+    command), and does not change the exit code: the answer is written and stands (a
+    sale committed), so the process exits as it said (the contract §10, §11). Until
+    review 37 it died of the SIGTERM (-15, a shell's 143) or exited 130 after a
+    committed sale's answer, and a POS that reads the exit code first took the sale for
+    a failed one. `process_ends`: `main` was called as the `tillpoint` command (not with
+    the arguments of a caller in its own process), whose exit follows: the two signals
+    stay ignored through it, not handed back."""
+
+    def __init__(self, *, process_ends: bool) -> None:
+        self.process_ends = process_ends
+        self.sending = False
+        self.before: dict[int, Any] = {}
+
+    def start(self) -> _AfterAnswer:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # signals are its own
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.before[signum] = signal.signal(signum, self._stopping)
+        return self
+
+    def _stopping(self, signum: int, frame: Any) -> None:
+        if self.sending:
+            raise _StoppedSending  # out of the call to the hub on its way
+
+    def send_owed(self, hub: Any, agent: Any) -> None:
+        try:
+            self.sending = True
+            try:
+                hub.send_owed(agent)
+            finally:
+                self.sending = False
+        except (_StoppedSending, KeyboardInterrupt):
+            pass  # stopped: what is owed to the hub is left for the next command
+
+    def end(self) -> None:
+        import signal
+
+        for signum, before in self.before.items():
+            if self.process_ends:
+                signal.signal(signum, signal.SIG_IGN)
+            elif before is not None:
+                signal.signal(signum, before)
 
 
 def _run_reset(args: argparse.Namespace, settings: Any) -> int:

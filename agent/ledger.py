@@ -2003,7 +2003,8 @@ def due_holds(conn: sqlite3.Connection, now: str) -> list[tuple[str, bool]]:
 
 def shift_open_holds(conn: sqlite3.Connection, step: timedelta) -> int:
     """Move the expiry of every open hold by `step` (the wall clock was stepped by it),
-    and the `holdExpiresAt` its held result answers a retried Hold with."""
+    and the `holdExpiresAt` its held result answers a retried Hold with; and the times
+    the releases and asks owed to the hub are judged by."""
     moved = []
     for rid, at, text in conn.execute(
         "SELECT receipt_id, expires_at, held_result FROM receipt_life WHERE state = 'HELD'"
@@ -2018,6 +2019,29 @@ def shift_open_holds(conn: sqlite3.Connection, step: timedelta) -> int:
         "UPDATE receipt_life SET expires_at = ?, held_result = ?"
         " WHERE receipt_id = ? AND state = 'HELD'",
         moved,
+    )
+    # What an owed call to the hub is judged by moves with them: a release owed since its
+    # `closed_at`, an ask since its `asked_at`, each owed for a day of time that passes
+    # (`run_out_at_hub`; an ask of another process still running is young for 120 s).
+    # Left on the clock of before the step, a step forward of a day took a release owed
+    # for minutes for one run out at the hub and dropped it unsent, the hub (its own
+    # clock) holding the points from every till for its copy's whole time (review 37).
+    conn.executemany(
+        "UPDATE receipt_life SET closed_at = ? WHERE receipt_id = ?",
+        [
+            (utc_text(datetime.fromisoformat(at) + step), rid)
+            for rid, at in conn.execute(
+                "SELECT receipt_id, closed_at FROM receipt_life WHERE hub_hold != 0"
+                " AND state IN ('CANCELLED', 'EXPIRED') AND closed_at IS NOT NULL"
+            ).fetchall()
+        ],
+    )
+    conn.executemany(
+        "UPDATE hub_asks SET asked_at = ? WHERE receipt_id = ?",
+        [
+            (utc_text(datetime.fromisoformat(at) + step), rid)
+            for rid, at in conn.execute("SELECT receipt_id, asked_at FROM hub_asks").fetchall()
+        ],
     )
     return len(moved)
 
