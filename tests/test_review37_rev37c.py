@@ -15,9 +15,13 @@ tills with their hub links, ledgers and caches, real pulls.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data
 from tillpoint.sync.pull import cache_version
 
 from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull
+from .test_review36_rev36e import TTL_S, pruned_state
 
 LOW, HIGH = 200, 600  # the till's snapshot's offline limit before and after its pull
 
@@ -116,3 +121,123 @@ def test_a_pull_between_the_early_pricing_and_its_transaction_redeems_no_more_th
     finally:
         a.stop()
         b.stop()
+
+
+# ---------------------------------------------------------------- 2. a hub stopped mid-prune
+
+VERSIONS = 1000  # five steps of `hub_sql.PRUNE_STEP`, 150 ms apart: a second of pruning
+
+
+def a_year_of_versions(store: Any, now: datetime) -> int:
+    """Versions 1..VERSIONS-1 a minute apart from 100 days before `now`, each changing a
+    customer, and one more a day before `now`: the floor of a 30-day retention is
+    VERSIONS - 1. Returns it."""
+    import_doc(store, sample_master_data())
+    start = now - timedelta(days=100)
+    store.publish(start, TTL_S)
+    for v in range(2, VERSIONS):
+        import_doc(store, {"customers": [{"id": "c-9", "firstName": f"Вера {v}"}]})
+        store.publish(start + timedelta(minutes=v), TTL_S)
+    import_doc(store, {"customers": [{"id": "c-9", "firstName": "Вера"}]})
+    store.publish(now - timedelta(days=1), TTL_S)
+    return VERSIONS - 1
+
+
+def serve(
+    hub_dir: Path, url: str | None, procs: list[subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """`tillpoint hub serve` of `hub_dir` (shipped retention, 30 days; its store `url`, or
+    its own SQLite file), once it listens."""
+    port_file = hub_dir / "serve.port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tillpoint.agent.cli", "hub", "serve", "--hub-dir", str(hub_dir),
+         "--listen", "127.0.0.1:0", "--port-file", str(port_file),
+         *(["--store", url] if url else [])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    procs.append(proc)
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    return proc
+
+
+def hub_store(kind: str, path: Path, url: str | None) -> Any:
+    if kind == "sqlite":
+        from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+        return SqliteHubStore(path)
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+
+    return PostgresHubStore(url, migrate_schema=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_hub_stopped_by_sigterm_mid_prune_resumes_after_a_restart_to_the_one_prune(
+    tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    kind: str,
+) -> None:
+    """CONTRACT §3 (review 36's delta floor): a real `hub serve` whose store kept 1000
+    versions starts its first prune (five write transactions); SIGTERM between two of them
+    ends it cleanly (exit 0) with a floor that is a version every later version can be
+    rebuilt from (its full snapshot and the latest one exactly as before), nothing below
+    it; the restarted hub goes on to the floor, and the store is then exactly what one
+    prune of a second, identical store leaves."""
+    from tillpoint.agent.cli import main
+
+    now = datetime.now(UTC)
+    url = ref_url = None
+    if kind == "postgresql":
+        cluster = request.getfixturevalue("pg_cluster")
+        url, ref_url = cluster.new_database(), cluster.new_database()
+    hub_dir = tmp_path / "hub"
+    init = ["hub", "init", "--hub-dir", str(hub_dir), *(["--store", url] if url else [])]
+    assert main(init) == 0
+    capsys.readouterr()
+    store = hub_store(kind, hub_dir / "hub.db", url)
+    ref = hub_store(kind, tmp_path / "ref.db", ref_url)
+    try:
+        target = a_year_of_versions(store, now)
+        assert a_year_of_versions(ref, now) == target
+        latest = store.latest()
+        assert latest is not None
+        full = {v: store.snapshot_doc(v, 0) for v in range(200, target + 1, 200)}
+        newest = store.snapshot_doc(latest.version, 0)
+        assert ref.prune_versions(now - timedelta(days=30)) == target
+
+        hub = serve(hub_dir, url, procs)
+        deadline = time.monotonic() + 60
+        while store.delta_floor() == 0:  # its first step is committed
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(30) == 0
+        floor = store.delta_floor()
+        assert 0 < floor < target, floor  # stopped between two steps
+        assert floor in full
+        with store.read_tx() as tx:
+            low = tx.execute("SELECT min(version) FROM publications").fetchone()[0]
+        assert low == floor
+        assert store.snapshot_doc(floor, 0) == full[floor]
+        assert store.snapshot_doc(latest.version, 0) == newest
+        assert store.snapshot_doc(latest.version, floor)["version"] == latest.version
+
+        hub = serve(hub_dir, url, procs)
+        deadline = time.monotonic() + 60
+        while store.delta_floor() != target:
+            assert hub.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(30) == 0
+        assert pruned_state(store) == pruned_state(ref)
+        assert store.snapshot_doc(latest.version, 0) == newest
+    finally:
+        store.close()
+        ref.close()
