@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
 
-from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull
+from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull, push
 from .test_review36_rev36e import TTL_S, pruned_state
 
 LOW, HIGH = 200, 600  # the till's snapshot's offline limit before and after its pull
@@ -241,3 +241,56 @@ def test_a_hub_stopped_by_sigterm_mid_prune_resumes_after_a_restart_to_the_one_p
     finally:
         store.close()
         ref.close()
+
+
+# ---------------------------------------------------------------- 3. a late grant's figure
+
+
+@pytest.mark.parametrize("end", ["confirm", "cancel"])
+def test_a_late_grant_holds_what_the_offline_hold_uses_until_its_confirm_or_cancel(
+    raised_limit: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """CONTRACT §9, §11: till a's Hold of Anna's 1200 points gets a late grant (the hub's
+    store slow); a prices it OFFLINE, 200 (its limit), and the hub keeps 200. Till b,
+    ONLINE meanwhile, is granted the other 1000 and no more. At a's Confirm (its sale
+    pushed) the hub's hold is settled by the transaction, which spent 200 (and earned);
+    at a's Cancel the 200 are Anna's again. Either way b is then granted what is left at
+    the hub, and Anna's balance never goes below 0."""
+    hub = raised_limit
+    a = a_till(hub, tmp_path, "a")
+    b = a_till(hub, tmp_path, "b")
+    try:
+        assert (pull(a).version, pull(b).version) == (1, 1)
+        slow, cut = slow_grants(hub, monkeypatch)
+        slow.set()
+        try:
+            held = a.agent.hold(anna_redeems_all("a-late"))
+        finally:
+            slow.clear()
+        assert (held.state, held.mode, held.redeemed_points) == ("HELD", "OFFLINE", LOW)
+        assert cut.wait(10)
+        assert held_for(hub, "c-1") == LOW
+        quoted = b.agent.quote(anna_redeems_all("b-quote"))  # no hold: what b may redeem
+        assert quoted.mode == "ONLINE"
+        first = b.agent.hold(anna_redeems_all("b-1"))
+        assert (first.mode, first.redeemed_points) == ("ONLINE", 1200 - LOW)
+        b.agent.cancel("b-1")
+        if end == "confirm":
+            sold = a.agent.confirm("a-late")
+            assert sold.redeemed_points == LOW  # the held figure
+            push(a)
+            wait_for(lambda: held_for(hub, "c-1") == 0)  # settled by the transaction
+        else:
+            a.agent.cancel("a-late")
+            a.agent.retry_hub_releases()
+            wait_for(lambda: held_for(hub, "c-1") == 0)
+        left = hub.store.balance("c-1", datetime.now(UTC)).available
+        # Confirmed: 200 spent, its earned points added (CONTRACT §6); cancelled: all back
+        assert left == (1200 - LOW + sold.earned_points if end == "confirm" else 1200)
+        after = b.agent.checkout(anna_redeems_all("b-2"))
+        assert after.mode == "ONLINE" and after.redeemed_points == min(1200, left)
+        push(b)
+        assert hub.store.balance("c-1", datetime.now(UTC)).available >= 0
+    finally:
+        a.stop()
+        b.stop()
