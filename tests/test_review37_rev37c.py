@@ -29,9 +29,23 @@ import pytest
 from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
 
-from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull, push
+from .conftest import ManualClock
+from .test_hub_store import dump
+from .test_review36_hub36 import (
+    LONG_TTL_S,
+    a_till,
+    anna_redeems_all,
+    held_for,
+    hub,
+    hub_clock,
+    pull,
+    push,
+)
 from .test_review36_rev36e import TTL_S, pruned_state
 
+__all__ = ["hub", "hub_clock"]  # review 36 (hub36)'s fixtures
+
+DAY = 86400.0
 LOW, HIGH = 200, 600  # the till's snapshot's offline limit before and after its pull
 
 
@@ -294,3 +308,64 @@ def test_a_late_grant_holds_what_the_offline_hold_uses_until_its_confirm_or_canc
     finally:
         a.stop()
         b.stop()
+
+
+# ---------------------------------------------------------------- 4. the floor's edges
+
+
+@pytest.mark.slow
+def test_tills_below_at_and_above_the_floor_end_as_a_fresh_till_through_a_stepped_clock(
+    hub: LoopbackHub, hub_clock: ManualClock, tmp_path: Path
+) -> None:
+    """CONTRACT §3: versions 1 (50 days ago), 2 (40), 3 (35), 4 (10), 5 (now); the floor
+    of a 30-day retention is 3. The till on 2 (one below) gets a full snapshot, the one on
+    3 (at it) a delta from 3, the one on 4 (above) a delta from 4. Then the hub's clock is
+    stepped ten years forward (the floor rises to the newest version: every till below it
+    gets one full snapshot, the one on it nothing) and back (a version issued then, earlier
+    than the one before it, brings nothing back, lowers nothing; 40 days on, it is the
+    floor). Every till ends with exactly a fresh till's cache."""
+    tills = {v: a_till(hub, tmp_path, f"t{v}") for v in (2, 3, 4)}
+    try:
+        for days, name in ((10, "Вера"), (5, "Ирина"), (25, "Нина"), (10, "Олег")):
+            import_doc(hub.store, {"customers": [{"id": "c-9", "firstName": name}]})
+            hub_clock.advance(days * DAY)
+            version = hub.publish(LONG_TTL_S)
+            if version in tills:
+                assert pull(tills[version]).version == version
+        assert version == 5
+        assert hub.server.prune_versions() == 3
+        got = {v: pull(t) for v, t in tills.items()}
+        assert {v: (r.version, r.base_version) for v, r in got.items()} == {
+            2: (5, 0),
+            3: (5, 3),
+            4: (5, 4),
+        }
+
+        def all_fresh(version: int, name: str) -> None:
+            fresh = a_till(hub, tmp_path, name)
+            try:
+                assert pull(fresh).version == version
+                for till in tills.values():
+                    assert dump(till.data_dir) == dump(fresh.data_dir)
+            finally:
+                fresh.stop()
+
+        all_fresh(5, "fresh-5")
+        hub_clock.advance(3653 * DAY)  # ten years forward
+        import_doc(hub.store, {"customers": [{"id": "c-9", "firstName": "Пётр"}]})
+        assert hub.publish(LONG_TTL_S) == 6
+        assert hub.server.prune_versions() == 5  # the newest issued 30 days before "now"
+        assert [pull(t).base_version for t in tills.values()] == [5, 5, 5]
+        assert hub.server.prune_versions() == 5
+        hub_clock.advance(-3653 * DAY)  # and back
+        import_doc(hub.store, {"customers": [{"id": "c-9", "firstName": "Павел"}]})
+        assert hub.publish(LONG_TTL_S) == 7
+        assert hub.server.prune_versions() == 5  # only ever rises
+        assert [pull(t).base_version for t in tills.values()] == [6, 6, 6]
+        hub_clock.advance(40 * DAY)  # version 7 (issued before 6) is now 40 days old
+        assert hub.server.prune_versions() == 7
+        assert hub.store.publication(6) is None
+        all_fresh(7, "fresh-7")
+    finally:
+        for till in tills.values():
+            till.stop()
