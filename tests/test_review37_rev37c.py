@@ -25,7 +25,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
 
@@ -369,3 +371,83 @@ def test_tills_below_at_and_above_the_floor_end_as_a_fresh_till_through_a_steppe
     finally:
         for till in tills.values():
             till.stop()
+
+
+# ---------------------------------------------------------------- 5. a pull racing the prune
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def small_chunks(
+    request: pytest.FixtureRequest, tmp_path: Path, hub_clock: ManualClock
+) -> Iterator[LoopbackHub]:
+    """hub36's hub (30-day retention, version 1 published 50 days ago on `hub_clock`)
+    sending snapshots 200 bytes a chunk, so that a pull can be cut half way."""
+    store = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    config = HubConfig(heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0, chunk_size=200)
+    h = LoopbackHub(
+        tmp_path / "hub",
+        config,
+        data=sample_master_data(),
+        publish=False,
+        store=store,
+        clock=hub_clock,
+    )
+    h.publish(LONG_TTL_S)
+    yield h
+    h.stop()
+
+
+@pytest.mark.slow
+def test_a_pull_cut_half_way_through_a_version_pruned_before_it_asks_again_takes_a_full_one(
+    small_chunks: LoopbackHub, hub_clock: ManualClock, tmp_path: Path
+) -> None:
+    """CONTRACT §3: till a holds version 1 and is told of version 2; its pull of the delta
+    is cut after a chunk (the part kept to resume). Before it asks again, versions 3 (now)
+    and 4 (40 days on) are published and the hub prunes to 3: the version a was resuming
+    and its base are gone. Its next pull asks for the rest of 2 and gets the full snapshot
+    of 4 from its first byte (no bytes of another bundle after its part), and ends with a
+    fresh till's cache."""
+    hub = small_chunks
+    a = a_till(hub, tmp_path, "a")
+    try:
+        assert pull(a).version == 1
+        names = [{"id": f"c-{i}", "firstName": f"Имя {i}"} for i in range(3, 30)]
+        import_doc(hub.store, {"customers": names})
+        hub_clock.advance(DAY)
+        assert hub.publish(LONG_TTL_S) == 2
+        sent: list[int] = []
+
+        def cut(where: str) -> None:
+            if where == "pull.chunk":
+                sent.append(1)
+                if len(sent) == 2:
+                    raise RuntimeError("connection lost")
+
+        hub.server.servicer.failpoint = cut
+        with pytest.raises(grpc.RpcError):
+            pull(a)
+        hub.server.servicer.failpoint = None
+        assert (a.data_dir / "sync" / "pull.part").stat().st_size > 0  # kept to resume
+        assert cache_version(a.data_dir) == 1
+        import_doc(hub.store, {"customers": [{"id": "c-3", "firstName": "Вера"}]})
+        assert hub.publish(LONG_TTL_S) == 3
+        hub_clock.advance(40 * DAY)
+        assert hub.publish(LONG_TTL_S) == 4
+        assert hub.server.prune_versions() == 3
+        resumed = list(hub.server.servicer.stats.resumed_pulls)
+        got = pull(a)
+        assert (got.status, got.version, got.base_version, got.resumed_from) == (
+            "APPLIED",
+            4,
+            0,
+            0,
+        )
+        assert list(hub.server.servicer.stats.resumed_pulls) == resumed  # nothing resumed
+        fresh = a_till(hub, tmp_path, "fresh")
+        try:
+            assert pull(fresh).version == 4
+            assert dump(a.data_dir) == dump(fresh.data_dir)
+        finally:
+            fresh.stop()
+    finally:
+        a.stop()
