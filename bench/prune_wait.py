@@ -7,9 +7,11 @@ minutes, each with every till's `appliedThrough` row; a customer changed once an
 is made with bulk SQL on a throwaway PostgreSQL cluster (or a SQLite file), then pruned
 to a 30-day floor as `hub serve`'s watcher does (`prune_versions`: 200 versions a write
 transaction, 150 ms apart), while `--writers` threads each push one transaction and
-authorise one redemption in a loop, each on its own connection as a server's threads
-are. Prints each call's latency before the prune and during it (median, p99, max) and
-the prune's own length. A measurement, not a test: figures in docs/PERFORMANCE.md.
+authorise (and release) one redemption of one customer in a loop, each on its own
+connection as a server's threads are (each push for a new customer: no call's own work
+grows while it runs). Prints each call's latency before the prune and during it
+(median, p99, max) and the prune's own length. A measurement, not a test: figures in
+docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ def writer(
         while not stop.is_set():
             seq += 1
             now = datetime.now(UTC)
-            tx = TxIn(name, seq, "CHECKOUT", now.isoformat(), "c-1", "",
+            # each push a customer of its own, each authorisation Anna (c-1, whose
+            # moves never grow): a call's own work stays the same all along
+            tx = TxIn(name, seq, "CHECKOUT", now.isoformat(), f"{name}-{seq}", "",
                       json.dumps({"receiptId": f"{name}-{seq}"}), "{}", 1, 0, "")  # fmt: skip
             t = time.perf_counter()
             store.ingest(name, "", [tx], now)
