@@ -9,6 +9,11 @@
    hub then let another till take points this receipt redeemed (CONTRACT §9: two tills
    cannot spend the same points).
 
+Found right (tests kept): a real `hub serve` stopped by SIGTERM mid-prune and restarted;
+a late grant's figure at Confirm and at Cancel beside another till's ONLINE sales; tills
+one below, at and one above the floor through a hub clock stepped ten years forward and
+back; a pull cut half way through a version pruned before it asks again.
+
 Real parts: the reference hub on 127.0.0.1 (SQLite, and PostgreSQL in the slow pass),
 tills with their hub links, ledgers and caches, real pulls.
 """
@@ -315,7 +320,6 @@ def test_a_late_grant_holds_what_the_offline_hold_uses_until_its_confirm_or_canc
 # ---------------------------------------------------------------- 4. the floor's edges
 
 
-@pytest.mark.slow
 def test_tills_below_at_and_above_the_floor_end_as_a_fresh_till_through_a_stepped_clock(
     hub: LoopbackHub, hub_clock: ManualClock, tmp_path: Path
 ) -> None:
@@ -397,7 +401,6 @@ def small_chunks(
     h.stop()
 
 
-@pytest.mark.slow
 def test_a_pull_cut_half_way_through_a_version_pruned_before_it_asks_again_takes_a_full_one(
     small_chunks: LoopbackHub, hub_clock: ManualClock, tmp_path: Path
 ) -> None:
