@@ -1727,6 +1727,7 @@ class Agent:
                 # The hub keeps the hold a minute beyond the till's, which releases it.
                 ttl = program.hold_ttl_seconds + HUB_HOLD_MARGIN_S
                 self._note_hub_ask(receipt.receipt_id, conn)
+                self._tell_offline_limit(program.offline_redeem_limit_points)
                 grant = self.hub.authorise(
                     customer_id,
                     receipt.receipt_id,
@@ -1743,7 +1744,21 @@ class Agent:
                 pass
         # Offline the till's own rules stand: a code at most once here (§13).
         remaining = self._offline_remaining(receipt, ident, program, conn, sold)
+        told = getattr(self._asks, "told", None) if getattr(self._asks, "active", False) else None
+        if commit and told is not None:
+            # An earlier request of this call told the hub a lower limit (its snapshot then:
+            # a pull landed before this pricing again in the write transaction), and the
+            # hub keeps a late grant only up to it: redeemed past it, another till could be
+            # granted the same points (the contract §9, review 37)
+            remaining = min(remaining, told)
         return remaining, "OFFLINE", frozenset()
+
+    def _tell_offline_limit(self, limit: int) -> None:
+        """Note the offline limit a request of this Hold or Checkout tells the hub (the
+        lowest one told: what the hub keeps of a grant it makes past the deadline)."""
+        if getattr(self._asks, "active", False):
+            told = getattr(self._asks, "told", None)
+            self._asks.told = limit if told is None else min(told, limit)
 
     @contextlib.contextmanager
     def _one_hub_deadline(self) -> Iterator[None]:
@@ -1752,12 +1767,14 @@ class Agent:
         after the hub said another is used) share one deadline, `hub.redeem_timeout_ms`
         from the first (the contract §9: a sale never waits on the hub longer)."""
         self._asks.since = None
+        self._asks.told = None  # the lowest offline limit its requests told the hub
         self._asks.active = True
         try:
             yield
         finally:
             self._asks.active = False
             self._asks.since = None
+            self._asks.told = None
 
     def _first_ask(self) -> float:
         """When this Hold's or Checkout's first hub request was made (now, for the first)."""
