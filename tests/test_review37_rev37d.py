@@ -1,0 +1,205 @@
+"""Review 37, rev37d: session 36's input handling read again at every door (the CLI, HTTP,
+gRPC and the Python client), with real parts.
+
+Faults found (each shown failing first):
+- the Python client (`tillpoint.agent.client`) sent a request with a field under both its
+  names (`receiptId` and `receipt_id`, a line's `priceMinor` and `price_minor`): protobuf's
+  JSON reader keeps the last one, so a receipt was checked out under the id written last,
+  where HTTP and the CLI refuse "receiptId is given twice (receipt_id and receiptId)"
+  (CONTRACT §10: one answer for one request, whichever door);
+- a listen address (`[server]`, `[http]`, `[metrics]` listen) whose host is not UTF-8 (a
+  unit's environment in a script's other bytes) said "internal error: UnicodeEncodeError",
+  exit 1, at `config check`, `status` and `run` (a unit restarting for ever), where
+  `hub.address` (rev36f) says a configuration error, exit 2 (CONTRACT §10);
+- a `data_dir` with a NUL character (the TOML file can write `\\u0000`; no command line or
+  environment can) said "internal error: ValueError: embedded null byte", exit 1, at
+  every command (CONTRACT §10);
+- a printer's, display's or scanner's `device` with a NUL character passed `config check`
+  and `print test` said "internal error: ValueError", exit 1 (CONTRACT §8, §10).
+
+Checked and found right (no test of their own beyond what is here; see the lead's report):
+HTTP's two readers of a receipt (pydantic-core's from the bytes, `parse_json`'s) agree on
+raw control characters, a DEL, duplicate keys, BOM, overlong UTF-8, lone and paired
+surrogates, `-0`, `"0010"`, leading-zero numbers and trailing data; "the same body" of an
+idempotent retry treats `-0`/`0`, `"0010"`/`10` and a duplicate key's last value as parsed;
+every other setting given in bytes that are not UTF-8 is exit 2 in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tillpoint.agent.client import ClientError, PosAgentClient
+from tillpoint.agent.service import Agent
+
+from .conftest import grpc_served, receipt
+
+REPO = Path(__file__).resolve().parents[1]
+EXE = str(Path(sys.executable).with_name("tillpoint"))  # the console script, a real process
+EXAMPLE_SNAPSHOT = REPO / "examples" / "snapshot.json"
+NOT_UTF8 = os.fsdecode(b"\xcf\xf0\xe8")  # "При" in windows-1251, surrogate-escaped
+
+
+def _tillpoint(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    return subprocess.run(
+        [EXE, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        timeout=60,
+        env={**base, **(env or {})},
+        check=False,
+    )
+
+
+def _one_line_exit_2(done: subprocess.CompletedProcess[bytes]) -> str:
+    err = done.stderr.decode("utf-8")
+    assert done.returncode == 2, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def loaded_dir(tmp_path: Path) -> Path:
+    data = tmp_path / "till"
+    done = _tillpoint(data, "snapshot", "load", str(EXAMPLE_SNAPSHOT))
+    assert done.returncode == 0, done.stderr
+    return data
+
+
+# ---------------------------------------------------------------- the Python client
+
+
+TWICE = [
+    ("Receipt", {"receipt_id": "r-second"}, "receiptId is given twice (receipt_id and receiptId)"),
+    (
+        "Receipt-line",
+        {"lines": [{"sku": "4601234000017", "qty": "2", "priceMinor": 8990, "price_minor": 1}]},
+        "lines[0].priceMinor is given twice (price_minor and priceMinor)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "extra", "words"), TWICE, ids=[t[0] for t in TWICE])
+def test_s10_the_client_refuses_a_field_given_under_both_names_as_http_does(
+    agent: Agent, server: Any, what: str, extra: dict[str, Any], words: str
+) -> None:
+    """CONTRACT §10: a request is refused with one message whichever door it came in by.
+    A receipt naming its id twice, `receiptId` and `receipt_id`, is refused over HTTP
+    ("receiptId is given twice"); the Python client sent it, protobuf's JSON reader kept
+    the last one, and the sale was committed under "r-second"."""
+    body = {**receipt("r-first"), **extra}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/v1/checkout",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(request, timeout=10)
+    assert http.value.code == 400
+    said = json.loads(http.value.read())
+    assert words in said["error"]["message"], said
+
+    with grpc_served(agent) as port, PosAgentClient(f"127.0.0.1:{port}", attempts=1) as till:
+        with pytest.raises(ClientError) as refused:
+            till.checkout(body)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in refused.value.message, refused.value.message
+    assert agent.status().to_json()["lastSeq"] == 0, "nothing committed"
+
+
+@pytest.mark.parametrize(
+    ("method", "request_"),
+    [
+        ("Confirm", {"receiptId": "r1", "receipt_id": "r2"}),
+        ("Cancel", {"receipt_id": "r2", "receiptId": "r1"}),
+        ("Refund", {"refundId": "f1", "refund_id": "f2"}),
+    ],
+    ids=["confirm", "cancel", "refund"],
+)
+def test_s10_the_client_refuses_any_request_naming_a_field_twice_before_any_call(
+    method: str, request_: dict[str, Any]
+) -> None:
+    """The same check for every request message, before any call (nothing listens)."""
+    with PosAgentClient("127.0.0.1:9", attempts=1, timeout=2) as till:
+        with pytest.raises(ClientError) as refused:
+            till.call(method, request_)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is given twice" in refused.value.message, refused.value.message
+
+
+# ---------------------------------------------------------------- the configuration
+
+
+@pytest.mark.parametrize("command", [("config", "check"), ("status",), ("run",)])
+@pytest.mark.parametrize("section", ["server", "http", "metrics"])
+def test_s10_a_listen_address_not_in_utf8_is_a_configuration_error(
+    loaded_dir: Path, section: str, command: tuple[str, ...]
+) -> None:
+    """CONTRACT §10 exit codes: a configuration given in a script's other bytes is the
+    operator's to mend, exit 2, one line naming the setting (as `hub.address` since
+    review 36). A listen's host in such bytes was "internal error: UnicodeEncodeError"
+    (or the idna codec's UnicodeError), exit 1, at `config check`, `status` and `run`."""
+    env = {f"TILLPOINT_{section.upper()}__LISTEN": f"127.0.0.1{NOT_UTF8}:0"}
+    done = _tillpoint(loaded_dir, *command, env=env)
+    if command == ("status",) and section == "metrics" and done.returncode == 0:
+        return  # status never reads /metrics' listen: nothing to refuse there
+    last = _one_line_exit_2(done)
+    assert last.startswith("tillpoint: config") and f"{section}.listen" in last, last
+    assert "not UTF-8" in last, last
+
+
+def test_s10_a_data_dir_with_a_nul_character_is_a_configuration_error(tmp_path: Path) -> None:
+    """A TOML file can write a NUL (`\\u0000`), which no path can hold: every command said
+    "internal error: ValueError: embedded null byte", exit 1."""
+    config = tmp_path / "tillpoint.toml"
+    config.write_text(f'data_dir = "{tmp_path}/till\\u0000x"\n', encoding="utf-8")
+    for command in (("config", "check"), ("status",), ("identify", "2770000000017")):
+        done = subprocess.run(
+            [EXE, "--config", str(config), *command],
+            capture_output=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")},
+            check=False,
+        )
+        last = _one_line_exit_2(done)
+        assert "data_dir" in last and "NUL" in last, last
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        '[printer]\nkind = "file"\ndevice = "{dir}/printer\\u0000"\n',
+        '[printer]\nkind = "serial"\ndevice = "/dev/ttyS0\\u0000"\n',
+        '[display]\nkind = "serial"\ndevice = "/dev/ttyS0\\u0000"\n',
+        '[scanner]\nkind = "serial"\ndevice = "/dev/ttyS0\\u0000"\n',
+    ],
+    ids=["printer-file", "printer-serial", "display", "scanner"],
+)
+def test_s8_a_device_path_with_a_nul_character_is_a_configuration_error(
+    loaded_dir: Path, tmp_path: Path, table: str
+) -> None:
+    """CONTRACT §8, §10: a device's path with a NUL passed `config check`, and `print
+    test` on a file printer said "internal error: ValueError: embedded null byte"."""
+    config = tmp_path / "devices.toml"
+    config.write_text(table.replace("{dir}", str(tmp_path)), encoding="utf-8")
+    section = table[1 : table.index("]")]
+    commands: list[tuple[str, ...]] = [("config", "check")]
+    if section == "printer":
+        commands.append(("print", "test"))
+    for command in commands:
+        done = _tillpoint(loaded_dir, "--config", str(config), *command)
+        last = _one_line_exit_2(done)
+        assert section in last and "NUL" in last, last
