@@ -383,6 +383,13 @@ def bind_problem(address: str) -> str:
 
 
 def _listen(value: str) -> str:
+    from .limits import is_utf8_text
+
+    if not is_utf8_text(value):
+        # a unit's environment in a script's other bytes (surrogate-escaped): the token
+        # check's message, the resolver and the idna codec said "internal error", exit 1
+        # (review 37, rev37d), as `hub.address` did before review 36
+        raise ValueError(f"{value!r}: not UTF-8 text")
     split_listen(value)
     return value
 
