@@ -545,6 +545,10 @@ class Settings(BaseSettings):
         # an empty TILLPOINT_DATA_DIR (or data_dir = "") is not the current directory
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty")
+        if isinstance(value, str) and "\x00" in value:
+            # only the TOML file can write one (`\u0000`): "internal error: ValueError:
+            # embedded null byte", exit 1, at every command (review 37, rev37d)
+            raise ValueError("must not contain a NUL character (no path can hold one)")
         if not isinstance(value, str | Path):  # `data_dir = 5`: not "<class 'pathlib.Path'>"
             raise ValueError(f"must be a string, a directory's path (got {value!r})")
         return value
