@@ -201,3 +201,40 @@ def test_s8_a_device_path_with_a_nul_character_is_a_configuration_error(
         done = _tillpoint(loaded_dir, "--config", str(config), *command)
         last = _one_line_exit_2(done)
         assert section in last and "NUL" in last, last
+
+
+# ---------------------------------------------------------------- the hub's commands
+
+
+def test_s10_a_hub_listen_not_in_utf8_is_bad_input(tmp_path: Path) -> None:
+    """CONTRACT §10: `hub serve --listen` in a script's other bytes was "internal error:
+    UnicodeError: encoding with 'idna' codec failed", exit 1 (rev36f mended the hub's
+    other text operands, not this one)."""
+    hub_dir = tmp_path / "hub"
+    made = _tillpoint(tmp_path / "till", "hub", "init", "--hub-dir", str(hub_dir))
+    assert made.returncode == 0, made.stderr
+    done = _tillpoint(
+        tmp_path / "till",
+        "hub",
+        "serve",
+        "--hub-dir",
+        str(hub_dir),
+        "--listen",
+        f"127.0.0.1{NOT_UTF8}:0",
+    )
+    last = _one_line_exit_2(done)
+    assert "--listen" in last and "not UTF-8" in last, last
+
+
+@pytest.mark.parametrize("host", ["хаб.local", "hub" + NOT_UTF8, "a hub", ""])
+def test_s10_hub_init_refuses_a_host_no_certificate_can_name(tmp_path: Path, host: str) -> None:
+    """CONTRACT §10: `hub init --host` names the hub in its server certificate. A name in
+    another script ("хаб.local", which a certificate writes in its xn-- form) or in a
+    script's other bytes was "internal error: ValueError: DNSName values should be passed
+    as an A-label string", exit 1; one with a blank (or empty) was written into the
+    certificate, which no till could connect by. Now bad input, exit 2, nothing made."""
+    hub_dir = tmp_path / "hub"
+    done = _tillpoint(tmp_path / "till", "hub", "init", "--hub-dir", str(hub_dir), "--host", host)
+    last = _one_line_exit_2(done)
+    assert "--host" in last, last
+    assert not hub_dir.exists() or not any(hub_dir.rglob("*.pem")), "no keys made"
