@@ -74,7 +74,14 @@ def split_listen(listen: str) -> tuple[str, int]:
     """HOST:PORT (an IPv6 host in brackets) as (host, port); a ValueError says what is
     wrong. Port 0 asks for a free port. gRPC took a port past 65535 modulo 65536 (99999
     listened on 34463) and the metrics server failed at start: every server's listen is
-    read here, so `config check` refuses what `run` would not bind as written."""
+    read here, so `config check` refuses what `run` would not bind as written. A listen
+    that is not UTF-8 text (a unit's environment or a command line in a script's other
+    bytes, surrogate-escaped) is refused here too: the token check's message, the
+    resolver and the idna codec said "internal error", exit 1 (review 37, rev37d)."""
+    from .limits import is_utf8_text
+
+    if not is_utf8_text(listen):
+        raise ValueError(f"{listen!r}: not UTF-8 text")
     host, sep, port = listen.rpartition(":")
     host = host.strip("[]")
     if not sep or not host:
@@ -383,13 +390,6 @@ def bind_problem(address: str) -> str:
 
 
 def _listen(value: str) -> str:
-    from .limits import is_utf8_text
-
-    if not is_utf8_text(value):
-        # a unit's environment in a script's other bytes (surrogate-escaped): the token
-        # check's message, the resolver and the idna codec said "internal error", exit 1
-        # (review 37, rev37d), as `hub.address` did before review 36
-        raise ValueError(f"{value!r}: not UTF-8 text")
     split_listen(value)
     return value
 
