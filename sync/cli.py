@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -309,7 +310,38 @@ def _now() -> datetime:
 # ---------------------------------------------------------------- hub commands
 
 
+# A name a server certificate can carry as a DNSName (`sync/pki.py`): ASCII letters,
+# digits, '.', '-' and '_', a "*." first if any (a name in another script in its xn-- form).
+_CERT_HOST = re.compile(r"(?:\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+
+def _cert_hosts(hosts: list[str]) -> None:
+    """`hub init --host`: each an IP address or a host name a certificate can name, checked
+    before anything is made. "хаб.local" (or a name in a script's other bytes) was
+    "internal error: ValueError: DNSName values should be passed as an A-label string",
+    exit 1; "a hub" or "" went into the certificate, where no till could ever match it
+    (review 37, rev37d)."""
+    import ipaddress
+
+    for host in hosts:
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            continue
+        if not host.strip():
+            raise InputError("hub init: --host must not be empty")
+        if not _CERT_HOST.fullmatch(host):
+            written = ""
+            with contextlib.suppress(UnicodeError):  # a name in another script: its xn-- form
+                written = host.encode("idna").decode("ascii")
+            hint = f": write it as {written}" if _CERT_HOST.fullmatch(written) else ""
+            raise InputError(
+                f"hub init: --host {host!r} is not a host name or an IP address a"
+                f" certificate can name (ASCII letters, digits, '.', '-', '_'){hint}"
+            )
+
+
 def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
+    _cert_hosts(args.host)
     hub = _hub(settings, args)
     if args.renew_server:
         if not hub.keys.exists():
