@@ -112,9 +112,12 @@ def test_s10_the_client_refuses_a_field_given_under_both_names_as_http_does(
     said = json.loads(http.value.read())
     assert words in said["error"]["message"], said
 
-    with grpc_served(agent) as port, PosAgentClient(f"127.0.0.1:{port}", attempts=1) as till:
-        with pytest.raises(ClientError) as refused:
-            till.checkout(body)
+    with (
+        grpc_served(agent) as port,
+        PosAgentClient(f"127.0.0.1:{port}", attempts=1) as till,
+        pytest.raises(ClientError) as refused,
+    ):
+        till.checkout(body)
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert words in refused.value.message, refused.value.message
     assert agent.status().to_json()["lastSeq"] == 0, "nothing committed"
@@ -133,9 +136,11 @@ def test_s10_the_client_refuses_any_request_naming_a_field_twice_before_any_call
     method: str, request_: dict[str, Any]
 ) -> None:
     """The same check for every request message, before any call (nothing listens)."""
-    with PosAgentClient("127.0.0.1:9", attempts=1, timeout=2) as till:
-        with pytest.raises(ClientError) as refused:
-            till.call(method, request_)
+    with (
+        PosAgentClient("127.0.0.1:9", attempts=1, timeout=2) as till,
+        pytest.raises(ClientError) as refused,
+    ):
+        till.call(method, request_)
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "is given twice" in refused.value.message, refused.value.message
 
