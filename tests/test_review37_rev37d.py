@@ -243,3 +243,34 @@ def test_s10_hub_init_refuses_a_host_no_certificate_can_name(tmp_path: Path, hos
     last = _one_line_exit_2(done)
     assert "--host" in last, last
     assert not hub_dir.exists() or not any(hub_dir.rglob("*.pem")), "no keys made"
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("hub.local", "has no port"),
+        ("hub.local:99999", "the port must be a number from 0 to 65535"),
+        ("hub.local:0", "port 0 is not one a till can dial"),
+        ("::1:50070", "an IPv6 address goes in brackets"),
+        ("hub\\u0000.local:50070", "no blanks or control characters"),
+        ("hub\\u202e.local:50070", "no blanks or control characters"),
+    ],
+    ids=["no-port", "port-past-65535", "port-0", "bare-ipv6", "nul", "bidi-override"],
+)
+def test_s10_a_configured_hub_address_is_checked_as_hub_enroll_checks_it(
+    loaded_dir: Path, tmp_path: Path, address: str, words: str
+) -> None:
+    """CONTRACT §10: `hub enroll --address` refuses an address no till can dial (exit 2,
+    PROTOCOL §6), and "without --address the till takes hub.address from its
+    configuration" — which took the same address and passed `config check`; the till
+    then said only "the hub is unreachable", exit 1, for ever (a NUL cut the address:
+    "127.0.0.1:1\\u0000x" dialled 127.0.0.1:1). Now a configuration error, exit 2."""
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[hub]\naddress = "{address}"\n', encoding="utf-8")
+    done = _tillpoint(loaded_dir, "--config", str(config), "config", "check")
+    last = _one_line_exit_2(done)
+    assert "hub.address" in last and words in last, last
+    for fine in ("hub.local:50070", "[::1]:50070", "127.0.0.1:1", ""):
+        config.write_text(f'[hub]\naddress = "{fine}"\n', encoding="utf-8")
+        done = _tillpoint(loaded_dir, "--config", str(config), "config", "check")
+        assert done.returncode == 0, (fine, done.stderr)
