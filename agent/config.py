@@ -63,7 +63,38 @@ class HubSettings(BaseModel):
 
         if not is_utf8_text(value):
             raise ValueError(f"{value!r}: not UTF-8 text")
+        problem = hub_address_problem(value) if value else None
+        if problem:  # as `hub enroll --address` says it (review 37, rev37d)
+            raise ValueError(problem)
         return value
+
+
+def hub_address_problem(address: str) -> str | None:
+    """Why a till cannot dial `address` (`hub.address`, `hub enroll --address`), or None:
+    HOST:PORT as every listen address is read (`split_listen`), with a port a till can
+    dial. Without a port the till dialled gRPC's default (443); with an empty one, 0 or
+    one past 65535, nothing; a NUL cut the address short (gRPC's C core); each said only
+    that the hub is unreachable. Said after the address (`'hub' has no port: ...`)."""
+    if ":" not in address:
+        return f"{address!r} has no port: give HOST:PORT (e.g. {address}:50070)"
+    try:
+        host, port = split_listen(address)
+    except ValueError as exc:
+        return str(exc)
+    if ":" in host and not address.startswith("["):
+        # "::1" read as host ":" port 1: the till dialled the bare address at gRPC's 443
+        return (
+            f"{address!r}: an IPv6 address goes in brackets, with the port:"
+            " [ADDRESS]:PORT (e.g. [::1]:50070)"
+        )
+    if any(c.isspace() or not c.isprintable() for c in host):
+        return f"{address!r}: a host name has no blanks or control characters"
+    if port == 0:
+        return (
+            f"{address!r}: port 0 is not one a till can dial: give the port"
+            " 'hub serve' listens on (50070 by default)"
+        )
+    return None
 
 
 # Sent in an HTTP header or gRPC metadata: printable ASCII, no spaces.
