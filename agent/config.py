@@ -63,20 +63,27 @@ class HubSettings(BaseModel):
 
         if not is_utf8_text(value):
             raise ValueError(f"{value!r}: not UTF-8 text")
-        problem = hub_address_problem(value) if value else None
+        problem = hub_address_problem(value, port_required=False) if value else None
         if problem:  # as `hub enroll --address` says it (review 37, rev37d)
             raise ValueError(problem)
         return value
 
 
-def hub_address_problem(address: str) -> str | None:
+def hub_address_problem(address: str, *, port_required: bool = True) -> str | None:
     """Why a till cannot dial `address` (`hub.address`, `hub enroll --address`), or None:
     HOST:PORT as every listen address is read (`split_listen`), with a port a till can
-    dial. Without a port the till dialled gRPC's default (443); with an empty one, 0 or
-    one past 65535, nothing; a NUL cut the address short (gRPC's C core); each said only
-    that the hub is unreachable. Said after the address (`'hub' has no port: ...`)."""
-    if ":" not in address:
-        return f"{address!r} has no port: give HOST:PORT (e.g. {address}:50070)"
+    dial. Without a port the till dials gRPC's default (443): a bundle must name its
+    port (`port_required`), a configuration may leave it out (a hub behind a front end
+    on 443 worked so; DECISIONS, review 37). With an empty port, 0 or one past 65535,
+    nothing; a NUL cut the address short (gRPC's C core); each said only that the hub is
+    unreachable. Said after the address (`'hub' has no port: ...`)."""
+    bracketed = address.startswith("[") and address.endswith("]")
+    if ":" not in address or bracketed:
+        if port_required:
+            return f"{address!r} has no port: give HOST:PORT (e.g. {address}:50070)"
+        if any(c.isspace() or not c.isprintable() for c in address):
+            return f"{address!r}: a host name has no blanks or control characters"
+        return None
     try:
         host, port = split_listen(address)
     except ValueError as exc:

@@ -245,21 +245,20 @@ def test_s10_hub_init_refuses_a_host_no_certificate_can_name(tmp_path: Path, hos
 @pytest.mark.parametrize(
     ("address", "words"),
     [
-        ("hub.local", "has no port"),
         ("hub.local:99999", "the port must be a number from 0 to 65535"),
         ("hub.local:0", "port 0 is not one a till can dial"),
         ("::1:50070", "an IPv6 address goes in brackets"),
         ("hub\\u0000.local:50070", "no blanks or control characters"),
         ("hub\\u202e.local:50070", "no blanks or control characters"),
     ],
-    ids=["no-port", "port-past-65535", "port-0", "bare-ipv6", "nul", "bidi-override"],
+    ids=["port-past-65535", "port-0", "bare-ipv6", "nul", "bidi-override"],
 )
 def test_s10_a_configured_hub_address_is_checked_as_hub_enroll_checks_it(
     till_dir: Path, tmp_path: Path, address: str, words: str
 ) -> None:
     """CONTRACT §10: `hub enroll --address` refuses an address no till can dial (exit 2,
     PROTOCOL §6), and "without --address the till takes hub.address from its
-    configuration" — which took the same address and passed `config check`; the till
+    configuration" — which took such an address and passed `config check`; the till
     then said only "the hub is unreachable", exit 1, for ever (a NUL cut the address:
     "127.0.0.1:1\\u0000x" dialled 127.0.0.1:1). Now a configuration error, exit 2."""
     toml = tmp_path / "hub.toml"
@@ -270,8 +269,16 @@ def test_s10_a_configured_hub_address_is_checked_as_hub_enroll_checks_it(
 
 
 def test_s10_a_hub_address_a_till_can_dial_is_taken(tmp_path: Path) -> None:
-    """A name or an address with its port, IPv6 in brackets, and none (a standalone till)."""
+    """A name or an address with its port, IPv6 in brackets, and none (a standalone till).
+    A name without a port is taken as before (gRPC dials it at 443; DECISIONS, review 37),
+    where `hub enroll --address` refuses it (a bundle names its port)."""
     from tillpoint.agent import config
 
-    for fine in ("hub.local:50070", "[::1]:50070", "127.0.0.1:1", ""):
+    for fine in ("hub.local:50070", "[::1]:50070", "127.0.0.1:1", "", "hub.example", "[::1]"):
         assert config.HubSettings(address=fine).address == fine
+    for bad in ("hub\x00.example", "[::1\n]"):
+        with pytest.raises(ValueError, match="no blanks or control characters"):
+            config.HubSettings(address=bad)
+    assert config.hub_address_problem("hub.example") == (
+        "'hub.example' has no port: give HOST:PORT (e.g. hub.example:50070)"
+    )
