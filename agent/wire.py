@@ -78,8 +78,20 @@ def message_from_json(descriptor: Descriptor, data: Mapping[str, Any]) -> Messag
     its whole numbers read and its fields named as the agent reads them (`_whole_numbers`)."""
     _whole_numbers(descriptor, data, "")
     message = message_factory.GetMessageClass(descriptor)()
-    json_format.ParseDict(dict(data), message)
+    json_format.ParseDict(_without_nulls(data), message)
     return message
+
+
+def _without_nulls(value: Any) -> Any:
+    """`value` without the object fields set to `null`, at every depth (a `null` item of
+    a list stays, refused): a field left out, as HTTP and the CLI read a request
+    (`models.without_nulls`). ParseDict read a null as "clear the field", so
+    `{"priceMinor": 8990, "price_minor": null}` sent a line with no price (review 37)."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 # An integer written as a string, as the agent reads one (`models.INT64_TEXT`): ASCII

@@ -356,7 +356,8 @@ def _receipts(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow  # ~6-10 s
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_receipts())
 def test_s10_the_client_sends_exactly_the_receipts_http_accepts(body: dict[str, Any]) -> None:
     """CONTRACT §10: a receipt HTTP accepts, the Python client sends, and the agent reads
