@@ -3,26 +3,31 @@ gRPC and the Python client), with real parts.
 
 Faults found (each shown failing first):
 - the Python client (`tillpoint.agent.client`) sent a request with a field under both its
-  names (`receiptId` and `receipt_id`, a line's `priceMinor` and `price_minor`): protobuf's
-  JSON reader keeps the last one, so a receipt was checked out under the id written last,
-  where HTTP and the CLI refuse "receiptId is given twice (receipt_id and receiptId)"
-  (CONTRACT §10: one answer for one request, whichever door);
-- a listen address (`[server]`, `[http]`, `[metrics]` listen) whose host is not UTF-8 (a
-  unit's environment in a script's other bytes) said "internal error: UnicodeEncodeError",
-  exit 1, at `config check`, `status` and `run` (a unit restarting for ever), where
-  `hub.address` (rev36f) says a configuration error, exit 2 (CONTRACT §10);
-- a `data_dir` with a NUL character (the TOML file can write `\\u0000`; no command line or
-  environment can) said "internal error: ValueError: embedded null byte", exit 1, at
-  every command (CONTRACT §10);
-- a printer's, display's or scanner's `device` with a NUL character passed `config check`
-  and `print test` said "internal error: ValueError", exit 1 (CONTRACT §8, §10).
+  names (`receiptId` and `receipt_id`): protobuf's JSON reader kept the last one, so a
+  receipt was checked out under the id written last, where HTTP and the CLI refuse
+  "receiptId is given twice (receipt_id and receiptId)"; and it read a field set to
+  `null` as "clear it" (`{"priceMinor": 8990, "price_minor": null}` sent no price), where
+  HTTP reads a field left out (CONTRACT §10: one answer for one request, whichever door);
+- a listen address (`[server]`, `[http]`, `[metrics]` listen, `hub serve --listen`) not
+  in UTF-8 (a script's other bytes) said "internal error", exit 1, at `config check`,
+  `status` and `run` (a unit restarting for ever), where `hub.address` (rev36f) says a
+  configuration error, exit 2 (CONTRACT §10);
+- a `data_dir` with a NUL character (only the TOML file can write `\u0000`) said
+  "internal error: ValueError: embedded null byte", exit 1, at every command;
+- a printer's, display's or scanner's `device` with a NUL passed `config check`, and
+  `print test` said "internal error", exit 1 (CONTRACT §8, §10);
+- `hub init --host хаб.local` (or bytes not UTF-8) said "internal error", exit 1; a
+  blank or empty name went into the server certificate;
+- a `hub.address` that `hub enroll --address` refuses (port 0 or past 65535, a bare IPv6,
+  a control character) passed `config check`, and the till said only "the hub is
+  unreachable", exit 1, for ever (a name without a port stays taken: DECISIONS).
 
-Checked and found right (no test of their own beyond what is here; see the lead's report):
-HTTP's two readers of a receipt (pydantic-core's from the bytes, `parse_json`'s) agree on
-raw control characters, a DEL, duplicate keys, BOM, overlong UTF-8, lone and paired
-surrogates, `-0`, `"0010"`, leading-zero numbers and trailing data; "the same body" of an
-idempotent retry treats `-0`/`0`, `"0010"`/`10` and a duplicate key's last value as parsed;
-every other setting given in bytes that are not UTF-8 is exit 2 in one line.
+Checked and found right: HTTP's two readers of a receipt (pydantic-core's from the bytes,
+`parse_json`'s) agree on raw control characters, a DEL, duplicate keys, a BOM, overlong
+UTF-8, lone and paired surrogates, `-0`, `"0010"`, leading-zero numbers and trailing
+data; "the same body" of an idempotent retry reads `-0`/`0`, `"0010"`/`10` and a
+duplicate key's last value as parsed; every other setting in bytes that are not UTF-8 is
+exit 2 in one line; a refund through the client reads as over HTTP (3,000 generated).
 """
 
 from __future__ import annotations
