@@ -46,6 +46,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tillpoint.agent.client import ClientError, PosAgentClient
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import Agent
 
 from .conftest import grpc_served, receipt
@@ -393,3 +394,26 @@ def test_s10_the_client_sends_exactly_the_receipts_http_accepts(body: dict[str, 
         assert over_grpc is None, body
     else:
         assert over_grpc == over_http, body
+
+
+def test_s10_a_small_bodys_field_set_to_null_beside_its_other_name_is_left_out(
+    agent: Agent, server: Any
+) -> None:
+    """CONTRACT §10, §12: a field set to `null` is a field left out (proto3 JSON), in a
+    receipt and, since review 37, in the small bodies too: `{"receiptId": "r1",
+    "receipt_id": null}` was refused over HTTP as "receiptId is given twice", where the
+    same receipt field was read and the Python client sends the cancel of r1."""
+    agent.hold(receipt_from_json(receipt("r1")))
+    body = {"receiptId": "r1", "receipt_id": None}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/v1/cancel",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        cancelled = json.loads(answer.read())
+    assert cancelled["receiptId"] == "r1" and cancelled["state"] == "CANCELLED", cancelled
+    with grpc_served(agent) as port, PosAgentClient(f"127.0.0.1:{port}", attempts=1) as till:
+        again = till.cancel("r1")  # the same cancel again: the same answer (§11)
+        sent = till.call("Cancel", body)
+    assert sent["state"] == again["state"] == "CANCELLED"
