@@ -215,7 +215,6 @@ def test_s8_a_device_path_with_a_nul_character_is_a_configuration_error(
 # ---------------------------------------------------------------- the hub's commands
 
 
-@pytest.mark.slow  # a hub's keys made first (~3-7 s)
 def test_s10_a_hub_listen_not_in_utf8_is_bad_input(tmp_path: Path) -> None:
     """CONTRACT §10: `hub serve --listen` in a script's other bytes was "internal error:
     UnicodeError: encoding with 'idna' codec failed", exit 1 (rev36f mended the hub's
@@ -362,7 +361,6 @@ def _receipts(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.slow  # ~6-10 s
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_receipts())
 def test_s10_the_client_sends_exactly_the_receipts_http_accepts(body: dict[str, Any]) -> None:
