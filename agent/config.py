@@ -63,7 +63,45 @@ class HubSettings(BaseModel):
 
         if not is_utf8_text(value):
             raise ValueError(f"{value!r}: not UTF-8 text")
+        problem = hub_address_problem(value, port_required=False) if value else None
+        if problem:  # as `hub enroll --address` says it (review 37, rev37d)
+            raise ValueError(problem)
         return value
+
+
+def hub_address_problem(address: str, *, port_required: bool = True) -> str | None:
+    """Why a till cannot dial `address` (`hub.address`, `hub enroll --address`), or None:
+    HOST:PORT as every listen address is read (`split_listen`), with a port a till can
+    dial. Without a port the till dials gRPC's default (443): a bundle must name its
+    port (`port_required`), a configuration may leave it out (a hub behind a front end
+    on 443 worked so; DECISIONS, review 37). With an empty port, 0 or one past 65535,
+    nothing; a NUL cut the address short (gRPC's C core); each said only that the hub is
+    unreachable. Said after the address (`'hub' has no port: ...`)."""
+    bracketed = address.startswith("[") and address.endswith("]")
+    if ":" not in address or bracketed:
+        if port_required:
+            return f"{address!r} has no port: give HOST:PORT (e.g. {address}:50070)"
+        if any(c.isspace() or not c.isprintable() for c in address):
+            return f"{address!r}: a host name has no blanks or control characters"
+        return None
+    try:
+        host, port = split_listen(address)
+    except ValueError as exc:
+        return str(exc)
+    if ":" in host and not address.startswith("["):
+        # "::1" read as host ":" port 1: the till dialled the bare address at gRPC's 443
+        return (
+            f"{address!r}: an IPv6 address goes in brackets, with the port:"
+            " [ADDRESS]:PORT (e.g. [::1]:50070)"
+        )
+    if any(c.isspace() or not c.isprintable() for c in host):
+        return f"{address!r}: a host name has no blanks or control characters"
+    if port == 0:
+        return (
+            f"{address!r}: port 0 is not one a till can dial: give the port"
+            " 'hub serve' listens on (50070 by default)"
+        )
+    return None
 
 
 # Sent in an HTTP header or gRPC metadata: printable ASCII, no spaces.
@@ -74,7 +112,14 @@ def split_listen(listen: str) -> tuple[str, int]:
     """HOST:PORT (an IPv6 host in brackets) as (host, port); a ValueError says what is
     wrong. Port 0 asks for a free port. gRPC took a port past 65535 modulo 65536 (99999
     listened on 34463) and the metrics server failed at start: every server's listen is
-    read here, so `config check` refuses what `run` would not bind as written."""
+    read here, so `config check` refuses what `run` would not bind as written. A listen
+    that is not UTF-8 text (a unit's environment or a command line in a script's other
+    bytes, surrogate-escaped) is refused here too: the token check's message, the
+    resolver and the idna codec said "internal error", exit 1 (review 37, rev37d)."""
+    from .limits import is_utf8_text
+
+    if not is_utf8_text(listen):
+        raise ValueError(f"{listen!r}: not UTF-8 text")
     host, sep, port = listen.rpartition(":")
     host = host.strip("[]")
     if not sep or not host:
@@ -591,6 +636,10 @@ class Settings(BaseSettings):
         # an empty TILLPOINT_DATA_DIR (or data_dir = "") is not the current directory
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty")
+        if isinstance(value, str) and "\x00" in value:
+            # only the TOML file can write one (`\u0000`): "internal error: ValueError:
+            # embedded null byte", exit 1, at every command (review 37, rev37d)
+            raise ValueError("must not contain a NUL character (no path can hold one)")
         if not isinstance(value, str | Path):  # `data_dir = 5`: not "<class 'pathlib.Path'>"
             raise ValueError(f"must be a string, a directory's path (got {value!r})")
         return value

@@ -152,6 +152,10 @@ def _fields(
         field = key if key in known else proto_names.get(key)
         if field is None:
             raise InputError(f"{what}: {key} is not a known field")
+        if value is None:
+            # a field left out (proto3 JSON), as in a receipt: `"receipt_id": null` beside
+            # `receiptId` was "given twice" here and read in a receipt (review 37)
+            continue
         if field in named:
             raise InputError(f"{what}: {field} is given twice ({to_snake(field)} and {field})")
         named[field] = value

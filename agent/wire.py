@@ -75,11 +75,23 @@ def to_message(data: dict[str, Any], message: M, *, ignore_unknown: bool = False
 
 def message_from_json(descriptor: Descriptor, data: Mapping[str, Any]) -> Message:
     """A request message of any RPC from its proto3 JSON (json_format.ParseError if bad),
-    its whole numbers read as the agent reads them (`_whole_numbers`)."""
+    its whole numbers read and its fields named as the agent reads them (`_whole_numbers`)."""
     _whole_numbers(descriptor, data, "")
     message = message_factory.GetMessageClass(descriptor)()
-    json_format.ParseDict(dict(data), message)
+    json_format.ParseDict(_without_nulls(data), message)
     return message
+
+
+def _without_nulls(value: Any) -> Any:
+    """`value` without the object fields set to `null`, at every depth (a `null` item of
+    a list stays, refused): a field left out, as HTTP and the CLI read a request
+    (`models.without_nulls`). ParseDict read a null as "clear the field", so
+    `{"priceMinor": 8990, "price_minor": null}` sent a line with no price (review 37)."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 # An integer written as a string, as the agent reads one (`models.INT64_TEXT`): ASCII
@@ -102,14 +114,25 @@ def _whole_numbers(descriptor: Descriptor, data: Any, where: str) -> None:
     """Refuse (json_format.ParseError, in the agent's words) an integer field the agent's
     JSON doors refuse (CONTRACT §2, §10): `ParseDict` reads one with Python's `int()`, so
     the Python client sent "٣" as 3, full-width digits, "+5", "1_000", "8990.0" and the
-    float 8990.0 as numbers where HTTP and the CLI answer 400 (review 36, rev36c)."""
+    float 8990.0 as numbers where HTTP and the CLI answer 400 (review 36, rev36c). A field
+    named under both its names (`receiptId` and `receipt_id`) is refused here too, as
+    HTTP and the CLI refuse it (review 37)."""
     if not isinstance(data, Mapping):
         return  # ParseDict says what is wrong with it
     fields = _fields_of(descriptor)
+    named: dict[int, str] = {}  # field number -> the key that named it
     for key, value in data.items():
         field = fields.get(key)
         if field is None or value is None:
             continue
+        if named.setdefault(field.number, key) != key:
+            # under both names (`receiptId` and `receipt_id`): ParseDict kept the last one
+            # and a sale went under the id written last, where HTTP and the CLI refuse it
+            # (review 37, rev37d)
+            place = f"{where}.{field.json_name}" if where else field.json_name
+            raise json_format.ParseError(
+                f"{place} is given twice ({field.name} and {field.json_name})"
+            )
         integer = field.type in _INTEGERS
         inner = field.message_type
         if not integer and (inner is None or inner.GetOptions().map_entry):

@@ -118,6 +118,16 @@ def _check_host(host: str) -> None:
         )
 
 
+def _check_nul(what: str, device: str | None) -> None:
+    """A device's path or URL holds no NUL (only the TOML file can write one, `\\u0000`):
+    it passed `config check`, and opening it said "internal error: ValueError: embedded
+    null byte", exit 1 (review 37, rev37d)."""
+    if device is not None and "\x00" in device:
+        raise ValueError(
+            f"{what} device {device!r}: must not contain a NUL character (no path can hold one)"
+        )
+
+
 def _check_serial(what: str, kind: str, device: str | None) -> None:
     """A serial device (`kind` "serial") names its port, a valid one (`_check_device`)."""
     if kind != "serial":
@@ -205,6 +215,7 @@ class PrinterConfig(_Model):
             _check_host(self.host)
         if self.kind == "file" and not self.device:
             raise ValueError('printer kind "file" needs device')
+        _check_nul("printer", self.device)
         _check_serial("printer", self.kind, self.device)
         if self.kind == "usb" and (self.usb_vendor_id is None or self.usb_product_id is None):
             raise ValueError('printer kind "usb" needs usb_vendor_id and usb_product_id')
@@ -236,6 +247,7 @@ class DisplayConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> DisplayConfig:
+        _check_nul("display", self.device)
         _check_serial("display", self.kind, self.device)
         check_single_byte_codec(self.codepage)
         if not self.cd5220_charset.isascii():
@@ -258,6 +270,7 @@ class ScannerConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> ScannerConfig:
+        _check_nul("scanner", self.device)
         _check_serial("scanner", self.kind, self.device)
         try:
             codecs.lookup(self.encoding)

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -309,7 +310,38 @@ def _now() -> datetime:
 # ---------------------------------------------------------------- hub commands
 
 
+# A name a server certificate can carry as a DNSName (`sync/pki.py`): ASCII letters,
+# digits, '.', '-' and '_', a "*." first if any (a name in another script in its xn-- form).
+_CERT_HOST = re.compile(r"(?:\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+
+def _cert_hosts(hosts: list[str]) -> None:
+    """`hub init --host`: each an IP address or a host name a certificate can name, checked
+    before anything is made. "хаб.local" (or a name in a script's other bytes) was
+    "internal error: ValueError: DNSName values should be passed as an A-label string",
+    exit 1; "a hub" or "" went into the certificate, where no till could ever match it
+    (review 37, rev37d)."""
+    import ipaddress
+
+    for host in hosts:
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            continue
+        if not host.strip():
+            raise InputError("hub init: --host must not be empty")
+        if not _CERT_HOST.fullmatch(host):
+            written = ""
+            with contextlib.suppress(UnicodeError):  # a name in another script: its xn-- form
+                written = host.encode("idna").decode("ascii")
+            hint = f": write it as {written}" if _CERT_HOST.fullmatch(written) else ""
+            raise InputError(
+                f"hub init: --host {host!r} is not a host name or an IP address a"
+                f" certificate can name (ASCII letters, digits, '.', '-', '_'){hint}"
+            )
+
+
 def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
+    _cert_hosts(args.host)
     hub = _hub(settings, args)
     if args.renew_server:
         if not hub.keys.exists():
@@ -531,33 +563,14 @@ def _check_out(path: Path) -> None:
 
 
 def _check_hub_address(address: str) -> None:
-    """The address a bundle gives its till: HOST:PORT as every listen address is read
-    (`split_listen`), with a port a till can dial. Without a port the till dialled gRPC's
-    default (443); with an empty one, 0 or one past 65535, nothing; each said only that
-    the hub is unreachable, and the device was enrolled already (a retry needed --renew)."""
-    from tillpoint.agent.config import split_listen
+    """The address a bundle gives its till, checked as the till's `hub.address` is
+    (`config.hub_address_problem`): the device was enrolled already when the till found
+    it could not dial it (a retry needed --renew)."""
+    from tillpoint.agent.config import hub_address_problem
 
-    if ":" not in address:
-        raise InputError(
-            f"--address {address!r} has no port: give HOST:PORT (e.g. {address}:50070)"
-        )
-    try:
-        host, port = split_listen(address)
-    except ValueError as exc:
-        raise InputError(f"--address {exc}") from None
-    if ":" in host and not address.startswith("["):
-        # "::1" read as host ":" port 1: the till dialled the bare address at gRPC's 443
-        raise InputError(
-            f"--address {address!r}: an IPv6 address goes in brackets, with the port:"
-            " [ADDRESS]:PORT (e.g. [::1]:50070)"
-        )
-    if any(c.isspace() or not c.isprintable() for c in host):
-        raise InputError(f"--address {address!r}: a host name has no blanks or control characters")
-    if port == 0:
-        raise InputError(
-            f"--address {address!r}: port 0 is not one a till can dial: give the port"
-            " 'hub serve' listens on (50070 by default)"
-        )
+    problem = hub_address_problem(address)
+    if problem:
+        raise InputError(f"--address {problem}")
 
 
 def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
