@@ -345,7 +345,7 @@ def test_run_asks_systemd_for_the_stop_time_a_long_printer_confirmation_needs(
     conf.write_text(
         f'device_id = "till-1"\ndata_dir = "{data}"\n'
         f'[server]\nlisten = "127.0.0.1:{free_port()}"\n'
-        '[http]\nlisten = "127.0.0.1:0"\n'
+        '[http]\nlisten = "127.0.0.1:0"\n[metrics]\nenabled = false\n'
         f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {free_port()}\n'
         "confirm_timeout_s = 40\nstatus_timeout_s = 0.5\n"
     )

@@ -168,7 +168,7 @@ def test_run_counts_a_sales_hub_wait_in_the_stop_time_it_tells_systemd(
     conf.write_text(
         f'device_id = "till-1"\ndata_dir = "{data}"\n'
         f'[server]\nlisten = "127.0.0.1:{free_port()}"\n'
-        '[http]\nlisten = "127.0.0.1:0"\n'
+        '[http]\nlisten = "127.0.0.1:0"\n[metrics]\nenabled = false\n'
         "[hub]\nredeem_timeout_ms = 60000\n"
         f'[printer]\nkind = "network"\nhost = "127.0.0.1"\nport = {free_port()}\n'
         "confirm_timeout_s = 40\nstatus_timeout_s = 0.5\n"

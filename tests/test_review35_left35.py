@@ -118,6 +118,7 @@ def test_a_sigterm_stops_run_between_owed_hub_calls_to_a_slow_hub(
         conf.write_text(  # the shipped settings: hub.redeem_timeout_ms = 300
             f'device_id = "till-1"\ndata_dir = "{data}"\n'
             f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[http]\nlisten = "127.0.0.1:0"\n'
+            "[metrics]\nenabled = false\n"
         )
         env = dict(os.environ)
         env.pop("TILLPOINT_DEVICE_ID", None)
@@ -499,6 +500,7 @@ def test_run_exits_with_one_line_when_its_grpc_port_is_another_programs_on_ipv6(
     agent.close()
     env = dict(os.environ, TILLPOINT_SERVER__LISTEN=f"localhost:{port}")
     env["TILLPOINT_DEVICE_ID"] = "till-1"
+    env["TILLPOINT_METRICS__ENABLED"] = "false"  # not the default port another test may hold
     run = subprocess.run(
         [EXE, "--data-dir", str(data), "run"],
         env=env,

@@ -219,6 +219,7 @@ def test_a_sigterm_mid_release_then_a_restart_sends_every_owed_release_once(
         conf.write_text(
             f'device_id = "till-1"\ndata_dir = "{data}"\n'
             f'[server]\nlisten = "127.0.0.1:{free_port()}"\n[http]\nlisten = "127.0.0.1:0"\n'
+            "[metrics]\nenabled = false\n"
         )
         env = dict(os.environ)
         env.pop("TILLPOINT_DEVICE_ID", None)
