@@ -19,10 +19,14 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
+import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
+from tillpoint.sync.loopback import LoopbackHub
 
+from .conftest import CLI, enrolled_till
 from .test_review37_spec37c import answers_of
 
 TIMEOUT = 10.0
@@ -76,3 +80,25 @@ def test_a_call_in_flight_when_shutdown_starts_is_answered_with_connection_close
 def _shut(srv: HttpServer) -> bool:
     """Whether uvicorn has asked the open connections to finish (its listeners closed)."""
     return all(not s.is_serving() for s in srv.serve.server.servers)
+
+
+# ---------------------------------------------------------------- CONTRACT §10: hub.address
+
+
+@pytest.mark.parametrize("form", ["dns:///127.0.0.1:{port}", "ipv4:127.0.0.1:{port}"])
+def test_a_hub_address_in_grpc_target_form_still_syncs(
+    tmp_path: Path, hub: LoopbackHub, cli: CLI, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """CONTRACT §10: `hub.address` is what the till dials with gRPC, and gRPC takes a
+    target name (`dns:///hub.corp:50070`, the form gRPC's own documents give for a name
+    to resolve, with every address of it; `ipv4:10.0.0.5:50070`). Such a configuration
+    worked until rev37d's check read the scheme's colon as a bare IPv6 address: `config
+    check` and every command said "an IPv6 address goes in brackets", exit 2, so a till
+    upgraded with it stopped and was not restarted."""
+    data = tmp_path / "data"
+    enrolled_till(hub, data, "till-1").stop()
+    monkeypatch.setenv("TILLPOINT_HUB__ADDRESS", form.format(port=hub.port))
+    checked = cli("config", "check")
+    assert checked.code == 0, checked.err
+    done = cli("sync", "now", "--timeout", "30")
+    assert done.code == 0, done.err
