@@ -11,6 +11,22 @@ What it found, each shown here:
   uvicorn's shutdown marks such a call's connection not to be kept but said nothing in
   the answer; a POS that reused the connection met "closed without response"
   (RFC 9112 §9.6). CONTRACT §12.
+- A `hub.address` in gRPC's target form (`dns:///hub.corp:50070`, `ipv4:10.0.0.5:50070`),
+  which the till hands to gRPC as it is and which worked before, was refused by rev37d's
+  check as "an IPv6 address goes in brackets", exit 2 at `config check` and at every
+  command: a till upgraded with it stopped and was not restarted. CONTRACT §10.
+
+What it found right (tried, no fault): a keep-alive connection used for 3,000 calls is
+never closed nor answered `Connection: close`; a request with Transfer-Encoding and
+Content-Length, in HTTP/1.1 or 1.0, is answered once and nothing pipelined after it is
+served, a token refusal of it still arrives (401); an `Authorization` folded over two
+lines is read, an empty one beside the token is two fields (401); gRPC's one
+`authorization` value is served; `status`'s re-read is bounded (3 tries); `sync now`'s
+gave-up records ONLINE only after an answer of this command, a refusal records OFFLINE;
+`print retry` changes a PENDING job only by one UPDATE the worker's claim (PENDING to
+SENDING) cannot cross, and a job SENDING is never put back; the packaged example
+configuration and the documents' one TOML block pass `config check`; `localhost`, a name
+with `_`, `[fe80::1%eth0]:50070` pass as `hub.address`.
 """
 
 from __future__ import annotations
@@ -102,3 +118,27 @@ def test_a_hub_address_in_grpc_target_form_still_syncs(
     assert checked.code == 0, checked.err
     done = cli("sync", "now", "--timeout", "30")
     assert done.code == 0, done.err
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("dns:///hub.corp:50070", False),
+        ("dns://10.0.0.53/hub.corp:50070", False),
+        ("ipv6:[::1]:50070", False),
+        ("unix:/run/tillpoint-hub.sock", False),
+        ("dns:///hub corp:50070", True),  # a blank: no name has one
+        ("dns:///hub.corp:50070\x00x", True),  # a NUL cut gRPC's target short
+        ("dns:50070", False),  # a host named "dns" and its port, as before
+        ("::1", True),  # still a bare IPv6 address (rev37d)
+    ],
+)
+def test_a_grpc_target_name_is_checked_for_blanks_and_control_characters_only(
+    address: str, refused: bool
+) -> None:
+    """CONTRACT §10 (DECISIONS, review 37): one check for `hub.address` and `hub enroll
+    --address`; a gRPC target name is gRPC's to read."""
+    from tillpoint.agent.config import hub_address_problem
+
+    for port_required in (True, False):
+        assert (hub_address_problem(address, port_required=port_required) is not None) is refused
