@@ -142,3 +142,35 @@ def test_a_grpc_target_name_is_checked_for_blanks_and_control_characters_only(
 
     for port_required in (True, False):
         assert (hub_address_problem(address, port_required=port_required) is not None) is refused
+
+
+# ---------------------------------------------------------------- CONTRACT §12: gRPC's token
+
+
+def test_grpc_one_token_beside_a_binary_header_and_other_metadata_is_served(
+    agent: Agent,
+) -> None:
+    """CONTRACT §12 (the token's decision): two `authorization` values are refused since
+    spec37c; one, among other metadata (a binary `-bin` header, a POS's own keys, a key
+    that only begins with "authorization"), is still the call served."""
+    import grpc
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    from .conftest import grpc_served
+
+    metadata = [
+        ("x-pos-lane", "7"),
+        ("authorization-bin", b"\x00\xffnot a token"),
+        ("authorization", "Bearer s3cret-token"),
+        ("authorizationx", "Bearer wrong"),
+    ]
+    with (
+        grpc_served(agent, token="s3cret-token") as port,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = pb_grpc.PosAgentStub(channel)
+        answer = stub.Identify(
+            pb.IdentifyRequest(text="2770000000017"), metadata=metadata, timeout=5
+        )
+        assert answer.status == pb.FOUND
