@@ -69,6 +69,11 @@ class HubSettings(BaseModel):
         return value
 
 
+# gRPC's own target names (its naming document): a scheme, then what its resolver reads;
+# "dns:50070" alone stays a host named "dns" and its port, as it was read before.
+_GRPC_TARGET = re.compile(r"(?:dns|ipv4|ipv6|unix|unix-abstract|vsock):(?![0-9]+$)")
+
+
 def hub_address_problem(address: str, *, port_required: bool = True) -> str | None:
     """Why a till cannot dial `address` (`hub.address`, `hub enroll --address`), or None:
     HOST:PORT as every listen address is read (`split_listen`), with a port a till can
@@ -76,7 +81,16 @@ def hub_address_problem(address: str, *, port_required: bool = True) -> str | No
     port (`port_required`), a configuration may leave it out (a hub behind a front end
     on 443 worked so; DECISIONS, review 37). With an empty port, 0 or one past 65535,
     nothing; a NUL cut the address short (gRPC's C core); each said only that the hub is
-    unreachable. Said after the address (`'hub' has no port: ...`)."""
+    unreachable. Said after the address (`'hub' has no port: ...`).
+
+    A gRPC target name (`dns:///hub.corp:50070`, `ipv4:10.0.0.5:50070`: a scheme gRPC
+    resolves) is gRPC's to read: only blanks and control characters are refused in it.
+    It worked before this check and was refused by it as a bare IPv6 address, exit 2 at
+    a till's upgrade (review 37, rev37g)."""
+    if _GRPC_TARGET.match(address):
+        if any(c.isspace() or not c.isprintable() for c in address):
+            return f"{address!r}: a hub's address has no blanks or control characters"
+        return None
     bracketed = address.startswith("[") and address.endswith("]")
     if ":" not in address or bracketed:
         if port_required:

@@ -1457,6 +1457,18 @@ class _Protocol(h11_impl.H11Protocol):
             cycle.scope["headers"] = [*cycle.scope["headers"], _CLOSE]  # the app's scope too
             cycle.keep_alive = False
 
+    def shutdown(self) -> None:
+        """uvicorn's graceful stop: an idle connection is closed, a call under way is
+        answered and its connection closed after it. That answer now says so
+        (`Connection: close`, RFC 9112 §9.6), as `Api` says it for requests that arrive
+        after the stop began: until review 37 (rev37g) a call in flight at the stop (its
+        body still arriving, a call waiting on the hub) was answered keep-alive, and the
+        POS's next call on the connection met "closed without response"."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.scope["headers"] = [*cycle.scope["headers"], _CLOSE]  # the app's scope too
+        super().shutdown()
+
     _half_closed = False
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
