@@ -141,6 +141,29 @@ def test_a_one_shot_hold_sends_owed_releases_to_a_slow_hub_only_within_its_deadl
         hub.stop()
 
 
+def confirm_started(
+    tmp_path: Path, data: Path, conf: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """`owed_till`'s sale-1 held in-process (the hub away: OFFLINE), then a one-shot
+    `tillpoint confirm sale-1 --json` started with its stdout and stderr piped (review
+    36's and 37's one-shot commands that send what they owe after their answer)."""
+    from tillpoint.agent.results import receipt_from_json
+    from tillpoint.agent.service import Agent
+
+    till = Agent(data, "till-1")
+    try:
+        sale = json.loads((tmp_path / "sale.json").read_text())
+        assert till.hold(receipt_from_json(sale)).state == "HELD"
+    finally:
+        till.close()
+    return subprocess.Popen(
+        [EXE, "--config", conf, "confirm", "sale-1", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def test_a_one_shot_commands_answer_is_written_before_it_sends_what_it_owes(
     tmp_path: Path, gated_releases: GatedReleases
 ) -> None:
@@ -151,21 +174,7 @@ def test_a_one_shot_commands_answer_is_written_before_it_sends_what_it_owes(
     gated_releases.gate = threading.Event()
     hub, data, conf, env = owed_till(tmp_path, 3, redeem_timeout_ms=5000)
     try:
-        from tillpoint.agent.results import receipt_from_json
-        from tillpoint.agent.service import Agent
-
-        till = Agent(data, "till-1")  # held while the hub was away (OFFLINE), in-process
-        try:
-            sale = json.loads((tmp_path / "sale.json").read_text())
-            assert till.hold(receipt_from_json(sale)).state == "HELD"
-        finally:
-            till.close()
-        proc = subprocess.Popen(
-            [EXE, "--config", conf, "confirm", "sale-1", "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = confirm_started(tmp_path, data, conf, env)
         try:
             assert proc.stdout is not None
             text = ""

@@ -19,7 +19,7 @@ import pytest
 
 from .conftest import receipt
 from .test_review35_left35 import owed_releases
-from .test_review36_left36 import EXE, GatedReleases, owed_till
+from .test_review36_left36 import EXE, GatedReleases, confirm_started, owed_till
 from .test_review36_left36 import gated_releases as gated_releases  # a fixture
 from .test_review36_rev36a import full_till as full_till  # a fixture
 
@@ -57,21 +57,7 @@ def test_a_one_shot_stopped_while_it_sends_what_it_owes_exits_as_its_answer_said
     gated_releases.gate = threading.Event()
     hub, data, conf, env = owed_till(tmp_path, 3, redeem_timeout_ms=5000)
     try:
-        from tillpoint.agent.results import receipt_from_json
-        from tillpoint.agent.service import Agent
-
-        till = Agent(data, "till-1")  # held while the hub was away (OFFLINE), in-process
-        try:
-            sale = json.loads((tmp_path / "sale.json").read_text())
-            assert till.hold(receipt_from_json(sale)).state == "HELD"
-        finally:
-            till.close()
-        proc = subprocess.Popen(
-            [EXE, "--config", conf, "confirm", "sale-1", "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = confirm_started(tmp_path, data, conf, env)
         try:
             text, doc = _answer_of(proc)
             assert doc["state"] == "CONFIRMED"
