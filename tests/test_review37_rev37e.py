@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, receipt
 
-from .conftest import CLI, enrolled_till
+from .conftest import CLI, SteppingClock, enrolled_till
 from .test_review35_left35 import ANNA
 from .test_review37_left37 import EXE
 
@@ -91,3 +93,68 @@ def test_a_cancel_or_confirm_beside_another_processs_hold_waits_for_it(
     assert (answer["state"], answer["redeemedPoints"]) == (expected, 10), answer
     if command == "cancel":  # released at the hub too
         assert hub.store.balance("c-1", datetime.now(UTC)).held == 0
+
+
+# ---------------------------------------- 2. one step of the wall clock, two processes
+
+
+def _times(data: Path) -> dict[str, tuple[str, str | None, str]]:
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    try:
+        rows = conn.execute("SELECT receipt_id, expires_at, closed_at, state FROM receipt_life")
+        return {rid: (at, closed, state) for rid, at, closed, state in rows}
+    finally:
+        conn.close()
+
+
+def test_one_step_of_the_wall_clock_moves_the_holds_once_for_two_processes(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11 (a hold lives `holdTtlSeconds` of time that passes; expired and
+    cancelled holds release their reservations). Two processes on one data directory,
+    alive across one NTP step an hour back: `tillpoint run` and a one-shot command whose
+    call (a Hold asking a slow hub, a `sync now`) spans the step. Each told the step from
+    its own reading of the clocks and each moved the ledger's open holds by it, and (since
+    review 37's rev37a) the owed releases' `closed_at`: moved twice, the open hold with
+    its ten minutes left was expired at once, its points given back while the POS took
+    the payment, and the owed release judged an hour older than it is. Each time the
+    ledger holds is moved by a step once: the process that finds it already followed
+    (the ledger says the wall clock's offset it follows) moves nothing. Failed before the
+    fix (moved by two hours)."""
+    from tillpoint.agent.service import Agent
+
+    from .test_review31_long31 import DEVICE, _sale, stepped_while_it_asks
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    with stepped_while_it_asks(tmp_path, clock, 2.0) as (run, data, _, hub):
+        program = {**data["program"], "holdTtlSeconds": 600}
+        run.load_snapshot({**data, "version": 1, "baseVersion": 0, "program": program})
+        other = Agent(tmp_path / "till", DEVICE, clock=clock, monotonic=clock.steady)
+        try:
+            run.sweep_holds()  # each process's reading of the clocks (its hold timer's,
+            other.sweep_holds()  # the one-shot's at its start)
+            held = run.hold(receipt_from_json(_sale("h-1", clock())))
+            assert (held.state, held.mode) == ("HELD", "ONLINE")
+            assert run.hold(receipt_from_json(_sale("h-2", clock()))).mode == "ONLINE"
+            hub.stop()
+            assert run.cancel("h-2").state == "CANCELLED"  # its release owed
+            before = _times(tmp_path / "till")
+            clock.passes(30)
+            clock.stepped(-3600.0)  # NTP: an hour back
+            run.sweep_holds()  # run's hold timer follows the step
+            other.sweep_holds()  # so does the other process, at its next call
+            after = _times(tmp_path / "till")
+            hour = timedelta(hours=1)
+            assert after["h-1"][2] == "HELD", after
+            assert datetime.fromisoformat(after["h-1"][0]) == (
+                datetime.fromisoformat(before["h-1"][0]) - hour
+            ), (before, after)
+            assert datetime.fromisoformat(str(after["h-2"][1])) == (
+                datetime.fromisoformat(str(before["h-2"][1])) - hour
+            ), (before, after)
+            clock.passes(60)
+            run.sweep_holds()
+            other.sweep_holds()
+            assert _times(tmp_path / "till")["h-1"][2] == "HELD"  # 8.5 minutes left
+        finally:
+            other.close()
