@@ -2001,6 +2001,36 @@ def due_holds(conn: sqlite3.Connection, now: str) -> list[tuple[str, bool]]:
     ]
 
 
+# The `device` key of the wall clock's offset from the steady clock (seconds, the
+# system's CLOCK_BOOTTIME on Linux) the ledger's hold times were last moved to.
+CLOCK_FOLLOWED = "clock_followed"
+
+
+def follow_clock_step(
+    conn: sqlite3.Connection, step: timedelta, offset: float, tolerance_s: float
+) -> bool:
+    """Inside a write transaction: move the ledger's hold times by a step of the wall clock
+    (`shift_open_holds`) unless another process on this ledger already followed it (the
+    offset it recorded is within `tolerance_s` of `offset`, the wall clock less the
+    steady one now), and record `offset`. Each process tells a step from its own
+    readings of the clocks; `tillpoint run` and a one-shot command alive across one step
+    each moved the holds by it, twice in all: an hour back, an open hold with its minutes
+    left expired at once (review 37, rev37e). False: already followed, nothing moved."""
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_FOLLOWED,)).fetchone()
+    if row is not None:
+        try:
+            followed = float(row[0])
+        except ValueError:
+            followed = None
+        if followed is not None and abs(offset - followed) < tolerance_s:
+            return False
+    shift_open_holds(conn, step)
+    conn.execute(
+        "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)", (CLOCK_FOLLOWED, repr(offset))
+    )
+    return True
+
+
 def shift_open_holds(conn: sqlite3.Connection, step: timedelta) -> int:
     """Move the expiry of every open hold by `step` (the wall clock was stepped by it),
     and the `holdExpiresAt` its held result answers a retried Hold with; and the times

@@ -806,11 +806,16 @@ class Agent:
                 return False
             try:
                 with self._write() as conn:
-                    ledger.shift_open_holds(conn, timedelta(seconds=step))
+                    moved = ledger.follow_clock_step(
+                        conn, timedelta(seconds=step), self._mark_offset(), CLOCK_STEP_S
+                    )
             except StorageError:  # logged by `_write`; the next call tries again
                 self._unfollow(step)
                 return False
-        log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
+        if moved:
+            log.warning(
+                "the wall clock was stepped by %+.0f s: open holds keep their time left", step
+            )
         return True
 
     def _take_clock_step(self, *, peek: bool = False) -> float | None:
@@ -837,6 +842,15 @@ class Agent:
             if step is not None and not peek:
                 self._steps_taken += 1
         return step
+
+    def _mark_offset(self) -> float:
+        """The wall clock less the steady one at the last reading (`_take_clock_step`'s
+        mark), in seconds: the same for every process on the system (the steady clock is
+        CLOCK_BOOTTIME), what `ledger.follow_clock_step` records a step followed at."""
+        with self._mark_lock:
+            mark = self._clock_mark
+        assert mark is not None  # a step was just taken from it
+        return mark[0].timestamp() - mark[1]
 
     def _now(self) -> datetime:
         """The wall clock on the time line the open holds live on: the clock as it reads,
@@ -879,11 +893,17 @@ class Agent:
         step = self._take_clock_step()
         if step is None:
             return
-        ledger.shift_open_holds(self._ledger, timedelta(seconds=step))
+        # (moved once for all the processes on the ledger: `ledger.follow_clock_step`)
+        moved = ledger.follow_clock_step(
+            self._ledger, timedelta(seconds=step), self._mark_offset(), CLOCK_STEP_S
+        )
         # a transaction may follow two steps (a Checkout's hold, then its confirm): all
         # are given back if it rolls back
         self._followed_step = (self._followed_step or 0.0) + step
-        log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
+        if moved:
+            log.warning(
+                "the wall clock was stepped by %+.0f s: open holds keep their time left", step
+            )
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
         """True: released. False: the hub was not reached (or there is none);
