@@ -158,3 +158,43 @@ def test_one_step_of_the_wall_clock_moves_the_holds_once_for_two_processes(
             assert _times(tmp_path / "till")["h-1"][2] == "HELD"  # 8.5 minutes left
         finally:
             other.close()
+
+
+def test_a_step_back_to_where_an_earlier_step_went_is_followed_again(tmp_path: Path) -> None:
+    """CONTRACT §11. What the ledger records of a step followed (`clock_followed`) tells
+    the same step seen by another process from a later one: here the clock is stepped an
+    hour forward (followed), then set ten minutes on while no till runs (a restart cannot
+    tell that from time passing), and NTP takes those ten minutes back while a new
+    process runs, its hold made on the clock of before. The clock's offset ends where the
+    first step left it; that second step is still this process's to follow, or its hold
+    keeps ten minutes more than the hub's copy. Checked, found right."""
+    from tillpoint.agent.service import Agent
+
+    from .conftest import snapshot
+    from .test_review31_long31 import DEVICE, _sale
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = tmp_path / "till"
+    first = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        first.load_snapshot(snapshot())
+        first.sweep_holds()
+        clock.stepped(3600.0)
+        first.sweep_holds()  # followed: recorded
+    finally:
+        first.close()
+    clock.stepped(600.0)  # no till running: not a step for anyone
+    again = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        again.sweep_holds()
+        held = again.hold(receipt_from_json(_sale("h-3", clock(), redeemPoints=0)))
+        assert held.state == "HELD"
+        before = _times(data)["h-3"][0]
+        clock.stepped(-600.0)  # NTP: back where the first step left the clock
+        again.sweep_holds()
+        after = _times(data)["h-3"][0]
+        assert datetime.fromisoformat(after) == datetime.fromisoformat(before) - timedelta(
+            minutes=10
+        )
+    finally:
+        again.close()
