@@ -198,3 +198,42 @@ def test_a_step_back_to_where_an_earlier_step_went_is_followed_again(tmp_path: P
         )
     finally:
         again.close()
+
+
+# ---------------------------------------- 3. an owed release read before the step is followed
+
+
+def test_an_owed_release_is_judged_on_the_holds_time_line_before_a_step_is_followed(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11 (expired and cancelled holds release their reservations; a hold lives
+    `holdTtlSeconds` of time that passes). Since review 37 (rev37a) a release owed since
+    its hold closed is judged on the open holds' time line (its `closed_at` moves with a
+    step), but it was compared with the clock as it reads, not as `Agent._now` reads it
+    (less a step no call has followed yet). NTP steps the clock two days forward; before
+    any call follows the step (up to the hold timer's 15 s round), `/metrics`'
+    `tillpoint_hub_calls_owed` said no release owed, and the releases a one-shot command
+    sends after its answer (`TillSync.send_owed`, no sweep first) found the release "run
+    out at the hub" and dropped it unsent, the hub still holding the customer's points.
+    Failed before the fix (0 owed; dropped)."""
+    from .test_review31_long31 import _sale, stepped_while_it_asks
+    from .test_review35_left35 import owed_releases
+
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    with stepped_while_it_asks(tmp_path, clock, 2.0) as (agent, data, _, hub):
+        agent.load_snapshot({**data, "version": 1, "baseVersion": 0})
+        agent.sweep_holds()  # the clock's mark made
+        held = agent.hold(receipt_from_json(_sale("h-1", clock(), redeemPoints=100)))
+        assert (held.mode, held.redeemed_points) == ("ONLINE", 100)
+        hub.stop()
+        assert agent.cancel("h-1").state == "CANCELLED"  # its release owed
+        hub.restart()
+        clock.passes(30)
+        clock.stepped(timedelta(days=2).total_seconds())  # NTP; no call has followed it
+        assert agent.hub_calls_owed()["release"] == 1
+        for _ in range(50):  # the link's reconnection after the hub's restart (backoff)
+            if agent.retry_hub_releases() or owed_releases(tmp_path / "till") == 0:
+                break
+            threading.Event().wait(0.2)
+        assert owed_releases(tmp_path / "till") == 0
+        assert hub.store.balance("c-1", datetime.now(UTC)).held == 0, "dropped unsent"
