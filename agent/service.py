@@ -1032,7 +1032,11 @@ class Agent:
         hub (review 35); those not sent stay owed in the ledger, for the next start."""
         if self.hub is None:
             return 0
-        cutoff = ledger.utc_text(self.clock() - timedelta(seconds=HUB_HOLD_MAX_S))
+        # on the open holds' time line, which the owed releases' `closed_at` and the asks'
+        # `asked_at` live on (moved by a step, rev37a): the clock as it reads, before the
+        # step is followed (a one-shot's `send_owed`, no sweep first), took a release owed
+        # for minutes two days forward for one run out at the hub and dropped it (rev37e)
+        cutoff = ledger.utc_text(self._now() - timedelta(seconds=HUB_HOLD_MAX_S))
         with self._lock:
             due = ledger.hub_releases_due(self._ledger, cutoff)
         released = 0
@@ -1065,12 +1069,13 @@ class Agent:
         owed. `sync now` names them (review 37: it said nothing of those its deadline left)."""
         if self.hub is None:
             return {"release": [], "shrink": []}
-        now = self.clock()
+        # the open holds' expiry compared on their time line: a step no call has followed
+        # yet took a hold with its minutes left for expired, its shrink not owed (rev36d);
+        # so are the releases' and asks' times, which move with a step too (rev37a, rev37e)
+        now = self._now()
         cutoff = ledger.utc_text(now - timedelta(seconds=HUB_HOLD_MAX_S))
         young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
-        # the open holds' expiry compared on their time line: a step no call has followed
-        # yet took a hold with its minutes left for expired, its shrink not owed (rev36d)
-        open_now = ledger.utc_text(self._now())
+        open_now = ledger.utc_text(now)
         with self._lock, ledger.one_read(self._ledger):  # the three lists of one moment
             releases = ledger.hub_releases_due(self._ledger, cutoff)
             shrinks = ledger.hub_shrinks_due(self._ledger, open_now)
@@ -1109,7 +1114,7 @@ class Agent:
         than `HUB_ASK_GRACE_S` may still be stored (a call between its request and its
         commit, whose turn is not this agent's `HubTurns`): a later round. Stops at the
         first the hub does not answer, or once `stop` is set (`retry_hub_releases`)."""
-        young = ledger.utc_text(self.clock() - timedelta(seconds=HUB_ASK_GRACE_S))
+        young = ledger.utc_text(self._now() - timedelta(seconds=HUB_ASK_GRACE_S))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
