@@ -196,14 +196,25 @@ class HubTurns:
         Cancel sent while its Hold still asks the hub: a POS that gave up on the Hold).
         Answered before the Hold was stored, it was a 404 "not held", and the hold then
         stored kept the customer's points reserved, at the hub too, until it expired,
-        though the POS had cancelled it (review 34). No turn is taken: a hold that starts
-        after this is another call, answered as it comes."""
+        though the POS had cancelled it (review 34); a hold of it in another process on
+        this data directory is waited for too (review 37). No turn is kept: a hold that
+        starts after this is another call, answered as it comes."""
         with self._changed:
             if not self._changed.wait_for(lambda: receipt_id not in self._holding, self._wait_s):
                 raise HubUnavailable(
                     f"receipt {receipt_id}: another call with this receiptId is still asking"
                     " the hub: retry with the same receiptId"
                 )
+        # and for another process's hold of it (a `tillpoint hold` run locally, a POS that
+        # gave up on it sending `tillpoint cancel`): waited for in this process only, the
+        # Cancel answered "not held" and the Hold stored after it kept the points reserved
+        # here and at the hub (review 37, rev37e). Its turn is given back at once.
+        if not self._across.take(receipt_id, self._wait_s):
+            raise HubUnavailable(
+                f"receipt {receipt_id}: another tillpoint process on this data directory"
+                " is still asking the hub about it: retry with the same receiptId"
+            )
+        self._across.give(receipt_id)
 
     def start_release(self, receipt_id: str) -> bool:
         """False: a hold of this receipt is in progress (its own request replaces the

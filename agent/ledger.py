@@ -2001,6 +2001,42 @@ def due_holds(conn: sqlite3.Connection, now: str) -> list[tuple[str, bool]]:
     ]
 
 
+# The `device` key of the last step of the wall clock the ledger's hold times were moved
+# by: the wall clock's offset from the steady clock (seconds; the system's CLOCK_BOOTTIME
+# on Linux, one for every process) before the step and after it.
+CLOCK_FOLLOWED = "clock_followed"
+
+
+def follow_clock_step(
+    conn: sqlite3.Connection, step: timedelta, offset: float, tolerance_s: float
+) -> bool:
+    """Inside a write transaction: move the ledger's hold times by a step of the wall clock
+    (`shift_open_holds`) unless another process on this ledger already followed that same
+    step (the last step recorded went from this one's offset before it, `offset` less
+    `step`, to `offset`, the wall clock less the steady one now, each within
+    `tolerance_s`), and record it. Each process tells a step from its own readings of
+    the clocks: `tillpoint run` and a one-shot command alive across one step each moved
+    the holds by it, twice in all: an hour back, an open hold with its minutes left
+    expired at once (review 37, rev37e). Both ends are compared: a step back to where
+    an earlier one went from is another step. False: already followed, nothing moved."""
+    before = offset - step.total_seconds()
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_FOLLOWED,)).fetchone()
+    if row is not None:
+        try:
+            was, now = (float(part) for part in str(row[0]).split())
+        except ValueError:
+            pass
+        else:
+            if abs(was - before) < tolerance_s and abs(now - offset) < tolerance_s:
+                return False
+    shift_open_holds(conn, step)
+    conn.execute(
+        "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
+        (CLOCK_FOLLOWED, f"{before!r} {offset!r}"),
+    )
+    return True
+
+
 def shift_open_holds(conn: sqlite3.Connection, step: timedelta) -> int:
     """Move the expiry of every open hold by `step` (the wall clock was stepped by it),
     and the `holdExpiresAt` its held result answers a retried Hold with; and the times

@@ -806,11 +806,16 @@ class Agent:
                 return False
             try:
                 with self._write() as conn:
-                    ledger.shift_open_holds(conn, timedelta(seconds=step))
+                    moved = ledger.follow_clock_step(
+                        conn, timedelta(seconds=step), self._mark_offset(), CLOCK_STEP_S
+                    )
             except StorageError:  # logged by `_write`; the next call tries again
                 self._unfollow(step)
                 return False
-        log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
+        if moved:
+            log.warning(
+                "the wall clock was stepped by %+.0f s: open holds keep their time left", step
+            )
         return True
 
     def _take_clock_step(self, *, peek: bool = False) -> float | None:
@@ -837,6 +842,15 @@ class Agent:
             if step is not None and not peek:
                 self._steps_taken += 1
         return step
+
+    def _mark_offset(self) -> float:
+        """The wall clock less the steady one at the last reading (`_take_clock_step`'s
+        mark), in seconds: the same for every process on the system (the steady clock is
+        CLOCK_BOOTTIME), what `ledger.follow_clock_step` records a step followed at."""
+        with self._mark_lock:
+            mark = self._clock_mark
+        assert mark is not None  # a step was just taken from it
+        return mark[0].timestamp() - mark[1]
 
     def _now(self) -> datetime:
         """The wall clock on the time line the open holds live on: the clock as it reads,
@@ -879,11 +893,17 @@ class Agent:
         step = self._take_clock_step()
         if step is None:
             return
-        ledger.shift_open_holds(self._ledger, timedelta(seconds=step))
+        # (moved once for all the processes on the ledger: `ledger.follow_clock_step`)
+        moved = ledger.follow_clock_step(
+            self._ledger, timedelta(seconds=step), self._mark_offset(), CLOCK_STEP_S
+        )
         # a transaction may follow two steps (a Checkout's hold, then its confirm): all
         # are given back if it rolls back
         self._followed_step = (self._followed_step or 0.0) + step
-        log.warning("the wall clock was stepped by %+.0f s: open holds keep their time left", step)
+        if moved:
+            log.warning(
+                "the wall clock was stepped by %+.0f s: open holds keep their time left", step
+            )
 
     def _release_at_hub(self, receipt_id: str, *, forgotten: bool = False) -> bool | None:
         """True: released. False: the hub was not reached (or there is none);
@@ -1012,7 +1032,11 @@ class Agent:
         hub (review 35); those not sent stay owed in the ledger, for the next start."""
         if self.hub is None:
             return 0
-        cutoff = ledger.utc_text(self.clock() - timedelta(seconds=HUB_HOLD_MAX_S))
+        # on the open holds' time line, which the owed releases' `closed_at` and the asks'
+        # `asked_at` live on (moved by a step, rev37a): the clock as it reads, before the
+        # step is followed (a one-shot's `send_owed`, no sweep first), took a release owed
+        # for minutes two days forward for one run out at the hub and dropped it (rev37e)
+        cutoff = ledger.utc_text(self._now() - timedelta(seconds=HUB_HOLD_MAX_S))
         with self._lock:
             due = ledger.hub_releases_due(self._ledger, cutoff)
         released = 0
@@ -1045,12 +1069,13 @@ class Agent:
         owed. `sync now` names them (review 37: it said nothing of those its deadline left)."""
         if self.hub is None:
             return {"release": [], "shrink": []}
-        now = self.clock()
+        # the open holds' expiry compared on their time line: a step no call has followed
+        # yet took a hold with its minutes left for expired, its shrink not owed (rev36d);
+        # so are the releases' and asks' times, which move with a step too (rev37a, rev37e)
+        now = self._now()
         cutoff = ledger.utc_text(now - timedelta(seconds=HUB_HOLD_MAX_S))
         young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
-        # the open holds' expiry compared on their time line: a step no call has followed
-        # yet took a hold with its minutes left for expired, its shrink not owed (rev36d)
-        open_now = ledger.utc_text(self._now())
+        open_now = ledger.utc_text(now)
         with self._lock, ledger.one_read(self._ledger):  # the three lists of one moment
             releases = ledger.hub_releases_due(self._ledger, cutoff)
             shrinks = ledger.hub_shrinks_due(self._ledger, open_now)
@@ -1089,7 +1114,7 @@ class Agent:
         than `HUB_ASK_GRACE_S` may still be stored (a call between its request and its
         commit, whose turn is not this agent's `HubTurns`): a later round. Stops at the
         first the hub does not answer, or once `stop` is set (`retry_hub_releases`)."""
-        young = ledger.utc_text(self.clock() - timedelta(seconds=HUB_ASK_GRACE_S))
+        young = ledger.utc_text(self._now() - timedelta(seconds=HUB_ASK_GRACE_S))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
