@@ -658,21 +658,28 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         if command in ("quote", "checkout", "hold", "confirm", "cancel"):
             if command == "confirm":
-                code = emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), human)
+                answer: Any = agent.confirm(args.receipt_id, args.fiscal)
             elif command == "cancel":
-                code = emit(args, json_of(agent.cancel(args.receipt_id)), _human_result)
+                answer = agent.cancel(args.receipt_id)
             else:
                 call: Callable[[Receipt], CheckoutResult] = getattr(agent, command)
                 receipt = read_json(args.file)
                 if args.explain and isinstance(receipt, dict):
                     receipt = {**receipt, "explain": True}
-                code = emit(args, json_of(call(receipt_from_json(receipt))), human)
+                answer = call(receipt_from_json(receipt))
             if hub is not None and command != "quote":  # a quote writes nothing
+                # the answer is decided (a sale committed): a stop from here on does not
+                # change it nor its exit code, taken before the answer is written (a POS
+                # that stops the process once it has read the answer: rev37a's handlers,
+                # taken just after the write, left a moment where it died of the SIGTERM)
+                after = _AfterAnswer(process_ends=bool(getattr(args, "process_ends", False)))
+                after.start()
+            code = emit(args, json_of(answer), _human_result if command == "cancel" else human)
+            if after is not None:
                 # the answer is out: then the releases owed to the hub from earlier (holds
                 # closed while it was away), as `run`'s hold timer sends them, within the
                 # redemption deadline (the contract §11); a stop from here on ends only that
-                after = _AfterAnswer(process_ends=bool(getattr(args, "process_ends", False)))
-                after.start().send_owed(hub, agent)
+                after.send_owed(hub, agent)
             return code
         if command == "refund":
             refund = refund_from_json(read_json(args.file))
