@@ -81,7 +81,7 @@ def test_a_standalone_one_shot_stopped_after_its_answer_exits_as_its_answer_said
     not enrolled) spends 150-250 ms after a committed sale's answer closing its ledger
     and exiting, and a SIGTERM then killed it (-15, a shell's 143): a POS that reads the
     exit code first took the committed sale for a failed one. Failed before the fix."""
-    data, env = _loaded_till(tmp_path)
+    _, env = _loaded_till(tmp_path)
     for attempt in range(3):  # each stop lands somewhere else in the close and the exit
         rid = f"sale-{attempt}"
         (tmp_path / "r.json").write_text(json.dumps(receipt(rid)), encoding="utf-8")
@@ -145,3 +145,61 @@ def test_a_forwarded_one_shot_stopped_after_its_answer_exits_as_its_answer_said(
         assert code == 0, (code, err)
         assert out == b"" and err == b""
         assert time.monotonic() - started < 10  # no owed send, no hub link: it ends at once
+
+
+# ---------------------------------------- 2. another program's database kept by sqlite-utils
+
+
+def _migrated_by_another_program(path: Path) -> str:
+    """An SQLite file of another program that records its schema steps as sqlite-utils
+    does (``_sqlite_migrations``, its own migration set), its SHA-256."""
+    import hashlib
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE _sqlite_migrations (
+            id INTEGER PRIMARY KEY, migration_set TEXT, name TEXT, applied_at TEXT
+        );
+        INSERT INTO _sqlite_migrations (migration_set, name, applied_at)
+            VALUES ('books', 'm001_orders', '2026-11-01 10:00:00+00:00');
+        CREATE TABLE orders (id INTEGER PRIMARY KEY, total_minor INTEGER);
+        INSERT INTO orders (total_minor) VALUES (17980);
+        """
+    )
+    conn.close()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("file", ["ledger.db", "cache.db"])
+def test_another_programs_database_with_sqlite_utils_migrations_is_refused_as_one(
+    tmp_path: Path, file: str
+) -> None:
+    """CONTRACT §10 (exit 2 for what an operator must mend; the data left as it was).
+    Review 37 (spec37b) refuses another program's SQLite file as a ledger or a cache: one
+    with tables and no ``_sqlite_migrations``. A program that keeps its schema with
+    sqlite-utils' migrations (as tillpoint does) has that table, under its own migration
+    set: tillpoint switched its file to WAL mode (a write) and then said it "was written
+    by another tillpoint release" (run that release, or restore the data directory).
+    Every file tillpoint has made records only `tillpoint.*` sets. Failed before the fix."""
+    import hashlib
+
+    data = tmp_path / "data"
+    digest = _migrated_by_another_program(data / file)
+    done = subprocess.run(
+        [EXE, "status", "--json"],
+        env=dict(_env(data), TILLPOINT_CLI_LOCAL="1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another program's SQLite database" in lines[0], lines
+    assert "tillpoint release" not in lines[0]
+    assert hashlib.sha256((data / file).read_bytes()).hexdigest() == digest  # not WAL
+    assert not (data / f"{file}-wal").exists()
