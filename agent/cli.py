@@ -283,11 +283,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = _scanned_text_last(argv)
     parser = build_parser(argv)
     vars(parser)["argv"] = list(argv)  # `--version --json` reads it
+    after: _AfterAnswer | None = None  # a committing call's: from its answer on
     try:
         # `--version` writes its line while the arguments are read: inside the handlers
         # below, so a closed or full stdout is worded, not a traceback.
         args = _parse(parser, argv)
         args.process_ends = process_ends
+        if args.command in ANSWER_STANDS:  # `emit` starts it, run here or forwarded
+            after = args.after = _AfterAnswer(process_ends=process_ends)
         if args.command is None:  # a usage error: the help on stderr, as argparse's own are
             parser.print_help(sys.stderr)
             return EXIT_INPUT
@@ -322,6 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+    finally:
+        if after is not None:  # after the hub link's and the files' closes
+            after.end()
+
+
+# The committing calls (a sale, a hold, its confirmation or cancel, a refund): from
+# their answer on a stop does not change the exit code (`_AfterAnswer`), whether they
+# run here, with a hub or without one, or are forwarded to `tillpoint run`.
+ANSWER_STANDS = frozenset({"checkout", "hold", "confirm", "cancel", "refund"})
 
 
 # A `hub` command's text operands, which reach the hub's store (a device id, a customer, a
@@ -625,7 +637,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         else None
     )
     agent = agent_with_hub(settings, hub)
-    after: _AfterAnswer | None = None  # from a committing call's answer on
     try:
         if command == "snapshot":
             if args.snapshot_command != "load":
@@ -658,28 +669,21 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         if command in ("quote", "checkout", "hold", "confirm", "cancel"):
             if command == "confirm":
-                answer: Any = agent.confirm(args.receipt_id, args.fiscal)
+                code = emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), human)
             elif command == "cancel":
-                answer = agent.cancel(args.receipt_id)
+                code = emit(args, json_of(agent.cancel(args.receipt_id)), _human_result)
             else:
                 call: Callable[[Receipt], CheckoutResult] = getattr(agent, command)
                 receipt = read_json(args.file)
                 if args.explain and isinstance(receipt, dict):
                     receipt = {**receipt, "explain": True}
-                answer = call(receipt_from_json(receipt))
+                code = emit(args, json_of(call(receipt_from_json(receipt))), human)
             if hub is not None and command != "quote":  # a quote writes nothing
-                # the answer is decided (a sale committed): a stop from here on does not
-                # change it nor its exit code, taken before the answer is written (a POS
-                # that stops the process once it has read the answer: rev37a's handlers,
-                # taken just after the write, left a moment where it died of the SIGTERM)
-                after = _AfterAnswer(process_ends=bool(getattr(args, "process_ends", False)))
-                after.start()
-            code = emit(args, json_of(answer), _human_result if command == "cancel" else human)
-            if after is not None:
                 # the answer is out: then the releases owed to the hub from earlier (holds
                 # closed while it was away), as `run`'s hold timer sends them, within the
                 # redemption deadline (the contract §11); a stop from here on ends only that
-                after.send_owed(hub, agent)
+                after = getattr(args, "after", None) or _AfterAnswer(process_ends=False)
+                after.start().send_owed(hub, agent)
             return code
         if command == "refund":
             refund = refund_from_json(read_json(args.file))
@@ -696,8 +700,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         agent.close()
         if hub is not None:
             hub.close()
-        if after is not None:
-            after.end()
     parser.error(f"unknown command {command}")
 
 
@@ -708,30 +710,40 @@ class _StoppedSending(BaseException):
 
 
 class _AfterAnswer:
-    """From a one-shot command's answer to the end of its process: the releases owed to
-    the hub (`TillSync.send_owed`), then the hub link's and the files' closes and the
-    interpreter's exit (together up to a second). A SIGTERM or a Ctrl-C (SIGINT) then
-    ends the sending, which it cuts short (what was not sent stays owed for the next
-    command), and does not change the exit code: the answer is written and stands (a
-    sale committed), so the process exits as it said (the contract §10, §11). Until
-    review 37 it died of the SIGTERM (-15, a shell's 143) or exited 130 after a
-    committed sale's answer, and a POS that reads the exit code first took the sale for
-    a failed one. `process_ends`: `main` was called as the `tillpoint` command (not with
-    the arguments of a caller in its own process), whose exit follows: the two signals
-    stay ignored through it, not handed back."""
+    """From a committing one-shot command's answer (`ANSWER_STANDS`; `emit` starts it) to
+    the end of its process: the releases owed to the hub (`TillSync.send_owed`, with a
+    hub), then the hub link's and the files' closes and the interpreter's exit (together
+    up to a second; 150-250 ms without a hub, 7-40 ms forwarded to `tillpoint run`). A
+    SIGTERM or a Ctrl-C (SIGINT) then ends the sending, which it cuts short (what was not
+    sent stays owed for the next command), and does not change the exit code: the answer
+    is written and stands (a sale committed), so the process exits as it said (the
+    contract §10, §11). Until review 37 it died of the SIGTERM (-15, a shell's 143) or
+    exited 130 after a committed sale's answer, and a POS that reads the exit code first
+    took the sale for a failed one (rev37a guarded a till with a hub; rev37f a till
+    without one and a call forwarded to `run`). `process_ends`: `main` was called as the
+    `tillpoint` command (not with the arguments of a caller in its own process), whose
+    exit follows: the two signals stay ignored through it, not handed back."""
 
     def __init__(self, *, process_ends: bool) -> None:
+        import signal
+        import threading
+
+        # imported now, before the call: in the CLI's fast path (a call forwarded to
+        # `run`) importing them after the answer left its first millisecond unguarded
+        self._signal, self._threading = signal, threading
         self.process_ends = process_ends
         self.sending = False
         self.before: dict[int, Any] = {}
 
     def start(self) -> _AfterAnswer:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():  # signals are its own
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self.before[signum] = signal.signal(signum, self._stopping)
+        """From the answer on; `emit` calls it as it writes a committing call's answer,
+        the call done (its sale committed): a stop from then on ends it no more, even one
+        taken before the answer's last byte (the process ends as its answer says)."""
+        signal, threading = self._signal, self._threading
+        if self.before or threading.current_thread() is not threading.main_thread():
+            return self  # started already; or a caller's thread: signals are the main one's
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.before[signum] = signal.signal(signum, self._stopping)
         return self
 
     def _stopping(self, signum: int, frame: Any) -> None:
@@ -749,8 +761,7 @@ class _AfterAnswer:
             pass  # stopped: what is owed to the hub is left for the next command
 
     def end(self) -> None:
-        import signal
-
+        signal = self._signal
         for signum, before in self.before.items():
             if self.process_ends:
                 signal.signal(signum, signal.SIG_IGN)
@@ -1107,6 +1118,9 @@ class Stdout:
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[Any], str]) -> int:
+    after = getattr(args, "after", None)
+    if after is not None:  # a committing call's answer, the call done: a stop ends it no more
+        after.start()  # (before the write: a stop taken as the bytes leave killed it, -15)
     if getattr(args, "json", False):
         write_out(json_document(data))
     else:

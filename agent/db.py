@@ -344,8 +344,10 @@ def connect(
 def foreign_tables(conn: sqlite3.Connection) -> list[str]:
     """The tables of `conn`'s file when it is another program's SQLite database: tables,
     and no ``_sqlite_migrations`` (every file tillpoint has made since its first release
-    records its schema steps there, in the transaction that makes its first table). An
-    empty file, or one with no table yet, is a new one: []."""
+    records its schema steps there, in the transaction that makes its first table), or
+    one whose steps are all another program's (sqlite-utils' migrations keep that table
+    too; tillpoint's sets have always been named ``tillpoint.*``: rev37f). An empty file,
+    or one with no table yet, is a new one: []."""
     names = sorted(
         name
         for (name,) in conn.execute(
@@ -353,7 +355,16 @@ def foreign_tables(conn: sqlite3.Connection) -> list[str]:
             " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
         )
     )
-    return [] if not names or "_sqlite_migrations" in names else names
+    if not names:
+        return []
+    if "_sqlite_migrations" in names:
+        sets = conn.execute(
+            "SELECT count(*), count(CASE WHEN migration_set LIKE 'tillpoint.%' THEN 1 END)"
+            " FROM _sqlite_migrations"
+        ).fetchone()
+        if not sets[0] or sets[1]:  # tillpoint's steps (or none recorded yet): its own
+            return []
+    return names
 
 
 HUB_STORE_HINT = "name the hub's own store (--store, TILLPOINT_HUB_STORE or --hub-dir)"
