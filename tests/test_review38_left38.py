@@ -21,7 +21,7 @@ from tillpoint.printer.messages import first_name_only, greeting
 
 from .conftest import CLI, receipt, snapshot
 
-CARD = "2770000000017"  # the base snapshot's card of customer c-1
+CARD = "2770000000017"  # the base snapshot's card of customer c-a (Анна)
 READ_TWICE = "the card was read twice in one scan; scan it once"
 
 
@@ -137,3 +137,46 @@ def test_a_zero_width_space_parts_the_first_name_on_the_printed_receipt() -> Non
     blocks = offers_blocks(payload)
     greeting_text = getattr(blocks[1], "text", "")
     assert greeting_text == "Анна, ждём вас снова!"
+
+
+# -------------------------------------- 3. stdout whose locale is not UTF-8 (CONTRACT §10)
+
+
+@pytest.mark.slow  # five CLI processes, ~13 s
+def test_the_cli_writes_the_contracts_utf8_bytes_whatever_the_locale(tmp_path: Path) -> None:
+    """CONTRACT §10: `--json` prints one JSON document. Under LANG=C, with
+    PYTHONIOENCODING=ascii or latin-1, into a pipe, the bytes are the UTF-8 run's: stdout
+    is UTF-8 whatever the locale (strict: no text that is not UTF-8 reaches it, every
+    input that could carry some is refused first), never "?" or an encoding error."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "tillpoint"
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps(snapshot()), encoding="utf-8")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHONIO"))}
+    base.update(TILLPOINT_DEVICE_ID="till-1", LANG="C.UTF-8")
+
+    def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+        argv = [str(exe), "--data-dir", str(tmp_path / "data"), *args]
+        return subprocess.run(argv, capture_output=True, env={**base, **env}, timeout=60)
+
+    assert run({}, "snapshot", "load", str(snap)).returncode == 0
+    utf8 = run({}, "identify", CARD, "--json")
+    assert utf8.returncode == 0 and json.loads(utf8.stdout)["firstName"] == "Анна"
+    for env in ({"LANG": "C", "LC_ALL": "C"}, {"PYTHONIOENCODING": "ascii"},
+                {"PYTHONIOENCODING": "latin-1", "LANG": "C"}):  # fmt: skip
+        other = run(env, "identify", CARD, "--json")
+        assert (other.returncode, other.stdout, other.stderr) == (0, utf8.stdout, b""), env
+    # a lone surrogate written as a JSON escape (a name no UTF-8 text has) never gets in
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps(snapshot(version=2, customers=[{"id": "c-a", "firstName": "\udcff"}])),
+        encoding="utf-8",
+    )
+    refused = run({"LANG": "C", "LC_ALL": "C"}, "snapshot", "load", str(bad))
+    assert refused.returncode == 2 and refused.stdout == b""
+    assert len(refused.stderr.decode().strip().splitlines()) == 1
+    assert b"Traceback" not in refused.stderr
