@@ -10,16 +10,30 @@ real parts (the CLI in-process on a real data directory, real pseudo-terminals).
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import select
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from tillpoint.agent.identify import identify
 from tillpoint.agent.models import CardRecord, Customer
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.decode import Decoder
 from tillpoint.printer.layout import offers_blocks
 from tillpoint.printer.messages import first_name_only, greeting
+from tillpoint.printer.payload import PrintPayload
 
 from .conftest import CLI, receipt, snapshot
+from .test_review31_dev31 import till
+from .test_review32_dev32 import _job_rows, _long_snapshot
 
 CARD = "2770000000017"  # the base snapshot's card of customer c-a (Анна)
 READ_TWICE = "the card was read twice in one scan; scan it once"
@@ -108,7 +122,7 @@ class _ShortCard:
 
 
 def test_a_short_card_read_twice_in_a_phones_form_is_refused_when_no_phone_matches() -> None:
-    """"12345" twice is a phone's form (ten digits): the phone comes first (§4's order, a
+    """ "12345" twice is a phone's form (ten digits): the phone comes first (§4's order, a
     customer's phone wins); when no one has it, it is the card read twice, not UNKNOWN."""
     found = identify("1234512345", _ShortCard())
     assert (found.status, found.reason) == ("INVALID", READ_TWICE)
@@ -131,7 +145,6 @@ def test_a_zero_width_space_parts_the_first_name_on_the_display() -> None:
 
 def test_a_zero_width_space_parts_the_first_name_on_the_printed_receipt() -> None:
     """CONTRACT §7/§8: the receipt's "Анна, ждём вас снова!" said "АннаМария, ..."."""
-    from tillpoint.printer.payload import PrintPayload
 
     payload = PrintPayload.model_validate({"receiptId": "r1", "firstName": "Анна\u200bМария\x1b"})
     blocks = offers_blocks(payload)
@@ -148,10 +161,6 @@ def test_the_cli_writes_the_contracts_utf8_bytes_whatever_the_locale(tmp_path: P
     PYTHONIOENCODING=ascii or latin-1, into a pipe, the bytes are the UTF-8 run's: stdout
     is UTF-8 whatever the locale (strict: no text that is not UTF-8 reaches it, every
     input that could carry some is refused first), never "?" or an encoding error."""
-    import json
-    import os
-    import subprocess
-    import sys
 
     exe = Path(sys.executable).parent / "tillpoint"
     snap = tmp_path / "snap.json"
@@ -180,3 +189,108 @@ def test_the_cli_writes_the_contracts_utf8_bytes_whatever_the_locale(tmp_path: P
     assert refused.returncode == 2 and refused.stdout == b""
     assert len(refused.stderr.decode().strip().splitlines()) == 1
     assert b"Traceback" not in refused.stderr
+
+
+# ------------------------------------ 5. a serial printer that still takes a job (CONTRACT §7)
+
+
+class _PacedLine:
+    """The printer's end of a pseudo-terminal (`os.openpty`'s master) that takes the bytes
+    at the line's pace, `rate` bytes a second (a 115,200-baud line, 11,520 bytes a second:
+    what the kernel holds for the line drains no faster), decodes them as the printer
+    does, and answers `GS r` (printed) and `DLE EOT` (on line, paper fine) once it has
+    read them, in their order."""
+
+    def __init__(self, master: int, rate: int) -> None:
+
+        self.master = master
+        self.rate = rate
+        self.decoder = Decoder()
+        self.answered_gs_r = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+
+        start = time.monotonic()
+        taken = 0
+        while not self._stop.is_set():
+            allowed = int((time.monotonic() - start) * self.rate) - taken
+            if allowed <= 0:
+                time.sleep(0.01)
+                continue
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready:
+                # an idle line banks no time: the pace is the line's while it carries bytes
+                start, taken = time.monotonic(), 0
+                continue
+            try:
+                data = os.read(self.master, min(allowed, 4096))
+            except OSError:
+                return
+            taken += len(data)
+            for request in self.decoder.feed(data):
+                answer = b"\x00" if request.command == "GS r" else b"\x12"
+                self.answered_gs_r += request.command == "GS r"
+                with contextlib.suppress(OSError):
+                    os.write(self.master, answer)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.mark.slow  # a 50 KB coupon at 115,200 baud: ~8 s
+def test_a_serial_printer_still_taking_a_long_coupon_is_not_held_nor_torn(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §7, docs/PRINTING.md: a serial line carries a job at its baud rate, and
+    the kernel holds tens of KB of it for the line after the agent's write has returned.
+    The printer answers `GS r` once it has read the job; the answer was awaited
+    `confirm_timeout_s` from the write's return, while the line still carried some 2 s of
+    the coupon: the attempt was held as unacknowledged, the line's queue thrown away under
+    the coupon's tail (a torn coupon on paper) and the job sent again later. The wait now
+    runs from when the line has carried the job at its baud rate: one attempt, DONE, the
+    coupon printed once, whole."""
+
+    data = tmp_path / "data"
+
+    seed = Agent(data, "till-1")
+    seed.load_snapshot(_long_snapshot())
+    seed.close()
+    master, slave = os.openpty()
+    line = _PacedLine(master, rate=11_520)
+    config = PrinterConfig(
+        kind="serial",
+        device=os.ttyname(slave),
+        baudrate=115_200,
+        write_timeout_s=10.0,
+        status_timeout_s=0.3,
+        confirm_timeout_s=1.0,
+        retry_base_s=0.05,
+        retry_max_s=0.2,
+        poll_interval_s=0.1,
+    )
+    try:
+        with till(data, config) as (agent, _):
+            sale = agent.checkout(receipt_from_json(receipt("r-000")))
+            assert len(sale.printed_offers) == 50
+
+            def settled() -> bool:
+                rows = _job_rows(data)
+                return bool(rows) and rows[0][1] in ("DONE", "FAILED", "HELD")
+
+            deadline = time.monotonic() + 30
+            while not settled() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            rows = _job_rows(data)
+        assert [(r, s, a) for r, s, a, _ in rows] == [("r-000", "DONE", 1)], rows
+        docs = line.decoder.documents
+        assert [d.complete for d in docs] == [True], [d.text[:60] for d in docs]
+        assert docs[0].codes == [f"TP1-o-{n:02d}" for n in range(50)]
+        assert line.answered_gs_r == 1
+    finally:
+        line.close()
+        os.close(master)
+        os.close(slave)
