@@ -5,6 +5,12 @@ real parts (the CLI in-process on a real data directory, real pseudo-terminals).
    text were an UNKNOWN card, whose sale accrued to a number no hub could ever settle.
 2. A zero-width space between two words of a first name (CONTRACT §8, §7): the display and
    the printed receipt showed both words glued as one.
+3. stdout under a locale that is not UTF-8 (CONTRACT §10): the contract's UTF-8 bytes
+   (checked, found right; pinned).
+5. A serial printer still taking a long coupon (CONTRACT §7, docs/PRINTING.md): its `GS r`
+   was awaited from the write's return while the line still carried seconds of the job;
+   the attempt was held, the coupon torn and sent again.
+(4, pending points and §16: tests/scenarios/review38/; 6: docs/DECISIONS.md, review 38.)
 """
 
 from __future__ import annotations
