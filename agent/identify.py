@@ -109,8 +109,29 @@ def identify(text: str, lookup: CardLookup) -> Identification:
         return _by_card(card, lookup)
     phone = phone_key(scanned)
     if phone is not None:
-        return _by_phone(phone, lookup)
-    return Identification("UNKNOWN", card_number=scanned)
+        found = _by_phone(phone, lookup)
+        if found.status != "UNKNOWN":
+            return found
+    else:
+        found = Identification("UNKNOWN", card_number=scanned)
+    if _read_twice(scanned, lookup):
+        return Identification("INVALID", reason=READ_TWICE)
+    return found
+
+
+READ_TWICE = "the card was read twice in one scan; scan it once"
+
+
+def _read_twice(digits: str, lookup: CardLookup) -> bool:
+    """Whether `digits`, which identify no one, are one card number twice: a scanner that
+    sent its read twice in one text (its Enter between them is white space). Two copies of
+    a valid EAN-13 or of a card in the cache are malformed input (§4: INVALID, with the
+    reason), not an UNKNOWN card whose points no hub could settle (review 38)."""
+    half, odd = divmod(len(digits), 2)
+    first = digits[:half]
+    if odd or not half or first != digits[half:]:
+        return False
+    return ean13_ok(first) or lookup.card(first) is not None
 
 
 def _by_card(card: CardRecord, lookup: CardLookup) -> Identification:

@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from tillpoint.printer import _escpos
+from tillpoint.printer.messages import first_name_only
 from tillpoint.printer.payload import PrintPayload
 from tillpoint.printer.profiles import CodeMode, Profile
 from tillpoint.printer.text import degrade, wrap
@@ -119,11 +120,9 @@ def validity(valid_from: datetime | None, valid_to: datetime | None) -> str:
 
 
 def _first_name(name: str | None) -> str:
-    """Only the first word of the first name: never more than the contract §8 allows."""
-    if not name:
-        return ""
-    parts = name.split()
-    return parts[0] if parts else ""
+    """Only the first word of the first name: never more than the contract §8 allows (the
+    display's rule, `first_name_only`: a zero-width space parts two names there too)."""
+    return first_name_only(name)
 
 
 def offers_blocks(

@@ -44,11 +44,20 @@ WIDTH = 20
 REFUSED_CARD = "Карта не принята"
 
 
+# A zero-width space parts words it shows no gap between (U+200B; U+180E was a space until
+# Unicode 6.3): "Анна\u200bМария" is two names, and `clean` drops it, which glued them
+# as "АннаМария" on the display and the receipt (review 38). The word joiner U+2060 and
+# the zero-width no-break U+FEFF join, and go with `clean`'s other format characters.
+_ZERO_WIDTH_BREAKS = str.maketrans({"\u200b": " ", "\u180e": " "})
+
+
 def first_name_only(name: str | None) -> str:
-    """The first word of a first name; "" when there is none. "Анна Петровна" → "Анна"."""
+    """The first word of a first name; "" when there is none. "Анна Петровна" → "Анна",
+    "Анна\u200bМария" → "Анна"; control and format characters never reach a display or
+    the paper."""
     if not name:
         return ""
-    words = clean(name).split()
+    words = clean(name.translate(_ZERO_WIDTH_BREAKS)).split()
     return words[0] if words else ""
 
 

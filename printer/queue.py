@@ -285,13 +285,21 @@ def _gs_r_reply(
     long coupon slowly answers once it has read it all, and was asked while most of it
     still waited in the agent's kernel; unanswered, the attempt was held as
     unacknowledged, reset under the coupon's tail and sent again behind a cut, at every
-    retry, for ever (review 32, rev32b). Not once the agent is `stopping`: its stop waits
-    for one `timeout_s` at most."""
+    retry, for ever (review 32, rev32b). On a serial line (`line_busy_s`) it runs from
+    when the line has carried the job at its baud rate: the kernel holds tens of KB for
+    the line after the write returns, which the port does not tell, and the answer was
+    awaited while some seconds of a long coupon still crossed the line (review 38). Not
+    once the agent is `stopping`: its stop waits for one `timeout_s` at most."""
     unsent: Callable[[], int | None] | None = getattr(transport, "unsent", None)
     waiting = unsent() if unsent is not None else None
-    deadline = time.monotonic() + timeout_s
+    line_busy: Callable[[], float] | None = getattr(transport, "line_busy_s", None)
+    busy = line_busy() if line_busy is not None and not stopping() else 0.0
+    deadline = time.monotonic() + busy + timeout_s
     while (left := deadline - time.monotonic()) > 0:
-        byte = transport.read(1, min(left, 0.1) if waiting else left)
+        if busy and stopping():  # the stop waits for one `timeout_s` at most
+            deadline = min(deadline, time.monotonic() + timeout_s)
+            busy = 0.0
+        byte = transport.read(1, min(left, 0.1) if waiting or busy else left)
         if byte:
             if byte[0] & 0x90 != 0x10:
                 return byte

@@ -304,6 +304,14 @@ class SerialTransport:
         self.description = config.device
         self._port: Any = None
         self.aborted = False
+        self._line_free_at = 0.0  # time.monotonic() when the line has carried what was written
+
+    def line_busy_s(self) -> float:
+        """How long the line still needs to carry what was written, at its baud rate: the
+        kernel holds tens of KB for the line after a write has returned (a pseudo-terminal,
+        a USB-serial adapter, a UART's buffer), which no port can be asked about (TIOCOUTQ
+        says 0 for most), so a printer's answer to what follows cannot come sooner."""
+        return max(0.0, self._line_free_at - time.monotonic())
 
     def abort(self) -> None:
         """Break off a write blocked in another thread (the print worker's stop): a device
@@ -347,6 +355,9 @@ class SerialTransport:
             raise TransportError(f"printer {self.description}: port not open")
         # at 9600 baud a byte takes ~1 ms: allow twice the line time on top of the timeout
         timeout_s = self.config.write_timeout_s + 2 * len(data) * 10 / self.config.baudrate
+        c = self.config
+        bits = 1 + 8 + (c.parity != "N") + c.stopbits  # start, data, parity, stop bits
+        start = time.monotonic()
         port.write_timeout = timeout_s
         fd = getattr(port, "fd", None)  # a device node (pyserial's POSIX port), not a URL
         try:
@@ -376,6 +387,7 @@ class SerialTransport:
                 f"printer {self.description}: the write was broken off "
                 f"({written} of {len(data)} bytes went out)"
             )
+        self._line_free_at = max(start, self._line_free_at) + len(data) * bits / c.baudrate
 
     def _write_fd(self, fd: int, data: bytes, timeout_s: float) -> int:
         """`data` to the port's own descriptor (pyserial opens it non-blocking), counting
