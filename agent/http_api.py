@@ -90,6 +90,7 @@ MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h1
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
+MAX_CONNECTIONS = 256  # open at once; a connection accepted past them is answered 503
 GRACE_S = 5  # in-flight requests get this long at shutdown
 # A read's body up to this size is parsed, run and encoded on the event loop: no hop to the
 # pool and back (two thread wake-ups and GIL hand-offs, ≈ 10 % of a 50-line quote's time
@@ -1411,6 +1412,15 @@ class _Protocol(h11_impl.H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
+        # The connection limit is judged once, as the connection is accepted (itself
+        # counted): one of the first `MAX_CONNECTIONS` is served, a later one gets the 503
+        # (`_too_many_connections`) to each request and closes. uvicorn judged it at each
+        # request by the connections open then: the 256th was refused already and, with
+        # 257 open at once, every request that came meanwhile, on connections long let in
+        # too (189 of a burst of 257; review 38). Its `limit_concurrency` on this
+        # connection: None never refuses, 0 always does.
+        admitted = len(self.connections) <= MAX_CONNECTIONS
+        self.limit_concurrency = None if admitted else 0
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is not None:
@@ -1555,7 +1565,7 @@ class AsgiThread:
             date_header=True,
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=GRACE_S,
-            limit_concurrency=256,
+            limit_concurrency=MAX_CONNECTIONS,  # judged as each is accepted: `_Protocol`
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             backlog=128,
         )

@@ -1,0 +1,222 @@
+"""Review 38, rev38d: an adversarial look at review 37's HTTP and gRPC edge (CONTRACT §12):
+framing that could smuggle a request, the token in odd forms at both doors, the stop,
+the connection limit, and /openapi.json's generic error answers.
+
+Found right (kept here as tests over real sockets): see each section's note.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
+
+from .conftest import grpc_served
+from .test_review37_spec37c import answers_of, chunked, exchange
+
+TIMEOUT = 10.0
+IDENTIFY = json.dumps({"text": "2770000000017"}).encode()
+TOKEN = "s3cret,token"  # a comma is a token's byte (printable ASCII, no space)
+POST = b"POST /v1/identify HTTP/1.1\r\nHost: till\r\n"
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: till\r\n\r\n"
+
+
+def _with_length(body: bytes = IDENTIFY) -> bytes:
+    return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+# ---------------------------------------------------------------- CONTRACT §12: framing
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "statuses", "closed"),
+    [
+        # two Content-Lengths that differ: h11 refuses the request (RFC 9112 §6.3) and closes
+        (POST + b"Content-Length: 3\r\n" + _with_length() + HEALTH, [400], True),
+        # the same length twice, or as a list: one length (RFC 9110 §8.6), kept alive
+        (POST + b"Content-Length: 25\r\n" + _with_length() + HEALTH, [200, 200], False),
+        # a chunk extension and a trailer are read and ignored (RFC 9112 §7.1.1, §7.1.2)
+        (
+            POST + b"Transfer-Encoding: chunked\r\n\r\n19;x=y\r\n%s\r\n0\r\nX-T: 1\r\n\r\n"
+            % IDENTIFY
+            + HEALTH,
+            [200, 200],
+            False,
+        ),
+        # a coding other than chunked, or chunked twice: 400, closed (RFC 9112 §6.1)
+        (POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n" + chunked(IDENTIFY) + HEALTH, [400], True),
+        (
+            POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(IDENTIFY)
+            + HEALTH,
+            [400],
+            True,
+        ),
+        # a header name with a space before its colon, or inside it: 400 (RFC 9112 §5.1)
+        (POST + b"Content-Length : 25\r\n\r\n" + IDENTIFY + HEALTH, [400], True),
+        (POST + b"X Foo: 1\r\n" + _with_length() + HEALTH, [400], True),
+        # a bare CR: 400 (RFC 9112 §2.2)
+        (POST + b"X-A: 1\rX-B: 2\r\n" + _with_length() + HEALTH, [400], True),
+        # bytes after the body are the next request's: garbage there is its own 400
+        (POST + _with_length() + b"GARBAGE\r\n\r\n", [200, 400], True),
+        # an answer of bad input (400, 404, 405) keeps the connection: its framing was sound
+        (POST + _with_length(b"{x}") + HEALTH, [400, 200], False),
+        (b"DELETE /v1/identify HTTP/1.1\r\nHost: t\r\n" + _with_length(b"abc") + HEALTH, [405, 200], False),
+    ],
+    ids=[
+        "cl-cl-differ",
+        "cl-cl-same",
+        "chunk-extension-and-trailer",
+        "te-gzip-chunked",
+        "te-twice",
+        "space-before-colon",
+        "space-in-name",
+        "bare-cr",
+        "garbage-after-body",
+        "bad-json-then-pipelined",
+        "405-then-pipelined",
+    ],
+)
+def test_framing_shapes_are_answered_and_closed_as_rfc_9112_says(
+    server: HttpServer, request_bytes: bytes, statuses: list[int], closed: bool
+) -> None:
+    """CONTRACT §12 (review 34's and 37's decision): each smuggling shape over a raw socket.
+    The last request of each keep-alive case asks nothing of the connection, so the
+    exchange ends on the server's close only where the server closes: a keep-alive case
+    sends a last `Connection: close` request to end it."""
+    tail = b"" if closed else b"GET /healthz HTTP/1.1\r\nHost: till\r\nConnection: close\r\n\r\n"
+    answers = answers_of(exchange(server.port, request_bytes + tail))
+    got = [status for status, _, _ in answers]
+    assert got == statuses + ([] if closed else [200]), answers
+    if closed:
+        assert answers[-1][1].get("connection") == "close", answers
+
+
+# ---------------------------------------------------------------- CONTRACT §12: the token
+
+# (Authorization's value as sent, whether it is the token) — the scheme in any case and
+# one or more spaces before the credentials (RFC 9110 §11.4: 1*SP), nothing else
+FORMS = [
+    (b"Bearer " + TOKEN.encode(), True),
+    (b"bearer " + TOKEN.encode(), True),
+    (b"BEARER   " + TOKEN.encode() + b"  ", True),
+    (b"Bearer", False),
+    (b"Bearer ", False),
+    (b"Bearer s3cret", False),  # the token cut at its comma, as a list reader would
+    (b"Bearer token", False),
+    (b"Bearer " + TOKEN.encode() + b"\xff", False),  # a non-ASCII byte after it
+    (b"Bearer\t" + TOKEN.encode(), False),
+    (b"Basic " + TOKEN.encode(), False),
+    (TOKEN.encode(), False),
+]
+FORM_IDS = [
+    "bearer",
+    "lower-case",
+    "spaces",
+    "scheme-only",
+    "scheme-and-space",
+    "before-comma",
+    "after-comma",
+    "non-ascii",
+    "tab",
+    "basic",
+    "no-scheme",
+]
+
+
+@pytest.fixture
+def guarded(agent: Agent) -> Iterator[HttpServer]:
+    srv = HttpServer(agent, "127.0.0.1:0", token=TOKEN)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize(("value", "right"), FORMS, ids=FORM_IDS)
+def test_http_takes_the_token_in_the_forms_rfc_9110_allows_only(
+    guarded: HttpServer, value: bytes, right: bool
+) -> None:
+    data = (
+        POST + b"Authorization: " + value + b"\r\nConnection: close\r\n" + _with_length()
+    )
+    ((status, headers, body),) = answers_of(exchange(guarded.port, data))
+    if right:
+        assert (status, json.loads(body)["status"]) == (200, "FOUND")
+    else:
+        assert status == 401, body
+        assert headers.get("www-authenticate") == "Bearer"
+        assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize(("value", "right"), FORMS, ids=FORM_IDS)
+def test_grpc_takes_the_token_in_the_same_forms(agent: Agent, value: bytes, right: bool) -> None:
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    if not all(0x20 <= byte < 0x7F for byte in value):
+        pytest.skip("grpcio sends printable ASCII metadata values only (its client refuses)")
+    with (
+        grpc_served(agent, token=TOKEN) as port,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = pb_grpc.PosAgentStub(channel)
+        call = stub.Identify.with_call
+        request = pb.IdentifyRequest(text="2770000000017")
+        metadata = [("authorization", value.decode())]
+        if right:
+            answer, _ = call(request, metadata=metadata, timeout=TIMEOUT)
+            assert answer.status == pb.FOUND
+        else:
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request, metadata=metadata, timeout=TIMEOUT)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---------------------------------------------------------------- CONTRACT §12: 256 connections
+
+
+def _status_of(sock: socket.socket) -> int:
+    got = b""
+    while b"\r\n" not in got:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0  # closed unanswered
+        got += chunk
+    return int(got.split(b" ", 2)[1])
+
+
+def test_a_burst_past_256_connections_refuses_only_the_connections_past_256(
+    server: HttpServer,
+) -> None:
+    """CONTRACT §12: the server takes 256 connections at once, and past 256 the answer is
+    the 503 "retry in a moment". Until review 38 uvicorn's limit counted every open
+    connection when each request arrived, so the 256th was refused already and, with 257
+    open at once (kiosks reconnecting after a network blip, each sending its call as it
+    connects), every request that came while 257 were open was refused: 189 of 257 in a
+    run, the connections that had been let in among them. Now a connection is let in or
+    not when it is accepted: the 256 first are served, the 257th gets the 503."""
+    socks = []
+    try:
+        for _ in range(257):
+            socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT))
+        deadline = time.monotonic() + TIMEOUT
+        while server.serve.server.server_state.connections.__len__() < 257:
+            assert time.monotonic() < deadline, "the server did not accept 257 connections"
+            time.sleep(0.05)
+        request = POST + _with_length()
+        for sock in socks:
+            sock.sendall(request)
+        statuses = [_status_of(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert statuses[:256] == [200] * 256, collections.Counter(statuses)
+    assert statuses[256] == 503
