@@ -45,16 +45,21 @@ def _with_length(body: bytes = IDENTIFY) -> bytes:
         (POST + b"Content-Length: 25\r\n" + _with_length() + HEALTH, [200, 200], False),
         # a chunk extension and a trailer are read and ignored (RFC 9112 §7.1.1, §7.1.2)
         (
-            POST + b"Transfer-Encoding: chunked\r\n\r\n19;x=y\r\n%s\r\n0\r\nX-T: 1\r\n\r\n"
-            % IDENTIFY
+            POST
+            + b"Transfer-Encoding: chunked\r\n\r\n19;x=y\r\n%s\r\n0\r\nX-T: 1\r\n\r\n" % IDENTIFY
             + HEALTH,
             [200, 200],
             False,
         ),
         # a coding other than chunked, or chunked twice: 400, closed (RFC 9112 §6.1)
-        (POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n" + chunked(IDENTIFY) + HEALTH, [400], True),
         (
-            POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+            POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n" + chunked(IDENTIFY) + HEALTH,
+            [400],
+            True,
+        ),
+        (
+            POST
+            + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
             + chunked(IDENTIFY)
             + HEALTH,
             [400],
@@ -69,7 +74,11 @@ def _with_length(body: bytes = IDENTIFY) -> bytes:
         (POST + _with_length() + b"GARBAGE\r\n\r\n", [200, 400], True),
         # an answer of bad input (400, 404, 405) keeps the connection: its framing was sound
         (POST + _with_length(b"{x}") + HEALTH, [400, 200], False),
-        (b"DELETE /v1/identify HTTP/1.1\r\nHost: t\r\n" + _with_length(b"abc") + HEALTH, [405, 200], False),
+        (
+            b"DELETE /v1/identify HTTP/1.1\r\nHost: t\r\n" + _with_length(b"abc") + HEALTH,
+            [405, 200],
+            False,
+        ),
     ],
     ids=[
         "cl-cl-differ",
@@ -144,9 +153,7 @@ def guarded(agent: Agent) -> Iterator[HttpServer]:
 def test_http_takes_the_token_in_the_forms_rfc_9110_allows_only(
     guarded: HttpServer, value: bytes, right: bool
 ) -> None:
-    data = (
-        POST + b"Authorization: " + value + b"\r\nConnection: close\r\n" + _with_length()
-    )
+    data = POST + b"Authorization: " + value + b"\r\nConnection: close\r\n" + _with_length()
     ((status, headers, body),) = answers_of(exchange(guarded.port, data))
     if right:
         assert (status, json.loads(body)["status"]) == (200, "FOUND")
@@ -220,3 +227,114 @@ def test_a_burst_past_256_connections_refuses_only_the_connections_past_256(
             sock.close()
     assert statuses[:256] == [200] * 256, collections.Counter(statuses)
     assert statuses[256] == 503
+
+
+# ---------------------------------------------------------------- CONTRACT §12: openapi.json
+
+KIOSK = "http://kiosk.local"
+
+
+@pytest.fixture
+def strict(agent: Agent) -> Iterator[HttpServer]:
+    """A till with every guard on: a token and a web page allowed (so preflights too)."""
+    srv = HttpServer(agent, "127.0.0.1:0", token=TOKEN, allowed_origins=(KIOSK,))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _shapes(method: str, path: str) -> dict[str, bytes]:
+    """Each request a server's edge refuses by its form, not its call (each with the token
+    unless it is the missing token's, and `Connection: close` to end the exchange)."""
+    line = f"{method} {path} HTTP/1.1\r\nHost: till\r\n".encode()
+    token = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    end = b"Connection: close\r\n"
+    body = _with_length() if method == "POST" else b"\r\n"
+    shapes = {
+        "no-token": line + end + body,
+        "other-page": line + token + b"Origin: http://evil.example\r\n" + end + body,
+        "other-agent": line + token + b"X-Tillpoint-Instance: 0123\r\n" + end + body,
+        "http-2.0": line.replace(b"HTTP/1.1", b"HTTP/2.0") + token + end + body,
+        "two-lengths": line + token + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        "head-over-16-KiB": line + token + b"X-Big: " + b"a" * (17 << 10) + b"\r\n" + end + body,
+        "other-method": line.replace(method.encode(), b"DELETE", 1) + token + end + body,
+    }
+    if method == "POST":
+        shapes["gzip"] = line + token + b"Content-Encoding: gzip\r\n" + end + body
+        shapes["over-4-MiB"] = (  # announced, refused before its 100 Continue
+            line + token + end + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (5 << 20)
+        )
+    return shapes
+
+
+def _served_paths(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (method.upper(), path)
+        for path, operations in doc["paths"].items()
+        for method in operations
+        if method in ("get", "post")
+    ]
+
+
+def test_every_status_the_edge_answers_on_a_path_is_in_openapi(strict: HttpServer) -> None:
+    """CONTRACT §12: /openapi.json describes every call, and a generated client documents
+    each response by its status. Each refusal of the server's edge (a token, a web page,
+    another agent's header, a request HTTP cannot read, another method, a compressed or
+    over-large body, the 503 past 256 connections, /healthz's 503 while stopping) on every
+    path and method: its status is one the operation declares, the JSON error document."""
+    doc = json.loads(
+        answers_of(
+            exchange(
+                strict.port,
+                b"GET /openapi.json HTTP/1.1\r\nHost: till\r\nAuthorization: Bearer "
+                + TOKEN.encode()
+                + b"\r\nConnection: close\r\n\r\n",
+            )
+        )[0][2]
+    )
+    undeclared: list[str] = []
+    met: set[int] = set()
+
+    def check(method: str, path: str, what: str, data: bytes) -> None:
+        answers = answers_of(exchange(strict.port, data))
+        assert answers, (method, path, what)
+        status, headers, body = answers[0]
+        met.add(status)
+        operation = doc["paths"][path][method.lower()]
+        if str(status) not in operation["responses"]:
+            undeclared.append(f"{method} {path} {what}: {status} {body[:120]!r}")
+        assert headers.get("content-type") == "application/json", (method, path, what)
+        assert json.loads(body)["error"]["code"], (method, path, what)
+
+    for method, path in _served_paths(doc):
+        for what, data in _shapes(method, path).items():
+            check(method, path, what, data)
+    # /healthz while the stop begins
+    strict.api.serving = False
+    try:
+        check(
+            "GET",
+            "/healthz",
+            "stopping",
+            _shapes("GET", "/healthz")["no-token"].replace(
+                b"Connection", b"Authorization: Bearer " + TOKEN.encode() + b"\r\nConnection"
+            ),
+        )
+    finally:
+        strict.api.serving = True
+    # past 256 connections: each path's request on the 257th
+    idle = [
+        socket.create_connection(("127.0.0.1", strict.port), timeout=TIMEOUT) for _ in range(256)
+    ]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(strict.serve.server.server_state.connections) < 256:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for method, path in _served_paths(doc):
+            check(method, path, "257th-connection", _shapes(method, path)["no-token"])
+    finally:
+        for sock in idle:
+            sock.close()
+    assert not undeclared, "\n".join(undeclared)
+    assert met == {400, 401, 403, 405, 415, 421, 503, 505}, met
