@@ -338,3 +338,58 @@ def test_every_status_the_edge_answers_on_a_path_is_in_openapi(strict: HttpServe
             sock.close()
     assert not undeclared, "\n".join(undeclared)
     assert met == {400, 401, 403, 405, 415, 421, 503, 505}, met
+
+
+# ---------------------------------------------------------------- CONTRACT §12: a refused body
+
+
+def test_a_refused_over_large_body_on_a_keep_alive_connection_is_not_read_for_ever(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §12: a body over 4 MiB announced on a keep-alive connection is answered
+    400 at once and the server reads (and drops) the rest after it, to reach the next
+    request. That reading had no bound: uvicorn's keep-alive timer (75 s) starts again
+    with every byte, so a client announcing 10^18 bytes and sending one now and then held
+    the connection, one of the 256, for ever (any other body is cut at 10 s: the 408).
+    Now the rest of a refused body has the body's time (`BODY_TIMEOUT_S`, 10 s; 1 s
+    here): past it the connection closes."""
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "BODY_TIMEOUT_S", 1.0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(POST + b"Content-Length: 1000000000000000000\r\n\r\n")
+        got = b""
+        while not got.endswith(b"}\n"):
+            got += sock.recv(65536)
+        ((status, headers, body),) = answers_of(got)
+        assert (status, json.loads(body)["error"]["message"]) == (400, "request larger than 4 MiB")
+        deadline = time.monotonic() + 4.0
+        closed = False
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(b"x")  # a byte of the body now and then
+                closed = sock.recv(65536) == b""
+            except TimeoutError:
+                continue
+            except OSError:  # reset: the server closed with the byte unread
+                closed = True
+            if closed:
+                break
+        assert closed, "the connection is still open 4 s after its body was refused"
+
+
+def test_a_refused_over_large_body_sent_whole_still_keeps_its_connection(
+    server: HttpServer,
+) -> None:
+    """... and a client that sends the refused body whole within that time goes on with
+    its connection, as review 37 decided: its next request is served."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        size = (4 << 20) + 1
+        sock.sendall(POST + b"Content-Length: %d\r\n\r\n" % size + b" " * size + HEALTH)
+        got = b""
+        while got.count(b"}\n") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+    assert [status for status, _, _ in answers_of(got)] == [400, 200]
