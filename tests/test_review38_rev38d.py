@@ -8,10 +8,16 @@ Found right (kept here as tests over real sockets): see each section's note.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import os
+import signal
 import socket
+import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +25,8 @@ import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
-from .conftest import grpc_served
+from .conftest import REPO, free_port, grpc_served, receipt
+from .test_review31_pos31 import TILLPOINT
 from .test_review37_spec37c import answers_of, chunked, exchange
 
 TIMEOUT = 10.0
@@ -361,7 +368,7 @@ def test_a_refused_over_large_body_on_a_keep_alive_connection_is_not_read_for_ev
         got = b""
         while not got.endswith(b"}\n"):
             got += sock.recv(65536)
-        ((status, headers, body),) = answers_of(got)
+        ((status, _, body),) = answers_of(got)
         assert (status, json.loads(body)["error"]["message"]) == (400, "request larger than 4 MiB")
         deadline = time.monotonic() + 4.0
         closed = False
@@ -393,3 +400,102 @@ def test_a_refused_over_large_body_sent_whole_still_keeps_its_connection(
             assert chunk, got
             got += chunk
     assert [status for status, _, _ in answers_of(got)] == [400, 200]
+
+
+# ---------------------------------------------------------------- CONTRACT §12: the stop
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    got = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
+@pytest.mark.slow  # ~10 s: a real run's start and its 5 s grace
+def test_sigterm_closes_idle_connections_answers_a_body_finished_in_the_grace_and_ends(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §12 at a real `tillpoint run` stopped by SIGTERM (found right in review 38,
+    kept): idle keep-alive connections are closed at once with no bytes (a POS retries
+    on a fresh one); a checkout whose body was half sent when the stop began, and
+    finished within the 5 s grace, is served, stored and answered with `Connection:
+    close`; one whose body never comes is answered 503 "retry with the same receiptId"
+    when the grace ends, nothing stored; the process then ends, exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    data = tmp_path / "data"
+    env.update(TILLPOINT_DATA_DIR=str(data), TILLPOINT_METRICS__ENABLED="false")
+    subprocess.run(
+        [TILLPOINT, "snapshot", "load", str(REPO / "examples" / "snapshot.json")],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = free_port()
+    env.update(TILLPOINT_HTTP__LISTEN=f"127.0.0.1:{port}", TILLPOINT_SERVER__LISTEN="127.0.0.1:0")
+    process = subprocess.Popen(
+        [TILLPOINT, "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    socks: list[socket.socket] = []
+
+    def connect() -> socket.socket:
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT))
+        return socks[-1]
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, "tillpoint run ended at its start"
+            try:
+                status, _, _ = answers_of(
+                    exchange(port, HEALTH[:-2] + b"Connection: close\r\n\r\n")
+                )[0]
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "tillpoint run did not serve in 60 s"
+            time.sleep(0.1)
+        idle = [connect() for _ in range(3)]
+        for sock in idle:
+            sock.sendall(HEALTH)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sales = {}
+        for name in ("finished", "never"):
+            body = json.dumps(receipt(f"stop-{name}")).encode()
+            sales[name] = (connect(), body)
+            sales[name][0].sendall(
+                b"POST /v1/checkout HTTP/1.1\r\nHost: till\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body[:20])
+            )
+        time.sleep(0.3)  # each head read: the calls are under way
+        stopped = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        finished, body = sales["finished"]
+        finished.sendall(body[20:])
+        for sock in idle:
+            assert _read_to_close(sock) == b""
+        ((status, headers, answer),) = answers_of(_read_to_close(finished))
+        assert (status, headers.get("connection")) == (200, "close"), answer
+        assert json.loads(answer)["receiptId"] == "stop-finished"
+        ((status, headers, answer),) = answers_of(_read_to_close(sales["never"][0]))
+        assert (status, headers.get("connection")) == (503, "close"), answer
+        assert "retry with the same receiptId" in json.loads(answer)["error"]["message"]
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - stopped < 15  # the 5 s grace, then the parts' stops
+    finally:
+        for sock in socks:
+            sock.close()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    with contextlib.closing(sqlite3.connect(data / "ledger.db")) as ledger:
+        stored = [row[0] for row in ledger.execute("SELECT receipt_id FROM receipts")]
+    assert stored == ["stop-finished"]  # no sale lost, none half-made
