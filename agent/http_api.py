@@ -387,6 +387,21 @@ class Api:
                 )
                 await refused(scope, receive, send)
                 return
+            if version == "1.0" and any(n == b"transfer-encoding" for n, _ in scope["headers"]):
+                # RFC 9112 §6.1: HTTP/1.0 has no chunked coding, and a server MUST treat
+                # such a message's framing as faulty (a proxy of that version in front
+                # framed its body otherwise); until review 38 it was read as chunked and
+                # run. The body is read and dropped first: the connection closes after
+                # the answer, and a close with it unread is a reset that cuts the 400.
+                await _drain_if_closing(scope, receive)
+                refused = error_response(
+                    "INVALID_ARGUMENT",
+                    "invalid HTTP request: Transfer-Encoding in an HTTP/1.0 request:"
+                    " send HTTP/1.1, or the body with a Content-Length",
+                    {"Connection": "close"},
+                )
+                await refused(scope, receive, send)
+                return
             if not self.serving:
                 # stopping (`HttpServer.stop`): every answer says `Connection: close` and
                 # the connection ends after it (uvicorn answers the client's close so), as
@@ -1450,6 +1465,8 @@ class _Protocol(h11_impl.H11Protocol):
         if self.conn.their_state is h11.IDLE:
             if self._head_bytes is None:
                 self._head_bytes = len(self.conn.trailing_data[0])
+            if self._head_bytes:
+                self._skip_empty_lines()
             if self._head_bytes > MAX_HEAD_BYTES and _head_too_large(self.conn.trailing_data[0]):
                 self.send_400_response(f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB")
                 return
@@ -1466,6 +1483,22 @@ class _Protocol(h11_impl.H11Protocol):
             # review 37 (spec37c) the next request on the connection was served.
             cycle.scope["headers"] = [*cycle.scope["headers"], _CLOSE]  # the app's scope too
             cycle.keep_alive = False
+
+    def _skip_empty_lines(self) -> None:
+        """RFC 9112 §2.2: empty lines before a request line are ignored (old HTTP stacks
+        end a POST's body with an extra CRLF). h11 answered them 400 "no request line
+        received" and closed the connection: a POS's next call on it met it closed, after
+        an answer to nothing it had sent (review 38). Dropped from h11's buffer (its
+        `ReceiveBuffer`, of the pinned h11); the head's timer runs on (a client sending
+        only empty lines is closed as one that sends no head)."""
+        buffer = self.conn._receive_buffer
+        data = buffer._data
+        lead = 0
+        while lead < len(data) and data[lead] in b"\r\n":
+            lead += 1
+        if lead:
+            buffer._extract(lead)
+            self._head_bytes = len(data)
 
     def shutdown(self) -> None:
         """uvicorn's graceful stop: an idle connection is closed, a call under way is

@@ -499,3 +499,51 @@ def test_sigterm_closes_idle_connections_answers_a_body_finished_in_the_grace_an
     with contextlib.closing(sqlite3.connect(data / "ledger.db")) as ledger:
         stored = [row[0] for row in ledger.execute("SELECT receipt_id FROM receipts")]
     assert stored == ["stop-finished"]  # no sale lost, none half-made
+
+
+# ---------------------------------------------------------------- CONTRACT §12: RFC 9112 edges
+
+
+def test_an_empty_line_before_a_request_is_ignored(server: HttpServer) -> None:
+    """RFC 9112 §2.2: a server expecting a request line SHOULD ignore at least one empty
+    line before it (old HTTP stacks end a POST's body with an extra CRLF). Until review
+    38 the CRLF after a first call's body was answered 400 "no request line received"
+    and the connection closed: the POS's next call on it met a closed connection, after
+    an answer to nothing it had sent."""
+    first = POST + _with_length() + b"\r\n"  # a body followed by the extra CRLF
+    last = b"GET /healthz HTTP/1.1\r\nHost: till\r\nConnection: close\r\n\r\n"
+    answers = answers_of(exchange(server.port, b"\r\n" + first + b"\r\n\n" + last))
+    assert [status for status, _, _ in answers] == [200, 200], answers
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        for piece in (b"\r", b"\n", first, b"\r", b"\n" + last):  # a CRLF cut in two
+            sock.sendall(piece)
+            time.sleep(0.05)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    assert [status for status, _, _ in answers_of(got)] == [200, 200], got
+
+
+def test_an_http_1_0_request_with_transfer_encoding_is_refused(
+    server: HttpServer, tmp_path: Path
+) -> None:
+    """RFC 9112 §6.1: a server that receives an HTTP/1.0 message with Transfer-Encoding
+    MUST treat its framing as faulty, even with a Content-Length (HTTP/1.0 has no
+    chunked: a proxy of that version in front read the body otherwise). Until review 38
+    it was read as chunked and run (a checkout committed). Now it is the 400 of a request
+    HTTP cannot read, nothing run, and the connection closes."""
+    body = json.dumps(receipt("te-1.0")).encode()
+    for framing in (b"", b"Content-Length: 3\r\n"):
+        data = (
+            b"POST /v1/checkout HTTP/1.0\r\nHost: till\r\n"
+            + framing
+            + b"Transfer-Encoding: chunked\r\n\r\n"
+            + chunked(body)
+        )
+        ((status, headers, answer),) = answers_of(exchange(server.port, data))
+        assert (status, headers.get("connection", "").lower()) == (400, "close"), answer
+        error = json.loads(answer)["error"]
+        assert error["code"] == "INVALID_ARGUMENT"
+        assert "Transfer-Encoding" in error["message"] and "HTTP/1.0" in error["message"]
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "ledger.db")) as ledger:
+        assert ledger.execute("SELECT count(*) FROM receipts").fetchone() == (0,)  # none run
