@@ -1389,6 +1389,27 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
 setattr(h11_impl, "service_unavailable", _too_many_connections)  # noqa: B010
 
 
+class _Cycle(h11_impl.RequestResponseCycle):
+    """uvicorn's request cycle, whose answer given before `100 Continue` closes."""
+
+    async def send(self, message: Any) -> None:
+        if self.waiting_for_100_continue and not self.response_started:
+            # RFC 9110 §10.1.1: answered before the body of a request waiting for `100
+            # Continue` was asked for (a 401, a 405, a body over 4 MiB). The client has
+            # not sent it and may send its next request instead, which a kept
+            # connection read as the refused one's body: the POS's next call was
+            # answered 400 for what remained of it, or not at all (review 38). So the
+            # answer says `Connection: close` and the connection ends after it.
+            self.scope["headers"] = [*self.scope["headers"], _CLOSE]  # uvicorn adds it
+            self.keep_alive = False
+        await super().send(message)
+
+
+# uvicorn's h11 protocol makes each request's cycle by this module attribute's name (the
+# pinned uvicorn), replaced for the process as `service_unavailable` is above.
+setattr(h11_impl, "RequestResponseCycle", _Cycle)  # noqa: B010
+
+
 _BYTES_REPR = re.compile(r"""bytearray\(b(['"])(.*)\1\)""")
 _HEAD_END = re.compile(rb"\n\r?\n")  # the blank line that ends a head, as h11 finds it
 

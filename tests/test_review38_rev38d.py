@@ -550,3 +550,42 @@ def test_an_http_1_0_request_with_transfer_encoding_is_refused(
         assert "Transfer-Encoding" in error["message"] and "HTTP/1.0" in error["message"]
     with contextlib.closing(sqlite3.connect(tmp_path / "data" / "ledger.db")) as ledger:
         assert ledger.execute("SELECT count(*) FROM receipts").fetchone() == (0,)  # none run
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        POST + b"Expect: 100-continue\r\nContent-Length: 25\r\n\r\n",  # the token's 401
+        b"PUT /v1/identify HTTP/1.1\r\nHost: till\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nExpect: 100-continue\r\nContent-Length: 25\r\n\r\n",  # another method's 405
+        POST
+        + b"Authorization: Bearer "
+        + TOKEN.encode()
+        + b"\r\nExpect: 100-continue\r\nContent-Length: 5000000\r\n\r\n",  # over 4 MiB: 400
+    ],
+    ids=["401", "405", "400-over-4-MiB"],
+)
+def test_an_answer_before_100_continue_closes_the_connection(
+    guarded: HttpServer, head: bytes
+) -> None:
+    """RFC 9110 §10.1.1: a server answering before it reads the body of a request that
+    waits for `100 Continue` SHOULD say whether it will read that body or close. The
+    client has not sent it (it waited, as asked) and may send its next request instead;
+    until review 38 the connection was kept and that next request was read as the
+    refused one's body: the POS's next call was answered 400 "invalid HTTP request" for
+    what remained of it, or not at all (swallowed by an announced 5 MB). Now such an
+    answer says `Connection: close` and the connection ends after it."""
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=TIMEOUT) as sock:
+        sock.sendall(head)
+        got = b""
+        while not got.endswith(b"}\n"):
+            got += sock.recv(65536)
+        ((status, headers, _),) = answers_of(got)
+        assert status in (400, 401, 405) and headers.get("connection") == "close", got
+        sock.sendall(HEALTH)  # the POS's next call, no body sent for the refused one
+        rest = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                rest += chunk
+    assert rest == b"", rest  # closed: the POS sends it again on a new connection
