@@ -1558,8 +1558,9 @@ class _Protocol(h11_impl.H11Protocol):
         if self._half_closed and not self.transport.is_closing():
             self.transport.close()
         elif self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            # Answered before its body was read (over 4 MiB, announced): uvicorn reads the
-            # rest after the answer, to reach the next request, with no bound of its own
+            # Answered before its body was read (over 4 MiB announced, a 401, a 405):
+            # uvicorn reads the rest after the answer, to reach the next request, with no
+            # bound of its own
             # (its keep-alive timer starts again with every byte). The rest has the time
             # of a body, as every body has: past it the connection closes. Until review
             # 38 a client announcing 10^18 bytes and sending one now and then held the
