@@ -90,6 +90,7 @@ MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h1
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
+MAX_CONNECTIONS = 256  # open at once; a connection accepted past them is answered 503
 GRACE_S = 5  # in-flight requests get this long at shutdown
 # A read's body up to this size is parsed, run and encoded on the event loop: no hop to the
 # pool and back (two thread wake-ups and GIL hand-offs, ≈ 10 % of a 50-line quote's time
@@ -382,6 +383,21 @@ class Api:
                 refused = error_response(
                     "HTTP_VERSION_NOT_SUPPORTED",
                     f"HTTP/{shorten(version, 10)} is not supported: send HTTP/1.1",
+                    {"Connection": "close"},
+                )
+                await refused(scope, receive, send)
+                return
+            if version == "1.0" and any(n == b"transfer-encoding" for n, _ in scope["headers"]):
+                # RFC 9112 §6.1: HTTP/1.0 has no chunked coding, and a server MUST treat
+                # such a message's framing as faulty (a proxy of that version in front
+                # framed its body otherwise); until review 38 it was read as chunked and
+                # run. The body is read and dropped first: the connection closes after
+                # the answer, and a close with it unread is a reset that cuts the 400.
+                await _drain_if_closing(scope, receive)
+                refused = error_response(
+                    "INVALID_ARGUMENT",
+                    "invalid HTTP request: Transfer-Encoding in an HTTP/1.0 request:"
+                    " send HTTP/1.1, or the body with a Content-Length",
                     {"Connection": "close"},
                 )
                 await refused(scope, receive, send)
@@ -1373,6 +1389,27 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
 setattr(h11_impl, "service_unavailable", _too_many_connections)  # noqa: B010
 
 
+class _Cycle(h11_impl.RequestResponseCycle):
+    """uvicorn's request cycle, whose answer given before `100 Continue` closes."""
+
+    async def send(self, message: Any) -> None:
+        if self.waiting_for_100_continue and not self.response_started:
+            # RFC 9110 §10.1.1: answered before the body of a request waiting for `100
+            # Continue` was asked for (a 401, a 405, a body over 4 MiB). The client has
+            # not sent it and may send its next request instead, which a kept
+            # connection read as the refused one's body: the POS's next call was
+            # answered 400 for what remained of it, or not at all (review 38). So the
+            # answer says `Connection: close` and the connection ends after it.
+            self.scope["headers"] = [*self.scope["headers"], _CLOSE]  # uvicorn adds it
+            self.keep_alive = False
+        await super().send(message)
+
+
+# uvicorn's h11 protocol makes each request's cycle by this module attribute's name (the
+# pinned uvicorn), replaced for the process as `service_unavailable` is above.
+setattr(h11_impl, "RequestResponseCycle", _Cycle)  # noqa: B010
+
+
 _BYTES_REPR = re.compile(r"""bytearray\(b(['"])(.*)\1\)""")
 _HEAD_END = re.compile(rb"\n\r?\n")  # the blank line that ends a head, as h11 finds it
 
@@ -1411,6 +1448,15 @@ class _Protocol(h11_impl.H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
+        # The connection limit is judged once, as the connection is accepted (itself
+        # counted): one of the first `MAX_CONNECTIONS` is served, a later one gets the 503
+        # (`_too_many_connections`) to each request and closes. uvicorn judged it at each
+        # request by the connections open then: the 256th was refused already and, with
+        # 257 open at once, every request that came meanwhile, on connections long let in
+        # too (189 of a burst of 257; review 38). Its `limit_concurrency` on this
+        # connection: None never refuses, 0 always does.
+        admitted = len(self.connections) <= MAX_CONNECTIONS
+        self.limit_concurrency = None if admitted else 0
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is not None:
@@ -1440,6 +1486,8 @@ class _Protocol(h11_impl.H11Protocol):
         if self.conn.their_state is h11.IDLE:
             if self._head_bytes is None:
                 self._head_bytes = len(self.conn.trailing_data[0])
+            if self._head_bytes:
+                self._skip_empty_lines()
             if self._head_bytes > MAX_HEAD_BYTES and _head_too_large(self.conn.trailing_data[0]):
                 self.send_400_response(f"its head is larger than {MAX_HEAD_BYTES >> 10} KiB")
                 return
@@ -1456,6 +1504,22 @@ class _Protocol(h11_impl.H11Protocol):
             # review 37 (spec37c) the next request on the connection was served.
             cycle.scope["headers"] = [*cycle.scope["headers"], _CLOSE]  # the app's scope too
             cycle.keep_alive = False
+
+    def _skip_empty_lines(self) -> None:
+        """RFC 9112 §2.2: empty lines before a request line are ignored (old HTTP stacks
+        end a POST's body with an extra CRLF). h11 answered them 400 "no request line
+        received" and closed the connection: a POS's next call on it met it closed, after
+        an answer to nothing it had sent (review 38). Dropped from h11's buffer (its
+        `ReceiveBuffer`, of the pinned h11); the head's timer runs on (a client sending
+        only empty lines is closed as one that sends no head)."""
+        buffer = self.conn._receive_buffer
+        data = buffer._data
+        lead = 0
+        while lead < len(data) and data[lead] in b"\r\n":
+            lead += 1
+        if lead:
+            buffer._extract(lead)
+            self._head_bytes = len(data)
 
     def shutdown(self) -> None:
         """uvicorn's graceful stop: an idle connection is closed, a call under way is
@@ -1492,6 +1556,23 @@ class _Protocol(h11_impl.H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._half_closed and not self.transport.is_closing():
+            self.transport.close()
+        elif self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            # Answered before its body was read (over 4 MiB announced, a 401, a 405):
+            # uvicorn reads the rest after the answer, to reach the next request, with no
+            # bound of its own
+            # (its keep-alive timer starts again with every byte). The rest has the time
+            # of a body, as every body has: past it the connection closes. Until review
+            # 38 a client announcing 10^18 bytes and sending one now and then held the
+            # connection, one of `MAX_CONNECTIONS`, for ever.
+            self.loop.call_later(BODY_TIMEOUT_S, self._rest_late, self.cycle)
+
+    def _rest_late(self, cycle: Any) -> None:
+        if (
+            self.cycle is cycle
+            and self.conn.their_state is h11.SEND_BODY
+            and not self.transport.is_closing()
+        ):
             self.transport.close()
 
     def _disarm(self) -> None:
@@ -1555,7 +1636,7 @@ class AsgiThread:
             date_header=True,
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=GRACE_S,
-            limit_concurrency=256,
+            limit_concurrency=MAX_CONNECTIONS,  # judged as each is accepted: `_Protocol`
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             backlog=128,
         )
