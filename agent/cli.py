@@ -280,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     process_ends = argv is None  # the `tillpoint` command: its exit follows (`_AfterAnswer`)
     if argv is None:
         argv = sys.argv[1:]
+        from .logs import setup_one_shot
+
+        setup_one_shot()  # its warnings as its lines are; `run`, `hub serve` set up their own
     argv = _scanned_text_last(argv)
     parser = build_parser(argv)
     vars(parser)["argv"] = list(argv)  # `--version --json` reads it

@@ -62,6 +62,7 @@ from .forward import process_running
 from .hub_turns import HUB_TURNS_FILE, HubTurns
 from .identify import Identification, identify, normalise, phone_key
 from .limits import is_utf8_text
+from .logs import SAID_BY_THE_COMMAND
 from .messages import (
     cancelled_display,
     checkout_display,
@@ -2445,7 +2446,7 @@ class Agent:
             " 'PRAGMA integrity_check'`"
         )
         if self._storage_problem is None or self._storage_problem[1] != error.message:
-            log.error("pricing is refused: %s", error.message)
+            log.error("pricing is refused: %s", error.message, extra=SAID_BY_THE_COMMAND)
         self._storage_problem = (ledger.utc_text(self.clock()), error.message)
         return error
 
@@ -2514,7 +2515,7 @@ class Agent:
                 self._followed_step = None
             if isinstance(exc, StorageError):
                 if self._storage_problem is None or self._storage_problem[1] != exc.message:
-                    log.error("sales are refused: %s", exc.message)
+                    log.error("sales are refused: %s", exc.message, extra=SAID_BY_THE_COMMAND)
                 self._storage_problem = (ledger.utc_text(self.clock()), exc.message)
             raise
         self._followed_step = None

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tillpoint.sync.loopback import LoopbackHub
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.pull import Puller
 
-from .conftest import CLI, enrolled_till, receipt
+from .conftest import CLI, enrolled_till, receipt, snapshot
+from .test_review35_left35 import cancelled_while_away
+
+EXE = str(Path(sys.executable).parent / "tillpoint")
 
 # ---------------------------------------- 1. sync now beside another writer of the ledger
 
@@ -122,3 +129,90 @@ def test_sync_now_says_its_push_and_pull_worked_when_the_ledger_is_busy_after_th
     assert warning[0].startswith("tillpoint: warning: "), warning
     assert "the ledger could not be written (database is locked)" in warning[0], warning
     assert "round (expired holds closed, the releases and shrinks owed" in warning[0], warning
+
+
+def _tillpoint_env(data: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    return dict(env, TILLPOINT_DATA_DIR=str(data), TILLPOINT_DEVICE_ID="till-1")
+
+
+def test_sync_now_busy_after_a_release_says_one_warning_line_as_a_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §10 (one line on stderr), §11. As above, as a real `tillpoint sync now`
+    process: a hold cancelled while the hub was away owes its release; the hub takes the
+    release, and another process holds the ledger from then on, so the till cannot write
+    that it was sent. The command ends 0 with its answer and one warning line (the release
+    stays owed and is sent again: the hub's release is idempotent)."""
+    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
+    data = tmp_path / "data"
+    release = HubServicer.ReleaseRedemption
+    busy = threading.Event()
+    done_with = threading.Event()
+
+    def hold_ledger() -> None:
+        with _ledger_held(data):
+            busy.set()
+            done_with.wait(60)
+
+    def released_then_busy(self: Any, request: Any, context: Any) -> Any:
+        reply = release(self, request, context)
+        if not busy.is_set():
+            threading.Thread(target=hold_ledger, daemon=True).start()
+            busy.wait(10)
+        return reply
+
+    try:
+        cancelled_while_away(hub, data, 1)
+        monkeypatch.setattr(HubServicer, "ReleaseRedemption", released_then_busy)
+        hub.restart()
+        try:
+            done = subprocess.run(
+                [EXE, "sync", "now", "--timeout", "3", "--json"],
+                env=_tillpoint_env(data),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            done_with.set()
+        assert busy.is_set()
+        assert done.returncode == 0, done
+        doc = json.loads(done.stdout)
+        assert doc["pull"]["status"] == "UP_TO_DATE", doc
+        assert doc["hubCallsOwed"] == {"release": 1, "shrink": 0}, doc
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(
+            "tillpoint: warning: the ledger could not be written (database is locked):"
+        ), lines
+    finally:
+        hub.stop()
+
+
+@pytest.mark.slow  # SQLite's 5 s busy wait, three processes: ~8 s
+def test_a_one_shot_refused_on_a_busy_ledger_says_one_line(tmp_path: Path) -> None:
+    """CONTRACT §10 (errors: one line on stderr starting `tillpoint: `). A one-shot sale
+    (of a held receipt) beside another process holding the ledger past SQLite's 5 s: its stderr
+    held the agent's log for `run`'s operator, "sales are refused: the ledger is busy or
+    unavailable: database is locked" (logging not set up: Python's last resort wrote the
+    bare message), and then its own line saying the same. Failed before the fix: now its
+    one line; a one-shot's warnings are `tillpoint: warning: …` lines."""
+    data = tmp_path / "data"
+    env = _tillpoint_env(data)
+    (tmp_path / "snap.json").write_text(json.dumps(snapshot()), encoding="utf-8")
+    (tmp_path / "r.json").write_text(json.dumps(receipt("r-1")), encoding="utf-8")
+
+    def tillpoint(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EXE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    assert tillpoint("snapshot", "load", str(tmp_path / "snap.json")).returncode == 0
+    assert tillpoint("hold", str(tmp_path / "r.json")).returncode == 0
+    with _ledger_held(data):
+        done = tillpoint("checkout", str(tmp_path / "r.json"))
+    assert done.returncode == 1, done
+    assert done.stderr == "tillpoint: the ledger is busy or unavailable: database is locked\n"
+    assert done.stdout == ""
