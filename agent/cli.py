@@ -717,7 +717,7 @@ class _AfterAnswer:
     the end of its process: the releases owed to the hub (`TillSync.send_owed`, with a
     hub), then the hub link's and the files' closes and the interpreter's exit (together
     up to a second; 150-250 ms without a hub, 7-40 ms forwarded to `tillpoint run`). A
-    SIGTERM or a Ctrl-C (SIGINT) then ends the sending, which it cuts short (what was not
+    SIGTERM, a Ctrl-C (SIGINT) or a hang-up (SIGHUP, review 38) then ends the sending, which it cuts short (what was not
     sent stays owed for the next command), and does not change the exit code: the answer
     is written and stands (a sale committed), so the process exits as it said (the
     contract §10, §11). Until review 37 it died of the SIGTERM (-15, a shell's 143) or
@@ -725,7 +725,7 @@ class _AfterAnswer:
     took the sale for a failed one (rev37a guarded a till with a hub; rev37f a till
     without one and a call forwarded to `run`). `process_ends`: `main` was called as the
     `tillpoint` command (not with the arguments of a caller in its own process), whose
-    exit follows: the two signals stay ignored through it, not handed back."""
+    exit follows: the signals stay ignored through it, not handed back."""
 
     def __init__(self, *, process_ends: bool) -> None:
         import signal
@@ -745,7 +745,8 @@ class _AfterAnswer:
         signal, threading = self._signal, self._threading
         if self.before or threading.current_thread() is not threading.main_thread():
             return self  # started already; or a caller's thread: signals are the main one's
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a POS's terminal or ssh session closed (review 38: it died -1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self.before[signum] = signal.signal(signum, self._stopping)
         return self
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tillpoint.sync.pull import Puller
 
 from .conftest import CLI, enrolled_till, receipt, snapshot
 from .test_review35_left35 import cancelled_while_away
+from .test_review37_rev37f import _stopped_after_answer
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
 
@@ -216,3 +218,42 @@ def test_a_one_shot_refused_on_a_busy_ledger_says_one_line(tmp_path: Path) -> No
     assert done.returncode == 1, done
     assert done.stderr == "tillpoint: the ledger is busy or unavailable: database is locked\n"
     assert done.stdout == ""
+
+
+# ---------------------------------------- 2. a one-shot's life and the signals it meets
+
+
+def _loaded(tmp_path: Path) -> dict[str, str]:
+    env = _tillpoint_env(tmp_path / "data")
+    (tmp_path / "snap.json").write_text(json.dumps(snapshot()), encoding="utf-8")
+    loaded = subprocess.run(
+        [EXE, "snapshot", "load", str(tmp_path / "snap.json")],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    return env
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGPIPE], ids=["SIGHUP", "SIGPIPE"])
+def test_a_one_shot_hung_up_after_its_answer_exits_as_its_answer_said(
+    tmp_path: Path, signum: int
+) -> None:
+    """CONTRACT §10 (exit 0 for a call answered), §11 (from a committing one-shot's
+    answer on, a stop changes nothing: review 37 guarded SIGTERM and SIGINT). A SIGHUP
+    (the terminal or the ssh session of a POS's shell closed, a supervisor's hang-up)
+    after a committed sale's answer killed it (-1, a shell's 129): a POS reading the exit
+    code first took the sale for a failed one. Failed before the fix. (A SIGPIPE was
+    right: Python ignores it, a closed pipe is an error of the write.)"""
+    env = _loaded(tmp_path)
+    for attempt in range(3):
+        rid = f"hup-{attempt}"
+        (tmp_path / "r.json").write_text(json.dumps(receipt(rid)), encoding="utf-8")
+        code, line, out, err = _stopped_after_answer(
+            [EXE, "checkout", str(tmp_path / "r.json"), "--json"], env, signum=signum
+        )
+        assert json.loads(line)["receiptId"] == rid
+        assert code == 0, (code, err)
+        assert out == b"" and err == b""
