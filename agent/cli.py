@@ -1101,8 +1101,7 @@ def write_out(text: str) -> None:
             " (what the command did stands)"
         )
     try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        _write_whole(sys.stdout, text)
     except BrokenPipeError:
         raise
     except OSError as exc:
@@ -1110,6 +1109,25 @@ def write_out(text: str) -> None:
         raise OutputLost(
             f"the output could not be written: {exc.strerror or exc} (what the command did stands)"
         ) from None
+
+
+def _write_whole(stream: Any, text: str) -> None:
+    """Every byte of `text`, however often a signal interrupts the write. A signal handler
+    that returns (the one-shot guard's, `_AfterAnswer`) while the write waits for a slow
+    reader made CPython's buffered write give a short count, which its text layer drops:
+    a SIGTERM then cut a 200 KB answer to the 64 KiB the pipe took, and the process
+    exited 0 (review 38). A stream without bytes under it (a caller's StringIO) as is."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # what the text layer holds goes first
+    left = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while left:
+        written = buffer.write(left)
+        left = left[written if written is not None else 0 :]
+    buffer.flush()
 
 
 class Stdout:

@@ -7,13 +7,16 @@ files, real `tillpoint` processes.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -257,3 +260,59 @@ def test_a_one_shot_hung_up_after_its_answer_exits_as_its_answer_said(
         assert json.loads(line)["receiptId"] == rid
         assert code == 0, (code, err)
         assert out == b"" and err == b""
+
+
+def _pipe_held(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Until `proc`'s stdout pipe is full (nothing read of it): it is then blocked in the
+    write of its answer."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        waiting = array.array("i", [0])
+        fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, waiting)
+        if waiting[0] >= 65536:
+            return
+        assert proc.poll() is None, "it ended before its answer filled the pipe"
+        assert time.monotonic() < deadline, "its answer never filled the pipe"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_during_the_write_of_a_large_answer_loses_none_of_it(
+    tmp_path: Path, signum: int
+) -> None:
+    """CONTRACT §10 (`--json`: one JSON document on stdout), §11 (a stop from a
+    committing one-shot's answer on changes nothing). A sale's answer larger than a
+    pipe's 64 KiB (a long basket with `--explain`) written to a POS that reads it slowly:
+    a SIGTERM (or SIGHUP) while the write waited was taken by the guard, and Python's
+    buffered write then returned having written only what the pipe took (CPython's
+    BufferedWriter gives a short count when a signal handler interrupts it, and the text
+    layer drops the rest): the POS read 65,536 bytes of JSON cut short, and exit 0.
+    Failed before the fix (review 37's guard made a stop there lose the answer's end
+    without a word, where it had killed the process); every byte is written now."""
+    env = _loaded(tmp_path)
+    lines = [{"sku": "4601234000017", "qty": "1", "priceMinor": 100 + i} for i in range(400)]
+    (tmp_path / "r.json").write_text(
+        json.dumps(receipt("big-1", lines=lines, explain=True)), encoding="utf-8"
+    )
+    proc = subprocess.Popen(
+        [EXE, "checkout", str(tmp_path / "r.json"), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _pipe_held(proc)
+        for _ in range(5):  # each while the write waits for the reader
+            proc.send_signal(signum)
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert len(out) > 65536
+    answer = json.loads(out)
+    assert answer["receiptId"] == "big-1" and answer["state"] == "CONFIRMED"
+    assert len(answer["lines"]) == 400
