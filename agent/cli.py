@@ -671,6 +671,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return _human_result(r, printer=agent.device_kinds.get("printer") != "none")
 
         if command in ("quote", "checkout", "hold", "confirm", "cancel"):
+            # a Hold priced OFFLINE after a late grant owes the hub a shrink: told here,
+            # the agent leaves it to the sending after the answer (it sent it in the
+            # Hold's call, before the answer: review 38, rev37a's left item)
+            import threading
+
+            shrink_owed = threading.Event()
+            if hub is not None and command == "hold":
+                agent.on_hub_call_owed(shrink_owed.set)
             if command == "confirm":
                 code = emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), human)
             elif command == "cancel":
@@ -686,7 +694,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 # closed while it was away), as `run`'s hold timer sends them, within the
                 # redemption deadline (the contract §11); a stop from here on ends only that
                 after = getattr(args, "after", None) or _AfterAnswer(process_ends=False)
-                after.start().send_owed(hub, agent)
+                after.start().send_owed(hub, agent, shrink_owed=shrink_owed.is_set())
             return code
         if command == "refund":
             refund = refund_from_json(read_json(args.file))
@@ -754,11 +762,13 @@ class _AfterAnswer:
         if self.sending:
             raise _StoppedSending  # out of the call to the hub on its way
 
-    def send_owed(self, hub: Any, agent: Any) -> None:
+    def send_owed(self, hub: Any, agent: Any, *, shrink_owed: bool = False) -> None:
+        """`shrink_owed`: this command's Hold owes its late grant's shrink (sent though
+        its request's deadline marked the hub away: the hub answered it, late)."""
         try:
             self.sending = True
             try:
-                hub.send_owed(agent)
+                hub.send_owed(agent, shrink_owed=shrink_owed)
             finally:
                 self.sending = False
         except (_StoppedSending, KeyboardInterrupt):

@@ -28,7 +28,8 @@ from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.pull import Puller
 
-from .conftest import CLI, enrolled_till, receipt, snapshot
+from .conftest import RECEIPT_AT, CLI, enrolled_till, receipt, snapshot
+from .test_review33_hold33 import ANNA, BIG, OFFLINE_LIMIT, TTL_S, late  # noqa: F401 (a fixture)
 from .test_review35_left35 import cancelled_while_away
 from .test_review37_rev37f import _stopped_after_answer
 
@@ -316,3 +317,78 @@ def test_a_stop_during_the_write_of_a_large_answer_loses_none_of_it(
     answer = json.loads(out)
     assert answer["receiptId"] == "big-1" and answer["state"] == "CONFIRMED"
     assert len(answer["lines"]) == 400
+
+
+# ---------------------------------------- 3. a one-shot hold's late grant: its shrink after its answer
+
+
+def test_a_one_shot_holds_late_grant_is_shrunk_after_its_answer(
+    tmp_path: Path, late: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11 (a one-shot command's calls owed to the hub: after its answer is
+    written, never before; the shrink of a late grant). A one-shot `tillpoint hold`
+    whose hub grant came past its 300 ms deadline is priced OFFLINE (200 points, the
+    offline limit) and owes the hub a shrink; it sent it before writing its answer (in
+    the Hold's call: the POS waited up to another `redeem_timeout` + 100 ms for a call
+    that is not the sale's; rev37a's left item). Failed before the fix: the hub now
+    takes the shrink once the answer is on the POS's pipe, and the hold owes nothing."""
+    hub = hold33_hub_sqlite(tmp_path)
+    data = tmp_path / "data"
+    shrink = HubServicer.ShrinkRedemption
+    seen: list[int] = []  # the answer's bytes waiting on the pipe when the shrink came
+    proc: subprocess.Popen[bytes] | None = None
+
+    def shrink_seen(self: Any, request: Any, context: Any) -> Any:
+        waiting = array.array("i", [0])
+        if proc is not None and proc.stdout is not None:
+            fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, waiting)
+        seen.append(waiting[0])
+        return shrink(self, request, context)
+
+    try:
+        enrolled_till(hub, data, "till-1").stop()
+        monkeypatch.setattr(HubServicer, "ShrinkRedemption", shrink_seen)
+        hub.restart()
+        doc = {"receiptId": "late-1", "at": RECEIPT_AT, "card": ANNA, "lines": BIG}
+        (tmp_path / "r.json").write_text(
+            json.dumps(doc | {"storeId": "s1", "tillId": "t1", "redeemPoints": -1}),
+            encoding="utf-8",
+        )
+        late.set()
+        proc = subprocess.Popen(
+            [EXE, "hold", str(tmp_path / "r.json"), "--json"],
+            env=_tillpoint_env(data),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        proc.wait(timeout=60)  # nothing read before its end: the answer waits on the pipe
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        answer = json.loads(out)
+        assert (answer["state"], answer["mode"], answer["redeemedPoints"]) == (
+            "HELD",
+            "OFFLINE",
+            OFFLINE_LIMIT,
+        )
+        assert seen and seen[0] > 0, seen  # the answer was out when the shrink came
+        assert _shrinks_owed(data) == 0
+    finally:
+        hub.stop()
+
+
+def _shrinks_owed(data: Path) -> int:
+    conn = sqlite3.connect(data / "ledger.db")
+    try:
+        return int(
+            conn.execute("SELECT count(*) FROM receipt_life WHERE hub_hold = 2").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+def hold33_hub_sqlite(tmp_path: Path) -> LoopbackHub:
+    """hold33's hub on SQLite (an offline limit of 200 points a day, 600 s holds)."""
+    data = sample_master_data()
+    data["program"]["holdTtlSeconds"] = TTL_S
+    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
+    return LoopbackHub(tmp_path / "hub", data=data)
