@@ -725,8 +725,9 @@ class _AfterAnswer:
     the end of its process: the releases owed to the hub (`TillSync.send_owed`, with a
     hub), then the hub link's and the files' closes and the interpreter's exit (together
     up to a second; 150-250 ms without a hub, 7-40 ms forwarded to `tillpoint run`). A
-    SIGTERM, a Ctrl-C (SIGINT) or a hang-up (SIGHUP, review 38) then ends the sending, which it cuts short (what was not
-    sent stays owed for the next command), and does not change the exit code: the answer
+    SIGTERM, a Ctrl-C (SIGINT) or a hang-up (SIGHUP, review 38) then ends the sending,
+    which it cuts short (what was not sent stays owed for the next command), and does
+    not change the exit code: the answer
     is written and stands (a sale committed), so the process exits as it said (the
     contract §10, §11). Until review 37 it died of the SIGTERM (-15, a shell's 143) or
     exited 130 after a committed sale's answer, and a POS that reads the exit code first

@@ -28,8 +28,14 @@ from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data
 from tillpoint.sync.pull import Puller
 
-from .conftest import RECEIPT_AT, CLI, enrolled_till, receipt, snapshot
-from .test_review33_hold33 import ANNA, BIG, OFFLINE_LIMIT, TTL_S, late  # noqa: F401 (a fixture)
+from .conftest import CLI, RECEIPT_AT, enrolled_till, receipt, snapshot
+from .test_review33_hold33 import (
+    ANNA,
+    BIG,
+    OFFLINE_LIMIT,
+    TTL_S,
+    late,  # noqa: F401 (its fixture, asked by name)
+)
 from .test_review35_left35 import cancelled_while_away
 from .test_review37_rev37f import _stopped_after_answer
 
@@ -319,11 +325,11 @@ def test_a_stop_during_the_write_of_a_large_answer_loses_none_of_it(
     assert len(answer["lines"]) == 400
 
 
-# ---------------------------------------- 3. a one-shot hold's late grant: its shrink after its answer
+# ---------------------------------------- 3. a one-shot hold's late grant, shrunk after its answer
 
 
 def test_a_one_shot_holds_late_grant_is_shrunk_after_its_answer(
-    tmp_path: Path, late: threading.Event, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CONTRACT §11 (a one-shot command's calls owed to the hub: after its answer is
     written, never before; the shrink of a late grant). A one-shot `tillpoint hold`
@@ -354,6 +360,7 @@ def test_a_one_shot_holds_late_grant_is_shrunk_after_its_answer(
             json.dumps(doc | {"storeId": "s1", "tillId": "t1", "redeemPoints": -1}),
             encoding="utf-8",
         )
+        late: threading.Event = request.getfixturevalue("late")  # hold33's grants come late
         late.set()
         proc = subprocess.Popen(
             [EXE, "hold", str(tmp_path / "r.json"), "--json"],
