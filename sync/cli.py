@@ -1231,7 +1231,7 @@ def _sync_now_by(
         except sqlite3.Error as exc:  # as the round's: `status` says what it said before
             unwritten.append(("the link's state is not recorded", _ledger_problem(exc)))
     except (StorageError, sqlite3.Error) as exc:
-        if left() > 0:
+        if left() > 0 or "locked" not in _ledger_problem(exc):  # a full disk: its own line
             raise
         # another process held the ledger up to the deadline (review 38, rev38b)
         raise gave_up(
