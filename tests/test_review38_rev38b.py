@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data
 from tillpoint.sync.pull import Puller
 
 from .conftest import CLI, RECEIPT_AT, enrolled_till, receipt, snapshot
@@ -37,6 +37,8 @@ from .test_review33_hold33 import (
     late,  # noqa: F401 (its fixture, asked by name)
 )
 from .test_review35_left35 import cancelled_while_away
+from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull
+from .test_review37_rev37c import slow_grants
 from .test_review37_rev37f import _stopped_after_answer
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
@@ -339,7 +341,7 @@ def test_a_one_shot_holds_late_grant_is_shrunk_after_its_answer(
     that is not the sale's; rev37a's left item). Failed before the fix: the hub now
     takes the shrink once the answer is on the POS's pipe, and the hold owes nothing."""
     # hold33's grants come late while it is set (taken before the hub starts below)
-    late: threading.Event = request.getfixturevalue("late")
+    late_grants: threading.Event = request.getfixturevalue("late")
     hub = hold33_hub_sqlite(tmp_path)
     data = tmp_path / "data"
     shrink = HubServicer.ShrinkRedemption
@@ -362,7 +364,7 @@ def test_a_one_shot_holds_late_grant_is_shrunk_after_its_answer(
             json.dumps(doc | {"storeId": "s1", "tillId": "t1", "redeemPoints": -1}),
             encoding="utf-8",
         )
-        late.set()
+        late_grants.set()
         proc = subprocess.Popen(
             [EXE, "hold", str(tmp_path / "r.json"), "--json"],
             env=_tillpoint_env(data),
@@ -400,3 +402,54 @@ def hold33_hub_sqlite(tmp_path: Path) -> LoopbackHub:
     data["program"]["holdTtlSeconds"] = TTL_S
     data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
     return LoopbackHub(tmp_path / "hub", data=data)
+
+
+# ---------------------------------------- 4. the OFFLINE cap: a pull that lowers the limit (right)
+
+
+def test_a_pull_that_lowers_the_limit_mid_hold_redeems_the_new_limit_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §9, §11 (checked, found right: rev37c pinned a raised limit). Till a on
+    version 1 (offline limit 600) holds Anna's whole balance; the hub's grant is late, so
+    the hub keeps 600 (what a's request said); a pull of version 2 (200) lands between
+    the early pricing and the write transaction. The Hold redeems no more than the new
+    200 (the till's own rule at its commit; `_asks.told`, 600, caps nothing lower), the
+    hub keeps at least that until the shrink, and till b, ONLINE, gets no point the
+    two receipts together would spend twice."""
+    data = sample_master_data()
+    data["program"]["offlineRedeemLimitPoints"] = 600
+    hub = LoopbackHub(tmp_path / "hub", data=data)
+    a = a_till(hub, tmp_path, "a")
+    b = a_till(hub, tmp_path, "b")
+    try:
+        assert pull(a).version == 1
+        program = {**sample_master_data()["program"], "offlineRedeemLimitPoints": 200}
+        import_doc(hub.store, {"program": program})
+        hub.publish()
+        assert pull(b).version == 2
+        priced_early = a.agent._price_early
+
+        def then_a_pull(*args: Any, **kw: Any) -> Any:
+            early = priced_early(*args, **kw)
+            assert pull(a).version == 2  # lands before the write transaction
+            return early
+
+        monkeypatch.setattr(a.agent, "_price_early", then_a_pull)
+        a.agent.on_hub_call_owed(lambda: None)  # no shrink yet: what the hub kept itself
+        slow, cut = slow_grants(hub, monkeypatch)
+        slow.set()
+        try:
+            held = a.agent.hold(anna_redeems_all("a-late"))
+        finally:
+            slow.clear()
+        assert (held.state, held.mode, held.redeemed_points) == ("HELD", "OFFLINE", 200)
+        assert cut.wait(10)
+        assert held_for(hub, "c-1") == 600  # the limit a's request said, >= what it redeems
+        other = b.agent.checkout(anna_redeems_all("b-1"))
+        assert other.mode == "ONLINE"
+        assert held.redeemed_points + other.redeemed_points <= 1200
+    finally:
+        a.stop()
+        b.stop()
+        hub.stop()
