@@ -280,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     process_ends = argv is None  # the `tillpoint` command: its exit follows (`_AfterAnswer`)
     if argv is None:
         argv = sys.argv[1:]
+        from .logs import setup_one_shot
+
+        setup_one_shot()  # its warnings as its lines are; `run`, `hub serve` set up their own
     argv = _scanned_text_last(argv)
     parser = build_parser(argv)
     vars(parser)["argv"] = list(argv)  # `--version --json` reads it
@@ -668,6 +671,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return _human_result(r, printer=agent.device_kinds.get("printer") != "none")
 
         if command in ("quote", "checkout", "hold", "confirm", "cancel"):
+            # a Hold priced OFFLINE after a late grant owes the hub a shrink: told here,
+            # the agent leaves it to the sending after the answer (it sent it in the
+            # Hold's call, before the answer: review 38, rev37a's left item)
+            import threading
+
+            shrink_owed = threading.Event()
+            if hub is not None and command == "hold":
+                agent.on_hub_call_owed(shrink_owed.set)
             if command == "confirm":
                 code = emit(args, json_of(agent.confirm(args.receipt_id, args.fiscal)), human)
             elif command == "cancel":
@@ -683,7 +694,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 # closed while it was away), as `run`'s hold timer sends them, within the
                 # redemption deadline (the contract §11); a stop from here on ends only that
                 after = getattr(args, "after", None) or _AfterAnswer(process_ends=False)
-                after.start().send_owed(hub, agent)
+                after.start().send_owed(hub, agent, shrink_owed=shrink_owed.is_set())
             return code
         if command == "refund":
             refund = refund_from_json(read_json(args.file))
@@ -714,15 +725,16 @@ class _AfterAnswer:
     the end of its process: the releases owed to the hub (`TillSync.send_owed`, with a
     hub), then the hub link's and the files' closes and the interpreter's exit (together
     up to a second; 150-250 ms without a hub, 7-40 ms forwarded to `tillpoint run`). A
-    SIGTERM or a Ctrl-C (SIGINT) then ends the sending, which it cuts short (what was not
-    sent stays owed for the next command), and does not change the exit code: the answer
+    SIGTERM, a Ctrl-C (SIGINT) or a hang-up (SIGHUP, review 38) then ends the sending,
+    which it cuts short (what was not sent stays owed for the next command), and does
+    not change the exit code: the answer
     is written and stands (a sale committed), so the process exits as it said (the
     contract §10, §11). Until review 37 it died of the SIGTERM (-15, a shell's 143) or
     exited 130 after a committed sale's answer, and a POS that reads the exit code first
     took the sale for a failed one (rev37a guarded a till with a hub; rev37f a till
     without one and a call forwarded to `run`). `process_ends`: `main` was called as the
     `tillpoint` command (not with the arguments of a caller in its own process), whose
-    exit follows: the two signals stay ignored through it, not handed back."""
+    exit follows: the signals stay ignored through it, not handed back."""
 
     def __init__(self, *, process_ends: bool) -> None:
         import signal
@@ -742,7 +754,8 @@ class _AfterAnswer:
         signal, threading = self._signal, self._threading
         if self.before or threading.current_thread() is not threading.main_thread():
             return self  # started already; or a caller's thread: signals are the main one's
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a POS's terminal or ssh session closed (review 38: it died -1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self.before[signum] = signal.signal(signum, self._stopping)
         return self
 
@@ -750,11 +763,13 @@ class _AfterAnswer:
         if self.sending:
             raise _StoppedSending  # out of the call to the hub on its way
 
-    def send_owed(self, hub: Any, agent: Any) -> None:
+    def send_owed(self, hub: Any, agent: Any, *, shrink_owed: bool = False) -> None:
+        """`shrink_owed`: this command's Hold owes its late grant's shrink (sent though
+        its request's deadline marked the hub away: the hub answered it, late)."""
         try:
             self.sending = True
             try:
-                hub.send_owed(agent)
+                hub.send_owed(agent, shrink_owed=shrink_owed)
             finally:
                 self.sending = False
         except (_StoppedSending, KeyboardInterrupt):
@@ -1097,8 +1112,7 @@ def write_out(text: str) -> None:
             " (what the command did stands)"
         )
     try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        _write_whole(sys.stdout, text)
     except BrokenPipeError:
         raise
     except OSError as exc:
@@ -1106,6 +1120,25 @@ def write_out(text: str) -> None:
         raise OutputLost(
             f"the output could not be written: {exc.strerror or exc} (what the command did stands)"
         ) from None
+
+
+def _write_whole(stream: Any, text: str) -> None:
+    """Every byte of `text`, however often a signal interrupts the write. A signal handler
+    that returns (the one-shot guard's, `_AfterAnswer`) while the write waits for a slow
+    reader made CPython's buffered write give a short count, which its text layer drops:
+    a SIGTERM then cut a 200 KB answer to the 64 KiB the pipe took, and the process
+    exited 0 (review 38). A stream without bytes under it (a caller's StringIO) as is."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # what the text layer holds goes first
+    left = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while left:
+        written = buffer.write(left)
+        left = left[written if written is not None else 0 :]
+    buffer.flush()
 
 
 class Stdout:

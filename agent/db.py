@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
 BUSY_TIMEOUT_MS = 5000
+
+# `tillpoint sync now --timeout S`'s deadline (`time.monotonic`), set by `writes_until`:
+# its writes wait no longer than what is left of it for another writer (`begin_write`)
+_writes_until: float | None = None
 CACHE = "cache.db"
 # A generation of the cache: the snapshot version and a token, never reused, so a stale
 # connection can never pair its -wal or -shm with another file of the same name.
@@ -272,6 +276,31 @@ def _storage_error(
 
 
 @contextlib.contextmanager
+def writes_until(deadline: float) -> Iterator[None]:
+    """Within it, a write of this process (`begin_write`) waits for another writer of its
+    database no later than `deadline` (`time.monotonic`), nor longer than the busy timeout
+    (`BUSY_TIMEOUT_MS`): `tillpoint sync now --timeout S`, whose one deadline held for
+    every hub call but not for a ledger another process was writing (it waited SQLite's
+    5 s; review 38, rev38b). Not for `run`: its writes wait their 5 s."""
+    global _writes_until
+    before, _writes_until = _writes_until, deadline
+    try:
+        yield
+    finally:
+        _writes_until = before
+
+
+def begin_write(conn: sqlite3.Connection) -> None:
+    """`BEGIN IMMEDIATE`, waiting for another writer no later than `writes_until`'s
+    deadline when one is set (then not at all once it has passed)."""
+    until = _writes_until
+    if until is not None:
+        left_ms = int(max(0.0, until - time.monotonic()) * 1000)
+        conn.execute(f"PRAGMA busy_timeout = {min(BUSY_TIMEOUT_MS, left_ms)}")
+    conn.execute("BEGIN IMMEDIATE")
+
+
+@contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.
 
@@ -280,7 +309,7 @@ def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.C
     refusal and know that nothing was stored.
     """
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        begin_write(conn)
     except sqlite3.Error as exc:
         raise _storage_error(conn, f"the {what} is busy or unavailable", exc) from None
     unwritten = f"the {what} could not be written, nothing was stored"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from .db import MigrationSet, connect, is_damage, migrate, owner_hint
+from .db import MigrationSet, begin_write, connect, is_damage, migrate, owner_hint
 from .errors import DamagedLedger, InputError, StorageError
 from .expiry import Counted, Movement, Tally, Wallet, last_instant, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
@@ -1622,7 +1622,7 @@ def settle_push(
     is numbered again and stays in the outbox; any other is set aside. Returns the seqs
     numbered again, old to new."""
     moved: dict[int, int] = {}
-    conn.execute("BEGIN IMMEDIATE")
+    begin_write(conn)
     try:
         keep_seq_above(conn, device_id, hub_mark)
         for item in sorted(again, key=lambda item: item.seq):

@@ -122,3 +122,34 @@ def setup(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+# A record a one-shot command's own error line says again (`setup_one_shot`): logged for
+# `tillpoint run`'s operator (the state a sale met), `extra=SAID_BY_THE_COMMAND`.
+SAID_BY_THE_COMMAND = {"said_by_the_command": True}
+
+
+class OneShotFormatter(logging.Formatter):
+    """A one-shot command's stderr line: `tillpoint: warning: …`, one line, no trace."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .errors import one_line
+
+        word = "warning" if record.levelno < logging.ERROR else "error"
+        return f"tillpoint: {word}: {one_line(record.getMessage())}"
+
+
+def setup_one_shot() -> None:
+    """The logs of a one-shot command (`tillpoint checkout`, `sync now`, …), run as its
+    own process: its warnings on stderr as its own lines are (`tillpoint: warning: …`, one
+    line, masked), none of a record its error line says again (`SAID_BY_THE_COMMAND`).
+    Before review 38 logging was not set up there and Python's last resort wrote the bare
+    message, a trace too: a sale refused on a busy ledger said "sales are refused: the
+    ledger is busy …" and then its `tillpoint: ` line (two lines, CONTRACT §10: one).
+    `run` and `hub serve` set up their own (`setup`), which replaces it."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(OneShotFormatter())
+    handler.addFilter(MaskingFilter())
+    handler.addFilter(lambda record: not getattr(record, "said_by_the_command", False))
+    logging.getLogger().handlers[:] = [handler]

@@ -62,6 +62,7 @@ from .forward import process_running
 from .hub_turns import HUB_TURNS_FILE, HubTurns
 from .identify import Identification, identify, normalise, phone_key
 from .limits import is_utf8_text
+from .logs import SAID_BY_THE_COMMAND
 from .messages import (
     cancelled_display,
     checkout_display,
@@ -252,6 +253,18 @@ class _Ready:
     priced: CheckoutResult | None = None
 
 
+class _Asks(threading.local):
+    """This thread's Hold or Checkout while it asks the hub (`Agent._one_hub_deadline`):
+    `active` inside one, `since` when its first request was made (`time.monotonic`),
+    `told` the lowest offline limit its requests told the hub (what the hub keeps of a
+    grant it makes past the deadline: the cap of its OFFLINE pricing, review 37)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.since: float | None = None
+        self.told: int | None = None
+
+
 @dataclass(frozen=True)
 class _Early:
     """A receipt priced before its write transaction (`Agent._price_early`): its pricing,
@@ -371,8 +384,9 @@ class Agent:
         # who sends the hub calls owed (`tillpoint run`'s hold timer): told when an OFFLINE
         # hold's grant at the hub is to be shrunk (`on_hub_call_owed`)
         self._owed_listeners: list[Callable[[], None]] = []
-        # `_one_hub_deadline`: when this thread's Hold or Checkout first asked the hub
-        self._asks = threading.local()
+        # `_one_hub_deadline`: when this thread's Hold or Checkout first asked the hub, and
+        # the lowest offline limit its requests told the hub
+        self._asks = _Asks()
         # Quotes, identification and balances read on connections of their own, outside
         # `_lock` (`_read`): WAL readers never wait behind a commit's fsync. Idle pairs of
         # reader connections are reused, the most recent first; at most READERS_KEPT stay.
@@ -1769,7 +1783,7 @@ class Agent:
                 pass
         # Offline the till's own rules stand: a code at most once here (§13).
         remaining = self._offline_remaining(receipt, ident, program, conn, sold)
-        told = getattr(self._asks, "told", None) if getattr(self._asks, "active", False) else None
+        told = self._asks.told if self._asks.active else None
         if commit and told is not None:
             # An earlier request of this call told the hub a lower limit (its snapshot then:
             # a pull landed before this pricing again in the write transaction), and the
@@ -1781,9 +1795,9 @@ class Agent:
     def _tell_offline_limit(self, limit: int) -> None:
         """Note the offline limit a request of this Hold or Checkout tells the hub (the
         lowest one told: what the hub keeps of a grant it makes past the deadline)."""
-        if getattr(self._asks, "active", False):
-            told = getattr(self._asks, "told", None)
-            self._asks.told = limit if told is None else min(told, limit)
+        asks = self._asks
+        if asks.active:
+            asks.told = limit if asks.told is None else min(asks.told, limit)
 
     @contextlib.contextmanager
     def _one_hub_deadline(self) -> Iterator[None]:
@@ -1803,10 +1817,10 @@ class Agent:
 
     def _first_ask(self) -> float:
         """When this Hold's or Checkout's first hub request was made (now, for the first)."""
-        since: float | None = getattr(self._asks, "since", None)
+        since = self._asks.since
         if since is None:
             since = time.monotonic()
-            if getattr(self._asks, "active", False):
+            if self._asks.active:
                 self._asks.since = since
         return since
 
@@ -2432,7 +2446,7 @@ class Agent:
             " 'PRAGMA integrity_check'`"
         )
         if self._storage_problem is None or self._storage_problem[1] != error.message:
-            log.error("pricing is refused: %s", error.message)
+            log.error("pricing is refused: %s", error.message, extra=SAID_BY_THE_COMMAND)
         self._storage_problem = (ledger.utc_text(self.clock()), error.message)
         return error
 
@@ -2501,7 +2515,7 @@ class Agent:
                 self._followed_step = None
             if isinstance(exc, StorageError):
                 if self._storage_problem is None or self._storage_problem[1] != exc.message:
-                    log.error("sales are refused: %s", exc.message)
+                    log.error("sales are refused: %s", exc.message, extra=SAID_BY_THE_COMMAND)
                 self._storage_problem = (ledger.utc_text(self.clock()), exc.message)
             raise
         self._followed_step = None

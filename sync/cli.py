@@ -1044,16 +1044,38 @@ def _same_hub_and_device(current: Any, bundle: Any) -> bool:
 
 
 def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
+    from tillpoint.agent.db import writes_until
+
+    limit = _in_range("--timeout", args.timeout, 0, SYNC_NOW_TIMEOUT_MAX_S, above=True)
+    deadline = time.monotonic() + limit
+    # its ledger writes too wait for another writer no later than the deadline (they
+    # waited SQLite's 5 s busy timeout beside one: review 38, rev38b)
+    with writes_until(deadline):
+        return _sync_now_by(settings, args, limit, deadline)
+
+
+def _ledger_problem(exc: BaseException) -> str:
+    """What a ledger write that failed says, without the words of its wrapping: "database
+    is locked" (another process writing it), "database or disk is full"."""
+    from tillpoint.agent.errors import StorageError
+
+    text = exc.message if isinstance(exc, StorageError) else str(exc)
+    return one_line(text.rsplit(": ", 1)[-1])
+
+
+def _sync_now_by(
+    settings: Settings, args: argparse.Namespace, limit: float, deadline: float
+) -> int:
+    import sqlite3
+
     import grpc
     from tillpoint.agent.app import cli_agent, sync_link
+    from tillpoint.agent.errors import StorageError
 
     from . import state
     from .progress import ProgressBar
     from .pull import FIRST_CHUNK_S, Puller, PullInterrupted
     from .push import OutOfTime, Pusher, timed_out
-
-    limit = _in_range("--timeout", args.timeout, 0, SYNC_NOW_TIMEOUT_MAX_S, above=True)
-    deadline = time.monotonic() + limit
 
     def left() -> float:
         return deadline - time.monotonic()
@@ -1065,10 +1087,12 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         each cut recorded it OFFLINE, `status` saying so until the next contact, though the
         hub had answered the mark, taken the push (review 37, rev37b)."""
         if link.last_contact is not None:
-            state.put(
-                pusher.conn,
-                {"mode": "ONLINE", "last_contact_at": state.now_text(link.last_contact)},
-            )
+            # (not waiting: the deadline is reached; a busy ledger leaves it as it was)
+            with contextlib.suppress(sqlite3.Error):
+                state.put(
+                    pusher.conn,
+                    {"mode": "ONLINE", "last_contact_at": state.now_text(link.last_contact)},
+                )
         # the releases and shrinks left owed too (review 37, left37), on the same line
         owed = ""
         with contextlib.suppress(Exception):  # a ledger read: never the error itself
@@ -1097,6 +1121,8 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         settings.data_dir, settings.device_id, link, call_timeout_s=timings.call_timeout_s
     )
     pusher.deadline = deadline
+    # what a ledger write after the pull could not do, and why
+    unwritten: list[tuple[str, str]] = []
     try:
         bar = ProgressBar("pushing", unit="rows")
         try:
@@ -1159,6 +1185,19 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             try:
                 agent.sweep_holds(past_deadline)
                 agent.retry_hub_releases(past_deadline)
+            except (StorageError, sqlite3.Error) as exc:
+                # the ledger busy (another process writing it past the deadline or the
+                # busy timeout) or full: the push and the pull worked, and the answer says
+                # so (it said only "the ledger is busy", exit 1: review 38, rev38b); the
+                # round is the next `sync now`'s or `tillpoint run`'s, nothing is lost
+                unwritten.append(
+                    (
+                        "the hold timer's round (expired holds closed, the releases and"
+                        " shrinks owed to the hub sent) is left for `tillpoint run` or the"
+                        " next `sync now`",
+                        _ledger_problem(exc),
+                    )
+                )
             finally:
                 timer.cancel()
         aside = list(pusher.set_aside)
@@ -1181,10 +1220,25 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
             "hubCallsOwed": {call: len(ids) for call, ids in owed.items()},
             "owedReceiptIds": owed,
         }
-        state.put(
-            pusher.conn,
-            {"mode": "ONLINE" if link.online else "OFFLINE", "last_contact_at": state.now_text()},
-        )
+        try:
+            state.put(
+                pusher.conn,
+                {
+                    "mode": "ONLINE" if link.online else "OFFLINE",
+                    "last_contact_at": state.now_text(),
+                },
+            )
+        except sqlite3.Error as exc:  # as the round's: `status` says what it said before
+            unwritten.append(("the link's state is not recorded", _ledger_problem(exc)))
+    except (StorageError, sqlite3.Error) as exc:
+        if left() > 0 or "locked" not in _ledger_problem(exc):  # a full disk: its own line
+            raise
+        # another process held the ledger up to the deadline (review 38, rev38b)
+        raise gave_up(
+            f"with the ledger busy ({_ledger_problem(exc)}: another process is writing it);"
+            f" {pusher.pending()} transaction(s) still in the outbox, sent by"
+            " `tillpoint run` or the next `sync now`"
+        ) from None
     except grpc.RpcError as exc:
         if timed_out(exc) and left() <= 0:
             # the first call (the hub's mark, before the push) given what was left of
@@ -1214,6 +1268,14 @@ def _sync_now(settings: Settings, args: argparse.Namespace) -> int:
         return f"{pushed}, {d['outboxDepth']} waiting; {what}{_owed_text(d['owedReceiptIds'])}"
 
     code = _emit(args, data, human)
+    if unwritten:  # a warning: what the command was for (the push, the pull) is done
+        print(
+            one_line(
+                f"tillpoint: warning: the ledger could not be written ({unwritten[0][1]}):"
+                f" {' and '.join(what for what, _ in unwritten)}"
+            ),
+            file=sys.stderr,
+        )
     failed = False
     if aside:
         # Not stored by the hub: an error, whatever else worked (docs/PROTOCOL.md).

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tillpoint.agent.db import begin_write
 from tillpoint.agent.ledger import open_ledger as open_ledger  # the one opener, by its old name
 from tillpoint.agent.ledger import utc_text
 
@@ -50,7 +51,7 @@ def get(conn: sqlite3.Connection, key: str) -> str | None:
 
 def put(conn: sqlite3.Connection, values: dict[str, str | None]) -> None:
     """Set (or, with None, delete) keys in one short write transaction."""
-    conn.execute("BEGIN IMMEDIATE")
+    begin_write(conn)
     try:
         for key, value in values.items():
             if value is None:

@@ -41,7 +41,11 @@ def _answer_of(proc: subprocess.Popen[bytes]) -> tuple[str, dict[str, object]]:
 
 
 @pytest.mark.slow  # ~5 s of set-up (a hub stopped and started), then a `tillpoint` process
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],  # SIGHUP: review 38 (rev38b)
+    ids=["SIGTERM", "SIGINT", "SIGHUP"],
+)
 def test_a_one_shot_stopped_while_it_sends_what_it_owes_exits_as_its_answer_said(
     tmp_path: Path, gated_releases: GatedReleases, sig: signal.Signals
 ) -> None:

@@ -44,11 +44,11 @@ def _loaded_till(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def _stopped_after_answer(
-    argv: list[str], env: dict[str, str], every_s: float = 0.002
+    argv: list[str], env: dict[str, str], every_s: float = 0.002, signum: int = signal.SIGTERM
 ) -> tuple[int, bytes, bytes, bytes]:
-    """Run `argv`, read its answer (one `--json` line), then SIGTERM it every `every_s`
-    until it ends (a POS's supervisor ending a process it has its answer from). Answers
-    the exit code, the answer line, the rest of stdout and stderr."""
+    """Run `argv`, read its answer (one `--json` line), then SIGTERM it (or `signum`) every
+    `every_s` until it ends (a POS's supervisor ending a process it has its answer from).
+    Answers the exit code, the answer line, the rest of stdout and stderr."""
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None
@@ -57,7 +57,7 @@ def _stopped_after_answer(
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signum)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(every_s)
         out, err = proc.communicate(timeout=30)
