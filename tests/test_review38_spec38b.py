@@ -14,10 +14,11 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from .conftest import CLI, snapshot
 from tillpoint.printer.config import DisplayConfig
 from tillpoint.printer.display import message_bytes, showable
 from tillpoint.printer.text import degrade
+
+from .conftest import CLI, snapshot
 
 STRESSED_NAME = "Ната\u0301лья"  # "Ната́лья": а + COMBINING ACUTE ACCENT, no precomposed form
 STRESSED_TEXT = "Скидка 15% на моло\u0301ко"
