@@ -8,7 +8,8 @@ code page has, so the result stays readable and :func:`encode` never fails:
 
 1. a table of look-alikes ("−" → "-", "«" → '"', "₽" → "Р", "І" → "I", "Ґ" → "Г", ...);
 2. Cyrillic transliterated to Latin when the page has no Cyrillic at all;
-3. accents dropped (NFKD without combining marks: "é" → "e");
+3. accents dropped (NFKD without combining marks: "é" → "e"; an accent the page lacks that
+   stays apart after NFC, a stress mark over a Cyrillic vowel "а́", goes too);
 4. "?" as the last resort.
 
 Control characters are removed first: an offer text can never smuggle printer commands
@@ -135,6 +136,10 @@ def _degrade_char(ch: str, codec: str) -> str:
         return stripped
     if stripped and stripped != ch:
         return "".join(_degrade_char(c, codec) for c in stripped)
+    if unicodedata.category(ch) in ("Mn", "Me"):
+        # an accent on its own (a stress mark over a Cyrillic vowel, which has no precomposed
+        # form: "моло́ко"), dropped as rule 3 drops the accents of precomposed letters
+        return ""
     return "?"
 
 
