@@ -418,3 +418,84 @@ def _job_of(w: Any, receipt_id: str) -> Any:
 
     row = w.job(receipt_id)
     return _Job(row["id"], receipt_id, None, "", row["attempts"], None)
+
+
+# ---------------------------------------- 8. the PostgreSQL hub's DSN at another program's
+
+
+def _pg_tables(url: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        names = [
+            name
+            for (name,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() ORDER BY table_name"
+            )
+        ]
+        return {n: int(conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in names}
+
+
+_OTHER_PROGRAMS = {
+    "plain": ["CREATE TABLE orders (id INTEGER PRIMARY KEY, total_minor BIGINT)"],
+    # golang-migrate's table: its version read as "a later release's schema"
+    "golang-migrate": [
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, dirty BOOLEAN NOT NULL)",
+        "INSERT INTO schema_migrations VALUES (20230101120000, false)",
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY)",
+    ],
+    # Rails': "COALESCE types text and integer cannot be matched", exit 1
+    "rails": [
+        "CREATE TABLE schema_migrations (version VARCHAR PRIMARY KEY)",
+        "INSERT INTO schema_migrations VALUES ('20230101120000')",
+    ],
+    # a table of tillpoint's name: "relation meta already exists", exit 1
+    "meta": ["CREATE TABLE meta (k TEXT)"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_OTHER_PROGRAMS))
+@pytest.mark.parametrize("command", ["init", "migrate"])
+def test_s10_a_postgres_hub_store_that_is_another_programs_database_is_refused_untouched(
+    pg_url: str, tmp_path: Path, kind: str, command: str
+) -> None:
+    """CONTRACT §10 (another program's database: exit 2, FAILED_PRECONDITION, the
+    database left as it was), the hub's PostgreSQL store. A DSN naming another program's
+    database got tillpoint's sixteen tables written into it (`hub init`, exit 0), or was
+    said to be "migrated by a later release" (golang-migrate's `schema_migrations`), or
+    failed in PostgreSQL's words, exit 1, with tillpoint's `schema_migrations` left in
+    it. `hub init` made `keys/` first. Now refused before anything is written."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as conn:
+        for sql in _OTHER_PROGRAMS[kind]:
+            conn.execute(sql)
+    before = _pg_tables(pg_url)
+    hub_dir = tmp_path / "hub"
+    args = ["hub", command, "--hub-dir", str(hub_dir), "--store", pg_url]
+    if command == "init":
+        args += ["--host", "127.0.0.1"]
+    done = _tillpoint(*args)
+    assert done.returncode == 2, done.stderr
+    line = _one_line(done.stderr)
+    assert "another program's PostgreSQL database" in line, line
+    assert "later release" not in line, line
+    assert _pg_tables(pg_url) == before
+    assert not hub_dir.exists() or not any(hub_dir.iterdir())
+
+
+def test_s10_a_postgres_hub_store_of_tillpoints_own_is_taken_again(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Found right, kept so: an empty database is a new hub's, and tillpoint's own is
+    opened again (`hub init` twice, `hub migrate`)."""
+    hub_dir = tmp_path / "hub"
+    for args in (
+        ["init", "--host", "127.0.0.1"],
+        ["init", "--host", "127.0.0.1"],
+        ["migrate"],
+    ):
+        done = _tillpoint("hub", args[0], "--hub-dir", str(hub_dir), "--store", pg_url, *args[1:])
+        assert done.returncode == 0, (args, done.stderr)
+    assert "schema_migrations" in _pg_tables(pg_url)
