@@ -369,12 +369,15 @@ def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
                 " (copy server.key and server.pem to every hub server)"
             ),
         )
-    if not hub.on_postgres and hub.sqlite_path.exists():
-        # another program's file (or a later release's) refused before any key is made:
-        # `keys/` was left beside the refused store (review 38, rev38c)
+    # another program's database (or a later release's) refused before any key is made:
+    # `keys/` was left beside the refused store (review 38, rev38c). A new SQLite file
+    # is made once the keys are (a `hub.db` alone is a hub: `HubDir.exists`).
+    store_first = hub.on_postgres or hub.sqlite_path.exists()
+    if store_first:
         hub.open_store(migrate=True).close()
     made = hub.init(args.host)
-    hub.open_store(migrate=True).close()
+    if not store_first:
+        hub.open_store(migrate=True).close()
     data = {"hubDir": str(hub.root), "created": made, "caCertificate": str(hub.keys.ca_cert)}
     return _emit(
         args,
