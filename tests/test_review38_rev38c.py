@@ -499,3 +499,32 @@ def test_s10_a_postgres_hub_store_of_tillpoints_own_is_taken_again(
         done = _tillpoint("hub", args[0], "--hub-dir", str(hub_dir), "--store", pg_url, *args[1:])
         assert done.returncode == 0, (args, done.stderr)
     assert "schema_migrations" in _pg_tables(pg_url)
+
+
+# ---------------------------------------- 9. a hub store that is not SQLite at all
+
+
+@pytest.mark.parametrize("command", ["status", "serve"])
+def test_s10_a_hub_store_that_is_not_sqlite_at_all_is_exit_2_untouched(
+    tmp_path: Path, command: str
+) -> None:
+    """CONTRACT §10 (what an operator must mend: exit 2, not restarted for ever). A
+    `hub.db` that is no SQLite file (another program's file, a store named by mistake)
+    was "cannot open the hub database …: file is not a database", exit 1: `hub serve`'s
+    unit restarted for ever. The till's own files say "damaged" (DECISIONS); the hub's
+    store now says what it is, exit 2, the file as it was."""
+    hub_dir = tmp_path / "hub"
+    made = _tillpoint("hub", "init", "--hub-dir", str(hub_dir), "--host", "127.0.0.1")
+    assert made.returncode == 0, made.stderr
+    store = tmp_path / "orders.csv"
+    store.write_text("id,total_minor\n1,17980\n", encoding="utf-8")
+    before = _digest(store)
+    args = ["hub", command, "--hub-dir", str(hub_dir), "--store", str(store)]
+    if command == "serve":
+        args += ["--listen", "127.0.0.1:0"]
+    done = _tillpoint(*args)
+    assert done.returncode == 2, done.stderr
+    line = _one_line(done.stderr)
+    assert "is not an SQLite database" in line and "left as it was" in line, line
+    assert _digest(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "orders.csv"]
