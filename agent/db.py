@@ -372,6 +372,27 @@ def foreign_tables(conn: sqlite3.Connection) -> list[str]:
 HUB_STORE_HINT = "name the hub's own store (--store, TILLPOINT_HUB_STORE or --hub-dir)"
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def refuse_not_sqlite(path: Path) -> None:
+    """ForeignDatabase (exit 2) when the hub's store `path` is a file that is no SQLite
+    database at all (another program's, a path named by mistake): it was "file is not a
+    database", exit 1, and `hub serve`'s unit restarted for ever (review 38, rev38c). The
+    till's own files say "damaged" instead (`DamagedLedger`, `DamagedCache`)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:  # missing (a new store), or unreadable: the open says why
+        return
+    if head and head != SQLITE_HEADER:
+        raise ForeignDatabase(
+            f"{path} is not an SQLite database (it begins {head[:8]!r}): another program's"
+            " file, or a hub database damaged beyond reading; it is left as it was;"
+            f" {HUB_STORE_HINT}, or restore the hub database from its backup"
+        )
+
+
 def refuse_foreign_wal(path: Path, *, hub: bool = False) -> None:
     """`refuse_foreign` of a file with a ``-wal`` beside it (another program in WAL mode
     stopped before its last checkpoint), asked over a read-only connection: the refusing

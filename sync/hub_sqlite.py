@@ -23,6 +23,7 @@ from tillpoint.agent.db import (
     migrate,
     refuse_foreign,
     refuse_foreign_wal,
+    refuse_not_sqlite,
     write_transaction,
 )
 from tillpoint.agent.errors import ForeignDatabase, StorageError
@@ -299,6 +300,7 @@ class SqliteHubStore(SqlHubStore):
         if conn is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                refuse_not_sqlite(self.path)
                 refuse_foreign_wal(self.path, hub=True)  # its -wal not checkpointed
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
