@@ -17,7 +17,16 @@ Faults found (each shown failing first):
 - `/openapi.json`'s int64 digit-string pattern refused `"-0"`/`"-01"`, which the agent
   takes, and took a string past int64, which the agent refuses (400);
 - the snapshot's `holdTtlSeconds: 1.5` was told to "write money in minor units";
-- `print retry` of a job a stop set back said it was "queued and not tried yet".
+- `print retry` of a job a stop set back said it was "queued and not tried yet";
+- the hub's PostgreSQL store at another program's database: `hub init` wrote the hub's
+  tables into it (exit 0), golang-migrate's `schema_migrations` read as "a later
+  release", others failed in PostgreSQL's words, exit 1, `schema_migrations` left;
+- a hub store that is no SQLite file at all: exit 1, `hub serve` restarted for ever.
+
+Found right: a 0-byte file is a new one at every door; a later release's file is exit 2
+and left as it was (ledger, cache, hub store); `localhost`, `[::]` beside `0.0.0.0`,
+`0.0.0.0` beside `127.0.0.1` on one port are one port for two servers; ports past 65535
+refused; `print queue` on another program's file says it has no print queue.
 """
 
 from __future__ import annotations
