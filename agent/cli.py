@@ -995,7 +995,12 @@ def parse_json(
         raise InputError(f"{name}: not valid JSON ({exc})") from None
     except _FloatInJson as exc:  # said again with where the number is: one read more
         where = _float_path(text) if isinstance(text, str) else ""
-        raise InputError(f"{where}: {exc}" if where else str(exc)) from None
+        if not where:
+            raise InputError(str(exc)) from None
+        from .wire import MONEY_ADVICE, whole_number_advice
+
+        said = str(exc).replace(MONEY_ADVICE, whole_number_advice(where))
+        raise InputError(f"{where}: {said}") from None
     except UnicodeDecodeError:
         raise InputError(f"{name}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
@@ -1058,8 +1063,8 @@ def _float_path(text: str) -> str:
 def _no_float(text: str) -> Any:
     what = "is written with an exponent" if "e" in text.lower() else "has a decimal point"
     raise _FloatInJson(
-        f"the number {text} {what}: write money in minor units (whole numbers) and "
-        "quantities as decimal strings"
+        f"the number {text} {what}: write money in minor units (whole numbers) and"
+        " quantities as decimal strings"
     )
 
 

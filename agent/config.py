@@ -51,8 +51,17 @@ class HubSettings(BaseModel):
     address: str = ""  # host:port of the hub; empty: a standalone till (always OFFLINE)
     redeem_timeout_ms: int = Field(300, gt=0, le=60_000)
     call_timeout_ms: int = Field(5000, gt=0, le=600_000)
-    poll_interval_s: float = Field(60, gt=0)
+    # finite and sane: `inf` never polled again, `1e-300` polled in a busy loop, and both
+    # passed `config check` (review 38, rev38c)
+    poll_interval_s: float = Field(60, gt=0, le=86_400, allow_inf_nan=False)
     max_snapshot_mib: int = Field(8192, gt=0)  # a bigger snapshot from the hub is refused
+
+    @field_validator("poll_interval_s")
+    @classmethod
+    def _not_a_busy_loop(cls, value: float) -> float:
+        if value < 0.1:
+            raise ValueError("must be 0.1 or more (seconds between polls)")
+        return value
 
     @field_validator("address")
     @classmethod
@@ -135,9 +144,20 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not is_utf8_text(listen):
         raise ValueError(f"{listen!r}: not UTF-8 text")
     host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
+    if host.startswith("[") != host.endswith("]") or host.count("[") + host.count("]") > 2:
+        # "[::1:8061", "::1]:8061": HTTP bound them, gRPC could not (rev38c)
+        raise ValueError(
+            f"{listen!r}: unbalanced brackets: an IPv6 address goes in brackets, with the"
+            " port: [ADDRESS]:PORT (e.g. [::1]:8061)"
+        )
+    host = host.removeprefix("[").removesuffix("]")
     if not sep or not host:
         raise ValueError(f"{listen!r}: expected HOST:PORT, for example 127.0.0.1:8061")
+    if host == "*":  # no name the system resolves: `run` failed at start (rev38c)
+        raise ValueError(
+            f"{listen!r}: '*' is not an address: write 0.0.0.0 (every IPv4 address) or"
+            " [::] (every address)"
+        )
     if not port.isascii() or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{listen!r}: the port must be a number from 0 to 65535")
     return host, int(port)
@@ -255,22 +275,26 @@ def pinned_listen(address: str) -> str:
     its host when it has several (`localhost`), for grpcio, which binds port 0 address by
     address and leaves out one where the port it got first is another program's (only
     a log line: a POS connecting over ::1 reached that program, review 34). Any other
-    address, or one that cannot be bound now, as it is (the caller's bind says why)."""
+    address as every server reads it (`listen_text`: gRPC could not read
+    "[127.0.0.1]:P" or "::1:P", rev38c), one that cannot be read as it is (the caller's
+    bind says why)."""
     try:
         host, port = split_listen(address)
     except ValueError:
         return address
     if port != 0:
-        return address
+        # as every server reads it: gRPC could not read "[127.0.0.1]:P" or "::1:P",
+        # which `config check`, HTTP and /metrics take (review 38, rev38c)
+        return listen_text(host, port)
     try:
         probes = bind_listeners(host, 0)
     except OSError:
-        return address
+        return listen_text(host, 0)
     picked = int(probes[0].getsockname()[1])
     for probe in probes:
         probe.close()
     if len(probes) == 1:  # one address: grpcio's own pick cannot miss
-        return address
+        return listen_text(host, 0)
     return listen_text(host, picked)
 
 

@@ -341,6 +341,8 @@ def connect(
     connection to a file an earlier one opened (the WAL's checkpointer)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not readonly and not checked:
+            refuse_foreign_wal(path)  # its -wal left as it is: no checkpoint at the close
         if readonly or not create:
             mode = "ro" if readonly else "rw"
             conn = sqlite3.connect(
@@ -397,6 +399,49 @@ def foreign_tables(conn: sqlite3.Connection) -> list[str]:
 
 
 HUB_STORE_HINT = "name the hub's own store (--store, TILLPOINT_HUB_STORE or --hub-dir)"
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def refuse_not_sqlite(path: Path) -> None:
+    """ForeignDatabase (exit 2) when the hub's store `path` is a file that is no SQLite
+    database at all (another program's, a path named by mistake): it was "file is not a
+    database", exit 1, and `hub serve`'s unit restarted for ever (review 38, rev38c). The
+    till's own files say "damaged" instead (`DamagedLedger`, `DamagedCache`)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:  # missing (a new store), or unreadable: the open says why
+        return
+    if head and head != SQLITE_HEADER:
+        raise ForeignDatabase(
+            f"{path} is not an SQLite database (it begins {head[:8]!r}): another program's"
+            " file, or a hub database damaged beyond reading; it is left as it was;"
+            f" {HUB_STORE_HINT}, or restore the hub database from its backup"
+        )
+
+
+def refuse_foreign_wal(path: Path, *, hub: bool = False) -> None:
+    """`refuse_foreign` of a file with a ``-wal`` beside it (another program in WAL mode
+    stopped before its last checkpoint), asked over a read-only connection: the refusing
+    connection, the file's last to close, checkpointed that ``-wal`` into the file and
+    removed it, the file changed under "left as it was" (review 38, rev38c). A file that
+    cannot be read so is left to the connection that follows to say why."""
+    wal = path.with_name(path.name + "-wal")
+    try:
+        if not wal.is_file() or wal.stat().st_size == 0:
+            return
+        probe = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    except (OSError, sqlite3.Error):
+        return
+    try:
+        probe.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        refuse_foreign(probe, path, hub=hub)
+    except sqlite3.Error:
+        pass
+    finally:
+        probe.close()
 
 
 def refuse_foreign(conn: sqlite3.Connection, path: Path | str, *, hub: bool = False) -> None:

@@ -68,7 +68,7 @@ from .config import (
 )
 from .errors import HTTP_STATUS, InputError, TillpointError, edge_of, one_line
 from .limits import TEXT_MAX
-from .models import INT64_TEXT, Receipt, _time_of_a_sale
+from .models import INT64_MAX, INT64_MIN, Receipt, _time_of_a_sale
 from .results import CheckoutResult, json_text
 from .service import MAX_FISCAL_DOCUMENT, Agent
 from .wire import json_of, receipt_from_json, refund_from_json, status_json
@@ -739,15 +739,34 @@ _SCALARS: dict[int, dict[str, Any]] = {
 _INT64_TYPES = frozenset(t for t, schema in _SCALARS.items() if schema.get("format") == "int64")
 
 
+def _at_most(bound: int) -> str:
+    """A regular expression of the digit strings (leading zeros allowed, as `int()` reads
+    them) whose value is at most `bound` (> 9): fewer digits, or as many and not past it
+    digit by digit."""
+    digits = str(bound)
+    forms = [f"[0-9]{{1,{len(digits) - 1}}}"]
+    for i, d in enumerate(digits):
+        low = 1 if i == 0 else 0
+        if int(d) > low:
+            rest = len(digits) - i - 1
+            tail = f"[0-9]{{{rest}}}" if rest else ""
+            forms.append(f"{digits[:i]}[{low}-{int(d) - 1}]{tail}")
+    forms.append(digits)
+    return "0*(?:" + "|".join(forms) + ")"
+
+
 def _int64_text(minimum: int | None) -> dict[str, Any]:
     """An int64 written as a string (proto3 JSON), as the agent reads it (`models._int64`):
-    digits, a minus sign first if any, no blanks or `+`; its `minimum` said as a pattern
-    too (0: no minus; −1: `"-1"` the one negative), as a string has no minimum."""
-    pattern = f"^{INT64_TEXT}$"
+    digits, a minus sign first if any, no blanks or `+`, within int64; its `minimum` said
+    as a pattern too (0: no minus but `"-0"`; −1: `"-1"` the one negative, `"-01"` too), as
+    a string has no minimum. Until review 38 (rev38c) the pattern refused `"-0"` and
+    `"-01"`, which the agent takes, and took a string past int64, which it refuses."""
+    negative = _at_most(-INT64_MIN)  # what may follow the minus sign
     if minimum == 0:
-        pattern = "^[0-9]+$"
+        negative = "0+"
     elif minimum == -1:
-        pattern = "^(-1|[0-9]+)$"
+        negative = "0*[01]"
+    pattern = f"^(?:{_at_most(INT64_MAX)}|-{negative})$"
     return {
         "type": "string",
         "pattern": pattern,

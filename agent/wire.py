@@ -170,6 +170,23 @@ def _fields_of(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
     return found
 
 
+# What an integer field's fraction is told to become: money's words, unless the field's
+# name says what it counts (`holdTtlSeconds: 1.5` was told to "write money in minor
+# units": review 38, rev38c).
+MONEY_ADVICE = "write money in minor units (whole numbers) and quantities as decimal strings"
+_COUNTED = (("seconds", "seconds"), ("days", "days"), ("_s", "seconds"), ("_ms", "milliseconds"))
+
+
+def whole_number_advice(place: str) -> str:
+    """What to write instead of a number with a point in the integer field at `place`
+    (`program.holdTtlSeconds`, `lines[0].priceMinor`)."""
+    name = re.split(r"[.\[]", place)[-1].lower() if place else ""
+    for ending, unit in _COUNTED:
+        if name.endswith(ending):
+            return f"write a whole number of {unit}"
+    return MONEY_ADVICE
+
+
 def _whole_number(place: str, value: Any) -> None:
     """Raise the refusal of `value`, an integer field's value the agent would refuse."""
     if isinstance(value, bool):
@@ -178,8 +195,7 @@ def _whole_number(place: str, value: Any) -> None:
         text = repr(value)
         what = "is written with an exponent" if "e" in text else "has a decimal point"
         raise json_format.ParseError(
-            f"{place}: the number {text} {what}: write money in minor units (whole numbers)"
-            " and quantities as decimal strings"
+            f"{place}: the number {text} {what}: {whole_number_advice(place)}"
         )
     if not isinstance(value, int):  # an int subclass (an IntEnum) is ParseDict's to read
         raise json_format.ParseError(f"{place} must be a whole number")

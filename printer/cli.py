@@ -193,6 +193,13 @@ def _retry(settings: Any, args: argparse.Namespace) -> int:
             "SENDING": "is being sent to the printer now: not queued again",
         }
         for job in list_jobs(_ledger(settings), args.receipt_id):
+            if job["state"] == "PENDING" and job["last_error"]:
+                # tried, and set back to be sent again in full (a stop broke its write
+                # off): not "not tried yet" (review 38, rev38c)
+                raise InputError(
+                    f"the print job of receipt {args.receipt_id} is queued already:"
+                    f" {job['last_error']} (by the running agent, or at its next start)"
+                )
             if job["state"] in doing:
                 raise InputError(
                     f"the print job of receipt {args.receipt_id} {doing[job['state']]}"

@@ -329,6 +329,14 @@ def _cert_hosts(hosts: list[str]) -> None:
             continue
         if not host.strip():
             raise InputError("hub init: --host must not be empty")
+        inner = host.removeprefix("[").removesuffix("]")
+        if inner != host:
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(inner)  # as a listen writes it: the address is fine
+                raise InputError(
+                    f"hub init: --host {host!r}: write the address without brackets"
+                    f" (--host {inner})"
+                )
         if not _CERT_HOST.fullmatch(host):
             written = ""
             with contextlib.suppress(UnicodeError):  # a name in another script: its xn-- form
@@ -361,8 +369,15 @@ def _hub_init(settings: Settings, args: argparse.Namespace) -> int:
                 " (copy server.key and server.pem to every hub server)"
             ),
         )
+    # another program's database (or a later release's) refused before any key is made:
+    # `keys/` was left beside the refused store (review 38, rev38c). A new SQLite file
+    # is made once the keys are (a `hub.db` alone is a hub: `HubDir.exists`).
+    store_first = hub.on_postgres or hub.sqlite_path.exists()
+    if store_first:
+        hub.open_store(migrate=True).close()
     made = hub.init(args.host)
-    hub.open_store(migrate=True).close()
+    if not store_first:
+        hub.open_store(migrate=True).close()
     data = {"hubDir": str(hub.root), "created": made, "caCertificate": str(hub.keys.ca_cert)}
     return _emit(
         args,

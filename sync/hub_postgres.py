@@ -36,7 +36,8 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tillpoint.agent.errors import LaterRelease, StorageError
+from tillpoint.agent.db import HUB_STORE_HINT
+from tillpoint.agent.errors import ForeignDatabase, LaterRelease, StorageError
 from tillpoint.agent.ledger import utc_text
 
 from .hub_import import blocks_of
@@ -477,6 +478,7 @@ def migrate(url: str) -> list[int]:
             # nothing to apply. It read the version beside the first and took the first's
             # exclusive open lock for a serving hub's: refused (review 31, rev31d).
             conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            _refuse_foreign(conn, url)  # before anything is written
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                 " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -514,6 +516,46 @@ def migrate(url: str) -> list[int]:
     return applied
 
 
+def _refuse_foreign(conn: psycopg.Connection[Any], url: str) -> None:
+    """ForeignDatabase (exit 2) when `url` is another program's database: tables in its
+    schema and no ``schema_migrations`` of tillpoint's (its columns, its first step or
+    none yet). A DSN naming such a database got the hub's tables written into it, or was
+    said to be a later release's (golang-migrate's ``schema_migrations``), or failed in
+    PostgreSQL's words, exit 1 (review 38, rev38c). Asked before anything is written; a
+    database shared with tillpoint's own tables is tillpoint's."""
+    tables = [
+        name
+        for (name,) in conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() ORDER BY table_name"
+        )
+    ]
+    if not tables:
+        return
+    if "schema_migrations" in tables:
+        columns = {
+            name
+            for (name,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = 'schema_migrations'"
+            )
+        }
+        if {"version", "name", "applied_at"} <= columns:
+            first = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE version = 1 AND name = %s)"
+                " FROM schema_migrations",
+                (MIGRATIONS[0][1],),
+            ).fetchone()
+            if first is not None and (not first[0] or first[1]):
+                return
+    shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+    raise ForeignDatabase(
+        f"the hub database {_redacted(url)} is another program's PostgreSQL database (its"
+        f" tables: {shown}), not a tillpoint hub database: it is left as it was;"
+        f" {HUB_STORE_HINT}"
+    )
+
+
 def _later_release(url: str, found: int) -> LaterRelease:
     """A database a later release migrated (a downgrade): `hub migrate` cannot help, and
     this release cannot know what the later steps meant (exit 2, not restarted)."""
@@ -528,6 +570,7 @@ def schema_version(url: str) -> int:
     _need_driver()
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            _refuse_foreign(conn, url)
             exists = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
             if exists is None or exists[0] is None:
                 return 0

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
-from tillpoint.agent.db import MigrationSet, migrate, refuse_foreign, write_transaction
+from tillpoint.agent.db import (
+    MigrationSet,
+    migrate,
+    refuse_foreign,
+    refuse_foreign_wal,
+    refuse_not_sqlite,
+    write_transaction,
+)
 from tillpoint.agent.errors import ForeignDatabase, StorageError
 from tillpoint.agent.ledger import utc_text
 
@@ -293,6 +300,8 @@ class SqliteHubStore(SqlHubStore):
         if conn is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                refuse_not_sqlite(self.path)
+                refuse_foreign_wal(self.path, hub=True)  # its -wal not checkpointed
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 refuse_foreign(conn, self.path, hub=True)  # before WAL mode: left as it was

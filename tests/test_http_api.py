@@ -650,9 +650,9 @@ def test_openapi_states_the_limits_the_models_check(client: Client) -> None:
     """A request body openapi.json accepts is one the agent accepts, and the other way
     round (an integrator's audit: limits the models check were missing), but for what
     proto3 JSON also allows, a proto field name (a union of spellings would make a
-    generated client's required fields optional) and an int64 string the pattern does not
-    take (`"-0"`): the agent reads them, the schema does not describe them
-    (`NOT_DESCRIBED`). An int64 as its digit string is described since review 36 (doc36)."""
+    generated client's required fields optional): the agent reads it, the schema does not
+    describe it (`NOT_DESCRIBED`). An int64 as its digit string is described since review
+    36 (doc36), `"-0"` (0) too since review 38 (rev38c)."""
     doc = client.get("/openapi.json").json()
     schemas = doc["components"]["schemas"]
     line = {"sku": "4601234000017", "qty": "1"}
@@ -675,7 +675,7 @@ def test_openapi_states_the_limits_the_models_check(client: Client) -> None:
         ("/v1/quote", quote(6, [{**line, "priceMinor": None, "amountMinor": 5}]), True),
         ("/v1/quote", quote(7, [{**line, "amountMinor": 0}]), True),
         ("/v1/quote", quote(8, [{**line, "price_minor": "8990"}]), NOT_DESCRIBED),
-        ("/v1/quote", quote(9, [{**line, "priceMinor": "-0"}]), NOT_DESCRIBED),
+        ("/v1/quote", quote(9, [{**line, "priceMinor": "-0"}]), True),  # 0 (rev38c)
         ("/v1/quote", quote(10, [{**line, "priceMinor": "-1"}]), False),
         ("/v1/quote", quote(11, [{**line, "priceMinor": " 1"}]), False),
         ("/v1/quote", quote(12, [{**line, "priceMinor": 1, "price_minor": 1}]), False),

@@ -217,7 +217,8 @@ def test_a_requests_int64_is_an_integer_or_its_digit_string_an_answers_an_intege
     ):
         assert line.is_valid({**base, "priceMinor": price}) is valid, price
     whole = _validator(doc, "components/schemas/Receipt")
-    for points, valid in (("-1", True), ("0", True), ("250", True), ("-2", False), ("-0", False)):
+    # "-0" is 0, which the agent takes (review 38, rev38c: the pattern refused it)
+    for points, valid in (("-1", True), ("0", True), ("250", True), ("-2", False), ("-0", True)):
         assert whole.is_valid(receipt("r1", redeemPoints=points)) is valid, points
 
 
