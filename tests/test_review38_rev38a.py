@@ -7,15 +7,22 @@ parts: real SQLite files, real processes on one data directory, real fcntl locks
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
 from tillpoint.agent.hub_turns import HUB_TURNS_FILE, HubTurns
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.server import start_hold_sweeper
+from tillpoint.agent.service import Agent
+
+from .conftest import SteppingClock, snapshot
+from .test_review31_long31 import DEVICE, _sale
+from .test_review37_rev37e import _times
 
 # ---------------------------------------- 1. the lock file deleted while `run` runs
 
@@ -72,5 +79,101 @@ def test_a_lock_file_deleted_while_run_runs_still_gives_turns_across_processes(
             assert not run.start_release("r-1"), "took the turn another process has"
         assert run.start_release("r-1")  # given back: its turn again
         run.end_release("r-1")
+    finally:
+        run.close()
+
+
+# ---------------------------------------- 2. a process started after a step of the clock
+
+
+def _two_tills(tmp_path: Path) -> tuple[SteppingClock, Path]:
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    return clock, tmp_path / "till"
+
+
+def _hold(agent: Agent, rid: str, clock: SteppingClock) -> None:
+    held = agent.hold(receipt_from_json(_sale(rid, clock(), redeemPoints=0)))
+    assert held.state == "HELD"
+
+
+def _expiry(data: Path, rid: str) -> datetime:
+    at, _, state = _times(data)[rid]
+    assert state == "HELD", (rid, state)
+    return datetime.fromisoformat(at)
+
+
+def test_a_process_started_after_a_step_writes_its_hold_on_the_ledgers_time_line(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11 (a hold lives `holdTtlSeconds` of time that passes). NTP steps the
+    wall clock an hour back; before `tillpoint run`'s hold timer comes round (up to 15 s)
+    a one-shot `tillpoint hold` is started and stores its hold. It read the clock at its
+    start as its first reading: no step for it; its hold's expiry was made on the stepped
+    clock, and `run` then followed the step and moved every open hold, that one too: an
+    hour back, its fifteen minutes gone, expired at `run`'s next round while the POS took
+    the payment (rev37e's left item). A process now starts on the time line the ledger
+    records (`device.clock_line`: the clock's offset from the steady clock its hold times
+    were made on, this boot) and follows a step it finds there before it writes. Failed
+    before the fix (the one-shot's hold moved an hour back)."""
+    clock, data = _two_tills(tmp_path)
+    run = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        run.load_snapshot(snapshot())
+        run.sweep_holds()  # run's hold timer: its reading of the clocks
+        _hold(run, "h-1", clock)
+        first = _expiry(data, "h-1")
+        clock.passes(30)
+        clock.stepped(-3600.0)  # NTP: an hour back
+        late = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)  # a one-shot
+        try:
+            _hold(late, "h-2", clock)
+        finally:
+            late.close()
+        written = _expiry(data, "h-2")
+        run.sweep_holds()  # run's timer comes round
+        assert _expiry(data, "h-2") == written, "the late process's hold moved by the step"
+        assert _expiry(data, "h-1") == first - timedelta(hours=1)
+        clock.passes(60)
+        run.sweep_holds()
+        assert _expiry(data, "h-2") == written  # still held, its minutes left
+    finally:
+        run.close()
+
+
+def test_a_step_followed_by_a_process_gone_is_followed_back_by_run(tmp_path: Path) -> None:
+    """CONTRACT §11. NTP steps the clock an hour forward and takes it back again (a bad
+    time source, then a good one) between two rounds of `run`'s hold timer: for `run` no
+    step at all. A one-shot started between the two followed the first (the ledger's open
+    holds moved an hour on) and stored its hold on that line, then exited: no process was
+    left to follow the step back, and every open hold outlived the hub's copy of it by an
+    hour. `run`'s timer now reads the ledger's time line each round and follows what
+    separates it from its clock. Failed before the fix (held an hour too long)."""
+    clock, data = _two_tills(tmp_path)
+    run = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        run.load_snapshot(snapshot())
+        run.sweep_holds()
+        _hold(run, "h-1", clock)
+        first = _expiry(data, "h-1")
+        clock.passes(5)
+        clock.stepped(3600.0)
+        late = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+        try:
+            _hold(late, "h-2", clock)
+        finally:
+            late.close()
+        written = _expiry(data, "h-2")
+        clock.passes(5)
+        clock.stepped(-3600.0)
+        stop = start_hold_sweeper(run, every_s=3600.0, jitter_s=0.0)  # a round at once
+        try:
+            for _ in range(100):
+                if _expiry(data, "h-2") != written:
+                    break
+                threading.Event().wait(0.05)
+        finally:
+            stop()
+        assert _expiry(data, "h-1") == first
+        assert _expiry(data, "h-2") == written - timedelta(hours=1), "held an hour too long"
     finally:
         run.close()
