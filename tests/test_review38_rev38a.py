@@ -7,6 +7,8 @@ parts: real SQLite files, real processes on one data directory, real fcntl locks
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import threading
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 from tillpoint.agent.hub_turns import HUB_TURNS_FILE, HubTurns
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import start_hold_sweeper
@@ -175,5 +178,73 @@ def test_a_step_followed_by_a_process_gone_is_followed_back_by_run(tmp_path: Pat
             stop()
         assert _expiry(data, "h-1") == first
         assert _expiry(data, "h-2") == written - timedelta(hours=1), "held an hour too long"
+    finally:
+        run.close()
+
+
+# ---------------------------------------- 3. a lock file that cannot be the lock file
+
+
+def test_a_lock_file_that_is_a_directory_is_warned_of_not_taken_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CONTRACT §11. A read-only data directory gives turns in this process only, as
+    before review 37 (the lead's call; logged at INFO, it sells nothing there). A
+    `hub_turns.lock` that is a directory (an operator's `mkdir`, a restore gone wrong) in
+    a data directory the till writes in gave the same silently: each process's turns its
+    own, the release race review 37 closed open again, with one INFO line that a till
+    logging at WARNING never shows. It is now a WARNING that names the file and what to
+    do. Failed before the fix (INFO)."""
+    lock = tmp_path / HUB_TURNS_FILE
+    lock.mkdir()
+    with caplog.at_level(logging.INFO, logger="tillpoint.agent.hub_turns"):
+        turns = HubTurns(across=lock)
+    try:
+        warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warned, [r.getMessage() for r in caplog.records]
+        assert str(lock) in warned[0].getMessage()
+        assert "remove it" in warned[0].getMessage()
+        assert turns.start_release("r-1")  # in this process still
+        turns.end_release("r-1")
+    finally:
+        turns.close()
+
+
+def test_a_read_only_data_directory_gives_turns_in_this_process_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CONTRACT §11 (the lead's call, review 37): without a lock file it may make, turns
+    are this process's; said at INFO, not as a fault. Checked, found right."""
+    data = tmp_path / "ro"
+    data.mkdir()
+    data.chmod(0o500)
+    try:
+        if os.access(data / HUB_TURNS_FILE, os.W_OK) or os.geteuid() == 0:
+            pytest.skip("root writes into a read-only directory")
+        with caplog.at_level(logging.INFO, logger="tillpoint.agent.hub_turns"):
+            turns = HubTurns(across=data / HUB_TURNS_FILE)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert turns.start_release("r-1")
+        turns.end_release("r-1")
+        turns.close()
+    finally:
+        data.chmod(0o700)
+
+
+def test_a_lock_file_that_is_a_symlink_gives_turns_on_its_target(tmp_path: Path) -> None:
+    """CONTRACT §11. `hub_turns.lock` a symlink (a data directory laid out with links): every
+    process opens its target, so the turns are shared all the same, and a dangling link's
+    target is made. Checked, found right."""
+    target = tmp_path / "elsewhere" / "turns"
+    target.parent.mkdir()
+    lock = tmp_path / HUB_TURNS_FILE
+    lock.symlink_to(target)
+    run = HubTurns(across=lock)
+    try:
+        assert target.is_file()
+        with _other_process_turn(lock, "r-1"):
+            assert not run.start_release("r-1")
+        assert run.start_release("r-1")
+        run.end_release("r-1")
     finally:
         run.close()
