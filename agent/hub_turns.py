@@ -74,6 +74,8 @@ class _AcrossProcesses:
         self._path = path
         self._fd: int | None = None
         self._file: tuple[int, int] | None = None  # the open file's (st_dev, st_ino)
+        # what was at the path when it could not be opened again (not tried at each turn)
+        self._tried: tuple[int, int] | bool | None = False
         self._held: dict[int, tuple[int, int]] = {}  # byte: (turns on it, its file's fd)
         self._gone: set[int] = set()  # fds of files no longer at the path, bytes locked
         self._mutex = threading.Lock()
@@ -84,7 +86,15 @@ class _AcrossProcesses:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            log.info("hub turns in this process only (%s: %s)", path, exc.strerror or exc)
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # a read-only directory
+                log.info("hub turns in this process only (%s: %s)", path, exc.strerror or exc)
+            else:  # a directory, a loop of links there: the race review 37 closed is open
+                log.warning(
+                    "hub turns in this process only, not across this data directory's"
+                    " processes: %s: %s (remove it: the next tillpoint makes the file)",
+                    path,
+                    exc.strerror or exc,
+                )
             return False
         info = os.fstat(fd)
         self._fd, self._file = fd, (info.st_dev, info.st_ino)
@@ -96,10 +106,12 @@ class _AcrossProcesses:
         assert self._path is not None
         try:
             info = os.stat(self._path)
-            if (info.st_dev, info.st_ino) == self._file:
-                return fd
+            there: tuple[int, int] | None = (info.st_dev, info.st_ino)
         except OSError:
-            pass
+            there = None
+        if there == self._file or there == self._tried:
+            return fd
+        self._tried = there  # tried once (and said why) while the path stays as it is
         if not self._open(self._path):
             return fd  # cannot make it again: the turns on the file this process has
         log.warning("%s was deleted or replaced: turns taken on the file now there", self._path)

@@ -248,3 +248,22 @@ def test_a_lock_file_that_is_a_symlink_gives_turns_on_its_target(tmp_path: Path)
         run.end_release("r-1")
     finally:
         run.close()
+
+
+def test_a_lock_file_replaced_by_a_directory_while_run_runs_keeps_the_open_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CONTRACT §11. Deleted and made a directory while `run` runs: the file `run` has
+    open stays its turns' (warned of once, not at every turn). Checked, found right."""
+    lock = tmp_path / HUB_TURNS_FILE
+    run = HubTurns(across=lock)
+    try:
+        lock.unlink()
+        lock.mkdir()
+        with caplog.at_level(logging.INFO, logger="tillpoint.agent.hub_turns"):
+            for _ in range(3):
+                assert run.start_release("r-1")
+                run.end_release("r-1")
+        assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    finally:
+        run.close()
