@@ -7,6 +7,7 @@ parts: real SQLite files, real processes on one data directory, real fcntl locks
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,13 @@ from tillpoint.agent.hub_turns import HUB_TURNS_FILE, HubTurns
 from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.server import start_hold_sweeper
 from tillpoint.agent.service import Agent
+from tillpoint.sync.loopback import LoopbackHub, receipt
 
-from .conftest import SteppingClock, snapshot
+from .conftest import CLI, SteppingClock, enrolled_till, snapshot
 from .test_review31_long31 import DEVICE, _sale
-from .test_review37_rev37e import _times
+from .test_review35_left35 import ANNA, owed_releases
+from .test_review37_left37 import EXE
+from .test_review37_rev37e import _slow_grants, _times
 
 # ---------------------------------------- 1. the lock file deleted while `run` runs
 
@@ -267,3 +271,49 @@ def test_a_lock_file_replaced_by_a_directory_while_run_runs_keeps_the_open_one(
         assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
     finally:
         run.close()
+
+
+# ---------------------------------------- 4. a process killed in its turn
+
+
+@pytest.mark.slow  # ~6 s: a slow hub's grant, three tillpoint processes
+def test_a_hold_killed_in_its_turn_frees_it_and_the_receipt_is_held_and_released_once(
+    tmp_path: Path,
+    hub: LoopbackHub,
+    cli: CLI,
+    monkeypatch: pytest.MonkeyPatch,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """CONTRACT §9, §11. A one-shot `tillpoint hold` asking a slow hub is killed
+    (SIGKILL: the OOM killer, a POS's watchdog) in its receipt's turn, its request at the
+    hub. The kernel drops its lock with it: the POS's retry of the same receiptId is
+    held at once (ONLINE, the hub's hold replaced, not added to), and its Cancel
+    releases it: the hub holds none of the customer's points, and no call is left owed.
+    Checked, found right."""
+    data = tmp_path / "data"
+    enrolled_till(hub, data, "till-1").stop()
+    asked = _slow_grants(monkeypatch, hub, 1.5)
+    monkeypatch.setenv("TILLPOINT_HUB__REDEEM_TIMEOUT_MS", "10000")
+    body = tmp_path / "sale.json"
+    body.write_text(json.dumps(receipt("r-1", ANNA, redeem=10)), encoding="utf-8")
+    env = {**os.environ, "TILLPOINT_CLI_LOCAL": "1"}
+    hold = subprocess.Popen(
+        [EXE, "--data-dir", str(data), "hold", str(body), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    procs.append(hold)
+    assert asked.wait(30.0), "the hold never asked the hub"
+    hold.kill()
+    hold.communicate(timeout=30)
+    again = cli("hold", str(body), "--json")
+    assert again.code == 0, again.err
+    held = json.loads(again.out)
+    assert (held["state"], held["mode"], held["redeemedPoints"]) == ("HELD", "ONLINE", 10)
+    assert hub.store.balance("c-1", datetime.now(UTC)).held == 10  # one hold, not two
+    done = cli("cancel", "r-1", "--json")
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["state"] == "CANCELLED"
+    assert hub.store.balance("c-1", datetime.now(UTC)).held == 0
+    assert owed_releases(data) == 0
