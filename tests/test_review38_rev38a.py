@@ -3,6 +3,12 @@ record of a step of the wall clock followed once (`device.clock_followed`) read 
 adversarially, and rev37e's two left items closed (CONTRACT §9, §11). Each test marked
 "failed before the fix" did; the others pin what was checked and found right. Real
 parts: real SQLite files, real processes on one data directory, real fcntl locks.
+
+Checked and found right (read, no test of their own): a step made while a turn is held
+(a Hold asking a slow hub) is followed in its transaction before its times are made and
+recorded once (`clock_followed`), whichever process took it; a one-shot that follows a
+step while `run` sweeps waits for SQLite's write lock and then finds it followed; a
+release never waits for a turn (a killed process's byte is free at once, the kernel's).
 """
 
 from __future__ import annotations
