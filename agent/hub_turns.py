@@ -59,19 +59,68 @@ class _AcrossProcesses:
     receipts on one byte only wait for each other). POSIX locks belong to the process, so
     within it the byte is counted (two receipts of one byte, each in its in-process turn)
     and unlocked when the last lets go. Without the file (a read-only data directory) the
-    turns are this process's only, as before review 37."""
+    turns are this process's only, as before review 37.
+
+    The file is the one at the path when a turn is taken: deleted (or replaced) while a
+    process runs, the next turn opens it again (making it), so the processes started since
+    and this one lock one file. Kept open once, `tillpoint run`'s turns stayed on the
+    deleted file while the processes started after it locked a new one: two turns of one
+    receipt at once, silently, until `run` restarted (review 38). A byte locked on the
+    file of before is unlocked there; that file is closed when none is left on it."""
 
     SPAN = 1 << 40  # bytes a receiptId's hash is spread over
 
     def __init__(self, path: Path | None) -> None:
+        self._path = path
         self._fd: int | None = None
-        self._held: dict[int, int] = {}
+        self._file: tuple[int, int] | None = None  # the open file's (st_dev, st_ino)
+        # what was at the path when it could not be opened again (not tried at each turn)
+        self._tried: tuple[int, int] | bool | None = False
+        self._held: dict[int, tuple[int, int]] = {}  # byte: (turns on it, its file's fd)
+        self._gone: set[int] = set()  # fds of files no longer at the path, bytes locked
         self._mutex = threading.Lock()
         if path is not None:
-            try:
-                self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
+            self._open(path)
+
+    def _open(self, path: Path) -> bool:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # a read-only directory
                 log.info("hub turns in this process only (%s: %s)", path, exc.strerror or exc)
+            else:  # a directory, a loop of links there: the race review 37 closed is open
+                log.warning(
+                    "hub turns in this process only, not across this data directory's"
+                    " processes: %s: %s (remove it: the next tillpoint makes the file)",
+                    path,
+                    exc.strerror or exc,
+                )
+            return False
+        info = os.fstat(fd)
+        self._fd, self._file = fd, (info.st_dev, info.st_ino)
+        return True
+
+    def _current(self, fd: int) -> int:
+        """Under `_mutex`: the fd of the file at the path now; `fd` (the open one) unless
+        that file was deleted or replaced since, then the file there (made again)."""
+        assert self._path is not None
+        try:
+            info = os.stat(self._path)
+            there: tuple[int, int] | None = (info.st_dev, info.st_ino)
+        except OSError:
+            there = None
+        if there == self._file or there == self._tried:
+            return fd
+        self._tried = there  # tried once (and said why) while the path stays as it is
+        if not self._open(self._path):
+            return fd  # cannot make it again: the turns on the file this process has
+        log.warning("%s was deleted or replaced: turns taken on the file now there", self._path)
+        if any(on == fd for _, on in self._held.values()):
+            self._gone.add(fd)  # closed when its last byte is unlocked (`give`)
+        else:
+            os.close(fd)
+        assert self._fd is not None
+        return self._fd
 
     def _byte(self, receipt_id: str) -> int:
         digest = hashlib.blake2b(receipt_id.encode("utf-8", "surrogatepass"), digest_size=8)
@@ -86,18 +135,22 @@ class _AcrossProcesses:
         deadline = time.monotonic() + wait_s
         while True:
             with self._mutex:
-                if self._held.get(byte):
-                    self._held[byte] += 1
+                if self._fd is None:  # closed
                     return True
+                held = self._held.get(byte)
+                if held:
+                    self._held[byte] = (held[0] + 1, held[1])
+                    return True
+                fd = self._current(self._fd)
                 try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES):
                         log.warning("hub turn of %s in this process only: %s", receipt_id, exc)
-                        self._held[byte] = 1  # unlocking what was never locked is harmless
+                        self._held[byte] = (1, fd)  # unlocking what was never locked is harmless
                         return True
                 else:
-                    self._held[byte] = 1
+                    self._held[byte] = (1, fd)
                     return True
             if time.monotonic() >= deadline:
                 return False
@@ -108,19 +161,24 @@ class _AcrossProcesses:
             return
         byte = self._byte(receipt_id)
         with self._mutex:
-            left = self._held.get(byte, 0) - 1
-            if left > 0:
-                self._held[byte] = left
+            count, fd = self._held.get(byte, (0, -1))
+            if count > 1:
+                self._held[byte] = (count - 1, fd)
                 return
-            self._held.pop(byte, None)
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
+            if self._held.pop(byte, None) is None:
+                return
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte)
+            if fd in self._gone and all(on != fd for _, on in self._held.values()):
+                self._gone.discard(fd)
+                os.close(fd)
 
     def close(self) -> None:
         with self._mutex:
-            if self._fd is not None:
-                os.close(self._fd)  # every lock of this process on the file goes with it
-                self._fd = None
-                self._held.clear()
+            for fd in {*self._gone, *([] if self._fd is None else [self._fd])}:
+                os.close(fd)  # every lock of this process on the file goes with it
+            self._fd = None
+            self._gone.clear()
+            self._held.clear()
 
 
 class HubTurns:

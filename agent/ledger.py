@@ -2005,10 +2005,41 @@ def due_holds(conn: sqlite3.Connection, now: str) -> list[tuple[str, bool]]:
 # by: the wall clock's offset from the steady clock (seconds; the system's CLOCK_BOOTTIME
 # on Linux, one for every process) before the step and after it.
 CLOCK_FOLLOWED = "clock_followed"
+# The `device` key of the time line the ledger's hold times are on: the boot it is of (the
+# steady clock counts from a boot) and the wall clock's offset from the steady one then.
+CLOCK_LINE = "clock_line"
+
+
+def clock_line(conn: sqlite3.Connection, boot: str) -> float | None:
+    """The wall clock's offset from the steady one (seconds) that the ledger's hold times
+    were last made on, when recorded on this `boot` (another boot's tells nothing: its
+    steady clock counted from another instant)."""
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE,)).fetchone()
+    if row is None:
+        return None
+    was, _, offset = str(row[0]).rpartition(" ")
+    if was != boot:
+        return None
+    try:
+        return float(offset)
+    except ValueError:
+        return None
+
+
+def record_clock_line(conn: sqlite3.Connection, boot: str, offset: float) -> None:
+    """Inside a write transaction: the ledger's hold times are on `offset` (`clock_line`)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
+        (CLOCK_LINE, f"{boot} {offset!r}"),
+    )
 
 
 def follow_clock_step(
-    conn: sqlite3.Connection, step: timedelta, offset: float, tolerance_s: float
+    conn: sqlite3.Connection,
+    step: timedelta,
+    offset: float,
+    tolerance_s: float,
+    boot: str | None = None,
 ) -> bool:
     """Inside a write transaction: move the ledger's hold times by a step of the wall clock
     (`shift_open_holds`) unless another process on this ledger already followed that same
@@ -2018,7 +2049,10 @@ def follow_clock_step(
     the clocks: `tillpoint run` and a one-shot command alive across one step each moved
     the holds by it, twice in all: an hour back, an open hold with its minutes left
     expired at once (review 37, rev37e). Both ends are compared: a step back to where
-    an earlier one went from is another step. False: already followed, nothing moved."""
+    an earlier one went from is another step. False: already followed, nothing moved.
+    Either way the ledger's time line is then `offset` (`record_clock_line`, on `boot`)."""
+    if boot is not None:
+        record_clock_line(conn, boot, offset)
     before = offset - step.total_seconds()
     row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_FOLLOWED,)).fetchone()
     if row is not None:

@@ -311,6 +311,7 @@ def start_hold_sweeper(
             try:
                 # each looks at `stop` between its calls to the hub: a stop waits for the
                 # call on its way, not for all those owed to a slow hub (review 35)
+                agent.keep_clock_line()  # a step another process followed (review 38)
                 agent.sweep_holds(stop)
                 if not stop.is_set():
                     agent.retry_hub_releases(stop)  # those the hub did not get while away

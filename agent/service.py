@@ -146,6 +146,19 @@ def steady_clock() -> float:
 # A wall clock that moved this much more (or less) than the time that passed was stepped
 # (NTP, a wrong RTC set right, an operator): open holds are moved with it (§11).
 CLOCK_STEP_S = 2.0
+# The ledger's time line (`ledger.clock_line`) is written again when the clock's offset
+# has drifted this far from it without a step (NTP slewing the clock: seconds a day).
+CLOCK_LINE_DRIFT_S = 0.5
+
+
+@functools.cache
+def boot_id() -> str | None:
+    """This boot of the system (Linux's `boot_id`): the steady clock (CLOCK_BOOTTIME)
+    counts from it, so an offset of the wall clock from it is of this boot only."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
 
 
 class RedemptionAuthoriser(Protocol):
@@ -398,6 +411,9 @@ class Agent:
         self._one_read = threading.Lock()
         # Coupon codes the till's scanner read for the receipt being rung up (`scan`).
         self.scanned_coupons: list[str] = []
+        # what the steady clock counts from (`keep_clock_line`); None: no steady clock
+        self._boot = self._steady_boot()
+        self.keep_clock_line()  # a step made before this process started, not followed yet
 
     def close(self) -> None:
         self._hub_turns.close()
@@ -821,7 +837,11 @@ class Agent:
             try:
                 with self._write() as conn:
                     moved = ledger.follow_clock_step(
-                        conn, timedelta(seconds=step), self._mark_offset(), CLOCK_STEP_S
+                        conn,
+                        timedelta(seconds=step),
+                        self._mark_offset(),
+                        CLOCK_STEP_S,
+                        self._boot,
                     )
             except StorageError:  # logged by `_write`; the next call tries again
                 self._unfollow(step)
@@ -856,6 +876,62 @@ class Agent:
             if step is not None and not peek:
                 self._steps_taken += 1
         return step
+
+    def _steady_boot(self) -> str | None:
+        """What this process's steady clock counts from: the system's boot (CLOCK_BOOTTIME,
+        every process's); a steady clock given in its place (a test's) is its own."""
+        if self._monotonic is not None:
+            owner = getattr(self._monotonic, "__self__", self._monotonic)
+            return f"given:{os.getpid()}:{id(owner)}"
+        if self.clock is system_clock and getattr(time, "CLOCK_BOOTTIME", None) is not None:
+            return boot_id()
+        return None
+
+    def keep_clock_line(self) -> None:
+        """Take the time line the ledger's hold times are on (`ledger.clock_line`: the
+        wall clock's offset from the steady clock they were made on, this boot) as this
+        process's: a step the ledger has not followed, or followed while this process did
+        not see it, is then this process's next call's to follow (`_follow_clock_step`).
+        At a process's start and at each round of `tillpoint run`'s hold timer.
+
+        A process started after a step of the wall clock that `run` had not followed yet
+        took its first reading as no step, made its hold's expiry on the stepped clock,
+        and `run` then moved that hold by the step with the others (an hour back: expired
+        at once; an hour forward, the new process itself expired every open hold); and a
+        step there and back between two rounds of `run`, the first followed by a process
+        gone since, was no step for `run`: every hold an hour too long (review 38). The
+        line is recorded when there is none of this boot and when the clock has drifted
+        from it (`CLOCK_LINE_DRIFT_S`) with no step to follow."""
+        boot = self._boot
+        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
+        if boot is None or steady is None:
+            return
+        with self._lock:
+            try:
+                line = ledger.clock_line(self._ledger, boot)
+            except sqlite3.Error:
+                return
+            with self._mark_lock:
+                wall, passed = self.clock(), steady()
+                offset = wall.timestamp() - passed
+                mark = self._clock_mark
+                ours = offset if mark is None else mark[0].timestamp() - mark[1]
+                if line is not None and abs(ours - line) >= CLOCK_STEP_S:
+                    # the open holds are on the ledger's line: a step from it is ours to follow
+                    base = wall if mark is None else mark[0]
+                    since = passed if mark is None else mark[1]
+                    self._clock_mark = (base - timedelta(seconds=ours - line), since)
+                    return
+            if abs(offset - ours) >= CLOCK_STEP_S:
+                return  # a step this process has to follow records the line with it
+            if line is not None and abs(offset - line) < CLOCK_LINE_DRIFT_S:
+                return
+            try:
+                with write_transaction(self._ledger, "ledger") as conn:
+                    if ledger.clock_line(conn, boot) == line:  # no other process's meanwhile
+                        ledger.record_clock_line(conn, boot, offset)
+            except (StorageError, sqlite3.Error) as exc:  # read-only: the next round
+                log.debug("the ledger's time line not recorded: %s", exc)
 
     def _mark_offset(self) -> float:
         """The wall clock less the steady one at the last reading (`_take_clock_step`'s
@@ -909,7 +985,7 @@ class Agent:
             return
         # (moved once for all the processes on the ledger: `ledger.follow_clock_step`)
         moved = ledger.follow_clock_step(
-            self._ledger, timedelta(seconds=step), self._mark_offset(), CLOCK_STEP_S
+            self._ledger, timedelta(seconds=step), self._mark_offset(), CLOCK_STEP_S, self._boot
         )
         # a transaction may follow two steps (a Checkout's hold, then its confirm): all
         # are given back if it rolls back

@@ -173,8 +173,9 @@ def test_one_step_of_the_wall_clock_moves_the_holds_once_for_two_processes(
 def test_a_step_back_to_where_an_earlier_step_went_is_followed_again(tmp_path: Path) -> None:
     """CONTRACT §11. What the ledger records of a step followed (`clock_followed`) tells
     the same step seen by another process from a later one: here the clock is stepped an
-    hour forward (followed), then set ten minutes on while no till runs (a restart cannot
-    tell that from time passing), and NTP takes those ten minutes back while a new
+    hour forward (followed), then set ten minutes on while no till runs (since review 38
+    the next process follows that at its start, the ledger's time line of this boot),
+    and NTP takes those ten minutes back while a new
     process runs, its hold made on the clock of before. The clock's offset ends where the
     first step left it; that second step is still this process's to follow, or its hold
     keeps ten minutes more than the hub's copy. Checked, found right."""
@@ -193,7 +194,7 @@ def test_a_step_back_to_where_an_earlier_step_went_is_followed_again(tmp_path: P
         first.sweep_holds()  # followed: recorded
     finally:
         first.close()
-    clock.stepped(600.0)  # no till running: not a step for anyone
+    clock.stepped(600.0)  # no till running (followed at the next start, review 38)
     again = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
     try:
         again.sweep_holds()
