@@ -196,6 +196,9 @@ NOT_FOR_A_ONE_SHOT = (
     "tillpoint.printer.config",
     "tillpoint.printer.queue",
     "tillpoint.printer.transport",
+    # pydantic's plugin loader's, with plugins disabled (`cli._no_pydantic_plugin_loader`)
+    "importlib.metadata",
+    "email",
 )
 
 
@@ -244,3 +247,43 @@ def test_a_one_shot_imports_only_what_it_needs(tmp_path: Path, command: str) -> 
         if name == unwanted or name.startswith(unwanted + ".")
     )
     assert found == []
+
+
+def test_the_plugin_loader_given_in_its_place_answers_as_pydantic_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With every plugin disabled, pydantic's loader answers "none"; the CLI's stand-in
+    (which spares importlib.metadata) answers the same, and is put in place only then."""
+    import types
+
+    from pydantic.plugin import _loader
+    from tillpoint.agent import cli
+
+    for value in ("__all__", "1", "true"):
+        monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", value)
+        assert tuple(_loader.get_plugins()) == ()
+    monkeypatch.delitem(sys.modules, "pydantic.plugin._loader")
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "")  # an operator's: plugins load
+    cli._no_pydantic_plugin_loader()
+    assert "pydantic.plugin._loader" not in sys.modules
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    cli._no_pydantic_plugin_loader()
+    stand_in = sys.modules["pydantic.plugin._loader"]
+    assert isinstance(stand_in, types.ModuleType) and stand_in is not _loader
+    assert tuple(stand_in.get_plugins()) == ()
+
+
+def test_an_operator_who_lets_pydantic_plugins_load_gets_pydantic_own_loader(
+    tmp_path: Path,
+) -> None:
+    """PYDANTIC_DISABLE_PLUGINS set outside (empty: every plugin loads) is kept: pydantic's
+    own loader runs, importlib.metadata with it (docs/DECISIONS.md, review 38)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env.update(TILLPOINT_DATA_DIR=str(tmp_path / "data"), TILLPOINT_DEVICE_ID="till-1")
+    sale = tmp_path / "receipt.json"
+    sale.write_text(json.dumps(receipt("r-38")))
+    names, run = _imported(["quote", str(sale)], {**env, "PYDANTIC_DISABLE_PLUGINS": ""})
+    assert run.returncode == 2 and "no snapshot loaded" in run.stderr  # validated first
+    assert "importlib.metadata" in names
+    names, run = _imported(["quote", str(sale)], env)
+    assert run.returncode == 2 and "importlib.metadata" not in names
