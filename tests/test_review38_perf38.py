@@ -192,6 +192,7 @@ NOT_FOR_A_ONE_SHOT = (
     "tillpoint.sync.pull",
     "tillpoint.sync.push",
     "tillpoint.sync.pki",
+    "tillpoint.sync.signing",
     # a till without devices (the test's: no [printer] table) needs no device code at all
     "tillpoint.printer.config",
     "tillpoint.printer.queue",
@@ -224,29 +225,52 @@ def _imported(
 
 @pytest.mark.parametrize("command", ["quote", "checkout"])
 def test_a_one_shot_imports_only_what_it_needs(tmp_path: Path, command: str) -> None:
-    """CONTRACT §10 (the CLI, one call a process): a one-shot quote or checkout with a
-    POS's usual environment (TILLPOINT_DATA_DIR, TILLPOINT_DEVICE_ID) imports none of
-    NOT_FOR_A_ONE_SHOT, so a later change cannot quietly bring them back (docs/
-    PERFORMANCE.md, "A one-shot CLI call's start")."""
+    """CONTRACT §10 (the CLI, one call a process): a one-shot `snapshot load`, quote or
+    checkout with a POS's usual environment (TILLPOINT_DATA_DIR, TILLPOINT_DEVICE_ID) on a
+    till without a hub or devices imports none of NOT_FOR_A_ONE_SHOT, so a later change
+    cannot quietly bring them back (docs/PERFORMANCE.md, "A one-shot CLI call's start")."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
     env.update(TILLPOINT_DATA_DIR=str(tmp_path / "data"), TILLPOINT_DEVICE_ID="till-1")
     snap = tmp_path / "snapshot.json"
     snap.write_text(json.dumps(snapshot()))
     sale = tmp_path / "receipt.json"
     sale.write_text(json.dumps(receipt("r-38")))
-    _, loaded = _imported(["snapshot", "load", str(snap)], env)
+    _, loaded = _imported(["snapshot", "load", str(snap)], env)  # a new till's files made
     assert loaded.returncode == 0, loaded.stderr[-500:]
+    # the next plain snapshot on a till not enrolled: no key material, no gRPC
+    snap.write_text(json.dumps(snapshot(version=2)))
+    names, loaded = _imported(["snapshot", "load", str(snap)], env)
+    assert loaded.returncode == 0 and "version 2" in loaded.stdout, loaded.stderr[-500:]
+    # (its new cache file is made through sqlite-utils' migrations, which read the
+    # installed packages' entry points: importlib.metadata is that step's)
+    assert _unwanted(names, NOT_FOR_A_SNAPSHOT_LOAD) == []
     names, run = _imported([command, str(sale), "--json"], env)
     assert run.returncode == 0, run.stderr[-500:]
     assert json.loads(run.stdout)["receiptId"] == "r-38"
     assert "tillpoint.agent.service" in names  # the lines were read
-    found = sorted(
+    assert _unwanted(names) == []
+
+
+NOT_FOR_A_SNAPSHOT_LOAD = (
+    "grpc",
+    "google.protobuf",
+    "asyncio",
+    "pydantic_settings",
+    "cryptography",
+    "tillpoint.sync.pki",
+    "tillpoint.sync.signing",
+    "tillpoint.sync.pull",
+    "tillpoint.sync.client",
+)
+
+
+def _unwanted(names: set[str], unwanted: tuple[str, ...] = NOT_FOR_A_ONE_SHOT) -> list[str]:
+    return sorted(
         name
         for name in names
-        for unwanted in NOT_FOR_A_ONE_SHOT
-        if name == unwanted or name.startswith(unwanted + ".")
+        for prefix in unwanted
+        if name == prefix or name.startswith(prefix + ".")
     )
-    assert found == []
 
 
 def test_the_plugin_loader_given_in_its_place_answers_as_pydantic_own(
@@ -287,3 +311,24 @@ def test_an_operator_who_lets_pydantic_plugins_load_gets_pydantic_own_loader(
     assert "importlib.metadata" in names
     names, run = _imported(["quote", str(sale)], env)
     assert run.returncode == 2 and "importlib.metadata" not in names
+
+
+@pytest.mark.slow
+def test_the_start_up_bench_runs(tmp_path: Path) -> None:
+    """`bench/cli_startup.py` (in `make bench`) runs and writes its JSON: one round of two
+    commands here, nothing timed or asserted of its figures."""
+    out = tmp_path / "cli_startup.json"
+    argv = [sys.executable, "-m", "bench.cli_startup", "--runs", "1", "--json", str(out)]
+    run = subprocess.run(
+        [*argv, "--commands", "quote,status"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert run.returncode == 0, run.stderr[-500:]
+    doc = json.loads(out.read_text())
+    assert set(doc["commands"]) == {"quote", "status"}
+    assert set(doc["floor"]) == {"python -c pass", "python -c 'import pydantic'"}
+    assert doc["commands"]["quote"]["new"]["wall_ms_min"] > 0
+    assert run.stderr == ""  # every command exited 0
