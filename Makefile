@@ -102,13 +102,17 @@ proto-check: $(STAMP)
 demo: $(STAMP) deps-system
 	$(BIN)/tillpoint demo
 
+# bench.cli_startup: a one-shot `tillpoint` call's wall time against `python -c pass` and
+# `python -c 'import pydantic'` (~30 s; 3 rounds in bench-quick).
 bench: $(STAMP) deps-system
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.hub
+	$(BIN)/python -m bench.cli_startup --json bench/results/cli_startup.json
 
 bench-quick: $(STAMP) deps-system
 	$(BIN)/python -m bench.run --quick
 	$(BIN)/python -m bench.hub --quick
+	$(BIN)/python -m bench.cli_startup --runs 3 --json bench/results/cli_startup.json
 
 # Where a quote's and a checkout's CPU goes, by area (docs/PERFORMANCE.md's accounting).
 profile: $(STAMP)

@@ -267,6 +267,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # gRPC's C core logs connection events to stderr; ours go through `logging`.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # tillpoint runs no pydantic plugin: without this pydantic imports importlib.metadata
+    # and reads every installed package's entry points at the first model it builds,
+    # ~10 % of a one-shot call's start (docs/PERFORMANCE.md, review 38). A value set
+    # outside (empty: load them) is kept.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    _no_pydantic_plugin_loader()
     if sys.stderr is None:  # `2>&-`: print(file=None) wrote the error lines to stdout
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's)
     for stream in (sys.stdout, sys.stderr):
@@ -331,6 +337,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if after is not None:  # after the hub link's and the files' closes
             after.end()
+
+
+# What pydantic's plugin loader answers while PYDANTIC_DISABLE_PLUGINS disables them all.
+_PLUGINS_OFF = ("__all__", "1", "true")
+
+
+def _no_pydantic_plugin_loader() -> None:
+    """With pydantic's plugins disabled (`main`), its plugin loader (`pydantic.plugin.
+    _loader`, its one function `get_plugins`, called at every validator built) only
+    answers "none", yet it imports importlib.metadata at its start, and email, zipfile,
+    csv and tempfile under it: ~5 % of a one-shot call's start, for nothing. Given here
+    in its place, answering as it does then (tests/test_review38_perf38.py compares
+    them); a value of the variable that lets any plugin load keeps pydantic's own."""
+    name = "pydantic.plugin._loader"
+    if os.environ.get("PYDANTIC_DISABLE_PLUGINS") not in _PLUGINS_OFF or name in sys.modules:
+        return
+    import types
+
+    loader = types.ModuleType(name, "pydantic's plugin loader with every plugin disabled")
+    loader.get_plugins = lambda: ()  # type: ignore[attr-defined]
+    sys.modules[name] = loader
 
 
 # The committing calls (a sale, a hold, its confirmation or cancel, a refund): from

@@ -20,7 +20,7 @@ import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -32,17 +32,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
+from pydantic._internal._utils import deep_update  # pydantic-settings' own merge
 
 from .errors import InputError
 from .models import describe
 from .paths import default_data_dir
+
+if TYPE_CHECKING:
+    from pydantic_settings import SettingsError
 
 
 class HubSettings(BaseModel):
@@ -652,10 +649,20 @@ def device_id_problem(device_id: str) -> str | None:
     return None
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="TILLPOINT_", env_nested_delimiter="__", extra="forbid"
-    )
+class Settings(BaseModel):
+    """The settings, read as pydantic-settings' `BaseSettings` read them (it was one up to
+    review 38): `Settings(**flags)` takes each setting from the first of the flags, the
+    TILLPOINT_* environment (`TILLPOINT_HUB__ADDRESS` for a table's key, a table or a
+    list as JSON), the TOML file `load` names, the defaults; tables merged key by key.
+    pydantic-settings (and asyncio under it, ~20 % of a one-shot CLI call's start) is
+    imported only for an environment this module does not read itself (`_env_values`)."""
+
+    # BaseSettings' model options: defaults validated too (a host name that cannot be a
+    # device id is refused), unknown keys refused
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**_settings_values(values))
 
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -692,19 +699,6 @@ class Settings(BaseSettings):
     display: dict[str, Any] = Field(default_factory=dict)
     scanner: dict[str, Any] = Field(default_factory=dict)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest first: command-line flags (init values), the environment, the TOML file;
-        # pydantic-settings merges them key by key (nested tables too) over the defaults.
-        return (init_settings, env_settings, _TomlFile(settings_cls, _CONFIG_FILE.get()))
-
 
 # The file `load` reads for the Settings built in this context (None: no file).
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("tillpoint_config_file", default=None)
@@ -739,19 +733,104 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise InputError(f"config {path}: {exc}") from None
 
 
-class _TomlFile(InitSettingsSource):
-    """The config file as a settings source; an unreadable or malformed file is one line.
-    Its values of another TOML type than their setting's are noted (`loose_values`)."""
+def _settings_values(flags: dict[str, Any]) -> dict[str, Any]:
+    """What `Settings(**flags)` validates, as pydantic-settings built it from its sources
+    (highest first: `flags`, the environment, the TOML file of `load`): each source's keys
+    named as the fields (case aside), then merged key by key (nested tables too). The file
+    is read first (an unreadable or malformed one is one line, its loose values noted in
+    `loose_values`), then the environment."""
+    path = _CONFIG_FILE.get()
+    values = read_config_file(path) if path is not None else {}
+    tables = device_models() if any(k in _DEVICE_TABLES for k in values) else None
+    _LOOSE[:] = [f"config {path}: {p}" for p in toml_type_problems(Settings, values, tables)]
+    return deep_update(_by_field_name(values), _env_values(), _by_field_name(flags))
 
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        values = read_config_file(path) if path is not None else {}
-        _LOOSE[:] = [
-            f"config {path}: {p}" for p in toml_type_problems(settings_cls, values, device_models())
-        ]
-        super().__init__(settings_cls, values)
 
-    def __repr__(self) -> str:
-        return "_TomlFile()"
+def _by_field_name(values: dict[str, Any]) -> dict[str, Any]:
+    """pydantic-settings' reading of init values (the flags and the TOML file's tables):
+    a top-level key is a field's whatever its case (`Data_Dir`), the first such key wins
+    and the others are dropped; any other key stays, to be refused as unknown."""
+    named: dict[str, Any] = {}
+    left = dict(values)
+    for field in Settings.model_fields:
+        matched = [key for key in values if key.lower() == field and key in left]
+        if matched:
+            named[field] = values[matched[0]]
+            for key in matched:
+                del left[key]
+    named.update(left)
+    return named
+
+
+_ENV_PREFIX = "TILLPOINT_"
+_DEVICE_TABLES = ("printer", "display", "scanner")
+
+
+def _env_values() -> dict[str, Any]:
+    """The settings the TILLPOINT_* environment sets, as pydantic-settings' environment
+    source reads them (`TILLPOINT_DATA_DIR`, `TILLPOINT_HUB__ADDRESS`, ...). The common
+    case, upper-case names of settings that are text, numbers or booleans, is read here;
+    any other (a table or a list as JSON, a device table's key, a name in lower case)
+    goes to pydantic-settings itself, imported then, so its words and its JSON reading
+    stay the same (tests/test_review38_perf38.py compares the two readings)."""
+    found: dict[str, Any] = {}
+    for key, value in os.environ.items():
+        if not key.upper().startswith(_ENV_PREFIX):
+            continue
+        name = key[len(_ENV_PREFIX) :].lower()
+        where = _env_scalar(name)
+        if where is False:
+            continue  # no setting of that name: pydantic-settings ignores it too
+        if where is None or key != key.upper():
+            return _env_values_by_pydantic_settings()
+        table, field = where
+        if table:
+            found.setdefault(table, {})[field] = value
+        else:
+            found[field] = value
+    return found
+
+
+def _env_scalar(name: str) -> tuple[str, str] | Literal[False] | None:
+    """For `name` (a TILLPOINT_ variable's, prefix off, lower case): (table or "", key)
+    when it sets a setting that is not a table or a list; None when pydantic-settings must
+    read it; False when it names no setting (ignored)."""
+    fields = Settings.model_fields
+    if name in fields:
+        return ("", name) if _is_scalar(fields[name].annotation) else None
+    table, sep, key = name.partition("__")
+    if not sep or table not in fields:
+        return False
+    model = fields[table].annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None  # a device table (a dict): pydantic-settings' reading
+    sub = model.model_fields.get(key)
+    if sub is None or not _is_scalar(sub.annotation):
+        return None  # an unknown key, or a list: pydantic-settings' words
+    return (table, key)
+
+
+def _is_scalar(annotation: Any) -> bool:
+    """A setting pydantic-settings reads from the environment as the text itself."""
+    if get_origin(annotation) is Annotated:
+        return _is_scalar(get_args(annotation)[0])
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in get_args(annotation))
+    return annotation in (str, int, float, bool, Path)
+
+
+def _env_values_by_pydantic_settings() -> dict[str, Any]:
+    """The environment's settings as pydantic-settings' own source reads them (imported
+    here, not at the start of every command)."""
+    from pydantic_settings import EnvSettingsSource
+
+    source = EnvSettingsSource(
+        Settings,  # type: ignore[arg-type]  # a BaseModel: the source reads its fields
+        case_sensitive=False,
+        env_prefix=_ENV_PREFIX,
+        env_nested_delimiter="__",
+    )
+    return source()
 
 
 # The values of the last configuration file read that are not of their setting's TOML type
@@ -970,7 +1049,12 @@ def load(config_file: Path | None = None, **flags: Any) -> Settings:
     except ValidationError as exc:
         where = _source_of(exc, config_file)
         raise InputError(f"config: {describe(exc)}{where}") from None
-    except SettingsError as exc:  # an environment variable that is not what it should be
+    except Exception as exc:
+        # an environment variable that is not what it should be: pydantic-settings' error,
+        # its module imported only when it read the environment (`_env_values`)
+        settings_module = sys.modules.get("pydantic_settings")
+        if settings_module is None or not isinstance(exc, settings_module.SettingsError):
+            raise
         raise InputError(f"config: {_env_problem(exc)}") from None
     finally:
         _CONFIG_FILE.reset(token)

@@ -425,6 +425,9 @@ class Model(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         str_strip_whitespace=False,
+        # a model's validator is built at its first use, not at import: a one-shot CLI
+        # call builds the few it needs (a quote never the snapshot's), docs/PERFORMANCE.md
+        defer_build=True,
     )
 
 

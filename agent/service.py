@@ -2142,14 +2142,15 @@ class Agent:
         """The coupon job, in the receipt's transaction (`payload`: its text, made before
         the transaction). An offer that could not be printed (say, a text too long) fails
         at the print worker: it costs the coupon, never the sale."""
-        from tillpoint.printer.queue import rfc3339
-
         if self.device_kinds.get("printer") == "none":
             # No coupon printer on this till: a job would wait for one forever (the
             # queue's depth growing in `status` and the metrics), and print stale coupons
             # the day one is configured. The offers are still the result's printedOffers
             # (what the contract's pick is) and count for the cooldown.
             return
+        # the print queue (its transports, the ESC/POS layout): only for a till that prints
+        from tillpoint.printer.queue import rfc3339
+
         if payload is None:
             payload = self._print_payload(receipt_id, figures, offers, codes)
         ledger.insert_print_job(self._ledger, receipt_id, rfc3339(now), payload)

@@ -156,7 +156,10 @@ def _check_device(what: str, device: str) -> None:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # built at first use (defer_build): a one-shot CLI call without devices never needs it
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=True, defer_build=True
+    )
 
 
 class PrinterConfig(_Model):

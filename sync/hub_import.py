@@ -477,7 +477,9 @@ class Bulk:
                 out["strict"] = True  # never a JSON number with a fraction, as `_no_float`
             return out
 
-        schema = sort(MODELS[kind].__pydantic_core_schema__)
+        model = MODELS[kind]
+        model.model_rebuild()  # built at first use (`models.Model`'s defer_build)
+        schema = sort(model.__pydantic_core_schema__)
         self.kind = kind
         self.key_field = KEY_FIELD[kind]
         self.validate = SchemaValidator({"type": "list", "items_schema": schema}).validate_json

@@ -9,23 +9,32 @@ are checked: a truncated or damaged file is refused).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import SnapshotRefused
 
-from . import signing
-from .pki import is_enrolled, load_enrollment
-from .pull import cache_version
+from . import ENROLLMENT_DIR, is_enrolled
 from .till import TillAgent
+
+if TYPE_CHECKING:
+    from .pki import Enrollment
+
+# The key material (`pki`, `signing`: cryptography) and the pull's module (gRPC) are
+# imported only for a signed bundle or an enrolled till: a plain snapshot loaded on a
+# standalone till, the common one-shot `snapshot load`, needs none of them (review 38).
 
 
 def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
     """Apply a snapshot file's JSON (already parsed) to the agent's cache."""
-    enrollment = load_enrollment(agent.data_dir)
-    if signing.is_signed_file(doc):
+    enrollment = _enrollment(agent.data_dir)
+    if _signed(doc):
+        from . import signing
+        from .pull import cache_version
+
         payload, signature = signing.from_file(doc)
         if enrollment is None:
             # no key to check the signature with; the declared size and checksum still
@@ -51,6 +60,25 @@ def load_snapshot_file(agent: TillAgent, doc: Any) -> cache_mod.CacheInfo:
         return loaded
     refuse_plain_if_enrolled(agent.data_dir)
     return agent.load_snapshot(doc)
+
+
+def _enrollment(data_dir: Path) -> Enrollment | None:
+    """`pki.load_enrollment`, which finds nothing (and finishes no key set) where the
+    enrolment directory does not exist: pki is not imported then."""
+    if not os.path.lexists(Path(data_dir) / ENROLLMENT_DIR):
+        return None
+    from .pki import load_enrollment
+
+    return load_enrollment(data_dir)
+
+
+def _signed(doc: Any) -> bool:
+    """`signing.is_signed_file`, which only a JSON object with a "format" key can be."""
+    if not (isinstance(doc, dict) and "format" in doc):
+        return False
+    from . import signing
+
+    return signing.is_signed_file(doc)
 
 
 def _forget_landing(data_dir: Path, version: int) -> None:
@@ -84,6 +112,8 @@ def _held_already(data_dir: Path, payload: bytes, current: int) -> bool:
     checked, it only picks the version the check compares with: a header that cannot be
     read is no match (the signature check refuses what is not the hub's)."""
     from tillpoint.agent.models import _timestamp
+
+    from . import signing
 
     if current <= 0:
         return False
