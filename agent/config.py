@@ -32,7 +32,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic._internal._utils import deep_update  # pydantic-settings' own merge
 
 from .errors import InputError
 from .models import describe
@@ -743,7 +742,20 @@ def _settings_values(flags: dict[str, Any]) -> dict[str, Any]:
     values = read_config_file(path) if path is not None else {}
     tables = device_models() if any(k in _DEVICE_TABLES for k in values) else None
     _LOOSE[:] = [f"config {path}: {p}" for p in toml_type_problems(Settings, values, tables)]
-    return deep_update(_by_field_name(values), _env_values(), _by_field_name(flags))
+    return _deep_update(_by_field_name(values), _env_values(), _by_field_name(flags))
+
+
+def _deep_update(mapping: dict[str, Any], *updates: dict[str, Any]) -> dict[str, Any]:
+    """pydantic-settings' merge of its sources (pydantic's private `deep_update`, written
+    out here so no private module is imported): later mappings win, tables merge by key."""
+    merged = dict(mapping)
+    for update in updates:
+        for key, value in update.items():
+            if isinstance(merged.get(key), dict) and isinstance(value, dict):
+                merged[key] = _deep_update(merged[key], value)
+            else:
+                merged[key] = value
+    return merged
 
 
 def _by_field_name(values: dict[str, Any]) -> dict[str, Any]:
