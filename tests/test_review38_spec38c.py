@@ -69,7 +69,7 @@ ROUTES = {
 
 
 def test_the_stories_are_there() -> None:
-    assert len(STORIES) == 2, STORIES
+    assert len(STORIES) == 3, STORIES
 
 
 # ---------------------------------------------------------------- the three doors in one process
@@ -137,6 +137,24 @@ def trace_problems(doc: dict[str, Any]) -> list[str]:
     if sum(line["earnedPoints"] for line in doc["lines"]) + extra != doc["earnedPoints"]:
         out.append("the lines' points and the extra points do not add up to earnedPoints")
     return out
+
+
+def test_the_hand_figures_and_their_traces_add_up() -> None:
+    """The check above, first on the stories' own hand-worked answers (each `expect` that
+    gives a trace with its figures adds up), then on one of them with a figure changed."""
+    checked = 0
+    for file in STORIES:
+        for step in json.loads(file.read_text("utf-8"))["steps"]:
+            expect = step.get("expect") or {}
+            if "trace" in expect and "discountMinor" in expect and "caps" in expect["trace"].get(
+                "redemption", {}
+            ):
+                assert trace_problems(expect) == [], (file.name, step["input"]["receiptId"])
+                checked += 1
+    assert checked >= 7
+    doc = json.loads(STORIES[0].read_text("utf-8"))["steps"][1]["expect"]
+    doc["lines"][2]["discountMinor"] += 1
+    assert trace_problems(doc)
 
 
 # ---------------------------------------------------------------- real `tillpoint run`s
