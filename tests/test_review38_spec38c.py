@@ -100,9 +100,7 @@ def trace_problems(doc: dict[str, Any]) -> list[str]:
     money = {"PERCENT_OFF", "AMOUNT_OFF", "FIXED_PRICE", "QUANTITY_PRICE", "MULTIBUY"}
     receipt_percent = 0
     for line, row in zip(doc["lines"], trace["lines"], strict=True):
-        applied = [
-            o for o in row["offers"] if o["outcome"] == "APPLIED" and o["kind"] in money
-        ]
+        applied = [o for o in row["offers"] if o["outcome"] == "APPLIED" and o["kind"] in money]
         if len(applied) > 1:
             out.append(f"line {row['index']}: two money offers APPLIED: {applied}")
         if applied:
@@ -146,8 +144,10 @@ def test_the_hand_figures_and_their_traces_add_up() -> None:
     for file in STORIES:
         for step in json.loads(file.read_text("utf-8"))["steps"]:
             expect = step.get("expect") or {}
-            if "trace" in expect and "discountMinor" in expect and "caps" in expect["trace"].get(
-                "redemption", {}
+            if (
+                "trace" in expect
+                and "discountMinor" in expect
+                and "caps" in expect["trace"].get("redemption", {})
             ):
                 assert trace_problems(expect) == [], (file.name, step["input"]["receiptId"])
                 checked += 1
@@ -294,3 +294,167 @@ def test_each_story_told_to_real_runs_over_http_and_grpc(
                 )
     assert not problems, "\n".join(problems)
 
+
+# ---------------------------------------------------------------- two tills online, one hub
+
+
+def _master_data() -> dict[str, Any]:
+    """The stories' snapshot as the hub imports it (its sections, no header)."""
+    snap = json.loads(STORIES[1].read_text("utf-8"))["steps"][0]["input"]
+    keys = ("program", "categories", "products", "customers", "cards", "offers", "coupons")
+    return {k: snap[k] for k in keys}
+
+
+@pytest.fixture
+def online(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """A hub holding the stories' data and two enrolled tills, till-1 served over gRPC and
+    till-2 over HTTP (each yielded as a function: call name, body → (status, document))."""
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.sync.loopback import LoopbackHub
+
+    from .conftest import enrolled_till, grpc_served
+
+    hub = LoopbackHub(tmp_path / "hub", data=_master_data())
+    one = enrolled_till(hub, tmp_path / "t1", "till-1")
+    two = enrolled_till(hub, tmp_path / "t2", "till-2")
+    web = HttpServer(two.agent, "127.0.0.1:0")
+    web.start()
+    try:
+        with grpc_served(one.agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.PosAgentStub(ch)
+
+            def by_grpc(call: str, body: dict[str, Any]) -> tuple[str, Any]:
+                method, request_type, _ = GRPC_CALLS[call]
+                try:
+                    reply = getattr(stub, method)(
+                        json_format.ParseDict(body, request_type()), timeout=TIMEOUT
+                    )
+                except grpc.RpcError as exc:
+                    return exc.code().name, None  # type: ignore[attr-defined]
+                doc = json_format.MessageToDict(reply, always_print_fields_with_no_presence=True)
+                return "OK", json.loads(json.dumps(doc), parse_int=int)
+
+            def by_http(call: str, body: dict[str, Any]) -> tuple[str, Any]:
+                status, doc, _ = _post(web.port, ROUTES[call], body)
+                return str(status), doc
+
+            yield by_grpc, by_http
+    finally:
+        web.stop()
+        two.stop()
+        one.stop()
+        hub.stop()
+
+
+def _ints(doc: Any) -> Any:
+    """gRPC's JSON writes int64 as strings: numbers again, to compare with hand figures."""
+    if isinstance(doc, dict):
+        return {k: _ints(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_ints(v) for v in doc]
+    if isinstance(doc, str) and doc.lstrip("-").isdigit():
+        return int(doc)
+    return doc
+
+
+ANNA = "2770000000017"
+BORIS = "2770000000024"
+
+
+def _line(sku: str, qty: str, price: int) -> dict[str, Any]:
+    return {"sku": sku, "qty": qty, "priceMinor": price}
+
+
+@pytest.mark.slow
+def test_two_tills_online_one_code_and_one_balance_with_deals_and_windows(
+    online: tuple[Any, Any],
+) -> None:
+    """CONTRACT §9, §11, §13, §15, §17 online. till-1 holds Анна's a-3 basket with SWEET-ANY
+    (Saturday 10:00, birthday ×3): the hub holds the code and the 70 points. till-2 quotes
+    the same basket under another id: APPLIED (a quote asks the hub nothing, §13's
+    decisions), then checks it out: the hub says the code is used, ALREADY_USED; the
+    re-price without it keeps the hub's grant, 70 (HUB_GRANT binds, not PERCENT's 93):
+    MILK o-morning min(20000, 4000), CHOC 15000 with no offer (one unit, no group); spread
+    70 × (160, 150) / 310 = 36.13, 33.87 → 36, 34; points ×3 at 5 %: 12400 → 18.6, 11600 →
+    17.4: 36, shares 18 + 1 (MILK's .6), 17; + xp-anna 40 = 76; payable 35000 − 4000 −
+    7000 = 24000. till-1 cancels: the code is free; till-2's next sale gets it.
+    Борис on both tills: till-1 holds the b-2 deal basket (144 points, PERCENT), till-2's
+    two cheeses and a milk may redeem floor(90000 × 30 / 10000) = 270 of his 300, but the
+    hub has 300 − 144 = 156 left for him: 156 (HUB_GRANT). The two tills spend 300, no more."""
+    by_grpc, by_http = online
+    basket = [_line("MILK", "2", 10000), _line("CHOC", "1", 15000)]
+    a3 = {
+        "receiptId": "on-a3",
+        "at": "2026-12-05T10:00:00+03:00",
+        "card": ANNA,
+        "lines": basket,
+        "redeemPoints": 100,
+        "coupons": ["SWEET-ANY"],
+        "explain": True,
+    }
+    code, held = by_grpc("hold", a3)
+    assert code == "OK", code
+    held = _ints(held)
+    assert held["mode"] == "ONLINE" and held["state"] == "HELD"
+    assert held["redeemedPoints"] == 70 and held["earnedPoints"] == 64
+    assert held["coupons"] == [{"code": "SWEETANY", "status": "APPLIED", "reason": ""}]
+    assert trace_problems(held) == []
+    caps = {c["name"]: c["points"] for c in held["trace"]["redemption"]["caps"]}
+    assert caps["HUB_GRANT"] == 70 and "OFFLINE_LIMIT" not in caps, caps
+
+    other = {**a3, "receiptId": "on-x1", "at": "2026-12-05T10:05:00+03:00"}
+    status, quoted = by_http("quote", other)
+    assert status == "200" and quoted["coupons"][0]["status"] == "APPLIED", quoted
+    status, sold = by_http("checkout", other)
+    assert status == "200", sold
+    assert sold["mode"] == "ONLINE"
+    assert sold["coupons"] == [{"code": "SWEETANY", "status": "REJECTED", "reason": "ALREADY_USED"}]
+    figures = {
+        k: sold[k]
+        for k in ("totalMinor", "discountMinor", "redeemedPoints", "payableMinor", "earnedPoints")
+    }
+    assert figures == {
+        "totalMinor": 35000,
+        "discountMinor": 4000,
+        "redeemedPoints": 70,
+        "payableMinor": 24000,
+        "earnedPoints": 76,
+    }, sold
+    assert [
+        (x["discountMinor"], x.get("offerId"), x["redeemedMinor"], x["earnedPoints"])
+        for x in sold["lines"]
+    ] == [(4000, "o-morning", 3600, 19), (0, None, 3400, 17)]
+    assert sold["trace"]["redemption"]["boundBy"] == "HUB_GRANT", sold["trace"]["redemption"]
+    assert trace_problems(sold) == []
+
+    code, cancelled = by_grpc("cancel", {"receiptId": "on-a3"})
+    assert code == "OK" and cancelled["state"] == "CANCELLED"
+    status, again = by_http("checkout", {**other, "receiptId": "on-x2"})
+    assert status == "200" and again["coupons"][0]["status"] == "APPLIED", again
+    assert again["lines"][1]["offerId"] == "o-choc-cpn"
+
+    b2 = {
+        "receiptId": "on-b2",
+        "at": "2026-12-07T12:00:00+03:00",
+        "card": BORIS,
+        "lines": [_line("CHOC", "3", 15000), _line("COOKIE", "3", 9000)],
+        "redeemPoints": -1,
+    }
+    code, held_b = by_grpc("hold", b2)
+    assert code == "OK" and _ints(held_b)["redeemedPoints"] == 144, held_b
+    b9 = {
+        "receiptId": "on-b9",
+        "at": "2026-12-07T12:05:00+03:00",
+        "card": BORIS,
+        "explain": True,
+        "lines": [_line("CHEESE", "2", 45000), _line("MILK", "1", 10000)],
+        "redeemPoints": -1,
+    }
+    status, sold_b = by_http("checkout", b9)
+    assert status == "200", sold_b
+    assert sold_b["redeemedPoints"] == 156, sold_b["trace"]["redemption"]
+    assert sold_b["trace"]["redemption"]["boundBy"] == "HUB_GRANT"
+    assert sold_b["heldOut"] == ["o-cheese-ctl"]
+    assert trace_problems(sold_b) == []
+    code, done = by_grpc("confirm", {"receiptId": "on-b2"})
+    assert code == "OK" and _ints(done)["redeemedPoints"] == 144
