@@ -43,8 +43,14 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from .conftest import free_port
-from .test_review35_shape35 import GRPC_CALLS, _body, clean_env, said_at_every_door
-from .test_scenarios import _mismatches
+from .test_review35_shape35 import (
+    GRPC_CALLS,
+    _body,
+    _without_hold_expiry,
+    clean_env,
+    said_at_every_door,
+)
+from .test_scenarios import _argv, _mismatches
 
 __all__ = ["clean_env"]  # a fixture used by name
 
@@ -165,6 +171,7 @@ class Served:
     proc: subprocess.Popen[bytes]
     http: int
     grpc: int
+    data: Path
 
 
 def _env() -> dict[str, str]:
@@ -205,7 +212,7 @@ def _start(where: Path, snap: dict[str, Any]) -> Served:
             raise AssertionError("tillpoint run never served")
         time.sleep(0.05)
     doc = json.loads((data / "serving.json").read_text("utf-8"))
-    return Served(proc, int(doc["port"]), port)
+    return Served(proc, int(doc["port"]), port, data)
 
 
 def _stop(served: Served) -> None:
@@ -218,22 +225,22 @@ def _stop(served: Served) -> None:
 
 
 @pytest.fixture
-def two_runs(
+def runs(
     tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[tuple[dict[str, Any], Served, Served]]:
-    """The story of `request.param` and two `tillpoint run`s with its snapshot loaded."""
+) -> Iterator[tuple[dict[str, Any], Served, Served, Served]]:
+    """The story of `request.param` and three `tillpoint run`s with its snapshot loaded:
+    one for HTTP, one for gRPC, one for the CLI (its commands forwarded to the `run`)."""
     file: Path = request.param
     story = json.loads(file.read_text("utf-8"))
     snap = story["steps"][0]["input"]
-    web = _start(tmp_path / "http", snap)
+    started: list[Served] = []
     try:
-        rpc = _start(tmp_path / "grpc", snap)
-    except BaseException:
-        _stop(web)
-        raise
-    yield story, web, rpc
-    _stop(rpc)
-    _stop(web)
+        for door in ("http", "grpc", "cli"):
+            started.append(_start(tmp_path / door, snap))
+        yield story, started[0], started[1], started[2]
+    finally:
+        for served in reversed(started):
+            _stop(served)
 
 
 def _post(port: int, route: str, body: Any) -> tuple[int, Any, bytes]:
@@ -248,21 +255,23 @@ def _post(port: int, route: str, body: Any) -> tuple[int, Any, bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("two_runs", STORIES, ids=IDS, indirect=True)
-def test_each_story_told_to_real_runs_over_http_and_grpc(
-    two_runs: tuple[dict[str, Any], Served, Served],
+@pytest.mark.parametrize("runs", STORIES, ids=IDS, indirect=True)
+def test_each_story_told_to_real_runs_over_http_grpc_and_the_cli(
+    runs: tuple[dict[str, Any], Served, Served, Served],
 ) -> None:
-    """Each step of the story to one `tillpoint run` over HTTP and to another over gRPC: the
-    `expect` met by the HTTP document, the gRPC answer the same message, the trace adding up
-    (CONTRACT §17), a refused step refused with the status and code CONTRACT §12 maps it to."""
-    story, web, rpc = two_runs
+    """Each step of the story to one `tillpoint run` over HTTP, to another over gRPC and to a
+    third by the `tillpoint` command (forwarded to it): the `expect` met by the HTTP
+    document, the CLI's `--json` byte for byte the HTTP body (CONTRACT §12), the gRPC answer
+    the same message, the trace adding up (CONTRACT §17), a refused step refused with exit 2
+    and the status and code CONTRACT §12 maps it to."""
+    story, web, rpc, cli = runs
     problems: list[str] = []
     with grpc.insecure_channel(f"127.0.0.1:{rpc.grpc}") as channel:
         stub = pb_grpc.PosAgentStub(channel)
         for index, step in enumerate(story["steps"][1:], start=1):
             where = f"step {index} ({step['command']})"
             body = _body(step)
-            status, doc, _ = _post(web.http, ROUTES[step["command"]], body)
+            status, doc, raw = _post(web.http, ROUTES[step["command"]], body)
             method, request_type, _ = GRPC_CALLS[step["command"]]
             try:
                 reply = getattr(stub, method)(
@@ -271,8 +280,12 @@ def test_each_story_told_to_real_runs_over_http_and_grpc(
                 code = "OK"
             except grpc.RpcError as exc:
                 reply, code = None, exc.code().name  # type: ignore[attr-defined]
+            argv = [EXE, *(str(a) for a in _argv(step, cli.data, index))]
+            told = subprocess.run(argv, env=_env(), capture_output=True, timeout=60, check=False)
             expect = step.get("expect")
             if isinstance(expect, dict) and set(expect) == {"exitCode"}:
+                if told.returncode != 2 or told.stdout:
+                    problems.append(f"{where}: CLI exit {told.returncode} {told.stdout!r}")
                 if status != step["httpStatus"] or code != step["grpcCode"]:
                     problems.append(
                         f"{where}: HTTP {status} gRPC {code}, expected "
@@ -282,6 +295,8 @@ def test_each_story_told_to_real_runs_over_http_and_grpc(
             if status != 200 or reply is None:
                 problems.append(f"{where}: HTTP {status} {doc}, gRPC {code}")
                 continue
+            if _without_hold_expiry(told.stdout.decode()) != _without_hold_expiry(raw.decode()):
+                problems.append(f"{where}: CLI {told.stdout!r} != HTTP {raw!r}")
             problems += [f"{where} http: {m}" for m in _mismatches(expect or {}, doc)]
             problems += [f"{where} http: {m}" for m in trace_problems(doc)]
             mine = json_format.ParseDict(doc, type(reply)(), ignore_unknown_fields=False)
