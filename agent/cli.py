@@ -1127,18 +1127,38 @@ def _write_whole(stream: Any, text: str) -> None:
     that returns (the one-shot guard's, `_AfterAnswer`) while the write waits for a slow
     reader made CPython's buffered write give a short count, which its text layer drops:
     a SIGTERM then cut a 200 KB answer to the 64 KiB the pipe took, and the process
-    exited 0 (review 38). A stream without bytes under it (a caller's StringIO) as is."""
+    exited 0 (review 38). Written to the file descriptor itself: a non-blocking stdout
+    (O_NONBLOCK on a pipe the POS shares) that refuses more (EAGAIN) is waited for until
+    its reader takes more (rev38b's loop tried again at once, a spin until the POS read:
+    review 38's rev38f). A stream without a descriptor under it (a caller's StringIO)
+    as is."""
     buffer = getattr(stream, "buffer", None)
-    if buffer is None:
+    try:
+        fd = buffer.fileno() if buffer is not None else None
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        fd = None
+    if fd is None or buffer is None:
         stream.write(text)
         stream.flush()
         return
-    stream.flush()  # what the text layer holds goes first
+    stream.flush()  # what the text layer and the byte buffer hold goes first
     left = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
     while left:
-        written = buffer.write(left)
-        left = left[written if written is not None else 0 :]
-    buffer.flush()
+        try:
+            written = os.write(fd, left)  # EINTR is retried (PEP 475); a short count too
+        except BlockingIOError:
+            _writable(fd)
+            continue
+        left = left[written:]
+
+
+def _writable(fd: int) -> None:
+    """Until `fd` (a non-blocking stdout that refused a write) takes more, or fails."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll()  # POLLERR/POLLHUP too: the next write says what it is
 
 
 class Stdout:

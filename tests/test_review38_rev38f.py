@@ -8,16 +8,24 @@ reference hub on 127.0.0.1, real `tillpoint` processes and pipes.
 
 from __future__ import annotations
 
+import array
+import fcntl
+import json
+import os
 import sqlite3
+import subprocess
+import termios
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from tillpoint.agent.db import connect, write_transaction, writes_until
 from tillpoint.agent.errors import StorageError
 from tillpoint.sync.loopback import LoopbackHub
 
 from .conftest import CLI, enrolled_till, receipt
+from .test_review38_rev38b import EXE, _loaded
 
 # ---------------------------------------- 1. sync now's cut busy wait: its own, per connection
 
@@ -103,3 +111,69 @@ def test_a_hub_in_the_same_process_keeps_its_busy_wait_after_sync_now(
     conns = list(hub.store._all)
     assert conns
     assert {_busy_ms(conn) for conn in conns} == {30_000}
+
+
+# ---------------------------------------- 2. a one-shot's answer to a stdout that is not plain
+
+
+def _cpu_s(pid: int) -> float:
+    """The user and system time `pid` has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pipe_held(proc: subprocess.Popen[bytes], reader: IO[bytes], timeout_s: float = 60) -> None:
+    """Until the pipe `proc` writes its answer to is full (nothing read of it yet)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        waiting = array.array("i", [0])
+        fcntl.ioctl(reader.fileno(), termios.FIONREAD, waiting)
+        if waiting[0] >= 65536:
+            return
+        assert proc.poll() is None, "it ended before its answer filled the pipe"
+        assert time.monotonic() < deadline, "its answer never filled the pipe"
+        time.sleep(0.05)
+
+
+def _big_receipt(tmp_path: Path, rid: str) -> Path:
+    lines = [{"sku": "4601234000017", "qty": "1", "priceMinor": 100 + i} for i in range(400)]
+    path = tmp_path / f"{rid}.json"
+    path.write_text(json.dumps(receipt(rid, lines=lines, explain=True)), encoding="utf-8")
+    return path
+
+
+def test_a_large_answer_to_a_non_blocking_stdout_waits_for_its_reader_without_spinning(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (`--json`: one JSON document on stdout). A POS whose stdout pipe is
+    non-blocking (O_NONBLOCK set on the pipe it shares: node's, a shell's job control),
+    reading slowly: rev38b's loop wrote the answer whole, but each write the full pipe
+    refused (EAGAIN) was tried again at once, tens of thousands of system calls a second,
+    a core of the till spent until the POS read (before rev38b the end of the answer was
+    dropped without a word). Failed before the fix: it waits for the pipe to take more,
+    using no CPU, and the answer arrives whole, exit 0."""
+    env = _loaded(tmp_path)
+    path = _big_receipt(tmp_path, "nb-1")
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+    with os.fdopen(r, "rb") as reader:
+        proc = subprocess.Popen(
+            [EXE, "checkout", str(path), "--json"], env=env, stdout=w, stderr=subprocess.PIPE
+        )
+        os.close(w)
+        try:
+            _pipe_held(proc, reader)
+            before = _cpu_s(proc.pid)
+            time.sleep(1.5)  # the POS not reading yet
+            spent = _cpu_s(proc.pid) - before
+            out = reader.read()
+            err = proc.communicate(timeout=60)[1]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    assert err == b""
+    answer = json.loads(out)
+    assert answer["receiptId"] == "nb-1" and len(answer["lines"]) == 400
+    assert spent < 0.1, spent  # it waited (its spin took 0.3-0.4 s of CPU here)
