@@ -9,23 +9,42 @@ reference hub on 127.0.0.1, real `tillpoint` processes and pipes.
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import termios
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import grpc
+import pytest
 
 from tillpoint.agent.db import connect, write_transaction, writes_until
 from tillpoint.agent.errors import StorageError
+from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 
-from .conftest import CLI, enrolled_till, receipt
-from .test_review38_rev38b import EXE, _loaded
+from .conftest import CLI, RECEIPT_AT, enrolled_till, receipt
+from .test_review33_hold33 import (
+    ANNA,
+    BIG,
+    OFFLINE_LIMIT,
+    late,  # noqa: F401 (its fixture, asked by name)
+)
+from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull
+from .test_review38_rev38b import (
+    EXE,
+    _loaded,
+    _shrinks_owed,
+    _tillpoint_env,
+    hold33_hub_sqlite,
+)
 
 # ---------------------------------------- 1. sync now's cut busy wait: its own, per connection
 
@@ -177,3 +196,89 @@ def test_a_large_answer_to_a_non_blocking_stdout_waits_for_its_reader_without_sp
     answer = json.loads(out)
     assert answer["receiptId"] == "nb-1" and len(answer["lines"]) == 400
     assert spent < 0.1, spent  # it waited (its spin took 0.3-0.4 s of CPU here)
+
+
+# ---------------------------------------- 3. a one-shot hold killed between its answer and its shrink
+
+
+def test_a_one_shot_hold_killed_before_its_shrink_leaves_it_owed_and_sync_now_sends_it(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11 (a late grant's shrink; the calls owed after a one-shot's answer stay
+    owed for the next command when they are not sent). Since rev38b a one-shot `hold`
+    sends its late grant's shrink after its answer: here it is SIGKILLed when the shrink
+    reaches the hub, before the hub works on it. Checked, found right: the POS has its
+    whole answer (HELD, OFFLINE, the offline limit), the hold is stored owing the shrink,
+    and the next `sync now` sends it. Meanwhile the hub holds the whole grant (1,200: it
+    placed it in time, only its answer came late; rev38b's note said "no more than the
+    offline limit", untrue here, now corrected): till b, ONLINE, gets none of Anna's
+    points until the shrink, and never a point twice."""
+    late_grants: threading.Event = request.getfixturevalue("late")
+    hub = hold33_hub_sqlite(tmp_path)
+    data = tmp_path / "data"
+    shrink = HubServicer.ShrinkRedemption
+    shrinks: list[str] = []
+    proc: subprocess.Popen[bytes] | None = None
+
+    def killed_at_shrink(self: Any, req: Any, context: Any) -> Any:
+        shrinks.append(req.receipt_id)
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # the one-shot dies here: this call's work never happens
+            proc.wait()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "its caller is gone")
+        return shrink(self, req, context)
+
+    try:
+        enrolled_till(hub, data, "till-1").stop()
+        b = a_till(hub, tmp_path, "b")
+        assert pull(b).version == 1
+        monkeypatch.setattr(HubServicer, "ShrinkRedemption", killed_at_shrink)
+        hub.restart()
+        doc = {"receiptId": "late-k", "at": RECEIPT_AT, "card": ANNA, "lines": BIG}
+        path = tmp_path / "r.json"
+        path.write_text(
+            json.dumps(doc | {"storeId": "s1", "tillId": "t1", "redeemPoints": -1}),
+            encoding="utf-8",
+        )
+        late_grants.set()
+        proc = subprocess.Popen(
+            [EXE, "hold", str(path), "--json"],
+            env=_tillpoint_env(data),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = proc.communicate(timeout=60)
+        late_grants.clear()
+        assert proc.returncode == -signal.SIGKILL, (proc.returncode, err)
+        assert shrinks == ["late-k"]
+        answer = json.loads(out)  # written whole before the shrink
+        assert (answer["state"], answer["mode"], answer["redeemedPoints"]) == (
+            "HELD",
+            "OFFLINE",
+            OFFLINE_LIMIT,
+        )
+        assert _shrinks_owed(data) == 1
+        # the hub placed its grant in time (only its answer was late): it holds the whole
+        # grant until the shrink comes, never less than the till's hold redeems
+        assert held_for(hub, "c-1") == 1200
+        other = b.agent.checkout(anna_redeems_all("b-1"))
+        assert (other.mode, other.redeemed_points) == ("ONLINE", 0)
+        done = subprocess.run(
+            [EXE, "sync", "now", "--timeout", "10", "--json"],
+            env=_tillpoint_env(data),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        assert json.loads(done.stdout)["hubCallsOwed"] == {"release": 0, "shrink": 0}
+        assert shrinks == ["late-k", "late-k"]
+        assert _shrinks_owed(data) == 0
+        assert held_for(hub, "c-1") == OFFLINE_LIMIT  # the hold's, until its Confirm
+    finally:
+        late_grants.clear()
+        with contextlib.suppress(Exception):
+            b.stop()
+        hub.stop()
