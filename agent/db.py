@@ -280,6 +280,12 @@ def _storage_error(
     return StorageError(f"{message}: {exc}{hint}")
 
 
+def storage_error(conn: sqlite3.Connection, message: str, exc: sqlite3.Error) -> StorageError:
+    """`message: exc` and what explains it, for a write made outside `write_transaction`
+    (`sync now`'s raw state records)."""
+    return _storage_error(conn, message, exc)
+
+
 @contextlib.contextmanager
 def writes_until(deadline: float) -> Iterator[None]:
     """Within it, a write of this thread (`begin_write`) waits for another writer of its

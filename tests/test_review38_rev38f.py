@@ -37,6 +37,7 @@ from .test_review33_hold33 import (
     OFFLINE_LIMIT,
     late,  # noqa: F401 (its fixture, asked by name)
 )
+from .test_review25_ops25 import _without_root_powers
 from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull
 from .test_review38_rev38b import (
     EXE,
@@ -282,3 +283,52 @@ def test_a_one_shot_hold_killed_before_its_shrink_leaves_it_owed_and_sync_now_se
         with contextlib.suppress(Exception):
             b.stop()
         hub.stop()
+
+
+# ---------------------------------------- 4. sync now's stderr when the ledger cannot be written
+
+
+@pytest.mark.parametrize("hub_up", [True, False], ids=["hub-up", "hub-down"])
+def test_sync_now_on_a_ledger_it_may_not_write_says_so_not_an_internal_error(
+    tmp_path: Path, hub: LoopbackHub, hub_up: bool
+) -> None:
+    """CONTRACT §10 (exit 1 for storage, always one line `tillpoint: …`; "internal error"
+    is a bug's). A ledger this process may not write (its mode, a file system remounted
+    read-only; the same path as a full disk's "database or disk is full"): `sync now`
+    with nothing to push wrote the pull's record raw, and rev38b's busy-ledger handler let
+    any error but "locked" go up as it was ("a full disk: its own line"): "tillpoint:
+    internal error: OperationalError: attempt to write a readonly database"; with the hub
+    away, its record of OFFLINE did the same where the line was to say the hub is
+    unreachable. Failed before the fix: the storage line with what explains it, exit 1;
+    the hub's line when the hub is away."""
+    data = tmp_path / "data"
+    enrolled_till(hub, data, "till-1").stop()
+    first = subprocess.run(
+        [EXE, "sync", "now", "--timeout", "10"],
+        env=_tillpoint_env(data),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert first.returncode == 0, first.stderr  # its round done: the next writes the pull's
+    if not hub_up:
+        hub.stop()
+    (data / "ledger.db").chmod(0o444)
+    done = subprocess.run(
+        _without_root_powers([EXE, "sync", "now", "--timeout", "5"]),
+        env=_tillpoint_env(data),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "internal error" not in done.stderr, done.stderr
+    if hub_up:
+        assert done.stderr.startswith("tillpoint: the ledger could not be written"), done.stderr
+        assert "attempt to write a readonly database" in done.stderr, done.stderr
+    else:
+        assert done.stderr.startswith("tillpoint: the hub is unreachable"), done.stderr
