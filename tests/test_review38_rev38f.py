@@ -24,20 +24,19 @@ from typing import IO, Any
 
 import grpc
 import pytest
-
 from tillpoint.agent.db import connect, write_transaction, writes_until
 from tillpoint.agent.errors import StorageError
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 
 from .conftest import CLI, RECEIPT_AT, enrolled_till, receipt
+from .test_review25_ops25 import _without_root_powers
 from .test_review33_hold33 import (
     ANNA,
     BIG,
     OFFLINE_LIMIT,
     late,  # noqa: F401 (its fixture, asked by name)
 )
-from .test_review25_ops25 import _without_root_powers
 from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull
 from .test_review38_rev38b import (
     EXE,
@@ -66,13 +65,12 @@ def test_sync_nows_cut_leaves_each_connection_its_own_busy_wait(tmp_path: Path) 
     short = connect(path)
     short.execute("PRAGMA busy_timeout = 100")
     try:
-        with writes_until(time.monotonic() + 60):
-            with write_transaction(short, "x"):
-                pass
-            assert _busy_ms(short) == 100  # never raised by the cut
-        with writes_until(time.monotonic() - 1):  # its deadline passed: BEGIN waits not
-            with write_transaction(plain, "x"):
-                pass
+        with writes_until(time.monotonic() + 60), write_transaction(short, "x"):
+            pass
+        assert _busy_ms(short) == 100  # never raised by the cut
+        # its deadline passed: BEGIN waits not at all
+        with writes_until(time.monotonic() - 1), write_transaction(plain, "x"):
+            pass
         assert _busy_ms(plain) == 5000  # its own again after the window
     finally:
         plain.close()
@@ -199,7 +197,7 @@ def test_a_large_answer_to_a_non_blocking_stdout_waits_for_its_reader_without_sp
     assert spent < 0.1, spent  # it waited (its spin took 0.3-0.4 s of CPU here)
 
 
-# ---------------------------------------- 3. a one-shot hold killed between its answer and its shrink
+# ---------------------------------------- 3. a one-shot hold killed before its shrink
 
 
 def test_a_one_shot_hold_killed_before_its_shrink_leaves_it_owed_and_sync_now_sends_it(
