@@ -330,3 +330,45 @@ def test_sync_now_on_a_ledger_it_may_not_write_says_so_not_an_internal_error(
         assert "attempt to write a readonly database" in done.stderr, done.stderr
     else:
         assert done.stderr.startswith("tillpoint: the hub is unreachable"), done.stderr
+
+
+@pytest.mark.parametrize("where", ["pipe-closed", "dev-full"])
+def test_a_large_committed_answer_that_stdout_does_not_take_is_one_line_exit_1(
+    tmp_path: Path, where: str
+) -> None:
+    """CONTRACT §10 (a stdout whose reader leaves, or that does not take the answer: one
+    line "the output was cut off …" / "could not be written …", exit 1, what the command
+    did stands). Checked after rev38b's and this review's writes of the whole answer: a
+    200 KB sale's answer to a pipe its reader closes after 10 bytes (EPIPE mid-write), or
+    to /dev/full (ENOSPC), is that one line, no trace, no "Exception ignored" at exit; the
+    sale is stored (found right)."""
+    env = _loaded(tmp_path)
+    rid = f"big-{where}"
+    path = _big_receipt(tmp_path, rid)
+    command = [EXE, "checkout", str(path), "--json"]
+    if where == "dev-full":
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(
+                command, env=env, stdout=full, stderr=subprocess.PIPE, timeout=60, check=False
+            )
+        code, err = done.returncode, done.stderr.decode()
+        said = "tillpoint: the output could not be written: No space left on device"
+    else:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert len(proc.stdout.read(10)) == 10
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+        said = "tillpoint: the output was cut off: its reader (a pipe) closed before the end"
+    assert code == 1, (code, err)
+    assert err.count("\n") == 1 and err.startswith(said), err
+    assert "(what the command did stands)" in err
+    again = subprocess.run(
+        [EXE, "checkout", str(path), "--json"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0 and json.loads(again.stdout)["receiptId"] == rid
