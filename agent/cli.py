@@ -265,7 +265,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # gRPC's C core logs connection events to stderr; ours go through `logging`.
+    # gRPC's C core logs connection events to stderr; ours go through `logging`. (Read by
+    # gRPC at its import, after the command is known: a one-shot's is NONE, below.)
+    grpc_verbosity_set = "GRPC_VERBOSITY" in os.environ
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if sys.stderr is None:  # `2>&-`: print(file=None) wrote the error lines to stdout
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's)
@@ -292,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # below, so a closed or full stdout is worded, not a traceback.
         args = _parse(parser, argv)
         args.process_ends = process_ends
+        if process_ends and not grpc_verbosity_set and args.command not in LONG_LIVED:
+            # a one-shot's stderr is its own lines (CONTRACT §10): the C core's errors
+            # (six lines for a damaged device certificate before every sale, the
+            # command's own line saying it where it matters) are not (review 38, rev38f)
+            os.environ["GRPC_VERBOSITY"] = "NONE"
         if args.command in ANSWER_STANDS:  # `emit` starts it, run here or forwarded
             after = args.after = _AfterAnswer(process_ends=process_ends)
         if args.command is None:  # a usage error: the help on stderr, as argparse's own are
@@ -331,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if after is not None:  # after the hub link's and the files' closes
             after.end()
+
+
+# The commands that serve (and log as configured), or hold a hub and tills of their own:
+# gRPC's C core keeps its ERROR lines there; a one-shot command's are silenced.
+LONG_LIVED = frozenset({"run", "hub", "demo"})
 
 
 # The committing calls (a sale, a hold, its confirmation or cancel, a refund): from

@@ -372,3 +372,36 @@ def test_a_large_committed_answer_that_stdout_does_not_take_is_one_line_exit_1(
         check=False,
     )
     assert again.returncode == 0 and json.loads(again.stdout)["receiptId"] == rid
+
+
+def test_a_damaged_device_certificate_adds_no_grpc_core_lines_to_a_one_shot(
+    tmp_path: Path, hub: LoopbackHub
+) -> None:
+    """CONTRACT §10 (an error is one line on stderr starting `tillpoint: `; a one-shot's
+    warnings too). A till whose `enrollment/device.pem` is damaged (a disk error, a bad
+    copy): each one-shot `quote`, `checkout`, `hold`, `cancel` wrote six lines of gRPC's
+    C core ("E1205 … ssl_transport_security.cc:1558] Invalid cert chain file." …) before
+    its answer, and `sync now` those six before its own line naming the fault and the
+    mend (seven lines). Failed before the fix: a one-shot command (not `run`, `hub`,
+    `demo`) silences the C core unless GRPC_VERBOSITY is set; its own line says it."""
+    data = tmp_path / "data"
+    enrolled_till(hub, data, "till-1").stop()
+    (data / "enrollment" / "device.pem").write_text("garbage\n", encoding="utf-8")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(receipt("cert-1")), encoding="utf-8")
+    env = _tillpoint_env(data)
+    env.pop("GRPC_VERBOSITY", None)
+
+    def tillpoint(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EXE, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    for args in (("quote", str(path)), ("checkout", str(path), "--json")):
+        done = tillpoint(*args)
+        assert done.returncode == 0, done
+        assert done.stderr == "", done.stderr
+    synced = tillpoint("sync", "now", "--timeout", "5")
+    assert synced.returncode == 1
+    assert synced.stderr.count("\n") == 1, synced.stderr
+    assert synced.stderr.startswith("tillpoint: this till's certificate is unreadable")
