@@ -200,6 +200,7 @@ def test_a_large_answer_to_a_non_blocking_stdout_waits_for_its_reader_without_sp
 # ---------------------------------------- 3. a one-shot hold killed before its shrink
 
 
+@pytest.mark.slow  # a hub, two tills, a late grant, two processes: ~8 s
 def test_a_one_shot_hold_killed_before_its_shrink_leaves_it_owed_and_sync_now_sends_it(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -286,6 +287,7 @@ def test_a_one_shot_hold_killed_before_its_shrink_leaves_it_owed_and_sync_now_se
 # ---------------------------------------- 4. sync now's stderr when the ledger cannot be written
 
 
+@pytest.mark.slow  # a hub, two `sync now` processes: ~7-8 s each
 @pytest.mark.parametrize("hub_up", [True, False], ids=["hub-up", "hub-down"])
 def test_sync_now_on_a_ledger_it_may_not_write_says_so_not_an_internal_error(
     tmp_path: Path, hub: LoopbackHub, hub_up: bool
@@ -374,6 +376,7 @@ def test_a_large_committed_answer_that_stdout_does_not_take_is_one_line_exit_1(
     assert again.returncode == 0 and json.loads(again.stdout)["receiptId"] == rid
 
 
+@pytest.mark.slow  # three one-shot processes, each probing a hub it cannot reach: ~10 s
 def test_a_damaged_device_certificate_adds_no_grpc_core_lines_to_a_one_shot(
     tmp_path: Path, hub: LoopbackHub
 ) -> None:
