@@ -265,7 +265,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # gRPC's C core logs connection events to stderr; ours go through `logging`.
+    # gRPC's C core logs connection events to stderr; ours go through `logging`. (Read by
+    # gRPC at its import, after the command is known: a one-shot's is NONE, below.)
+    grpc_verbosity_set = "GRPC_VERBOSITY" in os.environ
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     # tillpoint runs no pydantic plugin: without this pydantic imports importlib.metadata
     # and reads every installed package's entry points at the first model it builds,
@@ -298,6 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # below, so a closed or full stdout is worded, not a traceback.
         args = _parse(parser, argv)
         args.process_ends = process_ends
+        if process_ends and not grpc_verbosity_set and args.command not in LONG_LIVED:
+            # a one-shot's stderr is its own lines (CONTRACT §10): the C core's errors
+            # (six lines for a damaged device certificate before every sale, the
+            # command's own line saying it where it matters) are not (review 38, rev38f)
+            os.environ["GRPC_VERBOSITY"] = "NONE"
         if args.command in ANSWER_STANDS:  # `emit` starts it, run here or forwarded
             after = args.after = _AfterAnswer(process_ends=process_ends)
         if args.command is None:  # a usage error: the help on stderr, as argparse's own are
@@ -358,6 +365,11 @@ def _no_pydantic_plugin_loader() -> None:
     loader = types.ModuleType(name, "pydantic's plugin loader with every plugin disabled")
     loader.get_plugins = lambda: ()  # type: ignore[attr-defined]
     sys.modules[name] = loader
+
+
+# The commands that serve (and log as configured), or hold a hub and tills of their own:
+# gRPC's C core keeps its ERROR lines there; a one-shot command's are silenced.
+LONG_LIVED = frozenset({"run", "hub", "demo"})
 
 
 # The committing calls (a sale, a hold, its confirmation or cancel, a refund): from
@@ -1159,18 +1171,38 @@ def _write_whole(stream: Any, text: str) -> None:
     that returns (the one-shot guard's, `_AfterAnswer`) while the write waits for a slow
     reader made CPython's buffered write give a short count, which its text layer drops:
     a SIGTERM then cut a 200 KB answer to the 64 KiB the pipe took, and the process
-    exited 0 (review 38). A stream without bytes under it (a caller's StringIO) as is."""
+    exited 0 (review 38). Written to the file descriptor itself: a non-blocking stdout
+    (O_NONBLOCK on a pipe the POS shares) that refuses more (EAGAIN) is waited for until
+    its reader takes more (rev38b's loop tried again at once, a spin until the POS read:
+    review 38's rev38f). A stream without a descriptor under it (a caller's StringIO)
+    as is."""
     buffer = getattr(stream, "buffer", None)
-    if buffer is None:
+    try:
+        fd = buffer.fileno() if buffer is not None else None
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        fd = None
+    if fd is None or buffer is None:
         stream.write(text)
         stream.flush()
         return
-    stream.flush()  # what the text layer holds goes first
+    stream.flush()  # what the text layer and the byte buffer hold goes first
     left = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
     while left:
-        written = buffer.write(left)
-        left = left[written if written is not None else 0 :]
-    buffer.flush()
+        try:
+            written = os.write(fd, left)  # EINTR is retried (PEP 475); a short count too
+        except BlockingIOError:
+            _writable(fd)
+            continue
+        left = left[written:]
+
+
+def _writable(fd: int) -> None:
+    """Until `fd` (a non-blocking stdout that refused a write) takes more, or fails."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll()  # POLLERR/POLLHUP too: the next write says what it is
 
 
 class Stdout:

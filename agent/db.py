@@ -22,6 +22,7 @@ holding the ledger's: checkouts keep committing while a snapshot loads.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import logging
 import os
@@ -50,8 +51,12 @@ if TYPE_CHECKING:
 BUSY_TIMEOUT_MS = 5000
 
 # `tillpoint sync now --timeout S`'s deadline (`time.monotonic`), set by `writes_until`:
-# its writes wait no longer than what is left of it for another writer (`begin_write`)
-_writes_until: float | None = None
+# its writes wait no longer than what is left of it for another writer (`begin_write`).
+# The setting thread's own (a context variable, review 38's rev38f: it was the process's,
+# and a hub or agent thread of the same process took the cut too)
+_writes_until: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "tillpoint_writes_until", default=None
+)
 CACHE = "cache.db"
 # A generation of the cache: the snapshot version and a token, never reused, so a stale
 # connection can never pair its -wal or -shm with another file of the same name.
@@ -275,29 +280,46 @@ def _storage_error(
     return StorageError(f"{message}: {exc}{hint}")
 
 
+def storage_error(conn: sqlite3.Connection, message: str, exc: sqlite3.Error) -> StorageError:
+    """`message: exc` and what explains it, for a write made outside `write_transaction`
+    (`sync now`'s raw state records)."""
+    return _storage_error(conn, message, exc)
+
+
 @contextlib.contextmanager
 def writes_until(deadline: float) -> Iterator[None]:
-    """Within it, a write of this process (`begin_write`) waits for another writer of its
-    database no later than `deadline` (`time.monotonic`), nor longer than the busy timeout
-    (`BUSY_TIMEOUT_MS`): `tillpoint sync now --timeout S`, whose one deadline held for
-    every hub call but not for a ledger another process was writing (it waited SQLite's
-    5 s; review 38, rev38b). Not for `run`: its writes wait their 5 s."""
-    global _writes_until
-    before, _writes_until = _writes_until, deadline
+    """Within it, a write of this thread (`begin_write`) waits for another writer of its
+    database no later than `deadline` (`time.monotonic`), nor longer than its connection's
+    own busy timeout: `tillpoint sync now --timeout S`, whose one deadline held for every
+    hub call but not for a ledger another process was writing (it waited SQLite's 5 s;
+    review 38, rev38b). Not for `run`: its writes wait their 5 s; nor for another thread
+    of the process (a hub, an agent: review 38's rev38f)."""
+    token = _writes_until.set(deadline)
     try:
         yield
     finally:
-        _writes_until = before
+        _writes_until.reset(token)
 
 
 def begin_write(conn: sqlite3.Connection) -> None:
     """`BEGIN IMMEDIATE`, waiting for another writer no later than `writes_until`'s
-    deadline when one is set (then not at all once it has passed)."""
-    until = _writes_until
-    if until is not None:
-        left_ms = int(max(0.0, until - time.monotonic()) * 1000)
-        conn.execute(f"PRAGMA busy_timeout = {min(BUSY_TIMEOUT_MS, left_ms)}")
-    conn.execute("BEGIN IMMEDIATE")
+    deadline when one is set (then not at all once it has passed): the connection's busy
+    timeout lowered for that BEGIN only, then set back (rev38b's cut stayed on the
+    connection, and raised a shorter one to 5 s: review 38's rev38f)."""
+    until = _writes_until.get()
+    if until is None:
+        conn.execute("BEGIN IMMEDIATE")
+        return
+    own = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+    left_ms = int(max(0.0, until - time.monotonic()) * 1000)
+    if left_ms >= own:
+        conn.execute("BEGIN IMMEDIATE")
+        return
+    conn.execute(f"PRAGMA busy_timeout = {left_ms}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {own}")
 
 
 @contextlib.contextmanager

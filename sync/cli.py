@@ -1085,6 +1085,7 @@ def _sync_now_by(
 
     import grpc
     from tillpoint.agent.app import cli_agent, sync_link
+    from tillpoint.agent.db import storage_error
     from tillpoint.agent.errors import StorageError
 
     from . import state
@@ -1247,6 +1248,10 @@ def _sync_now_by(
             unwritten.append(("the link's state is not recorded", _ledger_problem(exc)))
     except (StorageError, sqlite3.Error) as exc:
         if left() > 0 or "locked" not in _ledger_problem(exc):  # a full disk: its own line
+            if isinstance(exc, sqlite3.Error):  # a raw write's (the pull's record): worded
+                # as a storage error, with what explains it; it was "internal error:
+                # OperationalError: …" (review 38, rev38f)
+                raise storage_error(pusher.conn, "the ledger could not be written", exc) from None
             raise
         # another process held the ledger up to the deadline (review 38, rev38b)
         raise gave_up(
@@ -1262,7 +1267,10 @@ def _sync_now_by(
                 f"before the hub answered (nothing pushed; {pusher.pending()} transaction(s)"
                 " still in the outbox, sent by `tillpoint run` or the next `sync now`)"
             ) from None
-        state.put(pusher.conn, {"mode": "OFFLINE"})
+        # the hub's line whatever the ledger says (one it may not write, or full: it was
+        # "internal error: OperationalError: …", review 38, rev38f): `status` keeps the old
+        with contextlib.suppress(sqlite3.Error):
+            state.put(pusher.conn, {"mode": "OFFLINE"})
         raise HubUnavailable(link.describe(exc)) from None
     finally:
         pusher.close()
