@@ -926,11 +926,14 @@ class Agent:
                 return  # a step this process has to follow records the line with it
             if line is not None and abs(offset - line) < CLOCK_LINE_DRIFT_S:
                 return
+            # Not waited for: another process in a write transaction (`run`'s Hold asking
+            # the hub in it, up to its deadline) held a one-shot `quote` at its start for
+            # SQLite's busy timeout, 5 s, for a line it does not need (review 38, rev38h).
             try:
-                with write_transaction(self._ledger, "ledger") as conn:
+                with write_transaction(self._ledger, "ledger", wait=False) as conn:
                     if ledger.clock_line(conn, boot) == line:  # no other process's meanwhile
                         ledger.record_clock_line(conn, boot, offset)
-            except (StorageError, sqlite3.Error) as exc:  # read-only: the next round
+            except (StorageError, sqlite3.Error) as exc:  # busy, read-only: the next round
                 log.debug("the ledger's time line not recorded: %s", exc)
 
     def _mark_offset(self) -> float:
