@@ -147,7 +147,8 @@ def steady_clock() -> float:
 # (NTP, a wrong RTC set right, an operator): open holds are moved with it (§11).
 CLOCK_STEP_S = 2.0
 # The ledger's time line (`ledger.clock_line`) is written again when the clock's offset
-# has drifted this far from it without a step (NTP slewing the clock: seconds a day).
+# has drifted this far from it without a step (NTP's small steps, under 2 s each: Linux
+# slews CLOCK_BOOTTIME with the wall clock, so a slew leaves the offset as it is).
 CLOCK_LINE_DRIFT_S = 0.5
 
 
