@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -271,7 +271,9 @@ def test_small_steps_adding_to_two_seconds_while_no_process_ran_are_a_step(
 def _set_line(data: Path, value: str) -> None:
     conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
     try:
-        conn.execute("INSERT OR REPLACE INTO device (key, value) VALUES ('clock_line', ?)", (value,))
+        conn.execute(
+            "INSERT OR REPLACE INTO device (key, value) VALUES ('clock_line', ?)", (value,)
+        )
     finally:
         conn.close()
 
