@@ -301,17 +301,18 @@ def writes_until(deadline: float) -> Iterator[None]:
         _writes_until.reset(token)
 
 
-def begin_write(conn: sqlite3.Connection) -> None:
+def begin_write(conn: sqlite3.Connection, *, wait: bool = True) -> None:
     """`BEGIN IMMEDIATE`, waiting for another writer no later than `writes_until`'s
     deadline when one is set (then not at all once it has passed): the connection's busy
     timeout lowered for that BEGIN only, then set back (rev38b's cut stayed on the
-    connection, and raised a shorter one to 5 s: review 38's rev38f)."""
+    connection, and raised a shorter one to 5 s: review 38's rev38f). `wait=False`: not
+    at all (a write that may as well be left to the next call: SQLITE_BUSY at once)."""
     until = _writes_until.get()
-    if until is None:
+    if wait and until is None:
         conn.execute("BEGIN IMMEDIATE")
         return
     own = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
-    left_ms = int(max(0.0, until - time.monotonic()) * 1000)
+    left_ms = int(max(0.0, until - time.monotonic()) * 1000) if wait and until is not None else 0
     if left_ms >= own:
         conn.execute("BEGIN IMMEDIATE")
         return
@@ -323,15 +324,18 @@ def begin_write(conn: sqlite3.Connection) -> None:
 
 
 @contextlib.contextmanager
-def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
+def write_transaction(
+    conn: sqlite3.Connection, what: str, *, wait: bool = True
+) -> Iterator[sqlite3.Connection]:
     """One `BEGIN IMMEDIATE` write transaction on an autocommit connection.
 
     Anything raised inside rolls all of it back; SQLite's own errors (busy, disk full,
     a constraint) come out as one StorageError naming `what`, so callers see a readable
-    refusal and know that nothing was stored.
+    refusal and know that nothing was stored. `wait=False`: another writer's transaction
+    is not waited for (`begin_write`), refused busy at once.
     """
     try:
-        begin_write(conn)
+        begin_write(conn, wait=wait)
     except sqlite3.Error as exc:
         raise _storage_error(conn, f"the {what} is busy or unavailable", exc) from None
     unwritten = f"the {what} could not be written, nothing was stored"

@@ -77,7 +77,8 @@ class _AcrossProcesses:
         # what was at the path when it could not be opened again (not tried at each turn)
         self._tried: tuple[int, int] | bool | None = False
         self._held: dict[int, tuple[int, int]] = {}  # byte: (turns on it, its file's fd)
-        self._gone: set[int] = set()  # fds of files no longer at the path, bytes locked
+        # fds of files no longer at the path, bytes locked on them: their (st_dev, st_ino)
+        self._gone: dict[int, tuple[int, int]] = {}
         self._mutex = threading.Lock()
         if path is not None:
             self._open(path)
@@ -112,11 +113,22 @@ class _AcrossProcesses:
         if there == self._file or there == self._tried:
             return fd
         self._tried = there  # tried once (and said why) while the path stays as it is
-        if not self._open(self._path):
+        # A file of before put back at the path (moved aside and back, a link turned back
+        # to it) while a turn is held on it: its open fd again, never a second one. POSIX
+        # drops all of a process's locks on a file at the close of any fd of it: the first
+        # turn's end closed the old fd and with it the byte the later turn had locked on
+        # the second (review 38, rev38h).
+        was = self._file
+        back = next((on for on, file in self._gone.items() if file == there), None)
+        if back is not None:
+            del self._gone[back]
+            self._fd, self._file = back, there
+        elif not self._open(self._path):
             return fd  # cannot make it again: the turns on the file this process has
         log.warning("%s was deleted or replaced: turns taken on the file now there", self._path)
         if any(on == fd for _, on in self._held.values()):
-            self._gone.add(fd)  # closed when its last byte is unlocked (`give`)
+            assert was is not None
+            self._gone[fd] = was  # closed when its last byte is unlocked (`give`)
         else:
             os.close(fd)
         assert self._fd is not None
@@ -169,7 +181,7 @@ class _AcrossProcesses:
                 return
             fcntl.lockf(fd, fcntl.LOCK_UN, 1, byte)
             if fd in self._gone and all(on != fd for _, on in self._held.values()):
-                self._gone.discard(fd)
+                del self._gone[fd]
                 os.close(fd)
 
     def close(self) -> None:

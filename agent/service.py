@@ -147,7 +147,8 @@ def steady_clock() -> float:
 # (NTP, a wrong RTC set right, an operator): open holds are moved with it (§11).
 CLOCK_STEP_S = 2.0
 # The ledger's time line (`ledger.clock_line`) is written again when the clock's offset
-# has drifted this far from it without a step (NTP slewing the clock: seconds a day).
+# has drifted this far from it without a step (NTP's small steps, under 2 s each: Linux
+# slews CLOCK_BOOTTIME with the wall clock, so a slew leaves the offset as it is).
 CLOCK_LINE_DRIFT_S = 0.5
 
 
@@ -926,11 +927,14 @@ class Agent:
                 return  # a step this process has to follow records the line with it
             if line is not None and abs(offset - line) < CLOCK_LINE_DRIFT_S:
                 return
+            # Not waited for: another process in a write transaction (`run`'s Hold asking
+            # the hub in it, up to its deadline) held a one-shot `quote` at its start for
+            # SQLite's busy timeout, 5 s, for a line it does not need (review 38, rev38h).
             try:
-                with write_transaction(self._ledger, "ledger") as conn:
+                with write_transaction(self._ledger, "ledger", wait=False) as conn:
                     if ledger.clock_line(conn, boot) == line:  # no other process's meanwhile
                         ledger.record_clock_line(conn, boot, offset)
-            except (StorageError, sqlite3.Error) as exc:  # read-only: the next round
+            except (StorageError, sqlite3.Error) as exc:  # busy, read-only: the next round
                 log.debug("the ledger's time line not recorded: %s", exc)
 
     def _mark_offset(self) -> float:
