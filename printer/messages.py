@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import unicodedata
 from collections.abc import Sequence
 
 from tillpoint.printer.text import clean, fit, format_money
@@ -58,12 +59,25 @@ def first_name_only(name: str | None) -> str:
     if not name:
         return ""
     words = clean(name.translate(_ZERO_WIDTH_BREAKS)).split()
-    return words[0] if words else ""
+    # a word of combining marks only is no name: a display without them showed ",
+    # добрый день!" (review 38, rev38g)
+    return next((word for word in words if _columns(word)), "")
+
+
+# a combining mark, or an enclosing one: what `printer.text` drops when the page lacks it
+_MARKS = ("Mn", "Me")
+
+
+def _columns(text: str) -> int:
+    """The columns `text` takes on a display or the paper once the accents the code page
+    lacks are dropped (`printer.text`, rule 3): a stress mark over "а́" is none. It was
+    counted, and "Ната́ша, добрый день!" (20 columns) lost its name (review 38, rev38g)."""
+    return sum(1 for ch in text if unicodedata.category(ch) not in _MARKS)
 
 
 def _first_fitting(candidates: Sequence[str], width: int) -> str:
     for text in candidates:
-        if len(text) <= width:
+        if _columns(text) <= width:
             return text
     return fit(candidates[-1], width) if candidates else ""
 
@@ -103,7 +117,7 @@ def greeting(
     name = first_name_only(first_name)
     if balance_points is not None:
         lines = [line1, _labelled(["Бонусы", "Б"], _points(balance_points), WIDTH)]
-    elif name and name not in line1 and len(name) + 1 <= WIDTH:
+    elif name and name not in line1 and _columns(name) + 1 <= WIDTH:
         lines = [_first_fitting(["Добрый день,"], WIDTH), f"{name}!"]
     else:
         lines = [line1, ""]
