@@ -284,7 +284,9 @@ def test_s10_a_one_shot_beside_a_live_agent_reads_its_unchecked_wal_and_leaves_i
         writer.execute("BEGIN IMMEDIATE")  # another writer, mid-transaction
         try:
             done = _tillpoint(
-                "status", "--json", env={"TILLPOINT_DATA_DIR": str(data), "TILLPOINT_CLI_LOCAL": "1"}
+                "status",
+                "--json",
+                env={"TILLPOINT_DATA_DIR": str(data), "TILLPOINT_CLI_LOCAL": "1"},
             )
         finally:
             writer.execute("ROLLBACK")
