@@ -54,30 +54,30 @@ _ZERO_WIDTH_BREAKS = str.maketrans({"\u200b": " ", "\u180e": " "})
 
 def first_name_only(name: str | None) -> str:
     """The first word of a first name; "" when there is none. "Анна Петровна" → "Анна",
-    "Анна\u200bМария" → "Анна"; control and format characters never reach a display or
-    the paper."""
+    "Анна\u200bМария" → "Анна", "Ната\u0301ша" → "Наташа"; control and format characters
+    never reach a display or the paper."""
     if not name:
         return ""
     words = clean(name.translate(_ZERO_WIDTH_BREAKS)).split()
-    # a word of combining marks only is no name: a display without them showed ",
-    # добрый день!" (review 38, rev38g)
-    return next((word for word in words if _columns(word)), "")
+    # Without the combining marks left after NFC (a stress mark over "а́", which has no
+    # composed letter): the display and the paper drop them (`printer.text`, rule 3), and
+    # counted as a column each the mark cost "Ната́ша, добрый день!" its name, 20 columns
+    # on the display; a word of marks only is no name (it showed ", добрый день!").
+    # Every line stays at most its width in characters, the answer's too (review 38, rev38g).
+    for word in words:
+        letters = "".join(ch for ch in word if unicodedata.category(ch) not in _MARKS)
+        if letters:
+            return letters
+    return ""
 
 
 # a combining mark, or an enclosing one: what `printer.text` drops when the page lacks it
 _MARKS = ("Mn", "Me")
 
 
-def _columns(text: str) -> int:
-    """The columns `text` takes on a display or the paper once the accents the code page
-    lacks are dropped (`printer.text`, rule 3): a stress mark over "а́" is none. It was
-    counted, and "Ната́ша, добрый день!" (20 columns) lost its name (review 38, rev38g)."""
-    return sum(1 for ch in text if unicodedata.category(ch) not in _MARKS)
-
-
 def _first_fitting(candidates: Sequence[str], width: int) -> str:
     for text in candidates:
-        if _columns(text) <= width:
+        if len(text) <= width:
             return text
     return fit(candidates[-1], width) if candidates else ""
 
@@ -117,7 +117,7 @@ def greeting(
     name = first_name_only(first_name)
     if balance_points is not None:
         lines = [line1, _labelled(["Бонусы", "Б"], _points(balance_points), WIDTH)]
-    elif name and name not in line1 and _columns(name) + 1 <= WIDTH:
+    elif name and name not in line1 and len(name) + 1 <= WIDTH:
         lines = [_first_fitting(["Добрый день,"], WIDTH), f"{name}!"]
     else:
         lines = [line1, ""]
