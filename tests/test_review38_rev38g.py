@@ -17,7 +17,8 @@ Faults found (each shown failing first):
 - a refused `ledger.db` (another program's, or no SQLite file) got `cache.db` and
   `phone.key` made beside it before the refusal.
 
-Found right: a one-shot beside a live agent whose ledger has an unchecked `-wal` reads
+Found right: a PostgreSQL hub database of the first release is upgraded, not refused; a
+one-shot beside a live agent whose ledger has an unchecked `-wal` reads
 the latest sale, does not wait for a writer, leaves the `-wal` as it was; a stress mark
 is dropped on every Cyrillic code page and with the transliteration on Latin ones;
 every listen form `config check` takes is handed to gRPC in the form HTTP binds.
@@ -300,3 +301,35 @@ def test_s10_a_one_shot_beside_a_live_agent_reads_its_unchecked_wal_and_leaves_i
         assert again.receipt_id == "r2"
     finally:
         agent.close()
+
+
+# ---------------------------------------- 6. the PostgreSQL check on an older hub database
+
+
+def test_s10_a_postgres_hub_database_of_the_first_release_is_upgraded_not_refused(
+    pg_url: str,
+) -> None:
+    """Found right: rev38c's `_refuse_foreign` asks for tillpoint's `schema_migrations`
+    (three columns, step 1 `hub`). A hub database the first PostgreSQL release made
+    (2026-11-30: step 1 only, its `schema_migrations` the same) is tillpoint's: `hub
+    migrate` brings it up to date, and the store opens it."""
+    import psycopg
+    from tillpoint.sync.hub_postgres import MIGRATIONS, SCHEMA_VERSION, PostgresHubStore, migrate
+
+    number, name, sql = MIGRATIONS[0]
+    with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as conn:
+        # what the first release's `migrate` wrote, step by step
+        conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY,"
+            " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        conn.execute(sql.encode())
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (number, name)
+        )
+    applied = migrate(pg_url)
+    assert applied == [n for n, _, _ in MIGRATIONS[1:]]
+    PostgresHubStore(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as conn:
+        found = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    assert found is not None and found[0] == SCHEMA_VERSION
