@@ -127,6 +127,14 @@ def hub_address_problem(address: str, *, port_required: bool = True) -> str | No
 Token = Annotated[str, Field(max_length=512, pattern=r"^[!-~]*$")]
 
 
+def _ipv6(host: str) -> bool:
+    """Whether `host` is an IPv6 address (with a zone, "fe80::1%eth0", too)."""
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """HOST:PORT (an IPv6 host in brackets) as (host, port); a ValueError says what is
     wrong. Port 0 asks for a free port. gRPC took a port past 65535 modulo 65536 (99999
@@ -153,6 +161,13 @@ def split_listen(listen: str) -> tuple[str, int]:
         raise ValueError(
             f"{listen!r}: '*' is not an address: write 0.0.0.0 (every IPv4 address) or"
             " [::] (every address)"
+        )
+    if host != host.strip() or (":" in host and not _ipv6(host)):
+        # "::8061" read as the host ":", "[ ::1]:8061": no name the system resolves,
+        # `config check` took them and `run` failed to bind, exit 1 (review 38, rev38g)
+        raise ValueError(
+            f"{listen!r}: {host!r} is not an address: no blanks, and an IPv6 address goes"
+            " in brackets, with the port: [ADDRESS]:PORT (e.g. [::1]:8061, [::]:8061)"
         )
     if not port.isascii() or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{listen!r}: the port must be a number from 0 to 65535")

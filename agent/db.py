@@ -115,6 +115,8 @@ class MigrationSet:
             # release took seqs the newer one had used, and pushed outbox rows without
             # their texts, which the hub set aside): refused before anything is read.
             what = ", ".join(sorted(unknown))
+            # a hub has no data directory: its database (review 38, rev38g)
+            where = "hub database" if self.file == "hub database" else "data directory"
             raise LaterRelease(
                 f"the {self.file} was written by another tillpoint release (schema steps"
                 f" {what} are unknown to this one): "
@@ -122,8 +124,7 @@ class MigrationSet:
                     "run that release, or delete cache.db and the cache-*.db files of the"
                     " data directory (a copy of the hub's data: the next snapshot rebuilds it)"
                     if self.file == "cache"
-                    else "run that release, or restore the data directory saved before it"
-                    " was installed"
+                    else f"run that release, or restore the {where} saved before it was installed"
                 )
             )
         applied = {step for of, step in rows if of == self.name}

@@ -359,24 +359,31 @@ class Agent:
         self.device_kinds: dict[str, str] = dict(device_kinds or {})
         if build_workers is not None:
             self.build_workers = build_workers
-        # The cache connection follows full snapshots switched in by any process.
-        self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
-        self._cache = self._live.connection()
-        self._secret = phone_secret(self.data_dir)
-        self._memo: dict[str, Any] = {}
+        # The ledger first: a refused one (another program's file) had `cache.db` and
+        # `phone.key` made beside it (review 38, rev38g).
         self._ledger = ledger.open_ledger(self.data_dir)
         other = ledger.other_device(self._ledger, device_id)
         if other is not None:
             # Sales under a changed device_id took seqs the hub had from the first id, and
             # the first id's outbox was never pushed again ("0 waiting", a sale lost).
             self._ledger.close()
-            self._live.close()
             raise InputError(
                 f"the ledger of {self.data_dir} holds the sales of device {other!r}, none of"
                 f" {device_id!r}: a till's device_id never changes (set it back to {other!r};"
                 f" or `tillpoint reset` as {other!r} once its outbox is empty; or give"
                 f" {device_id!r} a data directory of its own)"
             )
+        try:
+            # The cache connection follows full snapshots switched in by any process.
+            self._live = LiveCache(self.data_dir, READER_CACHE_KIB)
+            self._cache = self._live.connection()
+            self._secret = phone_secret(self.data_dir)
+        except BaseException:
+            if hasattr(self, "_live"):
+                self._live.close()
+            self._ledger.close()
+            raise
+        self._memo: dict[str, Any] = {}
         self._ledger.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
         self._checkpoints = Checkpointer(ledger.ledger_path(self.data_dir))
         self._ledger.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's job

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+import unicodedata
 from collections.abc import Sequence
 
 from tillpoint.printer.text import clean, fit, format_money
@@ -53,12 +54,25 @@ _ZERO_WIDTH_BREAKS = str.maketrans({"\u200b": " ", "\u180e": " "})
 
 def first_name_only(name: str | None) -> str:
     """The first word of a first name; "" when there is none. "Анна Петровна" → "Анна",
-    "Анна\u200bМария" → "Анна"; control and format characters never reach a display or
-    the paper."""
+    "Анна\u200bМария" → "Анна", "Ната\u0301ша" → "Наташа"; control and format characters
+    never reach a display or the paper."""
     if not name:
         return ""
     words = clean(name.translate(_ZERO_WIDTH_BREAKS)).split()
-    return words[0] if words else ""
+    # Without the combining marks left after NFC (a stress mark over "а́", which has no
+    # composed letter): the display and the paper drop them (`printer.text`, rule 3), and
+    # counted as a column each the mark cost "Ната́ша, добрый день!" its name, 20 columns
+    # on the display; a word of marks only is no name (it showed ", добрый день!").
+    # Every line stays at most its width in characters, the answer's too (review 38, rev38g).
+    for word in words:
+        letters = "".join(ch for ch in word if unicodedata.category(ch) not in _MARKS)
+        if letters:
+            return letters
+    return ""
+
+
+# a combining mark, or an enclosing one: what `printer.text` drops when the page lacks it
+_MARKS = ("Mn", "Me")
 
 
 def _first_fitting(candidates: Sequence[str], width: int) -> str:

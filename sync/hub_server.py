@@ -1382,9 +1382,16 @@ class HubServer:
         self.dir = hub_dir if isinstance(hub_dir, HubDir) else HubDir(hub_dir)
         self.config = config or HubConfig()
         self.clock = clock
-        self.dir.init()
+        # the store first: a refused one (another program's `hub.db`) left the hub's
+        # keys made beside it (review 38, rev38g)
         self.store: HubStore = store or self.dir.open_store()
         self._owns_store = store is None
+        try:
+            self.dir.init()
+        except BaseException:
+            if self._owns_store:
+                self.store.close()
+            raise
         self.notifier = Notifier()
         self.builder = SnapshotBuilder(
             self.store,
