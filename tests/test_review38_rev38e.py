@@ -1,0 +1,92 @@
+"""Review 38, rev38e: an adversarial look at this session's merged left38 and rev38d
+changes, with real parts (a real HTTP server on a loopback port and raw sockets, the
+agent's identify over a real cache, the printer's serial transport).
+
+1. CONTRACT §12, the HTTP edge: the 256 connections are judged as each is accepted
+   (rev38d) and a connection closes after its head's, its body's or its keep-alive time.
+   A client that asked for answers and never read them held its connection for ever,
+   the call's task stuck writing the answer, one of the 256, counted at every accept.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
+
+from .test_review37_spec37c import answers_of, exchange
+
+TIMEOUT = 10.0
+IDENTIFY = json.dumps({"text": "2770000000017"}).encode()
+CALL = b"POST /v1/identify HTTP/1.1\r\nHost: till\r\nContent-Length: %d\r\n\r\n%s" % (
+    len(IDENTIFY),
+    IDENTIFY,
+)
+
+
+def _open(server: HttpServer) -> int:
+    """The connections the server counts open (what the 256 are judged by)."""
+    return len(server.serve.server.server_state.connections)
+
+
+def _until(condition: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ------------------------------------------------ 1. CONTRACT §12: an answer never read
+
+
+@pytest.fixture
+def quick(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpServer]:
+    """The HTTP interface with an answer's time to be taken cut to 1 s (10 s for real)."""
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "ANSWER_TIMEOUT_S", 1.0)
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_a_client_that_never_reads_its_answers_does_not_hold_a_connection_for_ever(
+    quick: HttpServer,
+) -> None:
+    """CONTRACT §12: past 256 open connections every new one is refused (503), so each
+    connection must end when its client stops taking part: a head, a body and an idle
+    keep-alive connection have their time. An answer did not: a client that sent calls
+    (pipelined, as HTTP/1.1 allows) and never read the answers filled the socket's
+    buffers, and the server waited to write the rest for ever (uvicorn's flow control
+    has no bound; its keep-alive timer does not run while an answer is written, and a
+    close waits for the unwritten bytes). The connection stayed counted, its call's task
+    stuck: 256 such clients kept every POS out. Now an answer that the client does not
+    take for `ANSWER_TIMEOUT_S` ends the connection."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", quick.port))
+    sock.settimeout(0.5)
+    try:
+        with pytest.raises(OSError):  # the server stops reading: the sends block
+            for _ in range(100_000):
+                sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: till\r\n\r\n")
+        assert _open(quick) == 1
+        state = quick.serve.server.server_state
+        assert _until(lambda: not state.connections and not state.tasks, 6.0), (
+            f"{len(state.connections)} connection(s), {len(state.tasks)} call(s) still held"
+        )
+    finally:
+        sock.close()
+    # the server goes on: a POS's call on a new connection is answered
+    ((status, _, _),) = answers_of(
+        exchange(quick.port, CALL.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+    )
+    assert status == 200
