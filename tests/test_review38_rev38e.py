@@ -18,6 +18,11 @@ from collections.abc import Iterator
 import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
+from tillpoint.printer.config import DisplayConfig
+from tillpoint.printer.display import message_bytes
+from tillpoint.printer.layout import offers_blocks
+from tillpoint.printer.messages import first_name_only, greeting
+from tillpoint.printer.payload import PrintPayload
 
 from .test_review37_spec37c import answers_of, exchange
 
@@ -90,3 +95,51 @@ def test_a_client_that_never_reads_its_answers_does_not_hold_a_connection_for_ev
         exchange(quick.port, CALL.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
     )
     assert status == 200
+
+
+# ------------------------------------------------ 2. CONTRACT §8, §7: invisible characters
+
+
+@pytest.mark.parametrize(
+    ("name", "first"),
+    [
+        ("\u3164", ""),  # HANGUL FILLER: the "blank" name messengers let one type
+        ("\u115f\u1160", ""),  # the choseong and jungseong fillers
+        ("\uffa0", ""),  # the half-width filler
+        ("\u3164Анна", "Анна"),
+        ("Анна\u3164Мария", "Анна"),  # a filler shows a blank: it parts two names
+        ("Анна\ufe0f", "Анна"),  # VARIATION SELECTOR-16 (a phone's keyboard leaves one)
+        ("Анна\U000e0100", "Анна"),  # VARIATION SELECTOR-17
+        ("Ан\u034fна", "Анна"),  # COMBINING GRAPHEME JOINER
+        ("Анна\u180b", "Анна"),  # a Mongolian free variation selector
+    ],
+    ids=[
+        "filler",
+        "jamo-fillers",
+        "half-width-filler",
+        "filler-first",
+        "filler-between",
+        "vs16",
+        "vs17",
+        "cgj",
+        "mongolian-fvs",
+    ],
+)
+def test_invisible_characters_that_are_no_format_characters_never_reach_the_name(
+    name: str, first: str
+) -> None:
+    """CONTRACT §8: the display shows the customer's first name, and nothing of what shows
+    nothing. Format characters (Cf) went already; Unicode's other default-ignorable code
+    points did not: a name that is only a Hangul filler (the "blank" name) was greeted
+    "ㅤ, добрый день!" in the result's `display` (a POS showing it: ", добрый день!"),
+    and "Анна" with a variation selector or a grapheme joiner was a name the display's
+    code page cannot show ("?"), so left out: "Добрый день!" to Анна."""
+    assert first_name_only(name) == first
+    lines = greeting(name)
+    assert lines == ([f"{first}, добрый день!", ""] if first else ["Добрый день!", ""])
+    # the display device (CP866) and the paper show the name, or go without one
+    shown = message_bytes(lines, DisplayConfig())
+    assert lines[0].encode("cp866") in shown
+    payload = PrintPayload.model_validate({"receiptId": "r1", "firstName": name})
+    on_paper = getattr(offers_blocks(payload, codepage="cp866")[1], "text", "")
+    assert on_paper == (f"{first}, ждём вас снова!" if first else "Ждём вас снова!")
