@@ -10,12 +10,17 @@ agent's identify over a real cache, the printer's serial transport).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import json_format
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 from tillpoint.printer.config import DisplayConfig
@@ -24,6 +29,7 @@ from tillpoint.printer.layout import offers_blocks
 from tillpoint.printer.messages import first_name_only, greeting
 from tillpoint.printer.payload import PrintPayload
 
+from .conftest import grpc_served, receipt
 from .test_review37_spec37c import answers_of, exchange
 
 TIMEOUT = 10.0
@@ -143,3 +149,52 @@ def test_invisible_characters_that_are_no_format_characters_never_reach_the_name
     payload = PrintPayload.model_validate({"receiptId": "r1", "firstName": name})
     on_paper = getattr(offers_blocks(payload, codepage="cp866")[1], "text", "")
     assert on_paper == (f"{first}, ждём вас снова!" if first else "Ждём вас снова!")
+
+
+# ------------------------------------------------ 3. CONTRACT §4: every door agrees
+
+READ_TWICE = "the card was read twice in one scan; scan it once"
+
+
+def _http(port: int, path: str, body: object) -> tuple[int, dict[str, object]]:
+    data = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: till\r\nConnection: close\r\n"
+    request = head.encode() + b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+    ((status, _, answer),) = answers_of(exchange(port, request))
+    return status, json.loads(answer)
+
+
+def test_a_card_read_twice_is_invalid_at_every_door(
+    agent: Agent, server: HttpServer, tmp_path: Path
+) -> None:
+    """CONTRACT §4 (review 38's decision): one card number twice in one scan, the
+    scanner's Enter between, is INVALID with its reason. identify answers it (200, the
+    outcome), and a quote, hold or checkout is bad input (400 / INVALID_ARGUMENT, "card
+    not accepted: ..."), over HTTP as over gRPC, nothing stored (checked, found right)."""
+    from tillpoint.v1 import tillpoint_pb2 as pb
+    from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
+
+    twice = "2770000000017\r\n2770000000017"
+    assert _http(server.port, "/v1/identify", {"text": twice}) == (
+        200,
+        {"status": "INVALID", "reason": READ_TWICE},
+    )
+    for call in ("quote", "hold", "checkout"):
+        status, answer = _http(server.port, f"/v1/{call}", receipt(f"http-{call}", card=twice))
+        assert (status, answer["error"]) == (  # type: ignore[index]
+            400,
+            {"code": "INVALID_ARGUMENT", "message": f"card not accepted: {READ_TWICE}"},
+        ), call
+    with grpc_served(agent) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.PosAgentStub(channel)
+        outcome = stub.Identify(pb.IdentifyRequest(text=twice), timeout=TIMEOUT)
+        assert (outcome.status, outcome.reason) == (pb.INVALID, READ_TWICE)
+        for call in ("Quote", "Hold", "Checkout"):
+            request = json_format.ParseDict(receipt(f"grpc-{call}", card=twice), pb.Receipt())
+            with pytest.raises(grpc.RpcError) as refused:
+                getattr(stub, call)(request, timeout=TIMEOUT)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, call
+            assert refused.value.details() == f"card not accepted: {READ_TWICE}"
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "ledger.db")) as ledger:
+        for table in ("receipts", "receipt_life", "journal", "outbox"):
+            assert ledger.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
