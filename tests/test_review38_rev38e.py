@@ -103,6 +103,24 @@ def test_a_client_that_never_reads_its_answers_does_not_hold_a_connection_for_ev
     assert status == 200
 
 
+def test_a_client_reading_its_answers_slowly_gets_them_all(quick: HttpServer) -> None:
+    """... while a POS that reads its answer, at a slow link's pace, gets it whole: the time
+    is the kernel's to take the answer (on loopback it takes all of /openapi.json's 78 KB
+    at once; here read at 40 KB/s), not the client's to read it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", quick.port))
+    sock.settimeout(TIMEOUT)
+    with sock:
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: till\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := sock.recv(4096):
+            got += chunk
+            time.sleep(0.1)
+    ((status, _, body),) = answers_of(got)
+    assert status == 200 and json.loads(body)["openapi"], len(got)
+
+
 # ------------------------------------------------ 2. CONTRACT §8, §7: invisible characters
 
 
