@@ -14,6 +14,7 @@ import contextlib
 import json
 import socket
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,57 @@ def test_a_client_reading_its_answers_slowly_gets_them_all(quick: HttpServer) ->
             time.sleep(0.1)
     ((status, _, body),) = answers_of(got)
     assert status == 200 and json.loads(body)["openapi"], len(got)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (RST), as a POS killed or a cable pulled mid-call leaves it."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_connections_closed_every_way_leave_the_count_and_256_are_let_in_again(
+    server: HttpServer,
+) -> None:
+    """CONTRACT §12 with rev38d's count at accept (checked, found right): 600 connections
+    ended every way (reset before a byte, mid-head, mid-body, after a call before its
+    answer, after only empty lines, closed after their answer) leave the count at 0, and
+    then 256 connections open at once are all served, none refused for a connection gone."""
+    heads = [b"", CALL[:20], CALL[:-5], CALL, b"\r\n\r\n"]
+    for n in range(500):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        if heads[n % 5]:
+            sock.sendall(heads[n % 5])
+        _reset(sock)
+    for _ in range(100):
+        ((status, _, _),) = answers_of(
+            exchange(server.port, CALL.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        )
+        assert status == 200
+    assert _until(lambda: _open(server) == 0, TIMEOUT), _open(server)
+    socks = [
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) for _ in range(256)
+    ]
+    try:
+        assert _until(lambda: _open(server) == 256, TIMEOUT), _open(server)
+        for sock in socks:
+            sock.sendall(CALL)
+        statuses = [answers_of(_answer(sock))[0][0] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert statuses == [200] * 256
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """One whole answer read off a kept connection."""
+    got = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, got
+        got += chunk
+        _, blank, body = got.partition(b"\r\n\r\n")
+        if blank and len(body) >= int(answers_of(got)[0][1]["content-length"]):
+            return got
 
 
 # ------------------------------------------------ 2. CONTRACT §8, §7: invisible characters
