@@ -91,9 +91,8 @@ _TRANSLIT = dict(
 
 # Unicode's default-ignorable code points that are no format character (those go as Cf
 # below): they show nothing on a screen, and a code page lacks them, so a display or a
-# printer showed "?" (a first name with one was left out as unshowable: "Добрый день!"
-# to Анна), and a name that is only a Hangul filler (the "blank" name messengers let
-# one type) was greeted "ㅤ, добрый день!" (review 38, rev38e).
+# printer showed "?" for them, and a first name with one was left out as unshowable:
+# "Добрый день!" to "Анна\ufe0f" (review 38, rev38e).
 IGNORABLE = (
     frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0")
     | frozenset(map(chr, range(0xFE00, 0xFE10)))  # variation selectors 1-16

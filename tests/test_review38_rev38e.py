@@ -6,6 +6,13 @@ agent's identify over a real cache, the printer's serial transport).
    (rev38d) and a connection closes after its head's, its body's or its keep-alive time.
    A client that asked for answers and never read them held its connection for ever,
    the call's task stuck writing the answer, one of the 256, counted at every accept.
+   Checked, found right: connections ended every way leave the count; a slow reader.
+2. CONTRACT §8, §7: a first name on the display and the receipt. Unicode's invisible
+   characters that are no format characters (variation selectors, the grapheme joiner,
+   the Hangul fillers a "blank" name is typed with) were kept in the name; the display's
+   and the printer's code page lack them, so the name was left out as unshowable: Анна
+   with a variation selector was greeted "Добрый день!", "Ждём вас снова!".
+3. CONTRACT §4, left38's "a card read twice": every door agrees (found right, pinned).
 """
 
 from __future__ import annotations
@@ -206,10 +213,11 @@ def test_invisible_characters_that_are_no_format_characters_never_reach_the_name
 ) -> None:
     """CONTRACT §8: the display shows the customer's first name, and nothing of what shows
     nothing. Format characters (Cf) went already; Unicode's other default-ignorable code
-    points did not: a name that is only a Hangul filler (the "blank" name) was greeted
-    "ㅤ, добрый день!" in the result's `display` (a POS showing it: ", добрый день!"),
-    and "Анна" with a variation selector or a grapheme joiner was a name the display's
-    code page cannot show ("?"), so left out: "Добрый день!" to Анна."""
+    points did not: "Анна" with a variation selector or a grapheme joiner, or "Анна" and
+    "Мария" parted by a Hangul filler (it shows a blank), was a name the display's and
+    the printer's code page cannot show ("?"), so it was left out: "Добрый день!" and
+    "Ждём вас снова!" to Анна. A name of fillers alone is no name (as before on the
+    devices; `greeting` itself said "ㅤ, добрый день!")."""
     assert first_name_only(name) == first
     lines = greeting(name)
     assert lines == ([f"{first}, добрый день!", ""] if first else ["Добрый день!", ""])
