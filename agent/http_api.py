@@ -90,6 +90,10 @@ MAX_HEAD_BYTES = 16 << 10  # a request head larger than this is answered 400 (h1
 HEAD_TIMEOUT_S = 10.0  # a connection without a whole request head this long is closed
 CALL_TIMEOUT_S = 30.0  # an agent call still running then answers 503 (retry, same receiptId)
 KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
+# An answer whose bytes the client does not take for this long (it stopped reading: its
+# socket's buffers are full) ends the connection: the write waited for ever, the
+# connection counted among `MAX_CONNECTIONS` (review 38)
+ANSWER_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 256  # open at once; a connection accepted past them is answered 503
 GRACE_S = 5  # in-flight requests get this long at shutdown
 # A read's body up to this size is parsed, run and encoded on the event loop: no hop to the
@@ -1476,6 +1480,32 @@ class _Protocol(h11_impl.H11Protocol):
         # connection: None never refuses, 0 always does.
         admitted = len(self.connections) <= MAX_CONNECTIONS
         self.limit_concurrency = None if admitted else 0
+        # Told of any byte of an answer the kernel has not taken (`pause_writing`), not
+        # only past 64 KiB: what waits is timed (`ANSWER_TIMEOUT_S`) however much it is.
+        transport.set_write_buffer_limits(high=0)
+
+    _answer_timer: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        """The kernel did not take all of an answer: it has `ANSWER_TIMEOUT_S` to. A client
+        that sent calls (pipelined) and never read the answers filled its socket's
+        buffers, and uvicorn waited to write the rest for ever (its flow control has no
+        bound, its keep-alive timer does not run while an answer is written, and a close
+        waits for the bytes unwritten): the connection stayed counted, one of
+        `MAX_CONNECTIONS`, its call's task stuck (review 38). Past the time it is reset."""
+        super().pause_writing()
+        if self._answer_timer is None:
+            self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
+
+    def resume_writing(self) -> None:
+        if self._answer_timer is not None:
+            self._answer_timer.cancel()
+            self._answer_timer = None
+        super().resume_writing()
+
+    def _answer_late(self) -> None:
+        self._answer_timer = None
+        self.transport.abort()  # a close would wait for the bytes no one reads
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is not None:
@@ -1488,6 +1518,9 @@ class _Protocol(h11_impl.H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._answer_timer is not None:
+            self._answer_timer.cancel()
+            self._answer_timer = None
         super().connection_lost(exc)
 
     def handle_events(self) -> None:

@@ -49,7 +49,9 @@ REFUSED_CARD = "Карта не принята"
 # Unicode 6.3): "Анна\u200bМария" is two names, and `clean` drops it, which glued them
 # as "АннаМария" on the display and the receipt (review 38). The word joiner U+2060 and
 # the zero-width no-break U+FEFF join, and go with `clean`'s other format characters.
-_ZERO_WIDTH_BREAKS = str.maketrans({"\u200b": " ", "\u180e": " "})
+# The Hangul fillers show a blank (the "blank" name is typed with them): they part words
+# too; `clean` drops them otherwise (review 38, rev38e).
+_ZERO_WIDTH_BREAKS = str.maketrans(dict.fromkeys("\u200b\u180e\u115f\u1160\u3164\uffa0", " "))
 
 
 def first_name_only(name: str | None) -> str:

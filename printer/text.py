@@ -90,13 +90,25 @@ _TRANSLIT = dict(
 )  # fmt: skip
 
 
+# Unicode's default-ignorable code points that are no format character (those go as Cf
+# below): they show nothing on a screen, and a code page lacks them, so a display or a
+# printer showed "?" for them, and a first name with one was left out as unshowable:
+# "Добрый день!" to "Анна\ufe0f" (review 38, rev38e).
+IGNORABLE = (
+    frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0")
+    | frozenset(map(chr, range(0xFE00, 0xFE10)))  # variation selectors 1-16
+    | frozenset(map(chr, range(0xE0100, 0xE01F0)))  # variation selectors 17-256
+)
+
+
 def clean(text: str) -> str:
-    """NFC-normalise; tabs and line breaks become spaces; other control characters go."""
+    """NFC-normalise; tabs and line breaks become spaces; other control characters go, as
+    do the other characters that show nothing (`IGNORABLE`)."""
     out: list[str] = []
     for ch in unicodedata.normalize("NFC", text):
         if ch in "\t\n\r\v\f\u2028\u2029\x85":
             out.append(" ")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") or ch in IGNORABLE:
             continue  # ESC, NUL, C1 controls, soft hyphen, zero-width joiners, unassigned
         else:
             out.append(ch)
