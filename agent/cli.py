@@ -267,12 +267,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # gRPC's C core logs connection events to stderr; ours go through `logging`.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    # tillpoint runs no pydantic plugin: without this pydantic imports importlib.metadata
-    # and reads every installed package's entry points at the first model it builds,
-    # ~10 % of a one-shot call's start (docs/PERFORMANCE.md, review 38). A value set
-    # outside (empty: load them) is kept.
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    _no_pydantic_plugin_loader()
+    if argv is None:  # the `tillpoint` command: the process is tillpoint's
+        # tillpoint runs no pydantic plugin: without this pydantic imports importlib.metadata
+        # and reads every installed package's entry points at the first model it builds,
+        # ~10 % of a one-shot call's start (docs/PERFORMANCE.md, review 38). A value set
+        # outside (empty: load them) is kept. Not in a caller's process (`main(argv)`):
+        # its models lost their plugins for good, whatever it set later (rev38i).
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        _no_pydantic_plugin_loader()
     if sys.stderr is None:  # `2>&-`: print(file=None) wrote the error lines to stdout
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's)
     for stream in (sys.stdout, sys.stderr):
