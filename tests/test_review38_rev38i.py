@@ -25,6 +25,7 @@ lines and JSON schemas are the same built lazily as eagerly; twelve threads buil
 every model's validator at once got the same answers, no error (pydantic builds under a
 lock). The one-shot import guard fails when asyncio, pydantic-settings or pydantic's own
 plugin loader comes back; here it covers `hold`, `confirm`, `identify` and `balance` too.
+Sixteen rows of the table are pinned here (`config check --json`, in-process).
 """
 
 from __future__ import annotations
@@ -197,3 +198,95 @@ def test_the_other_one_shots_import_only_what_they_need(
     assert run.returncode == 0, run.stderr[-500:]
     assert "tillpoint.agent.service" in names  # the lines were read
     assert _unwanted(names) == []
+
+
+# ------------------------------------------------- `config check`, pinned from the table
+
+# Rows of the table compared by hand (main before perf38 and after it gave the same
+# document): (environment, TOML file, --data-dir given, {dotted key of the document: value}).
+_PINNED: list[tuple[dict[str, str], str | None, bool, dict[str, Any]]] = [
+    (  # a table partly in the environment, partly in the file
+        {"TILLPOINT_HUB__ADDRESS": "env:1"},
+        '[hub]\naddress = "file:1"\ncall_timeout_ms = 77\n',
+        True,
+        {"hub.address": "env:1", "hub.callTimeoutMs": 77},
+    ),
+    (  # a table as JSON over the file's table, a key of it over the JSON
+        {"TILLPOINT_HUB": '{"address": "json:1"}', "TILLPOINT_HUB__REDEEM_TIMEOUT_MS": "9"},
+        '[hub]\ncall_timeout_ms = 77\naddress = "file:1"\n',
+        True,
+        {"hub.address": "json:1", "hub.redeemTimeoutMs": 9, "hub.callTimeoutMs": 77},
+    ),
+    ({"tillpoint_hub__address": "lower:1"}, None, True, {"hub.address": "lower:1"}),
+    ({"TILLPOINT_HUB__Address": "mixed:1"}, None, True, {"hub.address": "mixed:1"}),
+    ({"tillpoint_hub": '{"address": "low:1"}'}, None, True, {"hub.address": "low:1"}),
+    ({}, '[Hub]\naddress = "cased:1"\n', True, {"hub.address": "cased:1"}),
+    ({}, '[hub]\naddress = "a:1"\n[HUB]\naddress = "b:1"\n', True, {"hub.address": "a:1"}),
+    ({}, 'data_dir = "{root}/a"\nDATA_DIR = "{root}/b"\n', False, {"dataDir": "{root}/a"}),
+    ({"tillpoint_data_dir": "{root}/low"}, None, True, {"dataDir": "{root}/data"}),
+    (
+        {"TILLPOINT_HTTP__ALLOWED_ORIGINS": "[]", "TILLPOINT_DATA_DIR": "{root}/env"},
+        'data_dir = "{root}/file"\n',
+        True,
+        {"dataDir": "{root}/data", "http.allowedOrigins": []},
+    ),
+    ({"tillpoint_device_id": "low-env"}, 'device_id = "file"\n', True, {"deviceId": "low-env"}),
+    (
+        {"TILLPOINT_LOG": '{"level": "debug"}', "TILLPOINT_LOG__FORMAT": "text"},
+        None,
+        True,
+        {"log.level": "DEBUG", "log.format": "text"},
+    ),
+    (
+        {"TILLPOINT_HUB__CALL_TIMEOUT_MS": "20"},
+        'hub = {address = "inl:1", call_timeout_ms = 10}\n',
+        True,
+        {"hub.address": "inl:1", "hub.callTimeoutMs": 20},
+    ),
+    (
+        {"TILLPOINT_PRINTER": '{"kind": "network", "host": "127.0.0.1"}'},
+        "[printer]\nport = 9200\n",
+        True,
+        {"printer.kind": "network", "printer.host": "127.0.0.1", "printer.port": 9200},
+    ),
+    (
+        {"TILLPOINT_HTTP__ENABLED": "no", "TILLPOINT_METRICS__ENABLED": "0"},
+        "[metrics]\nenabled = true\n",
+        True,
+        {"http.enabled": False, "metrics.enabled": False},
+    ),
+    ({"TILLPOINT_BUILD_WORKERS": " 3 "}, None, True, {"buildWorkers": 3}),
+]
+
+
+@pytest.mark.parametrize(("env", "toml", "flag", "expected"), _PINNED)
+def test_config_check_reads_the_table_rows_as_before_review_38(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    env: dict[str, str],
+    toml: str | None,
+    flag: bool,
+    expected: dict[str, Any],
+) -> None:
+    """CONTRACT §10: `config check --json` of these (the flags, the environment in any
+    case, as text or JSON, the file with cased or dotted keys; a table from several) is
+    what main gave before perf38 read the environment itself."""
+    _no_tillpoint_environment(monkeypatch)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.replace("{root}", str(tmp_path)))
+    argv = ["config", "check", "--json"]
+    if toml is not None:
+        path = tmp_path / "tillpoint.toml"
+        path.write_text(toml.replace("{root}", str(tmp_path)))
+        argv += ["--config", str(path)]
+    if flag:
+        argv += ["--data-dir", str(tmp_path / "data")]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    doc = json.loads(capsys.readouterr().out)
+    for dotted, value in expected.items():
+        found = doc
+        for part in dotted.split("."):
+            found = found[part]
+        wanted = value.replace("{root}", str(tmp_path)) if isinstance(value, str) else value
+        assert found == wanted, dotted
