@@ -290,3 +290,47 @@ def test_config_check_reads_the_table_rows_as_before_review_38(
             found = found[part]
         wanted = value.replace("{root}", str(tmp_path)) if isinstance(value, str) else value
         assert found == wanted, dotted
+
+
+# ------------------------------------------------- the CLI's short way reads the same place
+
+_WAYS: list[tuple[list[tuple[str, str]], str | None, bool]] = [
+    ([("TILLPOINT_DATA_DIR", "up"), ("tillpoint_data_dir", "low")], None, False),
+    ([("tillpoint_data_dir", "low"), ("TILLPOINT_DATA_DIR", "up")], None, False),
+    ([("Tillpoint_Data_Dir", "mixed")], None, False),
+    ([], 'Data_Dir = "{root}/cased"\n', False),
+    ([], 'DATA_DIR = "{root}/upper"\ndata_dir = "{root}/lower"\n', False),
+    ([], 'data_dir = "{root}/file"\n', False),
+    ([("TILLPOINT_DATA_DIR", "env")], 'DATA_DIR = "{root}/file"\n', False),
+    ([("tillpoint_data_dir", "low")], None, True),
+]
+
+
+@pytest.mark.parametrize(("env", "toml", "flag"), _WAYS)
+def test_the_forwarding_cli_finds_the_data_directory_the_configuration_names(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    env: list[tuple[str, str]],
+    toml: str | None,
+    flag: bool,
+) -> None:
+    """CONTRACT §10 (flag, environment, file): the CLI's short way to a running `run`
+    (`forward.data_dir_of`, no configuration loaded) looks for it in the data directory
+    the configuration reads: a file's `DATA_DIR` or `Data_Dir` (a field whatever its case,
+    the first such key) and, of two variables named in different cases, the one the
+    configuration takes. It read only `data_dir` and the upper-case name first: a command
+    went to the `run` of another data directory, or ran here beside its own `run`."""
+    import argparse
+
+    from tillpoint.agent import forward
+
+    _no_tillpoint_environment(monkeypatch)
+    for key, value in env:
+        monkeypatch.setenv(key, str(tmp_path / value))
+    path = None
+    if toml is not None:
+        path = tmp_path / "tillpoint.toml"
+        path.write_text(toml.replace("{root}", str(tmp_path)))
+    flag_dir = tmp_path / "flag" if flag else None
+    args = argparse.Namespace(data_dir=flag_dir, config=path)
+    assert forward.data_dir_of(args) == config.load(path, data_dir=flag_dir).data_dir
