@@ -12,7 +12,12 @@ Faults found, each failing here first:
   script) set PYDANTIC_DISABLE_PLUGINS in that process's environment for good, and put
   the stand-in for pydantic's plugin loader in its `sys.modules`: every model the caller
   built afterwards ran without its pydantic plugins, even once it set the variable to
-  load them. Only the `tillpoint` command itself (its process is tillpoint's) does so.
+  load them. Only the `tillpoint` command itself (its process is tillpoint's) does so;
+- (older than perf38, same contract rule) the CLI's short way to a running `run`
+  (`forward.data_dir_of`) read the file's `data_dir` key only and the upper-case
+  TILLPOINT_DATA_DIR first, where the configuration takes `DATA_DIR`/`Data_Dir` and, of
+  two names in different cases, the last: a command went to the `run` of another data
+  directory, or ran here beside its own `run`.
 
 Checked and found right (not tests here, a table compared by hand; see the report):
 `tillpoint config check --json` (stdout, stderr, exit code) of main before perf38 and
