@@ -269,12 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # gRPC at its import, after the command is known: a one-shot's is NONE, below.)
     grpc_verbosity_set = "GRPC_VERBOSITY" in os.environ
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    # tillpoint runs no pydantic plugin: without this pydantic imports importlib.metadata
-    # and reads every installed package's entry points at the first model it builds,
-    # ~10 % of a one-shot call's start (docs/PERFORMANCE.md, review 38). A value set
-    # outside (empty: load them) is kept.
-    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    _no_pydantic_plugin_loader()
+    if argv is None:  # the `tillpoint` command: the process is tillpoint's
+        # tillpoint runs no pydantic plugin: without this pydantic imports importlib.metadata
+        # and reads every installed package's entry points at the first model it builds,
+        # ~10 % of a one-shot call's start (docs/PERFORMANCE.md, review 38). A value set
+        # outside (empty: load them) is kept. Not in a caller's process (`main(argv)`):
+        # its models lost their plugins for good, whatever it set later (rev38i).
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+        _no_pydantic_plugin_loader()
     if sys.stderr is None:  # `2>&-`: print(file=None) wrote the error lines to stdout
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's)
     for stream in (sys.stdout, sys.stderr):

@@ -757,11 +757,17 @@ def _settings_values(flags: dict[str, Any]) -> dict[str, Any]:
     values = read_config_file(path) if path is not None else {}
     tables = device_models() if any(k in _DEVICE_TABLES for k in values) else None
     _LOOSE[:] = [f"config {path}: {p}" for p in toml_type_problems(Settings, values, tables)]
-    return _deep_update(_by_field_name(values), _env_values(), _by_field_name(flags))
+    state: dict[str, Any] = {}
+    # highest first, each merged under the ones before it, as pydantic-settings did
+    # (`state = deep_update(source, state)`): folded the other way, a table given as flags
+    # beside a TILLPOINT_HUB of another JSON kind lost the file's keys (review 38, rev38i)
+    for source in (_by_field_name(flags), _env_values(), _by_field_name(values)):
+        state = _deep_update(source, state)
+    return state
 
 
 def _deep_update(mapping: dict[str, Any], *updates: dict[str, Any]) -> dict[str, Any]:
-    """pydantic-settings' merge of its sources (pydantic's private `deep_update`, written
+    """pydantic's private `deep_update`, pydantic-settings' merge of two sources (written
     out here so no private module is imported): later mappings win, tables merge by key."""
     merged = dict(mapping)
     for update in updates:

@@ -58,13 +58,15 @@ class Unanswered(Exception):
 
 
 def _env(name: str) -> str | None:
-    """A TILLPOINT_* variable as the configuration reads it (names in any case)."""
-    if name in os.environ:
-        return os.environ[name]
+    """A TILLPOINT_* variable as the configuration reads it: its name in any case, and of
+    several names of it (`TILLPOINT_DATA_DIR` and `tillpoint_data_dir`) the last in the
+    environment, as pydantic-settings takes it (the upper-case one was taken first: a
+    command went to the `run` of another data directory than its own, rev38i)."""
+    found = None
     for key, value in os.environ.items():
         if key.upper() == name:
-            return value
-    return None
+            found = value
+    return found
 
 
 def _local_env() -> bool:
@@ -95,7 +97,9 @@ def data_dir_of(args: Any) -> Path | None:
             values = read_config_file(Path(config))
         except InputError:
             return None
-        value = values.get("data_dir")
+        # a top-level key is the field's whatever its case, the first such key as the
+        # configuration reads it (`config._by_field_name`); `DATA_DIR` was not read (rev38i)
+        value = next((v for k, v in values.items() if k.lower() == "data_dir"), None)
         if value is not None:
             return Path(value) if isinstance(value, str) else None
     return default_data_dir()
