@@ -132,7 +132,7 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     from tillpoint.printer.service import build_devices, greet_on_scan
     from tillpoint.sync.service import TillSync
 
-    from . import ledger, logs, systemd
+    from . import ledger, logs, models, systemd
     from .config import listen_clash, listen_text, loose_values, split_listen
     from .errors import DamagedCache, DamagedLedger, Refused
     from .lock import DataDirLock
@@ -255,6 +255,7 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
             " (`tillpoint snapshot load FILE`%s)",
             ", or the hub's first" if sync is not None else "",
         )
+    models.build_validators()  # before the collector's freeze: start-up's own objects
     settle_collector()
     systemd.notify("READY=1")
     systemd.start_watchdog(done)

@@ -339,3 +339,26 @@ def test_the_forwarding_cli_finds_the_data_directory_the_configuration_names(
     flag_dir = tmp_path / "flag" if flag else None
     args = argparse.Namespace(data_dir=flag_dir, config=path)
     assert forward.data_dir_of(args) == config.load(path, data_dir=flag_dir).data_dir
+
+
+def test_a_serving_agent_builds_every_validator_before_ready() -> None:
+    """CONTRACT §12 (a till's calls in milliseconds): `defer_build` leaves a model's
+    validator for its first use, which spares a one-shot CLI call the ones it never needs;
+    `tillpoint run` builds them all before READY (`models.build_validators`, called by the
+    serving path), so a POS's first calls after a start do not pay them."""
+    import inspect
+
+    from tillpoint.agent import app, models
+
+    models.build_validators()
+    todo: list[type] = [models.Model]
+    built = 0
+    while todo:
+        for cls in todo.pop().__subclasses__():
+            assert cls.__pydantic_complete__, cls
+            assert type(cls.__pydantic_validator__).__name__ != "MockValSer", cls
+            built += 1
+            todo.append(cls)
+    assert built > 10
+    source = inspect.getsource(app)
+    assert source.index("models.build_validators()") < source.index("settle_collector()\n")
