@@ -97,7 +97,8 @@ def test_a_client_that_never_reads_its_answers_does_not_hold_a_connection_for_ev
         with pytest.raises(OSError):  # the server stops reading: the sends block
             for _ in range(100_000):
                 sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: till\r\n\r\n")
-        assert _open(quick) == 1
+        # held, or (on a loaded machine, the sends slower than the 1 s given) ended already
+        assert _open(quick) <= 1
         state = quick.serve.server.server_state
         assert _until(lambda: not state.connections and not state.tasks, 6.0), (
             f"{len(state.connections)} connection(s), {len(state.tasks)} call(s) still held"
