@@ -26,12 +26,8 @@ every listen form `config check` takes is handed to gRPC in the form HTTP binds.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,33 +41,8 @@ from tillpoint.printer.messages import greeting, greeting_line
 from tillpoint.printer.text import degrade
 
 from .conftest import CLI, free_port, receipt, snapshot
+from .test_review38_rev38c import _digest, _one_line, _tillpoint
 from .test_review38_spec38b import _preview
-
-EXE = str(Path(sys.executable).with_name("tillpoint"))  # the console script, a real process
-
-
-def _tillpoint(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
-    return subprocess.run(
-        [EXE, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**base, "TILLPOINT_DEVICE_ID": "till-1", **(env or {})},
-        check=False,
-    )
-
-
-def _one_line(err: str) -> str:
-    assert "Traceback" not in err and "internal error" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 # ---------------------------------------- 1. the display's width after an accent's drop
 
