@@ -325,9 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError as exc:
-        if _stdout_gone():  # `tillpoint status --json | head -c 0`: not a bug of ours
+        gone = _stdout_gone()
+        if gone:  # `tillpoint status --json | head -c 0`: not a bug of ours
             print(
-                "tillpoint: the output was cut off: its reader (a pipe) closed before the end"
+                f"tillpoint: the output was cut off: its reader ({gone}) closed before the end"
                 " (what the command did stands)",
                 file=sys.stderr,
             )
@@ -568,21 +569,27 @@ def _is_flag_of(parser: argparse.ArgumentParser, word: str) -> bool:
 _ACTIONS = frozenset({"snapshot_command", "config_command"})
 
 
-def _stdout_gone() -> bool:
-    """Whether stdout's reader has left (a closed pipe). If so, stdout is pointed at
-    /dev/null, so the interpreter's flush at exit adds no "Exception ignored" lines."""
+def _stdout_gone() -> str | None:
+    """What stdout was ("a pipe", "a socket") when its reader has left, else None. If
+    so, stdout is pointed at /dev/null, so the interpreter's flush at exit adds no
+    "Exception ignored" lines. A pipe whose reader closed polls POLLERR; a Unix socket
+    whose peer closed (a Node POS's child stdio, systemd's `StandardOutput=socket`)
+    POLLHUP only: it said "internal error: BrokenPipeError" (review 38, rev38j)."""
     import select
+    import stat
 
     try:
         fd = sys.stdout.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
-        if not any(events & select.POLLERR for _, events in poller.poll(0)):
-            return False  # stdout is fine: the broken pipe was another's (a socket)
+        gone = select.POLLERR | select.POLLHUP
+        if not any(events & gone for _, events in poller.poll(0)):
+            return None  # stdout is fine: the broken pipe was another's (a socket)
+        mode = os.fstat(fd).st_mode
     except (AttributeError, OSError, ValueError):
-        return False
+        return None
     _stdout_to_devnull()
-    return True
+    return "a socket" if stat.S_ISSOCK(mode) else "a pipe"
 
 
 def _stdout_to_devnull() -> None:
