@@ -401,3 +401,57 @@ if __name__ == "__main__":  # python -m tests.test_review38_long38 SEED STEPS [s
         print("MISMATCH", m)
     for p in s.problems:
         print("PROBLEM", p)
+
+
+# ---------------------------------------------------------------- CONTRACT §12: an empty line late
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """One JSON answer read from `sock` (b"" when the server closed it first)."""
+    got = b""
+    while not got.endswith(b"}\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += chunk
+    return got
+
+
+def test_an_empty_line_after_the_answer_keeps_the_keep_alive_idle_time(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §12 (review 34's decision, review 38's empty lines): an old HTTP stack's
+    extra CRLF after a POST's body is ignored. Written by the POS apart from the body, it
+    comes after the answer (Nagle's algorithm holds it until the agent's answer brings
+    the ACK). Until review 38 (long38) it was taken as the first bytes of the next
+    request's head: the head's 10 s timer, not the 75 s an idle kept connection has
+    (uvicorn's keep-alive timer, which any byte cancels), and the connection closed 10 s
+    after each call; the POS's next call, a customer later, met it closed. Now such an
+    empty line is dropped as it comes and the connection stays as idle as it was. The
+    head's timer is made short here (0.5 s) to see it in a second."""
+    from tillpoint.agent import http_api
+
+    monkeypatch.setattr(http_api, "HEAD_TIMEOUT_S", 0.5)
+    body = json.dumps({"text": "2770000000017"}).encode()
+    call = b"POST /v1/identify HTTP/1.1\r\nHost: till\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(call)
+        assert _answer(sock).startswith(b"HTTP/1.1 200 "), "the first call"
+        sock.sendall(b"\r\n")  # the CRLF, after the answer
+        time.sleep(0.2)
+        sock.sendall(b"\r")  # (and one cut in two)
+        sock.sendall(b"\n")
+        time.sleep(1.2)  # idle: past the head's timer, well within keep-alive
+        sock.sendall(call)
+        assert _answer(sock).startswith(b"HTTP/1.1 200 "), "closed after an empty line"
+    # a connection that sends only empty lines is still one that sends no head: closed
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        began = time.monotonic()
+        sock.sendall(b"\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"\r\n")
+        assert sock.recv(65536) == b""
+        assert time.monotonic() - began < 5
