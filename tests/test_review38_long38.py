@@ -455,3 +455,38 @@ def test_an_empty_line_after_the_answer_keeps_the_keep_alive_idle_time(
         sock.sendall(b"\r\n")
         assert sock.recv(65536) == b""
         assert time.monotonic() - began < 5
+
+
+def test_a_401_on_a_token_bind_keeps_the_pos_connection(agent: Any) -> None:
+    """CONTRACT §12: a POS on a token-protected bind that sends a call without its token
+    (a body sent whole, no `Expect`) gets the 401 and its connection goes on: the next
+    call, with the token, is answered on it, and so are a 404 and a 405 between."""
+    from tillpoint.agent.http_api import HttpServer
+
+    srv = HttpServer(agent, "127.0.0.1:0", token="pos-token")
+    srv.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        body = json.dumps({"text": "2770000000017"}).encode()
+        token = {"Authorization": "Bearer pos-token"}
+        statuses = []
+        socks: set[int] = set()  # the one connection's socket, never another
+        for method, path, headers in [
+            ("POST", "/v1/identify", {}),
+            ("POST", "/v1/identify", token),
+            ("POST", "/v1/nothing", token),
+            ("GET", "/v1/identify", token),
+            ("POST", "/v1/identify", {"Authorization": "Bearer wrong"}),
+            ("POST", "/v1/identify", token),
+        ]:
+            conn.request(method, path, body, {"Content-Type": "application/json", **headers})
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append((resp.status, resp.will_close))
+            socks.add(id(conn.sock))
+        conn.close()
+    finally:
+        srv.stop()
+    assert statuses == [(401, False), (200, False), (404, False), (405, False), (401, False),
+                        (200, False)]  # fmt: skip
+    assert len(socks) == 1
