@@ -93,7 +93,7 @@ class PosSequence(StoreDaySequence):
         + ["checkout"] * 3
         + ["cancel", "refund", "refund", "identify", "balance", "reuse", "bad"]
         + ["raw", "raw", "twice", "tick"]
-        + ["oneshot", "outage", "delta"]
+        + ["oneshot", "outage", "delta", "beside"]
     )
     TRACE_ENV = "LONG38_TRACE"
 
@@ -202,6 +202,9 @@ class PosSequence(StoreDaySequence):
             self.oneshot_sale()
             if r.random() < 0.5:
                 self.sync_now()
+        elif action == "beside":
+            self.count("action/beside")
+            self.beside()
         elif action == "outage":  # one-shots and calls while the hub is away, then back
             self.count("action/outage")
             if self.hub_up:
@@ -246,6 +249,59 @@ class PosSequence(StoreDaySequence):
             self.closed.add(rid)
         elif done.returncode not in (2, 3, 4):  # refused input, card, no points: its answer
             self.lost.append(f"one-shot checkout {rid}: {done.returncode} {done.stderr[-400:]}")
+
+    def beside(self) -> None:
+        """A one-shot sale and a one-shot `sync now` started at once, the POS selling on
+        its connection meanwhile (its checkouts not compared: the one-shots write the
+        ledger under it). Each ends as it would alone; the POS's calls are answered 200;
+        the settle at the end finds every sale at the hub once."""
+        path = self.work / "beside.json"
+        rid = self.new_receipt()
+        body = {**self.bodies[rid], "redeemPoints": 0}
+        self.bodies[rid] = body
+        path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+        command = [sys.executable, "-m", "bench.difflong_doors", "serve"]
+        command += [str(self.work / "clock"), str(self.record), "--config", str(self.ll.cfg)]
+        up = self.hub_up
+        procs = [
+            subprocess.Popen(
+                [*command, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_env(),
+            )
+            for args in (["--local", "checkout", str(path), "--json"], ["sync", "now", "--json"])
+        ]
+        try:
+            for _ in range(5):
+                mine = self.new_receipt()
+                sale = {**self.bodies[mine], "redeemPoints": 0}
+                self.bodies[mine] = sale
+                raw = json.dumps(sale, ensure_ascii=False).encode()
+                status, text, _ = self.exchange("POST", "/v1/checkout", raw)
+                self.count(f"beside/pos/{status}")
+                if status == 200:
+                    self.committed[mine] = sale
+                    self.closed.add(mine)
+                elif status not in (400, 412):  # (bad input, a blocked card: its own answer)
+                    self.lost.append(f"a checkout beside one-shots: {status} {text[:300]!r}")
+            outs = [p.communicate(timeout=90) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        sale_code, sync_code = procs[0].returncode, procs[1].returncode
+        self.count(f"beside/checkout/{sale_code}")
+        self.count(f"beside/sync/{'up' if up else 'down'}/{sync_code}")
+        if sale_code == 0:
+            self.committed[rid] = body
+            self.closed.add(rid)
+        elif sale_code not in (2, 3, 4):
+            self.lost.append(f"one-shot checkout beside: {sale_code} {outs[0][1][-400:]}")
+        if up and sync_code != 0:
+            self.lost.append(f"sync now beside the POS, hub up: {sync_code} {outs[1][1][-400:]}")
 
     def sync_now(self) -> None:
         """A one-shot `tillpoint sync now` beside the run: 0 with the hub up, a clear exit
@@ -332,7 +388,7 @@ class PosSequence(StoreDaySequence):
 
 
 # The events that take seconds (processes of their own, the hub away and back)
-SLOW_EVENTS = ("oneshot", "outage", "delta")
+SLOW_EVENTS = ("oneshot", "outage", "delta", "beside")
 
 
 def walk(seed: int, steps: int, work: Path, churn: int = 200, short: bool = False) -> PosSequence:
