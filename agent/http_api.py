@@ -1508,6 +1508,18 @@ class _Protocol(h11_impl.H11Protocol):
         self.transport.abort()  # a close would wait for the bytes no one reads
 
     def data_received(self, data: bytes) -> None:
+        if (
+            self.conn.their_state is h11.IDLE
+            and not data.strip(b"\r\n")
+            and not len(self.conn._receive_buffer)
+        ):
+            # Only empty lines between requests (RFC 9112 §2.2: ignored): dropped as they
+            # come, no timer touched. Passed on, they cancelled uvicorn's keep-alive timer
+            # and started the head's: an old HTTP stack's CRLF after a POST's body, held
+            # by Nagle until the answer came, closed the kept connection 10 s after each
+            # call instead of 75 (review 38, long38). A connection that sends only these
+            # is still closed by the head's timer armed at its connection.
+            return
         if self._head_bytes is not None:
             self._head_bytes += len(data)
         super().data_received(data)

@@ -154,8 +154,17 @@ def fresh(argv: list[str]) -> int:
     clock_path, copy_dir, call, via = Path(argv[0]), Path(argv[1]), argv[2], argv[3]
     body = json.loads(Path(argv[4]).read_text(encoding="utf-8"))
     lines = [json.loads(x) for x in Path(argv[5]).read_text(encoding="utf-8").splitlines() if x]
-    moment = read_clock(clock_path)[0]
+    doc = fresh_doc(read_clock(clock_path)[0], copy_dir, call, via, body, lines)
+    print(json.dumps(doc, ensure_ascii=False))
+    return 0
 
+
+def fresh_doc(
+    moment: datetime, copy_dir: Path, call: str, via: str, body: Any, lines: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The fresh agent's answer as `fresh` prints it. In a process of its own (`fresh`), or
+    in the harness's after `difflong.clear_module_caches()` (review 38's thousands of
+    calls: a process a call would take an hour)."""
     from tillpoint.agent import wire
     from tillpoint.agent.app import till_agent
     from tillpoint.agent.errors import TillpointError, edge_of, exit_code_of
@@ -192,8 +201,7 @@ def fresh(argv: list[str]) -> int:
                 answer = ["ok", json.loads(json_text(result)), json_text(result)]
     finally:
         agent.close()
-    print(json.dumps({"answer": answer, "unasked": hub.unasked}, ensure_ascii=False))
-    return 0
+    return {"answer": answer, "unasked": hub.unasked}
 
 
 if __name__ == "__main__":
