@@ -112,7 +112,6 @@ class _AcrossProcesses:
             there = None
         if there == self._file or there == self._tried:
             return fd
-        self._tried = there  # tried once (and said why) while the path stays as it is
         # A file of before put back at the path (moved aside and back, a link turned back
         # to it) while a turn is held on it: its open fd again, never a second one. POSIX
         # drops all of a process's locks on a file at the close of any fd of it: the first
@@ -124,7 +123,15 @@ class _AcrossProcesses:
             del self._gone[back]
             self._fd, self._file = back, there
         elif not self._open(self._path):
-            return fd  # cannot make it again: the turns on the file this process has
+            # cannot make it again: the turns on the file this process has; tried once
+            # (and said why) while the path stays as it is
+            self._tried = there
+            return fd
+        # Opened (or found again): nothing to remember of a failure. Kept, a path found
+        # empty once and made again here was taken for one that cannot be opened at its
+        # next deletion: the turns stayed on the deleted file while a process started
+        # then made a new one (review 38, rev38k)
+        self._tried = False
         log.warning("%s was deleted or replaced: turns taken on the file now there", self._path)
         if any(on == fd for _, on in self._held.values()):
             assert was is not None

@@ -723,8 +723,9 @@ class Agent:
         result = CheckoutResult.from_json(stored)
         if result.state == "HELD":
             if result.mode == "OFFLINE" and self.hub is not None and not self._owed_listeners:
-                # no hold timer in this process (a one-shot CLI call, a library's agent):
-                # the late grant's shrink is sent here, after the hold's turn
+                # no one listening in this process (a library's agent; `run`'s hold timer
+                # and a one-shot `tillpoint hold`, which sends it after its answer, listen:
+                # review 38): the late grant's shrink is sent here, after the hold's turn
                 self._shrink_now(receipt.receipt_id)
             self._tell_devices("after_quote", result)
         return result
@@ -1043,7 +1044,9 @@ class Agent:
         """`listener` (quick, from any thread) is told when a call to the hub is owed at
         once: a hold priced OFFLINE whose request placed a hold there all the same (its
         grant came past the deadline). `tillpoint run`'s hold timer wakes on it and shrinks
-        that hold to what the receipt uses (`retry_hub_releases`)."""
+        that hold to what the receipt uses (`retry_hub_releases`); a one-shot `tillpoint
+        hold` sends it after its answer (`TillSync.send_owed`, review 38). With none, the
+        Hold sends it itself, before its answer."""
         self._owed_listeners.append(listener)
 
     def _hub_call_owed(self) -> None:
