@@ -146,10 +146,15 @@ def setup_one_shot() -> None:
     Before review 38 logging was not set up there and Python's last resort wrote the bare
     message, a trace too: a sale refused on a busy ledger said "sales are refused: the
     ledger is busy …" and then its `tillpoint: ` line (two lines, CONTRACT §10: one).
-    `run` and `hub serve` set up their own (`setup`), which replaces it."""
+    `run` and `hub serve` set up their own (`setup`), which replaces it. A library's
+    warnings are not printed (tillpoint's loggers only)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.WARNING)
     handler.setFormatter(OneShotFormatter())
     handler.addFilter(MaskingFilter())
     handler.addFilter(lambda record: not getattr(record, "said_by_the_command", False))
+    # tillpoint's own warnings only: a library's (psycopg's pool, "discarding closed
+    # connection …", before `hub import`'s one line about the lost connection) is not the
+    # command's to say; `hub serve` logs them (review 38: rev38b's handler printed it).
+    handler.addFilter(lambda record: record.name.partition(".")[0] == "tillpoint")
     logging.getLogger().handlers[:] = [handler]
