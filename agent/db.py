@@ -435,18 +435,36 @@ def refuse_not_sqlite(path: Path) -> None:
     """ForeignDatabase (exit 2) when the hub's store `path` is a file that is no SQLite
     database at all (another program's, a path named by mistake): it was "file is not a
     database", exit 1, and `hub serve`'s unit restarted for ever (review 38, rev38c). The
-    till's own files say "damaged" instead (`DamagedLedger`, `DamagedCache`)."""
+    till's own files say "damaged" instead (`DamagedLedger`, `DamagedCache`).
+
+    Asked of SQLite over a read-only connection, never by opening the file here: a
+    descriptor of a database file that the process opens and closes drops every POSIX
+    lock its SQLite connections hold on it (SQLite's own connections share them). The
+    hub's gRPC threads each open a connection: a live hub dropped its writers' locks
+    (a release from a till of the release before was lost: review 33's rel33 test)."""
     try:
+        probe = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    except (OSError, sqlite3.Error):  # missing (a new store), or unreadable: the open says
+        return
+    try:
+        probe.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" not in str(exc):
+            return  # busy, locked, unreadable: the connection that follows says why
+    else:
+        return
+    finally:
+        probe.close()
+    try:  # no SQLite database: nothing of SQLite's holds a lock on it
         with open(path, "rb") as file:
             head = file.read(len(SQLITE_HEADER))
-    except OSError:  # missing (a new store), or unreadable: the open says why
-        return
-    if head and head != SQLITE_HEADER:
-        raise ForeignDatabase(
-            f"{path} is not an SQLite database (it begins {head[:8]!r}): another program's"
-            " file, or a hub database damaged beyond reading; it is left as it was;"
-            f" {HUB_STORE_HINT}, or restore the hub database from its backup"
-        )
+    except OSError:
+        head = b""
+    raise ForeignDatabase(
+        f"{path} is not an SQLite database (it begins {head[:8]!r}): another program's"
+        " file, or a hub database damaged beyond reading; it is left as it was;"
+        f" {HUB_STORE_HINT}, or restore the hub database from its backup"
+    )
 
 
 def refuse_foreign_wal(path: Path, *, hub: bool = False) -> None:

@@ -537,3 +537,43 @@ def test_s10_a_hub_store_that_is_not_sqlite_at_all_is_exit_2_untouched(
     assert "is not an SQLite database" in line and "left as it was" in line, line
     assert _digest(store) == before
     assert [p.name for p in tmp_path.glob("orders.csv*")] == ["orders.csv"]
+
+
+def test_a_new_thread_s_store_connection_keeps_the_hubs_lock_on_its_file(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §9, §11 (nothing lost): the check that a hub store is an SQLite file at
+    all (rev38c) opened and closed the file itself at every new thread's connection; a
+    process that closes any descriptor of a file drops every POSIX lock it holds on it,
+    SQLite's connections' too. A live hub (a connection a gRPC thread) so lost its shared
+    lock on `hub.db`: another process closing its own connection then took itself for
+    the last one, checkpointed and deleted the `-wal` under the hub, and the hub's writes
+    after it went to a deleted file (review 33's till of the release before saw its
+    release lost). Now asked of SQLite itself."""
+    import threading
+
+    from tillpoint.sync.hub_sqlite import SqliteHubStore
+
+    path = tmp_path / "hub.db"
+    store = SqliteHubStore(path)
+    try:
+        opened = threading.Thread(target=store._conn)  # a gRPC thread's first call
+        opened.start()
+        opened.join(30)
+        code = (
+            "import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1])\n"
+            "c.execute('SELECT count(*) FROM sqlite_master').fetchone()\n"
+            "c.close()\n"
+        )
+        other = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert other.returncode == 0, other
+        assert path.with_name("hub.db-wal").exists(), "another process deleted the hub's -wal"
+    finally:
+        store.close()
