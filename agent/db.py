@@ -431,6 +431,12 @@ HUB_STORE_HINT = "name the hub's own store (--store, TILLPOINT_HUB_STORE or --hu
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to `path` for a look before tillpoint writes: it never
+    checkpoints another program's ``-wal`` on close, nor creates the file."""
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+
+
 def refuse_not_sqlite(path: Path) -> None:
     """ForeignDatabase (exit 2) when the hub's store `path` is a file that is no SQLite
     database at all (another program's, a path named by mistake): it was "file is not a
@@ -443,7 +449,7 @@ def refuse_not_sqlite(path: Path) -> None:
     hub's gRPC threads each open a connection: a live hub dropped its writers' locks
     (a release from a till of the release before was lost: review 33's rel33 test)."""
     try:
-        probe = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        probe = _read_only(path)
     except (OSError, sqlite3.Error):  # missing (a new store), or unreadable: the open says
         return
     try:
@@ -477,7 +483,7 @@ def refuse_foreign_wal(path: Path, *, hub: bool = False) -> None:
     try:
         if not wal.is_file() or wal.stat().st_size == 0:
             return
-        probe = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        probe = _read_only(path)
     except (OSError, sqlite3.Error):
         return
     try:

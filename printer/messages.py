@@ -23,7 +23,7 @@ import textwrap
 import unicodedata
 from collections.abc import Sequence
 
-from tillpoint.printer.text import clean, fit, format_money
+from tillpoint.printer.text import MARKS, clean, fit, format_money
 
 __all__ = [
     "REFUSED_CARD",
@@ -67,14 +67,10 @@ def first_name_only(name: str | None) -> str:
     # on the display; a word of marks only is no name (it showed ", добрый день!").
     # Every line stays at most its width in characters, the answer's too (review 38, rev38g).
     for word in words:
-        letters = "".join(ch for ch in word if unicodedata.category(ch) not in _MARKS)
+        letters = "".join(ch for ch in word if unicodedata.category(ch) not in MARKS)
         if letters:
             return letters
     return ""
-
-
-# a combining mark, or an enclosing one: what `printer.text` drops when the page lacks it
-_MARKS = ("Mn", "Me")
 
 
 def _first_fitting(candidates: Sequence[str], width: int) -> str:

@@ -101,6 +101,11 @@ IGNORABLE = (
 )
 
 
+# Combining and enclosing marks (Unicode Mn, Me): rule 3 drops them where the page lacks
+# them; a first name is counted without them (`printer.messages.first_name_only`).
+MARKS = ("Mn", "Me")
+
+
 def clean(text: str) -> str:
     """NFC-normalise; tabs and line breaks become spaces; other control characters go, as
     do the other characters that show nothing (`IGNORABLE`)."""
@@ -148,7 +153,7 @@ def _degrade_char(ch: str, codec: str) -> str:
         return stripped
     if stripped and stripped != ch:
         return "".join(_degrade_char(c, codec) for c in stripped)
-    if unicodedata.category(ch) in ("Mn", "Me"):
+    if unicodedata.category(ch) in MARKS:
         # an accent on its own (a stress mark over a Cyrillic vowel, which has no precomposed
         # form: "моло́ко"), dropped as rule 3 drops the accents of precomposed letters
         return ""
