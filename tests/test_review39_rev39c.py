@@ -1,0 +1,181 @@
+"""Review 39 (rev39c): the ledger's time line and the holds, read again (CONTRACT §11,
+§16). Review 38 made the ledger record its time line (`device.clock_line`: the boot and
+the wall clock's offset from CLOCK_BOOTTIME) and left a strict xfail: a hold made on the
+boot before was moved by a step of the wall clock on the new boot (a dead RTC set right
+by NTP: held a day at the till while the hub's copy ran out). Now the first line of a
+boot lists the holds open then (`device.clock_line_before`), which no step of that boot
+moves (`tests/test_review38_rev38h.py::test_a_hold_of_the_boot_before_is_not_moved_by_ntp_setting_a_dead_rtc_right`
+passes). Each test marked "failed before the fix" did; the others pin what was checked
+and found right. Real parts: real SQLite files, this release's ledger, an upgrade
+fixture's ledger made by an older release.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tarfile
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tillpoint.agent import db, ledger
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import SteppingClock, snapshot
+from .test_review31_long31 import DEVICE, _sale
+from .test_review38_rev38h import _hold, _lived
+
+UPGRADE = Path(__file__).parent / "fixtures" / "upgrade"
+
+
+def _started_while_busy(data: Path, clock: SteppingClock) -> Agent:
+    """An agent started while another process is in a write transaction on the ledger
+    (`run`'s Hold asking the hub in it): its start writes no time line (never waited for)."""
+    other = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    started: list[Agent] = []
+    starting = threading.Thread(
+        target=lambda: started.append(Agent(data, DEVICE, clock=clock, monotonic=clock.steady)),
+        daemon=True,
+    )
+    try:
+        starting.start()
+        starting.join(30)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        starting.join(150)
+    assert started, "the agent did not start"
+    return started[0]
+
+
+def _line_boot(data: Path) -> str | None:
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    try:
+        row = conn.execute("SELECT value FROM device WHERE key = 'clock_line'").fetchone()
+        return None if row is None else str(row[0]).rpartition(" ")[0]
+    finally:
+        conn.close()
+
+
+# ---------------------------------------- 1. the boot before's holds, this boot's holds
+
+
+def test_a_hold_made_on_a_new_boot_before_its_line_could_be_written_moves_with_its_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11 (a hold lives `holdTtlSeconds` of time that passes). The till
+    restarts with a hold of the boot before still open; `run` starts while another
+    process is in a write transaction, so its start writes no line of this boot (never
+    waited for: review 38, rev38h). A Hold is made on this boot, then the wall clock is
+    set an hour back (an operator's mistake). The hold of this boot keeps its 30 minutes
+    of time that passes (moved an hour back); the hold of the boot before keeps its stored
+    wall-clock expiry. Failed before the fix: the boot's first line, written only with
+    the step, listed this boot's hold with the boot before's, and left it on the stepped
+    clock (held an hour and a half at the till, the hub's copy run out after 31 minutes)."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 120_000)
+    boot1 = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = tmp_path / "till"
+    before = Agent(data, DEVICE, clock=boot1, monotonic=boot1.steady)
+    try:
+        before.load_snapshot(snapshot())
+        made1 = _hold(before, "h-1", boot1)
+    finally:
+        before.close()
+    boot2 = SteppingClock(made1 + timedelta(minutes=2))  # the RTC kept the time this once
+    run = _started_while_busy(data, boot2)
+    try:
+        first_boot = _line_boot(data)
+        made2 = _hold(run, "h-2", boot2)
+        line_with_the_hold = _line_boot(data)
+        boot2.passes(20)
+        boot2.stepped(-3600.0)
+        run.sweep_holds()
+        assert _lived(data, "h-2", made2)[:2] == ("HELD", 1800.0 - 3600.0)
+        assert _lived(data, "h-1", made1)[:2] == ("HELD", 1800.0)
+        assert line_with_the_hold != first_boot, "this boot's line written with its first hold"
+    finally:
+        run.close()
+
+
+def test_a_receipt_of_the_boot_before_held_again_on_this_boot_moves_with_its_steps(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11. The boot's first line lists the holds open then by receiptId and the
+    time they were held: the receiptId of a hold of the boot before that expired on this
+    boot and is held again (the POS retries the receipt) is a hold of this boot, moved by
+    its steps. Checked, found right."""
+    boot1 = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = tmp_path / "till"
+    before = Agent(data, DEVICE, clock=boot1, monotonic=boot1.steady)
+    try:
+        before.load_snapshot(snapshot())
+        made1 = _hold(before, "h-1", boot1)
+    finally:
+        before.close()
+    boot2 = SteppingClock(made1 + timedelta(hours=1))  # the power was out an hour
+    run = Agent(data, DEVICE, clock=boot2, monotonic=boot2.steady)
+    try:
+        run.sweep_holds()
+        assert _lived(data, "h-1", made1)[0] == "EXPIRED"
+        made2 = boot2()  # the same body (its `at` the sale's): priced afresh
+        again = run.hold(receipt_from_json(_sale("h-1", made1, redeemPoints=0)))
+        assert again.state == "HELD"
+        boot2.passes(20)
+        boot2.stepped(600.0)
+        run.sweep_holds()
+        assert _lived(data, "h-1", made2)[:2] == ("HELD", 1800.0 + 600.0)
+    finally:
+        run.close()
+
+
+# ---------------------------------------- 2. an upgrade from a ledger of before review 38
+
+
+def test_an_old_ledgers_open_hold_moves_with_the_first_boots_steps_not_the_next_boots(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11 (decision written there). A ledger made by the release of 2026-12-03
+    (upgrade fixture b0bf114: no time line, hold `h1` open) opened by this release: the
+    boot it is opened on cannot be told from the one `h1` was made on, so `h1` is read as
+    before (moved by that boot's step: the upgrade is most often a restart of the service
+    on one boot); after a restart of the system its wall-clock expiry stays as stored
+    through a step of the new boot, and it still confirms. Checked, found right."""
+    with tarfile.open(UPGRADE / "2026-12-03-b0bf114.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="tar")
+    data = tmp_path / "till"
+
+    def expiry() -> str:
+        life = ledger.receipt_life(conn, "h1")
+        assert life is not None and life.state == "HELD"
+        return life.expires_at
+
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    try:
+        assert conn.execute("SELECT 1 FROM device WHERE key = 'clock_line'").fetchone() is None
+        stored = datetime.fromisoformat(expiry())
+        boot_a = SteppingClock(datetime.fromisoformat("2026-12-03T12:00:00+00:00"))
+        first = Agent(data, "till-1", clock=boot_a, monotonic=boot_a.steady)
+        try:
+            first.sweep_holds()
+            boot_a.passes(5)
+            boot_a.stepped(3600.0)
+            first.sweep_holds()
+        finally:
+            first.close()
+        assert datetime.fromisoformat(expiry()) - stored == timedelta(hours=1)
+        boot_b = SteppingClock(datetime.fromisoformat("2026-12-03T09:00:00+00:00"))
+        second = Agent(data, "till-1", clock=boot_b, monotonic=boot_b.steady)
+        try:
+            second.sweep_holds()
+            boot_b.passes(5)
+            boot_b.stepped(86_400.0)  # NTP sets a dead RTC right
+            second.sweep_holds()
+            assert datetime.fromisoformat(expiry()) - stored == timedelta(hours=1)
+            assert second.confirm("h1").state == "CONFIRMED"
+        finally:
+            second.close()
+    finally:
+        conn.close()
