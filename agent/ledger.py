@@ -2026,12 +2026,49 @@ def clock_line(conn: sqlite3.Connection, boot: str) -> float | None:
         return None
 
 
+# The `device` key of the holds still open when a boot's first line was written over the
+# line of another boot: `{"boot": B, "holds": [[receiptId, held_at], ...]}`. Their expiry
+# is a wall-clock time of the boot before (across a restart of the system it applies as
+# stored, CONTRACT §11): no step of the wall clock on boot B moves them (review 39).
+CLOCK_LINE_BEFORE = "clock_line_before"
+
+
 def record_clock_line(conn: sqlite3.Connection, boot: str, offset: float) -> None:
-    """Inside a write transaction: the ledger's hold times are on `offset` (`clock_line`)."""
+    """Inside a write transaction: the ledger's hold times are on `offset` (`clock_line`).
+    The first line of a boot written over another boot's lists the holds open then
+    (`CLOCK_LINE_BEFORE`): they were made on the boot before, whose steady clock this
+    boot's steps are not measured from. No line at all (a new ledger, or one of a release
+    before review 38) lists none: its open holds are moved by a step as before."""
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE,)).fetchone()
+    if row is not None and str(row[0]).rpartition(" ")[0] != boot:
+        holds = conn.execute(
+            "SELECT receipt_id, held_at FROM receipt_life WHERE state = 'HELD' ORDER BY held_at"
+        ).fetchall()
+        conn.execute(
+            "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
+            (CLOCK_LINE_BEFORE, json.dumps({"boot": boot, "holds": [list(h) for h in holds]})),
+        )
     conn.execute(
         "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
         (CLOCK_LINE, f"{boot} {offset!r}"),
     )
+
+
+def holds_of_boot_before(conn: sqlite3.Connection, boot: str) -> set[tuple[str, str]]:
+    """(receiptId, held_at) of the holds open when `boot`'s first line was written (made
+    on a boot before it: `record_clock_line`); none when that line was not `boot`'s."""
+    row = conn.execute(
+        "SELECT value FROM device WHERE key = ?", (CLOCK_LINE_BEFORE,)
+    ).fetchone()
+    if row is None:
+        return set()
+    try:
+        listed = json.loads(str(row[0]))
+        if listed.get("boot") != boot:
+            return set()
+        return {(str(rid), str(at)) for rid, at in listed.get("holds", [])}
+    except (ValueError, TypeError, AttributeError):
+        return set()
 
 
 def follow_clock_step(
@@ -2063,7 +2100,7 @@ def follow_clock_step(
         else:
             if abs(was - before) < tolerance_s and abs(now - offset) < tolerance_s:
                 return False
-    shift_open_holds(conn, step)
+    shift_open_holds(conn, step, boot)
     conn.execute(
         "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
         (CLOCK_FOLLOWED, f"{before!r} {offset!r}"),
@@ -2071,14 +2108,22 @@ def follow_clock_step(
     return True
 
 
-def shift_open_holds(conn: sqlite3.Connection, step: timedelta) -> int:
+def shift_open_holds(conn: sqlite3.Connection, step: timedelta, boot: str | None = None) -> int:
     """Move the expiry of every open hold by `step` (the wall clock was stepped by it),
     and the `holdExpiresAt` its held result answers a retried Hold with; and the times
-    the releases and asks owed to the hub are judged by."""
+    the releases and asks owed to the hub are judged by. A step on `boot` leaves the
+    holds made on a boot before it (`holds_of_boot_before`): their wall-clock expiry
+    was made on a clock this boot's steps are not measured from, and a dead RTC set right
+    by NTP after the restart held them a day at the till, the hub's copies run out after
+    `holdTtlSeconds` + 60 s (review 38's rev38h, closed in review 39)."""
+    before = set() if boot is None else holds_of_boot_before(conn, boot)
     moved = []
-    for rid, at, text in conn.execute(
-        "SELECT receipt_id, expires_at, held_result FROM receipt_life WHERE state = 'HELD'"
+    for rid, at, text, held_at in conn.execute(
+        "SELECT receipt_id, expires_at, held_result, held_at FROM receipt_life"
+        " WHERE state = 'HELD'"
     ).fetchall():
+        if (rid, held_at) in before:
+            continue
         held = json.loads(text)
         if held.get("holdExpiresAt"):
             then = datetime.fromisoformat(held["holdExpiresAt"]) + step
