@@ -179,3 +179,60 @@ def test_an_old_ledgers_open_hold_moves_with_the_first_boots_steps_not_the_next_
             second.close()
     finally:
         conn.close()
+
+
+# ---------------------------------------- 3. a rollback and an upgrade on one boot
+
+
+def _older_release_follows(data: Path, clock: SteppingClock, step: float) -> None:
+    """The wall clock stepped by `step` and followed by review 37's release (run in this
+    one's place: a rollback), as it did: the holds moved and `clock_followed` recorded,
+    no time line written (it kept none)."""
+    clock.stepped(step)
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        offset = clock().timestamp() - clock.steady()
+        assert ledger.follow_clock_step(conn, timedelta(seconds=step), offset, 2.0)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("steps", [(600.0, 600.0), (3600.0, -1800.0)], ids=["up-up", "up-down"])
+def test_steps_an_older_release_followed_after_a_rollback_are_not_followed_again(
+    tmp_path: Path, steps: tuple[float, float]
+) -> None:
+    """CONTRACT §11 (a hold lives `holdTtlSeconds` of time that passes; a step is followed
+    once for the ledger). This release holds `h-1` and writes the ledger's time line; the
+    till is rolled back to review 37's release (no line kept; the ledger's schema is the
+    same) and the wall clock is stepped twice on this boot, each step followed by it
+    (the hold moved by their sum); then this release is installed again on the same
+    boot. The hold keeps its 30 minutes of time that passes. Failed before the fix: the
+    line still said the offset of before the rollback, and the first process of the
+    upgrade took the two steps for one not followed yet (`clock_followed` tells the last
+    step only) and moved the hold by their sum again (+20 min: held 50 minutes, the hub's
+    copy run out after 31; 'up-down': 30 minutes too long)."""
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = tmp_path / "till"
+    first = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        first.load_snapshot(snapshot())
+        made = _hold(first, "h-1", clock)
+    finally:
+        first.close()
+    for step in steps:
+        clock.passes(30)
+        _older_release_follows(data, clock, step)
+    assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0 + sum(steps))
+    clock.passes(30)
+    again = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        again.sweep_holds()
+        assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0 + sum(steps))
+        clock.passes(30)
+        clock.stepped(-600.0)  # and a step of this release's own is followed as ever
+        again.sweep_holds()
+        assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0 + sum(steps) - 600.0)
+    finally:
+        again.close()
