@@ -2014,16 +2014,55 @@ def clock_line(conn: sqlite3.Connection, boot: str) -> float | None:
     """The wall clock's offset from the steady one (seconds) that the ledger's hold times
     were last made on, when recorded on this `boot` (another boot's tells nothing: its
     steady clock counted from another instant)."""
-    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE,)).fetchone()
-    if row is None:
+    rows = dict(
+        conn.execute(
+            "SELECT key, value FROM device WHERE key IN (?, ?, ?)",
+            (CLOCK_LINE, CLOCK_LINE_SEEN, CLOCK_FOLLOWED),
+        ).fetchall()
+    )
+    if CLOCK_LINE not in rows:
         return None
-    was, _, offset = str(row[0]).rpartition(" ")
+    was, _, offset = str(rows[CLOCK_LINE]).rpartition(" ")
     if was != boot:
         return None
     try:
-        return float(offset)
-    except ValueError:
+        line = float(offset)
+        seen = json.loads(str(rows.get(CLOCK_LINE_SEEN, "null")))
+        if (
+            isinstance(seen, list)
+            and seen[:1] == [rows[CLOCK_LINE]]
+            and CLOCK_FOLLOWED in rows
+            and seen[1:] != [rows[CLOCK_FOLLOWED]]
+        ):
+            # a step followed since by a release that keeps no line (before review 38,
+            # run in its place on this boot): the holds are on the offset it moved them to
+            return float(str(rows[CLOCK_FOLLOWED]).split()[1])
+        return line
+    except (ValueError, TypeError, IndexError):
         return None
+
+
+# The `device` key of what the line was last written beside: `[the line's text, the last
+# step followed then (`clock_followed`'s text, or null)]`. A release before review 38's
+# (a rollback on this boot, then this one again) follows steps without writing the line:
+# a `clock_followed` other than the one seen beside the line, the line as it was, says
+# the holds were moved since, to its offset after (`clock_line`). Without it the line's
+# offset was taken for theirs, and the steps that release followed (two or more: one is
+# told by `clock_followed` itself) were followed again: the holds moved twice.
+CLOCK_LINE_SEEN = "clock_line_seen"
+
+
+def _line_seen(conn: sqlite3.Connection) -> None:
+    """Inside a write transaction: the line as written now, and the last step followed."""
+    rows = dict(
+        conn.execute(
+            "SELECT key, value FROM device WHERE key IN (?, ?)", (CLOCK_LINE, CLOCK_FOLLOWED)
+        ).fetchall()
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
+        (CLOCK_LINE_SEEN, json.dumps([rows.get(CLOCK_LINE), rows.get(CLOCK_FOLLOWED)])),
+    )
 
 
 # The `device` key of the holds still open when a boot's first line was written over the
@@ -2052,6 +2091,7 @@ def record_clock_line(conn: sqlite3.Connection, boot: str, offset: float) -> Non
         "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
         (CLOCK_LINE, f"{boot} {offset!r}"),
     )
+    _line_seen(conn)
 
 
 def holds_of_boot_before(conn: sqlite3.Connection, boot: str) -> set[tuple[str, str]]:
@@ -2105,6 +2145,8 @@ def follow_clock_step(
         "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
         (CLOCK_FOLLOWED, f"{before!r} {offset!r}"),
     )
+    if boot is not None:
+        _line_seen(conn)  # the line is `offset`, the step to it followed
     return True
 
 
