@@ -10,8 +10,8 @@ the release before has the `device` table (the key needs no migration; an older 
 ignores it); locks are taken mark first, then the agent's, in one order everywhere.
 Left: a turn held on `hub_turns.lock` at the instant it is replaced stays on the old
 file until it ends (one hub call's deadline), a process started meanwhile may take it;
-after a step followed by another process, `run`'s quotes read the clock less that step
-until its next round (up to 15 s: a card's open holds counted on the other line); the
+(read again in review 39, rev39c: not so) after a step followed by another process,
+`run`'s quotes read the clock less that step until its next round; the
 holds of the boot before moved by a step on this one (the last test below: a strict
 xfail until review 39, rev39c).
 """

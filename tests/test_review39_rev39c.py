@@ -236,3 +236,104 @@ def test_steps_an_older_release_followed_after_a_rollback_are_not_followed_again
         assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0 + sum(steps) - 600.0)
     finally:
         again.close()
+
+
+# ---------------------------------------- 4. the left cases of review 38, checked
+
+
+def _quote_redeems(agent: Agent, clock: SteppingClock, points: int) -> int:
+    quoted = agent.quote(receipt_from_json(_sale("q-1", clock(), redeemPoints=points)))
+    assert quoted.mode == "OFFLINE"
+    return int(quoted.to_json()["redeemedPoints"])
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0], ids=["back", "forward"])
+def test_runs_quote_after_a_one_shot_followed_a_step_counts_the_held_points(
+    tmp_path: Path, step: float
+) -> None:
+    """CONTRACT §11, §9 (the offline limit counts the card's open OFFLINE holds). `run`
+    holds 300 of ANNA's points offline (limit 500 a store-day); the wall clock is stepped
+    an hour and a one-shot command started after it follows the step first (moves the
+    hold); `run`'s next quote, before its hold timer's next round, asks for 400. Review
+    38 left it as "counted on the other line until the next round": it is not. The
+    quote looks for a step before it reads (`_follow_clock_step`), finds this one on its
+    own mark, takes it under the lock, and `clock_followed` says it is followed already:
+    nothing moved twice, its clock on the holds' line at once. 200 redeemable either
+    way, as before the step. Checked, found right."""
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = tmp_path / "till"
+    run = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        run.load_snapshot(snapshot())
+        made = clock()
+        held = run.hold(receipt_from_json(_sale("h-1", made, redeemPoints=300)))
+        assert (held.state, held.mode) == ("HELD", "OFFLINE")
+        assert _quote_redeems(run, clock, 400) == 200
+        clock.passes(60)
+        clock.stepped(step)
+        one_shot = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+        try:
+            one_shot.sweep_holds()
+        finally:
+            one_shot.close()
+        assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0 + step)
+        assert _quote_redeems(run, clock, 400) == 200
+        run.sweep_holds()
+        assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0 + step)
+    finally:
+        run.close()
+
+
+def test_a_ledger_busy_at_every_round_moves_the_holds_by_the_drift_it_missed_only(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11 (decision written there: the line is the ledger's last reading). The
+    ledger is in another process's write transaction at each of five rounds of `run`'s
+    hold timer (its line is written only when the ledger is free at once), while NTP sets
+    the clock by 0.4 s between rounds: `run` takes none for a step, and its line stays
+    2 s behind. A one-shot started then takes those 2 s for a step and moves the open
+    hold by them, once: it lives 1,802 s of the wall clock after its Hold, inside the 60 s
+    the hub's copy outlives it (`holdTtlSeconds` + 60 s); `run` and the next process
+    agree, nothing moved again. Review 38 reasoned it harmless (rev38j): checked, found
+    as reasoned (the drift missed is at most what NTP's small steps add up to between
+    two writes that get the ledger: any step followed, any round free, writes the line)."""
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = tmp_path / "till"
+    run = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        run.load_snapshot(snapshot())
+        made = _hold(run, "h-1", clock)
+        for _ in range(5):
+            clock.passes(15)
+            clock.stepped(0.4)
+            other = sqlite3.connect(data / "ledger.db", isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                run.keep_clock_line()  # the round, the ledger busy
+                other.execute("ROLLBACK")
+            finally:
+                other.close()
+            run.sweep_holds()
+        assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0)
+        one_shot = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+        try:
+            one_shot.sweep_holds()
+        finally:
+            one_shot.close()
+        assert _lived(data, "h-1", made)[1] == pytest.approx(1802.0)
+        run.keep_clock_line()
+        run.sweep_holds()
+        late = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+        try:
+            late.sweep_holds()
+        finally:
+            late.close()
+        assert _lived(data, "h-1", made)[1] == pytest.approx(1802.0)
+        clock.passes(1802.0 - 77.0 - 0.5)  # 75 s passed, 2 s stepped
+        run.sweep_holds()
+        assert _lived(data, "h-1", made)[0] == "HELD"
+        clock.passes(1.0)
+        run.sweep_holds()
+        assert _lived(data, "h-1", made)[0] == "EXPIRED"
+    finally:
+        run.close()
