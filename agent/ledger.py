@@ -2097,9 +2097,7 @@ def record_clock_line(conn: sqlite3.Connection, boot: str, offset: float) -> Non
 def holds_of_boot_before(conn: sqlite3.Connection, boot: str) -> set[tuple[str, str]]:
     """(receiptId, held_at) of the holds open when `boot`'s first line was written (made
     on a boot before it: `record_clock_line`); none when that line was not `boot`'s."""
-    row = conn.execute(
-        "SELECT value FROM device WHERE key = ?", (CLOCK_LINE_BEFORE,)
-    ).fetchone()
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE_BEFORE,)).fetchone()
     if row is None:
         return set()
     try:
@@ -2161,8 +2159,7 @@ def shift_open_holds(conn: sqlite3.Connection, step: timedelta, boot: str | None
     before = set() if boot is None else holds_of_boot_before(conn, boot)
     moved = []
     for rid, at, text, held_at in conn.execute(
-        "SELECT receipt_id, expires_at, held_result, held_at FROM receipt_life"
-        " WHERE state = 'HELD'"
+        "SELECT receipt_id, expires_at, held_result, held_at FROM receipt_life WHERE state = 'HELD'"
     ).fetchall():
         if (rid, held_at) in before:
             continue

@@ -4,7 +4,7 @@ the wall clock's offset from CLOCK_BOOTTIME) and left a strict xfail: a hold mad
 boot before was moved by a step of the wall clock on the new boot (a dead RTC set right
 by NTP: held a day at the till while the hub's copy ran out). Now the first line of a
 boot lists the holds open then (`device.clock_line_before`), which no step of that boot
-moves (`tests/test_review38_rev38h.py::test_a_hold_of_the_boot_before_is_not_moved_by_ntp_setting_a_dead_rtc_right`
+moves (rev38h's `test_a_hold_of_the_boot_before_is_not_moved_by_ntp_setting_a_dead_rtc_right`
 passes). Each test marked "failed before the fix" did; the others pin what was checked
 and found right. Real parts: real SQLite files, this release's ledger, an upgrade
 fixture's ledger made by an older release.
