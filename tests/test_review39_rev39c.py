@@ -337,3 +337,25 @@ def test_a_ledger_busy_at_every_round_moves_the_holds_by_the_drift_it_missed_onl
         assert _lived(data, "h-1", made)[0] == "EXPIRED"
     finally:
         run.close()
+
+
+def test_the_line_reads_as_written_beside_a_damaged_or_missing_record_of_steps(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11. The line's `clock_line_seen` unreadable (another tool wrote it) or
+    missing (the line written by review 38's release) leaves the line as written: read as
+    no line, a process would take its own first reading and miss a step not followed
+    yet. Checked, found right."""
+    conn = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE device (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO device VALUES ('clock_line', 'b-1 1000.5')")
+        conn.execute("INSERT INTO device VALUES ('clock_followed', '900.0 1000.0')")
+        assert ledger.clock_line(conn, "b-1") == 1000.5
+        conn.execute("INSERT INTO device VALUES ('clock_line_seen', '[not json')")
+        assert ledger.clock_line(conn, "b-1") == 1000.5
+        conn.execute("UPDATE device SET value = '[\"b-1 1000.5\"]' WHERE key = 'clock_line_seen'")
+        assert ledger.clock_line(conn, "b-1") == 1000.0  # a step followed since, no line
+        assert ledger.clock_line(conn, "b-2") is None
+    finally:
+        conn.close()
