@@ -2027,6 +2027,9 @@ def clock_line(conn: sqlite3.Connection, boot: str) -> float | None:
         return None
     try:
         line = float(offset)
+    except ValueError:
+        return None
+    try:
         seen = json.loads(str(rows.get(CLOCK_LINE_SEEN, "null")))
         if (
             isinstance(seen, list)
@@ -2037,9 +2040,9 @@ def clock_line(conn: sqlite3.Connection, boot: str) -> float | None:
             # a step followed since by a release that keeps no line (before review 38,
             # run in its place on this boot): the holds are on the offset it moved them to
             return float(str(rows[CLOCK_FOLLOWED]).split()[1])
-        return line
-    except (ValueError, TypeError, IndexError):
-        return None
+    except (ValueError, IndexError):
+        pass  # the line as written
+    return line
 
 
 # The `device` key of what the line was last written beside: `[the line's text, the last
