@@ -96,6 +96,10 @@ def test_a_hold_made_on_a_new_boot_before_its_line_could_be_written_moves_with_i
         assert _lived(data, "h-2", made2)[:2] == ("HELD", 1800.0 - 3600.0)
         assert _lived(data, "h-1", made1)[:2] == ("HELD", 1800.0)
         assert line_with_the_hold != first_boot, "this boot's line written with its first hold"
+        for rid, made, lived in (("h-1", made1, 1800.0), ("h-2", made2, -1800.0)):
+            retried = run.hold(receipt_from_json(_sale(rid, made, redeemPoints=0)))
+            answered = retried.to_json()["holdExpiresAt"]
+            assert datetime.fromisoformat(answered) == made + timedelta(seconds=lived)
     finally:
         run.close()
 
