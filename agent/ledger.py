@@ -2014,24 +2014,102 @@ def clock_line(conn: sqlite3.Connection, boot: str) -> float | None:
     """The wall clock's offset from the steady one (seconds) that the ledger's hold times
     were last made on, when recorded on this `boot` (another boot's tells nothing: its
     steady clock counted from another instant)."""
-    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE,)).fetchone()
-    if row is None:
+    rows = dict(
+        conn.execute(
+            "SELECT key, value FROM device WHERE key IN (?, ?, ?)",
+            (CLOCK_LINE, CLOCK_LINE_SEEN, CLOCK_FOLLOWED),
+        ).fetchall()
+    )
+    if CLOCK_LINE not in rows:
         return None
-    was, _, offset = str(row[0]).rpartition(" ")
+    was, _, offset = str(rows[CLOCK_LINE]).rpartition(" ")
     if was != boot:
         return None
     try:
-        return float(offset)
+        line = float(offset)
     except ValueError:
         return None
+    try:
+        seen = json.loads(str(rows.get(CLOCK_LINE_SEEN, "null")))
+        if (
+            isinstance(seen, list)
+            and seen[:1] == [rows[CLOCK_LINE]]
+            and CLOCK_FOLLOWED in rows
+            and seen[1:] != [rows[CLOCK_FOLLOWED]]
+        ):
+            # a step followed since by a release that keeps no line (before review 38,
+            # run in its place on this boot): the holds are on the offset it moved them to
+            return float(str(rows[CLOCK_FOLLOWED]).split()[1])
+    except (ValueError, IndexError):
+        pass  # the line as written
+    return line
+
+
+# The `device` key of what the line was last written beside: `[the line's text, the last
+# step followed then (`clock_followed`'s text, or null)]`. A release before review 38's
+# (a rollback on this boot, then this one again) follows steps without writing the line:
+# a `clock_followed` other than the one seen beside the line, the line as it was, says
+# the holds were moved since, to its offset after (`clock_line`). Without it the line's
+# offset was taken for theirs, and the steps that release followed (two or more: one is
+# told by `clock_followed` itself) were followed again: the holds moved twice.
+CLOCK_LINE_SEEN = "clock_line_seen"
+
+
+def _line_seen(conn: sqlite3.Connection) -> None:
+    """Inside a write transaction: the line as written now, and the last step followed."""
+    rows = dict(
+        conn.execute(
+            "SELECT key, value FROM device WHERE key IN (?, ?)", (CLOCK_LINE, CLOCK_FOLLOWED)
+        ).fetchall()
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
+        (CLOCK_LINE_SEEN, json.dumps([rows.get(CLOCK_LINE), rows.get(CLOCK_FOLLOWED)])),
+    )
+
+
+# The `device` key of the holds still open when a boot's first line was written over the
+# line of another boot: `{"boot": B, "holds": [[receiptId, held_at], ...]}`. Their expiry
+# is a wall-clock time of the boot before (across a restart of the system it applies as
+# stored, CONTRACT §11): no step of the wall clock on boot B moves them (review 39).
+CLOCK_LINE_BEFORE = "clock_line_before"
 
 
 def record_clock_line(conn: sqlite3.Connection, boot: str, offset: float) -> None:
-    """Inside a write transaction: the ledger's hold times are on `offset` (`clock_line`)."""
+    """Inside a write transaction: the ledger's hold times are on `offset` (`clock_line`).
+    The first line of a boot written over another boot's lists the holds open then
+    (`CLOCK_LINE_BEFORE`): they were made on the boot before, whose steady clock this
+    boot's steps are not measured from. No line at all (a new ledger, or one of a release
+    before review 38) lists none: its open holds are moved by a step as before."""
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE,)).fetchone()
+    if row is not None and str(row[0]).rpartition(" ")[0] != boot:
+        holds = conn.execute(
+            "SELECT receipt_id, held_at FROM receipt_life WHERE state = 'HELD' ORDER BY held_at"
+        ).fetchall()
+        conn.execute(
+            "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
+            (CLOCK_LINE_BEFORE, json.dumps({"boot": boot, "holds": [list(h) for h in holds]})),
+        )
     conn.execute(
         "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
         (CLOCK_LINE, f"{boot} {offset!r}"),
     )
+    _line_seen(conn)
+
+
+def holds_of_boot_before(conn: sqlite3.Connection, boot: str) -> set[tuple[str, str]]:
+    """(receiptId, held_at) of the holds open when `boot`'s first line was written (made
+    on a boot before it: `record_clock_line`); none when that line was not `boot`'s."""
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE_BEFORE,)).fetchone()
+    if row is None:
+        return set()
+    try:
+        listed = json.loads(str(row[0]))
+        if listed.get("boot") != boot:
+            return set()
+        return {(str(rid), str(at)) for rid, at in listed.get("holds", [])}
+    except (ValueError, TypeError, AttributeError):
+        return set()
 
 
 def follow_clock_step(
@@ -2063,22 +2141,31 @@ def follow_clock_step(
         else:
             if abs(was - before) < tolerance_s and abs(now - offset) < tolerance_s:
                 return False
-    shift_open_holds(conn, step)
+    shift_open_holds(conn, step, boot)
     conn.execute(
         "INSERT OR REPLACE INTO device (key, value) VALUES (?, ?)",
         (CLOCK_FOLLOWED, f"{before!r} {offset!r}"),
     )
+    if boot is not None:
+        _line_seen(conn)  # the line is `offset`, the step to it followed
     return True
 
 
-def shift_open_holds(conn: sqlite3.Connection, step: timedelta) -> int:
+def shift_open_holds(conn: sqlite3.Connection, step: timedelta, boot: str | None = None) -> int:
     """Move the expiry of every open hold by `step` (the wall clock was stepped by it),
     and the `holdExpiresAt` its held result answers a retried Hold with; and the times
-    the releases and asks owed to the hub are judged by."""
+    the releases and asks owed to the hub are judged by. A step on `boot` leaves the
+    holds made on a boot before it (`holds_of_boot_before`): their wall-clock expiry
+    was made on a clock this boot's steps are not measured from, and a dead RTC set right
+    by NTP after the restart held them a day at the till, the hub's copies run out after
+    `holdTtlSeconds` + 60 s (review 38's rev38h, closed in review 39)."""
+    before = set() if boot is None else holds_of_boot_before(conn, boot)
     moved = []
-    for rid, at, text in conn.execute(
-        "SELECT receipt_id, expires_at, held_result FROM receipt_life WHERE state = 'HELD'"
+    for rid, at, text, held_at in conn.execute(
+        "SELECT receipt_id, expires_at, held_result, held_at FROM receipt_life WHERE state = 'HELD'"
     ).fetchall():
+        if (rid, held_at) in before:
+            continue
         held = json.loads(text)
         if held.get("holdExpiresAt"):
             then = datetime.fromisoformat(held["holdExpiresAt"]) + step

@@ -343,6 +343,11 @@ class Agent:
         # times were read before another call took one is made again at its commit.
         self._steps_taken = 0
         self._mark_lock = threading.Lock()
+        # what the steady clock counts from (`keep_clock_line`); None: no steady clock
+        self._boot = self._steady_boot()
+        # Whether the ledger has a time line of this boot (`_line_first`): once it has,
+        # no other boot's process writes it while this one runs.
+        self._line_here = self._boot is None
         self.hub = hub
         self.devices = devices
         # The receipt whose figures the display shows now: a Cancel clears only its own
@@ -419,8 +424,6 @@ class Agent:
         self._one_read = threading.Lock()
         # Coupon codes the till's scanner read for the receipt being rung up (`scan`).
         self.scanned_coupons: list[str] = []
-        # what the steady clock counts from (`keep_clock_line`); None: no steady clock
-        self._boot = self._steady_boot()
         self.keep_clock_line()  # a step made before this process started, not followed yet
 
     def close(self) -> None:
@@ -944,6 +947,34 @@ class Agent:
                         ledger.record_clock_line(conn, boot, offset)
             except (StorageError, sqlite3.Error) as exc:  # busy, read-only: the next round
                 log.debug("the ledger's time line not recorded: %s", exc)
+
+    def _line_first(self, conn: sqlite3.Connection) -> None:
+        """At the start of a write transaction, until the ledger has this boot's time line:
+        written first, so that no hold of this boot is ever made before it. The first line
+        of a boot lists the holds open then as the boot before's (`ledger.record_clock_line`,
+        never moved by this boot's steps); a hold this boot made before that line (its
+        start's line not written: the ledger was busy, `keep_clock_line` waits for no one)
+        would be listed with them, and a step on this boot would leave it on the stepped
+        clock (an hour back: held an hour and a half at the till, the hub's copy run out).
+        On the line this process's hold times are on: its mark's, the step on it not
+        followed yet (a step is followed inside the transaction, recorded with it)."""
+        if self._line_here:
+            return
+        boot = self._boot
+        assert boot is not None
+        if ledger.clock_line(conn, boot) is not None:
+            self._line_here = True  # committed: this boot's already
+            return
+        steady = self._monotonic or (steady_clock if self.clock is system_clock else None)
+        if steady is None:
+            return
+        with self._mark_lock:
+            mark = self._clock_mark
+            if mark is None:
+                wall, passed = self.clock(), steady()
+            else:
+                wall, passed = mark
+        ledger.record_clock_line(conn, boot, wall.timestamp() - passed)
 
     def _mark_offset(self) -> float:
         """The wall clock less the steady one at the last reading (`_take_clock_step`'s
@@ -2597,6 +2628,7 @@ class Agent:
         self._sale_in_write = False
         try:
             with write_transaction(self._ledger, "ledger") as conn:
+                self._line_first(conn)
                 yield conn
         except BaseException as exc:
             if self._followed_step is not None:

@@ -10,9 +10,10 @@ the release before has the `device` table (the key needs no migration; an older 
 ignores it); locks are taken mark first, then the agent's, in one order everywhere.
 Left: a turn held on `hub_turns.lock` at the instant it is replaced stays on the old
 file until it ends (one hub call's deadline), a process started meanwhile may take it;
-after a step followed by another process, `run`'s quotes read the clock less that step
-until its next round (up to 15 s: a card's open holds counted on the other line); the
-holds of the boot before moved by a step on this one (the xfail test below).
+(read again in review 39, rev39c: not so) after a step followed by another process,
+`run`'s quotes read the clock less that step until its next round; the
+holds of the boot before moved by a step on this one (the last test below: a strict
+xfail until review 39, rev39c).
 """
 
 from __future__ import annotations
@@ -368,11 +369,6 @@ def test_without_a_boot_id_no_line_is_kept_and_the_till_sells(
     assert _line(data) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="left by rev38h (docs/DECISIONS.md, review 38): a hold does not record the boot it"
-    " was made on, so a step on this boot moves the open holds of the boot before too",
-)
 def test_a_hold_of_the_boot_before_is_not_moved_by_ntp_setting_a_dead_rtc_right(
     tmp_path: Path,
 ) -> None:
@@ -381,8 +377,9 @@ def test_a_hold_of_the_boot_before_is_not_moved_by_ntp_setting_a_dead_rtc_right(
     a dead RTC battery, its clock a day behind, `run` starts, and NTP then sets the clock
     a day forward: `run` follows that step and moves every open hold by it, the one made
     on the boot before (on a clock that was right) too: held a day at the till while
-    the hub's copy ran out after `holdTtlSeconds` + 60 s. Found, not fixed (a hold would
-    have to record its boot)."""
+    the hub's copy ran out after `holdTtlSeconds` + 60 s. Found here (a strict xfail),
+    fixed in review 39 (rev39c): the boot's first line lists the holds open then, which
+    no step of this boot moves (`tests/test_review39_rev39c.py`)."""
     boot1 = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     data = tmp_path / "till"
     before = Agent(data, DEVICE, clock=boot1, monotonic=boot1.steady)
