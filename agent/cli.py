@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError as exc:
-        gone = _stdout_gone()
+        gone = _stdout_gone(sure=isinstance(exc, OutputCut))
         if gone:  # `tillpoint status --json | head -c 0`: not a bug of ours
             print(
                 f"tillpoint: the output was cut off: its reader ({gone}) closed before the end"
@@ -569,22 +569,26 @@ def _is_flag_of(parser: argparse.ArgumentParser, word: str) -> bool:
 _ACTIONS = frozenset({"snapshot_command", "config_command"})
 
 
-def _stdout_gone() -> str | None:
+def _stdout_gone(*, sure: bool = False) -> str | None:
     """What stdout was ("a pipe", "a socket") when its reader has left, else None. If
     so, stdout is pointed at /dev/null, so the interpreter's flush at exit adds no
     "Exception ignored" lines. A pipe whose reader closed polls POLLERR; a Unix socket
     whose peer closed (a Node POS's child stdio, systemd's `StandardOutput=socket`)
-    POLLHUP only: it said "internal error: BrokenPipeError" (review 38, rev38j)."""
+    POLLHUP only: it said "internal error: BrokenPipeError" (review 38, rev38j). `sure`:
+    the broken pipe was a write to stdout's own descriptor (`write_out`), whatever poll
+    says: a Unix socket its peer shut for reading only (`shutdown(SHUT_RD)`, Go's
+    `CloseRead`) polls neither, and said "internal error" too (review 39, rev39b)."""
     import select
     import stat
 
     try:
         fd = sys.stdout.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        gone = select.POLLERR | select.POLLHUP
-        if not any(events & gone for _, events in poller.poll(0)):
-            return None  # stdout is fine: the broken pipe was another's (a socket)
+        if not sure:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            gone = select.POLLERR | select.POLLHUP
+            if not any(events & gone for _, events in poller.poll(0)):
+                return None  # stdout is fine: the broken pipe was another's (a socket)
         mode = os.fstat(fd).st_mode
     except (AttributeError, OSError, ValueError):
         return None
@@ -1157,8 +1161,13 @@ class OutputLost(TillpointError):
     worded as such, not as an internal error; what the command did stands."""
 
 
+class OutputCut(BrokenPipeError):
+    """A write to stdout's own descriptor broke (EPIPE): its reader left (`main` words
+    it as the cut-off line whatever stdout polls, `_stdout_gone(sure=True)`)."""
+
+
 def write_out(text: str) -> None:
-    """Write `text` to stdout, now (a closed pipe stays a BrokenPipeError, `main` words it)."""
+    """Write `text` to stdout, now (a closed pipe is an `OutputCut`, `main` words it)."""
     if sys.stdout is None:  # `>&-`: it said "internal error: AttributeError"
         raise OutputLost(
             "the output could not be written: standard output is closed"
@@ -1166,8 +1175,8 @@ def write_out(text: str) -> None:
         )
     try:
         _write_whole(sys.stdout, text)
-    except BrokenPipeError:
-        raise
+    except BrokenPipeError as exc:
+        raise OutputCut(*exc.args) from None
     except OSError as exc:
         _stdout_to_devnull()
         raise OutputLost(

@@ -1,0 +1,69 @@
+"""Review 39 (rev39b): session 38's one-shot CLI changes read again — the answer written
+whole (`cli._write_whole`), the cut-off line, the one-shot guard against SIGTERM, SIGINT
+and SIGHUP, the one-shot logs (`logs.setup_one_shot`) and GRPC_VERBOSITY — and rev38k's
+left suspicions about them (CONTRACT §10, §11). Each test here that names a fault failed
+before the fix beside it; the others pin what was tried and found right. Real parts: real
+`tillpoint` processes on real SQLite files, real pipes and sockets, real signals.
+
+Tried by hand and found right, not pinned again here (review 38's tests pin most):
+a committing answer to a pipe closed at once, after one byte, to `/dev/full`, to a
+stdout closed (`>&-`), with stderr the same broken pipe (`2>&1 | head -c 1`: exit 1) or
+`/dev/full` too: exit 1 each time, and a retry with the same receiptId answers the sale;
+a TCP socket stdout reset by its reader: "the output could not be written: Connection
+reset by peer (what the command did stands)", exit 1; SIGPIPE sent at any stage is
+ignored (Python's own SIG_IGN), the write's EPIPE says it; a full pipe nobody reads,
+then SIGTERM: the committed answer waits for its reader (review 37's decision: only
+SIGKILL ends it), and the reader's close then gives the cut-off line, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+from .test_review38_rev38b import EXE, _loaded
+from .test_review38_rev38f import _big_receipt
+
+# ---------------------------------------- 1. a stdout whose reader stops reading it
+
+
+def test_a_socket_stdout_its_reader_shut_for_reading_is_the_cut_off_line(tmp_path: Path) -> None:
+    """CONTRACT §10 (a stdout whose reader leaves before the end: one line "the output
+    was cut off …", exit 1, what the command did stands). A POS whose child's stdout is a
+    Unix socket, that reads the start of a large committed answer and then shuts its
+    side for reading (Go's `UnixConn.CloseRead`, `shutdown(SHUT_RD)`) without closing
+    it: the write failed EPIPE, but a socket its peer shut for reading polls neither
+    POLLERR nor POLLHUP, so the broken pipe was judged not stdout's: "tillpoint:
+    internal error: BrokenPipeError: [Errno 32] Broken pipe" after a committed sale, as
+    if tillpoint had failed. Failed before the fix: the cut-off line, naming a socket;
+    the sale stands and its retry answers it."""
+    env = _loaded(tmp_path)
+    path = _big_receipt(tmp_path, "shut-rd")
+    ours, theirs = socket.socketpair()
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with ours:
+        with theirs:
+            proc = subprocess.Popen(
+                [EXE, "checkout", str(path), "--json"],
+                env=env,
+                stdout=theirs.fileno(),
+                stderr=subprocess.PIPE,
+            )
+        ours.settimeout(60)
+        assert len(ours.recv(10)) == 10
+        ours.shutdown(socket.SHUT_RD)
+        err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 1, err
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        "tillpoint: the output was cut off: its reader (a socket) closed before the end"
+    ), err
+    assert err.rstrip("\n").endswith("(what the command did stands)")
+    again = subprocess.run(
+        [EXE, "checkout", str(path), "--json"], env=env, capture_output=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["receiptId"] == "shut-rd"
