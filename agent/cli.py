@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -265,11 +266,40 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # gRPC's C core logs connection events to stderr; ours go through `logging`. (Read by
-    # gRPC at its import, after the command is known: a one-shot's is NONE, below.)
+    """The `tillpoint` command (`argv` None: the process is tillpoint's), or its
+    arguments run in a caller's own process (a test, a bench, a program embedding the
+    CLI), which is left as it was found: its environment (GRPC_VERBOSITY,
+    PYDANTIC_DISABLE_PLUGINS), pydantic's plugin loader, its stdout's and stderr's
+    encodings (review 38, rev38i; review 39, rev39b: GRPC_VERBOSITY and the streams
+    were left changed there for good)."""
+    if argv is None:
+        return _main(None)
+    stderr = sys.stderr
+    codings = [
+        (stream, stream.encoding, stream.errors)
+        for stream in (sys.stdout, sys.stderr)
+        if isinstance(stream, io.TextIOWrapper)
+    ]
+    try:
+        return _main(argv)
+    finally:
+        if stderr is None:  # `_main` gave it /dev/null for its error lines
+            with contextlib.suppress(Exception):
+                sys.stderr.close()
+            sys.stderr = stderr
+        for stream, encoding, errors in codings:
+            with contextlib.suppress(Exception):  # a stream its reader closed: as it is
+                stream.reconfigure(encoding=encoding, errors=errors)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     grpc_verbosity_set = "GRPC_VERBOSITY" in os.environ
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if argv is None:  # the `tillpoint` command: the process is tillpoint's
+        # gRPC's C core logs connection events to stderr; ours go through `logging`.
+        # (Read by gRPC at its import, after the command is known: a one-shot's is NONE,
+        # below.) Not in a caller's process (`main(argv)`): its gRPC logs are its own,
+        # and gRPC's default with the variable unset is ERROR's lines too (rev39b).
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         # tillpoint runs no pydantic plugin: without this pydantic imports importlib.metadata
         # and reads every installed package's entry points at the first model it builds,
         # ~10 % of a one-shot call's start (docs/PERFORMANCE.md, review 38). A value set

@@ -18,10 +18,16 @@ SIGKILL ends it), and the reader's close then gives the cut-off line, exit 1.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+from tillpoint.agent import cli
 
 from .test_review38_rev38b import EXE, _loaded
 from .test_review38_rev38f import _big_receipt
@@ -67,3 +73,35 @@ def test_a_socket_stdout_its_reader_shut_for_reading_is_the_cut_off_line(tmp_pat
     )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["receiptId"] == "shut-rd"
+
+
+# ---------------------------------------- 2. main(argv) in a caller's process
+
+
+def test_main_in_a_callers_process_leaves_its_grpc_verbosity_and_streams_as_they_were(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """CONTRACT §10. `main(argv)` called in its caller's own process (a test, a bench, a
+    program embedding the CLI) leaves that process as it found it, as rev38i made it
+    leave PYDANTIC_DISABLE_PLUGINS: it set GRPC_VERBOSITY=ERROR there for good (the
+    caller's own `GRPC_VERBOSITY` unset, gRPC's default, turned into a setting its
+    children then inherited), and re-encoded the caller's stdout and stderr as UTF-8
+    (stderr with backslashreplace) for good. Failed before the fix. The `tillpoint`
+    command (`main()`, its process tillpoint's) still sets both (review 38's tests)."""
+    for name in [k for k in os.environ if k.upper().startswith("TILLPOINT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="latin-1", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert cli.main(["config", "check", "--json", "--data-dir", str(tmp_path)]) == 0
+    assert "GRPC_VERBOSITY" not in os.environ
+    assert (out.encoding, out.errors) == ("ascii", "strict")
+    assert (err.encoding, err.errors) == ("latin-1", "strict")
+    out.flush()
+    assert json.loads(out.buffer.getvalue())["dataDir"] == str(tmp_path)  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")  # the caller's own setting: kept
+    assert cli.main(["config", "check", "--json", "--data-dir", str(tmp_path)]) == 0
+    assert os.environ["GRPC_VERBOSITY"] == "DEBUG"
