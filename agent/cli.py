@@ -332,7 +332,7 @@ def _main(argv: Sequence[str] | None) -> int:
         # below, so a closed or full stdout is worded, not a traceback.
         args = _parse(parser, argv)
         args.process_ends = process_ends
-        if process_ends and not grpc_verbosity_set and args.command not in LONG_LIVED:
+        if process_ends and not grpc_verbosity_set and not serves(args):
             # a one-shot's stderr is its own lines (CONTRACT §10): the C core's errors
             # (six lines for a damaged device certificate before every sale, the
             # command's own line saying it where it matters) are not (review 38, rev38f)
@@ -400,9 +400,16 @@ def _no_pydantic_plugin_loader() -> None:
     sys.modules[name] = loader
 
 
-# The commands that serve (and log as configured), or hold a hub and tills of their own:
-# gRPC's C core keeps its ERROR lines there; a one-shot command's are silenced.
-LONG_LIVED = frozenset({"run", "hub", "demo"})
+def serves(args: argparse.Namespace) -> bool:
+    """Whether the command serves (`run`, `hub serve`: they log as configured) or plays a
+    hub and tills of its own (`demo`): gRPC's C core keeps its ERROR lines there; a
+    one-shot command's are silenced (GRPC_VERBOSITY=NONE unless the environment sets
+    it). The other `hub` commands (`hub import`, `hub enroll`, `hub status` …) are
+    one-shots like the till's: they kept ERROR until review 39 (rev39b, rev38k's left
+    item; DECISIONS, "Review 39 (rev39b)")."""
+    if args.command == "hub":
+        return getattr(args, "hub_command", None) == "serve"
+    return args.command in ("run", "demo")
 
 
 # The committing calls (a sale, a hold, its confirmation or cancel, a refund): from

@@ -105,3 +105,63 @@ def test_main_in_a_callers_process_leaves_its_grpc_verbosity_and_streams_as_they
     monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")  # the caller's own setting: kept
     assert cli.main(["config", "check", "--json", "--data-dir", str(tmp_path)]) == 0
     assert os.environ["GRPC_VERBOSITY"] == "DEBUG"
+
+
+# ---------------------------------------- 3. GRPC_VERBOSITY: which commands serve
+
+_SEEN_AT_EXIT = """\
+import atexit, os
+
+def _seen():
+    with open(os.environ["REV39B_SEEN"], "w", encoding="utf-8") as f:
+        f.write(os.environ.get("GRPC_VERBOSITY", "(unset)"))
+
+atexit.register(_seen)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "serves"),
+    [
+        (["run"], True),
+        (["hub", "serve"], True),
+        (["demo"], True),
+        (["hub", "status"], False),
+        (["hub", "import", "f.json"], False),
+        (["hub", "enroll", "till-1"], False),
+        (["hub", "init"], False),
+        (["sync", "now"], False),
+        (["checkout", "r.json"], False),
+        (["status"], False),
+    ],
+)
+def test_only_the_serving_commands_keep_grpcs_error_lines(argv: list[str], serves: bool) -> None:
+    """CONTRACT §10 (a one-shot command's stderr is its own lines; review 38's rev38f
+    silenced gRPC's C core for one-shots, GRPC_VERBOSITY=NONE). rev38k's left item,
+    decided (DECISIONS, "Review 39 (rev39b)"): every `hub` command kept ERROR, `hub
+    import`, `hub enroll`, `hub status` … too, which run once and end like the till's
+    one-shots (and import gRPC: its C core's lines would have been theirs). Only the
+    commands that serve keep ERROR: `run`, `hub serve`, and `demo` (a hub and tills of
+    its own, a story whose gRPC faults are worth seeing). Failed before the fix."""
+    args = cli._parse(cli.build_parser(argv), argv)
+    assert cli.serves(args) is serves
+
+
+def test_a_hub_one_shot_runs_with_grpcs_core_silenced(tmp_path: Path) -> None:
+    """As above, in a real `tillpoint hub status` process (on a directory with no hub
+    yet: refused, exit 2, after the command is known): the GRPC_VERBOSITY it ran with
+    (read at its exit) is NONE; one the environment sets is kept (review 38)."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(_SEEN_AT_EXIT, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env.pop("GRPC_VERBOSITY", None)
+    env.update(PYTHONPATH=str(tmp_path / "hook"), REV39B_SEEN=str(tmp_path / "seen"))
+    hub = str(tmp_path / "hub")
+    for given, seen in ((None, "NONE"), ("DEBUG", "DEBUG")):
+        if given is not None:
+            env["GRPC_VERBOSITY"] = given
+        done = subprocess.run(
+            [EXE, "hub", "status", "--data-dir", hub], env=env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 2, done.stderr
+        assert (tmp_path / "seen").read_text(encoding="utf-8") == seen, done.stderr
