@@ -18,10 +18,13 @@ SIGKILL ends it), and the reader's close then gives the cut-off line, exit 1.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +32,7 @@ from pathlib import Path
 import pytest
 from tillpoint.agent import cli
 
+from .conftest import receipt
 from .test_review38_rev38b import EXE, _loaded
 from .test_review38_rev38f import _big_receipt
 
@@ -165,3 +169,93 @@ def test_a_hub_one_shot_runs_with_grpcs_core_silenced(tmp_path: Path) -> None:
         )
         assert done.returncode == 2, done.stderr
         assert (tmp_path / "seen").read_text(encoding="utf-8") == seen, done.stderr
+
+
+# ---------------------------------------- 4. a signal at each stage of a committing one-shot
+
+# Sends the process a signal of its own at a named stage of a `tillpoint checkout`: inside
+# its ledger transaction (just after the journal row, before the COMMIT), or between the
+# commit and the answer (as `emit` is entered, before the one-shot guard starts).
+_SIGNAL_AT = """\
+import os
+
+stage, signum = os.environ["REV39B_STAGE"], int(os.environ["REV39B_SIGNAL"])
+if stage == "in-transaction":
+    from tillpoint.agent import service
+
+    journal = service.Agent._journal
+
+    def _journal(self, *args, **kwargs):
+        done = journal(self, *args, **kwargs)
+        os.kill(os.getpid(), signum)
+        return done
+
+    service.Agent._journal = _journal
+elif stage == "before-answer":
+    from tillpoint.agent import cli
+
+    emit = cli.emit
+
+    def _emit(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return emit(*args, **kwargs)
+
+    cli.emit = _emit
+"""
+
+
+def _stored(data: Path, receipt_id: str) -> tuple[int, int]:
+    """The receipt's rows in the ledger and its journal (read-only, beside no writer)."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{data / 'ledger.db'}?mode=ro", uri=True, timeout=10)
+    ) as conn:
+        sold = conn.execute("SELECT count(*) FROM receipts WHERE receipt_id = ?", (receipt_id,))
+        told = conn.execute("SELECT count(*) FROM journal WHERE ref_id = ?", (receipt_id,))
+        return int(sold.fetchone()[0]), int(told.fetchone()[0])
+
+
+def test_a_signal_before_the_answer_leaves_the_sale_whole_or_not_at_all(tmp_path: Path) -> None:
+    """CONTRACT §10 (exit 0 only for a call answered), §11 (a committed sale is never
+    undone; a retry under its receiptId answers it). Found right, pinned: a SIGINT inside
+    the sale's ledger transaction rolls all of it back (exit 130, nothing on stdout or
+    stderr, no row); a SIGTERM or SIGHUP between the commit and the answer kills the
+    process (-15, -1: no answer, and the exit code says so), the sale committed whole
+    (its receipt and its journal row); the retry answers it, exit 0, stored once. From
+    the answer on the guard holds (review 37, 38: review 38's tests)."""
+    env = _loaded(tmp_path)
+    data = Path(env["TILLPOINT_DATA_DIR"])
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(_SIGNAL_AT, encoding="utf-8")
+    for stage, signum, code, stored in (
+        ("in-transaction", signal.SIGINT, 130, (0, 0)),
+        ("before-answer", signal.SIGTERM, -signal.SIGTERM, (1, 1)),
+        ("before-answer", signal.SIGHUP, -signal.SIGHUP, (1, 1)),
+    ):
+        rid = f"{stage}-{signum}"
+        path = tmp_path / f"{rid}.json"
+        path.write_text(json.dumps(receipt(rid)), encoding="utf-8")
+        stopped = subprocess.run(
+            [EXE, "checkout", str(path), "--json"],
+            env=dict(
+                env,
+                PYTHONPATH=str(tmp_path / "hook"),
+                REV39B_STAGE=stage,
+                REV39B_SIGNAL=str(int(signum)),
+            ),
+            capture_output=True,
+            timeout=60,
+        )
+        assert stopped.returncode == code, (stage, signum, stopped.stderr)
+        assert stopped.stdout == b"" and stopped.stderr == b"", (stage, signum, stopped)
+        assert _stored(data, rid) == stored, (stage, signum)
+    again = subprocess.run(
+        [EXE, "checkout", str(tmp_path / f"before-answer-{int(signal.SIGTERM)}.json"), "--json"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert again.returncode == 0 and again.stderr == b"", again.stderr
+    answer = json.loads(again.stdout)
+    assert answer["receiptId"] == f"before-answer-{int(signal.SIGTERM)}"
+    assert answer["state"] == "CONFIRMED"
+    assert _stored(data, answer["receiptId"]) == (1, 1)
