@@ -95,7 +95,8 @@ def test_main_in_a_callers_process_leaves_its_grpc_verbosity_and_streams_as_they
     for name in [k for k in os.environ if k.upper().startswith("TILLPOINT_")]:
         monkeypatch.delenv(name)
     monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
-    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    answer = io.BytesIO()
+    out = io.TextIOWrapper(answer, encoding="ascii", errors="strict")
     err = io.TextIOWrapper(io.BytesIO(), encoding="latin-1", errors="strict")
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)
@@ -104,7 +105,7 @@ def test_main_in_a_callers_process_leaves_its_grpc_verbosity_and_streams_as_they
     assert (out.encoding, out.errors) == ("ascii", "strict")
     assert (err.encoding, err.errors) == ("latin-1", "strict")
     out.flush()
-    assert json.loads(out.buffer.getvalue())["dataDir"] == str(tmp_path)  # type: ignore[attr-defined]
+    assert json.loads(answer.getvalue())["dataDir"] == str(tmp_path)
 
     monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")  # the caller's own setting: kept
     assert cli.main(["config", "check", "--json", "--data-dir", str(tmp_path)]) == 0
