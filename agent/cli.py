@@ -1251,13 +1251,24 @@ def _write_whole(stream: Any, text: str) -> None:
         left = left[written:]
 
 
+# How long a non-blocking stdout that refused a write is waited for before the write is
+# tried again (`_writable`): a Unix socket its reader shut for reading never wakes poll.
+WRITABLE_RECHECK_MS = 1000
+
+
 def _writable(fd: int) -> None:
-    """Until `fd` (a non-blocking stdout that refused a write) takes more, or fails."""
+    """Until `fd` (a non-blocking stdout that refused a write) takes more, or fails, or a
+    second has passed: the caller's write then tries again and says what it is. A Unix
+    socket whose reader shut it for reading (`shutdown(SHUT_RD)`) is marked on the
+    writer's side so that a write fails EPIPE, which poll does not report (neither
+    POLLERR nor POLLHUP): a committed answer waiting here waited for ever, SIGTERM
+    ignored by the guard (review 39, rev39b). One refused write a second while a reader
+    is slow, no spin (rev38f)."""
     import select
 
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
-    poller.poll()  # POLLERR/POLLHUP too: the next write says what it is
+    poller.poll(WRITABLE_RECHECK_MS)  # POLLERR/POLLHUP too: the next write says what it is
 
 
 class Stdout:

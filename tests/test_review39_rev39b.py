@@ -18,7 +18,9 @@ SIGKILL ends it), and the reader's close then gives the cut-off line, exit 1.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -27,6 +29,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +81,58 @@ def test_a_socket_stdout_its_reader_shut_for_reading_is_the_cut_off_line(tmp_pat
     )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["receiptId"] == "shut-rd"
+
+
+def _unread(sock: socket.socket) -> int:
+    waiting = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
+    return int(waiting[0])
+
+
+def test_a_non_blocking_socket_stdout_shut_for_reading_while_the_answer_waits_ends_it(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10, §11 (a committing one-shot whose reader left: the cut-off line, exit
+    1, the sale stands). As above, with the POS's end of the socket non-blocking (Node's
+    child stdio) and the answer already waiting for the reader in `poll` (rev38f) when
+    the reader shuts its side for reading: poll never wakes for that (Linux marks the
+    writer's side SEND_SHUTDOWN, which poll does not report; a write then says EPIPE), so
+    the process waited for ever, SIGTERM ignored (the guard), a POS that waits for its
+    exit before closing the socket stuck with it. Failed before the fix (the wait
+    retries the write each second): the cut-off line, exit 1."""
+    env = _loaded(tmp_path)
+    path = _big_receipt(tmp_path, "nb-shut-rd")
+    ours, theirs = socket.socketpair()
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    theirs.setblocking(False)  # the file description the child writes to
+    with ours:
+        with theirs:
+            proc = subprocess.Popen(
+                [EXE, "checkout", str(path), "--json"],
+                env=env,
+                stdout=theirs.fileno(),
+                stderr=subprocess.PIPE,
+            )
+        try:
+            ours.settimeout(60)
+            assert len(ours.recv(10)) == 10
+            seen, deadline = -1, time.monotonic() + 60
+            while _unread(ours) != seen:  # until the buffers are full: it waits in poll
+                assert time.monotonic() < deadline and proc.poll() is None
+                seen = _unread(ours)
+                time.sleep(0.3)
+            ours.shutdown(socket.SHUT_RD)
+            err = proc.communicate(timeout=30)[1].decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 1, err
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        "tillpoint: the output was cut off: its reader (a socket) closed before the end"
+    ), err
 
 
 # ---------------------------------------- 2. main(argv) in a caller's process
