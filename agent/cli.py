@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -265,11 +266,40 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # gRPC's C core logs connection events to stderr; ours go through `logging`. (Read by
-    # gRPC at its import, after the command is known: a one-shot's is NONE, below.)
+    """The `tillpoint` command (`argv` None: the process is tillpoint's), or its
+    arguments run in a caller's own process (a test, a bench, a program embedding the
+    CLI), which is left as it was found: its environment (GRPC_VERBOSITY,
+    PYDANTIC_DISABLE_PLUGINS), pydantic's plugin loader, its stdout's and stderr's
+    encodings (review 38, rev38i; review 39, rev39b: GRPC_VERBOSITY and the streams
+    were left changed there for good)."""
+    if argv is None:
+        return _main(None)
+    stderr = sys.stderr
+    codings = [
+        (stream, stream.encoding, stream.errors)
+        for stream in (sys.stdout, sys.stderr)
+        if isinstance(stream, io.TextIOWrapper)
+    ]
+    try:
+        return _main(argv)
+    finally:
+        if stderr is None:  # `_main` gave it /dev/null for its error lines
+            with contextlib.suppress(Exception):
+                sys.stderr.close()
+            sys.stderr = stderr
+        for stream, encoding, errors in codings:
+            with contextlib.suppress(Exception):  # a stream its reader closed: as it is
+                stream.reconfigure(encoding=encoding, errors=errors)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     grpc_verbosity_set = "GRPC_VERBOSITY" in os.environ
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if argv is None:  # the `tillpoint` command: the process is tillpoint's
+        # gRPC's C core logs connection events to stderr; ours go through `logging`.
+        # (Read by gRPC at its import, after the command is known: a one-shot's is NONE,
+        # below.) Not in a caller's process (`main(argv)`): its gRPC logs are its own,
+        # and gRPC's default with the variable unset is ERROR's lines too (rev39b).
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         # tillpoint runs no pydantic plugin: without this pydantic imports importlib.metadata
         # and reads every installed package's entry points at the first model it builds,
         # ~10 % of a one-shot call's start (docs/PERFORMANCE.md, review 38). A value set
@@ -302,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # below, so a closed or full stdout is worded, not a traceback.
         args = _parse(parser, argv)
         args.process_ends = process_ends
-        if process_ends and not grpc_verbosity_set and args.command not in LONG_LIVED:
+        if process_ends and not grpc_verbosity_set and not serves(args):
             # a one-shot's stderr is its own lines (CONTRACT §10): the C core's errors
             # (six lines for a damaged device certificate before every sale, the
             # command's own line saying it where it matters) are not (review 38, rev38f)
@@ -325,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError as exc:
-        gone = _stdout_gone()
+        gone = _stdout_gone(sure=isinstance(exc, OutputCut))
         if gone:  # `tillpoint status --json | head -c 0`: not a bug of ours
             print(
                 f"tillpoint: the output was cut off: its reader ({gone}) closed before the end"
@@ -370,9 +400,16 @@ def _no_pydantic_plugin_loader() -> None:
     sys.modules[name] = loader
 
 
-# The commands that serve (and log as configured), or hold a hub and tills of their own:
-# gRPC's C core keeps its ERROR lines there; a one-shot command's are silenced.
-LONG_LIVED = frozenset({"run", "hub", "demo"})
+def serves(args: argparse.Namespace) -> bool:
+    """Whether the command serves (`run`, `hub serve`: they log as configured) or plays a
+    hub and tills of its own (`demo`): gRPC's C core keeps its ERROR lines there; a
+    one-shot command's are silenced (GRPC_VERBOSITY=NONE unless the environment sets
+    it). The other `hub` commands (`hub import`, `hub enroll`, `hub status` …) are
+    one-shots like the till's: they kept ERROR until review 39 (rev39b, rev38k's left
+    item; DECISIONS, "Review 39 (rev39b)")."""
+    if args.command == "hub":
+        return getattr(args, "hub_command", None) == "serve"
+    return args.command in ("run", "demo")
 
 
 # The committing calls (a sale, a hold, its confirmation or cancel, a refund): from
@@ -569,22 +606,26 @@ def _is_flag_of(parser: argparse.ArgumentParser, word: str) -> bool:
 _ACTIONS = frozenset({"snapshot_command", "config_command"})
 
 
-def _stdout_gone() -> str | None:
+def _stdout_gone(*, sure: bool = False) -> str | None:
     """What stdout was ("a pipe", "a socket") when its reader has left, else None. If
     so, stdout is pointed at /dev/null, so the interpreter's flush at exit adds no
     "Exception ignored" lines. A pipe whose reader closed polls POLLERR; a Unix socket
     whose peer closed (a Node POS's child stdio, systemd's `StandardOutput=socket`)
-    POLLHUP only: it said "internal error: BrokenPipeError" (review 38, rev38j)."""
+    POLLHUP only: it said "internal error: BrokenPipeError" (review 38, rev38j). `sure`:
+    the broken pipe was a write to stdout's own descriptor (`write_out`), whatever poll
+    says: a Unix socket its peer shut for reading only (`shutdown(SHUT_RD)`, Go's
+    `CloseRead`) polls neither, and said "internal error" too (review 39, rev39b)."""
     import select
     import stat
 
     try:
         fd = sys.stdout.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT)
-        gone = select.POLLERR | select.POLLHUP
-        if not any(events & gone for _, events in poller.poll(0)):
-            return None  # stdout is fine: the broken pipe was another's (a socket)
+        if not sure:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            gone = select.POLLERR | select.POLLHUP
+            if not any(events & gone for _, events in poller.poll(0)):
+                return None  # stdout is fine: the broken pipe was another's (a socket)
         mode = os.fstat(fd).st_mode
     except (AttributeError, OSError, ValueError):
         return None
@@ -1157,8 +1198,13 @@ class OutputLost(TillpointError):
     worded as such, not as an internal error; what the command did stands."""
 
 
+class OutputCut(BrokenPipeError):
+    """A write to stdout's own descriptor broke (EPIPE): its reader left (`main` words
+    it as the cut-off line whatever stdout polls, `_stdout_gone(sure=True)`)."""
+
+
 def write_out(text: str) -> None:
-    """Write `text` to stdout, now (a closed pipe stays a BrokenPipeError, `main` words it)."""
+    """Write `text` to stdout, now (a closed pipe is an `OutputCut`, `main` words it)."""
     if sys.stdout is None:  # `>&-`: it said "internal error: AttributeError"
         raise OutputLost(
             "the output could not be written: standard output is closed"
@@ -1166,8 +1212,8 @@ def write_out(text: str) -> None:
         )
     try:
         _write_whole(sys.stdout, text)
-    except BrokenPipeError:
-        raise
+    except BrokenPipeError as exc:
+        raise OutputCut(*exc.args) from None
     except OSError as exc:
         _stdout_to_devnull()
         raise OutputLost(
@@ -1205,13 +1251,24 @@ def _write_whole(stream: Any, text: str) -> None:
         left = left[written:]
 
 
+# How long a non-blocking stdout that refused a write is waited for before the write is
+# tried again (`_writable`): a Unix socket its reader shut for reading never wakes poll.
+WRITABLE_RECHECK_MS = 1000
+
+
 def _writable(fd: int) -> None:
-    """Until `fd` (a non-blocking stdout that refused a write) takes more, or fails."""
+    """Until `fd` (a non-blocking stdout that refused a write) takes more, or fails, or a
+    second has passed: the caller's write then tries again and says what it is. A Unix
+    socket whose reader shut it for reading (`shutdown(SHUT_RD)`) is marked on the
+    writer's side so that a write fails EPIPE, which poll does not report (neither
+    POLLERR nor POLLHUP): a committed answer waiting here waited for ever, SIGTERM
+    ignored by the guard (review 39, rev39b). One refused write a second while a reader
+    is slow, no spin (rev38f)."""
     import select
 
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
-    poller.poll()  # POLLERR/POLLHUP too: the next write says what it is
+    poller.poll(WRITABLE_RECHECK_MS)  # POLLERR/POLLHUP too: the next write says what it is
 
 
 class Stdout:
