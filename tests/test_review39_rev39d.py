@@ -1,0 +1,328 @@
+"""Review 39, rev39d: session 38's configuration reading, identification and foreign-file
+checks read again (CONTRACT §4, §10, §12).
+
+- The configuration is read without pydantic-settings in the common case (perf38): the
+  reading is compared here, over generated configurations (a TOML file × TILLPOINT_*
+  variables × flags), with pydantic-settings' own `BaseSettings` built as the release
+  before built `Settings` — the oracle: what it took gives the same Settings, what it
+  refused is refused with the same one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError, create_model, field_validator
+from tillpoint.agent import config
+from tillpoint.agent.errors import InputError
+from tillpoint.agent.models import describe
+
+# ---------------------------------------------------------------- the oracle: the release before
+
+_ORACLE_FILE: ContextVar[dict[str, Any] | None] = ContextVar("rev39d_oracle_file", default=None)
+
+
+def _oracle_class() -> Any:
+    """`Settings` as the release before review 38's perf38 defined it: pydantic-settings'
+    `BaseSettings` with the same fields and validators, its sources (highest first) the
+    init values (flags), the environment (TILLPOINT_, `__` for a table's key) and the
+    TOML file's tables (an init source, as `_TomlFile` was)."""
+    from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
+
+    class Before(BaseSettings):
+        model_config = SettingsConfigDict(
+            env_prefix="TILLPOINT_", env_nested_delimiter="__", extra="forbid"
+        )
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: Any,
+            init_settings: Any,
+            env_settings: Any,
+            dotenv_settings: Any,
+            file_secret_settings: Any,
+        ) -> tuple[Any, ...]:
+            values = _ORACLE_FILE.get() or {}
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, values))
+
+    validators = {}
+    for name, decorator in config.Settings.__pydantic_decorators__.field_validators.items():
+        info, own = decorator.info, config.Settings.__dict__[name]  # the classmethod itself
+        validators[name] = field_validator(*info.fields, mode=info.mode)(own)
+    fields = {name: (f.annotation, f) for name, f in config.Settings.model_fields.items()}
+    return create_model(  # type: ignore[call-overload]
+        "SettingsBefore", __base__=Before, __validators__=validators, **fields
+    )
+
+
+_BEFORE = _oracle_class()
+
+
+def _before(path: Path | None, values: dict[str, Any], flags: dict[str, Any]) -> Any:
+    """What the release before's `load(path, **flags)` gave: ("ok", the settings' dump) or
+    ("refused", its one line)."""
+    from pydantic_settings import SettingsError
+
+    token = _ORACLE_FILE.set(values)
+    try:
+        return ("ok", _BEFORE(**flags).model_dump())
+    except ValidationError as exc:
+        return ("refused", f"config: {describe(exc)}{config._source_of(exc, path)}")
+    except SettingsError as exc:
+        return ("refused", f"config: {config._env_problem(exc)}")
+    finally:
+        _ORACLE_FILE.reset(token)
+
+
+def _now(path: Path | None, flags: dict[str, Any]) -> Any:
+    try:
+        return ("ok", config.load(path, **flags).model_dump())
+    except InputError as exc:
+        return ("refused", str(exc))
+
+
+# ---------------------------------------------------------------- TOML written from values
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    assert isinstance(value, dict)
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def _toml(values: dict[str, Any]) -> str:
+    return "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in values.items())
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """Exactly `env`'s TILLPOINT_* variables for the block (hypothesis runs the body many
+    times in one test: monkeypatch's undo comes only at the test's end)."""
+    saved = {k: v for k, v in os.environ.items() if k.upper().startswith("TILLPOINT_")}
+    for key in saved:
+        del os.environ[key]
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.upper().startswith("TILLPOINT_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+# ---------------------------------------------------------------- generated configurations
+
+# Each setting's values in the file: mostly what a till's file holds, some loose (`"5"`,
+# taken with a warning), some refused.
+_KEYS: dict[str, list[Any]] = {
+    "data_dir": ["/var/lib/x", "rel/dir", "", 5],
+    "device_id": ["till-9", "T1", "a b", "x" * 70],
+    "build_workers": [0, 3, "3", 17, True],
+    "hub.address": ["hub.corp:50070", "", "h:1", "::1"],
+    "hub.poll_interval_s": [60, 0.5, "5", 0.05, math.inf],
+    "hub.call_timeout_ms": [100, 5000, "7", 0],
+    "hub.adress": ["typo:1"],
+    "http.enabled": [True, False, "no", 1],
+    "http.listen": ["127.0.0.1:8061", "[::1]:8062", "0.0.0.0:8063"],
+    "http.token": ["secret", "a b"],
+    "http.allowed_origins": [["http://localhost:3000"], [], ["HTTP://LocalHost:80"], "x"],
+    "log.level": ["debug", "INFO", "loud"],
+    "log.format": ["JSON", "text"],
+    "printer.kind": ["tcp", 3],
+    "nope": [1],
+}
+# Each setting's values in the environment (text; a table or a list as JSON).
+_ENV_KEYS: dict[str, list[str]] = {
+    "DATA_DIR": ["/var/lib/y", "", " "],
+    "DEVICE_ID": ["till-env", "a b"],
+    "BUILD_WORKERS": ["2", " 7 ", "many"],
+    "HUB": ['{"address": "j:1"}', '{"address": "j:1", "call_timeout_ms": 9}', "{}", "[]", "x"],
+    "HUB__ADDRESS": ["hub.env:50070", ""],
+    "HUB__POLL_INTERVAL_S": ["0.5", "0.05", "inf", "30"],
+    "HUB__CALL_TIMEOUT_MS": ["9", "0"],
+    "HUB__ADRESS": ["typo:2"],
+    "HUB_ADDRESS": ["ignored:1"],
+    "HUB__ADDRESS__X": ["deeper"],
+    "HTTP": ['{"enabled": false}', '{"listen": "127.0.0.1:8070"}', "null"],
+    "HTTP__ENABLED": ["no", "true", "maybe"],
+    "HTTP__ALLOWED_ORIGINS": ['["http://localhost:3000"]', "[]", "http://localhost:3000"],
+    "HTTP__LISTEN": ["127.0.0.1:8071", "[::1]:8072"],
+    "LOG__LEVEL": ["debug", "WARNING"],
+    "LOG": ['{"level": "error"}'],
+    "SERVER__MAX_WORKERS": ["10", "0"],
+    "METRICS__ENABLED": ["0", "off"],
+    "PRINTER": ['{"kind": "tcp"}', "3"],
+    "PRINTER__KIND": ["tcp"],
+    "NOPE": ["1"],
+}
+
+
+def _set(values: dict[str, Any], dotted: str, value: Any, case: str) -> None:
+    table, _, key = dotted.rpartition(".")
+    if case == "mixed":  # a key as someone may write it: pydantic-settings took a top-level
+        key = key.upper()  # key in any case, a table's key only as written
+        table = table.capitalize()
+    if table:
+        values.setdefault(table, {})[key] = value
+    else:
+        values[key] = value
+
+
+_FILE = st.lists(
+    st.tuples(st.sampled_from(sorted(_KEYS)), st.integers(0, 9), st.sampled_from(["as", "mixed"])),
+    max_size=5,
+).map(
+    lambda picks: _built(
+        [(k, _KEYS[k][i % len(_KEYS[k])] if i < 7 else _KEYS[k][0], c) for k, i, c in picks]
+    )
+)
+
+
+def _built(picks: list[tuple[str, Any, str]]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for dotted, value, case in picks:
+        _set(values, dotted, value, "as" if case == "as" or len(picks) % 3 else case)
+    return values
+
+
+def _env_name(name: str, case: str) -> str:
+    full = "TILLPOINT_" + name
+    return {"upper": full, "lower": full.lower(), "mixed": "Tillpoint_" + name.capitalize()}[case]
+
+
+_ENV = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(_ENV_KEYS)),
+        st.integers(0, 9),
+        st.sampled_from(["upper", "upper", "upper", "lower", "mixed"]),
+    ),
+    max_size=4,
+).map(
+    lambda picks: {
+        _env_name(name, case): _ENV_KEYS[name][i % len(_ENV_KEYS[name])] if i < 7 else _ENV_KEYS[name][0]
+        for name, i, case in picks
+    }
+)
+_FLAGS = st.fixed_dictionaries(
+    {},
+    optional={
+        "data_dir": st.sampled_from(["/flag/data"]),
+        "device_id": st.sampled_from(["flag-till", "bad id"]),
+        "hub": st.sampled_from([{"address": "flag:1"}, {"poll_interval_s": 5}]),
+    },
+)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(values=_FILE, env=_ENV, flags=_FLAGS, with_file=st.booleans())
+def test_the_configuration_reads_as_pydantic_settings_read_it(
+    tmp_path: Path,
+    values: dict[str, Any],
+    env: dict[str, str],
+    flags: dict[str, Any],
+    with_file: bool,
+) -> None:
+    """CONTRACT §10 (flags, environment, file, defaults; a table key by key): over
+    generated configurations, what the release before took (pydantic-settings'
+    `BaseSettings`) gives the same settings now, and what it refused is refused with the
+    same one line (exit 2 at every command)."""
+    path = tmp_path / "tillpoint.toml" if with_file else None
+    if path is not None:
+        path.write_text(_toml(values), encoding="utf-8")
+    with _environment(env):
+        expected = _before(path, values if path else {}, flags)
+        found = _now(path, flags)
+    event(f"{expected[0]} {'file' if path else 'no file'} {'env' if env else 'no env'}")
+    assert found == expected
+    if found[0] == "refused":
+        assert "\n" not in found[1]
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=4000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(values=_FILE, env=_ENV, flags=_FLAGS, with_file=st.booleans())
+def test_the_configuration_reads_as_pydantic_settings_read_it_at_length(
+    tmp_path: Path,
+    values: dict[str, Any],
+    env: dict[str, str],
+    flags: dict[str, Any],
+    with_file: bool,
+) -> None:
+    """The same, over 4,000 configurations (`make test-all`)."""
+    test_the_configuration_reads_as_pydantic_settings_read_it.hypothesis.inner_test(  # type: ignore[attr-defined]
+        tmp_path, values, env, flags, with_file
+    )
+
+
+# ---------------------------------------------------------------- hub.poll_interval_s at an upgrade
+
+
+@pytest.mark.parametrize(
+    ("written", "taken"), [("0.05", 0.1), ("1e-300", 0.1), ("86401", 86_400.0), ("inf", 86_400.0)]
+)
+def test_s10_a_poll_interval_an_earlier_release_took_is_clamped_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str, taken: float
+) -> None:
+    """CONTRACT §10: `hub.poll_interval_s` is 0.1 s to a day since review 38 (rev38c), and a
+    file with 0.05 (or inf), which the release before took, stopped `run` at the upgrade
+    (exit 2): a till that does not start after an upgrade. Now every command but `config
+    check` takes the nearest bound, and `run` logs the line (a loose value's WARNING);
+    `config check` still refuses it (tests/test_review38_rev38c.py)."""
+    for key in [k for k in os.environ if k.upper().startswith("TILLPOINT_")]:
+        monkeypatch.delenv(key)
+    path = tmp_path / "tillpoint.toml"
+    path.write_text(f"[hub]\npoll_interval_s = {written}\n", encoding="utf-8")
+    loaded = config.load(path, data_dir=tmp_path / "data", device_id="till-1")
+    assert loaded.hub.poll_interval_s == taken
+    (line,) = config.loose_values()
+    assert str(path) in line and "hub.poll_interval_s must be" in line, line
+    assert f"taken as {taken:g}" in line, line
+    # the environment alike, named as its source
+    path.write_text("", encoding="utf-8")
+    monkeypatch.setenv("TILLPOINT_HUB__POLL_INTERVAL_S", written)
+    loaded = config.load(path, data_dir=tmp_path / "data", device_id="till-1")
+    assert loaded.hub.poll_interval_s == taken
+    (line,) = config.loose_values()
+    assert "TILLPOINT_HUB__POLL_INTERVAL_S" in line, line
+
+
+@pytest.mark.parametrize("written", ["0", "-1", "nan"])
+def test_s10_a_poll_interval_no_release_took_is_still_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    """0, a negative number and nan were refused before review 38 too: still exit 2."""
+    monkeypatch.setenv("TILLPOINT_HUB__POLL_INTERVAL_S", written)
+    with pytest.raises(InputError, match="poll_interval_s"):
+        config.load(None, data_dir=tmp_path / "data", device_id="till-1")
