@@ -326,3 +326,77 @@ def test_s10_a_poll_interval_no_release_took_is_still_refused(
     monkeypatch.setenv("TILLPOINT_HUB__POLL_INTERVAL_S", written)
     with pytest.raises(InputError, match="poll_interval_s"):
         config.load(None, data_dir=tmp_path / "data", device_id="till-1")
+
+
+# ---------------------------------------------------------------- card numbers in error lines
+
+# Cards and phones a till does not know, as an operator types them at `balance`: none of
+# them may be written whole in an error line (a POS's log, a support ticket).
+UNKNOWN_CARDS = [
+    ("4600000000001234", "4600000000001234"),  # a 16-digit card of another scheme
+    ("2770000000055", "2770000000055"),  # an EAN-13 the cache does not hold
+    ("27700000000552770000000017", "27700000000552770000000017"),  # 26 digits, no one's
+    ("+7 916 000-00-01", "9160000001"),  # a phone no customer has
+]
+
+
+def _whole(digits: str, line: str) -> bool:
+    """Whether `line` holds `digits` (a card's or a phone's) whole, its blanks aside."""
+    return digits in "".join(c for c in line if c not in " -()")
+
+
+def test_s12_an_unknown_card_in_balance_is_said_masked_at_the_cli(cli: Any) -> None:
+    """CONTRACT §10/§12: logs mask cards and phones (`logs.mask`); the one line of a
+    `balance` of a card the till does not know wrote the number whole (`card
+    4600000000001234 is not known to this till`) on stderr, which a POS keeps in its log.
+    Now masked as the logs mask it, its last four digits kept for the operator."""
+    cli("snapshot", "load", _snapshot())
+    for typed, digits in UNKNOWN_CARDS:
+        done = cli("balance", typed)
+        assert done.code == 2, done.err
+        line = done.err.strip()
+        assert "\n" not in line and "is not known to this till" in line, line
+        assert not _whole(digits, line), line
+        assert digits[-4:] in line, line
+
+
+def _snapshot() -> dict[str, Any]:
+    from .conftest import snapshot
+
+    return snapshot()
+
+
+def test_s12_an_unknown_card_in_balance_is_said_masked_over_http_and_grpc(
+    server: Any, agent: Any
+) -> None:
+    """The same line at the HTTP door (404's message) and the gRPC door (NOT_FOUND's
+    details)."""
+    import http.client
+
+    import grpc
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    from .conftest import posagent_stub
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for typed, digits in UNKNOWN_CARDS:
+            conn.request(
+                "POST",
+                "/v1/balance",
+                json.dumps({"card": typed}),
+                {"Content-Type": "application/json"},
+            )
+            answer = conn.getresponse()
+            message = json.loads(answer.read())["error"]["message"]
+            assert answer.status == 404, message
+            assert "is not known" in message and not _whole(digits, message), message
+    finally:
+        conn.close()
+    with posagent_stub(agent) as stub:
+        for typed, digits in UNKNOWN_CARDS:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Balance(pb.BalanceRequest(card=typed), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+            details = refused.value.details() or ""
+            assert "is not known" in details and not _whole(digits, details), details
