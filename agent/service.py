@@ -62,7 +62,7 @@ from .forward import process_running
 from .hub_turns import HUB_TURNS_FILE, HubTurns
 from .identify import Identification, identify, normalise, phone_key
 from .limits import is_utf8_text
-from .logs import SAID_BY_THE_COMMAND
+from .logs import SAID_BY_THE_COMMAND, mask_identifier
 from .messages import (
     cancelled_display,
     checkout_display,
@@ -600,7 +600,9 @@ class Agent:
                     if view.version == 0
                     else ""
                 )
-                raise NotFound(f"card {card.strip()} is not known to this till{empty}")
+                # the number masked as the logs mask it: this line is a POS's log's
+                shown = mask_identifier(card.strip())
+                raise NotFound(f"card {shown} is not known to this till{empty}")
             return balance_of(
                 ledger.balance(conn, ident.customer, view.applied_through(), moment, view.program())
             )
