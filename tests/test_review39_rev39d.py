@@ -400,3 +400,74 @@ def test_s12_an_unknown_card_in_balance_is_said_masked_over_http_and_grpc(
             assert refused.value.code() == grpc.StatusCode.NOT_FOUND
             details = refused.value.details() or ""
             assert "is not known" in details and not _whole(digits, details), details
+
+
+# ---------------------------------------------------------------- a link-local listen
+
+# Run in a network namespace of its own (`unshare --net`): two interfaces (a veth pair)
+# carrying one link-local address, another program listening on it on the second, the
+# agent's gRPC server built on the first. Prints the outcome's one line.
+_LINK_LOCAL_SCRIPT = """
+import socket, subprocess, sys, tempfile
+from tillpoint.agent.server import build_server
+from tillpoint.agent.service import Agent
+
+def beside(interface):
+    code = ("import socket, sys; s = socket.socket(socket.AF_INET6); "
+            f"s.bind(socket.getaddrinfo('fe80::1%{interface}', 0, socket.AF_INET6)[0][4]); "
+            "s.listen(); print(s.getsockname()[1], flush=True); sys.stdin.read()")
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(other.stdout.readline())
+        agent = Agent(tempfile.mkdtemp() + "/data", "till-1")
+        try:
+            server, bound, _ = build_server(agent, f"[fe80::1%lla]:{port}", token="t")
+            print("listening", bound == port, flush=True)
+            server.stop(0)
+        except Exception as exc:
+            print("refused", exc, flush=True)
+        finally:
+            agent.close()
+    finally:
+        other.stdin.close()
+        other.wait(10)
+
+beside("llb")  # another interface's: the agent listens
+beside("lla")  # its own interface's: refused, as before
+"""
+_NAMESPACE_SETUP = (
+    "ip link set lo up && ip link add lla type veth peer name llb"
+    " && ip link set lla up && ip link set llb up"
+    " && ip -6 addr add fe80::1/64 dev lla nodad && ip -6 addr add fe80::1/64 dev llb nodad"
+    " || exit 77; exec \"$0\" -c \"$1\""
+)
+
+
+def test_s12_a_link_local_listen_beside_its_address_on_another_interface_starts() -> None:
+    """CONTRACT §12 (listen addresses; DECISIONS "a link-local listen"): with `listen =
+    "[fe80::1%lla]:P"`, another program on fe80::1 of another interface read as holding
+    the listen's own address (/proc/net/tcp6 carries no interface), and `run` exited 1
+    ("[fe80::1]:P is another program's"). grpcio bound the scoped address itself, port
+    sharing off: a row of that address that is not this process's is another
+    interface's. Real interfaces, in a network namespace of the test's own; skipped
+    where this machine cannot make one."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        pytest.skip("no unshare or ip here")
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-c", _NAMESPACE_SETUP, sys.executable, _LINK_LOCAL_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode == 77 or (done.returncode != 0 and "unshare" in done.stderr):
+        pytest.skip(f"no network namespace with two interfaces here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    other_interface, same_interface = done.stdout.strip().splitlines()
+    assert other_interface == "listening True", done.stdout + done.stderr[-1000:]
+    assert same_interface.startswith("refused cannot listen on [fe80::1%lla]"), done.stdout
+    assert "Address already in use" in same_interface, same_interface
