@@ -365,13 +365,21 @@ def others_listening(address: str, port: int, *, ours: bool = False) -> list[str
     be read (another system: the probe alone). With `ours` (the caller listens on the
     port now: grpcio bound it), [] too when the tables name none of this process's
     listeners on it: their inodes are not this process's descriptors', and its own
-    listener would read as another program's (review 36)."""
+    listener would read as another program's (review 36).
+
+    A scoped address (`[fe80::1%eth0]`, a link-local one) is one address on one
+    interface, which grpcio bound itself, all or nothing, port sharing off: a row of that
+    address that is not this process's is the same address on another interface (the
+    tables carry no interface), not counted with `ours`. It read as another program's
+    on the listen's own address and `run` exited 1 (review 39, rev39d)."""
     try:
         host, _ = split_listen(address)
         resolved = listen_addresses(host, port)
         meant = {_unmapped(ipaddress.ip_address(where[0].split("%")[0])) for _, where in resolved}
     except (ValueError, OSError):
         return []
+    # grpcio's own bind of a scoped address: another's row of it is another interface's
+    elsewhere = {ip for ip in meant if "%" in host and ip.version == 6} if ours else set()
     if host.lower() == "localhost":
         meant |= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
     # an address this host does not have (::1 with IPv6 off on lo) is nobody's to take: it
@@ -406,6 +414,8 @@ def others_listening(address: str, port: int, *, ours: bool = False) -> list[str
                         ours_seen = True
                         continue
                     ip = _proc_address(hex_address)
+                    if ip in elsewhere:
+                        continue
                     # a wildcard listen is every address of the host, in both families:
                     # a program on any of them (::1 beside 0.0.0.0, where grpcio's
                     # dual-stack bind then falls back to IPv4 alone) takes its calls
