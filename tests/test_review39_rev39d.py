@@ -471,3 +471,90 @@ def test_s12_a_link_local_listen_beside_its_address_on_another_interface_starts(
     assert other_interface == "listening True", done.stdout + done.stderr[-1000:]
     assert same_interface.startswith("refused cannot listen on [fe80::1%lla]"), done.stdout
     assert "Address already in use" in same_interface, same_interface
+
+
+# ---------------------------------------------------------------- foreign files left as they were
+
+
+def _files(directory: Path) -> dict[str, str]:
+    """Each file of `directory` and its bytes' digest."""
+    import hashlib
+
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
+def _interrupted_write(path: Path) -> None:
+    """Another program's SQLite file (rollback journal, SQLite's default) that stopped in
+    the middle of a write: its `-journal` hot beside it, the file's pages half changed
+    (the program was killed; `os._exit` leaves them so)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total_minor INTEGER)")
+    conn.execute("INSERT INTO orders (total_minor) VALUES (17980)")
+    conn.commit()
+    conn.close()
+    code = (
+        "import os, sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "conn.execute('PRAGMA cache_size = 1')\n"  # pages spill to the file before the commit
+        "conn.execute('BEGIN')\n"
+        "conn.executemany('INSERT INTO orders (total_minor) VALUES (?)',"
+        " [(i,) for i in range(3000)])\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+    assert path.with_name(path.name + "-journal").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["ledger.db", "cache.db", "hub.db"])
+def test_s10_another_programs_file_stopped_mid_write_is_refused_untouched(
+    cli: Any, tmp_path: Path, name: str
+) -> None:
+    """CONTRACT §10 (another program's database: exit 2, one line, "it is left as it
+    was"). A file with a hot `-journal` (that program killed in the middle of a write)
+    was refused, but the refusing connection's first read rolled the journal back into
+    the file and deleted it: the file changed, byte for byte, under "left as it was".
+    rev38c's read-only look covered a `-wal` only."""
+    where = tmp_path / ("hub" if name == "hub.db" else "there")
+    _interrupted_write(where / name)
+    before = _files(where)
+    if name == "hub.db":
+        done = cli("hub", "status", "--hub-dir", str(where))
+    else:
+        done = cli("--data-dir", str(where), "status", "--json")
+    assert done.code == 2, done.err
+    line = done.err.strip()
+    assert "\n" not in line and "another program's SQLite database" in line, line
+    assert "left as it was" in line, line
+    assert _files(where) == before, "the file and its -journal are as they were"
+
+
+def test_s10_another_programs_cache_file_gets_no_ledger_beside_it(
+    cli: Any, tmp_path: Path
+) -> None:
+    """CONTRACT §10: a data directory whose `cache.db` is another program's database was
+    refused (exit 2, the file as it was), but only after a new `ledger.db` (and its
+    `-wal`, `-shm`) had been made beside it, in that program's directory; rev38g did the
+    same for a refused ledger (no `cache.db` beside it). Now the cache is looked at, read
+    only, before a new ledger is made."""
+    import sqlite3
+
+    where = tmp_path / "there"
+    where.mkdir()
+    conn = sqlite3.connect(where / "cache.db")
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    before = _files(where)
+    done = cli("--data-dir", str(where), "status", "--json")
+    assert done.code == 2, done.err
+    assert "another program's SQLite database" in done.err.strip(), done.err
+    assert _files(where) == before
