@@ -33,6 +33,7 @@ from . import cache as cache_mod
 from . import coupons, ledger
 from .cache import CacheView, ancestors, phone_index
 from .db import (
+    CACHE,
     CACHE_SWITCH_WAIT_S,
     Checkpointer,
     LiveCache,
@@ -40,6 +41,7 @@ from .db import (
     connect,
     is_damage,
     phone_secret,
+    refuse_foreign_file,
     remove_cache,
     write_transaction,
 )
@@ -360,7 +362,11 @@ class Agent:
         if build_workers is not None:
             self.build_workers = build_workers
         # The ledger first: a refused one (another program's file) had `cache.db` and
-        # `phone.key` made beside it (review 38, rev38g).
+        # `phone.key` made beside it (review 38, rev38g). A new one only once the cache
+        # file there, if any, is no other program's: it had a `ledger.db` made beside it
+        # (review 39, rev39d).
+        if not ledger.ledger_path(self.data_dir).exists():
+            refuse_foreign_file(self.data_dir / CACHE)
         self._ledger = ledger.open_ledger(self.data_dir)
         other = ledger.other_device(self._ledger, device_id)
         if other is not None:

@@ -558,3 +558,53 @@ def test_s10_another_programs_cache_file_gets_no_ledger_beside_it(
     assert done.code == 2, done.err
     assert "another program's SQLite database" in done.err.strip(), done.err
     assert _files(where) == before
+
+
+_LIVE_WRITER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+if sys.argv[2] == "wal":
+    conn.execute("PRAGMA journal_mode = WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, total_minor INTEGER)")
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO orders (total_minor) VALUES (17980)")
+print("writing", flush=True)
+sys.stdin.readline()  # the test's refusal happens meanwhile
+conn.execute("COMMIT")
+print(conn.execute("SELECT count(*) FROM orders").fetchone()[0], flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["delete", "wal"])
+def test_s10_another_programs_file_in_use_is_refused_and_its_locks_kept(
+    cli: Any, tmp_path: Path, mode: str
+) -> None:
+    """CONTRACT §10: another program that has its SQLite file open in the middle of a
+    write (its lock held) while a till is pointed at it: the refusal is at once, one line,
+    exit 2, and that program's write then commits as if nothing had happened (its lock
+    was not taken from it, its `-wal` not checkpointed)."""
+    import subprocess
+    import sys
+
+    where = tmp_path / "there"
+    where.mkdir()
+    path = where / "ledger.db"
+    other = subprocess.Popen(
+        [sys.executable, "-c", _LIVE_WRITER, str(path), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        assert other.stdout.readline().strip() == "writing"
+        done = cli("--data-dir", str(where), "status", "--json")
+        assert done.code == 2, done.err
+        line = done.err.strip()
+        assert "\n" not in line and "another program's SQLite database" in line, line
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        assert other.stdout.readline().strip() == "1"  # its write committed, whole
+    finally:
+        other.kill()
+        other.wait(10)
