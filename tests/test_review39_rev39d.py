@@ -608,3 +608,37 @@ def test_s10_another_programs_file_in_use_is_refused_and_its_locks_kept(
     finally:
         other.kill()
         other.wait(10)
+
+
+def test_s10_another_programs_postgres_database_in_use_is_refused_and_its_locks_kept(
+    pg_url: str,
+) -> None:
+    """CONTRACT §10, the hub's PostgreSQL store: another program's database, that program
+    in the middle of a write (a row lock held, uncommitted): `hub migrate` and a hub's
+    open are refused at once (ForeignDatabase: exit 2, one line), no lock of the hub's
+    is left in that database (its advisory locks were taken for the look), and the
+    program's write commits."""
+    import psycopg
+    from tillpoint.agent.errors import ForeignDatabase
+    from tillpoint.sync.hub_postgres import PostgresHubStore, migrate
+
+    with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as setup:
+        setup.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total_minor BIGINT)")
+        setup.execute("INSERT INTO orders VALUES (1, 100)")
+    with psycopg.connect(pg_url, connect_timeout=10) as other:  # a transaction open
+        other.execute("UPDATE orders SET total_minor = 17980 WHERE id = 1")
+        other.execute("LOCK TABLE orders IN EXCLUSIVE MODE")
+        for attempt in (lambda: migrate(pg_url), lambda: PostgresHubStore(pg_url)):
+            with pytest.raises(ForeignDatabase) as refused:
+                attempt()
+            line = str(refused.value)
+            assert "\n" not in line and "another program's PostgreSQL database" in line
+        with psycopg.connect(pg_url, autocommit=True, connect_timeout=10) as look:
+            held = look.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE d.datname = current_database() AND l.pid NOT IN (%s, %s)",
+                (other.info.backend_pid, look.info.backend_pid),
+            ).fetchone()
+            assert held == (0,), "no lock of the hub's is left there"
+        other.commit()
+        assert other.execute("SELECT total_minor FROM orders").fetchall() == [(17980,)]
