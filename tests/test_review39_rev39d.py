@@ -192,21 +192,26 @@ def _set(values: dict[str, Any], dotted: str, value: Any, case: str) -> None:
         values[key] = value
 
 
-_FILE = st.lists(
-    st.tuples(st.sampled_from(sorted(_KEYS)), st.integers(0, 9), st.sampled_from(["as", "mixed"])),
-    max_size=5,
-).map(
-    lambda picks: _built(
-        [(k, _KEYS[k][i % len(_KEYS[k])] if i < 7 else _KEYS[k][0], c) for k, i, c in picks]
-    )
-)
+def _pick(values: list[Any], i: int) -> Any:
+    """One of `values` by a drawn number: the first (a usual value) most often."""
+    return values[i % len(values)] if i < 7 else values[0]
 
 
-def _built(picks: list[tuple[str, Any, str]]) -> dict[str, Any]:
+def _built(picks: list[tuple[str, int, str]]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for dotted, value, case in picks:
-        _set(values, dotted, value, "as" if case == "as" or len(picks) % 3 else case)
+    for dotted, i, case in picks:
+        _set(values, dotted, _pick(_KEYS[dotted], i), case)
     return values
+
+
+_FILE = st.lists(
+    st.tuples(
+        st.sampled_from(sorted(_KEYS)),
+        st.integers(0, 9),
+        st.sampled_from(["as", "as", "as", "mixed"]),
+    ),
+    max_size=5,
+).map(_built)
 
 
 def _env_name(name: str, case: str) -> str:
@@ -221,12 +226,7 @@ _ENV = st.lists(
         st.sampled_from(["upper", "upper", "upper", "lower", "mixed"]),
     ),
     max_size=4,
-).map(
-    lambda picks: {
-        _env_name(name, case): _ENV_KEYS[name][i % len(_ENV_KEYS[name])] if i < 7 else _ENV_KEYS[name][0]
-        for name, i, case in picks
-    }
-)
+).map(lambda picks: {_env_name(name, case): _pick(_ENV_KEYS[name], i) for name, i, case in picks})
 _FLAGS = st.fixed_dictionaries(
     {},
     optional={
@@ -440,7 +440,7 @@ _NAMESPACE_SETUP = (
     "ip link set lo up && ip link add lla type veth peer name llb"
     " && ip link set lla up && ip link set llb up"
     " && ip -6 addr add fe80::1/64 dev lla nodad && ip -6 addr add fe80::1/64 dev llb nodad"
-    " || exit 77; exec \"$0\" -c \"$1\""
+    ' || exit 77; exec "$0" -c "$1"'
 )
 
 
@@ -537,9 +537,7 @@ def test_s10_another_programs_file_stopped_mid_write_is_refused_untouched(
     assert _files(where) == before, "the file and its -journal are as they were"
 
 
-def test_s10_another_programs_cache_file_gets_no_ledger_beside_it(
-    cli: Any, tmp_path: Path
-) -> None:
+def test_s10_another_programs_cache_file_gets_no_ledger_beside_it(cli: Any, tmp_path: Path) -> None:
     """CONTRACT §10: a data directory whose `cache.db` is another program's database was
     refused (exit 2, the file as it was), but only after a new `ledger.db` (and its
     `-wal`, `-shm`) had been made beside it, in that program's directory; rev38g did the
