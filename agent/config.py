@@ -47,17 +47,16 @@ class HubSettings(BaseModel):
     address: str = ""  # host:port of the hub; empty: a standalone till (always OFFLINE)
     redeem_timeout_ms: int = Field(300, gt=0, le=60_000)
     call_timeout_ms: int = Field(5000, gt=0, le=600_000)
-    # finite and sane: `inf` never polled again, `1e-300` polled in a busy loop, and both
-    # passed `config check` (review 38, rev38c)
-    poll_interval_s: float = Field(60, gt=0, le=86_400, allow_inf_nan=False)
+    # finite and sane, 0.1 s to a day: `inf` never polled again, `1e-300` polled in a busy
+    # loop, and both passed `config check` (review 38, rev38c); what the release before
+    # took (any number past 0, inf too) is taken at the nearest bound, said (review 39)
+    poll_interval_s: float = Field(60, gt=0)
     max_snapshot_mib: int = Field(8192, gt=0)  # a bigger snapshot from the hub is refused
 
     @field_validator("poll_interval_s")
     @classmethod
     def _not_a_busy_loop(cls, value: float) -> float:
-        if value < 0.1:
-            raise ValueError("must be 0.1 or more (seconds between polls)")
-        return value
+        return _bounded_poll_interval(value)
 
     @field_validator("address")
     @classmethod
@@ -72,6 +71,31 @@ class HubSettings(BaseModel):
         if problem:  # as `hub enroll --address` says it (review 37, rev37d)
             raise ValueError(problem)
         return value
+
+
+POLL_INTERVAL_BOUNDS = (0.1, 86_400.0)
+
+
+def _bounded_poll_interval(value: float) -> float:
+    """`hub.poll_interval_s` within 0.1 s and a day. A value past them that the release
+    before took (any number above 0, `inf` too; review 38's rev38c bounded it) is taken
+    as the nearest bound and noted as a loose value (`loose_values`): `run` logs it as a
+    WARNING, `config check` refuses it. Refused outright, a file of 0.05 s stopped `run`
+    at the upgrade, exit 2, which the unit does not restart: a till that does not start
+    is worse than one polling every 0.1 s (review 39, DECISIONS)."""
+    low, high = POLL_INTERVAL_BOUNDS
+    if low <= value <= high:
+        return value
+    taken = low if value < low else high
+    rule = "0.1 or more (seconds between polls)" if value < low else "at most 86400 (a day)"
+    where = env_source("hub", "poll_interval_s")
+    path = _CONFIG_FILE.get()
+    source = f" {path}" if path is not None and not where else ""
+    _LOOSE.append(
+        f"config{source}: hub.poll_interval_s must be {rule}{where}; {value:g} is taken as"
+        f" {taken:g}"
+    )
+    return taken
 
 
 # gRPC's own target names (its naming document): a scheme, then what its resolver reads;
@@ -341,13 +365,21 @@ def others_listening(address: str, port: int, *, ours: bool = False) -> list[str
     be read (another system: the probe alone). With `ours` (the caller listens on the
     port now: grpcio bound it), [] too when the tables name none of this process's
     listeners on it: their inodes are not this process's descriptors', and its own
-    listener would read as another program's (review 36)."""
+    listener would read as another program's (review 36).
+
+    A scoped address (`[fe80::1%eth0]`, a link-local one) is one address on one
+    interface, which grpcio bound itself, all or nothing, port sharing off: a row of that
+    address that is not this process's is the same address on another interface (the
+    tables carry no interface), not counted with `ours`. It read as another program's
+    on the listen's own address and `run` exited 1 (review 39, rev39d)."""
     try:
         host, _ = split_listen(address)
         resolved = listen_addresses(host, port)
         meant = {_unmapped(ipaddress.ip_address(where[0].split("%")[0])) for _, where in resolved}
     except (ValueError, OSError):
         return []
+    # grpcio's own bind of a scoped address: another's row of it is another interface's
+    elsewhere = {ip for ip in meant if "%" in host and ip.version == 6} if ours else set()
     if host.lower() == "localhost":
         meant |= {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
     # an address this host does not have (::1 with IPv6 off on lo) is nobody's to take: it
@@ -382,6 +414,8 @@ def others_listening(address: str, port: int, *, ours: bool = False) -> list[str
                         ours_seen = True
                         continue
                     ip = _proc_address(hex_address)
+                    if ip in elsewhere:
+                        continue
                     # a wildcard listen is every address of the host, in both families:
                     # a program on any of them (::1 beside 0.0.0.0, where grpcio's
                     # dual-stack bind then falls back to IPv4 alone) takes its calls

@@ -431,10 +431,14 @@ HUB_STORE_HINT = "name the hub's own store (--store, TILLPOINT_HUB_STORE or --hu
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def _read_only(path: Path) -> sqlite3.Connection:
+def _read_only(path: Path, *, as_written: bool = False) -> sqlite3.Connection:
     """A read-only connection to `path` for a look before tillpoint writes: it never
-    checkpoints another program's ``-wal`` on close, nor creates the file."""
-    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    checkpoints another program's ``-wal`` on close, nor creates the file. `as_written`:
+    the file's pages as they are, its ``-journal`` ignored (SQLite's `immutable`): a hot
+    journal is rolled back by a connection's first read, which a read-only one cannot
+    do ("attempt to write a readonly database")."""
+    options = "mode=ro&immutable=1" if as_written else "mode=ro"
+    return sqlite3.connect(f"{path.absolute().as_uri()}?{options}", uri=True)
 
 
 def refuse_not_sqlite(path: Path) -> None:
@@ -474,16 +478,23 @@ def refuse_not_sqlite(path: Path) -> None:
 
 
 def refuse_foreign_wal(path: Path, *, hub: bool = False) -> None:
-    """`refuse_foreign` of a file with a ``-wal`` beside it (another program in WAL mode
-    stopped before its last checkpoint), asked over a read-only connection: the refusing
-    connection, the file's last to close, checkpointed that ``-wal`` into the file and
-    removed it, the file changed under "left as it was" (review 38, rev38c). A file that
-    cannot be read so is left to the connection that follows to say why."""
+    """`refuse_foreign` of a file with a ``-wal`` or a ``-journal`` beside it (another
+    program stopped before its last checkpoint, or in the middle of a write), asked over
+    a read-only connection: the refusing connection checkpointed that ``-wal`` into the
+    file and removed it as the file's last to close (review 38, rev38c), and rolled a hot
+    ``-journal`` back into the file at its first read and deleted it (review 39, rev39d):
+    the file changed under "left as it was". A journal's file is read as written (its
+    journal ignored: only the tables' names are read). A file that cannot be read so is
+    left to the connection that follows to say why."""
     wal = path.with_name(path.name + "-wal")
+    journal = path.with_name(path.name + "-journal")
     try:
-        if not wal.is_file() or wal.stat().st_size == 0:
+        if _has_bytes(wal):
+            probe = _read_only(path)
+        elif _has_bytes(journal):
+            probe = _read_only(path, as_written=True)
+        else:
             return
-        probe = _read_only(path)
     except (OSError, sqlite3.Error):
         return
     try:
@@ -491,6 +502,27 @@ def refuse_foreign_wal(path: Path, *, hub: bool = False) -> None:
         refuse_foreign(probe, path, hub=hub)
     except sqlite3.Error:
         pass
+    finally:
+        probe.close()
+
+
+def _has_bytes(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def refuse_foreign_file(path: Path) -> None:
+    """`refuse_foreign` of an existing file looked at read only (nothing made, nothing
+    changed): a till's cache file before a new ledger is made beside it (review 39)."""
+    try:
+        if not path.is_file():
+            return
+        probe = _read_only(path, as_written=not _has_bytes(path.with_name(path.name + "-wal")))
+    except (OSError, sqlite3.Error):
+        return
+    try:
+        refuse_foreign(probe, path)
+    except sqlite3.Error:
+        pass  # busy, damaged, not SQLite: the cache's own opening says why
     finally:
         probe.close()
 

@@ -33,6 +33,7 @@ from . import cache as cache_mod
 from . import coupons, ledger
 from .cache import CacheView, ancestors, phone_index
 from .db import (
+    CACHE,
     CACHE_SWITCH_WAIT_S,
     Checkpointer,
     LiveCache,
@@ -40,6 +41,7 @@ from .db import (
     connect,
     is_damage,
     phone_secret,
+    refuse_foreign_file,
     remove_cache,
     write_transaction,
 )
@@ -62,7 +64,7 @@ from .forward import process_running
 from .hub_turns import HUB_TURNS_FILE, HubTurns
 from .identify import Identification, identify, normalise, phone_key
 from .limits import is_utf8_text
-from .logs import SAID_BY_THE_COMMAND
+from .logs import SAID_BY_THE_COMMAND, mask_identifier
 from .messages import (
     cancelled_display,
     checkout_display,
@@ -365,7 +367,11 @@ class Agent:
         if build_workers is not None:
             self.build_workers = build_workers
         # The ledger first: a refused one (another program's file) had `cache.db` and
-        # `phone.key` made beside it (review 38, rev38g).
+        # `phone.key` made beside it (review 38, rev38g). A new one only once the cache
+        # file there, if any, is no other program's: it had a `ledger.db` made beside it
+        # (review 39, rev39d).
+        if not ledger.ledger_path(self.data_dir).exists():
+            refuse_foreign_file(self.data_dir / CACHE)
         self._ledger = ledger.open_ledger(self.data_dir)
         other = ledger.other_device(self._ledger, device_id)
         if other is not None:
@@ -603,7 +609,9 @@ class Agent:
                     if view.version == 0
                     else ""
                 )
-                raise NotFound(f"card {card.strip()} is not known to this till{empty}")
+                # the number masked as the logs mask it: this line is a POS's log's
+                shown = mask_identifier(card.strip())
+                raise NotFound(f"card {shown} is not known to this till{empty}")
             return balance_of(
                 ledger.balance(conn, ident.customer, view.applied_through(), moment, view.program())
             )
