@@ -1,0 +1,752 @@
+"""Review 39 (spec39a): a POS written from docs/INTEGRATION.md and the `/openapi.json` a
+real `tillpoint run` serves, alone (issue 11's "done when"), and the three doors agreeing.
+
+Black box. The POS clients here know nothing of tillpoint's code: the HTTP one is plain
+`http.client` (one kept connection, a timeout on every call, a retry with the same body
+as the guide's Python program does), its paths and methods read from the `/openapi.json`
+the agent serves, and every answer checked against that document's schema for its path,
+method and status (JSON Schema 2020-12, as the guide says the document is); the gRPC one
+knows the service by server reflection only (`grpcio-reflection`'s client and a
+`google.protobuf` descriptor pool: no `.proto`, no generated stub).
+
+Against ONE real `tillpoint run` (the shipped settings; only its ports and data directory
+set, its device id the host name, as shipped) enrolled with a real hub (mTLS, the hub's
+first snapshot published only once the till has been seen to refuse sales without one),
+a till's day as the guide walks it (CONTRACT §10-§12, §4, §5, §6): no snapshot yet (503
+healthz, 412 "no snapshot loaded", gRPC health NOT_SERVING), identify by card, phone and
+scanned barcode, a quote after each scan, hold → payment → confirm with a fiscal
+document, hold → cancel, a confirm retried after the POS's timeout with the same
+receiptId, a refund, every refusal CONTRACT §12 maps for these calls (400, 404, 405, 409,
+412, 415, each with the documented error body), and, last (the hub publishes a delta
+with a 1 s `holdTtlSeconds`), a hold that expires, its confirm refused and its cancel.
+
+Every call goes to all three doors: the HTTP answer (byte for byte) must be what
+`tillpoint --json` prints for the same call on a second data directory in the same state
+(a consistent copy of the till's, made just before the call: the same enrolment, the
+same hub), and the gRPC answer must be the same message (the HTTP document parsed as
+proto3 JSON into the reflected type equals the gRPC answer; a refusal: the gRPC code of
+CONTRACT §12's HTTP status, the same message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, json_format, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from bench import difflong as dl
+
+from .conftest import REPO, free_port
+
+EXE = str(Path(sys.executable).with_name("tillpoint"))
+MILK, BREAD, CIGARETTES, CHEESE = "4601234000017", "4601234000024", "4601234000031", "4601234000055"
+CARD, CARD_B, BLOCKED = "2770000000017", "2770000000024", "2770000000031"
+UNKNOWN_CARD = "2770000000093"
+
+# CONTRACT §12's HTTP status of each gRPC code (the gRPC door answers the same refusal).
+GRPC_OF_HTTP = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    412: "FAILED_PRECONDITION",
+    503: "UNAVAILABLE",
+}
+
+
+# ---------------------------------------------------------------- the POS over HTTP
+
+
+@dataclass
+class Answer:
+    status: int
+    raw: bytes
+    headers: dict[str, str]
+
+    @property
+    def doc(self) -> Any:
+        return json.loads(self.raw)
+
+
+class HttpPos:
+    """The guide's Python client, reduced: one kept HTTP/1.1 connection, TCP_NODELAY, a
+    timeout on every call; the paths and methods are those openapi.json lists."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.port, self.timeout = port, timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.conn is None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.conn = conn
+        return self.conn
+
+    def send(
+        self, method: str, path: str, raw: bytes | None, headers: dict[str, str] | None = None
+    ) -> Answer:
+        hdrs = {"Content-Type": "application/json"} if raw is not None else {}
+        hdrs.update(headers or {})
+        conn = self._connection()
+        conn.request(method, path, raw, hdrs)
+        response = conn.getresponse()
+        body = response.read()
+        if response.will_close:
+            conn.close()
+            self.conn = None
+        return Answer(response.status, body, {k.lower(): v for k, v in response.getheaders()})
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class OpenApi:
+    """What the served document says: each path's method, and each answer's schema."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+        self.registry: Registry[Any] = Registry().with_resource(
+            "urn:tillpoint-openapi", Resource.from_contents(doc, default_specification=DRAFT202012)
+        )
+
+    def method(self, path: str) -> str:
+        methods = [m for m in self.doc["paths"][path] if m in ("get", "post")]
+        assert len(methods) == 1, (path, methods)
+        return methods[0].upper()
+
+    def accepts(self, path: str, body: Any) -> list[str]:
+        """What the document's request schema of `path` finds wrong with `body`."""
+        pointer = (
+            "/paths/"
+            + path.replace("~", "~0").replace("/", "~1")
+            + "/post/requestBody/content/application~1json/schema"
+        )
+        validator = Draft202012Validator(
+            {"$ref": "urn:tillpoint-openapi#" + pointer}, registry=self.registry
+        )
+        return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
+
+    def check(self, path: str, method: str, answer: Answer) -> None:
+        """The answer is one the document declares for this path, method and status, and
+        its body fits the declared schema."""
+        op = self.doc["paths"][path][method.lower()]
+        declared = op["responses"]
+        assert str(answer.status) in declared, (
+            f"{method} {path} answered {answer.status}, which openapi.json does not declare"
+            f" ({sorted(declared)}): {answer.raw[:300]!r}"
+        )
+        content = declared[str(answer.status)].get("content", {})
+        assert answer.headers.get("content-type", "").startswith("application/json")
+        schema = content["application/json"]["schema"]
+        pointer = (
+            "/paths/"
+            + path.replace("~", "~0").replace("/", "~1")
+            + f"/{method.lower()}/responses/{answer.status}/content/application~1json/schema"
+        )
+        del schema
+        validator = Draft202012Validator(
+            {"$ref": "urn:tillpoint-openapi#" + pointer}, registry=self.registry
+        )
+        errors = [
+            f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(answer.doc)
+        ]
+        assert not errors, f"{method} {path} {answer.status}: {errors[:5]}"
+
+
+# ---------------------------------------------------------------- the POS over gRPC
+
+
+class GrpcPos:
+    """PosAgent as server reflection describes it: no .proto, no generated stub."""
+
+    SERVICE = "tillpoint.v1.PosAgent"
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(self.channel))
+        self.service = self.pool.FindServiceByName(self.SERVICE)
+
+    def types(self, method: str) -> tuple[Any, Any]:
+        m = self.service.FindMethodByName(method)
+        return (
+            message_factory.GetMessageClass(m.input_type),
+            message_factory.GetMessageClass(m.output_type),
+        )
+
+    def call(self, method: str, body: dict[str, Any]) -> tuple[Any, grpc.RpcError | None]:
+        """The answer, or the refusal; (None, None) for a body the client cannot send (a
+        field the reflected message does not have: the client refuses it itself)."""
+        request_cls, answer_cls = self.types(method)
+        try:
+            request = json_format.ParseDict(body, request_cls())
+        except json_format.ParseError:
+            return None, None
+        stub = self.channel.unary_unary(
+            f"/{self.SERVICE}/{method}",
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=answer_cls.FromString,
+        )
+        try:
+            return stub(request, timeout=10), None
+        except grpc.RpcError as exc:
+            return None, exc
+
+    def health(self, service: str = "") -> str:
+        svc = self.pool.FindServiceByName("grpc.health.v1.Health")
+        m = svc.FindMethodByName("Check")
+        req_cls = message_factory.GetMessageClass(m.input_type)
+        ans_cls = message_factory.GetMessageClass(m.output_type)
+        stub = self.channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=req_cls.SerializeToString,
+            response_deserializer=ans_cls.FromString,
+        )
+        answer = stub(req_cls(service=service), timeout=10)
+        return str(
+            m.output_type.fields_by_name["status"].enum_type.values_by_number[answer.status].name
+        )
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+# ---------------------------------------------------------------- the CLI door
+
+
+@dataclass
+class CliRun:
+    code: int
+    out: str
+    err: str
+
+
+def cli(data_dir: Path, work: Path, call: str, body: dict[str, Any]) -> CliRun:
+    """`tillpoint --data-dir DIR <call> ... --json` for the HTTP call's body (in this
+    process, as tests/conftest.py's `cli` runs it)."""
+    from tillpoint.agent.cli import main
+
+    argv = ["--data-dir", str(data_dir), call]
+    if call == "identify":
+        argv.append(body["text"])
+    elif call in ("quote", "hold", "checkout", "refund"):
+        path = work / f"{call}-body.json"
+        path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+        argv.append(str(path))
+    elif call == "confirm":
+        argv.append(body["receiptId"])
+        if "fiscalDocument" in body:
+            argv += ["--fiscal", body["fiscalDocument"]]
+    elif call == "cancel":
+        argv.append(body["receiptId"])
+    elif call == "balance":
+        argv.append(body["card"])
+        if "at" in body:
+            argv += ["--at", body["at"]]
+    argv.append("--json")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
+# ---------------------------------------------------------------- the store
+
+
+def _env(data: Path, http_port: int, grpc_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["TILLPOINT_DATA_DIR"] = str(data)
+    env["TILLPOINT_HTTP__LISTEN"] = f"127.0.0.1:{http_port}"
+    env["TILLPOINT_SERVER__LISTEN"] = f"127.0.0.1:{grpc_port}"
+    env["TILLPOINT_METRICS__LISTEN"] = f"127.0.0.1:{free_port()}"
+    return env
+
+
+@dataclass
+class Store:
+    """One hub, one till's `tillpoint run`, and the POS's two clients."""
+
+    work: Path
+    hub: Any
+    proc: subprocess.Popen[bytes]
+    data: Path
+    http: HttpPos
+    grpc: GrpcPos
+    api: OpenApi
+    steps: int = 0
+    seen: list[str] = field(default_factory=list)
+    timing: list[Any] = field(default_factory=list)
+    last: Any = None
+
+    def healthz(self) -> Answer:
+        answer = self.http.send("GET", "/healthz", None)
+        self.api.check("/healthz", "GET", answer)
+        return answer
+
+    def wait_version(self, version: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.http.send("GET", "/healthz", None)
+            if answer.status == 200 and answer.doc["cacheVersion"] >= version:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the till never reached cache version {version}")
+
+    def three(
+        self,
+        call: str,
+        body: dict[str, Any],
+        *,
+        cli_too: bool = True,
+        grpc_too: bool = True,
+        described: bool = True,
+    ) -> Answer:
+        """One call at the three doors; their answers compared; the HTTP answer returned."""
+        self.steps += 1
+        copy_dir = self.work / f"copy-{self.steps}"
+        if cli_too:
+            dl.copy_state(self.data, copy_dir)
+        path = f"/v1/{call}"
+        method = self.api.method(path)
+        raw = json.dumps(body, ensure_ascii=False).encode()
+        answer = self.http.send(method, path, raw)
+        self.api.check(path, method, answer)
+        self.seen.append(f"{call} {answer.status}")
+        self.last = answer
+        self.timing.append((call, time.monotonic()))
+        if answer.status == 200:
+            answer_fields(call, body, answer.doc)
+        if answer.status == 200 and described:  # a body taken: a generated client sends it
+            assert not self.api.accepts(path, body), (call, body, self.api.accepts(path, body))
+        grpc_answer, grpc_error = (
+            self.grpc.call(call.capitalize(), body) if grpc_too else (None, None)
+        )
+        if not grpc_too:
+            pass
+        elif grpc_answer is None and grpc_error is None:
+            assert answer.status == 400, (call, answer)  # not sendable over gRPC
+        elif answer.status == 200:
+            assert grpc_error is None, f"{call}: HTTP 200, gRPC {grpc_error!r}"
+            _, answer_cls = self.grpc.types(call.capitalize())
+            from_http = json_format.Parse(answer.raw, answer_cls())
+            assert from_http == grpc_answer, (
+                f"{call}: the HTTP document is not gRPC's message:\n{answer.raw.decode()}\n"
+                f"{json_format.MessageToJson(grpc_answer)}"
+            )
+        else:
+            error = answer.doc["error"]
+            assert grpc_error is not None, f"{call}: HTTP {answer.status}, gRPC answered"
+            assert grpc_error.code().name == GRPC_OF_HTTP[answer.status] == error["code"], (
+                call,
+                answer.status,
+                grpc_error.code(),
+                error,
+            )
+            assert grpc_error.details() == error["message"], (grpc_error.details(), error)
+        if cli_too:
+            run = cli(copy_dir, self.work, call, body)
+            if answer.status == 200:
+                assert (run.code, run.err) == (0, ""), (call, run)
+                out = run.out.encode()
+                if call in ("hold", "checkout") and b'"holdExpiresAt"' in out:
+                    # A hold placed by this call: the copy placed its own a moment later.
+                    out = _same_expiry(out, answer.raw)
+                assert out == answer.raw, (
+                    f"{call}: CLI and HTTP differ:\nCLI  {run.out!r}\nHTTP {answer.raw.decode()!r}"
+                )
+            else:
+                message = answer.doc["error"]["message"]
+                assert run.out == "", (call, run)
+                assert run.code == 2, (call, answer.status, run)
+                assert run.err.count("\n") == 1 and message in run.err, (call, message, run.err)
+        return answer
+
+
+RESULT_FIELDS = (
+    "receiptId card mode lines totalMinor discountMinor redeemedPoints payableMinor"
+    " earnedPoints balance heldOut printedOffers display deviceId seq state holdExpiresAt"
+    " coupons trace"
+).split()
+LINE_FIELDS = ["sku", "amountMinor", "discountMinor", "offerId", "redeemedMinor", "earnedPoints"]
+
+
+def answer_fields(call: str, body: dict[str, Any], doc: dict[str, Any]) -> None:
+    """The guide's "gRPC and JSON": every field that has a value, zeros and empty lists
+    included; left out what the call does not fill; `null` for a line's `offerId` with no
+    offer and the `balance` of an UNKNOWN card."""
+    if call == "identify":
+        want = {
+            "FOUND": {"status", "customerId", "tier", "firstName"},
+            "BLOCKED": {"status", "reason"},
+            "INVALID": {"status", "reason"},
+            "UNKNOWN": {"status"},
+        }[doc["status"]]
+        assert set(doc) == want, doc
+    elif call == "balance":
+        assert set(doc) - {"expiring"} == {"availablePoints", "pendingPoints"}, doc
+    elif call == "refund":
+        names = "refundId receiptId returnedPoints takenBackPoints balance negativeBalance"
+        assert set(doc) == {*names.split(), "deviceId", "seq"}, doc
+    else:
+        gone = {"trace"}
+        state = doc.get("state")
+        if call == "quote":
+            assert state is None, doc
+            gone |= {"state", "holdExpiresAt", "deviceId", "seq"}
+        else:
+            assert state in ("HELD", "CONFIRMED", "CANCELLED"), doc
+            if state != "HELD":
+                gone.add("holdExpiresAt")
+            if state != "CONFIRMED":
+                gone |= {"deviceId", "seq"}
+        assert set(doc) == set(RESULT_FIELDS) - gone, (
+            call,
+            sorted(set(doc) ^ (set(RESULT_FIELDS) - gone)),
+        )
+        for line in doc["lines"]:
+            assert list(line) == LINE_FIELDS, line
+            assert line["offerId"] is None or line["offerId"], line
+        if doc["card"]["status"] == "UNKNOWN":
+            assert doc["card"] == {"status": "UNKNOWN"} and doc["balance"] is None, doc
+        else:
+            assert set(doc["balance"]) - {"expiring"} == {"availablePoints", "pendingPoints"}
+
+
+def _same_expiry(cli_out: bytes, http_raw: bytes) -> bytes:
+    """The CLI's answer with the HTTP answer's `holdExpiresAt` when the two differ by less
+    than the seconds between the two calls (each door placed the hold at its moment)."""
+    from datetime import datetime
+
+    mine, theirs = json.loads(cli_out)["holdExpiresAt"], json.loads(http_raw)["holdExpiresAt"]
+    lag = (datetime.fromisoformat(mine) - datetime.fromisoformat(theirs)).total_seconds()
+    assert 0 <= lag < 10, (mine, theirs)
+    return cli_out.replace(
+        f'"holdExpiresAt": "{mine}"'.encode(), f'"holdExpiresAt": "{theirs}"'.encode()
+    )
+
+
+def _start_run(work: Path, data: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    http_port, grpc_port = free_port(), free_port()
+    log = (work / "run.log").open("wb")
+    proc = subprocess.Popen(
+        [EXE, "run"], env=_env(data, http_port, grpc_port), stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (work / "run.log").read_text()
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", http_port), timeout=1).close()
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+                grpc.channel_ready_future(ch).result(timeout=5)
+            return proc, http_port, grpc_port
+        time.sleep(0.05)
+    raise AssertionError("tillpoint run did not start:\n" + (work / "run.log").read_text())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    from tillpoint.sync.loopback import LoopbackHub
+
+    work = tmp_path_factory.mktemp("spec39a")
+    master = json.loads((REPO / "examples" / "snapshot.json").read_text(encoding="utf-8"))
+    hub = LoopbackHub(work / "hub", data=master, publish=False)
+    data = work / "till"
+    hub.enroll(socket.gethostname(), data)
+    proc, http_port, grpc_port = _start_run(work, data)
+    http = HttpPos(http_port)
+    api = OpenApi(json.loads(http.send("GET", "/openapi.json", None).raw))
+    s = Store(work, hub, proc, data, http, GrpcPos(grpc_port), api)
+    try:
+        yield s
+    finally:
+        s.http.close()
+        s.grpc.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        hub.stop()
+
+
+# ---------------------------------------------------------------- the POS's data
+
+
+def receipt(
+    receipt_id: str, card: str, lines: list[tuple[str, str, int]], **more: Any
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "receiptId": receipt_id,
+        "storeId": "s1",
+        "tillId": "t1",
+        "at": "2026-11-23T10:15:00+03:00",
+        "card": card,
+        "lines": [{"sku": s, "qty": q, "priceMinor": p} for s, q, p in lines],
+        "redeemPoints": 0,
+    }
+    doc.update(more)
+    return doc
+
+
+# ---------------------------------------------------------------- the day
+
+
+def test_a_till_s_day_through_three_doors(store: Store) -> None:
+    s = store
+    # Before the hub's first snapshot: not serving; sales refused; identify still answers.
+    health = s.healthz()
+    assert health.status == 503, health
+    assert s.grpc.health() == "NOT_SERVING"
+    assert s.grpc.health("tillpoint.v1.PosAgent") == "NOT_SERVING"
+    basket = receipt("s1-t1-000100", CARD, [(MILK, "1", 8990)])
+    for call in ("quote", "hold", "checkout"):
+        refused = s.three(call, basket)
+        assert refused.status == 412, refused
+        assert "no snapshot loaded" in refused.doc["error"]["message"]
+    assert s.three("identify", {"text": CARD}).doc == {"status": "UNKNOWN"}
+    assert s.three("balance", {"card": CARD}).status == 404
+
+    s.hub.publish()
+    s.wait_version(1)
+    health = s.healthz()
+    assert health.status == 200 and health.doc["status"] == "SERVING", health
+    assert s.grpc.health() == "SERVING"
+    assert s.grpc.health("tillpoint.v1.PosAgent") == "SERVING"
+
+    # Identify: a card, a phone as the guide writes it, a barcode with the scanner's Enter.
+    scanned = ("\r", "\t", "\x1d", "\r\n")  # the scanner's Enter or Tab, GS1's FNC1
+    phones = ("+7 916 123-45-67", "8 916 1234567", "9161234567")
+    for text in (CARD, *phones, *(CARD + end for end in scanned)):
+        found = s.three("identify", {"text": text})
+        assert found.doc["status"] == "FOUND" and found.doc["customerId"] == "c-1", (text, found)
+    blocked = s.three("identify", {"text": BLOCKED})
+    assert blocked.doc["status"] == "BLOCKED" and blocked.doc["reason"], blocked
+    twice = s.three("identify", {"text": CARD + CARD})
+    assert twice.doc["status"] == "INVALID" and "twice" in twice.doc["reason"], twice
+    assert s.three("identify", {"text": UNKNOWN_CARD}).doc == {"status": "UNKNOWN"}
+    invalid = s.three("identify", {"text": "+7 (916) 123-45-67"})
+    assert invalid.doc["status"] == "INVALID" and invalid.doc["reason"], invalid
+
+    # A sale: a quote after each scan, hold, payment, confirm with the fiscal document.
+    scans = [(MILK, "2", 8990), (BREAD, "1", 5990), (CIGARETTES, "1", 21900)]
+    sale = receipt("s1-t1-000123", CARD, [])
+    for scan in scans:
+        sale["lines"].append({"sku": scan[0], "qty": scan[1], "priceMinor": scan[2]})
+        quote = s.three("quote", sale)
+        assert quote.status == 200 and "state" not in quote.doc, quote
+    # What proto3 JSON allows beside the schema: proto names, int64 as strings, `at` with
+    # blanks; and the schema's own "-1" string.
+    spelled = {
+        "receipt_id": sale["receiptId"],
+        "storeId": "s1",
+        "tillId": "t1",
+        "at": " " + sale["at"] + " ",
+        "card": CARD,
+        "lines": [
+            {"sku": x["sku"], "qty": x["qty"], "price_minor": str(x["priceMinor"])}
+            for x in sale["lines"]
+        ],
+        "redeemPoints": "-1",
+    }
+    assert s.three("quote", spelled, described=False).status == 200
+    sale["redeemPoints"] = -1
+    held = s.three("hold", sale)
+    assert held.doc["state"] == "HELD" and held.doc["mode"] == "ONLINE", held
+    assert held.doc["redeemedPoints"] > 0 and held.doc["holdExpiresAt"], held
+    again = s.three("hold", sale)  # a retried hold: the same hold
+    assert again.raw == held.raw
+    done = s.three("confirm", {"receiptId": "s1-t1-000123", "fiscalDocument": "FD-0000123"})
+    assert done.doc["state"] == "CONFIRMED", done
+    for key in ("lines", "totalMinor", "payableMinor", "redeemedPoints", "earnedPoints"):
+        assert done.doc[key] == held.doc[key], key
+    # The POS's timeout came first: it gave up on a confirm and sends it again.
+    with socket.create_connection(("127.0.0.1", s.http.port), timeout=5) as lost:
+        body = json.dumps({"receiptId": "s1-t1-000123", "fiscalDocument": "FD-0000123"}).encode()
+        lost.sendall(
+            b"POST /v1/confirm HTTP/1.1\r\nHost: till\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+    retried = s.three("confirm", {"receiptId": "s1-t1-000123", "fiscalDocument": "FD-0000123"})
+    assert retried.raw == done.raw
+    # A retried confirm with another fiscal document: the first answer.
+    assert (
+        s.three("confirm", {"receiptId": "s1-t1-000123", "fiscalDocument": "FD-9"}).raw == done.raw
+    )
+    assert s.three("balance", {"card": CARD}).status == 200
+
+    # Another basket: the payment fails, the hold is cancelled.
+    failed = receipt("s1-t1-000124", CARD, [(CHEESE, "0.350", 69000)], redeemPoints=-1)
+    assert s.three("hold", failed).doc["state"] == "HELD"
+    hold_124 = s.last
+    cancelled = s.three("cancel", {"receiptId": "s1-t1-000124"})
+    assert cancelled.doc["state"] == "CANCELLED", cancelled
+    assert cancelled.doc["display"] == ["Чек отменён", ""], cancelled
+    for key in ("lines", "totalMinor", "payableMinor", "redeemedPoints", "earnedPoints"):
+        assert cancelled.doc[key] == hold_124.doc[key], key
+    assert s.three("cancel", {"receiptId": "s1-t1-000124"}).raw == cancelled.raw
+    assert s.three("hold", failed).doc["state"] == "CANCELLED"  # the id is spent
+
+    # A card this till does not know, by checkout; a phone's customer, by checkout.
+    unknown = s.three("checkout", receipt("s1-t1-000125", UNKNOWN_CARD, [(BREAD, "1", 5990)]))
+    assert unknown.doc["card"] == {"status": "UNKNOWN"} and unknown.doc["balance"] is None
+    by_phone = s.three("checkout", receipt("s1-t1-000126", "8 903 555-00-01", [(BREAD, "2", 5490)]))
+    assert by_phone.doc["card"]["customerId"] == "c-2", by_phone
+
+    # The next day: one bottle of milk comes back; the retry answers the same.
+    refund = {
+        "refundId": "s1-t1-r-0007",
+        "receiptId": "s1-t1-000123",
+        "at": "2026-11-24T12:00:00+03:00",
+        "lines": [{"sku": MILK, "qty": "1"}],
+    }
+    refunded = s.three("refund", refund)
+    assert set(refunded.doc) >= {
+        "refundId",
+        "receiptId",
+        "returnedPoints",
+        "takenBackPoints",
+        "balance",
+        "negativeBalance",
+    }, refunded
+    assert "display" not in refunded.doc
+    assert refunded.status == 200 and refunded.doc["returnedPoints"] >= 0, refunded
+    assert s.three("refund", refund).raw == refunded.raw
+    back = {**refund, "refundId": "s1-t1-r-0008", "receiptId": "s1-t1-000125"}
+    back["lines"] = [{"sku": BREAD, "qty": "1"}]
+    assert s.three("refund", back).doc["balance"] is None  # an UNKNOWN card's
+
+    # Every refusal CONTRACT §12 maps that these calls meet, with its error body.
+    refusals: list[tuple[str, dict[str, Any], int, str]] = [
+        (
+            "quote",
+            receipt("s1-t1-000200", "2770000000018", [(MILK, "1", 8990)]),
+            400,
+            "card not accepted",
+        ),
+        ("hold", receipt("s1-t1-000201", CARD, [(MILK, "1.0005", 8990)]), 400, ""),
+        (
+            "checkout",
+            {**receipt("s1-t1-000202", CARD, [(MILK, "1", 8990)]), "colour": "red"},
+            400,
+            "",
+        ),
+        ("checkout", receipt("s1-t1-000203", CARD, []), 400, ""),
+        ("refund", {**refund, "refundId": "r-early", "at": "2026-11-22T12:00:00+03:00"}, 400, ""),
+        ("balance", {"card": "27700000000x7"}, 400, "card not accepted"),
+        ("confirm", {"receiptId": ""}, 400, ""),
+        ("quote", receipt("s1-t1-000204", BLOCKED, [(MILK, "1", 8990)]), 412, "card refused"),
+        ("hold", receipt("s1-t1-000205", BLOCKED, [(MILK, "1", 8990)]), 412, "card refused"),
+        ("balance", {"card": BLOCKED}, 412, "card refused"),
+        ("confirm", {"receiptId": "s1-t1-000999"}, 404, ""),
+        ("cancel", {"receiptId": "s1-t1-000999"}, 404, ""),
+        ("refund", {**refund, "refundId": "r-x", "receiptId": "s1-t1-000999"}, 404, ""),
+        ("balance", {"card": UNKNOWN_CARD}, 404, ""),
+        ("hold", receipt("s1-t1-000123", CARD, [(BREAD, "3", 5990)]), 409, ""),
+        ("checkout", receipt("s1-t1-000124", CARD, [(BREAD, "3", 5990)]), 409, ""),
+        ("refund", {**refund, "lines": [{"sku": MILK, "qty": "2"}]}, 409, ""),
+        ("confirm", {"receiptId": "s1-t1-000124"}, 412, "cancelled"),
+        ("checkout", failed, 412, ""),
+        ("cancel", {"receiptId": "s1-t1-000123"}, 412, "refund"),
+        ("refund", {**refund, "refundId": "r-more", "lines": [{"sku": MILK, "qty": "5"}]}, 412, ""),
+        (
+            "refund",
+            {**refund, "refundId": "r-sku", "lines": [{"sku": CHEESE, "qty": "1"}]},
+            412,
+            "",
+        ),
+    ]
+    http_only = [  # what a gRPC client cannot write: a whole number with a point
+        ("quote", receipt("s1-t1-000206", CARD, [(MILK, "1", 8990)], redeemPoints=1.0), 400, ""),
+    ]
+    for call, body, status, words in refusals + http_only:
+        answer = s.three(call, body, grpc_too=(call, body, status, words) not in http_only)
+        assert answer.status == status, (call, body, answer)
+        assert list(answer.doc) == ["error"] and list(answer.doc["error"]) == ["code", "message"]
+        assert words in answer.doc["error"]["message"], (call, answer.doc)
+
+    # The hub shortens holds to 1 s (a delta): a hold placed now expires; its confirm is
+    # refused, its cancel answers CANCELLED.
+    program = copy.deepcopy(
+        json.loads((REPO / "examples" / "snapshot.json").read_text())["program"]
+    )
+    program["holdTtlSeconds"] = 1
+    from tillpoint.sync.loopback import import_doc
+
+    import_doc(s.hub.server.store, {"program": program})
+    s.hub.publish()
+    s.wait_version(2)
+    late = receipt("s1-t1-000130", CARD_B, [(BREAD, "1", 5990)], redeemPoints=-1)
+    late_held = s.three("hold", late)
+    assert late_held.doc["state"] == "HELD"
+    time.sleep(1.5)
+    expired = s.three("confirm", {"receiptId": "s1-t1-000130", "fiscalDocument": "FD-130"})
+    assert expired.status == 412 and "hold expired" in expired.doc["error"]["message"], expired
+    other = {**late, "lines": [{"sku": MILK, "qty": "1", "priceMinor": 8990}]}
+    assert s.three("hold", other).status == 409  # even after an expiry
+    afresh = s.three("hold", late)  # priced and held afresh
+    assert (
+        afresh.doc["state"] == "HELD"
+        and afresh.doc["holdExpiresAt"] > late_held.doc["holdExpiresAt"]
+    ), afresh
+    time.sleep(1.5)
+    gone = s.three("cancel", {"receiptId": "s1-t1-000130"})
+    assert gone.doc["state"] == "CANCELLED", gone
+    assert s.three("hold", late).doc["state"] == "CANCELLED"  # spent
+
+
+def test_http_only_refusals_have_the_documented_status_and_body(store: Store) -> None:
+    """405 (with Allow), 415, a body that is no JSON (400), an unknown path (404), as the
+    guide's table of errors says; each declared in openapi.json for its path."""
+    s = store
+    answer = s.http.send("GET", "/v1/quote", None)
+    assert answer.status == 405 and answer.headers.get("allow") == "POST", answer
+    s.api.check("/v1/quote", "POST", answer)
+    answer = s.http.send("POST", "/v1/status", b"{}")
+    assert answer.status == 405 and answer.headers.get("allow") == "GET, HEAD", answer
+    s.api.check("/v1/status", "GET", answer)
+    answer = s.http.send("POST", "/v1/quote", b"{}", {"Content-Encoding": "gzip"})
+    assert answer.status == 415 and answer.doc["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    s.api.check("/v1/quote", "POST", answer)
+    answer = s.http.send("POST", "/v1/hold", b"{not json")
+    assert answer.status == 400 and answer.doc["error"]["code"] == "INVALID_ARGUMENT"
+    s.api.check("/v1/hold", "POST", answer)
+    answer = s.http.send("POST", "/v1/nothing", b"{}")
+    assert answer.status == 404 and answer.doc["error"]["code"] == "NOT_FOUND"
+    status = s.http.send("GET", "/v1/status", None)
+    s.api.check("/v1/status", "GET", status)
+    grpc_status, error = s.grpc.call("Status", {})
+    assert error is None
+    _, status_cls = s.grpc.types("Status")
+    json_format.Parse(status.raw, status_cls())  # every field of the HTTP status is gRPC's
+    # "the proto `Status`, every field"
+    assert set(status.doc) == {f.json_name for f in status_cls.DESCRIPTOR.fields}
+    assert grpc_status.device_id == status.doc["deviceId"] == socket.gethostname()
