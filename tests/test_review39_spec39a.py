@@ -319,6 +319,12 @@ class Store:
             time.sleep(0.05)
         raise AssertionError(f"the till never reached cache version {version}")
 
+    def wait_mode(self, mode: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while self.http.send("GET", "/v1/status", None).doc["mode"] != mode:
+            assert time.monotonic() < deadline, f"the till never said {mode}"
+            time.sleep(0.05)
+
     def three(
         self,
         call: str,
@@ -389,11 +395,7 @@ class Store:
         return answer
 
 
-RESULT_FIELDS = (
-    "receiptId card mode lines totalMinor discountMinor redeemedPoints payableMinor"
-    " earnedPoints balance heldOut printedOffers display deviceId seq state holdExpiresAt"
-    " coupons trace"
-).split()
+RESULT_FIELDS = ["receiptId", "card", "mode", "lines", "totalMinor", "discountMinor", "redeemedPoints", "payableMinor", "earnedPoints", "balance", "heldOut", "printedOffers", "display", "deviceId", "seq", "state", "holdExpiresAt", "coupons", "trace"]
 LINE_FIELDS = ["sku", "amountMinor", "discountMinor", "offerId", "redeemedMinor", "earnedPoints"]
 
 
@@ -692,6 +694,22 @@ def test_a_till_s_day_through_three_doors(store: Store) -> None:
         assert answer.status == status, (call, body, answer)
         assert list(answer.doc) == ["error"] and list(answer.doc["error"]) == ["code", "message"]
         assert words in answer.doc["error"]["message"], (call, answer.doc)
+
+    # The hub goes away: the till sells OFFLINE (redemption within the store-day's limit),
+    # the three doors alike; then it comes back.
+    s.hub.stop()
+    s.wait_mode("OFFLINE")  # the till has seen it go (a quote in between is priced ONLINE)
+    away = receipt("s1-t1-000140", CARD, [(CHEESE, "1", 69000), (MILK, "3", 8990)], redeemPoints=-1)
+    assert s.three("quote", away).doc["mode"] == "OFFLINE"
+    away_held = s.three("hold", away)
+    assert away_held.doc["mode"] == "OFFLINE" and 0 < away_held.doc["redeemedPoints"] <= 500
+    assert s.three("confirm", {"receiptId": "s1-t1-000140", "fiscalDocument": "FD-140"}).raw
+    away_2 = receipt("s1-t1-000141", CARD, [(CHEESE, "1", 69000)], redeemPoints=-1)
+    assert s.three("checkout", away_2).doc["mode"] == "OFFLINE"
+    s.hub.start()
+    back = receipt("s1-t1-000142", CARD, [(BREAD, "1", 5990)])
+    s.wait_mode("ONLINE")
+    assert s.three("checkout", back).doc["mode"] == "ONLINE"
 
     # The hub shortens holds to 1 s (a delta): a hold placed now expires; its confirm is
     # refused, its cancel answers CANCELLED.
