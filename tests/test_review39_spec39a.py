@@ -395,7 +395,27 @@ class Store:
         return answer
 
 
-RESULT_FIELDS = ["receiptId", "card", "mode", "lines", "totalMinor", "discountMinor", "redeemedPoints", "payableMinor", "earnedPoints", "balance", "heldOut", "printedOffers", "display", "deviceId", "seq", "state", "holdExpiresAt", "coupons", "trace"]
+RESULT_FIELDS = [
+    "receiptId",
+    "card",
+    "mode",
+    "lines",
+    "totalMinor",
+    "discountMinor",
+    "redeemedPoints",
+    "payableMinor",
+    "earnedPoints",
+    "balance",
+    "heldOut",
+    "printedOffers",
+    "display",
+    "deviceId",
+    "seq",
+    "state",
+    "holdExpiresAt",
+    "coupons",
+    "trace",
+]
 LINE_FIELDS = ["sku", "amountMinor", "discountMinor", "offerId", "redeemedMinor", "earnedPoints"]
 
 
