@@ -352,10 +352,10 @@ class Store:
         described: bool = True,
     ) -> Answer:
         """One call at the three doors; their answers compared; the HTTP answer returned.
-        The CLI (`cli_too` None): every call of a full walk, else each call's first two."""
+        The CLI (`cli_too` None): every call of a full walk, else each call's first one."""
         self.steps += 1
         if cli_too is None:
-            cli_too = self.full or self.calls.count(call) < 2
+            cli_too = self.full or call not in self.calls
         self.calls.append(call)
         copy_dir = self.work / f"copy-{self.steps}"
         if cli_too:
@@ -621,7 +621,7 @@ def walk(s: Store) -> None:
     sale = receipt("s1-t1-000123", CARD, [])
     for scan in scans:
         sale["lines"].append({"sku": scan[0], "qty": scan[1], "priceMinor": scan[2]})
-        quote = s.three("quote", sale)
+        quote = s.three("quote", sale, cli_too=scan is scans[-1] or None)
         assert quote.status == 200 and "state" not in quote.doc, quote
     # What proto3 JSON allows beside the schema: proto names, int64 as strings, `at` with
     # blanks; and the schema's own "-1" string.
@@ -639,7 +639,7 @@ def walk(s: Store) -> None:
     }
     assert s.three("quote", spelled, described=False).status == 200
     sale["redeemPoints"] = -1
-    held = s.three("hold", sale)
+    held = s.three("hold", sale, cli_too=True)
     assert held.doc["state"] == "HELD" and held.doc["mode"] == "ONLINE", held
     assert held.doc["redeemedPoints"] > 0 and held.doc["holdExpiresAt"], held
     again = s.three("hold", sale)  # a retried hold: the same hold
@@ -677,7 +677,9 @@ def walk(s: Store) -> None:
     assert s.three("hold", failed).doc["state"] == "CANCELLED"  # the id is spent
 
     # A card this till does not know, by checkout; a phone's customer, by checkout.
-    unknown = s.three("checkout", receipt("s1-t1-000125", UNKNOWN_CARD, [(BREAD, "1", 5990)]))
+    unknown = s.three(
+        "checkout", receipt("s1-t1-000125", UNKNOWN_CARD, [(BREAD, "1", 5990)]), cli_too=True
+    )
     assert unknown.doc["card"] == {"status": "UNKNOWN"} and unknown.doc["balance"] is None
     by_phone = s.three("checkout", receipt("s1-t1-000126", "8 903 555-00-01", [(BREAD, "2", 5490)]))
     assert by_phone.doc["card"]["customerId"] == "c-2", by_phone
@@ -864,3 +866,20 @@ def test_a_utf16_body_is_not_utf8_text_at_every_door(store: Store) -> None:
         path.write_bytes(raw)
         run = cli_argv(s.work / "empty-till", ["quote", str(path), "--json"])
         assert run.code == 2 and "not UTF-8 text" in run.err, (encoding, run)
+
+
+def test_the_guide_says_which_tills_serve_the_same_openapi_document() -> None:
+    """The guide told a POS integrator that `/openapi.json` "is the same, byte for byte,
+    for every till of a release", and, elsewhere, that an agent with `[http]
+    allowed_origins` declares each path's OPTIONS: a kiosk's agent serves another
+    document under the same `info.version`. The guide now says so where it promises the
+    sameness (CONTRACT §12, review 39)."""
+    from tillpoint.agent.http_api import openapi
+
+    plain, kiosk = openapi(), openapi(preflights=True)
+    assert plain != kiosk and plain["info"] == kiosk["info"]
+    for path, ops in kiosk["paths"].items():  # the difference is the preflights alone
+        assert {m: o for m, o in ops.items() if m != "options"} == plain["paths"][path]
+    guide = " ".join((REPO / "docs" / "INTEGRATION.md").read_text(encoding="utf-8").split())
+    start = guide.index("the same, byte for byte, for every till of a release")
+    assert "allowed_origins" in guide[start : start + 300], guide[start : start + 300]
