@@ -663,6 +663,7 @@ def walk(s: Store) -> None:
         s.three("confirm", {"receiptId": "s1-t1-000123", "fiscalDocument": "FD-9"}).raw == done.raw
     )
     assert s.three("balance", {"card": CARD}).status == 200
+    assert s.three("balance", {"card": "+7 916 123-45-67", "at": sale["at"]}).status == 200
 
     # Another basket: the payment fails, the hold is cancelled.
     failed = receipt("s1-t1-000124", CARD, [(CHEESE, "0.350", 69000)], redeemPoints=-1)
@@ -681,6 +682,12 @@ def walk(s: Store) -> None:
         "checkout", receipt("s1-t1-000125", UNKNOWN_CARD, [(BREAD, "1", 5990)]), cli_too=True
     )
     assert unknown.doc["card"] == {"status": "UNKNOWN"} and unknown.doc["balance"] is None
+    # A checkout is hold and confirm in one: its confirm answers it again, its cancel is
+    # refused ("use a refund").
+    assert s.three("confirm", {"receiptId": "s1-t1-000125", "fiscalDocument": "FD-125"}).raw == (
+        unknown.raw
+    )
+    assert s.three("cancel", {"receiptId": "s1-t1-000125"}).status == 412
     by_phone = s.three("checkout", receipt("s1-t1-000126", "8 903 555-00-01", [(BREAD, "2", 5490)]))
     assert by_phone.doc["card"]["customerId"] == "c-2", by_phone
 
@@ -725,6 +732,8 @@ def walk(s: Store) -> None:
         ("checkout", receipt("s1-t1-000203", CARD, []), 400, ""),
         ("refund", {**refund, "refundId": "r-early", "at": "2026-11-22T12:00:00+03:00"}, 400, ""),
         ("balance", {"card": "27700000000x7"}, 400, "card not accepted"),
+        ("balance", {"card": CARD, "at": "2026-11-23T10:15:00"}, 400, "offset"),
+        ("identify", {"text": "2" * 129}, 400, "at most 128"),
         ("confirm", {"receiptId": ""}, 400, ""),
         ("quote", receipt("s1-t1-000204", BLOCKED, [(MILK, "1", 8990)]), 412, "card refused"),
         ("hold", receipt("s1-t1-000205", BLOCKED, [(MILK, "1", 8990)]), 412, "card refused"),
@@ -822,9 +831,12 @@ def test_http_only_refusals_have_the_documented_status_and_body(store: Store) ->
     answer = s.http.send("GET", "/v1/quote", None)
     assert answer.status == 405 and answer.headers.get("allow") == "POST", answer
     s.api.check("/v1/quote", "POST", answer)
-    answer = s.http.send("POST", "/v1/status", b"{}")
-    assert answer.status == 405 and answer.headers.get("allow") == "GET, HEAD", answer
-    s.api.check("/v1/status", "GET", answer)
+    for path in ("/v1/status", "/healthz", "/openapi.json"):
+        answer = s.http.send("POST", path, b"{}")
+        assert answer.status == 405 and answer.headers.get("allow") == "GET, HEAD", answer
+        s.api.check(path, "GET", answer)
+        head = s.http.send("HEAD", path, None)
+        assert head.status == 200 and head.raw == b"", (path, head)
     answer = s.http.send("POST", "/v1/quote", b"{}", {"Content-Encoding": "gzip"})
     assert answer.status == 415 and answer.doc["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
     s.api.check("/v1/quote", "POST", answer)
