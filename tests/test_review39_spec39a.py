@@ -644,11 +644,8 @@ def walk(s: Store) -> None:
     assert held.doc["redeemedPoints"] > 0 and held.doc["holdExpiresAt"], held
     again = s.three("hold", sale)  # a retried hold: the same hold
     assert again.raw == held.raw
-    done = s.three("confirm", {"receiptId": "s1-t1-000123", "fiscalDocument": "FD-0000123"})
-    assert done.doc["state"] == "CONFIRMED", done
-    for key in ("lines", "totalMinor", "payableMinor", "redeemedPoints", "earnedPoints"):
-        assert done.doc[key] == held.doc[key], key
-    # The POS's timeout came first: it gave up on a confirm and sends it again.
+    # The POS's timeout came first: it gave up on its confirm (the connection closed before
+    # the answer) and sends it again with the same receiptId: one sale, its answer.
     with socket.create_connection(("127.0.0.1", s.http.port), timeout=5) as lost:
         body = json.dumps({"receiptId": "s1-t1-000123", "fiscalDocument": "FD-0000123"}).encode()
         lost.sendall(
@@ -656,8 +653,11 @@ def walk(s: Store) -> None:
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-    retried = s.three("confirm", {"receiptId": "s1-t1-000123", "fiscalDocument": "FD-0000123"})
-    assert retried.raw == done.raw
+    done = s.three("confirm", {"receiptId": "s1-t1-000123", "fiscalDocument": "FD-0000123"})
+    assert done.doc["state"] == "CONFIRMED", done
+    for key in ("lines", "totalMinor", "payableMinor", "redeemedPoints", "earnedPoints"):
+        assert done.doc[key] == held.doc[key], key
+    assert s.three("confirm", {"receiptId": "s1-t1-000123"}).raw == done.raw
     # A retried confirm with another fiscal document: the first answer.
     assert (
         s.three("confirm", {"receiptId": "s1-t1-000123", "fiscalDocument": "FD-9"}).raw == done.raw
@@ -822,6 +822,33 @@ def walk(s: Store) -> None:
     gone = s.three("cancel", {"receiptId": "s1-t1-000131"}, cli_too=True)
     assert gone.doc["state"] == "CANCELLED", gone
     assert s.three("hold", left).doc["state"] == "CANCELLED"
+
+    # At the hub: every sale and refund of the day once, the fiscal document the first one.
+    deadline = time.monotonic() + 20
+    while s.http.send("GET", "/v1/status", None).doc["outboxDepth"]:
+        assert time.monotonic() < deadline, "the till's outbox never drained"
+        time.sleep(0.05)
+    hub_db = s.work / "hub" / "hub.db"
+    if hub_db.exists():  # (a PostgreSQL hub store: `make test-pg`)
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT kind, receipt_id, ref_id, fiscal_document FROM transactions ORDER BY seq"
+            ).fetchall()
+        got = sorted((r[1], r[2], r[3]) for r in rows)
+        assert got == sorted(
+            [
+                ("s1-t1-000123", "s1-t1-000123", "FD-0000123"),
+                ("s1-t1-000125", "s1-t1-000125", ""),
+                ("s1-t1-000126", "s1-t1-000126", ""),
+                ("s1-t1-000140", "s1-t1-000140", "FD-140"),
+                ("s1-t1-000141", "s1-t1-000141", ""),
+                ("s1-t1-000142", "s1-t1-000142", ""),
+                ("s1-t1-000123", "s1-t1-r-0007", ""),
+                ("s1-t1-000125", "s1-t1-r-0008", ""),
+            ]
+        ), rows
 
 
 def test_http_only_refusals_have_the_documented_status_and_body(store: Store) -> None:
