@@ -410,6 +410,8 @@ class Store:
                 )
             else:
                 message = answer.doc["error"]["message"]
+                # the CLI names its own argument: `balance CARD --at TIME`
+                message = message.replace("balance: at: ", "--at: ")
                 assert run.out == "", (call, run)
                 assert run.code == 2, (call, answer.status, run)
                 assert run.err.count("\n") == 1 and message in run.err, (call, message, run.err)
