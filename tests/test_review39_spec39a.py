@@ -25,7 +25,15 @@ Every call goes to all three doors: the HTTP answer (byte for byte) must be what
 (a consistent copy of the till's, made just before the call: the same enrolment, the
 same hub), and the gRPC answer must be the same message (the HTTP document parsed as
 proto3 JSON into the reflected type equals the gRPC answer; a refusal: the gRPC code of
-CONTRACT §12's HTTP status, the same message).
+CONTRACT §12's HTTP status, the same message). The default run compares the CLI on the
+first call of each kind and the sale's own calls; the slow twin at every call. At the end
+the hub holds every sale and refund of the day once, with its first fiscal document.
+
+Found (review 39, spec39a): a body in UTF-16 without a byte order mark (a .NET
+`Encoding.Unicode`) was refused with a JSON syntax error at its first NUL, not "not UTF-8
+text" (CONTRACT §2's decision), over HTTP and at the CLI; the guide promised one
+openapi.json for every till of a release, which a kiosk's agent (`allowed_origins`) is
+not. Found right: everything else the walk checks.
 """
 
 from __future__ import annotations
