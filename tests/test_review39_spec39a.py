@@ -468,7 +468,7 @@ def answer_fields(call: str, body: dict[str, Any], doc: dict[str, Any]) -> None:
         names = "refundId receiptId returnedPoints takenBackPoints balance negativeBalance"
         assert set(doc) == {*names.split(), "deviceId", "seq"}, doc
     else:
-        gone = {"trace"}
+        gone = set() if body.get("explain") else {"trace"}
         state = doc.get("state")
         if call == "quote":
             assert state is None, doc
@@ -648,6 +648,10 @@ def walk(s: Store) -> None:
         "redeemPoints": "-1",
     }
     assert s.three("quote", spelled, described=False).status == 200
+    # "Why this price": the trace, and not a figure changed by it.
+    explained = s.three("quote", {**sale, "explain": True}, cli_too=True)
+    assert {k: v for k, v in explained.doc.items() if k != "trace"} == quote.doc
+    assert len(explained.doc["trace"]["lines"]) == len(sale["lines"]), explained
     sale["redeemPoints"] = -1
     held = s.three("hold", sale, cli_too=True)
     assert held.doc["state"] == "HELD" and held.doc["mode"] == "ONLINE", held
