@@ -1068,6 +1068,12 @@ def parse_json(
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
+        if "\x00" in text:
+            # A raw NUL is never in a JSON text (RFC 8259 §7 escapes every control
+            # character), but is valid UTF-8: UTF-16 or UTF-32 without a byte order mark (a
+            # .NET `Encoding.Unicode`) was read as JSON and refused at its first NUL with
+            # "Expecting property name ... column 2" (review 39, spec39a).
+            raise UnicodeDecodeError("utf-8", b"\x00", 0, 1, "a NUL byte")
         doc = json.loads(
             text.removeprefix("\ufeff"),
             parse_float=_no_float,
