@@ -1485,16 +1485,19 @@ class _Protocol(h11_impl.H11Protocol):
         transport.set_write_buffer_limits(high=0)
 
     _answer_timer: asyncio.TimerHandle | None = None
+    _answer_left = 0  # the answer's bytes the kernel had not taken at the last look
 
     def pause_writing(self) -> None:
-        """The kernel did not take all of an answer: it has `ANSWER_TIMEOUT_S` to. A client
-        that sent calls (pipelined) and never read the answers filled its socket's
-        buffers, and uvicorn waited to write the rest for ever (its flow control has no
-        bound, its keep-alive timer does not run while an answer is written, and a close
-        waits for the bytes unwritten): the connection stayed counted, one of
-        `MAX_CONNECTIONS`, its call's task stuck (review 38). Past the time it is reset."""
+        """The kernel did not take all of an answer: it has `ANSWER_TIMEOUT_S` to take
+        some of it, and again after each time it did. A client that sent calls
+        (pipelined) and never read the answers filled its socket's buffers, and uvicorn
+        waited to write the rest for ever (its flow control has no bound, its keep-alive
+        timer does not run while an answer is written, and a close waits for the bytes
+        unwritten): the connection stayed counted, one of `MAX_CONNECTIONS`, its call's
+        task stuck (review 38). Past the time without progress it is reset."""
         super().pause_writing()
         if self._answer_timer is None:
+            self._answer_left = self.transport.get_write_buffer_size()
             self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
 
     def resume_writing(self) -> None:
@@ -1504,7 +1507,19 @@ class _Protocol(h11_impl.H11Protocol):
         super().resume_writing()
 
     def _answer_late(self) -> None:
+        """`ANSWER_TIMEOUT_S` since the last look: reset, unless the kernel took some of
+        the answer meanwhile. Until review 39 (rev39a) the time ran until it had taken
+        every byte, so a POS on a slow link reading a multi-MB answer (an `explain` of
+        thousands of lines: ~4 MiB past what the kernel buffers) steadily was reset
+        mid-answer. (uvicorn adds no answer's bytes while writing is paused: what
+        waits can only shrink as it is taken.)"""
         self._answer_timer = None
+        left = self.transport.get_write_buffer_size()
+        if left < self._answer_left:  # progress: the time again
+            self._answer_left = left
+            if left:
+                self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
+            return
         self.transport.abort()  # a close would wait for the bytes no one reads
 
     def data_received(self, data: bytes) -> None:
