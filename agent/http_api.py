@@ -1416,13 +1416,20 @@ class _Cycle(h11_impl.RequestResponseCycle):
     """uvicorn's request cycle, whose answer given before `100 Continue` closes."""
 
     async def send(self, message: Any) -> None:
-        if self.waiting_for_100_continue and not self.response_started:
+        if (
+            self.waiting_for_100_continue
+            and not self.response_started
+            and self.conn.their_state is h11.SEND_BODY
+        ):
             # RFC 9110 §10.1.1: answered before the body of a request waiting for `100
             # Continue` was asked for (a 401, a 405, a body over 4 MiB). The client has
             # not sent it and may send its next request instead, which a kept
             # connection read as the refused one's body: the POS's next call was
             # answered 400 for what remained of it, or not at all (review 38). So the
-            # answer says `Connection: close` and the connection ends after it.
+            # answer says `Connection: close` and the connection ends after it. A
+            # request with no body (a GET, `Content-Length: 0`: h11 has read it whole)
+            # holds nothing back and keeps its connection: until review 39 (rev39a) it
+            # was closed too, a connection a call for a POS sending `Expect` on each.
             self.scope["headers"] = [*self.scope["headers"], _CLOSE]  # uvicorn adds it
             self.keep_alive = False
         await super().send(message)
