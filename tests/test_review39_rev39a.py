@@ -394,10 +394,14 @@ def _connections_end_every_way(
             monkeypatch.setattr(http_api, "HEAD_TIMEOUT_S", 10.0)  # the 256 held
             _limit_round(srv, refused=20)
             monkeypatch.setattr(http_api, "HEAD_TIMEOUT_S", CUT_S)
-            unread = [_never_read(srv) for _ in range(3)]
+            unread: list[socket.socket] = []
             workers = [
                 threading.Thread(target=lambda k=k: [_other_ends(srv, n) for n in k])
                 for k in (range(start, others, WORKERS) for start in range(WORKERS))
+            ]
+            workers += [
+                threading.Thread(target=lambda u=unread: u.append(_never_read(srv)))
+                for _ in range(3)
             ]
             for worker in workers:
                 worker.start()
@@ -407,7 +411,7 @@ def _connections_end_every_way(
             for sock in unread:
                 sock.close()
         state = srv.serve.server.server_state
-        assert not state.tasks, state.tasks
+        assert _until(lambda: not state.tasks, TIMEOUT), state.tasks
         monkeypatch.setattr(http_api, "HEAD_TIMEOUT_S", 10.0)
         socks = [
             socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT) for _ in range(256)
@@ -430,11 +434,11 @@ def test_connections_ended_every_way_leave_the_count_and_256_are_served(
 ) -> None:
     """CONTRACT §12 (the 256 counted as each connection is accepted, review 38): a round
     of 256 held and 20 refused at the limit, 3 whose answers were never read (reset at
-    the answer's time), and 450 ended the nine other ways (reset before a byte or
+    the answer's time), and 360 ended the nine other ways (reset before a byte or
     mid-head, half-closed after a call or mid-body, a body that stops, a refused body's
     rest, a head that never ends, pipelined calls, empty lines only) leave the count at 0
     and no call task; then 256 open at once are all served. Checked, found right."""
-    _connections_end_every_way(agent, monkeypatch, others=450, rounds=1)
+    _connections_end_every_way(agent, monkeypatch, others=360, rounds=1)
 
 
 @pytest.mark.slow
