@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,6 +38,7 @@ from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
 from .conftest import grpc_served, receipt, snapshot
+from .test_review36_spec36f import _start, _stop
 from .test_review37_spec37c import answers_of, exchange
 
 TIMEOUT = 10.0
@@ -111,7 +113,7 @@ BIG_QUOTE = b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nContent-Length: %d\r\n\r\
 
 
 @pytest.fixture
-def offers_agent(tmp_path: Any) -> Iterator[Agent]:
+def offers_agent(tmp_path: Path) -> Iterator[Agent]:
     a = Agent(tmp_path / "data", "till-1")
     a.load_snapshot(snapshot(offers=OFFERS))
     yield a
@@ -372,9 +374,13 @@ def exchange_rest(sock: socket.socket) -> bytes:
 def _never_read(srv: HttpServer) -> socket.socket:
     """A client that pipelines calls and never reads the answers (its connection is reset
     at the answer's time)."""
+    return _never_read_at(srv.port)
+
+
+def _never_read_at(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", srv.port))
+    sock.connect(("127.0.0.1", port))
     sock.settimeout(0.3)
     with contextlib.suppress(OSError):  # the server stops reading: the sends block
         for _ in range(100_000):
@@ -500,3 +506,42 @@ def test_a_stop_with_a_paused_writer_and_a_refused_body_in_flight_ends_within_th
         unread.close()
         trickling.close()
     assert took < http_api.GRACE_S + 2.0, took
+
+
+@pytest.mark.slow  # ~12 s: a real run's start and its 5 s grace
+def test_sigterm_with_a_paused_writer_and_a_refused_body_in_flight_ends_run_in_the_grace(
+    tmp_path: Path,
+) -> None:
+    """... the same at a real `tillpoint run` stopped by SIGTERM, with its real times (the
+    answer's 10 s longer than the 5 s grace, a refused body's rest its 10 s): the process
+    ends, exit 0, in the grace and its parts' stops. Checked, found right."""
+    served = _start(tmp_path)
+    trickling = socket.create_connection(("127.0.0.1", served.http), timeout=TIMEOUT)
+    stop_trickle = threading.Event()
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError):
+            while not stop_trickle.wait(0.1):
+                trickling.send(b" ")
+
+    thread = threading.Thread(target=trickle)
+    unread = None
+    try:
+        unread = _never_read_at(served.http)
+        trickling.sendall(CALL.replace(b"Length: 25", b"Length: 999999999", 1))
+        assert _answer(trickling)[0] == 400
+        thread.start()
+        time.sleep(0.3)
+        stopped = time.monotonic()
+        served.proc.terminate()
+        assert served.proc.wait(timeout=30) == 0
+        took = time.monotonic() - stopped
+    finally:
+        stop_trickle.set()
+        if thread.is_alive():
+            thread.join(TIMEOUT)
+        if unread is not None:
+            unread.close()
+        trickling.close()
+        _stop(served)
+    assert took < 5 + 5, took  # the grace, and a margin for the other parts' stops
