@@ -6,7 +6,7 @@ gRPC for the token.
 1. An answer the client does not take: review 38 reset a connection whose answer was
    not wholly taken by the kernel 10 s after the write began, however steadily the
    client read: a POS on a slow link reading a multi-MB `--explain` answer was cut
-   (proved: a reader of an 8 MB answer at a steady pace got ~4 MB, then a reset). Now the
+   (proved: a reader of an 8 MB answer at a steady pace got 5-6 MB, then a reset). Now the
    10 s are 10 s without progress; a reader that stops is still reset.
 2. `Expect: 100-continue` on a request without a body (a GET): its answer said
    `Connection: close` and the connection ended, as for a refused body (proved).
@@ -166,7 +166,7 @@ def test_a_steady_reader_of_a_multi_mb_answer_gets_it_whole(
     so a POS on a slow link reading a large answer steadily (a 10,000-line `explain`, ~8
     MB, of which the kernel buffers ~4 MiB at once) was reset mid-answer although it
     made progress all along (rev38k's suspicion, proved: here, the time cut to 1 s and
-    the answer read at 2.5 MB/s, ~4 MB arrived, then the reset). Now the time is without
+    the answer read at 2.5 MB/s, ~5 MB arrived, then the reset). Now the time is without
     progress: the answer arrives whole. Failed before the fix."""
     with _served(offers_agent, monkeypatch, ANSWER_TIMEOUT_S=1.0) as srv:
         announced, got = _read_steadily(srv.port, 2_500_000)
