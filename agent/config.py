@@ -644,8 +644,11 @@ def token_problem(section: str, listen: str, token: str) -> str | None:
 
 def bearer_matches(value: bytes, token: bytes) -> bool:
     """An `Authorization` header's (or gRPC metadata's) value against the token: the
-    scheme "Bearer" in any case, compared in constant time."""
-    scheme, _, given = value.partition(b" ")
+    scheme "Bearer" in any case, compared in constant time. Blanks around the value are
+    no part of it (RFC 9110 §5.5): h11 drops them from an HTTP header, gRPC's metadata
+    keeps them, so `  Bearer tok` was taken over HTTP and refused over gRPC until review
+    39 (rev39a)."""
+    scheme, _, given = value.strip(b" \t").partition(b" ")
     return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
 
 

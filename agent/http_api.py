@@ -1416,13 +1416,20 @@ class _Cycle(h11_impl.RequestResponseCycle):
     """uvicorn's request cycle, whose answer given before `100 Continue` closes."""
 
     async def send(self, message: Any) -> None:
-        if self.waiting_for_100_continue and not self.response_started:
+        if (
+            self.waiting_for_100_continue
+            and not self.response_started
+            and self.conn.their_state is h11.SEND_BODY
+        ):
             # RFC 9110 §10.1.1: answered before the body of a request waiting for `100
             # Continue` was asked for (a 401, a 405, a body over 4 MiB). The client has
             # not sent it and may send its next request instead, which a kept
             # connection read as the refused one's body: the POS's next call was
             # answered 400 for what remained of it, or not at all (review 38). So the
-            # answer says `Connection: close` and the connection ends after it.
+            # answer says `Connection: close` and the connection ends after it. A
+            # request with no body (a GET, `Content-Length: 0`: h11 has read it whole)
+            # holds nothing back and keeps its connection: until review 39 (rev39a) it
+            # was closed too, a connection a call for a POS sending `Expect` on each.
             self.scope["headers"] = [*self.scope["headers"], _CLOSE]  # uvicorn adds it
             self.keep_alive = False
         await super().send(message)
@@ -1485,16 +1492,19 @@ class _Protocol(h11_impl.H11Protocol):
         transport.set_write_buffer_limits(high=0)
 
     _answer_timer: asyncio.TimerHandle | None = None
+    _answer_left = 0  # the answer's bytes the kernel had not taken at the last look
 
     def pause_writing(self) -> None:
-        """The kernel did not take all of an answer: it has `ANSWER_TIMEOUT_S` to. A client
-        that sent calls (pipelined) and never read the answers filled its socket's
-        buffers, and uvicorn waited to write the rest for ever (its flow control has no
-        bound, its keep-alive timer does not run while an answer is written, and a close
-        waits for the bytes unwritten): the connection stayed counted, one of
-        `MAX_CONNECTIONS`, its call's task stuck (review 38). Past the time it is reset."""
+        """The kernel did not take all of an answer: it has `ANSWER_TIMEOUT_S` to take
+        some of it, and again after each time it did. A client that sent calls
+        (pipelined) and never read the answers filled its socket's buffers, and uvicorn
+        waited to write the rest for ever (its flow control has no bound, its keep-alive
+        timer does not run while an answer is written, and a close waits for the bytes
+        unwritten): the connection stayed counted, one of `MAX_CONNECTIONS`, its call's
+        task stuck (review 38). Past the time without progress it is reset."""
         super().pause_writing()
         if self._answer_timer is None:
+            self._answer_left = self.transport.get_write_buffer_size()
             self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
 
     def resume_writing(self) -> None:
@@ -1504,7 +1514,19 @@ class _Protocol(h11_impl.H11Protocol):
         super().resume_writing()
 
     def _answer_late(self) -> None:
+        """`ANSWER_TIMEOUT_S` since the last look: reset, unless the kernel took some of
+        the answer meanwhile. Until review 39 (rev39a) the time ran until it had taken
+        every byte, so a POS on a slow link reading a multi-MB answer (an `explain` of
+        thousands of lines: ~4 MiB past what the kernel buffers) steadily was reset
+        mid-answer. (uvicorn adds no answer's bytes while writing is paused: what
+        waits can only shrink as it is taken.)"""
         self._answer_timer = None
+        left = self.transport.get_write_buffer_size()
+        if left < self._answer_left:  # progress: the time again
+            self._answer_left = left
+            if left:
+                self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
+            return
         self.transport.abort()  # a close would wait for the bytes no one reads
 
     def data_received(self, data: bytes) -> None:
