@@ -16,6 +16,7 @@ Faults found (each shown failing first):
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +41,19 @@ def _tillpoint(data_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]
     )
 
 
-@pytest.fixture
-def loaded_dir(tmp_path: Path) -> Path:
-    data = tmp_path / "till"
+@pytest.fixture(scope="module")
+def loaded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A till's data directory with the example snapshot loaded, made once a module by a
+    real `snapshot load`; each test gets its own copy (`loaded_dir`)."""
+    data = tmp_path_factory.mktemp("rev36f") / "till"
     done = _tillpoint(data, "snapshot", "load", str(EXAMPLE_SNAPSHOT))
     assert done.returncode == 0, done.stderr
     return data
+
+
+@pytest.fixture
+def loaded_dir(loaded_template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(loaded_template, tmp_path / "till"))
 
 
 @pytest.mark.parametrize(
@@ -71,13 +79,20 @@ def test_s10_a_non_utf8_word_left_over_on_the_command_line_is_bad_input_in_one_l
     assert "unrecognized arguments" in err or "\\udccf" in err, err
 
 
-@pytest.fixture
-def hub_dir(tmp_path: Path) -> Path:
-    data = tmp_path / "hub"
+@pytest.fixture(scope="module")
+def hub_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub directory made once a module by a real `hub init` and `hub import`; each test
+    gets its own copy (`hub_dir`)."""
+    data = tmp_path_factory.mktemp("rev36f") / "hub"
     for words in (("hub", "init"), ("hub", "import", str(EXAMPLE_SNAPSHOT))):
         done = _tillpoint(data, *words)
         assert done.returncode == 0, done.stderr
     return data
+
+
+@pytest.fixture
+def hub_dir(hub_template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(hub_template, tmp_path / "hub"))
 
 
 @pytest.mark.parametrize(
