@@ -218,7 +218,7 @@ def make_snapshot(rng: random.Random) -> dict[str, Any]:
             "timezone": "Europe/Moscow",
             "pointValueMinor": pv,
             "maxRedeemPercent": rng.choice([10, 30, 100]),
-            "activationDelayDays": 0,
+            "activationDelayDays": rng.choice([0, 0, 1]),
             "offlineRedeemLimitPoints": rng.choice([0, 50, 500, 100000]),
             "birthdayMultiplier": rng.choice([2, 3]),
             "birthdayWindowDays": 7,
@@ -334,8 +334,10 @@ class Book:
             if tx["kind"] in ("sale", "hold"):
                 taken[rid] = spend(tx["redeemed"], at)
                 if tx["kind"] == "sale":
-                    ends = at + timedelta(days=days) if days else None
-                    batches.append(Batch(tx["earned"], ends, rid, at))
+                    delay = self.snap["program"]["activationDelayDays"]
+                    starts = at + timedelta(days=delay)  # Moscow has no clock change
+                    ends = starts + timedelta(days=days) if days else None
+                    batches.append(Batch(tx["earned"], ends, rid, starts))
                 continue
             # a refund: what is still owed first, then back into the batches the sale took
             # them from, the last taken first (an expired batch stays expired)
@@ -351,7 +353,9 @@ class Book:
                 give -= g
             # taken back: off the sale's own earned batch while it counts, then as a spend
             own = next(i for i, b in enumerate(batches) if b.owner == rid)
-            first = min(tx["lost"], max(0, batches[own].points)) if own in live(batches, at) else 0
+            mine = batches[own]  # pending or spendable, while it has not expired
+            counts = mine.expires is None or at <= mine.expires
+            first = min(tx["lost"], max(0, mine.points)) if counts else 0
             batches[own].points -= first
             spend(tx["lost"] - first, at)
         return batches, debt
@@ -847,7 +851,7 @@ def make_receipt(rng: random.Random, n: int, at: str, used_codes: list[str]) -> 
         if rng.random() < 0.15:
             row = {"sku": sku, "qty": qty, "amountMinor": rng.randint(0, 40000)}
         lines.append(row)
-    pool = ["K1", "k-2", "K3", "K4", "K5", "KB", "KO", "KE", "KF", "KG", "NOPE", *used_codes]
+    pool = ["K1", "k-2", "K2", "K3", "K4", "K5", "KB", "KO", "KE", "KF", "KG", "NOPE", *used_codes]
     codes = rng.sample(pool, rng.randint(0, 5))
     if codes and rng.random() < 0.3:
         codes.append(codes[0].lower())  # the same code twice on one receipt
@@ -943,6 +947,12 @@ def story(seed: int, cli: CLI) -> list[str]:
             again = cli("checkout", {**rec, "explain": True}, "--json").json()
             if figures(again) != figures(q) or again.get("trace") != qx["trace"]:
                 bad.append(f"{where}: a checkout retried with explain answers otherwise")
+            # a quote of the committed receipt answers its committed figures (CONTRACT §11)
+            requoted = cli("quote", {**rec, "explain": True}, "--json").json()
+            if figures(requoted) != figures(again) or requoted.get("trace") != qx["trace"]:
+                bad.append(
+                    f"{where}: quoted after its commit: {diff(figures(requoted), figures(again))}"
+                )
         if open_hold is not None:
             bad += settle(cli, book, open_hold, committed)
         open_hold, pending = pending, None
