@@ -1046,3 +1046,39 @@ def test_quote_hold_checkout_and_trace_agree_with_the_checker_long(seed: int, cl
     """CONTRACT §5, §13, §16, §17 over 200 more seeded stories."""
     problems = story(seed, cli)
     assert not problems, "\n".join(problems)
+
+
+def test_a_smaller_multiplier_is_beaten_by_the_one_that_wins_its_line(cli: CLI) -> None:
+    """CONTRACT §17's decisions (review 39): a `BONUS_MULTIPLIER` no larger than the birthday's
+    is `BEATEN` by `birthdayMultiplier` when the birthday's wins the line, and by the offer
+    that wins it when a larger offer does (x-2 ×3 unlocked by K3 beats the birthday's ×2 and
+    x-1's ×1.5 alike); the code that unlocked the winner is APPLIED."""
+    snap = make_snapshot(random.Random(0))
+    snap["program"].update(
+        birthdayMultiplier=2, activationDelayDays=0, pointsLifetimeDays=0, pointValueMinor=100
+    )
+    snap["program"]["tiers"][1]["accrualPercent"] = "7.5"
+    snap["customers"][0]["birthday"] = "1990-11-25"  # 23 November is in the window
+    snap["offers"] = [o for o in snap["offers"] if o["kind"] != "RECEIPT_PERCENT_OFF"]
+    for offer in snap["offers"]:
+        if offer["id"] == "x-2":
+            offer["value"] = "3"
+    assert cli("snapshot", "load", snap, "--json").code == 0
+    sale = {
+        "receiptId": "m-1",
+        "at": TIMES[0],
+        "card": "2770000000017",
+        "lines": [{"sku": C, "qty": "1", "priceMinor": 10000}],
+        "redeemPoints": 0,
+        "explain": True,
+    }
+    rows = {}
+    for codes in ([], ["K3"]):
+        got = cli("quote", {**sale, "coupons": codes}, "--json").json()
+        rows[len(codes)] = {o["offerId"]: o for o in got["trace"]["lines"][0]["offers"]}
+        # 10000 × 7.5 % × the winning multiplier / 100 points of 100 minor units
+        assert got["earnedPoints"] == (22 if codes else 15)
+    assert rows[0]["x-1"]["beatenBy"] == "birthdayMultiplier"
+    assert rows[0]["x-2"]["outcome"] == "COUPON_MISSING"
+    assert rows[1]["x-2"]["outcome"] == "APPLIED"
+    assert (rows[1]["x-1"]["outcome"], rows[1]["x-1"]["beatenBy"]) == ("BEATEN", "x-2")
