@@ -339,18 +339,20 @@ class Book:
                     ends = starts + timedelta(days=days) if days else None
                     batches.append(Batch(tx["earned"], ends, rid, starts))
                 continue
-            # a refund: what is still owed first, then back into the batches the sale took
-            # them from, the last taken first (an expired batch stays expired)
+            # a refund gives back into the batches the sale took the points from, the last
+            # taken first: into an expired batch they stay expired; into one that counts
+            # they are spendable again and pay a debt first (CONTRACT §16's decisions)
             give = tx["back"]
-            paid = min(give, debt)
-            debt -= paid
-            give -= paid
             for n in range(len(taken[rid]) - 1, -1, -1):
                 i, pts = taken[rid][n]
                 g = min(give, pts)
-                batches[i].points += g
                 taken[rid][n] = (i, pts - g)
                 give -= g
+                if i in live(batches, at):
+                    paid = min(g, debt)
+                    debt -= paid
+                    g -= paid
+                batches[i].points += g
             # taken back: off the sale's own earned batch while it counts, then as a spend
             own = next(i for i, b in enumerate(batches) if b.owner == rid)
             mine = batches[own]  # pending or spendable, while it has not expired
