@@ -869,7 +869,6 @@ def make_receipt(rng: random.Random, n: int, at: str, used_codes: list[str]) -> 
     }
 
 
-DEBUG = False
 Held = tuple[dict[str, Any], dict[str, Any], dict[str, Any], bool]
 
 
@@ -906,8 +905,6 @@ def story(seed: int, cli: CLI) -> list[str]:
         receipts[rec["receiptId"]] = rec
         want = price(book, rec)
         where = f"seed {seed} {rec['receiptId']} at {at}"
-        if DEBUG:
-            print("RECEIPT", rec, {k: v for k, v in want.items() if k[0] != "_"}, book.replay())
         quoted = cli("quote", rec, "--json")
         explained = cli("quote", {**rec, "explain": True}, "--json")
         assert quoted.code == 0 and explained.code == 0, (where, quoted.err, explained.err)
@@ -994,8 +991,6 @@ def story(seed: int, cli: CLI) -> list[str]:
             if want_b.get("_debt"):
                 res["balance"].pop("expiring", None)
                 want_b.pop("expiring", None)
-            if DEBUG:
-                print("REFUND", k, body, res, book.replay(), book.sales[rid])
             seen = (
                 res["returnedPoints"],
                 res["takenBackPoints"],
