@@ -2,6 +2,9 @@
 
 - spec38c: `balance --at T` with T before a later refund counted the points that refund
   gave back (CONTRACT §6, §16: available at T is what the customer had at T).
+- rev38k: `maxRedeemPercent: 1.5` was refused in money's words ("write money in minor
+  units"), at the till without its rule and at the hub's import without its field; other
+  fields that count points or percents were told the same (CONTRACT §3).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import pytest
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
 
-from .conftest import PROGRAM, receipt, snapshot
+from .conftest import CLI, PROGRAM, receipt, snapshot
 
 BORIS = "2770000000024"  # c-b: base tier (3 %), 80 points
 MILK = "4601234000055"
@@ -121,3 +124,122 @@ def test_the_expiring_list_never_holds_points_given_back_later(tmp_path: Path) -
         assert now["expiring"] == [{"points": 80, "expiresAt": "2026-12-31T23:59:59+03:00"}]
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------- rev38k: a fraction's words
+
+
+@pytest.mark.parametrize(
+    ("field", "rule"),
+    [
+        ("maxRedeemPercent", 'write it as a decimal string ("1.5")'),
+        ("birthdayMultiplier", 'write it as a decimal string ("1.5")'),
+        ("offlineRedeemLimitPoints", "write a whole number of points"),
+        ("pointValueMinor", "write money in minor units"),
+    ],
+)
+def test_a_snapshot_s_fraction_is_told_in_the_field_s_own_words(
+    cli: CLI, field: str, rule: str
+) -> None:
+    """CONTRACT §3: a till reads the program's percents and multiplier as decimals (a
+    string "1.5" loads); a JSON number 1.5 was told to "write money in minor units"."""
+    run = cli("snapshot", "load", snapshot(program={**PROGRAM, field: 1.5}))
+    assert run.code == 2
+    line = run.err.strip()
+    assert "\n" not in line
+    assert f"program.{field}: the number 1.5 has a decimal point" in line
+    assert rule in line
+    if "Minor" not in field:
+        assert "money" not in line
+
+
+def test_a_customer_s_points_with_a_fraction_are_told_in_points(cli: CLI) -> None:
+    snap = snapshot()
+    snap["customers"][1]["balancePoints"] = 1.5
+    run = cli("snapshot", "load", snap)
+    assert run.code == 2
+    assert "customers[1].balancePoints: the number 1.5 has a decimal point" in run.err
+    assert "write a whole number of points" in run.err and "money" not in run.err
+
+
+@pytest.mark.parametrize(
+    ("doc", "said"),
+    [
+        (
+            {"program": {"maxRedeemPercent": 1.5}},
+            "program.maxRedeemPercent: the number 1.5 has a fraction: write a whole number"
+            " (a percent, not money)",
+        ),
+        (
+            {"program": {"tiers": [{"code": "base", "accrualPercent": 1.5}]}},
+            "program.tiers[0].accrualPercent: the number 1.5 has a fraction: write it as a"
+            ' decimal string ("1.5")',
+        ),
+        (
+            {"program": {"activationDelayDays": 1.5}},
+            "program.activationDelayDays: the number 1.5 has a fraction: write a whole number"
+            " of days",
+        ),
+        (
+            {"customers": [{"id": "c1", "balancePoints": 1.5}]},
+            "customers[0].balancePoints: the number 1.5 has a fraction: write a whole number"
+            " of points",
+        ),
+        (
+            {"products": [{"sku": "p1", "priceMinor": 1.5}]},
+            "products[0].priceMinor: the number 1.5 has a fraction: write money in minor units"
+            " (whole numbers) and quantities as decimal strings",
+        ),
+    ],
+)
+def test_the_hub_s_import_names_the_field_of_a_fraction_and_its_rule(
+    cli: CLI, tmp_path: Path, doc: dict[str, Any], said: str
+) -> None:
+    """A hub operator's `hub import` said "the number 1.5 has a fraction: use minor units
+    or decimal strings" and no field: which of a file's thousands of numbers?"""
+    run = cli("hub", "import", "--hub-dir", tmp_path / "hub", doc)
+    assert run.code == 2
+    assert run.err == f"tillpoint: import: {said}\n"
+
+
+def test_a_json_lines_import_names_the_field_of_a_fraction_too(cli: CLI, tmp_path: Path) -> None:
+    lines = tmp_path / "master.jsonl"
+    lines.write_text(
+        '{"format": "tillpoint.snapshot/jsonl", "program": {"maxRedeemPercent": 1.5}}\n',
+        encoding="utf-8",
+    )
+    run = cli("hub", "import", "--hub-dir", tmp_path / "hub", lines)
+    assert run.code == 2
+    assert "line 1: program.maxRedeemPercent: the number 1.5 has a fraction" in run.err
+    assert "(a percent, not money)" in run.err and "minor units" not in run.err
+
+
+@pytest.mark.parametrize(
+    ("place", "advice"),
+    [
+        ("program.maxRedeemPercent", "write a whole number (a percent, not money)"),
+        ("customers[0].balancePoints", "write a whole number of points"),
+        ("lines[0].priceMinor", "write money in minor units"),
+        ("program.holdTtlSeconds", "write a whole number of seconds"),
+    ],
+)
+def test_an_integer_field_s_advice_speaks_of_what_it_counts(place: str, advice: str) -> None:
+    """What a proto JSON reader (gRPC's JSON mapping, a signed snapshot) tells of an int64
+    field written with a point (agent/wire.py)."""
+    from tillpoint.agent.wire import whole_number_advice
+
+    assert whole_number_advice(place).startswith(advice)
+
+
+def test_the_hub_asks_for_a_whole_percent_where_a_till_takes_a_decimal(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """`"maxRedeemPercent": "1.5%"` at the hub's import was told to be "a decimal string
+    such as \"7.5\"", which the hub then refuses ("must be a whole number"): the rule
+    said is the hub's own (CONTRACT §3's program at the hub is int64)."""
+    run = cli(
+        "hub", "import", "--hub-dir", tmp_path / "hub", {"program": {"maxRedeemPercent": "1.5%"}}
+    )
+    assert run.code == 2
+    assert 'maxRedeemPercent must be a whole number such as "30"' in run.err
+    assert "7.5" not in run.err
