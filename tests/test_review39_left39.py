@@ -5,10 +5,20 @@
 - rev38k: `maxRedeemPercent: 1.5` was refused in money's words ("write money in minor
   units"), at the till without its rule and at the hub's import without its field; other
   fields that count points or percents were told the same (CONTRACT §3).
+- rev38e: a serial job the stop met in its last second to hand over was broken off:
+  its torn part, codes included, went out and the next start printed it whole again
+  (CONTRACT §7: a coupon redeemed twice).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import threading
+import time
+import tty
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,8 +26,15 @@ from typing import Any
 import pytest
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.errors import ConnectionLost
+from tillpoint.printer.payload import parse_payload
+from tillpoint.printer.transport import SerialTransport
 
 from .conftest import CLI, PROGRAM, receipt, snapshot
+from .test_review31_dev31 import till as devices_till
+from .test_review32_dev32 import _job_rows, _long_snapshot
+from .test_review38_left38 import _PacedLine
 
 BORIS = "2770000000024"  # c-b: base tier (3 %), 80 points
 MILK = "4601234000055"
@@ -243,3 +260,188 @@ def test_the_hub_asks_for_a_whole_percent_where_a_till_takes_a_decimal(
     assert run.code == 2
     assert 'maxRedeemPercent must be a whole number such as "30"' in run.err
     assert "7.5" not in run.err
+
+
+# ----------------------------- rev38e: a stop in a serial job's last second (CONTRACT §7)
+
+
+class _CountingLine(_PacedLine):
+    """`_PacedLine` (it answers `GS r` and `DLE EOT` once it has read them) that also
+    keeps every byte it took (`got`), and can stop reading (`hold`: a printer whose
+    buffer is full, flow control held)."""
+
+    def __init__(self, master: int, rate: int) -> None:
+        self.got = bytearray()
+        self.hold = threading.Event()
+        super().__init__(master, rate)
+
+    def _serve(self) -> None:
+        start = time.monotonic()
+        taken = 0
+        while not self._stop.is_set():
+            allowed = int((time.monotonic() - start) * self.rate) - taken
+            if allowed <= 0 or self.hold.is_set():
+                time.sleep(0.01)
+                continue
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready:
+                start, taken = time.monotonic(), 0
+                continue
+            try:
+                data = os.read(self.master, min(allowed, 4096))
+            except OSError:
+                return
+            taken += len(data)
+            self.got += data
+            for request in self.decoder.feed(data):
+                answer = b"\x00" if request.command == "GS r" else b"\x12"
+                self.answered_gs_r += request.command == "GS r"
+                with contextlib.suppress(OSError):
+                    os.write(self.master, answer)
+
+
+def _pty_holds() -> int:
+    """How many bytes the kernel holds for a pseudo-terminal's line while nobody reads
+    (20 KB here; the wait before the stop is worked out from it, not assumed)."""
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        os.set_blocking(slave, False)
+        held = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                held += os.write(slave, b"x" * 1024)
+        return held
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+RATE = 23_040  # bytes a second: a 230,400-baud line
+HELD = _pty_holds()
+
+
+@contextlib.contextmanager
+def _serial(rate: int) -> Iterator[tuple[SerialTransport, _CountingLine]]:
+    master, slave = os.openpty()
+    line = _CountingLine(master, rate)
+    transport = SerialTransport(
+        PrinterConfig(
+            kind="serial",
+            device=os.ttyname(slave),
+            baudrate=rate * 10,
+            write_timeout_s=10.0,
+        )
+    )
+    transport.open()
+    try:
+        yield transport, line
+    finally:
+        line.close()
+        transport.close()
+        os.close(master)
+        os.close(slave)
+
+
+JOB = b"\x1b@" + b"Your coupon: TP1-o-01 ".ljust(63, b".") * 700 + b"\n\x1dV\x00"  # ~44 KB
+
+
+def _write_in_thread(transport: SerialTransport) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
+
+    def write() -> None:
+        try:
+            transport.write(JOB)
+            outcome.append("whole")
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _until(what: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not what() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_a_stop_in_a_serial_job_s_last_second_lets_its_cut_go_out(tmp_path: Path) -> None:
+    """CONTRACT §7: the stop breaks off a job still being written, which the next start
+    prints again in full. A coupon whose last second was still to be handed to the line
+    went out torn, its codes printed and scannable, and then again whole: a coupon
+    redeemed twice. A rest the line carries within `STOP_FINISH_S` is now written out,
+    the cut last: the job is the printer's, never sent again."""
+    with _serial(RATE) as (transport, line):
+        thread, outcome = _write_in_thread(transport)
+        # the kernel holds HELD bytes for the line: the write waits until ~0.8 s is left
+        _until(lambda: len(line.got) >= len(JOB) - HELD - RATE * 0.8, 20)
+        transport.abort()  # the print worker's stop
+        thread.join(10)
+        assert outcome == ["whole"]
+        _until(lambda: len(line.got) >= len(JOB), 10)
+        assert bytes(line.got) == JOB
+
+
+def test_a_stop_still_breaks_off_a_job_the_printer_stopped_taking(tmp_path: Path) -> None:
+    """The grace is for a line that moves: a printer that stopped reading (flow control
+    held, its buffer full) is broken off as before, within the grace, and what the line
+    queues is dropped (no cut went out: the next start prints it in full)."""
+    with _serial(RATE) as (transport, line):
+        thread, outcome = _write_in_thread(transport)
+        _until(lambda: len(line.got) >= len(JOB) - HELD - RATE * 0.8, 20)
+        line.hold.set()
+        aborted = time.monotonic()
+        transport.abort()
+        thread.join(10)
+        assert time.monotonic() - aborted < 4.0
+        assert len(outcome) == 1 and isinstance(outcome[0], ConnectionLost), outcome
+        assert "broken off" in str(outcome[0])
+
+
+def test_the_print_worker_s_stop_in_a_coupon_s_last_second_leaves_it_printed_once(
+    tmp_path: Path,
+) -> None:
+    """The whole path (CONTRACT §7, docs/PRINTING.md's stop rule): `tillpoint run`'s
+    devices on a serial printer, a 50-offer coupon on its way, the stop coming when
+    under a second of it is left to hand to the line. The job is DONE after one
+    attempt, confirmed by the printer's `GS r`, on paper once and whole; it was left
+    PENDING ("the agent stopped while the job was sent"), torn, and printed again whole
+    at the next start."""
+    data = tmp_path / "data"
+    seed = Agent(data, "till-1")
+    seed.load_snapshot(_long_snapshot())
+    seed.close()
+    master, slave = os.openpty()
+    line = _CountingLine(master, RATE)
+    config = PrinterConfig(
+        kind="serial",
+        device=os.ttyname(slave),
+        baudrate=RATE * 10,
+        write_timeout_s=10.0,
+        status_timeout_s=0.3,
+        confirm_timeout_s=3.0,
+        retry_base_s=0.05,
+        retry_max_s=0.2,
+        poll_interval_s=0.1,
+    )
+    try:
+        with devices_till(data, config) as (agent, devices):
+            sale = agent.checkout(receipt_from_json(receipt("r-000")))
+            assert len(sale.printed_offers) == 50
+            (payload,) = agent._ledger.execute("SELECT payload FROM print_jobs").fetchone()
+            size = len(devices.worker._render(parse_payload(payload)))
+            _until(lambda: len(line.got) >= size - HELD - RATE * 0.8, 20)
+            assert len(line.got) < size  # the coupon is still on its way
+        rows = _job_rows(data)
+        assert [(r, s, a) for r, s, a, _ in rows] == [("r-000", "DONE", 1)], rows
+        assert rows[0][3] is None, rows  # confirmed: no note
+        docs = line.decoder.documents
+        assert [d.complete for d in docs] == [True], [d.text[:60] for d in docs]
+        assert docs[0].codes == [f"TP1-o-{n:02d}" for n in range(50)]
+        assert line.answered_gs_r == 1
+    finally:
+        line.close()
+        os.close(master)
+        os.close(slave)
