@@ -5,6 +5,8 @@
 - rev38k: `maxRedeemPercent: 1.5` was refused in money's words ("write money in minor
   units"), at the till without its rule and at the hub's import without its field; other
   fields that count points or percents were told the same (CONTRACT §3).
+- perf38/rev38i: a new cache file (each full snapshot) was made through sqlite-utils,
+  whose import scans every installed package's entry points (CONTRACT §10's one-shot).
 - rev38e: a serial job the stop met in its last second to hand over was broken off:
   its torn part, codes included, went out and the next start printed it whole again
   (CONTRACT §7: a coupon redeemed twice).
@@ -13,8 +15,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
+import sqlite3
 import threading
 import time
 import tty
@@ -445,3 +449,150 @@ def test_the_print_worker_s_stop_in_a_coupon_s_last_second_leaves_it_printed_onc
         line.close()
         os.close(master)
         os.close(slave)
+
+
+# ------------------------- perf38/rev38i: a new file's schema without sqlite-utils (§10)
+
+
+def _schema(conn: sqlite3.Connection) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    objects = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name"
+    ).fetchall()
+    steps = conn.execute(
+        "SELECT migration_set, name FROM _sqlite_migrations ORDER BY id"
+    ).fetchall()
+    return objects, steps
+
+
+@pytest.mark.parametrize("kind", ["cache", "ledger", "hub database"])
+def test_a_new_file_s_schema_is_sqlite_utils_own_without_importing_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """A new file's schema steps are applied without sqlite-utils (whose import scans
+    every installed package's entry points: a new snapshot's cache built at each full
+    snapshot paid it), into the same tables, indexes and `_sqlite_migrations` rows, in
+    the same order, as sqlite-utils' `Migrations.apply` writes (which a later step on
+    the file, by either way, then reads)."""
+    import tillpoint.sync.hub_sqlite  # noqa: F401  (its set registered)
+    from tillpoint.agent import db as db_mod
+    from tillpoint.agent import ledger as _ledger  # noqa: F401
+
+    sets = db_mod.MigrationSet._of_file[kind]
+    plain = sqlite3.connect(tmp_path / "plain.db", isolation_level=None)
+    library = sqlite3.connect(tmp_path / "library.db", isolation_level=None)
+    try:
+        for each in sets:
+            plain.execute("BEGIN IMMEDIATE")
+            each.apply(plain)
+            plain.execute("COMMIT")
+            library.execute("BEGIN IMMEDIATE")
+            each.apply_with_sqlite_utils(library)
+            library.execute("COMMIT")
+        assert _schema(plain) == _schema(library)
+        stamps = [at for (at,) in plain.execute("SELECT applied_at FROM _sqlite_migrations")]
+        assert all(datetime.fromisoformat(at).utcoffset() is not None for at in stamps)
+        assert all(each.current(plain) for each in sets)
+    finally:
+        plain.close()
+        library.close()
+
+
+def test_a_snapshot_load_building_a_new_cache_imports_no_sqlite_utils(tmp_path: Path) -> None:
+    """`tillpoint snapshot load` of a full snapshot builds a new cache file: it imported
+    sqlite-utils (and importlib.metadata under it, an entry-point scan) for its schema
+    (perf38/rev38i). The import guard of review 38 now says so too."""
+    from .test_review38_perf38 import NOT_FOR_A_SNAPSHOT_LOAD, _imported, _unwanted
+
+    assert "sqlite_utils" in NOT_FOR_A_SNAPSHOT_LOAD
+    assert "importlib.metadata" in NOT_FOR_A_SNAPSHOT_LOAD
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env.update(TILLPOINT_DATA_DIR=str(tmp_path / "data"), TILLPOINT_DEVICE_ID="till-1")
+    snap = tmp_path / "snapshot.json"
+    snap.write_text(json.dumps(snapshot()))
+    names, loaded = _imported(["snapshot", "load", str(snap)], env)  # a new till: new files
+    assert loaded.returncode == 0, loaded.stderr[-500:]
+    assert "tillpoint.agent.db" in names
+    assert _unwanted(names, ("sqlite_utils", "importlib.metadata")) == []
+
+
+JOBS: list[dict[str, Any]] = [
+    {
+        "id": 1,
+        "receipt_id": "s1-t1-000123",
+        "created_at": "2026-11-23T07:15:00+00:00",
+        "state": "DONE",
+        "attempts": 1,
+        "next_attempt_at": None,
+        "last_error": None,
+        "printed_at": "2026-11-23T07:15:01+00:00",
+        "payload": {"offers": [{"id": "o-1"}, {"id": "о-кириллица"}, "not an offer", {}]},
+    },
+    {
+        "id": 2**40,
+        "receipt_id": "r-2",
+        "created_at": None,
+        "state": "PENDING",
+        "attempts": 0,
+        "next_attempt_at": "2026-11-23T07:16:00+00:00",
+        "last_error": "the agent stopped while the job was sent; printed again in full",
+        "printed_at": None,
+        "payload": "{not json",
+    },
+    {
+        "id": 3,
+        "receipt_id": "r-3 «Ёлка» 🎄",
+        "created_at": "2026-11-23T07:17:00+00:00",
+        "state": "FAILED",
+        "attempts": 5,
+        "next_attempt_at": None,
+        "last_error": "line\ttab",
+        "printed_at": None,
+        "payload": {"offers": []},
+    },
+]
+
+
+def test_the_print_queue_s_document_is_the_proto_s_without_protobuf() -> None:
+    """`tillpoint print queue --json` is the proto's `PrintQueueList` as `message_json`
+    writes it (CONTRACT §1's --json: the proto3 JSON of the message, every field): built
+    without protobuf now, so held equal to protobuf's own writing here."""
+    from tillpoint.agent.wire import message_json
+    from tillpoint.printer.cli import queue_json
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    for jobs in ([], JOBS[:1], JOBS):
+        listing = pb.PrintQueueList()
+        for job in jobs:
+            payload = job["payload"]
+            offers = payload.get("offers", []) if isinstance(payload, dict) else []
+            listing.jobs.add(
+                id=job["id"],
+                receipt_id=job["receipt_id"],
+                created_at=job["created_at"] or "",
+                state=job["state"],
+                attempts=job["attempts"],
+                next_attempt_at=job["next_attempt_at"] or "",
+                last_error=job["last_error"] or "",
+                printed_at=job["printed_at"] or "",
+                offers=[str(o.get("id")) for o in offers if isinstance(o, dict)],
+            )
+        ours = queue_json(jobs)
+        assert ours == message_json(listing)
+        assert json.dumps(ours) == json.dumps(message_json(listing))  # the keys' order too
+
+
+def test_print_queue_imports_no_protobuf(tmp_path: Path) -> None:
+    """perf38/rev38i: `tillpoint print queue` imported protobuf to build its listing."""
+    from .test_review38_perf38 import _imported, _unwanted
+
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env.update(TILLPOINT_DATA_DIR=str(tmp_path / "data"), TILLPOINT_DEVICE_ID="till-1")
+    snap = tmp_path / "snapshot.json"
+    snap.write_text(json.dumps(snapshot()))
+    _, loaded = _imported(["snapshot", "load", str(snap)], env)
+    assert loaded.returncode == 0, loaded.stderr[-500:]
+    names, listed = _imported(["print", "queue", "--all", "--json"], env)
+    assert listed.returncode == 0, listed.stderr[-500:]
+    assert json.loads(listed.stdout) == {"jobs": []}
+    assert "tillpoint.printer.cli" in names
+    assert _unwanted(names, ("google.protobuf", "grpc", "tillpoint.agent.wire")) == []
