@@ -402,11 +402,11 @@ class SerialTransport:
         after its first chunk, saying 0 bytes (a whole coupon, cut included, went to
         the printer and was printed again at the next start; review 31, rev31b).
 
-        The abort ends the write at once unless what is left of it the line carries
-        within `STOP_FINISH_S` at its rate (`byte_s`, a byte's time): then the rest is
-        written, the cut last, for twice that time at most, plus what the line still
-        carries of earlier writes (the `GS r` after a job), 2 × `STOP_FINISH_S` in all
-        (a printer that stopped taking bytes is still broken off). A coupon the stop met
+        The abort ends the write at once unless the line has begun taking it and what is
+        left of it the line carries within `STOP_FINISH_S` at its rate (`byte_s`, a
+        byte's time): then the rest is written, the cut last, for twice that time at most
+        (a printer that stopped taking bytes is still broken off; a write that had not
+        begun, nothing of it on paper, is broken off as before). A coupon the stop met
         in its last second went out torn, its codes printed, and then whole at the next
         start: a coupon redeemed twice (review 39, rev38e)."""
         import serial
@@ -420,10 +420,10 @@ class SerialTransport:
                 now = time.monotonic()
                 if finish_by is None:
                     rest_s = (len(data) - sent) * byte_s
-                    # twice its own line time; a short write behind a job the line still
-                    # carries (`GS r` after it) waits for room too: 2 × STOP_FINISH_S at most
-                    grace = min(2 * rest_s + self.line_busy_s(), 2 * STOP_FINISH_S)
-                    finish_by = now + grace if rest_s <= STOP_FINISH_S else now
+                    # a write the line has begun taking, with little left: twice the rest's
+                    # line time (the kernel takes it as the line drains what it holds)
+                    finishing = sent > 0 and rest_s <= STOP_FINISH_S
+                    finish_by = now + 2 * rest_s if finishing else now
                 if now >= finish_by:
                     break
                 deadline = min(deadline, finish_by)
