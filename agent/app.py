@@ -304,7 +304,7 @@ def stop_time_s(printer: Any, redeem_timeout_s: float = 0.0) -> float:
     flight (the grace, or longer: a Hold or Checkout waiting for the hub's answer, after
     a release of its receipt in flight with that deadline plus the hub's 100 ms margin,
     then for the ledger), then the longer of the devices' line (the display, then a
-    coupon's confirmation, `confirm_timeout_s` + `status_timeout_s` + 5 s) and the hub
+    coupon's confirmation, `printer.queue.stop_wait_s`) and the hub
     side. Told to systemd
     with STOPPING=1 (`EXTEND_TIMEOUT_USEC`): a `confirm_timeout_s` above 17 s ran past
     the unit's TimeoutStopSec (30 s), and systemd killed the agent mid-confirmation, the
@@ -321,7 +321,9 @@ def stop_time_s(printer: Any, redeem_timeout_s: float = 0.0) -> float:
         calls = max(calls, release_s + redeem_timeout_s + BUSY_TIMEOUT_MS / 1000)
     devices = STOP_DISPLAY_S
     if getattr(printer, "kind", "none") != "none":
-        devices += float(printer.confirm_timeout_s) + float(printer.status_timeout_s) + 5.0
+        from tillpoint.printer.queue import stop_wait_s
+
+        devices += stop_wait_s(printer)
     return calls + max(devices, STOP_HUB_SIDE_S) + STOP_MARGIN_S
 
 

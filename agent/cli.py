@@ -1094,7 +1094,7 @@ def parse_json(
             raise InputError(str(exc)) from None
         from .wire import MONEY_ADVICE, whole_number_advice
 
-        said = str(exc).replace(MONEY_ADVICE, whole_number_advice(where))
+        said = str(exc).replace(MONEY_ADVICE, whole_number_advice(where, decimals=True))
         raise InputError(f"{where}: {said}") from None
     except UnicodeDecodeError:
         raise InputError(f"{name}: not valid JSON (not UTF-8 text)") from None
@@ -1124,35 +1124,11 @@ class _FloatInJson(InputError):
     pass
 
 
-_FLOAT = object()  # what `_float_path` reads a number with a point or an exponent as
-
-
 def _float_path(text: str) -> str:
-    """Where the first number with a point or an exponent is (`lines[0].priceMinor`),
-    written as a validation error's place is (`models._location`)."""
-    from .models import _location  # an error's path only: the CLI's start stays light
+    """Where the first number with a point or an exponent is (`models.float_place`)."""
+    from .models import float_place  # an error's path only: the CLI's start stays light
 
-    def walk(node: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
-        if node is _FLOAT:
-            return loc
-        children = (
-            node.items()
-            if isinstance(node, dict)
-            else enumerate(node)
-            if isinstance(node, list)
-            else ()
-        )
-        for key, value in children:
-            found = walk(value, (*loc, key))
-            if found is not None:
-                return found
-        return None
-
-    try:
-        found = walk(json.loads(text.removeprefix("\ufeff"), parse_float=lambda _: _FLOAT), ())
-    except (ValueError, RecursionError):
-        return ""
-    return _location(found) if found else ""
+    return float_place(text)
 
 
 def _no_float(text: str) -> Any:

@@ -33,8 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import (
     DamagedCache,
@@ -145,12 +146,127 @@ class MigrationSet:
         raise InputError(f"{path} is {what}, not a {self.file}: check the path")
 
     def apply(self, conn: sqlite3.Connection) -> None:
+        """The pending steps, as sqlite-utils' `Migrations.apply` applies them, inside the
+        caller's transaction. Where the file has no record table yet, or the one that
+        sqlite-utils makes (a new cache at each full snapshot, a new ledger), without
+        importing it: its import scans every installed package's entry points
+        (`importlib.metadata`, perf38/rev38i). The steps use `execute` and
+        `executescript` alone (`_PlainDatabase`); the table, its index and the rows are
+        sqlite-utils' own, byte for byte (`tests/test_review39_left39.py`)."""
+        if not self._plain_record(conn):
+            self.apply_with_sqlite_utils(conn)
+            return
+        applied = {
+            str(name)
+            for (name,) in conn.execute(
+                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", (self.name,)
+            )
+        }
+        db = _PlainDatabase(conn)
+        for step in self._migrations:
+            if step.name in applied:
+                continue
+            with db.atomic():
+                step.fn(db)  # type: ignore[arg-type]
+                conn.execute(
+                    "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+                    " VALUES (?, ?, ?)",
+                    (self.name, step.name, str(datetime.now(UTC))),
+                )
+
+    @staticmethod
+    def _plain_record(conn: sqlite3.Connection) -> bool:
+        """Whether the record table is absent (then made here, as sqlite-utils makes it)
+        or sqlite-utils' current one; any other form is sqlite-utils' to mend."""
+        rows = dict(
+            conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE tbl_name = '_sqlite_migrations'"
+            ).fetchall()
+        )
+        if not rows:
+            conn.execute(_RECORD_TABLE)
+            conn.execute(_RECORD_INDEX)
+            return True
+        return rows == {"_sqlite_migrations": _RECORD_TABLE, _RECORD_INDEX_NAME: _RECORD_INDEX}
+
+    def apply_with_sqlite_utils(self, conn: sqlite3.Connection) -> None:
+        """The pending steps by sqlite-utils' `Migrations.apply` itself."""
         from sqlite_utils import Database
         from sqlite_utils.migrations import Migrations
 
         migrations = Migrations(self.name)
         migrations._migrations = list(self._migrations)  # type: ignore[arg-type]
         migrations.apply(Database(conn))
+
+
+# sqlite-utils' record of applied steps (`Migrations.ensure_migrations_table`, 4.x), as
+# it writes it: made the same way here, so either can apply a later step to the file.
+_RECORD_TABLE = (
+    'CREATE TABLE "_sqlite_migrations" (\n'
+    '   "id" INTEGER PRIMARY KEY,\n'
+    '   "migration_set" TEXT,\n'
+    '   "name" TEXT,\n'
+    '   "applied_at" TEXT\n'
+    ")"
+)
+_RECORD_INDEX_NAME = "idx__sqlite_migrations_migration_set_name"
+_RECORD_INDEX = (
+    f'CREATE UNIQUE INDEX "{_RECORD_INDEX_NAME}"\n'
+    '    ON "_sqlite_migrations" ("migration_set", "name")'
+)
+
+
+class _PlainDatabase:
+    """What a schema step is given instead of sqlite-utils' `Database`: its `execute`,
+    `executescript` and `atomic` (a savepoint inside the caller's transaction, as
+    sqlite-utils nests them), on the same connection, as sqlite-utils 4 runs them."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, parameters: Any = None) -> sqlite3.Cursor:
+        if parameters is None:
+            return self.conn.execute(sql)
+        return self.conn.execute(sql, parameters)
+
+    def executescript(self, sql: str) -> sqlite3.Cursor:
+        """As sqlite-utils runs a script: inside a transaction statement by statement
+        (`sqlite3.executescript` would commit it first), else whole."""
+        if not self.conn.in_transaction:
+            return self.conn.executescript(sql)
+        cursor = self.conn.cursor()
+        start = 0
+        for end, char in enumerate(sql):
+            if char == ";" and sqlite3.complete_statement(sql[start : end + 1].strip()):
+                cursor.execute(sql[start : end + 1].strip())
+                start = end + 1
+        if rest := sql[start:].strip():
+            cursor.execute(rest)
+        return cursor
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[_PlainDatabase]:
+        conn = self.conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN")
+            try:
+                yield self
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        savepoint = f"sqlite_utils_{secrets.token_hex(16)}"
+        conn.execute(f"SAVEPOINT {savepoint};")
+        try:
+            yield self
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(f"ROLLBACK TO SAVEPOINT {savepoint};")
+                conn.execute(f"RELEASE SAVEPOINT {savepoint};")
+            raise
+        conn.execute(f"RELEASE SAVEPOINT {savepoint};")
 
 
 cache_migrations = MigrationSet("tillpoint.cache", "cache")

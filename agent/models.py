@@ -8,6 +8,7 @@ frozen so the pricing core can take them as plain values.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -1441,6 +1442,37 @@ def _location(loc: Sequence[int | str] | Any, *, any_index: bool = False) -> str
         elif isinstance(part, str) and not part.startswith("function-"):
             out += f".{part}" if out else part
     return out
+
+
+_FLOAT = object()  # what `float_place` reads a number with a point or an exponent as
+
+
+def float_place(text: str) -> str:
+    """Where the first number with a point or an exponent of the JSON `text` is
+    (`lines[0].priceMinor`), written as a validation error's place is (`_location`); ""
+    when `text` does not read as JSON."""
+
+    def walk(node: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+        if node is _FLOAT:
+            return loc
+        children = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
+        for key, value in children:
+            found = walk(value, (*loc, key))
+            if found is not None:
+                return found
+        return None
+
+    try:
+        found = walk(json.loads(text.removeprefix("\ufeff"), parse_float=lambda _: _FLOAT), ())
+    except (ValueError, RecursionError):
+        return ""
+    return _location(found) if found else ""
 
 
 @dataclass(frozen=True)

@@ -172,15 +172,29 @@ def _fields_of(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
 
 # What an integer field's fraction is told to become: money's words, unless the field's
 # name says what it counts (`holdTtlSeconds: 1.5` was told to "write money in minor
-# units": review 38, rev38c).
+# units": review 38, rev38c; `maxRedeemPercent: 1.5` and `balancePoints: 1.5` too:
+# review 39, rev38k).
 MONEY_ADVICE = "write money in minor units (whole numbers) and quantities as decimal strings"
-_COUNTED = (("seconds", "seconds"), ("days", "days"), ("_s", "seconds"), ("_ms", "milliseconds"))
+_COUNTED = (
+    ("seconds", "seconds"),
+    ("days", "days"),
+    ("_s", "seconds"),
+    ("_ms", "milliseconds"),
+    ("points", "points"),
+)
+DECIMAL_ADVICE = 'write it as a decimal string ("1.5")'
 
 
-def whole_number_advice(place: str) -> str:
-    """What to write instead of a number with a point in the integer field at `place`
-    (`program.holdTtlSeconds`, `lines[0].priceMinor`)."""
+def whole_number_advice(place: str, *, decimals: bool = False) -> str:
+    """What to write instead of a number with a point in the field at `place`
+    (`program.holdTtlSeconds`, `lines[0].priceMinor`). `decimals`: where the field is a
+    percent or a multiplier, the reader takes a decimal string (a till's snapshot: §3's
+    `maxRedeemPercent`, `accrualPercent`, `birthdayMultiplier`); else it is a whole number
+    (the proto's int64, the hub's program)."""
     name = re.split(r"[.\[]", place)[-1].lower() if place else ""
+    for ending, what in (("percent", "a percent"), ("multiplier", "a multiplier")):
+        if name.endswith(ending):
+            return DECIMAL_ADVICE if decimals else f"write a whole number ({what}, not money)"
     for ending, unit in _COUNTED:
         if name.endswith(ending):
             return f"write a whole number of {unit}"

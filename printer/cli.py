@@ -150,33 +150,42 @@ def _preview(settings: Any, args: argparse.Namespace) -> int:
     return _emit(args, data, text + (f"(image: {args.png})\n" if args.png else ""))
 
 
-def _queue(settings: Any, args: argparse.Namespace) -> int:
-    from tillpoint.agent.proto_json import message_json
-    from tillpoint.printer.queue import list_jobs
-    from tillpoint.v1 import tillpoint_pb2 as pb
-
-    jobs = list_jobs(_ledger(settings), include_done=args.all)
-    listing = pb.PrintQueueList()
+def queue_json(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """`tillpoint print queue --json`: the proto's `PrintQueueList` as `message_json`
+    writes it (every field, in the proto's order, int64 as numbers), written out here:
+    building the message imported protobuf, some tens of ms of a one-shot call
+    (review 39, perf38/rev38i; `tests/test_review39_left39.py` holds the two equal)."""
+    listed = []
     for job in jobs:
         payload = job["payload"]
         offers = payload.get("offers", []) if isinstance(payload, dict) else []
-        listing.jobs.add(
-            id=job["id"],
-            receipt_id=job["receipt_id"],
-            created_at=job["created_at"] or "",
-            state=job["state"],
-            attempts=job["attempts"],
-            next_attempt_at=job["next_attempt_at"] or "",
-            last_error=job["last_error"] or "",
-            printed_at=job["printed_at"] or "",
-            offers=[str(o.get("id")) for o in offers if isinstance(o, dict)],
+        listed.append(
+            {
+                "id": int(job["id"]),
+                "receiptId": job["receipt_id"] or "",
+                "createdAt": job["created_at"] or "",
+                "state": job["state"] or "",
+                "attempts": int(job["attempts"] or 0),
+                "nextAttemptAt": job["next_attempt_at"] or "",
+                "lastError": job["last_error"] or "",
+                "printedAt": job["printed_at"] or "",
+                "offers": [str(o.get("id")) for o in offers if isinstance(o, dict)],
+            }
         )
+    return {"jobs": listed}
+
+
+def _queue(settings: Any, args: argparse.Namespace) -> int:
+    from tillpoint.printer.queue import list_jobs
+
+    listing = queue_json(list_jobs(_ledger(settings), include_done=args.all))
     lines = [
-        f"{j.receipt_id:<24} {j.state:<8} attempts {j.attempts:<3} {j.last_error}".rstrip()
-        for j in listing.jobs
+        f"{j['receiptId']:<24} {j['state']:<8} attempts {j['attempts']:<3} {j['lastError']}"
+        for j in listing["jobs"]
     ]
+    lines = [line.rstrip() for line in lines]
     human = "\n".join(lines) if lines else "the print queue is empty"
-    return _emit(args, message_json(listing), human)
+    return _emit(args, listing, human)
 
 
 def _retry(settings: Any, args: argparse.Namespace) -> int:

@@ -78,7 +78,7 @@ from tillpoint.printer.errors import ConnectionLost, PrinterError
 from tillpoint.printer.layout import offers_blocks, render_escpos, separator_bytes
 from tillpoint.printer.payload import OfferNow, PrintPayload, parse_payload
 from tillpoint.printer.profiles import Profile, resolve_profile
-from tillpoint.printer.transport import Transport, make_transport
+from tillpoint.printer.transport import STOP_FINISH_S, Transport, make_transport
 
 __all__ = [
     "Health",
@@ -270,6 +270,15 @@ class Health:
 def _valid_realtime(b: int) -> bool:
     # DLE EOT replies: bit 0 = 0, bit 1 = 1, bit 4 = 1, bit 7 = 0
     return (b & 0x93) == 0x12
+
+
+def stop_wait_s(config: PrinterConfig) -> float:
+    """How long the print worker's stop waits for a job on its way: its confirmation
+    (`confirm_timeout_s`, then `status_timeout_s`) and 5 s more; on a serial line also
+    the time a job's last seconds may still take to be written out (`STOP_FINISH_S`,
+    twice: review 39, rev38e)."""
+    wait = float(config.confirm_timeout_s) + float(config.status_timeout_s) + 5.0
+    return wait + (2 * STOP_FINISH_S if config.kind == "serial" else 0.0)
 
 
 def _gs_r_reply(
@@ -1077,7 +1086,7 @@ class PrintWorker:
         self._wake.set()
         self._abort_send()  # a job's bytes stuck on the way: PENDING again, not SENDING
         if timeout_s is None:
-            timeout_s = self.config.confirm_timeout_s + self.config.status_timeout_s + 5.0
+            timeout_s = stop_wait_s(self.config)
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None

@@ -57,6 +57,7 @@ from tillpoint.agent.models import (
     Program,
     describe,
     fits_int64,
+    float_place,
     normal_coupon_code,
     without_nulls,
 )
@@ -111,6 +112,21 @@ def _no_float(text: str) -> Any:
     raise _Fraction(f"the number {text} has a fraction: use minor units or decimal strings")
 
 
+def _fraction(exc: _Fraction, text: str) -> str:
+    """`exc` said with the field its number is in and that field's rule (a JSON text of
+    thousands of numbers: which one?). `maxRedeemPercent: 1.5` was told "use minor units"
+    and no field (review 39, rev38k): a percent is not money."""
+    from tillpoint.agent.wire import whole_number_advice  # an error's words only
+
+    place = float_place(text)
+    if not place:
+        return str(exc)
+    whole = {f"program.{Program.model_fields[n].alias or n}" for n in WHOLE_PROGRAM_FIGURES}
+    number = str(exc).split(" ")[2]
+    advice = whole_number_advice(place, decimals=place not in whole)
+    return f"{place}: the number {number} has a fraction: {advice}"
+
+
 # The field that keys each kind's rows (models forbid extra fields, so it is the class's).
 KEY_FIELD = {
     kind: next((a for a in ("sku", "code", "id", "number") if a in model.model_fields), "")
@@ -141,7 +157,15 @@ def validate_row(kind: str, data: Any, where: str) -> ImportRow | RowProblem:
     try:
         row = model.model_validate(without_nulls(data))  # null: the field left out
     except ValidationError as exc:
-        return RowProblem(where, describe(exc))
+        said = describe(exc)
+        if kind == "program":  # the hub's whole figures: "7.5" would be refused next
+            for name in WHOLE_PROGRAM_FIGURES:
+                field = Program.model_fields[name].alias or name
+                said = said.replace(
+                    f'{field} must be a decimal string such as "7.5"',
+                    f'{field} must be a whole number such as "30"',
+                )
+        return RowProblem(where, said)
     if isinstance(row, Program) and row.repeated_tier() is not None:
         return RowProblem(where, f"tier {row.repeated_tier()!r} appears twice")
     if isinstance(row, Program):
@@ -235,7 +259,9 @@ def read_json(
     raw = (head + stream.read()).removeprefix(BOM)  # Windows tools write one
     try:
         doc = json.loads(raw.decode("utf-8"), parse_float=_no_float, object_pairs_hook=_sections)
-    except (_Fraction, _Twice) as exc:
+    except _Fraction as exc:
+        raise InputError(f"import: {_fraction(exc, raw.decode('utf-8'))}") from None
+    except _Twice as exc:
         raise InputError(f"import: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"import: not valid JSON ({_not_json(exc)})") from None
@@ -306,7 +332,7 @@ def _line_rows(
     try:
         item = _DECODER.decode(text.decode("utf-8"))
     except _Fraction as exc:
-        return [RowProblem(where, str(exc))], state
+        return [RowProblem(where, _fraction(exc, text.decode("utf-8")))], state
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return [RowProblem(where, f"not valid JSON ({_not_json(exc, number)})")], state
     except (RecursionError, ValueError) as exc:
