@@ -1,0 +1,90 @@
+"""Review 39 (rev39e): rev39c (the holds of the boot before) and rev39b (a one-shot's
+stdout, gRPC's verbosity) read again with fresh eyes (CONTRACT §10, §11, §16). Each test
+marked "failed before the fix" did; the others pin what was checked and found right.
+Real parts: real SQLite files, this release's ledger, real processes and sockets where
+the behaviour is a process's.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tillpoint.agent import db, ledger
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+from .conftest import SteppingClock, snapshot
+from .test_review31_long31 import DEVICE, _sale
+from .test_review38_rev38h import _hold, _lived
+from .test_review39_rev39c import _started_while_busy
+
+
+def _device(data: Path, key: str) -> str | None:
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    try:
+        row = conn.execute("SELECT value FROM device WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+    finally:
+        conn.close()
+
+
+def _boot_before(data: Path) -> tuple[datetime, Path]:
+    """A ledger with a hold "h-1" of a boot before this one still open."""
+    boot1 = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data.mkdir(parents=True, exist_ok=True)
+    before = Agent(data, DEVICE, clock=boot1, monotonic=boot1.steady)
+    try:
+        before.load_snapshot(snapshot())
+        made1 = _hold(before, "h-1", boot1)
+    finally:
+        before.close()
+    return made1, data
+
+
+# ---------------------------------- 1. a step between the reboot and the boot's first line
+
+
+def test_a_step_before_the_first_line_another_process_wrote_is_not_followed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11 (a hold lives `holdTtlSeconds` of time that passes). The till
+    restarts with a hold of the boot before open; `run` starts while another process is in
+    a write transaction (its start writes no line: never waited for) and reads the clock
+    (a quote). The wall clock is then set an hour back, before any line of this boot is
+    written. A one-shot `hold --local` started after the step writes the boot's first line
+    on the clock as it reads now and holds h-2 on it. `run`'s next call, before its timer
+    takes the ledger's line again, tells the step from its own reading. h-2 keeps its 30
+    minutes (the ledger's line says its holds are on the clock as it reads: nothing to
+    move); h-1 keeps its stored expiry. Failed before the fix: `run` moved h-2 an hour
+    back, expired at once at the till while the hub held its points for 31 minutes."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 120_000)
+    made1, data = _boot_before(tmp_path / "till")
+    boot2 = SteppingClock(made1 + timedelta(minutes=2))
+    run = _started_while_busy(data, boot2)
+    try:
+        assert _device(data, ledger.CLOCK_LINE) is not None
+        first = _device(data, ledger.CLOCK_LINE)
+        run.quote(receipt_from_json(_sale("q-1", boot2(), redeemPoints=0)))  # run's reading
+        assert _device(data, ledger.CLOCK_LINE) == first, "a quote writes no line"
+        boot2.passes(5)
+        boot2.stepped(-3600.0)
+        one_shot = Agent(data, DEVICE, clock=boot2, monotonic=boot2.steady)
+        try:
+            assert _device(data, ledger.CLOCK_LINE) != first, "the one-shot wrote the line"
+            made2 = _hold(one_shot, "h-2", boot2)
+        finally:
+            one_shot.close()
+        boot2.passes(5)
+        run.quote(receipt_from_json(_sale("q-2", boot2(), redeemPoints=0)))
+        run.sweep_holds()
+        assert _lived(data, "h-2", made2)[:2] == ("HELD", 1800.0)
+        assert _lived(data, "h-1", made1)[:2] == ("HELD", 1800.0)
+        retried = run.hold(receipt_from_json(_sale("h-2", made2, redeemPoints=0)))
+        answered = datetime.fromisoformat(retried.to_json()["holdExpiresAt"])
+        assert answered == made2 + timedelta(seconds=1800)
+    finally:
+        run.close()
