@@ -2128,9 +2128,19 @@ def follow_clock_step(
     the holds by it, twice in all: an hour back, an open hold with its minutes left
     expired at once (review 37, rev37e). Both ends are compared: a step back to where
     an earlier one went from is another step. False: already followed, nothing moved.
-    Either way the ledger's time line is then `offset` (`record_clock_line`, on `boot`)."""
+    Either way the ledger's time line is then `offset` (`record_clock_line`, on `boot`).
+
+    Nor when the ledger's line of `boot` is `offset` already (within `tolerance_s`): its
+    hold times are on the clock as it reads now. A process whose start wrote no line
+    (the ledger busy) and that read the clock before a step, while another process
+    started after it wrote the boot's first line on the stepped clock and held a receipt
+    on it, moved that hold by the step (an hour back: expired at once; review 39,
+    rev39e)."""
     if boot is not None:
+        line = clock_line(conn, boot)
         record_clock_line(conn, boot, offset)
+        if line is not None and abs(line - offset) < tolerance_s:
+            return False
     before = offset - step.total_seconds()
     row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_FOLLOWED,)).fetchone()
     if row is not None:
