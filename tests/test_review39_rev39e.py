@@ -7,7 +7,6 @@ the behaviour is a process's.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -86,5 +85,46 @@ def test_a_step_before_the_first_line_another_process_wrote_is_not_followed_agai
         retried = run.hold(receipt_from_json(_sale("h-2", made2, redeemPoints=0)))
         answered = datetime.fromisoformat(retried.to_json()["holdExpiresAt"])
         assert answered == made2 + timedelta(seconds=1800)
+    finally:
+        run.close()
+
+
+def test_a_ledger_without_a_line_has_its_holds_moved_by_a_step_before_the_first_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11 (decision written there: a ledger with no time line at all, of a
+    release before review 38's, has its open holds moved by the first boot's steps). A
+    hold made by review 37's release (same schema, no line kept); this release's `run`
+    starts on that boot while another process is in a write transaction (no line
+    written), reads the clock (a quote), and the wall clock is set an hour forward: the
+    step's own write transaction writes the boot's first line on the clock the holds are
+    on (the step not followed yet), and moves `h-1` by it. Pins the fix above: a first
+    line written there on the clock as it reads after the step says the holds are on it
+    already, and `h-1` would keep its expiry of before the step (expired an hour early)."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 120_000)
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    data = tmp_path / "till"
+    older = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        older.load_snapshot(snapshot())
+        made = _hold(older, "h-1", clock)
+    finally:
+        older.close()
+    conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    try:  # review 37's release kept no line
+        conn.execute("DELETE FROM device WHERE key LIKE 'clock_line%'")
+    finally:
+        conn.close()
+    clock.passes(60)
+    run = _started_while_busy(data, clock)
+    try:
+        assert _device(data, ledger.CLOCK_LINE) is None, "the busy start wrote no line"
+        run.quote(receipt_from_json(_sale("q-1", clock(), redeemPoints=0)))
+        clock.passes(5)
+        clock.stepped(3600.0)
+        run.sweep_holds()
+        assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0 + 3600.0)
+        assert _device(data, ledger.CLOCK_LINE_BEFORE) is None, "no boot before to list"
+        assert run.confirm("h-1").state == "CONFIRMED"
     finally:
         run.close()
