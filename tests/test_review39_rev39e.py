@@ -7,6 +7,7 @@ the behaviour is a process's.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -126,5 +127,40 @@ def test_a_ledger_without_a_line_has_its_holds_moved_by_a_step_before_the_first_
         assert _lived(data, "h-1", made)[:2] == ("HELD", 1800.0 + 3600.0)
         assert _device(data, ledger.CLOCK_LINE_BEFORE) is None, "no boot before to list"
         assert run.confirm("h-1").state == "CONFIRMED"
+    finally:
+        run.close()
+
+
+# ---------------------------------- 2. the list of the boot before, read against this boot's
+
+
+def test_a_listed_receipt_held_again_at_the_same_instant_text_moves_with_this_boots_steps(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11. The boot's first line lists the holds of the boot before by
+    receiptId and the time they were held. `h-1` of the boot before expires on this boot,
+    the wall clock is set an hour back (to the very microsecond `h-1` was held at), and
+    the POS holds `h-1` again: a hold of this boot, its `held_at` the same text as the
+    listed one's. A step of this boot then moves it like any hold of this boot. Failed
+    before the fix: read as the boot before's (the pair matched), it kept its wall-clock
+    expiry through the step (10 minutes too long at the till after +600 s). The list now
+    loses a receipt whose expired row is replaced (`ledger.forget_life`)."""
+    made1, data = _boot_before(tmp_path / "till")
+    boot2 = SteppingClock(made1 + timedelta(hours=1))
+    run = Agent(data, DEVICE, clock=boot2, monotonic=boot2.steady)
+    try:
+        run.sweep_holds()
+        assert _lived(data, "h-1", made1)[0] == "EXPIRED"
+        listed = json.loads(_device(data, ledger.CLOCK_LINE_BEFORE) or "{}")
+        assert [rid for rid, _ in listed["holds"]] == ["h-1"]
+        boot2.stepped(-3600.0)
+        run.sweep_holds()
+        assert boot2() == made1
+        assert _hold(run, "h-1", boot2) == made1
+        boot2.passes(20)
+        boot2.stepped(600.0)
+        run.sweep_holds()
+        assert _lived(data, "h-1", made1)[:2] == ("HELD", 1800.0 + 600.0)
+        assert json.loads(_device(data, ledger.CLOCK_LINE_BEFORE) or "{}")["holds"] == []
     finally:
         run.close()
