@@ -2253,9 +2253,25 @@ def use_coupons(conn: sqlite3.Connection, uses: Sequence[CouponUse]) -> None:
 
 
 def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
-    """An expired hold priced again: its row and its coupons go."""
+    """An expired hold priced again: its row and its coupons go, and its place in the
+    list of the boot before's holds (`CLOCK_LINE_BEFORE`): the hold that replaces it is
+    this boot's, even when the wall clock, stepped back, gives it the very `held_at` text
+    the listed one had (review 39, rev39e: left by this boot's steps as the boot before's)."""
     conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))
     conn.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE_BEFORE,)).fetchone()
+    if row is None:
+        return
+    try:
+        listed = json.loads(str(row[0]))
+        holds = [pair for pair in listed["holds"] if pair[0] != receipt_id]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return  # read as none by `holds_of_boot_before` anyway
+    if len(holds) != len(listed["holds"]):
+        listed["holds"] = holds
+        conn.execute(
+            "UPDATE device SET value = ? WHERE key = ?", (json.dumps(listed), CLOCK_LINE_BEFORE)
+        )
 
 
 def hold_lapsed(conn: sqlite3.Connection, receipt_id: str, now: str) -> bool:
