@@ -164,3 +164,39 @@ def test_a_listed_receipt_held_again_at_the_same_instant_text_moves_with_this_bo
         assert json.loads(_device(data, ledger.CLOCK_LINE_BEFORE) or "{}")["holds"] == []
     finally:
         run.close()
+
+
+def test_three_boots_in_a_row_the_third_lists_the_first_and_the_seconds_holds(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §11. A hold of boot 1 open through boot 2 (which lists it and holds h-2)
+    and into boot 3: boot 3's first line lists both (the list of boot 2 replaced), a
+    step of boot 3 moves neither and moves boot 3's own h-3; boot 2's list says nothing
+    on boot 3. Each keeps its 30 minutes as stored, and each confirms once. Checked,
+    found right."""
+    made1, data = _boot_before(tmp_path / "till")
+    boot2 = SteppingClock(made1 + timedelta(minutes=2))
+    second = Agent(data, DEVICE, clock=boot2, monotonic=boot2.steady)
+    try:
+        made2 = _hold(second, "h-2", boot2)
+        listed2 = json.loads(_device(data, ledger.CLOCK_LINE_BEFORE) or "{}")
+        assert [rid for rid, _ in listed2["holds"]] == ["h-1"]
+    finally:
+        second.close()
+    boot3 = SteppingClock(made2 + timedelta(minutes=3))
+    third = Agent(data, DEVICE, clock=boot3, monotonic=boot3.steady)
+    try:
+        listed3 = json.loads(_device(data, ledger.CLOCK_LINE_BEFORE) or "{}")
+        assert listed3["boot"] != listed2["boot"]
+        assert [rid for rid, _ in listed3["holds"]] == ["h-1", "h-2"]
+        made3 = _hold(third, "h-3", boot3)
+        boot3.passes(20)
+        boot3.stepped(-600.0)
+        third.sweep_holds()
+        assert _lived(data, "h-1", made1)[:2] == ("HELD", 1800.0)
+        assert _lived(data, "h-2", made2)[:2] == ("HELD", 1800.0)
+        assert _lived(data, "h-3", made3)[:2] == ("HELD", 1800.0 - 600.0)
+        for rid in ("h-1", "h-2", "h-3"):
+            assert third.confirm(rid).state == "CONFIRMED"
+    finally:
+        third.close()
