@@ -2260,8 +2260,8 @@ def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
     conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))
     conn.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
     row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE_BEFORE,)).fetchone()
-    if row is None:
-        return
+    if row is None or json.dumps(receipt_id) not in str(row[0]):
+        return  # not listed: not parsed (a list may hold thousands)
     try:
         listed = json.loads(str(row[0]))
         holds = [pair for pair in listed["holds"] if pair[0] != receipt_id]
