@@ -2128,9 +2128,19 @@ def follow_clock_step(
     the holds by it, twice in all: an hour back, an open hold with its minutes left
     expired at once (review 37, rev37e). Both ends are compared: a step back to where
     an earlier one went from is another step. False: already followed, nothing moved.
-    Either way the ledger's time line is then `offset` (`record_clock_line`, on `boot`)."""
+    Either way the ledger's time line is then `offset` (`record_clock_line`, on `boot`).
+
+    Nor when the ledger's line of `boot` is `offset` already (within `tolerance_s`): its
+    hold times are on the clock as it reads now. A process whose start wrote no line
+    (the ledger busy) and that read the clock before a step, while another process
+    started after it wrote the boot's first line on the stepped clock and held a receipt
+    on it, moved that hold by the step (an hour back: expired at once; review 39,
+    rev39e)."""
     if boot is not None:
+        line = clock_line(conn, boot)
         record_clock_line(conn, boot, offset)
+        if line is not None and abs(line - offset) < tolerance_s:
+            return False
     before = offset - step.total_seconds()
     row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_FOLLOWED,)).fetchone()
     if row is not None:
@@ -2243,9 +2253,25 @@ def use_coupons(conn: sqlite3.Connection, uses: Sequence[CouponUse]) -> None:
 
 
 def forget_life(conn: sqlite3.Connection, receipt_id: str) -> None:
-    """An expired hold priced again: its row and its coupons go."""
+    """An expired hold priced again: its row and its coupons go, and its place in the
+    list of the boot before's holds (`CLOCK_LINE_BEFORE`): the hold that replaces it is
+    this boot's, even when the wall clock, stepped back, gives it the very `held_at` text
+    the listed one had (review 39, rev39e: left by this boot's steps as the boot before's)."""
     conn.execute("DELETE FROM receipt_life WHERE receipt_id = ?", (receipt_id,))
     conn.execute("DELETE FROM coupon_uses WHERE receipt_id = ?", (receipt_id,))
+    row = conn.execute("SELECT value FROM device WHERE key = ?", (CLOCK_LINE_BEFORE,)).fetchone()
+    if row is None or json.dumps(receipt_id) not in str(row[0]):
+        return  # not listed: not parsed (a list may hold thousands)
+    try:
+        listed = json.loads(str(row[0]))
+        holds = [pair for pair in listed["holds"] if pair[0] != receipt_id]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return  # read as none by `holds_of_boot_before` anyway
+    if len(holds) != len(listed["holds"]):
+        listed["holds"] = holds
+        conn.execute(
+            "UPDATE device SET value = ? WHERE key = ?", (json.dumps(listed), CLOCK_LINE_BEFORE)
+        )
 
 
 def hold_lapsed(conn: sqlite3.Connection, receipt_id: str, now: str) -> bool:

@@ -350,6 +350,9 @@ class Agent:
         # Whether the ledger has a time line of this boot (`_line_first`): once it has,
         # no other boot's process writes it while this one runs.
         self._line_here = self._boot is None
+        # A step taken from the mark, its holds' move in the write transaction under way
+        # (`_follow_clock_step`; the agent's lock held): `_line_first` writes the line off it.
+        self._step_in_hand = 0.0
         self.hub = hub
         self.devices = devices
         # The receipt whose figures the display shows now: a Cancel clears only its own
@@ -854,6 +857,10 @@ class Agent:
             step = self._take_clock_step()
             if step is None:  # followed meanwhile by the call that held the lock
                 return False
+            # the mark is on the stepped clock now; the holds are not moved yet: a first
+            # line of this boot written in this transaction (`_line_first`) is put where
+            # they are, before the step (review 39, rev39e)
+            self._step_in_hand = step
             try:
                 with self._write() as conn:
                     moved = ledger.follow_clock_step(
@@ -866,6 +873,8 @@ class Agent:
             except StorageError:  # logged by `_write`; the next call tries again
                 self._unfollow(step)
                 return False
+            finally:
+                self._step_in_hand = 0.0
         if moved:
             log.warning(
                 "the wall clock was stepped by %+.0f s: open holds keep their time left", step
@@ -982,7 +991,11 @@ class Agent:
                 wall, passed = self.clock(), steady()
             else:
                 wall, passed = mark
-        ledger.record_clock_line(conn, boot, wall.timestamp() - passed)
+        # the mark less a step taken just now whose move this transaction makes: a line
+        # on the stepped clock said the holds were on it already (`ledger.follow_clock_step`),
+        # and the first step of a ledger without a line (a release before review 38's) left
+        # them unmoved (rev39e)
+        ledger.record_clock_line(conn, boot, wall.timestamp() - passed - self._step_in_hand)
 
     def _mark_offset(self) -> float:
         """The wall clock less the steady one at the last reading (`_take_clock_step`'s
