@@ -131,6 +131,12 @@ HUB_HOLD_MAX_S = 86_400
 # `tillpoint hold` run locally beside `tillpoint run`), may be a call in progress whose
 # hold is not released before then.
 HUB_ASK_GRACE_S = 120
+# How long after a Hold priced OFFLINE (its request to the hub unanswered within the
+# deadline) its grant may still reach the hub's store: a hub under load works on a request
+# it took before the deadline for seconds after it. A release the hub answers "nothing
+# held" within that time stays owed (review 39, flake39: the grant landed after the
+# Cancel's release and stayed held at the hub for `holdTtlSeconds` + 60 s).
+LATE_GRANT_S = 60
 MAX_SCANNED_COUPONS = 100  # a receipt carries at most 100 codes
 
 
@@ -1064,7 +1070,9 @@ class Agent:
         `retry_hub_releases` tries again (the hold of a closed receipt keeps its `hub_hold`
         mark until then). None: nothing to release now: the receipt was held again since
         (an expired hold priced afresh: its new hold replaced the old one at the hub), or
-        a hold of it is being placed (`HubTurns`; that hold carries the release owed).
+        a hold of it is being placed (`HubTurns`; that hold carries the release owed), or
+        the hub held nothing yet for a hold whose grant may still reach it (still owed,
+        sent again at the next round: `_grant_may_come`).
         `forgotten`: the ledger no longer has the receipt (`reset`), release it as is."""
         hub = self.hub
         if hub is None:
@@ -1082,15 +1090,29 @@ class Agent:
                 self._hub_turns.end_release(receipt_id)
                 return None  # held again, or confirmed since: its transaction settles it
         try:
-            hub.release(receipt_id)
+            dropped = hub.release(receipt_id)
         except TillpointError as exc:
             log.info("hold of %s not released at the hub yet: %s", receipt_id, exc)
             return False
         finally:
             self._hub_turns.end_release(receipt_id)
+        if not dropped and life is not None and self._grant_may_come(life):
+            # The hub held nothing for it yet, but the hold's request may still be on its
+            # way to the hub's store (taken before the deadline, then held up by a busy
+            # hub): a grant placed after this release would be held for every other till
+            # for the hold's whole time there. Still owed: sent again at the next round.
+            log.info("hold of %s: nothing held at the hub yet, sent again later", receipt_id)
+            return None
         with self._lock, self._write() as conn:
             ledger.released_at_hub(conn, receipt_id)
         return True
+
+    def _grant_may_come(self, life: ledger.ReceiptLife) -> bool:
+        """Whether a grant for this closed hold may still reach the hub's store: it was
+        priced OFFLINE after asking the hub (no answer within the deadline: the hub may
+        have taken the request and be working on it), less than `LATE_GRANT_S` ago."""
+        since = ledger.utc_text(self._now() - timedelta(seconds=LATE_GRANT_S))
+        return life.mode == "OFFLINE" and life.held_at > since
 
     def on_hub_call_owed(self, listener: Callable[[], None]) -> None:
         """`listener` (quick, from any thread) is told when a call to the hub is owed at
@@ -1195,7 +1217,7 @@ class Agent:
         cutoff = ledger.utc_text(self._now() - timedelta(seconds=HUB_HOLD_MAX_S))
         with self._lock:
             due = ledger.hub_releases_due(self._ledger, cutoff)
-        released = 0
+        released = answered = 0
         for rid in due:
             if _stopping(stop):
                 return released
@@ -1203,7 +1225,10 @@ class Agent:
             if done is False:  # the hub is away: the next round
                 break
             released += bool(done)
-        if not due or released == len(due):
+            # (None: nothing to send now, or one the hub answered that stays owed while
+            # its late grant may come: the calls below are owed all the same)
+            answered += 1
+        if answered == len(due):
             with self._lock, self._write() as conn:
                 ledger.run_out_at_hub(conn, cutoff)
             released += self._release_unstored(cutoff, stop)
