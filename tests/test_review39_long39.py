@@ -353,7 +353,8 @@ class CrashSequence(PosSequence):
             if got[0] == "ok" and got[1].get("state") != "HELD":
                 self.lost.append(f"Hold of {rid} cut by a kill, retried: {got}")
         elif action == "kill/start":  # a run killed while it starts, then started again
-            self.kill("start", None, 0.0, in_start=r.uniform(0.2, 3.0))
+            took = self.starts[-1] if self.starts else 5.0  # (how long a start takes here)
+            self.kill("start", None, 0.0, in_start=r.uniform(0.3, 1.1) * took)
         elif action == "kill/pull":  # while it pulls a version the hub just published
             if not self.hub_up:
                 self.hub_back()
@@ -422,8 +423,8 @@ SCRIPT39 = (
     "kill/pull", "kill/hold", "kill/start", "outage",
 )  # fmt: skip
 # make test's: two kills (a Confirm cut with holds open and the hub away; a refund cut
-# while the sale before it is being uploaded), the hub back
-SHORT39 = ("new", "hold", "limit", "kill/confirm", "up", "checkout", "kill/refund", "outage")
+# while the sale before it may be on its way to the hub), the hub back between
+SHORT39 = ("new", "hold", "limit", "kill/confirm", "up", "checkout", "kill/refund")
 
 
 def _check(seq: CrashSequence) -> None:
@@ -444,12 +445,13 @@ def test_a_run_killed_mid_confirm_and_mid_refund_short_seeded(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)
+@pytest.mark.timeout(3600)  # 5-10 minutes on a busy machine (a start takes 3-8 s)
 def test_a_run_killed_at_random_points_a_long_walk(tmp_path: Path) -> None:
-    """CONTRACT §5, §9, §11, §13: every kind of kill once, then ~300 seeded steps."""
-    seq = walk(3902, 300, tmp_path / "work", SCRIPT39)
+    """CONTRACT §5, §9, §11, §13: every kind of kill once, then 150 seeded steps
+    (~50 kills)."""
+    seq = walk(3902, 150, tmp_path / "work", SCRIPT39)
     _check(seq)
-    assert len(seq.kills) >= 20, seq.kills
+    assert len(seq.kills) >= 40, seq.kills
 
 
 if __name__ == "__main__":  # python -m tests.test_review39_long39 SEED STEPS
