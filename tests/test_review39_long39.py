@@ -130,6 +130,21 @@ class CrashSequence(PosSequence):
         )
         return {str(r) for (r,) in rows}
 
+    def holds_kept_at_hub(self) -> list[str]:
+        """Every hold the POS has open that the hub granted points (ONLINE) is still
+        ACTIVE at the hub: no release (an owed one, or one of an ask a dead run left
+        unstored) took it after the receipt was held again."""
+        active = self.hub_active() if self.hub_up else set()
+        return [
+            f"{rid} held ONLINE with {self.held_answers[rid]['redeemedPoints']} points:"
+            " not ACTIVE at the hub"
+            for rid in sorted(self.held)
+            if self.hub_up
+            and self.held_answers.get(rid, {}).get("mode") == "ONLINE"
+            and self.held_answers[rid].get("redeemedPoints")
+            and rid not in active
+        ]
+
     # ------------------------------------------------------------ the crash
 
     def cut(self, call: str, body: Any) -> threading.Thread:
@@ -177,6 +192,7 @@ class CrashSequence(PosSequence):
         """SIGKILL `run` `after` seconds from now, and start it again on the same data
         directory (its settings as before); then the open holds are looked at.
         `in_start`: first a `run` killed that many seconds into its start."""
+        self.lost += self.holds_kept_at_hub()  # (since the kill before: its start's rounds)
         time.sleep(after)
         self.ll.proc.kill()
         self.ll.proc.wait(30)
@@ -410,7 +426,8 @@ def walk(seed: int, steps: int, work: Path, script: tuple[str, ...] = ()) -> Cra
             seq.do(action)
         for _ in range(steps):
             seq.step()
-        seq.problems = seq.settle()
+        kept = seq.holds_kept_at_hub()
+        seq.problems = seq.settle() + kept
     finally:
         seq.close()
     return seq
