@@ -32,9 +32,9 @@ harnesses' way; the call cut by the kill is not compared: it has no answer). The
 length is one parameter: a short seeded walk in `make test` (one kill: a start takes 3-8 s
 on a busy machine), the long one slow (every kind of kill, then 150 seeded steps).
 
-Found right (review 39, long39): ~330 kills over eight seeds (60-150 steps each), no answer
+Found right (review 39, long39): ~400 kills in twelve walks (60-150 steps each), no answer
 unlike a fresh agent's, nothing lost or doubled at the hub, every hold kept or released as
-it should be, ONLINE and drained within 0.1-1.8 s of the hub's return.
+it should be, ONLINE and the outbox drained within 0.1-2.3 s of the hub's return.
 """
 
 from __future__ import annotations
