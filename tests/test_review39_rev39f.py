@@ -128,3 +128,59 @@ def test_s12_an_unknown_card_written_in_groups_is_said_masked_over_http_and_grpc
                 stub.Balance(pb.BalanceRequest(card=typed), timeout=10)
             assert refused.value.code() == grpc.StatusCode.NOT_FOUND
             assert not _whole(digits, refused.value.details() or ""), refused.value.details()
+
+
+# ---------------------------------------------------------------- UTF-16 at the other doors
+
+_CODINGS = ["utf-16-le", "utf-16-be", "utf-32-le"]
+
+
+def _snapshot_jsonl() -> str:
+    s = snapshot()
+    head = {"format": "tillpoint.snapshot/jsonl"}
+    head.update({k: s[k] for k in ("version", "baseVersion", "issuedAt", "program")})
+    lines = [json.dumps(head, ensure_ascii=False)]
+    for section in ("categories", "products", "customers", "cards", "offers"):
+        lines.append(json.dumps({"section": section}))
+        lines += [json.dumps(row, ensure_ascii=False) for row in s[section]]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("coding", _CODINGS)
+def test_s2_hub_import_of_utf16_without_a_bom_is_not_utf8_text(
+    cli: Any, tmp_path: Path, coding: str
+) -> None:
+    """CONTRACT §2: every JSON input is UTF-8, `hub import` too (JSON and JSON Lines); a
+    file of UTF-16 or UTF-32 without a byte order mark (a .NET `Encoding.Unicode`) is
+    "not valid JSON (not UTF-8 text)" (review 39, spec39a, at the agent's doors). `hub
+    import` still read it as JSON and said "Expecting property name enclosed in double
+    quotes at line 1 column 2" (or, in big-endian, "does not start with a JSON object's
+    {"). Nothing imported."""
+    hub_dir = tmp_path / "hub"
+    doc = json.dumps(snapshot(), ensure_ascii=False)
+    rows = "".join(json.dumps({"customer": c}, ensure_ascii=False) + "\n" for c in snapshot()["customers"])
+    for name, text in (("master.json", doc), ("master.jsonl", rows), ("snap.jsonl", _snapshot_jsonl())):
+        path = tmp_path / name
+        path.write_bytes(text.encode(coding))
+        done = cli("hub", "import", "--hub-dir", hub_dir, path)
+        assert done.code == 2, done.err
+        assert done.err.strip().endswith("not valid JSON (not UTF-8 text)"), (name, done.err)
+        assert "\n" not in done.err.strip()
+    done = cli("hub", "status", "--hub-dir", hub_dir, "--json")
+    assert done.code == 0, done.err
+
+
+@pytest.mark.parametrize("coding", _CODINGS)
+def test_s2_snapshot_load_of_utf16_without_a_bom_is_not_utf8_text(
+    cli: Any, tmp_path: Path, coding: str
+) -> None:
+    """The same at `snapshot load` (a JSON document or JSON Lines, a file or stdin's
+    first line): UTF-16 big-endian was "not a snapshot: it does not start with a JSON
+    object's {", little-endian "not UTF-8 text"; one wording now, the cache untouched."""
+    for name, text in (("snap.json", json.dumps(snapshot())), ("snap.jsonl", _snapshot_jsonl())):
+        path = tmp_path / name
+        path.write_bytes(text.encode(coding))
+        done = cli("snapshot", "load", path)
+        assert done.code == 2, done.err
+        assert done.err.strip() == f"tillpoint: {path}: not valid JSON (not UTF-8 text)", done.err
+    assert cli("status", "--json").json()["cacheVersion"] == 0
