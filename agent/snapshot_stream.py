@@ -93,6 +93,13 @@ def refuse_non_object(head: bytes, name: str, what: str = "a snapshot") -> None:
     before a reader takes the rest whole or looks for a line's end (`/dev/zero` was read
     into memory at 1 GB a second)."""
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if b"\x00" in text[:4]:
+        # UTF-16 or UTF-32 without a byte order mark (a .NET `Encoding.Unicode`): a NUL in
+        # its first four bytes (RFC 4627's way to tell), which no JSON text has. In the
+        # words of every other JSON input (`cli.parse_json`, review 39 spec39a): `hub
+        # import` said "Expecting property name … column 2", a big-endian file "it does
+        # not start with a JSON object's {" (review 39, rev39f)
+        raise InputError(f"{name}: not valid JSON (not UTF-8 text)")
     if text and not text.startswith(b"{"):
         raise InputError(f"{name}: not {what}: it does not start with a JSON object's {{")
 
