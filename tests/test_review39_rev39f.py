@@ -9,6 +9,7 @@ import json
 import os
 import re
 import threading
+from contextlib import closing as contextlib_closing
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,14 @@ def test_s2_hub_import_of_utf16_without_a_bom_is_not_utf8_text(
     {"). Nothing imported."""
     hub_dir = tmp_path / "hub"
     doc = json.dumps(snapshot(), ensure_ascii=False)
-    rows = "".join(json.dumps({"customer": c}, ensure_ascii=False) + "\n" for c in snapshot()["customers"])
-    for name, text in (("master.json", doc), ("master.jsonl", rows), ("snap.jsonl", _snapshot_jsonl())):
+    rows = "".join(
+        json.dumps({"customer": c}, ensure_ascii=False) + "\n" for c in snapshot()["customers"]
+    )
+    for name, text in (
+        ("master.json", doc),
+        ("master.jsonl", rows),
+        ("snap.jsonl", _snapshot_jsonl()),
+    ):
         path = tmp_path / name
         path.write_bytes(text.encode(coding))
         done = cli("hub", "import", "--hub-dir", hub_dir, path)
@@ -184,3 +191,63 @@ def test_s2_snapshot_load_of_utf16_without_a_bom_is_not_utf8_text(
         assert done.code == 2, done.err
         assert done.err.strip() == f"tillpoint: {path}: not valid JSON (not UTF-8 text)", done.err
     assert cli("status", "--json").json()["cacheVersion"] == 0
+
+
+# ---------------------------------------------------------------- tillpoint's own file, torn
+
+
+def test_s10_tillpoints_own_file_torn_mid_write_beside_its_journal_is_never_refused(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10: a file with a hot `-journal` is asked "another program's?" on its
+    pages as written (`immutable`, review 39 rev39d). tillpoint's own ledger (on a file
+    system without WAL, in SQLite's rollback journal) killed in the middle of a schema
+    write has some of the write's pages in the file and some not: a false refusal would
+    stop the till for good. Every mix of the schema's changed pages (the table list's
+    and `_sqlite_migrations`'), the others new or old, is taken as tillpoint's own (or
+    left to the opening that rolls the journal back). Found right; pinned."""
+    import itertools
+    import sqlite3
+
+    from tillpoint.agent import db, ledger
+
+    ledger.open_ledger(tmp_path).close()
+    path = tmp_path / "ledger.db"
+    with contextlib_closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    before = path.read_bytes()
+    with contextlib_closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN")
+        for i in range(60):  # a later release's steps: the table list splits its pages
+            conn.execute(f"CREATE TABLE later_step_table_of_a_long_name_{i:03d} (a, b, c, d)")
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+            " VALUES ('tillpoint.ledger', 'later', '')"
+        )
+        conn.execute("COMMIT")
+        schema = sorted(
+            page - 1
+            for (page,) in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name IN ('sqlite_schema', 'sqlite_master',"
+                " '_sqlite_migrations')"
+            )
+        )
+    after = path.read_bytes()
+    size = 4096
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    file = torn / "ledger.db"
+    (torn / "ledger.db-journal").write_bytes(bytes.fromhex("d9d505f920a163d7") + bytes(504))
+    old = before + bytes(len(after) - len(before))
+    changed = [
+        p for p in schema if old[p * size : (p + 1) * size] != after[p * size : (p + 1) * size]
+    ]
+    assert len(changed) >= 4, changed
+    changed = changed[:10]
+    for k in range(len(changed) + 1):
+        for pages in itertools.combinations(changed, k):
+            mixed = bytearray(old)
+            for p in pages:
+                mixed[p * size : (p + 1) * size] = after[p * size : (p + 1) * size]
+            file.write_bytes(bytes(mixed))
+            db.refuse_foreign_wal(file)  # never ForeignDatabase
