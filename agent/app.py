@@ -148,7 +148,7 @@ def run(settings: Settings, config_file: Path | None = None) -> int:
     systemd.on_signals(done.set, log)  # SIGTERM, SIGINT stop; SIGHUP is ignored (logged)
     limit_malloc_arenas()  # before any thread of ours starts
     logs.setup(settings.log.level, settings.log.format)
-    for loose in loose_values():  # taken as pydantic reads it; `config check` refuses it
+    for loose in loose_values(settings):  # taken as pydantic reads it; `config check` refuses it
         log.warning("%s (taken for now: 'tillpoint config check' refuses it)", loose)
     clash = listen_clash(settings)  # two servers on one port: `config check`'s line, exit 2
     if clash:

@@ -669,7 +669,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("config needs an action: check")
         from tillpoint.printer.service import load_configs
 
-        loose = config_mod.loose_values()  # what `run` takes with a warning, refused here
+        loose = config_mod.loose_values(settings)  # what `run` takes with a warning, refused here
         if loose:
             more = f" (and {len(loose) - 1} more problem(s))" if len(loose) > 1 else ""
             raise InputError(f"{loose[0]}{more}")

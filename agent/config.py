@@ -28,6 +28,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -88,14 +89,33 @@ def _bounded_poll_interval(value: float) -> float:
         return value
     taken = low if value < low else high
     rule = "0.1 or more (seconds between polls)" if value < low else "at most 86400 (a day)"
-    where = env_source("hub", "poll_interval_s")
+    where = env_source("hub", "poll_interval_s") or _env_table_source("hub", "poll_interval_s")
     path = _CONFIG_FILE.get()
     source = f" {path}" if path is not None and not where else ""
-    _LOOSE.append(
-        f"config{source}: hub.poll_interval_s must be {rule}{where}; {value:g} is taken as"
-        f" {taken:g}"
-    )
+    loose = _LOOSE.get()
+    if loose is not None:  # a load's (`Settings`): a model built alone is only bounded
+        loose.append(
+            f"config{source}: hub.poll_interval_s must be {rule}{where}; {value:g} is taken"
+            f" as {taken:g}"
+        )
     return taken
+
+
+def _env_table_source(table: str, key: str) -> str:
+    """ " (set by TILLPOINT_HUB)" when a table set whole in the environment as JSON holds
+    `key` (`TILLPOINT_HUB={"poll_interval_s": 0.05}`): the line blamed the file, which
+    did not hold it (review 39, rev39f)."""
+    name = f"{_ENV_PREFIX}{table}".upper()
+    for variable, text in sorted(os.environ.items()):
+        if variable.upper() != name:
+            continue
+        try:
+            found = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(found, dict) and any(k.lower() == key for k in found):
+            return f" (set by {variable})"
+    return ""
 
 
 # gRPC's own target names (its naming document): a scheme, then what its resolver reads;
@@ -712,8 +732,17 @@ class Settings(BaseModel):
     # device id is refused), unknown keys refused
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_default=True)
 
+    # This load's loose values (`loose_values`): its own, not the process's last load's
+    _loose: list[str] = PrivateAttr(default_factory=list)
+
     def __init__(self, **values: Any) -> None:
-        super().__init__(**_settings_values(values))
+        loose: list[str] = []
+        token = _LOOSE.set(loose)
+        try:
+            super().__init__(**_settings_values(values))
+        finally:
+            _LOOSE.reset(token)
+        self._loose = loose
 
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -793,7 +822,9 @@ def _settings_values(flags: dict[str, Any]) -> dict[str, Any]:
     path = _CONFIG_FILE.get()
     values = read_config_file(path) if path is not None else {}
     tables = device_models() if any(k in _DEVICE_TABLES for k in values) else None
-    _LOOSE[:] = [f"config {path}: {p}" for p in toml_type_problems(Settings, values, tables)]
+    loose = _LOOSE.get()
+    if loose is not None:
+        loose += [f"config {path}: {p}" for p in toml_type_problems(Settings, values, tables)]
     state: dict[str, Any] = {}
     # highest first, each merged under the ones before it, as pydantic-settings did
     # (`state = deep_update(source, state)`): folded the other way, a table given as flags
@@ -903,14 +934,19 @@ def _env_values_by_pydantic_settings() -> dict[str, Any]:
     return source()
 
 
-# The values of the last configuration file read that are not of their setting's TOML type
-# (`toml_type_problems`); `config check` refuses them, `run` logs each as a WARNING.
-_LOOSE: list[str] = []
+# The loose values of the load under way (`Settings.__init__`'s list): the values of the
+# configuration not of their setting's TOML type (`toml_type_problems`), a poll interval
+# past its bounds (`_bounded_poll_interval`); `config check` refuses them, `run` logs each
+# as a WARNING. They were one list of the module, emptied by every load: another
+# thread's load in between (a second `main(argv)` of a caller's process) emptied a loose
+# file's lines, and its `config check` said "configuration is valid" (review 39, rev39f).
+_LOOSE: ContextVar[list[str] | None] = ContextVar("tillpoint_loose_values", default=None)
 
 
-def loose_values() -> list[str]:
-    """What the last configuration file read wrote loosely (see `toml_type_problems`)."""
-    return list(_LOOSE)
+def loose_values(settings: Settings) -> list[str]:
+    """What `settings`' load took loosely (see `toml_type_problems`, `hub.poll_interval_s`),
+    one line each: `run` warns of each, `config check` refuses them."""
+    return list(settings._loose)
 
 
 def device_models() -> dict[str, type[BaseModel]]:

@@ -618,8 +618,11 @@ class Agent:
                     if view.version == 0
                     else ""
                 )
-                # the number masked as the logs mask it: this line is a POS's log's
-                shown = mask_identifier(card.strip())
+                # the number masked as the logs mask it: this line is a POS's log's. As
+                # identify read it, blanks and dashes out: a card written in groups
+                # (`2770 0000 0005 5`) has no run of digits to mask and was written whole
+                # (review 39, rev39f)
+                shown = mask_identifier(normalise(card))
                 raise NotFound(f"card {shown} is not known to this till{empty}")
             return balance_of(
                 ledger.balance(conn, ident.customer, view.applied_through(), moment, view.program())

@@ -92,9 +92,31 @@ def refuse_non_object(head: bytes, name: str, what: str = "a snapshot") -> None:
     (after blanks and a byte order mark): anything else is refused on its first bytes,
     before a reader takes the rest whole or looks for a line's end (`/dev/zero` was read
     into memory at 1 GB a second)."""
+    if _wide_object(head[:64]):
+        # UTF-16 or UTF-32 without a byte order mark (a .NET `Encoding.Unicode`), in the
+        # words of every other JSON input (`cli.parse_json`, review 39 spec39a): `hub
+        # import` said "Expecting property name … column 2", a big-endian file "it does
+        # not start with a JSON object's {" (review 39, rev39f)
+        raise InputError(f"{name}: not valid JSON (not UTF-8 text)")
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
     if text and not text.startswith(b"{"):
         raise InputError(f"{name}: not {what}: it does not start with a JSON object's {{")
+
+
+_WIDE_CODINGS = ("utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be")
+
+
+def _wide_object(head: bytes) -> bool:
+    """Whether `head` (a file's first bytes) is a JSON object's start in UTF-16 or UTF-32
+    without a byte order mark: NULs beside its ASCII (RFC 4627's way to tell), which no
+    UTF-8 JSON text has. Zeros alone (`/dev/zero`) are not: "not a snapshot" as before."""
+    if b"\x00" not in head[:4]:
+        return False
+    for coding in _WIDE_CODINGS:
+        text = head.decode(coding, "replace").lstrip(" \t\r\n")
+        if text.startswith("{"):
+            return True
+    return False
 
 
 def is_jsonl(first_line: bytes | str) -> bool:

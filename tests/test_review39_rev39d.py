@@ -306,7 +306,7 @@ def test_s10_a_poll_interval_an_earlier_release_took_is_clamped_with_a_warning(
     path.write_text(f"[hub]\npoll_interval_s = {written}\n", encoding="utf-8")
     loaded = config.load(path, data_dir=tmp_path / "data", device_id="till-1")
     assert loaded.hub.poll_interval_s == taken
-    (line,) = config.loose_values()
+    (line,) = config.loose_values(loaded)
     assert str(path) in line and "hub.poll_interval_s must be" in line, line
     assert f"taken as {taken:g}" in line, line
     # the environment alike, named as its source
@@ -314,7 +314,7 @@ def test_s10_a_poll_interval_an_earlier_release_took_is_clamped_with_a_warning(
     monkeypatch.setenv("TILLPOINT_HUB__POLL_INTERVAL_S", written)
     loaded = config.load(path, data_dir=tmp_path / "data", device_id="till-1")
     assert loaded.hub.poll_interval_s == taken
-    (line,) = config.loose_values()
+    (line,) = config.loose_values(loaded)
     assert "TILLPOINT_HUB__POLL_INTERVAL_S" in line, line
 
 
