@@ -1,0 +1,78 @@
+"""Review 39, rev39g: a second look at this session's rev39a (the HTTP door's answer
+timer, `Expect` on a request without a body, blanks around a token) and ci39 (what CI
+runs), with real HTTP over real sockets to the in-process server (`HttpServer`, what
+`tillpoint run` serves).
+
+1. CONTRACT §12, an answer read slowly: rev39a made the answer's 10 s "10 s without
+   progress", progress judged by asyncio's own buffer of the answer shrinking. That
+   buffer shrinks only when the kernel takes more of it, and Linux takes more only once
+   its send queue (~4 MiB on loopback) has drained by about a third (a socket is
+   writable again when its free space is half of what it holds). A POS reading a
+   multi-MB answer steadily at under ~130 KB/s, on the till itself, made progress all
+   along and was reset after 10 s (here: the time cut to 1 s, read at 640 KB/s, reset
+   at the first look with 3.8 MB taken). Now progress is the client's kernel
+   acknowledging bytes: asyncio's buffer and the kernel's unacknowledged send queue
+   (SIOCOUTQ) together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+
+import pytest
+from tillpoint.agent.service import Agent
+
+from .test_review37_spec37c import answers_of
+from .test_review39_rev39a import (
+    BIG_QUOTE,
+    TIMEOUT,
+    _served,
+    offers_agent,  # noqa: F401 (a fixture)
+)
+
+# ------------------------------------------- 1. CONTRACT §12: an answer read slowly
+
+
+def _read_slowly_then_fast(port: int, rate: int, slow_s: float) -> tuple[int, int]:
+    """Ask for the ~8 MB explained quote, read it at `rate` bytes a second for `slow_s`,
+    then read the rest as fast as it comes; (the body's announced bytes, those read).
+    A reset during the slow part ends the answer short (the kernel sends what it held,
+    then the end)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(TIMEOUT * 3)
+    with sock:
+        sock.sendall(BIG_QUOTE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        step = rate // 20  # 20 reads a second
+        got = sock.recv(step)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            while time.monotonic() - started < slow_s and (chunk := sock.recv(step)):
+                got += chunk
+                ahead = len(got) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            while chunk := sock.recv(1 << 20):
+                got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), got[:300]
+    return int(answers_of(head + b"\r\n\r\n")[0][1]["content-length"]), len(body)
+
+
+def test_a_reader_slower_than_a_third_of_the_send_queue_a_timer_is_not_reset(
+    offers_agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §12: "the 10 s are 10 s without progress ... however long it takes". The
+    kernel takes more of an answer only once a third of its ~4 MiB send queue has gone, so
+    rev39a's look at asyncio's buffer saw no progress from a reader slower than that a
+    timer (~130 KB/s with the real 10 s: a POS on the till reading an `explain` of
+    thousands of lines at 64 KiB/s was reset). Here the time cut to 1 s, read at 640 KB/s
+    (64 KiB/s to the real 10 s) for 4 s, the rest at once: the answer arrives whole.
+    Failed before the fix (3.8 MB of 8, the reset at the first look)."""
+    with _served(offers_agent, monkeypatch, ANSWER_TIMEOUT_S=1.0) as srv:
+        announced, got = _read_slowly_then_fast(srv.port, 640_000, 4.0)
+    assert announced > 6_000_000  # more than the kernel takes at once
+    assert got == announced, f"{got} of {announced} bytes, then the connection was reset"
