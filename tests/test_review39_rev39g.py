@@ -13,12 +13,22 @@ runs), with real HTTP over real sockets to the in-process server (`HttpServer`, 
    at the first look with 3.8 MB taken). Now progress is the client's kernel
    acknowledging bytes: asyncio's buffer and the kernel's unacknowledged send queue
    (SIOCOUTQ) together.
+2. ci39, checked and found right: each test it moved to `make test-all` has the twin
+   `.ci/run` names still collected by CI's exact arguments (collected both ways, by hand,
+   and compared: 21 moved, nothing else); its budget's message comes when the pass is
+   over `CI_TEST_BUDGET_S` (run by hand with 1 s); rev36f's module-built directories
+   leave each test alone (the file in two random orders and tests alone). Pinned here,
+   cheaply: every `--deselect` of `.ci/run` still names a test file and function (a
+   test renamed would come back into CI, or its twin leave it, unseen).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+import shlex
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +36,7 @@ from pathlib import Path
 import pytest
 from tillpoint.agent.service import Agent
 
-from .conftest import snapshot
+from .conftest import REPO, snapshot
 from .test_review37_spec37c import answers_of
 from .test_review39_rev39a import BIG_QUOTE, OFFERS, TIMEOUT, _served
 
@@ -119,3 +129,45 @@ def test_a_client_reading_a_byte_now_and_then_is_still_reset(
             took = time.monotonic() - started
             assert not srv.serve.server.server_state.connections
     assert took < 5, took  # the time (1 s) and a margin for a busy machine
+
+
+# ------------------------------------------- 2. ci39: what CI leaves to `make test-all`
+
+
+def _ci_pytest_args() -> list[str]:
+    """The arguments `.ci/run` gives `make test`, as bash builds them and as the recipe's
+    shell splits them."""
+    script = (REPO / ".ci" / "run").read_text()
+    block = script[script.index("\ntest_started=") : script.index("\ntest_took=")]
+    catch = (
+        'make() { for a in "$@"; do case "$a" in PYTEST_ARGS=*) printf %s "${a#*=}";; esac; done; }'
+    )
+    done = subprocess.run(
+        ["bash", "-c", f"{catch}\n{block}"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+        cwd=REPO,
+    )
+    return shlex.split(done.stdout)
+
+
+def test_every_test_ci_deselects_still_exists() -> None:
+    """ci39's rule (CI under its budget, what moves to `make test-all` named with what
+    stays): a `--deselect` naming a file or function that is gone deselects nothing, and
+    pytest says nothing of it. Each names a test file and a test function defined there."""
+    args = _ci_pytest_args()
+    deselected = [args[n + 1] for n, arg in enumerate(args) if arg == "--deselect"]
+    assert len(deselected) > 60, args
+    missing = []
+    for node in deselected:
+        path, _, name = node.partition("::")
+        source = REPO / path
+        if not source.is_file():
+            missing.append(node)
+            continue
+        function = name.partition("[")[0]
+        if function and not re.search(rf"^def {function}\(", source.read_text(), re.M):
+            missing.append(node)
+    assert not missing, missing
