@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
 from .conftest import REPO, snapshot
@@ -171,3 +172,90 @@ def test_every_test_ci_deselects_still_exists() -> None:
         if function and not re.search(rf"^def {function}\(", source.read_text(), re.M):
             missing.append(node)
     assert not missing, missing
+
+
+# ------------------------------------------- 3. CONTRACT §12: rev39a's rules, found right
+
+TOKEN = "s3cret-token"
+IDENTIFY_HEAD = b"POST /v1/identify HTTP/1.1\r\nHost: till\r\nExpect: 100-continue\r\n"
+NEXT = b"GET /healthz HTTP/1.1\r\nHost: till\r\nAuthorization: Bearer %s\r\n\r\n" % TOKEN.encode()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "kept"),
+    [
+        (IDENTIFY_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", True),
+        (IDENTIFY_HEAD + b"Content-Length: 2\r\n\r\n{}", True),
+        (IDENTIFY_HEAD + b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"te', False),
+        (IDENTIFY_HEAD + b"Content-Length: 2\r\n\r\n", False),
+    ],
+    ids=["chunked-whole", "length-whole", "chunked-part", "length-none-yet"],
+)
+def test_an_answer_before_100_continue_keeps_the_connection_only_when_the_body_came_whole(
+    agent: Agent, request_bytes: bytes, kept: bool
+) -> None:
+    """CONTRACT §12 (RFC 9110 §10.1.1): rev39a keeps the connection after an answer given
+    before `100 Continue` (here the 401 of a call without the token) when h11 holds
+    nothing of the request back (`their_state` past SEND_BODY): a body sent whole without
+    waiting, chunked or not, and the next request on the connection is answered. A body
+    still owed (part of a chunk, none of its bytes yet) ends the connection after the
+    answer, as review 38 made it. Checked, found right."""
+    srv = HttpServer(agent, "127.0.0.1:0", token=TOKEN)
+    srv.start()
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT) as sock:
+            sock.sendall(request_bytes)
+            first = _one_answer(sock)
+            with contextlib.suppress(OSError):
+                sock.sendall(NEXT)
+            rest = b""
+            with contextlib.suppress(OSError):
+                sock.settimeout(2.0 if kept else TIMEOUT)
+                while chunk := sock.recv(65536):
+                    rest += chunk
+                    if kept and rest.endswith(b"}\n"):
+                        break
+    finally:
+        srv.stop()
+    ((status, headers, _),) = answers_of(first)
+    assert (status, headers.get("connection")) == (401, None if kept else "close")
+    assert rest.startswith(b"HTTP/1.1 200 ") is kept, rest[:200]
+
+
+def _one_answer(sock: socket.socket) -> bytes:
+    got = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, got
+        got += chunk
+        head, blank, body = got.partition(b"\r\n\r\n")
+        if blank and len(body) >= int(answers_of(head + blank)[0][1]["content-length"]):
+            return got
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"),
+    [
+        (b"\tBearer s3cret-token\t", True),  # blanks around: no part of the value
+        (b"Bearer \t s3cret-token", True),  # blanks before the token
+        (b"bEaReR s3cret-token ", True),
+        (b"Bearer\ts3cret-token", False),  # RFC 9110 §11.4: one or more SP after the scheme
+        (b"   ", False),
+        (b"\t", False),
+        (b"Bearer", False),
+        (b"Bearer ", False),
+        (b"Bearer s3cret-token x", False),
+        (b"Bearer s3cret-tokenx", False),
+    ],
+)
+def test_the_token_is_read_as_both_doors_read_it(value: bytes, taken: bool) -> None:
+    """CONTRACT §12 (token auth): what rev39a's stripping takes and refuses, the compare
+    still `hmac.compare_digest`. A configured token has no blank to lose: `[http] token`
+    and `[server] token` are printable ASCII without spaces (`config.Token`), so " tok"
+    or "tok\\t" is refused at `config check`. Checked, found right."""
+    from tillpoint.agent.config import HttpSettings, bearer_matches
+
+    assert bearer_matches(value, TOKEN.encode()) is taken
+    for bad in (" " + TOKEN, TOKEN + " ", TOKEN + "\t", "\t"):
+        with pytest.raises(ValueError, match="token"):
+            HttpSettings(token=bad)
