@@ -33,6 +33,7 @@ import functools
 import hmac
 import logging
 import re
+import socket
 import struct
 import sys
 import termios
@@ -1553,7 +1554,16 @@ class _Protocol(h11_impl.H11Protocol):
             if left:
                 self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
             return
-        self.transport.abort()  # a close would wait for the bytes no one reads
+        # A reset: a close waits for the bytes no one reads, and an abort alone left the
+        # kernel what it held (up to its ~4 MiB send queue), an orphan socket sending it
+        # whenever the client read again and then an orderly end (a cut answer taken for
+        # a whole one by a client reading to the close; review 39, rev39g). A linger of 0
+        # drops them and sends the reset.
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if (
