@@ -26,12 +26,17 @@ the comments of the `.proto` the package ships, its examples from the file
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import fcntl
 import functools
 import hmac
 import logging
 import re
+import socket
+import struct
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -1461,6 +1466,27 @@ def _two_framings(scope: Any) -> bool:
     return {b"transfer-encoding", b"content-length"} <= names and _CLOSE not in headers
 
 
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # Linux's SIOCOUTQ for a socket
+
+
+def _unacknowledged(transport: asyncio.Transport) -> int:
+    """The bytes written to a connection its client has not acknowledged yet: asyncio's
+    buffer and the kernel's send queue (`SIOCOUTQ`: sent and unacknowledged, or not sent
+    yet), which shrink only as the client's kernel takes the answer. asyncio's buffer
+    alone moved only when Linux took more of it, once its send queue (~4 MiB on loopback)
+    had drained by a third (a socket is writable again when its free space is half what
+    it holds): a POS reading steadily at under a third of that a timer (~130 KB/s) made
+    no progress there and was reset mid-answer (review 39, rev39g). Where the kernel does
+    not say (not Linux, a socket gone), asyncio's buffer alone."""
+    left = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if sock is not None and _OUTQ is not None:
+            queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+            left += struct.unpack("i", queued)[0]
+    return left
+
+
 class _Protocol(h11_impl.H11Protocol):
     """uvicorn's h11 protocol with a deadline on each request's head: a connection that
     has sent nothing, or only part of a head, for `HEAD_TIMEOUT_S` is closed. uvicorn
@@ -1504,7 +1530,7 @@ class _Protocol(h11_impl.H11Protocol):
         task stuck (review 38). Past the time without progress it is reset."""
         super().pause_writing()
         if self._answer_timer is None:
-            self._answer_left = self.transport.get_write_buffer_size()
+            self._answer_left = _unacknowledged(self.transport)
             self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
 
     def resume_writing(self) -> None:
@@ -1514,20 +1540,30 @@ class _Protocol(h11_impl.H11Protocol):
         super().resume_writing()
 
     def _answer_late(self) -> None:
-        """`ANSWER_TIMEOUT_S` since the last look: reset, unless the kernel took some of
-        the answer meanwhile. Until review 39 (rev39a) the time ran until it had taken
-        every byte, so a POS on a slow link reading a multi-MB answer (an `explain` of
-        thousands of lines: ~4 MiB past what the kernel buffers) steadily was reset
-        mid-answer. (uvicorn adds no answer's bytes while writing is paused: what
-        waits can only shrink as it is taken.)"""
+        """`ANSWER_TIMEOUT_S` since the last look: reset, unless the client took some of
+        the answer meanwhile (`_unacknowledged`). Until review 39 (rev39a) the time ran
+        until the kernel had taken every byte, so a POS on a slow link reading a
+        multi-MB answer (an `explain` of thousands of lines: ~4 MiB past what the kernel
+        buffers) steadily was reset mid-answer. (While writing is paused uvicorn adds
+        only a pipelined request's `100 Continue` or 400, a few bytes: they can hide as
+        much progress, never make it up.)"""
         self._answer_timer = None
-        left = self.transport.get_write_buffer_size()
+        left = _unacknowledged(self.transport)
         if left < self._answer_left:  # progress: the time again
             self._answer_left = left
             if left:
                 self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
             return
-        self.transport.abort()  # a close would wait for the bytes no one reads
+        # A reset: a close waits for the bytes no one reads, and an abort alone left the
+        # kernel what it held (up to its ~4 MiB send queue), an orphan socket sending it
+        # whenever the client read again and then an orderly end (a cut answer taken for
+        # a whole one by a client reading to the close; review 39, rev39g). A linger of 0
+        # drops them and sends the reset.
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if (
