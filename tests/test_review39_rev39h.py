@@ -365,3 +365,166 @@ def test_the_queue_of_a_real_ledger_is_listed_as_the_proto_lists_it(
         shown = cli("print", "queue", *flag)
         assert shown.code == 0, shown.err
         assert shown.out == "\n".join(human) + "\n"
+
+
+# ------------------ a serial job the stop meets in its last 2 s, on a UART (CONTRACT §7)
+
+
+class _Uart:
+    """`select` and `os` of `printer/transport.py` as a UART's port behaves, over a real
+    pty: its kernel buffer holds 4,096 bytes for the line (`UART_XMIT_SIZE`), and Linux's
+    `n_tty_poll` says it is writable only while fewer than 256 (`WAKEUP_CHARS`) wait
+    (`tty_chars_in_buffer`). A pseudo-terminal has no such count (it says writable
+    whenever it has room, and holds ~14-20 KB), so the port's `os.write`s are counted
+    and held to the UART's room on their way, and the bytes the printer end has not read
+    yet stand for the UART's queue. `stop` runs once the kernel has taken its fill of a
+    write that has more (the print worker's stop coming then)."""
+
+    BUFFER = 4096
+    WAKEUP = 256
+
+    def __init__(self, line: Any, port_fd: int, stop: Any) -> None:
+        import os
+        import select as real
+
+        self._real = real
+        self._os = os
+        self._line = line
+        self._port = port_fd
+        self._stop = stop
+        self.taken = 0
+
+    def __getattr__(self, name: str) -> Any:  # the rest of `os`
+        return getattr(self._os, name)
+
+    def _queued(self) -> int:
+        return self.taken - len(self._line.got)
+
+    def write(self, fd: int, data: Any) -> int:
+        if fd != self._port:
+            return int(self._os.write(fd, data))
+        room = self.BUFFER - self._queued()
+        if room <= 0:
+            raise BlockingIOError
+        count = int(self._os.write(fd, data[:room]))
+        self.taken += count
+        if count < len(data) and self._stop is not None:
+            self._stop, stop = None, self._stop
+            stop()
+        return count
+
+    def select(self, r: Any, w: Any, x: Any, timeout: float | None = None) -> Any:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready_r, ready_w, ready_x = self._real.select(r, w, x, min(left or 0.005, 0.005))
+            ready_w = [fd for fd in ready_w if fd != self._port or self._queued() < self.WAKEUP]
+            if ready_r or ready_w or ready_x or (deadline is not None and left == 0):
+                return ready_r, ready_w, ready_x
+
+
+def test_a_stop_in_a_serial_job_s_last_second_lets_it_go_out_on_a_uart_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stop met a job with 1,000 bytes (0.04 s) of it left to hand to the line, the
+    kernel holding its fill: a UART's port says "writable" again only once fewer than
+    256 bytes wait (3,840 bytes' line time later: 4 s at 9,600 baud, 0.17 s here), and
+    the write waited for that in its grace of twice 0.04 s: broken off, torn, and
+    printed whole again at the next start, on a real serial port (a pty says writable
+    whenever it has room: left39's tests passed). The rest is now offered to the port
+    while the grace lasts, as the line frees room (CONTRACT §7)."""
+    import os
+    import time
+
+    from tillpoint.printer import transport as transport_mod
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.transport import SerialTransport
+
+    from .test_review39_left39 import _CountingLine, _until
+
+    rate = 23_040  # a 230,400-baud line
+    master, slave = os.openpty()
+    line = _CountingLine(master, rate)
+    transport = SerialTransport(
+        PrinterConfig(
+            kind="serial", device=os.ttyname(slave), baudrate=rate * 10, write_timeout_s=10.0
+        )
+    )
+    transport.open()
+    job = b"\x1b@" + b"Your coupon: TP1-o-01 ".ljust(63, b".") * 65 + b"x" * 1000 + b"\n\x1dV\x00"
+    stopped: list[float] = []
+
+    def stop() -> None:
+        stopped.append(time.monotonic())
+        transport.abort()  # the print worker's stop
+
+    uart = _Uart(line, transport._port.fd, stop)
+    monkeypatch.setattr(transport_mod, "select", uart)
+    monkeypatch.setattr(transport_mod, "os", uart)
+    outcome: list[Any] = []
+    try:
+        try:
+            transport.write(job)
+            outcome.append("whole")
+        except Exception as exc:
+            outcome.append(exc)
+        assert len(stopped) == 1 and uart.taken >= 4096
+        assert time.monotonic() - stopped[0] < 4.0
+        assert outcome == ["whole"], outcome
+        _until(lambda: len(line.got) >= len(job), 10)
+        assert bytes(line.got) == job
+    finally:
+        line.close()
+        transport.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_uart_s_printer_that_stopped_taking_bytes_is_still_broken_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rest offered to the port while the grace lasts: a printer that stops reading
+    as the stop comes (flow control held) takes none of it, and the write is broken off
+    when the grace runs out, within the stop's bound, saying how much went out (the job
+    PENDING, printed again in full; CONTRACT §7)."""
+    import os
+    import time
+
+    from tillpoint.printer import transport as transport_mod
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.errors import ConnectionLost
+    from tillpoint.printer.transport import SerialTransport
+
+    from .test_review39_left39 import _CountingLine
+
+    rate = 23_040
+    master, slave = os.openpty()
+    line = _CountingLine(master, rate)
+    transport = SerialTransport(
+        PrinterConfig(
+            kind="serial", device=os.ttyname(slave), baudrate=rate * 10, write_timeout_s=10.0
+        )
+    )
+    transport.open()
+    job = b"\x1b@" + b"x" * 30_000 + b"\n\x1dV\x00"  # 1.3 s of the line: within the rule
+    stopped: list[float] = []
+
+    def stop() -> None:
+        stopped.append(time.monotonic())
+        line.hold.set()  # the printer stops reading
+        transport.abort()
+
+    uart = _Uart(line, transport._port.fd, stop)
+    monkeypatch.setattr(transport_mod, "select", uart)
+    monkeypatch.setattr(transport_mod, "os", uart)
+    try:
+        with pytest.raises(ConnectionLost, match=r"broken off \(4096 of 30006 bytes went out\)"):
+            transport.write(job)
+        assert 2.0 < time.monotonic() - stopped[0] < 4.0  # twice the rest's 1.1 s, no more
+    finally:
+        line.close()
+        transport.close()
+        os.close(master)
+        os.close(slave)
