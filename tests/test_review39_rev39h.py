@@ -528,3 +528,67 @@ def test_a_uart_s_printer_that_stopped_taking_bytes_is_still_broken_off(
         transport.close()
         os.close(master)
         os.close(slave)
+
+
+# ------------------------------------ a fraction's refusal at every nesting (CONTRACT §3)
+
+
+def _with_fraction(place: list[Any]) -> dict[str, Any]:
+    """The tests' snapshot with a QUANTITY_PRICE deal (tiers inside an offer), a
+    customer's expiring and pending batches, and "__F__" at `place`."""
+    snap = snapshot(
+        offers=[
+            {
+                "id": "q-s",
+                "kind": "QUANTITY_PRICE",
+                "skus": ["4601234000017"],
+                "tiers": [{"minQty": "4", "unitPriceMinor": 2500}],
+                "priority": 1,
+            }
+        ]
+    )
+    snap["program"]["pointsLifetimeDays"] = 365
+    snap["customers"][1]["expiring"] = [{"points": 10, "expiresAt": "2026-12-31T23:59:59Z"}]
+    node: Any = snap
+    for step in place[:-1]:
+        node = node[step]
+    node[place[-1]] = "__F__"
+    return snap
+
+
+NESTED = [
+    (["offers", 0, "tiers", 0, "unitPriceMinor"], "write money in minor units"),
+    (["customers", 1, "expiring", 0, "points"], "write a whole number of points"),
+    (["program", "tiers", 1, "accrualPercent"], None),
+    (["offers", 0, "priority"], "write a whole number"),
+    (["version"], "write a whole number"),
+]
+
+
+def _place(path: list[Any]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+@pytest.mark.parametrize(("path", "advice"), NESTED, ids=[_place(p) for p, _ in NESTED])
+def test_a_fraction_is_refused_naming_its_field_at_every_nesting(
+    cli: CLI, tmp_path: Path, path: list[Any], advice: str | None
+) -> None:
+    """A number with a point deep in a snapshot (a deal's tier, a customer's batch) is
+    refused at the till (`snapshot load`) and at the hub (`hub import`) naming its own
+    place and its field's rule, in one line, exit 2 (found right). A field that counts
+    neither money nor points nor time (an offer's priority, the version) was told to
+    "write money in minor units": now "write a whole number"."""
+    text = json.dumps(_with_fraction(path), ensure_ascii=False).replace('"__F__"', "1.5")
+    file = tmp_path / "fraction.json"
+    file.write_text(text, encoding="utf-8")
+    place = _place(path)
+    till = cli("snapshot", "load", file)
+    hub = cli("hub", "import", "--hub-dir", tmp_path / "hub", file)
+    for run in (till, hub):
+        assert run.code == 2, run.err
+        assert run.err.count("\n") == 1
+        assert f"{place}: the number 1.5 has a" in run.err, run.err
+        if advice is not None:
+            assert advice in run.err, run.err
+            if "Minor" not in place:
+                assert "money" not in run.err, run.err
