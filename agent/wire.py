@@ -198,7 +198,32 @@ def whole_number_advice(place: str, *, decimals: bool = False) -> str:
     for ending, unit in _COUNTED:
         if name.endswith(ending):
             return f"write a whole number of {unit}"
+    # a field that counts neither money nor a quantity (an offer's priority, a weekday, the
+    # snapshot's version, a device's seq) was told money's words (review 39, rev39h)
+    named = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", place)
+    if place.startswith("appliedThrough.") or (named and named[-1].lower() in _PLAIN_WHOLE):
+        return "write a whole number"
     return MONEY_ADVICE
+
+
+# Integer fields that are neither money nor a quantity nor counted in a unit `_COUNTED`
+# names: their fraction is told "write a whole number".
+_PLAIN_WHOLE = frozenset(
+    {
+        "priority",
+        "rank",
+        "version",
+        "baseversion",
+        "weekday",
+        "weekdays",
+        "favoriteweekday",
+        "maxoffersprinted",
+        "seq",
+        "limit",
+        "offset",
+        "attempts",
+    }
+)
 
 
 def _whole_number(place: str, value: Any) -> None:
