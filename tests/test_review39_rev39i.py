@@ -1,0 +1,145 @@
+"""Review 39 (rev39i): flake39 (a release answered "nothing held" kept owed while a late
+grant may come) and rev39e (steps before a boot's first line) read again with fresh eyes
+(CONTRACT §11). Each test marked "failed before the fix" did; the others pin what was
+checked and found right.
+
+Real parts: the reference hub on 127.0.0.1 (SQLite; PostgreSQL in the slow pass), a till
+with its hub link and a wall clock the test steps beside a steady one, as NTP does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tillpoint.agent.service import LATE_GRANT_S, Agent
+from tillpoint.sync.authoriser import HubAuthoriser
+from tillpoint.sync.client import HubLink
+from tillpoint.sync.loopback import LoopbackHub, wait_for
+from tillpoint.sync.pull import Puller, cache_version
+
+from . import test_review39_flake39 as flake39
+from .conftest import SteppingClock
+from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, coupon_holds, held_at_hub
+from .test_review39_flake39 import HeldBack, past_the_deadline
+
+# flake39's fixtures: its hub (hold33's, SQLite; PostgreSQL in the slow pass) whose store
+# holds an authorisation back while `held_back.on` is set
+held_back = flake39.held_back
+hub = flake39.hub
+
+
+@contextmanager
+def stepping_till(the_hub: LoopbackHub, data: Path, clock: SteppingClock) -> Iterator[Agent]:
+    """A till of `the_hub` (its redemption deadline 300 ms) on `clock` and its steady clock,
+    that has pulled the hub's snapshot; its hold timer's round made once (the clock's
+    mark)."""
+    enrollment = the_hub.enroll("a", data)
+    link = HubLink(the_hub.address, enrollment)
+    authoriser = HubAuthoriser(link, data, "a", 0.3)
+    agent = Agent(data, "a", clock=clock, monotonic=clock.steady, hub=authoriser)
+    try:
+        Puller(agent, link, enrollment, call_timeout_s=2).pull()
+        wait_for(lambda: cache_version(data) == 1)
+        agent.sweep_holds()
+        yield agent
+    finally:
+        agent.close()
+        authoriser.close()
+        link.close()
+
+
+def owed(agent: Agent) -> int:
+    return agent.hub_calls_owed()["release"]
+
+
+# ------------------------- 1. a step of the wall clock inside a late grant's 60 seconds
+
+
+def test_a_step_forward_after_the_cancel_keeps_the_release_owed_while_its_grant_may_come(
+    hub: LoopbackHub, tmp_path: Path, held_back: HeldBack
+) -> None:
+    """CONTRACT §11 (a hold's reservation at the hub is released at Cancel; a hold lives
+    time that passes, whatever the wall clock is set to). A Hold's grant is held up on its
+    way to the hub's store: priced OFFLINE, cancelled at once, its release answered
+    "nothing held" and kept owed (flake39). NTP then sets the till's clock an hour
+    forward; the hold timer's round follows the step and sends the release again while
+    the grant is still on its way: nothing held yet. Two seconds have passed since the
+    hold: the grant may still come, the release stays owed, and the next round releases
+    the grant once it has landed. Failed before the fix: the hold's `held_at` was left on
+    the clock of before the step (only its expiry and `closed_at` moved), so the round
+    took it for an hour old, marked the release done, and the late grant (200 points and
+    APP555) stayed held at the hub from every till for `holdTtlSeconds` + 60 s."""
+    clock = SteppingClock(datetime.now(UTC))
+    with stepping_till(hub, tmp_path / "a", clock) as agent:
+        held_back.on.set()
+        held = agent.hold(a_receipt("gone-1", "APP555", at=clock()))
+        assert (held.state, held.mode, held.redeemed_points) == ("HELD", "OFFLINE", OFFLINE_LIMIT)
+        assert held_back.entered.is_set()
+        agent.cancel("gone-1")  # nothing held at the hub yet: owed still
+        assert owed(agent) == 1
+        clock.passes(2)
+        clock.stepped(3600.0)  # NTP
+        agent.sweep_holds()  # the round follows the step...
+        agent.retry_hub_releases()  # ...and sends the release again: nothing held yet
+        assert owed(agent) == 1, "the release was taken as final an hour forward"
+        held_back.go.set()  # the grant lands
+        assert held_back.done.wait(10)
+        held_back.on.clear()
+        assert held_at_hub(hub) == OFFLINE_LIMIT
+        agent.retry_hub_releases()  # the next round
+        assert held_at_hub(hub) == 0
+        assert coupon_holds(hub) == []
+        assert owed(agent) == 0
+
+
+def test_a_step_back_after_the_cancel_ends_the_release_owed_after_60_s_of_time(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §10 (`tillpoint_hub_calls_owed`), §11. A Hold priced OFFLINE whose hub
+    placed nothing (it took the request past the deadline) is cancelled: its release,
+    answered "nothing held", is owed for `LATE_GRANT_S` of time that passes. NTP sets the
+    clock an hour back meanwhile; 61 s after the hold the next round's answer is final
+    and nothing is owed. Failed before the fix: `held_at` stayed an hour ahead of the
+    stepped clock, so the release was sent every 15 s for an hour and the gauge (and
+    `sync now`'s `hubCallsOwed`) said one release owed all that time."""
+    clock = SteppingClock(datetime.now(UTC))
+    with stepping_till(hub, tmp_path / "a", clock) as agent:
+        hub.server.servicer.failpoint = past_the_deadline
+        held = agent.hold(a_receipt("away-1", at=clock()))
+        hub.server.servicer.failpoint = None
+        assert (held.mode, held.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
+        agent.cancel("away-1")
+        assert owed(agent) == 1
+        clock.passes(5)
+        clock.stepped(-3600.0)  # NTP
+        agent.sweep_holds()  # followed
+        agent.retry_hub_releases()
+        assert owed(agent) == 1  # 5 s after the hold: its grant may come
+        clock.passes(LATE_GRANT_S - 4)
+        agent.retry_hub_releases()
+        assert owed(agent) == 0, "still owed an hour after a step back"
+        assert held_at_hub(hub) == 0
+
+
+def test_an_open_offline_hold_stepped_back_then_cancelled_after_60_s_owes_nothing(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §11, as above for a step made while the hold is open: the hold priced
+    OFFLINE (the hub placed nothing), NTP sets the clock an hour back, the hold is
+    cancelled 2 minutes of time later: its release's "nothing held" is final at once (no
+    grant can come 2 minutes on). Failed before the fix: owed for an hour."""
+    clock = SteppingClock(datetime.now(UTC))
+    with stepping_till(hub, tmp_path / "a", clock) as agent:
+        hub.server.servicer.failpoint = past_the_deadline
+        held = agent.hold(a_receipt("away-2", at=clock()))
+        hub.server.servicer.failpoint = None
+        assert held.mode == "OFFLINE"
+        clock.passes(10)
+        clock.stepped(-3600.0)
+        agent.sweep_holds()  # followed: the open hold keeps its time left
+        clock.passes(110)
+        assert agent.cancel("away-2").state == "CANCELLED"
+        assert owed(agent) == 0, "owed for an hour after a step back"
