@@ -9,11 +9,15 @@ with its hub link and a wall clock the test steps beside a steady one, as NTP do
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+from tillpoint.agent import db, ledger
+from tillpoint.agent.results import receipt_from_json
 from tillpoint.agent.service import LATE_GRANT_S, Agent
 from tillpoint.sync.authoriser import HubAuthoriser
 from tillpoint.sync.client import HubLink
@@ -21,9 +25,13 @@ from tillpoint.sync.loopback import LoopbackHub, wait_for
 from tillpoint.sync.pull import Puller, cache_version
 
 from . import test_review39_flake39 as flake39
+from . import test_review39_rev39e as rev39e
 from .conftest import SteppingClock
+from .test_review31_long31 import _sale
 from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, coupon_holds, held_at_hub
+from .test_review38_rev38h import _hold, _lived
 from .test_review39_flake39 import HeldBack, past_the_deadline
+from .test_review39_rev39c import _started_while_busy
 
 # flake39's fixtures: its hub (hold33's, SQLite; PostgreSQL in the slow pass) whose store
 # holds an authorisation back while `held_back.on` is set
@@ -143,3 +151,41 @@ def test_an_open_offline_hold_stepped_back_then_cancelled_after_60_s_owes_nothin
         clock.passes(110)
         assert agent.cancel("away-2").state == "CANCELLED"
         assert owed(agent) == 0, "owed for an hour after a step back"
+
+
+# ------------------------- 2. rev39e: a step followed in the boot's first write transaction
+
+
+def test_a_step_followed_by_the_hold_that_writes_the_boots_first_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §11. The till restarts with h-1 of the boot before open; `run` starts
+    while another process writes the ledger (no line of this boot) and reads the clock (a
+    quote). NTP sets the clock ten minutes forward, and the POS's Hold of h-2 is the
+    first write: its transaction writes the boot's first line (listing h-1), follows the
+    step and stores h-2 on the stepped clock. h-1 keeps its stored expiry (the boot
+    before's), h-2 its 30 minutes; a later step back moves h-2 alone. Checked, found
+    right."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 120_000)
+    made1, data = rev39e._boot_before(tmp_path / "till")
+    boot2 = SteppingClock(made1 + timedelta(minutes=2))
+    run = _started_while_busy(data, boot2)
+    try:
+        assert rev39e._device(data, ledger.CLOCK_LINE) is not None
+        run.quote(receipt_from_json(_sale("q-1", boot2(), redeemPoints=0)))  # run's reading
+        boot2.passes(5)
+        boot2.stepped(600.0)
+        made2 = _hold(run, "h-2", boot2)
+        listed = json.loads(rev39e._device(data, ledger.CLOCK_LINE_BEFORE) or "{}")
+        assert [rid for rid, _ in listed["holds"]] == ["h-1"]
+        assert _lived(data, "h-1", made1)[:2] == ("HELD", 1800.0)
+        assert _lived(data, "h-2", made2)[:2] == ("HELD", 1800.0)
+        boot2.passes(5)
+        boot2.stepped(-300.0)
+        run.sweep_holds()
+        assert _lived(data, "h-1", made1)[:2] == ("HELD", 1800.0)
+        assert _lived(data, "h-2", made2)[:2] == ("HELD", 1800.0 - 300.0)
+        for rid in ("h-1", "h-2"):
+            assert run.confirm(rid).state == "CONFIRMED"
+    finally:
+        run.close()
