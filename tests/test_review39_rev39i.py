@@ -154,6 +154,34 @@ def test_an_open_offline_hold_stepped_back_then_cancelled_after_60_s_owes_nothin
         assert owed(agent) == 0, "owed for an hour after a step back"
 
 
+def test_a_till_restarted_within_the_60_s_keeps_the_release_owed_then_ends_it(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §11. A hold priced OFFLINE (the hub placed nothing) and cancelled; the
+    till restarts 20 s later (a new agent on the ledger, the hub link kept): the release
+    is still owed and sent again while a grant may come, final 61 s after the hold, and
+    nothing is owed then. Checked, found right (the hold's time is the ledger's)."""
+    clock = SteppingClock(datetime.now(UTC))
+    with stepping_till(hub, tmp_path / "a", clock) as agent:
+        hub.server.servicer.failpoint = past_the_deadline
+        held = agent.hold(a_receipt("away-3", at=clock()))
+        hub.server.servicer.failpoint = None
+        assert held.mode == "OFFLINE"
+        agent.cancel("away-3")
+        authoriser = agent.hub
+        agent.close()
+        clock.passes(20)
+        again = Agent(tmp_path / "a", "a", clock=clock, monotonic=clock.steady, hub=authoriser)
+        try:
+            again.retry_hub_releases()
+            assert owed(again) == 1
+            clock.passes(41)
+            again.retry_hub_releases()
+            assert owed(again) == 0
+        finally:
+            again.close()
+
+
 # ------------------------- 2. rev39e: a step followed in the boot's first write transaction
 
 
