@@ -2163,8 +2163,9 @@ def follow_clock_step(
 
 def shift_open_holds(conn: sqlite3.Connection, step: timedelta, boot: str | None = None) -> int:
     """Move the expiry of every open hold by `step` (the wall clock was stepped by it),
-    and the `holdExpiresAt` its held result answers a retried Hold with; and the times
-    the releases and asks owed to the hub are judged by. A step on `boot` leaves the
+    and the `holdExpiresAt` its held result answers a retried Hold with, and its `held_at`;
+    and the times the releases and asks owed to the hub are judged by (a closed hold's
+    `closed_at` and `held_at`, an ask's `asked_at`). A step on `boot` leaves the
     holds made on a boot before it (`holds_of_boot_before`): their wall-clock expiry
     was made on a clock this boot's steps are not measured from, and a dead RTC set right
     by NTP after the restart held them a day at the till, the hub's copies run out after
@@ -2181,9 +2182,21 @@ def shift_open_holds(conn: sqlite3.Connection, step: timedelta, boot: str | None
             then = datetime.fromisoformat(held["holdExpiresAt"]) + step
             held["holdExpiresAt"] = then.astimezone(UTC).isoformat()
         text = json.dumps(held, ensure_ascii=False)
-        moved.append((utc_text(datetime.fromisoformat(at) + step), text, rid))
+        moved.append(
+            (
+                utc_text(datetime.fromisoformat(at) + step),
+                text,
+                utc_text(datetime.fromisoformat(held_at) + step),
+                rid,
+            )
+        )
+    # `held_at` too: a closed OFFLINE hold's release stays owed for `LATE_GRANT_S` of time
+    # that passes after it (`Agent._grant_may_come`, compared with the clock on this line);
+    # left on the clock of before the step, an hour forward took a release answered
+    # "nothing held" for final while the late grant was on its way (held at the hub for
+    # `holdTtlSeconds` + 60 s), an hour back kept it owed for an hour (review 39, rev39i)
     conn.executemany(
-        "UPDATE receipt_life SET expires_at = ?, held_result = ?"
+        "UPDATE receipt_life SET expires_at = ?, held_result = ?, held_at = ?"
         " WHERE receipt_id = ? AND state = 'HELD'",
         moved,
     )
@@ -2194,11 +2207,15 @@ def shift_open_holds(conn: sqlite3.Connection, step: timedelta, boot: str | None
     # for minutes for one run out at the hub and dropped it unsent, the hub (its own
     # clock) holding the points from every till for its copy's whole time (review 37).
     conn.executemany(
-        "UPDATE receipt_life SET closed_at = ? WHERE receipt_id = ?",
+        "UPDATE receipt_life SET closed_at = ?, held_at = ? WHERE receipt_id = ?",
         [
-            (utc_text(datetime.fromisoformat(at) + step), rid)
-            for rid, at in conn.execute(
-                "SELECT receipt_id, closed_at FROM receipt_life WHERE hub_hold != 0"
+            (
+                utc_text(datetime.fromisoformat(at) + step),
+                utc_text(datetime.fromisoformat(held_at) + step),
+                rid,
+            )
+            for rid, at, held_at in conn.execute(
+                "SELECT receipt_id, closed_at, held_at FROM receipt_life WHERE hub_hold != 0"
                 " AND state IN ('CANCELLED', 'EXPIRED') AND closed_at IS NOT NULL"
             ).fetchall()
         ],
