@@ -63,6 +63,19 @@ def _line_boot(data: Path) -> str | None:
 # ---------------------------------------- 1. the boot before's holds, this boot's holds
 
 
+def _a_hold_made(data: Path) -> tuple[SteppingClock, datetime]:
+    """A till's ledger at `data` with one open hold, `h-1`, made at 10:00 on a first
+    boot's clock (the process closed since): that clock, and the hold's time."""
+    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
+    till = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
+    try:
+        till.load_snapshot(snapshot())
+        made = _hold(till, "h-1", clock)
+    finally:
+        till.close()
+    return clock, made
+
+
 def test_a_hold_made_on_a_new_boot_before_its_line_could_be_written_moves_with_its_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,14 +89,8 @@ def test_a_hold_made_on_a_new_boot_before_its_line_could_be_written_moves_with_i
     the step, listed this boot's hold with the boot before's, and left it on the stepped
     clock (held an hour and a half at the till, the hub's copy run out after 31 minutes)."""
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 120_000)
-    boot1 = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     data = tmp_path / "till"
-    before = Agent(data, DEVICE, clock=boot1, monotonic=boot1.steady)
-    try:
-        before.load_snapshot(snapshot())
-        made1 = _hold(before, "h-1", boot1)
-    finally:
-        before.close()
+    _, made1 = _a_hold_made(data)
     boot2 = SteppingClock(made1 + timedelta(minutes=2))  # the RTC kept the time this once
     run = _started_while_busy(data, boot2)
     try:
@@ -111,14 +118,8 @@ def test_a_receipt_of_the_boot_before_held_again_on_this_boot_moves_with_its_ste
     time they were held: the receiptId of a hold of the boot before that expired on this
     boot and is held again (the POS retries the receipt) is a hold of this boot, moved by
     its steps. Checked, found right."""
-    boot1 = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     data = tmp_path / "till"
-    before = Agent(data, DEVICE, clock=boot1, monotonic=boot1.steady)
-    try:
-        before.load_snapshot(snapshot())
-        made1 = _hold(before, "h-1", boot1)
-    finally:
-        before.close()
+    _, made1 = _a_hold_made(data)
     boot2 = SteppingClock(made1 + timedelta(hours=1))  # the power was out an hour
     run = Agent(data, DEVICE, clock=boot2, monotonic=boot2.steady)
     try:
@@ -217,14 +218,8 @@ def test_steps_an_older_release_followed_after_a_rollback_are_not_followed_again
     upgrade took the two steps for one not followed yet (`clock_followed` tells the last
     step only) and moved the hold by their sum again (+20 min: held 50 minutes, the hub's
     copy run out after 31; 'up-down': 30 minutes too long)."""
-    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     data = tmp_path / "till"
-    first = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
-    try:
-        first.load_snapshot(snapshot())
-        made = _hold(first, "h-1", clock)
-    finally:
-        first.close()
+    clock, made = _a_hold_made(data)
     for step in steps:
         clock.passes(30)
         _older_release_follows(data, clock, step)

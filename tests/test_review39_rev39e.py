@@ -20,7 +20,7 @@ from tillpoint.agent.service import Agent
 from .conftest import SteppingClock, snapshot
 from .test_review31_long31 import DEVICE, _sale
 from .test_review38_rev38h import _hold, _lived
-from .test_review39_rev39c import _started_while_busy
+from .test_review39_rev39c import _a_hold_made, _started_while_busy
 
 
 def _device(data: Path, key: str) -> str | None:
@@ -103,14 +103,8 @@ def test_a_ledger_without_a_line_has_its_holds_moved_by_a_step_before_the_first_
     line written there on the clock as it reads after the step says the holds are on it
     already, and `h-1` would keep its expiry of before the step (expired an hour early)."""
     monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 120_000)
-    clock = SteppingClock(datetime.fromisoformat("2026-11-23T10:00:00+03:00"))
     data = tmp_path / "till"
-    older = Agent(data, DEVICE, clock=clock, monotonic=clock.steady)
-    try:
-        older.load_snapshot(snapshot())
-        made = _hold(older, "h-1", clock)
-    finally:
-        older.close()
+    clock, made = _a_hold_made(data)
     conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
     try:  # review 37's release kept no line
         conn.execute("DELETE FROM device WHERE key LIKE 'clock_line%'")
