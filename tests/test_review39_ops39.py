@@ -1,0 +1,84 @@
+"""Review 39 (ops39): a retailer IT team's and a support engineer's black box — install,
+configure, run out of room (docs/CONTRACT.md §10, exit codes and storage) — each finding
+with the test that failed before its fix. Real SQLite files in a real child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO
+
+# ------------------------------------------ §10: a file size limit is named, not "disk I/O error"
+
+# A child of its own (the limit is the process's; this worker's own files must not meet
+# it): a till's ledger sells under RLIMIT_FSIZE (`ulimit -f`, systemd's LimitFSIZE=, or a
+# file system's largest file) until a sale is refused, then the limit is lifted and it
+# sells again. Python ignores SIGXFSZ, so the write fails with EFBIG, which SQLite says
+# as "disk I/O error".
+_FILE_SIZE_LIMIT = r"""
+import json, resource, sys
+from pathlib import Path
+from tillpoint.agent.errors import StorageError
+from tillpoint.agent.results import receipt_from_json
+from tillpoint.agent.service import Agent
+
+data, examples = Path(sys.argv[1]), Path(sys.argv[2])
+agent = Agent(data, "till-1")
+agent.load_snapshot(json.loads((examples / "snapshot.json").read_text(encoding="utf-8")))
+base = json.loads((examples / "receipt-card.json").read_text(encoding="utf-8"))
+base["lines"] = base["lines"] * 40
+limit = max(f.stat().st_size for f in data.glob("ledger.db*")) + 256 * 1024
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+sold, refusal = 0, None
+for i in range(400):
+    try:
+        agent.checkout(receipt_from_json({**base, "receiptId": f"f-{i}"}))
+        sold += 1
+    except StorageError as exc:
+        refusal = str(exc)
+        break
+status = agent.status().to_json()
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+agent.checkout(receipt_from_json({**base, "receiptId": "after"}))
+agent.close()
+print(json.dumps({"sold": sold, "limit": limit, "refusal": refusal, "status": status}, default=str))
+"""
+
+
+def test_a_ledger_at_the_process_file_size_limit_says_so(tmp_path: Path) -> None:
+    """CONTRACT §10 (storage). A ledger whose file reached the process's file size limit
+    (`ulimit -f`, `LimitFSIZE=` in a unit's drop-in) refused the sale with "the ledger
+    could not be written, nothing was stored: disk I/O error" — at the POS (503 /
+    UNAVAILABLE), in `status`'s storageError and the log: a support engineer went looking
+    for a broken disk. Now the line names the file and the limit; nothing half-written,
+    and the till sells again once the limit is lifted."""
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    child = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMIT, str(data), str(REPO / "examples")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    out = json.loads(child.stdout)
+    refusal = out["refusal"]
+    assert refusal is not None and out["sold"] > 0, out
+    assert refusal.startswith("the ledger could not be written, nothing was stored: "), refusal
+    assert "file size limit" in refusal and f"{out['limit'] // 1024} KiB" in refusal, refusal
+    assert str(data / "ledger.db") in refusal, refusal
+    assert "\n" not in refusal and "Traceback" not in child.stderr
+    assert refusal in json.dumps(out["status"], ensure_ascii=False), out["status"]
+    import sqlite3
+
+    with sqlite3.connect(data / "ledger.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        ids = {row[0] for row in conn.execute("SELECT receipt_id FROM receipts")}
+    assert ids == {f"f-{i}" for i in range(out["sold"])} | {"after"}
