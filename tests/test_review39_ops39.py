@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from .conftest import REPO
 
@@ -82,3 +84,66 @@ def test_a_ledger_at_the_process_file_size_limit_says_so(tmp_path: Path) -> None
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         ids = {row[0] for row in conn.execute("SELECT receipt_id FROM receipts")}
     assert ids == {f"f-{i}" for i in range(out["sold"])} | {"after"}
+
+
+# ------------------------------------------ §10: the example configuration names every choice
+
+
+def _choices(model: type[Any]) -> dict[str, tuple[str, ...]]:
+    """Each field of `model` that takes one of a few words, and those words."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        while get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        if get_origin(annotation) is Literal:
+            words = tuple(v for v in get_args(annotation) if isinstance(v, str))
+            if words:
+                out[name] = words
+    return out
+
+
+def _said_about(lines: list[str], table: str, key: str) -> str:
+    """The example file's words about `[table] key`: its line (commented out or not) and
+    the comment lines right above it."""
+    current, said = "", []
+    for i, line in enumerate(lines):
+        head = re.match(r"^\[([a-z_]+)\]", line)
+        if head:
+            current = head.group(1)
+            continue
+        if current == table and re.match(rf"^#?\s*{key}\s*=", line):
+            said.append(line)
+            j = i - 1
+            while (
+                j >= 0 and lines[j].startswith("#") and not re.match(r"^#\s*[a-z_]+\s*=", lines[j])
+            ):
+                said.append(lines[j])
+                j -= 1
+    return "\n".join(said)
+
+
+def test_the_example_configuration_names_every_value_a_choice_takes() -> None:
+    """CONTRACT §10 (configuration). The example file's `[display]` and `[scanner]` said
+    "A 2 x 20 pole display on a serial port, or "none"" and "A serial barcode scanner …,
+    or "none"": an IT person setting up a kiosk's scanner had no value to write but
+    "none" (`kind = "pole"` is refused). Every setting that takes one of a few words now
+    has each of them in the example's words about it; a `kind` in TOML's quotes."""
+    from tillpoint.agent.config import LogSettings
+    from tillpoint.printer.config import DisplayConfig, PrinterConfig, ScannerConfig
+
+    lines = (REPO / "packaging" / "tillpoint.example.toml").read_text(encoding="utf-8").splitlines()
+    missing = []
+    for table, model in (
+        ("printer", PrinterConfig),
+        ("display", DisplayConfig),
+        ("scanner", ScannerConfig),
+        ("log", LogSettings),
+    ):
+        for key, words in _choices(model).items():
+            said = _said_about(lines, table, key)
+            for word in words:
+                shown = f'"{word}"' in said if key == "kind" else re.search(rf"\b{word}\b", said)
+                if not shown:
+                    missing.append(f"[{table}] {key}: {word}")
+    assert not missing, missing
