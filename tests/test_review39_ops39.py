@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from .conftest import REPO
+from .conftest import CLI, REPO, snapshot
 
 # ------------------------------------------ §10: a file size limit is named, not "disk I/O error"
 
@@ -147,3 +147,30 @@ def test_the_example_configuration_names_every_value_a_choice_takes() -> None:
                 if not shown:
                     missing.append(f"[{table}] {key}: {word}")
     assert not missing, missing
+
+
+# ------------------------------------------ §10: `status` of a data directory no till has used
+
+
+def test_status_of_a_data_directory_no_till_used_says_so_and_where_the_service_s_is(
+    cli: CLI,
+) -> None:
+    """CONTRACT §10 (`status`). A support engineer who runs `tillpoint status` under
+    their own login (not root, no `sudo`: the data directory is then theirs,
+    `~/.local/share/tillpoint`) was shown a blank till — no snapshot, no sale, their host
+    name as the device — and "agent: not running (…: mode, devices and errors are as it
+    last left them; `systemctl status tillpoint` says why)": the service looked down while
+    it sold in /var/lib/tillpoint. Now the last line says no till has used that directory
+    yet and names the packaged service's; a till that has sold keeps the line it had."""
+    fresh = cli("status")
+    assert fresh.code == 0, fresh.err
+    last = fresh.out.rstrip("\n").splitlines()[-1]
+    assert last.startswith("agent: not running (no `tillpoint run` serves"), last
+    assert "no till has used it yet" in last, last
+    assert "/var/lib/tillpoint" in last and "sudo tillpoint status" in last, last
+    assert "as it last left them" not in last, last
+    assert cli("--json", "status").code == 0  # the document is the Status message, unchanged
+
+    assert cli("snapshot", "load", snapshot()).code == 0
+    loaded = cli("status").out.rstrip("\n").splitlines()[-1]
+    assert "as it last left them" in loaded and "no till has used" not in loaded, loaded
