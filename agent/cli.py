@@ -794,8 +794,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if command == "status":
             from .wire import status_json
 
-            note = _not_served_note(settings.data_dir)
-            return emit(args, status_json(agent.status()), lambda s: _human_status(s) + note)
+            data_dir = settings.data_dir
+            return emit(
+                args,
+                status_json(agent.status()),
+                lambda s: _human_status(s) + _not_served_note(data_dir, s),
+            )
     finally:
         agent.close()
         if hub is not None:
@@ -1415,14 +1419,33 @@ def _human_balance(b: dict[str, Any]) -> str:
     return text
 
 
-def _not_served_note(data_dir: Path) -> str:
+# Where the packaged unit keeps the till's data (packaging/tillpoint.service).
+SERVICE_DATA_DIR = Path("/var/lib/tillpoint")
+
+
+def _not_served_note(data_dir: Path, status: dict[str, Any]) -> str:
     """The last line of a `status` read in this process when no `tillpoint run` serves
     the data directory ("" while one does, or a `reset` holds it): the mode, the devices
-    and the last error are then what the stopped agent left, and said nothing of it."""
+    and the last error are then what the stopped agent left, and said nothing of it.
+    A directory no till has used (no snapshot, no sale, not enrolled: most often a
+    support engineer's own default, `~/.local/share/tillpoint`, with no `sudo`) says so
+    and where the packaged service keeps its data (review 39, ops39: the service looked
+    down while it sold there)."""
     from .lock import DataDirLock
 
     if not DataDirLock(data_dir).unheld():  # held, or no telling: say nothing
         return ""
+    if not (status.get("cacheVersion") or status.get("lastSeq") or status.get("enrolled")):
+        where = (
+            "`systemctl status tillpoint` says why"
+            if data_dir == SERVICE_DATA_DIR
+            else f"the packaged service's data directory is {SERVICE_DATA_DIR}:"
+            " `sudo tillpoint status`"
+        )
+        return (
+            f"\nagent: not running (no `tillpoint run` serves {data_dir}, and no till has"
+            f" used it yet: no snapshot, no sale; {where})"
+        )
     return (
         f"\nagent: not running (no `tillpoint run` serves {data_dir}: mode, devices and"
         " errors are as it last left them; `systemctl status tillpoint` says why)"

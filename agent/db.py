@@ -359,6 +359,31 @@ def full_disk_hint(path: Path) -> str:
     return ""
 
 
+def file_size_limit_hint(path: Path) -> str:
+    """ "; FILE reached this process's file size limit (N KiB: …)" when the process has
+    a file size limit (RLIMIT_FSIZE: `ulimit -f`, systemd's `LimitFSIZE=`) and the
+    database `path`, or its `-wal` or `-journal`, is within SQLite's largest page of it,
+    else "". Python ignores SIGXFSZ, so such a write fails with EFBIG, which SQLite says
+    as "disk I/O error" with space left on the disk: support went looking for a broken
+    disk (review 39, ops39)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
+        try:
+            size = candidate.stat().st_size
+        except OSError:
+            continue
+        if size + 65536 + 24 > soft:  # a WAL frame: a 24-byte header and a page (≤ 64 KiB)
+            return (
+                f"; {candidate} reached this process's file size limit ({soft // 1024} KiB:"
+                " `ulimit -f`, or LimitFSIZE= in its systemd unit; the disk has room)"
+            )
+    return ""
+
+
 def no_space_hint(path: Path, exc: OSError) -> str:
     """What a write refused for space (ENOSPC, EDQUOT) adds to the system's words: the
     file system of `path` is full and where (`full_disk_hint`), or, with space left by
@@ -393,7 +418,7 @@ def _storage_error(
             hint = owner_hint(file_of(conn))
     else:  # a full disk, said as "database or disk is full" or as "disk I/O error"
         with contextlib.suppress(sqlite3.Error):
-            hint = full_disk_hint(file_of(conn))
+            hint = full_disk_hint(file_of(conn)) or file_size_limit_hint(file_of(conn))
     return StorageError(f"{message}: {exc}{hint}")
 
 
@@ -510,7 +535,8 @@ def connect(
                 f" (a file system mounted read-only, or its mode){owner_hint(path)}"
             ) from None
         raise StorageError(
-            f"cannot open {path}: {exc}{full_disk_hint(path)}{owner_hint(path)}"
+            f"cannot open {path}: {exc}{full_disk_hint(path) or file_size_limit_hint(path)}"
+            f"{owner_hint(path)}"
         ) from None
     return conn
 
