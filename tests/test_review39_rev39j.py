@@ -7,12 +7,20 @@ CLI.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import time
 from pathlib import Path
 
 import pytest
+from tillpoint.agent import http_api
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
 
 from .conftest import CLI, snapshot
+from .test_review39_rev39a import BIG_QUOTE, TIMEOUT
+from .test_review39_rev39g import offers  # noqa: F401  (the fixture: an ~8 MB explain)
 
 # ------------------------- an integer field's fraction, told in its own words (CONTRACT §3)
 
@@ -38,3 +46,59 @@ def test_a_fraction_in_applied_through_is_a_sequence_whatever_the_device_is_call
     assert run.err.endswith(
         f"appliedThrough.{device}: the number 1.5 has a decimal point: write a whole number\n"
     ), run.err
+
+
+# ---------------------------------- an answer the stop meets unread (CONTRACT §12)
+
+
+def _reading_to_the_end(sock: socket.socket) -> tuple[int, str]:
+    """Read what comes until the connection ends: (bytes, how it ended)."""
+    got = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            got += len(chunk)
+    except ConnectionResetError:
+        return got, "reset"
+    except TimeoutError:
+        return got, "no end"
+    return got, "orderly end"
+
+
+def test_a_stop_resets_a_connection_whose_answer_is_still_unread(
+    offers: Agent,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CONTRACT §12: a graceful stop gives in-flight calls the grace, and a connection
+    past its answer's time is reset (rev39g: so that no cut answer comes later, ending
+    cleanly). A POS that had not read its ~8 MB answer when the stop came (its writer
+    paused, its answer's 10 s not over at the grace's end) was neither reset nor closed:
+    the server stopped and left the socket as it was, the kernel sending the ~3.8 MB it
+    held whenever the POS read, and then nothing (in `run`, the process's exit closed it:
+    the rest, then an orderly end, a cut answer with a clean close). Now the connections
+    left at the grace's end are reset, as the answer's time resets one. Failing first
+    (3.8 MB, then no end at all in 5 s). Here the grace is 1 s."""
+    monkeypatch.setattr(http_api, "GRACE_S", 1)
+    srv = HttpServer(offers, "127.0.0.1:0")
+    srv.start()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    with sock:
+        try:
+            sock.connect(("127.0.0.1", srv.port))
+            sock.settimeout(5.0)
+            sock.sendall(BIG_QUOTE)
+            assert sock.recv(1) == b"H"
+            deadline = time.monotonic() + TIMEOUT
+            while not any(  # the answer written as far as the kernel takes it
+                c.flow.write_paused for c in srv.serve.server.server_state.connections
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            started = time.monotonic()
+            srv.stop()
+            took = time.monotonic() - started
+        got, end = _reading_to_the_end(sock)
+    assert took < http_api.GRACE_S + 2.0, took
+    assert end == "reset", (got, end)
+    assert got <= 64 << 10, f"{got} bytes of the answer came after the stop"
