@@ -102,3 +102,64 @@ def test_a_stop_resets_a_connection_whose_answer_is_still_unread(
     assert took < http_api.GRACE_S + 2.0, took
     assert end == "reset", (got, end)
     assert got <= 64 << 10, f"{got} bytes of the answer came after the stop"
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6(), reason="no IPv6 loopback here")
+def test_an_answer_s_progress_over_ipv6_is_what_the_client_took() -> None:
+    """CONTRACT §12 (the door listens on IPv6 too: `[::1]:8080`): `_unacknowledged`,
+    asyncio's buffer and the kernel's send queue (`SIOCOUTQ`), reads a TCP connection
+    over IPv6 as over IPv4: all of an answer a client has not read counts (the kernel's
+    part too, not only asyncio's), and nothing once it has read it all. Found right."""
+    import asyncio
+
+    size = 2 << 20
+
+    async def main() -> tuple[int, int, int]:
+        served: asyncio.Future[asyncio.Transport] = asyncio.get_running_loop().create_future()
+
+        class _Answer(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                transport.write(b"x" * size)
+                served.set_result(transport)
+
+        listener = await asyncio.get_running_loop().create_server(_Answer, "::1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        client = socket.socket(socket.AF_INET6)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        client.setblocking(False)
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(client, ("::1", port)), 5
+            )
+            transport = await asyncio.wait_for(served, 5)
+            await asyncio.sleep(0.2)  # the kernel takes what it will
+            unread, own = http_api._unacknowledged(transport), transport.get_write_buffer_size()
+            got = 0
+            deadline = time.monotonic() + TIMEOUT
+            while got < size and time.monotonic() < deadline:
+                got += len(
+                    await asyncio.wait_for(asyncio.get_running_loop().sock_recv(client, 1 << 20), 5)
+                )
+            await asyncio.sleep(0.05)  # the last acknowledgement
+            after = http_api._unacknowledged(transport)
+            transport.close()
+            return unread, own, after
+        finally:
+            client.close()
+            listener.close()
+            await listener.wait_closed()
+
+    unread, own, after = asyncio.run(main())
+    assert own < unread <= 2 << 20, (own, unread)
+    assert unread >= (2 << 20) - (256 << 10), unread  # only what the client's kernel holds
+    assert after == 0
