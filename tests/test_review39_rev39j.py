@@ -7,11 +7,13 @@ CLI.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import os
 import socket
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tillpoint.agent import http_api
@@ -163,3 +165,119 @@ def test_an_answer_s_progress_over_ipv6_is_what_the_client_took() -> None:
     assert own < unread <= 2 << 20, (own, unread)
     assert unread >= (2 << 20) - (256 << 10), unread  # only what the client's kernel holds
     assert after == 0
+
+
+# ------------------- a serial job's rest in the stop's grace, offered every 10 ms (CONTRACT §7)
+
+
+def _serial(rate: int, slave: int) -> Any:
+    from tillpoint.printer.config import PrinterConfig
+    from tillpoint.printer.transport import SerialTransport
+
+    transport = SerialTransport(
+        PrinterConfig(
+            kind="serial", device=os.ttyname(slave), baudrate=rate * 10, write_timeout_s=10.0
+        )
+    )
+    transport.open()
+    return transport
+
+
+def test_a_stopped_printer_is_offered_the_rest_every_10_ms_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The grace offers a job's rest to the port with `os.write` every 10 ms, without
+    `select` (rev39h): a printer that stops taking bytes as the stop comes (flow control
+    held) is offered it about once each 10 ms for the grace (twice the rest's line time,
+    0.1 s at least), not in a busy loop, and the write is broken off when the grace ends,
+    saying how much went out (the job PENDING, printed again whole; §7). On a UART's port
+    (rev39h's `_Uart` over a real pty: its 4,096 bytes' room, writable below 256). Found
+    right."""
+    from tillpoint.printer import transport as transport_mod
+    from tillpoint.printer.errors import ConnectionLost
+
+    from .test_review39_left39 import _CountingLine
+    from .test_review39_rev39h import _Uart
+
+    rate = 23_040  # a 230,400-baud line
+    master, slave = os.openpty()
+    line = _CountingLine(master, rate)
+    transport = _serial(rate, slave)
+    job = b"\x1b@" + b"x" * 6_000 + b"\n\x1dV\x00"  # the rest past the fill: 0.08 s
+    stopped: list[float] = []
+
+    def stop() -> None:
+        stopped.append(time.monotonic())
+        line.hold.set()  # the printer stops reading
+        transport.abort()
+
+    uart = _Uart(line, transport._port.fd, stop)
+    offered: list[float] = []
+    write = uart.write
+
+    def counted(fd: int, data: Any) -> int:
+        if stopped and fd == transport._port.fd:
+            offered.append(time.monotonic())
+        return write(fd, data)
+
+    monkeypatch.setattr(uart, "write", counted)
+    monkeypatch.setattr(transport_mod, "select", uart)
+    monkeypatch.setattr(transport_mod, "os", uart)
+    try:
+        with pytest.raises(ConnectionLost, match=r"broken off \(\d+ of 6006 bytes went out\)"):
+            transport.write(job)  # 4,096 and what the line read as the stop came
+        took = time.monotonic() - stopped[0]
+    finally:
+        line.close()
+        transport.close()
+        os.close(master)
+        os.close(slave)
+    assert 0.1 <= took < 1.0, took  # the grace: 0.166 s (twice 1,910 bytes' line time)
+    assert 5 <= len(offered) <= took / 0.01 + 3, (len(offered), took)
+
+
+def test_a_printer_unplugged_in_the_grace_ends_the_write_at_once_not_done() -> None:
+    """A serial printer unplugged while the stop's grace offers it a job's rest (here the
+    pty's printer end closed: the port's writes fail, EIO) ends the write at once with
+    "went away", the job not DONE (its rest never reached the port; §7: PENDING, printed
+    again whole at the next start), not after the grace, and not in a loop of failing
+    writes. Found right."""
+    from tillpoint.printer.errors import ConnectionLost
+
+    from .test_review39_left39 import _CountingLine
+
+    rate = 23_040
+    master, slave = os.openpty()
+    line = _CountingLine(master, rate)
+    transport = _serial(rate, slave)
+    job = b"\x1b@" + b"y" * 40_000 + b"\n\x1dV\x00"  # past what the pty holds (~20 KB)
+    outcome: list[Any] = []
+
+    def write() -> None:
+        try:
+            transport.write(job)
+            outcome.append("whole")
+        except ConnectionLost as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(line.got) < 4096:  # the line has begun taking the job
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        transport.abort()  # the stop: about 0.8 s of the job left, its grace ~1.6 s
+        time.sleep(0.1)
+        line.close()
+        unplugged = time.monotonic()
+        os.close(master)  # the printer unplugged
+        thread.join(TIMEOUT)
+        took = time.monotonic() - unplugged
+    finally:
+        thread.join(TIMEOUT)
+        transport.close()
+        os.close(slave)
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionLost), outcome
+    assert "went away" in str(outcome[0]), outcome
+    assert took < 0.5, took
