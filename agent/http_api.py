@@ -1739,13 +1739,19 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """After uvicorn's graceful stop (in-flight answers get `GRACE_S`), a connection
-        still open is one whose answer waits unread (its writer paused, its answer's time
-        not over): it is reset, as the answer's time resets one (`_Protocol.reset`).
+        still open whose answer waits unread (its writer paused, its answer's time not
+        over) is reset, as the answer's time resets one (`_Protocol.reset`).
         uvicorn left it as it was, neither closed nor reset: the kernel sent what it held
         of the answer whenever the client read, then nothing, and at `run`'s exit an
         orderly end (a cut answer with a clean close; review 39, rev39j)."""
         await super().shutdown(sockets)
-        left = [c for c in self.server_state.connections if isinstance(c, _Protocol)]
+        # Only an answer waiting unread (its writer paused): a call the grace's end
+        # cancelled is still to write its 503 (`Api`), which the reset would drop.
+        left = [
+            c
+            for c in self.server_state.connections
+            if isinstance(c, _Protocol) and c.flow.write_paused
+        ]
         for connection in left:
             connection.reset()
         if left:
