@@ -3,6 +3,23 @@ client's kernel acknowledged, SIOCOUTQ; the reset with a linger of 0) and rev39h
 serial job's rest offered to the port every 10 ms in the stop's grace; an integer
 field's fraction told "write a whole number"), with real sockets, real ptys and the real
 CLI.
+
+1. CONTRACT §3: `appliedThrough`'s seqs are told "write a whole number" only after the
+   units' endings were read off the field's last name, which in that map is a device's
+   id: `lane_s: 1.5` was told seconds, `pos-percent` a decimal string. Fixed (the map
+   first). `_PLAIN_WHOLE` checked: no money or quantity field of the proto, a snapshot or
+   a hub import has a last name in it (the proto's `limit` counts transactions, its
+   `offset`s are bytes).
+2. CONTRACT §12, a stop: a connection whose answer waited unread when the grace ended
+   was left as it was by uvicorn, neither reset nor closed (the kernel's ~3.8 MB sent
+   whenever the POS read, then nothing; at `run`'s exit an orderly end). Now reset.
+   Found right: the linger-0 reset never meets an answer taken whole (the timer runs
+   only while asyncio's buffer holds bytes the kernel never had, and is cancelled as it
+   empties), SIOCOUTQ reads an IPv6 connection as an IPv4 one (the door binds TCP only,
+   no Unix socket), the ioctl runs at a pause and at the timer, not at each write.
+3. CONTRACT §7, rev39h's grace on a serial port: a printer that stops is offered the
+   rest about once each 10 ms, no busy loop; one unplugged (EIO) in the grace ends the
+   write at once, not DONE. Found right.
 """
 
 from __future__ import annotations
