@@ -1559,6 +1559,11 @@ class _Protocol(h11_impl.H11Protocol):
         # whenever the client read again and then an orderly end (a cut answer taken for
         # a whole one by a client reading to the close; review 39, rev39g). A linger of 0
         # drops them and sends the reset.
+        self.reset()
+
+    def reset(self) -> None:
+        """End the connection with a reset: its answer's bytes, in asyncio's buffer and
+        the kernel's, are dropped (`_answer_late`, and a stop's grace run out)."""
         sock = self.transport.get_extra_info("socket")
         with contextlib.suppress(OSError, AttributeError):
             if sock is not None:
@@ -1729,6 +1734,30 @@ class _Protocol(h11_impl.H11Protocol):
         self.transport.close()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose stop ends with a reset what its grace left open."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """After uvicorn's graceful stop (in-flight answers get `GRACE_S`), a connection
+        still open whose answer waits unread (its writer paused, its answer's time not
+        over) is reset, as the answer's time resets one (`_Protocol.reset`).
+        uvicorn left it as it was, neither closed nor reset: the kernel sent what it held
+        of the answer whenever the client read, then nothing, and at `run`'s exit an
+        orderly end (a cut answer with a clean close; review 39, rev39j)."""
+        await super().shutdown(sockets)
+        # Only an answer waiting unread (its writer paused): a call the grace's end
+        # cancelled is still to write its 503 (`Api`), which the reset would drop.
+        left = [
+            c
+            for c in self.server_state.connections
+            if isinstance(c, _Protocol) and c.flow.write_paused
+        ]
+        for connection in left:
+            connection.reset()
+        if left:
+            await asyncio.sleep(0)  # the aborts' closes, queued on the loop, run
+
+
 class AsgiThread:
     """An ASGI app on uvicorn (h11) in its own thread and event loop, on a socket bound here
     (so a port in use is an error now, and port 0 picks a free one)."""
@@ -1762,7 +1791,7 @@ class AsgiThread:
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             backlog=128,
         )
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
         self.thread = threading.Thread(target=self._run, name="http", daemon=True)
 
     def _run(self) -> None:

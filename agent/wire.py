@@ -191,6 +191,11 @@ def whole_number_advice(place: str, *, decimals: bool = False) -> str:
     percent or a multiplier, the reader takes a decimal string (a till's snapshot: §3's
     `maxRedeemPercent`, `accrualPercent`, `birthdayMultiplier`); else it is a whole number
     (the proto's int64, the hub's program)."""
+    if place.startswith("appliedThrough."):
+        # a sequence number keyed by a device's id, which may end like a unit's name
+        # (`lane_s`, `kasse-points`): told seconds' or a decimal string's words until
+        # review 39 (rev39j)
+        return "write a whole number"
     name = re.split(r"[.\[]", place)[-1].lower() if place else ""
     for ending, what in (("percent", "a percent"), ("multiplier", "a multiplier")):
         if name.endswith(ending):
@@ -201,7 +206,7 @@ def whole_number_advice(place: str, *, decimals: bool = False) -> str:
     # a field that counts neither money nor a quantity (an offer's priority, a weekday, the
     # snapshot's version, a device's seq) was told money's words (review 39, rev39h)
     named = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", place)
-    if place.startswith("appliedThrough.") or (named and named[-1].lower() in _PLAIN_WHOLE):
+    if named and named[-1].lower() in _PLAIN_WHOLE:
         return "write a whole number"
     return MONEY_ADVICE
 
