@@ -394,13 +394,14 @@ class PassThroughHub:
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Any]:
     """A throwaway PostgreSQL cluster for the whole run (initdb + pg_ctl into a temp dir on
-    a free port); skipped with the reason when the server is not installed."""
+    a free port, in /dev/shm when it has room); skipped with the reason when the server is
+    not installed."""
     from bench import pgcluster
 
     reason = pgcluster.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    cluster = pgcluster.Cluster()
+    cluster = pgcluster.Cluster(in_memory=True)
     try:
         yield cluster
     finally:

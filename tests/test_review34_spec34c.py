@@ -16,14 +16,17 @@ commands on its directory.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tillpoint.agent.cli import main
+from tillpoint.sync import pki
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 
 ANNA = "2770000000017"  # c-1: 1,200 points at the hub
@@ -67,23 +70,97 @@ class Chain:
     capsys: pytest.CaptureFixture[str]
 
 
-@pytest.fixture
-def chain(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Chain]:
-    data = sample_master_data()
-    data["program"]["holdTtlSeconds"] = 1
-    hub = LoopbackHub(tmp_path / "hub", data=data)
-    c = Chain(tmp_path, hub, monkeypatch)
+# The enrolled chain each test starts from, made once a module (review 39, ci39b: a hub,
+# two enrolments and two first pulls took ~1 s of CPU a test, ~35 tests): its hub
+# directory and the tills' data directories, copied for each test.
+_TEMPLATES: dict[str, Path] = {}
+
+
+def _enrolled_chain(
+    root: Path,
+    data: dict[str, Any],
+    tills: tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    first_pull: Callable[[dict[str, Any]], None],
+) -> Chain:
+    """A hub in `root`/hub serving `data` (published), `tills` enrolled and each having
+    pulled once through `tillpoint sync now` (`first_pull` checks its pull)."""
+    hub = LoopbackHub(root / "hub", data=data)
+    c = Chain(root, hub, monkeypatch)
     c.capsys = capsys
     try:
-        for till in ("till-1", "till-2"):
-            hub.enroll(till, tmp_path / till)
-            pulled = c.ok(till, "sync", "now")
-            assert pulled["pull"]["status"] == "APPLIED" and pulled["pull"]["baseVersion"] == 0
+        for till in tills:
+            hub.enroll(till, root / till)
+            first_pull(c.ok(till, "sync", "now")["pull"])
+    except BaseException:
+        hub.stop()
+        raise
+    return c
+
+
+def enrolled_chain(
+    name: str,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    data: dict[str, Any],
+    tills: tuple[str, ...],
+    first_pull: Callable[[dict[str, Any]], None],
+) -> Chain:
+    """The chain `_enrolled_chain` makes, in `tmp_path`, running: copied from the one
+    made (and stopped) the first time `name` is asked for in this process, its hub
+    started again on the copy (a new port, written into each copied till's enrolment as
+    the bundle would have said it). A hub whose store is not in its directory
+    ($TILLPOINT_HUB_STORE, `--hub-store=postgresql`) is made anew for each test."""
+    if os.environ.get("TILLPOINT_HUB_STORE"):
+        return _enrolled_chain(tmp_path, data, tills, monkeypatch, capsys, first_pull)
+    template = _TEMPLATES.get(name)
+    if template is None:
+        made = tmp_path_factory.mktemp(f"chain-{name}")
+        _enrolled_chain(made, data, tills, monkeypatch, capsys, first_pull).hub.stop()
+        template = _TEMPLATES[name] = made
+    for part in ("hub", *tills):
+        shutil.copytree(template / part, tmp_path / part)
+    hub = LoopbackHub(tmp_path / "hub")  # its keys, store and publication as made
+    try:
+        for till in tills:
+            meta = pki.enrollment_dir(tmp_path / till) / pki.ENROLLMENT_FILE
+            doc = json.loads(meta.read_text(encoding="utf-8"))
+            doc["hubAddress"] = hub.address
+            meta.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        hub.stop()
+        raise
+    c = Chain(tmp_path, hub, monkeypatch)
+    c.capsys = capsys
+    return c
+
+
+def _first_pull(pull: dict[str, Any]) -> None:
+    assert pull["status"] == "APPLIED" and pull["baseVersion"] == 0
+
+
+@pytest.fixture
+def chain(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[Chain]:
+    """The hub with the sample data and `holdTtlSeconds` 1, and two enrolled tills, each
+    having pulled the first full snapshot (made once a module, copied: `enrolled_chain`)."""
+    data = sample_master_data()
+    data["program"]["holdTtlSeconds"] = 1
+    c = enrolled_chain(
+        "spec34c", tmp_path, tmp_path_factory, monkeypatch, capsys, data,
+        ("till-1", "till-2"), _first_pull,
+    )  # fmt: skip
+    try:
         yield c
     finally:
-        hub.stop()
+        c.hub.stop()
 
 
 def held_at_hub(c: Chain, customer: str) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 
-from .test_review34_spec34c import Chain
+from .test_review34_spec34c import Chain, enrolled_chain
 
 ANNA = "2770000000017"  # c-1, gold 7 %, 1,200 points
 BORIS = "2770000000024"  # c-2, base 3 %, 300 points
@@ -43,23 +43,28 @@ KEFIR = [{"sku": KEFIR_SKU, "qty": "1", "priceMinor": 5000}]
 SMALL = [{"sku": MILK, "qty": "2", "priceMinor": 8990}]  # 17,980 kopecks
 
 
+def _first_pull(pull: dict[str, Any]) -> None:
+    assert (pull["version"], pull["baseVersion"]) == (1, 0)
+
+
 @pytest.fixture
 def chain(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> Iterator[Chain]:
     """The hub with the sample data (the default `holdTtlSeconds`, 1,800 s) and two
-    enrolled tills, each having pulled the first full snapshot (version 1)."""
-    hub = LoopbackHub(tmp_path / "hub", data=sample_master_data())
-    c = Chain(tmp_path, hub, monkeypatch)
-    c.capsys = capsys
+    enrolled tills, each having pulled the first full snapshot (version 1); made once a
+    module and copied for each test (`enrolled_chain`)."""
+    c = enrolled_chain(
+        "spec35c", tmp_path, tmp_path_factory, monkeypatch, capsys, sample_master_data(),
+        ("till-a", "till-b"), _first_pull,
+    )  # fmt: skip
     try:
-        for till in ("till-a", "till-b"):
-            hub.enroll(till, tmp_path / till)
-            pulled = c.ok(till, "sync", "now")
-            assert (pulled["pull"]["version"], pulled["pull"]["baseVersion"]) == (1, 0)
         yield c
     finally:
-        hub.stop()
+        c.hub.stop()
 
 
 def at_hub(c: Chain, customer: str, at: str | None = None) -> tuple[int, int]:

@@ -472,6 +472,15 @@ def test_a_run_killed_mid_confirm_short_seeded(tmp_path: Path) -> None:
     assert seq.kills == ["confirm"], seq.kills
 
 
+@pytest.mark.slow  # ~10 starts of `run`, ~35 s loaded: CI runs it (`.ci/run`)
+def test_a_run_killed_once_at_every_kind_of_point(tmp_path: Path) -> None:
+    """CONTRACT §5, §9, §11, §13: the long walk's script alone, every kind of kill once
+    (ci39b: CI's twin of the long walk below, which only `make test-all` runs)."""
+    seq = walk(3902, 0, tmp_path / "work", SCRIPT39)
+    _check(seq)
+    assert seq.kills == [a.split("/", 1)[1] for a in SCRIPT39 if a.startswith("kill/")]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # 5-10 minutes on a busy machine (a start takes 3-8 s)
 def test_a_run_killed_at_random_points_a_long_walk(tmp_path: Path) -> None:
