@@ -51,7 +51,7 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from . import pki
 from .hub_postgres import is_postgres_url
-from .hub_rules import CallerGone
+from .hub_rules import CallerGone, Superseded
 from .hub_sqlite import SqliteHubStore
 from .hub_store import (
     SHRINK_MARGIN_S,
@@ -1082,11 +1082,25 @@ class HubServicer(pb_grpc.HubServicer):
             placed.append(self.clock())
             used = (
                 self.store.hold_coupons(
-                    device, request.receipt_id, request.customer_id, codes, placed[-1], ttl_s
+                    device,
+                    request.receipt_id,
+                    request.customer_id,
+                    codes,
+                    placed[-1],
+                    ttl_s,
+                    arrived=placed[0],
                 )
                 if codes
                 else []
             )
+        except Superseded as exc:
+            # The receipt was held again (ONLINE) after this call came: its till stopped
+            # waiting for it long since and priced it OFFLINE, and the newer hold is the
+            # receipt's. Replaced by this grant (cut to the offline limit), it held less
+            # than the till redeems, and another till could spend the rest (review 39,
+            # grant39). Nothing written; answered as a call the till gave up on.
+            log.info("AuthorizeRedemption of %s: %s", request.receipt_id, exc)
+            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         except InputError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         except StorageError as exc:
