@@ -44,6 +44,7 @@ from .hub_import import blocks_of
 from .hub_rules import (
     HubTx,
     LiveInputs,
+    Superseded,
     Texts,
     canon,
     move_of,
@@ -439,6 +440,65 @@ MIGRATIONS.append(
         # sale or refund is stored under the seq the till numbered it again with (SQLite's
         # m006_set_aside_resolved: the same statements).
         SET_ASIDE_RESOLVED,
+    )
+)
+MIGRATIONS.append(
+    (
+        11,
+        "claim_hold_superseded",
+        # Review 39 (grant39): a late AuthorizeRedemption (its till's deadline long past,
+        # the receipt held again ONLINE since) replaced the newer hold with its own grant,
+        # cut to the offline limit: the hub held less than the till redeemed. A call that
+        # came (`p_now`, the hub's clock at its arrival) before the receipt's ACTIVE hold
+        # or a coupon hold of it was placed writes nothing and answers granted -1
+        # (`hub_rules.Superseded`); a committed receipt answers 0 as before.
+        """
+        CREATE OR REPLACE FUNCTION hub_claim_hold(
+            p_device TEXT, p_receipt TEXT, p_customer TEXT, p_points BIGINT,
+            p_spendable BIGINT, p_cards TEXT[], p_mark TEXT, p_hold_id TEXT,
+            p_now TEXT, p_expires TEXT, p_at TEXT
+        ) RETURNS TABLE (granted BIGINT, live_balance BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_held BIGINT;
+            v_live BIGINT;
+            v_granted BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtextextended('customer:' || p_customer, 0));
+            IF hub_ledger_mark(p_customer, p_cards) <> p_mark THEN
+                RETURN;
+            END IF;
+            UPDATE holds SET state = 'EXPIRED' WHERE customer_id = p_customer
+                AND state = 'ACTIVE' AND expires_at <= p_now;
+            SELECT coalesce(sum(h.points), 0) INTO v_held FROM holds h
+                WHERE h.customer_id = p_customer AND h.state = 'ACTIVE'
+                AND NOT (h.device_id = p_device AND h.receipt_id = p_receipt);
+            v_live := p_spendable - v_held;
+            IF EXISTS (SELECT 1 FROM transactions t WHERE t.device_id = p_device
+                    AND t.receipt_id = p_receipt AND t.kind = 'CHECKOUT')
+                OR EXISTS (SELECT 1 FROM holds h WHERE h.device_id = p_device
+                    AND h.receipt_id = p_receipt AND h.state = 'SETTLED') THEN
+                RETURN QUERY SELECT 0::bigint, v_live;
+                RETURN;
+            END IF;
+            IF EXISTS (SELECT 1 FROM holds h WHERE h.device_id = p_device
+                    AND h.receipt_id = p_receipt AND h.state = 'ACTIVE'
+                    AND h.created_at > p_now)
+                OR EXISTS (SELECT 1 FROM coupon_holds c WHERE c.device_id = p_device
+                    AND c.receipt_id = p_receipt AND c.created_at > p_now) THEN
+                RETURN QUERY SELECT -1::bigint, v_live;
+                RETURN;
+            END IF;
+            v_granted := greatest(0, least(p_points, v_live));
+            DELETE FROM holds h WHERE h.device_id = p_device AND h.receipt_id = p_receipt;
+            IF v_granted > 0 THEN
+                INSERT INTO holds VALUES (p_hold_id, p_device, p_receipt, p_customer,
+                    v_granted, p_now, p_expires, 'ACTIVE', p_at);
+            END IF;
+            RETURN QUERY SELECT v_granted, v_live;
+        END
+        $$;
+        """,
     )
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -952,6 +1012,10 @@ class PostgresHubStore(SqlHubStore):
         if row is None:
             return None
         granted = int(row[0])
+        if granted < 0:  # a hold of the receipt placed after this call came (grant39)
+            raise Superseded(
+                f"a newer hold of receipt {receipt_id} was placed since this call came"
+            )
         return granted, int(row[1]), hold_id if granted > 0 else ""
 
     @contextmanager

@@ -69,6 +69,21 @@ class CallerGone(Exception):
     """The call's caller stopped waiting before its write: nothing was written."""
 
 
+class Superseded(CallerGone):
+    """An AuthorizeRedemption that came to the hub before the receipt's ACTIVE hold (or a
+    coupon hold of it) was placed: that newer hold is the receipt's, and the late call
+    writes nothing (review 39, grant39). Its till stopped waiting long since (it held the
+    receipt again only after this call's deadline), and is answered as such a call is."""
+
+
+def _refuse_if_superseded(tx: HubTx, device_id: str, receipt_id: str, arrived: str) -> None:
+    """`Superseded` when the device's receipt has an ACTIVE hold or a coupon hold placed
+    after `arrived` (UTC text: the hub's clock when the call came)."""
+    stamp = tx.newest_hold_stamp(device_id, receipt_id)
+    if stamp is not None and stamp > arrived:
+        raise Superseded(f"a newer hold of receipt {receipt_id} was placed since this call came")
+
+
 Texts = Iterator[tuple[str, str]]  # (key, canonical JSON text of the row) of a kind, in key order
 # One counted transaction's points (the contract §16): (points available,
 # pending_activates_at, pending points, its `at` when it moves available points or is a
@@ -784,6 +799,8 @@ class HubRules:
         # holds of known times before this one): all under the lock.
         with self.write_tx() as tx:
             tx.lock_customers([customer_id])
+            if not tx.receipt_settled(device_id, receipt_id):
+                _refuse_if_superseded(tx, device_id, receipt_id, utc_text(now))
             tx.expire_holds(customer_id, utc_text(now))
             inputs = self._live_inputs(tx, customer_id, marked=False)
             spendable = 0
@@ -943,8 +960,10 @@ class HubRules:
         receipts' active holds are taken from `spendable`, the receipt's hold is replaced
         by one of what is granted; (granted, live balance, hold id or ""). Nothing is
         granted or written for a receipt already committed (`receipt_settled`). None when
-        the mark moved. One transaction; a store may do it in one round trip (PostgreSQL:
-        `hub_claim_hold`, the same accounting in plpgsql)."""
+        the mark moved. `Superseded`, nothing written, when the receipt has an ACTIVE hold
+        or a coupon hold placed after `now` (this call's arrival: review 39, grant39). One
+        transaction; a store may do it in one round trip (PostgreSQL: `hub_claim_hold`,
+        the same accounting in plpgsql)."""
         with self.write_tx() as tx:
             tx.lock_customers([customer_id])
             if tx.ledger_mark(customer_id, cards) != mark:
@@ -961,6 +980,8 @@ class HubRules:
                 # came after the ingest: an ACTIVE hold now would take the points twice
                 # until it expired, and the SETTLED one must stay as it is.
                 return 0, live_balance, ""
+            # a hold of the receipt placed after this call came is the receipt's: kept
+            _refuse_if_superseded(tx, device_id, receipt_id, now)
             granted = max(0, min(points, live_balance))
             tx.delete_hold(device_id, receipt_id, only_active=False)
             if granted > 0:
@@ -1039,12 +1060,18 @@ class HubRules:
         codes: list[str],
         now: datetime,
         hold_ttl_s: float,
+        *,
+        arrived: datetime | None = None,
     ) -> list[str]:
         """Online coupon authorisation (the contract §13): the codes another receipt
         already used or holds; the others are held for this receipt (its earlier holds
-        replaced) until its transaction settles them, `release` drops them, or they expire."""
+        replaced) until its transaction settles them, `release` drops them, or they expire.
+        `arrived`: when the AuthorizeRedemption came; nothing is written (`Superseded`)
+        when a hold of the receipt was placed after it (review 39, grant39)."""
         used: list[str] = []
         with self.write_tx() as tx:
+            if arrived is not None:
+                _refuse_if_superseded(tx, device_id, receipt_id, utc_text(arrived))
             tx.expire_coupon_holds(utc_text(now))
             tx.drop_coupon_holds(device_id, receipt_id)
             expires = utc_text(now + timedelta(seconds=hold_ttl_s))

@@ -51,7 +51,7 @@ from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from . import pki
 from .hub_postgres import is_postgres_url
-from .hub_rules import CallerGone
+from .hub_rules import CallerGone, Superseded
 from .hub_sqlite import SqliteHubStore
 from .hub_store import (
     SHRINK_MARGIN_S,
@@ -1066,7 +1066,10 @@ class HubServicer(pb_grpc.HubServicer):
         ttl_s = self.config.hold_ttl_s
         if request.hold_ttl_seconds > 0:  # the till's program says how long its holds live
             ttl_s = float(min(request.hold_ttl_seconds, MAX_HOLD_TTL_S))
-        placed = [self.clock()]  # the stamps of what this call places
+        # When the call came: the stamp of all it places (its hold, its coupon holds), so
+        # that its cut past the deadline touches those alone, and no hold of the receipt
+        # placed after it (`Superseded`: it writes nothing then; review 39, grant39)
+        arrived = self.clock()
         try:
             granted = self.store.authorise(
                 device,
@@ -1075,18 +1078,31 @@ class HubServicer(pb_grpc.HubServicer):
                 request.points,
                 at,
                 [Unsynced(u.seq, u.receipt_id, u.points, u.at, u.spent) for u in request.unsynced],
-                placed[0],
+                arrived,
                 ttl_s,
             )
             # Each code is held for this receipt with its redemption (the contract §13).
-            placed.append(self.clock())
             used = (
                 self.store.hold_coupons(
-                    device, request.receipt_id, request.customer_id, codes, placed[-1], ttl_s
+                    device,
+                    request.receipt_id,
+                    request.customer_id,
+                    codes,
+                    arrived,
+                    ttl_s,
+                    arrived=arrived,
                 )
                 if codes
                 else []
             )
+        except Superseded as exc:
+            # The receipt was held again (ONLINE) after this call came: its till stopped
+            # waiting for it long since and priced it OFFLINE, and the newer hold is the
+            # receipt's. Replaced by this grant (cut to the offline limit), it held less
+            # than the till redeems, and another till could spend the rest (review 39,
+            # grant39). Nothing written; answered as a call the till gave up on.
+            log.info("AuthorizeRedemption of %s: %s", request.receipt_id, exc)
+            _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         except InputError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         except StorageError as exc:
@@ -1104,14 +1120,16 @@ class HubServicer(pb_grpc.HubServicer):
             # till that does not say gets the hub's), and the coupon holds; the till's
             # shrink (since review 33) cuts it to what the receipt uses, its Cancel or
             # expiry releases it, its transaction settles it.
-            # (only what this call placed: a hold of the receipt placed since is not its)
+            # (only what this call placed, stamped at its arrival: a hold of the receipt
+            # placed since is not its; cut to the stamp of its last clock reading, it cut a
+            # hold placed while its answer was on its way: review 39, grant39)
             with contextlib.suppress(StorageError):
                 self.store.shrink(
                     device,
                     request.receipt_id,
                     self.store.offline_limit() if offline_limit is None else offline_limit,
                     codes,
-                    placed_by=max(placed),
+                    placed_by=arrived,
                 )
             _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "the till stopped waiting")
         return pb.AuthorizeRedemptionReply(

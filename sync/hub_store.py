@@ -309,7 +309,12 @@ class HubStore(Protocol):
         unsynced: list[Unsynced],
         now: datetime,
         hold_ttl_s: float,
-    ) -> Authorisation: ...
+    ) -> Authorisation:
+        """Hold up to `points` for the receipt against the customer's live balance (the
+        contract §9), replacing the receipt's earlier hold. `now`: the hub's clock when
+        the call came; `hub_rules.Superseded`, nothing written, when the receipt has an
+        ACTIVE hold or a coupon hold placed after it (review 39, grant39)."""
+        ...
 
     def offline_limit(self) -> int:
         """The published program's `offlineRedeemLimitPoints`."""
@@ -357,10 +362,14 @@ class HubStore(Protocol):
         codes: list[str],
         now: datetime,
         hold_ttl_s: float,
+        *,
+        arrived: datetime | None = None,
     ) -> list[str]:
         """Online coupon authorisation (the contract §13): the codes another receipt already
         used or holds; the others are held for this receipt until its transaction settles
-        them, `release` drops them, or they expire. Replaces the receipt's earlier holds."""
+        them, `release` drops them, or they expire. Replaces the receipt's earlier holds.
+        `hub_rules.Superseded`, nothing written, when a hold of the receipt was placed
+        after `arrived` (when the AuthorizeRedemption came)."""
         ...
 
     def balance(self, customer_id: str, at: datetime) -> HubBalance: ...

@@ -223,13 +223,13 @@ def test_a_step_followed_by_the_hold_that_writes_the_boots_first_line(
 # ------------------------- 3. a late grant landing after its receipt was held again (left)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="left (rev39i): the hub's late grant replaces a hold of the receipt placed after"
-    " its call came (a hold TTL shorter than the grant's delay)",
-)
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def test_a_late_grant_landing_after_the_expired_receipt_was_held_again_online(
-    tmp_path: Path, held_back: HeldBack, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    held_back: HeldBack,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    store: str,
 ) -> None:
     """CONTRACT §11 (a hold reserves its points at the hub for every other till). A
     program with a 30 s hold TTL. A Hold's grant is held up on its way to the hub's store
@@ -238,10 +238,10 @@ def test_a_late_grant_landing_after_the_expired_receipt_was_held_again_online(
     1200 points held at the hub. The first grant then lands, and the hub's store replaces
     the newer hold with it (cut to the offline limit, 200): the till's hold redeems 1200
     points while the hub holds 200 for it, and another till may spend the other 1000.
-    The owed release was right not to be sent (the receipt is held again). Left: the
-    hub's authorisation would have to keep a hold placed after its call came (both stores
-    and the PostgreSQL claim); it needs a hold TTL shorter than a busy hub's delay (the
-    default is 1800 s). docs/DECISIONS.md (review 39, rev39i)."""
+    The owed release was right not to be sent (the receipt is held again). Failed before
+    grant39's fix (left as a strict xfail by rev39i): now a grant whose call came before
+    the receipt's ACTIVE hold was placed writes nothing (both stores, the PostgreSQL
+    claim too). docs/DECISIONS.md (review 39, rev39i and grant39)."""
     from tillpoint.sync.loopback import sample_master_data
 
     from .test_review33_hold33 import COUPONS, SORRY
@@ -249,7 +249,8 @@ def test_a_late_grant_landing_after_the_expired_receipt_was_held_again_online(
     data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
     data["program"]["holdTtlSeconds"] = 30
     data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
-    the_hub = LoopbackHub(tmp_path / "hub", data=data)
+    url = request.getfixturevalue("pg_url") if store == "postgresql" else None
+    the_hub = LoopbackHub(tmp_path / "hub", data=data, store=url)
     authorise = the_hub.store.authorise
 
     def first_on_its_way(*args: Any, **kwargs: Any) -> Any:
