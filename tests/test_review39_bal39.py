@@ -14,18 +14,25 @@ time, so a balance asked for a time before a refund has not got them yet.
 
 from __future__ import annotations
 
-from datetime import datetime
+import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tillpoint.agent.results import receipt_from_json, refund_from_json
 from tillpoint.agent.service import Agent
+from tillpoint.sync.hub_sqlite import SqliteHubStore
+from tillpoint.sync.loopback import import_doc
 
 from .conftest import PROGRAM, receipt, snapshot
 from .refund_reference23 import SKU_A, Customer, RefTill, World
+from .test_hub_till_agree import pushed
 
 BORIS = "2770000000024"  # c-b: base tier (3 %), 80 points
 MILK = "4601234000055"
+NOW = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+WEEK = 7 * 86400.0
 
 
 def _sale(receipt_id: str, at: str, redeem: int) -> dict[str, Any]:
@@ -91,6 +98,64 @@ def test_the_reference_model_gives_a_refund_s_points_back_from_its_time_on() -> 
     )
     assert code == 0 and late is not None
     assert late["redeemedPoints"] == 537
+
+
+def _hub_and_till(tmp: Path, lifetime: int) -> tuple[SqliteHubStore, Agent]:
+    doc = snapshot(program={**PROGRAM, "pointsLifetimeDays": lifetime})
+    for key in ("version", "baseVersion", "issuedAt"):
+        doc.pop(key)
+    hub = SqliteHubStore(tmp / "hub.db")
+    import_doc(hub, doc)
+    assert hub.publish(NOW, WEEK).version == 1
+    agent = Agent(tmp / "till", "till-1")
+    agent.load_snapshot(hub.snapshot_doc(1, 0))
+    return hub, agent
+
+
+@pytest.mark.parametrize("lifetime", [0, 365], ids=["points-never-expire", "points-expire"])
+def test_the_hub_counts_a_refund_s_points_from_its_time_on_as_the_till_does(
+    lifetime: int,
+) -> None:
+    """The hub replays the till's sale and refund: its balance at the 24th is the till's
+    42 (it said 80), at the refund's time and after both say 80; and a receipt of the
+    24th asking the hub for 80 points is granted the 42 the customer had then."""
+    with tempfile.TemporaryDirectory() as tmp:
+        hub, agent = _hub_and_till(Path(tmp), lifetime)
+        try:
+            agent.checkout(receipt_from_json(_sale("r-1", "2026-11-23T10:15:00+03:00", 50)))
+            agent.refund(refund_from_json(_refund("f-1", "r-1", "2026-11-25T10:00:00+03:00")))
+            result = hub.ingest("till-1", "", pushed(Path(tmp) / "till"), NOW)
+            assert {r.outcome for r in result.results} == {"STORED"}, result
+            for at, want in (
+                ("2026-11-24T12:00:00+03:00", 42),
+                ("2026-11-25T10:00:00+03:00", 80),
+                ("2026-11-26T10:00:00+03:00", 80),
+            ):
+                moment = datetime.fromisoformat(at)
+                till = agent.balance(BORIS, moment)
+                there = hub.balance("c-b", moment)
+                assert (
+                    (there.available, there.pending)
+                    == (
+                        till.available_points,
+                        till.pending_points,
+                    )
+                    == (want, 0)
+                ), at
+            grant = hub.authorise(
+                "till-1",
+                "r-2",
+                "c-b",
+                80,
+                datetime.fromisoformat("2026-11-24T12:00:00+03:00"),
+                [],
+                NOW + timedelta(days=6),
+                1800.0,
+            )
+            assert grant.authorised == 42
+        finally:
+            agent.close()
+            hub.close()
 
 
 def test_a_refund_dated_back_says_the_balance_of_its_time(tmp_path: Path) -> None:
