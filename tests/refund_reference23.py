@@ -371,9 +371,10 @@ class Ledger:
             # a time before the last movement (CONTRACT §5's decision: every spend
             # committed counts, whatever its `at`; only asked in worlds where nothing
             # expires): what is left of the batches (§16), read at T. Points a refund
-            # dated after T gave back are left out by `RefTill._as_then` (review 39). A spend dated after
-            # T that took a batch still pending at T leaves the pending points, not the
-            # available ones (until review 28: the available ones, -67 where 0 is left).
+            # dated after T gave back are left out by `RefTill._as_then` (review 39). A
+            # spend dated after T that took a batch still pending at T leaves the pending
+            # points, not the available ones (until review 28: the available ones, -67
+            # where 0 is left).
             avail = sum(b.points for b in self.batches if b.spendable(t)) - self.debt()
             pending = sum(
                 b.points for b in self.batches if b.activates is not None and t < b.activates
