@@ -1096,7 +1096,7 @@ def parse_json(
         where = _float_path(text) if isinstance(text, str) else ""
         if not where:
             raise InputError(str(exc)) from None
-        from .wire import MONEY_ADVICE, whole_number_advice
+        from .advice import MONEY_ADVICE, whole_number_advice
 
         said = str(exc).replace(MONEY_ADVICE, whole_number_advice(where, decimals=True))
         raise InputError(f"{where}: {said}") from None

@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import SchemaSerializer, SchemaValidator
+from tillpoint.agent.advice import whole_number_advice
 from tillpoint.agent.errors import InputError
 from tillpoint.agent.identify import ascii_digits, ean13_ok, normalise
 from tillpoint.agent.models import (
@@ -116,7 +117,6 @@ def _fraction(exc: _Fraction, text: str) -> str:
     """`exc` said with the field its number is in and that field's rule (a JSON text of
     thousands of numbers: which one?). `maxRedeemPercent: 1.5` was told "use minor units"
     and no field (review 39, rev38k): a percent is not money."""
-    from tillpoint.agent.wire import whole_number_advice  # an error's words only
 
     place = float_place(text)
     if not place:

@@ -758,7 +758,7 @@ ERRORS: list[tuple[str, str, dict[str, Any], str]] = [
     ("unknown", "confirm", {"receiptId": "never"}, "never"),
     ("unknown", "cancel", {"receiptId": "never"}, "never"),
     ("unknown", "refund", _refund("e-f3", "never"), "never"),
-    ("unknown", "balance", {"card": "2770000000994"}, "2770000000994"),
+    ("unknown", "balance", {"card": "2770000000994"}, "*********0994"),  # masked (review 39)
     ("precondition", "cancel", {"receiptId": "ok-1"}, "use a refund"),
     ("precondition", "confirm", {"receiptId": "gone-1"}, "hold expired: price the receipt again"),
     ("precondition", "confirm", {"receiptId": "late-1"}, "hold expired: price the receipt again"),

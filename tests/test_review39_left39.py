@@ -247,7 +247,7 @@ def test_a_json_lines_import_names_the_field_of_a_fraction_too(cli: CLI, tmp_pat
 def test_an_integer_field_s_advice_speaks_of_what_it_counts(place: str, advice: str) -> None:
     """What a proto JSON reader (gRPC's JSON mapping, a signed snapshot) tells of an int64
     field written with a point (agent/wire.py)."""
-    from tillpoint.agent.wire import whole_number_advice
+    from tillpoint.agent.advice import whole_number_advice
 
     assert whole_number_advice(place).startswith(advice)
 
