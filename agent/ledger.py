@@ -637,8 +637,7 @@ class Points:
             else:
                 for move in moves:
                     wallet.apply(move)
-            points = _points(wallet, at, program)
-            return replace(_as_then(points, customer, again, counted, program, at), made_of=made_of)
+            return replace(_points(wallet, at, program), made_of=made_of)
         for move in moves:
             wallet.apply(move)
         return _points(wallet, at, program)
@@ -710,40 +709,7 @@ def balance(
     moves = tuple(_movement(row, at) for row in rows)
     counted = _counted_sales(conn, customer.id, rows)
     points = _points(_wallet(customer, moves, program, counted), at, program)
-    points = _as_then(points, customer, moves, counted, program, at)
     return replace(points, made_of=(customer, moves, counted))
-
-
-def _as_then(
-    points: Points,
-    customer: Customer,
-    moves: Sequence[Movement],
-    counted: Mapping[str, Counted],
-    program: Program,
-    at: datetime,
-) -> Points:
-    """`points` (every move replayed, those dated after `at` too) never more available
-    than the customer had at `at` (docs/CONTRACT.md §6, §16). Spending dated later counts
-    at once, so a late receipt never spends points twice; but points a refund dated later
-    gave back were not the customer's yet at `at` (spec38c: `balance --at` the day
-    between a sale and its return said the redeemed points were there again). Only such
-    a give-back can lift the figure above the replay of the moves up to `at`; then the
-    available points are those of that replay, and the excess comes off the soonest
-    `expiring` entries, as a spend takes them. Pending points stay as replayed."""
-    if not any(m.by_refund and m.kind == "spend" and m.points > 0 and m.at > at for m in moves):
-        return points
-    earlier = [m for m in moves if m.at <= at]
-    then = _points(_wallet(customer, earlier, program, counted), at, program)
-    excess = points.available - then.available
-    if excess <= 0:
-        return points
-    expiring = []
-    for part, moment in points.expiring:
-        cut = min(excess, part)
-        excess -= cut
-        if part > cut:
-            expiring.append((part - cut, moment))
-    return replace(points, available=then.available, expiring=tuple(expiring))
 
 
 def _moved_later(

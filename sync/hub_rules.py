@@ -1259,20 +1259,8 @@ def _live_points(inputs: LiveInputs, at: datetime) -> tuple[int, int] | None:
     if inputs.customer is None:
         return None
     program = _program_of(inputs.program)
-    doc = json.loads(inputs.customer)
-    available, pending = _wallet(doc, inputs.moves, program).points_at(at)
-    # CONTRACT §16: points a refund gives back return to their batches at the refund's
-    # time. A refund dated after `at` gave nothing at `at`: available then is never above
-    # the replay of the moves up to `at` (every spend still counts at once), as on the
-    # till (`agent.ledger._as_then`), so the hub's `balance --at` and its grant for a
-    # receipt dated before a refund it holds are the till's.
-    if any(
-        m[6] == "REFUND" and max(m[7], m[0], 0) > 0 and m[3] and _timestamp(m[3]) > at
-        for m in inputs.moves
-    ):
-        then = [m for m in inputs.moves if not m[3] or _timestamp(m[3]) <= at]
-        available = min(available, _wallet(doc, then, program).points_at(at)[0])
-    return available, pending
+    wallet = _wallet(json.loads(inputs.customer), inputs.moves, program)
+    return wallet.points_at(at)
 
 
 @lru_cache(maxsize=16)

@@ -7,9 +7,7 @@ offline: checkouts with redemption, holds confirmed, cancelled or left open, par
 refunds over several calls of lines that share a SKU, pending points
 (`activationDelayDays`), expiring batches (`pointsLifetimeDays`, snapshot `expiring` and
 `pending`), receipt-level `EXTRA_POINTS`, debts (`negativeBalance`), idempotent
-`refundId`, and `balance --at`. Review 39 (bal39): points a refund gives back count
-from the refund's time on (§16), so a balance at T before a refund is capped by what the
-customer had at T: the movements up to T replayed in time order (`RefTill._as_then`).
+`refundId`, and `balance --at`.
 
 Pricing is deliberately narrow (one mass `PERCENT_OFF`, one `EXTRA_POINTS`, no birthday,
 no deals, no coupons): single-receipt arithmetic is checked by tests/test_review22_ref22.py.
@@ -368,13 +366,11 @@ class Ledger:
 
     def balance(self, t: datetime) -> dict[str, Any]:
         if t < self.clock:
-            # a time before the last movement (CONTRACT §5's decision: every spend
+            # a time before the last movement (CONTRACT §5's decision: every movement
             # committed counts, whatever its `at`; only asked in worlds where nothing
-            # expires): what is left of the batches (§16), read at T. Points a refund
-            # dated after T gave back are left out by `RefTill._as_then` (review 39). A
-            # spend dated after T that took a batch still pending at T leaves the pending
-            # points, not the available ones (until review 28: the available ones, -67
-            # where 0 is left).
+            # expires): what is left of the batches (§16), read at T. A spend dated after
+            # T that took a batch still pending at T leaves the pending points, not the
+            # available ones (until review 28: the available ones, -67 where 0 is left).
             avail = sum(b.points for b in self.batches if b.spendable(t)) - self.debt()
             pending = sum(
                 b.points for b in self.batches if b.activates is not None and t < b.activates
@@ -416,11 +412,6 @@ class RefTill:
         self.refunds: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.offline_used: dict[str, int] = {}  # store-day -> points (holds included)
         self.last_at = T0 - timedelta(days=30)
-        # The committed point movements in the order they came, each at its own `at`
-        # (kind, receiptId, at, points, points): "sale" (redeemed, earned), "hold" (an open
-        # hold's redeemed points: the held ledger's only), "refund" (returned, taken back).
-        # What the customer had at a time T is their replay in time order up to T.
-        self.log: list[tuple[str, str, datetime, int, int]] = []
 
     # §5 for this narrow world
     def price(
@@ -514,8 +505,6 @@ class RefTill:
         takes, batch = self._book(self.ledger, at, result)
         hspent, hbatch = self._book(self.held, at, result, htakes is None)
         sale = Sale(receipt["receiptId"], at, mlines, extra, False, batch, takes, receipt, result)
-        self.log = [e for e in self.log if not (e[0] == "hold" and e[1] == sale.rid)]
-        self.log.append(("sale", sale.rid, at, result["redeemedPoints"], result["earnedPoints"]))
         sale.htakes = hspent if htakes is None else htakes
         sale.hbatch = hbatch
         self.sales[sale.rid] = sale
@@ -543,38 +532,7 @@ class RefTill:
         """Time passes to `at` (activations pay debts, §16) in both ledgers; the balance at
         `at` with the open holds' spending in it."""
         self.ledger.advance(at)
-        return self._as_then(self.held.balance(at), at, held=True)
-
-    def _as_then(self, bal: dict[str, Any], t: datetime, held: bool) -> dict[str, Any]:
-        """CONTRACT §16: points a refund gives back return to their batches at the refund's
-        time, so a refund dated after `t` gave the customer nothing at `t`: available at
-        `t` is never more than the replay, in time order, of the movements up to `t` (what
-        the customer had then). The ledgers count every committed spend at once (§5's
-        decision: a late receipt never spends a point twice), which keeps the lesser."""
-        if not any(k == "refund" and at > t and back > 0 for k, _, at, back, _ in self.log):
-            return bal
-        then = Ledger(self.world, self.cust)
-        takes: dict[str, list[Take]] = {}
-        batches: dict[str, Batch | None] = {}
-        events = sorted(
-            (e for e in self.log if e[2] <= t and (held or e[0] != "hold")),
-            key=lambda e: e[2],  # stable: the order they came in at one time
-        )
-        for kind, rid, at, a, b in events:
-            then.advance(at)
-            if kind == "hold":
-                then.spend(a, at)
-            elif kind == "sale":
-                takes[rid], batches[rid] = self._book(
-                    then, at, {"redeemedPoints": a, "earnedPoints": b}
-                )
-            else:
-                then.give_back(takes[rid], a, at)
-                then.take_back(batches[rid], b, at)
-        had = then.balance(t)["availablePoints"]
-        if had >= bal["availablePoints"]:
-            return bal
-        return {**bal, "availablePoints": had}
+        return self.held.balance(at)
 
     def _view(self, result: dict[str, Any], at: datetime) -> dict[str, Any]:
         """A receipt's result: the balance at its `at` after it, the points other open
@@ -631,7 +589,6 @@ class RefTill:
         s = Sale(receipt["receiptId"], at, mlines, extra, False, None, [], receipt, view)
         s.htakes = self.held.spend(result["redeemedPoints"], at)  # reserved from here on
         self.holds[s.rid] = s
-        self.log.append(("hold", s.rid, at, result["redeemedPoints"], 0))
         return 0, view
 
     def _held_view(
@@ -669,7 +626,6 @@ class RefTill:
         if rid not in self.holds:
             return 404, None
         h = self.holds.pop(rid)
-        self.log = [e for e in self.log if not (e[0] == "hold" and e[1] == rid)]
         self.held.give_back(h.htakes, h.result["redeemedPoints"], self.held.clock)
         day = h.at.date().isoformat()
         self.offline_used[day] -= h.result["redeemedPoints"]
@@ -734,8 +690,7 @@ class RefTill:
             ledger.advance(at)
             ledger.give_back(takes, returned, at)
             ledger.take_back(batch, taken, at)
-        self.log.append(("refund", sale.rid, at, returned, taken))
-        bal = self._as_then(self.ledger.balance(at), at, held=False)
+        bal = self.ledger.balance(at)
         res = {
             "refundId": fid,
             "receiptId": sale.rid,
@@ -752,7 +707,7 @@ class RefTill:
 
     def balance(self, at: datetime) -> dict[str, Any]:
         shadow = copy.deepcopy(self.ledger)  # asking changes nothing
-        return self._as_then(shadow.balance(at), at, held=False)
+        return shadow.balance(at)
 
 
 def _norm(d: dict[str, Any]) -> Any:
