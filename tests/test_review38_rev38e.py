@@ -53,6 +53,13 @@ def _open(server: HttpServer) -> int:
     return len(server.serve.server.server_state.connections)
 
 
+def _waiting(server: HttpServer) -> int:
+    """Connections the kernel completed that the server has not yet accepted (a listening
+    socket's TCP_INFO carries its accept queue's length in `tcpi_unacked`)."""
+    info = server.serve.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("I", info, 24)[0])
+
+
 def _until(condition: object, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -149,6 +156,13 @@ def test_connections_closed_every_way_leave_the_count_and_256_are_let_in_again(
         if heads[n % 5]:
             sock.sendall(heads[n % 5])
         _reset(sock)
+    # A loaded machine's event loop takes the resets in a burst from its accept queue, and
+    # counts them open until it reads their reset: a call then can meet 257 (503, as the
+    # contract says). The count must drain; that is what is checked, then calls.
+    assert _until(lambda: _waiting(server) == 0 and _open(server) == 0, 6 * TIMEOUT), (
+        _waiting(server),
+        _open(server),
+    )
     for _ in range(100):
         ((status, _, _),) = answers_of(
             exchange(server.port, CALL.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
