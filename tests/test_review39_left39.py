@@ -1,8 +1,9 @@
 """Review 39 (left39): older items earlier sessions left.
 
 - spec38c: `balance --at T` with T before a later refund counts the points that refund
-  gave back (CONTRACT §6, §16: available at T is what the customer had at T). Left: the
-  tests are strict xfails (docs/DECISIONS.md, review 39).
+  gave back (CONTRACT §6, §16). spec38c read "available at T" as what the customer had
+  at T; review 40 kept the other reading (a refund's points count at once, as a later
+  spend does): the tests are strict xfails, the reading not taken (docs/DECISIONS.md).
 - rev38k: `maxRedeemPercent: 1.5` was refused in money's words ("write money in minor
   units"), at the till without its rule and at the hub's import without its field; other
   fields that count points or percents were told the same (CONTRACT §3).
@@ -72,9 +73,11 @@ def till(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     agent.close()
 
 
-# spec38c's fix was reverted for want of time to bring review 23's reference model to it
+# spec38c's reading, not taken (review 40): a refund's points count at once at any time
 LEFT = pytest.mark.xfail(
-    strict=True, reason="spec38c left: docs/DECISIONS.md, review 39 (a later refund's points)"
+    strict=True,
+    reason="the reading not taken: a refund's points count at once, at any time asked"
+    " (CONTRACT §6's decision; docs/DECISIONS.md, review 40)",
 )
 
 
