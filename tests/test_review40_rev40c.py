@@ -1,0 +1,343 @@
+"""Review 40 (rev40c): session 39's one-shot, configuration and file changes read again as a
+support engineer, a POS integrator and an operator meet them (CONTRACT §10 command line and
+storage, §9, §3; DECISIONS, review 39: rev39b, rev39d, rev39f, ops39). The rules checked:
+bad input is exit 2 and one clear line, never a traceback, the cache and the ledger byte for
+byte as they were; a fault of the machine (no room, the file size limit) is exit 1 and says
+which file and why. Each test that names a fault failed before the fix beside it; the
+others pin what was tried and found right. Real parts: real `tillpoint` processes on real
+SQLite files, real pipes, sockets and `/dev/full` for stderr, RLIMIT_FSIZE set in a child
+of its own (`ulimit -f`), a real hub on a loopback port.
+
+Tried by hand and found right, not all pinned here: a committed or read-only one-shot's
+answer to a Unix socket shut for reading before the start or after ten bytes, blocking or
+not (`status`, `config check`, `--version`, `hub status`, `hub export`, `print queue`,
+`print preview`, `identify`, `quote`, `balance`): the cut-off line, exit 1; every JSON input
+(`quote`, `checkout`, `hold`, `refund`, `snapshot load`, `print preview`, `sync install`,
+`hub import` json and jsonl, from a file and from `-`) in UTF-16/32 without a mark: "not
+valid JSON (not UTF-8 text)", exit 2, files unchanged; text operands in a script's other
+bytes at every command that stores them: "… is not UTF-8 text", exit 2; two configurations
+(one loose, one clean) loaded 300 times each in six threads of one process: each kept its
+own loose values (rev39f); `checkout` and `status` under `ulimit -f` below the ledger's
+size: the ledger named with the limit (ops39); `hub serve` started over a `hub.db` larger
+than its limit serves (reads only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent.config import read_config_file
+from tillpoint.agent.errors import InputError
+from tillpoint.agent.snapshot_stream import refuse_non_object
+
+from .conftest import REPO, snapshot
+from .test_review38_rev38b import EXE, _loaded
+
+EXAMPLES = REPO / "examples"
+
+
+def _files(data: Path) -> dict[str, str]:
+    """The data directory's SQLite files, byte for byte (a digest each), and where
+    cache.db points."""
+    out = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(data.iterdir())
+        if p.is_file() and not p.is_symlink() and ".db" in p.name
+    }
+    out["cache.db ->"] = os.readlink(data / "cache.db") if (data / "cache.db").is_symlink() else ""
+    return out
+
+
+def _one_line(err: str) -> str:
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err and "internal error" not in err, err
+    return err.rstrip("\n")
+
+
+# ---------------------------------------- 1. UTF-16 and UTF-32 with their byte order mark
+
+
+def _marked(text: str, coding: str) -> bytes:
+    """`text` in `coding` with its byte order mark (what Notepad's "Unicode" and
+    PowerShell 5's Out-File write)."""
+    marks = {
+        "utf-16-le": b"\xff\xfe",
+        "utf-16-be": b"\xfe\xff",
+        "utf-32-le": b"\xff\xfe\x00\x00",
+        "utf-32-be": b"\x00\x00\xfe\xff",
+    }
+    return marks[coding] + text.encode(coding)
+
+
+@pytest.mark.parametrize("coding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+@pytest.mark.parametrize("what", ["a snapshot", "an import file"])
+def test_a_json_file_in_utf16_or_utf32_with_its_mark_is_not_utf8_text(
+    coding: str, what: str
+) -> None:
+    """CONTRACT §10 (one clear line for bad input), review 39's rule "UTF-16/32 is said
+    'not UTF-8 text' at every input". A snapshot or `hub import` file saved as Windows
+    Notepad's "Unicode" (UTF-16 LE with its mark) or big-endian with its mark was "not a
+    snapshot: it does not start with a JSON object's {" (an operator looking at the file
+    sees a `{` first), while the same file without the mark, and every receipt file either
+    way, said "not valid JSON (not UTF-8 text)". Failed before the fix."""
+    head = _marked(json.dumps(snapshot())[:200], coding)
+    with pytest.raises(InputError) as refused:
+        refuse_non_object(head, "f.json", what)
+    assert refused.value.message == "f.json: not valid JSON (not UTF-8 text)"
+
+
+def test_snapshot_load_and_hub_import_of_a_marked_utf16_file_in_real_processes(
+    tmp_path: Path,
+) -> None:
+    """As above through the command line: `snapshot load` of a file and of standard input
+    and `hub import`, each a UTF-16 file with its mark: exit 2, one line, the cache and the
+    ledger byte for byte as they were (the hub's store too). Failed before the fix."""
+    env = _loaded(tmp_path)
+    data = Path(env["TILLPOINT_DATA_DIR"])
+    wide = tmp_path / "snap16.json"
+    wide.write_bytes(_marked(json.dumps(snapshot(version=8)), "utf-16-le"))
+    before = _files(data)
+    for args, stdin in (
+        (["snapshot", "load", str(wide)], None),
+        (["snapshot", "load", "-"], wide.read_bytes()),
+    ):
+        done = subprocess.run(
+            [EXE, *args], env=env, input=stdin, capture_output=True, timeout=60, check=False
+        )
+        assert done.returncode == 2, done
+        name = "-" if stdin else str(wide)
+        assert _one_line(done.stderr.decode()) == (
+            f"tillpoint: {name}: not valid JSON (not UTF-8 text)"
+        )
+    assert _files(data) == before
+    hub_env = {**env, "TILLPOINT_HUB_DIR": str(tmp_path / "hub")}
+    init = subprocess.run(
+        [EXE, "hub", "init", "--host", "127.0.0.1"], env=hub_env, capture_output=True, timeout=60
+    )
+    assert init.returncode == 0, init.stderr
+    store = tmp_path / "hub" / "hub.db"
+    kept = hashlib.sha256(store.read_bytes()).hexdigest()
+    catalogue = (EXAMPLES / "catalogue.json").read_text(encoding="utf-8")
+    wide.write_bytes(_marked(catalogue, "utf-16-le"))
+    done = subprocess.run(
+        [EXE, "hub", "import", str(wide)], env=hub_env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 2, done
+    assert _one_line(done.stderr.decode()) == "tillpoint: import: not valid JSON (not UTF-8 text)"
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == kept
+
+
+# ---------------------------------------- 2. a configuration file in UTF-16 or UTF-32
+
+
+@pytest.mark.parametrize(
+    "coding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-16", "utf-32"]
+)
+def test_a_config_file_in_utf16_or_utf32_is_not_utf8_text(tmp_path: Path, coding: str) -> None:
+    """CONTRACT §10 (configuration: a problem names the file and what is wrong). A TOML file
+    saved in UTF-16 or UTF-32 without a mark (PowerShell's `Set-Content -Encoding Unicode`
+    writes one; .NET's `Encoding.Unicode` without one) was tomllib's "Invalid initial
+    character for a key part (at line 1, column 2)" or "Invalid statement": the operator
+    looked at the first key, which is right. With a mark it said "not UTF-8 text" already.
+    Failed before the fix (without a mark): now "not UTF-8 text" either way."""
+    path = tmp_path / "tillpoint.toml"
+    path.write_bytes("[hub]\npoll_interval_s = 30\n".encode(coding))
+    with pytest.raises(InputError) as refused:
+        read_config_file(path)
+    assert refused.value.message.startswith(f"config {path}: not UTF-8 text ("), refused.value
+
+
+def test_a_config_file_with_a_nul_byte_in_a_real_process(tmp_path: Path) -> None:
+    """As above through `config check` and `status`: a UTF-16 LE file without a mark is
+    exit 2, one line "not UTF-8 text", at the command that checks it and at one that only
+    reads it; nothing made in the data directory it names."""
+    path = tmp_path / "tillpoint.toml"
+    data = tmp_path / "data"
+    path.write_bytes(f'data_dir = "{data}"\n'.encode("utf-16-le"))
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    for args in (["config", "check"], ["status"]):
+        done = subprocess.run(
+            [EXE, "--config", str(path), *args], env=env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 2, done
+        assert _one_line(done.stderr.decode()) == (
+            f"tillpoint: config {path}: not UTF-8 text (a NUL byte at byte 1)"
+        )
+    assert not data.exists()
+
+
+# ---------------------------------------- 3. bad input when stderr takes no line
+
+
+def _stderr_ends(kind: str) -> Iterator[Any]:
+    """A stderr that takes nothing: `/dev/full`, a pipe its reader closed, a Unix socket
+    its reader shut for reading."""
+    if kind == "full":
+        with open("/dev/full", "wb") as full:
+            yield full.fileno()
+    elif kind == "pipe":
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            yield w
+        finally:
+            os.close(w)
+    else:
+        ours, theirs = socket.socketpair()
+        ours.shutdown(socket.SHUT_RD)
+        with ours, theirs:
+            yield theirs.fileno()
+
+
+@pytest.mark.parametrize("kind", ["full", "pipe", "socket"])
+def test_bad_input_is_exit_2_whatever_stderr_takes(tmp_path: Path, kind: str) -> None:
+    """CONTRACT §10 (exit 2: input the rules refuse, the cache and the ledger as they
+    were). A POS that sends a one-shot's stderr nowhere (a pipe it closed, `/dev/full`, a
+    socket it shut for reading) reads only the exit code: a receipt file it had wrong was
+    exit 1 there ("retry later", the environment's), because the write of the error line
+    failed inside the handler that printed it and escaped as a traceback nobody read.
+    Failed before the fix: exit 2, the files unchanged."""
+    env = _loaded(tmp_path)
+    data = Path(env["TILLPOINT_DATA_DIR"])
+    wide = tmp_path / "r16.json"
+    wide.write_bytes(json.dumps({"receiptId": "x"}).encode("utf-16-le"))
+    before = _files(data)
+    for end in _stderr_ends(kind):
+        done = subprocess.run(
+            [EXE, "checkout", str(wide), "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=end,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done
+        assert done.stdout == b""
+    assert _files(data) == before
+
+
+# ---------------------------------------- 4. a snapshot's cache at the file size limit
+
+
+_UNDER_LIMIT = r"""
+import os, resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _under_limit(
+    limit: int, args: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`(ulimit -f N; tillpoint ARGS)`: the command in a child whose file size limit is
+    `limit` bytes (a child of its own: this worker's files must not meet it)."""
+    return subprocess.run(
+        [sys.executable, "-c", _UNDER_LIMIT, str(limit), EXE, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _bigger_snapshot(path: Path, version: int, products: int) -> Path:
+    doc = json.loads((EXAMPLES / "snapshot.json").read_text(encoding="utf-8"))
+    doc["version"] = version
+    doc["products"] += [
+        {"sku": f"99{i:011d}", "name": f"Product number {i}", "category": "dairy"}
+        for i in range(products)
+    ]
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def test_a_snapshot_whose_cache_reaches_the_file_size_limit_says_so(tmp_path: Path) -> None:
+    """CONTRACT §10 (storage faults are said with what explains them), ops39's rule for the
+    file size limit. A till whose unit sets LimitFSIZE= (or a shell's `ulimit -f`) below a
+    new snapshot's cache: `snapshot load` (and `run`'s and `sync now`'s pulls, which apply
+    the same way) said "the cache could not be written, nothing was stored: disk I/O
+    error" — ops39 named the limit for the ledger, whose name the cache's build file does
+    not have. Failed before the fix: the line names the build's file and the limit, exit 1
+    (the machine's, not the input's), the cache and the ledger as they were; the limit
+    lifted, the same file loads."""
+    env = _loaded(tmp_path)
+    data = Path(env["TILLPOINT_DATA_DIR"])
+    big = _bigger_snapshot(tmp_path / "big.json", 8, 8000)  # a cache of ~1 MB
+    before = _files(data)
+    limit = 512 * 1024  # above the ledger (~170 KB), below the new cache
+    done = _under_limit(limit, ["snapshot", "load", str(big)], env)
+    assert done.returncode == 1, done
+    line = _one_line(done.stderr)
+    assert line.startswith("tillpoint: the cache could not be written, nothing was stored: "), line
+    assert "reached this process's file size limit (512 KiB" in line, line
+    assert f"{data}/cache-8-" in line, line
+    assert _files(data) == before
+    assert not list(data.glob("*.building*"))
+    again = subprocess.run(
+        [EXE, "snapshot", "load", str(big)], env=env, capture_output=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+
+
+_PARALLEL_BUILD = r"""
+import hashlib, json, resource, sys
+from pathlib import Path
+from tillpoint.agent.errors import StorageError
+from tillpoint.agent.service import Agent
+
+data, source, limit = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+agent = Agent(data, "till-1")
+agent.build_workers = 2
+agent.build_min_chunk = 64 * 1024  # two workers, each with a part file of its own
+def files():
+    # the files (an -shm and an empty -wal of this process's open cache come and go)
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(data.iterdir())
+        if not p.name.endswith(("-shm", "-wal"))
+    }
+before = files()
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    agent.load_snapshot_file(source)
+    refusal = None
+except StorageError as exc:
+    refusal = exc.message
+print(json.dumps({"refusal": refusal, "before": before, "after": files()}))
+"""
+
+
+def test_a_parallel_build_whose_part_reaches_the_file_size_limit_says_so(tmp_path: Path) -> None:
+    """As above for a full snapshot built by worker processes (a JSON Lines snapshot past
+    8 MiB a worker; here two workers on a small one): a worker's part file that reached
+    the limit said "disk I/O error" alone, from the worker. Failed before the fix: the
+    file (the build's or a part) is named with the limit; the data directory as it was."""
+    from bench.generate import Scale, write_full
+
+    env = _loaded(tmp_path)  # a till's data directory, as a command left it
+    source = write_full(tmp_path / "full.jsonl", Scale(1500, 400, mass_offers=10), version=8)
+    child = subprocess.run(
+        [sys.executable, "-c", _PARALLEL_BUILD, env["TILLPOINT_DATA_DIR"], str(source), "262144"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    out = json.loads(child.stdout)
+    refusal = out["refusal"]
+    assert refusal is not None and "reached this process's file size limit (256 KiB" in refusal
+    assert ".building" in refusal and "\n" not in refusal, refusal
+    assert out["after"] == out["before"], out
