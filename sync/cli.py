@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tillpoint.agent.errors import HubUnavailable, InputError, one_line
+from tillpoint.agent.errors import HubUnavailable, InputError, TillpointError, one_line
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from tillpoint.agent.config import Settings
@@ -624,10 +624,12 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     try:
         pki.write_bundle(out, bundle)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile
-        raise InputError(
+        raise _unwritten(
+            out,
+            exc,
             f"device {identity.device_id} is enrolled, but its bundle could not be written to"
-            f" {out}: {exc.strerror or exc}; issue it again with 'tillpoint hub enroll"
-            f" {identity.device_id} --renew --out FILE'"
+            f" {out}",
+            f"; issue it again with 'tillpoint hub enroll {identity.device_id} --renew --out FILE'",
         ) from None
     data = {
         "deviceId": identity.device_id,
@@ -657,6 +659,21 @@ def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
         {"deviceId": args.device, "revoked": True, "changed": changed},
         lambda d: f"device {d['deviceId']} is revoked",
     )
+
+
+def _unwritten(path: Path, exc: OSError, what: str, then: str = "") -> TillpointError:
+    """A file of `--out` that could not be written: the machine's fault (no room, the
+    file size limit, the device: exit 1, with what explains it) or the input's (a
+    directory, a mode: exit 2). A full disk and `ulimit -f` said exit 2, as if the
+    command had been given a wrong path (review 40, rev40c; CONTRACT §10's storage
+    rule: a full disk is exit 1)."""
+    from tillpoint.agent.db import ROOM_ERRNOS, no_space_hint
+    from tillpoint.agent.errors import StorageError
+
+    said = f"{what}: {exc.strerror or exc}"
+    if exc.errno in ROOM_ERRNOS:
+        return StorageError(f"{said}{no_space_hint(path, exc)}{then}")
+    return InputError(f"{said}{then}")
 
 
 def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -690,7 +707,7 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
         # payload's (`bundle.size`), which the file wraps with its format and signature
         size = args.out.stat().st_size
     except OSError as exc:
-        raise InputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        raise _unwritten(args.out, exc, f"cannot write {args.out}") from None
     return _emit(
         args,
         {
