@@ -44,6 +44,7 @@ from .errors import (
     LaterRelease,
     ReadOnlyData,
     StorageError,
+    TillpointError,
 )
 
 if TYPE_CHECKING:
@@ -428,6 +429,18 @@ def no_space_hint(path: Path, exc: OSError) -> str:
     if exc.errno == errno.EDQUOT:
         return f"; the disk quota of this user on {where} is used up"
     return full_disk_hint(path) or f"; the file system of {where} is full (no room for a file)"
+
+
+def write_refused(path: Path, exc: OSError, what: str, then: str = "") -> TillpointError:
+    """A file the user named (`--out`, `--png`, `--export`) that could not be written:
+    the machine's fault (no room, a quota, the file size limit, the device: exit 1, a
+    `StorageError` with what explains it) or the input's (a directory, a mode: exit 2).
+    A full disk and `ulimit -f` said exit 2, as if the command had been given a wrong
+    path (review 40, rev40c; CONTRACT §10's storage rule: a full disk is exit 1)."""
+    said = f"{what}: {exc.strerror or exc}"
+    if exc.errno in ROOM_ERRNOS:
+        return StorageError(f"{said}{no_space_hint(path, exc)}{then}")
+    return InputError(f"{said}{then}")
 
 
 def file_of(conn: sqlite3.Connection) -> Path:

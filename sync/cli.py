@@ -662,18 +662,11 @@ def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _unwritten(path: Path, exc: OSError, what: str, then: str = "") -> TillpointError:
-    """A file of `--out` that could not be written: the machine's fault (no room, the
-    file size limit, the device: exit 1, with what explains it) or the input's (a
-    directory, a mode: exit 2). A full disk and `ulimit -f` said exit 2, as if the
-    command had been given a wrong path (review 40, rev40c; CONTRACT §10's storage
-    rule: a full disk is exit 1)."""
-    from tillpoint.agent.db import ROOM_ERRNOS, no_space_hint
-    from tillpoint.agent.errors import StorageError
+    """`db.write_refused` (an `--out` file: exit 1 when the machine refused it, 2 when
+    the path or its mode did)."""
+    from tillpoint.agent.db import write_refused
 
-    said = f"{what}: {exc.strerror or exc}"
-    if exc.errno in ROOM_ERRNOS:
-        return StorageError(f"{said}{no_space_hint(path, exc)}{then}")
-    return InputError(f"{said}{then}")
+    return write_refused(path, exc, what, then)
 
 
 def _hub_export(settings: Settings, args: argparse.Namespace) -> int:

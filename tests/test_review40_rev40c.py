@@ -511,3 +511,25 @@ def test_a_poll_interval_a_hair_past_its_bound_is_said_as_written(tmp_path: Path
         assert settings.hub.poll_interval_s == float(bound)
         (line,) = loose_values(settings)
         assert line.endswith(f"; {written} is taken as {bound}"), line
+
+
+def test_demo_export_at_the_file_size_limit_is_exit_1_and_names_the_file(tmp_path: Path) -> None:
+    """CONTRACT §3 (files written whole), §10 (storage: the machine's faults are exit 1). A
+    file the user names and the machine refuses (`demo --export DIR`, `print preview
+    --png`, `hub export --out`) was exit 2 and "cannot write the files (File too large)",
+    the code a script reads as its own mistake. Failed before the fix: exit 1, the file
+    and the limit named, no file left half written; a path that is a file stays exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    out = tmp_path / "files"
+    done = _under_limit(4096, ["demo", "--export", str(out)], env)
+    assert done.returncode == 1, done
+    line = _one_line(done.stderr)
+    assert line.startswith(f"tillpoint: {out}: cannot write the files: File too large; {out}/")
+    assert "reached this process's file size limit (4 KiB" in line, line
+    assert all(p.stat().st_size <= 4096 for p in out.iterdir())
+    assert not list(out.glob("*.tmp"))
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    wrong = subprocess.run(
+        [EXE, "demo", "--export", str(tmp_path / "a-file")], env=env, capture_output=True
+    )
+    assert wrong.returncode == 2, wrong
