@@ -533,3 +533,59 @@ def test_demo_export_at_the_file_size_limit_is_exit_1_and_names_the_file(tmp_pat
         [EXE, "demo", "--export", str(tmp_path / "a-file")], env=env, capture_output=True
     )
     assert wrong.returncode == 2, wrong
+
+
+@pytest.mark.slow
+def test_hub_import_at_the_file_size_limit_says_the_write_failed(tmp_path: Path) -> None:
+    """CONTRACT §10 (storage, one clear line), operators' `hub import` of a chain's master
+    data on a hub whose file size limit is below the import's WAL. The line said "the hub
+    database could not be written, nothing was stored: no such table: temp.import_seen;
+    …hub.db-wal reached this process's file size limit": SQLite's rollback of the failed
+    write took the import's scratch table with it, and the cleanup's own error replaced
+    the write's ("disk I/O error"). Failed before the fix: the write's words, exit 1, the
+    store's draft as it was."""
+    import sqlite3
+
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env["TILLPOINT_HUB_DIR"] = str(tmp_path / "hub")
+    init = subprocess.run(
+        [EXE, "hub", "init", "--host", "127.0.0.1"], env=env, capture_output=True, timeout=60
+    )
+    assert init.returncode == 0, init.stderr
+    doc = tmp_path / "catalogue.json"
+    # more rows than SQLite's page cache holds: the WAL grows inside the transaction
+    doc.write_text(json.dumps(_big_master_data(30000)), encoding="utf-8")
+    done = _under_limit(512 * 1024, ["hub", "import", str(doc)], env)
+    assert done.returncode == 1, done
+    line = _one_line(done.stderr)
+    assert line.startswith(
+        "tillpoint: the hub database could not be written, nothing was stored: disk I/O error; "
+    ), line
+    assert "reached this process's file size limit (512 KiB" in line, line
+    with sqlite3.connect(tmp_path / "hub" / "hub.db") as conn:
+        assert conn.execute("SELECT count(*) FROM draft").fetchone()[0] == 0
+
+
+def test_a_hub_import_whose_write_fails_says_the_writes_words(tmp_path: Path) -> None:
+    """The short twin of the test above, in this process: a store whose file may not grow
+    (`max_page_count`, SQLite's "database or disk is full", which rolls the transaction
+    back as a failed write to a full disk does) says that, not "no such table:
+    temp.import_seen". Failed before the fix."""
+    from tillpoint.agent.errors import StorageError
+    from tillpoint.sync.loopback import LoopbackHub, import_doc
+
+    hub = LoopbackHub(tmp_path / "hub", start=False)
+    try:
+        conn = hub.server.store._conn()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 20}")
+        conn.execute("PRAGMA cache_size = 10")  # pages spill inside the transaction
+        with pytest.raises(StorageError) as refused:
+            import_doc(hub.server.store, _big_master_data(3000))
+        assert refused.value.message == (
+            "the hub database could not be written, nothing was stored: database or disk is full"
+        )
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        import_doc(hub.server.store, _big_master_data(10))  # the store takes the next one
+    finally:
+        hub.stop()
