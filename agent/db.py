@@ -390,8 +390,9 @@ def files_size_limit_hint(*paths: Path) -> str:
 
 
 def _limit_words(path: Path, soft: int) -> str:
+    size = f"{soft // 1024} KiB" if soft >= 1024 else f"{soft} bytes"  # not "0 KiB"
     return (
-        f"; {path} reached this process's file size limit ({soft // 1024} KiB:"
+        f"; {path} reached this process's file size limit ({size}:"
         " `ulimit -f`, or LimitFSIZE= in its systemd unit; the disk has room)"
     )
 

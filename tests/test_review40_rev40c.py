@@ -589,3 +589,54 @@ def test_a_hub_import_whose_write_fails_says_the_writes_words(tmp_path: Path) ->
         import_doc(hub.server.store, _big_master_data(10))  # the store takes the next one
     finally:
         hub.stop()
+
+
+_HUB_KEYS = r"""
+import json, resource, sys
+from pathlib import Path
+from tillpoint.agent.errors import TillpointError
+from tillpoint.sync.hub_server import HubDir
+
+hub = HubDir(Path(sys.argv[1]), None)
+resource.setrlimit(resource.RLIMIT_FSIZE, (300, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    hub.init(["127.0.0.1"])
+    print(json.dumps({"refusal": None}))
+except TillpointError as exc:
+    print(json.dumps({"refusal": exc.message, "exit": exc.exit_code}))
+"""
+
+
+def test_hub_init_on_a_disk_that_fills_leaves_no_half_set_of_keys(tmp_path: Path) -> None:
+    """CONTRACT §9 (the hub's keys: `hub init` never replaces a CA devices trust), §10
+    (storage). `hub init` whose disk filled (or whose file size limit was met: 300 bytes
+    here, `ca.key` fits, `ca.pem` does not) after its first file said "internal error:
+    OSError: [Errno 27] File too large" and left `ca.key` alone; every `hub init` after
+    it, with room again, said "holds some of the hub's keys but not all: restore the
+    missing files from a backup" of keys nobody had used, and the operator was stuck.
+    Failed before the fix: the keys are one set (none of it stays), the refusal names the
+    file and the limit (exit 1), and the next `hub init` makes them."""
+    root = tmp_path / "hub"
+    child = subprocess.run(
+        [sys.executable, "-c", _HUB_KEYS, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    out = json.loads(child.stdout)
+    assert out["exit"] == 1, out
+    assert out["refusal"].startswith(f"cannot write the keys in {root / 'keys'}: File too large; ")
+    assert "reached this process's file size limit (300 bytes" in out["refusal"], out
+    assert sorted(p.name for p in (root / "keys").iterdir()) == []
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    again = subprocess.run(
+        [EXE, "hub", "init", "--hub-dir", str(root), "--host", "127.0.0.1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    assert {p.name for p in (root / "keys").iterdir()} >= {"ca.key", "ca.pem", "snapshot.key"}
