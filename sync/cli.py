@@ -288,7 +288,23 @@ def _hub(settings: Settings, args: argparse.Namespace) -> HubDir:
     """The hub's directory with the store that --store or $TILLPOINT_HUB_STORE names."""
     from .hub_server import HubDir
 
-    return HubDir(_hub_dir(settings, args), args.store)  # None: $TILLPOINT_HUB_STORE
+    hub = HubDir(_hub_dir(settings, args), args.store)  # None: $TILLPOINT_HUB_STORE
+    places = [("the hub's directory", hub.root, "--hub-dir or TILLPOINT_HUB_DIR names it")]
+    if not hub.on_postgres:
+        places.append(("the hub's store", hub.sqlite_path, "--store or TILLPOINT_HUB_STORE"))
+    for what, path, named in places:
+        try:
+            os.fsdecode(os.fsencode(path)).encode("utf-8")
+        except UnicodeError:
+            # a script's other bytes (Latin-1): SQLite keeps a file's name as UTF-8 text,
+            # and `hub init` made keys and half a hub.db there, then said "cannot migrate
+            # the database schema: Could not decode to UTF-8 column 'file'", exit 1
+            # (review 40, rev40c); the data directory's rule (`check_data_dir`)
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise InputError(
+                f"{what} {shown} has a name that is not UTF-8 text: name it in UTF-8 ({named})"
+            ) from None
+    return hub
 
 
 def _existing_hub(settings: Settings, args: argparse.Namespace) -> HubDir:

@@ -640,3 +640,34 @@ def test_hub_init_on_a_disk_that_fills_leaves_no_half_set_of_keys(tmp_path: Path
     )
     assert again.returncode == 0, again.stderr
     assert {p.name for p in (root / "keys").iterdir()} >= {"ca.key", "ca.pem", "snapshot.key"}
+
+
+def test_a_hub_directory_or_store_named_in_other_bytes_is_refused_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    """CONTRACT §10 (bad input: exit 2, one line, nothing changed), the data directory's
+    rule (a name that is not UTF-8 text is refused before it is made). `hub init
+    --hub-dir` or `--store` in a script's other bytes (Latin-1) made the keys and half a
+    `hub.db` there, then said "cannot migrate the database schema: Could not decode to
+    UTF-8 column 'file'", exit 1 (SQLite keeps a file's name as UTF-8 text). Failed
+    before the fix: exit 2, the name shown escaped, nothing made."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TILLPOINT_")}
+    env["TILLPOINT_DATA_DIR"] = str(tmp_path / "data")
+    base = os.fsencode(tmp_path)
+    for args, said in (
+        ([b"--hub-dir", base + b"/hub-\xff"], f"the hub's directory {tmp_path}/hub-\\xff"),
+        (
+            [b"--hub-dir", base + b"/hub", b"--store", base + b"/s\xfe.db"],
+            f"the hub's store {tmp_path}/s\\xfe.db",
+        ),
+    ):
+        done = subprocess.run(
+            [EXE.encode(), b"hub", b"init", b"--host", b"127.0.0.1", *args],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done
+        line = _one_line(done.stderr.decode())
+        assert line.startswith(f"tillpoint: {said} has a name that is not UTF-8 text: "), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
