@@ -8,6 +8,12 @@ others pin what was tried and found right. Real parts: real `tillpoint` processe
 SQLite files, real pipes, sockets and `/dev/full` for stderr, RLIMIT_FSIZE set in a child
 of its own (`ulimit -f`), a real hub on a loopback port.
 
+The five real-process runs at a limit or with a marked UTF-16 file (a hub, a snapshot of
+8,000 products built twice, an import of 30,000 rows: ~10-30 s each on a loaded machine)
+are `slow` (`make test-all`; deselected in `.ci/run`), each with a short twin here: the
+UTF-16/32 matrix of `refuse_non_object`, the serial build at the limit, the refusals'
+words and exit codes (`_written`, `write_refused`), a hub store that may not grow.
+
 Tried by hand and found right, not all pinned here: a committed or read-only one-shot's
 answer to a Unix socket shut for reading before the start or after ten bytes, blocking or
 not (`status`, `config check`, `--version`, `hub status`, `hub export`, `print queue`,
