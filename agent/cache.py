@@ -258,12 +258,28 @@ def _build(
         fsync_path(tmp)
         os.rename(tmp, final)  # nobody has it open; the switch fsyncs the directory
     except (sqlite3.Error, OSError) as exc:
+        hint = build_hint(tmp)  # before the files it reads are deleted
         _discard(tmp, final)
-        raise StorageError(f"the cache could not be written, nothing was stored: {exc}") from None
+        raise StorageError(
+            f"the cache could not be written, nothing was stored: {exc}{hint}"
+        ) from None
     except BaseException:
         _discard(tmp, final)
         raise
     return final, loaded
+
+
+def build_hint(tmp: Path) -> str:
+    """What explains a build's failed write (SQLite says "disk I/O error" for both): the
+    data directory's file system is full, or the build's file, or a worker's part,
+    reached the process's file size limit (`ulimit -f`, LimitFSIZE=): a snapshot too big
+    for it said only "disk I/O error" (review 40, rev40c; ops39 named the limit for the
+    ledger, whose name the cache's build files do not have)."""
+    from .db import files_size_limit_hint, full_disk_hint
+
+    base = tmp.name.removesuffix(BUILDING)
+    files = [tmp, *sorted(tmp.parent.glob(f"{base}.part*"))]
+    return full_disk_hint(tmp) or files_size_limit_hint(*files)
 
 
 class Settle:

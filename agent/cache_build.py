@@ -599,7 +599,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(UnreadableFile(f"{exc.filename}: no such file"))
         return 2
     except (OSError, sqlite3.Error) as exc:
-        _report(StorageError(f"the cache could not be written, nothing was stored: {exc}"))
+        # a worker's part (its own file) at the file size limit or on a full disk: said
+        # so, as the build's own file is (`cache.build_hint`; review 40, rev40c)
+        hint = cache_mod.build_hint(args.part) if args.role == "work" else ""
+        _report(StorageError(f"the cache could not be written, nothing was stored: {exc}{hint}"))
         return 1
     print(json.dumps(loaded.__dict__))
     return 0

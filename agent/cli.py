@@ -283,9 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
+        given = sys.stderr
+        if isinstance(given, ErrorLines):  # `_main`'s: the caller's own stream back
+            given = given.stream
+            sys.stderr = stderr
         if stderr is None:  # `_main` gave it /dev/null for its error lines
             with contextlib.suppress(Exception):
-                sys.stderr.close()
+                given.close()
             sys.stderr = stderr
         for stream, encoding, errors in codings:
             with contextlib.suppress(Exception):  # a stream its reader closed: as it is
@@ -317,6 +321,7 @@ def _main(argv: Sequence[str] | None) -> int:
             # the encoding's strict default they said "internal error", exit 1 (rev36f)
             errors = "backslashreplace" if stream is sys.stderr else None
             reconfigure(encoding="utf-8", errors=errors)
+    sys.stderr = ErrorLines(sys.stderr)  # a line stderr does not take changes no exit code
     process_ends = argv is None  # the `tillpoint` command: its exit follows (`_AfterAnswer`)
     if argv is None:
         argv = sys.argv[1:]
@@ -377,6 +382,31 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         if after is not None:  # after the hub link's and the files' closes
             after.end()
+
+
+class ErrorLines:
+    """stderr while a command runs (`_main`): a line the stream does not take (a pipe
+    its reader closed, `/dev/full`, a socket shut for reading) is lost, and the command
+    exits as it would have. The write's error escaped the handler that was printing the
+    command's one line: bad input (exit 2) and a refused call (a `forward`ed one's code)
+    exited 1, with a traceback nobody could read (review 40, rev40c); a POS that sends
+    stderr nowhere reads only the exit code, which must say what the command did."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self.stream.write(text))
+        except (OSError, ValueError):  # ValueError: a stream closed under it
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding … the stream's
+        return getattr(self.stream, name)
 
 
 # What pydantic's plugin loader answers while PYDANTIC_DISABLE_PLUGINS disables them all.

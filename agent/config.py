@@ -95,10 +95,17 @@ def _bounded_poll_interval(value: float) -> float:
     loose = _LOOSE.get()
     if loose is not None:  # a load's (`Settings`): a model built alone is only bounded
         loose.append(
-            f"config{source}: hub.poll_interval_s must be {rule}{where}; {value:g} is taken"
-            f" as {taken:g}"
+            f"config{source}: hub.poll_interval_s must be {rule}{where}; {_shown(value)} is"
+            f" taken as {taken:g}"
         )
     return taken
+
+
+def _shown(value: float) -> str:
+    """A number as written when `:g`'s six digits would round it (86400.0000001 was said
+    "86400 is taken as 86400", 0.0999999 "0.1 is taken as 0.1": review 40, rev40c)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def _env_table_source(table: str, key: str) -> str:
@@ -804,6 +811,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
             " not a configuration file"
         )
     try:
+        if b"\x00" in raw:
+            # UTF-16 or UTF-32 without a byte order mark (a NUL beside each ASCII
+            # character; TOML allows none anywhere): tomllib's "Invalid initial character
+            # for a key part (at line 1, column 2)" sent the operator to the file's first
+            # key (review 40, rev40c), where every other input says "not UTF-8 text"
+            at = raw.index(b"\x00")
+            raise UnicodeDecodeError("utf-8", raw, at, at + 1, "a NUL byte")
         return tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except UnicodeDecodeError as exc:
         raise InputError(

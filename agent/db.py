@@ -44,6 +44,7 @@ from .errors import (
     LaterRelease,
     ReadOnlyData,
     StorageError,
+    TillpointError,
 )
 
 if TYPE_CHECKING:
@@ -366,37 +367,81 @@ def file_size_limit_hint(path: Path) -> str:
     else "". Python ignores SIGXFSZ, so such a write fails with EFBIG, which SQLite says
     as "disk I/O error" with space left on the disk: support went looking for a broken
     disk (review 39, ops39)."""
+    return files_size_limit_hint(path, Path(f"{path}-wal"), Path(f"{path}-journal"))
+
+
+def files_size_limit_hint(*paths: Path) -> str:
+    """`file_size_limit_hint` for the first of `paths` within SQLite's largest page of
+    the limit: a cache's build writes files of its own (the generation being built, its
+    workers' parts), which the cache's name does not find (review 40, rev40c)."""
     import resource
 
     soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if soft == resource.RLIM_INFINITY:
         return ""
-    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
+    for candidate in paths:
         try:
             size = candidate.stat().st_size
         except OSError:
             continue
         if size + 65536 + 24 > soft:  # a WAL frame: a 24-byte header and a page (≤ 64 KiB)
-            return (
-                f"; {candidate} reached this process's file size limit ({soft // 1024} KiB:"
-                " `ulimit -f`, or LimitFSIZE= in its systemd unit; the disk has room)"
-            )
+            return _limit_words(candidate, soft)
     return ""
 
 
+def _limit_words(path: Path, soft: int) -> str:
+    size = f"{soft // 1024} KiB" if soft >= 1024 else f"{soft} bytes"  # not "0 KiB"
+    return (
+        f"; {path} reached this process's file size limit ({size}:"
+        " `ulimit -f`, or LimitFSIZE= in its systemd unit; the disk has room)"
+    )
+
+
+def too_large_hint(path: Path) -> str:
+    """What a write refused as too large (EFBIG) adds: the process's file size limit and
+    the file that reached it, or, with no limit set, its file system's largest file."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return f"; {path} is as large as its file system allows a file to be"
+    return _limit_words(path, soft)
+
+
+# The errors of a write that are the machine's, not the input's: no room, a quota, the
+# file size limit, the device (exit 1, `StorageError`; a path or a mode that refuses is
+# the input's, exit 2).
+ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
 def no_space_hint(path: Path, exc: OSError) -> str:
-    """What a write refused for space (ENOSPC, EDQUOT) adds to the system's words: the
+    """What a write refused for space (ENOSPC, EDQUOT; EFBIG: the file size limit,
+    `too_large_hint`) adds to the system's words: the
     file system of `path` is full and where (`full_disk_hint`), or, with space left by
     its count, that it has no room for this write (its inodes, the blocks kept for root)
     or that the user's quota is used up; "" for any other error. `run` on a full disk said
     "cannot use the data directory …: No space left on device" (review 32): support asked
     which disk."""
+    if exc.errno == errno.EFBIG:  # the process's file size limit (review 40, rev40c)
+        return too_large_hint(path)
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return ""
     where = next((p for p in (path, *path.parents) if p.is_dir()), path)
     if exc.errno == errno.EDQUOT:
         return f"; the disk quota of this user on {where} is used up"
     return full_disk_hint(path) or f"; the file system of {where} is full (no room for a file)"
+
+
+def write_refused(path: Path, exc: OSError, what: str, then: str = "") -> TillpointError:
+    """A file the user named (`--out`, `--png`, `--export`) that could not be written:
+    the machine's fault (no room, a quota, the file size limit, the device: exit 1, a
+    `StorageError` with what explains it) or the input's (a directory, a mode: exit 2).
+    A full disk and `ulimit -f` said exit 2, as if the command had been given a wrong
+    path (review 40, rev40c; CONTRACT §10's storage rule: a full disk is exit 1)."""
+    said = f"{what}: {exc.strerror or exc}"
+    if exc.errno in ROOM_ERRNOS:
+        return StorageError(f"{said}{no_space_hint(path, exc)}{then}")
+    return InputError(f"{said}{then}")
 
 
 def file_of(conn: sqlite3.Connection) -> Path:

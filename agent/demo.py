@@ -103,6 +103,7 @@ def export(directory: Path, *, seed: int = 7, out: Out = print) -> list[Path]:
 
     if directory.exists() and not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
+    path = directory  # the file being written when a write fails
     try:
         directory.mkdir(parents=True, exist_ok=True)
         written = []
@@ -110,8 +111,10 @@ def export(directory: Path, *, seed: int = 7, out: Out = print) -> list[Path]:
             path = directory / name
             write_whole(path, (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode())
             written.append(path)
-    except OSError as exc:
-        raise InputError(f"{directory}: cannot write the files ({exc.strerror})") from None
+    except OSError as exc:  # a full disk or `ulimit -f`: exit 1 (review 40, rev40c)
+        from .db import write_refused
+
+        raise write_refused(path, exc, f"{directory}: cannot write the files") from None
     out(f"wrote {len(written)} files to {directory}: " + ", ".join(p.name for p in written))
     return written
 

@@ -106,10 +106,18 @@ def refuse_non_object(head: bytes, name: str, what: str = "a snapshot") -> None:
 _WIDE_CODINGS = ("utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be")
 
 
+# The byte order marks of UTF-32 and UTF-16 (UTF-32 LE's begins with UTF-16 LE's).
+_WIDE_MARKS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff", b"\xff\xfe", b"\xfe\xff")
+
+
 def _wide_object(head: bytes) -> bool:
-    """Whether `head` (a file's first bytes) is a JSON object's start in UTF-16 or UTF-32
-    without a byte order mark: NULs beside its ASCII (RFC 4627's way to tell), which no
-    UTF-8 JSON text has. Zeros alone (`/dev/zero`) are not: "not a snapshot" as before."""
+    """Whether `head` (a file's first bytes) is a JSON object's start in UTF-16 or UTF-32:
+    with its byte order mark (Windows Notepad's "Unicode", PowerShell 5's `Out-File`:
+    said "it does not start with a JSON object's {" until review 40, rev40c), or without
+    one, NULs beside its ASCII (RFC 4627's way to tell), which no UTF-8 JSON text has.
+    Zeros alone (`/dev/zero`) are not: "not a snapshot" as before."""
+    if head.startswith(_WIDE_MARKS):
+        return True
     if b"\x00" not in head[:4]:
         return False
     for coding in _WIDE_CODINGS:

@@ -32,7 +32,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from tillpoint.agent.db import connect
+from tillpoint.agent.db import connect, write_refused
 from tillpoint.agent.errors import InputError, StorageError
 from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.decode import decode
@@ -273,8 +273,8 @@ def preview_payload(
     if out_png is not None:
         try:
             render_png(doc, Path(out_png), width_px=prof.width_px, columns=prof.columns)
-        except OSError as exc:
-            raise InputError(f"cannot write {out_png}: {exc.strerror or exc}") from None
+        except OSError as exc:  # a full disk or `ulimit -f`: exit 1 (review 40, rev40c)
+            raise write_refused(Path(out_png), exc, f"cannot write {out_png}") from None
     return render_text(doc, prof.columns)
 
 

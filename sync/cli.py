@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tillpoint.agent.errors import HubUnavailable, InputError, one_line
+from tillpoint.agent.errors import HubUnavailable, InputError, TillpointError, one_line
 
 if TYPE_CHECKING:  # `tillpoint --help` must not import pydantic (agent/app.py)
     from tillpoint.agent.config import Settings
@@ -288,7 +288,23 @@ def _hub(settings: Settings, args: argparse.Namespace) -> HubDir:
     """The hub's directory with the store that --store or $TILLPOINT_HUB_STORE names."""
     from .hub_server import HubDir
 
-    return HubDir(_hub_dir(settings, args), args.store)  # None: $TILLPOINT_HUB_STORE
+    hub = HubDir(_hub_dir(settings, args), args.store)  # None: $TILLPOINT_HUB_STORE
+    places = [("the hub's directory", hub.root, "--hub-dir or TILLPOINT_HUB_DIR names it")]
+    if not hub.on_postgres:
+        places.append(("the hub's store", hub.sqlite_path, "--store or TILLPOINT_HUB_STORE"))
+    for what, path, named in places:
+        try:
+            os.fsdecode(os.fsencode(path)).encode("utf-8")
+        except UnicodeError:
+            # a script's other bytes (Latin-1): SQLite keeps a file's name as UTF-8 text,
+            # and `hub init` made keys and half a hub.db there, then said "cannot migrate
+            # the database schema: Could not decode to UTF-8 column 'file'", exit 1
+            # (review 40, rev40c); the data directory's rule (`check_data_dir`)
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise InputError(
+                f"{what} {shown} has a name that is not UTF-8 text: name it in UTF-8 ({named})"
+            ) from None
+    return hub
 
 
 def _existing_hub(settings: Settings, args: argparse.Namespace) -> HubDir:
@@ -624,10 +640,12 @@ def _hub_enroll(settings: Settings, args: argparse.Namespace) -> int:
     try:
         pki.write_bundle(out, bundle)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile
-        raise InputError(
+        raise _unwritten(
+            out,
+            exc,
             f"device {identity.device_id} is enrolled, but its bundle could not be written to"
-            f" {out}: {exc.strerror or exc}; issue it again with 'tillpoint hub enroll"
-            f" {identity.device_id} --renew --out FILE'"
+            f" {out}",
+            f"; issue it again with 'tillpoint hub enroll {identity.device_id} --renew --out FILE'",
         ) from None
     data = {
         "deviceId": identity.device_id,
@@ -657,6 +675,14 @@ def _hub_revoke(settings: Settings, args: argparse.Namespace) -> int:
         {"deviceId": args.device, "revoked": True, "changed": changed},
         lambda d: f"device {d['deviceId']} is revoked",
     )
+
+
+def _unwritten(path: Path, exc: OSError, what: str, then: str = "") -> TillpointError:
+    """`db.write_refused` (an `--out` file: exit 1 when the machine refused it, 2 when
+    the path or its mode did)."""
+    from tillpoint.agent.db import write_refused
+
+    return write_refused(path, exc, what, then)
 
 
 def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -690,7 +716,7 @@ def _hub_export(settings: Settings, args: argparse.Namespace) -> int:
         # payload's (`bundle.size`), which the file wraps with its format and signature
         size = args.out.stat().st_size
     except OSError as exc:
-        raise InputError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        raise _unwritten(args.out, exc, f"cannot write {args.out}") from None
     return _emit(
         args,
         {

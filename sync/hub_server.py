@@ -497,6 +497,16 @@ class SnapshotBuilder:
                 os.fsync(fh.fileno())
             signature = sign_manifest(self.key, size, sha)  # 62 bytes, not the payload
             os.replace(tmp, final)
+        except OSError as exc:
+            # the file and why (a file size limit, a full disk): "[Errno 27] File too
+            # large" alone named neither (review 40, rev40c)
+            from tillpoint.agent.db import no_space_hint
+
+            hint = no_space_hint(tmp, exc)
+            tmp.unlink(missing_ok=True)
+            raise StorageError(
+                f"the snapshot file {tmp} could not be written: {exc.strerror or exc}{hint}"
+            ) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

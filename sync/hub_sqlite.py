@@ -406,7 +406,11 @@ class SqliteHubStore(SqlHubStore):
                 if total_problems:
                     raise ImportRefused(problems, total_problems)
             finally:
-                conn.execute("DELETE FROM temp.import_seen")
+                # a failed write (a full disk, the file size limit) rolled the transaction
+                # back, the scratch table with it: "no such table: temp.import_seen" here
+                # replaced the write's own words (review 40, rev40c)
+                with suppress(sqlite3.Error):
+                    conn.execute("DELETE FROM temp.import_seen")
         return ImportReport(rows=n, by_kind=dict(counts), removed=removed)
 
     def _reference_problems(self, conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:

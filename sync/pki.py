@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tillpoint.agent.config import DEVICE_ID_MAX, device_id_problem
-from tillpoint.agent.db import fsync_path
+from tillpoint.agent.db import fsync_path, write_refused
 from tillpoint.agent.errors import InputError, TillpointError
 from tillpoint.agent.files import write_whole
 
@@ -89,13 +89,25 @@ def _write_set(root: Path, files: list[tuple[str, bytes, bool]]) -> None:
     finish_set(root)
     for stray in root.glob("*.next"):  # a set a crash left before its commit point
         stray.unlink(missing_ok=True)
-    for name, data, private in files:
-        (_write_private if private else _write_public)(root / f"{name}.next", data)
-    # every `.next` named on the disk before the journal that commits them: else a power
-    # cut could keep the journal and lose one, and finish_set would leave that file old
-    fsync_path(root)
-    _write_public(root / SET_JOURNAL, json.dumps([name for name, _, _ in files]).encode())
-    fsync_path(root)
+    path = root
+    try:
+        for name, data, private in files:
+            path = root / f"{name}.next"
+            (_write_private if private else _write_public)(path, data)
+        # every `.next` named on the disk before the journal that commits them: else a
+        # power cut could keep the journal and lose one, and finish_set would leave that
+        # file old
+        fsync_path(root)
+        path = root / SET_JOURNAL
+        _write_public(path, json.dumps([name for name, _, _ in files]).encode())
+        fsync_path(root)
+    except OSError as exc:
+        # a full disk or the file size limit: exit 1 naming the file and why, a mode
+        # exit 2 (it was "internal error: OSError: [Errno 27] File too large" at `hub
+        # init`: review 40, rev40c); the set not committed, its files removed
+        for stray in root.glob("*.next"):
+            stray.unlink(missing_ok=True)
+        raise write_refused(path, exc, f"cannot write the keys in {root}") from None
     finish_set(root)
 
 
@@ -504,16 +516,23 @@ def init_hub_keys(
         ca_key, ca_cert, [*_server_names(), *(hosts or [])], moment
     )
     signing = ed25519.Ed25519PrivateKey.generate()
-    _write_private(keys.ca_key, _pem_key(ca_key))
-    _write_public(keys.ca_cert, _pem_cert(ca_cert))
-    _write_private(keys.server_key, _pem_key(server_key))
-    _write_public(keys.server_cert, _pem_cert(server_cert))
-    _write_private(keys.snapshot_key, _pem_key(signing))
-    _write_public(
-        keys.snapshot_pub,
-        signing.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
+    public = signing.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # one set (`_write_set`): a disk that filled, or the file size limit, after the first
+    # file left `ca.key` alone, and every `hub init` after it said "holds some of the
+    # hub's keys but not all: restore the missing files from a backup" of keys nobody
+    # had used (review 40, rev40c)
+    _write_set(
+        keys.root,
+        [
+            (keys.ca_key.name, _pem_key(ca_key), True),
+            (keys.ca_cert.name, _pem_cert(ca_cert), False),
+            (keys.server_key.name, _pem_key(server_key), True),
+            (keys.server_cert.name, _pem_cert(server_cert), False),
+            (keys.snapshot_key.name, _pem_key(signing), True),
+            (keys.snapshot_pub.name, public, False),
+        ],
     )
     return True
 

@@ -44,7 +44,13 @@ from typing import IO, Any
 import grpc
 from tillpoint.agent import cache as cache_mod
 from tillpoint.agent.db import open_cache
-from tillpoint.agent.errors import InputError, SnapshotCorrupted, TillpointError, UnreadableFile
+from tillpoint.agent.errors import (
+    InputError,
+    SnapshotCorrupted,
+    StorageError,
+    TillpointError,
+    UnreadableFile,
+)
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.ledger import PULL_LANDING, open_ledger
 from tillpoint.agent.lock import flock_within
@@ -176,15 +182,17 @@ class _Download:
 
     @classmethod
     def resume(cls, puller: Puller, bundle: _Partial) -> _Download:
-        fh = open(puller.part, "r+b", buffering=1 << 20)  # noqa: SIM115
-        fh.truncate(bundle.offset)
-        fh.seek(bundle.offset)
+        with _written(puller.part):
+            fh = open(puller.part, "r+b", buffering=1 << 20)  # noqa: SIM115
+            fh.truncate(bundle.offset)
+            fh.seek(bundle.offset)
         return cls(puller, bundle, fh, bundle.offset)
 
     @classmethod
     def fresh(cls, puller: Puller, bundle: _Partial) -> _Download:
-        fh = open(puller.part, "wb", buffering=1 << 20)  # noqa: SIM115
-        puller._save_meta(bundle)
+        with _written(puller.part):
+            fh = open(puller.part, "wb", buffering=1 << 20)  # noqa: SIM115
+            puller._save_meta(bundle)
         return cls(puller, bundle, fh, 0)
 
     def refusal(self, chunk: pb.SnapshotChunk) -> str | None:
@@ -198,7 +206,8 @@ class _Download:
         return None
 
     def append(self, data: bytes) -> None:
-        self.fh.write(data)
+        with _written(self.puller.part):
+            self.fh.write(data)
         self.received += len(data)
         if (
             self.received - self.durable >= self.puller.sync_every_bytes
@@ -210,10 +219,11 @@ class _Download:
         self.synced_at = time.monotonic()
         if self.received == self.durable:
             return
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.bundle.offset = self.received
-        self.puller._save_meta(self.bundle)  # never claims more than is on disk
+        with _written(self.puller.part):
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.bundle.offset = self.received
+            self.puller._save_meta(self.bundle)  # never claims more than is on disk
         self.durable = self.received
 
     def abandon(self) -> None:
@@ -225,7 +235,26 @@ class _Download:
             if self.kept:
                 self.checkpoint()
         finally:
-            self.fh.close()
+            with _written(self.puller.part):  # what the buffer still holds is written
+                self.fh.close()
+
+
+@contextlib.contextmanager
+def _written(part: Path) -> Iterator[None]:
+    """A write of the snapshot's bytes (pull.part, pull.json) that the machine refuses is
+    a storage error naming the file and why: the file size limit (`ulimit -f`,
+    LimitFSIZE=), a full disk. It was "internal error: OSError: [Errno 27] File too
+    large" at `sync now`, and `run`'s pull logged a traceback as an unexpected error
+    (review 40, rev40c). What arrived before stays for the next pull to resume."""
+    try:
+        yield
+    except OSError as exc:
+        from tillpoint.agent.db import no_space_hint, owner_hint
+
+        hint = no_space_hint(part, exc) or owner_hint(part)
+        raise StorageError(
+            f"the snapshot could not be written to {part}: {exc.strerror or exc}{hint}"
+        ) from None
 
 
 def sync_dir(data_dir: Path) -> Path:
