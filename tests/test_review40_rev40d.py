@@ -1,0 +1,218 @@
+"""Review 40 (rev40d): the printing and display changes of sessions 38-39, attacked with
+real parts (pseudo-terminals read at a real line's pace, real SQLite ledgers, python-escpos'
+own bytes decoded back).
+
+- A serial coupon the stop meets while it is asked `GS r` (CONTRACT §7): at 9,600 baud the
+  line still carries seconds of the job the kernel took whole; the question, and the
+  `DLE EOT` after it, wait behind it in the line, so no answer could come before the stop's
+  wait ended. The job was held "sent, not confirmed", what the line still queued dropped
+  (a torn coupon, half its codes on paper) and the next start printed it whole again: a
+  coupon redeemed twice. Now it is `DONE` ("sent in full; the agent stopped before the
+  printer confirmed it"), the line left to carry it, on paper once.
+- The stop's wait for that answer: a stop that came during it still waited the line's
+  whole time as well (the read's timeout was worked out before the stop shortened the
+  deadline), past the bound `stop` joins the worker for (and tells systemd): the worker
+  went on, the job `SENDING` as a crash leaves it. Now one `confirm_timeout_s` at most.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import pytest
+from tillpoint.printer.config import PrinterConfig
+from tillpoint.printer.payload import parse_payload
+from tillpoint.printer.queue import GS_R_PAPER, PrintWorker, enqueue, ensure_schema
+from tillpoint.printer.transport import SerialTransport
+
+from .conftest import ManualClock
+from .test_printer_queue import NOW, payload
+from .test_review39_left39 import _CountingLine, _until
+
+BAUD = 9600
+RATE = BAUD // 10  # bytes a second: start bit, 8 data bits, stop bit
+
+
+def _offers(count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"o-{n:02d}",
+            "text": f"Предложение {n}: −15% на молоко и хлеб " * 5,
+            "validTo": "2026-11-30T23:59:59+03:00",
+        }
+        for n in range(count)
+    ]
+
+
+class _StopOn(SerialTransport):
+    """A real serial transport (the pty's slave) that runs `hook` once, just before the
+    first write (or read) `when` picks: the moment the print worker's stop comes."""
+
+    def __init__(
+        self, config: PrinterConfig, when: Callable[[str, bytes], bool], hook: Callable[[], None]
+    ) -> None:
+        super().__init__(config)
+        self._when, self._hook = when, hook
+        self.after_gs_r = False
+
+    def _maybe(self, what: str, data: bytes) -> None:
+        if self._hook is not None and self._when(what, data if what == "write" else b""):
+            hook, self._hook = self._hook, None  # type: ignore[assignment]
+            hook()
+
+    def write(self, data: bytes) -> None:
+        self._maybe("write", data)
+        super().write(data)
+        self.after_gs_r = self.after_gs_r or data == GS_R_PAPER
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        self._maybe("read" if self.after_gs_r else "read-before", b"")
+        return super().read(max_bytes, timeout_s)
+
+
+@dataclass
+class _Till:
+    ledger: Path
+    line: _CountingLine
+    config: PrinterConfig
+    size: int  # the job's bytes
+    stopper: threading.Thread | None = None
+    worker: PrintWorker | None = None
+    thread: threading.Thread | None = None
+
+    def rows(self) -> list[tuple[str, int, str | None]]:
+        conn = sqlite3.connect(self.ledger)
+        try:
+            return conn.execute("SELECT state, attempts, last_error FROM print_jobs").fetchall()
+        finally:
+            conn.close()
+
+    def start(self, when: Callable[[str, bytes], bool] | None = None) -> PrintWorker:
+        def stop_now() -> None:
+            """The worker's stop, from another thread (as `run`'s is), once it has begun."""
+            worker = self.worker
+            assert worker is not None
+            self.stopper = threading.Thread(target=worker.stop, daemon=True)
+            self.stopper.start()
+            _until(worker._stop.is_set, 10)
+
+        def factory() -> SerialTransport:
+            if when is None:
+                return SerialTransport(self.config)
+            return _StopOn(self.config, when, stop_now)
+
+        self.worker = PrintWorker(
+            self.ledger, self.config, factory, clock=ManualClock(NOW), rng=Random(7)
+        )
+        self.worker.start()
+        self.thread = self.worker._thread
+        return self.worker
+
+
+@pytest.fixture
+def serial_till(tmp_path: Path) -> Iterator[Callable[..., _Till]]:
+    made: list[tuple[_Till, int, int]] = []
+
+    def make(offers: int, **config: Any) -> _Till:
+        ledger = tmp_path / "ledger.db"
+        conn = sqlite3.connect(ledger, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        ensure_schema(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        enqueue(conn, payload(offers=_offers(offers)), created_at=NOW)
+        conn.execute("COMMIT")
+        (data,) = conn.execute("SELECT payload FROM print_jobs").fetchone()
+        conn.close()
+        master, slave = os.openpty()
+        values: dict[str, Any] = {
+            "kind": "serial",
+            "device": os.ttyname(slave),
+            "baudrate": BAUD,
+            "write_timeout_s": 10.0,
+            "status_timeout_s": 0.3,
+            "confirm_timeout_s": 1.0,
+            "retry_base_s": 0.05,
+            "retry_max_s": 0.2,
+            "poll_interval_s": 0.1,
+            "probe_interval_s": 0,
+        }
+        cfg = PrinterConfig(**(values | config))
+        line = _CountingLine(master, RATE)
+        probe = PrintWorker(ledger, cfg, create_schema=False)
+        size = len(probe._render(parse_payload(data)))
+        probe.close()
+        till = _Till(ledger, line, cfg, size)
+        made.append((till, master, slave))
+        return till
+
+    yield make
+    for till, master, slave in made:
+        if till.worker is not None:
+            till.worker.close()
+        if till.stopper is not None:
+            till.stopper.join(30)
+        till.line.close()
+        os.close(master)
+        os.close(slave)
+
+
+# ------------------------------- a serial coupon the stop meets in its confirmation (§7)
+
+
+def test_a_stop_as_a_9600_baud_coupon_is_asked_gs_r_leaves_it_printed_once(
+    serial_till: Callable[..., _Till],
+) -> None:
+    """A 12-offer coupon (about 4 KB: four seconds of a 9,600-baud line), which the
+    kernel took whole; the stop comes as the worker asks `GS r`. Nothing can answer
+    before the line has carried the job, and the stop waits one `confirm_timeout_s`:
+    the job was held as unanswered, the rest of it dropped from the line (torn after
+    some of its codes) and printed again whole at the next start. It is DONE, and the
+    printer gets it once, whole (CONTRACT §7: at most once unless the printer never got
+    it)."""
+    till = serial_till(12)
+    assert till.size > 3 * RATE  # seconds of the line
+    till.start(when=lambda what, data: what == "write" and data == GS_R_PAPER)
+    _until(lambda: till.stopper is not None and not till.stopper.is_alive(), 30)
+    assert till.thread is not None and not till.thread.is_alive()
+    ((state, attempts, note),) = till.rows()
+    assert (state, attempts) == ("DONE", 1), note
+    assert note is not None and "stopped before the printer confirmed it" in note
+    # the line carries the rest after the stop; then a new start prints nothing more
+    _until(lambda: len(till.line.got) >= till.size, 30)
+    till.worker = None
+    till.start()
+    _until(lambda: till.line.answered_gs_r >= 1, 10)
+    till.worker.close()  # type: ignore[union-attr]
+    till.worker = None
+    till.line.decoder.finish()
+    docs = [d for d in till.line.decoder.documents if not d.empty]
+    assert [(d.complete, len(d.codes)) for d in docs] == [(True, 12)], [
+        (d.complete, d.codes) for d in docs
+    ]
+    assert till.line.decoder.blank_cuts == 0  # no separator: nothing torn
+
+
+def test_a_stop_during_the_gs_r_wait_ends_within_its_bound(
+    serial_till: Callable[..., _Till],
+) -> None:
+    """A 37-offer coupon (12 KB, 13 s of a 9,600-baud line) the kernel took whole; the
+    stop comes while the worker waits for the answer to `GS r`. The stop's wait is one
+    `confirm_timeout_s` (1 s here), inside the bound `stop` joins the worker for (and
+    tells systemd: `stop_wait_s`, 10.3 s here): it waited the line's whole time as well,
+    the worker outlived `stop` with the job SENDING (a crash's mark: failed at the next
+    start), the ledger's print lock let go under it. The job is DONE."""
+    till = serial_till(37)
+    assert till.size > 12 * RATE
+    till.start(when=lambda what, data: what == "read")
+    _until(lambda: till.stopper is not None and not till.stopper.is_alive(), 30)
+    assert till.thread is not None and not till.thread.is_alive(), "the worker outlived stop"
+    ((state, attempts, note),) = till.rows()
+    assert (state, attempts) == ("DONE", 1), note
+    assert note is not None and "stopped before the printer confirmed it" in note
