@@ -771,6 +771,12 @@ class PrintWorker:
                 # until the printer answers, or a printer that prints and never answers
                 # would print it at every retry
                 raise _Unconfirmed()
+            if self._stop.is_set():
+                # the stop came while the printer was asked how it is: nothing of the job
+                # went out. Claimed and "broken off", it counted an attempt and set the
+                # ledger's torn mark: the next start cut a piece of blank paper before the
+                # coupon (review 40, rev40d)
+                return
             if not self._claim(job.id, codes):
                 return  # someone requeued or finished it meanwhile
             claimed = True

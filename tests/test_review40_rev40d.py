@@ -99,8 +99,9 @@ class _Till:
             """The worker's stop, from another thread (as `run`'s is), once it has begun."""
             worker = self.worker
             assert worker is not None
-            self.stopper = threading.Thread(target=worker.stop, daemon=True)
-            self.stopper.start()
+            stopper = threading.Thread(target=worker.stop, daemon=True)
+            stopper.start()
+            self.stopper = stopper
             _until(worker._stop.is_set, 10)
 
         def factory() -> SerialTransport:
@@ -216,3 +217,28 @@ def test_a_stop_during_the_gs_r_wait_ends_within_its_bound(
     ((state, attempts, note),) = till.rows()
     assert (state, attempts) == ("DONE", 1), note
     assert note is not None and "stopped before the printer confirmed it" in note
+
+
+def test_a_stop_while_the_printer_is_asked_how_it_is_leaves_the_job_untouched(
+    serial_till: Callable[..., _Till],
+) -> None:
+    """The stop comes while the worker asks the printer `DLE EOT` before a job, nothing of
+    it sent. The job was claimed all the same, then "broken off" before its first byte:
+    PENDING with "the agent stopped while the job was sent", an attempt counted, and the
+    ledger's torn mark set, so the next start cut a piece of blank paper (and NULs) before
+    the coupon for a tear that never was. It is left as it was: PENDING, not tried, and
+    the next start prints it once, with no separator (CONTRACT §7)."""
+    till = serial_till(1)
+    till.start(when=lambda what, data: what == "read-before")
+    _until(lambda: till.stopper is not None and not till.stopper.is_alive(), 30)
+    ((state, attempts, note),) = till.rows()
+    assert (state, attempts, note) == ("PENDING", 0, None)
+    till.worker = None
+    till.start()
+    _until(lambda: till.rows()[0][0] == "DONE", 20)
+    till.worker.close()  # type: ignore[union-attr]
+    till.worker = None
+    till.line.decoder.finish()
+    docs = [d for d in till.line.decoder.documents if not d.empty]
+    assert [(d.complete, d.codes) for d in docs] == [(True, ["TP1-o-00"])]
+    assert till.line.decoder.blank_cuts == 0
