@@ -242,3 +242,135 @@ def test_a_stop_while_the_printer_is_asked_how_it_is_leaves_the_job_untouched(
     docs = [d for d in till.line.decoder.documents if not d.empty]
     assert [(d.complete, d.codes) for d in docs] == [(True, ["TP1-o-00"])]
     assert till.line.decoder.blank_cuts == 0
+
+
+# ------------------- first names of every script a Russian till meets, on its code pages (§7, §8)
+
+# (the name as the hub has it, how the display's CP866 shows it, how CP437's shows it)
+NAMES = [
+    ("Айгүл", "Айгул", "Aigul"),  # Kazakh, Tatar, Bashkir: letters with a descender or a bar
+    ("Әсел", "Асел", "Asel"),
+    ("Қуаныш", "Куаныш", "Kuanysh"),
+    ("Ұлан", "Улан", "Ulan"),
+    ("Ғалым", "Галым", "Galym"),
+    ("Өмір", "Омiр", "Omir"),  # the Ukrainian-Kazakh і as Latin i, as Ігор is "Iгор"
+    ("Җәмилә", "Жамила", "Zhamila"),  # Tatar
+    ("Ҙөлфиә", "Золфиа", "Zolfia"),  # Bashkir
+    ("Һадия", "Хадия", "Khadiia"),
+    ("Ҷамила", "Чамила", "Chamila"),  # Tajik
+    ("Анна😀", "Анна", "Anna"),  # a pictograph is no letter of the name
+    ("😀Анна", "Анна", "Anna"),
+    ("Анна👍🏽", "Анна", "Anna"),
+    ("🇷🇺Анна", "Анна", "Anna"),
+    ("👩\u200d❤️\u200d👨Мария", "Мария", "Mariia"),
+    ("Анна💕Мария", "Анна", "Anna"),  # a pictograph parts two names, as a blank does
+    ("\u200fАнна\u200e", "Анна", "Anna"),  # bidirectional marks
+    ("Ната\u0301ша", "Наташа", "Natasha"),
+    ("José", "Jose", "José"[:3] + "é"),  # CP437 has é
+]
+
+
+@pytest.mark.parametrize(("name", "cp866", "cp437"), NAMES)
+def test_a_first_name_in_letters_with_a_look_alike_is_shown_on_the_display_and_the_coupon(
+    name: str, cp866: str, cp437: str
+) -> None:
+    """A Kazakh, Tatar, Bashkir or Tajik name was left out ("Добрый день!", "Ждём вас
+    снова!") on every code page a Russian till's display and printer speak, though each
+    of its letters has a plain Cyrillic look-alike (Қ as К, Ү as У, Ә as А), as Ґ is Г and
+    an accent is dropped ("Zoë" as "Zoe"); the same name in Kazakh's Latin letters was
+    shown. A name with a pictograph in it (an emoji, a flag) was left out whole though its
+    letters were all there; a pictograph is no letter: it parts words as a blank does
+    (CONTRACT §8: a name is left out only in letters the code page lacks with no
+    look-alike)."""
+    from tillpoint.printer import messages
+    from tillpoint.printer.config import DisplayConfig
+    from tillpoint.printer.decode import decode
+    from tillpoint.printer.display import message_bytes
+    from tillpoint.printer.layout import offers_blocks, render_escpos
+    from tillpoint.printer.profiles import resolve_profile
+    from tillpoint.printer.virtual_display import DisplayScreen
+
+    for codepage, table, want in (("cp866", 17, cp866), ("cp1251", 46, cp866), ("cp437", 0, cp437)):
+        if codepage == "cp1251":
+            want = want.replace("i", "і")  # CP1251 has the Ukrainian і
+        config = DisplayConfig(kind="serial", device="/dev/null", codepage=codepage, codepage_table=table)
+        screen = DisplayScreen(codepage=codepage)
+        screen.feed(message_bytes(messages.greeting(name, 1192), config))
+        hello = "добрый день!" if codepage != "cp437" else "dobryi den!"
+        assert screen.lines[0].rstrip() == f"{want}, {hello}", (codepage, screen.lines)
+        profile = resolve_profile(
+            PrinterConfig(kind="file", device="/dev/null", codepage=codepage, codepage_table=table)
+        )
+        job = parse_payload(
+            {"receiptId": "r1", "firstName": name, "offers": [{"id": "o-1", "text": "-15%"}]}
+        )
+        (doc,) = decode(
+            render_escpos(offers_blocks(job, codepage=codepage), profile),
+            columns=profile.columns,
+            codepages={table: codepage},
+        )
+        wait = "ждём вас снова!" if codepage != "cp437" else "zhdem vas snova!"
+        assert f"{want}, {wait}" in [line.text.strip() for line in doc.lines], (codepage, doc.text)
+
+
+# letters, marks, pictographs and invisibles a till's customers put in their first names
+_ALPHABET = (
+    "АаБЁёЙйЪьЮяӘәҒғҚқҢңӨөҰұҮүҺһІіЇїҐґЎўЖжҶҷҘҙҪҫ"  # Russian and the languages beside it
+    "AaZzÉéÖöŁłßİıÇçĞğŞş"  # Latin, Kazakh's and Turkish' Latin letters
+    "ΑαΩω王明ĀāमहمحדוԳნ"  # Greek, Chinese, Devanagari, Arabic, Hebrew, Armenian, Georgian
+    "\u0301\u0308\u0306\u20dd"  # combining marks
+    "\u200b\u200c\u200d\u200e\u200f\u202b\u202c\u2066\u2069\ufe0f\u00ad"  # invisibles
+    "😀💕👍🏽🇷🇺❤©"  # pictographs
+    " -'.,!?"
+)
+
+
+def test_every_script_s_first_name_is_shown_or_left_out_cleanly_on_every_code_page() -> None:
+    """Seeded names of up to 12 characters of every script above, through each of the
+    display's messages that carry a name and the coupon's greeting, on CP866, CP1251,
+    CP1125, CP437 and CP852: never a crash, never a row past the display's 20 columns,
+    never a "?" the name did not have (a letter with no look-alike leaves the name out;
+    CONTRACT §8), and the bytes are the code page's own (they decode back to the text)."""
+    import random
+
+    from tillpoint.printer import messages
+    from tillpoint.printer.config import DisplayConfig
+    from tillpoint.printer.decode import decode
+    from tillpoint.printer.display import message_bytes
+    from tillpoint.printer.layout import offers_blocks, render_escpos
+    from tillpoint.printer.profiles import resolve_profile
+    from tillpoint.printer.virtual_display import DisplayScreen
+
+    rng = random.Random(40)
+    pages = [("cp866", 17), ("cp1251", 46), ("cp1125", 44), ("cp437", 0), ("cp852", 18)]
+    for n in range(150):
+        name = "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(1, 12)))
+        codepage, table = pages[n % len(pages)]
+        config = DisplayConfig(
+            kind="serial", device="/dev/null", codepage=codepage, codepage_table=table
+        )
+        for lines in (
+            messages.greeting(name, 1192),
+            messages.greeting(name),
+            messages.birthday_lines(name),
+            messages.birthday_lines(name, 5),
+            [messages.birthday_line(name), ""],
+        ):
+            screen = DisplayScreen(codepage=codepage)
+            screen.feed(message_bytes(lines, config))
+            shown = [row.rstrip() for row in screen.lines]
+            assert all(len(row) <= 20 for row in shown), (name, codepage, shown)
+            assert sum(row.count("?") for row in shown) <= name.count("?"), (name, codepage, shown)
+        profile = resolve_profile(
+            PrinterConfig(kind="file", device="/dev/null", codepage=codepage, codepage_table=table)
+        )
+        job = parse_payload(
+            {"receiptId": "r1", "firstName": name, "offers": [{"id": "o-1", "text": "-15%"}]}
+        )
+        (doc,) = decode(
+            render_escpos(offers_blocks(job, codepage=codepage), profile),
+            columns=profile.columns,
+            codepages={table: codepage},
+        )
+        greeting = next(line.text for line in doc.lines if "снова" in line.text or "snova" in line.text)
+        assert greeting.count("?") <= name.count("?"), (name, codepage, greeting)
