@@ -366,9 +366,12 @@ class SerialTransport:
         c = self.config
         bits = 1 + 8 + (c.parity != "N") + c.stopbits  # start, data, parity, stop bits
         start = time.monotonic()
-        port.write_timeout = timeout_s
         fd = getattr(port, "fd", None)  # a device node (pyserial's POSIX port), not a URL
         try:
+            # pyserial sets the port up again for the new timeout: a port that hung up
+            # (the printer unplugged) fails here, "Could not configure port", which went
+            # out as a bug's error, the printer ERROR, not OFFLINE (review 40, rev40d)
+            port.write_timeout = timeout_s
             if isinstance(fd, int):
                 written = self._write_fd(fd, data, timeout_s, bits / c.baudrate)
             else:
