@@ -17,7 +17,9 @@ own bytes decoded back).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -288,6 +290,98 @@ def test_a_printer_gone_while_its_line_still_carries_the_job_at_the_stop_gets_it
     assert torn is not None and "TP1-o-00" in torn[0]
 
 
+# ------------- a sale beside a display that stops reading and a printer that takes nothing (§7, §8)
+
+
+def test_a_sale_s_answers_never_wait_for_a_stuck_display_or_printer(tmp_path: Path) -> None:
+    """A POS sells over the HTTP door while the pole display, on a 9,600-baud serial port,
+    stops reading in the middle of the sale (its port's kernel buffer fills, the driver's
+    writes time out) and the coupon printer takes the connection and reads nothing: every
+    quote and checkout is answered (within a generous 10 s each), each with its display
+    lines, the display reported OFFLINE ("takes no data"), the coupons queued, not lost
+    (CONTRACT §8: a missing or unplugged display never blocks a checkout; §7). Found
+    right."""
+    import http.client
+    import json
+
+    from tillpoint.agent.http_api import HttpServer
+    from tillpoint.agent.service import Agent
+
+    from .conftest import receipt
+    from .test_printer_queue import BlackHole
+    from .test_review31_dev31 import _display, _prime, _printer
+    from .test_review31_dev31 import till as devices_till
+
+    data = tmp_path / "data"
+    _prime(data)
+    printer = BlackHole()
+    master, slave = os.openpty()
+    reading = threading.Event()
+    reading.set()
+    got = bytearray()
+
+    def display_end() -> None:  # reads while `reading`, then never again
+        while reading.is_set():
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if ready:
+                got.extend(os.read(master, 4096))
+
+    reader = threading.Thread(target=display_end, daemon=True)
+    reader.start()
+    display = _display(os.ttyname(slave), baudrate=9600, write_timeout_s=0.5, refresh_s=0.2)
+    try:
+        with devices_till(data, _printer(printer.port, write_timeout_s=2.0), display) as (
+            agent,
+            devices,
+        ):
+            assert isinstance(agent, Agent)
+            server = HttpServer(agent, "127.0.0.1:0")
+            server.start()
+            try:
+
+                def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                    try:
+                        conn.request("POST", path, json.dumps(body))
+                        answer = conn.getresponse()
+                        assert answer.status == 200, answer.read()
+                        result: dict[str, Any] = json.loads(answer.read())
+                        return result
+                    finally:
+                        conn.close()
+
+                for n in range(24):
+                    if n == 6:
+                        reading.clear()  # the display stops reading mid-sale
+                        reader.join(5)
+                        # and the port's kernel buffer is full (what a pty holds would
+                        # take the display's messages of minutes to fill)
+                        os.set_blocking(slave, False)
+                        with contextlib.suppress(BlockingIOError):
+                            while True:
+                                os.write(slave, b"\x00" * 1024)
+                    body = receipt(f"r-{n:03d}")
+                    quoted = call("/v1/quote", body)
+                    assert quoted["display"], quoted
+                    sold = call("/v1/checkout", body)
+                    assert sold["display"], sold
+                _until(lambda: devices.display.status()["state"] == "OFFLINE", 20)
+                assert devices.display.status()["state"] == "OFFLINE"
+                assert devices.display.status()["last_error"]
+                jobs = agent._ledger.execute(
+                    "SELECT count(*) FROM print_jobs WHERE state IN ('PENDING', 'SENDING')"
+                ).fetchone()[0]
+                assert jobs >= 1
+            finally:
+                server.stop()
+    finally:
+        reading.clear()
+        reader.join(5)
+        printer.close()
+        os.close(master)
+        os.close(slave)
+
+
 # ------------------- first names of every script a Russian till meets, on its code pages (§7, §8)
 
 # (the name as the hub has it, how the display's CP866 shows it, how CP437's shows it)
@@ -337,7 +431,9 @@ def test_a_first_name_in_letters_with_a_look_alike_is_shown_on_the_display_and_t
     for codepage, table, want in (("cp866", 17, cp866), ("cp1251", 46, cp866), ("cp437", 0, cp437)):
         if codepage == "cp1251":
             want = want.replace("i", "і")  # CP1251 has the Ukrainian і
-        config = DisplayConfig(kind="serial", device="/dev/null", codepage=codepage, codepage_table=table)
+        config = DisplayConfig(
+            kind="serial", device="/dev/null", codepage=codepage, codepage_table=table
+        )
         screen = DisplayScreen(codepage=codepage)
         screen.feed(message_bytes(messages.greeting(name, 1192), config))
         hello = "добрый день!" if codepage != "cp437" else "dobryi den!"
@@ -416,5 +512,7 @@ def test_every_script_s_first_name_is_shown_or_left_out_cleanly_on_every_code_pa
             columns=profile.columns,
             codepages={table: codepage},
         )
-        greeting = next(line.text for line in doc.lines if "снова" in line.text or "snova" in line.text)
+        greeting = next(
+            line.text for line in doc.lines if "снова" in line.text or "snova" in line.text
+        )
         assert greeting.count("?") <= name.count("?"), (name, codepage, greeting)
