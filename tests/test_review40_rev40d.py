@@ -350,8 +350,8 @@ def test_a_sale_s_answers_never_wait_for_a_stuck_display_or_printer(tmp_path: Pa
                     finally:
                         conn.close()
 
-                for n in range(24):
-                    if n == 6:
+                for n in range(12):
+                    if n == 4:
                         reading.clear()  # the display stops reading mid-sale
                         reader.join(5)
                         # and the port's kernel buffer is full (what a pty holds would
