@@ -290,6 +290,66 @@ def test_a_printer_gone_while_its_line_still_carries_the_job_at_the_stop_gets_it
     assert torn is not None and "TP1-o-00" in torn[0]
 
 
+def _stop_at_random_and_start_again(make: Callable[..., _Till], seed: int) -> None:
+    """One round: a coupon of a seeded size on a seeded line speed, the stop at a seeded
+    moment of its life (asked how the printer is, written, carried, confirmed), then a
+    new start with the printer reading on. The coupon is on paper whole exactly once; a
+    torn part of it besides only when the stop left the job to be printed again."""
+    import random
+
+    rng = random.Random(seed)
+    baud = rng.choice([9600, 19200])
+    offers = rng.randint(1, 8)
+    till = make(
+        offers,
+        baudrate=baud,
+        confirm_timeout_s=rng.choice([0.5, 1.0, 3.0]),
+    )
+    line_s = till.size * 10 / baud
+    till.line.rate = baud // 10
+    till.start()
+    threading.Event().wait(rng.uniform(0.0, line_s + 1.0))
+    assert till.worker is not None
+    till.worker.stop()
+    ((at_stop, _, note),) = till.rows()
+    assert at_stop in ("PENDING", "DONE"), (seed, at_stop, note)
+    till.worker.close()
+    till.start()
+    _until(lambda: till.rows()[0][0] == "DONE", 60)
+    assert till.rows()[0][0] == "DONE", (seed, till.rows())
+    till.worker.close()
+    till.worker = None
+    seen = -1
+    while seen != len(till.line.got):  # the line carries what it still holds
+        seen = len(till.line.got)
+        threading.Event().wait(0.5)
+    till.line.decoder.finish()
+    docs = [d for d in till.line.decoder.documents if not d.empty]
+    codes = [f"TP1-o-{n:02d}" for n in range(offers)]
+    whole = [d for d in docs if d.complete and d.codes == codes]
+    assert len(whole) == 1, (seed, at_stop, note, [(d.complete, d.codes) for d in docs])
+    torn = [d for d in docs if d is not whole[0]]
+    assert not torn or at_stop == "PENDING", (seed, at_stop, note, [d.codes for d in torn])
+
+
+def test_a_serial_coupon_stopped_at_a_seeded_moment_prints_once(
+    serial_till: Callable[..., _Till],
+) -> None:
+    """The short twin of the seeded run below: one round."""
+    _stop_at_random_and_start_again(serial_till, 4001)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4002, 4026))
+def test_serial_coupons_stopped_at_seeded_moments_print_once(
+    serial_till: Callable[..., _Till], seed: int
+) -> None:
+    """24 rounds of `_stop_at_random_and_start_again` (about 4 minutes): 9,600 and
+    19,200 baud, a coupon of 1-8 offers, the stop anywhere in its life (CONTRACT §7: at
+    most once unless the printer never got it whole)."""
+    _stop_at_random_and_start_again(serial_till, seed)
+
+
 # ------------- a sale beside a display that stops reading and a printer that takes nothing (§7, §8)
 
 
