@@ -290,6 +290,80 @@ def test_a_printer_gone_while_its_line_still_carries_the_job_at_the_stop_gets_it
     assert torn is not None and "TP1-o-00" in torn[0]
 
 
+class _FullAtTheEnd:
+    """`os` of `printer/transport.py` for one job's write to a pty: the kernel takes the
+    job's first half; then, before the rest is handed over, the kernel's buffer is filled
+    from another descriptor of the same port (what the line still carries of the coupons
+    before: on a pty, seconds of it) and the print worker's stop comes. The pty, the line
+    and its pace are real; the filler is on the line before the job's rest."""
+
+    def __init__(self, port_fd: int, path: str, job: int, stop: Callable[[], None]) -> None:
+        self._port, self._path, self._half, self._stop = port_fd, path, job // 2, stop
+        self.filled = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        if fd != self._port:
+            return os.write(fd, data)
+        if self._half:
+            half, self._half = self._half, 0
+            return os.write(fd, data[:half])
+        if self._stop is not None:
+            other = os.open(self._path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            try:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        self.filled += os.write(other, b"\0" * 1024)
+            finally:
+                os.close(other)
+            stop, self._stop = self._stop, None  # type: ignore[assignment]
+            stop()
+        return os.write(fd, data)
+
+
+def test_a_stop_in_a_serial_job_s_last_second_lets_it_go_out_on_a_pty_at_a_real_baud_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 39's grace on a pseudo-terminal (socat's, a network-serial bridge's) at
+    19,200 baud: the stop comes with half a second of the job left to hand over, the
+    kernel's buffer full. A pty frees room for the writer only as the reader empties a
+    whole buffer of the kernel's (3.5 KB here: 1.9 s at 19,200 baud, 3.7 s at 9,600),
+    not byte by byte as a UART does, and the grace was twice the rest's line time (one
+    second): the write was broken off, the coupon torn after its codes and printed again
+    whole at the next start. The grace now allows for the kernel's 4 KB before the rest
+    (4 s at most, as before; CONTRACT §7)."""
+    from tillpoint.printer import transport as transport_mod
+
+    baud = 19200
+    rate = baud // 10
+    master, slave = os.openpty()
+    line = _CountingLine(master, rate)
+    path = os.ttyname(slave)
+    transport = SerialTransport(
+        PrinterConfig(kind="serial", device=path, baudrate=baud, write_timeout_s=60)
+    )
+    transport.open()
+    job = b"\x1b@" + b"x" * rate + b"\n\x1dV\x00"  # a second of the line
+    full = _FullAtTheEnd(transport._port.fd, path, len(job), transport.abort)
+    monkeypatch.setattr(transport_mod, "os", full)
+    try:
+        outcome: list[Any] = []
+        try:
+            transport.write(job)
+            outcome.append("whole")
+        except Exception as exc:
+            outcome.append(exc)
+        assert full.filled > 0
+        assert outcome == ["whole"], (full.filled, outcome)
+    finally:
+        line.close()
+        transport.close()
+        os.close(master)
+        os.close(slave)
+
+
 def _stop_at_random_and_start_again(make: Callable[..., _Till], seed: int) -> None:
     """One round: a coupon of a seeded size on a seeded line speed, the stop at a seeded
     moment of its life (asked how the printer is, written, carried, confirmed), then a
