@@ -145,15 +145,18 @@ def showable(lines: Sequence[str], codec: str) -> list[str]:
         name, comma, rest = line.partition(", ")
         if comma and rest and " " not in name and _unshowable(name, codec):
             out[i] = rest[0].upper() + rest[1:]
-        word = line.strip()
-        if (
-            i > 0
-            and out[i - 1].endswith(",")
-            and word.endswith("!")
-            and " " not in word
-            and _unshowable(word, codec)
-        ):
-            out[i - 1], out[i] = out[i - 1][:-1] + "!", ""
+        # the name at a row's end ("С днём рождения, Ρ!", `birthday_line`): the wish
+        # without it (it showed "С днём рождения, ?!"; review 40, rev40d)
+        head, comma, name = out[i].rpartition(", ")
+        if comma and name.endswith("!") and " " not in name and _unshowable(name, codec):
+            out[i] = head + "!"
+        # a name alone on its row ("Добрый день," over it, or `birthday_lines`' "Ρ!"
+        # under the wish, which showed "?!"): the row left empty
+        word = out[i].strip()
+        if word.endswith("!") and " " not in word and _unshowable(word, codec):
+            if i > 0 and out[i - 1].endswith(","):
+                out[i - 1] = out[i - 1][:-1] + "!"
+            out[i] = ""
     return [degrade(line, codec) for line in out]
 
 

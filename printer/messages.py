@@ -53,6 +53,19 @@ REFUSED_CARD = "Карта не принята"
 # too; `clean` drops them otherwise (review 38, rev38e).
 _ZERO_WIDTH_BREAKS = str.maketrans(dict.fromkeys("\u200b\u180e\u115f\u1160\u3164\uffa0", " "))
 
+# The emoji's skin tones (modifier symbols): with the other symbols (So: an emoji, a flag's
+# regional indicators, a heart) they are no letter of a name, and no code page has them.
+_SKIN_TONES = frozenset(map(chr, range(0x1F3FB, 0x1F400)))
+
+
+def _pictographs_apart(name: str) -> str:
+    """A pictograph in a first name parts words, as a blank does: "Анна😀" is "Анна",
+    "Анна💕Мария" two names. The whole name was left out as unshowable though its letters
+    were all there ("Добрый день!"; review 40, rev40d)."""
+    return "".join(
+        " " if ch in _SKIN_TONES or unicodedata.category(ch) == "So" else ch for ch in name
+    )
+
 
 def first_name_only(name: str | None) -> str:
     """The first word of a first name; "" when there is none. "Анна Петровна" → "Анна",
@@ -60,7 +73,7 @@ def first_name_only(name: str | None) -> str:
     never reach a display or the paper."""
     if not name:
         return ""
-    words = clean(name.translate(_ZERO_WIDTH_BREAKS)).split()
+    words = clean(_pictographs_apart(name.translate(_ZERO_WIDTH_BREAKS))).split()
     # Without the combining marks left after NFC (a stress mark over "а́", which has no
     # composed letter): the display and the paper drop them (`printer.text`, rule 3), and
     # counted as a column each the mark cost "Ната́ша, добрый день!" its name, 20 columns

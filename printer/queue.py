@@ -308,6 +308,9 @@ def _gs_r_reply(
         if busy and stopping():  # the stop waits for one `timeout_s` at most
             deadline = min(deadline, time.monotonic() + timeout_s)
             busy = 0.0
+            # and this read too: it waited the line's whole time as well, past the bound
+            # the stop joins the worker for (review 40, rev40d)
+            left = deadline - time.monotonic()
         byte = transport.read(1, min(left, 0.1) if waiting or busy else left)
         if byte:
             if byte[0] & 0x90 != 0x10:
@@ -768,6 +771,12 @@ class PrintWorker:
                 # until the printer answers, or a printer that prints and never answers
                 # would print it at every retry
                 raise _Unconfirmed()
+            if self._stop.is_set():
+                # the stop came while the printer was asked how it is: nothing of the job
+                # went out. Claimed and "broken off", it counted an attempt and set the
+                # ledger's torn mark: the next start cut a piece of blank paper before the
+                # coupon (review 40, rev40d)
+                return
             if not self._claim(job.id, codes):
                 return  # someone requeued or finished it meanwhile
             claimed = True
@@ -786,7 +795,18 @@ class PrintWorker:
                 transport.discard_input()
                 transport.write(GS_R_PAPER)
                 reply = _gs_r_reply(transport, cfg.confirm_timeout_s, self._stop.is_set)
-                if not reply and self._asks(transport):
+                carried = self._still_carrying(transport, health) if not reply else 0.0
+                if carried:
+                    # the stop came while a serial line still carried the job the kernel
+                    # took whole: no answer could come sooner, and DLE EOT would wait
+                    # behind it too. Held, its rest dropped from the line, it was torn
+                    # and printed whole again at the next start (review 40, rev40d)
+                    note = (
+                        "sent in full; the agent stopped before the printer confirmed it "
+                        f"(the line was still carrying {carried:.1f} s of it): not printed "
+                        "again"
+                    )
+                elif not reply and self._asks(transport):
                     # no GS r: does the printer answer anything after the job? One that
                     # answers DLE EOT reads its input (it lacks GS r, or holds the job for
                     # paper); one that answers nothing may have thrown the job away
@@ -796,7 +816,7 @@ class PrintWorker:
                     if after.paper != "UNKNOWN":
                         paper = after.paper
                 if not reply:
-                    note = (
+                    note = note or (
                         f"sent; the printer did not confirm within {cfg.confirm_timeout_s:g} s "
                         "(no GS r support, or paper/cover trouble: it prints when fixed)"
                     )
@@ -841,6 +861,18 @@ class PrintWorker:
                         drop()
             transport.close()
         self._printed(job, note, paper, health)
+
+    def _still_carrying(self, transport: Transport, health: Health) -> float:
+        """The seconds of a job a serial line still carries when the stop ended the wait
+        for its `GS r` answer (0: not stopping, not a serial line, or it has carried it).
+        Only of a printer that answered `DLE EOT` before the job (or is not asked): one
+        that was there a moment ago reads what the line brings it."""
+        line_busy: Callable[[], float] | None = getattr(transport, "line_busy_s", None)
+        if line_busy is None or not self._stop.is_set():
+            return 0.0
+        if self._asks(transport) and not health.known:
+            return 0.0
+        return line_busy()
 
     def _failed_attempt(self, job: _Job, exc: Exception, phase: str, claimed: bool) -> None:
         if not isinstance(exc, PrinterError):  # a bug in a transport: keep the job

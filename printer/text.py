@@ -74,6 +74,43 @@ _LOOKALIKES: dict[str, tuple[str, ...]] = {
     "\u045e": ("ў", "у", "u"),  # ў
     "\u0401": ("Ё", "Е", "E"),  # Ё
     "\u0451": ("ё", "е", "e"),  # ё
+    # Cyrillic letters of the other languages of Russia and its neighbours (Kazakh, Tatar,
+    # Bashkir, Kyrgyz, Yakut, Tajik, Uzbek) that no code page of a Russian till has and
+    # that do not decompose (rule 3 leaves them): the plain letter under the descender,
+    # the bar or the hook, as a Russian writes such a name ("Айгүл" as "Айгул"). A name
+    # of them was left out as unshowable (review 40, rev40d).
+    "\u04d8": ("А", "A"),  # Ә
+    "\u04d9": ("а", "a"),
+    "\u0492": ("Г", "G"),  # Ғ
+    "\u0493": ("г", "g"),
+    "\u0494": ("Г", "G"),  # Ҕ
+    "\u0495": ("г", "g"),
+    "\u0496": ("Ж", "Zh"),  # Җ
+    "\u0497": ("ж", "zh"),
+    "\u0498": ("З", "Z"),  # Ҙ
+    "\u0499": ("з", "z"),
+    "\u049a": ("К", "K"),  # Қ
+    "\u049b": ("к", "k"),
+    "\u04a0": ("К", "K"),  # Ҡ
+    "\u04a1": ("к", "k"),
+    "\u04a2": ("Н", "N"),  # Ң
+    "\u04a3": ("н", "n"),
+    "\u04a4": ("Н", "N"),  # Ҥ
+    "\u04a5": ("н", "n"),
+    "\u04aa": ("С", "S"),  # Ҫ
+    "\u04ab": ("с", "s"),
+    "\u04ae": ("У", "U"),  # Ү
+    "\u04af": ("у", "u"),
+    "\u04b0": ("У", "U"),  # Ұ
+    "\u04b1": ("у", "u"),
+    "\u04b2": ("Х", "Kh"),  # Ҳ
+    "\u04b3": ("х", "kh"),
+    "\u04b6": ("Ч", "Ch"),  # Ҷ
+    "\u04b7": ("ч", "ch"),
+    "\u04ba": ("Х", "Kh"),  # Һ
+    "\u04bb": ("х", "kh"),
+    "\u04e8": ("О", "O"),  # Ө
+    "\u04e9": ("о", "o"),
 }
 
 # Russian → Latin for code pages without Cyrillic (simplified ICAO / passport style).

@@ -299,6 +299,11 @@ STOP_FINISH_S = 2.0
 # The least grace such a rest gets (its line time doubled), for the port to be offered it
 # a few times as the line frees room: the last bytes of a job are a few ms of the line.
 FINISH_MIN_S = 0.1
+# What the kernel may have to carry before it takes more: a UART's buffer (4,096 bytes);
+# a pseudo-terminal (socat's, a network-serial bridge's) frees room only a whole buffer
+# at a time, 3.5 KB seen: 1.9 s at 19,200 baud. The grace is twice the line time of it
+# and the rest, `2 × STOP_FINISH_S` at most (review 40, rev40d).
+FINISH_ROOM_BYTES = 4096
 
 
 class SerialTransport:
@@ -366,9 +371,12 @@ class SerialTransport:
         c = self.config
         bits = 1 + 8 + (c.parity != "N") + c.stopbits  # start, data, parity, stop bits
         start = time.monotonic()
-        port.write_timeout = timeout_s
         fd = getattr(port, "fd", None)  # a device node (pyserial's POSIX port), not a URL
         try:
+            # pyserial sets the port up again for the new timeout: a port that hung up
+            # (the printer unplugged) fails here, "Could not configure port", which went
+            # out as a bug's error, the printer ERROR, not OFFLINE (review 40, rev40d)
+            port.write_timeout = timeout_s
             if isinstance(fd, int):
                 written = self._write_fd(fd, data, timeout_s, bits / c.baudrate)
             else:
@@ -407,8 +415,8 @@ class SerialTransport:
 
         The abort ends the write at once unless the line has begun taking it and what is
         left of it the line carries within `STOP_FINISH_S` at its rate (`byte_s`, a
-        byte's time): then the rest is written, the cut last, for twice that time at most
-        (`FINISH_MIN_S` at least, `2 × STOP_FINISH_S` at most), offered to the port as
+        byte's time): then the rest is written, the cut last, for twice that time and
+        `FINISH_ROOM_BYTES`' at most (`2 × STOP_FINISH_S` at most), offered to the port as
         the line frees room, not when `select` says writable (a UART's port says so only
         below 256 waiting bytes: review 39, rev39h). A printer that stopped taking bytes
         is still broken off; a write that had not begun, nothing of it on paper, is
@@ -429,7 +437,10 @@ class SerialTransport:
                     # a write the line has begun taking, with little left: twice the rest's
                     # line time (the kernel takes it as the line drains what it holds)
                     finishing = sent > 0 and rest_s <= STOP_FINISH_S
-                    grace = min(2 * STOP_FINISH_S, max(2 * rest_s, FINISH_MIN_S))
+                    # (twice the rest's line time alone broke a pty's rest off at 19,200
+                    # baud: its room came back 1.9 s later, a whole buffer at once)
+                    room_s = FINISH_ROOM_BYTES * byte_s
+                    grace = min(2 * STOP_FINISH_S, max(2 * (rest_s + room_s), FINISH_MIN_S))
                     finish_by = now + grace if finishing else now
                 if now >= finish_by:
                     break
