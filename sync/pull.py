@@ -47,6 +47,7 @@ from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import InputError, SnapshotCorrupted, TillpointError, UnreadableFile
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.ledger import PULL_LANDING, open_ledger
+from tillpoint.agent.logs import SAID_BY_THE_COMMAND
 from tillpoint.agent.lock import flock_within
 from tillpoint.v1 import tillpoint_pb2 as pb
 
@@ -685,7 +686,15 @@ class Puller:
         said = (version, partial.sha256 if partial else "", reason)
         level = logging.DEBUG if said == self._said else logging.ERROR
         self._said = said
-        log.log(level, "%s (version %d); the cache keeps its current version", reason, version)
+        # For `run`'s operator; a one-shot `sync now` says it in its own line (review 40,
+        # spec40b: it was said twice on stderr, this record as `tillpoint: error: …`).
+        log.log(
+            level,
+            "%s (version %d); the cache keeps its current version",
+            reason,
+            version,
+            extra=SAID_BY_THE_COMMAND,
+        )
         return PullResult(
             "REFUSED",
             version,

@@ -758,3 +758,175 @@ def test_s6_taking_back_spent_points_goes_below_zero_and_says_so(tmp_path: Path)
     again = run_cli(data, "refund", write(tmp_path / "f3c.json", same), "--json")
     assert again.code == 0 and again.json() == r3
     assert state(data) == before
+
+
+# ---------------------------------------------------------------- §9: a real hub and `sync now`
+
+CATALOGUE = Path(__file__).resolve().parents[1] / "examples" / "catalogue.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Store:
+    """A hub directory served by `tillpoint hub serve` and one enrolled till, driven
+    through the command line only (as the README's "A till with a hub")."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.hub = root / "hub"
+        self.till = root / "till"
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        self.env.update(TILLPOINT_DEVICE_ID="till-1", TILLPOINT_CLI_LOCAL="1")
+        self.server: subprocess.Popen[bytes] | None = None
+        self.must("hub", "init", "--hub-dir", str(self.hub))
+        self.must("hub", "import", "--hub-dir", str(self.hub), str(CATALOGUE), "--publish")
+        bundle = str(root / "till-1.json")
+        address = f"127.0.0.1:{self.port}"
+        self.must(
+            "hub",
+            "enroll",
+            "--hub-dir",
+            str(self.hub),
+            "till-1",
+            "--address",
+            address,
+            "--out",
+            bundle,
+        )
+        self.must("--data-dir", str(self.till), "sync", "install", bundle)
+
+    def run(self, *argv: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EXE, *argv], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def must(self, *argv: str) -> str:
+        result = self.run(*argv)
+        assert result.returncode == 0, (argv, result.stdout, result.stderr)
+        return result.stdout
+
+    def at_till(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return self.run("--data-dir", str(self.till), *argv)
+
+    def serve(self) -> None:
+        log = open(self.root / "hub.log", "ab")  # noqa: SIM115 (kept open while it runs)
+        self.server = subprocess.Popen(
+            [EXE, "hub", "serve", "--hub-dir", str(self.hub), "--listen", f"127.0.0.1:{self.port}"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.server.poll() is None, (self.root / "hub.log").read_text()
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("the hub did not listen within 60 s")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(sig)
+            try:
+                self.server.wait(30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait(10)
+        self.server = None
+
+    def sync_now(self) -> subprocess.CompletedProcess[str]:
+        return self.at_till("sync", "now", "--timeout", "90")
+
+    def status(self) -> dict[str, Any]:
+        result = self.at_till("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    def cache(self) -> bytes:
+        return (self.till / "cache.db").read_bytes()
+
+    def publish(self) -> None:
+        self.must("hub", "publish", "--hub-dir", str(self.hub))
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Iterator[Store]:
+    chain = Store(tmp_path)
+    yield chain
+    chain.stop()
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tillpoint: "), result.stderr
+    return lines[0]
+
+
+def other_snapshot_key(hub: Path) -> None:
+    """Replace the hub's snapshot signing key with a new one (another hub's key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (hub / "keys" / "snapshot.key").write_bytes(private)
+    (hub / "keys" / "snapshot.pub").write_bytes(public)
+
+
+def drop_built_snapshots(hub: Path) -> None:
+    for path in (hub / "snapshots").glob("v*"):
+        path.unlink()
+
+
+@pytest.mark.slow
+def test_s9_a_snapshot_signed_with_another_key_is_refused_then_taken_once_signed_right(
+    store: Store,
+) -> None:
+    store.serve()
+    assert store.sync_now().returncode == 0
+    assert store.status()["cacheVersion"] == 1
+    cache = store.cache()
+    # The hub's signing key replaced (a hub rebuilt with new keys over its old store).
+    store.stop()
+    keys = {p.name: p.read_bytes() for p in (store.hub / "keys").glob("snapshot.*")}
+    other_snapshot_key(store.hub)
+    drop_built_snapshots(store.hub)
+    store.publish()
+    store.serve()
+    refused = store.sync_now()
+    line = one_error_line(refused)
+    assert "signature" in line and "snapshot" in line, line
+    assert "REFUSED" in refused.stdout
+    assert store.cache() == cache
+    status = store.status()
+    assert status["cacheVersion"] == 1
+    assert status["lastRefusedSnapshot"]["version"] == 2
+    # The same again: refused from memory, the same one line.
+    assert one_error_line(store.sync_now()) == line
+    assert store.cache() == cache
+    # The operator puts the hub's own key back: the same version, signed right, is taken
+    # (its payload is the same bytes; its signature is not the one refused).
+    store.stop()
+    for name, blob in keys.items():
+        (store.hub / "keys" / name).write_bytes(blob)
+    drop_built_snapshots(store.hub)
+    store.serve()
+    taken = store.sync_now()
+    assert taken.returncode == 0, (taken.stdout, taken.stderr)
+    assert "snapshot 2 applied" in taken.stdout, taken.stdout
+    status = store.status()
+    assert status["cacheVersion"] == 2 and status["lastRefusedSnapshot"] is None
