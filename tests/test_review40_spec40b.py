@@ -930,3 +930,169 @@ def test_s9_a_snapshot_signed_with_another_key_is_refused_then_taken_once_signed
     assert "snapshot 2 applied" in taken.stdout, taken.stdout
     status = store.status()
     assert status["cacheVersion"] == 2 and status["lastRefusedSnapshot"] is None
+
+
+def built(hub: Path, pattern: str) -> tuple[Path, Path]:
+    """The built snapshot file matching `pattern` and its header file beside it."""
+    found = sorted((hub / "snapshots").glob(f"{pattern}.snap"))
+    assert len(found) == 1, sorted(p.name for p in (hub / "snapshots").iterdir())
+    return found[0], found[0].with_suffix(".json")
+
+
+@pytest.mark.slow
+def test_s9_a_truncated_snapshot_is_refused_and_the_cache_kept(store: Store) -> None:
+    store.serve()
+    assert store.sync_now().returncode == 0
+    store.publish()
+    before = store.root / "till-before-v2"
+    shutil.copytree(store.till, before)  # the till as it was before it pulled version 2
+    assert "snapshot 2 applied" in store.sync_now().stdout  # the hub built the delta
+    store.stop()
+    payload, header = built(store.hub, "v0000000002-from-*")
+    whole = payload.read_bytes()
+    shutil.rmtree(store.till)
+    shutil.copytree(before, store.till)
+    cache = store.cache()
+    # (a) The payload cut short on the hub's disk, its header still saying the whole: the
+    # hub's own check stops the stream; the till keeps its cache or gets the rebuilt file.
+    payload.write_bytes(whole[: len(whole) // 2])
+    store.serve()
+    result = store.sync_now()
+    status = store.status()
+    if result.returncode == 0:
+        assert "snapshot 2 applied" in result.stdout and status["cacheVersion"] == 2
+    else:
+        one_error_line(result)
+        assert status["cacheVersion"] == 1 and store.cache() == cache
+    store.stop()
+    shutil.rmtree(store.till)
+    shutil.copytree(before, store.till)
+    # (b) The payload cut short and its header rewritten to match (size and SHA-256), the
+    # signature left: the hub checks its files' signatures as it starts and builds that
+    # one again, so the till gets the whole version 2.
+    payload, header = built(store.hub, "v0000000002-from-*")
+    cut = payload.read_bytes()[: len(whole) // 2]
+    payload.write_bytes(cut)
+    doc = json.loads(header.read_text())
+    doc.update(size=len(cut), sha256=hashlib.sha256(cut).hexdigest())
+    header.write_text(json.dumps(doc))
+    store.serve()
+    mended = store.sync_now()
+    assert mended.returncode == 0 and "snapshot 2 applied" in mended.stdout, mended
+    store.stop()
+    shutil.rmtree(store.till)
+    shutil.copytree(before, store.till)
+    # (c) The hub's signed bundle (`hub export`) cut short on its way to the till, or its
+    # signature altered: `snapshot load` refuses it (exit 2, one line), the cache kept.
+    bundle = store.root / "v2.bundle"
+    store.must("hub", "export", "--hub-dir", str(store.hub), "till-1", "--out", str(bundle))
+    blob = bundle.read_bytes()
+    for what, damaged in (
+        ("truncated", blob[: len(blob) - 100]),
+        ("half", blob[: len(blob) // 2]),
+        ("signature", flip_signature(blob)),
+    ):
+        path = store.root / f"damaged-{what}.bundle"
+        path.write_bytes(damaged)
+        result = store.at_till("snapshot", "load", str(path))
+        assert result.returncode == 2, (what, result)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tillpoint: "), (what, result.stderr)
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        assert store.cache() == cache, what
+    assert store.status()["cacheVersion"] == 1
+    quote = store.at_till("quote", str(CATALOGUE.with_name("receipt-card.json")), "--json")
+    assert quote.returncode == 0, quote.stderr  # the till still prices on version 1
+    loaded = store.at_till("snapshot", "load", str(bundle))
+    assert loaded.returncode == 0, loaded.stderr
+    assert store.status()["cacheVersion"] == 2
+
+
+def flip_signature(blob: bytes) -> bytes:
+    """The bundle with one bit of its signature changed (wherever the bundle keeps it)."""
+    text = blob.decode("utf-8", "surrogateescape")
+    at = text.find('"signature"')
+    assert at >= 0, text[:300]
+    start = text.index('"', text.index(":", at)) + 1
+    sig = text[start : start + 8]
+    swapped = sig[:4] + ("A" if sig[4] != "A" else "B") + sig[5:]
+    return (text[:start] + swapped + text[start + 8 :]).encode("utf-8", "surrogateescape")
+
+
+@pytest.mark.slow
+def test_s9_a_hub_restored_to_an_older_version_is_not_followed_back(store: Store) -> None:
+    backup = store.root / "hub-at-v1"
+    shutil.copytree(store.hub, backup)  # the hub's backup, taken at version 1
+    store.publish()
+    store.serve()
+    assert "snapshot 2 applied" in store.sync_now().stdout
+    cache = store.cache()
+    store.stop()
+    shutil.rmtree(store.hub)
+    shutil.copytree(backup, store.hub)  # restored from the backup: its newest is 1
+    store.serve()
+    result = store.sync_now()
+    # Nothing older is taken: the push is done (exit 0), and one warning says why the
+    # till stays ahead and what mends it (docs/PROTOCOL.md §4, "hub restored").
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stdout.startswith("pushed 0 transaction(s), 0 waiting;"), result.stdout
+    warning = result.stderr.splitlines()
+    assert len(warning) == 1 and warning[0].startswith("tillpoint: warning: "), result.stderr
+    assert "older" in warning[0] and "--min-version 3" in warning[0], warning
+    assert store.cache() == cache and store.status()["cacheVersion"] == 2
+    # The way out the line names: a version past the till's.
+    store.must("hub", "publish", "--hub-dir", str(store.hub), "--min-version", "3")
+    taken = store.sync_now()
+    assert taken.returncode == 0 and "snapshot 3 applied" in taken.stdout, taken
+    assert store.status()["cacheVersion"] == 3
+
+
+@pytest.mark.slow
+def test_s9_the_outbox_reaches_the_hub_exactly_once_across_a_hub_restart(store: Store) -> None:
+    store.serve()
+    assert store.sync_now().returncode == 0
+    sale_doc = json.loads(CATALOGUE.with_name("receipt-card.json").read_text())
+
+    def sell(receipt_id: str) -> dict[str, Any]:
+        path = write(store.root / f"{receipt_id}.json", {**sale_doc, "receiptId": receipt_id})
+        result = store.at_till("checkout", path, "--json")
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    sold = [sell(f"x-{n}") for n in range(3)]
+    assert [s["seq"] for s in sold] == [1, 2, 3]
+    unacked = store.root / "till-unacked"
+    shutil.copytree(store.till, unacked)  # the till as it is before the hub's answer
+    pushed = store.sync_now()
+    assert pushed.returncode == 0 and pushed.stdout.startswith("pushed 3 transaction(s), 0 waiting")
+    # The hub killed and started again; the till never heard its acknowledgement.
+    store.stop(signal.SIGKILL)
+    shutil.rmtree(store.till)
+    shutil.copytree(unacked, store.till)
+    assert store.status()["outboxDepth"] == 3
+    store.serve()
+    again = store.sync_now()
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    assert store.status()["outboxDepth"] == 0
+    # Two more sold while the hub is away, pushed once it is back.
+    store.stop(signal.SIGKILL)
+    sold += [sell(f"x-{n}") for n in (3, 4)]
+    assert [s["mode"] for s in sold[3:]] == ["OFFLINE", "OFFLINE"]
+    store.serve()
+    late = store.sync_now()
+    assert late.returncode == 0 and late.stdout.startswith("pushed 2 transaction(s), 0 waiting")
+    listed = store.must(
+        "hub", "receipts", "--hub-dir", str(store.hub), "--device", "till-1", "--json"
+    )
+    rows = json.loads(listed)
+    rows = rows.get("transactions", rows) if isinstance(rows, dict) else rows
+    seqs = sorted(int(row["seq"]) for row in rows)
+    assert seqs == [1, 2, 3, 4, 5], rows
+    assert store.status()["outboxDepth"] == 0
+    # The customer's points counted once each at the hub: what the till says.
+    customer = sold[0]["card"]["customerId"]
+    hub_balance = json.loads(
+        store.must("hub", "balance", "--hub-dir", str(store.hub), customer, "--json")
+    )
+    till = store.at_till("balance", sale_doc["card"], "--json")
+    assert hub_balance["availablePoints"] == json.loads(till.stdout)["availablePoints"]
