@@ -52,6 +52,7 @@ from tests.conftest import snapshot
 EXE = str(Path(sys.executable).with_name("tillpoint"))
 ANNA = "2770000000017"  # c-a, gold, 1,200 points
 BORIS = "2770000000024"  # c-b, base, 80 points
+STRANGER = "2770000000093"  # a valid card number the snapshot does not have: UNKNOWN
 MILK, BREAD, CIGS, CHEESE = "4601234000017", "4601234000024", "4601234000031", "4601234000055"
 
 
@@ -544,6 +545,7 @@ def run_story(seed: int, root: Path) -> int:
     customers = {
         ANNA: Customer(snap["customers"][0]["balancePoints"]),
         BORIS: Customer(snap["customers"][1]["balancePoints"]),
+        STRANGER: Customer(0),  # an UNKNOWN card: no balance known, nothing redeemed
     }
     t = START
     sales: list[Sold] = []
@@ -552,7 +554,7 @@ def run_story(seed: int, root: Path) -> int:
         t += timedelta(hours=rng.choice([1, 5, 13, 30]), minutes=rng.randint(1, 59))
         open_sales = [s for s in sales if not s.whole_returned()]
         if not open_sales or (len(sales) < 3 and rng.random() < 0.5):
-            card = rng.choice([ANNA, BORIS])
+            card = rng.choice([ANNA, BORIS, ANNA, BORIS, STRANGER])
             lines = []
             for _ in range(rng.randint(1, 4)):
                 qty = rng.choice(
@@ -575,7 +577,13 @@ def run_story(seed: int, root: Path) -> int:
                 "lines": lines,
                 "redeemPoints": rng.choice([0, 40, 150, 900, 900]),
             }
-            result = run_cli(data, "checkout", write(root / "sale.json", body), "--json")
+            path = write(root / "sale.json", body)
+            if rng.random() < 0.3:  # held, then confirmed: a refund sees the same sale
+                held = run_cli(data, "hold", path, "--json")
+                assert held.code == 0 and held.json()["state"] == "HELD", held
+                result = run_cli(data, "confirm", rid, "--fiscal", f"FD-{rid}", "--json")
+            else:
+                result = run_cli(data, "checkout", path, "--json")
             assert result.code == 0, result
             doc = result.json()
             sold_lines = []
@@ -596,6 +604,9 @@ def run_story(seed: int, root: Path) -> int:
             customers[card].sales.append(sold)
             sales.append(sold)
             available, pending = customers[card].balance_at(t)
+            if card == STRANGER:
+                assert doc["balance"] is None and doc["redeemedPoints"] == 0, doc
+                continue
             assert doc["balance"]["availablePoints"] == available, (
                 seed,
                 rid,
@@ -641,6 +652,8 @@ def run_story(seed: int, root: Path) -> int:
         assert result.code == 0, (seed, body, result)
         doc = result.json()
         available, pending = customer.balance_at(t)
+        if sold.card == STRANGER:  # no balance to tell, nor to go below zero
+            available = pending = 0
         expected = {
             "refundId": rid,
             "receiptId": sold.receipt_id,
@@ -655,10 +668,11 @@ def run_story(seed: int, root: Path) -> int:
             "receiptId": doc["receiptId"],
             "returnedPoints": doc["returnedPoints"],
             "takenBackPoints": doc["takenBackPoints"],
-            "availablePoints": doc["balance"]["availablePoints"],
-            "pendingPoints": doc["balance"]["pendingPoints"],
+            "availablePoints": (doc["balance"] or {"availablePoints": 0})["availablePoints"],
+            "pendingPoints": (doc["balance"] or {"pendingPoints": 0})["pendingPoints"],
             "negativeBalance": doc["negativeBalance"],
         }
+        assert (doc["balance"] is None) == (sold.card == STRANGER), doc
         assert got == expected, (seed, body, sold)
         # The same refund again: the stored result, nothing applied twice.
         before = state(data)
@@ -666,6 +680,8 @@ def run_story(seed: int, root: Path) -> int:
         assert again.code == 0 and again.json() == doc, (seed, again)
         assert state(data) == before
     for card, customer in customers.items():
+        if card == STRANGER:
+            continue
         at = t + timedelta(days=5)
         result = run_cli(data, "balance", card, "--at", stamp(at), "--json")
         assert result.code == 0, result
