@@ -47,8 +47,8 @@ from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import InputError, SnapshotCorrupted, TillpointError, UnreadableFile
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.ledger import PULL_LANDING, open_ledger
-from tillpoint.agent.logs import SAID_BY_THE_COMMAND
 from tillpoint.agent.lock import flock_within
+from tillpoint.agent.logs import SAID_BY_THE_COMMAND
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import signing
