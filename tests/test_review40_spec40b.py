@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -366,7 +367,8 @@ def proc(data_dir: Path, *argv: str, **kw: Any) -> subprocess.CompletedProcess[b
     env = {**os.environ, "TILLPOINT_DEVICE_ID": "till-1", "TILLPOINT_CLI_LOCAL": "1"}
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
-    return subprocess.run([EXE, "--data-dir", str(data_dir), *argv], env=env, timeout=120, **kw)
+    kw.setdefault("timeout", 120)
+    return subprocess.run([EXE, "--data-dir", str(data_dir), *argv], env=env, **kw)
 
 
 def test_s10_environment_faults_exit_1_and_bad_input_2_as_processes(
@@ -1156,3 +1158,49 @@ def test_s9_a_refusal_for_the_signature_is_not_remembered_past_the_hubs_own_key(
         till.stop()
     finally:
         hub.stop()
+
+
+def test_s10_snapshot_load_reads_a_pipe_named_as_a_file_once(tmp_path: Path) -> None:
+    """`snapshot load /dev/stdin` under a pipe, `<(zcat …)` and a named FIFO are files a
+    script names as readily as `-`: each is read once, as `quote` reads one. Until review
+    40 (spec40b) the loader read the first line to tell JSON Lines from one document and
+    then opened the path again: a pipe was then empty ("not valid JSON (Expecting value at
+    line 1 column 1)", exit 2, for a valid snapshot) and a FIFO whose writer had finished
+    blocked the command for ever."""
+    from tests.test_snapshot_stream import to_jsonl
+
+    document = json.dumps(snapshot(), ensure_ascii=False).encode()
+    lines = to_jsonl(snapshot(version=2)).encode()
+    data = tmp_path / "data"
+    for version, blob in ((1, document), (2, lines)):
+        result = proc(data, "snapshot", "load", "/dev/stdin", "--json", input=blob)
+        assert result.returncode == 0, (version, result.stderr)
+        assert json.loads(result.stdout)["version"] == version
+    fifo = tmp_path / "snap.fifo"
+    os.mkfifo(fifo)
+    for version, blob in ((3, snapshot(version=3)), (4, snapshot(version=4))):
+        raw = json.dumps(blob, ensure_ascii=False).encode()
+        payload = raw if version == 3 else to_jsonl(blob).encode()
+
+        def feed(payload: bytes = payload) -> None:
+            with open(fifo, "wb") as w:
+                w.write(payload)
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        try:
+            result = proc(data, "snapshot", "load", str(fifo), "--json", timeout=60)
+        finally:
+            if writer.is_alive():  # the command ended without opening it: let it go
+                with contextlib.suppress(OSError):
+                    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+            writer.join(10)
+        assert result.returncode == 0, (version, result.stderr)
+        assert json.loads(result.stdout)["version"] == version
+    # Bad input through a pipe is still bad input: one line, exit 2, the cache kept.
+    before = state(data)
+    for blob in (b"", b"{", b"\x00" * 8192, json.dumps(snapshot(version=1)).encode()):
+        result = proc(data, "snapshot", "load", "/dev/stdin", input=blob)
+        assert result.returncode == 2, result
+        assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
+    assert state(data) == before
