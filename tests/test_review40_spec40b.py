@@ -551,6 +551,7 @@ def run_story(seed: int, root: Path) -> int:
     t = START
     sales: list[Sold] = []
     refunds = 0
+    seqs: list[int] = []  # §9: every sale and refund journalled under the next seq
     for step in range(rng.randint(5, 10)):
         t += timedelta(hours=rng.choice([1, 5, 13, 30]), minutes=rng.randint(1, 59))
         open_sales = [s for s in sales if not s.whole_returned()]
@@ -587,6 +588,8 @@ def run_story(seed: int, root: Path) -> int:
                 result = run_cli(data, "checkout", path, "--json")
             assert result.code == 0, result
             doc = result.json()
+            assert doc["deviceId"] == "till-1" and doc["seq"] == len(seqs) + 1, doc
+            seqs.append(doc["seq"])
             sold_lines = []
             for sent, got in zip(lines, doc["lines"], strict=True):
                 assert got["redeemedMinor"] % pv == 0
@@ -652,6 +655,8 @@ def run_story(seed: int, root: Path) -> int:
         result = run_cli(data, "refund", path, "--json")
         assert result.code == 0, (seed, body, result)
         doc = result.json()
+        assert doc["deviceId"] == "till-1" and doc["seq"] == len(seqs) + 1, doc
+        seqs.append(doc["seq"])
         available, pending = customer.balance_at(t)
         if sold.card == STRANGER:  # no balance to tell, nor to go below zero
             available = pending = 0
