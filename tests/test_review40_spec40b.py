@@ -6,7 +6,8 @@ line) and §9 (sync), written from docs/CONTRACT.md and the README alone.
   unknown card or receipt, a file that does not exist or is a directory, empty standard
   input) exits 2 with one readable line on stderr and no trace, and leaves the cache and
   the ledger byte for byte as they were; a damaged ledger and a stdout that takes nothing
-  (environment faults) exit 1; every `--json` answer is one JSON document.
+  (environment faults) exit 1; every `--json` answer is one JSON document; `snapshot
+  load` of a pipe named as a file (`/dev/stdin`, `<(…)`, a FIFO) reads it once.
 - §6: an independent model of the split refund (floor(p × r / q) given back, floor(e × r /
   q) taken back, each refund the difference from the ones before; receipt-level
   `EXTRA_POINTS` taken back with the last of the receipt; taken-back points off the
