@@ -968,45 +968,71 @@ def _confirm_reset(args: argparse.Namespace, agent: Any) -> None:
 
 def load_snapshot(agent: Any, name: str) -> Any:
     """`snapshot load FILE`: a JSON document, a signed bundle, or JSON Lines (streamed);
-    FILE `-` is standard input (`zcat snap.jsonl.gz | ...`)."""
-    from .snapshot_stream import is_jsonl, keep_repeats, refuse_non_object, refuse_repeats
+    FILE `-` is standard input (`zcat snap.jsonl.gz | ...`), and a FILE that is no regular
+    file (`/dev/stdin` under a pipe, `<(zcat ...)`, a named FIFO) is read once as standard
+    input is (review 40, spec40b: it was opened again after its first line was read, so a
+    pipe was then empty, "not valid JSON", and a FIFO blocked for ever)."""
+    from .snapshot_stream import is_jsonl, keep_repeats, refuse_repeats
 
     if name == "-":
-        stdin: Any = standard_input()
-        try:
-            first = _head_line(stdin)
-            head = first.encode("utf-8") if isinstance(first, str) else first
-            if is_jsonl(head):
-                from tillpoint.sync import refuse_plain_if_enrolled
-
-                refuse_plain_if_enrolled(agent.data_dir)
-                if not head.endswith(b"\n"):  # a header line longer still: all of it
-                    first += stdin.readline()
-                return agent.load_snapshot_lines(itertools.chain([first], stdin))
-            refuse_non_object(head, name)  # not `/dev/zero` read whole
-            rest = stdin.read()
-        except OSError as exc:
-            raise InputError(f"{name}: cannot read it ({exc})") from None
-        raw = head + (rest.encode("utf-8") if isinstance(rest, str) else rest)
-        doc = parse_json(raw, name, keep_repeats)
+        doc = _snapshot_stream(agent, standard_input(), name)
     else:
         try:
             with open(name, "rb") as f:
-                if is_jsonl(_head_line(f)):
-                    from tillpoint.sync import refuse_plain_if_enrolled
+                import stat
 
-                    refuse_plain_if_enrolled(agent.data_dir)  # the one rule, sync's
-                    return agent.load_snapshot_file(Path(name))  # a full one: child processes
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    doc = _snapshot_stream(agent, f, name)
+                else:
+                    doc = None
+                    if is_jsonl(_head_line(f)):
+                        from tillpoint.sync import refuse_plain_if_enrolled
+
+                        refuse_plain_if_enrolled(agent.data_dir)  # the one rule, sync's
+                        return agent.load_snapshot_file(Path(name))  # a full one: child processes
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
-        # a snapshot, not a request: no request limit; a section given twice is refused
-        doc = read_json(name, limit=None, pairs_hook=keep_repeats)
+        if doc is None:
+            # a snapshot, not a request: no request limit; a section given twice is refused
+            doc = read_json(name, limit=None, pairs_hook=keep_repeats)
+    if isinstance(doc, _Loaded):
+        return doc.info
     refuse_repeats(doc, "snapshot")
     from tillpoint.sync import load_snapshot_file
 
     return load_snapshot_file(agent, doc)
+
+
+class _Loaded:
+    """A JSON Lines snapshot `_snapshot_stream` applied as it read it."""
+
+    def __init__(self, info: Any) -> None:
+        self.info = info
+
+
+def _snapshot_stream(agent: Any, stream: Any, name: str) -> Any:
+    """A snapshot read once from a stream (standard input, a pipe): the JSON document it
+    holds, or, for JSON Lines, `_Loaded` once it is applied row by row as it is read."""
+    from .snapshot_stream import is_jsonl, keep_repeats, refuse_non_object
+
+    try:
+        first = _head_line(stream)
+        head = first.encode("utf-8") if isinstance(first, str) else first
+        if is_jsonl(head):
+            from tillpoint.sync import refuse_plain_if_enrolled
+
+            refuse_plain_if_enrolled(agent.data_dir)
+            if not head.endswith(b"\n"):  # a header line longer still: all of it
+                first += stream.readline()
+            return _Loaded(agent.load_snapshot_lines(itertools.chain([first], stream)))
+        refuse_non_object(head, name)  # not `/dev/zero` read whole
+        rest = stream.read()
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read it ({exc})") from None
+    raw = head + (rest.encode("utf-8") if isinstance(rest, str) else rest)
+    return parse_json(raw, name, keep_repeats)
 
 
 # How much of a snapshot's first line is read to tell JSON Lines from one JSON document: a

@@ -54,6 +54,7 @@ from tillpoint.agent.errors import (
 from tillpoint.agent.files import write_whole
 from tillpoint.agent.ledger import PULL_LANDING, open_ledger
 from tillpoint.agent.lock import flock_within
+from tillpoint.agent.logs import SAID_BY_THE_COMMAND
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from . import signing
@@ -110,6 +111,7 @@ class PullResult:
     resumed_from: int = 0
     message: str = ""
     sha256: str = ""
+    signature: str = ""  # the bundle's, base64: a refusal remembers it (review 40)
     # REFUSED for what the bundle is (its signature, version, content): remembered, not
     # downloaded again; False for bytes that did not arrive as declared (the transfer).
     remembered: bool = True
@@ -376,6 +378,9 @@ class Puller:
                         # the hub key it was checked with: a bundle installed since with
                         # another key (the hub's signing key replaced) checks it afresh
                         "refused_key": self._key_id(),
+                        # and the bundle's signature: the same payload signed again (the
+                        # hub's own key put back) is another bundle (review 40, spec40b)
+                        "refused_signature": result.signature,
                         PULL_LANDING: None,
                     }
                 )
@@ -388,6 +393,7 @@ class Puller:
                 if result.status == "APPLIED":
                     values["refused"] = None
                     values["refused_key"] = None
+                    values["refused_signature"] = None
                 self._record(values)
             return result
 
@@ -603,6 +609,7 @@ class Puller:
         try:
             raw = get(conn, "refused")
             key = get(conn, "refused_key")
+            signature = get(conn, "refused_signature")
         finally:
             conn.close()
         if not raw or key != self._key_id():
@@ -612,6 +619,13 @@ class Puller:
         try:
             seen = json.loads(raw)
         except ValueError:
+            return None
+        if signature != base64.b64encode(chunk.signature).decode():
+            # The same payload under another signature (the hub's own key put back after
+            # a wrong one signed it) is checked afresh: until review 40 (spec40b) a bundle
+            # refused for its signature was refused from memory when the hub served it
+            # signed right, until the hub published another version. None recorded (a
+            # refusal an older release remembered) is checked once more too.
             return None
         if seen.get("version") == chunk.version and seen.get("sha256") == chunk.sha256.hex():
             reason = str(seen.get("reason", "refused before"))
@@ -714,7 +728,15 @@ class Puller:
         said = (version, partial.sha256 if partial else "", reason)
         level = logging.DEBUG if said == self._said else logging.ERROR
         self._said = said
-        log.log(level, "%s (version %d); the cache keeps its current version", reason, version)
+        # For `run`'s operator; a one-shot `sync now` says it in its own line (review 40,
+        # spec40b: it was said twice on stderr, this record as `tillpoint: error: …`).
+        log.log(
+            level,
+            "%s (version %d); the cache keeps its current version",
+            reason,
+            version,
+            extra=SAID_BY_THE_COMMAND,
+        )
         return PullResult(
             "REFUSED",
             version,
@@ -722,6 +744,7 @@ class Puller:
             partial.total_size if partial else 0,
             message=reason,
             sha256=partial.sha256 if partial else "",
+            signature=partial.signature if partial else "",
         )
 
 
