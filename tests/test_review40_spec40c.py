@@ -871,3 +871,63 @@ def test_a_delta_row_replaces_the_whole_row(cli: CLI) -> None:
     older = cli("snapshot", "load", snapshot(version=8))
     assert older.code == 2 and "not newer than the cache's 8" in older.err
     assert who("+79035550001") == ("BLOCKED", None)
+
+
+# A customer's phone in the snapshot, in the spellings a CRM export carries (§3's
+# decision: "read as a person writes it": blanks, dashes of any kind and brackets dropped);
+# each template is given ten digits. The last ones are no Russian phone: nobody's.
+PHONE_SPELLINGS: list[tuple[Callable[[str], str], bool]] = [
+    (lambda d: f"+7{d}", True),
+    (lambda d: f"8{d}", True),
+    (lambda d: f"7{d}", True),
+    (lambda d: d, True),
+    (lambda d: f"+7 ({d[:3]}) {d[3:6]}-{d[6:8]}-{d[8:]}", True),
+    (lambda d: f"8 ({d[:3]}) {d[3:6]}-{d[6:8]}-{d[8:]}", True),
+    (lambda d: f"8({d[:3]}){d[3:]}", True),
+    (lambda d: f"({d[:3]}) {d[3:6]}-{d[6:8]}-{d[8:]}", True),
+    (lambda d: f"+7-{d[:3]}-{d[3:6]}-{d[6:8]}-{d[8:]}", True),
+    (lambda d: f" +7 {d[:3]} {d[3:6]} {d[6:8]} {d[8:]}\t", True),
+    (lambda d: f"+7\u00a0{d[:3]}\u00a0{d[3:6]}\u00a0{d[6:]}", True),
+    (lambda d: f"8\u2013{d[:3]}\u2013{d[3:6]}\u2013{d[6:]}", True),
+    (lambda d: f"+7\u2212{d[:3]}\u2212{d[3:]}", True),
+    (lambda d: f"\u202a+7 {d[:3]} {d[3:6]}-{d[6:8]}-{d[8:]}\u202c", True),
+    (lambda d: f"8 ( {d[:3]} ) {d[3:6]} - {d[6:8]} - {d[8:]}", True),
+    (lambda d: f"8 ({d[:3]}) {d[3:6]}-{d[6:8]}-{d[8:]} доб. 12", False),
+    (lambda d: f"+8 {d[:3]} {d[3:6]} {d[6:]}", False),
+    (lambda d: f"tel:+7{d}", False),
+    (lambda d: f"+7{d[:-1]}", False),
+    (lambda d: f"+7{d}5", False),
+]
+
+
+def test_snapshot_phones_in_every_spelling_find_their_customer_by_any_scan(
+    cli: CLI, tmp_path: Path
+) -> None:
+    """One snapshot (loaded by `snapshot load`) with a customer per spelling, each its own
+    number and an active card; every §4 form of each number scanned over HTTP on an agent
+    of the same data directory: FOUND that customer, or UNKNOWN when the snapshot's phone
+    is no Russian phone."""
+    snap = snapshot()
+    for i, (spell, _) in enumerate(PHONE_SPELLINGS):
+        digits = f"95{i:08d}"
+        snap["customers"].append(
+            {"id": f"p-{i:02d}", "firstName": "П", "tier": "base", "phone": spell(digits)}
+        )
+        snap["cards"].append(
+            {"number": f"30{i:02d}", "customerId": f"p-{i:02d}", "status": "ACTIVE"}
+        )
+    assert cli("snapshot", "load", snap).code == 0
+    agent = Agent(tmp_path / "data", "till-1")
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    try:
+        for i, (_, is_phone) in enumerate(PHONE_SPELLINGS):
+            digits = f"95{i:08d}"
+            for scan in (f"+7{digits}", f"8{digits}", f"7 {digits[:3]} {digits[3:]}", digits):
+                status, body = identify_http(srv.port, scan)
+                doc = json.loads(body)
+                expected = ("FOUND", f"p-{i:02d}") if is_phone else ("UNKNOWN", None)
+                assert (status, doc["status"], doc.get("customerId")) == (200, *expected), (i, scan)
+    finally:
+        srv.stop()
+        agent.close()
