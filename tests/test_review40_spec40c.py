@@ -18,7 +18,8 @@ a customer with several cards, a customer with none active, a phone two customer
 a card number that is also a phone's form, a card whose customer is not in the cache,
 int64-sized digit strings) goes through the real doors: HTTP `POST /v1/identify` on a
 real server on a loopback port, and the CLI's `identify TEXT --json`, whose document must
-be the HTTP body byte for byte. The default run sends every text over HTTP and a seeded
+be the HTTP body byte for byte, and gRPC's `Identify` (`PosAgent` on a real gRPC server)
+must answer the same outcome. The default run sends every text over HTTP and a seeded
 quarter of them through the CLI; the slow twin sends all of them through the CLI. The
 long tables (a quote and a balance for each text, the snapshot shapes) run a seeded half
 by default and whole in their `[every]` slow twins.
@@ -63,7 +64,7 @@ import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
-from .conftest import CLI, PROGRAM, receipt, snapshot
+from .conftest import CLI, PROGRAM, posagent_stub, receipt, snapshot
 
 I64 = 2**63 - 1
 
@@ -1009,3 +1010,32 @@ def test_a_phone_sells_on_the_customers_first_active_card_by_number(
             "SELECT customer_id, card FROM journal WHERE ref_id = 'r-phone'"
         ).fetchall()
     assert rows == [("c-m", "123456")]
+
+
+def test_grpc_identify_answers_every_spelling_as_http_does(http_port: int, tmp_path: Path) -> None:
+    """The third door (§1's `PosAgent`, on a real gRPC server on a loopback port): the
+    `CardOutcome` of each text, as proto3 JSON, is the HTTP document; a text over 128
+    characters is `INVALID_ARGUMENT` with HTTP's 400 message."""
+    import grpc
+    from google.protobuf import json_format
+    from tillpoint.v1 import tillpoint_pb2 as pb
+
+    agent = Agent(tmp_path / "grpc", "till-1")
+    agent.load_snapshot(copy.deepcopy(SNAP))
+    try:
+        with posagent_stub(agent) as stub:
+            for text in [*TEXTS, READ_TWICE]:
+                answer = stub.Identify(pb.IdentifyRequest(text=text), timeout=30)
+                status, body = identify_http(http_port, text)
+                assert (200, json_format.MessageToDict(answer)) == (status, json.loads(body)), text
+            for text in TOO_LONG:
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Identify(pb.IdentifyRequest(text=text), timeout=30)
+                status, body = identify_http(http_port, text)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert (status, refused.value.details()) == (
+                    400,
+                    json.loads(body)["error"]["message"],
+                )
+    finally:
+        agent.close()
