@@ -1,0 +1,62 @@
+"""Review 40 (rev40e): a second reading of rev40c (a file the machine refuses is exit 1
+naming the file, a refused path exit 2; `cli.ErrorLines`; key sets; UTF-16/32 inputs) and
+rev40d (the serial stop's grace, look-alikes for the other Cyrillic letters, pictographs as
+word breaks in first names), looking for the paths their fixes did not reach. Each test
+that names a fault failed before the fix beside it; the others pin a promise found kept.
+Real parts: real `tillpoint` processes and a real hub on a loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .test_review38_rev38b import EXE
+
+
+def _hub_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+    env["TILLPOINT_DATA_DIR"] = str(tmp_path / "data")
+    return env
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path) -> Path:
+    hub = tmp_path / "hub"
+    made = subprocess.run(
+        [EXE, "hub", "init", "--hub-dir", str(hub)],
+        env=_hub_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    return hub
+
+
+def test_hub_serve_with_a_port_file_it_cannot_write_is_exit_2_naming_it(
+    tmp_path: Path, hub_dir: Path
+) -> None:
+    """`hub serve --port-file F` where F cannot be written (its folder missing, F a
+    folder): the bound port could not be told, which a script waiting for F never learns.
+    It said "internal error: FileNotFoundError: … hub.port.tmp" (or IsADirectoryError),
+    exit 1: the temporary name, not the file given, worded as a bug. Now exit 2, one line
+    naming --port-file and the file, and the server stopped (the process ends)."""
+    for port_file in (tmp_path / "nope" / "hub.port", tmp_path):
+        run = subprocess.run(
+            [EXE, "hub", "serve", "--hub-dir", str(hub_dir), "--listen", "127.0.0.1:0"]
+            + ["--port-file", str(port_file)],
+            env=_hub_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert run.returncode == 2, run.stderr
+        last = run.stderr.strip().splitlines()[-1]
+        assert "internal error" not in run.stderr and "Traceback" not in run.stderr
+        assert last.startswith(f"tillpoint: --port-file {port_file}: "), last
