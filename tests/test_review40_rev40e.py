@@ -60,3 +60,22 @@ def test_hub_serve_with_a_port_file_it_cannot_write_is_exit_2_naming_it(
         last = run.stderr.strip().splitlines()[-1]
         assert "internal error" not in run.stderr and "Traceback" not in run.stderr
         assert last.startswith(f"tillpoint: --port-file {port_file}: "), last
+
+
+@pytest.mark.parametrize("keycap", ["#\ufe0f\u20e3", "1\ufe0f\u20e3", "*\u20e3", "7\u20e3"])
+def test_a_keycap_pictograph_parts_a_first_name_as_other_pictographs_do(keycap: str) -> None:
+    """rev40d made a pictograph part a first name's words ("Анна😀" is "Анна"). A keycap
+    emoji (#️⃣, 1️⃣: a digit, `#` or `*`, the emoji's variation selector and the
+    combining enclosing keycap) is a pictograph too, but only its keycap mark was dropped:
+    its digit stayed, glued to the name ("Анна1, добрый день!", "Анна#")."""
+    from tillpoint.printer.display import showable
+    from tillpoint.printer.messages import first_name_only, greeting_line
+
+    assert first_name_only(f"Анна{keycap}") == "Анна"
+    assert first_name_only(f"Анна{keycap}Мария") == "Анна"
+    assert first_name_only(keycap) == ""
+    assert showable([greeting_line(first_name_only(f"Анна{keycap}"), 20)], "cp866") == [
+        "Анна, добрый день!"
+    ]
+    # a digit or # that is no keycap stays as written (§8 shows what the name holds)
+    assert first_name_only("Анна1") == "Анна1"
