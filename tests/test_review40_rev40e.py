@@ -79,3 +79,52 @@ def test_a_keycap_pictograph_parts_a_first_name_as_other_pictographs_do(keycap: 
     ]
     # a digit or # that is no keycap stays as written (§8 shows what the name holds)
     assert first_name_only("Анна1") == "Анна1"
+
+
+def test_main_in_a_callers_process_gives_its_stderr_back_from_threads_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rev40c wraps stderr in `cli.ErrorLines` while a command runs. Run in a caller's
+    own process (`main(argv)`: a test, a program embedding the CLI), from six threads at
+    once, with bad input, `--help` and `--version`: the caller gets its own `sys.stderr`
+    object back (not a wrapper left behind), the error line reaches the stream it had
+    redirected, and bad input is exit 2 (argparse's `SystemExit(2)`) as before. Found
+    right; pinned."""
+    import contextlib
+    import io
+    import sys
+    import threading
+
+    from tillpoint.agent.cli import ErrorLines, main
+
+    monkeypatch.setenv("TILLPOINT_DATA_DIR", str(tmp_path / "data"))
+    missing = str(tmp_path / "missing.json")
+
+    def code(argv: list[str]) -> object:
+        try:
+            return main(argv)
+        except SystemExit as exc:
+            return exc.code
+
+    mine = io.StringIO()
+    with contextlib.redirect_stderr(mine), contextlib.redirect_stdout(io.StringIO()):
+        assert code(["print", "preview", missing]) == 2
+        assert sys.stderr is mine
+        assert code(["quote"]) == 2
+        assert code(["--help"]) == 0
+        assert code(["--version"]) == 0
+        assert sys.stderr is mine
+        codes: list[object] = []
+        threads = [
+            threading.Thread(target=lambda: codes.append(code(["print", "preview", missing])))
+            for _ in range(6)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert codes == [2] * 6
+        assert sys.stderr is mine and not isinstance(sys.stderr, ErrorLines)
+    lines = mine.getvalue().splitlines()
+    assert lines.count(f"tillpoint: {missing}: no such file") == 7, lines
+    assert "Traceback" not in mine.getvalue()
