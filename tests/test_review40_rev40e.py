@@ -128,3 +128,68 @@ def test_main_in_a_callers_process_gives_its_stderr_back_from_threads_too(
     lines = mine.getvalue().splitlines()
     assert lines.count(f"tillpoint: {missing}: no such file") == 7, lines
     assert "Traceback" not in mine.getvalue()
+
+
+_META_ON_A_FULL_DISK = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+full = Path(sys.argv[1])
+if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(full)]).returncode:
+    sys.exit(90)
+from tillpoint.agent.errors import StorageError
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+root = full / "hub"
+hub = LoopbackHub(root, data=sample_master_data(), start=False)
+snap = hub.server.builder.bundle(1, 0)  # its size learnt; built again below
+size = snap.path.stat().st_size
+snap.path.unlink()
+snap.path.with_suffix(".json").unlink()
+st = os.statvfs(full)
+with open(full / "fill", "wb") as fh:  # room for the snapshot's pages, none for its record
+    fh.write(b"\0" * (st.f_bavail * st.f_frsize - -(-size // 4096) * 4096))
+try:
+    hub.server.builder.bundle(1, 0)
+    out = {"kind": None}
+except StorageError as exc:
+    out = {"kind": "StorageError", "message": exc.message}
+except Exception as exc:
+    out = {"kind": type(exc).__name__, "message": str(exc)}
+out["left"] = sorted(p.name for p in (root / "snapshots").iterdir())
+print(json.dumps(out))
+"""
+
+
+def test_a_snapshot_whose_record_meets_a_full_disk_names_the_file(tmp_path: Path) -> None:
+    """rev40c named the hub's snapshot file and why when its write is refused (a full
+    disk, the file size limit). The record written after it (`v…-full.json`, the file's
+    size, hash and signature) was outside that: a disk that filled with the snapshot's
+    last page raised a bare "[Errno 28] No space left on device" (no file; `hub export`
+    said "internal error: OSError"), and the `.snap` stayed without its record, taking
+    the room a retry needs. Now a storage error naming the record and the full file
+    system, the `.snap` removed. A real tmpfs in a mount namespace of its own."""
+    import json
+    import sys
+
+    from .test_review32_ops32 import _mount_namespace
+
+    unshare = _mount_namespace()
+    if unshare is None:
+        pytest.skip("no mount namespace here (unshare refused): cannot make a small disk")
+    full = tmp_path / "full"
+    full.mkdir()
+    run = subprocess.run(
+        [*unshare, sys.executable, "-c", _META_ON_A_FULL_DISK, str(full)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if run.returncode == 90:
+        pytest.skip(f"cannot mount a tmpfs here: {run.stderr}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["kind"] == "StorageError", out
+    record = f"{full}/hub/snapshots/v0000000001-full.json"
+    assert out["message"].startswith(f"the snapshot's record {record} could not be written: "), out
+    assert "is full" in out["message"], out
+    assert out["left"] == ["builders.lock"], out
