@@ -533,8 +533,7 @@ class SnapshotBuilder:
             hint = no_space_hint(record, exc)
             final.unlink(missing_ok=True)
             raise StorageError(
-                f"the snapshot's record {record} could not be written: {exc.strerror or exc}"
-                f"{hint}"
+                f"the snapshot's record {record} could not be written: {exc.strerror or exc}{hint}"
             ) from None
         return snap
 

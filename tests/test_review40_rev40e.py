@@ -48,8 +48,17 @@ def test_hub_serve_with_a_port_file_it_cannot_write_is_exit_2_naming_it(
     naming --port-file and the file, and the server stopped (the process ends)."""
     for port_file in (tmp_path / "nope" / "hub.port", tmp_path):
         run = subprocess.run(
-            [EXE, "hub", "serve", "--hub-dir", str(hub_dir), "--listen", "127.0.0.1:0"]
-            + ["--port-file", str(port_file)],
+            [
+                EXE,
+                "hub",
+                "serve",
+                "--hub-dir",
+                str(hub_dir),
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+            ],
             env=_hub_env(tmp_path),
             capture_output=True,
             text=True,
