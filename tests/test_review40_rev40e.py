@@ -45,37 +45,40 @@ def hub_dir(tmp_path: Path) -> Path:
     return hub
 
 
+@pytest.mark.parametrize(
+    "where", ["missing folder", pytest.param("a folder", marks=pytest.mark.slow)]
+)  # the second a hub process more (~5 s), in `make test-all`
 def test_hub_serve_with_a_port_file_it_cannot_write_is_exit_2_naming_it(
-    tmp_path: Path, hub_dir: Path
+    tmp_path: Path, hub_dir: Path, where: str
 ) -> None:
     """`hub serve --port-file F` where F cannot be written (its folder missing, F a
     folder): the bound port could not be told, which a script waiting for F never learns.
     It said "internal error: FileNotFoundError: … hub.port.tmp" (or IsADirectoryError),
     exit 1: the temporary name, not the file given, worded as a bug. Now exit 2, one line
     naming --port-file and the file, and the server stopped (the process ends)."""
-    for port_file in (tmp_path / "nope" / "hub.port", tmp_path):
-        run = subprocess.run(
-            [
-                EXE,
-                "hub",
-                "serve",
-                "--hub-dir",
-                str(hub_dir),
-                "--listen",
-                "127.0.0.1:0",
-                "--port-file",
-                str(port_file),
-            ],
-            env=_hub_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert run.returncode == 2, run.stderr
-        last = run.stderr.strip().splitlines()[-1]
-        assert "internal error" not in run.stderr and "Traceback" not in run.stderr
-        assert last.startswith(f"tillpoint: --port-file {port_file}: "), last
+    port_file = tmp_path / "nope" / "hub.port" if where == "missing folder" else tmp_path
+    run = subprocess.run(
+        [
+            EXE,
+            "hub",
+            "serve",
+            "--hub-dir",
+            str(hub_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
+        env=_hub_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert "internal error" not in run.stderr and "Traceback" not in run.stderr
+    assert last.startswith(f"tillpoint: --port-file {port_file}: "), last
 
 
 @pytest.mark.parametrize("keycap", ["#\ufe0f\u20e3", "1\ufe0f\u20e3", "*\u20e3", "7\u20e3"])
