@@ -232,3 +232,26 @@ def test_the_other_cyrillic_letters_look_alikes_fit_the_display(codec: str) -> N
             rows = fit_lines(showable([greeting_line(name, columns)], codec), columns, 2)
             assert all(len(row) <= columns for row in rows), (name, columns, rows)
             assert all("?" not in row for row in rows), (name, columns, rows)
+
+
+def test_a_utf8_config_with_a_nul_byte_says_where_not_not_utf8(tmp_path: Path) -> None:
+    """rev40c made any NUL byte in a TOML configuration "not UTF-8 text" (its reading: a
+    NUL beside each ASCII letter is UTF-16 or UTF-32 without a mark). A UTF-8 file with
+    one NUL in it (a file a power cut left with zeros after its last write, an editor's
+    stray byte) is UTF-8 text: it was sent to convert the file's encoding, which is right,
+    and lost the line tomllib named. Now the NUL's line and column, "TOML allows none";
+    a file in UTF-16/32 (a NUL in its first four bytes) is "not UTF-8 text" as before."""
+    from tillpoint.agent.config import read_config_file
+    from tillpoint.agent.errors import InputError
+
+    path = tmp_path / "tillpoint.toml"
+    path.write_bytes(b'device_id = "till-1"\n# a comment\x00 here\n')
+    with pytest.raises(InputError) as refused:
+        read_config_file(path)
+    said = refused.value.message
+    assert "not UTF-8 text" not in said, said
+    assert said == f"config {path}: a NUL byte at line 2, column 12 (TOML allows none)", said
+    path.write_bytes("[hub]\npoll_interval_s = 30\n".encode("utf-16-le"))
+    with pytest.raises(InputError) as refused:
+        read_config_file(path)
+    assert refused.value.message.startswith(f"config {path}: not UTF-8 text ("), refused.value
