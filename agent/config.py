@@ -817,7 +817,17 @@ def read_config_file(path: Path) -> dict[str, Any]:
             # for a key part (at line 1, column 2)" sent the operator to the file's first
             # key (review 40, rev40c), where every other input says "not UTF-8 text"
             at = raw.index(b"\x00")
-            raise UnicodeDecodeError("utf-8", raw, at, at + 1, "a NUL byte")
+            if at < 4:
+                raise UnicodeDecodeError("utf-8", raw, at, at + 1, "a NUL byte")
+            # one NUL in UTF-8 text (zeros a power cut left after the last write, a stray
+            # byte): where it is, not "not UTF-8 text", which lost tomllib's line (review
+            # 40, rev40e; a UTF-16/32 file of TOML has one in its first four bytes)
+            start = raw.rfind(b"\n", 0, at) + 1
+            line = raw.count(b"\n", 0, at) + 1
+            column = len(raw[start:at].decode("utf-8", "replace")) + 1
+            raise InputError(
+                f"config {path}: a NUL byte at line {line}, column {column} (TOML allows none)"
+            )
         return tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except UnicodeDecodeError as exc:
         raise InputError(

@@ -58,10 +58,17 @@ _ZERO_WIDTH_BREAKS = str.maketrans(dict.fromkeys("\u200b\u180e\u115f\u1160\u3164
 _SKIN_TONES = frozenset(map(chr, range(0x1F3FB, 0x1F400)))
 
 
+# A keycap emoji (#️⃣, 1️⃣): a digit, # or *, the emoji's variation selector, the combining
+# enclosing keycap. Only the mark was dropped, its digit glued to the name ("Анна1"; review
+# 40, rev40e).
+_KEYCAPS = re.compile("[0-9#*]\ufe0f?\u20e3")
+
+
 def _pictographs_apart(name: str) -> str:
     """A pictograph in a first name parts words, as a blank does: "Анна😀" is "Анна",
     "Анна💕Мария" two names. The whole name was left out as unshowable though its letters
     were all there ("Добрый день!"; review 40, rev40d)."""
+    name = _KEYCAPS.sub(" ", name)
     return "".join(
         " " if ch in _SKIN_TONES or unicodedata.category(ch) == "So" else ch for ch in name
     )

@@ -479,9 +479,17 @@ def _hub_serve(settings: Settings, args: argparse.Namespace) -> int:
     server = HubServer(hub, config)  # its store too: --store or $TILLPOINT_HUB_STORE
     port = server.start(args.listen)
     if args.port_file is not None:
+        from tillpoint.agent.db import write_refused
         from tillpoint.agent.files import write_whole
 
-        write_whole(args.port_file, f"{port}\n".encode())
+        try:
+            write_whole(args.port_file, f"{port}\n".encode())
+        except OSError as exc:
+            # its folder missing, a folder, a full disk: "internal error: FileNotFoundError:
+            # … hub.port.tmp", exit 1, named the temporary file (review 40, rev40e); a
+            # script waiting for the file would never learn the port, so the hub stops
+            server.stop(grace=0)
+            raise write_refused(args.port_file, exc, f"--port-file {args.port_file}") from None
     logging.getLogger("tillpoint.hub").info(
         "hub %s listening on %s (port %d)", server.dir.root, args.listen, port
     )

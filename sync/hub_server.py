@@ -521,7 +521,20 @@ class SnapshotBuilder:
             size=size,
             build_s=time.monotonic() - started,
         )
-        write_whole(self.dir / f"{name}.json", json.dumps(snap.meta()).encode())
+        record = self.dir / f"{name}.json"
+        try:
+            write_whole(record, json.dumps(snap.meta()).encode())
+        except OSError as exc:
+            # a disk the snapshot's last page filled: a bare "[Errno 28] No space left on
+            # device" (`hub export`: "internal error"), the `.snap` kept without its
+            # record, the room a retry needs taken (review 40, rev40e)
+            from tillpoint.agent.db import no_space_hint
+
+            hint = no_space_hint(record, exc)
+            final.unlink(missing_ok=True)
+            raise StorageError(
+                f"the snapshot's record {record} could not be written: {exc.strerror or exc}{hint}"
+            ) from None
         return snap
 
     def _prune(self) -> None:
