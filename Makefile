@@ -49,9 +49,11 @@ deps-system:
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist; each test file stays on one
 # worker, so a file's module fixtures are built once). `make test TEST_WORKERS=0` runs it
-# in this process, one test after another.
+# in this process, one test after another. The files are handed out longest first
+# (tests/conftest.py orders them by tests/file_seconds.json; `--no-loadscope-reorder`
+# keeps that order: xdist's own, most tests first, ended on long few-test files).
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # PYTEST_ARGS: more arguments for pytest (.ci/run deselects what its faults-quick stage runs).
 test: $(STAMP) deps-system

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
@@ -472,3 +473,26 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+# ------------------------------------------- the order of the test files (review 40, ci40)
+# `make test` runs on two workers, a test file per worker at a time (pytest-xdist's
+# `--dist loadfile`), handing out the files in collection order (`--no-loadscope-reorder`;
+# xdist's own order is by count of tests, most first, which sent the few-test files of
+# real processes, 30-150 s each, last, leaving a worker idle for minutes). The files go
+# longest first, by the seconds each took in CI's pass (tests/file_seconds.json, measured
+# on a loaded machine; a file not listed counts FILE_SECONDS_PER_TEST a test): the longest
+# start at once, the short ones fill the end. Each file's tests keep their order.
+FILE_SECONDS = REPO / "tests" / "file_seconds.json"
+FILE_SECONDS_PER_TEST = 0.3
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    seconds: dict[str, float] = json.loads(FILE_SECONDS.read_text(encoding="utf-8"))
+    counts = collections.Counter(item.nodeid.partition("::")[0] for item in items)
+
+    def weight(item: pytest.Item) -> tuple[float, str]:
+        file = item.nodeid.partition("::")[0]
+        return (-seconds.get(file, counts[file] * FILE_SECONDS_PER_TEST), file)
+
+    items.sort(key=weight)

@@ -22,15 +22,19 @@ display (at most 2 lines of at most 20 characters).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from tillpoint.agent import cli
 from tillpoint.agent.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,9 +118,27 @@ def _argv(step: dict[str, Any], data_dir: Path, index: int) -> list[str]:
     raise AssertionError(f"unknown command in scenario: {command!r}")
 
 
+# The parser of each command, built once a process (review 40, ci40): building it was a
+# third of an in-process call's time (argparse's sub-parsers and their shared options;
+# ~3,000 calls in this file). A `tillpoint` process builds it once for its one call; here
+# the same parser serves every call of the same command (argparse keeps nothing of a
+# parse in the parser; `main` sets only `argv` on it, per call, and these calls run one
+# at a time).
+_PARSERS: dict[str | None, argparse.ArgumentParser] = {}
+_BUILD_PARSER = cli.build_parser
+
+
+def _parser_of(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    key = None if argv is None else cli._command_of(argv)
+    if key not in _PARSERS:
+        _PARSERS[key] = _BUILD_PARSER(argv)
+    return _PARSERS[key]
+
+
 def _run_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
-        code = main(argv)
+        with mock.patch.object(cli, "build_parser", _parser_of):
+            code = main(argv)
     except SystemExit as exc:  # argparse
         code = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()
