@@ -27,6 +27,7 @@ import contextlib
 import http.client
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,7 @@ class Walk:
         self.events: Counter[str] = Counter()
         self.hub_down_until = 0.0
         self.races: list[tuple[str, int, int]] = []
+        self.phases: dict[str, float] = {}
 
     # ------------------------------------------------------------ processes
 
@@ -66,6 +68,7 @@ class Walk:
         if till.proc.poll() is None:
             till.proc.send_signal(signal.SIGKILL)
         till.proc.wait(30)
+        t0 = time.monotonic()
         serving = till.data / "serving.json"
         with contextlib.suppress(FileNotFoundError):
             serving.unlink()
@@ -89,6 +92,7 @@ class Walk:
         if not wait_for(up, 90, 0.05) or till.proc.poll() is not None:
             raise RuntimeError(f"{till.device} did not start again: {till.log.read_text()[-2000:]}")
         self.events["till restarted"] += 1
+        self.phases["restarts"] = round(self.phases.get("restarts", 0) + time.monotonic() - t0, 1)
 
     def kill_hub(self) -> None:
         proc = self.rig.hub_proc
@@ -262,6 +266,9 @@ class Walk:
             answers[i] = till.call("/v1/hold", body, timeout=60)
 
         threads = [threading.Thread(target=hold, args=(i,)) for i in range(len(bodies))]
+        if self.rng.random() < 0.5:  # the hub's connections cut while it grants
+            threads.append(threading.Timer(self.rng.uniform(0, 0.1), self.terminate_pg))
+            self.events["race with pg connections terminated"] += 1
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -302,29 +309,36 @@ def _figures(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def walk(rig: Rig, seed: int, steps: int, kill_every: float = 0.3) -> dict[str, Any]:
-    """`steps` POS steps, a kill of a random kind in `kill_every` of them (every kind at
-    least once first); then the end's checks. What was found."""
+def walk(
+    rig: Rig, seed: int, steps: int, kill_every: float = 0.3, kinds: tuple[str, ...] = KINDS
+) -> dict[str, Any]:
+    """`steps` POS steps, a kill of a random kind of `kinds` in `kill_every` of them
+    (every kind once first, at every other step); then the end's checks. What was found."""
     w = Walk(rig, seed)
+    t_up = time.monotonic()
     rig.start_hub()
     rig.start_tills()
     t0 = time.monotonic()
-    kinds = list(KINDS)
-    w.rng.shuffle(kinds)
+    w.phases["start"] = round(t0 - t_up, 1)
+    first = list(kinds)
+    w.rng.shuffle(first)
     w.race()
+    w.phases["first race"] = round(time.monotonic() - t0, 1)
     for i in range(steps):
         kill = None
-        if kinds and i % 2 == 1:
-            kill = kinds.pop()
-        elif not kinds and w.rng.random() < kill_every:
-            kill = w.rng.choice(KINDS)
+        if first and i % 2 == 1:
+            kill = first.pop()
+        elif not first and w.rng.random() < kill_every:
+            kill = w.rng.choice(kinds)
         w.step(kill)
     # the end: every hold closed, the hub up, the outboxes drained
     w.hub_down_until = 0
     w.hub_back()
     for rid in list(w.open_holds):
         w.close(rid, w.rng.choice(["confirm", "cancel"]))
+    w.phases["steps"] = round(time.monotonic() - t0, 1)
     found = check(w)
+    found["phases"] = w.phases
     found["walk_s"] = round(time.monotonic() - t0, 1)
     found["events"] = dict(w.events)
     found["races"] = w.races
@@ -335,6 +349,7 @@ def check(w: Walk) -> dict[str, Any]:
     from tillpoint.sync.hub_server import HubDir
 
     rig = w.rig
+    t0 = time.monotonic()
     drained = wait_for(lambda: all(t.outbox() == 0 for t in rig.tills), 120, 0.1)
     if not drained:
         w.problems.append(f"outboxes not drained: {[t.outbox() for t in rig.tills]}")
@@ -355,7 +370,9 @@ def check(w: Walk) -> dict[str, Any]:
         w.problems.append(f"at the hub, never answered committed: {extra}")
     # no hold left ACTIVE once its receipt is closed (an owed release goes every 15 s)
     active = "SELECT receipt_id, points, created_at, expires_at FROM holds WHERE state = 'ACTIVE'"
+    w.phases["drained"] = round(time.monotonic() - t0, 1)
     left = wait_for(lambda: not rig.sql(active, hub_db=True), 60, 0.5)
+    w.phases["holds released"] = round(time.monotonic() - t0, 1)
     if not left:
         w.problems.append(f"holds ACTIVE at the hub after the end: {rig.sql(active, hub_db=True)}")
     for rid, created, expires in rig.sql(
@@ -419,6 +436,7 @@ def main() -> int:
     finally:
         rig.stop()
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(found, indent=1, default=str))
     return 1 if found["problems"] else 0
 
