@@ -266,9 +266,11 @@ class Walk:
             answers[i] = till.call("/v1/hold", body, timeout=60)
 
         threads = [threading.Thread(target=hold, args=(i,)) for i in range(len(bodies))]
-        if self.rng.random() < 0.5:  # the hub's connections cut while it grants
-            threads.append(threading.Timer(self.rng.uniform(0, 0.1), self.terminate_pg))
-            self.events["race with pg connections terminated"] += 1
+        cut = self.rng.choice(["", "", "pg", "hub"])  # the hub's connections or itself
+        if cut:
+            what = self.terminate_pg if cut == "pg" else self.kill_hub
+            threads.append(threading.Timer(self.rng.uniform(0, 0.1), what))
+            self.events[f"race with {cut} killed"] += 1
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -282,8 +284,11 @@ class Walk:
             self.events[f"race {doc['mode']}"] += 1
             if doc["mode"] == "ONLINE":
                 online += int(doc["redeemedPoints"])
-        self.races.append((cust, before.available - before.held, online))
-        if online > before.available - before.held:
+        # free: what is available less what is held (held may be more: OFFLINE spends or
+        # a refund's taken-back points synced after a grant; then nothing is free)
+        free = max(0, before.available - before.held)
+        self.races.append((cust, free, online))
+        if online > free:
             self.problems.append(
                 f"race for {cust}: {online} redeemed ONLINE by two tills,"
                 f" {before.available} available and {before.held} held before"

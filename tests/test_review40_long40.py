@@ -8,7 +8,8 @@ from paths and ports) sell, hold, confirm, cancel and refund for the same two cu
 call in flight cut 0-300 ms in, sent again with the same ids to the till started again,
 as a POS retries), the hub (away 0-3 s), or the hub's PostgreSQL connections
 (`pg_terminate_backend`), at random moments, and goes on. Now and then both tills hold a
-receipt of one card at the same instant, each asking more points than the customer has.
+receipt of one card at the same instant, each asking more points than the customer has
+(half of those races with the hub's connections terminated, or the hub killed, meanwhile).
 
 Checked ("nothing lost, nothing doubled"): at the end, the hub up and the outboxes
 drained, every sale and refund the tills answered committed is at the hub exactly once
