@@ -47,11 +47,16 @@ EVENT = {"till": "till restarted", "hub": "hub killed", "pg": "pg connections te
 
 
 def _walk(
-    tmp_path: Path, cluster: Any, seed: int, steps: int, kinds: tuple[str, ...] = KINDS
+    tmp_path: Path,
+    cluster: Any,
+    seed: int,
+    steps: int,
+    kinds: tuple[str, ...] = KINDS,
+    hold_ttl_s: int | None = None,
 ) -> dict[str, Any]:
     rig = Rig(tmp_path / "rig", cluster=cluster, seed=seed)
     try:
-        found = walk(rig, seed, steps, kinds=kinds)
+        found = walk(rig, seed, steps, kinds=kinds, hold_ttl_s=hold_ttl_s)
     finally:
         rig.stop()
     assert not found["problems"], json.dumps(found, indent=1, default=str)
@@ -91,3 +96,15 @@ def test_two_tills_on_a_postgresql_hub_killed_at_random_points_a_long_walk(
     """CONTRACT §9, §11: 200 seeded steps, a kill in ~30% of them, a race in ~10%."""
     found = _walk(tmp_path, pg_cluster, 4002, 200)
     assert found["sales"] >= 50, found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # 1-3 minutes on a busy machine
+def test_two_tills_on_a_postgresql_hub_killed_while_their_holds_run_out(
+    tmp_path: Path, pg_cluster: Any
+) -> None:
+    """CONTRACT §9, §11: the hub's program with `holdTtlSeconds` 10, 60 seeded steps:
+    holds run out at the tills between their Hold and Confirm (Confirm refused "expired",
+    the release sent by the till), while a till, the hub or its connections are killed;
+    no hold lives at the hub past 10 + 60 s, and nothing is lost or doubled."""
+    _walk(tmp_path, pg_cluster, 4021, 60, hold_ttl_s=10)
