@@ -32,7 +32,7 @@ from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wa
 
 from .conftest import CLI, ManualClock, enrolled_till, free_port
 from .test_printer_queue import NOW, add_job, coupons, payload, worker
-from .test_review35_left35 import ANNA, cancelled_while_away, owed_releases
+from .test_review35_left35 import ANNA, SURE_ONLINE, cancelled_while_away, owed_releases
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
 
@@ -290,7 +290,7 @@ def _expired_while_away(hub: LoopbackHub, data: Path, receipt_id: str) -> dict[s
     stopped: its release owed in the ledger. The hub is left stopped, the till closed.
     Answers the receipt, to be held again."""
     body = receipt(receipt_id, ANNA, redeem=10)
-    till = enrolled_till(hub, data, "till-1")
+    till = enrolled_till(hub, data, "till-1", timings=SURE_ONLINE)
     held = till.agent.hold(receipt_from_json(body))
     assert (held.state, held.mode) == ("HELD", "ONLINE")
     hub.stop()  # away: the expiry's release is owed
