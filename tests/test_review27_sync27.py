@@ -186,7 +186,7 @@ def test_a_refused_version_is_not_pulled_again_at_every_heartbeat(
         ]
         assert len(errors) == 1, [r.message for r in errors]
         hub.publish()  # a new version is news: pulled at once (and refused: the same key)
-        wait_for(lambda: hub.server.servicer.stats.pulls > pulls, timeout=3)
+        wait_for(lambda: hub.server.servicer.stats.pulls > pulls, timeout=20)
         wait_for(lambda: till.agent.status().to_json()["lastRefusedSnapshot"]["version"] == 3)
     finally:
         till.stop()
