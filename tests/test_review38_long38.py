@@ -61,6 +61,7 @@ import pytest
 
 from bench import difflong as dl
 
+from .conftest import tcp_sockets
 from .test_review32_long32 import _env
 from .test_review35_memo35 import PROMISED_DRAIN_S, StoreDaySequence
 
@@ -404,29 +405,18 @@ class PosSequence(StoreDaySequence):
 # The events that take seconds (processes of their own, the hub away and back)
 SLOW_EVENTS = ("oneshot", "outage", "delta", "beside")
 
-# /proc/net/tcp states: LISTEN, and those of a server's socket it has not closed yet (a
-# handshake done but not accepted, open, or its peer's FIN come and not yet closed here)
+# LISTEN, and the states of a server's socket it has not closed yet (a handshake done but
+# not accepted, open, or its peer's FIN come and not yet closed here)
 _LISTEN, _NOT_CLOSED_HERE = "0A", {"03", "01", "08"}
 
 
 def _server_side(port: int) -> tuple[int, int]:
     """(the accept queue of the socket listening on 127.0.0.1:`port`, the server's sockets
-    of `port` not closed yet), read from /proc/net/tcp (a LISTEN line's rx_queue is its
-    accept queue). A reset connection the server has not read yet is in neither: the call
-    `_settled` makes after them waits behind it in the server's loop."""
-    queued = open_here = 0
-    with open("/proc/net/tcp", encoding="ascii") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            local, state, queues = fields[1], fields[3], fields[4]
-            if int(local.rsplit(":", 1)[1], 16) != port:
-                continue
-            if state == _LISTEN:
-                queued += int(queues.split(":")[1], 16)
-            elif state in _NOT_CLOSED_HERE:
-                open_here += 1
-    return queued, open_here
+    of `port` not closed yet). A reset connection the server has not read yet is in
+    neither: the call `_settled` makes after them waits behind it in the server's loop."""
+    found = tcp_sockets(port)
+    queued = sum(s.rx_queue for s in found if s.state == _LISTEN)
+    return queued, sum(s.state in _NOT_CLOSED_HERE for s in found)
 
 
 def _settled(port: int, within_s: float = 60.0) -> list[str]:
