@@ -177,6 +177,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TcpSocket:
+    """One line of /proc/net/tcp: a socket of this network namespace, any process's."""
+
+    state: str  # hex, as the kernel writes it: "0A" LISTEN, "01" ESTABLISHED, "08" CLOSE_WAIT
+    local_port: int
+    remote_port: int
+    rx_queue: int  # unread bytes; for a LISTEN socket, its accept queue's length
+
+
+def tcp_sockets(port: int) -> list[TcpSocket]:
+    """The IPv4 sockets whose local port is `port` (a server's, whichever process it is):
+    what a test waits on where a server's own count cannot be read (review 40, flake40:
+    a loaded machine's server had not read what a test had sent, or accepted it, when a
+    sleep assumed it had)."""
+    found = []
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+            if int(local.rsplit(":", 1)[1], 16) == port:
+                found.append(
+                    TcpSocket(
+                        state,
+                        port,
+                        int(remote.rsplit(":", 1)[1], 16),
+                        int(queues.split(":")[1], 16),
+                    )
+                )
+    return found
+
+
 def ean13(stem12: str) -> str:
     """`stem12` with its EAN-13 check digit (a card number or a SKU a test makes up)."""
     total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(stem12))

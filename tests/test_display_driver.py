@@ -69,12 +69,12 @@ def test_display_over_pyserial_loop_gets_init_then_message() -> None:
     display.start()
     try:
         display.show(LINES)
-        assert display.flush(2.0)
+        assert display.flush(15.0)
         data = port.read(4096)
         assert data == init_bytes(CD5220) + message_bytes(LINES, CD5220)
         display.set_brightness(1)
         display.clear()
-        assert display.flush(2.0)
+        assert display.flush(15.0)
         assert port.read(4096) == b"\x1b\x2a\x01" + b"\x0c"
         assert display.status()["state"] == "OK"
     finally:
@@ -90,8 +90,9 @@ def test_missing_display_never_blocks_and_is_reported(tmp_path: Path) -> None:
         for _ in range(100):
             display.show(LINES)
         # a show that waited for the thread's next open (reconnect_s) would take 10 s; the
-        # bound leaves a loaded machine room (test_review28_flake28 proves it with no clock)
-        assert time.monotonic() - started < 0.5
+        # bound leaves a loaded machine room (test_review28_flake28 proves it with no clock;
+        # 0.5 s until review 40)
+        assert time.monotonic() - started < 3.0
         assert not display.flush(0.3)
         status = display.status()
         assert status["state"] == "OFFLINE" and "no such file" in (status["last_error"] or "")
@@ -156,7 +157,7 @@ def test_unplugged_mid_sale_then_back_shows_the_current_message(
         # a busy machine (22 ms, once in 15), and test_review28_flake28 proves the point
         # with no clock, against a write that hangs
         assert time.monotonic() - started < 0.25
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 15
         while display.status()["state"] != "OFFLINE" and time.monotonic() < deadline:
             time.sleep(0.02)
         assert display.status()["state"] == "OFFLINE"
@@ -171,7 +172,7 @@ def test_unplugged_mid_sale_then_back_shows_the_current_message(
         assert peer.screen.inits == 1  # re-initialised after the reconnect
         # The display's thread says OK once its write returns, a moment after the peer
         # has read the bytes (asserted at once, this failed now and then on a busy machine).
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 15
         while display.status()["state"] != "OK" and time.monotonic() < deadline:
             time.sleep(0.02)
         assert display.status()["state"] == "OK"
@@ -198,7 +199,7 @@ def test_a_port_that_fails_to_open_is_retried(tmp_path: Path) -> None:
     display.start()
     try:
         display.show(LINES)
-        assert display.flush(3.0)
+        assert display.flush(15.0)
         assert len(attempts) == 3
         assert port.read(4096).endswith(message_bytes(LINES, display.config))
     finally:

@@ -291,15 +291,15 @@ def test_answers_do_not_wait_for_a_delayed_ack(client: Client) -> None:
     sockets): without it every answer on a keep-alive connection took 40 ms or more."""
     client.get("/v1/status")
     took = []
-    for _ in range(15):
+    for _ in range(30):
         started = time.perf_counter()
         assert client.get("/v1/status").status == 200
         took.append(time.perf_counter() - started)
     took.sort()
     # Without TCP_NODELAY every call here took 44-68 ms (40 calls of 40); with it most take
-    # 1-3 ms, and a busy machine's scheduler adds tens of ms to some: the fastest quarter,
-    # not the median, says which it is.
-    assert took[len(took) // 4] < 0.030, took
+    # 1-3 ms, and a busy machine's scheduler adds tens of ms to some: the fastest tenth,
+    # not the median, says which it is (review 40: the fastest quarter of 15 was loaded).
+    assert took[len(took) // 10] < 0.030, took
 
 
 def test_a_body_over_4_mib_is_bad_input(server: HttpServer) -> None:

@@ -352,11 +352,13 @@ def test_a_statement_waiting_on_a_lock_waits_no_longer_than_the_calls_deadline(
             t0 = time.monotonic()
             code = rig.probe(timeout=1.0)
             took = time.monotonic() - t0
-            assert code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and took < 1.5, (code, took)
-            assert wait_for(lambda: waiting() == [], 1.5), (table, waiting())
+            # (bounds a loaded machine meets, review 40: the fault kept the session waiting
+            # for lock_timeout, 30 s)
+            assert code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and took < 5, (code, took)
+            assert wait_for(lambda: waiting() == [], 10), (table, waiting())
             # a call with time to spare hears the hub's own answer, before its deadline
             assert rig.probe(timeout=1.5) == "UNAVAILABLE", table
-            assert wait_for(lambda: waiting() == [], 1.0), (table, waiting())
+            assert wait_for(lambda: waiting() == [], 10), (table, waiting())
         finally:
             locker.rollback()
             locker.close()

@@ -82,7 +82,7 @@ def _shown(lines: list[str], columns: int) -> list[str]:
     display.start()
     try:
         display.show(lines)
-        assert display.flush(2.0)
+        assert display.flush(15.0)
         screen = DisplayScreen(columns=columns)
         screen.feed(port.read(8192))
         return screen.text

@@ -59,7 +59,9 @@ def test_a_big_receipt_returned_line_by_line_is_answered_at_once(cli: CLI) -> No
     got = cli("refund", _refund("f1", back), "--json")
     took = time.monotonic() - started
     assert got.code == 0, got.err
-    assert took < 3, f"a {2 * n}-line refund took {took:.1f} s"
+    # the fault's 1,400 lines took ~20 s; 3 s until review 40, which a loaded machine's
+    # CPU could pass for the fixed one
+    assert took < 8, f"a {2 * n}-line refund took {took:.1f} s"
     result = got.json()
     assert result["returnedPoints"] == sale.json()["redeemedPoints"]
     assert result["takenBackPoints"] == sale.json()["earnedPoints"]

@@ -166,7 +166,13 @@ def test_a_refused_version_is_not_pulled_again_at_every_heartbeat(
         new_snapshot_key(hub)
         hub.publish()  # version 2, signed with a key the till does not hold
         wait_for(lambda: hub.server.servicer.stats.pulls >= 1, timeout=10)
-        time.sleep(0.5)  # the refusal recorded
+        # the refusal recorded (waited for: 0.5 s until review 40)
+        wait_for(
+            lambda: (
+                (till.agent.status().to_json().get("lastRefusedSnapshot") or {}).get("version") == 2
+            ),
+            timeout=20,
+        )
         pulls = hub.server.servicer.stats.pulls
         time.sleep(2.5)  # two heartbeats
         assert hub.server.servicer.stats.pulls == pulls, "pulled again at a heartbeat"
@@ -186,7 +192,7 @@ def test_a_refused_version_is_not_pulled_again_at_every_heartbeat(
         ]
         assert len(errors) == 1, [r.message for r in errors]
         hub.publish()  # a new version is news: pulled at once (and refused: the same key)
-        wait_for(lambda: hub.server.servicer.stats.pulls > pulls, timeout=3)
+        wait_for(lambda: hub.server.servicer.stats.pulls > pulls, timeout=20)
         wait_for(lambda: till.agent.status().to_json()["lastRefusedSnapshot"]["version"] == 3)
     finally:
         till.stop()

@@ -110,7 +110,7 @@ def _coupon_sale(receipt_id: str, *codes: str) -> Any:
     )
 
 
-@pytest.mark.slow  # ~3.4 s: a hub, two tills, three sales, then the slow hub
+@pytest.mark.slow  # ~5.5 s: a hub, two tills, three sales, then the slow hub
 def test_a_checkout_asking_the_hub_again_for_each_code_waits_one_deadline_in_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,7 +119,9 @@ def test_a_checkout_asking_the_hub_again_for_each_code_waits_one_deadline_in_all
     said the winning code was used, the receipt was priced again and the next code asked
     about, each request with a deadline of its own: a hub answering just within it made a
     checkout with four codes wait four deadlines. All the requests of one checkout now
-    share one deadline; when it is spent the receipt is priced OFFLINE."""
+    share one deadline; when it is spent the receipt is priced OFFLINE. (Review 40,
+    flake40: the times are five times what they were, a 2.5 s deadline and 1.5 s answers;
+    a 0.5 s deadline, 0.3 s answers and a bound of 0.9 s were missed on a loaded machine.)"""
     delay = [0.0]
     real_authorize = HubServicer.AuthorizeRedemption
 
@@ -141,7 +143,7 @@ def test_a_checkout_asking_the_hub_again_for_each_code_waits_one_deadline_in_all
     try:
         for name in ("a", "b"):
             till = hub.till(
-                name, tmp_path / name, start=False, timings=timings(redeem_timeout_s=0.5)
+                name, tmp_path / name, start=False, timings=timings(redeem_timeout_s=2.5)
             )
             tills.append(till)
             Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2).pull()
@@ -149,12 +151,12 @@ def test_a_checkout_asking_the_hub_again_for_each_code_waits_one_deadline_in_all
         for n, code in enumerate(CODES[:3]):  # till b, online, uses C1, C2, C3
             used = b.agent.checkout(_coupon_sale(f"b-{n}", code))
             assert (used.mode, used.coupons[0].status) == ("ONLINE", "APPLIED")
-        delay[0] = 0.3  # the hub answers each request in 0.3 s, within the 0.5 s deadline
+        delay[0] = 1.5  # the hub answers each request in 1.5 s, within the 2.5 s deadline
         started = time.monotonic()
         done = a.agent.checkout(_coupon_sale("a-1", *CODES))
         took = time.monotonic() - started
-        assert took < 0.9, took  # four requests of 0.3 s each took 1.2 s
-        # C1: the hub said used (0.3 s); C2 came to apply, and the 0.2 s left ran out
+        assert took < 4.5, took  # four requests of 1.5 s each took 6 s
+        # C1: the hub said used (1.5 s); C2 came to apply, and the 1 s left ran out
         assert done.mode == "OFFLINE"
         verdicts = {v.code: (v.status, v.reason) for v in done.coupons}
         assert verdicts["C1"] == ("REJECTED", "ALREADY_USED")

@@ -32,7 +32,7 @@ from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data, wa
 
 from .conftest import CLI, ManualClock, enrolled_till, free_port
 from .test_printer_queue import NOW, add_job, coupons, payload, worker
-from .test_review35_left35 import ANNA, cancelled_while_away, owed_releases
+from .test_review35_left35 import ANNA, SURE_ONLINE, cancelled_while_away, owed_releases
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
 
@@ -290,7 +290,7 @@ def _expired_while_away(hub: LoopbackHub, data: Path, receipt_id: str) -> dict[s
     stopped: its release owed in the ledger. The hub is left stopped, the till closed.
     Answers the receipt, to be held again."""
     body = receipt(receipt_id, ANNA, redeem=10)
-    till = enrolled_till(hub, data, "till-1")
+    till = enrolled_till(hub, data, "till-1", timings=SURE_ONLINE)
     held = till.agent.hold(receipt_from_json(body))
     assert (held.state, held.mode) == ("HELD", "ONLINE")
     hub.stop()  # away: the expiry's release is owed
@@ -415,8 +415,17 @@ def test_sync_now_beside_run_never_releases_the_hold_run_placed_again(
             return take(self, receipt_id)
 
         monkeypatch.setattr(HubTurns, "start_release", turn_after_the_hold)
-    done = cli("sync", "now", "--timeout", "30", "--wait", "30")
-    assert done.code == 0, done.err
+    for _ in range(10):
+        done = cli("sync", "now", "--timeout", "30", "--wait", "30")
+        assert done.code == 0, done.err
+        if pos.ident is not None or held_again:
+            break
+        # `sync now` sent no release: `run`'s hold timer had the receipt's turn (its own
+        # release on its way, which the hub refuses; on a loaded machine that call is
+        # slow): `sync now` leaves a release another process is sending to the next
+        # round, and the receipt is as it was. The scenario needs `sync now`'s: again.
+    else:
+        raise AssertionError("`sync now` never had the receipt's turn: run's was always on")
     pos.join(30.0)
     [(status, answer)] = held_again
     assert status == 200, answer

@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tillpoint.agent.http_api import HttpServer
@@ -75,13 +76,17 @@ def test_a_call_in_flight_when_shutdown_starts_is_answered_with_connection_close
                 b"POST /v1/identify HTTP/1.1\r\nHost: till\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(IDENTIFY), IDENTIFY[:5])
             )
-            time.sleep(0.2)  # the request is under way (its head read, the call started)
+            # the request is under way (its head read, the call started); waited for, as
+            # what follows (review 40: 0.2 s and 0.1 s sleeps a loaded machine could pass)
+            _until(lambda: [c.cycle is not None for c in _connections(srv)] == [True])
             stopper.start()
             deadline = time.monotonic() + TIMEOUT
             while srv.serve.server.started and not _shut(srv):  # uvicorn's shutdown began
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
-            time.sleep(0.1)  # ... and, in the same step, the connections (loop's thread)
+            # ... and, in the same step, the connection told (loop's thread): its call's
+            # answer is to close it
+            _until(lambda: [c.cycle.keep_alive for c in _connections(srv)] == [False])
             sock.sendall(IDENTIFY[5:])
             got = read_all(sock)
     finally:
@@ -91,6 +96,17 @@ def test_a_call_in_flight_when_shutdown_starts_is_answered_with_connection_close
     ((status, headers, body),) = answers_of(got)
     assert json.loads(body)["status"] == "FOUND"  # served within the grace
     assert (status, headers.get("connection")) == (200, "close")
+
+
+def _connections(srv: HttpServer) -> list[Any]:
+    return list(srv.serve.server.server_state.connections)
+
+
+def _until(condition: Any) -> None:
+    deadline = time.monotonic() + 6 * TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 def _shut(srv: HttpServer) -> bool:

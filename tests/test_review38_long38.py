@@ -61,6 +61,7 @@ import pytest
 
 from bench import difflong as dl
 
+from .conftest import tcp_sockets
 from .test_review32_long32 import _env
 from .test_review35_memo35 import PROMISED_DRAIN_S, StoreDaySequence
 
@@ -362,7 +363,10 @@ class PosSequence(StoreDaySequence):
             if (i // len(CHURN)) % 2:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
             s.close()
-        time.sleep(0.5)  # the server has seen every close (a reset is at once)
+        # the server has seen every close: a loaded machine's `run` takes them in a burst
+        # from its accept queue and counts each open until it reads its reset (rev38e's
+        # test met 503 so in CI; this waited 0.5 s): waited for, then a call of its own
+        bad.extend(_settled(port))
         results: list[Any] = [None] * 256
         socks: list[socket.socket] = []
         go = threading.Barrier(256 + 1, timeout=30)
@@ -400,6 +404,34 @@ class PosSequence(StoreDaySequence):
 
 # The events that take seconds (processes of their own, the hub away and back)
 SLOW_EVENTS = ("oneshot", "outage", "delta", "beside")
+
+# LISTEN, and the states of a server's socket it has not closed yet (a handshake done but
+# not accepted, open, or its peer's FIN come and not yet closed here)
+_LISTEN, _NOT_CLOSED_HERE = "0A", {"03", "01", "08"}
+
+
+def _server_side(port: int) -> tuple[int, int]:
+    """(the accept queue of the socket listening on 127.0.0.1:`port`, the server's sockets
+    of `port` not closed yet). A reset connection the server has not read yet is in
+    neither: the call `_settled` makes after them waits behind it in the server's loop."""
+    found = tcp_sockets(port)
+    queued = sum(s.rx_queue for s in found if s.state == _LISTEN)
+    return queued, sum(s.state in _NOT_CLOSED_HERE for s in found)
+
+
+def _settled(port: int, within_s: float = 60.0) -> list[str]:
+    """Wait until the `run` serving HTTP on `port` has taken every connection from its
+    accept queue and closed every one closed at the other end, then make one call through
+    its loop; what did not settle, said."""
+    deadline = time.monotonic() + within_s
+    while (left := _server_side(port)) != (0, 0):
+        if time.monotonic() > deadline:
+            return [f"the churn's connections not settled in {within_s:g} s: {left}"]
+        time.sleep(0.05)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        line = s.makefile("rb").readline()
+    return [] if line.split()[1:2] == [b"200"] else [f"the call after the churn: {line!r}"]
 
 
 def walk(seed: int, steps: int, work: Path, churn: int = 200, short: bool = False) -> PosSequence:

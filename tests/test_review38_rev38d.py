@@ -25,7 +25,7 @@ import pytest
 from tillpoint.agent.http_api import HttpServer
 from tillpoint.agent.service import Agent
 
-from .conftest import REPO, free_port, grpc_served, receipt
+from .conftest import REPO, free_port, grpc_served, receipt, tcp_sockets
 from .test_review31_pos31 import TILLPOINT
 from .test_review37_spec37c import answers_of, chunked, exchange
 
@@ -477,7 +477,15 @@ def test_sigterm_closes_idle_connections_answers_a_body_finished_in_the_grace_an
                 b"POST /v1/checkout HTTP/1.1\r\nHost: till\r\nContent-Length: %d\r\n\r\n%s"
                 % (len(body), body[:20])
             )
-        time.sleep(0.3)  # each head read: the calls are under way
+        # each head read: the calls are under way (waited for, from the server's sockets'
+        # receive queues: it slept 0.3 s, which a loaded machine's `run` could pass)
+        clients = {sock.getsockname()[1] for sock, _ in sales.values()}
+        deadline = time.monotonic() + 60
+        while not clients <= {
+            s.remote_port for s in tcp_sockets(port) if s.state == "01" and s.rx_queue == 0
+        }:
+            assert time.monotonic() < deadline, tcp_sockets(port)
+            time.sleep(0.02)
         stopped = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         time.sleep(0.5)

@@ -15,6 +15,11 @@ from tillpoint.sync.service import SyncService, SyncTimings
 
 CARD = "2770000000017"
 LONG_OUTAGE = 7  # failures after which Backoff draws from [30 s, 60 s] with the defaults
+# The hub back, the till is back within this: less than the 30 s a backoff after
+# LONG_OUTAGE failures waits at least, so one waited out still fails the test. (Review
+# 40, flake40: 8 s and 10 s were deadlines a loaded machine could miss, the ONLINE
+# checkout's 300 ms hub deadline missed again and again; the promise is the backoff's.)
+BACK_WITHIN_S = 28.0
 
 
 def shipped(data_dir: Path) -> SyncTimings:
@@ -66,6 +71,10 @@ def test_one_successful_call_ends_every_backoff(tmp_path: Path) -> None:
         hub.restart()
         hub.publish()  # version 2, for the pull and Subscribe to find
         back = time.monotonic()
+
+        def left() -> float:
+            return max(0.1, back + BACK_WITHIN_S - time.monotonic())
+
         # one call that succeeds: a checkout that redeems asks the hub
         wait_for(
             lambda: (
@@ -74,12 +83,12 @@ def test_one_successful_call_ends_every_backoff(tmp_path: Path) -> None:
                 ).mode
                 == "ONLINE"
             ),
-            timeout=5,
+            timeout=left(),
             every=0.2,
         )
-        wait_for(lambda: service.pusher.pending() == 0, timeout=3)
-        wait_for(lambda: cache_version(service.agent.data_dir) == 2, timeout=3)
-        assert time.monotonic() - back < 8
+        wait_for(lambda: service.pusher.pending() == 0, timeout=left())
+        wait_for(lambda: cache_version(service.agent.data_dir) == 2, timeout=left())
+        assert time.monotonic() - back < BACK_WITHIN_S
         assert not backed_off(service)
     finally:
         till.stop()  # type: ignore[attr-defined]
@@ -97,8 +106,8 @@ def test_the_channel_coming_back_is_enough(
         outage(hub, service)
         hub.restart()
         back = time.monotonic()
-        wait_for(lambda: service.pusher.pending() == 0, timeout=10)
-        assert time.monotonic() - back < 10
+        wait_for(lambda: service.pusher.pending() == 0, timeout=BACK_WITHIN_S)
+        assert time.monotonic() - back < BACK_WITHIN_S
         wait_for(lambda: any("answers again" in r.getMessage() for r in caplog.records))
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len([m for m in warned if "the till sells OFFLINE" in m]) == 1, warned

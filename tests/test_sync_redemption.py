@@ -173,7 +173,9 @@ def test_a_hub_that_does_not_answer_in_time_means_offline_pricing(
         elapsed = time.monotonic() - started
         assert result.mode == "OFFLINE"
         assert result.redeemed_points == 500  # the offline limit of §5.4
-        assert 0.3 <= elapsed < 1.0  # the 300 ms deadline, then no more waiting
+        # the 300 ms deadline, then no more waiting (the hub is stuck 5 s; the bound was
+        # 1 s, which a loaded machine could pass: review 40, flake40)
+        assert 0.3 <= elapsed < 3.0
     finally:
         release.set()
         till.stop()

@@ -365,25 +365,27 @@ def test_more_data_than_declared_is_refused(hub: LoopbackHub, till: Till) -> Non
 
 
 def test_a_snapshot_above_the_tills_limit_is_not_downloaded(hub: LoopbackHub, till: Till) -> None:
-    rogue(hub).rate_limit_bytes_s = 30 * 1024  # the whole snapshot would take a second
+    # the whole snapshot would take three seconds (review 40, flake40: one second, against
+    # a bound of 0.5 s a loaded machine could pass)
+    rogue(hub).rate_limit_bytes_s = 10 * 1024
     started = time.monotonic()
     result = puller(till, max_bytes=1000).pull()
     assert result.status == "REFUSED" and "limit" in result.message
-    assert time.monotonic() - started < 0.5  # refused on the header, not downloaded
+    assert time.monotonic() - started < 1.5  # refused on the header, not downloaded
     assert cache_version(till.data_dir) == 0
     assert not (till.data_dir / "sync" / "pull.part").exists()
 
 
 def test_a_refused_bundle_is_not_downloaded_again(hub: LoopbackHub, till: Till) -> None:
     tamper_bundles(hub, lambda b: replace(b, signature=sign(WRONG_KEY, b.payload)))
-    rogue(hub).rate_limit_bytes_s = 30 * 1024
+    rogue(hub).rate_limit_bytes_s = 10 * 1024  # three seconds a download, as above
     started = time.monotonic()
     assert puller(till).pull().status == "REFUSED"
-    assert time.monotonic() - started > 0.7  # downloaded, then refused
+    assert time.monotonic() - started > 2.0  # downloaded, then refused
     started = time.monotonic()
     again = puller(till).pull()
     assert again.status == "REFUSED" and again.version == 1 and "signature" in again.message
-    assert time.monotonic() - started < 0.5  # recognised from the header
+    assert time.monotonic() - started < 1.5  # recognised from the header
     del hub.server.builder.bundle  # back to the real builder
     rogue(hub).rate_limit_bytes_s = 0
     hub.publish()  # a good bundle is taken at once
