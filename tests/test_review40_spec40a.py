@@ -27,7 +27,7 @@ import random
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -170,16 +170,11 @@ def make_offer(rng: random.Random, oid: str, kind: str, start: datetime) -> dict
 
 
 def fmt(at: datetime, how: str) -> str:
+    """`at` written with the offset `how` ("Z", "+03:00", "-05:00"): the same instant."""
     if how == "Z":
         return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     sign = 1 if how[0] == "+" else -1
-    hours = int(how[1:3])
-    zone = UTC if hours == 0 else None
-    off = timedelta(hours=sign * hours)
-    from datetime import timezone
-
-    zone = timezone(off)
-    return at.astimezone(zone).isoformat()
+    return at.astimezone(timezone(timedelta(hours=sign * int(how[1:3])))).isoformat()
 
 
 KINDS = [
@@ -392,7 +387,9 @@ def price_offers(
         cands = []
         for o in offers:
             if o["kind"] in LINE_KINDS and fits(o, i):
-                d = line_discount(o, lines[i]["amount"], lines[i]["qty"], sku_total[lines[i]["sku"]])
+                d = line_discount(
+                    o, lines[i]["amount"], lines[i]["qty"], sku_total[lines[i]["sku"]]
+                )
                 if d > 0:
                     cands.append((-d, o["priority"], o["id"]))
         if not cands:
@@ -405,9 +402,7 @@ def price_offers(
         (o for o in offers if o["kind"] == "MULTIBUY"), key=lambda o: (o["priority"], o["id"])
     ):
         part = [
-            i
-            for i in range(n)
-            if not taken[i] and fits(o, i) and lines[i]["qty"].denominator == 1
+            i for i in range(n) if not taken[i] and fits(o, i) and lines[i]["qty"].denominator == 1
         ]
         units: list[tuple[Fraction, int, int]] = []  # (-unit price, line order, line)
         for i in part:
@@ -424,7 +419,9 @@ def price_offers(
             for u in group[size - int(o["freeQty"]) :]:
                 free[u[2]] += 1
         deal_lines = sorted(in_group)
-        dd = {i: floor(lines[i]["amount"] * Fraction(free[i]) / lines[i]["qty"]) for i in deal_lines}
+        dd = {
+            i: floor(lines[i]["amount"] * Fraction(free[i]) / lines[i]["qty"]) for i in deal_lines
+        }
         if not deal_lines:
             continue
         if sum(dd.values()) > sum(best_line(i)[0] for i in deal_lines):
@@ -666,7 +663,14 @@ def make_times(
     bounds = sorted(
         {secs(h[k]) % 86400 for o in offers for h in o.get("hours", []) for k in ("from", "to")}
     )
-    night = [3600 + 59 * 60 + 59, 2 * 3600, 2 * 3600 + 1800, 2 * 3600 + 3599, 3 * 3600, 3 * 3600 + 1800]
+    night = [
+        3600 + 59 * 60 + 59,
+        2 * 3600,
+        2 * 3600 + 1800,
+        2 * 3600 + 3599,
+        3 * 3600,
+        3 * 3600 + 1800,
+    ]
     out: list[datetime] = []
     first = day - timedelta(days=rng.choice([1, 2, 3, 8]))
     cur = datetime.combine(first, datetime.min.time(), z).replace(hour=9).astimezone(UTC)
@@ -789,8 +793,17 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "status": result["card"]["status"],
         "lines": [
-            {k: ln.get(k) for k in ("sku", "amountMinor", "discountMinor", "offerId",
-                                     "redeemedMinor", "earnedPoints")}
+            {
+                k: ln.get(k)
+                for k in (
+                    "sku",
+                    "amountMinor",
+                    "discountMinor",
+                    "offerId",
+                    "redeemedMinor",
+                    "earnedPoints",
+                )
+            }
             for ln in result["lines"]
         ],
         "totalMinor": int(result["totalMinor"]),
@@ -799,7 +812,9 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
         "payableMinor": int(result["payableMinor"]),
         "earnedPoints": int(result["earnedPoints"]),
         "availablePoints": (
-            int(result["balance"]["availablePoints"]) if result["card"]["status"] == "FOUND" else None
+            int(result["balance"]["availablePoints"])
+            if result["card"]["status"] == "FOUND"
+            else None
         ),
         "heldOut": result.get("heldOut", []),
         "printedOffers": result.get("printedOffers", []),
@@ -839,7 +854,9 @@ def check_display(
                 errs.append(f"display lacks the birthday line in the window: {disp}")
     else:
         if money(want["totalMinor"]).replace(" ", "") not in flat:
-            errs.append(f"quote display lacks the running total {money(want['totalMinor'])}: {disp}")
+            errs.append(
+                f"quote display lacks the running total {money(want['totalMinor'])}: {disp}"
+            )
         saving = want["totalMinor"] - want["payableMinor"]
         if saving and money(saving) not in flat:
             errs.append(f"quote display lacks the savings {money(saving)}: {disp}")
@@ -871,7 +888,9 @@ def story(seed: int, cli: CLI, http_door: Callable[[dict[str, Any]], int]) -> li
     errs: list[str] = []
     for k, at in enumerate(times):
         receipt = make_receipt(rng, f"s{seed}-r{k}", at)
-        where = f"seed {seed} {zone} receipt {k} at {receipt['at']} ({at.astimezone(ZoneInfo(zone))})"
+        where = (
+            f"seed {seed} {zone} receipt {k} at {receipt['at']} ({at.astimezone(ZoneInfo(zone))})"
+        )
         life = rng.choice(["checkout", "checkout", "checkout", "hold-confirm", "hold-cancel"])
         calls = {
             "checkout": [("quote", False), ("checkout", True)],
@@ -880,7 +899,11 @@ def story(seed: int, cli: CLI, http_door: Callable[[dict[str, Any]], int]) -> li
         }[life]
         for call, commit in calls:
             want = model(snap, book, receipt, commit)
-            body = receipt if call in ("quote", "hold", "checkout") else {"receiptId": receipt["receiptId"]}
+            body = (
+                receipt
+                if call in ("quote", "hold", "checkout")
+                else {"receiptId": receipt["receiptId"]}
+            )
             if body is receipt:
                 r = cli(call, receipt, "--json")
             else:
@@ -902,7 +925,7 @@ def story(seed: int, cli: CLI, http_door: Callable[[dict[str, Any]], int]) -> li
     return errs
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(3))
 def test_windows_deals_prints_and_display_agree_with_the_model(
     seed: int, cli: CLI, http_door: Callable[[dict[str, Any]], int]
 ) -> None:
@@ -911,13 +934,12 @@ def test_windows_deals_prints_and_display_agree_with_the_model(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(8, 208))
+@pytest.mark.parametrize("seed", range(3, 203))
 def test_windows_deals_prints_and_display_agree_with_the_model_long(
     seed: int, cli: CLI, http_door: Callable[[dict[str, Any]], int]
 ) -> None:
     errs = story(seed, cli, http_door)
     assert not errs, "\n".join(errs)
-
 
 
 # ------------------------------------------------------------------ pinned by hand
@@ -933,7 +955,8 @@ def doors(
     port = http_door(snap)
 
     def call(what: str, receipt: dict[str, Any]) -> dict[str, Any]:
-        r = cli(what, receipt, "--json")
+        by_id = what in ("confirm", "cancel")
+        r = cli(what, receipt["receiptId"] if by_id else receipt, "--json")
         assert r.code == 0, r.err
         code, via_http = post(port, f"/v1/{what}", receipt)
         assert code == 200, via_http
@@ -1052,3 +1075,19 @@ def test_a_receipt_dated_before_a_print_does_not_print_that_offer_again(
     assert call("checkout", sale("r3", "2026-11-20T10:00:00+01:00"))["printedOffers"] == []
     later = "2026-11-23T10:00:00+01:00" if cooldown == 0 else "2026-11-25T10:00:00+01:00"
     assert call("checkout", sale("r4", later))["printedOffers"] == ["o-1"]
+
+
+def test_a_hold_confirmed_over_the_spring_change_counts_the_cooldown_as_a_checkout_does(
+    cli: CLI, http_door: Callable[[dict[str, Any]], int]
+) -> None:
+    """Confirm picks the offers to print (§11's decisions) with the same cooldown: a hold
+    at 03:15 on 29 March, 7 days after a print at 02:30 on the 22nd, prints nothing (the
+    cooldown runs to 03:30); one at 03:30 prints the offer."""
+    call = doors(cli, http_door, berlin_snapshot([printable("o-1")], cooldown=7))
+    assert call("checkout", sale("r1", "2026-03-22T02:30:00+01:00"))["printedOffers"] == ["o-1"]
+    for rid, at, want in (
+        ("h1", "2026-03-29T03:15:00+02:00", []),
+        ("h2", "2026-03-29T03:30:00+02:00", ["o-1"]),
+    ):
+        assert call("hold", sale(rid, at))["printedOffers"] == []
+        assert call("confirm", {"receiptId": rid})["printedOffers"] == want
