@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 from .db import MigrationSet, begin_write, connect, is_damage, migrate, owner_hint
 from .errors import DamagedLedger, InputError, StorageError
-from .expiry import Counted, Movement, Tally, Wallet, last_instant, wallet_of
+from .expiry import Counted, Movement, Tally, Wallet, days_later, last_instant, wallet_of
 from .expiry import utc_text as utc_text  # the ledger's time stamps (its callers' name)
 from .models import Coupon, Customer, Program
 
@@ -1067,15 +1067,47 @@ def pricing_marks(
     return marks
 
 
-def printed_since(conn: sqlite3.Connection, customer_id: str, since: datetime) -> set[str]:
-    """Offers printed to the customer after `since` (the print cooldown, the contract §7)."""
-    return {
-        str(offer_id)
-        for (offer_id,) in conn.execute(
-            "SELECT offer_id FROM print_history WHERE customer_id = ? AND printed_at > ?",
-            (customer_id, utc_text(since)),
-        )
-    }
+def printed_within(
+    conn: sqlite3.Connection,
+    customer_id: str,
+    at: datetime,
+    cooldown_days: int,
+    zone: ZoneInfo | None,
+) -> set[str]:
+    """Offers whose print cooldown (the contract §7) still runs at `at`: printed to the
+    customer at P with `at` before P + `cooldown_days` store days (the same local clock
+    time, a skipped or repeated one read as §5 step 6 and §16 read it: `days_later`), so
+    an offer printed exactly that long ago may print again. A print dated after `at` (a
+    sale sent late, a hold confirmed after a later sale) counts too.
+
+    Counted on from each print, not back from `at`: the two differ on a clock change
+    (until review 40 a print at 02:30 on 22 March in Berlin printed again from 03:00 on
+    the 29th, not 03:30, and one in the second 02:30 of 25 October only from 03:00 on
+    1 November). Rows older than the cooldown by more than two days (any clock change's
+    reach) are not read."""
+    try:
+        oldest = utc_text(at - timedelta(days=cooldown_days + 2))
+    except OverflowError:
+        oldest = ""
+    out: set[str] = set()
+    for offer_id, printed_at in conn.execute(
+        "SELECT offer_id, printed_at FROM print_history WHERE customer_id = ? AND printed_at > ?",
+        (customer_id, oldest),
+    ):
+        if at < _cooldown_end(datetime.fromisoformat(str(printed_at)), cooldown_days, zone):
+            out.add(str(offer_id))
+    return out
+
+
+def _cooldown_end(printed: datetime, days: int, zone: ZoneInfo | None) -> datetime:
+    """`days` store days after a print; past the calendar's end, the latest time there is."""
+    try:
+        if zone is not None:
+            with contextlib.suppress(OverflowError):
+                return days_later(printed, days, zone)
+        return printed + timedelta(days=days)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def take_coupon_number(conn: sqlite3.Connection, device_id: str, applied_through: int = 0) -> int:
@@ -1742,7 +1774,7 @@ def insert_print_history(
     receipt_id: str,
 ) -> None:
     """The offers printed for a customer on a receipt (the contract §7's "not printed to
-    the same customer within N days" reads them back through `printed_since`)."""
+    the same customer within N days" reads them back through `printed_within`)."""
     conn.executemany(
         "INSERT INTO print_history VALUES (?,?,?,?)",
         [(customer_id, offer_id, printed_at, receipt_id) for offer_id in offer_ids],

@@ -100,7 +100,6 @@ from .pricing import (
     may_go_on_paper,
     offers_to_print,
     price,
-    store_days,
 )
 from .refunds import SoldLine, apply_refund
 from .results import (
@@ -1624,8 +1623,9 @@ class Agent:
             return
         program = view.program()
         at = datetime.fromisoformat(figures["at"])
-        since = store_days(at, -program.offer_print_cooldown_days, program.zone)
-        recent = ledger.printed_since(self._ledger, customer.id, since)
+        recent = ledger.printed_within(
+            self._ledger, customer.id, at, program.offer_print_cooldown_days, program.zone
+        )
         own = view.personal_offers(customer.id)
         printed = offers_to_print(customer, own, at, program, recent.__contains__)
         figures["offers"] = _offers_json(printed)
@@ -1855,8 +1855,9 @@ class Agent:
 
         printed: list[Offer] = []
         if commit and customer is not None:
-            since = store_days(receipt.at, -program.offer_print_cooldown_days, program.zone)
-            recent = ledger.printed_since(conn, customer.id, since)
+            recent = ledger.printed_within(
+                conn, customer.id, receipt.at, program.offer_print_cooldown_days, program.zone
+            )
             # only the customer's own offers print (`offers_to_print`): not the mass ones
             own = view.personal_offers(customer.id)
             printed = offers_to_print(customer, own, receipt.at, program, recent.__contains__)
@@ -2063,8 +2064,9 @@ class Agent:
             # Picked with the pricing (a Checkout) or at Confirm (`_pick_offers_now`); one
             # printed to the customer since (another receipt) waits.
             zone = _zone_or_none(figures.get("timezone"))
-            since = store_days(at, -int(figures["cooldownDays"]), zone)
-            recent = ledger.printed_since(conn, customer_id, since)
+            recent = ledger.printed_within(
+                conn, customer_id, at, int(figures["cooldownDays"]), zone
+            )
             offers = [o for o in offers if o["id"] not in recent]
         if ready is not None and ready.offer_ids != tuple(o["id"] for o in offers):
             ready = None
