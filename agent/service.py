@@ -1298,7 +1298,12 @@ class Agent:
         than `HUB_ASK_GRACE_S` may still be stored (a call between its request and its
         commit, whose turn is not this agent's `HubTurns`): a later round. Stops at the
         first the hub does not answer, or once `stop` is set (`retry_hub_releases`)."""
-        young = ledger.utc_text(self._now() - timedelta(seconds=HUB_ASK_GRACE_S))
+        now = self._now()
+        young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
+        # an ask younger than this that the hub answers "nothing held" stays owed: its
+        # request may still be on its way to the hub's store (as a cancelled OFFLINE
+        # hold's release, `_grant_may_come`; review 40, rev40b)
+        late = ledger.utc_text(now - timedelta(seconds=LATE_GRANT_S))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
@@ -1321,12 +1326,18 @@ class Agent:
                     continue
             try:
                 assert self.hub is not None
-                self.hub.release(rid)
+                dropped = self.hub.release(rid)
             except TillpointError as exc:
                 log.info("hold of %s not released at the hub yet: %s", rid, exc)
                 return released
             finally:
                 self._hub_turns.end_release(rid)
+            if not dropped and asked_at > late:
+                # Nothing held yet, but the request may still reach the hub (held up on
+                # the wire or in a busy hub, the till killed meanwhile): a grant placed
+                # after this release would hold the points of a receipt no till holds.
+                log.info("hold of %s: nothing held at the hub yet, sent again later", rid)
+                continue
             log.info("hold of receipt %s, never stored here, released at the hub", rid)
             with self._lock, self._write() as conn:
                 ledger.forget_hub_ask(conn, rid, asked_at)

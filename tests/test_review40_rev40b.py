@@ -1,0 +1,387 @@
+"""Review 40 (rev40b): review 39's late-grant fixes attacked (CONTRACT §11 holds, §9 sync).
+
+Review 39 kept a release the hub answered "nothing held" owed for `LATE_GRANT_S` (60 s)
+after a hold priced OFFLINE (flake39), moved that time with a clock step (rev39i), and had
+the hub refuse a grant whose call came before the receipt's newer hold (grant39,
+`Superseded`; PostgreSQL's migration 11). Here they are attacked with a real hub (its
+gRPC server on 127.0.0.1, SQLite and the suite's PostgreSQL), real tills (`tillpoint
+run` processes SIGKILLed and started again, and in-process agents with their hub links)
+and a real TCP proxy between them that keeps what a till sends on its way (a request
+delayed on the wire: the hub counts its deadline from the request's arrival, so it grants
+a request the till gave up on long since). The promise checked: no points held at the
+hub that no receipt holds, past what the late grant's own rules allow; never a
+redemption over the balance across tills; nothing doubled.
+
+Each test that names a fault failed before the fix beside it; the others pin what was
+tried and found right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.sync.hub_server import HubServicer
+from tillpoint.sync.loopback import LoopbackHub, wait_for
+from tillpoint.sync.pull import cache_version
+
+from .conftest import free_port
+from .test_review33_hold33 import ANNA, BIG, OFFLINE_LIMIT, held_at_hub, hold33_hub
+
+TTL = 660.0  # hold33 program: 600 s, and the hub's minute
+EXE = str(Path(sys.executable).parent / "tillpoint")
+
+
+# ---------------------------------------------------------------- a TCP proxy that keeps
+
+
+class _Pair:
+    def __init__(self, client: socket.socket, server: socket.socket) -> None:
+        self.client = client
+        self.server = server
+        self.kept: list[bytes] = []
+        self.keeping = False
+        self.client_gone = False
+        self.lock = threading.Lock()
+
+
+class KeepingProxy:
+    """A TCP forwarder to the hub. `keep()`: what the tills send on the connections open
+    now is kept, not passed on (a request delayed on the wire); `let_go()`: it is sent on
+    to the hub, and a connection whose till has gone meanwhile is closed `linger_s` later
+    (the hub's answer has nowhere to go). Connections made after `keep()` pass at once
+    (a till started again dials afresh)."""
+
+    def __init__(self, upstream: int, linger_s: float = 3.0) -> None:
+        self.upstream = upstream
+        self.linger_s = linger_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.pairs: list[_Pair] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            pair = _Pair(client, server)
+            with self._lock:
+                self.pairs.append(pair)
+            threading.Thread(target=self._up, args=(pair,), daemon=True).start()
+            threading.Thread(target=self._down, args=(pair,), daemon=True).start()
+
+    def _up(self, pair: _Pair) -> None:
+        try:
+            while data := pair.client.recv(65536):
+                with pair.lock:
+                    if pair.keeping:
+                        pair.kept.append(data)
+                        continue
+                pair.server.sendall(data)
+        except OSError:
+            pass
+        with pair.lock:
+            pair.client_gone = True
+            if pair.keeping:
+                return  # closed once what it kept has gone to the hub (`let_go`)
+        with contextlib.suppress(OSError):
+            pair.server.shutdown(socket.SHUT_WR)
+
+    def _down(self, pair: _Pair) -> None:
+        try:
+            while data := pair.server.recv(65536):
+                with contextlib.suppress(OSError):
+                    pair.client.sendall(data)  # a till gone: the answer is lost
+        except OSError:
+            pass
+        for sock in (pair.client, pair.server):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def keep(self) -> None:
+        with self._lock:
+            pairs = list(self.pairs)
+        for pair in pairs:
+            with pair.lock:
+                pair.keeping = True
+
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return sum(len(b) for p in self.pairs for b in p.kept)
+
+    def let_go(self) -> None:
+        with self._lock:
+            pairs = list(self.pairs)
+        for pair in pairs:
+            with pair.lock:
+                kept, pair.kept, pair.keeping = pair.kept, [], False
+                gone = pair.client_gone
+            with contextlib.suppress(OSError):
+                pair.server.sendall(b"".join(kept))
+            if gone:
+                threading.Timer(self.linger_s, _shut, args=(pair.server,)).start()
+
+    def close(self) -> None:
+        self.listener.close()
+        with self._lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for sock in (pair.client, pair.server):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+
+def hub_asks(data: Path) -> list[str]:
+    conn = _ro(data / "ledger.db")
+    try:
+        return [str(r) for (r,) in conn.execute("SELECT receipt_id FROM hub_asks")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def receipt_json(rid: str) -> dict[str, Any]:
+    return {
+        "receiptId": rid,
+        "storeId": "s1",
+        "tillId": "t1",
+        "at": datetime.now(UTC).isoformat(),
+        "card": ANNA,
+        "lines": BIG,
+        "redeemPoints": -1,
+    }
+
+
+def post(port: int, path: str, body: Any, timeout: float = 30) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read() or b"null")
+    finally:
+        conn.close()
+
+
+class RunTill:
+    """`tillpoint run` on an enrolled data directory, its hub at `hub_address`."""
+
+    def __init__(self, root: Path, data: Path, hub_address: str, redeem_timeout_ms: int) -> None:
+        self.data = data
+        self.http = free_port()
+        self.conf = root / "tillpoint.toml"
+        self.conf.write_text(
+            f'device_id = "till-1"\ndata_dir = "{data}"\n'
+            f'[server]\nlisten = "127.0.0.1:{free_port()}"\n'
+            f'[http]\nlisten = "127.0.0.1:{self.http}"\n[metrics]\nenabled = false\n'
+            f'[hub]\naddress = "{hub_address}"\nredeem_timeout_ms = {redeem_timeout_ms}\n',
+            encoding="utf-8",
+        )
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.proc = subprocess.Popen(
+            [EXE, "--config", str(self.conf), "run"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(self.proc)
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, "run ended"
+            try:
+                status, doc = get(self.http, "/v1/status")
+            except OSError:
+                return False
+            return status == 200 and doc.get("mode") == "ONLINE"
+
+        wait_for(up, timeout=60, every=0.1)
+        wait_for(lambda: cache_version(self.data) >= 1, timeout=60, every=0.1)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            assert self.proc.wait(timeout=60) == 0
+
+
+def get(port: int, path: str) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        return answer.status, json.loads(answer.read() or b"null")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def releases(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """(receiptId, released) of every ReleaseRedemption the hub answered (the servicer's
+    methods are taken when a hub starts: patch before it)."""
+    seen: list[tuple[str, bool]] = []
+    release = HubServicer.ReleaseRedemption
+
+    def recording(self: Any, request: Any, context: Any) -> Any:
+        reply = release(self, request, context)
+        seen.append((request.receipt_id, bool(reply.released)))
+        return reply
+
+    monkeypatch.setattr(HubServicer, "ReleaseRedemption", recording)
+    return seen
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def hub(request: pytest.FixtureRequest, tmp_path: Path, releases: Any) -> Iterator[LoopbackHub]:
+    """hold33's hub (600 s hold TTL, an offline limit of 200 points): SQLite, and the
+    suite's PostgreSQL in the slow pass."""
+    h = hold33_hub(request, tmp_path)
+    yield h
+    h.stop()
+
+
+# ---------------------------------------------------------------- 1. SIGKILL mid-Hold
+
+
+@pytest.mark.slow  # two starts of `run` and a round of its hold timer: ~30 s
+def test_a_till_killed_while_its_hold_request_is_on_the_wire_releases_the_grant_after_it_lands(
+    hub: LoopbackHub,
+    tmp_path: Path,
+    releases: list[tuple[str, bool]],
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    """CONTRACT §11. `tillpoint run` asks the hub to hold Anna's 1200 points for a Hold;
+    the request is held up on the wire (the proxy keeps it) and the till is SIGKILLed
+    while it waits (its `hub_asks` note written, nothing stored). Started again, its
+    first round releases the ask at the hub: "nothing held" (the request has not arrived).
+    The request then reaches the hub, with its whole deadline still to run there: the
+    hub grants all 1200 points, for a receipt no till holds. Before the fix the restarted
+    till took that first "nothing held" as final, forgot the ask, and the hub held the
+    1200 points from every till for `holdTtlSeconds` + 60 s; now the release of an
+    unstored ask answered "nothing held" stays owed for `LATE_GRANT_S`, as a cancelled
+    OFFLINE hold's does (flake39), and the next round releases the grant."""
+    data = tmp_path / "till"
+    hub.enroll("till-1", data)
+    proxy = KeepingProxy(hub.port)
+    till = RunTill(tmp_path, data, proxy.address, redeem_timeout_ms=20_000)
+    answered: list[Any] = []
+    try:
+        till.start(procs)
+        proxy.keep()  # what the till sends from now on is held up on the wire
+
+        def pos() -> None:
+            with contextlib.suppress(Exception):
+                answered.append(post(till.http, "/v1/hold", receipt_json("k-1")))
+
+        threading.Thread(target=pos, daemon=True).start()
+        wait_for(lambda: hub_asks(data) == ["k-1"] and proxy.kept_bytes() > 0, timeout=30)
+        till.kill()  # mid-Hold: the ask noted, the request kept on the wire
+        assert answered == []
+        till.start(procs)  # its first round releases the unstored ask: nothing held yet
+        wait_for(lambda: ("k-1", False) in releases, timeout=30)
+        assert held_at_hub(hub) == 0
+        proxy.let_go()  # the request reaches the hub: granted whole, nobody waits for it
+        wait_for(lambda: held_at_hub(hub) > 0, timeout=30)
+        assert held_at_hub(hub) == 1200
+        # the next round (15 s) releases it: nothing held for a receipt no till holds
+        wait_for(lambda: held_at_hub(hub) == 0, timeout=40, every=0.2)
+        assert ("k-1", True) in releases
+        wait_for(lambda: hub_asks(data) == [], timeout=30)
+        till.stop()
+    finally:
+        proxy.close()
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_unstored_asks_release_answered_nothing_held_stays_owed_while_its_grant_may_come(
+    hub: LoopbackHub, tmp_path: Path, releases: list[tuple[str, bool]]
+) -> None:
+    """CONTRACT §11, the short twin of the SIGKILL walk above: the ledger holds an ask to
+    the hub of a process gone (killed between its request and its commit). The till's
+    round releases it: "nothing held" (its request is still on its way). Before the fix
+    the ask was forgotten there; now it stays owed (counted in `hub_calls_owed`) until
+    `LATE_GRANT_S` after it was made: the grant that lands then is released at the next
+    round, and past the 60 s a "nothing held" is final."""
+    from tillpoint.agent import ledger
+    from tillpoint.agent.service import LATE_GRANT_S
+
+    from .conftest import ManualClock, enrolled_till
+
+    clock = ManualClock(datetime.now(UTC))
+    a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
+    try:
+        with sqlite3.connect(a.data_dir / "ledger.db") as conn:
+            ledger.note_hub_ask(conn, "k-2", ledger.utc_text(clock()), _dead_pid())
+            ledger.note_hub_ask(conn, "k-3", ledger.utc_text(clock()), _dead_pid())
+        a.agent.retry_hub_releases()
+        assert sorted(releases) == [("k-2", False), ("k-3", False)]
+        assert sorted(hub_asks(a.data_dir)) == ["k-2", "k-3"]  # still owed
+        assert a.agent.hub_calls_owed()["release"] == 2
+        # k-2's request reaches the hub now: granted, for a receipt no till holds
+        hub.store.authorise("a", "k-2", "c-1", 1200, clock(), [], datetime.now(UTC), TTL)
+        assert held_at_hub(hub) == 1200
+        clock.advance(5)
+        a.agent.retry_hub_releases()
+        assert held_at_hub(hub) == 0
+        assert hub_asks(a.data_dir) == ["k-3"]
+        clock.advance(LATE_GRANT_S)
+        a.agent.retry_hub_releases()  # past the 60 s: "nothing held" is final
+        assert hub_asks(a.data_dir) == []
+        assert a.agent.hub_calls_owed()["release"] == 0
+    finally:
+        a.stop()
