@@ -28,7 +28,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,11 +35,22 @@ from typing import Any
 
 import pytest
 from tillpoint.sync.hub_server import HubServicer
-from tillpoint.sync.loopback import LoopbackHub, wait_for
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
 
-from .conftest import free_port
-from .test_review33_hold33 import ANNA, BIG, OFFLINE_LIMIT, held_at_hub, hold33_hub
+from . import test_review39_flake39 as flake39
+from .conftest import ManualClock, enrolled_till, free_port
+from .test_review33_hold33 import (
+    ANNA,
+    BIG,
+    OFFLINE_LIMIT,
+    a_receipt,
+    coupon_holds,
+    held_at_hub,
+    hold33_hub,
+    life,
+)
+from .test_review39_flake39 import HeldBack
 
 TTL = 660.0  # hold33 program: 600 s, and the hub's minute
 EXE = str(Path(sys.executable).parent / "tillpoint")
@@ -360,8 +370,6 @@ def test_an_unstored_asks_release_answered_nothing_held_stays_owed_while_its_gra
     from tillpoint.agent import ledger
     from tillpoint.agent.service import LATE_GRANT_S
 
-    from .conftest import ManualClock, enrolled_till
-
     clock = ManualClock(datetime.now(UTC))
     a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
     try:
@@ -382,6 +390,184 @@ def test_an_unstored_asks_release_answered_nothing_held_stays_owed_while_its_gra
         clock.advance(LATE_GRANT_S)
         a.agent.retry_hub_releases()  # past the 60 s: "nothing held" is final
         assert hub_asks(a.data_dir) == []
+        assert a.agent.hub_calls_owed()["release"] == 0
+    finally:
+        a.stop()
+
+
+# ---------------------------------------------------------------- 2. in-process tills, a late grant
+
+held_back = flake39.held_back  # says when the hub's AuthorizeRedemption has ended
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def late_hub(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    held_back: HeldBack,
+    releases: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[LoopbackHub]:
+    """hold33's program with a 30 s hold TTL (the hub keeps a hold 90 s): SQLite, and the
+    suite's PostgreSQL in the slow pass. While `held_back.on` is set its store takes an
+    authorisation only once `go` is set (a busy hub: the call taken before the till's
+    deadline, its store work after it)."""
+    from .test_review33_hold33 import COUPONS, SORRY
+
+    data = sample_master_data() | {"offers": [SORRY], "coupons": COUPONS}
+    data["program"]["holdTtlSeconds"] = 30
+    data["program"]["offlineRedeemLimitPoints"] = OFFLINE_LIMIT
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    h = LoopbackHub(tmp_path / "hub", data=data, store=url)
+    authorise = h.store.authorise
+
+    def on_its_way(*args: Any, **kwargs: Any) -> Any:
+        if held_back.on.is_set():
+            held_back.on.clear()  # this call only
+            held_back.entered.set()
+            assert held_back.go.wait(20)
+        return authorise(*args, **kwargs)
+
+    monkeypatch.setattr(h.store, "authorise", on_its_way)
+    yield h
+    held_back.go.set()
+    h.stop()
+
+
+def held_off(hub: LoopbackHub, agent: Any, held_back: HeldBack, rid: str, at: datetime) -> Any:
+    """A Hold of Anna's 1200 points whose grant is held up on its way to the hub's store:
+    priced OFFLINE at the till's deadline (the offline limit)."""
+    held_back.on.set()
+    held = agent.hold(a_receipt(rid, at=at))
+    assert (held.state, held.mode, held.redeemed_points) == ("HELD", "OFFLINE", OFFLINE_LIMIT)
+    assert held_back.entered.is_set()
+    return held
+
+
+def lands(held_back: HeldBack) -> None:
+    """The held-up grant goes on to the hub's store (past the till's deadline)."""
+    held_back.go.set()
+    assert held_back.done.wait(20)
+
+
+def hub_moves(hub: LoopbackHub, device: str) -> dict[str, int]:
+    """receiptId: the points a sale of the device moved at the hub (earned less
+    redeemed), each sale stored once."""
+    out: dict[str, int] = {}
+    for tx in hub.store.transactions(device):
+        assert tx.receipt_id not in out, f"{tx.receipt_id} stored twice"
+        out[tx.receipt_id] = tx.delta_available + tx.delta_pending
+    return out
+
+
+def moved(result: Any) -> int:
+    return int(result.earned_points) - int(result.redeemed_points)
+
+
+def test_a_confirm_after_the_late_grant_settles_it_once(
+    late_hub: LoopbackHub, tmp_path: Path, held_back: HeldBack
+) -> None:
+    """CONTRACT §11, §9. A Hold priced OFFLINE (200 points) whose grant lands at the hub
+    after the till's deadline (kept there for the offline limit), then Confirmed: its
+    sale reaches the hub once, redeeming 200, and settles the hub's hold (nothing held
+    after it). Found right."""
+    a = late_hub.till("a", tmp_path / "a")
+    try:
+        wait_for(lambda: cache_version(a.data_dir) >= 1)
+        held_off(late_hub, a.agent, held_back, "c-1r", datetime.now(UTC))
+        lands(held_back)
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT
+        done = a.agent.confirm("c-1r")
+        assert (done.state, done.redeemed_points) == ("CONFIRMED", OFFLINE_LIMIT)
+        wait_for(lambda: hub_moves(late_hub, "a") == {"c-1r": moved(done)}, timeout=20)
+        wait_for(lambda: held_at_hub(late_hub) == 0, timeout=20)
+        a.agent.retry_hub_releases()
+        assert held_at_hub(late_hub) == 0 and hub_moves(late_hub, "a") == {"c-1r": moved(done)}
+    finally:
+        a.stop()
+
+
+@pytest.mark.parametrize("order", ["late_grant_first", "other_till_first"])
+def test_two_tills_racing_while_ones_grant_is_late_never_redeem_past_the_offline_limit(
+    late_hub: LoopbackHub, tmp_path: Path, held_back: HeldBack, order: str
+) -> None:
+    """CONTRACT §9 ("two tills cannot spend the same points; otherwise the offline limit
+    of §5.4 applies"). Till A's Hold of Anna's 1200 points is priced OFFLINE (200) while
+    its grant is held up; till B holds the same customer ONLINE. When A's late grant
+    reaches the hub's store first, the hub keeps A's 200 and B is granted the other
+    1000: both confirmed, 1200 redeemed, never more. When B asks first, B is granted
+    all 1200 and A's late grant nothing: A's OFFLINE 200 are the offline limit's
+    exposure the contract accepts (1400 redeemed of 1200), never more than that. Found
+    right; nothing stored twice."""
+    a = late_hub.till("a", tmp_path / "a")
+    b = late_hub.till("b", tmp_path / "b")
+    try:
+        wait_for(lambda: cache_version(a.data_dir) >= 1 and cache_version(b.data_dir) >= 1)
+        held_off(late_hub, a.agent, held_back, "ra", datetime.now(UTC))
+        if order == "late_grant_first":
+            lands(held_back)
+        other = b.agent.hold(a_receipt("rb"))
+        if order == "other_till_first":
+            assert (other.mode, other.redeemed_points) == ("ONLINE", 1200)
+            lands(held_back)
+            assert held_at_hub(late_hub) == 1200  # B's alone: A's late grant got nothing
+        else:
+            assert (other.mode, other.redeemed_points) == ("ONLINE", 1200 - OFFLINE_LIMIT)
+        done_a, done_b = a.agent.confirm("ra"), b.agent.confirm("rb")
+        assert done_a.state == done_b.state == "CONFIRMED"
+        total = done_a.redeemed_points + done_b.redeemed_points
+        assert total == (1200 if order == "late_grant_first" else 1200 + OFFLINE_LIMIT)
+        wait_for(lambda: hub_moves(late_hub, "a") == {"ra": moved(done_a)}, timeout=20)
+        wait_for(lambda: hub_moves(late_hub, "b") == {"rb": moved(done_b)}, timeout=20)
+        wait_for(lambda: held_at_hub(late_hub) == 0, timeout=20)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_grant_landing_after_the_hold_expired_and_was_swept_is_released(
+    late_hub: LoopbackHub, tmp_path: Path, held_back: HeldBack
+) -> None:
+    """CONTRACT §11. The OFFLINE hold (30 s TTL) expires and is swept before its grant
+    reaches the hub's store: the expiry's release finds nothing and stays owed (31 s
+    after the hold, inside `LATE_GRANT_S`); the grant then lands (200 kept at the hub),
+    and the next round releases it. Found right (flake39's rule, for an expiry)."""
+    clock = ManualClock(datetime.now(UTC))
+    a = enrolled_till(late_hub, tmp_path / "a", "a", clock=clock)
+    try:
+        held_off(late_hub, a.agent, held_back, "sw-1", clock())
+        clock.advance(31)
+        a.agent.sweep_holds()
+        assert life(a, "sw-1")[:2] == ("EXPIRED", "OFFLINE")
+        assert a.agent.hub_calls_owed()["release"] == 1
+        lands(held_back)
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT
+        a.agent.retry_hub_releases()
+        assert held_at_hub(late_hub) == 0 and coupon_holds(late_hub) == []
+        assert a.agent.hub_calls_owed()["release"] == 0
+    finally:
+        a.stop()
+
+
+def test_the_owed_release_reaches_a_hub_restarted_after_the_late_grant(
+    late_hub: LoopbackHub, tmp_path: Path, held_back: HeldBack
+) -> None:
+    """CONTRACT §11. Cancelled before its grant lands (the release finds nothing, owed);
+    the grant lands; the hub is restarted (its store kept, a new server): the till's
+    rounds release the grant there once the link is back. Found right."""
+    a = enrolled_till(late_hub, tmp_path / "a", "a")
+    try:
+        held_off(late_hub, a.agent, held_back, "rs-1", datetime.now(UTC))
+        a.agent.cancel("rs-1")
+        lands(held_back)
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT
+        late_hub.restart()
+
+        def released() -> bool:
+            a.agent.retry_hub_releases()
+            return held_at_hub(late_hub) == 0
+
+        wait_for(released, timeout=30, every=0.2)
         assert a.agent.hub_calls_owed()["release"] == 0
     finally:
         a.stop()
