@@ -1142,7 +1142,9 @@ class Agent:
         or a hub that does not know the call: it keeps the whole grant, as before review
         33). False: the hub was not reached (`retry_hub_releases` sends it again). None:
         nothing to send now (the hold closed, confirmed or held again since, or a call of
-        the receipt to the hub is in its turn: the next round)."""
+        the receipt to the hub is in its turn: the next round), or the hub shrank nothing
+        while the hold's grant may still be on its way (`_grant_may_come`: sent again at
+        the next round)."""
         hub = self.hub
         if hub is None:
             return False
@@ -1170,8 +1172,16 @@ class Agent:
             self._hub_turns.end_release(receipt_id)
         if done is None:
             log.info("hold of receipt %s left whole at the hub (it does not shrink)", receipt_id)
+        # Nothing shrunk: the hub may hold nothing for it yet, its grant still on its way
+        # (a busy hub), to be kept for the offline limit, or whole, when it lands. Still
+        # owed: sent again at the next round (review 40, rev40b; as a release answered
+        # "nothing held" is, flake39).
+        again = done is False and self._grant_may_come(life)
+        if again:
+            log.info("hold of %s: nothing to shrink at the hub yet, sent again later", receipt_id)
         with self._lock, self._write() as conn:
-            ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
+            if not again:
+                ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
             # (a receipt committed since under the receiptId, by a Checkout after the
             # reset, has no life row either: not forgotten, its transaction settles it)
             forgotten = self._life(receipt_id) is None and self._stored_receipt(receipt_id) is None
@@ -1179,7 +1189,7 @@ class Agent:
         # did a `reset`, which forgot the receipt: released as it is (review 34: what the
         # shrink kept stayed held at the hub to its expiry)
         self._release_at_hub(receipt_id, forgotten=forgotten)
-        return True
+        return None if again else True
 
     def _release_put_off(self, receipt_id: str) -> None:
         """A release put off while a hold or checkout of the receipt was in its turn: sent

@@ -28,6 +28,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -426,6 +427,10 @@ def late_hub(
             held_back.on.clear()  # this call only
             held_back.entered.set()
             assert held_back.go.wait(20)
+            # the call's deadline at the hub (its arrival, before `entered`, and the
+            # till's 300 ms) has passed by now: the hub keeps the grant for the offline
+            # limit (a grant it still took for in time is kept whole: review 33)
+            time.sleep(0.4)
         return authorise(*args, **kwargs)
 
     monkeypatch.setattr(h.store, "authorise", on_its_way)
@@ -464,25 +469,32 @@ def moved(result: Any) -> int:
     return int(result.earned_points) - int(result.redeemed_points)
 
 
+@pytest.mark.parametrize("grant", ["lands_before_the_push", "lands_after_the_push"])
 def test_a_confirm_after_the_late_grant_settles_it_once(
-    late_hub: LoopbackHub, tmp_path: Path, held_back: HeldBack
+    late_hub: LoopbackHub, tmp_path: Path, held_back: HeldBack, grant: str
 ) -> None:
-    """CONTRACT §11, §9. A Hold priced OFFLINE (200 points) whose grant lands at the hub
-    after the till's deadline (kept there for the offline limit), then Confirmed: its
-    sale reaches the hub once, redeeming 200, and settles the hub's hold (nothing held
-    after it). Found right."""
+    """CONTRACT §11, §9. A Hold priced OFFLINE (200 points) whose grant reaches the hub's
+    store after the till's deadline (kept there for the offline limit), then Confirmed:
+    its sale reaches the hub once, redeeming 200, and settles the hub's hold. When the
+    grant lands only after the sale was pushed, the hub places nothing for the committed
+    receipt (answered 0). Either way nothing held after it, nothing doubled. Found
+    right."""
     a = late_hub.till("a", tmp_path / "a")
     try:
         wait_for(lambda: cache_version(a.data_dir) >= 1)
         held_off(late_hub, a.agent, held_back, "c-1r", datetime.now(UTC))
-        lands(held_back)
-        assert held_at_hub(late_hub) == OFFLINE_LIMIT
+        if grant == "lands_before_the_push":
+            lands(held_back)
+            assert held_at_hub(late_hub) == OFFLINE_LIMIT
         done = a.agent.confirm("c-1r")
         assert (done.state, done.redeemed_points) == ("CONFIRMED", OFFLINE_LIMIT)
         wait_for(lambda: hub_moves(late_hub, "a") == {"c-1r": moved(done)}, timeout=20)
+        if grant == "lands_after_the_push":
+            lands(held_back)
         wait_for(lambda: held_at_hub(late_hub) == 0, timeout=20)
         a.agent.retry_hub_releases()
-        assert held_at_hub(late_hub) == 0 and hub_moves(late_hub, "a") == {"c-1r": moved(done)}
+        assert held_at_hub(late_hub) == 0 and coupon_holds(late_hub) == []
+        assert hub_moves(late_hub, "a") == {"c-1r": moved(done)}
     finally:
         a.stop()
 
@@ -569,5 +581,38 @@ def test_the_owed_release_reaches_a_hub_restarted_after_the_late_grant(
 
         wait_for(released, timeout=30, every=0.2)
         assert a.agent.hub_calls_owed()["release"] == 0
+    finally:
+        a.stop()
+
+
+def test_a_shrink_answered_before_its_grant_landed_is_sent_again_while_the_grant_may_come(
+    late_hub: LoopbackHub, tmp_path: Path, held_back: HeldBack
+) -> None:
+    """CONTRACT §11 (a hold priced OFFLINE after a late grant keeps at the hub what it uses,
+    review 33). Anna's first Hold of the day took the whole offline limit (200 points:
+    the hub did not answer in time and placed nothing). Her second Hold's grant is held
+    up on its way to the hub's store: priced OFFLINE, it redeems nothing (the limit is
+    used), and its shrink (to 0 points) reaches the hub before the grant: nothing to
+    shrink. The grant then lands and the hub keeps it for the offline limit (200). Before
+    the fix the till took that first answer as done, and the hub held 200 points the
+    hold does not use from every other till for the hold's whole time; now a shrink
+    answered "nothing shrunk" for a hold whose grant may still come (`LATE_GRANT_S`)
+    stays owed, and the next round makes the hub's hold what the receipt uses."""
+    a = enrolled_till(late_hub, tmp_path / "a", "a")
+    try:
+        late_hub.server.servicer.failpoint = flake39.past_the_deadline
+        first = a.agent.hold(a_receipt("d-1"))
+        late_hub.server.servicer.failpoint = None
+        assert (first.mode, first.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
+        held_back.on.set()
+        second = a.agent.hold(a_receipt("d-2"))  # its shrink sent in the call: nothing yet
+        assert (second.mode, second.redeemed_points) == ("OFFLINE", 0)
+        assert held_back.entered.is_set() and held_at_hub(late_hub) == 0
+        lands(held_back)
+        assert held_at_hub(late_hub) == OFFLINE_LIMIT  # d-2's grant, kept for the limit
+        assert a.agent.hub_calls_owed()["shrink"] == 2  # both may still get a grant
+        a.agent.retry_hub_releases()  # the hold timer's round
+        assert held_at_hub(late_hub) == 0, "the hub holds points the hold does not use"
+        assert a.agent.confirm("d-2").state == "CONFIRMED"
     finally:
         a.stop()
