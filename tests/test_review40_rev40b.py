@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -616,3 +616,99 @@ def test_a_shrink_answered_before_its_grant_landed_is_sent_again_while_the_grant
         assert a.agent.confirm("d-2").state == "CONFIRMED"
     finally:
         a.stop()
+
+
+# ---------------------------------------------------------------- 3. migration 11 not applied
+
+
+def _schema_10(pg_url: str, monkeypatch: pytest.MonkeyPatch, came: datetime) -> None:
+    """A hub database as the release before review 39 made it (schema 10), with a hold of
+    300 of Anna's points its claim placed for till-1's r-1 (the call came at `came`)."""
+    from tillpoint.sync import hub_postgres
+    from tillpoint.sync.loopback import import_doc
+
+    with monkeypatch.context() as m:
+        m.setattr(hub_postgres, "MIGRATIONS", [s for s in hub_postgres.MIGRATIONS if s[0] < 11])
+        m.setattr(hub_postgres, "SCHEMA_VERSION", 10)
+        old = hub_postgres.PostgresHubStore(pg_url, migrate_schema=True)
+        import_doc(old, sample_master_data())
+        old.publish(came, 86400.0)
+        assert old.authorise("till-1", "r-1", "c-1", 300, came, [], came, 600.0).authorised == 300
+        old.close()
+
+
+def _migrated_keeps_the_old_hold(pg_url: str, came: datetime) -> None:
+    """After migration 11: the old hold still held; a late call that came before it writes
+    nothing (grant39's rule on the migrated claim); one after it replaces it."""
+    from tillpoint.sync.hub_postgres import PostgresHubStore
+    from tillpoint.sync.hub_rules import Superseded
+
+    store = PostgresHubStore(pg_url)
+    try:
+        assert int(store.balance("c-1", datetime.now(UTC)).held) == 300
+        before = came - timedelta(seconds=5)
+        with pytest.raises(Superseded):
+            store.authorise("till-1", "r-1", "c-1", 100, came, [], before, 600.0)
+        assert int(store.balance("c-1", datetime.now(UTC)).held) == 300
+        later = store.authorise("till-1", "r-1", "c-1", 100, came, [], datetime.now(UTC), 600.0)
+        assert later.authorised == 100
+    finally:
+        store.close()
+
+
+def test_a_store_before_migration_11_is_refused_with_the_command_to_run(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/HUB.md, Migrations; the short twin of the CLI walk below: this release opening
+    a schema-10 store is refused (a StorageError, exit 1) naming `hub migrate`; migrated,
+    the hold the old claim placed is kept and grant39's rule applies. Found right."""
+    from tillpoint.agent.errors import StorageError, edge_of
+    from tillpoint.sync.hub_postgres import PostgresHubStore, migrate
+
+    came = datetime.now(UTC)
+    _schema_10(pg_url, monkeypatch, came)
+    with pytest.raises(StorageError) as refused:
+        PostgresHubStore(pg_url)
+    assert "has schema 10, this hub needs 11: run 'tillpoint hub migrate" in str(refused.value)
+    assert edge_of(refused.value).exit_code == 1
+    assert migrate(pg_url) == [11]
+    _migrated_keeps_the_old_hold(pg_url, came)
+
+
+@pytest.mark.slow  # three hub commands: ~10 s on a busy machine
+def test_a_postgresql_store_before_migration_11_is_refused_in_one_line_until_hub_migrate(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/HUB.md, Migrations. A PostgreSQL hub store made by the release before review
+    39 (schema 10, its `hub_claim_hold` without the superseded check), with a hold its
+    claim placed, opened by this release without `hub migrate`: `hub serve` exits 1 with
+    one line naming the schema and the command (no traceback; systemd's `Restart=always`
+    brings it up once migrated, docs/DECISIONS.md review 40), and so does every hub
+    command. `hub migrate` applies 11 alone; then the old hold is still held, and a late
+    grant whose call came before it writes nothing. Found right."""
+    from tillpoint.sync.hub_server import HubDir
+
+    came = datetime.now(UTC)
+    _schema_10(pg_url, monkeypatch, came)
+    root = tmp_path / "hub"
+    HubDir(root, pg_url).init()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TILLPOINT_")}
+
+    def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EXE, "hub", args[0], "--hub-dir", str(root), "--store", pg_url, *args[1:]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    for args in (("serve", "--listen", "127.0.0.1:0"), ("balance", "c-1")):
+        done = hub_cli(*args)
+        assert done.returncode == 1, done.stderr
+        [line] = done.stderr.splitlines()
+        assert "has schema 10, this hub needs 11" in line, line
+        assert "run 'tillpoint hub migrate --store URL'" in line, line
+    done = hub_cli("migrate", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["applied"] == [11], done.stderr
+    _migrated_keeps_the_old_hold(pg_url, came)
