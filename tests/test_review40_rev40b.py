@@ -712,3 +712,41 @@ def test_a_postgresql_store_before_migration_11_is_refused_in_one_line_until_hub
     done = hub_cli("migrate", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["applied"] == [11], done.stderr
     _migrated_keeps_the_old_hold(pg_url, came)
+
+
+def test_a_late_grant_after_the_receipt_was_held_again_online_and_cancelled_ends_in_time(
+    late_hub: LoopbackHub, tmp_path: Path, held_back: HeldBack
+) -> None:
+    """CONTRACT §11 (left, docs/DECISIONS.md review 40): a Hold priced OFFLINE, its grant
+    held up; the hold (30 s TTL) expires, its release answered "nothing held" (owed); the
+    POS holds the receipt again: ONLINE, 1200 held at the hub (the owed release rightly
+    not sent); the POS cancels it (released at the hub); a Hold again answers CANCELLED.
+    The first call's grant then lands: nothing newer of the receipt is ACTIVE at the hub
+    (grant39's check finds none), so the hub keeps it for the offline limit, and the
+    till, whose receipt is cancelled ONLINE, owes nothing. The promise still holds: the
+    hub's hold ends `holdTtlSeconds` + 60 s after the call came, never later, and it
+    is at most the offline limit; nothing was redeemed."""
+    clock = ManualClock(datetime.now(UTC))
+    a = enrolled_till(late_hub, tmp_path / "a", "a", clock=clock)
+    try:
+        at = clock()
+        held_off(late_hub, a.agent, held_back, "ag-1", at)
+        clock.advance(31)
+        a.agent.sweep_holds()
+        again = a.agent.hold(a_receipt("ag-1", at=at))
+        assert (again.state, again.mode, again.redeemed_points) == ("HELD", "ONLINE", 1200)
+        assert held_at_hub(late_hub) == 1200
+        assert a.agent.cancel("ag-1").state == "CANCELLED"
+        assert held_at_hub(late_hub) == 0
+        assert a.agent.hold(a_receipt("ag-1", at=at)).state == "CANCELLED"
+        lands(held_back)
+        a.agent.retry_hub_releases()
+        with late_hub.store.read_tx() as tx:
+            rows = tx.execute("SELECT points, created_at, expires_at FROM holds").fetchall()
+        [(points, created, expires)] = [tuple(r) for r in rows]
+        assert int(points) <= OFFLINE_LIMIT
+        lasts = datetime.fromisoformat(str(expires)) - datetime.fromisoformat(str(created))
+        assert lasts == timedelta(seconds=30 + 60)  # from the call's arrival at the hub
+        assert a.agent.hub_calls_owed() == {"release": 0, "shrink": 0}
+    finally:
+        a.stop()
