@@ -750,3 +750,51 @@ def test_a_late_grant_after_the_receipt_was_held_again_online_and_cancelled_ends
         assert a.agent.hub_calls_owed() == {"release": 0, "shrink": 0}
     finally:
         a.stop()
+
+
+# ---------------------------------------------------------------- 4. a request delayed on the wire
+
+
+def test_a_hold_request_delayed_on_the_wire_behind_its_cancel_is_settled_once(
+    hub: LoopbackHub, tmp_path: Path
+) -> None:
+    """CONTRACT §11, §9. A till's Hold request is held up on the wire (the proxy keeps
+    what the till sends) past its 300 ms deadline: priced OFFLINE (200 points), its
+    shrink held up behind it. Then everything kept reaches the hub at once: the request
+    with its whole deadline still to run there (the hub counts it from the arrival), and
+    right behind it the till's cancellation of the call (gRPC's RST_STREAM at its
+    deadline). Checked, found right: the hub places nothing for the call its till
+    cancelled (seen in every run here; were it to grant, the owed shrink cuts the grant
+    to the hold's 200, and the sale settles it); the Confirm's sale is stored once,
+    nothing is held after it. A request delayed with no cancel behind it (its till
+    killed) is granted whole: the SIGKILL walk above."""
+    from tillpoint.agent.app import till_agent
+    from tillpoint.sync.authoriser import HubAuthoriser
+    from tillpoint.sync.client import HubLink
+    from tillpoint.sync.loopback import FAST, Till
+    from tillpoint.sync.service import SyncService
+
+    proxy = KeepingProxy(hub.port)
+    data = tmp_path / "a"
+    enrollment = hub.enroll("a", data)
+    link = HubLink(proxy.address, enrollment)
+    authoriser = HubAuthoriser(link, data, "a", FAST.redeem_timeout_s)
+    agent = till_agent(data, "a", hub=authoriser)
+    service = SyncService(agent, link, enrollment, FAST)
+    till = Till("a", data, agent, link, service, authoriser)
+    service.start()
+    try:
+        wait_for(lambda: cache_version(data) >= 1 and authoriser.reachable(), timeout=30)
+        proxy.keep()
+        held = agent.hold(a_receipt("w-1"))
+        assert (held.mode, held.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
+        assert held_at_hub(hub) == 0 and proxy.kept_bytes() > 0
+        proxy.let_go()
+        agent.retry_hub_releases()  # the hold timer's round: the shrink sent again
+        done = agent.confirm("w-1")
+        assert (done.state, done.redeemed_points) == ("CONFIRMED", OFFLINE_LIMIT)
+        wait_for(lambda: hub_moves(hub, "a") == {"w-1": moved(done)}, timeout=30)
+        wait_for(lambda: held_at_hub(hub) == 0, timeout=30)
+    finally:
+        till.stop()
+        proxy.close()
