@@ -12,8 +12,13 @@ a request the till gave up on long since). The promise checked: no points held a
 hub that no receipt holds, past what the late grant's own rules allow; never a
 redemption over the balance across tills; nothing doubled.
 
-Each test that names a fault failed before the fix beside it; the others pin what was
-tried and found right.
+Two faults, each failed before its fix (`agent/service.py`): the release of a hub ask never
+stored (a till SIGKILLed mid-Hold) answered "nothing held" was taken as final, and a
+late grant's shrink answered "nothing shrunk" too; both now stay owed while the grant may
+still come (`LATE_GRANT_S`). The others pin what was tried and found right, and one left
+(a late grant after its receipt was held again ONLINE and cancelled: bounded by the
+promise). Where a busy hub is wanted, its store is held up on the grant's way to it, as
+flake39's tests do (review 39's own mechanism).
 """
 
 from __future__ import annotations
