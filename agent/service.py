@@ -1141,7 +1141,9 @@ class Agent:
         or a hub that does not know the call: it keeps the whole grant, as before review
         33). False: the hub was not reached (`retry_hub_releases` sends it again). None:
         nothing to send now (the hold closed, confirmed or held again since, or a call of
-        the receipt to the hub is in its turn: the next round)."""
+        the receipt to the hub is in its turn: the next round), or the hub shrank nothing
+        while the hold's grant may still be on its way (`_grant_may_come`: sent again at
+        the next round)."""
         hub = self.hub
         if hub is None:
             return False
@@ -1169,8 +1171,16 @@ class Agent:
             self._hub_turns.end_release(receipt_id)
         if done is None:
             log.info("hold of receipt %s left whole at the hub (it does not shrink)", receipt_id)
+        # Nothing shrunk: the hub may hold nothing for it yet, its grant still on its way
+        # (a busy hub), to be kept for the offline limit, or whole, when it lands. Still
+        # owed: sent again at the next round (review 40, rev40b; as a release answered
+        # "nothing held" is, flake39).
+        again = done is False and self._grant_may_come(life)
+        if again:
+            log.info("hold of %s: nothing to shrink at the hub yet, sent again later", receipt_id)
         with self._lock, self._write() as conn:
-            ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
+            if not again:
+                ledger.shrunk_at_hub(conn, receipt_id, life.held_at)
             # (a receipt committed since under the receiptId, by a Checkout after the
             # reset, has no life row either: not forgotten, its transaction settles it)
             forgotten = self._life(receipt_id) is None and self._stored_receipt(receipt_id) is None
@@ -1178,7 +1188,7 @@ class Agent:
         # did a `reset`, which forgot the receipt: released as it is (review 34: what the
         # shrink kept stayed held at the hub to its expiry)
         self._release_at_hub(receipt_id, forgotten=forgotten)
-        return True
+        return None if again else True
 
     def _release_put_off(self, receipt_id: str) -> None:
         """A release put off while a hold or checkout of the receipt was in its turn: sent
@@ -1297,7 +1307,12 @@ class Agent:
         than `HUB_ASK_GRACE_S` may still be stored (a call between its request and its
         commit, whose turn is not this agent's `HubTurns`): a later round. Stops at the
         first the hub does not answer, or once `stop` is set (`retry_hub_releases`)."""
-        young = ledger.utc_text(self._now() - timedelta(seconds=HUB_ASK_GRACE_S))
+        now = self._now()
+        young = ledger.utc_text(now - timedelta(seconds=HUB_ASK_GRACE_S))
+        # an ask younger than this that the hub answers "nothing held" stays owed: its
+        # request may still be on its way to the hub's store (as a cancelled OFFLINE
+        # hold's release, `_grant_may_come`; review 40, rev40b)
+        late = ledger.utc_text(now - timedelta(seconds=LATE_GRANT_S))
         with self._lock:
             asks = ledger.unstored_hub_asks(self._ledger)
         released = 0
@@ -1320,12 +1335,18 @@ class Agent:
                     continue
             try:
                 assert self.hub is not None
-                self.hub.release(rid)
+                dropped = self.hub.release(rid)
             except TillpointError as exc:
                 log.info("hold of %s not released at the hub yet: %s", rid, exc)
                 return released
             finally:
                 self._hub_turns.end_release(rid)
+            if not dropped and asked_at > late:
+                # Nothing held yet, but the request may still reach the hub (held up on
+                # the wire or in a busy hub, the till killed meanwhile): a grant placed
+                # after this release would hold the points of a receipt no till holds.
+                log.info("hold of %s: nothing held at the hub yet, sent again later", rid)
+                continue
             log.info("hold of receipt %s, never stored here, released at the hub", rid)
             with self._lock, self._write() as conn:
                 ledger.forget_hub_ask(conn, rid, asked_at)

@@ -103,10 +103,16 @@ def test_an_ask_of_a_process_gone_is_released_at_once_one_of_a_running_one_after
 ) -> None:
     """docs/CONTRACT.md §11: what a till killed mid-request left at the hub is released at
     the restarted till's first round; an ask of another process still running (here pid
-    1) waits until no call of it can still be storing its receipt."""
+    1) waits until no call of it can still be storing its receipt. (Review 40, rev40b: a
+    release of an ask answered "nothing held" stays owed for `LATE_GRANT_S`, its request
+    may still be on its way: here the hub holds what the killed till's request placed.)"""
     now = [datetime.now(UTC)]
     till = enrolled(hub, tmp_path, clock=lambda: now[0])
     try:
+        placed = hub.store.authorise(
+            "till-1", "r-gone", "c-1", 100, now[0], [], datetime.now(UTC), 600.0
+        )
+        assert placed.authorised == 100 and held_at_hub(hub) == 100
         gone = subprocess.run(
             [sys.executable, "-c", "import os; print(os.getpid())"],
             capture_output=True,
@@ -118,6 +124,7 @@ def test_an_ask_of_a_process_gone_is_released_at_once_one_of_a_running_one_after
             conn.execute("INSERT INTO hub_asks VALUES ('r-gone', ?, ?)", (asked, int(gone.stdout)))
             conn.execute("INSERT INTO hub_asks VALUES ('r-busy', ?, 1)", (asked,))
         assert till.agent.retry_hub_releases() == 1
+        assert held_at_hub(hub) == 0
         assert [r for r, _, _ in unstored_hub_asks(till.agent._ledger)] == ["r-busy"]
         now[0] += timedelta(seconds=HUB_ASK_GRACE_S + 1)
         assert till.agent.retry_hub_releases() == 1
