@@ -394,6 +394,7 @@ class Api:
                     f"HTTP/{shorten(version, 10)} is not supported: send HTTP/1.1",
                     {"Connection": "close"},
                 )
+                await _drain_if_closing(scope, receive, closing=True)
                 await refused(scope, receive, send)
                 return
             if version == "1.0" and any(n == b"transfer-encoding" for n, _ in scope["headers"]):
@@ -424,6 +425,10 @@ class Api:
                 scope = _origin_form(scope)
             refusal = self._refusal(scope)
             if refusal is not None:
+                # answered before the body is read: on a connection that closes after the
+                # answer, the body is read and dropped first (`_drain_if_closing`), or the
+                # close with it still coming is a reset that cuts the answer (review 40)
+                await _drain_if_closing(scope, receive)
                 await refusal(scope, receive, send)
                 return
         call = self.posts.get(scope["path"]) if scope["type"] == "http" else None
@@ -443,6 +448,9 @@ class Api:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
             return
+        if scope["type"] == "http":
+            # no route here reads a body (a 404, a 405, the GETs): as a refusal's above
+            await _drain_if_closing(scope, receive)
         await self.app(scope, receive, send)
 
     def _refusal(self, scope: Any) -> Response | None:
@@ -691,16 +699,21 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _drain_if_closing(scope: Any, receive: Any, read: int = 0) -> None:
+async def _drain_if_closing(
+    scope: Any, receive: Any, read: int = 0, *, closing: bool = False
+) -> None:
     """Read a refused body to its end (discarding it) when the connection closes after
-    the answer: HTTP/1.0, `Connection: close`. uvicorn closes such a connection as soon
-    as the answer is written, and a close with the body still arriving is a reset that
-    cuts a client writing it before it reads the 400. A keep-alive connection needs none
-    of this (uvicorn reads the rest of the body after the answer, to reach the next
+    the answer: HTTP/1.0, `Connection: close`, or an answer that closes it whatever the
+    request said (`closing`: a 505, the 503 past the connections' limit). uvicorn closes
+    such a connection as soon as the answer is written, and a close with the body still
+    arriving is a reset that cuts a client writing it before it reads the answer (the
+    400 of a body over 4 MiB; since review 40, rev40a, every answer given before the body
+    was read: a 401, 403, 404, 405, 421, 505, that 503). A keep-alive connection needs
+    none of this (uvicorn reads the rest of the body after the answer, to reach the next
     request), nor does a client waiting for `100 Continue` (it sends no body: reading
     would ask for it). Bounded by `DRAIN_MAX_BYTES` (`read` counts what was read) and
     `BODY_TIMEOUT_S`: past either, the answer goes out and the connection closes."""
-    closing = scope.get("http_version") == "1.0"
+    closing = closing or scope.get("http_version") == "1.0"
     for name, value in scope["headers"]:
         if name == b"expect" and value.strip().lower() == b"100-continue":
             return
@@ -1400,6 +1413,7 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     status, body = error_body(
         "UNAVAILABLE", "the agent has too many HTTP connections open: retry in a moment"
     )
+    await _drain_if_closing(scope, receive, closing=True)  # the answer closes: as a refusal
     await send(
         {
             "type": "http.response.start",

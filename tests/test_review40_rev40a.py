@@ -1,0 +1,187 @@
+"""Review 40, rev40a: an adversarial look at the HTTP door's session-39 changes (CONTRACT
+§12: an answer's 10 s without progress read from the kernel's send queue, the reset with a
+linger of 0, a stop resetting what its grace left unread, `Expect` on a bodiless request),
+with raw sockets against the real interface (`HttpServer`, what `tillpoint run` serves)
+and a real `tillpoint run` for the stop and the token.
+
+1. A refusal answered before a request's body was read, on a connection that closes after
+   the answer (`Connection: close`, HTTP/1.0: urllib, many POS scripts), was a reset for a
+   client still writing its body: the 401 of a wrong token, the 403 of a page's `Origin`,
+   404, 405, 421, 505 and the 503 of a connection past the 256. urllib posting a ~1 MB
+   receipt with an expired token got `URLError(BrokenPipeError)`, not the 401. The server
+   closed with the body's bytes unread, and the kernel answers those with a reset
+   (review 37 made the 400 of a body over 4 MiB read such a body first; these answers
+   did not). Now each reads and drops the body first, within the same bounds.
+2. An answer never read was reset after 20 s, not the 10 s CONTRACT §12 says: the answer's
+   time was looked at only every 10 s, and the client's kernel filling its receive buffer
+   in the first milliseconds after the answer's write paused counted as progress at the
+   first look, so the second look, 20 s on, reset it. A client stopping mid-answer could
+   be reset anywhere from 10 to 20 s after it stopped. Now the answer is looked at ten
+   times in its time, and the reset comes 10 s (to 11 s) after the kernel last took a
+   byte; a reader is never reset sooner than 10 s after it last read.
+3. Found right, pinned: a graceful stop of a real `tillpoint run` with a committed sale's
+   answer unread ends within its grace, the connection reset; the ledger holds the sale,
+   and a retry with the same receiptId after a restart answers the same document (the
+   bytes the POS did get are its start). A reader of pipelined answers that pauses just
+   under the answer's time between reads gets every answer whole. 256 slow readers at
+   once hold the 256 (the next gets the JSON 503), are all reset at their time, and 256
+   are served after. The 401 and 403 of a till listening beyond loopback, as a POS sees
+   them: status, the JSON error document, `WWW-Authenticate: Bearer`, the status and body
+   `/openapi.json` declares for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tillpoint.agent import http_api
+from tillpoint.agent.http_api import HttpServer
+from tillpoint.agent.service import Agent
+
+from .conftest import receipt
+from .test_review37_spec37c import answers_of
+
+TIMEOUT = 30.0
+TOKEN = "s3cret-token"
+AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+# A receipt of 4,000,000 bytes, within §12's 4 MiB (10,000 lines, then blanks, as JSON
+# allows): more than the kernel's buffers take while the server answers, so the client is
+# still writing it when the answer comes
+BIG_BODY = json.dumps(
+    receipt(lines=[{"sku": "4601234000017", "qty": "1", "priceMinor": 8990}] * 10_000)
+).encode()
+BIG_BODY += b" " * (4_000_000 - len(BIG_BODY))
+
+
+@pytest.fixture
+def guarded(agent: Agent) -> Iterator[HttpServer]:
+    """The interface with a token (as a till bound beyond loopback must have)."""
+    srv = HttpServer(agent, "127.0.0.1:0", token=TOKEN)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _post_all_then_read(port: int, head: bytes, body: bytes) -> tuple[str, bytes]:
+    """Send `head` and then `body` in pieces, as an HTTP client writes a large body, then
+    read to the end; (what the writes met, what came back)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        wrote = "whole"
+        try:
+            sock.sendall(head)
+            time.sleep(0.05)  # the head answered before the body's bytes come
+            for at in range(0, len(body), 65536):
+                sock.sendall(body[at : at + 65536])
+        except OSError as exc:
+            wrote = type(exc).__name__
+        got = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                got += chunk
+    return wrote, got
+
+
+CLOSING = b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(BIG_BODY)
+REFUSED = {
+    "401": (b"POST /v1/quote HTTP/1.1\r\nHost: till\r\n" + CLOSING, 401, "UNAUTHENTICATED"),
+    "401-http1.0": (
+        b"POST /v1/quote HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(BIG_BODY),
+        401,
+        "UNAUTHENTICATED",
+    ),
+    "403": (
+        b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nOrigin: http://shop.example\r\n"
+        + AUTH
+        + CLOSING,
+        403,
+        "PERMISSION_DENIED",
+    ),
+    "404": (b"POST /v1/quotes HTTP/1.1\r\nHost: till\r\n" + AUTH + CLOSING, 404, "NOT_FOUND"),
+    "405": (b"PUT /v1/quote HTTP/1.1\r\nHost: till\r\n" + AUTH + CLOSING, 405, None),
+    "421": (
+        b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nX-Tillpoint-Instance: other\r\n"
+        + AUTH
+        + CLOSING,
+        421,
+        "FAILED_PRECONDITION",
+    ),
+    "505": (
+        b"POST /v1/quote HTTP/2.0\r\nHost: till\r\n"
+        + AUTH
+        + b"Content-Length: %d\r\n\r\n" % len(BIG_BODY),
+        505,
+        "HTTP_VERSION_NOT_SUPPORTED",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_refusal_before_the_body_of_a_closing_request_is_read_not_reset(
+    guarded: HttpServer, case: str
+) -> None:
+    """CONTRACT §12: each of these is the JSON error with its status. On a connection that
+    closes after the answer, the refusal came before the client had written its 4 MB body
+    and the server closed with the body unread: the kernel reset the connection, and the
+    client's write failed (BrokenPipeError) before it could read the answer. Failing
+    first for every case: now the body is read and dropped first (the bounds of the 400
+    of a body over 4 MiB: 64 MiB, 10 s, a second without a byte)."""
+    head, status, code = REFUSED[case]
+    wrote, got = _post_all_then_read(guarded.port, head, BIG_BODY)
+    assert wrote == "whole", f"the body's write met {wrote}; answer {got[:120]!r}"
+    ((answered, headers, body),) = answers_of(got)
+    assert answered == status, got[:300]
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert set(error) == {"code", "message"}
+    if code is not None:
+        assert error["code"] == code
+
+
+def test_urllib_with_a_wrong_token_and_a_large_receipt_gets_the_401(guarded: HttpServer) -> None:
+    """What a POS script saw: urllib (HTTP/1.1, `Connection: close`) posting a 4 MB
+    receipt with an expired token got `URLError(BrokenPipeError(32, 'Broken pipe'))`, not
+    the 401 that says what is wrong. Failing first."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{guarded.port}/v1/quote",
+        data=BIG_BODY,
+        headers={"Authorization": "Bearer expired", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=TIMEOUT)
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"] == "Bearer"
+    assert json.loads(refused.value.read())["error"]["code"] == "UNAUTHENTICATED"
+
+
+def test_a_connection_past_the_256_with_a_body_gets_the_503_not_a_reset(
+    guarded: HttpServer,
+) -> None:
+    """CONTRACT §12: a connection accepted past the 256 gets the JSON 503 to its request
+    and closes (rev38d). A POST whose body was still coming (a large receipt) was reset
+    as above: the 503 closes the connection whatever the request said. Failing first."""
+    held = [socket.create_connection(("127.0.0.1", guarded.port), timeout=TIMEOUT) for _ in range(256)]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(guarded.serve.server.server_state.connections) < 256:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        head = b"POST /v1/quote HTTP/1.1\r\nHost: till\r\n" + AUTH
+        head += b"Content-Length: %d\r\n\r\n" % len(BIG_BODY)
+        wrote, got = _post_all_then_read(guarded.port, head, BIG_BODY)
+    finally:
+        for sock in held:
+            sock.close()
+    assert wrote == "whole", f"the body's write met {wrote}; answer {got[:120]!r}"
+    ((status, headers, body),) = answers_of(got)
+    assert (status, headers.get("connection")) == (503, "close"), got[:300]
+    assert json.loads(body)["error"]["code"] == "UNAVAILABLE"
