@@ -99,6 +99,9 @@ KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
 # socket's buffers are full) ends the connection: the write waited for ever, the
 # connection counted among `MAX_CONNECTIONS` (review 38)
 ANSWER_TIMEOUT_S = 10.0
+# ... looked at this many times in that time: the reset comes `ANSWER_TIMEOUT_S` to a tenth
+# more after the kernel last took a byte (review 40, rev40a: a look each 10 s reset 20 s on)
+ANSWER_LOOKS = 10
 MAX_CONNECTIONS = 256  # open at once; a connection accepted past them is answered 503
 GRACE_S = 5  # in-flight requests get this long at shutdown
 # A read's body up to this size is parsed, run and encoded on the event loop: no hop to the
@@ -1533,6 +1536,7 @@ class _Protocol(h11_impl.H11Protocol):
 
     _answer_timer: asyncio.TimerHandle | None = None
     _answer_left = 0  # the answer's bytes the kernel had not taken at the last look
+    _answer_moved = 0.0  # the loop's time of the look that last saw fewer (or the pause)
 
     def pause_writing(self) -> None:
         """The kernel did not take all of an answer: it has `ANSWER_TIMEOUT_S` to take
@@ -1545,7 +1549,10 @@ class _Protocol(h11_impl.H11Protocol):
         super().pause_writing()
         if self._answer_timer is None:
             self._answer_left = _unacknowledged(self.transport)
-            self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
+            self._answer_moved = self.loop.time()
+            self._answer_timer = self.loop.call_later(
+                ANSWER_TIMEOUT_S / ANSWER_LOOKS, self._answer_late
+            )
 
     def resume_writing(self) -> None:
         if self._answer_timer is not None:
@@ -1554,19 +1561,31 @@ class _Protocol(h11_impl.H11Protocol):
         super().resume_writing()
 
     def _answer_late(self) -> None:
-        """`ANSWER_TIMEOUT_S` since the last look: reset, unless the client took some of
-        the answer meanwhile (`_unacknowledged`). Until review 39 (rev39a) the time ran
-        until the kernel had taken every byte, so a POS on a slow link reading a
-        multi-MB answer (an `explain` of thousands of lines: ~4 MiB past what the kernel
-        buffers) steadily was reset mid-answer. (While writing is paused uvicorn adds
-        only a pipelined request's `100 Continue` or 400, a few bytes: they can hide as
-        much progress, never make it up.)"""
+        """A look at a paused answer, `ANSWER_LOOKS` times in `ANSWER_TIMEOUT_S`: reset
+        once no look has seen the client take some of the answer (`_unacknowledged`) for
+        `ANSWER_TIMEOUT_S`. Until review 39 (rev39a) the time ran until the kernel had
+        taken every byte, so a POS on a slow link reading a multi-MB answer (an `explain`
+        of thousands of lines: ~4 MiB past what the kernel buffers) steadily was reset
+        mid-answer. Until review 40 (rev40a) the look came once each `ANSWER_TIMEOUT_S`,
+        starting the time again from the look: a client that stopped reading just after
+        the pause (or whose kernel acknowledged its receive buffer's fill a few ms after
+        it: one that never read) was reset twice the time on. The time since a look saw
+        progress is never more than the time since the progress: no reader is reset
+        sooner than `ANSWER_TIMEOUT_S` after it last read. (While writing is paused
+        uvicorn adds only a pipelined request's `100 Continue` or 400, a few bytes: they
+        can hide as much progress, never make it up.)"""
         self._answer_timer = None
         left = _unacknowledged(self.transport)
-        if left < self._answer_left:  # progress: the time again
+        now = self.loop.time()
+        if left < self._answer_left:  # progress: the time again, from this look
             self._answer_left = left
-            if left:
-                self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
+            self._answer_moved = now
+            if not left:
+                return
+        quiet = now - self._answer_moved
+        if quiet < ANSWER_TIMEOUT_S - 0.001:  # a timer may run a hair early
+            step = min(ANSWER_TIMEOUT_S / ANSWER_LOOKS, ANSWER_TIMEOUT_S - quiet)
+            self._answer_timer = self.loop.call_later(step, self._answer_late)
             return
         # A reset: a close waits for the bytes no one reads, and an abort alone left the
         # kernel what it held (up to its ~4 MiB send queue), an orphan socket sending it
