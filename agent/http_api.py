@@ -716,9 +716,12 @@ async def _drain_if_closing(
     request), nor does a client waiting for `100 Continue` (it sends no body: reading
     would ask for it). Bounded by `DRAIN_MAX_BYTES` (`read` counts what was read) and
     `BODY_TIMEOUT_S`: past either, the answer goes out and the connection closes."""
-    closing = closing or scope.get("http_version") == "1.0"
+    old = scope.get("http_version") == "1.0"
+    closing = closing or old
     for name, value in scope["headers"]:
-        if name == b"expect" and value.strip().lower() == b"100-continue":
+        # RFC 9110 §10.1.1: HTTP/1.0's expectation is ignored (h11 sends it no `100
+        # Continue`), so its client sends the body anyway (review 40, rev40a)
+        if name == b"expect" and value.strip().lower() == b"100-continue" and not old:
             return
         if name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b",")):
             closing = True
@@ -1717,6 +1720,16 @@ class _Protocol(h11_impl.H11Protocol):
         super().on_response_complete()
         if self._half_closed and not self.transport.is_closing():
             self.transport.close()
+        elif (
+            self.conn.their_state is h11.IDLE
+            and self._head_timer is None
+            and len(self.conn._receive_buffer)
+            and not self.transport.is_closing()
+        ):
+            # Part of the next head came pipelined, while this call was under way (no head
+            # is timed then): its time runs from this answer. Until review 40 (rev40a)
+            # nothing armed it and the connection had keep-alive's 75 s, not the head's.
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
         elif self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
             # Answered before its body was read (over 4 MiB announced, a 401, a 405):
             # uvicorn reads the rest after the answer, to reach the next request, with no

@@ -99,6 +99,14 @@ REFUSED = {
         401,
         "UNAUTHENTICATED",
     ),
+    # RFC 9110 §10.1.1: an HTTP/1.0 request's `100-continue` is ignored (h11 sends no 100),
+    # so its client sends the body at once: it is read first as any 1.0 body is
+    "401-http1.0-expect": (
+        b"POST /v1/quote HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        % len(BIG_BODY),
+        401,
+        "UNAUTHENTICATED",
+    ),
     "403": (
         b"POST /v1/quote HTTP/1.1\r\nHost: till\r\nOrigin: http://shop.example\r\n"
         + AUTH
@@ -321,3 +329,45 @@ def test_a_reader_pausing_9_s_between_reads_gets_every_answer_whole_with_the_rea
     answers = answers_of(got)
     assert len(answers) == count
     assert {(status, len(body)) for status, _, body in answers} == {(200, size)}
+
+
+# ------------------------------------------- 3. CONTRACT §12: a head's 10 s, pipelined
+
+
+def test_a_partial_head_pipelined_behind_a_call_has_the_head_s_time_not_keep_alive_s(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CONTRACT §12: "a connection that has not sent a whole request head 10 s after
+    connecting or after its head's first byte is closed". A head's first bytes sent in
+    the same write as the call before it (pipelined) came while that call was under way,
+    when no head is timed; after the answer nothing armed the head's time and the
+    connection had the idle keep-alive's 75 s instead. Now the head's time runs from the
+    answer (the server's own time on the call before is not the client's to pay). Here
+    the head's time is 1 s and keep-alive's 20 s: closed after 20 s (failing first), now
+    after ~1 s; the bound allows a busy machine 7 s. A partial head alone, and one sent
+    after the answer, were closed at the head's time already (found right)."""
+    monkeypatch.setattr(http_api, "HEAD_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http_api, "KEEP_ALIVE_S", 20)
+    srv = HttpServer(agent, "127.0.0.1:0")
+    srv.start()
+    try:
+        for late in (False, True):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT) as sock:
+                call = b"GET /healthz HTTP/1.1\r\nHost: till\r\n\r\n"
+                part = b"GET /healthz HTTP/1.1\r\nHo"
+                sent = time.monotonic()
+                if late:
+                    sock.sendall(call)
+                    time.sleep(0.3)
+                    sent = time.monotonic()
+                    sock.sendall(part)
+                else:
+                    sock.sendall(call + part)
+                got = b""
+                while chunk := sock.recv(65536):
+                    got += chunk
+                took = time.monotonic() - sent
+            assert [status for status, _, _ in answers_of(got)] == [200]
+            assert took < 8.0, f"closed {took:.1f} s after the partial head (late: {late})"
+    finally:
+        srv.stop()
