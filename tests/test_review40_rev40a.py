@@ -695,3 +695,29 @@ def test_401_and_403_of_a_real_run_bound_beyond_loopback(tmp_path: Path) -> None
     finally:
         spec36f._stop(served)
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_stop_that_resets_unread_answers_logs_no_error_or_trace(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CONTRACT §12: "500 (a bug; the message says so and the log has the trace)". A stop
+    whose grace ended with a pipelined call's answer waiting behind one its POS had not
+    read logged, for each such connection, uvicorn's ERROR "Exception in ASGI
+    application" with a CancelledError's trace (the call's task cancelled while it waited
+    to write), and "Cancel N running task(s), timeout graceful shutdown exceeded" as an
+    ERROR too: a stop that did what the contract says read as a crash in the till's log.
+    Now one WARNING says what was done (no trace). Failing first."""
+    import logging
+
+    monkeypatch.setattr(http_api, "GRACE_S", 1)
+    with _timed(agent, monkeypatch, 10.0) as (srv, size):
+        connections = srv.serve.server.server_state.connections
+        with _pipelined(srv, 5_000_000 // size + 1) as sock:
+            assert _until(lambda: any(c.flow.write_paused for c in list(connections)), TIMEOUT)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+                srv.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [(r.levelname, r.getMessage()) for r in errors]
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("reset" in words for words in said), said
