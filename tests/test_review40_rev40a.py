@@ -712,7 +712,7 @@ def test_a_stop_that_resets_unread_answers_logs_no_error_or_trace(
     monkeypatch.setattr(http_api, "GRACE_S", 1)
     with _timed(agent, monkeypatch, 10.0) as (srv, size):
         connections = srv.serve.server.server_state.connections
-        with _pipelined(srv, 5_000_000 // size + 1) as sock:
+        with _pipelined(srv, 5_000_000 // size + 1):
             assert _until(lambda: any(c.flow.write_paused for c in list(connections)), TIMEOUT)
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="uvicorn.error"):
