@@ -721,3 +721,72 @@ def test_a_stop_that_resets_unread_answers_logs_no_error_or_trace(
     assert not errors, [(r.levelname, r.getMessage()) for r in errors]
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("reset" in words for words in said), said
+
+
+@pytest.mark.slow  # two starts of a real `tillpoint run`: ~8 s
+def test_a_full_ledger_s_503_as_a_black_box_pos_meets_it(tmp_path: Path) -> None:
+    """CONTRACT §12 (503, §10's storage faults), what spec39a's POS left: a real `tillpoint
+    run` whose ledger cannot grow (its process's file size limit, `LimitFSIZE=`: the
+    ledger's WAL reaches it as a full disk would stop it). The sale that does not fit is
+    the JSON 503 `UNAVAILABLE` `/openapi.json` declares for /v1/checkout, saying nothing
+    was stored and why; the POS's retry with the same receiptId is the same 503 (nothing
+    half-stored); a quote still prices; `/healthz` stays 200 and adds `storageError`; the
+    till started again without the limit stores the retried sale (200) and the sign
+    clears. Found right. (In-process, every call's 503 of a ledger that cannot grow:
+    tests/test_review36_doc36.py, which CI runs.)"""
+    import resource
+    import subprocess
+
+    from tillpoint.agent.http_api import openapi
+
+    from . import test_review36_spec36f as spec36f
+
+    popen = subprocess.Popen
+
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        kwargs["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+        return popen(*args, **kwargs)
+
+    where = tmp_path / "till"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spec36f.subprocess, "Popen", limited)
+        served = spec36f._start(where)
+
+    def ask(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body))
+            answer = conn.getresponse()
+            assert answer.headers["Content-Type"] == "application/json"
+            return answer.status, json.loads(answer.read())
+        finally:
+            conn.close()
+
+    lines = [{"sku": "4601234000017", "qty": "2", "priceMinor": 8990}] * 20
+    try:
+        for n in range(400):
+            sale = receipt(f"full-{n}", lines=lines)
+            status, refused = ask(served.http, "POST", "/v1/checkout", sale)
+            if status != 200:
+                break
+        assert status == 503, refused
+        assert set(refused) == {"error"} and set(refused["error"]) == {"code", "message"}
+        assert refused["error"]["code"] == "UNAVAILABLE"
+        assert "nothing was stored" in refused["error"]["message"], refused
+        assert "file size limit" in refused["error"]["message"], refused
+        assert "503" in openapi()["paths"]["/v1/checkout"]["post"]["responses"]
+        assert ask(served.http, "POST", "/v1/checkout", sale) == (503, refused)
+        assert ask(served.http, "POST", "/v1/quote", sale)[0] == 200
+        health, said = ask(served.http, "GET", "/healthz")
+        assert health == 200 and said["storageError"] == refused["error"]["message"]
+    finally:
+        spec36f._stop(served)
+    assert _stored(served.data, sale["receiptId"]) == 0
+    again = spec36f._start(where, load=False)
+    try:
+        status, sold = ask(again.http, "POST", "/v1/checkout", sale)
+        health, said = ask(again.http, "GET", "/healthz")
+    finally:
+        spec36f._stop(again)
+    assert status == 200 and sold["receiptId"] == sale["receiptId"], sold
+    assert health == 200 and "storageError" not in said, said
