@@ -741,6 +741,14 @@ async def _drain_if_closing(
                 return
     except TimeoutError:
         return
+    except asyncio.CancelledError:
+        # The stop's grace ended (uvicorn cancels what still runs then): the read ends and
+        # the answer goes out as it is. Raised on, it became uvicorn's plain-text 500
+        # "Internal Server Error" in place of a 401 (review 40, rev40a).
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return
 
 
 # ---------------------------------------------------------------- OpenAPI from the protos

@@ -36,6 +36,7 @@ import contextlib
 import http.client
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -790,3 +791,45 @@ def test_a_full_ledger_s_503_as_a_black_box_pos_meets_it(tmp_path: Path) -> None
         spec36f._stop(again)
     assert status == 200 and sold["receiptId"] == sale["receiptId"], sold
     assert health == 200 and "storageError" not in said, said
+
+
+def test_a_stop_while_a_refused_body_is_read_answers_the_refusal(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """... and a stop whose grace (here 1 s) ends while such a body is still being read
+    (a client sending it a byte each 0.3 s, its 10 s not over) answers the refusal as it
+    is, the JSON 401, not uvicorn's plain-text 500 "Internal Server Error" of a cancelled
+    call: the read ends and the answer goes out. Failed with the reading above as first
+    written (the cancel raised through it); the 400 of a body over 4 MiB, read so since
+    2026-12-03, answered that cancel with the stop's 503."""
+    monkeypatch.setattr(http_api, "GRACE_S", 1)
+    guarded = HttpServer(agent, "127.0.0.1:0", token=TOKEN)
+    guarded.start()
+    stopping = threading.Thread(target=guarded.stop)
+    try:
+        with socket.create_connection(("127.0.0.1", guarded.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"POST /v1/quote HTTP/1.1\r\nHost: till\r\n" + CLOSING)
+            sock.settimeout(0.3)
+            got = b""
+            for _ in range(3):  # trickled: the refusal waits for the body
+                sock.sendall(b" ")
+                with contextlib.suppress(TimeoutError):
+                    got += sock.recv(65536)
+            assert got == b"", got[:200]
+            stopping.start()
+            with contextlib.suppress(OSError):
+                while stopping.is_alive():
+                    sock.sendall(b" ")
+                    time.sleep(0.3)
+            sock.settimeout(TIMEOUT)
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(65536):
+                    got += chunk
+    finally:
+        if stopping.ident is None:
+            guarded.stop()
+        stopping.join(TIMEOUT)
+    assert got.startswith(b"HTTP/1.1 401 "), got[:300]
+    ((_, headers, body),) = answers_of(got)
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
