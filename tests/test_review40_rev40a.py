@@ -833,3 +833,34 @@ def test_a_stop_while_a_refused_body_is_read_answers_the_refusal(
     ((_, headers, body),) = answers_of(got)
     assert headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize(
+    "close",
+    [
+        b"Connection: close",
+        b"Connection: Keep-Alive, Close",
+        b"Connection: keep-alive\r\nConnection: CLOSE",
+    ],
+    ids=["close", "list", "two-fields"],
+)
+def test_a_sale_pipelined_after_a_closing_request_is_not_run(
+    server: HttpServer, agent: Agent, close: bytes
+) -> None:
+    """CONTRACT §12 (`Connection: close` mixes): a Checkout sent pipelined after a request
+    that said `Connection: close` (however it said it: in a list, in a second field, in
+    capitals) is not run: the first is answered with `Connection: close` and the
+    connection ends; the second sale is not stored (its POS, seeing the close, sends it
+    again on a new connection). Found right."""
+    from .test_review37_spec37c import exchange
+
+    first = json.dumps(receipt("mix-1")).encode()
+    second = json.dumps(receipt("mix-2")).encode()
+    head = b"POST /v1/checkout HTTP/1.1\r\nHost: till\r\nContent-Length: %d\r\n"
+    got = exchange(
+        server.port,
+        head % len(first) + close + b"\r\n\r\n" + first + head % len(second) + b"\r\n" + second,
+    )
+    assert [(s, h.get("connection")) for s, h, _ in answers_of(got)] == [(200, "close")]
+    assert _stored(agent.data_dir, "mix-1") == 1
+    assert _stored(agent.data_dir, "mix-2") == 0
