@@ -99,6 +99,9 @@ KEEP_ALIVE_S = 75  # idle keep-alive connections are closed after this
 # socket's buffers are full) ends the connection: the write waited for ever, the
 # connection counted among `MAX_CONNECTIONS` (review 38)
 ANSWER_TIMEOUT_S = 10.0
+# ... looked at this many times in that time: the reset comes `ANSWER_TIMEOUT_S` to a tenth
+# more after the kernel last took a byte (review 40, rev40a: a look each 10 s reset 20 s on)
+ANSWER_LOOKS = 10
 MAX_CONNECTIONS = 256  # open at once; a connection accepted past them is answered 503
 GRACE_S = 5  # in-flight requests get this long at shutdown
 # A read's body up to this size is parsed, run and encoded on the event loop: no hop to the
@@ -394,6 +397,7 @@ class Api:
                     f"HTTP/{shorten(version, 10)} is not supported: send HTTP/1.1",
                     {"Connection": "close"},
                 )
+                await _drain_if_closing(scope, receive, closing=True)
                 await refused(scope, receive, send)
                 return
             if version == "1.0" and any(n == b"transfer-encoding" for n, _ in scope["headers"]):
@@ -424,6 +428,10 @@ class Api:
                 scope = _origin_form(scope)
             refusal = self._refusal(scope)
             if refusal is not None:
+                # answered before the body is read: on a connection that closes after the
+                # answer, the body is read and dropped first (`_drain_if_closing`), or the
+                # close with it still coming is a reset that cuts the answer (review 40)
+                await _drain_if_closing(scope, receive)
                 await refusal(scope, receive, send)
                 return
         call = self.posts.get(scope["path"]) if scope["type"] == "http" else None
@@ -443,6 +451,9 @@ class Api:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
             return
+        if scope["type"] == "http":
+            # no route here reads a body (a 404, a 405, the GETs): as a refusal's above
+            await _drain_if_closing(scope, receive)
         await self.app(scope, receive, send)
 
     def _refusal(self, scope: Any) -> Response | None:
@@ -691,18 +702,26 @@ async def _read_body(scope: Any, receive: Any) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _drain_if_closing(scope: Any, receive: Any, read: int = 0) -> None:
+async def _drain_if_closing(
+    scope: Any, receive: Any, read: int = 0, *, closing: bool = False
+) -> None:
     """Read a refused body to its end (discarding it) when the connection closes after
-    the answer: HTTP/1.0, `Connection: close`. uvicorn closes such a connection as soon
-    as the answer is written, and a close with the body still arriving is a reset that
-    cuts a client writing it before it reads the 400. A keep-alive connection needs none
-    of this (uvicorn reads the rest of the body after the answer, to reach the next
+    the answer: HTTP/1.0, `Connection: close`, or an answer that closes it whatever the
+    request said (`closing`: a 505, the 503 past the connections' limit). uvicorn closes
+    such a connection as soon as the answer is written, and a close with the body still
+    arriving is a reset that cuts a client writing it before it reads the answer (the
+    400 of a body over 4 MiB; since review 40, rev40a, every answer given before the body
+    was read: a 401, 403, 404, 405, 421, 505, that 503). A keep-alive connection needs
+    none of this (uvicorn reads the rest of the body after the answer, to reach the next
     request), nor does a client waiting for `100 Continue` (it sends no body: reading
     would ask for it). Bounded by `DRAIN_MAX_BYTES` (`read` counts what was read) and
     `BODY_TIMEOUT_S`: past either, the answer goes out and the connection closes."""
-    closing = scope.get("http_version") == "1.0"
+    old = scope.get("http_version") == "1.0"
+    closing = closing or old
     for name, value in scope["headers"]:
-        if name == b"expect" and value.strip().lower() == b"100-continue":
+        # RFC 9110 §10.1.1: HTTP/1.0's expectation is ignored (h11 sends it no `100
+        # Continue`), so its client sends the body anyway (review 40, rev40a)
+        if name == b"expect" and value.strip().lower() == b"100-continue" and not old:
             return
         if name == b"connection" and b"close" in (t.strip() for t in value.lower().split(b",")):
             closing = True
@@ -721,6 +740,14 @@ async def _drain_if_closing(scope: Any, receive: Any, read: int = 0) -> None:
             if not message.get("more_body", False):
                 return
     except TimeoutError:
+        return
+    except asyncio.CancelledError:
+        # The stop's grace ended (uvicorn cancels what still runs then): the read ends and
+        # the answer goes out as it is. Raised on, it became uvicorn's plain-text 500
+        # "Internal Server Error" in place of a 401 (review 40, rev40a).
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
         return
 
 
@@ -1400,6 +1427,7 @@ async def _too_many_connections(scope: Any, receive: Any, send: Any) -> None:
     status, body = error_body(
         "UNAVAILABLE", "the agent has too many HTTP connections open: retry in a moment"
     )
+    await _drain_if_closing(scope, receive, closing=True)  # the answer closes: as a refusal
     await send(
         {
             "type": "http.response.start",
@@ -1519,6 +1547,7 @@ class _Protocol(h11_impl.H11Protocol):
 
     _answer_timer: asyncio.TimerHandle | None = None
     _answer_left = 0  # the answer's bytes the kernel had not taken at the last look
+    _answer_moved = 0.0  # the loop's time of the look that last saw fewer (or the pause)
 
     def pause_writing(self) -> None:
         """The kernel did not take all of an answer: it has `ANSWER_TIMEOUT_S` to take
@@ -1531,7 +1560,10 @@ class _Protocol(h11_impl.H11Protocol):
         super().pause_writing()
         if self._answer_timer is None:
             self._answer_left = _unacknowledged(self.transport)
-            self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
+            self._answer_moved = self.loop.time()
+            self._answer_timer = self.loop.call_later(
+                ANSWER_TIMEOUT_S / ANSWER_LOOKS, self._answer_late
+            )
 
     def resume_writing(self) -> None:
         if self._answer_timer is not None:
@@ -1540,19 +1572,31 @@ class _Protocol(h11_impl.H11Protocol):
         super().resume_writing()
 
     def _answer_late(self) -> None:
-        """`ANSWER_TIMEOUT_S` since the last look: reset, unless the client took some of
-        the answer meanwhile (`_unacknowledged`). Until review 39 (rev39a) the time ran
-        until the kernel had taken every byte, so a POS on a slow link reading a
-        multi-MB answer (an `explain` of thousands of lines: ~4 MiB past what the kernel
-        buffers) steadily was reset mid-answer. (While writing is paused uvicorn adds
-        only a pipelined request's `100 Continue` or 400, a few bytes: they can hide as
-        much progress, never make it up.)"""
+        """A look at a paused answer, `ANSWER_LOOKS` times in `ANSWER_TIMEOUT_S`: reset
+        once no look has seen the client take some of the answer (`_unacknowledged`) for
+        `ANSWER_TIMEOUT_S`. Until review 39 (rev39a) the time ran until the kernel had
+        taken every byte, so a POS on a slow link reading a multi-MB answer (an `explain`
+        of thousands of lines: ~4 MiB past what the kernel buffers) steadily was reset
+        mid-answer. Until review 40 (rev40a) the look came once each `ANSWER_TIMEOUT_S`,
+        starting the time again from the look: a client that stopped reading just after
+        the pause (or whose kernel acknowledged its receive buffer's fill a few ms after
+        it: one that never read) was reset twice the time on. The time since a look saw
+        progress is never more than the time since the progress: no reader is reset
+        sooner than `ANSWER_TIMEOUT_S` after it last read. (While writing is paused
+        uvicorn adds only a pipelined request's `100 Continue` or 400, a few bytes: they
+        can hide as much progress, never make it up.)"""
         self._answer_timer = None
         left = _unacknowledged(self.transport)
-        if left < self._answer_left:  # progress: the time again
+        now = self.loop.time()
+        if left < self._answer_left:  # progress: the time again, from this look
             self._answer_left = left
-            if left:
-                self._answer_timer = self.loop.call_later(ANSWER_TIMEOUT_S, self._answer_late)
+            self._answer_moved = now
+            if not left:
+                return
+        quiet = now - self._answer_moved
+        if quiet < ANSWER_TIMEOUT_S - 0.001:  # a timer may run a hair early
+            step = min(ANSWER_TIMEOUT_S / ANSWER_LOOKS, ANSWER_TIMEOUT_S - quiet)
+            self._answer_timer = self.loop.call_later(step, self._answer_late)
             return
         # A reset: a close waits for the bytes no one reads, and an abort alone left the
         # kernel what it held (up to its ~4 MiB send queue), an orphan socket sending it
@@ -1684,6 +1728,16 @@ class _Protocol(h11_impl.H11Protocol):
         super().on_response_complete()
         if self._half_closed and not self.transport.is_closing():
             self.transport.close()
+        elif (
+            self.conn.their_state is h11.IDLE
+            and self._head_timer is None
+            and len(self.conn._receive_buffer)
+            and not self.transport.is_closing()
+        ):
+            # Part of the next head came pipelined, while this call was under way (no head
+            # is timed then): its time runs from this answer. Until review 40 (rev40a)
+            # nothing armed it and the connection had keep-alive's 75 s, not the head's.
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
         elif self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
             # Answered before its body was read (over 4 MiB announced, a 401, a 405):
             # uvicorn reads the rest after the answer, to reach the next request, with no
@@ -1734,6 +1788,30 @@ class _Protocol(h11_impl.H11Protocol):
         self.transport.close()
 
 
+class _StopWords(logging.Filter):
+    """uvicorn's words at a stop whose grace ran out, as what they are. A call waiting to
+    write its answer behind one its client has not read (pipelined) is cancelled at the
+    grace's end, and uvicorn logged that as an ERROR "Exception in ASGI application" with
+    the CancelledError's trace, for each such connection, and the cancel itself ("Cancel
+    N running task(s), timeout graceful shutdown exceeded") as an ERROR too: a stop doing
+    what docs/CONTRACT.md §12 says read as a crash in the till's log, where a trace means
+    a bug (review 40, rev40a). The first is dropped (`_Server.shutdown` says the reset in
+    one warning), the second is a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and str(record.msg).startswith(
+            "Exception in ASGI application"
+        ):
+            return False
+        if str(record.msg).startswith("Cancel %s running task(s)"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_StopWords())
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, whose stop ends with a reset what its grace left open."""
 
@@ -1755,6 +1833,11 @@ class _Server(uvicorn.Server):
         for connection in left:
             connection.reset()
         if left:
+            log.warning(
+                "stopping: %d HTTP connection(s) whose answer the client had not taken"
+                " when the grace ended are reset",
+                len(left),
+            )
             await asyncio.sleep(0)  # the aborts' closes, queued on the loop, run
 
 
