@@ -107,6 +107,16 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def _unwritten(what: str, path: Path, exc: OSError, remove: Path) -> StorageError:
+    """A snapshot's file the machine refused, named with why; `remove` is taken away so
+    the next build has the room and finds no half of a snapshot."""
+    from tillpoint.agent.db import no_space_hint
+
+    hint = no_space_hint(path, exc)
+    remove.unlink(missing_ok=True)
+    return StorageError(f"{what} {path} could not be written: {exc.strerror or exc}{hint}")
+
+
 @dataclass(frozen=True)
 class HubConfig:
     chunk_size: int = MAX_CHUNK  # bytes per SnapshotChunk (at most 1 MiB)
@@ -500,13 +510,7 @@ class SnapshotBuilder:
         except OSError as exc:
             # the file and why (a file size limit, a full disk): "[Errno 27] File too
             # large" alone named neither (review 40, rev40c)
-            from tillpoint.agent.db import no_space_hint
-
-            hint = no_space_hint(tmp, exc)
-            tmp.unlink(missing_ok=True)
-            raise StorageError(
-                f"the snapshot file {tmp} could not be written: {exc.strerror or exc}{hint}"
-            ) from None
+            raise _unwritten("the snapshot file", tmp, exc, tmp) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -528,13 +532,7 @@ class SnapshotBuilder:
             # a disk the snapshot's last page filled: a bare "[Errno 28] No space left on
             # device" (`hub export`: "internal error"), the `.snap` kept without its
             # record, the room a retry needs taken (review 40, rev40e)
-            from tillpoint.agent.db import no_space_hint
-
-            hint = no_space_hint(record, exc)
-            final.unlink(missing_ok=True)
-            raise StorageError(
-                f"the snapshot's record {record} could not be written: {exc.strerror or exc}{hint}"
-            ) from None
+            raise _unwritten("the snapshot's record", record, exc, final) from None
         return snap
 
     def _prune(self) -> None:
