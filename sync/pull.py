@@ -47,6 +47,7 @@ from tillpoint.agent.db import open_cache
 from tillpoint.agent.errors import (
     InputError,
     SnapshotCorrupted,
+    SnapshotRefused,
     StorageError,
     TillpointError,
     UnreadableFile,
@@ -620,21 +621,43 @@ class Puller:
             seen = json.loads(raw)
         except ValueError:
             return None
+        if seen.get("version") != chunk.version or seen.get("sha256") != chunk.sha256.hex():
+            return None
         if signature != base64.b64encode(chunk.signature).decode():
             # The same payload under another signature (the hub's own key put back after
             # a wrong one signed it) is checked afresh: until review 40 (spec40b) a bundle
             # refused for its signature was refused from memory when the hub served it
             # signed right, until the hub published another version. None recorded (a
-            # refusal an older release remembered) is checked once more too.
+            # refusal an older release remembered) is checked afresh too. The signature
+            # covers the manifest (size and SHA-256, both in this header), so it is
+            # checked here first: one that does not verify would be refused after the
+            # download too, so nothing is downloaded (review 40, rev40f: a hub serving
+            # the payload under a new bad signature at each poll, a broken signer or a
+            # key made anew at each start, had the till download it at every poll).
+            return self._header_signature_refusal(chunk)
+        reason = str(seen.get("reason", "refused before"))
+        if EXPIRED_WORDS in reason and self._still_valid(chunk.expires_at):
+            # expired by the clock of that pull, not by this one: a clock that ran days
+            # ahead and was set right refused the hub's bundle from memory until the hub
+            # published another
             return None
-        if seen.get("version") == chunk.version and seen.get("sha256") == chunk.sha256.hex():
-            reason = str(seen.get("reason", "refused before"))
-            if EXPIRED_WORDS in reason and self._still_valid(chunk.expires_at):
-                # expired by the clock of that pull, not by this one: a clock that ran
-                # days ahead and was set right refused the hub's bundle from memory
-                # until the hub published another
-                return None
-            return reason
+        return reason
+
+    def _header_signature_refusal(self, chunk: pb.SnapshotChunk) -> str | None:
+        """Why a header's signature cannot be the hub's over the size and SHA-256 it
+        declares (the payload, if it matched them, would fail the same check, and if it
+        did not, would be refused as corrupted); None: it verifies, download it."""
+        try:
+            signing.check_manifest_signature(
+                self.enrollment.snapshot_public_key(),
+                chunk.signature,
+                chunk.total_size,
+                chunk.sha256,
+            )
+        except SnapshotRefused as exc:
+            return str(exc)
+        except (OSError, ValueError):
+            return None  # no key to check with, a malformed header: the download decides
         return None
 
     def _still_valid(self, expires_at: str) -> bool:

@@ -247,6 +247,16 @@ def _check_sha256(digest: bytes, declared: bytes | None) -> None:
         raise SnapshotCorrupted("snapshot refused: its checksum does not match (corrupted)")
 
 
+def check_manifest_signature(
+    public_key: ed25519.Ed25519PublicKey, signature: bytes, size: int, sha256: bytes
+) -> None:
+    """A header's signature over the manifest of the size and SHA-256 it declares, before
+    any payload is downloaded (a pull checks a bundle it refused before this way when the
+    hub serves it under another signature): SnapshotRefused in `_check_signature`'s words;
+    ValueError for a size or digest no manifest can hold."""
+    _check_signature(public_key, signature, size, sha256)  # `manifest` raises ValueError
+
+
 def _check_signature(
     public_key: ed25519.Ed25519PublicKey, signature: bytes, size: int, digest: bytes
 ) -> None:
