@@ -245,12 +245,19 @@ def _held_with_nothing_at_the_hub(hub: LoopbackHub, till: Any, rid: str) -> None
 def test_a_shrink_the_hub_always_answers_nothing_to_ends_after_the_late_grant_s_time(
     hub: LoopbackHub, tmp_path: Path, shrinks: list[str]
 ) -> None:
+    """`/metrics` says it is owed (`tillpoint_hub_calls_owed`) while it is."""
+    from tillpoint.agent.metrics import Registry
+    from tillpoint.agent.server import register_gauges
+
     clock = ManualClock(datetime.now(UTC))
     a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
+    registry = Registry()
+    register_gauges(registry, a.agent)
     try:
         _held_with_nothing_at_the_hub(hub, a, "s-1")
         assert shrinks == ["s-1"]  # sent in the Hold's call: nothing there
         assert a.agent.hub_calls_owed()["shrink"] == 1
+        assert 'tillpoint_hub_calls_owed{call="shrink"} 1' in registry.render()
         for _ in range(3):  # the hold timer's rounds within the 60 s
             clock.advance(15)
             a.agent.retry_hub_releases()
