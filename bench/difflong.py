@@ -355,6 +355,24 @@ _CACHES: list[Any] = []
 _CACHES_OF: frozenset[str] = frozenset()
 
 
+def grpc_client(port: int) -> Any:
+    """The comparison's gRPC client of `run` on `port`: one attempt a call (each answer
+    compared as given), 10 s each. Its channel waits up to 10 s for the server's HTTP/2
+    handshake: the shipped client's options (`agent.client.CHANNEL_OPTIONS`) give a
+    connection attempt max(100 ms, its backoff), and on a loaded machine `run`'s first
+    SETTINGS frame came later ("timed out before receiving SETTINGS frame", UNAVAILABLE at
+    once whatever the call's timeout; review 40, flake40b)."""
+    import grpc
+    from tillpoint.agent.client import CHANNEL_OPTIONS, PosAgentClient
+
+    options = dict(CHANNEL_OPTIONS) | {"grpc.min_reconnect_backoff_ms": 10_000}
+    address = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(address, tuple(options.items()))
+    client = PosAgentClient(address, timeout=10, attempts=1, channel=channel)
+    client._own_channel = True  # its close() closes this channel too
+    return client
+
+
 def clear_module_caches() -> None:
     """What a new process would not have: the module-level caches of the harness process
     (the agent's are all made when their module is imported: decorators at module level)."""
@@ -414,9 +432,7 @@ class LongLived:
         self.http_port = int(info["port"])
         self.instance = info.get("instance") or info.get("instanceId")
         self.conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=40)
-        from tillpoint.agent.client import PosAgentClient
-
-        self.grpc = PosAgentClient(f"127.0.0.1:{self.grpc_port}", timeout=10, attempts=1)
+        self.grpc = grpc_client(self.grpc_port)
 
     def config(self, extra_config: str) -> str:
         """The till's settings file: its identity, its data, gRPC on `grpc_port`, HTTP on a
@@ -764,8 +780,6 @@ class Sequence:
         each answer is the fresh agent's before the delta or after it."""
         import threading
 
-        from tillpoint.agent.client import PosAgentClient
-
         bodies = []
         for _ in range(8):
             rid = (
@@ -814,7 +828,7 @@ class Sequence:
             via = "grpc" if k % 2 else "http"
             ll = self.ll
             conn = http.client.HTTPConnection("127.0.0.1", ll.http_port, timeout=40)
-            g = PosAgentClient(f"127.0.0.1:{ll.grpc_port}", timeout=10, attempts=1)
+            g = grpc_client(ll.grpc_port)
             try:
                 for b in bodies[k::2] + bodies[k::2]:
                     if via == "http":

@@ -77,6 +77,11 @@ step = st.one_of(
 
 
 # Random histories: 15 examples a test (200 pass too, about 90 s on a busy machine).
+# Each example is honest work (an Agent's SQLite files, a hub store, a published snapshot
+# loaded, every step checked at the hub and the till): 12-15 s a test on an idle machine,
+# 117-150 s on 2 heavily loaded cores (flake40's run), so each such test has a timeout
+# of its own, above pytest's 120 s (review 40, flake40b).
+AGREE_TIMEOUT = pytest.mark.timeout(600)
 HISTORIES = settings(
     max_examples=15,
     deadline=None,
@@ -87,6 +92,7 @@ HISTORIES = settings(
 EXPIRING = st.lists(st.tuples(st.integers(1, 300), st.integers(1, 24 * 20)), min_size=0, max_size=3)
 
 
+@AGREE_TIMEOUT
 @HISTORIES
 @given(
     rest=st.integers(0, 300),
@@ -120,6 +126,7 @@ DST_STARTS = [
 ]
 
 
+@AGREE_TIMEOUT
 @settings(
     max_examples=10,
     deadline=None,
@@ -141,6 +148,7 @@ def test_the_hub_and_the_till_agree_across_clock_changes(
     _play(0, [], lifetime, delay, plan, start, "Europe/Berlin")
 
 
+@AGREE_TIMEOUT
 @HISTORIES
 @given(
     rest=st.integers(0, 300),

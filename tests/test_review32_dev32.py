@@ -429,17 +429,28 @@ def test_a_display_that_stops_reading_is_reported_and_shows_the_current_message_
     display = CustomerDisplay(config, port_factory=line.factory)
     display.start()
     try:
+        showing = 0.0  # the shows' own time, the sleeps between them left out
         for n in range(100):
             started = time.monotonic()
             display.show([f"Итого: {n},00", ""])
-            assert time.monotonic() - started < 0.5
+            showing += time.monotonic() - started
             time.sleep(0.005)
+        # returned at once: a show that waited for its write would wait the 0.5 s write
+        # timeout for each the full line refuses (the 4 KB line holds some eighty: twenty,
+        # 10 s); a bound on all hundred, not on each (one show descheduled 0.5 s on a
+        # loaded machine is no fault: review 40, flake40b)
+        assert showing < 5.0, showing
         # OFFLINE with the reason (never OK meanwhile: it took nothing, review 32, rev32b)
         assert _until(
             lambda: (s := display.status())["state"] == "OFFLINE" and s["last_error"], 10
         ), display.status()
         assert "loop://" in str(display.status()["last_error"])
+        # read until the current total has come (the driver writes it once the line is
+        # free and its reconnect is due: on a loaded machine, after a quiet 0.5 s)
         got = line.take()
+        deadline = time.monotonic() + 15
+        while _totals(got)[-1:] != [99] and time.monotonic() < deadline:
+            got += line.take()
         shown = _totals(got)
         assert shown and shown[-1] == 99
         # at most the few messages the line held when it stopped, then the current one

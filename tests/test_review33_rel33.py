@@ -16,11 +16,12 @@ before it runs, as a hub whose store is busy does.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tillpoint.agent.errors import HubUnavailable
 from tillpoint.sync.loopback import LoopbackHub, receipt
 
 from .conftest import ManualClock, enrolled_till
@@ -38,6 +39,16 @@ from .test_review33_hold33 import (
 from .test_review33_rev33b import Stall, stalled_hub_call
 
 __all__ = ["chains", "old_release"]  # the fixtures, shared with rev32d
+
+
+# a set-up's ONLINE hold waits this long for the hub (review 40, flake40b)
+SURE_S = 3.0
+
+
+def tried_until(call: Callable[[], bool], tries: int = 20) -> bool:
+    """Whether `call` says True at one of `tries` tries (a short deadline missed on a
+    loaded machine is tried again; a refusal by rule is refused at every try)."""
+    return any(call() for _ in range(tries))
 
 
 @pytest.fixture
@@ -67,6 +78,9 @@ def test_a_release_the_till_gave_up_on_never_drops_the_next_hold_of_the_receipt(
     clock = ManualClock(datetime.now(UTC))
     a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
     b = enrolled_till(hub, tmp_path / "b", "b")
+    # ONLINE for sure (review 40, flake40b): the shipped 300 ms was missed on a loaded
+    # machine (PostgreSQL); the stalled release still times out at the till (3.1 s)
+    a.authoriser.timeout_s = b.authoriser.timeout_s = SURE_S
     try:
         first = a.agent.hold(a_receipt("rel-r", at=clock()))
         assert (first.state, first.mode, first.redeemed_points) == ("HELD", "ONLINE", 1200)
@@ -121,7 +135,16 @@ def test_a_till_with_a_short_hub_deadline_still_releases(hub: LoopbackHub, tmp_p
         now = datetime.now(UTC)
         hub.store.authorise(a.authoriser.device_id, "r-f", "c-1", 1000, now, [], now, 600)
         a.authoriser.timeout_s = 0.08
-        assert a.authoriser.release("r-f") is True
+
+        # a loaded machine may miss even 180 ms: the fault (a call refused for its
+        # deadline under the margin) refuses every try (review 40, flake40b)
+        def released() -> bool:
+            try:
+                return a.authoriser.release("r-f") or held_at_hub(hub) == 0
+            except HubUnavailable:  # 180 ms missed: again (a late answer's effect counts)
+                return held_at_hub(hub) == 0
+
+        assert tried_until(released), "refused at every try"
         assert held_at_hub(hub) == 0
     finally:
         a.stop()
@@ -152,10 +175,19 @@ def test_a_release_of_a_till_before_is_guarded_without_the_margin(
             )
         assert refused.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert held_at_hub(hub) == 1000
-        old = stub.ReleaseRedemption(
-            pb.ReleaseRedemptionRequest(device_id=device, receipt_id="r-o"), timeout=0.08
-        )
-        assert old.released is True
+
+        def released_bare() -> bool:
+            try:
+                old = stub.ReleaseRedemption(
+                    pb.ReleaseRedemptionRequest(device_id=device, receipt_id="r-o"), timeout=0.08
+                )
+            except grpc.RpcError as exc:  # 80 ms missed on a loaded machine: again
+                assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+                return held_at_hub(hub) == 0  # (a late answer's effect counts)
+            return bool(old.released)
+
+        # the fault (the margin asked of a call without it) refuses every try
+        assert tried_until(released_bare), "refused at every try"
         assert held_at_hub(hub) == 0
     finally:
         a.stop()
