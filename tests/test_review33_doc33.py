@@ -186,7 +186,7 @@ def test_the_error_hierarchy_drawn_in_errors_py_is_every_class_with_its_codes() 
 
 # Edges and harnesses of sync/ and printer/ that may reach the till application.
 EDGES = {"tillpoint.sync.cli", "tillpoint.sync.loopback", "tillpoint.printer.cli"}
-HELPERS = ("config", "lock", "snapshot_stream", "grpc_decode", "grpc_health", "advice")
+HELPERS = ("config", "lock", "snapshot_stream", "grpc_decode", "grpc_health", "advice", "logs")
 
 
 def test_sync_and_printer_import_of_agent_only_the_core_storage_and_the_named_helpers() -> None:

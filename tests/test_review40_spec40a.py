@@ -1,6 +1,6 @@
 """Review 40, spec40a: CONTRACT §14 (when an offer is valid), §15 (basket deals), §7 (offers
 printed) and §8 (customer display), checked black-box against an independent model built from
-the contract's words alone (docs/CONTRACT.md and /work/shared/SPEC.md §2–§8, §14, §15; the
+the contract's words alone (docs/CONTRACT.md §2–§8, §14, §15; the
 product's pricing code was not read).
 
 Seeded stories: a snapshot in a store zone with or without daylight saving (Moscow, Berlin,
