@@ -93,12 +93,14 @@ def cancelled_while_away(hub: LoopbackHub, data: Path, n: int, sales: int = 0) -
     till.stop()
 
 
-def owed_for_cancels_and_asks(hub: LoopbackHub, data: Path, n: int) -> None:
+def owed_for_cancels_and_asks(hub: LoopbackHub, data: Path, n: int, asked_ago_s: int = 0) -> None:
     """`cancelled_while_away` (`n` holds), and `n` holds asked of the hub by a process
-    gone that never stored them (`hub_asks`): 2 × `n` releases owed."""
+    gone that never stored them (`hub_asks`, `asked_ago_s` before now): 2 × `n` releases
+    owed. An ask's release the hub answers "nothing held" stays owed while its grant may
+    still come (`LATE_GRANT_S` after the ask, review 40's rev40b)."""
     cancelled_while_away(hub, data, n)
     conn = sqlite3.connect(data / "ledger.db", isolation_level=None)
-    now = ledger.utc_text(datetime.now(UTC))
+    now = ledger.utc_text(datetime.now(UTC) - timedelta(seconds=asked_ago_s))
     conn.executemany(  # asked by a process gone, never stored
         "INSERT INTO hub_asks (receipt_id, asked_at, pid) VALUES (?, ?, NULL)",
         [(f"a-{i}", now) for i in range(n)],
