@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import sqlite3
@@ -51,12 +52,18 @@ def test_a_remembered_expiry_written_in_lower_case_is_checked_again(tmp_path: Pa
         assert ahead.status == "REFUSED" and "expired" in ahead.message
         right = Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=2)
         expires = (datetime.now(UTC) + timedelta(days=3)).strftime("%Y-%m-%dt%H:%M:%Sz")
+        # the bundle's own header, its signature included (review 40: a remembered
+        # refusal's signature is compared, and a new one checked, before a download)
+        signed = {"total_size": ahead.size, "signature": base64.b64decode(ahead.signature)}
         header = pb.SnapshotChunk(
-            version=ahead.version, sha256=bytes.fromhex(ahead.sha256), expires_at=expires
+            version=ahead.version, sha256=bytes.fromhex(ahead.sha256), expires_at=expires, **signed
         )
         assert right._header_refusal(header) is None
         upper = pb.SnapshotChunk(
-            version=ahead.version, sha256=bytes.fromhex(ahead.sha256), expires_at=expires.upper()
+            version=ahead.version,
+            sha256=bytes.fromhex(ahead.sha256),
+            expires_at=expires.upper(),
+            **signed,
         )
         assert right._header_refusal(upper) is None
     finally:
