@@ -21,11 +21,16 @@ import pytest
 from tillpoint.agent.cli import main
 from tillpoint.agent.service import Agent, HubGrant
 
+from tests.xdist_crash import mend
+
 if TYPE_CHECKING:
     from tillpoint.agent.http_api import HttpServer
     from tillpoint.sync.loopback import LoopbackHub, Till
 
 REPO = Path(__file__).resolve().parents[1]
+
+# a worker that crashes fails its test and the run goes on to its end (tests/xdist_crash.py)
+mend()
 
 # Every `tillpoint run` a test starts serves HTTP on a free port, not on the fixed
 # default: suites (and other checkouts) running side by side must not collide on 8061.
