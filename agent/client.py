@@ -77,7 +77,11 @@ def channel_options(connect_s: float) -> tuple[tuple[str, int], ...]:
 def _check_timeout(timeout: float) -> None:
     """A deadline is a positive, finite number of seconds: NaN and infinity made every
     call fail DEADLINE_EXCEEDED at once (and be retried as a lost answer)."""
-    if not (timeout > 0 and math.isfinite(timeout)):
+    try:
+        ok = timeout > 0 and math.isfinite(timeout)
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
         raise ValueError("timeout must be a positive number of seconds")
 
 

@@ -15,7 +15,7 @@ behind a real TCP proxy on 127.0.0.1 that relays each new connection only after 
 (a late handshake) or never (a handshake nobody answers). The promises pinned:
 - a late handshake within the call's deadline is waited for (one connection, no retry);
 - a dead port (nothing listens: refused) still fails at once, UNAVAILABLE, not at the
-  deadline (the reason the reconnect backoff was made short, review 11);
+  deadline (commit a6fa5711 made the reconnect quick so a retry reaches an agent back);
 - an attempt nobody answers is given up at the client's own `timeout` (the hub link's:
   3 s, its longest reconnect backoff), so the next call gets a new connection rather
   than waiting on the dead one for gRPC's default 20 s;
@@ -189,6 +189,35 @@ def test_the_hub_link_waits_for_a_late_handshake_within_the_calls_deadline(
         proxy.close()
 
 
+def test_sync_now_reaches_a_hub_whose_handshake_is_late(
+    hub_link: tuple[LoopbackHub, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What an operator saw: `tillpoint sync now` against a hub answering 1 s late exited
+    1, "the hub is unreachable (... Handshake read failed ...)": its link was made when
+    the command started, and its first call came while the link's first attempts (0.3 s,
+    then ~0.5 s) were failing. Now the push and the pull go through."""
+    import json
+
+    from tillpoint.agent.cli import main
+
+    hub, data_dir = hub_link
+    hub.enroll("till-1", data_dir)
+    proxy = LateProxy(hub.port, delay_s=1.0)
+    monkeypatch.setenv("TILLPOINT_DEVICE_ID", "till-1")
+    monkeypatch.setenv("TILLPOINT_HUB__ADDRESS", proxy.address)
+    try:
+        code = main(["sync", "now", "--data-dir", str(data_dir), "--json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["pull"]["status"] == "APPLIED" and doc["pull"]["version"] == 1
+        assert proxy.accepted == 1
+    finally:
+        proxy.close()
+
+
 # ---------------------------------------------------------------- still fast where it was
 
 
@@ -347,7 +376,7 @@ def test_an_agent_restarted_on_its_port_is_reached_within_the_reconnect_backoff(
 
 
 def test_the_clients_window_is_its_timeout_and_its_backoff_is_unchanged() -> None:
-    """What the channel is given: the reconnect backoff of 0.1-1 s (review 11), and a
+    """What the channel is given: the reconnect backoff of 0.1-1 s (commit a6fa5711), and a
     connection attempt as long as one attempt's deadline (`timeout`), within gRPC's int."""
     from tillpoint.agent.client import channel_options
 
@@ -359,10 +388,15 @@ def test_the_clients_window_is_its_timeout_and_its_backoff_is_unchanged() -> Non
         assert options["grpc.enable_retries"] == 0
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf, -math.inf, 10**400])
 def test_a_timeout_that_is_no_number_of_seconds_is_refused(bad: float) -> None:
-    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+    """NaN and infinity made every call fail DEADLINE_EXCEEDED at once, retried as if
+    its answer were lost; now refused, as 0 and negative numbers were."""
+    refused = "timeout must be a positive number of seconds"
+    with pytest.raises(ValueError, match=refused):
         PosAgentClient("127.0.0.1:1", timeout=bad)
-    with PosAgentClient(f"127.0.0.1:{free_port()}", timeout=1) as till:
-        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
-            till.status(timeout=bad)
+    with (
+        PosAgentClient(f"127.0.0.1:{free_port()}", timeout=1) as till,
+        pytest.raises(ValueError, match=refused),
+    ):
+        till.status(timeout=bad)
