@@ -21,6 +21,9 @@ behind a real TCP proxy on 127.0.0.1 that relays each new connection only after 
   than waiting on the dead one for gRPC's default 20 s;
 - an agent restarted on its port is reached again within the client's reconnect backoff
   (at most 1 s, with jitter), as before.
+The late handshakes (client, hub link, `sync now`), the hub link's window and a NaN or
+infinite `timeout` (every call DEADLINE_EXCEEDED at once) failed before the fix; the
+others pin what was right and must stay so.
 """
 
 from __future__ import annotations
