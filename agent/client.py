@@ -26,6 +26,7 @@ agent's `tillpoint.v1` has them (`ClientError` with `UNIMPLEMENTED` otherwise).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -53,9 +54,35 @@ JsonDict = dict[str, Any]
 CHANNEL_OPTIONS = (
     ("grpc.enable_retries", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
 )
+# gRPC's largest channel argument (a C int of milliseconds: 24.8 days)
+_MAX_MS = 2**31 - 1
+
+
+def channel_options(connect_s: float) -> tuple[tuple[str, int], ...]:
+    """`CHANNEL_OPTIONS` with a connection attempt given `connect_s` (the client's
+    `timeout`) for its TCP connect and the agent's HTTP/2 SETTINGS frame.
+
+    gRPC core gives an attempt max(`grpc.min_reconnect_backoff_ms`, the reconnect
+    backoff): that option was 100 ms beside the backoff's, and a busy till whose agent
+    answered a new connection later failed the call UNAVAILABLE "timed out before
+    receiving SETTINGS frame" after 0.11 s, whatever its deadline (review 41, grpc41).
+    A refused connection (nothing listens) still fails at once; one nobody answers is
+    given up with the call's deadline, so a retry connects anew."""
+    window_ms = max(100, min(_MAX_MS, math.ceil(connect_s * 1000)))
+    return (*CHANNEL_OPTIONS, ("grpc.min_reconnect_backoff_ms", window_ms))
+
+
+def _check_timeout(timeout: float) -> None:
+    """A deadline is a positive, finite number of seconds: NaN and infinity made every
+    call fail DEADLINE_EXCEEDED at once (and be retried as a lost answer)."""
+    try:
+        ok = timeout > 0 and math.isfinite(timeout)
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise ValueError("timeout must be a positive number of seconds")
 
 
 class ClientError(Exception):
@@ -71,10 +98,11 @@ class ClientError(Exception):
 class PosAgentClient:
     """The `PosAgent` calls as methods taking and returning proto3 JSON dicts.
 
-    `timeout` is the deadline of one attempt in seconds; `attempts` is how many times a
-    retryable failure is tried in all; the n-th retry waits a random time between half
-    and all of min(`backoff_cap`, `backoff` × 2ⁿ) seconds. `token`: the agent's
-    `[server] token`, sent with every call.
+    `timeout` is the deadline of one attempt in seconds, and what a new connection is
+    given for the agent's handshake (a longer per-call `timeout` does not lengthen that);
+    `attempts` is how many times a retryable failure is tried in all; the n-th retry waits
+    a random time between half and all of min(`backoff_cap`, `backoff` × 2ⁿ) seconds.
+    `token`: the agent's `[server] token`, sent with every call.
     """
 
     def __init__(
@@ -90,8 +118,7 @@ class PosAgentClient:
         sleep: Callable[[float], None] = time.sleep,
         token: str = "",
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        _check_timeout(timeout)
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         if backoff <= 0 or backoff_cap < backoff:
@@ -103,7 +130,9 @@ class PosAgentClient:
         self.backoff_cap = backoff_cap
         self._own_channel = channel is None
         self._channel = (
-            channel if channel is not None else grpc.insecure_channel(address, CHANNEL_OPTIONS)
+            channel
+            if channel is not None
+            else grpc.insecure_channel(address, channel_options(timeout))
         )
         self._stub = pb_grpc.PosAgentStub(self._channel)
         self._rng = rng or random.Random()
@@ -178,8 +207,7 @@ class PosAgentClient:
             )
         message = _message(descriptor.input_type, request)
         deadline = self.timeout if timeout is None else timeout
-        if deadline <= 0:
-            raise ValueError("timeout must be positive")
+        _check_timeout(deadline)
         attempt = 0
         while True:
             attempt += 1

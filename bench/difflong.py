@@ -357,20 +357,14 @@ _CACHES_OF: frozenset[str] = frozenset()
 
 def grpc_client(port: int) -> Any:
     """The comparison's gRPC client of `run` on `port`: one attempt a call (each answer
-    compared as given), 10 s each. Its channel waits up to 10 s for the server's HTTP/2
-    handshake: the shipped client's options (`agent.client.CHANNEL_OPTIONS`) give a
-    connection attempt max(100 ms, its backoff), and on a loaded machine `run`'s first
-    SETTINGS frame came later ("timed out before receiving SETTINGS frame", UNAVAILABLE at
-    once whatever the call's timeout; review 40, flake40b)."""
-    import grpc
-    from tillpoint.agent.client import CHANNEL_OPTIONS, PosAgentClient
+    compared as given), 10 s each, and 10 s for `run`'s HTTP/2 handshake on a new
+    connection (the shipped client gives it the call's `timeout`; until review 41 it gave
+    it 100 ms, and on a loaded machine `run`'s first SETTINGS frame came later: "timed out
+    before receiving SETTINGS frame", UNAVAILABLE at once; this client then set its own
+    window: review 40, flake40b)."""
+    from tillpoint.agent.client import PosAgentClient
 
-    options = dict(CHANNEL_OPTIONS) | {"grpc.min_reconnect_backoff_ms": 10_000}
-    address = f"127.0.0.1:{port}"
-    channel = grpc.insecure_channel(address, tuple(options.items()))
-    client = PosAgentClient(address, timeout=10, attempts=1, channel=channel)
-    client._own_channel = True  # its close() closes this channel too
-    return client
+    return PosAgentClient(f"127.0.0.1:{port}", timeout=10, attempts=1)
 
 
 def clear_module_caches() -> None:

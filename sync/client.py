@@ -60,6 +60,17 @@ def describe(exc: grpc.RpcError) -> str:
 # The till pings the hub every 20 s when the link is quiet, so a dead link is noticed
 # within 30 s; the hub must accept pings that often (hub_server.MIN_PING_INTERVAL_MS).
 KEEPALIVE_MS = 20_000
+# A channel that failed to connect tries again after 0.3 s, growing to 3 s (gRPC's
+# default: 1 s to 120 s). Each connection attempt is given 3 s for its TCP connect, TLS
+# and the hub's HTTP/2 SETTINGS frame (gRPC core: max(`grpc.min_reconnect_backoff_ms`,
+# the backoff)): that option was 300 ms, and a hub answering a new connection later (a
+# slow uplink, a busy hub) failed a fresh link's call of 5 s UNAVAILABLE after 0.33 s:
+# `sync now` said the hub was unreachable (review 41, grpc41). 3 s is what an attempt
+# got before once an outage had lasted a few attempts (its backoff then at the 3 s cap),
+# so a link whose handshake hung recovers no later than before; a refused connection
+# (the hub down) still fails at once.
+RECONNECT_MIN_MS, RECONNECT_MAX_MS = 300, 3_000
+CONNECT_WINDOW_MS = RECONNECT_MAX_MS
 
 
 class HubLink:
@@ -90,9 +101,9 @@ class HubLink:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
-                ("grpc.initial_reconnect_backoff_ms", 300),
-                ("grpc.min_reconnect_backoff_ms", 300),
-                ("grpc.max_reconnect_backoff_ms", 3_000),
+                ("grpc.initial_reconnect_backoff_ms", RECONNECT_MIN_MS),
+                ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
+                ("grpc.min_reconnect_backoff_ms", CONNECT_WINDOW_MS),  # the attempt's window
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                 ("grpc.enable_retries", 0),
             ],
