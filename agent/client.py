@@ -58,6 +58,22 @@ CHANNEL_OPTIONS = (
 )
 
 
+CLOSED = "the gRPC channel is closed"
+
+
+def _closed(channel: grpc.Channel) -> bool:
+    """Whether `channel` was closed (grpcio's channel says so when asked its state,
+    without connecting); a channel of another kind is taken as open."""
+    check = getattr(getattr(channel, "_channel", None), "check_connectivity_state", None)
+    if check is None:
+        return False
+    try:
+        check(False)
+    except ValueError:  # "Cannot invoke RPC: Channel closed!"
+        return True
+    return False
+
+
 class ClientError(Exception):
     """A call the agent refused or that could not be made; `code` is the gRPC status."""
 
@@ -101,6 +117,10 @@ class PosAgentClient:
         self.attempts = attempts
         self.backoff = backoff
         self.backoff_cap = backoff_cap
+        if channel is not None and _closed(channel):
+            # grpcio's generated stub registers its methods on the closed channel's freed
+            # core channel: the process died with SIGSEGV (review 41)
+            raise ValueError(CLOSED)
         self._own_channel = channel is None
         self._channel = (
             channel if channel is not None else grpc.insecure_channel(address, CHANNEL_OPTIONS)
@@ -185,6 +205,10 @@ class PosAgentClient:
             attempt += 1
             try:
                 answer: Message = rpc(message, timeout=deadline, metadata=self._metadata)
+            except ValueError:  # grpcio's "Cannot invoke RPC on closed channel!"
+                if not _closed(self._channel):
+                    raise
+                raise ClientError(grpc.StatusCode.CANCELLED, CLOSED, attempt) from None
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
                 details = exc.details() if callable(getattr(exc, "details", None)) else None
