@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 
 from .conftest import snapshot
 
@@ -210,3 +211,16 @@ def test_the_closed_channel_check_leaves_an_open_channel_alone() -> None:
         assert channel._channel.check_connectivity_state(False) is not None
     finally:
         channel.close()
+
+
+def test_in_this_suite_a_stub_on_a_closed_channel_fails_its_test_not_the_worker() -> None:
+    """conftest's guard: the mistake a test can make (a reflection client or a stub on a
+    channel it closed already) is that test's ValueError, not a dead pytest worker."""
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    channel = grpc.insecure_channel("127.0.0.1:9")
+    channel.close()
+    with pytest.raises(ValueError, match="ServerReflectionInfo made on a closed gRPC channel"):
+        ProtoReflectionDescriptorDatabase(channel)
