@@ -90,7 +90,9 @@ class PosAgentClient:
     `timeout` is the deadline of one attempt in seconds; `attempts` is how many times a
     retryable failure is tried in all; the n-th retry waits a random time between half
     and all of min(`backoff_cap`, `backoff` × 2ⁿ) seconds. `token`: the agent's
-    `[server] token`, sent with every call.
+    `[server] token`, sent with every call. `channel`: one of the caller's to use
+    instead of the client's own (left open by `close`); a closed one is refused
+    (ValueError), and a call after its owner closed it is a `ClientError` CANCELLED.
     """
 
     def __init__(
