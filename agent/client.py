@@ -85,6 +85,22 @@ def _check_timeout(timeout: float) -> None:
         raise ValueError("timeout must be a positive number of seconds")
 
 
+CLOSED = "the gRPC channel is closed"
+
+
+def _closed(channel: grpc.Channel) -> bool:
+    """Whether `channel` was closed (grpcio's channel says so when asked its state,
+    without connecting); a channel of another kind is taken as open."""
+    check = getattr(getattr(channel, "_channel", None), "check_connectivity_state", None)
+    if check is None:
+        return False
+    try:
+        check(False)
+    except ValueError:  # "Cannot invoke RPC: Channel closed!"
+        return True
+    return False
+
+
 class ClientError(Exception):
     """A call the agent refused or that could not be made; `code` is the gRPC status."""
 
@@ -102,7 +118,9 @@ class PosAgentClient:
     given for the agent's handshake (a longer per-call `timeout` does not lengthen that);
     `attempts` is how many times a retryable failure is tried in all; the n-th retry waits
     a random time between half and all of min(`backoff_cap`, `backoff` × 2ⁿ) seconds.
-    `token`: the agent's `[server] token`, sent with every call.
+    `token`: the agent's `[server] token`, sent with every call. `channel`: one of the
+    caller's to use instead of the client's own (left open by `close`); a closed one is
+    refused (ValueError), and a call after its owner closed it is a `ClientError` CANCELLED.
     """
 
     def __init__(
@@ -128,6 +146,10 @@ class PosAgentClient:
         self.attempts = attempts
         self.backoff = backoff
         self.backoff_cap = backoff_cap
+        if channel is not None and _closed(channel):
+            # grpcio's generated stub registers its methods on the closed channel's freed
+            # core channel: the process died with SIGSEGV (review 41)
+            raise ValueError(CLOSED)
         self._own_channel = channel is None
         self._channel = (
             channel
@@ -213,6 +235,10 @@ class PosAgentClient:
             attempt += 1
             try:
                 answer: Message = rpc(message, timeout=deadline, metadata=self._metadata)
+            except ValueError:  # grpcio's "Cannot invoke RPC on closed channel!"
+                if not _closed(self._channel):
+                    raise
+                raise ClientError(grpc.StatusCode.CANCELLED, CLOSED, attempt) from None
             except grpc.RpcError as exc:
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
                 details = exc.details() if callable(getattr(exc, "details", None)) else None

@@ -9,6 +9,13 @@ NOT_SERVING (its database stopped), and a load balancer or `grpc_health_probe -w
 kept sending calls to a server that could answer none. Other names are grpcio's (NOT_FOUND
 to a Check, SERVICE_UNKNOWN to a Watch); from `enter_graceful_shutdown` on, every name is
 NOT_SERVING for good.
+
+No lock of the servicer is held while an answer is sent (review 41): grpcio's own
+`HealthServicer` sends a Watch's answers under its lock and waits there until the
+server's completion-queue thread has taken the send, while that thread, closing another
+Watch stream, waits for the same lock (grpc/grpc#43403): a Watch opened while another
+closed froze the whole server (no call answered, `stop` never ended). Each Watch stream's
+answers go out one at a time under a lock of its own, which that thread never takes.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -25,6 +33,7 @@ log = logging.getLogger("tillpoint.health")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 WATCH_EVERY_S = 1.0  # how often an open Watch re-reads the readiness
 WATCH_READ_S = 2.0  # the longest one reading may wait (a store that does not answer)
 
@@ -54,6 +63,8 @@ class ReadinessHealth(health.HealthServicer):
         self._follower: threading.Thread | None = None
         self._stopping = False
         self._wake = threading.Event()
+        self._setting = threading.Lock()  # one `set_ready` at a time (never taken by gRPC)
+        self._shut = False  # NOT_SERVING for good (under grpcio's `_lock`, as its statuses)
 
     # ------------------------------------------------------------ readiness
 
@@ -68,16 +79,40 @@ class ReadinessHealth(health.HealthServicer):
         """Record the readiness: a Watch stream hears it if it changed (ignored once
         shutdown has started)."""
         status = SERVING if ready else NOT_SERVING
-        with self._lock:  # grpcio's (an RLock): `set` takes it too
+        with self._setting:  # every name gets one reading's status, not two mixed
             for name in sorted(self._names):
-                if self._server_status.get(name) != status:
+                with self._lock:
+                    changed = self._server_status.get(name) != status
+                if changed:
                     self.set(name, status)
+
+    def set(self, service: str, status: Any) -> None:
+        """grpcio's `set`, its Watch streams told after its lock is let go."""
+        with self._lock:
+            if self._shut:
+                return
+            self._server_status[service] = status
+            watchers = list(self._send_response_callbacks.get(service, ()))
+        for watcher in watchers:
+            watcher.tell()
 
     def enter_graceful_shutdown(self) -> None:
         with self._guard:
             self._stopping = True
         self._wake.set()
-        super().enter_graceful_shutdown()
+        with self._lock:
+            if self._shut:
+                return
+            for service in self._server_status:
+                self._server_status[service] = NOT_SERVING
+            self._shut = True
+            watchers = [w for ws in self._send_response_callbacks.values() for w in ws]
+        for watcher in watchers:
+            watcher.tell()
+
+    def _status_of(self, service: str) -> Any:
+        with self._lock:
+            return self._server_status.get(service, SERVICE_UNKNOWN)
 
     # ------------------------------------------------------------ the service
 
@@ -109,7 +144,21 @@ class ReadinessHealth(health.HealthServicer):
                     self._follower.start()
             if not context.add_callback(self._unwatched):  # the stream has ended already
                 self._unwatched()
-        return super().Watch(request, context, send_response_callback)
+        if send_response_callback is None:  # a blocking Watch: its answers wait for nobody
+            return super().Watch(request, context, None)
+        watcher = _Watcher(partial(self._status_of, request.service), send_response_callback)
+        with self._lock:
+            self._send_response_callbacks.setdefault(request.service, set()).add(watcher)
+        if not context.add_callback(partial(self._closed, request.service, watcher)):
+            self._closed(request.service, watcher)
+        watcher.tell()  # the first answer: the status now
+        return None
+
+    def _closed(self, service: str, watcher: _Watcher) -> None:
+        """A Watch stream ended (gRPC's completion-queue thread: it must never wait)."""
+        with self._lock:  # held by nobody for longer than a look at the table
+            self._send_response_callbacks.get(service, set()).discard(watcher)
+        watcher.close()
 
     def _unwatched(self) -> None:
         with self._guard:
@@ -127,6 +176,32 @@ class ReadinessHealth(health.HealthServicer):
                     self._follower = None
                     return
             self.set_ready(self.ready(self._read_s))
+
+
+class _Watcher:
+    """One open Watch stream: told the service's status whenever it may have changed,
+    it sends it if it differs from what it last sent, one answer at a time (its own lock:
+    a send waits for gRPC's completion-queue thread, which never takes this lock)."""
+
+    def __init__(self, status: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        self._status = status
+        self._send = send
+        self._sending = threading.Lock()
+        self._sent: Any = None
+        self._open = True
+
+    def tell(self) -> None:
+        with self._sending:
+            if not self._open:
+                return
+            status = self._status()  # read here: the last of two racing changes is sent last
+            if status != self._sent:
+                self._sent = status
+                self._send(health_pb2.HealthCheckResponse(status=status))
+
+    def close(self) -> None:
+        self._open = False  # not under `_sending`: a send in progress sees its call ended
+        self._send(None)  # as grpcio's: the end of a stream that was not cancelled
 
 
 def _least(a: float | None, b: float) -> float:

@@ -443,6 +443,7 @@ class Rig:
             thread.join(timeout=30)
         if self._probe is not None:
             self._probe.close()
+            self._probe = None  # a stub made on its closed channel would be a SIGSEGV
         for till in self.tills:
             if till.proc.poll() is None:
                 till.proc.send_signal(signal.SIGTERM)
