@@ -13,7 +13,9 @@ Cancel or an expiry of the OFFLINE hold releases the rest at once, as an online 
 does. A hub before review 33 answers UNIMPLEMENTED and keeps the whole grant, as before.
 
 Real parts: a reference hub on 127.0.0.1 (SQLite, and PostgreSQL in the slow pass), its
-tills with their hub links; the hub's own AuthorizeRedemption, answering late.
+tills with their hub links; the hub's own AuthorizeRedemption, answering late (since
+review 41 its DEADLINE_EXCEEDED at once, the tills waiting 10 s: `late`; an answer really
+past the till's deadline is pinned beside it in tests/test_review41_flake41.py).
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ class Stall:
 
     def __init__(self) -> None:
         self.on = threading.Event()
+        self.entered = threading.Event()  # a call is held back
         self.go = threading.Event()
         self.done = threading.Event()
 
@@ -66,6 +67,7 @@ def stalled_hub_call(monkeypatch: pytest.MonkeyPatch, method: str) -> Iterator[S
         held_back = s.on.is_set()
         try:
             if held_back:
+                s.entered.set()
                 assert s.go.wait(10)
             return call(self, request, context)
         finally:
@@ -109,10 +111,11 @@ def test_a_shrink_the_till_gave_up_on_never_shrinks_the_next_hold_of_the_receipt
     shrink = a.authoriser.shrink
 
     def given_up(*args: Any) -> Any:
-        # H1's shrink keeps the shipped 300 ms deadline: the till gives up on it while the
-        # hub holds it back. Its grant and H2's hold wait 10 s (review 41, flake41: at 300
-        # ms a loaded machine placed H1's grant cut, or priced H2 OFFLINE)
-        a.authoriser.timeout_s = 0.3
+        # H1's shrink waits 1 s: the till gives up on it while the hub holds it back. Its
+        # grant and H2's hold wait 10 s (review 41, flake41: at the shipped 300 ms a loaded
+        # machine placed H1's grant cut, or priced H2 OFFLINE; and the shrink could reach
+        # the hub after the test stopped holding calls back: `stall.entered`)
+        a.authoriser.timeout_s = 1.0
         try:
             return shrink(*args)
         finally:
@@ -128,6 +131,7 @@ def test_a_shrink_the_till_gave_up_on_never_shrinks_the_next_hold_of_the_receipt
             late.clear()
         assert (first.mode, first.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
         assert life(a, "late-r")[3] == 2  # the shrink timed out at the till: still owed
+        assert stall.entered.wait(10)  # and is held back at the hub
         stall.on.clear()
         clock.advance(TTL_S + 1)
         assert a.agent.sweep_holds() == 1  # H1 expired: released at the hub
