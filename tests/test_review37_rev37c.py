@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,7 @@ import grpc
 import pytest
 from tillpoint.sync.hub_server import HubConfig
 from tillpoint.sync.loopback import (
-    FAST,
     LoopbackHub,
-    Till,
     import_doc,
     sample_master_data,
     wait_for,
@@ -48,13 +45,16 @@ from .conftest import ManualClock
 from .test_hub_store import dump
 from .test_review36_hub36 import (
     LONG_TTL_S,
+    SURE_S,
     a_till,
     anna_redeems_all,
     held_for,
     hub,
     hub_clock,
+    late_till,
     pull,
     push,
+    sure_till,
 )
 from .test_review36_rev36e import TTL_S, pruned_state
 from .test_review39_flake39 import HeldBack, held_back
@@ -80,22 +80,12 @@ def raised_limit(
     h.stop()
 
 
-# Review 41 (flake41): till a's Hold whose grant the store makes late waits 1 s, not the
-# shipped 300 ms, and the store stays busy until the call's deadline at the hub has passed
-# (it was 0.6 s): on a loaded machine the request reached the hub past 300 ms, the hub
-# rightly placed nothing, and the test failed on its set-up ("cut" never set). Till b,
-# whose holds are meant ONLINE, waits 10 s: at 300 ms b's set-up hold was priced OFFLINE
-# (`assert ('OFFLINE', 200) == ('ONLINE', 1000)`, seen on rev37c's [postgresql-cancel]
-# under two CPU hogs). a's release after its Cancel gets 10 s too.
-LATE_S, SURE_S = 1.0, 10.0
-
-
-def late_till(hub: LoopbackHub, root: Path) -> Till:
-    return hub.till("a", root / "a", start=False, timings=replace(FAST, redeem_timeout_s=LATE_S))
-
-
-def sure_till(hub: LoopbackHub, root: Path) -> Till:
-    return hub.till("b", root / "b", start=False, timings=replace(FAST, redeem_timeout_s=SURE_S))
+# Review 41 (flake41): hub36's `late_till` (its late Hold waits 1 s) and `sure_till` (10 s),
+# and the store busy until the call's own deadline at the hub has passed (it was 0.6 s
+# against the shipped 300 ms): on a loaded machine the request reached the hub past 300
+# ms, the hub rightly placed nothing ("cut" never set), or b's set-up hold was priced
+# OFFLINE (`assert ('OFFLINE', 200) == ('ONLINE', 1000)`, seen on
+# [postgresql-cancel] under two CPU hogs). a's release after its Cancel gets 10 s too.
 
 
 def slow_grants(
