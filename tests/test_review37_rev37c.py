@@ -33,12 +33,7 @@ from typing import Any
 import grpc
 import pytest
 from tillpoint.sync.hub_server import HubConfig
-from tillpoint.sync.loopback import (
-    LoopbackHub,
-    import_doc,
-    sample_master_data,
-    wait_for,
-)
+from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data, wait_for
 from tillpoint.sync.pull import cache_version
 
 from .conftest import ManualClock
