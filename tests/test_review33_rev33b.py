@@ -23,18 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tillpoint.sync.authoriser import HubUnavailable
 from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub
 
-from .conftest import ManualClock, enrolled_till
+from .conftest import ManualClock
 from .test_review33_hold33 import (
     OFFLINE_LIMIT,
+    SURE_S,
     TTL_S,
     a_receipt,
     coupon_holds,
     first_at,
     held_at_hub,
     hold33_hub,
+    hold33_till,
     late,
     life,
 )
@@ -49,6 +52,7 @@ class Stall:
 
     def __init__(self) -> None:
         self.on = threading.Event()
+        self.entered = threading.Event()  # a call is held back
         self.go = threading.Event()
         self.done = threading.Event()
 
@@ -63,6 +67,7 @@ def stalled_hub_call(monkeypatch: pytest.MonkeyPatch, method: str) -> Iterator[S
         held_back = s.on.is_set()
         try:
             if held_back:
+                s.entered.set()
                 assert s.go.wait(10)
             return call(self, request, context)
         finally:
@@ -101,8 +106,22 @@ def test_a_shrink_the_till_gave_up_on_never_shrinks_the_next_hold_of_the_receipt
     the fix it cut it to H1's 200 points, and another till's receipt got 1000 of the
     points H2 redeems)."""
     clock = ManualClock(datetime.now(UTC))
-    a = enrolled_till(hub, tmp_path / "a", "a", clock=clock)
-    b = enrolled_till(hub, tmp_path / "b", "b")
+    a = hold33_till(hub, tmp_path / "a", "a", clock=clock)
+    b = hold33_till(hub, tmp_path / "b", "b")
+    shrink = a.authoriser.shrink
+
+    def given_up(*args: Any) -> Any:
+        # H1's shrink waits 1 s: the till gives up on it while the hub holds it back. Its
+        # grant and H2's hold wait 10 s (review 41, flake41: at the shipped 300 ms a loaded
+        # machine placed H1's grant cut, or priced H2 OFFLINE; and the shrink could reach
+        # the hub after the test stopped holding calls back: `stall.entered`)
+        a.authoriser.timeout_s = 1.0
+        try:
+            return shrink(*args)
+        finally:
+            a.authoriser.timeout_s = SURE_S
+
+    a.authoriser.shrink = given_up  # type: ignore[method-assign]
     try:
         stall.on.set()
         late.set()
@@ -112,6 +131,7 @@ def test_a_shrink_the_till_gave_up_on_never_shrinks_the_next_hold_of_the_receipt
             late.clear()
         assert (first.mode, first.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
         assert life(a, "late-r")[3] == 2  # the shrink timed out at the till: still owed
+        assert stall.entered.wait(10)  # and is held back at the hub
         stall.on.clear()
         clock.advance(TTL_S + 1)
         assert a.agent.sweep_holds() == 1  # H1 expired: released at the hub
@@ -152,12 +172,23 @@ def test_a_till_with_a_short_hub_deadline_still_shrinks(hub: LoopbackHub, tmp_pa
     ms here, a hub on the same LAN): the shrink still reaches a hub that answers at once
     (the till gives the call its deadline plus that margin), rather than being refused as
     late every round while the grant stays held whole."""
-    a = enrolled_till(hub, tmp_path / "a", "a")
+    a = hold33_till(hub, tmp_path / "a", "a")
     try:
         now = datetime.now(UTC)
         hub.store.authorise(a.authoriser.device_id, "r-f", "c-1", 1000, now, [], now, 600)
         a.authoriser.timeout_s = 0.08
-        assert a.authoriser.shrink("r-f", 200, []) is True
+        # Review 41 (flake41): 180 ms for a call is missed on a loaded machine (the hub
+        # then refuses it as late, rightly); tried up to 20 times. The fault (the call given
+        # 80 ms, under the hub's 100 ms margin) was refused every time.
+        shrunk: bool | None = None
+        for _ in range(20):
+            try:
+                shrunk = a.authoriser.shrink("r-f", 200, [])
+            except HubUnavailable:
+                continue
+            if shrunk is not None:
+                break
+        assert shrunk is True
         assert held_at_hub(hub) == 200
     finally:
         a.stop()
@@ -180,7 +211,7 @@ def test_hub_calls_still_owed_are_on_metrics(
             raise StorageError("the hub's store is busy")
 
     hub.server.servicer.failpoint = failpoint
-    a = enrolled_till(hub, tmp_path / "a", "a")
+    a = hold33_till(hub, tmp_path / "a", "a")
     registry = Registry()
     register_gauges(registry, a.agent)
     try:
@@ -213,7 +244,7 @@ def test_a_shrink_that_finds_the_hold_in_its_turn_is_asked_again_when_the_turn_e
     turn's end then asked for a release only (none is owed: the hold is open), so the
     shrink waited for the next round, 15 s, while the hub held the whole grant. Now the
     turn's end wakes the timer again."""
-    a = enrolled_till(hub, tmp_path / "a", "a")
+    a = hold33_till(hub, tmp_path / "a", "a")
     woken = threading.Event()
     a.agent.on_hub_call_owed(woken.set)  # as `run`'s hold timer does
     try:

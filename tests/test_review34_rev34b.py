@@ -21,9 +21,9 @@ from typing import Any
 
 from tillpoint.sync.loopback import LoopbackHub, wait_for
 
-from .conftest import SteppingClock, enrolled_till, snapshot
+from .conftest import SteppingClock, snapshot
 from .test_review30_memo30 import ANNA, MILK, sale
-from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, life
+from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, hold33_till, life
 from .test_review33_rev33b import Stall
 from .test_review34_rev34 import held_for, late, slow_hub, stall, stall_entered
 
@@ -121,7 +121,7 @@ def test_a_shrink_back_after_a_reset_leaves_alone_a_checkout_sold_since_under_it
     from tillpoint.sync.pull import Puller, cache_version
 
     hub = slow_hub
-    a = enrolled_till(hub, tmp_path / "a", "a")
+    a = hold33_till(hub, tmp_path / "a", "a")
     sold: list[Any] = []
     try:
         a.agent.on_hub_call_owed(lambda: None)  # a hold timer sends shrinks, not the Hold

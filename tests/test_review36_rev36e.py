@@ -51,8 +51,9 @@ from .test_review36_hub36 import (
     sell,
     stored,
 )
+from .test_review39_flake39 import HeldBack, held_back
 
-__all__ = ["hub_clock"]  # review 36 (hub36)'s fixture
+__all__ = ["held_back", "hub_clock"]  # review 36 (hub36)'s and flake39's fixtures
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -242,9 +243,10 @@ def test_a_till_away_40_days_with_sales_queued_counts_each_once_after_its_full_s
 
 
 @pytest.fixture
-def lowered_limit(tmp_path: Path) -> Iterator[LoopbackHub]:
+def lowered_limit(tmp_path: Path, held_back: HeldBack) -> Iterator[LoopbackHub]:
     """The reference hub: version 1's program lets a till redeem 600 points offline,
-    version 2's 200 (the hub's newest)."""
+    version 2's 200 (the hub's newest). Its AuthorizeRedemption's calls are known to
+    `held_back` (each one's deadline)."""
     data = sample_master_data()
     data["program"]["offlineRedeemLimitPoints"] = 600
     h = LoopbackHub(tmp_path / "hub", data=data)
@@ -267,6 +269,7 @@ def test_a_late_grant_keeps_what_the_till_says_up_to_the_grant(
     lowered_limit: LoopbackHub,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    held_back: HeldBack,
     sent: int | None,
     kept: int,
 ) -> None:
@@ -282,7 +285,7 @@ def test_a_late_grant_keeps_what_the_till_says_up_to_the_grant(
 
     def slow_store(*args: Any, **kw: Any) -> Any:
         out = granted(*args, **kw)
-        time.sleep(0.6)  # the store busy: the till's deadline passes meanwhile
+        held_back.past_its_deadline()  # the store busy: the call's deadline passes meanwhile
         return out
 
     def shrink(*args: Any, **kw: Any) -> Any:
@@ -303,8 +306,11 @@ def test_a_late_grant_keeps_what_the_till_says_up_to_the_grant(
         )
         if sent is not None:
             request.offline_redeem_limit_points = sent
+        # Review 41 (flake41): 1 s, and the store busy until the call's deadline at the hub
+        # has passed (it was 0.3 s against a store 0.6 s late: on a loaded machine the
+        # request could reach the hub past 0.3 s, which then rightly placed nothing)
         with pytest.raises(grpc.RpcError) as caught:
-            a.link.stub.AuthorizeRedemption(request, timeout=0.3)
+            a.link.stub.AuthorizeRedemption(request, timeout=1.0)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert done.wait(10)
         assert held_for(hub, "c-1") == kept

@@ -28,6 +28,7 @@ from tillpoint.sync.hub_server import HubServicer
 from tillpoint.sync.loopback import LoopbackHub, import_doc, sample_master_data
 from tillpoint.sync.pull import Puller
 
+from . import test_review39_flake39 as flake39
 from .conftest import CLI, RECEIPT_AT, enrolled_till, receipt, snapshot
 from .test_review33_hold33 import (
     ANNA,
@@ -37,9 +38,12 @@ from .test_review33_hold33 import (
     late,  # noqa: F401 (its fixture, asked by name)
 )
 from .test_review35_left35 import cancelled_while_away
-from .test_review36_hub36 import a_till, anna_redeems_all, held_for, pull
-from .test_review37_rev37c import slow_grants
+from .test_review36_hub36 import anna_redeems_all, held_for, pull
+from .test_review37_rev37c import late_till, slow_grants, sure_till
 from .test_review37_rev37f import _stopped_after_answer
+from .test_review39_flake39 import HeldBack
+
+held_back = flake39.held_back  # its fixture: the deadline of a late grant (rev37c's)
 
 EXE = str(Path(sys.executable).parent / "tillpoint")
 
@@ -411,7 +415,7 @@ def hold33_hub_sqlite(tmp_path: Path) -> LoopbackHub:
 
 
 def test_a_pull_that_lowers_the_limit_mid_hold_redeems_the_new_limit_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_back: HeldBack
 ) -> None:
     """CONTRACT §9, §11 (checked, found right: rev37c pinned a raised limit). Till a on
     version 1 (offline limit 600) holds Anna's whole balance; the hub's grant is late, so
@@ -423,8 +427,8 @@ def test_a_pull_that_lowers_the_limit_mid_hold_redeems_the_new_limit_only(
     data = sample_master_data()
     data["program"]["offlineRedeemLimitPoints"] = 600
     hub = LoopbackHub(tmp_path / "hub", data=data)
-    a = a_till(hub, tmp_path, "a")
-    b = a_till(hub, tmp_path, "b")
+    a = late_till(hub, tmp_path)  # rev37c's: its late Hold waits 1 s, b's holds 10 s
+    b = sure_till(hub, tmp_path)
     try:
         assert pull(a).version == 1
         program = {**sample_master_data()["program"], "offlineRedeemLimitPoints": 200}
@@ -440,7 +444,7 @@ def test_a_pull_that_lowers_the_limit_mid_hold_redeems_the_new_limit_only(
 
         monkeypatch.setattr(a.agent, "_price_early", then_a_pull)
         a.agent.on_hub_call_owed(lambda: None)  # no shrink yet: what the hub kept itself
-        slow, cut = slow_grants(hub, monkeypatch)
+        slow, cut = slow_grants(hub, monkeypatch, held_back)
         slow.set()
         try:
             held = a.agent.hold(anna_redeems_all("a-late"))

@@ -27,7 +27,7 @@ from .conftest import SteppingClock
 from .test_hub_claim import NOW, tx
 from .test_review33_hold33 import OFFLINE_LIMIT, a_receipt, coupon_holds, held_at_hub
 from .test_review39_flake39 import HeldBack
-from .test_review39_rev39i import stepping_till
+from .test_review39_rev39i import late_hold, stepping_till
 
 held_back = flake39.held_back  # says when the hub's AuthorizeRedemption has ended
 
@@ -163,7 +163,7 @@ def test_a_grant_held_up_after_the_store_never_cuts_the_receipts_newer_hold(
         with stepping_till(the_hub, tmp_path / "a", clock) as agent:
             at = clock()
             held_back.on.set()
-            held = agent.hold(a_receipt("gone-2", *codes, at=at))
+            held = late_hold(agent, a_receipt("gone-2", *codes, at=at))
             assert (held.mode, held.redeemed_points) == ("OFFLINE", OFFLINE_LIMIT)
             clock.passes(31)
             agent.sweep_holds()
