@@ -119,6 +119,9 @@ if TYPE_CHECKING:
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("tillpoint.agent")
+
+# the longest `Agent.close` waits for a call in progress (its hub and lock waits are bounded)
+CLOSE_WAIT_S = 30.0
 MAX_FISCAL_DOCUMENT = 64
 MAX_RECEIPT_ID = 128
 HUB_HOLD_MARGIN_S = 60
@@ -441,14 +444,32 @@ class Agent:
         self.keep_clock_line()  # a step made before this process started, not followed yet
 
     def close(self) -> None:
-        self._hub_turns.close()
-        self._checkpoints.close()
-        self._live.close()
-        self._ledger.close()
-        with self._readers_lock:
-            idle, self._idle_readers = self._idle_readers, []
-        for live, reads in idle:
-            _close_reader(live, reads)
+        """Close the agent's files, once a call another thread is making has ended.
+
+        A connection closed while another thread is inside it is freed under that thread:
+        the process died of a segmentation fault (review 41: a health Watch's reading of
+        `status` met `close` in a test's worker; `tillpoint run` closes after its servers
+        stopped, but a reading already begun could still meet it). A call that has not
+        ended after `CLOSE_WAIT_S` keeps the files open to the process's end (logged):
+        every write is a committed transaction, so nothing is lost."""
+        if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+            log.warning(
+                "closing: a call still running after %.0f s; the agent's files are left"
+                " open until the process ends",
+                CLOSE_WAIT_S,
+            )
+            return
+        try:
+            self._hub_turns.close()
+            self._checkpoints.close()
+            self._live.close()
+            self._ledger.close()
+            with self._readers_lock:
+                idle, self._idle_readers = self._idle_readers, []
+            for live, reads in idle:
+                _close_reader(live, reads)
+        finally:
+            self._lock.release()
 
     # ------------------------------------------------------------ snapshot
 
