@@ -94,7 +94,7 @@ class ReadinessHealth(health.HealthServicer):
             self._server_status[service] = status
             watchers = list(self._send_response_callbacks.get(service, ()))
         for watcher in watchers:
-            watcher.tell()
+            _tell(watcher, status)
 
     def enter_graceful_shutdown(self) -> None:
         with self._guard:
@@ -108,7 +108,7 @@ class ReadinessHealth(health.HealthServicer):
             self._shut = True
             watchers = [w for ws in self._send_response_callbacks.values() for w in ws]
         for watcher in watchers:
-            watcher.tell()
+            _tell(watcher, NOT_SERVING)
 
     def _status_of(self, service: str) -> Any:
         with self._lock:
@@ -202,6 +202,16 @@ class _Watcher:
     def close(self) -> None:
         self._open = False  # not under `_sending`: a send in progress sees its call ended
         self._send(None)  # as grpcio's: the end of a stream that was not cancelled
+
+
+def _tell(watcher: Any, status: Any) -> None:
+    """Tell one Watch stream: ours (`_Watcher`) reads the status itself; a blocking Watch
+    (grpcio's own, registered by `super().Watch`: none of the agent's doors make one) is
+    given the answer, as grpcio's `set` does."""
+    if isinstance(watcher, _Watcher):
+        watcher.tell()
+    else:
+        watcher(health_pb2.HealthCheckResponse(status=status))
 
 
 def _least(a: float | None, b: float) -> float:

@@ -66,3 +66,32 @@ def test_an_agent_closed_while_another_thread_reads_its_status_never_crashes(
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
     assert "rounds done" in done.stdout
+
+
+def test_a_blocking_health_watch_hears_each_change_and_the_shutdown() -> None:
+    """review41 (a second reading of seg41's health service): a blocking `Watch` (one a
+    server without grpcio's non-blocking handlers makes: none of the agent's doors do)
+    is grpcio's own, and `set` called `.tell()` on its plain callback: AttributeError.
+    Called in-process with the two calls grpcio's blocking Watch makes of its context."""
+    from grpc_health.v1 import health_pb2
+    from tillpoint.agent.grpc_health import NOT_SERVING, SERVING, ReadinessHealth
+
+    readiness = [True]
+    health = ReadinessHealth(("svc",), lambda wait_s: readiness[0], every_s=3600)
+
+    class Context:  # what grpcio's blocking Watch asks of its context, no more
+        def add_callback(self, callback: object) -> bool:
+            return True
+
+        def time_remaining(self) -> float:
+            return 5.0
+
+    answers = health.Watch(health_pb2.HealthCheckRequest(service="svc"), Context(), None)  # type: ignore[arg-type]
+    assert next(answers).status == SERVING
+    readiness[0] = False
+    health.set_ready(False)
+    assert next(answers).status == NOT_SERVING
+    health.set_ready(True)
+    assert next(answers).status == SERVING
+    health.enter_graceful_shutdown()
+    assert next(answers).status == NOT_SERVING

@@ -33,6 +33,8 @@ def test_a_run_whose_workers_crash_ends_and_names_the_crashed_tests(tmp_path: Pa
     crash = "import os\n\ndef test_{0}1(): pass\n\ndef test_{0}_crash(): os._exit(1)\n\n"
     (suite / "test_b.py").write_text(crash.format("b") + "def test_b3(): pass\n")
     (suite / "test_z.py").write_text(crash.format("z"))  # a crash in the last file
+    # two crashes in one file, after a test: both workers may be down at once
+    (suite / "test_y.py").write_text(crash.format("y") + "def test_y_again(): os._exit(1)\n")
     for name in "cdefgh":  # one-test files: a replacement given one waits for a second
         (suite / f"test_{name}.py").write_text(f"def test_{name}1(): pass\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -54,10 +56,12 @@ def test_a_run_whose_workers_crash_ends_and_names_the_crashed_tests(tmp_path: Pa
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,  # xdist's own scheduler waited here for ever
+        timeout=100,  # xdist's own scheduler waited here for ever
     )
     out = done.stdout
     assert done.returncode == 1, out + done.stderr
-    assert "2 failed, 11 passed" in out, out
+    assert "4 failed, 12 passed" in out, out
     assert "crashed while running 'suite/test_b.py::test_b_crash'" in out, out
     assert "crashed while running 'suite/test_z.py::test_z_crash'" in out, out
+    assert "crashed while running 'suite/test_y.py::test_y_again'" in out, out
+    assert "INTERNALERROR" not in out + done.stderr

@@ -16,7 +16,9 @@ newest release) has three faults here, reported upstream (pytest-dev/pytest-xdis
 
 `mend()` changes those three and nothing else: finished files are dropped, the crashed
 test counts as done (xdist has reported it failed, "worker 'gw0' crashed while running
-…"), and a worker is given files until it holds more than two tests or none are left.
+…"), and a worker is given files until it holds more than two tests or none are left —
+never a replacement still collecting, nor over a dead worker's channel (review41 found
+both when two workers crashed close together: a file lost, an INTERNALERROR).
 tests/test_xdist_crash.py runs a real pytest over a crashing test to check the run ends.
 """
 
@@ -50,14 +52,21 @@ def mend() -> None:
         return crashed
 
     def reschedule(self: Any, node: Any) -> None:
-        if node.shutting_down:
+        if node.shutting_down or node not in self.registered_collections:
+            # a replacement still collecting (two workers crashed close together) gets
+            # its work at its own `schedule()`; given it now, xdist's `_assign_work_unit`
+            # failed on its missing collection with the file taken off the queue, and the
+            # KeyError was swallowed: the file's tests never run nor reported (review41)
             return
         if not self.workqueue:
             node.shutdown()
             return
         # 2: xdist's own heuristic; a worker holding one test waits for the next
         while self.workqueue and self._pending_of(self.assigned_work[node]) <= 2:
-            self._assign_work_unit(node)
+            try:
+                self._assign_work_unit(node)
+            except OSError:  # a worker dead before its `errordown` was handled: the
+                return  # file is recorded as its work, which `remove_node` puts back
 
     LoadScopeScheduling.remove_node = remove_node  # type: ignore[method-assign]
     LoadScopeScheduling._reschedule = reschedule  # type: ignore[method-assign]
