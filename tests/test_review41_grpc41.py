@@ -45,7 +45,7 @@ from tillpoint.sync.client import HubLink
 from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
 
-from .conftest import free_port, receipt, snapshot
+from .conftest import free_port, receipt
 
 LATE_S = 0.7  # a handshake this late: 7 × the client's old window, 2 × the hub link's
 
@@ -119,12 +119,7 @@ class LateProxy:
                 s.close()
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(tmp_path / "data", "till-1")
-    a.load_snapshot(snapshot())
-    yield a
-    a.close()
+# `agent`: the suite's fixture (tests/conftest.py)
 
 
 @pytest.fixture
