@@ -45,14 +45,13 @@ def _refuse_stubs_on_closed_channels() -> None:
     closed channel's freed core channel, and the pytest worker died with SIGSEGV, its test
     unnamed and the xdist run hung (review 41, seg41)."""
     import grpc._channel
+    from tillpoint.agent.client import _closed  # the client's own look (it refuses them)
 
     register = grpc._channel.Channel._get_registered_call_handle
 
     def checked(self: Any, method: str) -> int:
-        try:
-            self._channel.check_connectivity_state(False)
-        except ValueError:
-            raise ValueError(f"a stub of {method} made on a closed gRPC channel") from None
+        if _closed(self):
+            raise ValueError(f"a stub of {method} made on a closed gRPC channel")
         return int(register(self, method))
 
     grpc._channel.Channel._get_registered_call_handle = checked  # type: ignore[method-assign]

@@ -46,6 +46,7 @@ from tillpoint.sync.loopback import LoopbackHub, sample_master_data, wait_for
 from tillpoint.v1 import tillpoint_pb2 as pb
 
 from .conftest import free_port, receipt
+from .test_review24_hub24 import Proxy  # its `_pump` relays each way
 
 LATE_S = 0.7  # a handshake this late: 7 × the client's old window, 2 × the hub link's
 
@@ -97,19 +98,7 @@ class LateProxy:
         server.settimeout(None)
         self._keep(server)
         for a, b in ((client, server), (server, client)):
-            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+            threading.Thread(target=Proxy._pump, args=(a, b), daemon=True).start()
 
     def close(self) -> None:
         with self._lock:
