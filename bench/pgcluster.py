@@ -10,11 +10,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from bench.ports import free_port
 
 START_TIMEOUT_S = 60
 
@@ -40,9 +41,9 @@ def unavailable_reason() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Below the ephemeral range (bench/ports.py): a port-0 pick was taken by an outgoing
+    connection before the cluster bound it, under a loaded run."""
+    return free_port()
 
 
 MEMORY_DIR = "/dev/shm"

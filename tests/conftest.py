@@ -21,6 +21,7 @@ import pytest
 from tillpoint.agent.cli import main
 from tillpoint.agent.service import Agent, HubGrant
 
+from bench.ports import free_port  # noqa: F401  (the tests import it from here)
 from tests.xdist_crash import mend
 
 if TYPE_CHECKING:
@@ -195,13 +196,6 @@ def ipv6_loopback() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on now (for a server started as a process)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

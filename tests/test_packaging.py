@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -27,7 +26,7 @@ import pytest
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
-from .conftest import REPO, snapshot
+from .conftest import REPO, free_port, snapshot
 
 PACKAGING = REPO / "packaging"
 SUPPORTED = ("3.11", "3.12", "3.13")  # Debian 12, Ubuntu 24.04, Debian 13
@@ -331,9 +330,7 @@ def test_installed_agent_starts_and_answers(installed: Path, tmp_path: Path) -> 
     )
     assert check.returncode == 0 and "configuration is valid" in check.stdout, check.stderr
     subprocess.run([exe, "--data-dir", data, "snapshot", "load", snap], check=True, env=env)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conf = tmp_path / "tillpoint.toml"
     example = (installed / "etc/tillpoint/tillpoint.toml").read_text()
     conf.write_text(

@@ -25,6 +25,8 @@ from tillpoint.printer.transport import (
 )
 from tillpoint.printer.virtual_display import PtyPair
 
+from .conftest import free_port
+
 PAYLOAD = {
     "receiptId": "r-serial",
     "firstName": "Ольга",
@@ -127,10 +129,7 @@ def test_file_printer_appends_jobs_and_never_creates_device_nodes(tmp_path: Path
 
 
 def test_network_refused_and_write_timeouts_are_bounded() -> None:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     with pytest.raises(TransportError, match="not reachable"):
         NetworkTransport("127.0.0.1", port, connect_timeout_s=1).open()
 

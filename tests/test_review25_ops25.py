@@ -19,7 +19,7 @@ from tillpoint.printer.config import PrinterConfig
 from tillpoint.printer.queue import PrintWorker, ensure_schema
 from tillpoint.printer.transport import make_transport
 
-from .conftest import CLI, receipt, snapshot
+from .conftest import CLI, free_port, receipt, snapshot
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -106,12 +106,6 @@ def _run_command(data: Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "tillpoint.agent.cli", "--data-dir", str(data), "run"], env
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_printer_found_unreachable_is_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -123,7 +117,7 @@ def test_a_printer_found_unreachable_is_logged_once(
     conn = sqlite3.connect(ledger, isolation_level=None)
     ensure_schema(conn)
     conn.close()
-    port = _closed_port()
+    port = free_port()
     config = PrinterConfig(kind="network", host="127.0.0.1", port=port, connect_timeout_s=1.0)
     where = [config]
     worker = PrintWorker(ledger, config, printer_factory=lambda: make_transport(where[0]))

@@ -23,6 +23,8 @@ from tillpoint.sync.client import HubLink
 from tillpoint.sync.loopback import LoopbackHub, receipt, sample_master_data
 from tillpoint.sync.pull import Puller
 
+from .conftest import free_port
+
 UNIT = Path(__file__).resolve().parent.parent / "packaging" / "tillpoint.service"
 TILLPOINT = str(Path(sys.executable).with_name("tillpoint"))
 
@@ -54,12 +56,6 @@ def stalled_printer() -> Iterator[int]:
     listener.close()
     for conn in held:
         conn.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_healthy(port: int, proc: subprocess.Popen[str]) -> None:
@@ -128,7 +124,7 @@ def test_a_stop_with_a_stalled_printer_and_a_silent_hub_ends_within_timeout_stop
                 time.sleep(120)  # took the batch; the answer never comes (in time)
 
         hub.server.servicer.failpoint = silent_hub
-        http = _free_port()
+        http = free_port()
         config = tmp_path / "till.toml"
         config.write_text(
             f'device_id = "till-1"\ndata_dir = "{till}"\n'
@@ -193,7 +189,7 @@ def test_sigterm_as_soon_as_the_agent_answers_is_a_graceful_stop(tmp_path: Path)
 
     data = tmp_path / "data"
     Agent(data, "till-1").load_snapshot(snapshot())
-    http = _free_port()
+    http = free_port()
     proc = subprocess.Popen(
         [TILLPOINT, "--data-dir", str(data), "run"],
         env=_run_env(http),

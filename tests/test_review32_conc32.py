@@ -136,7 +136,14 @@ class Till:
                 env=env(),
             )
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        grpc.channel_ready_future(self.channel).result(timeout=TIMEOUT)
+        ready = grpc.channel_ready_future(self.channel)
+        # A run that ended before it served is said at once, with its log (review 42: one
+        # that could not bind its port was waited for 60 s and told as a gRPC time-out).
+        wait_for(lambda: ready.done() or self.proc.poll() is not None, TIMEOUT)
+        if self.proc.poll() is not None:
+            self.channel.close()
+            tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise AssertionError(f"tillpoint run ended ({self.proc.returncode}) unserved:\n{tail}")
         self.stub = pb_grpc.PosAgentStub(self.channel)
         wait_for(lambda: self.healthy(), TIMEOUT)
         wait_for(lambda: (data / "serving.json").exists(), TIMEOUT)

@@ -48,7 +48,7 @@ from typing import Any
 import pytest
 from tillpoint.agent.cli import main
 
-from tests.conftest import snapshot
+from tests.conftest import free_port, snapshot
 
 EXE = str(Path(sys.executable).with_name("tillpoint"))
 ANNA = "2770000000017"  # c-a, gold, 1,200 points
@@ -788,12 +788,6 @@ def test_s6_taking_back_spent_points_goes_below_zero_and_says_so(tmp_path: Path)
 # ---------------------------------------------------------------- §9: a real hub and `sync now`
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "examples" / "catalogue.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Store:
