@@ -59,6 +59,8 @@ from tillpoint.agent.results import receipt_from_json
 from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
+from bench.ports import free_port
+
 EXE = str(Path(sys.executable).with_name("tillpoint"))
 DEVICE = "till-f"
 CARD = "2770000000017"
@@ -81,12 +83,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not self.broken
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def integrity(path: Path) -> str:

@@ -69,6 +69,7 @@ from bench.generate import (
     write_delta,
     write_full,
 )
+from bench.ports import free_port
 from bench.stub import write_replies as write_stub_replies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1011,9 +1012,7 @@ def _hub_apply(
         hub_wait_s = time.perf_counter() - start
         till = work / "hub-till"
         hub.enroll("bench-hub-till", till)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         conf = work / "hub-till.toml"
         conf.write_text(
             'device_id = "bench-hub-till"\n'
@@ -1152,9 +1151,7 @@ def _grpc(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(notify_path)
     sock.settimeout(30)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conf = work / "run.toml"
     conf.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n')
     start = time.perf_counter()
@@ -1323,9 +1320,7 @@ def _cli(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(notify_path)
     sock.settimeout(60)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conf = work / "cli-run.toml"
     conf.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[metrics]\nenabled = false\n')
     proc = subprocess.Popen(

@@ -39,6 +39,7 @@ from tillpoint.v1 import tillpoint_pb2 as pb
 from tillpoint.v1 import tillpoint_pb2_grpc as pb_grpc
 
 from bench.generate import Scale, write_full
+from bench.ports import free_port
 from bench.run import EXE, REPO, http_connect, http_post, interleave, mixed_receipt, rss_mb, stats
 from bench.stub import write_replies
 
@@ -183,18 +184,12 @@ VARIANTS = {
 }
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Serving:
     """One `tillpoint run` of a variant."""
 
     def __init__(self, work: Path, data: Path, variant: str) -> None:
         self.name = variant
-        self.grpc_port, self.http_port = _port(), _port()
+        self.grpc_port, self.http_port = free_port(), free_port()
         conf = work / f"run-{variant}.toml"
         conf.write_text(
             f'[server]\nlisten = "127.0.0.1:{self.grpc_port}"\n'
