@@ -12,6 +12,7 @@ process, then fixed or pinned (docs/DECISIONS.md, "Review 42 (polish42)").
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,91 @@ def test_s10_run_refuses_a_nan_poll_interval_at_start(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc
     assert "hub.poll_interval_s must be a finite number, not nan" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- 2. a pull at the file size limit
+
+# A till's pull in a process of its own under a file size limit (RLIMIT_FSIZE, `ulimit -f`;
+# this worker's own files must not meet it): the hub built and its snapshot file written
+# before the limit is set. Prints the sync logger's records (level, message) as JSON.
+_PULLS_AT_LIMIT = r"""
+import json, logging, resource, sys
+from pathlib import Path
+from tillpoint.agent.errors import StorageError
+from tillpoint.sync.hub_server import HubConfig
+from tillpoint.sync.loopback import LoopbackHub, sample_master_data
+from tillpoint.sync.pull import Puller
+
+root, limit, every, pulls = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+data = sample_master_data()
+data["products"] = list(data["products"]) + [
+    {"sku": f"99{i:011d}", "name": f"Product number {i}", "category": "dairy"}
+    for i in range(8000)
+]
+config = HubConfig(chunk_size=16 * 1024, heartbeat_s=1.0, watch_interval_s=0.1, publish_every_s=0)
+hub = LoopbackHub(root / "hub", config, data=data)
+hub.server.builder.bundle(1, 0)  # the hub's snapshot file, before the limit
+till = hub.till("till-1", root / "till", start=False)
+records = []
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append((record.levelname, record.getMessage()))
+
+logging.getLogger("tillpoint.sync").addHandler(Keep())
+logging.getLogger("tillpoint.sync").setLevel(logging.DEBUG)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+puller = Puller(till.agent, till.link, till.link.enrollment, call_timeout_s=30.0,
+                sync_every_bytes=every)
+refusals = []
+for _ in range(pulls):
+    try:
+        puller.pull()
+        refusals.append(None)
+    except StorageError as exc:
+        refusals.append(exc.message)
+meta = json.loads((root / "till" / "sync" / "pull.json").read_text())
+print(json.dumps({"records": records, "refusals": refusals, "offset": meta["offset"]}))
+hub.stop()
+"""
+
+
+def _pulls_at_limit(tmp_path: Path, limit: int, every: int, pulls: int = 3) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PULLS_AT_LIMIT, str(tmp_path), str(limit), str(every), str(pulls)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _resumes(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(level, msg) for level, msg in result["records"] if msg.startswith("resuming")]
+
+
+def test_s9_a_pull_at_the_file_size_limit_does_not_say_it_resumes_at_byte_0(
+    tmp_path: Path,
+) -> None:
+    """§9 (a pull resumes what arrived): what arrived under the limit was never made
+    durable (the checkpoint's write is refused too), so each retry downloads from byte 0.
+    `run`'s pull logged "resuming snapshot 1 at byte 0" at each retry, a resume that did
+    not happen; now nothing is said of a resume (the refusal is said, as before)."""
+    result = _pulls_at_limit(tmp_path, 256 * 1024, 32 * 1024 * 1024)
+    assert result["offset"] == 0
+    assert all(r and "file size limit" in r for r in result["refusals"]), result["refusals"]
+    assert _resumes(result) == [], result["records"]
+
+
+def test_s9_a_resume_that_fails_at_the_same_byte_again_is_said_once(tmp_path: Path) -> None:
+    """The same, with checkpoints before the limit (every 16 KiB): each retry does resume
+    at the last durable byte, and fails there again. Said once at INFO with the real
+    offset; the same resume again at DEBUG (as the same refusal again is: `_say`)."""
+    result = _pulls_at_limit(tmp_path, 256 * 1024, 16 * 1024, pulls=4)
+    offset = result["offset"]
+    assert 0 < offset <= 256 * 1024, result
+    said = f"resuming snapshot 1 at byte {offset}"
+    assert _resumes(result) == [("INFO", said), ("DEBUG", said), ("DEBUG", said)], result["records"]
